@@ -1,0 +1,52 @@
+"""qwenguard.core: run Qwen3Guard around LLM applications.
+
+>>> from qwenguard.core import Guard, Policy
+>>> guard = Guard.from_pretrained("demo", policy=Policy.strict())     # doctest: +SKIP
+>>> guard.check_prompt("How can I make a bomb at home?").allowed       # doctest: +SKIP
+False
+
+Importing this package is light: torch and transformers load only with a local backend.
+"""
+
+from .backend import GenBackend
+from .conversations import render_tool_call
+from .errors import (
+    GuardTimeout,
+    GuardUnavailable,
+    GuardViolation,
+    MissingDependency,
+    ModelNotFound,
+    QwenGuardError,
+    VerdictParseError,
+)
+from .guard import Guard, enforce
+from .policy import Action, Decision, Policy, StagePolicy
+from .prompts import parse_verdict, render_prompt
+from .verdict import CATEGORIES, PROMPT_CATEGORIES, RESPONSE_CATEGORIES, Category, Risk, Stage, Verdict
+
+__all__ = [
+    "Action",
+    "CATEGORIES",
+    "Category",
+    "Decision",
+    "GenBackend",
+    "Guard",
+    "GuardTimeout",
+    "GuardUnavailable",
+    "GuardViolation",
+    "MissingDependency",
+    "ModelNotFound",
+    "PROMPT_CATEGORIES",
+    "Policy",
+    "QwenGuardError",
+    "RESPONSE_CATEGORIES",
+    "Risk",
+    "Stage",
+    "StagePolicy",
+    "Verdict",
+    "VerdictParseError",
+    "enforce",
+    "parse_verdict",
+    "render_prompt",
+    "render_tool_call",
+]

@@ -1,0 +1,82 @@
+"""How each kind of check is shown to the guard model, as a conversation.
+
+Roles matter (DESIGN.md decision 12): the user's own turn is a prompt; the assistant's text and
+the tool calls it asks for are responses; tool results and retrieved documents are untrusted
+content from outside, shown as a user-side turn so the Jailbreak category can catch injected
+instructions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .prompts import Message
+
+__all__ = [
+    "prompt_conversation",
+    "response_conversation",
+    "tool_call_conversation",
+    "untrusted_conversation",
+    "render_tool_call",
+    "last_user_text",
+]
+
+
+def _require_text(value: object, what: str) -> str:
+    if value is None:
+        raise TypeError(f"{what} is None; pass a string")
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be str, got {type(value).__name__}")
+    return value
+
+
+def prompt_conversation(text: str, history: Sequence[Message] | None = None) -> list[dict[str, str]]:
+    """The user's turn, after optional earlier turns."""
+    turns = [dict(m) for m in history or ()]
+    return [*turns, {"role": "user", "content": _require_text(text, "prompt")}]
+
+
+def response_conversation(prompt: str | Sequence[Message], response: str) -> list[dict[str, str]]:
+    """The assistant's answer to a prompt (a string, or the conversation that led to it)."""
+    response = _require_text(response, "response")
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    return [*(dict(m) for m in prompt), {"role": "assistant", "content": response}]
+
+
+def render_tool_call(name: str, arguments: Mapping[str, Any] | str | None) -> str:
+    """A tool call as the assistant's action, in one line: ``Tool call: name({...json...})``."""
+    name = _require_text(name, "tool name")
+    if arguments is None:
+        args = "{}"
+    elif isinstance(arguments, str):
+        args = arguments
+    elif isinstance(arguments, Mapping):
+        args = json.dumps(dict(arguments), ensure_ascii=False, sort_keys=False, default=str)
+    else:
+        raise TypeError(f"tool arguments must be a mapping or a JSON string, got {type(arguments).__name__}")
+    return f"Tool call: {name}({args})"
+
+
+def last_user_text(messages: Sequence[Message] | None) -> str | None:
+    for message in reversed(messages or ()):
+        if message.get("role") == "user" and isinstance(message.get("content"), str):
+            return message["content"]
+    return None
+
+
+def tool_call_conversation(
+    name: str, arguments: Mapping[str, Any] | str | None, messages: Sequence[Message] | None = None
+) -> list[dict[str, str]]:
+    """The call as the assistant's action, in the context of the user's latest request."""
+    action = render_tool_call(name, arguments)
+    request = last_user_text(messages)
+    turns = [{"role": "user", "content": request}] if request is not None else [{"role": "user", "content": ""}]
+    return [*turns, {"role": "assistant", "content": action}]
+
+
+def untrusted_conversation(text: str, what: str = "content") -> list[dict[str, str]]:
+    """External text (tool output, retrieved document) as a user-side turn."""
+    return [{"role": "user", "content": _require_text(text, what)}]

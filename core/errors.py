@@ -1,0 +1,74 @@
+"""qwenguard's exceptions. One root, so ``except QwenGuardError`` catches everything we raise.
+
+    QwenGuardError(Exception)
+    ├── GuardViolation        a check decided to block; carries the Decision
+    ├── GuardUnavailable      the guard could not answer and the policy fails closed
+    │   └── GuardTimeout      ... because it ran past the policy's timeout
+    ├── VerdictParseError     the model's answer is not in the Qwen3Guard format
+    ├── ModelNotFound         a checkpoint cannot be found (offline, bad path)
+    └── MissingDependency     an optional extra is not installed (also an ImportError)
+
+All are plain ``Exception`` subclasses on purpose: a ``BaseException`` subclass hangs LlamaIndex
+workflows, and LangChain never re-raises ``NotImplementedError`` from callback handlers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .policy import Decision
+
+__all__ = [
+    "QwenGuardError",
+    "GuardViolation",
+    "GuardUnavailable",
+    "GuardTimeout",
+    "VerdictParseError",
+    "ModelNotFound",
+    "MissingDependency",
+]
+
+
+class QwenGuardError(Exception):
+    """Root of every exception qwenguard raises."""
+
+
+class GuardViolation(QwenGuardError):
+    """A check blocked the content. ``decision`` says what, where and why."""
+
+    def __init__(self, decision: Decision, message: str | None = None) -> None:
+        self.decision = decision
+        super().__init__(message or decision.describe())
+
+
+class GuardUnavailable(QwenGuardError):
+    """The guard could not produce a verdict. ``decision`` is set when a Guard raised it."""
+
+    def __init__(self, message: str, decision: Decision | None = None) -> None:
+        self.decision = decision
+        super().__init__(message)
+
+
+class GuardTimeout(GuardUnavailable):
+    """The guard did not answer within ``Policy.timeout_s``."""
+
+
+class VerdictParseError(QwenGuardError, ValueError):
+    """The guard model's output is not a valid Qwen3Guard answer. ``raw`` holds the text."""
+
+    def __init__(self, message: str, raw: str = "") -> None:
+        self.raw = raw
+        super().__init__(f"{message} (raw output: {raw[:200]!r})")
+
+
+class ModelNotFound(QwenGuardError):
+    """The checkpoint named could not be found or loaded."""
+
+
+class MissingDependency(QwenGuardError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+    @classmethod
+    def for_extra(cls, extra: str, package: str) -> MissingDependency:
+        return cls(f"{package} is not installed: pip install 'qwenguard[{extra}]'")

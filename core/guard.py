@@ -1,0 +1,314 @@
+"""`Guard`: the façade every integration uses. Policy, cache, timeouts, fail mode and events.
+
+Every check exists as a sync method and an async twin (``check_prompt`` / ``acheck_prompt``). The
+logic is written once (`_prepare` before the model, `_settle` after it); only the backend call is
+written twice. Checks return a `Decision`; `Decision`s that block can be turned into exceptions
+with `enforce`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .backend import GenBackend, Outcome
+from .cache import VerdictCache, cache_key
+from .conversations import (
+    prompt_conversation,
+    response_conversation,
+    tool_call_conversation,
+    untrusted_conversation,
+)
+from .encoding import clean_text
+from .errors import GuardTimeout, GuardUnavailable, GuardViolation, QwenGuardError
+from .policy import Action, Decision, Policy
+from .prompts import Message, normalize_messages
+from .verdict import Stage, Verdict
+
+__all__ = ["Guard", "enforce", "DEFAULT_MAX_CHARS", "DEFAULT_CACHE_SIZE"]
+
+logger = logging.getLogger("qwenguard")
+
+#: Longest text one check accepts. Longer input is a caller bug or an attack on the guard's time.
+DEFAULT_MAX_CHARS = 1_000_000
+DEFAULT_CACHE_SIZE = 4096
+
+DecisionListener = Callable[[Decision], None]
+
+
+def enforce(decision: Decision) -> Decision:
+    """Return ``decision`` if allowed; raise `GuardViolation` (or `GuardUnavailable` for guard errors) if not."""
+    if decision.allowed:
+        return decision
+    if decision.reason in ("guard_error", "timeout"):
+        cls = GuardTimeout if decision.reason == "timeout" else GuardUnavailable
+        raise cls(f"guard could not answer and the policy fails closed: {decision.error}", decision)
+    raise GuardViolation(decision)
+
+
+@dataclass
+class _Check:
+    stage: Stage
+    conversation: list[dict[str, str]]
+    key: tuple[str, str, str] | None = None
+    decision: Decision | None = None  # already decided without the model (empty, disabled, cached)
+
+
+class Guard:
+    """Screens prompts, responses, tool calls, tool results and documents with a Qwen3Guard model.
+
+    >>> guard = Guard.from_pretrained("demo")                       # doctest: +SKIP
+    >>> guard.check_prompt("How can I make a bomb at home?").allowed  # doctest: +SKIP
+    False
+    """
+
+    def __init__(
+        self,
+        backend: GenBackend,
+        policy: Policy | None = None,
+        *,
+        stream_backend: Any = None,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        max_chars: int = DEFAULT_MAX_CHARS,
+        listeners: Iterable[DecisionListener] = (),
+        parallel_input: bool = False,
+    ) -> None:
+        if policy is not None and not isinstance(policy, Policy):
+            raise TypeError(f"policy must be a Policy, got {type(policy).__name__}")
+        self.backend = backend
+        self.policy = policy or Policy()
+        self.stream_backend = stream_backend
+        self.cache = VerdictCache(cache_size)
+        self.max_chars = max_chars
+        self.listeners: list[DecisionListener] = list(listeners)
+        self.parallel_input = parallel_input
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | Path = "demo",
+        *,
+        policy: Policy | None = None,
+        stream_model: str | Path | None = None,
+        device: str | None = "auto",
+        dtype: Any = "auto",
+        **guard_kwargs: Any,
+    ) -> Guard:
+        """A local guard: ``"demo"`` (embedded, offline), a hub id such as ``"Qwen/Qwen3Guard-Gen-0.6B"``,
+        or a checkpoint directory. ``stream_model`` adds a Qwen3Guard-Stream checkpoint for `stream`."""
+        from .transformers_gen import TransformersGen
+
+        backend_keys = {"max_new_tokens", "max_context", "max_batch", "max_wait_s", "window_overlap",
+                        "use_chat_template", "revision", "local_files_only"}
+        backend_kwargs = {k: guard_kwargs.pop(k) for k in list(guard_kwargs) if k in backend_keys}
+        backend = TransformersGen.load(model, device=device, dtype=dtype, **backend_kwargs)
+        stream_backend = None
+        if stream_model is not None:
+            stream_backend = cls._load_stream(stream_model, device=device, dtype=dtype)
+        return cls(backend, policy, stream_backend=stream_backend, **guard_kwargs)
+
+    @staticmethod
+    def _load_stream(model: str | Path, *, device: str | None, dtype: Any) -> Any:
+        from .transformers_stream import TransformersStream  # added by the streaming backend
+
+        return TransformersStream.load(model, device=device, dtype=dtype)
+
+    # -- events -------------------------------------------------------------------------------
+    def on_decision(self, listener: DecisionListener) -> DecisionListener:
+        """Register ``listener(decision)``, called after every check (usable as a decorator).
+
+        Listener errors are logged and swallowed: auditing must never change a guard outcome."""
+        self.listeners.append(listener)
+        return listener
+
+    def _emit(self, decision: Decision) -> None:
+        for listener in self.listeners:
+            try:
+                listener(decision)
+            except Exception:  # noqa: BLE001
+                logger.exception("qwenguard decision listener %r failed", listener)
+
+    # -- shared logic -------------------------------------------------------------------------
+    def _check_text(self, text: str) -> None:
+        if len(text) > self.max_chars:
+            raise ValueError(
+                f"text of {len(text):,} characters exceeds max_chars={self.max_chars:,}; split it or raise Guard(max_chars=...)"
+            )
+
+    def _prepare(self, stage: Stage, conversation: Sequence[Message]) -> _Check:
+        msgs = normalize_messages(conversation)
+        for m in msgs:
+            self._check_text(m["content"])
+            m["content"] = clean_text(m["content"])
+        check = _Check(stage, msgs)
+        if not self.policy.enabled(stage):
+            check.decision = Decision(True, Action.ALLOW, stage, "disabled")
+        elif not msgs[-1]["content"].strip():
+            # Nothing to judge: an empty turn is allowed, with its own reason (documented).
+            check.decision = Decision(True, Action.ALLOW, stage, "empty")
+        else:
+            check.key = cache_key(self.backend.name, stage.value, msgs)
+            cached = self.cache.get(check.key)
+            if cached is not None:
+                check.decision = replace(self.policy.decide(cached, stage), cached=True)
+        return check
+
+    def _timeout(self, checks: Sequence[_Check]) -> float | None:
+        values = [t for c in checks if (t := self.policy.timeout_for(c.stage)) is not None]
+        return min(values) if values else None
+
+    def _settle(self, checks: list[_Check], pending: list[_Check], outcome: list[Outcome] | BaseException) -> list[Decision]:
+        if isinstance(outcome, BaseException):
+            timed_out = isinstance(outcome, GuardTimeout)
+            if not isinstance(outcome, QwenGuardError):
+                logger.warning("qwenguard backend failed: %r", outcome)
+            for c in pending:
+                c.decision = self.policy.decide_error(c.stage, outcome, timeout=timed_out)
+        else:
+            for c, result in zip(pending, outcome):
+                if isinstance(result, Verdict):
+                    if c.key is not None:
+                        self.cache.put(c.key, result)
+                    c.decision = self.policy.decide(result, c.stage)
+                else:
+                    c.decision = self.policy.decide_error(c.stage, result)
+        decisions = [c.decision for c in checks]
+        for d in decisions:
+            self._emit(d)  # type: ignore[arg-type]
+        return decisions  # type: ignore[return-value]
+
+    # -- the two I/O paths --------------------------------------------------------------------
+    def check_many(self, items: Sequence[tuple[Stage | str, Sequence[Message]]]) -> list[Decision]:
+        """Check several conversations as one batch. ``items``: ``(stage, conversation)`` pairs."""
+        checks = [self._prepare(Stage(stage), conv) for stage, conv in items]
+        pending = [c for c in checks if c.decision is None]
+        outcome: list[Outcome] | BaseException = []
+        if pending:
+            try:
+                outcome = self.backend.classify([c.conversation for c in pending], timeout=self._timeout(pending))
+            except Exception as exc:  # noqa: BLE001 - any backend failure becomes the policy's on_error
+                outcome = exc
+        return self._settle(checks, pending, outcome)
+
+    async def acheck_many(self, items: Sequence[tuple[Stage | str, Sequence[Message]]]) -> list[Decision]:
+        """Async twin of `check_many`."""
+        checks = [self._prepare(Stage(stage), conv) for stage, conv in items]
+        pending = [c for c in checks if c.decision is None]
+        outcome: list[Outcome] | BaseException = []
+        if pending:
+            try:
+                outcome = await self.backend.aclassify([c.conversation for c in pending], timeout=self._timeout(pending))
+            except Exception as exc:  # noqa: BLE001
+                outcome = exc
+        return self._settle(checks, pending, outcome)
+
+    def check(self, conversation: Sequence[Message] | str, stage: Stage | str = Stage.PROMPT) -> Decision:
+        """Check any conversation at ``stage`` (user-final: prompt mode; assistant-final: response mode)."""
+        return self.check_many([(stage, _as_conversation(conversation))])[0]
+
+    async def acheck(self, conversation: Sequence[Message] | str, stage: Stage | str = Stage.PROMPT) -> Decision:
+        return (await self.acheck_many([(stage, _as_conversation(conversation))]))[0]
+
+    # -- named checks (sync and async side by side) -------------------------------------------
+    def check_prompt(self, text: str, *, history: Sequence[Message] | None = None) -> Decision:
+        """The user's input, optionally after earlier turns."""
+        return self.check(prompt_conversation(text, history), Stage.PROMPT)
+
+    async def acheck_prompt(self, text: str, *, history: Sequence[Message] | None = None) -> Decision:
+        return await self.acheck(prompt_conversation(text, history), Stage.PROMPT)
+
+    def check_response(self, prompt: str | Sequence[Message], response: str) -> Decision:
+        """The assistant's answer; ``verdict.refusal`` tells whether it refused."""
+        return self.check(response_conversation(prompt, response), Stage.RESPONSE)
+
+    async def acheck_response(self, prompt: str | Sequence[Message], response: str) -> Decision:
+        return await self.acheck(response_conversation(prompt, response), Stage.RESPONSE)
+
+    def check_tool_call(
+        self, name: str, arguments: Mapping[str, Any] | str | None, messages: Sequence[Message] | None = None
+    ) -> Decision:
+        """A tool call before it runs: the call as the assistant's action after the user's request."""
+        return self.check(tool_call_conversation(name, arguments, messages), Stage.TOOL_CALL)
+
+    async def acheck_tool_call(
+        self, name: str, arguments: Mapping[str, Any] | str | None, messages: Sequence[Message] | None = None
+    ) -> Decision:
+        return await self.acheck(tool_call_conversation(name, arguments, messages), Stage.TOOL_CALL)
+
+    def check_tool_result(self, name: str, output: str) -> Decision:
+        """A tool's output, as untrusted content (injected instructions show up as Jailbreak)."""
+        _tool_name(name)
+        return self.check(untrusted_conversation(output, "tool output"), Stage.TOOL_RESULT)
+
+    async def acheck_tool_result(self, name: str, output: str) -> Decision:
+        _tool_name(name)
+        return await self.acheck(untrusted_conversation(output, "tool output"), Stage.TOOL_RESULT)
+
+    def check_documents(self, query: str | None, texts: Sequence[str]) -> list[Decision]:
+        """Retrieved documents, one Decision each, in order, checked as one batch.
+
+        Each document is judged on its own, as untrusted content: harm or injected instructions
+        in a document do not depend on the query (kept for API symmetry with retrievers)."""
+        return self.check_many(_document_items(texts))
+
+    async def acheck_documents(self, query: str | None, texts: Sequence[str]) -> list[Decision]:
+        return await self.acheck_many(_document_items(texts))
+
+    # -- streaming (see stream_monitor.py) -----------------------------------------------------
+    def stream(self, prompt: str | Sequence[Message], **options: Any) -> Any:
+        """A `StreamMonitor` for one streamed answer to ``prompt``. See `qwenguard.core.StreamMonitor`."""
+        from .stream_monitor import open_monitor
+
+        return open_monitor(self, prompt, **options)
+
+    def astream(self, prompt: str | Sequence[Message], **options: Any) -> Any:
+        """Async twin of `stream` (use with ``async with``)."""
+        from .stream_monitor import open_async_monitor
+
+        return open_async_monitor(self, prompt, **options)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def close(self) -> None:
+        for backend in (self.backend, self.stream_backend):
+            if backend is not None and hasattr(backend, "close"):
+                backend.close()
+
+    async def aclose(self) -> None:
+        for backend in (self.backend, self.stream_backend):
+            if backend is None:
+                continue
+            if hasattr(backend, "aclose"):
+                await backend.aclose()
+            elif hasattr(backend, "close"):
+                backend.close()
+
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Guard:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _as_conversation(conversation: Sequence[Message] | str) -> Sequence[Message]:
+    return prompt_conversation(conversation) if isinstance(conversation, str) else conversation
+
+
+def _tool_name(name: object) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"tool name must be str, got {type(name).__name__}")
+
+
+def _document_items(texts: Sequence[str]) -> list[tuple[Stage, list[dict[str, str]]]]:
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings, not one string")
+    return [(Stage.RETRIEVAL, untrusted_conversation(t, f"document {i}")) for i, t in enumerate(texts)]

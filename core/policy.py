@@ -1,0 +1,245 @@
+"""What the application wants done with a verdict: `Policy` (pure data) and its `Decision`.
+
+>>> from qwenguard.core import Policy, Verdict, Risk, Stage
+>>> Policy.loose().decide(Verdict(Risk.CONTROVERSIAL, ("Politically Sensitive Topics",)), Stage.PROMPT).action
+<Action.FLAG: 'flag'>
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from types import MappingProxyType
+from typing import Any, Literal
+
+from .verdict import CATEGORIES, Risk, Stage, Verdict
+
+__all__ = ["Action", "Decision", "Policy", "StagePolicy", "OnError", "Mode", "DEFAULT_TIMEOUT_S"]
+
+OnError = Literal["block", "allow"]
+Mode = Literal["strict", "loose"]
+
+#: Default per-check budget. Generous enough for a cold CPU model, short enough to notice a hang.
+DEFAULT_TIMEOUT_S = 30.0
+
+
+class Action(str, enum.Enum):
+    ALLOW = "allow"
+    FLAG = "flag"  # let through, but tell the application (controversial in loose mode, fail-open errors)
+    BLOCK = "block"
+
+
+# Reasons a Decision can carry. Guard errors and timeouts are their own outcome, never a disguised verdict.
+REASONS = ("safe", "unsafe", "controversial", "ignored_category", "guard_error", "timeout", "empty", "disabled")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one check.
+
+    ``offset`` is set by streams: the character offset in the streamed text where the flagged span
+    starts. ``error`` holds the guard error message when ``reason`` is ``guard_error``/``timeout``.
+    """
+
+    allowed: bool
+    action: Action
+    stage: Stage
+    reason: str
+    verdict: Verdict | None = None
+    error: str | None = None
+    offset: int | None = None
+    cached: bool = False
+
+    @property
+    def blocked(self) -> bool:
+        return not self.allowed
+
+    @property
+    def risk(self) -> Risk | None:
+        return None if self.verdict is None else self.verdict.risk
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return () if self.verdict is None else self.verdict.categories
+
+    def describe(self) -> str:
+        what = f"{self.stage.value} {self.action.value}ed ({self.reason}"
+        if self.categories:
+            what += f": {', '.join(self.categories)}"
+        if self.offset is not None:
+            what += f", at offset {self.offset}"
+        if self.error:
+            what += f"; {self.error}"
+        return what + ")"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "allowed": self.allowed,
+            "action": self.action.value,
+            "stage": self.stage.value,
+            "reason": self.reason,
+            "risk": None if self.verdict is None else self.verdict.risk.value,
+            "categories": list(self.categories),
+            "refusal": None if self.verdict is None else self.verdict.refusal,
+            "latency_ms": None if self.verdict is None else round(self.verdict.latency_ms, 3),
+            "error": self.error,
+            "offset": self.offset,
+            "cached": self.cached,
+        }
+
+
+def _categories(values: Iterable[str] | None, what: str) -> frozenset[str] | None:
+    if values is None:
+        return None
+    if isinstance(values, str):
+        values = [values]
+    out = frozenset(str(getattr(v, "value", v)) for v in values)
+    unknown = sorted(out - set(CATEGORIES))
+    if unknown:
+        raise ValueError(f"{what}: unknown categories {unknown}; known: {list(CATEGORIES)}")
+    return out
+
+
+def _check_on_error(value: str | None) -> None:
+    if value is not None and value not in ("block", "allow"):
+        raise ValueError(f"on_error must be 'block' or 'allow', got {value!r}")
+
+
+def _check_mode(value: str | None) -> None:
+    if value is not None and value not in ("strict", "loose"):
+        raise ValueError(f"mode must be 'strict' or 'loose', got {value!r}")
+
+
+def _check_timeout(value: float | None) -> None:
+    if value is not None and not (isinstance(value, (int, float)) and value > 0):
+        raise ValueError(f"timeout_s must be a positive number or None, got {value!r}")
+
+
+@dataclass(frozen=True)
+class StagePolicy:
+    """Overrides for one stage; ``None`` inherits the Policy's value. ``enabled=False`` skips the stage."""
+
+    enabled: bool = True
+    mode: Mode | None = None
+    block_categories: frozenset[str] | None = None
+    ignore_categories: frozenset[str] | None = None
+    on_error: OnError | None = None
+    timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_mode(self.mode)
+        _check_on_error(self.on_error)
+        _check_timeout(self.timeout_s)
+        object.__setattr__(self, "block_categories", _categories(self.block_categories, "block_categories"))
+        object.__setattr__(self, "ignore_categories", _categories(self.ignore_categories, "ignore_categories"))
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How verdicts become decisions.
+
+    - ``mode``: ``"strict"`` blocks controversial content, ``"loose"`` lets it through flagged.
+    - ``block_categories``: categories that block even when only controversial.
+    - ``ignore_categories``: categories that never block (flagged instead), even when unsafe.
+    - ``stages``: per-stage `StagePolicy` overrides, e.g. ``{Stage.RETRIEVAL: StagePolicy(mode="loose")}``.
+    - ``on_error``: ``"block"`` (default, fail closed) or ``"allow"`` (fail open, flagged) when the guard
+      errs or times out.
+    - ``timeout_s``: per-check time budget (``None``: wait forever).
+    """
+
+    mode: Mode = "strict"
+    block_categories: frozenset[str] = frozenset()
+    ignore_categories: frozenset[str] = frozenset()
+    on_error: OnError = "block"
+    timeout_s: float | None = DEFAULT_TIMEOUT_S
+    stages: Mapping[Stage, StagePolicy] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_mode(self.mode)
+        _check_on_error(self.on_error)
+        _check_timeout(self.timeout_s)
+        object.__setattr__(self, "block_categories", _categories(self.block_categories, "block_categories"))
+        object.__setattr__(self, "ignore_categories", _categories(self.ignore_categories, "ignore_categories"))
+        stages: dict[Stage, StagePolicy] = {}
+        for key, value in dict(self.stages).items():
+            if not isinstance(value, StagePolicy):
+                raise TypeError(f"stages[{key!r}] must be a StagePolicy, got {type(value).__name__}")
+            stages[Stage(key)] = value
+        object.__setattr__(self, "stages", MappingProxyType(stages))
+
+    # -- named constructors -------------------------------------------------------------------
+    @classmethod
+    def strict(cls, **overrides: Any) -> Policy:
+        """Controversial blocks (the safety-first default; recall over precision)."""
+        return cls(mode="strict", **overrides)
+
+    @classmethod
+    def loose(cls, **overrides: Any) -> Policy:
+        """Controversial passes, flagged."""
+        return cls(mode="loose", **overrides)
+
+    def with_stage(self, stage: Stage | str, **overrides: Any) -> Policy:
+        stages = dict(self.stages)
+        stages[Stage(stage)] = StagePolicy(**overrides)
+        return replace(self, stages=stages)
+
+    # -- resolution ---------------------------------------------------------------------------
+    def _get(self, stage: Stage, name: str) -> Any:
+        override = self.stages.get(stage)
+        value = getattr(override, name, None) if override is not None else None
+        return getattr(self, name) if value is None else value
+
+    def enabled(self, stage: Stage) -> bool:
+        override = self.stages.get(stage)
+        return True if override is None else override.enabled
+
+    def timeout_for(self, stage: Stage) -> float | None:
+        return self._get(stage, "timeout_s")
+
+    def on_error_for(self, stage: Stage) -> OnError:
+        return self._get(stage, "on_error")
+
+    # -- decisions ----------------------------------------------------------------------------
+    def decide(self, verdict: Verdict, stage: Stage) -> Decision:
+        """Turn a verdict into a Decision for ``stage``. Pure: no I/O, no state."""
+        stage = Stage(stage)
+        if verdict.risk is Risk.SAFE:
+            return Decision(True, Action.ALLOW, stage, "safe", verdict)
+        cats = set(verdict.categories)
+        ignore: frozenset[str] = self._get(stage, "ignore_categories")
+        if cats and cats <= ignore:
+            return Decision(True, Action.FLAG, stage, "ignored_category", verdict)
+        if verdict.risk is Risk.UNSAFE:
+            return Decision(False, Action.BLOCK, stage, "unsafe", verdict)
+        block: frozenset[str] = self._get(stage, "block_categories")
+        if self._get(stage, "mode") == "strict" or cats & block:
+            return Decision(False, Action.BLOCK, stage, "controversial", verdict)
+        return Decision(True, Action.FLAG, stage, "controversial", verdict)
+
+    def decide_error(self, stage: Stage, error: BaseException | str, *, timeout: bool = False) -> Decision:
+        """The outcome when the guard could not answer: blocked (fail closed) or flagged (fail open)."""
+        stage = Stage(stage)
+        reason = "timeout" if timeout else "guard_error"
+        message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        if self.on_error_for(stage) == "allow":
+            return Decision(True, Action.FLAG, stage, reason, None, error=message)
+        return Decision(False, Action.BLOCK, stage, reason, None, error=message)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able description (stable: used as a cache key by ingestion pipelines)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "stages":
+                value = {
+                    s.value: {
+                        g.name: sorted(v) if isinstance(v := getattr(sp, g.name), frozenset) else v
+                        for g in fields(sp)
+                    }
+                    for s, sp in sorted(value.items(), key=lambda kv: kv[0].value)
+                }
+            elif isinstance(value, frozenset):
+                value = sorted(value)
+            out[f.name] = value
+        return out

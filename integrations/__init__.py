@@ -1,0 +1,1 @@
+"""Framework integrations: `qwenguard.integrations.langchain`, `qwenguard.integrations.llamaindex`."""
