@@ -17,15 +17,21 @@ from .errors import (
     MissingDependency,
     ModelNotFound,
     QwenGuardError,
+    StreamClosed,
     VerdictParseError,
 )
 from .guard import Guard, enforce
 from .policy import Action, Decision, Policy, StagePolicy
 from .prompts import parse_verdict, render_prompt
+from .debounce import Debounce
+from .stream_monitor import AsyncStreamMonitor, StreamMonitor
+from .transformers_stream import StreamSession, TokenVerdict, TransformersStream
 from .verdict import CATEGORIES, PROMPT_CATEGORIES, RESPONSE_CATEGORIES, Category, Risk, Stage, Verdict
 
 __all__ = [
     "Action",
+    "AsyncStreamMonitor",
+    "Debounce",
     "CATEGORIES",
     "Category",
     "Decision",
@@ -43,6 +49,11 @@ __all__ = [
     "Risk",
     "Stage",
     "StagePolicy",
+    "StreamClosed",
+    "StreamMonitor",
+    "StreamSession",
+    "TokenVerdict",
+    "TransformersStream",
     "Verdict",
     "VerdictParseError",
     "enforce",

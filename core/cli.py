@@ -69,6 +69,66 @@ def check(
     raise typer.Exit(EXIT_ALLOWED if decision.allowed else EXIT_BLOCKED)
 
 
+@app.command()
+def serve(
+    model: str = typer.Option("demo", "--model", "-m", help="'demo', a Qwen3Guard-Gen hub id or a checkpoint directory."),
+    stream_model: Optional[str] = typer.Option(None, "--stream-model", help="A Qwen3Guard-Stream checkpoint for /v1/stream."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (0.0.0.0 exposes the server; set --api-key)."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="QWENGUARD_API_KEY",
+                                          help="Require 'Authorization: Bearer KEY' (or set QWENGUARD_API_KEY)."),
+    policy: str = typer.Option("strict", "--policy", help="Default policy for /v1/moderate and streams: strict or loose."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps."),
+    max_concurrency: int = typer.Option(64, "--max-concurrency", help="Requests served at once; more get 503."),
+    max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", help="Largest request body; larger gets 413."),
+    timeout: float = typer.Option(30.0, "--timeout", help="Per-request deadline in seconds (504 past it)."),
+) -> None:
+    """Serve a guard over HTTP: OpenAI-compatible /v1/chat/completions, /v1/moderate, /v1/stream."""
+    from .guard import Guard
+    from .server import serve as run_server
+
+    try:
+        guard = Guard.from_pretrained(model, policy=_policy(policy), stream_model=stream_model, device=device)
+    except typer.BadParameter:
+        raise
+    except (QwenGuardError, ValueError, TypeError, ImportError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(EXIT_ERROR) from None
+    if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
+        err_console.print("[yellow]warning:[/yellow] serving on a public interface without --api-key")
+    err_console.print(f"qwenguard serving {model!r} on http://{host}:{port}/v1 (auth {'on' if api_key else 'off'})")
+    run_server(guard, host=host, port=port, api_key=api_key, max_concurrency=max_concurrency,
+               max_body_bytes=max_body_bytes, request_timeout_s=timeout)
+
+
+@app.command("eval")
+def eval_(
+    data: str = typer.Argument(..., help="Labelled data: .jsonl, .csv or .parquet (columns: text or messages, label; "
+                                         "optional response, category, source). 'sample' = the shipped demo sample."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Local checkpoint ('demo', hub id, directory); "
+                                        "with --remote, the served model name (default: the server's only model)."),
+    remote: Optional[str] = typer.Option(None, "--remote", help="Evaluate a served model: OpenAI-compatible base URL, "
+                                         "e.g. http://127.0.0.1:8000/v1 (vLLM, SGLang, qwenguard serve)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="QWENGUARD_API_KEY", help="Bearer token for --remote."),
+    stage: Optional[str] = typer.Option(None, "--stage", help="Only rows of this stage: prompt, response, tool_call, tool_result, retrieval (default: all)."),
+    policy: str = typer.Option("strict", "--policy", help="Primary mapping: strict or loose (both are always reported)."),
+    out: str = typer.Option("qwenguard-eval", "--out", "-o", help="Output directory (report.json, report.md, PNGs, cache)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N rows."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Rows per guard call."),
+    concurrency: int = typer.Option(0, "--concurrency", help="Batches in flight (default: 1 local, 4 remote)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Ignore the prediction cache in --out and start over."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps (local models)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds per batch before rows count as guard errors."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Measure a guard on labelled data: recall, precision, F1, MCC, ROC-AUC, strict vs loose, breakdowns, plots."""
+    from .eval.cli import run_eval
+
+    run_eval(data=data, model=model, remote=remote, api_key=api_key, stage=stage, policy=policy, out=out, limit=limit,
+             batch_size=batch_size, concurrency=concurrency, fresh=fresh, device=device, timeout=timeout,
+             progress=progress, console=console, err_console=err_console)
+
+
 def main() -> None:
     app()
 

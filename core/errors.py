@@ -4,6 +4,7 @@
     ├── GuardViolation        a check decided to block; carries the Decision
     ├── GuardUnavailable      the guard could not answer and the policy fails closed
     │   └── GuardTimeout      ... because it ran past the policy's timeout
+    ├── StreamClosed          a stream monitor/session was fed after finish() or close()
     ├── VerdictParseError     the model's answer is not in the Qwen3Guard format
     ├── ModelNotFound         a checkpoint cannot be found (offline, bad path)
     └── MissingDependency     an optional extra is not installed (also an ImportError)
@@ -24,6 +25,7 @@ __all__ = [
     "GuardViolation",
     "GuardUnavailable",
     "GuardTimeout",
+    "StreamClosed",
     "VerdictParseError",
     "ModelNotFound",
     "MissingDependency",
@@ -52,6 +54,10 @@ class GuardUnavailable(QwenGuardError):
 
 class GuardTimeout(GuardUnavailable):
     """The guard did not answer within ``Policy.timeout_s``."""
+
+
+class StreamClosed(QwenGuardError, RuntimeError):
+    """A stream monitor or session was fed after `finish()` or `close()`."""
 
 
 class VerdictParseError(QwenGuardError, ValueError):

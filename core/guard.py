@@ -111,6 +111,35 @@ class Guard:
             stream_backend = cls._load_stream(stream_model, device=device, dtype=dtype)
         return cls(backend, policy, stream_backend=stream_backend, **guard_kwargs)
 
+    @classmethod
+    def remote(
+        cls,
+        base_url: str,
+        *,
+        model: str,
+        api_key: str | None = None,
+        mode: str = "chat",
+        stream: bool = False,
+        policy: Policy | None = None,
+        **opts: Any,
+    ) -> Guard:
+        """A guard whose model runs on an OpenAI-compatible server: vLLM, SGLang or ``qwenguard serve``.
+
+        ``mode="completion"`` sends the prompt rendered by qwenguard (Ollama, llama.cpp). ``stream=True``
+        runs `stream` sessions on a qwenguard server's ``/v1/stream``. Other options go to `OpenAIGen`
+        (timeouts, retries, concurrency, logprobs) or to `Guard` (cache_size, listeners, ...)."""
+        from .openai_gen import OpenAIGen
+
+        guard_keys = {"cache_size", "max_chars", "listeners", "parallel_input"}
+        guard_kwargs = {k: opts.pop(k) for k in list(opts) if k in guard_keys}
+        backend = OpenAIGen(base_url, model=model, api_key=api_key, mode=mode, **opts)  # type: ignore[arg-type]
+        stream_backend = None
+        if stream:
+            from .remote_stream import RemoteStream
+
+            stream_backend = RemoteStream(base_url, api_key=api_key)
+        return cls(backend, policy, stream_backend=stream_backend, **guard_kwargs)
+
     @staticmethod
     def _load_stream(model: str | Path, *, device: str | None, dtype: Any) -> Any:
         from .transformers_stream import TransformersStream  # added by the streaming backend

@@ -116,9 +116,9 @@ class TransformersGen:
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError as exc:
             raise MissingDependency.for_extra("local", "transformers") from exc
-        from .demo import resolve_demo
+        from .demo import DEMO_NAMES
 
-        path = resolve_demo(str(name_or_path)) or name_or_path
+        path = DEMO_NAMES.get(str(name_or_path), name_or_path)
         label = str(name_or_path)
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)

@@ -1,0 +1,35 @@
+"""Measure a guard before deploying it: strict vs loose on the shipped labelled sample.
+
+    python cookbook/eval.py
+
+Runs the embedded demo guard (offline, CPU) over the sample that ships with qwenguard, prints the
+headline table, writes report.json / report.md / PNG plots into ./qwenguard-eval-cookbook, and checks
+the numbers that matter for choosing a policy.
+"""
+
+from rich.console import Console
+
+from qwenguard.core import Guard
+from qwenguard.core.eval import evaluate, sample_path
+
+OUT = "qwenguard-eval-cookbook"
+
+with Guard.from_pretrained("demo") as guard:
+    report = evaluate(guard, sample_path(), out=OUT, policy="strict", progress=True)
+
+Console().print(report.table())
+strict, loose = report.mappings["strict"], report.mappings["loose"]
+print(f"strict blocks controversial: recall {strict['overall']['recall']:.1%}, precision {strict['overall']['precision']:.1%}")
+print(f"loose lets it through:       recall {loose['overall']['recall']:.1%}, precision {loose['overall']['precision']:.1%}")
+worst = max((c for c in strict["by_category"] if c["positives"]), key=lambda c: c["fnr"])
+print(f"most missed category (strict): {worst['category']} — {worst['fnr']:.0%} of {worst['positives']} slip through")
+print(f"report and plots in ./{OUT}/")
+
+# Self-checks: both mappings are reported over the same rows; every row got a verdict and a score.
+assert strict["overall"]["n"] == loose["overall"]["n"] == report.data["meta"]["rows"] >= 200
+assert report.data["meta"]["errors"] == 0 and strict["scored_rows"] == report.data["meta"]["rows"]
+assert strict["roc_auc"] is not None and 0.5 < strict["roc_auc"] <= 1.0
+# Strict counts the controversial rows as harmful, so it has more harmful rows to find than loose.
+assert strict["overall"]["tp"] + strict["overall"]["fn"] > loose["overall"]["tp"] + loose["overall"]["fn"]
+# The demo guard is trained on this kind of data: it must be far better than chance.
+assert strict["overall"]["recall"] > 0.8 and strict["overall"]["mcc"] > 0.6

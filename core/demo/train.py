@@ -1,0 +1,400 @@
+"""Train the embedded demo guard: a tiny Qwen3-architecture Qwen3Guard-Gen look-alike, from scratch, on CPU.
+
+    python -m qwenguard.core.demo.train gen [--out DIR] [--steps N] [--seed S]
+
+Steps: generate the synthetic data (`qwenguard.core.demo.data`), train the byte-level BPE tokenizer on it
+(rendered prompts included, `qwenguard.core.demo.tokenizer`), train a `transformers.Qwen3ForCausalLM` with the
+loss on the answer tokens only, save it in bfloat16 with the tokenizer and chat template, then decode a held-out
+split greedily through the saved checkpoint (exactly as inference does) and write ``metrics.json``.
+
+Everything is seeded (data, batch order, initialisation; two CPU threads), so a rerun with the same arguments
+reproduces the checkpoint. Nothing but ``core/demo/data/sample.jsonl`` is written as data: the training set is
+regenerated from the seed.
+
+Training shares one forward of the fixed template head (everything before the conversation, ~185 tokens) across
+each batch: the head's keys/values are computed once with gradients and expanded over the batch, which is exactly
+the full-sequence forward (the tokenization of the head never depends on the content after it) at a third of
+the cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import DEMO_GEN_DIR, DEMO_SAMPLE_PATH
+from .data import Example, heldout_set, training_set, write_sample
+from .tokenizer import SPECIAL_TOKENS, THINK_TOKENS, encode_guard_input, train_tokenizer
+
+__all__ = ["MODEL_SHAPE", "TrainSettings", "train_gen", "evaluate", "greedy_answers", "main"]
+
+#: The demo model's shape: ~1.3M parameters, ~2.6 MB in bfloat16.
+MODEL_SHAPE: dict[str, Any] = {
+    "hidden_size": 128,
+    "intermediate_size": 384,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 32,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 1024,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+    "rms_norm_eps": 1e-6,
+}
+SAVE_DTYPE = "bfloat16"  # what the official Qwen3Guard checkpoints ship
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Knobs of one training run (defaults finish in well under ten minutes on two cores)."""
+
+    steps: int = 1400
+    seed: int = 0
+    train_size: int = 16000
+    heldout_size: int = 800
+    lr: float = 3e-3
+    warmup: int = 60
+    weight_decay: float = 0.01
+    batch_tokens: int = 6144  # suffix tokens per batch (the shared head is extra)
+    max_batch: int = 64
+    threads: int = 2
+
+
+@dataclass
+class _Encoded:
+    mode: str
+    prompt: list[int]
+    answer: list[int]
+
+
+def _log(msg: str) -> None:
+    print(f"[demo.train {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _tokenizer_corpus(examples: Sequence[Example]):
+    """Text the BPE learns from: the contents, the answers and (every fourth example) the rendered instruction."""
+    from ..prompts import render_conversation
+
+    for i, ex in enumerate(examples):
+        for message in ex.messages:
+            yield message["content"]
+        yield ex.answer
+        if i % 4 == 0:
+            yield render_conversation(ex.messages)
+
+
+def _encode(tokenizer, examples: Sequence[Example], max_len: int) -> list[_Encoded]:
+    """Prompt ids through the inference path, plus the answer ids and ``<|im_end|>``."""
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    out: list[_Encoded] = []
+    dropped = 0
+    for ex in examples:
+        answer = tokenizer(ex.answer, add_special_tokens=False)["input_ids"] + [eos]
+        variants = [encode_guard_input(tokenizer, ex.messages)]
+        if any(tok in m["content"] for m in ex.messages for tok in (*SPECIAL_TOKENS, *THINK_TOKENS)):
+            # A backend may instead tokenize the whole user block with split_special_tokens=True: learn that too.
+            text = tokenizer.apply_chat_template(ex.messages, tokenize=False)
+            tail = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+            body = text[len("<|im_start|>"): -len(tail)]
+            variants.append([im_start] + tokenizer(body, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+                            + tokenizer(tail, add_special_tokens=False)["input_ids"])
+        for prompt in variants:
+            if len(prompt) + len(answer) > max_len:
+                dropped += 1
+                continue
+            out.append(_Encoded(ex.mode, prompt, answer))
+    if dropped:
+        _log(f"dropped {dropped} sequences longer than {max_len} tokens")
+    return out
+
+
+def _common_prefix(seqs: Sequence[list[int]]) -> list[int]:
+    first = seqs[0]
+    n = min(len(s) for s in seqs)
+    for s in seqs[1:]:
+        i = 0
+        while i < n and s[i] == first[i]:
+            i += 1
+        n = i
+    return first[:n]
+
+
+def _batches(encoded: list[_Encoded], prefix_len: int, settings: TrainSettings, rng: random.Random) -> list[list[_Encoded]]:
+    """Length-bucketed batches under a token budget, in a seeded random order."""
+    items = sorted(encoded, key=lambda e: (len(e.prompt) + len(e.answer), rng.random()))
+    batches: list[list[_Encoded]] = []
+    cur: list[_Encoded] = []
+    for e in items:
+        width = len(e.prompt) + len(e.answer) - prefix_len
+        if cur and ((len(cur) + 1) * width > settings.batch_tokens or len(cur) >= settings.max_batch):
+            batches.append(cur)
+            cur = []
+        cur.append(e)
+    if cur:
+        batches.append(cur)
+    rng.shuffle(batches)
+    return batches
+
+
+def _train(model, encoded: list[_Encoded], pad_id: int, settings: TrainSettings) -> dict[str, Any]:
+    import torch
+    import torch.nn.functional as F
+
+    rng = random.Random(settings.seed)
+    prefixes = {mode: _common_prefix([e.prompt for e in encoded if e.mode == mode]) for mode in ("prompt", "response")}
+    _log(f"shared template head: {', '.join(f'{k} {len(v)} tokens' for k, v in prefixes.items())}")
+    by_mode = {mode: [e for e in encoded if e.mode == mode] for mode in prefixes}
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=settings.lr, betas=(0.9, 0.98), eps=1e-8)
+
+    def lr_at(step: int) -> float:
+        if step < settings.warmup:
+            return settings.lr * (step + 1) / settings.warmup
+        progress = (step - settings.warmup) / max(1, settings.steps - settings.warmup)
+        return settings.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    queue: list[tuple[str, list[_Encoded]]] = []
+    epoch = 0
+    model.train()
+    t0 = time.time()
+    losses: list[float] = []
+    tokens = 0
+    for step in range(settings.steps):
+        if not queue:
+            epoch += 1
+            queue = [(mode, b) for mode in by_mode for b in _batches(by_mode[mode], len(prefixes[mode]), settings, rng)]
+            rng.shuffle(queue)
+        mode, batch = queue.pop()
+        prefix = prefixes[mode]
+        p = len(prefix)
+        seqs = [e.prompt[p:] + e.answer for e in batch]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        # Predict answer token t from position t-1 (relative to the suffix; -1 means the head's last token).
+        rows, cols, targets = [], [], []
+        for i, (e, s) in enumerate(zip(batch, seqs)):
+            ids[i, : len(s)] = torch.tensor(s)
+            start = len(e.prompt) - p
+            for j, tok in enumerate(e.answer):
+                rows.append(i)
+                cols.append(start + j - 1)
+                targets.append(tok)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        head = model.model(input_ids=torch.tensor([prefix]), use_cache=True)
+        cache = head.past_key_values
+        for layer in cache.layers:  # one head forward, shared (with its gradient) by the whole batch
+            layer.keys = layer.keys.expand(len(batch), -1, -1, -1)
+            layer.values = layer.values.expand(len(batch), -1, -1, -1)
+        hidden = model.model(input_ids=ids, past_key_values=cache, use_cache=True).last_hidden_state
+        head_last = head.last_hidden_state[0, -1]
+        rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
+        picked = torch.where((cols_t < 0).unsqueeze(-1), head_last.expand(len(rows), -1), hidden[rows_t, cols_t.clamp(min=0)])
+        logits = model.lm_head(picked)
+        loss = F.cross_entropy(logits.float(), torch.tensor(targets))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        tokens += p + ids.numel()
+        if step % 100 == 0 or step == settings.steps - 1:
+            recent = sum(losses[-100:]) / len(losses[-100:])
+            _log(f"step {step:5d}/{settings.steps}  epoch {epoch}  loss {recent:.4f}  lr {lr_at(step):.2e}  "
+                 f"{time.time() - t0:6.1f}s  {tokens / max(1e-9, time.time() - t0):,.0f} tok/s")
+    model.eval()
+    return {"steps": settings.steps, "epochs_started": epoch, "final_loss": round(sum(losses[-100:]) / len(losses[-100:]), 5),
+            "seconds": round(time.time() - t0, 1), "tokens": tokens}
+
+
+def greedy_answers(model, tokenizer, conversations: Sequence[Sequence[dict[str, str]]], batch_size: int = 32,
+                   max_new_tokens: int = 24) -> list[str]:
+    """Greedy answers for conversations, batched with left padding (the same path as local inference)."""
+    import torch
+
+    pad = tokenizer.pad_token_id
+    encoded = [encode_guard_input(tokenizer, c) for c in conversations]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    answers: list[str] = [""] * len(encoded)
+    for start in range(0, len(order), batch_size):
+        idx = order[start: start + batch_size]
+        width = max(len(encoded[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            seq = encoded[i]
+            ids[row, width - len(seq):] = torch.tensor(seq)
+            mask[row, width - len(seq):] = 1
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+                                 pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+        for row, i in enumerate(idx):
+            answers[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True)
+    return answers
+
+
+def evaluate(model, tokenizer, examples: Sequence[Example]) -> dict[str, Any]:
+    """Held-out accuracy (risk, category, refusal) overall, per stage and per family, parsed like the library does."""
+    from ..errors import VerdictParseError
+    from ..prompts import parse_verdict
+
+    answers = greedy_answers(model, tokenizer, [ex.messages for ex in examples])
+    groups: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    failures = []
+    for ex, text in zip(examples, answers):
+        keys = ["overall", f"stage:{ex.stage}", f"family:{'.'.join(ex.source.split('.')[:2])}"]
+        try:
+            v = parse_verdict(text, mode=ex.mode)
+            risk_ok = v.risk.value == ex.risk
+            cat_ok = list(v.categories) == list(ex.categories)
+            ref_ok = None if ex.refusal is None else v.refusal == ex.refusal
+            binary_ok = (v.risk.value == "safe") == (ex.risk == "safe")
+            parsed = 1
+        except VerdictParseError:
+            risk_ok = cat_ok = binary_ok = False
+            ref_ok = None if ex.refusal is None else False
+            parsed = 0
+        for k in keys:
+            g = groups[k]
+            g["n"].append(1)
+            g["parsed"].append(parsed)
+            g["risk"].append(int(risk_ok))
+            g["category"].append(int(cat_ok))
+            g["safe_vs_not"].append(int(binary_ok))
+            if ref_ok is not None:
+                g["refusal"].append(int(ref_ok))
+        if not (risk_ok and cat_ok and ref_ok in (None, True)) and len(failures) < 40:
+            failures.append({"source": ex.source, "text": ex.messages[-1]["content"][:200], "expected": ex.answer, "got": text})
+
+    def summary(g: dict[str, list[int]]) -> dict[str, Any]:
+        out: dict[str, Any] = {"n": len(g["n"])}
+        for k in ("risk", "category", "refusal", "safe_vs_not", "parsed"):
+            if g.get(k):
+                out[f"{k}_accuracy" if k != "parsed" else "parse_rate"] = round(sum(g[k]) / len(g[k]), 4)
+        return out
+
+    return {
+        "overall": summary(groups["overall"]),
+        "by_stage": {k.split(":", 1)[1]: summary(v) for k, v in sorted(groups.items()) if k.startswith("stage:")},
+        "by_family": {k.split(":", 1)[1]: summary(v) for k, v in sorted(groups.items()) if k.startswith("family:")},
+        "failures": failures,
+    }
+
+
+def train_gen(out_dir: Path | str = DEMO_GEN_DIR, settings: TrainSettings = TrainSettings(), write_sample_file: bool = True) -> dict:
+    """Build data, tokenizer and model; save the checkpoint and ``metrics.json`` into `out_dir`; return the metrics."""
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+    started = time.time()
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    random.seed(settings.seed)
+
+    train_examples = training_set(settings.train_size, seed=settings.seed)
+    held = heldout_set(settings.heldout_size, seed=settings.seed)
+    _log(f"data: {len(train_examples)} training, {len(held)} held-out examples")
+
+    tokenizer = train_tokenizer(_tokenizer_corpus(train_examples))
+    special_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (*SPECIAL_TOKENS, *THINK_TOKENS)}
+    _log(f"tokenizer: {len(tokenizer)} ids, special {special_ids}")
+
+    max_len = MODEL_SHAPE["max_position_embeddings"]
+    encoded = _encode(tokenizer, train_examples, max_len)
+    _log(f"encoded {len(encoded)} sequences, longest {max(len(e.prompt) + len(e.answer) for e in encoded)} tokens")
+
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        bos_token_id=special_ids["<|endoftext|>"],
+        eos_token_id=special_ids["<|im_end|>"],
+        pad_token_id=special_ids["<|endoftext|>"],
+        **MODEL_SHAPE,
+    )
+    model = Qwen3ForCausalLM(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    _log(f"model: {n_params:,} parameters")
+    train_info = _train(model, encoded, special_ids["<|endoftext|>"], settings)
+
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory(prefix="demo-gen-") as tmp:
+        stage = Path(tmp) / "gen"
+        model.generation_config = GenerationConfig(
+            do_sample=False, max_new_tokens=32, eos_token_id=special_ids["<|im_end|>"],
+            pad_token_id=special_ids["<|endoftext|>"], bos_token_id=special_ids["<|endoftext|>"],
+        )
+        model.to(getattr(torch, SAVE_DTYPE)).save_pretrained(stage)
+        tokenizer.save_pretrained(stage)
+        _retag_tokenizer(stage)
+
+        # Score the checkpoint as it was saved, through the normal loading path.
+        saved = AutoModelForCausalLM.from_pretrained(stage, dtype=torch.float32)
+        from transformers import AutoTokenizer
+
+        saved_tok = AutoTokenizer.from_pretrained(stage)
+        t_eval = time.time()
+        metrics = evaluate(saved, saved_tok, held)
+        _log(f"held-out: {json.dumps(metrics['overall'])} ({time.time() - t_eval:.0f}s)")
+        for stage_name, s in metrics["by_stage"].items():
+            _log(f"  {stage_name:12s} {json.dumps(s)}")
+        metrics = {
+            "heldout": metrics,
+            "training": {**train_info, "seed": settings.seed, "train_examples": len(train_examples),
+                         "train_sequences": len(encoded), "heldout_examples": len(held), "lr": settings.lr,
+                         "total_seconds": round(time.time() - started, 1), "torch_threads": settings.threads},
+            "model": {"parameters": n_params, "dtype": SAVE_DTYPE, **{k: v for k, v in MODEL_SHAPE.items()},
+                      "vocab_size": len(tokenizer), "special_token_ids": special_ids},
+        }
+        (stage / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        shutil.copytree(stage, out_dir)
+    if write_sample_file:
+        write_sample(DEMO_SAMPLE_PATH)
+    _log(f"wrote {out_dir} in {time.time() - started:.0f}s")
+    return metrics
+
+
+def _retag_tokenizer(directory: Path) -> None:
+    """Name the tokenizer class as Qwen3 checkpoints do (``Qwen2Tokenizer``), which transformers 4.x and 5.x both load.
+
+    transformers 5 saves a tokenizer built from a `tokenizers` object as ``TokenizersBackend``, a class 4.x lacks.
+    """
+    path = directory / "tokenizer_config.json"
+    cfg = json.loads(path.read_text())
+    cfg["tokenizer_class"] = "Qwen2Tokenizer"
+    cfg.setdefault("add_prefix_space", False)
+    cfg.setdefault("errors", "replace")
+    cfg["split_special_tokens"] = False
+    path.write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m qwenguard.core.demo.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("which", choices=["gen"], help="which demo checkpoint to train (the Stream demo is trained elsewhere)")
+    parser.add_argument("--out", type=Path, default=DEMO_GEN_DIR, help=f"output directory (default {DEMO_GEN_DIR})")
+    parser.add_argument("--steps", type=int, default=TrainSettings.steps)
+    parser.add_argument("--seed", type=int, default=TrainSettings.seed)
+    parser.add_argument("--train-size", type=int, default=TrainSettings.train_size)
+    parser.add_argument("--no-sample", action="store_true", help="do not rewrite core/demo/data/sample.jsonl")
+    args = parser.parse_args(argv)
+    settings = TrainSettings(steps=args.steps, seed=args.seed, train_size=args.train_size)
+    train_gen(args.out, settings, write_sample_file=not args.no_sample)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,331 @@
+"""Labelled evaluation data: JSONL, CSV or Parquet rows → `EvalExample`s.
+
+Accepted columns (names are case-sensitive):
+
+- the content: ``text`` (or ``prompt``) — a user prompt; or ``messages`` — a conversation, a list of
+  ``{"role", "content"}`` (a JSON string in CSV). A row with a non-empty ``response`` is a response
+  check: the response is the assistant's answer to the text/prompt/messages.
+- ``label``: ``safe`` / ``unsafe`` / ``controversial`` (any case), or ``0`` / ``1`` (also ``true``/``false``).
+- optional ``category`` (one official category name, or several separated by commas; ``None`` or empty
+  for none), ``source`` (where the row came from), ``id``, ``refusal`` (true/false, response rows), and
+  ``stage`` (prompt, response, tool_call, tool_result, retrieval; default: ``response`` when the row has
+  a response, else ``prompt``). ``response`` and ``tool_call`` rows must end with the assistant's turn.
+- with a ``response``, the user turn is ``prompt`` when present (``text`` may repeat the response, as in
+  the shipped sample), else ``text``.
+
+Every problem is reported as a `DataError` naming the file and the row (1-based data row; for JSONL
+and CSV also the line), never as a crash further down.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import MissingDependency, QwenGuardError
+from ..verdict import CATEGORIES, Risk, Stage
+
+__all__ = ["DataError", "EvalExample", "load_dataset", "examples_from_records", "parse_label", "SUPPORTED_SUFFIXES"]
+
+SUPPORTED_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet", ".pq")
+
+_LABELS: dict[str, Risk] = {
+    "safe": Risk.SAFE, "0": Risk.SAFE, "false": Risk.SAFE,
+    "unsafe": Risk.UNSAFE, "1": Risk.UNSAFE, "true": Risk.UNSAFE,
+    "controversial": Risk.CONTROVERSIAL,
+}
+_NONE_CATEGORY = {"", "none", "null", "nan", "n/a", "-"}
+_CATEGORY_BY_LOWER = {c.lower(): c for c in CATEGORIES}
+#: Stages whose checked turn is the assistant's (response moderation); the others end with a user-side turn.
+_ASSISTANT_STAGES = frozenset({Stage.RESPONSE, Stage.TOOL_CALL})
+
+
+class DataError(QwenGuardError, ValueError):
+    """A dataset file or row cannot be used; the message names the file and row."""
+
+
+@dataclass(frozen=True)
+class EvalExample:
+    """One labelled check: the conversation shown to the guard, at a stage, with its gold label."""
+
+    id: str
+    stage: Stage
+    conversation: tuple[Mapping[str, str], ...]
+    label: Risk
+    categories: tuple[str, ...] = ()
+    source: str | None = None
+    refusal: bool | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def text(self) -> str:
+        """The judged turn (the prompt for prompt checks, the response for response checks)."""
+        return self.conversation[-1]["content"]
+
+    def messages(self) -> list[dict[str, str]]:
+        return [dict(m) for m in self.conversation]
+
+
+def parse_label(value: Any) -> Risk:
+    """``safe``/``unsafe``/``controversial`` (any case) or 0/1 → `Risk`; `ValueError` otherwise."""
+    if isinstance(value, bool):
+        return Risk.UNSAFE if value else Risk.SAFE
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value in (0, 1):
+            return Risk.UNSAFE if value == 1 else Risk.SAFE
+        raise ValueError(f"numeric label must be 0 or 1, got {value!r}")
+    if isinstance(value, str):
+        key = value.strip().lower()
+        if key.endswith(".0") and key[:-2] in ("0", "1"):  # "1.0" from spreadsheets
+            key = key[:-2]
+        if key in _LABELS:
+            return _LABELS[key]
+    raise ValueError(f"label {value!r} is not one of safe, unsafe, controversial, 0, 1")
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and value != value:  # NaN from pandas/parquet
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def _parse_categories(value: Any) -> tuple[str, ...]:
+    if _is_missing(value):
+        return ()
+    items: Iterable[Any]
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            items = json.loads(text)
+        else:
+            items = text.split(",")
+    elif isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
+        items = value.tolist() if hasattr(value, "tolist") else value
+    else:
+        raise ValueError(f"category must be a string or a list, got {type(value).__name__}")
+    out: list[str] = []
+    for item in items:
+        name = str(item).strip()
+        if name.lower() in _NONE_CATEGORY:
+            continue
+        # Official names are kept as the model writes them; other names (a dataset's own taxonomy)
+        # are kept verbatim so per-category breakdowns still work.
+        out.append(_CATEGORY_BY_LOWER.get(name.lower(), name))
+    return tuple(dict.fromkeys(out))
+
+
+def _parse_messages(value: Any) -> list[dict[str, str]]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"messages is not valid JSON: {exc.msg}") from None
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError("messages must be a non-empty list of {'role', 'content'} objects")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
+            raise ValueError(f"messages[{i}] must be an object with 'role' and 'content'")
+        role, content = m["role"], m["content"]
+        if role not in ("user", "assistant", "system"):
+            raise ValueError(f"messages[{i}].role must be user, assistant or system, got {role!r}")
+        if not isinstance(content, str):
+            raise ValueError(f"messages[{i}].content must be a string, got {type(content).__name__}")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def _text(value: Any, column: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"column {column!r} must be text, got {type(value).__name__}")
+    return value
+
+
+def _example(record: Mapping[str, Any], index: int) -> EvalExample:
+    """Build one example from a row; raises ValueError with a message that does not yet name the row."""
+    if "label" not in record:
+        raise ValueError("missing column 'label'")
+    label = parse_label(record["label"])
+    response = record.get("response")
+    has_response = not _is_missing(response)
+    if not _is_missing(record.get("messages")):
+        conversation = _parse_messages(record["messages"])
+        if has_response:
+            conversation.append({"role": "assistant", "content": _text(response, "response")})
+    else:
+        # With a response, the user turn is `prompt` (where `text` may repeat the response); else `text`.
+        order = ("prompt", "text") if has_response else ("text", "prompt")
+        column = next((c for c in order if not _is_missing(record.get(c))), None)
+        if column is None:
+            present = [c for c in ("text", "prompt", "messages") if c in record]
+            what = f"columns {present} are empty" if present else "no 'text', 'prompt' or 'messages' column"
+            raise ValueError(f"nothing to check: {what}")
+        conversation = [{"role": "user", "content": _text(record[column], column)}]
+        if has_response:
+            conversation.append({"role": "assistant", "content": _text(response, "response")})
+    if not conversation[-1]["content"].strip():
+        raise ValueError("the checked text is empty")
+    if conversation[-1]["role"] == "system":
+        raise ValueError("the last message is a system message; end with the user or assistant turn to check")
+    assistant_final = conversation[-1]["role"] == "assistant"
+    stage = Stage.RESPONSE if assistant_final else Stage.PROMPT
+    if not _is_missing(record.get("stage")):
+        try:
+            stage = Stage(str(record["stage"]).strip().lower())
+        except ValueError:
+            raise ValueError(f"stage {record['stage']!r} is not one of {[s.value for s in Stage]}") from None
+        if stage is Stage.STREAM:
+            raise ValueError("stage 'stream' cannot be evaluated row by row; use 'response'")
+        if (stage in _ASSISTANT_STAGES) != assistant_final:
+            need = "a response (the assistant's turn)" if stage in _ASSISTANT_STAGES else "no response"
+            raise ValueError(f"stage {stage.value!r} needs {need}")
+    refusal = record.get("refusal")
+    if _is_missing(refusal):
+        refusal = None
+    elif isinstance(refusal, str):
+        if refusal.strip().lower() not in ("true", "false", "yes", "no", "1", "0"):
+            raise ValueError(f"refusal {refusal!r} is not true/false")
+        refusal = refusal.strip().lower() in ("true", "yes", "1")
+    else:
+        refusal = bool(refusal)
+    source = record.get("source")
+    rid = record.get("id")
+    known = {"label", "response", "messages", "text", "prompt", "category", "categories", "source", "id", "stage",
+             "refusal"}
+    return EvalExample(
+        id=str(index) if _is_missing(rid) else str(rid),
+        stage=stage,
+        conversation=tuple(conversation),
+        label=label,
+        categories=_parse_categories(record.get("category", record.get("categories"))),
+        source=None if _is_missing(source) else str(source),
+        refusal=refusal,
+        extra={k: v for k, v in record.items() if k not in known},
+    )
+
+
+def examples_from_records(records: Iterable[Mapping[str, Any]], *, where: str = "data",
+                          lines: Sequence[int] | None = None) -> list[EvalExample]:
+    """Rows (dicts) → examples. ``where`` names the source in errors; ``lines`` maps rows to file lines."""
+    out: list[EvalExample] = []
+    for i, record in enumerate(records):
+        if not isinstance(record, Mapping):
+            raise DataError(f"{where} row {i + 1}: expected an object, got {type(record).__name__}")
+        try:
+            out.append(_example(record, i + 1))
+        except (ValueError, TypeError) as exc:
+            line = f" (line {lines[i]})" if lines is not None and i < len(lines) else ""
+            raise DataError(f"{where} row {i + 1}{line}: {exc}") from None
+    return out
+
+
+def _read_jsonl(path: Path) -> tuple[list[Any], list[int]]:
+    rows, lines = [], []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path} line {n}: not valid JSON ({exc.msg})") from None
+            lines.append(n)
+    return rows, lines
+
+
+def _read_json(path: Path) -> tuple[list[Any], list[int] | None]:
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            return json.loads(text), None
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    return _read_jsonl(path)
+
+
+def _read_csv(path: Path) -> tuple[list[Any], list[int]]:
+    rows, lines = [], []
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames:
+            raise DataError(f"{path}: empty CSV (no header row)")
+        start = 2
+        for row in reader:
+            rows.append(row)
+            lines.append(start)  # the line where this (possibly multi-line) row starts
+            start = reader.line_num + 1
+    return rows, lines
+
+
+def _read_parquet(path: Path) -> list[Any]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise MissingDependency.for_extra("eval", "pyarrow") from exc
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad file
+        raise DataError(f"{path}: cannot read as Parquet ({exc})") from exc
+
+
+def read_records(path: str | Path) -> tuple[list[Any], list[int] | None]:
+    """The raw rows of a file, and (JSONL/CSV) the line each row starts on."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return _read_jsonl(path)
+    if suffix == ".json":
+        return _read_json(path)
+    if suffix == ".csv":
+        return _read_csv(path)
+    if suffix in (".parquet", ".pq"):
+        return _read_parquet(path), None
+    raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}")
+
+
+def load_dataset(path: str | Path, *, stage: Stage | str | None = None, limit: int | None = None) -> list[EvalExample]:
+    """Load labelled examples from a JSONL, CSV or Parquet file.
+
+    ``stage`` keeps only prompt rows or only response rows (a row is a response check when it has a
+    response, or when its messages end with the assistant). ``limit`` keeps the first N after that.
+
+    >>> examples = load_dataset("sample.jsonl", stage="prompt", limit=50)   # doctest: +SKIP
+    """
+    records, lines = read_records(path)
+    if not records:
+        raise DataError(f"{path}: no rows")
+    examples = examples_from_records(records, where=str(path), lines=lines)
+    return select(examples, stage=stage, limit=limit, where=str(path))
+
+
+def select(examples: Sequence[EvalExample], *, stage: Stage | str | None = None, limit: int | None = None,
+           where: str = "data") -> list[EvalExample]:
+    """Keep the examples at ``stage`` (all when None), then the first ``limit``."""
+    out = list(examples)
+    if stage is not None:
+        try:
+            st = Stage(stage)
+        except ValueError:
+            raise ValueError(f"stage must be one of {[s.value for s in Stage if s is not Stage.STREAM]}, "
+                             f"got {stage!r}") from None
+        out = [e for e in out if e.stage is st]
+        if not out:
+            raise DataError(f"{where}: no {st.value} rows (a row's stage comes from its 'stage' column, "
+                            f"else 'response' when it has a response, else 'prompt')")
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        out = out[:limit]
+    return out
+
+

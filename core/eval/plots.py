@@ -1,0 +1,130 @@
+"""PNG plots of an `EvalReport`: confusion matrices, precision/recall vs threshold, recall by category.
+
+Figures are drawn with `matplotlib.figure.Figure` and its Agg canvas directly, never through pyplot,
+so no global backend is switched and nothing needs a display.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import MissingDependency
+
+if TYPE_CHECKING:
+    from .report import EvalReport
+
+__all__ = ["write_plots", "PLOT_FILES"]
+
+PLOT_FILES = {"confusion": "confusion_matrix.png", "threshold": "precision_recall_threshold.png",
+              "category": "recall_by_category.png"}
+_COLORS = {"strict": "#c0392b", "loose": "#2471a3"}
+
+
+def _figure(width: float, height: float) -> Any:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise MissingDependency.for_extra("eval", "matplotlib") from exc
+    return Figure(figsize=(width, height), dpi=110, layout="constrained")
+
+
+def _nan(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def plot_confusion(report: EvalReport, path: Path) -> Path:
+    names = list(report.mappings)
+    fig = _figure(3.4 * len(names), 3.3)
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    for ax, name in zip(axes, names):
+        o = report.mappings[name]["overall"]
+        m = [[o["tn"], o["fp"]], [o["fn"], o["tp"]]]
+        total = max(1, sum(map(sum, m)))
+        ax.imshow([[v / total for v in row] for row in m], cmap="Blues", vmin=0, vmax=1)
+        for i in range(2):
+            for j in range(2):
+                share = m[i][j] / total
+                ax.text(j, i, f"{m[i][j]}\n{share:.0%}", ha="center", va="center",
+                        color="white" if share > 0.5 else "black", fontsize=11)
+        ax.set_xticks([0, 1], ["allow", "block"])
+        ax.set_yticks([0, 1], ["harmless", "harmful"])
+        ax.set_xlabel("guard")
+        ax.set_ylabel("gold label")
+        ax.set_title(f"{name}: recall {_pct(o['recall'])}, precision {_pct(o['precision'])}", fontsize=9)
+    fig.savefig(path)
+    return path
+
+
+def _pct(value: Any) -> str:
+    return "–" if value is None else f"{value:.0%}"
+
+
+def plot_threshold(report: EvalReport, path: Path) -> Path:
+    fig = _figure(6.4, 4.0)
+    ax = fig.subplots()
+    drew = False
+    for name, m in report.mappings.items():
+        pts = m["thresholds"]
+        if not pts:
+            continue
+        drew = True
+        xs = [p["threshold"] for p in pts]
+        color = _COLORS.get(name)
+        ax.plot(xs, [_nan(p["recall"]) for p in pts], color=color, lw=2, drawstyle="steps-post", label=f"{name} recall")
+        ax.plot(xs, [_nan(p["precision"]) for p in pts], color=color, lw=1.5, ls="--", drawstyle="steps-post", label=f"{name} precision")
+    if drew:
+        ax.set_xlabel("threshold on the score (strict: 1 - P(safe); loose: P(unsafe))")
+        ax.set_ylabel("rate")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower left", fontsize=8)
+        ax.set_title("Precision and recall vs threshold", fontsize=10)
+    else:
+        ax.axis("off")
+        ax.text(0.5, 0.5, "No scores: the backend returned no label probabilities,\nso there is no threshold sweep.",
+                ha="center", va="center", fontsize=11)
+    fig.savefig(path)
+    return path
+
+
+def plot_categories(report: EvalReport, path: Path) -> Path:
+    names = list(report.mappings)
+    cats = [c for c in report.mappings[names[0]]["by_category"] if c["positives"] > 0 or
+            any(next(x for x in report.mappings[n]["by_category"] if x["category"] == c["category"])["positives"]
+                for n in names)]
+    fig = _figure(6.8, max(2.4, 0.24 * len(cats) * len(names) + 1.2))
+    ax = fig.subplots()
+    if not cats:
+        ax.axis("off")
+        ax.text(0.5, 0.5, "No harmful rows: recall is undefined.", ha="center", va="center")
+        fig.savefig(path)
+        return path
+    height = 0.8 / len(names)
+    labels = [c["category"] for c in cats]
+    for k, name in enumerate(names):
+        by = {c["category"]: c for c in report.mappings[name]["by_category"]}
+        ys = [i + (k - (len(names) - 1) / 2) * height for i in range(len(cats))]
+        vals = [_nan(by[c]["recall"]) for c in labels]
+        ax.barh(ys, [0 if v != v else v for v in vals], height=height * 0.95, color=_COLORS.get(name), label=name)
+        for y, v, c in zip(ys, vals, labels):
+            txt = "n/a" if v != v else f"{v:.0%} of {by[c]['positives']}"
+            ax.text(min(v if v == v else 0, 1) + 0.01, y, txt, va="center", fontsize=7)
+    ax.set_yticks(range(len(cats)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.18)
+    ax.set_xlabel("recall (share of harmful rows blocked)")
+    ax.set_title("Recall by category", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.savefig(path)
+    return path
+
+
+def write_plots(report: EvalReport, out_dir: Path) -> dict[str, Path]:
+    """Draw the three PNGs into ``out_dir``."""
+    return {
+        "confusion": plot_confusion(report, out_dir / PLOT_FILES["confusion"]),
+        "threshold": plot_threshold(report, out_dir / PLOT_FILES["threshold"]),
+        "category": plot_categories(report, out_dir / PLOT_FILES["category"]),
+    }

@@ -1,0 +1,316 @@
+"""Run a Guard over labelled examples: batches, concurrency, a progress bar, and a resumable cache.
+
+Each finished batch is appended to a JSONL *prediction cache* (one line per example, keyed by the
+model name, the stage and the exact conversation), flushed at once. A run that is interrupted
+(Ctrl-C, a crash, a closed laptop) resumes from that file: examples already in it are not sent to
+the guard again. Guard errors and timeouts are reported but not cached, so a rerun retries them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..policy import Decision
+from ..verdict import Risk, Verdict
+from .data import EvalExample
+
+__all__ = ["Prediction", "RunResult", "PredictionCache", "run_guard", "arun_guard", "example_key",
+           "DEFAULT_BATCH_SIZE", "DEFAULT_CONCURRENCY"]
+
+DEFAULT_BATCH_SIZE = 16
+#: Batches in flight at once. Local models coalesce concurrent batches themselves; servers gain more.
+DEFAULT_CONCURRENCY = 1
+_CACHE_VERSION = 1
+
+
+def example_key(model: str, example: EvalExample) -> str:
+    """A stable key for one guard call: model name + stage + the exact conversation."""
+    payload = json.dumps([model, example.stage.value, [[m["role"], m["content"]] for m in example.conversation]],
+                         ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the guard said about one example: a verdict's fields, or the error that replaced it."""
+
+    key: str
+    risk: Risk | None
+    categories: tuple[str, ...] = ()
+    refusal: bool | None = None
+    probs: Mapping[Risk, float] | None = None
+    error: str | None = None
+    timeout: bool = False
+    latency_ms: float = 0.0
+    cached: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.risk is not None
+
+    @property
+    def verdict(self) -> Verdict | None:
+        if self.risk is None:
+            return None
+        return Verdict(self.risk, self.categories, self.refusal, "", self.latency_ms, None, self.probs)
+
+    @classmethod
+    def from_decision(cls, key: str, decision: Decision) -> Prediction:
+        v = decision.verdict
+        if v is None:
+            error = decision.error or f"no verdict (reason: {decision.reason})"
+            return cls(key, None, error=error, timeout=decision.reason == "timeout")
+        probs = None if v.probs is None else {Risk(r): float(p) for r, p in v.probs.items()}
+        return cls(key, v.risk, tuple(v.categories), v.refusal, probs, latency_ms=v.latency_ms)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "v": _CACHE_VERSION, "key": self.key, "risk": self.risk.value if self.risk else None,
+            "categories": list(self.categories), "refusal": self.refusal,
+            "probs": None if self.probs is None else {r.value: p for r, p in self.probs.items()},
+            "latency_ms": round(self.latency_ms, 3),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Prediction:
+        probs = data.get("probs")
+        return cls(
+            key=str(data["key"]), risk=Risk(data["risk"]), categories=tuple(data.get("categories") or ()),
+            refusal=data.get("refusal"), probs=None if probs is None else {Risk(k): float(p) for k, p in probs.items()},
+            latency_ms=float(data.get("latency_ms") or 0.0), cached=True,
+        )
+
+
+class PredictionCache:
+    """Append-only JSONL of predictions. Unreadable lines (a write cut short) are skipped."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = None if path is None else Path(path)
+        self.entries: dict[str, Prediction] = {}
+        self.skipped_lines = 0
+        self._needs_newline = False
+        if self.path is not None and self.path.exists():
+            with self.path.open("rb") as fb:
+                fb.seek(0, 2)
+                if fb.tell():
+                    fb.seek(-1, 2)
+                    # A write cut short ends without a newline: start the next line on its own.
+                    self._needs_newline = fb.read(1) != b"\n"
+            with self.path.open(encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        data = json.loads(line)
+                        if data.get("v") != _CACHE_VERSION or data.get("risk") is None:
+                            raise ValueError
+                        p = Prediction.from_json(data)
+                    except (ValueError, KeyError, TypeError, AttributeError):
+                        self.skipped_lines += 1
+                        continue
+                    self.entries[p.key] = p
+
+    def get(self, key: str) -> Prediction | None:
+        return self.entries.get(key)
+
+    def add(self, predictions: Sequence[Prediction]) -> None:
+        fresh = [p for p in predictions if p.ok]
+        for p in fresh:
+            self.entries[p.key] = p
+        if self.path is None or not fresh:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            # One write per batch; if it is cut short, the partial last line is skipped on reload.
+            lead = "\n" if self._needs_newline else ""
+            f.write(lead + "".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in fresh))
+            self._needs_newline = False
+            f.flush()
+
+
+@dataclass
+class RunResult:
+    """Predictions in the order of the examples, and how the run went."""
+
+    predictions: list[Prediction]
+    model: str
+    from_cache: int = 0
+    ran: int = 0
+    errors: int = 0
+    elapsed_s: float = 0.0
+    cache_path: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rows_per_s(self) -> float | None:
+        return None if self.elapsed_s <= 0 or self.ran == 0 else self.ran / self.elapsed_s
+
+    def summary(self) -> dict[str, Any]:
+        rate = self.rows_per_s
+        return {"model": self.model, "rows": len(self.predictions), "from_cache": self.from_cache, "ran": self.ran,
+                "errors": self.errors, "elapsed_s": round(self.elapsed_s, 3),
+                "rows_per_s": None if rate is None else round(rate, 2), "cache": self.cache_path}
+
+
+def _model_name(guard: Any) -> str:
+    return str(getattr(getattr(guard, "backend", None), "name", None) or type(guard).__name__)
+
+
+def _plan(guard: Any, examples: Sequence[EvalExample], cache: PredictionCache, batch_size: int
+          ) -> tuple[list[str], list[list[tuple[str, EvalExample]]]]:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    model = _model_name(guard)
+    keys = [example_key(model, e) for e in examples]
+    todo: dict[str, EvalExample] = {}
+    for k, e in zip(keys, examples):
+        if cache.get(k) is None and k not in todo:  # duplicates in the data are asked once
+            todo[k] = e
+    items = list(todo.items())
+    return keys, [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+
+
+def _items(batch: list[tuple[str, EvalExample]]) -> list[tuple[Any, list[dict[str, str]]]]:
+    return [(e.stage, e.messages()) for _, e in batch]
+
+
+def _to_predictions(batch: list[tuple[str, EvalExample]], decisions: Sequence[Decision]) -> list[Prediction]:
+    return [Prediction.from_decision(k, d) for (k, _), d in zip(batch, decisions)]
+
+
+@contextmanager
+def _progress(total: int, done: int, enabled: bool, label: str) -> Iterator[Any]:
+    """A rich progress bar (count, rate, elapsed, ETA) on stderr, or a no-op."""
+    if not enabled:
+        class _Nop:
+            def advance(self, n: int) -> None:
+                pass
+
+        yield _Nop()
+        return
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            return Text("  -  rows/s" if task.speed is None else f"{task.speed:6.1f} rows/s", style="cyan")
+
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+                        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                        console=Console(stderr=True), transient=False)
+    with progress:
+        task = progress.add_task(label, total=total, completed=done)
+
+        class _Bar:
+            def advance(self, n: int) -> None:
+                progress.advance(task, n)
+
+        yield _Bar()
+
+
+def _finish(guard: Any, examples: Sequence[EvalExample], keys: list[str], cache: PredictionCache,
+            fresh: dict[str, Prediction], from_cache: int, elapsed: float) -> RunResult:
+    preds = []
+    for k in keys:
+        p = fresh.get(k) or cache.get(k)
+        if p is None:  # pragma: no cover - every key was either cached or asked
+            raise RuntimeError(f"no prediction for key {k}")
+        preds.append(p)
+    ran = len(fresh)
+    errors = sum(1 for p in fresh.values() if not p.ok)
+    return RunResult(preds, _model_name(guard), from_cache=from_cache, ran=ran, errors=errors, elapsed_s=elapsed,
+                     cache_path=None if cache.path is None else str(cache.path))
+
+
+def run_guard(guard: Any, examples: Sequence[EvalExample], *, cache: str | Path | PredictionCache | None = None,
+              batch_size: int = DEFAULT_BATCH_SIZE, concurrency: int = DEFAULT_CONCURRENCY,
+              progress: bool = False) -> RunResult:
+    """Classify every example with ``guard.check_many`` in batches; resume from ``cache`` if given.
+
+    ``concurrency`` batches run at once (threads; a local backend coalesces them into larger forwards).
+    An interrupt (KeyboardInterrupt) propagates after the finished batches are safely in the cache.
+    """
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    store = cache if isinstance(cache, PredictionCache) else PredictionCache(cache)
+    keys, batches = _plan(guard, examples, store, batch_size)
+    pending_rows = sum(len(b) for b in batches)
+    asked = {k for b in batches for k, _ in b}
+    from_cache = sum(1 for k in keys if k not in asked)
+    fresh: dict[str, Prediction] = {}
+    start = time.perf_counter()
+
+    def record(preds: list[Prediction], bar: Any) -> None:
+        store.add(preds)
+        fresh.update((p.key, p) for p in preds)
+        bar.advance(len(preds))
+
+    unique_total = len(dict.fromkeys(keys))
+    with _progress(unique_total, unique_total - pending_rows, progress, "qwenguard eval") as bar:
+        if concurrency == 1:
+            for batch in batches:
+                record(_to_predictions(batch, guard.check_many(_items(batch))), bar)
+        else:
+            pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="qwenguard-eval")
+            queue = iter(batches)
+            running: dict[Future[Any], list[tuple[str, EvalExample]]] = {}
+            try:
+                for batch in queue:
+                    running[pool.submit(guard.check_many, _items(batch))] = batch
+                    if len(running) >= concurrency:
+                        break
+                while running:
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        batch = running.pop(fut)
+                        record(_to_predictions(batch, fut.result()), bar)
+                        nxt = next(queue, None)
+                        if nxt is not None:
+                            running[pool.submit(guard.check_many, _items(nxt))] = nxt
+            finally:
+                # On an interrupt, drop what has not started; batches in flight finish in the background.
+                pool.shutdown(wait=not running, cancel_futures=True)
+    return _finish(guard, examples, keys, store, fresh, from_cache, time.perf_counter() - start)
+
+
+async def arun_guard(guard: Any, examples: Sequence[EvalExample], *,
+                     cache: str | Path | PredictionCache | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                     concurrency: int = DEFAULT_CONCURRENCY, progress: bool = False) -> RunResult:
+    """Async twin of `run_guard` (``guard.acheck_many``; ``concurrency`` batches awaited at once)."""
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    store = cache if isinstance(cache, PredictionCache) else PredictionCache(cache)
+    keys, batches = _plan(guard, examples, store, batch_size)
+    pending_rows = sum(len(b) for b in batches)
+    asked = {k for b in batches for k, _ in b}
+    from_cache = sum(1 for k in keys if k not in asked)
+    fresh: dict[str, Prediction] = {}
+    start = time.perf_counter()
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(batch: list[tuple[str, EvalExample]]) -> list[Prediction]:
+        async with gate:
+            return _to_predictions(batch, await guard.acheck_many(_items(batch)))
+
+    unique_total = len(dict.fromkeys(keys))
+    with _progress(unique_total, unique_total - pending_rows, progress, "qwenguard eval") as bar:
+        tasks = [asyncio.ensure_future(one(b)) for b in batches]
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                preds = await next_done
+                store.add(preds)
+                fresh.update((p.key, p) for p in preds)
+                bar.advance(len(preds))
+        finally:
+            for t in tasks:
+                t.cancel()
+    return _finish(guard, examples, keys, store, fresh, from_cache, time.perf_counter() - start)

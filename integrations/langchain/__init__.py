@@ -1,0 +1,50 @@
+"""qwenguard for LangChain and LangGraph (extra: ``pip install 'qwenguard[langchain]'``).
+
+- `GuardCallbackHandler` / `AsyncGuardCallbackHandler`: pass in ``config={"callbacks": [...]}`` of any
+  chain, model or agent; screens inputs, every streamed chunk (before it is shown), answers, tool calls
+  (before the tool runs), tool results and retrieved documents, and raises `GuardViolation`.
+- `GuardMiddleware`: for ``langchain.agents.create_agent``; turns violations into a policy action
+  (``exit_behavior`` "error" | "end" | "replace"); blocked tool calls never execute.
+- `GuardRunnable`, `guard_input`, `guard_output`: LCEL pieces, ``guard_input(g) | prompt | model | guard_output(g)``.
+- `GuardDocumentCompressor`, `GuardedRetriever`: drop (or raise on) unsafe or injected documents.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qwenguard.core import MissingDependency
+
+try:
+    import langchain_core  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised without the extra installed
+    raise MissingDependency.for_extra("langchain", "langchain-core") from exc
+
+from .callbacks import AsyncGuardCallbackHandler, GuardCallbackHandler
+from .documents import GuardDocumentCompressor, GuardedRetriever
+from .runnables import GuardRunnable, guard_input, guard_output
+
+__all__ = [
+    "AsyncGuardCallbackHandler",
+    "GuardCallbackHandler",
+    "GuardDocumentCompressor",
+    "GuardMiddleware",
+    "GuardRunnable",
+    "GuardedRetriever",
+    "guard_input",
+    "guard_output",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The agent middleware needs `langchain` and `langgraph` on top of langchain-core: import it on
+    # first use so that callbacks, runnables and retrieval work with langchain-core alone.
+    if name == "GuardMiddleware":
+        try:
+            from .middleware import GuardMiddleware
+        except ImportError as exc:
+            if isinstance(exc, MissingDependency) or not (exc.name or "").startswith(("langchain", "langgraph")):
+                raise
+            raise MissingDependency.for_extra("langchain", exc.name or "langchain") from exc
+        return GuardMiddleware
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,123 @@
+"""Retrieval screening: `GuardDocumentCompressor` and `GuardedRetriever`.
+
+Retrieved documents are untrusted content: each is checked on its own (one batched guard call per
+retrieval, `Guard.check_documents`), so harmful text and injected instructions ("ignore all previous
+instructions ...", the Jailbreak category) never reach the prompt. Documents keep their order and
+metadata; the input documents are never mutated (kept ones are copies when metadata is added).
+
+``on_violation``: ``"drop"`` (default) removes blocked documents; ``"raise"`` raises `GuardViolation`
+(or `GuardUnavailable` when the guard could not answer and the policy fails closed) for the first
+blocked document. Documents the policy lets through but flags (controversial in loose mode, ignored
+categories, fail-open errors) are kept with the decision in ``metadata["qwenguard"]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForRetrieverRun,
+    CallbackManagerForRetrieverRun,
+    Callbacks,
+)
+from langchain_core.documents import BaseDocumentCompressor, Document
+from langchain_core.retrievers import BaseRetriever
+from pydantic import ConfigDict, field_validator
+
+from qwenguard.core import Action, Decision, Guard, enforce
+
+from ._screening import METADATA_KEY, require_guard
+
+__all__ = ["GuardDocumentCompressor", "GuardedRetriever", "OnViolation"]
+
+OnViolation = Literal["drop", "raise"]
+
+
+def _texts(documents: Sequence[Document]) -> list[str]:
+    if isinstance(documents, (str, Document)):
+        raise TypeError("documents must be a list of Document, not a single value")
+    out = []
+    for i, doc in enumerate(documents):
+        if not isinstance(doc, Document):
+            raise TypeError(f"documents[{i}] must be a langchain_core Document, got {type(doc).__name__}")
+        out.append(doc.page_content)
+    return out
+
+
+def _apply(documents: Sequence[Document], decisions: Sequence[Decision], on_violation: OnViolation) -> list[Document]:
+    kept: list[Document] = []
+    for doc, decision in zip(documents, decisions):
+        if not decision.allowed:
+            if on_violation == "raise":
+                enforce(decision)
+            continue
+        if decision.action is Action.FLAG:
+            doc = doc.model_copy(update={"metadata": {**doc.metadata, METADATA_KEY: decision.to_dict()}})
+        kept.append(doc)
+    return kept
+
+
+class GuardDocumentCompressor(BaseDocumentCompressor):
+    """Drops (or raises on) retrieved documents that the guard blocks.
+
+    >>> compressor = GuardDocumentCompressor(guard=guard)                   # doctest: +SKIP
+    >>> safe_docs = compressor.compress_documents(docs, query="...")        # doctest: +SKIP
+
+    Works wherever a `BaseDocumentCompressor` goes (e.g. langchain-classic's
+    ``ContextualCompressionRetriever``); `GuardedRetriever` needs nothing beyond langchain-core.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    guard: Guard
+    on_violation: OnViolation = "drop"
+
+    @field_validator("guard", mode="before")
+    @classmethod
+    def _check_guard(cls, value: Any) -> Guard:
+        return require_guard(value)
+
+    def compress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
+        texts = _texts(documents)
+        if not texts:
+            return []
+        return _apply(documents, self.guard.check_documents(query, texts), self.on_violation)
+
+    async def acompress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
+        texts = _texts(documents)
+        if not texts:
+            return []
+        return _apply(documents, await self.guard.acheck_documents(query, texts), self.on_violation)
+
+
+class GuardedRetriever(BaseRetriever):
+    """Any retriever, with its results screened by a `GuardDocumentCompressor`.
+
+    >>> retriever = GuardedRetriever.wrap(store.as_retriever(), guard)       # doctest: +SKIP
+    >>> retriever.invoke("What is the capital of France?")                   # doctest: +SKIP
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    retriever: BaseRetriever
+    compressor: GuardDocumentCompressor
+
+    @classmethod
+    def wrap(cls, retriever: BaseRetriever, guard: Guard, *, on_violation: OnViolation = "drop") -> GuardedRetriever:
+        """``retriever`` screened by ``guard``."""
+        return cls(retriever=retriever, compressor=GuardDocumentCompressor(guard=guard, on_violation=on_violation))
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+        docs = self.retriever.invoke(query, config={"callbacks": run_manager.get_child()})
+        return list(self.compressor.compress_documents(docs, query))
+
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun
+    ) -> list[Document]:
+        docs = await self.retriever.ainvoke(query, config={"callbacks": run_manager.get_child()})
+        return list(await self.compressor.acompress_documents(docs, query))

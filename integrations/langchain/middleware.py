@@ -1,0 +1,335 @@
+"""`GuardMiddleware`: Qwen3Guard inside `langchain.agents.create_agent`, where a violation becomes a policy action.
+
+Where it looks (every step is one batched guard call):
+
+- ``before_model``: what is new since the model's last turn — the user's input (prompt check, with
+  the earlier turns as context) and tool results (untrusted content: injected instructions show up
+  as Jailbreak). Runs before the model sees them.
+- ``after_model``: the model's answer — its text (response check) and every tool call it asks for
+  (``Tool call: name({...})`` as the assistant's action). Runs before any tool executes.
+- ``wrap_tool_call``: the tool call again right before ``handler`` (the last line of defence; the
+  verdict is cached from ``after_model``), and the tool's result right after it.
+
+What a violation does (``exit_behavior``):
+
+- ``"error"``: raise `GuardViolation` (the run aborts; nothing is written to the state).
+- ``"end"``: the flagged message is replaced *in place* (same message id, so the unsafe text and its
+  dangling tool calls leave the state) and the agent jumps to the end with ``violation_message``.
+- ``"replace"``: the flagged message is replaced in place and the agent goes on: a withheld tool
+  result reaches the model as a notice, a replaced answer becomes the final answer. A blocked user
+  turn ends the run with ``violation_message`` (there is nothing left to answer).
+
+A tool call blocked in ``wrap_tool_call`` never executes: with ``"error"`` it raises, otherwise the
+model receives an error `ToolMessage` (``status="error"``).
+
+Token streaming: model tokens reach ``stream_mode="messages"`` consumers from inside the model call,
+before any middleware hook runs. To stop a token before it is shown, also pass a
+`GuardCallbackHandler` in ``config={"callbacks": [...]}`` (see ``callbacks.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal
+
+from langchain.agents.middleware import AgentMiddleware, AgentState, hook_config
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langgraph.runtime import Runtime
+from langgraph.types import Command
+
+from qwenguard.core import Action, Decision, Guard, Risk, Stage, Verdict, enforce
+from qwenguard.core.conversations import tool_call_conversation, untrusted_conversation
+
+from ._messages import (
+    DEFAULT_HISTORY_TURNS,
+    Item,
+    guard_history,
+    message_text,
+    output_items,
+    pending_inputs,
+    tool_arguments,
+)
+from ._screening import METADATA_KEY, ascreen, blocked_pairs, require_guard, screen
+
+__all__ = [
+    "GuardMiddleware",
+    "ExitBehavior",
+    "DEFAULT_VIOLATION_MESSAGE",
+    "DEFAULT_INPUT_NOTICE",
+    "DEFAULT_TOOL_RESULT_NOTICE",
+    "DEFAULT_TOOL_CALL_NOTICE",
+]
+
+ExitBehavior = Literal["error", "end", "replace"]
+
+#: The assistant's answer when a violation ends the run. ``{categories}`` is filled in.
+DEFAULT_VIOLATION_MESSAGE = "I can't help with that: the content was blocked by the safety guard ({categories})."
+#: What replaces a blocked user turn in the state.
+DEFAULT_INPUT_NOTICE = "[message withheld by the safety guard ({categories})]"
+#: What the model sees instead of a blocked tool result.
+DEFAULT_TOOL_RESULT_NOTICE = (
+    "The output of tool '{tool}' was withheld by the safety guard ({categories}); do not rely on it."
+)
+#: What the model sees instead of running a blocked tool call.
+DEFAULT_TOOL_CALL_NOTICE = "The call to tool '{tool}' was blocked by the safety guard ({categories}) and did not run."
+
+
+def _fill(template: str, decision: Decision, **extra: str) -> str:
+    categories = ", ".join(decision.categories) or decision.reason
+    try:
+        return template.format(categories=categories, reason=decision.reason, **extra)
+    except (KeyError, IndexError):  # a user template with other fields: use it as is
+        return template
+
+
+def _screened(message: BaseMessage) -> bool:
+    """True for messages this middleware wrote: they are not screened again."""
+    meta = getattr(message, "response_metadata", None) or {}
+    return isinstance(meta, dict) and isinstance(meta.get(METADATA_KEY), dict)
+
+
+def _after_last_ai(messages: Sequence[BaseMessage]) -> int:
+    for i in range(len(messages) - 1, -1, -1):
+        if isinstance(messages[i], AIMessage):
+            return i + 1
+    return 0
+
+
+def _decision_from(record: dict[str, Any]) -> Decision:
+    """A Decision rebuilt from its ``to_dict()`` record (only what the refusal text needs)."""
+    verdict = None
+    if record.get("risk"):
+        verdict = Verdict(Risk(record["risk"]), tuple(record.get("categories") or ()))
+    return Decision(
+        bool(record.get("allowed")), Action(record.get("action", "block")), Stage(record.get("stage", "tool_result")),
+        str(record.get("reason", "unsafe")), verdict, record.get("error"),
+    )
+
+
+def _with_decision(meta: dict[str, Any] | None, decision: Decision) -> dict[str, Any]:
+    return {**(meta or {}), METADATA_KEY: decision.to_dict()}
+
+
+class GuardMiddleware(AgentMiddleware):
+    """Screens an agent's inputs, answers, tool calls and tool results with a `Guard`.
+
+    >>> from langchain.agents import create_agent                                  # doctest: +SKIP
+    >>> agent = create_agent(model, tools, middleware=[GuardMiddleware(guard)])      # doctest: +SKIP
+
+    Args:
+        guard: the `qwenguard.core.Guard` to use (its `Policy` decides what blocks).
+        exit_behavior: ``"error"``, ``"end"`` (default) or ``"replace"`` (see the module docstring).
+        check_input / check_output / check_tool_calls / check_tool_results: switch each screen off.
+        violation_message, input_notice, tool_result_notice, tool_call_notice: texts that replace
+            flagged content (``{categories}``, ``{reason}`` and, for tools, ``{tool}`` are filled in).
+        history_turns: earlier user/assistant turns given to the guard as context.
+    """
+
+    def __init__(
+        self,
+        guard: Guard,
+        *,
+        exit_behavior: ExitBehavior = "end",
+        check_input: bool = True,
+        check_output: bool = True,
+        check_tool_calls: bool = True,
+        check_tool_results: bool = True,
+        violation_message: str = DEFAULT_VIOLATION_MESSAGE,
+        input_notice: str = DEFAULT_INPUT_NOTICE,
+        tool_result_notice: str = DEFAULT_TOOL_RESULT_NOTICE,
+        tool_call_notice: str = DEFAULT_TOOL_CALL_NOTICE,
+        history_turns: int = DEFAULT_HISTORY_TURNS,
+    ) -> None:
+        super().__init__()
+        if exit_behavior not in ("error", "end", "replace"):
+            raise ValueError(f"exit_behavior must be 'error', 'end' or 'replace', got {exit_behavior!r}")
+        self.guard = require_guard(guard)
+        self.exit_behavior: ExitBehavior = exit_behavior
+        self.check_input = check_input
+        self.check_output = check_output
+        self.check_tool_calls = check_tool_calls
+        self.check_tool_results = check_tool_results
+        self.violation_message = violation_message
+        self.input_notice = input_notice
+        self.tool_result_notice = tool_result_notice
+        self.tool_call_notice = tool_call_notice
+        self.history_turns = history_turns
+        self.tools = []
+
+    # -- what to check (pure) -----------------------------------------------------------------
+    def _input_items(self, state: AgentState) -> list[Item]:
+        messages = list(state.get("messages") or ())
+        wanted = {Stage.PROMPT: self.check_input, Stage.TOOL_RESULT: self.check_tool_results}
+        return [
+            i
+            for i in pending_inputs(messages, self.history_turns)
+            if wanted.get(i.stage) and i.message is not None and not _screened(i.message)
+        ]
+
+    def _output_items(self, state: AgentState) -> list[Item]:
+        messages = list(state.get("messages") or ())
+        if not messages or not isinstance(messages[-1], AIMessage) or _screened(messages[-1]):
+            return []
+        return output_items(
+            messages[-1],
+            messages[:-1],
+            self.history_turns,
+            text=self.check_output,
+            tool_calls=self.check_tool_calls,
+        )
+
+    # -- what a violation does (pure) -----------------------------------------------------------
+    def _refusal(self, decision: Decision, replaces: BaseMessage | None = None) -> AIMessage:
+        kwargs: dict[str, Any] = {"id": replaces.id} if replaces is not None and replaces.id else {}
+        return AIMessage(
+            content=_fill(self.violation_message, decision),
+            response_metadata={METADATA_KEY: decision.to_dict()},
+            **kwargs,
+        )
+
+    def _redact_input(self, item: Item, decision: Decision) -> BaseMessage:
+        message = item.message
+        assert message is not None
+        if isinstance(message, ToolMessage):
+            name = message.name or "tool"
+            return message.model_copy(
+                update={
+                    "content": _fill(self.tool_result_notice, decision, tool=name),
+                    "status": "error",
+                    "response_metadata": _with_decision(message.response_metadata, decision),
+                }
+            )
+        return message.model_copy(
+            update={
+                "content": _fill(self.input_notice, decision),
+                "response_metadata": _with_decision(message.response_metadata, decision),
+            }
+        )
+
+    def _ended_by_tool(self, state: AgentState) -> dict[str, Any] | None:
+        """With ``"end"``: a tool call or result that `wrap_tool_call` blocked ends the run here."""
+        if self.exit_behavior != "end":
+            return None
+        messages = list(state.get("messages") or ())
+        for message in messages[_after_last_ai(messages):]:
+            record = (getattr(message, "response_metadata", None) or {}).get(METADATA_KEY)
+            if isinstance(message, ToolMessage) and isinstance(record, dict) and not record.get("allowed", True):
+                decision = _decision_from(record)
+                return {"messages": [self._refusal(decision)], "jump_to": "end"}
+        return None
+
+    def _on_input(self, state: AgentState, items: list[Item], decisions: list[Decision]) -> dict[str, Any] | None:
+        blocked = blocked_pairs(items, decisions)
+        if not blocked:
+            return self._ended_by_tool(state)
+        if self.exit_behavior == "error":
+            enforce(blocked[0][1])
+        updates: list[BaseMessage] = [self._redact_input(item, d) for item, d in blocked]
+        user_blocked = [d for item, d in blocked if item.stage is Stage.PROMPT]
+        if self.exit_behavior == "end" or user_blocked:
+            first = user_blocked[0] if user_blocked else blocked[0][1]
+            return {"messages": [*updates, self._refusal(first)], "jump_to": "end"}
+        return {"messages": updates}  # "replace": the model goes on with the notices
+
+    def _on_output(self, state: AgentState, items: list[Item], decisions: list[Decision]) -> dict[str, Any] | None:
+        blocked = blocked_pairs(items, decisions)
+        if not blocked:
+            return None
+        decision = blocked[0][1]
+        if self.exit_behavior == "error":
+            enforce(decision)
+        # Same id: add_messages replaces the unsafe answer (and its tool calls) instead of appending.
+        replacement = self._refusal(decision, replaces=state["messages"][-1])
+        if self.exit_behavior == "end":
+            return {"messages": [replacement], "jump_to": "end"}
+        return {"messages": [replacement]}  # no tool calls left: the agent finishes with it
+
+    # -- node hooks ---------------------------------------------------------------------------
+    @hook_config(can_jump_to=["end"])
+    def before_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
+        items = self._input_items(state)
+        return self._on_input(state, items, screen(self.guard, items))
+
+    @hook_config(can_jump_to=["end"])
+    async def abefore_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
+        items = self._input_items(state)
+        return self._on_input(state, items, await ascreen(self.guard, items))
+
+    @hook_config(can_jump_to=["end"])
+    def after_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
+        items = self._output_items(state)
+        return self._on_output(state, items, screen(self.guard, items)) if items else None
+
+    @hook_config(can_jump_to=["end"])
+    async def aafter_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
+        items = self._output_items(state)
+        return self._on_output(state, items, await ascreen(self.guard, items)) if items else None
+
+    # -- tool calls ---------------------------------------------------------------------------
+    def _call_item(self, request: Any) -> Item | None:
+        if not self.check_tool_calls:
+            return None
+        call = request.tool_call
+        state = request.state
+        messages = state.get("messages") if isinstance(state, dict) else getattr(state, "messages", None)
+        history = guard_history(list(messages or ()), self.history_turns)
+        name = call.get("name") or ""
+        return Item(Stage.TOOL_CALL, tool_call_conversation(name, tool_arguments(call), history), tool_call=call)
+
+    def _blocked_call(self, request: Any, decision: Decision) -> ToolMessage:
+        if self.exit_behavior == "error":
+            enforce(decision)
+        call = request.tool_call
+        name = call.get("name") or "tool"
+        return ToolMessage(
+            content=_fill(self.tool_call_notice, decision, tool=name),
+            tool_call_id=call.get("id") or "",
+            name=name,
+            status="error",
+            response_metadata={METADATA_KEY: decision.to_dict()},
+        )
+
+    def _result_item(self, request: Any, result: ToolMessage | Command) -> Item | None:
+        if not self.check_tool_results or not isinstance(result, ToolMessage):
+            return None
+        text = message_text(result)
+        if not text.strip():
+            return None
+        return Item(Stage.TOOL_RESULT, untrusted_conversation(text, "tool output"), result)
+
+    def _blocked_result(self, result: ToolMessage, decision: Decision) -> ToolMessage:
+        if self.exit_behavior == "error":
+            enforce(decision)
+        return self._redact_input(Item(Stage.TOOL_RESULT, [], result), decision)  # type: ignore[return-value]
+
+    def wrap_tool_call(
+        self, request: Any, handler: Callable[[Any], ToolMessage | Command]
+    ) -> ToolMessage | Command:
+        item = self._call_item(request)
+        if item is not None:
+            decision = screen(self.guard, [item])[0]
+            if not decision.allowed:
+                return self._blocked_call(request, decision)  # handler never runs: the tool does not execute
+        result = handler(request)
+        item = self._result_item(request, result)
+        if item is not None:
+            decision = screen(self.guard, [item])[0]
+            if not decision.allowed:
+                return self._blocked_result(result, decision)  # type: ignore[arg-type]
+        return result
+
+    async def awrap_tool_call(
+        self, request: Any, handler: Callable[[Any], Awaitable[ToolMessage | Command]]
+    ) -> ToolMessage | Command:
+        item = self._call_item(request)
+        if item is not None:
+            decision = (await ascreen(self.guard, [item]))[0]
+            if not decision.allowed:
+                return self._blocked_call(request, decision)
+        result = await handler(request)
+        item = self._result_item(request, result)
+        if item is not None:
+            decision = (await ascreen(self.guard, [item]))[0]
+            if not decision.allowed:
+                return self._blocked_result(result, decision)  # type: ignore[arg-type]
+        return result

@@ -1,0 +1,364 @@
+"""LCEL pieces: `GuardRunnable`, `guard_input()`, `guard_output()`.
+
+    chain = guard_input(guard) | prompt | model | guard_output(guard)
+    chain = GuardRunnable(guard=guard, runnable=prompt | model)      # input and output, with context
+
+- `guard_input` passes its input through unchanged after screening it (strings and user messages as
+  prompts, tool messages as untrusted content; for dict inputs every string value, or only
+  ``input_keys``).
+- `guard_output` is a streaming transform: each chunk is judged before it is passed on, and a
+  violation *raises* (`GuardViolation`) — raising, not returning, is what makes LangChain stop the
+  upstream model (an early return lets it keep generating). ``invoke`` judges the whole answer in one
+  check. Tool calls in the answer are judged when the answer is complete.
+- `GuardRunnable(runnable=...)` does both around ``runnable`` and judges the answer in the context of
+  the screened request.
+
+Every path exists sync and async: ``invoke``/``ainvoke``, ``stream``/``astream``, ``batch``/``abatch``,
+``transform``/``atransform``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, convert_to_messages
+from langchain_core.prompt_values import PromptValue
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
+from langchain_core.runnables.config import patch_config
+from pydantic import ConfigDict, field_validator, model_validator
+
+from qwenguard.core import Guard, Stage, enforce
+
+from ._messages import DEFAULT_HISTORY_TURNS, Item, message_text, output_items, pending_inputs, prompt_items
+from ._screening import ascreen, first_blocked, require_guard, screen
+from ._streaming import DEFAULT_WINDOW_CHARS, Engine, GateScreen, MonitorScreen, open_screen
+
+__all__ = ["GuardRunnable", "guard_input", "guard_output"]
+
+
+def _raise_first(items: Sequence[Item], decisions: Sequence[Any]) -> None:
+    found = first_blocked(items, decisions)
+    if found is not None:
+        enforce(found[1])
+
+
+def _combine(chunks: Sequence[Any]) -> Any:
+    """The full value of a streamed input (what ``invoke`` would have received)."""
+    final = chunks[0]
+    for chunk in chunks[1:]:
+        try:
+            final = final + chunk
+        except TypeError:
+            final = chunk
+    return final
+
+
+def _chunk_text(chunk: Any) -> str:
+    if isinstance(chunk, str):
+        return chunk
+    if isinstance(chunk, BaseMessage):
+        return message_text(chunk)
+    raise TypeError(
+        f"guard_output judges text: got a {type(chunk).__name__} chunk. Put it right after the model "
+        "(before output parsers), where chunks are messages or strings."
+    )
+
+
+class GuardRunnable(RunnableSerializable[Any, Any]):
+    """A guard step in a chain: screens the input, the output (streamed chunk by chunk), or both around ``runnable``.
+
+    Prefer the helpers `guard_input` / `guard_output` for pieces of a ``|`` chain.
+
+    Args:
+        guard: the `qwenguard.core.Guard`.
+        runnable: optional runnable to wrap; without it the step screens what flows through it.
+        check_input / check_output: which side to screen.
+        input_keys: for dict inputs, the keys whose values are the user's input (default: all strings).
+        stream_engine: ``"monitor"`` (default: a StreamMonitor; chunks are passed on once it released
+            their text, ``holdback`` guard tokens behind) or ``"gate"`` (the answer judged by a Gen check
+            at every word end, chunks held until then; ``window_chars``, ``min_chars``). See ``_streaming.py``.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    guard: Guard
+    runnable: Runnable[Any, Any] | None = None
+    check_input: bool = True
+    check_output: bool = True
+    input_keys: tuple[str, ...] | None = None
+    history_turns: int = DEFAULT_HISTORY_TURNS
+    stream_engine: Engine = "monitor"
+    holdback: int | None = None
+    window_chars: int = DEFAULT_WINDOW_CHARS
+    min_chars: int = 1
+
+    @field_validator("guard", mode="before")
+    @classmethod
+    def _check_guard(cls, value: Any) -> Guard:
+        return require_guard(value)
+
+    @model_validator(mode="after")
+    def _check_sides(self) -> GuardRunnable:
+        if self.runnable is None and self.check_input == self.check_output:
+            raise ValueError(
+                "a GuardRunnable without a runnable screens its input or its output, not both: "
+                "use guard_input(guard) / guard_output(guard), or pass runnable=..."
+            )
+        return self
+
+    def get_name(self, suffix: str | None = None, *, name: str | None = None) -> str:
+        if name is None and self.runnable is None:
+            name = "guard_input" if self.check_input else "guard_output"
+        return super().get_name(suffix, name=name)
+
+    # -- input side (pure) ------------------------------------------------------------------------
+    def _input_items(self, value: Any) -> list[Item]:
+        if isinstance(value, str):
+            return prompt_items([value])
+        if isinstance(value, PromptValue):
+            return pending_inputs(value.to_messages(), self.history_turns)
+        if isinstance(value, BaseMessage):
+            return pending_inputs([value], self.history_turns)
+        if isinstance(value, (list, tuple)):
+            return pending_inputs(convert_to_messages(value), self.history_turns)
+        if isinstance(value, dict):
+            keys = self.input_keys if self.input_keys is not None else tuple(value)
+            items: list[Item] = []
+            for key in keys:
+                if key not in value:
+                    raise KeyError(f"guard input key {key!r} not in the chain input (keys: {sorted(value)})")
+                sub = value[key]
+                if isinstance(sub, (str, PromptValue, BaseMessage, list, tuple)):
+                    items.extend(self._input_items(sub))
+                elif self.input_keys is not None:
+                    raise TypeError(f"guard input key {key!r} holds a {type(sub).__name__}, not text or messages")
+            return items
+        raise TypeError(
+            f"cannot screen a {type(value).__name__} input: pass a string, messages, a PromptValue or a dict of them"
+        )
+
+    @staticmethod
+    def _context(items: Sequence[Item]) -> list[dict[str, str]]:
+        prompts = [i for i in items if i.stage is Stage.PROMPT]
+        return list(prompts[-1].conversation) if prompts else []
+
+    # -- output side (pure) -----------------------------------------------------------------------
+    def _output_items(self, value: Any, context: list[dict[str, str]], *, text: bool = True) -> list[Item]:
+        if isinstance(value, BaseMessage):
+            return output_items(value, context, self.history_turns, text=text, tool_calls=True)
+        if isinstance(value, str):
+            return output_items(AIMessage(content=value), context, self.history_turns, tool_calls=False) if text else []
+        raise TypeError(
+            f"guard_output judges text: got a {type(value).__name__}. Put it right after the model "
+            "(before output parsers), where the output is a message or a string."
+        )
+
+    def _screen(self, context: list[dict[str, str]], *, asynchronous: bool) -> GateScreen | MonitorScreen:
+        options = {} if self.holdback is None else {"holdback": self.holdback}
+        return open_screen(
+            self.guard, context, self.stream_engine, asynchronous=asynchronous, hold=True,
+            window_chars=self.window_chars, min_chars=self.min_chars, monitor_options=options,
+        )
+
+    # -- invoke -----------------------------------------------------------------------------------
+    def _invoke(self, value: Any, run_manager: CallbackManagerForChainRun, config: RunnableConfig) -> Any:
+        context: list[dict[str, str]] = []
+        if self.check_input:
+            items = self._input_items(value)
+            _raise_first(items, screen(self.guard, items))
+            context = self._context(items)
+        output = value
+        if self.runnable is not None:
+            output = self.runnable.invoke(value, patch_config(config, callbacks=run_manager.get_child()))
+        if self.check_output:
+            items = self._output_items(output, context)
+            _raise_first(items, screen(self.guard, items))
+        return output
+
+    async def _ainvoke(self, value: Any, run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig) -> Any:
+        context: list[dict[str, str]] = []
+        if self.check_input:
+            items = self._input_items(value)
+            _raise_first(items, await ascreen(self.guard, items))
+            context = self._context(items)
+        output = value
+        if self.runnable is not None:
+            output = await self.runnable.ainvoke(value, patch_config(config, callbacks=run_manager.get_child()))
+        if self.check_output:
+            items = self._output_items(output, context)
+            _raise_first(items, await ascreen(self.guard, items))
+        return output
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return self._call_with_config(self._invoke, input, config, **kwargs)
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return await self._acall_with_config(self._ainvoke, input, config, **kwargs)
+
+    # -- streaming --------------------------------------------------------------------------------
+    def _guard_chunks(self, chunks: Iterator[Any], context: list[dict[str, str]]) -> Iterator[Any]:
+        judge = self._screen(context, asynchronous=False)
+        held: deque[tuple[int, Any]] = deque()  # (end offset of the chunk's text, chunk), not passed on yet
+        fed = 0
+        whole: Any = None
+        try:
+            for chunk in chunks:
+                text = _chunk_text(chunk)
+                fed += len(text)
+                held.append((fed, chunk))
+                whole = chunk if whole is None else _add(whole, chunk)
+                if text:
+                    judge.check(text)  # raises on a violation: upstream stops, held chunks never go out
+                while held and held[0][0] <= judge.released:
+                    yield held.popleft()[1]
+            judge.check("", final=True)
+        finally:
+            judge.close()
+        if isinstance(whole, BaseMessage):  # tool calls are judged once complete, before the last chunks go
+            items = self._output_items(_as_message(whole), context, text=False)
+            _raise_first(items, screen(self.guard, items))
+        while held:
+            yield held.popleft()[1]
+
+    async def _aguard_chunks(self, chunks: AsyncIterator[Any], context: list[dict[str, str]]) -> AsyncIterator[Any]:
+        judge = self._screen(context, asynchronous=True)
+        held: deque[tuple[int, Any]] = deque()
+        fed = 0
+        whole: Any = None
+        try:
+            async for chunk in chunks:
+                text = _chunk_text(chunk)
+                fed += len(text)
+                held.append((fed, chunk))
+                whole = chunk if whole is None else _add(whole, chunk)
+                if text:
+                    await judge.acheck(text)
+                while held and held[0][0] <= judge.released:
+                    yield held.popleft()[1]
+            await judge.acheck("", final=True)
+        finally:
+            judge.close()
+        if isinstance(whole, BaseMessage):
+            items = self._output_items(_as_message(whole), context, text=False)
+            _raise_first(items, await ascreen(self.guard, items))
+        while held:
+            yield held.popleft()[1]
+
+    def _transform(
+        self, inputs: Iterator[Any], run_manager: CallbackManagerForChainRun, config: RunnableConfig
+    ) -> Iterator[Any]:
+        if self.runnable is None and not self.check_input:  # guard_output: stream straight through the gate
+            yield from self._guard_chunks(inputs, [])
+            return
+        chunks = list(inputs)
+        if not chunks:
+            return
+        value = _combine(chunks)
+        items = self._input_items(value)
+        _raise_first(items, screen(self.guard, items))
+        if self.runnable is None:
+            yield value
+            return
+        output = self.runnable.transform(iter([value]), patch_config(config, callbacks=run_manager.get_child()))
+        if self.check_output:
+            output = self._guard_chunks(output, self._context(items))
+        yield from output
+
+    async def _atransform(
+        self, inputs: AsyncIterator[Any], run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig
+    ) -> AsyncIterator[Any]:
+        if self.runnable is None and not self.check_input:
+            async for chunk in self._aguard_chunks(inputs, []):
+                yield chunk
+            return
+        chunks = [chunk async for chunk in inputs]
+        if not chunks:
+            return
+        value = _combine(chunks)
+        items = self._input_items(value)
+        _raise_first(items, await ascreen(self.guard, items))
+        if self.runnable is None:
+            yield value
+            return
+
+        async def one() -> AsyncIterator[Any]:
+            yield value
+
+        output = self.runnable.atransform(one(), patch_config(config, callbacks=run_manager.get_child()))
+        if self.check_output:
+            output = self._aguard_chunks(output, self._context(items))
+        async for chunk in output:
+            yield chunk
+
+    def transform(self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
+        yield from self._transform_stream_with_config(input, self._transform, config, **kwargs)
+
+    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
+        yield from self.transform(iter([input]), config, **kwargs)
+
+    async def atransform(
+        self, input: AsyncIterator[Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        async for chunk in self._atransform_stream_with_config(input, self._atransform, config, **kwargs):
+            yield chunk
+
+    async def astream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AsyncIterator[Any]:
+        async def one() -> AsyncIterator[Any]:
+            yield input
+
+        async for chunk in self.atransform(one(), config, **kwargs):
+            yield chunk
+
+
+def _add(whole: Any, chunk: Any) -> Any:
+    try:
+        return whole + chunk
+    except TypeError:
+        return chunk
+
+
+def _as_message(value: BaseMessage) -> BaseMessage:
+    """An aggregated `AIMessageChunk` parses its tool-call chunks into ``tool_calls``."""
+    if isinstance(value, AIMessageChunk):
+        return AIMessage(content=value.content, tool_calls=value.tool_calls, id=value.id)
+    return value
+
+
+def guard_input(
+    guard: Guard, *, input_keys: Sequence[str] | None = None, history_turns: int = DEFAULT_HISTORY_TURNS
+) -> GuardRunnable:
+    """A chain step that screens its input and passes it on unchanged (raises `GuardViolation` if blocked).
+
+    >>> chain = guard_input(guard, input_keys=["question"]) | prompt | model     # doctest: +SKIP
+    """
+    return GuardRunnable(
+        guard=guard,
+        check_input=True,
+        check_output=False,
+        input_keys=tuple(input_keys) if input_keys is not None else None,
+        history_turns=history_turns,
+    )
+
+
+def guard_output(
+    guard: Guard,
+    *,
+    stream_engine: Engine = "monitor",
+    holdback: int | None = None,
+    window_chars: int = DEFAULT_WINDOW_CHARS,
+    min_chars: int = 1,
+) -> GuardRunnable:
+    """A chain step that passes the model's answer on only once the guard judged it, and raises on a violation.
+
+    >>> chain = prompt | model | guard_output(guard) | StrOutputParser()         # doctest: +SKIP
+
+    ``stream_engine="monitor"`` (default) holds chunks back until the StreamMonitor released their
+    text; ``"gate"`` judges the answer with a Gen check at every word end before passing it on
+    (finer-grained, one check per word)."""
+    return GuardRunnable(
+        guard=guard, check_input=False, check_output=True, stream_engine=stream_engine, holdback=holdback,
+        window_chars=window_chars, min_chars=min_chars,
+    )

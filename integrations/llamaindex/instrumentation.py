@@ -1,0 +1,134 @@
+"""`GuardEventHandler`: shadow moderation and audit through LlamaIndex instrumentation.
+
+**It cannot block.** LlamaIndex's dispatcher runs event handlers inside ``except BaseException:
+pass``, so nothing a handler raises reaches the application. This handler therefore only judges
+what it sees (queries, retrieved nodes, LLM answers) and records the Decisions for audit logs and
+metrics. To stop content, use `GuardedLLM`, `GuardNodePostprocessor`, `GuardedRetriever`,
+`GuardTransform` or `GuardCallbackHandler`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any
+
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.events import BaseEvent
+from llama_index.core.instrumentation.events.llm import (
+    LLMChatEndEvent,
+    LLMChatInProgressEvent,
+    LLMCompletionEndEvent,
+)
+from llama_index.core.instrumentation.events.query import QueryStartEvent
+from llama_index.core.instrumentation.events.retrieval import RetrievalEndEvent
+from llama_index.core.schema import MetadataMode, QueryBundle
+
+from qwenguard.core import Decision, Guard
+from qwenguard.core.conversations import response_conversation
+
+from ._messages import message_text, split_turn
+
+__all__ = ["GuardEventHandler", "AuditRecord"]
+
+logger = logging.getLogger("qwenguard.llamaindex")
+
+#: (event class name, span id, Decision)
+AuditRecord = tuple[str, "str | None", Decision]
+
+
+class GuardEventHandler(BaseEventHandler):
+    """Judge queries, retrieved nodes and LLM answers as they pass, and record the Decisions.
+
+    Audit and metrics only: **it cannot block anything**, because LlamaIndex swallows every
+    exception an instrumentation handler raises. Register it with `attach` (or
+    ``get_dispatcher().add_event_handler``):
+
+    >>> audit = GuardEventHandler(guard=guard).attach()             # doctest: +SKIP
+    >>> audit.counts[("response", "block")]                         # doctest: +SKIP
+
+    ``records``: the latest ``max_records`` ``(event, span_id, Decision)``; ``counts``: a Counter
+    of ``(stage, action)``; ``on_record``: optional callable given each record (e.g. a log
+    shipper). Checks run synchronously in the dispatching thread: they add the guard's latency.
+    """
+
+    guard: Any = Field(exclude=True, description="The qwenguard Guard.")
+    max_records: int = Field(default=1000, gt=0)
+    on_record: Callable[[AuditRecord], None] | None = Field(default=None, exclude=True)
+    screen_queries: bool = True
+    screen_retrievals: bool = True
+    screen_responses: bool = True
+
+    _records: deque = PrivateAttr()
+    _counts: Counter = PrivateAttr(default_factory=Counter)
+    _streams: dict = PrivateAttr(default_factory=dict)  # span id -> text streamed so far
+    _lock: Any = PrivateAttr(default_factory=threading.Lock)
+
+    def __init__(self, guard: Guard, **kwargs: Any) -> None:
+        if not isinstance(guard, Guard):
+            raise TypeError(f"guard must be a qwenguard Guard, got {type(guard).__name__}")
+        super().__init__(guard=guard, **kwargs)
+        self._records = deque(maxlen=self.max_records)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "GuardEventHandler"
+
+    def attach(self, dispatcher_name: str = "root") -> GuardEventHandler:
+        """Register with a dispatcher (the root one sees every event); returns ``self``."""
+        get_dispatcher(dispatcher_name).add_event_handler(self)
+        return self
+
+    @property
+    def records(self) -> list[AuditRecord]:
+        with self._lock:
+            return list(self._records)
+
+    @property
+    def counts(self) -> Counter:
+        with self._lock:
+            return Counter(self._counts)
+
+    def _record(self, event: BaseEvent, decision: Decision) -> None:
+        record: AuditRecord = (event.class_name(), event.span_id, decision)
+        with self._lock:
+            self._records.append(record)
+            self._counts[(decision.stage.value, decision.action.value)] += 1
+        if self.on_record is not None:
+            self.on_record(record)
+
+    def handle(self, event: BaseEvent, **kwargs: Any) -> None:
+        # Our own failures would be swallowed silently by the dispatcher; log them instead.
+        try:
+            self._handle(event)
+        except Exception:  # noqa: BLE001
+            logger.exception("qwenguard GuardEventHandler failed on %s", type(event).__name__)
+
+    def _handle(self, event: BaseEvent) -> None:
+        if isinstance(event, QueryStartEvent) and self.screen_queries:
+            query = event.query.query_str if isinstance(event.query, QueryBundle) else event.query
+            if isinstance(query, str) and query.strip():
+                self._record(event, self.guard.check_prompt(query))
+        elif isinstance(event, RetrievalEndEvent) and self.screen_retrievals:
+            texts = [n.node.get_content(metadata_mode=MetadataMode.LLM) for n in event.nodes]
+            if texts:
+                for decision in self.guard.check_documents(None, texts):
+                    self._record(event, decision)
+        elif isinstance(event, LLMChatInProgressEvent) and self.screen_responses:
+            with self._lock:
+                self._streams[event.span_id] = self._streams.get(event.span_id, "") + (event.response.delta or "")
+        elif isinstance(event, LLMChatEndEvent) and self.screen_responses:
+            with self._lock:
+                streamed = self._streams.pop(event.span_id, None)
+            text = streamed if streamed else (message_text(event.response.message) if event.response else "")
+            if text.strip():
+                prompt = split_turn(event.messages).prompt
+                self._record(event, self.guard.check(response_conversation(prompt, text), "response"))
+        elif isinstance(event, LLMCompletionEndEvent) and self.screen_responses:
+            text = event.response.text or ""
+            if text.strip():
+                self._record(event, self.guard.check(response_conversation(event.prompt, text), "response"))

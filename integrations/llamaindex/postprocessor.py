@@ -1,0 +1,102 @@
+"""`GuardNodePostprocessor`: screen retrieved nodes before they reach the LLM.
+
+Each node is judged on its own as untrusted content, all of a query's nodes in one batch
+(``Guard.check_documents``): harmful text and injected instructions ("ignore all previous
+instructions...") are dropped, or stop the query, before the synthesizer puts them in a prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from llama_index.core.bridge.pydantic import Field
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+
+from qwenguard.core import Decision, Guard, enforce
+
+__all__ = ["GuardNodePostprocessor", "OnBlock", "screen_nodes", "ascreen_nodes"]
+
+logger = logging.getLogger("qwenguard.llamaindex")
+
+OnBlock = Literal["drop", "raise"]
+
+#: Where the Decision of a node that was let through (allowed or flagged) is recorded.
+DECISION_METADATA_KEY = "qwenguard_decision"
+
+
+def _texts(nodes: Sequence[NodeWithScore]) -> list[str]:
+    # Judge what the LLM will read, without metadata the synthesizer does not show.
+    return [n.node.get_content(metadata_mode=MetadataMode.LLM) for n in nodes]
+
+
+def _apply(
+    nodes: Sequence[NodeWithScore], decisions: Sequence[Decision], on_block: OnBlock, record: bool
+) -> list[NodeWithScore]:
+    kept: list[NodeWithScore] = []
+    for node, decision in zip(nodes, decisions):
+        if decision.allowed:
+            if record and decision.action.value == "flag":
+                node.node.metadata[DECISION_METADATA_KEY] = decision.to_dict()
+            kept.append(node)
+        elif on_block == "raise":
+            enforce(decision)
+        else:
+            logger.info("qwenguard dropped node %s: %s", node.node.node_id, decision.describe())
+    return kept
+
+
+def screen_nodes(guard: Guard, nodes: Sequence[NodeWithScore], query: str | None, on_block: OnBlock = "drop",
+                 record: bool = True) -> list[NodeWithScore]:
+    """The nodes the guard lets through (``on_block="drop"``), or `GuardViolation` (``"raise"``)."""
+    if not nodes:
+        return []
+    return _apply(nodes, guard.check_documents(query, _texts(nodes)), on_block, record)
+
+
+async def ascreen_nodes(guard: Guard, nodes: Sequence[NodeWithScore], query: str | None, on_block: OnBlock = "drop",
+                        record: bool = True) -> list[NodeWithScore]:
+    """Async twin of `screen_nodes`."""
+    if not nodes:
+        return []
+    return _apply(nodes, await guard.acheck_documents(query, _texts(nodes)), on_block, record)
+
+
+class GuardNodePostprocessor(BaseNodePostprocessor):
+    """Drop (or raise on) retrieved nodes the guard blocks.
+
+    >>> engine = index.as_query_engine(node_postprocessors=[GuardNodePostprocessor(guard=guard)])  # doctest: +SKIP
+
+    - ``on_block="drop"`` (default): blocked nodes are removed and the answer is built from the rest.
+      ``"raise"``: the first blocked node raises `GuardViolation` and the query stops.
+    - Nodes let through with a flag (controversial in a loose policy, fail-open guard errors) carry
+      the Decision in ``node.metadata["qwenguard_decision"]`` (``record_flags=False`` turns this off).
+    - Guard errors follow the guard's policy: fail closed (default) treats the node as blocked.
+    """
+
+    guard: Any = Field(exclude=True, description="The qwenguard Guard.")
+    on_block: OnBlock = Field(default="drop", description="'drop' blocked nodes, or 'raise' GuardViolation.")
+    record_flags: bool = Field(default=True, description="Record flagged decisions in node metadata.")
+
+    def __init__(self, guard: Guard, **kwargs: Any) -> None:
+        if not isinstance(guard, Guard):
+            raise TypeError(f"guard must be a qwenguard Guard, got {type(guard).__name__}")
+        super().__init__(guard=guard, **kwargs)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "GuardNodePostprocessor"
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        query = query_bundle.query_str if query_bundle is not None else None
+        return screen_nodes(self.guard, nodes, query, self.on_block, self.record_flags)
+
+    async def _apostprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        query = query_bundle.query_str if query_bundle is not None else None
+        return await ascreen_nodes(self.guard, nodes, query, self.on_block, self.record_flags)

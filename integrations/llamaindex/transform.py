@@ -1,0 +1,87 @@
+"""`GuardTransform`: filter documents and nodes in an ingestion pipeline, before they are indexed.
+
+Screening at ingestion keeps poisoned or harmful text out of the index at all, so no later query
+can retrieve it. The transform's policy and guard model are part of its ``to_dict()``, which
+``IngestionPipeline`` hashes into its cache key: changing the policy re-screens cached nodes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import Field, computed_field
+from llama_index.core.schema import BaseNode, MetadataMode, TransformComponent
+
+from qwenguard.core import Decision, Guard, enforce
+
+from .postprocessor import DECISION_METADATA_KEY, OnBlock
+
+__all__ = ["GuardTransform"]
+
+logger = logging.getLogger("qwenguard.llamaindex")
+
+
+class GuardTransform(TransformComponent):
+    """Drop (or raise on) nodes the guard blocks, as one step of an ingestion pipeline.
+
+    >>> pipeline = IngestionPipeline(transformations=[SentenceSplitter(), GuardTransform(guard=guard)])  # doctest: +SKIP
+
+    Put it after the splitter so each chunk is judged on its own (a long document is windowed by
+    the guard either way). ``on_block="raise"`` stops the ingestion at the first blocked node.
+    Flagged nodes keep the Decision in ``metadata["qwenguard_decision"]``.
+    """
+
+    guard: Any = Field(exclude=True, description="The qwenguard Guard.")
+    on_block: OnBlock = Field(default="drop", description="'drop' blocked nodes, or 'raise' GuardViolation.")
+    record_flags: bool = Field(default=True, description="Record flagged decisions in node metadata.")
+
+    def __init__(self, guard: Guard, **kwargs: Any) -> None:
+        if not isinstance(guard, Guard):
+            raise TypeError(f"guard must be a qwenguard Guard, got {type(guard).__name__}")
+        super().__init__(guard=guard, **kwargs)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "GuardTransform"
+
+    # Computed from the live guard, so the pipeline cache key always matches what screens the nodes.
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def policy(self) -> dict[str, Any]:
+        """The guard's policy, as data (part of the pipeline cache key)."""
+        return self.guard.policy.to_dict()
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def model(self) -> str:
+        """The guard model's name (part of the pipeline cache key)."""
+        return str(getattr(self.guard.backend, "name", type(self.guard.backend).__name__))
+
+    def _apply(self, nodes: Sequence[BaseNode], decisions: Sequence[Decision]) -> list[BaseNode]:
+        kept: list[BaseNode] = []
+        for node, decision in zip(nodes, decisions):
+            if decision.allowed:
+                if self.record_flags and decision.action.value == "flag":
+                    node.metadata[DECISION_METADATA_KEY] = decision.to_dict()
+                kept.append(node)
+            elif self.on_block == "raise":
+                enforce(decision)
+            else:
+                logger.info("qwenguard dropped node %s at ingestion: %s", node.node_id, decision.describe())
+        return kept
+
+    @staticmethod
+    def _texts(nodes: Sequence[BaseNode]) -> list[str]:
+        return [n.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
+
+    def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[BaseNode]:
+        if not nodes:
+            return []
+        return self._apply(nodes, self.guard.check_documents(None, self._texts(nodes)))
+
+    async def acall(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[BaseNode]:
+        if not nodes:
+            return []
+        return self._apply(nodes, await self.guard.acheck_documents(None, self._texts(nodes)))

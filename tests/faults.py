@@ -1,0 +1,56 @@
+"""Fault-injecting Gen backends for tests (mocks are for faults only; the happy path uses the demo guard)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+
+from qwenguard.core.errors import GuardTimeout, VerdictParseError
+from qwenguard.core.prompts import moderation_mode, parse_verdict
+
+
+class ScriptedBackend:
+    """Answers each conversation with ``answer(conversation) -> raw text``, optionally slow or failing."""
+
+    def __init__(self, answer: Callable[[Sequence[dict]], str], *, delay_s: float = 0.0, fail: Exception | None = None,
+                 name: str = "scripted") -> None:
+        self.answer = answer
+        self.delay_s = delay_s
+        self.fail = fail
+        self.name = name
+        self.calls: list[list] = []
+
+    def _one(self, conv):
+        raw = self.answer(conv)
+        try:
+            return parse_verdict(raw, mode=moderation_mode(conv), model=self.name)
+        except VerdictParseError as exc:
+            return exc
+
+    def classify(self, conversations, *, timeout=None):
+        self.calls.append(list(conversations))
+        if self.fail is not None:
+            raise self.fail
+        if timeout is not None and self.delay_s > timeout:
+            time.sleep(timeout)
+            raise GuardTimeout(f"no answer within {timeout} s")
+        time.sleep(self.delay_s)
+        return [self._one(c) for c in conversations]
+
+    async def aclassify(self, conversations, *, timeout=None):
+        self.calls.append(list(conversations))
+        if self.fail is not None:
+            raise self.fail
+
+        async def work():
+            await asyncio.sleep(self.delay_s)
+            return [self._one(c) for c in conversations]
+
+        try:
+            return await asyncio.wait_for(work(), timeout)
+        except asyncio.TimeoutError:
+            raise GuardTimeout(f"no answer within {timeout} s") from None
+
+    def close(self):
+        pass

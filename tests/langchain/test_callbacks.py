@@ -1,0 +1,293 @@
+"""GuardCallbackHandler / AsyncGuardCallbackHandler on real chat models, agents, tools and retrievers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from langchain.agents import create_agent
+from langchain_core.documents import Document
+from langchain_core.embeddings import DeterministicFakeEmbedding
+from langchain_core.messages import AIMessageChunk, HumanMessage
+from langchain_core.vectorstores import InMemoryVectorStore
+from lc_fakes import (
+    INJECTION,
+    SAFE_ANSWER,
+    SAFE_QUESTION,
+    UNSAFE_CLAUSE,
+    UNSAFE_PROMPT,
+    scripted,
+    tool_call,
+)
+
+from qwenguard.core import Guard, GuardUnavailable, GuardViolation
+from qwenguard.integrations.langchain import AsyncGuardCallbackHandler, GuardCallbackHandler
+
+# A reply whose start is safe and whose second sentence is not.
+MIXED = f"{SAFE_ANSWER} {UNSAFE_CLAUSE}"
+
+
+def _assert_cut_before_the_clause(received: str, error: GuardViolation) -> None:
+    assert MIXED.startswith(received)  # the consumer got a prefix, in order, nothing invented
+    assert UNSAFE_CLAUSE not in received  # ... and never the whole unsafe clause
+    assert len(received) < len(MIXED)
+    assert error.decision.stage.value == "stream"
+    assert error.decision.offset is not None and error.decision.offset <= len(received)
+
+
+def _message_chunks_text(chunks) -> str:
+    return "".join(c.text for c in chunks if isinstance(c, AIMessageChunk))
+
+
+def test_messages_stream_never_receives_the_unsafe_clause_sync(guard, tools):
+    handler = GuardCallbackHandler(guard)
+    agent = create_agent(scripted(MIXED), tools.all)
+    received = []
+    with pytest.raises(GuardViolation) as info:
+        for chunk, _meta in agent.stream(
+            {"messages": [HumanMessage(SAFE_QUESTION)]}, config={"callbacks": [handler]}, stream_mode="messages"
+        ):
+            received.append(chunk)
+    _assert_cut_before_the_clause(_message_chunks_text(received), info.value)
+    assert handler.active_runs == 0
+
+
+async def test_messages_stream_never_receives_the_unsafe_clause_async(guard, tools):
+    handler = AsyncGuardCallbackHandler(guard)
+    agent = create_agent(scripted(MIXED), tools.all)
+    received = []
+    with pytest.raises(GuardViolation) as info:
+        async for chunk, _meta in agent.astream(
+            {"messages": [HumanMessage(SAFE_QUESTION)]}, config={"callbacks": [handler]}, stream_mode="messages"
+        ):
+            received.append(chunk)
+    _assert_cut_before_the_clause(_message_chunks_text(received), info.value)
+    assert handler.active_runs == 0
+
+
+def _v3_text(event) -> str:
+    if event.get("method") != "messages":
+        return ""
+    data = event["params"]["data"][0]
+    if data.get("event") == "content-block-delta":
+        return data["delta"].get("text", "")
+    if data.get("event") == "content-block-finish" and data["content"].get("type") == "text":
+        raise AssertionError("a finished text block reached the consumer")  # it repeats the whole text
+    return ""
+
+
+@pytest.mark.filterwarnings("ignore::langchain_core._api.beta_decorator.LangChainBetaWarning")
+def test_v3_stream_events_sync(guard, tools):
+    handler = GuardCallbackHandler(guard)
+    agent = create_agent(scripted(MIXED), tools.all)
+    received = []
+    with pytest.raises(GuardViolation) as info:
+        run = agent.stream_events({"messages": [HumanMessage(SAFE_QUESTION)]}, config={"callbacks": [handler]}, version="v3")
+        for event in run:
+            received.append(_v3_text(event))
+    _assert_cut_before_the_clause("".join(received), info.value)
+
+
+@pytest.mark.filterwarnings("ignore::langchain_core._api.beta_decorator.LangChainBetaWarning")
+async def test_v3_stream_events_async(guard, tools):
+    handler = AsyncGuardCallbackHandler(guard)
+    agent = create_agent(scripted(MIXED), tools.all)
+    received = []
+    with pytest.raises(GuardViolation) as info:
+        run = await agent.astream_events(
+            {"messages": [HumanMessage(SAFE_QUESTION)]}, config={"callbacks": [handler]}, version="v3"
+        )
+        async for event in run:
+            received.append(_v3_text(event))
+    _assert_cut_before_the_clause("".join(received), info.value)
+
+
+def test_chat_model_stream_sync_and_safe_answer_passes(guard):
+    handler = GuardCallbackHandler(guard)
+    chunks = list(scripted(SAFE_ANSWER).stream([HumanMessage(SAFE_QUESTION)], config={"callbacks": [handler]}))
+    assert _message_chunks_text(chunks) == SAFE_ANSWER
+    received = []
+    with pytest.raises(GuardViolation) as info:
+        for chunk in scripted(MIXED).stream([HumanMessage(SAFE_QUESTION)], config={"callbacks": [handler]}):
+            received.append(chunk)
+    _assert_cut_before_the_clause(_message_chunks_text(received), info.value)
+    assert handler.active_runs == 0
+
+
+async def test_chat_model_astream(guard):
+    handler = AsyncGuardCallbackHandler(guard)
+    received = []
+    with pytest.raises(GuardViolation) as info:
+        async for chunk in scripted(MIXED).astream([HumanMessage(SAFE_QUESTION)], config={"callbacks": [handler]}):
+            received.append(chunk)
+    _assert_cut_before_the_clause(_message_chunks_text(received), info.value)
+
+
+def test_unsafe_prompt_stops_the_model_before_it_runs(guard):
+    model = scripted(SAFE_ANSWER)
+    with pytest.raises(GuardViolation) as info:
+        model.invoke([HumanMessage(UNSAFE_PROMPT)], config={"callbacks": [GuardCallbackHandler(guard)]})
+    assert info.value.decision.stage.value == "prompt" and "Violent" in info.value.decision.categories
+    assert model.seen == []
+
+
+async def test_unsafe_prompt_async(guard):
+    model = scripted(SAFE_ANSWER)
+    handler = AsyncGuardCallbackHandler(guard)
+    with pytest.raises(GuardViolation):
+        await model.ainvoke([HumanMessage(UNSAFE_PROMPT)], config={"callbacks": [handler]})
+    assert model.seen == [] and handler.active_runs == 0
+
+
+def test_unsafe_answer_without_streaming_is_caught_at_the_end(guard):
+    with pytest.raises(GuardViolation) as info:
+        scripted(UNSAFE_CLAUSE).invoke([HumanMessage(SAFE_QUESTION)], config={"callbacks": [GuardCallbackHandler(guard)]})
+    assert info.value.decision.stage.value == "response"
+
+
+def test_unsafe_tool_call_never_executes(guard, tools):
+    agent = create_agent(
+        scripted(tool_call("send_email", {"to": "friend@example.com", "body": UNSAFE_CLAUSE}), "Done."), tools.all
+    )
+    with pytest.raises(GuardViolation) as info:
+        agent.invoke({"messages": [HumanMessage("E-mail my friend.")]}, config={"callbacks": [GuardCallbackHandler(guard)]})
+    assert info.value.decision.stage.value == "tool_call"
+    assert tools.calls["send_email"] == 0
+
+
+async def test_on_tool_start_blocks_a_direct_tool_call(guard, tools):
+    args = {"to": "friend@example.com", "body": UNSAFE_CLAUSE}
+    with pytest.raises(GuardViolation):
+        tools.send_email.invoke(args, config={"callbacks": [GuardCallbackHandler(guard)]})
+    handler = AsyncGuardCallbackHandler(guard)
+    with pytest.raises(GuardViolation):
+        await tools.send_email.ainvoke(args, config={"callbacks": [handler]})
+    assert tools.calls["send_email"] == 0 and handler.active_runs == 0
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_injected_tool_result_is_caught_before_the_model_sees_it(guard, tools, mode):
+    model = scripted(tool_call("web_search", {"query": "capital of France"}), SAFE_ANSWER)
+    agent = create_agent(model, tools.all)
+    inputs = {"messages": [HumanMessage(SAFE_QUESTION)]}
+    with pytest.raises(GuardViolation) as info:
+        if mode == "sync":
+            agent.invoke(inputs, config={"callbacks": [GuardCallbackHandler(guard)]})
+        else:
+            await agent.ainvoke(inputs, config={"callbacks": [AsyncGuardCallbackHandler(guard)]})
+    assert info.value.decision.stage.value == "tool_result" and "Jailbreak" in info.value.decision.categories
+    assert tools.calls["web_search"] == 1
+    assert len(model.seen) == 1  # the model was never called with the injected result
+
+
+def _store() -> InMemoryVectorStore:
+    store = InMemoryVectorStore(DeterministicFakeEmbedding(size=32))
+    store.add_documents([Document("Paris is the capital of France."), Document(INJECTION)])
+    return store
+
+
+async def test_retriever_end_raises_on_injected_document(guard):
+    retriever = _store().as_retriever(search_kwargs={"k": 2})
+    with pytest.raises(GuardViolation) as info:
+        retriever.invoke(SAFE_QUESTION, config={"callbacks": [GuardCallbackHandler(guard)]})
+    assert info.value.decision.stage.value == "retrieval"
+    with pytest.raises(GuardViolation):
+        await retriever.ainvoke(SAFE_QUESTION, config={"callbacks": [AsyncGuardCallbackHandler(guard)]})
+
+
+async def test_one_handler_serves_concurrent_runs(guard, tools):
+    handler = AsyncGuardCallbackHandler(guard)
+
+    async def run(reply: str) -> str:
+        agent = create_agent(scripted(reply), tools.all)
+        text = ""
+        async for chunk, _meta in agent.astream(
+            {"messages": [HumanMessage(SAFE_QUESTION)]}, config={"callbacks": [handler]}, stream_mode="messages"
+        ):
+            text += chunk.text if isinstance(chunk, AIMessageChunk) else ""
+        return text
+
+    results = await asyncio.gather(run(SAFE_ANSWER), run(MIXED), run(SAFE_ANSWER), return_exceptions=True)
+    assert results[0] == SAFE_ANSWER and results[2] == SAFE_ANSWER
+    assert isinstance(results[1], GuardViolation)
+    assert handler.active_runs == 0
+
+
+class _BrokenBackend:
+    """Fault injection: a backend whose every call fails."""
+
+    name = "broken"
+
+    def classify(self, conversations, *, timeout=None):
+        raise ConnectionError("guard server down")
+
+    async def aclassify(self, conversations, *, timeout=None):
+        raise ConnectionError("guard server down")
+
+    def close(self) -> None:
+        pass
+
+
+def test_guard_failure_fails_closed():
+    model = scripted(SAFE_ANSWER)
+    with pytest.raises(GuardUnavailable):
+        model.invoke([HumanMessage(SAFE_QUESTION)], config={"callbacks": [GuardCallbackHandler(Guard(_BrokenBackend()))]})
+    assert model.seen == []
+
+
+def test_handler_settings():
+    handler = GuardCallbackHandler.__new__(GuardCallbackHandler)
+    assert GuardCallbackHandler.raise_error and GuardCallbackHandler.run_inline
+    assert AsyncGuardCallbackHandler.raise_error and AsyncGuardCallbackHandler.run_inline
+    assert isinstance(handler, GuardCallbackHandler)
+    with pytest.raises(TypeError, match="Guard"):
+        GuardCallbackHandler(object())
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_monitor_engine_stops_the_run(guard, tools, mode):
+    """The StreamMonitor engine: cheaper, but it may raise a chunk or a sentence later (documented)."""
+    reply = MIXED + " Then wait for the right moment." * 4
+    agent = create_agent(scripted(reply), tools.all)
+    inputs = {"messages": [HumanMessage(SAFE_QUESTION)]}
+    received = ""
+    with pytest.raises(GuardViolation) as info:
+        if mode == "sync":
+            handler = GuardCallbackHandler(guard, stream_engine="monitor")
+            for chunk, _meta in agent.stream(inputs, config={"callbacks": [handler]}, stream_mode="messages"):
+                received += chunk.text
+        else:
+            handler = AsyncGuardCallbackHandler(guard, stream_engine="monitor")
+            async for chunk, _meta in agent.astream(inputs, config={"callbacks": [handler]}, stream_mode="messages"):
+                received += chunk.text
+    assert info.value.decision.stage.value == "stream"
+    assert reply.startswith(received)
+    assert handler.active_runs == 0
+    with pytest.raises(ValueError, match="stream_engine"):
+        GuardCallbackHandler(guard, stream_engine="fast")
+
+
+async def test_sync_handler_in_an_async_run(guard, tools):
+    agent = create_agent(scripted(MIXED), tools.all)
+    received = []
+    with pytest.raises(GuardViolation) as info:
+        async for chunk, _meta in agent.astream(
+            {"messages": [HumanMessage(SAFE_QUESTION)]}, config={"callbacks": [GuardCallbackHandler(guard)]},
+            stream_mode="messages",
+        ):
+            received.append(chunk)
+    _assert_cut_before_the_clause(_message_chunks_text(received), info.value)
+
+
+def test_async_handler_in_a_sync_run_still_stops_it(guard, tools):
+    """LangChain swallows async-handler errors on its sync path; the handler switches to sync checks there."""
+    handler = AsyncGuardCallbackHandler(guard)
+    agent = create_agent(scripted(MIXED), tools.all)
+    received = []
+    with pytest.raises(GuardViolation) as info:
+        for chunk, _meta in agent.stream(
+            {"messages": [HumanMessage(SAFE_QUESTION)]}, config={"callbacks": [handler]}, stream_mode="messages"
+        ):
+            received.append(chunk)
+    _assert_cut_before_the_clause(_message_chunks_text(received), info.value)
+    assert handler.active_runs == 0

@@ -1,0 +1,52 @@
+"""A real qwenguard server on 127.0.0.1 for tests: uvicorn in a background thread, on a free port."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import uvicorn
+
+from qwenguard.core.server import create_app
+
+
+@contextmanager
+def running(app: Any) -> Iterator[str]:
+    """Serve ``app`` on a free loopback port; yields the base URL (``http://127.0.0.1:PORT``)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))  # the OS picks a free port; binding here leaves no race
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", ws="websockets-sansio", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@contextmanager
+def serving(guard: Any, **options: Any) -> Iterator[str]:
+    """`create_app(guard, **options)` served on loopback; yields the base URL."""
+    with running(create_app(guard, **options)) as url:
+        yield url
+
+
+def demo_guard(**options: Any) -> Any:
+    """The embedded demo guard (a real transformers model), on CPU."""
+    from qwenguard.core import Guard
+
+    return Guard.from_pretrained("demo", device="cpu", **options)
