@@ -5,6 +5,12 @@
 Runs the embedded demo guard (offline, CPU) over the sample that ships with qwenguard, prints the
 headline table, writes report.json / report.md / PNG plots into ./qwenguard-eval-cookbook, and checks
 the numbers that matter for choosing a policy.
+
+Runs offline on the embedded demo guard. For the real model, change the `Guard.from_pretrained("demo")` line:
+    Guard.from_pretrained("Qwen/Qwen3Guard-Gen-4B")                        # local, transformers
+    Guard.remote("http://host:8000/v1", model="Qwen/Qwen3Guard-Gen-4B")    # a vLLM server:
+    #   vllm serve Qwen/Qwen3Guard-Gen-4B --port 8000 --max-model-len 32768
+and sample_path() for your own labelled JSONL / CSV / Parquet file (columns: see docs/readme/eval.md).
 """
 
 from rich.console import Console
@@ -33,3 +39,4 @@ assert strict["roc_auc"] is not None and 0.5 < strict["roc_auc"] <= 1.0
 assert strict["overall"]["tp"] + strict["overall"]["fn"] > loose["overall"]["tp"] + loose["overall"]["fn"]
 # The demo guard is trained on this kind of data: it must be far better than chance.
 assert strict["overall"]["recall"] > 0.8 and strict["overall"]["mcc"] > 0.6
+print("OK")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
@@ -12,8 +11,10 @@ from .verdict import Verdict
 __all__ = ["VerdictCache", "cache_key"]
 
 
-def cache_key(model: str, stage: str, conversation: Sequence[dict[str, str]]) -> tuple[str, str, str]:
-    return (model, stage, json.dumps([[m["role"], m["content"]] for m in conversation], ensure_ascii=False))
+def cache_key(model: str, stage: str, conversation: Sequence[dict[str, str]]) -> Hashable:
+    """A hashable key for one check. Plain tuples, not JSON: this runs once per streamed chunk, and
+    hashing the strings costs a fraction of serialising them."""
+    return (model, stage, tuple((m["role"], m["content"]) for m in conversation))
 
 
 class VerdictCache:

@@ -9,7 +9,7 @@ with `enforce`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ def enforce(decision: Decision) -> Decision:
 class _Check:
     stage: Stage
     conversation: list[dict[str, str]]
-    key: tuple[str, str, str] | None = None
+    key: Hashable | None = None
     decision: Decision | None = None  # already decided without the model (empty, disabled, cached)
 
 
@@ -179,7 +179,7 @@ class Guard:
         elif not msgs[-1]["content"].strip():
             # Nothing to judge: an empty turn is allowed, with its own reason (documented).
             check.decision = Decision(True, Action.ALLOW, stage, "empty")
-        else:
+        elif self.cache.maxsize > 0:  # no key to build when the cache is off (hot path: every chunk)
             check.key = cache_key(self.backend.name, stage.value, msgs)
             cached = self.cache.get(check.key)
             if cached is not None:

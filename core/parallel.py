@@ -3,23 +3,29 @@
 The contract (DESIGN.md decision 10): nothing the LLM produces is released and no tool runs until
 the input verdict is in; a blocked input cancels the LLM call. Integrations hold a `PendingCheck`
 and call `wait()` / `await wait_async()` at the first point where output would leave (first
-streamed chunk, final response, tool start).
+streamed chunk, final response, tool start), or race the LLM call against the verdict with
+`PendingCheck.guard` / `run_guarded`, which cancel the call when the input is blocked.
+
+A check may return one `Decision` or a list of them (one batched check of several inputs); waiting
+raises for the first blocking one, in order, exactly as the sequential path would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import TypeVar, Union
 
 from .guard import enforce
 from .policy import Decision
 
-__all__ = ["PendingCheck", "run_guarded"]
+__all__ = ["PendingCheck", "run_guarded", "enforce_all"]
 
 T = TypeVar("T")
+Verdicts = Union[Decision, Sequence[Decision]]
 
 _executor: ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
@@ -34,56 +40,125 @@ def _pool() -> ThreadPoolExecutor:
     return _executor
 
 
-class PendingCheck:
-    """An input check running in the background (a thread for sync callers, a task for async ones)."""
+def enforce_all(result: Verdicts) -> Verdicts:
+    """`enforce` one Decision or each of a list, in order; return ``result`` when all are allowed."""
+    if isinstance(result, Decision):
+        return enforce(result)
+    for decision in result:
+        enforce(decision)
+    return result
 
-    def __init__(self, future: Future[Decision] | None = None, task: asyncio.Future[Decision] | None = None) -> None:
+
+class PendingCheck:
+    """An input check running in the background (a thread for sync callers, a task for async ones).
+
+    >>> pending = PendingCheck.start(lambda: guard.check_prompt(text))   # doctest: +SKIP
+    >>> for chunk in llm_stream:                                          # doctest: +SKIP
+    ...     pending.wait()     # first chunk: blocks until the verdict is in; raises if it blocks
+    """
+
+    def __init__(self, future: Future[Verdicts] | None = None, task: asyncio.Future[Verdicts] | None = None) -> None:
+        if (future is None) == (task is None):
+            raise ValueError("give exactly one of future= or task=")
         self._future = future
         self._task = task
+        self._loop = task.get_loop() if task is not None else None
+        self.passed = False  # set once a wait found every decision allowed (later waits are free)
 
     @classmethod
-    def start(cls, check: Callable[[], Decision]) -> PendingCheck:
-        """Run a sync check (e.g. ``lambda: guard.check_prompt(text)``) on a worker thread."""
-        return cls(future=_pool().submit(check))
+    def start(cls, check: Callable[[], Verdicts]) -> PendingCheck:
+        """Run a sync check (e.g. ``lambda: guard.check_prompt(text)``) on a worker thread.
+
+        The caller's context variables travel with it (tracing spans, LlamaIndex dispatchers)."""
+        context = contextvars.copy_context()
+        return cls(future=_pool().submit(context.run, check))
 
     @classmethod
-    def start_async(cls, check: Awaitable[Decision]) -> PendingCheck:
+    def start_async(cls, check: Awaitable[Verdicts]) -> PendingCheck:
         """Run an async check (e.g. ``guard.acheck_prompt(text)``) as a task on the running loop."""
         return cls(task=asyncio.ensure_future(check))
 
     def done(self) -> bool:
         return (self._future or self._task).done()  # type: ignore[union-attr]
 
-    def wait(self) -> Decision:
-        """Block until the verdict is in; raise `GuardViolation`/`GuardUnavailable` if it blocks."""
-        if self._future is None:
-            raise RuntimeError("this check runs on an event loop: use `await wait_async()`")
-        return enforce(self._future.result())
+    def wait(self) -> Verdicts:
+        """Block until the verdict is in; raise `GuardViolation`/`GuardUnavailable` if it blocks.
 
-    async def wait_async(self) -> Decision:
+        A task-based check can be waited on from another thread (a sync hook inside an async run);
+        on the loop's own thread that would deadlock, so it raises `RuntimeError` there."""
+        if self._future is not None:
+            result = self._future.result()
+        elif self._task is not None and self._task.done():
+            result = self._task.result()
+        else:
+            assert self._task is not None and self._loop is not None
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is self._loop:
+                raise RuntimeError("this check runs on this thread's event loop: use `await wait_async()`")
+            result = asyncio.run_coroutine_threadsafe(_await(self._task), self._loop).result()
+        enforce_all(result)
+        self.passed = True
+        return result
+
+    async def wait_async(self) -> Verdicts:
+        """Async twin of `wait`."""
         if self._task is not None:
-            return enforce(await self._task)
-        return enforce(await asyncio.wrap_future(self._future))  # type: ignore[arg-type]
+            result = await asyncio.shield(self._task)  # cancelling this wait must not cancel the check
+        else:
+            result = await asyncio.wrap_future(self._future)  # type: ignore[arg-type]
+        enforce_all(result)
+        self.passed = True
+        return result
+
+    async def guard(self, call: Awaitable[T], *, wait: bool = True) -> T:
+        """Await ``call`` (e.g. the LLM request or its first chunk) concurrently with the verdict.
+
+        Returns the call's result once the input is allowed. If the verdict blocks first, the call
+        is cancelled at once and the violation raised; if the call fails, its error is raised and
+        the check keeps running (it may still be needed by the caller). ``wait=False`` returns as
+        soon as the call is done, verdict or not: for a step that releases nothing (opening a
+        stream), so that the next step (its first chunk) overlaps the check too."""
+        call_task = asyncio.ensure_future(call)
+        verdict = asyncio.ensure_future(self.wait_async())
+        try:
+            done, _ = await asyncio.wait({call_task, verdict}, return_when=asyncio.FIRST_COMPLETED)
+            if verdict in done:
+                verdict.result()  # raises when blocked -> the finally clause cancels the call
+                return await call_task
+            result = call_task.result()  # raises the call's own error
+            if wait:
+                await verdict
+            return result
+        finally:
+            for task in (call_task, verdict):
+                if not task.done():
+                    task.cancel()
+            if not call_task.done():
+                # Let the cancellation land before returning: an async generator whose step was
+                # cancelled is "already running" (cannot be closed) until it has.
+                await asyncio.wait({call_task})
 
     def cancel(self) -> None:
+        """Stop waiting for the verdict (the run ended otherwise). A running thread finishes on its own."""
         (self._future or self._task).cancel()  # type: ignore[union-attr]
 
 
-async def run_guarded(check: Awaitable[Decision], call: Awaitable[T]) -> T:
+async def _await(task: asyncio.Future[T]) -> T:
+    return await asyncio.shield(task)
+
+
+async def run_guarded(check: Awaitable[Verdicts], call: Awaitable[T]) -> T:
     """Run ``call`` (the LLM) and ``check`` (the input guard) concurrently.
 
     Returns the call's result only once the check allowed the input. If the check blocks first, the
     call is cancelled and the violation raised; if the call fails first, the check is cancelled.
     """
-    check_task = asyncio.ensure_future(check)
-    call_task = asyncio.ensure_future(call)
+    pending = PendingCheck.start_async(check)
     try:
-        decision = await check_task
-        if not decision.allowed:
-            call_task.cancel()
-            enforce(decision)
-        return await call_task
+        return await pending.guard(call)
     finally:
-        for task in (check_task, call_task):
-            if not task.done():
-                task.cancel()
+        if not pending.done():
+            pending.cancel()

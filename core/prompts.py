@@ -89,11 +89,12 @@ def normalize_messages(messages: Sequence[Message] | str) -> list[dict[str, str]
     """
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
-    if not isinstance(messages, Sequence) or isinstance(messages, (bytes, bytearray)):
+    # `type(...) is` first: ABC isinstance checks dominate this function, which runs on every chunk.
+    if type(messages) is not list and (not isinstance(messages, Sequence) or isinstance(messages, (bytes, bytearray))):
         raise TypeError(f"messages must be a list of {{'role', 'content'}} mappings, got {type(messages).__name__}")
     out: list[dict[str, str]] = []
     for i, message in enumerate(messages):
-        if not isinstance(message, Mapping):
+        if type(message) is not dict and not isinstance(message, Mapping):
             raise TypeError(f"message {i} must be a mapping with 'role' and 'content', got {type(message).__name__}")
         role, content = message.get("role"), message.get("content")
         if role == "system":

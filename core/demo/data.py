@@ -998,13 +998,11 @@ FILLER: dict[str, list[str]] = {
 # The generator.
 # ---------------------------------------------------------------------------------------------------------------
 
-def _portion(items: Sequence[Any], split: str) -> Sequence[Any]:
-    """The part of a list a split may draw from (index 3, 8, 13, ... held out; short lists shared)."""
+def _portion(items: Sequence[Any], heldout: bool) -> Sequence[Any]:
+    """Index 3, 8, 13, ... of a list are held out; lists shorter than four are shared."""
     if len(items) < 4:
         return items
-    if split == "heldout":
-        return [x for i, x in enumerate(items) if i % 5 == 3]
-    return [x for i, x in enumerate(items) if i % 5 != 3]
+    return [x for i, x in enumerate(items) if (i % 5 == 3) == heldout]
 
 
 def _cap(text: str) -> str:
@@ -1036,15 +1034,15 @@ class _Slots(dict):
         elif key == "inj_goal":
             value = m.fill(m.pick(INJECTION_GOALS), self)
         elif key == "capital2":
-            value = m.pick(COUNTRIES)["capital"]
+            value = m.slot(COUNTRIES)["capital"]
         elif key in _ROW_SOURCES:
-            for k, v in m.pick(_ROW_SOURCES[key]).items():  # keep the values of one row together
+            for k, v in m.slot(_ROW_SOURCES[key]).items():  # keep the values of one row together
                 self.setdefault(k, v)
             value = dict.__getitem__(self, key)
         elif key == "how":
-            value = m.pick(_CODING + _MISC)["how"]
+            value = m.slot(_CODING + _MISC)["how"]
         elif key == "question_short":
-            value = m.pick(["weather in {capital} tomorrow", "capital of {country}", "best {food} recipe", "how does {thing} work",
+            value = m.choice(["weather in {capital} tomorrow", "capital of {country}", "best {food} recipe", "how does {thing} work",
                             "{landmark} opening hours", "train times {capital} to {capital2}", "{event} summary",
                             "cheap flights to {capital}", "python list comprehension", "{dish} recipe"])
             value = m.fill(value, self)
@@ -1053,18 +1051,23 @@ class _Slots(dict):
         else:
             base = key.rstrip("0123456789")
             options = SLOTS[base]
-            value = m.pick(options)
+            value = m.slot(options)
             if base != key:  # a second draw from the same list: make it differ from the first
                 for _ in range(8):
                     if value != self.get(base):
                         break
-                    value = m.pick(options)
+                    value = m.slot(options)
         self[key] = value
         return value
 
 
 class _Maker:
-    """Draws templates and fillers for one split with one seeded `random.Random`."""
+    """Draws templates, fillers and structural choices for one split with one seeded `random.Random`.
+
+    Three kinds of draw keep the split honest: `pick` for templates (train and held-out never share one),
+    `slot` for fillers (training never sees a held-out filler; held-out examples mix seen and unseen ones),
+    and `choice` for structure (which family, how many sentences), which must not depend on the split.
+    """
 
     def __init__(self, rng: random.Random, split: str):
         if split not in SPLITS:
@@ -1072,8 +1075,14 @@ class _Maker:
         self.rng = rng
         self.split = split
 
-    def pick(self, items: Sequence[Any]) -> Any:
-        return self.rng.choice(_portion(items, self.split))
+    def pick(self, templates: Sequence[Any]) -> Any:
+        return self.rng.choice(_portion(templates, self.split == "heldout"))
+
+    def slot(self, fillers: Sequence[Any]) -> Any:
+        return self.rng.choice(fillers if self.split == "heldout" else _portion(fillers, False))
+
+    def choice(self, options: Sequence[Any]) -> Any:
+        return self.rng.choice(options)
 
     def chance(self, p: float) -> bool:
         return self.rng.random() < p
@@ -1086,10 +1095,10 @@ class _Maker:
         """Casing, punctuation, small typos and chatty prefixes/suffixes, as real users write."""
         r = self.rng.random
         if r() < 0.12 * strength:
-            text = self.pick(["Hey, ", "Hi! ", "Quick question: ", "Please, ", "Hello. ", "ok so ", "Question: ", "Hi there, ",
+            text = self.choice(["Hey, ", "Hi! ", "Quick question: ", "Please, ", "Hello. ", "ok so ", "Question: ", "Hi there, ",
                               "Be honest: ", "I was wondering: "]) + text[:1].lower() + text[1:]
         if r() < 0.08 * strength:
-            text = text + self.pick([" Thanks!", " Please answer quickly.", " Be detailed.", " thx", " Keep it short.",
+            text = text + self.choice([" Thanks!", " Please answer quickly.", " Be detailed.", " thx", " Keep it short.",
                                      " It's urgent.", " :)", " Answer in English."])
         x = r()
         if x < 0.08 * strength:
@@ -1101,7 +1110,7 @@ class _Maker:
         if r() < 0.12 * strength and text[-1:] in ".?!":
             text = text[:-1]
         elif r() < 0.04 * strength:
-            text = text + self.pick(["!!", "??", "?!", "..."])
+            text = text + self.choice(["!!", "??", "?!", "..."])
         if r() < 0.05 * strength:
             text = self._typo(text)
         return text
@@ -1127,8 +1136,8 @@ def _unsafe_prompt_text(m: _Maker, cat: str, slots: dict | None = None) -> str:
 
 
 def _safe_qa(m: _Maker) -> tuple[str, str]:
-    fam = m.pick(_QA_FAMILIES)
-    slots = _Slots(m, dict(m.pick(fam.rows)))
+    fam = m.choice(_QA_FAMILIES)
+    slots = _Slots(m, dict(m.slot(fam.rows)))
     return m.fill(m.pick(fam.questions), slots), m.fill(m.pick(fam.answers), slots)
 
 
@@ -1158,13 +1167,13 @@ def prompt_jailbreak(m: _Maker) -> Example:
 
 
 def prompt_special_tokens(m: _Maker) -> Example:
-    slots = {"question": m.fill(m.pick(_QA_FAMILIES[0].questions), dict(m.pick(COUNTRIES)))}
+    slots = {"question": m.fill(m.pick(_QA_FAMILIES[0].questions), dict(m.slot(COUNTRIES)))}
     text = m.fill(m.pick(SPECIAL_INJECTIONS), slots)
     return _ex(prompt_conversation(text), "unsafe", [JAILBREAK], None, "prompt", "prompt.special_tokens", [0, len(text)])
 
 
 def prompt_controversial(m: _Maker) -> Example:
-    cat = POLITICAL if m.chance(0.6) else m.pick([c for c in CONTROVERSIAL_PROMPTS if c != POLITICAL])
+    cat = POLITICAL if m.chance(0.6) else m.choice([c for c in CONTROVERSIAL_PROMPTS if c != POLITICAL])
     text = m.noisy(m.fill(m.pick(CONTROVERSIAL_PROMPTS[cat])))
     return _ex(prompt_conversation(text), "controversial", [cat], None, "prompt", f"prompt.controversial.{_slug(cat)}", [0, len(text)])
 
@@ -1187,8 +1196,8 @@ def _history(m: _Maker, turns: int) -> list[dict[str, str]]:
 
 
 def prompt_multiturn(m: _Maker) -> Example:
-    history = _history(m, m.pick([1, 1, 2, 3]))
-    inner = m.pick([prompt_safe, prompt_safe, prompt_unsafe, prompt_unsafe, prompt_jailbreak, prompt_controversial])(m)
+    history = _history(m, m.choice([1, 1, 2, 3]))
+    inner = m.choice([prompt_safe, prompt_safe, prompt_unsafe, prompt_unsafe, prompt_jailbreak, prompt_controversial])(m)
     text = inner.messages[-1]["content"]
     return _ex(prompt_conversation(text, history), inner.risk, inner.categories, None, "prompt",
                inner.source.replace("prompt.", "prompt.multiturn.", 1), inner.unsafe_span)
@@ -1208,7 +1217,7 @@ def response_harmful(m: _Maker) -> Example:
     slots = _Slots(m, {})
     prompt = m.noisy(_unsafe_prompt_text(m, cat, slots), 0.5)
     harm = _harmful(m, cat, slots)
-    lead = m.pick(["", "", "", "Sure! ", "Sure, here's how. ", "Okay. ", "Here you go: ", "Of course. "])
+    lead = m.choice(["", "", "", "Sure! ", "Sure, here's how. ", "Okay. ", "Here you go: ", "Of course. "])
     reply = lead + harm
     return _ex(response_conversation(prompt, reply), "unsafe", [cat], False, "response", f"response.harmful.{_slug(cat)}",
                [len(lead), len(reply)])
@@ -1230,11 +1239,11 @@ def response_turns_unsafe(m: _Maker) -> Example:
         intro = m.pick(SAFE_INTROS)
         if m.chance(0.4):
             intro += " " + m.pick(SAFE_INTROS)
-    lead = intro + m.pick(TURN_CONNECTORS)
+    lead = intro + m.choice(TURN_CONNECTORS)
     harm = _harmful(m, cat)
     reply = lead + harm
     if m.chance(0.2):
-        reply += " " + m.pick(["Good luck!", "Hope this helps.", "Let me know if you need more."])
+        reply += " " + m.choice(["Good luck!", "Hope this helps.", "Let me know if you need more."])
     return _ex(response_conversation(m.noisy(q, 0.5), reply), "unsafe", [cat], False, "response",
                f"response.turns_unsafe.{_slug(cat)}", [len(lead), len(lead) + len(harm)])
 
@@ -1252,8 +1261,8 @@ def response_overrefusal(m: _Maker) -> Example:
 
 
 def response_multiturn(m: _Maker) -> Example:
-    inner = m.pick([response_refusal, response_harmful, response_safe, response_safe, response_turns_unsafe])(m)
-    history = _history(m, m.pick([1, 1, 2]))
+    inner = m.choice([response_refusal, response_harmful, response_safe, response_safe, response_turns_unsafe])(m)
+    history = _history(m, m.choice([1, 1, 2]))
     return _ex(response_conversation(history + inner.messages[:-1], inner.messages[-1]["content"]), inner.risk, inner.categories,
                inner.refusal, "response", inner.source.replace("response.", "response.multiturn.", 1), inner.unsafe_span)
 
@@ -1279,7 +1288,7 @@ def tool_call_safe(m: _Maker) -> Example:
 
 def tool_call_unsafe(m: _Maker) -> Example:
     name, args, fixed = m.pick(TOOLS_UNSAFE)
-    cat = fixed if fixed != "*" else m.pick([c for c in HARM_CATEGORIES if c != POLITICAL] + [VIOLENT, VIOLENT])
+    cat = fixed if fixed != "*" else m.choice([c for c in HARM_CATEGORIES if c != POLITICAL] + [VIOLENT, VIOLENT])
     slots = _Slots(m, {})
     slots["harmful"] = _harmful(m, cat, slots)
     slots["unsafe_prompt"] = _unsafe_prompt_text(m, cat, slots)
@@ -1298,7 +1307,7 @@ def _wrap_untrusted(m: _Maker, body: str) -> tuple[str, str, int]:
     if m.chance(0.5):
         prefix, stage = m.pick(UNTRUSTED_PREFIXES)
         return prefix + body, stage, len(prefix)
-    return body, m.pick(["tool_result", "retrieval"]), 0
+    return body, m.choice(["tool_result", "retrieval"]), 0
 
 
 def _safe_doc_text(m: _Maker, n: int) -> str:
@@ -1311,9 +1320,9 @@ def untrusted_injection(m: _Maker) -> Example:
     if roll < 0.35:
         body, start = inj, 0
     else:
-        before = _safe_doc_text(m, m.pick([1, 1, 2, 3])) if roll < 0.8 else ""
-        after = _safe_doc_text(m, m.pick([1, 2])) if roll >= 0.65 else ""
-        sep = m.pick([" ", "\n", "\n\n"])
+        before = _safe_doc_text(m, m.choice([1, 1, 2, 3])) if roll < 0.8 else ""
+        after = _safe_doc_text(m, m.choice([1, 2])) if roll >= 0.65 else ""
+        sep = m.choice([" ", "\n", "\n\n"])
         body = (before + sep if before else "") + inj + (sep + after if after else "")
         start = len(before + sep) if before else 0
     text, stage, offset = _wrap_untrusted(m, body)
@@ -1336,64 +1345,73 @@ def untrusted_harmful(m: _Maker) -> Example:
 
 
 def untrusted_safe(m: _Maker) -> Example:
-    body = _safe_doc_text(m, m.pick([1, 1, 1, 2, 3, 4]))
+    body = _safe_doc_text(m, m.choice([1, 1, 1, 2, 3, 4]))
     text, stage, _ = _wrap_untrusted(m, body)
     return _ex(untrusted_conversation(text), "safe", [], None, stage, "untrusted.safe")
 
 
 def _filler(m: _Maker, target_chars: int) -> str:
-    """Safe paragraphs (one topic each) until about `target_chars` characters."""
+    """Safe prose of about `target_chars` characters: paragraphs of one topic each, or one paragraph repeated
+    (pasted and scraped text often repeats itself)."""
+    if m.chance(0.15):
+        para = " ".join(m.rng.sample(FILLER[m.choice(sorted(FILLER))], k=m.rng.randint(2, 5))) + " "
+        return (para * (target_chars // len(para) + 1))[:target_chars].rstrip()
     paragraphs: list[str] = []
     size = 0
     while size < target_chars:
-        topic = FILLER[m.pick(sorted(FILLER))]
         # Filler is shared by both splits: held-out documents differ in the harmful sentence, not in the prose.
-        sentences = m.rng.sample(topic, k=m.rng.randint(3, 6))
-        para = " ".join(sentences)
+        para = " ".join(m.rng.sample(FILLER[m.choice(sorted(FILLER))], k=m.rng.randint(3, 6)))
         paragraphs.append(para)
         size += len(para) + 2
     return "\n\n".join(paragraphs)
 
 
-#: Long documents stay under this many characters (about 620 tokens with the demo tokenizer) so the rendered
-#: prompt, the document and the answer fit the demo model's 1024-token context.
-LONG_DOC_MAX_CHARS = 3000
+def _window_start(m: _Maker, text: str) -> str:
+    """Sometimes start mid-sentence, as a window cut out of a longer text does."""
+    if m.chance(0.3):
+        return text[m.rng.randint(1, min(160, len(text) // 4)):]
+    return text
+
+
+#: Long documents stay under this many characters (about 700 tokens with the demo tokenizer), so the rendered
+#: prompt, the document and the answer fit the demo model's 1024-token context, as a backend's windows do.
+LONG_DOC_MAX_CHARS = 3200
 
 
 def long_document(m: _Maker) -> Example:
     """Most of the context window of harmless prose, with (usually) one harmful or injected sentence near the end."""
-    kind = m.pick(["safe", "harm", "harm", "injection"])
-    filler = _filler(m, m.rng.randint(600, LONG_DOC_MAX_CHARS - 250))
+    kind = m.choice(["safe", "safe", "harm", "harm", "harm", "injection"])
+    filler = _window_start(m, _filler(m, m.rng.randint(500, LONG_DOC_MAX_CHARS - 200)))
+    stage = m.choice(["tool_result", "retrieval"])
     if kind == "safe":
-        text, stage, _ = _wrap_untrusted(m, filler) if m.chance(0.3) else (filler, m.pick(["tool_result", "retrieval"]), 0)
-        return _ex(untrusted_conversation(text), "safe", [], None, stage, "untrusted.long.safe")
+        if m.chance(0.2):  # a window may also end mid-sentence
+            filler = filler[: len(filler) - m.rng.randint(1, 80)]
+        return _ex(untrusted_conversation(filler), "safe", [], None, stage, "untrusted.long.safe")
     cat = JAILBREAK if kind == "injection" else _pick_harm_category(m)
     bad = m.fill(m.pick(INJECTIONS)) if kind == "injection" else _harmful(m, cat)
     where = m.rng.random()
     paragraphs = filler.split("\n\n")
-    if where < 0.6:  # the very end
-        body = filler + m.pick([" ", "\n\n", "\n"]) + bad
+    if where < 0.65:  # the very end
+        body = filler + m.choice([" ", " ", "\n\n", "\n"]) + bad
     elif where < 0.85:  # start of the last paragraph
         paragraphs[-1] = bad + " " + paragraphs[-1]
         body = "\n\n".join(paragraphs)
     else:  # anywhere
-        i = m.rng.randrange(len(paragraphs))
-        paragraphs.insert(i, bad)
+        paragraphs.insert(m.rng.randrange(len(paragraphs)), bad)
         body = "\n\n".join(paragraphs)
-    text, stage, _ = (body, m.pick(["tool_result", "retrieval"]), 0)
-    start = text.find(bad)
-    return _ex(untrusted_conversation(text), "unsafe", [cat], None, stage, f"untrusted.long.{kind}", [start, start + len(bad)])
+    start = body.find(bad)
+    return _ex(untrusted_conversation(body), "unsafe", [cat], None, stage, f"untrusted.long.{kind}", [start, start + len(bad)])
 
 
 def long_response(m: _Maker) -> Example:
     """A long helpful answer that may turn harmful at the end (assistant-final, span marked)."""
     q, a = _safe_qa(m)
-    filler = a + "\n\n" + _filler(m, m.rng.randint(400, LONG_DOC_MAX_CHARS - 600))
+    filler = a + "\n\n" + _filler(m, m.rng.randint(400, LONG_DOC_MAX_CHARS - 700))
     if m.chance(0.35):
         return _ex(response_conversation(q, filler), "safe", [], False, "response", "response.long.safe")
     cat = _pick_harm_category(m)
     harm = _harmful(m, cat)
-    lead = filler + m.pick(TURN_CONNECTORS)
+    lead = filler + m.choice(TURN_CONNECTORS)
     reply = lead + harm
     return _ex(response_conversation(q, reply), "unsafe", [cat], False, "response", f"response.long.turns_unsafe.{_slug(cat)}",
                [len(lead), len(reply)])

@@ -21,6 +21,7 @@ from pathlib import Path
 from ..prompts import Message, render_prompt
 
 __all__ = [
+    "TEMPLATE_TOKENS",
     "PRETOKENIZE_REGEX",
     "SPECIAL_TOKENS",
     "THINK_TOKENS",
@@ -40,6 +41,27 @@ THINK_TOKENS = ("<think>", "</think>")
 BPE_VOCAB_SIZE = 4091
 
 _USER_SENTINEL = "\x00USER\x00"
+
+
+def _template_tokens() -> tuple[str, ...]:
+    """The template's fixed text before and after the conversation, in both modes (four strings)."""
+    from ..prompts import render_conversation
+
+    out: list[str] = []
+    for conv in ([{"role": "user", "content": "\ue000"}],
+                 [{"role": "user", "content": "\ue000"}, {"role": "assistant", "content": "\ue001"}]):
+        text = render_conversation(conv)
+        cut = text.index("<BEGIN CONVERSATION>\n\n") + len("<BEGIN CONVERSATION>\n\n")
+        out += [text[:cut], text[text.index("\n\n<END CONVERSATION>"):]]
+    return tuple(out)
+
+
+#: The demo tokenizer's one liberty: the template's boilerplate (task, policy, categories, output format;
+#: ~270 BPE tokens) is four added tokens, so a 1M-parameter model sees ~60-token sequences and learns to read
+#: the conversation in minutes on a CPU. The rendered text is unchanged (byte-identical to `render_prompt`);
+#: the library treats these like any added token (content cannot produce them), and real Qwen3Guard
+#: checkpoints, which lack them, go through the same code.
+TEMPLATE_TOKENS = _template_tokens()
 _ASSISTANT_SENTINEL = "\x00ASSISTANT\x00"
 
 
@@ -121,6 +143,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = BPE_VOCAB_SIZE):
     backend.train_from_iterator((_strip_control(t) for t in texts), trainer=trainer)
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in THINK_TOKENS])
+    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in TEMPLATE_TOKENS])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token="<|im_end|>",

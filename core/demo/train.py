@@ -11,10 +11,8 @@ Everything is seeded (data, batch order, initialisation; two CPU threads), so a 
 reproduces the checkpoint. Nothing but ``core/demo/data/sample.jsonl`` is written as data: the training set is
 regenerated from the seed.
 
-Training shares one forward of the fixed template head (everything before the conversation, ~185 tokens) across
-each batch: the head's keys/values are computed once with gradients and expanded over the batch, which is exactly
-the full-sequence forward (the tokenization of the head never depends on the content after it) at a third of
-the cost.
+The template's fixed text is four added tokens of the demo tokenizer (`tokenizer.TEMPLATE_TOKENS`), so
+sequences are ~60 tokens and 800 steps take ~10-15 minutes on one CPU thread.
 """
 
 from __future__ import annotations
@@ -35,7 +33,7 @@ from typing import Any
 
 from . import DEMO_GEN_DIR, DEMO_SAMPLE_PATH
 from .data import Example, heldout_set, training_set, write_sample
-from .tokenizer import SPECIAL_TOKENS, THINK_TOKENS, encode_guard_input, train_tokenizer
+from .tokenizer import SPECIAL_TOKENS, THINK_TOKENS, train_tokenizer
 
 __all__ = ["MODEL_SHAPE", "TrainSettings", "train_gen", "evaluate", "greedy_answers", "main"]
 
@@ -59,16 +57,15 @@ SAVE_DTYPE = "bfloat16"  # what the official Qwen3Guard checkpoints ship
 class TrainSettings:
     """Knobs of one training run (defaults finish in well under ten minutes on two cores)."""
 
-    steps: int = 1400
+    steps: int = 800
     seed: int = 0
     train_size: int = 16000
     heldout_size: int = 800
     lr: float = 3e-3
-    warmup: int = 60
+    warmup: int = 50
     weight_decay: float = 0.01
-    batch_tokens: int = 6144  # suffix tokens per batch (the shared head is extra)
-    max_batch: int = 64
-    threads: int = 2
+    batch_tokens: int = 6000  # padded tokens per batch
+    threads: int = 1  # one thread: bit-for-bit reproducible on CPU
 
 
 @dataclass
@@ -95,130 +92,87 @@ def _tokenizer_corpus(examples: Sequence[Example]):
 
 
 def _encode(tokenizer, examples: Sequence[Example], max_len: int) -> list[_Encoded]:
-    """Prompt ids through the inference path, plus the answer ids and ``<|im_end|>``."""
+    """Prompt ids through the library's inference path (`ConversationEncoder`), plus the answer ids and ``<|im_end|>``."""
+    from ..encoding import ConversationEncoder
+
+    encoder = ConversationEncoder(tokenizer)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
     out: list[_Encoded] = []
     dropped = 0
     for ex in examples:
+        prompt = encoder.encode(ex.messages)
         answer = tokenizer(ex.answer, add_special_tokens=False)["input_ids"] + [eos]
-        variants = [encode_guard_input(tokenizer, ex.messages)]
-        if any(tok in m["content"] for m in ex.messages for tok in (*SPECIAL_TOKENS, *THINK_TOKENS)):
-            # A backend may instead tokenize the whole user block with split_special_tokens=True: learn that too.
-            text = tokenizer.apply_chat_template(ex.messages, tokenize=False)
-            tail = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
-            body = text[len("<|im_start|>"): -len(tail)]
-            variants.append([im_start] + tokenizer(body, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-                            + tokenizer(tail, add_special_tokens=False)["input_ids"])
-        for prompt in variants:
-            if len(prompt) + len(answer) > max_len:
-                dropped += 1
-                continue
-            out.append(_Encoded(ex.mode, prompt, answer))
+        if len(prompt) + len(answer) > max_len:
+            dropped += 1
+            continue
+        out.append(_Encoded(ex.mode, prompt, answer))
     if dropped:
         _log(f"dropped {dropped} sequences longer than {max_len} tokens")
     return out
 
 
-def _common_prefix(seqs: Sequence[list[int]]) -> list[int]:
-    first = seqs[0]
-    n = min(len(s) for s in seqs)
-    for s in seqs[1:]:
-        i = 0
-        while i < n and s[i] == first[i]:
-            i += 1
-        n = i
-    return first[:n]
-
-
-def _batches(encoded: list[_Encoded], prefix_len: int, settings: TrainSettings, rng: random.Random) -> list[list[_Encoded]]:
-    """Length-bucketed batches under a token budget, in a seeded random order."""
-    items = sorted(encoded, key=lambda e: (len(e.prompt) + len(e.answer), rng.random()))
+def _batches(encoded: list[_Encoded], batch_tokens: int) -> list[list[_Encoded]]:
+    """Length-sorted batches of at most `batch_tokens` padded tokens each."""
+    items = sorted(encoded, key=lambda e: len(e.prompt) + len(e.answer))
     batches: list[list[_Encoded]] = []
-    cur: list[_Encoded] = []
-    for e in items:
-        width = len(e.prompt) + len(e.answer) - prefix_len
-        if cur and ((len(cur) + 1) * width > settings.batch_tokens or len(cur) >= settings.max_batch):
-            batches.append(cur)
-            cur = []
-        cur.append(e)
-    if cur:
-        batches.append(cur)
-    rng.shuffle(batches)
+    i = 0
+    while i < len(items):
+        j, width = i, 0
+        while j < len(items) and (j - i + 1) * max(width, len(items[j].prompt) + len(items[j].answer)) <= batch_tokens:
+            width = max(width, len(items[j].prompt) + len(items[j].answer))
+            j += 1
+        j = max(j, i + 1)
+        batches.append(items[i:j])
+        i = j
     return batches
 
 
 def _train(model, encoded: list[_Encoded], pad_id: int, settings: TrainSettings) -> dict[str, Any]:
+    """AdamW with warmup and cosine decay; loss on the answer tokens only; seeded batch order."""
     import torch
-    import torch.nn.functional as F
 
+    batches = _batches(encoded, settings.batch_tokens)
     rng = random.Random(settings.seed)
-    prefixes = {mode: _common_prefix([e.prompt for e in encoded if e.mode == mode]) for mode in ("prompt", "response")}
-    _log(f"shared template head: {', '.join(f'{k} {len(v)} tokens' for k, v in prefixes.items())}")
-    by_mode = {mode: [e for e in encoded if e.mode == mode] for mode in prefixes}
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=settings.lr, betas=(0.9, 0.98), eps=1e-8)
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.98), weight_decay=settings.weight_decay)
 
     def lr_at(step: int) -> float:
-        if step < settings.warmup:
-            return settings.lr * (step + 1) / settings.warmup
-        progress = (step - settings.warmup) / max(1, settings.steps - settings.warmup)
-        return settings.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+        warm = min(1.0, (step + 1) / settings.warmup)
+        return settings.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / settings.steps))))
 
-    queue: list[tuple[str, list[_Encoded]]] = []
-    epoch = 0
     model.train()
     t0 = time.time()
     losses: list[float] = []
-    tokens = 0
+    order: list[int] = []
+    epochs = 0
     for step in range(settings.steps):
-        if not queue:
-            epoch += 1
-            queue = [(mode, b) for mode in by_mode for b in _batches(by_mode[mode], len(prefixes[mode]), settings, rng)]
-            rng.shuffle(queue)
-        mode, batch = queue.pop()
-        prefix = prefixes[mode]
-        p = len(prefix)
-        seqs = [e.prompt[p:] + e.answer for e in batch]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        # Predict answer token t from position t-1 (relative to the suffix; -1 means the head's last token).
-        rows, cols, targets = [], [], []
-        for i, (e, s) in enumerate(zip(batch, seqs)):
-            ids[i, : len(s)] = torch.tensor(s)
-            start = len(e.prompt) - p
-            for j, tok in enumerate(e.answer):
-                rows.append(i)
-                cols.append(start + j - 1)
-                targets.append(tok)
+        if not order:
+            order = list(range(len(batches)))
+            rng.shuffle(order)
+            epochs += 1
+        batch = batches[order.pop()]
+        width = max(len(e.prompt) + len(e.answer) for e in batch)
+        ids = torch.full((len(batch), width), pad_id)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        labels = torch.full((len(batch), width), -100)
+        for r, e in enumerate(batch):
+            seq = e.prompt + e.answer
+            ids[r, : len(seq)] = torch.tensor(seq)
+            mask[r, : len(seq)] = 1
+            labels[r, len(e.prompt) : len(seq)] = torch.tensor(e.answer)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        head = model.model(input_ids=torch.tensor([prefix]), use_cache=True)
-        cache = head.past_key_values
-        for layer in cache.layers:  # one head forward, shared (with its gradient) by the whole batch
-            layer.keys = layer.keys.expand(len(batch), -1, -1, -1)
-            layer.values = layer.values.expand(len(batch), -1, -1, -1)
-        hidden = model.model(input_ids=ids, past_key_values=cache, use_cache=True).last_hidden_state
-        head_last = head.last_hidden_state[0, -1]
-        rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
-        picked = torch.where((cols_t < 0).unsqueeze(-1), head_last.expand(len(rows), -1), hidden[rows_t, cols_t.clamp(min=0)])
-        logits = model.lm_head(picked)
-        loss = F.cross_entropy(logits.float(), torch.tensor(targets))
-        opt.zero_grad(set_to_none=True)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(loss.item())
-        tokens += p + ids.numel()
         if step % 100 == 0 or step == settings.steps - 1:
             recent = sum(losses[-100:]) / len(losses[-100:])
-            _log(f"step {step:5d}/{settings.steps}  epoch {epoch}  loss {recent:.4f}  lr {lr_at(step):.2e}  "
-                 f"{time.time() - t0:6.1f}s  {tokens / max(1e-9, time.time() - t0):,.0f} tok/s")
+            _log(f"step {step:5d}/{settings.steps}  epoch {epochs}  loss {recent:.4f}  lr {lr_at(step):.2e}  {time.time() - t0:6.1f}s")
     model.eval()
-    return {"steps": settings.steps, "epochs_started": epoch, "final_loss": round(sum(losses[-100:]) / len(losses[-100:]), 5),
-            "seconds": round(time.time() - t0, 1), "tokens": tokens}
+    return {"steps": settings.steps, "epochs_started": epochs, "batches_per_epoch": len(batches),
+            "final_loss": round(sum(losses[-100:]) / len(losses[-100:]), 5), "seconds": round(time.time() - t0, 1)}
 
 
 def greedy_answers(model, tokenizer, conversations: Sequence[Sequence[dict[str, str]]], batch_size: int = 32,
@@ -226,8 +180,11 @@ def greedy_answers(model, tokenizer, conversations: Sequence[Sequence[dict[str, 
     """Greedy answers for conversations, batched with left padding (the same path as local inference)."""
     import torch
 
+    from ..encoding import ConversationEncoder
+
     pad = tokenizer.pad_token_id
-    encoded = [encode_guard_input(tokenizer, c) for c in conversations]
+    encoder = ConversationEncoder(tokenizer)
+    encoded = [encoder.encode(c) for c in conversations]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     answers: list[str] = [""] * len(encoded)
     for start in range(0, len(order), batch_size):
@@ -298,7 +255,7 @@ def evaluate(model, tokenizer, examples: Sequence[Example]) -> dict[str, Any]:
 def train_gen(out_dir: Path | str = DEMO_GEN_DIR, settings: TrainSettings = TrainSettings(), write_sample_file: bool = True) -> dict:
     """Build data, tokenizer and model; save the checkpoint and ``metrics.json`` into `out_dir`; return the metrics."""
     import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3Config, Qwen3ForCausalLM
 
     started = time.time()
     torch.set_num_threads(settings.threads)
@@ -329,6 +286,24 @@ def train_gen(out_dir: Path | str = DEMO_GEN_DIR, settings: TrainSettings = Trai
     _log(f"model: {n_params:,} parameters")
     train_info = _train(model, encoded, special_ids["<|endoftext|>"], settings)
 
+    info = {**train_info, "seed": settings.seed, "train_examples": len(train_examples), "train_sequences": len(encoded),
+            "heldout_examples": len(held), "lr": settings.lr, "total_seconds": round(time.time() - started, 1),
+            "torch_threads": settings.threads}
+    metrics = save_checkpoint(model, tokenizer, held, out_dir, info)
+    if write_sample_file:
+        write_sample(DEMO_SAMPLE_PATH)
+    _log(f"wrote {out_dir} in {time.time() - started:.0f}s")
+    return metrics
+
+
+def save_checkpoint(model, tokenizer, held: Sequence[Example], out_dir: Path | str, train_info: dict[str, Any]) -> dict:
+    """Save model (bfloat16), tokenizer and generation config into `out_dir`, score the saved checkpoint on the
+    held-out split through the normal loading path, and write ``metrics.json``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    special_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (*SPECIAL_TOKENS, *THINK_TOKENS)}
+    n_params = sum(p.numel() for p in model.parameters())
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="demo-gen-") as tmp:
         stage = Path(tmp) / "gen"
@@ -342,8 +317,6 @@ def train_gen(out_dir: Path | str = DEMO_GEN_DIR, settings: TrainSettings = Trai
 
         # Score the checkpoint as it was saved, through the normal loading path.
         saved = AutoModelForCausalLM.from_pretrained(stage, dtype=torch.float32)
-        from transformers import AutoTokenizer
-
         saved_tok = AutoTokenizer.from_pretrained(stage)
         t_eval = time.time()
         metrics = evaluate(saved, saved_tok, held)
@@ -352,9 +325,7 @@ def train_gen(out_dir: Path | str = DEMO_GEN_DIR, settings: TrainSettings = Trai
             _log(f"  {stage_name:12s} {json.dumps(s)}")
         metrics = {
             "heldout": metrics,
-            "training": {**train_info, "seed": settings.seed, "train_examples": len(train_examples),
-                         "train_sequences": len(encoded), "heldout_examples": len(held), "lr": settings.lr,
-                         "total_seconds": round(time.time() - started, 1), "torch_threads": settings.threads},
+            "training": train_info,
             "model": {"parameters": n_params, "dtype": SAVE_DTYPE, **{k: v for k, v in MODEL_SHAPE.items()},
                       "vocab_size": len(tokenizer), "special_token_ids": special_ids},
         }
@@ -362,9 +333,6 @@ def train_gen(out_dir: Path | str = DEMO_GEN_DIR, settings: TrainSettings = Trai
         if out_dir.exists():
             shutil.rmtree(out_dir)
         shutil.copytree(stage, out_dir)
-    if write_sample_file:
-        write_sample(DEMO_SAMPLE_PATH)
-    _log(f"wrote {out_dir} in {time.time() - started:.0f}s")
     return metrics
 
 

@@ -28,6 +28,16 @@ not answer and the policy fails closed):
 
 One handler serves any number of concurrent runs: state is keyed by ``run_id`` and dropped when the
 run ends or fails.
+
+Parallel input screening (``parallel_input=True``, or a `Guard` built with ``parallel_input=True``):
+``on_chat_model_start`` starts the input check in the background and returns, so the model call
+starts at once. The first hook where output would leave — ``on_llm_new_token``, ``on_stream_event``,
+``on_llm_end`` — waits for the verdict and raises if the input is blocked: no token reaches the
+consumer, and raising in the first token callback also stops the model's stream (the provider
+stops generating when the stream is closed). ``on_tool_start`` waits for every input check still
+pending on this handler, so a tool running beside the model (``RunnableParallel``) cannot run on a
+blocked input either. A non-streaming call cannot be interrupted from a callback: its answer is
+discarded when the input is blocked.
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ from langchain_core.outputs import ChatGeneration, LLMResult
 
 from qwenguard.core import Decision, Guard, Stage, enforce
 from qwenguard.core.conversations import tool_call_conversation, untrusted_conversation
+from qwenguard.core.parallel import PendingCheck
 
 from ._messages import (
     DEFAULT_HISTORY_TURNS,
@@ -69,10 +80,11 @@ _MAX_TOOL_CONTEXTS = 1024
 class _Run:
     """What one model/tool/retriever run needs between its events."""
 
-    __slots__ = ("context", "screen", "streamed", "tool", "query")
+    __slots__ = ("context", "screen", "streamed", "tool", "query", "pending")
 
     def __init__(self, context: list[dict[str, str]] | None = None) -> None:
         self.context = context or []
+        self.pending: PendingCheck | None = None  # the input verdict, with parallel_input
         self.screen: GateScreen | MonitorScreen | None = None
         self.streamed = False
         self.tool: str | None = None
@@ -100,10 +112,13 @@ class _GuardHandlerLogic:
         min_chars: int = 1,
         stream_engine: Engine = "gate",
         monitor_options: dict[str, Any] | None = None,
+        parallel_input: bool | None = None,
     ) -> None:
         if stream_engine not in ("gate", "monitor"):
             raise ValueError(f"stream_engine must be 'gate' or 'monitor', got {stream_engine!r}")
         self.guard = require_guard(guard)
+        # None: follow the guard (Guard(..., parallel_input=True) turns it on everywhere).
+        self.parallel_input = guard.parallel_input if parallel_input is None else bool(parallel_input)
         self.stream_engine: Engine = stream_engine
         # A callback cannot hold text back: release at once, and flag on the first unsafe token.
         self.monitor_options = {"holdback": 0, "window": 1, **(monitor_options or {})}
@@ -131,8 +146,11 @@ class _GuardHandlerLogic:
     def _drop(self, run_id: UUID) -> _Run | None:
         with self._lock:
             run = self._runs.pop(run_id, None)
-        if run is not None and run.screen is not None:
-            run.screen.close()
+        if run is not None:
+            if run.screen is not None:
+                run.screen.close()
+            if run.pending is not None and not run.pending.done():
+                run.pending.cancel()
         return run
 
     @contextmanager
@@ -162,6 +180,31 @@ class _GuardHandlerLogic:
     def _tool_context(self, call_id: str | None) -> list[dict[str, str]]:
         with self._lock:
             return self._tool_contexts.pop(call_id, []) if call_id else []
+
+    # -- parallel input screening ---------------------------------------------------------------
+    def _pending(self, run_id: UUID) -> PendingCheck | None:
+        """The input verdict this run still has to wait for (None once it passed)."""
+        run = self._runs.get(run_id)
+        if run is None or run.pending is None:
+            return None
+        if run.pending.passed:
+            run.pending = None
+            return None
+        return run.pending
+
+    def _pending_all(self) -> list[PendingCheck]:
+        with self._lock:
+            return [r.pending for r in self._runs.values() if r.pending is not None and not r.pending.passed]
+
+    def _wait_input(self, run_id: UUID) -> None:
+        pending = self._pending(run_id)
+        if pending is not None:
+            pending.wait()
+
+    async def _await_input(self, run_id: UUID) -> None:
+        pending = self._pending(run_id)
+        if pending is not None:
+            await pending.wait_async()
 
     # -- what to check (pure) -------------------------------------------------------------------
     def _chat_start_items(self, messages: list[list[BaseMessage]], run_id: UUID) -> list[Item]:
@@ -304,35 +347,45 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
             Gen check per chunk over the last ``window_chars`` characters; ``min_chars`` batches tiny
             chunks) or ``"monitor"`` (a StreamMonitor per run, ``monitor_options`` passed to
             ``guard.stream``; cheaper with a Stream model, may raise a chunk late). See ``_streaming.py``.
+        parallel_input: start the model while the input is checked; the first token, the answer
+            and any tool wait for the verdict (default: the guard's ``parallel_input``).
     """
 
     raise_error: bool = True
     run_inline: bool = True
 
+    def _start_input(self, items: list[Item], run_id: UUID) -> None:
+        if self.parallel_input and items:
+            guard = self.guard
+            self._run(run_id).pending = PendingCheck.start(lambda: screen(guard, items))
+            return
+        with self._dropped_on_error(run_id):
+            self._raise_first(items, screen(self.guard, items))
+
     def on_chat_model_start(self, serialized: dict[str, Any], messages: list[list[BaseMessage]], *,
                             run_id: UUID, **kwargs: Any) -> None:
-        items = self._chat_start_items(messages, run_id)
-        with self._dropped_on_error(run_id):
-            self._raise_first(items, screen(self.guard, items))
+        self._start_input(self._chat_start_items(messages, run_id), run_id)
 
     def on_llm_start(self, serialized: dict[str, Any], prompts: list[str], *, run_id: UUID, **kwargs: Any) -> None:
-        items = self._llm_start_items(prompts, run_id)
-        with self._dropped_on_error(run_id):
-            self._raise_first(items, screen(self.guard, items))
+        self._start_input(self._llm_start_items(prompts, run_id), run_id)
 
     def on_llm_new_token(self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any) -> None:
+        self._wait_input(run_id)
         text = _token_text(token, chunk)
         screen = self._screen(run_id, asynchronous=False)
         if screen is not None and text:
             screen.check(text)
 
     def on_stream_event(self, event: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._wait_input(run_id)
         text, final = _event_text(event)
         screen = self._screen(run_id, asynchronous=False)
         if screen is not None and (text or final):
             screen.check(text, final=final)
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        with self._dropped_on_error(run_id):
+            self._wait_input(run_id)
         run, items = self._end_items(response, run_id)
         if run is not None and run.screen is not None:
             try:
@@ -346,6 +399,8 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
 
     def on_tool_start(self, serialized: dict[str, Any], input_str: str, *, run_id: UUID,
                       inputs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        for pending in self._pending_all():  # no tool runs before the input verdicts are in
+            pending.wait()
         item = self._tool_start_item(serialized, input_str, run_id, inputs, kwargs)
         if item is not None:
             with self._dropped_on_error(run_id):
@@ -409,31 +464,38 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
             return getattr(GuardCallbackHandler, name).__get__(self)
         return super().__getattribute__(name)
 
-    async def on_chat_model_start(self, serialized: dict[str, Any], messages: list[list[BaseMessage]], *,
-                                  run_id: UUID, **kwargs: Any) -> None:
-        items = self._chat_start_items(messages, run_id)
+    async def _astart_input(self, items: list[Item], run_id: UUID) -> None:
+        if self.parallel_input and items:
+            self._run(run_id).pending = PendingCheck.start_async(ascreen(self.guard, items))
+            return
         with self._dropped_on_error(run_id):
             self._raise_first(items, await ascreen(self.guard, items))
+
+    async def on_chat_model_start(self, serialized: dict[str, Any], messages: list[list[BaseMessage]], *,
+                                  run_id: UUID, **kwargs: Any) -> None:
+        await self._astart_input(self._chat_start_items(messages, run_id), run_id)
 
     async def on_llm_start(self, serialized: dict[str, Any], prompts: list[str], *, run_id: UUID,
                            **kwargs: Any) -> None:
-        items = self._llm_start_items(prompts, run_id)
-        with self._dropped_on_error(run_id):
-            self._raise_first(items, await ascreen(self.guard, items))
+        await self._astart_input(self._llm_start_items(prompts, run_id), run_id)
 
     async def on_llm_new_token(self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any) -> None:
+        await self._await_input(run_id)
         text = _token_text(token, chunk)
         screen = self._screen(run_id, asynchronous=True)
         if screen is not None and text:
             await screen.acheck(text)
 
     async def on_stream_event(self, event: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        await self._await_input(run_id)
         text, final = _event_text(event)
         screen = self._screen(run_id, asynchronous=True)
         if screen is not None and (text or final):
             await screen.acheck(text, final=final)
 
     async def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        with self._dropped_on_error(run_id):
+            await self._await_input(run_id)
         run, items = self._end_items(response, run_id)
         if run is not None and run.screen is not None:
             try:
@@ -447,6 +509,8 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
 
     async def on_tool_start(self, serialized: dict[str, Any], input_str: str, *, run_id: UUID,
                             inputs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        for pending in self._pending_all():  # no tool runs before the input verdicts are in
+            await pending.wait_async()
         item = self._tool_start_item(serialized, input_str, run_id, inputs, kwargs)
         if item is not None:
             with self._dropped_on_error(run_id):

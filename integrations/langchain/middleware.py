@@ -25,6 +25,14 @@ model receives an error `ToolMessage` (``status="error"``).
 Token streaming: model tokens reach ``stream_mode="messages"`` consumers from inside the model call,
 before any middleware hook runs. To stop a token before it is shown, also pass a
 `GuardCallbackHandler` in ``config={"callbacks": [...]}`` (see ``callbacks.py``).
+
+Parallel input screening is deliberately not done here (``Guard.parallel_input`` is ignored): the
+input is judged in ``before_model``, its own graph node, so a blocked turn is redacted from the
+state and never reaches the model. Overlapping would mean running the model node before the
+verdict, and its tokens reach ``stream_mode="messages"`` consumers from inside the model call where
+no middleware hook can hold them back. For overlap in an agent, pass ``check_input=False`` here and
+a ``GuardCallbackHandler(guard, parallel_input=True)`` in the config: it waits for the verdict at
+the first token and before any tool.
 """
 
 from __future__ import annotations

@@ -16,6 +16,15 @@ What is screened, and as what:
 - tool calls in a response, each with ``check_tool_call``, before the caller can see them. In a
   stream the tool calls travel on the final chunk, so chunks that carry tool calls are held back
   until they are screened: an agent never receives an unscreened call, so a blocked tool never runs.
+
+Parallel input screening (``parallel_input=True``, or a `Guard` built with ``parallel_input=True``):
+the inner LLM call starts at once while the inputs are checked in the background. Nothing leaves
+before the verdict: ``achat``/``acomplete`` race the call against the verdict and cancel the call
+when the input is blocked; streams wait for the verdict before the first chunk is yielded (async
+streams cancel the pending request or chunk as soon as a blocking verdict arrives) and close the
+inner stream; ``chat``/``complete`` cannot interrupt a blocking call, so a blocked input raises once
+the call returns and its answer is discarded. Tool calls travel in the response, so no tool can
+run before the verdict.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ from llama_index.core.llms.llm import LLM, ToolSelection
 from llama_index.core.prompts import BasePromptTemplate
 
 from qwenguard.core import Guard, enforce
+from qwenguard.core.parallel import PendingCheck
 from qwenguard.core.conversations import (
     prompt_conversation,
     response_conversation,
@@ -66,14 +76,18 @@ Checks = list[tuple[Stage, list[GuardMessage]]]
 
 # Set while a template call (predict/stream) runs: its inputs were screened by variable, so the
 # chat/complete call it makes must not re-screen the formatted prompt as if the user wrote all of it.
-# Holds (id of the GuardedLLM, the prompt conversation answers are judged against).
-_PRESCREENED: ContextVar[tuple[int, list[GuardMessage]] | None] = ContextVar("qwenguard_prescreened", default=None)
+# Holds (id of the GuardedLLM, the prompt conversation answers are judged against, the input check
+# still running with parallel_input).
+_PRESCREENED: ContextVar[tuple[int, list[GuardMessage], PendingCheck | None] | None] = ContextVar(
+    "qwenguard_prescreened", default=None
+)
 
 
 @dataclass
 class _Plan:
     inputs: Checks
     prompt: list[GuardMessage]  # what the answer is judged against
+    pending: PendingCheck | None = None  # the input verdict, while it runs beside the LLM call
 
 
 class GuardedLLM(FunctionCallingLLM):
@@ -87,6 +101,8 @@ class GuardedLLM(FunctionCallingLLM):
     - ``holdback``: guard tokens a stream keeps back before releasing text (``None``: the monitor's
       default; 0 streams at once, exposing at most the span before a violation is detected).
     - ``screen_context``: screen the context variables of template calls as retrieved content.
+    - ``parallel_input``: start the inner call while the inputs are checked (see the module
+      docstring; ``None`` follows ``guard.parallel_input``).
     - ``screen_system``: also screen system messages as untrusted content (off by default: system
       prompts are usually the application's own; turn it on when retrieved text is put there, as the
       context chat engines do, or screen the nodes with `GuardNodePostprocessor` instead).
@@ -97,6 +113,9 @@ class GuardedLLM(FunctionCallingLLM):
     holdback: int | None = Field(default=None, description="Stream hold-back in guard tokens (None: default).")
     screen_context: bool = Field(default=True, description="Screen template context variables as documents.")
     screen_system: bool = Field(default=False, description="Screen system messages as untrusted content.")
+    parallel_input: bool | None = Field(
+        default=None, description="Run the LLM call while the input is checked (None: the guard's setting)."
+    )
 
     def __init__(self, llm: LLM, guard: Guard, **kwargs: Any) -> None:
         if not isinstance(llm, LLM):
@@ -123,14 +142,14 @@ class GuardedLLM(FunctionCallingLLM):
     def _plan_messages(self, messages: Sequence[ChatMessage]) -> _Plan:
         pre = _PRESCREENED.get()
         if pre is not None and pre[0] == id(self):
-            return _Plan([], pre[1])
+            return _Plan([], pre[1], pre[2])
         turn = split_turn(messages)
         return _Plan(turn.checks(screen_system=self.screen_system), turn.prompt)
 
     def _plan_prompt(self, prompt: str) -> _Plan:
         pre = _PRESCREENED.get()
         if pre is not None and pre[0] == id(self):
-            return _Plan([], pre[1])
+            return _Plan([], pre[1], pre[2])
         conversation = prompt_conversation(prompt)
         return _Plan([(Stage.PROMPT, conversation)], conversation)
 
@@ -168,6 +187,45 @@ class GuardedLLM(FunctionCallingLLM):
             for decision in await self.guard.acheck_many(checks):
                 enforce(decision)
 
+    # -- inputs: screened before the call, or beside it with parallel_input ---------------------
+    @property
+    def _parallel(self) -> bool:
+        return self.guard.parallel_input if self.parallel_input is None else self.parallel_input
+
+    def _start_inputs(self, plan: _Plan) -> _Plan:
+        """Screen ``plan.inputs`` now (raises when blocked), or start them beside the call."""
+        if plan.inputs and self._parallel:
+            guard, checks = self.guard, plan.inputs
+            return _Plan([], plan.prompt, PendingCheck.start(lambda: guard.check_many(checks)))
+        self._screen(plan.inputs)
+        return _Plan([], plan.prompt, plan.pending)
+
+    async def _astart_inputs(self, plan: _Plan) -> _Plan:
+        if plan.inputs and self._parallel:
+            return _Plan([], plan.prompt, PendingCheck.start_async(self.guard.acheck_many(plan.inputs)))
+        await self._ascreen(plan.inputs)
+        return _Plan([], plan.prompt, plan.pending)
+
+    @staticmethod
+    def _wait_inputs(plan: _Plan) -> None:
+        if plan.pending is not None and not plan.pending.passed:
+            plan.pending.wait()
+
+    @staticmethod
+    async def _await_inputs(plan: _Plan) -> None:
+        if plan.pending is not None and not plan.pending.passed:
+            await plan.pending.wait_async()
+
+    @staticmethod
+    async def _race(plan: _Plan, call: Any, *, wait: bool = True) -> Any:
+        """Await ``call`` (a request, a chunk); with a pending input verdict, cancel it when blocked.
+
+        ``wait=False`` (opening a stream, which releases nothing): return once the call is done,
+        so that the first chunk is produced beside the check as well."""
+        if plan.pending is None or plan.pending.passed:
+            return await call
+        return await plan.pending.guard(call, wait=wait)
+
     def _monitor_options(self) -> dict[str, Any]:
         # The inputs were screened by role already; the monitor must not re-judge them as one prompt.
         options: dict[str, Any] = {"screen_prompt": False}
@@ -177,7 +235,7 @@ class GuardedLLM(FunctionCallingLLM):
 
     @contextlib.contextmanager
     def _prescreened(self, plan: _Plan) -> Iterator[None]:
-        token = _PRESCREENED.set((id(self), plan.prompt))
+        token = _PRESCREENED.set((id(self), plan.prompt, plan.pending))
         try:
             yield
         finally:
@@ -185,57 +243,52 @@ class GuardedLLM(FunctionCallingLLM):
 
     # -- chat and complete --------------------------------------------------------------------
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        plan = self._plan_messages(messages)
-        self._screen(plan.inputs)
+        plan = self._start_inputs(self._plan_messages(messages))
         response = self.llm.chat(messages, **kwargs)
+        self._wait_inputs(plan)
         self._screen(self._output_checks(plan, message_text(response.message), tool_calls_in(self.llm, response)))
         return response
 
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        plan = self._plan_messages(messages)
-        await self._ascreen(plan.inputs)
-        response = await self.llm.achat(messages, **kwargs)
+        plan = await self._astart_inputs(self._plan_messages(messages))
+        response = await self._race(plan, self.llm.achat(messages, **kwargs))
         await self._ascreen(self._output_checks(plan, message_text(response.message), tool_calls_in(self.llm, response)))
         return response
 
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        plan = self._plan_prompt(prompt)
-        self._screen(plan.inputs)
+        plan = self._start_inputs(self._plan_prompt(prompt))
         response = self.llm.complete(prompt, formatted=formatted, **kwargs)
+        self._wait_inputs(plan)
         self._screen(self._output_checks(plan, response.text or ""))
         return response
 
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        plan = self._plan_prompt(prompt)
-        await self._ascreen(plan.inputs)
-        response = await self.llm.acomplete(prompt, formatted=formatted, **kwargs)
+        plan = await self._astart_inputs(self._plan_prompt(prompt))
+        response = await self._race(plan, self.llm.acomplete(prompt, formatted=formatted, **kwargs))
         await self._ascreen(self._output_checks(plan, response.text or ""))
         return response
 
     # -- streams ------------------------------------------------------------------------------
     # Inputs are screened when the stream is requested (not when first iterated), so a blocked
-    # prompt raises at the call and the inner LLM is never asked.
+    # prompt raises at the call and the inner LLM is never asked. With parallel_input the check
+    # starts here and the first chunk waits for its verdict.
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        plan = self._plan_messages(messages)
-        self._screen(plan.inputs)
+        plan = self._start_inputs(self._plan_messages(messages))
         return self._guard_chat_stream(plan, self.llm.stream_chat(messages, **kwargs))
 
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        plan = self._plan_messages(messages)
-        await self._ascreen(plan.inputs)
-        return self._aguard_chat_stream(plan, await self.llm.astream_chat(messages, **kwargs))
+        plan = await self._astart_inputs(self._plan_messages(messages))
+        return self._aguard_chat_stream(plan, await self._race(plan, self.llm.astream_chat(messages, **kwargs), wait=False))
 
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        plan = self._plan_prompt(prompt)
-        self._screen(plan.inputs)
+        plan = self._start_inputs(self._plan_prompt(prompt))
         return self._guard_completion_stream(plan, self.llm.stream_complete(prompt, formatted=formatted, **kwargs))
 
     async def astream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
-        plan = self._plan_prompt(prompt)
-        await self._ascreen(plan.inputs)
-        inner = await self.llm.astream_complete(prompt, formatted=formatted, **kwargs)
+        plan = await self._astart_inputs(self._plan_prompt(prompt))
+        inner = await self._race(plan, self.llm.astream_complete(prompt, formatted=formatted, **kwargs), wait=False)
         return self._aguard_completion_stream(plan, inner)
 
     def _guard_chat_stream(self, plan: _Plan, inner: Iterator[ChatResponse]) -> ChatResponseGen:
@@ -243,10 +296,12 @@ class GuardedLLM(FunctionCallingLLM):
         try:
             with self.guard.stream(plan.prompt, **self._monitor_options()) as monitor:
                 for chunk in inner:
+                    self._wait_inputs(plan)  # the first chunk was produced beside the input check
                     released = monitor.feed(chunk.delta or "")
                     for checks, item in out.push(chunk, released, plan):
                         self._screen(checks)
                         yield item
+                self._wait_inputs(plan)  # an empty stream still waits for the verdict
                 tail = monitor.finish()
                 for checks, item in out.end(tail, plan):
                     self._screen(checks)
@@ -258,7 +313,7 @@ class GuardedLLM(FunctionCallingLLM):
         out = _ChatStreamState(self.llm)
         try:
             async with self.guard.astream(plan.prompt, **self._monitor_options()) as monitor:
-                async for chunk in inner:
+                async for chunk in _raced(plan, inner):
                     released = await monitor.afeed(chunk.delta or "")
                     for checks, item in out.push(chunk, released, plan):
                         await self._ascreen(checks)
@@ -275,7 +330,9 @@ class GuardedLLM(FunctionCallingLLM):
         try:
             with self.guard.stream(plan.prompt, **self._monitor_options()) as monitor:
                 for chunk in inner:
+                    self._wait_inputs(plan)
                     yield out.push(chunk, monitor.feed(chunk.delta or ""))
+                self._wait_inputs(plan)
                 tail = monitor.finish()
                 if tail:
                     yield out.push(out.last, tail)
@@ -286,7 +343,7 @@ class GuardedLLM(FunctionCallingLLM):
         out = _CompletionStreamState()
         try:
             async with self.guard.astream(plan.prompt, **self._monitor_options()) as monitor:
-                async for chunk in inner:
+                async for chunk in _raced(plan, inner):
                     yield out.push(chunk, await monitor.afeed(chunk.delta or ""))
                 tail = await monitor.afinish()
                 if tail:
@@ -299,7 +356,7 @@ class GuardedLLM(FunctionCallingLLM):
         plan = self._plan_template(prompt, prompt_args)
         if plan is None:
             return super().predict(prompt, **prompt_args)
-        self._screen(plan.inputs)
+        plan = self._start_inputs(plan)
         with self._prescreened(plan):
             return super().predict(prompt, **prompt_args)
 
@@ -307,7 +364,7 @@ class GuardedLLM(FunctionCallingLLM):
         plan = self._plan_template(prompt, prompt_args)
         if plan is None:
             return await super().apredict(prompt, **prompt_args)
-        await self._ascreen(plan.inputs)
+        plan = await self._astart_inputs(plan)
         with self._prescreened(plan):
             return await super().apredict(prompt, **prompt_args)
 
@@ -315,7 +372,7 @@ class GuardedLLM(FunctionCallingLLM):
         plan = self._plan_template(prompt, prompt_args)
         if plan is None:
             return super().stream(prompt, **prompt_args)
-        self._screen(plan.inputs)
+        plan = self._start_inputs(plan)
         with self._prescreened(plan):  # stream_chat/stream_complete read it when called, here
             return super().stream(prompt, **prompt_args)
 
@@ -323,7 +380,7 @@ class GuardedLLM(FunctionCallingLLM):
         plan = self._plan_template(prompt, prompt_args)
         if plan is None:
             return await super().astream(prompt, **prompt_args)
-        await self._ascreen(plan.inputs)
+        plan = await self._astart_inputs(plan)
         with self._prescreened(plan):
             return await super().astream(prompt, **prompt_args)
 
@@ -417,6 +474,19 @@ class _CompletionStreamState:
         self.last = chunk
         self.shown += released
         return chunk.model_copy(update={"text": self.shown, "delta": released})
+
+
+async def _raced(plan: _Plan, inner: Any) -> Any:
+    """Iterate an async stream; while the input verdict is pending, race each chunk against it so a
+    blocked input cancels the chunk being produced instead of waiting for it."""
+    iterator = inner.__aiter__()
+    while True:
+        try:
+            chunk = await GuardedLLM._race(plan, iterator.__anext__())
+        except StopAsyncIteration:
+            await GuardedLLM._await_inputs(plan)  # an empty stream still waits for the verdict
+            return
+        yield chunk
 
 
 def _close(gen: Any) -> None:

@@ -1,0 +1,158 @@
+"""Parallel input screening in the LangChain callback handlers: the model starts at once, but with a
+blocked input no token reaches the consumer, no tool runs, and the model's stream is stopped.
+
+The demo guard gives the verdicts; a fixed delay on its backend makes the race deterministic (the
+model's first token is ready while the input check is still running)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from langchain.agents import create_agent
+from langchain_core.messages import AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.outputs import ChatGenerationChunk
+from lc_fakes import SAFE_QUESTION, UNSAFE_PROMPT, ScriptedChatModel, tool_call
+
+from qwenguard.core import Guard, GuardViolation, Stage
+from qwenguard.integrations.langchain import AsyncGuardCallbackHandler, GuardCallbackHandler
+
+CHECK_DELAY_S = 0.4  # the input check takes this long ...
+FIRST_TOKEN_S = 0.1  # ... while the model's first token is ready after this
+REPLY = tool_call("web_search", {"query": "capital of France"}, text="Let me look that up for you.")
+
+
+class DelayedBackend:
+    """The demo guard's backend with a fixed delay per call, logging when each check ends."""
+
+    def __init__(self, inner: Any, delay_s: float, log: list[str]) -> None:
+        self.inner, self.delay_s, self.log, self.name = inner, delay_s, log, inner.name
+
+    def classify(self, conversations, *, timeout=None):
+        time.sleep(self.delay_s)
+        out = self.inner.classify(conversations, timeout=timeout)
+        self.log.append("check done")
+        return out
+
+    async def aclassify(self, conversations, *, timeout=None):
+        import asyncio
+
+        await asyncio.sleep(self.delay_s)
+        out = await self.inner.aclassify(conversations, timeout=timeout)
+        self.log.append("check done")
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+class SlowChatModel(ScriptedChatModel):
+    """`ScriptedChatModel` with a delay before its first token; logs each chunk it produces."""
+
+    log: Any = None  # Any: pydantic would copy a list, and the test shares this one with the guard
+
+    def _stream(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None,
+                **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        self.log.append("model start")
+        time.sleep(FIRST_TOKEN_S)
+        for chunk in super()._stream(messages, stop=stop, **kwargs):
+            self.log.append("chunk")
+            yield chunk
+
+
+@pytest.fixture
+def log() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def slow_guard(guard: Guard, log: list[str]) -> Guard:
+    # cache_size=0: every check pays the delay, whatever ran before in this session.
+    return Guard(DelayedBackend(guard.backend, CHECK_DELAY_S, log), guard.policy, cache_size=0, parallel_input=True)
+
+
+def _model(log: list[str]) -> SlowChatModel:
+    return SlowChatModel(messages=iter([REPLY, "Paris is the capital of France."]), seen=[], log=log)
+
+
+def _text(chunks: list[Any]) -> str:
+    return "".join(c.text for c in chunks if isinstance(c, AIMessageChunk))
+
+
+def _assert_stopped_before_anything_left(log: list[str], received: list[Any], tools: Any, error: GuardViolation) -> None:
+    assert error.decision.stage is Stage.PROMPT
+    assert received == []  # not one token reached the consumer
+    assert tools.calls == {"send_email": 0, "web_search": 0}  # no tool ran
+    assert log[0] == "model start"  # the model did start beside the check (parallel, not sequential)
+    # ... and its stream was stopped at the first token: the reply has ~12 chunks plus a tool call.
+    assert log.count("chunk") == 1
+
+
+def test_blocked_input_agent_stream_sync(slow_guard, tools, log):
+    handler = GuardCallbackHandler(slow_guard)
+    assert handler.parallel_input  # follows the guard
+    model = _model(log)
+    agent = create_agent(model, tools.all)
+    received: list[Any] = []
+    with pytest.raises(GuardViolation) as info:
+        for chunk, _meta in agent.stream({"messages": [HumanMessage(UNSAFE_PROMPT)]}, config={"callbacks": [handler]},
+                                         stream_mode="messages"):
+            received.append(chunk)
+    assert info.value.decision.stage is Stage.PROMPT
+    _assert_stopped_before_anything_left(log, received, tools, info.value)
+    assert len(model.seen) == 1 and handler.active_runs == 0
+
+
+async def test_blocked_input_agent_stream_async(slow_guard, tools, log):
+    handler = AsyncGuardCallbackHandler(slow_guard)
+    model = _model(log)
+    agent = create_agent(model, tools.all)
+    received: list[Any] = []
+    with pytest.raises(GuardViolation) as info:
+        async for chunk, _meta in agent.astream({"messages": [HumanMessage(UNSAFE_PROMPT)]},
+                                                config={"callbacks": [handler]}, stream_mode="messages"):
+            received.append(chunk)
+    assert info.value.decision.stage is Stage.PROMPT
+    _assert_stopped_before_anything_left(log, received, tools, info.value)
+    assert handler.active_runs == 0
+
+
+def test_blocked_input_plain_invoke_discards_the_answer(slow_guard, log):
+    """Without streaming, a callback cannot interrupt the call; the answer never reaches the caller."""
+    model = _model(log)
+    with pytest.raises(GuardViolation) as info:
+        model.invoke(UNSAFE_PROMPT, config={"callbacks": [GuardCallbackHandler(slow_guard)]})
+    assert info.value.decision.stage is Stage.PROMPT
+    assert log[0] == "model start"
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_safe_input_overlaps_and_runs_the_tool(slow_guard, tools, log, mode):
+    model = _model(log)
+    agent = create_agent(model, tools.all)
+    inputs = {"messages": [HumanMessage(SAFE_QUESTION)]}
+    received: list[Any] = []
+    if mode == "sync":
+        config = {"callbacks": [GuardCallbackHandler(slow_guard)]}
+        received = [c for c, _ in agent.stream(inputs, config=config, stream_mode="messages")]
+    else:
+        config = {"callbacks": [AsyncGuardCallbackHandler(slow_guard)]}
+        received = [c async for c, _ in agent.astream(inputs, config=config, stream_mode="messages")]
+    # The model started and produced its first chunk before the input check came back ...
+    assert log.index("model start") < log.index("chunk") < log.index("check done")
+    # ... and nothing was lost: the whole answer, the tool, and the final answer went through.
+    assert "Let me look that up for you." in _text(received)
+    assert "Paris is the capital of France." in _text(received)
+    assert tools.calls["web_search"] == 1
+
+
+def test_parallel_off_never_calls_the_model(guard, tools, log):
+    """The sequential default: a blocked input stops the run before the model is asked at all."""
+    model = _model(log)
+    agent = create_agent(model, tools.all)
+    handler = GuardCallbackHandler(guard, parallel_input=False)
+    with pytest.raises(GuardViolation):
+        agent.invoke({"messages": [HumanMessage(UNSAFE_PROMPT)]}, config={"callbacks": [handler]})
+    assert model.seen == [] and "model start" not in log and tools.calls["web_search"] == 0
