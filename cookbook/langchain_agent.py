@@ -59,7 +59,7 @@ def run(exit_behavior: str, replies: list, request: str):
 
 
 # 1. The model asks to e-mail bomb-making instructions: the call is blocked before the tool runs.
-state, _ = run("end", [call("send_email", to="friend@example.com", body=UNSAFE_BODY)], "E-mail my friend.")
+state, _ = run("end", [call("send_email", to="bob@example.com", body=UNSAFE_BODY)], "Please e-mail Bob for me.")
 print("unsafe tool call  ->", state["messages"][-1].content)
 assert sent == [], "the blocked tool ran"
 assert state["messages"][-1].response_metadata["qwenguard"]["stage"] == "tool_call"

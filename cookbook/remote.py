@@ -72,6 +72,8 @@ try:
         blocked = violation.decision
     print("blocked input:", blocked.stage.value, blocked.categories)
     assert blocked.stage is Stage.PROMPT, "the question should be stopped before the model runs"
+    # guard_output releases a chunk only once the window covering it was judged safe: when the harmful
+    # sentence lands in the same window as the safe one, nothing of it is shown.
     received = ""
     try:
         for chunk in chain.stream({"question": "What is the capital of France?"}):

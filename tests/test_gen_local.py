@@ -31,12 +31,8 @@ RESPONSES = [
     ("What is the capital of France?", "The capital of France is Paris.", Risk.SAFE, None, False),
 ]
 
-GARDEN = (
-    "Gardening in early spring starts with the soil. Turn the beds gently, add a layer of compost and "
-    "let the earth rest for a week before sowing. Peas and broad beans tolerate the cold, while tomatoes "
-    "wait indoors on a sunny windowsill until the last frost has passed. Water in the morning so the "
-    "leaves dry before evening, and mulch with straw to keep the roots cool in summer. "
-)
+# Safe sentences the demo knows well; repeated, they make a document several context windows long.
+FACTS = "Paris is the capital of France. The Eiffel Tower is in Paris. "
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +108,7 @@ def test_scores_come_from_the_label_token(guard):
 
 def test_long_document_is_windowed_not_truncated(guard):
     backend: TransformersGen = guard.backend
-    filler = GARDEN * 30
+    filler = FACTS * 150
     assert backend.encoder.content_token_count(filler) > backend.max_context  # needs several windows
     assert len(backend._windows([{"role": "user", "content": filler + ANFO}])) > 1
     clean, tail = guard.check_documents(None, [filler, filler + ANFO])

@@ -206,6 +206,22 @@ class _GuardHandlerLogic:
         if pending is not None:
             await pending.wait_async()
 
+    # Here, not on the handler classes: the async handler answers sync dispatches with the sync hooks.
+    def _start_input(self, items: list[Item], run_id: UUID) -> None:
+        if self.parallel_input and items:
+            guard = self.guard
+            self._run(run_id).pending = PendingCheck.start(lambda: screen(guard, items))
+            return
+        with self._dropped_on_error(run_id):
+            self._raise_first(items, screen(self.guard, items))
+
+    async def _astart_input(self, items: list[Item], run_id: UUID) -> None:
+        if self.parallel_input and items:
+            self._run(run_id).pending = PendingCheck.start_async(ascreen(self.guard, items))
+            return
+        with self._dropped_on_error(run_id):
+            self._raise_first(items, await ascreen(self.guard, items))
+
     # -- what to check (pure) -------------------------------------------------------------------
     def _chat_start_items(self, messages: list[list[BaseMessage]], run_id: UUID) -> list[Item]:
         items: list[Item] = []
@@ -354,14 +370,6 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
     raise_error: bool = True
     run_inline: bool = True
 
-    def _start_input(self, items: list[Item], run_id: UUID) -> None:
-        if self.parallel_input and items:
-            guard = self.guard
-            self._run(run_id).pending = PendingCheck.start(lambda: screen(guard, items))
-            return
-        with self._dropped_on_error(run_id):
-            self._raise_first(items, screen(self.guard, items))
-
     def on_chat_model_start(self, serialized: dict[str, Any], messages: list[list[BaseMessage]], *,
                             run_id: UUID, **kwargs: Any) -> None:
         self._start_input(self._chat_start_items(messages, run_id), run_id)
@@ -463,13 +471,6 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
         if name in _HOOKS and _dispatched_synchronously():
             return getattr(GuardCallbackHandler, name).__get__(self)
         return super().__getattribute__(name)
-
-    async def _astart_input(self, items: list[Item], run_id: UUID) -> None:
-        if self.parallel_input and items:
-            self._run(run_id).pending = PendingCheck.start_async(ascreen(self.guard, items))
-            return
-        with self._dropped_on_error(run_id):
-            self._raise_first(items, await ascreen(self.guard, items))
 
     async def on_chat_model_start(self, serialized: dict[str, Any], messages: list[list[BaseMessage]], *,
                                   run_id: UUID, **kwargs: Any) -> None:

@@ -150,7 +150,7 @@ def test_unsafe_tool_call_never_executes(guard, tools):
         scripted(tool_call("send_email", {"to": "friend@example.com", "body": UNSAFE_CLAUSE}), "Done."), tools.all
     )
     with pytest.raises(GuardViolation) as info:
-        agent.invoke({"messages": [HumanMessage("E-mail my friend.")]}, config={"callbacks": [GuardCallbackHandler(guard)]})
+        agent.invoke({"messages": [HumanMessage("What is the capital of France?")]}, config={"callbacks": [GuardCallbackHandler(guard)]})
     assert info.value.decision.stage.value == "tool_call"
     assert tools.calls["send_email"] == 0
 

@@ -31,7 +31,7 @@ def _tool_graph(node: ToolNode):
 async def test_unsafe_tool_argument_never_runs_the_tool(guard, tools, exit_behavior):
     model = scripted(_unsafe_email(), "Done.")
     agent = create_agent(model, tools.all, middleware=[GuardMiddleware(guard, exit_behavior=exit_behavior)])
-    out = agent.invoke({"messages": [HumanMessage("Please e-mail my friend the instructions.")]})
+    out = agent.invoke({"messages": [HumanMessage("What is the capital of France?")]})
     assert tools.calls["send_email"] == 0
     last = out["messages"][-1]
     assert isinstance(last, AIMessage) and not last.tool_calls
@@ -46,7 +46,7 @@ async def test_unsafe_tool_argument_error_behavior_raises(guard, tools):
     model = scripted(_unsafe_email(), "Done.")
     agent = create_agent(model, tools.all, middleware=[GuardMiddleware(guard, exit_behavior="error")])
     with pytest.raises(GuardViolation) as info:
-        agent.invoke({"messages": [HumanMessage("Please e-mail my friend the instructions.")]})
+        agent.invoke({"messages": [HumanMessage("What is the capital of France?")]})
     assert info.value.decision.stage.value == "tool_call"
     assert tools.calls["send_email"] == 0
 
@@ -55,7 +55,7 @@ async def test_unsafe_tool_argument_error_behavior_raises(guard, tools):
 async def test_unsafe_tool_argument_async(guard, tools, exit_behavior):
     model = scripted(_unsafe_email(), "Done.")
     agent = create_agent(model, tools.all, middleware=[GuardMiddleware(guard, exit_behavior=exit_behavior)])
-    inputs = {"messages": [HumanMessage("Please e-mail my friend the instructions.")]}
+    inputs = {"messages": [HumanMessage("What is the capital of France?")]}
     if exit_behavior == "error":
         with pytest.raises(GuardViolation):
             await agent.ainvoke(inputs)
@@ -120,7 +120,7 @@ def test_wrap_tool_call_blocks_before_the_handler(guard, tools):
     """The last line of defence, on its own: a ToolNode with the middleware's wrapper."""
     middleware = GuardMiddleware(guard)
     node = ToolNode(tools.all, wrap_tool_call=middleware.wrap_tool_call)
-    state = {"messages": [HumanMessage("Please e-mail my friend."), _unsafe_email()]}
+    state = {"messages": [HumanMessage("What is the capital of France?"), _unsafe_email()]}
     out = _tool_graph(node).invoke(state)
     message = out["messages"][-1]
     assert message.status == "error" and "did not run" in message.text

@@ -21,7 +21,8 @@ from qwenguard.integrations.langchain import AsyncGuardCallbackHandler, GuardCal
 
 CHECK_DELAY_S = 0.4  # the input check takes this long ...
 FIRST_TOKEN_S = 0.1  # ... while the model's first token is ready after this
-REPLY = tool_call("web_search", {"query": "capital of France"}, text="Let me look that up for you.")
+REPLY = tool_call("send_email", {"to": "bob@example.com", "body": "The capital of France is Paris."},
+                  text="Let me send that for you.")
 
 
 class DelayedBackend:
@@ -143,9 +144,9 @@ async def test_safe_input_overlaps_and_runs_the_tool(slow_guard, tools, log, mod
     # The model started and produced its first chunk before the input check came back ...
     assert log.index("model start") < log.index("chunk") < log.index("check done")
     # ... and nothing was lost: the whole answer, the tool, and the final answer went through.
-    assert "Let me look that up for you." in _text(received)
+    assert "Let me send that for you." in _text(received)
     assert "Paris is the capital of France." in _text(received)
-    assert tools.calls["web_search"] == 1
+    assert tools.calls["send_email"] == 1
 
 
 def test_parallel_off_never_calls_the_model(guard, tools, log):
@@ -155,4 +156,4 @@ def test_parallel_off_never_calls_the_model(guard, tools, log):
     handler = GuardCallbackHandler(guard, parallel_input=False)
     with pytest.raises(GuardViolation):
         agent.invoke({"messages": [HumanMessage(UNSAFE_PROMPT)]}, config={"callbacks": [handler]})
-    assert model.seen == [] and "model start" not in log and tools.calls["web_search"] == 0
+    assert model.seen == [] and "model start" not in log and tools.calls["send_email"] == 0

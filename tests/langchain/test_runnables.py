@@ -125,7 +125,7 @@ def test_input_roles_and_keys(guard):
 def test_tool_calls_in_a_streamed_answer_are_judged(guard):
     model = scripted(tool_call("send_email", {"to": "friend@example.com", "body": UNSAFE_CLAUSE}))
     with pytest.raises(GuardViolation) as info:
-        list((model | guard_output(guard)).stream([HumanMessage("E-mail my friend.")]))
+        list((model | guard_output(guard)).stream([HumanMessage("What is the capital of France?")]))
     assert info.value.decision.stage.value == "tool_call"
 
 

@@ -54,7 +54,7 @@ def guarded_llm(guard: Guard, body: str) -> GuardedLLM:
 async def test_function_agent_never_runs_a_blocked_tool(guard: Guard, streaming: bool) -> None:
     outbox = Outbox()
     agent = FunctionAgent(tools=[outbox.tool()], llm=guarded_llm(guard, UNSAFE_CLAUSE), streaming=streaming)
-    handler = agent.run(user_msg="Send Bob an email.")
+    handler = agent.run(user_msg="Please e-mail Bob for me.")
     with pytest.raises(GuardViolation) as info:
         await asyncio.wait_for(handler, RUN_TIMEOUT_S)
     assert info.value.decision.stage is Stage.TOOL_CALL
@@ -64,7 +64,7 @@ async def test_function_agent_never_runs_a_blocked_tool(guard: Guard, streaming:
 async def test_function_agent_runs_a_safe_tool(guard: Guard) -> None:
     outbox = Outbox()
     agent = FunctionAgent(tools=[outbox.tool()], llm=guarded_llm(guard, "The capital of France is Paris."))
-    result = await asyncio.wait_for(agent.run(user_msg="Send Bob an email."), RUN_TIMEOUT_S)
+    result = await asyncio.wait_for(agent.run(user_msg="Please e-mail Bob for me."), RUN_TIMEOUT_S)
     assert outbox.sent == 1
     assert "sent" in str(result)
 
@@ -73,7 +73,7 @@ async def test_agent_workflow_never_runs_a_blocked_tool(guard: Guard) -> None:
     outbox = Outbox()
     agent = FunctionAgent(name="mailer", description="Sends email.", tools=[outbox.tool()], llm=guarded_llm(guard, UNSAFE_CLAUSE))
     workflow = AgentWorkflow(agents=[agent], root_agent="mailer")
-    handler = workflow.run(user_msg="Send Bob an email.")
+    handler = workflow.run(user_msg="Please e-mail Bob for me.")
     events = []
     with pytest.raises(GuardViolation):
         async def consume() -> None:

@@ -108,10 +108,10 @@ def test_tool_call_with_unsafe_arguments_is_blocked(guard: Guard) -> None:
 
     tool = FunctionTool.from_defaults(send_email)
     with pytest.raises(GuardViolation) as info:
-        llm.chat_with_tools([tool], user_msg="Email Bob the recipe.")
+        llm.chat_with_tools([tool], user_msg="Please e-mail Bob for me.")
     assert info.value.decision.stage is Stage.TOOL_CALL
     with pytest.raises(GuardViolation):
-        llm.predict_and_call([tool], user_msg="Email Bob the recipe.")
+        llm.predict_and_call([tool], user_msg="Please e-mail Bob for me.")
 
 
 def test_template_calls_screen_query_and_context_separately(guard: Guard) -> None:

@@ -121,7 +121,7 @@ class SlowToolLLM(MockFunctionCallingLLM):
     def _reply(messages, **kwargs) -> ChatMessage:
         if any(m.role == MessageRole.TOOL for m in messages):
             return ChatMessage(role="assistant", content="The email was sent.")
-        call = ToolCallBlock(tool_call_id="c1", tool_name="send_email", tool_kwargs={"to": "bob@example.com", "body": "Hi"})
+        call = ToolCallBlock(tool_call_id="c1", tool_name="send_email", tool_kwargs={"to": "bob@example.com", "body": "The capital of France is Paris."})
         return ChatMessage(role="assistant", blocks=[call])
 
     async def _slow(self) -> None:
@@ -177,5 +177,5 @@ async def test_safe_input_function_agent_runs_the_tool(slow_guard):
     outbox = Outbox()
     llm = SlowToolLLM(delay_s=0.05)
     agent = FunctionAgent(tools=[outbox.tool()], llm=GuardedLLM(llm=llm, guard=slow_guard))
-    await asyncio.wait_for(agent.run(user_msg="Send Bob an email saying hi."), RUN_TIMEOUT_S)
+    await asyncio.wait_for(agent.run(user_msg=SAFE_QUESTION), RUN_TIMEOUT_S)
     assert outbox.sent == 1 and llm._cancelled == 0
