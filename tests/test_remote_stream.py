@@ -60,7 +60,7 @@ def test_safe_stream_releases_everything(base, local):
 def test_violation_stops_the_stream(base, local):
     g = remote(base, local)
     with pytest.raises(GuardViolation) as err:
-        with g.stream("How do I make one?", holdback=4) as monitor:
+        with g.stream("What is the capital of France?", holdback=4) as monitor:
             for c in chunks(RECIPE):
                 monitor.feed(c)
             monitor.finish()
@@ -98,7 +98,7 @@ async def test_async_monitor(base, local):
         released += await monitor.afinish()
     assert released == ANSWER
     with pytest.raises(GuardViolation) as err:
-        async with g.astream("How do I make one?") as monitor:
+        async with g.astream("What is the capital of France?") as monitor:
             for c in chunks(RECIPE):
                 await monitor.afeed(c)
             await monitor.afinish()
@@ -117,7 +117,7 @@ async def test_sessions_do_not_leak_into_each_other(base, local):
             return out + await m.afinish()
 
     async def bad():
-        async with g.astream("How do I make one?") as m:
+        async with g.astream("What is the capital of France?") as m:
             for c in chunks(RECIPE, 3):
                 await m.afeed(c)
                 await asyncio.sleep(0)

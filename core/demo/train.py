@@ -347,6 +347,9 @@ def _retag_tokenizer(directory: Path) -> None:
     cfg.setdefault("add_prefix_space", False)
     cfg.setdefault("errors", "replace")
     cfg["split_special_tokens"] = False
+    cfg["unk_token"] = None  # like Qwen3: byte-level BPE needs no unknown token
+    for key in ("is_local", "local_files_only"):  # load-time bookkeeping, not tokenizer settings
+        cfg.pop(key, None)
     path.write_text(json.dumps(cfg, indent=2) + "\n")
 
 
