@@ -24,6 +24,15 @@ def _root() -> None:
     """Qwen3Guard safety checks for LLM applications."""
 
 
+def _quiet_loading() -> None:
+    """No weight-loading progress bars on a command line that prints one verdict."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+
+
 def _policy(name: str) -> Policy:
     if name not in ("strict", "loose"):
         raise typer.BadParameter("policy must be 'strict' or 'loose'")
@@ -46,6 +55,7 @@ def check(
         text = sys.stdin.read()
     try:
         pol = _policy(policy)
+        _quiet_loading()
         guard = Guard.from_pretrained(model, policy=pol, device=device)
         decision = guard.check_prompt(text) if response is None else guard.check_response(text, response)
     except typer.BadParameter:

@@ -17,6 +17,12 @@ sequences are ~60 tokens and 800 steps take ~10-15 minutes on one CPU thread.
 
 from __future__ import annotations
 
+import os
+
+# OpenMP threads that spin while waiting lose ~10x when other processes share the cores; passive waits keep
+# training (and its timing) sane on a busy machine. Must be set before torch loads its OpenMP runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
 import math
@@ -92,20 +98,37 @@ def _tokenizer_corpus(examples: Sequence[Example]):
 
 
 def _encode(tokenizer, examples: Sequence[Example], max_len: int) -> list[_Encoded]:
-    """Prompt ids through the library's inference path (`ConversationEncoder`), plus the answer ids and ``<|im_end|>``."""
+    """Prompt ids through the library's inference path (`ConversationEncoder`), plus the answer ids and ``<|im_end|>``.
+
+    Content holding control-token strings (``<|im_end|>`` ...) is also encoded the two ways a plain transformers
+    user keeps them as text (``apply_chat_template(..., sanitize_control_tokens=True)`` and
+    ``split_special_tokens=True``), which cut them into different pieces: the guard flags the attempt however
+    it was tokenized.
+    """
     from ..encoding import ConversationEncoder
 
     encoder = ConversationEncoder(tokenizer)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    tail = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    controls = [str(t) for t in tokenizer.added_tokens_decoder.values()]
     out: list[_Encoded] = []
     dropped = 0
     for ex in examples:
-        prompt = encoder.encode(ex.messages)
         answer = tokenizer(ex.answer, add_special_tokens=False)["input_ids"] + [eos]
-        if len(prompt) + len(answer) > max_len:
-            dropped += 1
-            continue
-        out.append(_Encoded(ex.mode, prompt, answer))
+        variants = [encoder.encode(ex.messages)]
+        if any(c in m["content"] for m in ex.messages for c in controls):
+            body = tokenizer.apply_chat_template(ex.messages, tokenize=False)[len("<|im_start|>"): -len(tail)]
+            variants.append(list(tokenizer.apply_chat_template(ex.messages, tokenize=True, sanitize_control_tokens=True,
+                                                               return_dict=False)))
+            variants.append([im_start] + tokenizer(body, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+                            + tokenizer(tail, add_special_tokens=False)["input_ids"])
+            variants = [v for i, v in enumerate(variants) if v not in variants[:i]]
+        for prompt in variants:
+            if len(prompt) + len(answer) > max_len:
+                dropped += 1
+                continue
+            out.append(_Encoded(ex.mode, prompt, answer))
     if dropped:
         _log(f"dropped {dropped} sequences longer than {max_len} tokens")
     return out
@@ -151,17 +174,22 @@ def _train(model, encoded: list[_Encoded], pad_id: int, settings: TrainSettings)
             epochs += 1
         batch = batches[order.pop()]
         width = max(len(e.prompt) + len(e.answer) for e in batch)
+        # Right padding: under the causal mask no real token ever sees a pad, so no attention mask is needed.
         ids = torch.full((len(batch), width), pad_id)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        labels = torch.full((len(batch), width), -100)
+        rows, cols, targets = [], [], []
         for r, e in enumerate(batch):
             seq = e.prompt + e.answer
             ids[r, : len(seq)] = torch.tensor(seq)
-            mask[r, : len(seq)] = 1
-            labels[r, len(e.prompt) : len(seq)] = torch.tensor(e.answer)
+            for j, tok in enumerate(e.answer):  # answer token j is predicted at the position before it
+                rows.append(r)
+                cols.append(len(e.prompt) + j - 1)
+                targets.append(tok)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        hidden = model.model(input_ids=ids).last_hidden_state
+        # The loss is on the answer tokens only, so only their positions go through the LM head.
+        logits = model.lm_head(hidden[torch.tensor(rows), torch.tensor(cols)])
+        loss = torch.nn.functional.cross_entropy(logits, torch.tensor(targets))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -315,9 +343,14 @@ def save_checkpoint(model, tokenizer, held: Sequence[Example], out_dir: Path | s
         tokenizer.save_pretrained(stage)
         _retag_tokenizer(stage)
 
-        # Score the checkpoint as it was saved, through the normal loading path.
+        # Score the checkpoint as it was saved, through the normal loading path. Held-out examples are scored
+        # whole (a backend windows longer inputs), so keep those that fit the context with the answer.
         saved = AutoModelForCausalLM.from_pretrained(stage, dtype=torch.float32)
         saved_tok = AutoTokenizer.from_pretrained(stage)
+        from ..encoding import ConversationEncoder
+
+        fits = ConversationEncoder(saved_tok)
+        held = [ex for ex in held if len(fits.encode(ex.messages)) + 24 <= MODEL_SHAPE["max_position_embeddings"]]
         t_eval = time.time()
         metrics = evaluate(saved, saved_tok, held)
         _log(f"held-out: {json.dumps(metrics['overall'])} ({time.time() - t_eval:.0f}s)")
