@@ -457,10 +457,11 @@ class TransformersStream:
             from transformers import AutoTokenizer
         except ImportError as exc:  # pragma: no cover
             raise MissingDependency.for_extra("local", "transformers") from exc
+        from .demo import DEMO_NAMES
         from .transformers_gen import resolve_device, resolve_dtype
 
         label = str(name_or_path)
-        path = Path(_resolve_demo(label) or name_or_path)
+        path = Path(DEMO_NAMES.get(label, name_or_path))
         if not path.is_dir():
             path = _download(label, **kwargs)
         dev = resolve_device(device)
@@ -562,18 +563,6 @@ class TransformersStream:
     def close(self) -> None:
         """Mark the backend closed; open sessions keep working until they close."""
         self._closed = True
-
-
-def _resolve_demo(name: str) -> Any:
-    from . import demo
-
-    resolve = getattr(demo, "resolve_demo", None)
-    if resolve is None:
-        return None
-    try:
-        return resolve(name)
-    except KeyError:  # not a demo name: a path or a hub id
-        return None
 
 
 # transformers' generic PretrainedConfig fields that Qwen3 checkpoints do not carry.

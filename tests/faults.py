@@ -54,3 +54,27 @@ class ScriptedBackend:
 
     def close(self):
         pass
+
+
+class DelayedBackend:
+    """A real backend with a fixed delay per call, logging "check done" when each check ends.
+
+    Makes races deterministic (e.g. parallel input screening: the LLM starts before the verdict)."""
+
+    def __init__(self, inner, delay_s: float, log: list) -> None:
+        self.inner, self.delay_s, self.log, self.name = inner, delay_s, log, inner.name
+
+    def classify(self, conversations, *, timeout=None):
+        time.sleep(self.delay_s)
+        out = self.inner.classify(conversations, timeout=timeout)
+        self.log.append("check done")
+        return out
+
+    async def aclassify(self, conversations, *, timeout=None):
+        await asyncio.sleep(self.delay_s)
+        out = await self.inner.aclassify(conversations, timeout=timeout)
+        self.log.append("check done")
+        return out
+
+    def close(self) -> None:
+        pass

@@ -16,6 +16,8 @@ from langchain_core.messages import AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.outputs import ChatGenerationChunk
 from lc_fakes import SAFE_QUESTION, UNSAFE_PROMPT, ScriptedChatModel, tool_call
 
+from faults import DelayedBackend
+
 from qwenguard.core import Guard, GuardViolation, Stage
 from qwenguard.integrations.langchain import AsyncGuardCallbackHandler, GuardCallbackHandler
 
@@ -23,30 +25,6 @@ CHECK_DELAY_S = 0.4  # the input check takes this long ...
 FIRST_TOKEN_S = 0.1  # ... while the model's first token is ready after this
 REPLY = tool_call("send_email", {"to": "bob@example.com", "body": "The capital of France is Paris."},
                   text="Let me send that for you.")
-
-
-class DelayedBackend:
-    """The demo guard's backend with a fixed delay per call, logging when each check ends."""
-
-    def __init__(self, inner: Any, delay_s: float, log: list[str]) -> None:
-        self.inner, self.delay_s, self.log, self.name = inner, delay_s, log, inner.name
-
-    def classify(self, conversations, *, timeout=None):
-        time.sleep(self.delay_s)
-        out = self.inner.classify(conversations, timeout=timeout)
-        self.log.append("check done")
-        return out
-
-    async def aclassify(self, conversations, *, timeout=None):
-        import asyncio
-
-        await asyncio.sleep(self.delay_s)
-        out = await self.inner.aclassify(conversations, timeout=timeout)
-        self.log.append("check done")
-        return out
-
-    def close(self) -> None:
-        pass
 
 
 class SlowChatModel(ScriptedChatModel):
