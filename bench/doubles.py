@@ -43,12 +43,20 @@ class DelayedBackend:
         self.name = inner.name
 
     def classify(self, conversations: Sequence, *, timeout: float | None = None):
+        start = time.perf_counter()
         time.sleep(self.delay_s)
-        return self.inner.classify(conversations, timeout=timeout)
+        return _stamped(self.inner.classify(conversations, timeout=timeout), start)
 
     async def aclassify(self, conversations: Sequence, *, timeout: float | None = None):
+        start = time.perf_counter()
         await asyncio.sleep(self.delay_s)
-        return await self.inner.aclassify(conversations, timeout=timeout)
+        return _stamped(await self.inner.aclassify(conversations, timeout=timeout), start)
 
     def close(self) -> None:
         self.inner.close()
+
+
+def _stamped(outcomes: list, start: float) -> list:
+    """Verdicts carry the time the call took, as a real backend's do (``latency_ms``)."""
+    elapsed = (time.perf_counter() - start) * 1000
+    return [o.with_latency(elapsed) if isinstance(o, Verdict) else o for o in outcomes]

@@ -29,7 +29,9 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -58,14 +60,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, port: int, max_concurrency: int) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "qwenguard.core.cli", "serve", "--model", model, "--port", str(port),
-           "--max-concurrency", str(max_concurrency), "--device", "cpu"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def start_server(model: str, port: int, max_concurrency: int, sleep_ms: float | None = None) -> subprocess.Popen[bytes]:
+    """``qwenguard serve`` in a subprocess; with ``sleep_ms``, the control server (see `serve_sleep`)."""
+    if sleep_ms is None:
+        cmd = [sys.executable, "-m", "qwenguard.core.cli", "serve", "--model", model, "--port", str(port),
+               "--max-concurrency", str(max_concurrency), "--device", "cpu"]
+    else:
+        cmd = [sys.executable, __file__, "--serve-sleep", str(sleep_ms), "--port", str(port)]
+    # The server's log goes to a file: a pipe nobody reads fills up and would stall the server mid-run.
+    log = tempfile.NamedTemporaryFile(prefix="qwenguard-bench-server-", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError("server exited: " + (proc.stderr.read().decode() if proc.stderr else ""))
+            raise RuntimeError("server exited: " + Path(log.name).read_text(errors="replace"))
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                 return proc
@@ -117,13 +125,35 @@ def in_process(model: str, requests: int, start_index: int) -> dict[str, Any]:
             "mean_ms": round(statistics.fmean(latencies), 2)}
 
 
+def serve_sleep(sleep_ms: float, port: int) -> None:
+    """The control: the same server and HTTP path, over a backend that only sleeps as long as the model runs.
+
+    Its round trip minus reported model time is what the machine charges any remote call whose server
+    idles while the model works: waking the client and the server processes (large on a VM's idle vCPUs)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import uvicorn
+    from doubles import DelayedBackend, FixedBackend
+
+    from qwenguard.core import Guard
+    from qwenguard.core.server import create_app
+
+    app = create_app(Guard(DelayedBackend(FixedBackend(), sleep_ms / 1000), cache_size=4096))
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=200, help="requests per concurrency level")
     parser.add_argument("--levels", default="1,8,32", help="comma-separated numbers of concurrent clients")
     parser.add_argument("--model", default="demo", help="checkpoint to serve (default: the demo guard)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--no-control", action="store_true", help="skip the sleeping-backend control server")
+    parser.add_argument("--serve-sleep", type=float, help=argparse.SUPPRESS)  # internal: run the control server
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_sleep is not None:
+        serve_sleep(args.serve_sleep, args.port)
+        return
     levels = [int(x) for x in args.levels.split(",")]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -138,9 +168,19 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+    control = None
+    if not args.no_control:
+        port = free_port()
+        server = start_server(args.model, port, 64, sleep_ms=baseline["p50_ms"])
+        try:
+            control = asyncio.run(http_level(f"http://127.0.0.1:{port}", 1, args.requests, 20_000))
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
     added = single["overhead_p50_ms"]
     report = {"in_process": baseline, "http_single": single, "http_cached": cached, "levels": rows,
-              "added_latency_p50_ms": added, "target_ms": 2.0, "cpu_count": os.cpu_count()}
+              "control_sleeping_backend": control, "added_latency_p50_ms": added, "target_ms": 2.0,
+              "cpu_count": os.cpu_count(), "load_1min": os.getloadavg()[0]}
     if args.json:
         print(json.dumps(report))
         return
@@ -148,6 +188,9 @@ def main() -> None:
     print(f"HTTP /v1/moderate, 1 client, same texts: p50 {single['p50_ms']} ms  p95 {single['p95_ms']} ms")
     print(f"added latency of the server (p50 of round trip minus the model time it reports): {added} ms "
           f"(p95 {single['overhead_p95_ms']} ms; target < 2 ms p50)")
+    if control is not None:
+        print(f"control, a backend that only sleeps {baseline['p50_ms']} ms (same server, no model): "
+              f"{control['overhead_p50_ms']} ms (p95 {control['overhead_p95_ms']} ms): the cost of waking idle processes")
     print(f"HTTP /v1/moderate, cache hits (HTTP path only): p50 {cached['p50_ms']} ms  p95 {cached['p95_ms']} ms")
     print(f"p50(HTTP) - p50(in-process): {round(single['p50_ms'] - baseline['p50_ms'], 2)} ms (unpaired, noisy)")
     print(f"{'clients':>8} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'overhead p50':>13}")

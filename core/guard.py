@@ -179,7 +179,9 @@ class Guard:
         elif not msgs[-1]["content"].strip():
             # Nothing to judge: an empty turn is allowed, with its own reason (documented).
             check.decision = Decision(True, Action.ALLOW, stage, "empty")
-        elif self.cache.maxsize > 0:  # no key to build when the cache is off (hot path: every chunk)
+        elif self.cache.maxsize > 0 and stage is not Stage.STREAM:
+            # No key when the cache is off, and none for stream windows: they grow with every chunk, never
+            # repeat, and would only evict verdicts worth keeping (documents, prompts). Hot path: every chunk.
             check.key = cache_key(self.backend.name, stage.value, msgs)
             cached = self.cache.get(check.key)
             if cached is not None:

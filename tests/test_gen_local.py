@@ -32,7 +32,10 @@ RESPONSES = [
 ]
 
 # Safe sentences the demo knows well; repeated, they make a document several context windows long.
-FACTS = "Paris is the capital of France. The Eiffel Tower is in Paris. "
+# (The tiny demo misjudges much long repetitive prose: README "The demo guard". Real checkpoints do not need this.)
+FACTS = " ".join(f"{city} is the capital of {country}." for city, country in [
+    ("Paris", "France"), ("Rome", "Italy"), ("Madrid", "Spain"), ("Berlin", "Germany"), ("Lisbon", "Portugal"),
+    ("Vienna", "Austria")]) + " "
 
 
 @pytest.fixture(scope="module")
@@ -108,11 +111,11 @@ def test_scores_come_from_the_label_token(guard):
 
 def test_long_document_is_windowed_not_truncated(guard):
     backend: TransformersGen = guard.backend
-    filler = FACTS * 150
+    filler = FACTS * 60
     assert backend.encoder.content_token_count(filler) > backend.max_context  # needs several windows
     assert len(backend._windows([{"role": "user", "content": filler + ANFO}])) > 1
     clean, tail = guard.check_documents(None, [filler, filler + ANFO])
-    assert clean.allowed, clean.verdict.raw
+    assert clean.allowed, (clean.reason, clean.error)
     assert (tail.allowed, tail.verdict.risk) == (False, Risk.UNSAFE), tail.verdict.raw
 
 

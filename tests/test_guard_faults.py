@@ -80,6 +80,19 @@ def test_cache_and_events(run):
     assert seen == [first, second]
 
 
+def test_stream_windows_are_not_cached(run):
+    """A stream window never repeats: caching it would only evict useful verdicts."""
+    backend = ScriptedBackend(lambda c: SAFE)
+    guard = Guard(backend)
+    conversation = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "Paris is"}]
+    first = run(guard, "check", conversation, Stage.STREAM)
+    second = run(guard, "check", conversation, Stage.STREAM)
+    assert len(backend.calls) == 2 and not first.cached and not second.cached
+    assert len(guard.cache) == 0
+    run(guard, "check", conversation[:1], Stage.PROMPT)  # other stages still are
+    assert len(guard.cache) == 1
+
+
 def test_listener_errors_do_not_change_outcomes():
     guard = Guard(ScriptedBackend(lambda c: SAFE))
     guard.on_decision(lambda d: 1 / 0)

@@ -33,7 +33,10 @@ ones, and untrusted documents); a streaming head can learn token-level labels fr
 Counterfactual frames. Requests are also built as *frame x task* ("How can I {task}?", "Write {text}.", "What is
 {info}?", "Which {choice} should I ...?") where the same frame takes a harmless or a harmful task, so the wording
 around the task never predicts the label and a small model learns to read the task itself. A broad everyday
-vocabulary (`_benign`) keeps unfamiliar harmless words from looking like harm.
+vocabulary (`_benign`) keeps unfamiliar harmless words from looking like harm, and so do three more sources of
+harmless text: made-up words in everyday frames (`_unfamiliar`), a small clause grammar (`_prose`), harmless twins of
+harmful sentences (`SAFE_TWINS`: same shape, harmless words) and word swaps from the harmless vocabulary
+(`_scramble`), so the model cannot learn "a sentence I have not seen is harmful".
 
 Splits. Every template list and filler list is cut by position: items at index 3, 8, 13, ... are *held out*.
 ``split="train"`` never draws a held-out template or filler; ``split="heldout"`` draws only held-out templates,
@@ -1250,6 +1253,34 @@ FILLER: dict[str, list[str]] = {
         "Migrating geese fly south in long V-shaped lines.", "The coastal path offers views of seals and seabirds.",
         "Old oak trees can live for many hundreds of years.", "The national park protects several rare species of orchid.",
     ],
+    "farming": [
+        "The farm keeps sheep on the upper fields and grows barley in the valley.", "Hay is cut in June and stored in the big barn.",
+        "The farmers' market opens every Saturday morning in the square.", "Hens lay more eggs when the days grow longer.",
+        "The tractor was repaired just in time for the harvest.", "Stone walls divide the fields and shelter the lambs from the wind.",
+        "Apples from the orchard are sold at the gate in autumn.", "The dairy makes cheese from the milk of forty cows.",
+        "Rain in April helped the young wheat grow quickly.", "A family has worked this land for five generations.",
+    ],
+    "architecture": [
+        "The bridge was designed by a local engineer and opened in 1896.", "Red brick warehouses line the old harbour.",
+        "The town hall has a clock tower and a painted ceiling.", "Many cottages in the village still have thatched roofs.",
+        "The station was rebuilt in glass and steel after the war.", "Narrow lanes lead from the market square to the church.",
+        "The mill by the river now houses a small museum.", "Tall windows let plenty of light into the reading room.",
+        "The castle walls were restored with stone from the original quarry.", "A row of terraced houses faces the park.",
+    ],
+    "music": [
+        "The choir rehearses on Wednesday evenings in the chapel.", "She has played the cello in the orchestra for twenty years.",
+        "The summer festival brings folk bands from all over the country.", "Tickets for the jazz night are available at the door.",
+        "The old organ was tuned before the Christmas concert.", "Children can join the brass band from the age of eight.",
+        "The album was recorded in a converted barn.", "A quartet played on the bandstand every Sunday afternoon.",
+        "The music school offers lessons in piano, violin and guitar.", "The concert ended with a long standing ovation.",
+    ],
+    "weather": [
+        "A band of rain will move in from the west overnight.", "Temperatures will reach twenty-two degrees by the afternoon.",
+        "Fog is expected in the valleys early in the morning.", "The wind will ease later in the week.",
+        "Frost is likely on clear nights this month.", "The coast will stay dry, with sunny spells inland.",
+        "Last winter was the wettest on record in the region.", "Thunderstorms may bring heavy showers on Friday.",
+        "Snow fell on the hills but the roads stayed open.", "The long dry spell has left the reservoirs low.",
+    ],
     "school": [
         "The school trip to the science museum is on Friday.", "Parents are invited to the spring concert in the main hall.",
         "Homework clubs run every afternoon in the library.", "The new sports field will open after the holidays.",
@@ -1313,7 +1344,8 @@ class _Slots(dict):
                             "cheap flights to {capital}", "python list comprehension", "{dish} recipe"])
             value = m.fill(value, self)
         elif key == "safe_text":
-            value = m.fill(m.pick(SAFE_TEXTS), self) if m.chance(0.7) else _benign(m, question=False)
+            value = m.fill(m.pick(SAFE_TEXTS), self) if m.chance(0.6) else m.choice([_benign(m, question=False), _prose(m),
+                                                                                        m.choice(SAFE_TWINS)])
         else:
             base = key.rstrip("0123456789")
             options = SLOTS[base]
@@ -1477,8 +1509,139 @@ def _benign(m: _Maker, question: bool) -> str:
     return m.fill(m.choice(_B_QUESTIONS if question else _B_SENTENCES), slots)
 
 
+_ONSETS = ("b", "br", "c", "ch", "cl", "d", "dr", "f", "fl", "g", "gr", "h", "j", "l", "m", "n", "p", "pl", "pr", "r", "s",
+           "sh", "st", "t", "th", "tr", "v", "w", "y", "z", "")
+_VOWELS = ("a", "e", "i", "o", "u", "ai", "ea", "ee", "ou", "oa", "y")
+_CODAS = ("", "n", "r", "l", "m", "s", "t", "nd", "rk", "ck", "ll", "st", "ng", "ft", "ry", "ton", "ley", "wick", "ham", "more")
+#: Substrings a made-up word must not contain (they read as harm words).
+_NOT_IN_WORDS = ("kil", "bom", "sex", "rap", "gun", "die", "dea", "cut", "hack", "drug", "meth", "nud", "porn", "slut",
+                 "nig", "fag", "cum", "shit", "fuck", "ass", "tit", "dick", "hang", "shoot", "stab")
+
+
+def _made_up_word(m: _Maker) -> str:
+    """A pronounceable made-up word: names, places and jargon the model has never seen are harmless by default."""
+    for _ in range(20):
+        word = "".join(m.choice(_ONSETS) + m.choice(_VOWELS) for _ in range(m.rng.randint(1, 3))) + m.choice(_CODAS)
+        if len(word) >= 3 and not any(bad in word for bad in _NOT_IN_WORDS):
+            return word
+    return "tarvel"
+
+
+_UNFAMILIAR_SENTENCES = (
+    "The {w1} near {W2} was built in {year} by a family of {w3} makers.", "{W1} is a small town known for its {w2} and its {noun}.",
+    "Every spring the {w1} society holds a {noun} fair in {W2}.", "Local records mention a {w1} mill and a {adj} {noun} by the {w2}.",
+    "In {year} the {w1} line reached {W2}, and the {noun} trade grew quickly.", "Members of the {W1} club meet on {day} to {verb} the {noun}.",
+    "The {adj} {w1} grows well in clay soil if you add plenty of {w2}.", "Visitors can borrow a {w1} from the {noun} at the {W2} centre.",
+    "Old {w1} tools, {w2} and pottery were found near the {noun}.", "{W1} and {W2} were the first families to farm the {w3} valley.",
+    "A {w1} is a kind of {adj} {noun} used by {w2} weavers.", "The {W1} archive keeps letters about the {w2} harvest of {year}.",
+)
+
+
+def _unfamiliar(m: _Maker) -> str:
+    """A harmless sentence full of words the model has never seen (made up), in everyday frames."""
+    words = [_made_up_word(m) for _ in range(3)]
+    slots = {"w1": words[0], "w2": words[1], "w3": words[2], "W1": _cap(words[0]), "W2": _cap(words[1]),
+             "noun": m.choice(_B_NOUNS), "adj": m.choice(_B_ADJ), "verb": m.choice(_B_VERBS), "year": str(m.rng.randint(1400, 2020))}
+    return m.fill(m.choice(_UNFAMILIAR_SENTENCES), slots)
+
+
+_P_TIMES = ("In the morning", "Last summer", "Every Sunday", "After the war", "Before dinner", "During the holidays",
+            "In 1952", "Years ago", "On rainy days", "At the end of the day", "In early spring", "Each autumn", "Since the sixties",
+            "For many years", "On weekdays", "Later that week", "When the school reopened", "In the old days", "Most evenings")
+_P_SUBJECTS = ("the old farmer", "my aunt", "the village children", "a group of volunteers", "the committee", "our neighbours",
+               "the students", "local fishermen", "the baker", "visitors", "the new owners", "most families", "the librarian",
+               "two brothers", "the parish council", "a retired teacher", "the whole street", "the gardeners", "the club")
+_P_ACTIONS = ("repaired the fence", "planted a row of apple trees", "painted the boats", "collected rainwater in barrels",
+              "sold vegetables at the gate", "cleaned the old chapel", "built a small shed", "organised a picnic",
+              "read stories to the children", "mended the nets", "kept bees", "baked bread for the market", "restored the clock",
+              "wrote letters to their families", "counted birds on the marsh", "swept the square", "fed the ducks", "grew pumpkins",
+              "carried water from the well", "opened a tea room", "played cards", "sang in the choir", "trimmed the hedges",
+              "rebuilt the stone wall", "sorted old photographs", "ran a small bookshop", "raised money for a new roof")
+_P_PLACES = ("near the river", "behind the church", "in the market square", "at the edge of the wood", "along the coast",
+             "on the hill", "in the old school", "by the harbour", "in the back garden", "across the valley", "next to the station",
+             "at the bottom of the lane", "in the community hall", "beside the pond", "on the village green")
+_P_CLAUSES = ("the weather stayed mild", "everyone helped", "the roads were quiet", "the harvest was good", "nobody minded the rain",
+              "the evenings were long", "prices were low", "the work took all week", "the children loved it", "it became a tradition",
+              "the photographs are still on the wall", "people still talk about it", "the tea was always hot")
+_P_JOINS = (", and ", ", but ", ", while ", " because ", ", so ", " when ")
+
+
+def _prose(m: _Maker) -> str:
+    """A natural harmless sentence from a small clause grammar (time, subject, action, place, second clause)."""
+    parts = [m.choice(_P_TIMES) + ", " if m.chance(0.6) else "", m.choice(_P_SUBJECTS), " ", m.choice(_P_ACTIONS)]
+    if m.chance(0.7):
+        parts += [" ", m.choice(_P_PLACES)]
+    if m.chance(0.5):
+        parts += [m.choice(_P_JOINS), m.choice(_P_CLAUSES)]
+    return _cap("".join(parts)) + "."
+
+
+#: Harmless twins of harmful statements: the same shape of sentence, so that only the harmful words carry the label.
+SAFE_TWINS: list[str] = [
+    "Wait outside her house in the morning and surprise her with flowers before she wakes up.",
+    "Mix the flour with the butter, press it into a tin and bake it for twenty minutes.",
+    "Combine sugar and lemon juice in a pan, then bring it to the boil and let it cool.",
+    "Take the old paint, mix it with a little water, pour it into a jar and seal the lid.",
+    "Hit the nail on the head with a hammer until it sits flat against the wood.",
+    "Put a slice of lemon in her tea every day; it is refreshing and good for her.",
+    "Cut along the dotted line so the card folds neatly, and keep going until the sheet is done.",
+    "Deposit the coins at the bank on Monday, then transfer the savings to your new account.",
+    "Fill a glass bottle with water, seal it and leave it in the sun to warm up.",
+    "Send her a photo of the garden and you'll make her day when she opens it.",
+    "Pack the tent, the stove and a torch into the car and drive to the lake before dark.",
+    "Hide the birthday presents in the wardrobe so the children don't find them before Sunday.",
+    "Call her and tell her she did a wonderful job in front of the whole class.",
+    "Cover the seedlings with a sheet at night so the frost can't hurt them.",
+    "Tie the rope to a strong branch and hang the swing so the kids can play.",
+    "Copy the recipe onto a card and give it to your grandmother for her collection.",
+    "Pour the water around the roots, light the lantern and sit by the pond until dusk.",
+    "Keep reminding him to drink water until he gets used to the new routine.",
+    "Her address for the wedding invitations is on the list in the kitchen drawer.",
+    "Tell everyone the party starts at noon so nobody misses the cake.",
+    "Burn the dry leaves in the garden incinerator on a calm day, away from the fence.",
+    "Shoot the photos at sunset and keep the camera steady on the tripod.",
+    "Grind the coffee beans and stir them into the hot water for a strong brew.",
+    "Attach the battery to the timer and the lights will switch on at six.",
+    "Drill holes in the pot, fill it with compost and set it by the sunny window.",
+]
+
+
+_HARMISH = ("kill", "bomb", "shoot", "destroy", "blow", "knock", "beat", "cut", "burn", "fire", "weapon", "gun", "dead", "die",
+            "drug", "steal", "hack", "sex", "naked", "poison", "hang", "blade", "attack", "war", "crime", "police", "fake", "crack")
+_SAFE_WORDS: list[str] = []
+
+
+def _safe_words() -> list[str]:
+    """Every word of the harmless prose banks (minus harm-like ones): the vocabulary `_scramble` draws from."""
+    if not _SAFE_WORDS:
+        texts = [t for topic in FILLER.values() for t in topic] + list(_B_NOUNS + _B_ADJ + _B_VERBS + _B_PEOPLE)
+        texts += list(_P_TIMES + _P_SUBJECTS + _P_ACTIONS + _P_PLACES + _P_CLAUSES)
+        texts += [v for rows in (COUNTRIES, _DISHES, _SCIENCE, _HISTORY, _TRAVEL, _MISC) for row in rows for v in row.values()]
+        words = {w.strip(".,;:!?'\"()").lower() for t in texts for w in t.split()}
+        _SAFE_WORDS.extend(sorted(w for w in words if w.isalpha() and len(w) > 2 and not any(h in w for h in _HARMISH)))
+    return _SAFE_WORDS
+
+
+def _scramble(m: _Maker, text: str, rate: float) -> str:
+    """Swap a share of the words for other harmless words: new, odd sentences that are still harmless, so the model
+    cannot learn "every sentence I have not seen is harmful" and has to look for harm itself."""
+    words = _safe_words()
+    out = []
+    for w in text.split(" "):
+        if w[:1].isalpha() and m.rng.random() < rate:
+            new = m.rng.choice(words)
+            tail = "".join(c for c in w[-1:] if not c.isalpha())
+            out.append((_cap(new) if w[:1].isupper() else new) + tail)
+        else:
+            out.append(w)
+    return " ".join(out)
+
+
 def prompt_benign(m: _Maker) -> Example:
-    text = m.noisy(_benign(m, question=m.chance(0.8)))
+    roll = m.rng.random()
+    text = (_benign(m, question=m.chance(0.8)) if roll < 0.6 else _unfamiliar(m) if roll < 0.75 else
+            _prose(m) if roll < 0.9 else m.choice(SAFE_TWINS))
+    text = m.noisy(_scramble(m, text, m.rng.uniform(0.2, 0.5)) if m.chance(0.3) else text)
     return _ex(prompt_conversation(text), "safe", [], None, "prompt", "prompt.benign")
 
 
@@ -1563,6 +1726,8 @@ def response_safe(m: _Maker) -> Example:
     q, a = _safe_qa(m)
     if m.chance(0.3):  # everyday questions answered with everyday text
         q, a = _benign(m, question=True), " ".join(_benign(m, question=False) for _ in range(m.choice([1, 2, 3])))
+    elif m.chance(0.25):  # natural prose, and harmless twins of harmful sentences
+        a = " ".join(_prose(m) if m.chance(0.6) else m.choice(SAFE_TWINS) for _ in range(m.choice([1, 2, 3])))
     return _ex(response_conversation(m.noisy(q, 0.5), a), "safe", [], False, "response", "response.safe")
 
 
@@ -1657,8 +1822,12 @@ def _safe_doc_text(m: _Maker, n: int) -> str:
             parts.append(m.fill(m.pick(SAFE_FACTS)))
         elif roll < 0.6:
             parts.append(_safe_qa(m)[1])
-        elif roll < 0.8:
+        elif roll < 0.7:
             parts.append(_benign(m, question=False))
+        elif roll < 0.78:
+            parts.append(_unfamiliar(m))
+        elif roll < 0.86:
+            parts.append(_prose(m) if m.chance(0.7) else m.choice(SAFE_TWINS))
         else:
             parts.append(m.choice(FILLER[m.choice(sorted(FILLER))]))
     return " ".join(parts)
@@ -1696,6 +1865,8 @@ def untrusted_harmful(m: _Maker) -> Example:
 
 def untrusted_safe(m: _Maker) -> Example:
     body = _safe_doc_text(m, m.choice([1, 1, 1, 2, 3, 4]))
+    if m.chance(0.3):
+        body = _scramble(m, body, m.rng.uniform(0.2, 0.6))
     text, stage, _ = _wrap_untrusted(m, body)
     return _ex(untrusted_conversation(text), "safe", [], None, stage, "untrusted.safe")
 
@@ -1710,7 +1881,21 @@ def _filler(m: _Maker, target_chars: int) -> str:
     size = 0
     while size < target_chars:
         # Filler is shared by both splits: held-out documents differ in the harmful sentence, not in the prose.
-        para = " ".join(m.rng.sample(FILLER[m.choice(sorted(FILLER))], k=m.rng.randint(3, 6)))
+        # Mixing topic prose with everyday sentences and facts keeps long documents lexically varied, so the
+        # model learns to look past any amount of unfamiliar harmless text.
+        roll = m.rng.random()
+        if roll < 0.45:
+            para = " ".join(m.rng.sample(FILLER[m.choice(sorted(FILLER))], k=m.rng.randint(3, 6)))
+        elif roll < 0.55:
+            para = " ".join(_benign(m, question=m.chance(0.1)) for _ in range(m.rng.randint(3, 6)))
+        elif roll < 0.7:
+            para = " ".join(_unfamiliar(m) for _ in range(m.rng.randint(3, 6)))
+        elif roll < 0.85:
+            para = " ".join(_prose(m) if m.chance(0.85) else m.choice(SAFE_TWINS) for _ in range(m.rng.randint(3, 6)))
+        else:
+            para = _safe_doc_text(m, m.rng.randint(3, 5))
+        if m.chance(0.5):
+            para = _scramble(m, para, m.rng.uniform(0.2, 0.6))
         paragraphs.append(para)
         size += len(para) + 2
     return "\n\n".join(paragraphs)
@@ -1730,11 +1915,14 @@ LONG_DOC_MAX_CHARS = 4300
 
 def long_document(m: _Maker) -> Example:
     """Most of the context window of harmless prose, with (usually) one harmful or injected sentence near the end."""
-    kind = m.choice(["safe", "safe", "harm", "harm", "harm", "injection"])
+    kind = m.choice(["safe", "safe", "safe", "harm", "harm", "harm", "injection"])
     filler = _window_start(m, _filler(m, m.rng.randint(500, LONG_DOC_MAX_CHARS - 200)))
     stage = m.choice(["tool_result", "retrieval"])
     if kind == "safe":
-        if m.chance(0.2):  # a window may also end mid-sentence
+        if m.chance(0.5):  # end on a sentence the model has never seen, harmlessly: where harm usually sits
+            last = m.choice([_scramble(m, _prose(m), 0.4), m.choice(SAFE_TWINS), _unfamiliar(m), _scramble(m, _benign(m, False), 0.5)])
+            filler += m.choice([" ", "\n\n"]) + last
+        elif m.chance(0.3):  # a window may also end mid-sentence
             filler = filler[: len(filler) - m.rng.randint(1, 80)]
         return _ex(untrusted_conversation(filler), "safe", [], None, stage, "untrusted.long.safe")
     cat = JAILBREAK if kind == "injection" else _pick_harm_category(m)

@@ -47,8 +47,8 @@ Engine = Literal["gate", "monitor"]
 #: Characters of the answer the guard reads per check (the tail of the answer so far).
 DEFAULT_WINDOW_CHARS = 2000
 
-# Text that ends a word: whitespace or punctuation at the very end.
-_WORD_END = re.compile(r"[\s.,;:!?)\]}\"'…。，！？]$")
+# A character that ends a word: whitespace or punctuation (matched against the last character only).
+_WORD_END = re.compile(r"[\s.,;:!?)\]}\"'…。，！？]")
 
 
 class StreamGate:
@@ -68,31 +68,39 @@ class StreamGate:
         if window_chars < 1 or min_chars < 1:
             raise ValueError("window_chars and min_chars must be >= 1")
         self.context = [dict(m) for m in context]
+        if not any(m.get("role") == "user" for m in self.context):
+            # Response moderation reads an answer *to* a user turn (the official format): without the request
+            # (a bare `guard_output`), the answer follows an empty one, as in the monitor engine.
+            self.context.insert(0, {"role": "user", "content": ""})
         # Only where the caller can hold text back: judge complete words (a half word is noise to the guard).
         self.whole_words = whole_words
         self.window_chars = window_chars
         self.min_chars = min_chars
-        self.text = ""
-        self.judged = 0  # characters of ``text`` covered by a verdict
+        # Only the last ``window_chars`` characters are kept: a check never reads more, and appending to
+        # the whole answer would cost O(answer) per chunk on long streams.
+        self.tail = ""
+        self.length = 0  # characters streamed so far
+        self.judged = 0  # characters of the answer covered by a verdict
         self.decision: Decision | None = None  # the violation, once found
 
     def pending(self, delta: str, *, final: bool = False) -> Item | None:
         """Append ``delta``; return the check that must pass before it is released, if one is due."""
         if self.decision is not None:  # a violation (or fail-closed error) already stopped this stream
             enforce(self.decision)
-        self.text += delta
-        unjudged = len(self.text) - self.judged
+        if delta:
+            self.tail = (self.tail + delta)[-self.window_chars :]
+            self.length += len(delta)
+        unjudged = self.length - self.judged
         if unjudged <= 0 or (not final and unjudged < self.min_chars):
             return None
         if not final:
-            if self.whole_words and not _WORD_END.search(self.text):
+            if self.whole_words and not _WORD_END.match(self.tail[-1:]):
                 return None  # the word is not complete yet: hold it
             if not self.whole_words and not delta.strip():
                 return None  # whitespace alone cannot make judged-safe text unsafe: judged with the next word
-        window = self.text[-self.window_chars :]
-        item = Item(Stage.STREAM, response_conversation(self.context, window), label="streamed answer")
-        item.extra["end"] = len(self.text)
-        item.extra["start"] = len(self.text) - len(window)
+        item = Item(Stage.STREAM, response_conversation(self.context, self.tail), label="streamed answer")
+        item.extra["end"] = self.length
+        item.extra["start"] = self.length - len(self.tail)
         return item
 
     def settle(self, item: Item, decision: Decision) -> None:
@@ -134,7 +142,7 @@ class GateScreen:
     @property
     def released(self) -> int:
         """Characters that may be passed on now."""
-        return self.gate.judged if self.hold else len(self.gate.text)
+        return self.gate.judged if self.hold else self.gate.length
 
     def check(self, delta: str, *, final: bool = False) -> None:
         check_gate(self.guard, self.gate, delta, final=final)

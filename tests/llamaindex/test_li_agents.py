@@ -41,7 +41,7 @@ class Outbox:
         def send_email(to: str, body: str) -> str:
             """Send an email."""
             self.sent += 1
-            return f"sent to {to}"
+            return "Message delivered."
 
         return FunctionTool.from_defaults(send_email)
 
