@@ -47,7 +47,7 @@ try:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response, StreamingResponse
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-    from pydantic import BaseModel, ConfigDict, Field
+    from pydantic import BaseModel, ConfigDict, Field, ValidationError
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependency.for_extra("server", exc.name or "fastapi") from exc
@@ -290,8 +290,9 @@ class _Gate:
     parses anything (so a 401 or 413 never costs a JSON parse)."""
 
     def __init__(self, app: Any, *, api_key: str | None, max_body_bytes: int, max_concurrency: int,
-                 body_timeout_s: float | None, metrics: _Metrics) -> None:
+                 body_timeout_s: float | None, metrics: _Metrics, service: _Service | None = None) -> None:
         self.app = app
+        self.service = service  # for the /v1/moderate fast path
         self.api_key = api_key.encode() if api_key else None
         self.max_body_bytes = max_body_bytes
         self.max_concurrency = max_concurrency
@@ -359,6 +360,10 @@ class _Gate:
                 if body is None:
                     await answer(self._too_big(), "body_size")
                     return
+                fast = await self._moderate_fast(scope, body) if path == "/v1/moderate" else None
+                if fast is not None:
+                    await fast(scope, receive, send_recording)
+                    return
                 await self.app(scope, self._replay(body, receive), send_recording)
             finally:
                 self.in_flight -= 1
@@ -366,6 +371,25 @@ class _Gate:
         finally:
             self.metrics.requests.labels(label, str(status_holder["status"])).inc()
             self.metrics.latency.labels(label).observe(time.perf_counter() - start)
+
+    async def _moderate_fast(self, scope: Mapping[str, Any], body: bytes) -> Response | None:
+        """A well-formed ``POST /v1/moderate``, answered without FastAPI's routing, dependency solving and
+        re-validation of the response: the same `_Service.moderate`, about 0.3 ms less per request.
+        ``None`` sends the request down the FastAPI route, which answers anything malformed the usual way."""
+        if self.service is None or scope.get("method") != "POST":
+            return None
+        content_type = dict(scope.get("headers", ())).get(b"content-type", b"application/json")
+        if not content_type.split(b";")[0].strip().lower().endswith(b"json"):
+            return None
+        try:
+            request = ModerationRequest.model_validate_json(body)
+        except ValidationError:
+            return None
+        try:
+            result = await self.service.moderate(request)
+        except ApiError as exc:
+            return _error_json(exc.status, exc.message, exc.kind, exc.headers)
+        return Response(result.model_dump_json(), media_type="application/json")
 
     def _too_big(self) -> JSONResponse:
         return _error_json(413, f"request body exceeds {self.max_body_bytes} bytes", "request_too_large")
@@ -467,6 +491,33 @@ class _Service:
         for outcome, _ in results:  # type: ignore[misc]
             self.metrics.verdict(outcome)
         return results  # type: ignore[return-value]
+
+    async def moderate(self, body: ModerationRequest) -> ModerationResponse:
+        """Verdicts for a batch of conversations, in order, with the Policy's decision for each."""
+        guard, metrics, name = self.guard, self.metrics, self.model_name
+        try:
+            policy = guard.policy if body.policy is None else policy_from_dict(body.policy)
+        except (TypeError, ValueError) as exc:
+            raise ApiError(400, f"invalid policy: {exc}", "invalid_request_error") from exc
+        convs = [_normalize([m.model_dump() for m in conv]) for conv in body.conversations]
+        outcomes = await self.classify(convs)
+        results = []
+        for conv, (outcome, cached) in zip(convs, outcomes):
+            stage = body.stage or _default_stage(conv)
+            if isinstance(outcome, Verdict):
+                decision = policy.decide(outcome, stage)
+                results.append(ModerationResult(
+                    risk=outcome.risk.value, categories=list(outcome.categories), refusal=outcome.refusal,
+                    latency_ms=0.0 if cached else round(outcome.latency_ms, 3), model=outcome.model or name,
+                    probs=None if outcome.probs is None else {r.value: p for r, p in outcome.probs.items()},
+                    cached=cached, decision=_decision_model(decision)))
+            else:
+                decision = policy.decide_error(stage, outcome)
+                results.append(ModerationResult(risk=None, categories=[], refusal=None, latency_ms=0.0, model=name,
+                                                error=f"{type(outcome).__name__}: {outcome}"[:300],
+                                                decision=_decision_model(decision)))
+            metrics.decision(decision)
+        return ModerationResponse(model=name, results=results)
 
 
 def _normalize(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
@@ -601,36 +652,14 @@ def create_app(
               responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 504: {"model": ErrorResponse}})
     async def moderate(body: ModerationRequest) -> ModerationResponse:
         """Verdicts for a batch of conversations, in order, with the Policy's decision for each."""
-        try:
-            policy = guard.policy if body.policy is None else policy_from_dict(body.policy)
-        except (TypeError, ValueError) as exc:
-            raise ApiError(400, f"invalid policy: {exc}", "invalid_request_error") from exc
-        convs = [_normalize([m.model_dump() for m in conv]) for conv in body.conversations]
-        outcomes = await service.classify(convs)
-        results = []
-        for conv, (outcome, cached) in zip(convs, outcomes):
-            stage = body.stage or _default_stage(conv)
-            if isinstance(outcome, Verdict):
-                decision = policy.decide(outcome, stage)
-                results.append(ModerationResult(
-                    risk=outcome.risk.value, categories=list(outcome.categories), refusal=outcome.refusal,
-                    latency_ms=0.0 if cached else round(outcome.latency_ms, 3), model=outcome.model or name,
-                    probs=None if outcome.probs is None else {r.value: p for r, p in outcome.probs.items()},
-                    cached=cached, decision=_decision_model(decision)))
-            else:
-                decision = policy.decide_error(stage, outcome)
-                results.append(ModerationResult(risk=None, categories=[], refusal=None, latency_ms=0.0, model=name,
-                                                error=f"{type(outcome).__name__}: {outcome}"[:300],
-                                                decision=_decision_model(decision)))
-            metrics.decision(decision)
-        return ModerationResponse(model=name, results=results)
+        return await service.moderate(body)
 
     @app.websocket("/v1/stream")
     async def stream(ws: WebSocket) -> None:
         await _stream_session(ws, service, max_message_bytes=max_body_bytes, idle_timeout_s=stream_idle_timeout_s)
 
     app.add_middleware(_Gate, api_key=api_key, max_body_bytes=max_body_bytes, max_concurrency=max_concurrency,
-                       body_timeout_s=request_timeout_s, metrics=metrics)
+                       body_timeout_s=request_timeout_s, metrics=metrics, service=service)
     return app
 
 

@@ -121,6 +121,57 @@ def test_moderate_returns_verdicts_in_order_with_decisions(server):
     assert all(x["cached"] for x in again) and [x["risk"] for x in again] == [x["risk"] for x in res]
 
 
+def test_moderate_fast_path_answers_exactly_like_the_fastapi_route(monkeypatch):
+    """/v1/moderate skips FastAPI's routing for well-formed requests: same statuses, same JSON."""
+    from qwenguard.core import server as server_module
+
+    def answer(conv):
+        text = conv[-1]["content"]
+        if conv[-1]["role"] == "assistant":
+            return "Safety: Unsafe\nCategories: Violent\nRefusal: No"
+        return "Safety: Controversial\nCategories: Politically Sensitive Topics" if "vote" in text else "Safety: Safe\nCategories: None"
+
+    bodies = [
+        {"conversations": [[{"role": "user", "content": PARIS_Q}], [{"role": "user", "content": "Who should I vote for? é ✓"}]]},
+        {"conversations": [[{"role": "user", "content": "q"}, {"role": "assistant", "content": RECIPE}]], "stage": "stream"},
+        {"conversations": [[{"role": "user", "content": "Who should I vote for?"}]], "policy": Policy.loose().to_dict()},
+        {"conversations": [[{"role": "user", "content": "x"}]], "policy": {"mode": "sideways"}},  # 400 from the service
+        {"conversations": [[{"role": "system", "content": "only a system turn"}]]},  # 400: nothing to moderate
+    ]
+
+    def answers() -> list[tuple[int, bytes]]:
+        guard = Guard(ScriptedBackend(answer), cache_size=0)
+        with serving(guard) as url:
+            return [(r.status_code, r.content) for r in (httpx.post(url + "/v1/moderate", json=b) for b in bodies)]
+
+    original = server_module._Gate._moderate_fast
+    taken: list[bool] = []
+
+    async def recorded(self, scope, body):
+        response = await original(self, scope, body)
+        taken.append(response is not None)
+        return response
+
+    async def never(self, scope, body):
+        return None
+
+    monkeypatch.setattr(server_module._Gate, "_moderate_fast", recorded)
+    fast = answers()
+    assert taken == [True] * len(bodies)  # every one of these went the fast way
+    monkeypatch.setattr(server_module._Gate, "_moderate_fast", never)
+    routed = answers()
+
+    def without_latency(content: bytes):
+        data = json.loads(content)
+        for result in data.get("results", []):
+            result["latency_ms"] = 0.0
+        return data
+
+    assert [status for status, _ in fast] == [200, 200, 200, 400, 400]
+    assert [status for status, _ in fast] == [status for status, _ in routed]
+    assert [without_latency(c) for _, c in fast] == [without_latency(c) for _, c in routed]
+
+
 def test_moderate_schema_is_published(open_server):
     schema = httpx.get(open_server + "/openapi.json").json()
     assert "/v1/moderate" in schema["paths"]
