@@ -97,7 +97,7 @@ def serve(
     import os
 
     # On a CPU box, OpenMP threads that spin after each forward steal the cores the event loop needs to
-    # answer (throughput 46 -> 64 req/s at 8 clients in bench/remote.py). Only effective before torch loads.
+    # answer requests. Only effective before torch loads (it is not loaded yet here).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from .guard import Guard
     from .server import serve as run_server
