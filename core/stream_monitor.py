@@ -345,6 +345,15 @@ class _MonitorCore:
                 session.close()
             except Exception:  # noqa: BLE001 - closing must not mask the outcome
                 pass
+        pending = getattr(self, "_pending", None)  # Gen-window checks in flight (futures or tasks)
+        while pending:
+            pending.popleft()[2].cancel()
+
+    def close(self) -> None:
+        """Stop: free the session, cancel pending checks. Unreleased text stays unreleased."""
+        if self._state == _OPEN:
+            self._state = _CLOSED
+        self._close_engine()
 
 
 # ================================================================================================
@@ -568,19 +577,7 @@ class StreamMonitor(_MonitorCore):
         self._harvest(wait=True)
         return self._release_all() if self._degraded else windows.release()
 
-    def _close_engine(self) -> None:
-        super()._close_engine()
-        pending = getattr(self, "_pending", None)
-        while pending:
-            pending.popleft()[2].cancel()
-
     # -- lifecycle ------------------------------------------------------------------------------
-    def close(self) -> None:
-        """Stop: free the session, cancel pending checks. Unreleased text stays unreleased."""
-        if self._state == _OPEN:
-            self._state = _CLOSED
-        self._close_engine()
-
     def __enter__(self) -> StreamMonitor:
         return self
 
@@ -731,19 +728,7 @@ class AsyncStreamMonitor(_MonitorCore):
             windows.settle(start, end, await task)
         return self._release_all() if self._degraded else windows.release()
 
-    def _close_engine(self) -> None:
-        super()._close_engine()
-        pending = getattr(self, "_pending", None)
-        while pending:
-            pending.popleft()[2].cancel()
-
     # -- lifecycle ------------------------------------------------------------------------------
-    def close(self) -> None:
-        """Stop: free the session, cancel pending checks."""
-        if self._state == _OPEN:
-            self._state = _CLOSED
-        self._close_engine()
-
     async def aclose(self) -> None:
         self.close()
 

@@ -111,7 +111,7 @@ class TransformersGen:
         **kwargs: Any,
     ) -> TransformersGen:
         """Load a checkpoint: ``"demo"``, a local directory, or a Hugging Face hub id."""
-        torch = _torch()
+        _torch()  # a clear MissingDependency before anything else loads
         try:
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError as exc:

@@ -61,9 +61,8 @@ from __future__ import annotations
 
 import json
 import random
-import string
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

@@ -231,6 +231,41 @@ def _finish(guard: Any, examples: Sequence[EvalExample], keys: list[str], cache:
                      cache_path=None if cache.path is None else str(cache.path))
 
 
+@dataclass
+class _Run:
+    """What `run_guard` and `arun_guard` share: the plan, and the predictions made so far."""
+
+    store: PredictionCache
+    keys: list[str]
+    batches: list[list[tuple[str, EvalExample]]]
+    from_cache: int  # rows answered from the prediction cache
+    unique_total: int
+    unique_done: int  # distinct rows already in the cache when the run starts (the progress bar's start)
+    fresh: dict[str, Prediction] = field(default_factory=dict)
+    start: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def plan(cls, guard: Any, examples: Sequence[EvalExample], cache: str | Path | PredictionCache | None,
+             batch_size: int, concurrency: int) -> _Run:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        store = cache if isinstance(cache, PredictionCache) else PredictionCache(cache)
+        keys, batches = _plan(guard, examples, store, batch_size)
+        asked = {k for b in batches for k, _ in b}
+        unique_total = len(dict.fromkeys(keys))
+        return cls(store, keys, batches, from_cache=sum(1 for k in keys if k not in asked), unique_total=unique_total,
+                   unique_done=unique_total - sum(len(b) for b in batches))
+
+    def record(self, preds: list[Prediction], bar: Any) -> None:
+        self.store.add(preds)
+        self.fresh.update((p.key, p) for p in preds)
+        bar.advance(len(preds))
+
+    def finish(self, guard: Any, examples: Sequence[EvalExample]) -> RunResult:
+        return _finish(guard, examples, self.keys, self.store, self.fresh, self.from_cache,
+                       time.perf_counter() - self.start)
+
+
 def run_guard(guard: Any, examples: Sequence[EvalExample], *, cache: str | Path | PredictionCache | None = None,
               batch_size: int = DEFAULT_BATCH_SIZE, concurrency: int = DEFAULT_CONCURRENCY,
               progress: bool = False) -> RunResult:
@@ -239,29 +274,14 @@ def run_guard(guard: Any, examples: Sequence[EvalExample], *, cache: str | Path 
     ``concurrency`` batches run at once (threads; a local backend coalesces them into larger forwards).
     An interrupt (KeyboardInterrupt) propagates after the finished batches are safely in the cache.
     """
-    if concurrency < 1:
-        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-    store = cache if isinstance(cache, PredictionCache) else PredictionCache(cache)
-    keys, batches = _plan(guard, examples, store, batch_size)
-    pending_rows = sum(len(b) for b in batches)
-    asked = {k for b in batches for k, _ in b}
-    from_cache = sum(1 for k in keys if k not in asked)
-    fresh: dict[str, Prediction] = {}
-    start = time.perf_counter()
-
-    def record(preds: list[Prediction], bar: Any) -> None:
-        store.add(preds)
-        fresh.update((p.key, p) for p in preds)
-        bar.advance(len(preds))
-
-    unique_total = len(dict.fromkeys(keys))
-    with _progress(unique_total, unique_total - pending_rows, progress, "qwenguard eval") as bar:
+    run = _Run.plan(guard, examples, cache, batch_size, concurrency)
+    with _progress(run.unique_total, run.unique_done, progress, "qwenguard eval") as bar:
         if concurrency == 1:
-            for batch in batches:
-                record(_to_predictions(batch, guard.check_many(_items(batch))), bar)
+            for batch in run.batches:
+                run.record(_to_predictions(batch, guard.check_many(_items(batch))), bar)
         else:
             pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="qwenguard-eval")
-            queue = iter(batches)
+            queue = iter(run.batches)
             running: dict[Future[Any], list[tuple[str, EvalExample]]] = {}
             try:
                 for batch in queue:
@@ -272,45 +292,33 @@ def run_guard(guard: Any, examples: Sequence[EvalExample], *, cache: str | Path 
                     done, _ = wait(running, return_when=FIRST_COMPLETED)
                     for fut in done:
                         batch = running.pop(fut)
-                        record(_to_predictions(batch, fut.result()), bar)
+                        run.record(_to_predictions(batch, fut.result()), bar)
                         nxt = next(queue, None)
                         if nxt is not None:
                             running[pool.submit(guard.check_many, _items(nxt))] = nxt
             finally:
                 # On an interrupt, drop what has not started; batches in flight finish in the background.
                 pool.shutdown(wait=not running, cancel_futures=True)
-    return _finish(guard, examples, keys, store, fresh, from_cache, time.perf_counter() - start)
+    return run.finish(guard, examples)
 
 
 async def arun_guard(guard: Any, examples: Sequence[EvalExample], *,
                      cache: str | Path | PredictionCache | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                      concurrency: int = DEFAULT_CONCURRENCY, progress: bool = False) -> RunResult:
     """Async twin of `run_guard` (``guard.acheck_many``; ``concurrency`` batches awaited at once)."""
-    if concurrency < 1:
-        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-    store = cache if isinstance(cache, PredictionCache) else PredictionCache(cache)
-    keys, batches = _plan(guard, examples, store, batch_size)
-    pending_rows = sum(len(b) for b in batches)
-    asked = {k for b in batches for k, _ in b}
-    from_cache = sum(1 for k in keys if k not in asked)
-    fresh: dict[str, Prediction] = {}
-    start = time.perf_counter()
+    run = _Run.plan(guard, examples, cache, batch_size, concurrency)
     gate = asyncio.Semaphore(concurrency)
 
     async def one(batch: list[tuple[str, EvalExample]]) -> list[Prediction]:
         async with gate:
             return _to_predictions(batch, await guard.acheck_many(_items(batch)))
 
-    unique_total = len(dict.fromkeys(keys))
-    with _progress(unique_total, unique_total - pending_rows, progress, "qwenguard eval") as bar:
-        tasks = [asyncio.ensure_future(one(b)) for b in batches]
+    with _progress(run.unique_total, run.unique_done, progress, "qwenguard eval") as bar:
+        tasks = [asyncio.ensure_future(one(b)) for b in run.batches]
         try:
             for next_done in asyncio.as_completed(tasks):
-                preds = await next_done
-                store.add(preds)
-                fresh.update((p.key, p) for p in preds)
-                bar.advance(len(preds))
+                run.record(await next_done, bar)
         finally:
             for t in tasks:
                 t.cancel()
-    return _finish(guard, examples, keys, store, fresh, from_cache, time.perf_counter() - start)
+    return run.finish(guard, examples)

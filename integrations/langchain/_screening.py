@@ -11,20 +11,13 @@ from collections.abc import Sequence
 
 from qwenguard.core import Decision, Guard
 
+from .._common import require_guard
 from ._messages import Item
 
 __all__ = ["screen", "ascreen", "first_blocked", "blocked_pairs", "require_guard", "METADATA_KEY"]
 
 #: Key under which a Decision is attached to message / document metadata.
 METADATA_KEY = "qwenguard"
-
-
-def require_guard(guard: object) -> Guard:
-    if not isinstance(guard, Guard):
-        raise TypeError(
-            f"guard must be a qwenguard.core.Guard (e.g. Guard.from_pretrained('demo')), got {type(guard).__name__}"
-        )
-    return guard
 
 
 def screen(guard: Guard, items: Sequence[Item]) -> list[Decision]:

@@ -20,6 +20,7 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 from qwenguard.core import Guard, enforce
 from qwenguard.core.conversations import response_conversation
 
+from .._common import require_guard
 from ._messages import message_text, split_turn
 
 __all__ = ["GuardCallbackHandler", "SCREENED_EVENTS"]
@@ -48,8 +49,7 @@ class GuardCallbackHandler(BaseCallbackHandler):
     """
 
     def __init__(self, guard: Guard, events: Iterable[tuple[CBEventType, str]] = SCREENED_EVENTS) -> None:
-        if not isinstance(guard, Guard):
-            raise TypeError(f"guard must be a qwenguard Guard, got {type(guard).__name__}")
+        require_guard(guard)
         self.guard = guard
         self.events = frozenset((CBEventType(t), w) for t, w in events)
         for _, when in self.events:

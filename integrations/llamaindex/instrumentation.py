@@ -31,6 +31,7 @@ from llama_index.core.schema import MetadataMode, QueryBundle
 from qwenguard.core import Decision, Guard
 from qwenguard.core.conversations import response_conversation
 
+from .._common import require_guard
 from ._messages import message_text, split_turn
 
 __all__ = ["GuardEventHandler", "AuditRecord"]
@@ -69,8 +70,7 @@ class GuardEventHandler(BaseEventHandler):
     _lock: Any = PrivateAttr(default_factory=threading.Lock)
 
     def __init__(self, guard: Guard, **kwargs: Any) -> None:
-        if not isinstance(guard, Guard):
-            raise TypeError(f"guard must be a qwenguard Guard, got {type(guard).__name__}")
+        require_guard(guard)
         super().__init__(guard=guard, **kwargs)
         self._records = deque(maxlen=self.max_records)
 

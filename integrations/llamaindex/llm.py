@@ -30,7 +30,7 @@ run before the verdict.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -60,6 +60,7 @@ from qwenguard.core.conversations import (
 )
 from qwenguard.core.verdict import Stage
 
+from .._common import require_guard
 from ._messages import GuardMessage, message_text, split_turn, tool_calls_in, with_text
 
 if TYPE_CHECKING:
@@ -120,8 +121,7 @@ class GuardedLLM(FunctionCallingLLM):
     def __init__(self, llm: LLM, guard: Guard, **kwargs: Any) -> None:
         if not isinstance(llm, LLM):
             raise TypeError(f"llm must be a LlamaIndex LLM, got {type(llm).__name__}")
-        if not isinstance(guard, Guard):
-            raise TypeError(f"guard must be a qwenguard Guard, got {type(guard).__name__}")
+        require_guard(guard)
         # Format prompts exactly as the wrapped LLM would (template calls format here, then pass
         # formatted text down), and share its callback manager so events are not duplicated.
         for name in ("system_prompt", "messages_to_prompt", "completion_to_prompt", "output_parser",

@@ -8,20 +8,23 @@ instructions...") are dropped, or stop the query, before the synthesizer puts th
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeVar
 
 from llama_index.core.bridge.pydantic import Field
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
-from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
 
 from qwenguard.core import Decision, Guard, enforce
+
+from .._common import require_guard
 
 __all__ = ["GuardNodePostprocessor", "OnBlock", "screen_nodes", "ascreen_nodes"]
 
 logger = logging.getLogger("qwenguard.llamaindex")
 
 OnBlock = Literal["drop", "raise"]
+T = TypeVar("T")
 
 #: Where the Decision of a node that was let through (allowed or flagged) is recorded.
 DECISION_METADATA_KEY = "qwenguard_decision"
@@ -32,20 +35,26 @@ def _texts(nodes: Sequence[NodeWithScore]) -> list[str]:
     return [n.node.get_content(metadata_mode=MetadataMode.LLM) for n in nodes]
 
 
-def _apply(
-    nodes: Sequence[NodeWithScore], decisions: Sequence[Decision], on_block: OnBlock, record: bool
-) -> list[NodeWithScore]:
-    kept: list[NodeWithScore] = []
-    for node, decision in zip(nodes, decisions):
+def keep_allowed(
+    items: Sequence[T], decisions: Sequence[Decision], on_block: OnBlock, record: bool, node_of: Callable[[T], BaseNode]
+) -> list[T]:
+    """The items whose decision allows them (flags recorded in the node's metadata when ``record``); a
+    blocked one is dropped (logged) or raises, per ``on_block``. ``node_of`` finds the node in an item."""
+    kept: list[T] = []
+    for item, decision in zip(items, decisions):
         if decision.allowed:
             if record and decision.action.value == "flag":
-                node.node.metadata[DECISION_METADATA_KEY] = decision.to_dict()
-            kept.append(node)
+                node_of(item).metadata[DECISION_METADATA_KEY] = decision.to_dict()
+            kept.append(item)
         elif on_block == "raise":
             enforce(decision)
         else:
-            logger.info("qwenguard dropped node %s: %s", node.node.node_id, decision.describe())
+            logger.info("qwenguard dropped node %s: %s", node_of(item).node_id, decision.describe())
     return kept
+
+
+def _apply(nodes: Sequence[NodeWithScore], decisions: Sequence[Decision], on_block: OnBlock, record: bool) -> list[NodeWithScore]:
+    return keep_allowed(nodes, decisions, on_block, record, lambda n: n.node)
 
 
 def screen_nodes(guard: Guard, nodes: Sequence[NodeWithScore], query: str | None, on_block: OnBlock = "drop",
@@ -81,8 +90,7 @@ class GuardNodePostprocessor(BaseNodePostprocessor):
     record_flags: bool = Field(default=True, description="Record flagged decisions in node metadata.")
 
     def __init__(self, guard: Guard, **kwargs: Any) -> None:
-        if not isinstance(guard, Guard):
-            raise TypeError(f"guard must be a qwenguard Guard, got {type(guard).__name__}")
+        require_guard(guard)
         super().__init__(guard=guard, **kwargs)
 
     @classmethod

@@ -15,6 +15,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from qwenguard.core import Guard, enforce
 
+from .._common import require_guard
 from .postprocessor import OnBlock, ascreen_nodes, screen_nodes
 
 __all__ = ["GuardedRetriever"]
@@ -41,8 +42,7 @@ class GuardedRetriever(BaseRetriever):
     ) -> None:
         if not isinstance(retriever, BaseRetriever):
             raise TypeError(f"retriever must be a LlamaIndex BaseRetriever, got {type(retriever).__name__}")
-        if not isinstance(guard, Guard):
-            raise TypeError(f"guard must be a qwenguard Guard, got {type(guard).__name__}")
+        require_guard(guard)
         if on_block not in ("drop", "raise"):
             raise ValueError(f"on_block must be 'drop' or 'raise', got {on_block!r}")
         self._retriever = retriever

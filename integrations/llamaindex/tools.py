@@ -21,6 +21,8 @@ from llama_index.core.tools.types import AsyncBaseTool, BaseTool, ToolMetadata, 
 
 from qwenguard.core import Decision, Guard
 
+from .._common import require_guard
+
 __all__ = ["guard_tool", "guard_tools", "GuardedFunctionTool", "GuardedTool", "DEFAULT_REFUSAL"]
 
 #: What the LLM reads instead of a blocked tool output. ``{tool}`` and ``{reason}`` are filled in.
@@ -116,8 +118,7 @@ def guard_tool(tool: BaseTool | Any, guard: Guard, *, refusal: str = DEFAULT_REF
 
     >>> agent = FunctionAgent(tools=guard_tools([search, send_email], guard), llm=llm)  # doctest: +SKIP
     """
-    if not isinstance(guard, Guard):
-        raise TypeError(f"guard must be a qwenguard Guard, got {type(guard).__name__}")
+    require_guard(guard)
     if isinstance(tool, (GuardedFunctionTool, GuardedTool)):
         return tool
     if isinstance(tool, FunctionTool):

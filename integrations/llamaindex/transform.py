@@ -7,20 +7,18 @@ can retrieve it. The transform's policy and guard model are part of its ``to_dic
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
 from pydantic import Field, computed_field
 from llama_index.core.schema import BaseNode, MetadataMode, TransformComponent
 
-from qwenguard.core import Decision, Guard, enforce
+from qwenguard.core import Decision, Guard
 
-from .postprocessor import DECISION_METADATA_KEY, OnBlock
+from .._common import require_guard
+from .postprocessor import OnBlock, keep_allowed
 
 __all__ = ["GuardTransform"]
-
-logger = logging.getLogger("qwenguard.llamaindex")
 
 
 class GuardTransform(TransformComponent):
@@ -38,8 +36,7 @@ class GuardTransform(TransformComponent):
     record_flags: bool = Field(default=True, description="Record flagged decisions in node metadata.")
 
     def __init__(self, guard: Guard, **kwargs: Any) -> None:
-        if not isinstance(guard, Guard):
-            raise TypeError(f"guard must be a qwenguard Guard, got {type(guard).__name__}")
+        require_guard(guard)
         super().__init__(guard=guard, **kwargs)
 
     @classmethod
@@ -60,17 +57,7 @@ class GuardTransform(TransformComponent):
         return str(getattr(self.guard.backend, "name", type(self.guard.backend).__name__))
 
     def _apply(self, nodes: Sequence[BaseNode], decisions: Sequence[Decision]) -> list[BaseNode]:
-        kept: list[BaseNode] = []
-        for node, decision in zip(nodes, decisions):
-            if decision.allowed:
-                if self.record_flags and decision.action.value == "flag":
-                    node.metadata[DECISION_METADATA_KEY] = decision.to_dict()
-                kept.append(node)
-            elif self.on_block == "raise":
-                enforce(decision)
-            else:
-                logger.info("qwenguard dropped node %s at ingestion: %s", node.node_id, decision.describe())
-        return kept
+        return keep_allowed(nodes, decisions, self.on_block, self.record_flags, lambda n: n)
 
     @staticmethod
     def _texts(nodes: Sequence[BaseNode]) -> list[str]:
