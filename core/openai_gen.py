@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from .backend import Conversation, Outcome
 from .errors import GuardTimeout, GuardUnavailable, MissingDependency, QwenGuardError, VerdictParseError
-from .prompts import moderation_mode, normalize_messages, parse_verdict, render_prompt
+from .prompts import SAFETY_LABELS, moderation_mode, normalize_messages, parse_verdict, render_prompt
 from .verdict import Risk, Verdict
 
 __all__ = [
@@ -61,7 +61,6 @@ DEFAULT_MAX_TOKENS = 48
 
 Mode = Literal["chat", "completion"]
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
-_LABELS = {Risk.SAFE: "Safe", Risk.UNSAFE: "Unsafe", Risk.CONTROVERSIAL: "Controversial"}
 
 
 def _httpx() -> Any:
@@ -159,14 +158,14 @@ def parse_logprobs(choice: Mapping[str, Any]) -> dict[Risk, float] | None:
                 piece = cand.strip()
                 if not piece:
                     continue
-                matches = [r for r, lab in _LABELS.items() if lab.startswith(piece)]
+                matches = [r for r, lab in SAFETY_LABELS.items() if lab.startswith(piece)]
                 if len(matches) == 1:
                     r = matches[0]
                     scores[r] = max(scores.get(r, -math.inf), logprob)
             if not scores:
                 return None
             top = max(scores.values())
-            exps = {r: math.exp(scores[r] - top) if r in scores else 0.0 for r in _LABELS}
+            exps = {r: math.exp(scores[r] - top) if r in scores else 0.0 for r in SAFETY_LABELS}
             total = sum(exps.values())
             return {r: e / total for r, e in exps.items()}
         text += token

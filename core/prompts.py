@@ -26,6 +26,7 @@ __all__ = [
     "render_prompt",
     "parse_verdict",
     "GENERATION_PREFIX",
+    "SAFETY_LABELS",
 ]
 
 Message = Mapping[str, Any]
@@ -34,6 +35,9 @@ Message = Mapping[str, Any]
 GENERATION_PREFIX = "<|im_start|>assistant\n<think>\n\n</think>\n\n"
 
 _ROLE_LABEL = {"user": "USER", "assistant": "ASSISTANT"}
+
+#: The word the model writes after ``Safety: `` for each risk level.
+SAFETY_LABELS = {Risk.SAFE: "Safe", Risk.UNSAFE: "Unsafe", Risk.CONTROVERSIAL: "Controversial"}
 
 _PROMPT_TASK = (
     "# Task:\n"

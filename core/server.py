@@ -38,7 +38,7 @@ from .backend import Outcome
 from .cache import cache_key
 from .errors import GuardTimeout, GuardViolation, MissingDependency, QwenGuardError, VerdictParseError
 from .policy import Decision, Policy, StagePolicy
-from .prompts import GENERATION_PREFIX, moderation_mode, normalize_messages, render_prompt
+from .prompts import GENERATION_PREFIX, SAFETY_LABELS, moderation_mode, normalize_messages, render_prompt
 from .verdict import Risk, Stage, Verdict
 
 try:
@@ -341,7 +341,8 @@ class _Gate:
                 await answer(_error_json(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
                                          "authentication_error", {"WWW-Authenticate": "Bearer"}), "auth")
                 return
-            length = dict(scope.get("headers", ())).get(b"content-length")
+            headers = dict(scope.get("headers", ()))
+            length = headers.get(b"content-length")
             if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
                 await answer(self._too_big(), "body_size")
                 return
@@ -360,7 +361,7 @@ class _Gate:
                 if body is None:
                     await answer(self._too_big(), "body_size")
                     return
-                fast = await self._moderate_fast(scope, body) if path == "/v1/moderate" else None
+                fast = await self._moderate_fast(scope, headers, body) if path == "/v1/moderate" else None
                 if fast is not None:
                     await fast(scope, receive, send_recording)
                     return
@@ -372,13 +373,13 @@ class _Gate:
             self.metrics.requests.labels(label, str(status_holder["status"])).inc()
             self.metrics.latency.labels(label).observe(time.perf_counter() - start)
 
-    async def _moderate_fast(self, scope: Mapping[str, Any], body: bytes) -> Response | None:
+    async def _moderate_fast(self, scope: Mapping[str, Any], headers: Mapping[bytes, bytes], body: bytes) -> Response | None:
         """A well-formed ``POST /v1/moderate``, answered without FastAPI's routing, dependency solving and
         re-validation of the response: the same `_Service.moderate`, in about half the time (0.21 vs 0.39 ms).
         ``None`` sends the request down the FastAPI route, which answers anything malformed the usual way."""
         if self.service is None or scope.get("method") != "POST":
             return None
-        content_type = dict(scope.get("headers", ())).get(b"content-type", b"application/json")
+        content_type = headers.get(b"content-type", b"application/json")
         if not content_type.split(b";")[0].strip().lower().endswith(b"json"):
             return None
         try:
@@ -532,9 +533,6 @@ def _check_model(requested: str | None, served: str) -> None:
         raise ApiError(404, f"the model {requested!r} does not exist; this server serves {served!r}", "model_not_found")
 
 
-_LABELS = {"safe": "Safe", "unsafe": "Unsafe", "controversial": "Controversial"}
-
-
 def _raw_text(outcome: Outcome) -> str:
     """What the model wrote: a verdict's raw text, or the unparseable text of a parse error.
 
@@ -543,7 +541,7 @@ def _raw_text(outcome: Outcome) -> str:
     if isinstance(outcome, Verdict):
         if "\n---\n" not in outcome.raw:
             return outcome.raw
-        lines = [f"Safety: {_LABELS[outcome.risk.value]}", f"Categories: {', '.join(outcome.categories) or 'None'}"]
+        lines = [f"Safety: {SAFETY_LABELS[outcome.risk]}", f"Categories: {', '.join(outcome.categories) or 'None'}"]
         if outcome.refusal is not None:
             lines.append(f"Refusal: {'Yes' if outcome.refusal else 'No'}")
         return "\n".join(lines)

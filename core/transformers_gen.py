@@ -16,7 +16,7 @@ from typing import Any
 
 from .batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, MicroBatcher
 from .errors import MissingDependency, ModelNotFound, QwenGuardError, VerdictParseError
-from .prompts import moderation_mode, normalize_messages, parse_verdict
+from .prompts import SAFETY_LABELS, moderation_mode, normalize_messages, parse_verdict
 from .verdict import Risk, Verdict, worst
 
 __all__ = ["TransformersGen", "resolve_device", "resolve_dtype", "DEFAULT_MAX_NEW_TOKENS"]
@@ -25,7 +25,6 @@ __all__ = ["TransformersGen", "resolve_device", "resolve_dtype", "DEFAULT_MAX_NE
 DEFAULT_MAX_NEW_TOKENS = 48
 #: Context used when a config gives none, or an absurd one.
 DEFAULT_MAX_CONTEXT = 32768
-_LABELS = {Risk.SAFE: "Safe", Risk.UNSAFE: "Unsafe", Risk.CONTROVERSIAL: "Controversial"}
 
 
 def _torch() -> Any:
@@ -159,7 +158,7 @@ class TransformersGen:
         Scores are read from the logits at that position; ``None`` when the tokenizer does not give
         one distinct first token per label (then verdicts carry no probabilities).
         """
-        encoded = {r: self.tokenizer(f"Safety: {lab}", add_special_tokens=False)["input_ids"] for r, lab in _LABELS.items()}
+        encoded = {r: self.tokenizer(f"Safety: {lab}", add_special_tokens=False)["input_ids"] for r, lab in SAFETY_LABELS.items()}
         seqs = list(encoded.values())
         k = 0
         while all(len(s) > k for s in seqs) and len({s[k] for s in seqs}) == 1:
@@ -278,11 +277,11 @@ class TransformersGen:
         if tokens[:k] != prefix or len(scores) <= k:
             return None
         logits = scores[k][row].float()
-        picked = [float(logits[firsts[r]]) for r in _LABELS]
+        picked = [float(logits[firsts[r]]) for r in SAFETY_LABELS]
         top = max(picked)
         exps = [math.exp(x - top) for x in picked]
         total = sum(exps)
-        return {r: e / total for r, e in zip(_LABELS, exps)}
+        return {r: e / total for r, e in zip(SAFETY_LABELS, exps)}
 
     def close(self) -> None:
         self._batcher.close()

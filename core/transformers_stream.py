@@ -41,6 +41,7 @@ from typing import Any, NamedTuple
 from .errors import MissingDependency, ModelNotFound, QwenGuardError, StreamClosed
 from .prompts import Message, normalize_messages
 from .retokenizer import ContentCodec, IncrementalTokenizer
+from .transformers_gen import _torch, resolve_device, resolve_dtype
 from .verdict import CATEGORIES, Risk, Verdict
 
 __all__ = [
@@ -108,14 +109,6 @@ _RISK_NAMES = {"safe": Risk.SAFE, "unsafe": Risk.UNSAFE, "controversial": Risk.C
 _IM_START, _IM_END = "<|im_start|>", "<|im_end|>"
 #: What follows the user turn before the assistant's content (Qwen3 template, thinking disabled).
 ASSISTANT_PREFIX = "\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
-
-
-def _torch() -> Any:
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise MissingDependency.for_extra("local", "torch") from exc
-    return torch
 
 
 def category_name(label: str, index: int) -> str:
@@ -458,7 +451,6 @@ class TransformersStream:
         except ImportError as exc:  # pragma: no cover
             raise MissingDependency.for_extra("local", "transformers") from exc
         from .demo import DEMO_NAMES
-        from .transformers_gen import resolve_device, resolve_dtype
 
         label = str(name_or_path)
         path = Path(DEMO_NAMES.get(label, name_or_path))

@@ -147,12 +147,12 @@ def test_moderate_fast_path_answers_exactly_like_the_fastapi_route(monkeypatch):
     original = server_module._Gate._moderate_fast
     taken: list[bool] = []
 
-    async def recorded(self, scope, body):
-        response = await original(self, scope, body)
+    async def recorded(self, scope, headers, body):
+        response = await original(self, scope, headers, body)
         taken.append(response is not None)
         return response
 
-    async def never(self, scope, body):
+    async def never(self, scope, headers, body):
         return None
 
     monkeypatch.setattr(server_module._Gate, "_moderate_fast", recorded)

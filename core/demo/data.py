@@ -59,6 +59,7 @@ one JSON object per line, held-out split, its own seed:
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections.abc import Callable, Sequence
@@ -1607,18 +1608,16 @@ SAFE_TWINS: list[str] = [
 
 _HARMISH = ("kill", "bomb", "shoot", "destroy", "blow", "knock", "beat", "cut", "burn", "fire", "weapon", "gun", "dead", "die",
             "drug", "steal", "hack", "sex", "naked", "poison", "hang", "blade", "attack", "war", "crime", "police", "fake", "crack")
-_SAFE_WORDS: list[str] = []
 
 
+@functools.cache
 def _safe_words() -> list[str]:
     """Every word of the harmless prose banks (minus harm-like ones): the vocabulary `_scramble` draws from."""
-    if not _SAFE_WORDS:
-        texts = [t for topic in FILLER.values() for t in topic] + list(_B_NOUNS + _B_ADJ + _B_VERBS + _B_PEOPLE)
-        texts += list(_P_TIMES + _P_SUBJECTS + _P_ACTIONS + _P_PLACES + _P_CLAUSES)
-        texts += [v for rows in (COUNTRIES, _DISHES, _SCIENCE, _HISTORY, _TRAVEL, _MISC) for row in rows for v in row.values()]
-        words = {w.strip(".,;:!?'\"()").lower() for t in texts for w in t.split()}
-        _SAFE_WORDS.extend(sorted(w for w in words if w.isalpha() and len(w) > 2 and not any(h in w for h in _HARMISH)))
-    return _SAFE_WORDS
+    texts = [t for topic in FILLER.values() for t in topic] + list(_B_NOUNS + _B_ADJ + _B_VERBS + _B_PEOPLE)
+    texts += list(_P_TIMES + _P_SUBJECTS + _P_ACTIONS + _P_PLACES + _P_CLAUSES)
+    texts += [v for rows in (COUNTRIES, _DISHES, _SCIENCE, _HISTORY, _TRAVEL, _MISC) for row in rows for v in row.values()]
+    words = {w.strip(".,;:!?'\"()").lower() for t in texts for w in t.split()}
+    return sorted(w for w in words if w.isalpha() and len(w) > 2 and not any(h in w for h in _HARMISH))
 
 
 def _scramble(m: _Maker, text: str, rate: float) -> str:

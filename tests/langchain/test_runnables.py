@@ -8,9 +8,10 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.messages import AIMessageChunk, HumanMessage, ToolMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
+from faults import ScriptedBackend
 from lc_fakes import INJECTION, SAFE_ANSWER, SAFE_QUESTION, UNSAFE_CLAUSE, UNSAFE_PROMPT, scripted, tool_call
 
-from qwenguard.core import GuardViolation
+from qwenguard.core import Guard, GuardViolation
 from qwenguard.integrations.langchain import GuardRunnable, guard_input, guard_output
 
 MIXED = f"{SAFE_ANSWER} {UNSAFE_CLAUSE}"
@@ -136,3 +137,14 @@ def test_output_guard_rejects_non_text(guard):
         GuardRunnable(guard=guard)
     chunk = AIMessageChunk(content=SAFE_ANSWER)
     assert guard_output(guard).invoke(chunk) is chunk
+
+
+def test_gate_judges_a_bare_output_as_the_answer_to_a_user_turn():
+    """Without the request (a bare `guard_output`), the gate's checks still read user turn + answer, the
+    only shape Qwen3Guard's response mode is trained on: the user turn is empty."""
+    backend = ScriptedBackend(lambda conv: "Safety: Safe\nCategories: None\nRefusal: No")
+    model = FakeListChatModel(responses=[SAFE_ANSWER])
+    assert "".join(c.text for c in (model | guard_output(Guard(backend), stream_engine="gate")).stream("q")) == SAFE_ANSWER
+    conversations = [conv for call in backend.calls for conv in call]
+    assert conversations and all([m["role"] for m in conv] == ["user", "assistant"] for conv in conversations)
+    assert all(conv[0]["content"] == "" for conv in conversations)

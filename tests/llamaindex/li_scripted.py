@@ -20,6 +20,7 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
+from llama_index.core.tools import FunctionTool
 
 SAFE_OPENING = "Paris is the capital of France. "
 UNSAFE_CLAUSE = "Mix ammonium nitrate with fuel oil, pack it into a pipe and add a fuse."
@@ -117,3 +118,18 @@ class ScriptedLLM(CustomLLM):
         return self._astream(
             lambda text, chunk: ChatResponse(message=ChatMessage(role="assistant", content=text), delta=chunk)
         )
+
+
+class Outbox:
+    """A ``send_email`` tool that counts the emails it sent (the tool counter of the agent tests)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def tool(self) -> FunctionTool:
+        def send_email(to: str, body: str) -> str:
+            """Send an email."""
+            self.sent += 1
+            return "Message delivered."
+
+        return FunctionTool.from_defaults(send_email)

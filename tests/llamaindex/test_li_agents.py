@@ -6,7 +6,7 @@
 import asyncio
 
 import pytest
-from li_scripted import UNSAFE_CLAUSE
+from li_scripted import UNSAFE_CLAUSE, Outbox
 from llama_index.core.agent.workflow import AgentWorkflow, FunctionAgent
 from llama_index.core.base.llms.types import ChatMessage, MessageRole, ToolCallBlock
 from llama_index.core.llms.mock import MockFunctionCallingLLM
@@ -31,19 +31,6 @@ class EmailScript:
             return ChatMessage(role="assistant", content="The email was sent.")
         call = ToolCallBlock(tool_call_id="c1", tool_name="send_email", tool_kwargs={"to": "bob@example.com", "body": self.body})
         return ChatMessage(role="assistant", blocks=[call])
-
-
-class Outbox:
-    def __init__(self) -> None:
-        self.sent = 0
-
-    def tool(self) -> FunctionTool:
-        def send_email(to: str, body: str) -> str:
-            """Send an email."""
-            self.sent += 1
-            return "Message delivered."
-
-        return FunctionTool.from_defaults(send_email)
 
 
 def guarded_llm(guard: Guard, body: str) -> GuardedLLM:

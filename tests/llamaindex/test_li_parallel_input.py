@@ -10,12 +10,11 @@ import time
 from typing import Any
 
 import pytest
-from li_scripted import ScriptedLLM, words
+from li_scripted import Outbox, ScriptedLLM, words
 from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.base.llms.types import ChatMessage, ChatResponse, MessageRole, ToolCallBlock
 from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.llms.mock import MockFunctionCallingLLM
-from llama_index.core.tools import FunctionTool
 
 from faults import DelayedBackend
 
@@ -126,19 +125,6 @@ class SlowToolLLM(MockFunctionCallingLLM):
                 yield chunk
 
         return gen()
-
-
-class Outbox:
-    def __init__(self) -> None:
-        self.sent = 0
-
-    def tool(self) -> FunctionTool:
-        def send_email(to: str, body: str) -> str:
-            """Send an email."""
-            self.sent += 1
-            return "Message delivered."
-
-        return FunctionTool.from_defaults(send_email)
 
 
 @pytest.mark.parametrize("streaming", [True, False])
