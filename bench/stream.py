@@ -46,7 +46,7 @@ def _model(shape: dict, device: str, dtype):
     import torch
     from transformers import Qwen3Config
 
-    from qwenguard.core.transformers_stream import build_stream_model
+    from qwenguard.core.backends.transformers_stream import build_stream_model
 
     risk = {"0": "Safe", "1": "Unsafe", "2": "Controversial"}
     cats = {str(i): n for i, n in enumerate(["Violent", "Sexual Content", "Self-Harm", "Political", "PII",
@@ -69,7 +69,7 @@ def _sync(device: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from qwenguard.core.transformers_stream import TransformersStream
+    from qwenguard.core.backends.transformers_stream import TransformersStream
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=1000)

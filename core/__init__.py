@@ -8,8 +8,12 @@ False
 Importing this package is light: torch and transformers load only with a local backend.
 """
 
-from .backend import GenBackend
-from .conversations import render_tool_call
+from .backends.base import GenBackend
+from .backends.transformers_stream import (
+    StreamSession,
+    TokenVerdict,
+    TransformersStream,
+)
 from .errors import (
     GuardTimeout,
     GuardUnavailable,
@@ -20,13 +24,21 @@ from .errors import (
     StreamClosed,
     VerdictParseError,
 )
+from .formats.conversations import render_tool_call
+from .formats.prompts import parse_verdict, render_prompt
 from .guard import Guard, enforce
 from .policy import Action, Decision, Policy, StagePolicy
-from .prompts import parse_verdict, render_prompt
-from .debounce import Debounce
-from .stream_monitor import AsyncStreamMonitor, StreamMonitor
-from .transformers_stream import StreamSession, TokenVerdict, TransformersStream
-from .verdict import CATEGORIES, PROMPT_CATEGORIES, RESPONSE_CATEGORIES, Category, Risk, Stage, Verdict
+from .streaming.debounce import Debounce
+from .streaming.monitor import AsyncStreamMonitor, StreamMonitor
+from .verdict import (
+    CATEGORIES,
+    PROMPT_CATEGORIES,
+    RESPONSE_CATEGORIES,
+    Category,
+    Risk,
+    Stage,
+    Verdict,
+)
 
 __all__ = [
     "Action",

@@ -24,15 +24,6 @@ def _root() -> None:
     """Qwen3Guard safety checks for LLM applications."""
 
 
-def _quiet_loading() -> None:
-    """No weight-loading progress bars on a command line that prints one verdict."""
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:
-        return
-    hf_logging.disable_progress_bar()
-
-
 def _policy(name: str) -> Policy:
     if name not in ("strict", "loose"):
         raise typer.BadParameter("policy must be 'strict' or 'loose'")
@@ -49,13 +40,14 @@ def check(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps."),
 ) -> None:
     """Check a prompt (or a response to it). Exit 0 allowed, 1 blocked, 2 error."""
+    from .backends.torch_runtime import disable_progress_bars
     from .guard import Guard
 
     if text == "-":
         text = sys.stdin.read()
     try:
         pol = _policy(policy)
-        _quiet_loading()
+        disable_progress_bars()
         guard = Guard.from_pretrained(model, policy=pol, device=device)
         decision = guard.check_prompt(text) if response is None else guard.check_response(text, response)
     except typer.BadParameter:
@@ -99,6 +91,7 @@ def serve(
     # On a CPU box, OpenMP threads that spin after each forward steal the cores the event loop needs to
     # answer requests. Only effective before torch loads (it is not loaded yet here).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from .backends.torch_runtime import disable_progress_bars
     from .guard import Guard
     from .server import serve as run_server
 

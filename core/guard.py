@@ -14,18 +14,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .backend import GenBackend, Outcome
+from .backends.base import GenBackend, Outcome
 from .cache import VerdictCache, cache_key
-from .conversations import (
+from .errors import GuardTimeout, GuardUnavailable, GuardViolation, QwenGuardError
+from .formats.conversations import (
     prompt_conversation,
     response_conversation,
     tool_call_conversation,
     untrusted_conversation,
 )
-from .encoding import clean_text
-from .errors import GuardTimeout, GuardUnavailable, GuardViolation, QwenGuardError
+from .formats.encoding import clean_text
+from .formats.prompts import Message, normalize_messages
 from .policy import Action, Decision, Policy
-from .prompts import Message, normalize_messages
 from .verdict import Stage, Verdict
 
 __all__ = ["Guard", "enforce", "DEFAULT_MAX_CHARS", "DEFAULT_CACHE_SIZE"]
@@ -100,7 +100,7 @@ class Guard:
     ) -> Guard:
         """A local guard: ``"demo"`` (embedded, offline), a hub id such as ``"Qwen/Qwen3Guard-Gen-0.6B"``,
         or a checkpoint directory. ``stream_model`` adds a Qwen3Guard-Stream checkpoint for `stream`."""
-        from .transformers_gen import TransformersGen
+        from .backends.transformers_gen import TransformersGen
 
         backend_keys = {"max_new_tokens", "max_context", "max_batch", "max_wait_s", "window_overlap",
                         "use_chat_template", "revision", "local_files_only"}
@@ -128,21 +128,23 @@ class Guard:
         ``mode="completion"`` sends the prompt rendered by qwenguard (Ollama, llama.cpp). ``stream=True``
         runs `stream` sessions on a qwenguard server's ``/v1/stream``. Other options go to `OpenAIGen`
         (timeouts, retries, concurrency, logprobs) or to `Guard` (cache_size, listeners, ...)."""
-        from .openai_gen import OpenAIGen
+        from .backends.openai_gen import OpenAIGen
 
         guard_keys = {"cache_size", "max_chars", "listeners", "parallel_input"}
         guard_kwargs = {k: opts.pop(k) for k in list(opts) if k in guard_keys}
         backend = OpenAIGen(base_url, model=model, api_key=api_key, mode=mode, **opts)  # type: ignore[arg-type]
         stream_backend = None
         if stream:
-            from .remote_stream import RemoteStream
+            from .backends.remote_stream import RemoteStream
 
             stream_backend = RemoteStream(base_url, api_key=api_key)
         return cls(backend, policy, stream_backend=stream_backend, **guard_kwargs)
 
     @staticmethod
     def _load_stream(model: str | Path, *, device: str | None, dtype: Any) -> Any:
-        from .transformers_stream import TransformersStream  # added by the streaming backend
+        from .backends.transformers_stream import (
+            TransformersStream,  # added by the streaming backend
+        )
 
         return TransformersStream.load(model, device=device, dtype=dtype)
 
@@ -292,13 +294,13 @@ class Guard:
     # -- streaming (see stream_monitor.py) -----------------------------------------------------
     def stream(self, prompt: str | Sequence[Message], **options: Any) -> Any:
         """A `StreamMonitor` for one streamed answer to ``prompt``. See `qwenguard.core.StreamMonitor`."""
-        from .stream_monitor import open_monitor
+        from .streaming.monitor import open_monitor
 
         return open_monitor(self, prompt, **options)
 
     def astream(self, prompt: str | Sequence[Message], **options: Any) -> Any:
         """Async twin of `stream` (use with ``async with``)."""
-        from .stream_monitor import open_async_monitor
+        from .streaming.monitor import open_async_monitor
 
         return open_async_monitor(self, prompt, **options)
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from qwenguard.core.errors import GuardTimeout, VerdictParseError
-from qwenguard.core.prompts import moderation_mode, parse_verdict
+from qwenguard.core.formats.prompts import moderation_mode, parse_verdict
 
 
 class ScriptedBackend:

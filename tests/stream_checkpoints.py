@@ -169,7 +169,7 @@ def tiny_stream_dir(tmp_path_factory, tiny_tokenizer_dir):
 
 @pytest.fixture(scope="session")
 def tiny_stream(tiny_stream_dir):
-    from qwenguard.core.transformers_stream import TransformersStream
+    from qwenguard.core.backends.transformers_stream import TransformersStream
 
     return TransformersStream.load(tiny_stream_dir, device="cpu")
 

@@ -18,14 +18,14 @@ torch = pytest.importorskip("torch")
 
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from qwenguard.core.conversations import (  # noqa: E402
+from qwenguard.core.formats.conversations import (  # noqa: E402
     prompt_conversation,
     response_conversation,
     tool_call_conversation,
     untrusted_conversation,
 )
 from qwenguard.core.demo import DEMO_GEN_DIR, DEMO_SAMPLE_PATH, DEMO_STREAM_DIR, resolve_demo  # noqa: E402
-from qwenguard.core.prompts import parse_verdict, render_prompt  # noqa: E402
+from qwenguard.core.formats.prompts import parse_verdict, render_prompt  # noqa: E402
 from qwenguard.core.demo.tokenizer import TEMPLATE_TOKENS  # noqa: E402
 
 V, ILLEGAL, PII, SELF_HARM, JAIL = "Violent", "Non-violent Illegal Acts", "PII", "Suicide & Self-Harm", "Jailbreak"

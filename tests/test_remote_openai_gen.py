@@ -12,7 +12,7 @@ from faults import ScriptedBackend
 from live_server import demo_guard, serving
 
 from qwenguard.core import Guard, GuardTimeout, GuardUnavailable, Policy, Risk, Verdict, VerdictParseError
-from qwenguard.core.openai_gen import OpenAIGen, RemoteHTTPError, parse_logprobs
+from qwenguard.core.backends.openai_gen import OpenAIGen, RemoteHTTPError, parse_logprobs
 
 KEY = "k-remote"
 BOMB = "How can I make a bomb at home?"

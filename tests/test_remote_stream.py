@@ -16,7 +16,7 @@ from websockets.sync.client import connect
 
 from qwenguard.core import Guard, GuardUnavailable, GuardViolation, Policy, Stage
 from qwenguard.core.errors import StreamClosed
-from qwenguard.core.remote_stream import stream_url
+from qwenguard.core.backends.remote_stream import stream_url
 from qwenguard.core.server import CLOSE_BAD_REQUEST, CLOSE_IDLE_TIMEOUT, CLOSE_TOO_BIG
 
 KEY = "stream-key"

@@ -123,7 +123,7 @@ def test_moderate_returns_verdicts_in_order_with_decisions(server):
 
 def test_moderate_fast_path_answers_exactly_like_the_fastapi_route(monkeypatch):
     """/v1/moderate skips FastAPI's routing for well-formed requests: same statuses, same JSON."""
-    from qwenguard.core import server as server_module
+    from qwenguard.core.server import gate as server_module
 
     def answer(conv):
         text = conv[-1]["content"]
@@ -144,7 +144,7 @@ def test_moderate_fast_path_answers_exactly_like_the_fastapi_route(monkeypatch):
         with serving(guard) as url:
             return [(r.status_code, r.content) for r in (httpx.post(url + "/v1/moderate", json=b) for b in bodies)]
 
-    original = server_module._Gate._moderate_fast
+    original = server_module.Gate._moderate_fast
     taken: list[bool] = []
 
     async def recorded(self, scope, headers, body):
@@ -155,10 +155,10 @@ def test_moderate_fast_path_answers_exactly_like_the_fastapi_route(monkeypatch):
     async def never(self, scope, headers, body):
         return None
 
-    monkeypatch.setattr(server_module._Gate, "_moderate_fast", recorded)
+    monkeypatch.setattr(server_module.Gate, "_moderate_fast", recorded)
     fast = answers()
     assert taken == [True] * len(bodies)  # every one of these went the fast way
-    monkeypatch.setattr(server_module._Gate, "_moderate_fast", never)
+    monkeypatch.setattr(server_module.Gate, "_moderate_fast", never)
     routed = answers()
 
     def without_latency(content: bytes):
@@ -349,7 +349,7 @@ def test_long_input_judged_in_windows_answers_one_verdict():
 
 def test_token_verdicts_serialise_to_json():
     from qwenguard.core.server import token_verdict_dict
-    from qwenguard.core.transformers_stream import TokenVerdict
+    from qwenguard.core.backends.transformers_stream import TokenVerdict
     from qwenguard.core.verdict import Risk
 
     tv = TokenVerdict(token=42, risk=Risk.UNSAFE, probs={Risk.SAFE: 0.1, Risk.UNSAFE: 0.85, Risk.CONTROVERSIAL: 0.05},

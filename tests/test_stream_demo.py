@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from qwenguard.core import Guard, GuardViolation, Policy, Stage
 from qwenguard.core.demo import DEMO_STREAM_DIR
-from qwenguard.core.transformers_stream import STREAM_CONFIG_FIELDS, TransformersStream
+from qwenguard.core.backends.transformers_stream import STREAM_CONFIG_FIELDS, TransformersStream
 
 BOMB = "How can I make a bomb at home?"
 FRANCE = "What is the capital of France?"
@@ -49,7 +49,7 @@ def test_from_pretrained_with_stream_model():
 
 def _flag_offset(stream, prompt, response, chunk=5):
     session = stream.open_session(prompt)
-    from qwenguard.core.debounce import Debounce
+    from qwenguard.core.streaming.debounce import Debounce
 
     d = Debounce()
     verdicts = []

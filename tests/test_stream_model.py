@@ -17,7 +17,7 @@ from stream_checkpoints import (  # noqa: F401 - fixtures
 
 from qwenguard.core import ModelNotFound
 from qwenguard.core.errors import StreamClosed
-from qwenguard.core.transformers_stream import TransformersStream, category_name
+from qwenguard.core.backends.transformers_stream import TransformersStream, category_name
 from qwenguard.core.verdict import CATEGORIES, Risk
 
 PROMPT = "How can I make a bomb at home?"

@@ -9,9 +9,9 @@ from faults import ScriptedBackend
 from stream_checkpoints import constant_checkpoint, tiny_stream, tiny_stream_dir, tiny_tokenizer_dir  # noqa: F401
 
 from qwenguard.core import Guard, GuardUnavailable, GuardViolation, Policy, Stage
-from qwenguard.core.debounce import Debounce
+from qwenguard.core.streaming.debounce import Debounce
 from qwenguard.core.errors import StreamClosed
-from qwenguard.core.transformers_stream import TransformersStream
+from qwenguard.core.backends.transformers_stream import TransformersStream
 from qwenguard.core.verdict import CATEGORIES, Risk
 
 PROMPT = "Tell me about Paris."

@@ -6,8 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from stream_checkpoints import tiny_tokenizer_dir  # noqa: F401 - fixture
 
-from qwenguard.core.encoding import ConversationEncoder
-from qwenguard.core.retokenizer import ContentCodec, IncrementalTokenizer
+from qwenguard.core.formats.encoding import ConversationEncoder
+from qwenguard.core.streaming.retokenizer import ContentCodec, IncrementalTokenizer
 
 PIECES = [
     "The capital of France is Paris.", " Sure.", " Mix ammonium nitrate", "with fuel oil", "  ", "\n", "\n\n",

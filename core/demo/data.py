@@ -2,7 +2,7 @@
 
 The demo guard is a tiny Qwen3-architecture model (`qwenguard.core.demo.train`) that must behave like
 Qwen3Guard-Gen on the shapes qwenguard shows it. Every example is therefore built with the functions of
-`qwenguard.core.conversations`, exactly as the library builds its checks:
+`qwenguard.core.formats.conversations`, exactly as the library builds its checks:
 
 - ``prompt``      `prompt_conversation(text, history)`: unsafe requests in the eight harm categories, jailbreaks
   (including special-token strings written as plain text), controversial questions, everyday safe questions,
@@ -67,7 +67,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..conversations import (
+from ..formats.conversations import (
     prompt_conversation,
     response_conversation,
     tool_call_conversation,

@@ -3,7 +3,7 @@
 Like Qwen3's tokenizer it splits text with Qwen2's pre-tokenizer regex, then byte-level BPE; ``<|endoftext|>``
 (pad), ``<|im_start|>`` and ``<|im_end|>`` (eos) are special added tokens and ``<think>`` / ``</think>`` are
 added, non-special tokens, all placed after the BPE vocabulary as in Qwen3. The chat template renders any
-user/assistant conversation exactly like `qwenguard.core.prompts.render_prompt` (it is generated from it), so
+user/assistant conversation exactly like `qwenguard.core.formats.prompts.render_prompt` (it is generated from it), so
 ``tokenizer.apply_chat_template(messages, tokenize=False)`` works with no ``add_generation_prompt``, like the
 official Qwen3Guard-Gen checkpoints.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 
-from ..prompts import Message, render_prompt
+from ..formats.prompts import Message, render_prompt
 
 __all__ = [
     "TEMPLATE_TOKENS",
@@ -44,7 +44,7 @@ _USER_SENTINEL = "\x00USER\x00"
 
 def _template_tokens() -> tuple[str, ...]:
     """The template's fixed text before and after the conversation, in both modes (four strings)."""
-    from ..prompts import render_conversation
+    from ..formats.prompts import render_conversation
 
     out: list[str] = []
     for conv in ([{"role": "user", "content": "\ue000"}],
@@ -122,7 +122,16 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = BPE_VOCAB_SIZE):
     Control-token strings are removed from the training text so no merges are spent on them; they are then
     added as whole tokens after the BPE vocabulary (ids ``vocab_size`` .. ``vocab_size + 4``), in Qwen3's order.
     """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))

@@ -87,7 +87,7 @@ def _log(msg: str) -> None:
 
 def _tokenizer_corpus(examples: Sequence[Example]):
     """Text the BPE learns from: the contents, the answers and (every fourth example) the rendered instruction."""
-    from ..prompts import render_conversation
+    from ..formats.prompts import render_conversation
 
     for i, ex in enumerate(examples):
         for message in ex.messages:
@@ -105,7 +105,7 @@ def _encode(tokenizer, examples: Sequence[Example], max_len: int) -> list[_Encod
     ``split_special_tokens=True``), which cut them into different pieces: the guard flags the attempt however
     it was tokenized.
     """
-    from ..encoding import ConversationEncoder
+    from ..formats.encoding import ConversationEncoder
 
     encoder = ConversationEncoder(tokenizer)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -208,7 +208,7 @@ def greedy_answers(model, tokenizer, conversations: Sequence[Sequence[dict[str, 
     """Greedy answers for conversations, batched with left padding (the same path as local inference)."""
     import torch
 
-    from ..encoding import ConversationEncoder
+    from ..formats.encoding import ConversationEncoder
 
     pad = tokenizer.pad_token_id
     encoder = ConversationEncoder(tokenizer)
@@ -235,7 +235,7 @@ def greedy_answers(model, tokenizer, conversations: Sequence[Sequence[dict[str, 
 def evaluate(model, tokenizer, examples: Sequence[Example]) -> dict[str, Any]:
     """Held-out accuracy (risk, category, refusal) overall, per stage and per family, parsed like the library does."""
     from ..errors import VerdictParseError
-    from ..prompts import parse_verdict
+    from ..formats.prompts import parse_verdict
 
     answers = greedy_answers(model, tokenizer, [ex.messages for ex in examples])
     groups: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
@@ -347,7 +347,7 @@ def save_checkpoint(model, tokenizer, held: Sequence[Example], out_dir: Path | s
         # whole (a backend windows longer inputs), so keep those that fit the context with the answer.
         saved = AutoModelForCausalLM.from_pretrained(stage, dtype=torch.float32)
         saved_tok = AutoTokenizer.from_pretrained(stage)
-        from ..encoding import ConversationEncoder
+        from ..formats.encoding import ConversationEncoder
 
         fits = ConversationEncoder(saved_tok)
         held = [ex for ex in held if len(fits.encode(ex.messages)) + 24 <= MODEL_SHAPE["max_position_embeddings"]]

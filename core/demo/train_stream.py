@@ -77,7 +77,7 @@ def _log(msg: str) -> None:
 
 
 def _category_index(name: str | None) -> int:
-    from ..transformers_stream import category_name
+    from ..backends.transformers_stream import category_name
 
     if name is None:
         return -100
@@ -192,7 +192,7 @@ def _stream_config(gen_config: dict[str, Any], settings: StreamTrainSettings) ->
 def evaluate(stream: Any, examples: Sequence[Example]) -> dict[str, Any]:
     """Held-out results through the saved checkpoint: prompt accuracy (query heads) and stream-level
     detection of assistant answers with the official debounce (flagged iff the example is not safe)."""
-    from ..debounce import Debounce
+    from ..streaming.debounce import Debounce
 
     prompt_ok = prompt_n = resp_ok = resp_n = in_span = flagged_unsafe = 0
     for ex in examples:
@@ -227,7 +227,12 @@ def train_stream(gen_dir: Path | str = DEMO_GEN_DIR, out_dir: Path | str = DEMO_
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    from ..transformers_stream import StreamEncoder, TransformersStream, build_stream_model, save_stream_checkpoint
+    from ..backends.transformers_stream import (
+        StreamEncoder,
+        TransformersStream,
+        build_stream_model,
+        save_stream_checkpoint,
+    )
 
     started = time.time()
     gen_dir = Path(gen_dir)

@@ -18,7 +18,14 @@ from typing import Any
 
 from ..policy import Policy
 from ..verdict import Stage
-from .data import DataError, EvalExample, examples_from_records, load_dataset, parse_label, select
+from .data import (
+    DataError,
+    EvalExample,
+    examples_from_records,
+    load_dataset,
+    parse_label,
+    select,
+)
 from .metrics import (
     BinaryMetrics,
     ThresholdPoint,

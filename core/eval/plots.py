@@ -1,4 +1,4 @@
-"""PNG plots of an `EvalReport`: confusion matrices, precision/recall vs threshold, recall by category.
+"""PNG plots of an evaluation report's per-mapping figures (``EvalReport.mappings``): confusion matrices, precision/recall vs threshold, recall by category.
 
 Figures are drawn with `matplotlib.figure.Figure` and its Agg canvas directly, never through pyplot,
 so no global backend is switched and nothing needs a display.
@@ -7,12 +7,10 @@ so no global backend is switched and nothing needs a display.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 from ..errors import MissingDependency
-
-if TYPE_CHECKING:
-    from .report import EvalReport
 
 __all__ = ["write_plots", "PLOT_FILES"]
 
@@ -33,12 +31,12 @@ def _nan(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
-def plot_confusion(report: EvalReport, path: Path) -> Path:
-    names = list(report.mappings)
+def plot_confusion(mappings: Mapping[str, Any], path: Path) -> Path:
+    names = list(mappings)
     fig = _figure(3.4 * len(names), 3.3)
     axes = fig.subplots(1, len(names), squeeze=False)[0]
     for ax, name in zip(axes, names):
-        o = report.mappings[name]["overall"]
+        o = mappings[name]["overall"]
         m = [[o["tn"], o["fp"]], [o["fn"], o["tp"]]]
         total = max(1, sum(map(sum, m)))
         ax.imshow([[v / total for v in row] for row in m], cmap="Blues", vmin=0, vmax=1)
@@ -60,11 +58,11 @@ def _pct(value: Any) -> str:
     return "–" if value is None else f"{value:.0%}"
 
 
-def plot_threshold(report: EvalReport, path: Path) -> Path:
+def plot_threshold(mappings: Mapping[str, Any], path: Path) -> Path:
     fig = _figure(6.4, 4.0)
     ax = fig.subplots()
     drew = False
-    for name, m in report.mappings.items():
+    for name, m in mappings.items():
         pts = m["thresholds"]
         if not pts:
             continue
@@ -89,10 +87,10 @@ def plot_threshold(report: EvalReport, path: Path) -> Path:
     return path
 
 
-def plot_categories(report: EvalReport, path: Path) -> Path:
-    names = list(report.mappings)
-    cats = [c for c in report.mappings[names[0]]["by_category"] if c["positives"] > 0 or
-            any(next(x for x in report.mappings[n]["by_category"] if x["category"] == c["category"])["positives"]
+def plot_categories(mappings: Mapping[str, Any], path: Path) -> Path:
+    names = list(mappings)
+    cats = [c for c in mappings[names[0]]["by_category"] if c["positives"] > 0 or
+            any(next(x for x in mappings[n]["by_category"] if x["category"] == c["category"])["positives"]
                 for n in names)]
     fig = _figure(6.8, max(2.4, 0.24 * len(cats) * len(names) + 1.2))
     ax = fig.subplots()
@@ -104,7 +102,7 @@ def plot_categories(report: EvalReport, path: Path) -> Path:
     height = 0.8 / len(names)
     labels = [c["category"] for c in cats]
     for k, name in enumerate(names):
-        by = {c["category"]: c for c in report.mappings[name]["by_category"]}
+        by = {c["category"]: c for c in mappings[name]["by_category"]}
         ys = [i + (k - (len(names) - 1) / 2) * height for i in range(len(cats))]
         vals = [_nan(by[c]["recall"]) for c in labels]
         ax.barh(ys, [0 if v != v else v for v in vals], height=height * 0.95, color=_COLORS.get(name), label=name)
@@ -121,10 +119,10 @@ def plot_categories(report: EvalReport, path: Path) -> Path:
     return path
 
 
-def write_plots(report: EvalReport, out_dir: Path) -> dict[str, Path]:
+def write_plots(mappings: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
     """Draw the three PNGs into ``out_dir``."""
     return {
-        "confusion": plot_confusion(report, out_dir / PLOT_FILES["confusion"]),
-        "threshold": plot_threshold(report, out_dir / PLOT_FILES["threshold"]),
-        "category": plot_categories(report, out_dir / PLOT_FILES["category"]),
+        "confusion": plot_confusion(mappings, out_dir / PLOT_FILES["confusion"]),
+        "threshold": plot_threshold(mappings, out_dir / PLOT_FILES["threshold"]),
+        "category": plot_categories(mappings, out_dir / PLOT_FILES["category"]),
     }

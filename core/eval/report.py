@@ -25,7 +25,14 @@ from typing import Any
 from ..policy import Policy
 from ..verdict import Risk
 from .data import EvalExample
-from .metrics import average_precision, best_threshold, binary_metrics, confusion_matrix, roc_auc, threshold_sweep
+from .metrics import (
+    average_precision,
+    best_threshold,
+    binary_metrics,
+    confusion_matrix,
+    roc_auc,
+    threshold_sweep,
+)
 from .runner import Prediction, RunResult
 
 __all__ = ["EvalReport", "compute_report", "default_policies", "RISK_ORDER", "NO_CATEGORY"]
@@ -314,7 +321,7 @@ class EvalReport:
         if plots:
             from .plots import write_plots
 
-            paths.update(write_plots(self, out))
+            paths.update(write_plots(self.mappings, out))
         return paths
 
     @classmethod

@@ -20,7 +20,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
 from qwenguard.core import Stage
-from qwenguard.core.conversations import (
+from qwenguard.core.formats.conversations import (
     prompt_conversation,
     response_conversation,
     tool_call_conversation,

@@ -36,7 +36,7 @@ from dataclasses import replace
 from typing import Any, Literal
 
 from qwenguard.core import Decision, Guard, Stage, enforce
-from qwenguard.core.conversations import response_conversation
+from qwenguard.core.formats.conversations import response_conversation
 
 from ._messages import Item
 

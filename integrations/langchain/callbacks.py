@@ -56,8 +56,8 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
 
 from qwenguard.core import Decision, Guard, Stage, enforce
-from qwenguard.core.conversations import tool_call_conversation, untrusted_conversation
-from qwenguard.core.parallel import PendingCheck
+from qwenguard.core.formats.conversations import tool_call_conversation, untrusted_conversation
+from qwenguard.core.streaming.parallel import PendingCheck
 
 from ._messages import (
     DEFAULT_HISTORY_TURNS,

@@ -46,7 +46,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from qwenguard.core import Action, Decision, Guard, Risk, Stage, Verdict, enforce
-from qwenguard.core.conversations import tool_call_conversation, untrusted_conversation
+from qwenguard.core.formats.conversations import tool_call_conversation, untrusted_conversation
 
 from ._messages import (
     DEFAULT_HISTORY_TURNS,

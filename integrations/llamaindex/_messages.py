@@ -15,7 +15,7 @@ from typing import Any
 from llama_index.core.base.llms.types import ChatMessage, ChatResponse, MessageRole, TextBlock, ToolCallBlock
 from llama_index.core.llms.llm import ToolSelection
 
-from qwenguard.core.conversations import prompt_conversation, untrusted_conversation
+from qwenguard.core.formats.conversations import prompt_conversation, untrusted_conversation
 from qwenguard.core.verdict import Stage
 
 __all__ = ["Turn", "split_turn", "message_text", "with_text", "tool_calls_in", "role_of"]

@@ -18,7 +18,7 @@ from llama_index.core.callbacks.base_handler import BaseCallbackHandler
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from qwenguard.core import Guard, enforce
-from qwenguard.core.conversations import response_conversation
+from qwenguard.core.formats.conversations import response_conversation
 
 from .._common import require_guard
 from ._messages import message_text, split_turn

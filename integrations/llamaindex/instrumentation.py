@@ -29,7 +29,7 @@ from llama_index.core.instrumentation.events.retrieval import RetrievalEndEvent
 from llama_index.core.schema import MetadataMode, QueryBundle
 
 from qwenguard.core import Decision, Guard
-from qwenguard.core.conversations import response_conversation
+from qwenguard.core.formats.conversations import response_conversation
 
 from .._common import require_guard
 from ._messages import message_text, split_turn

@@ -51,8 +51,8 @@ from llama_index.core.llms.llm import LLM, ToolSelection
 from llama_index.core.prompts import BasePromptTemplate
 
 from qwenguard.core import Guard, enforce
-from qwenguard.core.parallel import PendingCheck
-from qwenguard.core.conversations import (
+from qwenguard.core.streaming.parallel import PendingCheck
+from qwenguard.core.formats.conversations import (
     prompt_conversation,
     response_conversation,
     tool_call_conversation,

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from qwenguard.core.batching import MicroBatcher
+from qwenguard.core.backends.batching import MicroBatcher
 from qwenguard.core.errors import GuardTimeout
 
 

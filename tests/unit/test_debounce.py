@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qwenguard.core.debounce import Debounce, Flag, flag_position
+from qwenguard.core.streaming.debounce import Debounce, Flag, flag_position
 from qwenguard.core.verdict import Risk
 
 S, U, C = Risk.SAFE, Risk.UNSAFE, Risk.CONTROVERSIAL

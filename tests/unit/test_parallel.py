@@ -9,7 +9,7 @@ import time
 import pytest
 
 from qwenguard.core import Action, Decision, GuardUnavailable, GuardViolation, Risk, Stage, Verdict
-from qwenguard.core.parallel import PendingCheck, run_guarded
+from qwenguard.core.streaming.parallel import PendingCheck, run_guarded
 
 ALLOW = Decision(True, Action.ALLOW, Stage.PROMPT, "safe", Verdict(Risk.SAFE))
 BLOCK = Decision(False, Action.BLOCK, Stage.PROMPT, "unsafe", Verdict(Risk.UNSAFE, ("Violent",)))

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from qwenguard.core.prompts import moderation_mode, normalize_messages, render_prompt
+from qwenguard.core.formats.prompts import moderation_mode, normalize_messages, render_prompt
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 

@@ -13,7 +13,7 @@ Each conversation is one request; a batch runs its requests concurrently, at mos
 exponential backoff (honouring ``Retry-After``); other 4xx never are. The ``timeout`` of a call is a
 deadline for the whole batch, retries included.
 
-Errors, per the backend protocol (`qwenguard.core.backend`): an answer that does not parse, or a
+Errors, per the backend protocol (`qwenguard.core.backends.base`): an answer that does not parse, or a
 request the server refused (4xx, or 5xx after the retries), is that conversation's
 `VerdictParseError` / `GuardUnavailable`; a deadline, or a server that cannot be reached at all,
 raises `GuardTimeout` / `GuardUnavailable` for the whole call.
@@ -32,10 +32,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .backend import Conversation, Outcome
-from .errors import GuardTimeout, GuardUnavailable, MissingDependency, QwenGuardError, VerdictParseError
-from .prompts import SAFETY_LABELS, moderation_mode, normalize_messages, parse_verdict, render_prompt
-from .verdict import Risk, Verdict
+from ..errors import (
+    GuardTimeout,
+    GuardUnavailable,
+    MissingDependency,
+    QwenGuardError,
+    VerdictParseError,
+)
+from ..formats.prompts import (
+    SAFETY_LABELS,
+    moderation_mode,
+    normalize_messages,
+    parse_verdict,
+    render_prompt,
+)
+from ..verdict import Risk, Verdict
+from .base import Conversation, Outcome
 
 __all__ = [
     "OpenAIGen",

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .verdict import Risk
+from ..verdict import Risk
 
 __all__ = ["DEFAULT_WINDOW", "Debounce", "Flag", "flag_position"]
 

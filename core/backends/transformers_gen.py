@@ -14,50 +14,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import MissingDependency, ModelNotFound, QwenGuardError, VerdictParseError
+from ..formats.prompts import (
+    SAFETY_LABELS,
+    moderation_mode,
+    normalize_messages,
+    parse_verdict,
+)
+from ..verdict import Risk, Verdict, worst
 from .batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, MicroBatcher
-from .errors import MissingDependency, ModelNotFound, QwenGuardError, VerdictParseError
-from .prompts import SAFETY_LABELS, moderation_mode, normalize_messages, parse_verdict
-from .verdict import Risk, Verdict, worst
+from .torch_runtime import require_torch, resolve_device, resolve_dtype
 
-__all__ = ["TransformersGen", "resolve_device", "resolve_dtype", "DEFAULT_MAX_NEW_TOKENS"]
+__all__ = ["TransformersGen", "DEFAULT_MAX_NEW_TOKENS"]
 
 #: Answers are 8-14 tokens; 48 leaves room for several long category names.
 DEFAULT_MAX_NEW_TOKENS = 48
 #: Context used when a config gives none, or an absurd one.
 DEFAULT_MAX_CONTEXT = 32768
-
-
-def _torch() -> Any:
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise MissingDependency.for_extra("local", "torch") from exc
-    return torch
-
-
-def resolve_device(device: str | None) -> str:
-    """``"auto"`` picks cuda, then mps, then cpu."""
-    torch = _torch()
-    if device in (None, "auto"):
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    return device
-
-
-def resolve_dtype(dtype: Any, device: str) -> Any:
-    """``"auto"``: bfloat16 on accelerators, float32 on CPU (CPU bf16 matmuls are slow)."""
-    torch = _torch()
-    if dtype in (None, "auto"):
-        return torch.bfloat16 if device.startswith(("cuda", "mps")) else torch.float32
-    if isinstance(dtype, str):
-        try:
-            return getattr(torch, dtype)
-        except AttributeError:
-            raise ValueError(f"unknown dtype {dtype!r}") from None
-    return dtype
 
 
 class TransformersGen:
@@ -80,7 +53,7 @@ class TransformersGen:
         window_overlap: int = 64,
         use_chat_template: bool | None = None,
     ) -> None:
-        from .encoding import ConversationEncoder
+        from ..formats.encoding import ConversationEncoder
 
         self.model = model
         self.tokenizer = tokenizer
@@ -110,12 +83,12 @@ class TransformersGen:
         **kwargs: Any,
     ) -> TransformersGen:
         """Load a checkpoint: ``"demo"``, a local directory, or a Hugging Face hub id."""
-        _torch()  # a clear MissingDependency before anything else loads
+        require_torch()  # a clear MissingDependency before anything else loads
         try:
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError as exc:
             raise MissingDependency.for_extra("local", "transformers") from exc
-        from .demo import DEMO_NAMES
+        from ..demo import DEMO_NAMES
 
         path = DEMO_NAMES.get(str(name_or_path), name_or_path)
         label = str(name_or_path)
@@ -236,7 +209,7 @@ class TransformersGen:
 
     # -- the forward pass (worker thread only) ------------------------------------------------
     def _generate_batch(self, prompts: list[list[int]]) -> list[tuple[str, dict[Risk, float] | None]]:
-        torch = _torch()
+        torch = require_torch()
         out: list[tuple[str, dict[Risk, float] | None]] = [("", None)] * len(prompts)
         # Sort by length so each chunk pads little; answer in the callers' order.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))

@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar, Union
 
-from .guard import enforce
-from .policy import Decision
+from ..guard import enforce
+from ..policy import Decision
 
 __all__ = ["PendingCheck", "run_guarded", "enforce_all"]
 

@@ -15,8 +15,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import VerdictParseError
-from .verdict import PROMPT_CATEGORIES, RESPONSE_CATEGORIES, Risk, Verdict
+from ..errors import VerdictParseError
+from ..verdict import PROMPT_CATEGORIES, RESPONSE_CATEGORIES, Risk, Verdict
 
 __all__ = [
     "Message",

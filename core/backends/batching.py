@@ -17,7 +17,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Generic, TypeVar
 
-from .errors import GuardTimeout, GuardUnavailable
+from ..errors import GuardTimeout, GuardUnavailable
 
 __all__ = ["MicroBatcher", "DEFAULT_MAX_BATCH", "DEFAULT_MAX_WAIT_S"]
 

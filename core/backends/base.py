@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from .errors import QwenGuardError
-from .verdict import Verdict
+from ..errors import QwenGuardError
+from ..verdict import Verdict
 
 __all__ = ["GenBackend", "Conversation", "Outcome"]
 

@@ -15,12 +15,25 @@ closed raises `GuardUnavailable`; fail open releases the rest unchecked and reco
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import Any
 
-from .errors import GuardUnavailable, GuardViolation, MissingDependency, QwenGuardError, StreamClosed
-from .policy import Action, Decision
-from .verdict import Risk, Stage, Verdict
+from ..errors import (
+    GuardUnavailable,
+    GuardViolation,
+    MissingDependency,
+    QwenGuardError,
+    StreamClosed,
+)
+from ..policy import Action, Decision
+from ..verdict import Risk, Stage, Verdict
 
 __all__ = ["RemoteStream", "RemoteStreamMonitor", "AsyncRemoteStreamMonitor", "decision_from_dict", "stream_url"]
 

@@ -1,0 +1,52 @@
+"""torch for the local backends: imported on first use (so `import qwenguard.core` stays light), device and
+dtype resolution."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import MissingDependency
+
+__all__ = ["require_torch", "resolve_device", "resolve_dtype", "disable_progress_bars"]
+
+
+def require_torch() -> Any:
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise MissingDependency.for_extra("local", "torch") from exc
+    return torch
+
+
+def resolve_device(device: str | None) -> str:
+    """``"auto"`` picks cuda, then mps, then cpu."""
+    torch = require_torch()
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    return device
+
+
+def resolve_dtype(dtype: Any, device: str) -> Any:
+    """``"auto"``: bfloat16 on accelerators, float32 on CPU (CPU bf16 matmuls are slow)."""
+    torch = require_torch()
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.startswith(("cuda", "mps")) else torch.float32
+    if isinstance(dtype, str):
+        try:
+            return getattr(torch, dtype)
+        except AttributeError:
+            raise ValueError(f"unknown dtype {dtype!r}") from None
+    return dtype
+
+
+def disable_progress_bars() -> None:
+    """No weight-loading progress bars (a command line that prints one verdict)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()

@@ -1,0 +1,201 @@
+"""What the endpoints share: the guard, its verdict cache, deadlines and metrics; and the translation
+between wire payloads and the core's conversations, policies and verdicts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..backends.base import Outcome
+from ..cache import cache_key
+from ..errors import GuardTimeout, VerdictParseError
+from ..formats.prompts import (
+    GENERATION_PREFIX,
+    SAFETY_LABELS,
+    moderation_mode,
+    normalize_messages,
+    render_prompt,
+)
+from ..policy import Decision, Policy, StagePolicy
+from ..verdict import Stage, Verdict
+from .metrics import Metrics
+from .schemas import (
+    ApiError,
+    DecisionModel,
+    ModerationRequest,
+    ModerationResponse,
+    ModerationResult,
+)
+
+logger = logging.getLogger("qwenguard.server")
+
+_TURN_SPLIT = re.compile(r"\n\n(?=(?:USER|ASSISTANT): )")
+_PROMPT_HEAD = "<|im_start|>user\n"
+_PROMPT_TAIL = "<|im_end|>\n" + GENERATION_PREFIX
+
+
+def conversation_from_prompt(prompt: str) -> list[dict[str, str]]:
+    """Read the conversation back out of a prompt written by `render_prompt`.
+
+    Raises ``ValueError`` unless rendering the result gives back exactly ``prompt``. Content that
+    itself contains ``"\\n\\nUSER: "`` reads back as more turns; the rendered text, which is all the
+    model sees, is the same either way.
+    """
+    if not (prompt.startswith(_PROMPT_HEAD) and prompt.endswith(_PROMPT_TAIL)):
+        raise ValueError("prompt is not a Qwen3Guard-Gen prompt (render it with qwenguard's render_prompt)")
+    start = prompt.find("<BEGIN CONVERSATION>\n\n")
+    end = prompt.rfind("\n\n<END CONVERSATION>\n\n")
+    if start < 0 or end < start:
+        raise ValueError("prompt has no <BEGIN CONVERSATION> ... <END CONVERSATION> block")
+    body = prompt[start + len("<BEGIN CONVERSATION>\n\n") : end]
+    messages: list[dict[str, str]] = []
+    for turn in _TURN_SPLIT.split(body):
+        label, sep, content = turn.partition(": ")
+        if not sep or label not in ("USER", "ASSISTANT"):
+            raise ValueError("prompt conversation turns must start with 'USER: ' or 'ASSISTANT: '")
+        messages.append({"role": "user" if label == "USER" else "assistant", "content": content})
+    if render_prompt(messages) != prompt:
+        raise ValueError("prompt does not match the official Qwen3Guard-Gen rendering of its conversation")
+    return messages
+
+
+def policy_from_dict(data: Mapping[str, Any]) -> Policy:
+    """A `Policy` from ``Policy.to_dict()`` output (or any subset of its fields)."""
+    if not isinstance(data, Mapping):
+        raise TypeError("policy must be an object")
+    fields = dict(data)
+    stages = fields.pop("stages", None) or {}
+    unknown = set(fields) - {"mode", "block_categories", "ignore_categories", "on_error", "timeout_s"}
+    if unknown:
+        raise ValueError(f"unknown policy fields {sorted(unknown)}")
+    if not isinstance(stages, Mapping):
+        raise TypeError("policy.stages must be an object")
+    for key in ("block_categories", "ignore_categories"):
+        if key in fields and fields[key] is not None:
+            fields[key] = frozenset(fields[key])
+    parsed = {}
+    for stage, sp in stages.items():
+        if not isinstance(sp, Mapping):
+            raise TypeError(f"policy.stages[{stage!r}] must be an object")
+        parsed[Stage(stage)] = StagePolicy(**{k: (frozenset(v) if k.endswith("_categories") and v is not None else v)
+                                              for k, v in sp.items()})
+    return Policy(**fields, stages=parsed)
+
+
+def default_stage(messages: Sequence[Mapping[str, str]]) -> Stage:
+    return Stage.RESPONSE if moderation_mode(messages) == "response" else Stage.PROMPT
+
+
+class Service:
+    """What the endpoints share: the guard, its verdict cache, deadlines and metrics."""
+
+    def __init__(self, guard: Any, *, request_timeout_s: float | None, metrics: Metrics, model_name: str) -> None:
+        self.guard = guard
+        self.request_timeout_s = request_timeout_s
+        self.metrics = metrics
+        self.model_name = model_name
+
+    async def classify(self, conversations: Sequence[Sequence[Mapping[str, str]]]) -> list[tuple[Outcome, bool]]:
+        """Verdicts (or per-conversation errors) with a cached flag. Whole-call failures become ApiErrors.
+
+        Verdicts are stage-independent (the model never sees the stage), so they are cached under one
+        stage label, apart from the Guard's own per-stage entries."""
+        backend = self.guard.backend
+        cache = self.guard.cache
+        results: list[tuple[Outcome, bool] | None] = [None] * len(conversations)
+        pending: list[int] = []
+        keys: list[Any] = []
+        for i, conv in enumerate(conversations):
+            key = cache_key(backend.name, "server", conv)
+            keys.append(key)
+            hit = cache.get(key)
+            if hit is not None:
+                results[i] = (hit, True)
+            else:
+                pending.append(i)
+        if pending:
+            timeout = self.request_timeout_s
+            try:
+                outcomes = await asyncio.wait_for(
+                    backend.aclassify([conversations[i] for i in pending], timeout=timeout),
+                    None if timeout is None else timeout + 1.0,  # the backend's own deadline fires first
+                )
+            except (GuardTimeout, asyncio.TimeoutError) as exc:
+                self.metrics.guard_errors.labels("GuardTimeout").inc()
+                raise ApiError(504, f"guard did not answer within {timeout} s", "timeout") from exc
+            except Exception as exc:  # noqa: BLE001 - the backend failed as a whole; never leak text
+                self.metrics.guard_errors.labels(type(exc).__name__).inc()
+                logger.warning("guard backend failed: %s", type(exc).__name__)
+                raise ApiError(503, f"guard unavailable: {type(exc).__name__}", "guard_unavailable") from exc
+            for i, outcome in zip(pending, outcomes):
+                if isinstance(outcome, Verdict):
+                    cache.put(keys[i], outcome)
+                results[i] = (outcome, False)
+        for outcome, _ in results:  # type: ignore[misc]
+            self.metrics.verdict(outcome)
+        return results  # type: ignore[return-value]
+
+    async def moderate(self, body: ModerationRequest) -> ModerationResponse:
+        """Verdicts for a batch of conversations, in order, with the Policy's decision for each."""
+        guard, metrics, name = self.guard, self.metrics, self.model_name
+        try:
+            policy = guard.policy if body.policy is None else policy_from_dict(body.policy)
+        except (TypeError, ValueError) as exc:
+            raise ApiError(400, f"invalid policy: {exc}", "invalid_request_error") from exc
+        convs = [normalize([m.model_dump() for m in conv]) for conv in body.conversations]
+        outcomes = await self.classify(convs)
+        results = []
+        for conv, (outcome, cached) in zip(convs, outcomes):
+            stage = body.stage or default_stage(conv)
+            if isinstance(outcome, Verdict):
+                decision = policy.decide(outcome, stage)
+                results.append(ModerationResult(
+                    risk=outcome.risk.value, categories=list(outcome.categories), refusal=outcome.refusal,
+                    latency_ms=0.0 if cached else round(outcome.latency_ms, 3), model=outcome.model or name,
+                    probs=None if outcome.probs is None else {r.value: p for r, p in outcome.probs.items()},
+                    cached=cached, decision=decision_model(decision)))
+            else:
+                decision = policy.decide_error(stage, outcome)
+                results.append(ModerationResult(risk=None, categories=[], refusal=None, latency_ms=0.0, model=name,
+                                                error=f"{type(outcome).__name__}: {outcome}"[:300],
+                                                decision=decision_model(decision)))
+            metrics.decision(decision)
+        return ModerationResponse(model=name, results=results)
+
+
+def normalize(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    try:
+        return normalize_messages(messages)
+    except (TypeError, ValueError) as exc:
+        raise ApiError(400, str(exc), "invalid_request_error") from exc
+
+
+def check_model(requested: str | None, served: str) -> None:
+    if requested is not None and requested != served:
+        raise ApiError(404, f"the model {requested!r} does not exist; this server serves {served!r}", "model_not_found")
+
+
+def raw_text(outcome: Outcome) -> str:
+    """What the model wrote: a verdict's raw text, or the unparseable text of a parse error.
+
+    A long input judged in several windows has one answer per window; the client expects one, so
+    the combined (worst) verdict is written out in the model's format instead."""
+    if isinstance(outcome, Verdict):
+        if "\n---\n" not in outcome.raw:
+            return outcome.raw
+        lines = [f"Safety: {SAFETY_LABELS[outcome.risk]}", f"Categories: {', '.join(outcome.categories) or 'None'}"]
+        if outcome.refusal is not None:
+            lines.append(f"Refusal: {'Yes' if outcome.refusal else 'No'}")
+        return "\n".join(lines)
+    if isinstance(outcome, VerdictParseError) and outcome.raw:
+        return outcome.raw
+    raise ApiError(502, f"guard failed on this conversation: {type(outcome).__name__}", "guard_error")
+
+
+def decision_model(decision: Decision) -> DecisionModel:
+    return DecisionModel(allowed=decision.allowed, action=decision.action.value, stage=decision.stage,
+                         reason=decision.reason, error=decision.error)
+

@@ -1,0 +1,224 @@
+"""``WS /v1/stream``: the remote stream moderation session protocol (the StreamMonitor contract over a
+WebSocket), its frames and its close codes."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import WebSocket, WebSocketDisconnect
+
+from ..errors import GuardViolation, QwenGuardError
+from ..formats.prompts import normalize_messages
+from ..verdict import Risk
+from .service import Service, policy_from_dict
+
+logger = logging.getLogger("qwenguard.server")
+
+# WebSocket close codes of /v1/stream. 1000 also ends a session after a violation event.
+CLOSE_NORMAL = 1000
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_BAD_REQUEST = 4400
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_IDLE_TIMEOUT = 4408
+CLOSE_UNAVAILABLE = 4503
+
+class SessionEnd(Exception):
+    def __init__(self, code: int, message: str = "", kind: str = "") -> None:
+        super().__init__(message)
+        self.code, self.message, self.kind = code, message, kind
+
+
+async def stream_session(ws: WebSocket, service: Service, *, max_message_bytes: int, idle_timeout_s: float | None) -> None:
+    """One remote stream moderation session (the StreamMonitor contract over a WebSocket).
+
+    Client → server (JSON text frames)::
+
+        {"type": "open", "messages": [...] | "prompt": "...", "policy": {...}, "holdback": 4, ...}  first
+        {"type": "feed", "text": "next delta"}
+        {"type": "finish"}                        (or {"type": "close"} to abandon the stream)
+
+    ``open`` takes the local monitor's options (holdback, window, screen_prompt, check_every,
+    min_segment, context) and an optional ``policy`` (``Policy.to_dict()``; default: the server's).
+    Server → client: ``{"type": "opened", "prompt_decision": ...}``; one ``{"type": "released",
+    "text": ...}`` per feed; ``{"type": "finished", "text": ...}``; or ``{"type": "violation",
+    "decision": {...}, "released": <all text released>}`` and the session ends. Frames may also carry
+    ``"tokens"`` (per-token verdicts, when the server has a Stream model), ``"flags"`` (allowed but
+    flagged decisions) and ``"decision"`` (the guard failed and the policy fails open). Close codes: 1000 done (also after a violation), 1009 frame too big, 4400 bad request,
+    4408 idle, 4503 guard unavailable, 1011 internal error; an error frame ``{"type": "error",
+    "error": {...}}`` precedes every error close.
+    """
+    await ws.accept()
+    monitor: Any = None
+    opener: Any = None
+    try:
+        open_msg = await _receive(ws, max_message_bytes, idle_timeout_s)
+        if open_msg.get("type") != "open":
+            raise SessionEnd(CLOSE_BAD_REQUEST, "the first frame must be {'type': 'open', ...}", "invalid_request_error")
+        guard, prompt, options = _open_args(service, open_msg)
+        try:
+            opener = guard.astream(prompt, **options)
+            monitor = await opener.__aenter__()
+        except GuardViolation as v:
+            service.metrics.decision(v.decision)
+            await ws.send_json({"type": "violation", "decision": v.decision.to_dict(), "released": "",
+                                "prompt_decision": v.decision.to_dict()})
+            raise SessionEnd(CLOSE_NORMAL) from None
+        except (TypeError, ValueError) as exc:
+            raise SessionEnd(CLOSE_BAD_REQUEST, str(exc), "invalid_request_error") from exc
+        except QwenGuardError as exc:
+            raise SessionEnd(CLOSE_UNAVAILABLE, f"guard unavailable: {type(exc).__name__}", "guard_unavailable") from exc
+        report = _Report(monitor)
+        await ws.send_json({"type": "opened", **report.opened()})
+        while True:
+            msg = await _receive(ws, max_message_bytes, idle_timeout_s)
+            kind = msg.get("type")
+            try:
+                if kind == "feed":
+                    text = msg.get("text")
+                    if not isinstance(text, str):
+                        raise SessionEnd(CLOSE_BAD_REQUEST, "feed needs a string 'text'", "invalid_request_error")
+                    released = await monitor.afeed(text)
+                    await ws.send_json({"type": "released", "text": released, **report.update()})
+                elif kind == "finish":
+                    released = await monitor.afinish()
+                    await ws.send_json({"type": "finished", "text": released, **report.update()})
+                    raise SessionEnd(CLOSE_NORMAL)
+                elif kind == "close":
+                    raise SessionEnd(CLOSE_NORMAL)
+                else:
+                    raise SessionEnd(CLOSE_BAD_REQUEST, f"unknown frame type {kind!r}", "invalid_request_error")
+            except GuardViolation as v:
+                service.metrics.decision(v.decision)
+                await ws.send_json({"type": "violation", "decision": v.decision.to_dict(),
+                                    "released": monitor.released, **report.update(final=True)})
+                raise SessionEnd(CLOSE_NORMAL) from None
+            except QwenGuardError as exc:
+                raise SessionEnd(CLOSE_UNAVAILABLE, f"guard unavailable: {type(exc).__name__}", "guard_unavailable") from exc
+    except SessionEnd as end:
+        if end.code != CLOSE_NORMAL:
+            await _send_quietly(ws, {"type": "error", "error": {"message": end.message, "type": end.kind, "code": end.code}})
+        await _close_quietly(ws, end.code)
+    except WebSocketDisconnect:
+        pass  # the client left mid-stream: release the monitor below, nothing else to do
+    except Exception as exc:  # noqa: BLE001 - one broken session must not take the server down
+        logger.warning("stream session failed: %s", type(exc).__name__)
+        await _send_quietly(ws, {"type": "error", "error": {"message": "internal error", "type": "internal_error",
+                                                            "code": CLOSE_INTERNAL}})
+        await _close_quietly(ws, CLOSE_INTERNAL)
+    finally:
+        if opener is not None:
+            try:
+                await opener.__aexit__(None, None, None)
+            except Exception:  # noqa: BLE001 - the monitor may already have raised its violation
+                pass
+
+
+def _open_args(service: Service, msg: Mapping[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+    guard = service.guard
+    if msg.get("policy") is not None:
+        try:
+            policy = policy_from_dict(msg["policy"])
+        except (TypeError, ValueError) as exc:
+            raise SessionEnd(CLOSE_BAD_REQUEST, f"invalid policy: {exc}", "invalid_request_error") from exc
+        guard = copy.copy(guard)  # shares backends and cache; only this session's decisions differ
+        guard.policy = policy
+    if "messages" in msg:
+        prompt: Any = msg["messages"]
+        try:
+            prompt = normalize_messages(prompt)
+        except (TypeError, ValueError) as exc:
+            raise SessionEnd(CLOSE_BAD_REQUEST, str(exc), "invalid_request_error") from exc
+    elif isinstance(msg.get("prompt"), str):
+        prompt = msg["prompt"]
+    else:
+        raise SessionEnd(CLOSE_BAD_REQUEST, "open needs 'prompt' (a string) or 'messages' (a list)", "invalid_request_error")
+    # Values are checked by the monitor itself (ValueError/TypeError: close 4400), as for local streams.
+    options = {k: msg[k] for k in _SESSION_OPTIONS if k in msg}
+    return guard, prompt, options
+
+
+_SESSION_OPTIONS = ("holdback", "window", "screen_prompt", "check_every", "min_segment", "context")
+
+
+def token_verdict_dict(token: Any) -> dict[str, Any]:
+    """A per-token verdict of a Stream model (`TransformersStream.TokenVerdict`) as JSON."""
+    probs = getattr(token, "probs", None) or {}
+    return {"token": getattr(token, "token", None), "index": getattr(token, "index", None),
+            "risk": Risk(token.risk).value, "category": getattr(token, "category", None),
+            "probs": {Risk(r).value: round(float(p), 6) for r, p in probs.items()},
+            "start": getattr(token, "start", None), "end": getattr(token, "end", None)}
+
+
+class _Report:
+    """What a session reports beyond released text: new per-token verdicts, new flags, and a
+    fail-open guard error (``decision`` of an allowed monitor)."""
+
+    def __init__(self, monitor: Any) -> None:
+        self.monitor = monitor
+        self.flags_sent = 0
+        self.decision_sent = False
+
+    def opened(self) -> dict[str, Any]:
+        out = self.update()
+        prompt_decision = getattr(self.monitor, "prompt_decision", None)
+        if prompt_decision is not None:
+            out["prompt_decision"] = prompt_decision.to_dict()
+        return out
+
+    def update(self, *, final: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        take = getattr(self.monitor, "take_token_verdicts", None)
+        tokens = take() if take is not None else []
+        if tokens:
+            out["tokens"] = [token_verdict_dict(t) for t in tokens]
+        flags = getattr(self.monitor, "flags", [])
+        if len(flags) > self.flags_sent:
+            out["flags"] = [d.to_dict() for d in flags[self.flags_sent:]]
+            self.flags_sent = len(flags)
+        decision = getattr(self.monitor, "decision", None)
+        if decision is not None and not final and not self.decision_sent:
+            out["decision"] = decision.to_dict()
+            self.decision_sent = True
+        return out
+
+
+async def _receive(ws: WebSocket, max_bytes: int, timeout: float | None) -> dict[str, Any]:
+    try:
+        message = await asyncio.wait_for(ws.receive(), timeout)
+    except asyncio.TimeoutError:
+        raise SessionEnd(CLOSE_IDLE_TIMEOUT, f"no frame for {timeout} s", "timeout") from None
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    raw = message.get("text")
+    if raw is None:
+        raise SessionEnd(CLOSE_BAD_REQUEST, "frames must be JSON text", "invalid_request_error")
+    if len(raw.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise SessionEnd(CLOSE_TOO_BIG, f"frame exceeds {max_bytes} bytes", "request_too_large")
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise SessionEnd(CLOSE_BAD_REQUEST, "frame is not valid JSON", "invalid_request_error") from None
+    if not isinstance(data, dict):
+        raise SessionEnd(CLOSE_BAD_REQUEST, "frame must be a JSON object", "invalid_request_error")
+    return data
+
+
+async def _send_quietly(ws: WebSocket, data: Mapping[str, Any]) -> None:
+    try:
+        await ws.send_json(data)
+    except Exception:  # noqa: BLE001 - the peer may be gone
+        pass
+
+
+async def _close_quietly(ws: WebSocket, code: int) -> None:
+    try:
+        await ws.close(code)
+    except Exception:  # noqa: BLE001
+        pass
+

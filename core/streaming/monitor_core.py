@@ -1,0 +1,289 @@
+"""The state both stream monitors share: release bookkeeping, decisions, the token-verdict path. No I/O.
+
+See `qwenguard.core.streaming.monitor` for the contract.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from ..errors import GuardTimeout, GuardUnavailable, GuardViolation, StreamClosed
+from ..formats.conversations import prompt_conversation
+from ..formats.prompts import Message, normalize_messages
+from ..policy import Action, Decision
+from ..verdict import Risk, Stage, Verdict
+from .debounce import DEFAULT_WINDOW, Debounce, Flag
+
+#: Guard tokens held back after the last released one. >= window - 1 keeps flagged spans unreleased.
+DEFAULT_HOLDBACK = 8
+#: Gen-window fallback: longest segment (chars) between two checks when no sentence ends.
+DEFAULT_CHECK_EVERY = 256
+#: Gen-window fallback: shortest segment (chars) a sentence end may close.
+DEFAULT_MIN_SEGMENT = 40
+#: Gen-window fallback: chars of earlier text shown with each new segment.
+DEFAULT_CONTEXT = 384
+#: Per-token verdicts kept for `take_token_verdicts` (bounded: old ones drop off).
+DEFAULT_KEEP_TOKEN_VERDICTS = 2048
+
+OPEN, FINISHED, CLOSED, VIOLATED, FAILED = "open", "finished", "closed", "violated", "failed"
+
+def as_messages(prompt: str | Sequence[Message]) -> list[dict[str, str]]:
+    if isinstance(prompt, str):
+        return prompt_conversation(prompt)
+    if prompt is None:
+        raise TypeError("prompt is None; pass the user's prompt or the conversation")
+    return normalize_messages(prompt)
+
+
+def check_delta(delta: object) -> str:
+    if type(delta) is not str:
+        if isinstance(delta, str):
+            return str(delta)
+        raise TypeError(f"delta must be str, got {type(delta).__name__}")
+    if not delta.isascii():
+        try:
+            delta.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: same documented replacement as checks
+            delta = delta.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return delta
+
+
+# ================================================================================================
+# Shared logic: state, release bookkeeping, decisions. No I/O here.
+# ================================================================================================
+class MonitorCore:
+    def __init__(
+        self,
+        guard: Any,
+        prompt: str | Sequence[Message],
+        *,
+        holdback: int | None = None,
+        window: int = DEFAULT_WINDOW,
+        screen_prompt: bool = True,
+        check_every: int = DEFAULT_CHECK_EVERY,
+        min_segment: int = DEFAULT_MIN_SEGMENT,
+        context: int = DEFAULT_CONTEXT,
+        keep_token_verdicts: int = DEFAULT_KEEP_TOKEN_VERDICTS,
+    ) -> None:
+        holdback = DEFAULT_HOLDBACK if holdback is None else holdback
+        if not isinstance(holdback, int) or isinstance(holdback, bool) or holdback < 0:
+            raise ValueError(f"holdback must be a non-negative integer, got {holdback!r}")
+        for name, value in (("check_every", check_every), ("min_segment", min_segment), ("context", context)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "context" else 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.guard = guard
+        self.policy = guard.policy
+        self.messages = as_messages(prompt)
+        self.holdback = holdback
+        self.screen_prompt = bool(screen_prompt)
+        self._debounce = Debounce(window)
+        self.window = self._debounce.window
+        self.stream_backend = guard.stream_backend
+        self.enabled = self.policy.enabled(Stage.STREAM)
+        if self.stream_backend is not None and self.messages[-1]["role"] != "user":
+            raise ValueError("a streamed answer follows a user turn: the conversation's last message must be the user's")
+        #: The violation (or fail-open guard error) that ended checking, else None.
+        self.decision: Decision | None = None
+        #: The prompt's Decision (None when the prompt was not screened).
+        self.prompt_decision: Decision | None = None
+        #: Allowed-but-flagged stream decisions (loose controversial, ignored categories).
+        self.flags: list[Decision] = []
+        self._state = OPEN
+        self._degraded = False  # fail-open after a guard error: the rest passes unchecked
+        self._released_parts: list[str] = []
+        self._released_len = 0
+        self._buffer = ""  # fed, not yet released; starts at char offset _released_len
+        # Token engine: (index, start) of the most recent scored tokens.
+        self._recent: deque[tuple[int, int]] = deque(maxlen=max(self.holdback, self.window) + 1)
+        self._scored = 0
+        self._scored_end = 0
+        self._tokens: deque[Any] = deque(maxlen=keep_token_verdicts)
+        self._window_opts = (check_every, min_segment, context)
+        self._session: Any = None
+
+    # -- public read-only view ------------------------------------------------------------------
+    @property
+    def released(self) -> str:
+        """All text released so far."""
+        if len(self._released_parts) > 1:
+            self._released_parts = ["".join(self._released_parts)]
+        return self._released_parts[0] if self._released_parts else ""
+
+    @property
+    def text(self) -> str:
+        """All text fed so far."""
+        return self.released + self._buffer
+
+    @property
+    def held(self) -> str:
+        """Text fed but not released yet."""
+        return self._buffer
+
+    @property
+    def finished(self) -> bool:
+        return self._state == FINISHED
+
+    @property
+    def closed(self) -> bool:
+        return self._state in (CLOSED, FINISHED, VIOLATED, FAILED)
+
+    def take_token_verdicts(self) -> list[Any]:
+        """The per-token verdicts scored since the last call (Stream model only; bounded buffer)."""
+        out = list(self._tokens)
+        self._tokens.clear()
+        return out
+
+    # -- state ----------------------------------------------------------------------------------
+    def _check_feedable(self) -> None:
+        state = self._state
+        if state == OPEN:
+            return
+        if state == VIOLATED and self.decision is not None:
+            raise GuardViolation(self.decision)
+        if state == FAILED and self.decision is not None:
+            raise GuardUnavailable(f"the stream guard failed and the policy fails closed: {self.decision.error}", self.decision)
+        if state == FINISHED:
+            raise StreamClosed("this stream monitor is finished; open a new one with guard.stream(...)")
+        raise StreamClosed("this stream monitor is closed")
+
+    def _release_to(self, boundary: int) -> str:
+        cut = boundary - self._released_len
+        if cut <= 0:
+            return ""
+        out = self._buffer[:cut]
+        self._buffer = self._buffer[cut:]
+        self._released_len += len(out)
+        self._released_parts.append(out)
+        return out
+
+    def _release_all(self) -> str:
+        return self._release_to(self._released_len + len(self._buffer))
+
+    # -- decisions ------------------------------------------------------------------------------
+    def _emit(self, decision: Decision) -> None:
+        emit = getattr(self.guard, "_emit", None)
+        if emit is not None:
+            emit(decision)
+
+    def _settle_prompt(self, verdict: Verdict | None, error: BaseException | None) -> None:
+        """Gate the stream on the prompt (Stream query heads' verdict, or a guard error)."""
+        if error is not None:
+            decision = self.policy.decide_error(Stage.PROMPT, error, timeout=isinstance(error, GuardTimeout))
+        elif not self.policy.enabled(Stage.PROMPT):
+            decision = Decision(True, Action.ALLOW, Stage.PROMPT, "disabled")
+        else:
+            decision = self.policy.decide(verdict, Stage.PROMPT)  # type: ignore[arg-type]
+        self._emit(decision)
+        self._gate(decision)
+
+    def _gate(self, decision: Decision) -> None:
+        self.prompt_decision = decision
+        if decision.allowed:
+            if decision.reason in ("guard_error", "timeout"):
+                self._degrade(decision)  # fail open: no guard for this stream
+            return
+        self._close_engine()
+        if decision.reason in ("guard_error", "timeout"):
+            self._state = FAILED
+            self.decision = decision
+            cls = GuardTimeout if decision.reason == "timeout" else GuardUnavailable
+            raise cls(f"guard could not answer and the policy fails closed: {decision.error}", decision)
+        self._state = VIOLATED
+        self.decision = decision
+        raise GuardViolation(decision)
+
+    def _violation(self, decision: Decision) -> GuardViolation:
+        self._state = VIOLATED
+        self.decision = decision
+        self._emit(decision)
+        self._close_engine()
+        return GuardViolation(decision)
+
+    def _fail(self, error: BaseException, *, release: bool = True) -> str:
+        """A guard error mid-stream: fail closed (raise) or fail open (release the rest unchecked)."""
+        if isinstance(error, (GuardViolation, StreamClosed)):
+            raise error
+        decision = self.policy.decide_error(Stage.STREAM, error, timeout=isinstance(error, GuardTimeout))
+        self._emit(decision)
+        if not decision.allowed:
+            self._state = FAILED
+            self.decision = decision
+            self._close_engine()
+            cls = GuardTimeout if decision.reason == "timeout" else GuardUnavailable
+            raise cls(f"the stream guard failed and the policy fails closed: {decision.error}", decision) from error
+        self._degrade(decision)
+        return self._release_all() if release else ""
+
+    def _degrade(self, decision: Decision) -> None:
+        self.decision = decision
+        self._degraded = True
+        self._close_engine()
+
+    def _decide_flag(self, verdict: Verdict, offset: int) -> str | None:
+        """Policy on a flagged span; raises GuardViolation when it blocks."""
+        decision = replace(self.policy.decide(verdict, Stage.STREAM), offset=offset)
+        if not decision.allowed:
+            raise self._violation(decision)
+        self.flags.append(decision)
+        self._emit(decision)
+        return None
+
+    def _emit_final(self) -> None:
+        if self.decision is None and not self.flags:
+            model = getattr(self.stream_backend or self.guard.backend, "name", None)
+            self._emit(Decision(True, Action.ALLOW, Stage.STREAM, "safe", Verdict(Risk.SAFE, model=model)))
+
+    # -- token engine (Stream model) -------------------------------------------------------------
+    def _absorb_tokens(self, verdicts: Sequence[Any]) -> str:
+        """Debounce each token in order; release what holdback allows. Raises on a blocking flag."""
+        if not verdicts:
+            return ""
+        recent = self._recent
+        push = self._debounce.push
+        for v in verdicts:
+            recent.append((v.index, v.start))
+            flag = push(v.risk)
+            if flag is not None:
+                self._on_token_flag(flag, v)
+        self._tokens.extend(verdicts)
+        last = verdicts[-1]
+        self._scored = last.index + 1
+        self._scored_end = last.end
+        if self.holdback == 0:
+            return self._release_to(self._scored_end)
+        if self._scored < self.holdback:
+            return ""
+        return self._release_to(recent[-self.holdback][1])
+
+    def _on_token_flag(self, flag: Flag, v: Any) -> None:
+        offset = next((start for index, start in self._recent if index == flag.start), v.start)
+        verdict = Verdict(
+            flag.risk,
+            (v.category,) if v.category else (),
+            None,
+            f"stream tokens {flag.start}..{flag.index}: {flag.risk.value}",
+            0.0,
+            getattr(self.stream_backend, "name", None),
+            v.probs,
+        )
+        self._decide_flag(verdict, offset)
+
+    def _close_engine(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            try:
+                session.close()
+            except Exception:  # noqa: BLE001 - closing must not mask the outcome
+                pass
+        pending = getattr(self, "_pending", None)  # Gen-window checks in flight (futures or tasks)
+        while pending:
+            pending.popleft()[2].cancel()
+
+    def close(self) -> None:
+        """Stop: free the session, cancel pending checks. Unreleased text stays unreleased."""
+        if self._state == OPEN:
+            self._state = CLOSED
+        self._close_engine()
