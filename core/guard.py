@@ -23,7 +23,7 @@ from .formats.conversations import (
     tool_call_conversation,
     untrusted_conversation,
 )
-from .formats.encoding import clean_text
+from .formats.content import clean_text
 from .formats.prompts import Message, normalize_messages
 from .policy import Action, Decision, Policy
 from .verdict import Stage, Verdict

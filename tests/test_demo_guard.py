@@ -25,6 +25,7 @@ from qwenguard.core.formats.conversations import (  # noqa: E402
     untrusted_conversation,
 )
 from qwenguard.core.demo import DEMO_GEN_DIR, DEMO_SAMPLE_PATH, DEMO_STREAM_DIR, resolve_demo  # noqa: E402
+from qwenguard.core.formats.content import prepare_content  # noqa: E402
 from qwenguard.core.formats.prompts import parse_verdict, render_prompt  # noqa: E402
 from qwenguard.core.demo.tokenizer import TEMPLATE_TOKENS  # noqa: E402
 
@@ -180,8 +181,11 @@ def test_special_tokens_are_qwen3s(demo):
 ], ids=["prompt", "response", "multi-turn", "multi-turn response", "tool call", "tool call no request", "document",
         "system skipped", "system between"])
 def test_chat_template_renders_the_official_prompt(demo, messages):
+    # The checkpoint's template is applied to content that went through the one content rule, as every
+    # backend does; render_prompt applies the rule itself.
     tokenizer, _ = demo
-    assert tokenizer.apply_chat_template(messages, tokenize=False) == render_prompt(messages)
+    prepared = [{**m, "content": prepare_content(m["content"])} for m in messages]
+    assert tokenizer.apply_chat_template(prepared, tokenize=False) == render_prompt(messages)
 
 
 def test_chat_template_rejects_what_render_prompt_rejects(demo):

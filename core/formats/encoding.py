@@ -6,7 +6,10 @@ the same strings inside user, assistant, tool or document text are tokenized as 
 
 How: render the conversation with sentinels in place of each content, split that render at the
 template's added-token strings, then substitute the contents back and tokenize each text segment.
-Inside content, every added-token string is broken in two before tokenizing, so it cannot match.
+Contents first pass through the one content rule (`content.prepare_content`: cleaned, special-token
+strings and turn labels neutralised, exactly as `render_prompt` and remote engines see them); any
+added-token string of this checkpoint still left in them is then broken in two before tokenizing,
+so it cannot match.
 """
 
 from __future__ import annotations
@@ -15,21 +18,13 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from .content import clean_text, prepare_content
 from .prompts import normalize_messages, render_prompt
 
-__all__ = ["ConversationEncoder", "clean_text"]
+__all__ = ["ConversationEncoder"]
 
 _SENTINEL = "\ue000{}\ue001"
 _SENTINEL_RE = re.compile("\ue000(\\d+)\ue001")
-
-
-def clean_text(text: str) -> str:
-    """Replace lone surrogates (not encodable as UTF-8) with U+FFFD, a documented decision."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 class ConversationEncoder:
@@ -70,7 +65,7 @@ class ConversationEncoder:
     def encode(self, messages: Sequence[dict[str, Any]] | str) -> list[int]:
         """Token ids of the full guard prompt for ``messages``."""
         msgs = normalize_messages(messages)
-        contents = [clean_text(m["content"]) for m in msgs]
+        contents = [prepare_content(m["content"]) for m in msgs]
         skeleton = self.render([{"role": m["role"], "content": _SENTINEL.format(i)} for i, m in enumerate(msgs)])
         ids: list[int] = []
         for part in self._split_added(skeleton):

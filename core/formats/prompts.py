@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import VerdictParseError
 from ..verdict import PROMPT_CATEGORIES, RESPONSE_CATEGORIES, Risk, Verdict
+from .content import prepare_content
 
 __all__ = [
     "Message",
@@ -122,7 +123,7 @@ def render_conversation(messages: Sequence[Message] | str) -> str:
     """The moderation instruction (the text inside the user block of the template)."""
     msgs = normalize_messages(messages)
     mode = moderation_mode(msgs)
-    turns = "\n\n".join(f"{_ROLE_LABEL[m['role']]}: {m['content']}" for m in msgs)
+    turns = "\n\n".join(f"{_ROLE_LABEL[m['role']]}: {prepare_content(m['content'])}" for m in msgs)
     if mode == "prompt":
         head = f"{_PROMPT_TASK}\n{_PROMPT_POLICY}\n{_categories_block(PROMPT_CATEGORIES)}"
         footer = "Provide your safety assessment for ONLY THE LAST **USER's query** in the above conversation:\n"
