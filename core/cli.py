@@ -1,27 +1,71 @@
-"""The ``qwenguard`` command line: ``check`` (and ``serve``, ``eval`` as they land)."""
+"""The ``qwenguard`` command line: ``check``, ``serve``, ``eval``.
+
+Exit codes are a contract: 0 allowed, 1 blocked, 2 every error (usage, missing extra, missing model,
+device, guard failure). An error is one line on stderr (``--json``: one JSON object on stdout too);
+``qwenguard --debug ...`` prints the full traceback instead.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
-from typing import Optional
+import traceback
+from collections.abc import Callable
+from typing import Any, Optional, TypeVar
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import QwenGuardError
 from .policy import Policy
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Qwen3Guard safety checks for LLM applications.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Qwen3Guard safety checks for LLM applications.")
 console = Console()
 err_console = Console(stderr=True)
 
 EXIT_ALLOWED, EXIT_BLOCKED, EXIT_ERROR = 0, 1, 2
 
+_state = {"debug": False}
+F = TypeVar("F", bound=Callable[..., Any])
+
 
 @app.callback()
-def _root() -> None:
+def _root(debug: bool = typer.Option(False, "--debug", help="Print full tracebacks on errors.")) -> None:
     """Qwen3Guard safety checks for LLM applications."""
+    _state["debug"] = debug
+
+
+def fail(exc: BaseException | str, *, as_json: bool = False, kind: str | None = None) -> typer.Exit:
+    """Report an error the CLI way (one line, or a JSON object with ``--json``) and return the exit to raise."""
+    message = str(exc) if not isinstance(exc, str) else exc
+    kind = kind or (type(exc).__name__ if not isinstance(exc, str) else "error")
+    if _state["debug"] and isinstance(exc, BaseException):
+        traceback.print_exception(exc, file=sys.stderr)
+    else:
+        # escape(): messages carry install hints such as "pip install 'qwenguard[local]'" that rich would eat.
+        err_console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    if as_json:
+        typer.echo(json.dumps({"error": {"type": kind, "message": message}}, ensure_ascii=False))
+    return typer.Exit(EXIT_ERROR)
+
+
+def reports_errors(command: F) -> F:
+    """Any exception out of a command becomes exit 2 with one line (or a JSON object with ``--json``)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the contract: every error is exit 2, one line
+            raise fail(exc, as_json=bool(kwargs.get("as_json"))) from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _policy(name: str) -> Policy:
@@ -31,6 +75,7 @@ def _policy(name: str) -> Policy:
 
 
 @app.command()
+@reports_errors
 def check(
     text: str = typer.Argument(..., help="Text to check, or '-' to read standard input."),
     model: str = typer.Option("demo", "--model", "-m", help="'demo', a hub id or a checkpoint directory."),
@@ -45,18 +90,12 @@ def check(
 
     if text == "-":
         text = sys.stdin.read()
-    try:
-        pol = _policy(policy)
-        disable_progress_bars()
-        guard = Guard.from_pretrained(model, policy=pol, device=device)
-        decision = guard.check_prompt(text) if response is None else guard.check_response(text, response)
-    except typer.BadParameter:
-        raise
-    except (QwenGuardError, ValueError, TypeError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(EXIT_ERROR) from None
+    pol = _policy(policy)
+    disable_progress_bars()
+    guard = Guard.from_pretrained(model, policy=pol, device=device)
+    decision = guard.check_prompt(text) if response is None else guard.check_response(text, response)
     if decision.reason in ("guard_error", "timeout"):
-        err_console.print(f"[red]guard error:[/red] {decision.error}")
+        err_console.print(f"[red]guard error:[/red] {escape(str(decision.error))}", soft_wrap=True)
     if as_json:
         typer.echo(json.dumps(decision.to_dict(), ensure_ascii=False))
     else:
@@ -72,6 +111,7 @@ def check(
 
 
 @app.command()
+@reports_errors
 def serve(
     model: str = typer.Option("demo", "--model", "-m", help="'demo', a Qwen3Guard-Gen hub id or a checkpoint directory."),
     stream_model: Optional[str] = typer.Option(None, "--stream-model", help="A Qwen3Guard-Stream checkpoint for /v1/stream."),
@@ -100,8 +140,7 @@ def serve(
     except typer.BadParameter:
         raise
     except (QwenGuardError, ValueError, TypeError, ImportError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(EXIT_ERROR) from None
+        raise fail(exc) from None
     if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
         err_console.print("[yellow]warning:[/yellow] serving on a public interface without --api-key")
     err_console.print(f"qwenguard serving {model!r} on http://{host}:{port}/v1 (auth {'on' if api_key else 'off'})")
@@ -110,6 +149,7 @@ def serve(
 
 
 @app.command("eval")
+@reports_errors
 def eval_(
     data: str = typer.Argument(..., help="Labelled data: .jsonl, .csv or .parquet (columns: text or messages, label; "
                                          "optional response, category, source). 'sample' = the shipped demo sample."),

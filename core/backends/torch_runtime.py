@@ -27,6 +27,12 @@ def resolve_device(device: str | None) -> str:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return "mps"
         return "cpu"
+    # Say it here, in one line: torch's own error comes from deep inside the first .to(device).
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
+        raise ValueError(f"device {device!r} is not available: {why} (torch {torch.__version__}); use 'auto' or 'cpu'")
+    if device.startswith("mps") and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r} is not available on this machine; use 'auto' or 'cpu'")
     return device
 
 

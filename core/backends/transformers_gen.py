@@ -23,6 +23,7 @@ from ..formats.prompts import (
 )
 from ..verdict import Risk, Verdict, worst
 from .batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, MicroBatcher
+from .hub import resolve_checkpoint
 from .torch_runtime import require_torch, resolve_device, resolve_dtype
 
 __all__ = ["TransformersGen", "DEFAULT_MAX_NEW_TOKENS"]
@@ -83,15 +84,17 @@ class TransformersGen:
         **kwargs: Any,
     ) -> TransformersGen:
         """Load a checkpoint: ``"demo"``, a local directory, or a Hugging Face hub id."""
+        from ..demo import DEMO_NAMES
+
+        label = str(name_or_path)
+        # Before torch loads (seconds): an offline machine hears about a hub id at once.
+        path = resolve_checkpoint(name_or_path, kind="Qwen3Guard-Gen", demo_names=DEMO_NAMES, revision=revision,
+                                  local_files_only=local_files_only)
         require_torch()  # a clear MissingDependency before anything else loads
         try:
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError as exc:
             raise MissingDependency.for_extra("local", "transformers") from exc
-        from ..demo import DEMO_NAMES
-
-        path = DEMO_NAMES.get(str(name_or_path), name_or_path)
-        label = str(name_or_path)
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
         opts: dict[str, Any] = {"revision": revision}

@@ -27,6 +27,7 @@ from ..errors import MissingDependency, ModelNotFound, QwenGuardError, StreamClo
 from ..formats.prompts import Message
 from ..streaming.retokenizer import IncrementalTokenizer
 from ..verdict import Risk, Verdict
+from .hub import resolve_checkpoint
 from .stream_model import (
     STREAM_CATEGORY_ORDER,
     STREAM_CONFIG_FIELDS,
@@ -108,9 +109,8 @@ class TransformersStream:
         from ..demo import DEMO_NAMES
 
         label = str(name_or_path)
-        path = Path(DEMO_NAMES.get(label, name_or_path))
-        if not path.is_dir():
-            path = _download(label, **kwargs)
+        path = resolve_checkpoint(name_or_path, kind="Qwen3Guard-Stream", demo_names=DEMO_NAMES,
+                                  revision=kwargs.get("revision"), local_files_only=kwargs.get("local_files_only"))
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
         try:
@@ -210,18 +210,6 @@ class TransformersStream:
     def close(self) -> None:
         """Mark the backend closed; open sessions keep working until they close."""
         self._closed = True
-
-
-def _download(name: str, **kwargs: Any) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(name, **kwargs))
-    except Exception as exc:  # noqa: BLE001 - any hub failure means "not found" here
-        raise ModelNotFound(
-            f"cannot load Qwen3Guard-Stream checkpoint {name!r}: not a local directory and not downloadable "
-            "(offline, or a wrong id?). Use 'demo-stream' for the embedded demo Stream guard."
-        ) from exc
 
 
 class StreamSession:
