@@ -174,15 +174,15 @@ def test_long_streams_slide_with_bounded_memory(tmp_path, tiny_tokenizer_dir):  
     verdicts = []
     for i in range(0, len(text), 5):
         verdicts += session.feed_text(text[i : i + 5])
-        assert session._cache.get_seq_length() <= 64
+        assert session.cached_tokens <= 64
     verdicts += session.finish()
     assert [v.token for v in verdicts] == stream.codec.ids(text)
     assert verdicts[-1].index == len(verdicts) - 1
     # After slides, the cache holds the prompt and the most recent tokens; the last verdict equals a
     # full forward over exactly that.
-    assert len(verdicts) > 64 and session._length <= 64
+    assert len(verdicts) > 64 and session.cached_tokens <= 64
     ids = [v.token for v in verdicts]
-    window = session._prefix + ids[-(session._length - len(session._prefix)) :]
+    window = session._prefix + ids[-(session.cached_tokens - len(session._prefix)) :]
     with torch.no_grad():
         out = stream.model(input_ids=torch.tensor([window]))
     expected = torch.softmax(out["risk_level_logits"][0, -1], -1)

@@ -212,10 +212,10 @@ class _BrokenSessions:
     def __init__(self, real):
         self.real, self.name = real, "broken"
 
-    def open_session(self, messages):
-        session = self.real.open_session(messages)
+    def open_session(self, messages, **kw):
+        session = self.real.open_session(messages, **kw)
 
-        def boom(_delta):
+        def boom(_delta, **kw):
             raise RuntimeError("CUDA error: device lost")
 
         session.feed_text = boom

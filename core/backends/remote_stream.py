@@ -4,17 +4,27 @@
 monitors with the same contract as local streaming: ``feed(delta)`` returns the text safe to release
 and raises `GuardViolation` (stage ``stream``) on a violation, ``finish()`` releases the rest, and
 ``released`` / ``text`` / ``decision`` / ``close()`` behave the same. The client's Policy travels
-with the session, so the server decides as the client would.
+with the session (the server may pin its own; see the server's documentation).
 
-One WebSocket per monitor (sessions are sticky to one server replica). When the server cannot be
-reached or fails mid-session, the client's ``Policy.on_error`` for the stream stage decides: fail
-closed raises `GuardUnavailable`; fail open releases the rest unchecked and records a flagged
-``guard_error`` decision in ``monitor.decision``.
+One WebSocket per monitor (sessions are sticky to one server replica). Every call has a deadline: opening
+the session (which screens the prompt) within ``Policy.timeout_for(Stage.PROMPT)``, each ``feed`` and
+``finish`` within ``Policy.timeout_for(Stage.STREAM)`` (capped by ``RemoteStream(reply_timeout_s=...)``),
+however slowly the server drips its bytes. When the server cannot be reached, fails or misses the
+deadline, the client's ``Policy.on_error`` decides: fail closed raises `GuardUnavailable` (`GuardTimeout`
+for a missed deadline); fail open releases the rest unchecked and records a flagged ``guard_error`` /
+``timeout`` decision in ``monitor.decision``.
+
+Cancellation (async): cancelling ``afeed``/``afinish`` never loses the exchange in flight; the next call
+completes it first (`CancelSafeLane`). A sync call interrupted by ``KeyboardInterrupt`` closes the monitor.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
+import threading
+import time
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -26,19 +36,26 @@ from collections.abc import (
 from typing import Any
 
 from ..errors import (
+    GuardTimeout,
     GuardUnavailable,
     GuardViolation,
     MissingDependency,
     QwenGuardError,
     StreamClosed,
 )
+from ..formats.content import clean_text
 from ..policy import Action, Decision
+from ..streaming.cancel_safe import CancelSafeLane
 from ..verdict import Risk, Stage, Verdict
 
 __all__ = ["RemoteStream", "RemoteStreamMonitor", "AsyncRemoteStreamMonitor", "decision_from_dict", "stream_url"]
 
 DEFAULT_OPEN_TIMEOUT_S = 5.0
 DEFAULT_REPLY_TIMEOUT_S = 30.0
+#: How long a graceful close waits for the server's close frame (a failed connection is aborted at once).
+CLOSE_TIMEOUT_S = 1.0
+#: Frames at least this big are sent under a watchdog: a peer that stops reading cannot block `send` forever.
+WATCHDOG_FRAME_BYTES = 64 * 1024
 
 
 def _websockets() -> Any:
@@ -124,12 +141,16 @@ class _Session:
         self._tokens: list[dict[str, Any]] = []  # per-token verdicts, when the server has a Stream model
         self._state = "open"  # open | finished | closed | violated | failed
         self._degraded = False  # fail-open after a guard error: text passes unchecked
+        # Opening screens the prompt (unless told not to): its budget and its failures are the prompt's.
+        self._open_stage = Stage.PROMPT if options.get("screen_prompt", True) is not False else Stage.STREAM
         frame: dict[str, Any] = {"type": "open", "policy": guard.policy.to_dict(),
                                  **{k: v for k, v in options.items() if v is not None}}
+        # The one content rule before anything leaves the process: a lone surrogate cannot even be
+        # encoded for the wire, and the server judges exactly the text this monitor releases.
         if isinstance(prompt, str):
-            frame["prompt"] = prompt
+            frame["prompt"] = clean_text(prompt)
         else:
-            frame["messages"] = [dict(m) for m in prompt]
+            frame["messages"] = [_clean_message(m) for m in prompt]
         self._open_frame = json.dumps(frame, ensure_ascii=False)
 
     # -- the monitor's read-only view -------------------------------------------------------
@@ -224,18 +245,26 @@ class _Session:
             return _BadRequest(f"stream server refused the session: {message}")
         return GuardUnavailable(f"stream server error ({kind}): {message}")
 
+    # -- deadlines ----------------------------------------------------------------------------
+    def _deadline(self, stage: Stage) -> _Deadline:
+        """The budget of one call: the policy's for ``stage``, capped by the backend's reply timeout."""
+        budgets = [b for b in (self.policy.timeout_for(stage), self.backend.reply_timeout_s) if b is not None]
+        return _Deadline(min(budgets) if budgets else None)
+
     # -- failures and state -----------------------------------------------------------------
-    def _fail(self, exc: BaseException) -> str:
+    def _fail(self, exc: BaseException, stage: Stage = Stage.STREAM, *, timed_out: bool = False) -> str:
         """A guard error: raise (fail closed) or go on unchecked (fail open). Returns text to release."""
         if isinstance(exc, _BadRequest):
             self._state = "closed"
             raise ValueError(str(exc)) from None
-        decision = self.policy.decide_error(Stage.STREAM, exc, timeout=isinstance(exc, TimeoutError))
+        timed_out = timed_out or isinstance(exc, (TimeoutError, asyncio.TimeoutError, GuardTimeout))
+        decision = self.policy.decide_error(stage, exc, timeout=timed_out)
         self.decision = decision
         self._emit(decision)
         if not decision.allowed:
             self._state = "failed"
-            raise GuardUnavailable(f"the stream guard failed and the policy fails closed: {exc}", decision) from exc
+            cls = GuardTimeout if timed_out else GuardUnavailable
+            raise cls(f"the stream guard failed and the policy fails closed: {exc}", decision) from exc
         self._degraded = True
         return self._release_unchecked()
 
@@ -251,16 +280,54 @@ class _Session:
             raise GuardUnavailable(f"the stream guard failed and the policy fails closed: {self.decision.error}", self.decision)
         raise StreamClosed(f"this stream monitor is {self._state}; open a new one with guard.stream(...)")
 
-    def _feed_frame(self, delta: object) -> str:
-        if not isinstance(delta, str):
-            raise TypeError(f"delta must be str, got {type(delta).__name__}")
+    def _feed_frame(self, delta: str) -> str | None:
+        """The frame for ``delta`` (``None`` when nothing is left of it); the text joins ``self.text``."""
         self._check_feedable()
+        delta = clean_text(delta)
+        if not delta:
+            return None
         self.text += delta
         return json.dumps({"type": "feed", "text": delta}, ensure_ascii=False)
 
-    def _ws_errors(self) -> tuple[type[BaseException], ...]:
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        """What a failed exchange raises: our own errors, socket and protocol errors, timeouts."""
         websockets = _websockets()
-        return (OSError, TimeoutError, websockets.exceptions.WebSocketException)
+        return (QwenGuardError, OSError, TimeoutError, asyncio.TimeoutError, websockets.exceptions.WebSocketException)
+
+
+def _check_delta(delta: object) -> str:
+    if not isinstance(delta, str):
+        raise TypeError(f"delta must be str, got {type(delta).__name__}")
+    return delta
+
+
+class _Deadline:
+    """A point in time a call must be done by (``None``: no deadline)."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, budget_s: float | None) -> None:
+        self.at = None if budget_s is None else time.monotonic() + budget_s
+
+    def left(self, cap: float | None = None) -> float | None:
+        """Seconds left (at least a millisecond, so a zero never means "no timeout"), at most ``cap``."""
+        if self.at is None:
+            return cap
+        left = max(0.001, self.at - time.monotonic())
+        return left if cap is None else min(left, cap)
+
+    @property
+    def expired(self) -> bool:
+        return self.at is not None and time.monotonic() >= self.at
+
+
+def _clean_message(message: Any) -> Any:
+    if not isinstance(message, Mapping):
+        return message  # the server refuses it with a clear error
+    out = dict(message)
+    if isinstance(out.get("content"), str):
+        out["content"] = clean_text(out["content"])
+    return out
 
 
 class _BadRequest(QwenGuardError):
@@ -280,19 +347,25 @@ class RemoteStreamMonitor(_Session):
         self._opened = True
         from websockets.sync.client import connect
 
+        stage = self._open_stage
+        deadline = self._deadline(stage)
         try:
             # __enter__ marks the connection as managed here (websockets >= 17 warns otherwise);
             # this monitor closes it in close()/__exit__.
             self._ws = connect(self.backend.url, additional_headers=self.backend.headers,
-                               open_timeout=self.backend.open_timeout_s, max_size=None).__enter__()
-            self._ws.send(self._open_frame)
-            self._on_opened(self._ws.recv(timeout=self.backend.reply_timeout_s))
+                               open_timeout=deadline.left(self.backend.open_timeout_s),
+                               close_timeout=CLOSE_TIMEOUT_S, max_size=None).__enter__()
+            self._send(self._open_frame, deadline)
+            self._on_opened(self._ws.recv(timeout=deadline.left()))
         except GuardViolation:
             self._close_ws()
             raise
-        except (QwenGuardError, *self._ws_errors()) as exc:
-            self._close_ws()
-            self._fail(exc)
+        except self._errors() as exc:
+            self._abort_ws()
+            self._fail(exc, stage, timed_out=deadline.expired)
+        except BaseException:
+            self._abandon()
+            raise
         return self
 
     def __enter__(self) -> RemoteStreamMonitor:
@@ -301,24 +374,42 @@ class RemoteStreamMonitor(_Session):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _send(self, frame: str, deadline: _Deadline) -> None:
+        ws = self._ws
+        if deadline.at is None or len(frame) < WATCHDOG_FRAME_BYTES:
+            ws.send(frame)  # small frames fit the socket buffer: send does not block
+            return
+        watchdog = threading.Timer(deadline.left() or 0.0, _shutdown, (ws.socket,))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            ws.send(frame)
+        finally:
+            watchdog.cancel()
+
     def _exchange(self, frame: str, expect: str) -> str:
         if self._degraded:
             return self._release_unchecked()
+        deadline = self._deadline(Stage.STREAM)
         try:
-            self._ws.send(frame)
-            return self._on_reply(self._ws.recv(timeout=self.backend.reply_timeout_s), expect)
+            self._send(frame, deadline)
+            return self._on_reply(self._ws.recv(timeout=deadline.left()), expect)
         except GuardViolation:
             self._close_ws()
             raise
-        except (QwenGuardError, *self._ws_errors()) as exc:
-            self._close_ws()
-            return self._fail(exc)
+        except self._errors() as exc:
+            self._abort_ws()
+            return self._fail(exc, timed_out=deadline.expired)
+        except BaseException:
+            self._abandon()
+            raise
 
     def feed(self, delta: str) -> str:
         """Send ``delta``; return the text now safe to release. Raises `GuardViolation` on a violation."""
+        delta = _check_delta(delta)
         self.open()
         frame = self._feed_frame(delta)
-        return self._exchange(frame, "released") if delta else ""
+        return self._exchange(frame, "released") if frame is not None else ""
 
     def finish(self) -> str:
         """End of the stream: the rest of the text, once judged."""
@@ -337,13 +428,27 @@ class RemoteStreamMonitor(_Session):
         if out := self.finish():
             yield out
 
+    def _abandon(self) -> None:
+        """Interrupted mid-exchange (KeyboardInterrupt): where the protocol stands is unknown, so the
+        monitor closes and releases nothing more."""
+        if self._state == "open":
+            self._state = "closed"
+        self._abort_ws()
+
     def _close_ws(self) -> None:
-        if self._ws is not None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
             try:
-                self._ws.close()
+                ws.close()
             except Exception:  # noqa: BLE001 - already gone
                 pass
-            self._ws = None
+
+    def _abort_ws(self) -> None:
+        """Drop the connection without a closing handshake (the server misbehaved or failed)."""
+        ws = self._ws
+        if ws is not None:
+            _shutdown(ws.socket)
+            self._close_ws()
 
     def close(self) -> None:
         """Stop the session and close its WebSocket."""
@@ -358,27 +463,41 @@ class AsyncRemoteStreamMonitor(_Session):
     _ws: Any = None
     _opened = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lane = CancelSafeLane()
+
     async def aopen(self) -> AsyncRemoteStreamMonitor:
         """Async twin of `RemoteStreamMonitor.open`."""
-        if self._opened:
-            return self
-        self._opened = True
-        import asyncio
+        if not self._opened:
+            await self._lane.run("open", self._open_work)
+        return self
 
+    async def _open_work(self) -> str:
+        if self._opened:
+            return ""
+        self._opened = True
         from websockets.asyncio.client import connect
 
-        try:
+        async def handshake() -> str | bytes:
             self._ws = await connect(self.backend.url, additional_headers=self.backend.headers,
-                                     open_timeout=self.backend.open_timeout_s, max_size=None)
+                                     open_timeout=self.backend.open_timeout_s, close_timeout=CLOSE_TIMEOUT_S,
+                                     max_size=None)
             await self._ws.send(self._open_frame)
-            self._on_opened(await asyncio.wait_for(self._ws.recv(), self.backend.reply_timeout_s))
+            return await self._ws.recv()
+
+        stage = self._open_stage
+        deadline = self._deadline(stage)
+        try:
+            self._on_opened(await asyncio.wait_for(handshake(), deadline.left()))
         except GuardViolation:
             await self._aclose_ws()
             raise
-        except (QwenGuardError, *self._ws_errors()) as exc:
-            await self._aclose_ws()
-            self._fail(exc)
-        return self
+        except self._errors() as exc:
+            self._abort_ws()
+            if self._state != "closed":  # closed meanwhile: nothing to decide
+                self._fail(exc, stage, timed_out=deadline.expired)
+        return ""
 
     async def __aenter__(self) -> AsyncRemoteStreamMonitor:
         return await self.aopen()
@@ -387,31 +506,46 @@ class AsyncRemoteStreamMonitor(_Session):
         await self.aclose()
 
     async def _aexchange(self, frame: str, expect: str) -> str:
-        import asyncio
-
         if self._degraded:
             return self._release_unchecked()
+        ws = self._ws
+
+        async def exchange() -> str | bytes:
+            await ws.send(frame)
+            return await ws.recv()
+
+        deadline = self._deadline(Stage.STREAM)
         try:
-            await self._ws.send(frame)
-            return self._on_reply(await asyncio.wait_for(self._ws.recv(), self.backend.reply_timeout_s), expect)
+            return self._on_reply(await asyncio.wait_for(exchange(), deadline.left()), expect)
         except GuardViolation:
             await self._aclose_ws()
             raise
-        except (QwenGuardError, *self._ws_errors()) as exc:
-            await self._aclose_ws()
-            return self._fail(exc)
+        except self._errors() as exc:
+            self._abort_ws()
+            if self._state == "closed":  # closed while the exchange ran: nothing more is released
+                return ""
+            return self._fail(exc, timed_out=deadline.expired)
 
     async def afeed(self, delta: str) -> str:
         """Async twin of `RemoteStreamMonitor.feed`."""
-        await self.aopen()
+        delta = _check_delta(delta)
+        return await self._lane.run("feed", lambda: self._feed_work(delta))
+
+    async def _feed_work(self, delta: str) -> str:
+        await self._open_work()
         frame = self._feed_frame(delta)
-        return await self._aexchange(frame, "released") if delta else ""
+        return await self._aexchange(frame, "released") if frame is not None else ""
 
     async def afinish(self) -> str:
         """Async twin of `RemoteStreamMonitor.finish`."""
-        await self.aopen()
+        return await self._lane.run("finish", self._finish_work)
+
+    async def _finish_work(self) -> str:
+        await self._open_work()
         self._check_feedable()
         out = await self._aexchange(json.dumps({"type": "finish"}), "finished")
+        if self._state == "closed":
+            return ""
         self._state = "finished"
         await self._aclose_ws()
         return out
@@ -430,20 +564,38 @@ class AsyncRemoteStreamMonitor(_Session):
             yield out
 
     async def _aclose_ws(self) -> None:
-        if self._ws is not None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
             try:
-                await self._ws.close()
+                await ws.close()
             except Exception:  # noqa: BLE001
                 pass
-            self._ws = None
+
+    def _abort_ws(self) -> None:
+        ws, self._ws = self._ws, None
+        transport = getattr(ws, "transport", None)
+        if transport is not None:
+            transport.abort()
 
     async def aclose(self) -> None:
-        """Stop the session and close its WebSocket."""
+        """Stop the session and close its WebSocket. An exchange still in flight is abandoned."""
         if self._state == "open":
             self._state = "closed"
-        await self._aclose_ws()
+        if self._lane.busy:
+            self._abort_ws()  # the exchange in flight sees the monitor closed and releases nothing
+        else:
+            await self._aclose_ws()
 
     def close(self) -> None:
-        """Mark the session stopped; the socket itself closes in `aclose` (or when collected)."""
+        """Mark the session stopped and drop its connection (use `aclose` for a graceful close)."""
         if self._state == "open":
             self._state = "closed"
+        self._abort_ws()
+
+
+def _shutdown(sock: Any) -> None:
+    """Shut a socket down: any call blocked on it returns at once with an error."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed
+        pass

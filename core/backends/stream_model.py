@@ -21,6 +21,7 @@ torch and transformers are imported only when a model is built or loaded.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import MissingDependency
+from ..formats.content import clean_text
 from ..formats.prompts import Message, normalize_messages
 from ..streaming.retokenizer import ContentCodec
 from ..verdict import CATEGORIES, Risk
@@ -189,6 +191,7 @@ class TokenVerdict(NamedTuple):
 
 # -- the torch model ----------------------------------------------------------------------------
 _MODEL_CLASS: Any = None
+_CACHE_KWARG = "past_key_values"
 
 
 def stream_model_class() -> Any:
@@ -236,92 +239,36 @@ def stream_model_class() -> Any:
         def forward(
             self,
             input_ids: torch.Tensor,
-            past_key_values: Any = None,
+            cache: Any = None,
             use_cache: bool = False,
             attention_mask: torch.Tensor | None = None,
             heads: str = "both",
+            past_key_values: Any = None,
             **kwargs: Any,
         ) -> dict[str, Any]:
-            """Backbone + heads. ``heads``: ``"both"``, ``"response"`` or ``"query"`` (skip the unused path)."""
-            out = self.model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                past_key_values=past_key_values,
-                use_cache=use_cache,
-                **kwargs,
-            )
+            """Backbone + heads. ``heads``: ``"both"``, ``"response"`` or ``"query"`` (skip the unused path).
+
+            ``cache`` (or its older name ``past_key_values``) is passed to the backbone under the name
+            the installed transformers expects, and only when given: naming it otherwise warns."""
+            cache = cache if cache is not None else past_key_values
+            if cache is not None:
+                kwargs[_CACHE_KWARG] = cache
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs)
             hidden = out.last_hidden_state
-            result: dict[str, Any] = {"past_key_values": out.past_key_values, "last_hidden_state": hidden}
+            returned = out.get(_CACHE_KWARG) if use_cache else None
+            result: dict[str, Any] = {"cache": returned, "past_key_values": returned, "last_hidden_state": hidden}
             if heads in ("both", "response"):
                 result["risk_level_logits"], result["category_logits"] = self.response_logits(hidden)
             if heads in ("both", "query"):
                 result["query_risk_level_logits"], result["query_category_logits"] = self.query_logits(hidden)
             return result
 
+    global _CACHE_KWARG
+    # transformers 5.x renamed Qwen3Model.forward's ``past_key_values`` to ``cache`` (the old name warns,
+    # and goes away in 5.40); 4.x knows only the old name.
+    _CACHE_KWARG = "cache" if "cache" in inspect.signature(Qwen3Model.forward).parameters else "past_key_values"
     _MODEL_CLASS = Qwen3StreamGuard
     return _MODEL_CLASS
-
-
-_GROWING_LAYER: Any = None
-
-
-def growing_layer_class() -> Any:
-    """A KV-cache layer that appends in place into a buffer of doubling capacity.
-
-    transformers' `DynamicLayer` concatenates the whole cache with each new token (an O(n) copy per
-    token per layer); appending in place keeps a session's per-token cost flat as the answer grows.
-    """
-    global _GROWING_LAYER
-    if _GROWING_LAYER is not None:
-        return _GROWING_LAYER
-    from transformers.cache_utils import DynamicLayer
-
-    class GrowingLayer(DynamicLayer):
-        initial_capacity = 256
-
-        def lazy_initialization(self, key_states: Any, value_states: Any) -> None:
-            self.dtype, self.device = key_states.dtype, key_states.device
-            self._k = self._v = None
-            self._n = 0
-            self.is_initialized = True
-
-        def _reserve(self, key_states: Any, value_states: Any, need: int) -> None:
-            cap = 0 if self._k is None else self._k.shape[-2]
-            if need <= cap:
-                return
-            cap = max(need, 2 * cap, self.initial_capacity)
-            k, v = key_states, value_states
-            new_k = k.new_empty(k.shape[0], k.shape[1], cap, k.shape[3])
-            new_v = v.new_empty(v.shape[0], v.shape[1], cap, v.shape[3])
-            if self._n:
-                new_k[:, :, : self._n] = self._k[:, :, : self._n]
-                new_v[:, :, : self._n] = self._v[:, :, : self._n]
-            self._k, self._v = new_k, new_v
-
-        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            need = self._n + key_states.shape[-2]
-            self._reserve(key_states, value_states, need)
-            self._k[:, :, self._n : need] = key_states
-            self._v[:, :, self._n : need] = value_states
-            self._n = need
-            self.keys, self.values = self._k[:, :, :need], self._v[:, :, :need]
-            return self.keys, self.values
-
-        def get_seq_length(self) -> int:
-            return self._n if self.is_initialized else 0
-
-        def reset(self) -> None:
-            self._k = self._v = None
-            self._n = 0
-            super().reset()
-
-        def crop(self, tokens_to_remove: int) -> None:
-            raise NotImplementedError("stream sessions never crop their cache")
-
-    _GROWING_LAYER = GrowingLayer
-    return GrowingLayer
 
 
 def build_stream_model(config: Any) -> Any:
@@ -386,7 +333,8 @@ class StreamEncoder:
         user_end = -1
         for i, m in enumerate(msgs):
             ids += self._marker(_IM_START)
-            ids += self.codec.ids(f"{m['role']}\n{m['content']}")  # content: plain text, never control tokens
+            # Content: the one content rule, then plain text (never control tokens).
+            ids += self.codec.ids(f"{m['role']}\n{clean_text(m['content'])}")
             ids += self._marker(_IM_END)
             user_end = len(ids) - 1
             if i < len(msgs) - 1:

@@ -1,13 +1,23 @@
-"""`TransformersStream`: Qwen3Guard-Stream run natively (see `stream_model`), O(1) per token.
+"""`TransformersStream`: Qwen3Guard-Stream run natively (see `stream_model`), O(1) per token, sessions batched.
 
 A `StreamSession` holds one conversation: the prompt is scored once by the query heads (read at the
-``<|im_end|>`` that closes the user turn), then every assistant token by the response heads, with
-one forward per call over only the new tokens and a per-session KV cache. Template tokens
+``<|im_end|>`` that closes the user turn), then every assistant token by the response heads, with one
+step per call over only the new tokens and a per-session KV cache. Template tokens
 (``<|im_start|>assistant``, the empty think block) are fed but not scored.
 
-Long streams slide: when the cache would pass ``max_position_embeddings``, the session re-prefills
-the prompt and the most recent half-context of tokens (one bounded re-prefill per half-context of new
+Concurrent sessions share forwards: every step goes to the backend's `StreamBatcher`, whose worker
+thread packs the steps of all sessions waiting at that moment into one forward (`stream_batching`).
+A long prompt is prefilled in steps of at most ``step_tokens`` tokens, so it never holds the model for
+more than a bounded slice while other sessions wait.
+
+Long streams slide: when the cache would pass ``max_position_embeddings``, the session re-prefills the
+prompt and the most recent half-context of tokens (one bounded re-prefill per half-context of new
 tokens, so memory is bounded and the amortized cost per token stays constant).
+
+Deadlines: every session call takes ``timeout`` (seconds). A call past it raises `GuardTimeout`, and so
+does a step that fails; either leaves the session unusable (its cache may hold the step or not), so
+later calls raise `QwenGuardError`. The same holds when an async call is cancelled; `StreamMonitor`
+never cancels one (see `CancelSafeLane`).
 
 torch and transformers are imported only when a model is loaded.
 """
@@ -15,19 +25,37 @@ torch and transformers are imported only when a model is loaded.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
-from ..errors import MissingDependency, ModelNotFound, QwenGuardError, StreamClosed
+from ..errors import (
+    GuardTimeout,
+    MissingDependency,
+    ModelNotFound,
+    QwenGuardError,
+    StreamClosed,
+)
+from ..formats.content import clean_text
 from ..formats.prompts import Message
-from ..streaming.retokenizer import IncrementalTokenizer
+from ..streaming.retokenizer import IncrementalTokenizer, TokenSpan
 from ..verdict import Risk, Verdict
 from .hub import resolve_checkpoint
+from .stream_batching import (
+    DEFAULT_MAX_SESSIONS_PER_FORWARD,
+    DEFAULT_STEP_TOKENS,
+    SessionCache,
+    StepResult,
+    StreamBatcher,
+    StreamStep,
+)
 from .stream_model import (
     STREAM_CATEGORY_ORDER,
     STREAM_CONFIG_FIELDS,
@@ -36,7 +64,6 @@ from .stream_model import (
     TokenVerdict,
     build_stream_model,
     category_name,
-    growing_layer_class,
     load_stream_config,
     save_stream_checkpoint,
     stream_model_class,
@@ -58,6 +85,10 @@ __all__ = [
     "STREAM_CATEGORY_ORDER",
 ]
 
+#: A step, and what a plan yields: the step to run now (its result is sent back into the plan).
+_Plan = Generator[StreamStep, StepResult, Any]
+
+
 # -- the backend --------------------------------------------------------------------------------
 class TransformersStream:
     """Local Qwen3Guard-Stream backend: loads a checkpoint, opens `StreamSession`s.
@@ -67,9 +98,21 @@ class TransformersStream:
     >>> s.prompt_verdict.risk                                           # doctest: +SKIP
     <Risk.UNSAFE: 'unsafe'>
     >>> verdicts = s.feed_text("Sure. Mix ammonium nitrate") + s.finish()   # doctest: +SKIP
+
+    ``max_sessions_per_forward``: how many sessions' steps one packed forward takes;
+    ``step_tokens``: the most tokens one session puts into one forward (prompt prefills are cut).
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, name: str, max_positions: int | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        name: str,
+        max_positions: int | None = None,
+        max_sessions_per_forward: int = DEFAULT_MAX_SESSIONS_PER_FORWARD,
+        step_tokens: int = DEFAULT_STEP_TOKENS,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -79,12 +122,14 @@ class TransformersStream:
         self.max_positions = int(min(max_positions or ctx, ctx))
         if self.max_positions < 16:
             raise ValueError(f"max_positions={self.max_positions} is too small for a stream session")
+        if step_tokens < 1:
+            raise ValueError(f"step_tokens must be >= 1, got {step_tokens!r}")
+        self.step_tokens = step_tokens
         self.encoder = StreamEncoder(tokenizer)
         self.codec = self.encoder.codec
-        # One forward at a time: concurrent CPU forwards only thrash the cores, and a GPU runs them
-        # one after another anyway. Sessions stay independent: each has its own cache.
-        self._lock = threading.Lock()
+        self.batcher = StreamBatcher(model, max_sessions=max_sessions_per_forward)
         self._closed = False
+
 
     # -- loading ------------------------------------------------------------------------------
     @classmethod
@@ -118,13 +163,13 @@ class TransformersStream:
             tokenizer = AutoTokenizer.from_pretrained(str(path))
         except OSError as exc:
             raise ModelNotFound(f"cannot load Qwen3Guard-Stream checkpoint {label!r}: {exc}") from exc
-        model, info = stream_model_class().from_pretrained(
-            str(path), config=config, dtype=torch_dtype, output_loading_info=True
-        )
+        # No dtype argument: transformers < 4.56 calls it ``torch_dtype`` and >= 5 warns on that name;
+        # converting after loading gives the same weights on every version.
+        model, info = stream_model_class().from_pretrained(str(path), config=config, output_loading_info=True)
         problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         if problems:
             raise ValueError(f"{label}: weights do not match the Qwen3Guard-Stream layout: {problems}")
-        model.to(dev)
+        model.to(device=dev, dtype=torch_dtype)
         model.eval()
         return cls(model, tokenizer, name=label, max_positions=max_positions)
 
@@ -133,100 +178,121 @@ class TransformersStream:
         return self.encoder.encode_prompt(messages)
 
     # -- sessions -----------------------------------------------------------------------------
-    def open_session(self, messages: Sequence[Message] | str) -> StreamSession:
+    def open_session(self, messages: Sequence[Message] | str, *, timeout: float | None = None) -> StreamSession:
         """Score the prompt (query heads) and return a session ready for the assistant's tokens."""
+        self._check_open()
+        session = StreamSession(self, messages)
+        session._drive(session._prefill_plan(), timeout)
+        return session
+
+    async def aopen_session(self, messages: Sequence[Message] | str, *, timeout: float | None = None) -> StreamSession:
+        """Async twin of `open_session` (the prompt is tokenized in a worker thread)."""
+        self._check_open()
+        session = await asyncio.to_thread(StreamSession, self, messages)
+        await session._adrive(session._prefill_plan(), timeout)
+        return session
+
+    def _check_open(self) -> None:
         if self._closed:
             raise StreamClosed("TransformersStream is closed")
-        return StreamSession(self, messages)
 
     def score(self, messages: Sequence[Message] | str, response: str) -> tuple[Verdict, list[TokenVerdict]]:
         """Prompt verdict and per-token verdicts of a whole response in one full forward (no cache).
 
-        The reference the incremental path must equal; also handy for offline evaluation."""
+        transformers' own forward: the reference the incremental, batched path must equal; also handy
+        for offline evaluation. Runs in the calling thread."""
         torch = require_torch()
         prefix, user_end = self.encode_prompt(messages)
-        spans = self.codec.encode(response)
+        spans = self.codec.encode(clean_text(response))
         ids = prefix + [t for t, _, _ in spans]
         if len(ids) > self.max_positions:
             raise ValueError(f"score(): {len(ids)} tokens exceed the context of {self.max_positions}; use a session")
         start = time.perf_counter()
-        with self._lock, torch.inference_mode():
+        with torch.inference_mode():
             out = self.model(input_ids=torch.tensor([ids], device=self.model.device))
-        prompt = self._query_verdict(out, user_end, start)
-        verdicts = self._token_verdicts(out, len(prefix), spans, 0)
-        return prompt, verdicts
+        query = torch.cat((out["query_risk_level_logits"][0, user_end], out["query_category_logits"][0, user_end]), -1)
+        prompt = self._query_verdict(query.float().tolist(), start)
+        n = len(prefix)
+        rows = torch.cat((out["risk_level_logits"][0, n:], out["category_logits"][0, n:]), -1).float().tolist()
+        return prompt, self._token_verdicts(rows, spans, 0)
 
     # -- shared head decoding -----------------------------------------------------------------
-    def _query_verdict(self, out: Mapping[str, Any], position: int, started: float) -> Verdict:
-        torch = require_torch()
-        probs = torch.softmax(out["query_risk_level_logits"][0, position].float(), -1).tolist()
-        risk_idx = max(range(len(probs)), key=probs.__getitem__)
-        risk = self.labels.query_risk[risk_idx]
+    def _query_verdict(self, row: Sequence[float], started: float) -> Verdict:
+        labels = self.labels
+        n_risk = len(labels.query_risk)
+        probs = _softmax(row[:n_risk])
+        risk = labels.query_risk[max(range(n_risk), key=probs.__getitem__)]
         cats: tuple[str, ...] = ()
         if risk is not Risk.SAFE:
-            cat_idx = int(out["query_category_logits"][0, position].argmax())
-            cats = (self.labels.query_category[cat_idx],)
+            cat_row = row[n_risk:]
+            cats = (labels.query_category[max(range(len(cat_row)), key=cat_row.__getitem__)],)
         per_risk = {r: 0.0 for r in Risk}
         for i, p in enumerate(probs):
-            per_risk[self.labels.query_risk[i]] += p
+            per_risk[labels.query_risk[i]] += p
         raw = f"Safety: {risk.value.capitalize()}\nCategories: {', '.join(cats) or 'None'}"
         return Verdict(risk, cats, None, raw, (time.perf_counter() - started) * 1000, self.name, per_risk)
 
     def _token_verdicts(
-        self, out: Mapping[str, Any], offset: int, spans: Sequence[tuple[int, int | None, int | None]], first_index: int
+        self, rows: Sequence[Sequence[float]], spans: Sequence[tuple[int, int | None, int | None]], first_index: int
     ) -> list[TokenVerdict]:
-        torch = require_torch()
-        n = len(spans)
-        if n == 0:
-            return []
-        risk_logits = out["risk_level_logits"][0, offset : offset + n]
-        n_risk = risk_logits.shape[-1]
-        # One device->host transfer (risk and category logits side by side); the 3-way softmax is
-        # cheaper in Python than as more tiny torch ops on the per-chunk path.
-        rows = torch.cat((risk_logits, out["category_logits"][0, offset : offset + n]), -1).float().tolist()
-        labels = self.labels
-        risks, cats = labels.response_risk, labels.response_category
+        """Per-token verdicts from response-head rows (risk logits, then category logits)."""
+        risks, cats = self.labels.response_risk, self.labels.response_category
+        n_risk = len(risks)
         verdicts: list[TokenVerdict] = []
-        exp = math.exp
-        for j, (token, s, e) in enumerate(spans):
-            row = rows[j]
-            logits = row[:n_risk]
-            top = max(logits)
-            weights = [exp(x - top) for x in logits]
-            total = sum(weights)
-            probs = [w / total for w in weights]
-            best = max(range(n_risk), key=probs.__getitem__)
-            risk = risks[best]
+        for j, ((token, s, e), row) in enumerate(zip(spans, rows)):
+            probs = _softmax(row[:n_risk])
+            risk = risks[max(range(n_risk), key=probs.__getitem__)]
             per_risk = {Risk.SAFE: 0.0, Risk.CONTROVERSIAL: 0.0, Risk.UNSAFE: 0.0}
             for i, p in enumerate(probs):
                 per_risk[risks[i]] += p
             category = None
-            if risk is not Risk.SAFE:
+            if risk is not Risk.SAFE:  # the category head is trained only on non-safe tokens
                 cat_row = row[n_risk:]
                 category = cats[max(range(len(cat_row)), key=cat_row.__getitem__)]
             verdicts.append(TokenVerdict(token, risk, per_risk, category, first_index + j, s, e))
         return verdicts
 
+    @property
+    def forwards_run(self) -> int:
+        """Packed forwards run so far by this backend's sessions (for tests and figures)."""
+        return self.batcher.forwards_run
+
     def close(self) -> None:
-        """Mark the backend closed; open sessions keep working until they close."""
+        """Stop the worker thread; sessions still open then fail with `GuardUnavailable`."""
         self._closed = True
+        self.batcher.close()
+
+
+def _softmax(logits: Sequence[float]) -> list[float]:
+    # Three classes: cheaper in Python than as more tiny torch ops on the per-token path.
+    top = max(logits)
+    weights = [math.exp(x - top) for x in logits]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.001, deadline - time.monotonic())
 
 
 class StreamSession:
     """One streamed answer: a KV cache, the re-tokenizer, and the scored-token count.
 
     Feed the assistant's text with `feed_text` (any deltas) or its guard-tokenizer ids with
-    `feed_tokens`; each call runs one forward over only the new tokens and returns their
-    `TokenVerdict`s. `finish` commits the text still held back by the re-tokenizer. `close` frees
-    the cache. Calls on one session are serialised by a lock; sessions share nothing but the model.
+    `feed_tokens`; each call runs steps over only the new tokens and returns their `TokenVerdict`s
+    (spans are character offsets in the text as fed, after `clean_text`). `finish` commits the text
+    still held back by the re-tokenizer. `close` frees the cache. Every call has an async twin and a
+    ``timeout``. Calls run one at a time (sync calls are serialised by a lock; use one session from one
+    task); sessions share nothing but the model.
     """
 
     def __init__(self, backend: TransformersStream, messages: Sequence[Message] | str) -> None:
-        torch = require_torch()
         self.backend = backend
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # held by a sync call from its first token to its last step
+        self._alock: asyncio.Lock | None = None
         self._closed = False
         self._finished = False
+        self._broken: str | None = None  # why the cache can no longer be trusted
         self._retok = IncrementalTokenizer(backend.codec)
         self._text_mode: bool | None = None  # True: feed_text, False: feed_tokens
         self.scored = 0  # assistant tokens scored so far
@@ -239,32 +305,28 @@ class StreamSession:
             user_end -= cut - 1
             prefix = prefix[:1] + prefix[cut:]
         self._prefix = prefix
+        self._user_end = user_end
         # Recent assistant tokens, kept for a re-prefill when the context slides.
         self._keep = max(1, (backend.max_positions - len(prefix)) // 2)
         self._recent: deque[int] = deque(maxlen=self._keep)
-        self._cache = self._new_cache()
-        start = time.perf_counter()
-        with backend._lock, torch.inference_mode():
-            out = backend.model(
-                input_ids=torch.tensor([prefix], device=backend.model.device),
-                past_key_values=self._cache,
-                use_cache=True,
-                heads="query",
-            )
-        self._length = len(prefix)
-        #: The query heads' verdict on the user's turn.
-        self.prompt_verdict: Verdict = backend._query_verdict(out, user_end, start)
-
-    def _new_cache(self) -> Any:
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.backend.config)
-        cache.layers = [growing_layer_class()() for _ in cache.layers]
-        return cache
+        self._layers = int(backend.config.num_hidden_layers)
+        self._cache: SessionCache | None = SessionCache(self._layers)
+        #: The query heads' verdict on the user's turn (set once the prompt is scored).
+        self.prompt_verdict: Verdict | None = None
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def cached_tokens(self) -> int:
+        """Positions in the KV cache (prompt and recent assistant tokens); at most the context."""
+        return 0 if self._cache is None else self._cache.length
+
+    @property
+    def pending_chars(self) -> int:
+        """Characters fed but not yet turned into scored tokens."""
+        return len(self._retok.pending)
 
     @property
     def text(self) -> str:
@@ -274,12 +336,114 @@ class StreamSession:
     def _check_open(self) -> None:
         if self._closed:
             raise StreamClosed("this stream session is closed")
+        if self._broken is not None:
+            raise QwenGuardError(f"this stream session is unusable ({self._broken}); open a new one")
         if self._finished:
             raise StreamClosed("this stream session is finished; open a new one")
 
-    def feed_text(self, delta: str) -> list[TokenVerdict]:
-        """Score the tokens that ``delta`` completes (the last few stay pending until more text or
-        `finish`). Token spans are char offsets in the concatenated text."""
+    # -- plans: the steps of one call, written once for sync and async ---------------------------
+    def _prefill_plan(self) -> _Plan:
+        """Fill the cache with the prompt; read the query heads at the end of the user turn."""
+        started = time.perf_counter()
+        step = self.backend.step_tokens
+        prefix = self._prefix
+        for lo in range(0, len(prefix), step):
+            ids = prefix[lo : lo + step]
+            if lo <= self._user_end < lo + len(ids):
+                result = yield StreamStep(self._live_cache(), ids, "query", self._user_end - lo)
+                self.prompt_verdict = self.backend._query_verdict(result.query or [], started)
+            else:
+                yield StreamStep(self._live_cache(), ids, "none")
+
+    def _score_plan(self, spans: list[TokenSpan] | list[tuple[int, None, None]]) -> _Plan:
+        """Score assistant tokens in steps that fit the context; slide when the cache is full."""
+        backend = self.backend
+        out: list[TokenVerdict] = []
+        room = backend.max_positions - len(self._prefix) - self._keep
+        step = max(1, min(room, backend.step_tokens))
+        for lo in range(0, len(spans), step):
+            chunk = spans[lo : lo + step]
+            ids = [t for t, _, _ in chunk]
+            if self._live_cache().length + len(ids) > backend.max_positions:
+                yield from self._slide_plan()
+            result = yield StreamStep(self._live_cache(), ids, "response")
+            self._recent.extend(ids)
+            out += backend._token_verdicts(result.response, chunk, self.scored)
+            self.scored += len(ids)
+        return out
+
+    def _slide_plan(self) -> _Plan:
+        """Re-prefill the prompt and the most recent tokens into a fresh cache (bounded memory)."""
+        self._cache = SessionCache(self._layers)
+        ids = self._prefix + list(self._recent)
+        step = self.backend.step_tokens
+        for lo in range(0, len(ids), step):
+            yield StreamStep(self._live_cache(), ids[lo : lo + step], "none")
+
+    def _live_cache(self) -> SessionCache:
+        cache = self._cache
+        if self._closed or cache is None:
+            raise StreamClosed("this stream session was closed while it ran")
+        return cache
+
+    # -- running plans: the I/O, twice ------------------------------------------------------------
+    def _drive(self, plan: _Plan, timeout: float | None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            step = next(plan)
+            while True:
+                future = self.backend.batcher.submit(step)
+                try:
+                    result = future.result(_left(deadline))[0]
+                except FutureTimeout:
+                    raise self._lost(future, GuardTimeout(f"Qwen3Guard-Stream did not answer within {timeout} s"))
+                except BaseException as exc:  # noqa: BLE001 - the forward failed, or KeyboardInterrupt while waiting
+                    self._raise_lost(future, exc)
+                step = plan.send(result)
+        except StopIteration as stop:
+            return stop.value
+
+    async def _adrive(self, plan: _Plan, timeout: float | None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            step = next(plan)
+            while True:
+                future = self.backend.batcher.submit(step)
+                try:
+                    result = (await asyncio.wait_for(asyncio.wrap_future(future), _left(deadline)))[0]
+                except asyncio.TimeoutError:
+                    raise self._lost(future, GuardTimeout(f"Qwen3Guard-Stream did not answer within {timeout} s"))
+                except BaseException as exc:  # noqa: BLE001 - the forward failed, or this task was cancelled
+                    self._raise_lost(future, exc)
+                step = plan.send(result)
+        except StopIteration as stop:
+            return stop.value
+
+    def _lost(self, future: Future[Any], exc: BaseException) -> BaseException:
+        """A step whose outcome is unknown: withdraw it, mark the session unusable; what to raise."""
+        future.cancel()
+        if isinstance(exc, GuardTimeout):
+            self._broken = "a step missed its deadline"
+            return exc
+        if isinstance(exc, Exception) and not isinstance(exc, QwenGuardError):
+            self._broken = "a forward failed"
+            return QwenGuardError(f"Qwen3Guard-Stream forward failed: {type(exc).__name__}: {exc}")
+        self._broken = f"a step was interrupted ({type(exc).__name__})"
+        return exc
+
+    def _raise_lost(self, future: Future[Any], exc: BaseException) -> None:
+        lost = self._lost(future, exc)
+        if lost is exc:
+            raise exc
+        raise lost from exc
+
+    def _async_lock(self) -> asyncio.Lock:
+        if self._alock is None:
+            self._alock = asyncio.Lock()
+        return self._alock
+
+    # -- feeding ----------------------------------------------------------------------------------
+    def _push_text(self, delta: str) -> list[TokenSpan]:
         if not isinstance(delta, str):
             raise TypeError(f"delta must be str, got {type(delta).__name__}")
         with self._lock:
@@ -287,11 +451,9 @@ class StreamSession:
             if self._text_mode is False:
                 raise ValueError("this session was fed token ids; do not mix feed_text and feed_tokens")
             self._text_mode = True
-            spans = self._retok.push(delta)
-            return self._score(spans)
+            return self._retok.push(clean_text(delta))
 
-    def feed_tokens(self, ids: Iterable[int]) -> list[TokenVerdict]:
-        """Score assistant tokens given as guard-tokenizer ids (for upstream LLMs that share it)."""
+    def _token_spans(self, ids: Iterable[int]) -> list[tuple[int, None, None]]:
         spans = [(int(t), None, None) for t in ids]
         vocab = self.backend.config.vocab_size
         bad = [t for t, _, _ in spans if not 0 <= t < vocab]
@@ -302,73 +464,56 @@ class StreamSession:
             if self._text_mode is True:
                 raise ValueError("this session was fed text; do not mix feed_text and feed_tokens")
             self._text_mode = False
-            return self._score(spans)
+        return spans
 
-    def finish(self) -> list[TokenVerdict]:
-        """Commit and score the text still pending in the re-tokenizer; the session then takes no more input."""
+    def _flush(self) -> list[TokenSpan]:
         with self._lock:
             self._check_open()
-            spans = self._retok.flush()
             self._finished = True
-            return self._score(spans)
+            return self._retok.flush()
 
-    @property
-    def pending_chars(self) -> int:
-        """Characters fed but not yet turned into scored tokens."""
-        return len(self._retok.pending)
+    def feed_text(self, delta: str, *, timeout: float | None = None) -> list[TokenVerdict]:
+        """Score the tokens that ``delta`` completes (the last few stay pending until more text or
+        `finish`). Token spans are char offsets in the concatenated (cleaned) text."""
+        with self._lock:
+            spans = self._push_text(delta)
+            return self._drive(self._score_plan(spans), timeout) if spans else []
 
-    def _score(self, spans: list[Any]) -> list[TokenVerdict]:
-        if not spans:
-            return []
-        out: list[TokenVerdict] = []
-        room = self.backend.max_positions - len(self._prefix) - self._keep
-        # Feed in pieces that fit the context; slide when the cache is full.
-        step = max(1, min(len(spans), room))
-        for i in range(0, len(spans), step):
-            out.extend(self._forward(spans[i : i + step]))
-        return out
+    async def afeed_text(self, delta: str, *, timeout: float | None = None) -> list[TokenVerdict]:
+        """Async twin of `feed_text`: tokenizer work in a worker thread, the forward in the batcher."""
+        async with self._async_lock():
+            spans = await asyncio.to_thread(self._push_text, delta)
+            return await self._adrive(self._score_plan(spans), timeout) if spans else []
 
-    def _forward(self, spans: list[Any]) -> list[TokenVerdict]:
-        torch = require_torch()
-        backend = self.backend
-        ids = [t for t, _, _ in spans]
-        if self._length + len(ids) > backend.max_positions:
-            self._slide()
-        device = backend.model.device
-        with backend._lock, torch.inference_mode():
-            try:
-                out = backend.model(
-                    input_ids=torch.tensor([ids], device=device), past_key_values=self._cache, use_cache=True,
-                    heads="response",
-                )
-            except (RuntimeError, ValueError, IndexError) as exc:
-                raise QwenGuardError(f"Qwen3Guard-Stream forward failed: {exc}") from exc
-        self._length += len(ids)
-        self._recent.extend(ids)
-        verdicts = backend._token_verdicts(out, 0, spans, self.scored)
-        self.scored += len(ids)
-        return verdicts
+    def feed_tokens(self, ids: Iterable[int], *, timeout: float | None = None) -> list[TokenVerdict]:
+        """Score assistant tokens given as guard-tokenizer ids (for upstream LLMs that share it)."""
+        with self._lock:
+            spans = self._token_spans(ids)
+            return self._drive(self._score_plan(spans), timeout) if spans else []
 
-    def _slide(self) -> None:
-        """Re-prefill the prompt and the most recent tokens into a fresh cache (bounded memory)."""
-        torch = require_torch()
-        ids = self._prefix + list(self._recent)
-        self._cache = self._new_cache()
-        with self.backend._lock, torch.inference_mode():
-            self.backend.model(
-                input_ids=torch.tensor([ids], device=self.backend.model.device),
-                past_key_values=self._cache,
-                use_cache=True,
-                heads="none",
-            )
-        self._length = len(ids)
+    async def afeed_tokens(self, ids: Iterable[int], *, timeout: float | None = None) -> list[TokenVerdict]:
+        """Async twin of `feed_tokens`."""
+        async with self._async_lock():
+            spans = self._token_spans(ids)
+            return await self._adrive(self._score_plan(spans), timeout) if spans else []
+
+    def finish(self, *, timeout: float | None = None) -> list[TokenVerdict]:
+        """Commit and score the text still pending in the re-tokenizer; the session then takes no more input."""
+        with self._lock:
+            spans = self._flush()
+            return self._drive(self._score_plan(spans), timeout) if spans else []
+
+    async def afinish(self, *, timeout: float | None = None) -> list[TokenVerdict]:
+        """Async twin of `finish`."""
+        async with self._async_lock():
+            spans = await asyncio.to_thread(self._flush)
+            return await self._adrive(self._score_plan(spans), timeout) if spans else []
 
     def close(self) -> None:
-        """Free the cache. Idempotent."""
-        with self._lock:
-            self._closed = True
-            self._cache = None
-            self._recent.clear()
+        """Free the cache. Idempotent, and never waits: a step in flight finishes on its own."""
+        self._closed = True
+        self._cache = None
+        self._recent.clear()
 
     def __enter__(self) -> StreamSession:
         return self

@@ -33,6 +33,13 @@ the start of the flagged segment). Guard errors follow ``Policy.on_error`` for t
 closed raises `GuardUnavailable` and releases nothing more; fail open records a flagged
 ``guard_error`` decision in ``monitor.decision`` and releases the rest unchecked.
 
+Every prompt and delta passes through `clean_text` first; what is released is the cleaned text that was
+judged. Every call waits at most the policy's ``timeout_for`` (prompt stage to open, stream stage per
+call); past it the guard error path above applies. Cancelling an async call cancels the wait, not the
+check: the next call completes it first (`CancelSafeLane`); ``aclose`` abandons it. A sync call
+interrupted inside the engine (KeyboardInterrupt) closes the monitor. The whole contract, with examples:
+docs/streaming.md.
+
 One monitor is one stream, used from one task or thread at a time. A delta after `finish`/`close`
 raises `StreamClosed`; after a violation every call raises the same `GuardViolation` again.
 """
@@ -49,6 +56,7 @@ from typing import Any
 from ..errors import GuardTimeout
 from ..formats.prompts import Message
 from ..verdict import Stage
+from .cancel_safe import CancelSafeLane
 from .gen_windows import GenWindows, awindow_check, window_check, window_pool
 from .monitor_core import (
     DEFAULT_CHECK_EVERY,
@@ -56,8 +64,10 @@ from .monitor_core import (
     DEFAULT_HOLDBACK,
     DEFAULT_MIN_SEGMENT,
     FINISHED,
+    OPEN,
     MonitorCore,
     check_delta,
+    deadline,
 )
 
 __all__ = [
@@ -93,7 +103,7 @@ class StreamMonitor(MonitorCore):
             if not (self.enabled or self.screen_prompt):
                 return
             try:
-                self._session = backend.open_session(self.messages)
+                self._session = backend.open_session(self.messages, **deadline(backend.open_session, self.policy, Stage.PROMPT))
             except Exception as exc:  # noqa: BLE001
                 self._settle_prompt(None, exc)
                 return
@@ -122,9 +132,12 @@ class StreamMonitor(MonitorCore):
         if self._windows is not None:
             return self._feed_windows(delta)
         try:
-            verdicts = self._session.feed_text(delta)
+            verdicts = self._session.feed_text(delta, **deadline(self._session.feed_text, self.policy, Stage.STREAM))
         except Exception as exc:  # noqa: BLE001
             return self._fail(exc)
+        except BaseException:
+            self._abandon()
+            raise
         return self._absorb_tokens(verdicts)
 
     def finish(self) -> str:
@@ -136,9 +149,12 @@ class StreamMonitor(MonitorCore):
                 out = self._finish_windows()
             else:
                 try:
-                    verdicts = self._session.finish()
+                    verdicts = self._session.finish(**deadline(self._session.finish, self.policy, Stage.STREAM))
                 except Exception as exc:  # noqa: BLE001
                     out = self._fail(exc)
+                except BaseException:
+                    self._abandon()
+                    raise
                 else:
                     out = self._absorb_tokens(verdicts)
         out += self._release_all()
@@ -213,8 +229,10 @@ class StreamMonitor(MonitorCore):
 class AsyncStreamMonitor(MonitorCore):
     """Async twin of `StreamMonitor`: ``async with guard.astream(prompt) as m: await m.afeed(delta)``.
 
-    The prompt is screened when the monitor is entered (or on the first `afeed`). Stream-model
-    forwards run in a worker thread so the event loop never blocks on torch.
+    The prompt is screened when the monitor is entered (or on the first `afeed`). Model and tokenizer
+    work never runs on the event loop. Calls run one at a time through a `CancelSafeLane`: cancelling
+    `afeed`/`afinish` (``asyncio.wait_for``, a client that went away) cancels the wait, not the check;
+    the next call completes the check first, so no text is ever released before its verdict came back.
     """
 
     def __init__(self, guard: Any, prompt: str | Sequence[Message], **options: Any) -> None:
@@ -222,41 +240,56 @@ class AsyncStreamMonitor(MonitorCore):
         self._windows: GenWindows | None = None
         self._pending: deque[tuple[int, int, asyncio.Task[Any]]] = deque()
         self._opened = False
+        self._lane = CancelSafeLane()
 
     async def aopen(self) -> AsyncStreamMonitor:
         """Screen the prompt and open the engine (idempotent; `__aenter__` calls it)."""
+        if not self._opened:
+            await self._lane.run("open", self._open_work)
+        return self
+
+    async def _open_work(self) -> str:
         if self._opened:
-            return self
+            return ""
         self._opened = True
         backend = self.stream_backend
         if backend is not None:
             if not (self.enabled or self.screen_prompt):
-                return self
+                return ""
             try:
                 opener = getattr(backend, "aopen_session", None)
                 if opener is not None:
-                    self._session = await opener(self.messages)
+                    session = await opener(self.messages, **deadline(opener, self.policy, Stage.PROMPT))
                 else:
-                    self._session = await asyncio.to_thread(backend.open_session, self.messages)
+                    session = await asyncio.to_thread(backend.open_session, self.messages)
             except Exception as exc:  # noqa: BLE001
                 self._settle_prompt(None, exc)
-                return self
+                return ""
+            if self._state != OPEN:  # closed while the prompt was scored
+                session.close()
+                return ""
+            self._session = session
             if self.screen_prompt:
-                self._settle_prompt(self._session.prompt_verdict, None)
+                self._settle_prompt(session.prompt_verdict, None)
             if not self.enabled:
                 self._close_engine()
-            return self
+            return ""
         if self.screen_prompt:
-            self._gate(await self.guard.acheck(self.messages, Stage.PROMPT))
+            decision = await self.guard.acheck(self.messages, Stage.PROMPT)
+            if self._state != OPEN:
+                return ""
+            self._gate(decision)
         if self.enabled and not self._degraded:
             self._windows = GenWindows(self)
-        return self
+        return ""
 
     async def afeed(self, delta: str) -> str:
         """Async twin of `StreamMonitor.feed`."""
         delta = check_delta(delta)
-        if not self._opened:
-            await self.aopen()
+        return await self._lane.run("feed", lambda: self._feed_work(delta))
+
+    async def _feed_work(self, delta: str) -> str:
+        await self._open_work()
         self._check_feedable()
         if not delta:
             return ""
@@ -268,16 +301,24 @@ class AsyncStreamMonitor(MonitorCore):
         session = self._session
         try:
             feeder = getattr(session, "afeed_text", None)
-            verdicts = await (feeder(delta) if feeder is not None else asyncio.to_thread(session.feed_text, delta))
+            if feeder is not None:
+                verdicts = await feeder(delta, **deadline(feeder, self.policy, Stage.STREAM))
+            else:
+                verdicts = await asyncio.to_thread(session.feed_text, delta)
         except Exception as exc:  # noqa: BLE001
+            if self._state != OPEN:
+                return ""
             return self._fail(exc)
-        self._check_feedable()  # closed while the forward ran
+        if self._state != OPEN:  # closed while the forward ran: nothing more is released
+            return ""
         return self._absorb_tokens(verdicts)
 
     async def afinish(self) -> str:
-        """Async twin of `StreamMonitor.finish`."""
-        if not self._opened:
-            await self.aopen()
+        """Async twin of `StreamMonitor.finish`. After a cancelled `afinish`, returns what that one released."""
+        return await self._lane.run("finish", self._finish_work)
+
+    async def _finish_work(self) -> str:
+        await self._open_work()
         self._check_feedable()
         out = ""
         if not (self._degraded or not self.enabled):
@@ -287,11 +328,20 @@ class AsyncStreamMonitor(MonitorCore):
                 session = self._session
                 try:
                     finisher = getattr(session, "afinish", None)
-                    verdicts = await (finisher() if finisher is not None else asyncio.to_thread(session.finish))
+                    if finisher is not None:
+                        verdicts = await finisher(**deadline(finisher, self.policy, Stage.STREAM))
+                    else:
+                        verdicts = await asyncio.to_thread(session.finish)
                 except Exception as exc:  # noqa: BLE001
+                    if self._state != OPEN:
+                        return ""
                     out = self._fail(exc)
                 else:
+                    if self._state != OPEN:
+                        return ""
                     out = self._absorb_tokens(verdicts)
+        if self._state != OPEN:
+            return ""
         out += self._release_all()
         self._state = FINISHED
         self._close_engine()
@@ -346,19 +396,24 @@ class AsyncStreamMonitor(MonitorCore):
         assert windows is not None
         self._submit(windows.rest())
         while self._pending and not self._degraded:
-            start, end, task = self._pending.popleft()
-            windows.settle(start, end, await task)
+            start, end, task = self._pending[0]
+            await asyncio.wait({task})  # a window leaves `_pending` only once its result is settled
+            if self._state != OPEN or task.cancelled():  # closed meanwhile (close cancels pending windows)
+                return ""
+            self._pending.popleft()
+            windows.settle(start, end, task.result())
         return self._release_all() if self._degraded else windows.release()
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def aclose(self) -> None:
+        """Stop: nothing more is released; a check still in flight is abandoned (its result is ignored)."""
         self.close()
 
     async def __aenter__(self) -> AsyncStreamMonitor:
         return await self.aopen()
 
     async def __aexit__(self, *exc: object) -> None:
-        self.close()
+        await self.aclose()
 
 
 # ================================================================================================

@@ -5,12 +5,15 @@ See `qwenguard.core.streaming.monitor` for the contract.
 
 from __future__ import annotations
 
+import inspect
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 from ..errors import GuardTimeout, GuardUnavailable, GuardViolation, StreamClosed
+from ..formats.content import clean_text
 from ..formats.conversations import prompt_conversation
 from ..formats.prompts import Message, normalize_messages
 from ..policy import Action, Decision
@@ -31,24 +34,49 @@ DEFAULT_KEEP_TOKEN_VERDICTS = 2048
 OPEN, FINISHED, CLOSED, VIOLATED, FAILED = "open", "finished", "closed", "violated", "failed"
 
 def as_messages(prompt: str | Sequence[Message]) -> list[dict[str, str]]:
-    if isinstance(prompt, str):
-        return prompt_conversation(prompt)
+    """The stream's prompt as messages, each content under the one content rule (`clean_text`)."""
     if prompt is None:
         raise TypeError("prompt is None; pass the user's prompt or the conversation")
-    return normalize_messages(prompt)
+    msgs = prompt_conversation(prompt) if isinstance(prompt, str) else normalize_messages(prompt)
+    return [{"role": m["role"], "content": clean_text(m["content"])} for m in msgs]
 
 
 def check_delta(delta: object) -> str:
+    """A delta as the monitor judges and releases it: a str under the one content rule (`clean_text`).
+
+    What is released is what was judged: a lone surrogate comes out as U+FFFD, a NUL not at all."""
     if type(delta) is not str:
-        if isinstance(delta, str):
-            return str(delta)
-        raise TypeError(f"delta must be str, got {type(delta).__name__}")
-    if not delta.isascii():
+        if not isinstance(delta, str):
+            raise TypeError(f"delta must be str, got {type(delta).__name__}")
+        delta = str(delta)
+    return clean_text(delta)
+
+
+def deadline(call: Any, policy: Any, stage: Stage) -> dict[str, Any]:
+    """``{"timeout": policy's budget for stage}`` for a stream-backend call that takes one, else ``{}``.
+
+    `TransformersStream` sessions take ``timeout``; a wrapper of an older backend that does not still
+    works, without a deadline."""
+    return {"timeout": policy.timeout_for(stage)} if _takes_timeout(call) else {}
+
+
+def _takes_timeout(call: Any) -> bool:
+    func = getattr(call, "__func__", call)
+    known = _TAKES_TIMEOUT.get(func)
+    if known is None:
         try:
-            delta.encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates: same documented replacement as checks
-            delta = delta.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return delta
+            params = inspect.signature(call).parameters.values()
+        except (TypeError, ValueError):
+            params = ()  # type: ignore[assignment]
+        known = any(p.name == "timeout" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+        try:
+            _TAKES_TIMEOUT[func] = known
+        except TypeError:  # not weak-referenceable: just not remembered
+            pass
+    return known
+
+
+_TAKES_TIMEOUT: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
 # ================================================================================================
@@ -281,6 +309,13 @@ class MonitorCore:
         pending = getattr(self, "_pending", None)  # Gen-window checks in flight (futures or tasks)
         while pending:
             pending.popleft()[2].cancel()
+
+    def _abandon(self) -> None:
+        """A sync call was interrupted (KeyboardInterrupt) inside the engine: what the engine has scored
+        is unknown, so the monitor closes; nothing more is released."""
+        if self._state == OPEN:
+            self._state = CLOSED
+        self._close_engine()
 
     def close(self) -> None:
         """Stop: free the session, cancel pending checks. Unreleased text stays unreleased."""

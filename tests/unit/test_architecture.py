@@ -15,7 +15,8 @@ TORCH = ("torch", "transformers", "huggingface_hub")
 SERVER = ("fastapi", "starlette", "uvicorn", "prometheus_client")
 # Where the heavy imports may live (paths relative to core/).
 TORCH_ALLOWED = ("backends/torch_runtime.py", "backends/transformers_gen.py", "backends/stream_model.py",
-                 "backends/transformers_stream.py", "demo/")
+                 "backends/transformers_stream.py", "backends/stream_batching.py", "backends/hf_tokenizer.py",
+                 "backends/hub.py", "demo/")
 SERVER_ALLOWED = ("server/",)
 
 

@@ -1,0 +1,240 @@
+"""The Stream model's forwards for many sessions at once: per-session KV caches, one packed forward.
+
+Concurrent stream sessions each need a forward over a few new tokens, each after a cache of a different
+length. transformers' batched forward wants one rectangular cache (left padding, a mask, and a copy of
+every session's cache into it on every step: O(context) copying per token). Instead the sessions'
+new tokens are *packed* into one sequence and run through the backbone together:
+
+- embeddings, norms, q/k/v/o projections, MLPs and the heads run once over all packed tokens: one
+  matrix multiply per weight for the whole batch, which is where the time goes;
+- attention runs per session, its queries against that session's own cache, read in place (grouped
+  query heads folded into the query rows, so K/V are never repeated or copied);
+- each session's new keys and values are appended in place to its own cache (`SessionCache`: per layer,
+  a buffer that doubles when full, so a token costs O(1) to append).
+
+This is the computation of `Qwen3Model.forward` written against the module layout of a Qwen3 decoder
+layer (``input_layernorm``, ``self_attn.{q,k,v,o}_proj``, ``self_attn.{q,k}_norm``,
+``post_attention_layernorm``, ``mlp``, ``embed_tokens``, ``rotary_emb``, ``norm``), which is stable across
+the transformers versions qwenguard supports, rather than against the cache API of
+``Qwen3Model.forward``, which is not. ``tests/test_stream_batching.py`` holds it equal to transformers'
+own full forward.
+
+`StreamBatcher` feeds `packed_forward` from concurrent sessions through a `MicroBatcher`: one worker
+thread owns the model, concurrent sessions' steps coalesce into one packed forward.
+
+torch is imported on first use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from .batching import MicroBatcher
+from .torch_runtime import require_torch
+
+__all__ = ["SessionCache", "StreamStep", "StepResult", "StreamBatcher", "packed_forward", "check_packable",
+           "DEFAULT_STEP_TOKENS", "DEFAULT_MAX_SESSIONS_PER_FORWARD"]
+
+#: Longest run of tokens one session puts into one forward (a prompt prefill is cut into such chunks),
+#: so a long prompt holds the model for a bounded slice and token steps of other sessions interleave.
+DEFAULT_STEP_TOKENS = 256
+#: Sessions per packed forward.
+DEFAULT_MAX_SESSIONS_PER_FORWARD = 32
+
+
+class SessionCache:
+    """One session's keys and values, per layer, in buffers that grow by doubling (appends in place)."""
+
+    __slots__ = ("keys", "values", "length", "_layers")
+
+    initial_capacity = 256
+
+    def __init__(self, num_layers: int) -> None:
+        self._layers = num_layers
+        self.keys: list[Any] = [None] * num_layers  # [kv_heads, capacity, head_dim] per layer
+        self.values: list[Any] = [None] * num_layers
+        self.length = 0  # positions filled (the same in every layer between forwards)
+
+    @property
+    def capacity(self) -> int:
+        return 0 if self.keys[0] is None else int(self.keys[0].shape[1])
+
+    def append(self, layer: int, k: Any, v: Any) -> tuple[Any, Any]:
+        """Write ``k``/``v`` ([n, kv_heads, head_dim]) after the cached positions of ``layer``; return the
+        views of all its positions so far ([kv_heads, length + n, head_dim])."""
+        n = k.shape[0]
+        end = self.length + n
+        buf_k, buf_v = self.keys[layer], self.values[layer]
+        if buf_k is None or end > buf_k.shape[1]:
+            capacity = max(end, 2 * (0 if buf_k is None else buf_k.shape[1]), self.initial_capacity)
+            new_k = k.new_empty(k.shape[1], capacity, k.shape[2])
+            new_v = v.new_empty(v.shape[1], capacity, v.shape[2])
+            if self.length:
+                new_k[:, : self.length] = buf_k[:, : self.length]
+                new_v[:, : self.length] = buf_v[:, : self.length]
+            self.keys[layer], self.values[layer] = buf_k, buf_v = new_k, new_v
+        buf_k[:, self.length : end] = k.transpose(0, 1)
+        buf_v[:, self.length : end] = v.transpose(0, 1)
+        return buf_k[:, :end], buf_v[:, :end]
+
+
+@dataclass(eq=False)
+class StreamStep:
+    """One session's share of a packed forward: ``ids`` after ``cache``; which heads to read.
+
+    ``heads``: ``"response"`` (the response heads at every new token), ``"query"`` (the query heads at
+    position ``query_at`` of ``ids``) or ``"none"`` (fill the cache only)."""
+
+    cache: SessionCache
+    ids: Sequence[int]
+    heads: str = "response"
+    query_at: int | None = None
+
+
+@dataclass
+class StepResult:
+    """Per new token: response risk logits then category logits (``response``); the query heads' row."""
+
+    response: list[list[float]] = field(default_factory=list)
+    query: list[float] | None = None
+
+
+def check_packable(model: Any) -> None:
+    """Raise ``ValueError`` for a backbone `packed_forward` cannot run exactly (sliding-window layers)."""
+    config = model.config
+    layer_types = getattr(config, "layer_types", None) or ()
+    if getattr(config, "use_sliding_window", False) or any(t != "full_attention" for t in layer_types):
+        raise ValueError("Qwen3Guard-Stream checkpoints with sliding-window attention layers are not supported")
+
+
+def _rotate_half(x: Any) -> Any:
+    torch = require_torch()
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _attend(torch: Any, q: Any, k: Any, v: Any, past: int, scaling: float) -> Any:
+    """Attention of ``q`` ([n, heads, d]) against one session's ``k``/``v`` ([kv_heads, past + n, d]).
+
+    Query heads sharing a key/value head are folded into the query rows: no K/V copy for grouped heads."""
+    n, heads, dim = q.shape
+    kv_heads = k.shape[0]
+    groups = heads // kv_heads
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    if n == 1:  # the common case, a token step: nothing to mask
+        out = sdpa(q.reshape(kv_heads, groups, dim), k, v, scale=scaling)
+        return out.reshape(1, heads * dim)
+    rows = q.reshape(n, kv_heads, groups, dim).permute(1, 2, 0, 3).reshape(kv_heads, groups * n, dim)
+    # Causal over the new tokens, everything cached is visible: new token j sees positions <= past + j.
+    positions = torch.arange(past + n, device=q.device)
+    mask = positions[None, :] <= (past + torch.arange(n, device=q.device))[:, None]
+    out = sdpa(rows, k, v, attn_mask=mask.repeat(groups, 1), scale=scaling)
+    return out.reshape(kv_heads, groups, n, dim).permute(2, 0, 1, 3).reshape(n, heads * dim)
+
+
+def packed_forward(model: Any, steps: Sequence[StreamStep]) -> list[StepResult]:
+    """Run ``steps`` (different sessions) as one packed forward of ``model`` (a `Qwen3StreamGuard`).
+
+    Appends each step's keys and values to its cache. Call under ``torch.inference_mode()``."""
+    torch = require_torch()
+    if len({id(s.cache) for s in steps}) != len(steps):
+        raise RuntimeError("one forward got two steps of the same session (a session runs one step at a time)")
+    backbone = model.model
+    device = backbone.embed_tokens.weight.device
+    sizes = [len(s.ids) for s in steps]
+    total = sum(sizes)
+    ids = torch.tensor([t for s in steps for t in s.ids], device=device)
+    positions = torch.cat([torch.arange(s.cache.length, s.cache.length + n) for s, n in zip(steps, sizes)]).to(device)
+    hidden = backbone.embed_tokens(ids)[None]  # [1, T, hidden]
+    cos, sin = backbone.rotary_emb(hidden, positions[None])
+    cos, sin = cos[0, :, None, :], sin[0, :, None, :]  # [T, 1, head_dim]: broadcast over heads
+    for index, layer in enumerate(backbone.layers):
+        attn = layer.self_attn
+        x = layer.input_layernorm(hidden)[0]
+        dim = attn.head_dim
+        q = attn.q_norm(attn.q_proj(x).view(total, -1, dim))
+        k = attn.k_norm(attn.k_proj(x).view(total, -1, dim))
+        v = attn.v_proj(x).view(total, -1, dim)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        scaling = getattr(attn, "scaling", dim**-0.5)
+        out = q.new_empty(total, q.shape[1] * dim)
+        start = 0
+        for step, n in zip(steps, sizes):
+            end = start + n
+            keys, values = step.cache.append(index, k[start:end], v[start:end])
+            out[start:end] = _attend(torch, q[start:end], keys, values, step.cache.length, scaling)
+            start = end
+        hidden = hidden + attn.o_proj(out[None])
+        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+    for step, n in zip(steps, sizes):
+        step.cache.length += n
+    hidden = backbone.norm(hidden)[0]
+    return _read_heads(torch, model, hidden, steps, sizes)
+
+
+def _read_heads(torch: Any, model: Any, hidden: Any, steps: Sequence[StreamStep], sizes: list[int]) -> list[StepResult]:
+    """The heads each step asked for, each head run once over all rows that need it; one host transfer each."""
+    response_rows: list[int] = []
+    query_rows: list[int] = []
+    start = 0
+    for step, n in zip(steps, sizes):
+        if step.heads == "response":
+            response_rows.extend(range(start, start + n))
+        elif step.heads == "query":
+            query_rows.append(start + (n - 1 if step.query_at is None else step.query_at))
+        start += n
+    response: list[list[float]] = []
+    query: list[list[float]] = []
+    if response_rows:
+        risk, category = model.response_logits(hidden[response_rows])
+        response = torch.cat((risk, category), -1).float().tolist()
+    if query_rows:
+        risk, category = model.query_logits(hidden[query_rows])
+        query = torch.cat((risk, category), -1).float().tolist()
+    results: list[StepResult] = []
+    r = q = 0
+    for step, n in zip(steps, sizes):
+        if step.heads == "response":
+            results.append(StepResult(response[r : r + n]))
+            r += n
+        elif step.heads == "query":
+            results.append(StepResult(query=query[q]))
+            q += 1
+        else:
+            results.append(StepResult())
+    return results
+
+
+class StreamBatcher:
+    """One worker thread runs the model; concurrent sessions' steps share packed forwards."""
+
+    def __init__(self, model: Any, *, max_sessions: int = DEFAULT_MAX_SESSIONS_PER_FORWARD) -> None:
+        check_packable(model)
+        self.model = model
+        self.steps_run = 0  # observable, for tests and figures: steps / forwards = sessions per forward
+        self._batcher: MicroBatcher[StreamStep, StepResult] = MicroBatcher(
+            self._run, max_batch=max_sessions, name="qwenguard-stream"
+        )
+
+    def _run(self, steps: list[StreamStep]) -> list[StepResult]:
+        torch = require_torch()
+        with torch.inference_mode():
+            results = packed_forward(self.model, steps)
+        self.steps_run += len(steps)
+        return results
+
+    def submit(self, step: StreamStep) -> Future[list[StepResult]]:
+        """Queue one step; the future's result is a one-element list."""
+        return self._batcher.submit([step])
+
+    @property
+    def forwards_run(self) -> int:
+        """Packed forwards run so far (observable, for tests and figures)."""
+        return self._batcher.batches_run
+
+    def close(self) -> None:
+        self._batcher.close()
