@@ -2,6 +2,7 @@
 
 - `GuardedLLM`: wrap any LLM (``Settings.llm = GuardedLLM(llm=..., guard=guard)``): inputs by role,
   streams through a StreamMonitor, tool calls before an agent can run them.
+- `GuardedMemory`: chat-engine or agent memory that stores no blocked user message.
 - `GuardNodePostprocessor`, `GuardedRetriever`: drop unsafe or injected retrieved nodes.
 - `GuardTransform`: keep them out of the index at ingestion.
 - `guard_tool` / `guard_tools`: replace injected tool outputs with a refusal note.
@@ -20,6 +21,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from .callbacks import GuardCallbackHandler
 from .instrumentation import GuardEventHandler
 from .llm import GuardedLLM
+from .memory import GuardedMemory
 from .postprocessor import GuardNodePostprocessor
 from .retriever import GuardedRetriever
 from .tools import DEFAULT_REFUSAL, GuardedFunctionTool, GuardedTool, guard_tool, guard_tools
@@ -33,6 +35,7 @@ __all__ = [
     "GuardTransform",
     "GuardedFunctionTool",
     "GuardedLLM",
+    "GuardedMemory",
     "GuardedRetriever",
     "GuardedTool",
     "guard_tool",

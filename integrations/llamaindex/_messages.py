@@ -1,74 +1,153 @@
-"""LlamaIndex ``ChatMessage`` lists, sorted by role into what the guard must judge.
+"""LlamaIndex ``ChatMessage`` lists, read by role and content block into what the guard must judge.
 
-An LLM call's input mixes text of different trust: the user's own turn, earlier turns, the
-application's system prompt, tool outputs, and (in RAG) retrieved context. Only the user's turn is a
-*prompt*; tool outputs are untrusted content that may carry injected instructions (DESIGN.md
-decision 12). A naive "check the last message" fires on tool output as if the user wrote it.
+An LLM call's input mixes text of different trust: the user's turns, the assistant's earlier turns
+and tool calls, the application's system prompt, tool outputs, and (in RAG) retrieved context. Each
+is judged as what it is (DESIGN.md decision 12): user turns as prompts, assistant turns as responses,
+tool calls as tool calls, tool outputs as untrusted content. *Every* message new to the model is
+judged, not only the last user turn: a chat history can be supplied by the client, so an unsafe turn
+followed by "Please answer." or hidden behind a forged assistant turn must not slip through.
+
+Text is read from every block kind of llama-index-core 0.14 that carries text: `TextBlock`,
+`ThinkingBlock`, `CitableBlock` and `CitationBlock` (their text parts) and `DocumentBlock` with inline
+text data. Images, audio, video and binary documents (PDF...) carry no text a text guard can read:
+they are passed on unjudged (a documented limit; screen them before they reach the LLM).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from llama_index.core.base.llms.types import ChatMessage, ChatResponse, MessageRole, TextBlock, ToolCallBlock
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    CitableBlock,
+    CitationBlock,
+    DocumentBlock,
+    MessageRole,
+    TextBlock,
+    ThinkingBlock,
+    ToolCallBlock,
+)
 from llama_index.core.llms.llm import ToolSelection
 
-from qwenguard.core.formats.conversations import prompt_conversation, untrusted_conversation
+from qwenguard.core.formats.conversations import (
+    prompt_conversation,
+    response_conversation,
+    tool_call_conversation,
+    untrusted_conversation,
+)
 from qwenguard.core.verdict import Stage
 
-__all__ = ["Turn", "split_turn", "message_text", "with_text", "tool_calls_in", "role_of"]
+__all__ = [
+    "CONTEXT_VARIABLES",
+    "QUERY_VARIABLES",
+    "Checks",
+    "GuardMessage",
+    "InputPlan",
+    "Seen",
+    "answer_marks",
+    "answer_text",
+    "block_text",
+    "message_text",
+    "plan_inputs",
+    "plan_template",
+    "role_of",
+    "tool_calls_in",
+    "tool_calls_of",
+]
 
 GuardMessage = dict[str, str]
+Checks = list[tuple[Stage, list[GuardMessage]]]
+
+#: Template variables that hold the user's own words (LlamaIndex's prompts use ``query_str``).
+QUERY_VARIABLES = ("query_str", "query", "question", "user_input", "input")
+#: Template variables that hold retrieved or external text: untrusted, screened as documents.
+CONTEXT_VARIABLES = ("context_str", "context_msg", "context")
+
+_SYSTEM = (MessageRole.SYSTEM.value, MessageRole.DEVELOPER.value)
+_ASSISTANT = (MessageRole.ASSISTANT.value, MessageRole.CHATBOT.value, MessageRole.MODEL.value)
+_TOOL = (MessageRole.TOOL.value, MessageRole.FUNCTION.value)
+_TEXT_DOCUMENT_TYPES = ("text/", "application/json", "application/xml", "application/x-yaml", "application/yaml")
 
 
 def role_of(message: ChatMessage) -> str:
     return getattr(message.role, "value", str(message.role))
 
 
+# -- text of blocks ---------------------------------------------------------------------------
+def _document_text(block: DocumentBlock) -> str:
+    # Only inline data: the guard never fetches a URL or reads a path on the application's behalf.
+    if not block.data:
+        return ""
+    mimetype = (block.document_mimetype or "").lower()
+    if mimetype and not mimetype.startswith(_TEXT_DOCUMENT_TYPES):
+        return ""
+    try:
+        raw = block.resolve_document().read()
+    except (ValueError, OSError):
+        return ""
+    try:
+        return raw.decode("utf-8")  # a document without a type is read when it is UTF-8 text
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "replace") if mimetype else ""
+
+
+def block_text(block: Any) -> str:
+    """The text one content block carries ("" for images, audio, video, cache points, tool calls)."""
+    if isinstance(block, TextBlock):
+        return block.text
+    if isinstance(block, ThinkingBlock):
+        return block.content or ""
+    if isinstance(block, CitationBlock):
+        return block_text(block.cited_content)
+    if isinstance(block, CitableBlock):
+        return "\n".join(t for b in block.content if (t := block_text(b)))
+    if isinstance(block, DocumentBlock):
+        return _document_text(block)
+    return ""
+
+
 def message_text(message: ChatMessage) -> str:
-    """The text blocks of a message, joined (images and tool-call blocks are not text)."""
+    """All the text a message carries, every text-bearing block joined (tool calls are read apart)."""
+    return "\n".join(t for b in message.blocks if (t := block_text(b)))
+
+
+def answer_text(message: ChatMessage) -> str:
+    """The answer's plain text only (`TextBlock`s), what ``message.content`` shows."""
     return "\n".join(b.text for b in message.blocks if isinstance(b, TextBlock))
 
 
-def with_text(message: ChatMessage, text: str) -> ChatMessage:
-    """A copy of ``message`` whose text is ``text``; non-text blocks (tool calls, images) are kept."""
-    others = [b for b in message.blocks if not isinstance(b, TextBlock)]
-    blocks = ([TextBlock(text=text)] if text or not others else []) + others
-    return message.model_copy(update={"blocks": blocks})
+# -- tool calls -------------------------------------------------------------------------------
+def tool_calls_in(llm: Any, response: ChatResponse) -> list[ToolSelection]:
+    """The tool calls a chat response asks for, read the way the agent will read them."""
+    getter = getattr(llm, "get_tool_calls_from_response", None)
+    if getter is not None:
+        try:
+            return list(getter(response, error_on_no_tool_call=False) or [])
+        except NotImplementedError:
+            pass
+    # An LLM that cannot parse its own tool calls: read the standard blocks directly.
+    return [
+        ToolSelection(tool_id=b.tool_call_id or "", tool_name=b.tool_name, tool_kwargs=b.tool_kwargs)
+        for b in response.message.blocks
+        if isinstance(b, ToolCallBlock)
+    ]
 
 
-@dataclass
-class Turn:
-    """One LLM call's input, sorted by trust.
-
-    ``history``: earlier user/assistant text turns; ``user``: the latest user turn (``None`` when the
-    input has none, e.g. a bare system prompt); ``tool_outputs``: ``(tool name, text)`` for tool
-    messages after the latest user turn; ``system``: system prompt texts.
-    """
-
-    history: list[GuardMessage] = field(default_factory=list)
-    user: str | None = None
-    tool_outputs: list[tuple[str, str]] = field(default_factory=list)
-    system: list[str] = field(default_factory=list)
-
-    @property
-    def prompt(self) -> list[GuardMessage]:
-        """The conversation an answer is judged against: history and the user's turn."""
-        return prompt_conversation(self.user or "", self.history)
-
-    def checks(self, *, screen_system: bool = False) -> list[tuple[Stage, list[GuardMessage]]]:
-        """The guard checks this input needs, as ``(stage, conversation)`` pairs for one batch."""
-        items: list[tuple[Stage, list[GuardMessage]]] = []
-        if self.user is not None and self.user.strip():
-            items.append((Stage.PROMPT, self.prompt))
-        for name, text in self.tool_outputs:
-            if text.strip():
-                items.append((Stage.TOOL_RESULT, untrusted_conversation(text, f"output of tool {name}")))
-        if screen_system:
-            items.extend((Stage.PROMPT, untrusted_conversation(t, "system prompt")) for t in self.system if t.strip())
-        return items
+def tool_calls_of(llm: Any, message: ChatMessage) -> list[ToolSelection]:
+    """The tool calls in an assistant message of a history (blocks, or OpenAI-style kwargs)."""
+    if not any(isinstance(b, ToolCallBlock) for b in message.blocks) and not message.additional_kwargs.get("tool_calls"):
+        return []
+    try:
+        return tool_calls_in(llm, ChatResponse(message=message))
+    except Exception:
+        return tool_calls_in(None, ChatResponse(message=message))
 
 
 def _tool_names(messages: Sequence[ChatMessage]) -> dict[str, str]:
@@ -86,40 +165,149 @@ def _tool_names(messages: Sequence[ChatMessage]) -> dict[str, str]:
     return names
 
 
-def split_turn(messages: Sequence[ChatMessage]) -> Turn:
-    """Sort an LLM call's messages by role. Tool messages are taken only after the latest user
-    turn: earlier ones were screened when they were new (and the guard's cache makes repeats free)."""
-    turn = Turn()
+# -- what was judged already --------------------------------------------------------------------
+def _norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def mark(kind: str, *parts: str) -> bytes:
+    """A fingerprint of one judged input (kind and whitespace-normalized text)."""
+    h = hashlib.blake2b(kind.encode(), digest_size=16)
+    for p in parts:
+        h.update(b"\x1f" + _norm(p).encode("utf-8", "surrogatepass"))
+    return h.digest()
+
+
+def _call_mark(call: ToolSelection) -> bytes:
+    args = call.tool_kwargs
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except ValueError:
+            pass
+    return mark("tool_call", call.tool_name, json.dumps(args, sort_keys=True, default=str, ensure_ascii=False))
+
+
+def answer_marks(message: ChatMessage, calls: Sequence[ToolSelection]) -> list[bytes]:
+    """Fingerprints of an answer the guard let through, as it will come back in the next history
+    (chat engines keep only the stripped answer text; agents keep the whole message)."""
+    marks = [mark("assistant", t) for t in {message_text(message), answer_text(message)} if t.strip()]
+    return marks + [_call_mark(c) for c in calls]
+
+
+class Seen:
+    """A bounded memory of inputs already judged and let through: what is *not* in it is new to the
+    model. Oldest entries drop off first (a dropped entry is only judged again)."""
+
+    def __init__(self, maxsize: int = 4096) -> None:
+        self.maxsize = maxsize
+        self._keys: OrderedDict[bytes, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, key: bytes) -> bool:
+        with self._lock:
+            if key in self._keys:
+                self._keys.move_to_end(key)
+                return True
+            return False
+
+    def add(self, keys: Iterable[bytes]) -> None:
+        with self._lock:
+            for key in keys:
+                self._keys[key] = None
+                self._keys.move_to_end(key)
+            while len(self._keys) > self.maxsize:
+                self._keys.popitem(last=False)
+
+
+# -- planning the input checks ----------------------------------------------------------------
+@dataclass
+class InputPlan:
+    """One LLM call's input checks. ``prompt``: the conversation an answer is judged against (the
+    latest user turn after the earlier text turns); ``marks``: fingerprints to remember once the
+    checks passed."""
+
+    checks: Checks = field(default_factory=list)
+    prompt: list[GuardMessage] = field(default_factory=list)
+    marks: list[bytes] = field(default_factory=list)
+
+
+def plan_inputs(
+    messages: Sequence[ChatMessage], llm: Any = None, *, screen_system: bool = False, seen: Seen | None = None
+) -> InputPlan:
+    """The checks an LLM call's input needs, by role, for every message new to the model.
+
+    - the latest user turn: a prompt, after the earlier text turns (always, unless this very
+      conversation was judged already);
+    - every other user turn: a prompt on its own; assistant turns: a response to the user turn
+      before them, and each tool call they hold as a tool call; tool outputs: untrusted content;
+    - system messages: untrusted content, only with ``screen_system`` (usually the application's).
+
+    ``seen`` skips what was judged and let through before (each turn is judged once as the history
+    grows); without it every message is judged (a guard's verdict cache makes repeats cheap).
+    """
+    plan = InputPlan()
     last_user = max((i for i, m in enumerate(messages) if role_of(m) == MessageRole.USER.value), default=None)
     names = _tool_names(messages)
+    history: list[GuardMessage] = []
+    previous_user = ""
+
+    def new(key: bytes) -> bool:
+        if seen is not None and key in seen:
+            return False
+        plan.marks.append(key)
+        return True
+
     for i, m in enumerate(messages):
         role, text = role_of(m), message_text(m)
-        if role in (MessageRole.SYSTEM.value, MessageRole.DEVELOPER.value):
-            turn.system.append(text)
-        elif i == last_user:
-            turn.user = text
-        elif role in (MessageRole.TOOL.value, MessageRole.FUNCTION.value):
-            if last_user is None or i > last_user:
+        has_text = bool(text.strip())
+        if role in _SYSTEM:
+            if screen_system and has_text and new(mark("system", text)):
+                plan.checks.append((Stage.PROMPT, untrusted_conversation(text, "system prompt")))
+            continue
+        if role == MessageRole.USER.value:
+            if i == last_user:
+                plan.prompt = prompt_conversation(text, history)
+                key = mark("prompt", json.dumps(plan.prompt, ensure_ascii=False))
+                if has_text and new(key):
+                    plan.checks.append((Stage.PROMPT, plan.prompt))
+                    plan.marks.append(mark("user", text))
+            elif has_text and new(mark("user", text)):
+                plan.checks.append((Stage.PROMPT, prompt_conversation(text)))
+        elif role in _ASSISTANT:
+            if has_text and new(mark("assistant", text)):
+                plan.checks.append((Stage.RESPONSE, response_conversation(previous_user, text)))
+            for call in tool_calls_of(llm, m):
+                if new(_call_mark(call)):
+                    context = [{"role": "user", "content": previous_user}]
+                    plan.checks.append((Stage.TOOL_CALL, tool_call_conversation(call.tool_name, call.tool_kwargs, context)))
+        elif role in _TOOL:
+            if has_text and new(mark("tool", text)):
                 call_id = str(m.additional_kwargs.get("tool_call_id") or "")
                 name = names.get(call_id) or str(m.additional_kwargs.get("name") or "tool")
-                turn.tool_outputs.append((name, text))
-        elif role in (MessageRole.USER.value, MessageRole.ASSISTANT.value, MessageRole.CHATBOT.value, MessageRole.MODEL.value):
-            if text.strip() and (last_user is None or i < last_user):
-                turn.history.append({"role": "user" if role == MessageRole.USER.value else "assistant", "content": text})
-    return turn
+                plan.checks.append((Stage.TOOL_RESULT, untrusted_conversation(text, f"output of tool {name}")))
+            continue
+        if has_text and (last_user is None or i < last_user):
+            history.append({"role": "user" if role == MessageRole.USER.value else "assistant", "content": text})
+        if role == MessageRole.USER.value:
+            previous_user = text
+    if last_user is None:
+        plan.prompt = prompt_conversation("", history)
+    return plan
 
 
-def tool_calls_in(llm: Any, response: ChatResponse) -> list[ToolSelection]:
-    """The tool calls a chat response asks for, read the way the agent will read them."""
-    getter = getattr(llm, "get_tool_calls_from_response", None)
-    if getter is not None:
-        try:
-            return list(getter(response, error_on_no_tool_call=False) or [])
-        except NotImplementedError:
-            pass
-    # An LLM that cannot parse its own tool calls: read the standard blocks directly.
-    return [
-        ToolSelection(tool_id=b.tool_call_id or "", tool_name=b.tool_name, tool_kwargs=b.tool_kwargs)
-        for b in response.message.blocks
-        if isinstance(b, ToolCallBlock)
-    ]
+def plan_template(variables: dict[str, Any], *, screen_context: bool = True) -> InputPlan | None:
+    """The checks of a template call (``predict``, a query engine's synthesis), by variable: the
+    query as the prompt, context variables as untrusted documents, never the formatted template.
+    ``None`` when no query variable is recognised."""
+    query = next((variables[k] for k in QUERY_VARIABLES if isinstance(variables.get(k), str)), None)
+    if query is None:
+        return None
+    conversation = prompt_conversation(query)
+    plan = InputPlan([(Stage.PROMPT, conversation)], conversation)
+    if screen_context:
+        for key in CONTEXT_VARIABLES:
+            value = variables.get(key)
+            if isinstance(value, str) and value.strip():
+                plan.checks.append((Stage.RETRIEVAL, untrusted_conversation(value, key)))
+    return plan

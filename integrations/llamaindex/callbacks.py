@@ -2,15 +2,22 @@
 
 Legacy callback handlers run inline and their exceptions propagate, so this handler *can* stop a
 query: at the query string, at the retrieved nodes, at the LLM's input and at its answer. It is
-coarser than `GuardedLLM`: the callback payloads carry no stream chunks and no tool calls, an LLM's
-input is the formatted prompt (retrieved context and question in one user message), and callbacks
-are synchronous, so async paths wait on the guard inside the event loop. Prefer `GuardedLLM` plus
+coarser than `GuardedLLM`: the callback payloads carry no stream chunks and no tool calls (a streamed
+answer is judged once, when it has ended, after its text was delivered), and callbacks are
+synchronous, so async paths wait on the guard inside the event loop. Prefer `GuardedLLM` plus
 `GuardNodePostprocessor`; use this handler where changing the LLM object is not an option.
+
+An LLM call inside a query engine receives the framework's formatted prompt (the QA template, the
+retrieved context and the question in one message). The handler never judges that text as the
+user's prompt: the template's variables arrive just before, in the TEMPLATING event, so the query
+variable is judged as the prompt and the context variables as untrusted documents; an LLM call under
+a query with no template is judged by the query string (its context was judged at retrieval).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextvars import ContextVar
 from typing import Any
 
 from llama_index.core.callbacks import CBEventType, EventPayload
@@ -18,12 +25,13 @@ from llama_index.core.callbacks.base_handler import BaseCallbackHandler
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from qwenguard.core import Guard, enforce
-from qwenguard.core.formats.conversations import response_conversation
+from qwenguard.core.formats.conversations import prompt_conversation, response_conversation
+from qwenguard.core.verdict import Stage
 
 from .._common import require_guard
-from ._messages import message_text, split_turn
+from ._messages import Checks, GuardMessage, message_text, plan_inputs, plan_template
 
-__all__ = ["GuardCallbackHandler", "SCREENED_EVENTS"]
+__all__ = ["SCREENED_EVENTS", "GuardCallbackHandler"]
 
 #: What the handler screens by default: (event type, "start"/"end").
 SCREENED_EVENTS = frozenset(
@@ -34,6 +42,12 @@ SCREENED_EVENTS = frozenset(
         (CBEventType.LLM, "end"),
     }
 )
+
+# The variables of the latest TEMPLATING event in this context: (handler id, vars). The LLM call that
+# follows it was formatted from them (LLM.predict/stream fire TEMPLATING right before the call); the
+# query text is looked for in the LLM's input to be sure. (Parent event ids cannot tell: a trace left
+# open by an earlier exception gives the two events different parents.)
+_TEMPLATE: ContextVar[tuple[int, dict[str, Any]] | None] = ContextVar("qwenguard_template", default=None)
 
 
 class GuardCallbackHandler(BaseCallbackHandler):
@@ -56,8 +70,11 @@ class GuardCallbackHandler(BaseCallbackHandler):
             if when not in ("start", "end"):
                 raise ValueError(f"event points are 'start' or 'end', got {when!r}")
         super().__init__(event_starts_to_ignore=[], event_ends_to_ignore=[])
-        # The LLM input of each open event: the answer at its end is judged against it.
-        self._prompts: dict[str, list[dict[str, str]]] = {}
+        # Open events: the parent of each, and the query string of QUERY events (an LLM call under a
+        # query answers that query); the prompt each open LLM event's answer is judged against.
+        self._parents: dict[str, str] = {}
+        self._queries: dict[str, str] = {}
+        self._prompts: dict[str, list[GuardMessage]] = {}
 
     def on_event_start(
         self,
@@ -68,19 +85,40 @@ class GuardCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> str:
         payload = payload or {}
-        if event_type is CBEventType.LLM:
-            prompt = self._llm_prompt(payload)
-            if prompt is not None:
-                self._prompts[event_id] = prompt
-        if (event_type, "start") not in self.events:
-            return event_id
+        if event_type is CBEventType.EXCEPTION:
+            return event_id  # reports a failure (maybe our own); it has no end event
+        self._parents[event_id] = parent_id
+        try:
+            self._start(event_type, payload, event_id)
+        except BaseException:
+            # A start that raises gets no end event: forget the event now.
+            self._forget(event_id)
+            raise
+        return event_id
+
+    def _start(self, event_type: CBEventType, payload: dict[str, Any], event_id: str) -> None:
+        parent_id = self._parents[event_id]
         if event_type is CBEventType.QUERY:
             query = _query_text(payload.get(EventPayload.QUERY_STR))
-            if query:
+            if query is not None:
+                self._queries[event_id] = query
+            if query and (event_type, "start") in self.events:
                 enforce(self.guard.check_prompt(query))
+        elif event_type is CBEventType.TEMPLATING:
+            variables = payload.get(EventPayload.TEMPLATE_VARS)
+            if isinstance(variables, dict):
+                _TEMPLATE.set((id(self), dict(variables)))
         elif event_type is CBEventType.LLM:
-            self._screen_llm_input(payload)
-        return event_id
+            checks, prompt = self._llm_input(payload, parent_id)
+            self._prompts[event_id] = prompt
+            if checks and (event_type, "start") in self.events:
+                for decision in self.guard.check_many(checks):
+                    enforce(decision)
+
+    def _forget(self, event_id: str) -> list[GuardMessage] | None:
+        self._parents.pop(event_id, None)
+        self._queries.pop(event_id, None)
+        return self._prompts.pop(event_id, None)
 
     def on_event_end(
         self,
@@ -90,7 +128,7 @@ class GuardCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         payload = payload or {}
-        prompt = self._prompts.pop(event_id, None) if event_type is CBEventType.LLM else None
+        prompt = self._forget(event_id)
         # An EXCEPTION payload reports a failure (possibly our own GuardViolation): never raise again.
         if EventPayload.EXCEPTION in payload or (event_type, "end") not in self.events:
             return
@@ -103,30 +141,42 @@ class GuardCallbackHandler(BaseCallbackHandler):
         elif event_type is CBEventType.LLM:
             text = _answer_text(payload)
             if text and text.strip():
-                enforce(self.guard.check(response_conversation(prompt or "", text), "response"))
+                enforce(self.guard.check(response_conversation(prompt or "", text), Stage.RESPONSE))
 
-    # -- LLM payloads -------------------------------------------------------------------------
-    @staticmethod
-    def _llm_prompt(payload: dict[str, Any]) -> list[dict[str, str]] | None:
-        messages = payload.get(EventPayload.MESSAGES)
-        if messages:
-            return split_turn(messages).prompt
-        prompt = payload.get(EventPayload.PROMPT)
-        if isinstance(prompt, str):
-            return [{"role": "user", "content": prompt}]
+    # -- LLM inputs ---------------------------------------------------------------------------
+    def _query_above(self, event_id: str) -> str | None:
+        """The query string of the nearest open QUERY event above ``event_id``."""
+        for _ in range(64):  # event trees are shallow; bounded in case of a broken chain
+            if event_id in self._queries:
+                return self._queries[event_id]
+            if event_id not in self._parents:
+                return None
+            event_id = self._parents[event_id]
         return None
 
-    def _screen_llm_input(self, payload: dict[str, Any]) -> None:
+    def _llm_input(self, payload: dict[str, Any], parent_id: str) -> tuple[Checks, list[GuardMessage]]:
+        """The checks of an LLM call's input, and the prompt its answer is judged against."""
+        template = _TEMPLATE.get()
+        if template is not None and template[0] == id(self):
+            _TEMPLATE.set(None)
+            plan = plan_template(template[1])
+            if plan is not None and plan.prompt[-1]["content"] in _input_text(payload):
+                return plan.checks, plan.prompt
+        query = self._query_above(parent_id)
+        if query is not None and query.strip():
+            # A formatted prompt under a query: its question was judged at the query and its
+            # context at retrieval; the answer is judged against the question.
+            conversation = prompt_conversation(query)
+            return [(Stage.PROMPT, conversation)], conversation
         messages = payload.get(EventPayload.MESSAGES)
         if messages:
-            checks = split_turn(messages).checks()
-            if checks:
-                for decision in self.guard.check_many(checks):
-                    enforce(decision)
-            return
+            plan = plan_inputs(messages)
+            return plan.checks, plan.prompt
         prompt = payload.get(EventPayload.PROMPT)
-        if isinstance(prompt, str) and prompt.strip():
-            enforce(self.guard.check_prompt(prompt))
+        if isinstance(prompt, str):
+            conversation = prompt_conversation(prompt)
+            return ([(Stage.PROMPT, conversation)] if prompt.strip() else []), conversation
+        return [], prompt_conversation("")
 
     def start_trace(self, trace_id: str | None = None) -> None:
         return None
@@ -139,6 +189,14 @@ def _query_text(query: Any) -> str | None:
     if isinstance(query, QueryBundle):
         return query.query_str
     return query if isinstance(query, str) else None
+
+
+def _input_text(payload: dict[str, Any]) -> str:
+    messages = payload.get(EventPayload.MESSAGES)
+    if messages:
+        return "\n".join(message_text(m) for m in messages)
+    prompt = payload.get(EventPayload.PROMPT)
+    return prompt if isinstance(prompt, str) else ""
 
 
 def _answer_text(payload: dict[str, Any]) -> str | None:

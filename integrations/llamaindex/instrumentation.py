@@ -32,7 +32,7 @@ from qwenguard.core import Decision, Guard
 from qwenguard.core.formats.conversations import response_conversation
 
 from .._common import require_guard
-from ._messages import message_text, split_turn
+from ._messages import message_text, plan_inputs
 
 __all__ = ["GuardEventHandler", "AuditRecord"]
 
@@ -126,7 +126,7 @@ class GuardEventHandler(BaseEventHandler):
                 streamed = self._streams.pop(event.span_id, None)
             text = streamed if streamed else (message_text(event.response.message) if event.response else "")
             if text.strip():
-                prompt = split_turn(event.messages).prompt
+                prompt = plan_inputs(event.messages).prompt
                 self._record(event, self.guard.check(response_conversation(prompt, text), "response"))
         elif isinstance(event, LLMCompletionEndEvent) and self.screen_responses:
             text = event.response.text or ""

@@ -6,16 +6,22 @@ raised inside it stops them (instrumentation handlers cannot: their exceptions a
 
 What is screened, and as what:
 
-- the user's latest turn, as a prompt (with earlier turns as history);
-- tool messages after it, as untrusted content (injected instructions show up as Jailbreak);
+- every message of the input that is new to the model, by role (`._messages.plan_inputs`): the
+  latest user turn as a prompt after the earlier turns, earlier user turns as prompts, assistant
+  turns as responses, the tool calls they hold as tool calls, tool outputs as untrusted content.
+  What this wrapper judged and let through before (earlier turns, its own answers) is not judged
+  again, so a growing history costs one check per new message;
 - for template calls (``predict``/``stream``, which query engines use) the template's query variable
   as the prompt and its context variable (``context_str``...) as untrusted retrieved content,
   instead of the whole formatted prompt;
-- the answer: whole responses with ``check_response``; streams through a `StreamMonitor`, which
-  releases text only once screened and raises mid-stream (the inner generator is then closed);
-- tool calls in a response, each with ``check_tool_call``, before the caller can see them. In a
-  stream the tool calls travel on the final chunk, so chunks that carry tool calls are held back
-  until they are screened: an agent never receives an unscreened call, so a blocked tool never runs.
+- the answer: whole responses with ``check_response``; streams through the guard's hold-back
+  `StreamMonitor` (``guard.stream``/``guard.astream``): the judge runs on text the consumer has not
+  seen, beside the generation, and text is released as soon as it is judged. A guarded chunk carries
+  only released text, in every field (see `._stream`); a violation raises mid-stream and closes the
+  inner stream (and its HTTP response);
+- tool calls, each with ``check_tool_call``, before the caller can see them: in a stream they are
+  held back and travel on the final chunk, after they were judged, so an agent never receives an
+  unjudged call and a blocked tool never runs; their arguments reach no consumer before that.
 
 Parallel input screening (``parallel_input=True``, or a `Guard` built with ``parallel_input=True``):
 the inner LLM call starts at once while the inputs are checked in the background. Nothing leaves
@@ -29,10 +35,11 @@ run before the verdict.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.llms.types import (
@@ -45,35 +52,35 @@ from llama_index.core.base.llms.types import (
     CompletionResponseGen,
     LLMMetadata,
 )
-from llama_index.core.bridge.pydantic import Field, SerializeAsAny
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, SerializeAsAny
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
 from llama_index.core.prompts import BasePromptTemplate
 
 from qwenguard.core import Guard, enforce
+from qwenguard.core.formats.conversations import prompt_conversation, response_conversation, tool_call_conversation
 from qwenguard.core.streaming.parallel import PendingCheck
-from qwenguard.core.formats.conversations import (
-    prompt_conversation,
-    response_conversation,
-    tool_call_conversation,
-    untrusted_conversation,
-)
 from qwenguard.core.verdict import Stage
 
 from .._common import require_guard
-from ._messages import GuardMessage, message_text, split_turn, tool_calls_in, with_text
+from ._messages import (
+    CONTEXT_VARIABLES,
+    QUERY_VARIABLES,
+    Checks,
+    GuardMessage,
+    Seen,
+    answer_marks,
+    message_text,
+    plan_inputs,
+    plan_template,
+    tool_calls_in,
+)
+from ._stream import ChatChunks, CompletionChunks, aclose_upstream, close_upstream, unread_text
 
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
 
-__all__ = ["GuardedLLM", "QUERY_VARIABLES", "CONTEXT_VARIABLES"]
-
-#: Template variables that hold the user's own words (LlamaIndex's prompts use ``query_str``).
-QUERY_VARIABLES = ("query_str", "query", "question", "user_input", "input")
-#: Template variables that hold retrieved or external text: untrusted, screened as documents.
-CONTEXT_VARIABLES = ("context_str", "context_msg", "context")
-
-Checks = list[tuple[Stage, list[GuardMessage]]]
+__all__ = ["CONTEXT_VARIABLES", "QUERY_VARIABLES", "GuardedLLM"]
 
 # Set while a template call (predict/stream) runs: its inputs were screened by variable, so the
 # chat/complete call it makes must not re-screen the formatted prompt as if the user wrote all of it.
@@ -89,6 +96,7 @@ class _Plan:
     inputs: Checks
     prompt: list[GuardMessage]  # what the answer is judged against
     pending: PendingCheck | None = None  # the input verdict, while it runs beside the LLM call
+    marks: list[bytes] = field(default_factory=list)  # inputs to remember as judged once they passed
 
 
 class GuardedLLM(FunctionCallingLLM):
@@ -107,6 +115,8 @@ class GuardedLLM(FunctionCallingLLM):
     - ``screen_system``: also screen system messages as untrusted content (off by default: system
       prompts are usually the application's own; turn it on when retrieved text is put there, as the
       context chat engines do, or screen the nodes with `GuardNodePostprocessor` instead).
+    - ``remember``: how many judged inputs and answers to remember, so that a growing history is not
+      judged again message by message (0: judge every message of every call).
     """
 
     llm: SerializeAsAny[LLM] = Field(description="The LLM being guarded.")
@@ -117,6 +127,9 @@ class GuardedLLM(FunctionCallingLLM):
     parallel_input: bool | None = Field(
         default=None, description="Run the LLM call while the input is checked (None: the guard's setting)."
     )
+    remember: int = Field(default=4096, ge=0, description="Judged inputs remembered, not judged again.")
+
+    _seen: Seen | None = PrivateAttr(default=None)
 
     def __init__(self, llm: LLM, guard: Guard, **kwargs: Any) -> None:
         if not isinstance(llm, LLM):
@@ -129,6 +142,7 @@ class GuardedLLM(FunctionCallingLLM):
             if name not in kwargs and getattr(llm, name, None) is not None:
                 kwargs[name] = getattr(llm, name)
         super().__init__(llm=llm, guard=guard, **kwargs)
+        self._seen = Seen(self.remember) if self.remember else None
 
     @classmethod
     def class_name(cls) -> str:
@@ -143,8 +157,8 @@ class GuardedLLM(FunctionCallingLLM):
         pre = _PRESCREENED.get()
         if pre is not None and pre[0] == id(self):
             return _Plan([], pre[1], pre[2])
-        turn = split_turn(messages)
-        return _Plan(turn.checks(screen_system=self.screen_system), turn.prompt)
+        plan = plan_inputs(messages, self.llm, screen_system=self.screen_system, seen=self._seen)
+        return _Plan(plan.checks, plan.prompt, marks=plan.marks)
 
     def _plan_prompt(self, prompt: str) -> _Plan:
         pre = _PRESCREENED.get()
@@ -155,18 +169,8 @@ class GuardedLLM(FunctionCallingLLM):
 
     def _plan_template(self, prompt: BasePromptTemplate, prompt_args: Mapping[str, Any]) -> _Plan | None:
         """Screen a template call by variable; ``None`` when no query variable is recognised."""
-        variables = {**getattr(prompt, "kwargs", {}), **prompt_args}
-        query = next((variables[k] for k in QUERY_VARIABLES if isinstance(variables.get(k), str)), None)
-        if query is None:
-            return None
-        conversation = prompt_conversation(query)
-        checks: Checks = [(Stage.PROMPT, conversation)]
-        if self.screen_context:
-            for key in CONTEXT_VARIABLES:
-                value = variables.get(key)
-                if isinstance(value, str) and value.strip():
-                    checks.append((Stage.RETRIEVAL, untrusted_conversation(value, key)))
-        return _Plan(checks, conversation)
+        plan = plan_template({**getattr(prompt, "kwargs", {}), **prompt_args}, screen_context=self.screen_context)
+        return None if plan is None else _Plan(plan.checks, plan.prompt)
 
     @staticmethod
     def _output_checks(plan: _Plan, text: str, calls: Sequence[ToolSelection] = ()) -> Checks:
@@ -176,6 +180,11 @@ class GuardedLLM(FunctionCallingLLM):
         for call in calls:
             checks.append((Stage.TOOL_CALL, tool_call_conversation(call.tool_name, call.tool_kwargs, plan.prompt)))
         return checks
+
+    def _passed(self, plan: _Plan, answer: ChatMessage | None = None, calls: Sequence[ToolSelection] = ()) -> None:
+        """Remember the inputs and the answer of a call that passed: they come back as history."""
+        if self._seen is not None:
+            self._seen.add([*plan.marks, *(answer_marks(answer, calls) if answer is not None else ())])
 
     def _screen(self, checks: Checks) -> None:
         if checks:
@@ -196,15 +205,15 @@ class GuardedLLM(FunctionCallingLLM):
         """Screen ``plan.inputs`` now (raises when blocked), or start them beside the call."""
         if plan.inputs and self._parallel:
             guard, checks = self.guard, plan.inputs
-            return _Plan([], plan.prompt, PendingCheck.start(lambda: guard.check_many(checks)))
+            return _Plan([], plan.prompt, PendingCheck.start(lambda: guard.check_many(checks)), plan.marks)
         self._screen(plan.inputs)
-        return _Plan([], plan.prompt, plan.pending)
+        return _Plan([], plan.prompt, plan.pending, plan.marks)
 
     async def _astart_inputs(self, plan: _Plan) -> _Plan:
         if plan.inputs and self._parallel:
-            return _Plan([], plan.prompt, PendingCheck.start_async(self.guard.acheck_many(plan.inputs)))
+            return _Plan([], plan.prompt, PendingCheck.start_async(self.guard.acheck_many(plan.inputs)), plan.marks)
         await self._ascreen(plan.inputs)
-        return _Plan([], plan.prompt, plan.pending)
+        return _Plan([], plan.prompt, plan.pending, plan.marks)
 
     @staticmethod
     def _wait_inputs(plan: _Plan) -> None:
@@ -246,13 +255,17 @@ class GuardedLLM(FunctionCallingLLM):
         plan = self._start_inputs(self._plan_messages(messages))
         response = self.llm.chat(messages, **kwargs)
         self._wait_inputs(plan)
-        self._screen(self._output_checks(plan, message_text(response.message), tool_calls_in(self.llm, response)))
+        calls = tool_calls_in(self.llm, response)
+        self._screen(self._output_checks(plan, message_text(response.message), calls))
+        self._passed(plan, response.message, calls)
         return response
 
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         plan = await self._astart_inputs(self._plan_messages(messages))
         response = await self._race(plan, self.llm.achat(messages, **kwargs))
-        await self._ascreen(self._output_checks(plan, message_text(response.message), tool_calls_in(self.llm, response)))
+        calls = tool_calls_in(self.llm, response)
+        await self._ascreen(self._output_checks(plan, message_text(response.message), calls))
+        self._passed(plan, response.message, calls)
         return response
 
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
@@ -291,65 +304,99 @@ class GuardedLLM(FunctionCallingLLM):
         inner = await self._race(plan, self.llm.astream_complete(prompt, formatted=formatted, **kwargs), wait=False)
         return self._aguard_completion_stream(plan, inner)
 
+    def _final_checks(self, plan: _Plan, last: ChatResponse) -> tuple[Checks, list[ToolSelection]]:
+        """What the end of a chat stream still needs judged: its tool calls, and text it carries
+        outside the streamed deltas (citations, documents)."""
+        calls = tool_calls_in(self.llm, last)
+        return self._output_checks(plan, unread_text(last.message), calls), calls
+
     def _guard_chat_stream(self, plan: _Plan, inner: Iterator[ChatResponse]) -> ChatResponseGen:
-        out = _ChatStreamState(self.llm)
-        try:
-            with self.guard.stream(plan.prompt, **self._monitor_options()) as monitor:
-                for chunk in inner:
-                    self._wait_inputs(plan)  # the first chunk was produced beside the input check
-                    released = monitor.feed(chunk.delta or "")
-                    for checks, item in out.push(chunk, released, plan):
-                        self._screen(checks)
-                        yield item
-                self._wait_inputs(plan)  # an empty stream still waits for the verdict
-                tail = monitor.finish()
-                for checks, item in out.end(tail, plan):
-                    self._screen(checks)
+        out = ChatChunks()
+        with contextlib.ExitStack() as stack:
+            stack.callback(close_upstream, inner)
+            monitor = stack.enter_context(self.guard.stream(plan.prompt, **self._monitor_options()))
+            thinking: Any = None  # a second monitor, opened when the model streams its reasoning
+            for chunk in inner:
+                self._wait_inputs(plan)  # the first chunk was produced beside the input check
+                text, reasoning = out.read(chunk)
+                if reasoning and thinking is None:
+                    thinking = stack.enter_context(self.guard.stream(plan.prompt, **self._monitor_options()))
+                released = monitor.feed(text) if text else ""
+                released_reasoning = thinking.feed(reasoning) if reasoning else ""
+                if (item := out.partial(released, released_reasoning)) is not None:
                     yield item
-        finally:
-            _close(inner)
+            self._wait_inputs(plan)  # an empty stream still waits for the verdict
+            if out.last is None:
+                monitor.finish()
+                return
+            checks, calls = self._final_checks(plan, out.last)
+            pending = PendingCheck.start(lambda: self.guard.check_many(checks)) if checks else None
+            tail = monitor.finish()  # the last window, judged beside the tool calls
+            reasoning_tail = thinking.finish() if thinking is not None else ""
+            if pending is not None:
+                pending.wait()
+            final = out.final(tail, reasoning_tail)
+            self._passed(plan, final.message, calls)
+            yield final
 
     async def _aguard_chat_stream(self, plan: _Plan, inner: Any) -> ChatResponseAsyncGen:
-        out = _ChatStreamState(self.llm)
-        try:
-            async with self.guard.astream(plan.prompt, **self._monitor_options()) as monitor:
-                async for chunk in _raced(plan, inner):
-                    released = await monitor.afeed(chunk.delta or "")
-                    for checks, item in out.push(chunk, released, plan):
-                        await self._ascreen(checks)
-                        yield item
-                tail = await monitor.afinish()
-                for checks, item in out.end(tail, plan):
-                    await self._ascreen(checks)
+        out = ChatChunks()
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(aclose_upstream, inner)
+            monitor = await stack.enter_async_context(self.guard.astream(plan.prompt, **self._monitor_options()))
+            thinking: Any = None
+            async for chunk in _raced(plan, inner):
+                text, reasoning = out.read(chunk)
+                if reasoning and thinking is None:
+                    thinking = await stack.enter_async_context(self.guard.astream(plan.prompt, **self._monitor_options()))
+                released = await monitor.afeed(text) if text else ""
+                released_reasoning = await thinking.afeed(reasoning) if reasoning else ""
+                if (item := out.partial(released, released_reasoning)) is not None:
                     yield item
-        finally:
-            await _aclose(inner)
+            if out.last is None:
+                await monitor.afinish()
+                return
+            checks, calls = self._final_checks(plan, out.last)
+            pending = asyncio.ensure_future(self._ascreen(checks)) if checks else None
+            try:
+                tail = await monitor.afinish()  # the last window, judged beside the tool calls
+                reasoning_tail = await thinking.afinish() if thinking is not None else ""
+                if pending is not None:
+                    await pending
+            finally:
+                if pending is not None and not pending.done():
+                    pending.cancel()
+            final = out.final(tail, reasoning_tail)
+            self._passed(plan, final.message, calls)
+            yield final
 
     def _guard_completion_stream(self, plan: _Plan, inner: Iterator[CompletionResponse]) -> CompletionResponseGen:
-        out = _CompletionStreamState()
-        try:
-            with self.guard.stream(plan.prompt, **self._monitor_options()) as monitor:
-                for chunk in inner:
-                    self._wait_inputs(plan)
-                    yield out.push(chunk, monitor.feed(chunk.delta or ""))
+        out = CompletionChunks()
+        with contextlib.ExitStack() as stack:
+            stack.callback(close_upstream, inner)
+            monitor = stack.enter_context(self.guard.stream(plan.prompt, **self._monitor_options()))
+            for chunk in inner:
                 self._wait_inputs(plan)
-                tail = monitor.finish()
-                if tail:
-                    yield out.push(out.last, tail)
-        finally:
-            _close(inner)
+                text = out.read(chunk)
+                if (item := out.partial(monitor.feed(text) if text else "")) is not None:
+                    yield item
+            self._wait_inputs(plan)
+            tail = monitor.finish()
+            if out.last is not None:
+                yield out.final(tail)
 
     async def _aguard_completion_stream(self, plan: _Plan, inner: Any) -> CompletionResponseAsyncGen:
-        out = _CompletionStreamState()
-        try:
-            async with self.guard.astream(plan.prompt, **self._monitor_options()) as monitor:
-                async for chunk in _raced(plan, inner):
-                    yield out.push(chunk, await monitor.afeed(chunk.delta or ""))
-                tail = await monitor.afinish()
-                if tail:
-                    yield out.push(out.last, tail)
-        finally:
-            await _aclose(inner)
+        out = CompletionChunks()
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(aclose_upstream, inner)
+            monitor = await stack.enter_async_context(self.guard.astream(plan.prompt, **self._monitor_options()))
+            async for chunk in _raced(plan, inner):
+                text = out.read(chunk)
+                if (item := out.partial(await monitor.afeed(text) if text else "")) is not None:
+                    yield item
+            tail = await monitor.afinish()
+            if out.last is not None:
+                yield out.final(tail)
 
     # -- template calls: screen by variable, not the formatted prompt -------------------------
     def predict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
@@ -425,58 +472,7 @@ class GuardedLLM(FunctionCallingLLM):
         )
 
 
-class _ChatStreamState:
-    """Turns inner chunks into guarded chunks: deltas are the monitor's released text, message
-    text is everything released so far, and chunks that carry tool calls wait until screened."""
-
-    def __init__(self, llm: LLM) -> None:
-        self.llm = llm
-        self.shown = ""
-        self.last: ChatResponse | None = None
-        self.held: ChatResponse | None = None  # the latest chunk with tool calls, not yet passed on
-        self.held_text = ""
-
-    def _emit(self, chunk: ChatResponse, delta: str) -> ChatResponse:
-        self.shown += delta
-        return chunk.model_copy(update={"message": with_text(chunk.message, self.shown), "delta": delta})
-
-    def _release_held(self, plan: _Plan) -> Iterator[tuple[Checks, ChatResponse]]:
-        if self.held is not None:
-            held, text = self.held, self.held_text
-            self.held, self.held_text = None, ""
-            calls = tool_calls_in(self.llm, held)
-            yield GuardedLLM._output_checks(plan, "", calls), self._emit(held, text)
-
-    def push(self, chunk: ChatResponse, released: str, plan: _Plan) -> Iterator[tuple[Checks, ChatResponse]]:
-        self.last = chunk
-        if tool_calls_in(self.llm, chunk):
-            # Later chunks may complete these calls; only the last one counts, so keep it back.
-            self.held, self.held_text = chunk, self.held_text + released
-            return
-        yield from self._release_held(plan)
-        yield [], self._emit(chunk, released)
-
-    def end(self, tail: str, plan: _Plan) -> Iterator[tuple[Checks, ChatResponse]]:
-        if self.held is not None:
-            self.held_text += tail
-            yield from self._release_held(plan)
-        elif tail:
-            base = self.last or ChatResponse(message=ChatMessage(role="assistant"))
-            yield [], self._emit(base, tail)
-
-
-class _CompletionStreamState:
-    def __init__(self) -> None:
-        self.shown = ""
-        self.last = CompletionResponse(text="")
-
-    def push(self, chunk: CompletionResponse, released: str) -> CompletionResponse:
-        self.last = chunk
-        self.shown += released
-        return chunk.model_copy(update={"text": self.shown, "delta": released})
-
-
-async def _raced(plan: _Plan, inner: Any) -> Any:
+async def _raced(plan: _Plan, inner: Any) -> AsyncIterator[Any]:
     """Iterate an async stream; while the input verdict is pending, race each chunk against it so a
     blocked input cancels the chunk being produced instead of waiting for it."""
     iterator = inner.__aiter__()
@@ -487,15 +483,3 @@ async def _raced(plan: _Plan, inner: Any) -> Any:
             await GuardedLLM._await_inputs(plan)  # an empty stream still waits for the verdict
             return
         yield chunk
-
-
-def _close(gen: Any) -> None:
-    close = getattr(gen, "close", None)
-    if close is not None:
-        close()
-
-
-async def _aclose(gen: Any) -> None:
-    aclose = getattr(gen, "aclose", None)
-    if aclose is not None:
-        await aclose()

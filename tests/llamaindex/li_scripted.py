@@ -13,9 +13,13 @@ from typing import Any
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
+    ChatResponseGen,
     CompletionResponse,
     CompletionResponseGen,
     LLMMetadata,
+    LogProb,
+    TextBlock,
+    ThinkingBlock,
 )
 from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.llms.callbacks import llm_completion_callback
@@ -120,6 +124,55 @@ class ScriptedLLM(CustomLLM):
         )
 
 
+class ReasoningLLM(CustomLLM):
+    """A chat LLM that streams like a reasoning provider: its reasoning first (``thinking_delta`` and a
+    cumulative `ThinkingBlock`), then its answer (``delta``, a cumulative `TextBlock`, and per-token
+    ``logprobs``); each chunk's ``raw`` is the provider's own chunk, carrying that chunk's text."""
+
+    reasoning: list[str]
+    answer: list[str]
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "ReasoningLLM"
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(model_name="reasoning", is_chat_model=True)
+
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return CompletionResponse(text="".join(self.answer))
+
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        raise NotImplementedError
+
+    def _chunks(self) -> list[ChatResponse]:
+        chunks, thought, text = [], "", ""
+        for piece in self.reasoning:
+            thought += piece
+            message = ChatMessage(role="assistant", blocks=[ThinkingBlock(content=thought), TextBlock(text="")])
+            chunks.append(ChatResponse(message=message, delta="", raw={"reasoning_content": piece},
+                                       additional_kwargs={"thinking_delta": piece, "prompt_tokens": 8}))
+        for piece in self.answer:
+            text += piece
+            blocks = [ThinkingBlock(content=thought)] if thought else []
+            message = ChatMessage(role="assistant", blocks=[*blocks, TextBlock(text=text)])
+            chunks.append(ChatResponse(message=message, delta=piece, raw={"content": piece},
+                                       logprobs=[[LogProb(token=piece, logprob=-0.1)]], additional_kwargs={"prompt_tokens": 8}))
+        return chunks
+
+    def stream_chat(self, messages: Any, **kwargs: Any) -> ChatResponseGen:
+        return iter(self._chunks())
+
+    async def astream_chat(self, messages: Any, **kwargs: Any) -> Any:
+        async def gen() -> Any:
+            for chunk in self._chunks():
+                await asyncio.sleep(0)
+                yield chunk
+
+        return gen()
+
+
 class Outbox:
     """A ``send_email`` tool that counts the emails it sent (the tool counter of the agent tests)."""
 
@@ -133,3 +186,49 @@ class Outbox:
             return "Message delivered."
 
         return FunctionTool.from_defaults(send_email)
+
+
+# -- what a consumer can read from a chunk --------------------------------------------------------
+#: Words only the unsafe clause has (the safe texts around it share none of them).
+CLAUSE_WORDS = ("Mix", "ammonium", "nitrate", "fuel", "oil", "pack", "pipe", "fuse")
+
+
+def side_channels(chunk: Any) -> dict[str, str]:
+    """Every field of a streamed ChatResponse / CompletionResponse a consumer can read, as text."""
+
+    def dump(value: Any) -> str:
+        if value is None:
+            return ""
+        if hasattr(value, "model_dump_json"):
+            try:
+                return value.model_dump_json()
+            except Exception:  # noqa: BLE001 - some provider objects do not serialise
+                pass
+        return repr(value)
+
+    out = {"delta": chunk.delta or "", "raw": dump(chunk.raw), "logprobs": dump(chunk.logprobs),
+           "additional_kwargs": dump(chunk.additional_kwargs)}
+    message = getattr(chunk, "message", None)
+    if message is not None:
+        out["message.content"] = message.content or ""
+        out["message.additional_kwargs"] = dump(message.additional_kwargs)
+        for i, block in enumerate(message.blocks):
+            out[f"message.blocks[{i}]"] = dump(block)
+    else:
+        out["text"] = chunk.text or ""
+    return out
+
+
+def clause_chars(text: str) -> int:
+    """Characters of the unsafe clause's own words found in ``text`` (0: none of it is there)."""
+    return sum(len(w) for w in CLAUSE_WORDS if w in text)
+
+
+def exposure(chunks: list[Any]) -> dict[str, int]:
+    """Characters of the unsafe clause each side channel exposed, over a whole stream (non-zero only)."""
+    seen: dict[str, int] = {}
+    for chunk in chunks:
+        for name, text in side_channels(chunk).items():
+            key = name.split("[")[0]
+            seen[key] = max(seen.get(key, 0), clause_chars(text))
+    return {k: v for k, v in seen.items() if v}

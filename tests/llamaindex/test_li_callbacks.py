@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import INJECTED_DOC, SAFE_DOCS
 from li_scripted import UNSAFE_CLAUSE, ScriptedLLM
 from llama_index.core import Document, VectorStoreIndex
-from llama_index.core.callbacks import CallbackManager
+from llama_index.core.callbacks import CallbackManager, CBEventType
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.llms.mock import MockLLM
 from llama_index.core.query_engine import RetrieverQueryEngine
@@ -83,3 +85,59 @@ def test_event_handler_rejects_a_non_guard() -> None:
     with pytest.raises(TypeError):
         GuardEventHandler(guard="nope")
     assert INJECTED_DOC  # the fixture documents include an injected one (used above)
+
+
+# -- a query engine through Settings.callback_manager, with the real OpenAILike ------------------
+@pytest.fixture()
+def settings_handler(guard: Guard):
+    """The handler installed the usual way: ``Settings.callback_manager`` (restored afterwards)."""
+    from llama_index.core import Settings
+
+    previous = Settings._callback_manager
+    Settings.callback_manager = CallbackManager([GuardCallbackHandler(guard)])
+    yield
+    Settings._callback_manager = previous
+
+
+@pytest.mark.parametrize("chat", [True, False], ids=["chat model", "completion model"])
+@pytest.mark.parametrize("streaming", [False, True], ids=["query", "streaming query"])
+def test_a_plain_rag_question_is_not_judged_by_the_template(embed_model, settings_handler, chat, streaming) -> None:
+    """The QA template + retrieved context + question is not the user's prompt: "What is the capital
+    of France?" over "Paris is the capital of France." passes (it was blocked as Non-violent Illegal
+    Acts when the whole formatted prompt was judged as the user's)."""
+    from llama_index.llms.openai_like import OpenAILike
+    from scripted_openai import scripted_openai
+
+    with scripted_openai("The capital of France is Paris.") as url:
+        llm = OpenAILike(model="scripted", api_base=url, api_key="x", is_chat_model=chat, max_retries=0)
+        index = VectorStoreIndex.from_documents([Document(text="Paris is the capital of France.")], embed_model=embed_model)
+        response = index.as_query_engine(llm=llm, streaming=streaming).query("What is the capital of France?")
+        text = "".join(response.response_gen) if streaming else str(response)
+        assert text == "The capital of France is Paris."
+        (request,) = url.requests
+        assert "Paris is the capital of France." in json.dumps(request.body)  # the template did reach the LLM
+
+
+def test_the_query_and_the_context_are_still_judged_for_what_they_are(embed_model, guard: Guard, settings_handler) -> None:
+    from llama_index.llms.openai_like import OpenAILike
+    from scripted_openai import scripted_openai
+
+    with scripted_openai(UNSAFE_CLAUSE) as url:
+        llm = OpenAILike(model="scripted", api_base=url, api_key="x", is_chat_model=True, max_retries=0)
+        index = VectorStoreIndex.from_documents([Document(text="Paris is the capital of France.")], embed_model=embed_model)
+        with pytest.raises(GuardViolation) as info:
+            index.as_query_engine(llm=llm).query(BOMB)
+        assert info.value.decision.stage is Stage.PROMPT and url.requests == []
+        with pytest.raises(GuardViolation) as info:
+            index.as_query_engine(llm=llm).query("What is the capital of France?")
+        assert info.value.decision.stage is Stage.RESPONSE  # the answer, judged against the question
+        # The template's context variable is judged as a document: an injected one stops the query
+        # even when retrieval events are not screened.
+        handler = GuardCallbackHandler(guard, events=[(CBEventType.LLM, "start")])
+        from llama_index.core.prompts import PromptTemplate
+
+        llm.callback_manager = CallbackManager([handler])
+        template = PromptTemplate("Context:\n{context_str}\nQuestion: {query_str}\nAnswer:")
+        with pytest.raises(GuardViolation) as info:
+            llm.predict(template, context_str=INJECTED_DOC, query_str="What is the capital of France?")
+        assert info.value.decision.stage is Stage.RETRIEVAL

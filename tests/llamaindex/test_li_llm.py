@@ -94,7 +94,7 @@ def test_tool_output_is_screened_as_untrusted_not_as_the_user(guard: Guard) -> N
         llm.chat([user("Summarise the page for me."), call, tool])
     assert info.value.decision.stage is Stage.TOOL_RESULT
     assert replies.calls == 0
-    # A safe tool output passes; an old injected output from an earlier turn is not re-judged.
+    # A safe tool output passes.
     safe = ChatMessage(role="tool", content="The Eiffel Tower is in Paris.", additional_kwargs={"tool_call_id": "c1"})
     assert llm.chat([user("Summarise the page for me."), call, safe]).message.content == "Here is the page."
 

@@ -1,0 +1,229 @@
+"""How `GuardedLLM` turns the wrapped LLM's stream chunks into chunks that carry only judged text.
+
+A provider's chunk repeats its text in many places: ``delta``, the (often cumulative)
+``message.content`` and its blocks, ``raw`` (the provider's own chunk object), ``logprobs``,
+``additional_kwargs`` (``thinking_delta``), the message's ``additional_kwargs`` (``tool_calls``).
+Held-back text must not leave through any of them, so a guarded chunk is *built* from what was
+judged, never copied from the provider's chunk and trimmed:
+
+- every chunk before the last: ``delta`` = the text just released, ``message`` = the role and the
+  text released so far (and the released thinking, when the model streams reasoning); no ``raw``,
+  no ``logprobs``, no tool calls; ``additional_kwargs`` keeps only numbers (token counts);
+- the last chunk, once the whole answer and its tool calls were judged: the provider's final
+  message (tool calls included, which an agent reads there) with the judged text, its ``raw``.
+
+The text of a chunk is its ``delta``; an LLM that sends no deltas is read from the growth of its
+message text (cumulative) or the message text itself (per-chunk).
+"""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import logging
+from typing import Any
+
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    CitableBlock,
+    CitationBlock,
+    CompletionResponse,
+    DocumentBlock,
+    TextBlock,
+    ThinkingBlock,
+)
+
+from ._messages import answer_text, block_text
+
+__all__ = ["ChatChunks", "CompletionChunks", "aclose_upstream", "close_upstream", "plain_numbers", "unread_text"]
+
+logger = logging.getLogger("qwenguard.llamaindex")
+
+
+def plain_numbers(extra: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a chunk's ``additional_kwargs`` that cannot carry text (token counts)."""
+    return {k: v for k, v in extra.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def unread_text(message: ChatMessage) -> str:
+    """Text a final message carries outside the streamed deltas (citations, documents): judged at
+    the end with the tool calls, since no monitor saw it."""
+    return "\n".join(t for b in message.blocks if isinstance(b, (CitationBlock, CitableBlock, DocumentBlock))
+                     and (t := block_text(b)))
+
+
+class _Growth:
+    """The new text of a chunk: its delta, else the growth of a cumulative text."""
+
+    def __init__(self) -> None:
+        self.seen = ""
+
+    def step(self, delta: str | None, whole: str) -> str:
+        if delta is not None:
+            self.seen += delta
+            return delta
+        if whole.startswith(self.seen):
+            new = whole[len(self.seen) :]
+        else:  # per-chunk text, not cumulative
+            new = whole
+        self.seen += new
+        return new
+
+
+class ChatChunks:
+    """Reads the wrapped LLM's chat chunks (text and thinking deltas) and builds the guarded ones."""
+
+    def __init__(self) -> None:
+        self.last: ChatResponse | None = None
+        self.text = ""  # released answer text
+        self.thinking = ""  # released reasoning text
+        self._text_in = _Growth()
+        self._thinking_in = _Growth()
+
+    def read(self, chunk: ChatResponse) -> tuple[str, str]:
+        """``(text delta, thinking delta)`` of an inner chunk."""
+        self.last = chunk
+        text = self._text_in.step(chunk.delta, answer_text(chunk.message))
+        thinking_delta = chunk.additional_kwargs.get("thinking_delta")
+        thinking_whole = "".join(b.content or "" for b in chunk.message.blocks if isinstance(b, ThinkingBlock))
+        thinking = self._thinking_in.step(thinking_delta if isinstance(thinking_delta, str) else None, thinking_whole)
+        return text, thinking
+
+    def partial(self, text: str, thinking: str = "") -> ChatResponse | None:
+        """A chunk carrying released text only (``None`` when nothing was released)."""
+        if not text and not thinking:
+            return None
+        self.text += text
+        self.thinking += thinking
+        assert self.last is not None
+        blocks: list[Any] = [ThinkingBlock(content=self.thinking)] if self.thinking else []
+        blocks.append(TextBlock(text=self.text))
+        extra = plain_numbers(self.last.additional_kwargs)
+        if thinking:
+            extra["thinking_delta"] = thinking
+        return ChatResponse(
+            message=ChatMessage(role=self.last.message.role, blocks=blocks), delta=text, additional_kwargs=extra
+        )
+
+    def final(self, text: str, thinking: str = "") -> ChatResponse:
+        """The last chunk: the provider's final message with the judged text (all of it by now)."""
+        assert self.last is not None
+        self.text += text
+        self.thinking += thinking
+        last = self.last
+        blocks: list[Any] = []
+        placed_text = placed_thinking = False
+        for block in last.message.blocks:
+            if isinstance(block, TextBlock):
+                if not placed_text:
+                    blocks.append(TextBlock(text=self.text))
+                placed_text = True
+            elif isinstance(block, ThinkingBlock):
+                if not placed_thinking and self.thinking:
+                    blocks.append(block.model_copy(update={"content": self.thinking}))
+                placed_thinking = True
+            else:
+                blocks.append(block)
+        if not placed_text and (self.text or not blocks):
+            blocks.insert(0, TextBlock(text=self.text))
+        if not placed_thinking and self.thinking:
+            blocks.insert(0, ThinkingBlock(content=self.thinking))
+        extra = plain_numbers(last.additional_kwargs)
+        if thinking:
+            extra["thinking_delta"] = thinking
+        return last.model_copy(
+            update={"message": last.message.model_copy(update={"blocks": blocks}), "delta": text, "additional_kwargs": extra}
+        )
+
+
+class CompletionChunks:
+    """The completion twin of `ChatChunks`."""
+
+    def __init__(self) -> None:
+        self.last: CompletionResponse | None = None
+        self.text = ""
+        self._in = _Growth()
+
+    def read(self, chunk: CompletionResponse) -> str:
+        self.last = chunk
+        return self._in.step(chunk.delta, chunk.text or "")
+
+    def partial(self, text: str) -> CompletionResponse | None:
+        if not text:
+            return None
+        self.text += text
+        assert self.last is not None
+        return CompletionResponse(text=self.text, delta=text, additional_kwargs=plain_numbers(self.last.additional_kwargs))
+
+    def final(self, text: str) -> CompletionResponse:
+        assert self.last is not None
+        self.text += text
+        return self.last.model_copy(
+            update={"text": self.text, "delta": text, "additional_kwargs": plain_numbers(self.last.additional_kwargs)}
+        )
+
+
+# -- closing the upstream ---------------------------------------------------------------------
+# A stopped stream must stop the producer too (no more tokens generated, or billed). Closing the
+# provider's generator is not always enough: llama-index-llms-openai iterates an `openai.Stream`
+# whose own generator references it back, so once the generator is closed the HTTP response stays
+# open until the next full garbage collection, and the server keeps streaming. So the HTTP streams
+# a generator chain holds (found through its frames, before they are cleared) are closed as well.
+_HTTP_STREAMS = {("openai", "Stream"), ("openai", "AsyncStream"), ("httpx", "Response")}
+
+
+def _is_http_stream(obj: Any) -> bool:
+    cls = type(obj)
+    return (cls.__module__.split(".")[0], cls.__name__) in _HTTP_STREAMS and callable(getattr(obj, "close", None))
+
+
+def _http_streams(gen: Any, depth: int = 4) -> list[Any]:
+    found: list[Any] = []
+    seen: set[int] = set()
+    frontier = [gen]
+    for _ in range(depth):
+        nxt = []
+        for obj in frontier:
+            for ref in gc.get_referents(obj):
+                if id(ref) in seen:
+                    continue
+                seen.add(id(ref))
+                if inspect.isgenerator(ref) or inspect.isasyncgen(ref):
+                    nxt.append(ref)
+                elif _is_http_stream(ref):
+                    found.append(ref)
+        frontier = nxt
+    return found
+
+
+def close_upstream(gen: Any) -> None:
+    """Close a sync stream and the HTTP responses it holds."""
+    streams = _http_streams(gen) if inspect.isgenerator(gen) else []
+    try:
+        close = getattr(gen, "close", None)
+        if close is not None:
+            close()
+    finally:
+        for stream in streams:
+            try:
+                stream.close()
+            except Exception:  # closing must not mask the outcome
+                logger.debug("closing %r failed", stream, exc_info=True)
+
+
+async def aclose_upstream(gen: Any) -> None:
+    """Close an async stream and the HTTP responses it holds."""
+    streams = _http_streams(gen) if inspect.isasyncgen(gen) else []
+    try:
+        aclose = getattr(gen, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    finally:
+        for stream in streams:
+            try:
+                result = (getattr(stream, "aclose", None) or stream.close)()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:  # closing must not mask the outcome
+                logger.debug("closing %r failed", stream, exc_info=True)

@@ -1,0 +1,154 @@
+"""`GuardedMemory`: a chat memory that lets no blocked user message in.
+
+Chat engines and agents write the user's message into their memory *before* they call the LLM
+(``SimpleChatEngine.chat``, ``FunctionAgent.run``; the context engines do so when they stream). When
+the guard then blocks it, the call fails but the message stays in memory: every later turn sends it
+to the LLM again (a guarded LLM blocks again: the conversation is stuck; an unguarded one reads it).
+Memory is where the message enters, so that is where it is screened: a user message is judged
+before it is stored, and a blocked one raises `GuardViolation` and is never stored.
+
+Wrap the memory you give the engine or agent::
+
+    memory = GuardedMemory(Memory.from_defaults(token_limit=4000), guard)
+    engine = SimpleChatEngine.from_defaults(llm=GuardedLLM(llm=llm, guard=guard), memory=memory)
+
+The check is the same one `GuardedLLM` makes for the latest user turn (the message after the stored
+history), so with both in place the second is answered from the guard's verdict cache. It runs
+before the LLM call starts: ``parallel_input`` cannot overlap it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from llama_index.core.base.llms.types import ChatMessage, MessageRole
+from llama_index.core.bridge.pydantic import Field, SerializeAsAny
+from llama_index.core.memory import BaseMemory
+
+from qwenguard.core import Guard, enforce
+from qwenguard.core.formats.conversations import prompt_conversation
+from qwenguard.core.verdict import Stage
+
+from .._common import require_guard
+from ._messages import Checks, message_text, plan_inputs, role_of
+
+__all__ = ["GuardedMemory"]
+
+
+def _is_user(message: ChatMessage) -> bool:
+    return role_of(message) == MessageRole.USER.value and bool(message_text(message).strip())
+
+
+def _put_checks(history: Sequence[ChatMessage], message: ChatMessage) -> Checks:
+    """A new user message, judged as the latest turn after the stored history."""
+    if not _is_user(message):
+        return []
+    return [(Stage.PROMPT, plan_inputs([*history, message]).prompt)]
+
+
+def _set_checks(messages: Sequence[ChatMessage]) -> Checks:
+    """A whole new history (a client's ``chat_history``): each user turn on its own."""
+    return [(Stage.PROMPT, prompt_conversation(message_text(m))) for m in messages if _is_user(m)]
+
+
+class GuardedMemory(BaseMemory):
+    """Any LlamaIndex memory, with user messages screened before they are stored.
+
+    >>> memory = GuardedMemory(Memory.from_defaults(), guard)                     # doctest: +SKIP
+    >>> engine = SimpleChatEngine.from_defaults(llm=guarded_llm, memory=memory)    # doctest: +SKIP
+
+    ``put``/``aput``/``put_messages``/``set`` (and their async twins) raise `GuardViolation` for a
+    blocked user message and store nothing of that call. Reads, other roles and ``reset`` go straight
+    to the wrapped memory (answers and tool calls are judged by `GuardedLLM` before they exist).
+    """
+
+    memory: SerializeAsAny[BaseMemory] = Field(description="The memory being guarded.")
+    guard: Any = Field(exclude=True, description="The qwenguard Guard.")
+
+    def __init__(self, memory: BaseMemory, guard: Guard, **kwargs: Any) -> None:
+        if not isinstance(memory, BaseMemory):
+            raise TypeError(f"memory must be a LlamaIndex BaseMemory, got {type(memory).__name__}")
+        require_guard(guard)
+        super().__init__(memory=memory, guard=guard, **kwargs)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "GuardedMemory"
+
+    @classmethod
+    def from_defaults(cls, guard: Guard | None = None, memory: BaseMemory | None = None, **kwargs: Any) -> GuardedMemory:  # type: ignore[override]
+        """``memory`` (default: ``Memory.from_defaults(**kwargs)``) guarded by ``guard``."""
+        if guard is None:
+            raise TypeError("GuardedMemory.from_defaults needs guard=")
+        if memory is None:
+            from llama_index.core.memory import Memory
+
+            memory = Memory.from_defaults(**kwargs)
+        return cls(memory, guard)
+
+    def __getattr__(self, name: str) -> Any:
+        # Engines probe the memory for extras (``tokenizer_fn``): answer for the wrapped one.
+        try:
+            return super().__getattr__(name)  # type: ignore[misc]
+        except AttributeError:
+            if name.startswith("_") or "memory" not in self.__dict__:
+                raise
+            return getattr(self.__dict__["memory"], name)
+
+    # -- screening ----------------------------------------------------------------------------
+    def _screen(self, checks: Checks) -> None:
+        if checks:
+            for decision in self.guard.check_many(checks):
+                enforce(decision)
+
+    async def _ascreen(self, checks: Checks) -> None:
+        if checks:
+            for decision in await self.guard.acheck_many(checks):
+                enforce(decision)
+
+    # -- writes: screened -----------------------------------------------------------------------
+    def put(self, message: ChatMessage) -> None:
+        if _is_user(message):
+            self._screen(_put_checks(self.memory.get_all(), message))
+        self.memory.put(message)
+
+    async def aput(self, message: ChatMessage) -> None:
+        if _is_user(message):
+            await self._ascreen(_put_checks(await self.memory.aget_all(), message))
+        await self.memory.aput(message)
+
+    def put_messages(self, messages: list[ChatMessage]) -> None:
+        self._screen(_set_checks(messages))
+        self.memory.put_messages(messages)
+
+    async def aput_messages(self, messages: list[ChatMessage]) -> None:
+        await self._ascreen(_set_checks(messages))
+        await self.memory.aput_messages(messages)
+
+    def set(self, messages: list[ChatMessage]) -> None:
+        self._screen(_set_checks(messages))
+        self.memory.set(messages)
+
+    async def aset(self, messages: list[ChatMessage]) -> None:
+        await self._ascreen(_set_checks(messages))
+        await self.memory.aset(messages)
+
+    # -- reads and reset: the wrapped memory's ---------------------------------------------------
+    def get(self, input: str | None = None, **kwargs: Any) -> list[ChatMessage]:
+        return self.memory.get(input=input, **kwargs)
+
+    async def aget(self, input: str | None = None, **kwargs: Any) -> list[ChatMessage]:
+        return await self.memory.aget(input=input, **kwargs)
+
+    def get_all(self) -> list[ChatMessage]:
+        return self.memory.get_all()
+
+    async def aget_all(self) -> list[ChatMessage]:
+        return await self.memory.aget_all()
+
+    def reset(self) -> None:
+        self.memory.reset()
+
+    async def areset(self) -> None:
+        await self.memory.areset()
