@@ -1,12 +1,17 @@
 """qwenguard for LangChain and LangGraph (extra: ``pip install 'qwenguard[langchain]'``).
 
+- `GuardMiddleware`: for ``langchain.agents.create_agent``; streams out only judged text and tool
+  calls (it wraps the model call), turns violations into a policy action (``exit_behavior`` "error" |
+  "end" | "replace"); blocked tool calls never execute.
+- `GuardRunnable`, `guard_input`, `guard_output`: LCEL pieces, ``guard_input(g) | prompt | model |
+  guard_output(g)``; the output step passes chunks on only once they are judged.
 - `GuardCallbackHandler` / `AsyncGuardCallbackHandler`: pass in ``config={"callbacks": [...]}`` of any
-  chain, model or agent; screens inputs, every streamed chunk (before it is shown), answers, tool calls
-  (before the tool runs), tool results and retrieved documents, and raises `GuardViolation`.
-- `GuardMiddleware`: for ``langchain.agents.create_agent``; turns violations into a policy action
-  (``exit_behavior`` "error" | "end" | "replace"); blocked tool calls never execute.
-- `GuardRunnable`, `guard_input`, `guard_output`: LCEL pieces, ``guard_input(g) | prompt | model | guard_output(g)``.
+  chain, model or agent; screens inputs, the streamed answer and tool-call arguments, answers, tool
+  calls (before the tool runs), tool results and retrieved documents, and raises `GuardViolation`. A
+  callback cannot hold text back: it stops the stream (see ``_streaming.py`` for the trade).
 - `GuardDocumentCompressor`, `GuardedRetriever`: drop (or raise on) unsafe or injected documents.
+
+User documentation: docs/langchain.md.
 """
 
 from __future__ import annotations

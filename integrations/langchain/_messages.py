@@ -5,6 +5,18 @@ tool calls it asks for are actions; tool results (and retrieved context) are unt
 outside. This module decides *what* to check in a list of LangChain messages; the callers decide
 when, and what a violation does.
 
+What the model is about to read is screened whole (`input_items`): every user turn, every tool result,
+and every assistant turn (its text and its tool calls), wherever it sits in the list. A client that
+sends its own history can put a fake assistant turn anywhere; screening only what follows the last
+assistant turn would let it hide an earlier user turn. Repeated screening of an unchanged history
+hits the guard's verdict cache (same stage, same conversation), so an agent loop pays for each
+message once. System messages are the application's own and are not screened.
+
+Text is every content block that carries text (`message_text`), not only ``"text"`` blocks:
+``"text-plain"`` (inline or base64), ``"input_text"``/``"output_text"``, reasoning, refusals, tool
+results nested in blocks, provider-specific blocks. Media (images, audio, video, non-text files, URLs)
+is not text and is not judged; tool-call blocks are judged as tool calls.
+
 Context kept for a check: the last few user/assistant text turns (`DEFAULT_HISTORY_TURNS`). Tool
 messages are never used as context of another check: untrusted text must not colour the verdict on
 the user's own words.
@@ -12,6 +24,8 @@ the user's own words.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,11 +44,13 @@ from qwenguard.core.formats.conversations import (
 __all__ = [
     "DEFAULT_HISTORY_TURNS",
     "Item",
+    "block_text",
     "message_text",
     "guard_history",
-    "pending_inputs",
+    "input_items",
     "output_items",
     "prompt_items",
+    "tool_arguments",
 ]
 
 #: How many earlier user/assistant text turns a check sees as context.
@@ -58,23 +74,89 @@ class Item:
         return self.stage, self.conversation
 
 
+# -- text of content blocks ---------------------------------------------------------------------
+# Block kinds that are tool calls: judged as actions (``AIMessage.tool_calls``), not as text.
+_TOOL_CALL_KINDS = frozenset({
+    "tool_call", "tool_call_chunk", "invalid_tool_call", "server_tool_call", "server_tool_call_chunk",
+    "tool_use", "function_call",
+})
+# Keys that never carry text a model reads: identifiers, media references, encodings, provider
+# bookkeeping. Every other string in a block is judged (an unknown block kind fails towards judging).
+_NOT_TEXT = frozenset({
+    "type", "id", "index", "mime_type", "media_type", "url", "file_id", "source_type", "cache_control",
+    "detail", "format", "encoding", "signature", "status", "extras", "annotations", "call_id",
+    "tool_call_id", "filename", "image_url", "video_url", "audio_url",
+})
+# Keys whose value is media data: text only when the block says its media is text.
+_DATA_KEYS = frozenset({"base64", "data", "file_data"})
+
+
+def _is_text_media(block: Mapping[str, Any]) -> bool:
+    mime = block.get("mime_type") or block.get("media_type") or ""
+    return block.get("type") == "text-plain" or (isinstance(mime, str) and mime.startswith("text/"))
+
+
+def _b64_text(value: str) -> str:
+    try:
+        return base64.b64decode(value, validate=False).decode("utf-8", errors="replace")
+    except (binascii.Error, ValueError):
+        return value  # not base64 after all: judge the string itself rather than nothing
+
+
+def _data_url_text(value: str) -> str | None:
+    """The text of a ``data:`` URL with a ``text/*`` type; ``None`` for media (not text)."""
+    head, _, body = value.partition(",")
+    if not head[5:].startswith("text/"):
+        return None
+    return _b64_text(body) if head.endswith(";base64") else body
+
+
+def _strings(value: Any, parent: Mapping[str, Any] | None = None, key: str = "") -> list[str]:
+    if isinstance(value, str):
+        if value.startswith("data:") and "," in value[:200]:
+            text = _data_url_text(value)
+            return [] if text is None else [text]
+        if key in _NOT_TEXT:
+            return []
+        if key in _DATA_KEYS:
+            if parent is None or not _is_text_media(parent):
+                return []  # media bytes: not text
+            # "base64" is always encoded; Anthropic's "data" is encoded only in a "base64" source.
+            return [_b64_text(value) if key != "data" or parent.get("type") == "base64" else value]
+        return [value]
+    if isinstance(value, Mapping):
+        if value.get("type") in _TOOL_CALL_KINDS:
+            return []
+        return [s for k, v in value.items() if k != "annotations" for s in _strings(v, value, k)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def block_text(block: Any) -> str:
+    """The text one content block carries (``""`` for media and tool calls).
+
+    >>> block_text({"type": "text-plain", "mime_type": "text/plain", "text": "notes"})
+    'notes'
+    """
+    if isinstance(block, str):
+        return block
+    if isinstance(block, Mapping):
+        if block.get("type") == "text" and isinstance(block.get("text"), str):
+            return block["text"]  # the common case, and exactly LangChain's own ``.text``
+        return "\n".join(s for s in _strings(block) if s)
+    return ""
+
+
 def message_text(message: BaseMessage | str | Any) -> str:
-    """The text of a message (string content or its text blocks); ``""`` when it has none."""
+    """The text of a message: string content, or the text of every content block that carries text."""
     if isinstance(message, str):
         return message
-    if isinstance(message, BaseMessage):
-        return str(message.text)
     content = getattr(message, "content", message)
     if isinstance(content, str):
         return content
-    if isinstance(content, list):
-        parts = []
-        for block in content:
-            if isinstance(block, str):
-                parts.append(block)
-            elif isinstance(block, Mapping) and block.get("type") == "text" and isinstance(block.get("text"), str):
-                parts.append(block["text"])
-        return "".join(parts)
+    if isinstance(content, (list, tuple)):
+        return "".join(block_text(block) for block in content)
     return "" if content is None else str(content)
 
 
@@ -86,15 +168,26 @@ def _role(message: BaseMessage) -> str | None:
     return None  # system, tool, function, ...: not conversation context
 
 
+def _turn(message: BaseMessage) -> dict[str, str] | None:
+    role = _role(message)
+    if role is None:
+        return None
+    text = message_text(message)
+    return {"role": role, "content": text} if text.strip() else None
+
+
 def guard_history(messages: Sequence[BaseMessage], turns: int = DEFAULT_HISTORY_TURNS) -> list[dict[str, str]]:
     """The last ``turns`` user/assistant text turns of ``messages`` as ``{"role", "content"}`` dicts."""
+    if turns <= 0:
+        return []
     out: list[dict[str, str]] = []
-    for message in messages:
-        role = _role(message)
-        text = message_text(message) if role else ""
-        if role and text.strip():
-            out.append({"role": role, "content": text})
-    return out[-turns:] if turns > 0 else []
+    for message in reversed(messages):  # from the end: a long history costs only the turns kept
+        turn = _turn(message)
+        if turn is not None:
+            out.append(turn)
+            if len(out) == turns:
+                break
+    return out[::-1]
 
 
 def tool_arguments(tool_call: Mapping[str, Any]) -> Mapping[str, Any] | str:
@@ -111,36 +204,38 @@ def tool_arguments(tool_call: Mapping[str, Any]) -> Mapping[str, Any] | str:
     return {} if args is None else str(args)
 
 
-def _last_ai_index(messages: Sequence[BaseMessage]) -> int:
-    for i in range(len(messages) - 1, -1, -1):
-        if _role(messages[i]) == "assistant":
-            return i
-    return -1
+def input_items(messages: Sequence[BaseMessage], turns: int = DEFAULT_HISTORY_TURNS) -> list[Item]:
+    """Everything the model is about to read, by role (see the module docstring).
 
-
-def pending_inputs(
-    messages: Sequence[BaseMessage], turns: int = DEFAULT_HISTORY_TURNS, *, since: int | None = None
-) -> list[Item]:
-    """What is new for the model since its last turn: user turns (prompts) and tool results (untrusted).
-
-    ``since``: index of the first new message; default: everything after the last AI message. Human
-    messages become prompt checks (with the earlier turns as history); `ToolMessage`s become
-    tool-result checks. Empty texts are skipped (nothing to judge).
+    User turns become prompt checks and assistant turns response checks (text) and tool-call checks,
+    each with the earlier turns as history; `ToolMessage`s become tool-result checks (untrusted, alone).
+    System messages and empty texts are skipped. Linear in the number of messages.
     """
-    start = _last_ai_index(messages) + 1 if since is None else since
     items: list[Item] = []
-    for i in range(start, len(messages)):
-        message = messages[i]
-        text = message_text(message)
-        if not text.strip():
-            continue
+    history: list[dict[str, str]] = []  # the user/assistant turns before message i
+    for i, message in enumerate(messages):
+        context = history[-turns:] if turns > 0 else []
         if isinstance(message, ToolMessage) or message.type == "tool":
-            name = getattr(message, "name", None) or "tool"
-            conversation = untrusted_conversation(text, "tool output")
-            items.append(Item(Stage.TOOL_RESULT, conversation, message, i, label=f"tool result of {name}"))
-        elif _role(message) == "user":
-            history = guard_history(messages[:i], turns)
-            items.append(Item(Stage.PROMPT, prompt_conversation(text, history), message, i, label="user input"))
+            text = message_text(message)
+            if text.strip():
+                name = getattr(message, "name", None) or "tool"
+                conversation = untrusted_conversation(text, "tool output")
+                items.append(Item(Stage.TOOL_RESULT, conversation, message, i, label=f"tool result of {name}"))
+            continue
+        role = _role(message)
+        if role == "user":
+            text = message_text(message)
+            if text.strip():
+                items.append(Item(Stage.PROMPT, prompt_conversation(text, context), message, i, label="user input"))
+        elif role == "assistant":
+            for item in output_items(message, context, turns):
+                item.index = i
+                items.append(item)
+        turn = _turn(message)
+        if turn is not None:
+            history.append(turn)
+            if len(history) > 4 * max(turns, 1):
+                del history[: -max(turns, 1)]  # keep it bounded on long histories
     return items
 
 
@@ -167,7 +262,10 @@ def output_items(
     items: list[Item] = []
     body = message_text(message)
     if text and body.strip():
-        items.append(Item(Stage.RESPONSE, response_conversation(history, body), message, label="model response"))
+        # Response moderation reads an answer *to* a user turn (the official format): an answer with
+        # no user turn before it (a client's history that starts with one) follows an empty one.
+        before = history if any(m.get("role") == "user" for m in history) else [{"role": "user", "content": ""}, *history]
+        items.append(Item(Stage.RESPONSE, response_conversation(before, body), message, label="model response"))
     if tool_calls:
         for call in getattr(message, "tool_calls", None) or ():
             name = call.get("name") or ""

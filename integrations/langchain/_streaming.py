@@ -1,61 +1,83 @@
-"""Judging a streamed answer while it streams: two engines for the callbacks and the output runnable.
+"""Judging a streamed answer (and streamed tool-call arguments) while it streams: the engines.
 
-``"gate"`` — `StreamGate`, the default of the callback handlers.
+Where text can be held back (`guard_output`, `GuardRunnable`, `GuardMiddleware`: see ``_holding.py``)
+a chunk is passed on only once a verdict covers it. A callback cannot hold anything: the model yields a
+chunk (and LangGraph's ``stream_mode="messages"`` handler emits it) right after ``on_llm_new_token``
+returns; all a callback can do is *wait* before returning, which stalls the stream, or raise, which
+stops it. The engines are three answers to that:
 
-A LangChain callback cannot hold text back: ``BaseChatModel.stream`` yields a chunk (and LangGraph's
-``stream_mode="messages"`` handler emits it) right after ``on_llm_new_token`` returns. So the gate
-below judges, synchronously, everything streamed so far *including* the chunk at hand, and raises
-on the chunk where the guard first finds a violation: the consumer receives exactly the prefix the
-guard judged safe, and never the chunk that made it unsafe.
+``"pipelined"`` — `PipelinedScreen`, the callbacks' default with a Gen guard. Each chunk starts a check
+of the answer so far in the background (up to ``max_in_flight`` at once; a busy guard's checks
+coalesce) and the chunk goes out at once. A check that comes back unsafe raises on the next chunk, so
+the stream stops one judge latency after the unsafe words arrived. The consumer never holds more than
+``max_unjudged`` characters that no verdict covers: past that, the callback waits for the verdicts in
+flight. Added cost per token: close to zero while the guard keeps up; exposure: at most the text that
+streams while one check is in flight, and never more than ``max_unjudged`` characters plus the chunk
+in flight.
 
-Trade-off (documented in the README): this is the strictest setting — no hold-back, no debounce
-(Qwen3Guard-Stream's official rule waits for two consecutive unsafe tokens, which would let the first
-unsafe word through) — and it costs one guard check per chunk with text. ``min_chars`` batches tiny
-chunks at the price of letting up to ``min_chars - 1`` unjudged characters of a chunk group through;
-the default (1) judges every chunk.
+``"gate"`` — the same with ``max_unjudged=0``: every chunk is judged before it is yielded (one Gen
+check per chunk, in the stream's path: a 70 ms guard makes a 20 ms/token stream run at 70 ms/token).
+Exposure: none beyond what the guard judges safe on its own (the first word of a multi-word phrase).
 
-The window the guard reads is the last ``window_chars`` characters of the answer (a sliding window,
-never the whole prefix, so long answers cost O(window) per check), with the user's request as
-context.
+``"monitor"`` — `MonitorScreen`, a `qwenguard.core` StreamMonitor per stream (``guard.stream``): the
+cheap engine with a Qwen3Guard-Stream model (O(1) per token), and the callbacks' default when the
+guard has one. In a callback it releases at once (``holdback=0``) and flags on the first unsafe token.
 
-``"monitor"`` — `MonitorScreen`, a `qwenguard.core` StreamMonitor per stream (``guard.stream``), the
-default of `guard_output`. It is the cheap engine with a Qwen3Guard-Stream model (O(1) per token) and
-bounds Gen checks to sentence windows otherwise, but it judges text *after* it arrives: the token
-engine commits the last few BPE tokens of a delta only when more text comes, and the Gen-window
-engine checks whole sentences in the background. Where text can be held back (a runnable that yields
-chunks only once the monitor released them) that keeps the guarantee; in a callback, which cannot hold
-anything back, the violation is raised on the chunk where the monitor finds it, which may be a chunk
-or a sentence after the unsafe words went out. The handlers therefore default to ``"gate"``.
+The window a Gen check reads is the last ``window_chars`` characters of the answer (never the whole
+prefix: O(window) per check), with the user's request as context. Tool-call arguments stream through
+the same engine as text, each call judged as the assistant's action (``Tool call: name({...``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import re
+import threading
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 from qwenguard.core import Decision, Guard, Stage, enforce
-from qwenguard.core.formats.conversations import response_conversation
+from qwenguard.core.formats.conversations import response_conversation, tool_call_conversation
 
 from ._messages import Item
 
-__all__ = ["StreamGate", "GateScreen", "MonitorScreen", "open_screen", "Engine", "DEFAULT_WINDOW_CHARS"]
+__all__ = [
+    "StreamGate", "ToolCallGate", "GateScreen", "PipelinedScreen", "MonitorScreen", "Screen", "open_screen",
+    "Engine", "DEFAULT_WINDOW_CHARS", "DEFAULT_MAX_UNJUDGED", "DEFAULT_MAX_IN_FLIGHT", "DEFAULT_SEGMENT",
+]
 
-Engine = Literal["gate", "monitor"]
+Engine = Literal["pipelined", "gate", "monitor"]
+ENGINES = ("pipelined", "gate", "monitor")
 
 #: Characters of the answer the guard reads per check (the tail of the answer so far).
 DEFAULT_WINDOW_CHARS = 2000
+#: ``"pipelined"``: characters the consumer may receive before a verdict covers them.
+DEFAULT_MAX_UNJUDGED = 16
+#: ``"pipelined"``: checks of one stream running at once.
+DEFAULT_MAX_IN_FLIGHT = 4
+#: Hold-back with a Gen guard: the shortest sentence the core monitor judges on its own. The core's
+#: default (40) joins a short first sentence to the next; 1 releases each sentence once it is judged.
+DEFAULT_SEGMENT = 1
 
 # A character that ends a word: whitespace or punctuation (matched against the last character only).
 _WORD_END = re.compile(r"[\s.,;:!?)\]}\"'…。，！？]")
 
 
+# ================================================================================================
+# Bookkeeping of one streamed text: what was fed, what a verdict covers. No I/O.
+# ================================================================================================
 class StreamGate:
-    """One streamed answer. ``pending(delta)`` says what to check (or ``None``); ``settle`` raises.
+    """One streamed answer: the tail the guard reads, how much is fed and how much is judged.
 
-    The I/O (sync or async guard call) is the caller's; the logic is written once here.
-    """
+    ``pending(delta)`` says what to check (or ``None``); ``settle`` records a verdict and raises when it
+    blocks. The I/O (sync or async guard call, now or in the background) is the caller's."""
+
+    stage = Stage.STREAM
+    label = "streamed answer"
 
     def __init__(
         self,
@@ -80,33 +102,60 @@ class StreamGate:
         # the whole answer would cost O(answer) per chunk on long streams.
         self.tail = ""
         self.length = 0  # characters streamed so far
-        self.judged = 0  # characters of the answer covered by a verdict
-        self.decision: Decision | None = None  # the violation, once found
+        self.judged = 0  # characters of the answer covered by a verdict (contiguous from 0)
+        self.decision: Decision | None = None  # the violation (or fail-closed error), once found
 
-    def pending(self, delta: str, *, final: bool = False) -> Item | None:
-        """Append ``delta``; return the check that must pass before it is released, if one is due."""
-        if self.decision is not None:  # a violation (or fail-closed error) already stopped this stream
+    def add(self, delta: str) -> None:
+        """Append ``delta`` (raises the recorded violation again once the stream is stopped)."""
+        if self.decision is not None:
             enforce(self.decision)
         if delta:
             self.tail = (self.tail + delta)[-self.window_chars :]
             self.length += len(delta)
-        unjudged = self.length - self.judged
+
+    @property
+    def unjudged(self) -> int:
+        """Characters fed and not covered by a verdict (0 when they are whitespace only)."""
+        n = self.length - self.judged
+        if n <= 0:
+            return 0
+        if n <= len(self.tail) and not self.tail[-n:].strip():
+            return 0  # whitespace alone cannot make judged-safe text unsafe
+        return n
+
+    def due(self, delta: str, *, final: bool = False) -> bool:
+        """Is a check due now, after ``delta`` was added?"""
+        unjudged = self.unjudged
         if unjudged <= 0 or (not final and unjudged < self.min_chars):
-            return None
+            return False
         if not final:
             if self.whole_words and not _WORD_END.match(self.tail[-1:]):
-                return None  # the word is not complete yet: hold it
+                return False  # the word is not complete yet: hold it
             if not self.whole_words and not delta.strip():
-                return None  # whitespace alone cannot make judged-safe text unsafe: judged with the next word
-        item = Item(Stage.STREAM, response_conversation(self.context, self.tail), label="streamed answer")
+                return False  # whitespace: judged with the next word
+        return True
+
+    def item(self) -> Item:
+        """The check of everything fed so far (its window)."""
+        item = Item(self.stage, self._conversation(self.tail), label=self.label)
         item.extra["end"] = self.length
         item.extra["start"] = self.length - len(self.tail)
         return item
 
+    def _conversation(self, text: str) -> list[dict[str, str]]:
+        return response_conversation(self.context, text)
+
+    def pending(self, delta: str, *, final: bool = False) -> Item | None:
+        """Append ``delta``; return the check that must pass before it is released, if one is due."""
+        self.add(delta)
+        return self.item() if self.due(delta, final=final) else None
+
     def settle(self, item: Item, decision: Decision) -> None:
         """Record the verdict on ``item``; raise `GuardViolation`/`GuardUnavailable` when it blocks."""
+        if self.decision is not None:
+            enforce(self.decision)
         if decision.allowed:
-            self.judged = item.extra["end"]
+            self.judged = max(self.judged, item.extra["end"])
             return
         # The violation is in the text judged by this check and not before: point at the new part.
         decision = replace(decision, offset=self.judged)
@@ -114,44 +163,186 @@ class StreamGate:
         enforce(decision)
 
 
-def check_gate(guard: Guard, gate: StreamGate, delta: str, *, final: bool = False) -> None:
-    item = gate.pending(delta, final=final)
-    if item is not None:
-        gate.settle(item, guard.check_many([item.pair])[0])
+class ToolCallGate(StreamGate):
+    """The streamed arguments of one tool call, judged as the assistant's action (``Tool call: name(...``)."""
+
+    stage = Stage.TOOL_CALL
+
+    def __init__(self, name: str, context: Sequence[dict[str, str]], **options: Any) -> None:
+        super().__init__(context, **options)
+        self.name = name or "tool"
+        self.label = f"tool call {self.name}"
+
+    def _conversation(self, text: str) -> list[dict[str, str]]:
+        return tool_call_conversation(self.name, text, self.context)
 
 
-async def acheck_gate(guard: Guard, gate: StreamGate, delta: str, *, final: bool = False) -> None:
-    item = gate.pending(delta, final=final)
-    if item is not None:
-        gate.settle(item, (await guard.acheck_many([item.pair]))[0])
-
-
+# ================================================================================================
+# Engines: one interface (check/flush/finish, sync and async twins, `released`, close)
+# ================================================================================================
 class GateScreen:
-    """The ``"gate"`` engine behind one interface with `MonitorScreen`: ``check``/``acheck`` one delta.
+    """Every due chunk judged in the stream's path, synchronously.
 
     ``hold=True`` (runnables, which can hold chunks back): judge at word ends only and release what
     was judged. ``hold=False`` (callbacks): judge every chunk; everything fed counts as released."""
 
-    def __init__(
-        self, guard: Guard, context: Sequence[dict[str, str]], *, window_chars: int, min_chars: int, hold: bool = False
-    ) -> None:
+    def __init__(self, guard: Guard, gate: StreamGate, *, hold: bool = False) -> None:
         self.guard = guard
         self.hold = hold
-        self.gate = StreamGate(context, window_chars=window_chars, min_chars=min_chars, whole_words=hold)
+        self.gate = gate
 
     @property
     def released(self) -> int:
         """Characters that may be passed on now."""
         return self.gate.judged if self.hold else self.gate.length
 
-    def check(self, delta: str, *, final: bool = False) -> None:
-        check_gate(self.guard, self.gate, delta, final=final)
+    def check(self, delta: str) -> None:
+        item = self.gate.pending(delta)
+        if item is not None:
+            self.gate.settle(item, self.guard.check_many([item.pair])[0])
 
-    async def acheck(self, delta: str, *, final: bool = False) -> None:
-        await acheck_gate(self.guard, self.gate, delta, final=final)
+    async def acheck(self, delta: str) -> None:
+        item = self.gate.pending(delta)
+        if item is not None:
+            self.gate.settle(item, (await self.guard.acheck_many([item.pair]))[0])
+
+    def flush(self) -> None:
+        item = self.gate.pending("", final=True)
+        if item is not None:
+            self.gate.settle(item, self.guard.check_many([item.pair])[0])
+
+    async def aflush(self) -> None:
+        item = self.gate.pending("", final=True)
+        if item is not None:
+            self.gate.settle(item, (await self.guard.acheck_many([item.pair]))[0])
+
+    finish, afinish = flush, aflush
 
     def close(self) -> None:
         pass
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    """Workers for the background checks of sync streams (the Gen backend batches concurrent calls)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="qwenguard-lc-stream")
+        return _pool
+
+
+Handle = Union["Future[list[Decision]]", "asyncio.Future[list[Decision]]"]
+
+
+class PipelinedScreen:
+    """The ``"pipelined"`` engine (and ``"gate"`` with ``max_unjudged=0, max_in_flight=1``), for callbacks.
+
+    See the module docstring. Checks of a sync stream run on worker threads, of an async one as tasks."""
+
+    def __init__(self, guard: Guard, gate: StreamGate, *, max_unjudged: int = DEFAULT_MAX_UNJUDGED,
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
+        if max_unjudged < 0 or max_in_flight < 1:
+            raise ValueError("max_unjudged must be >= 0 and max_in_flight >= 1")
+        self.guard = guard
+        self.gate = gate
+        self.max_unjudged = max_unjudged
+        self.max_in_flight = max_in_flight
+        self._flight: deque[tuple[Item, Handle]] = deque()
+
+    @property
+    def released(self) -> int:
+        return self.gate.length  # a callback holds nothing back
+
+    # -- shared logic ---------------------------------------------------------------------------
+    def _settle(self, item: Item, decisions: list[Decision]) -> None:
+        self.gate.settle(item, decisions[0])
+
+    def _harvest(self) -> None:
+        """Settle every finished check (any order: an unsafe verdict raises as soon as it is seen)."""
+        if not self._flight:
+            return
+        running: deque[tuple[Item, Handle]] = deque()
+        done = []
+        for item, handle in self._flight:
+            (done if handle.done() else running).append((item, handle))
+        self._flight = running
+        for item, handle in done:
+            self._settle(item, handle.result())
+
+    def _wants_check(self, delta: str) -> bool:
+        return len(self._flight) < self.max_in_flight and self.gate.due(delta)
+
+    # -- sync -----------------------------------------------------------------------------------
+    def _start(self) -> None:
+        item = self.gate.item()
+        context = contextvars.copy_context()
+        self._flight.append((item, _executor().submit(context.run, self.guard.check_many, [item.pair])))
+
+    def _wait_oldest(self) -> None:
+        item, handle = self._flight.popleft()
+        # A task (started by an async dispatch of this run) cannot be waited for here: used once done.
+        if isinstance(handle, Future) or handle.done():
+            self._settle(item, handle.result())
+
+    def check(self, delta: str) -> None:
+        self.gate.add(delta)
+        self._harvest()
+        if self._wants_check(delta):
+            self._start()
+        while self.gate.unjudged > self.max_unjudged:
+            if not self._flight:
+                self._start()
+            self._wait_oldest()
+
+    def flush(self) -> None:
+        """Everything fed so far judged (waits for the checks in flight)."""
+        self.gate.add("")
+        while self._flight:
+            self._wait_oldest()
+        if self.gate.unjudged:
+            self._start()
+            self._wait_oldest()
+
+    finish = flush
+
+    # -- async ----------------------------------------------------------------------------------
+    def _astart(self) -> None:
+        item = self.gate.item()
+        self._flight.append((item, asyncio.ensure_future(self.guard.acheck_many([item.pair]))))
+
+    async def _await_oldest(self) -> None:
+        item, handle = self._flight.popleft()
+        result = await (asyncio.wrap_future(handle) if isinstance(handle, Future) else handle)
+        self._settle(item, result)
+
+    async def acheck(self, delta: str) -> None:
+        self.gate.add(delta)
+        self._harvest()
+        if self._wants_check(delta):
+            self._astart()
+        while self.gate.unjudged > self.max_unjudged:
+            if not self._flight:
+                self._astart()
+            await self._await_oldest()
+
+    async def aflush(self) -> None:
+        self.gate.add("")
+        while self._flight:
+            await self._await_oldest()
+        if self.gate.unjudged:
+            self._astart()
+            await self._await_oldest()
+
+    afinish = aflush
+
+    def close(self) -> None:
+        """Stop: cancel the checks still in flight (a running worker thread finishes on its own)."""
+        while self._flight:
+            self._flight.popleft()[1].cancel()
 
 
 def _monitor_prompt(context: Sequence[dict[str, str]]) -> list[dict[str, str]]:
@@ -163,13 +354,15 @@ def _monitor_prompt(context: Sequence[dict[str, str]]) -> list[dict[str, str]]:
 
 
 class MonitorScreen:
-    """The ``"monitor"`` engine: a StreamMonitor (sync or async) fed delta by delta.
+    """The ``"monitor"`` engine: a core StreamMonitor (sync or async) fed delta by delta.
 
     ``released`` is how many characters the monitor has released (judged, plus ``holdback``)."""
 
     def __init__(self, guard: Guard, context: Sequence[dict[str, str]], *, asynchronous: bool, **options: Any) -> None:
         self.guard = guard
         options.setdefault("screen_prompt", False)  # the input is screened on its own, as a prompt
+        if guard.stream_backend is None:
+            options.setdefault("min_segment", DEFAULT_SEGMENT)
         prompt = _monitor_prompt(context)
         self.monitor = guard.astream(prompt, **options) if asynchronous else guard.stream(prompt, **options)
         self._released = 0
@@ -178,20 +371,38 @@ class MonitorScreen:
     def released(self) -> int:
         return self._released
 
-    def check(self, delta: str, *, final: bool = False) -> None:
+    def check(self, delta: str) -> None:
         if delta:
             self._released += len(self.monitor.feed(delta))
-        if final and not self.monitor.closed:
-            self._released += len(self.monitor.finish())
 
-    async def acheck(self, delta: str, *, final: bool = False) -> None:
+    async def acheck(self, delta: str) -> None:
         if delta:
             self._released += len(await self.monitor.afeed(delta))
-        if final and not self.monitor.closed:
+
+    def flush(self) -> None:
+        """A monitor cannot judge early what it holds; its release follows its own verdicts."""
+
+    async def aflush(self) -> None:
+        """See `flush`."""
+
+    def finish(self) -> None:
+        if not self.monitor.closed:
+            self._released += len(self.monitor.finish())
+
+    async def afinish(self) -> None:
+        if not self.monitor.closed:
             self._released += len(await self.monitor.afinish())
 
     def close(self) -> None:
         self.monitor.close()
+
+
+Screen = GateScreen | PipelinedScreen | MonitorScreen
+
+
+def check_engine(engine: str | None) -> None:
+    if engine is not None and engine not in ENGINES:
+        raise ValueError(f"stream_engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
 
 
 def open_screen(
@@ -203,11 +414,36 @@ def open_screen(
     hold: bool = False,
     window_chars: int = DEFAULT_WINDOW_CHARS,
     min_chars: int = 1,
+    max_unjudged: int = DEFAULT_MAX_UNJUDGED,
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     monitor_options: dict[str, Any] | None = None,
-) -> GateScreen | MonitorScreen:
+) -> Screen:
     """A screen for one streamed answer with the chosen engine (``hold``: the caller can hold text back)."""
-    if engine == "gate":
-        return GateScreen(guard, context, window_chars=window_chars, min_chars=min_chars, hold=hold)
+    check_engine(engine)
     if engine == "monitor":
         return MonitorScreen(guard, context, asynchronous=asynchronous, **(monitor_options or {}))
-    raise ValueError(f"stream engine must be 'gate' or 'monitor', got {engine!r}")
+    gate = StreamGate(context, window_chars=window_chars, min_chars=min_chars, whole_words=hold)
+    if hold:
+        return GateScreen(guard, gate, hold=True)
+    if engine == "gate":
+        return PipelinedScreen(guard, gate, max_unjudged=0, max_in_flight=1)
+    return PipelinedScreen(guard, gate, max_unjudged=max_unjudged, max_in_flight=max_in_flight)
+
+
+def open_tool_screen(
+    guard: Guard,
+    name: str,
+    context: Sequence[dict[str, str]],
+    engine: Engine,
+    *,
+    window_chars: int = DEFAULT_WINDOW_CHARS,
+    max_unjudged: int = DEFAULT_MAX_UNJUDGED,
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+) -> PipelinedScreen:
+    """A screen for the streamed arguments of one tool call (callbacks: the text engine's bound).
+
+    The ``"monitor"`` engine judges answers, not actions: tool calls go through ``"pipelined"``."""
+    gate = ToolCallGate(name, context, window_chars=window_chars)
+    if engine == "gate":
+        return PipelinedScreen(guard, gate, max_unjudged=0, max_in_flight=1)
+    return PipelinedScreen(guard, gate, max_unjudged=max_unjudged, max_in_flight=max_in_flight)

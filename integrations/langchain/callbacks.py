@@ -18,8 +18,13 @@ not answer and the policy fails closed):
 - ``on_chat_model_start`` / ``on_llm_start`` — before the model runs: new user turns as prompts, new
   tool messages as untrusted content (system messages are the application's own and are skipped).
 - ``on_llm_new_token`` (classic streaming, LangGraph ``stream_mode="messages"``) and
-  ``on_stream_event`` (``stream_events(version="v3")``) — each text chunk is judged before it is
-  yielded (see ``_streaming.py``): the consumer never receives the chunk where a violation starts.
+  ``on_stream_event`` (``stream_events(version="v3")``; one of the two per run, never both: see
+  ``_feed.py``) — the streamed text and each streamed tool call's arguments. A callback cannot hold
+  text back, only stall or stop the stream; the default engine (``"pipelined"``, see ``_streaming.py``)
+  judges in the background and stops the stream one judge latency after unsafe words arrived, never
+  letting more than ``max_unjudged`` characters out ahead of their verdict; ``stream_engine="gate"``
+  judges every chunk before it is yielded, at the price of one guard call in the stream's path per
+  chunk. To hold text until it is judged, use `GuardMiddleware` (agents) or `guard_output` (chains).
 - ``on_llm_end`` — the whole answer when nothing streamed, and every tool call the answer asks for.
 - ``on_tool_start`` — the tool call (name + arguments) before the tool runs; ``on_tool_end`` — its
   result (the tool has run; the result is stopped before anything reads it).
@@ -28,6 +33,12 @@ not answer and the policy fails closed):
 
 One handler serves any number of concurrent runs: state is keyed by ``run_id`` and dropped when the
 run ends or fails.
+
+Blocked runs are not logged as callback errors: LangChain logs every exception a handler raises at
+WARNING ("Error in GuardCallbackHandler.on_llm_new_token callback: GuardViolation(...)") before it
+re-raises it to the caller. For the guard's own exceptions that line is noise (the caller gets the
+exception), so it is moved to DEBUG on the ``qwenguard.integrations.langchain`` logger; see it with
+``logging.getLogger("qwenguard.integrations.langchain").setLevel(logging.DEBUG)`` and a handler.
 
 Parallel input screening (``parallel_input=True``, or a `Guard` built with ``parallel_input=True``):
 ``on_chat_model_start`` starts the input check in the background and returns, so the model call
@@ -59,19 +70,31 @@ from qwenguard.core import Decision, Guard, Stage, enforce
 from qwenguard.core.formats.conversations import tool_call_conversation, untrusted_conversation
 from qwenguard.core.streaming.parallel import PendingCheck
 
+from ._feed import StreamFeed
+from ._logs import quiet_guard_stops
 from ._messages import (
     DEFAULT_HISTORY_TURNS,
     Item,
     guard_history,
+    input_items,
     message_text,
     output_items,
-    pending_inputs,
     prompt_items,
 )
 from ._screening import ascreen, first_blocked, require_guard, screen
-from ._streaming import DEFAULT_WINDOW_CHARS, Engine, GateScreen, MonitorScreen, open_screen
+from ._streaming import (
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_UNJUDGED,
+    DEFAULT_WINDOW_CHARS,
+    Engine,
+    Screen,
+    check_engine,
+    open_screen,
+    open_tool_screen,
+)
 
 __all__ = ["GuardCallbackHandler", "AsyncGuardCallbackHandler"]
+
 
 #: How many tool-call contexts to remember between ``on_llm_end`` and ``on_tool_start``.
 _MAX_TOOL_CONTEXTS = 1024
@@ -80,15 +103,19 @@ _MAX_TOOL_CONTEXTS = 1024
 class _Run:
     """What one model/tool/retriever run needs between its events."""
 
-    __slots__ = ("context", "screen", "streamed", "tool", "query", "pending")
+    __slots__ = ("context", "feed", "tool", "query", "pending")
 
     def __init__(self, context: list[dict[str, str]] | None = None) -> None:
         self.context = context or []
         self.pending: PendingCheck | None = None  # the input verdict, with parallel_input
-        self.screen: GateScreen | MonitorScreen | None = None
-        self.streamed = False
+        self.feed: StreamFeed | None = None  # what its stream fed the guard
         self.tool: str | None = None
         self.query: str | None = None
+
+    def close(self) -> None:
+        if self.feed is not None:
+            for screen in self.feed.screens():
+                screen.close()
 
 
 class _GuardHandlerLogic:
@@ -110,16 +137,23 @@ class _GuardHandlerLogic:
         history_turns: int = DEFAULT_HISTORY_TURNS,
         window_chars: int = DEFAULT_WINDOW_CHARS,
         min_chars: int = 1,
-        stream_engine: Engine = "gate",
+        stream_engine: Engine | None = None,
+        max_unjudged: int = DEFAULT_MAX_UNJUDGED,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         monitor_options: dict[str, Any] | None = None,
         parallel_input: bool | None = None,
     ) -> None:
-        if stream_engine not in ("gate", "monitor"):
-            raise ValueError(f"stream_engine must be 'gate' or 'monitor', got {stream_engine!r}")
+        check_engine(stream_engine)
+        if max_unjudged < 0 or max_in_flight < 1:
+            raise ValueError("max_unjudged must be >= 0 and max_in_flight >= 1")
         self.guard = require_guard(guard)
         # None: follow the guard (Guard(..., parallel_input=True) turns it on everywhere).
         self.parallel_input = guard.parallel_input if parallel_input is None else bool(parallel_input)
+        if stream_engine is None:  # a Stream model scores tokens in O(1): the monitor is then the cheap one
+            stream_engine = "monitor" if guard.stream_backend is not None else "pipelined"
         self.stream_engine: Engine = stream_engine
+        self.max_unjudged = max_unjudged
+        self.max_in_flight = max_in_flight
         # A callback cannot hold text back: release at once, and flag on the first unsafe token.
         self.monitor_options = {"holdback": 0, "window": 1, **(monitor_options or {})}
         self.check_input = check_input
@@ -135,6 +169,10 @@ class _GuardHandlerLogic:
         self._tool_contexts: OrderedDict[str, list[dict[str, str]]] = OrderedDict()
         self._lock = threading.Lock()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        quiet_guard_stops(cls.__name__)
+
     # -- per-run state --------------------------------------------------------------------------
     def _run(self, run_id: UUID) -> _Run:
         with self._lock:
@@ -147,8 +185,7 @@ class _GuardHandlerLogic:
         with self._lock:
             run = self._runs.pop(run_id, None)
         if run is not None:
-            if run.screen is not None:
-                run.screen.close()
+            run.close()
             if run.pending is not None and not run.pending.done():
                 run.pending.cancel()
         return run
@@ -224,13 +261,15 @@ class _GuardHandlerLogic:
 
     # -- what to check (pure) -------------------------------------------------------------------
     def _chat_start_items(self, messages: list[list[BaseMessage]], run_id: UUID) -> list[Item]:
+        # Every message the model reads, not only what follows the last AI turn: a client's own history
+        # can hide a user turn behind a fake assistant turn. Unchanged history hits the verdict cache.
+        wanted = {
+            Stage.PROMPT: self.check_input, Stage.RESPONSE: self.check_input,
+            Stage.TOOL_CALL: self.check_input and self.check_tool_calls, Stage.TOOL_RESULT: self.check_tool_results,
+        }
         items: list[Item] = []
         for batch in messages:
-            for item in pending_inputs(batch, self.history_turns):
-                if (item.stage is Stage.PROMPT and self.check_input) or (
-                    item.stage is Stage.TOOL_RESULT and self.check_tool_results
-                ):
-                    items.append(item)
+            items.extend(item for item in input_items(batch, self.history_turns) if wanted.get(item.stage))
         self._run(run_id).context = guard_history(messages[0], self.history_turns) if messages else []
         return items
 
@@ -238,23 +277,37 @@ class _GuardHandlerLogic:
         self._run(run_id).context = [{"role": "user", "content": prompts[0]}] if prompts else []
         return prompt_items(prompts) if self.check_input else []
 
-    def _screen(self, run_id: UUID, *, asynchronous: bool) -> GateScreen | MonitorScreen | None:
-        if not self.check_stream:
-            return None
+    def _feed(self, run_id: UUID, *, asynchronous: bool) -> StreamFeed:
+        """The run's stream feed, its screens opened on first use with this run's context."""
         run = self._run(run_id)
-        run.streamed = True
-        if run.screen is None:
-            run.screen = open_screen(
-                self.guard, run.context, self.stream_engine, asynchronous=asynchronous,
-                window_chars=self.window_chars, min_chars=self.min_chars, monitor_options=self.monitor_options,
-            )
-        return run.screen
+        if run.feed is None:
+            guard, context, engine = self.guard, run.context, self.stream_engine
+
+            def open_text() -> Screen | None:
+                if not self.check_stream:
+                    return None
+                return open_screen(
+                    guard, context, engine, asynchronous=asynchronous, window_chars=self.window_chars,
+                    min_chars=self.min_chars, max_unjudged=self.max_unjudged, max_in_flight=self.max_in_flight,
+                    monitor_options=self.monitor_options,
+                )
+
+            def open_tool(name: str) -> Screen | None:
+                if not self.check_tool_calls:
+                    return None
+                return open_tool_screen(
+                    guard, name, context, engine, window_chars=self.window_chars,
+                    max_unjudged=self.max_unjudged, max_in_flight=self.max_in_flight,
+                )
+
+            run.feed = StreamFeed(open_text, open_tool)
+        return run.feed
 
     def _end_items(self, response: LLMResult, run_id: UUID) -> tuple[_Run | None, list[Item]]:
         with self._lock:  # not `_drop`: the screen still has to finish
             run = self._runs.pop(run_id, None)
         context = run.context if run else []
-        streamed = bool(run and run.streamed)
+        streamed = bool(run and run.feed is not None and run.feed.streamed)
         items: list[Item] = []
         for generations in response.generations:
             for generation in generations:
@@ -324,45 +377,27 @@ def _plain_text(output: Any) -> str | None:
     return None
 
 
-def _token_text(token: Any, chunk: Any) -> str:
-    message = getattr(chunk, "message", None)
-    if message is not None:
-        return message_text(message)
-    if chunk is not None and isinstance(getattr(chunk, "text", None), str):
-        return chunk.text
-    return token if isinstance(token, str) else message_text(token)
-
-
-def _event_text(event: Any) -> tuple[str, bool]:
-    """``(text delta, final)`` of a v3 protocol event; ``final`` when a block or message completes
-    (its finish event repeats the whole text, so nothing may remain unjudged by then)."""
-    if not isinstance(event, Mapping):
-        return "", False
-    kind = event.get("event")
-    if kind == "content-block-delta":
-        delta = event.get("delta") or {}
-        return (delta.get("text", "") if delta.get("type") == "text-delta" else ""), False
-    return "", kind in ("content-block-finish", "message-finish")
-
-
 class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
     """Screens inputs, streamed tokens, answers, tool calls, tool results and documents; raises on a violation.
 
     >>> handler = GuardCallbackHandler(Guard.from_pretrained("demo"))                 # doctest: +SKIP
     >>> chain.invoke(inputs, config={"callbacks": [handler]})                        # doctest: +SKIP
 
-    Sync: use with ``invoke``/``stream``/``batch``. With async calls it still works but runs the guard
-    on the event loop; prefer `AsyncGuardCallbackHandler` there.
+    Sync: use with ``invoke``/``stream``/``batch``. With async calls it still works but waits for the
+    guard on the event loop; prefer `AsyncGuardCallbackHandler` there.
 
     Args:
         guard: the `qwenguard.core.Guard` (its `Policy` decides what blocks).
         check_input / check_output / check_stream / check_tool_calls / check_tool_results /
             check_retrieval: switch each screen off.
         history_turns: earlier user/assistant turns given to the guard as context.
-        stream_engine: ``"gate"`` (default: every streamed chunk is judged before it is yielded; one
-            Gen check per chunk over the last ``window_chars`` characters; ``min_chars`` batches tiny
-            chunks) or ``"monitor"`` (a StreamMonitor per run, ``monitor_options`` passed to
-            ``guard.stream``; cheaper with a Stream model, may raise a chunk late). See ``_streaming.py``.
+        stream_engine: how streamed text and tool-call arguments are judged (see ``_streaming.py``):
+            ``"pipelined"`` (default with a Gen guard: checks run beside the stream, at most
+            ``max_in_flight`` at once; the stream waits only when more than ``max_unjudged``
+            characters are out ahead of their verdict), ``"gate"`` (every chunk judged before it is
+            yielded: one guard call in the stream's path per chunk) or ``"monitor"`` (default with a
+            Stream model: a StreamMonitor per run, ``monitor_options`` passed to ``guard.stream``).
+            Each check reads the last ``window_chars`` characters.
         parallel_input: start the model while the input is checked; the first token, the answer
             and any tool wait for the verdict (default: the guard's ``parallel_input``).
     """
@@ -379,27 +414,31 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
 
     def on_llm_new_token(self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any) -> None:
         self._wait_input(run_id)
-        text = _token_text(token, chunk)
-        screen = self._screen(run_id, asynchronous=False)
-        if screen is not None and text:
-            screen.check(text)
+        with self._dropped_on_error(run_id):
+            for judge, delta in self._feed(run_id, asynchronous=False).token_pieces(token, chunk):
+                judge.check(delta)
 
     def on_stream_event(self, event: Any, *, run_id: UUID, **kwargs: Any) -> None:
         self._wait_input(run_id)
-        text, final = _event_text(event)
-        screen = self._screen(run_id, asynchronous=False)
-        if screen is not None and (text or final):
-            screen.check(text, final=final)
+        with self._dropped_on_error(run_id):
+            feed = self._feed(run_id, asynchronous=False)
+            pieces, finish = feed.event_pieces(event)
+            for judge, delta in pieces:
+                judge.check(delta)
+            if finish:  # the finish event repeats the block: everything fed is judged before it goes out
+                for judge in feed.screens():
+                    judge.flush()
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         with self._dropped_on_error(run_id):
             self._wait_input(run_id)
         run, items = self._end_items(response, run_id)
-        if run is not None and run.screen is not None:
+        if run is not None and run.feed is not None:
             try:
-                run.screen.check("", final=True)
+                for judge in run.feed.screens():
+                    judge.finish()
             finally:
-                run.screen.close()
+                run.close()
         self._raise_first(items, screen(self.guard, items))
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
@@ -482,27 +521,31 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
 
     async def on_llm_new_token(self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any) -> None:
         await self._await_input(run_id)
-        text = _token_text(token, chunk)
-        screen = self._screen(run_id, asynchronous=True)
-        if screen is not None and text:
-            await screen.acheck(text)
+        with self._dropped_on_error(run_id):
+            for judge, delta in self._feed(run_id, asynchronous=True).token_pieces(token, chunk):
+                await judge.acheck(delta)
 
     async def on_stream_event(self, event: Any, *, run_id: UUID, **kwargs: Any) -> None:
         await self._await_input(run_id)
-        text, final = _event_text(event)
-        screen = self._screen(run_id, asynchronous=True)
-        if screen is not None and (text or final):
-            await screen.acheck(text, final=final)
+        with self._dropped_on_error(run_id):
+            feed = self._feed(run_id, asynchronous=True)
+            pieces, finish = feed.event_pieces(event)
+            for judge, delta in pieces:
+                await judge.acheck(delta)
+            if finish:
+                for judge in feed.screens():
+                    await judge.aflush()
 
     async def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         with self._dropped_on_error(run_id):
             await self._await_input(run_id)
         run, items = self._end_items(response, run_id)
-        if run is not None and run.screen is not None:
+        if run is not None and run.feed is not None:
             try:
-                await run.screen.acheck("", final=True)
+                for judge in run.feed.screens():
+                    await judge.afinish()
             finally:
-                run.screen.close()
+                run.close()
         self._raise_first(items, await ascreen(self.guard, items))
 
     async def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:

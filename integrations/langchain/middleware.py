@@ -22,9 +22,14 @@ What a violation does (``exit_behavior``):
 A tool call blocked in ``wrap_tool_call`` never executes: with ``"error"`` it raises, otherwise the
 model receives an error `ToolMessage` (``status="error"``).
 
-Token streaming: model tokens reach ``stream_mode="messages"`` consumers from inside the model call,
-before any middleware hook runs. To stop a token before it is shown, also pass a
-`GuardCallbackHandler` in ``config={"callbacks": [...]}`` (see ``callbacks.py``).
+Token streaming (``check_stream``, on by default): ``wrap_model_call`` runs the model behind a
+hold-back wrapper (``_held_model.py``), so ``stream_mode="messages"`` (and ``stream_events``)
+consumers receive only chunks whose text the guard has judged: the core StreamMonitor judges each
+sentence (or, with a Stream model, each token) beside the generation and releases it once its verdict
+is in. Streamed tool calls are held until the calls are judged. A violation mid-stream stops the
+model; what the consumer already has is the judged-safe prefix, and the policy action follows
+``exit_behavior`` (the answer becomes ``violation_message``, or `GuardViolation` is raised). Without
+anyone streaming (``invoke``), the answer is judged whole in ``after_model``.
 
 Parallel input screening is deliberately not done here (``Guard.parallel_input`` is ignored): the
 input is judged in ``before_model``, its own graph node, so a blocked turn is redacted from the
@@ -37,24 +42,28 @@ the first token and before any tool.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
-from langchain.agents.middleware import AgentMiddleware, AgentState, hook_config
+from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse, hook_config
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
-from qwenguard.core import Action, Decision, Guard, Risk, Stage, Verdict, enforce
+from qwenguard.core import Action, Decision, Guard, GuardUnavailable, GuardViolation, Risk, Stage, Verdict, enforce
 from qwenguard.core.formats.conversations import tool_call_conversation, untrusted_conversation
 
+from ._held_model import HeldBackChatModel, StreamLedger
 from ._messages import (
     DEFAULT_HISTORY_TURNS,
     Item,
     guard_history,
+    input_items,
     message_text,
     output_items,
-    pending_inputs,
     tool_arguments,
 )
 from ._screening import METADATA_KEY, ascreen, blocked_pairs, require_guard, screen
@@ -80,6 +89,8 @@ DEFAULT_TOOL_RESULT_NOTICE = (
 )
 #: What the model sees instead of running a blocked tool call.
 DEFAULT_TOOL_CALL_NOTICE = "The call to tool '{tool}' was blocked by the safety guard ({categories}) and did not run."
+#: How many answers whose text was judged while streaming are remembered until ``after_model``.
+_MAX_JUDGED_IDS = 1024
 
 
 def _fill(template: str, decision: Decision, **extra: str) -> str:
@@ -142,6 +153,8 @@ class GuardMiddleware(AgentMiddleware):
         check_output: bool = True,
         check_tool_calls: bool = True,
         check_tool_results: bool = True,
+        check_stream: bool = True,
+        stream_options: dict[str, Any] | None = None,
         violation_message: str = DEFAULT_VIOLATION_MESSAGE,
         input_notice: str = DEFAULT_INPUT_NOTICE,
         tool_result_notice: str = DEFAULT_TOOL_RESULT_NOTICE,
@@ -157,34 +170,60 @@ class GuardMiddleware(AgentMiddleware):
         self.check_output = check_output
         self.check_tool_calls = check_tool_calls
         self.check_tool_results = check_tool_results
+        self.check_stream = check_stream
+        self.stream_options = dict(stream_options or {})
         self.violation_message = violation_message
         self.input_notice = input_notice
         self.tool_result_notice = tool_result_notice
         self.tool_call_notice = tool_call_notice
         self.history_turns = history_turns
         self.tools = []
+        # Answers whose text the held stream already judged: after_model judges only their tool calls.
+        self._judged: OrderedDict[str, None] = OrderedDict()
+        self._judged_lock = threading.Lock()
 
     # -- what to check (pure) -----------------------------------------------------------------
     def _input_items(self, state: AgentState) -> list[Item]:
+        # Every message the model is about to read, wherever it sits (a client's own history can hide a
+        # user turn behind a fake assistant turn), and whatever metadata it carries (metadata can be
+        # forged too). What was screened before hits the verdict cache.
         messages = list(state.get("messages") or ())
-        wanted = {Stage.PROMPT: self.check_input, Stage.TOOL_RESULT: self.check_tool_results}
-        return [
-            i
-            for i in pending_inputs(messages, self.history_turns)
-            if wanted.get(i.stage) and i.message is not None and not _screened(i.message)
-        ]
+        wanted = {
+            Stage.PROMPT: self.check_input, Stage.RESPONSE: self.check_input,
+            Stage.TOOL_CALL: self.check_input and self.check_tool_calls, Stage.TOOL_RESULT: self.check_tool_results,
+        }
+        return [i for i in input_items(messages, self.history_turns) if wanted.get(i.stage) and i.message is not None]
 
     def _output_items(self, state: AgentState) -> list[Item]:
         messages = list(state.get("messages") or ())
         if not messages or not isinstance(messages[-1], AIMessage) or _screened(messages[-1]):
-            return []
+            return []  # the model node's own output: a message this middleware wrote is not judged again
+        last = messages[-1]
         return output_items(
-            messages[-1],
+            last,
             messages[:-1],
             self.history_turns,
-            text=self.check_output,
+            text=self.check_output and not self._was_judged(last.id),
             tool_calls=self.check_tool_calls,
         )
+
+    def _was_judged(self, message_id: str | None) -> bool:
+        """Was this answer's text judged while it streamed? (Asked once, by after_model.)"""
+        if not message_id:
+            return False
+        with self._judged_lock:
+            if message_id in self._judged:
+                del self._judged[message_id]
+                return True
+            return False
+
+    def _remember_judged(self, response: ModelResponse) -> None:
+        with self._judged_lock:
+            for message in response.result:
+                if isinstance(message, AIMessage) and message.id:
+                    self._judged[message.id] = None
+            while len(self._judged) > _MAX_JUDGED_IDS:
+                self._judged.popitem(last=False)
 
     # -- what a violation does (pure) -----------------------------------------------------------
     def _refusal(self, decision: Decision, replaces: BaseMessage | None = None) -> AIMessage:
@@ -273,7 +312,6 @@ class GuardMiddleware(AgentMiddleware):
         items = self._output_items(state)
         return self._on_output(state, items, await ascreen(self.guard, items)) if items else None
 
-    # -- tool calls ---------------------------------------------------------------------------
     def _call_item(self, request: Any) -> Item | None:
         if not self.check_tool_calls:
             return None
@@ -310,6 +348,51 @@ class GuardMiddleware(AgentMiddleware):
             enforce(decision)
         return self._redact_input(Item(Stage.TOOL_RESULT, [], result), decision)  # type: ignore[return-value]
 
+    # -- the model call: hold-back streaming --------------------------------------------------------
+    def _held_request(self, request: ModelRequest) -> tuple[ModelRequest, StreamLedger | None]:
+        if not (self.check_output and self.check_stream) or not isinstance(request.model, BaseChatModel):
+            return request, None
+        ledger = StreamLedger()
+        model = HeldBackChatModel.wrap(
+            request.model, self.guard, ledger, stream_options=self.stream_options,
+            history_turns=self.history_turns, check_tool_calls=self.check_tool_calls,
+        )
+        return request.override(model=model), ledger
+
+    def _stream_stopped(self, error: GuardViolation | GuardUnavailable) -> ModelResponse:
+        """The held stream stopped on a violation (or a fail-closed guard error): the policy action."""
+        decision = error.decision
+        if self.exit_behavior == "error" or decision is None:
+            raise error
+        # A new message (no id): the consumer already has the judged-safe prefix of the stopped answer.
+        return ModelResponse(result=[self._refusal(decision)])
+
+    def _answered(self, response: Any, ledger: StreamLedger | None) -> Any:
+        if ledger is not None and ledger.judged_ids and isinstance(response, ModelResponse):
+            self._remember_judged(response)
+        return response
+
+    def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]) -> Any:
+        held, ledger = self._held_request(request)
+        try:
+            return self._answered(handler(held), ledger)
+        except (GuardViolation, GuardUnavailable) as error:
+            if ledger is None:
+                raise
+            return self._stream_stopped(error)
+
+    async def awrap_model_call(
+        self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
+    ) -> Any:
+        held, ledger = self._held_request(request)
+        try:
+            return self._answered(await handler(held), ledger)
+        except (GuardViolation, GuardUnavailable) as error:
+            if ledger is None:
+                raise
+            return self._stream_stopped(error)
+
+    # -- tool calls -----------------------------------------------------------------------------
     def wrap_tool_call(
         self, request: Any, handler: Callable[[Any], ToolMessage | Command]
     ) -> ToolMessage | Command:

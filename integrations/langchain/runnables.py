@@ -6,10 +6,11 @@
 - `guard_input` passes its input through unchanged after screening it (strings and user messages as
   prompts, tool messages as untrusted content; for dict inputs every string value, or only
   ``input_keys``).
-- `guard_output` is a streaming transform: each chunk is judged before it is passed on, and a
+- `guard_output` is a streaming transform with hold-back (``_holding.py``): a chunk is passed on only
+  once the guard has judged its text (the core StreamMonitor, pipelined with generation), and a
   violation *raises* (`GuardViolation`) — raising, not returning, is what makes LangChain stop the
   upstream model (an early return lets it keep generating). ``invoke`` judges the whole answer in one
-  check. Tool calls in the answer are judged when the answer is complete.
+  check. Tool-call chunks are held until the calls are judged, when the answer is complete.
 - `GuardRunnable(runnable=...)` does both around ``runnable`` and judges the answer in the context of
   the screened request.
 
@@ -19,12 +20,11 @@ Every path exists sync and async: ``invoke``/``ainvoke``, ``stream``/``astream``
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, convert_to_messages
+from langchain_core.messages import AIMessage, BaseMessage, convert_to_messages
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import patch_config
@@ -32,9 +32,10 @@ from pydantic import ConfigDict, field_validator, model_validator
 
 from qwenguard.core import Guard, Stage, enforce
 
-from ._messages import DEFAULT_HISTORY_TURNS, Item, message_text, output_items, pending_inputs, prompt_items
+from ._holding import HeldStream
+from ._messages import DEFAULT_HISTORY_TURNS, Item, input_items, output_items, prompt_items
 from ._screening import ascreen, first_blocked, require_guard, screen
-from ._streaming import DEFAULT_WINDOW_CHARS, Engine, GateScreen, MonitorScreen, open_screen
+from ._streaming import DEFAULT_WINDOW_CHARS, Engine
 
 __all__ = ["GuardRunnable", "guard_input", "guard_output"]
 
@@ -54,17 +55,6 @@ def _combine(chunks: Sequence[Any]) -> Any:
         except TypeError:
             final = chunk
     return final
-
-
-def _chunk_text(chunk: Any) -> str:
-    if isinstance(chunk, str):
-        return chunk
-    if isinstance(chunk, BaseMessage):
-        return message_text(chunk)
-    raise TypeError(
-        f"guard_output judges text: got a {type(chunk).__name__} chunk. Put it right after the model "
-        "(before output parsers), where chunks are messages or strings."
-    )
 
 
 class GuardRunnable(RunnableSerializable[Any, Any]):
@@ -100,6 +90,13 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
     def _check_guard(cls, value: Any) -> Guard:
         return require_guard(value)
 
+    @field_validator("stream_engine")
+    @classmethod
+    def _check_engine(cls, value: str) -> str:
+        if value not in ("monitor", "gate"):  # "pipelined" is for callbacks, which cannot hold text
+            raise ValueError(f"stream_engine must be 'monitor' or 'gate', got {value!r}")
+        return value
+
     @model_validator(mode="after")
     def _check_sides(self) -> GuardRunnable:
         if self.runnable is None and self.check_input == self.check_output:
@@ -119,11 +116,11 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
         if isinstance(value, str):
             return prompt_items([value])
         if isinstance(value, PromptValue):
-            return pending_inputs(value.to_messages(), self.history_turns)
+            return input_items(value.to_messages(), self.history_turns)
         if isinstance(value, BaseMessage):
-            return pending_inputs([value], self.history_turns)
+            return input_items([value], self.history_turns)
         if isinstance(value, (list, tuple)):
-            return pending_inputs(convert_to_messages(value), self.history_turns)
+            return input_items(convert_to_messages(value), self.history_turns)
         if isinstance(value, dict):
             keys = self.input_keys if self.input_keys is not None else tuple(value)
             items: list[Item] = []
@@ -156,11 +153,11 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
             "(before output parsers), where the output is a message or a string."
         )
 
-    def _screen(self, context: list[dict[str, str]], *, asynchronous: bool) -> GateScreen | MonitorScreen:
+    def _held(self, context: list[dict[str, str]]) -> HeldStream:
         options = {} if self.holdback is None else {"holdback": self.holdback}
-        return open_screen(
-            self.guard, context, self.stream_engine, asynchronous=asynchronous, hold=True,
-            window_chars=self.window_chars, min_chars=self.min_chars, monitor_options=options,
+        return HeldStream(
+            self.guard, context, engine=self.stream_engine, monitor_options=options,
+            window_chars=self.window_chars, min_chars=self.min_chars, history_turns=self.history_turns,
         )
 
     # -- invoke -----------------------------------------------------------------------------------
@@ -200,52 +197,11 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
 
     # -- streaming --------------------------------------------------------------------------------
     def _guard_chunks(self, chunks: Iterator[Any], context: list[dict[str, str]]) -> Iterator[Any]:
-        judge = self._screen(context, asynchronous=False)
-        held: deque[tuple[int, Any]] = deque()  # (end offset of the chunk's text, chunk), not passed on yet
-        fed = 0
-        whole: Any = None
-        try:
-            for chunk in chunks:
-                text = _chunk_text(chunk)
-                fed += len(text)
-                held.append((fed, chunk))
-                whole = chunk if whole is None else _add(whole, chunk)
-                if text:
-                    judge.check(text)  # raises on a violation: upstream stops, held chunks never go out
-                while held and held[0][0] <= judge.released:
-                    yield held.popleft()[1]
-            judge.check("", final=True)
-        finally:
-            judge.close()
-        if isinstance(whole, BaseMessage):  # tool calls are judged once complete, before the last chunks go
-            items = self._output_items(_as_message(whole), context, text=False)
-            _raise_first(items, screen(self.guard, items))
-        while held:
-            yield held.popleft()[1]
+        yield from self._held(context).run(chunks)
 
     async def _aguard_chunks(self, chunks: AsyncIterator[Any], context: list[dict[str, str]]) -> AsyncIterator[Any]:
-        judge = self._screen(context, asynchronous=True)
-        held: deque[tuple[int, Any]] = deque()
-        fed = 0
-        whole: Any = None
-        try:
-            async for chunk in chunks:
-                text = _chunk_text(chunk)
-                fed += len(text)
-                held.append((fed, chunk))
-                whole = chunk if whole is None else _add(whole, chunk)
-                if text:
-                    await judge.acheck(text)
-                while held and held[0][0] <= judge.released:
-                    yield held.popleft()[1]
-            await judge.acheck("", final=True)
-        finally:
-            judge.close()
-        if isinstance(whole, BaseMessage):
-            items = self._output_items(_as_message(whole), context, text=False)
-            _raise_first(items, await ascreen(self.guard, items))
-        while held:
-            yield held.popleft()[1]
+        async for chunk in self._held(context).arun(chunks):
+            yield chunk
 
     def _transform(
         self, inputs: Iterator[Any], run_manager: CallbackManagerForChainRun, config: RunnableConfig
@@ -311,20 +267,6 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
 
         async for chunk in self.atransform(one(), config, **kwargs):
             yield chunk
-
-
-def _add(whole: Any, chunk: Any) -> Any:
-    try:
-        return whole + chunk
-    except TypeError:
-        return chunk
-
-
-def _as_message(value: BaseMessage) -> BaseMessage:
-    """An aggregated `AIMessageChunk` parses its tool-call chunks into ``tool_calls``."""
-    if isinstance(value, AIMessageChunk):
-        return AIMessage(content=value.content, tool_calls=value.tool_calls, id=value.id)
-    return value
 
 
 def guard_input(

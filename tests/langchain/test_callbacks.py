@@ -27,12 +27,19 @@ from qwenguard.integrations.langchain import AsyncGuardCallbackHandler, GuardCal
 MIXED = f"{SAFE_ANSWER} {UNSAFE_CLAUSE}"
 
 
-def _assert_cut_before_the_clause(received: str, error: GuardViolation) -> None:
+def _assert_cut_before_the_clause(received: str, error: GuardViolation, handler=None) -> None:
+    """The stream stopped inside the reply. With the strict ``"gate"`` engine before the clause was
+    complete; with the default ``"pipelined"`` engine no more than ``max_unjudged`` characters after
+    the text the guard had judged safe (the documented bound of a callback, which cannot hold text)."""
     assert MIXED.startswith(received)  # the consumer got a prefix, in order, nothing invented
-    assert UNSAFE_CLAUSE not in received  # ... and never the whole unsafe clause
-    assert len(received) < len(MIXED)
     assert error.decision.stage.value == "stream"
-    assert error.decision.offset is not None and error.decision.offset <= len(received)
+    offset = error.decision.offset
+    assert offset is not None and offset < len(MIXED)  # an offset in the answer as streamed (once)
+    if handler is None or handler.stream_engine == "gate":
+        assert UNSAFE_CLAUSE not in received  # ... and never the whole unsafe clause
+        assert len(received) < len(MIXED) and offset <= len(received)
+    else:
+        assert len(received) <= offset + handler.max_unjudged
 
 
 def _message_chunks_text(chunks) -> str:
@@ -51,7 +58,7 @@ def test_messages_stream_never_receives_the_unsafe_clause_sync(guard, tools, han
             {"messages": [HumanMessage(SAFE_QUESTION)]}, config={"callbacks": [handler]}, stream_mode="messages"
         ):
             received.append(chunk)
-    _assert_cut_before_the_clause(_message_chunks_text(received), info.value)
+    _assert_cut_before_the_clause(_message_chunks_text(received), info.value, handler)
     assert handler.active_runs == 0
 
 
@@ -64,7 +71,7 @@ async def test_messages_stream_never_receives_the_unsafe_clause_async(guard, too
             {"messages": [HumanMessage(SAFE_QUESTION)]}, config={"callbacks": [handler]}, stream_mode="messages"
         ):
             received.append(chunk)
-    _assert_cut_before_the_clause(_message_chunks_text(received), info.value)
+    _assert_cut_before_the_clause(_message_chunks_text(received), info.value, handler)
     assert handler.active_runs == 0
 
 
@@ -88,7 +95,7 @@ def test_v3_stream_events_sync(guard, tools):
         run = agent.stream_events({"messages": [HumanMessage(SAFE_QUESTION)]}, config={"callbacks": [handler]}, version="v3")
         for event in run:
             received.append(_v3_text(event))
-    _assert_cut_before_the_clause("".join(received), info.value)
+    _assert_cut_before_the_clause("".join(received), info.value, handler)
 
 
 @pytest.mark.filterwarnings("ignore::langchain_core._api.beta_decorator.LangChainBetaWarning")
@@ -102,7 +109,7 @@ async def test_v3_stream_events_async(guard, tools):
         )
         async for event in run:
             received.append(_v3_text(event))
-    _assert_cut_before_the_clause("".join(received), info.value)
+    _assert_cut_before_the_clause("".join(received), info.value, handler)
 
 
 def test_chat_model_stream_sync_and_safe_answer_passes(guard):
@@ -113,7 +120,7 @@ def test_chat_model_stream_sync_and_safe_answer_passes(guard):
     with pytest.raises(GuardViolation) as info:
         for chunk in scripted(MIXED).stream([HumanMessage(SAFE_QUESTION)], config={"callbacks": [handler]}):
             received.append(chunk)
-    _assert_cut_before_the_clause(_message_chunks_text(received), info.value)
+    _assert_cut_before_the_clause(_message_chunks_text(received), info.value, handler)
     assert handler.active_runs == 0
 
 
@@ -123,7 +130,7 @@ async def test_chat_model_astream(guard):
     with pytest.raises(GuardViolation) as info:
         async for chunk in scripted(MIXED).astream([HumanMessage(SAFE_QUESTION)], config={"callbacks": [handler]}):
             received.append(chunk)
-    _assert_cut_before_the_clause(_message_chunks_text(received), info.value)
+    _assert_cut_before_the_clause(_message_chunks_text(received), info.value, handler)
 
 
 def test_unsafe_prompt_stops_the_model_before_it_runs(guard):
@@ -268,15 +275,18 @@ async def test_monitor_engine_stops_the_run(guard, tools, mode):
     assert handler.active_runs == 0
     with pytest.raises(ValueError, match="stream_engine"):
         GuardCallbackHandler(guard, stream_engine="fast")
+    with pytest.raises(ValueError, match="max_unjudged"):
+        GuardCallbackHandler(guard, max_unjudged=-1)
 
 
 async def test_sync_handler_in_an_async_run(guard, tools):
+    """And the strict engine: every chunk judged before it is yielded (the clause is never complete)."""
     agent = create_agent(scripted(MIXED), tools.all)
+    handler = GuardCallbackHandler(guard, stream_engine="gate")
     received = []
     with pytest.raises(GuardViolation) as info:
         async for chunk, _meta in agent.astream(
-            {"messages": [HumanMessage(SAFE_QUESTION)]}, config={"callbacks": [GuardCallbackHandler(guard)]},
-            stream_mode="messages",
+            {"messages": [HumanMessage(SAFE_QUESTION)]}, config={"callbacks": [handler]}, stream_mode="messages",
         ):
             received.append(chunk)
-    _assert_cut_before_the_clause(_message_chunks_text(received), info.value)
+    _assert_cut_before_the_clause(_message_chunks_text(received), info.value, handler)

@@ -135,6 +135,8 @@ def test_output_guard_rejects_non_text(guard):
         guard_output(guard).invoke({"answer": SAFE_ANSWER})
     with pytest.raises(ValueError, match="guard_input"):
         GuardRunnable(guard=guard)
+    with pytest.raises(ValueError, match="stream_engine"):  # "pipelined" is the callbacks' engine: it cannot hold
+        guard_output(guard, stream_engine="pipelined")
     chunk = AIMessageChunk(content=SAFE_ANSWER)
     assert guard_output(guard).invoke(chunk) is chunk
 

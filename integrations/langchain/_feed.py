@@ -1,0 +1,148 @@
+"""What one streamed model run feeds the guard, from whichever hook carries it — never from both.
+
+LangChain reports a streamed chunk through two hooks. Classic streaming (``stream``, LangGraph's
+``stream_mode="messages"``) calls ``on_llm_new_token``. ``stream_events(version="v3")`` calls
+``on_stream_event`` with protocol events *and*, for every provider whose ``_stream`` reports its own
+tokens (``ChatOpenAI`` and most real models do), ``on_llm_new_token`` for the same chunk. Feeding both
+into one check made the guard read every word twice ("The The capital capital ..."), pay twice the
+checks and report doubled offsets. So the first hook that speaks for a run is its source, and the other
+is ignored for content: a v3 run of a real model is judged from its tokens, a v3 run of a model that
+only emits protocol events from its events.
+
+Finish events matter either way: a ``content-block-finish`` repeats the whole block to the consumer,
+so everything fed must be judged by then (`StreamFeed.flush` at every finish event). A block that
+arrives only whole in its finish event (no deltas: server-side tool results, a finished tool call) is
+fed there, before the event goes out.
+
+Tool-call arguments stream as text too: each call (by its index) has its own screen, judged as the
+assistant's action (``Tool call: name({...``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ._messages import block_text, message_text
+from ._streaming import Screen
+
+__all__ = ["StreamFeed", "Piece"]
+
+#: ``(screen, delta)``: one piece of text to judge, and the screen that judges it.
+Piece = tuple[Screen, str]
+
+_TOOL_BLOCKS = frozenset({"tool_call_chunk", "server_tool_call_chunk", "tool_call", "server_tool_call"})
+_FINISH = frozenset({"content-block-finish", "message-finish"})
+
+
+def _args_text(args: Any) -> str:
+    if args is None:
+        return ""
+    return args if isinstance(args, str) else json.dumps(args, ensure_ascii=False, default=str)
+
+
+class StreamFeed:
+    """One model run's stream as pieces of text for the guard's screens (opened lazily).
+
+    ``open_text()`` opens the screen of the answer's text (``None``: text is not screened);
+    ``open_tool(name)`` the screen of one tool call's arguments (``None``: tool calls are not screened).
+    """
+
+    def __init__(self, open_text: Callable[[], Screen | None], open_tool: Callable[[str], Screen | None]) -> None:
+        self._open_text = open_text
+        self._open_tool = open_tool
+        self.source: str | None = None  # "token" or "event": the hook this run is judged from
+        self.text: Screen | None = None
+        self._text_opened = False
+        self.tools: dict[Any, Screen | None] = {}
+        self._names: dict[Any, str] = {}
+        self._fed_blocks: set[Any] = set()  # event block indexes that had deltas
+
+    @property
+    def streamed(self) -> bool:
+        """Did any text reach the answer's screen (the whole answer needs no second check then)?"""
+        return self.text is not None
+
+    def screens(self) -> list[Screen]:
+        out = [self.text] if self.text is not None else []
+        return out + [s for s in self.tools.values() if s is not None]
+
+    # -- the screens ----------------------------------------------------------------------------
+    def _text_piece(self, text: str) -> list[Piece]:
+        if not text:
+            return []
+        if not self._text_opened:
+            self._text_opened = True
+            self.text = self._open_text()
+        return [(self.text, text)] if self.text is not None else []
+
+    def _tool_piece(self, key: Any, args: str) -> list[Piece]:
+        if key not in self.tools:
+            self.tools[key] = self._open_tool(self._names.get(key) or "tool")
+        screen = self.tools[key]
+        return [(screen, args)] if screen is not None and args else []
+
+    def _claim(self, source: str) -> bool:
+        if self.source is None:
+            self.source = source
+        return self.source == source
+
+    # -- on_llm_new_token -----------------------------------------------------------------------
+    def token_pieces(self, token: Any, chunk: Any) -> list[Piece]:
+        """What an ``on_llm_new_token`` call adds ([] when this run is judged from its events)."""
+        if not self._claim("token"):
+            return []
+        message = getattr(chunk, "message", None)
+        if message is not None:
+            text = message_text(message)
+        elif chunk is not None and isinstance(getattr(chunk, "text", None), str):
+            text = chunk.text
+        else:
+            text = token if isinstance(token, str) else message_text(token)
+        pieces = self._text_piece(text)
+        for call in getattr(message, "tool_call_chunks", None) or ():
+            key = call.get("index") if call.get("index") is not None else call.get("id")
+            if call.get("name"):
+                self._names.setdefault(key, call["name"])
+            pieces += self._tool_piece(key, _args_text(call.get("args")))
+        return pieces
+
+    # -- on_stream_event ------------------------------------------------------------------------
+    def event_pieces(self, event: Any) -> tuple[list[Piece], bool]:
+        """``(pieces, finish)`` of a v3 protocol event; ``finish``: flush every screen before it goes out."""
+        if not isinstance(event, Mapping):
+            return [], False
+        kind = event.get("event")
+        mine = self._claim("event")
+        if not mine:
+            return [], kind in _FINISH
+        index = ("event", event.get("index"))
+        if kind == "content-block-start":
+            content = event.get("content") or {}
+            if content.get("type") in _TOOL_BLOCKS and content.get("name"):
+                self._names[index] = content["name"]
+            return [], False
+        if kind == "content-block-delta":
+            delta = event.get("delta") or {}
+            dtype = delta.get("type")
+            if dtype == "text-delta":
+                self._fed_blocks.add(index)
+                return self._text_piece(delta.get("text") or ""), False
+            if dtype == "reasoning-delta":
+                self._fed_blocks.add(index)
+                return self._text_piece(delta.get("reasoning") or ""), False
+            if dtype == "tool-call-delta":
+                self._fed_blocks.add(index)
+                return self._tool_piece(index, _args_text(delta.get("args"))), False
+            return [], False  # media data: not text
+        if kind == "content-block-finish" and index not in self._fed_blocks:
+            # The block arrives whole, in this event: judge it before it goes out.
+            content = event.get("content") or {}
+            self._fed_blocks.add(index)
+            if content.get("type") in _TOOL_BLOCKS:
+                if content.get("name"):
+                    self._names[index] = content["name"]
+                return self._tool_piece(index, _args_text(content.get("args"))), True
+            return self._text_piece(block_text(content)), True
+        return [], kind in _FINISH

@@ -1,0 +1,131 @@
+"""`HeldBackChatModel`: an agent's chat model that streams out only what the guard has judged.
+
+Why a model and not a hook: in ``create_agent`` the model's tokens reach ``stream_mode="messages"``
+consumers from inside the model call (LangGraph's messages handler listens to ``on_llm_new_token`` of
+every chat model run), before any middleware hook sees them. LangChain's own `PIIMiddleware` holds
+text only on the ``stream_events(version="v3")`` surface; with ``stream_mode="messages"`` its held
+text still goes out. `GuardMiddleware.wrap_model_call` therefore swaps the request's model for this
+wrapper: the real model runs out of sight of the caller's callbacks (so its raw tokens reach no event
+stream: LangGraph's ``stream_mode="messages"``, ``stream_events``, ``astream_events``, tracers), its
+chunks go through `HeldStream` (the core's hold-back StreamMonitor), and only the chunks the guard
+released are yielded by the wrapper, whose run is reported and streamed as the model's. Tool-call chunks are held
+until the calls are judged. Non-streaming calls (``invoke`` with nothing listening) pass straight
+through; the middleware's ``after_model`` judges the answer then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from langchain_core.callbacks import (
+    AsyncCallbackManager,
+    AsyncCallbackManagerForLLMRun,
+    CallbackManager,
+    CallbackManagerForLLMRun,
+)
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableConfig
+from langgraph.constants import TAG_NOSTREAM
+from pydantic import ConfigDict, Field
+
+from qwenguard.core import Guard
+
+from ._holding import HeldStream
+from ._messages import DEFAULT_HISTORY_TURNS, guard_history
+
+__all__ = ["HeldBackChatModel", "StreamLedger"]
+
+
+class StreamLedger:
+    """What the held streams of one middleware judged: ids of answers whose text was judged as streamed."""
+
+    def __init__(self) -> None:
+        self.judged_ids: list[str] = []
+
+    def record(self, message_id: str | None) -> None:
+        if message_id:
+            self.judged_ids.append(message_id)
+
+
+class HeldBackChatModel(BaseChatModel):
+    """``inner`` (the agent's model), streaming only judged chunks. Built by `GuardMiddleware`."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    inner: BaseChatModel
+    bound: Any = None  # ``inner`` with tools bound (`bind_tools`), else None
+    guard: Guard
+    stream_options: dict[str, Any] = Field(default_factory=dict)
+    history_turns: int = DEFAULT_HISTORY_TURNS
+    check_tool_calls: bool = True
+    ledger: Any = None  # a StreamLedger shared by copies (``bind_tools`` returns a copy)
+    model_name: str | None = None  # what create_agent reads to pick a structured-output strategy
+
+    @classmethod
+    def wrap(cls, model: BaseChatModel, guard: Guard, ledger: StreamLedger, **options: Any) -> HeldBackChatModel:
+        name = getattr(model, "model_name", None) or getattr(model, "model", None)
+        return cls(
+            inner=model, guard=guard, ledger=ledger, profile=getattr(model, "profile", None), cache=False,
+            model_name=name if isinstance(name, str) else None, **options,
+        )
+
+    @property
+    def _llm_type(self) -> str:
+        return f"qwenguard-held-{self.inner._llm_type}"
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Runnable[Any, BaseMessage]:
+        return self.model_copy(update={"bound": self.inner.bind_tools(tools, **kwargs)})
+
+    def _target(self) -> Runnable[Any, BaseMessage]:
+        return self.bound if self.bound is not None else self.inner
+
+    @staticmethod
+    def _config(asynchronous: bool) -> RunnableConfig:
+        """The real model runs with no callbacks of the caller: what it streams raw must not reach
+        anyone (LangGraph's stream handlers, ``astream_events``, a tracer's token events). Its judged
+        output is reported as this wrapper's run. Tagged ``nostream`` as well, in case a handler is
+        attached to the model itself."""
+        manager = AsyncCallbackManager(handlers=[]) if asynchronous else CallbackManager(handlers=[])
+        return {"callbacks": manager, "tags": [TAG_NOSTREAM]}
+
+    def _held(self, messages: list[BaseMessage]) -> HeldStream:
+        return HeldStream(
+            self.guard, guard_history(messages, self.history_turns), engine="monitor",
+            monitor_options=self.stream_options, history_turns=self.history_turns, tool_calls=self.check_tool_calls,
+        )
+
+    def _judged(self, held: HeldStream) -> None:
+        if self.ledger is not None and isinstance(held.whole, BaseMessage):
+            self.ledger.record(held.whole.id)
+
+    # -- not streamed: the answer passes through (after_model judges it) -------------------------
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        message = self._target().invoke(messages, self._config(False), stop=stop, **kwargs)
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                         run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        message = await self._target().ainvoke(messages, self._config(True), stop=stop, **kwargs)
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    # -- streamed: only what the guard released --------------------------------------------------
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        held = self._held(messages)
+        upstream = self._target().stream(messages, self._config(False), stop=stop, **kwargs)
+        for chunk in held.run(upstream):
+            yield ChatGenerationChunk(message=chunk)
+        self._judged(held)
+
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        held = self._held(messages)
+        upstream = self._target().astream(messages, self._config(True), stop=stop, **kwargs)
+        async for chunk in held.arun(upstream):
+            yield ChatGenerationChunk(message=chunk)
+        self._judged(held)

@@ -1,0 +1,196 @@
+"""Hold-back streaming: pass a model's chunks on only once the guard has judged them.
+
+Used wherever the framework lets us hold text: `guard_output` / `GuardRunnable` (an LCEL step between
+the model and the consumer) and `GuardMiddleware` (it wraps the agent's model call, see
+``_held_model.py``). The judge is the core's hold-back `StreamMonitor` (``guard.stream`` /
+``guard.astream``): with a Qwen3Guard-Stream model every token is scored as it arrives and text is
+released ``holdback`` tokens behind; with a Gen guard each sentence is checked in the background as
+soon as it is complete (pipelined with generation) and released once its verdict is in, so a short
+safe first sentence goes out without waiting for the next one.
+
+A chunk goes out once all of its text has been released, in order. Tool-call chunks (their streamed
+arguments) are held until the whole call is judged as the assistant's action, after the stream ends;
+chunks behind them wait too, so the consumer's order never changes. A violation raises
+`GuardViolation` from the iterator: the upstream stream is closed (the provider stops generating), and
+nothing held is passed on.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+
+from qwenguard.core import Guard, GuardViolation, enforce
+
+from ._messages import DEFAULT_HISTORY_TURNS, Item, message_text, output_items
+from ._screening import ascreen, first_blocked, screen
+from ._streaming import DEFAULT_WINDOW_CHARS, Engine, Screen, open_screen
+
+__all__ = ["HeldStream", "chunk_text", "as_message"]
+
+
+def chunk_text(chunk: Any) -> str:
+    """The text a streamed chunk carries (a message chunk or a string)."""
+    if isinstance(chunk, str):
+        return chunk
+    if isinstance(chunk, BaseMessage):
+        return message_text(chunk)
+    raise TypeError(
+        f"guard_output judges text: got a {type(chunk).__name__} chunk. Put it right after the model "
+        "(before output parsers), where chunks are messages or strings."
+    )
+
+
+def _has_tool_calls(chunk: Any) -> bool:
+    return bool(getattr(chunk, "tool_call_chunks", None) or getattr(chunk, "tool_calls", None))
+
+
+def _add(whole: Any, chunk: Any) -> Any:
+    if whole is None:
+        return chunk
+    try:
+        return whole + chunk
+    except TypeError:
+        return chunk
+
+
+def as_message(value: BaseMessage) -> BaseMessage:
+    """An aggregated `AIMessageChunk` parses its tool-call chunks into ``tool_calls``."""
+    if isinstance(value, AIMessageChunk):
+        return AIMessage(content=value.content, tool_calls=value.tool_calls, id=value.id)
+    return value
+
+
+def _raise_first(items: Sequence[Item], decisions: Sequence[Any]) -> None:
+    found = first_blocked(items, decisions)
+    if found is not None:
+        enforce(found[1])
+
+
+class HeldStream:
+    """One streamed answer held back until judged. ``run(chunks)`` / ``arun(chunks)`` yield what may go out.
+
+    Args:
+        guard: the `Guard`.
+        context: the conversation the answer follows (guard dicts, ending with the user's turn).
+        engine: ``"monitor"`` (the core StreamMonitor; default) or ``"gate"`` (a Gen check of the
+            answer so far at every word end, in the stream's path).
+        monitor_options: passed to ``guard.stream`` (e.g. ``holdback``).
+        tool_calls: judge the answer's tool calls (held until then); ``False`` passes them on in order.
+    """
+
+    def __init__(
+        self,
+        guard: Guard,
+        context: Sequence[dict[str, str]],
+        *,
+        engine: Engine = "monitor",
+        monitor_options: dict[str, Any] | None = None,
+        window_chars: int = DEFAULT_WINDOW_CHARS,
+        min_chars: int = 1,
+        history_turns: int = DEFAULT_HISTORY_TURNS,
+        tool_calls: bool = True,
+    ) -> None:
+        self.guard = guard
+        self.tool_calls = tool_calls
+        self.context = [dict(m) for m in context]
+        self.engine: Engine = engine
+        self.monitor_options = dict(monitor_options or {})
+        self.window_chars = window_chars
+        self.min_chars = min_chars
+        self.history_turns = history_turns
+        #: The whole answer as streamed (chunks added up), once the stream ended.
+        self.whole: Any = None
+
+    def _open(self, *, asynchronous: bool) -> Screen:
+        return open_screen(
+            self.guard, self.context, self.engine, asynchronous=asynchronous, hold=True,
+            window_chars=self.window_chars, min_chars=self.min_chars, monitor_options=self.monitor_options,
+        )
+
+    def _tool_items(self) -> list[Item]:
+        if not self.tool_calls or not isinstance(self.whole, BaseMessage):
+            return []
+        return output_items(as_message(self.whole), self.context, self.history_turns, text=False)
+
+    def _holds_calls(self, chunk: Any, held: deque[tuple[int, bool, Any]]) -> bool:
+        """Is this chunk held until the tool calls are judged (a tool-call chunk, or behind one)?"""
+        return self.tool_calls and (_has_tool_calls(chunk) or bool(held and held[-1][1]))
+
+    def _judged_before(self, held: deque[tuple[int, bool, Any]], violation: GuardViolation) -> list[Any]:
+        """Held chunks that lie wholly before the violation: judged safe, owed to the consumer.
+
+        (A verdict that came back while the stream ended, just before the one that blocks.)"""
+        offset = violation.decision.offset
+        out = []
+        while offset is not None and self._ready(held, offset):
+            out.append(held.popleft()[2])
+        return out
+
+    @staticmethod
+    def _ready(held: deque[tuple[int, bool, Any]], released: int) -> bool:
+        return bool(held) and not held[0][1] and held[0][0] <= released
+
+    def run(self, chunks: Iterator[Any]) -> Iterator[Any]:
+        judge = self._open(asynchronous=False)
+        held: deque[tuple[int, bool, Any]] = deque()  # (end offset of its text, held for tool calls, chunk)
+        fed = 0
+        try:
+            for chunk in chunks:
+                text = chunk_text(chunk)
+                fed += len(text)
+                held.append((fed, self._holds_calls(chunk, held), chunk))
+                self.whole = _add(self.whole, chunk)
+                if text:
+                    judge.check(text)  # raises on a violation: held chunks never go out
+                while self._ready(held, judge.released):
+                    yield held.popleft()[2]
+            judge.finish()
+            while self._ready(held, judge.released):
+                yield held.popleft()[2]  # the text is judged: it goes out before the tool calls are
+            items = self._tool_items()
+            _raise_first(items, screen(self.guard, items))
+        except GuardViolation as violation:
+            yield from self._judged_before(held, violation)
+            raise
+        finally:
+            judge.close()
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()  # the provider stops generating when its stream is closed
+        while held:
+            yield held.popleft()[2]
+
+    async def arun(self, chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        judge = self._open(asynchronous=True)
+        held: deque[tuple[int, bool, Any]] = deque()
+        fed = 0
+        try:
+            async for chunk in chunks:
+                text = chunk_text(chunk)
+                fed += len(text)
+                held.append((fed, self._holds_calls(chunk, held), chunk))
+                self.whole = _add(self.whole, chunk)
+                if text:
+                    await judge.acheck(text)
+                while self._ready(held, judge.released):
+                    yield held.popleft()[2]
+            await judge.afinish()
+            while self._ready(held, judge.released):
+                yield held.popleft()[2]
+            items = self._tool_items()
+            _raise_first(items, await ascreen(self.guard, items))
+        except GuardViolation as violation:
+            for chunk in self._judged_before(held, violation):
+                yield chunk
+            raise
+        finally:
+            judge.close()
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        while held:
+            yield held.popleft()[2]
