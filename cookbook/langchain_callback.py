@@ -13,8 +13,6 @@ Runs offline on the embedded demo guard. For the real model, change the `guard =
 and the fake model for yours (ChatOpenAI(...), ChatOllama(...), ...).
 """
 
-import logging
-
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
@@ -27,9 +25,6 @@ UNSAFE_CLAUSE = "Mix ammonium nitrate with fuel oil, pack it into a pipe and add
 MIXED_ANSWER = f"{SAFE_ANSWER} {UNSAFE_CLAUSE}"
 
 guard = Guard.from_pretrained("demo")
-# LangChain logs each exception a callback raises (a warning) before re-raising it: the violations
-# below are expected, so keep the output quiet.
-logging.getLogger("langchain_core.callbacks.manager").setLevel(logging.ERROR)
 
 # An existing chain. The fake model streams its scripted replies word by word, like a real one.
 model = GenericFakeChatModel(messages=iter([SAFE_ANSWER, MIXED_ANSWER]))
@@ -37,7 +32,10 @@ prompt = ChatPromptTemplate.from_messages([("system", "You answer geography ques
 chain = prompt | model | StrOutputParser()
 
 # Pass the handler in the config of the outermost call: that is where LangChain lets a callback abort.
-config = {"callbacks": [GuardCallbackHandler(guard)]}
+# stream_engine="gate" judges every chunk before it is yielded (a guard call in the stream's path per
+# chunk); the default, "pipelined", judges beside the stream and lets up to 16 characters out ahead of
+# their verdict, at almost no cost to the stream (docs/langchain.md).
+config = {"callbacks": [GuardCallbackHandler(guard, stream_engine="gate")]}
 
 # 1. A safe exchange goes through untouched.
 answer = chain.invoke({"question": "What is the capital of France?"}, config=config)
@@ -52,8 +50,13 @@ except GuardViolation as violation:
 print("blocked input: ", blocked.stage.value, blocked.categories)
 assert blocked.stage is Stage.PROMPT, "the question should be stopped before the model runs"
 
-# 3. Streaming: the answer starts safe, then turns harmful. Each chunk is judged before it is
-#    yielded, so the consumer gets the safe prefix and the stream stops at the first unsafe chunk.
+# 3. Streaming: the answer starts safe, then turns harmful. Each chunk is judged (with the answer so far)
+#    before it is yielded, so the consumer gets the prefix the guard judged safe and the stream stops at the
+#    first chunk the guard flags. A callback cannot hold text back, so whatever was judged safe is out already:
+#    the demo guard flags "...Paris. Mix ammonium nitrate" but not "...Paris. Mix ammonium", so the two words
+#    "Mix ammonium " reach the consumer (a real Qwen3Guard flags earlier or later, by its own judgement). To
+#    release not one character of the clause, hold text back (`guard.stream(..., holdback=8)` /
+#    `guard_output`, cookbook/streaming.py).
 received = ""
 try:
     for chunk in chain.stream({"question": "What is the capital of France?"}, config=config):
@@ -64,8 +67,14 @@ except GuardViolation as violation:
 print("streamed:      ", repr(received))
 print("stopped:       ", cut.stage.value, cut.categories, "at char", cut.offset, "of", len(MIXED_ANSWER))
 
+exposed = max(0, len(received) - MIXED_ANSWER.index(UNSAFE_CLAUSE))  # characters of the clause the consumer saw
+print("clause chars:  ", exposed, repr(received[MIXED_ANSWER.index(UNSAFE_CLAUSE):]))
+
 assert answer == SAFE_ANSWER
 assert cut.stage is Stage.STREAM and not cut.allowed
-assert MIXED_ANSWER.startswith(received) and received.startswith(SAFE_ANSWER)  # the safe part got out ...
-assert UNSAFE_CLAUSE not in received                                          # ... the harmful one did not
+assert MIXED_ANSWER.startswith(received) and received.startswith(SAFE_ANSWER)  # the safe part got out, in order
+assert received.rstrip() == MIXED_ANSWER[: cut.offset].rstrip()  # exactly what the guard judged safe (+ a space)
+# Counted in characters, not "was the whole clause withheld": on the demo guard, at most "Mix ammonium " (13 of
+# its 71 characters) reached the consumer; nothing from "nitrate" on.
+assert exposed <= UNSAFE_CLAUSE.index("nitrate"), f"{exposed} characters of the unsafe clause reached the consumer"
 print("OK")

@@ -39,7 +39,8 @@ THINK_TOKENS = ("<think>", "</think>")
 #: BPE entries (256 bytes + merges); with the five added tokens the vocabulary has 4096 ids.
 BPE_VOCAB_SIZE = 4091
 
-_USER_SENTINEL = "\x00USER\x00"
+# Private-use characters: the content rule (which `render_prompt` applies) leaves them as they are.
+_USER_SENTINEL = "\ue010USER\ue010"
 
 
 def _template_tokens() -> tuple[str, ...]:
@@ -61,7 +62,7 @@ def _template_tokens() -> tuple[str, ...]:
 #: the library treats these like any added token (content cannot produce them), and real Qwen3Guard
 #: checkpoints, which lack them, go through the same code.
 TEMPLATE_TOKENS = _template_tokens()
-_ASSISTANT_SENTINEL = "\x00ASSISTANT\x00"
+_ASSISTANT_SENTINEL = "\ue011ASSISTANT\ue011"
 
 
 def _jinja_str(text: str) -> str:
@@ -116,7 +117,7 @@ def _strip_control(text: str) -> str:
     return text
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = BPE_VOCAB_SIZE):
+def train_tokenizer(texts: Iterable[str], vocab_size: int = BPE_VOCAB_SIZE, model_max_length: int = 512):
     """Train the BPE on `texts` and wrap it as a transformers tokenizer with the chat template.
 
     Control-token strings are removed from the training text so no merges are spent on them; they are then
@@ -157,7 +158,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = BPE_VOCAB_SIZE):
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         clean_up_tokenization_spaces=False,
-        model_max_length=1024,
+        model_max_length=model_max_length,
     )
     tokenizer.chat_template = build_chat_template()
     return tokenizer

@@ -1,6 +1,10 @@
 """Train the embedded demo guard: a tiny Qwen3-architecture Qwen3Guard-Gen look-alike, from scratch, on CPU.
 
-    python -m qwenguard.core.demo.train gen [--out DIR] [--steps N] [--seed S]
+    python -m qwenguard.core.demo.train gen [--out DIR | --replace-shipped] [--steps N] [--seed S]
+
+Output: a new directory ``runs/demo-gen-<date>-<time>/`` by default (with the run's ``sample.jsonl``); the shipped
+checkpoint ``core/demo/gen`` (and ``core/demo/data/sample.jsonl``) only with ``--replace-shipped``, or when ``--out``
+names it. See docs/demo.md.
 
 Steps: generate the synthetic data (`qwenguard.core.demo.data`), train the byte-level BPE tokenizer on it
 (rendered prompts included, `qwenguard.core.demo.tokenizer`), train a `transformers.Qwen3ForCausalLM` with the
@@ -8,11 +12,11 @@ loss on the answer tokens only, save it in bfloat16 with the tokenizer and chat 
 split greedily through the saved checkpoint (exactly as inference does) and write ``metrics.json``.
 
 Everything is seeded (data, batch order, initialisation; two CPU threads), so a rerun with the same arguments
-reproduces the checkpoint. Nothing but ``core/demo/data/sample.jsonl`` is written as data: the training set is
-regenerated from the seed.
+and the same library versions (recorded in ``metrics.json``) reproduces the checkpoint byte for byte. Nothing but
+the evaluation sample is written as data: the training set is regenerated from the seed.
 
 The template's fixed text is four added tokens of the demo tokenizer (`tokenizer.TEMPLATE_TOKENS`), so
-sequences are ~60 tokens and 800 steps take ~10-15 minutes on one CPU thread.
+most sequences are short; the longest (documents, lists of questions) fill the 512-token context.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from . import DEMO_GEN_DIR, DEMO_SAMPLE_PATH
-from .data import Example, heldout_set, training_set, write_sample
+from .data import BASE_MIX, Example, generate, heldout_set, training_set, write_sample
+from .output import check_replaceable, library_versions, resolve_out_dir
 from .tokenizer import SPECIAL_TOKENS, THINK_TOKENS, train_tokenizer
 
 __all__ = ["MODEL_SHAPE", "TrainSettings", "train_gen", "evaluate", "greedy_answers", "main"]
@@ -52,7 +57,9 @@ MODEL_SHAPE: dict[str, Any] = {
     "num_key_value_heads": 2,
     "head_dim": 32,
     "tie_word_embeddings": True,
-    "max_position_embeddings": 1024,
+    # The context the model is trained to read, whole: training inputs fill it (long documents, lists of questions),
+    # and a backend's windows are sized to it, so no window is longer than what the model saw.
+    "max_position_embeddings": 512,
     "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
     "rms_norm_eps": 1e-6,
 }
@@ -61,11 +68,11 @@ SAVE_DTYPE = "bfloat16"  # what the official Qwen3Guard checkpoints ship
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Knobs of one training run (the defaults take about six to nine minutes on two CPU cores)."""
+    """Knobs of one training run (the defaults are the shipped checkpoint's; timings in docs/demo.md)."""
 
-    steps: int = 1000
+    steps: int = 1200
     seed: int = 0
-    train_size: int = 30000
+    train_size: int = 36000
     heldout_size: int = 800
     lr: float = 5e-3
     warmup: int = 50
@@ -280,11 +287,16 @@ def evaluate(model, tokenizer, examples: Sequence[Example]) -> dict[str, Any]:
     }
 
 
-def train_gen(out_dir: Path | str = DEMO_GEN_DIR, settings: TrainSettings = TrainSettings(), write_sample_file: bool = True) -> dict:
-    """Build data, tokenizer and model; save the checkpoint and ``metrics.json`` into `out_dir`; return the metrics."""
+def train_gen(out_dir: Path | str | None = None, settings: TrainSettings = TrainSettings(),
+              write_sample_file: bool = True) -> dict:
+    """Build data, tokenizer and model; save the checkpoint and ``metrics.json`` into `out_dir` (default: a new
+    ``runs/demo-gen-<date>-<time>``); return the metrics. The evaluation sample goes to ``<out_dir>/sample.jsonl``,
+    or to the shipped ``core/demo/data/sample.jsonl`` when `out_dir` is the shipped checkpoint."""
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
+    out_dir = resolve_out_dir(out_dir, kind="gen", shipped=DEMO_GEN_DIR, replace_shipped=False)
+    check_replaceable(out_dir)  # before the minutes of training, not after
     started = time.time()
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
@@ -292,9 +304,12 @@ def train_gen(out_dir: Path | str = DEMO_GEN_DIR, settings: TrainSettings = Trai
 
     train_examples = training_set(settings.train_size, seed=settings.seed)
     held = heldout_set(settings.heldout_size, seed=settings.seed)
+    # The same held-out seed on the mix without the families added for the streaming and composite claims: figures
+    # comparable with checkpoints trained before them.
+    held_base = generate(settings.heldout_size, seed=settings.seed + 1000, split="heldout", families=BASE_MIX)
     _log(f"data: {len(train_examples)} training, {len(held)} held-out examples")
 
-    tokenizer = train_tokenizer(_tokenizer_corpus(train_examples))
+    tokenizer = train_tokenizer(_tokenizer_corpus(train_examples), model_max_length=MODEL_SHAPE["max_position_embeddings"])
     special_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (*SPECIAL_TOKENS, *THINK_TOKENS)}
     _log(f"tokenizer: {len(tokenizer)} ids, special {special_ids}")
 
@@ -316,23 +331,27 @@ def train_gen(out_dir: Path | str = DEMO_GEN_DIR, settings: TrainSettings = Trai
 
     info = {**train_info, "seed": settings.seed, "train_examples": len(train_examples), "train_sequences": len(encoded),
             "heldout_examples": len(held), "lr": settings.lr, "total_seconds": round(time.time() - started, 1),
-            "torch_threads": settings.threads}
-    metrics = save_checkpoint(model, tokenizer, held, out_dir, info)
+            "torch_threads": settings.threads, "versions": library_versions()}
+    metrics = save_checkpoint(model, tokenizer, held, out_dir, info, base_mix=held_base)
     if write_sample_file:
-        write_sample(DEMO_SAMPLE_PATH)
+        shipped = out_dir.resolve() == DEMO_GEN_DIR.resolve()
+        write_sample(DEMO_SAMPLE_PATH if shipped else out_dir / "sample.jsonl")
     _log(f"wrote {out_dir} in {time.time() - started:.0f}s")
     return metrics
 
 
-def save_checkpoint(model, tokenizer, held: Sequence[Example], out_dir: Path | str, train_info: dict[str, Any]) -> dict:
+def save_checkpoint(model, tokenizer, held: Sequence[Example], out_dir: Path | str, train_info: dict[str, Any],
+                    base_mix: Sequence[Example] = ()) -> dict:
     """Save model (bfloat16), tokenizer and generation config into `out_dir`, score the saved checkpoint on the
-    held-out split through the normal loading path, and write ``metrics.json``."""
+    held-out split (and on `base_mix`, the held-out split of the earlier family mix) through the normal loading
+    path, and write ``metrics.json``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     special_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (*SPECIAL_TOKENS, *THINK_TOKENS)}
     n_params = sum(p.numel() for p in model.parameters())
     out_dir = Path(out_dir)
+    check_replaceable(out_dir)
     with tempfile.TemporaryDirectory(prefix="demo-gen-") as tmp:
         stage = Path(tmp) / "gen"
         model.generation_config = GenerationConfig(
@@ -350,14 +369,20 @@ def save_checkpoint(model, tokenizer, held: Sequence[Example], out_dir: Path | s
         from ..formats.encoding import ConversationEncoder
 
         fits = ConversationEncoder(saved_tok)
-        held = [ex for ex in held if len(fits.encode(ex.messages)) + 24 <= MODEL_SHAPE["max_position_embeddings"]]
+        context = MODEL_SHAPE["max_position_embeddings"]
+        held = [ex for ex in held if len(fits.encode(ex.messages)) + 24 <= context]
+        base_mix = [ex for ex in base_mix if len(fits.encode(ex.messages)) + 24 <= context]
         t_eval = time.time()
         metrics = evaluate(saved, saved_tok, held)
         _log(f"held-out: {json.dumps(metrics['overall'])} ({time.time() - t_eval:.0f}s)")
         for stage_name, s in metrics["by_stage"].items():
             _log(f"  {stage_name:12s} {json.dumps(s)}")
+        base = evaluate(saved, saved_tok, base_mix) if base_mix else None
+        if base:
+            _log(f"held-out, base mix: {json.dumps(base['overall'])}")
         metrics = {
             "heldout": metrics,
+            **({"heldout_base_mix": base} if base else {}),
             "training": train_info,
             "model": {"parameters": n_params, "dtype": SAVE_DTYPE, **{k: v for k, v in MODEL_SHAPE.items()},
                       "vocab_size": len(tokenizer), "special_token_ids": special_ids},
@@ -388,15 +413,25 @@ def _retag_tokenizer(directory: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m qwenguard.core.demo.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("which", choices=["gen"], help="which demo checkpoint to train (the Stream demo is trained elsewhere)")
-    parser.add_argument("--out", type=Path, default=DEMO_GEN_DIR, help=f"output directory (default {DEMO_GEN_DIR})")
+    parser.add_argument("which", choices=["gen"], help="which demo checkpoint to train (the Stream demo: train_stream)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path, default=None,
+                       help="output directory (default: a new runs/demo-gen-<date>-<time> in the current directory)")
+    where.add_argument("--replace-shipped", action="store_true",
+                       help=f"write over the shipped checkpoint {DEMO_GEN_DIR} and the shipped {DEMO_SAMPLE_PATH.name}")
     parser.add_argument("--steps", type=int, default=TrainSettings.steps)
     parser.add_argument("--seed", type=int, default=TrainSettings.seed)
     parser.add_argument("--train-size", type=int, default=TrainSettings.train_size)
-    parser.add_argument("--no-sample", action="store_true", help="do not rewrite core/demo/data/sample.jsonl")
+    parser.add_argument("--heldout-size", type=int, default=TrainSettings.heldout_size)
+    parser.add_argument("--threads", type=int, default=TrainSettings.threads,
+                        help="torch threads (the result is bit for bit reproducible for a given thread count)")
+    parser.add_argument("--no-sample", action="store_true", help="do not write the evaluation sample")
     args = parser.parse_args(argv)
-    settings = TrainSettings(steps=args.steps, seed=args.seed, train_size=args.train_size)
-    train_gen(args.out, settings, write_sample_file=not args.no_sample)
+    out = resolve_out_dir(args.out, kind="gen", shipped=DEMO_GEN_DIR, replace_shipped=args.replace_shipped)
+    settings = TrainSettings(steps=args.steps, seed=args.seed, train_size=args.train_size, heldout_size=args.heldout_size,
+                             threads=args.threads)
+    _log(f"writing to {out}")
+    train_gen(out, settings, write_sample_file=not args.no_sample)
     return 0
 
 

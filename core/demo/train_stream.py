@@ -1,16 +1,22 @@
-"""Train the demo Qwen3Guard-Stream look-alike into ``core/demo/stream/`` (official checkpoint layout).
+"""Train the demo Qwen3Guard-Stream look-alike (official checkpoint layout).
 
-    python -m qwenguard.core.demo.train_stream [--gen DIR] [--out DIR] [--steps N] [--seed S]
+    python -m qwenguard.core.demo.train_stream [--gen DIR] [--out DIR | --replace-shipped] [--steps N] [--seed S]
+
+Output: a new directory ``runs/demo-stream-<date>-<time>/`` by default; the shipped ``core/demo/stream`` only with
+``--replace-shipped``, or when ``--out`` names it. ``--gen`` is the Gen checkpoint to start from (default: the
+shipped one; pass the directory of a Gen run to rebuild both). See docs/demo.md.
 
 Starts from the demo Gen checkpoint (``core/demo/gen/``, trained by ``python -m qwenguard.core.demo.train
 gen``): its tokenizer files are copied and its Qwen3 backbone initialises the Stream backbone, then the
 backbone and the two head paths are trained on token-level labels from the synthetic set
 (`qwenguard.core.demo.data`):
 
-- assistant-final examples (responses, tool calls): every content token before ``unsafe_span`` is safe;
-  from the span's first token to the end of the answer, tokens carry the example's risk and category
-  (a response is unsafe *from* the token where unsafe content starts, as the official rule reads it);
-  safe answers are safe throughout. The response heads learn these.
+- assistant-final examples (responses, tool calls): every content token before the harm onset is safe; from
+  that token to the end of the answer, tokens carry the example's risk and category (a response is unsafe *from*
+  the token where unsafe content starts, as the official rule reads it); safe answers are safe throughout. The
+  onset is the first word of ``unsafe_span`` that harmless text never uses (`qwenguard.core.demo.data.onset`):
+  "Sure. Mix" is safe, "Sure. Mix ammonium" is not, so the heads do not learn to flag the first word of every new
+  sentence. The response heads learn these.
 - user-final examples (prompts, tool results, documents): the query heads learn the example's risk and
   category at the ``<|im_end|>`` that closes the user turn.
 
@@ -18,10 +24,16 @@ Ids come from `StreamEncoder`, the same code inference uses. The result is writt
 `save_stream_checkpoint`: ``config.json`` (Qwen3 fields + ``guard_inner_size``, ``num_risk_level``,
 ``num_category``, ``num_query_risk_level``, ``num_query_category`` and the four label maps, with the model
 card's category names), ``model.safetensors`` (official key names), the tokenizer files, and
-``metrics.json`` (held-out token and stream-level results). Seeded; two CPU threads; a few minutes.
+``metrics.json`` (held-out token and stream-level results). Seeded; two CPU threads (timings in docs/demo.md).
 """
 
 from __future__ import annotations
+
+import os
+
+# OpenMP threads that spin while waiting lose ~10x when other processes share the cores (see train.py). Must be set
+# before torch loads its OpenMP runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import json
@@ -36,7 +48,9 @@ from pathlib import Path
 from typing import Any
 
 from . import DEMO_GEN_DIR, DEMO_STREAM_DIR
-from .data import Example, heldout_set, training_set
+from .data import BASE_MIX, Example, generate, heldout_set, training_set
+from .data.onset import harm_onset
+from .output import check_replaceable, library_versions, resolve_out_dir
 
 __all__ = ["StreamTrainSettings", "train_stream", "main", "RISK_MAP", "CATEGORY_MAP"]
 
@@ -49,15 +63,16 @@ _RISK_INDEX = {"safe": 0, "unsafe": 1, "controversial": 2}
 
 @dataclass(frozen=True)
 class StreamTrainSettings:
-    steps: int = 600
+    # The shipped checkpoint's settings: 600 steps on 12,000 examples flagged harmful clauses later (docs/demo.md).
+    steps: int = 1200
     seed: int = 0
-    train_size: int = 12000
+    train_size: int = 24000
     heldout_size: int = 400
     lr: float = 2e-3
     backbone_lr: float = 5e-4
     warmup: int = 30
     batch_tokens: int = 4096
-    max_len: int = 384
+    max_len: int = 512
     guard_inner_size: int = 64
     threads: int = 2
 
@@ -103,7 +118,7 @@ def _encode(encoder: Any, example: Example, max_len: int) -> _Row | None:
     ids = prefix + [t for t, _, _ in spans]
     if len(ids) > max_len or not spans:
         return None
-    start = example.unsafe_span[0] if risk else None
+    start = harm_onset(msgs[-1]["content"], *example.unsafe_span)[0] if risk else None
     risks, cats = [-100] * len(prefix), [-100] * len(prefix)
     for _, s, e in spans:
         inside = start is not None and e > start
@@ -220,9 +235,10 @@ def evaluate(stream: Any, examples: Sequence[Example]) -> dict[str, Any]:
     }
 
 
-def train_stream(gen_dir: Path | str = DEMO_GEN_DIR, out_dir: Path | str = DEMO_STREAM_DIR,
+def train_stream(gen_dir: Path | str = DEMO_GEN_DIR, out_dir: Path | str | None = None,
                  settings: StreamTrainSettings = StreamTrainSettings()) -> dict[str, Any]:
-    """Train and save the demo Stream checkpoint; return its metrics."""
+    """Train the demo Stream checkpoint from the Gen checkpoint `gen_dir`, save it into `out_dir` (default: a new
+    ``runs/demo-stream-<date>-<time>``); return its metrics."""
     import torch
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
@@ -234,6 +250,8 @@ def train_stream(gen_dir: Path | str = DEMO_GEN_DIR, out_dir: Path | str = DEMO_
         save_stream_checkpoint,
     )
 
+    out_dir = resolve_out_dir(out_dir, kind="stream", shipped=DEMO_STREAM_DIR, replace_shipped=False)
+    check_replaceable(out_dir)  # before the minutes of training, not after
     started = time.time()
     gen_dir = Path(gen_dir)
     if not (gen_dir / "config.json").exists():
@@ -283,7 +301,6 @@ def train_stream(gen_dir: Path | str = DEMO_GEN_DIR, out_dir: Path | str = DEMO_
             _log(f"step {step:4d} loss {sum(losses[-50:]) / len(losses[-50:]):.4f} ({time.time() - started:.0f}s)")
 
     model.eval()
-    out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="demo-stream-") as tmp:
         stage = Path(tmp) / "stream"
         model.to(torch.bfloat16)
@@ -292,13 +309,17 @@ def train_stream(gen_dir: Path | str = DEMO_GEN_DIR, out_dir: Path | str = DEMO_
             if f.is_file() and ("token" in f.name or f.name in ("vocab.json", "merges.txt", "chat_template.jinja")):
                 shutil.copy(f, stage / f.name)
         stream = TransformersStream.load(stage, device="cpu", dtype="float32")
+        base_mix = generate(settings.heldout_size, seed=settings.seed + 101 + 1000, split="heldout", families=BASE_MIX)
         metrics = {"heldout": evaluate(stream, heldout_set(settings.heldout_size, seed=settings.seed + 101)),
+                   "heldout_base_mix": evaluate(stream, base_mix),
                    "training": {"steps": settings.steps, "seed": settings.seed, "rows": len(rows),
                                 "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
-                                "seconds": round(time.time() - started, 1), "torch_threads": settings.threads},
+                                "seconds": round(time.time() - started, 1), "torch_threads": settings.threads,
+                                "versions": library_versions()},
                    "model": {"parameters": sum(p.numel() for p in model.parameters()),
                              "guard_inner_size": settings.guard_inner_size, "initialised_from": "demo gen backbone"}}
         _log(f"held-out: {json.dumps(metrics['heldout'])}")
+        _log(f"held-out, base mix: {json.dumps(metrics['heldout_base_mix'])}")
         (stage / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -309,15 +330,22 @@ def train_stream(gen_dir: Path | str = DEMO_GEN_DIR, out_dir: Path | str = DEMO_
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m qwenguard.core.demo.train_stream", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gen", type=Path, default=DEMO_GEN_DIR, help=f"demo Gen checkpoint (default {DEMO_GEN_DIR})")
-    parser.add_argument("--out", type=Path, default=DEMO_STREAM_DIR, help=f"output directory (default {DEMO_STREAM_DIR})")
+    parser.add_argument("--gen", type=Path, default=DEMO_GEN_DIR, help=f"demo Gen checkpoint to start from (default {DEMO_GEN_DIR})")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path, default=None,
+                       help="output directory (default: a new runs/demo-stream-<date>-<time> in the current directory)")
+    where.add_argument("--replace-shipped", action="store_true", help=f"write over the shipped checkpoint {DEMO_STREAM_DIR}")
     parser.add_argument("--steps", type=int, default=StreamTrainSettings.steps)
     parser.add_argument("--seed", type=int, default=StreamTrainSettings.seed)
     parser.add_argument("--train-size", type=int, default=StreamTrainSettings.train_size)
+    parser.add_argument("--heldout-size", type=int, default=StreamTrainSettings.heldout_size)
     parser.add_argument("--threads", type=int, default=StreamTrainSettings.threads)
     args = parser.parse_args(argv)
-    settings = StreamTrainSettings(steps=args.steps, seed=args.seed, train_size=args.train_size, threads=args.threads)
-    train_stream(args.gen, args.out, settings)
+    out = resolve_out_dir(args.out, kind="stream", shipped=DEMO_STREAM_DIR, replace_shipped=args.replace_shipped)
+    settings = StreamTrainSettings(steps=args.steps, seed=args.seed, train_size=args.train_size,
+                                   heldout_size=args.heldout_size, threads=args.threads)
+    _log(f"writing to {out}")
+    train_stream(args.gen, out, settings)
     return 0
 
 
