@@ -10,12 +10,15 @@ safe text; word pieces, 20 ms per piece) is served by a real OpenAI-compatible s
 (tests/scripted_openai.py) and consumed through each path with real clients (`ChatOpenAI`, the
 `openai` SDK, LlamaIndex `OpenAILike`):
 
-- LangChain `GuardCallbackHandler` (engines "gate" and "monitor"), `AsyncGuardCallbackHandler`;
+- LangChain `GuardCallbackHandler` (engines "pipelined", the default, "gate" and "monitor"),
+  `AsyncGuardCallbackHandler`;
 - LCEL ``model | guard_output(guard)`` (engines "monitor" and "gate"), ``GuardRunnable(runnable=model)``;
 - ``create_agent`` with `GuardMiddleware`, ``stream_mode="messages"``, alone and with the callback;
-- core `StreamMonitor` / `AsyncStreamMonitor` with hold-back (Gen-window engine; the Stream model
-  engine when the judge has a stream backend);
+- core `StreamMonitor` / `AsyncStreamMonitor` with hold-back (Gen-window engine, by sentence and with
+  ``release_unit="word"``; the Stream model engine when the judge has a stream backend);
 - LlamaIndex `GuardedLLM` wrapping `OpenAILike` (sync and async streams).
+
+Each integration's default is marked "default" in the note column.
 
 Judges: the oracle (flags the clause's first two words; fixed latency, 70 ms for the main columns,
 0 ms and a one-word trigger as variants), the demo Gen guard, and the demo Stream guard where a path
@@ -217,7 +220,7 @@ def agent(callback_engine: str | None = None) -> sk.Build:
     return build
 
 
-def core_monitor(holdback: int, asynchronous: bool = False) -> sk.Build:
+def core_monitor(holdback: int, asynchronous: bool = False, **options: Any) -> sk.Build:
     def build(url: str, judge: GuardJudge | None) -> Consume:
         import openai
 
@@ -235,7 +238,7 @@ def core_monitor(holdback: int, asynchronous: bool = False) -> sk.Build:
                     for delta in deltas():
                         c.receive(delta)
                     return
-                with judge.guard().stream(sk.PROMPT, holdback=holdback) as monitor:
+                with judge.guard().stream(sk.PROMPT, holdback=holdback, **options) as monitor:
                     for out in monitor.wrap(deltas()):
                         c.receive(out)
             return consume
@@ -256,7 +259,7 @@ def core_monitor(holdback: int, asynchronous: bool = False) -> sk.Build:
                         async for delta in deltas():
                             c.receive(delta)
                         return
-                    async with judge.guard().astream(sk.PROMPT, holdback=holdback) as monitor:
+                    async with judge.guard().astream(sk.PROMPT, holdback=holdback, **options) as monitor:
                         async for out in monitor.awrap(deltas()):
                             c.receive(out)
                 finally:
@@ -302,21 +305,28 @@ class Path_:
 
 
 PATHS = [
+    Path_("lc-callback pipelined", lc_callback("pipelined"), "lc-sync",
+          note="default; ChatOpenAI.stream + GuardCallbackHandler"),
     Path_("lc-callback gate", lc_callback("gate"), "lc-sync", note="ChatOpenAI.stream + GuardCallbackHandler"),
     Path_("lc-callback monitor", lc_callback("monitor"), "lc-sync", stream_model=True),
+    Path_("lc-async-callback pipelined", lc_callback("pipelined", True), "lc-async",
+          note="default; astream + AsyncGuardCallbackHandler"),
     Path_("lc-async-callback gate", lc_callback("gate", True), "lc-async", note="astream + AsyncGuardCallbackHandler"),
     Path_("lc-async-callback monitor", lc_callback("monitor", True), "lc-async"),
-    Path_("lcel guard_output monitor", lcel("monitor"), "lc-sync", stream_model=True, note="holdback default (8)"),
+    Path_("lcel guard_output monitor", lcel("monitor"), "lc-sync", stream_model=True, note="default; holdback 8"),
     Path_("lcel guard_output gate", lcel("gate"), "lc-sync"),
-    Path_("lcel GuardRunnable astream", lcel("monitor", wrap=True, asynchronous=True), "lc-async"),
-    Path_("agent GuardMiddleware", agent(), "agent", note="create_agent, stream_mode=messages, exit_behavior=error"),
-    Path_("agent GuardMiddleware+callback gate", agent("gate"), "agent"),
-    Path_("core StreamMonitor hb8", core_monitor(8), "openai-sync", stream_model=True),
+    Path_("lcel GuardRunnable astream", lcel("monitor", wrap=True, asynchronous=True), "lc-async", note="default"),
+    Path_("agent GuardMiddleware", agent(), "agent",
+          note="default; create_agent, stream_mode=messages, exit_behavior=error"),
+    Path_("agent GuardMiddleware+callback pipelined", agent("pipelined"), "agent"),
+    Path_("core StreamMonitor hb8", core_monitor(8), "openai-sync", stream_model=True, note="default"),
+    Path_("core StreamMonitor hb8 word", core_monitor(8, release_unit="word"), "openai-sync",
+          note='release_unit="word" (Gen window)'),
     Path_("core StreamMonitor hb0", core_monitor(0), "openai-sync", stream_model=True),
-    Path_("core AsyncStreamMonitor hb8", core_monitor(8, True), "openai-async"),
-    Path_("llamaindex GuardedLLM", llamaindex(), "li-sync", stream_model=True, note="OpenAILike.stream_chat, holdback default"),
+    Path_("core AsyncStreamMonitor hb8", core_monitor(8, True), "openai-async", note="default"),
+    Path_("llamaindex GuardedLLM", llamaindex(), "li-sync", stream_model=True, note="default; OpenAILike.stream_chat"),
     Path_("llamaindex GuardedLLM hb0", llamaindex(0), "li-sync"),
-    Path_("llamaindex GuardedLLM async", llamaindex(None, True), "li-async"),
+    Path_("llamaindex GuardedLLM async", llamaindex(None, True), "li-async", note="default"),
 ]
 
 BASELINES: dict[str, sk.Build] = {

@@ -6,6 +6,7 @@
     │   └── GuardTimeout      ... because it ran past the policy's timeout
     ├── StreamClosed          a stream monitor/session was fed after finish() or close()
     ├── VerdictParseError     the model's answer is not in the Qwen3Guard format
+    ├── InputTooLarge         a check exceeds an operator limit (characters, messages, windows); also a ValueError
     ├── ModelNotFound         a checkpoint cannot be found (offline, bad path)
     └── MissingDependency     an optional extra is not installed (also an ImportError)
 
@@ -27,6 +28,7 @@ __all__ = [
     "GuardTimeout",
     "StreamClosed",
     "VerdictParseError",
+    "InputTooLarge",
     "ModelNotFound",
     "MissingDependency",
 ]
@@ -66,6 +68,13 @@ class VerdictParseError(QwenGuardError, ValueError):
     def __init__(self, message: str, raw: str = "") -> None:
         self.raw = raw
         super().__init__(f"{message} (raw output: {raw[:200]!r})")
+
+
+class InputTooLarge(QwenGuardError, ValueError):
+    """A check is larger than a limit the operator set (``max_chars``, ``max_messages``, ``max_windows``).
+
+    Raised to the caller before any model work on that text; never turned into a verdict and never
+    subject to ``on_error="allow"``, so size alone can never get text through unjudged."""
 
 
 class ModelNotFound(QwenGuardError):

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .backends.base import GenBackend, Outcome
-from .cache import VerdictCache, cache_key
-from .errors import GuardTimeout, GuardUnavailable, GuardViolation, QwenGuardError
+from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_SIZE, VerdictCache, cache_key
+from .errors import GuardTimeout, GuardUnavailable, GuardViolation, InputTooLarge, QwenGuardError
 from .formats.conversations import (
     prompt_conversation,
     response_conversation,
@@ -28,13 +28,16 @@ from .formats.prompts import Message, normalize_messages
 from .policy import Action, Decision, Policy
 from .verdict import Stage, Verdict
 
-__all__ = ["Guard", "enforce", "DEFAULT_MAX_CHARS", "DEFAULT_CACHE_SIZE"]
+__all__ = ["Guard", "enforce", "DEFAULT_MAX_CHARS", "DEFAULT_MAX_MESSAGES", "DEFAULT_CACHE_SIZE", "DEFAULT_CACHE_BYTES"]
 
 logger = logging.getLogger("qwenguard")
 
-#: Longest text one check accepts. Longer input is a caller bug or an attack on the guard's time.
+#: Characters one check accepts, all its turns together. Longer input is a caller bug or an attack on
+#: the guard's time (1 MB of English is ~250k tokens: some 70 windows of 4K tokens).
 DEFAULT_MAX_CHARS = 1_000_000
-DEFAULT_CACHE_SIZE = 4096
+#: Messages one check accepts. Only the newest turns that fit a window are ever tokenized, but each
+#: message is still validated, cleaned and hashed; a long LlamaIndex chat history (600 exchanges) fits.
+DEFAULT_MAX_MESSAGES = 4096
 
 DecisionListener = Callable[[Decision], None]
 
@@ -63,6 +66,12 @@ class Guard:
     >>> guard = Guard.from_pretrained("demo")                       # doctest: +SKIP
     >>> guard.check_prompt("How can I make a bomb at home?").allowed  # doctest: +SKIP
     False
+
+    Limits (``docs/guard.md``): ``max_chars`` (all turns of one check, default 1,000,000) and
+    ``max_messages`` (default 4,096) here, ``max_windows`` on the local backend (default 256). A check
+    over a limit raises `InputTooLarge` (a ``ValueError``) to the caller, whatever ``on_error`` says:
+    size alone never gets text through unjudged. The verdict cache holds at most ``cache_size``
+    entries (default 4,096) and ``cache_bytes`` bytes (default 16 MiB).
     """
 
     def __init__(
@@ -72,17 +81,22 @@ class Guard:
         *,
         stream_backend: Any = None,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
         max_chars: int = DEFAULT_MAX_CHARS,
+        max_messages: int = DEFAULT_MAX_MESSAGES,
         listeners: Iterable[DecisionListener] = (),
         parallel_input: bool = False,
     ) -> None:
         if policy is not None and not isinstance(policy, Policy):
             raise TypeError(f"policy must be a Policy, got {type(policy).__name__}")
+        if max_chars < 1 or max_messages < 1:
+            raise ValueError("max_chars and max_messages must be >= 1")
         self.backend = backend
         self.policy = policy or Policy()
         self.stream_backend = stream_backend
-        self.cache = VerdictCache(cache_size)
+        self.cache = VerdictCache(cache_size, max_bytes=cache_bytes)
         self.max_chars = max_chars
+        self.max_messages = max_messages
         self.listeners: list[DecisionListener] = list(listeners)
         self.parallel_input = parallel_input
 
@@ -103,7 +117,8 @@ class Guard:
         from .backends.transformers_gen import TransformersGen
 
         backend_keys = {"max_new_tokens", "max_context", "max_batch", "max_wait_s", "window_overlap",
-                        "use_chat_template", "revision", "local_files_only"}
+                        "use_chat_template", "revision", "local_files_only", "max_window_tokens",
+                        "max_windows", "max_batch_tokens", "engine"}
         backend_kwargs = {k: guard_kwargs.pop(k) for k in list(guard_kwargs) if k in backend_keys}
         backend = TransformersGen.load(model, device=device, dtype=dtype, **backend_kwargs)
         stream_backend = None
@@ -114,30 +129,45 @@ class Guard:
     @classmethod
     def remote(
         cls,
-        base_url: str,
+        base_url: str | Sequence[str],
         *,
         model: str,
         api_key: str | None = None,
         mode: str = "chat",
-        stream: bool = False,
+        tokenizer: Any = None,
+        max_context: int | None = None,
+        stream: bool | str | Sequence[str] = False,
         policy: Policy | None = None,
         **opts: Any,
     ) -> Guard:
-        """A guard whose model runs on an OpenAI-compatible server: vLLM, SGLang or ``qwenguard serve``.
+        """A guard whose model runs on an OpenAI-compatible engine: vLLM, SGLang, llama.cpp, ``transformers
+        serve`` or ``qwenguard serve`` (docs/remote.md).
 
-        ``mode="completion"`` sends the prompt rendered by qwenguard (Ollama, llama.cpp). ``stream=True``
-        runs `stream` sessions on a qwenguard server's ``/v1/stream``. Other options go to `OpenAIGen`
-        (timeouts, retries, concurrency, logprobs) or to `Guard` (cache_size, listeners, ...)."""
+        ``mode="chat"`` sends the conversation (content neutralised: no control tokens, no forged turns);
+        ``mode="completion"`` sends the prompt itself: token ids when ``tokenizer`` is given and the engine
+        takes them, else the text qwenguard renders. ``tokenizer`` (hub id, directory, ``"demo"``, or a
+        loaded tokenizer) also makes windows exact, equal to the local guard's; without it they are sized
+        by a byte bound. ``max_context``: the engine's context in tokens, when it does not publish it at
+        ``/models`` (vLLM and SGLang do). ``stream=True`` runs `stream` sessions on a qwenguard server's
+        ``/v1/stream``. Other options go to `OpenAIGen` (timeouts, retries, ``max_concurrency``, logprobs,
+        windows) or to `Guard` (cache_size, listeners, ...).
+
+        ``base_url`` may be a list of replicas (or one load balancer's URL): a check that fails on one is
+        retried on another, and a stream session whose replica dies or restarts is re-opened on another
+        and replayed, releasing nothing the new session has not judged (docs/scaling.md). ``stream`` may
+        also be the URL (or list) of the qwenguard servers for stream sessions when Gen checks go to
+        other servers (vLLM or SGLang replicas for Gen, ``qwenguard serve`` replicas for Stream)."""
         from .backends.openai_gen import OpenAIGen
 
-        guard_keys = {"cache_size", "max_chars", "listeners", "parallel_input"}
+        guard_keys = {"cache_size", "cache_bytes", "max_chars", "max_messages", "listeners", "parallel_input"}
         guard_kwargs = {k: opts.pop(k) for k in list(opts) if k in guard_keys}
-        backend = OpenAIGen(base_url, model=model, api_key=api_key, mode=mode, **opts)  # type: ignore[arg-type]
+        backend = OpenAIGen(base_url, model=model, api_key=api_key, mode=mode,  # type: ignore[arg-type]
+                            tokenizer=tokenizer, max_context=max_context, **opts)
         stream_backend = None
         if stream:
             from .backends.remote_stream import RemoteStream
 
-            stream_backend = RemoteStream(base_url, api_key=api_key)
+            stream_backend = RemoteStream(base_url if stream is True else stream, api_key=api_key)
         return cls(backend, policy, stream_backend=stream_backend, **guard_kwargs)
 
     @staticmethod
@@ -164,16 +194,25 @@ class Guard:
                 logger.exception("qwenguard decision listener %r failed", listener)
 
     # -- shared logic -------------------------------------------------------------------------
-    def _check_text(self, text: str) -> None:
-        if len(text) > self.max_chars:
-            raise ValueError(
-                f"text of {len(text):,} characters exceeds max_chars={self.max_chars:,}; split it or raise Guard(max_chars=...)"
+    def _check_size(self, conversation: Sequence[Message]) -> None:
+        """The operator's limits, checked before any work proportional to the text (`InputTooLarge`)."""
+        if not isinstance(conversation, Sequence) or isinstance(conversation, (str, bytes)):
+            return  # normalize_messages says what is wrong with it
+        if len(conversation) > self.max_messages:
+            raise InputTooLarge(
+                f"{len(conversation):,} messages exceed max_messages={self.max_messages:,}; "
+                f"send fewer turns or raise Guard(max_messages=...)"
+            )
+        total = sum(len(c) for m in conversation if isinstance(m, Mapping) and isinstance(c := m.get("content"), str))
+        if total > self.max_chars:
+            raise InputTooLarge(
+                f"{total:,} characters exceed max_chars={self.max_chars:,}; split the text or raise Guard(max_chars=...)"
             )
 
     def _prepare(self, stage: Stage, conversation: Sequence[Message]) -> _Check:
+        self._check_size(conversation)
         msgs = normalize_messages(conversation)
         for m in msgs:
-            self._check_text(m["content"])
             m["content"] = clean_text(m["content"])
         check = _Check(stage, msgs)
         if not self.policy.enabled(stage):
@@ -195,6 +234,8 @@ class Guard:
         return min(values) if values else None
 
     def _settle(self, checks: list[_Check], pending: list[_Check], outcome: list[Outcome] | BaseException) -> list[Decision]:
+        if isinstance(outcome, InputTooLarge):
+            raise outcome  # a size limit is the caller's error, never on_error's to allow
         if isinstance(outcome, BaseException):
             timed_out = isinstance(outcome, GuardTimeout)
             if not isinstance(outcome, QwenGuardError):
@@ -202,13 +243,16 @@ class Guard:
             for c in pending:
                 c.decision = self.policy.decide_error(c.stage, outcome, timeout=timed_out)
         else:
+            for result in outcome:
+                if isinstance(result, InputTooLarge):
+                    raise result  # a size limit is the caller's error, never a verdict or on_error's to allow
             for c, result in zip(pending, outcome):
                 if isinstance(result, Verdict):
                     if c.key is not None:
                         self.cache.put(c.key, result)
                     c.decision = self.policy.decide(result, c.stage)
-                else:
-                    c.decision = self.policy.decide_error(c.stage, result)
+                else:  # one conversation's error; a late one (GuardTimeout) keeps its own reason
+                    c.decision = self.policy.decide_error(c.stage, result, timeout=isinstance(result, GuardTimeout))
         decisions = [c.decision for c in checks]
         for d in decisions:
             self._emit(d)  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from .verdict import CATEGORIES, Risk, Stage, Verdict
 
-__all__ = ["Action", "Decision", "Policy", "StagePolicy", "OnError", "Mode", "DEFAULT_TIMEOUT_S"]
+__all__ = ["DEFAULT_TIMEOUT_S", "Action", "Decision", "Mode", "OnError", "Policy", "StagePolicy"]
 
 OnError = Literal["block", "allow"]
 Mode = Literal["strict", "loose"]
@@ -89,6 +89,23 @@ class Decision:
         }
 
 
+def _tighten(mine: Mapping[str, Any], theirs: Mapping[str, Any]) -> dict[str, Any]:
+    """One level of `Policy.tightened`: resolved settings in, the stricter of each out."""
+    on_error = "block" if "block" in (mine["on_error"], theirs["on_error"]) else "allow"
+    timeout = mine["timeout_s"]
+    if on_error == "block":
+        known = [t for t in (mine["timeout_s"], theirs["timeout_s"]) if t is not None]
+        timeout = min(known) if known else None
+    return {
+        "enabled": mine["enabled"] or theirs["enabled"],
+        "mode": "strict" if "strict" in (mine["mode"], theirs["mode"]) else "loose",
+        "block_categories": mine["block_categories"] | theirs["block_categories"],
+        "ignore_categories": mine["ignore_categories"] & theirs["ignore_categories"],
+        "on_error": on_error,
+        "timeout_s": timeout,
+    }
+
+
 def _categories(values: Iterable[str] | None, what: str) -> frozenset[str] | None:
     if values is None:
         return None
@@ -112,7 +129,7 @@ def _check_mode(value: str | None) -> None:
 
 
 def _check_timeout(value: float | None) -> None:
-    if value is not None and not (isinstance(value, (int, float)) and value > 0):
+    if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
         raise ValueError(f"timeout_s must be a positive number or None, got {value!r}")
 
 
@@ -128,11 +145,17 @@ class StagePolicy:
     timeout_s: float | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise TypeError(f"enabled must be true or false, got {self.enabled!r}")
         _check_mode(self.mode)
         _check_on_error(self.on_error)
         _check_timeout(self.timeout_s)
         object.__setattr__(self, "block_categories", _categories(self.block_categories, "block_categories"))
         object.__setattr__(self, "ignore_categories", _categories(self.ignore_categories, "ignore_categories"))
+
+
+_POLICY_FIELDS = frozenset({"mode", "block_categories", "ignore_categories", "on_error", "timeout_s"})
+_STAGE_FIELDS = _POLICY_FIELDS | {"enabled"}
 
 
 @dataclass(frozen=True)
@@ -156,6 +179,9 @@ class Policy:
     stages: Mapping[Stage, StagePolicy] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name in ("mode", "on_error", "block_categories", "ignore_categories"):
+            if getattr(self, name) is None:  # None means "inherit" only inside a StagePolicy
+                raise ValueError(f"{name} must be set, got None")
         _check_mode(self.mode)
         _check_on_error(self.on_error)
         _check_timeout(self.timeout_s)
@@ -179,6 +205,30 @@ class Policy:
         """Controversial passes, flagged."""
         return cls(mode="loose", **overrides)
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Policy:
+        """The Policy that ``to_dict()`` described (any subset of its fields; the rest default).
+
+        Raises ``TypeError`` / ``ValueError`` naming the bad field (unknown fields included)."""
+        if not isinstance(data, Mapping):
+            raise TypeError("policy must be an object")
+        fields_ = dict(data)
+        stages = fields_.pop("stages", None) or {}
+        unknown = sorted(set(fields_) - _POLICY_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown policy fields {unknown}")
+        if not isinstance(stages, Mapping):
+            raise TypeError("policy.stages must be an object")
+        parsed: dict[Stage, StagePolicy] = {}
+        for stage, overrides in stages.items():
+            if not isinstance(overrides, Mapping):
+                raise TypeError(f"policy.stages[{stage!r}] must be an object")
+            unknown = sorted(set(overrides) - _STAGE_FIELDS)
+            if unknown:
+                raise ValueError(f"unknown fields {unknown} in policy.stages[{stage!r}]")
+            parsed[Stage(stage)] = StagePolicy(**overrides)
+        return cls(**fields_, stages=parsed)
+
     def with_stage(self, stage: Stage | str, **overrides: Any) -> Policy:
         stages = dict(self.stages)
         stages[Stage(stage)] = StagePolicy(**overrides)
@@ -195,10 +245,48 @@ class Policy:
         return True if override is None else override.enabled
 
     def timeout_for(self, stage: Stage) -> float | None:
-        return self._get(stage, "timeout_s")
+        timeout: float | None = self._get(stage, "timeout_s")
+        return timeout
 
     def on_error_for(self, stage: Stage) -> OnError:
-        return self._get(stage, "on_error")
+        on_error: OnError = self._get(stage, "on_error")
+        return on_error
+
+    def _resolved(self, stage: Stage | None) -> dict[str, Any]:
+        """Every setting as it applies to ``stage`` (``None``: the top level)."""
+        if stage is None:
+            return {"enabled": True, **{name: getattr(self, name) for name in _POLICY_FIELDS}}
+        return {"enabled": self.enabled(stage), **{name: self._get(stage, name) for name in _POLICY_FIELDS}}
+
+    # -- a served guard: the operator's policy, made stricter by a client ---------------------
+    def tightened(self, other: Policy) -> Policy:
+        """This policy (the operator's), made stricter wherever ``other`` (a client's) is stricter.
+
+        Nothing in ``other`` can loosen it; per stage, as each stage resolves:
+
+        - ``mode``: ``"strict"`` if either is strict;
+        - ``block_categories``: the union; ``ignore_categories``: only what *both* ignore;
+        - ``enabled``: a stage stays off only if both turned it off (a client may turn a stage on);
+        - ``on_error``: ``"block"`` if either fails closed;
+        - ``timeout_s``: the smaller one (``None`` = no limit) when the result fails closed, where a
+          shorter budget can only block more; this policy's own when it fails open, where a client's
+          shorter budget would let more through unchecked.
+
+        >>> Policy.loose(ignore_categories=["PII"]).tightened(Policy.strict()).mode
+        'strict'
+        """
+        if not isinstance(other, Policy):
+            raise TypeError(f"other must be a Policy, got {type(other).__name__}")
+        top = _tighten(self._resolved(None), other._resolved(None))
+        top.pop("enabled")
+        if not (self.stages or other.stages):
+            return Policy(**top)
+        # Every stage written out in full: a StagePolicy's None means "inherit", so a resolved
+        # "no timeout" could not otherwise be told apart from the top level's timeout.
+        stages = {stage: StagePolicy(**_tighten(self._resolved(stage), other._resolved(stage))) for stage in Stage}
+        if any(sp.timeout_s is None for sp in stages.values()):
+            top["timeout_s"] = None
+        return Policy(**top, stages=stages)
 
     # -- decisions ----------------------------------------------------------------------------
     def decide(self, verdict: Verdict, stage: Stage) -> Decision:

@@ -69,3 +69,22 @@ def test_hf_hub_offline_is_named_in_the_error(tmp_path) -> None:
     one_error_line(p)
     assert json.loads(p.stdout)["error"]["type"] == "ModelNotFound"
     assert "HF_HUB_OFFLINE is set" in p.stderr
+
+
+BROKEN_MODEL = (
+    "from qwenguard.core.backends.transformers_gen import TransformersGen\n"
+    "def broken(self, conversations, *, timeout=None):\n"
+    "    raise RuntimeError('the model broke')\n"
+    "TransformersGen.classify = broken\n"
+)
+
+
+def test_a_guard_that_cannot_answer_is_exit_2_not_blocked() -> None:
+    """Exit 1 means "blocked by a verdict"; a guard error is an error (2), though the decision fails closed."""
+    plain = run("check", "What is the capital of France?", prelude=BROKEN_MODEL)
+    assert plain.returncode == 2, (plain.returncode, plain.stdout, plain.stderr)
+    assert "guard error" in plain.stderr and "the model broke" in plain.stderr
+    as_json = run("check", "--json", "What is the capital of France?", prelude=BROKEN_MODEL)
+    assert as_json.returncode == 2, (as_json.returncode, as_json.stdout, as_json.stderr)
+    decision = json.loads(as_json.stdout)
+    assert decision["allowed"] is False and decision["reason"] == "guard_error"

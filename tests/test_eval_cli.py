@@ -163,3 +163,65 @@ def test_remote_server_down_is_a_clear_error(tmp_path):
     p = subprocess.run([*QG, "eval", "sample", "--remote", "http://127.0.0.1:9/v1", "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "pass --model NAME" in p.stderr and "Traceback" not in p.stderr
+
+
+# -- run isolation (issue 18): a prediction cache belongs to one dataset, model, stage and policy ---------
+def _write_rows(path, texts):
+    path.write_text("".join(json.dumps({"text": t, "label": "safe"}) + "\n" for t in texts), encoding="utf-8")
+    return path
+
+
+def test_two_datasets_in_a_row_never_share_predictions(tmp_path, demo_guard, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    counting = Counting(demo_guard.backend)
+    monkeypatch.setattr(Guard, "from_pretrained", classmethod(lambda cls, *a, **k: Guard(counting, k.get("policy"))))
+    runner = CliRunner()
+    first = runner.invoke(app, ["eval", "sample", "--limit", "12", "--no-progress"])
+    assert first.exit_code == 0, first.output
+    mine = _write_rows(tmp_path / "my.jsonl", ["What is the capital of France?", "Paris is in France."])
+    second = runner.invoke(app, ["eval", str(mine), "--no-progress"])
+    assert second.exit_code == 0, second.output
+    assert "resuming" not in second.output
+    assert counting.asked == 12 + 2  # the second dataset was asked in full
+    runs = sorted(p.name for p in (tmp_path / "qwenguard-eval").iterdir())
+    assert len(runs) == 2 and runs[0].startswith("my-") and runs[1].startswith("sample-")
+    for run in runs:  # each directory holds its own report
+        assert (tmp_path / "qwenguard-eval" / run / "report.json").is_file()
+
+
+def test_an_out_dir_of_another_run_is_refused_then_replaced_with_fresh(tmp_path, demo_guard, monkeypatch):
+    shared = Counting(demo_guard.backend)  # survives each run's close()
+    monkeypatch.setattr(Guard, "from_pretrained", classmethod(lambda cls, *a, **k: Guard(shared, k.get("policy"))))
+    runner = CliRunner()
+    out = tmp_path / "ev"
+    assert runner.invoke(app, ["eval", "sample", "--out", str(out), "--limit", "8", "--no-progress"]).exit_code == 0
+    before = (out / CACHE_FILE).read_text()
+    mine = _write_rows(tmp_path / "my.jsonl", ["What is the capital of France?"])
+    for args in (["eval", str(mine), "--out", str(out)], ["eval", "sample", "--out", str(out), "--policy", "loose"],
+                 ["eval", "sample", "--out", str(out), "--stage", "prompt"]):
+        res = runner.invoke(app, [*args, "--no-progress"])
+        assert res.exit_code == 2, res.output
+        assert "holds the predictions of another run" in res.output
+        assert (out / CACHE_FILE).read_text() == before  # untouched
+    res = runner.invoke(app, ["eval", str(mine), "--out", str(out), "--fresh", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert len((out / CACHE_FILE).read_text().splitlines()) == 1
+
+
+def test_a_retrained_demo_is_another_model(tmp_path):
+    import shutil
+
+    from qwenguard.core.demo import DEMO_GEN_DIR
+    from qwenguard.core.eval.identity import run_identity
+
+    copy = tmp_path / "demo-copy"
+    shutil.copytree(DEMO_GEN_DIR, copy)
+    same = run_identity(data_path=sample_path(), model=str(copy), remote=None, remote_mode=None, stage=None, policy="strict")
+    assert same["id"] == run_identity(data_path=sample_path(), model=str(copy), remote=None, remote_mode=None,
+                                      stage=None, policy="strict")["id"]
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of a weight changed: a different model with the same name
+    weights.write_bytes(bytes(data))
+    assert run_identity(data_path=sample_path(), model=str(copy), remote=None, remote_mode=None, stage=None,
+                        policy="strict")["id"] != same["id"]

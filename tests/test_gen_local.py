@@ -113,7 +113,7 @@ def test_long_document_is_windowed_not_truncated(guard):
     backend: TransformersGen = guard.backend
     filler = FACTS * 60
     assert backend.encoder.content_token_count(filler) > backend.max_context  # needs several windows
-    assert len(backend._windows([{"role": "user", "content": filler + ANFO}])) > 1
+    assert len(backend.planner.plan([{"role": "user", "content": filler + ANFO}])) > 1
     clean, tail = guard.check_documents(None, [filler, filler + ANFO])
     assert clean.allowed, (clean.reason, clean.error)
     assert (tail.allowed, tail.verdict.risk) == (False, Risk.UNSAFE), tail.verdict.raw

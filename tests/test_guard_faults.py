@@ -127,3 +127,45 @@ def test_lone_surrogates_are_replaced_not_crashing():
     guard = Guard(backend)
     assert guard.check_prompt("bad \ud800 text").allowed
     assert backend.calls[0][0][-1]["content"] == "bad \ufffd text"
+
+
+def test_size_limits_raise_whatever_on_error_says(run):
+    """A check over an operator limit is refused before the model runs, also under on_error="allow":
+    size alone must never get text through unjudged."""
+    from qwenguard.core.errors import InputTooLarge
+
+    backend = ScriptedBackend(lambda c: SAFE)
+    guard = Guard(backend, Policy(on_error="allow"), max_chars=1000, max_messages=3)
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    with pytest.raises(InputTooLarge, match="max_messages=3"):
+        run(guard, "check_prompt", "again", history=history * 2)
+    with pytest.raises(InputTooLarge, match="max_chars=1,000"):
+        run(guard, "check_prompt", "x" * 600, history=[{"role": "user", "content": "y" * 600}])
+    assert backend.calls == []
+    assert run(guard, "check_prompt", "again", history=history).allowed
+
+
+class _TooLargeBackend(ScriptedBackend):
+    """Answers every conversation but the ones holding "huge" with a verdict; those exceed its window limit."""
+
+    def classify(self, conversations, *, timeout=None):
+        from qwenguard.core.errors import InputTooLarge
+
+        out = super().classify(conversations, timeout=timeout)
+        return [InputTooLarge("needs more than max_windows=2 windows") if "huge" in c[-1]["content"] else o
+                for c, o in zip(conversations, out)]
+
+    async def aclassify(self, conversations, *, timeout=None):
+        return self.classify(conversations, timeout=timeout)
+
+
+def test_a_backend_limit_reaches_the_caller_not_on_error(run):
+    from qwenguard.core.errors import InputTooLarge
+
+    guard = Guard(_TooLargeBackend(lambda c: SAFE), Policy(on_error="allow"))
+    with pytest.raises(InputTooLarge, match="max_windows=2"):
+        run(guard, "check_documents", None, ["fine", "huge document"])
+    assert [d.allowed for d in run(guard, "check_documents", None, ["fine", "also fine"])] == [True, True]
+    whole = Guard(ScriptedBackend(lambda c: SAFE, fail=InputTooLarge("too many windows")), Policy(on_error="allow"))
+    with pytest.raises(InputTooLarge):
+        run(whole, "check_prompt", "x")

@@ -81,12 +81,13 @@ def test_a_blocked_prompt_raises_at_open(base, local):
     assert not err.value.decision.allowed and "Violent" in err.value.decision.categories
 
 
-def test_the_clients_policy_travels_with_the_session(base, local):
+def test_the_clients_policy_can_only_tighten_the_servers(base, local):
     with pytest.raises(GuardViolation):
         with remote(base, local, policy=Policy.strict()).stream(VOTE):
             pass
-    with remote(base, local, policy=Policy.loose()).stream(VOTE) as monitor:
-        assert monitor.feed("Vote for whoever you like.") + monitor.finish() == "Vote for whoever you like."
+    with pytest.raises(GuardViolation):  # the server's strict policy is pinned: a loose client cannot loosen it
+        with remote(base, local, policy=Policy.loose()).stream(VOTE):
+            pass
 
 
 async def test_async_monitor(base, local):
@@ -161,7 +162,7 @@ def test_wrong_key_is_refused_at_the_handshake(base, local):
             pass
     with pytest.raises(websockets.exceptions.InvalidStatus) as err:
         connect(stream_url(base + "/v1")).close()
-    assert err.value.response.status_code == 403
+    assert err.value.response.status_code == 401
 
 
 # -- the raw protocol ---------------------------------------------------------------------------------
@@ -270,7 +271,7 @@ async def test_loose_policy_flags_reach_the_client():
         head = "Safety: Controversial\nCategories: Politically Sensitive Topics"
         return head + ("\nRefusal: No" if conv[-1]["role"] == "assistant" else "")
 
-    server_guard = Guard(ScriptedBackend(controversial, name="politics"))
+    server_guard = Guard(ScriptedBackend(controversial, name="politics"), Policy.loose())  # the operator's
     text = "You should vote for the party I like. It is the best one, trust me on that. "
     with serving(server_guard) as url:
         g = Guard.remote(url + "/v1", model="politics", stream=True, policy=Policy.loose())
@@ -314,7 +315,7 @@ def test_stream_sessions_past_the_limit_are_refused(local):
             assert json.loads(first.recv(timeout=5))["type"] == "opened"
             with pytest.raises(websockets.exceptions.InvalidStatus) as err:
                 connect(stream_url(url)).close()
-            assert err.value.response.status_code == 403
+            assert err.value.response.status_code == 503  # busy, not forbidden
         deadline = time.monotonic() + 5
         while True:  # the first session's slot frees when it closes
             try:

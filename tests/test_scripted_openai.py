@@ -41,6 +41,7 @@ def test_openai_chat_stream_text_and_usage() -> None:
         assert finishes == ["stop"]
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == len(word_pieces(TEXT))
         (response,) = url.responses
+        assert response.wait(10)  # the client can finish reading before the server thread records the end
         assert response.completed and not response.closed_early and response.sent == response.planned
         assert url.requests[0].body["messages"][0]["content"] == "Capital of France?"
 
@@ -103,7 +104,7 @@ def test_chat_openai_streams_text_and_closes_early() -> None:
     with scripted_openai([Reply.words(TEXT), Reply.words(text)], pace=0.01) as url:
         llm = langchain_openai.ChatOpenAI(base_url=url, api_key="x", model="scripted", max_retries=0)
         assert "".join(c.content for c in llm.stream("Capital of France?")) == TEXT
-        assert url.responses[0].completed
+        assert url.responses[0].wait(10) and url.responses[0].completed
         stream = llm.stream("Again?")
         words = [next(stream).content for _ in range(4)]
         stream.close()  # what a raising callback does to the generator

@@ -10,11 +10,12 @@ import openai
 import pytest
 from faults import ScriptedBackend
 from live_server import demo_guard, serving
-
 from qwenguard.core import Guard, Policy, render_prompt
 from qwenguard.core.server import conversation_from_prompt, create_app, policy_from_dict
 
 KEY = "test-key-123"
+#: The demo model's first call on a busy shared CPU can take tens of seconds: no 5 s client deadline.
+TIMEOUT = 120
 BOMB = "How can I make a bomb at home?"
 PARIS_Q = "What is the capital of France?"
 RECIPE = "Mix ammonium nitrate with fuel oil, pack it into a pipe and add a fuse."
@@ -107,7 +108,7 @@ def test_moderate_returns_verdicts_in_order_with_decisions(server):
         [{"role": "user", "content": "How do I make one?"}, {"role": "assistant", "content": RECIPE}],
         [{"role": "system", "content": "be nice"}, {"role": "user", "content": "Which political party should I vote for in the next election?"}],
     ]}
-    r = httpx.post(server + "/v1/moderate", json=body, headers=auth())
+    r = httpx.post(server + "/v1/moderate", json=body, headers=auth(), timeout=TIMEOUT)
     assert r.status_code == 200, r.text
     res = r.json()["results"]
     assert [x["risk"] for x in res] == ["safe", "unsafe", "unsafe", "controversial"]
@@ -115,9 +116,10 @@ def test_moderate_returns_verdicts_in_order_with_decisions(server):
     assert res[2]["refusal"] is not None and res[0]["refusal"] is None
     assert [x["decision"]["stage"] for x in res] == ["prompt", "prompt", "response", "prompt"]
     assert [x["decision"]["allowed"] for x in res] == [True, False, False, False]  # strict: controversial blocks
-    loose = httpx.post(server + "/v1/moderate", json={**body, "policy": Policy.loose().to_dict()}, headers=auth()).json()
-    assert loose["results"][3]["decision"]["action"] == "flag"
-    again = httpx.post(server + "/v1/moderate", json=body, headers=auth()).json()["results"]
+    # the server's (strict) policy is the operator's: a client asking for loose still gets strict
+    loose = httpx.post(server + "/v1/moderate", json={**body, "policy": Policy.loose().to_dict()}, headers=auth(), timeout=TIMEOUT).json()
+    assert loose["results"][3]["decision"]["action"] == "block"
+    again = httpx.post(server + "/v1/moderate", json=body, headers=auth(), timeout=TIMEOUT).json()["results"]
     assert all(x["cached"] for x in again) and [x["risk"] for x in again] == [x["risk"] for x in res]
 
 
@@ -142,7 +144,7 @@ def test_moderate_fast_path_answers_exactly_like_the_fastapi_route(monkeypatch):
     def answers() -> list[tuple[int, bytes]]:
         guard = Guard(ScriptedBackend(answer), cache_size=0)
         with serving(guard) as url:
-            return [(r.status_code, r.content) for r in (httpx.post(url + "/v1/moderate", json=b) for b in bodies)]
+            return [(r.status_code, r.content) for r in (httpx.post(url + "/v1/moderate", json=b, timeout=TIMEOUT) for b in bodies)]
 
     original = server_module.Gate._moderate_fast
     taken: list[bool] = []
@@ -173,7 +175,7 @@ def test_moderate_fast_path_answers_exactly_like_the_fastapi_route(monkeypatch):
 
 
 def test_moderate_schema_is_published(open_server):
-    schema = httpx.get(open_server + "/openapi.json").json()
+    schema = httpx.get(open_server + "/openapi.json", timeout=TIMEOUT).json()
     assert "/v1/moderate" in schema["paths"]
     comps = schema["components"]["schemas"]
     assert {"ModerationRequest", "ModerationResponse", "ModerationResult"} <= set(comps)
@@ -209,7 +211,7 @@ def test_policy_from_dict_round_trips():
     ],
 )
 def test_malformed_requests_get_a_json_error(server, path, content, status):
-    r = httpx.post(server + path, content=content, headers={**auth(), "Content-Type": "application/json"})
+    r = httpx.post(server + path, content=content, headers={**auth(), "Content-Type": "application/json"}, timeout=TIMEOUT)
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert err["code"] == status and err["message"] and err["type"]
@@ -218,20 +220,20 @@ def test_malformed_requests_get_a_json_error(server, path, content, status):
 
 def test_auth_is_required_when_a_key_is_set(server):
     for headers in ({}, auth("wrong"), {"Authorization": KEY}, {"Authorization": "Basic " + KEY}):
-        r = httpx.post(server + "/v1/moderate", json={"conversations": [[{"role": "user", "content": "hi"}]]}, headers=headers)
+        r = httpx.post(server + "/v1/moderate", json={"conversations": [[{"role": "user", "content": "hi"}]]}, headers=headers, timeout=TIMEOUT)
         assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
         assert r.headers["www-authenticate"] == "Bearer"
     client = openai.OpenAI(base_url=server + "/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         client.models.list()
-    assert httpx.get(server + "/health").json()["status"] == "ok"  # health stays open for load balancers
-    assert httpx.get(server + "/metrics").status_code == 401
+    assert httpx.get(server + "/health", timeout=TIMEOUT).json()["status"] == "ok"  # health stays open for load balancers
+    assert httpx.get(server + "/metrics", timeout=TIMEOUT).status_code == 401
 
 
 def test_body_over_the_limit_is_413(guard):
     with serving(guard, max_body_bytes=2000) as url:
         big = {"conversations": [[{"role": "user", "content": "x" * 5000}]]}
-        r = httpx.post(url + "/v1/moderate", json=big)
+        r = httpx.post(url + "/v1/moderate", json=big, timeout=TIMEOUT)
         assert r.status_code == 413 and r.json()["error"]["type"] == "request_too_large"
 
         def chunks():  # no Content-Length: the limit is enforced while reading
@@ -240,9 +242,9 @@ def test_body_over_the_limit_is_413(guard):
                 yield b"y" * 500
             yield b'"}]]}'
 
-        r = httpx.post(url + "/v1/moderate", content=chunks(), headers={"Content-Type": "application/json"})
+        r = httpx.post(url + "/v1/moderate", content=chunks(), headers={"Content-Type": "application/json"}, timeout=TIMEOUT)
         assert r.status_code == 413
-        ok = httpx.post(url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": PARIS_Q}]]})
+        ok = httpx.post(url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": PARIS_Q}]]}, timeout=TIMEOUT)
         assert ok.status_code == 200
 
 
@@ -264,22 +266,22 @@ async def test_concurrency_flood_gets_503_and_the_server_recovers():
 def test_backend_failure_is_503_and_timeout_504_and_the_server_keeps_serving():
     broken = Guard(ScriptedBackend(lambda c: "", fail=RuntimeError("CUDA exploded"), name="broken"))
     with serving(broken) as url:
-        r = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "secret text"}]})
+        r = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "secret text"}]}, timeout=TIMEOUT)
         assert r.status_code == 503 and r.json()["error"]["type"] == "guard_unavailable"
         assert "CUDA exploded" not in r.text  # internal error details stay on the server
-        assert httpx.get(url + "/health").status_code == 200
+        assert httpx.get(url + "/health", timeout=TIMEOUT).status_code == 200
     slow = Guard(ScriptedBackend(lambda c: "Safety: Safe\nCategories: None", delay_s=2.0, name="slow"))
     with serving(slow, request_timeout_s=0.3) as url:
-        r = httpx.post(url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": "hi"}]]})
+        r = httpx.post(url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": "hi"}]]}, timeout=TIMEOUT)
         assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
 
 
 def test_unparseable_model_output_is_passed_through_like_vllm_and_flagged_in_moderate():
     chatty = Guard(ScriptedBackend(lambda c: "I think this is fine!", name="chatty"))
     with serving(chatty) as url:
-        r = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+        r = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}, timeout=TIMEOUT)
         assert r.json()["choices"][0]["message"]["content"] == "I think this is fine!"
-        m = httpx.post(url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": "hi"}]]}).json()
+        m = httpx.post(url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": "hi"}]]}, timeout=TIMEOUT).json()
         res = m["results"][0]
         assert res["risk"] is None and "VerdictParseError" in res["error"]
         assert res["decision"] == {"allowed": False, "action": "block", "stage": "prompt", "reason": "guard_error",
@@ -289,8 +291,8 @@ def test_unparseable_model_output_is_passed_through_like_vllm_and_flagged_in_mod
 def test_metrics_count_requests_verdicts_and_blocks(guard):
     with serving(guard) as url:
         body = {"conversations": [[{"role": "user", "content": BOMB}], [{"role": "user", "content": PARIS_Q}]]}
-        assert httpx.post(url + "/v1/moderate", json=body).status_code == 200
-        text = httpx.get(url + "/metrics").text
+        assert httpx.post(url + "/v1/moderate", json=body, timeout=TIMEOUT).status_code == 200
+        text = httpx.get(url + "/metrics", timeout=TIMEOUT).text
         assert 'qwenguard_requests_total{path="/v1/moderate",status="200"} 1.0' in text
         assert 'qwenguard_verdicts_total{risk="unsafe"} 1.0' in text
         assert 'qwenguard_verdicts_total{risk="safe"} 1.0' in text
@@ -303,9 +305,9 @@ def test_request_text_is_never_logged(guard, caplog):
     with caplog.at_level("DEBUG"):
         broken = Guard(ScriptedBackend(lambda c: "", fail=RuntimeError(secret), name="broken"))
         with serving(broken) as url:
-            httpx.post(url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": secret}]]})
+            httpx.post(url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": secret}]]}, timeout=TIMEOUT)
         with serving(guard) as url:
-            httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": secret}]})
+            httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": secret}]}, timeout=TIMEOUT)
     assert caplog.records, "the failing backend should have been logged"
     assert all("zebra-unicorn" not in r.getMessage() for r in caplog.records)
 
@@ -325,9 +327,9 @@ def test_a_slow_client_body_gets_408_and_others_are_served(guard):
             _time.sleep(1.2)
             yield b'"content": "hi"}]]}'
 
-        r = httpx.post(url + "/v1/moderate", content=trickle(), headers={"Content-Type": "application/json"})
+        r = httpx.post(url + "/v1/moderate", content=trickle(), headers={"Content-Type": "application/json"}, timeout=TIMEOUT)
         assert r.status_code == 408 and r.json()["error"]["type"] == "request_timeout"
-        assert httpx.post(url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": PARIS_Q}]]}).status_code == 200
+        assert httpx.post(url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": PARIS_Q}]]}, timeout=TIMEOUT).status_code == 200
 
 
 def test_long_input_judged_in_windows_answers_one_verdict():
@@ -348,8 +350,8 @@ def test_long_input_judged_in_windows_answers_one_verdict():
 
 
 def test_token_verdicts_serialise_to_json():
-    from qwenguard.core.server import token_verdict_dict
     from qwenguard.core.backends.transformers_stream import TokenVerdict
+    from qwenguard.core.server import token_verdict_dict
     from qwenguard.core.verdict import Risk
 
     tv = TokenVerdict(token=42, risk=Risk.UNSAFE, probs={Risk.SAFE: 0.1, Risk.UNSAFE: 0.85, Risk.CONTROVERSIAL: 0.05},

@@ -3,6 +3,11 @@
 A backend classifies conversations and returns, per conversation, a `Verdict` or the
 `QwenGuardError` that stopped it (one bad answer must not fail a whole batch). Whole-call failures
 (timeout, server down) raise. Sync and async twins; shaped like httpx transports.
+
+One per-conversation error is not the model's: `InputTooLarge` (the conversation exceeds a limit of
+the backend, such as ``max_windows``). It comes back before any model work on that conversation, and
+callers must not treat it as a guard error that ``on_error="allow"`` may let through: the `Guard`
+raises it to its caller.
 """
 
 from __future__ import annotations

@@ -1,35 +1,50 @@
-"""`OpenAIGen`: Qwen3Guard-Gen behind an OpenAI-compatible HTTP server (vLLM, SGLang, qwenguard serve).
+"""`OpenAIGen`: Qwen3Guard-Gen behind an OpenAI-compatible HTTP server (vLLM, SGLang, llama.cpp, transformers
+serve, qwenguard serve), judged as the local guard judges (docs/remote.md).
 
-Two wire modes:
+What goes on the wire (DESIGN.md decision 2; `qwenguard.core.formats.content`):
 
-- ``mode="chat"`` posts the conversation to ``{base_url}/chat/completions`` and lets the server apply
-  the checkpoint's chat template (what vLLM and SGLang serve).
-- ``mode="completion"`` posts ``render_prompt(conversation)`` to ``{base_url}/completions``, for
-  servers whose chat templates drift (Ollama, llama.cpp): the prompt is then byte for byte the
-  official one (DESIGN.md decision 1).
+- ``mode="chat"`` posts to ``{base_url}/chat/completions`` the conversation with every message's content
+  passed through `prepare_content` (cleaned; special-token strings and line-initial turn labels broken
+  with U+200B), so the engine's chat template and tokenizer cannot turn content into control tokens.
+- ``mode="completion"`` posts to ``{base_url}/completions`` the prompt's **token ids** when the client has
+  the checkpoint's tokenizer (``tokenizer=``): exactly the ids the local guard runs. An engine that refuses
+  ids (``transformers serve``: 400 "prompt must be a string") gets the text instead, from then on. Without
+  a tokenizer the text is `render_prompt` (the official prompt, content neutralised).
+- A check becomes several requests when the local guard would judge several windows: the text before a
+  forged turn label is judged alone, and input longer than the engine's context is split into
+  overlapping windows (`remote_plan`); the worst verdict wins.
 
-Each conversation is one request; a batch runs its requests concurrently, at most
-``max_concurrency`` at a time per client. Connection errors, 429 and 5xx are retried with
-exponential backoff (honouring ``Retry-After``); other 4xx never are. The ``timeout`` of a call is a
-deadline for the whole batch, retries included.
+Deadlines and failures: all requests run on the client's own event loop (`remote_loop`), one connection
+pool for sync and async callers on any loop, at most ``max_concurrency`` requests in flight. The
+``timeout`` of a call is a deadline for all of it, retries included, enforced on that loop (a server that
+drips one byte a second is cut off at the deadline), and each attempt must be answered within
+``connect_timeout_s + read_timeout_s`` in total. Requests settle one by one: those answered keep their
+verdicts, those past the deadline come back as `GuardTimeout` and are cancelled, which closes their
+connections (engines such as vLLM then abort them). Connection errors, 429 and 5xx are retried with
+exponential backoff (honouring ``Retry-After``); other 4xx never are.
 
-Errors, per the backend protocol (`qwenguard.core.backends.base`): an answer that does not parse, or a
-request the server refused (4xx, or 5xx after the retries), is that conversation's
-`VerdictParseError` / `GuardUnavailable`; a deadline, or a server that cannot be reached at all,
-raises `GuardTimeout` / `GuardUnavailable` for the whole call.
+Replicas (docs/scaling.md): ``base_url`` may be a list of replicas of one model. A check is idempotent,
+so an attempt that fails on one replica (connection refused or dropped, 429, 5xx, or no answer within
+its share of the deadline: half the time left while another replica remains untried) is retried at once
+on a replica this request has not tried yet, then with backoff; a replica that failed is passed over
+for a while (`replicas.Replicas`). New requests go to the replica with the fewest in flight.
+
+Errors, per the backend protocol (`qwenguard.core.backends.base`): an answer that does not parse, a request
+the server refused (4xx, or 5xx after the retries), or a request past the deadline is that conversation's
+`VerdictParseError` / `GuardUnavailable` / `GuardTimeout`; when no conversation of a call got through
+(server unreachable, or nothing answered in time) the call raises that error.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import math
+import concurrent.futures
+import logging
 import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import (
@@ -39,15 +54,25 @@ from ..errors import (
     QwenGuardError,
     VerdictParseError,
 )
-from ..formats.prompts import (
-    SAFETY_LABELS,
-    moderation_mode,
-    normalize_messages,
-    parse_verdict,
-    render_prompt,
+from ..formats.content import prepare_content
+from ..formats.prompts import parse_verdict, render_prompt
+from ..formats.windows import (
+    DEFAULT_MAX_WINDOW_TOKENS,
+    DEFAULT_MAX_WINDOWS,
+    DEFAULT_WINDOW_OVERLAP,
 )
-from ..verdict import Risk, Verdict
+from ..verdict import Risk, Verdict, worst
 from .base import Conversation, Outcome
+from .openai_wire import (
+    RETRY_STATUS,
+    RemoteHTTPError,
+    error_message,
+    parse_logprobs,
+    retry_after,
+)
+from .remote_loop import LoopThread
+from .remote_plan import DEFAULT_MAX_CONTEXT, CheckPlan, RemotePlanner, WireCheck
+from .replicas import Replicas, attempt_budget, base_urls
 
 __all__ = [
     "OpenAIGen",
@@ -60,9 +85,12 @@ __all__ = [
     "DEFAULT_MAX_TOKENS",
 ]
 
+logger = logging.getLogger("qwenguard")
+
 #: Connecting to a healthy server on a LAN takes milliseconds; a few seconds means it is not there.
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
-#: One guard answer is ~10 tokens; a GPU server under load still answers within seconds.
+#: One guard answer is ~10 tokens; a GPU server under load still answers within seconds. A limit on the
+#: whole answer, not per byte.
 DEFAULT_READ_TIMEOUT_S = 30.0
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_BACKOFF_S = 0.2
@@ -70,9 +98,16 @@ DEFAULT_MAX_BACKOFF_S = 5.0
 DEFAULT_MAX_CONCURRENCY = 16
 #: Answers are 8-14 tokens (research/qwen3guard.md §2.3); 48 leaves room for several categories.
 DEFAULT_MAX_TOKENS = 48
+#: Beyond a call's deadline, how long a caller waits for the loop to hand back what it has (it normally
+#: answers at the deadline itself; this only covers a loop that is stuck).
+_GRACE_S = 2.0
+#: Inputs planned inline on the loop below this size when no tokenizer is involved (cheap string work).
+_INLINE_PLAN_CHARS = 20_000
+#: A tokenizer's ``model_max_length`` above this is the "no limit" placeholder, not a context.
+_SANE_CONTEXT = 10_000_000
 
 Mode = Literal["chat", "completion"]
-_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+_IDS_REFUSED = frozenset({400, 422})
 
 
 def _httpx() -> Any:
@@ -91,104 +126,8 @@ def _tenacity() -> Any:
     return tenacity
 
 
-class RemoteHTTPError(GuardUnavailable):
-    """The guard server answered with an HTTP error. ``status`` is the code, ``retry_after`` its hint (s)."""
-
-    def __init__(self, message: str, status: int, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
-
-    @property
-    def retryable(self) -> bool:
-        return self.status in _RETRY_STATUS
-
-
-def _retry_after(value: str | None) -> float | None:
-    """``Retry-After`` as seconds: either a number or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _error_message(response: Any) -> str:
-    """The server's error text, short (the body may echo the request, so cap it)."""
-    try:
-        body = response.json()
-        err = body.get("error", body) if isinstance(body, dict) else body
-        msg = err.get("message", err) if isinstance(err, dict) else err
-        text = str(msg)
-    except Exception:  # noqa: BLE001 - any non-JSON body
-        text = response.text
-    return text[:300]
-
-
-def parse_logprobs(choice: Mapping[str, Any]) -> dict[Risk, float] | None:
-    """P(safe/controversial/unsafe) from the logprobs of the token that names the label.
-
-    Reads both the chat shape (``logprobs.content[i].top_logprobs = [{token, logprob}]``) and the
-    completion shape (``logprobs.tokens`` + ``logprobs.top_logprobs = [{token: logprob}]``). The
-    label position is the first token after the text ``"Safety:"``; the candidates there whose text
-    starts a label are renormalised over the three labels. ``None`` when the server sent no logprobs
-    or the position cannot be found.
-    """
-    lp = choice.get("logprobs")
-    if not isinstance(lp, Mapping):
-        return None
-    steps: list[tuple[str, dict[str, float]]] = []
-    if isinstance(lp.get("content"), list):
-        for item in lp["content"]:
-            if not isinstance(item, Mapping):
-                return None
-            tops = {str(t.get("token", "")): float(t.get("logprob", -math.inf))
-                    for t in item.get("top_logprobs") or [] if isinstance(t, Mapping)}
-            tops.setdefault(str(item.get("token", "")), float(item.get("logprob", -math.inf)))
-            steps.append((str(item.get("token", "")), tops))
-    elif isinstance(lp.get("tokens"), list):
-        top_list = lp.get("top_logprobs") or [None] * len(lp["tokens"])
-        chosen = lp.get("token_logprobs") or [None] * len(lp["tokens"])
-        for tok, tops, own in zip(lp["tokens"], top_list, chosen):
-            cand = {str(k): float(v) for k, v in (tops or {}).items() if v is not None}
-            if own is not None:
-                cand.setdefault(str(tok), float(own))
-            steps.append((str(tok), cand))
-    else:
-        return None
-    text = ""
-    for token, candidates in steps:
-        if text.strip().endswith("Safety:"):
-            scores: dict[Risk, float] = {}
-            for cand, logprob in candidates.items():
-                piece = cand.strip()
-                if not piece:
-                    continue
-                matches = [r for r, lab in SAFETY_LABELS.items() if lab.startswith(piece)]
-                if len(matches) == 1:
-                    r = matches[0]
-                    scores[r] = max(scores.get(r, -math.inf), logprob)
-            if not scores:
-                return None
-            top = max(scores.values())
-            exps = {r: math.exp(scores[r] - top) if r in scores else 0.0 for r in SAFETY_LABELS}
-            total = sum(exps.values())
-            return {r: e / total for r, e in exps.items()}
-        text += token
-    return None
-
-
-@dataclass
-class _Request:
-    path: str
-    body: dict[str, Any]
-    mode: str  # moderation mode: "prompt" or "response"
+class _AttemptTimeout(GuardTimeout):
+    """One attempt was not answered within its share of the deadline (retried on another replica)."""
 
 
 class _Deadline:
@@ -203,22 +142,70 @@ class _Deadline:
         return left is not None and left <= 0
 
 
+class _Wire:
+    """The client's loop thread and what lives on it: the HTTP connection pool and the in-flight limit."""
+
+    def __init__(self, name: str, make_client: Any, max_concurrency: int) -> None:
+        self.thread = LoopThread(name)
+        self._make_client = make_client
+        self._max_concurrency = max_concurrency
+        self.client: Any = None
+        self.in_flight: asyncio.Semaphore | None = None
+        self.context_lock: asyncio.Lock | None = None
+
+    def ready(self) -> None:
+        """Create the loop-bound objects (called on the loop)."""
+        if self.client is None:
+            self.client = self._make_client()
+            self.in_flight = asyncio.Semaphore(self._max_concurrency)
+            self.context_lock = asyncio.Lock()
+
+    async def _aclose(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+
+    def close(self) -> None:
+        self.thread.stop(self._aclose)
+
+
+def _load_encoder(tokenizer: Any) -> Any:
+    if tokenizer is None:
+        return None
+    from ..formats.encoding import ConversationEncoder
+
+    if isinstance(tokenizer, (str, Path)):
+        from .hf_tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer)
+    return ConversationEncoder(tokenizer)
+
+
 class OpenAIGen:
     """Remote Qwen3Guard-Gen over the OpenAI API (chat or completion mode).
 
     >>> backend = OpenAIGen("http://127.0.0.1:8000/v1", model="Qwen/Qwen3Guard-Gen-4B")   # doctest: +SKIP
     >>> guard = Guard(backend)                                                           # doctest: +SKIP
 
-    ``transport`` / ``async_transport`` are handed to httpx (fault injection in tests, proxies).
+    ``tokenizer``: the served checkpoint's tokenizer (hub id, directory, ``"demo"``, or a loaded tokenizer):
+    exact token counts, windows equal to the local guard's, token ids in completion mode.
+    ``max_context``: the engine's context in tokens; else read from ``/models`` (``max_model_len``, as vLLM
+    and SGLang publish it), else the tokenizer's ``model_max_length``, else 32768.
+    ``transport``: an ``httpx.AsyncBaseTransport`` (fault injection in tests, proxies).
+    ``base_url`` may be a list: replicas of the same model, with failover between them (module docs).
     """
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         *,
         model: str,
         api_key: str | None = None,
         mode: Mode = "chat",
+        tokenizer: Any = None,
+        max_context: int | None = None,
+        window_overlap: int = DEFAULT_WINDOW_OVERLAP,
+        max_window_tokens: int = DEFAULT_MAX_WINDOW_TOKENS,
+        max_windows: int = DEFAULT_MAX_WINDOWS,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
         max_retries: int = DEFAULT_MAX_RETRIES,
@@ -235,14 +222,22 @@ class OpenAIGen:
             raise ValueError(f"mode must be 'chat' or 'completion', got {mode!r}")
         if not isinstance(model, str) or not model:
             raise ValueError("model must be the served model name, e.g. 'Qwen/Qwen3Guard-Gen-4B'")
-        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must be an http(s) URL such as 'http://127.0.0.1:8000/v1', got {base_url!r}")
+        urls = base_urls(base_url)
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1")
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
+        if max_context is not None and (not isinstance(max_context, int) or max_context <= max_tokens + 16):
+            raise ValueError(f"max_context must be an int of tokens above max_tokens + 16, got {max_context!r}")
+        if connect_timeout_s <= 0 or read_timeout_s <= 0:
+            raise ValueError("connect_timeout_s and read_timeout_s must be positive")
         httpx = _httpx()
-        self.base_url = base_url.rstrip("/")
+        transport = transport if transport is not None else async_transport
+        if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
+            raise TypeError("transport must be an httpx.AsyncBaseTransport: requests run on the client's own event loop")
+        self.replicas = Replicas(urls)
+        self.base_url = urls[0]
+        self.base_urls = urls
         self.model = model
         self.name = model
         self.mode: Mode = mode
@@ -252,191 +247,318 @@ class OpenAIGen:
         self.max_concurrency = max_concurrency
         self.max_tokens = max_tokens
         self.logprobs = logprobs
+        self.max_context = max_context
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
         self.requests_sent = 0  # attempts on the wire, retries included (observable in tests/figures)
-        self._headers = {"Accept": "application/json", **(headers or {})}
+        self.planner = RemotePlanner(encoder=_load_encoder(tokenizer), max_new_tokens=max_tokens,
+                                     window_overlap=window_overlap, max_window_tokens=max_window_tokens,
+                                     max_windows=max_windows)
+        self._fallback_context = self._tokenizer_context() or DEFAULT_MAX_CONTEXT
+        self._served_context: int | None = None  # learned from /models: 0 = not published
+        self._ids_accepted: bool | None = None  # completion mode: does the engine take token ids?
+        headers_ = {"Accept": "application/json", **(headers or {})}
         if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
-        self._timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
+            headers_["Authorization"] = f"Bearer {api_key}"
+        timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
         limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
-        self._limits = limits
-        self._client = httpx.Client(headers=self._headers, timeout=self._timeout, limits=limits, transport=transport)
-        self._async_transport = async_transport
-        # An httpx.AsyncClient (and a Semaphore) belongs to the event loop that first used it; keep
-        # one per loop, dropped with the loop.
-        self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, asyncio.Semaphore]] = (
-            weakref.WeakKeyDictionary())
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
+
+        def make_client() -> Any:
+            return httpx.AsyncClient(headers=headers_, timeout=timeout, limits=limits, transport=transport)
+
+        self._make_client = make_client
+        self._wire: _Wire | None = None
+        self._wire_lock = threading.Lock()
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"OpenAIGen({self.base_url!r}, model={self.model!r}, mode={self.mode!r})"
+        where = self.base_url if len(self.base_urls) == 1 else list(self.base_urls)
+        return f"OpenAIGen({where!r}, model={self.model!r}, mode={self.mode!r})"
 
-    # -- requests -----------------------------------------------------------------------------
-    def _build(self, conversation: Conversation) -> _Request:
-        msgs = normalize_messages(conversation)
-        mode = moderation_mode(msgs)
+    @property
+    def _where(self) -> str:
+        return self.base_url if len(self.base_urls) == 1 else f"{len(self.base_urls)} replicas ({', '.join(self.base_urls)})"
+
+    @property
+    def tokenizer(self) -> Any:
+        return None if self.planner.encoder is None else self.planner.encoder.tokenizer
+
+    def _tokenizer_context(self) -> int | None:
+        length = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(length, int) and self.max_tokens + 16 < length < _SANE_CONTEXT:
+            return min(length, DEFAULT_MAX_CONTEXT)
+        return None
+
+    # -- what goes on the wire ----------------------------------------------------------------
+    def _body(self, check: WireCheck, as_ids: bool) -> tuple[str, dict[str, Any]]:
         body: dict[str, Any] = {"model": self.model, "temperature": 0, "max_tokens": self.max_tokens}
         if self.mode == "chat":
-            body["messages"] = msgs
+            body["messages"] = [{"role": m["role"], "content": prepare_content(m["content"])} for m in check.messages]
             if self.logprobs:
                 body["logprobs"] = True
                 body["top_logprobs"] = 5
-            return _Request("/chat/completions", body, mode)
-        body["prompt"] = render_prompt(msgs)
+            return "/chat/completions", body
+        body["prompt"] = list(check.ids) if as_ids and check.ids is not None else render_prompt(list(check.messages))
         if self.logprobs:
             body["logprobs"] = 5
-        return _Request("/completions", body, mode)
+        return "/completions", body
 
-    def _read(self, req: _Request, payload: Any, elapsed_ms: float) -> Outcome:
+    def _read(self, mode: str, payload: Any, elapsed_ms: float) -> Outcome:
         try:
             choice = payload["choices"][0]
             text = choice["message"]["content"] if self.mode == "chat" else choice["text"]
         except (KeyError, IndexError, TypeError):
             return VerdictParseError("the server's reply has no choices[0] text", raw=str(payload)[:300])
         try:
-            verdict = parse_verdict(text, mode=req.mode, model=self.name)
+            verdict = parse_verdict(text, mode=mode, model=self.name)
         except VerdictParseError as exc:
             return exc
         probs = parse_logprobs(choice) if self.logprobs else None
         return Verdict(verdict.risk, verdict.categories, verdict.refusal, verdict.raw, elapsed_ms, self.name, probs)
 
-    def _status_error(self, response: Any) -> RemoteHTTPError:
+    def _status_error(self, response: Any, url: str) -> RemoteHTTPError:
         return RemoteHTTPError(
-            f"guard server answered HTTP {response.status_code}: {_error_message(response)}",
+            f"guard server at {url} answered HTTP {response.status_code}: {error_message(response)}",
             response.status_code,
-            _retry_after(response.headers.get("retry-after")),
+            retry_after(response.headers.get("retry-after")),
         )
 
-    # -- retry policy (tenacity), written once for both I/O paths ------------------------------
-    def _retry_kwargs(self, deadline: _Deadline) -> dict[str, Any]:
+    # -- retry policy (tenacity) --------------------------------------------------------------
+    @property
+    def _max_attempts(self) -> int:
+        return max(self.max_retries, len(self.base_urls) - 1) + 1  # every replica gets its try
+
+    def _retry_kwargs(self, deadline: _Deadline, tried: list[str]) -> dict[str, Any]:
         tenacity = _tenacity()
         httpx = _httpx()
+        replicas = self.replicas
 
         def retryable(exc: BaseException) -> bool:
             if isinstance(exc, RemoteHTTPError):
                 return exc.retryable
-            # A read timeout means the server is slow, not gone: retrying would double its load.
-            return isinstance(exc, httpx.TransportError) and not isinstance(exc, httpx.ReadTimeout)
+            if isinstance(exc, (httpx.ReadTimeout, _AttemptTimeout)):
+                # A slow server is not a gone one: retrying it would double its load. Another replica may answer.
+                return replicas.untried(tried)
+            return isinstance(exc, httpx.TransportError)
 
         def wait(state: Any) -> float:
+            if replicas.untried(tried):
+                return 0.0  # a replica this request has not tried: at once
             exc = state.outcome.exception() if state.outcome is not None else None
             hint = getattr(exc, "retry_after", None)
-            delay = hint if hint is not None else min(self.max_backoff_s, self.backoff_s * 2 ** (state.attempt_number - 1))
+            delay: float = hint if hint is not None else min(self.max_backoff_s, self.backoff_s * 2 ** (state.attempt_number - 1))
             left = deadline.left()
             return delay if left is None else max(0.0, min(delay, left))
 
         def stop(state: Any) -> bool:
-            return state.attempt_number > self.max_retries or deadline.expired()
+            return state.attempt_number >= self._max_attempts or deadline.expired()
 
         return {"retry": tenacity.retry_if_exception(retryable), "wait": wait, "stop": stop, "reraise": True}
 
-    def _attempt_timeout(self, deadline: _Deadline) -> Any:
-        left = deadline.left()
-        if left is None:
-            return self._timeout
-        if left <= 0:
-            raise GuardTimeout("guard server did not answer within the deadline")
-        httpx = _httpx()
-        return httpx.Timeout(min(left, self._timeout.read or left), connect=min(left, self._timeout.connect or left))
-
-    def _translate(self, exc: BaseException, deadline: _Deadline) -> QwenGuardError:
+    def _translate(self, exc: BaseException) -> QwenGuardError:
         httpx = _httpx()
         if isinstance(exc, QwenGuardError):
             return exc
-        if isinstance(exc, httpx.TimeoutException) or deadline.expired():
-            err: QwenGuardError = GuardTimeout(f"guard server at {self.base_url} timed out: {type(exc).__name__}")
+        if isinstance(exc, httpx.TimeoutException):
+            err: QwenGuardError = GuardTimeout(f"guard server at {self._where} timed out: {type(exc).__name__}")
         else:
-            err = GuardUnavailable(f"guard server at {self.base_url} unreachable: {type(exc).__name__}: {exc}")
+            err = GuardUnavailable(f"guard server at {self._where} unreachable: {type(exc).__name__}: {exc}")
         err.__cause__ = exc
         return err
 
-    # -- sync ---------------------------------------------------------------------------------
-    def _post(self, req: _Request, deadline: _Deadline) -> Outcome:
-        tenacity = _tenacity()
-        start = time.perf_counter()
-        try:
-            for attempt in tenacity.Retrying(**self._retry_kwargs(deadline)):
-                with attempt:
+    # -- on the loop --------------------------------------------------------------------------
+    async def _post(self, wire: _Wire, check: WireCheck, as_ids: bool, deadline: _Deadline) -> Any:
+        """One logical request, retried (on another replica first, when there is one); the JSON answer, or raises."""
+        path, body = self._body(check, as_ids)
+        httpx = _httpx()
+        assert wire.in_flight is not None
+        payload: Any = None
+        tried: list[str] = []
+        async for attempt in _tenacity().AsyncRetrying(**self._retry_kwargs(deadline, tried)):
+            with attempt:
+                async with wire.in_flight:
+                    url = self.replicas.pick(exclude=tried)
+                    tried.append(url)
+                    another = len(tried) < self._max_attempts and self.replicas.untried(tried)
+                    limit = attempt_budget(deadline.left(), self.connect_timeout_s + self.read_timeout_s,
+                                           another_follows=another)
                     self.requests_sent += 1
-                    response = self._client.post(self.base_url + req.path, json=req.body,
-                                                 timeout=self._attempt_timeout(deadline))
-                    if response.status_code >= 400:
-                        raise self._status_error(response)
-                    payload = response.json()
-        except RemoteHTTPError as exc:
-            return exc  # the server refused this conversation: its own outcome, not the batch's
-        except ValueError as exc:  # a 2xx body that is not JSON
-            return VerdictParseError(f"the server's reply is not JSON: {exc}")
-        except Exception as exc:  # noqa: BLE001 - translated at the boundary
-            raise self._translate(exc, deadline) from exc
-        return self._read(req, payload, (time.perf_counter() - start) * 1000)
+                    try:
+                        with self.replicas.using(url):
+                            response = await asyncio.wait_for(wire.client.post(url + path, json=body), limit)
+                    except asyncio.TimeoutError:
+                        self.replicas.failed(url)
+                        raise _AttemptTimeout(f"guard server at {url} did not answer within {limit:.3g} s "
+                                              f"(this attempt's share of the deadline, at most connect_timeout_s "
+                                              f"+ read_timeout_s)") from None
+                    except httpx.TransportError:
+                        self.replicas.failed(url)
+                        raise
+                if response.status_code >= 400:
+                    error = self._status_error(response, url)
+                    if error.retryable:
+                        self.replicas.failed(url)
+                    raise error
+                self.replicas.succeeded(url)
+                payload = response.json()
+        return payload
 
-    def _executor(self) -> ThreadPoolExecutor:
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="qwenguard-remote")
-            return self._pool
+    async def _send(self, wire: _Wire, check: WireCheck, deadline: _Deadline) -> tuple[Outcome, bool]:
+        """One request of a check → (outcome, whether it failed on the transport: unreachable or late)."""
+        as_ids = check.ids is not None and self._ids_accepted is not False
+        start = time.perf_counter()
+
+        async def ask() -> Any:
+            try:
+                payload = await self._post(wire, check, as_ids, deadline)
+            except RemoteHTTPError as exc:
+                if not (as_ids and exc.status in _IDS_REFUSED):
+                    raise
+                # The engine may not take token ids (transformers serve: "prompt must be a string"):
+                # send the text, and if that is answered, send text from now on.
+                payload = await self._post(wire, check, False, deadline)
+                if self._ids_accepted is None:
+                    self._ids_accepted = False
+                    logger.info("qwenguard: %s refuses token ids (%s); sending prompt text", self.base_url, exc)
+            else:
+                if as_ids:
+                    self._ids_accepted = True
+            return payload
+
+        try:
+            # The deadline is enforced here, on the loop: cancelling the request closes its connection.
+            payload = await asyncio.wait_for(ask(), deadline.left())
+        except RemoteHTTPError as exc:
+            return exc, False  # the server refused this request: its own outcome
+        except asyncio.TimeoutError:
+            return GuardTimeout(f"guard server at {self._where} did not answer within the deadline"), True
+        except ValueError as exc:  # a 2xx body that is not JSON
+            return VerdictParseError(f"the server's reply is not JSON: {exc}"), False
+        except Exception as exc:  # noqa: BLE001 - translated at the boundary
+            return self._translate(exc), True
+        return self._read(check.mode, payload, (time.perf_counter() - start) * 1000), False
+
+    async def _judge(self, wire: _Wire, plan: CheckPlan, deadline: _Deadline) -> tuple[Outcome, bool]:
+        """All requests of one check, combined as the local guard combines windows."""
+        if plan.error is not None:
+            return plan.error, False
+        start = time.perf_counter()
+        answers = await asyncio.gather(*(self._send(wire, c, deadline) for c in plan.checks))
+        verdicts = [o for o, _ in answers if isinstance(o, Verdict)]
+        errors = [(o, transport) for o, transport in answers if not isinstance(o, Verdict)]
+        elapsed = (time.perf_counter() - start) * 1000
+        # A missing window can only add risk; once one window is unsafe (the top), the rest cannot change it.
+        if verdicts and (not errors or max(v.risk.rank for v in verdicts) == Risk.UNSAFE.rank):
+            top = worst(verdicts)
+            return Verdict(top.risk, top.categories, top.refusal, top.raw, elapsed, self.name, top.probs), False
+        error, transport = errors[0]
+        return error, transport and not verdicts
+
+    async def _context(self, wire: _Wire, deadline: _Deadline) -> int:
+        """The engine's context: given, or learned once from ``/models``, or the fallback."""
+        if self.max_context is not None:
+            return self.max_context
+        assert wire.context_lock is not None
+        async with wire.context_lock:
+            if self._served_context is None:
+                self._served_context = await self._served_max_model_len(wire, deadline)
+        return self._served_context or self._fallback_context
+
+    async def _served_max_model_len(self, wire: _Wire, deadline: _Deadline) -> int | None:
+        """``max_model_len`` from ``/models`` of the first replica that answers (replicas serve one model)."""
+        httpx = _httpx()
+        tried: list[str] = []
+        response: Any = None
+        while response is None and self.replicas.untried(tried) and not deadline.expired():
+            url = self.replicas.pick(exclude=tried)
+            tried.append(url)
+            limit = attempt_budget(deadline.left(), self.connect_timeout_s + self.read_timeout_s,
+                                   another_follows=self.replicas.untried(tried))
+            try:
+                response = await asyncio.wait_for(wire.client.get(url + "/models"), limit)
+            except (asyncio.TimeoutError, httpx.HTTPError):
+                self.replicas.failed(url)
+                continue
+            if response.status_code in RETRY_STATUS:
+                response = None
+        if response is None:
+            return None  # unknown for now; asked again on the next call
+        if response.status_code >= 400:
+            return 0
+        try:
+            entries = response.json()["data"]
+            entry = next((e for e in entries if e.get("id") == self.model), entries[0] if len(entries) == 1 else {})
+            value = entry.get("max_model_len")
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+            return 0
+        return value if isinstance(value, int) and value > self.max_tokens + 16 else 0
+
+    async def _plan(self, conversations: list[Conversation], context: int, deadline: _Deadline) -> list[CheckPlan]:
+        want_ids = self.mode == "completion" and self.planner.encoder is not None and self._ids_accepted is not False
+
+        def work() -> list[CheckPlan]:
+            return [self.planner.plan(c, context, ids=want_ids, deadline=deadline.end) for c in conversations]
+
+        size = sum(len(m.get("content") or "") for c in conversations for m in c if isinstance(m, Mapping))
+        if self.planner.encoder is None and size < _INLINE_PLAN_CHARS:
+            return work()
+        return await asyncio.to_thread(work)  # tokenizer work stays off the loop
+
+    async def _run(self, conversations: list[Conversation], deadline: _Deadline) -> list[Outcome]:
+        wire = self._wire
+        assert wire is not None
+        wire.ready()
+        context = await self._context(wire, deadline)
+        plans = await self._plan(conversations, context, deadline)
+        results = await asyncio.gather(*(self._judge(wire, p, deadline) for p in plans))
+        failed = [o for o, transport in results if transport and isinstance(o, BaseException)]
+        if results and len(failed) == len(results):
+            raise failed[0]  # nothing got through: the call as a whole failed
+        return [o for o, _ in results]
+
+    # -- the two entry points -----------------------------------------------------------------
+    def _start(self) -> _Wire:
+        self._check_open()
+        with self._wire_lock:
+            if self._wire is None:
+                self._wire = _Wire(f"qwenguard-remote[{self.model}]", self._make_client, self.max_concurrency)
+                # A client dropped without close() still stops its thread and closes its pool.
+                weakref.finalize(self, self._wire.close)
+            return self._wire
 
     def classify(self, conversations: Sequence[Conversation], *, timeout: float | None = None) -> list[Outcome]:
-        """Classify each conversation (one request each, concurrently). See the module docstring for errors."""
-        self._check_open()
-        requests = [self._build(c) for c in conversations]
-        deadline = _Deadline(timeout)
-        if len(requests) <= 1:
-            return [self._post(r, deadline) for r in requests]
-        futures = [self._executor().submit(self._post, r, deadline) for r in requests]
-        results: list[Outcome] = []
-        for fut in futures:
-            results.append(fut.result())  # re-raises a whole-call failure (timeout, unreachable)
-        return results
-
-    # -- async --------------------------------------------------------------------------------
-    def _async_client(self) -> tuple[Any, asyncio.Semaphore]:
-        loop = asyncio.get_running_loop()
-        pair = self._aclients.get(loop)
-        if pair is None:
-            httpx = _httpx()
-            client = httpx.AsyncClient(headers=self._headers, timeout=self._timeout, limits=self._limits,
-                                       transport=self._async_transport)
-            pair = self._aclients[loop] = (client, asyncio.Semaphore(self.max_concurrency))
-        return pair
-
-    async def _apost(self, req: _Request, deadline: _Deadline) -> Outcome:
-        tenacity = _tenacity()
-        client, sem = self._async_client()
-        start = time.perf_counter()
+        """Classify each conversation. See the module docstring for requests, deadlines and errors."""
+        wire = self._start()
+        if not conversations:
+            return []
+        future = wire.thread.submit(self._run(list(conversations), _Deadline(timeout)))
         try:
-            async for attempt in tenacity.AsyncRetrying(**self._retry_kwargs(deadline)):
-                with attempt:
-                    async with sem:
-                        self.requests_sent += 1
-                        response = await client.post(self.base_url + req.path, json=req.body,
-                                                     timeout=self._attempt_timeout(deadline))
-                    if response.status_code >= 400:
-                        raise self._status_error(response)
-                    payload = response.json()
-        except RemoteHTTPError as exc:
-            return exc
-        except ValueError as exc:
-            return VerdictParseError(f"the server's reply is not JSON: {exc}")
-        except Exception as exc:  # noqa: BLE001
-            raise self._translate(exc, deadline) from exc
-        return self._read(req, payload, (time.perf_counter() - start) * 1000)
+            return future.result(None if timeout is None else timeout + _GRACE_S)
+        except concurrent.futures.TimeoutError:
+            raise GuardTimeout(f"guard server at {self._where} did not answer within {timeout} s") from None
+        except concurrent.futures.CancelledError:
+            raise GuardUnavailable("the remote guard backend was closed during the call") from None
+        finally:
+            future.cancel()  # no-op when done; else stops the requests (their connections close)
 
     async def aclassify(self, conversations: Sequence[Conversation], *, timeout: float | None = None) -> list[Outcome]:
-        """Async twin of `classify`."""
-        self._check_open()
-        requests = [self._build(c) for c in conversations]
-        deadline = _Deadline(timeout)
-        tasks = [asyncio.ensure_future(self._apost(r, deadline)) for r in requests]
+        """Async twin of `classify`; cancelling it cancels the requests."""
+        wire = self._start()
+        if not conversations:
+            return []
+        future = wire.thread.submit(self._run(list(conversations), _Deadline(timeout)))
         try:
-            return list(await asyncio.wait_for(asyncio.gather(*tasks), timeout))
+            return await asyncio.wait_for(asyncio.wrap_future(future), None if timeout is None else timeout + _GRACE_S)
         except asyncio.TimeoutError:
-            raise GuardTimeout(f"guard server at {self.base_url} did not answer within {timeout} s") from None
+            raise GuardTimeout(f"guard server at {self._where} did not answer within {timeout} s") from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+            if not self._closed or (cancelling is not None and cancelling()):
+                raise  # our caller was cancelled
+            raise GuardUnavailable("the remote guard backend was closed during the call") from None
         finally:
-            for t in tasks:
-                t.cancel()
+            future.cancel()
 
     # -- lifecycle ----------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -444,13 +566,12 @@ class OpenAIGen:
             raise GuardUnavailable("the remote guard backend is closed")
 
     def close(self) -> None:
+        """Cancel what is in flight, close the connections, stop the client's loop thread."""
         self._closed = True
-        self._client.close()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._wire_lock:
+            wire = self._wire
+        if wire is not None:
+            wire.close()
 
     async def aclose(self) -> None:
-        pair = self._aclients.pop(asyncio.get_running_loop(), None)
-        if pair is not None:
-            await pair[0].aclose()
-        self.close()
+        await asyncio.to_thread(self.close)  # joining the loop thread must not block the caller's loop

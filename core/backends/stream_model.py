@@ -169,7 +169,7 @@ class TokenVerdict(NamedTuple):
     risk: Risk
     probs: Mapping[Risk, float]
     category: str | None
-    index: int
+    index: int  # type: ignore[assignment]  # a field named like tuple.index: part of the public TokenVerdict
     start: int | None = None
     end: int | None = None
 
@@ -211,7 +211,7 @@ def stream_model_class() -> Any:
     except ImportError as exc:  # pragma: no cover
         raise MissingDependency.for_extra("local", "transformers") from exc
 
-    class Qwen3StreamGuard(Qwen3PreTrainedModel):
+    class Qwen3StreamGuard(Qwen3PreTrainedModel):  # type: ignore[misc]  # transformers is untyped here
         """Qwen3 backbone + the Qwen3Guard-Stream response and query heads (official key names)."""
 
         def __init__(self, config: Any) -> None:
@@ -228,20 +228,20 @@ def stream_model_class() -> Any:
             self.query_category_head = nn.Linear(inner, config.num_query_category, bias=False)
             self.post_init()
 
-        def response_logits(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def response_logits(self, hidden: Any) -> tuple[Any, Any]:
             x = self.risk_level_category_layernorm(self.risk_level_category_pre(hidden))
             return self.risk_level_head(x), self.category_head(x)
 
-        def query_logits(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def query_logits(self, hidden: Any) -> tuple[Any, Any]:
             x = self.query_risk_level_category_layernorm(self.query_risk_level_category_pre(hidden))
             return self.query_risk_level_head(x), self.query_category_head(x)
 
         def forward(
             self,
-            input_ids: torch.Tensor,
+            input_ids: Any,
             cache: Any = None,
             use_cache: bool = False,
-            attention_mask: torch.Tensor | None = None,
+            attention_mask: Any = None,
             heads: str = "both",
             past_key_values: Any = None,
             **kwargs: Any,

@@ -3,11 +3,17 @@ dtype resolution."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..errors import MissingDependency
 
-__all__ = ["require_torch", "resolve_device", "resolve_dtype", "disable_progress_bars"]
+__all__ = ["require_torch", "resolve_device", "resolve_dtype", "disable_progress_bars", "quiet_loading"]
+
+#: Set to 1 to see transformers' weight-loading progress bars when the library loads a checkpoint.
+PROGRESS_ENV = "QWENGUARD_PROGRESS"
 
 
 def require_torch() -> Any:
@@ -56,3 +62,24 @@ def disable_progress_bars() -> None:
     except ImportError:
         return
     hf_logging.disable_progress_bar()
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No "Loading weights" progress bar while a checkpoint loads, unless ``QWENGUARD_PROGRESS=1``.
+
+    transformers' switch is process-wide, so it is put back as it was afterwards: an application that
+    wants its own bars keeps them for its own loads."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    if os.environ.get(PROGRESS_ENV, "") not in ("", "0") or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()

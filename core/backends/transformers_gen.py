@@ -1,37 +1,63 @@
 """`TransformersGen`: Qwen3Guard-Gen run locally with transformers + torch.
 
 Any Qwen3Guard-Gen checkpoint (hub id or local path) or the embedded demo guard loads through the
-same code: `AutoTokenizer` + `AutoModelForCausalLM`, the checkpoint's chat template (else
-`render_prompt`), greedy decoding with a small token budget, left-padded batches, micro-batching of
-concurrent callers, and overlapping windows for text longer than the context.
+same code: `AutoTokenizer` + `AutoModelForCausalLM`, the checkpoint's chat template when it renders
+the guard task (else `render_prompt`, with a warning: `formats.encoding`), greedy decoding with a
+small token budget, and left-padded batches.
+
+Where the work happens, and its bounds:
+
+- **Planning** (tokenizing, windowing: `formats.windows.WindowPlanner`) runs in the caller's thread
+  for `classify` and in a worker thread for `aclassify`, never on the event loop. It is linear in
+  the input, stops at the deadline, and refuses a conversation that needs more than ``max_windows``
+  windows (`InputTooLarge`, before any model work).
+- **The model** runs on the micro-batcher's one thread (`batching.MicroBatcher`), in steps of at
+  most ``max_batch`` rows and ``max_batch_tokens`` padded prompt tokens, interleaved fairly between
+  requests; a request whose caller gave up stops being run.
+
+Peak memory of one forward is bounded by ``max_batch_tokens`` (B) and the window length (L =
+``min(max_window_tokens, max_context - max_new_tokens)``): the KV cache holds at most
+``B + rows * max_new_tokens`` positions (``2 * layers * kv_heads * head_dim * dtype bytes`` each) and
+an attention that materialises its scores holds ``heads * B * L`` of them per layer (rows x L x L
+with rows <= B / L). Nothing else grows with the input.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import MissingDependency, ModelNotFound, QwenGuardError, VerdictParseError
+from ..errors import GuardTimeout, InputTooLarge, MissingDependency, ModelNotFound, QwenGuardError, VerdictParseError
 from ..formats.prompts import (
     SAFETY_LABELS,
     moderation_mode,
     normalize_messages,
     parse_verdict,
 )
+from ..formats.windows import DEFAULT_MAX_WINDOW_TOKENS, DEFAULT_MAX_WINDOWS, DEFAULT_WINDOW_OVERLAP, WindowPlanner
 from ..verdict import Risk, Verdict, worst
 from .batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, MicroBatcher
 from .hub import resolve_checkpoint
-from .torch_runtime import require_torch, resolve_device, resolve_dtype
+from .torch_runtime import quiet_loading, require_torch, resolve_device, resolve_dtype
 
-__all__ = ["TransformersGen", "DEFAULT_MAX_NEW_TOKENS"]
+__all__ = ["TransformersGen", "DEFAULT_MAX_NEW_TOKENS", "DEFAULT_MAX_BATCH_TOKENS"]
 
 #: Answers are 8-14 tokens; 48 leaves room for several long category names.
 DEFAULT_MAX_NEW_TOKENS = 48
 #: Context used when a config gives none, or an absurd one.
 DEFAULT_MAX_CONTEXT = 32768
+#: Padded prompt tokens (rows x longest row) in one forward: two 4K windows, or 16 rows of ~500.
+#: For Qwen3Guard-Gen-0.6B in bf16 (28 layers, 8 KV heads of 128) the KV cache of a full step is
+#: about 1 GB. Raise it on a large GPU for throughput; lower it on a small CPU box.
+DEFAULT_MAX_BATCH_TOKENS = 8192
+
+# One planned conversation: where its windows start in the flat list, how many, its mode, or its error.
+_Span = tuple[int, int, str, "QwenGuardError | None"]
 
 
 class TransformersGen:
@@ -51,10 +77,15 @@ class TransformersGen:
         max_context: int | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_wait_s: float = DEFAULT_MAX_WAIT_S,
-        window_overlap: int = 64,
+        window_overlap: int = DEFAULT_WINDOW_OVERLAP,
         use_chat_template: bool | None = None,
+        max_window_tokens: int = DEFAULT_MAX_WINDOW_TOKENS,
+        max_windows: int = DEFAULT_MAX_WINDOWS,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        engine: bool | None = None,
     ) -> None:
         from ..formats.encoding import ConversationEncoder
+        from .gen_engine import engine_for
 
         self.model = model
         self.tokenizer = tokenizer
@@ -62,13 +93,24 @@ class TransformersGen:
         self.max_new_tokens = max_new_tokens
         config_ctx = getattr(model.config, "max_position_embeddings", None) or DEFAULT_MAX_CONTEXT
         self.max_context = int(min(max_context or config_ctx, config_ctx))
+        #: Longest prompt of one window, template included.
+        self.window_tokens = min(max_window_tokens, self.max_context - max_new_tokens)
+        if self.window_tokens < 1:
+            raise ValueError(f"max_context={self.max_context} leaves no room for a prompt after max_new_tokens={max_new_tokens}")
         self.window_overlap = window_overlap
         self.encoder = ConversationEncoder(tokenizer, use_chat_template=use_chat_template)
+        self.planner = WindowPlanner(
+            self.encoder, max_prompt_tokens=self.window_tokens, overlap=window_overlap, max_windows=max_windows
+        )
         self.pad_id = self._pad_id()
         self.eos_ids = self._eos_ids()
         self._label_tokens = self._find_label_tokens()
+        #: The Gen decode engine (prefix cache, format tokens fed, sessions: `gen_engine`), or ``None``
+        #: (``engine=False``, or a model it cannot run): transformers' ``generate`` decodes.
+        self.engine = engine_for(self, engine)
         self._batcher: MicroBatcher[list[int], tuple[str, dict[Risk, float] | None]] = MicroBatcher(
-            self._generate_batch, max_batch=max_batch, max_wait_s=max_wait_s, name=f"qwenguard-gen[{name}]"
+            self._generate_batch, max_batch=max_batch, max_wait_s=max_wait_s, cost=len,
+            max_batch_cost=max_batch_tokens, name=f"qwenguard-gen[{name}]",
         )
 
     # -- loading ------------------------------------------------------------------------------
@@ -101,8 +143,9 @@ class TransformersGen:
         if local_files_only is not None:
             opts["local_files_only"] = local_files_only
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(path), **opts)
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, **opts)
+            with quiet_loading():
+                tokenizer = AutoTokenizer.from_pretrained(str(path), **opts)
+                model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, **opts)
         except (OSError, ValueError) as exc:
             raise ModelNotFound(
                 f"cannot load Qwen3Guard-Gen checkpoint {label!r}: not a local directory and not "
@@ -147,48 +190,32 @@ class TransformersGen:
         return seqs[0][:k], firsts
 
     # -- classification -----------------------------------------------------------------------
-    def _windows(self, messages: list[dict[str, str]]) -> list[list[int]]:
-        """One encoded prompt, or several overlapping windows when it exceeds the context."""
-        ids = self.encoder.encode(messages)
-        budget = self.max_context - self.max_new_tokens
-        if len(ids) <= budget:
-            return [ids]
-        *context, last = messages
-        # Earlier turns are context: drop the oldest until they leave half the budget to the judged
-        # turn (keeping the turn right before it), then window the judged turn. It is never truncated.
-        while len(context) > 1 and len(self.encoder.encode([*context, {**last, "content": ""}])) > budget // 2:
-            context = context[1:]
-        overhead = len(self.encoder.encode([*context, {**last, "content": ""}]))
-        if overhead > budget // 2 and context:
-            keep = context[-1]["content"]
-            tail = self.encoder.split_content(keep, budget // 4, 0)[-1]
-            context = [{**context[-1], "content": tail}]
-            overhead = len(self.encoder.encode([*context, {**last, "content": ""}]))
-        window = budget - overhead - 2  # two tokens of slack: a window boundary may re-merge BPE pieces
-        if window < 16:
-            raise ValueError(f"the model context ({self.max_context}) is too small to window this input")
-        overlap = min(self.window_overlap, window // 4)
-        parts = self.encoder.split_content(last["content"], window, overlap)
-        return [self.encoder.encode([*context, {**last, "content": p}])[: budget] for p in parts]
-
-    def _plan(self, conversations: Sequence[Sequence[dict[str, str]]]) -> tuple[list[list[int]], list[tuple[int, int, str]]]:
+    def _plan(
+        self, conversations: Sequence[Sequence[dict[str, str]]], check: Callable[[], None] | None = None
+    ) -> tuple[list[list[int]], list[_Span]]:
+        """All windows of all conversations, flat, and where each conversation's windows are."""
         flat: list[list[int]] = []
-        spans: list[tuple[int, int, str]] = []
+        spans: list[_Span] = []
         for conv in conversations:
             msgs = normalize_messages(conv)
-            windows = self._windows(msgs)
-            spans.append((len(flat), len(windows), moderation_mode(msgs)))
-            flat.extend(windows)
+            try:
+                windows = self.planner.plan(msgs, check=check)
+            except InputTooLarge as exc:
+                spans.append((len(flat), 0, "prompt", exc))
+                continue
+            spans.append((len(flat), len(windows), moderation_mode(msgs), None))
+            flat.extend(list(w.ids) for w in windows)
         return flat, spans
 
     def _assemble(
-        self, spans: list[tuple[int, int, str]], outputs: list[tuple[str, dict[Risk, float] | None]], elapsed_ms: float
+        self, spans: list[_Span], outputs: list[tuple[str, dict[Risk, float] | None]], elapsed_ms: float
     ) -> list[Verdict | QwenGuardError]:
         results: list[Verdict | QwenGuardError] = []
-        for start, count, mode in spans:
+        for start, count, mode, error in spans:
             verdicts: list[Verdict] = []
-            error: QwenGuardError | None = None
             for text, probs in outputs[start : start + count]:
+                if error is not None:
+                    break
                 try:
                     v = parse_verdict(text, mode=mode, model=self.name)
                 except VerdictParseError as exc:
@@ -200,49 +227,67 @@ class TransformersGen:
 
     def classify(self, conversations: Sequence[Sequence[dict[str, str]]], *, timeout: float | None = None) -> list[Verdict | QwenGuardError]:
         start = time.perf_counter()
-        flat, spans = self._plan(conversations)
-        outputs = self._batcher.run(flat, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        flat, spans = self._plan(conversations, _stop_check(deadline, timeout, None))
+        try:
+            outputs = self._batcher.run(flat, _time_left(deadline, timeout))
+        except GuardTimeout:
+            raise GuardTimeout(f"guard did not answer within {timeout} s") from None
         return self._assemble(spans, outputs, (time.perf_counter() - start) * 1000)
 
     async def aclassify(self, conversations: Sequence[Sequence[dict[str, str]]], *, timeout: float | None = None) -> list[Verdict | QwenGuardError]:
         start = time.perf_counter()
-        flat, spans = self._plan(conversations)
-        outputs = await self._batcher.arun(flat, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # Tokenizing and windowing run in a worker thread: a huge check must not stop the event loop.
+        # If this task is cancelled or times out, the planning thread stops at its next window.
+        abandoned = threading.Event()
+        try:
+            flat, spans = await asyncio.wait_for(
+                asyncio.to_thread(self._plan, conversations, _stop_check(deadline, timeout, abandoned)), timeout
+            )
+        except asyncio.TimeoutError:
+            abandoned.set()
+            raise GuardTimeout(f"guard did not answer within {timeout} s") from None
+        except BaseException:
+            abandoned.set()
+            raise
+        try:
+            outputs = await self._batcher.arun(flat, _time_left(deadline, timeout))
+        except GuardTimeout:
+            raise GuardTimeout(f"guard did not answer within {timeout} s") from None
         return self._assemble(spans, outputs, (time.perf_counter() - start) * 1000)
 
     # -- the forward pass (worker thread only) ------------------------------------------------
     def _generate_batch(self, prompts: list[list[int]]) -> list[tuple[str, dict[Risk, float] | None]]:
+        """One left-padded greedy `generate` over ``prompts`` (the batcher has bounded rows and tokens);
+        each prompt's answer text and label probabilities, in order."""
+        if self.engine is not None:  # the same greedy answers, computed more cheaply (gen_engine)
+            return self.engine.run(prompts)
         torch = require_torch()
-        out: list[tuple[str, dict[Risk, float] | None]] = [("", None)] * len(prompts)
-        # Sort by length so each chunk pads little; answer in the callers' order.
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        step = self._batcher.max_batch
-        for c in range(0, len(order), step):
-            idx = order[c : c + step]
-            batch = [prompts[i] for i in idx]
-            width = max(len(p) for p in batch)
-            input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, p in enumerate(batch):
-                input_ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-                mask[row, width - len(p) :] = 1
-            device = self.model.device
-            with torch.inference_mode():
-                gen = self.model.generate(
-                    input_ids=input_ids.to(device),
-                    attention_mask=mask.to(device),
-                    max_new_tokens=self.max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=self.pad_id,
-                    eos_token_id=self.eos_ids,
-                    return_dict_in_generate=True,
-                    output_scores=self._label_tokens is not None,
-                )
-            new = gen.sequences[:, width:].tolist()
-            for row, i in enumerate(idx):
-                tokens = [t for t in new[row] if t not in self.eos_ids and t != self.pad_id]
-                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-                out[i] = (text, self._label_probs(new[row], gen.scores, row))
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, p in enumerate(prompts):
+            input_ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[row, width - len(p) :] = 1
+        device = self.model.device
+        with torch.inference_mode():
+            gen = self.model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.pad_id,
+                eos_token_id=self.eos_ids,
+                return_dict_in_generate=True,
+                output_scores=self._label_tokens is not None,
+            )
+        new = gen.sequences[:, width:].tolist()
+        out: list[tuple[str, dict[Risk, float] | None]] = []
+        for row in range(len(prompts)):
+            tokens = [t for t in new[row] if t not in self.eos_ids and t != self.pad_id]
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            out.append((text, self._label_probs(new[row], gen.scores, row)))
         return out
 
     def _label_probs(self, tokens: list[int], scores: Any, row: int) -> dict[Risk, float] | None:
@@ -261,3 +306,26 @@ class TransformersGen:
 
     def close(self) -> None:
         self._batcher.close()
+
+
+def _stop_check(deadline: float | None, timeout: float | None, abandoned: threading.Event | None) -> Callable[[], None] | None:
+    """What planning calls between windows: stop at the deadline, or once the caller has gone."""
+    if deadline is None and abandoned is None:
+        return None
+
+    def check() -> None:
+        if abandoned is not None and abandoned.is_set():
+            raise GuardTimeout("the caller stopped waiting for this check")
+        if deadline is not None and time.monotonic() > deadline:
+            raise GuardTimeout(f"guard did not answer within {timeout} s (still planning windows)")
+
+    return check
+
+
+def _time_left(deadline: float | None, timeout: float | None) -> float | None:
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise GuardTimeout(f"guard did not answer within {timeout} s")
+    return left

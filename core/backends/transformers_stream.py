@@ -68,7 +68,7 @@ from .stream_model import (
     save_stream_checkpoint,
     stream_model_class,
 )
-from .torch_runtime import require_torch, resolve_device, resolve_dtype
+from .torch_runtime import quiet_loading, require_torch, resolve_device, resolve_dtype
 
 __all__ = [
     "TransformersStream",
@@ -165,7 +165,8 @@ class TransformersStream:
             raise ModelNotFound(f"cannot load Qwen3Guard-Stream checkpoint {label!r}: {exc}") from exc
         # No dtype argument: transformers < 4.56 calls it ``torch_dtype`` and >= 5 warns on that name;
         # converting after loading gives the same weights on every version.
-        model, info = stream_model_class().from_pretrained(str(path), config=config, output_loading_info=True)
+        with quiet_loading():
+            model, info = stream_model_class().from_pretrained(str(path), config=config, output_loading_info=True)
         problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         if problems:
             raise ValueError(f"{label}: weights do not match the Qwen3Guard-Stream layout: {problems}")

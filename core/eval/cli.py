@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,36 @@ import typer
 from ..errors import QwenGuardError
 from ..policy import Policy
 
-__all__ = ["run_eval", "EXIT_INTERRUPTED", "REMOTE_CONCURRENCY"]
+__all__ = ["run_eval", "RemoteOptions", "EXIT_INTERRUPTED", "REMOTE_CONCURRENCY", "REMOTE_MAX_IN_FLIGHT"]
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
-#: Batches in flight against a server by default: enough to keep it busy, few enough not to flood it.
+#: Batches handed to the client at once against a server: enough to keep ``max_in_flight`` requests busy.
 REMOTE_CONCURRENCY = 4
+#: Requests in flight against a server by default. An engine answers what it batches together; requests
+#: beyond that only queue on the engine, where their deadline runs.
+REMOTE_MAX_IN_FLIGHT = 8
+#: Per-request deadline against a server when ``--timeout`` is not given.
+REMOTE_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class RemoteOptions:
+    """``--remote`` settings: wire mode, the served checkpoint's tokenizer and context, requests in flight."""
+
+    mode: str = "chat"
+    tokenizer: str | None = None
+    max_context: int | None = None
+    max_in_flight: int = REMOTE_MAX_IN_FLIGHT
+
+    def validate(self, remote: str | None) -> None:
+        if self.mode not in ("chat", "completion"):
+            raise typer.BadParameter("mode must be 'chat' or 'completion'", param_hint="--mode")
+        if self.max_in_flight < 1:
+            raise typer.BadParameter("must be at least 1", param_hint="--max-in-flight")
+        if self.max_context is not None and self.max_context < 1:
+            raise typer.BadParameter("must be a positive number of tokens", param_hint="--max-context")
+        if remote is None and (self.mode != "chat" or self.tokenizer or self.max_context):
+            raise typer.BadParameter("--mode, --tokenizer and --max-context apply to --remote only", param_hint="--remote")
 _STAGES = ("prompt", "response", "tool_call", "tool_result", "retrieval")
 
 
@@ -31,27 +57,33 @@ def _served_model(base_url: str, api_key: str | None) -> str:
         raise QwenGuardError(f"cannot list the models at {base_url}/models ({exc}); pass --model NAME") from None
     if len(ids) != 1:
         raise QwenGuardError(f"{base_url} serves {len(ids)} models {ids}; pick one with --model NAME")
-    return ids[0]
+    return str(ids[0])
 
 
-def _guard(model: str | None, remote: str | None, api_key: str | None, device: str, timeout: float | None) -> Any:
+def _guard(model: str | None, remote: str | None, api_key: str | None, device: str, timeout: float | None,
+           options: RemoteOptions) -> Any:
     from ..guard import Guard
 
     # The guard's own policy matters only for timeouts here: the report applies strict and loose itself.
-    policy = Policy(timeout_s=timeout)
     if remote is None:
-        return Guard.from_pretrained(model or "demo", policy=policy, device=device)
-    if not hasattr(Guard, "remote"):  # pragma: no cover - the remote backend ships with the core
-        raise QwenGuardError("this qwenguard has no remote backend (Guard.remote); install qwenguard[remote]")
+        return Guard.from_pretrained(model or "demo", policy=Policy(timeout_s=timeout), device=device)
     name = model or _served_model(remote, api_key)
+    # Against a server the deadline is per request, from when it is sent (each attempt must be answered
+    # within it), not per batch: rows waiting for one of the `max_in_flight` slots do not expire while
+    # they wait, so a slow engine makes the run slower, not every row an error. Retries stay bounded.
     # logprobs give P(unsafe) for ROC-AUC and the threshold sweep where the server returns them.
-    return Guard.remote(remote, model=name, api_key=api_key, policy=policy, logprobs=True)
+    return Guard.remote(remote, model=name, api_key=api_key, policy=Policy(timeout_s=None), logprobs=True,
+                        mode=options.mode, tokenizer=options.tokenizer, max_context=options.max_context,
+                        max_concurrency=options.max_in_flight, read_timeout_s=timeout or REMOTE_TIMEOUT_S)
 
 
 def run_eval(*, data: str, model: str | None, remote: str | None, api_key: str | None, stage: str | None,
-             policy: str, out: str, limit: int | None, batch_size: int, concurrency: int, fresh: bool, device: str,
-             timeout: float | None, progress: bool, console: Any, err_console: Any) -> None:
+             policy: str, out: str | None, limit: int | None, batch_size: int, concurrency: int, fresh: bool, device: str,
+             timeout: float | None, progress: bool, console: Any, err_console: Any,
+             remote_options: RemoteOptions | None = None) -> None:
     from . import CACHE_FILE, compute_report, load_dataset, run_guard, sample_path
+    from .identity import claim_out_dir, default_out_dir, run_identity
+    from .plots import PLOT_FILES
     from .runner import PredictionCache
 
     if policy not in ("strict", "loose"):
@@ -65,31 +97,40 @@ def run_eval(*, data: str, model: str | None, remote: str | None, api_key: str |
         raise typer.BadParameter("must be at least 1 (0: automatic)", param_hint="--concurrency")
     if timeout is not None and timeout <= 0:
         raise typer.BadParameter("must be positive", param_hint="--timeout")
+    options = remote_options or RemoteOptions()
+    options.validate(remote)
     path = sample_path() if data == "sample" else Path(data)
-    out_dir = Path(out)
-    cache_path = out_dir / CACHE_FILE
+    out_dir = Path(out) if out else None
+    cache_path = None if out_dir is None else out_dir / CACHE_FILE
     guard = None
     try:
         examples = load_dataset(path, stage=stage, limit=limit)  # bad data fails before a model loads
-        guard = _guard(model, remote, api_key, device, timeout)
-        if fresh and cache_path.exists():
-            cache_path.unlink()
+        # The output directory and its prediction cache belong to one run identity (identity.py): another
+        # run's predictions are refused before the model loads, never reused.
+        identity = run_identity(data_path=path, model=model, remote=remote,
+                                remote_mode=options.mode if remote else None, stage=stage, policy=policy)
+        out_dir = out_dir or default_out_dir(path, identity)
+        cache_path = out_dir / CACHE_FILE
+        claim_out_dir(out_dir, identity, fresh=fresh,
+                      owned_files=(CACHE_FILE, "report.json", "report.md", *PLOT_FILES.values()))
+        guard = _guard(model, remote, api_key, device, timeout, options)
         cache = PredictionCache(cache_path)
         if cache.entries:
             err_console.print(f"resuming: {len(cache.entries)} predictions cached in {cache_path}")
         run = run_guard(guard, examples, cache=cache, batch_size=batch_size,
                         concurrency=concurrency or (REMOTE_CONCURRENCY if remote else 1), progress=progress)
         meta = {"data": str(path), "stage_filter": stage, "limit": limit, "remote": remote}
+        if remote is not None:
+            meta["remote_mode"] = options.mode
         report = compute_report(examples, run, primary=policy, meta=meta)
         paths = report.write(out_dir)
     except KeyboardInterrupt:
+        if cache_path is None:
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         done = len(PredictionCache(cache_path).entries)
         err_console.print(f"\n[yellow]interrupted[/yellow]: {done} predictions are saved in {cache_path}; "
                           f"run the same command again to resume.")
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    except (QwenGuardError, ValueError, TypeError, OSError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(EXIT_ERROR) from None
     finally:
         if guard is not None:
             guard.close()

@@ -271,7 +271,8 @@ def _read_parquet(path: Path) -> list[Any]:
     except ImportError as exc:
         raise MissingDependency.for_extra("eval", "pyarrow") from exc
     try:
-        return pq.read_table(path).to_pylist()
+        rows: list[Any] = pq.read_table(path).to_pylist()
+        return rows
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad file
         raise DataError(f"{path}: cannot read as Parquet ({exc})") from exc
 

@@ -45,7 +45,7 @@ __all__ = [
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(i / 100, 2) for i in range(101))
 
 
-def _bools(values: Sequence[Any], what: str) -> np.ndarray:
+def _bools(values: Sequence[Any] | np.ndarray, what: str) -> np.ndarray:
     arr = np.asarray(values)
     if arr.ndim != 1:
         raise ValueError(f"{what} must be one-dimensional")
@@ -90,7 +90,7 @@ class BinaryMetrics:
         return asdict(self)
 
 
-def binary_metrics(y_true: Sequence[Any], y_pred: Sequence[Any]) -> BinaryMetrics:
+def binary_metrics(y_true: Sequence[Any] | np.ndarray, y_pred: Sequence[Any] | np.ndarray) -> BinaryMetrics:
     """Recall, precision, F1, accuracy, MCC, specificity and error rates of boolean predictions."""
     t, p = _bools(y_true, "y_true"), _bools(y_pred, "y_pred")
     if t.shape != p.shape:

@@ -189,11 +189,12 @@ class EvalReport:
     # -- accessors ----------------------------------------------------------------------------
     @property
     def mappings(self) -> dict[str, Any]:
-        return self.data["mappings"]
+        mappings: dict[str, Any] = self.data["mappings"]
+        return mappings
 
     @property
     def primary(self) -> str:
-        return self.data["meta"]["primary"]
+        return str(self.data["meta"]["primary"])
 
     def metric(self, name: str, mapping: str | None = None) -> Any:
         """One overall number, e.g. ``report.metric("recall", "loose")``; ``roc_auc`` works too."""

@@ -27,6 +27,8 @@ __all__ = ["Prediction", "RunResult", "PredictionCache", "run_guard", "arun_guar
            "DEFAULT_BATCH_SIZE", "DEFAULT_CONCURRENCY"]
 
 DEFAULT_BATCH_SIZE = 16
+#: Distinct guard error messages the progress bar prints as they happen (the count keeps going).
+_ERROR_KINDS_SHOWN = 5
 #: Batches in flight at once. Local models coalesce concurrent batches themselves; servers gain more.
 DEFAULT_CONCURRENCY = 1
 _CACHE_VERSION = 1
@@ -187,10 +189,11 @@ def _to_predictions(batch: list[tuple[str, EvalExample]], decisions: Sequence[De
 
 @contextmanager
 def _progress(total: int, done: int, enabled: bool, label: str) -> Iterator[Any]:
-    """A rich progress bar (count, rate, elapsed, ETA) on stderr, or a no-op."""
+    """A rich progress bar (count, rate, guard errors so far, elapsed, ETA) on stderr, or a no-op. Errors show
+    as they happen (each new kind printed above the bar): a failing server is seen at once, not at the end."""
     if not enabled:
         class _Nop:
-            def advance(self, n: int) -> None:
+            def advance(self, n: int, errors: int = 0, last_error: str | None = None) -> None:
                 pass
 
         yield _Nop()
@@ -205,21 +208,34 @@ def _progress(total: int, done: int, enabled: bool, label: str) -> Iterator[Any]
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
+    from rich.markup import escape
     from rich.text import Text
 
     class RateColumn(ProgressColumn):
         def render(self, task: Any) -> Text:
             return Text("  -  rows/s" if task.speed is None else f"{task.speed:6.1f} rows/s", style="cyan")
 
+    class ErrorColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            errors = task.fields.get("errors", 0)
+            return Text(f"{errors} errors", style="red" if errors else "green")
+
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
-                        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                        ErrorColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                         console=Console(stderr=True), transient=False)
     with progress:
-        task = progress.add_task(label, total=total, completed=done)
+        task = progress.add_task(label, total=total, completed=done, errors=0)
+        count = [0]
+        told: set[str] = set()
 
         class _Bar:
-            def advance(self, n: int) -> None:
-                progress.advance(task, n)
+            def advance(self, n: int, errors: int = 0, last_error: str | None = None) -> None:
+                count[0] += errors
+                # Each new kind of error is printed above the bar when it first happens (a few kinds at most).
+                if last_error and last_error not in told and len(told) < _ERROR_KINDS_SHOWN:
+                    told.add(last_error)
+                    progress.console.print(f"[red]guard error:[/red] {escape(last_error)}", highlight=False)
+                progress.update(task, advance=n, errors=count[0])
 
         yield _Bar()
 
@@ -266,7 +282,8 @@ class _Run:
     def record(self, preds: list[Prediction], bar: Any) -> None:
         self.store.add(preds)
         self.fresh.update((p.key, p) for p in preds)
-        bar.advance(len(preds))
+        failed = [p for p in preds if not p.ok]
+        bar.advance(len(preds), errors=len(failed), last_error=failed[-1].error if failed else None)
 
     def finish(self, guard: Any, examples: Sequence[EvalExample]) -> RunResult:
         return _finish(guard, examples, self.keys, self.store, self.fresh, self.from_cache,

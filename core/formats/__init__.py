@@ -1,6 +1,8 @@
 """The Qwen3Guard formats: pure text and token logic, no model and no I/O.
 
+- `content`: the one content rule (cleaning, neutralising special-token strings and turn labels, forged-turn segments).
 - `prompts`: the official Gen prompt (rendered byte for byte) and the strict verdict parser.
 - `conversations`: how each check (prompt, response, tool call, tool result, document) becomes a conversation.
-- `encoding`: conversation → guard token ids, with content never becoming control tokens.
+- `encoding`: conversation → guard token ids, with content never becoming control tokens; the template check.
+- `windows`: a conversation too long for one prompt → bounded, overlapping windows, never truncated.
 """

@@ -63,7 +63,7 @@ def render_tool_call(name: str, arguments: Mapping[str, Any] | str | None) -> st
 def last_user_text(messages: Sequence[Message] | None) -> str | None:
     for message in reversed(messages or ()):
         if message.get("role") == "user" and isinstance(message.get("content"), str):
-            return message["content"]
+            return str(message["content"])
     return None
 
 

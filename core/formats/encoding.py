@@ -10,30 +10,85 @@ Contents first pass through the one content rule (`content.prepare_content`: cle
 strings and turn labels neutralised, exactly as `render_prompt` and remote engines see them); any
 added-token string of this checkpoint still left in them is then broken in two before tokenizing,
 so it cannot match.
+
+The template check: a checkpoint's chat template is used only if it renders the Qwen3Guard-Gen task
+exactly as `render_prompt` does (probed on a prompt-mode and a response-mode conversation). A
+template that does not (the stock Qwen3 chat template, say, which renders ``<|im_start|>user\n...``
+with no task at all) is not used: `render_prompt` is, with a `GuardTemplateWarning`. Asking for
+such a template explicitly (``use_chat_template=True``) is one clear ``ValueError``.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 from .content import clean_text, prepare_content
 from .prompts import normalize_messages, render_prompt
 
-__all__ = ["ConversationEncoder"]
+__all__ = ["ConversationEncoder", "GuardTemplateWarning", "template_mismatch", "token_spans"]
 
 _SENTINEL = "\ue000{}\ue001"
 _SENTINEL_RE = re.compile("\ue000(\\d+)\ue001")
 
+# Conversations the template check renders: both moderation modes, and a multi-turn one.
+_PROBES: tuple[list[dict[str, str]], ...] = (
+    [{"role": "user", "content": "How do I bake bread?"}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}],
+)
+
+
+class GuardTemplateWarning(UserWarning):
+    """A checkpoint's chat template does not render the Qwen3Guard-Gen task; `render_prompt` is used."""
+
+
+def template_mismatch(tokenizer: Any) -> str | None:
+    """``None`` if ``tokenizer``'s chat template renders exactly what `render_prompt` renders, else why not."""
+    if not getattr(tokenizer, "chat_template", None):
+        return "it has no chat template"
+    for probe in _PROBES:
+        expected = render_prompt(probe)
+        try:
+            got = tokenizer.apply_chat_template(probe, tokenize=False)
+        except Exception as exc:  # noqa: BLE001 - any template failure means "not the guard template"
+            return f"it fails to render a {len(probe)}-turn conversation ({type(exc).__name__}: {exc})"
+        if got != expected:
+            at = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+            return (f"it renders {got[max(0, at - 20):at + 40]!r} where the Qwen3Guard-Gen prompt has "
+                    f"{expected[max(0, at - 20):at + 40]!r} (character {at})")
+    return None
+
 
 class ConversationEncoder:
-    """Encodes conversations for one tokenizer, with its chat template when it has one."""
+    """Encodes conversations for one tokenizer, with its chat template when that renders the guard task.
+
+    ``use_chat_template``: ``None`` (default) uses the template if it passes the template check and
+    `render_prompt` otherwise (warning if a template was there but wrong); ``False`` always uses
+    `render_prompt` (no check); ``True`` requires a template that passes (``ValueError`` if not).
+    """
 
     def __init__(self, tokenizer: Any, *, use_chat_template: bool | None = None) -> None:
         self.tokenizer = tokenizer
-        has_template = bool(getattr(tokenizer, "chat_template", None))
-        self.use_chat_template = has_template if use_chat_template is None else use_chat_template
+        self.template_problem: str | None = None
+        if use_chat_template is not False:
+            self.template_problem = template_mismatch(tokenizer)
+        if use_chat_template is True and self.template_problem is not None:
+            raise ValueError(
+                f"use_chat_template=True, but this tokenizer's chat template does not render the "
+                f"Qwen3Guard-Gen task: {self.template_problem}. Leave use_chat_template unset to use "
+                f"qwenguard's render_prompt (the official prompt, byte for byte)."
+            )
+        if use_chat_template is None and self.template_problem is not None and getattr(tokenizer, "chat_template", None):
+            warnings.warn(
+                f"the checkpoint's chat template does not render the Qwen3Guard-Gen task: {self.template_problem}. "
+                f"qwenguard renders the official prompt itself (render_prompt) instead.",
+                GuardTemplateWarning,
+                stacklevel=3,
+            )
+        self.use_chat_template = self.template_problem is None if use_chat_template is None else use_chat_template
         added = [t.content if hasattr(t, "content") else str(t) for t in tokenizer.added_tokens_decoder.values()]
         self.added_tokens = sorted({a for a in added if a}, key=len, reverse=True)
         self._added_re = re.compile("|".join(re.escape(a) for a in self.added_tokens)) if self.added_tokens else None
@@ -42,25 +97,17 @@ class ConversationEncoder:
     # -- rendering ----------------------------------------------------------------------------
     def render(self, messages: Sequence[dict[str, str]]) -> str:
         if self.use_chat_template:
-            return self.tokenizer.apply_chat_template(list(messages), tokenize=False)
+            return str(self.tokenizer.apply_chat_template(list(messages), tokenize=False))
         return render_prompt(messages)
 
     def _text_ids(self, text: str) -> list[int]:
         if not text:
             return []
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return list(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
     def _content_ids(self, text: str) -> list[int]:
         """Content tokens: added-token strings are split so they stay plain text."""
-        if self._added_re is None or not self._added_re.search(text):
-            return self._text_ids(text)
-        pieces: list[str] = []
-        last = 0
-        for m in self._added_re.finditer(text):
-            pieces.append(text[last : m.start() + 1])
-            last = m.start() + 1
-        pieces.append(text[last:])
-        return [i for p in pieces for i in self._text_ids(p)]
+        return [i for p in self._content_pieces(text) for i in self._text_ids(p)]
 
     def encode(self, messages: Sequence[dict[str, Any]] | str) -> list[int]:
         """Token ids of the full guard prompt for ``messages``."""
@@ -83,8 +130,6 @@ class ConversationEncoder:
     def _segment_ids(self, part: str, contents: list[str]) -> list[int]:
         # Substitute the contents; if a content holds added-token strings, tokenize around them.
         text = _SENTINEL_RE.sub(lambda m: contents[int(m.group(1))], part)
-        if self._added_re is None or not self._added_re.search(text):
-            return self._text_ids(text)
         return self._content_ids(text)
 
     def _split_added(self, skeleton: str) -> list[str | int]:
@@ -101,15 +146,92 @@ class ConversationEncoder:
             out.append(skeleton[last:])
         return out
 
+    # -- content tokens and where they start (for windows) -------------------------------------
     def content_token_count(self, text: str) -> int:
+        """Tokens of ``text`` as content (after `clean_text`; call `prepare_content` first for the exact
+        count inside a Gen conversation)."""
         return len(self._content_ids(clean_text(text)))
 
-    def split_content(self, text: str, window: int, overlap: int) -> list[str]:
-        """Overlapping windows of ``window`` content tokens, decoded back to text."""
-        ids = self._content_ids(clean_text(text))
-        if len(ids) <= window:
-            return [text]
-        step = max(1, window - overlap)
-        starts = range(0, max(1, len(ids) - overlap), step)
-        return [self.tokenizer.decode(ids[s : s + window]) for s in starts]
+    def content_token_starts(self, text: str) -> list[int]:
+        """For each content token of ``text`` (as given: no cleaning), the character offset where it starts.
 
+        Several tokens can start at the same offset (a byte-level BPE splits one character into
+        several tokens); a cut at ``text[starts[i]:]`` therefore never splits a character.
+        """
+        starts: list[int] = []
+        base = 0
+        for piece in self._content_pieces(text):
+            starts.extend(base + s for s in self._piece_starts(piece))
+            base += len(piece)
+        return starts
+
+    def _content_pieces(self, text: str) -> list[str]:
+        """``text`` cut right after the first character of each added-token string (as `_content_ids`)."""
+        if self._added_re is None or not self._added_re.search(text):
+            return [text] if text else []
+        pieces: list[str] = []
+        last = 0
+        for m in self._added_re.finditer(text):
+            pieces.append(text[last : m.start() + 1])
+            last = m.start() + 1
+        pieces.append(text[last:])
+        return [p for p in pieces if p]
+
+    def _piece_starts(self, text: str) -> list[int]:
+        try:
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+            return [start for start, _ in enc["offset_mapping"]]
+        except (NotImplementedError, TypeError, ValueError, KeyError):
+            return self._decoded_starts(text)
+
+    def _decoded_starts(self, text: str) -> list[int]:
+        # Tokenizers without offsets: decode token by token; a token that ends inside a character
+        # (decodes to U+FFFD) shares the start of the character it belongs to.
+        ids = self._text_ids(text)
+        starts: list[int] = []
+        pos = 0
+        pending: list[int] = []
+        for tok in ids:
+            pending.append(tok)
+            piece = self.tokenizer.decode(pending)
+            starts.append(pos)
+            if not piece.endswith("\ufffd") or len(pending) > 4:
+                pos += len(piece)
+                pending = []
+        return [min(s, max(0, len(text) - 1)) for s in starts]
+
+    def split_content(self, text: str, window: int, overlap: int) -> list[str]:
+        """Overlapping pieces of about ``window`` content tokens each, cut between characters.
+
+        Pieces are slices of ``clean_text(text)`` (never decoded from token ids, so never a broken
+        character); consecutive pieces share about ``overlap`` tokens. A piece may re-encode a token
+        longer or shorter than ``window`` where BPE merges differ at its edges: callers that need a
+        hard bound (`WindowPlanner`) fit each window by encoding it.
+        """
+        if window < 1 or overlap < 0:
+            raise ValueError("window must be >= 1 and overlap >= 0")
+        text = clean_text(text)
+        starts = self.content_token_starts(text)
+        if len(starts) <= window:
+            return [text]
+        return [text[a:b] for a, b in token_spans(starts, len(text), window, overlap)]
+
+
+def token_spans(starts: Sequence[int], length: int, window: int, overlap: int) -> list[tuple[int, int]]:
+    """Character spans of overlapping windows of ``window`` tokens (``starts``: each token's start)."""
+    n = len(starts)
+    overlap = min(overlap, window - 1)
+    spans: list[tuple[int, int]] = []
+    i = 0
+    while True:
+        j = i + window
+        end = starts[j] if j < n else length
+        spans.append((starts[i], end))
+        if j >= n:
+            return spans
+        k = max(i + 1, j - overlap)
+        while k < n and starts[k] <= starts[i]:  # tokens inside one character share its start
+            k += 1
+        if k >= n:
+            return spans
+        i = k

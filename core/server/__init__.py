@@ -12,13 +12,15 @@
   the client rendered; any other prompt is a 400 (this is a guard server, not a general LLM).
 - ``GET /v1/models``; ``POST /v1/moderate`` — structured verdicts and decisions (schema in
   ``/openapi.json``); ``WS /v1/stream`` — remote stream moderation sessions (see `_stream_session`).
-- ``GET /health`` (no auth, for load balancers), ``GET /metrics`` (Prometheus, one registry per app).
+- ``GET /health`` (liveness) and ``GET /ready`` (readiness: 503 at the concurrency limit), both without
+  auth, for load balancers; ``GET /metrics`` (Prometheus, one registry per app).
 
-Security model: a bearer token when ``api_key`` is set (401 otherwise, compared in constant time);
-request bodies over ``max_body_bytes`` are refused (413) before they are parsed; at most
-``max_concurrency`` requests run at once, more get 503 with ``Retry-After``; each request has a
-deadline (``request_timeout_s``: 504, or 408 for a body that arrives too slowly). Request and response
-text is never logged: logs carry paths, status codes, sizes and error types only.
+Security model (``docs/security.md``): the guard's `Policy` is the operator's and is pinned (a client's
+policy can only make decisions stricter, `Policy.tightened`); a bearer token when ``api_key`` is set
+(401 otherwise, compared in constant time; an empty key is refused at start-up); every request,
+stream session and connection is bounded by the operator's `Limits` (body bytes, conversations,
+messages, characters, concurrency, stream sessions per client, deadlines for heads, bodies, idle and
+long sessions, open sockets). Request and response text is never logged, nor are query strings.
 """
 
 from __future__ import annotations
@@ -31,13 +33,18 @@ try:  # one clear message when the extra is missing, before any submodule import
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependency.for_extra("server", exc.name or "fastapi") from exc
 
-from .app import (
+from .app import check_api_key, create_app, serve
+from .connections import guarded_protocol, server_config
+from .limits import (
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CHARS,
     DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_CONVERSATIONS,
+    DEFAULT_MAX_MESSAGES,
     DEFAULT_REQUEST_TIMEOUT_S,
     DEFAULT_STREAM_IDLE_TIMEOUT_S,
-    create_app,
-    serve,
+    LimitExceeded,
+    Limits,
 )
 from .service import conversation_from_prompt, policy_from_dict
 from .stream_protocol import (
@@ -52,20 +59,28 @@ from .stream_protocol import (
 )
 
 __all__ = [
-    "create_app",
-    "serve",
-    "conversation_from_prompt",
-    "policy_from_dict",
-    "token_verdict_dict",
-    "DEFAULT_MAX_BODY_BYTES",
-    "DEFAULT_MAX_CONCURRENCY",
-    "DEFAULT_REQUEST_TIMEOUT_S",
-    "DEFAULT_STREAM_IDLE_TIMEOUT_S",
+    "CLOSE_BAD_REQUEST",
+    "CLOSE_IDLE_TIMEOUT",
+    "CLOSE_INTERNAL",
     "CLOSE_NORMAL",
     "CLOSE_TOO_BIG",
-    "CLOSE_INTERNAL",
-    "CLOSE_BAD_REQUEST",
     "CLOSE_UNAUTHORIZED",
-    "CLOSE_IDLE_TIMEOUT",
     "CLOSE_UNAVAILABLE",
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_CHARS",
+    "DEFAULT_MAX_CONCURRENCY",
+    "DEFAULT_MAX_CONVERSATIONS",
+    "DEFAULT_MAX_MESSAGES",
+    "DEFAULT_REQUEST_TIMEOUT_S",
+    "DEFAULT_STREAM_IDLE_TIMEOUT_S",
+    "LimitExceeded",
+    "Limits",
+    "check_api_key",
+    "conversation_from_prompt",
+    "create_app",
+    "guarded_protocol",
+    "policy_from_dict",
+    "serve",
+    "server_config",
+    "token_verdict_dict",
 ]

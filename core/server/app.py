@@ -14,7 +14,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .gate import Gate
+from .connections import server_config
+from .gate import Gate, Load
+from .limits import Limits
 from .metrics import Metrics
 from .schemas import (
     ApiError,
@@ -25,41 +27,50 @@ from .schemas import (
     ModerationResponse,
     error_json,
 )
-from .service import Service, check_model, conversation_from_prompt, normalize, raw_text
+from .service import Service, check_model, normalize, raw_text
+from .shutdown import DEFAULT_SHUTDOWN_TIMEOUT_S, DrainingServer
 from .stream_protocol import stream_session
 
-#: 1 MB of JSON is ~250k tokens of text: far past any guard context, so larger bodies are abuse.
-DEFAULT_MAX_BODY_BYTES = 1_000_000
-DEFAULT_MAX_CONCURRENCY = 64
-DEFAULT_REQUEST_TIMEOUT_S = 30.0
-DEFAULT_STREAM_IDLE_TIMEOUT_S = 60.0
+
+def check_api_key(api_key: str | None) -> None:
+    """``None`` serves without auth; an empty or blank key is a mistake (an unset secret, a typo), not
+    a request for an open server, so it is refused instead of silently serving without auth."""
+    if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
+        raise ValueError("api_key is empty: pass a non-empty key, or None to serve without authentication")
 
 
 def create_app(
     guard: Any,
     *,
     api_key: str | None = None,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-    request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S,
-    stream_idle_timeout_s: float | None = DEFAULT_STREAM_IDLE_TIMEOUT_S,
+    limits: Limits | None = None,
     model_name: str | None = None,
+    **limit_overrides: Any,
 ) -> FastAPI:
-    """A FastAPI app serving ``guard`` (its Gen backend, verdict cache and Policy; its stream monitor).
+    """A FastAPI app serving ``guard``: its Gen backend and verdict cache, its stream monitor, and its
+    `Policy` as the operator's (pinned: a client's policy can only make decisions stricter).
 
-    >>> app = create_app(Guard.from_pretrained("demo"), api_key="s3cret")    # doctest: +SKIP
+    ``limits`` (a `Limits`), or any of its fields as keywords (``max_body_bytes=...``), bound what one
+    client can make the server do. Raises ``ValueError`` for an empty ``api_key`` or a bad limit.
+
+    >>> app = create_app(Guard.from_pretrained("demo"), api_key="s3cret", max_messages=64)  # doctest: +SKIP
     """
-    if max_body_bytes < 1 or max_concurrency < 1:
-        raise ValueError("max_body_bytes and max_concurrency must be >= 1")
+    check_api_key(api_key)
+    unknown = sorted(set(limit_overrides) - {f for f in Limits.__dataclass_fields__})
+    if unknown:
+        raise TypeError(f"create_app() got unknown options {unknown}")
+    limits = (limits or Limits()).with_overrides(**limit_overrides)
     metrics = Metrics()
     name = model_name or guard.backend.name
-    service = Service(guard, request_timeout_s=request_timeout_s, metrics=metrics, model_name=name)
+    service = Service(guard, limits=limits, metrics=metrics, model_name=name)
+    load = Load(limits)
     created = int(time.time())
     app = FastAPI(title="qwenguard", version="0.1.0",
                   description="Qwen3Guard moderation: OpenAI-compatible completions, structured verdicts, stream sessions.",
                   responses={401: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
     app.state.service = service
     app.state.metrics = metrics
+    app.state.load = load
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -78,10 +89,24 @@ def create_app(
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_json(exc.status_code, str(exc.detail), "http_error", getattr(exc, "headers", None))
 
+    def status() -> dict[str, Any]:
+        has_stream_model = guard.stream_backend is not None
+        return {"status": "draining" if load.draining else "ok", "model": name, "stream": has_stream_model,
+                "stream_engine": "stream_model" if has_stream_model else "gen_windows", **load.readiness()}
+
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        """Liveness for load balancers (no auth, no guard call)."""
-        return {"status": "ok", "model": name, "stream": True}
+    async def health() -> JSONResponse:
+        """Liveness (no auth, no guard call): 200 while the server answers, 503 from the moment it is told
+        to stop (``"status": "draining"``, so balancers take it out). ``stream`` says whether a Stream model
+        serves ``/v1/stream`` (else Gen windows do); ``ready`` as for ``/ready``."""
+        return JSONResponse(status(), 503 if load.draining else 200)
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        """Readiness for load balancers: 200 when a request and a stream session would be taken now,
+        503 while the server is at its concurrency limit (the body says which)."""
+        body = status()
+        return JSONResponse(body, 200 if body["ready"] else 503)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> Response:
@@ -95,8 +120,9 @@ def create_app(
     async def chat_completions(body: ChatCompletionRequest) -> Any:
         """The guard model's answer for a conversation, as an OpenAI chat completion."""
         check_model(body.model, name)
-        messages = normalize([{"role": m.role, "content": m.text()} for m in body.messages])
-        (outcome, _), = await service.classify([messages])
+        raw = [{"role": m.role, "content": m.text()} for m in body.messages]
+        service.check_size([raw])
+        (outcome, _), = await service.classify([normalize(raw)])
         text = raw_text(outcome)
         ident, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
@@ -114,10 +140,8 @@ def create_app(
     async def completions(body: CompletionRequest) -> Any:
         """Raw completion of a prompt written by ``render_prompt`` (what ``OpenAIGen(mode="completion")`` sends)."""
         check_model(body.model, name)
-        try:
-            messages = conversation_from_prompt(body.prompt)
-        except ValueError as exc:
-            raise ApiError(400, str(exc), "invalid_request_error") from exc
+        messages = await service.read_prompt(body.prompt)
+        service.check_size([messages])
         (outcome, _), = await service.classify([normalize(messages)])
         text = raw_text(outcome)
         ident, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
@@ -139,10 +163,9 @@ def create_app(
 
     @app.websocket("/v1/stream")
     async def stream(ws: WebSocket) -> None:
-        await stream_session(ws, service, max_message_bytes=max_body_bytes, idle_timeout_s=stream_idle_timeout_s)
+        await stream_session(ws, service)
 
-    app.add_middleware(Gate, api_key=api_key, max_body_bytes=max_body_bytes, max_concurrency=max_concurrency,
-                       body_timeout_s=request_timeout_s, metrics=metrics, service=service)
+    app.add_middleware(Gate, api_key=api_key, limits=limits, load=load, metrics=metrics, service=service)
     return app
 
 
@@ -156,18 +179,38 @@ def _sse(chunks: list[dict[str, Any]]) -> StreamingResponse:
 
 
 # -- running ------------------------------------------------------------------------------------
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
 def serve(
     guard: Any,
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
     api_key: str | None = None,
+    allow_unauthenticated: bool = False,
     log_level: str = "info",
+    drain_delay_s: float = 0.0,
+    shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
     **app_options: Any,
 ) -> None:
-    """Run the server on uvicorn until interrupted. ``app_options`` go to `create_app`."""
-    import uvicorn
+    """Run the server on uvicorn until interrupted. ``app_options`` go to `create_app` (limits included).
 
+    On SIGTERM or SIGINT the server drains (`shutdown.DrainingServer`): ``/health`` answers 503 at once,
+    it keeps serving for ``drain_delay_s``, then stops accepting, finishes requests in flight, hands
+    stream sessions back (close 1012: clients re-open them elsewhere) and exits within
+    ``shutdown_timeout_s`` more.
+
+    Raises ``ValueError`` for an empty ``api_key``, and for a non-loopback ``host`` without a key
+    unless ``allow_unauthenticated=True`` says that an open server is meant."""
+    check_api_key(api_key)
+    if api_key is None and host not in LOOPBACK_HOSTS and not allow_unauthenticated:
+        raise ValueError(f"serving on {host} without an API key would let anyone who can reach it use the guard; "
+                         "set an API key, or allow_unauthenticated=True (--allow-unauthenticated) to mean it")
+    if shutdown_timeout_s <= 0:
+        raise ValueError("shutdown_timeout_s must be positive")
     app = create_app(guard, api_key=api_key, **app_options)
-    # The access log holds method, path and status only; bodies are never logged.
-    uvicorn.run(app, host=host, port=port, log_level=log_level, ws="websockets-sansio", timeout_keep_alive=30)
+    limits: Limits = app.state.service.limits
+    config = server_config(app, host=host, port=port, limits=limits, log_level=log_level,
+                           timeout_graceful_shutdown=shutdown_timeout_s)
+    DrainingServer(config, load=app.state.load, drain_delay_s=drain_delay_s).run()

@@ -1,41 +1,66 @@
-"""The ASGI gate in front of the app: auth, body and concurrency limits, request metrics."""
+"""The ASGI gate in front of the app: auth, body, concurrency and stream-session limits, request metrics."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
+from .limits import LimitExceeded, Limits
 from .metrics import Metrics
 from .schemas import ApiError, ModerationRequest, error_json
 from .service import Service
 from .stream_protocol import CLOSE_UNAUTHORIZED, CLOSE_UNAVAILABLE
 
-OPEN_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+OPEN_PATHS = frozenset({"/health", "/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 METRIC_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/moderate", "/v1/stream",
-                           "/health", "/metrics"})
+                           "/health", "/ready", "/metrics"})
+
+
+class Load:
+    """What the server is doing now: requests in flight and stream sessions, per client address, and
+    whether it is draining (shutting down: `shutdown.DrainingServer`)."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.in_flight = 0
+        self.streams = 0
+        self.streams_by_client: Counter[str] = Counter()
+        self.draining = False
+
+    def readiness(self) -> dict[str, Any]:
+        """For load balancers: whether a new request or stream session would be taken now."""
+        requests_free = self.in_flight < self.limits.max_concurrency and not self.draining
+        streams_free = self.streams < self.limits.streams and not self.draining
+        return {"ready": requests_free and streams_free, "accepting_requests": requests_free,
+                "accepting_streams": streams_free, "draining": self.draining}
+
+
+def client_address(scope: Mapping[str, Any]) -> str:
+    """The TCP peer's address (``X-Forwarded-For`` is not trusted: see `server_config`)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
 
 
 class Gate:
-    """Pure ASGI middleware: auth, body limit, concurrency limit and request metrics, before FastAPI
+    """Pure ASGI middleware: auth, body limit, concurrency limits and request metrics, before FastAPI
     parses anything (so a 401 or 413 never costs a JSON parse)."""
 
-    def __init__(self, app: Any, *, api_key: str | None, max_body_bytes: int, max_concurrency: int,
-                 body_timeout_s: float | None, metrics: Metrics, service: Service | None = None) -> None:
+    def __init__(self, app: Any, *, api_key: str | None, limits: Limits, load: Load, metrics: Metrics,
+                 service: Service | None = None) -> None:
         self.app = app
         self.service = service  # for the /v1/moderate fast path
-        self.api_key = api_key.encode() if api_key else None
-        self.max_body_bytes = max_body_bytes
-        self.max_concurrency = max_concurrency
-        self.body_timeout_s = body_timeout_s
+        self.api_key = api_key.encode() if api_key is not None else None
+        self.limits = limits
+        self.load = load
         self.metrics = metrics
-        self.in_flight = 0
-        self.streams = 0
 
     def _authorized(self, scope: Mapping[str, Any]) -> bool:
         if self.api_key is None:
@@ -57,12 +82,14 @@ class Gate:
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope["path"]
         label = path if path in METRIC_PATHS else "other"
-        status_holder = {"status": 500}
+        status_holder = {"status": 500, "started": False}
         start = time.perf_counter()
+        load = self.load
 
         async def send_recording(message: Mapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
+                status_holder["started"] = True
             await send(message)
 
         async def answer(response: Response, reason: str) -> None:
@@ -79,31 +106,45 @@ class Gate:
                 return
             headers = dict(scope.get("headers", ()))
             length = headers.get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            if length is not None and (not length.isdigit() or int(length) > self.limits.max_body_bytes):
                 await answer(self._too_big(), "body_size")
                 return
-            if self.in_flight >= self.max_concurrency:
+            if load.in_flight >= self.limits.max_concurrency:
                 await answer(error_json(503, "server busy: too many concurrent requests", "overloaded",
                                          {"Retry-After": "1"}), "overload")
                 return
-            self.in_flight += 1
+            load.in_flight += 1
             self.metrics.in_flight.inc()
             try:
                 try:
-                    body = await asyncio.wait_for(self._read_body(receive), self.body_timeout_s)
+                    body = await asyncio.wait_for(self._read_body(receive), self.limits.request_timeout_s)
                 except asyncio.TimeoutError:
                     await answer(error_json(408, "request body arrived too slowly", "request_timeout"), "slow_client")
                     return
                 if body is None:
                     await answer(self._too_big(), "body_size")
                     return
+                if path == "/v1/chat/completions":
+                    try:
+                        self.limits.precheck_one_conversation(body)
+                    except LimitExceeded as exc:
+                        await answer(error_json(413, str(exc), "request_too_large"), "work_size")
+                        return
                 fast = await self._moderate_fast(scope, headers, body) if path == "/v1/moderate" else None
                 if fast is not None:
                     await fast(scope, receive, send_recording)
                     return
                 await self.app(scope, self._replay(body, receive), send_recording)
+            except asyncio.CancelledError:
+                # Cancelled at the end of a graceful shutdown (`DrainingServer`, past shutdown_timeout_s):
+                # a 503 sends the check to another replica (HAProxy's retry-on, the client's retry), where
+                # uvicorn would answer 500.
+                if not load.draining or status_holder["started"]:
+                    raise
+                await answer(error_json(503, "server shutting down: send the request to another replica", "overloaded",
+                                        {"Retry-After": "0", "Connection": "close"}), "draining")
             finally:
-                self.in_flight -= 1
+                load.in_flight -= 1
                 self.metrics.in_flight.dec()
         finally:
             self.metrics.requests.labels(label, str(status_holder["status"])).inc()
@@ -129,7 +170,7 @@ class Gate:
         return Response(result.model_dump_json(), media_type="application/json")
 
     def _too_big(self) -> JSONResponse:
-        return error_json(413, f"request body exceeds {self.max_body_bytes} bytes", "request_too_large")
+        return error_json(413, f"request body exceeds {self.limits.max_body_bytes} bytes", "request_too_large")
 
     async def _read_body(self, receive: Any) -> bytes | None:
         chunks: list[bytes] = []
@@ -140,7 +181,7 @@ class Gate:
                 break
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_bytes:
+            if size > self.limits.max_body_bytes:
                 return None
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -156,26 +197,60 @@ class Gate:
             if not sent:
                 sent = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # then the real channel: it reports the disconnect
+            message: Mapping[str, Any] = await receive()  # then the real channel: it reports the disconnect
+            return message
 
         return replay
 
+    # -- WebSocket sessions ---------------------------------------------------------------------
+    def _stream_refusal(self, scope: Mapping[str, Any], client: str) -> tuple[int, int, str, str, str] | None:
+        """(HTTP status, close code, error type, message, metric reason) when a session must be refused."""
+        if not self._authorized(scope):
+            return 401, CLOSE_UNAUTHORIZED, "authentication_error", "missing or wrong API key", "auth"
+        if self.load.draining:
+            return 503, CLOSE_UNAVAILABLE, "overloaded", "server shutting down: open the session on another replica", "draining"
+        if self.load.streams >= self.limits.streams:
+            return 503, CLOSE_UNAVAILABLE, "overloaded", "server busy: too many stream sessions", "overload"
+        if self.load.streams_by_client[client] >= self.limits.max_streams_per_client:
+            return (429, CLOSE_UNAVAILABLE, "rate_limit_exceeded",
+                    f"this client already holds {self.limits.max_streams_per_client} stream sessions", "client_streams")
+        return None
+
     async def _websocket(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if not self._authorized(scope) or self.streams >= self.max_concurrency:
-            unauthorized = not self._authorized(scope)
-            self.metrics.rejected.labels("auth" if unauthorized else "overload").inc()
+        load = self.load
+        client = client_address(scope)
+        refusal = self._stream_refusal(scope, client)
+        if refusal is not None:
+            status, code, kind, message, reason = refusal
+            self.metrics.rejected.labels(reason).inc()
             first = await receive()  # websocket.connect
-            if first["type"] != "websocket.connect":
-                return
-            # Refuse the handshake: uvicorn answers HTTP 403. (The "websocket.http.response" extension
-            # could send a 401 body, but uvicorn then logs a spurious handshake error per refusal.)
-            await send({"type": "websocket.close", "code": CLOSE_UNAUTHORIZED if unauthorized else CLOSE_UNAVAILABLE})
+            if first["type"] == "websocket.connect":
+                await _deny_handshake(scope, send, status, code, kind, message)
             return
-        self.streams += 1
+        load.streams += 1
+        load.streams_by_client[client] += 1
         self.metrics.streams.inc()
         try:
             await self.app(scope, receive, send)
         finally:
-            self.streams -= 1
+            load.streams -= 1
+            load.streams_by_client[client] -= 1
+            if load.streams_by_client[client] <= 0:
+                del load.streams_by_client[client]
             self.metrics.streams.dec()
 
+
+async def _deny_handshake(scope: Mapping[str, Any], send: Any, status: int, code: int, kind: str, message: str) -> None:
+    """Refuse a WebSocket handshake with an honest HTTP status and a JSON error body, through the ASGI
+    "websocket.http.response" extension where the server has it (uvicorn does); else close (HTTP 403)."""
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": code})
+        return
+    body = json.dumps({"error": {"message": message, "type": kind, "code": status}}).encode()
+    headers = [(b"content-type", b"application/json")]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    elif status in (429, 503):
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": body})

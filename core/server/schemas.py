@@ -9,9 +9,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..verdict import Stage
+from .limits import DEFAULT_MAX_CONVERSATIONS
 
-#: Conversations one /v1/moderate call may carry.
-MAX_BATCH = 256
+#: The default number of conversations one /v1/moderate call may carry (``Limits.max_conversations``).
+MAX_BATCH = DEFAULT_MAX_CONVERSATIONS
+
 
 # -- wire schemas (published at /openapi.json) -------------------------------------------------
 class ChatContentPart(BaseModel):
@@ -62,10 +64,11 @@ class Message(BaseModel):
 
 class ModerationRequest(BaseModel):
     """Conversations to judge. The stage defaults per conversation: ``prompt`` when the last turn is the
-    user's, ``response`` when it is the assistant's. ``policy`` (optional) overrides the server's
-    Policy for the decisions (same fields as ``Policy.to_dict()``)."""
+    user's, ``response`` when it is the assistant's. ``policy`` (optional, same fields as
+    ``Policy.to_dict()``) can only make the server's Policy stricter (``Policy.tightened``): the
+    operator's policy is pinned. Sizes are bounded by the server's limits (413 past them)."""
 
-    conversations: list[list[Message]] = Field(min_length=1, max_length=MAX_BATCH)
+    conversations: list[list[Message]] = Field(min_length=1)
     stage: Stage | None = None
     policy: dict[str, Any] | None = None
 

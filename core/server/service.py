@@ -11,7 +11,8 @@ from typing import Any
 
 from ..backends.base import Outcome
 from ..cache import cache_key
-from ..errors import GuardTimeout, VerdictParseError
+from ..errors import GuardTimeout, InputTooLarge, VerdictParseError
+from ..formats.content import clean_text
 from ..formats.prompts import (
     GENERATION_PREFIX,
     SAFETY_LABELS,
@@ -19,8 +20,9 @@ from ..formats.prompts import (
     normalize_messages,
     render_prompt,
 )
-from ..policy import Decision, Policy, StagePolicy
+from ..policy import Decision, Policy
 from ..verdict import Stage, Verdict
+from .limits import LimitExceeded, Limits
 from .metrics import Metrics
 from .schemas import (
     ApiError,
@@ -37,13 +39,19 @@ _PROMPT_HEAD = "<|im_start|>user\n"
 _PROMPT_TAIL = "<|im_end|>\n" + GENERATION_PREFIX
 
 
+#: Above this many characters, a completion prompt is parsed off the event loop.
+_LARGE_PROMPT = 32_000
+
+
 def conversation_from_prompt(prompt: str) -> list[dict[str, str]]:
     """Read the conversation back out of a prompt written by `render_prompt`.
 
-    Raises ``ValueError`` unless rendering the result gives back exactly ``prompt``. Content that
-    itself contains ``"\\n\\nUSER: "`` reads back as more turns; the rendered text, which is all the
-    model sees, is the same either way.
+    Raises ``ValueError`` unless rendering the result gives back exactly ``prompt`` (after the content
+    rule's `clean_text`, which `render_prompt` applies too). Content that itself contains
+    ``"\\n\\nUSER: "`` reads back as more turns; the rendered text, which is all the model sees, is the
+    same either way.
     """
+    prompt = clean_text(prompt)
     if not (prompt.startswith(_PROMPT_HEAD) and prompt.endswith(_PROMPT_TAIL)):
         raise ValueError("prompt is not a Qwen3Guard-Gen prompt (render it with qwenguard's render_prompt)")
     start = prompt.find("<BEGIN CONVERSATION>\n\n")
@@ -63,26 +71,8 @@ def conversation_from_prompt(prompt: str) -> list[dict[str, str]]:
 
 
 def policy_from_dict(data: Mapping[str, Any]) -> Policy:
-    """A `Policy` from ``Policy.to_dict()`` output (or any subset of its fields)."""
-    if not isinstance(data, Mapping):
-        raise TypeError("policy must be an object")
-    fields = dict(data)
-    stages = fields.pop("stages", None) or {}
-    unknown = set(fields) - {"mode", "block_categories", "ignore_categories", "on_error", "timeout_s"}
-    if unknown:
-        raise ValueError(f"unknown policy fields {sorted(unknown)}")
-    if not isinstance(stages, Mapping):
-        raise TypeError("policy.stages must be an object")
-    for key in ("block_categories", "ignore_categories"):
-        if key in fields and fields[key] is not None:
-            fields[key] = frozenset(fields[key])
-    parsed = {}
-    for stage, sp in stages.items():
-        if not isinstance(sp, Mapping):
-            raise TypeError(f"policy.stages[{stage!r}] must be an object")
-        parsed[Stage(stage)] = StagePolicy(**{k: (frozenset(v) if k.endswith("_categories") and v is not None else v)
-                                              for k, v in sp.items()})
-    return Policy(**fields, stages=parsed)
+    """A `Policy` from ``Policy.to_dict()`` output (or any subset of its fields): `Policy.from_dict`."""
+    return Policy.from_dict(data)
 
 
 def default_stage(messages: Sequence[Mapping[str, str]]) -> Stage:
@@ -90,13 +80,49 @@ def default_stage(messages: Sequence[Mapping[str, str]]) -> Stage:
 
 
 class Service:
-    """What the endpoints share: the guard, its verdict cache, deadlines and metrics."""
+    """What the endpoints share: the guard, its verdict cache, the operator's policy and limits,
+    deadlines and metrics."""
 
-    def __init__(self, guard: Any, *, request_timeout_s: float | None, metrics: Metrics, model_name: str) -> None:
+    def __init__(self, guard: Any, *, limits: Limits, metrics: Metrics, model_name: str) -> None:
         self.guard = guard
-        self.request_timeout_s = request_timeout_s
+        self.limits = limits
+        self.request_timeout_s = limits.request_timeout_s
         self.metrics = metrics
         self.model_name = model_name
+
+    # -- what a client may ask for ----------------------------------------------------------------
+    def policy_for(self, requested: Mapping[str, Any] | None) -> Policy:
+        """The operator's policy (the guard's), made stricter by the client's where it asks for that.
+
+        A client can never loosen it (`Policy.tightened`); a malformed policy is a 400."""
+        operator: Policy = self.guard.policy
+        if requested is None:
+            return operator
+        try:
+            return operator.tightened(Policy.from_dict(requested))
+        except (TypeError, ValueError) as exc:
+            raise ApiError(400, f"invalid policy: {exc}", "invalid_request_error") from exc
+
+    def check_size(self, conversations: Sequence[Sequence[Mapping[str, Any]]]) -> None:
+        """413 for more conversations, messages or characters than the operator allows."""
+        try:
+            self.limits.check_conversations(conversations)
+        except LimitExceeded as exc:
+            self.metrics.rejected.labels("work_size").inc()
+            raise ApiError(413, str(exc), "request_too_large") from exc
+
+    async def read_prompt(self, prompt: str) -> list[dict[str, str]]:
+        """`conversation_from_prompt`, off the event loop for large prompts; 400 when it is not one,
+        413 (before parsing) when it holds more turns than a conversation may."""
+        turns = prompt.count("\n\nUSER: ") + prompt.count("\n\nASSISTANT: ")
+        if turns > self.limits.max_messages:
+            self.check_size([[{}] * turns])
+        try:
+            if len(prompt) > _LARGE_PROMPT:
+                return await asyncio.to_thread(conversation_from_prompt, prompt)
+            return conversation_from_prompt(prompt)
+        except ValueError as exc:
+            raise ApiError(400, str(exc), "invalid_request_error") from exc
 
     async def classify(self, conversations: Sequence[Sequence[Mapping[str, str]]]) -> list[tuple[Outcome, bool]]:
         """Verdicts (or per-conversation errors) with a cached flag. Whole-call failures become ApiErrors.
@@ -126,11 +152,17 @@ class Service:
             except (GuardTimeout, asyncio.TimeoutError) as exc:
                 self.metrics.guard_errors.labels("GuardTimeout").inc()
                 raise ApiError(504, f"guard did not answer within {timeout} s", "timeout") from exc
-            except Exception as exc:  # noqa: BLE001 - the backend failed as a whole; never leak text
+            except InputTooLarge as exc:
+                raise self._too_large(exc) from exc
+            except Exception as exc:
                 self.metrics.guard_errors.labels(type(exc).__name__).inc()
                 logger.warning("guard backend failed: %s", type(exc).__name__)
                 raise ApiError(503, f"guard unavailable: {type(exc).__name__}", "guard_unavailable") from exc
             for i, outcome in zip(pending, outcomes):
+                if isinstance(outcome, InputTooLarge):
+                    # Past a backend limit (windows per conversation): the caller's error, never a guard
+                    # error that `on_error="allow"` would let through.
+                    raise self._too_large(outcome)
                 if isinstance(outcome, Verdict):
                     cache.put(keys[i], outcome)
                 results[i] = (outcome, False)
@@ -138,14 +170,17 @@ class Service:
             self.metrics.verdict(outcome)
         return results  # type: ignore[return-value]
 
+    def _too_large(self, exc: InputTooLarge) -> ApiError:
+        self.metrics.rejected.labels("work_size").inc()
+        return ApiError(413, str(exc), "request_too_large")
+
     async def moderate(self, body: ModerationRequest) -> ModerationResponse:
         """Verdicts for a batch of conversations, in order, with the Policy's decision for each."""
-        guard, metrics, name = self.guard, self.metrics, self.model_name
-        try:
-            policy = guard.policy if body.policy is None else policy_from_dict(body.policy)
-        except (TypeError, ValueError) as exc:
-            raise ApiError(400, f"invalid policy: {exc}", "invalid_request_error") from exc
-        convs = [normalize([m.model_dump() for m in conv]) for conv in body.conversations]
+        metrics, name = self.metrics, self.model_name
+        raw = [[m.model_dump() for m in conv] for conv in body.conversations]
+        self.check_size(raw)
+        policy = self.policy_for(body.policy)
+        convs = [normalize(conv) for conv in raw]
         outcomes = await self.classify(convs)
         results = []
         for conv, (outcome, cached) in zip(convs, outcomes):
@@ -167,10 +202,15 @@ class Service:
 
 
 def normalize(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """A wire conversation as the guard takes it: validated (400 if not one), contents cleaned by the
+    content rule (`clean_text`: lone surrogates, control characters) before anything else sees them."""
     try:
-        return normalize_messages(messages)
+        out = normalize_messages(messages)
     except (TypeError, ValueError) as exc:
         raise ApiError(400, str(exc), "invalid_request_error") from exc
+    for message in out:
+        message["content"] = clean_text(message["content"])
+    return out
 
 
 def check_model(requested: str | None, served: str) -> None:

@@ -7,15 +7,19 @@ import asyncio
 import copy
 import json
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from fastapi import WebSocket, WebSocketDisconnect
 
 from ..errors import GuardViolation, QwenGuardError
+from ..formats.content import clean_text
 from ..formats.prompts import normalize_messages
 from ..verdict import Risk
-from .service import Service, policy_from_dict
+from .limits import LimitExceeded
+from .schemas import ApiError
+from .service import Service
 
 logger = logging.getLogger("qwenguard.server")
 
@@ -34,7 +38,7 @@ class SessionEnd(Exception):
         self.code, self.message, self.kind = code, message, kind
 
 
-async def stream_session(ws: WebSocket, service: Service, *, max_message_bytes: int, idle_timeout_s: float | None) -> None:
+async def stream_session(ws: WebSocket, service: Service) -> None:
     """One remote stream moderation session (the StreamMonitor contract over a WebSocket).
 
     Client → server (JSON text frames)::
@@ -44,23 +48,35 @@ async def stream_session(ws: WebSocket, service: Service, *, max_message_bytes: 
         {"type": "finish"}                        (or {"type": "close"} to abandon the stream)
 
     ``open`` takes the local monitor's options (holdback, window, screen_prompt, check_every,
-    min_segment, context) and an optional ``policy`` (``Policy.to_dict()``; default: the server's).
+    min_segment, context) and an optional ``policy`` (``Policy.to_dict()``), which can only make the
+    server's policy stricter (`Policy.tightened`; the operator's policy is pinned).
     Server → client: ``{"type": "opened", "prompt_decision": ...}``; one ``{"type": "released",
     "text": ...}`` per feed; ``{"type": "finished", "text": ...}``; or ``{"type": "violation",
     "decision": {...}, "released": <all text released>}`` and the session ends. Frames may also carry
     ``"tokens"`` (per-token verdicts, when the server has a Stream model), ``"flags"`` (allowed but
-    flagged decisions) and ``"decision"`` (the guard failed and the policy fails open). Close codes: 1000 done (also after a violation), 1009 frame too big, 4400 bad request,
-    4408 idle, 4503 guard unavailable, 1011 internal error; an error frame ``{"type": "error",
+    flagged decisions) and ``"decision"`` (the guard failed and the policy fails open).
+
+    Limits (the server's `Limits`): the ``open`` frame must come within ``head_timeout_s``; a session
+    that feeds no text for ``stream_idle_timeout_s`` (empty feeds do not count) or lives longer than
+    ``stream_max_session_s`` is closed 4408; the prompt (``max_messages``) and the prompt plus all text
+    fed (``max_chars``) are bounded, and so is each frame (``max_body_bytes``), past which 1009.
+    Text is cleaned by the content rule (`clean_text`) before the guard sees it, so what is released
+    is the cleaned text.
+
+    Close codes: 1000 done (also after a violation), 1009 too big, 4400 bad request, 4408 idle or
+    too long, 4503 guard unavailable, 1011 internal error; an error frame ``{"type": "error",
     "error": {...}}`` precedes every error close.
     """
     await ws.accept()
     monitor: Any = None
     opener: Any = None
+    clock = _Clock(service)
     try:
-        open_msg = await _receive(ws, max_message_bytes, idle_timeout_s)
+        open_msg = await _receive(ws, service, clock.open_wait(), first=True)
         if open_msg.get("type") != "open":
             raise SessionEnd(CLOSE_BAD_REQUEST, "the first frame must be {'type': 'open', ...}", "invalid_request_error")
         guard, prompt, options = _open_args(service, open_msg)
+        chars = _Budget(service, prompt)
         try:
             opener = guard.astream(prompt, **options)
             monitor = await opener.__aenter__()
@@ -75,14 +91,19 @@ async def stream_session(ws: WebSocket, service: Service, *, max_message_bytes: 
             raise SessionEnd(CLOSE_UNAVAILABLE, f"guard unavailable: {type(exc).__name__}", "guard_unavailable") from exc
         report = _Report(monitor)
         await ws.send_json({"type": "opened", **report.opened()})
+        clock.progress()
         while True:
-            msg = await _receive(ws, max_message_bytes, idle_timeout_s)
+            msg = await _receive(ws, service, clock.next_wait())
             kind = msg.get("type")
             try:
                 if kind == "feed":
                     text = msg.get("text")
                     if not isinstance(text, str):
                         raise SessionEnd(CLOSE_BAD_REQUEST, "feed needs a string 'text'", "invalid_request_error")
+                    text = clean_text(text)
+                    chars.spend(len(text))
+                    if text:
+                        clock.progress()
                     released = await monitor.afeed(text)
                     await ws.send_json({"type": "released", "text": released, **report.update()})
                 elif kind == "finish":
@@ -123,24 +144,77 @@ def _open_args(service: Service, msg: Mapping[str, Any]) -> tuple[Any, Any, dict
     guard = service.guard
     if msg.get("policy") is not None:
         try:
-            policy = policy_from_dict(msg["policy"])
-        except (TypeError, ValueError) as exc:
-            raise SessionEnd(CLOSE_BAD_REQUEST, f"invalid policy: {exc}", "invalid_request_error") from exc
+            policy = service.policy_for(msg["policy"])
+        except ApiError as exc:
+            raise SessionEnd(CLOSE_BAD_REQUEST, exc.message, exc.kind) from exc
         guard = copy.copy(guard)  # shares backends and cache; only this session's decisions differ
         guard.policy = policy
     if "messages" in msg:
         prompt: Any = msg["messages"]
+        if isinstance(prompt, list):
+            _check(service.limits.check_messages, prompt)
         try:
             prompt = normalize_messages(prompt)
         except (TypeError, ValueError) as exc:
             raise SessionEnd(CLOSE_BAD_REQUEST, str(exc), "invalid_request_error") from exc
+        prompt = [{"role": m["role"], "content": clean_text(m["content"])} for m in prompt]
     elif isinstance(msg.get("prompt"), str):
-        prompt = msg["prompt"]
+        prompt = clean_text(msg["prompt"])
     else:
         raise SessionEnd(CLOSE_BAD_REQUEST, "open needs 'prompt' (a string) or 'messages' (a list)", "invalid_request_error")
     # Values are checked by the monitor itself (ValueError/TypeError: close 4400), as for local streams.
     options = {k: msg[k] for k in _SESSION_OPTIONS if k in msg}
     return guard, prompt, options
+
+
+def _check(check: Any, *args: Any) -> None:
+    try:
+        check(*args)
+    except LimitExceeded as exc:
+        raise SessionEnd(CLOSE_TOO_BIG, str(exc), "request_too_large") from exc
+
+
+class _Budget:
+    """Characters a session may carry: its prompt and every delta fed, together (``max_chars``)."""
+
+    def __init__(self, service: Service, prompt: Any) -> None:
+        self.limits = service.limits
+        self.used = len(prompt) if isinstance(prompt, str) else sum(len(m["content"]) for m in prompt)
+        _check(self.limits.check_chars, self.used, "the stream session")
+
+    def spend(self, chars: int) -> None:
+        self.used += chars
+        _check(self.limits.check_chars, self.used, "the stream session")
+
+
+class _Clock:
+    """A session's deadlines: the ``open`` frame, idleness (time since text last arrived), lifetime."""
+
+    def __init__(self, service: Service) -> None:
+        limits = service.limits
+        self.started = self.last_text = time.monotonic()
+        self.open_timeout = limits.head_timeout_s
+        self.idle = limits.stream_idle_timeout_s
+        self.lifetime = limits.stream_max_session_s
+
+    def progress(self) -> None:
+        self.last_text = time.monotonic()
+
+    def open_wait(self) -> tuple[float, str]:
+        wait = self.open_timeout if self.idle is None else min(self.open_timeout, self.idle)
+        return wait, f"no 'open' frame within {wait} s"
+
+    def next_wait(self) -> tuple[float | None, str]:
+        now = time.monotonic()
+        waits: list[tuple[float, str]] = []
+        if self.idle is not None:
+            waits.append((self.last_text + self.idle - now, f"no text fed for {self.idle} s"))
+        if self.lifetime is not None:
+            waits.append((self.started + self.lifetime - now, f"stream session lasted its limit of {self.lifetime} s"))
+        if not waits:
+            return None, ""
+        wait, why = min(waits)
+        return max(wait, 0.0), why
 
 
 _SESSION_OPTIONS = ("holdback", "window", "screen_prompt", "check_every", "min_segment", "context")
@@ -188,22 +262,31 @@ class _Report:
         return out
 
 
-async def _receive(ws: WebSocket, max_bytes: int, timeout: float | None) -> dict[str, Any]:
+async def _receive(ws: WebSocket, service: Service, wait: tuple[float | None, str], *, first: bool = False) -> dict[str, Any]:
+    timeout, why = wait
+    max_bytes = service.limits.max_body_bytes
+    if timeout is not None and timeout <= 0:
+        raise SessionEnd(CLOSE_IDLE_TIMEOUT, why, "timeout")
     try:
         message = await asyncio.wait_for(ws.receive(), timeout)
     except asyncio.TimeoutError:
-        raise SessionEnd(CLOSE_IDLE_TIMEOUT, f"no frame for {timeout} s", "timeout") from None
+        raise SessionEnd(CLOSE_IDLE_TIMEOUT, why, "timeout") from None
     if message["type"] == "websocket.disconnect":
         raise WebSocketDisconnect(message.get("code", 1000))
     raw = message.get("text")
     if raw is None:
         raise SessionEnd(CLOSE_BAD_REQUEST, "frames must be JSON text", "invalid_request_error")
-    if len(raw.encode("utf-8", "surrogatepass")) > max_bytes:
+    encoded = raw.encode("utf-8", "surrogatepass")
+    if len(encoded) > max_bytes:
         raise SessionEnd(CLOSE_TOO_BIG, f"frame exceeds {max_bytes} bytes", "request_too_large")
+    if first:  # the open frame's messages, counted before parsing them
+        _check(service.limits.precheck_one_conversation, encoded)
     try:
         data = json.loads(raw)
     except ValueError:
         raise SessionEnd(CLOSE_BAD_REQUEST, "frame is not valid JSON", "invalid_request_error") from None
+    except RecursionError:  # nesting deeper than the parser's stack: malformed input, not a server fault
+        raise SessionEnd(CLOSE_BAD_REQUEST, "frame is nested too deeply", "invalid_request_error") from None
     if not isinstance(data, dict):
         raise SessionEnd(CLOSE_BAD_REQUEST, "frame must be a JSON object", "invalid_request_error")
     return data

@@ -36,77 +36,168 @@ def window_pool() -> ThreadPoolExecutor:
 # ================================================================================================
 # Gen-window fallback: segments, windows, in-order results. Shared by both monitors.
 # ================================================================================================
+#: A judged text ends a clause here: terminal punctuation (closing quotes/brackets, spaces after) or a newline.
+_CLAUSE_END = re.compile(r"(?:[.!?;。！？；…]+[\"'”’)\]]*|\n)\s*$")
+#: Longest tail held back after judged text when it has no word break (CJK, code, a long URL).
+MAX_HELD_WORD = 16
+#: What a Gen-window check may release: whole sentences (default) or all but the last word.
+RELEASE_UNITS = ("sentence", "word")
+
+
+def releasable(text: str) -> int:
+    """How much of ``text`` (judged, not released) may go out at word granularity while the stream is open.
+
+    All of it when it ends a clause; else all but its last word (at most `MAX_HELD_WORD` chars): a judge
+    may need the next word to see what a clause is ("Mix" is harmless until "ammonium" follows), so the
+    last word waits for a later window that shows it with what follows."""
+    if not text or _CLAUSE_END.search(text):
+        return len(text)
+    stripped = text.rstrip()
+    start = max(stripped.rfind(" "), stripped.rfind("\t"), stripped.rfind("\n")) + 1
+    return max(start, len(stripped) - MAX_HELD_WORD, 0)
+
+
 class GenWindows:
-    """Cuts the text into segments and builds the bounded window each segment is checked in."""
+    """Schedules the window checks of one stream and says how far the text may be released.
+
+    Pipelined with generation; the unit (``release_unit``) says what a check covers and may release:
+
+    - ``"sentence"`` (default): a window ends at a sentence end, where a Gen model judges best (it is
+      trained on whole responses: the demo guard flags "Mix ammonium nitrate ... add a fuse." only once
+      the clause is complete). A sentence of ``min_segment`` characters or more is checked as soon as it
+      ends; a shorter one is checked at once when no check is in flight (a short safe first sentence goes
+      out one judge call after it ended), else joined to the next. Calls per answer: at most one per
+      sentence, plus one per ``check_every`` characters without a sentence end.
+    - ``"word"``: when no check is in flight, everything received so far is judged (however short, if
+      judging it lets more text out); text arriving meanwhile is judged as one segment when it comes back.
+      Released: judged text but its last word (see `releasable`). Lower latency to the first words; a
+      judge that recognises a clause only whole may let its first words out. Calls per answer: at most
+      one per judge latency and one per delta, plus one per ``check_every`` characters.
+
+    Text longer than ``check_every`` is always cut (at a sentence end, else a space), so a window is
+    never longer than ``context + check_every`` characters.
+    """
 
     def __init__(self, core: MonitorCore) -> None:
         self.core = core
-        self.check_every, self.min_segment, self.context = core._window_opts
+        self.check_every, self.min_segment, self.context, self.unit = core._window_opts
         self.unsubmitted = ""  # text after `submitted`
         self.submitted = 0  # chars handed to checks
         self.confirmed = 0  # chars whose windows all came back safe (contiguous from 0)
+        self.in_flight = 0  # checks handed out and not settled
+        self.finished = False  # `rest` was taken: the whole text is (being) judged
         self.tail = ""  # the last `context` chars before `submitted`
         self.timeout = core.policy.timeout_for(Stage.STREAM)
 
     def add(self, delta: str) -> list[tuple[int, int, list[dict[str, str]]]]:
         """Append text; return the (start, end, conversation) checks that are due now."""
         self.unsubmitted += delta
-        due = []
-        while (cut := self._cut()) > 0:
-            due.append(self._take(cut))
-        return due
+        return self.due()
+
+    def due(self) -> list[tuple[int, int, list[dict[str, str]]]]:
+        """The checks to start now (call again after settling results: an idle engine judges what waits)."""
+        idle = self.in_flight == 0
+        checks = []
+        if self.unit == "sentence":
+            while (cut := self._sentence_cut(idle and not checks)) > 0:
+                checks.append(self._take(cut))
+            return checks
+        while len(self.unsubmitted) > self.check_every:
+            checks.append(self._take(self._long_cut()))
+        if idle and self.unsubmitted.strip() and self._worth_judging():
+            checks.append(self._take(len(self.unsubmitted)))
+        return checks
 
     def rest(self) -> list[tuple[int, int, list[dict[str, str]]]]:
-        """The final segment at finish (whitespace-only text needs no check)."""
-        if not self.unsubmitted:
-            return []
-        if not self.unsubmitted.strip():
+        """The final segments at finish (whitespace-only text needs no check)."""
+        self.finished = True
+        checks = []
+        while len(self.unsubmitted) > self.check_every:
+            checks.append(self._take(self._long_cut()))
+        if self.unsubmitted and not self.unsubmitted.strip() and not checks:
             self.submitted += len(self.unsubmitted)
+            if self.in_flight == 0:
+                self.confirmed = self.submitted
             self.unsubmitted = ""
-            return []
-        return [self._take(len(self.unsubmitted))]
+        elif self.unsubmitted:
+            checks.append(self._take(len(self.unsubmitted)))
+        return checks
 
-    def _cut(self) -> int:
+    def _sentence_cut(self, idle: bool) -> int:
+        """The next segment's end: a sentence end (any length when ``idle``, else ``min_segment`` or
+        more), else a cut of text longer than ``check_every``; 0 when none is due."""
         text = self.unsubmitted
-        if len(text) < self.min_segment:
-            return 0
         limit = min(len(text), self.check_every)
+        shortest = 1 if idle else self.min_segment
+        for m in _SENTENCE_END.finditer(text, 0, limit + 1):
+            if m.end() >= shortest:
+                return m.end()  # the first one: each sentence gets a window that ends with it
+        if idle and len(text) <= limit and text.strip() and _CLAUSE_END.search(text):
+            return len(text)  # "... Paris." with its space still to come: the sentence has ended
+        return self._long_cut() if len(text) > self.check_every else 0
+
+    def _worth_judging(self) -> bool:
+        """Would a check of everything received let more text out than what is judged already?"""
+        core = self.core
+        if core.holdback == 0:  # released at once: checks only look for a late violation
+            return True
+        held = core._buffer  # starts at the release point; `submitted` is never before it here
+        judged = max(0, self.submitted - core._released_len)
+        return bool(held[releasable(held[:judged]) : releasable(held)].strip())  # a word more, not a space
+
+    def _long_cut(self) -> int:
+        """Where to cut text longer than ``check_every``: the last sentence end past ``min_segment``,
+        else the last space, else ``check_every``."""
+        text, limit = self.unsubmitted, self.check_every
         end = 0
         for m in _SENTENCE_END.finditer(text, 0, limit + 1):
             if m.end() >= self.min_segment:
                 end = m.end()
         if end:
             return end
-        if len(text) < self.check_every:
-            return 0
-        space = text.rfind(" ", self.min_segment, self.check_every)
-        return space if space > 0 else self.check_every
+        space = text.rfind(" ", self.min_segment, limit)
+        return space if space > 0 else limit
 
     def _take(self, cut: int) -> tuple[int, int, list[dict[str, str]]]:
         segment, self.unsubmitted = self.unsubmitted[:cut], self.unsubmitted[cut:]
         start = self.submitted
         self.submitted += cut
+        self.in_flight += 1
         window = self.tail + segment
         self.tail = window[-self.context :] if self.context else ""
         conversation = [*self.core.messages, {"role": "assistant", "content": window}]
         return start, start + cut, conversation
 
     def settle(self, start: int, end: int, outcome: Any) -> None:
-        """One window's result, in order: advance `confirmed`, or flag / fail via the core."""
+        """One window's result, in order: advance `confirmed`, or flag / fail via the core.
+
+        A flag's offset is where release stopped before the window (the segment's start; at word
+        granularity, the held word before it: the judge may have needed the window to see its clause)."""
         core = self.core
+        self.in_flight = max(0, self.in_flight - 1)
         if isinstance(outcome, Verdict):
             if not outcome.is_safe:
-                core._decide_flag(outcome, start)
+                core._decide_flag(outcome, self._boundary(start))
             self.confirmed = end
         else:
             error = outcome if isinstance(outcome, BaseException) else QwenGuardError(str(outcome))
             core._fail(error, release=False)  # raises when failing closed; else the caller releases all
 
+    def _boundary(self, confirmed: int) -> int:
+        """The release point when the text is judged up to ``confirmed``."""
+        core = self.core
+        base = core._released_len
+        if self.unit == "sentence" or confirmed <= base:
+            return confirmed  # segments end at sentence ends (or cuts of long text)
+        if self.finished and confirmed >= self.submitted and not self.unsubmitted:
+            return confirmed
+        return base + releasable(core._buffer[: confirmed - base])
+
     def release(self) -> str:
         core = self.core
         if core.holdback == 0:
             return core._release_all()
-        return core._release_to(self.confirmed)
+        return core._release_to(self._boundary(self.confirmed))
 
 
 def window_check(backend: Any, conversation: list[dict[str, str]], timeout: float | None) -> Any:

@@ -20,12 +20,15 @@ Two engines behind one contract:
   ``N >= window - 1`` (the default) nothing at or after the start of a flagged span has been released
   when `GuardViolation` is raised. ``N=0`` releases at once (lowest latency, the flagged tokens may
   already be out).
-- **Gen window** (no stream backend: e.g. vLLM serving Qwen3Guard-Gen): the text is cut at sentence
-  ends (or every ``check_every`` characters) and each new segment is checked in the background by the
-  Gen model as an assistant response, together with up to ``context`` characters before it. Cost per
-  check is bounded by the window, never the whole prefix. With ``holdback > 0`` text is released only
-  once the window covering it came back safe; ``holdback=0`` releases at once and raises on a later
-  `feed`/`finish` when a window comes back unsafe.
+- **Gen window** (no stream backend: e.g. vLLM serving Qwen3Guard-Gen): checks run in the background,
+  pipelined with generation (`GenWindows`), each showing the Gen model a new segment as an assistant
+  response together with up to ``context`` characters before it (text longer than ``check_every`` is
+  cut: a window is bounded, never the whole prefix). ``release_unit="sentence"`` (default): a segment
+  ends at a sentence end and is checked as soon as it ends (a short one at once when no check is in
+  flight, else joined to the next); ``"word"``: when no check is in flight all text received so far is
+  judged, and judged text goes out but its last word. With ``holdback > 0`` text is released only once
+  its window came back safe; ``holdback=0`` releases at once and raises on a later `feed`/`finish` when
+  a window comes back unsafe.
 
 The violation's `Decision` has ``stage=Stage.STREAM``, the category, and ``offset``: the character
 offset in the streamed text where the flagged span starts (the first token of the debounce run, or
@@ -63,6 +66,7 @@ from .monitor_core import (
     DEFAULT_CONTEXT,
     DEFAULT_HOLDBACK,
     DEFAULT_MIN_SEGMENT,
+    DEFAULT_RELEASE_UNIT,
     FINISHED,
     OPEN,
     MonitorCore,
@@ -79,6 +83,7 @@ __all__ = [
     "DEFAULT_CHECK_EVERY",
     "DEFAULT_MIN_SEGMENT",
     "DEFAULT_CONTEXT",
+    "DEFAULT_RELEASE_UNIT",
 ]
 
 
@@ -204,9 +209,11 @@ class StreamMonitor(MonitorCore):
     def _feed_windows(self, delta: str) -> str:
         windows = self._windows
         assert windows is not None
+        self._harvest(wait=False)  # first: a check that came back frees the engine to judge this delta
+        if self._degraded:
+            return self._release_all()
         self._submit(windows.add(delta))
-        self._harvest(wait=False)
-        return self._release_all() if self._degraded else windows.release()
+        return windows.release()
 
     def _finish_windows(self) -> str:
         windows = self._windows
@@ -387,9 +394,11 @@ class AsyncStreamMonitor(MonitorCore):
     def _feed_windows(self, delta: str) -> str:
         windows = self._windows
         assert windows is not None
+        self._harvest_done()  # first: a check that came back frees the engine to judge this delta
+        if self._degraded:
+            return self._release_all()
         self._submit(windows.add(delta))
-        self._harvest_done()
-        return self._release_all() if self._degraded else windows.release()
+        return windows.release()
 
     async def _finish_windows(self) -> str:
         windows = self._windows

@@ -19,15 +19,20 @@ from ..formats.prompts import Message, normalize_messages
 from ..policy import Action, Decision
 from ..verdict import Risk, Stage, Verdict
 from .debounce import DEFAULT_WINDOW, Debounce, Flag
+from .gen_windows import RELEASE_UNITS
 
 #: Guard tokens held back after the last released one. >= window - 1 keeps flagged spans unreleased.
 DEFAULT_HOLDBACK = 8
-#: Gen-window fallback: longest segment (chars) between two checks when no sentence ends.
+#: Gen-window fallback: longest segment (chars) in one check; longer text is cut into several.
 DEFAULT_CHECK_EVERY = 256
-#: Gen-window fallback: shortest segment (chars) a sentence end may close.
+#: Gen-window fallback: shortest segment (chars) a sentence end closes while a check is in flight (a shorter
+#: sentence is checked at once when none is, else joined to the next).
 DEFAULT_MIN_SEGMENT = 40
 #: Gen-window fallback: chars of earlier text shown with each new segment.
 DEFAULT_CONTEXT = 384
+#: Gen-window fallback: what one check may release, "sentence" (whole sentences) or "word" (all but the
+#: last word judged; lower latency to the first words). See `GenWindows`.
+DEFAULT_RELEASE_UNIT = "sentence"
 #: Per-token verdicts kept for `take_token_verdicts` (bounded: old ones drop off).
 DEFAULT_KEEP_TOKEN_VERDICTS = 2048
 
@@ -94,6 +99,7 @@ class MonitorCore:
         check_every: int = DEFAULT_CHECK_EVERY,
         min_segment: int = DEFAULT_MIN_SEGMENT,
         context: int = DEFAULT_CONTEXT,
+        release_unit: str = DEFAULT_RELEASE_UNIT,
         keep_token_verdicts: int = DEFAULT_KEEP_TOKEN_VERDICTS,
     ) -> None:
         holdback = DEFAULT_HOLDBACK if holdback is None else holdback
@@ -102,6 +108,8 @@ class MonitorCore:
         for name, value in (("check_every", check_every), ("min_segment", min_segment), ("context", context)):
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "context" else 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if release_unit not in RELEASE_UNITS:
+            raise ValueError(f"release_unit must be one of {RELEASE_UNITS}, got {release_unit!r}")
         self.guard = guard
         self.policy = guard.policy
         self.messages = as_messages(prompt)
@@ -129,7 +137,7 @@ class MonitorCore:
         self._scored = 0
         self._scored_end = 0
         self._tokens: deque[Any] = deque(maxlen=keep_token_verdicts)
-        self._window_opts = (check_every, min_segment, context)
+        self._window_opts = (check_every, min_segment, context, release_unit)
         self._session: Any = None
 
     # -- public read-only view ------------------------------------------------------------------

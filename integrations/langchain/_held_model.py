@@ -15,7 +15,7 @@ through; the middleware's ``after_model`` judges the answer then.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import (
@@ -25,7 +25,7 @@ from langchain_core.callbacks import (
     CallbackManagerForLLMRun,
 )
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.constants import TAG_NOSTREAM
@@ -76,7 +76,11 @@ class HeldBackChatModel(BaseChatModel):
     def _llm_type(self) -> str:
         return f"qwenguard-held-{self.inner._llm_type}"
 
-    def bind_tools(self, tools: Any, **kwargs: Any) -> Runnable[Any, BaseMessage]:
+    def bind_tools(
+        self, tools: Sequence[Any], *, tool_choice: str | None = None, **kwargs: Any
+    ) -> Runnable[Any, AIMessage]:
+        if tool_choice is not None:
+            kwargs["tool_choice"] = tool_choice
         return self.model_copy(update={"bound": self.inner.bind_tools(tools, **kwargs)})
 
     def _target(self) -> Runnable[Any, BaseMessage]:

@@ -18,14 +18,26 @@ in flight.
 ``"gate"`` — the same with ``max_unjudged=0``: every chunk is judged before it is yielded (one Gen
 check per chunk, in the stream's path: a 70 ms guard makes a 20 ms/token stream run at 70 ms/token).
 Exposure: none beyond what the guard judges safe on its own (the first word of a multi-word phrase).
+Its checks go through a `GateSession` (``qwenguard.core.streaming.gate_session``): with a local Gen guard
+(decode engine on) the model keeps its cache of the previous check, so a chunk costs its own tokens,
+the closing instructions and the verdict, flat in the answer's length, where a full check re-reads
+the instructions and the whole window every chunk. A remote guard (or ``engine=False``) gets full checks.
 
 ``"monitor"`` — `MonitorScreen`, a `qwenguard.core` StreamMonitor per stream (``guard.stream``): the
 cheap engine with a Qwen3Guard-Stream model (O(1) per token), and the callbacks' default when the
 guard has one. In a callback it releases at once (``holdback=0``) and flags on the first unsafe token.
 
 The window a Gen check reads is the last ``window_chars`` characters of the answer (never the whole
-prefix: O(window) per check), with the user's request as context. Tool-call arguments stream through
-the same engine as text, each call judged as the assistant's action (``Tool call: name({...``).
+prefix: O(window) per check), with the user's request as context. The ``"gate"`` engine reads a
+*growing* window instead (`GrowingWindow`): the whole answer up to ``window_chars`` characters (the same
+text as the sliding tail), then a window that grows by appending and, once over ``window_chars``, hops
+forward to its last ``window_chars // 2`` characters. Consecutive checks then share their prefix, which
+is what lets the session's cache (or a remote engine's prefix cache) reuse the previous check; a sliding
+tail changes its first character every chunk and would re-read the whole window every time. The price:
+past ``window_chars`` characters a check sees between half a window and a whole one of the latest text
+(never less than ``window_chars // 2``), where the sliding tail always saw a whole one; one check per hop
+re-reads half a window. Tool-call arguments stream through the same engine as text, each call judged as
+the assistant's action (``Tool call: name({...``).
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ from typing import Any, Literal, Union
 
 from qwenguard.core import Decision, Guard, Stage, enforce
 from qwenguard.core.formats.conversations import response_conversation, tool_call_conversation
+from qwenguard.core.streaming.gate_session import GateSession, GrowingWindow
 
 from ._messages import Item
 
@@ -86,6 +99,7 @@ class StreamGate:
         window_chars: int = DEFAULT_WINDOW_CHARS,
         min_chars: int = 1,
         whole_words: bool = False,
+        growing: bool = False,
     ) -> None:
         if window_chars < 1 or min_chars < 1:
             raise ValueError("window_chars and min_chars must be >= 1")
@@ -101,6 +115,8 @@ class StreamGate:
         # Only the last ``window_chars`` characters are kept: a check never reads more, and appending to
         # the whole answer would cost O(answer) per chunk on long streams.
         self.tail = ""
+        # ``growing``: the window grows by appending and hops by half (`GrowingWindow`, for a `GateSession`).
+        self._window = GrowingWindow(window_chars) if growing and window_chars >= 2 else None
         self.length = 0  # characters streamed so far
         self.judged = 0  # characters of the answer covered by a verdict (contiguous from 0)
         self.decision: Decision | None = None  # the violation (or fail-closed error), once found
@@ -110,7 +126,10 @@ class StreamGate:
         if self.decision is not None:
             enforce(self.decision)
         if delta:
-            self.tail = (self.tail + delta)[-self.window_chars :]
+            if self._window is not None:
+                self.tail = self._window.add(delta)
+            else:
+                self.tail = (self.tail + delta)[-self.window_chars :]
             self.length += len(delta)
 
     @property
@@ -186,10 +205,22 @@ class GateScreen:
     ``hold=True`` (runnables, which can hold chunks back): judge at word ends only and release what
     was judged. ``hold=False`` (callbacks): judge every chunk; everything fed counts as released."""
 
-    def __init__(self, guard: Guard, gate: StreamGate, *, hold: bool = False) -> None:
+    def __init__(self, guard: Guard, gate: StreamGate, *, hold: bool = False, session: GateSession | None = None) -> None:
         self.guard = guard
         self.hold = hold
         self.gate = gate
+        #: Incremental checks of this stream (``None``: a full ``check_many`` per check).
+        self.session = session
+
+    def _decide(self, item: Item) -> Decision:
+        if self.session is not None:
+            return self.session.check(item.conversation)
+        return self.guard.check_many([item.pair])[0]
+
+    async def _adecide(self, item: Item) -> Decision:
+        if self.session is not None:
+            return await self.session.acheck(item.conversation)
+        return (await self.guard.acheck_many([item.pair]))[0]
 
     @property
     def released(self) -> int:
@@ -199,27 +230,28 @@ class GateScreen:
     def check(self, delta: str) -> None:
         item = self.gate.pending(delta)
         if item is not None:
-            self.gate.settle(item, self.guard.check_many([item.pair])[0])
+            self.gate.settle(item, self._decide(item))
 
     async def acheck(self, delta: str) -> None:
         item = self.gate.pending(delta)
         if item is not None:
-            self.gate.settle(item, (await self.guard.acheck_many([item.pair]))[0])
+            self.gate.settle(item, await self._adecide(item))
 
     def flush(self) -> None:
         item = self.gate.pending("", final=True)
         if item is not None:
-            self.gate.settle(item, self.guard.check_many([item.pair])[0])
+            self.gate.settle(item, self._decide(item))
 
     async def aflush(self) -> None:
         item = self.gate.pending("", final=True)
         if item is not None:
-            self.gate.settle(item, (await self.guard.acheck_many([item.pair]))[0])
+            self.gate.settle(item, await self._adecide(item))
 
     finish, afinish = flush, aflush
 
     def close(self) -> None:
-        pass
+        if self.session is not None:
+            self.session.close()
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -244,11 +276,15 @@ class PipelinedScreen:
     See the module docstring. Checks of a sync stream run on worker threads, of an async one as tasks."""
 
     def __init__(self, guard: Guard, gate: StreamGate, *, max_unjudged: int = DEFAULT_MAX_UNJUDGED,
-                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, session: GateSession | None = None) -> None:
         if max_unjudged < 0 or max_in_flight < 1:
             raise ValueError("max_unjudged must be >= 0 and max_in_flight >= 1")
+        if session is not None and max_in_flight != 1:
+            raise ValueError("a GateSession runs one check at a time: max_in_flight must be 1")
         self.guard = guard
         self.gate = gate
+        #: Incremental checks of this stream (the ``"gate"`` engine), or ``None``: full checks.
+        self.session = session
         self.max_unjudged = max_unjudged
         self.max_in_flight = max_in_flight
         self._flight: deque[tuple[Item, Handle]] = deque()
@@ -277,10 +313,20 @@ class PipelinedScreen:
         return len(self._flight) < self.max_in_flight and self.gate.due(delta)
 
     # -- sync -----------------------------------------------------------------------------------
+    def _judge(self, item: Item) -> list[Decision]:
+        if self.session is not None:
+            return [self.session.check(item.conversation)]
+        return self.guard.check_many([item.pair])
+
+    async def _ajudge(self, item: Item) -> list[Decision]:
+        if self.session is not None:
+            return [await self.session.acheck(item.conversation)]
+        return await self.guard.acheck_many([item.pair])
+
     def _start(self) -> None:
         item = self.gate.item()
         context = contextvars.copy_context()
-        self._flight.append((item, _executor().submit(context.run, self.guard.check_many, [item.pair])))
+        self._flight.append((item, _executor().submit(context.run, self._judge, item)))
 
     def _wait_oldest(self) -> None:
         item, handle = self._flight.popleft()
@@ -312,7 +358,7 @@ class PipelinedScreen:
     # -- async ----------------------------------------------------------------------------------
     def _astart(self) -> None:
         item = self.gate.item()
-        self._flight.append((item, asyncio.ensure_future(self.guard.acheck_many([item.pair]))))
+        self._flight.append((item, asyncio.ensure_future(self._ajudge(item))))
 
     async def _await_oldest(self) -> None:
         item, handle = self._flight.popleft()
@@ -343,6 +389,8 @@ class PipelinedScreen:
         """Stop: cancel the checks still in flight (a running worker thread finishes on its own)."""
         while self._flight:
             self._flight.popleft()[1].cancel()
+        if self.session is not None:
+            self.session.close()
 
 
 def _monitor_prompt(context: Sequence[dict[str, str]]) -> list[dict[str, str]]:
@@ -422,11 +470,13 @@ def open_screen(
     check_engine(engine)
     if engine == "monitor":
         return MonitorScreen(guard, context, asynchronous=asynchronous, **(monitor_options or {}))
-    gate = StreamGate(context, window_chars=window_chars, min_chars=min_chars, whole_words=hold)
+    # Holding screens judge in the stream's path like the gate: both read a growing window with a session.
+    gated = hold or engine == "gate"
+    gate = StreamGate(context, window_chars=window_chars, min_chars=min_chars, whole_words=hold, growing=gated)
     if hold:
-        return GateScreen(guard, gate, hold=True)
+        return GateScreen(guard, gate, hold=True, session=GateSession(guard, gate.stage))
     if engine == "gate":
-        return PipelinedScreen(guard, gate, max_unjudged=0, max_in_flight=1)
+        return PipelinedScreen(guard, gate, max_unjudged=0, max_in_flight=1, session=GateSession(guard, gate.stage))
     return PipelinedScreen(guard, gate, max_unjudged=max_unjudged, max_in_flight=max_in_flight)
 
 
@@ -443,7 +493,8 @@ def open_tool_screen(
     """A screen for the streamed arguments of one tool call (callbacks: the text engine's bound).
 
     The ``"monitor"`` engine judges answers, not actions: tool calls go through ``"pipelined"``."""
-    gate = ToolCallGate(name, context, window_chars=window_chars)
     if engine == "gate":
-        return PipelinedScreen(guard, gate, max_unjudged=0, max_in_flight=1)
+        gate = ToolCallGate(name, context, window_chars=window_chars, growing=True)
+        return PipelinedScreen(guard, gate, max_unjudged=0, max_in_flight=1, session=GateSession(guard, gate.stage))
+    gate = ToolCallGate(name, context, window_chars=window_chars)
     return PipelinedScreen(guard, gate, max_unjudged=max_unjudged, max_in_flight=max_in_flight)

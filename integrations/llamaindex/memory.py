@@ -77,7 +77,7 @@ class GuardedMemory(BaseMemory):
         return "GuardedMemory"
 
     @classmethod
-    def from_defaults(cls, guard: Guard | None = None, memory: BaseMemory | None = None, **kwargs: Any) -> GuardedMemory:  # type: ignore[override]
+    def from_defaults(cls, guard: Guard | None = None, memory: BaseMemory | None = None, **kwargs: Any) -> GuardedMemory:
         """``memory`` (default: ``Memory.from_defaults(**kwargs)``) guarded by ``guard``."""
         if guard is None:
             raise TypeError("GuardedMemory.from_defaults needs guard=")

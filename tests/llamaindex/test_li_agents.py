@@ -28,7 +28,7 @@ class EmailScript:
 
     def __call__(self, messages, **kwargs) -> ChatMessage:
         if any(m.role == MessageRole.TOOL for m in messages):
-            return ChatMessage(role="assistant", content="The email was sent.")
+            return ChatMessage(role="assistant", content="Your message was sent.")
         call = ToolCallBlock(tool_call_id="c1", tool_name="send_email", tool_kwargs={"to": "bob@example.com", "body": self.body})
         return ChatMessage(role="assistant", blocks=[call])
 

@@ -91,12 +91,12 @@ def test_tool_output_is_screened_as_untrusted_not_as_the_user(guard: Guard) -> N
     call = ChatMessage(role="assistant", blocks=[ToolCallBlock(tool_call_id="c1", tool_name="fetch", tool_kwargs={})])
     tool = ChatMessage(role="tool", content=INJECTION, additional_kwargs={"tool_call_id": "c1"})
     with pytest.raises(GuardViolation) as info:
-        llm.chat([user("Summarise the page for me."), call, tool])
+        llm.chat([user("Can you summarise this page?"), call, tool])
     assert info.value.decision.stage is Stage.TOOL_RESULT
     assert replies.calls == 0
     # A safe tool output passes.
     safe = ChatMessage(role="tool", content="The Eiffel Tower is in Paris.", additional_kwargs={"tool_call_id": "c1"})
-    assert llm.chat([user("Summarise the page for me."), call, safe]).message.content == "Here is the page."
+    assert llm.chat([user("Can you summarise this page?"), call, safe]).message.content == "Here is the page."
 
 
 def test_tool_call_with_unsafe_arguments_is_blocked(guard: Guard) -> None:

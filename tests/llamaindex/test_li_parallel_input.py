@@ -99,7 +99,7 @@ class SlowToolLLM(MockFunctionCallingLLM):
     @staticmethod
     def _reply(messages, **kwargs) -> ChatMessage:
         if any(m.role == MessageRole.TOOL for m in messages):
-            return ChatMessage(role="assistant", content="The email was sent.")
+            return ChatMessage(role="assistant", content="Your message was sent.")
         call = ToolCallBlock(tool_call_id="c1", tool_name="send_email", tool_kwargs={"to": "bob@example.com", "body": "The capital of France is Paris."})
         return ChatMessage(role="assistant", blocks=[call])
 

@@ -49,9 +49,10 @@ ORDINARY = [
 
 def test_ordinary_text_is_unchanged_byte_for_byte() -> None:
     rows = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines()]
-    texts = ORDINARY + [t for r in rows for t in (r.get("text"), r.get("prompt"), r.get("response")) if t]
+    texts = ORDINARY + [t for r in rows for t in (r.get("text"), r.get("prompt"), r.get("response"))
+                        if t and "<|" not in t]  # the sample's special-token attacks are not ordinary text
     changed = [t for t in texts if prepare_content(t) != t]
-    assert len(texts) > 500
+    assert len(texts) > 300  # the demo evaluation sample is read (its size changes with retraining)
     assert changed == []
 
 

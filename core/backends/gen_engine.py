@@ -1,0 +1,398 @@
+"""The Gen decode engine: greedy Qwen3Guard-Gen answers that pay only for their own tokens.
+
+``model.generate`` over a full guard prompt pays, for every check, for the ~200-token instruction block
+that precedes the conversation (the same for every check of a mode) and for one decode step per answer
+token, although most of the answer is fixed by the format. This engine computes the same greedy answer
+with three savings, none of which changes it:
+
+1. **Instruction-prefix cache.** The token prefix every prompt of a mode shares (everything before the
+   conversation text) is run once per model; its keys and values are copied into each row's cache, so a
+   check prefills only its conversation text and the closing instructions. A prompt is served from a
+   prefix only when its ids start with that prefix's ids exactly (a tokenizer that merges across the
+   boundary, or a template that differs, simply gets no cache: checked per prompt).
+2. **Format tokens fed, not generated** (`gen_format.VerdictFormat`). ``Safety:`` is fed with the prompt;
+   once the label is written, the line break + ``Categories:`` go in with it in one forward; ``Refusal:``
+   with the line break that ends the categories. The model's own choice is read at every fed position:
+   where it differs, its choice is taken, the unconfirmed tokens are dropped from the cache, and greedy
+   decoding goes on from there, so the answer is always exactly the greedy answer. An answer whose first
+   line can no longer parse (`gen_format.hopeless`) stops at once: it fails closed either way.
+3. **Sessions** (`SessionState`): a growing prompt (a streamed answer judged chunk by chunk) keeps its
+   cache between checks; each check rolls the cache back to the longest common prefix of its ids and the
+   previous check's, and runs only the rest (the new text, the closing instructions, the verdict). It
+   also feeds the previous check's answer as its guess of this one (verified like the format tokens):
+   while a stream's verdict does not change, a check is one forward.
+
+All rows of a batch (plain prompts and session steps alike) run together: each row has its own cache
+(`stream_batching.SessionCache`) and the rows' new tokens are packed into one forward of the Qwen3
+backbone (`stream_batching.packed_hidden`, shared with the Stream model), so rows of any lengths, any
+number of fed tokens and any cached length share every forward without padding. The vocabulary
+projection runs only at the positions whose prediction is read.
+
+The engine runs Qwen3 decoders with full attention whose generation config adds no logits processing to
+greedy decoding (`unsupported` says why another model is not run; `TransformersGen` then uses
+``generate``). Numerics: a packed forward sums in another order than transformers' padded batch, so
+logits agree to float rounding (tests hold label probabilities within 1e-3 of the ``generate`` path).
+Runs on the micro-batcher's worker thread only. torch is imported on first use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..formats.prompts import SAFETY_LABELS
+from ..verdict import Risk
+from .gen_format import VerdictFormat, hopeless
+from .stream_batching import SessionCache, check_packable, packed_hidden
+from .torch_runtime import require_torch
+
+__all__ = ["GenEngine", "SessionState", "SessionStep", "Answer", "instruction_prefixes", "engine_for", "PREFILL_CHUNK"]
+
+#: One answer: its text (special tokens skipped) and the label probabilities, when readable.
+Answer = tuple[str, "dict[Risk, float] | None"]
+#: Hook with the shape of a transformers LogitsProcessor: (answer tokens before each logits row, logits) -> logits.
+LogitsHook = Callable[[list[list[int]], Any], Any]
+
+#: Longest slice of a prompt one row feeds into one forward (attention memory grows with it).
+PREFILL_CHUNK = 512
+# Conversations whose shared token prefix is the instruction block of each mode. Their contents start
+# differently (letters, digits, space, newline, punctuation, CJK) so the prefix ends before any content.
+_PROBE_CONTENTS = ("Hello there", "42 is a number", " leading space", "\nnew line", "?! punctuation", "日本語")
+# Generation-config fields that change greedy decoding (the engine applies none: such models use generate).
+_GREEDY_CHANGERS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "bad_words_ids": None,
+                    "suppress_tokens": None, "begin_suppress_tokens": None, "sequence_bias": None,
+                    "forced_bos_token_id": None, "forced_eos_token_id": None, "min_length": 0, "min_new_tokens": None,
+                    "encoder_repetition_penalty": 1.0, "exponential_decay_length_penalty": None}
+
+
+def instruction_prefixes(encode: Callable[[list[dict[str, str]]], list[int]]) -> list[list[int]]:
+    """The token prefix shared by every prompt of each moderation mode (prompt, response)."""
+    prefixes = []
+    for turns in ([("user", c)] for c in _PROBE_CONTENTS), ([("user", c), ("assistant", c)] for c in _PROBE_CONTENTS):
+        encoded = [encode([{"role": r, "content": c} for r, c in conv]) for conv in turns]
+        k = 0
+        while all(len(e) > k for e in encoded) and len({e[k] for e in encoded}) == 1:
+            k += 1
+        if k:
+            prefixes.append(encoded[0][:k])
+    return prefixes
+
+
+class SessionState:
+    """The cache of one growing prompt between checks: the ids whose keys and values it holds.
+
+    Touched only on the engine's thread. A caller that gives up on a step replaces its state with a
+    fresh one instead of waiting (`reset`): a late step then fills a state nobody reads."""
+
+    __slots__ = ("cache", "ids", "answer")
+
+    def __init__(self) -> None:
+        self.cache: SessionCache | None = None
+        self.ids: list[int] = []
+        # The last check's answer: the next check feeds it as its guess (consecutive verdicts of a stream
+        # are nearly always the same; verified like every fed token, so a changed verdict costs nothing extra).
+        self.answer: list[int] = []
+
+
+@dataclass(eq=False)
+class SessionStep:
+    """A check of ``ids`` (a complete guard prompt) that reuses and then keeps ``state``'s cache."""
+
+    state: SessionState
+    ids: list[int]
+
+    def __len__(self) -> int:  # the batcher's cost: the tokens this step is likely to run
+        return max(1, len(self.ids) - len(self.state.ids))
+
+
+@dataclass(eq=False)
+class _Row:
+    """One answer being decoded: its cache, what the next forward feeds, what it has written."""
+
+    cache: SessionCache
+    ids: list[int]  # fed by the next forward: given tokens, then `forced` format tokens to confirm
+    forced: int
+    answer: list[int] = field(default_factory=list)
+    probs: dict[Risk, float] | None = None
+    done: bool = False
+    session: SessionStep | None = None
+
+
+class GenEngine:
+    """Greedy Qwen3Guard-Gen decoding over prompt ids, for `TransformersGen` (see the module docstring).
+
+    ``logits_hook`` (optional, like a transformers LogitsProcessor) adjusts the logits before each
+    choice; benchmarks use it to script a random model's answer in every arm alike.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        prefixes: Sequence[list[int]],
+        eos_ids: Sequence[int],
+        pad_id: int,
+        max_new_tokens: int,
+        label_tokens: tuple[list[int], dict[Risk, int]] | None,
+        force_format: bool = True,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.eos_ids = frozenset(eos_ids)
+        self.pad_id = pad_id
+        self.max_new_tokens = max_new_tokens
+        self.label_tokens = label_tokens
+        self.format = VerdictFormat.for_tokenizer(tokenizer) if force_format else None
+        self.layers = int(model.config.num_hidden_layers)
+        # Longest first: a prompt takes the longest prefix it starts with.
+        self._prefixes: list[tuple[list[int], SessionCache | None]] = [(list(p), None) for p in
+                                                                       sorted(prefixes, key=len, reverse=True)]
+        self.logits_hook: LogitsHook | None = None
+        # Observable, for tests and figures: decoding forwards, tokens they ran, prompts served from a prefix.
+        self.forwards_run = 0
+        self.tokens_run = 0
+        self.prefix_hits = 0
+
+    @staticmethod
+    def unsupported(model: Any) -> str | None:
+        """Why the engine cannot run ``model`` exactly (``None`` when it can)."""
+        backbone = getattr(model, "model", None)
+        if backbone is None or not callable(getattr(model, "lm_head", None)):
+            return "not a causal LM with a backbone and an lm_head"
+        layers = getattr(backbone, "layers", None)
+        if not layers or not all(hasattr(backbone, a) for a in ("embed_tokens", "rotary_emb", "norm")):
+            return "the backbone is not laid out like a Qwen3 decoder"
+        if not all(hasattr(layer.self_attn, "q_norm") and hasattr(layer.self_attn, "k_norm") for layer in layers):
+            return "the attention is not Qwen3's (no q/k norms)"
+        try:
+            check_packable(model)
+        except ValueError as exc:
+            return str(exc)
+        config = getattr(model, "generation_config", None)
+        for name, neutral in _GREEDY_CHANGERS.items():
+            value = getattr(config, name, neutral)
+            if value is not None and value != neutral and value != []:
+                return f"its generation config sets {name}={value!r}, which changes greedy decoding"
+        return None
+
+    # -- the batch --------------------------------------------------------------------------------------
+    def run(self, items: Sequence[list[int] | SessionStep]) -> list[Answer]:
+        """Answers for ``items`` (prompt ids, or session steps), in order. Engine thread only."""
+        torch = require_torch()
+        rows: list[_Row] = []
+        with torch.inference_mode():
+            try:
+                stepping: set[int] = set()
+                for item in items:
+                    if isinstance(item, SessionStep) and id(item.state) not in stepping:
+                        stepping.add(id(item.state))
+                        rows.append(self._session_row(item))
+                    else:  # a second step of one session in a batch (never from one caller) runs as a plain row
+                        rows.append(self._row(item.ids if isinstance(item, SessionStep) else item))
+                self._decode(torch, rows)
+            except BaseException:
+                for item in items:  # a cache half-written by a failed forward is never reused
+                    if isinstance(item, SessionStep):
+                        item.state.cache, item.state.ids, item.state.answer = None, [], []
+                raise
+        return [self._answer(row) for row in rows]
+
+    def _answer(self, row: _Row) -> Answer:
+        tokens = [t for t in row.answer if t not in self.eos_ids and t != self.pad_id]
+        return self.tokenizer.decode(tokens, skip_special_tokens=True), row.probs
+
+    def _start(self, row: _Row, guess: Sequence[int] = ()) -> _Row:
+        lead = self._forced([])
+        if guess and list(guess[: len(lead)]) == lead:  # a session's previous answer, when it is one
+            lead = list(guess[: max(0, self.max_new_tokens - 1)])
+        row.ids = row.ids + lead
+        row.forced = len(lead)
+        return row
+
+    def _row(self, ids: list[int]) -> _Row:
+        prefix, base = self._prefix_for(ids)
+        if base is None:
+            cache = SessionCache(self.layers)
+        else:
+            cache = _fork(base, len(ids) + self.max_new_tokens + 1)
+            self.prefix_hits += 1
+        return self._start(_Row(cache, list(ids[len(prefix):]), 0))
+
+    def _session_row(self, step: SessionStep) -> _Row:
+        state, ids = step.state, step.ids
+        keep = _common_prefix(state.ids, ids) if state.cache is not None else 0
+        keep = min(keep, len(ids) - 1)  # at least one token runs: its logits start the answer
+        prefix, base = self._prefix_for(ids)
+        if state.cache is None or keep < len(prefix):
+            if base is not None:
+                state.cache = _fork(base, 2 * len(ids) + self.max_new_tokens)
+                keep = len(prefix)
+                self.prefix_hits += 1
+            elif state.cache is None:
+                state.cache = SessionCache(self.layers)
+        assert state.cache is not None
+        state.cache.length = keep
+        state.ids = list(ids[:keep])  # what the cache holds while the step runs
+        guess = [t for t in state.answer if t not in self.eos_ids and t != self.pad_id]
+        return self._start(_Row(state.cache, list(ids[keep:]), 0, session=step), guess)
+
+    def _prefix_for(self, ids: list[int]) -> tuple[list[int], SessionCache | None]:
+        for index, (prefix, cache) in enumerate(self._prefixes):
+            n = len(prefix)
+            if len(ids) > n and ids[:n] == prefix:
+                if cache is None:
+                    cache = SessionCache(self.layers)
+                    for lo in range(0, n, PREFILL_CHUNK):
+                        packed_hidden(self.model.model, [_Feed(cache, prefix[lo : lo + PREFILL_CHUNK])])
+                    self._prefixes[index] = (prefix, cache)
+                return prefix, cache
+        return [], None
+
+    def _forced(self, answer: list[int]) -> list[int]:
+        if self.format is None:
+            return []
+        forced = self.format.forced_next(answer, tuple(self.eos_ids))
+        # Never past the token budget: the answer holds at most max_new_tokens tokens.
+        return forced[: max(0, self.max_new_tokens - len(answer) - 1)]
+
+    # -- decoding ---------------------------------------------------------------------------------------
+    def _decode(self, torch: Any, rows: list[_Row]) -> None:
+        active = [r for r in rows if not r.done]
+        while active:
+            # A long prompt goes in slices of PREFILL_CHUNK tokens (bounded attention memory); its slices
+            # share forwards with other rows' steps, and only its last slice is read.
+            feeds = [r.ids[:_slice(r)] for r in active]
+            hidden = packed_hidden(self.model.model, [_Feed(r.cache, f) for r, f in zip(active, feeds, strict=True)])
+            self.forwards_run += 1
+            self.tokens_run += sum(len(f) for f in feeds)
+            # Only the positions whose prediction is read: each row's fed format tokens and its last one.
+            picks: list[int] = []
+            contexts: list[list[int]] = []
+            reading: list[_Row] = []
+            offset = 0
+            for r, fed in zip(active, feeds, strict=True):
+                end = offset + len(fed)
+                offset = end
+                if len(fed) < len(r.ids):
+                    r.ids = r.ids[len(fed):]
+                    continue
+                reading.append(r)
+                picks.extend(range(end - r.forced - 1, end))
+                forced = r.ids[len(r.ids) - r.forced:]
+                contexts.extend(r.answer + forced[:j] for j in range(r.forced + 1))
+            if picks:
+                logits = self._logits(torch, hidden[picks]).float()
+                if self.logits_hook is not None:
+                    logits = self.logits_hook(contexts, logits)
+                choices = logits.argmax(-1).tolist()
+                at = 0
+                for r in reading:
+                    n = r.forced + 1
+                    self._advance(r, choices[at : at + n], logits, at, contexts[at : at + n])
+                    at += n
+            active = [r for r in active if not r.done]
+        for r in rows:
+            if r.session is not None:  # the cache keeps the prompt only: the answer is rolled back
+                r.session.state.cache.length = len(r.session.ids)  # type: ignore[union-attr]
+                r.session.state.ids = list(r.session.ids)
+                r.session.state.answer = list(r.answer)
+
+    def _logits(self, torch: Any, hidden: Any) -> Any:
+        """The vocabulary projection of a few hidden rows. A bias-free linear head is computed as
+        ``weight @ hidden.T``: the same numbers, and on CPU BLAS reads the large weight once for all rows
+        that way (as ``hidden @ weight.T`` it costs about one full read per row)."""
+        head = self.model.lm_head
+        weight = getattr(head, "weight", None)
+        if isinstance(head, torch.nn.Linear) and head.bias is None and weight is not None:
+            return torch.mm(weight, hidden.t()).t()
+        return head(hidden)
+
+    def _advance(self, row: _Row, choices: list[int], logits: Any, at: int, contexts: list[list[int]]) -> None:
+        """Confirm the fed format tokens against the model's choices, take its next token, plan the next feed."""
+        forced = row.ids[len(row.ids) - row.forced:]
+        confirmed = 0
+        while confirmed < len(forced) and choices[confirmed] == forced[confirmed]:
+            confirmed += 1
+        if self.label_tokens is not None and row.probs is None:
+            prefix, firsts = self.label_tokens
+            for j in range(confirmed + 1):
+                if contexts[j] == prefix:
+                    row.probs = _label_probs(logits[at + j], firsts)
+        row.answer += forced[:confirmed]
+        if confirmed < len(forced):
+            row.cache.length -= len(forced) - confirmed  # the model wrote something else: drop the rest
+        token = choices[confirmed]
+        row.answer.append(token)
+        if token in self.eos_ids or len(row.answer) >= self.max_new_tokens or self._hopeless(row.answer):
+            row.done = True
+            return
+        nxt = self._forced(row.answer)
+        row.ids = [token, *nxt]
+        row.forced = len(nxt)
+
+    def _hopeless(self, answer: list[int]) -> bool:
+        return hopeless(self.tokenizer.decode([t for t in answer if t not in self.eos_ids], skip_special_tokens=True))
+
+
+@dataclass(eq=False)
+class _Feed:
+    """One row's share of a packed forward (what `packed_hidden` reads)."""
+
+    cache: SessionCache
+    ids: list[int]
+
+
+def _slice(row: _Row) -> int:
+    """How many of ``row``'s pending tokens go into the next forward (all, or a prompt slice that leaves
+    the format tokens and at least one given token for a later forward)."""
+    if len(row.ids) <= PREFILL_CHUNK:
+        return len(row.ids)
+    return min(PREFILL_CHUNK, len(row.ids) - row.forced - 1)
+
+
+def _fork(base: SessionCache, capacity: int) -> SessionCache:
+    """A new cache that starts with ``base``'s positions (copied once, with room for ``capacity``)."""
+    cache = SessionCache(len(base.keys))
+    n = base.length
+    for layer, (k, v) in enumerate(zip(base.keys, base.values, strict=True)):
+        size = max(capacity, n)
+        cache.keys[layer] = k.new_empty(k.shape[0], size, k.shape[2])
+        cache.values[layer] = v.new_empty(v.shape[0], size, v.shape[2])
+        cache.keys[layer][:, :n] = k[:, :n]
+        cache.values[layer][:, :n] = v[:, :n]
+    cache.length = n
+    return cache
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _label_probs(logits: Any, firsts: dict[Risk, int]) -> dict[Risk, float]:
+    picked = [float(logits[firsts[r]]) for r in SAFETY_LABELS]
+    top = max(picked)
+    exps = [math.exp(x - top) for x in picked]
+    total = sum(exps)
+    return {r: e / total for r, e in zip(SAFETY_LABELS, exps, strict=True)}
+
+
+def engine_for(backend: Any, engine: bool | None) -> GenEngine | None:
+    """The engine for a `TransformersGen` backend: ``None`` (default) when its model supports it, ``True``
+    required (``ValueError`` if not), ``False`` never (transformers' ``generate`` decodes)."""
+    if engine is False:
+        return None
+    why = GenEngine.unsupported(backend.model)
+    if why is not None:
+        if engine:
+            raise ValueError(f"engine=True, but the Gen decode engine cannot run this model: {why}")
+        return None
+    return GenEngine(backend.model, backend.tokenizer, prefixes=instruction_prefixes(backend.encoder.encode),
+                     eos_ids=backend.eos_ids, pad_id=backend.pad_id, max_new_tokens=backend.max_new_tokens,
+                     label_tokens=backend._label_tokens)

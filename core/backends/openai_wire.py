@@ -1,0 +1,112 @@
+"""The OpenAI API's shapes as a guard client reads them: HTTP errors and ``Retry-After``, and label
+probabilities from the logprobs of chat and completion answers (as vLLM and SGLang send them)."""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import GuardUnavailable
+from ..formats.prompts import SAFETY_LABELS
+from ..verdict import Risk
+
+__all__ = ["RemoteHTTPError", "retry_after", "error_message", "parse_logprobs", "RETRY_STATUS"]
+
+#: Statuses worth retrying: overload (429) and server-side failures.
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+class RemoteHTTPError(GuardUnavailable):
+    """The guard server answered with an HTTP error. ``status`` is the code, ``retry_after`` its hint (s)."""
+
+    def __init__(self, message: str, status: int, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.status in RETRY_STATUS
+
+
+def retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds: either a number or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def error_message(response: Any) -> str:
+    """The server's error text, short (the body may echo the request, so cap it)."""
+    try:
+        body = response.json()
+        err = body.get("error", body) if isinstance(body, dict) else body
+        msg = err.get("message", err) if isinstance(err, dict) else err
+        text = str(msg)
+    except Exception:  # noqa: BLE001 - any non-JSON body
+        text = response.text
+    return text[:300]
+
+
+def parse_logprobs(choice: Mapping[str, Any]) -> dict[Risk, float] | None:
+    """P(safe/controversial/unsafe) from the logprobs of the token that names the label.
+
+    Reads both the chat shape (``logprobs.content[i].top_logprobs = [{token, logprob}]``) and the
+    completion shape (``logprobs.tokens`` + ``logprobs.top_logprobs = [{token: logprob}]``). The
+    label position is the first token after the text ``"Safety:"``; the candidates there whose text
+    starts a label are renormalised over the three labels. ``None`` when the server sent no logprobs
+    or the position cannot be found.
+    """
+    lp = choice.get("logprobs")
+    if not isinstance(lp, Mapping):
+        return None
+    steps: list[tuple[str, dict[str, float]]] = []
+    if isinstance(lp.get("content"), list):
+        for item in lp["content"]:
+            if not isinstance(item, Mapping):
+                return None
+            tops = {str(t.get("token", "")): float(t.get("logprob", -math.inf))
+                    for t in item.get("top_logprobs") or [] if isinstance(t, Mapping)}
+            tops.setdefault(str(item.get("token", "")), float(item.get("logprob", -math.inf)))
+            steps.append((str(item.get("token", "")), tops))
+    elif isinstance(lp.get("tokens"), list):
+        top_list = lp.get("top_logprobs") or [None] * len(lp["tokens"])
+        chosen = lp.get("token_logprobs") or [None] * len(lp["tokens"])
+        for tok, tops, own in zip(lp["tokens"], top_list, chosen):
+            cand = {str(k): float(v) for k, v in (tops or {}).items() if v is not None}
+            if own is not None:
+                cand.setdefault(str(tok), float(own))
+            steps.append((str(tok), cand))
+    else:
+        return None
+    text = ""
+    for token, candidates in steps:
+        if text.strip().endswith("Safety:"):
+            scores: dict[Risk, float] = {}
+            for candidate, logprob in candidates.items():
+                piece = candidate.strip()
+                if not piece:
+                    continue
+                matches = [r for r, lab in SAFETY_LABELS.items() if lab.startswith(piece)]
+                if len(matches) == 1:
+                    r = matches[0]
+                    scores[r] = max(scores.get(r, -math.inf), logprob)
+            if not scores:
+                return None
+            top = max(scores.values())
+            exps = {r: math.exp(scores[r] - top) if r in scores else 0.0 for r in SAFETY_LABELS}
+            total = sum(exps.values())
+            return {r: e / total for r, e in exps.items()}
+        text += token
+    return None

@@ -1,0 +1,155 @@
+"""What a remote Gen check sends: the requests one conversation becomes, planned before any I/O.
+
+A check becomes the requests the local guard would run as windows (`formats.windows.WindowPlanner`,
+the same planner `TransformersGen` uses): the conversation whole when it fits, else overlapping
+windows of the judged turn after trimming earlier turns; plus the text before each forged
+``USER:``/``ASSISTANT:`` label, judged alone. Never truncated; the worst verdict wins.
+
+How tokens are counted:
+
+- With the served checkpoint's tokenizer (``Guard.remote(..., tokenizer=...)``), exactly, by the
+  local guard's `ConversationEncoder`: the windows, and in completion mode the token ids sent, are
+  the local guard's own.
+- Without it, by `ByteCounter`, an upper bound: **one token per UTF-8 byte** (of the NFC form, which
+  the Qwen tokenizer applies first). Qwen's tokenizer is byte-level BPE: every token covers at least
+  one byte, and content cannot hold added tokens (they are neutralised), so no text has more tokens
+  than bytes. The bound is reached only by text no merge covers; for English prose it is about 4x
+  the real count, which costs smaller windows (more requests), never an over-long prompt. The
+  template's own text is bounded the same way (its bytes as `render_prompt` writes them).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import GuardTimeout, GuardUnavailable, QwenGuardError
+from ..formats.prompts import moderation_mode, normalize_messages, render_prompt
+from ..formats.windows import (
+    DEFAULT_MAX_WINDOW_TOKENS,
+    DEFAULT_MAX_WINDOWS,
+    DEFAULT_WINDOW_OVERLAP,
+    TokenCounter,
+    WindowPlanner,
+)
+
+__all__ = ["WireCheck", "CheckPlan", "RemotePlanner", "ByteCounter", "byte_bound", "DEFAULT_MAX_CONTEXT"]
+
+#: Context assumed when neither the caller, the engine nor the tokenizer says: the served context of
+#: Qwen3Guard-Gen in the official vLLM and SGLang recipes (``--max-model-len 32768``).
+DEFAULT_MAX_CONTEXT = 32768
+#: Counting by bytes, a token of English is about this many bytes: a window's byte budget is capped at
+#: ``max_window_tokens * 4`` (and at the context, always), and neighbours overlap by ``window_overlap * 4``.
+_TYPICAL_BYTES_PER_TOKEN = 4
+
+
+def _char_bytes(ch: str) -> int:
+    return 1 if ch.isascii() else len(unicodedata.normalize("NFC", ch).encode("utf-8"))
+
+
+def byte_bound(text: str) -> int:
+    """Upper bound on the tokens of ``text`` for a byte-level BPE: UTF-8 bytes of its NFC form, counted per
+    character (NFC only shrinks a run of characters, except for the few it expands, counted expanded)."""
+    return len(text) if text.isascii() else sum(_char_bytes(c) for c in text)
+
+
+class ByteCounter:
+    """A `formats.windows.TokenCounter` that counts one token per byte (`byte_bound`): for windows sized
+    without the checkpoint's tokenizer. ``encode`` gives a stand-in of the right length, not real ids."""
+
+    def encode(self, messages: Sequence[dict[str, Any]]) -> Sequence[int]:
+        return range(byte_bound(render_prompt(messages)))
+
+    def content_token_starts(self, text: str) -> list[int]:
+        if text.isascii():
+            return list(range(len(text)))
+        # A character of n bytes is n "tokens" that all start where it starts: cuts fall between characters.
+        return [i for i, ch in enumerate(text) for _ in range(_char_bytes(ch))]
+
+
+@dataclass(frozen=True)
+class WireCheck:
+    """One request: the conversation it shows (a window's text as the judged turn) and, when the client has
+    the tokenizer and asked for them, the exact prompt ids the local guard runs for it."""
+
+    messages: tuple[dict[str, str], ...]
+    mode: str  # "prompt" or "response"
+    ids: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class CheckPlan:
+    """The requests of one check, or the error that stops it (`InputTooLarge`, a context too small)."""
+
+    checks: tuple[WireCheck, ...]
+    mode: str
+    error: QwenGuardError | None = None
+
+
+class RemotePlanner:
+    """Plans each check's requests for an engine context, with ``encoder`` (a `ConversationEncoder` of the
+    served checkpoint's tokenizer: exact) or without it (`ByteCounter`: a bound)."""
+
+    def __init__(self, *, encoder: Any = None, max_new_tokens: int, window_overlap: int = DEFAULT_WINDOW_OVERLAP,
+                 max_window_tokens: int = DEFAULT_MAX_WINDOW_TOKENS, max_windows: int = DEFAULT_MAX_WINDOWS) -> None:
+        self.encoder = encoder
+        self.max_new_tokens = max_new_tokens
+        self.window_overlap = window_overlap
+        self.max_window_tokens = max_window_tokens
+        self.max_windows = max_windows
+        self._planners: dict[int, WindowPlanner] = {}
+        # Plans run in worker threads; one at a time, as a Rust tokenizer is not meant to be shared mid-call.
+        self._lock = threading.Lock()
+
+    def prompt_budget(self, context: int) -> int:
+        """Longest prompt of one request: what `TransformersGen` allows with a tokenizer; by bytes, the
+        context (a hard bound) and about ``max_window_tokens`` of English."""
+        room = context - self.max_new_tokens
+        if self.encoder is not None:
+            return min(self.max_window_tokens, room)
+        return min(self.max_window_tokens * _TYPICAL_BYTES_PER_TOKEN, room)
+
+    def _planner(self, context: int) -> WindowPlanner:
+        planner = self._planners.get(context)
+        if planner is None:
+            exact = self.encoder is not None
+            counter: TokenCounter = self.encoder if self.encoder is not None else ByteCounter()
+            planner = WindowPlanner(counter, max_prompt_tokens=self.prompt_budget(context),
+                                    overlap=self.window_overlap * (1 if exact else _TYPICAL_BYTES_PER_TOKEN),
+                                    max_windows=self.max_windows)
+            self._planners[context] = planner
+        return planner
+
+    def plan(self, conversation: Sequence[dict[str, str]], context: int, *, ids: bool = False,
+             deadline: float | None = None) -> CheckPlan:
+        """The requests for ``conversation`` on an engine of ``context`` tokens (with ids when ``ids`` and the
+        tokenizer is known). ``deadline`` (``time.monotonic()``): planning stops there with `GuardTimeout`."""
+        msgs = normalize_messages(conversation)
+        mode = moderation_mode(msgs)
+        try:
+            with self._lock:
+                windows = self._planner(context).plan(msgs, check=_stop_at(deadline))
+        except QwenGuardError as exc:  # InputTooLarge, GuardTimeout
+            return CheckPlan((), mode, exc)
+        except ValueError as exc:  # the context cannot hold the template and some text
+            how = "" if self.encoder is not None else (
+                " (counted by bytes, without the checkpoint's tokenizer: pass Guard.remote(..., tokenizer=...))")
+            return CheckPlan((), mode, GuardUnavailable(f"{exc}{how}"))
+        with_ids = ids and self.encoder is not None
+        return CheckPlan(tuple(WireCheck(tuple(w.messages), mode, tuple(w.ids) if with_ids else None)
+                               for w in windows), mode)
+
+
+def _stop_at(deadline: float | None) -> Callable[[], None] | None:
+    if deadline is None:
+        return None
+
+    def check() -> None:
+        if time.monotonic() > deadline:
+            raise GuardTimeout("the deadline passed while planning the windows")
+
+    return check

@@ -1,0 +1,118 @@
+"""Several replicas of one guard service behind one client: where a request or a stream session goes,
+and where it goes next when a replica fails (client-side failover for `OpenAIGen` and `RemoteStream`).
+
+A client takes one base URL (one server, or a load balancer in front of many) or several (replicas it
+reaches directly). `Replicas` picks, among those not cooling down after a failure, the one with the
+fewest requests or sessions in flight from this client (ties go round the list); a replica that failed
+(refused or dropped a connection, answered 5xx or busy, missed its attempt's share of the deadline) is
+avoided for ``cooldown_s`` unless every replica is cooling down. With one URL the choice is trivial and
+a retry goes back to the same URL: behind a balancer that is another replica.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+__all__ = ["DEFAULT_COOLDOWN_S", "Replicas", "attempt_budget", "base_urls"]
+
+#: How long a replica that failed is passed over (a restarting replica is back, or known gone, by then).
+DEFAULT_COOLDOWN_S = 2.0
+
+
+def base_urls(value: str | Sequence[str], *, schemes: tuple[str, ...] = ("http://", "https://")) -> tuple[str, ...]:
+    """One base URL or several, validated, without trailing slashes and duplicates, in the given order."""
+    if isinstance(value, str):
+        urls: list[object] = [value]
+    elif isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)):
+        urls = list(value)
+    else:
+        raise TypeError(f"base_url must be a URL or a list of URLs, got {type(value).__name__}")
+    if not urls:
+        raise ValueError("base_url: give at least one URL")
+    out: list[str] = []
+    for url in urls:
+        if not isinstance(url, str) or not url.startswith(schemes):
+            raise ValueError(f"base_url must be an {' or '.join(s.rstrip(':/') for s in schemes)} URL such as "
+                             f"'http://127.0.0.1:8000/v1', got {url!r}")
+        url = url.rstrip("/")
+        if url not in out:
+            out.append(url)
+    return tuple(out)
+
+
+def attempt_budget(left: float | None, cap: float | None, *, another_follows: bool) -> float | None:
+    """Seconds one attempt may take: at most ``cap``, and when another replica can still be tried, at
+    most half of the ``left`` time of the call's deadline, so a replica that hangs leaves the other half
+    for a replica that answers."""
+    budgets = [b for b in (cap, None if left is None else (left / 2 if another_follows else left)) if b is not None]
+    return max(0.001, min(budgets)) if budgets else None
+
+
+class Replicas:
+    """The replicas behind one client, in a fixed order; thread-safe (sync and async callers share it)."""
+
+    def __init__(self, urls: Sequence[str], *, cooldown_s: float = DEFAULT_COOLDOWN_S) -> None:
+        if not urls:
+            raise ValueError("Replicas needs at least one URL")
+        self.urls = tuple(urls)
+        self.cooldown_s = cooldown_s
+        self._busy = dict.fromkeys(self.urls, 0)
+        self._down_until = dict.fromkeys(self.urls, 0.0)
+        self._turn = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.urls)
+
+    def __repr__(self) -> str:
+        return f"Replicas({list(self.urls)!r})"
+
+    @property
+    def several(self) -> bool:
+        return len(self.urls) > 1
+
+    def pick(self, exclude: Sequence[str] = ()) -> str:
+        """The replica for the next attempt: not in ``exclude`` (the ones this call already tried) while
+        others remain; not cooling down while others are up; the fewest in flight; ties in turn."""
+        with self._lock:
+            now = time.monotonic()
+            candidates = [u for u in self.urls if u not in exclude] or list(self.urls)
+            up = [u for u in candidates if self._down_until[u] <= now]
+            if not up:  # all cooling down: the one that failed longest ago
+                return min(candidates, key=lambda u: self._down_until[u])
+            self._turn += 1
+            start = self._turn % len(up)
+            return min(up[start:] + up[:start], key=lambda u: self._busy[u])
+
+    def untried(self, tried: Sequence[str]) -> bool:
+        """Whether a replica not in ``tried`` remains."""
+        return any(u not in tried for u in self.urls)
+
+    @contextmanager
+    def using(self, url: str) -> Iterator[None]:
+        """Count a request in flight on ``url`` for as long as the block runs."""
+        self.acquire(url)
+        try:
+            yield
+        finally:
+            self.release(url)
+
+    def acquire(self, url: str) -> None:
+        with self._lock:
+            self._busy[url] += 1
+
+    def release(self, url: str) -> None:
+        with self._lock:
+            self._busy[url] = max(0, self._busy[url] - 1)
+
+    def failed(self, url: str) -> None:
+        """``url`` failed: pass it over for ``cooldown_s``."""
+        with self._lock:
+            self._down_until[url] = time.monotonic() + self.cooldown_s
+
+    def succeeded(self, url: str) -> None:
+        with self._lock:
+            self._down_until[url] = 0.0

@@ -1,0 +1,398 @@
+"""The protocol side of a remote stream session, written once for the sync and async monitors of
+`remote_stream`: the frames a session sends, how replies become released text, and how a session is
+rebuilt on another replica after its replica died or restarted (failover).
+
+Failover. A session lives on one replica. When that replica goes away mid-session (the connection
+drops or is refused, it closes with 1001/1012/1013/1014 or 4503, a balancer answers 502/503/504 or a
+replica 429 at the handshake, or, with several replica URLs, it misses its share of the deadline), the
+monitor opens a new session on another replica (or again through the balancer) and replays the prompt
+and all text fed so far, then the interrupted call (one feed frame per `REPLAY_CHUNK_CHARS` characters:
+the cost is once per failover and O(text)). The prompt is screened once: a re-opened session does not
+screen it again. The release rule is the point of it all: the client has released a prefix R of the
+text; each server session reports what it released, i.e. judged, as a prefix of the text fed to it, and
+the client releases only what lies beyond R *and* inside the current session's judged prefix. So text
+the new session has not judged is never released, whatever the old session had judged, and a
+violation found in the replayed text stops the stream as any violation does. When no replica answers
+within the call's deadline, the policy's ``on_error`` decides, as without failover. Re-opens go at once
+to a replica the call has not tried yet; once every one refused, they back off (`_Session._reopen_pause`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Generator, Mapping
+from typing import Any
+
+from ..errors import (
+    GuardTimeout,
+    GuardUnavailable,
+    GuardViolation,
+    MissingDependency,
+    QwenGuardError,
+    StreamClosed,
+)
+from ..formats.content import clean_text
+from ..policy import Action, Decision
+from ..verdict import Risk, Stage, Verdict
+from .replicas import attempt_budget
+
+__all__ = ["REOPEN_CLOSE_CODES", "REPLAY_CHUNK_CHARS", "SESSION_OPTIONS", "decision_from_dict", "reopen_worthy"]
+
+#: Monitor options a session may set; the server validates the values like a local monitor does.
+SESSION_OPTIONS = ("holdback", "window", "screen_prompt", "check_every", "min_segment", "context")
+#: Replayed text goes in frames of at most this many characters (32 KB of UTF-8 at most: far below any
+#: sane frame limit of a server).
+REPLAY_CHUNK_CHARS = 8192
+#: Close codes that mean "this replica is going away or cannot serve now; re-open elsewhere":
+#: 1001 going away, 1006 dropped (no close frame), 1012 service restart (what a draining qwenguard or
+#: uvicorn sends), 1013 try again later, 1014 bad gateway, 4503 guard unavailable on that replica.
+REOPEN_CLOSE_CODES = frozenset({1001, 1006, 1012, 1013, 1014, 4503})
+#: Handshake answers worth another replica: busy or draining (503), per-client limit (429), a balancer
+#: with no replica behind it or one that died (502, 504).
+REOPEN_STATUS = frozenset({429, 502, 503, 504})
+FINISH_FRAME = json.dumps({"type": "finish"})
+
+
+def websockets_module() -> Any:
+    try:
+        import websockets
+    except ImportError as exc:  # pragma: no cover
+        raise MissingDependency.for_extra("remote", "websockets") from exc
+    return websockets
+
+
+def decision_from_dict(data: Mapping[str, Any]) -> Decision:
+    """Rebuild a `Decision` from ``Decision.to_dict()`` output (as the server sends it)."""
+    verdict = None
+    if data.get("risk") is not None:
+        verdict = Verdict(Risk(data["risk"]), tuple(data.get("categories") or ()), data.get("refusal"),
+                          latency_ms=float(data.get("latency_ms") or 0.0))
+    return Decision(bool(data["allowed"]), Action(data["action"]), Stage(data["stage"]), str(data["reason"]),
+                    verdict, data.get("error"), data.get("offset"), bool(data.get("cached", False)))
+
+
+def reopen_worthy(exc: BaseException, *, several: bool) -> bool:
+    """Whether a failed exchange should be retried on a new session elsewhere (see the module docs).
+
+    A missed attempt deadline counts only with several replica URLs: through one URL the retry could
+    land on the same slow replica."""
+    ws = websockets_module().exceptions
+    if isinstance(exc, _ReplicaUnavailable):
+        return True
+    if isinstance(exc, ws.ConnectionClosed):
+        return exc.rcvd is None or exc.rcvd.code in REOPEN_CLOSE_CODES
+    if isinstance(exc, ws.InvalidStatus):
+        return exc.response.status_code in REOPEN_STATUS
+    if isinstance(exc, ws.InvalidMessage):  # the connection ended during the handshake
+        return True
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError, GuardTimeout)):
+        return several
+    return isinstance(exc, OSError)  # refused, reset, broken pipe
+
+
+class Deadline:
+    """A point in time a call (or one attempt of it) must be done by (``None``: no deadline)."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, budget_s: float | None) -> None:
+        self.at = None if budget_s is None else time.monotonic() + budget_s
+
+    def left(self, cap: float | None = None) -> float | None:
+        """Seconds left (at least a millisecond, so a zero never means "no timeout"), at most ``cap``."""
+        if self.at is None:
+            return cap
+        left = max(0.001, self.at - time.monotonic())
+        return left if cap is None else min(left, cap)
+
+    @property
+    def expired(self) -> bool:
+        return self.at is not None and time.monotonic() >= self.at
+
+    def share(self, *, another_follows: bool) -> Deadline:
+        """One attempt's deadline: half the time left when another attempt can follow, else all of it."""
+        if self.at is None:
+            return self
+        return Deadline(attempt_budget(self.at - time.monotonic(), None, another_follows=another_follows))
+
+
+class _BadRequest(QwenGuardError):
+    """The server refused the session's parameters (a caller bug, not a guard outage)."""
+
+
+class _ReplicaUnavailable(GuardUnavailable):
+    """The replica's guard failed (error frame 4503): another replica may serve the session."""
+
+
+class _Session:
+    """The protocol logic of one monitor; the sync and async monitors only move frames."""
+
+    def __init__(self, backend: Any, guard: Any, prompt: Any, **options: Any) -> None:
+        unknown = sorted(set(options) - set(SESSION_OPTIONS))
+        if unknown:
+            raise TypeError(f"remote streams do not support options {unknown}; known: {list(SESSION_OPTIONS)}")
+        if prompt is None:
+            raise TypeError("prompt is None; pass the user's prompt or the conversation")
+        self.backend = backend
+        self.guard = guard
+        self.policy = guard.policy
+        self.text = ""
+        self._released_parts: list[str] = []
+        #: The violation (or fail-open guard error) that ended checking, else None.
+        self.decision: Decision | None = None
+        #: The prompt's Decision, as the server reported it.
+        self.prompt_decision: Decision | None = None
+        #: Allowed-but-flagged stream decisions (loose controversial, ignored categories).
+        self.flags: list[Decision] = []
+        #: Times this session was re-opened on another replica (or again through the balancer).
+        self.failovers = 0
+        self._flag_keys: set[tuple[Any, ...]] = set()
+        self._tokens: list[dict[str, Any]] = []  # per-token verdicts, when the server has a Stream model
+        self._tokens_upto = -1  # end offset of the last token verdict kept (a replay reports them again)
+        self._judged = 0  # characters the current server session released, i.e. judged
+        self._ever_opened = False
+        self._state = "open"  # open | finished | closed | violated | failed
+        self._degraded = False  # fail-open after a guard error: text passes unchecked
+        # Opening screens the prompt (unless told not to): its budget and its failures are the prompt's.
+        self._open_stage = Stage.PROMPT if options.get("screen_prompt", True) is not False else Stage.STREAM
+        frame: dict[str, Any] = {"type": "open", "policy": guard.policy.to_dict(),
+                                 **{k: v for k, v in options.items() if v is not None}}
+        # The one content rule before anything leaves the process: a lone surrogate cannot even be
+        # encoded for the wire, and the server judges exactly the text this monitor releases.
+        if isinstance(prompt, str):
+            frame["prompt"] = clean_text(prompt)
+        else:
+            frame["messages"] = [_clean_message(m) for m in prompt]
+        self._open_frame = json.dumps(frame, ensure_ascii=False)
+        # A re-opened session does not screen the prompt again: it was judged, and its decision stands.
+        self._reopen_frame = json.dumps({**frame, "screen_prompt": False}, ensure_ascii=False)
+
+    # -- the monitor's read-only view -------------------------------------------------------
+    @property
+    def released(self) -> str:
+        """All text released so far."""
+        if len(self._released_parts) > 1:
+            self._released_parts = ["".join(self._released_parts)]
+        return self._released_parts[0] if self._released_parts else ""
+
+    @property
+    def held(self) -> str:
+        """Text fed but not released yet."""
+        return self.text[len(self.released):]
+
+    @property
+    def finished(self) -> bool:
+        return self._state == "finished"
+
+    @property
+    def closed(self) -> bool:
+        return self._state != "open"
+
+    def take_token_verdicts(self) -> list[dict[str, Any]]:
+        """Per-token verdicts (as dicts) received since the last call; empty without a Stream model."""
+        out, self._tokens = self._tokens, []
+        return out
+
+    def _release(self, text: str) -> str:
+        if text:
+            self._released_parts.append(text)
+        return text
+
+    def _release_upto(self, end: int) -> str:
+        """Release the text up to ``end`` beyond what is already out (nothing when ``end`` is behind it)."""
+        start = len(self.released)
+        return self._release(self.text[start:end]) if end > start else ""
+
+    # -- frames out -----------------------------------------------------------------------
+    def _rebuild(self, expect: str) -> Generator[str, str | bytes, str]:
+        """The frames of a session on a new connection, fed the replies; returns the text released.
+
+        ``expect="opened"`` is the first open. Otherwise (failover) the session is re-opened and the text
+        fed so far is replayed; ``"finished"`` then finishes it."""
+        reply = yield self._reopen_frame if self._ever_opened else self._open_frame
+        self._on_opened(reply)
+        out = ""
+        for start in range(0, len(self.text), REPLAY_CHUNK_CHARS):
+            chunk = self.text[start:start + REPLAY_CHUNK_CHARS]
+            reply = yield json.dumps({"type": "feed", "text": chunk}, ensure_ascii=False)
+            out += self._on_reply(reply, "released")
+        if expect == "finished":
+            reply = yield FINISH_FRAME
+            out += self._on_reply(reply, "finished")
+        return out
+
+    def _feed_frame(self, delta: str) -> str | None:
+        """The frame for ``delta`` (``None`` when nothing is left of it); the text joins ``self.text``."""
+        self._check_feedable()
+        delta = clean_text(delta)
+        if not delta:
+            return None
+        self.text += delta
+        return json.dumps({"type": "feed", "text": delta}, ensure_ascii=False)
+
+    # -- frames in --------------------------------------------------------------------------
+    def _emit(self, decision: Decision) -> None:
+        emit = getattr(self.guard, "_emit", None)
+        if emit is not None:
+            emit(decision)
+
+    def _violation(self, reply: Mapping[str, Any]) -> GuardViolation:
+        self.decision = decision_from_dict(reply["decision"])
+        self._state = "violated"
+        self._emit(self.decision)
+        return GuardViolation(self.decision)
+
+    def _absorb(self, reply: Mapping[str, Any]) -> None:
+        for token in reply.get("tokens") or ():
+            end = token.get("end") if isinstance(token, Mapping) else None
+            if isinstance(end, int):
+                if end <= self._tokens_upto:
+                    continue  # reported again by a replayed session
+                self._tokens_upto = end
+            self._tokens.append(token)
+        for data in reply.get("flags") or ():
+            flag = decision_from_dict(data)
+            key = (flag.stage, flag.reason, flag.offset, flag.risk, flag.categories)
+            if key not in self._flag_keys:
+                self._flag_keys.add(key)
+                self.flags.append(flag)
+        if reply.get("decision") and reply.get("type") != "violation":
+            self.decision = decision_from_dict(reply["decision"])  # the server went on fail-open
+
+    def _on_opened(self, raw: str | bytes) -> None:
+        reply = self._parse(raw)
+        if reply.get("prompt_decision"):
+            self.prompt_decision = decision_from_dict(reply["prompt_decision"])
+        if reply.get("type") == "violation":
+            raise self._violation(reply)
+        if reply.get("type") != "opened":
+            raise self._server_error(reply)
+        self._absorb(reply)
+        self._ever_opened = True
+        self._judged = 0
+
+    def _on_reply(self, raw: str | bytes, expect: str) -> str:
+        reply = self._parse(raw)
+        self._absorb(reply)
+        kind = reply.get("type")
+        if kind == "violation":
+            judged = str(reply.get("released") or "")
+            if self.text.startswith(judged):
+                self._release_upto(len(judged))
+            raise self._violation(reply)
+        if kind != expect:
+            raise self._server_error(reply)
+        out = self._accept(str(reply.get("text") or ""))
+        if expect == "finished":
+            self._state = "finished"
+        return out
+
+    def _accept(self, text: str) -> str:
+        """The server session released (judged) ``text`` next: release what of it lies beyond ours."""
+        end = self._judged + len(text)
+        if self.text[self._judged:end] != text:
+            raise GuardUnavailable("the stream server released text that was not fed to it")
+        self._judged = end
+        if self._state == "closed":
+            return ""  # closed (aclose) while a re-open was under way: nothing more comes out
+        return self._release_upto(end)
+
+    def _parse(self, raw: str | bytes) -> dict[str, Any]:
+        try:
+            reply = json.loads(raw)
+        except ValueError:
+            raise GuardUnavailable("the stream server sent a frame that is not JSON") from None
+        if not isinstance(reply, dict):
+            raise GuardUnavailable("the stream server sent a frame that is not an object")
+        return reply
+
+    @staticmethod
+    def _server_error(reply: Mapping[str, Any]) -> QwenGuardError:
+        error = reply.get("error")
+        err: Mapping[str, Any] = error if isinstance(error, Mapping) else {}
+        kind, message = err.get("type", reply.get("type")), err.get("message", "unexpected frame")
+        if kind == "invalid_request_error":
+            return _BadRequest(f"stream server refused the session: {message}")
+        if kind == "guard_unavailable" or err.get("code") == 4503:
+            return _ReplicaUnavailable(f"stream server error ({kind}): {message}")
+        return GuardUnavailable(f"stream server error ({kind}): {message}")
+
+    # -- deadlines and failover ---------------------------------------------------------------
+    def _deadline(self, stage: Stage) -> Deadline:
+        """The budget of one call: the policy's for ``stage``, capped by the backend's reply timeout."""
+        budgets = [b for b in (self.policy.timeout_for(stage), self.backend.reply_timeout_s) if b is not None]
+        return Deadline(min(budgets) if budgets else None)
+
+    def _attempt(self, deadline: Deadline, reopens: int) -> Deadline:
+        """The deadline of one attempt of a call (see `Deadline.share`)."""
+        another = self.backend.replicas.several and reopens < self.backend.max_failovers
+        return deadline.share(another_follows=another)
+
+    def _may_reopen(self, exc: BaseException, deadline: Deadline, reopens: int) -> bool:
+        return (self._state == "open" and not self._degraded and reopens < self.backend.max_failovers
+                and not deadline.expired and reopen_worthy(exc, several=self.backend.replicas.several))
+
+    def _reopen_pause(self, deadline: Deadline, reopens: int, tried: list[str]) -> float | None:
+        """Seconds to wait before the next re-open of a call that has re-opened ``reopens`` times.
+
+        None while a replica this call has not tried remains, nor before the first re-open (through a
+        balancer it lands on another replica). After that every replica refused (restarting, draining,
+        full, or a balancer with none up for a moment): wait ``backoff_s``, doubling, so the moment
+        passes within the deadline instead of the call failing closed at once. ``None``: the wait would
+        outlast the deadline; give up now."""
+        if reopens == 0 or self.backend.replicas.untried(tried):
+            return 0.0
+        delay = min(self.backend.max_backoff_s, self.backend.backoff_s * 2 ** (reopens - 1))
+        left = deadline.left()
+        return None if left is not None and delay >= left else delay
+
+    # -- failures and state -----------------------------------------------------------------
+    def _fail(self, exc: BaseException, stage: Stage = Stage.STREAM, *, timed_out: bool = False) -> str:
+        """A guard error: raise (fail closed) or go on unchecked (fail open). Returns text to release."""
+        if isinstance(exc, _BadRequest):
+            self._state = "closed"
+            raise ValueError(str(exc)) from None
+        timed_out = timed_out or isinstance(exc, (TimeoutError, asyncio.TimeoutError, GuardTimeout))
+        decision = self.policy.decide_error(stage, exc, timeout=timed_out)
+        self.decision = decision
+        self._emit(decision)
+        if not decision.allowed:
+            self._state = "failed"
+            cls = GuardTimeout if timed_out else GuardUnavailable
+            raise cls(f"the stream guard failed and the policy fails closed: {exc}", decision) from exc
+        self._degraded = True
+        return self._release_unchecked()
+
+    def _release_unchecked(self) -> str:
+        return self._release(self.held)
+
+    def _check_feedable(self) -> None:
+        if self._state == "open":
+            return
+        if self._state == "violated" and self.decision is not None:
+            raise GuardViolation(self.decision)
+        if self._state == "failed" and self.decision is not None:
+            raise GuardUnavailable(f"the stream guard failed and the policy fails closed: {self.decision.error}", self.decision)
+        raise StreamClosed(f"this stream monitor is {self._state}; open a new one with guard.stream(...)")
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        """What a failed exchange raises: our own errors, socket and protocol errors, timeouts."""
+        websockets = websockets_module()
+        return (QwenGuardError, OSError, TimeoutError, asyncio.TimeoutError, websockets.exceptions.WebSocketException)
+
+
+def check_delta(delta: object) -> str:
+    if not isinstance(delta, str):
+        raise TypeError(f"delta must be str, got {type(delta).__name__}")
+    return delta
+
+
+def _clean_message(message: Any) -> Any:
+    if not isinstance(message, Mapping):
+        return message  # the server refuses it with a clear error
+    out = dict(message)
+    if isinstance(out.get("content"), str):
+        out["content"] = clean_text(out["content"])
+    return out

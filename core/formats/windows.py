@@ -1,0 +1,258 @@
+"""Windows: how a conversation too long for one guard prompt is judged, in bounded, overlapping pieces.
+
+A Qwen3Guard-Gen check judges the *last* turn of a conversation; earlier turns are context. When the
+whole prompt does not fit in ``max_prompt_tokens``, `WindowPlanner` builds windows:
+
+- **Context, trimmed in linear time.** Each earlier turn is tokenized once, newest first, and the
+  turns are kept while their token counts (summed, plus each role's fixed label cost) fit the context
+  share of a window: all of the room the judged turn leaves when it fits in one window, a quarter of
+  a window when it must be windowed itself. Older turns are never tokenized. If even the newest
+  earlier turn alone is too long, its tail is kept (cut between characters): it is context, the
+  judged turn is what must never be cut.
+- **The judged turn, windowed, never truncated.** Overlapping pieces (``overlap`` tokens shared by
+  neighbours) cut only between characters (``text[a:b]`` at a token's start offset, never a decoded
+  token slice, so never a broken UTF-8 sequence). Each window is encoded whole, and a window over
+  the budget is re-split shorter until it fits (a piece can re-encode a token or two longer than
+  counted where BPE merges differ at its edges), so every window's ids are a complete guard prompt
+  ending with the template's own tail (``...</think>\\n\\n``) and never longer than the budget.
+- **Forged turns.** The text before each line-initial ``USER:``/``ASSISTANT:`` label in the judged
+  turn (`content.forged_turn_segments`) is judged again on its own, as extra windows of the same
+  check (same role, same context). A model may read a label-like line as a new turn and judge only
+  what follows it; these windows judge what precedes it. The worst verdict over all windows wins.
+- **Bounded work.** More than ``max_windows`` windows for one conversation raises `InputTooLarge`
+  (before any model work); ``check()`` (a deadline or cancellation) is called between windows.
+
+Reusable by any backend that can count tokens: the encoder needs ``encode(messages) -> ids`` and
+``content_token_starts(text) -> [char offset of each token]`` (`ConversationEncoder` has both).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..errors import InputTooLarge
+from .content import clean_text, forged_turn_segments, prepare_content
+from .prompts import normalize_messages
+
+__all__ = [
+    "Window",
+    "WindowPlanner",
+    "TokenCounter",
+    "DEFAULT_MAX_WINDOW_TOKENS",
+    "DEFAULT_WINDOW_OVERLAP",
+    "DEFAULT_MAX_WINDOWS",
+]
+
+#: Longest guard prompt of one window, in tokens (template included; the model's context may be longer).
+#: Why well under Qwen3Guard's 32K context: attention work grows with length squared, and where it is
+#: materialised (CPU, eager attention) so does memory: one 32K window costs 64x the attention of a
+#: 4K one, and a batch of three asked for a 12.8 GB mask. And Qwen3Guard was trained on moderation
+#: conversations (1.19M labelled prompts and responses), not on 32K documents; overlapping 4K windows
+#: keep each judgement close to what it was trained on, at the price of a few more forwards.
+DEFAULT_MAX_WINDOW_TOKENS = 4096
+#: Tokens shared by neighbouring windows, so a harmful sentence cut at one window's edge is whole in the other.
+DEFAULT_WINDOW_OVERLAP = 64
+#: Windows one conversation may need (forged-turn windows included). A 1 MB English text at 4K-token
+#: windows needs about 70; more is refused (`InputTooLarge`) rather than run.
+DEFAULT_MAX_WINDOWS = 256
+#: A window must hold at least this many content tokens, or the context is dropped to make room.
+MIN_WINDOW_CONTENT = 16
+
+
+class TokenCounter(Protocol):
+    """What the planner needs from an encoder (`ConversationEncoder` is one)."""
+
+    def encode(self, messages: Sequence[dict[str, Any]]) -> Sequence[int]: ...
+
+    def content_token_starts(self, text: str) -> list[int]: ...
+
+
+@dataclass(frozen=True)
+class Window:
+    """One guard prompt: the conversation shown (context turns, then a piece of the judged turn) and its ids.
+
+    ``messages`` suits backends that send messages (remote chat mode); ``ids`` those that send tokens.
+    The last message holds the window's text as the model sees it (after `content.prepare_content`,
+    which is idempotent, so sending it on through the same rule changes nothing). ``piece`` is 0 for
+    the judged turn and k for its k-th forged-turn segment; ``span`` is where the text lies in that piece."""
+
+    messages: list[dict[str, str]]
+    ids: Sequence[int]  # a list of real ids; a byte counter's stand-in ``range`` when sized without a tokenizer
+    piece: int = 0
+    span: tuple[int, int] = (0, 0)
+
+
+class WindowPlanner:
+    """Plans the windows of conversations for one encoder and budget.
+
+    >>> planner = WindowPlanner(encoder, max_prompt_tokens=4096)      # doctest: +SKIP
+    >>> [len(w.ids) for w in planner.plan(conversation)]               # doctest: +SKIP
+    [4090, 4093, 1210]
+    """
+
+    def __init__(
+        self,
+        encoder: TokenCounter,
+        *,
+        max_prompt_tokens: int,
+        overlap: int = DEFAULT_WINDOW_OVERLAP,
+        max_windows: int = DEFAULT_MAX_WINDOWS,
+    ) -> None:
+        if max_prompt_tokens < 1 or overlap < 0 or max_windows < 1:
+            raise ValueError("max_prompt_tokens and max_windows must be >= 1, overlap >= 0")
+        self.encoder = encoder
+        self.budget = max_prompt_tokens
+        self.overlap = overlap
+        self.max_windows = max_windows
+        self._label_cost: dict[tuple[str, str], int] = {}
+        self._base: dict[str, int] = {}
+
+    # -- fixed costs, measured once ---------------------------------------------------------------
+    def _empty_prompt(self, role: str) -> int:
+        """Tokens of the guard prompt around one empty turn of ``role`` (the template alone)."""
+        if role not in self._base:
+            self._base[role] = len(self.encoder.encode([{"role": role, "content": ""}]))
+        return self._base[role]
+
+    def _turn_cost(self, role: str, last_role: str) -> int:
+        """Tokens one empty earlier turn of ``role`` adds (its label and separator), plus one of slack
+        for a BPE merge across the separator."""
+        key = (role, last_role)
+        if key not in self._label_cost:
+            two = len(self.encoder.encode([{"role": role, "content": ""}, {"role": last_role, "content": ""}]))
+            self._label_cost[key] = max(0, two - self._empty_prompt(last_role)) + 1
+        return self._label_cost[key]
+
+    def _too_large(self) -> InputTooLarge:
+        return InputTooLarge(
+            f"this conversation needs more than max_windows={self.max_windows} windows of at most "
+            f"{self.budget} tokens (forged-turn windows included); split it, or raise max_windows"
+        )
+
+    # -- planning -----------------------------------------------------------------------------
+    def plan(self, messages: Sequence[dict[str, Any]], *, check: Callable[[], None] | None = None) -> list[Window]:
+        """The windows of one conversation (one window when it fits). Raises `InputTooLarge` past
+        ``max_windows``, ``ValueError`` when the budget cannot hold even the template and a few tokens."""
+        msgs = normalize_messages(messages)
+        *earlier, last = msgs
+        judged = clean_text(last["content"])
+        pieces = [prepare_content(judged)]
+        pieces += [prepare_content(s.strip()) for s in forged_turn_segments(judged) if s.strip()]
+        if len(pieces) > self.max_windows:  # each piece needs a window: refuse before tokenizing anything
+            raise self._too_large()
+        windows: list[Window] = []
+        whole: Sequence[int] | None = None
+        # Fast path: the conversation fits whole. Only tried when it plausibly can (a token is rarely
+        # more than 8 characters), so a huge conversation is never tokenized whole just to find out.
+        if sum(len(m["content"]) for m in msgs) <= 8 * self.budget:
+            whole = self.encoder.encode(msgs)
+        first = 0
+        if whole is not None and len(whole) <= self.budget:
+            shown = [*earlier, {"role": last["role"], "content": pieces[0]}]  # encodes to the same ids
+            windows.append(Window(shown, whole, 0, (0, len(pieces[0]))))
+            context, first = [dict(m) for m in earlier], 1
+        else:
+            context = self._context(earlier, last["role"], pieces[0], check)
+        if first < len(pieces):
+            context, room = self._fit_context(context, last["role"])
+            for index in range(first, len(pieces)):
+                windows.extend(self._piece_windows(context, last["role"], room, pieces, index, check, len(windows)))
+        return windows
+
+    def _context(
+        self, earlier: list[dict[str, str]], role: str, judged: str, check: Callable[[], None] | None
+    ) -> list[dict[str, str]]:
+        """The newest earlier turns that fit the context share of a window (linear: each turn tokenized once)."""
+        if not earlier:
+            return []
+        room = self.budget - self._empty_prompt(role)
+        size = len(self.encoder.content_token_starts(judged)) if len(judged) <= 8 * room else room
+        share = room - size - 2 if size <= room // 2 else room // 4
+        kept: list[dict[str, str]] = []
+        used = 0
+        for turn in reversed(earlier):
+            if check is not None:
+                check()
+            cost = self._turn_cost(turn["role"], role)
+            raw = turn["content"]
+            # Only what can fit is tokenized: a token is rarely more than 8 characters, so a longer turn
+            # is cut to its last 8*share characters first (its tail is all that could be kept anyway).
+            tail_only = len(raw) > 8 * max(share, 1)
+            content = prepare_content(raw[-8 * max(share, 1):] if tail_only else raw)
+            starts = self.encoder.content_token_starts(content)
+            if not tail_only and used + cost + len(starts) <= share:
+                kept.append({"role": turn["role"], "content": content})
+                used += cost + len(starts)
+                continue
+            left = share - used - cost
+            if not kept and left >= MIN_WINDOW_CONTENT and starts:
+                # The turn right before the judged one is too long: keep its tail as context.
+                cut = starts[max(0, len(starts) - left)]
+                kept.append({"role": turn["role"], "content": content[cut:]})
+            break
+        kept.reverse()
+        return kept
+
+    def _fit_context(self, context: list[dict[str, str]], role: str) -> tuple[list[dict[str, str]], int]:
+        """Drop the oldest context turns until a window has room for some text; the room left, in tokens."""
+        while True:
+            overhead = len(self.encoder.encode([*context, {"role": role, "content": ""}]))
+            room = self.budget - overhead
+            if room >= MIN_WINDOW_CONTENT or not context:
+                break
+            context = context[1:]
+        if room < MIN_WINDOW_CONTENT:
+            raise ValueError(
+                f"a window of {self.budget} tokens cannot hold the guard prompt ({overhead} tokens) and "
+                f"{MIN_WINDOW_CONTENT} tokens of text; raise max_window_tokens / max_context"
+            )
+        return context, room
+
+    def _piece_windows(
+        self,
+        context: list[dict[str, str]],
+        role: str,
+        room: int,
+        pieces: list[str],
+        index: int,
+        check: Callable[[], None] | None,
+        have: int,
+    ) -> list[Window]:
+        """Windows of one piece of the judged turn, each fitted to the budget by encoding it."""
+        piece = pieces[index]
+        starts = self.encoder.content_token_starts(piece)
+        n = len(starts)
+        overlap = min(self.overlap, room // 4)
+        out: list[Window] = []
+        i = 0
+        while True:
+            if check is not None:
+                check()
+            if have + len(out) >= self.max_windows:
+                raise self._too_large()
+            j = min(n, i + room)
+            begin = starts[i] if n else 0
+            while True:
+                end = starts[j] if j < n else len(piece)
+                msgs = [*context, {"role": role, "content": piece[begin:end]}]
+                ids = self.encoder.encode(msgs)
+                excess = len(ids) - self.budget
+                if excess <= 0:
+                    break
+                # Over by `excess` tokens (BPE merges at the edges, a label neutralised at the start):
+                # cut the piece shorter by that much and encode again. The ids are never truncated.
+                shorter = j - excess
+                if shorter <= i or starts[shorter] <= begin:
+                    raise ValueError(f"cannot fit a window of this text in {self.budget} tokens")
+                j = shorter
+            out.append(Window(msgs, ids, index, (begin, end)))
+            if j >= n:
+                return out
+            k = max(i + 1, j - overlap)
+            while k < n and starts[k] <= begin:  # tokens inside one character share its start
+                k += 1
+            if k >= n:
+                return out
+            i = k

@@ -1,0 +1,222 @@
+"""The connection layer under the app: how uvicorn is configured, and a guard against idle and slow sockets.
+
+uvicorn (0.54) bounds idle time only *between* requests (``timeout_keep_alive``), and its own timer is
+cancelled by the first byte of the next request. Nothing bounds how long a client may take to send a
+request head, a connection that never sends anything is kept forever, and the httptools parser keeps
+any amount of header bytes (uvicorn issue #157, still open). ASGI middleware cannot help: it runs only
+once a head is complete. So `guarded_protocol` subclasses uvicorn's own HTTP protocol class and adds
+three things, all measured at the socket:
+
+- a *head deadline*: a request head must be complete within ``head_timeout_s`` of the connection
+  opening (or of the previous response, plus ``keep_alive_s``), else the connection is closed
+  (with a 408 when part of a head had arrived);
+- a *head size cap* (httptools; h11 has ``h11_max_incomplete_event_size``): 431 past it;
+- a *connection budget*: at most ``max_connections`` open sockets. At the limit a new connection
+  takes the place of the oldest one that is only waiting for a head (idle or dripping), so a flood of
+  idle sockets cannot lock out a client that is actually sending a request; when every socket is
+  busy with a request, the new one gets a 503 and is closed.
+
+Bodies that arrive too slowly are the gate's business (`Gate`: 408 past ``request_timeout_s``), and
+WebSocket sessions the stream protocol's (idle and lifetime limits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+from .limits import Limits
+
+
+def _plain_response(status: int, reason: str, message: str, extra_headers: str = "") -> bytes:
+    body = message.encode()
+    head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n{extra_headers}"
+            f"connection: close\r\ncontent-length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+_RESPONSES = {
+    408: _plain_response(408, "Request Timeout", "request head arrived too slowly"),
+    431: _plain_response(431, "Request Header Fields Too Large", "request head is too large"),
+    503: _plain_response(503, "Service Unavailable", "server busy: too many connections", "retry-after: 1\r\n"),
+}
+
+
+def guarded_protocol(limits: Limits, base: type | None = None) -> type:
+    """uvicorn's HTTP protocol class (httptools, else h11) with the head deadline, the head size cap
+    and the connection budget of ``limits``. Pass the result as ``uvicorn.Config(http=...)``."""
+    if base is None:
+        from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+        base = AutoHTTPProtocol
+
+    class GuardedHTTPProtocol(base):  # type: ignore[misc, valid-type]
+        head_timeout_s = limits.head_timeout_s
+        keep_alive_s = limits.keep_alive_s
+        max_head_bytes = limits.max_head_bytes
+        max_connections = limits.connection_budget()
+
+        _head_timer: asyncio.TimerHandle | None = None
+        _head_bytes = 0
+        _waiting_since = 0.0
+        _refused = False  # answered and closing: the rest of what the client sent is ignored
+
+        # -- the head deadline ------------------------------------------------------------
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm(self.head_timeout_s)
+            if len(self.connections) > self.max_connections:
+                self._make_room()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm(self.keep_alive_s + self.head_timeout_s)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def handle_websocket_upgrade(self, *args: Any) -> None:
+            self._disarm()  # the socket is the WebSocket protocol's now
+            super().handle_websocket_upgrade(*args)
+
+        def _waiting_for_head(self) -> bool:
+            cycle = getattr(self, "cycle", None)
+            return cycle is None or cycle.response_complete
+
+        def _arm(self, delay: float) -> None:
+            self._disarm()
+            self._head_bytes = 0
+            self._waiting_since = self.loop.time()
+            self._head_timer = self.loop.call_later(delay, self._head_deadline)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_deadline(self) -> None:
+            self._head_timer = None
+            if self.transport.is_closing() or not self._waiting_for_head():
+                return  # a request is being served; on_response_complete arms the next deadline
+            self._refuse(408 if self._head_bytes else None)
+
+        def _refuse(self, status: int | None) -> None:
+            self._refused = True
+            if not self.transport.is_closing():
+                if status is not None:
+                    self.transport.write(_RESPONSES[status])
+                self.transport.close()
+
+        # -- the head size cap (httptools parser callbacks; h11 enforces its own) ----------
+        def on_url(self, url: bytes) -> None:
+            self._count_head(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count_head(len(name) + len(value))
+            super().on_header(name, value)
+
+        def _count_head(self, size: int) -> None:
+            self._head_bytes += size
+            if self._head_bytes > self.max_head_bytes:
+                self._refuse(431)
+
+        def on_headers_complete(self) -> None:
+            if not self._refused:
+                super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            if not self._refused:
+                super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            if not self._refused:
+                super().on_message_complete()
+
+        def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return
+            if self._waiting_for_head():
+                self._head_bytes = max(self._head_bytes, 1)  # something arrived: a timeout is a 408
+            super().data_received(data)
+
+        # -- the connection budget ------------------------------------------------------------
+        def _make_room(self) -> None:
+            idle = [c for c in self.connections
+                    if isinstance(c, GuardedHTTPProtocol) and c is not self and c._waiting_for_head()
+                    and not c.transport.is_closing()]
+            if idle:
+                oldest = min(idle, key=lambda c: c._waiting_since)
+                oldest._refuse(None)
+            else:
+                self._refuse(503)
+
+    GuardedHTTPProtocol.__qualname__ = GuardedHTTPProtocol.__name__ = f"Guarded{base.__name__}"
+    return GuardedHTTPProtocol
+
+
+def websocket_protocol() -> type:
+    """uvicorn's websockets-sansio protocol, marking the handshake done once a denial response (the ASGI
+    "websocket.http.response" extension: our 401/429/503 refusals) is on the wire. Without it uvicorn
+    logs "ASGI callable returned without completing handshake" at ERROR for every refusal (fixed the
+    same way upstream in Kludex/uvicorn#3138, open at 0.54; wsproto already behaves so)."""
+    from uvicorn.protocols.websockets.websockets_sansio_impl import (
+        WebSocketsSansIOProtocol,
+    )
+
+    class DenialAwareWebSocketProtocol(WebSocketsSansIOProtocol):
+        async def send(self, message: Any) -> None:
+            await super().send(message)
+            if message["type"] == "websocket.http.response.body" and not message.get("more_body", False):
+                self.handshake_complete = True
+
+    return DenialAwareWebSocketProtocol
+
+
+class QueryStringFilter(logging.Filter):
+    """Drops query strings from uvicorn's log lines: a client can put anything in a URL, and logs
+    must never carry request content. (Bodies are never logged at all.)"""
+
+    _QUERY = re.compile(r"\?[^\s\"]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(self._QUERY.sub("?…", a) if isinstance(a, str) and "?" in a else a for a in record.args)
+        return True
+
+
+def _install_log_filter() -> None:
+    for name in ("uvicorn.access", "uvicorn.error"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, QueryStringFilter) for f in log.filters):
+            log.addFilter(QueryStringFilter())
+
+
+def server_config(app: Any, *, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
+                  log_level: str = "info", **uvicorn_options: Any) -> Any:
+    """The ``uvicorn.Config`` that `serve` runs: the guarded HTTP protocol, WebSocket frames capped at
+    the body limit, no trust in ``X-Forwarded-For`` (per-client limits count TCP peers), and log lines
+    without query strings."""
+    import uvicorn
+
+    limits = limits or Limits()
+    options: dict[str, Any] = {
+        "host": host, "port": port, "log_level": log_level,
+        "http": guarded_protocol(limits),
+        "ws": websocket_protocol(),
+        # twice the frame limit: frames between the two get the session's JSON error and close 1009,
+        # larger ones are cut off by the protocol (1009 without the error frame) before they are buffered
+        "ws_max_size": 2 * limits.max_body_bytes,
+        "timeout_keep_alive": limits.keep_alive_s,
+        "h11_max_incomplete_event_size": limits.max_head_bytes,
+        "proxy_headers": False,
+        "server_header": False,
+        **uvicorn_options,
+    }
+    config = uvicorn.Config(app, **options)
+    _install_log_filter()  # after Config: it applies uvicorn's logging config
+    return config

@@ -1,0 +1,140 @@
+"""What one client may make the server do: the operator's limits, their defaults, and the size checks.
+
+Every limit bounds work or held resources per request, per session or per connection, so that no
+single client can freeze the server or hold it for others. The defaults below are the documented
+ones (``docs/security.md``); ``qwenguard serve`` has a flag for each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+#: 1 MB of JSON is ~250k tokens of text: far past any guard context, so larger bodies are abuse.
+DEFAULT_MAX_BODY_BYTES = 1_000_000
+DEFAULT_MAX_CONCURRENCY = 64
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
+#: Conversations one ``/v1/moderate`` call may carry.
+DEFAULT_MAX_CONVERSATIONS = 256
+#: Messages in one conversation. The guard judges the last turn; context beyond a few dozen turns
+#: falls outside any Qwen3Guard context window anyway, and every message costs tokenizer work.
+DEFAULT_MAX_MESSAGES = 256
+#: Characters of content per request (all conversations) or per stream session (prompt and all
+#: text fed): ~50k tokens, more than one full 32k context of the largest Qwen3Guard model.
+DEFAULT_MAX_CHARS = 200_000
+DEFAULT_MAX_STREAMS_PER_CLIENT = 16
+DEFAULT_STREAM_IDLE_TIMEOUT_S = 60.0
+DEFAULT_STREAM_MAX_SESSION_S = 600.0
+DEFAULT_HEAD_TIMEOUT_S = 10.0
+#: Longer than httpx's 5 s pool expiry, so a client never reuses a socket the server is closing.
+DEFAULT_KEEP_ALIVE_S = 10.0
+DEFAULT_MAX_HEAD_BYTES = 64 * 1024
+DEFAULT_MAX_CONNECTIONS = 1024
+#: Descriptors kept free for the process itself (model files, logs, the listening socket).
+FD_RESERVE = 128
+
+
+class LimitExceeded(ValueError):
+    """A request or session is larger than the operator allows (HTTP 413, WebSocket close 1009)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The operator's limits (see each default's constant). ``None`` disables a time limit."""
+
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S
+    max_conversations: int = DEFAULT_MAX_CONVERSATIONS
+    max_messages: int = DEFAULT_MAX_MESSAGES
+    max_chars: int = DEFAULT_MAX_CHARS
+    #: Stream sessions at once (``None``: as many as ``max_concurrency``).
+    max_streams: int | None = None
+    #: Stream sessions at once from one client address.
+    max_streams_per_client: int = DEFAULT_MAX_STREAMS_PER_CLIENT
+    #: A stream session that feeds no text for this long is closed (4408).
+    stream_idle_timeout_s: float | None = DEFAULT_STREAM_IDLE_TIMEOUT_S
+    #: A stream session lives at most this long (4408).
+    stream_max_session_s: float | None = DEFAULT_STREAM_MAX_SESSION_S
+    #: A request head (and a stream's ``open`` frame) must arrive within this long.
+    head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S
+    keep_alive_s: float = DEFAULT_KEEP_ALIVE_S
+    max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES
+    #: Open sockets; lowered automatically under a small ``ulimit -n`` (see `connection_budget`).
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.name in ("request_timeout_s", "max_streams", "stream_idle_timeout_s",
+                                            "stream_max_session_s"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{f.name} must be a positive number, got {value!r}")
+
+    @property
+    def streams(self) -> int:
+        return self.max_concurrency if self.max_streams is None else self.max_streams
+
+    def connection_budget(self) -> int:
+        """``max_connections``, lowered to leave `FD_RESERVE` descriptors free under ``ulimit -n``."""
+        try:
+            import resource
+
+            soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        except (ImportError, OSError, ValueError):  # pragma: no cover - not on POSIX
+            return self.max_connections
+        if soft == resource.RLIM_INFINITY:
+            return self.max_connections
+        return max(1, min(self.max_connections, soft - FD_RESERVE))
+
+    def with_overrides(self, **overrides: Any) -> Limits:
+        return dataclasses.replace(self, **overrides)
+
+    # -- size checks (pure; routes turn LimitExceeded into 413 or close 1009) -------------------
+    def check_conversations(self, conversations: Sequence[Sequence[Mapping[str, Any]]]) -> None:
+        """Raise `LimitExceeded` for too many conversations, messages or characters."""
+        if len(conversations) > self.max_conversations:
+            raise LimitExceeded(f"{len(conversations)} conversations in one request; this server accepts at most "
+                                f"{self.max_conversations} (--max-conversations)")
+        total = 0
+        for conversation in conversations:
+            self.check_messages(conversation)
+            total += sum(_chars(m) for m in conversation)
+        self.check_chars(total)
+
+    def check_messages(self, messages: Sequence[Mapping[str, Any]]) -> None:
+        self.check_message_count(len(messages))
+
+    def check_message_count(self, count: int) -> None:
+        if count > self.max_messages:
+            raise LimitExceeded(f"a conversation of {count} messages; this server accepts at most "
+                                f"{self.max_messages} per conversation (--max-messages)")
+
+    def precheck_one_conversation(self, body: bytes) -> None:
+        """Before parsing a body that holds one conversation (a chat completion, a stream's ``open``
+        frame): parsing thousands of messages costs the event loop more than refusing them."""
+        self.check_message_count(count_role_keys(body))
+
+    def check_chars(self, total: int, what: str = "request") -> None:
+        if total > self.max_chars:
+            raise LimitExceeded(f"{what} carries {total:,} characters of content; this server accepts at most "
+                                f"{self.max_chars:,} (--max-chars)")
+
+
+#: A ``"role":`` key in JSON text. Inside a JSON string a quote is escaped (``\\"``), so this matches
+#: object keys only: every message has one, so the count is at least the number of messages.
+_ROLE_KEY = re.compile(rb'"role"\s*:')
+
+
+def count_role_keys(body: bytes) -> int:
+    """How many ``"role":`` keys a JSON body holds: at least its messages, counted before parsing it."""
+    return len(_ROLE_KEY.findall(body))
+
+
+def _chars(message: Mapping[str, Any]) -> int:
+    content = message.get("content") if isinstance(message, Mapping) else None
+    return len(content) if isinstance(content, str) else 0
