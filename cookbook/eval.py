@@ -10,7 +10,7 @@ Runs offline on the embedded demo guard. For the real model, change the `Guard.f
     Guard.from_pretrained("Qwen/Qwen3Guard-Gen-4B")                        # local, transformers
     Guard.remote("http://host:8000/v1", model="Qwen/Qwen3Guard-Gen-4B")    # a vLLM server:
     #   vllm serve Qwen/Qwen3Guard-Gen-4B --port 8000 --max-model-len 32768
-and sample_path() for your own labelled JSONL / CSV / Parquet file (columns: see docs/readme/eval.md).
+and sample_path() for your own labelled JSONL / CSV / Parquet file (columns: see docs/eval.md).
 """
 
 from rich.console import Console
