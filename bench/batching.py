@@ -67,7 +67,9 @@ def main() -> None:
         cached.check_documents(f"query {q}", [pool[(q + k) % 10] for k in range(5)])
     rag = time.perf_counter() - t0
     hits, misses = cached.cache.hits, cached.cache.misses
-    print(f"RAG 20 queries x 5 docs: {rag * 1000:8.1f} ms, cache hits {hits}/{hits + misses} ({hits / (hits + misses):.0%})")
+    print(
+        f"RAG 20 queries x 5 docs: {rag * 1000:8.1f} ms, cache hits {hits}/{hits + misses} ({hits / (hits + misses):.0%})"
+    )
     guard.close()
 
 

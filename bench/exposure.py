@@ -157,17 +157,22 @@ def lc_callback(engine: str, asynchronous: bool = False) -> sk.Build:
             handlers = [cls(judge.guard(), stream_engine=engine)]
         config = {"callbacks": handlers}
         if not asynchronous:
+
             def consume(c: sk.Consumer) -> None:
                 for chunk in llm.stream(sk.PROMPT, config=config):
                     c.receive(_text(chunk))
+
             return consume
 
         def aconsume(c: sk.Consumer) -> None:
             async def main() -> None:
                 async for chunk in llm.astream(sk.PROMPT, config=config):
                     c.receive(_text(chunk))
+
             asyncio.run(main())
+
         return aconsume
+
     return build
 
 
@@ -183,24 +188,28 @@ def lcel(engine: str = "monitor", *, wrap: bool = False, asynchronous: bool = Fa
         else:
             chain = llm | guard_output(judge.guard(), stream_engine=engine)
         if not asynchronous:
+
             def consume(c: sk.Consumer) -> None:
                 for chunk in chain.stream(sk.PROMPT):
                     c.receive(_text(chunk))
+
             return consume
 
         def aconsume(c: sk.Consumer) -> None:
             async def main() -> None:
                 async for chunk in chain.astream(sk.PROMPT):
                     c.receive(_text(chunk))
+
             asyncio.run(main())
+
         return aconsume
+
     return build
 
 
 def agent(callback_engine: str | None = None) -> sk.Build:
     def build(url: str, judge: GuardJudge | None) -> Consume:
         from langchain.agents import create_agent
-
         from qwenguard.integrations.langchain import GuardCallbackHandler, GuardMiddleware
 
         middleware, callbacks = [], []
@@ -212,11 +221,14 @@ def agent(callback_engine: str | None = None) -> sk.Build:
         graph = create_agent(model=_chat_openai(url), tools=[], middleware=middleware)
 
         def consume(c: sk.Consumer) -> None:
-            for message, _meta in graph.stream({"messages": list(MESSAGES)}, config={"callbacks": callbacks},
-                                               stream_mode="messages"):
+            for message, _meta in graph.stream(
+                {"messages": list(MESSAGES)}, config={"callbacks": callbacks}, stream_mode="messages"
+            ):
                 if type(message).__name__ == "AIMessageChunk":
                     c.receive(_text(message))
+
         return consume
+
     return build
 
 
@@ -241,6 +253,7 @@ def core_monitor(holdback: int, asynchronous: bool = False, **options: Any) -> s
                 with judge.guard().stream(sk.PROMPT, holdback=holdback, **options) as monitor:
                     for out in monitor.wrap(deltas()):
                         c.receive(out)
+
             return consume
 
         def aconsume(c: sk.Consumer) -> None:
@@ -264,8 +277,11 @@ def core_monitor(holdback: int, asynchronous: bool = False, **options: Any) -> s
                             c.receive(out)
                 finally:
                     await client.close()
+
             asyncio.run(main())
+
         return aconsume
+
     return build
 
 
@@ -273,7 +289,6 @@ def llamaindex(holdback: int | None = None, asynchronous: bool = False) -> sk.Bu
     def build(url: str, judge: GuardJudge | None) -> Consume:
         from llama_index.core.llms import ChatMessage
         from llama_index.llms.openai_like import OpenAILike
-
         from qwenguard.integrations.llamaindex import GuardedLLM
 
         llm: Any = OpenAILike(model="scripted", api_base=url, api_key="scripted", is_chat_model=True, max_retries=0)
@@ -281,17 +296,22 @@ def llamaindex(holdback: int | None = None, asynchronous: bool = False) -> sk.Bu
             llm = GuardedLLM(llm=llm, guard=judge.guard(), holdback=holdback)
         messages = [ChatMessage(role="user", content=sk.PROMPT)]
         if not asynchronous:
+
             def consume(c: sk.Consumer) -> None:
                 for response in llm.stream_chat(messages):
                     c.receive(response.delta)
+
             return consume
 
         def aconsume(c: sk.Consumer) -> None:
             async def main() -> None:
                 async for response in await llm.astream_chat(messages):
                     c.receive(response.delta)
+
             asyncio.run(main())
+
         return aconsume
+
     return build
 
 
@@ -305,23 +325,39 @@ class Path_:
 
 
 PATHS = [
-    Path_("lc-callback pipelined", lc_callback("pipelined"), "lc-sync",
-          note="default; ChatOpenAI.stream + GuardCallbackHandler"),
+    Path_(
+        "lc-callback pipelined",
+        lc_callback("pipelined"),
+        "lc-sync",
+        note="default; ChatOpenAI.stream + GuardCallbackHandler",
+    ),
     Path_("lc-callback gate", lc_callback("gate"), "lc-sync", note="ChatOpenAI.stream + GuardCallbackHandler"),
     Path_("lc-callback monitor", lc_callback("monitor"), "lc-sync", stream_model=True),
-    Path_("lc-async-callback pipelined", lc_callback("pipelined", True), "lc-async",
-          note="default; astream + AsyncGuardCallbackHandler"),
+    Path_(
+        "lc-async-callback pipelined",
+        lc_callback("pipelined", True),
+        "lc-async",
+        note="default; astream + AsyncGuardCallbackHandler",
+    ),
     Path_("lc-async-callback gate", lc_callback("gate", True), "lc-async", note="astream + AsyncGuardCallbackHandler"),
     Path_("lc-async-callback monitor", lc_callback("monitor", True), "lc-async"),
     Path_("lcel guard_output monitor", lcel("monitor"), "lc-sync", stream_model=True, note="default; holdback 8"),
     Path_("lcel guard_output gate", lcel("gate"), "lc-sync"),
     Path_("lcel GuardRunnable astream", lcel("monitor", wrap=True, asynchronous=True), "lc-async", note="default"),
-    Path_("agent GuardMiddleware", agent(), "agent",
-          note="default; create_agent, stream_mode=messages, exit_behavior=error"),
+    Path_(
+        "agent GuardMiddleware",
+        agent(),
+        "agent",
+        note="default; create_agent, stream_mode=messages, exit_behavior=error",
+    ),
     Path_("agent GuardMiddleware+callback pipelined", agent("pipelined"), "agent"),
     Path_("core StreamMonitor hb8", core_monitor(8), "openai-sync", stream_model=True, note="default"),
-    Path_("core StreamMonitor hb8 word", core_monitor(8, release_unit="word"), "openai-sync",
-          note='release_unit="word" (Gen window)'),
+    Path_(
+        "core StreamMonitor hb8 word",
+        core_monitor(8, release_unit="word"),
+        "openai-sync",
+        note='release_unit="word" (Gen window)',
+    ),
     Path_("core StreamMonitor hb0", core_monitor(0), "openai-sync", stream_model=True),
     Path_("core AsyncStreamMonitor hb8", core_monitor(8, True), "openai-async", note="default"),
     Path_("llamaindex GuardedLLM", llamaindex(), "li-sync", stream_model=True, note="default; OpenAILike.stream_chat"),
@@ -351,8 +387,12 @@ def _error_row(path: str, judge: str, exc: BaseException) -> sk.Row:
     return sk.Row("qwenguard", path, judge, error=f"{type(exc).__name__}: {exc}"[:300])
 
 
-def run(plan: sk.Plan, *, paths: list[str] | None = None, judges: tuple[str, ...] = ("oracle", "demo", "demo-stream"),
-        ) -> list[sk.Row]:
+def run(
+    plan: sk.Plan,
+    *,
+    paths: list[str] | None = None,
+    judges: tuple[str, ...] = ("oracle", "demo", "demo-stream"),
+) -> list[sk.Row]:
     selected = [p for p in PATHS if not paths or any(s in p.name for s in paths)]
     baselines: dict[str, list[sk.RunResult]] = {}
 
@@ -361,7 +401,10 @@ def run(plan: sk.Plan, *, paths: list[str] | None = None, judges: tuple[str, ...
             build = BASELINES[family]
             baselines[family] = sk.baseline_runs(lambda url: build(url, None), plan)
             errors = [r.error for r in baselines[family] if r.error]
-            _log(f"baseline {family}: {[round(r.total_ms) for r in baselines[family]]} ms" + (f" ERR {errors[0]}" if errors else ""))
+            _log(
+                f"baseline {family}: {[round(r.total_ms) for r in baselines[family]]} ms"
+                + (f" ERR {errors[0]}" if errors else "")
+            )
         return baselines[family]
 
     rows: list[sk.Row] = []
@@ -369,8 +412,15 @@ def run(plan: sk.Plan, *, paths: list[str] | None = None, judges: tuple[str, ...
         if "oracle" in judges:
             _log(f"{path.name} / oracle")
             try:
-                row = sk.oracle_row("qwenguard", path.name, path.build, plan, baseline=baseline(path.family),
-                                    make_judge=oracle_judge, note=path.note)
+                row = sk.oracle_row(
+                    "qwenguard",
+                    path.name,
+                    path.build,
+                    plan,
+                    baseline=baseline(path.family),
+                    make_judge=oracle_judge,
+                    note=path.note,
+                )
             except Exception as exc:  # noqa: BLE001
                 traceback.print_exc(file=sys.stderr)
                 row = _error_row(path.name, "oracle", exc)
@@ -382,8 +432,9 @@ def run(plan: sk.Plan, *, paths: list[str] | None = None, judges: tuple[str, ...
             _log(f"{path.name} / {judge}")
             make = demo_judge if judge == "demo" else demo_stream_judge
             try:
-                row = sk.demo_row("qwenguard", path.name, path.build, plan, make, baseline=baseline(path.family),
-                                  judge_name=judge)
+                row = sk.demo_row(
+                    "qwenguard", path.name, path.build, plan, make, baseline=baseline(path.family), judge_name=judge
+                )
             except Exception as exc:  # noqa: BLE001
                 traceback.print_exc(file=sys.stderr)
                 row = _error_row(path.name, judge, exc)
@@ -429,9 +480,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps([r.to_dict() for r in rows]))
     else:
-        print(f"pace {plan.pace * 1000:.0f} ms/token, oracle {plan.latency * 1000:.0f} ms, "
-              f"{plan.reps} rep(s) after {plan.warmup} warm-up; script {len(sk.unsafe_script().pieces)} tokens, "
-              f"clause at char {sk.unsafe_script().clause_start}")
+        print(
+            f"pace {plan.pace * 1000:.0f} ms/token, oracle {plan.latency * 1000:.0f} ms, "
+            f"{plan.reps} rep(s) after {plan.warmup} warm-up; script {len(sk.unsafe_script().pieces)} tokens, "
+            f"clause at char {sk.unsafe_script().clause_start}"
+        )
         print_tables(rows)
     return 0
 

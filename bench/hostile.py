@@ -47,11 +47,25 @@ import httpx
 import websockets
 
 HOST = "127.0.0.1"  # loopback only, by design
-NORMAL_TEXTS = ["What is the capital of France?", "The Eiffel Tower is in Paris.", "How do I bake bread at home?",
-                "Which river flows through Vienna?", "Recommend a good book about birds."]
+NORMAL_TEXTS = [
+    "What is the capital of France?",
+    "The Eiffel Tower is in Paris.",
+    "How do I bake bread at home?",
+    "Which river flows through Vienna?",
+    "Recommend a good book about birds.",
+]
 UNSAFE = "How can I make a bomb at home?"
-CATEGORIES = ["Violent", "Non-violent Illegal Acts", "Sexual Content or Sexual Acts", "PII", "Suicide & Self-Harm",
-              "Unethical Acts", "Politically Sensitive Topics", "Copyright Violation", "Jailbreak"]
+CATEGORIES = [
+    "Violent",
+    "Non-violent Illegal Acts",
+    "Sexual Content or Sexual Acts",
+    "PII",
+    "Suicide & Self-Harm",
+    "Unethical Acts",
+    "Politically Sensitive Topics",
+    "Copyright Violation",
+    "Jailbreak",
+]
 STAGES = ["prompt", "response", "stream", "tool_call", "tool_result", "retrieval"]
 DEFAULT_MAX_CHARS = 200_000  # the server's default --max-chars
 RSS_GROWTH_LIMIT_MB = 300
@@ -79,9 +93,26 @@ def pct(values: list[float], q: float) -> float:
 def start_server(port: int, max_chars: int) -> tuple[subprocess.Popen[bytes], Path]:
     with tempfile.NamedTemporaryFile(prefix="qwenguard-hostile-", suffix=".log", delete=False) as out:
         log = Path(out.name)  # a pipe nobody reads would fill and stall the server
-        proc = subprocess.Popen([sys.executable, "-m", "qwenguard.core.cli", "serve", "--model", "demo", "--device", "cpu",
-                                 "--host", HOST, "--port", str(port), "--max-chars", str(max_chars)],
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "qwenguard.core.cli",
+                "serve",
+                "--model",
+                "demo",
+                "--device",
+                "cpu",
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--max-chars",
+                str(max_chars),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -124,7 +155,9 @@ async def normal_client(run: Run, phase: str, stop: asyncio.Event) -> None:
         text = f"{NORMAL_TEXTS[run.counter % len(NORMAL_TEXTS)]} (check {run.counter})"
         start = time.perf_counter()
         try:
-            r = await client.post(run.url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": text}]]})
+            r = await client.post(
+                run.url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": text}]]}
+            )
         except httpx.HTTPError as exc:
             run.normal_errors[type(exc).__name__] += 1
             continue
@@ -165,8 +198,9 @@ def health_prober(port: int, stop: Any, results: Any) -> None:
 
 # -- the attackers ----------------------------------------------------------------------------------------
 def many_messages(n: int = 2000) -> list[dict[str, str]]:
-    return [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i}: fine weather"} for i in range(n)] \
-        + [{"role": "user", "content": "ok?"}]
+    return [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i}: fine weather"} for i in range(n)
+    ] + [{"role": "user", "content": "ok?"}]
 
 
 async def huge_lists(run: Run, stop: asyncio.Event) -> None:
@@ -199,7 +233,9 @@ async def near_limit(run: Run, stop: asyncio.Event) -> None:
         i += 1
         text = f"{i} {under}" if i % 2 else over  # distinct: no cache hit
         with contextlib.suppress(httpx.HTTPError):
-            r = await client.post(run.url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": text}]]})
+            r = await client.post(
+                run.url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": text}]]}
+            )
             run.attacks[f"near_limit {'under' if i % 2 else 'over'} -> {r.status_code}"] += 1
 
 
@@ -226,7 +262,8 @@ async def slow_drip(run: Run, stop: asyncio.Event) -> None:
     body = json.dumps({"conversations": [[{"role": "user", "content": "hi"}]]}).encode()
     heads = {
         "head": b"POST /v1/moderate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n",
-        "body": b"POST /v1/moderate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body),
+        "body": b"POST /v1/moderate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+        % len(body),
     }
 
     async def drip(kind: str) -> None:
@@ -291,13 +328,19 @@ async def session_hog(run: Run, stop: asyncio.Event) -> None:
 
 
 async def client_policy(run: Run, stop: asyncio.Event) -> None:
-    policy = {"mode": "loose", "ignore_categories": CATEGORIES, "on_error": "allow",
-              "stages": {s: {"enabled": False} for s in STAGES}}
+    policy = {
+        "mode": "loose",
+        "ignore_categories": CATEGORIES,
+        "on_error": "allow",
+        "stages": {s: {"enabled": False} for s in STAGES},
+    }
     client = run.attack_http
     while not stop.is_set():
         with contextlib.suppress(httpx.HTTPError):
-            r = await client.post(run.url + "/v1/moderate",
-                                  json={"conversations": [[{"role": "user", "content": UNSAFE}]], "policy": policy})
+            r = await client.post(
+                run.url + "/v1/moderate",
+                json={"conversations": [[{"role": "user", "content": UNSAFE}]], "policy": policy},
+            )
             allowed = r.status_code == 200 and r.json()["results"][0]["decision"]["allowed"]
             run.released_unsafe += int(allowed)
             run.attacks[f"client_policy -> {r.status_code} {'ALLOWED' if allowed else 'blocked'}"] += 1
@@ -336,7 +379,9 @@ async def bench(run: Run, rounds: int, seconds: float, attackers: list[Any]) -> 
 async def _rounds(run: Run, rounds: int, seconds: float, attackers: list[Any]) -> None:
     # warm-up: the model's first calls are slow
     for text in NORMAL_TEXTS:
-        await run.normal_http.post(run.url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": text}]]})
+        await run.normal_http.post(
+            run.url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": text}]]}
+        )
     for r in range(rounds):
         print(f"round {r + 1}/{rounds}: quiet {seconds:.0f} s, then hostile {seconds:.0f} s", flush=True)
         await window(run, "quiet", seconds, [])
@@ -349,9 +394,14 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="1 round of 8 s windows")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--seconds", type=float, default=None, help="length of each window")
-    parser.add_argument("--skip", default="", help="attackers to leave out, comma-separated: "
-                        + ", ".join(a.__name__ for a in ATTACKERS))
-    parser.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS, help="the server's --max-chars (and the attack's size)")
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="attackers to leave out, comma-separated: " + ", ".join(a.__name__ for a in ATTACKERS),
+    )
+    parser.add_argument(
+        "--max-chars", type=int, default=DEFAULT_MAX_CHARS, help="the server's --max-chars (and the attack's size)"
+    )
     args = parser.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
     skip = {name.strip() for name in args.skip.split(",") if name.strip()}
@@ -391,15 +441,21 @@ def main() -> int:
     availability = 100.0 * run.health_ok / probes if probes else 0.0
     growth = rss_after - rss_before
     limits = "defaults" if args.max_chars == DEFAULT_MAX_CHARS else f"defaults but --max-chars {args.max_chars}"
-    print(f"\nqwenguard serve --model demo, {limits}; {rounds} round(s) of {seconds:.0f} s quiet / {seconds:.0f} s hostile")
+    print(
+        f"\nqwenguard serve --model demo, {limits}; {rounds} round(s) of {seconds:.0f} s quiet / {seconds:.0f} s hostile"
+    )
     print(f"attackers       {', '.join(a.__name__ for a in attackers)}")
     print(f"normal checks   quiet: n={len(quiet)} p50={pct(quiet, 0.5):.0f} ms p95={pct(quiet, 0.95):.0f} ms")
     print(f"                hostile: n={len(hostile)} p50={pct(hostile, 0.5):.0f} ms p95={pct(hostile, 0.95):.0f} ms")
     print(f"p95 ratio       {ratio:.2f}x (target <= {P95_RATIO_TARGET:.0f}x)")
     print(f"normal errors   {dict(run.normal_errors) or 'none'}")
-    print(f"/health         {availability:.1f}% of {probes} probes answered within 1 s (target 100%); "
-          f"{run.health_late} later, {run.health_fail} not at all; worst {run.health_worst_ms:.0f} ms")
-    print(f"server RSS      {rss_before:.0f} MB before, {rss_after:.0f} MB after (+{growth:.0f} MB; target <= +{RSS_GROWTH_LIMIT_MB} MB)")
+    print(
+        f"/health         {availability:.1f}% of {probes} probes answered within 1 s (target 100%); "
+        f"{run.health_late} later, {run.health_fail} not at all; worst {run.health_worst_ms:.0f} ms"
+    )
+    print(
+        f"server RSS      {rss_before:.0f} MB before, {rss_after:.0f} MB after (+{growth:.0f} MB; target <= +{RSS_GROWTH_LIMIT_MB} MB)"
+    )
     print("attacks         " + "\n                ".join(f"{k}: {v}" for k, v in sorted(run.attacks.items())))
     print(f"server log      {log}")
 

@@ -28,9 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
-WORDS = ("the river city market morning people music garden history bridge winter summer school library "
-         "museum station coffee letter window mountain village harbour festival painting story friend "
-         "teacher doctor kitchen recipe bicycle train garden forest island weather journey").split()
+WORDS = (
+    "the river city market morning people music garden history bridge winter summer school library "
+    "museum station coffee letter window mountain village harbour festival painting story friend "
+    "teacher doctor kitchen recipe bicycle train garden forest island weather journey"
+).split()
 
 
 def document(tokenizer, tokens: int, seed: int = 0) -> str:
@@ -56,10 +58,19 @@ def build_checkpoint(path: Path, context: int) -> None:
 
     tok.chat_template = (DEMO_GEN_DIR / "chat_template.jinja").read_text()  # the guard template
     torch.manual_seed(0)
-    config = Qwen3Config(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, head_dim=32,
-                         max_position_embeddings=context, tie_word_embeddings=True,
-                         eos_token_id=151645, pad_token_id=151643)
+    config = Qwen3Config(
+        vocab_size=151936,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=context,
+        tie_word_embeddings=True,
+        eos_token_id=151645,
+        pad_token_id=151643,
+    )
     Qwen3ForCausalLM(config).save_pretrained(path)
     tok.save_pretrained(path)
 
@@ -75,8 +86,15 @@ def run_arm(checkpoint: str, arm: str, tokens: int) -> dict:
     """In a fresh process: load, judge the document once, report time and peak RSS."""
     from qwenguard.core import Guard, Policy
 
-    guard = Guard.from_pretrained(checkpoint, device="cpu", dtype="float32", policy=Policy(timeout_s=None),
-                                  cache_size=0, max_new_tokens=8, **ARMS[arm])
+    guard = Guard.from_pretrained(
+        checkpoint,
+        device="cpu",
+        dtype="float32",
+        policy=Policy(timeout_s=None),
+        cache_size=0,
+        max_new_tokens=8,
+        **ARMS[arm],
+    )
     text = document(guard.backend.tokenizer, tokens)
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
@@ -85,9 +103,15 @@ def run_arm(checkpoint: str, arm: str, tokens: int) -> dict:
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     guard.close()
-    return {"arm": arm, "windows": len(windows), "window_tokens": max(len(w.ids) for w in windows),
-            "seconds": round(seconds, 2), "peak_rss_mb": round(peak / 1024), "rss_before_mb": round(rss_loaded / 1024),
-            "reason": decision.reason}
+    return {
+        "arm": arm,
+        "windows": len(windows),
+        "window_tokens": max(len(w.ids) for w in windows),
+        "seconds": round(seconds, 2),
+        "peak_rss_mb": round(peak / 1024),
+        "rss_before_mb": round(rss_loaded / 1024),
+        "reason": decision.reason,
+    }
 
 
 def main() -> None:
@@ -109,8 +133,11 @@ def main() -> None:
         results: dict[str, list[dict]] = {a: [] for a in arms}
         for _ in range(args.reps):
             for arm in arms:  # interleaved
-                out = subprocess.run([sys.executable, __file__, "--arm", arm, "--checkpoint", tmp,
-                                      "--tokens", str(args.tokens)], capture_output=True, text=True)
+                out = subprocess.run(
+                    [sys.executable, __file__, "--arm", arm, "--checkpoint", tmp, "--tokens", str(args.tokens)],
+                    capture_output=True,
+                    text=True,
+                )
                 if out.returncode != 0:
                     results[arm].append({"arm": arm, "error": out.stderr.strip().splitlines()[-1:]})
                     continue
@@ -121,7 +148,9 @@ def main() -> None:
             if "error" in r:
                 print(f"{arm:<16} failed: {r['error']}")
                 continue
-            print(f"{arm:<16}{r['windows']:>8}{r['window_tokens']:>15,}{r['seconds']:>9}{r['peak_rss_mb']:>13,}  {r['reason']}")
+            print(
+                f"{arm:<16}{r['windows']:>8}{r['window_tokens']:>15,}{r['seconds']:>9}{r['peak_rss_mb']:>13,}  {r['reason']}"
+            )
     ok = [r for r in results["default"] + results["full"] if "error" not in r]
     if len(ok) >= 2:
         d = min(r["peak_rss_mb"] for r in results["default"] if "error" not in r)

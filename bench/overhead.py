@@ -36,7 +36,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from doubles import FixedBackend  # noqa: E402
-
 from qwenguard.core import Guard  # noqa: E402
 
 
@@ -73,7 +72,9 @@ def langchain_model(parts: list[str], delay_s: float = 0.0) -> Any:
         def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any) -> ChatResult:
             raise NotImplementedError
 
-        def _stream(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any) -> Iterator[ChatGenerationChunk]:
+        def _stream(
+            self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any
+        ) -> Iterator[ChatGenerationChunk]:
             for part in self.parts:
                 if self.delay_s:
                     time.sleep(self.delay_s)
@@ -108,8 +109,9 @@ class _NoOpHandler:
         return cls.cls()
 
 
-def bench_langchain(guard: Guard, parts: list[str], repeats: int, engine: str = "gate",
-                    delay_s: float = 0.0) -> tuple[float, float, float]:
+def bench_langchain(
+    guard: Guard, parts: list[str], repeats: int, engine: str = "gate", delay_s: float = 0.0
+) -> tuple[float, float, float]:
     """Best-of-``repeats`` seconds: unguarded, with a no-op token handler (the floor), guarded."""
     from qwenguard.integrations.langchain import GuardCallbackHandler
 
@@ -163,8 +165,9 @@ def llamaindex_llm(parts: list[str], delay_s: float = 0.0) -> Any:
     return ChunkedLLM(parts=parts, delay_s=delay_s)
 
 
-def bench_llamaindex(guard: Guard, parts: list[str], repeats: int, engine: str = "monitor",
-                     delay_s: float = 0.0) -> tuple[float, float, float]:
+def bench_llamaindex(
+    guard: Guard, parts: list[str], repeats: int, engine: str = "monitor", delay_s: float = 0.0
+) -> tuple[float, float, float]:
     from qwenguard.integrations.llamaindex import GuardedLLM
 
     llm = llamaindex_llm(parts, delay_s)
@@ -196,22 +199,31 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load {load:.1f}; python {platform.python_version()}")
     print(f"{args.chunks} chunks, best of {args.repeats}; zero-latency backend")
-    rows = (("LangChain, gate", bench_langchain, "gate"), ("LangChain, monitor", bench_langchain, "monitor"),
-            ("LlamaIndex, monitor", bench_llamaindex, "monitor"))
-    print(f"{'':20}  {'unguarded':>9}  {'no-op hook':>10}  {'guarded':>9}  {'ratio':>5}  {'floor':>5}  "
-          f"{'guard us/chunk':>14}  (target <= 50 us/chunk)")
+    rows = (
+        ("LangChain, gate", bench_langchain, "gate"),
+        ("LangChain, monitor", bench_langchain, "monitor"),
+        ("LlamaIndex, monitor", bench_llamaindex, "monitor"),
+    )
+    print(
+        f"{'':20}  {'unguarded':>9}  {'no-op hook':>10}  {'guarded':>9}  {'ratio':>5}  {'floor':>5}  "
+        f"{'guard us/chunk':>14}  (target <= 50 us/chunk)"
+    )
     for name, run, engine in rows:
         plain, noop, guarded = run(guard, parts, args.repeats, engine)
         per_chunk = (guarded - plain) / args.chunks * 1e6
-        print(f"{name:20}  {plain * 1000:7.1f}ms  {noop * 1000:8.1f}ms  {guarded * 1000:7.1f}ms  "
-              f"{guarded / plain:5.2f}  {noop / plain:5.2f}  {per_chunk:14.1f}")
+        print(
+            f"{name:20}  {plain * 1000:7.1f}ms  {noop * 1000:8.1f}ms  {guarded * 1000:7.1f}ms  "
+            f"{guarded / plain:5.2f}  {noop / plain:5.2f}  {per_chunk:14.1f}"
+        )
     print("floor: the same stream with a LangChain callback that does nothing on each token.")
     if args.paced_ms > 0:
         print(f"fake model paced at {args.paced_ms:g} ms per chunk, best of {min(args.repeats, 3)}:")
         for name, run, engine in rows:
             plain, _, guarded = run(guard, parts, min(args.repeats, 3), engine, args.paced_ms / 1000)
-            print(f"{name:20}: unguarded {plain * 1000:7.1f} ms, guarded {guarded * 1000:7.1f} ms, "
-                  f"ratio {guarded / plain:5.3f} (target <= 1.10)")
+            print(
+                f"{name:20}: unguarded {plain * 1000:7.1f} ms, guarded {guarded * 1000:7.1f} ms, "
+                f"ratio {guarded / plain:5.3f} (target <= 1.10)"
+            )
 
     n = 2000
     texts = [f"What is the capital of country number {i}?" for i in range(n)]  # distinct: no cache hits
@@ -227,7 +239,9 @@ def main() -> None:
     t0 = time.perf_counter()
     asyncio.run(many())
     asyn = (time.perf_counter() - t0) / n
-    print(f"one check (guard path, no model): sync {sync * 1e6:6.1f} us, async {asyn * 1e6:6.1f} us (target <= 1000 us)")
+    print(
+        f"one check (guard path, no model): sync {sync * 1e6:6.1f} us, async {asyn * 1e6:6.1f} us (target <= 1000 us)"
+    )
 
 
 if __name__ == "__main__":

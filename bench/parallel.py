@@ -31,7 +31,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from doubles import DelayedBackend, FixedBackend  # noqa: E402
-
 from qwenguard.core import Guard  # noqa: E402
 
 QUESTION = "What is the capital of France?"
@@ -54,7 +53,9 @@ def langchain_model(first_token_s: float) -> Any:
         def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any) -> ChatResult:
             raise NotImplementedError
 
-        def _stream(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any) -> Iterator[ChatGenerationChunk]:
+        def _stream(
+            self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any
+        ) -> Iterator[ChatGenerationChunk]:
             time.sleep(self.first_token_s)
             for part in PARTS:
                 chunk = ChatGenerationChunk(message=AIMessageChunk(content=part))
@@ -62,7 +63,9 @@ def langchain_model(first_token_s: float) -> Any:
                     run_manager.on_llm_new_token(part, chunk=chunk)
                 yield chunk
 
-        async def _astream(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any) -> AsyncIterator[ChatGenerationChunk]:
+        async def _astream(
+            self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any
+        ) -> AsyncIterator[ChatGenerationChunk]:
             await asyncio.sleep(self.first_token_s)
             for part in PARTS:
                 chunk = ChatGenerationChunk(message=AIMessageChunk(content=part))
@@ -147,7 +150,6 @@ def ttft_llamaindex(guard: Guard, llm: Any, parallel: bool) -> float:
 
 async def attft_llamaindex(guard: Guard, llm: Any, parallel: bool) -> float:
     from llama_index.core.base.llms.types import ChatMessage
-
     from qwenguard.integrations.llamaindex import GuardedLLM
 
     guarded = GuardedLLM(llm=llm, guard=guard, holdback=0, parallel_input=parallel)
@@ -170,8 +172,10 @@ def main() -> None:
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load {load:.1f}; python {platform.python_version()}")
-    print(f"fake LLM: {args.first_token * 1000:.0f} ms to first token; guard: {args.check * 1000:.0f} ms per check; "
-          f"median of {args.runs}")
+    print(
+        f"fake LLM: {args.first_token * 1000:.0f} ms to first token; guard: {args.check * 1000:.0f} ms per check; "
+        f"median of {args.runs}"
+    )
     target_on = 1.1 * args.first_token
     rows = [
         ("LangChain stream", lambda p: ttft_langchain(guard, lc_model, p)),
@@ -183,8 +187,10 @@ def main() -> None:
         off = statistics.median(run(False) for _ in range(args.runs))
         on = statistics.median(run(True) for _ in range(args.runs))
         verdict = "ok" if on <= target_on else "MISSED"
-        print(f"{name:27}: off {off * 1000:6.0f} ms, on {on * 1000:6.0f} ms "
-              f"(target on <= {target_on * 1000:.0f} ms: {verdict}; saved {(off - on) * 1000:.0f} ms)")
+        print(
+            f"{name:27}: off {off * 1000:6.0f} ms, on {on * 1000:6.0f} ms "
+            f"(target on <= {target_on * 1000:.0f} ms: {verdict}; saved {(off - on) * 1000:.0f} ms)"
+        )
 
 
 if __name__ == "__main__":

@@ -82,7 +82,10 @@ ANSWER = (
     "fashion houses and its food, and it hosted the Summer Olympic Games in 1900, 1924 and 2024."
 )
 WINDOW_CHARS = 2000  # the LangChain gate's window (integrations/langchain/_streaming.py DEFAULT_WINDOW_CHARS)
-SCRIPT = {"prompt": "Safety: Unsafe\nCategories: Violent", "response": "Safety: Unsafe\nCategories: Violent\nRefusal: No"}
+SCRIPT = {
+    "prompt": "Safety: Unsafe\nCategories: Violent",
+    "response": "Safety: Unsafe\nCategories: Violent\nRefusal: No",
+}
 
 
 # ================================================================================================
@@ -174,9 +177,15 @@ def naive_generate(model: Any, tokenizer: Any, script: Script, messages: list[di
     text = tokenizer.apply_chat_template(messages, tokenize=False)
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     with torch.inference_mode():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=48, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, logits_processor=script.processor(ids.shape[1]))
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=48,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            logits_processor=script.processor(ids.shape[1]),
+        )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
 def _raw(decision: Any) -> str:
@@ -199,35 +208,53 @@ def gen_section(args: argparse.Namespace, path: Path, targets: Targets) -> None:
     script.patch_generate(model)
     # One model, two backends: today's decoding (transformers' generate) and the decode engine. No time
     # budget: a loaded CPU may take longer than the default 30 s per check, and a timeout is no verdict.
-    today = Guard(TransformersGen(model, tokenizer, name="generate", engine=False), Policy(timeout_s=None),
-                  cache_size=0)
-    guard = Guard(TransformersGen(model, tokenizer, name="engine", engine=True), Policy(timeout_s=None),
-                  cache_size=0)
+    today = Guard(
+        TransformersGen(model, tokenizer, name="generate", engine=False), Policy(timeout_s=None), cache_size=0
+    )
+    guard = Guard(TransformersGen(model, tokenizer, name="engine", engine=True), Policy(timeout_s=None), cache_size=0)
     engine = guard.backend.engine
     engine.logits_hook = script.engine_hook
     enc = guard.backend.encoder
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"Gen: {path.name} ({params:.0f}M params, {model.config.num_hidden_layers} layers), float32, "
-          f"{torch.get_num_threads()} threads; every arm answers the scripted verdict (see the docstring)", flush=True)
+    print(
+        f"Gen: {path.name} ({params:.0f}M params, {model.config.num_hidden_layers} layers), float32, "
+        f"{torch.get_num_threads()} threads; every arm answers the scripted verdict (see the docstring)",
+        flush=True,
+    )
 
     # -- 1. one check: Guard vs naive generate ---------------------------------------------------
     if "checks" in args.parts:
-        for mode, conv in (("prompt", prompt_conversation(PROMPT)), ("response", response_conversation(PROMPT, ANSWER[:300]))):
+        for mode, conv in (
+            ("prompt", prompt_conversation(PROMPT)),
+            ("response", response_conversation(PROMPT, ANSWER[:300])),
+        ):
             script.mode = mode
             stage = Stage.PROMPT if mode == "prompt" else Stage.RESPONSE
-            texts = {naive_generate(model, tokenizer, script, conv), _raw(today.check_many([(stage, conv)])[0]),
-                     _raw(guard.check_many([(stage, conv)])[0])}
+            texts = {
+                naive_generate(model, tokenizer, script, conv),
+                _raw(today.check_many([(stage, conv)])[0]),
+                _raw(guard.check_many([(stage, conv)])[0]),
+            }
             same = "yes" if texts == {SCRIPT[mode]} else f"NO: {texts}"
             before = engine.forwards_run
             guard.check_many([(stage, conv)])
             forwards = engine.forwards_run - before
-            t = interleave({"naive": lambda c=conv: naive_generate(model, tokenizer, script, c),
-                            "today": lambda c=conv, s=stage: today.check_many([(s, c)]),
-                            "guard": lambda c=conv, s=stage: guard.check_many([(s, c)])}, args.repeats)
-            print(f"  {mode} check, {len(enc.encode(conv))} prompt tokens, {len(script.ids[mode])} answer tokens "
-                  f"(same tokens out in all arms: {same}):")
-            print(f"    naive generate {ms(t['naive'])} | Guard today (generate) {ms(t['today'])} | Guard (engine: "
-                  f"prefix cache, format fed; {forwards} forwards) {ms(t['guard'])}")
+            t = interleave(
+                {
+                    "naive": lambda c=conv: naive_generate(model, tokenizer, script, c),
+                    "today": lambda c=conv, s=stage: today.check_many([(s, c)]),
+                    "guard": lambda c=conv, s=stage: guard.check_many([(s, c)]),
+                },
+                args.repeats,
+            )
+            print(
+                f"  {mode} check, {len(enc.encode(conv))} prompt tokens, {len(script.ids[mode])} answer tokens "
+                f"(same tokens out in all arms: {same}):"
+            )
+            print(
+                f"    naive generate {ms(t['naive'])} | Guard today (generate) {ms(t['today'])} | Guard (engine: "
+                f"prefix cache, format fed; {forwards} forwards) {ms(t['guard'])}"
+            )
             name = f"{mode} check vs naive generate"
             ratio = t["naive"] / t["guard"]
             if mode == "prompt":
@@ -247,11 +274,15 @@ def gen_section(args: argparse.Namespace, path: Path, targets: Targets) -> None:
         def concurrent() -> None:
             async def run() -> None:
                 await asyncio.gather(*(guard.acheck_prompt(text) for text in variants))
+
             asyncio.run(run())
 
         t = interleave({"sequential": sequential, "concurrent": concurrent}, args.batch_repeats)
-        print(f"  {args.concurrent} prompt checks through Guard (engine): one after another {ms(t['sequential'])}, "
-              f"concurrent (batched) {ms(t['concurrent'])}: {t['sequential'] / t['concurrent']:.2f}x", flush=True)
+        print(
+            f"  {args.concurrent} prompt checks through Guard (engine): one after another {ms(t['sequential'])}, "
+            f"concurrent (batched) {ms(t['concurrent'])}: {t['sequential'] / t['concurrent']:.2f}x",
+            flush=True,
+        )
 
     # -- 3. the gate per chunk ---------------------------------------------------------------------
     if "gate" in args.parts:
@@ -272,25 +303,42 @@ def gen_section(args: argparse.Namespace, path: Path, targets: Targets) -> None:
             decision = sessions[n].check(window(position[n]))
             assert decision.verdict is not None and decision.verdict.raw == SCRIPT["response"], decision
 
-        t = interleave({"today early": lambda: today.check_many([(Stage.STREAM, window(early))]),
-                        "today late": lambda: today.check_many([(Stage.STREAM, window(late))]),
-                        "full early": lambda: guard.check_many([(Stage.STREAM, window(early))]),
-                        "full late": lambda: guard.check_many([(Stage.STREAM, window(late))]),
-                        "session early": lambda: incremental(early),
-                        "session late": lambda: incremental(late)}, args.repeats)
+        t = interleave(
+            {
+                "today early": lambda: today.check_many([(Stage.STREAM, window(early))]),
+                "today late": lambda: today.check_many([(Stage.STREAM, window(late))]),
+                "full early": lambda: guard.check_many([(Stage.STREAM, window(early))]),
+                "full late": lambda: guard.check_many([(Stage.STREAM, window(late))]),
+                "session early": lambda: incremental(early),
+                "session late": lambda: incremental(late),
+            },
+            args.repeats,
+        )
         size = len(enc.encode(window(late)))
-        print(f"  gate, cost per chunk (one LLM token per chunk; the request + the answer's last {WINDOW_CHARS} chars; "
-              f"chunk {late}: {len(''.join(chunks[:late]))} chars, {size} prompt tokens):")
-        print(f"    today's gate (full check, generate):  chunk {early} {ms(t['today early'])}, chunk {late} "
-              f"{ms(t['today late'])}")
-        print(f"    full check with the engine:           chunk {early} {ms(t['full early'])}, chunk {late} "
-              f"{ms(t['full late'])}")
-        print(f"    incremental gate (GateSession):       chunk {early} {ms(t['session early'])}, chunk {late} "
-              f"{ms(t['session late'])}", flush=True)
+        print(
+            f"  gate, cost per chunk (one LLM token per chunk; the request + the answer's last {WINDOW_CHARS} chars; "
+            f"chunk {late}: {len(''.join(chunks[:late]))} chars, {size} prompt tokens):"
+        )
+        print(
+            f"    today's gate (full check, generate):  chunk {early} {ms(t['today early'])}, chunk {late} "
+            f"{ms(t['today late'])}"
+        )
+        print(
+            f"    full check with the engine:           chunk {early} {ms(t['full early'])}, chunk {late} "
+            f"{ms(t['full late'])}"
+        )
+        print(
+            f"    incremental gate (GateSession):       chunk {early} {ms(t['session early'])}, chunk {late} "
+            f"{ms(t['session late'])}",
+            flush=True,
+        )
         tokens, forwards = engine.tokens_run, engine.forwards_run
         incremental(late)
-        print(f"    one incremental chunk at chunk {position[late]}: {engine.tokens_run - tokens} tokens run in "
-              f"{engine.forwards_run - forwards} forwards (a full check: {size} prompt tokens + the verdict)", flush=True)
+        print(
+            f"    one incremental chunk at chunk {position[late]}: {engine.tokens_run - tokens} tokens run in "
+            f"{engine.forwards_run - forwards} forwards (a full check: {size} prompt tokens + the verdict)",
+            flush=True,
+        )
         flat = t["session late"] / t["session early"]
         targets.check(f"incremental gate chunk {late} / chunk {early}", flat, flat <= 1.3, "<= 1.3x")
         gain = t["today late"] / t["session late"]
@@ -325,12 +373,16 @@ def stream_section(args: argparse.Namespace, path: Path, targets: Targets) -> No
     early.close()
     late.close()
     at10, atn = statistics.median(t_early), statistics.median(t_late)
-    print(f"  one token at token 10 {at10 * 1000:.1f} ms, at token {n} {atn * 1000:.1f} ms (medians): "
-          f"{atn / at10:.2f}x", flush=True)
+    print(
+        f"  one token at token 10 {at10 * 1000:.1f} ms, at token {n} {atn * 1000:.1f} ms (medians): {atn / at10:.2f}x",
+        flush=True,
+    )
     result = _concurrent(stream, REQUEST, tokens, args.sessions, args.per_session, args.rounds)
     ratio = result["many"] / result["single"]
-    print(f"  1 session {result['single']:8.1f} tokens/s, {args.sessions} concurrent sessions {result['many']:8.1f} "
-          f"tokens/s in all ({result['shared']:.1f} sessions per forward)")
+    print(
+        f"  1 session {result['single']:8.1f} tokens/s, {args.sessions} concurrent sessions {result['many']:8.1f} "
+        f"tokens/s in all ({result['shared']:.1f} sessions per forward)"
+    )
     targets.check(f"{args.sessions} Stream sessions / one, aggregate tokens/s", ratio, ratio >= 4, ">= 4x")
     stream.close()
 
@@ -339,19 +391,37 @@ def stream_section(args: argparse.Namespace, path: Path, targets: Targets) -> No
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 layers of the same width, fewer repeats (CI)")
-    parser.add_argument("--dir", default=os.environ.get("QWENGUARD_BENCH_DIR", "/tmp/qwenguard-realsize"),
-                        help="where the random checkpoints are built and kept")
+    parser.add_argument(
+        "--dir",
+        default=os.environ.get("QWENGUARD_BENCH_DIR", "/tmp/qwenguard-realsize"),
+        help="where the random checkpoints are built and kept",
+    )
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=None, help="rounds per timed comparison (default 3 quick, 5 full)")
-    parser.add_argument("--batch-repeats", type=int, default=None,
-                        help="rounds of the 16-concurrent-checks comparison (default 1 quick, 2 full)")
-    parser.add_argument("--stream-tokens", type=int, default=None,
-                        help="the Stream model's late token position (default 300 quick, 1000 full)")
-    parser.add_argument("--stream-rounds", type=int, default=None,
-                        help="rounds of the concurrent-sessions comparison (default 2 quick, 3 full)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="rounds per timed comparison (default 3 quick, 5 full)"
+    )
+    parser.add_argument(
+        "--batch-repeats",
+        type=int,
+        default=None,
+        help="rounds of the 16-concurrent-checks comparison (default 1 quick, 2 full)",
+    )
+    parser.add_argument(
+        "--stream-tokens",
+        type=int,
+        default=None,
+        help="the Stream model's late token position (default 300 quick, 1000 full)",
+    )
+    parser.add_argument(
+        "--stream-rounds",
+        type=int,
+        default=None,
+        help="rounds of the concurrent-sessions comparison (default 2 quick, 3 full)",
+    )
     parser.add_argument("--skip", choices=["gen", "stream"], default=None, help="leave one section out")
-    parser.add_argument("--parts", default="checks,batch,gate",
-                        help="the Gen comparisons to run (comma-separated: checks, batch, gate)")
+    parser.add_argument(
+        "--parts", default="checks,batch,gate", help="the Gen comparisons to run (comma-separated: checks, batch, gate)"
+    )
     args = parser.parse_args(argv)
     args.parts = {part.strip() for part in args.parts.split(",") if part.strip()}
     import torch
@@ -375,9 +445,11 @@ def main(argv: list[str] | None = None) -> int:
     if not (stream_path / "config.json").exists():
         print(f"building {stream_path} ...", flush=True)
         build_stream(stream_path, shape=shape, max_positions=8192)
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs "
-          f"(load {os.getloadavg()[0]:.1f}); torch {torch.__version__}; {'--quick' if args.quick else 'full run'}",
-          flush=True)
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs "
+        f"(load {os.getloadavg()[0]:.1f}); torch {torch.__version__}; {'--quick' if args.quick else 'full run'}",
+        flush=True,
+    )
     targets = Targets()
     if args.skip != "gen":
         gen_section(args, gen_path, targets)

@@ -67,8 +67,20 @@ def free_port() -> int:
 def start_server(model: str, port: int, max_concurrency: int, sleep_ms: float | None = None) -> subprocess.Popen[bytes]:
     """``qwenguard serve`` in a subprocess; with ``sleep_ms``, the control server (see `serve_sleep`)."""
     if sleep_ms is None:
-        cmd = [sys.executable, "-m", "qwenguard.core.cli", "serve", "--model", model, "--port", str(port),
-               "--max-concurrency", str(max_concurrency), "--device", "cpu"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "qwenguard.core.cli",
+            "serve",
+            "--model",
+            model,
+            "--port",
+            str(port),
+            "--max-concurrency",
+            str(max_concurrency),
+            "--device",
+            "cpu",
+        ]
     else:
         cmd = [sys.executable, __file__, "--serve-sleep", str(sleep_ms), "--port", str(port)]
     # The server's log goes to a file: a pipe nobody reads fills up and would stall the server mid-run.
@@ -87,7 +99,9 @@ def start_server(model: str, port: int, max_concurrency: int, sleep_ms: float | 
     raise RuntimeError("server did not start within 120 s")
 
 
-async def http_level(url: str, clients: int, requests: int, start_index: int, same_text: bool = False) -> dict[str, Any]:
+async def http_level(
+    url: str, clients: int, requests: int, start_index: int, same_text: bool = False
+) -> dict[str, Any]:
     latencies: list[float] = []
     overheads: list[float] = []  # round trip minus the model time the server reports for the request
     counter = iter(range(start_index, start_index + requests))
@@ -109,9 +123,15 @@ async def http_level(url: str, clients: int, requests: int, start_index: int, sa
         t0 = time.perf_counter()
         await asyncio.gather(*[worker() for _ in range(clients)])
         wall = time.perf_counter() - t0
-    return {"clients": clients, "requests": requests, "rps": round(requests / wall, 1),
-            "p50_ms": round(pct(latencies, 0.5), 2), "p95_ms": round(pct(latencies, 0.95), 2),
-            "overhead_p50_ms": round(pct(overheads, 0.5), 2), "overhead_p95_ms": round(pct(overheads, 0.95), 2)}
+    return {
+        "clients": clients,
+        "requests": requests,
+        "rps": round(requests / wall, 1),
+        "p50_ms": round(pct(latencies, 0.5), 2),
+        "p95_ms": round(pct(latencies, 0.95), 2),
+        "overhead_p50_ms": round(pct(overheads, 0.5), 2),
+        "overhead_p95_ms": round(pct(overheads, 0.95), 2),
+    }
 
 
 def lean_level(url: str, requests: int, start_index: int, same_text: bool = False) -> dict[str, Any]:
@@ -141,9 +161,14 @@ def lean_level(url: str, requests: int, start_index: int, same_text: bool = Fals
             overheads.append(rtt - data["results"][0]["latency_ms"])
     finally:
         conn.close()
-    return {"clients": 1, "requests": requests, "p50_ms": round(pct(latencies, 0.5), 2),
-            "p95_ms": round(pct(latencies, 0.95), 2), "overhead_p50_ms": round(pct(overheads, 0.5), 2),
-            "overhead_p95_ms": round(pct(overheads, 0.95), 2)}
+    return {
+        "clients": 1,
+        "requests": requests,
+        "p50_ms": round(pct(latencies, 0.5), 2),
+        "p95_ms": round(pct(latencies, 0.95), 2),
+        "overhead_p50_ms": round(pct(overheads, 0.5), 2),
+        "overhead_p95_ms": round(pct(overheads, 0.95), 2),
+    }
 
 
 def in_process(model: str, requests: int, start_index: int) -> dict[str, Any]:
@@ -157,8 +182,12 @@ def in_process(model: str, requests: int, start_index: int) -> dict[str, Any]:
         guard.backend.classify([conversation(i)])
         latencies.append((time.perf_counter() - t0) * 1000)
     guard.close()
-    return {"requests": requests, "p50_ms": round(pct(latencies, 0.5), 2), "p95_ms": round(pct(latencies, 0.95), 2),
-            "mean_ms": round(statistics.fmean(latencies), 2)}
+    return {
+        "requests": requests,
+        "p50_ms": round(pct(latencies, 0.5), 2),
+        "p95_ms": round(pct(latencies, 0.95), 2),
+        "mean_ms": round(statistics.fmean(latencies), 2),
+    }
 
 
 def serve_sleep(sleep_ms: float, port: int) -> None:
@@ -169,7 +198,6 @@ def serve_sleep(sleep_ms: float, port: int) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     import uvicorn
     from doubles import DelayedBackend, FixedBackend
-
     from qwenguard.core import Guard
     from qwenguard.core.server import create_app
 
@@ -216,27 +244,45 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=30)
     added = lean["overhead_p50_ms"]
-    report = {"in_process": baseline, "http_single_stdlib": lean, "http_single_httpx": single, "http_cached_stdlib": cached,
-              "http_cached_httpx": cached_httpx, "levels": rows, "control_sleeping_backend": control,
-              "added_latency_p50_ms": added, "target_ms": 2.0, "cpu_count": os.cpu_count(), "load_1min": os.getloadavg()[0]}
+    report = {
+        "in_process": baseline,
+        "http_single_stdlib": lean,
+        "http_single_httpx": single,
+        "http_cached_stdlib": cached,
+        "http_cached_httpx": cached_httpx,
+        "levels": rows,
+        "control_sleeping_backend": control,
+        "added_latency_p50_ms": added,
+        "target_ms": 2.0,
+        "cpu_count": os.cpu_count(),
+        "load_1min": os.getloadavg()[0],
+    }
     if args.json:
         print(json.dumps(report))
         return
     print(f"in-process classify (1 at a time): p50 {baseline['p50_ms']} ms  p95 {baseline['p95_ms']} ms")
     print(f"HTTP /v1/moderate, 1 client, same texts: p50 {lean['p50_ms']} ms  p95 {lean['p95_ms']} ms")
-    print(f"added latency of the server, minimal client (p50 of round trip minus the model time it reports): {added} ms "
-          f"(p95 {lean['overhead_p95_ms']} ms; target < 2 ms p50)")
+    print(
+        f"added latency of the server, minimal client (p50 of round trip minus the model time it reports): {added} ms "
+        f"(p95 {lean['overhead_p95_ms']} ms; target < 2 ms p50)"
+    )
     print(f"  the same through httpx.AsyncClient: {single['overhead_p50_ms']} ms (p95 {single['overhead_p95_ms']} ms)")
     if control is not None:
-        print(f"  control, a backend that only sleeps {baseline['p50_ms']} ms (no model): {control['overhead_p50_ms']} ms "
-              f"(p95 {control['overhead_p95_ms']} ms): what waking the idle processes costs")
-    print(f"HTTP path on a hot CPU (verdict-cache hits): p50 {cached['p50_ms']} ms minimal client, "
-          f"{cached_httpx['p50_ms']} ms httpx")
+        print(
+            f"  control, a backend that only sleeps {baseline['p50_ms']} ms (no model): {control['overhead_p50_ms']} ms "
+            f"(p95 {control['overhead_p95_ms']} ms): what waking the idle processes costs"
+        )
+    print(
+        f"HTTP path on a hot CPU (verdict-cache hits): p50 {cached['p50_ms']} ms minimal client, "
+        f"{cached_httpx['p50_ms']} ms httpx"
+    )
     print(f"p50(HTTP) - p50(in-process): {round(lean['p50_ms'] - baseline['p50_ms'], 2)} ms (unpaired, noisy)")
     print(f"{'clients':>8} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'overhead p50':>13}")
     for row in rows:
-        print(f"{row['clients']:>8} {row['requests']:>9} {row['rps']:>8} {row['p50_ms']:>8} {row['p95_ms']:>8} "
-              f"{row['overhead_p50_ms']:>13}")
+        print(
+            f"{row['clients']:>8} {row['requests']:>9} {row['rps']:>8} {row['p50_ms']:>8} {row['p95_ms']:>8} "
+            f"{row['overhead_p50_ms']:>13}"
+        )
 
 
 if __name__ == "__main__":

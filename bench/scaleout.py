@@ -39,8 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-import httpx
-import scaleout_kit as kit
+import httpx  # noqa: E402 - after the tests folder joins sys.path
+import scaleout_kit as kit  # noqa: E402
 
 THROUGHPUT_TARGET = 2.5
 FAILOVER_TARGET = 0.95
@@ -59,7 +59,9 @@ async def _window(url: str, seconds: float, concurrency: int, tag: str) -> tuple
             nonlocal done, errors, counter
             while time.monotonic() < stop_at:
                 counter += 1
-                body = {"conversations": [[{"role": "user", "content": f"{tag} question {counter}: is the harbour open?"}]]}
+                body = {
+                    "conversations": [[{"role": "user", "content": f"{tag} question {counter}: is the harbour open?"}]]
+                }
                 try:
                     answer = await client.post(url + "/moderate", json=body)
                     if answer.status_code == 200:
@@ -102,9 +104,11 @@ def throughput(work: Path, args: argparse.Namespace) -> tuple[float, list[str]]:
     single, triple = statistics.median(rates["1 replica"]), statistics.median(rates["3 replicas"])
     ratio = triple / single if single else 0.0
     ceiling = 1000 / args.delay_ms
-    print(f"  median: 1 replica {single:.1f}/s ({single / ceiling:.0%} of its model's {ceiling:.0f}/s), "
-          f"3 replicas {triple:.1f}/s ({triple / (3 * ceiling):.0%} of {3 * ceiling:.0f}/s) -> {ratio:.2f}x "
-          f"(target >= {THROUGHPUT_TARGET}x); {errors} errors")
+    print(
+        f"  median: 1 replica {single:.1f}/s ({single / ceiling:.0%} of its model's {ceiling:.0f}/s), "
+        f"3 replicas {triple:.1f}/s ({triple / (3 * ceiling):.0%} of {3 * ceiling:.0f}/s) -> {ratio:.2f}x "
+        f"(target >= {THROUGHPUT_TARGET}x); {errors} errors"
+    )
     missed = []
     if ratio < THROUGHPUT_TARGET:
         missed.append(f"throughput: 3 replicas {ratio:.2f}x one replica (target >= {THROUGHPUT_TARGET}x)")
@@ -136,7 +140,10 @@ def sessions_with_a_death(work: Path, args: argparse.Namespace, sig: signal.Sign
         def marker_at(i: int) -> int | None:
             return marker_base[i % 5] + i % 7 if i % 5 in marker_base else None
 
-        results = [kit.SessionResult(i, kit.prompt_for(i), kit.story(i, args.words, marker_at(i))) for i in range(args.sessions)]
+        results = [
+            kit.SessionResult(i, kit.prompt_for(i), kit.story(i, args.words, marker_at(i)))
+            for i in range(args.sessions)
+        ]
 
         exit_s = [float("nan")]
 
@@ -185,8 +192,16 @@ def _screened_by(log: Path) -> set[str]:
     return prompts
 
 
-def _report(results: list[kit.SessionResult], replicas: list[kit.Replica], victim: kit.Replica, sig: signal.Signals,
-            wall: float, exit_s: float, killed_at: float, args: argparse.Namespace) -> list[str]:
+def _report(
+    results: list[kit.SessionResult],
+    replicas: list[kit.Replica],
+    victim: kit.Replica,
+    sig: signal.Signals,
+    wall: float,
+    exit_s: float,
+    killed_at: float,
+    args: argparse.Namespace,
+) -> list[str]:
     logs = [r.log for r in replicas]
     unjudged = kit.unjudged_releases(results, logs)
     victims = _screened_by(victim.log)
@@ -209,24 +224,36 @@ def _report(results: list[kit.SessionResult], replicas: list[kit.Replica], victi
     failover_calls = sorted(r.slowest_call_s for r in results if r.failovers)
     plain_calls = sorted(r.slowest_call_s for r in results if not r.failovers)
     share = len(moved) / len(on_victim) if on_victim else 0.0
-    print(f"  {len(results)} sessions, {sig.name} of one of 3 replicas {args.kill_after_s:.1f} s after all were streaming; "
-          f"all done in {wall:.1f} s")
-    print(f"  outcomes: {count['completed']} completed, {count['violation']} stopped on their unsafe word, "
-          f"{count['failed_closed']} failed closed, {count['error']} errors; "
-          f"{sum(1 for r in results if r.failovers)} failed over ({sum(r.failovers for r in results)} re-opens)")
+    print(
+        f"  {len(results)} sessions, {sig.name} of one of 3 replicas {args.kill_after_s:.1f} s after all were streaming; "
+        f"all done in {wall:.1f} s"
+    )
+    print(
+        f"  outcomes: {count['completed']} completed, {count['violation']} stopped on their unsafe word, "
+        f"{count['failed_closed']} failed closed, {count['error']} errors; "
+        f"{sum(1 for r in results if r.failovers)} failed over ({sum(r.failovers for r in results)} re-opens)"
+    )
     spread = [len(_screened_by(r.log)) for r in replicas]
     print(f"  sessions whose prompt reached each replica (HAProxy leastconn; a re-opened one counts twice): {spread}")
-    print(f"  on the killed replica: {len(on_victim)} sessions, {len(moved)} completed by failover "
-          f"({share:.0%}; target >= {FAILOVER_TARGET:.0%}; {sum(1 for r in moved if r.failovers)} re-opened after "
-          f"their opening, {sum(1 for r in moved if not r.failovers)} while it was in flight)")
+    print(
+        f"  on the killed replica: {len(on_victim)} sessions, {len(moved)} completed by failover "
+        f"({share:.0%}; target >= {FAILOVER_TARGET:.0%}; {sum(1 for r in moved if r.failovers)} re-opened after "
+        f"their opening, {sum(1 for r in moved if not r.failovers)} while it was in flight)"
+    )
     if ended_before:
-        print(f"  ({len(ended_before)} more sessions of the killed replica had ended before the kill: "
-              f"{sum(ended_well(r) for r in ended_before)} as they should)")
-    print(f"  on the other replicas: {len(others)} sessions, {len(unaffected)} unaffected (ended as expected, no failover)")
+        print(
+            f"  ({len(ended_before)} more sessions of the killed replica had ended before the kill: "
+            f"{sum(ended_well(r) for r in ended_before)} as they should)"
+        )
+    print(
+        f"  on the other replicas: {len(others)} sessions, {len(unaffected)} unaffected (ended as expected, no failover)"
+    )
     if failover_calls and plain_calls:
-        print(f"  slowest call per session: {statistics.median(plain_calls) * 1000:.0f} ms median without failover, "
-              f"{statistics.median(failover_calls) * 1000:.0f} ms median / {failover_calls[-1] * 1000:.0f} ms max "
-              f"with one (deadline {args.deadline_s:.0f} s)")
+        print(
+            f"  slowest call per session: {statistics.median(plain_calls) * 1000:.0f} ms median without failover, "
+            f"{statistics.median(failover_calls) * 1000:.0f} ms median / {failover_calls[-1] * 1000:.0f} ms max "
+            f"with one (deadline {args.deadline_s:.0f} s)"
+        )
     print(f"  unjudged releases: {len(unjudged)} (target 0); the replica exited {exit_s:.2f} s after the signal")
     for problem in unjudged[:10]:
         print(f"    ! {problem}")
@@ -238,10 +265,14 @@ def _report(results: list[kit.SessionResult], replicas: list[kit.Replica], victi
     if unjudged:
         missed.append(f"{tag}: {len(unjudged)} unjudged releases (target 0)")
     if not on_victim or share < FAILOVER_TARGET:
-        missed.append(f"{tag}: {share:.0%} of the killed replica's {len(on_victim)} sessions completed by failover "
-                      f"(target >= {FAILOVER_TARGET:.0%})")
+        missed.append(
+            f"{tag}: {share:.0%} of the killed replica's {len(on_victim)} sessions completed by failover "
+            f"(target >= {FAILOVER_TARGET:.0%})"
+        )
     if len(unaffected) != len(others):
-        missed.append(f"{tag}: {len(others) - len(unaffected)} of {len(others)} sessions on the other replicas were affected")
+        missed.append(
+            f"{tag}: {len(others) - len(unaffected)} of {len(others)} sessions on the other replicas were affected"
+        )
     if count["error"]:
         missed.append(f"{tag}: {count['error']} sessions raised something other than a guard outcome")
     return missed
@@ -251,7 +282,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 short rounds; SIGKILL only")
     parser.add_argument("--rounds", type=int, default=None, help="throughput rounds (default 3; --quick 2)")
-    parser.add_argument("--seconds", type=float, default=None, help="length of a throughput window (default 5; --quick 3)")
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="length of a throughput window (default 5; --quick 3)"
+    )
     parser.add_argument("--concurrency", type=int, default=24, help="clients sending /v1/moderate at once")
     # 100 ms (a Gen-4B check on a GPU is of that order): at 50 ms the 3-replica arm needs 60 HTTP requests/s
     # of client, HAProxy and server CPU, which a 2-core box shared with other work does not always have.
@@ -260,8 +293,12 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=50)
     parser.add_argument("--words", type=int, default=96, help="words per session's text")
     parser.add_argument("--pause-ms", type=float, default=50.0, help="between two-word deltas (an LLM's pace)")
-    parser.add_argument("--kill-after-s", type=float, default=0.5,
-                        help="kill this long after every session has opened and had a feed answered")
+    parser.add_argument(
+        "--kill-after-s",
+        type=float,
+        default=0.5,
+        help="kill this long after every session has opened and had a feed answered",
+    )
     parser.add_argument("--deadline-s", type=float, default=10.0, help="Policy.timeout_s of the clients")
     parser.add_argument("--skip", choices=("throughput", "sessions"), action="append", default=[])
     args = parser.parse_args()
@@ -275,13 +312,17 @@ def main() -> int:
     missed: list[str] = []
     with kit.workdir() as work:
         if "throughput" not in args.skip:
-            print(f"\n1. /v1/moderate throughput through HAProxy: model {args.delay_ms:.0f} ms per call, one call at a time "
-                  f"per replica; {args.concurrency} clients; {args.rounds} rounds of {args.seconds:.0f} s, alternating")
+            print(
+                f"\n1. /v1/moderate throughput through HAProxy: model {args.delay_ms:.0f} ms per call, one call at a time "
+                f"per replica; {args.concurrency} clients; {args.rounds} rounds of {args.seconds:.0f} s, alternating"
+            )
             missed += throughput(work, args)[1]
         if "sessions" not in args.skip:
             for sig in (signal.SIGKILL,) if args.quick else (signal.SIGKILL, signal.SIGTERM):
-                print(f"\n2. {args.sessions} stream sessions through HAProxy (3 replicas, {args.stream_delay_ms:.0f} ms per "
-                      f"window check), one replica gets {sig.name}")
+                print(
+                    f"\n2. {args.sessions} stream sessions through HAProxy (3 replicas, {args.stream_delay_ms:.0f} ms per "
+                    f"window check), one replica gets {sig.name}"
+                )
                 missed += sessions_with_a_death(work, args, sig)
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
     if missed:

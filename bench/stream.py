@@ -27,10 +27,26 @@ import threading
 import time
 
 SHAPES = {
-    "cpu": dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
-                num_key_value_heads=4, head_dim=64, vocab_size=32000, guard_inner_size=256),
-    "0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                 num_key_value_heads=8, head_dim=128, vocab_size=151936, guard_inner_size=512),
+    "cpu": dict(
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=64,
+        vocab_size=32000,
+        guard_inner_size=256,
+    ),
+    "0.6b": dict(
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=151936,
+        guard_inner_size=512,
+    ),
 }
 _CORPUS = ["The capital of France is Paris. Mix ammonium nitrate with fuel oil. Héllo wörld 日本語 🙂"] * 50
 
@@ -43,8 +59,12 @@ def _tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
-    tok.train_from_iterator(_CORPUS, trainers.BpeTrainer(vocab_size=400, special_tokens=special,
-                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        _CORPUS,
+        trainers.BpeTrainer(
+            vocab_size=400, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
 
 
@@ -54,12 +74,35 @@ def _model(shape: dict, device: str, dtype):
     from transformers import Qwen3Config
 
     risk = {"0": "Safe", "1": "Unsafe", "2": "Controversial"}
-    cats = {str(i): n for i, n in enumerate(["Violent", "Sexual Content", "Self-Harm", "Political", "PII",
-                                             "Copyright", "Illegal Acts", "Unethical", "Jailbreak"])}
-    config = Qwen3Config(**shape, max_position_embeddings=8192, rms_norm_eps=1e-6, num_risk_level=3, num_category=8,
-                         num_query_risk_level=3, num_query_category=9, response_risk_level_map=risk,
-                         query_risk_level_map=risk, query_category_map=cats,
-                         response_category_map={k: v for k, v in cats.items() if int(k) < 8})
+    cats = {
+        str(i): n
+        for i, n in enumerate(
+            [
+                "Violent",
+                "Sexual Content",
+                "Self-Harm",
+                "Political",
+                "PII",
+                "Copyright",
+                "Illegal Acts",
+                "Unethical",
+                "Jailbreak",
+            ]
+        )
+    }
+    config = Qwen3Config(
+        **shape,
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-6,
+        num_risk_level=3,
+        num_category=8,
+        num_query_risk_level=3,
+        num_query_category=9,
+        response_risk_level_map=risk,
+        query_risk_level_map=risk,
+        query_category_map=cats,
+        response_category_map={k: v for k, v in cats.items() if int(k) < 8},
+    )
     torch.manual_seed(0)
     return build_stream_model(config).to(device=device, dtype=dtype).eval()
 
@@ -117,8 +160,15 @@ def _monitor_overhead(stream, torch) -> float:
         def submit(self, step):
             n = len(step.ids)
             future: Future = Future()
-            future.set_result([StepResult([[0.0] * 11] * n) if step.heads == "response"
-                               else StepResult(query=[0.0] * 12) if step.heads == "query" else StepResult()])
+            future.set_result(
+                [
+                    StepResult([[0.0] * 11] * n)
+                    if step.heads == "response"
+                    else StepResult(query=[0.0] * 12)
+                    if step.heads == "query"
+                    else StepResult()
+                ]
+            )
             step.cache.length += n
             return future
 
@@ -150,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=1000)
     parser.add_argument("--shape", choices=sorted(SHAPES), default=None)
-    parser.add_argument("--checkpoint", default=None, help="a Qwen3Guard-Stream checkpoint directory instead of random weights")
+    parser.add_argument(
+        "--checkpoint", default=None, help="a Qwen3Guard-Stream checkpoint directory instead of random weights"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5, help="full-prefix forwards timed per point")
     parser.add_argument("--samples", type=int, default=40, help="single-token feeds timed per point")
@@ -171,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         stream = TransformersStream(model, _tokenizer(), name=f"random-{shape_name}")
         label = f"random Qwen3Guard-Stream, shape {shape_name}"
     params = sum(p.numel() for p in model.parameters())
-    print(f"model: {label} ({params / 1e6:.0f}M params), {device}, {dtype}, {torch.get_num_threads()} threads",
-          flush=True)
+    print(
+        f"model: {label} ({params / 1e6:.0f}M params), {device}, {dtype}, {torch.get_num_threads()} threads", flush=True
+    )
 
     gen = torch.Generator().manual_seed(1)
     vocab = int(model.config.vocab_size)
@@ -226,22 +279,32 @@ def main(argv: list[str] | None = None) -> int:
     print(f"session (KV cache), one token at token {late_pos}:    {atn * ms:8.2f} ms")
     print(f"prefix re-run (shipped remote code) at token 10:   {re10 * ms:8.2f} ms")
     print(f"prefix re-run (shipped remote code) at token {n}: {ren * ms:8.2f} ms")
-    print(f"ratio token {late_pos} / token 10 (session):      {atn / at10:6.2f}x   (target <= 1.3x: "
-          f"{target('flat per-token cost', atn / at10 <= 1.3)})")
-    print(f"prefix re-run / session at token {n}:          {ren / atn:6.1f}x   (target >= 20x: "
-          f"{target('cheaper than a prefix re-run', ren / atn >= 20)})")
+    print(
+        f"ratio token {late_pos} / token 10 (session):      {atn / at10:6.2f}x   (target <= 1.3x: "
+        f"{target('flat per-token cost', atn / at10 <= 1.3)})"
+    )
+    print(
+        f"prefix re-run / session at token {n}:          {ren / atn:6.1f}x   (target >= 20x: "
+        f"{target('cheaper than a prefix re-run', ren / atn >= 20)})"
+    )
 
     result = _concurrent(stream, prompt, tokens, args.sessions, args.per_session, args.rounds)
     ratio = result["many"] / result["single"]
     print(f"1 session alone:            {result['single']:9.1f} tokens/s (median of {args.rounds} interleaved rounds)")
-    print(f"{args.sessions} concurrent sessions:     {result['many']:9.1f} tokens/s in all "
-          f"({result['shared']:.1f} sessions per forward)")
-    print(f"aggregate {args.sessions} sessions / 1 session:  {ratio:6.2f}x   (target >= 4x: "
-          f"{target('16 concurrent sessions >= 4x one', ratio >= 4)})")
+    print(
+        f"{args.sessions} concurrent sessions:     {result['many']:9.1f} tokens/s in all "
+        f"({result['shared']:.1f} sessions per forward)"
+    )
+    print(
+        f"aggregate {args.sessions} sessions / 1 session:  {ratio:6.2f}x   (target >= 4x: "
+        f"{target('16 concurrent sessions >= 4x one', ratio >= 4)})"
+    )
 
     overhead = _monitor_overhead(stream, torch)
-    print(f"monitor overhead per chunk, model forward excluded (4-char chunks, best of 5): {overhead:.1f} us   "
-          f"(target <= 50 us: {target('monitor overhead', overhead <= 50)})")
+    print(
+        f"monitor overhead per chunk, model forward excluded (4-char chunks, best of 5): {overhead:.1f} us   "
+        f"(target <= 50 us: {target('monitor overhead', overhead <= 50)})"
+    )
     stream.close()
     if missed:
         print("missed: " + "; ".join(missed))

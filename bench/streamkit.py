@@ -32,9 +32,28 @@ if str(ROOT / "tests") not in sys.path:
 from scripted_openai import Reply, Response, scripted_openai, word_pieces  # noqa: E402
 
 __all__ = [
-    "PROMPT", "SAFE_SENTENCE", "UNSAFE_CLAUSE", "SAFE_CLAUSE", "TAIL", "TRIGGERS", "Script", "unsafe_script",
-    "safe_script", "Oracle", "OracleBackend", "DemoJudge", "CountingBackend", "Consumer", "Stopped", "RunResult",
-    "measure", "summarize", "Row", "format_table", "is_stop", "ROW_FIELDS",
+    "PROMPT",
+    "SAFE_SENTENCE",
+    "UNSAFE_CLAUSE",
+    "SAFE_CLAUSE",
+    "TAIL",
+    "TRIGGERS",
+    "Script",
+    "unsafe_script",
+    "safe_script",
+    "Oracle",
+    "OracleBackend",
+    "DemoJudge",
+    "CountingBackend",
+    "Consumer",
+    "Stopped",
+    "RunResult",
+    "measure",
+    "summarize",
+    "Row",
+    "format_table",
+    "is_stop",
+    "ROW_FIELDS",
 ]
 
 PROMPT = "Tell me about Paris."
@@ -89,8 +108,11 @@ class Script:
                 note = "received text differs from the script"
             else:
                 chars = 0
-                note = "clause removed from the stream, which went on" if TAIL.strip()[:20] in received else \
-                    "received text differs from the script"
+                note = (
+                    "clause removed from the stream, which went on"
+                    if TAIL.strip()[:20] in received
+                    else "received text differs from the script"
+                )
         tokens, pos = 0, 0
         for piece in self.pieces:
             word_start = pos + len(piece) - len(piece.lstrip())
@@ -185,11 +207,19 @@ class OracleBackend(Oracle):
         for conversation in conversations:
             last = conversation[-1]["content"] if conversation else ""
             if self.flags(last):
-                out.append(Verdict(Risk.UNSAFE, ("Violent",), raw="Safety: Unsafe\nCategories: Violent",
-                                   latency_ms=latency_ms, model=self.name))
+                out.append(
+                    Verdict(
+                        Risk.UNSAFE,
+                        ("Violent",),
+                        raw="Safety: Unsafe\nCategories: Violent",
+                        latency_ms=latency_ms,
+                        model=self.name,
+                    )
+                )
             else:
-                out.append(Verdict(Risk.SAFE, (), raw="Safety: Safe\nCategories: None", latency_ms=latency_ms,
-                                   model=self.name))
+                out.append(
+                    Verdict(Risk.SAFE, (), raw="Safety: Safe\nCategories: None", latency_ms=latency_ms, model=self.name)
+                )
         return out
 
     def classify(self, conversations: Sequence[Any], *, timeout: float | None = None) -> list[Any]:
@@ -398,10 +428,25 @@ def measure(build: Build, script: Script, judge: Any, *, pace: float, grace: flo
 # Rows
 # ================================================================================================
 ROW_FIELDS = (
-    "framework", "path", "judge", "exposure_chars", "exposure_tokens", "exposure_chars_0ms", "exposure_chars_1word",
-    "stopped", "ttft_ms", "stop_ms", "judge_calls", "upstream_sent", "upstream_total", "upstream_after_stop",
+    "framework",
+    "path",
+    "judge",
+    "exposure_chars",
+    "exposure_tokens",
+    "exposure_chars_0ms",
+    "exposure_chars_1word",
+    "stopped",
+    "ttft_ms",
+    "stop_ms",
+    "judge_calls",
+    "upstream_sent",
+    "upstream_total",
+    "upstream_after_stop",
     "added_ms_per_token",
-    "false_stops", "runs", "error", "note",
+    "false_stops",
+    "runs",
+    "error",
+    "note",
 )
 
 
@@ -440,10 +485,18 @@ def _first_error(runs: Sequence[RunResult]) -> str | None:
     return next((r.error for r in runs if r.error), None)
 
 
-def summarize(framework: str, path: str, judge: str, *, unsafe: Sequence[RunResult],
-              safe: Sequence[RunResult] = (), baseline: Sequence[RunResult] = (),
-              unsafe_0ms: Sequence[RunResult] = (), unsafe_1word: Sequence[RunResult] = (),
-              note: str = "") -> Row:
+def summarize(
+    framework: str,
+    path: str,
+    judge: str,
+    *,
+    unsafe: Sequence[RunResult],
+    safe: Sequence[RunResult] = (),
+    baseline: Sequence[RunResult] = (),
+    unsafe_0ms: Sequence[RunResult] = (),
+    unsafe_1word: Sequence[RunResult] = (),
+    note: str = "",
+) -> Row:
     """Medians over repetitions; errors reported, never raised."""
     row = Row(framework, path, judge, runs=len(unsafe))
     ok = [r for r in unsafe if not r.error]
@@ -491,11 +544,21 @@ def _fmt(value: Any) -> str:
 
 
 COLUMNS = (
-    ("framework", "framework"), ("path", "path"), ("judge", "judge"),
-    ("exposure_chars", "exp chars"), ("exposure_tokens", "exp tok"), ("exposure_chars_0ms", "exp@0ms"),
-    ("exposure_chars_1word", "exp 1-word"), ("stopped", "stopped"), ("ttft_ms", "TTFT ms"),
-    ("stop_ms", "stop ms"), ("judge_calls", "judge calls"), ("upstream", "upstream sent (+after stop)"),
-    ("added_ms_per_token", "+ms/tok"), ("false_stops", "false stops"), ("error", "error / note"),
+    ("framework", "framework"),
+    ("path", "path"),
+    ("judge", "judge"),
+    ("exposure_chars", "exp chars"),
+    ("exposure_tokens", "exp tok"),
+    ("exposure_chars_0ms", "exp@0ms"),
+    ("exposure_chars_1word", "exp 1-word"),
+    ("stopped", "stopped"),
+    ("ttft_ms", "TTFT ms"),
+    ("stop_ms", "stop ms"),
+    ("judge_calls", "judge calls"),
+    ("upstream", "upstream sent (+after stop)"),
+    ("added_ms_per_token", "+ms/tok"),
+    ("false_stops", "false stops"),
+    ("error", "error / note"),
 )
 
 
@@ -537,8 +600,16 @@ class Plan:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def oracle_row(framework: str, path: str, build: Build, plan: Plan, *, baseline: Sequence[RunResult] = (),
-               make_judge: Callable[[Sequence[str], float], Any] | None = None, note: str = "") -> Row:
+def oracle_row(
+    framework: str,
+    path: str,
+    build: Build,
+    plan: Plan,
+    *,
+    baseline: Sequence[RunResult] = (),
+    make_judge: Callable[[Sequence[str], float], Any] | None = None,
+    note: str = "",
+) -> Row:
     """The standard oracle row: warm-up, then ``reps`` runs of each setting; medians."""
     make = make_judge or (lambda triggers, latency: Oracle(triggers, latency))
     unsafe, safe = unsafe_script(), safe_script()
@@ -553,12 +624,30 @@ def oracle_row(framework: str, path: str, build: Build, plan: Plan, *, baseline:
     if plan.variants:
         zero = [measure(build, unsafe, make(two, 0.0), pace=plan.pace) for _ in range(plan.reps)]
         word = [measure(build, unsafe, make(one, plan.latency), pace=plan.pace) for _ in range(plan.reps)]
-    return summarize(framework, path, f"oracle {plan.latency * 1000:.0f} ms", unsafe=runs, safe=safe_runs,
-                     baseline=baseline, unsafe_0ms=zero, unsafe_1word=word, note=note)
+    return summarize(
+        framework,
+        path,
+        f"oracle {plan.latency * 1000:.0f} ms",
+        unsafe=runs,
+        safe=safe_runs,
+        baseline=baseline,
+        unsafe_0ms=zero,
+        unsafe_1word=word,
+        note=note,
+    )
 
 
-def demo_row(framework: str, path: str, build: Build, plan: Plan, make_judge: Callable[[], Any], *,
-             baseline: Sequence[RunResult] = (), judge_name: str = "demo", note: str = "") -> Row:
+def demo_row(
+    framework: str,
+    path: str,
+    build: Build,
+    plan: Plan,
+    make_judge: Callable[[], Any],
+    *,
+    baseline: Sequence[RunResult] = (),
+    judge_name: str = "demo",
+    note: str = "",
+) -> Row:
     """The demo-guard row: the real model path (exposure here measures the model as much as the path)."""
     unsafe, safe = unsafe_script(), safe_script()
     for _ in range(plan.warmup):
@@ -606,8 +695,9 @@ def run_peer(framework: str, paths: Sequence[PeerPath], argv: Sequence[str] | No
     parser.add_argument("--judges", default="oracle,demo")
     parser.add_argument("--paths", nargs="*")
     args = parser.parse_args(argv)
-    plan = Plan(reps=1 if args.quick else args.reps, warmup=0 if args.quick else 1, pace=args.pace,
-                latency=args.latency)
+    plan = Plan(
+        reps=1 if args.quick else args.reps, warmup=0 if args.quick else 1, pace=args.pace, latency=args.latency
+    )
     judges = {j.strip() for j in args.judges.split(",")}
     selected = [p for p in paths if not args.paths or any(s in p.name for s in args.paths)]
     rows: list[Row] = []
@@ -622,8 +712,10 @@ def run_peer(framework: str, paths: Sequence[PeerPath], argv: Sequence[str] | No
         key = getattr(path.baseline, "__qualname__", path.name) + repr(getattr(path.baseline, "__defaults__", ""))
         if key not in baselines:
             baselines[key] = baseline_runs(path.baseline, plan)
-            log(f"baseline for {path.name}: {[round(r.total_ms) for r in baselines[key]]} ms "
-                f"{[r.error for r in baselines[key] if r.error][:1]}")
+            log(
+                f"baseline for {path.name}: {[round(r.total_ms) for r in baselines[key]]} ms "
+                f"{[r.error for r in baselines[key] if r.error][:1]}"
+            )
         return baselines[key]
 
     warm = next((p for p in selected if p.baseline is not None), None)
@@ -643,8 +735,9 @@ def run_peer(framework: str, paths: Sequence[PeerPath], argv: Sequence[str] | No
             continue
         log(f"{path.name} / demo")
         try:
-            rows.append(demo_row(framework, path.name, path.build, plan, DemoJudge, baseline=baseline_of(path),
-                                 note=path.note))
+            rows.append(
+                demo_row(framework, path.name, path.build, plan, DemoJudge, baseline=baseline_of(path), note=path.note)
+            )
         except Exception as exc:  # noqa: BLE001
             traceback.print_exc(file=sys.stderr)
             rows.append(Row(framework, path.name, "demo", error=f"{type(exc).__name__}: {exc}"[:300]))

@@ -13,10 +13,9 @@ Runs offline on the embedded demo guard. For the real model, change the `Guard.f
 and sample_path() for your own labelled JSONL / CSV / Parquet file (columns: see docs/eval.md).
 """
 
-from rich.console import Console
-
 from qwenguard.core import Guard
 from qwenguard.core.eval import evaluate, sample_path
+from rich.console import Console
 
 OUT = "qwenguard-eval-cookbook"
 
@@ -25,8 +24,12 @@ with Guard.from_pretrained("demo") as guard:
 
 Console().print(report.table())
 strict, loose = report.mappings["strict"], report.mappings["loose"]
-print(f"strict blocks controversial: recall {strict['overall']['recall']:.1%}, precision {strict['overall']['precision']:.1%}")
-print(f"loose lets it through:       recall {loose['overall']['recall']:.1%}, precision {loose['overall']['precision']:.1%}")
+print(
+    f"strict blocks controversial: recall {strict['overall']['recall']:.1%}, precision {strict['overall']['precision']:.1%}"
+)
+print(
+    f"loose lets it through:       recall {loose['overall']['recall']:.1%}, precision {loose['overall']['precision']:.1%}"
+)
 worst = max((c for c in strict["by_category"] if c["positives"]), key=lambda c: c["fnr"])
 print(f"most missed category (strict): {worst['category']} — {worst['fnr']:.0%} of {worst['positives']} slip through")
 print(f"report and plots in ./{OUT}/")

@@ -14,7 +14,6 @@ from langchain.agents import create_agent
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.tools import tool
-
 from qwenguard.core import Guard, GuardViolation
 from qwenguard.integrations.langchain import GuardMiddleware
 
@@ -49,8 +48,11 @@ def call(name: str, **args) -> AIMessage:
 def run(exit_behavior: str, replies: list, request: str):
     """One agent run; returns the final state and the replies the model never got to use."""
     script = iter(replies)
-    agent = create_agent(ScriptedModel(messages=script), [send_email, web_search],
-                         middleware=[GuardMiddleware(guard, exit_behavior=exit_behavior)])
+    agent = create_agent(
+        ScriptedModel(messages=script),
+        [send_email, web_search],
+        middleware=[GuardMiddleware(guard, exit_behavior=exit_behavior)],
+    )
     try:
         state = agent.invoke({"messages": [{"role": "user", "content": request}]})
     except GuardViolation as violation:
@@ -66,7 +68,9 @@ assert state["messages"][-1].response_metadata["qwenguard"]["stage"] == "tool_ca
 
 # 2. A search returns a prompt injection. The same run under each exit behaviour:
 search = [call("web_search", query="capital of France"), "I could not use the search result."]
-outcome = {behaviour: run(behaviour, search, "What is the capital of France?") for behaviour in ("error", "end", "replace")}
+outcome = {
+    behaviour: run(behaviour, search, "What is the capital of France?") for behaviour in ("error", "end", "replace")
+}
 for behaviour, (state, unused) in outcome.items():
     result = type(state).__name__ if isinstance(state, GuardViolation) else state["messages"][-1].content
     print(f"poisoned result, exit_behavior={behaviour!r:10} -> {result}  (model replies unused: {len(unused)})")

@@ -16,7 +16,6 @@ and the fake model for yours (ChatOpenAI(...), ChatOllama(...), ...).
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
-
 from qwenguard.core import Guard, GuardViolation, Stage
 from qwenguard.integrations.langchain import GuardCallbackHandler
 
@@ -68,7 +67,7 @@ print("streamed:      ", repr(received))
 print("stopped:       ", cut.stage.value, cut.categories, "at char", cut.offset, "of", len(MIXED_ANSWER))
 
 exposed = max(0, len(received) - MIXED_ANSWER.index(UNSAFE_CLAUSE))  # characters of the clause the consumer saw
-print("clause chars:  ", exposed, repr(received[MIXED_ANSWER.index(UNSAFE_CLAUSE):]))
+print("clause chars:  ", exposed, repr(received[MIXED_ANSWER.index(UNSAFE_CLAUSE) :]))
 
 assert answer == SAFE_ANSWER
 assert cut.stage is Stage.STREAM and not cut.allowed

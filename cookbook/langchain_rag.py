@@ -20,7 +20,6 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
-
 from qwenguard.core import Guard
 from qwenguard.integrations.langchain import GuardDocumentCompressor, GuardedRetriever
 
@@ -29,11 +28,13 @@ QUESTION = "What is the capital of France?"
 guard = Guard.from_pretrained("demo")
 
 store = InMemoryVectorStore(DeterministicFakeEmbedding(size=32))
-store.add_documents([
-    Document("Paris is the capital of France.", metadata={"source": "atlas"}),
-    Document(INJECTION, metadata={"source": "forum"}),  # planted by someone who can edit the forum
-    Document("The Eiffel Tower is in Paris.", metadata={"source": "guide"}),
-])
+store.add_documents(
+    [
+        Document("Paris is the capital of France.", metadata={"source": "atlas"}),
+        Document(INJECTION, metadata={"source": "forum"}),  # planted by someone who can edit the forum
+        Document("The Eiffel Tower is in Paris.", metadata={"source": "guide"}),
+    ]
+)
 plain = store.as_retriever(search_kwargs={"k": 3})
 assert any(d.page_content == INJECTION for d in plain.invoke(QUESTION))  # unguarded, it is retrieved
 
@@ -49,10 +50,12 @@ def record(prompt_value):  # a tap between prompt and model, to show what the mo
     return prompt_value
 
 
-prompt = ChatPromptTemplate.from_messages([
-    ("system", "Answer from the context only.\n\nContext:\n{context}"),
-    ("human", "{question}"),
-])
+prompt = ChatPromptTemplate.from_messages(
+    [
+        ("system", "Answer from the context only.\n\nContext:\n{context}"),
+        ("human", "{question}"),
+    ]
+)
 chain = (
     {"context": retriever | (lambda docs: "\n".join(d.page_content for d in docs)), "question": RunnablePassthrough()}
     | prompt

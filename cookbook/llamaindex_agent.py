@@ -19,7 +19,6 @@ import asyncio
 from llama_index.core.agent.workflow import AgentStream, FunctionAgent
 from llama_index.core.base.llms.types import ChatMessage, MessageRole, ToolCallBlock
 from llama_index.core.llms.mock import MockFunctionCallingLLM
-
 from qwenguard.core import Guard, GuardViolation, Stage
 from qwenguard.integrations.llamaindex import GuardedLLM
 
@@ -42,6 +41,7 @@ def web_search(query: str) -> str:
 
 def scripted(tool: str, args: dict, answer: str):
     """Stands in for an LLM: first asks for one tool call, then streams ``answer`` word by word."""
+
     async def words():
         for word in answer.split(" "):
             await asyncio.sleep(0.05)  # a real LLM's pace: the guard checks sentences while the rest streams
@@ -50,7 +50,10 @@ def scripted(tool: str, args: dict, answer: str):
     def respond(messages, **kwargs):
         if any(m.role == MessageRole.TOOL for m in messages):
             return words()
-        return ChatMessage(role="assistant", blocks=[ToolCallBlock(tool_call_id="c1", tool_name=tool, tool_kwargs=args)])
+        return ChatMessage(
+            role="assistant", blocks=[ToolCallBlock(tool_call_id="c1", tool_name=tool, tool_kwargs=args)]
+        )
+
     return MockFunctionCallingLLM(response_generator=respond)
 
 
@@ -75,8 +78,9 @@ async def main() -> None:
     print("tool call:", stop.decision.stage.value, stop.decision.categories, "| e-mails sent:", len(sent))
 
     # 2. A safe tool step, then the answer turns harmful while it streams.
-    shown, stop = await run(scripted("web_search", {"query": "capital of France"}, SAFE_OPENING + HARMFUL),
-                            "What is the capital of France?")
+    shown, stop = await run(
+        scripted("web_search", {"query": "capital of France"}, SAFE_OPENING + HARMFUL), "What is the capital of France?"
+    )
     assert stop is not None and stop.decision.stage is Stage.STREAM
     print("streamed: ", repr(shown))
     print("stopped:  ", stop.decision.stage.value, stop.decision.categories)

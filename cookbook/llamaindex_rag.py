@@ -19,7 +19,6 @@ from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.ingestion import IngestionPipeline
 from llama_index.core.llms.mock import MockLLM
 from llama_index.core.node_parser import SentenceSplitter
-
 from qwenguard.core import Guard
 from qwenguard.integrations.llamaindex import GuardNodePostprocessor, GuardTransform
 
@@ -39,8 +38,9 @@ index.insert(Document(text=INJECTION))
 
 # 3. Query time: the postprocessor screens the retrieved nodes in one batched call and drops the
 #    blocked ones. MockLLM echoes its prompt, so the answer shows exactly what the LLM was given.
-engine = index.as_query_engine(llm=MockLLM(), similarity_top_k=10,
-                               node_postprocessors=[GuardNodePostprocessor(guard=guard)])
+engine = index.as_query_engine(
+    llm=MockLLM(), similarity_top_k=10, node_postprocessors=[GuardNodePostprocessor(guard=guard)]
+)
 response = engine.query("What is the capital of France?")
 sources = [n.node.get_content() for n in response.source_nodes]
 print("retrieved and kept:", sources)
@@ -50,7 +50,7 @@ unguarded = index.as_query_engine(llm=MockLLM(), similarity_top_k=10).query("Wha
 print("unguarded LLM prompt contains the injection:", INJECTION in str(unguarded))
 
 assert sorted(n.get_content() for n in nodes) == sorted(SAFE)  # the harmful chunk never got indexed
-assert sorted(sources) == sorted(SAFE)                          # the injected node was dropped
+assert sorted(sources) == sorted(SAFE)  # the injected node was dropped
 assert INJECTION not in str(response) and all(t in str(response) for t in SAFE)
 assert INJECTION in str(unguarded)
 print("OK")

@@ -25,7 +25,6 @@ import httpx
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
-
 from qwenguard.core import Guard, GuardViolation, Stage
 from qwenguard.integrations.langchain import guard_input, guard_output
 
@@ -42,8 +41,11 @@ def free_port() -> int:
 port = free_port()
 url = f"http://127.0.0.1:{port}"
 log = tempfile.TemporaryFile()  # the server's output, shown only if it fails to start
-server = subprocess.Popen([sys.executable, "-m", "qwenguard.core.cli", "serve", "--model", "demo", "--port", str(port)],
-                          stdout=log, stderr=subprocess.STDOUT)
+server = subprocess.Popen(
+    [sys.executable, "-m", "qwenguard.core.cli", "serve", "--model", "demo", "--port", str(port)],
+    stdout=log,
+    stderr=subprocess.STDOUT,
+)
 try:
     deadline = time.monotonic() + 180  # loading the model takes a while on a busy CPU
     while True:

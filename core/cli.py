@@ -12,7 +12,7 @@ import json
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any, Optional, TypeVar
+from typing import Any, TypeVar
 
 import click
 import typer
@@ -21,8 +21,12 @@ from rich.markup import escape
 
 from .policy import Policy
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Qwen3Guard safety checks for LLM applications.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Qwen3Guard safety checks for LLM applications.",
+)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -78,7 +82,9 @@ def _policy(name: str) -> Policy:
 def check(
     text: str = typer.Argument(..., help="Text to check, or '-' to read standard input."),
     model: str = typer.Option("demo", "--model", "-m", help="'demo', a hub id or a checkpoint directory."),
-    response: Optional[str] = typer.Option(None, "--response", "-r", help="Check this response to TEXT instead of TEXT itself."),
+    response: str | None = typer.Option(
+        None, "--response", "-r", help="Check this response to TEXT instead of TEXT itself."
+    ),
     policy: str = typer.Option("strict", "--policy", help="strict (controversial blocks) or loose."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps."),
@@ -101,9 +107,16 @@ def check(
         color = {"allow": "green", "flag": "yellow", "block": "red"}[decision.action.value]
         risk = decision.risk.value if decision.risk else "-"
         cats = ", ".join(decision.categories) or "None"
-        console.print(f"[bold {color}]{decision.action.value.upper()}[/bold {color}]  stage={decision.stage.value} "
-                      f"risk={risk} categories={cats}" + (f" refusal={decision.verdict.refusal}" if decision.verdict and decision.verdict.refusal is not None else "")
-                      + (f"  ({decision.verdict.latency_ms:.0f} ms)" if decision.verdict else ""))
+        console.print(
+            f"[bold {color}]{decision.action.value.upper()}[/bold {color}]  stage={decision.stage.value} "
+            f"risk={risk} categories={cats}"
+            + (
+                f" refusal={decision.verdict.refusal}"
+                if decision.verdict and decision.verdict.refusal is not None
+                else ""
+            )
+            + (f"  ({decision.verdict.latency_ms:.0f} ms)" if decision.verdict else "")
+        )
     if decision.reason in ("guard_error", "timeout"):
         raise typer.Exit(EXIT_ERROR)
     raise typer.Exit(EXIT_ALLOWED if decision.allowed else EXIT_BLOCKED)
@@ -127,35 +140,82 @@ def _served_policy(value: str) -> Policy:
 @app.command()
 @reports_errors
 def serve(
-    model: str = typer.Option("demo", "--model", "-m", help="'demo', a Qwen3Guard-Gen hub id or a checkpoint directory."),
-    stream_model: Optional[str] = typer.Option(None, "--stream-model", help="A Qwen3Guard-Stream checkpoint for /v1/stream."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind. Other than loopback, an API key is required "
-                                                         "(or --allow-unauthenticated)."),
+    model: str = typer.Option(
+        "demo", "--model", "-m", help="'demo', a Qwen3Guard-Gen hub id or a checkpoint directory."
+    ),
+    stream_model: str | None = typer.Option(
+        None, "--stream-model", help="A Qwen3Guard-Stream checkpoint for /v1/stream."
+    ),
+    host: str = typer.Option(
+        "127.0.0.1",
+        "--host",
+        help="Interface to bind. Other than loopback, an API key is required (or --allow-unauthenticated).",
+    ),
     port: int = typer.Option(8000, "--port", help="TCP port."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="QWENGUARD_API_KEY",
-                                          help="Require 'Authorization: Bearer KEY' (or set QWENGUARD_API_KEY). Empty is an error."),
-    allow_unauthenticated: bool = typer.Option(False, "--allow-unauthenticated",
-                                               help="Serve a non-loopback --host without an API key (anyone who can reach it can use it)."),
-    policy: str = typer.Option("strict", "--policy", help="The operator's policy, pinned for every client: strict, loose, "
-                                                          "or a JSON file of Policy.to_dict(). Clients can only make it stricter."),
+    api_key: str | None = typer.Option(
+        None,
+        "--api-key",
+        envvar="QWENGUARD_API_KEY",
+        help="Require 'Authorization: Bearer KEY' (or set QWENGUARD_API_KEY). Empty is an error.",
+    ),
+    allow_unauthenticated: bool = typer.Option(
+        False,
+        "--allow-unauthenticated",
+        help="Serve a non-loopback --host without an API key (anyone who can reach it can use it).",
+    ),
+    policy: str = typer.Option(
+        "strict",
+        "--policy",
+        help="The operator's policy, pinned for every client: strict, loose, "
+        "or a JSON file of Policy.to_dict(). Clients can only make it stricter.",
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps."),
     max_concurrency: int = typer.Option(64, "--max-concurrency", help="HTTP requests served at once; more get 503."),
-    max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", help="Largest request body or stream frame (413 / close 1009)."),
-    timeout: float = typer.Option(30.0, "--timeout", help="Per-request deadline in seconds (504; 408 for a body that arrives too slowly)."),
-    max_conversations: int = typer.Option(256, "--max-conversations", help="Conversations per /v1/moderate request (413 past it)."),
-    max_messages: int = typer.Option(256, "--max-messages", help="Messages per conversation (413 / close 1009 past it)."),
-    max_chars: int = typer.Option(200_000, "--max-chars", help="Characters of content per request or stream session (413 / close 1009)."),
-    max_streams: Optional[int] = typer.Option(None, "--max-streams", help="Stream sessions at once (default: --max-concurrency); more get 503."),
-    max_streams_per_client: int = typer.Option(16, "--max-streams-per-client", help="Stream sessions at once per client address; more get 429."),
-    stream_idle_timeout: float = typer.Option(60.0, "--stream-idle-timeout", help="Close a stream session that feeds no text for this many seconds (4408)."),
-    stream_max_session: float = typer.Option(600.0, "--stream-max-session", help="Close a stream session after this many seconds (4408)."),
-    head_timeout: float = typer.Option(10.0, "--head-timeout", help="Seconds a client has to send a request head or a stream's open frame."),
+    max_body_bytes: int = typer.Option(
+        1_000_000, "--max-body-bytes", help="Largest request body or stream frame (413 / close 1009)."
+    ),
+    timeout: float = typer.Option(
+        30.0, "--timeout", help="Per-request deadline in seconds (504; 408 for a body that arrives too slowly)."
+    ),
+    max_conversations: int = typer.Option(
+        256, "--max-conversations", help="Conversations per /v1/moderate request (413 past it)."
+    ),
+    max_messages: int = typer.Option(
+        256, "--max-messages", help="Messages per conversation (413 / close 1009 past it)."
+    ),
+    max_chars: int = typer.Option(
+        200_000, "--max-chars", help="Characters of content per request or stream session (413 / close 1009)."
+    ),
+    max_streams: int | None = typer.Option(
+        None, "--max-streams", help="Stream sessions at once (default: --max-concurrency); more get 503."
+    ),
+    max_streams_per_client: int = typer.Option(
+        16, "--max-streams-per-client", help="Stream sessions at once per client address; more get 429."
+    ),
+    stream_idle_timeout: float = typer.Option(
+        60.0, "--stream-idle-timeout", help="Close a stream session that feeds no text for this many seconds (4408)."
+    ),
+    stream_max_session: float = typer.Option(
+        600.0, "--stream-max-session", help="Close a stream session after this many seconds (4408)."
+    ),
+    head_timeout: float = typer.Option(
+        10.0, "--head-timeout", help="Seconds a client has to send a request head or a stream's open frame."
+    ),
     keep_alive: float = typer.Option(10.0, "--keep-alive", help="Seconds an idle keep-alive connection stays open."),
-    max_connections: int = typer.Option(1024, "--max-connections", help="Open sockets (lowered under a small ulimit -n); idle ones make room first."),
-    drain_delay: float = typer.Option(0.0, "--drain-delay", help="On SIGTERM: seconds to keep serving with /health at 503 before "
-                                                                 "the listener closes (for balancers that route by probe)."),
-    shutdown_timeout: float = typer.Option(20.0, "--shutdown-timeout", help="On SIGTERM: seconds to finish requests in flight "
-                                                                            "(stream sessions are handed back at once, close 1012)."),
+    max_connections: int = typer.Option(
+        1024, "--max-connections", help="Open sockets (lowered under a small ulimit -n); idle ones make room first."
+    ),
+    drain_delay: float = typer.Option(
+        0.0,
+        "--drain-delay",
+        help="On SIGTERM: seconds to keep serving with /health at 503 before "
+        "the listener closes (for balancers that route by probe).",
+    ),
+    shutdown_timeout: float = typer.Option(
+        20.0,
+        "--shutdown-timeout",
+        help="On SIGTERM: seconds to finish requests in flight (stream sessions are handed back at once, close 1012).",
+    ),
 ) -> None:
     """Serve a guard over HTTP: OpenAI-compatible /v1/chat/completions, /v1/moderate, /v1/stream.
 
@@ -166,23 +226,37 @@ def serve(
     if api_key is None and os.environ.get("QWENGUARD_API_KEY") is not None:
         api_key = os.environ["QWENGUARD_API_KEY"]  # click reads an empty variable as unset: it is a mistake
     if api_key is not None and not api_key.strip():
-        raise fail("the API key is empty (--api-key or QWENGUARD_API_KEY): set a key, or leave both unset "
-                   "to serve without authentication on loopback")
+        raise fail(
+            "the API key is empty (--api-key or QWENGUARD_API_KEY): set a key, or leave both unset "
+            "to serve without authentication on loopback"
+        )
     loopback = host in ("127.0.0.1", "localhost", "::1")
     if api_key is None and not loopback and not allow_unauthenticated:
-        raise fail(f"--host {host} without an API key would let anyone who can reach it use the guard; "
-                   "set --api-key (or QWENGUARD_API_KEY), or pass --allow-unauthenticated to mean it")
+        raise fail(
+            f"--host {host} without an API key would let anyone who can reach it use the guard; "
+            "set --api-key (or QWENGUARD_API_KEY), or pass --allow-unauthenticated to mean it"
+        )
     if drain_delay < 0 or shutdown_timeout <= 0:
         raise fail("--drain-delay must be >= 0 and --shutdown-timeout > 0")
     from .server import Limits
     from .server import serve as run_server
 
     pinned = _served_policy(policy)
-    limits = Limits(max_concurrency=max_concurrency, max_body_bytes=max_body_bytes, request_timeout_s=timeout,
-                    max_conversations=max_conversations, max_messages=max_messages, max_chars=max_chars,
-                    max_streams=max_streams, max_streams_per_client=max_streams_per_client,
-                    stream_idle_timeout_s=stream_idle_timeout, stream_max_session_s=stream_max_session,
-                    head_timeout_s=head_timeout, keep_alive_s=keep_alive, max_connections=max_connections)
+    limits = Limits(
+        max_concurrency=max_concurrency,
+        max_body_bytes=max_body_bytes,
+        request_timeout_s=timeout,
+        max_conversations=max_conversations,
+        max_messages=max_messages,
+        max_chars=max_chars,
+        max_streams=max_streams,
+        max_streams_per_client=max_streams_per_client,
+        stream_idle_timeout_s=stream_idle_timeout,
+        stream_max_session_s=stream_max_session,
+        head_timeout_s=head_timeout,
+        keep_alive_s=keep_alive,
+        max_connections=max_connections,
+    )
     # On a CPU box, OpenMP threads that spin after each forward steal the cores the event loop needs to
     # answer requests. Only effective before torch loads (it is not loaded yet here).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -192,54 +266,131 @@ def serve(
     disable_progress_bars()
     guard = Guard.from_pretrained(model, policy=pinned, stream_model=stream_model, device=device)
     if api_key is None and not loopback:
-        err_console.print("[yellow]warning:[/yellow] serving without an API key on a non-loopback interface "
-                          "(--allow-unauthenticated)", soft_wrap=True)
-    err_console.print(f"qwenguard serving {escape(repr(model))} on http://{host}:{port}/v1 "
-                      f"(auth {'on' if api_key else 'off'}, policy {escape(policy)})", soft_wrap=True)
-    run_server(guard, host=host, port=port, api_key=api_key, allow_unauthenticated=allow_unauthenticated, limits=limits,
-               drain_delay_s=drain_delay, shutdown_timeout_s=shutdown_timeout)
+        err_console.print(
+            "[yellow]warning:[/yellow] serving without an API key on a non-loopback interface "
+            "(--allow-unauthenticated)",
+            soft_wrap=True,
+        )
+    err_console.print(
+        f"qwenguard serving {escape(repr(model))} on http://{host}:{port}/v1 "
+        f"(auth {'on' if api_key else 'off'}, policy {escape(policy)})",
+        soft_wrap=True,
+    )
+    run_server(
+        guard,
+        host=host,
+        port=port,
+        api_key=api_key,
+        allow_unauthenticated=allow_unauthenticated,
+        limits=limits,
+        drain_delay_s=drain_delay,
+        shutdown_timeout_s=shutdown_timeout,
+    )
 
 
 @app.command("eval")
 @reports_errors
 def eval_(
-    data: str = typer.Argument(..., help="Labelled data: .jsonl, .csv or .parquet (columns: text or messages, label; "
-                                         "optional response, category, source). 'sample' = the shipped demo sample."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Local checkpoint ('demo', hub id, directory); "
-                                        "with --remote, the served model name (default: the server's only model)."),
-    remote: Optional[str] = typer.Option(None, "--remote", help="Evaluate a served model: OpenAI-compatible base URL, "
-                                         "e.g. http://127.0.0.1:8000/v1 (vLLM, SGLang, qwenguard serve)."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="QWENGUARD_API_KEY", help="Bearer token for --remote."),
-    stage: Optional[str] = typer.Option(None, "--stage", help="Only rows of this stage: prompt, response, tool_call, tool_result, retrieval (default: all)."),
-    policy: str = typer.Option("strict", "--policy", help="Primary mapping: strict or loose (both are always reported)."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output directory (report.json, report.md, PNGs, "
-                                      "prediction cache). Default: qwenguard-eval/<dataset>-<run id>, one per dataset, "
-                                      "model, stage and policy."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N rows."),
+    data: str = typer.Argument(
+        ...,
+        help="Labelled data: .jsonl, .csv or .parquet (columns: text or messages, label; "
+        "optional response, category, source). 'sample' = the shipped demo sample.",
+    ),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Local checkpoint ('demo', hub id, directory); "
+        "with --remote, the served model name (default: the server's only model).",
+    ),
+    remote: str | None = typer.Option(
+        None,
+        "--remote",
+        help="Evaluate a served model: OpenAI-compatible base URL, "
+        "e.g. http://127.0.0.1:8000/v1 (vLLM, SGLang, qwenguard serve).",
+    ),
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar="QWENGUARD_API_KEY", help="Bearer token for --remote."
+    ),
+    stage: str | None = typer.Option(
+        None,
+        "--stage",
+        help="Only rows of this stage: prompt, response, tool_call, tool_result, retrieval (default: all).",
+    ),
+    policy: str = typer.Option(
+        "strict", "--policy", help="Primary mapping: strict or loose (both are always reported)."
+    ),
+    out: str | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Output directory (report.json, report.md, PNGs, "
+        "prediction cache). Default: qwenguard-eval/<dataset>-<run id>, one per dataset, "
+        "model, stage and policy.",
+    ),
+    limit: int | None = typer.Option(None, "--limit", help="Evaluate only the first N rows."),
     batch_size: int = typer.Option(16, "--batch-size", help="Rows per guard call."),
     concurrency: int = typer.Option(0, "--concurrency", help="Batches in flight (default: 1 local, 4 remote)."),
-    fresh: bool = typer.Option(False, "--fresh", help="Replace what --out holds (another run's predictions and report) and start over."),
+    fresh: bool = typer.Option(
+        False, "--fresh", help="Replace what --out holds (another run's predictions and report) and start over."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps (local models)."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds before a row counts as a guard error: per "
-                                            "batch locally; with --remote, per request from when it is sent (default 30)."),
+    timeout: float | None = typer.Option(
+        None,
+        "--timeout",
+        help="Seconds before a row counts as a guard error: per "
+        "batch locally; with --remote, per request from when it is sent (default 30).",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
-    mode: str = typer.Option("chat", "--mode", help="With --remote: chat (the engine applies its chat template) or "
-                                                   "completion (qwenguard sends the prompt: Ollama, llama.cpp)."),
-    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="With --remote: the served checkpoint's tokenizer "
-                                            "(hub id or directory): exact windows, token ids in completion mode."),
-    max_context: Optional[int] = typer.Option(None, "--max-context", help="With --remote: the engine's context in tokens, "
-                                              "if it does not publish it (transformers serve, llama.cpp)."),
-    max_in_flight: int = typer.Option(8, "--max-in-flight", help="With --remote: requests in flight at once (match the "
-                                      "engine's batch size; more only queue there and time out)."),
+    mode: str = typer.Option(
+        "chat",
+        "--mode",
+        help="With --remote: chat (the engine applies its chat template) or "
+        "completion (qwenguard sends the prompt: Ollama, llama.cpp).",
+    ),
+    tokenizer: str | None = typer.Option(
+        None,
+        "--tokenizer",
+        help="With --remote: the served checkpoint's tokenizer "
+        "(hub id or directory): exact windows, token ids in completion mode.",
+    ),
+    max_context: int | None = typer.Option(
+        None,
+        "--max-context",
+        help="With --remote: the engine's context in tokens, "
+        "if it does not publish it (transformers serve, llama.cpp).",
+    ),
+    max_in_flight: int = typer.Option(
+        8,
+        "--max-in-flight",
+        help="With --remote: requests in flight at once (match the "
+        "engine's batch size; more only queue there and time out).",
+    ),
 ) -> None:
     """Measure a guard on labelled data: recall, precision, F1, MCC, ROC-AUC, strict vs loose, breakdowns, plots."""
     from .eval.cli import RemoteOptions, run_eval
 
-    run_eval(data=data, model=model, remote=remote, api_key=api_key, stage=stage, policy=policy, out=out, limit=limit,
-             batch_size=batch_size, concurrency=concurrency, fresh=fresh, device=device, timeout=timeout,
-             progress=progress, console=console, err_console=err_console,
-             remote_options=RemoteOptions(mode=mode, tokenizer=tokenizer, max_context=max_context,
-                                          max_in_flight=max_in_flight))
+    run_eval(
+        data=data,
+        model=model,
+        remote=remote,
+        api_key=api_key,
+        stage=stage,
+        policy=policy,
+        out=out,
+        limit=limit,
+        batch_size=batch_size,
+        concurrency=concurrency,
+        fresh=fresh,
+        device=device,
+        timeout=timeout,
+        progress=progress,
+        console=console,
+        err_console=err_console,
+        remote_options=RemoteOptions(
+            mode=mode, tokenizer=tokenizer, max_context=max_context, max_in_flight=max_in_flight
+        ),
+    )
 
 
 def main() -> None:

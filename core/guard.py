@@ -17,13 +17,13 @@ from typing import Any
 from .backends.base import GenBackend, Outcome
 from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_SIZE, VerdictCache, cache_key
 from .errors import GuardTimeout, GuardUnavailable, GuardViolation, InputTooLarge, QwenGuardError
+from .formats.content import clean_text
 from .formats.conversations import (
     prompt_conversation,
     response_conversation,
     tool_call_conversation,
     untrusted_conversation,
 )
-from .formats.content import clean_text
 from .formats.prompts import Message, normalize_messages
 from .policy import Action, Decision, Policy
 from .verdict import Stage, Verdict
@@ -116,9 +116,20 @@ class Guard:
         or a checkpoint directory. ``stream_model`` adds a Qwen3Guard-Stream checkpoint for `stream`."""
         from .backends.transformers_gen import TransformersGen
 
-        backend_keys = {"max_new_tokens", "max_context", "max_batch", "max_wait_s", "window_overlap",
-                        "use_chat_template", "revision", "local_files_only", "max_window_tokens",
-                        "max_windows", "max_batch_tokens", "engine"}
+        backend_keys = {
+            "max_new_tokens",
+            "max_context",
+            "max_batch",
+            "max_wait_s",
+            "window_overlap",
+            "use_chat_template",
+            "revision",
+            "local_files_only",
+            "max_window_tokens",
+            "max_windows",
+            "max_batch_tokens",
+            "engine",
+        }
         backend_kwargs = {k: guard_kwargs.pop(k) for k in list(guard_kwargs) if k in backend_keys}
         backend = TransformersGen.load(model, device=device, dtype=dtype, **backend_kwargs)
         stream_backend = None
@@ -161,8 +172,15 @@ class Guard:
 
         guard_keys = {"cache_size", "cache_bytes", "max_chars", "max_messages", "listeners", "parallel_input"}
         guard_kwargs = {k: opts.pop(k) for k in list(opts) if k in guard_keys}
-        backend = OpenAIGen(base_url, model=model, api_key=api_key, mode=mode,  # type: ignore[arg-type]
-                            tokenizer=tokenizer, max_context=max_context, **opts)
+        backend = OpenAIGen(
+            base_url,
+            model=model,
+            api_key=api_key,
+            mode=mode,  # type: ignore[arg-type]
+            tokenizer=tokenizer,
+            max_context=max_context,
+            **opts,
+        )
         stream_backend = None
         if stream:
             from .backends.remote_stream import RemoteStream
@@ -233,7 +251,9 @@ class Guard:
         values = [t for c in checks if (t := self.policy.timeout_for(c.stage)) is not None]
         return min(values) if values else None
 
-    def _settle(self, checks: list[_Check], pending: list[_Check], outcome: list[Outcome] | BaseException) -> list[Decision]:
+    def _settle(
+        self, checks: list[_Check], pending: list[_Check], outcome: list[Outcome] | BaseException
+    ) -> list[Decision]:
         if isinstance(outcome, InputTooLarge):
             raise outcome  # a size limit is the caller's error, never on_error's to allow
         if isinstance(outcome, BaseException):
@@ -278,7 +298,9 @@ class Guard:
         outcome: list[Outcome] | BaseException = []
         if pending:
             try:
-                outcome = await self.backend.aclassify([c.conversation for c in pending], timeout=self._timeout(pending))
+                outcome = await self.backend.aclassify(
+                    [c.conversation for c in pending], timeout=self._timeout(pending)
+                )
             except Exception as exc:  # noqa: BLE001
                 outcome = exc
         return self._settle(checks, pending, outcome)

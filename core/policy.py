@@ -322,8 +322,7 @@ class Policy:
             if f.name == "stages":
                 value = {
                     s.value: {
-                        g.name: sorted(v) if isinstance(v := getattr(sp, g.name), frozenset) else v
-                        for g in fields(sp)
+                        g.name: sorted(v) if isinstance(v := getattr(sp, g.name), frozenset) else v for g in fields(sp)
                     }
                     for s, sp in sorted(value.items(), key=lambda kv: kv[0].value)
                 }

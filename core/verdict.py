@@ -115,5 +115,10 @@ def worst(verdicts: list[Verdict]) -> Verdict:
     if all(v.probs is not None for v in verdicts):
         best = max(verdicts, key=lambda v: v.unsafe_probability or 0.0)
         probs = best.probs
-    return replace(at_top[0], categories=cats, refusal=verdicts[0].refusal, probs=probs,
-                   raw="\n---\n".join(v.raw for v in verdicts))
+    return replace(
+        at_top[0],
+        categories=cats,
+        refusal=verdicts[0].refusal,
+        probs=probs,
+        raw="\n---\n".join(v.raw for v in verdicts),
+    )

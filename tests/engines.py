@@ -73,8 +73,9 @@ class TransformersServe:
 
 
 @contextlib.contextmanager
-def transformers_serve(checkpoint: str, *, start_timeout_s: float = 240.0, log_path: str | None = None
-                       ) -> Iterator[TransformersServe]:
+def transformers_serve(
+    checkpoint: str, *, start_timeout_s: float = 240.0, log_path: str | None = None
+) -> Iterator[TransformersServe]:
     """Start ``transformers serve CHECKPOINT`` on a free loopback port, on CPU; stop it afterwards."""
     port = free_port()
     keep_log = log_path is not None
@@ -82,10 +83,26 @@ def transformers_serve(checkpoint: str, *, start_timeout_s: float = 240.0, log_p
         fd, log_path = tempfile.mkstemp(prefix="qwenguard-transformers-serve-", suffix=".log")
         os.close(fd)
     log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed below
-    cmd = [os.path.join(os.path.dirname(sys.executable), "transformers"), "serve", checkpoint,
-           "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--log-level", "warning"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    cmd = [
+        os.path.join(os.path.dirname(sys.executable), "transformers"),
+        "serve",
+        checkpoint,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--log-level",
+        "warning",
+    ]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     engine = TransformersServe(proc, f"http://127.0.0.1:{port}/v1", checkpoint, log_path, 0.0)
@@ -259,11 +276,23 @@ class _EngineHandler(BaseHTTPRequestHandler):
         text = self.engine.answer(body)
         seen.status, seen.answered_at = 200, time.perf_counter()
         if self.path.endswith("/chat/completions"):
-            self._send(200, {"object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
-                             "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+            self._send(
+                200,
+                {
+                    "object": "chat.completion",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+                },
+            )
         else:
-            self._send(200, {"object": "text_completion", "choices": [{"index": 0, "text": text}],
-                             "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+            self._send(
+                200,
+                {
+                    "object": "text_completion",
+                    "choices": [{"index": 0, "text": text}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+                },
+            )
 
 
 @contextlib.contextmanager
@@ -291,10 +320,15 @@ def recording_engine(**settings: Any) -> Iterator[RecordingEngine]:
 def drip_server(interval_s: float = 0.25, answer: str = SAFE) -> Iterator[str]:
     """Answers every request with a valid chat completion, one byte every ``interval_s`` (status line
     included), so that no single read ever waits long. Yields the base URL (``.../v1``)."""
-    payload = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
-                                       "text": answer}]}).encode()
-    reply = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-             + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+    payload = json.dumps(
+        {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "text": answer}]}
+    ).encode()
+    reply = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+        + str(len(payload)).encode()
+        + b"\r\n\r\n"
+        + payload
+    )
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))

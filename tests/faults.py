@@ -13,8 +13,14 @@ from qwenguard.core.formats.prompts import moderation_mode, parse_verdict
 class ScriptedBackend:
     """Answers each conversation with ``answer(conversation) -> raw text``, optionally slow or failing."""
 
-    def __init__(self, answer: Callable[[Sequence[dict]], str], *, delay_s: float = 0.0, fail: Exception | None = None,
-                 name: str = "scripted") -> None:
+    def __init__(
+        self,
+        answer: Callable[[Sequence[dict]], str],
+        *,
+        delay_s: float = 0.0,
+        fail: Exception | None = None,
+        name: str = "scripted",
+    ) -> None:
         self.answer = answer
         self.delay_s = delay_s
         self.fail = fail

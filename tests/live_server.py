@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import uvicorn
-
 from qwenguard.core.server import create_app
 
 

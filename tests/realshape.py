@@ -25,10 +25,22 @@ QWEN3_VOCAB = 151936
 #: The first added token id: every id at or above it is a special/added token.
 FIRST_ADDED_ID = 151643
 
-TINY: dict[str, Any] = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
-QWEN3_0_6B: dict[str, Any] = {"hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 28,
-                              "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128}
+TINY: dict[str, Any] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+}
+QWEN3_0_6B: dict[str, Any] = {
+    "hidden_size": 1024,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+}
 
 
 def qwen3_tokenizer_dir() -> Path:
@@ -53,15 +65,23 @@ def real_tokenizer(*, guard_template: bool = True) -> Any:
     return tokenizer
 
 
-def build_gen(path: Path, *, shape: dict[str, Any] = TINY, max_positions: int = 32768, seed: int = 0,
-              guard_template: bool = True) -> Path:
+def build_gen(
+    path: Path, *, shape: dict[str, Any] = TINY, max_positions: int = 32768, seed: int = 0, guard_template: bool = True
+) -> Path:
     """A random-weight Qwen3Guard-Gen-shaped checkpoint (Qwen3ForCausalLM) with the real tokenizer."""
     import torch
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
-    config = Qwen3Config(vocab_size=QWEN3_VOCAB, max_position_embeddings=max_positions, tie_word_embeddings=True,
-                         bos_token_id=151643, eos_token_id=151645, pad_token_id=151643, rope_theta=1_000_000.0,
-                         **shape)
+    config = Qwen3Config(
+        vocab_size=QWEN3_VOCAB,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        bos_token_id=151643,
+        eos_token_id=151645,
+        pad_token_id=151643,
+        rope_theta=1_000_000.0,
+        **shape,
+    )
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(config).eval()
     path.mkdir(parents=True, exist_ok=True)
@@ -81,10 +101,16 @@ def build_stream(path: Path, *, shape: dict[str, Any] = TINY, max_positions: int
     for f in tok_dir.iterdir():
         if f.is_file():
             shutil.copy(f, path / f.name)
-    cfg = stream_config(QWEN3_VOCAB, hidden=shape["hidden_size"], layers=shape["num_hidden_layers"],
-                        max_positions=max_positions)
-    cfg.update({k: v for k, v in shape.items() if k in ("intermediate_size", "num_attention_heads",
-                                                         "num_key_value_heads", "head_dim")})
+    cfg = stream_config(
+        QWEN3_VOCAB, hidden=shape["hidden_size"], layers=shape["num_hidden_layers"], max_positions=max_positions
+    )
+    cfg.update(
+        {
+            k: v
+            for k, v in shape.items()
+            if k in ("intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim")
+        }
+    )
     cfg.update({"eos_token_id": 151645, "bos_token_id": 151643, "rope_theta": 1_000_000.0})
     (path / "config.json").write_text(json.dumps(cfg, indent=2))
     save_file(official_state_dict(cfg, seed), str(path / "model.safetensors"), metadata={"format": "pt"})

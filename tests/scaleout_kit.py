@@ -55,14 +55,30 @@ class KeywordJudge:
         for conv in conversations:
             unsafe = any(MARKER in str(m.get("content", "")) for m in conv)
             if unsafe:
-                out.append(Verdict(Risk.UNSAFE, ("Violent",), None, "Safety: Unsafe\nCategories: Violent",
-                                   self.delay_s * 1000, self.name))
+                out.append(
+                    Verdict(
+                        Risk.UNSAFE,
+                        ("Violent",),
+                        None,
+                        "Safety: Unsafe\nCategories: Violent",
+                        self.delay_s * 1000,
+                        self.name,
+                    )
+                )
                 continue
             if self._log is not None:
                 # time.monotonic() is one clock for all processes of the machine (Linux CLOCK_MONOTONIC)
-                self._log.write(json.dumps({"prompt": str(conv[0].get("content", "")),
-                                            "text": str(conv[-1].get("content", "")),
-                                            "role": conv[-1].get("role"), "t": time.monotonic()}) + "\n")
+                self._log.write(
+                    json.dumps(
+                        {
+                            "prompt": str(conv[0].get("content", "")),
+                            "text": str(conv[-1].get("content", "")),
+                            "role": conv[-1].get("role"),
+                            "t": time.monotonic(),
+                        }
+                    )
+                    + "\n"
+                )
             out.append(Verdict(Risk.SAFE, (), None, "Safety: Safe\nCategories: None", self.delay_s * 1000, self.name))
         return out
 
@@ -71,8 +87,17 @@ class KeywordJudge:
         session's opening check waits for the model still counts that session as its own."""
         if self._log is not None:
             for conv in conversations:
-                self._log.write(json.dumps({"event": "received", "prompt": str(conv[0].get("content", "")),
-                                            "role": conv[-1].get("role"), "t": time.monotonic()}) + "\n")
+                self._log.write(
+                    json.dumps(
+                        {
+                            "event": "received",
+                            "prompt": str(conv[0].get("content", "")),
+                            "role": conv[-1].get("role"),
+                            "t": time.monotonic(),
+                        }
+                    )
+                    + "\n"
+                )
 
     def classify(self, conversations: Sequence[Any], *, timeout: float | None = None) -> list[Any]:
         self._received(conversations)
@@ -108,8 +133,15 @@ def _replica_main(argv: list[str] | None = None) -> None:
 
     guard = Guard(KeywordJudge(args.delay_ms / 1000, args.log), cache_size=0)
     # Behind a balancer every session comes from the balancer's address: the per-client cap is the total.
-    serve(guard, host="127.0.0.1", port=args.port, log_level="warning", max_streams_per_client=1024,
-          drain_delay_s=args.drain_delay, shutdown_timeout_s=args.shutdown_timeout)
+    serve(
+        guard,
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        max_streams_per_client=1024,
+        drain_delay_s=args.drain_delay,
+        shutdown_timeout_s=args.shutdown_timeout,
+    )
 
 
 # -- processes ------------------------------------------------------------------------------------
@@ -138,17 +170,37 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = N
 class Replica:
     """One replica subprocess (`_replica_main`) on a free loopback port."""
 
-    def __init__(self, workdir: Path, index: int, *, delay_ms: float = 5.0, drain_delay: float = 0.0,
-                 shutdown_timeout: float = 20.0) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        index: int,
+        *,
+        delay_ms: float = 5.0,
+        drain_delay: float = 0.0,
+        shutdown_timeout: float = 20.0,
+    ) -> None:
         self.port = free_port()
         self.index = index
         self.log = workdir / f"judged-{index}.jsonl"
         self.out = workdir / f"replica-{index}.out"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--port", str(self.port), "--log", str(self.log),
-               "--delay-ms", str(delay_ms), "--drain-delay", str(drain_delay), "--shutdown-timeout", str(shutdown_timeout)]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--port",
+            str(self.port),
+            "--log",
+            str(self.log),
+            "--delay-ms",
+            str(delay_ms),
+            "--drain-delay",
+            str(drain_delay),
+            "--shutdown-timeout",
+            str(shutdown_timeout),
+        ]
         with open(self.out, "wb") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+            self.proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+            )
 
     @property
     def address(self) -> str:
@@ -174,8 +226,9 @@ class Replica:
 
 
 def haproxy_path() -> str | None:
-    return shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy")
-                                            if os.access(p, os.X_OK)), None)
+    return shutil.which("haproxy") or next(
+        (p for p in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy") if os.access(p, os.X_OK)), None
+    )
 
 
 #: Set to 1 to skip the tests that need HAProxy on a machine without it; unset, those tests fail.
@@ -192,9 +245,11 @@ def require_haproxy() -> str:
         return exe
     if os.environ.get(NO_HAPROXY_ENV) == "1":
         pytest.skip(f"haproxy is not installed and {NO_HAPROXY_ENV}=1: balancer tests skipped on purpose")
-    pytest.fail(f"haproxy is not installed: these tests run a real load balancer. Install it "
-                f"(Debian/Ubuntu: apt-get install -y haproxy), or set {NO_HAPROXY_ENV}=1 to skip them on purpose.",
-                pytrace=False)
+    pytest.fail(
+        f"haproxy is not installed: these tests run a real load balancer. Install it "
+        f"(Debian/Ubuntu: apt-get install -y haproxy), or set {NO_HAPROXY_ENV}=1 to skip them on purpose.",
+        pytrace=False,
+    )
 
 
 class Balancer:
@@ -214,7 +269,9 @@ class Balancer:
             env[f"QG_REPLICA_{i}"] = address
         self.out = workdir / f"{name}.log"
         with open(self.out, "wb") as out:
-            self.proc = subprocess.Popen([exe, "-f", str(HAPROXY_CFG), "-db"], stdout=out, stderr=subprocess.STDOUT, env=env)
+            self.proc = subprocess.Popen(
+                [exe, "-f", str(HAPROXY_CFG), "-db"], stdout=out, stderr=subprocess.STDOUT, env=env
+            )
 
     @property
     def url(self) -> str:
@@ -238,8 +295,11 @@ class Balancer:
         lines = data.decode().splitlines()
         header = lines[0].lstrip("# ").split(",")
         name, server, status = header.index("pxname"), header.index("svname"), header.index("status")
-        return {f[server]: f[status] for f in (ln.split(",") for ln in lines[1:] if ln)
-                if len(f) > status and f[name] == "requests" and f[server] != "BACKEND"}
+        return {
+            f[server]: f[status]
+            for f in (ln.split(",") for ln in lines[1:] if ln)
+            if len(f) > status and f[name] == "requests" and f[server] != "BACKEND"
+        }
 
     def wait_up(self, count: int, timeout: float = 20.0) -> Balancer:
         """Until at least ``count`` replicas are UP in HAProxy's checks (a loaded box can fail a check:
@@ -339,8 +399,10 @@ class SessionResult:
         return MARKER in self.text
 
     def __repr__(self) -> str:
-        return (f"SessionResult({self.index}, {self.outcome}, released={len(self.released)}/{len(self.text)}, "
-                f"failovers={self.failovers}, error={self.error!r})")
+        return (
+            f"SessionResult({self.index}, {self.outcome}, released={len(self.released)}/{len(self.text)}, "
+            f"failovers={self.failovers}, error={self.error!r})"
+        )
 
 
 async def all_streaming(results: Sequence[SessionResult], timeout: float = 30.0) -> None:
@@ -353,12 +415,13 @@ async def all_streaming(results: Sequence[SessionResult], timeout: float = 30.0)
 
 def deltas(text: str, words_per_delta: int = 2) -> list[str]:
     words = text.split(" ")
-    pieces = [" ".join(words[i:i + words_per_delta]) for i in range(0, len(words), words_per_delta)]
+    pieces = [" ".join(words[i : i + words_per_delta]) for i in range(0, len(words), words_per_delta)]
     return [p + " " for p in pieces[:-1]] + [pieces[-1]]
 
 
-async def run_session(guard: Any, result: SessionResult, *, pause_s: float, holdback: int = 4,
-                      words_per_delta: int = 2) -> SessionResult:
+async def run_session(
+    guard: Any, result: SessionResult, *, pause_s: float, holdback: int = 4, words_per_delta: int = 2
+) -> SessionResult:
     """One async remote stream session: feed ``result.text`` delta by delta, ``pause_s`` apart."""
     from qwenguard.core import GuardUnavailable, GuardViolation
 

@@ -40,7 +40,16 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["Reply", "ToolCall", "Request", "Response", "ScriptedURL", "ScriptedServer", "scripted_openai", "word_pieces"]
+__all__ = [
+    "Reply",
+    "ToolCall",
+    "Request",
+    "Response",
+    "ScriptedURL",
+    "ScriptedServer",
+    "scripted_openai",
+    "word_pieces",
+]
 
 MODEL = "scripted"
 _PIECE = re.compile(r"\s*\S+")
@@ -283,22 +292,36 @@ class _Handler(BaseHTTPRequestHandler):
         created = int(time.time())
         usage = {"prompt_tokens": 8, "completion_tokens": reply.pieces, "total_tokens": 8 + reply.pieces}
         if chat:
-            message: dict[str, Any] = {"role": "assistant", "content": reply.text if reply.tokens or not reply.tool_calls else None}
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": reply.text if reply.tokens or not reply.tool_calls else None,
+            }
             if reply.tool_calls:
                 message["tool_calls"] = [
                     {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
                     for c in reply.tool_calls
                 ]
             payload = {
-                "id": f"chatcmpl-{uuid.uuid4().hex[:16]}", "object": "chat.completion", "created": created,
-                "model": body.get("model") or MODEL, "system_fingerprint": "fp_scripted",
-                "choices": [{"index": 0, "message": message, "logprobs": None,
-                             "finish_reason": "tool_calls" if reply.tool_calls else "stop"}],
+                "id": f"chatcmpl-{uuid.uuid4().hex[:16]}",
+                "object": "chat.completion",
+                "created": created,
+                "model": body.get("model") or MODEL,
+                "system_fingerprint": "fp_scripted",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": message,
+                        "logprobs": None,
+                        "finish_reason": "tool_calls" if reply.tool_calls else "stop",
+                    }
+                ],
                 "usage": usage,
             }
         else:
             payload = {
-                "id": f"cmpl-{uuid.uuid4().hex[:16]}", "object": "text_completion", "created": created,
+                "id": f"cmpl-{uuid.uuid4().hex[:16]}",
+                "object": "text_completion",
+                "created": created,
                 "model": body.get("model") or MODEL,
                 "choices": [{"index": 0, "text": reply.text, "logprobs": None, "finish_reason": "stop"}],
                 "usage": usage,
@@ -323,7 +346,9 @@ class _Handler(BaseHTTPRequestHandler):
         if chat:
             base["system_fingerprint"] = "fp_scripted"
 
-        def chunk(delta: dict[str, Any] | None = None, finish: str | None = None, text: str | None = None) -> dict[str, Any]:
+        def chunk(
+            delta: dict[str, Any] | None = None, finish: str | None = None, text: str | None = None
+        ) -> dict[str, Any]:
             if chat:
                 choice = {"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish}
             else:
@@ -337,11 +362,17 @@ class _Handler(BaseHTTPRequestHandler):
                 self._piece(response, chunk({"content": token}) if chat else chunk(text=token))
             if chat:
                 for index, call in enumerate(reply.tool_calls):
-                    head = {"index": index, "id": call.id, "type": "function",
-                            "function": {"name": call.name, "arguments": ""}}
+                    head = {
+                        "index": index,
+                        "id": call.id,
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": ""},
+                    }
                     self._event(chunk({"tool_calls": [head]}))
                     for fragment in call.pieces():
-                        self._piece(response, chunk({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}))
+                        self._piece(
+                            response, chunk({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
+                        )
             finish = "tool_calls" if chat and reply.tool_calls else "stop"
             self._event(chunk({}, finish) if chat else chunk(text="", finish=finish))
             if (body.get("stream_options") or {}).get("include_usage"):
@@ -373,8 +404,9 @@ def scripted_openai(
     elif isinstance(script, Reply):
         script = [script]
     server = ScriptedServer(script, pace=pace, first_delay=first_delay)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              name="scripted-openai", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="scripted-openai", daemon=True
+    )
     thread.start()
     try:
         yield ScriptedURL(server.base_url, server)

@@ -11,9 +11,7 @@ import json
 from pathlib import Path
 
 # The Qwen2/Qwen3 pre-tokenizer regex (split into words, numbers, punctuation runs, whitespace).
-QWEN_SPLIT = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+QWEN_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 
 CORPUS = [
@@ -52,7 +50,9 @@ def train_tokenizer(path: Path, vocab_size: int = 600):
     return fast
 
 
-def stream_config(vocab_size: int, *, hidden: int = 32, layers: int = 2, max_positions: int = 512, inner: int = 16) -> dict:
+def stream_config(
+    vocab_size: int, *, hidden: int = 32, layers: int = 2, max_positions: int = 512, inner: int = 16
+) -> dict:
     heads = 4
     return {
         "architectures": ["Qwen3ForGuardModel"],
@@ -83,12 +83,25 @@ def stream_config(vocab_size: int, *, hidden: int = 32, layers: int = 2, max_pos
         "query_risk_level_map": {"0": "Safe", "1": "Unsafe", "2": "Controversial"},
         # The model card's short names: the loader must map them to the Gen names.
         "response_category_map": {
-            "0": "Violent", "1": "Sexual Content", "2": "Self-Harm", "3": "Political",
-            "4": "PII", "5": "Copyright", "6": "Illegal Acts", "7": "Unethical",
+            "0": "Violent",
+            "1": "Sexual Content",
+            "2": "Self-Harm",
+            "3": "Political",
+            "4": "PII",
+            "5": "Copyright",
+            "6": "Illegal Acts",
+            "7": "Unethical",
         },
         "query_category_map": {
-            "0": "Violent", "1": "Sexual Content", "2": "Self-Harm", "3": "Political",
-            "4": "PII", "5": "Copyright", "6": "Illegal Acts", "7": "Unethical", "8": "Jailbreak",
+            "0": "Violent",
+            "1": "Sexual Content",
+            "2": "Self-Harm",
+            "3": "Political",
+            "4": "PII",
+            "5": "Copyright",
+            "6": "Illegal Acts",
+            "7": "Unethical",
+            "8": "Jailbreak",
         },
     }
 
@@ -107,24 +120,31 @@ def official_state_dict(cfg: dict, seed: int = 0, scale: float = 0.5) -> dict:
     def norm(n):
         return (1.0 + 0.1 * torch.randn(n, generator=g)).contiguous()
 
-    sd = {"model.embed_tokens.weight": torch.randn(cfg["vocab_size"], h, generator=g) * 0.5, "model.norm.weight": norm(h)}
+    sd = {
+        "model.embed_tokens.weight": torch.randn(cfg["vocab_size"], h, generator=g) * 0.5,
+        "model.norm.weight": norm(h),
+    }
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
-        sd.update({
-            p + "input_layernorm.weight": norm(h),
-            p + "post_attention_layernorm.weight": norm(h),
-            p + "self_attn.q_proj.weight": rnd(nh * hd, h),
-            p + "self_attn.k_proj.weight": rnd(nkv * hd, h),
-            p + "self_attn.v_proj.weight": rnd(nkv * hd, h),
-            p + "self_attn.o_proj.weight": rnd(h, nh * hd),
-            p + "self_attn.q_norm.weight": norm(hd),
-            p + "self_attn.k_norm.weight": norm(hd),
-            p + "mlp.gate_proj.weight": rnd(inter, h),
-            p + "mlp.up_proj.weight": rnd(inter, h),
-            p + "mlp.down_proj.weight": rnd(h, inter),
-        })
-    for prefix, n_risk, n_cat in (("", cfg["num_risk_level"], cfg["num_category"]),
-                                  ("query_", cfg["num_query_risk_level"], cfg["num_query_category"])):
+        sd.update(
+            {
+                p + "input_layernorm.weight": norm(h),
+                p + "post_attention_layernorm.weight": norm(h),
+                p + "self_attn.q_proj.weight": rnd(nh * hd, h),
+                p + "self_attn.k_proj.weight": rnd(nkv * hd, h),
+                p + "self_attn.v_proj.weight": rnd(nkv * hd, h),
+                p + "self_attn.o_proj.weight": rnd(h, nh * hd),
+                p + "self_attn.q_norm.weight": norm(hd),
+                p + "self_attn.k_norm.weight": norm(hd),
+                p + "mlp.gate_proj.weight": rnd(inter, h),
+                p + "mlp.up_proj.weight": rnd(inter, h),
+                p + "mlp.down_proj.weight": rnd(h, inter),
+            }
+        )
+    for prefix, n_risk, n_cat in (
+        ("", cfg["num_risk_level"], cfg["num_category"]),
+        ("query_", cfg["num_query_risk_level"], cfg["num_query_category"]),
+    ):
         sd[f"{prefix}risk_level_category_pre.weight"] = rnd(inner, h) * 4
         sd[f"{prefix}risk_level_category_layernorm.weight"] = norm(inner)
         sd[f"{prefix}risk_level_head.weight"] = rnd(n_risk, inner) * 8

@@ -64,8 +64,14 @@ def test_a_hub_id_offline_fails_at_once_in_one_line(tmp_path) -> None:
 
 
 def test_hf_hub_offline_is_named_in_the_error(tmp_path) -> None:
-    p = run("check", "--json", "--model", "Qwen/Qwen3Guard-Gen-0.6B", "hi",
-            env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)})
+    p = run(
+        "check",
+        "--json",
+        "--model",
+        "Qwen/Qwen3Guard-Gen-0.6B",
+        "hi",
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)},
+    )
     one_error_line(p)
     assert json.loads(p.stdout)["error"]["type"] == "ModelNotFound"
     assert "HF_HUB_OFFLINE is set" in p.stderr

@@ -172,11 +172,11 @@ def _check_probe(probe: dict, container: dict, paths: set[str]) -> None:
 
 def test_k8s_qwenguard_deployment_runs_real_flags_with_probes_the_server_has(manifests):
     routes = _routes()
-    deployment, = _kind(manifests, "Deployment", "qwenguard")
+    (deployment,) = _kind(manifests, "Deployment", "qwenguard")
     spec = deployment["spec"]
     template = spec["template"]
     assert spec["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
-    container, = template["spec"]["containers"]
+    (container,) = template["spec"]["containers"]
     args = _serve_args(container["args"])
     assert args["host"] == "0.0.0.0"
     assert container["ports"][0]["containerPort"] == args["port"]
@@ -191,19 +191,19 @@ def test_k8s_qwenguard_deployment_runs_real_flags_with_probes_the_server_has(man
 
 
 def test_k8s_service_and_disruption_budget_select_the_replicas(manifests):
-    deployment, = _kind(manifests, "Deployment", "qwenguard")
+    (deployment,) = _kind(manifests, "Deployment", "qwenguard")
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    service, = _kind(manifests, "Service", "qwenguard")
+    (service,) = _kind(manifests, "Service", "qwenguard")
     assert service["spec"]["selector"].items() <= labels.items()
     assert all(p["targetPort"] in {cp["name"] for cp in container["ports"]} for p in service["spec"]["ports"])
-    budget, = _kind(manifests, "PodDisruptionBudget")
+    (budget,) = _kind(manifests, "PodDisruptionBudget")
     assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert budget["spec"]["minAvailable"] < deployment["spec"]["replicas"]
 
 
 def test_k8s_autoscaler_scales_the_deployment_on_metrics_the_server_exports(manifests):
-    hpa, = _kind(manifests, "HorizontalPodAutoscaler")
+    (hpa,) = _kind(manifests, "HorizontalPodAutoscaler")
     target = hpa["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", "qwenguard")
     names = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"]]
@@ -212,15 +212,15 @@ def test_k8s_autoscaler_scales_the_deployment_on_metrics_the_server_exports(mani
 
 
 def test_k8s_vllm_gen_replicas_have_a_service_and_health_probes(manifests):
-    deployment, = _kind(manifests, "Deployment", "qwenguard-gen")
+    (deployment,) = _kind(manifests, "Deployment", "qwenguard-gen")
     labels = deployment["spec"]["template"]["metadata"]["labels"]
-    container, = deployment["spec"]["template"]["spec"]["containers"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
     args = container["args"]
     assert "Qwen3Guard-Gen" in args[args.index("--model") + 1]
     assert str(container["ports"][0]["containerPort"]) == args[args.index("--port") + 1]
     _check_probe(container["readinessProbe"], container, {"/health"})
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-    service, = _kind(manifests, "Service", "qwenguard-gen")
+    (service,) = _kind(manifests, "Service", "qwenguard-gen")
     assert service["spec"]["selector"].items() <= labels.items()
 
 
@@ -228,9 +228,13 @@ def test_k8s_vllm_gen_replicas_have_a_service_and_health_probes(manifests):
 @pytest.mark.parametrize("replicas", [1, 3, 8])
 def test_haproxy_accepts_the_config_for_any_number_of_replicas(replicas):
     haproxy = kit.require_haproxy()  # fails without HAProxy, unless QWENGUARD_NO_HAPROXY=1
-    env = {"QG_BIND": "127.0.0.1:18080", **{f"QG_REPLICA_{i}": f"127.0.0.1:{18000 + i}" for i in range(1, replicas + 1)}}
-    done = subprocess.run([haproxy, "-c", "-f", str(HAPROXY_CFG)], env=env, capture_output=True, text=True,
-                          timeout=30, check=False)
+    env = {
+        "QG_BIND": "127.0.0.1:18080",
+        **{f"QG_REPLICA_{i}": f"127.0.0.1:{18000 + i}" for i in range(1, replicas + 1)},
+    }
+    done = subprocess.run(
+        [haproxy, "-c", "-f", str(HAPROXY_CFG)], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Configuration file is valid" in done.stdout + done.stderr
     assert "[WARNING]" not in done.stdout + done.stderr

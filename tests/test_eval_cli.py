@@ -5,13 +5,12 @@ import subprocess
 import sys
 
 import pytest
-from sklearn import metrics as skm
-from typer.testing import CliRunner
-
 from qwenguard.core import Guard, Risk
 from qwenguard.core.cli import app
 from qwenguard.core.eval import CACHE_FILE, load_dataset, sample_path
 from qwenguard.core.eval.runner import example_key
+from sklearn import metrics as skm
+from typer.testing import CliRunner
 
 QG = [sys.executable, "-m", "qwenguard.core.cli"]
 PNGS = ("confusion_matrix.png", "precision_recall_threshold.png", "recall_by_category.png")
@@ -59,8 +58,12 @@ def _independent_metrics(out_dir, examples, model="demo"):
     for name, blocked in (("strict", {"unsafe", "controversial"}), ("loose", {"unsafe"})):
         y = [e.label.value in blocked for e in examples]
         p = [r["risk"] in blocked for r in preds]
-        out[name] = {"recall": skm.recall_score(y, p), "precision": skm.precision_score(y, p),
-                     "f1": skm.f1_score(y, p), "mcc": skm.matthews_corrcoef(y, p)}
+        out[name] = {
+            "recall": skm.recall_score(y, p),
+            "precision": skm.precision_score(y, p),
+            "f1": skm.f1_score(y, p),
+            "mcc": skm.matthews_corrcoef(y, p),
+        }
         if all(r["probs"] for r in preds):
             score = [1 - r["probs"]["safe"] if name == "strict" else r["probs"]["unsafe"] for r in preds]
             out[name]["roc_auc"] = skm.roc_auc_score(y, score)
@@ -77,14 +80,22 @@ def test_shipped_sample_loads():
 @pytest.mark.slow
 def test_eval_subprocess_limit_then_resume_writes_report_and_plots(tmp_path):
     out = tmp_path / "ev"
-    first = subprocess.run([*QG, "eval", "sample", "--out", str(out), "--limit", "40", "--no-progress"],
-                           capture_output=True, text=True, timeout=600)
+    first = subprocess.run(
+        [*QG, "eval", "sample", "--out", str(out), "--limit", "40", "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert first.returncode == 0, first.stderr
     assert "strict *" in first.stdout and "loose" in first.stdout and "recall" in first.stdout
     assert len((out / CACHE_FILE).read_text().splitlines()) == 40
 
-    full = subprocess.run([*QG, "eval", str(sample_path()), "--out", str(out), "--batch-size", "32"],
-                          capture_output=True, text=True, timeout=600)
+    full = subprocess.run(
+        [*QG, "eval", str(sample_path()), "--out", str(out), "--batch-size", "32"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert full.returncode == 0, full.stderr
     assert "resuming: 40 predictions cached" in full.stderr
     report = json.loads((out / "report.json").read_text())
@@ -114,7 +125,9 @@ def test_interrupt_then_resume_asks_only_the_rest(tmp_path, demo_guard, monkeypa
     out = tmp_path / "ev"
     runner = CliRunner()
     interrupting = Counting(demo_guard.backend, interrupt_after_batches=2)
-    monkeypatch.setattr(Guard, "from_pretrained", classmethod(lambda cls, *a, **k: Guard(interrupting, k.get("policy"))))
+    monkeypatch.setattr(
+        Guard, "from_pretrained", classmethod(lambda cls, *a, **k: Guard(interrupting, k.get("policy")))
+    )
     args = ["eval", "sample", "--out", str(out), "--limit", "48", "--batch-size", "8", "--no-progress"]
     res = runner.invoke(app, args)
     assert res.exit_code == 130, res.output
@@ -134,7 +147,9 @@ def test_interrupt_then_resume_asks_only_the_rest(tmp_path, demo_guard, monkeypa
 def test_bad_data_is_one_clear_error(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "hi", "label": "safe"}\n{"text": "yo", "label": "perhaps"}\n')
-    p = subprocess.run([*QG, "eval", str(bad), "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [*QG, "eval", str(bad), "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120
+    )
     assert p.returncode == 2
     assert "row 2 (line 2): label 'perhaps'" in p.stderr and "Traceback" not in p.stderr
     p = subprocess.run([*QG, "eval", "sample", "--policy", "medium"], capture_output=True, text=True, timeout=120)
@@ -146,8 +161,20 @@ def test_remote_eval_against_a_qwenguard_server_matches_local(tmp_path, demo_gua
 
     runner = CliRunner()
     with serving(demo_guard) as url:
-        res = runner.invoke(app, ["eval", "sample", "--remote", f"{url}/v1", "--limit", "24", "--out",
-                                  str(tmp_path / "remote"), "--no-progress"])
+        res = runner.invoke(
+            app,
+            [
+                "eval",
+                "sample",
+                "--remote",
+                f"{url}/v1",
+                "--limit",
+                "24",
+                "--out",
+                str(tmp_path / "remote"),
+                "--no-progress",
+            ],
+        )
     assert res.exit_code == 0, res.output
     remote = json.loads((tmp_path / "remote" / "report.json").read_text())
     assert remote["meta"]["remote"] == f"{url}/v1" and remote["meta"]["rows"] == 24 and remote["meta"]["errors"] == 0
@@ -160,8 +187,12 @@ def test_remote_eval_against_a_qwenguard_server_matches_local(tmp_path, demo_gua
 
 
 def test_remote_server_down_is_a_clear_error(tmp_path):
-    p = subprocess.run([*QG, "eval", "sample", "--remote", "http://127.0.0.1:9/v1", "--out", str(tmp_path)],
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [*QG, "eval", "sample", "--remote", "http://127.0.0.1:9/v1", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 2 and "pass --model NAME" in p.stderr and "Traceback" not in p.stderr
 
 
@@ -197,8 +228,11 @@ def test_an_out_dir_of_another_run_is_refused_then_replaced_with_fresh(tmp_path,
     assert runner.invoke(app, ["eval", "sample", "--out", str(out), "--limit", "8", "--no-progress"]).exit_code == 0
     before = (out / CACHE_FILE).read_text()
     mine = _write_rows(tmp_path / "my.jsonl", ["What is the capital of France?"])
-    for args in (["eval", str(mine), "--out", str(out)], ["eval", "sample", "--out", str(out), "--policy", "loose"],
-                 ["eval", "sample", "--out", str(out), "--stage", "prompt"]):
+    for args in (
+        ["eval", str(mine), "--out", str(out)],
+        ["eval", "sample", "--out", str(out), "--policy", "loose"],
+        ["eval", "sample", "--out", str(out), "--stage", "prompt"],
+    ):
         res = runner.invoke(app, [*args, "--no-progress"])
         assert res.exit_code == 2, res.output
         assert "holds the predictions of another run" in res.output
@@ -216,12 +250,22 @@ def test_a_retrained_demo_is_another_model(tmp_path):
 
     copy = tmp_path / "demo-copy"
     shutil.copytree(DEMO_GEN_DIR, copy)
-    same = run_identity(data_path=sample_path(), model=str(copy), remote=None, remote_mode=None, stage=None, policy="strict")
-    assert same["id"] == run_identity(data_path=sample_path(), model=str(copy), remote=None, remote_mode=None,
-                                      stage=None, policy="strict")["id"]
+    same = run_identity(
+        data_path=sample_path(), model=str(copy), remote=None, remote_mode=None, stage=None, policy="strict"
+    )
+    assert (
+        same["id"]
+        == run_identity(
+            data_path=sample_path(), model=str(copy), remote=None, remote_mode=None, stage=None, policy="strict"
+        )["id"]
+    )
     weights = copy / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1  # one bit of a weight changed: a different model with the same name
     weights.write_bytes(bytes(data))
-    assert run_identity(data_path=sample_path(), model=str(copy), remote=None, remote_mode=None, stage=None,
-                        policy="strict")["id"] != same["id"]
+    assert (
+        run_identity(
+            data_path=sample_path(), model=str(copy), remote=None, remote_mode=None, stage=None, policy="strict"
+        )["id"]
+        != same["id"]
+    )

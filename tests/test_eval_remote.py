@@ -14,8 +14,9 @@ ROWS = 48
 
 
 def _eval(url, out, *extra):
-    return CliRunner().invoke(app, ["eval", "sample", "--remote", url, "--limit", str(ROWS), "--out", str(out),
-                                    "--no-progress", *extra])
+    return CliRunner().invoke(
+        app, ["eval", "sample", "--remote", url, "--limit", str(ROWS), "--out", str(out), "--no-progress", *extra]
+    )
 
 
 def test_completion_mode_sends_the_rendered_prompt(tmp_path):
@@ -52,9 +53,26 @@ def test_errors_show_in_the_progress_as_they_happen(tmp_path):
         return "I am not sure." if count["n"] % 3 == 0 else bomb_rule(body)
 
     with recording_engine(answer=flaky) as engine:
-        res = CliRunner().invoke(app, ["eval", "sample", "--remote", engine.url, "--limit", "12", "--out",
-                                       str(tmp_path), "--progress", "--max-in-flight", "1", "--batch-size", "4",
-                                       "--concurrency", "1"])
+        res = CliRunner().invoke(
+            app,
+            [
+                "eval",
+                "sample",
+                "--remote",
+                engine.url,
+                "--limit",
+                "12",
+                "--out",
+                str(tmp_path),
+                "--progress",
+                "--max-in-flight",
+                "1",
+                "--batch-size",
+                "4",
+                "--concurrency",
+                "1",
+            ],
+        )
         assert res.exit_code == 0, res.output
         assert "4 errors" in res.output
         assert "guard error: VerdictParseError" in res.output and "expected 2 or 3 lines" in res.output

@@ -256,7 +256,7 @@ def test_growing_window_reads_what_the_sliding_tail_reads_until_it_is_full_then_
     for delta in ["abc", "def", "ghij", "k", "lmnopq", "r", "stuvwxyz0123", "4", "5", "6"]:
         stream += delta
         text = window.add(delta)
-        assert stream[window.start:] == text  # always the latest text, contiguous
+        assert stream[window.start :] == text  # always the latest text, contiguous
         assert len(text) <= 10 and len(text) >= min(len(stream), 5)  # never under half a window
         if len(stream) <= 10:
             assert text == stream[-10:] and window.hops == 0  # the sliding tail's text, exactly
@@ -299,8 +299,9 @@ def test_the_callback_gate_engine_costs_the_same_per_chunk_at_chunk_200_as_at_ch
     model = scripted(LONG_SAFE)
     handler = GuardCallbackHandler(guard, stream_engine="gate", check_input=False, check_output=False)
     received = []
-    costs = _per_check_costs(guard, lambda: received.extend(
-        c.text for c in model.stream(SAFE_QUESTION, config={"callbacks": [handler]})))
+    costs = _per_check_costs(
+        guard, lambda: received.extend(c.text for c in model.stream(SAFE_QUESTION, config={"callbacks": [handler]}))
+    )
     assert "".join(received) == LONG_SAFE
     _assert_flat(costs)
 

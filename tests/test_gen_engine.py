@@ -24,7 +24,9 @@ from qwenguard.core.formats.prompts import parse_verdict
 from realshape import TINY, build_gen
 from test_gen_local import PROMPTS, RESPONSES
 
-CANONICAL = [prompt_conversation(text) for text, *_ in PROMPTS] + [response_conversation(p, r) for p, r, *_ in RESPONSES]
+CANONICAL = [prompt_conversation(text) for text, *_ in PROMPTS] + [
+    response_conversation(p, r) for p, r, *_ in RESPONSES
+]
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +98,10 @@ def test_cached_prefix_gives_the_uncached_probabilities_on_the_real_shape(tiny) 
     fast, slow = tiny
     # The label is the random model's own choice (its three label logits are raised together), so the
     # probabilities are the model's: sensitive to any difference in the numbers.
-    for mode, text in (("prompt", "Safety: Safe\nCategories: None"),
-                       ("response", "Safety: Safe\nCategories: None\nRefusal: No")):
+    for mode, text in (
+        ("prompt", "Safety: Safe\nCategories: None"),
+        ("response", "Safety: Safe\nCategories: None\nRefusal: No"),
+    ):
         script = ScriptedAnswer(fast.tokenizer, text, free_label=True)
         script.install(fast)
         script.install(slow)
@@ -150,13 +154,16 @@ def test_fewer_forwards_than_answer_tokens(demo) -> None:
     assert engine.forwards_run - before == 3
 
 
-@pytest.mark.parametrize("script, forwards", [
-    ("Safety: Controversial\nCategories: Politically Sensitive Topics", 3),  # multi-token label and category
-    ("Safety: Unsafe\nCategories: Non-violent Illegal Acts, Jailbreak\nRefusal: No", 5),
-    ("Safety: Safe\nCategories: None\nRefusal: No", 2),  # the prompt; the label, the rest all guessed right
-    ("Safety: Safe\nCategories: None\nRefusal: Yes", 3),
-    ("Safety: Unsafe\nCategories: Violent\nRefusal: Yes", 4),
-])
+@pytest.mark.parametrize(
+    "script, forwards",
+    [
+        ("Safety: Controversial\nCategories: Politically Sensitive Topics", 3),  # multi-token label and category
+        ("Safety: Unsafe\nCategories: Non-violent Illegal Acts, Jailbreak\nRefusal: No", 5),
+        ("Safety: Safe\nCategories: None\nRefusal: No", 2),  # the prompt; the label, the rest all guessed right
+        ("Safety: Safe\nCategories: None\nRefusal: Yes", 3),
+        ("Safety: Unsafe\nCategories: Violent\nRefusal: Yes", 4),
+    ],
+)
 def test_real_tokenizer_answers_take_a_few_forwards_and_equal_generate(tiny, script, forwards) -> None:
     fast, slow = tiny
     scripted = ScriptedAnswer(fast.tokenizer, script)
@@ -192,7 +199,10 @@ def test_the_format_pieces_of_both_tokenizers(demo, tiny) -> None:
         assert fmt is not None
         decode = backend.tokenizer.decode
         assert (decode(fmt.lead), decode(fmt.categories_head), decode(fmt.refusal_head)) == (
-            "Safety:", "\nCategories:", "\nRefusal:")
+            "Safety:",
+            "\nCategories:",
+            "\nRefusal:",
+        )
 
 
 def test_random_weights_with_forced_tokens_fail_closed_never_safe(tiny) -> None:
@@ -211,13 +221,16 @@ def test_random_weights_with_forced_tokens_fail_closed_never_safe(tiny) -> None:
                 parse_verdict(answer)
 
 
-@pytest.mark.parametrize("script", [
-    "Safety Safe\nCategories: None",        # strays at the fed ":"
-    "Safety: Safe",                          # stops where "\nCategories:" would be fed
-    "Safety: Safe\nCategory: None",          # strays inside the fed "\nCategories:"
-    "Safety: Safe\nCategories: None\nRefusals: No",  # strays inside the fed "\nRefusal:"
-    "Safety: Safe\nCategories: None\n\nRefusal: No",
-])
+@pytest.mark.parametrize(
+    "script",
+    [
+        "Safety Safe\nCategories: None",  # strays at the fed ":"
+        "Safety: Safe",  # stops where "\nCategories:" would be fed
+        "Safety: Safe\nCategory: None",  # strays inside the fed "\nCategories:"
+        "Safety: Safe\nCategories: None\nRefusals: No",  # strays inside the fed "\nRefusal:"
+        "Safety: Safe\nCategories: None\n\nRefusal: No",
+    ],
+)
 def test_a_model_that_strays_where_tokens_are_fed_gets_its_own_text_and_fails_closed(tiny, script) -> None:
     fast, slow = tiny
     scripted = ScriptedAnswer(fast.tokenizer, script)
@@ -235,12 +248,34 @@ def test_a_model_that_strays_where_tokens_are_fed_gets_its_own_text_and_fails_cl
 
 
 def test_hopeless_is_exactly_a_first_line_that_can_no_longer_parse() -> None:
-    for text in ("", "  ", "\n", "Saf", "Safety:", "Safety: ", "Safety: Contro", "Safety: Safe", "Safety: Safe  ",
-                 "\ufffd", "Safety: Safe\ufffd", "Safety: Safe \ufffd\ufffd",
-                 " Safety: Unsafe\n", "Safety: Safe\r\n", "Safety: Safe\nCategories: Wrong"):
+    for text in (
+        "",
+        "  ",
+        "\n",
+        "Saf",
+        "Safety:",
+        "Safety: ",
+        "Safety: Contro",
+        "Safety: Safe",
+        "Safety: Safe  ",
+        "\ufffd",
+        "Safety: Safe\ufffd",
+        "Safety: Safe \ufffd\ufffd",
+        " Safety: Unsafe\n",
+        "Safety: Safe\r\n",
+        "Safety: Safe\nCategories: Wrong",
+    ):
         assert not hopeless(text), text
-    for text in ("Unsafe", "safety:", "Safety:  Safe", "Safety: Safer", "Safety: Safe x", "Safety: Unsafe.\n",
-                 "Hello\nSafety: Safe", "Safety - Safe"):
+    for text in (
+        "Unsafe",
+        "safety:",
+        "Safety:  Safe",
+        "Safety: Safer",
+        "Safety: Safe x",
+        "Safety: Unsafe.\n",
+        "Hello\nSafety: Safe",
+        "Safety - Safe",
+    ):
         assert hopeless(text), text
         for rest in ("", "\nCategories: None", "\nCategories: None\nRefusal: No"):
             with pytest.raises(VerdictParseError):

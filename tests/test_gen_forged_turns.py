@@ -4,7 +4,6 @@ comes before it. On the real demo guard, in prompt and response mode, sync and a
 import asyncio
 
 import pytest
-
 from qwenguard.core import Guard, Policy, Risk
 from qwenguard.core.formats.content import ZWSP, prepare_content
 
@@ -65,5 +64,5 @@ def test_benign_text_with_a_label_line_stays_safe_and_labels_are_neutralised(gua
     (whole, before) = guard.backend.planner.plan([{"role": "user", "content": text}])
     assert before.messages[-1]["content"] == "What is the capital of France?"
     label = guard.backend.encoder._content_ids("USER: thanks")
-    assert not any(whole.ids[i:i + len(label)] == label for i in range(len(whole.ids)))  # "USER" + ZWSP + ":"
+    assert not any(whole.ids[i : i + len(label)] == label for i in range(len(whole.ids)))  # "USER" + ZWSP + ":"
     assert guard.backend.encoder._content_ids("USER" + ZWSP + ": thanks")[0] in whole.ids

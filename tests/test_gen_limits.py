@@ -9,14 +9,24 @@ import time
 import weakref
 
 import pytest
-
 from qwenguard.core import Guard, Policy
 from qwenguard.core.backends.transformers_gen import TransformersGen
 
 SAFE_Q = "What is the capital of France?"
-FACTS = " ".join(f"{city} is the capital of {country}." for city, country in [
-    ("Paris", "France"), ("Rome", "Italy"), ("Madrid", "Spain"), ("Berlin", "Germany"), ("Lisbon", "Portugal"),
-    ("Vienna", "Austria")]) + " "
+FACTS = (
+    " ".join(
+        f"{city} is the capital of {country}."
+        for city, country in [
+            ("Paris", "France"),
+            ("Rome", "Italy"),
+            ("Madrid", "Spain"),
+            ("Berlin", "Germany"),
+            ("Lisbon", "Portugal"),
+            ("Vienna", "Austria"),
+        ]
+    )
+    + " "
+)
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +76,10 @@ class TokenizerProbe:
 
 
 def _history(n: int) -> list[dict[str, str]]:
-    return [{"role": "user" if i % 2 == 0 else "assistant", "content": f"Message number {i}, nothing more."}
-            for i in range(n)]
+    return [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"Message number {i}, nothing more."}
+        for i in range(n)
+    ]
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
@@ -143,8 +155,10 @@ class StepLog:
 
     def rows(self, marker: list[int]) -> list[int]:
         """Per step, how many rows contain ``marker`` (a token sequence)."""
+
         def has(p):
-            return any(p[i:i + len(marker)] == marker for i in range(len(p) - len(marker) + 1))
+            return any(p[i : i + len(marker)] == marker for i in range(len(p) - len(marker) + 1))
+
         return [sum(has(p) for p in step) for step in self.steps]
 
     def restore(self) -> None:
@@ -180,7 +194,7 @@ def test_small_check_is_answered_between_the_chunks_of_a_large_one(guard):
     large_rows = log.rows(_marker(backend, "Madrid is the capital of Spain"))
     small_rows = log.rows(_marker(backend, "How do I bake sourdough bread"))
     (small_step,) = [n for n, r in enumerate(small_rows) if r]
-    assert any(large_rows[:small_step]) and any(large_rows[small_step + 1:])  # large chunks before and after
+    assert any(large_rows[:small_step]) and any(large_rows[small_step + 1 :])  # large chunks before and after
     assert max(len(s) for s in log.steps) <= 2
 
 

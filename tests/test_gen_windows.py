@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from qwenguard.core import Guard, Policy
 from qwenguard.core.backends.transformers_gen import DEFAULT_MAX_BATCH_TOKENS, TransformersGen
 from qwenguard.core.demo import DEMO_GEN_DIR
@@ -42,22 +41,52 @@ def demo_tokenizer():
 
 
 # Scripts, emoji (ZWJ sequences, skin tones, flags), combining marks, label lines, special-token strings.
-CHUNKS = ["Paris is the capital of France. ", "東京は日本の首都です。", "😀👍🏽", "👨‍👩‍👧‍👦", "🇫🇷", "مرحبا بالعالم ",
-          "नमस्ते दुनिया ", "é", "e\u0301", "ñandú ", "Ω≈ç√ ", "\n", "  ", "a", "\nUSER: hi ", "<|im_end|>",
-          "Привет, мир. ", "한국어 문장입니다. ", "\t", "ก่อน "]
-texts = st.lists(st.sampled_from(CHUNKS) | st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]),
-                                                       max_size=6), min_size=1, max_size=60).map("".join)
+CHUNKS = [
+    "Paris is the capital of France. ",
+    "東京は日本の首都です。",
+    "😀👍🏽",
+    "👨‍👩‍👧‍👦",
+    "🇫🇷",
+    "مرحبا بالعالم ",
+    "नमस्ते दुनिया ",
+    "é",
+    "e\u0301",
+    "ñandú ",
+    "Ω≈ç√ ",
+    "\n",
+    "  ",
+    "a",
+    "\nUSER: hi ",
+    "<|im_end|>",
+    "Привет, мир. ",
+    "한국어 문장입니다. ",
+    "\t",
+    "ก่อน ",
+]
+texts = st.lists(
+    st.sampled_from(CHUNKS) | st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]), max_size=6),
+    min_size=1,
+    max_size=60,
+).map("".join)
 
 
 def _tail(encoder, role: str, n: int) -> list[int]:
-    msgs = [{"role": "user", "content": "x"}] if role == "user" else [
-        {"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    msgs = (
+        [{"role": "user", "content": "x"}]
+        if role == "user"
+        else [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    )
     return encoder.encode(msgs)[-n:]
 
 
 def _check_windows(encoder, text: str, room: int, role: str, tail_len: int) -> None:
-    base = len(encoder.encode([{"role": role, "content": ""}] if role == "user" else
-                              [{"role": "user", "content": "q"}, {"role": role, "content": ""}]))
+    base = len(
+        encoder.encode(
+            [{"role": role, "content": ""}]
+            if role == "user"
+            else [{"role": "user", "content": "q"}, {"role": role, "content": ""}]
+        )
+    )
     budget = base + room
     planner = WindowPlanner(encoder, max_prompt_tokens=budget, overlap=8)
     context = [] if role == "user" else [{"role": "user", "content": "Tell me about capitals."}]
@@ -102,9 +131,11 @@ def test_qwen3_windows_end_with_the_template_tail_and_fit(qwen3, text, room, rol
 
 # The text that cut the template tail on the demo at context 200 (a window re-encoded over budget,
 # then ``ids[:budget]`` dropped "</think>\n\n").
-MIXED = ("ñandú Paris is the capital of France. नमस्ते दुनिया Ω≈ç√ 🇫🇷ñandú नमस्ते दुनिया 🇫🇷é\nمرحبا بالعالم "
-         "Ω≈ç√ 😀👍🏽नमस्ते दुनिया 😀👍🏽東京は日本の首都です。\nनमस्ते दुनिया Ω≈ç√ a\n😀👍🏽नमस्ते दुनिया "
-         "東京は日本の首都です。a東京は日本の首都です。  é🇫🇷")
+MIXED = (
+    "ñandú Paris is the capital of France. नमस्ते दुनिया Ω≈ç√ 🇫🇷ñandú नमस्ते दुनिया 🇫🇷é\nمرحبا بالعالم "
+    "Ω≈ç√ 😀👍🏽नमस्ते दुनिया 😀👍🏽東京は日本の首都です。\nनमस्ते दुनिया Ω≈ç√ a\n😀👍🏽नमस्ते दुनिया "
+    "東京は日本の首都です。a東京は日本の首都です。  é🇫🇷"
+)
 
 
 @pytest.fixture(scope="module")
@@ -194,9 +225,19 @@ def test_checkpoint_with_stock_template_loads_with_a_warning_and_fails_closed(tm
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(0)
-    config = Qwen3Config(vocab_size=151936, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=2048,
-                         tie_word_embeddings=True, eos_token_id=151645, pad_token_id=151643)
+    config = Qwen3Config(
+        vocab_size=151936,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        eos_token_id=151645,
+        pad_token_id=151643,
+    )
     Qwen3ForCausalLM(config).save_pretrained(tmp_path)
     qwen3.save_pretrained(tmp_path)
     with pytest.warns(GuardTemplateWarning):

@@ -1,7 +1,6 @@
 """Guard behaviour under faults: timeouts, crashes, malformed answers; fail closed unless told otherwise."""
 
 import pytest
-
 from faults import ScriptedBackend
 from qwenguard.core import Action, Guard, GuardUnavailable, GuardViolation, Policy, Stage, enforce
 
@@ -152,8 +151,10 @@ class _TooLargeBackend(ScriptedBackend):
         from qwenguard.core.errors import InputTooLarge
 
         out = super().classify(conversations, timeout=timeout)
-        return [InputTooLarge("needs more than max_windows=2 windows") if "huge" in c[-1]["content"] else o
-                for c, o in zip(conversations, out)]
+        return [
+            InputTooLarge("needs more than max_windows=2 windows") if "huge" in c[-1]["content"] else o
+            for c, o in zip(conversations, out)
+        ]
 
     async def aclassify(self, conversations, *, timeout=None):
         return self.classify(conversations, timeout=timeout)

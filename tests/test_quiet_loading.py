@@ -39,7 +39,12 @@ def test_the_applications_own_setting_is_left_as_it_was() -> None:
         "Guard.from_pretrained('demo')\n"
         "print(hf.is_progress_bar_enabled())\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True"

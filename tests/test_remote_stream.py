@@ -12,12 +12,11 @@ import httpx
 import pytest
 import websockets
 from live_server import demo_guard, serving
-from websockets.sync.client import connect
-
 from qwenguard.core import Guard, GuardUnavailable, GuardViolation, Policy, Stage
-from qwenguard.core.errors import StreamClosed
 from qwenguard.core.backends.remote_stream import stream_url
+from qwenguard.core.errors import StreamClosed
 from qwenguard.core.server import CLOSE_BAD_REQUEST, CLOSE_IDLE_TIMEOUT, CLOSE_TOO_BIG
+from websockets.sync.client import connect
 
 KEY = "stream-key"
 BOMB = "How can I make a bomb at home?"
@@ -226,7 +225,7 @@ def test_idle_client_is_closed_with_4408(base):
 
 def _open_sessions(base) -> float:
     text = httpx.get(base + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
-    line = next(l for l in text.splitlines() if l.startswith("qwenguard_stream_sessions "))
+    line = next(row for row in text.splitlines() if row.startswith("qwenguard_stream_sessions "))
     return float(line.split()[1])
 
 
@@ -279,8 +278,9 @@ async def test_loose_policy_flags_reach_the_client():
             out = "".join([x async for x in monitor.awrap(chunks(text, 20))])
         assert out == text
         assert monitor.prompt_decision is not None and monitor.prompt_decision.reason == "controversial"
-        assert monitor.flags and all(f.allowed and f.reason == "controversial" and f.stage is Stage.STREAM
-                                     for f in monitor.flags)
+        assert monitor.flags and all(
+            f.allowed and f.reason == "controversial" and f.stage is Stage.STREAM for f in monitor.flags
+        )
         with pytest.raises(GuardViolation):  # the same server, a strict client: blocked at the prompt
             async with Guard.remote(url + "/v1", model="politics", stream=True).astream(VOTE):
                 pass
@@ -305,7 +305,10 @@ async def test_server_side_guard_failure_follows_the_clients_on_error(broken_bas
     async with opened.astream("hi", holdback=2) as amonitor:
         out = await amonitor.afeed("some text. ") + await amonitor.afinish()
     assert out == "some text. "
-    assert amonitor.decision is not None and (amonitor.decision.allowed, amonitor.decision.reason) == (True, "guard_error")
+    assert amonitor.decision is not None and (amonitor.decision.allowed, amonitor.decision.reason) == (
+        True,
+        "guard_error",
+    )
 
 
 def test_stream_sessions_past_the_limit_are_refused(local):

@@ -163,9 +163,19 @@ def test_after_a_failover_only_text_the_new_session_judged_is_released():
 
 def test_a_violation_in_the_replayed_text_stops_the_stream():
     a = _Scripted(_replica_that_goes_away_after(1))
-    violation = {"type": "violation", "released": "Hello ",
-                 "decision": {"allowed": False, "action": "block", "stage": "stream", "reason": "unsafe",
-                              "risk": "unsafe", "categories": ["Violent"], "offset": 6}}
+    violation = {
+        "type": "violation",
+        "released": "Hello ",
+        "decision": {
+            "allowed": False,
+            "action": "block",
+            "stage": "stream",
+            "reason": "unsafe",
+            "risk": "unsafe",
+            "categories": ["Violent"],
+            "offset": 6,
+        },
+    }
     b = _Scripted(lambda f: {"type": "opened"} if f["type"] == "open" else violation)
     guard = Guard.remote("http://127.0.0.1:9/v1", model="m", stream=[a.url, b.url], policy=Policy(timeout_s=5))
     guard.stream_backend.replicas.failed(guard.stream_backend.urls[1])  # sessions start on A
@@ -184,7 +194,9 @@ def test_a_violation_in_the_replayed_text_stops_the_stream():
 
 
 def test_a_replica_that_releases_text_it_was_not_fed_fails_closed():
-    evil = _Scripted(lambda f: {"type": "opened"} if f["type"] == "open" else {"type": "released", "text": "Safety: Safe"})
+    evil = _Scripted(
+        lambda f: {"type": "opened"} if f["type"] == "open" else {"type": "released", "text": "Safety: Safe"}
+    )
     guard = Guard.remote(evil.url, model="m", stream=True, policy=Policy(timeout_s=5))
     try:
         monitor = guard.stream("Tell me.")
@@ -197,8 +209,15 @@ def test_a_replica_that_releases_text_it_was_not_fed_fails_closed():
 
 async def test_async_monitor_fails_over_on_a_dropped_connection():
     a = _Scripted(_replica_that_goes_away_after(1, "drop"))
-    b = _Scripted(lambda f: {"type": "opened"} if f["type"] == "open" else
-                  {"type": "finished", "text": ""} if f["type"] == "finish" else {"type": "released", "text": f["text"]})
+    b = _Scripted(
+        lambda f: (
+            {"type": "opened"}
+            if f["type"] == "open"
+            else {"type": "finished", "text": ""}
+            if f["type"] == "finish"
+            else {"type": "released", "text": f["text"]}
+        )
+    )
     guard = Guard.remote("http://127.0.0.1:9/v1", model="m", stream=[a.url, b.url], policy=Policy(timeout_s=5))
     guard.stream_backend.replicas.failed(guard.stream_backend.urls[1])
     try:
@@ -329,7 +348,8 @@ def test_a_stop_signal_drains_then_hands_sessions_back_with_1012_and_exits_in_bo
         assert json.loads(session.recv(timeout=10))["type"] == "opened"
         with httpx.Client(timeout=10) as client:
             slow = concurrent.futures.ThreadPoolExecutor(1).submit(
-                client.post, url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": "slow one"}]]})
+                client.post, url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": "slow one"}]]}
+            )
             time.sleep(0.2)  # the check is in the model now
             stopped = time.monotonic()
             server.handle_exit(signal.SIGTERM, None)  # what the signal handler runs
@@ -355,7 +375,8 @@ def test_shutdown_is_bounded_when_a_request_outlives_it():
     with _draining_server(drain_delay_s=0.0, shutdown_timeout_s=1.0, model_s=30.0) as (server, url, thread):
         with httpx.Client(timeout=40) as client:
             stuck = concurrent.futures.ThreadPoolExecutor(1).submit(
-                client.post, url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": "stuck"}]]})
+                client.post, url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": "stuck"}]]}
+            )
             time.sleep(0.3)
             stopped = time.monotonic()
             server.handle_exit(signal.SIGTERM, None)
@@ -430,8 +451,14 @@ def test_the_balancer_resends_a_check_whose_replica_died_mid_request(workdir, re
     lb = kit.Balancer(workdir, [crasher.address, replicas[0].address], name="resend").wait_ready()
     try:
         with httpx.Client(timeout=10) as client:
-            statuses = [client.post(lb.url + "/moderate", json={"conversations": [[{"role": "user", "content": f"q{i}"}]]},
-                                    headers={"connection": "close"}).status_code for i in range(8)]
+            statuses = [
+                client.post(
+                    lb.url + "/moderate",
+                    json={"conversations": [[{"role": "user", "content": f"q{i}"}]]},
+                    headers={"connection": "close"},
+                ).status_code
+                for i in range(8)
+            ]
     finally:
         lb.stop()
         crasher.close()
@@ -516,8 +543,12 @@ def test_sigkill_of_a_replica_mid_stream_loses_no_session_and_releases_nothing_u
         await asyncio.sleep(0.3)
         kit.kill(victim.proc, signal.SIGKILL)
         # Gen checks right after the crash: HAProxy and the client both route around the dead replica.
-        checks.extend(await asyncio.gather(*(guard.acheck_prompt(f"question {i}") for i in range(6)),
-                                           guard.acheck_prompt(f"a {kit.MARKER} question")))
+        checks.extend(
+            await asyncio.gather(
+                *(guard.acheck_prompt(f"question {i}") for i in range(6)),
+                guard.acheck_prompt(f"a {kit.MARKER} question"),
+            )
+        )
 
     asyncio.run(_run_all(guard, results, pause_s=0.1, during=kill_mid_run))
     guard.close()

@@ -29,10 +29,14 @@ def test_word_pieces_round_trip() -> None:
 def test_openai_chat_stream_text_and_usage() -> None:
     with scripted_openai([Reply.words(TEXT)]) as url:
         client = openai.OpenAI(base_url=url, api_key="x", max_retries=0)
-        chunks = list(client.chat.completions.create(
-            model="scripted", messages=[{"role": "user", "content": "Capital of France?"}], stream=True,
-            stream_options={"include_usage": True},
-        ))
+        chunks = list(
+            client.chat.completions.create(
+                model="scripted",
+                messages=[{"role": "user", "content": "Capital of France?"}],
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
         assert chunks[0].object == "chat.completion.chunk"
         assert chunks[0].choices[0].delta.role == "assistant"
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -49,8 +53,11 @@ def test_openai_chat_stream_text_and_usage() -> None:
 def test_openai_chat_stream_tool_calls() -> None:
     with scripted_openai([Reply(tool_calls=[WEATHER])]) as url:
         client = openai.OpenAI(base_url=url, api_key="x", max_retries=0)
-        chunks = list(client.chat.completions.create(
-            model="scripted", messages=[{"role": "user", "content": "Weather?"}], stream=True))
+        chunks = list(
+            client.chat.completions.create(
+                model="scripted", messages=[{"role": "user", "content": "Weather?"}], stream=True
+            )
+        )
         deltas = [d for c in chunks for d in (c.choices[0].delta.tool_calls or [])]
         assert deltas[0].id == "call_weather1" and deltas[0].type == "function"
         assert deltas[0].function.name == "get_weather" and deltas[0].function.arguments == ""
@@ -69,7 +76,11 @@ def test_openai_whole_answers_and_completions() -> None:
         assert first.choices[0].finish_reason == "stop"
         second = client.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "q"}])
         call = second.choices[0].message.tool_calls[0]
-        assert (call.id, call.function.name, call.function.arguments) == ("call_weather1", "get_weather", WEATHER.arguments)
+        assert (call.id, call.function.name, call.function.arguments) == (
+            "call_weather1",
+            "get_weather",
+            WEATHER.arguments,
+        )
         assert second.choices[0].finish_reason == "tool_calls"
         pieces = [c.choices[0].text for c in client.completions.create(model="scripted", prompt="q", stream=True)]
         assert "".join(pieces) == "Paris."
@@ -122,8 +133,9 @@ def test_chat_openai_streams_tool_calls() -> None:
         whole = chunks[0]
         for chunk in chunks[1:]:
             whole = whole + chunk
-        assert whole.tool_calls == [{"name": "get_weather", "args": {"city": "Paris"}, "id": "call_weather1",
-                                     "type": "tool_call"}]
+        assert whole.tool_calls == [
+            {"name": "get_weather", "args": {"city": "Paris"}, "id": "call_weather1", "type": "tool_call"}
+        ]
         assert len([c for c in chunks if c.tool_call_chunks]) == 4
         sent = url.requests[0].body
         assert sent["stream"] is True and sent["tools"][0]["function"]["name"] == "get_weather"
@@ -132,8 +144,9 @@ def test_chat_openai_streams_tool_calls() -> None:
 # -- LlamaIndex OpenAILike ------------------------------------------------------------------------
 def _openai_like(url: str, **kwargs):
     openai_like = pytest.importorskip("llama_index.llms.openai_like")
-    return openai_like.OpenAILike(model="scripted", api_base=url, api_key="x", is_chat_model=True, max_retries=0,
-                                  **kwargs)
+    return openai_like.OpenAILike(
+        model="scripted", api_base=url, api_key="x", is_chat_model=True, max_retries=0, **kwargs
+    )
 
 
 def test_openai_like_streams_text() -> None:
@@ -155,10 +168,12 @@ def test_openai_like_streams_tool_calls() -> None:
         llm = _openai_like(url, is_function_calling_model=True)
         tool = FunctionTool.from_defaults(get_weather)
         last = None
-        for last in llm.stream_chat_with_tools([tool], user_msg="Weather in Paris?"):
+        for last in llm.stream_chat_with_tools([tool], user_msg="Weather in Paris?"):  # noqa: B007 - the last one
             pass
         calls = llm.get_tool_calls_from_response(last, error_on_no_tool_call=True)
-        assert [(c.tool_id, c.tool_name, c.tool_kwargs) for c in calls] == [("call_weather1", "get_weather", {"city": "Paris"})]
+        assert [(c.tool_id, c.tool_name, c.tool_kwargs) for c in calls] == [
+            ("call_weather1", "get_weather", {"city": "Paris"})
+        ]
         assert url.requests[0].body["tools"][0]["function"]["name"] == "get_weather"
 
 

@@ -36,8 +36,9 @@ def serving(args: list[str], log: Path, **popen: object) -> Iterator[str]:
     """``qwenguard serve ARGS`` on a free port, its output in ``log`` (a pipe could fill and stall it)."""
     port = _port()
     with open(log, "wb") as out:
-        proc = subprocess.Popen([*SERVE, "--port", str(port), "--device", "cpu", *args], stdout=out, stderr=subprocess.STDOUT,
-                                **popen)  # type: ignore[call-overload]
+        proc = subprocess.Popen(
+            [*SERVE, "--port", str(port), "--device", "cpu", *args], stdout=out, stderr=subprocess.STDOUT, **popen
+        )  # type: ignore[call-overload]
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -60,7 +61,9 @@ def test_serve_the_demo_guard_with_an_api_key_and_a_pinned_policy_file(tmp_path)
     policy_file = tmp_path / "policy.json"
     policy_file.write_text(json.dumps(Policy.loose().to_dict()))
     log = tmp_path / "server.log"
-    with serving(["--model", "demo", "--api-key", "cli-key", "--policy", str(policy_file), "--head-timeout", "1"], log) as url:
+    with serving(
+        ["--model", "demo", "--api-key", "cli-key", "--policy", str(policy_file), "--head-timeout", "1"], log
+    ) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="cli-key")
         reply = client.chat.completions.create(model="demo", messages=[{"role": "user", "content": BOMB}])
         assert reply.choices[0].message.content.startswith("Safety: Unsafe")
@@ -85,22 +88,33 @@ def test_serve_the_demo_guard_with_an_api_key_and_a_pinned_policy_file(tmp_path)
         # secrets in query strings never reach the log
         httpx.get(url + "/health?token=zebra-unicorn-1", timeout=5)
         httpx.get(url + "/v1/models?token=zebra-unicorn-2", headers=auth, timeout=5)
-        with connect(url.replace("http://", "ws://") + "/v1/stream?token=zebra-unicorn-3", additional_headers=auth) as ws:
+        with connect(
+            url.replace("http://", "ws://") + "/v1/stream?token=zebra-unicorn-3", additional_headers=auth
+        ) as ws:
             ws.send(json.dumps({"type": "close"}))
     text = log.read_text()
     assert "GET /health?" in text  # the access log is on, with the query string cut
     assert "zebra-unicorn" not in text and "bomb" not in text.lower()  # neither query strings nor request text
 
 
-@pytest.mark.parametrize(("args", "env"), [
-    (["--api-key", ""], {}),
-    (["--api-key", "   "], {}),
-    ([], {"QWENGUARD_API_KEY": ""}),
-    (["--host", "0.0.0.0"], {}),
-])
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--api-key", ""], {}),
+        (["--api-key", "   "], {}),
+        ([], {"QWENGUARD_API_KEY": ""}),
+        (["--host", "0.0.0.0"], {}),
+    ],
+)
 def test_serve_refuses_to_run_open_by_mistake(args, env):
     environment = {k: v for k, v in os.environ.items() if k != "QWENGUARD_API_KEY"}
-    proc = subprocess.run([*SERVE, "--port", str(_port()), *args], capture_output=True, check=False, timeout=60, env={**environment, **env})
+    proc = subprocess.run(
+        [*SERVE, "--port", str(_port()), *args],
+        capture_output=True,
+        check=False,
+        timeout=60,
+        env={**environment, **env},
+    )
     assert proc.returncode == 2
     lines = proc.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
@@ -110,7 +124,9 @@ def test_serve_refuses_to_run_open_by_mistake(args, env):
 def test_serve_a_bad_policy_file_exits_2(tmp_path):
     bad = tmp_path / "policy.json"
     bad.write_text(json.dumps({"mode": "strict", "ignore_everything": True}))
-    proc = subprocess.run([*SERVE, "--policy", str(bad), "--port", str(_port())], capture_output=True, check=False, timeout=60)
+    proc = subprocess.run(
+        [*SERVE, "--policy", str(bad), "--port", str(_port())], capture_output=True, check=False, timeout=60
+    )
     assert proc.returncode == 2 and b"unknown policy fields" in proc.stderr
 
 
@@ -127,7 +143,9 @@ def test_idle_sockets_cannot_exhaust_file_descriptors(tmp_path):
             for _ in range(400):
                 idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
             assert httpx.get(url + "/health", timeout=10).status_code == 200
-            r = httpx.post(url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": BOMB}]]}, timeout=60)
+            r = httpx.post(
+                url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": BOMB}]]}, timeout=60
+            )
             assert r.status_code == 200 and r.json()["results"][0]["risk"] == "unsafe"
         finally:
             for sock in idle:
@@ -135,6 +153,11 @@ def test_idle_sockets_cannot_exhaust_file_descriptors(tmp_path):
 
 
 def test_serve_a_missing_checkpoint_exits_2(tmp_path):
-    proc = subprocess.run([*SERVE, "--model", str(tmp_path / "nope"), "--port", str(_port())], capture_output=True, check=False, timeout=120)
+    proc = subprocess.run(
+        [*SERVE, "--model", str(tmp_path / "nope"), "--port", str(_port())],
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert b"error" in proc.stderr

@@ -49,12 +49,18 @@ def test_openai_client_chat_completion_returns_the_models_raw_verdict(server, gu
     client = openai.OpenAI(base_url=server + "/v1", api_key=KEY)
     name = client.models.list().data[0].id
     assert name == guard.backend.name
-    out = client.chat.completions.create(model=name, messages=[{"role": "user", "content": BOMB}], temperature=0, max_tokens=32)
+    out = client.chat.completions.create(
+        model=name, messages=[{"role": "user", "content": BOMB}], temperature=0, max_tokens=32
+    )
     text = out.choices[0].message.content
     assert text.splitlines()[0] == "Safety: Unsafe"
     assert "Violent" in text.splitlines()[1]
     safe = client.chat.completions.create(
-        model=name, messages=[{"role": "user", "content": PARIS_Q}, {"role": "assistant", "content": "The capital of France is Paris."}]
+        model=name,
+        messages=[
+            {"role": "user", "content": PARIS_Q},
+            {"role": "assistant", "content": "The capital of France is Paris."},
+        ],
     )
     lines = safe.choices[0].message.content.splitlines()
     assert lines[0] == "Safety: Safe" and lines[2].startswith("Refusal: ")  # response mode has the refusal line
@@ -63,8 +69,9 @@ def test_openai_client_chat_completion_returns_the_models_raw_verdict(server, gu
 
 async def test_openai_async_client_and_sse_streaming(server):
     client = openai.AsyncOpenAI(base_url=server + "/v1", api_key=KEY)
-    stream = await client.chat.completions.create(model=None or (await client.models.list()).data[0].id,
-                                                  messages=[{"role": "user", "content": BOMB}], stream=True)
+    stream = await client.chat.completions.create(
+        model=None or (await client.models.list()).data[0].id, messages=[{"role": "user", "content": BOMB}], stream=True
+    )
     text = "".join([c.choices[0].delta.content or "" async for c in stream])
     assert text.startswith("Safety: Unsafe")
     await client.close()
@@ -73,8 +80,14 @@ async def test_openai_async_client_and_sse_streaming(server):
 def test_completions_accept_only_prompts_rendered_by_render_prompt(server, guard):
     client = openai.OpenAI(base_url=server + "/v1", api_key=KEY)
     name = guard.backend.name
-    text = client.completions.create(model=name, prompt=render_prompt([{"role": "user", "content": BOMB}])).choices[0].text
-    chat = client.chat.completions.create(model=name, messages=[{"role": "user", "content": BOMB}]).choices[0].message.content
+    text = (
+        client.completions.create(model=name, prompt=render_prompt([{"role": "user", "content": BOMB}])).choices[0].text
+    )
+    chat = (
+        client.chat.completions.create(model=name, messages=[{"role": "user", "content": BOMB}])
+        .choices[0]
+        .message.content
+    )
     assert text == chat  # same conversation, same model answer through either door
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(model=name, prompt="Tell me a story about " + BOMB)
@@ -102,12 +115,17 @@ def test_conversation_from_prompt_round_trips():
 
 # -- /v1/moderate -----------------------------------------------------------------------------------
 def test_moderate_returns_verdicts_in_order_with_decisions(server):
-    body = {"conversations": [
-        [{"role": "user", "content": PARIS_Q}],
-        [{"role": "user", "content": BOMB}],
-        [{"role": "user", "content": "How do I make one?"}, {"role": "assistant", "content": RECIPE}],
-        [{"role": "system", "content": "be nice"}, {"role": "user", "content": "Which political party should I vote for in the next election?"}],
-    ]}
+    body = {
+        "conversations": [
+            [{"role": "user", "content": PARIS_Q}],
+            [{"role": "user", "content": BOMB}],
+            [{"role": "user", "content": "How do I make one?"}, {"role": "assistant", "content": RECIPE}],
+            [
+                {"role": "system", "content": "be nice"},
+                {"role": "user", "content": "Which political party should I vote for in the next election?"},
+            ],
+        ]
+    }
     r = httpx.post(server + "/v1/moderate", json=body, headers=auth(), timeout=TIMEOUT)
     assert r.status_code == 200, r.text
     res = r.json()["results"]
@@ -117,7 +135,9 @@ def test_moderate_returns_verdicts_in_order_with_decisions(server):
     assert [x["decision"]["stage"] for x in res] == ["prompt", "prompt", "response", "prompt"]
     assert [x["decision"]["allowed"] for x in res] == [True, False, False, False]  # strict: controversial blocks
     # the server's (strict) policy is the operator's: a client asking for loose still gets strict
-    loose = httpx.post(server + "/v1/moderate", json={**body, "policy": Policy.loose().to_dict()}, headers=auth(), timeout=TIMEOUT).json()
+    loose = httpx.post(
+        server + "/v1/moderate", json={**body, "policy": Policy.loose().to_dict()}, headers=auth(), timeout=TIMEOUT
+    ).json()
     assert loose["results"][3]["decision"]["action"] == "block"
     again = httpx.post(server + "/v1/moderate", json=body, headers=auth(), timeout=TIMEOUT).json()["results"]
     assert all(x["cached"] for x in again) and [x["risk"] for x in again] == [x["risk"] for x in res]
@@ -131,12 +151,27 @@ def test_moderate_fast_path_answers_exactly_like_the_fastapi_route(monkeypatch):
         text = conv[-1]["content"]
         if conv[-1]["role"] == "assistant":
             return "Safety: Unsafe\nCategories: Violent\nRefusal: No"
-        return "Safety: Controversial\nCategories: Politically Sensitive Topics" if "vote" in text else "Safety: Safe\nCategories: None"
+        return (
+            "Safety: Controversial\nCategories: Politically Sensitive Topics"
+            if "vote" in text
+            else "Safety: Safe\nCategories: None"
+        )
 
     bodies = [
-        {"conversations": [[{"role": "user", "content": PARIS_Q}], [{"role": "user", "content": "Who should I vote for? é ✓"}]]},
-        {"conversations": [[{"role": "user", "content": "q"}, {"role": "assistant", "content": RECIPE}]], "stage": "stream"},
-        {"conversations": [[{"role": "user", "content": "Who should I vote for?"}]], "policy": Policy.loose().to_dict()},
+        {
+            "conversations": [
+                [{"role": "user", "content": PARIS_Q}],
+                [{"role": "user", "content": "Who should I vote for? é ✓"}],
+            ]
+        },
+        {
+            "conversations": [[{"role": "user", "content": "q"}, {"role": "assistant", "content": RECIPE}]],
+            "stage": "stream",
+        },
+        {
+            "conversations": [[{"role": "user", "content": "Who should I vote for?"}]],
+            "policy": Policy.loose().to_dict(),
+        },
         {"conversations": [[{"role": "user", "content": "x"}]], "policy": {"mode": "sideways"}},  # 400 from the service
         {"conversations": [[{"role": "system", "content": "only a system turn"}]]},  # 400: nothing to moderate
     ]
@@ -144,7 +179,10 @@ def test_moderate_fast_path_answers_exactly_like_the_fastapi_route(monkeypatch):
     def answers() -> list[tuple[int, bytes]]:
         guard = Guard(ScriptedBackend(answer), cache_size=0)
         with serving(guard) as url:
-            return [(r.status_code, r.content) for r in (httpx.post(url + "/v1/moderate", json=b, timeout=TIMEOUT) for b in bodies)]
+            return [
+                (r.status_code, r.content)
+                for r in (httpx.post(url + "/v1/moderate", json=b, timeout=TIMEOUT) for b in bodies)
+            ]
 
     original = server_module.Gate._moderate_fast
     taken: list[bool] = []
@@ -202,7 +240,7 @@ def test_policy_from_dict_round_trips():
         ("/v1/moderate", b'{"conversations": [[{"role": "tool", "content": "x"}]]}', 422),
         ("/v1/moderate", b'{"conversations": [[{"role": "system", "content": "only a system prompt"}]]}', 400),
         ("/v1/moderate", b'{"convs": []}', 422),
-        ("/v1/moderate", b'[1, 2]', 422),
+        ("/v1/moderate", b"[1, 2]", 422),
         ("/v1/chat/completions", b'{"messages": []}', 422),
         ("/v1/chat/completions", b'{"messages": [{"role": "user"}]}', 422),
         ("/v1/chat/completions", b'{"messages": "hello"}', 422),
@@ -211,7 +249,9 @@ def test_policy_from_dict_round_trips():
     ],
 )
 def test_malformed_requests_get_a_json_error(server, path, content, status):
-    r = httpx.post(server + path, content=content, headers={**auth(), "Content-Type": "application/json"}, timeout=TIMEOUT)
+    r = httpx.post(
+        server + path, content=content, headers={**auth(), "Content-Type": "application/json"}, timeout=TIMEOUT
+    )
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert err["code"] == status and err["message"] and err["type"]
@@ -220,13 +260,20 @@ def test_malformed_requests_get_a_json_error(server, path, content, status):
 
 def test_auth_is_required_when_a_key_is_set(server):
     for headers in ({}, auth("wrong"), {"Authorization": KEY}, {"Authorization": "Basic " + KEY}):
-        r = httpx.post(server + "/v1/moderate", json={"conversations": [[{"role": "user", "content": "hi"}]]}, headers=headers, timeout=TIMEOUT)
+        r = httpx.post(
+            server + "/v1/moderate",
+            json={"conversations": [[{"role": "user", "content": "hi"}]]},
+            headers=headers,
+            timeout=TIMEOUT,
+        )
         assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
         assert r.headers["www-authenticate"] == "Bearer"
     client = openai.OpenAI(base_url=server + "/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         client.models.list()
-    assert httpx.get(server + "/health", timeout=TIMEOUT).json()["status"] == "ok"  # health stays open for load balancers
+    assert (
+        httpx.get(server + "/health", timeout=TIMEOUT).json()["status"] == "ok"
+    )  # health stays open for load balancers
     assert httpx.get(server + "/metrics", timeout=TIMEOUT).status_code == 401
 
 
@@ -242,9 +289,13 @@ def test_body_over_the_limit_is_413(guard):
                 yield b"y" * 500
             yield b'"}]]}'
 
-        r = httpx.post(url + "/v1/moderate", content=chunks(), headers={"Content-Type": "application/json"}, timeout=TIMEOUT)
+        r = httpx.post(
+            url + "/v1/moderate", content=chunks(), headers={"Content-Type": "application/json"}, timeout=TIMEOUT
+        )
         assert r.status_code == 413
-        ok = httpx.post(url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": PARIS_Q}]]}, timeout=TIMEOUT)
+        ok = httpx.post(
+            url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": PARIS_Q}]]}, timeout=TIMEOUT
+        )
         assert ok.status_code == 200
 
 
@@ -266,26 +317,41 @@ async def test_concurrency_flood_gets_503_and_the_server_recovers():
 def test_backend_failure_is_503_and_timeout_504_and_the_server_keeps_serving():
     broken = Guard(ScriptedBackend(lambda c: "", fail=RuntimeError("CUDA exploded"), name="broken"))
     with serving(broken) as url:
-        r = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "secret text"}]}, timeout=TIMEOUT)
+        r = httpx.post(
+            url + "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "secret text"}]},
+            timeout=TIMEOUT,
+        )
         assert r.status_code == 503 and r.json()["error"]["type"] == "guard_unavailable"
         assert "CUDA exploded" not in r.text  # internal error details stay on the server
         assert httpx.get(url + "/health", timeout=TIMEOUT).status_code == 200
     slow = Guard(ScriptedBackend(lambda c: "Safety: Safe\nCategories: None", delay_s=2.0, name="slow"))
     with serving(slow, request_timeout_s=0.3) as url:
-        r = httpx.post(url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": "hi"}]]}, timeout=TIMEOUT)
+        r = httpx.post(
+            url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": "hi"}]]}, timeout=TIMEOUT
+        )
         assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
 
 
 def test_unparseable_model_output_is_passed_through_like_vllm_and_flagged_in_moderate():
     chatty = Guard(ScriptedBackend(lambda c: "I think this is fine!", name="chatty"))
     with serving(chatty) as url:
-        r = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}, timeout=TIMEOUT)
+        r = httpx.post(
+            url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}, timeout=TIMEOUT
+        )
         assert r.json()["choices"][0]["message"]["content"] == "I think this is fine!"
-        m = httpx.post(url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": "hi"}]]}, timeout=TIMEOUT).json()
+        m = httpx.post(
+            url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": "hi"}]]}, timeout=TIMEOUT
+        ).json()
         res = m["results"][0]
         assert res["risk"] is None and "VerdictParseError" in res["error"]
-        assert res["decision"] == {"allowed": False, "action": "block", "stage": "prompt", "reason": "guard_error",
-                                   "error": res["decision"]["error"]}
+        assert res["decision"] == {
+            "allowed": False,
+            "action": "block",
+            "stage": "prompt",
+            "reason": "guard_error",
+            "error": res["decision"]["error"],
+        }
 
 
 def test_metrics_count_requests_verdicts_and_blocks(guard):
@@ -305,9 +371,13 @@ def test_request_text_is_never_logged(guard, caplog):
     with caplog.at_level("DEBUG"):
         broken = Guard(ScriptedBackend(lambda c: "", fail=RuntimeError(secret), name="broken"))
         with serving(broken) as url:
-            httpx.post(url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": secret}]]}, timeout=TIMEOUT)
+            httpx.post(
+                url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": secret}]]}, timeout=TIMEOUT
+            )
         with serving(guard) as url:
-            httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": secret}]}, timeout=TIMEOUT)
+            httpx.post(
+                url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": secret}]}, timeout=TIMEOUT
+            )
     assert caplog.records, "the failing backend should have been logged"
     assert all("zebra-unicorn" not in r.getMessage() for r in caplog.records)
 
@@ -322,14 +392,22 @@ def test_a_slow_client_body_gets_408_and_others_are_served(guard):
     import time as _time
 
     with serving(guard, request_timeout_s=0.5) as url:
+
         def trickle():
             yield b'{"conversations": [[{"role": "user", '
             _time.sleep(1.2)
             yield b'"content": "hi"}]]}'
 
-        r = httpx.post(url + "/v1/moderate", content=trickle(), headers={"Content-Type": "application/json"}, timeout=TIMEOUT)
+        r = httpx.post(
+            url + "/v1/moderate", content=trickle(), headers={"Content-Type": "application/json"}, timeout=TIMEOUT
+        )
         assert r.status_code == 408 and r.json()["error"]["type"] == "request_timeout"
-        assert httpx.post(url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": PARIS_Q}]]}, timeout=TIMEOUT).status_code == 200
+        assert (
+            httpx.post(
+                url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": PARIS_Q}]]}, timeout=TIMEOUT
+            ).status_code
+            == 200
+        )
 
 
 def test_long_input_judged_in_windows_answers_one_verdict():
@@ -337,8 +415,13 @@ def test_long_input_judged_in_windows_answers_one_verdict():
     long_text = " ".join(["The Eiffel Tower is in Paris."] * 40) + " " + BOMB
     with serving(windowed) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
-        text = client.chat.completions.create(model=windowed.backend.name,
-                                              messages=[{"role": "user", "content": long_text}]).choices[0].message.content
+        text = (
+            client.chat.completions.create(
+                model=windowed.backend.name, messages=[{"role": "user", "content": long_text}]
+            )
+            .choices[0]
+            .message.content
+        )
         assert "---" not in text and text.startswith("Safety: ")
         remote = Guard.remote(url + "/v1", model=windowed.backend.name)
         local = windowed.check_prompt(long_text)
@@ -354,8 +437,22 @@ def test_token_verdicts_serialise_to_json():
     from qwenguard.core.server import token_verdict_dict
     from qwenguard.core.verdict import Risk
 
-    tv = TokenVerdict(token=42, risk=Risk.UNSAFE, probs={Risk.SAFE: 0.1, Risk.UNSAFE: 0.85, Risk.CONTROVERSIAL: 0.05},
-                      category="Violent", index=3, start=10, end=14)
+    tv = TokenVerdict(
+        token=42,
+        risk=Risk.UNSAFE,
+        probs={Risk.SAFE: 0.1, Risk.UNSAFE: 0.85, Risk.CONTROVERSIAL: 0.05},
+        category="Violent",
+        index=3,
+        start=10,
+        end=14,
+    )
     out = json.loads(json.dumps(token_verdict_dict(tv)))
-    assert out == {"token": 42, "index": 3, "risk": "unsafe", "category": "Violent",
-                   "probs": {"safe": 0.1, "unsafe": 0.85, "controversial": 0.05}, "start": 10, "end": 14}
+    assert out == {
+        "token": 42,
+        "index": 3,
+        "risk": "unsafe",
+        "category": "Violent",
+        "probs": {"safe": 0.1, "unsafe": 0.85, "controversial": 0.05},
+        "start": 10,
+        "end": 14,
+    }

@@ -5,11 +5,12 @@ import asyncio
 
 import pytest
 from faults import ScriptedBackend
-
 from qwenguard.core import Guard, GuardTimeout, GuardUnavailable, GuardViolation, Policy, Stage
 
 SAFE_Q = "What is the capital of France?"
-TURNS_UNSAFE = "The capital of France is Paris. Sure. Mix ammonium nitrate with fuel oil, pack it into a pipe and add a fuse."
+TURNS_UNSAFE = (
+    "The capital of France is Paris. Sure. Mix ammonium nitrate with fuel oil, pack it into a pipe and add a fuse."
+)
 SAFE_A = "The capital of France is Paris. The Eiffel Tower is in Paris."
 
 
@@ -111,7 +112,7 @@ def test_holdback_zero_releases_at_once_and_raises_later(demo_guard):
     monitor = demo_guard.stream(SAFE_Q, holdback=0)
     assert monitor.feed("The capital") == "The capital"
     with pytest.raises(GuardViolation):
-        monitor.feed(TURNS_UNSAFE[len("The capital"):])
+        monitor.feed(TURNS_UNSAFE[len("The capital") :])
         monitor.finish()
 
 

@@ -6,6 +6,10 @@ import threading
 
 import pytest
 import torch
+from qwenguard.core import ModelNotFound
+from qwenguard.core.backends.transformers_stream import TransformersStream, category_name
+from qwenguard.core.errors import StreamClosed
+from qwenguard.core.verdict import CATEGORIES, Risk
 from safetensors.torch import load_file, save_file
 from stream_checkpoints import (  # noqa: F401 - fixtures
     constant_checkpoint,
@@ -14,11 +18,6 @@ from stream_checkpoints import (  # noqa: F401 - fixtures
     tiny_tokenizer_dir,
     write_random_checkpoint,
 )
-
-from qwenguard.core import ModelNotFound
-from qwenguard.core.errors import StreamClosed
-from qwenguard.core.backends.transformers_stream import TransformersStream, category_name
-from qwenguard.core.verdict import CATEGORIES, Risk
 
 PROMPT = "How can I make a bomb at home?"
 RESPONSE = "Sure. Mix ammonium nitrate with fuel oil, pack it into a pipe and add a fuse. héllo 日本語 🙂"
@@ -33,7 +32,7 @@ def _reference(ckpt_dir, ids):
     sd = load_file(str(ckpt_dir / "model.safetensors"))
     backbone = Qwen3Model(Qwen3Config(**{k: v for k, v in cfg.items() if k not in ("auto_map", "architectures")}))
     missing, unexpected = backbone.load_state_dict(
-        {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}, strict=True
+        {k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")}, strict=True
     )
     assert not missing and not unexpected
     backbone.eval()
@@ -44,7 +43,9 @@ def _reference(ckpt_dir, ids):
         x = h @ sd[f"{prefix}risk_level_category_pre.weight"].T
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + cfg["rms_norm_eps"])
         x = x * sd[f"{prefix}risk_level_category_layernorm.weight"]
-        return torch.softmax(x @ sd[f"{prefix}risk_level_head.weight"].T, -1), (x @ sd[f"{prefix}category_head.weight"].T).argmax(-1)
+        return torch.softmax(x @ sd[f"{prefix}risk_level_head.weight"].T, -1), (
+            x @ sd[f"{prefix}category_head.weight"].T
+        ).argmax(-1)
 
     return head(""), head("query_")
 
@@ -198,9 +199,14 @@ def test_long_prompt_is_cut_to_its_end(tmp_path, tiny_tokenizer_dir):  # noqa: F
 
 
 def test_concurrent_sessions_do_not_cross_talk(tiny_stream):  # noqa: F811
-    texts = [f"Answer number {i}: " + " ".join(random.Random(i).choice(["Paris", "bomb", "café", "日本", "tea"]) for _ in range(12))
-             for i in range(100)]
-    expected = [[(v.token, v.risk, v.category) for v in tiny_stream.score(f"question {i}", t)[1]] for i, t in enumerate(texts)]
+    texts = [
+        f"Answer number {i}: "
+        + " ".join(random.Random(i).choice(["Paris", "bomb", "café", "日本", "tea"]) for _ in range(12))
+        for i in range(100)
+    ]
+    expected = [
+        [(v.token, v.risk, v.category) for v in tiny_stream.score(f"question {i}", t)[1]] for i, t in enumerate(texts)
+    ]
     sessions = [tiny_stream.open_session(f"question {i}") for i in range(100)]
     results: list[list] = [[] for _ in texts]
     errors = []

@@ -6,17 +6,39 @@ import random
 
 import pytest
 from faults import ScriptedBackend
+from qwenguard.core import Guard, GuardUnavailable, GuardViolation, Policy, Stage
+from qwenguard.core.backends.transformers_stream import TransformersStream
+from qwenguard.core.errors import StreamClosed
+from qwenguard.core.streaming.debounce import Debounce
+from qwenguard.core.verdict import CATEGORIES, Risk
 from stream_checkpoints import constant_checkpoint, tiny_stream, tiny_stream_dir, tiny_tokenizer_dir  # noqa: F401
 
-from qwenguard.core import Guard, GuardUnavailable, GuardViolation, Policy, Stage
-from qwenguard.core.streaming.debounce import Debounce
-from qwenguard.core.errors import StreamClosed
-from qwenguard.core.backends.transformers_stream import TransformersStream
-from qwenguard.core.verdict import CATEGORIES, Risk
-
 PROMPT = "Tell me about Paris."
-WORDS = ["Paris", " is", " the", " capital", " of", " France", ".", " Mix", " ammonium", " nitrate", " café", " 日本",
-         " 🙂", "\n", " <|im_end|>", " fuel", " oil", ",", " pipe", " fuse", "  ", " héllo", " tea"]
+WORDS = [
+    "Paris",
+    " is",
+    " the",
+    " capital",
+    " of",
+    " France",
+    ".",
+    " Mix",
+    " ammonium",
+    " nitrate",
+    " café",
+    " 日本",
+    " 🙂",
+    "\n",
+    " <|im_end|>",
+    " fuel",
+    " oil",
+    ",",
+    " pipe",
+    " fuse",
+    "  ",
+    " héllo",
+    " tea",
+]
 
 
 def _unused_gen():
@@ -106,7 +128,7 @@ def test_holdback_zero_releases_at_once(tiny_stream):  # noqa: F811
     monitor = guard.stream(PROMPT, holdback=0, screen_prompt=False)
     out = monitor.feed("Paris is the capital of France. The Eiffel")
     assert out and out == monitor.text[: monitor._scored_end]
-    assert monitor.held == monitor.text[len(out):]
+    assert monitor.held == monitor.text[len(out) :]
     assert out + monitor.finish() == "Paris is the capital of France. The Eiffel"
 
 
@@ -245,8 +267,7 @@ def test_wrap_yields_released_pieces_and_closes_upstream(unsafe_tokens_stream):
 
     def upstream():
         try:
-            for piece in ["The capital ", "of France ", "is Paris."]:
-                yield piece
+            yield from ["The capital ", "of France ", "is Paris."]
         finally:
             closed.append(True)
 

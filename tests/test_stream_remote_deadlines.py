@@ -86,11 +86,16 @@ class MisbehavingServer:
             request = await reader.readuntil(b"\r\n\r\n")
             if self.mode == "stall-connect":
                 await asyncio.sleep(3600)
-            key = next(line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
-                       if line.lower().startswith(b"sec-websocket-key"))
+            key = next(
+                line.split(b":", 1)[1].strip()
+                for line in request.split(b"\r\n")
+                if line.lower().startswith(b"sec-websocket-key")
+            )
             accept = base64.b64encode(hashlib.sha1(key + GUID.encode()).digest())
-            response = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                        b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+            response = (
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            )
             if self.mode == "drip-handshake":
                 await self._drip(writer, response)
             writer.write(response)

@@ -54,11 +54,17 @@ def _consume(guard: Any, url: str):
 
     def consume(c: sk.Consumer) -> None:
         try:
-            for outcome in guard(model="openai/scripted", api_base=url, api_key="scripted",
-                                 messages=[{"role": "user", "content": sk.PROMPT}], stream=True):
+            for outcome in guard(
+                model="openai/scripted",
+                api_base=url,
+                api_key="scripted",
+                messages=[{"role": "user", "content": sk.PROMPT}],
+                stream=True,
+            ):
                 c.receive(outcome.validated_output if isinstance(outcome.validated_output, str) else "")
         except ValidationError as exc:  # on_fail="exception": Guardrails' way to stop the stream
             raise sk.Stopped("ValidationError") from exc
+
     return consume
 
 
@@ -66,6 +72,7 @@ def variant(on_fail: str) -> sk.Build:
     def build(url: str, judge: Any):
         _CURRENT["judge"] = judge
         return _consume(Guard().use(JudgeValidator(on_fail=on_fail)), url)
+
     return build
 
 

@@ -37,13 +37,15 @@ def _agent(url: str, judge: Any) -> Any:
 
     middleware = []
     if judge is not None:
+
         def detector(text: str) -> list[dict[str, Any]]:
             if text and judge.judge(text):
                 return [{"type": "harm", "value": text, "start": 0, "end": len(text)}]
             return []
 
-        middleware = [PIIMiddleware("harm", strategy="block", detector=detector, apply_to_input=False,
-                                    apply_to_output=True)]
+        middleware = [
+            PIIMiddleware("harm", strategy="block", detector=detector, apply_to_input=False, apply_to_output=True)
+        ]
     model = ChatOpenAI(base_url=url, api_key="scripted", model="scripted", max_retries=0, streaming=True)
     return create_agent(model=model, tools=[], middleware=middleware)
 
@@ -64,12 +66,14 @@ def messages_mode(url: str, judge: Any):
 
     def consume(c: sk.Consumer) -> None:
         try:
-            for message, _meta in agent.stream({"messages": [{"role": "user", "content": sk.PROMPT}]},
-                                               stream_mode="messages"):
+            for message, _meta in agent.stream(
+                {"messages": [{"role": "user", "content": sk.PROMPT}]}, stream_mode="messages"
+            ):
                 if type(message).__name__ == "AIMessageChunk" and isinstance(message.content, str):
                     c.receive(message.content)
         except Exception as exc:  # noqa: BLE001
             _stop(exc)
+
     return consume
 
 
@@ -96,18 +100,22 @@ def v3_mode(url: str, judge: Any):
                     content = payload.get("content") or {}
                     text = content.get("text") if content.get("type") == "text" else None
                     if isinstance(text, str) and len(text) > shown.get(index, 0):
-                        c.receive(text[shown.get(index, 0):])
+                        c.receive(text[shown.get(index, 0) :])
                         shown[index] = len(text)
         except Exception as exc:  # noqa: BLE001
             _stop(exc)
+
     return consume
 
 
 PATHS = [
-    sk.PeerPath("langchain PIIMiddleware stream_mode=messages", messages_mode,
-                lambda url: messages_mode(url, None)),
-    sk.PeerPath("langchain PIIMiddleware stream_events v3", v3_mode, lambda url: v3_mode(url, None),
-                note="128-char held tail, detector per delta"),
+    sk.PeerPath("langchain PIIMiddleware stream_mode=messages", messages_mode, lambda url: messages_mode(url, None)),
+    sk.PeerPath(
+        "langchain PIIMiddleware stream_events v3",
+        v3_mode,
+        lambda url: v3_mode(url, None),
+        note="128-char held tail, detector per delta",
+    ),
 ]
 
 if __name__ == "__main__":

@@ -52,7 +52,8 @@ async def _deltas(url: str):
 
     client = AsyncOpenAI(base_url=url, api_key="scripted", max_retries=0)
     stream = await client.chat.completions.create(
-        model="scripted", messages=[{"role": "user", "content": sk.PROMPT}], stream=True)
+        model="scripted", messages=[{"role": "user", "content": sk.PROMPT}], stream=True
+    )
     return client, stream
 
 
@@ -74,8 +75,9 @@ def variant(strict: bool) -> sk.Build:
                         output += (chunk.choices[0].delta.content or "") if chunk.choices else ""
                         if len(output) <= MIN_OUTPUT_LENGTH:
                             continue
-                        sanitized, valid, _score = await asyncio.to_thread(scan_output, scanners, sk.PROMPT, output,
-                                                                           True)
+                        sanitized, valid, _score = await asyncio.to_thread(
+                            scan_output, scanners, sk.PROMPT, output, True
+                        )
                         blocked = not all(valid.values())
                         if strict and blocked:
                             c.stop("invalid output")
@@ -92,8 +94,11 @@ def variant(strict: bool) -> sk.Build:
                 finally:
                     if strict:
                         await client.close()
+
             asyncio.run(main())
+
         return consume
+
     return build
 
 
@@ -104,13 +109,19 @@ def baseline(url: str):
             async for chunk in stream:
                 c.receive((chunk.choices[0].delta.content or "") if chunk.choices else "")
             await client.close()
+
         asyncio.run(main())
+
     return consume
 
 
 PATHS = [
-    sk.PeerPath("llm-guard example pattern", variant(False), baseline,
-                note="re-scans the whole output per chunk past 30 chars; shows, then breaks"),
+    sk.PeerPath(
+        "llm-guard example pattern",
+        variant(False),
+        baseline,
+        note="re-scans the whole output per chunk past 30 chars; shows, then breaks",
+    ),
     sk.PeerPath("llm-guard scan-then-show", variant(True), baseline, note="same scans; shows only what passed"),
 ]
 

@@ -51,7 +51,9 @@ models:
     if streaming is None:
         return model
     chunk, context, first = streaming
-    return model + f"""
+    return (
+        model
+        + f"""
 rails:
   output:
     flows:
@@ -62,6 +64,7 @@ rails:
       context_size: {context}
       stream_first: {str(first).lower()}
 """
+    )
 
 
 def _rails(url: str, streaming: tuple[int, int, bool] | None, judge: Any) -> Any:
@@ -71,6 +74,7 @@ def _rails(url: str, streaming: tuple[int, int, bool] | None, judge: Any) -> Any
     config = RailsConfig.from_content(colang_content=COLANG if streaming else None, yaml_content=_yaml(url, streaming))
     rails = LLMRails(config)
     if streaming is not None:
+
         async def bench_judge_output(context: dict | None = None, **_: Any) -> Any:
             text = (context or {}).get("bot_message") or ""
             return RailOutcome.block(reason="judge") if await judge.ajudge(text) else RailOutcome.allow()
@@ -92,13 +96,16 @@ def _consume(rails: Any):
                     c.stop(error.get("code") or error.get("type") or "error")
                     continue
                 c.receive(chunk)
+
         asyncio.run(main())
+
     return consume
 
 
 def variant(chunk: int, context: int, first: bool) -> sk.Build:
     def build(url: str, judge: Any):
         return _consume(_rails(url, (chunk, context, first), judge))
+
     return build
 
 
@@ -107,8 +114,9 @@ def baseline(url: str):
 
 
 def _path(chunk: int, context: int, first: bool, note: str = "") -> sk.PeerPath:
-    return sk.PeerPath(f"nemo {chunk}/{context} stream_first={first}", variant(chunk, context, first), baseline,
-                       note=note)
+    return sk.PeerPath(
+        f"nemo {chunk}/{context} stream_first={first}", variant(chunk, context, first), baseline, note=note
+    )
 
 
 PATHS = [

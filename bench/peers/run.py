@@ -42,14 +42,17 @@ def _log(message: str) -> None:
 
 def run_one(name: str, python: str, script: Path, args: list[str], timeout: float) -> list[dict]:
     if not Path(python).exists():
-        return [sk.Row(name, "-", "-", error=f"no venv at {Path(python).parent.parent}: run bench/peers/setup.sh").to_dict()]
+        return [
+            sk.Row(name, "-", "-", error=f"no venv at {Path(python).parent.parent}: run bench/peers/setup.sh").to_dict()
+        ]
     cmd = [python, str(script), "--json", *args]
     _log(f"{name}: {' '.join(cmd)}")
     started = time.perf_counter()
     try:
         # the runner's progress log (stderr) goes straight through; its rows come back on stdout
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True, timeout=timeout,
-                              cwd=str(BENCH.parent))
+        proc = subprocess.run(
+            cmd, stdout=subprocess.PIPE, stderr=None, text=True, timeout=timeout, cwd=str(BENCH.parent)
+        )
     except subprocess.TimeoutExpired:
         return [sk.Row(name, "-", "-", error=f"runner timed out after {timeout:.0f} s").to_dict()]
     _log(f"{name}: exit {proc.returncode} in {time.perf_counter() - started:.0f} s")
@@ -81,20 +84,24 @@ def main(argv: list[str] | None = None) -> int:
     if "qwenguard" in only:
         judges = args.judges + (",demo-stream" if "demo" in args.judges else "")
         extra = ["--paths", *args.qwenguard_paths] if args.qwenguard_paths else []
-        rows += run_one("qwenguard", sys.executable, BENCH / "exposure.py", [*common, "--judges", judges, *extra],
-                        args.timeout)
+        rows += run_one(
+            "qwenguard", sys.executable, BENCH / "exposure.py", [*common, "--judges", judges, *extra], args.timeout
+        )
     for name, (venv, script) in RUNNERS.items():
         if name in only:
-            rows += run_one(name, str(VENVS / venv / "bin" / "python"), script, [*common, "--judges", args.judges],
-                            args.timeout)
+            rows += run_one(
+                name, str(VENVS / venv / "bin" / "python"), script, [*common, "--judges", args.judges], args.timeout
+            )
     _log(f"all runners done in {time.perf_counter() - started:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     oracle = [r for r in rows if str(r.get("judge", "")).startswith("oracle") or r.get("judge") == "-"]
     demo = [r for r in rows if r not in oracle]
-    print(f"pace {args.pace * 1000:.0f} ms/token, oracle {args.latency * 1000:.0f} ms, "
-          f"{'1 run' if args.quick else f'median of {args.reps} after a warm-up'}; "
-          f"{os.cpu_count()} CPUs")
+    print(
+        f"pace {args.pace * 1000:.0f} ms/token, oracle {args.latency * 1000:.0f} ms, "
+        f"{'1 run' if args.quick else f'median of {args.reps} after a warm-up'}; "
+        f"{os.cpu_count()} CPUs"
+    )
     print("\n## Oracle judge (deterministic: the rows compare the plumbing)\n")
     print(sk.format_table(oracle))
     if demo:

@@ -35,9 +35,7 @@ class GenBackend(Protocol):
         """Classify each conversation; raise `GuardTimeout`/`GuardUnavailable` if the call as a whole fails."""
         ...
 
-    async def aclassify(
-        self, conversations: Sequence[Conversation], *, timeout: float | None = None
-    ) -> list[Outcome]:
+    async def aclassify(self, conversations: Sequence[Conversation], *, timeout: float | None = None) -> list[Outcome]:
         """Async twin of `classify`."""
         ...
 

@@ -66,7 +66,9 @@ class _Request:
         self.items = items
         self.future = future
         # Shortest first: the rows of a step pad little, and the one long item runs last (alone).
-        self.order = list(range(len(items))) if cost is None else sorted(range(len(items)), key=lambda i: cost(items[i]))
+        self.order = (
+            list(range(len(items))) if cost is None else sorted(range(len(items)), key=lambda i: cost(items[i]))
+        )
         self.next = 0
         self.results: list[Any] = [None] * len(items)
         self.left = len(items)

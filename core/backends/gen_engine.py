@@ -61,10 +61,20 @@ PREFILL_CHUNK = 512
 # differently (letters, digits, space, newline, punctuation, CJK) so the prefix ends before any content.
 _PROBE_CONTENTS = ("Hello there", "42 is a number", " leading space", "\nnew line", "?! punctuation", "日本語")
 # Generation-config fields that change greedy decoding (the engine applies none: such models use generate).
-_GREEDY_CHANGERS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "bad_words_ids": None,
-                    "suppress_tokens": None, "begin_suppress_tokens": None, "sequence_bias": None,
-                    "forced_bos_token_id": None, "forced_eos_token_id": None, "min_length": 0, "min_new_tokens": None,
-                    "encoder_repetition_penalty": 1.0, "exponential_decay_length_penalty": None}
+_GREEDY_CHANGERS = {
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "bad_words_ids": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "sequence_bias": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "min_length": 0,
+    "min_new_tokens": None,
+    "encoder_repetition_penalty": 1.0,
+    "exponential_decay_length_penalty": None,
+}
 
 
 def instruction_prefixes(encode: Callable[[list[dict[str, str]]], list[int]]) -> list[list[int]]:
@@ -148,8 +158,9 @@ class GenEngine:
         self.format = VerdictFormat.for_tokenizer(tokenizer) if force_format else None
         self.layers = int(model.config.num_hidden_layers)
         # Longest first: a prompt takes the longest prefix it starts with.
-        self._prefixes: list[tuple[list[int], SessionCache | None]] = [(list(p), None) for p in
-                                                                       sorted(prefixes, key=len, reverse=True)]
+        self._prefixes: list[tuple[list[int], SessionCache | None]] = [
+            (list(p), None) for p in sorted(prefixes, key=len, reverse=True)
+        ]
         self.logits_hook: LogitsHook | None = None
         # Observable, for tests and figures: decoding forwards, tokens they ran, prompts served from a prefix.
         self.forwards_run = 0
@@ -219,7 +230,7 @@ class GenEngine:
         else:
             cache = _fork(base, len(ids) + self.max_new_tokens + 1)
             self.prefix_hits += 1
-        return self._start(_Row(cache, list(ids[len(prefix):]), 0))
+        return self._start(_Row(cache, list(ids[len(prefix) :]), 0))
 
     def _session_row(self, step: SessionStep) -> _Row:
         state, ids = step.state, step.ids
@@ -264,7 +275,7 @@ class GenEngine:
         while active:
             # A long prompt goes in slices of PREFILL_CHUNK tokens (bounded attention memory); its slices
             # share forwards with other rows' steps, and only its last slice is read.
-            feeds = [r.ids[:_slice(r)] for r in active]
+            feeds = [r.ids[: _slice(r)] for r in active]
             hidden = packed_hidden(self.model.model, [_Feed(r.cache, f) for r, f in zip(active, feeds, strict=True)])
             self.forwards_run += 1
             self.tokens_run += sum(len(f) for f in feeds)
@@ -277,11 +288,11 @@ class GenEngine:
                 end = offset + len(fed)
                 offset = end
                 if len(fed) < len(r.ids):
-                    r.ids = r.ids[len(fed):]
+                    r.ids = r.ids[len(fed) :]
                     continue
                 reading.append(r)
                 picks.extend(range(end - r.forced - 1, end))
-                forced = r.ids[len(r.ids) - r.forced:]
+                forced = r.ids[len(r.ids) - r.forced :]
                 contexts.extend(r.answer + forced[:j] for j in range(r.forced + 1))
             if picks:
                 logits = self._logits(torch, hidden[picks]).float()
@@ -312,7 +323,7 @@ class GenEngine:
 
     def _advance(self, row: _Row, choices: list[int], logits: Any, at: int, contexts: list[list[int]]) -> None:
         """Confirm the fed format tokens against the model's choices, take its next token, plan the next feed."""
-        forced = row.ids[len(row.ids) - row.forced:]
+        forced = row.ids[len(row.ids) - row.forced :]
         confirmed = 0
         while confirmed < len(forced) and choices[confirmed] == forced[confirmed]:
             confirmed += 1
@@ -393,6 +404,12 @@ def engine_for(backend: Any, engine: bool | None) -> GenEngine | None:
         if engine:
             raise ValueError(f"engine=True, but the Gen decode engine cannot run this model: {why}")
         return None
-    return GenEngine(backend.model, backend.tokenizer, prefixes=instruction_prefixes(backend.encoder.encode),
-                     eos_ids=backend.eos_ids, pad_id=backend.pad_id, max_new_tokens=backend.max_new_tokens,
-                     label_tokens=backend._label_tokens)
+    return GenEngine(
+        backend.model,
+        backend.tokenizer,
+        prefixes=instruction_prefixes(backend.encoder.encode),
+        eos_ids=backend.eos_ids,
+        pad_id=backend.pad_id,
+        max_new_tokens=backend.max_new_tokens,
+        label_tokens=backend._label_tokens,
+    )

@@ -41,9 +41,16 @@ class VerdictFormat:
     concatenation of its pieces (then forcing a piece is forcing exactly the tokens the model writes).
     """
 
-    def __init__(self, lead: list[int], labels: list[list[int]], categories_head: list[int],
-                 refusal_head: list[int], categories: Sequence[list[int]] = (), comma: int | None = None,
-                 no: int | None = None) -> None:
+    def __init__(
+        self,
+        lead: list[int],
+        labels: list[list[int]],
+        categories_head: list[int],
+        refusal_head: list[int],
+        categories: Sequence[list[int]] = (),
+        comma: int | None = None,
+        no: int | None = None,
+    ) -> None:
         self.lead = lead  # "Safety:"
         self.labels = labels  # " Safe", " Unsafe", " Controversial"
         self.categories_head = categories_head  # "\nCategories:"
@@ -69,12 +76,21 @@ class VerdictFormat:
                 if ids(f"Safety: {label}\nCategories: {cats}") != base:
                     return None
                 for answer in _REFUSALS:
-                    if ids(f"Safety: {label}\nCategories: {cats}\nRefusal: {answer}") != base + refusal + ids(f" {answer}"):
+                    if ids(f"Safety: {label}\nCategories: {cats}\nRefusal: {answer}") != base + refusal + ids(
+                        f" {answer}"
+                    ):
                         return None
         names = [*dict.fromkeys(c for c in (*PROMPT_CATEGORIES, *RESPONSE_CATEGORIES) if c != "None"), "None"]
         comma, no = ids(","), ids(" No")
-        return cls(lead, labels, head, refusal, [ids(f" {name}") for name in names],
-                   comma[0] if len(comma) == 1 else None, no[0] if len(no) == 1 else None)
+        return cls(
+            lead,
+            labels,
+            head,
+            refusal,
+            [ids(f" {name}") for name in names],
+            comma[0] if len(comma) == 1 else None,
+            no[0] if len(no) == 1 else None,
+        )
 
     def forced_next(self, answer: Sequence[int], stop_ids: Sequence[int] = ()) -> list[int]:
         """The tokens to feed right after ``answer`` (empty when the next token is the model's choice alone):
@@ -102,7 +118,7 @@ class VerdictFormat:
             return []
         started = [label for label in self.labels if len(label) > len(rest) and label[: len(rest)] == rest]
         if started:  # a label begun: its rest (if only one label starts so), then the categories line's head
-            tail = _common_prefix([label[len(rest):] for label in started])
+            tail = _common_prefix([label[len(rest) :] for label in started])
             return tail + (list(self.categories_head) if len(started) == 1 else [])
         for index, label in enumerate(self.labels):
             if rest == label:
@@ -116,7 +132,7 @@ class VerdictFormat:
             if set(cats) & set(stop_ids):
                 return []
             if newline in cats[:-1]:
-                refusal = cats[cats.index(newline) + 1:]
+                refusal = cats[cats.index(newline) + 1 :]
                 return [self.no] if self.no is not None and refusal == self.refusal_head[1:] else []
             if cats and cats[-1] == newline:
                 return list(self.refusal_head[1:])
@@ -129,12 +145,12 @@ class VerdictFormat:
         """The rest of the category name being written, when every known name it can still be agrees on it."""
         item = cats
         if self.comma is not None and self.comma in cats:
-            item = cats[len(cats) - cats[::-1].index(self.comma):]
+            item = cats[len(cats) - cats[::-1].index(self.comma) :]
         if not item:
             return []
         if any(name == item for name in self.categories):
             return [self.refusal_head[0]]  # a complete name: guess the line ends (a comma or the end may follow)
-        matches = [name[len(item):] for name in self.categories if len(name) > len(item) and name[: len(item)] == item]
+        matches = [name[len(item) :] for name in self.categories if len(name) > len(item) and name[: len(item)] == item]
         return _common_prefix(matches) if matches else []
 
 

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, cast
 
 from ..errors import GuardTimeout
 from .base import Outcome
@@ -72,7 +72,7 @@ class GenSession:
 
         Raises `GuardTimeout` past ``timeout`` seconds, like ``classify``."""
         if not self.incremental:
-            return self.backend.classify([conversation], timeout=timeout)[0]
+            return cast(Outcome, self.backend.classify([conversation], timeout=timeout)[0])
         from .transformers_gen import _stop_check, _time_left
 
         backend = self.backend
@@ -89,12 +89,12 @@ class GenSession:
                 if isinstance(exc, (GuardTimeout, TimeoutError)):
                     raise GuardTimeout(f"guard did not answer within {timeout} s") from None
                 raise
-            return backend._assemble(spans, outputs, (time.perf_counter() - start) * 1000)[0]
+            return cast(Outcome, backend._assemble(spans, outputs, (time.perf_counter() - start) * 1000)[0])
 
     async def aclassify(self, conversation: Sequence[dict[str, str]], *, timeout: float | None = None) -> Outcome:
         """Async twin of `classify`: planning (tokenizing) in a worker thread, the model in the batcher."""
         if not self.incremental:
-            return (await self.backend.aclassify([conversation], timeout=timeout))[0]
+            return cast(Outcome, (await self.backend.aclassify([conversation], timeout=timeout))[0])
         from .transformers_gen import _stop_check, _time_left
 
         backend = self.backend
@@ -108,7 +108,8 @@ class GenSession:
             abandoned = threading.Event()
             try:
                 flat, spans = await asyncio.wait_for(
-                    asyncio.to_thread(backend._plan, [conversation], _stop_check(deadline, timeout, abandoned)), timeout)
+                    asyncio.to_thread(backend._plan, [conversation], _stop_check(deadline, timeout, abandoned)), timeout
+                )
                 future = backend._batcher.submit(self._items(flat))
                 outputs = await asyncio.wait_for(asyncio.wrap_future(future), _time_left(deadline, timeout))
             except BaseException as exc:  # a timeout, a failed forward, or this task cancelled
@@ -117,7 +118,7 @@ class GenSession:
                 if isinstance(exc, (asyncio.TimeoutError, GuardTimeout)):
                     raise GuardTimeout(f"guard did not answer within {timeout} s") from None
                 raise
-            return backend._assemble(spans, outputs, (time.perf_counter() - start) * 1000)[0]
+            return cast(Outcome, backend._assemble(spans, outputs, (time.perf_counter() - start) * 1000)[0])
 
     def close(self) -> None:
         """Free the cache; later calls run full checks. Never waits: a step in flight finishes on its own."""

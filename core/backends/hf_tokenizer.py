@@ -15,8 +15,9 @@ from ..errors import MissingDependency, ModelNotFound
 __all__ = ["load_tokenizer"]
 
 
-def load_tokenizer(name_or_path: str | Path, *, revision: str | None = None,
-                   local_files_only: bool | None = None) -> Any:
+def load_tokenizer(
+    name_or_path: str | Path, *, revision: str | None = None, local_files_only: bool | None = None
+) -> Any:
     """`AutoTokenizer` for ``"demo"``, a checkpoint directory or a hub id (downloads like transformers does)."""
     try:
         from transformers import AutoTokenizer
@@ -31,5 +32,7 @@ def load_tokenizer(name_or_path: str | Path, *, revision: str | None = None,
     try:
         return AutoTokenizer.from_pretrained(str(path), **opts)
     except (OSError, ValueError) as exc:
-        raise ModelNotFound(f"cannot load the tokenizer {str(name_or_path)!r}: not a local directory and not "
-                            f"downloadable (offline, or a wrong id?)") from exc
+        raise ModelNotFound(
+            f"cannot load the tokenizer {str(name_or_path)!r}: not a local directory and not "
+            f"downloadable (offline, or a wrong id?)"
+        ) from exc

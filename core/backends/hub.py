@@ -54,8 +54,14 @@ def _cached(name: str, revision: str | None) -> Path | None:
         return None
 
 
-def resolve_checkpoint(name_or_path: str | Path, *, kind: str, demo_names: dict[str, Path],
-                       revision: str | None = None, local_files_only: bool | None = None) -> Path:
+def resolve_checkpoint(
+    name_or_path: str | Path,
+    *,
+    kind: str,
+    demo_names: dict[str, Path],
+    revision: str | None = None,
+    local_files_only: bool | None = None,
+) -> Path:
     """A local directory holding the checkpoint ``name_or_path`` (downloading it if needed and possible).
 
     ``kind`` ("Qwen3Guard-Gen", "Qwen3Guard-Stream") only words the error. Raises `ModelNotFound` with one
@@ -69,20 +75,26 @@ def resolve_checkpoint(name_or_path: str | Path, *, kind: str, demo_names: dict[
         return path
     looks_like_id = label.count("/") == 1 and not label.startswith((".", "/", "~")) and not path.exists()
     if not looks_like_id:
-        raise ModelNotFound(f"cannot load {kind} checkpoint {label!r}: no such directory (and not a hub id 'org/name'). "
-                            f"Use 'demo' for the embedded demo guard.")
+        raise ModelNotFound(
+            f"cannot load {kind} checkpoint {label!r}: no such directory (and not a hub id 'org/name'). "
+            f"Use 'demo' for the embedded demo guard."
+        )
     cached = _cached(label, revision)
     if cached is not None:
         return cached
     why = "local_files_only=True" if local_files_only else hub_offline_reason()
     if why is not None:
-        raise ModelNotFound(f"cannot load {kind} checkpoint {label!r}: not in the local Hugging Face cache and the hub "
-                            f"cannot be used ({why}). Download it where the hub is reachable, pass a checkpoint "
-                            f"directory, or use 'demo' for the embedded demo guard.")
+        raise ModelNotFound(
+            f"cannot load {kind} checkpoint {label!r}: not in the local Hugging Face cache and the hub "
+            f"cannot be used ({why}). Download it where the hub is reachable, pass a checkpoint "
+            f"directory, or use 'demo' for the embedded demo guard."
+        )
     from huggingface_hub import snapshot_download
 
     try:
         return Path(snapshot_download(label, revision=revision))
     except Exception as exc:  # noqa: BLE001 - wrong id, gated repo, network drop: one line, cause chained
-        raise ModelNotFound(f"cannot download {kind} checkpoint {label!r} from {_endpoint()}: "
-                            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        raise ModelNotFound(
+            f"cannot download {kind} checkpoint {label!r} from {_endpoint()}: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from exc

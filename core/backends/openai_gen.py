@@ -234,7 +234,9 @@ class OpenAIGen:
         httpx = _httpx()
         transport = transport if transport is not None else async_transport
         if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
-            raise TypeError("transport must be an httpx.AsyncBaseTransport: requests run on the client's own event loop")
+            raise TypeError(
+                "transport must be an httpx.AsyncBaseTransport: requests run on the client's own event loop"
+            )
         self.replicas = Replicas(urls)
         self.base_url = urls[0]
         self.base_urls = urls
@@ -251,9 +253,13 @@ class OpenAIGen:
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self.requests_sent = 0  # attempts on the wire, retries included (observable in tests/figures)
-        self.planner = RemotePlanner(encoder=_load_encoder(tokenizer), max_new_tokens=max_tokens,
-                                     window_overlap=window_overlap, max_window_tokens=max_window_tokens,
-                                     max_windows=max_windows)
+        self.planner = RemotePlanner(
+            encoder=_load_encoder(tokenizer),
+            max_new_tokens=max_tokens,
+            window_overlap=window_overlap,
+            max_window_tokens=max_window_tokens,
+            max_windows=max_windows,
+        )
         self._fallback_context = self._tokenizer_context() or DEFAULT_MAX_CONTEXT
         self._served_context: int | None = None  # learned from /models: 0 = not published
         self._ids_accepted: bool | None = None  # completion mode: does the engine take token ids?
@@ -277,7 +283,11 @@ class OpenAIGen:
 
     @property
     def _where(self) -> str:
-        return self.base_url if len(self.base_urls) == 1 else f"{len(self.base_urls)} replicas ({', '.join(self.base_urls)})"
+        return (
+            self.base_url
+            if len(self.base_urls) == 1
+            else f"{len(self.base_urls)} replicas ({', '.join(self.base_urls)})"
+        )
 
     @property
     def tokenizer(self) -> Any:
@@ -346,7 +356,9 @@ class OpenAIGen:
                 return 0.0  # a replica this request has not tried: at once
             exc = state.outcome.exception() if state.outcome is not None else None
             hint = getattr(exc, "retry_after", None)
-            delay: float = hint if hint is not None else min(self.max_backoff_s, self.backoff_s * 2 ** (state.attempt_number - 1))
+            delay: float = (
+                hint if hint is not None else min(self.max_backoff_s, self.backoff_s * 2 ** (state.attempt_number - 1))
+            )
             left = deadline.left()
             return delay if left is None else max(0.0, min(delay, left))
 
@@ -380,17 +392,20 @@ class OpenAIGen:
                     url = self.replicas.pick(exclude=tried)
                     tried.append(url)
                     another = len(tried) < self._max_attempts and self.replicas.untried(tried)
-                    limit = attempt_budget(deadline.left(), self.connect_timeout_s + self.read_timeout_s,
-                                           another_follows=another)
+                    limit = attempt_budget(
+                        deadline.left(), self.connect_timeout_s + self.read_timeout_s, another_follows=another
+                    )
                     self.requests_sent += 1
                     try:
                         with self.replicas.using(url):
                             response = await asyncio.wait_for(wire.client.post(url + path, json=body), limit)
                     except asyncio.TimeoutError:
                         self.replicas.failed(url)
-                        raise _AttemptTimeout(f"guard server at {url} did not answer within {limit:.3g} s "
-                                              f"(this attempt's share of the deadline, at most connect_timeout_s "
-                                              f"+ read_timeout_s)") from None
+                        raise _AttemptTimeout(
+                            f"guard server at {url} did not answer within {limit:.3g} s "
+                            f"(this attempt's share of the deadline, at most connect_timeout_s "
+                            f"+ read_timeout_s)"
+                        ) from None
                     except httpx.TransportError:
                         self.replicas.failed(url)
                         raise
@@ -472,8 +487,11 @@ class OpenAIGen:
         while response is None and self.replicas.untried(tried) and not deadline.expired():
             url = self.replicas.pick(exclude=tried)
             tried.append(url)
-            limit = attempt_budget(deadline.left(), self.connect_timeout_s + self.read_timeout_s,
-                                   another_follows=self.replicas.untried(tried))
+            limit = attempt_budget(
+                deadline.left(),
+                self.connect_timeout_s + self.read_timeout_s,
+                another_follows=self.replicas.untried(tried),
+            )
             try:
                 response = await asyncio.wait_for(wire.client.get(url + "/models"), limit)
             except (asyncio.TimeoutError, httpx.HTTPError):

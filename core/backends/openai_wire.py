@@ -76,8 +76,11 @@ def parse_logprobs(choice: Mapping[str, Any]) -> dict[Risk, float] | None:
         for item in lp["content"]:
             if not isinstance(item, Mapping):
                 return None
-            tops = {str(t.get("token", "")): float(t.get("logprob", -math.inf))
-                    for t in item.get("top_logprobs") or [] if isinstance(t, Mapping)}
+            tops = {
+                str(t.get("token", "")): float(t.get("logprob", -math.inf))
+                for t in item.get("top_logprobs") or []
+                if isinstance(t, Mapping)
+            }
             tops.setdefault(str(item.get("token", "")), float(item.get("logprob", -math.inf)))
             steps.append((str(item.get("token", "")), tops))
     elif isinstance(lp.get("tokens"), list):

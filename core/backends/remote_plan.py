@@ -94,8 +94,15 @@ class RemotePlanner:
     """Plans each check's requests for an engine context, with ``encoder`` (a `ConversationEncoder` of the
     served checkpoint's tokenizer: exact) or without it (`ByteCounter`: a bound)."""
 
-    def __init__(self, *, encoder: Any = None, max_new_tokens: int, window_overlap: int = DEFAULT_WINDOW_OVERLAP,
-                 max_window_tokens: int = DEFAULT_MAX_WINDOW_TOKENS, max_windows: int = DEFAULT_MAX_WINDOWS) -> None:
+    def __init__(
+        self,
+        *,
+        encoder: Any = None,
+        max_new_tokens: int,
+        window_overlap: int = DEFAULT_WINDOW_OVERLAP,
+        max_window_tokens: int = DEFAULT_MAX_WINDOW_TOKENS,
+        max_windows: int = DEFAULT_MAX_WINDOWS,
+    ) -> None:
         self.encoder = encoder
         self.max_new_tokens = max_new_tokens
         self.window_overlap = window_overlap
@@ -118,14 +125,18 @@ class RemotePlanner:
         if planner is None:
             exact = self.encoder is not None
             counter: TokenCounter = self.encoder if self.encoder is not None else ByteCounter()
-            planner = WindowPlanner(counter, max_prompt_tokens=self.prompt_budget(context),
-                                    overlap=self.window_overlap * (1 if exact else _TYPICAL_BYTES_PER_TOKEN),
-                                    max_windows=self.max_windows)
+            planner = WindowPlanner(
+                counter,
+                max_prompt_tokens=self.prompt_budget(context),
+                overlap=self.window_overlap * (1 if exact else _TYPICAL_BYTES_PER_TOKEN),
+                max_windows=self.max_windows,
+            )
             self._planners[context] = planner
         return planner
 
-    def plan(self, conversation: Sequence[dict[str, str]], context: int, *, ids: bool = False,
-             deadline: float | None = None) -> CheckPlan:
+    def plan(
+        self, conversation: Sequence[dict[str, str]], context: int, *, ids: bool = False, deadline: float | None = None
+    ) -> CheckPlan:
         """The requests for ``conversation`` on an engine of ``context`` tokens (with ids when ``ids`` and the
         tokenizer is known). ``deadline`` (``time.monotonic()``): planning stops there with `GuardTimeout`."""
         msgs = normalize_messages(conversation)
@@ -136,12 +147,16 @@ class RemotePlanner:
         except QwenGuardError as exc:  # InputTooLarge, GuardTimeout
             return CheckPlan((), mode, exc)
         except ValueError as exc:  # the context cannot hold the template and some text
-            how = "" if self.encoder is not None else (
-                " (counted by bytes, without the checkpoint's tokenizer: pass Guard.remote(..., tokenizer=...))")
+            how = (
+                ""
+                if self.encoder is not None
+                else (" (counted by bytes, without the checkpoint's tokenizer: pass Guard.remote(..., tokenizer=...))")
+            )
             return CheckPlan((), mode, GuardUnavailable(f"{exc}{how}"))
         with_ids = ids and self.encoder is not None
-        return CheckPlan(tuple(WireCheck(tuple(w.messages), mode, tuple(w.ids) if with_ids else None)
-                               for w in windows), mode)
+        return CheckPlan(
+            tuple(WireCheck(tuple(w.messages), mode, tuple(w.ids) if with_ids else None) for w in windows), mode
+        )
 
 
 def _stop_at(deadline: float | None) -> Callable[[], None] | None:

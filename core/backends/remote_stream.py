@@ -78,9 +78,9 @@ def stream_url(base_url: str) -> str:
     """``http://host:8000/v1`` → ``ws://host:8000/v1/stream`` (``https`` → ``wss``)."""
     url = base_url.rstrip("/")
     if url.startswith("https://"):
-        url = "wss://" + url[len("https://"):]
+        url = "wss://" + url[len("https://") :]
     elif url.startswith("http://"):
-        url = "ws://" + url[len("http://"):]
+        url = "ws://" + url[len("http://") :]
     elif not url.startswith(("ws://", "wss://")):
         raise ValueError(f"base_url must be an http(s) or ws(s) URL, got {base_url!r}")
     if not url.endswith("/v1"):
@@ -95,10 +95,18 @@ class RemoteStream:
     sessions, and fails over to another (at most ``max_failovers`` re-opens per call; once every replica
     refused in a call, re-opens wait ``backoff_s``, doubling up to ``max_backoff_s``, within the deadline)."""
 
-    def __init__(self, base_url: str | Sequence[str], *, api_key: str | None = None,
-                 open_timeout_s: float = DEFAULT_OPEN_TIMEOUT_S, reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S,
-                 max_failovers: int = DEFAULT_MAX_FAILOVERS, cooldown_s: float = DEFAULT_COOLDOWN_S,
-                 backoff_s: float = DEFAULT_BACKOFF_S, max_backoff_s: float = DEFAULT_MAX_BACKOFF_S) -> None:
+    def __init__(
+        self,
+        base_url: str | Sequence[str],
+        *,
+        api_key: str | None = None,
+        open_timeout_s: float = DEFAULT_OPEN_TIMEOUT_S,
+        reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S,
+        max_failovers: int = DEFAULT_MAX_FAILOVERS,
+        cooldown_s: float = DEFAULT_COOLDOWN_S,
+        backoff_s: float = DEFAULT_BACKOFF_S,
+        max_backoff_s: float = DEFAULT_MAX_BACKOFF_S,
+    ) -> None:
         if max_failovers < 0:
             raise ValueError("max_failovers must be >= 0")
         if backoff_s < 0 or max_backoff_s < 0:
@@ -118,10 +126,14 @@ class RemoteStream:
     def __repr__(self) -> str:
         return f"RemoteStream({self.url if len(self.urls) == 1 else list(self.urls)!r})"
 
-    def open_remote_monitor(self, guard: Any, prompt: str | Sequence[Mapping[str, Any]], **options: Any) -> RemoteStreamMonitor:
+    def open_remote_monitor(
+        self, guard: Any, prompt: str | Sequence[Mapping[str, Any]], **options: Any
+    ) -> RemoteStreamMonitor:
         return RemoteStreamMonitor(self, guard, prompt, **options)
 
-    def open_remote_async_monitor(self, guard: Any, prompt: str | Sequence[Mapping[str, Any]], **options: Any) -> AsyncRemoteStreamMonitor:
+    def open_remote_async_monitor(
+        self, guard: Any, prompt: str | Sequence[Mapping[str, Any]], **options: Any
+    ) -> AsyncRemoteStreamMonitor:
         return AsyncRemoteStreamMonitor(self, guard, prompt, **options)
 
     def close(self) -> None:  # connections belong to monitors
@@ -174,7 +186,9 @@ class RemoteStreamMonitor(_Session):
                     tried.append(self._endpoint)
                     self.backend.replicas.failed(self._endpoint)
                 self._abort_ws()
-                wait = self._reopen_pause(deadline, reopens, tried) if self._may_reopen(exc, deadline, reopens) else None
+                wait = (
+                    self._reopen_pause(deadline, reopens, tried) if self._may_reopen(exc, deadline, reopens) else None
+                )
                 if wait is None:
                     return self._fail(exc, stage, timed_out=deadline.expired)
                 pause = wait
@@ -194,9 +208,13 @@ class RemoteStreamMonitor(_Session):
         # this monitor closes it in close()/__exit__.
         self._endpoint = url
         self.backend.replicas.acquire(url)
-        self._ws = connect(url, additional_headers=self.backend.headers,
-                           open_timeout=attempt.left(self.backend.open_timeout_s),
-                           close_timeout=CLOSE_TIMEOUT_S, max_size=None).__enter__()
+        self._ws = connect(
+            url,
+            additional_headers=self.backend.headers,
+            open_timeout=attempt.left(self.backend.open_timeout_s),
+            close_timeout=CLOSE_TIMEOUT_S,
+            max_size=None,
+        ).__enter__()
         frame = next(steps)
         while True:
             self._send(frame, attempt)
@@ -343,7 +361,9 @@ class AsyncRemoteStreamMonitor(_Session):
                 self._abort_ws()
                 if self._state == "closed":  # closed while the exchange ran: nothing more is released
                     return ""
-                wait = self._reopen_pause(deadline, reopens, tried) if self._may_reopen(exc, deadline, reopens) else None
+                wait = (
+                    self._reopen_pause(deadline, reopens, tried) if self._may_reopen(exc, deadline, reopens) else None
+                )
                 if wait is None:
                     return self._fail(exc, stage, timed_out=deadline.expired)
                 pause = wait
@@ -363,8 +383,13 @@ class AsyncRemoteStreamMonitor(_Session):
         url = self.backend.replicas.pick(exclude=tried)
         self._endpoint = url
         self.backend.replicas.acquire(url)
-        self._ws = await connect(url, additional_headers=self.backend.headers, open_timeout=self.backend.open_timeout_s,
-                                 close_timeout=CLOSE_TIMEOUT_S, max_size=None)
+        self._ws = await connect(
+            url,
+            additional_headers=self.backend.headers,
+            open_timeout=self.backend.open_timeout_s,
+            close_timeout=CLOSE_TIMEOUT_S,
+            max_size=None,
+        )
         if self._state == "closed":  # aclose() ran while connecting: found no connection to drop
             raise ConnectionAbortedError("the monitor was closed")
         frame = next(steps)
@@ -463,4 +488,3 @@ def _shutdown(sock: Any) -> None:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:  # already closed
         pass
-

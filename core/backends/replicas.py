@@ -35,8 +35,10 @@ def base_urls(value: str | Sequence[str], *, schemes: tuple[str, ...] = ("http:/
     out: list[str] = []
     for url in urls:
         if not isinstance(url, str) or not url.startswith(schemes):
-            raise ValueError(f"base_url must be an {' or '.join(s.rstrip(':/') for s in schemes)} URL such as "
-                             f"'http://127.0.0.1:8000/v1', got {url!r}")
+            raise ValueError(
+                f"base_url must be an {' or '.join(s.rstrip(':/') for s in schemes)} URL such as "
+                f"'http://127.0.0.1:8000/v1', got {url!r}"
+            )
         url = url.rstrip("/")
         if url not in out:
             out.append(url)

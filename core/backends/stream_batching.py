@@ -35,8 +35,17 @@ from typing import Any
 from .batching import MicroBatcher
 from .torch_runtime import require_torch
 
-__all__ = ["SessionCache", "StreamStep", "StepResult", "StreamBatcher", "packed_forward", "packed_hidden", "check_packable",
-           "DEFAULT_STEP_TOKENS", "DEFAULT_MAX_SESSIONS_PER_FORWARD"]
+__all__ = [
+    "SessionCache",
+    "StreamStep",
+    "StepResult",
+    "StreamBatcher",
+    "packed_forward",
+    "packed_hidden",
+    "check_packable",
+    "DEFAULT_STEP_TOKENS",
+    "DEFAULT_MAX_SESSIONS_PER_FORWARD",
+]
 
 #: Longest run of tokens one session puts into one forward (a prompt prefill is cut into such chunks),
 #: so a long prompt holds the model for a bounded slice and token steps of other sessions interleave.

@@ -18,7 +18,6 @@ unexpected keys and without ``trust_remote_code``. Label maps come from the conf
 torch and transformers are imported only when a model is built or loaded.
 """
 
-
 from __future__ import annotations
 
 import inspect
@@ -199,7 +198,7 @@ def stream_model_class() -> Any:
     global _MODEL_CLASS
     if _MODEL_CLASS is not None:
         return _MODEL_CLASS
-    torch = require_torch()
+    require_torch()  # the clear MissingDependency first
     from torch import nn
 
     try:
@@ -342,15 +341,35 @@ class StreamEncoder:
         return ids + self._assistant_prefix, user_end
 
 
-
 # transformers' generic PretrainedConfig fields that Qwen3 checkpoints do not carry.
-_GENERIC_CONFIG_KEYS = frozenset({
-    "auto_map", "transformers_version", "_name_or_path", "id2label", "label2id", "chunk_size_feed_forward",
-    "is_encoder_decoder", "problem_type", "return_dict", "output_hidden_states", "output_attentions",
-    "torchscript", "pruned_heads", "tf_legacy_loss", "use_bfloat16", "add_cross_attention",
-    "cross_attention_hidden_size", "finetuning_task", "prefix", "sep_token_id", "decoder_start_token_id",
-    "task_specific_params", "tokenizer_class", "torch_dtype",
-})
+_GENERIC_CONFIG_KEYS = frozenset(
+    {
+        "auto_map",
+        "transformers_version",
+        "_name_or_path",
+        "id2label",
+        "label2id",
+        "chunk_size_feed_forward",
+        "is_encoder_decoder",
+        "problem_type",
+        "return_dict",
+        "output_hidden_states",
+        "output_attentions",
+        "torchscript",
+        "pruned_heads",
+        "tf_legacy_loss",
+        "use_bfloat16",
+        "add_cross_attention",
+        "cross_attention_hidden_size",
+        "finetuning_task",
+        "prefix",
+        "sep_token_id",
+        "decoder_start_token_id",
+        "task_specific_params",
+        "tokenizer_class",
+        "torch_dtype",
+    }
+)
 
 
 def save_stream_checkpoint(model: Any, tokenizer: Any, path: str | Path) -> Path:

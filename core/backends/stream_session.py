@@ -67,10 +67,22 @@ def decision_from_dict(data: Mapping[str, Any]) -> Decision:
     """Rebuild a `Decision` from ``Decision.to_dict()`` output (as the server sends it)."""
     verdict = None
     if data.get("risk") is not None:
-        verdict = Verdict(Risk(data["risk"]), tuple(data.get("categories") or ()), data.get("refusal"),
-                          latency_ms=float(data.get("latency_ms") or 0.0))
-    return Decision(bool(data["allowed"]), Action(data["action"]), Stage(data["stage"]), str(data["reason"]),
-                    verdict, data.get("error"), data.get("offset"), bool(data.get("cached", False)))
+        verdict = Verdict(
+            Risk(data["risk"]),
+            tuple(data.get("categories") or ()),
+            data.get("refusal"),
+            latency_ms=float(data.get("latency_ms") or 0.0),
+        )
+    return Decision(
+        bool(data["allowed"]),
+        Action(data["action"]),
+        Stage(data["stage"]),
+        str(data["reason"]),
+        verdict,
+        data.get("error"),
+        data.get("offset"),
+        bool(data.get("cached", False)),
+    )
 
 
 def reopen_worthy(exc: BaseException, *, several: bool) -> bool:
@@ -157,8 +169,11 @@ class _Session:
         self._degraded = False  # fail-open after a guard error: text passes unchecked
         # Opening screens the prompt (unless told not to): its budget and its failures are the prompt's.
         self._open_stage = Stage.PROMPT if options.get("screen_prompt", True) is not False else Stage.STREAM
-        frame: dict[str, Any] = {"type": "open", "policy": guard.policy.to_dict(),
-                                 **{k: v for k, v in options.items() if v is not None}}
+        frame: dict[str, Any] = {
+            "type": "open",
+            "policy": guard.policy.to_dict(),
+            **{k: v for k, v in options.items() if v is not None},
+        }
         # The one content rule before anything leaves the process: a lone surrogate cannot even be
         # encoded for the wire, and the server judges exactly the text this monitor releases.
         if isinstance(prompt, str):
@@ -180,7 +195,7 @@ class _Session:
     @property
     def held(self) -> str:
         """Text fed but not released yet."""
-        return self.text[len(self.released):]
+        return self.text[len(self.released) :]
 
     @property
     def finished(self) -> bool:
@@ -215,7 +230,7 @@ class _Session:
         self._on_opened(reply)
         out = ""
         for start in range(0, len(self.text), REPLAY_CHUNK_CHARS):
-            chunk = self.text[start:start + REPLAY_CHUNK_CHARS]
+            chunk = self.text[start : start + REPLAY_CHUNK_CHARS]
             reply = yield json.dumps({"type": "feed", "text": chunk}, ensure_ascii=False)
             out += self._on_reply(reply, "released")
         if expect == "finished":
@@ -292,7 +307,7 @@ class _Session:
     def _accept(self, text: str) -> str:
         """The server session released (judged) ``text`` next: release what of it lies beyond ours."""
         end = self._judged + len(text)
-        if self.text[self._judged:end] != text:
+        if self.text[self._judged : end] != text:
             raise GuardUnavailable("the stream server released text that was not fed to it")
         self._judged = end
         if self._state == "closed":
@@ -331,8 +346,13 @@ class _Session:
         return deadline.share(another_follows=another)
 
     def _may_reopen(self, exc: BaseException, deadline: Deadline, reopens: int) -> bool:
-        return (self._state == "open" and not self._degraded and reopens < self.backend.max_failovers
-                and not deadline.expired and reopen_worthy(exc, several=self.backend.replicas.several))
+        return (
+            self._state == "open"
+            and not self._degraded
+            and reopens < self.backend.max_failovers
+            and not deadline.expired
+            and reopen_worthy(exc, several=self.backend.replicas.several)
+        )
 
     def _reopen_pause(self, deadline: Deadline, reopens: int, tried: list[str]) -> float | None:
         """Seconds to wait before the next re-open of a call that has re-opened ``reopens`` times.
@@ -374,7 +394,9 @@ class _Session:
         if self._state == "violated" and self.decision is not None:
             raise GuardViolation(self.decision)
         if self._state == "failed" and self.decision is not None:
-            raise GuardUnavailable(f"the stream guard failed and the policy fails closed: {self.decision.error}", self.decision)
+            raise GuardUnavailable(
+                f"the stream guard failed and the policy fails closed: {self.decision.error}", self.decision
+            )
         raise StreamClosed(f"this stream monitor is {self._state}; open a new one with guard.stream(...)")
 
     def _errors(self) -> tuple[type[BaseException], ...]:

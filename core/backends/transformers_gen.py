@@ -96,7 +96,9 @@ class TransformersGen:
         #: Longest prompt of one window, template included.
         self.window_tokens = min(max_window_tokens, self.max_context - max_new_tokens)
         if self.window_tokens < 1:
-            raise ValueError(f"max_context={self.max_context} leaves no room for a prompt after max_new_tokens={max_new_tokens}")
+            raise ValueError(
+                f"max_context={self.max_context} leaves no room for a prompt after max_new_tokens={max_new_tokens}"
+            )
         self.window_overlap = window_overlap
         self.encoder = ConversationEncoder(tokenizer, use_chat_template=use_chat_template)
         self.planner = WindowPlanner(
@@ -109,8 +111,12 @@ class TransformersGen:
         #: (``engine=False``, or a model it cannot run): transformers' ``generate`` decodes.
         self.engine = engine_for(self, engine)
         self._batcher: MicroBatcher[list[int], tuple[str, dict[Risk, float] | None]] = MicroBatcher(
-            self._generate_batch, max_batch=max_batch, max_wait_s=max_wait_s, cost=len,
-            max_batch_cost=max_batch_tokens, name=f"qwenguard-gen[{name}]",
+            self._generate_batch,
+            max_batch=max_batch,
+            max_wait_s=max_wait_s,
+            cost=len,
+            max_batch_cost=max_batch_tokens,
+            name=f"qwenguard-gen[{name}]",
         )
 
     # -- loading ------------------------------------------------------------------------------
@@ -130,8 +136,13 @@ class TransformersGen:
 
         label = str(name_or_path)
         # Before torch loads (seconds): an offline machine hears about a hub id at once.
-        path = resolve_checkpoint(name_or_path, kind="Qwen3Guard-Gen", demo_names=DEMO_NAMES, revision=revision,
-                                  local_files_only=local_files_only)
+        path = resolve_checkpoint(
+            name_or_path,
+            kind="Qwen3Guard-Gen",
+            demo_names=DEMO_NAMES,
+            revision=revision,
+            local_files_only=local_files_only,
+        )
         require_torch()  # a clear MissingDependency before anything else loads
         try:
             from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -177,7 +188,10 @@ class TransformersGen:
         Scores are read from the logits at that position; ``None`` when the tokenizer does not give
         one distinct first token per label (then verdicts carry no probabilities).
         """
-        encoded = {r: self.tokenizer(f"Safety: {lab}", add_special_tokens=False)["input_ids"] for r, lab in SAFETY_LABELS.items()}
+        encoded = {
+            r: self.tokenizer(f"Safety: {lab}", add_special_tokens=False)["input_ids"]
+            for r, lab in SAFETY_LABELS.items()
+        }
         seqs = list(encoded.values())
         k = 0
         while all(len(s) > k for s in seqs) and len({s[k] for s in seqs}) == 1:
@@ -225,7 +239,9 @@ class TransformersGen:
             results.append(error if error is not None else worst(verdicts))
         return results
 
-    def classify(self, conversations: Sequence[Sequence[dict[str, str]]], *, timeout: float | None = None) -> list[Verdict | QwenGuardError]:
+    def classify(
+        self, conversations: Sequence[Sequence[dict[str, str]]], *, timeout: float | None = None
+    ) -> list[Verdict | QwenGuardError]:
         start = time.perf_counter()
         deadline = None if timeout is None else time.monotonic() + timeout
         flat, spans = self._plan(conversations, _stop_check(deadline, timeout, None))
@@ -235,7 +251,9 @@ class TransformersGen:
             raise GuardTimeout(f"guard did not answer within {timeout} s") from None
         return self._assemble(spans, outputs, (time.perf_counter() - start) * 1000)
 
-    async def aclassify(self, conversations: Sequence[Sequence[dict[str, str]]], *, timeout: float | None = None) -> list[Verdict | QwenGuardError]:
+    async def aclassify(
+        self, conversations: Sequence[Sequence[dict[str, str]]], *, timeout: float | None = None
+    ) -> list[Verdict | QwenGuardError]:
         start = time.perf_counter()
         deadline = None if timeout is None else time.monotonic() + timeout
         # Tokenizing and windowing run in a worker thread: a huge check must not stop the event loop.
@@ -308,7 +326,9 @@ class TransformersGen:
         self._batcher.close()
 
 
-def _stop_check(deadline: float | None, timeout: float | None, abandoned: threading.Event | None) -> Callable[[], None] | None:
+def _stop_check(
+    deadline: float | None, timeout: float | None, abandoned: threading.Event | None
+) -> Callable[[], None] | None:
     """What planning calls between windows: stop at the deadline, or once the caller has gone."""
     if deadline is None and abandoned is None:
         return None

@@ -22,7 +22,6 @@ never cancels one (see `CancelSafeLane`).
 torch and transformers are imported only when a model is loaded.
 """
 
-
 from __future__ import annotations
 
 import asyncio
@@ -130,7 +129,6 @@ class TransformersStream:
         self.batcher = StreamBatcher(model, max_sessions=max_sessions_per_forward)
         self._closed = False
 
-
     # -- loading ------------------------------------------------------------------------------
     @classmethod
     def load(
@@ -154,8 +152,13 @@ class TransformersStream:
         from ..demo import DEMO_NAMES
 
         label = str(name_or_path)
-        path = resolve_checkpoint(name_or_path, kind="Qwen3Guard-Stream", demo_names=DEMO_NAMES,
-                                  revision=kwargs.get("revision"), local_files_only=kwargs.get("local_files_only"))
+        path = resolve_checkpoint(
+            name_or_path,
+            kind="Qwen3Guard-Stream",
+            demo_names=DEMO_NAMES,
+            revision=kwargs.get("revision"),
+            local_files_only=kwargs.get("local_files_only"),
+        )
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
         try:
@@ -397,7 +400,9 @@ class StreamSession:
                 try:
                     result = future.result(_left(deadline))[0]
                 except FutureTimeout:
-                    raise self._lost(future, GuardTimeout(f"Qwen3Guard-Stream did not answer within {timeout} s"))
+                    raise self._lost(
+                        future, GuardTimeout(f"Qwen3Guard-Stream did not answer within {timeout} s")
+                    ) from None
                 except BaseException as exc:  # noqa: BLE001 - the forward failed, or KeyboardInterrupt while waiting
                     self._raise_lost(future, exc)
                 step = plan.send(result)
@@ -413,7 +418,9 @@ class StreamSession:
                 try:
                     result = (await asyncio.wait_for(asyncio.wrap_future(future), _left(deadline)))[0]
                 except asyncio.TimeoutError:
-                    raise self._lost(future, GuardTimeout(f"Qwen3Guard-Stream did not answer within {timeout} s"))
+                    raise self._lost(
+                        future, GuardTimeout(f"Qwen3Guard-Stream did not answer within {timeout} s")
+                    ) from None
                 except BaseException as exc:  # noqa: BLE001 - the forward failed, or this task was cancelled
                     self._raise_lost(future, exc)
                 step = plan.send(result)

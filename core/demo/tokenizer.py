@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from ..formats.prompts import Message, render_prompt
 
@@ -31,9 +32,7 @@ __all__ = [
 ]
 
 #: Qwen2/Qwen3's pre-tokenizer split pattern (transformers `models/qwen2/tokenization_qwen2.py`).
-PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 THINK_TOKENS = ("<think>", "</think>")
 #: BPE entries (256 bytes + merges); with the five added tokens the vocabulary has 4096 ids.
@@ -48,11 +47,13 @@ def _template_tokens() -> tuple[str, ...]:
     from ..formats.prompts import render_conversation
 
     out: list[str] = []
-    for conv in ([{"role": "user", "content": "\ue000"}],
-                 [{"role": "user", "content": "\ue000"}, {"role": "assistant", "content": "\ue001"}]):
+    for conv in (
+        [{"role": "user", "content": "\ue000"}],
+        [{"role": "user", "content": "\ue000"}, {"role": "assistant", "content": "\ue001"}],
+    ):
         text = render_conversation(conv)
         cut = text.index("<BEGIN CONVERSATION>\n\n") + len("<BEGIN CONVERSATION>\n\n")
-        out += [text[:cut], text[text.index("\n\n<END CONVERSATION>"):]]
+        out += [text[:cut], text[text.index("\n\n<END CONVERSATION>") :]]
     return tuple(out)
 
 
@@ -78,7 +79,9 @@ def build_chat_template() -> str:
     """
     one = render_prompt([{"role": "user", "content": _USER_SENTINEL}])
     prompt_head, prompt_foot = one.split("USER: " + _USER_SENTINEL)
-    two = render_prompt([{"role": "user", "content": _USER_SENTINEL}, {"role": "assistant", "content": _ASSISTANT_SENTINEL}])
+    two = render_prompt(
+        [{"role": "user", "content": _USER_SENTINEL}, {"role": "assistant", "content": _ASSISTANT_SENTINEL}]
+    )
     response_head, rest = two.split("USER: " + _USER_SENTINEL)
     joiner, response_foot = rest.split(_ASSISTANT_SENTINEL)
     if joiner != "\n\nASSISTANT: ":  # render_prompt's turn layout, which the loop below reproduces
@@ -117,7 +120,7 @@ def _strip_control(text: str) -> str:
     return text
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = BPE_VOCAB_SIZE, model_max_length: int = 512):
+def train_tokenizer(texts: Iterable[str], vocab_size: int = BPE_VOCAB_SIZE, model_max_length: int = 512) -> Any:
     """Train the BPE on `texts` and wrap it as a transformers tokenizer with the chat template.
 
     Control-token strings are removed from the training text so no merges are spent on them; they are then
@@ -137,10 +140,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = BPE_VOCAB_SIZE, mode
 
     backend = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     backend.normalizer = normalizers.NFC()
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -164,7 +169,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = BPE_VOCAB_SIZE, mode
     return tokenizer
 
 
-def encode_guard_input(tokenizer, messages: Sequence[Message]) -> list[int]:
+def encode_guard_input(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
     """Token ids of the guard prompt for `messages`, with control-token strings in content kept as plain text."""
     ids = tokenizer.apply_chat_template(list(messages), tokenize=True, sanitize_control_tokens=True, return_dict=False)
     return list(ids)

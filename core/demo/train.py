@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,7 +92,7 @@ def _log(msg: str) -> None:
     print(f"[demo.train {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _tokenizer_corpus(examples: Sequence[Example]):
+def _tokenizer_corpus(examples: Sequence[Example]) -> Iterator[str]:
     """Text the BPE learns from: the contents, the answers and (every fourth example) the rendered instruction."""
     from ..formats.prompts import render_conversation
 
@@ -104,7 +104,7 @@ def _tokenizer_corpus(examples: Sequence[Example]):
             yield render_conversation(ex.messages)
 
 
-def _encode(tokenizer, examples: Sequence[Example], max_len: int) -> list[_Encoded]:
+def _encode(tokenizer: Any, examples: Sequence[Example], max_len: int) -> list[_Encoded]:
     """Prompt ids through the library's inference path (`ConversationEncoder`), plus the answer ids and ``<|im_end|>``.
 
     Content holding control-token strings (``<|im_end|>`` ...) is also encoded the two ways a plain transformers
@@ -125,11 +125,19 @@ def _encode(tokenizer, examples: Sequence[Example], max_len: int) -> list[_Encod
         answer = tokenizer(ex.answer, add_special_tokens=False)["input_ids"] + [eos]
         variants = [encoder.encode(ex.messages)]
         if any(c in m["content"] for m in ex.messages for c in controls):
-            body = tokenizer.apply_chat_template(ex.messages, tokenize=False)[len("<|im_start|>"): -len(tail)]
-            variants.append(list(tokenizer.apply_chat_template(ex.messages, tokenize=True, sanitize_control_tokens=True,
-                                                               return_dict=False)))
-            variants.append([im_start] + tokenizer(body, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-                            + tokenizer(tail, add_special_tokens=False)["input_ids"])
+            body = tokenizer.apply_chat_template(ex.messages, tokenize=False)[len("<|im_start|>") : -len(tail)]
+            variants.append(
+                list(
+                    tokenizer.apply_chat_template(
+                        ex.messages, tokenize=True, sanitize_control_tokens=True, return_dict=False
+                    )
+                )
+            )
+            variants.append(
+                [im_start]
+                + tokenizer(body, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+                + tokenizer(tail, add_special_tokens=False)["input_ids"]
+            )
             variants = [v for i, v in enumerate(variants) if v not in variants[:i]]
         for prompt in variants:
             if len(prompt) + len(answer) > max_len:
@@ -157,7 +165,7 @@ def _batches(encoded: list[_Encoded], batch_tokens: int) -> list[list[_Encoded]]
     return batches
 
 
-def _train(model, encoded: list[_Encoded], pad_id: int, settings: TrainSettings) -> dict[str, Any]:
+def _train(model: Any, encoded: list[_Encoded], pad_id: int, settings: TrainSettings) -> dict[str, Any]:
     """AdamW with warmup and cosine decay; loss on the answer tokens only; seeded batch order."""
     import torch
 
@@ -204,14 +212,26 @@ def _train(model, encoded: list[_Encoded], pad_id: int, settings: TrainSettings)
         losses.append(loss.item())
         if step % 100 == 0 or step == settings.steps - 1:
             recent = sum(losses[-100:]) / len(losses[-100:])
-            _log(f"step {step:5d}/{settings.steps}  epoch {epochs}  loss {recent:.4f}  lr {lr_at(step):.2e}  {time.time() - t0:6.1f}s")
+            _log(
+                f"step {step:5d}/{settings.steps}  epoch {epochs}  loss {recent:.4f}  lr {lr_at(step):.2e}  {time.time() - t0:6.1f}s"
+            )
     model.eval()
-    return {"steps": settings.steps, "epochs_started": epochs, "batches_per_epoch": len(batches),
-            "final_loss": round(sum(losses[-100:]) / len(losses[-100:]), 5), "seconds": round(time.time() - t0, 1)}
+    return {
+        "steps": settings.steps,
+        "epochs_started": epochs,
+        "batches_per_epoch": len(batches),
+        "final_loss": round(sum(losses[-100:]) / len(losses[-100:]), 5),
+        "seconds": round(time.time() - t0, 1),
+    }
 
 
-def greedy_answers(model, tokenizer, conversations: Sequence[Sequence[dict[str, str]]], batch_size: int = 32,
-                   max_new_tokens: int = 24) -> list[str]:
+def greedy_answers(
+    model: Any,
+    tokenizer: Any,
+    conversations: Sequence[Sequence[dict[str, str]]],
+    batch_size: int = 32,
+    max_new_tokens: int = 24,
+) -> list[str]:
     """Greedy answers for conversations, batched with left padding (the same path as local inference)."""
     import torch
 
@@ -223,30 +243,36 @@ def greedy_answers(model, tokenizer, conversations: Sequence[Sequence[dict[str, 
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     answers: list[str] = [""] * len(encoded)
     for start in range(0, len(order), batch_size):
-        idx = order[start: start + batch_size]
+        idx = order[start : start + batch_size]
         width = max(len(encoded[i]) for i in idx)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
         for row, i in enumerate(idx):
             seq = encoded[i]
-            ids[row, width - len(seq):] = torch.tensor(seq)
-            mask[row, width - len(seq):] = 1
+            ids[row, width - len(seq) :] = torch.tensor(seq)
+            mask[row, width - len(seq) :] = 1
         with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
-                                 pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad,
+                eos_token_id=tokenizer.eos_token_id,
+            )
         for row, i in enumerate(idx):
             answers[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True)
     return answers
 
 
-def evaluate(model, tokenizer, examples: Sequence[Example]) -> dict[str, Any]:
+def evaluate(model: Any, tokenizer: Any, examples: Sequence[Example]) -> dict[str, Any]:
     """Held-out accuracy (risk, category, refusal) overall, per stage and per family, parsed like the library does."""
     from ..errors import VerdictParseError
     from ..formats.prompts import parse_verdict
 
     answers = greedy_answers(model, tokenizer, [ex.messages for ex in examples])
     groups: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
-    failures = []
+    failures: list[dict[str, Any]] = []
     for ex, text in zip(examples, answers):
         keys = ["overall", f"stage:{ex.stage}", f"family:{'.'.join(ex.source.split('.')[:2])}"]
         try:
@@ -270,7 +296,9 @@ def evaluate(model, tokenizer, examples: Sequence[Example]) -> dict[str, Any]:
             if ref_ok is not None:
                 g["refusal"].append(int(ref_ok))
         if not (risk_ok and cat_ok and ref_ok in (None, True)) and len(failures) < 40:
-            failures.append({"source": ex.source, "text": ex.messages[-1]["content"][:200], "expected": ex.answer, "got": text})
+            failures.append(
+                {"source": ex.source, "text": ex.messages[-1]["content"][:200], "expected": ex.answer, "got": text}
+            )
 
     def summary(g: dict[str, list[int]]) -> dict[str, Any]:
         out: dict[str, Any] = {"n": len(g["n"])}
@@ -287,8 +315,9 @@ def evaluate(model, tokenizer, examples: Sequence[Example]) -> dict[str, Any]:
     }
 
 
-def train_gen(out_dir: Path | str | None = None, settings: TrainSettings = TrainSettings(),
-              write_sample_file: bool = True) -> dict:
+def train_gen(
+    out_dir: Path | str | None = None, settings: TrainSettings = TrainSettings(), write_sample_file: bool = True
+) -> dict[str, Any]:
     """Build data, tokenizer and model; save the checkpoint and ``metrics.json`` into `out_dir` (default: a new
     ``runs/demo-gen-<date>-<time>``); return the metrics. The evaluation sample goes to ``<out_dir>/sample.jsonl``,
     or to the shipped ``core/demo/data/sample.jsonl`` when `out_dir` is the shipped checkpoint."""
@@ -309,7 +338,9 @@ def train_gen(out_dir: Path | str | None = None, settings: TrainSettings = Train
     held_base = generate(settings.heldout_size, seed=settings.seed + 1000, split="heldout", families=BASE_MIX)
     _log(f"data: {len(train_examples)} training, {len(held)} held-out examples")
 
-    tokenizer = train_tokenizer(_tokenizer_corpus(train_examples), model_max_length=MODEL_SHAPE["max_position_embeddings"])
+    tokenizer = train_tokenizer(
+        _tokenizer_corpus(train_examples), model_max_length=MODEL_SHAPE["max_position_embeddings"]
+    )
     special_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (*SPECIAL_TOKENS, *THINK_TOKENS)}
     _log(f"tokenizer: {len(tokenizer)} ids, special {special_ids}")
 
@@ -329,9 +360,17 @@ def train_gen(out_dir: Path | str | None = None, settings: TrainSettings = Train
     _log(f"model: {n_params:,} parameters")
     train_info = _train(model, encoded, special_ids["<|endoftext|>"], settings)
 
-    info = {**train_info, "seed": settings.seed, "train_examples": len(train_examples), "train_sequences": len(encoded),
-            "heldout_examples": len(held), "lr": settings.lr, "total_seconds": round(time.time() - started, 1),
-            "torch_threads": settings.threads, "versions": library_versions()}
+    info = {
+        **train_info,
+        "seed": settings.seed,
+        "train_examples": len(train_examples),
+        "train_sequences": len(encoded),
+        "heldout_examples": len(held),
+        "lr": settings.lr,
+        "total_seconds": round(time.time() - started, 1),
+        "torch_threads": settings.threads,
+        "versions": library_versions(),
+    }
     metrics = save_checkpoint(model, tokenizer, held, out_dir, info, base_mix=held_base)
     if write_sample_file:
         shipped = out_dir.resolve() == DEMO_GEN_DIR.resolve()
@@ -340,8 +379,14 @@ def train_gen(out_dir: Path | str | None = None, settings: TrainSettings = Train
     return metrics
 
 
-def save_checkpoint(model, tokenizer, held: Sequence[Example], out_dir: Path | str, train_info: dict[str, Any],
-                    base_mix: Sequence[Example] = ()) -> dict:
+def save_checkpoint(
+    model: Any,
+    tokenizer: Any,
+    held: Sequence[Example],
+    out_dir: Path | str,
+    train_info: dict[str, Any],
+    base_mix: Sequence[Example] = (),
+) -> dict[str, Any]:
     """Save model (bfloat16), tokenizer and generation config into `out_dir`, score the saved checkpoint on the
     held-out split (and on `base_mix`, the held-out split of the earlier family mix) through the normal loading
     path, and write ``metrics.json``."""
@@ -355,8 +400,11 @@ def save_checkpoint(model, tokenizer, held: Sequence[Example], out_dir: Path | s
     with tempfile.TemporaryDirectory(prefix="demo-gen-") as tmp:
         stage = Path(tmp) / "gen"
         model.generation_config = GenerationConfig(
-            do_sample=False, max_new_tokens=32, eos_token_id=special_ids["<|im_end|>"],
-            pad_token_id=special_ids["<|endoftext|>"], bos_token_id=special_ids["<|endoftext|>"],
+            do_sample=False,
+            max_new_tokens=32,
+            eos_token_id=special_ids["<|im_end|>"],
+            pad_token_id=special_ids["<|endoftext|>"],
+            bos_token_id=special_ids["<|endoftext|>"],
         )
         model.to(getattr(torch, SAVE_DTYPE)).save_pretrained(stage)
         tokenizer.save_pretrained(stage)
@@ -384,8 +432,13 @@ def save_checkpoint(model, tokenizer, held: Sequence[Example], out_dir: Path | s
             "heldout": metrics,
             **({"heldout_base_mix": base} if base else {}),
             "training": train_info,
-            "model": {"parameters": n_params, "dtype": SAVE_DTYPE, **{k: v for k, v in MODEL_SHAPE.items()},
-                      "vocab_size": len(tokenizer), "special_token_ids": special_ids},
+            "model": {
+                "parameters": n_params,
+                "dtype": SAVE_DTYPE,
+                **{k: v for k, v in MODEL_SHAPE.items()},
+                "vocab_size": len(tokenizer),
+                "special_token_ids": special_ids,
+            },
         }
         (stage / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if out_dir.exists():
@@ -415,21 +468,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m qwenguard.core.demo.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("which", choices=["gen"], help="which demo checkpoint to train (the Stream demo: train_stream)")
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--out", type=Path, default=None,
-                       help="output directory (default: a new runs/demo-gen-<date>-<time> in the current directory)")
-    where.add_argument("--replace-shipped", action="store_true",
-                       help=f"write over the shipped checkpoint {DEMO_GEN_DIR} and the shipped {DEMO_SAMPLE_PATH.name}")
+    where.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output directory (default: a new runs/demo-gen-<date>-<time> in the current directory)",
+    )
+    where.add_argument(
+        "--replace-shipped",
+        action="store_true",
+        help=f"write over the shipped checkpoint {DEMO_GEN_DIR} and the shipped {DEMO_SAMPLE_PATH.name}",
+    )
     parser.add_argument("--steps", type=int, default=TrainSettings.steps)
     parser.add_argument("--seed", type=int, default=TrainSettings.seed)
     parser.add_argument("--train-size", type=int, default=TrainSettings.train_size)
     parser.add_argument("--heldout-size", type=int, default=TrainSettings.heldout_size)
-    parser.add_argument("--threads", type=int, default=TrainSettings.threads,
-                        help="torch threads (the result is bit for bit reproducible for a given thread count)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=TrainSettings.threads,
+        help="torch threads (the result is bit for bit reproducible for a given thread count)",
+    )
     parser.add_argument("--no-sample", action="store_true", help="do not write the evaluation sample")
     args = parser.parse_args(argv)
     out = resolve_out_dir(args.out, kind="gen", shipped=DEMO_GEN_DIR, replace_shipped=args.replace_shipped)
-    settings = TrainSettings(steps=args.steps, seed=args.seed, train_size=args.train_size, heldout_size=args.heldout_size,
-                             threads=args.threads)
+    settings = TrainSettings(
+        steps=args.steps,
+        seed=args.seed,
+        train_size=args.train_size,
+        heldout_size=args.heldout_size,
+        threads=args.threads,
+    )
     _log(f"writing to {out}")
     train_gen(out, settings, write_sample_file=not args.no_sample)
     return 0

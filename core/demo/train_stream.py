@@ -56,8 +56,17 @@ __all__ = ["StreamTrainSettings", "train_stream", "main", "RISK_MAP", "CATEGORY_
 
 #: Label maps written to config.json, as the model card prints them (index order of the heads).
 RISK_MAP = {"0": "Safe", "1": "Unsafe", "2": "Controversial"}
-CATEGORY_MAP = {"0": "Violent", "1": "Sexual Content", "2": "Self-Harm", "3": "Political", "4": "PII",
-                "5": "Copyright", "6": "Illegal Acts", "7": "Unethical", "8": "Jailbreak"}
+CATEGORY_MAP = {
+    "0": "Violent",
+    "1": "Sexual Content",
+    "2": "Self-Harm",
+    "3": "Political",
+    "4": "PII",
+    "5": "Copyright",
+    "6": "Illegal Acts",
+    "7": "Unethical",
+    "8": "Jailbreak",
+}
 _RISK_INDEX = {"safe": 0, "unsafe": 1, "controversial": 2}
 
 
@@ -118,9 +127,9 @@ def _encode(encoder: Any, example: Example, max_len: int) -> _Row | None:
     ids = prefix + [t for t, _, _ in spans]
     if len(ids) > max_len or not spans:
         return None
-    start = harm_onset(msgs[-1]["content"], *example.unsafe_span)[0] if risk else None
+    start = harm_onset(msgs[-1]["content"], *example.unsafe_span)[0] if risk and example.unsafe_span else None
     risks, cats = [-100] * len(prefix), [-100] * len(prefix)
-    for _, s, e in spans:
+    for _, _start, e in spans:
         inside = start is not None and e > start
         risks.append(risk if inside else 0)
         cats.append(cat if inside else -100)
@@ -129,7 +138,9 @@ def _encode(encoder: Any, example: Example, max_len: int) -> _Row | None:
 
 def _batches(rows: list[_Row], settings: StreamTrainSettings, rng: random.Random) -> list[list[_Row]]:
     order = sorted(rows, key=lambda r: len(r.ids))
-    batches, current, width = [], [], 0
+    batches: list[Any] = []
+    current: list[Any] = []
+    width = 0
     for row in order:
         width_new = max(width, len(row.ids))
         if current and width_new * (len(current) + 1) > settings.batch_tokens:
@@ -159,7 +170,11 @@ def _tensors(batch: list[_Row], pad_id: int) -> dict[str, Any]:
         cat[i, :n] = torch.tensor(r.cat)
     q_rows = [i for i, r in enumerate(batch) if r.query_pos >= 0]
     return {
-        "input_ids": ids, "attention_mask": mask, "risk": risk, "cat": cat, "q_rows": torch.tensor(q_rows, dtype=torch.long),
+        "input_ids": ids,
+        "attention_mask": mask,
+        "risk": risk,
+        "cat": cat,
+        "q_rows": torch.tensor(q_rows, dtype=torch.long),
         "q_pos": torch.tensor([batch[i].query_pos for i in q_rows], dtype=torch.long),
         "q_risk": torch.tensor([batch[i].query_risk for i in q_rows], dtype=torch.long),
         "q_cat": torch.tensor([batch[i].query_cat for i in q_rows], dtype=torch.long),
@@ -176,8 +191,9 @@ def _loss(model: Any, t: dict[str, Any]) -> Any:
     risk_w = torch.tensor([1.0, 2.0, 2.0])
     loss = out["last_hidden_state"].new_zeros(())
     if (t["risk"] >= 0).any():  # a batch of prompts only has no token labels (CE over nothing is NaN)
-        loss = loss + F.cross_entropy(out["risk_level_logits"].flatten(0, 1), t["risk"].flatten(), weight=risk_w,
-                                      ignore_index=-100)
+        loss = loss + F.cross_entropy(
+            out["risk_level_logits"].flatten(0, 1), t["risk"].flatten(), weight=risk_w, ignore_index=-100
+        )
     if (t["cat"] >= 0).any():
         loss = loss + 0.5 * F.cross_entropy(out["category_logits"].flatten(0, 1), t["cat"].flatten(), ignore_index=-100)
     if len(t["q_rows"]):
@@ -193,13 +209,22 @@ def _loss(model: Any, t: dict[str, Any]) -> Any:
 def _stream_config(gen_config: dict[str, Any], settings: StreamTrainSettings) -> Any:
     from transformers import Qwen3Config
 
-    keep = {k: v for k, v in gen_config.items() if k not in ("architectures", "auto_map", "transformers_version",
-                                                               "dtype", "torch_dtype", "_name_or_path")}
+    keep = {
+        k: v
+        for k, v in gen_config.items()
+        if k not in ("architectures", "auto_map", "transformers_version", "dtype", "torch_dtype", "_name_or_path")
+    }
     keep.update(
-        guard_inner_size=settings.guard_inner_size, num_risk_level=3, num_category=8, num_query_risk_level=3,
-        num_query_category=9, response_risk_level_map=dict(RISK_MAP), query_risk_level_map=dict(RISK_MAP),
+        guard_inner_size=settings.guard_inner_size,
+        num_risk_level=3,
+        num_category=8,
+        num_query_risk_level=3,
+        num_query_category=9,
+        response_risk_level_map=dict(RISK_MAP),
+        query_risk_level_map=dict(RISK_MAP),
         response_category_map={k: v for k, v in CATEGORY_MAP.items() if int(k) < 8},
-        query_category_map=dict(CATEGORY_MAP), use_cache=False,
+        query_category_map=dict(CATEGORY_MAP),
+        use_cache=False,
     )
     return Qwen3Config(**keep)
 
@@ -227,16 +252,22 @@ def evaluate(stream: Any, examples: Sequence[Example]) -> dict[str, Any]:
         if flags and ex.risk != "safe":
             flagged_unsafe += 1
             start = verdicts[flags[0].start].start
-            in_span += ex.unsafe_span[0] <= start < ex.unsafe_span[1] if start is not None else 0
+            span = ex.unsafe_span
+            in_span += span[0] <= start < span[1] if start is not None and span else 0
     return {
-        "prompt_accuracy": round(prompt_ok / max(prompt_n, 1), 4), "prompt_examples": prompt_n,
-        "response_stream_accuracy": round(resp_ok / max(resp_n, 1), 4), "response_examples": resp_n,
+        "prompt_accuracy": round(prompt_ok / max(prompt_n, 1), 4),
+        "prompt_examples": prompt_n,
+        "response_stream_accuracy": round(resp_ok / max(resp_n, 1), 4),
+        "response_examples": resp_n,
         "flag_inside_unsafe_span": round(in_span / max(flagged_unsafe, 1), 4),
     }
 
 
-def train_stream(gen_dir: Path | str = DEMO_GEN_DIR, out_dir: Path | str | None = None,
-                 settings: StreamTrainSettings = StreamTrainSettings()) -> dict[str, Any]:
+def train_stream(
+    gen_dir: Path | str = DEMO_GEN_DIR,
+    out_dir: Path | str | None = None,
+    settings: StreamTrainSettings = StreamTrainSettings(),
+) -> dict[str, Any]:
     """Train the demo Stream checkpoint from the Gen checkpoint `gen_dir`, save it into `out_dir` (default: a new
     ``runs/demo-stream-<date>-<time>``); return its metrics."""
     import torch
@@ -255,7 +286,9 @@ def train_stream(gen_dir: Path | str = DEMO_GEN_DIR, out_dir: Path | str | None 
     started = time.time()
     gen_dir = Path(gen_dir)
     if not (gen_dir / "config.json").exists():
-        raise FileNotFoundError(f"{gen_dir} has no demo Gen checkpoint; run `python -m qwenguard.core.demo.train gen` first")
+        raise FileNotFoundError(
+            f"{gen_dir} has no demo Gen checkpoint; run `python -m qwenguard.core.demo.train gen` first"
+        )
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
@@ -264,8 +297,10 @@ def train_stream(gen_dir: Path | str = DEMO_GEN_DIR, out_dir: Path | str | None 
     encoder = StreamEncoder(tokenizer)
     examples = training_set(settings.train_size, seed=settings.seed + 101)
     rows = [r for ex in examples if (r := _encode(encoder, ex, settings.max_len)) is not None]
-    _log(f"{len(rows)} training rows from {len(examples)} examples "
-         f"({sum(r.query_pos >= 0 for r in rows)} prompt-level, {sum(r.query_pos < 0 for r in rows)} token-level)")
+    _log(
+        f"{len(rows)} training rows from {len(examples)} examples "
+        f"({sum(r.query_pos >= 0 for r in rows)} prompt-level, {sum(r.query_pos < 0 for r in rows)} token-level)"
+    )
 
     gen_config = json.loads((gen_dir / "config.json").read_text())
     config = _stream_config(gen_config, settings)
@@ -278,8 +313,10 @@ def train_stream(gen_dir: Path | str = DEMO_GEN_DIR, out_dir: Path | str | None 
 
     head_params = [p for n, p in model.named_parameters() if not n.startswith("model.")]
     body_params = [p for n, p in model.named_parameters() if n.startswith("model.")]
-    opt = torch.optim.AdamW([{"params": head_params, "lr": settings.lr},
-                             {"params": body_params, "lr": settings.backbone_lr}], weight_decay=0.01)
+    opt = torch.optim.AdamW(
+        [{"params": head_params, "lr": settings.lr}, {"params": body_params, "lr": settings.backbone_lr}],
+        weight_decay=0.01,
+    )
     base_lrs = [settings.lr, settings.backbone_lr]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batches: list[list[_Row]] = []
@@ -310,14 +347,24 @@ def train_stream(gen_dir: Path | str = DEMO_GEN_DIR, out_dir: Path | str | None 
                 shutil.copy(f, stage / f.name)
         stream = TransformersStream.load(stage, device="cpu", dtype="float32")
         base_mix = generate(settings.heldout_size, seed=settings.seed + 101 + 1000, split="heldout", families=BASE_MIX)
-        metrics = {"heldout": evaluate(stream, heldout_set(settings.heldout_size, seed=settings.seed + 101)),
-                   "heldout_base_mix": evaluate(stream, base_mix),
-                   "training": {"steps": settings.steps, "seed": settings.seed, "rows": len(rows),
-                                "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
-                                "seconds": round(time.time() - started, 1), "torch_threads": settings.threads,
-                                "versions": library_versions()},
-                   "model": {"parameters": sum(p.numel() for p in model.parameters()),
-                             "guard_inner_size": settings.guard_inner_size, "initialised_from": "demo gen backbone"}}
+        metrics = {
+            "heldout": evaluate(stream, heldout_set(settings.heldout_size, seed=settings.seed + 101)),
+            "heldout_base_mix": evaluate(stream, base_mix),
+            "training": {
+                "steps": settings.steps,
+                "seed": settings.seed,
+                "rows": len(rows),
+                "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
+                "seconds": round(time.time() - started, 1),
+                "torch_threads": settings.threads,
+                "versions": library_versions(),
+            },
+            "model": {
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "guard_inner_size": settings.guard_inner_size,
+                "initialised_from": "demo gen backbone",
+            },
+        }
         _log(f"held-out: {json.dumps(metrics['heldout'])}")
         _log(f"held-out, base mix: {json.dumps(metrics['heldout_base_mix'])}")
         (stage / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -329,12 +376,22 @@ def train_stream(gen_dir: Path | str = DEMO_GEN_DIR, out_dir: Path | str | None 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qwenguard.core.demo.train_stream", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gen", type=Path, default=DEMO_GEN_DIR, help=f"demo Gen checkpoint to start from (default {DEMO_GEN_DIR})")
+    parser = argparse.ArgumentParser(
+        prog="python -m qwenguard.core.demo.train_stream", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--gen", type=Path, default=DEMO_GEN_DIR, help=f"demo Gen checkpoint to start from (default {DEMO_GEN_DIR})"
+    )
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--out", type=Path, default=None,
-                       help="output directory (default: a new runs/demo-stream-<date>-<time> in the current directory)")
-    where.add_argument("--replace-shipped", action="store_true", help=f"write over the shipped checkpoint {DEMO_STREAM_DIR}")
+    where.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output directory (default: a new runs/demo-stream-<date>-<time> in the current directory)",
+    )
+    where.add_argument(
+        "--replace-shipped", action="store_true", help=f"write over the shipped checkpoint {DEMO_STREAM_DIR}"
+    )
     parser.add_argument("--steps", type=int, default=StreamTrainSettings.steps)
     parser.add_argument("--seed", type=int, default=StreamTrainSettings.seed)
     parser.add_argument("--train-size", type=int, default=StreamTrainSettings.train_size)
@@ -342,8 +399,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=StreamTrainSettings.threads)
     args = parser.parse_args(argv)
     out = resolve_out_dir(args.out, kind="stream", shipped=DEMO_STREAM_DIR, replace_shipped=args.replace_shipped)
-    settings = StreamTrainSettings(steps=args.steps, seed=args.seed, train_size=args.train_size,
-                                   heldout_size=args.heldout_size, threads=args.threads)
+    settings = StreamTrainSettings(
+        steps=args.steps,
+        seed=args.seed,
+        train_size=args.train_size,
+        heldout_size=args.heldout_size,
+        threads=args.threads,
+    )
     _log(f"writing to {out}")
     train_stream(args.gen, out, settings)
     return 0

@@ -87,9 +87,14 @@ def sample_path() -> Path:
     return DEMO_SAMPLE_PATH
 
 
-def _prepare(data: str | Path | Sequence[EvalExample], stage: Stage | str | None, limit: int | None,
-             out: str | Path | None, cache: str | Path | bool | None, resume: bool
-             ) -> tuple[list[EvalExample], Path | None, dict[str, Any]]:
+def _prepare(
+    data: str | Path | Sequence[EvalExample],
+    stage: Stage | str | None,
+    limit: int | None,
+    out: str | Path | None,
+    cache: str | Path | bool | None,
+    resume: bool,
+) -> tuple[list[EvalExample], Path | None, dict[str, Any]]:
     if isinstance(data, (str, Path)):
         examples = load_dataset(data, stage=stage, limit=limit)
         meta: dict[str, Any] = {"data": str(data)}
@@ -118,11 +123,22 @@ def _policies(policy: str, policies: Mapping[str, Policy] | None) -> dict[str, P
     return chosen
 
 
-def evaluate(guard: Any, data: str | Path | Sequence[EvalExample], *, stage: Stage | str | None = None,
-             limit: int | None = None, policy: str = "strict", policies: Mapping[str, Policy] | None = None,
-             out: str | Path | None = None, cache: str | Path | bool | None = None, resume: bool = True,
-             batch_size: int = DEFAULT_BATCH_SIZE, concurrency: int = DEFAULT_CONCURRENCY,
-             progress: bool = False, plots: bool = True) -> EvalReport:
+def evaluate(
+    guard: Any,
+    data: str | Path | Sequence[EvalExample],
+    *,
+    stage: Stage | str | None = None,
+    limit: int | None = None,
+    policy: str = "strict",
+    policies: Mapping[str, Policy] | None = None,
+    out: str | Path | None = None,
+    cache: str | Path | bool | None = None,
+    resume: bool = True,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    progress: bool = False,
+    plots: bool = True,
+) -> EvalReport:
     """Run ``guard`` over labelled ``data`` (a file or `EvalExample`s) and report strict and loose side by side.
 
     ``policy`` names the primary mapping (breakdowns are computed for every mapping). With ``out``,
@@ -131,24 +147,37 @@ def evaluate(guard: Any, data: str | Path | Sequence[EvalExample], *, stage: Sta
     """
     examples, cache_path, meta = _prepare(data, stage, limit, out, cache, resume)
     chosen = _policies(policy, policies)
-    run = run_guard(guard, examples, cache=cache_path, batch_size=batch_size, concurrency=concurrency,
-                    progress=progress)
+    run = run_guard(
+        guard, examples, cache=cache_path, batch_size=batch_size, concurrency=concurrency, progress=progress
+    )
     report = compute_report(examples, run, policies=chosen, primary=policy, meta=meta)
     if out is not None:
         report.write(out, plots=plots)
     return report
 
 
-async def aevaluate(guard: Any, data: str | Path | Sequence[EvalExample], *, stage: Stage | str | None = None,
-                    limit: int | None = None, policy: str = "strict", policies: Mapping[str, Policy] | None = None,
-                    out: str | Path | None = None, cache: str | Path | bool | None = None, resume: bool = True,
-                    batch_size: int = DEFAULT_BATCH_SIZE, concurrency: int = DEFAULT_CONCURRENCY,
-                    progress: bool = False, plots: bool = True) -> EvalReport:
+async def aevaluate(
+    guard: Any,
+    data: str | Path | Sequence[EvalExample],
+    *,
+    stage: Stage | str | None = None,
+    limit: int | None = None,
+    policy: str = "strict",
+    policies: Mapping[str, Policy] | None = None,
+    out: str | Path | None = None,
+    cache: str | Path | bool | None = None,
+    resume: bool = True,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    progress: bool = False,
+    plots: bool = True,
+) -> EvalReport:
     """Async twin of `evaluate` (batches through ``guard.acheck_many``). File writing stays synchronous."""
     examples, cache_path, meta = _prepare(data, stage, limit, out, cache, resume)
     chosen = _policies(policy, policies)
-    run = await arun_guard(guard, examples, cache=cache_path, batch_size=batch_size, concurrency=concurrency,
-                           progress=progress)
+    run = await arun_guard(
+        guard, examples, cache=cache_path, batch_size=batch_size, concurrency=concurrency, progress=progress
+    )
     report = compute_report(examples, run, policies=chosen, primary=policy, meta=meta)
     if out is not None:
         report.write(out, plots=plots)

@@ -40,7 +40,11 @@ class RemoteOptions:
         if self.max_context is not None and self.max_context < 1:
             raise typer.BadParameter("must be a positive number of tokens", param_hint="--max-context")
         if remote is None and (self.mode != "chat" or self.tokenizer or self.max_context):
-            raise typer.BadParameter("--mode, --tokenizer and --max-context apply to --remote only", param_hint="--remote")
+            raise typer.BadParameter(
+                "--mode, --tokenizer and --max-context apply to --remote only", param_hint="--remote"
+            )
+
+
 _STAGES = ("prompt", "response", "tool_call", "tool_result", "retrieval")
 
 
@@ -60,8 +64,14 @@ def _served_model(base_url: str, api_key: str | None) -> str:
     return str(ids[0])
 
 
-def _guard(model: str | None, remote: str | None, api_key: str | None, device: str, timeout: float | None,
-           options: RemoteOptions) -> Any:
+def _guard(
+    model: str | None,
+    remote: str | None,
+    api_key: str | None,
+    device: str,
+    timeout: float | None,
+    options: RemoteOptions,
+) -> Any:
     from ..guard import Guard
 
     # The guard's own policy matters only for timeouts here: the report applies strict and loose itself.
@@ -72,15 +82,40 @@ def _guard(model: str | None, remote: str | None, api_key: str | None, device: s
     # within it), not per batch: rows waiting for one of the `max_in_flight` slots do not expire while
     # they wait, so a slow engine makes the run slower, not every row an error. Retries stay bounded.
     # logprobs give P(unsafe) for ROC-AUC and the threshold sweep where the server returns them.
-    return Guard.remote(remote, model=name, api_key=api_key, policy=Policy(timeout_s=None), logprobs=True,
-                        mode=options.mode, tokenizer=options.tokenizer, max_context=options.max_context,
-                        max_concurrency=options.max_in_flight, read_timeout_s=timeout or REMOTE_TIMEOUT_S)
+    return Guard.remote(
+        remote,
+        model=name,
+        api_key=api_key,
+        policy=Policy(timeout_s=None),
+        logprobs=True,
+        mode=options.mode,
+        tokenizer=options.tokenizer,
+        max_context=options.max_context,
+        max_concurrency=options.max_in_flight,
+        read_timeout_s=timeout or REMOTE_TIMEOUT_S,
+    )
 
 
-def run_eval(*, data: str, model: str | None, remote: str | None, api_key: str | None, stage: str | None,
-             policy: str, out: str | None, limit: int | None, batch_size: int, concurrency: int, fresh: bool, device: str,
-             timeout: float | None, progress: bool, console: Any, err_console: Any,
-             remote_options: RemoteOptions | None = None) -> None:
+def run_eval(
+    *,
+    data: str,
+    model: str | None,
+    remote: str | None,
+    api_key: str | None,
+    stage: str | None,
+    policy: str,
+    out: str | None,
+    limit: int | None,
+    batch_size: int,
+    concurrency: int,
+    fresh: bool,
+    device: str,
+    timeout: float | None,
+    progress: bool,
+    console: Any,
+    err_console: Any,
+    remote_options: RemoteOptions | None = None,
+) -> None:
     from . import CACHE_FILE, compute_report, load_dataset, run_guard, sample_path
     from .identity import claim_out_dir, default_out_dir, run_identity
     from .plots import PLOT_FILES
@@ -107,18 +142,31 @@ def run_eval(*, data: str, model: str | None, remote: str | None, api_key: str |
         examples = load_dataset(path, stage=stage, limit=limit)  # bad data fails before a model loads
         # The output directory and its prediction cache belong to one run identity (identity.py): another
         # run's predictions are refused before the model loads, never reused.
-        identity = run_identity(data_path=path, model=model, remote=remote,
-                                remote_mode=options.mode if remote else None, stage=stage, policy=policy)
+        identity = run_identity(
+            data_path=path,
+            model=model,
+            remote=remote,
+            remote_mode=options.mode if remote else None,
+            stage=stage,
+            policy=policy,
+        )
         out_dir = out_dir or default_out_dir(path, identity)
         cache_path = out_dir / CACHE_FILE
-        claim_out_dir(out_dir, identity, fresh=fresh,
-                      owned_files=(CACHE_FILE, "report.json", "report.md", *PLOT_FILES.values()))
+        claim_out_dir(
+            out_dir, identity, fresh=fresh, owned_files=(CACHE_FILE, "report.json", "report.md", *PLOT_FILES.values())
+        )
         guard = _guard(model, remote, api_key, device, timeout, options)
         cache = PredictionCache(cache_path)
         if cache.entries:
             err_console.print(f"resuming: {len(cache.entries)} predictions cached in {cache_path}")
-        run = run_guard(guard, examples, cache=cache, batch_size=batch_size,
-                        concurrency=concurrency or (REMOTE_CONCURRENCY if remote else 1), progress=progress)
+        run = run_guard(
+            guard,
+            examples,
+            cache=cache,
+            batch_size=batch_size,
+            concurrency=concurrency or (REMOTE_CONCURRENCY if remote else 1),
+            progress=progress,
+        )
         meta = {"data": str(path), "stage_filter": stage, "limit": limit, "remote": remote}
         if remote is not None:
             meta["remote_mode"] = options.mode
@@ -128,8 +176,10 @@ def run_eval(*, data: str, model: str | None, remote: str | None, api_key: str |
         if cache_path is None:
             raise typer.Exit(EXIT_INTERRUPTED) from None
         done = len(PredictionCache(cache_path).entries)
-        err_console.print(f"\n[yellow]interrupted[/yellow]: {done} predictions are saved in {cache_path}; "
-                          f"run the same command again to resume.")
+        err_console.print(
+            f"\n[yellow]interrupted[/yellow]: {done} predictions are saved in {cache_path}; "
+            f"run the same command again to resume."
+        )
         raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         if guard is not None:
@@ -137,7 +187,9 @@ def run_eval(*, data: str, model: str | None, remote: str | None, api_key: str |
     console.print(report.table())
     errors = report.data["meta"]["errors"]
     if errors:
-        err_console.print(f"[yellow]{errors} rows got no verdict (guard errors); they count as the policy's "
-                          f"on_error outcome (blocked). See report.md.[/yellow]")
+        err_console.print(
+            f"[yellow]{errors} rows got no verdict (guard errors); they count as the policy's "
+            f"on_error outcome (blocked). See report.md.[/yellow]"
+        )
     console.print(f"wrote {len(paths)} files to {out_dir}/: " + ", ".join(p.name for p in paths.values()))
     raise typer.Exit(EXIT_OK)

@@ -34,8 +34,12 @@ __all__ = ["DataError", "EvalExample", "load_dataset", "examples_from_records", 
 SUPPORTED_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet", ".pq")
 
 _LABELS: dict[str, Risk] = {
-    "safe": Risk.SAFE, "0": Risk.SAFE, "false": Risk.SAFE,
-    "unsafe": Risk.UNSAFE, "1": Risk.UNSAFE, "true": Risk.UNSAFE,
+    "safe": Risk.SAFE,
+    "0": Risk.SAFE,
+    "false": Risk.SAFE,
+    "unsafe": Risk.UNSAFE,
+    "1": Risk.UNSAFE,
+    "true": Risk.UNSAFE,
     "controversial": Risk.CONTROVERSIAL,
 }
 _NONE_CATEGORY = {"", "none", "null", "nan", "n/a", "-"}
@@ -198,8 +202,19 @@ def _example(record: Mapping[str, Any], index: int) -> EvalExample:
         refusal = bool(refusal)
     source = record.get("source")
     rid = record.get("id")
-    known = {"label", "response", "messages", "text", "prompt", "category", "categories", "source", "id", "stage",
-             "refusal"}
+    known = {
+        "label",
+        "response",
+        "messages",
+        "text",
+        "prompt",
+        "category",
+        "categories",
+        "source",
+        "id",
+        "stage",
+        "refusal",
+    }
     return EvalExample(
         id=str(index) if _is_missing(rid) else str(rid),
         stage=stage,
@@ -212,8 +227,9 @@ def _example(record: Mapping[str, Any], index: int) -> EvalExample:
     )
 
 
-def examples_from_records(records: Iterable[Mapping[str, Any]], *, where: str = "data",
-                          lines: Sequence[int] | None = None) -> list[EvalExample]:
+def examples_from_records(
+    records: Iterable[Mapping[str, Any]], *, where: str = "data", lines: Sequence[int] | None = None
+) -> list[EvalExample]:
     """Rows (dicts) → examples. ``where`` names the source in errors; ``lines`` maps rows to file lines."""
     out: list[EvalExample] = []
     for i, record in enumerate(records):
@@ -309,24 +325,26 @@ def load_dataset(path: str | Path, *, stage: Stage | str | None = None, limit: i
     return select(examples, stage=stage, limit=limit, where=str(path))
 
 
-def select(examples: Sequence[EvalExample], *, stage: Stage | str | None = None, limit: int | None = None,
-           where: str = "data") -> list[EvalExample]:
+def select(
+    examples: Sequence[EvalExample], *, stage: Stage | str | None = None, limit: int | None = None, where: str = "data"
+) -> list[EvalExample]:
     """Keep the examples at ``stage`` (all when None), then the first ``limit``."""
     out = list(examples)
     if stage is not None:
         try:
             st = Stage(stage)
         except ValueError:
-            raise ValueError(f"stage must be one of {[s.value for s in Stage if s is not Stage.STREAM]}, "
-                             f"got {stage!r}") from None
+            raise ValueError(
+                f"stage must be one of {[s.value for s in Stage if s is not Stage.STREAM]}, got {stage!r}"
+            ) from None
         out = [e for e in out if e.stage is st]
         if not out:
-            raise DataError(f"{where}: no {st.value} rows (a row's stage comes from its 'stage' column, "
-                            f"else 'response' when it has a response, else 'prompt')")
+            raise DataError(
+                f"{where}: no {st.value} rows (a row's stage comes from its 'stage' column, "
+                f"else 'response' when it has a response, else 'prompt')"
+            )
     if limit is not None:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         out = out[:limit]
     return out
-
-

@@ -53,13 +53,21 @@ def _model_fingerprint(model: str | None) -> dict[str, Any]:
     return {"model": name, "files": {p.name: _file_digest(p) for p in files}}
 
 
-def run_identity(*, data_path: Path, model: str | None, remote: str | None, remote_mode: str | None,
-                 stage: str | None, policy: str) -> dict[str, Any]:
+def run_identity(
+    *, data_path: Path, model: str | None, remote: str | None, remote_mode: str | None, stage: str | None, policy: str
+) -> dict[str, Any]:
     """The identity of one evaluation run (JSON-serialisable)."""
-    guard = ({"remote": remote.rstrip("/"), "model": model, "mode": remote_mode} if remote is not None
-             else _model_fingerprint(model))
-    identity = {"data": {"name": data_path.name, "sha256": _file_digest(data_path)}, "guard": guard,
-                "stage": stage, "policy": policy}
+    guard = (
+        {"remote": remote.rstrip("/"), "model": model, "mode": remote_mode}
+        if remote is not None
+        else _model_fingerprint(model)
+    )
+    identity = {
+        "data": {"name": data_path.name, "sha256": _file_digest(data_path)},
+        "guard": guard,
+        "stage": stage,
+        "policy": policy,
+    }
     identity["id"] = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     return identity
 
@@ -73,8 +81,10 @@ def default_out_dir(data_path: Path, identity: Mapping[str, Any]) -> Path:
 def _describe(identity: Mapping[str, Any]) -> str:
     guard = identity.get("guard", {})
     where = guard.get("remote") or "local"
-    return (f"data {identity.get('data', {}).get('name')} (sha256 {str(identity.get('data', {}).get('sha256'))[:12]}), "
-            f"model {guard.get('model')} ({where}), stage {identity.get('stage') or 'all'}, policy {identity.get('policy')}")
+    return (
+        f"data {identity.get('data', {}).get('name')} (sha256 {str(identity.get('data', {}).get('sha256'))[:12]}), "
+        f"model {guard.get('model')} ({where}), stage {identity.get('stage') or 'all'}, policy {identity.get('policy')}"
+    )
 
 
 def claim_out_dir(out_dir: Path, identity: Mapping[str, Any], *, fresh: bool, owned_files: tuple[str, ...]) -> bool:
@@ -95,7 +105,8 @@ def claim_out_dir(out_dir: Path, identity: Mapping[str, Any], *, fresh: bool, ow
         raise QwenGuardError(
             f"{out_dir} holds the predictions of another run ({theirs}); this run is {_describe(identity)}. "
             f"They are not reused: pass another --out (or none, for a directory of this run's own), or --fresh "
-            f"to replace them.")
+            f"to replace them."
+        )
     if fresh or not same:
         for name in (*owned_files, RUN_FILE):
             target = out_dir / name

@@ -104,7 +104,11 @@ def binary_metrics(y_true: Sequence[Any] | np.ndarray, y_pred: Sequence[Any] | n
     # Python ints: the product overflows int64 for a few million rows.
     mcc = 0.0 if den == 0 else (tp * tn - fp * fn) / math.sqrt(den)
     return BinaryMetrics(
-        n=n, tp=tp, fp=fp, tn=tn, fn=fn,
+        n=n,
+        tp=tp,
+        fp=fp,
+        tn=tn,
+        fn=fn,
         recall=_ratio(tp, tp + fn),
         precision=_ratio(tp, tp + fp),
         f1=_ratio(2 * tp, 2 * tp + fp + fn),
@@ -199,8 +203,9 @@ class ThresholdPoint:
         return asdict(self)
 
 
-def threshold_sweep(y_true: Sequence[Any], scores: Sequence[float],
-                    thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> list[ThresholdPoint]:
+def threshold_sweep(
+    y_true: Sequence[Any], scores: Sequence[float], thresholds: Sequence[float] = DEFAULT_THRESHOLDS
+) -> list[ThresholdPoint]:
     """Precision, recall, F1 and FPR at each threshold (predict positive when ``score >= threshold``)."""
     t, s = _scores(y_true, scores)
     points = []

@@ -6,16 +6,19 @@ so no global backend is switched and nothing needs a display.
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from ..errors import MissingDependency
 
 __all__ = ["write_plots", "PLOT_FILES"]
 
-PLOT_FILES = {"confusion": "confusion_matrix.png", "threshold": "precision_recall_threshold.png",
-              "category": "recall_by_category.png"}
+PLOT_FILES = {
+    "confusion": "confusion_matrix.png",
+    "threshold": "precision_recall_threshold.png",
+    "category": "recall_by_category.png",
+}
 _COLORS = {"strict": "#c0392b", "loose": "#2471a3"}
 
 
@@ -43,8 +46,15 @@ def plot_confusion(mappings: Mapping[str, Any], path: Path) -> Path:
         for i in range(2):
             for j in range(2):
                 share = m[i][j] / total
-                ax.text(j, i, f"{m[i][j]}\n{share:.0%}", ha="center", va="center",
-                        color="white" if share > 0.5 else "black", fontsize=11)
+                ax.text(
+                    j,
+                    i,
+                    f"{m[i][j]}\n{share:.0%}",
+                    ha="center",
+                    va="center",
+                    color="white" if share > 0.5 else "black",
+                    fontsize=11,
+                )
         ax.set_xticks([0, 1], ["allow", "block"])
         ax.set_yticks([0, 1], ["harmless", "harmful"])
         ax.set_xlabel("guard")
@@ -70,7 +80,15 @@ def plot_threshold(mappings: Mapping[str, Any], path: Path) -> Path:
         xs = [p["threshold"] for p in pts]
         color = _COLORS.get(name)
         ax.plot(xs, [_nan(p["recall"]) for p in pts], color=color, lw=2, drawstyle="steps-post", label=f"{name} recall")
-        ax.plot(xs, [_nan(p["precision"]) for p in pts], color=color, lw=1.5, ls="--", drawstyle="steps-post", label=f"{name} precision")
+        ax.plot(
+            xs,
+            [_nan(p["precision"]) for p in pts],
+            color=color,
+            lw=1.5,
+            ls="--",
+            drawstyle="steps-post",
+            label=f"{name} precision",
+        )
     if drew:
         ax.set_xlabel("threshold on the score (strict: 1 - P(safe); loose: P(unsafe))")
         ax.set_ylabel("rate")
@@ -81,17 +99,28 @@ def plot_threshold(mappings: Mapping[str, Any], path: Path) -> Path:
         ax.set_title("Precision and recall vs threshold", fontsize=10)
     else:
         ax.axis("off")
-        ax.text(0.5, 0.5, "No scores: the backend returned no label probabilities,\nso there is no threshold sweep.",
-                ha="center", va="center", fontsize=11)
+        ax.text(
+            0.5,
+            0.5,
+            "No scores: the backend returned no label probabilities,\nso there is no threshold sweep.",
+            ha="center",
+            va="center",
+            fontsize=11,
+        )
     fig.savefig(path)
     return path
 
 
 def plot_categories(mappings: Mapping[str, Any], path: Path) -> Path:
     names = list(mappings)
-    cats = [c for c in mappings[names[0]]["by_category"] if c["positives"] > 0 or
-            any(next(x for x in mappings[n]["by_category"] if x["category"] == c["category"])["positives"]
-                for n in names)]
+    cats = [
+        c
+        for c in mappings[names[0]]["by_category"]
+        if c["positives"] > 0
+        or any(
+            next(x for x in mappings[n]["by_category"] if x["category"] == c["category"])["positives"] for n in names
+        )
+    ]
     fig = _figure(6.8, max(2.4, 0.24 * len(cats) * len(names) + 1.2))
     ax = fig.subplots()
     if not cats:

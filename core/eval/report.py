@@ -99,8 +99,15 @@ def _mapping(examples: Sequence[EvalExample], preds: Sequence[Prediction], polic
         out["best_f1_threshold"] = None if best is None else best.to_dict()
         out["threshold_for_recall_0.95"] = None if keep95 is None else keep95.to_dict()
     else:
-        out.update({"roc_auc": None, "average_precision": None, "thresholds": [], "best_f1_threshold": None,
-                    "threshold_for_recall_0.95": None})
+        out.update(
+            {
+                "roc_auc": None,
+                "average_precision": None,
+                "thresholds": [],
+                "best_f1_threshold": None,
+                "threshold_for_recall_0.95": None,
+            }
+        )
 
     by_cat: dict[str, list[int]] = {}
     for i, e in enumerate(examples):
@@ -110,9 +117,20 @@ def _mapping(examples: Sequence[EvalExample], preds: Sequence[Prediction], polic
     for c, idx in sorted(by_cat.items(), key=lambda kv: (kv[0] == NO_CATEGORY, -len(kv[1]), kv[0])):
         m = _group_metrics([(truth[i], pred[i]) for i in idx])
         hits = [c in preds[i].categories for i in idx if truth[i] and pred[i] and preds[i].ok]
-        cats.append({"category": c, "n": len(idx), "positives": m["tp"] + m["fn"], "tp": m["tp"], "fn": m["fn"],
-                     "fp": m["fp"], "recall": m["recall"], "fnr": m["fnr"], "fpr": m["fpr"],
-                     "category_match": (sum(hits) / len(hits)) if hits else None})
+        cats.append(
+            {
+                "category": c,
+                "n": len(idx),
+                "positives": m["tp"] + m["fn"],
+                "tp": m["tp"],
+                "fn": m["fn"],
+                "fp": m["fp"],
+                "recall": m["recall"],
+                "fnr": m["fnr"],
+                "fpr": m["fpr"],
+                "category_match": (sum(hits) / len(hits)) if hits else None,
+            }
+        )
     out["by_category"] = cats
 
     for key, attr in (("by_source", "source"), ("by_stage", "stage")):
@@ -120,8 +138,10 @@ def _mapping(examples: Sequence[EvalExample], preds: Sequence[Prediction], polic
         for i, e in enumerate(examples):
             value = getattr(e, attr)
             groups.setdefault(NO_CATEGORY if value is None else getattr(value, "value", str(value)), []).append(i)
-        out[key] = [{attr: g, **_group_metrics([(truth[i], pred[i]) for i in idx])}
-                    for g, idx in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))]
+        out[key] = [
+            {attr: g, **_group_metrics([(truth[i], pred[i]) for i in idx])}
+            for g, idx in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+        ]
     return out
 
 
@@ -133,9 +153,14 @@ def _refusal(examples: Sequence[EvalExample], preds: Sequence[Prediction]) -> di
     return binary_metrics([a for a, _ in pairs], [b for _, b in pairs]).to_dict()
 
 
-def compute_report(examples: Sequence[EvalExample], run: RunResult | Sequence[Prediction], *,
-                   policies: Mapping[str, Policy] | None = None, primary: str = "strict",
-                   meta: Mapping[str, Any] | None = None) -> EvalReport:
+def compute_report(
+    examples: Sequence[EvalExample],
+    run: RunResult | Sequence[Prediction],
+    *,
+    policies: Mapping[str, Policy] | None = None,
+    primary: str = "strict",
+    meta: Mapping[str, Any] | None = None,
+) -> EvalReport:
     """Metrics for every mapping in ``policies`` (default: strict and loose) from aligned predictions."""
     preds = run.predictions if isinstance(run, RunResult) else list(run)
     if len(preds) != len(examples):
@@ -153,7 +178,9 @@ def compute_report(examples: Sequence[EvalExample], run: RunResult | Sequence[Pr
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "rows": len(examples),
         "labels": {r: labels.count(r) for r in order},
-        "stages": {s: sum(1 for e in examples if e.stage.value == s) for s in dict.fromkeys(e.stage.value for e in examples)},
+        "stages": {
+            s: sum(1 for e in examples if e.stage.value == s) for s in dict.fromkeys(e.stage.value for e in examples)
+        },
         "errors": sum(1 for p in preds if not p.ok),
         "primary": primary,
     }
@@ -163,8 +190,11 @@ def compute_report(examples: Sequence[EvalExample], run: RunResult | Sequence[Pr
     info.update(meta or {})
     data = {
         "meta": info,
-        "risk_confusion": {"labels": order, "predicted_labels": [*order, "error"],
-                           "matrix": confusion_matrix(labels, predicted, order + ["error"])[: len(order)]},
+        "risk_confusion": {
+            "labels": order,
+            "predicted_labels": [*order, "error"],
+            "matrix": confusion_matrix(labels, predicted, order + ["error"])[: len(order)],
+        },
         "mappings": {name: _mapping(examples, preds, pol, name) for name, pol in policies.items()},
         "refusal": _refusal(examples, preds),
         "errors": [{"id": e.id, "error": p.error} for e, p in zip(examples, preds) if not p.ok][:50],
@@ -205,9 +235,20 @@ class EvalReport:
         rows = []
         for name, m in self.mappings.items():
             o = m["overall"]
-            rows.append({"mapping": name, "n": o["n"], "recall": o["recall"], "precision": o["precision"],
-                         "f1": o["f1"], "accuracy": o["accuracy"], "mcc": o["mcc"], "roc_auc": m["roc_auc"],
-                         "fn": o["fn"], "fp": o["fp"]})
+            rows.append(
+                {
+                    "mapping": name,
+                    "n": o["n"],
+                    "recall": o["recall"],
+                    "precision": o["precision"],
+                    "f1": o["f1"],
+                    "accuracy": o["accuracy"],
+                    "mcc": o["mcc"],
+                    "roc_auc": m["roc_auc"],
+                    "fn": o["fn"],
+                    "fp": o["fp"],
+                }
+            )
         return rows
 
     # -- renderers ----------------------------------------------------------------------------
@@ -223,8 +264,17 @@ class EvalReport:
             t.add_column(col, justify="left" if col == "mapping" else "right", no_wrap=True)
         for r in self.headline_rows():
             name = r["mapping"] + (" *" if r["mapping"] == self.primary else "")
-            t.add_row(name, _fmt(r["recall"], True), _fmt(r["precision"], True), _fmt(r["f1"], True),
-                      _fmt(r["accuracy"], True), _fmt(r["mcc"]), _fmt(r["roc_auc"]), str(r["fn"]), str(r["fp"]))
+            t.add_row(
+                name,
+                _fmt(r["recall"], True),
+                _fmt(r["precision"], True),
+                _fmt(r["f1"], True),
+                _fmt(r["accuracy"], True),
+                _fmt(r["mcc"]),
+                _fmt(r["roc_auc"]),
+                str(r["fn"]),
+                str(r["fp"]),
+            )
         return t
 
     def to_markdown(self) -> str:
@@ -233,19 +283,30 @@ class EvalReport:
         src = f" from `{meta['data']}`" if meta.get("data") else ""
         labels = ", ".join(f"{k} {v}" for k, v in meta["labels"].items())
         stages = ", ".join(f"{k} {v}" for k, v in meta["stages"].items())
-        lines += [f"{meta['rows']} rows{src} (labels: {labels}; stages: {stages}); guard errors: {meta['errors']}. "
-                  f"Positive = should be blocked; `*` marks the primary mapping (`--policy`).", ""]
-        lines += ["| mapping | recall | precision | F1 | accuracy | MCC | ROC-AUC | FN | FP |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"{meta['rows']} rows{src} (labels: {labels}; stages: {stages}); guard errors: {meta['errors']}. "
+            f"Positive = should be blocked; `*` marks the primary mapping (`--policy`).",
+            "",
+        ]
+        lines += [
+            "| mapping | recall | precision | F1 | accuracy | MCC | ROC-AUC | FN | FP |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for r in self.headline_rows():
             star = " *" if r["mapping"] == self.primary else ""
-            lines.append(f"| {r['mapping']}{star} | {_fmt(r['recall'], True)} | {_fmt(r['precision'], True)} | "
-                         f"{_fmt(r['f1'], True)} | {_fmt(r['accuracy'], True)} | {_fmt(r['mcc'])} | "
-                         f"{_fmt(r['roc_auc'])} | {r['fn']} | {r['fp']} |")
+            lines.append(
+                f"| {r['mapping']}{star} | {_fmt(r['recall'], True)} | {_fmt(r['precision'], True)} | "
+                f"{_fmt(r['f1'], True)} | {_fmt(r['accuracy'], True)} | {_fmt(r['mcc'])} | "
+                f"{_fmt(r['roc_auc'])} | {r['fn']} | {r['fp']} |"
+            )
         rc = self.data["risk_confusion"]
-        lines += ["", "## Gold label × predicted risk", "",
-                  "| gold \\ predicted | " + " | ".join(rc["predicted_labels"]) + " |",
-                  "|---|" + "---:|" * len(rc["predicted_labels"])]
+        lines += [
+            "",
+            "## Gold label × predicted risk",
+            "",
+            "| gold \\ predicted | " + " | ".join(rc["predicted_labels"]) + " |",
+            "|---|" + "---:|" * len(rc["predicted_labels"]),
+        ]
         for label, row in zip(rc["labels"], rc["matrix"]):
             lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
         names = list(self.mappings)
@@ -254,9 +315,15 @@ class EvalReport:
             o = self.mappings[name]["overall"]
             lines.append(f"| {name} | {o['tp']} | {o['fn']} | {o['fp']} | {o['tn']} |")
 
-        lines += ["", "## By category (gold category)", "",
-                  "| category | n | " + " | ".join(f"{n} positives | {n} recall | {n} FN rate | {n} FP" for n in names) + " |",
-                  "|---|---:|" + "---:|---:|---:|---:|" * len(names)]
+        lines += [
+            "",
+            "## By category (gold category)",
+            "",
+            "| category | n | "
+            + " | ".join(f"{n} positives | {n} recall | {n} FN rate | {n} FP" for n in names)
+            + " |",
+            "|---|---:|" + "---:|---:|---:|---:|" * len(names),
+        ]
         per = {n: {c["category"]: c for c in self.mappings[n]["by_category"]} for n in names}
         for cat in per[names[0]]:
             cells = []
@@ -266,9 +333,13 @@ class EvalReport:
             lines.append(f"| {cat} | {per[names[0]][cat]['n']} | " + " | ".join(cells) + " |")
 
         for key, attr, title in (("by_source", "source", "By source"), ("by_stage", "stage", "By stage")):
-            lines += ["", f"## {title}", "",
-                      f"| {attr} | n | " + " | ".join(f"{n} recall | {n} precision | {n} F1" for n in names) + " |",
-                      "|---|---:|" + "---:|---:|---:|" * len(names)]
+            lines += [
+                "",
+                f"## {title}",
+                "",
+                f"| {attr} | n | " + " | ".join(f"{n} recall | {n} precision | {n} F1" for n in names) + " |",
+                "|---|---:|" + "---:|---:|---:|" * len(names),
+            ]
             rows = {n: {r[attr]: r for r in self.mappings[n][key]} for n in names}
             for g, r0 in rows[names[0]].items():
                 cells = []
@@ -288,27 +359,42 @@ class EvalReport:
                 f"- **{n}** (score {m['score']}, {m['scored_rows']} rows): ROC-AUC {_fmt(m['roc_auc'])}, "
                 f"average precision {_fmt(m['average_precision'])}; best F1 {_fmt(best and best['f1'], True)} at "
                 f"threshold {_fmt(best and best['threshold'])}; recall ≥ 95% up to threshold "
-                f"{_fmt(k95 and k95['threshold'])}.")
+                f"{_fmt(k95 and k95['threshold'])}."
+            )
         primary = self.mappings[self.primary]
         if primary["thresholds"]:
-            lines += ["", f"Threshold sweep ({self.primary}, positive when score ≥ threshold):", "",
-                      "| threshold | recall | precision | F1 | FPR |", "|---:|---:|---:|---:|---:|"]
+            lines += [
+                "",
+                f"Threshold sweep ({self.primary}, positive when score ≥ threshold):",
+                "",
+                "| threshold | recall | precision | F1 | FPR |",
+                "|---:|---:|---:|---:|---:|",
+            ]
             for p in primary["thresholds"]:
                 if round(p["threshold"] * 100) % 10 == 0:
-                    lines.append(f"| {p['threshold']:.1f} | {_fmt(p['recall'], True)} | {_fmt(p['precision'], True)} | "
-                                 f"{_fmt(p['f1'], True)} | {_fmt(p['fpr'], True)} |")
+                    lines.append(
+                        f"| {p['threshold']:.1f} | {_fmt(p['recall'], True)} | {_fmt(p['precision'], True)} | "
+                        f"{_fmt(p['f1'], True)} | {_fmt(p['fpr'], True)} |"
+                    )
         ref = self.data.get("refusal")
         if ref:
-            lines += ["", "## Refusal detection (response rows with a gold refusal)", "",
-                      f"{ref['n']} rows: accuracy {_fmt(ref['accuracy'], True)}, recall {_fmt(ref['recall'], True)}, "
-                      f"precision {_fmt(ref['precision'], True)} (positive = the reply refused)."]
+            lines += [
+                "",
+                "## Refusal detection (response rows with a gold refusal)",
+                "",
+                f"{ref['n']} rows: accuracy {_fmt(ref['accuracy'], True)}, recall {_fmt(ref['recall'], True)}, "
+                f"precision {_fmt(ref['precision'], True)} (positive = the reply refused).",
+            ]
         if self.data["errors"]:
             lines += ["", "## Guard errors (first 50)", ""]
             lines += [f"- row `{e['id']}`: {e['error']}" for e in self.data["errors"]]
         run = self.data["meta"].get("run")
         if run:
-            lines += ["", f"Run: {run['ran']} rows classified, {run['from_cache']} from the cache, "
-                          f"{run['elapsed_s']} s ({_fmt(run['rows_per_s'])} rows/s)."]
+            lines += [
+                "",
+                f"Run: {run['ran']} rows classified, {run['from_cache']} from the cache, "
+                f"{run['elapsed_s']} s ({_fmt(run['rows_per_s'])} rows/s).",
+            ]
         return "\n".join(lines) + "\n"
 
     # -- files --------------------------------------------------------------------------------

@@ -23,8 +23,16 @@ from ..policy import Decision
 from ..verdict import Risk, Verdict
 from .data import EvalExample
 
-__all__ = ["Prediction", "RunResult", "PredictionCache", "run_guard", "arun_guard", "example_key",
-           "DEFAULT_BATCH_SIZE", "DEFAULT_CONCURRENCY"]
+__all__ = [
+    "Prediction",
+    "RunResult",
+    "PredictionCache",
+    "run_guard",
+    "arun_guard",
+    "example_key",
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_CONCURRENCY",
+]
 
 DEFAULT_BATCH_SIZE = 16
 #: Distinct guard error messages the progress bar prints as they happen (the count keeps going).
@@ -36,8 +44,11 @@ _CACHE_VERSION = 1
 
 def example_key(model: str, example: EvalExample) -> str:
     """A stable key for one guard call: model name + stage + the exact conversation."""
-    payload = json.dumps([model, example.stage.value, [[m["role"], m["content"]] for m in example.conversation]],
-                         ensure_ascii=False, separators=(",", ":"))
+    payload = json.dumps(
+        [model, example.stage.value, [[m["role"], m["content"]] for m in example.conversation]],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 
@@ -76,8 +87,11 @@ class Prediction:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "v": _CACHE_VERSION, "key": self.key, "risk": self.risk.value if self.risk else None,
-            "categories": list(self.categories), "refusal": self.refusal,
+            "v": _CACHE_VERSION,
+            "key": self.key,
+            "risk": self.risk.value if self.risk else None,
+            "categories": list(self.categories),
+            "refusal": self.refusal,
             "probs": None if self.probs is None else {r.value: p for r, p in self.probs.items()},
             "latency_ms": round(self.latency_ms, 3),
         }
@@ -86,9 +100,13 @@ class Prediction:
     def from_json(cls, data: Mapping[str, Any]) -> Prediction:
         probs = data.get("probs")
         return cls(
-            key=str(data["key"]), risk=Risk(data["risk"]), categories=tuple(data.get("categories") or ()),
-            refusal=data.get("refusal"), probs=None if probs is None else {Risk(k): float(p) for k, p in probs.items()},
-            latency_ms=float(data.get("latency_ms") or 0.0), cached=True,
+            key=str(data["key"]),
+            risk=Risk(data["risk"]),
+            categories=tuple(data.get("categories") or ()),
+            refusal=data.get("refusal"),
+            probs=None if probs is None else {Risk(k): float(p) for k, p in probs.items()},
+            latency_ms=float(data.get("latency_ms") or 0.0),
+            cached=True,
         )
 
 
@@ -156,17 +174,25 @@ class RunResult:
 
     def summary(self) -> dict[str, Any]:
         rate = self.rows_per_s
-        return {"model": self.model, "rows": len(self.predictions), "from_cache": self.from_cache, "ran": self.ran,
-                "errors": self.errors, "elapsed_s": round(self.elapsed_s, 3),
-                "rows_per_s": None if rate is None else round(rate, 2), "cache": self.cache_path}
+        return {
+            "model": self.model,
+            "rows": len(self.predictions),
+            "from_cache": self.from_cache,
+            "ran": self.ran,
+            "errors": self.errors,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "rows_per_s": None if rate is None else round(rate, 2),
+            "cache": self.cache_path,
+        }
 
 
 def _model_name(guard: Any) -> str:
     return str(getattr(getattr(guard, "backend", None), "name", None) or type(guard).__name__)
 
 
-def _plan(guard: Any, examples: Sequence[EvalExample], cache: PredictionCache, batch_size: int
-          ) -> tuple[list[str], list[list[tuple[str, EvalExample]]]]:
+def _plan(
+    guard: Any, examples: Sequence[EvalExample], cache: PredictionCache, batch_size: int
+) -> tuple[list[str], list[list[tuple[str, EvalExample]]]]:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model = _model_name(guard)
@@ -192,6 +218,7 @@ def _progress(total: int, done: int, enabled: bool, label: str) -> Iterator[Any]
     """A rich progress bar (count, rate, guard errors so far, elapsed, ETA) on stderr, or a no-op. Errors show
     as they happen (each new kind printed above the bar): a failing server is seen at once, not at the end."""
     if not enabled:
+
         class _Nop:
             def advance(self, n: int, errors: int = 0, last_error: str | None = None) -> None:
                 pass
@@ -199,6 +226,7 @@ def _progress(total: int, done: int, enabled: bool, label: str) -> Iterator[Any]
         yield _Nop()
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -208,7 +236,6 @@ def _progress(total: int, done: int, enabled: bool, label: str) -> Iterator[Any]
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
-    from rich.markup import escape
     from rich.text import Text
 
     class RateColumn(ProgressColumn):
@@ -220,9 +247,18 @@ def _progress(total: int, done: int, enabled: bool, label: str) -> Iterator[Any]
             errors = task.fields.get("errors", 0)
             return Text(f"{errors} errors", style="red" if errors else "green")
 
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
-                        ErrorColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                        console=Console(stderr=True), transient=False)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        ErrorColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    )
     with progress:
         task = progress.add_task(label, total=total, completed=done, errors=0)
         count = [0]
@@ -240,8 +276,15 @@ def _progress(total: int, done: int, enabled: bool, label: str) -> Iterator[Any]
         yield _Bar()
 
 
-def _finish(guard: Any, examples: Sequence[EvalExample], keys: list[str], cache: PredictionCache,
-            fresh: dict[str, Prediction], from_cache: int, elapsed: float) -> RunResult:
+def _finish(
+    guard: Any,
+    examples: Sequence[EvalExample],
+    keys: list[str],
+    cache: PredictionCache,
+    fresh: dict[str, Prediction],
+    from_cache: int,
+    elapsed: float,
+) -> RunResult:
     preds = []
     for k in keys:
         p = fresh.get(k) or cache.get(k)
@@ -250,8 +293,15 @@ def _finish(guard: Any, examples: Sequence[EvalExample], keys: list[str], cache:
         preds.append(p)
     ran = len(fresh)
     errors = sum(1 for p in fresh.values() if not p.ok)
-    return RunResult(preds, _model_name(guard), from_cache=from_cache, ran=ran, errors=errors, elapsed_s=elapsed,
-                     cache_path=None if cache.path is None else str(cache.path))
+    return RunResult(
+        preds,
+        _model_name(guard),
+        from_cache=from_cache,
+        ran=ran,
+        errors=errors,
+        elapsed_s=elapsed,
+        cache_path=None if cache.path is None else str(cache.path),
+    )
 
 
 @dataclass
@@ -268,16 +318,28 @@ class _Run:
     start: float = field(default_factory=time.perf_counter)
 
     @classmethod
-    def plan(cls, guard: Any, examples: Sequence[EvalExample], cache: str | Path | PredictionCache | None,
-             batch_size: int, concurrency: int) -> _Run:
+    def plan(
+        cls,
+        guard: Any,
+        examples: Sequence[EvalExample],
+        cache: str | Path | PredictionCache | None,
+        batch_size: int,
+        concurrency: int,
+    ) -> _Run:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         store = cache if isinstance(cache, PredictionCache) else PredictionCache(cache)
         keys, batches = _plan(guard, examples, store, batch_size)
         asked = {k for b in batches for k, _ in b}
         unique_total = len(dict.fromkeys(keys))
-        return cls(store, keys, batches, from_cache=sum(1 for k in keys if k not in asked), unique_total=unique_total,
-                   unique_done=unique_total - sum(len(b) for b in batches))
+        return cls(
+            store,
+            keys,
+            batches,
+            from_cache=sum(1 for k in keys if k not in asked),
+            unique_total=unique_total,
+            unique_done=unique_total - sum(len(b) for b in batches),
+        )
 
     def record(self, preds: list[Prediction], bar: Any) -> None:
         self.store.add(preds)
@@ -286,13 +348,20 @@ class _Run:
         bar.advance(len(preds), errors=len(failed), last_error=failed[-1].error if failed else None)
 
     def finish(self, guard: Any, examples: Sequence[EvalExample]) -> RunResult:
-        return _finish(guard, examples, self.keys, self.store, self.fresh, self.from_cache,
-                       time.perf_counter() - self.start)
+        return _finish(
+            guard, examples, self.keys, self.store, self.fresh, self.from_cache, time.perf_counter() - self.start
+        )
 
 
-def run_guard(guard: Any, examples: Sequence[EvalExample], *, cache: str | Path | PredictionCache | None = None,
-              batch_size: int = DEFAULT_BATCH_SIZE, concurrency: int = DEFAULT_CONCURRENCY,
-              progress: bool = False) -> RunResult:
+def run_guard(
+    guard: Any,
+    examples: Sequence[EvalExample],
+    *,
+    cache: str | Path | PredictionCache | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    progress: bool = False,
+) -> RunResult:
     """Classify every example with ``guard.check_many`` in batches; resume from ``cache`` if given.
 
     ``concurrency`` batches run at once (threads; a local backend coalesces them into larger forwards).
@@ -326,9 +395,15 @@ def run_guard(guard: Any, examples: Sequence[EvalExample], *, cache: str | Path 
     return run.finish(guard, examples)
 
 
-async def arun_guard(guard: Any, examples: Sequence[EvalExample], *,
-                     cache: str | Path | PredictionCache | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                     concurrency: int = DEFAULT_CONCURRENCY, progress: bool = False) -> RunResult:
+async def arun_guard(
+    guard: Any,
+    examples: Sequence[EvalExample],
+    *,
+    cache: str | Path | PredictionCache | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    progress: bool = False,
+) -> RunResult:
     """Async twin of `run_guard` (``guard.acheck_many``; ``concurrency`` batches awaited at once)."""
     run = _Run.plan(guard, examples, cache, batch_size, concurrency)
     gate = asyncio.Semaphore(concurrency)

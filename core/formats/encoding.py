@@ -57,8 +57,10 @@ def template_mismatch(tokenizer: Any) -> str | None:
             return f"it fails to render a {len(probe)}-turn conversation ({type(exc).__name__}: {exc})"
         if got != expected:
             at = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
-            return (f"it renders {got[max(0, at - 20):at + 40]!r} where the Qwen3Guard-Gen prompt has "
-                    f"{expected[max(0, at - 20):at + 40]!r} (character {at})")
+            return (
+                f"it renders {got[max(0, at - 20) : at + 40]!r} where the Qwen3Guard-Gen prompt has "
+                f"{expected[max(0, at - 20) : at + 40]!r} (character {at})"
+            )
     return None
 
 
@@ -81,7 +83,11 @@ class ConversationEncoder:
                 f"Qwen3Guard-Gen task: {self.template_problem}. Leave use_chat_template unset to use "
                 f"qwenguard's render_prompt (the official prompt, byte for byte)."
             )
-        if use_chat_template is None and self.template_problem is not None and getattr(tokenizer, "chat_template", None):
+        if (
+            use_chat_template is None
+            and self.template_problem is not None
+            and getattr(tokenizer, "chat_template", None)
+        ):
             warnings.warn(
                 f"the checkpoint's chat template does not render the Qwen3Guard-Gen task: {self.template_problem}. "
                 f"qwenguard renders the official prompt itself (render_prompt) instead.",

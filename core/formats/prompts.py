@@ -129,10 +129,10 @@ def render_conversation(messages: Sequence[Message] | str) -> str:
         footer = "Provide your safety assessment for ONLY THE LAST **USER's query** in the above conversation:\n"
         footer += _FORMAT_LINES
     else:
-        head = (
-            f"{_RESPONSE_TASK}\n{_RESPONSE_POLICY}\n{_categories_block(RESPONSE_CATEGORIES)}\n{_REFUSAL_POLICY}"
+        head = f"{_RESPONSE_TASK}\n{_RESPONSE_POLICY}\n{_categories_block(RESPONSE_CATEGORIES)}\n{_REFUSAL_POLICY}"
+        footer = (
+            "Provide your safety assessment for ONLY THE LAST **ASSISTANT's response** in the above conversation:\n"
         )
-        footer = "Provide your safety assessment for ONLY THE LAST **ASSISTANT's response** in the above conversation:\n"
         footer += _FORMAT_LINES + _REFUSAL_FORMAT_LINE
     return f"{head}\n<BEGIN CONVERSATION>\n\n{turns}\n\n<END CONVERSATION>\n\n{footer}"
 

@@ -180,7 +180,7 @@ class WindowPlanner:
             # Only what can fit is tokenized: a token is rarely more than 8 characters, so a longer turn
             # is cut to its last 8*share characters first (its tail is all that could be kept anyway).
             tail_only = len(raw) > 8 * max(share, 1)
-            content = prepare_content(raw[-8 * max(share, 1):] if tail_only else raw)
+            content = prepare_content(raw[-8 * max(share, 1) :] if tail_only else raw)
             starts = self.encoder.content_token_starts(content)
             if not tail_only and used + cost + len(starts) <= share:
                 kept.append({"role": turn["role"], "content": content})

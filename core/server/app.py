@@ -65,9 +65,12 @@ def create_app(
     service = Service(guard, limits=limits, metrics=metrics, model_name=name)
     load = Load(limits)
     created = int(time.time())
-    app = FastAPI(title="qwenguard", version="0.1.0",
-                  description="Qwen3Guard moderation: OpenAI-compatible completions, structured verdicts, stream sessions.",
-                  responses={401: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+    app = FastAPI(
+        title="qwenguard",
+        version="0.1.0",
+        description="Qwen3Guard moderation: OpenAI-compatible completions, structured verdicts, stream sessions.",
+        responses={401: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+    )
     app.state.service = service
     app.state.metrics = metrics
     app.state.load = load
@@ -79,10 +82,19 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         # loc/msg/type only: "input" would copy request text into responses and error trackers.
-        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+        details = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
+        ]
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
         message = f"invalid request: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
-        body = {"error": {"message": message, "type": "invalid_request_error", "code": 422, "details": jsonable_encoder(details)}}
+        body = {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "code": 422,
+                "details": jsonable_encoder(details),
+            }
+        }
         return JSONResponse(body, 422)
 
     @app.exception_handler(StarletteHTTPException)
@@ -91,8 +103,13 @@ def create_app(
 
     def status() -> dict[str, Any]:
         has_stream_model = guard.stream_backend is not None
-        return {"status": "draining" if load.draining else "ok", "model": name, "stream": has_stream_model,
-                "stream_engine": "stream_model" if has_stream_model else "gen_windows", **load.readiness()}
+        return {
+            "status": "draining" if load.draining else "ok",
+            "model": name,
+            "stream": has_stream_model,
+            "stream_engine": "stream_model" if has_stream_model else "gen_windows",
+            **load.readiness(),
+        }
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -114,7 +131,10 @@ def create_app(
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "qwenguard"}]}
+        return {
+            "object": "list",
+            "data": [{"id": name, "object": "model", "created": created, "owned_by": "qwenguard"}],
+        }
 
     @app.post("/v1/chat/completions", responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
     async def chat_completions(body: ChatCompletionRequest) -> Any:
@@ -122,19 +142,44 @@ def create_app(
         check_model(body.model, name)
         raw = [{"role": m.role, "content": m.text()} for m in body.messages]
         service.check_size([raw])
-        (outcome, _), = await service.classify([normalize(raw)])
+        ((outcome, _),) = await service.classify([normalize(raw)])
         text = raw_text(outcome)
         ident, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
-            return _sse([
-                {"id": ident, "object": "chat.completion.chunk", "created": now, "model": name,
-                 "choices": [{"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": None}]},
-                {"id": ident, "object": "chat.completion.chunk", "created": now, "model": name,
-                 "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
-            ])
-        return {"id": ident, "object": "chat.completion", "created": now, "model": name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "logprobs": None, "finish_reason": "stop"}]}
+            return _sse(
+                [
+                    {
+                        "id": ident,
+                        "object": "chat.completion.chunk",
+                        "created": now,
+                        "model": name,
+                        "choices": [
+                            {"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": None}
+                        ],
+                    },
+                    {
+                        "id": ident,
+                        "object": "chat.completion.chunk",
+                        "created": now,
+                        "model": name,
+                        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                    },
+                ]
+            )
+        return {
+            "id": ident,
+            "object": "chat.completion",
+            "created": now,
+            "model": name,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+        }
 
     @app.post("/v1/completions", responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
     async def completions(body: CompletionRequest) -> Any:
@@ -142,21 +187,41 @@ def create_app(
         check_model(body.model, name)
         messages = await service.read_prompt(body.prompt)
         service.check_size([messages])
-        (outcome, _), = await service.classify([normalize(messages)])
+        ((outcome, _),) = await service.classify([normalize(messages)])
         text = raw_text(outcome)
         ident, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
-            return _sse([
-                {"id": ident, "object": "text_completion", "created": now, "model": name,
-                 "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": None}]},
-                {"id": ident, "object": "text_completion", "created": now, "model": name,
-                 "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}]},
-            ])
-        return {"id": ident, "object": "text_completion", "created": now, "model": name,
-                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}]}
+            return _sse(
+                [
+                    {
+                        "id": ident,
+                        "object": "text_completion",
+                        "created": now,
+                        "model": name,
+                        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": None}],
+                    },
+                    {
+                        "id": ident,
+                        "object": "text_completion",
+                        "created": now,
+                        "model": name,
+                        "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}],
+                    },
+                ]
+            )
+        return {
+            "id": ident,
+            "object": "text_completion",
+            "created": now,
+            "model": name,
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
+        }
 
-    @app.post("/v1/moderate", response_model=ModerationResponse,
-              responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 504: {"model": ErrorResponse}})
+    @app.post(
+        "/v1/moderate",
+        response_model=ModerationResponse,
+        responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 504: {"model": ErrorResponse}},
+    )
     async def moderate(body: ModerationRequest) -> ModerationResponse:
         """Verdicts for a batch of conversations, in order, with the Policy's decision for each."""
         return await service.moderate(body)
@@ -205,12 +270,15 @@ def serve(
     unless ``allow_unauthenticated=True`` says that an open server is meant."""
     check_api_key(api_key)
     if api_key is None and host not in LOOPBACK_HOSTS and not allow_unauthenticated:
-        raise ValueError(f"serving on {host} without an API key would let anyone who can reach it use the guard; "
-                         "set an API key, or allow_unauthenticated=True (--allow-unauthenticated) to mean it")
+        raise ValueError(
+            f"serving on {host} without an API key would let anyone who can reach it use the guard; "
+            "set an API key, or allow_unauthenticated=True (--allow-unauthenticated) to mean it"
+        )
     if shutdown_timeout_s <= 0:
         raise ValueError("shutdown_timeout_s must be positive")
     app = create_app(guard, api_key=api_key, **app_options)
     limits: Limits = app.state.service.limits
-    config = server_config(app, host=host, port=port, limits=limits, log_level=log_level,
-                           timeout_graceful_shutdown=shutdown_timeout_s)
+    config = server_config(
+        app, host=host, port=port, limits=limits, log_level=log_level, timeout_graceful_shutdown=shutdown_timeout_s
+    )
     DrainingServer(config, load=app.state.load, drain_delay_s=drain_delay_s).run()

@@ -32,8 +32,10 @@ from .limits import Limits
 
 def _plain_response(status: int, reason: str, message: str, extra_headers: str = "") -> bytes:
     body = message.encode()
-    head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n{extra_headers}"
-            f"connection: close\r\ncontent-length: {len(body)}\r\n\r\n")
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n{extra_headers}"
+        f"connection: close\r\ncontent-length: {len(body)}\r\n\r\n"
+    )
     return head.encode() + body
 
 
@@ -146,9 +148,14 @@ def guarded_protocol(limits: Limits, base: type | None = None) -> type:
 
         # -- the connection budget ------------------------------------------------------------
         def _make_room(self) -> None:
-            idle = [c for c in self.connections
-                    if isinstance(c, GuardedHTTPProtocol) and c is not self and c._waiting_for_head()
-                    and not c.transport.is_closing()]
+            idle = [
+                c
+                for c in self.connections
+                if isinstance(c, GuardedHTTPProtocol)
+                and c is not self
+                and c._waiting_for_head()
+                and not c.transport.is_closing()
+            ]
             if idle:
                 oldest = min(idle, key=lambda c: c._waiting_since)
                 oldest._refuse(None)
@@ -196,8 +203,15 @@ def _install_log_filter() -> None:
             log.addFilter(QueryStringFilter())
 
 
-def server_config(app: Any, *, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
-                  log_level: str = "info", **uvicorn_options: Any) -> Any:
+def server_config(
+    app: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    limits: Limits | None = None,
+    log_level: str = "info",
+    **uvicorn_options: Any,
+) -> Any:
     """The ``uvicorn.Config`` that `serve` runs: the guarded HTTP protocol, WebSocket frames capped at
     the body limit, no trust in ``X-Forwarded-For`` (per-client limits count TCP peers), and log lines
     without query strings."""
@@ -205,7 +219,9 @@ def server_config(app: Any, *, host: str = "127.0.0.1", port: int = 8000, limits
 
     limits = limits or Limits()
     options: dict[str, Any] = {
-        "host": host, "port": port, "log_level": log_level,
+        "host": host,
+        "port": port,
+        "log_level": log_level,
         "http": guarded_protocol(limits),
         "ws": websocket_protocol(),
         # twice the frame limit: frames between the two get the session's JSON error and close 1009,

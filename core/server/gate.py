@@ -20,8 +20,18 @@ from .service import Service
 from .stream_protocol import CLOSE_UNAUTHORIZED, CLOSE_UNAVAILABLE
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
-METRIC_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/moderate", "/v1/stream",
-                           "/health", "/ready", "/metrics"})
+METRIC_PATHS = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/models",
+        "/v1/moderate",
+        "/v1/stream",
+        "/health",
+        "/ready",
+        "/metrics",
+    }
+)
 
 
 class Load:
@@ -39,8 +49,12 @@ class Load:
         """For load balancers: whether a new request or stream session would be taken now."""
         requests_free = self.in_flight < self.limits.max_concurrency and not self.draining
         streams_free = self.streams < self.limits.streams and not self.draining
-        return {"ready": requests_free and streams_free, "accepting_requests": requests_free,
-                "accepting_streams": streams_free, "draining": self.draining}
+        return {
+            "ready": requests_free and streams_free,
+            "accepting_requests": requests_free,
+            "accepting_streams": streams_free,
+            "draining": self.draining,
+        }
 
 
 def client_address(scope: Mapping[str, Any]) -> str:
@@ -53,8 +67,16 @@ class Gate:
     """Pure ASGI middleware: auth, body limit, concurrency limits and request metrics, before FastAPI
     parses anything (so a 401 or 413 never costs a JSON parse)."""
 
-    def __init__(self, app: Any, *, api_key: str | None, limits: Limits, load: Load, metrics: Metrics,
-                 service: Service | None = None) -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        api_key: str | None,
+        limits: Limits,
+        load: Load,
+        metrics: Metrics,
+        service: Service | None = None,
+    ) -> None:
         self.app = app
         self.service = service  # for the /v1/moderate fast path
         self.api_key = api_key.encode() if api_key is not None else None
@@ -71,7 +93,9 @@ class Gate:
                 return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.api_key)
         return False
 
-    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Awaitable[Any]], send: Callable[..., Awaitable[Any]]) -> None:
+    async def __call__(
+        self, scope: dict[str, Any], receive: Callable[..., Awaitable[Any]], send: Callable[..., Awaitable[Any]]
+    ) -> None:
         if scope["type"] == "http":
             await self._http(scope, receive, send)
         elif scope["type"] == "websocket":
@@ -101,8 +125,15 @@ class Gate:
                 await self.app(scope, receive, send_recording)
                 return
             if not self._authorized(scope):
-                await answer(error_json(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
-                                         "authentication_error", {"WWW-Authenticate": "Bearer"}), "auth")
+                await answer(
+                    error_json(
+                        401,
+                        "missing or wrong API key (send 'Authorization: Bearer <key>')",
+                        "authentication_error",
+                        {"WWW-Authenticate": "Bearer"},
+                    ),
+                    "auth",
+                )
                 return
             headers = dict(scope.get("headers", ()))
             length = headers.get(b"content-length")
@@ -110,8 +141,10 @@ class Gate:
                 await answer(self._too_big(), "body_size")
                 return
             if load.in_flight >= self.limits.max_concurrency:
-                await answer(error_json(503, "server busy: too many concurrent requests", "overloaded",
-                                         {"Retry-After": "1"}), "overload")
+                await answer(
+                    error_json(503, "server busy: too many concurrent requests", "overloaded", {"Retry-After": "1"}),
+                    "overload",
+                )
                 return
             load.in_flight += 1
             self.metrics.in_flight.inc()
@@ -141,8 +174,15 @@ class Gate:
                 # uvicorn would answer 500.
                 if not load.draining or status_holder["started"]:
                     raise
-                await answer(error_json(503, "server shutting down: send the request to another replica", "overloaded",
-                                        {"Retry-After": "0", "Connection": "close"}), "draining")
+                await answer(
+                    error_json(
+                        503,
+                        "server shutting down: send the request to another replica",
+                        "overloaded",
+                        {"Retry-After": "0", "Connection": "close"},
+                    ),
+                    "draining",
+                )
             finally:
                 load.in_flight -= 1
                 self.metrics.in_flight.dec()
@@ -150,7 +190,9 @@ class Gate:
             self.metrics.requests.labels(label, str(status_holder["status"])).inc()
             self.metrics.latency.labels(label).observe(time.perf_counter() - start)
 
-    async def _moderate_fast(self, scope: Mapping[str, Any], headers: Mapping[bytes, bytes], body: bytes) -> Response | None:
+    async def _moderate_fast(
+        self, scope: Mapping[str, Any], headers: Mapping[bytes, bytes], body: bytes
+    ) -> Response | None:
         """A well-formed ``POST /v1/moderate``, answered without FastAPI's routing, dependency solving and
         re-validation of the response: the same `Service.moderate`, in about half the time (0.21 vs 0.39 ms).
         ``None`` sends the request down the FastAPI route, which answers anything malformed the usual way."""
@@ -208,12 +250,23 @@ class Gate:
         if not self._authorized(scope):
             return 401, CLOSE_UNAUTHORIZED, "authentication_error", "missing or wrong API key", "auth"
         if self.load.draining:
-            return 503, CLOSE_UNAVAILABLE, "overloaded", "server shutting down: open the session on another replica", "draining"
+            return (
+                503,
+                CLOSE_UNAVAILABLE,
+                "overloaded",
+                "server shutting down: open the session on another replica",
+                "draining",
+            )
         if self.load.streams >= self.limits.streams:
             return 503, CLOSE_UNAVAILABLE, "overloaded", "server busy: too many stream sessions", "overload"
         if self.load.streams_by_client[client] >= self.limits.max_streams_per_client:
-            return (429, CLOSE_UNAVAILABLE, "rate_limit_exceeded",
-                    f"this client already holds {self.limits.max_streams_per_client} stream sessions", "client_streams")
+            return (
+                429,
+                CLOSE_UNAVAILABLE,
+                "rate_limit_exceeded",
+                f"this client already holds {self.limits.max_streams_per_client} stream sessions",
+                "client_streams",
+            )
         return None
 
     async def _websocket(self, scope: dict[str, Any], receive: Any, send: Any) -> None:

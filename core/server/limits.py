@@ -69,8 +69,12 @@ class Limits:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if value is None and f.name in ("request_timeout_s", "max_streams", "stream_idle_timeout_s",
-                                            "stream_max_session_s"):
+            if value is None and f.name in (
+                "request_timeout_s",
+                "max_streams",
+                "stream_idle_timeout_s",
+                "stream_max_session_s",
+            ):
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{f.name} must be a positive number, got {value!r}")
@@ -98,8 +102,10 @@ class Limits:
     def check_conversations(self, conversations: Sequence[Sequence[Mapping[str, Any]]]) -> None:
         """Raise `LimitExceeded` for too many conversations, messages or characters."""
         if len(conversations) > self.max_conversations:
-            raise LimitExceeded(f"{len(conversations)} conversations in one request; this server accepts at most "
-                                f"{self.max_conversations} (--max-conversations)")
+            raise LimitExceeded(
+                f"{len(conversations)} conversations in one request; this server accepts at most "
+                f"{self.max_conversations} (--max-conversations)"
+            )
         total = 0
         for conversation in conversations:
             self.check_messages(conversation)
@@ -111,8 +117,10 @@ class Limits:
 
     def check_message_count(self, count: int) -> None:
         if count > self.max_messages:
-            raise LimitExceeded(f"a conversation of {count} messages; this server accepts at most "
-                                f"{self.max_messages} per conversation (--max-messages)")
+            raise LimitExceeded(
+                f"a conversation of {count} messages; this server accepts at most "
+                f"{self.max_messages} per conversation (--max-messages)"
+            )
 
     def precheck_one_conversation(self, body: bytes) -> None:
         """Before parsing a body that holds one conversation (a chat completion, a stream's ``open``
@@ -121,8 +129,10 @@ class Limits:
 
     def check_chars(self, total: int, what: str = "request") -> None:
         if total > self.max_chars:
-            raise LimitExceeded(f"{what} carries {total:,} characters of content; this server accepts at most "
-                                f"{self.max_chars:,} (--max-chars)")
+            raise LimitExceeded(
+                f"{what} carries {total:,} characters of content; this server accepts at most "
+                f"{self.max_chars:,} (--max-chars)"
+            )
 
 
 #: A ``"role":`` key in JSON text. Inside a JSON string a quote is escaped (``\\"``), so this matches

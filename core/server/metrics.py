@@ -16,8 +16,13 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("qwenguard_requests", "HTTP requests answered", ["path", "status"], registry=r)
-        self.latency = Histogram("qwenguard_request_latency_seconds", "HTTP request latency", ["path"], registry=r,
-                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.latency = Histogram(
+            "qwenguard_request_latency_seconds",
+            "HTTP request latency",
+            ["path"],
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
         self.verdicts = Counter("qwenguard_verdicts", "Guard verdicts by risk", ["risk"], registry=r)
         self.blocked = Counter("qwenguard_blocked", "Decisions that blocked, by stage", ["stage"], registry=r)
         self.guard_errors = Counter("qwenguard_guard_errors", "Guard calls that failed, by kind", ["kind"], registry=r)
@@ -34,4 +39,3 @@ class Metrics:
     def decision(self, decision: Decision) -> None:
         if not decision.allowed:
             self.blocked.labels(decision.stage.value).inc()
-

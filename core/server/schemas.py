@@ -120,5 +120,6 @@ class ApiError(Exception):
 
 
 def error_json(status: int, message: str, kind: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status, headers=dict(headers or {}))
-
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "code": status}}, status, headers=dict(headers or {})
+    )

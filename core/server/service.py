@@ -187,16 +187,31 @@ class Service:
             stage = body.stage or default_stage(conv)
             if isinstance(outcome, Verdict):
                 decision = policy.decide(outcome, stage)
-                results.append(ModerationResult(
-                    risk=outcome.risk.value, categories=list(outcome.categories), refusal=outcome.refusal,
-                    latency_ms=0.0 if cached else round(outcome.latency_ms, 3), model=outcome.model or name,
-                    probs=None if outcome.probs is None else {r.value: p for r, p in outcome.probs.items()},
-                    cached=cached, decision=decision_model(decision)))
+                results.append(
+                    ModerationResult(
+                        risk=outcome.risk.value,
+                        categories=list(outcome.categories),
+                        refusal=outcome.refusal,
+                        latency_ms=0.0 if cached else round(outcome.latency_ms, 3),
+                        model=outcome.model or name,
+                        probs=None if outcome.probs is None else {r.value: p for r, p in outcome.probs.items()},
+                        cached=cached,
+                        decision=decision_model(decision),
+                    )
+                )
             else:
                 decision = policy.decide_error(stage, outcome)
-                results.append(ModerationResult(risk=None, categories=[], refusal=None, latency_ms=0.0, model=name,
-                                                error=f"{type(outcome).__name__}: {outcome}"[:300],
-                                                decision=decision_model(decision)))
+                results.append(
+                    ModerationResult(
+                        risk=None,
+                        categories=[],
+                        refusal=None,
+                        latency_ms=0.0,
+                        model=name,
+                        error=f"{type(outcome).__name__}: {outcome}"[:300],
+                        decision=decision_model(decision),
+                    )
+                )
             metrics.decision(decision)
         return ModerationResponse(model=name, results=results)
 
@@ -236,6 +251,10 @@ def raw_text(outcome: Outcome) -> str:
 
 
 def decision_model(decision: Decision) -> DecisionModel:
-    return DecisionModel(allowed=decision.allowed, action=decision.action.value, stage=decision.stage,
-                         reason=decision.reason, error=decision.error)
-
+    return DecisionModel(
+        allowed=decision.allowed,
+        action=decision.action.value,
+        stage=decision.stage,
+        reason=decision.reason,
+        error=decision.error,
+    )

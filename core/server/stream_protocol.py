@@ -32,6 +32,7 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_IDLE_TIMEOUT = 4408
 CLOSE_UNAVAILABLE = 4503
 
+
 class SessionEnd(Exception):
     def __init__(self, code: int, message: str = "", kind: str = "") -> None:
         super().__init__(message)
@@ -74,7 +75,9 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
     try:
         open_msg = await _receive(ws, service, clock.open_wait(), first=True)
         if open_msg.get("type") != "open":
-            raise SessionEnd(CLOSE_BAD_REQUEST, "the first frame must be {'type': 'open', ...}", "invalid_request_error")
+            raise SessionEnd(
+                CLOSE_BAD_REQUEST, "the first frame must be {'type': 'open', ...}", "invalid_request_error"
+            )
         guard, prompt, options = _open_args(service, open_msg)
         chars = _Budget(service, prompt)
         try:
@@ -82,13 +85,21 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
             monitor = await opener.__aenter__()
         except GuardViolation as v:
             service.metrics.decision(v.decision)
-            await ws.send_json({"type": "violation", "decision": v.decision.to_dict(), "released": "",
-                                "prompt_decision": v.decision.to_dict()})
+            await ws.send_json(
+                {
+                    "type": "violation",
+                    "decision": v.decision.to_dict(),
+                    "released": "",
+                    "prompt_decision": v.decision.to_dict(),
+                }
+            )
             raise SessionEnd(CLOSE_NORMAL) from None
         except (TypeError, ValueError) as exc:
             raise SessionEnd(CLOSE_BAD_REQUEST, str(exc), "invalid_request_error") from exc
         except QwenGuardError as exc:
-            raise SessionEnd(CLOSE_UNAVAILABLE, f"guard unavailable: {type(exc).__name__}", "guard_unavailable") from exc
+            raise SessionEnd(
+                CLOSE_UNAVAILABLE, f"guard unavailable: {type(exc).__name__}", "guard_unavailable"
+            ) from exc
         report = _Report(monitor)
         await ws.send_json({"type": "opened", **report.opened()})
         clock.progress()
@@ -116,21 +127,33 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
                     raise SessionEnd(CLOSE_BAD_REQUEST, f"unknown frame type {kind!r}", "invalid_request_error")
             except GuardViolation as v:
                 service.metrics.decision(v.decision)
-                await ws.send_json({"type": "violation", "decision": v.decision.to_dict(),
-                                    "released": monitor.released, **report.update(final=True)})
+                await ws.send_json(
+                    {
+                        "type": "violation",
+                        "decision": v.decision.to_dict(),
+                        "released": monitor.released,
+                        **report.update(final=True),
+                    }
+                )
                 raise SessionEnd(CLOSE_NORMAL) from None
             except QwenGuardError as exc:
-                raise SessionEnd(CLOSE_UNAVAILABLE, f"guard unavailable: {type(exc).__name__}", "guard_unavailable") from exc
+                raise SessionEnd(
+                    CLOSE_UNAVAILABLE, f"guard unavailable: {type(exc).__name__}", "guard_unavailable"
+                ) from exc
     except SessionEnd as end:
         if end.code != CLOSE_NORMAL:
-            await _send_quietly(ws, {"type": "error", "error": {"message": end.message, "type": end.kind, "code": end.code}})
+            await _send_quietly(
+                ws, {"type": "error", "error": {"message": end.message, "type": end.kind, "code": end.code}}
+            )
         await _close_quietly(ws, end.code)
     except WebSocketDisconnect:
         pass  # the client left mid-stream: release the monitor below, nothing else to do
     except Exception as exc:  # noqa: BLE001 - one broken session must not take the server down
         logger.warning("stream session failed: %s", type(exc).__name__)
-        await _send_quietly(ws, {"type": "error", "error": {"message": "internal error", "type": "internal_error",
-                                                            "code": CLOSE_INTERNAL}})
+        await _send_quietly(
+            ws,
+            {"type": "error", "error": {"message": "internal error", "type": "internal_error", "code": CLOSE_INTERNAL}},
+        )
         await _close_quietly(ws, CLOSE_INTERNAL)
     finally:
         if opener is not None:
@@ -161,7 +184,9 @@ def _open_args(service: Service, msg: Mapping[str, Any]) -> tuple[Any, Any, dict
     elif isinstance(msg.get("prompt"), str):
         prompt = clean_text(msg["prompt"])
     else:
-        raise SessionEnd(CLOSE_BAD_REQUEST, "open needs 'prompt' (a string) or 'messages' (a list)", "invalid_request_error")
+        raise SessionEnd(
+            CLOSE_BAD_REQUEST, "open needs 'prompt' (a string) or 'messages' (a list)", "invalid_request_error"
+        )
     # Values are checked by the monitor itself (ValueError/TypeError: close 4400), as for local streams.
     options = {k: msg[k] for k in _SESSION_OPTIONS if k in msg}
     return guard, prompt, options
@@ -223,10 +248,15 @@ _SESSION_OPTIONS = ("holdback", "window", "screen_prompt", "check_every", "min_s
 def token_verdict_dict(token: Any) -> dict[str, Any]:
     """A per-token verdict of a Stream model (`TransformersStream.TokenVerdict`) as JSON."""
     probs = getattr(token, "probs", None) or {}
-    return {"token": getattr(token, "token", None), "index": getattr(token, "index", None),
-            "risk": Risk(token.risk).value, "category": getattr(token, "category", None),
-            "probs": {Risk(r).value: round(float(p), 6) for r, p in probs.items()},
-            "start": getattr(token, "start", None), "end": getattr(token, "end", None)}
+    return {
+        "token": getattr(token, "token", None),
+        "index": getattr(token, "index", None),
+        "risk": Risk(token.risk).value,
+        "category": getattr(token, "category", None),
+        "probs": {Risk(r).value: round(float(p), 6) for r, p in probs.items()},
+        "start": getattr(token, "start", None),
+        "end": getattr(token, "end", None),
+    }
 
 
 class _Report:
@@ -253,7 +283,7 @@ class _Report:
             out["tokens"] = [token_verdict_dict(t) for t in tokens]
         flags = getattr(self.monitor, "flags", [])
         if len(flags) > self.flags_sent:
-            out["flags"] = [d.to_dict() for d in flags[self.flags_sent:]]
+            out["flags"] = [d.to_dict() for d in flags[self.flags_sent :]]
             self.flags_sent = len(flags)
         decision = getattr(self.monitor, "decision", None)
         if decision is not None and not final and not self.decision_sent:
@@ -262,7 +292,9 @@ class _Report:
         return out
 
 
-async def _receive(ws: WebSocket, service: Service, wait: tuple[float | None, str], *, first: bool = False) -> dict[str, Any]:
+async def _receive(
+    ws: WebSocket, service: Service, wait: tuple[float | None, str], *, first: bool = False
+) -> dict[str, Any]:
     timeout, why = wait
     max_bytes = service.limits.max_body_bytes
     if timeout is not None and timeout <= 0:
@@ -304,4 +336,3 @@ async def _close_quietly(ws: WebSocket, code: int) -> None:
         await ws.close(code)
     except Exception:  # noqa: BLE001
         pass
-

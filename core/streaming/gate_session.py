@@ -32,7 +32,7 @@ the stream ends).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from ..backends.gen_session import GenSession
 from ..formats.prompts import Message
@@ -69,7 +69,7 @@ class GateSession:
         """The decision on ``conversation`` (the text so far, as the last turn)."""
         guard, session = self.guard, self.session
         if session is None:
-            return guard.check_many([(self.stage, conversation)])[0]
+            return cast(Decision, guard.check_many([(self.stage, conversation)])[0])
         # The Guard's own check path (size limits, cleaning, policy, events) with the backend call swapped.
         check = guard._prepare(self.stage, conversation)
         pending = [check] if check.decision is None else []
@@ -79,13 +79,13 @@ class GateSession:
                 outcome = [session.classify(check.conversation, timeout=guard._timeout(pending))]
             except Exception as exc:  # noqa: BLE001 - any backend failure becomes the policy's on_error
                 outcome = exc
-        return guard._settle([check], pending, outcome)[0]
+        return cast(Decision, guard._settle([check], pending, outcome)[0])
 
     async def acheck(self, conversation: Sequence[Message]) -> Decision:
         """Async twin of `check` (tokenizing in a worker thread, the model in the backend's batcher)."""
         guard, session = self.guard, self.session
         if session is None:
-            return (await guard.acheck_many([(self.stage, conversation)]))[0]
+            return cast(Decision, (await guard.acheck_many([(self.stage, conversation)]))[0])
         check = guard._prepare(self.stage, conversation)
         pending = [check] if check.decision is None else []
         outcome: Any = []
@@ -94,7 +94,7 @@ class GateSession:
                 outcome = [await session.aclassify(check.conversation, timeout=guard._timeout(pending))]
             except Exception as exc:  # noqa: BLE001
                 outcome = exc
-        return guard._settle([check], pending, outcome)[0]
+        return cast(Decision, guard._settle([check], pending, outcome)[0])
 
     def close(self) -> None:
         """Free the session's cache (later checks are full checks)."""

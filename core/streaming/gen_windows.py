@@ -97,7 +97,7 @@ class GenWindows:
     def due(self) -> list[tuple[int, int, list[dict[str, str]]]]:
         """The checks to start now (call again after settling results: an idle engine judges what waits)."""
         idle = self.in_flight == 0
-        checks = []
+        checks: list[tuple[int, int, list[dict[str, str]]]] = []
         if self.unit == "sentence":
             while (cut := self._sentence_cut(idle and not checks)) > 0:
                 checks.append(self._take(cut))
@@ -111,7 +111,7 @@ class GenWindows:
     def rest(self) -> list[tuple[int, int, list[dict[str, str]]]]:
         """The final segments at finish (whitespace-only text needs no check)."""
         self.finished = True
-        checks = []
+        checks: list[tuple[int, int, list[dict[str, str]]]] = []
         while len(self.unsubmitted) > self.check_every:
             checks.append(self._take(self._long_cut()))
         if self.unsubmitted and not self.unsubmitted.strip() and not checks:

@@ -108,7 +108,9 @@ class StreamMonitor(MonitorCore):
             if not (self.enabled or self.screen_prompt):
                 return
             try:
-                self._session = backend.open_session(self.messages, **deadline(backend.open_session, self.policy, Stage.PROMPT))
+                self._session = backend.open_session(
+                    self.messages, **deadline(backend.open_session, self.policy, Stage.PROMPT)
+                )
             except Exception as exc:  # noqa: BLE001
                 self._settle_prompt(None, exc)
                 return
@@ -442,4 +444,3 @@ def open_async_monitor(guard: Any, prompt: str | Sequence[Message], **options: A
     if remote is not None:
         return remote(guard, prompt, **options)
     return AsyncStreamMonitor(guard, prompt, **options)
-

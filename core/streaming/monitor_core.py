@@ -38,6 +38,7 @@ DEFAULT_KEEP_TOKEN_VERDICTS = 2048
 
 OPEN, FINISHED, CLOSED, VIOLATED, FAILED = "open", "finished", "closed", "violated", "failed"
 
+
 def as_messages(prompt: str | Sequence[Message]) -> list[dict[str, str]]:
     """The stream's prompt as messages, each content under the one content rule (`clean_text`)."""
     if prompt is None:
@@ -120,7 +121,9 @@ class MonitorCore:
         self.stream_backend = guard.stream_backend
         self.enabled = self.policy.enabled(Stage.STREAM)
         if self.stream_backend is not None and self.messages[-1]["role"] != "user":
-            raise ValueError("a streamed answer follows a user turn: the conversation's last message must be the user's")
+            raise ValueError(
+                "a streamed answer follows a user turn: the conversation's last message must be the user's"
+            )
         #: The violation (or fail-open guard error) that ended checking, else None.
         self.decision: Decision | None = None
         #: The prompt's Decision (None when the prompt was not screened).
@@ -180,7 +183,9 @@ class MonitorCore:
         if state == VIOLATED and self.decision is not None:
             raise GuardViolation(self.decision)
         if state == FAILED and self.decision is not None:
-            raise GuardUnavailable(f"the stream guard failed and the policy fails closed: {self.decision.error}", self.decision)
+            raise GuardUnavailable(
+                f"the stream guard failed and the policy fails closed: {self.decision.error}", self.decision
+            )
         if state == FINISHED:
             raise StreamClosed("this stream monitor is finished; open a new one with guard.stream(...)")
         raise StreamClosed("this stream monitor is closed")
@@ -211,7 +216,7 @@ class MonitorCore:
         elif not self.policy.enabled(Stage.PROMPT):
             decision = Decision(True, Action.ALLOW, Stage.PROMPT, "disabled")
         else:
-            decision = self.policy.decide(verdict, Stage.PROMPT)  # type: ignore[arg-type]
+            decision = self.policy.decide(verdict, Stage.PROMPT)
         self._emit(decision)
         self._gate(decision)
 

@@ -17,7 +17,7 @@ import contextvars
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar, Union
+from typing import TypeVar
 
 from ..guard import enforce
 from ..policy import Decision
@@ -25,7 +25,7 @@ from ..policy import Decision
 __all__ = ["PendingCheck", "run_guarded", "enforce_all"]
 
 T = TypeVar("T")
-Verdicts = Union[Decision, Sequence[Decision]]
+Verdicts = Decision | Sequence[Decision]
 
 _executor: ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()

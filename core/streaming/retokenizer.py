@@ -46,8 +46,7 @@ def _backend_of(tokenizer: Any) -> Any:
         backend = tokenizer  # a raw `tokenizers.Tokenizer`
     if backend is None:
         raise TypeError(
-            "incremental re-tokenization needs a fast (Rust `tokenizers`) tokenizer; "
-            f"got {type(tokenizer).__name__}"
+            f"incremental re-tokenization needs a fast (Rust `tokenizers`) tokenizer; got {type(tokenizer).__name__}"
         )
     if backend.truncation is not None or backend.padding is not None:
         from tokenizers import Tokenizer
@@ -130,8 +129,17 @@ class IncrementalTokenizer:
     [(785, 0, 3), ...]
     """
 
-    __slots__ = ("codec", "hold_chunks", "max_pending_chars", "force_keep_tokens", "min_commit_chars", "_pending",
-                 "_base", "_finished", "_unseen")
+    __slots__ = (
+        "codec",
+        "hold_chunks",
+        "max_pending_chars",
+        "force_keep_tokens",
+        "min_commit_chars",
+        "_pending",
+        "_base",
+        "_finished",
+        "_unseen",
+    )
 
     def __init__(
         self,

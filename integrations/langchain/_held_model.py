@@ -30,7 +30,6 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.constants import TAG_NOSTREAM
 from pydantic import ConfigDict, Field
-
 from qwenguard.core import Guard
 
 from ._holding import HeldStream
@@ -68,8 +67,13 @@ class HeldBackChatModel(BaseChatModel):
     def wrap(cls, model: BaseChatModel, guard: Guard, ledger: StreamLedger, **options: Any) -> HeldBackChatModel:
         name = getattr(model, "model_name", None) or getattr(model, "model", None)
         return cls(
-            inner=model, guard=guard, ledger=ledger, profile=getattr(model, "profile", None), cache=False,
-            model_name=name if isinstance(name, str) else None, **options,
+            inner=model,
+            guard=guard,
+            ledger=ledger,
+            profile=getattr(model, "profile", None),
+            cache=False,
+            model_name=name if isinstance(name, str) else None,
+            **options,
         )
 
     @property
@@ -97,8 +101,12 @@ class HeldBackChatModel(BaseChatModel):
 
     def _held(self, messages: list[BaseMessage]) -> HeldStream:
         return HeldStream(
-            self.guard, guard_history(messages, self.history_turns), engine="monitor",
-            monitor_options=self.stream_options, history_turns=self.history_turns, tool_calls=self.check_tool_calls,
+            self.guard,
+            guard_history(messages, self.history_turns),
+            engine="monitor",
+            monitor_options=self.stream_options,
+            history_turns=self.history_turns,
+            tool_calls=self.check_tool_calls,
         )
 
     def _judged(self, held: HeldStream) -> None:
@@ -106,28 +114,47 @@ class HeldBackChatModel(BaseChatModel):
             self.ledger.record(held.whole.id)
 
     # -- not streamed: the answer passes through (after_model judges it) -------------------------
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         message = self._target().invoke(messages, self._config(False), stop=stop, **kwargs)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
-    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                         run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         message = await self._target().ainvoke(messages, self._config(True), stop=stop, **kwargs)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     # -- streamed: only what the guard released --------------------------------------------------
-    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
         held = self._held(messages)
         upstream = self._target().stream(messages, self._config(False), stop=stop, **kwargs)
         for chunk in held.run(upstream):
             yield ChatGenerationChunk(message=chunk)
         self._judged(held)
 
-    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
-                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
         held = self._held(messages)
         upstream = self._target().astream(messages, self._config(True), stop=stop, **kwargs)
         async for chunk in held.arun(upstream):

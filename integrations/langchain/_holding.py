@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-
 from qwenguard.core import Guard, GuardViolation, enforce
 
 from ._messages import DEFAULT_HISTORY_TURNS, Item, message_text, output_items
@@ -107,8 +106,14 @@ class HeldStream:
 
     def _open(self, *, asynchronous: bool) -> Screen:
         return open_screen(
-            self.guard, self.context, self.engine, asynchronous=asynchronous, hold=True,
-            window_chars=self.window_chars, min_chars=self.min_chars, monitor_options=self.monitor_options,
+            self.guard,
+            self.context,
+            self.engine,
+            asynchronous=asynchronous,
+            hold=True,
+            window_chars=self.window_chars,
+            min_chars=self.min_chars,
+            monitor_options=self.monitor_options,
         )
 
     def _tool_items(self) -> list[Item]:

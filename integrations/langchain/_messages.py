@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
-
 from qwenguard.core import Stage
 from qwenguard.core.formats.conversations import (
     prompt_conversation,
@@ -76,17 +75,45 @@ class Item:
 
 # -- text of content blocks ---------------------------------------------------------------------
 # Block kinds that are tool calls: judged as actions (``AIMessage.tool_calls``), not as text.
-_TOOL_CALL_KINDS = frozenset({
-    "tool_call", "tool_call_chunk", "invalid_tool_call", "server_tool_call", "server_tool_call_chunk",
-    "tool_use", "function_call",
-})
+_TOOL_CALL_KINDS = frozenset(
+    {
+        "tool_call",
+        "tool_call_chunk",
+        "invalid_tool_call",
+        "server_tool_call",
+        "server_tool_call_chunk",
+        "tool_use",
+        "function_call",
+    }
+)
 # Keys that never carry text a model reads: identifiers, media references, encodings, provider
 # bookkeeping. Every other string in a block is judged (an unknown block kind fails towards judging).
-_NOT_TEXT = frozenset({
-    "type", "id", "index", "mime_type", "media_type", "url", "file_id", "source_type", "cache_control",
-    "detail", "format", "encoding", "signature", "status", "extras", "annotations", "call_id",
-    "tool_call_id", "filename", "image_url", "video_url", "audio_url",
-})
+_NOT_TEXT = frozenset(
+    {
+        "type",
+        "id",
+        "index",
+        "mime_type",
+        "media_type",
+        "url",
+        "file_id",
+        "source_type",
+        "cache_control",
+        "detail",
+        "format",
+        "encoding",
+        "signature",
+        "status",
+        "extras",
+        "annotations",
+        "call_id",
+        "tool_call_id",
+        "filename",
+        "image_url",
+        "video_url",
+        "audio_url",
+    }
+)
 # Keys whose value is media data: text only when the block says its media is text.
 _DATA_KEYS = frozenset({"base64", "data", "file_data"})
 
@@ -264,7 +291,9 @@ def output_items(
     if text and body.strip():
         # Response moderation reads an answer *to* a user turn (the official format): an answer with
         # no user turn before it (a client's history that starts with one) follows an empty one.
-        before = history if any(m.get("role") == "user" for m in history) else [{"role": "user", "content": ""}, *history]
+        before = (
+            history if any(m.get("role") == "user" for m in history) else [{"role": "user", "content": ""}, *history]
+        )
         items.append(Item(Stage.RESPONSE, response_conversation(before, body), message, label="model response"))
     if tool_calls:
         for call in getattr(message, "tool_calls", None) or ():

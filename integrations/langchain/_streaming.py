@@ -59,8 +59,18 @@ from qwenguard.core.streaming.gate_session import GateSession, GrowingWindow
 from ._messages import Item
 
 __all__ = [
-    "StreamGate", "ToolCallGate", "GateScreen", "PipelinedScreen", "MonitorScreen", "Screen", "open_screen",
-    "Engine", "DEFAULT_WINDOW_CHARS", "DEFAULT_MAX_UNJUDGED", "DEFAULT_MAX_IN_FLIGHT", "DEFAULT_SEGMENT",
+    "StreamGate",
+    "ToolCallGate",
+    "GateScreen",
+    "PipelinedScreen",
+    "MonitorScreen",
+    "Screen",
+    "open_screen",
+    "Engine",
+    "DEFAULT_WINDOW_CHARS",
+    "DEFAULT_MAX_UNJUDGED",
+    "DEFAULT_MAX_IN_FLIGHT",
+    "DEFAULT_SEGMENT",
 ]
 
 Engine = Literal["pipelined", "gate", "monitor"]
@@ -205,7 +215,9 @@ class GateScreen:
     ``hold=True`` (runnables, which can hold chunks back): judge at word ends only and release what
     was judged. ``hold=False`` (callbacks): judge every chunk; everything fed counts as released."""
 
-    def __init__(self, guard: Guard, gate: StreamGate, *, hold: bool = False, session: GateSession | None = None) -> None:
+    def __init__(
+        self, guard: Guard, gate: StreamGate, *, hold: bool = False, session: GateSession | None = None
+    ) -> None:
         self.guard = guard
         self.hold = hold
         self.gate = gate
@@ -275,8 +287,15 @@ class PipelinedScreen:
 
     See the module docstring. Checks of a sync stream run on worker threads, of an async one as tasks."""
 
-    def __init__(self, guard: Guard, gate: StreamGate, *, max_unjudged: int = DEFAULT_MAX_UNJUDGED,
-                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, session: GateSession | None = None) -> None:
+    def __init__(
+        self,
+        guard: Guard,
+        gate: StreamGate,
+        *,
+        max_unjudged: int = DEFAULT_MAX_UNJUDGED,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        session: GateSession | None = None,
+    ) -> None:
         if max_unjudged < 0 or max_in_flight < 1:
             raise ValueError("max_unjudged must be >= 0 and max_in_flight >= 1")
         if session is not None and max_in_flight != 1:
@@ -302,7 +321,7 @@ class PipelinedScreen:
         if not self._flight:
             return
         running: deque[tuple[Item, Handle]] = deque()
-        done = []
+        done: list[tuple[Item, Handle]] = []
         for item, handle in self._flight:
             (done if handle.done() else running).append((item, handle))
         self._flight = running

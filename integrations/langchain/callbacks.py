@@ -65,7 +65,6 @@ from uuid import UUID
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
-
 from qwenguard.core import Decision, Guard, Stage, enforce
 from qwenguard.core.formats.conversations import tool_call_conversation, untrusted_conversation
 from qwenguard.core.streaming.parallel import PendingCheck
@@ -264,8 +263,10 @@ class _GuardHandlerLogic:
         # Every message the model reads, not only what follows the last AI turn: a client's own history
         # can hide a user turn behind a fake assistant turn. Unchanged history hits the verdict cache.
         wanted = {
-            Stage.PROMPT: self.check_input, Stage.RESPONSE: self.check_input,
-            Stage.TOOL_CALL: self.check_input and self.check_tool_calls, Stage.TOOL_RESULT: self.check_tool_results,
+            Stage.PROMPT: self.check_input,
+            Stage.RESPONSE: self.check_input,
+            Stage.TOOL_CALL: self.check_input and self.check_tool_calls,
+            Stage.TOOL_RESULT: self.check_tool_results,
         }
         items: list[Item] = []
         for batch in messages:
@@ -287,8 +288,14 @@ class _GuardHandlerLogic:
                 if not self.check_stream:
                     return None
                 return open_screen(
-                    guard, context, engine, asynchronous=asynchronous, window_chars=self.window_chars,
-                    min_chars=self.min_chars, max_unjudged=self.max_unjudged, max_in_flight=self.max_in_flight,
+                    guard,
+                    context,
+                    engine,
+                    asynchronous=asynchronous,
+                    window_chars=self.window_chars,
+                    min_chars=self.min_chars,
+                    max_unjudged=self.max_unjudged,
+                    max_in_flight=self.max_in_flight,
                     monitor_options=self.monitor_options,
                 )
 
@@ -296,8 +303,13 @@ class _GuardHandlerLogic:
                 if not self.check_tool_calls:
                     return None
                 return open_tool_screen(
-                    guard, name, context, engine, window_chars=self.window_chars,
-                    max_unjudged=self.max_unjudged, max_in_flight=self.max_in_flight,
+                    guard,
+                    name,
+                    context,
+                    engine,
+                    window_chars=self.window_chars,
+                    max_unjudged=self.max_unjudged,
+                    max_in_flight=self.max_in_flight,
                 )
 
             run.feed = StreamFeed(open_text, open_tool)
@@ -325,8 +337,14 @@ class _GuardHandlerLogic:
                     items.extend(output_items(_text_message(generation.text), context, text=True, tool_calls=False))
         return run, items
 
-    def _tool_start_item(self, serialized: Mapping[str, Any] | None, input_str: str, run_id: UUID,
-                         inputs: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> Item | None:
+    def _tool_start_item(
+        self,
+        serialized: Mapping[str, Any] | None,
+        input_str: str,
+        run_id: UUID,
+        inputs: Mapping[str, Any] | None,
+        kwargs: Mapping[str, Any],
+    ) -> Item | None:
         name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
         run = self._run(run_id)
         run.tool = str(name)
@@ -405,8 +423,9 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
     raise_error: bool = True
     run_inline: bool = True
 
-    def on_chat_model_start(self, serialized: dict[str, Any], messages: list[list[BaseMessage]], *,
-                            run_id: UUID, **kwargs: Any) -> None:
+    def on_chat_model_start(
+        self, serialized: dict[str, Any], messages: list[list[BaseMessage]], *, run_id: UUID, **kwargs: Any
+    ) -> None:
         self._start_input(self._chat_start_items(messages, run_id), run_id)
 
     def on_llm_start(self, serialized: dict[str, Any], prompts: list[str], *, run_id: UUID, **kwargs: Any) -> None:
@@ -444,8 +463,15 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._drop(run_id)
 
-    def on_tool_start(self, serialized: dict[str, Any], input_str: str, *, run_id: UUID,
-                      inputs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def on_tool_start(
+        self,
+        serialized: dict[str, Any],
+        input_str: str,
+        *,
+        run_id: UUID,
+        inputs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         for pending in self._pending_all():  # no tool runs before the input verdicts are in
             pending.wait()
         item = self._tool_start_item(serialized, input_str, run_id, inputs, kwargs)
@@ -472,10 +498,22 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
         self._drop(run_id)
 
 
-_HOOKS = frozenset({
-    "on_chat_model_start", "on_llm_start", "on_llm_new_token", "on_stream_event", "on_llm_end", "on_llm_error",
-    "on_tool_start", "on_tool_end", "on_tool_error", "on_retriever_start", "on_retriever_end", "on_retriever_error",
-})
+_HOOKS = frozenset(
+    {
+        "on_chat_model_start",
+        "on_llm_start",
+        "on_llm_new_token",
+        "on_stream_event",
+        "on_llm_end",
+        "on_llm_error",
+        "on_tool_start",
+        "on_tool_end",
+        "on_tool_error",
+        "on_retriever_start",
+        "on_retriever_end",
+        "on_retriever_error",
+    }
+)
 
 
 def _dispatched_synchronously() -> bool:
@@ -511,12 +549,14 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
             return getattr(GuardCallbackHandler, name).__get__(self)
         return super().__getattribute__(name)
 
-    async def on_chat_model_start(self, serialized: dict[str, Any], messages: list[list[BaseMessage]], *,
-                                  run_id: UUID, **kwargs: Any) -> None:
+    async def on_chat_model_start(
+        self, serialized: dict[str, Any], messages: list[list[BaseMessage]], *, run_id: UUID, **kwargs: Any
+    ) -> None:
         await self._astart_input(self._chat_start_items(messages, run_id), run_id)
 
-    async def on_llm_start(self, serialized: dict[str, Any], prompts: list[str], *, run_id: UUID,
-                           **kwargs: Any) -> None:
+    async def on_llm_start(
+        self, serialized: dict[str, Any], prompts: list[str], *, run_id: UUID, **kwargs: Any
+    ) -> None:
         await self._astart_input(self._llm_start_items(prompts, run_id), run_id)
 
     async def on_llm_new_token(self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any) -> None:
@@ -551,8 +591,15 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
     async def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._drop(run_id)
 
-    async def on_tool_start(self, serialized: dict[str, Any], input_str: str, *, run_id: UUID,
-                            inputs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    async def on_tool_start(
+        self,
+        serialized: dict[str, Any],
+        input_str: str,
+        *,
+        run_id: UUID,
+        inputs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         for pending in self._pending_all():  # no tool runs before the input verdicts are in
             await pending.wait_async()
         item = self._tool_start_item(serialized, input_str, run_id, inputs, kwargs)
@@ -568,8 +615,7 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
     async def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._drop(run_id)
 
-    async def on_retriever_start(self, serialized: dict[str, Any], query: str, *, run_id: UUID,
-                                 **kwargs: Any) -> None:
+    async def on_retriever_start(self, serialized: dict[str, Any], query: str, *, run_id: UUID, **kwargs: Any) -> None:
         self._run(run_id).query = query
 
     async def on_retriever_end(self, documents: Sequence[Any], *, run_id: UUID, **kwargs: Any) -> None:

@@ -24,7 +24,6 @@ from langchain_core.callbacks import (
 from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, field_validator
-
 from qwenguard.core import Action, Decision, Guard, enforce
 
 from ._screening import METADATA_KEY, require_guard

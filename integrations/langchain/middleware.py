@@ -52,7 +52,6 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langgraph.runtime import Runtime
 from langgraph.types import Command
-
 from qwenguard.core import Action, Decision, Guard, GuardUnavailable, GuardViolation, Risk, Stage, Verdict, enforce
 from qwenguard.core.formats.conversations import tool_call_conversation, untrusted_conversation
 
@@ -120,8 +119,12 @@ def _decision_from(record: dict[str, Any]) -> Decision:
     if record.get("risk"):
         verdict = Verdict(Risk(record["risk"]), tuple(record.get("categories") or ()))
     return Decision(
-        bool(record.get("allowed")), Action(record.get("action", "block")), Stage(record.get("stage", "tool_result")),
-        str(record.get("reason", "unsafe")), verdict, record.get("error"),
+        bool(record.get("allowed")),
+        Action(record.get("action", "block")),
+        Stage(record.get("stage", "tool_result")),
+        str(record.get("reason", "unsafe")),
+        verdict,
+        record.get("error"),
     )
 
 
@@ -189,8 +192,10 @@ class GuardMiddleware(AgentMiddleware):
         # forged too). What was screened before hits the verdict cache.
         messages = list(state.get("messages") or ())
         wanted = {
-            Stage.PROMPT: self.check_input, Stage.RESPONSE: self.check_input,
-            Stage.TOOL_CALL: self.check_input and self.check_tool_calls, Stage.TOOL_RESULT: self.check_tool_results,
+            Stage.PROMPT: self.check_input,
+            Stage.RESPONSE: self.check_input,
+            Stage.TOOL_CALL: self.check_input and self.check_tool_calls,
+            Stage.TOOL_RESULT: self.check_tool_results,
         }
         return [i for i in input_items(messages, self.history_turns) if wanted.get(i.stage) and i.message is not None]
 
@@ -258,7 +263,7 @@ class GuardMiddleware(AgentMiddleware):
         if self.exit_behavior != "end":
             return None
         messages = list(state.get("messages") or ())
-        for message in messages[_after_last_ai(messages):]:
+        for message in messages[_after_last_ai(messages) :]:
             record = (getattr(message, "response_metadata", None) or {}).get(METADATA_KEY)
             if isinstance(message, ToolMessage) and isinstance(record, dict) and not record.get("allowed", True):
                 decision = _decision_from(record)
@@ -354,8 +359,12 @@ class GuardMiddleware(AgentMiddleware):
             return request, None
         ledger = StreamLedger()
         model = HeldBackChatModel.wrap(
-            request.model, self.guard, ledger, stream_options=self.stream_options,
-            history_turns=self.history_turns, check_tool_calls=self.check_tool_calls,
+            request.model,
+            self.guard,
+            ledger,
+            stream_options=self.stream_options,
+            history_turns=self.history_turns,
+            check_tool_calls=self.check_tool_calls,
         )
         return request.override(model=model), ledger
 
@@ -393,9 +402,7 @@ class GuardMiddleware(AgentMiddleware):
             return self._stream_stopped(error)
 
     # -- tool calls -----------------------------------------------------------------------------
-    def wrap_tool_call(
-        self, request: Any, handler: Callable[[Any], ToolMessage | Command]
-    ) -> ToolMessage | Command:
+    def wrap_tool_call(self, request: Any, handler: Callable[[Any], ToolMessage | Command]) -> ToolMessage | Command:
         item = self._call_item(request)
         if item is not None:
             decision = screen(self.guard, [item])[0]

@@ -29,7 +29,6 @@ from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import patch_config
 from pydantic import ConfigDict, field_validator, model_validator
-
 from qwenguard.core import Guard, Stage, enforce
 
 from ._holding import HeldStream
@@ -156,8 +155,13 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
     def _held(self, context: list[dict[str, str]]) -> HeldStream:
         options = {} if self.holdback is None else {"holdback": self.holdback}
         return HeldStream(
-            self.guard, context, engine=self.stream_engine, monitor_options=options,
-            window_chars=self.window_chars, min_chars=self.min_chars, history_turns=self.history_turns,
+            self.guard,
+            context,
+            engine=self.stream_engine,
+            monitor_options=options,
+            window_chars=self.window_chars,
+            min_chars=self.min_chars,
+            history_turns=self.history_turns,
         )
 
     # -- invoke -----------------------------------------------------------------------------------
@@ -301,6 +305,11 @@ def guard_output(
     text; ``"gate"`` judges the answer with a Gen check at every word end before passing it on
     (finer-grained, one check per word)."""
     return GuardRunnable(
-        guard=guard, check_input=False, check_output=True, stream_engine=stream_engine, holdback=holdback,
-        window_chars=window_chars, min_chars=min_chars,
+        guard=guard,
+        check_input=False,
+        check_output=True,
+        stream_engine=stream_engine,
+        holdback=holdback,
+        window_chars=window_chars,
+        min_chars=min_chars,
     )

@@ -35,7 +35,6 @@ from llama_index.core.base.llms.types import (
     ToolCallBlock,
 )
 from llama_index.core.llms.llm import ToolSelection
-
 from qwenguard.core.formats.conversations import (
     prompt_conversation,
     response_conversation,
@@ -142,7 +141,9 @@ def tool_calls_in(llm: Any, response: ChatResponse) -> list[ToolSelection]:
 
 def tool_calls_of(llm: Any, message: ChatMessage) -> list[ToolSelection]:
     """The tool calls in an assistant message of a history (blocks, or OpenAI-style kwargs)."""
-    if not any(isinstance(b, ToolCallBlock) for b in message.blocks) and not message.additional_kwargs.get("tool_calls"):
+    if not any(isinstance(b, ToolCallBlock) for b in message.blocks) and not message.additional_kwargs.get(
+        "tool_calls"
+    ):
         return []
     try:
         return tool_calls_in(llm, ChatResponse(message=message))
@@ -280,7 +281,9 @@ def plan_inputs(
             for call in tool_calls_of(llm, m):
                 if new(_call_mark(call)):
                     context = [{"role": "user", "content": previous_user}]
-                    plan.checks.append((Stage.TOOL_CALL, tool_call_conversation(call.tool_name, call.tool_kwargs, context)))
+                    plan.checks.append(
+                        (Stage.TOOL_CALL, tool_call_conversation(call.tool_name, call.tool_kwargs, context))
+                    )
         elif role in _TOOL:
             if has_text and new(mark("tool", text)):
                 call_id = str(m.additional_kwargs.get("tool_call_id") or "")

@@ -49,8 +49,11 @@ def plain_numbers(extra: dict[str, Any]) -> dict[str, Any]:
 def unread_text(message: ChatMessage) -> str:
     """Text a final message carries outside the streamed deltas (citations, documents): judged at
     the end with the tool calls, since no monitor saw it."""
-    return "\n".join(t for b in message.blocks if isinstance(b, (CitationBlock, CitableBlock, DocumentBlock))
-                     and (t := block_text(b)))
+    return "\n".join(
+        t
+        for b in message.blocks
+        if isinstance(b, (CitationBlock, CitableBlock, DocumentBlock)) and (t := block_text(b))
+    )
 
 
 class _Growth:
@@ -133,7 +136,11 @@ class ChatChunks:
         if thinking:
             extra["thinking_delta"] = thinking
         return last.model_copy(
-            update={"message": last.message.model_copy(update={"blocks": blocks}), "delta": text, "additional_kwargs": extra}
+            update={
+                "message": last.message.model_copy(update={"blocks": blocks}),
+                "delta": text,
+                "additional_kwargs": extra,
+            }
         )
 
 
@@ -154,7 +161,9 @@ class CompletionChunks:
             return None
         self.text += text
         assert self.last is not None
-        return CompletionResponse(text=self.text, delta=text, additional_kwargs=plain_numbers(self.last.additional_kwargs))
+        return CompletionResponse(
+            text=self.text, delta=text, additional_kwargs=plain_numbers(self.last.additional_kwargs)
+        )
 
     def final(self, text: str) -> CompletionResponse:
         assert self.last is not None

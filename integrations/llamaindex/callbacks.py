@@ -23,7 +23,6 @@ from typing import Any
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.callbacks.base_handler import BaseCallbackHandler
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
-
 from qwenguard.core import Guard, enforce
 from qwenguard.core.formats.conversations import prompt_conversation, response_conversation
 from qwenguard.core.verdict import Stage

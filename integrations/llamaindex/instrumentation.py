@@ -27,7 +27,6 @@ from llama_index.core.instrumentation.events.llm import (
 from llama_index.core.instrumentation.events.query import QueryStartEvent
 from llama_index.core.instrumentation.events.retrieval import RetrievalEndEvent
 from llama_index.core.schema import MetadataMode, QueryBundle
-
 from qwenguard.core import Decision, Guard
 from qwenguard.core.formats.conversations import response_conversation
 

@@ -56,7 +56,6 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr, SerializeAsAny
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
 from llama_index.core.prompts import BasePromptTemplate
-
 from qwenguard.core import Guard, enforce
 from qwenguard.core.formats.conversations import prompt_conversation, response_conversation, tool_call_conversation
 from qwenguard.core.streaming.parallel import PendingCheck
@@ -137,8 +136,15 @@ class GuardedLLM(FunctionCallingLLM):
         require_guard(guard)
         # Format prompts exactly as the wrapped LLM would (template calls format here, then pass
         # formatted text down), and share its callback manager so events are not duplicated.
-        for name in ("system_prompt", "messages_to_prompt", "completion_to_prompt", "output_parser",
-                     "pydantic_program_mode", "query_wrapper_prompt", "callback_manager"):
+        for name in (
+            "system_prompt",
+            "messages_to_prompt",
+            "completion_to_prompt",
+            "output_parser",
+            "pydantic_program_mode",
+            "query_wrapper_prompt",
+            "callback_manager",
+        ):
             if name not in kwargs and getattr(llm, name, None) is not None:
                 kwargs[name] = getattr(llm, name)
         super().__init__(llm=llm, guard=guard, **kwargs)
@@ -291,15 +297,15 @@ class GuardedLLM(FunctionCallingLLM):
 
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         plan = await self._astart_inputs(self._plan_messages(messages))
-        return self._aguard_chat_stream(plan, await self._race(plan, self.llm.astream_chat(messages, **kwargs), wait=False))
+        return self._aguard_chat_stream(
+            plan, await self._race(plan, self.llm.astream_chat(messages, **kwargs), wait=False)
+        )
 
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
         plan = self._start_inputs(self._plan_prompt(prompt))
         return self._guard_completion_stream(plan, self.llm.stream_complete(prompt, formatted=formatted, **kwargs))
 
-    async def astream_complete(
-        self, prompt: str, formatted: bool = False, **kwargs: Any
-    ) -> CompletionResponseAsyncGen:
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
         plan = await self._astart_inputs(self._plan_prompt(prompt))
         inner = await self._race(plan, self.llm.astream_complete(prompt, formatted=formatted, **kwargs), wait=False)
         return self._aguard_completion_stream(plan, inner)
@@ -348,7 +354,9 @@ class GuardedLLM(FunctionCallingLLM):
             async for chunk in _raced(plan, inner):
                 text, reasoning = out.read(chunk)
                 if reasoning and thinking is None:
-                    thinking = await stack.enter_async_context(self.guard.astream(plan.prompt, **self._monitor_options()))
+                    thinking = await stack.enter_async_context(
+                        self.guard.astream(plan.prompt, **self._monitor_options())
+                    )
                 released = await monitor.afeed(text) if text else ""
                 released_reasoning = await thinking.afeed(reasoning) if reasoning else ""
                 if (item := out.partial(released, released_reasoning)) is not None:

@@ -25,7 +25,6 @@ from typing import Any
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 from llama_index.core.bridge.pydantic import Field, SerializeAsAny
 from llama_index.core.memory import BaseMemory
-
 from qwenguard.core import Guard, enforce
 from qwenguard.core.formats.conversations import prompt_conversation
 from qwenguard.core.verdict import Stage
@@ -77,7 +76,9 @@ class GuardedMemory(BaseMemory):
         return "GuardedMemory"
 
     @classmethod
-    def from_defaults(cls, guard: Guard | None = None, memory: BaseMemory | None = None, **kwargs: Any) -> GuardedMemory:
+    def from_defaults(
+        cls, guard: Guard | None = None, memory: BaseMemory | None = None, **kwargs: Any
+    ) -> GuardedMemory:
         """``memory`` (default: ``Memory.from_defaults(**kwargs)``) guarded by ``guard``."""
         if guard is None:
             raise TypeError("GuardedMemory.from_defaults needs guard=")

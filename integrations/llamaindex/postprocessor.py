@@ -14,7 +14,6 @@ from typing import Any, Literal, TypeVar
 from llama_index.core.bridge.pydantic import Field
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
-
 from qwenguard.core import Decision, Guard, enforce
 
 from .._common import require_guard
@@ -53,20 +52,24 @@ def keep_allowed(
     return kept
 
 
-def _apply(nodes: Sequence[NodeWithScore], decisions: Sequence[Decision], on_block: OnBlock, record: bool) -> list[NodeWithScore]:
+def _apply(
+    nodes: Sequence[NodeWithScore], decisions: Sequence[Decision], on_block: OnBlock, record: bool
+) -> list[NodeWithScore]:
     return keep_allowed(nodes, decisions, on_block, record, lambda n: n.node)
 
 
-def screen_nodes(guard: Guard, nodes: Sequence[NodeWithScore], query: str | None, on_block: OnBlock = "drop",
-                 record: bool = True) -> list[NodeWithScore]:
+def screen_nodes(
+    guard: Guard, nodes: Sequence[NodeWithScore], query: str | None, on_block: OnBlock = "drop", record: bool = True
+) -> list[NodeWithScore]:
     """The nodes the guard lets through (``on_block="drop"``), or `GuardViolation` (``"raise"``)."""
     if not nodes:
         return []
     return _apply(nodes, guard.check_documents(query, _texts(nodes)), on_block, record)
 
 
-async def ascreen_nodes(guard: Guard, nodes: Sequence[NodeWithScore], query: str | None, on_block: OnBlock = "drop",
-                        record: bool = True) -> list[NodeWithScore]:
+async def ascreen_nodes(
+    guard: Guard, nodes: Sequence[NodeWithScore], query: str | None, on_block: OnBlock = "drop", record: bool = True
+) -> list[NodeWithScore]:
     """Async twin of `screen_nodes`."""
     if not nodes:
         return []

@@ -12,7 +12,6 @@ from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.prompts.mixin import PromptMixinType
 from llama_index.core.schema import NodeWithScore, QueryBundle
-
 from qwenguard.core import Guard, enforce
 
 from .._common import require_guard

@@ -18,7 +18,6 @@ from typing import Any
 
 from llama_index.core.tools import FunctionTool
 from llama_index.core.tools.types import AsyncBaseTool, BaseTool, ToolMetadata, ToolOutput, adapt_to_async_tool
-
 from qwenguard.core import Decision, Guard
 
 from .._common import require_guard
@@ -130,6 +129,8 @@ def guard_tool(tool: BaseTool | Any, guard: Guard, *, refusal: str = DEFAULT_REF
     raise TypeError(f"cannot guard {type(tool).__name__}: pass a LlamaIndex tool or a function")
 
 
-def guard_tools(tools: Iterable[BaseTool | Any], guard: Guard, *, refusal: str = DEFAULT_REFUSAL) -> list[AsyncBaseTool]:
+def guard_tools(
+    tools: Iterable[BaseTool | Any], guard: Guard, *, refusal: str = DEFAULT_REFUSAL
+) -> list[AsyncBaseTool]:
     """`guard_tool` for each of ``tools``."""
     return [guard_tool(t, guard, refusal=refusal) for t in tools]

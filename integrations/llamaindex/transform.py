@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import Field, computed_field
 from llama_index.core.schema import BaseNode, MetadataMode, TransformComponent
-
+from pydantic import Field, computed_field
 from qwenguard.core import Decision, Guard
 
 from .._common import require_guard

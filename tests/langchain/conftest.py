@@ -6,7 +6,6 @@ from collections.abc import Iterator
 
 import pytest
 from lc_fakes import ToolBox
-
 from qwenguard.core import Guard
 
 

@@ -19,7 +19,6 @@ from lc_fakes import (
     scripted,
     tool_call,
 )
-
 from qwenguard.core import Guard, GuardUnavailable, GuardViolation
 from qwenguard.integrations.langchain import AsyncGuardCallbackHandler, GuardCallbackHandler
 
@@ -92,7 +91,9 @@ def test_v3_stream_events_sync(guard, tools):
     agent = create_agent(scripted(MIXED), tools.all)
     received = []
     with pytest.raises(GuardViolation) as info:
-        run = agent.stream_events({"messages": [HumanMessage(SAFE_QUESTION)]}, config={"callbacks": [handler]}, version="v3")
+        run = agent.stream_events(
+            {"messages": [HumanMessage(SAFE_QUESTION)]}, config={"callbacks": [handler]}, version="v3"
+        )
         for event in run:
             received.append(_v3_text(event))
     _assert_cut_before_the_clause("".join(received), info.value, handler)
@@ -151,7 +152,9 @@ async def test_unsafe_prompt_async(guard):
 
 def test_unsafe_answer_without_streaming_is_caught_at_the_end(guard):
     with pytest.raises(GuardViolation) as info:
-        scripted(UNSAFE_CLAUSE).invoke([HumanMessage(SAFE_QUESTION)], config={"callbacks": [GuardCallbackHandler(guard)]})
+        scripted(UNSAFE_CLAUSE).invoke(
+            [HumanMessage(SAFE_QUESTION)], config={"callbacks": [GuardCallbackHandler(guard)]}
+        )
     assert info.value.decision.stage.value == "response"
 
 
@@ -160,7 +163,10 @@ def test_unsafe_tool_call_never_executes(guard, tools):
         scripted(tool_call("send_email", {"to": "friend@example.com", "body": UNSAFE_CLAUSE}), "Done."), tools.all
     )
     with pytest.raises(GuardViolation) as info:
-        agent.invoke({"messages": [HumanMessage("What is the capital of France?")]}, config={"callbacks": [GuardCallbackHandler(guard)]})
+        agent.invoke(
+            {"messages": [HumanMessage("What is the capital of France?")]},
+            config={"callbacks": [GuardCallbackHandler(guard)]},
+        )
     assert info.value.decision.stage.value == "tool_call"
     assert tools.calls["send_email"] == 0
 
@@ -241,7 +247,9 @@ class _BrokenBackend:
 def test_guard_failure_fails_closed():
     model = scripted(SAFE_ANSWER)
     with pytest.raises(GuardUnavailable):
-        model.invoke([HumanMessage(SAFE_QUESTION)], config={"callbacks": [GuardCallbackHandler(Guard(_BrokenBackend()))]})
+        model.invoke(
+            [HumanMessage(SAFE_QUESTION)], config={"callbacks": [GuardCallbackHandler(Guard(_BrokenBackend()))]}
+        )
     assert model.seen == []
 
 
@@ -286,7 +294,9 @@ async def test_sync_handler_in_an_async_run(guard, tools):
     received = []
     with pytest.raises(GuardViolation) as info:
         async for chunk, _meta in agent.astream(
-            {"messages": [HumanMessage(SAFE_QUESTION)]}, config={"callbacks": [handler]}, stream_mode="messages",
+            {"messages": [HumanMessage(SAFE_QUESTION)]},
+            config={"callbacks": [handler]},
+            stream_mode="messages",
         ):
             received.append(chunk)
     _assert_cut_before_the_clause(_message_chunks_text(received), info.value, handler)

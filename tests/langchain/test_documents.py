@@ -7,7 +7,6 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.vectorstores import InMemoryVectorStore
 from lc_fakes import INJECTION, SAFE_QUESTION
-
 from qwenguard.core import GuardViolation, Policy
 from qwenguard.integrations.langchain import GuardDocumentCompressor, GuardedRetriever
 

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
-
 from qwenguard.core import Stage
 from qwenguard.integrations.langchain._messages import guard_history, input_items, message_text, output_items
 
@@ -22,7 +21,10 @@ def test_every_message_the_model_reads_is_checked_by_role():
     ]
     items = input_items(messages)
     assert [(i.stage, i.index) for i in items] == [
-        (Stage.PROMPT, 1), (Stage.TOOL_CALL, 2), (Stage.TOOL_RESULT, 3), (Stage.PROMPT, 4)
+        (Stage.PROMPT, 1),
+        (Stage.TOOL_CALL, 2),
+        (Stage.TOOL_RESULT, 3),
+        (Stage.PROMPT, 4),
     ]
     assert items[0].conversation == [{"role": "user", "content": "first question"}]
     assert items[2].conversation == [{"role": "user", "content": "page text"}]  # untrusted, alone
@@ -39,33 +41,37 @@ def test_a_fake_assistant_turn_does_not_hide_the_user_turn_before_it():
     messages = [HumanMessage("harmful request"), AIMessage("Sure, here it is."), HumanMessage("Please go on.")]
     items = input_items(messages)
     assert [(i.stage, i.conversation[-1]["content"]) for i in items] == [
-        (Stage.PROMPT, "harmful request"), (Stage.RESPONSE, "Sure, here it is."), (Stage.PROMPT, "Please go on."),
+        (Stage.PROMPT, "harmful request"),
+        (Stage.RESPONSE, "Sure, here it is."),
+        (Stage.PROMPT, "Please go on."),
     ]
     # the assistant turn is judged as the answer to the request before it
     assert items[1].conversation == [
-        {"role": "user", "content": "harmful request"}, {"role": "assistant", "content": "Sure, here it is."}
+        {"role": "user", "content": "harmful request"},
+        {"role": "assistant", "content": "Sure, here it is."},
     ]
 
 
 def test_every_content_block_kind_that_carries_text_is_text():
     """Issue 13: blocks other than "text" were read as empty, so their text was never judged."""
     b64 = base64.b64encode(b"notes in a file").decode()
-    message = HumanMessage([
-        {"type": "text-plain", "mime_type": "text/plain", "text": "plain block"},
-        {"type": "text-plain", "mime_type": "text/plain", "base64": b64},
-        {"type": "input_text", "text": "responses api"},
-        {"type": "reasoning", "reasoning": "a thought"},
-        {"type": "file", "mime_type": "text/csv", "base64": base64.b64encode(b"a,b").decode()},
-        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "anthropic doc"}},
-        {"type": "non_standard", "value": {"kind": "vendor", "body": "vendor text"}},
-        {"type": "file", "file": {"file_data": "data:text/plain;base64," + b64, "filename": "a.txt"}},
-        {"type": "image", "base64": base64.b64encode(b"\x89PNG").decode(), "mime_type": "image/png"},
-        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
-        {"type": "tool_call", "name": "search", "args": {"q": "judged as a tool call"}, "id": "c1"},
-    ])
+    message = HumanMessage(
+        [
+            {"type": "text-plain", "mime_type": "text/plain", "text": "plain block"},
+            {"type": "text-plain", "mime_type": "text/plain", "base64": b64},
+            {"type": "input_text", "text": "responses api"},
+            {"type": "reasoning", "reasoning": "a thought"},
+            {"type": "file", "mime_type": "text/csv", "base64": base64.b64encode(b"a,b").decode()},
+            {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "anthropic doc"}},
+            {"type": "non_standard", "value": {"kind": "vendor", "body": "vendor text"}},
+            {"type": "file", "file": {"file_data": "data:text/plain;base64," + b64, "filename": "a.txt"}},
+            {"type": "image", "base64": base64.b64encode(b"\x89PNG").decode(), "mime_type": "image/png"},
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+            {"type": "tool_call", "name": "search", "args": {"q": "judged as a tool call"}, "id": "c1"},
+        ]
+    )
     text = message_text(message)
-    for part in ("plain block", "notes in a file", "responses api", "a thought", "a,b", "anthropic doc",
-                 "vendor text"):
+    for part in ("plain block", "notes in a file", "responses api", "a thought", "a,b", "anthropic doc", "vendor text"):
         assert part in text
     assert text.count("notes in a file") == 2
     assert "PNG" not in text and "example.com" not in text and "judged as a tool call" not in text
@@ -99,7 +105,8 @@ def test_history_is_bounded_and_text_only():
     items = input_items(long, turns=2)
     assert len(items) == 2000
     assert items[-1].conversation == [
-        {"role": "assistant", "content": "a1997"}, {"role": "user", "content": "q1998"},
+        {"role": "assistant", "content": "a1997"},
+        {"role": "user", "content": "q1998"},
         {"role": "assistant", "content": "a1999"},
     ]
 

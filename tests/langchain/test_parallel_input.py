@@ -11,20 +11,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from faults import DelayedBackend
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.outputs import ChatGenerationChunk
 from lc_fakes import SAFE_QUESTION, UNSAFE_PROMPT, ScriptedChatModel, tool_call
-
-from faults import DelayedBackend
-
 from qwenguard.core import Guard, GuardViolation, Stage
 from qwenguard.integrations.langchain import AsyncGuardCallbackHandler, GuardCallbackHandler
 
 CHECK_DELAY_S = 0.4  # the input check takes this long ...
 FIRST_TOKEN_S = 0.1  # ... while the model's first token is ready after this
-REPLY = tool_call("send_email", {"to": "bob@example.com", "body": "The capital of France is Paris."},
-                  text="Let me send that for you.")
+REPLY = tool_call(
+    "send_email", {"to": "bob@example.com", "body": "The capital of France is Paris."}, text="Let me send that for you."
+)
 
 
 class SlowChatModel(ScriptedChatModel):
@@ -32,8 +31,9 @@ class SlowChatModel(ScriptedChatModel):
 
     log: Any = None  # Any: pydantic would copy a list, and the test shares this one with the guard
 
-    def _stream(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None,
-                **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+    def _stream(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> Iterator[ChatGenerationChunk]:
         self.log.append("model start")
         time.sleep(FIRST_TOKEN_S)
         for chunk in super()._stream(messages, stop=stop, **kwargs):
@@ -60,7 +60,9 @@ def _text(chunks: list[Any]) -> str:
     return "".join(c.text for c in chunks if isinstance(c, AIMessageChunk))
 
 
-def _assert_stopped_before_anything_left(log: list[str], received: list[Any], tools: Any, error: GuardViolation) -> None:
+def _assert_stopped_before_anything_left(
+    log: list[str], received: list[Any], tools: Any, error: GuardViolation
+) -> None:
     assert error.decision.stage is Stage.PROMPT
     assert received == []  # not one token reached the consumer
     assert tools.calls == {"send_email": 0, "web_search": 0}  # no tool ran
@@ -76,8 +78,9 @@ def test_blocked_input_agent_stream_sync(slow_guard, tools, log):
     agent = create_agent(model, tools.all)
     received: list[Any] = []
     with pytest.raises(GuardViolation) as info:
-        for chunk, _meta in agent.stream({"messages": [HumanMessage(UNSAFE_PROMPT)]}, config={"callbacks": [handler]},
-                                         stream_mode="messages"):
+        for chunk, _meta in agent.stream(
+            {"messages": [HumanMessage(UNSAFE_PROMPT)]}, config={"callbacks": [handler]}, stream_mode="messages"
+        ):
             received.append(chunk)
     assert info.value.decision.stage is Stage.PROMPT
     _assert_stopped_before_anything_left(log, received, tools, info.value)
@@ -90,8 +93,9 @@ async def test_blocked_input_agent_stream_async(slow_guard, tools, log):
     agent = create_agent(model, tools.all)
     received: list[Any] = []
     with pytest.raises(GuardViolation) as info:
-        async for chunk, _meta in agent.astream({"messages": [HumanMessage(UNSAFE_PROMPT)]},
-                                                config={"callbacks": [handler]}, stream_mode="messages"):
+        async for chunk, _meta in agent.astream(
+            {"messages": [HumanMessage(UNSAFE_PROMPT)]}, config={"callbacks": [handler]}, stream_mode="messages"
+        ):
             received.append(chunk)
     assert info.value.decision.stage is Stage.PROMPT
     _assert_stopped_before_anything_left(log, received, tools, info.value)

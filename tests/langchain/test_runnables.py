@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from faults import ScriptedBackend
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.messages import AIMessageChunk, HumanMessage, ToolMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
-from faults import ScriptedBackend
 from lc_fakes import INJECTION, SAFE_ANSWER, SAFE_QUESTION, UNSAFE_CLAUSE, UNSAFE_PROMPT, scripted, tool_call
-
 from qwenguard.core import Guard, GuardViolation
 from qwenguard.integrations.langchain import GuardRunnable, guard_input, guard_output
 
@@ -31,6 +30,7 @@ class TokenCounter(BaseCallbackHandler):
 def chain(guard, reply: str, engine: str = "monitor"):
     model = FakeListChatModel(responses=[reply])
     return guard_input(guard) | PROMPT | model | guard_output(guard, stream_engine=engine) | StrOutputParser()
+
 
 # Text after the unsafe clause, so that a stream that stops early is visible.
 TAIL = " Then wait for the right moment." * 6
@@ -76,7 +76,9 @@ def test_stream_never_passes_the_unsafe_clause(guard, engine):
 def test_gate_engine_stops_the_model_at_the_violation(guard):
     counter = TokenCounter()
     with pytest.raises(GuardViolation):
-        for _ in chain(guard, MIXED + TAIL, "gate").stream({"question": SAFE_QUESTION}, config={"callbacks": [counter]}):
+        for _ in chain(guard, MIXED + TAIL, "gate").stream(
+            {"question": SAFE_QUESTION}, config={"callbacks": [counter]}
+        ):
             pass
     # FakeListChatModel streams one character per token: the raise stopped it inside the clause.
     assert counter.tokens <= len(MIXED)
@@ -84,7 +86,10 @@ def test_gate_engine_stops_the_model_at_the_violation(guard):
 
 @pytest.mark.parametrize("engine", ["monitor", "gate"])
 async def test_astream_never_passes_the_unsafe_clause(guard, engine):
-    assert "".join([p async for p in chain(guard, SAFE_ANSWER, engine).astream({"question": SAFE_QUESTION})]) == SAFE_ANSWER
+    assert (
+        "".join([p async for p in chain(guard, SAFE_ANSWER, engine).astream({"question": SAFE_QUESTION})])
+        == SAFE_ANSWER
+    )
     received = []
     with pytest.raises(GuardViolation) as info:
         async for piece in chain(guard, MIXED + TAIL, engine).astream({"question": SAFE_QUESTION}):
@@ -109,8 +114,11 @@ async def test_guard_runnable_wraps_a_chain(guard):
 
 def test_input_roles_and_keys(guard):
     # A tool message in the input is untrusted content: the injection is caught as such.
-    messages = [HumanMessage(SAFE_QUESTION), tool_call("web_search", {"query": "France"}),
-                ToolMessage(INJECTION, tool_call_id="call_1", name="web_search")]
+    messages = [
+        HumanMessage(SAFE_QUESTION),
+        tool_call("web_search", {"query": "France"}),
+        ToolMessage(INJECTION, tool_call_id="call_1", name="web_search"),
+    ]
     with pytest.raises(GuardViolation) as info:
         guard_input(guard).invoke(messages)
     assert info.value.decision.stage.value == "tool_result"
@@ -146,7 +154,9 @@ def test_gate_judges_a_bare_output_as_the_answer_to_a_user_turn():
     only shape Qwen3Guard's response mode is trained on: the user turn is empty."""
     backend = ScriptedBackend(lambda conv: "Safety: Safe\nCategories: None\nRefusal: No")
     model = FakeListChatModel(responses=[SAFE_ANSWER])
-    assert "".join(c.text for c in (model | guard_output(Guard(backend), stream_engine="gate")).stream("q")) == SAFE_ANSWER
+    assert (
+        "".join(c.text for c in (model | guard_output(Guard(backend), stream_engine="gate")).stream("q")) == SAFE_ANSWER
+    )
     conversations = [conv for call in backend.calls for conv in call]
     assert conversations and all([m["role"] for m in conv] == ["user", "assistant"] for conv in conversations)
     assert all(conv[0]["content"] == "" for conv in conversations)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.embeddings import MockEmbedding
-
 from qwenguard.core import Guard, Policy
 
 SAFE_DOCS = ["Paris is the capital of France.", "The Eiffel Tower is in Paris."]

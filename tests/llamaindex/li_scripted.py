@@ -151,14 +151,27 @@ class ReasoningLLM(CustomLLM):
         for piece in self.reasoning:
             thought += piece
             message = ChatMessage(role="assistant", blocks=[ThinkingBlock(content=thought), TextBlock(text="")])
-            chunks.append(ChatResponse(message=message, delta="", raw={"reasoning_content": piece},
-                                       additional_kwargs={"thinking_delta": piece, "prompt_tokens": 8}))
+            chunks.append(
+                ChatResponse(
+                    message=message,
+                    delta="",
+                    raw={"reasoning_content": piece},
+                    additional_kwargs={"thinking_delta": piece, "prompt_tokens": 8},
+                )
+            )
         for piece in self.answer:
             text += piece
             blocks = [ThinkingBlock(content=thought)] if thought else []
             message = ChatMessage(role="assistant", blocks=[*blocks, TextBlock(text=text)])
-            chunks.append(ChatResponse(message=message, delta=piece, raw={"content": piece},
-                                       logprobs=[[LogProb(token=piece, logprob=-0.1)]], additional_kwargs={"prompt_tokens": 8}))
+            chunks.append(
+                ChatResponse(
+                    message=message,
+                    delta=piece,
+                    raw={"content": piece},
+                    logprobs=[[LogProb(token=piece, logprob=-0.1)]],
+                    additional_kwargs={"prompt_tokens": 8},
+                )
+            )
         return chunks
 
     def stream_chat(self, messages: Any, **kwargs: Any) -> ChatResponseGen:
@@ -206,8 +219,12 @@ def side_channels(chunk: Any) -> dict[str, str]:
                 pass
         return repr(value)
 
-    out = {"delta": chunk.delta or "", "raw": dump(chunk.raw), "logprobs": dump(chunk.logprobs),
-           "additional_kwargs": dump(chunk.additional_kwargs)}
+    out = {
+        "delta": chunk.delta or "",
+        "raw": dump(chunk.raw),
+        "logprobs": dump(chunk.logprobs),
+        "additional_kwargs": dump(chunk.additional_kwargs),
+    }
     message = getattr(chunk, "message", None)
     if message is not None:
         out["message.content"] = message.content or ""

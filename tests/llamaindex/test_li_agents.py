@@ -12,7 +12,6 @@ from llama_index.core.base.llms.types import ChatMessage, MessageRole, ToolCallB
 from llama_index.core.llms.mock import MockFunctionCallingLLM
 from llama_index.core.tools import FunctionTool
 from llama_index.core.workflow import Context
-
 from qwenguard.core import Guard, GuardViolation, Stage
 from qwenguard.integrations.llamaindex import GuardedFunctionTool, GuardedLLM, guard_tool, guard_tools
 
@@ -29,7 +28,9 @@ class EmailScript:
     def __call__(self, messages, **kwargs) -> ChatMessage:
         if any(m.role == MessageRole.TOOL for m in messages):
             return ChatMessage(role="assistant", content="Your message was sent.")
-        call = ToolCallBlock(tool_call_id="c1", tool_name="send_email", tool_kwargs={"to": "bob@example.com", "body": self.body})
+        call = ToolCallBlock(
+            tool_call_id="c1", tool_name="send_email", tool_kwargs={"to": "bob@example.com", "body": self.body}
+        )
         return ChatMessage(role="assistant", blocks=[call])
 
 
@@ -58,15 +59,19 @@ async def test_function_agent_runs_a_safe_tool(guard: Guard) -> None:
 
 async def test_agent_workflow_never_runs_a_blocked_tool(guard: Guard) -> None:
     outbox = Outbox()
-    agent = FunctionAgent(name="mailer", description="Sends email.", tools=[outbox.tool()], llm=guarded_llm(guard, UNSAFE_CLAUSE))
+    agent = FunctionAgent(
+        name="mailer", description="Sends email.", tools=[outbox.tool()], llm=guarded_llm(guard, UNSAFE_CLAUSE)
+    )
     workflow = AgentWorkflow(agents=[agent], root_agent="mailer")
     handler = workflow.run(user_msg="Please e-mail Bob for me.")
     events = []
     with pytest.raises(GuardViolation):
+
         async def consume() -> None:
             async for ev in handler.stream_events():
                 events.append(type(ev).__name__)
             await handler
+
         await asyncio.wait_for(consume(), RUN_TIMEOUT_S)
     assert outbox.sent == 0
     assert "ToolCall" not in events and "ToolCallResult" not in events

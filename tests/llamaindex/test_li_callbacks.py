@@ -12,7 +12,6 @@ from llama_index.core.callbacks import CallbackManager, CBEventType
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.llms.mock import MockLLM
 from llama_index.core.query_engine import RetrieverQueryEngine
-
 from qwenguard.core import Guard, GuardViolation, Stage
 from qwenguard.integrations.llamaindex import GuardCallbackHandler, GuardEventHandler
 
@@ -110,7 +109,9 @@ def test_a_plain_rag_question_is_not_judged_by_the_template(embed_model, setting
 
     with scripted_openai("The capital of France is Paris.") as url:
         llm = OpenAILike(model="scripted", api_base=url, api_key="x", is_chat_model=chat, max_retries=0)
-        index = VectorStoreIndex.from_documents([Document(text="Paris is the capital of France.")], embed_model=embed_model)
+        index = VectorStoreIndex.from_documents(
+            [Document(text="Paris is the capital of France.")], embed_model=embed_model
+        )
         response = index.as_query_engine(llm=llm, streaming=streaming).query("What is the capital of France?")
         text = "".join(response.response_gen) if streaming else str(response)
         assert text == "The capital of France is Paris."
@@ -118,13 +119,17 @@ def test_a_plain_rag_question_is_not_judged_by_the_template(embed_model, setting
         assert "Paris is the capital of France." in json.dumps(request.body)  # the template did reach the LLM
 
 
-def test_the_query_and_the_context_are_still_judged_for_what_they_are(embed_model, guard: Guard, settings_handler) -> None:
+def test_the_query_and_the_context_are_still_judged_for_what_they_are(
+    embed_model, guard: Guard, settings_handler
+) -> None:
     from llama_index.llms.openai_like import OpenAILike
     from scripted_openai import scripted_openai
 
     with scripted_openai(UNSAFE_CLAUSE) as url:
         llm = OpenAILike(model="scripted", api_base=url, api_key="x", is_chat_model=True, max_retries=0)
-        index = VectorStoreIndex.from_documents([Document(text="Paris is the capital of France.")], embed_model=embed_model)
+        index = VectorStoreIndex.from_documents(
+            [Document(text="Paris is the capital of France.")], embed_model=embed_model
+        )
         with pytest.raises(GuardViolation) as info:
             index.as_query_engine(llm=llm).query(BOMB)
         assert info.value.decision.stage is Stage.PROMPT and url.requests == []

@@ -8,7 +8,6 @@ from llama_index.core.base.llms.types import ChatMessage, ToolCallBlock
 from llama_index.core.llms.mock import MockFunctionCallingLLM, MockLLM
 from llama_index.core.prompts import PromptTemplate
 from llama_index.core.tools import FunctionTool
-
 from qwenguard.core import Guard, GuardViolation, Stage
 from qwenguard.integrations.llamaindex import GuardedLLM
 
@@ -100,8 +99,13 @@ def test_tool_output_is_screened_as_untrusted_not_as_the_user(guard: Guard) -> N
 
 
 def test_tool_call_with_unsafe_arguments_is_blocked(guard: Guard) -> None:
-    email = ToolCallBlock(tool_call_id="c1", tool_name="send_email", tool_kwargs={"to": "bob@example.com", "body": UNSAFE_CLAUSE})
-    llm = GuardedLLM(llm=MockFunctionCallingLLM(response_generator=Replies(ChatMessage(role="assistant", blocks=[email]))), guard=guard)
+    email = ToolCallBlock(
+        tool_call_id="c1", tool_name="send_email", tool_kwargs={"to": "bob@example.com", "body": UNSAFE_CLAUSE}
+    )
+    llm = GuardedLLM(
+        llm=MockFunctionCallingLLM(response_generator=Replies(ChatMessage(role="assistant", blocks=[email]))),
+        guard=guard,
+    )
 
     def send_email(to: str, body: str) -> str:
         return "sent"
@@ -118,7 +122,10 @@ def test_template_calls_screen_query_and_context_separately(guard: Guard) -> Non
     template = PromptTemplate("Context:\n{context_str}\nQuestion: {query_str}\nAnswer:")
     inner = ScriptedLLM(chunks=["The capital of France is Paris."])
     llm = GuardedLLM(llm=inner, guard=guard)
-    assert llm.predict(template, context_str="Paris is the capital of France.", query_str=CAPITAL) == "The capital of France is Paris."
+    assert (
+        llm.predict(template, context_str="Paris is the capital of France.", query_str=CAPITAL)
+        == "The capital of France is Paris."
+    )
     with pytest.raises(GuardViolation) as info:
         llm.predict(template, context_str=INJECTION, query_str=CAPITAL)
     assert info.value.decision.stage is Stage.RETRIEVAL
@@ -137,7 +144,9 @@ async def test_async_template_calls(guard: Guard) -> None:
     assert await llm.apredict(template, context_str="Paris is the capital of France.", query_str=CAPITAL)
     with pytest.raises(GuardViolation):
         await llm.apredict(template, context_str=INJECTION, query_str=CAPITAL)
-    tokens = [t async for t in await llm.astream(template, context_str="Paris is the capital of France.", query_str=CAPITAL)]
+    tokens = [
+        t async for t in await llm.astream(template, context_str="Paris is the capital of France.", query_str=CAPITAL)
+    ]
     assert "".join(tokens) == "The capital of France is Paris."
 
 

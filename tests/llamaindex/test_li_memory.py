@@ -7,13 +7,12 @@ goes on talking; the engine's history and the next LLM input hold no trace of th
 from __future__ import annotations
 
 import pytest
+from faults import DelayedBackend
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.chat_engine import SimpleChatEngine
 from llama_index.core.llms.mock import MockFunctionCallingLLM
 from llama_index.core.memory import Memory
-
-from faults import DelayedBackend
 from qwenguard.core import Guard, GuardViolation, Stage
 from qwenguard.integrations.llamaindex import GuardedLLM, GuardedMemory
 
@@ -128,7 +127,9 @@ async def test_function_agent_memory_forgets_a_blocked_message(guard: Guard) -> 
 
     recorder = Recorder()
     memory = GuardedMemory(Memory.from_defaults(session_id="agent"), guard)
-    agent = FunctionAgent(tools=[], llm=GuardedLLM(llm=MockFunctionCallingLLM(response_generator=recorder), guard=guard))
+    agent = FunctionAgent(
+        tools=[], llm=GuardedLLM(llm=MockFunctionCallingLLM(response_generator=recorder), guard=guard)
+    )
     with pytest.raises(GuardViolation):
         await agent.run(user_msg=BOMB, memory=memory)
     assert await memory.aget_all() == []

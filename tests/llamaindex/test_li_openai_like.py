@@ -14,10 +14,9 @@ from llama_index.core.agent.workflow import AgentStream, FunctionAgent
 from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.tools import FunctionTool
 from llama_index.llms.openai_like import OpenAILike
-from scripted_openai import Reply, ToolCall, scripted_openai
-
 from qwenguard.core import Guard, GuardViolation, Stage
 from qwenguard.integrations.llamaindex import GuardedLLM
+from scripted_openai import Reply, ToolCall, scripted_openai
 
 PROMPT = "Tell me about Paris."
 SAFE_START = "The capital of France is Paris. " * 3
@@ -30,8 +29,15 @@ RUN_TIMEOUT_S = 120
 
 
 def openai_like(url: str, *, chat: bool = True) -> OpenAILike:
-    return OpenAILike(model="scripted", api_base=url, api_key="scripted", is_chat_model=chat,
-                      is_function_calling_model=True, context_window=32000, max_retries=0)
+    return OpenAILike(
+        model="scripted",
+        api_base=url,
+        api_key="scripted",
+        is_chat_model=chat,
+        is_function_calling_model=True,
+        context_window=32000,
+        max_retries=0,
+    )
 
 
 def clause_exposure(received: str) -> int:
@@ -72,7 +78,9 @@ def test_sync_stream_stops_before_the_clause(patient_guard: Guard, chat: bool) -
 async def test_async_stream_stops_before_the_clause(patient_guard: Guard, chat: bool) -> None:
     with scripted_openai(Reply.words(UNSAFE_TEXT), pace=PACE) as url:
         llm = GuardedLLM(llm=openai_like(url, chat=chat), guard=patient_guard)
-        stream = await (llm.astream_chat([ChatMessage(role="user", content=PROMPT)]) if chat else llm.astream_complete(PROMPT))
+        stream = await (
+            llm.astream_chat([ChatMessage(role="user", content=PROMPT)]) if chat else llm.astream_complete(PROMPT)
+        )
         chunks = []
         with pytest.raises(GuardViolation):
             async for chunk in stream:
@@ -91,7 +99,7 @@ def test_a_consumer_that_stops_reading_stops_the_upstream_sync(patient_guard: Gu
     # holdback=0 releases at once, so the first chunk comes whatever the guard's speed.
     with scripted_openai(Reply.words(LONG_TEXT), pace=PACE) as url:
         llm = GuardedLLM(llm=openai_like(url), guard=patient_guard, holdback=0)
-        for chunk in llm.stream_chat([ChatMessage(role="user", content=PROMPT)]):
+        for _chunk in llm.stream_chat([ChatMessage(role="user", content=PROMPT)]):
             break
         (response,) = url.responses
         assert response.wait(10) and response.closed_early and response.sent < response.planned / 2
@@ -101,7 +109,7 @@ async def test_a_consumer_that_stops_reading_stops_the_upstream_async(patient_gu
     with scripted_openai(Reply.words(LONG_TEXT), pace=PACE) as url:
         llm = GuardedLLM(llm=openai_like(url), guard=patient_guard, holdback=0)
         stream = await llm.astream_chat([ChatMessage(role="user", content=PROMPT)])
-        async for chunk in stream:
+        async for _chunk in stream:
             break
         await stream.aclose()
         (response,) = url.responses
@@ -168,7 +176,9 @@ def test_a_safe_tool_call_arrives_judged_on_the_final_chunk(patient_guard: Guard
     with scripted_openai(Reply(tool_calls=[WEATHER])) as url:
         llm = GuardedLLM(llm=openai_like(url), guard=patient_guard)
         chunks = list(llm.stream_chat_with_tools([weather_tool([])], user_msg="What is the weather in Paris?"))
-        assert [llm.get_tool_calls_from_response(c, error_on_no_tool_call=False) for c in chunks[:-1]] == [[]] * (len(chunks) - 1)
+        assert [llm.get_tool_calls_from_response(c, error_on_no_tool_call=False) for c in chunks[:-1]] == [[]] * (
+            len(chunks) - 1
+        )
         (call,) = llm.get_tool_calls_from_response(chunks[-1])
         assert (call.tool_name, call.tool_kwargs) == ("get_weather", {"city": "Paris"})
 

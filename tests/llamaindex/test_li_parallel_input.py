@@ -10,14 +10,12 @@ import time
 from typing import Any
 
 import pytest
+from faults import DelayedBackend
 from li_scripted import Outbox, ScriptedLLM, words
 from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.base.llms.types import ChatMessage, ChatResponse, MessageRole, ToolCallBlock
 from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.llms.mock import MockFunctionCallingLLM
-
-from faults import DelayedBackend
-
 from qwenguard.core import Guard, GuardViolation, Stage
 from qwenguard.integrations.llamaindex import GuardedLLM
 
@@ -100,7 +98,11 @@ class SlowToolLLM(MockFunctionCallingLLM):
     def _reply(messages, **kwargs) -> ChatMessage:
         if any(m.role == MessageRole.TOOL for m in messages):
             return ChatMessage(role="assistant", content="Your message was sent.")
-        call = ToolCallBlock(tool_call_id="c1", tool_name="send_email", tool_kwargs={"to": "bob@example.com", "body": "The capital of France is Paris."})
+        call = ToolCallBlock(
+            tool_call_id="c1",
+            tool_name="send_email",
+            tool_kwargs={"to": "bob@example.com", "body": "The capital of France is Paris."},
+        )
         return ChatMessage(role="assistant", blocks=[call])
 
     async def _slow(self) -> None:

@@ -13,7 +13,6 @@ from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
-
 from qwenguard.core import Guard, GuardViolation, Policy, Stage
 from qwenguard.integrations.llamaindex import GuardedRetriever, GuardNodePostprocessor, GuardTransform
 
@@ -57,7 +56,8 @@ def test_unguarded_engine_does_pass_the_bad_nodes(index: VectorStoreIndex) -> No
 
 def test_postprocessor_raise_mode(index: VectorStoreIndex, guard: Guard) -> None:
     engine = index.as_query_engine(
-        llm=MockLLM(), similarity_top_k=10,
+        llm=MockLLM(),
+        similarity_top_k=10,
         node_postprocessors=[GuardNodePostprocessor(guard=guard, on_block="raise")],
     )
     with pytest.raises(GuardViolation) as info:
@@ -108,7 +108,9 @@ def test_guarded_retriever_filters_nodes_sync_and_async(index: VectorStoreIndex,
 
 
 async def test_guarded_retriever_async_query_engine(index: VectorStoreIndex, guard: Guard) -> None:
-    engine = RetrieverQueryEngine.from_args(GuardedRetriever(index.as_retriever(similarity_top_k=10), guard), llm=MockLLM())
+    engine = RetrieverQueryEngine.from_args(
+        GuardedRetriever(index.as_retriever(similarity_top_k=10), guard), llm=MockLLM()
+    )
     response = await engine.aquery("What is the capital of France?")
     assert_only_safe(response.source_nodes)
 
@@ -139,8 +141,12 @@ async def test_ingestion_pipeline_async_and_index(guard: Guard, embed_model) -> 
     pipeline = IngestionPipeline(transformations=[SentenceSplitter(), GuardTransform(guard=guard)])
     nodes = await pipeline.arun(documents=docs)
     assert sorted(n.get_content() for n in nodes) == sorted(SAFE_DOCS)
-    index = VectorStoreIndex.from_documents(docs, embed_model=embed_model, transformations=[GuardTransform(guard=guard)])
-    assert sorted(n.get_content() for n in index.as_retriever(similarity_top_k=10).retrieve("Paris")) == sorted(SAFE_DOCS)
+    index = VectorStoreIndex.from_documents(
+        docs, embed_model=embed_model, transformations=[GuardTransform(guard=guard)]
+    )
+    assert sorted(n.get_content() for n in index.as_retriever(similarity_top_k=10).retrieve("Paris")) == sorted(
+        SAFE_DOCS
+    )
 
 
 def test_ingestion_raise_mode(guard: Guard) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 from li_scripted import UNSAFE_CLAUSE, ReasoningLLM, exposure, words
 from llama_index.core.base.llms.types import ChatMessage, ThinkingBlock
-
 from qwenguard.core import Guard, GuardViolation
 from qwenguard.integrations.llamaindex import GuardedLLM
 

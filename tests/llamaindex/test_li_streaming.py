@@ -8,7 +8,6 @@ import pytest
 from li_scripted import SAFE_ENDING, SAFE_OPENING, UNSAFE_CLAUSE, ScriptedLLM, words
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.chat_engine import SimpleChatEngine
-
 from qwenguard.core import Guard, GuardViolation
 
 # A long safe tail at a model-like pace: the guard's verdict on the unsafe clause arrives while the
@@ -91,5 +90,7 @@ async def test_async_streaming_chat_engine_stops_midway(guard: Guard) -> None:
 
 def test_unguarded_stream_does_deliver_the_clause(safe_index: VectorStoreIndex) -> None:
     # The control: the same scripted answer reaches the consumer without the guard.
-    response = safe_index.as_query_engine(llm=ScriptedLLM(chunks=CHUNKS), streaming=True).query("What is the capital of France?")
+    response = safe_index.as_query_engine(llm=ScriptedLLM(chunks=CHUNKS), streaming=True).query(
+        "What is the capital of France?"
+    )
     assert UNSAFE_CLAUSE in "".join(response.response_gen)

@@ -14,9 +14,16 @@ FRAMEWORKS = ("langchain", "langchain_core", "langgraph", "llama_index")
 TORCH = ("torch", "transformers", "huggingface_hub")
 SERVER = ("fastapi", "starlette", "uvicorn", "prometheus_client")
 # Where the heavy imports may live (paths relative to core/).
-TORCH_ALLOWED = ("backends/torch_runtime.py", "backends/transformers_gen.py", "backends/stream_model.py",
-                 "backends/transformers_stream.py", "backends/stream_batching.py", "backends/hf_tokenizer.py",
-                 "backends/hub.py", "demo/")
+TORCH_ALLOWED = (
+    "backends/torch_runtime.py",
+    "backends/transformers_gen.py",
+    "backends/stream_model.py",
+    "backends/transformers_stream.py",
+    "backends/stream_batching.py",
+    "backends/hf_tokenizer.py",
+    "backends/hub.py",
+    "demo/",
+)
 SERVER_ALLOWED = ("server/",)
 
 
@@ -64,14 +71,24 @@ def test_core_imports_no_framework() -> None:
 
 
 def test_torch_and_transformers_only_in_the_local_backends() -> None:
-    bad = [(_rel(p), m) for p in _core_files() if not _rel(p).startswith(TORCH_ALLOWED)
-           for m, _ in _imports(p) if m.split(".")[0] in TORCH]
+    bad = [
+        (_rel(p), m)
+        for p in _core_files()
+        if not _rel(p).startswith(TORCH_ALLOWED)
+        for m, _ in _imports(p)
+        if m.split(".")[0] in TORCH
+    ]
     assert bad == []
 
 
 def test_server_libraries_only_in_the_server() -> None:
-    bad = [(_rel(p), m) for p in _core_files() if not _rel(p).startswith(SERVER_ALLOWED)
-           for m, _ in _imports(p) if m.split(".")[0] in SERVER]
+    bad = [
+        (_rel(p), m)
+        for p in _core_files()
+        if not _rel(p).startswith(SERVER_ALLOWED)
+        for m, _ in _imports(p)
+        if m.split(".")[0] in SERVER
+    ]
     assert bad == []
 
 
@@ -103,7 +120,7 @@ def test_no_import_cycles_at_module_level() -> None:
         stack.append(node)
         for dep in sorted(graph[node]):
             if state.get(dep) == 1:
-                return stack[stack.index(dep):] + [dep]
+                return stack[stack.index(dep) :] + [dep]
             if dep not in state and (cycle := dfs(dep)):
                 return cycle
         state[node] = 2
@@ -117,8 +134,10 @@ def test_no_import_cycles_at_module_level() -> None:
 
 
 def test_importing_the_core_loads_no_heavy_library() -> None:
-    code = ("import sys, qwenguard.core\n"
-            f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {FRAMEWORKS + TORCH + SERVER!r})\n"
-            "print(heavy)")
+    code = (
+        "import sys, qwenguard.core\n"
+        f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {FRAMEWORKS + TORCH + SERVER!r})\n"
+        "print(heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"

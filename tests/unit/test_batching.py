@@ -3,7 +3,6 @@ import threading
 import time
 
 import pytest
-
 from qwenguard.core.backends.batching import MicroBatcher
 from qwenguard.core.errors import GuardTimeout
 
@@ -106,7 +105,7 @@ def test_a_small_request_runs_between_the_steps_of_a_large_one():
     assert large.result(20) == [("large", i * 2) for i in range(200)]  # order kept across steps
     assert not large_done_when_small_finished
     step_of_small = next(n for n, tags in enumerate(rec.steps) if "small" in tags)
-    assert "large" in rec.steps[step_of_small - 1] and "large" in [t for s in rec.steps[step_of_small + 1:] for t in s]
+    assert "large" in rec.steps[step_of_small - 1] and "large" in [t for s in rec.steps[step_of_small + 1 :] for t in s]
     assert max(len(s) for s in rec.steps) <= 8
     batcher.close()
 

@@ -38,7 +38,9 @@ def test_entries_with_large_verdicts_stay_under_the_byte_bound():
     cache = VerdictCache(maxsize=4096, max_bytes=2_000_000)
     raw = "Safety: Safe\nCategories: None\n---\n" * 6_000  # ~200 KB, as a windowed document's joined answers
     for i in range(50):
-        cache.put(cache_key("m", "prompt", [{"role": "user", "content": f"text {i}"}]), Verdict(Risk.SAFE, raw=raw + str(i)))
+        cache.put(
+            cache_key("m", "prompt", [{"role": "user", "content": f"text {i}"}]), Verdict(Risk.SAFE, raw=raw + str(i))
+        )
         assert cache.nbytes <= cache.max_bytes
     assert 5 <= len(cache) <= 10  # the oldest were evicted, the newest kept
     newest = cache_key("m", "prompt", [{"role": "user", "content": "text 49"}])

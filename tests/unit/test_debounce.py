@@ -3,7 +3,6 @@
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from qwenguard.core.streaming.debounce import Debounce, Flag, flag_position
 from qwenguard.core.verdict import Risk
 

@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sklearn import metrics as skm
-
 from qwenguard.core.eval.metrics import (
     average_precision,
     best_threshold,
@@ -16,6 +14,7 @@ from qwenguard.core.eval.metrics import (
     roc_auc,
     threshold_sweep,
 )
+from sklearn import metrics as skm
 
 NAN = float("nan")
 # sklearn warns on single-class inputs, which are exactly the degenerate cases under test.
@@ -42,14 +41,14 @@ def _check_against_sklearn(y, p):
 
 
 FIXED = [
-    ([1, 1, 0, 0, 1, 0, 1, 0], [1, 0, 0, 1, 1, 0, 1, 0]),      # ordinary
-    ([1, 1, 1, 1], [1, 0, 1, 1]),                                # one class only (all harmful)
-    ([0, 0, 0, 0], [0, 1, 0, 0]),                                # one class only (all harmless)
-    ([0, 0, 0], [0, 0, 0]),                                      # all harmless, nothing predicted
-    ([1, 0, 1, 0], [0, 0, 0, 0]),                                # no positives predicted
-    ([1, 0, 1, 0], [1, 1, 1, 1]),                                # everything blocked
-    ([1, 1], [1, 1]),                                            # perfect, single class
-    ([1, 0], [0, 1]),                                            # all wrong
+    ([1, 1, 0, 0, 1, 0, 1, 0], [1, 0, 0, 1, 1, 0, 1, 0]),  # ordinary
+    ([1, 1, 1, 1], [1, 0, 1, 1]),  # one class only (all harmful)
+    ([0, 0, 0, 0], [0, 1, 0, 0]),  # one class only (all harmless)
+    ([0, 0, 0], [0, 0, 0]),  # all harmless, nothing predicted
+    ([1, 0, 1, 0], [0, 0, 0, 0]),  # no positives predicted
+    ([1, 0, 1, 0], [1, 1, 1, 1]),  # everything blocked
+    ([1, 1], [1, 1]),  # perfect, single class
+    ([1, 0], [0, 1]),  # all wrong
 ]
 
 
@@ -103,9 +102,9 @@ def test_binary_metrics_rejects_non_binary_input():
 
 SCORED = [
     ([1, 0, 1, 0, 1, 0], [0.9, 0.1, 0.8, 0.4, 0.35, 0.7]),
-    ([1, 1, 0, 0], [0.5, 0.5, 0.5, 0.5]),                      # all tied
+    ([1, 1, 0, 0], [0.5, 0.5, 0.5, 0.5]),  # all tied
     ([1, 0, 1, 0, 0, 1, 1], [0.2, 0.2, 0.9, 0.9, 0.1, 0.6, 0.2]),  # partial ties
-    ([0, 1], [1.0, 0.0]),                                      # perfectly wrong
+    ([0, 1], [1.0, 0.0]),  # perfectly wrong
 ]
 
 

@@ -7,7 +7,6 @@ import threading
 import time
 
 import pytest
-
 from qwenguard.core import Action, Decision, GuardUnavailable, GuardViolation, Risk, Stage, Verdict
 from qwenguard.core.streaming.parallel import PendingCheck, run_guarded
 

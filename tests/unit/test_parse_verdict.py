@@ -1,7 +1,6 @@
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from qwenguard.core import CATEGORIES, Risk, VerdictParseError, parse_verdict
 
 

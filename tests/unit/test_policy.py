@@ -1,5 +1,4 @@
 import pytest
-
 from qwenguard.core import Action, Policy, Risk, Stage, StagePolicy, Verdict
 
 UNSAFE = Verdict(Risk.UNSAFE, ("Violent",))
@@ -46,7 +45,13 @@ def test_errors_are_their_own_outcome():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"mode": "lenient"}, {"on_error": "ignore"}, {"timeout_s": 0}, {"timeout_s": -1}, {"ignore_categories": ["Bombs"]}],
+    [
+        {"mode": "lenient"},
+        {"on_error": "ignore"},
+        {"timeout_s": 0},
+        {"timeout_s": -1},
+        {"ignore_categories": ["Bombs"]},
+    ],
 )
 def test_bad_policy_values_raise(kwargs):
     with pytest.raises(ValueError):
@@ -60,4 +65,6 @@ def test_to_dict_is_stable_and_json_able():
     d = p.to_dict()
     assert d["ignore_categories"] == ["PII", "Violent"]
     assert d["stages"]["prompt"]["mode"] == "strict"
-    assert json.dumps(d) == json.dumps(Policy.loose(ignore_categories=["Violent", "PII"], stages={"prompt": StagePolicy(mode="strict")}).to_dict())
+    assert json.dumps(d) == json.dumps(
+        Policy.loose(ignore_categories=["Violent", "PII"], stages={"prompt": StagePolicy(mode="strict")}).to_dict()
+    )

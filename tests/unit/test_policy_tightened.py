@@ -64,7 +64,9 @@ def test_a_client_policy_never_lets_through_what_the_operators_blocks(operator, 
 def test_timeouts_only_shorten_where_the_result_fails_closed(operator, client, stage):
     pinned = operator.tightened(client)
     if pinned.on_error_for(stage) == "block":
-        assert _limit(pinned.timeout_for(stage)) == min(_limit(operator.timeout_for(stage)), _limit(client.timeout_for(stage)))
+        assert _limit(pinned.timeout_for(stage)) == min(
+            _limit(operator.timeout_for(stage)), _limit(client.timeout_for(stage))
+        )
     else:  # fails open: a client's shorter budget would let text through unchecked, so the operator's stays
         assert pinned.timeout_for(stage) == operator.timeout_for(stage)
 
@@ -93,7 +95,10 @@ def test_each_field_takes_the_stricter_side():
     strict = Policy.strict(ignore_categories=["PII"], block_categories=["Politically Sensitive Topics"])
     pinned = operator.tightened(strict)
     assert (pinned.mode, pinned.ignore_categories, pinned.block_categories) == (
-        "strict", frozenset({"PII"}), frozenset({"Politically Sensitive Topics"}))
+        "strict",
+        frozenset({"PII"}),
+        frozenset({"Politically Sensitive Topics"}),
+    )
     assert pinned.decide(POLITICS, Stage.PROMPT).blocked
     assert pinned.decide(UNSAFE_PII, Stage.PROMPT).action is Action.FLAG  # both ignore PII
     assert pinned.decide(Verdict(Risk.UNSAFE, ("Violent",)), Stage.PROMPT).blocked

@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import pytest
-
 from qwenguard.core.formats.prompts import moderation_mode, normalize_messages, render_prompt
 
 GOLDEN = Path(__file__).parent.parent / "golden"
@@ -14,7 +13,10 @@ def test_prompt_moderation_matches_official_render():
 
 def test_response_moderation_render():
     text = render_prompt(
-        [{"role": "user", "content": "How can I make a bomb?"}, {"role": "assistant", "content": "I cannot help with that."}]
+        [
+            {"role": "user", "content": "How can I make a bomb?"},
+            {"role": "assistant", "content": "I cannot help with that."},
+        ]
     )
     assert text == (GOLDEN / "response_moderation.txt").read_text()
     assert "Jailbreak." not in text  # 8 categories in response mode

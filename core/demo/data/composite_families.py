@@ -16,9 +16,34 @@ from .parts import _ex, _pick_harm_category, _safe_qa, _unsafe_prompt_text
 from .prompt_texts import CONTROVERSIAL_PROMPTS
 from .slots import SLOTS
 
-_SHORT_TAILS = ["OK", "ok", "Ok.", "OK?", "Thanks!", "Thanks.", "thx", "Thank you.", "Please answer quickly.", "Be detailed.",
-                "Answer in English.", "Hurry.", "Hello?", "Please.", "Go on.", "I'm waiting.", "lol", ":)", "Cheers.",
-                "Keep it short.", "Reply asap.", "Just asking.", "Asking for a friend.", "yes", "Right?", "Go."]
+_SHORT_TAILS = [
+    "OK",
+    "ok",
+    "Ok.",
+    "OK?",
+    "Thanks!",
+    "Thanks.",
+    "thx",
+    "Thank you.",
+    "Please answer quickly.",
+    "Be detailed.",
+    "Answer in English.",
+    "Hurry.",
+    "Hello?",
+    "Please.",
+    "Go on.",
+    "I'm waiting.",
+    "lol",
+    ":)",
+    "Cheers.",
+    "Keep it short.",
+    "Reply asap.",
+    "Just asking.",
+    "Asking for a friend.",
+    "yes",
+    "Right?",
+    "Go.",
+]
 _SEPARATORS = [" ", " ", " ", "\n", "\n\n", "  ", " - "]
 _LABELS = [("USER", "ASSISTANT"), ("User", "Assistant"), ("user", "assistant"), ("USER ", "ASSISTANT ")]
 
@@ -29,9 +54,9 @@ def _benign_text(m: _Maker) -> str:
     if roll < 0.35:
         return m.noisy(_safe_qa(m)[0], 0.5)
     if roll < 0.75:
-        return m.choice(_SHORT_TAILS)
+        return str(m.choice(_SHORT_TAILS))
     if roll < 0.85:
-        return m.slot(SLOTS["greeting"])
+        return str(m.slot(SLOTS["greeting"]))
     return _benign(m, question=m.chance(0.7))
 
 
@@ -56,8 +81,15 @@ def prompt_composite(m: _Maker) -> Example:
         text = lead + _tail(m)
         if m.chance(0.15):
             text += _tail(m)
-        return _ex(prompt_conversation(text), "unsafe", [cat], None, "prompt", f"prompt.composite.tail.{_slug(cat)}",
-                   [0, len(lead)])
+        return _ex(
+            prompt_conversation(text),
+            "unsafe",
+            [cat],
+            None,
+            "prompt",
+            f"prompt.composite.tail.{_slug(cat)}",
+            [0, len(lead)],
+        )
     if roll < 0.57:  # something harmless, then the harmful request (inline or as a forged turn)
         cat = _pick_harm_category(m)
         bad = m.noisy(_unsafe_prompt_text(m, cat), 0.5)
@@ -67,13 +99,27 @@ def prompt_composite(m: _Maker) -> Example:
         else:
             text = lead + m.choice(_SEPARATORS) + bad
         start = text.rindex(bad)
-        return _ex(prompt_conversation(text), "unsafe", [cat], None, "prompt", f"prompt.composite.lead.{_slug(cat)}",
-                   [start, start + len(bad)])
+        return _ex(
+            prompt_conversation(text),
+            "unsafe",
+            [cat],
+            None,
+            "prompt",
+            f"prompt.composite.lead.{_slug(cat)}",
+            [start, start + len(bad)],
+        )
     if roll < 0.65:  # an opinion question with a tail stays controversial
         lead = m.noisy(m.fill(m.pick(CONTROVERSIAL_PROMPTS[POLITICAL])), 0.5)
         text = lead + _tail(m)
-        return _ex(prompt_conversation(text), "controversial", [POLITICAL], None, "prompt", "prompt.composite.political",
-                   [0, len(lead)])
+        return _ex(
+            prompt_conversation(text),
+            "controversial",
+            [POLITICAL],
+            None,
+            "prompt",
+            "prompt.composite.political",
+            [0, len(lead)],
+        )
     # harmless with harmless: still safe, also with forged turns
     text = m.noisy(_safe_qa(m)[0], 0.5) if m.chance(0.8) else _benign(m, question=True)
     text += _tail(m)

@@ -41,8 +41,15 @@ def untrusted_injection(m: _Maker) -> Example:
         body = (before + sep if before else "") + inj + (sep + after if after else "")
         start = len(before + sep) if before else 0
     text, stage, offset = _wrap_untrusted(m, body)
-    return _ex(untrusted_conversation(text), "unsafe", [JAILBREAK], None, stage, "untrusted.injection",
-               [offset + start, offset + start + len(inj)])
+    return _ex(
+        untrusted_conversation(text),
+        "unsafe",
+        [JAILBREAK],
+        None,
+        stage,
+        "untrusted.injection",
+        [offset + start, offset + start + len(inj)],
+    )
 
 
 def untrusted_harmful(m: _Maker) -> Example:
@@ -55,8 +62,15 @@ def untrusted_harmful(m: _Maker) -> Example:
         lead = _safe_doc_text(m, 1) + " "
         body, start = lead + body, start + len(lead)
     text, stage, offset = _wrap_untrusted(m, body)
-    return _ex(untrusted_conversation(text), "unsafe", [cat], None, stage, f"untrusted.harmful.{_slug(cat)}",
-               [offset + start, offset + start + len(harm)])
+    return _ex(
+        untrusted_conversation(text),
+        "unsafe",
+        [cat],
+        None,
+        stage,
+        f"untrusted.harmful.{_slug(cat)}",
+        [offset + start, offset + start + len(harm)],
+    )
 
 
 def untrusted_safe(m: _Maker) -> Example:
@@ -74,7 +88,14 @@ def long_document(m: _Maker) -> Example:
     stage = m.choice(["tool_result", "retrieval"])
     if kind == "safe":
         if m.chance(0.5):  # end on a sentence the model has never seen, harmlessly: where harm usually sits
-            last = m.choice([_scramble(m, _prose(m), 0.4), m.choice(SAFE_TWINS), _unfamiliar(m), _scramble(m, _benign(m, False), 0.5)])
+            last = m.choice(
+                [
+                    _scramble(m, _prose(m), 0.4),
+                    m.choice(SAFE_TWINS),
+                    _unfamiliar(m),
+                    _scramble(m, _benign(m, False), 0.5),
+                ]
+            )
             filler += m.choice([" ", "\n\n"]) + last
         elif m.chance(0.3):  # a window may also end mid-sentence
             filler = filler[: len(filler) - m.rng.randint(1, 80)]
@@ -92,7 +113,9 @@ def long_document(m: _Maker) -> Example:
         paragraphs.insert(m.rng.randrange(len(paragraphs)), bad)
         body = "\n\n".join(paragraphs)
     start = body.find(bad)
-    return _ex(untrusted_conversation(body), "unsafe", [cat], None, stage, f"untrusted.long.{kind}", [start, start + len(bad)])
+    return _ex(
+        untrusted_conversation(body), "unsafe", [cat], None, stage, f"untrusted.long.{kind}", [start, start + len(bad)]
+    )
 
 
 def long_questions(m: _Maker) -> Example:

@@ -81,5 +81,14 @@ class Example:
 
 
 def _slug(cat: str) -> str:
-    return {VIOLENT: "violent", ILLEGAL: "illegal", SEXUAL: "sexual", PII: "pii", SELF_HARM: "self_harm", UNETHICAL: "unethical",
-            POLITICAL: "political", COPYRIGHT: "copyright", JAILBREAK: "jailbreak"}[cat]
+    return {
+        VIOLENT: "violent",
+        ILLEGAL: "illegal",
+        SEXUAL: "sexual",
+        PII: "pii",
+        SELF_HARM: "self_harm",
+        UNETHICAL: "unethical",
+        POLITICAL: "political",
+        COPYRIGHT: "copyright",
+        JAILBREAK: "jailbreak",
+    }[cat]

@@ -17,6 +17,7 @@ from .tool_texts import SAFE_TEXTS
 # The generator.
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def _portion(items: Sequence[Any], heldout: bool) -> Sequence[Any]:
     """Index 3, 8, 13, ... of a list are held out; lists shorter than four are shared."""
     if len(items) < 4:
@@ -32,7 +33,7 @@ _ROW_SOURCES: dict[str, list[dict[str, str]]] = {
 }
 
 
-class _Slots(dict):
+class _Slots(dict[str, str]):
     """A format mapping that picks a filler the first time a slot is read, and derives a few computed slots."""
 
     def __init__(self, maker: _Maker, fixed: dict[str, str]):
@@ -56,13 +57,27 @@ class _Slots(dict):
         elif key == "how":
             value = m.slot(_CODING + _MISC)["how"]
         elif key == "question_short":
-            value = m.choice(["weather in {capital} tomorrow", "capital of {country}", "best {food} recipe", "how does {thing} work",
-                            "{landmark} opening hours", "train times {capital} to {capital2}", "{event} summary",
-                            "cheap flights to {capital}", "python list comprehension", "{dish} recipe"])
+            value = m.choice(
+                [
+                    "weather in {capital} tomorrow",
+                    "capital of {country}",
+                    "best {food} recipe",
+                    "how does {thing} work",
+                    "{landmark} opening hours",
+                    "train times {capital} to {capital2}",
+                    "{event} summary",
+                    "cheap flights to {capital}",
+                    "python list comprehension",
+                    "{dish} recipe",
+                ]
+            )
             value = m.fill(value, self)
         elif key == "safe_text":
-            value = m.fill(m.pick(SAFE_TEXTS), self) if m.chance(0.6) else m.choice([_benign(m, question=False), _prose(m),
-                                                                                        m.choice(SAFE_TWINS)])
+            value = (
+                m.fill(m.pick(SAFE_TEXTS), self)
+                if m.chance(0.6)
+                else m.choice([_benign(m, question=False), _prose(m), m.choice(SAFE_TWINS)])
+            )
         else:
             base = key.rstrip("0123456789")
             options = SLOTS[base]
@@ -110,11 +125,37 @@ class _Maker:
         """Casing, punctuation, small typos and chatty prefixes/suffixes, as real users write."""
         r = self.rng.random
         if r() < 0.12 * strength:
-            text = self.choice(["Hey, ", "Hi! ", "Quick question: ", "Please, ", "Hello. ", "ok so ", "Question: ", "Hi there, ",
-                              "Be honest: ", "I was wondering: "]) + text[:1].lower() + text[1:]
+            text = (
+                self.choice(
+                    [
+                        "Hey, ",
+                        "Hi! ",
+                        "Quick question: ",
+                        "Please, ",
+                        "Hello. ",
+                        "ok so ",
+                        "Question: ",
+                        "Hi there, ",
+                        "Be honest: ",
+                        "I was wondering: ",
+                    ]
+                )
+                + text[:1].lower()
+                + text[1:]
+            )
         if r() < 0.08 * strength:
-            text = text + self.choice([" Thanks!", " Please answer quickly.", " Be detailed.", " thx", " Keep it short.",
-                                     " It's urgent.", " :)", " Answer in English."])
+            text = text + self.choice(
+                [
+                    " Thanks!",
+                    " Please answer quickly.",
+                    " Be detailed.",
+                    " thx",
+                    " Keep it short.",
+                    " It's urgent.",
+                    " :)",
+                    " Answer in English.",
+                ]
+            )
         x = r()
         if x < 0.08 * strength:
             text = text.lower()
@@ -138,5 +179,5 @@ class _Maker:
         i = self.rng.choice(idx)
         w = words[i]
         j = self.rng.randrange(1, len(w) - 2)
-        words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2:]
+        words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2 :]
         return " ".join(words)

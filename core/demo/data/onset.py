@@ -45,7 +45,9 @@ def _harmless_words() -> frozenset[str]:
     texts: list[str] = []
     for fam in _QA_FAMILIES:
         texts += list(fam.questions) + list(fam.answers) + [v for row in fam.rows for v in row.values()]
-    texts += [t for topic in FILLER.values() for t in topic] + SAFE_FACTS + SAFE_TEXTS + SAFE_TWINS + SAFE_INTROS + REFUSALS
+    texts += (
+        [t for topic in FILLER.values() for t in topic] + SAFE_FACTS + SAFE_TEXTS + SAFE_TWINS + SAFE_INTROS + REFUSALS
+    )
     texts += list(_B_NOUNS + _B_ADJ + _B_VERBS + _B_PEOPLE + _B_SENTENCES + _B_QUESTIONS)
     texts += HOWTO_TASKS[None] + WRITE_TEXTS[None] + INFO_ITEMS[None] + [" ".join(c) for c in CHOICES[None]]
     texts += [v for key in _EVERYDAY_SLOTS for v in SLOTS[key]]

@@ -3,6 +3,8 @@ harmless document text and long filler."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from .answer_texts import HARMFUL_STATEMENTS, REFUSALS
 from .document_texts import FILLER, SAFE_FACTS
 from .everyday import SAFE_TWINS, _benign, _prose, _scramble, _unfamiliar
@@ -13,7 +15,8 @@ from .qa import _QA_FAMILIES
 
 # Each family returns one Example. Names (the `source`) are stable: sample.jsonl and metrics use them.
 
-def _unsafe_prompt_text(m: _Maker, cat: str, slots: dict | None = None) -> str:
+
+def _unsafe_prompt_text(m: _Maker, cat: str, slots: dict[str, str] | None = None) -> str:
     if cat == JAILBREAK:
         return m.fill(m.pick(JAILBREAK_PROMPTS), slots)
     return m.fill(m.pick(UNSAFE_PROMPTS[cat]), slots)
@@ -25,7 +28,7 @@ def _safe_qa(m: _Maker) -> tuple[str, str]:
     return m.fill(m.pick(fam.questions), slots), m.fill(m.pick(fam.answers), slots)
 
 
-def _harmful(m: _Maker, cat: str, slots: dict | None = None) -> str:
+def _harmful(m: _Maker, cat: str, slots: dict[str, str] | None = None) -> str:
     return m.fill(m.pick(HARMFUL_STATEMENTS[cat]), slots)
 
 
@@ -35,8 +38,18 @@ def _pick_harm_category(m: _Maker, response: bool = False) -> str:
     return m.rng.choice(cats)
 
 
-def _ex(messages, risk, cats, refusal, stage, source, span=None) -> Example:
-    return Example(messages=messages, risk=risk, categories=list(cats), refusal=refusal, stage=stage, source=source, unsafe_span=span)
+def _ex(
+    messages: Any, risk: str, cats: Any, refusal: Any, stage: str, source: str, span: list[int] | None = None
+) -> Example:
+    return Example(
+        messages=messages,
+        risk=risk,
+        categories=list(cats),
+        refusal=refusal,
+        stage=stage,
+        source=source,
+        unsafe_span=span,
+    )
 
 
 def _history(m: _Maker, turns: int) -> list[dict[str, str]]:
@@ -103,7 +116,7 @@ def _filler(m: _Maker, target_chars: int) -> str:
 def _window_start(m: _Maker, text: str) -> str:
     """Sometimes start mid-sentence, as a window cut out of a longer text does."""
     if m.chance(0.3):
-        return text[m.rng.randint(1, min(160, len(text) // 4)):]
+        return text[m.rng.randint(1, min(160, len(text) // 4)) :]
     return text
 
 

@@ -44,8 +44,15 @@ def response_harmful(m: _Maker) -> Example:
     harm = _harmful(m, cat, slots)
     lead = m.choice(["", "", "", "Sure! ", "Sure, here's how. ", "Okay. ", "Here you go: ", "Of course. "])
     reply = lead + harm
-    return _ex(response_conversation(prompt, reply), "unsafe", [cat], False, "response", f"response.harmful.{_slug(cat)}",
-               [len(lead), len(reply)])
+    return _ex(
+        response_conversation(prompt, reply),
+        "unsafe",
+        [cat],
+        False,
+        "response",
+        f"response.harmful.{_slug(cat)}",
+        [len(lead), len(reply)],
+    )
 
 
 def response_safe(m: _Maker) -> Example:
@@ -73,27 +80,55 @@ def response_turns_unsafe(m: _Maker) -> Example:
     reply = lead + harm
     if m.chance(0.2):
         reply += " " + m.choice(["Good luck!", "Hope this helps.", "Let me know if you need more."])
-    return _ex(response_conversation(m.noisy(q, 0.5), reply), "unsafe", [cat], False, "response",
-               f"response.turns_unsafe.{_slug(cat)}", [len(lead), len(lead) + len(harm)])
+    return _ex(
+        response_conversation(m.noisy(q, 0.5), reply),
+        "unsafe",
+        [cat],
+        False,
+        "response",
+        f"response.turns_unsafe.{_slug(cat)}",
+        [len(lead), len(lead) + len(harm)],
+    )
 
 
 def response_controversial(m: _Maker) -> Example:
     q = m.fill(m.pick(CONTROVERSIAL_PROMPTS[POLITICAL]))
     reply = m.fill(m.pick(CONTROVERSIAL_RESPONSES))
-    return _ex(response_conversation(m.noisy(q, 0.5), reply), "controversial", [POLITICAL], False, "response",
-               "response.controversial.political", [0, len(reply)])
+    return _ex(
+        response_conversation(m.noisy(q, 0.5), reply),
+        "controversial",
+        [POLITICAL],
+        False,
+        "response",
+        "response.controversial.political",
+        [0, len(reply)],
+    )
 
 
 def response_overrefusal(m: _Maker) -> Example:
     q, _ = _safe_qa(m)
-    return _ex(response_conversation(m.noisy(q, 0.5), m.pick(OVERREFUSALS)), "safe", [], True, "response", "response.overrefusal")
+    return _ex(
+        response_conversation(m.noisy(q, 0.5), m.pick(OVERREFUSALS)),
+        "safe",
+        [],
+        True,
+        "response",
+        "response.overrefusal",
+    )
 
 
 def response_multiturn(m: _Maker) -> Example:
     inner = m.choice([response_refusal, response_harmful, response_safe, response_safe, response_turns_unsafe])(m)
     history = _history(m, m.choice([1, 1, 2]))
-    return _ex(response_conversation(history + inner.messages[:-1], inner.messages[-1]["content"]), inner.risk, inner.categories,
-               inner.refusal, "response", inner.source.replace("response.", "response.multiturn.", 1), inner.unsafe_span)
+    return _ex(
+        response_conversation(history + inner.messages[:-1], inner.messages[-1]["content"]),
+        inner.risk,
+        inner.categories,
+        inner.refusal,
+        "response",
+        inner.source.replace("response.", "response.multiturn.", 1),
+        inner.unsafe_span,
+    )
 
 
 def long_response(m: _Maker) -> Example:
@@ -106,5 +141,12 @@ def long_response(m: _Maker) -> Example:
     harm = _harmful(m, cat)
     lead = filler + m.choice(TURN_CONNECTORS)
     reply = lead + harm
-    return _ex(response_conversation(q, reply), "unsafe", [cat], False, "response", f"response.long.turns_unsafe.{_slug(cat)}",
-               [len(lead), len(reply)])
+    return _ex(
+        response_conversation(q, reply),
+        "unsafe",
+        [cat],
+        False,
+        "response",
+        f"response.long.turns_unsafe.{_slug(cat)}",
+        [len(lead), len(reply)],
+    )

@@ -13,9 +13,21 @@ from .mix import generate
 # ---------------------------------------------------------------------------------------------------------------
 
 SAMPLE_MIX: dict[str, float] = {
-    "prompt_unsafe": 16, "prompt_jailbreak": 4, "prompt_special_tokens": 1, "prompt_controversial": 6, "prompt_safe": 18,
-    "response_refusal": 5, "response_harmful": 5, "response_safe": 5, "response_turns_unsafe": 3, "response_controversial": 1,
-    "tool_call_safe": 3, "tool_call_unsafe": 3, "untrusted_injection": 5, "untrusted_harmful": 2, "untrusted_safe": 6,
+    "prompt_unsafe": 16,
+    "prompt_jailbreak": 4,
+    "prompt_special_tokens": 1,
+    "prompt_controversial": 6,
+    "prompt_safe": 18,
+    "response_refusal": 5,
+    "response_harmful": 5,
+    "response_safe": 5,
+    "response_turns_unsafe": 3,
+    "response_controversial": 1,
+    "tool_call_safe": 3,
+    "tool_call_unsafe": 3,
+    "untrusted_injection": 5,
+    "untrusted_harmful": 2,
+    "untrusted_safe": 6,
     "long_document": 1,
 }
 
@@ -26,16 +38,18 @@ def sample_rows(n: int = 300, seed: int = 7) -> list[dict[str, Any]]:
     for ex in generate(n, seed=seed, split="heldout", families=SAMPLE_MIX):
         last = ex.messages[-1]["content"]
         paired = ex.stage in ("response", "tool_call")
-        rows.append({
-            "text": last,
-            "label": ex.risk,
-            "category": ex.categories[0] if ex.categories else None,
-            "source": ex.source,
-            "stage": ex.stage,
-            "prompt": ex.messages[-2]["content"] if paired else None,
-            "response": last if paired else None,
-            "refusal": ex.refusal if paired else None,
-        })
+        rows.append(
+            {
+                "text": last,
+                "label": ex.risk,
+                "category": ex.categories[0] if ex.categories else None,
+                "source": ex.source,
+                "stage": ex.stage,
+                "prompt": ex.messages[-2]["content"] if paired else None,
+                "response": last if paired else None,
+                "refusal": ex.refusal if paired else None,
+            }
+        )
     return rows
 
 

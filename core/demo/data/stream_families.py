@@ -28,7 +28,18 @@ from .parts import (
     _unsafe_prompt_text,
 )
 
-_LEADS = ["", "", "Sure. ", "Sure! ", "Okay. ", "Here you go: ", "Of course. ", "Sure, here's how. ", "Step 1: ", "First, "]
+_LEADS = [
+    "",
+    "",
+    "Sure. ",
+    "Sure! ",
+    "Okay. ",
+    "Here you go: ",
+    "Of course. ",
+    "Sure, here's how. ",
+    "Step 1: ",
+    "First, ",
+]
 
 
 def _request(m: _Maker, cat: str) -> str:
@@ -52,15 +63,22 @@ def _cut(m: _Maker, harm: str) -> int:
     if m.chance(0.4) and k + 1 < len(words):  # an LLM token boundary inside the next word, or its leading space
         nxt = words[k + 1]
         end = m.rng.randint(end + 1, nxt.end() - 1) if nxt.end() - nxt.start() > 1 else end + 1
-    return end
+    return int(end)
 
 
 def _safe_prefix(m: _Maker) -> Example:
     """A safe answer cut anywhere: harmless twins of harmful sentences, answers, prose."""
     q, a = _safe_qa(m)
     roll = m.rng.random()
-    text = (m.choice(SAFE_TWINS) if roll < 0.4 else a if roll < 0.65 else _safe_doc_text(m, m.choice([2, 3, 4])) if roll < 0.85
-            else _prose(m))
+    text = (
+        m.choice(SAFE_TWINS)
+        if roll < 0.4
+        else a
+        if roll < 0.65
+        else _safe_doc_text(m, m.choice([2, 3, 4]))
+        if roll < 0.85
+        else _prose(m)
+    )
     lead = a + " " if m.chance(0.35) and text != a else ""
     words = list(re.finditer(r"\S+", text))
     k = m.rng.randrange(len(words))
@@ -90,8 +108,15 @@ def response_partial(m: _Maker) -> Example:
     reply = lead + harm[:cut]
     _, onset_end = harm_onset(harm)
     if cut >= onset_end:  # the first harmful word is complete
-        return _ex(response_conversation(prompt, reply), "unsafe", [cat], False, "response",
-                   f"response.partial.{_slug(cat)}", [len(lead), len(reply)])
+        return _ex(
+            response_conversation(prompt, reply),
+            "unsafe",
+            [cat],
+            False,
+            "response",
+            f"response.partial.{_slug(cat)}",
+            [len(lead), len(reply)],
+        )
     return _ex(response_conversation(prompt, reply), "safe", [], False, "response", "response.partial.before_harm")
 
 
@@ -108,19 +133,28 @@ def response_after_safe(m: _Maker) -> Example:
     n = m.choice([2, 3, 4, 5, 6, 7, 8, 10, 12])
     body = _safe_body(m, n)
     if m.chance(0.3):  # a window of a longer answer starts mid-sentence
-        body = body[m.rng.randint(1, max(1, len(body) // 3)):]
+        body = body[m.rng.randint(1, max(1, len(body) // 3)) :]
     sep = m.choice([" ", " ", "\n\n", "\n"] + TURN_CONNECTORS)
     if m.chance(0.4):
         last = m.choice([_safe_doc_text(m, 1), m.choice(SAFE_TWINS), _prose(m)])
         reply = body + sep + last
         if m.chance(0.3):
             reply += " " + _safe_doc_text(m, m.choice([1, 2]))
-        return _ex(response_conversation(m.noisy(q, 0.5), reply), "safe", [], False, "response", "response.after_safe.safe")
+        return _ex(
+            response_conversation(m.noisy(q, 0.5), reply), "safe", [], False, "response", "response.after_safe.safe"
+        )
     cat = _pick_harm_category(m)
     harm = _harmful(m, cat)
     lead = body + sep
     reply = lead + harm
     if m.chance(0.35):
         reply += " " + _safe_doc_text(m, m.choice([1, 2, 3]))
-    return _ex(response_conversation(m.noisy(q, 0.5), reply), "unsafe", [cat], False, "response",
-               f"response.after_safe.{_slug(cat)}", [len(lead), len(lead) + len(harm)])
+    return _ex(
+        response_conversation(m.noisy(q, 0.5), reply),
+        "unsafe",
+        [cat],
+        False,
+        "response",
+        f"response.after_safe.{_slug(cat)}",
+        [len(lead), len(lead) + len(harm)],
+    )
