@@ -598,7 +598,7 @@ def test_one_remote_guard_used_from_many_event_loops_keeps_one_pool():
             assert d.allowed
         assert g.check_prompt("and a sync call").allowed
         assert engine.connections_opened <= 2  # keep-alive connections shared by every loop
-        assert threading.active_count() == threads  # nothing per loop
+        assert threading.active_count() <= threads  # nothing per loop (earlier tests' threads may end meanwhile)
         g.close()
         end = time.monotonic() + 5
         while engine.connections_open and time.monotonic() < end:
