@@ -29,6 +29,7 @@ stops the thread. `close` does the same at once.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import itertools
 import queue
 import threading
@@ -112,6 +113,7 @@ class MicroBatcher(Generic[T, R]):
         self.items_run = 0
         # Runs when the batcher is collected (no close() call): wakes the worker so that it ends.
         self._finalizer = weakref.finalize(self, self._queue.put, _STOP)
+        _LIVE.add(self)
 
     def _ensure_worker(self) -> None:
         if self._thread is None:
@@ -228,6 +230,22 @@ def _settle(future: Future[Any], *, result: Any = None, exc: BaseException | Non
 def _fail_all(requests: Sequence[_Request], message: str) -> None:
     for req in requests:
         _settle(req.future, exc=GuardUnavailable(message))
+
+
+_LIVE: weakref.WeakSet[MicroBatcher[Any, Any]] = weakref.WeakSet()
+
+
+def _close_all_at_exit() -> None:
+    """At interpreter exit, let every worker finish the step it is running and end.
+
+    A worker is a daemon thread: left inside a torch forward while the interpreter finalizes (a stream
+    stopped with checks still in flight, then the program ends), it aborts the process with "terminate
+    called without an active exception" instead of a clean exit code."""
+    for batcher in list(_LIVE):
+        batcher.close()
+
+
+atexit.register(_close_all_at_exit)
 
 
 def _work(inbox: queue.Queue[object], ref: weakref.ref[MicroBatcher[Any, Any]]) -> None:
