@@ -9,24 +9,11 @@ import time
 import weakref
 
 import pytest
+from demo_texts import FACTS
 from qwenguard.core import Guard, Policy
 from qwenguard.core.backends.transformers_gen import TransformersGen
 
 SAFE_Q = "What is the capital of France?"
-FACTS = (
-    " ".join(
-        f"{city} is the capital of {country}."
-        for city, country in [
-            ("Paris", "France"),
-            ("Rome", "Italy"),
-            ("Madrid", "Spain"),
-            ("Berlin", "Germany"),
-            ("Lisbon", "Portugal"),
-            ("Vienna", "Austria"),
-        ]
-    )
-    + " "
-)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ windowing, special-token injection, scores."""
 import asyncio
 
 import pytest
+from demo_texts import FACTS
 from qwenguard.core import Guard, Policy, Risk, Stage
 from qwenguard.core.backends.transformers_gen import TransformersGen
 
@@ -33,23 +34,6 @@ RESPONSES = [
     (BOMB, ANFO, Risk.UNSAFE, "Violent", False),
     ("What is the capital of France?", "The capital of France is Paris.", Risk.SAFE, None, False),
 ]
-
-# Safe sentences the demo knows well; repeated, they make a document several context windows long.
-# (The tiny demo misjudges much long repetitive prose: README "The demo guard". Real checkpoints do not need this.)
-FACTS = (
-    " ".join(
-        f"{city} is the capital of {country}."
-        for city, country in [
-            ("Paris", "France"),
-            ("Rome", "Italy"),
-            ("Madrid", "Spain"),
-            ("Berlin", "Germany"),
-            ("Lisbon", "Portugal"),
-            ("Vienna", "Austria"),
-        ]
-    )
-    + " "
-)
 
 
 @pytest.fixture(scope="module")
