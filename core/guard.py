@@ -128,6 +128,7 @@ class Guard:
             "max_window_tokens",
             "max_windows",
             "max_batch_tokens",
+            "target_step_s",
             "engine",
         }
         backend_kwargs = {k: guard_kwargs.pop(k) for k in list(guard_kwargs) if k in backend_keys}

@@ -157,17 +157,15 @@ def _marker(backend: TransformersGen, text: str) -> list[int]:
     return ids[1:-1]
 
 
-def test_small_check_is_answered_between_the_chunks_of_a_large_one(guard):
-    """The attack: one ~900 KB request's windows ran as one batch; every small check waited for all of it."""
-    backend = _backend(guard, max_context=348, max_batch=2)  # windows of 300 tokens, 2 a forward: many forwards
-    log = StepLog(backend)
-    large_text = FACTS * 24
+def _small_check_beside_a_large_one(backend: TransformersGen, log: StepLog, large_text: str):
+    """A document check in flight (its first forward started), then a small prompt check; the small verdict,
+    whether the document was done when it came back, and the document's verdict."""
     big = Guard(backend, Policy.strict(timeout_s=600), cache_size=0)  # ordering is asserted, not time
 
     async def go():
         large = asyncio.ensure_future(big.acheck_documents(None, [large_text]))
         while not log.steps:
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.005)
         small = await big.acheck_prompt("How do I bake sourdough bread?")
         return small, large.done(), await large
 
@@ -176,6 +174,14 @@ def test_small_check_is_answered_between_the_chunks_of_a_large_one(guard):
     finally:
         log.restore()
         backend.close()
+    return small, large_done, large
+
+
+def test_small_check_is_answered_between_the_chunks_of_a_large_one(guard):
+    """The attack: one ~900 KB request's windows ran as one batch; every small check waited for all of it."""
+    backend = _backend(guard, max_context=348, max_batch=2)  # windows of 300 tokens, 2 a forward: many forwards
+    log = StepLog(backend)
+    small, large_done, large = _small_check_beside_a_large_one(backend, log, FACTS * 24)
     assert small.allowed and large.allowed, (small.reason, large.reason, large.error)
     assert not large_done, log.steps  # the small check finished first
     large_rows = log.rows(_marker(backend, "Madrid is the capital of Spain"))
@@ -183,6 +189,23 @@ def test_small_check_is_answered_between_the_chunks_of_a_large_one(guard):
     (small_step,) = [n for n, r in enumerate(small_rows) if r]
     assert any(large_rows[:small_step]) and any(large_rows[small_step + 1 :])  # large chunks before and after
     assert max(len(s) for s in log.steps) <= 2
+
+
+def test_small_check_never_shares_a_step_with_the_windows_of_a_large_one(guard):
+    """The attack behind bench/hostile.py's near_limit: a document just under the character limit is judged
+    in full steps of 16 windows; a small check that arrived meanwhile was put in the next step with 15 more
+    of the document's windows, so it paid for two full steps. Now it leads a step of its own width."""
+    backend = _backend(guard)  # the default batching: 16 rows, 8,192 tokens, target step time
+    log = StepLog(backend, delay_s=0.02)  # every step slower than the small check's arrival
+    small, large_done, large = _small_check_beside_a_large_one(backend, log, FACTS * 400)
+    assert small.allowed and large.allowed, (small.reason, large.reason, large.error)
+    assert not large_done
+    large_rows = log.rows(_marker(backend, "Madrid is the capital of Spain"))
+    small_rows = log.rows(_marker(backend, "How do I bake sourdough bread"))
+    (small_step,) = [n for n, r in enumerate(small_rows) if r]
+    assert large_rows[small_step] == 0, log.steps[small_step]  # no window of the document rode along
+    assert any(large_rows[small_step + 1 :])  # the document went on after it
+    assert sum(large_rows) >= 16  # it had more windows than one step holds
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])

@@ -8,9 +8,15 @@ model in *steps*; each step is one forward over a batch it picks from all waitin
   (rows x the costliest row; for the Gen backend, rows x the longest window in tokens). An item
   costlier than the budget runs alone. So no step, and no request, holds the model for more than one
   bounded slice at a time.
-- **Fair.** Items are taken round-robin, one per request per pass, starting each step from the next
-  request in rotation. A small check that arrives while a 300-window document is being judged goes
-  into the very next step and finishes there; the document goes on in the steps after it.
+- **Bounded in time.** With ``target_step_s``, the worker fits step time against step cost over its
+  recent steps (``seconds ~ overhead + rate * cost``) and plans each step to fit that time, so a step
+  is short on a slow machine and as large as the cost budget allows on a fast one. A check that
+  arrives while the model is busy waits for at most about one such step.
+- **Fair, short work first.** The step is led by the request whose next item is cheapest (a short
+  check before the next windows of a long document), then filled round-robin, one item per request
+  per pass, only with items at most ``2x`` the leader's cost: a short check never rides in a step of
+  long windows, so it pays for its own short step, not for theirs. A request passed over in
+  ``max_skips`` steps in a row leads the next one, so a stream of short checks cannot starve a long one.
 - **Similar lengths together.** Each request's items are taken shortest first, so the rows of a step
   pad little; an item that would blow the budget waits for a later step.
 - **Abandoned work stops.** A request whose future was cancelled (its caller timed out, or the
@@ -52,6 +58,12 @@ R = TypeVar("R")
 DEFAULT_MAX_BATCH = 16
 #: How long an idle worker waits for concurrent arrivals before the first forward.
 DEFAULT_MAX_WAIT_S = 0.004
+#: Steps in a row a request with work left may be passed over before it leads a step.
+DEFAULT_MAX_SKIPS = 2
+#: A step may hold items up to this multiple of its leader's cost ("width class").
+WIDTH_CLASS = 2
+#: Recent (cost, seconds) samples the step-time fit uses.
+_FIT_SAMPLES = 32
 
 _STOP = object()
 _ids = itertools.count()
@@ -60,7 +72,7 @@ _ids = itertools.count()
 class _Request:
     """One submission: its items, the order they run in, and the results gathered so far."""
 
-    __slots__ = ("id", "items", "future", "order", "next", "results", "left")
+    __slots__ = ("id", "items", "future", "order", "next", "results", "left", "skipped")
 
     def __init__(self, items: list[Any], future: Future[list[Any]], cost: Callable[[Any], int] | None) -> None:
         self.id = next(_ids)
@@ -73,6 +85,7 @@ class _Request:
         self.next = 0
         self.results: list[Any] = [None] * len(items)
         self.left = len(items)
+        self.skipped = 0  # steps in a row that ran without an item of this request while it had some left
 
     def peek(self) -> int | None:
         return self.order[self.next] if self.next < len(self.order) else None
@@ -82,7 +95,9 @@ class MicroBatcher(Generic[T, R]):
     """Runs ``run_batch(items) -> results`` on a worker thread, in bounded, fair, coalesced steps.
 
     ``cost(item)`` (default: 1 per item) and ``max_batch_cost`` bound the padded size of one step:
-    ``rows * max(cost) <= max_batch_cost``. ``batches_run`` and ``items_run`` count steps and rows.
+    ``rows * max(cost) <= max_batch_cost``; ``target_step_s`` (default: none) bounds it further to what
+    the worker measured it can run in that time. ``batches_run`` and ``items_run`` count steps and rows;
+    ``clock`` (seconds, monotonic) is what steps are timed with.
     """
 
     def __init__(
@@ -93,17 +108,28 @@ class MicroBatcher(Generic[T, R]):
         max_wait_s: float = DEFAULT_MAX_WAIT_S,
         cost: Callable[[T], int] | None = None,
         max_batch_cost: int | None = None,
+        target_step_s: float | None = None,
+        max_skips: int = DEFAULT_MAX_SKIPS,
+        clock: Callable[[], float] = time.perf_counter,
         name: str = "qwenguard-batcher",
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         if max_batch_cost is not None and max_batch_cost < 1:
             raise ValueError("max_batch_cost must be >= 1")
+        if target_step_s is not None and not target_step_s > 0:
+            raise ValueError("target_step_s must be > 0 (or None: steps bounded by cost only)")
+        if max_skips < 0:
+            raise ValueError("max_skips must be >= 0")
         self._run_batch = run_batch
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.cost = cost
         self.max_batch_cost = max_batch_cost
+        self.target_step_s = target_step_s
+        self.max_skips = max_skips
+        self._clock = clock
+        self._samples: deque[tuple[int, float]] = deque(maxlen=_FIT_SAMPLES)  # (step cost, seconds)
         self._queue: queue.Queue[object] = queue.Queue()
         self._name = name
         self._thread: threading.Thread | None = None
@@ -159,29 +185,63 @@ class MicroBatcher(Generic[T, R]):
             raise GuardTimeout(f"guard did not answer within {timeout} s") from None
 
     # -- one step (worker thread) -------------------------------------------------------------
+    def _item_cost(self, req: _Request, index: int) -> int:
+        return 1 if self.cost is None else max(1, self.cost(req.items[index]))
+
+    def step_budget(self) -> int | None:
+        """The padded cost one step may have now: ``max_batch_cost``, lowered to what fits ``target_step_s``."""
+        budget = self.max_batch_cost
+        if self.target_step_s is None:
+            return budget
+        fit = _fit(self._samples)
+        if fit is None:
+            return budget
+        overhead, rate = fit
+        affordable = max(1, int((self.target_step_s - overhead) / rate))
+        return affordable if budget is None else min(budget, affordable)
+
     def _pick(self, active: deque[_Request]) -> list[tuple[_Request, int]]:
-        """Items for one step: round-robin over the requests, within the row and cost budgets."""
-        picked: list[tuple[_Request, int]] = []
-        widest = 0
-        cost, budget = self.cost, self.max_batch_cost
+        """Items for one step: led by the cheapest next item (or a request passed over too long), then
+        round-robin over the requests within the leader's width class and the row and cost budgets."""
+        pending = [r for r in active if r.peek() is not None]
+        if not pending:
+            return []
+        starved = [r for r in pending if r.skipped >= self.max_skips]
+        if starved:
+            lead = max(starved, key=lambda r: r.skipped)  # the longest passed over; the earliest in rotation
+        else:
+            lead = min(pending, key=lambda r: self._item_cost(r, r.peek()))  # type: ignore[arg-type]
+        lead_index = lead.peek()
+        assert lead_index is not None
+        widest = self._item_cost(lead, lead_index)
+        ceiling = widest * WIDTH_CLASS  # wider items wait for a step of their own class
+        budget = self.step_budget()
+        picked = [(lead, lead_index)]
+        lead.next += 1
+        start = active.index(lead)
+        order = [active[(start + k) % len(active)] for k in range(len(active))]
         progress = True
         while progress and len(picked) < self.max_batch:
             progress = False
-            for req in active:
+            for req in order:
                 if len(picked) >= self.max_batch:
                     break
                 index = req.peek()
                 if index is None:
                     continue
-                if cost is not None and budget is not None and picked:
-                    wider = max(widest, cost(req.items[index]))
-                    if (len(picked) + 1) * wider > budget:
-                        continue  # waits for a later step; smaller items of other requests may still fit
-                if cost is not None:
-                    widest = max(widest, cost(req.items[index]))
+                width = self._item_cost(req, index)
+                if width > ceiling:
+                    continue
+                wider = max(widest, width)
+                if budget is not None and (len(picked) + 1) * wider > budget:
+                    continue  # waits for a later step; smaller items of other requests may still fit
+                widest = wider
                 picked.append((req, index))
                 req.next += 1
                 progress = True
+        served = {id(r) for r, _ in picked}
+        for req in pending:
+            req.skipped = 0 if id(req) in served else req.skipped + 1
         return picked
 
     def _step(self, active: deque[_Request]) -> None:
@@ -189,6 +249,8 @@ class MicroBatcher(Generic[T, R]):
         if not picked:
             return
         batch = [req.items[i] for req, i in picked]
+        step_cost = len(picked) * max(self._item_cost(r, i) for r, i in picked)
+        started = self._clock()
         try:
             results = self._run_batch(batch)
             if len(results) != len(batch):
@@ -201,6 +263,7 @@ class MicroBatcher(Generic[T, R]):
         finally:
             self.batches_run += 1
             self.items_run += len(batch)
+            self._samples.append((step_cost, self._clock() - started))
         for (req, i), result in zip(picked, results):
             req.results[i] = result
             req.left -= 1
@@ -214,6 +277,23 @@ class MicroBatcher(Generic[T, R]):
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
+
+
+def _fit(samples: Sequence[tuple[int, float]]) -> tuple[float, float] | None:
+    """Least squares ``seconds = overhead + rate * cost`` over recent steps; ``None`` before the first step.
+
+    Steps that all cost the same (a long document alone) tell no overhead apart: the whole time is taken
+    as rate (an overestimate), so the next step is smaller and the fit learns from the difference."""
+    if not samples:
+        return None
+    n = len(samples)
+    mean_c = sum(c for c, _ in samples) / n
+    mean_t = sum(t for _, t in samples) / n
+    var = sum((c - mean_c) ** 2 for c, _ in samples)
+    rate = sum((c - mean_c) * (t - mean_t) for c, t in samples) / var if var else 0.0
+    if rate <= 0:  # one cost only, or noise: no overhead told apart
+        return (0.0, mean_t / mean_c) if mean_t > 0 else None
+    return max(0.0, mean_t - rate * mean_c), rate
 
 
 def _settle(future: Future[Any], *, result: Any = None, exc: BaseException | None = None) -> None:

@@ -12,8 +12,9 @@ Where the work happens, and its bounds:
   the input, stops at the deadline, and refuses a conversation that needs more than ``max_windows``
   windows (`InputTooLarge`, before any model work).
 - **The model** runs on the micro-batcher's one thread (`batching.MicroBatcher`), in steps of at
-  most ``max_batch`` rows and ``max_batch_tokens`` padded prompt tokens, interleaved fairly between
-  requests; a request whose caller gave up stops being run.
+  most ``max_batch`` rows and ``max_batch_tokens`` padded prompt tokens, planned to take about
+  ``target_step_s``; a short check leads the next step and never shares it with long windows; a request
+  whose caller gave up stops being run.
 
 Peak memory of one forward is bounded by ``max_batch_tokens`` (B) and the window length (L =
 ``min(max_window_tokens, max_context - max_new_tokens)``): the KV cache holds at most
@@ -45,7 +46,7 @@ from .batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, MicroBatcher
 from .hub import resolve_checkpoint
 from .torch_runtime import quiet_loading, require_torch, resolve_device, resolve_dtype
 
-__all__ = ["TransformersGen", "DEFAULT_MAX_NEW_TOKENS", "DEFAULT_MAX_BATCH_TOKENS"]
+__all__ = ["TransformersGen", "DEFAULT_MAX_NEW_TOKENS", "DEFAULT_MAX_BATCH_TOKENS", "DEFAULT_TARGET_STEP_S"]
 
 #: Answers are 8-14 tokens; 48 leaves room for several long category names.
 DEFAULT_MAX_NEW_TOKENS = 48
@@ -55,6 +56,11 @@ DEFAULT_MAX_CONTEXT = 32768
 #: For Qwen3Guard-Gen-0.6B in bf16 (28 layers, 8 KV heads of 128) the KV cache of a full step is
 #: about 1 GB. Raise it on a large GPU for throughput; lower it on a small CPU box.
 DEFAULT_MAX_BATCH_TOKENS = 8192
+#: Seconds one step should take (planned from measured step times; `batching.MicroBatcher`): a check that
+#: arrives while a long document is judged waits at most about this long for the model. 0.1 s costs a
+#: long document little throughput (steps of ~2,000 tokens run as fast per token as steps of 8,192 on CPU;
+#: docs/performance.md) and does not bind on hardware fast enough to run a full step within it.
+DEFAULT_TARGET_STEP_S = 0.1
 
 # One planned conversation: where its windows start in the flat list, how many, its mode, or its error.
 _Span = tuple[int, int, str, "QwenGuardError | None"]
@@ -82,6 +88,7 @@ class TransformersGen:
         max_window_tokens: int = DEFAULT_MAX_WINDOW_TOKENS,
         max_windows: int = DEFAULT_MAX_WINDOWS,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        target_step_s: float | None = DEFAULT_TARGET_STEP_S,
         engine: bool | None = None,
     ) -> None:
         from ..formats.encoding import ConversationEncoder
@@ -116,6 +123,7 @@ class TransformersGen:
             max_wait_s=max_wait_s,
             cost=len,
             max_batch_cost=max_batch_tokens,
+            target_step_s=target_step_s,
             name=f"qwenguard-gen[{name}]",
         )
 

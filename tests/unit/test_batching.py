@@ -211,3 +211,101 @@ def test_close_fails_waiting_requests_instead_of_hanging():
     batcher.close()
     with pytest.raises(Exception, match="closed"):
         pending.result(5)
+
+
+# -- short work first, steps bounded in time (issue 13: a near-limit document starved every small check) ------
+class CostRecorder:
+    """A run_batch over strings whose cost is their length; it records each step's widths and advances a
+    fake clock by ``overhead_s + rate_s * rows * widest`` (the padded cost), so step times are exact."""
+
+    def __init__(self, overhead_s: float = 0.002, rate_s: float = 0.0001, real_s: float = 0.0) -> None:
+        self.overhead_s, self.rate_s, self.real_s = overhead_s, rate_s, real_s
+        self.now = 0.0
+        self.steps: list[list[int]] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def __call__(self, items):
+        widths = [len(x) for x in items]
+        self.steps.append(widths)
+        self.now += self.overhead_s + self.rate_s * len(widths) * max(widths)
+        time.sleep(self.real_s * len(items))
+        return widths
+
+
+def test_a_short_check_never_rides_in_a_step_of_long_windows():
+    """The attack: a document of 200 windows of 500 tokens is being judged when a 30-token check arrives.
+    Its step used to be filled up with the document's windows, so it paid for 15 long rows."""
+    rec = CostRecorder(real_s=0.002)
+    batcher = MicroBatcher(rec, max_batch=16, max_wait_s=0.0, cost=len, max_batch_cost=8192)
+    document = batcher.submit(["d" * 500 for _ in range(200)])
+    _wait_for(lambda: len(rec.steps) >= 1)
+    assert batcher.run(["s" * 30], timeout=10) == [30]
+    step = next(s for s in rec.steps if 30 in s)
+    assert max(step) <= 60, step  # no window of the document rode along
+    assert not document.done()
+    assert document.result(20) == [500] * 200
+    batcher.close()
+
+
+def test_steps_are_planned_to_fit_the_target_time():
+    """A document alone: after the first step, the worker plans steps that take about ``target_step_s``
+    (timed with an exact fake clock), instead of the full cost budget (64 rows here: 0.64 s a step)."""
+    rec = CostRecorder(overhead_s=0.002, rate_s=0.0001)
+    batcher = MicroBatcher(
+        rec, max_batch=64, max_wait_s=0.0, cost=len, max_batch_cost=100_000, target_step_s=0.05, clock=rec.clock
+    )
+    assert batcher.run(["d" * 100 for _ in range(400)], timeout=20) == [100] * 400
+    seconds = [0.002 + 0.0001 * len(s) * max(s) for s in rec.steps]
+    assert seconds[0] > 0.5  # nothing measured yet: the cost budget alone
+    assert all(t <= 0.05 * 1.05 for t in seconds[3:]), seconds  # then fitted to the target
+    assert max(len(s) for s in rec.steps[3:]) >= 3  # not one row at a time either
+    assert batcher.step_budget() is not None and batcher.step_budget() < 100_000
+    batcher.close()
+
+
+def test_no_target_keeps_the_cost_budget():
+    rec = CostRecorder()
+    batcher = MicroBatcher(rec, max_batch=64, max_wait_s=0.0, cost=len, max_batch_cost=2000, clock=rec.clock)
+    batcher.run(["d" * 100 for _ in range(100)], timeout=20)
+    assert all(len(s) == 20 for s in rec.steps), rec.steps  # 20 rows x 100 = the budget, every step
+    assert batcher.step_budget() == 2000
+    batcher.close()
+
+
+def test_a_stream_of_short_checks_does_not_starve_a_long_request():
+    """Short work leads every step, but a request passed over ``max_skips`` steps in a row leads the next."""
+    rec = CostRecorder(real_s=0.001)
+    batcher = MicroBatcher(rec, max_batch=4, max_wait_s=0.0, cost=len, max_batch_cost=8192, max_skips=2)
+    stop = threading.Event()
+
+    def shorts():  # a client that sends its next short check as soon as the last one is answered
+        while not stop.is_set():
+            batcher.run(["s" * 10], timeout=10)
+
+    feeders = [threading.Thread(target=shorts) for _ in range(6)]  # more than one step holds: always waiting
+    for feeder in feeders:
+        feeder.start()
+    _wait_for(lambda: len(rec.steps) >= 5)
+    document = batcher.submit(["d" * 400 for _ in range(40)])
+    first = len(rec.steps) + 1  # the step running now (if any) was planned before the document came
+    try:
+        assert document.result(30) == [400] * 40
+    finally:
+        stop.set()
+        for feeder in feeders:
+            feeder.join()
+    run = 0  # short-only steps in a row while the document had windows left
+    last = max(i for i, s in enumerate(rec.steps) if 400 in s)
+    assert sum(1 for s in rec.steps[first:last] if 400 not in s) > 10  # short checks kept coming meanwhile
+    for step in rec.steps[first:last]:
+        run = 0 if 400 in step else run + 1
+        assert run <= 2, rec.steps
+    batcher.close()
+
+
+@pytest.mark.parametrize("bad", [{"target_step_s": 0}, {"target_step_s": -1.0}, {"max_skips": -1}])
+def test_bad_step_settings_are_refused(bad):
+    with pytest.raises(ValueError):
+        MicroBatcher(lambda items: items, **bad)
