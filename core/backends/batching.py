@@ -10,8 +10,9 @@ model in *steps*; each step is one forward over a batch it picks from all waitin
   bounded slice at a time.
 - **Bounded in time.** With ``target_step_s``, the worker fits step time against step cost over its
   recent steps (``seconds ~ overhead + rate * cost``) and plans each step to fit that time, so a step
-  is short on a slow machine and as large as the cost budget allows on a fast one. A check that
-  arrives while the model is busy waits for at most about one such step.
+  is short on a slow machine and as large as the cost budget allows on a fast one, but never below a
+  quarter of the cost budget (below that, per-step overhead eats the throughput). A check that arrives
+  while the model is busy waits for at most about one such step.
 - **Fair, short work first.** The step is led by the request whose next item is cheapest (a short
   check before the next windows of a long document), then filled round-robin, one item per request
   per pass, only with items at most ``2x`` the leader's cost: a short check never rides in a step of
@@ -64,6 +65,8 @@ DEFAULT_MAX_SKIPS = 2
 WIDTH_CLASS = 2
 #: Recent (cost, seconds) samples the step-time fit uses.
 _FIT_SAMPLES = 32
+#: ``target_step_s`` lowers a step's cost budget to no less than ``max_batch_cost // MIN_STEP_SHARE``.
+MIN_STEP_SHARE = 4
 
 _STOP = object()
 _ids = itertools.count()
@@ -189,16 +192,18 @@ class MicroBatcher(Generic[T, R]):
         return 1 if self.cost is None else max(1, self.cost(req.items[index]))
 
     def step_budget(self) -> int | None:
-        """The padded cost one step may have now: ``max_batch_cost``, lowered to what fits ``target_step_s``."""
+        """The padded cost one step may have now: ``max_batch_cost``, lowered to what fits ``target_step_s``
+        but never below a quarter of it (``MIN_STEP_SHARE``): where even a few rows take longer than the
+        target (a loaded or slow machine), smaller steps would only add per-step overhead."""
         budget = self.max_batch_cost
-        if self.target_step_s is None:
+        if self.target_step_s is None or budget is None:
             return budget
         fit = _fit(self._samples)
         if fit is None:
             return budget
         overhead, rate = fit
-        affordable = max(1, int((self.target_step_s - overhead) / rate))
-        return affordable if budget is None else min(budget, affordable)
+        affordable = int((self.target_step_s - overhead) / rate) if self.target_step_s > overhead else 0
+        return min(budget, max(affordable, budget // MIN_STEP_SHARE, 1))
 
     def _pick(self, active: deque[_Request]) -> list[tuple[_Request, int]]:
         """Items for one step: led by the cheapest next item (or a request passed over too long), then
@@ -263,7 +268,8 @@ class MicroBatcher(Generic[T, R]):
         finally:
             self.batches_run += 1
             self.items_run += len(batch)
-            self._samples.append((step_cost, self._clock() - started))
+            if self.batches_run > 1:  # the first step pays for lazy set-up (caches, kernels): not a rate
+                self._samples.append((step_cost, self._clock() - started))
         for (req, i), result in zip(picked, results):
             req.results[i] = result
             req.left -= 1

@@ -250,18 +250,30 @@ def test_a_short_check_never_rides_in_a_step_of_long_windows():
 
 
 def test_steps_are_planned_to_fit_the_target_time():
-    """A document alone: after the first step, the worker plans steps that take about ``target_step_s``
-    (timed with an exact fake clock), instead of the full cost budget (64 rows here: 0.64 s a step)."""
+    """A document alone: once two steps were timed (an exact fake clock; the very first step is not, it pays
+    for set-up), the worker plans steps that take about ``target_step_s`` instead of the full cost budget."""
     rec = CostRecorder(overhead_s=0.002, rate_s=0.0001)
     batcher = MicroBatcher(
-        rec, max_batch=64, max_wait_s=0.0, cost=len, max_batch_cost=100_000, target_step_s=0.05, clock=rec.clock
+        rec, max_batch=64, max_wait_s=0.0, cost=len, max_batch_cost=6400, target_step_s=0.25, clock=rec.clock
     )
     assert batcher.run(["d" * 100 for _ in range(400)], timeout=20) == [100] * 400
     seconds = [0.002 + 0.0001 * len(s) * max(s) for s in rec.steps]
-    assert seconds[0] > 0.5  # nothing measured yet: the cost budget alone
-    assert all(t <= 0.05 * 1.05 for t in seconds[3:]), seconds  # then fitted to the target
-    assert max(len(s) for s in rec.steps[3:]) >= 3  # not one row at a time either
-    assert batcher.step_budget() is not None and batcher.step_budget() < 100_000
+    assert seconds[0] > 0.6 and seconds[1] > 0.6  # 64 rows: nothing timed yet, the cost budget alone
+    assert all(0.2 <= t <= 0.25 for t in seconds[2:-1]), seconds  # then fitted to the target (24 rows)
+    assert 2470 <= batcher.step_budget() <= 2480  # (0.25 - 0.002) / 0.0001, to float rounding
+    batcher.close()
+
+
+def test_the_target_never_shrinks_steps_below_a_quarter_of_the_budget():
+    """A machine where even one row takes longer than the target (0.2 s of overhead per step): steps of one
+    row would only multiply that overhead, so the budget stays at a quarter of ``max_batch_cost``."""
+    rec = CostRecorder(overhead_s=0.2, rate_s=0.0001)
+    batcher = MicroBatcher(
+        rec, max_batch=64, max_wait_s=0.0, cost=len, max_batch_cost=6400, target_step_s=0.05, clock=rec.clock
+    )
+    batcher.run(["d" * 100 for _ in range(200)], timeout=20)
+    assert batcher.step_budget() == 1600
+    assert all(len(s) == 16 for s in rec.steps[2:-1]), rec.steps
     batcher.close()
 
 
