@@ -384,7 +384,39 @@ def stream_section(args: argparse.Namespace, path: Path, targets: Targets) -> No
         f"tokens/s in all ({result['shared']:.1f} sessions per forward)"
     )
     targets.check(f"{args.sessions} Stream sessions / one, aggregate tokens/s", ratio, ratio >= 4, ">= 4x")
+    ceiling = _packing_ceiling(stream, args.sessions, args.rounds)
+    print(
+        f"  this machine's ceiling for it: one packed forward of {args.sessions} sessions x 1 token vs one forward of "
+        f"1 token: {ceiling:.2f}x the aggregate tokens/s (the model alone, no sessions, threads or batcher)",
+        flush=True,
+    )
     stream.close()
+
+
+def _packing_ceiling(stream: Any, sessions: int, rounds: int) -> float:
+    """What packing can give at best here: ``sessions`` x the time of a 1-token forward, over the time of one
+    packed forward of ``sessions`` tokens (each after a 40-token cache). Where a 1-token forward is already
+    compute-bound (a small CPU), this is far below ``sessions``, and no scheduling can beat it."""
+    import torch
+    from qwenguard.core.backends.stream_batching import SessionCache, StreamStep, packed_forward
+
+    layers = len(stream.model.model.layers)
+
+    def caches(n: int) -> list[Any]:
+        made = [SessionCache(layers) for _ in range(n)]
+        with torch.inference_mode():
+            packed_forward(stream.model, [StreamStep(c, list(range(100, 140)), heads="none") for c in made])
+        return made
+
+    def forward(made: list[Any]) -> float:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            packed_forward(stream.model, [StreamStep(c, [500]) for c in made])
+        return time.perf_counter() - start
+
+    one, many = caches(1), caches(sessions)
+    t = interleave({"one": lambda: forward(one), "many": lambda: forward(many)}, max(3, rounds))
+    return sessions * t["one"] / t["many"]
 
 
 # ================================================================================================
