@@ -117,7 +117,8 @@ def _sync(device: str) -> None:
 def _concurrent(stream, prompt: str, tokens: list[int], sessions: int, per_session: int, rounds: int) -> dict:
     """Aggregate tokens/s of one session alone and of ``sessions`` at once, rounds interleaved."""
 
-    def run(count: int) -> float:
+    def run(count: int) -> tuple[float, float]:
+        """Tokens/s of ``count`` sessions fed at once, and the sessions per forward while they were fed."""
         opened = [stream.open_session(prompt) for _ in range(count)]
         barrier = threading.Barrier(count + 1)
 
@@ -129,21 +130,23 @@ def _concurrent(stream, prompt: str, tokens: list[int], sessions: int, per_sessi
         threads = [threading.Thread(target=feed, args=(s, 17 * k)) for k, s in enumerate(opened)]
         for t in threads:
             t.start()
+        steps0, forwards0 = stream.batcher.steps_run, stream.forwards_run  # the feeding only, not the opens
         barrier.wait()
         start = time.perf_counter()
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - start
+        shared = (stream.batcher.steps_run - steps0) / max(1, stream.forwards_run - forwards0)
         for s in opened:
             s.close()
-        return count * per_session / elapsed
+        return count * per_session / elapsed, shared
 
     single, many, shared = [], [], []
     for _ in range(rounds):
-        single.append(run(1))
-        steps0, forwards0 = stream.batcher.steps_run, stream.forwards_run
-        many.append(run(sessions))
-        shared.append((stream.batcher.steps_run - steps0) / max(1, stream.forwards_run - forwards0))
+        single.append(run(1)[0])
+        rate, per_forward = run(sessions)
+        many.append(rate)
+        shared.append(per_forward)
     return {"single": statistics.median(single), "many": statistics.median(many), "shared": statistics.median(shared)}
 
 

@@ -24,7 +24,10 @@ model in *steps*; each step is one forward over a batch it picks from all waitin
   asyncio task awaiting it was cancelled) is dropped before the next step: it stops consuming the
   model after at most the step already running.
 - **Coalescing.** When the worker is idle, the first arrival waits up to ``max_wait_s`` for company,
-  so concurrent checks share a forward.
+  so concurrent checks share a forward. With ``regroup_s`` (for callers that submit again as soon as
+  they are answered, such as stream sessions feeding token after token), the worker also waits up to
+  that long after a step for as many arrivals as the step answered, so that callers answered together
+  stay together instead of drifting into several half-full forwards.
 
 Sync callers block on ``future.result(timeout)``; async callers await ``asyncio.wrap_future``.
 
@@ -113,6 +116,7 @@ class MicroBatcher(Generic[T, R]):
         max_batch_cost: int | None = None,
         target_step_s: float | None = None,
         max_skips: int = DEFAULT_MAX_SKIPS,
+        regroup_s: float = 0.0,
         clock: Callable[[], float] = time.perf_counter,
         name: str = "qwenguard-batcher",
     ) -> None:
@@ -124,6 +128,8 @@ class MicroBatcher(Generic[T, R]):
             raise ValueError("target_step_s must be > 0 (or None: steps bounded by cost only)")
         if max_skips < 0:
             raise ValueError("max_skips must be >= 0")
+        if regroup_s < 0:
+            raise ValueError("regroup_s must be >= 0")
         self._run_batch = run_batch
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
@@ -131,6 +137,8 @@ class MicroBatcher(Generic[T, R]):
         self.max_batch_cost = max_batch_cost
         self.target_step_s = target_step_s
         self.max_skips = max_skips
+        self.regroup_s = regroup_s
+        self._answered = 0  # requests the last step finished (their callers may submit again at once)
         self._clock = clock
         self._samples: deque[tuple[int, float]] = deque(maxlen=_FIT_SAMPLES)  # (step cost, seconds)
         self._queue: queue.Queue[object] = queue.Queue()
@@ -250,6 +258,7 @@ class MicroBatcher(Generic[T, R]):
         return picked
 
     def _step(self, active: deque[_Request]) -> None:
+        self._answered = 0
         picked = self._pick(active)
         if not picked:
             return
@@ -264,6 +273,7 @@ class MicroBatcher(Generic[T, R]):
             for req in {id(r): r for r, _ in picked}.values():
                 _settle(req.future, exc=exc)
                 req.left = -1  # finished (failed)
+            self._answered = len({id(r) for r, _ in picked})
             return
         finally:
             self.batches_run += 1
@@ -275,6 +285,7 @@ class MicroBatcher(Generic[T, R]):
             req.left -= 1
             if req.left == 0:
                 _settle(req.future, result=req.results)
+                self._answered += 1
 
     def close(self) -> None:
         """Stop the worker; requests still waiting fail with `GuardUnavailable`."""
@@ -334,6 +345,22 @@ def _close_all_at_exit() -> None:
 atexit.register(_close_all_at_exit)
 
 
+def _regroup(inbox: queue.Queue[object], active: deque[_Request], expected: int, wait_s: float) -> None:
+    """Wait up to ``wait_s`` for ``expected`` arrivals (the callers just answered, submitting again); they
+    join ``active``. A stop signal is put back for the loop to see."""
+    deadline = time.monotonic() + wait_s
+    for _ in range(expected):
+        left = deadline - time.monotonic()
+        try:
+            nxt = inbox.get(timeout=left) if left > 0 else inbox.get_nowait()
+        except queue.Empty:
+            return
+        if nxt is _STOP:
+            inbox.put(_STOP)  # seen again at the top of the loop, which fails what is left
+            return
+        active.append(nxt)  # type: ignore[arg-type]
+
+
 def _work(inbox: queue.Queue[object], ref: weakref.ref[MicroBatcher[Any, Any]]) -> None:
     """The worker loop. Holds the batcher (strongly) only while it plans and runs one step."""
     active: deque[_Request] = deque()
@@ -388,6 +415,9 @@ def _work(inbox: queue.Queue[object], ref: weakref.ref[MicroBatcher[Any, Any]]) 
             return
         try:
             batcher._step(active)
+            regroup_s, answered = batcher.regroup_s, batcher._answered
         finally:
             del batcher
         active.rotate(-1)  # the next step starts with the next request
+        if regroup_s > 0 and answered:
+            _regroup(inbox, active, answered, regroup_s)
