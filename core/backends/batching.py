@@ -10,8 +10,8 @@ model in *steps*; each step is one forward over a batch it picks from all waitin
   bounded slice at a time.
 - **Bounded in time.** With ``target_step_s``, the worker fits step time against step cost over its
   recent steps (``seconds ~ overhead + rate * cost``) and plans each step to fit that time, so a step
-  is short on a slow machine and as large as the cost budget allows on a fast one, but never below a
-  quarter of the cost budget (below that, per-step overhead eats the throughput). A check that arrives
+  is short on a slow machine and as large as the cost budget allows on a fast one, but never below an
+  eighth of the cost budget (below that, per-step overhead eats the throughput). A check that arrives
   while the model is busy waits for at most about one such step.
 - **Fair, short work first.** The step is led by the request whose next item is cheapest (a short
   check before the next windows of a long document), then filled round-robin, one item per request
@@ -69,7 +69,7 @@ WIDTH_CLASS = 2
 #: Recent (cost, seconds) samples the step-time fit uses.
 _FIT_SAMPLES = 32
 #: ``target_step_s`` lowers a step's cost budget to no less than ``max_batch_cost // MIN_STEP_SHARE``.
-MIN_STEP_SHARE = 4
+MIN_STEP_SHARE = 8
 
 _STOP = object()
 _ids = itertools.count()
@@ -201,7 +201,7 @@ class MicroBatcher(Generic[T, R]):
 
     def step_budget(self) -> int | None:
         """The padded cost one step may have now: ``max_batch_cost``, lowered to what fits ``target_step_s``
-        but never below a quarter of it (``MIN_STEP_SHARE``): where even a few rows take longer than the
+        but never below an eighth of it (``MIN_STEP_SHARE``): where even a few rows take longer than the
         target (a loaded or slow machine), smaller steps would only add per-step overhead."""
         budget = self.max_batch_cost
         if self.target_step_s is None or budget is None:
