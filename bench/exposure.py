@@ -12,11 +12,13 @@ safe text; word pieces, 20 ms per piece) is served by a real OpenAI-compatible s
 
 - LangChain `GuardCallbackHandler` (engines "pipelined", the default, "gate" and "monitor"),
   `AsyncGuardCallbackHandler`;
-- LCEL ``model | guard_output(guard)`` (engines "monitor" and "gate"), ``GuardRunnable(runnable=model)``;
+- LCEL ``model | guard_output(guard)`` (engines "monitor" and "gate"; ``release_unit="word"``; sync and
+  async), ``GuardRunnable(runnable=model)``;
 - ``create_agent`` with `GuardMiddleware`, ``stream_mode="messages"``, alone and with the callback;
 - core `StreamMonitor` / `AsyncStreamMonitor` with hold-back (Gen-window engine, by sentence and with
-  ``release_unit="word"``; the Stream model engine when the judge has a stream backend);
-- LlamaIndex `GuardedLLM` wrapping `OpenAILike` (sync and async streams).
+  ``release_unit="word"``; with ``parallel_input=True``, the prompt check beside the model; the Stream
+  model engine when the judge has a stream backend);
+- LlamaIndex `GuardedLLM` wrapping `OpenAILike` (sync and async streams; async with ``parallel_input``).
 
 Each integration's default is marked "default" in the note column.
 
@@ -176,17 +178,20 @@ def lc_callback(engine: str, asynchronous: bool = False) -> sk.Build:
     return build
 
 
-def lcel(engine: str = "monitor", *, wrap: bool = False, asynchronous: bool = False) -> sk.Build:
+def lcel(
+    engine: str = "monitor", *, wrap: bool = False, asynchronous: bool = False, release_unit: str | None = None
+) -> sk.Build:
     def build(url: str, judge: GuardJudge | None) -> Consume:
         from qwenguard.integrations.langchain import GuardRunnable, guard_output
 
         llm = _chat_openai(url)
+        unit = {} if release_unit is None else {"release_unit": release_unit}
         if judge is None:
             chain: Any = llm
         elif wrap:
-            chain = GuardRunnable(guard=judge.guard(), runnable=llm, stream_engine=engine)
+            chain = GuardRunnable(guard=judge.guard(), runnable=llm, stream_engine=engine, **unit)
         else:
-            chain = llm | guard_output(judge.guard(), stream_engine=engine)
+            chain = llm | guard_output(judge.guard(), stream_engine=engine, **unit)
         if not asynchronous:
 
             def consume(c: sk.Consumer) -> None:
@@ -285,7 +290,7 @@ def core_monitor(holdback: int, asynchronous: bool = False, **options: Any) -> s
     return build
 
 
-def llamaindex(holdback: int | None = None, asynchronous: bool = False) -> sk.Build:
+def llamaindex(holdback: int | None = None, asynchronous: bool = False, **options: Any) -> sk.Build:
     def build(url: str, judge: GuardJudge | None) -> Consume:
         from llama_index.core.llms import ChatMessage
         from llama_index.llms.openai_like import OpenAILike
@@ -293,7 +298,7 @@ def llamaindex(holdback: int | None = None, asynchronous: bool = False) -> sk.Bu
 
         llm: Any = OpenAILike(model="scripted", api_base=url, api_key="scripted", is_chat_model=True, max_retries=0)
         if judge is not None:
-            llm = GuardedLLM(llm=llm, guard=judge.guard(), holdback=holdback)
+            llm = GuardedLLM(llm=llm, guard=judge.guard(), holdback=holdback, **options)
         messages = [ChatMessage(role="user", content=sk.PROMPT)]
         if not asynchronous:
 
@@ -343,6 +348,8 @@ PATHS = [
     Path_("lc-async-callback monitor", lc_callback("monitor", True), "lc-async"),
     Path_("lcel guard_output monitor", lcel("monitor"), "lc-sync", stream_model=True, note="default; holdback 8"),
     Path_("lcel guard_output gate", lcel("gate"), "lc-sync"),
+    Path_("lcel guard_output word", lcel("monitor", release_unit="word"), "lc-sync", note='release_unit="word"'),
+    Path_("lcel guard_output astream", lcel("monitor", asynchronous=True), "lc-async", note="default; async"),
     Path_("lcel GuardRunnable astream", lcel("monitor", wrap=True, asynchronous=True), "lc-async", note="default"),
     Path_(
         "agent GuardMiddleware",
@@ -358,11 +365,29 @@ PATHS = [
         "openai-sync",
         note='release_unit="word" (Gen window)',
     ),
+    Path_(
+        "core StreamMonitor hb8 parallel",
+        core_monitor(8, parallel_input=True),
+        "openai-sync",
+        note="parallel_input=True (prompt check beside the model)",
+    ),
     Path_("core StreamMonitor hb0", core_monitor(0), "openai-sync", stream_model=True),
     Path_("core AsyncStreamMonitor hb8", core_monitor(8, True), "openai-async", note="default"),
+    Path_(
+        "core AsyncStreamMonitor hb8 parallel",
+        core_monitor(8, True, parallel_input=True),
+        "openai-async",
+        note="parallel_input=True",
+    ),
     Path_("llamaindex GuardedLLM", llamaindex(), "li-sync", stream_model=True, note="default; OpenAILike.stream_chat"),
     Path_("llamaindex GuardedLLM hb0", llamaindex(0), "li-sync"),
     Path_("llamaindex GuardedLLM async", llamaindex(None, True), "li-async", note="default"),
+    Path_(
+        "llamaindex GuardedLLM async parallel",
+        llamaindex(None, True, parallel_input=True),
+        "li-async",
+        note="parallel_input=True",
+    ),
 ]
 
 BASELINES: dict[str, sk.Build] = {

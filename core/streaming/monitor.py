@@ -30,6 +30,13 @@ Two engines behind one contract:
   its window came back safe; ``holdback=0`` releases at once and raises on a later `feed`/`finish` when
   a window comes back unsafe.
 
+When judged text goes out: `feed`/`finish` return what the verdicts back so far allow (a sync caller
+gets it with the next delta; `release_judged` without one); `awrap` races the next upstream read against
+the check in flight and yields judged text as soon as its verdict is back (`UpstreamRace`, ``wakeup.py``).
+``parallel_input=True`` (Gen window; default: the guard's ``parallel_input``): the prompt is checked in
+the background while the caller starts its model; the answer is fed and judged meanwhile and released
+only after the prompt's verdict; a blocked prompt raises from the next call, with nothing released.
+
 The violation's `Decision` has ``stage=Stage.STREAM``, the category, and ``offset``: the character
 offset in the streamed text where the flagged span starts (the first token of the debounce run, or
 the start of the flagged segment). Guard errors follow ``Policy.on_error`` for the stream stage: fail
@@ -50,6 +57,7 @@ raises `StreamClosed`; after a violation every call raises the same `GuardViolat
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from concurrent.futures import Future
@@ -73,6 +81,7 @@ from .monitor_core import (
     check_delta,
     deadline,
 )
+from .wakeup import UpstreamRace, verdict_waiters
 
 __all__ = [
     "StreamMonitor",
@@ -119,10 +128,28 @@ class StreamMonitor(MonitorCore):
             if not self.enabled:
                 self._close_engine()
             return
-        if self.screen_prompt:
+        if self.parallel_input:
+            # The caller starts its model now; what it streams is judged meanwhile, released after the verdict.
+            context = contextvars.copy_context()
+            self._prompt_check = window_pool().submit(context.run, self.guard.check, self.messages, Stage.PROMPT)
+        elif self.screen_prompt:
             self._gate(self.guard.check(self.messages, Stage.PROMPT))
         if self.enabled and not self._degraded:
             self._windows = GenWindows(self)
+
+    def _settle_prompt_check(self, *, wait: bool) -> None:
+        """Gate on the parallel prompt check once it is back (``wait``: block until it is)."""
+        check = self._prompt_check
+        if check is None or not (wait or check.done()):
+            return
+        try:
+            result = check.result()
+        except Exception as exc:  # noqa: BLE001 - a failed check ends the stream as the sequential one would
+            result = exc
+        except BaseException:
+            self._abandon()  # an interrupted wait: the verdict is unknown, nothing more is released
+            raise
+        self._gate_prompt_check(result)
 
     # -- feeding --------------------------------------------------------------------------------
     def feed(self, delta: str) -> str:
@@ -134,6 +161,11 @@ class StreamMonitor(MonitorCore):
         if not delta:
             return ""
         self._buffer += delta
+        self._settle_prompt_check(wait=False)
+        if self._prompt_held:
+            if self._windows is not None:
+                self._feed_windows(delta)  # judged beside the prompt check; released after its verdict
+            return ""
         if self._degraded or not self.enabled:
             return self._release_all()
         if self._windows is not None:
@@ -150,6 +182,7 @@ class StreamMonitor(MonitorCore):
     def finish(self) -> str:
         """The answer is complete: score what is left and return the rest of the text."""
         self._check_feedable()
+        self._settle_prompt_check(wait=True)
         out = ""
         if not (self._degraded or not self.enabled):
             if self._windows is not None:
@@ -169,6 +202,19 @@ class StreamMonitor(MonitorCore):
         self._close_engine()
         self._emit_final()
         return out
+
+    def release_judged(self) -> str:
+        """Text whose verdicts came back since the last call, without new text ("" when there is none).
+
+        `feed` does this too: a sync caller that reads its upstream with a blocking call releases on the
+        next delta; this is for a caller with its own clock (async paths wake on the verdict itself)."""
+        self._check_feedable()
+        self._settle_prompt_check(wait=False)
+        if self._prompt_held:
+            return ""
+        if self._degraded or not self.enabled:
+            return self._release_all()  # held only behind the prompt check
+        return "" if self._windows is None else self._feed_windows("")
 
     def wrap(self, deltas: Iterable[str]) -> Iterator[str]:
         """Yield the releasable text of ``deltas``, then the rest at the end (non-empty pieces only).
@@ -213,9 +259,9 @@ class StreamMonitor(MonitorCore):
         assert windows is not None
         self._harvest(wait=False)  # first: a check that came back frees the engine to judge this delta
         if self._degraded:
-            return self._release_all()
+            return "" if self._prompt_held else self._release_all()
         self._submit(windows.add(delta))
-        return windows.release()
+        return "" if self._prompt_held else windows.release()
 
     def _finish_windows(self) -> str:
         windows = self._windows
@@ -283,7 +329,10 @@ class AsyncStreamMonitor(MonitorCore):
             if not self.enabled:
                 self._close_engine()
             return ""
-        if self.screen_prompt:
+        if self.parallel_input:
+            # The caller starts its model now; what it streams is judged meanwhile, released after the verdict.
+            self._prompt_check = asyncio.ensure_future(self.guard.acheck(self.messages, Stage.PROMPT))
+        elif self.screen_prompt:
             decision = await self.guard.acheck(self.messages, Stage.PROMPT)
             if self._state != OPEN:
                 return ""
@@ -291,6 +340,16 @@ class AsyncStreamMonitor(MonitorCore):
         if self.enabled and not self._degraded:
             self._windows = GenWindows(self)
         return ""
+
+    async def _settle_prompt_check(self, *, wait: bool) -> None:
+        """Gate on the parallel prompt check once it is back (``wait``: until it is)."""
+        check = self._prompt_check
+        if check is None or not (wait or check.done()):
+            return
+        await asyncio.wait({check})  # the lane shields this work: a cancelled caller leaves it running
+        if self._prompt_check is not check:  # closed meanwhile
+            return
+        self._gate_prompt_check(check.exception() or check.result())
 
     async def afeed(self, delta: str) -> str:
         """Async twin of `StreamMonitor.feed`."""
@@ -303,6 +362,11 @@ class AsyncStreamMonitor(MonitorCore):
         if not delta:
             return ""
         self._buffer += delta
+        await self._settle_prompt_check(wait=False)
+        if self._prompt_held:
+            if self._windows is not None:
+                self._feed_windows(delta)  # judged beside the prompt check; released after its verdict
+            return ""
         if self._degraded or not self.enabled:
             return self._release_all()
         if self._windows is not None:
@@ -329,6 +393,9 @@ class AsyncStreamMonitor(MonitorCore):
     async def _finish_work(self) -> str:
         await self._open_work()
         self._check_feedable()
+        await self._settle_prompt_check(wait=True)
+        if self._state != OPEN:
+            return ""
         out = ""
         if not (self._degraded or not self.enabled):
             if self._windows is not None:
@@ -357,15 +424,46 @@ class AsyncStreamMonitor(MonitorCore):
         self._emit_final()
         return out
 
+    def verdict_waiter(self) -> asyncio.Future[Any] | None:
+        """The check in flight whose verdict may let held text out (the parallel prompt check, else the
+        oldest window check), or None. Await it, then call `arelease_judged` (see ``wakeup.py``)."""
+        if self._state != OPEN:
+            return None
+        if self._prompt_check is not None:
+            return self._prompt_check  # type: ignore[no-any-return]
+        return self._pending[0][2] if self._pending else None
+
+    async def arelease_judged(self) -> str:
+        """Async twin of `StreamMonitor.release_judged`: what the verdicts back so far let out, without new text."""
+        return await self._lane.run("feed", self._release_work)
+
+    async def _release_work(self) -> str:
+        await self._open_work()
+        self._check_feedable()
+        await self._settle_prompt_check(wait=False)
+        if self._prompt_held:
+            return ""
+        if self._degraded or not self.enabled:
+            return self._release_all()  # held only behind the prompt check
+        return "" if self._windows is None else self._feed_windows("")
+
     async def awrap(self, deltas: AsyncIterable[str] | Iterable[str]) -> AsyncIterator[str]:
-        """Async twin of `StreamMonitor.wrap`."""
+        """Async twin of `StreamMonitor.wrap`; judged text is yielded as soon as its verdict is back, not
+        on the next delta (`UpstreamRace`)."""
         if isinstance(deltas, AsyncIterable):
             upstream = deltas.__aiter__()
+            race = UpstreamRace(upstream)
             try:
-                async for delta in upstream:
-                    if out := await self.afeed(delta):
+                while True:
+                    try:
+                        fresh, delta = await race.next(verdict_waiters(self))
+                    except StopAsyncIteration:
+                        break
+                    out = await self.afeed(delta) if fresh else await self.arelease_judged()  # type: ignore[arg-type]
+                    if out:
                         yield out
             finally:
+                await race.aclose()
                 aclose = getattr(upstream, "aclose", None)
                 if aclose is not None and self._state != FINISHED:
                     await aclose()
@@ -398,9 +496,9 @@ class AsyncStreamMonitor(MonitorCore):
         assert windows is not None
         self._harvest_done()  # first: a check that came back frees the engine to judge this delta
         if self._degraded:
-            return self._release_all()
+            return "" if self._prompt_held else self._release_all()
         self._submit(windows.add(delta))
-        return windows.release()
+        return "" if self._prompt_held else windows.release()
 
     async def _finish_windows(self) -> str:
         windows = self._windows

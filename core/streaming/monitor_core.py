@@ -102,6 +102,7 @@ class MonitorCore:
         context: int = DEFAULT_CONTEXT,
         release_unit: str = DEFAULT_RELEASE_UNIT,
         keep_token_verdicts: int = DEFAULT_KEEP_TOKEN_VERDICTS,
+        parallel_input: bool | None = None,
     ) -> None:
         holdback = DEFAULT_HOLDBACK if holdback is None else holdback
         if not isinstance(holdback, int) or isinstance(holdback, bool) or holdback < 0:
@@ -142,6 +143,11 @@ class MonitorCore:
         self._tokens: deque[Any] = deque(maxlen=keep_token_verdicts)
         self._window_opts = (check_every, min_segment, context, release_unit)
         self._session: Any = None
+        # Parallel input (Gen-window engine): the prompt check runs beside the answer, which is fed and
+        # judged meanwhile but released only once the prompt's verdict allowed it (None: the guard's setting).
+        parallel = getattr(guard, "parallel_input", False) if parallel_input is None else parallel_input
+        self.parallel_input = bool(parallel) and self.screen_prompt and self.stream_backend is None
+        self._prompt_check: Any = None  # the prompt check in flight (a future or a task), until gated
 
     # -- public read-only view ------------------------------------------------------------------
     @property
@@ -236,6 +242,18 @@ class MonitorCore:
         self.decision = decision
         raise GuardViolation(decision)
 
+    @property
+    def _prompt_held(self) -> bool:
+        """True while the parallel prompt check has not allowed the stream yet: nothing may be released."""
+        return self._prompt_check is not None
+
+    def _gate_prompt_check(self, result: Any) -> None:
+        """The parallel prompt check came back: gate the stream on it (raises when it blocks)."""
+        self._prompt_check = None
+        if isinstance(result, BaseException):
+            raise result
+        self._gate(result)
+
     def _violation(self, decision: Decision) -> GuardViolation:
         self._state = VIOLATED
         self.decision = decision
@@ -322,6 +340,9 @@ class MonitorCore:
         pending = getattr(self, "_pending", None)  # Gen-window checks in flight (futures or tasks)
         while pending:
             pending.popleft()[2].cancel()
+        prompt_check, self._prompt_check = self._prompt_check, None
+        if prompt_check is not None:
+            prompt_check.cancel()
 
     def _abandon(self) -> None:
         """A sync call was interrupted (KeyboardInterrupt) inside the engine: what the engine has scored

@@ -6,7 +6,8 @@ the model and the consumer) and `GuardMiddleware` (it wraps the agent's model ca
 ``guard.astream``): with a Qwen3Guard-Stream model every token is scored as it arrives and text is
 released ``holdback`` tokens behind; with a Gen guard each sentence is checked in the background as
 soon as it is complete (pipelined with generation) and released once its verdict is in, so a short
-safe first sentence goes out without waiting for the next one.
+safe first sentence goes out without waiting for the next one. Async streams release judged text as soon
+as its verdict is back (the next chunk is raced against the check in flight); sync streams on the next chunk.
 
 A chunk goes out once all of its text has been released, in order. Tool-call chunks (their streamed
 arguments) are held until the whole call is judged as the assistant's action, after the stream ends;
@@ -23,10 +24,11 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from qwenguard.core import Guard, GuardViolation, enforce
+from qwenguard.core.streaming.wakeup import UpstreamRace
 
 from ._messages import DEFAULT_HISTORY_TURNS, Item, message_text, output_items
 from ._screening import ascreen, first_blocked, screen
-from ._streaming import DEFAULT_WINDOW_CHARS, Engine, Screen, open_screen
+from ._streaming import DEFAULT_WINDOW_CHARS, Engine, MonitorScreen, Screen, open_screen
 
 __all__ = ["HeldStream", "chunk_text", "as_message"]
 
@@ -173,14 +175,24 @@ class HeldStream:
         judge = self._open(asynchronous=True)
         held: deque[tuple[int, bool, Any]] = deque()
         fed = 0
+        # The next chunk is raced against the monitor's check in flight: judged text goes out when its
+        # verdict is back, not when the model sends its next token (``wakeup.py``).
+        race = UpstreamRace(chunks)
         try:
-            async for chunk in chunks:
-                text = chunk_text(chunk)
-                fed += len(text)
-                held.append((fed, self._holds_calls(chunk, held), chunk))
-                self.whole = _add(self.whole, chunk)
-                if text:
-                    await judge.acheck(text)
+            while True:
+                try:
+                    fresh, chunk = await race.next(judge.verdict_waiters() if isinstance(judge, MonitorScreen) else ())
+                except StopAsyncIteration:
+                    break
+                if not fresh:
+                    await judge.arelease()  # type: ignore[union-attr]
+                else:
+                    text = chunk_text(chunk)
+                    fed += len(text)
+                    held.append((fed, self._holds_calls(chunk, held), chunk))
+                    self.whole = _add(self.whole, chunk)
+                    if text:
+                        await judge.acheck(text)
                 while self._ready(held, judge.released):
                     yield held.popleft()[2]
             await judge.afinish()
@@ -194,6 +206,7 @@ class HeldStream:
             raise
         finally:
             judge.close()
+            await race.aclose()  # a read still in flight is cancelled before the upstream is closed
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()

@@ -55,6 +55,7 @@ from typing import Any, Literal, Union
 from qwenguard.core import Decision, Guard, Stage, enforce
 from qwenguard.core.formats.conversations import response_conversation, tool_call_conversation
 from qwenguard.core.streaming.gate_session import GateSession, GrowingWindow
+from qwenguard.core.streaming.wakeup import arelease_judged, verdict_waiters
 
 from ._messages import Item
 
@@ -459,6 +460,14 @@ class MonitorScreen:
     async def afinish(self) -> None:
         if not self.monitor.closed:
             self._released += len(await self.monitor.afinish())
+
+    def verdict_waiters(self) -> list[Any]:
+        """The monitor's check in flight whose verdict may let held text out (async streams)."""
+        return verdict_waiters(self.monitor)
+
+    async def arelease(self) -> None:
+        """Take what the monitor's verdicts let out now, without new text (see ``wakeup.py``)."""
+        self._released += len(await arelease_judged(self.monitor))
 
     def close(self) -> None:
         self.monitor.close()

@@ -54,6 +54,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 from qwenguard.core import Action, Decision, Guard, GuardUnavailable, GuardViolation, Risk, Stage, Verdict, enforce
 from qwenguard.core.formats.conversations import tool_call_conversation, untrusted_conversation
+from qwenguard.core.streaming.gen_windows import RELEASE_UNITS
 
 from ._held_model import HeldBackChatModel, StreamLedger
 from ._messages import (
@@ -145,6 +146,10 @@ class GuardMiddleware(AgentMiddleware):
         violation_message, input_notice, tool_result_notice, tool_call_notice: texts that replace
             flagged content (``{categories}``, ``{reason}`` and, for tools, ``{tool}`` are filled in).
         history_turns: earlier user/assistant turns given to the guard as context.
+        stream_options: passed to the hold-back monitor (``guard.stream``), e.g. ``holdback``.
+        release_unit: with a Gen guard, what one stream check may release: ``"sentence"`` (default) or
+            ``"word"`` (judged text but its last word: earlier first text, more checks); the same as
+            ``stream_options={"release_unit": ...}``.
     """
 
     def __init__(
@@ -158,6 +163,7 @@ class GuardMiddleware(AgentMiddleware):
         check_tool_results: bool = True,
         check_stream: bool = True,
         stream_options: dict[str, Any] | None = None,
+        release_unit: str | None = None,
         violation_message: str = DEFAULT_VIOLATION_MESSAGE,
         input_notice: str = DEFAULT_INPUT_NOTICE,
         tool_result_notice: str = DEFAULT_TOOL_RESULT_NOTICE,
@@ -175,6 +181,10 @@ class GuardMiddleware(AgentMiddleware):
         self.check_tool_results = check_tool_results
         self.check_stream = check_stream
         self.stream_options = dict(stream_options or {})
+        if release_unit is not None:
+            if release_unit not in RELEASE_UNITS:
+                raise ValueError(f"release_unit must be one of {RELEASE_UNITS} (or None), got {release_unit!r}")
+            self.stream_options["release_unit"] = release_unit
         self.violation_message = violation_message
         self.input_notice = input_notice
         self.tool_result_notice = tool_result_notice

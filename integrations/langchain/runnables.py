@@ -30,6 +30,7 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializa
 from langchain_core.runnables.config import patch_config
 from pydantic import ConfigDict, field_validator, model_validator
 from qwenguard.core import Guard, Stage, enforce
+from qwenguard.core.streaming.gen_windows import RELEASE_UNITS
 
 from ._holding import HeldStream
 from ._messages import DEFAULT_HISTORY_TURNS, Item, input_items, output_items, prompt_items
@@ -69,6 +70,10 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
         stream_engine: ``"monitor"`` (default: a StreamMonitor; chunks are passed on once it released
             their text, ``holdback`` guard tokens behind) or ``"gate"`` (the answer judged by a Gen check
             at every word end, chunks held until then; ``window_chars``, ``min_chars``). See ``_streaming.py``.
+        holdback: guard tokens the monitor keeps back (Stream model; ``None``: the monitor's default).
+        release_unit: with a Gen guard (no Stream model), what one check may release: ``"sentence"``
+            (default: whole sentences) or ``"word"`` (all judged text but its last word: earlier first
+            text, more checks). ``None``: the monitor's default. See docs/streaming.md.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -81,6 +86,7 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
     history_turns: int = DEFAULT_HISTORY_TURNS
     stream_engine: Engine = "monitor"
     holdback: int | None = None
+    release_unit: str | None = None
     window_chars: int = DEFAULT_WINDOW_CHARS
     min_chars: int = 1
 
@@ -94,6 +100,13 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
     def _check_engine(cls, value: str) -> str:
         if value not in ("monitor", "gate"):  # "pipelined" is for callbacks, which cannot hold text
             raise ValueError(f"stream_engine must be 'monitor' or 'gate', got {value!r}")
+        return value
+
+    @field_validator("release_unit")
+    @classmethod
+    def _check_release_unit(cls, value: str | None) -> str | None:
+        if value is not None and value not in RELEASE_UNITS:
+            raise ValueError(f"release_unit must be one of {RELEASE_UNITS} (or None), got {value!r}")
         return value
 
     @model_validator(mode="after")
@@ -153,7 +166,9 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
         )
 
     def _held(self, context: list[dict[str, str]]) -> HeldStream:
-        options = {} if self.holdback is None else {"holdback": self.holdback}
+        options: dict[str, Any] = {} if self.holdback is None else {"holdback": self.holdback}
+        if self.release_unit is not None:
+            options["release_unit"] = self.release_unit
         return HeldStream(
             self.guard,
             context,
@@ -294,6 +309,7 @@ def guard_output(
     *,
     stream_engine: Engine = "monitor",
     holdback: int | None = None,
+    release_unit: str | None = None,
     window_chars: int = DEFAULT_WINDOW_CHARS,
     min_chars: int = 1,
 ) -> GuardRunnable:
@@ -303,13 +319,16 @@ def guard_output(
 
     ``stream_engine="monitor"`` (default) holds chunks back until the StreamMonitor released their
     text; ``"gate"`` judges the answer with a Gen check at every word end before passing it on
-    (finer-grained, one check per word)."""
+    (finer-grained, one check per word). With a Gen guard the monitor judges whole sentences by default;
+    ``release_unit="word"`` releases judged text but its last word (the first words go out earlier, for
+    more checks)."""
     return GuardRunnable(
         guard=guard,
         check_input=False,
         check_output=True,
         stream_engine=stream_engine,
         holdback=holdback,
+        release_unit=release_unit,
         window_chars=window_chars,
         min_chars=min_chars,
     )

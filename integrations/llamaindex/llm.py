@@ -37,10 +37,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -59,6 +59,7 @@ from llama_index.core.prompts import BasePromptTemplate
 from qwenguard.core import Guard, enforce
 from qwenguard.core.formats.conversations import prompt_conversation, response_conversation, tool_call_conversation
 from qwenguard.core.streaming.parallel import PendingCheck
+from qwenguard.core.streaming.wakeup import UpstreamRace, arelease_judged, verdict_waiters
 from qwenguard.core.verdict import Stage
 
 from .._common import require_guard
@@ -108,6 +109,8 @@ class GuardedLLM(FunctionCallingLLM):
 
     - ``holdback``: guard tokens a stream keeps back before releasing text (``None``: the monitor's
       default; 0 streams at once, exposing at most the span before a violation is detected).
+    - ``release_unit``: with a Gen guard, what one stream check may release: ``"sentence"`` (default:
+      whole sentences) or ``"word"`` (judged text but its last word: earlier first text, more checks).
     - ``screen_context``: screen the context variables of template calls as retrieved content.
     - ``parallel_input``: start the inner call while the inputs are checked (see the module
       docstring; ``None`` follows ``guard.parallel_input``).
@@ -121,6 +124,9 @@ class GuardedLLM(FunctionCallingLLM):
     llm: SerializeAsAny[LLM] = Field(description="The LLM being guarded.")
     guard: Any = Field(exclude=True, description="The qwenguard Guard that screens the traffic.")
     holdback: int | None = Field(default=None, description="Stream hold-back in guard tokens (None: default).")
+    release_unit: Literal["sentence", "word"] | None = Field(
+        default=None, description='What one stream check may release: "sentence" or "word" (None: default).'
+    )
     screen_context: bool = Field(default=True, description="Screen template context variables as documents.")
     screen_system: bool = Field(default=False, description="Screen system messages as untrusted content.")
     parallel_input: bool | None = Field(
@@ -222,6 +228,11 @@ class GuardedLLM(FunctionCallingLLM):
         return _Plan([], plan.prompt, plan.pending, plan.marks)
 
     @staticmethod
+    def _inputs_back(plan: _Plan) -> bool:
+        """The parallel input check has come back (enforce it now: a blocked input stops the stream)."""
+        return plan.pending is not None and not plan.pending.passed and plan.pending.done()
+
+    @staticmethod
     def _wait_inputs(plan: _Plan) -> None:
         if plan.pending is not None and not plan.pending.passed:
             plan.pending.wait()
@@ -246,6 +257,8 @@ class GuardedLLM(FunctionCallingLLM):
         options: dict[str, Any] = {"screen_prompt": False}
         if self.holdback is not None:
             options["holdback"] = self.holdback
+        if self.release_unit is not None:
+            options["release_unit"] = self.release_unit
         return options
 
     @contextlib.contextmanager
@@ -323,12 +336,15 @@ class GuardedLLM(FunctionCallingLLM):
             monitor = stack.enter_context(self.guard.stream(plan.prompt, **self._monitor_options()))
             thinking: Any = None  # a second monitor, opened when the model streams its reasoning
             for chunk in inner:
-                self._wait_inputs(plan)  # the first chunk was produced beside the input check
                 text, reasoning = out.read(chunk)
                 if reasoning and thinking is None:
                     thinking = stack.enter_context(self.guard.stream(plan.prompt, **self._monitor_options()))
                 released = monitor.feed(text) if text else ""
                 released_reasoning = thinking.feed(reasoning) if reasoning else ""
+                # The chunk was produced (and is being judged) beside the input check: nothing leaves
+                # before the input verdict, and a verdict that is back is enforced at once.
+                if released or released_reasoning or self._inputs_back(plan):
+                    self._wait_inputs(plan)
                 if (item := out.partial(released, released_reasoning)) is not None:
                     yield item
             self._wait_inputs(plan)  # an empty stream still waits for the verdict
@@ -351,14 +367,22 @@ class GuardedLLM(FunctionCallingLLM):
             stack.push_async_callback(aclose_upstream, inner)
             monitor = await stack.enter_async_context(self.guard.astream(plan.prompt, **self._monitor_options()))
             thinking: Any = None
-            async for chunk in _raced(plan, inner):
-                text, reasoning = out.read(chunk)
-                if reasoning and thinking is None:
-                    thinking = await stack.enter_async_context(
-                        self.guard.astream(plan.prompt, **self._monitor_options())
-                    )
-                released = await monitor.afeed(text) if text else ""
-                released_reasoning = await thinking.afeed(reasoning) if reasoning else ""
+            chunks = _raced(plan, inner, lambda: (monitor, thinking))
+            stack.push_async_callback(chunks.aclose)  # before the upstream is closed: ends its read
+            async for chunk in chunks:
+                if chunk is _VERDICT:
+                    released = await arelease_judged(monitor)
+                    released_reasoning = await arelease_judged(thinking) if thinking is not None else ""
+                else:
+                    text, reasoning = out.read(chunk)
+                    if reasoning and thinking is None:
+                        thinking = await stack.enter_async_context(
+                            self.guard.astream(plan.prompt, **self._monitor_options())
+                        )
+                    released = await monitor.afeed(text) if text else ""
+                    released_reasoning = await thinking.afeed(reasoning) if reasoning else ""
+                if released or released_reasoning:
+                    await self._await_inputs(plan)  # fed beside the input check: nothing out before its verdict
                 if (item := out.partial(released, released_reasoning)) is not None:
                     yield item
             if out.last is None:
@@ -384,9 +408,11 @@ class GuardedLLM(FunctionCallingLLM):
             stack.callback(close_upstream, inner)
             monitor = stack.enter_context(self.guard.stream(plan.prompt, **self._monitor_options()))
             for chunk in inner:
-                self._wait_inputs(plan)
                 text = out.read(chunk)
-                if (item := out.partial(monitor.feed(text) if text else "")) is not None:
+                released = monitor.feed(text) if text else ""
+                if released or self._inputs_back(plan):  # judged beside the input check, released after it
+                    self._wait_inputs(plan)
+                if (item := out.partial(released)) is not None:
                     yield item
             self._wait_inputs(plan)
             tail = monitor.finish()
@@ -398,10 +424,19 @@ class GuardedLLM(FunctionCallingLLM):
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(aclose_upstream, inner)
             monitor = await stack.enter_async_context(self.guard.astream(plan.prompt, **self._monitor_options()))
-            async for chunk in _raced(plan, inner):
-                text = out.read(chunk)
-                if (item := out.partial(await monitor.afeed(text) if text else "")) is not None:
+            chunks = _raced(plan, inner, lambda: (monitor,))
+            stack.push_async_callback(chunks.aclose)
+            async for chunk in chunks:
+                if chunk is _VERDICT:
+                    released = await arelease_judged(monitor)
+                else:
+                    text = out.read(chunk)
+                    released = await monitor.afeed(text) if text else ""
+                if released:
+                    await self._await_inputs(plan)
+                if (item := out.partial(released)) is not None:
                     yield item
+            await self._await_inputs(plan)
             tail = await monitor.afinish()
             if out.last is not None:
                 yield out.final(tail)
@@ -480,14 +515,28 @@ class GuardedLLM(FunctionCallingLLM):
         )
 
 
-async def _raced(plan: _Plan, inner: Any) -> AsyncIterator[Any]:
+#: Yielded by `_raced` instead of a chunk: a check of the answer came back, judged text may go out.
+_VERDICT = object()
+
+
+async def _raced(plan: _Plan, inner: Any, monitors: Callable[[], Sequence[Any]]) -> AsyncGenerator[Any, None]:
     """Iterate an async stream; while the input verdict is pending, race each chunk against it so a
-    blocked input cancels the chunk being produced instead of waiting for it."""
-    iterator = inner.__aiter__()
-    while True:
-        try:
-            chunk = await GuardedLLM._race(plan, iterator.__anext__())
-        except StopAsyncIteration:
-            await GuardedLLM._await_inputs(plan)  # an empty stream still waits for the verdict
-            return
-        yield chunk
+    blocked input cancels the chunk being produced instead of waiting for it. Once the input passed,
+    race each chunk against the checks in flight of ``monitors()``: `_VERDICT` when one comes back
+    first, so judged text goes out without waiting for the model's next token (``wakeup.py``)."""
+    race: UpstreamRace[Any] = UpstreamRace(inner)
+    try:
+        while True:
+            try:
+                if plan.pending is not None and not plan.pending.passed:
+                    # wait=False: the chunk is judged beside the input check; the caller waits for the
+                    # input verdict before anything goes out (a blocking one still cancels the read).
+                    fresh, chunk = await GuardedLLM._race(plan, race.next(), wait=False)
+                else:
+                    fresh, chunk = await race.next(verdict_waiters(*monitors()))
+            except StopAsyncIteration:
+                await GuardedLLM._await_inputs(plan)  # an empty stream still waits for the verdict
+                return
+            yield chunk if fresh else _VERDICT
+    finally:
+        await race.aclose()

@@ -42,6 +42,13 @@ class ScriptedLLM(CustomLLM):
 
     chunks: list[str]
     delay_s: float = 0.0  # between chunks, like a real model's token rate
+    # A slow model without clocks: each chunk only once ``judge`` (stream_judges.CountingJudge) has answered
+    # every check it was given; after the chunk ``stall_after``, wait for ``resume`` (a threading.Event).
+    judge: Any = None
+    stall_after: str | None = None
+    resume: Any = None
+    stall_s: float = 3.0  # a stall's deadline: reached only when the consumer never gets what it waits for
+    _stalled: bool = PrivateAttr(default=False)
     _interrupted: bool = PrivateAttr(default=False)
     _produced: int = PrivateAttr(default=0)
     _closed: bool = PrivateAttr(default=False)
@@ -72,6 +79,23 @@ class ScriptedLLM(CustomLLM):
     def calls(self) -> int:
         return self._calls
 
+    @property
+    def stalled(self) -> bool:
+        """A stall ran into its deadline (``resume`` was never set)."""
+        return self._stalled
+
+    def _pace(self, previous: str | None) -> None:
+        if self.stall_after is not None and previous == self.stall_after:
+            self._stalled = not self.resume.wait(self.stall_s)
+        elif self.judge is not None:
+            self.judge.wait_idle()
+
+    async def _apace(self, previous: str | None) -> None:
+        if self.stall_after is not None and previous == self.stall_after:
+            self._stalled = not await asyncio.to_thread(self.resume.wait, self.stall_s)
+        elif self.judge is not None:
+            await self.judge.await_idle()
+
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         self._calls += 1
@@ -84,8 +108,9 @@ class ScriptedLLM(CustomLLM):
         def gen() -> CompletionResponseGen:
             text = ""
             try:
-                for chunk in self.chunks:
+                for i, chunk in enumerate(self.chunks):
                     time.sleep(self.delay_s)
+                    self._pace(self.chunks[i - 1] if i else None)
                     self._produced += 1
                     text += chunk
                     yield CompletionResponse(text=text, delta=chunk)
@@ -102,12 +127,15 @@ class ScriptedLLM(CustomLLM):
     async def _astream(self, wrap: Any) -> Any:
         text = ""
         try:
-            for chunk in self.chunks:
+            for i, chunk in enumerate(self.chunks):
                 await asyncio.sleep(self.delay_s)
+                await self._apace(self.chunks[i - 1] if i else None)
                 self._produced += 1
                 text += chunk
                 yield wrap(text, chunk)
-        except GeneratorExit:
+        except (GeneratorExit, asyncio.CancelledError):
+            # Closed at a yield (aclose), or its read cancelled mid-token: a guarded stream that found a
+            # violation while the next token was being produced stops the producer by cancelling that read.
             self._interrupted = True
             raise
         finally:

@@ -1,0 +1,131 @@
+"""Judges for the stream release tests: scripted verdicts (a two-word trigger, like the bench's oracle),
+counted, with a way for a test's upstream to wait until every check it started has come back.
+
+Counting calls and waiting for the judge to be idle replaces clocks: an upstream that produces its next
+piece only once the judge is idle is a slow model, deterministically."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from faults import ScriptedBackend
+
+R_SAFE = "Safety: Safe\nCategories: None\nRefusal: No"
+R_UNSAFE = "Safety: Unsafe\nCategories: Violent\nRefusal: No"
+P_SAFE = "Safety: Safe\nCategories: None"
+P_UNSAFE = "Safety: Unsafe\nCategories: Violent"
+TRIGGER = "Mix ammonium"  # the oracle's two words: "Mix" alone reads as harmless
+CLAUSE = "Mix ammonium nitrate with fuel oil, pack it into a pipe and add a fuse."
+#: One long sentence: a sentence-unit check sees it only once its end has arrived.
+LONG = "Paris is the capital of France and it is known for the Eiffel Tower and its museums and its cafes."
+
+
+def _answer(conv):
+    last = conv[-1]
+    if last["role"] == "user":
+        return P_UNSAFE if "bomb" in last["content"] else P_SAFE
+    return R_UNSAFE if TRIGGER in last["content"] else R_SAFE
+
+
+class CountingJudge(ScriptedBackend):
+    """Flags answers holding "Mix ammonium" and prompts about a bomb; counts answer checks; ``wait_idle``."""
+
+    def __init__(self) -> None:
+        super().__init__(_answer)
+        self._cond = threading.Condition()
+        self.started = 0
+        self.finished = 0
+        self.answer_checks = 0
+
+    def _begin(self, conversations) -> None:
+        with self._cond:
+            self.started += 1
+            self.answer_checks += sum(1 for c in conversations if c[-1]["role"] == "assistant")
+
+    def _end(self) -> None:
+        with self._cond:
+            self.finished += 1
+            self._cond.notify_all()
+
+    @property
+    def idle(self) -> bool:
+        with self._cond:
+            return self.started == self.finished
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Block until every check started so far has come back (``timeout``: a deadlock breaker).
+
+        First a short sleep lets a check just handed to a worker thread start (a thread that never gets
+        the GIL has not started its check: a slow model gives it the time); a check that starts later
+        still is waited for before the next piece."""
+        time.sleep(0.002)
+        with self._cond:
+            self._cond.wait_for(lambda: self.started == self.finished, timeout)
+
+    async def await_idle(self) -> None:
+        """Async twin of `wait_idle` (checks handed to the loop as tasks start during the first sleep)."""
+        await asyncio.sleep(0.002)
+        while not self.idle:
+            await asyncio.sleep(0.001)
+
+    def classify(self, conversations, *, timeout=None):
+        self._begin(conversations)
+        try:
+            return super().classify(conversations, timeout=timeout)
+        finally:
+            self._end()
+
+    async def aclassify(self, conversations, *, timeout=None):
+        self._begin(conversations)
+        try:
+            return await super().aclassify(conversations, timeout=timeout)
+        finally:
+            self._end()
+
+
+class SlowPromptJudge(CountingJudge):
+    """The prompt's verdict comes back only after an answer check did (a slow prompt check beside a fast
+    model): proof that the answer was judged while the prompt check ran. ``deadline_s`` breaks the wait
+    when no answer check comes (the answer was not judged beside the prompt)."""
+
+    def __init__(self, deadline_s: float = 3.0) -> None:
+        super().__init__()
+        self.deadline_s = deadline_s
+        self.answer_done = threading.Event()
+        self.prompt_done = threading.Event()
+        self.answers_before_prompt_verdict = 0
+
+    @staticmethod
+    def _prompt(conversations) -> bool:
+        return any(c[-1]["role"] == "user" for c in conversations)
+
+    def _answered(self) -> None:
+        if not self.prompt_done.is_set():
+            self.answers_before_prompt_verdict += 1
+        self.answer_done.set()
+
+    def classify(self, conversations, *, timeout=None):
+        if self._prompt(conversations):
+            self.answer_done.wait(self.deadline_s)
+            try:
+                return super().classify(conversations, timeout=timeout)
+            finally:
+                self.prompt_done.set()
+        try:
+            return super().classify(conversations, timeout=timeout)
+        finally:
+            self._answered()
+
+    async def aclassify(self, conversations, *, timeout=None):
+        if self._prompt(conversations):
+            await asyncio.to_thread(self.answer_done.wait, self.deadline_s)
+            try:
+                return await super().aclassify(conversations, timeout=timeout)
+            finally:
+                self.prompt_done.set()
+        try:
+            return await super().aclassify(conversations, timeout=timeout)
+        finally:
+            self._answered()
