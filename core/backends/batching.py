@@ -347,7 +347,23 @@ atexit.register(_close_all_at_exit)
 
 def _regroup(inbox: queue.Queue[object], active: deque[_Request], expected: int, wait_s: float) -> None:
     """Wait up to ``wait_s`` for ``expected`` arrivals (the callers just answered, submitting again); they
-    join ``active``. A stop signal is put back for the loop to see."""
+    join ``active``, and so does whatever was queued already. A stop signal is put back for the loop to see."""
+
+    def take(nxt: object) -> bool:
+        if nxt is _STOP:
+            inbox.put(_STOP)  # seen again at the top of the loop, which fails what is left
+            return False
+        active.append(nxt)  # type: ignore[arg-type]
+        return True
+
+    # What came during the step is not what we wait for (counting it would split the answered callers
+    # off into the step after next, and the forwards would keep alternating).
+    while True:
+        try:
+            if not take(inbox.get_nowait()):
+                return
+        except queue.Empty:
+            break
     deadline = time.monotonic() + wait_s
     for _ in range(expected):
         left = deadline - time.monotonic()
@@ -355,10 +371,8 @@ def _regroup(inbox: queue.Queue[object], active: deque[_Request], expected: int,
             nxt = inbox.get(timeout=left) if left > 0 else inbox.get_nowait()
         except queue.Empty:
             return
-        if nxt is _STOP:
-            inbox.put(_STOP)  # seen again at the top of the loop, which fails what is left
+        if not take(nxt):
             return
-        active.append(nxt)  # type: ignore[arg-type]
 
 
 def _work(inbox: queue.Queue[object], ref: weakref.ref[MicroBatcher[Any, Any]]) -> None:
