@@ -52,10 +52,9 @@ assert blocked.stage is Stage.PROMPT, "the question should be stopped before the
 # 3. Streaming: the answer starts safe, then turns harmful. Each chunk is judged (with the answer so far)
 #    before it is yielded, so the consumer gets the prefix the guard judged safe and the stream stops at the
 #    first chunk the guard flags. A callback cannot hold text back, so whatever was judged safe is out already:
-#    the demo guard flags "...Paris. Mix ammonium nitrate" but not "...Paris. Mix ammonium", so the two words
-#    "Mix ammonium " reach the consumer (a real Qwen3Guard flags earlier or later, by its own judgement). To
-#    release not one character of the clause, hold text back (`guard.stream(..., holdback=8)` /
-#    `guard_output`, cookbook/streaming.py).
+#    the demo guard flags "...Paris. Mix ammonium" but not "...Paris. Mix", so the word "Mix " reaches the
+#    consumer (a real Qwen3Guard flags earlier or later, by its own judgement). To release not one character
+#    of the clause, hold text back (`guard.stream(..., holdback=8)` / `guard_output`, cookbook/streaming.py).
 received = ""
 try:
     for chunk in chain.stream({"question": "What is the capital of France?"}, config=config):
@@ -73,7 +72,7 @@ assert answer == SAFE_ANSWER
 assert cut.stage is Stage.STREAM and not cut.allowed
 assert MIXED_ANSWER.startswith(received) and received.startswith(SAFE_ANSWER)  # the safe part got out, in order
 assert received.rstrip() == MIXED_ANSWER[: cut.offset].rstrip()  # exactly what the guard judged safe (+ a space)
-# Counted in characters, not "was the whole clause withheld": on the demo guard, at most "Mix ammonium " (13 of
-# its 71 characters) reached the consumer; nothing from "nitrate" on.
-assert exposed <= UNSAFE_CLAUSE.index("nitrate"), f"{exposed} characters of the unsafe clause reached the consumer"
+# Counted in characters, not "was the whole clause withheld": on the demo guard, at most "Mix " (4 of its 71
+# characters) reached the consumer; nothing from "ammonium" on.
+assert exposed <= UNSAFE_CLAUSE.index("ammonium"), f"{exposed} characters of the unsafe clause reached the consumer"
 print("OK")

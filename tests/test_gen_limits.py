@@ -64,7 +64,9 @@ class TokenizerProbe:
 
 def _history(n: int) -> list[dict[str, str]]:
     return [
-        {"role": "user" if i % 2 == 0 else "assistant", "content": f"Message number {i}, nothing more."}
+        # (The demo retrained on 30 Nov writes a cut category for some filler-only windows — "Message number {i},
+        # nothing more." gives "Categories: No" — and fails closed; this test is about the work, not that.)
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"Thanks, that was message {i}."}
         for i in range(n)
     ]
 

@@ -168,18 +168,11 @@ def _stream(engine, prompt: str, answer: str, holdback: int = 8) -> tuple[str, G
     return shown, None
 
 
-# What the shipped demo Stream model gets wrong (docs/demo.md, "Known blind spots"): it flags some safe sentences
-# ("The Seine flows through the middle of it", "The Eiffel Tower was finished in 1889") and stops the answer there.
-# Strict expected failures: a retrained demo that gets one right fails here until its entry is removed.
-STREAM_BLIND_SPOTS = {
-    ("stream model", "after 10 sentences"): "the demo Stream model stops the answer early, at the safe sentence "
-    "'The Eiffel Tower was finished in 1889' (no clause character is shown)",
-    ("stream model", "SAFE_400"): "the demo Stream model stops the safe answer at 'The Seine flows through'",
-    (
-        "stream model",
-        "ten facts",
-    ): "the demo Stream model stops the safe answer at 'The Eiffel Tower was finished in 1889'",
-}
+# What the shipped demo Stream model gets wrong (docs/demo.md, "Known blind spots"), as (engine, case) -> reason.
+# Strict expected failures: a retrained demo that gets one right fails here until its entry is removed. Empty since
+# the fine-tune that taught it long factual answers: the demo before it stopped "SAFE_400" at "The Seine flows
+# through" and "ten facts" / "after 10 sentences" at "The Eiffel Tower was finished in 1889".
+STREAM_BLIND_SPOTS: dict[tuple[str, str], str] = {}
 
 
 def _known_blind_spot(request, engine_name: str, case: str) -> None:

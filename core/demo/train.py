@@ -1,6 +1,7 @@
 """Train the embedded demo guard: a tiny Qwen3-architecture Qwen3Guard-Gen look-alike, from scratch, on CPU.
 
     python -m qwenguard.core.demo.train gen [--out DIR | --replace-shipped] [--steps N] [--seed S]
+    python -m qwenguard.core.demo.train gen --init-from core/demo/gen [--steps 400] [--boost 3]   # fine-tune
 
 Output: a new directory ``runs/demo-gen-<date>-<time>/`` by default (with the run's ``sample.jsonl``); the shipped
 checkpoint ``core/demo/gen`` (and ``core/demo/data/sample.jsonl``) only with ``--replace-shipped``, or when ``--out``
@@ -10,6 +11,11 @@ Steps: generate the synthetic data (`qwenguard.core.demo.data`), train the byte-
 (rendered prompts included, `qwenguard.core.demo.tokenizer`), train a `transformers.Qwen3ForCausalLM` with the
 loss on the answer tokens only, save it in bfloat16 with the tokenizer and chat template, then decode a held-out
 split greedily through the saved checkpoint (exactly as inference does) and write ``metrics.json``.
+
+``--init-from DIR`` fine-tunes an existing demo Gen checkpoint instead: its tokenizer and weights are reused (no
+tokenizer training; the tokenizer files are copied unchanged, so a Stream checkpoint built on it still matches), the
+learning rate is lower (`FINETUNE_LR`) and the families added after it (`data.EVERYDAY_ADDED`) are drawn `--boost`
+times as often in the full mix.
 
 Everything is seeded (data, batch order, initialisation; two CPU threads), so a rerun with the same arguments
 and the same library versions (recorded in ``metrics.json``) reproduces the checkpoint byte for byte. Nothing but
@@ -43,6 +49,7 @@ from typing import Any
 
 from . import DEMO_GEN_DIR, DEMO_SAMPLE_PATH
 from .data import BASE_MIX, Example, generate, heldout_set, training_set, write_sample
+from .data.mix import EVERYDAY_ADDED, boosted_mix
 from .output import check_replaceable, library_versions, resolve_out_dir
 from .tokenizer import SPECIAL_TOKENS, THINK_TOKENS, train_tokenizer
 
@@ -79,6 +86,17 @@ class TrainSettings:
     weight_decay: float = 0.1
     batch_tokens: int = 4000  # padded tokens per batch (~55 examples)
     threads: int = 2  # results reproduce bit for bit with the same thread count
+    init_from: str | None = None  # fine-tune this demo Gen checkpoint (tokenizer and weights) instead of from scratch
+    boost: float = 1.0  # weight multiplier of the families in data.EVERYDAY_ADDED
+
+
+#: Fine-tuning defaults (``--init-from``): a tenth of the from-scratch learning rate, a few hundred steps.
+FINETUNE_LR = 5e-4
+FINETUNE_STEPS = 400
+FINETUNE_WARMUP = 20
+FINETUNE_BOOST = 3.0
+#: Tokenizer files a fine-tune copies unchanged from the checkpoint it starts from.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
 @dataclass
@@ -331,16 +349,25 @@ def train_gen(
     torch.manual_seed(settings.seed)
     random.seed(settings.seed)
 
-    train_examples = training_set(settings.train_size, seed=settings.seed)
+    mix = boosted_mix(settings.boost) if settings.boost != 1.0 else None
+    train_examples = training_set(settings.train_size, seed=settings.seed, families=mix)
     held = heldout_set(settings.heldout_size, seed=settings.seed)
     # The same held-out seed on the mix without the families added for the streaming and composite claims: figures
     # comparable with checkpoints trained before them.
     held_base = generate(settings.heldout_size, seed=settings.seed + 1000, split="heldout", families=BASE_MIX)
     _log(f"data: {len(train_examples)} training, {len(held)} held-out examples")
 
-    tokenizer = train_tokenizer(
-        _tokenizer_corpus(train_examples), model_max_length=MODEL_SHAPE["max_position_embeddings"]
-    )
+    init = Path(settings.init_from) if settings.init_from else None
+    if init is not None:
+        from transformers import AutoTokenizer
+
+        if not (init / "config.json").exists():
+            raise FileNotFoundError(f"--init-from {init}: no demo Gen checkpoint there (config.json is missing)")
+        tokenizer = AutoTokenizer.from_pretrained(str(init))
+    else:
+        tokenizer = train_tokenizer(
+            _tokenizer_corpus(train_examples), model_max_length=MODEL_SHAPE["max_position_embeddings"]
+        )
     special_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (*SPECIAL_TOKENS, *THINK_TOKENS)}
     _log(f"tokenizer: {len(tokenizer)} ids, special {special_ids}")
 
@@ -348,14 +375,20 @@ def train_gen(
     encoded = _encode(tokenizer, train_examples, max_len)
     _log(f"encoded {len(encoded)} sequences, longest {max(len(e.prompt) + len(e.answer) for e in encoded)} tokens")
 
-    config = Qwen3Config(
-        vocab_size=len(tokenizer),
-        bos_token_id=special_ids["<|endoftext|>"],
-        eos_token_id=special_ids["<|im_end|>"],
-        pad_token_id=special_ids["<|endoftext|>"],
-        **MODEL_SHAPE,
-    )
-    model = Qwen3ForCausalLM(config)
+    if init is not None:
+        model = Qwen3ForCausalLM.from_pretrained(str(init), dtype=torch.float32)
+        shape = {k: getattr(model.config, k) for k in MODEL_SHAPE if k != "rope_parameters"}
+        if shape != {k: v for k, v in MODEL_SHAPE.items() if k != "rope_parameters"}:
+            raise ValueError(f"--init-from {init}: not the demo shape {MODEL_SHAPE} (got {shape})")
+    else:
+        config = Qwen3Config(
+            vocab_size=len(tokenizer),
+            bos_token_id=special_ids["<|endoftext|>"],
+            eos_token_id=special_ids["<|im_end|>"],
+            pad_token_id=special_ids["<|endoftext|>"],
+            **MODEL_SHAPE,
+        )
+        model = Qwen3ForCausalLM(config)
     n_params = sum(p.numel() for p in model.parameters())
     _log(f"model: {n_params:,} parameters")
     train_info = _train(model, encoded, special_ids["<|endoftext|>"], settings)
@@ -367,11 +400,14 @@ def train_gen(
         "train_sequences": len(encoded),
         "heldout_examples": len(held),
         "lr": settings.lr,
+        "warmup": settings.warmup,
+        "init_from": _init_record(init),
+        "family_boost": {"families": list(EVERYDAY_ADDED), "boost": settings.boost} if mix else None,
         "total_seconds": round(time.time() - started, 1),
         "torch_threads": settings.threads,
         "versions": library_versions(),
     }
-    metrics = save_checkpoint(model, tokenizer, held, out_dir, info, base_mix=held_base)
+    metrics = save_checkpoint(model, tokenizer, held, out_dir, info, base_mix=held_base, tokenizer_from=init)
     if write_sample_file:
         shipped = out_dir.resolve() == DEMO_GEN_DIR.resolve()
         write_sample(DEMO_SAMPLE_PATH if shipped else out_dir / "sample.jsonl")
@@ -386,10 +422,12 @@ def save_checkpoint(
     out_dir: Path | str,
     train_info: dict[str, Any],
     base_mix: Sequence[Example] = (),
+    tokenizer_from: Path | None = None,
 ) -> dict[str, Any]:
     """Save model (bfloat16), tokenizer and generation config into `out_dir`, score the saved checkpoint on the
     held-out split (and on `base_mix`, the held-out split of the earlier family mix) through the normal loading
-    path, and write ``metrics.json``."""
+    path, and write ``metrics.json``. `tokenizer_from`: a checkpoint whose tokenizer files are copied unchanged (a
+    fine-tune keeps its starting point's tokenizer byte for byte)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -409,6 +447,10 @@ def save_checkpoint(
         model.to(getattr(torch, SAVE_DTYPE)).save_pretrained(stage)
         tokenizer.save_pretrained(stage)
         _retag_tokenizer(stage)
+        if tokenizer_from is not None:
+            for name in TOKENIZER_FILES:
+                if (tokenizer_from / name).exists():
+                    shutil.copy(tokenizer_from / name, stage / name)
 
         # Score the checkpoint as it was saved, through the normal loading path. Held-out examples are scored
         # whole (a backend windows longer inputs), so keep those that fit the context with the answer.
@@ -447,6 +489,16 @@ def save_checkpoint(
     return metrics
 
 
+def _init_record(init: Path | None) -> dict[str, str] | None:
+    """Which checkpoint a fine-tune started from: its path and the sha256 of its weights."""
+    if init is None:
+        return None
+    import hashlib
+
+    weights = init / "model.safetensors"
+    return {"path": str(init), "model_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+
+
 def _retag_tokenizer(directory: Path) -> None:
     """Name the tokenizer class as Qwen3 checkpoints do (``Qwen2Tokenizer``), which transformers 4.x and 5.x both load.
 
@@ -479,7 +531,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help=f"write over the shipped checkpoint {DEMO_GEN_DIR} and the shipped {DEMO_SAMPLE_PATH.name}",
     )
-    parser.add_argument("--steps", type=int, default=TrainSettings.steps)
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="fine-tune this demo Gen checkpoint (its tokenizer and weights) instead of training from scratch",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help=f"default {TrainSettings.steps} ({FINETUNE_STEPS} with --init-from)"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=None, help=f"default {TrainSettings.lr} ({FINETUNE_LR} with --init-from)"
+    )
+    parser.add_argument(
+        "--boost",
+        type=float,
+        default=None,
+        help=f"draw the families added last (data.EVERYDAY_ADDED) this many times as often "
+        f"(default 1; {FINETUNE_BOOST} with --init-from)",
+    )
     parser.add_argument("--seed", type=int, default=TrainSettings.seed)
     parser.add_argument("--train-size", type=int, default=TrainSettings.train_size)
     parser.add_argument("--heldout-size", type=int, default=TrainSettings.heldout_size)
@@ -492,8 +562,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-sample", action="store_true", help="do not write the evaluation sample")
     args = parser.parse_args(argv)
     out = resolve_out_dir(args.out, kind="gen", shipped=DEMO_GEN_DIR, replace_shipped=args.replace_shipped)
+    tune = args.init_from is not None
     settings = TrainSettings(
-        steps=args.steps,
+        steps=args.steps if args.steps is not None else FINETUNE_STEPS if tune else TrainSettings.steps,
+        lr=args.lr if args.lr is not None else FINETUNE_LR if tune else TrainSettings.lr,
+        warmup=FINETUNE_WARMUP if tune else TrainSettings.warmup,
+        boost=args.boost if args.boost is not None else FINETUNE_BOOST if tune else 1.0,
+        init_from=str(args.init_from) if tune else None,
         seed=args.seed,
         train_size=args.train_size,
         heldout_size=args.heldout_size,

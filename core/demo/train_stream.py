@@ -1,6 +1,7 @@
 """Train the demo Qwen3Guard-Stream look-alike (official checkpoint layout).
 
     python -m qwenguard.core.demo.train_stream [--gen DIR] [--out DIR | --replace-shipped] [--steps N] [--seed S]
+    python -m qwenguard.core.demo.train_stream --init-from core/demo/stream [--gen DIR] [--steps 300]   # fine-tune
 
 Output: a new directory ``runs/demo-stream-<date>-<time>/`` by default; the shipped ``core/demo/stream`` only with
 ``--replace-shipped``, or when ``--out`` names it. ``--gen`` is the Gen checkpoint to start from (default: the
@@ -19,6 +20,11 @@ backbone and the two head paths are trained on token-level labels from the synth
   sentence. The response heads learn these.
 - user-final examples (prompts, tool results, documents): the query heads learn the example's risk and
   category at the ``<|im_end|>`` that closes the user turn.
+
+``--init-from DIR`` fine-tunes an existing demo Stream checkpoint instead (backbone and heads); ``--gen`` then only
+supplies the tokenizer files, which must be the ones that checkpoint was trained with. Lower learning rates
+(`FINETUNE_LR`, `FINETUNE_BACKBONE_LR`) and the families added last (`data.EVERYDAY_ADDED`) drawn ``--boost`` times as
+often.
 
 Ids come from `StreamEncoder`, the same code inference uses. The result is written by
 `save_stream_checkpoint`: ``config.json`` (Qwen3 fields + ``guard_inner_size``, ``num_risk_level``,
@@ -49,6 +55,7 @@ from typing import Any
 
 from . import DEMO_GEN_DIR, DEMO_STREAM_DIR
 from .data import BASE_MIX, Example, generate, heldout_set, training_set
+from .data.mix import EVERYDAY_ADDED, boosted_mix
 from .data.onset import harm_onset
 from .output import check_replaceable, library_versions, resolve_out_dir
 
@@ -84,6 +91,15 @@ class StreamTrainSettings:
     max_len: int = 512
     guard_inner_size: int = 64
     threads: int = 2
+    init_from: str | None = None  # fine-tune this demo Stream checkpoint (backbone and heads)
+    boost: float = 1.0  # weight multiplier of the families in data.EVERYDAY_ADDED
+
+
+#: Fine-tuning defaults (``--init-from``).
+FINETUNE_STEPS = 300
+FINETUNE_LR = 5e-4
+FINETUNE_BACKBONE_LR = 2e-4
+FINETUNE_BOOST = 2.0  # 3 (as for Gen) lost more Stream recall on the base mix (docs/demo.md)
 
 
 @dataclass
@@ -289,26 +305,35 @@ def train_stream(
         raise FileNotFoundError(
             f"{gen_dir} has no demo Gen checkpoint; run `python -m qwenguard.core.demo.train gen` first"
         )
+    init = Path(settings.init_from) if settings.init_from else None
+    # The heads were trained on the ids of one tokenizer: any other (any byte of tokenizer.json) is refused.
+    if init is not None and (init / "tokenizer.json").read_bytes() != (gen_dir / "tokenizer.json").read_bytes():
+        raise ValueError(f"--init-from {init} was trained with another tokenizer than {gen_dir}'s")
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
 
     tokenizer = AutoTokenizer.from_pretrained(str(gen_dir))
     encoder = StreamEncoder(tokenizer)
-    examples = training_set(settings.train_size, seed=settings.seed + 101)
+    mix = boosted_mix(settings.boost) if settings.boost != 1.0 else None
+    examples = training_set(settings.train_size, seed=settings.seed + 101, families=mix)
     rows = [r for ex in examples if (r := _encode(encoder, ex, settings.max_len)) is not None]
     _log(
         f"{len(rows)} training rows from {len(examples)} examples "
         f"({sum(r.query_pos >= 0 for r in rows)} prompt-level, {sum(r.query_pos < 0 for r in rows)} token-level)"
     )
 
-    gen_config = json.loads((gen_dir / "config.json").read_text())
-    config = _stream_config(gen_config, settings)
-    model = build_stream_model(config)
-    gen_state = load_file(str(next(gen_dir.glob("*.safetensors"))))
-    backbone = {k: v.float() for k, v in gen_state.items() if k.startswith("model.")}
-    missing, unexpected = model.load_state_dict(backbone, strict=False)
-    assert not unexpected and all(not k.startswith("model.") for k in missing), (missing, unexpected)
+    if init is not None:
+        model = TransformersStream.load(init, device="cpu", dtype="float32").model
+        config = model.config
+    else:
+        gen_config = json.loads((gen_dir / "config.json").read_text())
+        config = _stream_config(gen_config, settings)
+        model = build_stream_model(config)
+        gen_state = load_file(str(next(gen_dir.glob("*.safetensors"))))
+        backbone = {k: v.float() for k, v in gen_state.items() if k.startswith("model.")}
+        missing, unexpected = model.load_state_dict(backbone, strict=False)
+        assert not unexpected and all(not k.startswith("model.") for k in missing), (missing, unexpected)
     model.train()
 
     head_params = [p for n, p in model.named_parameters() if not n.startswith("model.")]
@@ -355,6 +380,11 @@ def train_stream(
                 "seed": settings.seed,
                 "rows": len(rows),
                 "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
+                "train_examples": len(examples),
+                "lr": settings.lr,
+                "backbone_lr": settings.backbone_lr,
+                "init_from": _init_record(init),
+                "family_boost": {"families": list(EVERYDAY_ADDED), "boost": settings.boost} if mix else None,
                 "seconds": round(time.time() - started, 1),
                 "torch_threads": settings.threads,
                 "versions": library_versions(),
@@ -362,7 +392,7 @@ def train_stream(
             "model": {
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "guard_inner_size": settings.guard_inner_size,
-                "initialised_from": "demo gen backbone",
+                "initialised_from": "demo stream checkpoint" if init is not None else "demo gen backbone",
             },
         }
         _log(f"held-out: {json.dumps(metrics['heldout'])}")
@@ -373,6 +403,15 @@ def train_stream(
         shutil.copytree(stage, out_dir)
     _log(f"wrote {out_dir} in {time.time() - started:.0f}s")
     return metrics
+
+
+def _init_record(init: Path | None) -> dict[str, str] | None:
+    """Which checkpoint a fine-tune started from: its path and the sha256 of its weights."""
+    if init is None:
+        return None
+    import hashlib
+
+    return {"path": str(init), "model_sha256": hashlib.sha256((init / "model.safetensors").read_bytes()).hexdigest()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -392,15 +431,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     where.add_argument(
         "--replace-shipped", action="store_true", help=f"write over the shipped checkpoint {DEMO_STREAM_DIR}"
     )
-    parser.add_argument("--steps", type=int, default=StreamTrainSettings.steps)
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="fine-tune this demo Stream checkpoint (backbone and heads) instead of starting from the Gen backbone",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"default {StreamTrainSettings.steps} ({FINETUNE_STEPS} with --init-from)",
+    )
+    parser.add_argument(
+        "--boost",
+        type=float,
+        default=None,
+        help=f"draw the families added last (data.EVERYDAY_ADDED) this many times as often "
+        f"(default 1; {FINETUNE_BOOST} with --init-from)",
+    )
     parser.add_argument("--seed", type=int, default=StreamTrainSettings.seed)
     parser.add_argument("--train-size", type=int, default=StreamTrainSettings.train_size)
     parser.add_argument("--heldout-size", type=int, default=StreamTrainSettings.heldout_size)
     parser.add_argument("--threads", type=int, default=StreamTrainSettings.threads)
     args = parser.parse_args(argv)
     out = resolve_out_dir(args.out, kind="stream", shipped=DEMO_STREAM_DIR, replace_shipped=args.replace_shipped)
+    tune = args.init_from is not None
     settings = StreamTrainSettings(
-        steps=args.steps,
+        steps=args.steps if args.steps is not None else FINETUNE_STEPS if tune else StreamTrainSettings.steps,
+        lr=FINETUNE_LR if tune else StreamTrainSettings.lr,
+        backbone_lr=FINETUNE_BACKBONE_LR if tune else StreamTrainSettings.backbone_lr,
+        boost=args.boost if args.boost is not None else FINETUNE_BOOST if tune else 1.0,
+        init_from=str(args.init_from) if tune else None,
         seed=args.seed,
         train_size=args.train_size,
         heldout_size=args.heldout_size,

@@ -58,7 +58,7 @@ one JSON object per line, held-out split, its own seed:
 
 Where things are (one concept per module)::
 
-    example.py            Example, category names, SPLITS, EVAL_PROBES (strings kept out of the data)
+    example.py            Example, category names, SPLITS, EVAL_PROBES, TEST_SENTENCE_PROBES (kept out of the data)
     slots.py              slot fillers ({weapon}, {crime}, {celebrity} ...) and the country rows
     qa.py                 everyday question/answer families (safe prompts and safe answers)
     prompt_texts.py       unsafe requests per category, controversial questions, jailbreaks, special tokens
@@ -76,6 +76,8 @@ Where things are (one concept per module)::
     document_families.py
     composite_families.py  requests with harmless text (or forged turns) around them
     stream_families.py    answers cut mid-stream, and harm after many harmless sentences
+    household_texts.py    household questions, agent instructions and confirmations, long facts about places
+    household_families.py  the families built from them (a fine-tune draws them more often: mix.boosted_mix)
     mix.py                FAMILIES (weights), generate, training_set, heldout_set
     sample.py             the shipped evaluation sample (sample_rows, write_sample)
 """

@@ -14,7 +14,14 @@ from .document_families import (
     untrusted_injection,
     untrusted_safe,
 )
-from .example import EVAL_PROBES, PARTIAL_PROBES, Example
+from .example import EVAL_PROBES, PARTIAL_PROBES, TEST_SENTENCE_PROBES, Example
+from .household_families import (
+    prompt_agent,
+    prompt_household,
+    response_agent,
+    response_household,
+    response_long_facts,
+)
 from .maker import _Maker
 from .prompt_families import (
     prompt_benign,
@@ -71,13 +78,27 @@ FAMILIES: dict[str, tuple[Callable[[_Maker], Example], float]] = {
     "response_partial": (response_partial, 10.0),
     "response_after_safe": (response_after_safe, 7.0),
     "long_questions": (long_questions, 2.0),
+    # Harmless text the mix above lacked (household_families.py): household questions, agent instructions and
+    # tool-result confirmations, long factual answers (whole, cut, or turning harmful after the facts).
+    "prompt_household": (prompt_household, 6.0),
+    "response_household": (response_household, 2.0),
+    "prompt_agent": (prompt_agent, 2.5),
+    "response_agent": (response_agent, 3.0),
+    "response_long_facts": (response_long_facts, 5.0),
 }
-_ADDED = ("prompt_composite", "response_partial", "response_after_safe", "long_questions")
+#: The families added by the second round of retraining (a fine-tune draws them `boost` times as often).
+EVERYDAY_ADDED = ("prompt_household", "response_household", "prompt_agent", "response_agent", "response_long_facts")
+_ADDED = ("prompt_composite", "response_partial", "response_after_safe", "long_questions", *EVERYDAY_ADDED)
 #: The mix before those families: metrics.json also reports the held-out figures on it, to compare checkpoints.
 BASE_MIX: dict[str, float] = {name: w for name, (_, w) in FAMILIES.items() if name not in _ADDED}
 
 
-_BLOCKED_STRINGS = tuple(p.lower() for p in EVAL_PROBES + PARTIAL_PROBES)
+def boosted_mix(boost: float) -> dict[str, float]:
+    """The full mix with the families of `EVERYDAY_ADDED` drawn `boost` times as often (fine-tuning)."""
+    return {name: w * (boost if name in EVERYDAY_ADDED else 1.0) for name, (_, w) in FAMILIES.items()}
+
+
+_BLOCKED_STRINGS = tuple(p.lower() for p in EVAL_PROBES + PARTIAL_PROBES + TEST_SENTENCE_PROBES)
 # Tool-call arguments are JSON-escaped: compare the escaped probes too.
 _BLOCKED_STRINGS += tuple(e for e in (json.dumps(p)[1:-1] for p in _BLOCKED_STRINGS) if e not in _BLOCKED_STRINGS)
 
@@ -113,9 +134,9 @@ def generate(n: int, *, seed: int = 0, split: str = "train", families: dict[str,
     return out
 
 
-def training_set(n: int = 16000, seed: int = 0) -> list[Example]:
-    """The demo guard's training examples (train templates and fillers only)."""
-    return generate(n, seed=seed, split="train")
+def training_set(n: int = 16000, seed: int = 0, families: dict[str, float] | None = None) -> list[Example]:
+    """The demo guard's training examples (train templates and fillers only), from `families` (default: the mix)."""
+    return generate(n, seed=seed, split="train", families=families)
 
 
 def heldout_set(n: int = 800, seed: int = 0) -> list[Example]:
