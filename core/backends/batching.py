@@ -232,7 +232,8 @@ class MicroBatcher(Generic[T, R]):
         picked = [(lead, lead_index)]
         lead.next += 1
         start = active.index(lead)
-        order = [active[(start + k) % len(active)] for k in range(len(active))]
+        # The leader has had its item of this pass: the others follow in rotation, the leader last.
+        order = [active[(start + 1 + k) % len(active)] for k in range(len(active))]
         progress = True
         while progress and len(picked) < self.max_batch:
             progress = False

@@ -8,12 +8,13 @@ naming them explicitly with ``--out``. A directory that exists and is not a chec
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import platform
 import time
 from pathlib import Path
 
-__all__ = ["default_out_dir", "resolve_out_dir", "check_replaceable", "library_versions"]
+__all__ = ["default_out_dir", "resolve_out_dir", "check_replaceable", "library_versions", "init_record"]
 
 #: Files that mark a directory as a checkpoint this code may replace as a whole.
 _CHECKPOINT_MARKERS = ("config.json", "model.safetensors")
@@ -63,3 +64,10 @@ def library_versions() -> dict[str, str]:
     except ImportError:
         pass
     return out
+
+
+def init_record(init: Path | None) -> dict[str, str] | None:
+    """Which checkpoint a fine-tune (``--init-from``) started from: its path and the sha256 of its weights."""
+    if init is None:
+        return None
+    return {"path": str(init), "model_sha256": hashlib.sha256((init / "model.safetensors").read_bytes()).hexdigest()}

@@ -50,7 +50,7 @@ from typing import Any
 from . import DEMO_GEN_DIR, DEMO_SAMPLE_PATH
 from .data import BASE_MIX, Example, generate, heldout_set, training_set, write_sample
 from .data.mix import EVERYDAY_ADDED, boosted_mix
-from .output import check_replaceable, library_versions, resolve_out_dir
+from .output import check_replaceable, init_record, library_versions, resolve_out_dir
 from .tokenizer import SPECIAL_TOKENS, THINK_TOKENS, train_tokenizer
 
 __all__ = ["MODEL_SHAPE", "TrainSettings", "train_gen", "evaluate", "greedy_answers", "main"]
@@ -401,7 +401,7 @@ def train_gen(
         "heldout_examples": len(held),
         "lr": settings.lr,
         "warmup": settings.warmup,
-        "init_from": _init_record(init),
+        "init_from": init_record(init),
         "family_boost": {"families": list(EVERYDAY_ADDED), "boost": settings.boost} if mix else None,
         "total_seconds": round(time.time() - started, 1),
         "torch_threads": settings.threads,
@@ -487,16 +487,6 @@ def save_checkpoint(
             shutil.rmtree(out_dir)
         shutil.copytree(stage, out_dir)
     return metrics
-
-
-def _init_record(init: Path | None) -> dict[str, str] | None:
-    """Which checkpoint a fine-tune started from: its path and the sha256 of its weights."""
-    if init is None:
-        return None
-    import hashlib
-
-    weights = init / "model.safetensors"
-    return {"path": str(init), "model_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
 
 
 def _retag_tokenizer(directory: Path) -> None:

@@ -57,7 +57,7 @@ from . import DEMO_GEN_DIR, DEMO_STREAM_DIR
 from .data import BASE_MIX, Example, generate, heldout_set, training_set
 from .data.mix import EVERYDAY_ADDED, boosted_mix
 from .data.onset import harm_onset
-from .output import check_replaceable, library_versions, resolve_out_dir
+from .output import check_replaceable, init_record, library_versions, resolve_out_dir
 
 __all__ = ["StreamTrainSettings", "train_stream", "main", "RISK_MAP", "CATEGORY_MAP"]
 
@@ -383,7 +383,7 @@ def train_stream(
                 "train_examples": len(examples),
                 "lr": settings.lr,
                 "backbone_lr": settings.backbone_lr,
-                "init_from": _init_record(init),
+                "init_from": init_record(init),
                 "family_boost": {"families": list(EVERYDAY_ADDED), "boost": settings.boost} if mix else None,
                 "seconds": round(time.time() - started, 1),
                 "torch_threads": settings.threads,
@@ -403,15 +403,6 @@ def train_stream(
         shutil.copytree(stage, out_dir)
     _log(f"wrote {out_dir} in {time.time() - started:.0f}s")
     return metrics
-
-
-def _init_record(init: Path | None) -> dict[str, str] | None:
-    """Which checkpoint a fine-tune started from: its path and the sha256 of its weights."""
-    if init is None:
-        return None
-    import hashlib
-
-    return {"path": str(init), "model_sha256": hashlib.sha256((init / "model.safetensors").read_bytes()).hexdigest()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
