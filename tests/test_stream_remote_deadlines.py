@@ -194,16 +194,25 @@ async def test_async_client_fails_closed_within_the_budget(mode):
 
 @pytest.mark.parametrize("mode", ["drip-handshake", "drip-feed", "stall-finish"])
 def test_fail_open_policy_goes_on_unchecked_within_the_budget(mode):
+    at_open = mode == "drip-handshake"  # opening a session screens the prompt
+    policy = Policy(timeout_s=BUDGET, on_error="allow")
+    if not at_open:
+        # Only the stage under test runs on the tight budget: on a busy CI box a well-behaved
+        # handshake once took over a second, and the prompt stage timed out instead of the stream.
+        policy = policy.with_stage(Stage.PROMPT, timeout_s=30.0)
     with misbehaving(mode) as server:
         start = time.monotonic()
-        monitor = _guard(server.url, on_error="allow").stream("What is the capital of France?")
+        monitor = Guard.remote(server.url, model="any", stream=True, policy=policy).stream(
+            "What is the capital of France?"
+        )
         with monitor:
+            if not at_open:
+                start = time.monotonic()  # the clock for the stream stage starts once the session is open
             out = monitor.feed("The capital of France") + monitor.feed(" is Paris.") + monitor.finish()
         elapsed = time.monotonic() - start
     assert out == "The capital of France is Paris."
     d = monitor.decision
-    stage = Stage.PROMPT if mode == "drip-handshake" else Stage.STREAM  # opening a session screens the prompt
-    assert (d.allowed, d.stage, d.reason) == (True, stage, "timeout"), d
+    assert (d.allowed, d.stage, d.reason) == (True, Stage.PROMPT if at_open else Stage.STREAM, "timeout"), d
     assert elapsed < BUDGET + SLACK, f"{mode}: {elapsed:.1f}s for a {BUDGET}s budget"
 
 
