@@ -1,14 +1,16 @@
 """Real-size figures: Qwen3Guard-Gen-0.6B and Qwen3Guard-Stream-0.6B shapes, the real Qwen3 tokenizer.
 
-    python bench/realsize.py [--quick] [--dir DIR] [--threads 2] [--repeats N] [--batch-repeats N]
+    python bench/realsize.py [--quick] [--dir DIR] [--threads 2] [--device cpu|cuda] [--dtype float32|bfloat16]
+                             [--repeats N] [--batch-repeats N]
                              [--stream-tokens N] [--stream-rounds N] [--skip gen|stream]
+                             [--parts checks,batch,gate,windows] [--document-sentences N]
 
 Builds random-weight checkpoints with tests/realshape.py (the Qwen3-0.6B backbone: hidden 1024, 28
 layers, 16 query / 8 KV heads of 128; the real tokenizer and the guard's chat template), caches them
 under ``--dir``, and prints, side by side in one run (arms interleaved, medians of ``--repeats``):
 
-1. a prompt check and a response check through `Guard` against a naive ``model.generate`` over the
-   full rendered prompt, with the same tokens out (checked);
+1. a prompt check (verdict unsafe, and verdict safe) and a response check through `Guard` against a
+   naive ``model.generate`` over the full rendered prompt, with the same tokens out (checked);
 2. 16 concurrent checks (one ``asyncio.gather``, coalesced into batched forwards) against the same 16
    one after another;
 3. the streaming gate's cost per chunk at chunk 10 and at chunk 300 of a streamed answer (one LLM token
@@ -16,11 +18,14 @@ under ``--dir``, and prints, side by side in one run (arms interleaved, medians 
    callback's ``"gate"`` engine does): a full check per chunk (today's gate) against a `GenSession`
    (the incremental gate);
 4. the Stream model's cost per token at token 10 and token N, and the aggregate tokens/s of 16
-   concurrent sessions against one (`TransformersStream`, its packed forwards).
+   concurrent sessions against one (`TransformersStream`, its packed forwards);
+5. (``--parts windows``, not in the default run) the stream monitors' Gen-window engine over a long
+   request (``--document-sentences``): each window as a full check against the stream's session pool
+   (`GenSessionPool`), in time and in tokens run.
 
 How the Gen comparison is kept fair: random weights never write a parseable verdict, so every Gen arm
 answers the same *scripted* verdict (``Safety: Unsafe`` / ``Categories: Violent`` / for responses
-``Refusal: No``, then ``<|im_end|>``). transformers' ``generate`` gets a logits processor that forces
+``Refusal: No``, then ``<|im_end|>``; the safe prompt check ``Safety: Safe`` / ``Categories: None``). transformers' ``generate`` gets a logits processor that forces
 the script's next token; the guard's decode engine gets the same rule through its logits hook. The
 model still runs every forward on every position it would run for a real verdict; forcing a logit
 costs the same in every arm; and both arms emit the same tokens (checked and printed). The script's
@@ -28,10 +33,14 @@ tokens are what Qwen3Guard-Gen writes, so the engine's format-forced tokens are 
 they would be on a real checkpoint.
 
 Targets (issue 16), each printed with its measured ratio; the script exits non-zero naming a missed one:
-- a prompt check through `Guard` at least 2.5x faster than naive ``generate``;
+- a prompt check through `Guard` at least 2.5x faster than naive ``generate`` (unsafe and safe verdict:
+  the engine guesses the safe answer, so a safe check is one forward and an unsafe one three);
 - the incremental gate at chunk 300 within 1.3x of chunk 10, and at least 5x cheaper than today's gate
   at chunk 300;
 - 16 concurrent Stream sessions at least 4x the aggregate tokens/s of one.
+
+On a GPU: ``python bench/realsize.py --device cuda --dtype bfloat16`` (every arm on the same device and
+dtype; timings synchronise the device, so a timed call includes its kernels).
 
 ``--quick`` keeps the width and the tokenizer but uses 2 layers (and fewer repeats and tokens): a smoke
 run that CI can afford. Its ratios are not the 0.6B ones: 155M of its 187M parameters are the vocabulary
@@ -85,7 +94,10 @@ ANSWER = (
 WINDOW_CHARS = 2000  # the LangChain gate's window (integrations/langchain/_streaming.py DEFAULT_WINDOW_CHARS)
 SCRIPT = {
     "prompt": "Safety: Unsafe\nCategories: Violent",
+    "safe prompt": "Safety: Safe\nCategories: None",
     "response": "Safety: Unsafe\nCategories: Violent\nRefusal: No",
+    # The Gen-window stream (part 5) must run to its end: a safe verdict, the same length in every arm.
+    "safe response": "Safety: Safe\nCategories: None\nRefusal: No",
 }
 
 
@@ -124,8 +136,10 @@ def interleave(arms: dict[str, Callable[[], Any]], repeats: int) -> dict[str, fl
     times: dict[str, list[float]] = {name: [] for name in arms}
     for _ in range(repeats):
         for name, fn in arms.items():
+            _sync()
             start = time.perf_counter()
             fn()
+            _sync()
             times[name].append(time.perf_counter() - start)
     return {name: min(t) for name, t in times.items()}
 
@@ -140,6 +154,14 @@ class Targets:
         print(f"    target: {name} ({goal}): {ratio:.2f}x {'ok' if ok else 'MISSED'}", flush=True)
 
 
+def _sync() -> None:
+    """Wait for the GPU's queued kernels (a no-op on CPU), so a timed call includes its own work only."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:8.0f} ms"
 
@@ -152,7 +174,7 @@ def naive_generate(model: Any, tokenizer: Any, script: Script, messages: list[di
     import torch
 
     text = tokenizer.apply_chat_template(messages, tokenize=False)
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
     with torch.inference_mode():
         out = model.generate(
             input_ids=ids,
@@ -180,7 +202,7 @@ def gen_section(args: argparse.Namespace, path: Path, targets: Targets) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, args.dtype)).to(args.device).eval()
     script = Script(tokenizer)
     script.patch_generate(model)
     # One model, two backends: today's decoding (transformers' generate) and the decode engine. No time
@@ -194,8 +216,8 @@ def gen_section(args: argparse.Namespace, path: Path, targets: Targets) -> None:
     enc = guard.backend.encoder
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(
-        f"Gen: {path.name} ({params:.0f}M params, {model.config.num_hidden_layers} layers), float32, "
-        f"{torch.get_num_threads()} threads; every arm answers the scripted verdict (see the docstring)",
+        f"Gen: {path.name} ({params:.0f}M params, {model.config.num_hidden_layers} layers), {args.dtype} on "
+        f"{args.device}, {torch.get_num_threads()} threads; every arm answers the scripted verdict (see the docstring)",
         flush=True,
     )
 
@@ -203,10 +225,11 @@ def gen_section(args: argparse.Namespace, path: Path, targets: Targets) -> None:
     if "checks" in args.parts:
         for mode, conv in (
             ("prompt", prompt_conversation(PROMPT)),
+            ("safe prompt", prompt_conversation(REQUEST)),
             ("response", response_conversation(PROMPT, ANSWER[:300])),
         ):
             script.mode = mode
-            stage = Stage.PROMPT if mode == "prompt" else Stage.RESPONSE
+            stage = Stage.RESPONSE if mode == "response" else Stage.PROMPT
             texts = {
                 naive_generate(model, tokenizer, script, conv),
                 _raw(today.check_many([(stage, conv)])[0]),
@@ -234,7 +257,7 @@ def gen_section(args: argparse.Namespace, path: Path, targets: Targets) -> None:
             )
             name = f"{mode} check vs naive generate"
             ratio = t["naive"] / t["guard"]
-            if mode == "prompt":
+            if mode != "response":
                 targets.check(name, ratio, ratio >= 2.5, ">= 2.5x")
             else:
                 print(f"    {name}: {ratio:.2f}x", flush=True)
@@ -320,6 +343,39 @@ def gen_section(args: argparse.Namespace, path: Path, targets: Targets) -> None:
         targets.check(f"incremental gate chunk {late} / chunk {early}", flat, flat <= 1.3, "<= 1.3x")
         gain = t["today late"] / t["session late"]
         targets.check(f"today's gate / incremental gate at chunk {late}", gain, gain >= 5, ">= 5x")
+
+    # -- 4. the stream monitors' Gen windows over a long request -------------------------------------
+    if "windows" in args.parts:
+        script.mode = "safe response"
+        document = " ".join(ANSWER.split(". ")[i % 12] + "." for i in range(args.document_sentences))
+        request = f"Here are my notes:\n{document}\nSummarise them for me."
+        words = ANSWER[:600].split(" ")
+        deltas = [words[0]] + [" " + w for w in words[1:]]
+
+        def stream(sessions: bool) -> None:
+            monitor = guard.stream(request, screen_prompt=False)  # the windows only: the prompt check aside
+            if not sessions:  # the same windows, each as a full check (the engine's prefix cache still on)
+                monitor._window_judge.close()
+                monitor._window_judge.pool = None
+            for delta in deltas:
+                monitor.feed(delta)
+            monitor.finish()
+
+        tokens = {}
+        for arm, sessions in (("sessions", True), ("full", False)):
+            before = engine.tokens_run
+            stream(sessions)
+            tokens[arm] = engine.tokens_run - before
+        t = interleave({"sessions": lambda: stream(True), "full": lambda: stream(False)}, args.repeats)
+        print(
+            f"  Gen-window stream (guard.stream), a {len(enc.encode(prompt_conversation(request)))}-token request, "
+            f"a {len(deltas)}-word answer fed at once (its windows overlap):"
+        )
+        print(
+            f"    full checks {ms(t['full'])} ({tokens['full']} tokens run) | sessions (GenSessionPool) "
+            f"{ms(t['sessions'])} ({tokens['sessions']} tokens run): {t['full'] / t['sessions']:.2f}x",
+            flush=True,
+        )
     today.close()
     guard.close()
 
@@ -332,7 +388,7 @@ def stream_section(args: argparse.Namespace, path: Path, targets: Targets) -> No
     from qwenguard.core.backends.transformers_stream import TransformersStream
     from stream import _concurrent  # bench/stream.py
 
-    stream = TransformersStream.load(str(path), device="cpu", dtype=torch.float32)
+    stream = TransformersStream.load(str(path), device=args.device, dtype=getattr(torch, args.dtype))
     print(f"Stream: {path.name} ({sum(p.numel() for p in stream.model.parameters()) / 1e6:.0f}M params)")
     tokens = stream.tokenizer(ANSWER * 3, add_special_tokens=False)["input_ids"]
     n = min(args.stream_tokens, len(tokens) - args.samples - 1)
@@ -386,9 +442,11 @@ def _packing_ceiling(stream: Any, sessions: int, rounds: int) -> float:
         return made
 
     def forward(made: list[Any]) -> float:
+        _sync()
         start = time.perf_counter()
         with torch.inference_mode():
             packed_forward(stream.model, [StreamStep(c, [500]) for c in made])
+        _sync()
         return time.perf_counter() - start
 
     one, many = caches(1), caches(sessions)
@@ -406,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         help="where the random checkpoints are built and kept",
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (every arm on it)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument(
         "--repeats", type=int, default=None, help="rounds per timed comparison (default 3 quick, 5 full)"
     )
@@ -429,7 +489,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip", choices=["gen", "stream"], default=None, help="leave one section out")
     parser.add_argument(
-        "--parts", default="checks,batch,gate", help="the Gen comparisons to run (comma-separated: checks, batch, gate)"
+        "--parts",
+        default="checks,batch,gate",
+        help="the Gen comparisons to run (comma-separated: checks, batch, gate, windows)",
+    )
+    parser.add_argument(
+        "--document-sentences",
+        type=int,
+        default=None,
+        help="windows: sentences in the long request (default 20 quick, 60 full)",
     )
     args = parser.parse_args(argv)
     args.parts = {part.strip() for part in args.parts.split(",") if part.strip()}
@@ -446,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     args.stream_tokens = late_token or args.stream_tokens
     args.rounds = args.stream_rounds or args.rounds
     args.batch_repeats = args.batch_repeats or (1 if args.quick else 2)
+    args.document_sentences = args.document_sentences or (20 if args.quick else 60)
     root = Path(args.dir)
     gen_path, stream_path = root / f"gen-{label}", root / f"stream-{label}"
     if not (gen_path / "config.json").exists():
@@ -456,7 +525,9 @@ def main(argv: list[str] | None = None) -> int:
         build_stream(stream_path, shape=shape, max_positions=8192)
     print(
         f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs "
-        f"(load {os.getloadavg()[0]:.1f}); torch {torch.__version__}; {'--quick' if args.quick else 'full run'}",
+        f"(load {os.getloadavg()[0]:.1f}); torch {torch.__version__}; {'--quick' if args.quick else 'full run'}; "
+        f"{args.device}{' (' + torch.cuda.get_device_name(args.device) + ')' if args.device.startswith('cuda') else ''}, "
+        f"{args.dtype}",
         flush=True,
     )
     targets = Targets()

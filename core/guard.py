@@ -130,6 +130,7 @@ class Guard:
             "max_batch_tokens",
             "target_step_s",
             "engine",
+            "max_session_tokens",
         }
         backend_kwargs = {k: guard_kwargs.pop(k) for k in list(guard_kwargs) if k in backend_keys}
         backend = TransformersGen.load(model, device=device, dtype=dtype, **backend_kwargs)

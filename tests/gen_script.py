@@ -8,6 +8,7 @@ it. With ``free_label=True`` the label is the model's own choice: at the positio
 probabilities, stay the model's), and the script goes on with the label the model picked.
 
 Used by tests (cached vs uncached probabilities, forced tokens, sessions) and by bench/realsize.py.
+`record_plans` records what a local Gen backend is asked to judge (the tests that count tokens run).
 """
 
 from __future__ import annotations
@@ -85,3 +86,16 @@ class ScriptedAnswer:
             return original(*args, **kwargs)
 
         model.generate = generate
+
+
+def record_plans(backend: Any, monkeypatch: Any) -> list[list[dict[str, str]]]:
+    """Record every conversation ``backend`` (a `TransformersGen`) plans: full checks and session steps alike."""
+    seen: list[list[dict[str, str]]] = []
+    plan = backend._plan
+
+    def recording(conversations: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.extend([dict(m) for m in c] for c in conversations)
+        return plan(conversations, *args, **kwargs)
+
+    monkeypatch.setattr(backend, "_plan", recording)
+    return seen

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 from gen_script import ScriptedAnswer
 from qwenguard.core import Guard, Policy, Risk
-from qwenguard.core.backends.gen_engine import GenEngine, instruction_prefixes
+from qwenguard.core.backends.gen_engine import GenEngine, engine_for, instruction_prefixes
 from qwenguard.core.backends.gen_format import VerdictFormat, hopeless
 from qwenguard.core.backends.transformers_gen import TransformersGen
 from qwenguard.core.errors import VerdictParseError
@@ -69,15 +69,15 @@ def test_a_check_prefills_only_its_conversation_not_the_instructions(demo) -> No
     engine = fast.engine
     assert engine is not None
     ids = fast.encoder.encode(prompt_conversation("How can I make a bomb at home?"))
-    prefix = max((p for p, _ in engine._prefixes if ids[: len(p)] == p), key=len)
+    prefix = max((p for p, _, _ in engine._prefixes if ids[: len(p)] == p), key=len)
     # The demo's instruction block is one added token; the prefix ends right after "USER:".
     assert fast.tokenizer.decode(prefix).endswith("<BEGIN CONVERSATION>\n\nUSER:")
     hits, tokens = engine.prefix_hits, engine.tokens_run
     fast._batcher.run([ids])
     assert engine.prefix_hits == hits + 1
-    # Run: the conversation and closing text, "Safety:", and the tokens of the answer's later forwards
-    # (the answer's own tokens and the guessed ones dropped on the way): never the prefix again.
-    assert engine.tokens_run - tokens <= len(ids) - len(prefix) + 2 + 12
+    # Run: the conversation and closing text, the guessed safe answer, and the tokens of the answer's later
+    # forwards (the answer's own tokens and the guessed ones dropped on the way): never the prefix again.
+    assert engine.tokens_run - tokens <= len(ids) - len(prefix) + len(engine._opening_guess[False]) + 12
 
 
 def test_cached_prefix_gives_the_uncached_answers_and_probabilities_on_the_demo(demo) -> None:
@@ -114,12 +114,27 @@ def test_cached_prefix_gives_the_uncached_probabilities_on_the_real_shape(tiny) 
     fast.engine.logits_hook = None
 
 
+def test_a_model_with_sliding_window_layers_is_decoded_by_generate(demo) -> None:
+    fast, _ = demo
+    config = fast.model.config
+    before = getattr(config, "use_sliding_window", False)
+    config.use_sliding_window = True
+    try:
+        why = GenEngine.unsupported(fast.model)
+        assert why is not None and "sliding-window" in why and "Stream" not in why  # said of this model, a Gen one
+        with pytest.raises(ValueError, match="Gen decode engine cannot run this model: models with sliding-window"):
+            engine_for(fast, True)
+        assert engine_for(fast, None) is None  # the default falls back to transformers' generate
+    finally:
+        config.use_sliding_window = before
+
+
 def test_a_prompt_that_does_not_start_with_the_prefix_runs_without_it(demo) -> None:
     fast, slow = demo
     # A conversation that opens with the assistant's turn renders "ASSISTANT:" where the prefix has "USER:".
     conversation = [{"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "How can I make a bomb?"}]
     ids = fast.encoder.encode(conversation)
-    assert not any(ids[: len(p)] == p for p, _ in fast.engine._prefixes)
+    assert not any(ids[: len(p)] == p for p, _, _ in fast.engine._prefixes)
     hits = fast.engine.prefix_hits
     _assert_same(_answers(fast, [conversation]), _answers(slow, [conversation]))
     assert fast.engine.prefix_hits == hits
@@ -128,13 +143,16 @@ def test_a_prompt_that_does_not_start_with_the_prefix_runs_without_it(demo) -> N
 def test_prefixes_end_before_any_content_on_the_real_tokenizer(tiny) -> None:
     fast, _ = tiny
     prefixes = instruction_prefixes(fast.encoder.encode)
-    assert len(prefixes) == 2
-    assert all(fast.tokenizer.decode(p).endswith("<BEGIN CONVERSATION>\n\nUSER:") for p in prefixes)
-    assert 190 <= len(prefixes[0]) <= 215 and len(prefixes[1]) > len(prefixes[0])  # ~200 tokens, as measured
+    assert sorted(prefixes) == ["prompt", "response"]
+    assert all(fast.tokenizer.decode(p).endswith("<BEGIN CONVERSATION>\n\nUSER:") for p in prefixes.values())
+    assert 190 <= len(prefixes["prompt"]) <= 215 and len(prefixes["response"]) > len(prefixes["prompt"])  # ~200
     for content in ("x", " y", "\nz", ":) hi", "日本"):
-        for conv in (prompt_conversation(content), response_conversation(content, content)):
+        for mode, conv in (
+            ("prompt", prompt_conversation(content)),
+            ("response", response_conversation(content, content)),
+        ):
             ids = fast.encoder.encode(conv)
-            assert any(ids[: len(p)] == p for p in prefixes)
+            assert ids[: len(prefixes[mode])] == prefixes[mode]  # each mode's prompts start with its own prefix
 
 
 # -- 3. format tokens fed, not generated --------------------------------------------------------------
@@ -144,14 +162,19 @@ def test_fewer_forwards_than_answer_tokens(demo) -> None:
     before = engine.forwards_run
     [(text, _)] = _answers(fast, [prompt_conversation("How can I make a bomb at home?")])
     assert text == "Safety: Unsafe\nCategories: Violent"
-    # generate: one forward per answer token (8 with the end token); the engine: the prompt, the label
-    # (with "\nCategories:" fed), the category (it sees the end token; the guessed line break is dropped).
+    # generate: one forward per answer token (8 with the end token); the engine: the prompt (the safe answer
+    # fed as a guess, refused at the label), the label (with "\nCategories:" fed), the category (it sees the
+    # end token; the guessed line break is dropped).
     assert engine.forwards_run - before == 3
     before = engine.forwards_run
     [(text, _)] = _answers(fast, [response_conversation("How can I make a bomb?", "I can't help with that.")])
     assert text == "Safety: Safe\nCategories: None\nRefusal: Yes"
-    # The prompt; " Safe" with "\nCategories: None\nRefusal: No" fed (" No" is refused: " Yes"); " Yes" (the end).
-    assert engine.forwards_run - before == 3
+    # The prompt with "Safety: Safe\nCategories: None\nRefusal: No" fed (" No" is refused: " Yes"); " Yes" (the end).
+    assert engine.forwards_run - before == 2
+    before = engine.forwards_run
+    [(text, _)] = _answers(fast, [prompt_conversation("What is the capital of France?")])
+    assert text == "Safety: Safe\nCategories: None"
+    assert engine.forwards_run - before == 1  # the prompt and the whole guessed answer: the end read at once
 
 
 @pytest.mark.parametrize(
@@ -159,8 +182,8 @@ def test_fewer_forwards_than_answer_tokens(demo) -> None:
     [
         ("Safety: Controversial\nCategories: Politically Sensitive Topics", 3),  # multi-token label and category
         ("Safety: Unsafe\nCategories: Non-violent Illegal Acts, Jailbreak\nRefusal: No", 5),
-        ("Safety: Safe\nCategories: None\nRefusal: No", 2),  # the prompt; the label, the rest all guessed right
-        ("Safety: Safe\nCategories: None\nRefusal: Yes", 3),
+        ("Safety: Safe\nCategories: None\nRefusal: No", 1),  # the prompt, the whole answer guessed right
+        ("Safety: Safe\nCategories: None\nRefusal: Yes", 2),
         ("Safety: Unsafe\nCategories: Violent\nRefusal: Yes", 4),
     ],
 )
@@ -174,6 +197,32 @@ def test_real_tokenizer_answers_take_a_few_forwards_and_equal_generate(tiny, scr
     fast_out, slow_out = _answers(fast, [conversation]), _answers(slow, [conversation])
     assert fast_out[0][0] == slow_out[0][0] == script
     assert fast.engine.forwards_run - before == forwards
+    fast.engine.logits_hook = None
+
+
+@pytest.mark.parametrize("mode", ["prompt", "response"])
+def test_each_mode_is_fed_only_its_own_answer_shape(tiny, mode) -> None:
+    """A prompt check's answer ends after its categories: nothing of a refusal line is guessed for it (a
+    small forward costs about twice as much with 5 tokens as with 1 on a CPU); a response check guesses it."""
+    fast, slow = tiny
+    engine, fmt = fast.engine, fast.engine.format
+    text = "Safety: Unsafe\nCategories: Violent" + ("\nRefusal: No" if mode == "response" else "")
+    scripted = ScriptedAnswer(fast.tokenizer, text)
+    scripted.install(fast)
+    scripted.install(slow)
+    conversation = prompt_conversation("Hi") if mode == "prompt" else response_conversation("Hi", "Hello!")
+    ids = fast.encoder.encode(conversation)
+    prefix = next(p for p, _, _ in engine._prefixes if ids[: len(p)] == p)
+    before, tokens = engine.forwards_run, engine.tokens_run
+    assert _answers(fast, [conversation])[0][0] == _answers(slow, [conversation])[0][0] == text
+    fed = engine.tokens_run - tokens
+    # The prompt with the safe answer guessed (refused at the label); the label with "\nCategories:";
+    # the category, alone for a prompt check (the end is read), with "\nRefusal: No" guessed for a response.
+    guess = fmt.safe_answer(refusal=mode == "response")
+    tail = 0 if mode == "prompt" else len(fmt.refusal_head) + 1
+    assert engine.forwards_run - before == 3
+    label, category = fmt.labels[1], fast.tokenizer(" Violent", add_special_tokens=False)["input_ids"]
+    assert fed == len(ids) - len(prefix) + len(guess) + len(label) + len(fmt.categories_head) + len(category) + tail
     fast.engine.logits_hook = None
 
 

@@ -10,9 +10,11 @@ with three savings, none of which changes it:
    check prefills only its conversation text and the closing instructions. A prompt is served from a
    prefix only when its ids start with that prefix's ids exactly (a tokenizer that merges across the
    boundary, or a template that differs, simply gets no cache: checked per prompt).
-2. **Format tokens fed, not generated** (`gen_format.VerdictFormat`). ``Safety:`` is fed with the prompt;
-   once the label is written, the line break + ``Categories:`` go in with it in one forward; ``Refusal:``
-   with the line break that ends the categories. The model's own choice is read at every fed position:
+2. **Format tokens fed, not generated** (`gen_format.VerdictFormat`). The prompt goes in with the whole
+   safe answer as a guess (``Safety: Safe`` / ``Categories: None``, and ``Refusal: No`` in response
+   moderation, whose answers have that line): a safe check is one forward. Where the guess fails, the model's label is taken and, once a label is written, the line
+   break + ``Categories:`` go in with it in one forward; ``Refusal:`` with the line break that ends the
+   categories. The model's own choice is read at every fed position:
    where it differs, its choice is taken, the unconfirmed tokens are dropped from the cache, and greedy
    decoding goes on from there, so the answer is always exactly the greedy answer. An answer whose first
    line can no longer parse (`gen_format.hopeless`) stops at once: it fails closed either way.
@@ -20,7 +22,9 @@ with three savings, none of which changes it:
    cache between checks; each check rolls the cache back to the longest common prefix of its ids and the
    previous check's, and runs only the rest (the new text, the closing instructions, the verdict). It
    also feeds the previous check's answer as its guess of this one (verified like the format tokens):
-   while a stream's verdict does not change, a check is one forward.
+   while a stream's verdict does not change, a check is one forward. The caches all sessions keep are
+   bounded together (``max_session_tokens``): a step that would hold more runs as a plain row and
+   keeps nothing, so past the budget a stream's checks cost what full checks cost, with the same answers.
 
 All rows of a batch (plain prompts and session steps alike) run together: each row has its own cache
 (`stream_batching.SessionCache`) and the rows' new tokens are packed into one forward of the Qwen3
@@ -38,6 +42,8 @@ Runs on the micro-batcher's worker thread only. torch is imported on first use.
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,16 +83,19 @@ _GREEDY_CHANGERS = {
 }
 
 
-def instruction_prefixes(encode: Callable[[list[dict[str, str]]], list[int]]) -> list[list[int]]:
-    """The token prefix shared by every prompt of each moderation mode (prompt, response)."""
-    prefixes = []
-    for turns in ([("user", c)] for c in _PROBE_CONTENTS), ([("user", c), ("assistant", c)] for c in _PROBE_CONTENTS):
+def instruction_prefixes(encode: Callable[[list[dict[str, str]]], list[int]]) -> dict[str, list[int]]:
+    """The token prefix shared by every prompt of each moderation mode (``"prompt"``, ``"response"``)."""
+    prefixes = {}
+    for mode, turns in (
+        ("prompt", ([("user", c)] for c in _PROBE_CONTENTS)),
+        ("response", ([("user", c), ("assistant", c)] for c in _PROBE_CONTENTS)),
+    ):
         encoded = [encode([{"role": r, "content": c} for r, c in conv]) for conv in turns]
         k = 0
         while all(len(e) > k for e in encoded) and len({e[k] for e in encoded}) == 1:
             k += 1
         if k:
-            prefixes.append(encoded[0][:k])
+            prefixes[mode] = encoded[0][:k]
     return prefixes
 
 
@@ -94,16 +103,23 @@ class SessionState:
     """The cache of one growing prompt between checks: the ids whose keys and values it holds.
 
     Touched only on the engine's thread. A caller that gives up on a step replaces its state with a
-    fresh one instead of waiting (`reset`): a late step then fills a state nobody reads."""
+    fresh one instead of waiting (`reset`): a late step then fills a state nobody reads.
 
-    __slots__ = ("cache", "ids", "answer")
+    ``siblings``: states of checks of one text (a stream's window sessions), listed together. A step
+    whose own cache shares less with its prompt than a sibling's does starts from a copy of that
+    sibling's cache: a long request is read once per stream, not once per session."""
 
-    def __init__(self) -> None:
+    __slots__ = ("cache", "ids", "answer", "siblings", "__weakref__")
+
+    def __init__(self, siblings: list[SessionState] | None = None) -> None:
         self.cache: SessionCache | None = None
         self.ids: list[int] = []
         # The last check's answer: the next check feeds it as its guess (consecutive verdicts of a stream
         # are nearly always the same; verified like every fed token, so a changed verdict costs nothing extra).
         self.answer: list[int] = []
+        self.siblings = siblings
+        if siblings is not None:
+            siblings.append(self)
 
 
 @dataclass(eq=False)
@@ -128,6 +144,7 @@ class _Row:
     probs: dict[Risk, float] | None = None
     done: bool = False
     session: SessionStep | None = None
+    refusal: bool = True  # the answer has a refusal line (response moderation): guess it after the categories
 
 
 class GenEngine:
@@ -142,12 +159,13 @@ class GenEngine:
         model: Any,
         tokenizer: Any,
         *,
-        prefixes: Sequence[list[int]],
+        prefixes: dict[str, list[int]],
         eos_ids: Sequence[int],
         pad_id: int,
         max_new_tokens: int,
         label_tokens: tuple[list[int], dict[Risk, int]] | None,
         force_format: bool = True,
+        max_session_tokens: int | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -156,16 +174,30 @@ class GenEngine:
         self.max_new_tokens = max_new_tokens
         self.label_tokens = label_tokens
         self.format = VerdictFormat.for_tokenizer(tokenizer) if force_format else None
+        # Fed with every prompt that has no better guess, per mode (whether the answer has a refusal line):
+        # a few positions more in the prompt's forward, against one or two small forwards saved when the
+        # check is safe (a small forward reads every weight; on a CPU one costs about as much as 30 prompt
+        # tokens at 0.6B, on a GPU as much as a short prompt).
+        self._opening_guess = {r: self.format.safe_answer(refusal=r) if self.format else [] for r in (False, True)}
         self.layers = int(model.config.num_hidden_layers)
-        # Longest first: a prompt takes the longest prefix it starts with.
-        self._prefixes: list[tuple[list[int], SessionCache | None]] = [
-            (list(p), None) for p in sorted(prefixes, key=len, reverse=True)
+        # Longest first: a prompt takes the longest prefix it starts with. With each: its cache (built on
+        # first use) and whether its mode's answer has a refusal line (response moderation).
+        self._prefixes: list[tuple[list[int], SessionCache | None, bool]] = [
+            (list(p), None, mode == "response")
+            for mode, p in sorted(prefixes.items(), key=lambda item: len(item[1]), reverse=True)
         ]
         self.logits_hook: LogitsHook | None = None
+        #: KV positions all session caches may hold together (``None``: unbounded). Counted from the
+        #: states that hold a cache now: a closed session's state is dropped, and its cache with it.
+        self.max_session_tokens = max_session_tokens
+        self._holding: weakref.WeakSet[SessionState] = weakref.WeakSet()
+        self._holding_lock = threading.Lock()  # `session_tokens` may be read on any thread
         # Observable, for tests and figures: decoding forwards, tokens they ran, prompts served from a prefix.
         self.forwards_run = 0
         self.tokens_run = 0
         self.prefix_hits = 0
+        self.sibling_hits = 0  # session steps started from a sibling session's cache
+        self.sessions_declined = 0  # session steps run as plain rows: the session budget was spent
 
     @staticmethod
     def unsupported(model: Any) -> str | None:
@@ -197,8 +229,13 @@ class GenEngine:
         with torch.inference_mode():
             try:
                 stepping: set[int] = set()
+                reserved: dict[int, int] = {}  # what each state approved in this batch may grow to
                 for item in items:
-                    if isinstance(item, SessionStep) and id(item.state) not in stepping:
+                    if (
+                        isinstance(item, SessionStep)
+                        and id(item.state) not in stepping
+                        and self._may_hold(item, reserved)
+                    ):
                         stepping.add(id(item.state))
                         rows.append(self._session_row(item))
                     else:  # a second step of one session in a batch (never from one caller) runs as a plain row
@@ -211,32 +248,76 @@ class GenEngine:
                 raise
         return [self._answer(row) for row in rows]
 
+    def _may_hold(self, step: SessionStep, reserved: dict[int, int]) -> bool:
+        """Whether ``step``'s state may keep a cache through this step within ``max_session_tokens``, counting
+        what the states approved earlier in the batch may grow to (``reserved``, updated). When not, the
+        state lets its cache go (the step runs as a plain row and the next starts afresh)."""
+        state, budget = step.state, self.max_session_tokens
+        if budget is None:  # unbounded, but still counted (`session_tokens`)
+            with self._holding_lock:
+                self._holding.add(state)
+            return True
+        # At most what the state holds after the step: its buffers, or a new one of at most twice the
+        # prompt and answer (a fork from a sibling or the prefix, or `SessionCache.append` doubling).
+        have = state.cache.capacity if state.cache is not None else 0
+        need = max(have, 2 * (len(step.ids) + self.max_new_tokens), SessionCache.initial_capacity)
+        if self._held_tokens(besides=state, reserved=reserved) + need <= budget:
+            reserved[id(state)] = need
+            with self._holding_lock:
+                self._holding.add(state)
+            return True
+        state.cache, state.ids = None, []
+        with self._holding_lock:
+            self._holding.discard(state)
+        self.sessions_declined += 1
+        return False
+
+    @property
+    def session_tokens(self) -> int:
+        """KV positions the session caches hold now (what ``max_session_tokens`` bounds)."""
+        return self._held_tokens()
+
+    def _held_tokens(self, besides: SessionState | None = None, reserved: dict[int, int] | None = None) -> int:
+        with self._holding_lock:
+            states = list(self._holding)
+        grows = reserved or {}
+        return sum(
+            max(s.cache.capacity if s.cache is not None else 0, grows.get(id(s), 0)) for s in states if s is not besides
+        )
+
     def _answer(self, row: _Row) -> Answer:
         tokens = [t for t in row.answer if t not in self.eos_ids and t != self.pad_id]
         return self.tokenizer.decode(tokens, skip_special_tokens=True), row.probs
 
     def _start(self, row: _Row, guess: Sequence[int] = ()) -> _Row:
-        lead = self._forced([])
-        if guess and list(guess[: len(lead)]) == lead:  # a session's previous answer, when it is one
+        lead = self._forced([], row.refusal)
+        if guess and list(guess[: len(lead)]) == lead:  # a guess of the answer (the last one, or the safe one)
             lead = list(guess[: max(0, self.max_new_tokens - 1)])
         row.ids = row.ids + lead
         row.forced = len(lead)
         return row
 
     def _row(self, ids: list[int]) -> _Row:
-        prefix, base = self._prefix_for(ids)
+        prefix, base, refusal = self._prefix_for(ids)
         if base is None:
             cache = SessionCache(self.layers)
         else:
             cache = _fork(base, len(ids) + self.max_new_tokens + 1)
             self.prefix_hits += 1
-        return self._start(_Row(cache, list(ids[len(prefix) :]), 0))
+        row = _Row(cache, list(ids[len(prefix) :]), 0, refusal=refusal)
+        return self._start(row, self._opening_guess[refusal])
 
     def _session_row(self, step: SessionStep) -> _Row:
         state, ids = step.state, step.ids
         keep = _common_prefix(state.ids, ids) if state.cache is not None else 0
         keep = min(keep, len(ids) - 1)  # at least one token runs: its logits start the answer
-        prefix, base = self._prefix_for(ids)
+        sibling, shared = _best_sibling(state, ids, keep)
+        if sibling is not None:
+            assert sibling.cache is not None
+            state.cache = _fork(sibling.cache, 2 * len(ids) + self.max_new_tokens, length=shared)
+            keep = shared
+            self.sibling_hits += 1
+        prefix, base, refusal = self._prefix_for(ids)
         if state.cache is None or keep < len(prefix):
             if base is not None:
                 state.cache = _fork(base, 2 * len(ids) + self.max_new_tokens)
@@ -247,25 +328,27 @@ class GenEngine:
         assert state.cache is not None
         state.cache.length = keep
         state.ids = list(ids[:keep])  # what the cache holds while the step runs
-        guess = [t for t in state.answer if t not in self.eos_ids and t != self.pad_id]
-        return self._start(_Row(state.cache, list(ids[keep:]), 0, session=step), guess)
+        guess = [t for t in state.answer if t not in self.eos_ids and t != self.pad_id] or self._opening_guess[refusal]
+        return self._start(_Row(state.cache, list(ids[keep:]), 0, session=step, refusal=refusal), guess)
 
-    def _prefix_for(self, ids: list[int]) -> tuple[list[int], SessionCache | None]:
-        for index, (prefix, cache) in enumerate(self._prefixes):
+    def _prefix_for(self, ids: list[int]) -> tuple[list[int], SessionCache | None, bool]:
+        """The instruction prefix ``ids`` start with, its cache, and whether its answer has a refusal line
+        (unknown without a prefix: guessed as if it had one)."""
+        for index, (prefix, cache, refusal) in enumerate(self._prefixes):
             n = len(prefix)
             if len(ids) > n and ids[:n] == prefix:
                 if cache is None:
                     cache = SessionCache(self.layers)
                     for lo in range(0, n, PREFILL_CHUNK):
                         packed_hidden(self.model.model, [_Feed(cache, prefix[lo : lo + PREFILL_CHUNK])])
-                    self._prefixes[index] = (prefix, cache)
-                return prefix, cache
-        return [], None
+                    self._prefixes[index] = (prefix, cache, refusal)
+                return prefix, cache, refusal
+        return [], None, True
 
-    def _forced(self, answer: list[int]) -> list[int]:
+    def _forced(self, answer: list[int], refusal: bool) -> list[int]:
         if self.format is None:
             return []
-        forced = self.format.forced_next(answer, tuple(self.eos_ids))
+        forced = self.format.forced_next(answer, tuple(self.eos_ids), refusal=refusal)
         # Never past the token budget: the answer holds at most max_new_tokens tokens.
         return forced[: max(0, self.max_new_tokens - len(answer) - 1)]
 
@@ -340,7 +423,7 @@ class GenEngine:
         if token in self.eos_ids or len(row.answer) >= self.max_new_tokens or self._hopeless(row.answer):
             row.done = True
             return
-        nxt = self._forced(row.answer)
+        nxt = self._forced(row.answer, row.refusal)
         row.ids = [token, *nxt]
         row.forced = len(nxt)
 
@@ -364,10 +447,27 @@ def _slice(row: _Row) -> int:
     return min(PREFILL_CHUNK, len(row.ids) - row.forced - 1)
 
 
-def _fork(base: SessionCache, capacity: int) -> SessionCache:
-    """A new cache that starts with ``base``'s positions (copied once, with room for ``capacity``)."""
+def _best_sibling(state: SessionState, ids: list[int], keep: int) -> tuple[SessionState | None, int]:
+    """The sibling whose cache shares more of ``ids`` than ``keep`` positions (and how many), if any.
+
+    Siblings' ids are what their caches hold right now (a sibling in the same batch already holds only
+    its kept part, which its step does not overwrite), so the positions copied are valid."""
+    best: SessionState | None = None
+    most = keep
+    for other in list(state.siblings or ()):  # a copy: callers add and drop siblings on their threads
+        if other is state or other.cache is None:
+            continue
+        shared = min(_common_prefix(other.ids, ids), len(ids) - 1, other.cache.length)
+        if shared > most:
+            best, most = other, shared
+    return best, most
+
+
+def _fork(base: SessionCache, capacity: int, length: int | None = None) -> SessionCache:
+    """A new cache that starts with ``base``'s first ``length`` positions (default: all), copied once,
+    with room for ``capacity``."""
     cache = SessionCache(len(base.keys))
-    n = base.length
+    n = base.length if length is None else min(length, base.length)
     for layer, (k, v) in enumerate(zip(base.keys, base.values, strict=True)):
         size = max(capacity, n)
         cache.keys[layer] = k.new_empty(k.shape[0], size, k.shape[2])
@@ -412,4 +512,5 @@ def engine_for(backend: Any, engine: bool | None) -> GenEngine | None:
         pad_id=backend.pad_id,
         max_new_tokens=backend.max_new_tokens,
         label_tokens=backend._label_tokens,
+        max_session_tokens=backend.max_session_tokens,
     )

@@ -60,6 +60,12 @@ class VerdictFormat:
         self.no = no  # " No" (the refusal guessed), when it is one token
         self.none = self.categories[-1] if self.categories else []  # " None" (the categories of a Safe label)
 
+    def safe_answer(self, *, refusal: bool) -> list[int]:
+        """``Safety: Safe`` / ``Categories: None`` (/ ``Refusal: No`` with ``refusal``, response moderation):
+        the engine's guess of a check's whole answer before it has one (most checks are safe)."""
+        tail = [*self.refusal_head, self.no] if refusal and self.no is not None else []
+        return [*self.lead, *self.labels[0], *self.categories_head, *self.none, *tail]
+
     @classmethod
     def for_tokenizer(cls, tokenizer: Any) -> VerdictFormat | None:
         def ids(text: str) -> list[int]:
@@ -92,22 +98,23 @@ class VerdictFormat:
             no[0] if len(no) == 1 else None,
         )
 
-    def forced_next(self, answer: Sequence[int], stop_ids: Sequence[int] = ()) -> list[int]:
+    def forced_next(self, answer: Sequence[int], stop_ids: Sequence[int] = (), *, refusal: bool = True) -> list[int]:
         """The tokens to feed right after ``answer`` (empty when the next token is the model's choice alone):
-        what the format fixes, then, where the format leaves a choice, the likely one (see `_next`)."""
+        what the format fixes, then, where the format leaves a choice, the likely one (see `_next`).
+        ``refusal=False`` (prompt moderation, whose answer ends after the categories): no refusal line guessed."""
         out: list[int] = []
         while len(out) < _MAX_FED:
-            nxt = self._next([*answer, *out], stop_ids)
+            nxt = self._next([*answer, *out], stop_ids, refusal)
             if not nxt:
                 break
             out += nxt
         return out[:_MAX_FED]
 
-    def _next(self, answer: list[int], stop_ids: Sequence[int]) -> list[int]:
+    def _next(self, answer: list[int], stop_ids: Sequence[int], refusal: bool) -> list[int]:
         """One piece to feed after ``answer``. Fixed by the format: ``Safety:``, a label's rest, the line
         break + ``Categories:``, a category name's rest, ``Refusal:``. Guessed (verified like the rest; a
         wrong guess is dropped): `` None`` after ``Safe``, the line break after a complete category name
-        (in prompt mode the model ends there instead), `` No`` after ``Refusal:``."""
+        (response moderation only: a prompt check's answer ends there), `` No`` after ``Refusal:``."""
         if not answer:
             return list(self.lead)
         n = len(self.lead)
@@ -132,16 +139,16 @@ class VerdictFormat:
             if set(cats) & set(stop_ids):
                 return []
             if newline in cats[:-1]:
-                refusal = cats[cats.index(newline) + 1 :]
-                return [self.no] if self.no is not None and refusal == self.refusal_head[1:] else []
+                line = cats[cats.index(newline) + 1 :]
+                return [self.no] if self.no is not None and line == self.refusal_head[1:] else []
             if cats and cats[-1] == newline:
                 return list(self.refusal_head[1:])
             if not cats:
                 return list(self.none) if index == 0 else []  # after "Safe", guess " None"
-            return self._category_rest(cats)
+            return self._category_rest(cats, refusal)
         return []
 
-    def _category_rest(self, cats: list[int]) -> list[int]:
+    def _category_rest(self, cats: list[int], refusal: bool) -> list[int]:
         """The rest of the category name being written, when every known name it can still be agrees on it."""
         item = cats
         if self.comma is not None and self.comma in cats:
@@ -149,7 +156,8 @@ class VerdictFormat:
         if not item:
             return []
         if any(name == item for name in self.categories):
-            return [self.refusal_head[0]]  # a complete name: guess the line ends (a comma or the end may follow)
+            # A complete name: guess the line ends (a comma may follow; in prompt moderation the answer ends).
+            return [self.refusal_head[0]] if refusal else []
         matches = [name[len(item) :] for name in self.categories if len(name) > len(item) and name[: len(item)] == item]
         return _common_prefix(matches) if matches else []
 

@@ -42,9 +42,11 @@ class GenSession:
     Verdict(risk=<Risk.SAFE: 'safe'>, ...)
     """
 
-    def __init__(self, backend: Any) -> None:
+    def __init__(self, backend: Any, siblings: list[SessionState] | None = None) -> None:
         self.backend = backend
-        self._state = SessionState()
+        # Sessions over one text (a stream's windows) share a list: a fresh one starts from the others' caches.
+        self._siblings = siblings
+        self._state = SessionState(siblings)
         self._lock = threading.Lock()
         self._alock: asyncio.Lock | None = None
         self._closed = False
@@ -65,7 +67,15 @@ class GenSession:
         """A step whose outcome is unknown: withdraw it; the next check starts from a fresh cache."""
         if future is not None:
             future.cancel()
-        self._state = SessionState()
+        self._replace_state()
+
+    def _replace_state(self) -> None:
+        old, self._state = self._state, SessionState(self._siblings)
+        if self._siblings is not None:
+            try:
+                self._siblings.remove(old)
+            except ValueError:
+                pass
 
     def classify(self, conversation: Sequence[dict[str, str]], *, timeout: float | None = None) -> Outcome:
         """The verdict on ``conversation`` (or its `QwenGuardError`), as ``backend.classify`` gives it.
@@ -123,4 +133,9 @@ class GenSession:
     def close(self) -> None:
         """Free the cache; later calls run full checks. Never waits: a step in flight finishes on its own."""
         self._closed = True
-        self._state = SessionState()
+        self._replace_state()
+        if self._siblings is not None:
+            try:
+                self._siblings.remove(self._state)  # a closed session lends its cache to no one
+            except ValueError:
+                pass

@@ -119,7 +119,9 @@ def check_packable(model: Any) -> None:
     config = model.config
     layer_types = getattr(config, "layer_types", None) or ()
     if getattr(config, "use_sliding_window", False) or any(t != "full_attention" for t in layer_types):
-        raise ValueError("Qwen3Guard-Stream checkpoints with sliding-window attention layers are not supported")
+        raise ValueError(
+            "models with sliding-window attention layers are not supported (the packed forward attends over every cached position)"
+        )
 
 
 def _rotate_half(x: Any) -> Any:

@@ -46,7 +46,13 @@ from .batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, MicroBatcher
 from .hub import resolve_checkpoint
 from .torch_runtime import quiet_loading, require_torch, resolve_device, resolve_dtype
 
-__all__ = ["TransformersGen", "DEFAULT_MAX_NEW_TOKENS", "DEFAULT_MAX_BATCH_TOKENS", "DEFAULT_TARGET_STEP_S"]
+__all__ = [
+    "TransformersGen",
+    "DEFAULT_MAX_NEW_TOKENS",
+    "DEFAULT_MAX_BATCH_TOKENS",
+    "DEFAULT_MAX_SESSION_TOKENS",
+    "DEFAULT_TARGET_STEP_S",
+]
 
 #: Answers are 8-14 tokens; 48 leaves room for several long category names.
 DEFAULT_MAX_NEW_TOKENS = 48
@@ -56,6 +62,12 @@ DEFAULT_MAX_CONTEXT = 32768
 #: For Qwen3Guard-Gen-0.6B in bf16 (28 layers, 8 KV heads of 128) the KV cache of a full step is
 #: about 1 GB. Raise it on a large GPU for throughput; lower it on a small CPU box.
 DEFAULT_MAX_BATCH_TOKENS = 8192
+#: KV positions the decode engine's session caches (streams judged check by check) may hold together.
+#: Each position costs 2 x layers x kv_heads x head_dim x dtype bytes: 32,768 positions are 3.5 GiB for
+#: Qwen3Guard-Gen-0.6B in bf16 (112 KiB each), 4.5 GiB for 4B/8B (144 KiB); a stream with a 2,000-token
+#: prompt keeps up to two caches of ~4,100 positions, so about four such streams at once keep theirs.
+#: Past it a stream's checks run in full: the same verdicts, the cost of a cache-less check.
+DEFAULT_MAX_SESSION_TOKENS = 32_768
 #: Seconds one step should take (planned from measured step times; `batching.MicroBatcher`): a check that
 #: arrives while a long document is judged waits at most about this long for the model. 0.1 s costs a
 #: long document little throughput (steps of ~2,000 tokens run as fast per token as steps of 8,192 on CPU;
@@ -90,6 +102,7 @@ class TransformersGen:
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         target_step_s: float | None = DEFAULT_TARGET_STEP_S,
         engine: bool | None = None,
+        max_session_tokens: int | None = DEFAULT_MAX_SESSION_TOKENS,
     ) -> None:
         from ..formats.encoding import ConversationEncoder
         from .gen_engine import engine_for
@@ -107,6 +120,10 @@ class TransformersGen:
                 f"max_context={self.max_context} leaves no room for a prompt after max_new_tokens={max_new_tokens}"
             )
         self.window_overlap = window_overlap
+        if max_session_tokens is not None and (isinstance(max_session_tokens, bool) or max_session_tokens < 0):
+            raise ValueError(f"max_session_tokens must be None or a count >= 0, got {max_session_tokens!r}")
+        #: KV positions all session caches may hold together (`DEFAULT_MAX_SESSION_TOKENS`; ``None``: unbounded).
+        self.max_session_tokens = max_session_tokens
         self.encoder = ConversationEncoder(tokenizer, use_chat_template=use_chat_template)
         self.planner = WindowPlanner(
             self.encoder, max_prompt_tokens=self.window_tokens, overlap=window_overlap, max_windows=max_windows

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from ..backends.gen_session import GenSession
+from ..backends.gen_session_pool import GenSessionPool
 from ..formats.prompts import Message
 from ..policy import Decision
 from ..verdict import Stage
@@ -45,25 +46,28 @@ __all__ = ["GateSession", "GrowingWindow", "DEFAULT_GATE_WINDOW_CHARS"]
 DEFAULT_GATE_WINDOW_CHARS = 2000
 
 
-def open_gen_session(backend: Any) -> GenSession | None:
-    """A `GenSession` on ``backend`` when it runs the decode engine locally, else ``None``."""
+def open_gen_session(backend: Any, sessions: int = 1) -> GenSession | GenSessionPool | None:
+    """A `GenSession` on ``backend`` when it runs the decode engine locally (a `GenSessionPool` of
+    ``sessions`` for checks that overlap), else ``None``."""
     if getattr(backend, "engine", None) is None or not hasattr(backend, "_plan"):
         return None
-    return GenSession(backend)
+    return GenSession(backend) if sessions == 1 else GenSessionPool(backend, sessions)
 
 
 class GateSession:
     """Checks of one growing conversation at ``stage`` (default: stream), through ``guard``'s policy.
 
     `check` / `acheck` return the `Decision` that ``guard.check_many([(stage, conversation)])`` would
-    (events emitted alike); use one session per streamed text, from one thread or one task at a time.
+    (events emitted alike); use one session per streamed text, from one thread or one task at a time
+    (``sessions=N``: up to N checks at once, sharing what their caches hold).
     """
 
-    def __init__(self, guard: Any, stage: Stage | str = Stage.STREAM) -> None:
+    def __init__(self, guard: Any, stage: Stage | str = Stage.STREAM, *, sessions: int = 1) -> None:
         self.guard = guard
         self.stage = Stage(stage)
-        #: ``None`` when the guard's backend cannot keep a cache: every check is a full check.
-        self.session = open_gen_session(guard.backend)
+        #: ``None`` when the guard's backend cannot keep a cache: every check is a full check. With
+        #: ``sessions > 1``, a `GenSessionPool`: that many checks may run at once (more wait for one).
+        self.session = open_gen_session(guard.backend, sessions)
 
     def check(self, conversation: Sequence[Message]) -> Decision:
         """The decision on ``conversation`` (the text so far, as the last turn)."""

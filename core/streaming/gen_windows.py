@@ -200,19 +200,55 @@ class GenWindows:
         return core._release_to(self._boundary(self.confirmed))
 
 
-def window_check(backend: Any, conversation: list[dict[str, str]], timeout: float | None) -> Any:
-    try:
-        return backend.classify([conversation], timeout=timeout)[0]
-    except Exception as exc:  # noqa: BLE001 - any backend failure is the policy's on_error
-        return exc
+#: Sessions one stream's window checks may hold at once (each keeps its own cache of the guard prompt, so
+#: memory per stream grows with it; a window due while all are busy waits for one).
+MAX_WINDOW_SESSIONS = 2
 
 
-async def awindow_check(backend: Any, conversation: list[dict[str, str]], timeout: float | None) -> Any:
-    try:
-        if timeout is not None:
-            return (await asyncio.wait_for(backend.aclassify([conversation], timeout=timeout), timeout))[0]
-        return (await backend.aclassify([conversation], timeout=timeout))[0]
-    except asyncio.TimeoutError:
-        return GuardTimeout(f"stream window check took longer than {timeout}s")
-    except Exception as exc:  # noqa: BLE001
-        return exc
+class WindowJudge:
+    """Runs one stream's window checks on the guard's backend, each returning its verdict or its error.
+
+    With the local decode engine, the checks run through a `GenSessionPool` of the stream: consecutive
+    windows share the guard prompt up to the answer (instructions, the user's request, the history) and
+    often the start of the answer, so a check pays only for what differs, with the same verdict as a full
+    check. A window due while the stream's session is busy gets a second one, which starts from a copy of
+    the first's cache; past `MAX_WINDOW_SESSIONS`, it waits for a session to be free (windows go out in
+    order, so a later one waits for the earlier ones anyway). The stream's first check is waited for too:
+    until it is back no cache holds the request. Remote guards and ``engine=False`` run full checks.
+    `close` frees the caches."""
+
+    def __init__(self, backend: Any, max_sessions: int = MAX_WINDOW_SESSIONS) -> None:
+        from .gate_session import open_gen_session
+
+        self.backend = backend
+        self.pool = open_gen_session(backend, max_sessions)  # None: remote, or no engine
+
+    def check(self, conversation: list[dict[str, str]], timeout: float | None) -> Any:
+        """The verdict (or the error) for one window; runs on a worker thread."""
+        try:
+            if self.pool is not None:
+                return self.pool.classify(conversation, timeout=timeout)
+            return self.backend.classify([conversation], timeout=timeout)[0]
+        except Exception as exc:  # noqa: BLE001 - any backend failure is the policy's on_error
+            return exc
+
+    async def acheck(self, conversation: list[dict[str, str]], timeout: float | None) -> Any:
+        """Async twin of `check`."""
+        try:
+            if self.pool is not None:
+                call = self.pool.aclassify(conversation, timeout=timeout)
+            else:
+                call = _first(self.backend.aclassify([conversation], timeout=timeout))
+            return await (call if timeout is None else asyncio.wait_for(call, timeout))
+        except asyncio.TimeoutError:
+            return GuardTimeout(f"stream window check took longer than {timeout}s")
+        except Exception as exc:  # noqa: BLE001
+            return exc
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+
+async def _first(call: Any) -> Any:
+    return (await call)[0]

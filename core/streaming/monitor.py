@@ -68,7 +68,7 @@ from ..errors import GuardTimeout
 from ..formats.prompts import Message
 from ..verdict import Stage
 from .cancel_safe import CancelSafeLane
-from .gen_windows import GenWindows, awindow_check, window_check, window_pool
+from .gen_windows import GenWindows, WindowJudge, window_pool
 from .monitor_core import (
     DEFAULT_CHECK_EVERY,
     DEFAULT_CONTEXT,
@@ -136,6 +136,7 @@ class StreamMonitor(MonitorCore):
             self._gate(self.guard.check(self.messages, Stage.PROMPT))
         if self.enabled and not self._degraded:
             self._windows = GenWindows(self)
+            self._window_judge = WindowJudge(self.guard.backend)
 
     def _settle_prompt_check(self, *, wait: bool) -> None:
         """Gate on the parallel prompt check once it is back (``wait``: block until it is)."""
@@ -237,7 +238,7 @@ class StreamMonitor(MonitorCore):
         windows = self._windows
         assert windows is not None
         for start, end, conversation in checks:
-            fut = window_pool().submit(window_check, self.guard.backend, conversation, windows.timeout)
+            fut = window_pool().submit(self._window_judge.check, conversation, windows.timeout)
             self._pending.append((start, end, fut))
 
     def _harvest(self, *, wait: bool) -> None:
@@ -339,6 +340,7 @@ class AsyncStreamMonitor(MonitorCore):
             self._gate(decision)
         if self.enabled and not self._degraded:
             self._windows = GenWindows(self)
+            self._window_judge = WindowJudge(self.guard.backend)
         return ""
 
     async def _settle_prompt_check(self, *, wait: bool) -> None:
@@ -362,7 +364,8 @@ class AsyncStreamMonitor(MonitorCore):
         if not delta:
             return ""
         self._buffer += delta
-        await self._settle_prompt_check(wait=False)
+        if self._prompt_check is not None:  # most streams: no coroutine per delta
+            await self._settle_prompt_check(wait=False)
         if self._prompt_held:
             if self._windows is not None:
                 self._feed_windows(delta)  # judged beside the prompt check; released after its verdict
@@ -479,7 +482,7 @@ class AsyncStreamMonitor(MonitorCore):
         windows = self._windows
         assert windows is not None
         for start, end, conversation in checks:
-            task = asyncio.ensure_future(awindow_check(self.guard.backend, conversation, windows.timeout))
+            task = asyncio.ensure_future(self._window_judge.acheck(conversation, windows.timeout))
             self._pending.append((start, end, task))
 
     def _harvest_done(self) -> None:

@@ -143,6 +143,7 @@ class MonitorCore:
         self._tokens: deque[Any] = deque(maxlen=keep_token_verdicts)
         self._window_opts = (check_every, min_segment, context, release_unit)
         self._session: Any = None
+        self._window_judge: Any = None  # Gen-window engine: runs the window checks (`WindowJudge`)
         # Parallel input (Gen-window engine): the prompt check runs beside the answer, which is fed and
         # judged meanwhile but released only once the prompt's verdict allowed it (None: the guard's setting).
         parallel = getattr(guard, "parallel_input", False) if parallel_input is None else parallel_input
@@ -332,11 +333,13 @@ class MonitorCore:
 
     def _close_engine(self) -> None:
         session, self._session = self._session, None
-        if session is not None:
-            try:
-                session.close()
-            except Exception:  # noqa: BLE001 - closing must not mask the outcome
-                pass
+        judge, self._window_judge = self._window_judge, None
+        for engine in (session, judge):
+            if engine is not None:
+                try:
+                    engine.close()
+                except Exception:  # noqa: BLE001 - closing must not mask the outcome
+                    pass
         pending = getattr(self, "_pending", None)  # Gen-window checks in flight (futures or tasks)
         while pending:
             pending.popleft()[2].cancel()

@@ -27,17 +27,20 @@ the instructions and the whole window every chunk. A remote guard (or ``engine=F
 cheap engine with a Qwen3Guard-Stream model (O(1) per token), and the callbacks' default when the
 guard has one. In a callback it releases at once (``holdback=0``) and flags on the first unsafe token.
 
-The window a Gen check reads is the last ``window_chars`` characters of the answer (never the whole
-prefix: O(window) per check), with the user's request as context. The ``"gate"`` engine reads a
-*growing* window instead (`GrowingWindow`): the whole answer up to ``window_chars`` characters (the same
-text as the sliding tail), then a window that grows by appending and, once over ``window_chars``, hops
+The window a Gen check reads is bounded (never the whole prefix: O(window) per check), with the user's
+request as context. Every engine reads a *growing* window (`GrowingWindow`): the whole answer up to
+``window_chars`` characters (the same text as the last ``window_chars``), then a window that grows by
+appending and, once over ``window_chars``, hops
 forward to its last ``window_chars // 2`` characters. Consecutive checks then share their prefix, which
 is what lets the session's cache (or a remote engine's prefix cache) reuse the previous check; a sliding
 tail changes its first character every chunk and would re-read the whole window every time. The price:
 past ``window_chars`` characters a check sees between half a window and a whole one of the latest text
 (never less than ``window_chars // 2``), where the sliding tail always saw a whole one; one check per hop
 re-reads half a window. Tool-call arguments stream through the same engine as text, each call judged as
-the assistant's action (``Tool call: name({...``).
+the assistant's action (``Tool call: name({...``). The ``"pipelined"`` engine's checks overlap, so it
+keeps a small pool of sessions (`MAX_PIPELINED_SESSIONS`, a `GenSessionPool`): a check takes an idle
+one, continuing from the longest prefix any of them holds, or waits for one (it stays in flight
+meanwhile; later chunks coalesce into the next check).
 """
 
 from __future__ import annotations
@@ -73,6 +76,9 @@ __all__ = [
     "DEFAULT_MAX_IN_FLIGHT",
     "DEFAULT_SEGMENT",
 ]
+
+#: Sessions (caches) one stream's overlapping ``"pipelined"`` checks may hold; more checks wait for one.
+MAX_PIPELINED_SESSIONS = 2
 
 Engine = Literal["pipelined", "gate", "monitor"]
 ENGINES = ("pipelined", "gate", "monitor")
@@ -110,7 +116,6 @@ class StreamGate:
         window_chars: int = DEFAULT_WINDOW_CHARS,
         min_chars: int = 1,
         whole_words: bool = False,
-        growing: bool = False,
     ) -> None:
         if window_chars < 1 or min_chars < 1:
             raise ValueError("window_chars and min_chars must be >= 1")
@@ -123,11 +128,11 @@ class StreamGate:
         self.whole_words = whole_words
         self.window_chars = window_chars
         self.min_chars = min_chars
-        # Only the last ``window_chars`` characters are kept: a check never reads more, and appending to
-        # the whole answer would cost O(answer) per chunk on long streams.
+        # At most ``window_chars`` characters are kept: a check never reads more, and appending to the whole
+        # answer would cost O(answer) per chunk on long streams. The window grows by appending and hops by
+        # half (`GrowingWindow`), so consecutive checks share a prefix for the sessions' caches.
         self.tail = ""
-        # ``growing``: the window grows by appending and hops by half (`GrowingWindow`, for a `GateSession`).
-        self._window = GrowingWindow(window_chars) if growing and window_chars >= 2 else None
+        self._window = GrowingWindow(window_chars) if window_chars >= 2 else None  # 1: the last character
         self.length = 0  # characters streamed so far
         self.judged = 0  # characters of the answer covered by a verdict (contiguous from 0)
         self.decision: Decision | None = None  # the violation (or fail-closed error), once found
@@ -299,8 +304,6 @@ class PipelinedScreen:
     ) -> None:
         if max_unjudged < 0 or max_in_flight < 1:
             raise ValueError("max_unjudged must be >= 0 and max_in_flight >= 1")
-        if session is not None and max_in_flight != 1:
-            raise ValueError("a GateSession runs one check at a time: max_in_flight must be 1")
         self.guard = guard
         self.gate = gate
         #: Incremental checks of this stream (the ``"gate"`` engine), or ``None``: full checks.
@@ -498,14 +501,15 @@ def open_screen(
     check_engine(engine)
     if engine == "monitor":
         return MonitorScreen(guard, context, asynchronous=asynchronous, **(monitor_options or {}))
-    # Holding screens judge in the stream's path like the gate: both read a growing window with a session.
-    gated = hold or engine == "gate"
-    gate = StreamGate(context, window_chars=window_chars, min_chars=min_chars, whole_words=hold, growing=gated)
+    # Every Gen engine reads a growing window through sessions (the holding screens and the gate judge in
+    # the stream's path, one check at a time; the pipelined engine's checks overlap: a pool of sessions).
+    gate = StreamGate(context, window_chars=window_chars, min_chars=min_chars, whole_words=hold)
     if hold:
         return GateScreen(guard, gate, hold=True, session=GateSession(guard, gate.stage))
     if engine == "gate":
         return PipelinedScreen(guard, gate, max_unjudged=0, max_in_flight=1, session=GateSession(guard, gate.stage))
-    return PipelinedScreen(guard, gate, max_unjudged=max_unjudged, max_in_flight=max_in_flight)
+    session = GateSession(guard, gate.stage, sessions=min(max_in_flight, MAX_PIPELINED_SESSIONS))
+    return PipelinedScreen(guard, gate, max_unjudged=max_unjudged, max_in_flight=max_in_flight, session=session)
 
 
 def open_tool_screen(
@@ -521,8 +525,8 @@ def open_tool_screen(
     """A screen for the streamed arguments of one tool call (callbacks: the text engine's bound).
 
     The ``"monitor"`` engine judges answers, not actions: tool calls go through ``"pipelined"``."""
-    if engine == "gate":
-        gate = ToolCallGate(name, context, window_chars=window_chars, growing=True)
-        return PipelinedScreen(guard, gate, max_unjudged=0, max_in_flight=1, session=GateSession(guard, gate.stage))
     gate = ToolCallGate(name, context, window_chars=window_chars)
-    return PipelinedScreen(guard, gate, max_unjudged=max_unjudged, max_in_flight=max_in_flight)
+    if engine == "gate":
+        return PipelinedScreen(guard, gate, max_unjudged=0, max_in_flight=1, session=GateSession(guard, gate.stage))
+    session = GateSession(guard, gate.stage, sessions=min(max_in_flight, MAX_PIPELINED_SESSIONS))
+    return PipelinedScreen(guard, gate, max_unjudged=max_unjudged, max_in_flight=max_in_flight, session=session)

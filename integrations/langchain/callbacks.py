@@ -415,7 +415,8 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
             characters are out ahead of their verdict), ``"gate"`` (every chunk judged before it is
             yielded: one guard call in the stream's path per chunk) or ``"monitor"`` (default with a
             Stream model: a StreamMonitor per run, ``monitor_options`` passed to ``guard.stream``).
-            Each check reads the last ``window_chars`` characters.
+            Each check reads a window of the answer of at most ``window_chars`` characters (the whole
+            answer up to that; then a window that grows and hops, see ``_streaming.py``).
         parallel_input: start the model while the input is checked; the first token, the answer
             and any tool wait for the verdict (default: the guard's ``parallel_input``).
     """
