@@ -179,7 +179,12 @@ def lc_callback(engine: str, asynchronous: bool = False) -> sk.Build:
 
 
 def lcel(
-    engine: str = "monitor", *, wrap: bool = False, asynchronous: bool = False, release_unit: str | None = None
+    engine: str = "monitor",
+    *,
+    wrap: bool = False,
+    asynchronous: bool = False,
+    release_unit: str | None = None,
+    parallel_input: bool = False,
 ) -> sk.Build:
     def build(url: str, judge: GuardJudge | None) -> Consume:
         from qwenguard.integrations.langchain import GuardRunnable, guard_output
@@ -189,7 +194,9 @@ def lcel(
         if judge is None:
             chain: Any = llm
         elif wrap:
-            chain = GuardRunnable(guard=judge.guard(), runnable=llm, stream_engine=engine, **unit)
+            chain = GuardRunnable(
+                guard=judge.guard(), runnable=llm, stream_engine=engine, parallel_input=parallel_input, **unit
+            )
         else:
             chain = llm | guard_output(judge.guard(), stream_engine=engine, **unit)
         if not asynchronous:
@@ -351,6 +358,12 @@ PATHS = [
     Path_("lcel guard_output word", lcel("monitor", release_unit="word"), "lc-sync", note='release_unit="word"'),
     Path_("lcel guard_output astream", lcel("monitor", asynchronous=True), "lc-async", note="default; async"),
     Path_("lcel GuardRunnable astream", lcel("monitor", wrap=True, asynchronous=True), "lc-async", note="default"),
+    Path_(
+        "lcel GuardRunnable astream parallel",
+        lcel("monitor", wrap=True, asynchronous=True, parallel_input=True),
+        "lc-async",
+        note="parallel_input=True (input check beside the model)",
+    ),
     Path_(
         "agent GuardMiddleware",
         agent(),

@@ -8,8 +8,9 @@ the check before calling the model (first token ~ check + first token); parallel
 both at once and releases the first token when both are in (~ max of the two). Targets (issue 8):
 on <= 1.1 x first token; off ~ check + first token.
 
-Measured for LangChain (``model.stream`` / ``model.astream`` with the callback handlers) and
-LlamaIndex (``GuardedLLM.stream_complete`` / ``astream_chat``). The answer streams through the
+Measured for LangChain (``model.stream`` / ``model.astream`` with the callback handlers;
+``GuardRunnable(runnable=model)``, which holds the answer until judged, so its target is first token +
+one check) and LlamaIndex (``GuardedLLM.stream_complete`` / ``astream_chat``). The answer streams through the
 guard's Gen-window monitor with ``holdback=0`` (LangChain: ``stream_engine="monitor"``): output
 checks run in the background, so the figure isolates the input check. (With the default hold-back
 or the per-chunk "gate", the first chunk also waits for one output check, on or off alike.)
@@ -137,6 +138,28 @@ async def attft_langchain(guard: Guard, model: Any, parallel: bool) -> float:
     raise AssertionError("no token")
 
 
+def ttft_runnable(guard: Guard, model: Any, parallel: bool) -> float:
+    from qwenguard.integrations.langchain import GuardRunnable
+
+    guarded = GuardRunnable(guard=guard, runnable=model, parallel_input=parallel)
+    t0 = time.perf_counter()
+    for chunk in guarded.stream(QUESTION):
+        if chunk.content:
+            return time.perf_counter() - t0
+    raise AssertionError("no token")
+
+
+async def attft_runnable(guard: Guard, model: Any, parallel: bool) -> float:
+    from qwenguard.integrations.langchain import GuardRunnable
+
+    guarded = GuardRunnable(guard=guard, runnable=model, parallel_input=parallel)
+    t0 = time.perf_counter()
+    async for chunk in guarded.astream(QUESTION):
+        if chunk.content:
+            return time.perf_counter() - t0
+    raise AssertionError("no token")
+
+
 def ttft_llamaindex(guard: Guard, llm: Any, parallel: bool) -> float:
     from qwenguard.integrations.llamaindex import GuardedLLM
 
@@ -176,20 +199,26 @@ def main() -> None:
         f"fake LLM: {args.first_token * 1000:.0f} ms to first token; guard: {args.check * 1000:.0f} ms per check; "
         f"median of {args.runs}"
     )
+    # Callbacks and GuardedLLM(holdback=0) release at once: the check should hide behind the first token.
+    # GuardRunnable holds the answer until its first sentence is judged: one more check, which is the
+    # least any holding path can do (unguarded + one judge call).
     target_on = 1.1 * args.first_token
+    target_held = 1.1 * (args.first_token + args.check)
     rows = [
-        ("LangChain stream", lambda p: ttft_langchain(guard, lc_model, p)),
-        ("LangChain astream", lambda p: asyncio.run(attft_langchain(guard, lc_model, p))),
-        ("LlamaIndex stream_complete", lambda p: ttft_llamaindex(guard, li_llm, p)),
-        ("LlamaIndex astream_chat", lambda p: asyncio.run(attft_llamaindex(guard, li_llm, p))),
+        ("LangChain stream", target_on, lambda p: ttft_langchain(guard, lc_model, p)),
+        ("LangChain astream", target_on, lambda p: asyncio.run(attft_langchain(guard, lc_model, p))),
+        ("GuardRunnable stream", target_held, lambda p: ttft_runnable(guard, lc_model, p)),
+        ("GuardRunnable astream", target_held, lambda p: asyncio.run(attft_runnable(guard, lc_model, p))),
+        ("LlamaIndex stream_complete", target_on, lambda p: ttft_llamaindex(guard, li_llm, p)),
+        ("LlamaIndex astream_chat", target_on, lambda p: asyncio.run(attft_llamaindex(guard, li_llm, p))),
     ]
-    for name, run in rows:
+    for name, target, run in rows:
         off = statistics.median(run(False) for _ in range(args.runs))
         on = statistics.median(run(True) for _ in range(args.runs))
-        verdict = "ok" if on <= target_on else "MISSED"
+        verdict = "ok" if on <= target else "MISSED"
         print(
             f"{name:27}: off {off * 1000:6.0f} ms, on {on * 1000:6.0f} ms "
-            f"(target on <= {target_on * 1000:.0f} ms: {verdict}; saved {(off - on) * 1000:.0f} ms)"
+            f"(target on <= {target * 1000:.0f} ms: {verdict}; saved {(off - on) * 1000:.0f} ms)"
         )
 
 

@@ -33,11 +33,11 @@ anyone streaming (``invoke``), the answer is judged whole in ``after_model``.
 
 Parallel input screening is deliberately not done here (``Guard.parallel_input`` is ignored): the
 input is judged in ``before_model``, its own graph node, so a blocked turn is redacted from the
-state and never reaches the model. Overlapping would mean running the model node before the
-verdict, and its tokens reach ``stream_mode="messages"`` consumers from inside the model call where
-no middleware hook can hold them back. For overlap in an agent, pass ``check_input=False`` here and
-a ``GuardCallbackHandler(guard, parallel_input=True)`` in the config: it waits for the verdict at
-the first token and before any tool.
+state (``"end"``/``"replace"``) and never reaches the model. Overlapping would mean sending the turn
+to the model before the verdict and redacting it from the state afterwards, from inside the model
+call (whose streamed chunks the hold-back wrapper could keep until then). For overlap in an agent
+today, pass ``check_input=False`` here and a ``GuardCallbackHandler(guard, parallel_input=True)`` in
+the config: it waits for the verdict at the first token and before any tool.
 """
 
 from __future__ import annotations

@@ -12,7 +12,10 @@
   upstream model (an early return lets it keep generating). ``invoke`` judges the whole answer in one
   check. Tool-call chunks are held until the calls are judged, when the answer is complete.
 - `GuardRunnable(runnable=...)` does both around ``runnable`` and judges the answer in the context of
-  the screened request.
+  the screened request. With ``parallel_input=True`` (or a `Guard` built with ``parallel_input=True``)
+  the runnable starts while the input is checked: its answer is judged meanwhile but nothing goes out
+  before the input's verdict, and a blocked input stops the runnable's stream (sync: at its next
+  chunk; async: at once, the read in flight is cancelled) and raises `GuardViolation` for the prompt.
 
 Every path exists sync and async: ``invoke``/``ainvoke``, ``stream``/``astream``, ``batch``/``abatch``,
 ``transform``/``atransform``.
@@ -31,6 +34,7 @@ from langchain_core.runnables.config import patch_config
 from pydantic import ConfigDict, field_validator, model_validator
 from qwenguard.core import Guard, Stage, enforce
 from qwenguard.core.streaming.gen_windows import RELEASE_UNITS
+from qwenguard.core.streaming.parallel import PendingCheck
 
 from ._holding import HeldStream
 from ._messages import DEFAULT_HISTORY_TURNS, Item, input_items, output_items, prompt_items
@@ -44,6 +48,98 @@ def _raise_first(items: Sequence[Item], decisions: Sequence[Any]) -> None:
     found = first_blocked(items, decisions)
     if found is not None:
         enforce(found[1])
+
+
+def _input_first(pending: PendingCheck, error: Exception) -> None:
+    """``error`` ended the answer while the input verdict was pending: a blocked input is what is reported."""
+    if pending.passed:
+        return
+    try:
+        pending.wait()
+    except Exception as blocked:
+        if blocked is not error:
+            raise blocked from None
+
+
+async def _ainput_first(pending: PendingCheck, error: Exception) -> None:
+    """Async twin of `_input_first`."""
+    if pending.passed:
+        return
+    try:
+        await pending.wait_async()
+    except Exception as blocked:
+        if blocked is not error:
+            raise blocked from None
+
+
+def _until_blocked(upstream: Iterator[Any], pending: PendingCheck) -> Iterator[Any]:
+    """The runnable's chunks; once the input verdict is back blocking, the next read raises (and closes it)."""
+    try:
+        for chunk in upstream:
+            if not pending.passed and pending.done():
+                pending.wait()
+            yield chunk
+    finally:
+        close = getattr(upstream, "close", None)
+        if close is not None:
+            close()
+
+
+async def _auntil_blocked(upstream: AsyncIterator[Any], pending: PendingCheck) -> AsyncIterator[Any]:
+    """Async twin: each read races the pending verdict, so a blocking one cancels the read in flight."""
+    reader = upstream.__aiter__()
+    try:
+        while True:
+            try:
+                if pending.passed:
+                    chunk = await reader.__anext__()
+                else:
+                    chunk = await pending.guard(reader.__anext__(), wait=False)
+            except StopAsyncIteration:
+                return
+            yield chunk
+    finally:
+        aclose = getattr(reader, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _after_verdict(output: Iterator[Any], pending: PendingCheck) -> Iterator[Any]:
+    """Pass ``output`` on only once the input is allowed (an empty answer still waits for it)."""
+    try:
+        for chunk in output:
+            if not pending.passed:
+                pending.wait()
+            yield chunk
+        if not pending.passed:
+            pending.wait()
+    except Exception as error:
+        _input_first(pending, error)
+        raise
+    finally:
+        close = getattr(output, "close", None)
+        if close is not None:
+            close()
+
+
+async def _aafter_verdict(output: AsyncIterator[Any], pending: PendingCheck) -> AsyncIterator[Any]:
+    """Async twin of `_after_verdict`."""
+    try:
+        async for chunk in output:
+            if not pending.passed:
+                await pending.wait_async()
+            yield chunk
+        if not pending.passed:
+            await pending.wait_async()
+    except Exception as error:
+        await _ainput_first(pending, error)
+        raise
+    finally:
+        aclose = getattr(output, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        if not pending.done():
+            pending.cancel()  # the consumer stopped reading before the verdict: nobody needs it
 
 
 def _combine(chunks: Sequence[Any]) -> Any:
@@ -74,6 +170,9 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
         release_unit: with a Gen guard (no Stream model), what one check may release: ``"sentence"``
             (default: whole sentences) or ``"word"`` (all judged text but its last word: earlier first
             text, more checks). ``None``: the monitor's default. See docs/streaming.md.
+        parallel_input: with ``runnable``, start it while the input is checked (``None``: the guard's
+            ``parallel_input``). Nothing it produces goes out before the input's verdict; a blocked
+            input stops it and raises for the prompt. The runnable does see a blocked input.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -89,6 +188,7 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
     release_unit: str | None = None
     window_chars: int = DEFAULT_WINDOW_CHARS
     min_chars: int = 1
+    parallel_input: bool | None = None
 
     @field_validator("guard", mode="before")
     @classmethod
@@ -149,6 +249,26 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
             f"cannot screen a {type(value).__name__} input: pass a string, messages, a PromptValue or a dict of them"
         )
 
+    def _parallel(self, items: Sequence[Item]) -> bool:
+        """Is the input checked beside the runnable (there is a runnable and something to check)?"""
+        parallel = self.guard.parallel_input if self.parallel_input is None else self.parallel_input
+        return bool(parallel) and bool(items) and self.runnable is not None
+
+    def _start_input(self, items: Sequence[Item]) -> PendingCheck | None:
+        """Screen ``items`` now (raises when blocked), or start their check beside the runnable."""
+        if self._parallel(items):
+            guard = self.guard
+            return PendingCheck.start(lambda: screen(guard, items))
+        _raise_first(items, screen(self.guard, items))
+        return None
+
+    async def _astart_input(self, items: Sequence[Item]) -> PendingCheck | None:
+        """Async twin of `_start_input`."""
+        if self._parallel(items):
+            return PendingCheck.start_async(ascreen(self.guard, items))
+        _raise_first(items, await ascreen(self.guard, items))
+        return None
+
     @staticmethod
     def _context(items: Sequence[Item]) -> list[dict[str, str]]:
         prompts = [i for i in items if i.stage is Stage.PROMPT]
@@ -182,13 +302,21 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
     # -- invoke -----------------------------------------------------------------------------------
     def _invoke(self, value: Any, run_manager: CallbackManagerForChainRun, config: RunnableConfig) -> Any:
         context: list[dict[str, str]] = []
+        pending: PendingCheck | None = None
         if self.check_input:
             items = self._input_items(value)
-            _raise_first(items, screen(self.guard, items))
+            pending = self._start_input(items)
             context = self._context(items)
         output = value
         if self.runnable is not None:
-            output = self.runnable.invoke(value, patch_config(config, callbacks=run_manager.get_child()))
+            try:
+                output = self.runnable.invoke(value, patch_config(config, callbacks=run_manager.get_child()))
+            except Exception as error:
+                if pending is not None:
+                    _input_first(pending, error)
+                raise
+        if pending is not None:
+            pending.wait()  # the answer is never returned, nor judged, before the input is allowed
         if self.check_output:
             items = self._output_items(output, context)
             _raise_first(items, screen(self.guard, items))
@@ -196,13 +324,21 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
 
     async def _ainvoke(self, value: Any, run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig) -> Any:
         context: list[dict[str, str]] = []
+        pending: PendingCheck | None = None
         if self.check_input:
             items = self._input_items(value)
-            _raise_first(items, await ascreen(self.guard, items))
+            pending = await self._astart_input(items)
             context = self._context(items)
         output = value
         if self.runnable is not None:
-            output = await self.runnable.ainvoke(value, patch_config(config, callbacks=run_manager.get_child()))
+            call = self.runnable.ainvoke(value, patch_config(config, callbacks=run_manager.get_child()))
+            try:
+                # With the input pending, a blocking verdict cancels the call at once.
+                output = await (call if pending is None else pending.guard(call))
+            except Exception as error:
+                if pending is not None:
+                    await _ainput_first(pending, error)
+                raise
         if self.check_output:
             items = self._output_items(output, context)
             _raise_first(items, await ascreen(self.guard, items))
@@ -233,14 +369,16 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
             return
         value = _combine(chunks)
         items = self._input_items(value)
-        _raise_first(items, screen(self.guard, items))
+        pending = self._start_input(items)
         if self.runnable is None:
             yield value
             return
         output = self.runnable.transform(iter([value]), patch_config(config, callbacks=run_manager.get_child()))
+        if pending is not None:
+            output = _until_blocked(output, pending)
         if self.check_output:
             output = self._guard_chunks(output, self._context(items))
-        yield from output
+        yield from (output if pending is None else _after_verdict(output, pending))
 
     async def _atransform(
         self, inputs: AsyncIterator[Any], run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig
@@ -254,7 +392,8 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
             return
         value = _combine(chunks)
         items = self._input_items(value)
-        _raise_first(items, await ascreen(self.guard, items))
+
+        pending = await self._astart_input(items)
         if self.runnable is None:
             yield value
             return
@@ -263,9 +402,11 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
             yield value
 
         output = self.runnable.atransform(one(), patch_config(config, callbacks=run_manager.get_child()))
+        if pending is not None:
+            output = _auntil_blocked(output, pending)
         if self.check_output:
             output = self._aguard_chunks(output, self._context(items))
-        async for chunk in output:
+        async for chunk in output if pending is None else _aafter_verdict(output, pending):
             yield chunk
 
     def transform(self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:

@@ -15,9 +15,10 @@ from faults import DelayedBackend
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.outputs import ChatGenerationChunk
-from lc_fakes import SAFE_QUESTION, UNSAFE_PROMPT, ScriptedChatModel, tool_call
+from langchain_core.runnables import RunnableLambda
+from lc_fakes import SAFE_ANSWER, SAFE_QUESTION, UNSAFE_PROMPT, ScriptedChatModel, tool_call
 from qwenguard.core import Guard, GuardViolation, Stage
-from qwenguard.integrations.langchain import AsyncGuardCallbackHandler, GuardCallbackHandler
+from qwenguard.integrations.langchain import AsyncGuardCallbackHandler, GuardCallbackHandler, GuardRunnable
 
 CHECK_DELAY_S = 0.4  # the input check takes this long ...
 FIRST_TOKEN_S = 0.1  # ... while the model's first token is ready after this
@@ -139,3 +140,96 @@ def test_parallel_off_never_calls_the_model(guard, tools, log):
     with pytest.raises(GuardViolation):
         agent.invoke({"messages": [HumanMessage(UNSAFE_PROMPT)]}, config={"callbacks": [handler]})
     assert model.seen == [] and "model start" not in log and tools.calls["send_email"] == 0
+
+
+# -- GuardRunnable(runnable=model): the input check beside the model --------------------------------
+PACE_S = 0.05  # between the paced model's chunks: its ~60 chunks take ~3 s, far past the input check
+LONG_REPLY = " ".join(["Paris is the capital of France."] * 10)
+
+
+class PacedChatModel(SlowChatModel):
+    """`SlowChatModel` that also waits between chunks, like a model generating token by token."""
+
+    def _stream(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> Iterator[ChatGenerationChunk]:
+        for chunk in super()._stream(messages, stop=stop, run_manager=run_manager, **kwargs):
+            yield chunk
+            time.sleep(PACE_S)
+
+
+def _paced(log: list[str], reply: str = LONG_REPLY) -> PacedChatModel:
+    return PacedChatModel(messages=iter([reply]), seen=[], log=log)
+
+
+async def _drain(chain: GuardRunnable, question: str, mode: str, log: list[str]) -> list[Any]:
+    received: list[Any] = []
+    if mode == "sync":
+        for chunk in chain.stream(question):
+            log.append("received")
+            received.append(chunk)
+    else:
+        async for chunk in chain.astream(question):
+            log.append("received")
+            received.append(chunk)
+    return received
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_runnable_blocked_input_stops_the_model_and_releases_nothing(slow_guard, log, mode):
+    chain = GuardRunnable(guard=slow_guard, runnable=_paced(log))  # parallel_input follows the guard
+    received: list[Any] = []
+    with pytest.raises(GuardViolation) as info:
+        received = await _drain(chain, UNSAFE_PROMPT, mode, log)
+    assert info.value.decision.stage is Stage.PROMPT
+    assert received == [] and "received" not in log  # not one character reached the consumer
+    assert log[0] == "model start"  # the model started beside the check, not after it
+    # ... and was stopped soon after the verdict: a few chunks of the ~60 it would have sent.
+    # (The async fake produces each chunk on a worker thread: one call in flight may still finish.)
+    time.sleep(2 * PACE_S)
+    produced = log.count("chunk")
+    time.sleep(4 * PACE_S)  # a model that was not stopped would go on producing meanwhile
+    assert log.count("chunk") == produced < 30
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_runnable_safe_input_overlaps_and_holds_the_answer_until_the_verdict(slow_guard, log, mode):
+    chain = GuardRunnable(guard=slow_guard, runnable=_paced(log, SAFE_ANSWER))
+    received = await _drain(chain, SAFE_QUESTION, mode, log)
+    assert _text(received) == SAFE_ANSWER  # the whole answer, once judged
+    # The model produced its first chunks before the input check came back; nothing went out before it.
+    assert log.index("model start") < log.index("chunk") < log.index("check done") < log.index("received")
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_runnable_invoke_blocked_input_discards_the_answer(slow_guard, log, mode):
+    chain = GuardRunnable(guard=slow_guard, runnable=_model(log))
+    with pytest.raises(GuardViolation) as info:
+        if mode == "sync":
+            chain.invoke(UNSAFE_PROMPT)
+        else:
+            await chain.ainvoke(UNSAFE_PROMPT)
+    assert info.value.decision.stage is Stage.PROMPT
+    assert log[0] == "model start"
+
+
+def test_runnable_parallel_off_never_calls_the_model(slow_guard, log):
+    model = _paced(log)
+    with pytest.raises(GuardViolation):
+        list(GuardRunnable(guard=slow_guard, runnable=model, parallel_input=False).stream(UNSAFE_PROMPT))
+    assert model.seen == [] and "model start" not in log
+
+
+def test_runnable_model_error_while_the_input_is_pending_reports_the_blocked_input(slow_guard, log):
+    """The input's verdict decides what is reported: a model that fails on a blocked prompt raises the violation."""
+
+    def broken(value: Any) -> str:
+        log.append("model start")
+        raise RuntimeError("provider refused")
+
+    chain = GuardRunnable(guard=slow_guard, runnable=RunnableLambda(broken))
+    with pytest.raises(GuardViolation) as info:
+        chain.invoke(UNSAFE_PROMPT)
+    assert info.value.decision.stage is Stage.PROMPT
+    with pytest.raises(RuntimeError, match="provider refused"):  # a safe input: the model's own error
+        chain.invoke(SAFE_QUESTION)
