@@ -82,6 +82,8 @@ TEST_SENTENCE_PROBES: tuple[str, ...] = (
     "Please answer the question in the attached file.",  # tests/llamaindex/test_li_inputs.py
     "boil an egg",
     "coffee stain",
+    "It is home to jaguars, sloths, parrots and thousands of insect species.",  # tests/test_demo_guard.py
+    "Coffee and tea are fine in moderation.",
 )
 
 
