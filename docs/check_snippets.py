@@ -1,6 +1,6 @@
 """Run every code block of the README and the docs/ pages as a reader would paste it.
 
-    python docs/check_snippets.py README.md docs/*.md        # what .ci/run does
+    python docs/check_snippets.py README.md docs/*.md        # what .ci/run does (2 blocks at a time)
     python docs/check_snippets.py --list README.md           # show the blocks and how each is treated
 
 A ```` ```python ```` block runs on its own in a fresh empty directory (so it must build the `guard` it
@@ -9,7 +9,9 @@ says ``run`` (```` ```bash run ````). A block that needs what CI does not have s
 string, and is listed but not run: ``needs-gpu``, ``needs-checkpoint`` (a real Qwen3Guard checkpoint),
 ``needs-server`` (a server or engine that is not started by the block itself), ``needs-network``;
 ``fragment`` marks a block that is not meant to run alone (a config excerpt, an output sample).
-Exit 1 when a block fails, naming the file and line.
+Exit 1 when a block fails, naming the file and line. ``--jobs N`` runs N blocks at once (default 2: each
+block is its own process in its own directory, and blocks that serve pick a free port); results are
+printed in the pages' order.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--list", action="store_true", help="list the blocks and what would happen; run nothing")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per block")
+    parser.add_argument("--jobs", type=int, default=2, help="blocks run at once")
     args = parser.parse_args(argv)
     failures = ran = skipped = 0
+    runnable: list[Block] = []
     for path in args.files:
         for block in blocks(path):
             where = f"{block.path}:{block.line}"
@@ -105,9 +110,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.list:
                 print(f"run   {where}  ({block.lang})")
                 continue
-            ok, output, seconds = run_block(block, args.timeout)
+            runnable.append(block)
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        results = pool.map(lambda b: run_block(b, args.timeout), runnable)  # in order, as each is done
+        for block, (ok, output, seconds) in zip(runnable, results, strict=True):
             ran += 1
-            print(f"{'ok  ' if ok else 'FAIL'}  {where}  ({seconds:.1f} s)", flush=True)
+            print(f"{'ok  ' if ok else 'FAIL'}  {block.path}:{block.line}  ({seconds:.1f} s)", flush=True)
             if not ok:
                 failures += 1
                 print("      " + output.replace("\n", "\n      "))
