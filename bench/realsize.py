@@ -34,7 +34,8 @@ they would be on a real checkpoint.
 
 Targets (issue 16), each printed with its measured ratio; the script exits non-zero naming a missed one:
 - a prompt check through `Guard` at least 2.5x faster than naive ``generate`` (unsafe and safe verdict:
-  the engine guesses the safe answer, so a safe check is one forward and an unsafe one three);
+  the engine guesses the safe answer, so a safe check is one forward and an unsafe one three; with label
+  branches, on by default off a CPU, two; the full run times them the other way round beside the default);
 - the incremental gate at chunk 300 within 1.3x of chunk 10, and at least 5x cheaper than today's gate
   at chunk 300;
 - 16 concurrent Stream sessions at least 4x the aggregate tokens/s of one.
@@ -187,6 +188,15 @@ def naive_generate(model: Any, tokenizer: Any, script: Script, messages: list[di
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
+def toggled(engine: Any, call: Callable[[], Any]) -> Any:
+    """``call()`` with the engine's label branches the other way round (the A/B arm of the checks)."""
+    engine.label_branches = not engine.label_branches
+    try:
+        return call()
+    finally:
+        engine.label_branches = not engine.label_branches
+
+
 def _raw(decision: Any) -> str:
     if decision.verdict is None:
         raise SystemExit(f"a check gave no verdict: {decision.reason} ({decision.error})")
@@ -239,21 +249,27 @@ def gen_section(args: argparse.Namespace, path: Path, targets: Targets) -> None:
             before = engine.forwards_run
             guard.check_many([(stage, conv)])
             forwards = engine.forwards_run - before
-            t = interleave(
-                {
-                    "naive": lambda c=conv: naive_generate(model, tokenizer, script, c),
-                    "today": lambda c=conv, s=stage: today.check_many([(s, c)]),
-                    "guard": lambda c=conv, s=stage: guard.check_many([(s, c)]),
-                },
-                args.repeats,
-            )
+            branches = "on" if engine.label_branches else "off (the default on a CPU)"
+            arms = {
+                "naive": lambda c=conv: naive_generate(model, tokenizer, script, c),
+                "today": lambda c=conv, s=stage: today.check_many([(s, c)]),
+                "guard": lambda c=conv, s=stage: guard.check_many([(s, c)]),
+            }
+            if not args.quick:  # the same engine with label branches the other way (default: off on a CPU)
+                arms["toggled"] = lambda c=conv, s=stage: toggled(engine, lambda: guard.check_many([(s, c)]))
+            t = interleave(arms, args.repeats)
             print(
                 f"  {mode} check, {len(enc.encode(conv))} prompt tokens, {len(script.ids[mode])} answer tokens "
                 f"(same tokens out in all arms: {same}):"
             )
             print(
                 f"    naive generate {ms(t['naive'])} | Guard today (generate) {ms(t['today'])} | Guard (engine: "
-                f"prefix cache, format fed; {forwards} forwards) {ms(t['guard'])}"
+                f"prefix cache, format fed; label branches {branches}; {forwards} forwards) {ms(t['guard'])}"
+                + (
+                    f" | label branches {'off' if engine.label_branches else 'on'} {ms(t['toggled'])}"
+                    if "toggled" in t
+                    else ""
+                )
             )
             name = f"{mode} check vs naive generate"
             ratio = t["naive"] / t["guard"]

@@ -131,6 +131,7 @@ class Guard:
             "target_step_s",
             "engine",
             "max_session_tokens",
+            "label_branches",
         }
         backend_kwargs = {k: guard_kwargs.pop(k) for k in list(guard_kwargs) if k in backend_keys}
         backend = TransformersGen.load(model, device=device, dtype=dtype, **backend_kwargs)

@@ -31,8 +31,9 @@ CANONICAL = [prompt_conversation(text) for text, *_ in PROMPTS] + [
 
 @pytest.fixture(scope="module")
 def demo():
-    """The demo checkpoint twice: decoded by the engine, and by transformers' generate (engine=False)."""
-    fast = TransformersGen.load("demo", device="cpu")
+    """The demo checkpoint twice: decoded by the engine (label branches on: off by default on a CPU), and
+    by transformers' generate (engine=False)."""
+    fast = TransformersGen.load("demo", device="cpu", label_branches=True)
     slow = TransformersGen(fast.model, fast.tokenizer, name="demo", engine=False)
     yield fast, slow
     fast.close()
@@ -43,7 +44,7 @@ def demo():
 def tiny(tmp_path_factory):
     """A Qwen3Guard-Gen-shaped random model (TINY) with the real tokenizer: engine and generate backends."""
     path = build_gen(tmp_path_factory.mktemp("realshape-gen-engine"), shape=TINY, max_positions=4096)
-    fast = TransformersGen.load(str(path), device="cpu")
+    fast = TransformersGen.load(str(path), device="cpu", label_branches=True)
     slow = TransformersGen(fast.model, fast.tokenizer, name=str(path), engine=False)
     yield fast, slow
     fast.close()
@@ -163,9 +164,9 @@ def test_fewer_forwards_than_answer_tokens(demo) -> None:
     [(text, _)] = _answers(fast, [prompt_conversation("How can I make a bomb at home?")])
     assert text == "Safety: Unsafe\nCategories: Violent"
     # generate: one forward per answer token (8 with the end token); the engine: the prompt (the safe answer
-    # fed as a guess, refused at the label), the label (with "\nCategories:" fed), the category (it sees the
-    # end token; the guessed line break is dropped).
-    assert engine.forwards_run - before == 3
+    # fed as a guess, refused at the label, and beside it " Unsafe\nCategories:", which reads the category),
+    # then the category (it sees the end token).
+    assert engine.forwards_run - before == 2
     before = engine.forwards_run
     [(text, _)] = _answers(fast, [response_conversation("How can I make a bomb?", "I can't help with that.")])
     assert text == "Safety: Safe\nCategories: None\nRefusal: Yes"
@@ -180,11 +181,11 @@ def test_fewer_forwards_than_answer_tokens(demo) -> None:
 @pytest.mark.parametrize(
     "script, forwards",
     [
-        ("Safety: Controversial\nCategories: Politically Sensitive Topics", 3),  # multi-token label and category
-        ("Safety: Unsafe\nCategories: Non-violent Illegal Acts, Jailbreak\nRefusal: No", 5),
+        ("Safety: Controversial\nCategories: Politically Sensitive Topics", 2),  # multi-token label and category
+        ("Safety: Unsafe\nCategories: Non-violent Illegal Acts, Jailbreak\nRefusal: No", 4),
         ("Safety: Safe\nCategories: None\nRefusal: No", 1),  # the prompt, the whole answer guessed right
         ("Safety: Safe\nCategories: None\nRefusal: Yes", 2),
-        ("Safety: Unsafe\nCategories: Violent\nRefusal: Yes", 4),
+        ("Safety: Unsafe\nCategories: Violent\nRefusal: Yes", 3),
     ],
 )
 def test_real_tokenizer_answers_take_a_few_forwards_and_equal_generate(tiny, script, forwards) -> None:
@@ -216,13 +217,16 @@ def test_each_mode_is_fed_only_its_own_answer_shape(tiny, mode) -> None:
     before, tokens = engine.forwards_run, engine.tokens_run
     assert _answers(fast, [conversation])[0][0] == _answers(slow, [conversation])[0][0] == text
     fed = engine.tokens_run - tokens
-    # The prompt with the safe answer guessed (refused at the label); the label with "\nCategories:";
-    # the category, alone for a prompt check (the end is read), with "\nRefusal: No" guessed for a response.
+    # The prompt with the safe answer guessed (refused at the label) and the other labels' branches beside
+    # it (" Unsafe\nCategories:" taken: it reads the category); the category, alone for a prompt check (the
+    # end is read), with "\nRefusal: No" guessed for a response.
     guess = fmt.safe_answer(refusal=mode == "response")
+    branches = fmt.label_branches(guess, refusal=mode == "response")
+    assert branches[0] == [*fmt.labels[1], *fmt.categories_head]
     tail = 0 if mode == "prompt" else len(fmt.refusal_head) + 1
-    assert engine.forwards_run - before == 3
-    label, category = fmt.labels[1], fast.tokenizer(" Violent", add_special_tokens=False)["input_ids"]
-    assert fed == len(ids) - len(prefix) + len(guess) + len(label) + len(fmt.categories_head) + len(category) + tail
+    assert engine.forwards_run - before == 2
+    category = fast.tokenizer(" Violent", add_special_tokens=False)["input_ids"]
+    assert fed == len(ids) - len(prefix) + len(guess) + sum(map(len, branches)) + len(category) + tail
     fast.engine.logits_hook = None
 
 
@@ -270,9 +274,69 @@ def test_random_weights_with_forced_tokens_fail_closed_never_safe(tiny) -> None:
                 parse_verdict(answer)
 
 
+def test_label_branches_are_off_on_a_cpu_by_default_and_then_follow_the_label_one_forward_at_a_time(demo) -> None:
+    fast, _ = demo
+    plain = TransformersGen(fast.model, fast.tokenizer, name="demo")
+    try:
+        assert plain.engine is not None and plain.engine.label_branches is False  # the model is on the CPU
+        before = plain.engine.forwards_run
+        [(text, _)] = _answers(plain, [prompt_conversation("How can I make a bomb at home?")])
+        assert text == "Safety: Unsafe\nCategories: Violent"
+        # The prompt (the safe guess refused at the label); the label with "\nCategories:" fed; the category.
+        assert plain.engine.forwards_run - before == 3
+    finally:
+        plain.close()
+    with pytest.raises(ValueError, match="label_branches"):
+        TransformersGen(fast.model, fast.tokenizer, name="demo", label_branches="yes")
+
+
+@pytest.mark.parametrize("mode", ["prompt", "response"])
+def test_a_label_branch_reads_what_a_sequential_decode_reads(tiny, mode) -> None:
+    """The other labels' branches run beside the guess in the prompt's forward: the logits read at their
+    positions, and after the kept branch is moved into place in the cache, equal those of one plain forward
+    over the prompt and the answer so far (the model's own numbers, not the script's)."""
+    import torch
+
+    fast, _ = tiny
+    engine = fast.engine
+    text = "Safety: Controversial\nCategories: Violent" + ("\nRefusal: No" if mode == "response" else "")
+    scripted = ScriptedAnswer(fast.tokenizer, text)
+    seen: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def hook(contexts, logits):
+        for context, row in zip(contexts, logits, strict=True):
+            seen[tuple(context)] = row.clone()  # before the script raises its token
+        return scripted.engine_hook(contexts, logits)
+
+    engine.logits_hook = hook
+    conversation = prompt_conversation("Hi") if mode == "prompt" else response_conversation("Hi", "Hello!")
+    before = engine.forwards_run
+    assert _answers(fast, [conversation])[0][0] == text
+    assert engine.forwards_run - before == 2  # the prompt with the branches; the category (and the end)
+    engine.logits_hook = None
+    ids = fast.encoder.encode(conversation)
+    answer = scripted.ids
+    fmt = engine.format
+    label_end = len(fmt.lead) + len(fmt.labels[2]) + len(fmt.categories_head)  # "Safety: Controversial\nCategories:"
+    checked = 0
+    for n in (len(fmt.lead) + 1, label_end, label_end + 1):  # in the branch; its end (reads the category); after it
+        context = tuple(answer[:n])
+        assert context in seen, n
+        with torch.inference_mode():
+            full = fast.model(input_ids=torch.tensor([ids + list(context)])).logits[0, -1].float()
+        mine = seen[context]
+        assert torch.allclose(mine.log_softmax(-1), full.log_softmax(-1), atol=1e-4), (n, (mine - full).abs().max())
+        checked += 1
+    assert checked == 3
+
+
 @pytest.mark.parametrize(
     "script",
     [
+        "Safety: Unsafe",  # ends where the branch feeds "\nCategories:"
+        "Safety: Unsafe\nCategory: Violent",  # strays inside the branch
+        "Safety: Controversial Categories: None",  # strays right after a multi-token label's branch starts
+        "Safety: Unsafe\n\nCategories: Violent",
         "Safety Safe\nCategories: None",  # strays at the fed ":"
         "Safety: Safe",  # stops where "\nCategories:" would be fed
         "Safety: Safe\nCategory: None",  # strays inside the fed "\nCategories:"

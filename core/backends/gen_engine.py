@@ -12,9 +12,13 @@ with three savings, none of which changes it:
    boundary, or a template that differs, simply gets no cache: checked per prompt).
 2. **Format tokens fed, not generated** (`gen_format.VerdictFormat`). The prompt goes in with the whole
    safe answer as a guess (``Safety: Safe`` / ``Categories: None``, and ``Refusal: No`` in response
-   moderation, whose answers have that line): a safe check is one forward. Where the guess fails, the model's label is taken and, once a label is written, the line
-   break + ``Categories:`` go in with it in one forward; ``Refusal:`` with the line break that ends the
-   categories. The model's own choice is read at every fed position:
+   moderation, whose answers have that line): a safe check is one forward. Beside the guess, in the same
+   forward, run the other labels' ways on (`` Unsafe`` / `` Controversial`` + ``\nCategories:``, each
+   placed right after ``Safety:`` by its positions and attention mask, seeing nothing of the guess): a
+   check whose label is not the guessed one takes that branch, which is moved into place in the cache,
+   and reads its first category there, so an unsafe prompt check is two forwards. Later, the rest of a
+   label or category name and ``Refusal:`` go in with the token before them in one forward. The model's
+   own choice is read at every fed position:
    where it differs, its choice is taken, the unconfirmed tokens are dropped from the cache, and greedy
    decoding goes on from there, so the answer is always exactly the greedy answer. An answer whose first
    line can no longer parse (`gen_format.hopeless`) stops at once: it fails closed either way.
@@ -145,6 +149,10 @@ class _Row:
     done: bool = False
     session: SessionStep | None = None
     refusal: bool = True  # the answer has a refusal line (response moderation): guess it after the categories
+    # The other labels' ways on, run beside the guess in the same forward (`VerdictFormat.label_branches`):
+    # they continue the fed tokens after the first `fork` format tokens (``Safety:``).
+    branches: list[list[int]] = field(default_factory=list)
+    fork: int = 0
 
 
 class GenEngine:
@@ -166,6 +174,7 @@ class GenEngine:
         label_tokens: tuple[list[int], dict[Risk, int]] | None,
         force_format: bool = True,
         max_session_tokens: int | None = None,
+        label_branches: bool | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -179,6 +188,14 @@ class GenEngine:
         # check is safe (a small forward reads every weight; on a CPU one costs about as much as 30 prompt
         # tokens at 0.6B, on a GPU as much as a short prompt).
         self._opening_guess = {r: self.format.safe_answer(refusal=r) if self.format else [] for r in (False, True)}
+        #: Run the other labels' branches beside a guessed answer: about ten positions more in its forward,
+        #: and a check whose label is not the guessed one saves a whole forward. Default: on where extra
+        #: positions in a forward are nearly free (a GPU), off on a CPU, where a large model's forward costs in
+        #: proportion to its tokens (at 0.6B: +5-8% per safe check, -10% per unsafe one; docs/guard.md).
+        if label_branches is None:
+            device = getattr(getattr(model, "device", None), "type", "cpu")
+            label_branches = device != "cpu"
+        self.label_branches = label_branches
         self.layers = int(model.config.num_hidden_layers)
         # Longest first: a prompt takes the longest prefix it starts with. With each: its cache (built on
         # first use) and whether its mode's answer has a refusal line (response moderation).
@@ -289,10 +306,16 @@ class GenEngine:
         tokens = [t for t in row.answer if t not in self.eos_ids and t != self.pad_id]
         return self.tokenizer.decode(tokens, skip_special_tokens=True), row.probs
 
-    def _start(self, row: _Row, guess: Sequence[int] = ()) -> _Row:
+    def _start(self, row: _Row, guess: Sequence[int] = (), *, branch: bool = True) -> _Row:
         lead = self._forced([], row.refusal)
         if guess and list(guess[: len(lead)]) == lead:  # a guess of the answer (the last one, or the safe one)
             lead = list(guess[: max(0, self.max_new_tokens - 1)])
+            if self.format is not None and self.label_branches and branch:
+                # Never past the token budget: an answer taking a branch holds `fork` + its tokens + one more.
+                fork = len(self.format.lead)
+                room = max(0, self.max_new_tokens - 1 - fork)
+                branches = self.format.label_branches(lead, refusal=row.refusal)
+                row.branches, row.fork = [b[:room] for b in branches if b[:room]], fork
         row.ids = row.ids + lead
         row.forced = len(lead)
         return row
@@ -302,7 +325,7 @@ class GenEngine:
         if base is None:
             cache = SessionCache(self.layers)
         else:
-            cache = _fork(base, len(ids) + self.max_new_tokens + 1)
+            cache = _fork(base, len(ids) + 3 * self.max_new_tokens)  # the answer, and the label branches beside it
             self.prefix_hits += 1
         row = _Row(cache, list(ids[len(prefix) :]), 0, refusal=refusal)
         return self._start(row, self._opening_guess[refusal])
@@ -328,8 +351,10 @@ class GenEngine:
         assert state.cache is not None
         state.cache.length = keep
         state.ids = list(ids[:keep])  # what the cache holds while the step runs
-        guess = [t for t in state.answer if t not in self.eos_ids and t != self.pad_id] or self._opening_guess[refusal]
-        return self._start(_Row(state.cache, list(ids[keep:]), 0, session=step, refusal=refusal), guess)
+        last = [t for t in state.answer if t not in self.eos_ids and t != self.pad_id]
+        row = _Row(state.cache, list(ids[keep:]), 0, session=step, refusal=refusal)
+        # A stream's verdict rarely changes between checks: its last answer is guessed without branches.
+        return self._start(row, last, branch=False) if last else self._start(row, self._opening_guess[refusal])
 
     def _prefix_for(self, ids: list[int]) -> tuple[list[int], SessionCache | None, bool]:
         """The instruction prefix ``ids`` start with, its cache, and whether its answer has a refusal line
@@ -358,22 +383,25 @@ class GenEngine:
         while active:
             # A long prompt goes in slices of PREFILL_CHUNK tokens (bounded attention memory); its slices
             # share forwards with other rows' steps, and only its last slice is read.
-            feeds = [r.ids[: _slice(r)] for r in active]
-            hidden = packed_hidden(self.model.model, [_Feed(r.cache, f) for r, f in zip(active, feeds, strict=True)])
+            device = self.model.model.embed_tokens.weight.device
+            feeds = [_feed(torch, r, r.ids[: _slice(r)], device) for r in active]
+            starts = [r.cache.length for r in active]
+            hidden = packed_hidden(self.model.model, feeds)
             self.forwards_run += 1
-            self.tokens_run += sum(len(f) for f in feeds)
+            self.tokens_run += sum(len(f.ids) for f in feeds)
             # Only the positions whose prediction is read: each row's fed format tokens and its last one.
             picks: list[int] = []
             contexts: list[list[int]] = []
-            reading: list[_Row] = []
+            reading: list[tuple[_Row, int, int, int]] = []  # row, its offset in `hidden`, cache length before, fed
             offset = 0
-            for r, fed in zip(active, feeds, strict=True):
-                end = offset + len(fed)
-                offset = end
-                if len(fed) < len(r.ids):
-                    r.ids = r.ids[len(fed) :]
+            for r, feed, start in zip(active, feeds, starts, strict=True):
+                fed = len(r.ids[: _slice(r)])
+                end = offset + fed
+                row_offset, offset = offset, offset + len(feed.ids)
+                if fed < len(r.ids):
+                    r.ids = r.ids[fed:]
                     continue
-                reading.append(r)
+                reading.append((r, row_offset, start, fed))
                 picks.extend(range(end - r.forced - 1, end))
                 forced = r.ids[len(r.ids) - r.forced :]
                 contexts.extend(r.answer + forced[:j] for j in range(r.forced + 1))
@@ -382,10 +410,13 @@ class GenEngine:
                 if self.logits_hook is not None:
                     logits = self.logits_hook(contexts, logits)
                 choices = logits.argmax(-1).tolist()
+                taken = self._read_branches(torch, hidden, reading, choices)
                 at = 0
-                for r in reading:
+                for r, _, start, fed in reading:
                     n = r.forced + 1
-                    self._advance(r, choices[at : at + n], logits, at, contexts[at : at + n])
+                    self._advance(
+                        r, choices[at : at + n], logits, at, contexts[at : at + n], start + fed, taken.get(id(r))
+                    )
                     at += n
             active = [r for r in active if not r.done]
         for r in rows:
@@ -404,8 +435,58 @@ class GenEngine:
             return torch.mm(weight, hidden.t()).t()
         return head(hidden)
 
-    def _advance(self, row: _Row, choices: list[int], logits: Any, at: int, contexts: list[list[int]]) -> None:
-        """Confirm the fed format tokens against the model's choices, take its next token, plan the next feed."""
+    def _read_branches(
+        self, torch: Any, hidden: Any, reading: list[tuple[_Row, int, int, int]], choices: list[int]
+    ) -> dict[int, tuple[int, list[int]]]:
+        """For each row whose model chose another label than its guess's, where a branch starts with it:
+        that branch's index and the model's choices after each of its tokens (one projection for all)."""
+        taken: dict[int, tuple[int, list[int]]] = {}
+        picks: list[int] = []
+        contexts: list[list[int]] = []
+        at = 0
+        for r, row_offset, _, fed in reading:
+            row_choices, at = choices[at : at + r.forced + 1], at + r.forced + 1
+            if not r.branches:
+                continue
+            forced = r.ids[len(r.ids) - r.forced :]
+            label = row_choices[r.fork]
+            if row_choices[: r.fork] != forced[: r.fork] or label == forced[r.fork]:
+                continue  # the guess holds at the label, or the answer left the format before it
+            index = next((i for i, b in enumerate(r.branches) if b[0] == label), None)
+            if index is None:
+                continue
+            first = row_offset + fed + sum(len(b) for b in r.branches[:index])
+            branch = r.branches[index]
+            picks.extend(range(first, first + len(branch)))
+            contexts.extend(r.answer + forced[: r.fork] + branch[: j + 1] for j in range(len(branch)))
+            taken[id(r)] = (index, [])
+        if picks:
+            logits = self._logits(torch, hidden[picks]).float()
+            if self.logits_hook is not None:
+                logits = self.logits_hook(contexts, logits)
+            branch_choices = logits.argmax(-1).tolist()
+            at = 0
+            for r, _, _, _ in reading:
+                if id(r) in taken:
+                    index = taken[id(r)][0]
+                    n = len(r.branches[index])
+                    taken[id(r)] = (index, branch_choices[at : at + n])
+                    at += n
+        return taken
+
+    def _advance(
+        self,
+        row: _Row,
+        choices: list[int],
+        logits: Any,
+        at: int,
+        contexts: list[list[int]],
+        fed_end: int,
+        taken: tuple[int, list[int]] | None,
+    ) -> None:
+        """Confirm the fed format tokens against the model's choices (or, where the model took another
+        label, the branch that starts with it), take its next token, plan the next feed. ``fed_end``: the
+        cache position after the row's fed tokens (its branches, if any, were appended after them)."""
         forced = row.ids[len(row.ids) - row.forced :]
         confirmed = 0
         while confirmed < len(forced) and choices[confirmed] == forced[confirmed]:
@@ -415,10 +496,24 @@ class GenEngine:
             for j in range(confirmed + 1):
                 if contexts[j] == prefix:
                     row.probs = _label_probs(logits[at + j], firsts)
-        row.answer += forced[:confirmed]
-        if confirmed < len(forced):
-            row.cache.length -= len(forced) - confirmed  # the model wrote something else: drop the rest
-        token = choices[confirmed]
+        if taken is not None:
+            # The model wrote another label: keep the branch that starts with it, as far as the model
+            # follows it, in the cache right after ``Safety:`` (where its positions say it is).
+            index, branch_choices = taken
+            branch = row.branches[index]
+            kept = 1
+            while kept < len(branch) and branch_choices[kept - 1] == branch[kept]:
+                kept += 1
+            fork_end = fed_end - len(forced) + row.fork
+            row.cache.move(fed_end + sum(len(b) for b in row.branches[:index]), fork_end, kept)
+            row.cache.length = fork_end + kept
+            row.answer += forced[: row.fork] + branch[:kept]
+            token = branch_choices[kept - 1]
+        else:
+            row.answer += forced[:confirmed]
+            row.cache.length = fed_end - (len(forced) - confirmed)  # the model wrote something else: drop the rest
+            token = choices[confirmed]
+        row.branches = []
         row.answer.append(token)
         if token in self.eos_ids or len(row.answer) >= self.max_new_tokens or self._hopeless(row.answer):
             row.done = True
@@ -437,6 +532,26 @@ class _Feed:
 
     cache: SessionCache
     ids: list[int]
+    offsets: list[int] | None = None  # positions after the cache (default: in order)
+    visible: Any = None  # which new tokens each new token sees (default: causal)
+
+
+def _feed(torch: Any, row: _Row, ids: list[int], device: Any) -> _Feed:
+    """``row``'s share of the next forward: ``ids`` and, when they complete its prompt, its label branches,
+    each placed after ``Safety:`` (positions and attention) as if it were the only continuation."""
+    if not row.branches or len(ids) < len(row.ids):
+        return _Feed(row.cache, ids)
+    fork_end = len(ids) - row.forced + row.fork
+    size = len(ids) + sum(len(b) for b in row.branches)
+    visible = torch.ones(size, size, dtype=torch.bool).tril()
+    offsets = list(range(len(ids)))
+    start = len(ids)
+    for branch in row.branches:
+        end = start + len(branch)
+        visible[start:end, fork_end:start] = False  # a branch sees the prompt and ``Safety:``, then only itself
+        offsets += range(fork_end, fork_end + len(branch))
+        start = end
+    return _Feed(row.cache, ids + [t for b in row.branches for t in b], offsets, visible.to(device))
 
 
 def _slice(row: _Row) -> int:
@@ -513,4 +628,5 @@ def engine_for(backend: Any, engine: bool | None) -> GenEngine | None:
         max_new_tokens=backend.max_new_tokens,
         label_tokens=backend._label_tokens,
         max_session_tokens=backend.max_session_tokens,
+        label_branches=getattr(backend, "label_branches", None),
     )

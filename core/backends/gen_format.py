@@ -6,7 +6,8 @@ says which tokens to feed next instead of generating them one step each: ``Safet
 rest of a label once its first token is written (`` Cont`` -> ``rovers``, ``ial``), then the line break
 + ``Categories:``; the rest of a category name once its first tokens leave only one known name (`` Viol``
 -> ``ent``); ``Refusal:`` after the line break that ends the categories. The decode engine
-(`gen_engine`) checks the model's own choice at every fed position: where the model would have written
+(`gen_engine`) also runs the other labels' ways on beside its guess (`label_branches`), and checks the
+model's own choice at every fed position: where the model would have written
 something else, its choice wins, the rest is dropped and decoding goes on from there, so the answer is
 exactly the greedy answer whatever is fed (feeding is speculation, verified; a wrong guess costs only
 the positions it occupied in a forward that runs anyway).
@@ -65,6 +66,26 @@ class VerdictFormat:
         the engine's guess of a check's whole answer before it has one (most checks are safe)."""
         tail = [*self.refusal_head, self.no] if refusal and self.no is not None else []
         return [*self.lead, *self.labels[0], *self.categories_head, *self.none, *tail]
+
+    def label_branches(self, guess: Sequence[int], *, refusal: bool) -> list[list[int]]:
+        """The answer's other ways on at the label, for a ``guess`` that starts ``Safety: <label>``: for each
+        other label, its tokens and what the format fixes after it (the line break + ``Categories:``; for
+        ``Safe``, the rest of the safe answer). The engine runs them beside the guess in the prompt's forward,
+        so a check whose label is not the guessed one reads its first category there too. Empty when the
+        guess has no label, or when two labels start with the same token (the label's first token then
+        could not say which way was taken)."""
+        n = len(self.lead)
+        rest = list(guess[n:])
+        if list(guess[:n]) != self.lead or len({label[0] for label in self.labels}) != len(self.labels):
+            return []
+        taken = [i for i, label in enumerate(self.labels) if rest[: len(label)] == label]
+        if not taken:
+            return []
+        return [
+            self.safe_answer(refusal=refusal)[n:] if i == 0 else [*label, *self.categories_head]
+            for i, label in enumerate(self.labels)
+            if i != taken[0]
+        ]
 
     @classmethod
     def for_tokenizer(cls, tokenizer: Any) -> VerdictFormat | None:

@@ -92,6 +92,16 @@ class SessionCache:
         buf_v[:, self.length : end] = v.transpose(0, 1)
         return buf_k[:, :end], buf_v[:, :end]
 
+    def move(self, source: int, target: int, count: int) -> None:
+        """Copy ``count`` positions from ``source`` to ``target`` in every layer (the engine keeps a branch
+        it ran after another one: its keys already carry their positions, so only the slots move)."""
+        if count <= 0 or source == target:
+            return
+        for buffers in (self.keys, self.values):
+            for buf in buffers:
+                if buf is not None:
+                    buf[:, target : target + count] = buf[:, source : source + count].clone()
+
 
 @dataclass(eq=False)
 class StreamStep:
@@ -136,22 +146,27 @@ def _native_gqa(torch: Any) -> bool:
     return (major, minor) >= (2, 5)
 
 
-def _attend(torch: Any, q: Any, k: Any, v: Any, past: int, scaling: float) -> Any:
+def _attend(torch: Any, q: Any, k: Any, v: Any, past: int, scaling: float, visible: Any = None) -> Any:
     """Attention of ``q`` ([n, heads, d]) against one session's ``k``/``v`` ([kv_heads, past + n, d]).
 
-    Query heads sharing a key/value head are folded into the query rows: no K/V copy for grouped heads."""
+    ``visible`` ([n, n] bool, optional): which new tokens each new token sees (default: causal); the
+    cached positions are always visible. Query heads sharing a key/value head are folded into the query
+    rows: no K/V copy for grouped heads."""
     n, heads, dim = q.shape
     kv_heads = k.shape[0]
     groups = heads // kv_heads
     sdpa = torch.nn.functional.scaled_dot_product_attention
     # Inputs are given 4-D (a batch of one): torch's CPU kernel for 4-D inputs is several times faster
     # than its path for 3-D ones, on one token and on a prompt alike.
-    if n == 1:  # the common case, a token step: nothing to mask
+    if visible is not None:
+        mask = torch.cat((torch.ones(n, past, dtype=torch.bool, device=q.device), visible.to(q.device)), dim=1)
+    elif n == 1:  # the common case, a token step: nothing to mask
         out = sdpa(q.reshape(1, kv_heads, groups, dim), k[None], v[None], scale=scaling)
         return out.reshape(1, heads * dim)
-    # Causal over the new tokens, everything cached is visible: new token j sees positions <= past + j.
-    positions = torch.arange(past + n, device=q.device)
-    mask = positions[None, :] <= (past + torch.arange(n, device=q.device))[:, None]
+    else:
+        # Causal over the new tokens, everything cached is visible: new token j sees positions <= past + j.
+        positions = torch.arange(past + n, device=q.device)
+        mask = positions[None, :] <= (past + torch.arange(n, device=q.device))[:, None]
     if _native_gqa(torch):  # grouped heads read in place by the kernel; the mask broadcast over heads
         out = sdpa(q.transpose(0, 1)[None], k[None], v[None], attn_mask=mask, scale=scaling, enable_gqa=True)
         return out[0].transpose(0, 1).reshape(n, heads * dim)
@@ -173,7 +188,9 @@ def packed_hidden(backbone: Any, steps: Sequence[Any]) -> Any:
     """The final-norm hidden states ([sum of new tokens, hidden]) of a Qwen3 ``backbone`` run over ``steps``.
 
     A step is anything with ``cache`` (a `SessionCache`) and ``ids`` (its new tokens); each step's keys and
-    values are appended to its cache. Shared by the Stream model (`packed_forward`) and the Gen decode
+    values are appended to its cache. A step may also carry ``offsets`` (each new token's position after the
+    cached ones; default 0, 1, 2, ...) and ``visible`` (which new tokens each new token sees, [n, n] bool;
+    default causal): the Gen engine runs several continuations of one prompt side by side that way. Shared by the Stream model (`packed_forward`) and the Gen decode
     engine (`gen_engine`), whose backbone is the same Qwen3 decoder. Call under ``torch.inference_mode()``."""
     torch = require_torch()
     if len({id(s.cache) for s in steps}) != len(steps):
@@ -182,7 +199,14 @@ def packed_hidden(backbone: Any, steps: Sequence[Any]) -> Any:
     sizes = [len(s.ids) for s in steps]
     total = sum(sizes)
     ids = torch.tensor([t for s in steps for t in s.ids], device=device)
-    positions = torch.cat([torch.arange(s.cache.length, s.cache.length + n) for s, n in zip(steps, sizes)]).to(device)
+    positions = torch.cat(
+        [
+            torch.arange(s.cache.length, s.cache.length + n)
+            if getattr(s, "offsets", None) is None
+            else s.cache.length + torch.tensor(s.offsets)
+            for s, n in zip(steps, sizes)
+        ]
+    ).to(device)
     hidden = backbone.embed_tokens(ids)[None]  # [1, T, hidden]
     cos, sin = backbone.rotary_emb(hidden, positions[None])
     cos, sin = cos[0, :, None, :], sin[0, :, None, :]  # [T, 1, head_dim]: broadcast over heads
@@ -201,7 +225,8 @@ def packed_hidden(backbone: Any, steps: Sequence[Any]) -> Any:
         for step, n in zip(steps, sizes):
             end = start + n
             keys, values = step.cache.append(index, k[start:end], v[start:end])
-            out[start:end] = _attend(torch, q[start:end], keys, values, step.cache.length, scaling)
+            visible = getattr(step, "visible", None)
+            out[start:end] = _attend(torch, q[start:end], keys, values, step.cache.length, scaling, visible)
             start = end
         hidden = hidden + attn.o_proj(out[None])
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))

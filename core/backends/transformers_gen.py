@@ -103,6 +103,7 @@ class TransformersGen:
         target_step_s: float | None = DEFAULT_TARGET_STEP_S,
         engine: bool | None = None,
         max_session_tokens: int | None = DEFAULT_MAX_SESSION_TOKENS,
+        label_branches: bool | None = None,
     ) -> None:
         from ..formats.encoding import ConversationEncoder
         from .gen_engine import engine_for
@@ -124,6 +125,10 @@ class TransformersGen:
             raise ValueError(f"max_session_tokens must be None or a count >= 0, got {max_session_tokens!r}")
         #: KV positions all session caches may hold together (`DEFAULT_MAX_SESSION_TOKENS`; ``None``: unbounded).
         self.max_session_tokens = max_session_tokens
+        if label_branches is not None and not isinstance(label_branches, bool):
+            raise ValueError(f"label_branches must be None, True or False, got {label_branches!r}")
+        #: The engine runs the other labels beside its guess (`GenEngine`; ``None``: off on CPU, on elsewhere).
+        self.label_branches = label_branches
         self.encoder = ConversationEncoder(tokenizer, use_chat_template=use_chat_template)
         self.planner = WindowPlanner(
             self.encoder, max_prompt_tokens=self.window_tokens, overlap=window_overlap, max_windows=max_windows
