@@ -122,6 +122,55 @@ def check(
     raise typer.Exit(EXIT_ALLOWED if decision.allowed else EXIT_BLOCKED)
 
 
+def _count_or_none(value: str) -> int | None:
+    return None if value.lower() == "none" else int(value)
+
+
+def _seconds_or_none(value: str) -> float | None:
+    return None if value.lower() == "none" else float(value)
+
+
+def _flag(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes", "on"):
+        return True
+    if value.lower() in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+#: Local Gen backend options ``serve --backend KEY=VALUE`` passes to `Guard.from_pretrained` (docs/guard.md),
+#: each with how its value is read.
+BACKEND_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "max_batch": int,
+    "max_batch_tokens": int,
+    "max_wait_s": float,
+    "target_step_s": _seconds_or_none,
+    "max_new_tokens": int,
+    "max_context": int,
+    "max_window_tokens": int,
+    "window_overlap": int,
+    "max_windows": int,
+    "engine": _flag,
+    "max_session_tokens": _count_or_none,
+    "label_branches": _flag,
+}
+
+
+def _backend_options(values: list[str]) -> dict[str, Any]:
+    """``serve --backend KEY=VALUE`` (repeatable) as keyword arguments; unknown keys and bad values raise."""
+    options: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in BACKEND_OPTIONS:
+            raise ValueError(f"--backend {item!r}: expected KEY=VALUE with KEY one of {', '.join(BACKEND_OPTIONS)}")
+        try:
+            options[key] = BACKEND_OPTIONS[key](raw.strip())
+        except ValueError as exc:
+            raise ValueError(f"--backend {item!r}: {exc}") from exc
+    return options
+
+
 def _served_policy(value: str) -> Policy:
     """``serve --policy``: ``strict``, ``loose``, or a JSON file of ``Policy.to_dict()``."""
     if value in ("strict", "loose"):
@@ -170,6 +219,12 @@ def serve(
         "or a JSON file of Policy.to_dict(). Clients can only make it stricter.",
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps."),
+    backend: list[str] = typer.Option(  # noqa: B008 - typer's way to declare a repeatable option
+        [],
+        "--backend",
+        help="A local model option as KEY=VALUE (repeatable): max_batch, max_batch_tokens, target_step_s, "
+        "max_session_tokens, label_branches, max_window_tokens, ... (docs/guard.md).",
+    ),
     max_concurrency: int = typer.Option(64, "--max-concurrency", help="HTTP requests served at once; more get 503."),
     max_body_bytes: int = typer.Option(
         1_000_000, "--max-body-bytes", help="Largest request body or stream frame (413 / close 1009)."
@@ -242,6 +297,7 @@ def serve(
     from .server import serve as run_server
 
     pinned = _served_policy(policy)
+    backend_options = _backend_options(backend)
     limits = Limits(
         max_concurrency=max_concurrency,
         max_body_bytes=max_body_bytes,
@@ -264,7 +320,7 @@ def serve(
     from .guard import Guard
 
     disable_progress_bars()
-    guard = Guard.from_pretrained(model, policy=pinned, stream_model=stream_model, device=device)
+    guard = Guard.from_pretrained(model, policy=pinned, stream_model=stream_model, device=device, **backend_options)
     if api_key is None and not loopback:
         err_console.print(
             "[yellow]warning:[/yellow] serving without an API key on a non-loopback interface "

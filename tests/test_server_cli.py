@@ -161,3 +161,38 @@ def test_serve_a_missing_checkpoint_exits_2(tmp_path):
     )
     assert proc.returncode == 2
     assert b"error" in proc.stderr
+
+
+def test_serve_passes_backend_options_to_the_model(tmp_path):
+    """An operator tunes the local model from the command line (`--backend KEY=VALUE`): a verdict budget too
+    small for any answer makes every check fail closed, so the option demonstrably reached the model."""
+    with serving(
+        ["--model", "demo", "--backend", "max_new_tokens=3", "--backend", "label_branches=true"], tmp_path / "s.log"
+    ) as url:
+        body = {"conversations": [[{"role": "user", "content": "What is the capital of France?"}]]}
+        r = httpx.post(url + "/v1/moderate", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        decision = r.json()["results"][0]["decision"]
+        assert (decision["allowed"], decision["reason"]) == (False, "guard_error"), decision
+
+
+@pytest.mark.parametrize(
+    ("option", "says"),
+    [
+        ("nope=1", "KEY one of"),
+        ("max_batch", "KEY one of"),
+        ("max_batch=many", "invalid literal"),
+        ("label_branches=maybe", "expected true or false"),
+        ("max_session_tokens=-5", "max_session_tokens must be"),
+    ],
+)
+def test_serve_a_bad_backend_option_exits_2_in_one_line(option, says):
+    proc = subprocess.run(
+        [*SERVE, "--backend", option, "--port", str(_port()), "--device", "cpu"],
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], lines
