@@ -380,11 +380,12 @@ class GenEngine:
     # -- decoding ---------------------------------------------------------------------------------------
     def _decode(self, torch: Any, rows: list[_Row]) -> None:
         active = [r for r in rows if not r.done]
+        device = self.model.model.embed_tokens.weight.device
         while active:
             # A long prompt goes in slices of PREFILL_CHUNK tokens (bounded attention memory); its slices
             # share forwards with other rows' steps, and only its last slice is read.
-            device = self.model.model.embed_tokens.weight.device
-            feeds = [_feed(torch, r, r.ids[: _slice(r)], device) for r in active]
+            sizes = [_slice(r) for r in active]
+            feeds = [_feed(torch, r, r.ids[:n], device) for r, n in zip(active, sizes, strict=True)]
             starts = [r.cache.length for r in active]
             hidden = packed_hidden(self.model.model, feeds)
             self.forwards_run += 1
@@ -394,8 +395,7 @@ class GenEngine:
             contexts: list[list[int]] = []
             reading: list[tuple[_Row, int, int, int]] = []  # row, its offset in `hidden`, cache length before, fed
             offset = 0
-            for r, feed, start in zip(active, feeds, starts, strict=True):
-                fed = len(r.ids[: _slice(r)])
+            for r, feed, start, fed in zip(active, feeds, starts, sizes, strict=True):
                 end = offset + fed
                 row_offset, offset = offset, offset + len(feed.ids)
                 if fed < len(r.ids):
@@ -440,7 +440,7 @@ class GenEngine:
     ) -> dict[int, tuple[int, list[int]]]:
         """For each row whose model chose another label than its guess's, where a branch starts with it:
         that branch's index and the model's choices after each of its tokens (one projection for all)."""
-        taken: dict[int, tuple[int, list[int]]] = {}
+        chosen: list[tuple[_Row, int]] = []  # rows that take a branch, and which
         picks: list[int] = []
         contexts: list[list[int]] = []
         at = 0
@@ -459,19 +459,18 @@ class GenEngine:
             branch = r.branches[index]
             picks.extend(range(first, first + len(branch)))
             contexts.extend(r.answer + forced[: r.fork] + branch[: j + 1] for j in range(len(branch)))
-            taken[id(r)] = (index, [])
+            chosen.append((r, index))
+        taken: dict[int, tuple[int, list[int]]] = {}
         if picks:
             logits = self._logits(torch, hidden[picks]).float()
             if self.logits_hook is not None:
                 logits = self.logits_hook(contexts, logits)
             branch_choices = logits.argmax(-1).tolist()
             at = 0
-            for r, _, _, _ in reading:
-                if id(r) in taken:
-                    index = taken[id(r)][0]
-                    n = len(r.branches[index])
-                    taken[id(r)] = (index, branch_choices[at : at + n])
-                    at += n
+            for r, index in chosen:
+                n = len(r.branches[index])
+                taken[id(r)] = (index, branch_choices[at : at + n])
+                at += n
         return taken
 
     def _advance(

@@ -69,8 +69,9 @@ class GenSession:
             future.cancel()
         self._replace_state()
 
-    def _replace_state(self) -> None:
-        old, self._state = self._state, SessionState(self._siblings)
+    def _replace_state(self, *, shared: bool = True) -> None:
+        """A fresh state (listed with the siblings when ``shared``); the old one leaves the list."""
+        old, self._state = self._state, SessionState(self._siblings if shared else None)
         if self._siblings is not None:
             try:
                 self._siblings.remove(old)
@@ -133,9 +134,4 @@ class GenSession:
     def close(self) -> None:
         """Free the cache; later calls run full checks. Never waits: a step in flight finishes on its own."""
         self._closed = True
-        self._replace_state()
-        if self._siblings is not None:
-            try:
-                self._siblings.remove(self._state)  # a closed session lends its cache to no one
-            except ValueError:
-                pass
+        self._replace_state(shared=False)  # a closed session lends its cache to no one

@@ -32,7 +32,12 @@ from .base import Outcome
 from .gen_engine import SessionState
 from .gen_session import GenSession
 
-__all__ = ["GenSessionPool"]
+__all__ = ["GenSessionPool", "SESSIONS_PER_STREAM"]
+
+#: Sessions one stream's overlapping checks hold at most (the monitors' windows, the LangChain
+#: ``"pipelined"`` engine): each keeps its own cache of the guard prompt, so memory per stream grows with
+#: it; a check due while all are busy waits for one.
+SESSIONS_PER_STREAM = 2
 
 
 class GenSessionPool:

@@ -9,6 +9,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from ..backends.gen_session_pool import SESSIONS_PER_STREAM
 from ..errors import GuardTimeout, QwenGuardError
 from ..verdict import Stage, Verdict
 
@@ -200,11 +201,6 @@ class GenWindows:
         return core._release_to(self._boundary(self.confirmed))
 
 
-#: Sessions one stream's window checks may hold at once (each keeps its own cache of the guard prompt, so
-#: memory per stream grows with it; a window due while all are busy waits for one).
-MAX_WINDOW_SESSIONS = 2
-
-
 class WindowJudge:
     """Runs one stream's window checks on the guard's backend, each returning its verdict or its error.
 
@@ -212,12 +208,12 @@ class WindowJudge:
     windows share the guard prompt up to the answer (instructions, the user's request, the history) and
     often the start of the answer, so a check pays only for what differs, with the same verdict as a full
     check. A window due while the stream's session is busy gets a second one, which starts from a copy of
-    the first's cache; past `MAX_WINDOW_SESSIONS`, it waits for a session to be free (windows go out in
+    the first's cache; past `SESSIONS_PER_STREAM`, it waits for a session to be free (windows go out in
     order, so a later one waits for the earlier ones anyway). The stream's first check is waited for too:
     until it is back no cache holds the request. Remote guards and ``engine=False`` run full checks.
     `close` frees the caches."""
 
-    def __init__(self, backend: Any, max_sessions: int = MAX_WINDOW_SESSIONS) -> None:
+    def __init__(self, backend: Any, max_sessions: int = SESSIONS_PER_STREAM) -> None:
         from .gate_session import open_gen_session
 
         self.backend = backend

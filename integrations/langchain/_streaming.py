@@ -38,7 +38,7 @@ past ``window_chars`` characters a check sees between half a window and a whole 
 (never less than ``window_chars // 2``), where the sliding tail always saw a whole one; one check per hop
 re-reads half a window. Tool-call arguments stream through the same engine as text, each call judged as
 the assistant's action (``Tool call: name({...``). The ``"pipelined"`` engine's checks overlap, so it
-keeps a small pool of sessions (`MAX_PIPELINED_SESSIONS`, a `GenSessionPool`): a check takes an idle
+keeps a small pool of sessions (`SESSIONS_PER_STREAM`, a `GenSessionPool`): a check takes an idle
 one, continuing from the longest prefix any of them holds, or waits for one (it stays in flight
 meanwhile; later chunks coalesce into the next check).
 """
@@ -56,6 +56,7 @@ from dataclasses import replace
 from typing import Any, Literal, Union
 
 from qwenguard.core import Decision, Guard, Stage, enforce
+from qwenguard.core.backends.gen_session_pool import SESSIONS_PER_STREAM
 from qwenguard.core.formats.conversations import response_conversation, tool_call_conversation
 from qwenguard.core.streaming.gate_session import GateSession, GrowingWindow
 from qwenguard.core.streaming.wakeup import arelease_judged, verdict_waiters
@@ -76,9 +77,6 @@ __all__ = [
     "DEFAULT_MAX_IN_FLIGHT",
     "DEFAULT_SEGMENT",
 ]
-
-#: Sessions (caches) one stream's overlapping ``"pipelined"`` checks may hold; more checks wait for one.
-MAX_PIPELINED_SESSIONS = 2
 
 Engine = Literal["pipelined", "gate", "monitor"]
 ENGINES = ("pipelined", "gate", "monitor")
@@ -508,7 +506,7 @@ def open_screen(
         return GateScreen(guard, gate, hold=True, session=GateSession(guard, gate.stage))
     if engine == "gate":
         return PipelinedScreen(guard, gate, max_unjudged=0, max_in_flight=1, session=GateSession(guard, gate.stage))
-    session = GateSession(guard, gate.stage, sessions=min(max_in_flight, MAX_PIPELINED_SESSIONS))
+    session = GateSession(guard, gate.stage, sessions=min(max_in_flight, SESSIONS_PER_STREAM))
     return PipelinedScreen(guard, gate, max_unjudged=max_unjudged, max_in_flight=max_in_flight, session=session)
 
 
@@ -528,5 +526,5 @@ def open_tool_screen(
     gate = ToolCallGate(name, context, window_chars=window_chars)
     if engine == "gate":
         return PipelinedScreen(guard, gate, max_unjudged=0, max_in_flight=1, session=GateSession(guard, gate.stage))
-    session = GateSession(guard, gate.stage, sessions=min(max_in_flight, MAX_PIPELINED_SESSIONS))
+    session = GateSession(guard, gate.stage, sessions=min(max_in_flight, SESSIONS_PER_STREAM))
     return PipelinedScreen(guard, gate, max_unjudged=max_unjudged, max_in_flight=max_in_flight, session=session)
