@@ -156,18 +156,29 @@ BACKEND_OPTIONS: dict[str, Callable[[str], Any]] = {
 }
 
 
-def _backend_options(values: list[str]) -> dict[str, Any]:
+#: Stream model options ``serve --stream-backend KEY=VALUE`` passes to `TransformersStream.load` (docs/streaming.md).
+STREAM_BACKEND_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "max_session_tokens": _count_or_none,
+    "max_positions": int,
+    "step_tokens": int,
+    "max_sessions_per_forward": int,
+}
+
+
+def _backend_options(
+    values: list[str], known: dict[str, Callable[[str], Any]] = BACKEND_OPTIONS, flag: str = "--backend"
+) -> dict[str, Any]:
     """``serve --backend KEY=VALUE`` (repeatable) as keyword arguments; unknown keys and bad values raise."""
     options: dict[str, Any] = {}
     for item in values:
         key, sep, raw = item.partition("=")
         key = key.strip().replace("-", "_")
-        if not sep or key not in BACKEND_OPTIONS:
-            raise ValueError(f"--backend {item!r}: expected KEY=VALUE with KEY one of {', '.join(BACKEND_OPTIONS)}")
+        if not sep or key not in known:
+            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE with KEY one of {', '.join(known)}")
         try:
-            options[key] = BACKEND_OPTIONS[key](raw.strip())
+            options[key] = known[key](raw.strip())
         except ValueError as exc:
-            raise ValueError(f"--backend {item!r}: {exc}") from exc
+            raise ValueError(f"{flag} {item!r}: {exc}") from exc
     return options
 
 
@@ -224,6 +235,13 @@ def serve(
         "--backend",
         help="A local model option as KEY=VALUE (repeatable): max_batch, max_batch_tokens, target_step_s, "
         "max_session_tokens, label_branches, max_window_tokens, ... (docs/guard.md).",
+    ),
+    stream_backend: list[str] = typer.Option(  # noqa: B008 - typer's way to declare a repeatable option
+        [],
+        "--stream-backend",
+        help="A Stream model option as KEY=VALUE (repeatable, with --stream-model): max_session_tokens "
+        "(KV positions all stream sessions hold together), max_positions, step_tokens, "
+        "max_sessions_per_forward (docs/streaming.md).",
     ),
     max_concurrency: int = typer.Option(64, "--max-concurrency", help="HTTP requests served at once; more get 503."),
     max_body_bytes: int = typer.Option(
@@ -298,6 +316,9 @@ def serve(
 
     pinned = _served_policy(policy)
     backend_options = _backend_options(backend)
+    stream_options = _backend_options(stream_backend, STREAM_BACKEND_OPTIONS, "--stream-backend")
+    if stream_options and stream_model is None:
+        raise fail("--stream-backend without --stream-model: there is no Stream model to apply it to")
     limits = Limits(
         max_concurrency=max_concurrency,
         max_body_bytes=max_body_bytes,
@@ -320,7 +341,14 @@ def serve(
     from .guard import Guard
 
     disable_progress_bars()
-    guard = Guard.from_pretrained(model, policy=pinned, stream_model=stream_model, device=device, **backend_options)
+    guard = Guard.from_pretrained(
+        model,
+        policy=pinned,
+        stream_model=stream_model,
+        device=device,
+        stream_options=stream_options,
+        **backend_options,
+    )
     if api_key is None and not loopback:
         err_console.print(
             "[yellow]warning:[/yellow] serving without an API key on a non-loopback interface "
@@ -332,6 +360,15 @@ def serve(
         f"(auth {'on' if api_key else 'off'}, policy {escape(policy)})",
         soft_wrap=True,
     )
+    budget = getattr(guard.stream_backend, "max_session_tokens", None)
+    if guard.stream_backend is not None:
+        held = (
+            "unbounded"
+            if budget is None
+            else f"at most {budget:,} KV positions together, "
+            f"{budget * guard.stream_backend.bytes_per_position / 2**30:.1f} GiB"
+        )
+        err_console.print(f"stream sessions: {held} (--stream-backend max_session_tokens=N)", soft_wrap=True)
     run_server(
         guard,
         host=host,

@@ -110,10 +110,12 @@ class Guard:
         stream_model: str | Path | None = None,
         device: str | None = "auto",
         dtype: Any = "auto",
+        stream_options: Mapping[str, Any] | None = None,
         **guard_kwargs: Any,
     ) -> Guard:
         """A local guard: ``"demo"`` (embedded, offline), a hub id such as ``"Qwen/Qwen3Guard-Gen-0.6B"``,
-        or a checkpoint directory. ``stream_model`` adds a Qwen3Guard-Stream checkpoint for `stream`."""
+        or a checkpoint directory. ``stream_model`` adds a Qwen3Guard-Stream checkpoint for `stream`, loaded
+        with ``stream_options`` (`TransformersStream.load`'s: ``max_session_tokens``, ``max_positions``, ...)."""
         from .backends.transformers_gen import TransformersGen
 
         backend_keys = {
@@ -135,9 +137,11 @@ class Guard:
         }
         backend_kwargs = {k: guard_kwargs.pop(k) for k in list(guard_kwargs) if k in backend_keys}
         backend = TransformersGen.load(model, device=device, dtype=dtype, **backend_kwargs)
+        if stream_options and stream_model is None:
+            raise ValueError("stream_options without stream_model: there is no Stream model to apply them to")
         stream_backend = None
         if stream_model is not None:
-            stream_backend = cls._load_stream(stream_model, device=device, dtype=dtype)
+            stream_backend = cls._load_stream(stream_model, device=device, dtype=dtype, **(stream_options or {}))
         return cls(backend, policy, stream_backend=stream_backend, **guard_kwargs)
 
     @classmethod
@@ -192,12 +196,12 @@ class Guard:
         return cls(backend, policy, stream_backend=stream_backend, **guard_kwargs)
 
     @staticmethod
-    def _load_stream(model: str | Path, *, device: str | None, dtype: Any) -> Any:
+    def _load_stream(model: str | Path, *, device: str | None, dtype: Any, **options: Any) -> Any:
         from .backends.transformers_stream import (
             TransformersStream,  # added by the streaming backend
         )
 
-        return TransformersStream.load(model, device=device, dtype=dtype)
+        return TransformersStream.load(model, device=device, dtype=dtype, **options)
 
     # -- events -------------------------------------------------------------------------------
     def on_decision(self, listener: DecisionListener) -> DecisionListener:

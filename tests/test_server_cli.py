@@ -177,18 +177,22 @@ def test_serve_passes_backend_options_to_the_model(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("option", "says"),
+    ("args", "says"),
     [
-        ("nope=1", "KEY one of"),
-        ("max_batch", "KEY one of"),
-        ("max_batch=many", "invalid literal"),
-        ("label_branches=maybe", "expected true or false"),
-        ("max_session_tokens=-5", "max_session_tokens must be"),
+        (["--backend", "nope=1"], "KEY one of"),
+        (["--backend", "max_batch"], "KEY one of"),
+        (["--backend", "max_batch=many"], "invalid literal"),
+        (["--backend", "label_branches=maybe"], "expected true or false"),
+        (["--backend", "max_session_tokens=-5"], "max_session_tokens must be"),
+        (["--stream-model", "demo-stream", "--stream-backend", "nope=1"], "KEY one of"),
+        (["--stream-model", "demo-stream", "--stream-backend", "max_positions=lots"], "invalid literal"),
+        (["--stream-backend", "max_session_tokens=4096"], "without --stream-model"),
+        (["--stream-model", "demo-stream", "--stream-backend", "max_session_tokens=0"], "max_session_tokens must be"),
     ],
 )
-def test_serve_a_bad_backend_option_exits_2_in_one_line(option, says):
+def test_serve_a_bad_backend_option_exits_2_in_one_line(args, says):
     proc = subprocess.run(
-        [*SERVE, "--backend", option, "--port", str(_port()), "--device", "cpu"],
+        [*SERVE, *args, "--port", str(_port()), "--device", "cpu"],
         capture_output=True,
         check=False,
         timeout=120,
@@ -196,3 +200,26 @@ def test_serve_a_bad_backend_option_exits_2_in_one_line(option, says):
     assert proc.returncode == 2
     lines = proc.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], lines
+
+
+def test_serve_bounds_what_stream_sessions_hold(tmp_path):
+    """`--stream-backend max_session_tokens=N` reaches the Stream model: the start-up log states the bound, and
+    a budget too small for any prompt makes every remote stream session fail closed."""
+    from qwenguard.core import Guard, GuardUnavailable
+
+    log = tmp_path / "s.log"
+    with serving(
+        ["--model", "demo", "--stream-model", "demo-stream", "--stream-backend", "max_session_tokens=8"], log
+    ) as url:
+        guard = Guard.remote(url + "/v1", model="demo", stream=True)
+        try:
+            shown = ""
+            with pytest.raises(GuardUnavailable, match="fails closed") as refused:  # noqa: PT012 - open, then feed
+                with guard.stream("Tell me about Paris.") as monitor:
+                    shown += monitor.feed("Paris is the capital of France. ")
+                    shown += monitor.finish()
+            assert shown == ""
+            assert refused.value.decision is not None and not refused.value.decision.allowed
+        finally:
+            guard.close()
+    assert "stream sessions: at most 8 KV positions together" in log.read_text()

@@ -493,6 +493,24 @@ def stream_model_server():
     guard.close()
 
 
+@pytest.mark.parametrize("window", [1_000_000, 3])
+def test_a_client_cannot_lengthen_the_stop_rule(stream_model_server, window):
+    """The attack: ``window`` is the run of flagged tokens that stops a stream; a client that asks for a
+    million switches the Stream model's stops off. The server refuses any run longer than its own."""
+    released, frames, code = stream_session(
+        stream_model_server, {"type": "open", "prompt": PARIS_Q, "window": window}, RECIPE, AUTH
+    )
+    assert released == "", frames
+    assert code == 4400 and "stricter" in frames[-1]["error"]["message"], frames
+
+
+def test_a_client_may_shorten_the_stop_rule(stream_model_server):
+    released, frames, _ = stream_session(
+        stream_model_server, {"type": "open", "prompt": PARIS_Q, "window": 1}, RECIPE, AUTH
+    )
+    assert frames[-1]["type"] == "violation" and RECIPE.startswith(released) and released != RECIPE, frames
+
+
 def test_health_says_stream_when_a_stream_model_serves(stream_model_server):
     health = httpx.get(stream_model_server + "/health").json()
     assert (health["stream"], health["stream_engine"]) == (True, "stream_model")

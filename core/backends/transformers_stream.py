@@ -14,6 +14,12 @@ Long streams slide: when the cache would pass ``max_position_embeddings``, the s
 prompt and the most recent half-context of tokens (one bounded re-prefill per half-context of new
 tokens, so memory is bounded and the amortized cost per token stays constant).
 
+All sessions of a backend hold at most ``max_session_tokens`` KV positions together (a server's clients
+cannot add up to more memory than the operator allows). A session whose next step would pass it slides
+first, to its fair share (the budget over the sessions open); one whose prompt cannot fit fails with
+`GuardUnavailable`, which the monitors turn into the policy's fail-closed decision. The prompt is never
+cut to fit: a shorter prompt could drop the harmful part of it.
+
 Deadlines: every session call takes ``timeout`` (seconds). A call past it raises `GuardTimeout`, and so
 does a step that fails; either leaves the session unusable (its cache may hold the step or not), so
 later calls raise `QwenGuardError`. The same holds when an async call is cancelled; `StreamMonitor`
@@ -28,6 +34,7 @@ import asyncio
 import math
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Generator, Iterable, Sequence
 from concurrent.futures import Future
@@ -37,6 +44,7 @@ from typing import Any
 
 from ..errors import (
     GuardTimeout,
+    GuardUnavailable,
     MissingDependency,
     ModelNotFound,
     QwenGuardError,
@@ -84,6 +92,11 @@ __all__ = [
     "STREAM_CATEGORY_ORDER",
 ]
 
+#: KV positions all sessions of one backend may hold together (``max_session_tokens``): 7 GiB for
+#: Qwen3Guard-Stream-0.6B in bfloat16 (112 KiB a position; twice that in float32), 9 GiB for 4B and 8B
+#: (144 KiB); about 30 streams of a 1,000-token prompt and a 1,000-token answer at once.
+DEFAULT_STREAM_SESSION_TOKENS = 65_536
+
 #: A step, and what a plan yields: the step to run now (its result is sent back into the plan).
 _Plan = Generator[StreamStep, StepResult, Any]
 
@@ -99,7 +112,8 @@ class TransformersStream:
     >>> verdicts = s.feed_text("Sure. Mix ammonium nitrate") + s.finish()   # doctest: +SKIP
 
     ``max_sessions_per_forward``: how many sessions' steps one packed forward takes;
-    ``step_tokens``: the most tokens one session puts into one forward (prompt prefills are cut).
+    ``step_tokens``: the most tokens one session puts into one forward (prompt prefills are cut);
+    ``max_session_tokens``: KV positions all open sessions hold together (``None``: unbounded; module doc).
     """
 
     def __init__(
@@ -111,6 +125,7 @@ class TransformersStream:
         max_positions: int | None = None,
         max_sessions_per_forward: int = DEFAULT_MAX_SESSIONS_PER_FORWARD,
         step_tokens: int = DEFAULT_STEP_TOKENS,
+        max_session_tokens: int | None = DEFAULT_STREAM_SESSION_TOKENS,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -124,6 +139,15 @@ class TransformersStream:
         if step_tokens < 1:
             raise ValueError(f"step_tokens must be >= 1, got {step_tokens!r}")
         self.step_tokens = step_tokens
+        if max_session_tokens is not None and (isinstance(max_session_tokens, bool) or max_session_tokens < 1):
+            raise ValueError(f"max_session_tokens must be None or a count >= 1, got {max_session_tokens!r}")
+        self.max_session_tokens = max_session_tokens
+        # id(session) -> the KV positions it holds, or will once its step in flight has run. Sessions
+        # register when they open (fair shares count them from then on) and leave when they close.
+        self._held: dict[int, int] = {}
+        self._held_lock = threading.Lock()
+        self.sessions_refused = 0  # observable: steps that found no room in max_session_tokens
+        self.room_slides = 0  # observable: slides a session made to stay within max_session_tokens
         self.encoder = StreamEncoder(tokenizer)
         self.codec = self.encoder.codec
         self.batcher = StreamBatcher(model, max_sessions=max_sessions_per_forward)
@@ -138,9 +162,14 @@ class TransformersStream:
         device: str | None = "auto",
         dtype: Any = "auto",
         max_positions: int | None = None,
-        **kwargs: Any,
+        max_sessions_per_forward: int = DEFAULT_MAX_SESSIONS_PER_FORWARD,
+        step_tokens: int = DEFAULT_STEP_TOKENS,
+        max_session_tokens: int | None = DEFAULT_STREAM_SESSION_TOKENS,
+        revision: str | None = None,
+        local_files_only: bool | None = None,
     ) -> TransformersStream:
-        """Load a Qwen3Guard-Stream checkpoint: ``"demo-stream"``, a local directory, or a hub id.
+        """Load a Qwen3Guard-Stream checkpoint: ``"demo-stream"``, a local directory, or a hub id; the
+        options are the constructor's.
 
         Raises `ModelNotFound` for a checkpoint that cannot be found, and ``ValueError`` when its
         weights do not match the documented layout (missing or unexpected keys)."""
@@ -156,8 +185,8 @@ class TransformersStream:
             name_or_path,
             kind="Qwen3Guard-Stream",
             demo_names=DEMO_NAMES,
-            revision=kwargs.get("revision"),
-            local_files_only=kwargs.get("local_files_only"),
+            revision=revision,
+            local_files_only=local_files_only,
         )
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
@@ -175,7 +204,15 @@ class TransformersStream:
             raise ValueError(f"{label}: weights do not match the Qwen3Guard-Stream layout: {problems}")
         model.to(device=dev, dtype=torch_dtype)
         model.eval()
-        return cls(model, tokenizer, name=label, max_positions=max_positions)
+        return cls(
+            model,
+            tokenizer,
+            name=label,
+            max_positions=max_positions,
+            max_sessions_per_forward=max_sessions_per_forward,
+            step_tokens=step_tokens,
+            max_session_tokens=max_session_tokens,
+        )
 
     def encode_prompt(self, messages: Sequence[Message] | str) -> tuple[list[int], int]:
         """See `StreamEncoder.encode_prompt`."""
@@ -186,14 +223,22 @@ class TransformersStream:
         """Score the prompt (query heads) and return a session ready for the assistant's tokens."""
         self._check_open()
         session = StreamSession(self, messages)
-        session._drive(session._prefill_plan(), timeout)
+        try:
+            session._drive(session._prefill_plan(), timeout)
+        except BaseException:
+            session.close()  # never handed out: give its share of the budget back
+            raise
         return session
 
     async def aopen_session(self, messages: Sequence[Message] | str, *, timeout: float | None = None) -> StreamSession:
         """Async twin of `open_session` (the prompt is tokenized in a worker thread)."""
         self._check_open()
         session = await asyncio.to_thread(StreamSession, self, messages)
-        await session._adrive(session._prefill_plan(), timeout)
+        try:
+            await session._adrive(session._prefill_plan(), timeout)
+        except BaseException:
+            session.close()
+            raise
         return session
 
     def _check_open(self) -> None:
@@ -261,6 +306,74 @@ class TransformersStream:
         """Packed forwards run so far by this backend's sessions (for tests and figures)."""
         return self.batcher.forwards_run
 
+    # -- the sessions' memory budget (max_session_tokens) ----------------------------------------
+    @property
+    def bytes_per_position(self) -> int:
+        """Bytes one KV position takes in a session's cache (keys and values of every layer)."""
+        config = self.config
+        heads = int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+        dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+        size = int(next(self.model.parameters()).element_size())
+        return int(config.num_hidden_layers) * 2 * heads * dim * size
+
+    @property
+    def session_tokens(self) -> int:
+        """KV positions the open sessions hold (or will once their steps in flight have run)."""
+        with self._held_lock:
+            return sum(self._held.values())
+
+    @property
+    def open_sessions(self) -> int:
+        with self._held_lock:
+            return len(self._held)
+
+    def _hold(self, session: StreamSession, positions: int) -> bool:
+        """Let ``session`` hold ``positions`` in all (what it holds now included) if the budget has room."""
+        with self._held_lock:
+            others = sum(self._held.values()) - self._held.get(id(session), 0)
+            if self.max_session_tokens is not None and others + positions > self.max_session_tokens:
+                return False
+            self._held[id(session)] = positions
+            return True
+
+    def _fair_share(self) -> int:
+        """The budget over the open sessions: what a session slides down to when the budget is full."""
+        assert self.max_session_tokens is not None
+        with self._held_lock:
+            return self.max_session_tokens // max(1, len(self._held))
+
+    def _register(self, session: StreamSession) -> None:
+        with self._held_lock:
+            self._held[id(session)] = 0
+        # A session dropped without close() gives its share back when it is collected (before its id
+        # can be reused).
+        weakref.finalize(session, self._release_key, id(session))
+
+    def _release(self, session: StreamSession) -> None:
+        self._release_key(id(session))
+
+    def _release_key(self, key: int) -> None:
+        with self._held_lock:
+            self._held.pop(key, None)
+
+    def _crowded(self, positions: int) -> bool:
+        """Whether the sessions would hold more than three quarters of the budget with ``positions`` more:
+        then a session above its fair share slides down to it, so newcomers find room."""
+        if self.max_session_tokens is None:
+            return False
+        with self._held_lock:
+            return sum(self._held.values()) + positions > self.max_session_tokens * 3 // 4
+
+    def _refuse(self, session: StreamSession, needed: int, what: str) -> GuardUnavailable:
+        with self._held_lock:
+            others = sum(self._held.values()) - self._held.get(id(session), 0)
+            count = len(self._held) - 1
+        self.sessions_refused += 1
+        return GuardUnavailable(
+            f"Qwen3Guard-Stream's session memory is full: {what} needs {needed:,} KV positions and the {count} "
+            f"other open sessions hold {others:,} of max_session_tokens={self.max_session_tokens:,}"
+        )
+
     def close(self) -> None:
         """Stop the worker thread; sessions still open then fail with `GuardUnavailable`."""
         self._closed = True
@@ -302,7 +415,10 @@ class StreamSession:
         self.scored = 0  # assistant tokens scored so far
         prefix, user_end = backend.encode_prompt(messages)
         limit = backend.max_positions // 2
-        if len(prefix) > limit:
+        #: Whether the prompt was longer than half the context and cut: then `prompt_verdict` saw only its
+        #: end, and the monitors screen the whole prompt with the Gen model's windows as well.
+        self.prompt_cut = len(prefix) > limit
+        if self.prompt_cut:
             # Documented decision: a prompt longer than half the context keeps its first token
             # (<|im_start|>) and its most recent tokens; the end of the prompt is what the answer follows.
             cut = len(prefix) - (limit - 1)
@@ -317,6 +433,7 @@ class StreamSession:
         self._cache: SessionCache | None = SessionCache(self._layers)
         #: The query heads' verdict on the user's turn (set once the prompt is scored).
         self.prompt_verdict: Verdict | None = None
+        backend._register(self)
 
     @property
     def closed(self) -> bool:
@@ -351,6 +468,9 @@ class StreamSession:
         started = time.perf_counter()
         step = self.backend.step_tokens
         prefix = self._prefix
+        if not self.backend._hold(self, len(prefix)):
+            # Fail closed rather than cut the prompt: a shorter prompt could drop its harmful part.
+            raise self.backend._refuse(self, len(prefix), "this session's prompt")
         for lo in range(0, len(prefix), step):
             ids = prefix[lo : lo + step]
             if lo <= self._user_end < lo + len(ids):
@@ -370,16 +490,42 @@ class StreamSession:
             ids = [t for t, _, _ in chunk]
             if self._live_cache().length + len(ids) > backend.max_positions:
                 yield from self._slide_plan()
+            yield from self._room_plan(len(ids))
             result = yield StreamStep(self._live_cache(), ids, "response")
             self._recent.extend(ids)
             out += backend._token_verdicts(result.response, chunk, self.scored)
             self.scored += len(ids)
         return out
 
-    def _slide_plan(self) -> _Plan:
-        """Re-prefill the prompt and the most recent tokens into a fresh cache (bounded memory)."""
+    def _room_plan(self, n: int) -> _Plan:
+        """Hold room for ``n`` more positions in the backend's budget, sliding first where it is crowded."""
+        backend = self.backend
+        if backend.max_session_tokens is None:
+            return
+        need = self._live_cache().length + n
+        fair = backend._fair_share()
+        if (need <= fair or not backend._crowded(n)) and backend._hold(self, need):
+            return
+        # Crowded and above its fair share, or the budget is full: slide to half the fair share (so the next
+        # steps do not slide again at once), or to the prompt alone if that is what fits.
+        prefix = len(self._prefix)
+        half = max(0, min(len(self._recent), (fair - prefix - n) // 2))
+        for kept in dict.fromkeys((half, 0)):
+            if prefix + kept + n < need and backend._hold(self, prefix + kept + n):
+                backend.room_slides += 1
+                yield from self._slide_plan(kept)
+                return
+        if backend._hold(self, need):  # sliding would not make it smaller, but room came back meanwhile
+            return
+        self._broken = "a step found no room in max_session_tokens"
+        raise backend._refuse(self, prefix + n, "a step of this session")
+
+    def _slide_plan(self, keep: int | None = None) -> _Plan:
+        """Re-prefill the prompt and the most recent tokens (``keep`` of them; default all kept) into a
+        fresh cache (bounded memory)."""
         self._cache = SessionCache(self._layers)
-        ids = self._prefix + list(self._recent)
+        recent = list(self._recent)
+        ids = self._prefix + (recent if keep is None else recent[len(recent) - keep :])
         step = self.backend.step_tokens
         for lo in range(0, len(ids), step):
             yield StreamStep(self._live_cache(), ids[lo : lo + step], "none")
@@ -522,6 +668,7 @@ class StreamSession:
         self._closed = True
         self._cache = None
         self._recent.clear()
+        self.backend._release(self)
 
     def __enter__(self) -> StreamSession:
         return self

@@ -16,6 +16,7 @@ from fastapi import WebSocket, WebSocketDisconnect
 from ..errors import GuardViolation, QwenGuardError
 from ..formats.content import clean_text
 from ..formats.prompts import normalize_messages
+from ..streaming.debounce import DEFAULT_WINDOW
 from ..verdict import Risk
 from .limits import LimitExceeded
 from .schemas import ApiError
@@ -189,6 +190,16 @@ def _open_args(service: Service, msg: Mapping[str, Any]) -> tuple[Any, Any, dict
         )
     # Values are checked by the monitor itself (ValueError/TypeError: close 4400), as for local streams.
     options = {k: msg[k] for k in _SESSION_OPTIONS if k in msg}
+    window = options.get("window")
+    if isinstance(window, int) and not isinstance(window, bool) and window > DEFAULT_WINDOW:
+        # The decision rule is part of what the operator's policy blocks: a longer run of unsafe tokens
+        # before a stop would loosen it (a huge one switches the Stream model's stops off).
+        raise SessionEnd(
+            CLOSE_BAD_REQUEST,
+            f"window={window}: a client may only make the stop rule stricter (1 to {DEFAULT_WINDOW} "
+            "consecutive flagged tokens, the server's rule)",
+            "invalid_request_error",
+        )
     return guard, prompt, options
 
 

@@ -125,6 +125,9 @@ class StreamMonitor(MonitorCore):
                 return
             if self.screen_prompt:
                 self._settle_prompt(self._session.prompt_verdict, None)
+                if getattr(self._session, "prompt_cut", False):
+                    # The Stream model saw only the prompt's end: its start is judged too, never dropped.
+                    self._gate(self.guard.check(self.messages, Stage.PROMPT))
             if not self.enabled:
                 self._close_engine()
             return
@@ -327,6 +330,12 @@ class AsyncStreamMonitor(MonitorCore):
             self._session = session
             if self.screen_prompt:
                 self._settle_prompt(session.prompt_verdict, None)
+                if getattr(session, "prompt_cut", False):
+                    # The Stream model saw only the prompt's end: its start is judged too, never dropped.
+                    decision = await self.guard.acheck(self.messages, Stage.PROMPT)
+                    if self._state != OPEN:
+                        return ""
+                    self._gate(decision)
             if not self.enabled:
                 self._close_engine()
             return ""
