@@ -5,9 +5,10 @@
 The rail is a Colang 1.0 flow calling a registered action that returns ``RailOutcome.block()`` when
 the judge flags the chunk NeMo hands it (``context["bot_message"]``: the last ``context_size`` tokens
 plus the new ``chunk_size`` tokens). ``rails.output.streaming`` is on, with the chunk_size /
-context_size / stream_first variants below. A block arrives as a JSON error string in the stream;
-the consumer treats it as the stop and does not show it. The LLM is NeMo's ``openai`` engine pointed
-at the scripted server.
+context_size / stream_first variants below; two of them also run the judge on the user's message as
+an input rail (``+input rail``), like for like with qwenguard's paths that screen the prompt first. A
+block arrives as a JSON error string in the stream; the consumer treats it as the stop and does not
+show it. The LLM is NeMo's ``openai`` engine pointed at the scripted server.
 """
 
 from __future__ import annotations
@@ -34,10 +35,16 @@ define flow judge output
   if $outcome.is_blocked
     bot refuse to respond
     stop
+
+define flow judge input
+  $outcome = execute bench_judge_input
+  if $outcome.is_blocked
+    bot refuse to respond
+    stop
 """
 
 
-def _yaml(url: str, streaming: tuple[int, int, bool] | None) -> str:
+def _yaml(url: str, streaming: tuple[int, int, bool] | None, check_input: bool = False) -> str:
     model = f"""
 models:
   - type: main
@@ -51,10 +58,11 @@ models:
     if streaming is None:
         return model
     chunk, context, first = streaming
+    inputs = "\n  input:\n    flows:\n      - judge input" if check_input else ""
     return (
         model
         + f"""
-rails:
+rails:{inputs}
   output:
     flows:
       - judge output
@@ -67,11 +75,13 @@ rails:
     )
 
 
-def _rails(url: str, streaming: tuple[int, int, bool] | None, judge: Any) -> Any:
+def _rails(url: str, streaming: tuple[int, int, bool] | None, judge: Any, check_input: bool = False) -> Any:
     from nemoguardrails import LLMRails, RailsConfig
     from nemoguardrails.actions.rail_outcome import RailOutcome
 
-    config = RailsConfig.from_content(colang_content=COLANG if streaming else None, yaml_content=_yaml(url, streaming))
+    config = RailsConfig.from_content(
+        colang_content=COLANG if streaming else None, yaml_content=_yaml(url, streaming, check_input)
+    )
     rails = LLMRails(config)
     if streaming is not None:
 
@@ -80,6 +90,13 @@ def _rails(url: str, streaming: tuple[int, int, bool] | None, judge: Any) -> Any
             return RailOutcome.block(reason="judge") if await judge.ajudge(text) else RailOutcome.allow()
 
         rails.register_action(bench_judge_output, name="bench_judge_output")
+
+        async def bench_judge_input(context: dict | None = None, **_: Any) -> Any:
+            # The same judge on the user's message, as qwenguard's monitors screen the prompt first.
+            text = (context or {}).get("user_message") or ""
+            return RailOutcome.block(reason="judge") if await judge.ajudge(text) else RailOutcome.allow()
+
+        rails.register_action(bench_judge_input, name="bench_judge_input")
     return rails
 
 
@@ -102,9 +119,9 @@ def _consume(rails: Any):
     return consume
 
 
-def variant(chunk: int, context: int, first: bool) -> sk.Build:
+def variant(chunk: int, context: int, first: bool, check_input: bool = False) -> sk.Build:
     def build(url: str, judge: Any):
-        return _consume(_rails(url, (chunk, context, first), judge))
+        return _consume(_rails(url, (chunk, context, first), judge, check_input))
 
     return build
 
@@ -113,10 +130,9 @@ def baseline(url: str):
     return _consume(_rails(url, None, None))
 
 
-def _path(chunk: int, context: int, first: bool, note: str = "") -> sk.PeerPath:
-    return sk.PeerPath(
-        f"nemo {chunk}/{context} stream_first={first}", variant(chunk, context, first), baseline, note=note
-    )
+def _path(chunk: int, context: int, first: bool, note: str = "", check_input: bool = False) -> sk.PeerPath:
+    name = f"nemo {chunk}/{context} stream_first={first}" + (" +input rail" if check_input else "")
+    return sk.PeerPath(name, variant(chunk, context, first, check_input), baseline, note=note)
 
 
 PATHS = [
@@ -125,6 +141,10 @@ PATHS = [
     _path(20, 5, False),
     _path(5, 2, False),
     _path(5, 2, True),
+    # Like for like with the integrations that screen the prompt before the model (qwenguard's monitors,
+    # GuardMiddleware, GuardedLLM by default): the same judge as an input rail.
+    _path(5, 2, False, "input rail: the judge on the prompt first", check_input=True),
+    _path(200, 50, True, "default streaming config + input rail", check_input=True),
 ]
 
 if __name__ == "__main__":
