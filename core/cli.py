@@ -360,8 +360,8 @@ def serve(
         f"(auth {'on' if api_key else 'off'}, policy {escape(policy)})",
         soft_wrap=True,
     )
-    budget = getattr(guard.stream_backend, "max_session_tokens", None)
     if guard.stream_backend is not None:
+        budget = guard.stream_backend.max_session_tokens
         held = (
             "unbounded"
             if budget is None

@@ -12,7 +12,7 @@ import gc
 import threading
 
 import pytest
-from qwenguard.core import Guard, GuardUnavailable, Policy
+from qwenguard.core import Guard, GuardUnavailable, Policy, QwenGuardError
 from qwenguard.core.backends.transformers_stream import DEFAULT_STREAM_SESSION_TOKENS, TransformersStream
 from qwenguard.core.verdict import Risk
 
@@ -131,6 +131,25 @@ def test_a_prompt_that_cannot_fit_fails_closed_and_is_not_cut(stream) -> None:
         assert (tight.session_tokens, tight.open_sessions) == (before, 1)
         assert tight.sessions_refused == 1
         first.close()
+    finally:
+        tight.close()
+
+
+def test_a_step_that_finds_no_room_fails_closed(stream) -> None:
+    """A session whose next step cannot fit even with nothing but its prompt kept is refused (the
+    tokens it was fed are not scored, so the session is unusable), never run past the budget."""
+    first_prompt, second_prompt = "What is the capital of France? " * 10, PROMPT
+    budget = len(stream.encode_prompt(first_prompt)[0]) + len(stream.encode_prompt(second_prompt)[0]) + 3
+    tight = TransformersStream(stream.model, stream.tokenizer, name="tight", max_session_tokens=budget)
+    try:
+        first = tight.open_session(first_prompt)  # kept open: a collected session gives its share back
+        second = tight.open_session(second_prompt)
+        with pytest.raises(GuardUnavailable, match=f"max_session_tokens={budget:,}"):
+            second.feed_text(SAFE)
+        assert tight.session_tokens <= budget and tight.sessions_refused == 1
+        with pytest.raises(QwenGuardError, match="unusable"):
+            second.feed_text(SAFE)
+        assert first.cached_tokens == len(stream.encode_prompt(first_prompt)[0])
     finally:
         tight.close()
 

@@ -327,20 +327,26 @@ class TransformersStream:
         with self._held_lock:
             return len(self._held)
 
+    def _others(self, session: StreamSession) -> int:
+        """What the other open sessions hold (call with ``_held_lock`` held)."""
+        return sum(self._held.values()) - self._held.get(id(session), 0)
+
     def _hold(self, session: StreamSession, positions: int) -> bool:
         """Let ``session`` hold ``positions`` in all (what it holds now included) if the budget has room."""
         with self._held_lock:
-            others = sum(self._held.values()) - self._held.get(id(session), 0)
-            if self.max_session_tokens is not None and others + positions > self.max_session_tokens:
+            if self.max_session_tokens is not None and self._others(session) + positions > self.max_session_tokens:
                 return False
             self._held[id(session)] = positions
             return True
 
-    def _fair_share(self) -> int:
-        """The budget over the open sessions: what a session slides down to when the budget is full."""
-        assert self.max_session_tokens is not None
+    def _pressure(self, positions: int) -> tuple[int, bool]:
+        """The fair share (the budget over the open sessions: what a session slides down to), and whether the
+        sessions would hold more than three quarters of the budget with ``positions`` more (crowded: then a
+        session above its fair share slides down to it, so newcomers find room)."""
+        budget = self.max_session_tokens
+        assert budget is not None
         with self._held_lock:
-            return self.max_session_tokens // max(1, len(self._held))
+            return budget // max(1, len(self._held)), sum(self._held.values()) + positions > budget * 3 // 4
 
     def _register(self, session: StreamSession) -> None:
         with self._held_lock:
@@ -356,18 +362,9 @@ class TransformersStream:
         with self._held_lock:
             self._held.pop(key, None)
 
-    def _crowded(self, positions: int) -> bool:
-        """Whether the sessions would hold more than three quarters of the budget with ``positions`` more:
-        then a session above its fair share slides down to it, so newcomers find room."""
-        if self.max_session_tokens is None:
-            return False
-        with self._held_lock:
-            return sum(self._held.values()) + positions > self.max_session_tokens * 3 // 4
-
     def _refuse(self, session: StreamSession, needed: int, what: str) -> GuardUnavailable:
         with self._held_lock:
-            others = sum(self._held.values()) - self._held.get(id(session), 0)
-            count = len(self._held) - 1
+            others, count = self._others(session), len(self._held) - 1
         self.sessions_refused += 1
         return GuardUnavailable(
             f"Qwen3Guard-Stream's session memory is full: {what} needs {needed:,} KV positions and the {count} "
@@ -503,8 +500,8 @@ class StreamSession:
         if backend.max_session_tokens is None:
             return
         need = self._live_cache().length + n
-        fair = backend._fair_share()
-        if (need <= fair or not backend._crowded(n)) and backend._hold(self, need):
+        fair, crowded = backend._pressure(n)
+        if (need <= fair or not crowded) and backend._hold(self, need):
             return
         # Crowded and above its fair share, or the budget is full: slide to half the fair share (so the next
         # steps do not slide again at once), or to the prompt alone if that is what fits.
