@@ -3,11 +3,11 @@
     python bench/realsize.py [--quick] [--dir DIR] [--threads 2] [--device cpu|cuda] [--dtype float32|bfloat16]
                              [--repeats N] [--batch-repeats N]
                              [--stream-tokens N] [--stream-rounds N] [--skip gen|stream]
-                             [--parts checks,batch,gate,windows] [--document-sentences N]
+                             [--parts checks,batch,gate,windows,projections] [--document-sentences N]
 
 Builds random-weight checkpoints with tests/realshape.py (the Qwen3-0.6B backbone: hidden 1024, 28
 layers, 16 query / 8 KV heads of 128; the real tokenizer and the guard's chat template), caches them
-under ``--dir``, and prints, side by side in one run (arms interleaved, medians of ``--repeats``):
+under ``--dir``, and prints, side by side in one run (arms interleaved, each arm's best of ``--repeats`` rounds):
 
 1. a prompt check (verdict unsafe, and verdict safe) and a response check through `Guard` against a
    naive ``model.generate`` over the full rendered prompt, with the same tokens out (checked);
@@ -21,7 +21,9 @@ under ``--dir``, and prints, side by side in one run (arms interleaved, medians 
    concurrent sessions against one (`TransformersStream`, its packed forwards);
 5. (``--parts windows``, not in the default run) the stream monitors' Gen-window engine over a long
    request (``--document-sentences``): each window as a full check against the stream's session pool
-   (`GenSessionPool`), in time and in tokens run.
+   (`GenSessionPool`), in time and in tokens run;
+6. (``--parts projections``, not in the default run) one packed forward of 2 to 256 new tokens with its
+   projections as ``weight @ x.T`` against the layers' own forwards (`stream_batching.NARROW_ROWS`).
 
 How the Gen comparison is kept fair: random weights never write a parseable verdict, so every Gen arm
 answers the same *scripted* verdict (``Safety: Unsafe`` / ``Categories: Violent`` / for responses
@@ -392,6 +394,39 @@ def gen_section(args: argparse.Namespace, path: Path, targets: Targets) -> None:
             f"{ms(t['sessions'])} ({tokens['sessions']} tokens run): {t['full'] / t['sessions']:.2f}x",
             flush=True,
         )
+    # -- 5. the packed forward's projections: narrow (weight @ x.T) vs the layers' own forwards ------
+    if "projections" in args.parts:
+        from qwenguard.core.backends import stream_batching
+        from qwenguard.core.backends.gen_engine import _fork
+
+        layers = model.config.num_hidden_layers
+        base = stream_batching.SessionCache(layers)
+        fresh = list(range(1000, 1512))
+        with torch.inference_mode():
+            stream_batching.packed_hidden(model.model, [stream_batching.StreamStep(base, list(range(500, 700)))])
+        default_rows = stream_batching.NARROW_ROWS
+
+        def forward(n: int, rows: int) -> None:
+            stream_batching.NARROW_ROWS = rows
+            try:
+                cache = _fork(base, 800)
+                with torch.inference_mode():
+                    stream_batching.packed_hidden(model.model, [stream_batching.StreamStep(cache, fresh[:n])])
+                _sync()
+            finally:
+                stream_batching.NARROW_ROWS = default_rows
+
+        print(f"  packed forward after 200 cached tokens, projections narrow (<= {default_rows} rows) vs the layers':")
+        for n in (2, 4, 16, 64, 128, 256):
+            t = interleave(
+                {"modules": lambda n=n: forward(n, 0), "narrow": lambda n=n: forward(n, 1 << 30)}, args.repeats
+            )
+            print(
+                f"    {n:4d} new tokens: layers {ms(t['modules'])} | narrow {ms(t['narrow'])}"
+                f" | {t['modules'] / t['narrow']:.2f}x",
+                flush=True,
+            )
+
     today.close()
     guard.close()
 
@@ -507,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--parts",
         default="checks,batch,gate",
-        help="the Gen comparisons to run (comma-separated: checks, batch, gate, windows)",
+        help="the Gen comparisons to run (comma-separated: checks, batch, gate, windows, projections)",
     )
     parser.add_argument(
         "--document-sentences",

@@ -21,6 +21,7 @@ from qwenguard.core.backends.stream_batching import (
     SessionCache,
     StreamStep,
     packed_forward,
+    packed_hidden,
 )
 from qwenguard.core.backends.transformers_stream import (
     TransformersStream,
@@ -206,6 +207,68 @@ def test_packed_forward_equals_transformers_forward(stream):
             assert got.shape == want.shape
             assert torch.allclose(torch.softmax(got[..., :3], -1), torch.softmax(want[..., :3], -1), atol=TOLERANCE)
             assert torch.equal(got[..., 3:].argmax(-1), want[..., 3:].argmax(-1))
+
+
+def _hidden_both_ways(model, seq, cut, monkeypatch):
+    """The packed hidden states of ``seq[cut:]`` after ``seq[:cut]``: narrow (weight @ x.T) and as modules."""
+    from qwenguard.core.backends import stream_batching
+
+    out = []
+    for rows in (stream_batching.NARROW_ROWS, 0):
+        monkeypatch.setattr(stream_batching, "NARROW_ROWS", rows)
+        cache = SessionCache(model.config.num_hidden_layers)
+        with torch.inference_mode():
+            packed_hidden(model.model, [StreamStep(cache, seq[:cut], "none")])
+            out.append(packed_hidden(model.model, [StreamStep(cache, seq[cut:], "none")]))
+    return out
+
+
+@pytest.mark.parametrize("new_tokens", [1, 4, 16, 100])
+def test_narrow_projections_equal_the_modules(stream_shaped, new_tokens, monkeypatch):
+    """A forward of a few tokens runs its projections as ``weight @ x.T`` on a CPU: the same numbers as
+    the layers' own forwards, to float rounding."""
+    rnd = random.Random(new_tokens)
+    seq = [rnd.randrange(10, stream_shaped.config.vocab_size) for _ in range(30 + new_tokens)]
+    from qwenguard.core.backends import stream_batching
+
+    assert stream_batching._narrow(torch, torch.zeros(new_tokens, 8))  # this forward takes the narrow way
+    narrow, modules = _hidden_both_ways(stream_shaped.model, seq, 30, monkeypatch)
+    assert narrow.shape == modules.shape == (new_tokens, stream_shaped.config.hidden_size)
+    assert torch.allclose(narrow, modules, atol=1e-4, rtol=1e-4)
+
+
+class _Adapter(torch.nn.Linear):
+    """A linear layer with a low-rank delta in its forward (as an adapter library adds one)."""
+
+    def __init__(self, base: torch.nn.Linear) -> None:
+        super().__init__(base.in_features, base.out_features, bias=False)
+        self.weight = base.weight
+        self.down = torch.nn.Parameter(torch.randn(4, base.in_features) * 0.05)
+        self.up = torch.nn.Parameter(torch.randn(base.out_features, 4) * 0.05)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + (x @ self.down.t()) @ self.up.t()
+
+
+def test_a_layer_with_its_own_forward_runs_it_in_a_narrow_forward(stream_shaped, monkeypatch):
+    """Adapter layers (subclasses of ``Linear``) in the attention and the MLP: the packed forward runs their
+    forwards, so its hidden states equal transformers' own forward of the adapted model."""
+    import copy
+
+    model = copy.deepcopy(stream_shaped.model)
+    torch.manual_seed(3)
+    for layer in model.model.layers:
+        layer.self_attn.q_proj = _Adapter(layer.self_attn.q_proj)
+        layer.mlp.up_proj = _Adapter(layer.mlp.up_proj)
+    rnd = random.Random(5)
+    seq = [rnd.randrange(10, stream_shaped.config.vocab_size) for _ in range(24)]
+    narrow, _ = _hidden_both_ways(model, seq, 20, monkeypatch)
+    with torch.inference_mode():
+        full = model.model(input_ids=torch.tensor([seq])).last_hidden_state[0, 20:]
+    assert torch.allclose(narrow, full, atol=1e-4, rtol=1e-4)
+    with torch.inference_mode():
+        unadapted = stream_shaped.model.model(input_ids=torch.tensor([seq])).last_hidden_state[0, 20:]
+    assert not torch.allclose(narrow, unadapted, atol=1e-3)
 
 
 # -- sessions: batched vs single vs full forward --------------------------------------------------------
