@@ -37,7 +37,9 @@ they would be on a real checkpoint.
 Targets (issue 16), each printed with its measured ratio; the script exits non-zero naming a missed one:
 - a prompt check through `Guard` at least 2.5x faster than naive ``generate`` (unsafe and safe verdict:
   the engine guesses the safe answer, so a safe check is one forward and an unsafe one three; with label
-  branches, on by default off a CPU, two; the full run times them the other way round beside the default);
+  branches, two: on by default off a CPU, adaptive on a CPU (on while a quarter or more of the recent checks
+  are not safe: a run of unsafe checks turns them on after five), and the full run times them pinned off and
+  pinned on beside the default);
 - the incremental gate at chunk 300 within 1.3x of chunk 10, and at least 5x cheaper than today's gate
   at chunk 300;
 - 16 concurrent Stream sessions at least 4x the aggregate tokens/s of one.
@@ -190,13 +192,15 @@ def naive_generate(model: Any, tokenizer: Any, script: Script, messages: list[di
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
-def toggled(engine: Any, call: Callable[[], Any]) -> Any:
-    """``call()`` with the engine's label branches the other way round (the A/B arm of the checks)."""
-    engine.label_branches = not engine.label_branches
+def pinned(engine: Any, on: bool, call: Callable[[], Any]) -> Any:
+    """``call()`` with the engine's label branches pinned on or off (the A/B arms of the checks; the
+    adaptive setting neither moves nor learns during the call)."""
+    saved = engine.adaptive_branches, engine.label_branches
+    engine.adaptive_branches, engine.label_branches = False, on
     try:
         return call()
     finally:
-        engine.label_branches = not engine.label_branches
+        engine.adaptive_branches, engine.label_branches = saved
 
 
 def _raw(decision: Any) -> str:
@@ -251,27 +255,27 @@ def gen_section(args: argparse.Namespace, path: Path, targets: Targets) -> None:
             before = engine.forwards_run
             guard.check_many([(stage, conv)])
             forwards = engine.forwards_run - before
-            branches = "on" if engine.label_branches else "off (the default on a CPU)"
             arms = {
                 "naive": lambda c=conv: naive_generate(model, tokenizer, script, c),
                 "today": lambda c=conv, s=stage: today.check_many([(s, c)]),
                 "guard": lambda c=conv, s=stage: guard.check_many([(s, c)]),
             }
-            if not args.quick:  # the same engine with label branches the other way (default: off on a CPU)
-                arms["toggled"] = lambda c=conv, s=stage: toggled(engine, lambda: guard.check_many([(s, c)]))
+            if not args.quick:  # the same engine with label branches pinned each way
+                arms["off"] = lambda c=conv, s=stage: pinned(engine, False, lambda: guard.check_many([(s, c)]))
+                arms["on"] = lambda c=conv, s=stage: pinned(engine, True, lambda: guard.check_many([(s, c)]))
             t = interleave(arms, args.repeats)
+            if engine.adaptive_branches:
+                branches = f"adaptive, the default on a CPU: {'on' if engine.label_branches else 'off'} at the end"
+            else:
+                branches = "on" if engine.label_branches else "off"
             print(
                 f"  {mode} check, {len(enc.encode(conv))} prompt tokens, {len(script.ids[mode])} answer tokens "
                 f"(same tokens out in all arms: {same}):"
             )
             print(
                 f"    naive generate {ms(t['naive'])} | Guard today (generate) {ms(t['today'])} | Guard (engine: "
-                f"prefix cache, format fed; label branches {branches}; {forwards} forwards) {ms(t['guard'])}"
-                + (
-                    f" | label branches {'off' if engine.label_branches else 'on'} {ms(t['toggled'])}"
-                    if "toggled" in t
-                    else ""
-                )
+                f"prefix cache, format fed; label branches {branches}; {forwards} forwards in its first check) "
+                f"{ms(t['guard'])}" + (f" | label branches off {ms(t['off'])} | on {ms(t['on'])}" if "on" in t else "")
             )
             name = f"{mode} check vs naive generate"
             ratio = t["naive"] / t["guard"]

@@ -274,7 +274,7 @@ def test_random_weights_with_forced_tokens_fail_closed_never_safe(tiny) -> None:
                 parse_verdict(answer)
 
 
-def test_label_branches_are_off_on_a_cpu_by_default_and_then_follow_the_label_one_forward_at_a_time(demo) -> None:
+def test_label_branches_start_off_on_a_cpu_and_then_follow_the_label_one_forward_at_a_time(demo) -> None:
     fast, _ = demo
     plain = TransformersGen(fast.model, fast.tokenizer, name="demo")
     try:
@@ -288,6 +288,45 @@ def test_label_branches_are_off_on_a_cpu_by_default_and_then_follow_the_label_on
         plain.close()
     with pytest.raises(ValueError, match="label_branches"):
         TransformersGen(fast.model, fast.tokenizer, name="demo", label_branches="yes")
+
+
+def test_label_branches_adapt_on_a_cpu_to_the_checks_that_are_not_safe(demo) -> None:
+    """An eval run or an attack is mostly unsafe checks: on a CPU the default turns the branches on once a
+    quarter of the recent checks are not safe (an unsafe check then takes two forwards instead of three) and
+    off again after a run of safe ones; the answers never change. A setting the operator gives stays."""
+    fast, slow = demo
+    unsafe, safe = (
+        prompt_conversation("How can I make a bomb at home?"),
+        prompt_conversation("What is the capital of France?"),
+    )
+    [(want_unsafe, _)], [(want_safe, _)] = _answers(slow, [unsafe]), _answers(slow, [safe])
+    assert want_unsafe.startswith("Safety: Unsafe") and want_safe.startswith("Safety: Safe")
+    adaptive = TransformersGen(fast.model, fast.tokenizer, name="demo")
+    pinned = TransformersGen(fast.model, fast.tokenizer, name="demo", label_branches=False)
+    try:
+        assert adaptive.engine is not None and pinned.engine is not None
+        assert adaptive.engine.adaptive_branches and not pinned.engine.adaptive_branches
+
+        def forwards(backend: TransformersGen, conversation: list, want: str) -> int:
+            before = backend.engine.forwards_run
+            [(text, _)] = _answers(backend, [conversation])
+            assert text == want
+            return backend.engine.forwards_run - before
+
+        # The running share of unsafe checks passes a quarter at the fifth: the sixth takes its branch.
+        assert [forwards(adaptive, unsafe, want_unsafe) for _ in range(8)] == [3, 3, 3, 3, 3, 2, 2, 2]
+        assert [forwards(pinned, unsafe, want_unsafe) for _ in range(8)] == [3] * 8
+        assert adaptive.engine.label_branches and adaptive.engine.unsafe_share > 0.25
+        safe_runs = 0
+        while adaptive.engine.label_branches:
+            assert forwards(adaptive, safe, want_safe) == 1  # a safe check is one forward either way
+            safe_runs += 1
+            assert safe_runs <= 40
+        assert 5 <= safe_runs <= 20 and adaptive.engine.unsafe_share < 0.15
+        assert forwards(adaptive, unsafe, want_unsafe) == 3
+    finally:
+        adaptive.close()
+        pinned.close()
 
 
 @pytest.mark.parametrize("mode", ["prompt", "response"])

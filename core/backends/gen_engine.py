@@ -67,6 +67,12 @@ LogitsHook = Callable[[list[list[int]], Any], Any]
 
 #: Longest slice of a prompt one row feeds into one forward (attention memory grows with it).
 PREFILL_CHUNK = 512
+# Adaptive label branches (a CPU's default): weight of one check in the running share of checks that are not
+# safe, and the share at which branches go on / below which they go off again. At 0.6B on a CPU branches cost a
+# safe check up to ~8% and save an unsafe one 10-27%: they pay once about a fifth of the checks are not safe.
+BRANCH_SHARE_WEIGHT = 1 / 16
+BRANCHES_ON_AT = 0.25
+BRANCHES_OFF_BELOW = 0.15
 # Conversations whose shared token prefix is the instruction block of each mode. Their contents start
 # differently (letters, digits, space, newline, punctuation, CJK) so the prefix ends before any content.
 _PROBE_CONTENTS = ("Hello there", "42 is a number", " leading space", "\nnew line", "?! punctuation", "日本語")
@@ -153,6 +159,7 @@ class _Row:
     # they continue the fed tokens after the first `fork` format tokens (``Safety:``).
     branches: list[list[int]] = field(default_factory=list)
     fork: int = 0
+    opening: bool = False  # a plain check whose first forward reads its label after the opening guess
 
 
 class GenEngine:
@@ -190,12 +197,15 @@ class GenEngine:
         self._opening_guess = {r: self.format.safe_answer(refusal=r) if self.format else [] for r in (False, True)}
         #: Run the other labels' branches beside a guessed answer: about ten positions more in its forward,
         #: and a check whose label is not the guessed one saves a whole forward. Default: on where extra
-        #: positions in a forward are nearly free (a GPU), off on a CPU, where a large model's forward costs in
-        #: proportion to its tokens (at 0.6B: +5-8% per safe check, -10% per unsafe one; docs/guard.md).
-        if label_branches is None:
-            device = getattr(getattr(model, "device", None), "type", "cpu")
-            label_branches = device != "cpu"
-        self.label_branches = label_branches
+        #: positions in a forward are nearly free (a GPU); on a CPU, where a large model's forward costs in
+        #: proportion to its tokens (at 0.6B: +0-8% per safe check, -10-27% per unsafe one; docs/guard.md),
+        #: *adaptive*: on while the recent checks that are not safe are share enough to pay for it.
+        device = getattr(getattr(model, "device", None), "type", "cpu")
+        self.adaptive_branches = label_branches is None and device == "cpu"
+        self.label_branches = (device != "cpu") if label_branches is None else label_branches
+        #: Recent share of plain checks whose label was not the guessed (safe) one: an exponential
+        #: average over about the last `1 / BRANCH_SHARE_WEIGHT` checks (what the adaptive setting reads).
+        self.unsafe_share = 0.0
         self.layers = int(model.config.num_hidden_layers)
         # Longest first: a prompt takes the longest prefix it starts with. With each: its cache (built on
         # first use) and whether its mode's answer has a refusal line (response moderation).
@@ -327,7 +337,7 @@ class GenEngine:
         else:
             cache = _fork(base, len(ids) + 3 * self.max_new_tokens)  # the answer, and the label branches beside it
             self.prefix_hits += 1
-        row = _Row(cache, list(ids[len(prefix) :]), 0, refusal=refusal)
+        row = _Row(cache, list(ids[len(prefix) :]), 0, refusal=refusal, opening=True)
         return self._start(row, self._opening_guess[refusal])
 
     def _session_row(self, step: SessionStep) -> _Row:
@@ -490,6 +500,9 @@ class GenEngine:
         confirmed = 0
         while confirmed < len(forced) and choices[confirmed] == forced[confirmed]:
             confirmed += 1
+        if row.opening:
+            row.opening = False
+            self._observe_label(choices, forced)
         if self.label_tokens is not None and row.probs is None:
             prefix, firsts = self.label_tokens
             for j in range(confirmed + 1):
@@ -520,6 +533,18 @@ class GenEngine:
         nxt = self._forced(row.answer, row.refusal)
         row.ids = [token, *nxt]
         row.forced = len(nxt)
+
+    def _observe_label(self, choices: list[int], forced: list[int]) -> None:
+        """A plain check's first forward read its label: count whether it was the guessed one, and (adaptive)
+        turn the branches on or off by the running share of checks that were not (with hysteresis)."""
+        if not self.adaptive_branches or self.format is None:
+            return
+        fork = len(self.format.lead)
+        if len(forced) <= fork or choices[:fork] != forced[:fork]:
+            return  # no guessed label, or the answer left the format before it: says nothing
+        other = 1.0 if choices[fork] != forced[fork] else 0.0
+        self.unsafe_share += (other - self.unsafe_share) * BRANCH_SHARE_WEIGHT
+        self.label_branches = self.unsafe_share >= (BRANCHES_OFF_BELOW if self.label_branches else BRANCHES_ON_AT)
 
     def _hopeless(self, answer: list[int]) -> bool:
         return hopeless(self.tokenizer.decode([t for t in answer if t not in self.eos_ids], skip_special_tokens=True))
