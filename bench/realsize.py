@@ -37,8 +37,8 @@ they would be on a real checkpoint.
 Targets (issue 16), each printed with its measured ratio; the script exits non-zero naming a missed one:
 - a prompt check through `Guard` at least 2.5x faster than naive ``generate`` (unsafe and safe verdict:
   the engine guesses the safe answer, so a safe check is one forward and an unsafe one three; with label
-  branches, two: on by default off a CPU, adaptive on a CPU (on while a quarter or more of the recent checks
-  are not safe: a run of unsafe checks turns them on after five), and the full run times them pinned off and
+  branches, two: on by default off a CPU, adaptive on a CPU (on while a third or more of the recent checks
+  are not safe: a run of unsafe checks turns them on after seven), and the full run times them pinned off and
   pinned on beside the default);
 - the incremental gate at chunk 300 within 1.3x of chunk 10, and at least 5x cheaper than today's gate
   at chunk 300;

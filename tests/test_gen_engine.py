@@ -14,7 +14,14 @@ from __future__ import annotations
 import pytest
 from gen_script import ScriptedAnswer
 from qwenguard.core import Guard, Policy, Risk
-from qwenguard.core.backends.gen_engine import GenEngine, engine_for, instruction_prefixes
+from qwenguard.core.backends.gen_engine import (
+    BRANCH_SHARE_WEIGHT,
+    BRANCHES_OFF_BELOW,
+    BRANCHES_ON_AT,
+    GenEngine,
+    engine_for,
+    instruction_prefixes,
+)
 from qwenguard.core.backends.gen_format import VerdictFormat, hopeless
 from qwenguard.core.backends.transformers_gen import TransformersGen
 from qwenguard.core.errors import VerdictParseError
@@ -292,7 +299,7 @@ def test_label_branches_start_off_on_a_cpu_and_then_follow_the_label_one_forward
 
 def test_label_branches_adapt_on_a_cpu_to_the_checks_that_are_not_safe(demo) -> None:
     """An eval run or an attack is mostly unsafe checks: on a CPU the default turns the branches on once a
-    quarter of the recent checks are not safe (an unsafe check then takes two forwards instead of three) and
+    third of the recent checks are not safe (an unsafe check then takes two forwards instead of three) and
     off again after a run of safe ones; the answers never change. A setting the operator gives stays."""
     fast, slow = demo
     unsafe, safe = (
@@ -313,16 +320,21 @@ def test_label_branches_adapt_on_a_cpu_to_the_checks_that_are_not_safe(demo) -> 
             assert text == want
             return backend.engine.forwards_run - before
 
-        # The running share of unsafe checks passes a quarter at the fifth: the sixth takes its branch.
-        assert [forwards(adaptive, unsafe, want_unsafe) for _ in range(8)] == [3, 3, 3, 3, 3, 2, 2, 2]
-        assert [forwards(pinned, unsafe, want_unsafe) for _ in range(8)] == [3] * 8
-        assert adaptive.engine.label_branches and adaptive.engine.unsafe_share > 0.25
+        # Once the running share of unsafe checks reaches BRANCHES_ON_AT, the next check takes its branch.
+        share, expected = 0.0, []
+        for _ in range(12):
+            expected.append(2 if share >= BRANCHES_ON_AT else 3)
+            share += (1 - share) * BRANCH_SHARE_WEIGHT
+        assert 3 <= expected.count(3) <= 10 and expected[-1] == 2
+        assert [forwards(adaptive, unsafe, want_unsafe) for _ in range(12)] == expected
+        assert [forwards(pinned, unsafe, want_unsafe) for _ in range(12)] == [3] * 12
+        assert adaptive.engine.label_branches and adaptive.engine.unsafe_share >= BRANCHES_ON_AT
         safe_runs = 0
         while adaptive.engine.label_branches:
             assert forwards(adaptive, safe, want_safe) == 1  # a safe check is one forward either way
             safe_runs += 1
             assert safe_runs <= 40
-        assert 5 <= safe_runs <= 20 and adaptive.engine.unsafe_share < 0.15
+        assert 3 <= safe_runs <= 20 and adaptive.engine.unsafe_share < BRANCHES_OFF_BELOW
         assert forwards(adaptive, unsafe, want_unsafe) == 3
     finally:
         adaptive.close()
