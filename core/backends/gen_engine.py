@@ -199,7 +199,7 @@ class GenEngine:
         #: Run the other labels' branches beside a guessed answer: about ten positions more in its forward,
         #: and a check whose label is not the guessed one saves a whole forward. Default: on where extra
         #: positions in a forward are nearly free (a GPU); on a CPU, where a large model's forward costs in
-        #: proportion to its tokens (at 0.6B: +0-8% per safe check, -10-27% per unsafe one; docs/guard.md),
+        #: proportion to its tokens (at 0.6B: about +11% per safe check, -12% per unsafe one; `BRANCHES_ON_AT`),
         #: *adaptive*: on while enough of the recent checks are not safe to pay for it.
         device = getattr(getattr(model, "device", None), "type", "cpu")
         self.adaptive_branches = label_branches is None and device == "cpu"
