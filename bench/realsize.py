@@ -274,7 +274,7 @@ def gen_section(args: argparse.Namespace, path: Path, targets: Targets) -> None:
             )
             print(
                 f"    naive generate {ms(t['naive'])} | Guard today (generate) {ms(t['today'])} | Guard (engine: "
-                f"prefix cache, format fed; label branches {branches}; {forwards} forwards in its first check) "
+                f"prefix cache, format fed; label branches {branches}; {forwards} forwards in a check after the warm-up) "
                 f"{ms(t['guard'])}" + (f" | label branches off {ms(t['off'])} | on {ms(t['on'])}" if "on" in t else "")
             )
             name = f"{mode} check vs naive generate"

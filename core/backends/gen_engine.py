@@ -160,7 +160,6 @@ class _Row:
     # they continue the fed tokens after the first `fork` format tokens (``Safety:``).
     branches: list[list[int]] = field(default_factory=list)
     fork: int = 0
-    opening: bool = False  # a plain check whose first forward reads its label after the opening guess
 
 
 class GenEngine:
@@ -338,7 +337,7 @@ class GenEngine:
         else:
             cache = _fork(base, len(ids) + 3 * self.max_new_tokens)  # the answer, and the label branches beside it
             self.prefix_hits += 1
-        row = _Row(cache, list(ids[len(prefix) :]), 0, refusal=refusal, opening=True)
+        row = _Row(cache, list(ids[len(prefix) :]), 0, refusal=refusal)
         return self._start(row, self._opening_guess[refusal])
 
     def _session_row(self, step: SessionStep) -> _Row:
@@ -501,8 +500,7 @@ class GenEngine:
         confirmed = 0
         while confirmed < len(forced) and choices[confirmed] == forced[confirmed]:
             confirmed += 1
-        if row.opening:
-            row.opening = False
+        if row.session is None and not row.answer:  # a plain check's first read: its label after the opening guess
             self._observe_label(choices, forced)
         if self.label_tokens is not None and row.probs is None:
             prefix, firsts = self.label_tokens
