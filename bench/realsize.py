@@ -36,10 +36,9 @@ they would be on a real checkpoint.
 
 Targets (issue 16), each printed with its measured ratio; the script exits non-zero naming a missed one:
 - a prompt check through `Guard` at least 2.5x faster than naive ``generate`` (unsafe and safe verdict:
-  the engine guesses the safe answer, so a safe check is one forward and an unsafe one three; with label
-  branches, two: on by default off a CPU, adaptive on a CPU (on while a third or more of the recent checks
-  are not safe: a run of unsafe checks turns them on after seven), and the full run times them pinned off and
-  pinned on beside the default);
+  the engine guesses the safe answer, so a safe check is one forward; with the other labels' branches
+  beside the guess (on by default) an unsafe one is two, and the full run times the branches turned off
+  beside the default: three);
 - the incremental gate at chunk 300 within 1.3x of chunk 10, and at least 5x cheaper than today's gate
   at chunk 300;
 - 16 concurrent Stream sessions at least 4x the aggregate tokens/s of one.
@@ -175,7 +174,17 @@ def ms(seconds: float) -> str:
 # Gen: checks, batching, the gate
 # ================================================================================================
 def naive_generate(model: Any, tokenizer: Any, script: Script, messages: list[dict[str, str]]) -> str:
-    """What a user would write: the chat template, ``generate`` over the full prompt, decode the new tokens."""
+    """What a user would write: the chat template, ``generate`` over the full prompt, decode the new tokens.
+
+    Run on qwenguard's torch thread, where the guard's forwards run too: a second thread running torch
+    would give the process a second OpenMP team, and libgomp then slows every arm's kernels alike (10-20%
+    here; docs/performance.md), which is the benchmark's doing, not either arm's."""
+    from qwenguard.core.backends.torch_runtime import run_on_torch_thread
+
+    return run_on_torch_thread(_naive_generate, model, tokenizer, script, messages)
+
+
+def _naive_generate(model: Any, tokenizer: Any, script: Script, messages: list[dict[str, str]]) -> str:
     import torch
 
     text = tokenizer.apply_chat_template(messages, tokenize=False)
@@ -192,15 +201,13 @@ def naive_generate(model: Any, tokenizer: Any, script: Script, messages: list[di
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
-def pinned(engine: Any, on: bool, call: Callable[[], Any]) -> Any:
-    """``call()`` with the engine's label branches pinned on or off (the A/B arms of the checks; the
-    adaptive setting neither moves nor learns during the call)."""
-    saved = engine.adaptive_branches, engine.label_branches
-    engine.adaptive_branches, engine.label_branches = False, on
+def branches_off(engine: Any, call: Callable[[], Any]) -> Any:
+    """``call()`` with the engine's label branches off (the A/B arm of the checks)."""
+    saved, engine.label_branches = engine.label_branches, False
     try:
         return call()
     finally:
-        engine.adaptive_branches, engine.label_branches = saved
+        engine.label_branches = saved
 
 
 def _raw(decision: Any) -> str:
@@ -260,14 +267,10 @@ def gen_section(args: argparse.Namespace, path: Path, targets: Targets) -> None:
                 "today": lambda c=conv, s=stage: today.check_many([(s, c)]),
                 "guard": lambda c=conv, s=stage: guard.check_many([(s, c)]),
             }
-            if not args.quick:  # the same engine with label branches pinned each way
-                arms["off"] = lambda c=conv, s=stage: pinned(engine, False, lambda: guard.check_many([(s, c)]))
-                arms["on"] = lambda c=conv, s=stage: pinned(engine, True, lambda: guard.check_many([(s, c)]))
+            if not args.quick:  # the same engine with label branches off
+                arms["off"] = lambda c=conv, s=stage: branches_off(engine, lambda: guard.check_many([(s, c)]))
             t = interleave(arms, args.repeats)
-            if engine.adaptive_branches:
-                branches = f"adaptive, the default on a CPU: {'on' if engine.label_branches else 'off'} at the end"
-            else:
-                branches = "on" if engine.label_branches else "off"
+            branches = "on" if engine.label_branches else "off"
             print(
                 f"  {mode} check, {len(enc.encode(conv))} prompt tokens, {len(script.ids[mode])} answer tokens "
                 f"(same tokens out in all arms: {same}):"
@@ -275,7 +278,7 @@ def gen_section(args: argparse.Namespace, path: Path, targets: Targets) -> None:
             print(
                 f"    naive generate {ms(t['naive'])} | Guard today (generate) {ms(t['today'])} | Guard (engine: "
                 f"prefix cache, format fed; label branches {branches}; {forwards} forwards in a check after the warm-up) "
-                f"{ms(t['guard'])}" + (f" | label branches off {ms(t['off'])} | on {ms(t['on'])}" if "on" in t else "")
+                f"{ms(t['guard'])}" + (f" | label branches off {ms(t['off'])}" if "off" in t else "")
             )
             name = f"{mode} check vs naive generate"
             ratio = t["naive"] / t["guard"]
@@ -402,15 +405,23 @@ def gen_section(args: argparse.Namespace, path: Path, targets: Targets) -> None:
     if "projections" in args.parts:
         from qwenguard.core.backends import stream_batching
         from qwenguard.core.backends.gen_engine import _fork
+        from qwenguard.core.backends.torch_runtime import run_on_torch_thread
 
         layers = model.config.num_hidden_layers
         base = stream_batching.SessionCache(layers)
         fresh = list(range(1000, 1512))
-        with torch.inference_mode():
-            stream_batching.packed_hidden(model.model, [stream_batching.StreamStep(base, list(range(500, 700)))])
+
+        def prefill() -> None:
+            with torch.inference_mode():
+                stream_batching.packed_hidden(model.model, [stream_batching.StreamStep(base, list(range(500, 700)))])
+
+        run_on_torch_thread(prefill)
         default_rows = stream_batching.NARROW_ROWS
 
         def forward(n: int, rows: int) -> None:
+            run_on_torch_thread(_forward, n, rows)  # where the guard's forwards run (see naive_generate)
+
+        def _forward(n: int, rows: int) -> None:
             stream_batching.NARROW_ROWS = rows
             try:
                 cache = _fork(base, 800)
@@ -421,7 +432,7 @@ def gen_section(args: argparse.Namespace, path: Path, targets: Targets) -> None:
                 stream_batching.NARROW_ROWS = default_rows
 
         print(f"  packed forward after 200 cached tokens, projections narrow (<= {default_rows} rows) vs the layers':")
-        for n in (2, 4, 16, 64, 128, 256):
+        for n in (2, 4, 9, 16, 27, 64, 124, 192, 256, 384, 512):
             t = interleave(
                 {"modules": lambda n=n: forward(n, 0), "narrow": lambda n=n: forward(n, 1 << 30)}, args.repeats
             )
@@ -487,6 +498,7 @@ def _packing_ceiling(stream: Any, sessions: int, rounds: int) -> float:
     compute-bound (a small CPU), this is far below ``sessions``, and no scheduling can beat it."""
     import torch
     from qwenguard.core.backends.stream_batching import SessionCache, StreamStep, packed_forward
+    from qwenguard.core.backends.torch_runtime import run_on_torch_thread
 
     layers = len(stream.model.model.layers)
 
@@ -504,8 +516,11 @@ def _packing_ceiling(stream: Any, sessions: int, rounds: int) -> float:
         _sync()
         return time.perf_counter() - start
 
-    one, many = caches(1), caches(sessions)
-    t = interleave({"one": lambda: forward(one), "many": lambda: forward(many)}, max(3, rounds))
+    one, many = run_on_torch_thread(caches, 1), run_on_torch_thread(caches, sessions)
+    t = interleave(  # on the stream model's own thread (see naive_generate)
+        {"one": lambda: run_on_torch_thread(forward, one), "many": lambda: run_on_torch_thread(forward, many)},
+        max(3, rounds),
+    )
     return sessions * t["one"] / t["many"]
 
 

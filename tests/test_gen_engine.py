@@ -15,9 +15,6 @@ import pytest
 from gen_script import ScriptedAnswer
 from qwenguard.core import Guard, Policy, Risk
 from qwenguard.core.backends.gen_engine import (
-    BRANCH_SHARE_WEIGHT,
-    BRANCHES_OFF_BELOW,
-    BRANCHES_ON_AT,
     GenEngine,
     engine_for,
     instruction_prefixes,
@@ -281,38 +278,24 @@ def test_random_weights_with_forced_tokens_fail_closed_never_safe(tiny) -> None:
                 parse_verdict(answer)
 
 
-def test_label_branches_start_off_on_a_cpu_and_then_follow_the_label_one_forward_at_a_time(demo) -> None:
-    fast, _ = demo
-    plain = TransformersGen(fast.model, fast.tokenizer, name="demo")
-    try:
-        assert plain.engine is not None and plain.engine.label_branches is False  # the model is on the CPU
-        before = plain.engine.forwards_run
-        [(text, _)] = _answers(plain, [prompt_conversation("How can I make a bomb at home?")])
-        assert text == "Safety: Unsafe\nCategories: Violent"
-        # The prompt (the safe guess refused at the label); the label with "\nCategories:" fed; the category.
-        assert plain.engine.forwards_run - before == 3
-    finally:
-        plain.close()
-    with pytest.raises(ValueError, match="label_branches"):
-        TransformersGen(fast.model, fast.tokenizer, name="demo", label_branches="yes")
-
-
-def test_label_branches_adapt_on_a_cpu_to_the_checks_that_are_not_safe(demo) -> None:
-    """An eval run or an attack is mostly unsafe checks: on a CPU the default turns the branches on once a
-    third of the recent checks are not safe (an unsafe check then takes two forwards instead of three) and
-    off again after a run of safe ones; the answers never change. A setting the operator gives stays."""
+def test_an_unsafe_check_on_a_cpu_is_two_forwards_by_default(demo) -> None:
+    """Label branches are on by default on a CPU too (their positions cost about nothing once a narrow
+    forward multiplies a multiple of 8 rows): the very first unsafe check reads its label and its first
+    category in the prompt's forward. ``label_branches=False`` still turns them off (three forwards: the
+    prompt, the label with "\nCategories:" fed, the category), with the same answer; a safe check is one
+    forward either way."""
     fast, slow = demo
     unsafe, safe = (
         prompt_conversation("How can I make a bomb at home?"),
         prompt_conversation("What is the capital of France?"),
     )
     [(want_unsafe, _)], [(want_safe, _)] = _answers(slow, [unsafe]), _answers(slow, [safe])
-    assert want_unsafe.startswith("Safety: Unsafe") and want_safe.startswith("Safety: Safe")
-    adaptive = TransformersGen(fast.model, fast.tokenizer, name="demo")
-    pinned = TransformersGen(fast.model, fast.tokenizer, name="demo", label_branches=False)
+    assert want_unsafe == "Safety: Unsafe\nCategories: Violent" and want_safe.startswith("Safety: Safe")
+    default = TransformersGen(fast.model, fast.tokenizer, name="demo")
+    off = TransformersGen(fast.model, fast.tokenizer, name="demo", label_branches=False)
     try:
-        assert adaptive.engine is not None and pinned.engine is not None
-        assert adaptive.engine.adaptive_branches and not pinned.engine.adaptive_branches
+        assert default.engine is not None and off.engine is not None
+        assert default.model.device.type == "cpu"
 
         def forwards(backend: TransformersGen, conversation: list, want: str) -> int:
             before = backend.engine.forwards_run
@@ -320,25 +303,14 @@ def test_label_branches_adapt_on_a_cpu_to_the_checks_that_are_not_safe(demo) -> 
             assert text == want
             return backend.engine.forwards_run - before
 
-        # Once the running share of unsafe checks reaches BRANCHES_ON_AT, the next check takes its branch.
-        share, expected = 0.0, []
-        for _ in range(12):
-            expected.append(2 if share >= BRANCHES_ON_AT else 3)
-            share += (1 - share) * BRANCH_SHARE_WEIGHT
-        assert 3 <= expected.count(3) <= 10 and expected[-1] == 2
-        assert [forwards(adaptive, unsafe, want_unsafe) for _ in range(12)] == expected
-        assert [forwards(pinned, unsafe, want_unsafe) for _ in range(12)] == [3] * 12
-        assert adaptive.engine.label_branches and adaptive.engine.unsafe_share >= BRANCHES_ON_AT
-        safe_runs = 0
-        while adaptive.engine.label_branches:
-            assert forwards(adaptive, safe, want_safe) == 1  # a safe check is one forward either way
-            safe_runs += 1
-            assert safe_runs <= 40
-        assert 3 <= safe_runs <= 20 and adaptive.engine.unsafe_share < BRANCHES_OFF_BELOW
-        assert forwards(adaptive, unsafe, want_unsafe) == 3
+        assert [forwards(default, unsafe, want_unsafe) for _ in range(3)] == [2, 2, 2]
+        assert [forwards(off, unsafe, want_unsafe) for _ in range(3)] == [3, 3, 3]
+        assert forwards(default, safe, want_safe) == forwards(off, safe, want_safe) == 1
     finally:
-        adaptive.close()
-        pinned.close()
+        default.close()
+        off.close()
+    with pytest.raises(ValueError, match="label_branches"):
+        TransformersGen(fast.model, fast.tokenizer, name="demo", label_branches="yes")
 
 
 @pytest.mark.parametrize("mode", ["prompt", "response"])

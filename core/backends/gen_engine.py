@@ -67,13 +67,6 @@ LogitsHook = Callable[[list[list[int]], Any], Any]
 
 #: Longest slice of a prompt one row feeds into one forward (attention memory grows with it).
 PREFILL_CHUNK = 512
-# Adaptive label branches (a CPU's default): weight of one check in the running share of checks that are not
-# safe, and the share at which branches go on / below which they go off again. At 0.6B on a CPU branches cost a
-# safe check about 0.12 s (+11%) and save an unsafe one about 0.24 s (-12%) in interleaved runs (each varies
-# from run to run: +0-28%, -2-27%): they pay once about a third of the checks are not safe.
-BRANCH_SHARE_WEIGHT = 1 / 16
-BRANCHES_ON_AT = 1 / 3
-BRANCHES_OFF_BELOW = 1 / 4
 # Conversations whose shared token prefix is the instruction block of each mode. Their contents start
 # differently (letters, digits, space, newline, punctuation, CJK) so the prefix ends before any content.
 _PROBE_CONTENTS = ("Hello there", "42 is a number", " leading space", "\nnew line", "?! punctuation", "日本語")
@@ -192,20 +185,15 @@ class GenEngine:
         self.format = VerdictFormat.for_tokenizer(tokenizer) if force_format else None
         # Fed with every prompt that has no better guess, per mode (whether the answer has a refusal line):
         # a few positions more in the prompt's forward, against one or two small forwards saved when the
-        # check is safe (a small forward reads every weight; on a CPU one costs about as much as 30 prompt
+        # check is safe (a small forward reads every weight; on a CPU one costs about as much as 15-20 prompt
         # tokens at 0.6B, on a GPU as much as a short prompt).
         self._opening_guess = {r: self.format.safe_answer(refusal=r) if self.format else [] for r in (False, True)}
         #: Run the other labels' branches beside a guessed answer: about ten positions more in its forward,
-        #: and a check whose label is not the guessed one saves a whole forward. Default: on where extra
-        #: positions in a forward are nearly free (a GPU); on a CPU, where a large model's forward costs in
-        #: proportion to its tokens (at 0.6B: about +11% per safe check, -12% per unsafe one; `BRANCHES_ON_AT`),
-        #: *adaptive*: on while enough of the recent checks are not safe to pay for it.
-        device = getattr(getattr(model, "device", None), "type", "cpu")
-        self.adaptive_branches = label_branches is None and device == "cpu"
-        self.label_branches = (device != "cpu") if label_branches is None else label_branches
-        #: Recent share of plain checks whose label was not the guessed (safe) one: an exponential
-        #: average over about the last `1 / BRANCH_SHARE_WEIGHT` checks (what the adaptive setting reads).
-        self.unsafe_share = 0.0
+        #: and a check whose label is not the guessed one saves a whole forward. On by default everywhere: on
+        #: a GPU extra positions are nearly free, and on a CPU a narrow forward multiplies a multiple of 8
+        #: rows anyway (`stream_batching._padded_rows`), so at 0.6B a safe check measured the same with them
+        #: (1,274-1,293 ms against 1,293 without) and an unsafe one 4-6% faster.
+        self.label_branches = True if label_branches is None else label_branches
         self.layers = int(model.config.num_hidden_layers)
         # Longest first: a prompt takes the longest prefix it starts with. With each: its cache (built on
         # first use) and whether its mode's answer has a refusal line (response moderation).
@@ -500,8 +488,6 @@ class GenEngine:
         confirmed = 0
         while confirmed < len(forced) and choices[confirmed] == forced[confirmed]:
             confirmed += 1
-        if row.session is None and not row.answer:  # a plain check's first read: its label after the opening guess
-            self._observe_label(choices, forced)
         if self.label_tokens is not None and row.probs is None:
             prefix, firsts = self.label_tokens
             for j in range(confirmed + 1):
@@ -532,18 +518,6 @@ class GenEngine:
         nxt = self._forced(row.answer, row.refusal)
         row.ids = [token, *nxt]
         row.forced = len(nxt)
-
-    def _observe_label(self, choices: list[int], forced: list[int]) -> None:
-        """A plain check's first forward read its label: count whether it was the guessed one, and (adaptive)
-        turn the branches on or off by the running share of checks that were not (with hysteresis)."""
-        if not self.adaptive_branches or self.format is None:
-            return
-        fork = len(self.format.lead)
-        if len(forced) <= fork or choices[:fork] != forced[:fork]:
-            return  # no guessed label, or the answer left the format before it: says nothing
-        other = 1.0 if choices[fork] != forced[fork] else 0.0
-        self.unsafe_share += (other - self.unsafe_share) * BRANCH_SHARE_WEIGHT
-        self.label_branches = self.unsafe_share >= (BRANCHES_OFF_BELOW if self.label_branches else BRANCHES_ON_AT)
 
     def _hopeless(self, answer: list[int]) -> bool:
         return hopeless(self.tokenizer.decode([t for t in answer if t not in self.eos_ids], skip_special_tokens=True))

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .batching import MicroBatcher
-from .torch_runtime import require_torch
+from .torch_runtime import on_torch_thread, require_torch
 
 __all__ = [
     "SessionCache",
@@ -135,7 +135,7 @@ def check_packable(model: Any) -> None:
 
 
 #: Up to how many packed tokens a CPU float32 forward runs its projections as ``weight @ x.T`` (`_narrow`).
-NARROW_ROWS = 128
+NARROW_ROWS = 384
 
 
 def _narrow(torch: Any, x: Any) -> bool:
@@ -143,12 +143,27 @@ def _narrow(torch: Any, x: Any) -> bool:
 
     On a CPU, torch's float32 ``linear`` over a few rows runs a matrix product that handles the large
     weight badly: 4 rows cost two to three times one row, although both read the weight once. As
-    ``weight @ x.T`` the same product is cheaper for a few rows: a forward of the 0.6B shape (torch 2.13,
-    MKL, 2 cores, interleaved runs: ``bench/realsize.py --parts projections``) took 16-35% less time for
-    2 to 16 new tokens and 10-17% less for 64; from 128 on the two ways are within a few percent either
-    way (16% slower at 256 in one run), and bfloat16 gains nothing. The numbers are the same products
-    summed in another order (float rounding)."""
+    ``weight @ x.T`` the same product is cheaper, and stays cheaper well into prefill sizes: a whole
+    forward of the 0.6B shape (torch 2.13, MKL, 2 cores, interleaved runs: ``bench/realsize.py --parts
+    projections``) took 12-39% less time for 2 to 64 new tokens, 20% less for 128, 9-14% less for 192 to
+    384, and the same at 512; bfloat16 gains nothing. The numbers are the same products summed in another
+    order (float rounding)."""
     return bool(x.device.type == "cpu" and x.dtype == torch.float32 and x.shape[0] <= NARROW_ROWS)
+
+
+def _padded_rows(n: int) -> int:
+    """How many rows a narrow forward's projections multiply for ``n`` tokens: past 8, the next multiple of
+    8 (zero rows, whose results are dropped). MKL's float32 product by ``x.T`` runs a width that is not a
+    multiple of 8 far below its pace: over the 0.6B shape's projections, 9 tokens 239 ms against 180 padded
+    to 16, 12: 251 / 167, 28: 316 / 242, 123: 1,005 / 864 (to 128); up to 8 tokens padding costs more
+    than it saves (5: 135 / 212)."""
+    return n if n <= 8 else -(-n // 8) * 8
+
+
+def _pad(torch: Any, x: Any, rows: int) -> Any:
+    """``x`` ([tokens, features]) with zero rows added up to ``rows``."""
+    n = x.shape[0]
+    return x if rows <= n else torch.cat((x, x.new_zeros(rows - n, x.shape[1])))
 
 
 def _project(torch: Any, linear: Any, x: Any, narrow: bool) -> Any:
@@ -162,15 +177,22 @@ def _project(torch: Any, linear: Any, x: Any, narrow: bool) -> Any:
 
 def _mlp(torch: Any, mlp: Any, x: Any, narrow: bool) -> Any:
     """The decoder layer's MLP over [tokens, hidden] ``x``. Narrow, a Qwen3 MLP of plain bias-free
-    layers runs in the transposed domain (``down @ (act(gate @ x.T) * (up @ x.T))``: one transpose at
-    the end); any other MLP runs its own forward."""
+    layers runs as ``down @ h.T`` with ``h = act(gate @ x.T) * (up @ x.T)`` laid out token by token;
+    any other MLP runs its own forward.
+
+    The layout matters as much as the transpose: MKL multiplies by a few columns two to three times
+    faster when they are the rows of a token-major matrix (``x.T`` of a contiguous ``x``) than when they
+    are the columns of a feature-major one (``gate @ x.T`` as it comes out): measured over the 0.6B shape's
+    projections, 2 tokens 153 -> 124 ms, 4: 161 -> 119, 9: 330 -> 263, the same from 16 on. So ``h`` is
+    copied token-major (a few KB per token) before the down projection."""
     layers: list[Any] = [getattr(mlp, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
     plain = all(type(m) is torch.nn.Linear and m.bias is None for m in layers)
     if not (narrow and plain and type(mlp).__name__ == "Qwen3MLP"):
         return mlp(x)
     gate, up, down = layers
     xt = x.t()
-    return torch.mm(down.weight, mlp.act_fn(torch.mm(gate.weight, xt)) * torch.mm(up.weight, xt)).t()
+    h = (mlp.act_fn(torch.mm(gate.weight, xt)) * torch.mm(up.weight, xt)).t().contiguous()
+    return torch.mm(down.weight, h.t()).t()
 
 
 def _rotate_half(x: Any) -> Any:
@@ -248,19 +270,23 @@ def packed_hidden(backbone: Any, steps: Sequence[Any]) -> Any:
     ).to(device)
     hidden = backbone.embed_tokens(ids)[None]  # [1, T, hidden]
     narrow = _narrow(torch, hidden[0])
+    rows = _padded_rows(total) if narrow else total
     cos, sin = backbone.rotary_emb(hidden, positions[None])
     cos, sin = cos[0, :, None, :], sin[0, :, None, :]  # [T, 1, head_dim]: broadcast over heads
     for index, layer in enumerate(backbone.layers):
         attn = layer.self_attn
-        x = layer.input_layernorm(hidden)[0]
+        x = _pad(torch, layer.input_layernorm(hidden)[0], rows)
         dim = attn.head_dim
-        q = attn.q_norm(_project(torch, attn.q_proj, x, narrow).reshape(total, -1, dim))
-        k = attn.k_norm(_project(torch, attn.k_proj, x, narrow).reshape(total, -1, dim))
-        v = _project(torch, attn.v_proj, x, narrow).reshape(total, -1, dim)
+        # Contiguous (a narrow projection comes out transposed): torch's CPU attention kernel takes only
+        # inputs whose last dimension is contiguous, and falls back to its unfused path (about twice the
+        # time at 124 tokens) otherwise; the norms also read rows faster.
+        q = attn.q_norm(_project(torch, attn.q_proj, x, narrow)[:total].contiguous().reshape(total, -1, dim))
+        k = attn.k_norm(_project(torch, attn.k_proj, x, narrow)[:total].contiguous().reshape(total, -1, dim))
+        v = _project(torch, attn.v_proj, x, narrow)[:total].reshape(total, -1, dim)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         scaling = getattr(attn, "scaling", dim**-0.5)
-        out = q.new_empty(total, q.shape[1] * dim)
+        out = q.new_zeros(rows, q.shape[1] * dim) if rows > total else q.new_empty(total, q.shape[1] * dim)
         start = 0
         for step, n in zip(steps, sizes):
             end = start + n
@@ -268,8 +294,9 @@ def packed_hidden(backbone: Any, steps: Sequence[Any]) -> Any:
             visible = getattr(step, "visible", None)
             out[start:end] = _attend(torch, q[start:end], keys, values, step.cache.length, scaling, visible)
             start = end
-        hidden = hidden + _project(torch, attn.o_proj, out, narrow)[None]
-        hidden = hidden + _mlp(torch, layer.mlp, layer.post_attention_layernorm(hidden)[0], narrow)[None]
+        hidden = hidden + _project(torch, attn.o_proj, out, narrow)[:total][None]
+        mlp_in = _pad(torch, layer.post_attention_layernorm(hidden)[0], rows)
+        hidden = hidden + _mlp(torch, layer.mlp, mlp_in, narrow)[:total][None]
     for step, n in zip(steps, sizes):
         step.cache.length += n
     return backbone.norm(hidden)[0]
@@ -319,7 +346,10 @@ class StreamBatcher:
         # keeps sessions answered together in one forward (without it, 16 such sessions settled into
         # alternating forwards of 13 and 3). A session paced by its LLM pays at most DEFAULT_REGROUP_S.
         self._batcher: MicroBatcher[StreamStep, StepResult] = MicroBatcher(
-            self._run, max_batch=max_sessions, regroup_s=DEFAULT_REGROUP_S, name="qwenguard-stream"
+            on_torch_thread(model, self._run),
+            max_batch=max_sessions,
+            regroup_s=DEFAULT_REGROUP_S,
+            name="qwenguard-stream",
         )
 
     def _run(self, steps: list[StreamStep]) -> list[StepResult]:

@@ -1,16 +1,33 @@
 """torch for the local backends: imported on first use (so `import qwenguard.core` stays light), device and
-dtype resolution."""
+dtype resolution, and the one thread that runs the local models' CPU work (`run_on_torch_thread`)."""
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import functools
 import os
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import MissingDependency
 
-__all__ = ["require_torch", "resolve_device", "resolve_dtype", "disable_progress_bars", "quiet_loading"]
+__all__ = [
+    "require_torch",
+    "resolve_device",
+    "resolve_dtype",
+    "disable_progress_bars",
+    "quiet_loading",
+    "run_on_torch_thread",
+    "arun_on_torch_thread",
+    "on_torch_thread",
+]
+
+R = TypeVar("R")
 
 #: Set to 1 to see transformers' weight-loading progress bars when the library loads a checkpoint.
 PROGRESS_ENV = "QWENGUARD_PROGRESS"
@@ -83,3 +100,106 @@ def quiet_loading() -> Iterator[None]:
         yield
     finally:
         hf_logging.enable_progress_bar()
+
+
+# ================================================================================================
+# One thread for the CPU model work of every local model in the process
+# ================================================================================================
+class _TorchThread:
+    """Runs callables one at a time on one daemon thread (``qwenguard-torch``), started on first use.
+
+    Why one: torch's CPU kernels run on OpenMP (libgomp), which keeps a team of worker threads for every
+    thread that has run a parallel kernel. Once the process holds more of them than CPUs (a Gen and a
+    Stream model, each with its own batcher thread, or a benchmark's second arm on the main thread), libgomp
+    cuts how long idle workers spin, and every kernel then pays to wake them: a 0.6B check measured 10-20%
+    slower on 2 cores (docs/performance.md). With every local model's work on this thread, qwenguard keeps
+    one team however many models it runs. A call made on this thread runs inline (no deadlock on reentry);
+    after shutdown has begun, calls run on the caller's thread."""
+
+    _STOP = object()
+
+    def __init__(self) -> None:
+        self._reset()
+        if hasattr(os, "register_at_fork"):  # a forked child has no such thread: it starts its own
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._stopping = False
+
+    def submit(self, fn: Callable[..., R], *args: Any) -> Future[R]:
+        future: Future[R] = Future()
+        with self._lock:
+            inline = self._stopping or threading.current_thread() is self._thread
+            if not inline:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._work, name="qwenguard-torch", daemon=True)
+                    self._thread.start()
+                    atexit.register(self.stop)  # after the batchers' handler is registered: runs before it
+                self._queue.put((future, fn, args))
+        if inline:
+            _run_into(future, fn, args)
+        return future
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is self._STOP:
+                return
+            future, fn, args = job
+            if future.set_running_or_notify_cancel():
+                _run_into(future, fn, args)
+            del job, future, fn, args  # hold nothing (a model, a batch) while idle
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Run what is queued, then end the thread (at interpreter exit: a daemon thread left inside a
+        torch kernel while the interpreter finalizes aborts the process)."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+            thread = self._thread
+            if thread is not None:
+                self._queue.put(self._STOP)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+
+def _run_into(future: Future[Any], fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    try:
+        result = fn(*args)
+    except BaseException as exc:  # noqa: BLE001 - the caller re-raises it
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+_TORCH_THREAD = _TorchThread()
+
+
+def run_on_torch_thread(fn: Callable[..., R], *args: Any) -> R:
+    """``fn(*args)`` on the thread that runs every local qwenguard model's CPU work, waiting for it.
+
+    For an application's own CPU torch work in a process that runs a local guard: on this thread it
+    shares the guard's OpenMP team instead of adding one (see `_TorchThread`; it then also waits its turn
+    behind the guard's forwards, and they behind it)."""
+    return _TORCH_THREAD.submit(fn, *args).result()
+
+
+async def arun_on_torch_thread(fn: Callable[..., R], *args: Any) -> R:
+    """Async twin of `run_on_torch_thread`: the event loop is not blocked while ``fn`` runs."""
+    return await asyncio.wrap_future(_TORCH_THREAD.submit(fn, *args))
+
+
+def on_torch_thread(model: Any, fn: Callable[..., R]) -> Callable[..., R]:
+    """``fn`` made to run on the torch thread when ``model`` is on a CPU (a GPU model's work stays on the
+    caller's thread: it launches kernels and uses no OpenMP team to speak of)."""
+    device = getattr(getattr(model, "device", None), "type", None)
+    if device is None:
+        first = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+        device = first.device.type if first is not None else "cpu"
+    if device != "cpu":
+        return fn
+    return functools.partial(run_on_torch_thread, fn)

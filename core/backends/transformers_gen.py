@@ -44,7 +44,7 @@ from ..formats.windows import DEFAULT_MAX_WINDOW_TOKENS, DEFAULT_MAX_WINDOWS, DE
 from ..verdict import Risk, Verdict, worst
 from .batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, MicroBatcher
 from .hub import resolve_checkpoint
-from .torch_runtime import quiet_loading, require_torch, resolve_device, resolve_dtype
+from .torch_runtime import on_torch_thread, quiet_loading, require_torch, resolve_device, resolve_dtype
 
 __all__ = [
     "TransformersGen",
@@ -140,7 +140,7 @@ class TransformersGen:
         #: (``engine=False``, or a model it cannot run): transformers' ``generate`` decodes.
         self.engine = engine_for(self, engine)
         self._batcher: MicroBatcher[list[int], tuple[str, dict[Risk, float] | None]] = MicroBatcher(
-            self._generate_batch,
+            on_torch_thread(model, self._generate_batch),
             max_batch=max_batch,
             max_wait_s=max_wait_s,
             cost=len,
