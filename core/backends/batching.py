@@ -1,6 +1,7 @@
 """Micro-batching with fairness: concurrent checks share bounded forwards, one slice at a time.
 
-One worker thread owns the model. Callers (threads or asyncio tasks) submit a request (a list of
+One worker thread schedules the model's work (a local model's CPU work then runs on the process's
+torch thread, `torch_runtime.run_on_torch_thread`, one OpenMP team for all models). Callers (threads or asyncio tasks) submit a request (a list of
 items, e.g. the windows of one check) and get a `concurrent.futures.Future`. The worker runs the
 model in *steps*; each step is one forward over a batch it picks from all waiting requests:
 

@@ -40,7 +40,8 @@ The engine runs Qwen3 decoders with full attention whose generation config adds 
 greedy decoding (`unsupported` says why another model is not run; `TransformersGen` then uses
 ``generate``). Numerics: a packed forward sums in another order than transformers' padded batch, so
 logits agree to float rounding (tests hold label probabilities within 1e-3 of the ``generate`` path).
-Runs on the micro-batcher's worker thread only. torch is imported on first use.
+Runs on one thread at a time: the micro-batcher's (on a CPU, the process's torch thread). torch is
+imported on first use.
 """
 
 from __future__ import annotations

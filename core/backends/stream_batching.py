@@ -20,7 +20,8 @@ the transformers versions qwenguard supports, rather than against the cache API 
 own full forward.
 
 `StreamBatcher` feeds `packed_forward` from concurrent sessions through a `MicroBatcher`: one worker
-thread owns the model, concurrent sessions' steps coalesce into one packed forward.
+thread schedules the model's steps, concurrent sessions' steps coalesce into one packed forward (on a CPU
+the forward itself runs on the process's torch thread: `torch_runtime.run_on_torch_thread`).
 
 torch is imported on first use.
 """
@@ -143,11 +144,12 @@ def _narrow(torch: Any, x: Any) -> bool:
 
     On a CPU, torch's float32 ``linear`` over a few rows runs a matrix product that handles the large
     weight badly: 4 rows cost two to three times one row, although both read the weight once. As
-    ``weight @ x.T`` the same product is cheaper, and stays cheaper well into prefill sizes: a whole
-    forward of the 0.6B shape (torch 2.13, MKL, 2 cores, interleaved runs: ``bench/realsize.py --parts
-    projections``) took 12-39% less time for 2 to 64 new tokens, 20% less for 128, 9-14% less for 192 to
-    384, and the same at 512; bfloat16 gains nothing. The numbers are the same products summed in another
-    order (float rounding)."""
+    ``weight @ x.T`` the same product is cheaper, and stays cheaper well into prefill sizes (with the
+    attention's queries contiguous, the MLP's inner activations token-major and the rows padded: see
+    `packed_hidden`, `_mlp`, `_padded_rows`): a whole forward of the 0.6B shape (torch 2.13, MKL, 2 cores,
+    interleaved runs: ``bench/realsize.py --parts projections``) took 45-51% less time for 2 to 4 new
+    tokens, 19-38% less for 9 to 64, 15% for 124, 2-8% for 192 to 384, and 2% more at 512; bfloat16 gains
+    nothing. The numbers are the same products summed in another order (float rounding)."""
     return bool(x.device.type == "cpu" and x.dtype == torch.float32 and x.shape[0] <= NARROW_ROWS)
 
 
@@ -336,7 +338,8 @@ def _read_heads(torch: Any, model: Any, hidden: Any, steps: Sequence[StreamStep]
 
 
 class StreamBatcher:
-    """One worker thread runs the model; concurrent sessions' steps share packed forwards."""
+    """One worker thread schedules the model's steps (run on the torch thread on a CPU); concurrent
+    sessions' steps share packed forwards."""
 
     def __init__(self, model: Any, *, max_sessions: int = DEFAULT_MAX_SESSIONS_PER_FORWARD) -> None:
         check_packable(model)
