@@ -95,3 +95,18 @@ def test_after_shutdown_began_work_runs_on_the_callers_thread():
     assert runner.submit(lambda: threading.current_thread().name).result(5) == "qwenguard-torch"
     runner.stop()
     assert runner.submit(lambda: threading.current_thread().name).result(5) == threading.current_thread().name
+
+
+def test_a_check_made_on_the_torch_thread_fails_closed_at_once_instead_of_waiting(guard):
+    """An application that calls the guard from inside the work it gave `run_on_torch_thread` asks the
+    torch thread to wait for itself: the check fails closed at once with a message that says why,
+    instead of holding the thread (and every model's forwards) until the check times out."""
+    import time
+
+    started = time.perf_counter()
+    text = "How many bridges cross the Seine in Paris?"  # not checked before: no cached verdict
+    decision = run_on_torch_thread(guard.check_prompt, text)
+    assert time.perf_counter() - started < 5
+    assert decision.blocked and decision.reason == "guard_error", decision
+    assert "torch thread" in (decision.error or ""), decision.error
+    assert guard.check_prompt(text).allowed  # the same check outside the torch thread is answered

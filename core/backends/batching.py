@@ -53,6 +53,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Generic, TypeVar
 
 from ..errors import GuardTimeout, GuardUnavailable
+from .torch_runtime import on_the_torch_thread
 
 __all__ = ["MicroBatcher", "DEFAULT_MAX_BATCH", "DEFAULT_MAX_WAIT_S"]
 
@@ -168,6 +169,12 @@ class MicroBatcher(Generic[T, R]):
         """Queue ``items`` as one request. Cancel the future to withdraw what has not run yet."""
         if self._closed:
             raise GuardUnavailable("the guard backend is closed")
+        if getattr(self._run_batch, "runs_on_torch_thread", False) and on_the_torch_thread():
+            # The work would be queued behind the caller itself: it could only end by the caller's timeout.
+            raise GuardUnavailable(
+                "a local guard check was made on qwenguard's torch thread (from inside run_on_torch_thread), "
+                "the thread that would run it; call the guard outside the function given to run_on_torch_thread"
+            )
         future: Future[list[R]] = Future()
         if not items:
             future.set_result([])

@@ -25,6 +25,7 @@ __all__ = [
     "run_on_torch_thread",
     "arun_on_torch_thread",
     "on_torch_thread",
+    "on_the_torch_thread",
 ]
 
 R = TypeVar("R")
@@ -184,7 +185,9 @@ def run_on_torch_thread(fn: Callable[..., R], *args: Any) -> R:
 
     For an application's own CPU torch work in a process that runs a local guard: on this thread it
     shares the guard's OpenMP team instead of adding one (see `_TorchThread`; it then also waits its turn
-    behind the guard's forwards, and they behind it)."""
+    behind the guard's forwards, and they behind it). ``fn`` must not call a local guard: that check would
+    wait for this very thread, so it fails at once (`MicroBatcher.submit` raises `GuardUnavailable`, which
+    a `Guard` turns into its ``on_error`` decision, closed by default)."""
     return _TORCH_THREAD.submit(fn, *args).result()
 
 
@@ -202,4 +205,11 @@ def on_torch_thread(model: Any, fn: Callable[..., R]) -> Callable[..., R]:
         device = first.device.type if first is not None else "cpu"
     if device != "cpu":
         return fn
-    return functools.partial(run_on_torch_thread, fn)
+    runner = functools.partial(run_on_torch_thread, fn)
+    runner.runs_on_torch_thread = True  # type: ignore[attr-defined]  # read by MicroBatcher.submit
+    return runner
+
+
+def on_the_torch_thread() -> bool:
+    """Whether the calling thread is the torch thread (work it would wait for there could never run)."""
+    return threading.current_thread() is _TORCH_THREAD._thread
