@@ -1,9 +1,10 @@
 """Micro-batching with fairness: concurrent checks share bounded forwards, one slice at a time.
 
 One worker thread schedules the model's work (a local model's CPU work then runs on the process's
-torch thread, `torch_runtime.run_on_torch_thread`, one OpenMP team for all models). Callers (threads or asyncio tasks) submit a request (a list of
-items, e.g. the windows of one check) and get a `concurrent.futures.Future`. The worker runs the
-model in *steps*; each step is one forward over a batch it picks from all waiting requests:
+torch thread, `torch_runtime.run_on_torch_thread`: one OpenMP team for all models). Callers (threads or
+asyncio tasks) submit a request (a list of items, e.g. the windows of one check) and get a
+`concurrent.futures.Future`. The worker runs the model in *steps*; each step is one forward over a batch it
+picks from all waiting requests:
 
 - **Bounded.** A step holds at most ``max_batch`` items and at most ``max_batch_cost`` padded cost
   (rows x the costliest row; for the Gen backend, rows x the longest window in tokens). An item
@@ -53,7 +54,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Generic, TypeVar
 
 from ..errors import GuardTimeout, GuardUnavailable
-from .torch_runtime import on_the_torch_thread
+from .torch_runtime import is_torch_thread
 
 __all__ = ["MicroBatcher", "DEFAULT_MAX_BATCH", "DEFAULT_MAX_WAIT_S"]
 
@@ -169,7 +170,7 @@ class MicroBatcher(Generic[T, R]):
         """Queue ``items`` as one request. Cancel the future to withdraw what has not run yet."""
         if self._closed:
             raise GuardUnavailable("the guard backend is closed")
-        if getattr(self._run_batch, "runs_on_torch_thread", False) and on_the_torch_thread():
+        if getattr(self._run_batch, "runs_on_torch_thread", False) and is_torch_thread():
             # The work would be queued behind the caller itself: it could only end by the caller's timeout.
             raise GuardUnavailable(
                 "a local guard check was made on qwenguard's torch thread (from inside run_on_torch_thread), "

@@ -25,7 +25,7 @@ __all__ = [
     "run_on_torch_thread",
     "arun_on_torch_thread",
     "on_torch_thread",
-    "on_the_torch_thread",
+    "is_torch_thread",
 ]
 
 R = TypeVar("R")
@@ -210,6 +210,6 @@ def on_torch_thread(model: Any, fn: Callable[..., R]) -> Callable[..., R]:
     return runner
 
 
-def on_the_torch_thread() -> bool:
+def is_torch_thread() -> bool:
     """Whether the calling thread is the torch thread (work it would wait for there could never run)."""
     return threading.current_thread() is _TORCH_THREAD._thread

@@ -127,7 +127,7 @@ class TransformersGen:
         self.max_session_tokens = max_session_tokens
         if label_branches is not None and not isinstance(label_branches, bool):
             raise ValueError(f"label_branches must be None, True or False, got {label_branches!r}")
-        #: The engine runs the other labels beside its guess (`GenEngine`; ``None``: on off a CPU, adaptive on one).
+        #: The engine runs the other labels beside its guess (`GenEngine`; ``None``: on).
         self.label_branches = label_branches
         self.encoder = ConversationEncoder(tokenizer, use_chat_template=use_chat_template)
         self.planner = WindowPlanner(
