@@ -221,14 +221,22 @@ class Guard:
     # -- shared logic -------------------------------------------------------------------------
     def _check_size(self, conversation: Sequence[Message]) -> None:
         """The operator's limits, checked before any work proportional to the text (`InputTooLarge`)."""
-        if not isinstance(conversation, Sequence) or isinstance(conversation, (str, bytes)):
+        # `type(...) is` first: ABC isinstance checks dominate this function, which runs on every chunk.
+        if type(conversation) is not list and (
+            not isinstance(conversation, Sequence) or isinstance(conversation, (str, bytes))
+        ):
             return  # normalize_messages says what is wrong with it
         if len(conversation) > self.max_messages:
             raise InputTooLarge(
                 f"{len(conversation):,} messages exceed max_messages={self.max_messages:,}; "
                 f"send fewer turns or raise Guard(max_messages=...)"
             )
-        total = sum(len(c) for m in conversation if isinstance(m, Mapping) and isinstance(c := m.get("content"), str))
+        total = 0
+        for m in conversation:
+            if type(m) is dict or isinstance(m, Mapping):
+                content = m.get("content")
+                if isinstance(content, str):
+                    total += len(content)
         if total > self.max_chars:
             raise InputTooLarge(
                 f"{total:,} characters exceed max_chars={self.max_chars:,}; split the text or raise Guard(max_chars=...)"

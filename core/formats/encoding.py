@@ -32,6 +32,8 @@ __all__ = ["ConversationEncoder", "GuardTemplateWarning", "template_mismatch", "
 
 _SENTINEL = "\ue000{}\ue001"
 _SENTINEL_RE = re.compile("\ue000(\\d+)\ue001")
+#: Role sequences whose rendered skeleton `ConversationEncoder` keeps (`_skeleton`).
+_SKELETONS_KEPT = 256
 
 # Conversations the template check renders: both moderation modes, and a multi-turn one.
 _PROBES: tuple[list[dict[str, str]], ...] = (
@@ -99,6 +101,7 @@ class ConversationEncoder:
         self.added_tokens = sorted({a for a in added if a}, key=len, reverse=True)
         self._added_re = re.compile("|".join(re.escape(a) for a in self.added_tokens)) if self.added_tokens else None
         self._ids = {a: tokenizer.convert_tokens_to_ids(a) for a in self.added_tokens}
+        self._skeletons: dict[tuple[str, ...], tuple[str | tuple[int, ...], ...]] = {}
 
     # -- rendering ----------------------------------------------------------------------------
     def render(self, messages: Sequence[dict[str, str]]) -> str:
@@ -119,19 +122,36 @@ class ConversationEncoder:
         """Token ids of the full guard prompt for ``messages``."""
         msgs = normalize_messages(messages)
         contents = [prepare_content(m["content"]) for m in msgs]
-        skeleton = self.render([{"role": m["role"], "content": _SENTINEL.format(i)} for i, m in enumerate(msgs)])
         ids: list[int] = []
+        for part in self._skeleton(tuple(m["role"] for m in msgs)):
+            if isinstance(part, str):
+                ids.extend(self._segment_ids(part, contents))
+            else:
+                ids.extend(part)
+        return ids
+
+    def _skeleton(self, roles: tuple[str, ...]) -> tuple[str | tuple[int, ...], ...]:
+        """The prompt for this sequence of roles, contents left as sentinels: template-only parts already
+        tokenized (ids), parts with content inside as text. It depends on the roles alone, so it is
+        rendered and tokenized once per role sequence (most of a short check's encoding time)."""
+        cached = self._skeletons.get(roles)
+        if cached is not None:
+            return cached
+        skeleton = self.render([{"role": r, "content": _SENTINEL.format(i)} for i, r in enumerate(roles)])
+        parts: list[str | tuple[int, ...]] = []
         for part in self._split_added(skeleton):
             if isinstance(part, int):
-                ids.append(part)
-                continue
-            # A template text segment with content sentinels inside: template text is tokenized
-            # together with the content around it, like plain tokenization would.
-            if not _SENTINEL_RE.search(part):
-                ids.extend(self._text_ids(part))
-                continue
-            ids.extend(self._segment_ids(part, contents))
-        return ids
+                parts.append((part,))
+            elif _SENTINEL_RE.search(part):
+                # A template text segment with content sentinels inside: template text is tokenized
+                # together with the content around it, like plain tokenization would.
+                parts.append(part)
+            else:
+                parts.append(tuple(self._text_ids(part)))
+        if len(self._skeletons) >= _SKELETONS_KEPT:  # one entry per conversation shape: a client's many
+            self._skeletons.clear()  # different turn counts cannot grow it without bound
+        self._skeletons[roles] = built = tuple(parts)
+        return built
 
     def _segment_ids(self, part: str, contents: list[str]) -> list[int]:
         # Substitute the contents; if a content holds added-token strings, tokenize around them.

@@ -289,7 +289,8 @@ Handle = Union["Future[list[Decision]]", "asyncio.Future[list[Decision]]"]
 class PipelinedScreen:
     """The ``"pipelined"`` engine (and ``"gate"`` with ``max_unjudged=0, max_in_flight=1``), for callbacks.
 
-    See the module docstring. Checks of a sync stream run on worker threads, of an async one as tasks."""
+    See the module docstring. Checks of a sync stream run on worker threads, of an async one as tasks;
+    a check the stream would wait for at once (always, with ``max_unjudged=0``) runs in the stream's path."""
 
     def __init__(
         self,
@@ -355,14 +356,24 @@ class PipelinedScreen:
         if isinstance(handle, Future) or handle.done():
             self._settle(item, handle.result())
 
+    def _judge_now(self) -> None:
+        # A check that would be waited for at once runs on this thread: handing it to a worker only to
+        # block on it costs two thread switches a chunk (most of the "gate" engine's own cost).
+        item = self.gate.item()
+        self._settle(item, self._judge(item))
+
     def check(self, delta: str) -> None:
         self.gate.add(delta)
         self._harvest()
         if self._wants_check(delta):
-            self._start()
+            if self._flight or self.gate.unjudged <= self.max_unjudged:
+                self._start()
+            else:
+                self._judge_now()
         while self.gate.unjudged > self.max_unjudged:
             if not self._flight:
-                self._start()
+                self._judge_now()
+                continue
             self._wait_oldest()
 
     def flush(self) -> None:
@@ -371,8 +382,7 @@ class PipelinedScreen:
         while self._flight:
             self._wait_oldest()
         if self.gate.unjudged:
-            self._start()
-            self._wait_oldest()
+            self._judge_now()
 
     finish = flush
 
@@ -386,14 +396,22 @@ class PipelinedScreen:
         result = await (asyncio.wrap_future(handle) if isinstance(handle, Future) else handle)
         self._settle(item, result)
 
+    async def _ajudge_now(self) -> None:
+        item = self.gate.item()  # awaited here: no task of its own (see `_judge_now`)
+        self._settle(item, await self._ajudge(item))
+
     async def acheck(self, delta: str) -> None:
         self.gate.add(delta)
         self._harvest()
         if self._wants_check(delta):
-            self._astart()
+            if self._flight or self.gate.unjudged <= self.max_unjudged:
+                self._astart()
+            else:
+                await self._ajudge_now()
         while self.gate.unjudged > self.max_unjudged:
             if not self._flight:
-                self._astart()
+                await self._ajudge_now()
+                continue
             await self._await_oldest()
 
     async def aflush(self) -> None:
@@ -401,8 +419,7 @@ class PipelinedScreen:
         while self._flight:
             await self._await_oldest()
         if self.gate.unjudged:
-            self._astart()
-            await self._await_oldest()
+            await self._ajudge_now()
 
     afinish = aflush
 

@@ -300,3 +300,32 @@ async def test_sync_handler_in_an_async_run(guard, tools):
         ):
             received.append(chunk)
     _assert_cut_before_the_clause(_message_chunks_text(received), info.value, handler)
+
+
+@pytest.mark.parametrize("backend", ["demo", "recording"])
+def test_the_gate_judges_each_chunk_on_the_streams_own_thread(guard, monkeypatch, backend):
+    """The ``"gate"`` engine waits for every check before the chunk goes on: it runs the check where
+    the chunk arrived (a worker thread it would only block on cost two thread switches a chunk, five
+    times the engine's own cost with a fast guard: `python bench/overhead.py`)."""
+    import threading
+
+    from lc_fakes import RecordingBackend
+    from qwenguard.core.streaming.gate_session import GateSession
+
+    judged_on: list[str] = []
+    session_check = GateSession.check
+
+    def recording_check(self, conversation):
+        judged_on.append(threading.current_thread().name)
+        return session_check(self, conversation)
+
+    monkeypatch.setattr(GateSession, "check", recording_check)
+    judge = guard if backend == "demo" else Guard(RecordingBackend(guard.backend), cache_size=0)
+    handler = GuardCallbackHandler(judge, stream_engine="gate")
+    received = ""
+    with pytest.raises(GuardViolation) as info:
+        for chunk in scripted(MIXED).stream(SAFE_QUESTION, config={"callbacks": [handler]}):
+            received += chunk.text
+    _assert_cut_before_the_clause(received, info.value, handler)
+    assert len(judged_on) > 3
+    assert set(judged_on) == {threading.current_thread().name}
