@@ -4,6 +4,7 @@
     python bench/hostile.py --quick             # 1 round, 8 s windows
     python bench/hostile.py --max-chars 20000   # the server run with a lower --max-chars
     python bench/hostile.py --skip near_limit   # every attacker but one (to tell apart what each costs)
+    python bench/hostile.py --backend target_step_s=0.05   # a local model option for the server (repeatable)
 
 Starts the server in a subprocess with its default limits (the load generator does not share its GIL),
 then alternates *quiet* windows (normal small checks alone) with *hostile* windows (the same normal
@@ -90,7 +91,7 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
-def start_server(port: int, max_chars: int) -> tuple[subprocess.Popen[bytes], Path]:
+def start_server(port: int, max_chars: int, backend: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
     with tempfile.NamedTemporaryFile(prefix="qwenguard-hostile-", suffix=".log", delete=False) as out:
         log = Path(out.name)  # a pipe nobody reads would fill and stall the server
         proc = subprocess.Popen(
@@ -109,6 +110,7 @@ def start_server(port: int, max_chars: int) -> tuple[subprocess.Popen[bytes], Pa
                 str(port),
                 "--max-chars",
                 str(max_chars),
+                *(arg for option in backend for arg in ("--backend", option)),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -402,6 +404,13 @@ def main() -> int:
     parser.add_argument(
         "--max-chars", type=int, default=DEFAULT_MAX_CHARS, help="the server's --max-chars (and the attack's size)"
     )
+    parser.add_argument(
+        "--backend",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a local model option for the server (repeatable), e.g. target_step_s=0.05",
+    )
     args = parser.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
     skip = {name.strip() for name in args.skip.split(",") if name.strip()}
@@ -412,7 +421,7 @@ def main() -> int:
     seconds = args.seconds or (8.0 if args.quick else 15.0)
 
     port = free_port()
-    proc, log = start_server(port, args.max_chars)
+    proc, log = start_server(port, args.max_chars, args.backend)
     run = Run(port, args.max_chars)
     stop_probe, probe_results = multiprocessing.Event(), multiprocessing.Queue()
     prober = multiprocessing.Process(target=health_prober, args=(port, stop_probe, probe_results), daemon=True)
@@ -441,6 +450,7 @@ def main() -> int:
     availability = 100.0 * run.health_ok / probes if probes else 0.0
     growth = rss_after - rss_before
     limits = "defaults" if args.max_chars == DEFAULT_MAX_CHARS else f"defaults but --max-chars {args.max_chars}"
+    limits += "".join(f", --backend {option}" for option in args.backend)
     print(
         f"\nqwenguard serve --model demo, {limits}; {rounds} round(s) of {seconds:.0f} s quiet / {seconds:.0f} s hostile"
     )
