@@ -290,7 +290,8 @@ class PipelinedScreen:
     """The ``"pipelined"`` engine (and ``"gate"`` with ``max_unjudged=0, max_in_flight=1``), for callbacks.
 
     See the module docstring. Checks of a sync stream run on worker threads, of an async one as tasks;
-    a check the stream would wait for at once (always, with ``max_unjudged=0``) runs in the stream's path."""
+    a check the stream would wait for at once (always, with ``max_unjudged=0``) runs in the stream's path, and
+    so does a queued one it must wait for that no worker has started yet."""
 
     def __init__(
         self,
@@ -352,6 +353,11 @@ class PipelinedScreen:
 
     def _wait_oldest(self) -> None:
         item, handle = self._flight.popleft()
+        if isinstance(handle, Future) and handle.cancel():
+            # No worker has picked it up yet: judge it here rather than wait for one to (the stream waits
+            # either way; this saves the hand-off, and with a fast guard most waits are this one).
+            self._settle(item, self._judge(item))
+            return
         # A task (started by an async dispatch of this run) cannot be waited for here: used once done.
         if isinstance(handle, Future) or handle.done():
             self._settle(item, handle.result())

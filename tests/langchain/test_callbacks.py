@@ -329,3 +329,30 @@ def test_the_gate_judges_each_chunk_on_the_streams_own_thread(guard, monkeypatch
     _assert_cut_before_the_clause(received, info.value, handler)
     assert len(judged_on) > 3
     assert set(judged_on) == {threading.current_thread().name}
+
+
+def test_a_check_no_worker_has_started_runs_on_the_stream_when_it_must_wait(guard, monkeypatch):
+    """Every worker of the shared pool is busy (other streams' slow checks): when this stream must wait for
+    its check (more than ``max_unjudged`` characters unjudged), it judges the queued check itself instead of
+    waiting for a worker to come free first."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from qwenguard.integrations.langchain import _streaming
+
+    pool = ThreadPoolExecutor(max_workers=1)
+    release = threading.Event()
+    pool.submit(release.wait, 10)  # the pool's only worker is taken
+    monkeypatch.setattr(_streaming, "_executor", lambda: pool)
+    handler = GuardCallbackHandler(guard)  # the default engine with a Gen guard: "pipelined"
+    started = time.monotonic()
+    try:
+        received = "".join(c.text for c in scripted(SAFE_ANSWER).stream(SAFE_QUESTION, config={"callbacks": [handler]}))
+        elapsed = time.monotonic() - started
+    finally:
+        release.set()
+        pool.shutdown()
+    assert handler.stream_engine == "pipelined"
+    assert received == SAFE_ANSWER
+    assert elapsed < 5  # not held until the busy worker came free (10 s)
