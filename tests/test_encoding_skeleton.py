@@ -11,7 +11,7 @@ import pytest
 from qwenguard.core.demo import DEMO_GEN_DIR
 from qwenguard.core.formats import encoding
 from qwenguard.core.formats.encoding import ConversationEncoder
-from test_gen_windows import qwen3_tokenizer_dir
+from realshape import real_tokenizer
 
 CONVERSATIONS = [
     [{"role": "user", "content": "How do I bake bread?"}],
@@ -27,7 +27,7 @@ def make_encoder(request):
     from transformers import AutoTokenizer
 
     demo = request.param == "demo"
-    tokenizer = AutoTokenizer.from_pretrained(str(DEMO_GEN_DIR if demo else qwen3_tokenizer_dir()))
+    tokenizer = AutoTokenizer.from_pretrained(str(DEMO_GEN_DIR)) if demo else real_tokenizer(guard_template=False)
     return lambda: ConversationEncoder(tokenizer, use_chat_template=True if demo else False)
 
 

@@ -368,19 +368,21 @@ class PipelinedScreen:
         item = self.gate.item()
         self._settle(item, self._judge(item))
 
+    def _starts_in_background(self, delta: str) -> bool:
+        """Start a check beside the stream? Not one the stream would wait for at once: the loops of
+        `check` / `acheck` judge that in the stream's path."""
+        return self._wants_check(delta) and (bool(self._flight) or self.gate.unjudged <= self.max_unjudged)
+
     def check(self, delta: str) -> None:
         self.gate.add(delta)
         self._harvest()
-        if self._wants_check(delta):
-            if self._flight or self.gate.unjudged <= self.max_unjudged:
-                self._start()
+        if self._starts_in_background(delta):
+            self._start()
+        while self.gate.unjudged > self.max_unjudged:
+            if self._flight:
+                self._wait_oldest()
             else:
                 self._judge_now()
-        while self.gate.unjudged > self.max_unjudged:
-            if not self._flight:
-                self._judge_now()
-                continue
-            self._wait_oldest()
 
     def flush(self) -> None:
         """Everything fed so far judged (waits for the checks in flight)."""
@@ -409,16 +411,13 @@ class PipelinedScreen:
     async def acheck(self, delta: str) -> None:
         self.gate.add(delta)
         self._harvest()
-        if self._wants_check(delta):
-            if self._flight or self.gate.unjudged <= self.max_unjudged:
-                self._astart()
+        if self._starts_in_background(delta):
+            self._astart()
+        while self.gate.unjudged > self.max_unjudged:
+            if self._flight:
+                await self._await_oldest()
             else:
                 await self._ajudge_now()
-        while self.gate.unjudged > self.max_unjudged:
-            if not self._flight:
-                await self._ajudge_now()
-                continue
-            await self._await_oldest()
 
     async def aflush(self) -> None:
         self.gate.add("")
