@@ -334,9 +334,10 @@ def serve(
         keep_alive_s=keep_alive,
         max_connections=max_connections,
     )
-    # On a CPU box, OpenMP threads that spin after each forward steal the cores the event loop needs to
-    # answer requests. Only effective before torch loads (it is not loaded yet here).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # OpenMP's wait policy stays the operator's (OMP_WAIT_POLICY in the environment). Forcing PASSIVE, as
+    # this once did to leave the event loop its cores, made every torch operation wake sleeping threads:
+    # the demo's forwards took 2-3x as long and a long document's steps kept short checks waiting longer
+    # (bench/hostile.py, docs/performance.md "Under hostile traffic").
     from .backends.torch_runtime import disable_progress_bars
     from .guard import Guard
 

@@ -223,3 +223,23 @@ def test_serve_bounds_what_stream_sessions_hold(tmp_path):
         finally:
             guard.close()
     assert "stream sessions: at most 8 KV positions together" in log.read_text()
+
+
+def test_serve_leaves_openmps_wait_policy_to_the_operator(tmp_path, monkeypatch):
+    """`qwenguard serve` once set ``OMP_WAIT_POLICY=PASSIVE`` for the whole process: every torch operation
+    then woke sleeping OpenMP threads, a forward of the demo took 2-3x as long, and under a client sending
+    200,000-character documents the normal checks' p95 grew 4.2x (bench/hostile.py; 2.0-2.4x without it).
+    The server now leaves the variable as the operator's environment has it (run in process, up to the
+    point where the checkpoint turns out to be missing: the environment is what torch would load with)."""
+    from qwenguard.core.cli import app
+    from typer.testing import CliRunner
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    res = CliRunner().invoke(app, ["serve", "--model", str(tmp_path / "nope"), "--port", str(_port())])
+    assert res.exit_code == 2, res.output
+    assert "OMP_WAIT_POLICY" not in os.environ
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # an operator's own choice is kept
+    res = CliRunner().invoke(app, ["serve", "--model", str(tmp_path / "nope"), "--port", str(_port())])
+    assert res.exit_code == 2, res.output
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
