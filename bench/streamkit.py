@@ -461,6 +461,9 @@ class Row:
     exposure_chars_1word: float | None = None  # oracle, one-word trigger
     stopped: str = ""  # "3/3"
     ttft_ms: float | None = None
+    # TTFT minus the same client's unguarded TTFT (its baseline): what the guard adds before the first text,
+    # comparable across frameworks whose own clients differ (LlamaIndex `OpenAILike` alone takes ~100 ms).
+    added_ttft_ms: float | None = None
     stop_ms: float | None = None
     judge_calls: float | None = None
     upstream_sent: float | None = None
@@ -519,6 +522,9 @@ def summarize(
     if good_safe:
         row.false_stops = f"{sum(r.stopped for r in good_safe)}/{len(good_safe)}"
         good_base = [r for r in baseline if not r.error]
+        base_ttft = _median(r.ttft_ms for r in good_base)
+        if row.ttft_ms is not None and base_ttft is not None:
+            row.added_ttft_ms = round(row.ttft_ms - base_ttft, 1)
         complete = [r for r in good_safe if not r.stopped]
         if good_base and complete:
             n = len(safe_script().pieces)
@@ -553,6 +559,7 @@ COLUMNS = (
     ("exposure_chars_1word", "exp 1-word"),
     ("stopped", "stopped"),
     ("ttft_ms", "TTFT ms"),
+    ("added_ttft_ms", "+TTFT ms"),
     ("stop_ms", "stop ms"),
     ("judge_calls", "judge calls"),
     ("upstream", "upstream sent (+after stop)"),
@@ -661,7 +668,9 @@ def baseline_runs(build: Callable[[str], Callable[[Consumer], None]], plan: Plan
     """The same stream, unguarded: the safe script consumed with no judge."""
     safe = safe_script()
     wrapped: Build = lambda url, judge: build(url)  # noqa: E731
-    for _ in range(plan.warmup):
+    # At least one warm-up even in a quick run: a cold first stream (imports, client set-up) would make
+    # the baseline's TTFT, and so every row's +TTFT, meaningless.
+    for _ in range(max(1, plan.warmup)):
         measure(wrapped, safe, None, pace=plan.pace)
     return [measure(wrapped, safe, None, pace=plan.pace) for _ in range(plan.reps)]
 

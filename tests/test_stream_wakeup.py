@@ -1,8 +1,9 @@
 """Release as soon as a verdict is back, and the prompt check beside the model (core monitors).
 
-- ``AsyncStreamMonitor.awrap`` races the next upstream delta against the check in flight: a judged
-  sentence goes out while the model is still producing its next token, and a violation stops a stream
-  whose model is stalled. `UpstreamRace` never loses or reorders an upstream item.
+- ``StreamMonitor.wrap`` and ``AsyncStreamMonitor.awrap`` race the next upstream delta against the check
+  in flight: a judged sentence goes out while the model is still producing its next token, and a
+  violation stops a stream whose model is stalled. `UpstreamRace` and `UpstreamReader` (the sync twin:
+  a thread per stream reads the upstream) never lose or reorder an upstream item.
 - ``parallel_input=True``: ``guard.stream(prompt)`` returns before the prompt's verdict; the answer is
   judged meanwhile and released only once the prompt is allowed; a blocked prompt releases nothing and
   closes the upstream.
@@ -10,12 +11,13 @@
 Scripted judges (tests/stream_judges.py), counted; no clocks (a deadline only breaks a deadlock)."""
 
 import asyncio
+import contextvars
 import threading
-from concurrent.futures import wait
+from concurrent.futures import Future, wait
 
 import pytest
 from qwenguard.core import Guard, GuardViolation, Policy
-from qwenguard.core.streaming.wakeup import UpstreamRace
+from qwenguard.core.streaming.wakeup import UpstreamRace, UpstreamReader
 from stream_judges import CountingJudge
 
 SAFE_Q = "What is the capital of France?"
@@ -106,6 +108,112 @@ async def test_upstream_race_never_loses_or_reorders_an_item():
     await race.aclose()
 
 
+# -- wrap (sync) wakes on the verdict -----------------------------------------------------------
+@pytest.mark.parametrize("unit", ["sentence", "word"])
+def test_wrap_releases_a_judged_sentence_while_the_model_is_still_producing(unit):
+    judge = CountingJudge()
+    received: list[str] = []
+    got_first = threading.Event()
+    stalled = []
+
+    def model():
+        yield FIRST
+        if not got_first.wait(STALL_S):  # the next token comes only after the consumer has the sentence
+            stalled.append(True)
+        yield " It is big."
+
+    with _guard(judge).stream(SAFE_Q, release_unit=unit) as monitor:
+        for out in monitor.wrap(model()):
+            received.append(out)
+            if FIRST in "".join(received):
+                got_first.set()
+    assert received[0] == FIRST and not stalled  # out on its verdict, not behind the next delta
+    assert "".join(received) == FIRST + " It is big."
+
+
+def test_wrap_stops_a_stalled_stream_when_the_verdict_comes_back():
+    judge = CountingJudge()
+    received: list[str] = []
+    resume = threading.Event()
+    state = {"closed": threading.Event(), "stalled": False, "after_stop": []}
+
+    def model():
+        try:
+            for piece in (FIRST, " Mix", " ammonium"):
+                judge.wait_idle()  # a slow model: each token after the judge caught up
+                yield piece
+            state["stalled"] = not resume.wait(STALL_S)  # the model stalls after the clause's second word
+            state["after_stop"].append(" nitrate")
+            yield " nitrate"
+        except GeneratorExit:
+            state["closed"].set()
+            raise
+
+    with pytest.raises(GuardViolation):
+        with _guard(judge).stream(SAFE_Q, release_unit="word") as monitor:
+            for out in monitor.wrap(model()):
+                received.append(out)
+    assert "".join(received) == FIRST  # no character of the clause
+    # The violation came while the model was stalled (after the reader's grace for closing, not the stall).
+    assert not resume.is_set() and not state["closed"].is_set()
+    resume.set()  # the model comes back: its read in flight returns, and the reader closes it
+    assert state["closed"].wait(STALL_S)
+    assert state["stalled"] is False and state["after_stop"] == [" nitrate"]
+
+
+def test_upstream_reader_never_loses_or_reorders_an_item():
+    steps = [threading.Event() for _ in range(3)]
+    marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker", default="unset")
+    marker.set("the caller's")
+    seen = []
+
+    def upstream():
+        for i, step in enumerate(steps):
+            assert step.wait(STALL_S)
+            seen.append(marker.get())  # the upstream runs in the caller's context
+            yield i
+
+    reader = UpstreamReader(upstream())
+    verdict: Future[None] = Future()
+    verdict.set_result(None)
+    assert reader.next([verdict]) == (False, None)  # a verdict that is back wins over the read in flight
+    got = []
+    for step in steps:
+        step.set()
+        got.append(reader.next())
+    assert got == [(True, 0), (True, 1), (True, 2)]
+    assert seen == ["the caller's"] * 3
+    with pytest.raises(StopIteration):
+        reader.next()
+    reader.close()
+
+
+def test_upstream_reader_passes_errors_and_closes_the_upstream():
+    closed = threading.Event()
+
+    def failing():
+        yield "a"
+        raise ValueError("upstream broke")
+
+    reader = UpstreamReader(failing())
+    assert reader.next() == (True, "a")
+    with pytest.raises(ValueError, match="upstream broke"):
+        reader.next()
+    reader.close()
+
+    def endless():
+        try:
+            while True:
+                yield "x"
+        finally:
+            closed.set()
+
+    reader = UpstreamReader(endless())
+    assert reader.next() == (True, "x")
+    reader.close()  # no read in flight: closed here, at once
+    assert closed.is_set()
+
+
 # -- the prompt check beside the model ---------------------------------------------------------
 class PromptGate(CountingJudge):
     """Prompt checks wait for ``gate`` (the prompt verdict is slow); answer checks do not."""
@@ -153,7 +261,7 @@ def test_parallel_input_judges_the_answer_beside_the_prompt_check_and_holds_it()
 
 def test_parallel_input_blocked_prompt_releases_nothing_and_closes_the_upstream():
     judge = PromptGate()
-    closed = []
+    closed = threading.Event()
 
     def model():
         try:
@@ -163,14 +271,14 @@ def test_parallel_input_blocked_prompt_releases_nothing_and_closes_the_upstream(
             yield " It is big."
             yield " More."
         finally:
-            closed.append(True)
+            closed.set()
 
     received = []
     with pytest.raises(GuardViolation) as info:
         with _guard(judge).stream(BOMB_Q, parallel_input=True) as monitor:
             for out in monitor.wrap(model()):
                 received.append(out)
-    assert received == [] and monitor.released == "" and closed == [True]
+    assert received == [] and monitor.released == "" and closed.is_set()
     assert info.value.decision.stage.value == "prompt"
 
 

@@ -30,9 +30,10 @@ Two engines behind one contract:
   its window came back safe; ``holdback=0`` releases at once and raises on a later `feed`/`finish` when
   a window comes back unsafe.
 
-When judged text goes out: `feed`/`finish` return what the verdicts back so far allow (a sync caller
-gets it with the next delta; `release_judged` without one); `awrap` races the next upstream read against
-the check in flight and yields judged text as soon as its verdict is back (`UpstreamRace`, ``wakeup.py``).
+When judged text goes out: `feed`/`finish` return what the verdicts back so far allow (a caller feeding
+by hand gets it with the next delta, or from `release_judged` once `verdict_waiter()` is done); `wrap` and
+`awrap` race the next upstream read against the check in flight and yield judged text as soon as its
+verdict is back (`UpstreamReader`: the sync upstream read on a thread of its own; `UpstreamRace`; ``wakeup.py``).
 ``parallel_input=True`` (Gen window; default: the guard's ``parallel_input``): the prompt is checked in
 the background while the caller starts its model; the answer is fed and judged meanwhile and released
 only after the prompt's verdict; a blocked prompt raises from the next call, with nothing released.
@@ -81,7 +82,7 @@ from .monitor_core import (
     check_delta,
     deadline,
 )
-from .wakeup import UpstreamRace, verdict_waiters
+from .wakeup import UpstreamRace, UpstreamReader, verdict_waiters
 
 __all__ = [
     "StreamMonitor",
@@ -207,11 +208,20 @@ class StreamMonitor(MonitorCore):
         self._emit_final()
         return out
 
+    def verdict_waiter(self) -> Future[Any] | None:
+        """The check in flight whose verdict may let held text out (the parallel prompt check, else the
+        oldest window check), or None. Wait for it, then call `release_judged` (see ``wakeup.py``)."""
+        if self._state != OPEN:
+            return None
+        if self._prompt_check is not None:
+            return self._prompt_check  # type: ignore[no-any-return]
+        return self._pending[0][2] if self._pending else None
+
     def release_judged(self) -> str:
         """Text whose verdicts came back since the last call, without new text ("" when there is none).
 
-        `feed` does this too: a sync caller that reads its upstream with a blocking call releases on the
-        next delta; this is for a caller with its own clock (async paths wake on the verdict itself)."""
+        `feed` does this too; this is for a caller that wakes when a verdict is back (`verdict_waiter`,
+        `wakeup.UpstreamReader`) instead of on the next delta."""
         self._check_feedable()
         self._settle_prompt_check(wait=False)
         if self._prompt_held:
@@ -223,18 +233,22 @@ class StreamMonitor(MonitorCore):
     def wrap(self, deltas: Iterable[str]) -> Iterator[str]:
         """Yield the releasable text of ``deltas``, then the rest at the end (non-empty pieces only).
 
-        A violation raises from the iterator, which closes the upstream generator."""
-        upstream = iter(deltas)
+        Judged text is yielded as soon as its verdict is back, not on the next delta: while a check runs
+        beside the stream (a Gen guard's windows, ``parallel_input``), ``deltas`` is read on a thread of its
+        own (`wakeup.UpstreamReader`). A violation raises from the iterator, which closes the upstream."""
+        reader = UpstreamReader(deltas, name="qwenguard-stream-upstream")
         try:
-            for delta in upstream:
-                if out := self.feed(delta):
+            while True:
+                try:
+                    fresh, delta = reader.next(verdict_waiters(self))
+                except StopIteration:
+                    break
+                if out := self.feed(delta) if fresh else self.release_judged():  # type: ignore[arg-type]
                     yield out
-            if out := self.finish():
-                yield out
         finally:
-            close = getattr(upstream, "close", None)
-            if close is not None:
-                close()
+            reader.close()
+        if out := self.finish():
+            yield out
 
     # -- Gen-window engine ----------------------------------------------------------------------
     def _submit(self, checks: list[tuple[int, int, list[dict[str, str]]]]) -> None:

@@ -1,30 +1,42 @@
-"""Release judged text as soon as its verdict comes back, not on the next upstream delta (async paths).
+"""Release judged text as soon as its verdict comes back, not on the next upstream delta.
 
 A hold-back monitor releases text when a call hands it something: with a slow model, a sentence judged
-safe would wait for the next token. An async path instead races its next upstream read against the
-monitor's check in flight (`UpstreamRace`) and, when the check wins, asks the monitor for what its
-verdicts now let out (``arelease_judged``). Sync paths release on the next ``feed``: a blocking read
-cannot be raced without a thread per stream.
+safe would wait for the next token. A path instead races its next upstream read against the monitor's
+check in flight and, when the check wins, asks the monitor for what its verdicts now let out
+(``release_judged`` / ``arelease_judged``). Async paths race with `UpstreamRace`; sync paths, whose
+upstream read blocks, with `UpstreamReader`: while a check is in flight the upstream is read on a thread
+of its own (one per stream, started when first needed), and the caller waits for whichever comes first,
+the item or a verdict.
 
-The race never loses or reorders an upstream item: one read is in flight at a time, it is never
-cancelled while the stream goes on (a verdict that wins leaves it running, and the next call returns its
-item), and cancelling the caller leaves it in flight for the next call, as `CancelSafeLane` does for
-the monitor's own calls. Only `aclose` (the stream ends) cancels it.
+Neither loses or reorders an upstream item: one read is in flight at a time, it is never cancelled while
+the stream goes on (a verdict that wins leaves it running, and the next call returns its item), and
+cancelling the async caller leaves it in flight for the next call, as `CancelSafeLane` does for the
+monitor's own calls. Only closing (the stream ends) stops it: `UpstreamRace.aclose` cancels the read;
+`UpstreamReader.close` closes the upstream at once when no read is in flight, else as soon as that read
+returns (a blocking read cannot be interrupted; the item is dropped), waiting up to ``CLOSE_GRACE_S`` for
+it so that the upstream is closed before the caller goes on; a stalled upstream is left to the reader.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Iterable
+import contextvars
+import logging
+import queue
+import threading
+import weakref
+from collections.abc import AsyncIterable, Callable, Iterable
+from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
-__all__ = ["UpstreamRace", "verdict_waiters", "arelease_judged"]
+__all__ = ["UpstreamRace", "UpstreamReader", "verdict_waiters", "arelease_judged", "release_judged"]
 
 T = TypeVar("T")
 
 
-def verdict_waiters(*monitors: Any) -> list[asyncio.Future[Any]]:
-    """The checks in flight whose verdicts may let text of ``monitors`` out (monitors without any: none)."""
+def verdict_waiters(*monitors: Any) -> list[Any]:
+    """The checks in flight whose verdicts may let text of ``monitors`` out (monitors without any: none):
+    asyncio futures for async monitors, `concurrent.futures.Future` for sync ones."""
     waiters = []
     for monitor in monitors:
         waiter = getattr(monitor, "verdict_waiter", None)  # a remote monitor has none: its server judges
@@ -32,6 +44,14 @@ def verdict_waiters(*monitors: Any) -> list[asyncio.Future[Any]]:
         if future is not None:
             waiters.append(future)
     return waiters
+
+
+def release_judged(monitor: Any) -> str:
+    """What a sync ``monitor``'s verdicts let out now, without new text ("" for a monitor that cannot say)."""
+    release = getattr(monitor, "release_judged", None)
+    if release is None or getattr(monitor, "closed", False):
+        return ""
+    return str(release())
 
 
 async def arelease_judged(monitor: Any) -> str:
@@ -79,3 +99,125 @@ class UpstreamRace(Generic[T]):
             await asyncio.wait({read})
         if not read.cancelled():
             read.exception()  # retrieved: an item or error nobody will read is not an unhandled error
+
+
+#: How long `UpstreamReader.close` waits for a read in flight to return so that the upstream is closed
+#: before the caller goes on (the next token of a streaming model comes within this; a stalled one does
+#: not: then the caller goes on at once and the reader closes the upstream when the read returns).
+CLOSE_GRACE_S = 1.0
+
+_READ, _STOP = object(), object()
+logger = logging.getLogger(__name__)
+_ITEM, _END, _ERROR, _WAKE = range(4)
+
+
+class UpstreamReader(Generic[T]):
+    """Sync twin of `UpstreamRace`: reads a blocking upstream one item at a time so that its caller can
+    wake when a verdict comes back instead of on the next item.
+
+    >>> reader = UpstreamReader(chunks)                                          # doctest: +SKIP
+    >>> fresh, chunk = reader.next(verdict_waiters(monitor))                     # doctest: +SKIP
+
+    With checks in flight the read runs on a thread of the reader's own (started on first need); with none
+    (nothing can come back early) it runs on the caller's thread, as a plain loop would. Either way the
+    upstream runs in a copy of the caller's context (its context variables when the reader was made).
+    Always `close` it (a ``finally``): that closes the upstream, with ``close(upstream)`` when given."""
+
+    def __init__(
+        self, upstream: Iterable[T], *, close: Callable[[Any], None] | None = None, name: str = "qwenguard-upstream"
+    ) -> None:
+        self._iterator = iter(upstream)
+        self._close = close
+        self._context = contextvars.copy_context()
+        self._name = name
+        self._requests: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._asked = False  # the thread was asked for an item the caller has not taken yet
+        self._busy = False  # the thread is inside the upstream's ``next``
+        self._closed = False
+        self._upstream_closed = threading.Event()  # set by the reader thread when it closed the upstream
+        self._watched: weakref.WeakSet[Future[Any]] = weakref.WeakSet()  # waiters that will wake us
+
+    def next(self, waiters: Iterable[Future[Any]] = ()) -> tuple[bool, T | None]:
+        """``(True, item)``: the next upstream item; ``(False, None)``: a waiter finished first.
+
+        Raises `StopIteration` at the end of the upstream and the upstream's own errors."""
+        if self._closed:
+            raise StopIteration
+        waiters = list(waiters)
+        if not self._asked and not waiters:
+            return True, self._context.run(next, self._iterator)  # no verdict to wait for: read here
+        if not self._asked:
+            self._asked = True
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._read_loop, name=self._name, daemon=True)
+                self._thread.start()
+            self._requests.put(_READ)
+        for waiter in waiters:
+            if waiter not in self._watched:
+                self._watched.add(waiter)
+                waiter.add_done_callback(self._wake)  # runs at once if it is done already
+        kind, value = self._inbox.get()
+        if kind == _WAKE:
+            return False, None  # the read stays in flight: the next call returns its item
+        self._asked = False
+        if kind == _ITEM:
+            return True, value
+        if kind == _END:
+            raise StopIteration
+        raise value
+
+    def _wake(self, _future: Future[Any]) -> None:
+        self._inbox.put((_WAKE, None))
+
+    def _read_loop(self) -> None:
+        while True:
+            request = self._requests.get()
+            with self._lock:
+                if request is _STOP or self._closed:
+                    return
+                self._busy = True
+            try:
+                result: tuple[int, Any] = (_ITEM, self._context.run(next, self._iterator))
+            except StopIteration:
+                result = (_END, None)
+            except BaseException as exc:  # noqa: BLE001 - the caller's to handle, on its own thread
+                result = (_ERROR, exc)
+            with self._lock:
+                self._busy = False
+                closed = self._closed
+            if closed:  # the caller left while this read ran: the upstream is closed here, the item dropped
+                try:
+                    self._close_upstream()
+                except Exception:  # noqa: BLE001 - nobody is left to tell; closing is best effort here
+                    logger.debug("closing the upstream failed", exc_info=True)
+                finally:
+                    self._upstream_closed.set()
+                return
+            self._inbox.put(result)
+            if result[0] != _ITEM:
+                return
+
+    def close(self, grace_s: float = CLOSE_GRACE_S) -> None:
+        """Stop reading and close the upstream: at once, or when the read in flight returns (waiting up to
+        ``grace_s`` for that; past it the reader thread closes the upstream on its own)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            busy = self._busy
+        self._requests.put(_STOP)
+        if not busy:
+            self._close_upstream()
+        else:
+            self._upstream_closed.wait(grace_s)
+
+    def _close_upstream(self) -> None:
+        if self._close is not None:
+            self._context.run(self._close, self._iterator)
+            return
+        close = getattr(self._iterator, "close", None)
+        if close is not None:
+            self._context.run(close)

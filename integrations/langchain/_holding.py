@@ -6,8 +6,9 @@ the model and the consumer) and `GuardMiddleware` (it wraps the agent's model ca
 ``guard.astream``): with a Qwen3Guard-Stream model every token is scored as it arrives and text is
 released ``holdback`` tokens behind; with a Gen guard each sentence is checked in the background as
 soon as it is complete (pipelined with generation) and released once its verdict is in, so a short
-safe first sentence goes out without waiting for the next one. Async streams release judged text as soon
-as its verdict is back (the next chunk is raced against the check in flight); sync streams on the next chunk.
+safe first sentence goes out without waiting for the next one. Judged text goes out as soon as its verdict
+is back: the next chunk is raced against the check in flight (a sync stream's model is read on a thread of
+its own).
 
 A chunk goes out once all of its text has been released, in order. Tool-call chunks (their streamed
 arguments) are held until the whole call is judged as the assistant's action, after the stream ends;
@@ -24,7 +25,7 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from qwenguard.core import Guard, GuardViolation, enforce
-from qwenguard.core.streaming.wakeup import UpstreamRace
+from qwenguard.core.streaming.wakeup import UpstreamRace, UpstreamReader
 
 from ._messages import DEFAULT_HISTORY_TURNS, Item, message_text, output_items
 from ._screening import ascreen, first_blocked, screen
@@ -137,6 +138,14 @@ class HeldStream:
             out.append(held.popleft()[2])
         return out
 
+    def _hold(self, chunk: Any, held: deque[tuple[int, bool, Any]], fed: int) -> tuple[int, str]:
+        """Hold ``chunk`` until its text is released; the characters fed so far, and its text."""
+        text = chunk_text(chunk)
+        fed += len(text)
+        held.append((fed, self._holds_calls(chunk, held), chunk))
+        self.whole = _add(self.whole, chunk)
+        return fed, text
+
     @staticmethod
     def _ready(held: deque[tuple[int, bool, Any]], released: int) -> bool:
         return bool(held) and not held[0][1] and held[0][0] <= released
@@ -145,14 +154,21 @@ class HeldStream:
         judge = self._open(asynchronous=False)
         held: deque[tuple[int, bool, Any]] = deque()  # (end offset of its text, held for tool calls, chunk)
         fed = 0
+        # While a monitor's check runs beside the stream the model is read on a thread of its own, so judged
+        # text goes out when its verdict is back, not when the model sends its next token (``wakeup.py``).
+        reader = UpstreamReader(chunks, name="qwenguard-lc-upstream")
         try:
-            for chunk in chunks:
-                text = chunk_text(chunk)
-                fed += len(text)
-                held.append((fed, self._holds_calls(chunk, held), chunk))
-                self.whole = _add(self.whole, chunk)
-                if text:
-                    judge.check(text)  # raises on a violation: held chunks never go out
+            while True:
+                try:
+                    fresh, chunk = reader.next(judge.verdict_waiters() if isinstance(judge, MonitorScreen) else ())
+                except StopIteration:
+                    break
+                if not fresh:
+                    judge.release()  # type: ignore[union-attr]
+                else:
+                    fed, text = self._hold(chunk, held, fed)
+                    if text:
+                        judge.check(text)  # raises on a violation: held chunks never go out
                 while self._ready(held, judge.released):
                     yield held.popleft()[2]
             judge.finish()
@@ -165,9 +181,8 @@ class HeldStream:
             raise
         finally:
             judge.close()
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()  # the provider stops generating when its stream is closed
+            # The provider stops generating when its stream is closed: at once, or when a read in flight returns.
+            reader.close()
         while held:
             yield held.popleft()[2]
 
@@ -187,10 +202,7 @@ class HeldStream:
                 if not fresh:
                     await judge.arelease()  # type: ignore[union-attr]
                 else:
-                    text = chunk_text(chunk)
-                    fed += len(text)
-                    held.append((fed, self._holds_calls(chunk, held), chunk))
-                    self.whole = _add(self.whole, chunk)
+                    fed, text = self._hold(chunk, held, fed)
                     if text:
                         await judge.acheck(text)
                 while self._ready(held, judge.released):

@@ -59,7 +59,7 @@ from qwenguard.core import Decision, Guard, Stage, enforce
 from qwenguard.core.backends.gen_session_pool import SESSIONS_PER_STREAM
 from qwenguard.core.formats.conversations import response_conversation, tool_call_conversation
 from qwenguard.core.streaming.gate_session import GateSession, GrowingWindow
-from qwenguard.core.streaming.wakeup import arelease_judged, verdict_waiters
+from qwenguard.core.streaming.wakeup import arelease_judged, release_judged, verdict_waiters
 
 from ._messages import Item
 
@@ -485,8 +485,12 @@ class MonitorScreen:
             self._released += len(await self.monitor.afinish())
 
     def verdict_waiters(self) -> list[Any]:
-        """The monitor's check in flight whose verdict may let held text out (async streams)."""
+        """The monitor's check in flight whose verdict may let held text out."""
         return verdict_waiters(self.monitor)
+
+    def release(self) -> None:
+        """Take what the monitor's verdicts let out now, without new text (see ``wakeup.py``)."""
+        self._released += len(release_judged(self.monitor))
 
     async def arelease(self) -> None:
         """Take what the monitor's verdicts let out now, without new text (see ``wakeup.py``)."""

@@ -59,7 +59,13 @@ from llama_index.core.prompts import BasePromptTemplate
 from qwenguard.core import Guard, enforce
 from qwenguard.core.formats.conversations import prompt_conversation, response_conversation, tool_call_conversation
 from qwenguard.core.streaming.parallel import PendingCheck
-from qwenguard.core.streaming.wakeup import UpstreamRace, arelease_judged, verdict_waiters
+from qwenguard.core.streaming.wakeup import (
+    UpstreamRace,
+    UpstreamReader,
+    arelease_judged,
+    release_judged,
+    verdict_waiters,
+)
 from qwenguard.core.verdict import Stage
 
 from .._common import require_guard
@@ -332,15 +338,26 @@ class GuardedLLM(FunctionCallingLLM):
     def _guard_chat_stream(self, plan: _Plan, inner: Iterator[ChatResponse]) -> ChatResponseGen:
         out = ChatChunks()
         with contextlib.ExitStack() as stack:
-            stack.callback(close_upstream, inner)
+            # The model is read on a thread of its own while a check is in flight, so judged text goes out
+            # when its verdict is back, not on the model's next token (``wakeup.py``).
+            chunks = UpstreamReader(inner, close=close_upstream, name="qwenguard-li-upstream")
+            stack.callback(chunks.close)
             monitor = stack.enter_context(self.guard.stream(plan.prompt, **self._monitor_options()))
             thinking: Any = None  # a second monitor, opened when the model streams its reasoning
-            for chunk in inner:
-                text, reasoning = out.read(chunk)
-                if reasoning and thinking is None:
-                    thinking = stack.enter_context(self.guard.stream(plan.prompt, **self._monitor_options()))
-                released = monitor.feed(text) if text else ""
-                released_reasoning = thinking.feed(reasoning) if reasoning else ""
+            while True:
+                try:
+                    fresh, chunk = chunks.next(verdict_waiters(monitor, thinking))
+                except StopIteration:
+                    break
+                if not fresh:
+                    released = release_judged(monitor)
+                    released_reasoning = release_judged(thinking)
+                else:
+                    text, reasoning = out.read(chunk)
+                    if reasoning and thinking is None:
+                        thinking = stack.enter_context(self.guard.stream(plan.prompt, **self._monitor_options()))
+                    released = monitor.feed(text) if text else ""
+                    released_reasoning = thinking.feed(reasoning) if reasoning else ""
                 # The chunk was produced (and is being judged) beside the input check: nothing leaves
                 # before the input verdict, and a verdict that is back is enforced at once.
                 if released or released_reasoning or self._inputs_back(plan):
@@ -405,11 +422,19 @@ class GuardedLLM(FunctionCallingLLM):
     def _guard_completion_stream(self, plan: _Plan, inner: Iterator[CompletionResponse]) -> CompletionResponseGen:
         out = CompletionChunks()
         with contextlib.ExitStack() as stack:
-            stack.callback(close_upstream, inner)
+            chunks = UpstreamReader(inner, close=close_upstream, name="qwenguard-li-upstream")  # see above
+            stack.callback(chunks.close)
             monitor = stack.enter_context(self.guard.stream(plan.prompt, **self._monitor_options()))
-            for chunk in inner:
-                text = out.read(chunk)
-                released = monitor.feed(text) if text else ""
+            while True:
+                try:
+                    fresh, chunk = chunks.next(verdict_waiters(monitor))
+                except StopIteration:
+                    break
+                if fresh:
+                    text = out.read(chunk)
+                    released = monitor.feed(text) if text else ""
+                else:
+                    released = release_judged(monitor)
                 if released or self._inputs_back(plan):  # judged beside the input check, released after it
                     self._wait_inputs(plan)
                 if (item := out.partial(released)) is not None:

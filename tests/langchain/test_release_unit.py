@@ -148,10 +148,11 @@ def test_word_unit_lets_no_character_of_the_clause_out(path, mode):
     assert text.startswith(SAFE_ANSWER)  # the judged-safe sentence did go out
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("path", PATHS)
-def test_async_paths_release_a_judged_sentence_while_the_model_is_still_producing(path):
+def test_paths_release_a_judged_sentence_while_the_model_is_still_producing(path, mode):
     """The model stalls after the first sentence until the consumer has it: the judged sentence must go
-    out on its verdict, not on the model's next token."""
+    out on its verdict, not on the model's next token (sync paths read the model on a thread of their own)."""
     judge = CountingJudge()
     resume = threading.Event()
     reply = f"{SAFE_ANSWER} It lies on the Seine."
@@ -164,7 +165,7 @@ def test_async_paths_release_a_judged_sentence_while_the_model_is_still_producin
         if "".join(received).startswith(SAFE_ANSWER):
             resume.set()
 
-    assert consume("async", stream, astream, on_text) is None
+    assert consume(mode, stream, astream, on_text) is None
     assert not model.stalled  # the sentence reached the consumer while the model was stalled
     assert "".join(received) == reply
 
