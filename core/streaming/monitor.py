@@ -238,11 +238,7 @@ class StreamMonitor(MonitorCore):
         own (`wakeup.UpstreamReader`). A violation raises from the iterator, which closes the upstream."""
         reader = UpstreamReader(deltas, name="qwenguard-stream-upstream")
         try:
-            while True:
-                try:
-                    fresh, delta = reader.next(verdict_waiters(self))
-                except StopIteration:
-                    break
+            for fresh, delta in reader.race(lambda: verdict_waiters(self)):
                 if out := self.feed(delta) if fresh else self.release_judged():  # type: ignore[arg-type]
                     yield out
         finally:

@@ -25,13 +25,14 @@ import logging
 import queue
 import threading
 import weakref
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
 __all__ = ["UpstreamRace", "UpstreamReader", "verdict_waiters", "arelease_judged", "release_judged"]
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 def verdict_waiters(*monitors: Any) -> list[Any]:
@@ -107,7 +108,6 @@ class UpstreamRace(Generic[T]):
 CLOSE_GRACE_S = 1.0
 
 _READ, _STOP = object(), object()
-logger = logging.getLogger(__name__)
 _ITEM, _END, _ERROR, _WAKE = range(4)
 
 
@@ -116,7 +116,7 @@ class UpstreamReader(Generic[T]):
     wake when a verdict comes back instead of on the next item.
 
     >>> reader = UpstreamReader(chunks)                                          # doctest: +SKIP
-    >>> fresh, chunk = reader.next(verdict_waiters(monitor))                     # doctest: +SKIP
+    >>> for fresh, chunk in reader.race(lambda: verdict_waiters(monitor)): ...   # doctest: +SKIP
 
     With checks in flight the read runs on a thread of the reader's own (started on first need); with none
     (nothing can come back early) it runs on the caller's thread, as a plain loop would. Either way the
@@ -168,6 +168,15 @@ class UpstreamReader(Generic[T]):
         if kind == _END:
             raise StopIteration
         raise value
+
+    def race(self, waiters: Callable[[], Iterable[Future[Any]]]) -> Iterator[tuple[bool, T | None]]:
+        """`next` until the upstream ends, with ``waiters()`` asked anew before each read (the checks in
+        flight change as the stream goes on)."""
+        while True:
+            try:
+                yield self.next(waiters())
+            except StopIteration:
+                return
 
     def _wake(self, _future: Future[Any]) -> None:
         self._inbox.put((_WAKE, None))

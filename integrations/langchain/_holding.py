@@ -157,12 +157,9 @@ class HeldStream:
         # While a monitor's check runs beside the stream the model is read on a thread of its own, so judged
         # text goes out when its verdict is back, not when the model sends its next token (``wakeup.py``).
         reader = UpstreamReader(chunks, name="qwenguard-lc-upstream")
+        waiters = judge.verdict_waiters if isinstance(judge, MonitorScreen) else list
         try:
-            while True:
-                try:
-                    fresh, chunk = reader.next(judge.verdict_waiters() if isinstance(judge, MonitorScreen) else ())
-                except StopIteration:
-                    break
+            for fresh, chunk in reader.race(waiters):
                 if not fresh:
                     judge.release()  # type: ignore[union-attr]
                 else:

@@ -344,11 +344,8 @@ class GuardedLLM(FunctionCallingLLM):
             stack.callback(chunks.close)
             monitor = stack.enter_context(self.guard.stream(plan.prompt, **self._monitor_options()))
             thinking: Any = None  # a second monitor, opened when the model streams its reasoning
-            while True:
-                try:
-                    fresh, chunk = chunks.next(verdict_waiters(monitor, thinking))
-                except StopIteration:
-                    break
+            # Late binding wanted: ``thinking`` is opened inside the loop, and its checks wake the race from then on.
+            for fresh, chunk in chunks.race(lambda: verdict_waiters(monitor, thinking)):  # noqa: B023
                 if not fresh:
                     released = release_judged(monitor)
                     released_reasoning = release_judged(thinking)
@@ -425,11 +422,7 @@ class GuardedLLM(FunctionCallingLLM):
             chunks = UpstreamReader(inner, close=close_upstream, name="qwenguard-li-upstream")  # see above
             stack.callback(chunks.close)
             monitor = stack.enter_context(self.guard.stream(plan.prompt, **self._monitor_options()))
-            while True:
-                try:
-                    fresh, chunk = chunks.next(verdict_waiters(monitor))
-                except StopIteration:
-                    break
+            for fresh, chunk in chunks.race(lambda: verdict_waiters(monitor)):
                 if fresh:
                     text = out.read(chunk)
                     released = monitor.feed(text) if text else ""
