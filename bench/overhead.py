@@ -10,8 +10,9 @@ their ratio (target <= 1.10) and the added cost per chunk (target <= 50 us), the
 
 - LangChain: ``model.stream(...)`` with `GuardCallbackHandler` in the config vs no callbacks, with each
   engine: ``"pipelined"`` (the default with a Gen guard: checks run on worker threads beside the stream,
-  so with this zero-latency guard the row is mostly thread hand-offs), ``"gate"`` (every chunk judged
-  before it is yielded, on the stream's thread) and ``"monitor"``.
+  except for a guard that answers faster than a hand-off, like this zero-latency one, which it judges in
+  the stream's path once its first checks showed that), ``"gate"`` (every chunk judged before it is
+  yielded, on the stream's thread) and ``"monitor"``.
 - LlamaIndex: ``GuardedLLM(llm).stream_complete(...)`` (a StreamMonitor over the chunks) vs
   ``llm.stream_complete(...)``.
 

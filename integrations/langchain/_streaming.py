@@ -13,7 +13,9 @@ the stream stops one judge latency after the unsafe words arrived. The consumer 
 ``max_unjudged`` characters that no verdict covers: past that, the callback waits for the verdicts in
 flight. Added cost per token: close to zero while the guard keeps up; exposure: at most the text that
 streams while one check is in flight, and never more than ``max_unjudged`` characters plus the chunk
-in flight.
+in flight. A guard that answers faster than a thread hand-off (`INLINE_BELOW_S`, timed on the checks the
+stream waited for) is judged in the stream's path instead, chunk by chunk as ``"gate"`` does, until a
+check is slow again.
 
 ``"gate"`` — the same with ``max_unjudged=0``: every chunk is judged before it is yielded (one Gen
 check per chunk, in the stream's path: a 70 ms guard makes a 20 ms/token stream run at 70 ms/token).
@@ -49,6 +51,7 @@ import asyncio
 import contextvars
 import re
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -87,6 +90,10 @@ DEFAULT_WINDOW_CHARS = 2000
 DEFAULT_MAX_UNJUDGED = 16
 #: ``"pipelined"``: checks of one stream running at once.
 DEFAULT_MAX_IN_FLIGHT = 4
+#: ``"pipelined"``: a guard whose checks, timed where the stream waited for them, take less than this is
+#: judged in the stream's path: handing such a check to a worker thread costs the stream more (two thread
+#: switches under the GIL, ~60-100 us) than the check itself, and nothing is left to hide.
+INLINE_BELOW_S = 0.0002
 #: Hold-back with a Gen guard: the shortest sentence the core monitor judges on its own. The core's
 #: default (40) joins a short first sentence to the next; 1 releases each sentence once it is judged.
 DEFAULT_SEGMENT = 1
@@ -291,7 +298,10 @@ class PipelinedScreen:
 
     See the module docstring. Checks of a sync stream run on worker threads, of an async one as tasks;
     a check the stream would wait for at once (always, with ``max_unjudged=0``) runs in the stream's path, and
-    so does a queued one it must wait for that no worker has started yet."""
+    so does a queued one it must wait for that no worker has started yet. Those are timed (an async stream
+    times its tasks too: they share its thread; a worker thread's time would include waits for the GIL): while
+    they take less than `INLINE_BELOW_S` (a guard that answers at once: a rule-based backend) every due check
+    runs in the stream's path, as with ``"gate"``, until checks are slow again (`judges_inline`)."""
 
     def __init__(
         self,
@@ -311,10 +321,25 @@ class PipelinedScreen:
         self.max_unjudged = max_unjudged
         self.max_in_flight = max_in_flight
         self._flight: deque[tuple[Item, Handle]] = deque()
+        #: Wall times of the last checks timed on the stream's own thread (see `judges_inline`).
+        self._costs: deque[float] = deque(maxlen=3)
 
     @property
     def released(self) -> int:
         return self.gate.length  # a callback holds nothing back
+
+    @property
+    def judges_inline(self) -> bool:
+        """Run the next due check in the stream's path? Yes while the guard answers faster than a hand-off:
+        the median of the last three timed checks (the upper one of two) is under `INLINE_BELOW_S`. A lone
+        slow one (a busy machine, a garbage collection) changes nothing; a guard that became slow is
+        judged beside the stream again after its second slow check."""
+        if self._flight or not self._costs:
+            return False
+        return sorted(self._costs)[len(self._costs) // 2] < INLINE_BELOW_S
+
+    def _note_cost(self, seconds: float) -> None:
+        self._costs.append(seconds)
 
     # -- shared logic ---------------------------------------------------------------------------
     def _settle(self, item: Item, decisions: list[Decision]) -> None:
@@ -341,6 +366,13 @@ class PipelinedScreen:
             return [self.session.check(item.conversation)]
         return self.guard.check_many([item.pair])
 
+    def _judge_here(self, item: Item) -> list[Decision]:
+        """Judge ``item`` on the stream's thread, timing it."""
+        started = time.perf_counter()
+        decisions = self._judge(item)
+        self._note_cost(time.perf_counter() - started)
+        return decisions
+
     async def _ajudge(self, item: Item) -> list[Decision]:
         if self.session is not None:
             return [await self.session.acheck(item.conversation)]
@@ -356,7 +388,7 @@ class PipelinedScreen:
         if isinstance(handle, Future) and handle.cancel():
             # No worker has picked it up yet: judge it here rather than wait for one to (the stream waits
             # either way; this saves the hand-off, and with a fast guard most waits are this one).
-            self._settle(item, self._judge(item))
+            self._settle(item, self._judge_here(item))
             return
         # A task (started by an async dispatch of this run) cannot be waited for here: used once done.
         if isinstance(handle, Future) or handle.done():
@@ -366,7 +398,7 @@ class PipelinedScreen:
         # A check that would be waited for at once runs on this thread: handing it to a worker only to
         # block on it costs two thread switches a chunk (most of the "gate" engine's own cost).
         item = self.gate.item()
-        self._settle(item, self._judge(item))
+        self._settle(item, self._judge_here(item))
 
     def _starts_in_background(self, delta: str) -> bool:
         """Start a check beside the stream? Not one the stream would wait for at once: the loops of
@@ -376,7 +408,9 @@ class PipelinedScreen:
     def check(self, delta: str) -> None:
         self.gate.add(delta)
         self._harvest()
-        if self._starts_in_background(delta):
+        if self.judges_inline and self._wants_check(delta):
+            self._judge_now()
+        elif self._starts_in_background(delta):
             self._start()
         while self.gate.unjudged > self.max_unjudged:
             if self._flight:
@@ -397,7 +431,15 @@ class PipelinedScreen:
     # -- async ----------------------------------------------------------------------------------
     def _astart(self) -> None:
         item = self.gate.item()
-        self._flight.append((item, asyncio.ensure_future(self._ajudge(item))))
+        self._flight.append((item, asyncio.ensure_future(self._ajudge_timed(item))))
+
+    async def _ajudge_timed(self, item: Item) -> list[Decision]:
+        # A task runs on the stream's own thread (no GIL hand-off to inflate it), so its time is the
+        # check's own, plus whatever else the loop ran meanwhile: never less than the check.
+        started = time.perf_counter()
+        decisions = await self._ajudge(item)
+        self._note_cost(time.perf_counter() - started)
+        return decisions
 
     async def _await_oldest(self) -> None:
         item, handle = self._flight.popleft()
@@ -406,12 +448,14 @@ class PipelinedScreen:
 
     async def _ajudge_now(self) -> None:
         item = self.gate.item()  # awaited here: no task of its own (see `_judge_now`)
-        self._settle(item, await self._ajudge(item))
+        self._settle(item, await self._ajudge_timed(item))
 
     async def acheck(self, delta: str) -> None:
         self.gate.add(delta)
         self._harvest()
-        if self._starts_in_background(delta):
+        if self.judges_inline and self._wants_check(delta):
+            await self._ajudge_now()
+        elif self._starts_in_background(delta):
             self._astart()
         while self.gate.unjudged > self.max_unjudged:
             if self._flight:

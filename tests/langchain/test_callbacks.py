@@ -356,3 +356,127 @@ def test_a_check_no_worker_has_started_runs_on_the_stream_when_it_must_wait(guar
     assert handler.stream_engine == "pipelined"
     assert received == SAFE_ANSWER
     assert elapsed < 5  # not held until the busy worker came free (10 s)
+
+
+_LONG_SAFE_ANSWER = " ".join([SAFE_ANSWER] * 40)
+
+
+class _RuleBackend:
+    """A guard with no model (a rule): every check safe in microseconds, never releasing the GIL; or,
+    from check ``slow_from`` on, 20 ms a check (a remote engine under load). Records where each ran."""
+
+    name = "rule"
+
+    def __init__(self, slow_from: int | None = None) -> None:
+        self.slow_from = slow_from
+        self.ran: list[tuple[bool, str]] = []  # (slow, thread name) per check
+
+    def _one(self, conversation):
+        from qwenguard.core.formats.prompts import moderation_mode, parse_verdict
+
+        mode = moderation_mode(conversation)
+        raw = "Safety: Safe\nCategories: None" + ("\nRefusal: No" if mode != "prompt" else "")
+        return parse_verdict(raw, mode=mode, model=self.name)
+
+    def classify(self, conversations, *, timeout=None):
+        import threading
+        import time
+
+        slow = self.slow_from is not None and len(self.ran) >= self.slow_from
+        if slow:
+            time.sleep(0.02)
+        self.ran.append((slow, threading.current_thread().name))
+        return [self._one(c) for c in conversations]
+
+    async def aclassify(self, conversations, *, timeout=None):
+        return self.classify(conversations, timeout=timeout)
+
+    def close(self) -> None:
+        pass
+
+
+class _CountingPool:
+    """The callbacks' worker pool, counting the checks handed to it (each one a thread hand-off)."""
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="qwenguard-lc-stream")
+        self.handed: list[int] = []  # the backend's check count at each hand-off
+
+    def submit(self, fn, *args, **kwargs):
+        self.handed.append(1)
+        return self.pool.submit(fn, *args, **kwargs)
+
+
+def _stream_through(monkeypatch, backend: _RuleBackend):
+    """Stream the long safe answer through the default callback on ``backend``; the pool counts hand-offs."""
+    from qwenguard.integrations.langchain import _streaming
+
+    pool = _CountingPool()
+    monkeypatch.setattr(_streaming, "_executor", lambda: pool)
+    # The bar is a hand-off's cost on a quiet machine; a loaded one (a CI runner) can make this guard's
+    # checks as slow. What is tested is the engine's choice for a guard under the bar.
+    monkeypatch.setattr(_streaming, "INLINE_BELOW_S", 0.002, raising=False)
+    handler = GuardCallbackHandler(Guard(backend, cache_size=0))
+    try:
+        received = "".join(
+            c.text for c in scripted(_LONG_SAFE_ANSWER).stream(SAFE_QUESTION, config={"callbacks": [handler]})
+        )
+    finally:
+        pool.pool.shutdown()
+    return handler, backend, pool, received
+
+
+def test_the_pipelined_engine_judges_a_guard_that_answers_at_once_on_the_streams_own_thread(monkeypatch):
+    """A guard faster than a thread hand-off (a rule-based backend): handing each check to a worker only
+    adds thread switches, 2-3x the engine's own cost a chunk (`python bench/overhead.py`). Once the checks
+    the stream waited for showed that, the engine judges each due chunk where it arrived."""
+    import threading
+
+    handler, backend, pool, received = _stream_through(monkeypatch, _RuleBackend())
+    assert handler.stream_engine == "pipelined"
+    assert received == _LONG_SAFE_ANSWER
+    assert len(backend.ran) > 100  # the prompt and most chunks were judged
+    assert len(pool.handed) <= 0.25 * len(backend.ran), (len(pool.handed), len(backend.ran))
+    here = threading.current_thread().name
+    assert sum(name == here for _, name in backend.ran) >= 0.75 * len(backend.ran)
+
+
+def test_the_pipelined_engine_moves_checks_beside_the_stream_when_the_guard_slows_down(monkeypatch):
+    """The other way: a guard that was fast and now takes 20 ms a check is judged beside the stream again
+    (its latency hidden) after the second slow check the stream waited for."""
+    import threading
+
+    _, backend, _, received = _stream_through(monkeypatch, _RuleBackend(slow_from=40))
+    assert received == _LONG_SAFE_ANSWER
+    here = threading.current_thread().name
+    fast = [name for slow, name in backend.ran if not slow]
+    slow = [name for slow, name in backend.ran if slow]
+    assert sum(name == here for name in fast) >= 20  # judged where the chunks arrived while fast
+    assert len(slow) >= 5
+    assert sum(name.startswith("qwenguard-lc-stream") for name in slow) >= 0.5 * len(slow), slow
+
+
+async def test_the_async_pipelined_engine_awaits_a_guard_that_answers_at_once_in_the_stream(monkeypatch):
+    """The async twin: a check the stream would not wait for is a task of its own; with a guard that
+    answers at once the stream awaits each check itself, no task per chunk."""
+    from qwenguard.integrations.langchain import _streaming
+    from qwenguard.integrations.langchain._streaming import PipelinedScreen
+
+    monkeypatch.setattr(_streaming, "INLINE_BELOW_S", 0.002, raising=False)  # see the sync test
+    tasks: list[int] = []
+    start = PipelinedScreen._astart
+
+    def counting_start(self):
+        tasks.append(1)
+        start(self)
+
+    monkeypatch.setattr(PipelinedScreen, "_astart", counting_start)
+    backend = _RuleBackend()
+    handler = AsyncGuardCallbackHandler(Guard(backend, cache_size=0))
+    model = scripted(_LONG_SAFE_ANSWER)
+    received = "".join([c.text async for c in model.astream(SAFE_QUESTION, config={"callbacks": [handler]})])
+    assert received == _LONG_SAFE_ANSWER
+    assert len(backend.ran) > 100
+    assert len(tasks) <= 0.25 * len(backend.ran), (len(tasks), len(backend.ran))
