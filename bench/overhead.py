@@ -4,7 +4,8 @@
 
 A fake model streams ``--chunks`` word chunks. The guarded run uses a backend that answers at once
 (`FixedBackend`), so the difference is the guard path itself: framework hooks, the stream gate or
-monitor, policy, cache and events. Printed per framework: best-of-N wall time unguarded and guarded,
+monitor, policy, cache and events. Printed per framework: best-of-N wall time unguarded and guarded (the
+arms run in turns, one of each per round),
 their ratio (target <= 1.10) and the added cost per chunk (target <= 50 us), then the cost of one
 `Guard.check_prompt` on the same backend (target <= 1 ms).
 
@@ -32,7 +33,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +48,16 @@ def chunks(n: int) -> list[str]:
     return [words[i % len(words)] for i in range(n)]
 
 
-def best(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
+def best_of_each(fns: Sequence[Callable[[], Any]], repeats: int) -> list[float]:
+    """Best-of-``repeats`` seconds of each function, run in turns (one of each per round), so that a slow
+    spell of this shared machine hits every arm alike instead of whichever ran during it."""
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        for fn, spent in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - t0)
+    return [min(spent) for spent in times]
 
 
 # -- LangChain ---------------------------------------------------------------------------------
@@ -132,7 +136,8 @@ def bench_langchain(
         assert sum(1 for _ in model.stream(question, config={"callbacks": [handler]})) >= len(parts)
 
     plain(), noop(), guarded()  # warm up
-    return best(plain, repeats), best(noop, repeats), best(guarded, repeats)
+    plain_s, noop_s, guarded_s = best_of_each((plain, noop, guarded), repeats)
+    return plain_s, noop_s, guarded_s
 
 
 # -- LlamaIndex --------------------------------------------------------------------------------
@@ -186,8 +191,8 @@ def bench_llamaindex(
 
     plain(), guarded()
     # No floor row: GuardedLLM wraps the stream in a plain generator, which costs well under 1 us a chunk.
-    plain_s = best(plain, repeats)
-    return plain_s, plain_s, best(guarded, repeats)
+    plain_s, guarded_s = best_of_each((plain, guarded), repeats)
+    return plain_s, plain_s, guarded_s
 
 
 def main() -> None:
