@@ -32,7 +32,7 @@ from langgraph.constants import TAG_NOSTREAM
 from pydantic import ConfigDict, Field
 from qwenguard.core import Guard
 
-from ._holding import HeldStream
+from ._holding import HELD_LLM_TYPE_PREFIX, HeldStream
 from ._messages import DEFAULT_HISTORY_TURNS, guard_history
 
 __all__ = ["HeldBackChatModel", "StreamLedger"]
@@ -78,7 +78,7 @@ class HeldBackChatModel(BaseChatModel):
 
     @property
     def _llm_type(self) -> str:
-        return f"qwenguard-held-{self.inner._llm_type}"
+        return f"{HELD_LLM_TYPE_PREFIX}{self.inner._llm_type}"
 
     def bind_tools(
         self, tools: Sequence[Any], *, tool_choice: str | None = None, **kwargs: Any

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
@@ -31,7 +33,25 @@ from ._messages import DEFAULT_HISTORY_TURNS, Item, message_text, output_items
 from ._screening import ascreen, first_blocked, screen
 from ._streaming import DEFAULT_WINDOW_CHARS, Engine, MonitorScreen, Screen, open_screen
 
-__all__ = ["HeldStream", "chunk_text", "as_message"]
+__all__ = ["HeldStream", "HeldCall", "HELD_CALL", "HELD_LLM_TYPE_PREFIX", "chunk_text", "as_message"]
+
+#: How `HeldBackChatModel` (``_held_model.py``) names its ``_llm_type``: what a callback sees of its run.
+HELD_LLM_TYPE_PREFIX = "qwenguard-held-"
+
+
+@dataclass(frozen=True)
+class HeldCall:
+    """A model call whose stream `GuardMiddleware` holds: every chunk judged by ``guard`` before it is
+    released (tool-call arguments too when ``tool_calls``)."""
+
+    guard: Guard
+    tool_calls: bool
+
+
+#: Set by `GuardMiddleware` around the model call it holds (code, never anything a client sends). A callback
+#: handler on the same guard does not judge that call's stream again: the same guard, with the same policy,
+#: judged each chunk before anyone saw it (and every chunk twice doubled the guard's work per token).
+HELD_CALL: ContextVar[HeldCall | None] = ContextVar("qwenguard_held_call", default=None)
 
 
 def chunk_text(chunk: Any) -> str:

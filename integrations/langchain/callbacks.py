@@ -31,6 +31,10 @@ not answer and the policy fails closed):
 - ``on_retriever_end`` — retrieved documents (a callback cannot drop documents: use
   `GuardDocumentCompressor` / `GuardedRetriever` to filter instead of abort).
 
+Beside a `GuardMiddleware` on the same `Guard`, the model call the middleware holds is not judged again
+here (its stream and its answer: the same guard judged them before release; see `_note_held`); its input and
+its tool calls at ``on_llm_end`` still are, and so is every other run.
+
 One handler serves any number of concurrent runs: state is keyed by ``run_id`` and dropped when the
 run ends or fails.
 
@@ -70,6 +74,7 @@ from qwenguard.core.formats.conversations import tool_call_conversation, untrust
 from qwenguard.core.streaming.parallel import PendingCheck
 
 from ._feed import StreamFeed
+from ._holding import HELD_CALL, HELD_LLM_TYPE_PREFIX, HeldCall
 from ._logs import quiet_guard_stops
 from ._messages import (
     DEFAULT_HISTORY_TURNS,
@@ -102,12 +107,13 @@ _MAX_TOOL_CONTEXTS = 1024
 class _Run:
     """What one model/tool/retriever run needs between its events."""
 
-    __slots__ = ("context", "feed", "tool", "query", "pending")
+    __slots__ = ("context", "feed", "tool", "query", "pending", "held")
 
     def __init__(self, context: list[dict[str, str]] | None = None) -> None:
         self.context = context or []
         self.pending: PendingCheck | None = None  # the input verdict, with parallel_input
         self.feed: StreamFeed | None = None  # what its stream fed the guard
+        self.held: HeldCall | None = None  # a model call GuardMiddleware holds on this guard
         self.tool: str | None = None
         self.query: str | None = None
 
@@ -259,6 +265,18 @@ class _GuardHandlerLogic:
             self._raise_first(items, await ascreen(self.guard, items))
 
     # -- what to check (pure) -------------------------------------------------------------------
+    def _note_held(self, run_id: UUID, kwargs: Mapping[str, Any]) -> None:
+        """This run is the model call a `GuardMiddleware` on this same guard holds (the middleware's scope
+        is set, and the run is its wrapper, by the model type it reports): its stream is judged there,
+        chunk by chunk before release, and is not judged again here. A callback on another guard (another
+        policy) judges it as any stream, and so does this one for any other model run in that scope."""
+        held = HELD_CALL.get()
+        if held is None or held.guard is not self.guard:
+            return
+        params = kwargs.get("invocation_params") or {}
+        if str(params.get("_type", "")).startswith(HELD_LLM_TYPE_PREFIX):
+            self._run(run_id).held = held
+
     def _chat_start_items(self, messages: list[list[BaseMessage]], run_id: UUID) -> list[Item]:
         # Every message the model reads, not only what follows the last AI turn: a client's own history
         # can hide a user turn behind a fake assistant turn. Unchanged history hits the verdict cache.
@@ -282,10 +300,10 @@ class _GuardHandlerLogic:
         """The run's stream feed, its screens opened on first use with this run's context."""
         run = self._run(run_id)
         if run.feed is None:
-            guard, context, engine = self.guard, run.context, self.stream_engine
+            guard, context, engine, held = self.guard, run.context, self.stream_engine, run.held
 
             def open_text() -> Screen | None:
-                if not self.check_stream:
+                if not self.check_stream or held is not None:
                     return None
                 return open_screen(
                     guard,
@@ -300,7 +318,7 @@ class _GuardHandlerLogic:
                 )
 
             def open_tool(name: str) -> Screen | None:
-                if not self.check_tool_calls:
+                if not self.check_tool_calls or (held is not None and held.tool_calls):
                     return None
                 return open_tool_screen(
                     guard,
@@ -320,6 +338,7 @@ class _GuardHandlerLogic:
             run = self._runs.pop(run_id, None)
         context = run.context if run else []
         streamed = bool(run and run.feed is not None and run.feed.streamed)
+        held = bool(run and run.held is not None)  # the middleware judges its answer (stream or after_model)
         items: list[Item] = []
         for generations in response.generations:
             for generation in generations:
@@ -328,12 +347,12 @@ class _GuardHandlerLogic:
                         generation.message,
                         context,
                         self.history_turns,
-                        text=self.check_output and not streamed,
+                        text=self.check_output and not streamed and not held,
                         tool_calls=self.check_tool_calls,
                     )
                     self._remember_tool_context([i for i in found if i.stage is Stage.TOOL_CALL], context)
                     items.extend(found)
-                elif self.check_output and not streamed and generation.text.strip():
+                elif self.check_output and not streamed and not held and generation.text.strip():
                     items.extend(output_items(_text_message(generation.text), context, text=True, tool_calls=False))
         return run, items
 
@@ -427,6 +446,7 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
     def on_chat_model_start(
         self, serialized: dict[str, Any], messages: list[list[BaseMessage]], *, run_id: UUID, **kwargs: Any
     ) -> None:
+        self._note_held(run_id, kwargs)
         self._start_input(self._chat_start_items(messages, run_id), run_id)
 
     def on_llm_start(self, serialized: dict[str, Any], prompts: list[str], *, run_id: UUID, **kwargs: Any) -> None:
@@ -553,6 +573,7 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
     async def on_chat_model_start(
         self, serialized: dict[str, Any], messages: list[list[BaseMessage]], *, run_id: UUID, **kwargs: Any
     ) -> None:
+        self._note_held(run_id, kwargs)
         await self._astart_input(self._chat_start_items(messages, run_id), run_id)
 
     async def on_llm_start(
