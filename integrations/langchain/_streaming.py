@@ -13,9 +13,8 @@ the stream stops one judge latency after the unsafe words arrived. The consumer 
 ``max_unjudged`` characters that no verdict covers: past that, the callback waits for the verdicts in
 flight. Added cost per token: close to zero while the guard keeps up; exposure: at most the text that
 streams while one check is in flight, and never more than ``max_unjudged`` characters plus the chunk
-in flight. A guard that answers faster than a thread hand-off (`INLINE_BELOW_S`, timed on the checks the
-stream waited for) is judged in the stream's path instead, chunk by chunk as ``"gate"`` does, until a
-check is slow again.
+in flight. A guard that answers faster than a thread hand-off (`INLINE_BELOW_S`, every check timed) is
+judged in the stream's path instead, chunk by chunk as ``"gate"`` does, until checks are slow again.
 
 ``"gate"`` — the same with ``max_unjudged=0``: every chunk is judged before it is yielded (one Gen
 check per chunk, in the stream's path: a 70 ms guard makes a 20 ms/token stream run at 70 ms/token).
@@ -49,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import queue
 import re
 import threading
 import time
@@ -298,10 +298,11 @@ class PipelinedScreen:
 
     See the module docstring. Checks of a sync stream run on worker threads, of an async one as tasks;
     a check the stream would wait for at once (always, with ``max_unjudged=0``) runs in the stream's path, and
-    so does a queued one it must wait for that no worker has started yet. Those are timed (an async stream
-    times its tasks too: they share its thread; a worker thread's time would include waits for the GIL): while
-    they take less than `INLINE_BELOW_S` (a guard that answers at once: a rule-based backend) every due check
-    runs in the stream's path, as with ``"gate"``, until checks are slow again (`judges_inline`)."""
+    so does a queued one it must wait for that no worker has started yet. Every check is timed from when it
+    starts running to its verdict (a worker holds the GIL meanwhile unless the check lets it go, e.g. for I/O:
+    a forced switch comes only after ``sys.getswitchinterval()``, 5 ms, so a short check's time is its own):
+    while checks take less than `INLINE_BELOW_S` (a guard that answers at once: a rule-based backend) every due
+    check runs in the stream's path, as with ``"gate"``, until checks are slow again (`_judges_inline`)."""
 
     def __init__(
         self,
@@ -321,19 +322,24 @@ class PipelinedScreen:
         self.max_unjudged = max_unjudged
         self.max_in_flight = max_in_flight
         self._flight: deque[tuple[Item, Handle]] = deque()
-        #: Wall times of the last checks timed on the stream's own thread (see `judges_inline`).
+        #: Wall times of the last checks (see `_judges_inline`); workers hand theirs over in `_worker_costs`.
         self._costs: deque[float] = deque(maxlen=3)
+        self._worker_costs: queue.SimpleQueue[float] = queue.SimpleQueue()
 
     @property
     def released(self) -> int:
         return self.gate.length  # a callback holds nothing back
 
-    @property
-    def judges_inline(self) -> bool:
+    def _judges_inline(self) -> bool:
         """Run the next due check in the stream's path? Yes while the guard answers faster than a hand-off:
         the median of the last three timed checks (the upper one of two) is under `INLINE_BELOW_S`. A lone
         slow one (a busy machine, a garbage collection) changes nothing; a guard that became slow is
         judged beside the stream again after its second slow check."""
+        while True:  # the stream's thread owns `_costs`; workers only put into the queue
+            try:
+                self._costs.append(self._worker_costs.get_nowait())
+            except queue.Empty:
+                break
         if self._flight or not self._costs:
             return False
         return sorted(self._costs)[len(self._costs) // 2] < INLINE_BELOW_S
@@ -378,10 +384,16 @@ class PipelinedScreen:
             return [await self.session.acheck(item.conversation)]
         return await self.guard.acheck_many([item.pair])
 
+    def _judge_in_worker(self, item: Item) -> list[Decision]:
+        started = time.perf_counter()
+        decisions = self._judge(item)
+        self._worker_costs.put(time.perf_counter() - started)
+        return decisions
+
     def _start(self) -> None:
         item = self.gate.item()
         context = contextvars.copy_context()
-        self._flight.append((item, _executor().submit(context.run, self._judge, item)))
+        self._flight.append((item, _executor().submit(context.run, self._judge_in_worker, item)))
 
     def _wait_oldest(self) -> None:
         item, handle = self._flight.popleft()
@@ -408,7 +420,7 @@ class PipelinedScreen:
     def check(self, delta: str) -> None:
         self.gate.add(delta)
         self._harvest()
-        if self.judges_inline and self._wants_check(delta):
+        if self._judges_inline() and self._wants_check(delta):
             self._judge_now()
         elif self._starts_in_background(delta):
             self._start()
@@ -434,8 +446,8 @@ class PipelinedScreen:
         self._flight.append((item, asyncio.ensure_future(self._ajudge_timed(item))))
 
     async def _ajudge_timed(self, item: Item) -> list[Decision]:
-        # A task runs on the stream's own thread (no GIL hand-off to inflate it), so its time is the
-        # check's own, plus whatever else the loop ran meanwhile: never less than the check.
+        # A task runs on the stream's own thread: its time is the check's own, plus whatever else the loop
+        # ran meanwhile (never less than the check).
         started = time.perf_counter()
         decisions = await self._ajudge(item)
         self._note_cost(time.perf_counter() - started)
@@ -453,7 +465,7 @@ class PipelinedScreen:
     async def acheck(self, delta: str) -> None:
         self.gate.add(delta)
         self._harvest()
-        if self.judges_inline and self._wants_check(delta):
+        if self._judges_inline() and self._wants_check(delta):
             await self._ajudge_now()
         elif self._starts_in_background(delta):
             self._astart()
