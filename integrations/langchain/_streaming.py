@@ -90,9 +90,9 @@ DEFAULT_WINDOW_CHARS = 2000
 DEFAULT_MAX_UNJUDGED = 16
 #: ``"pipelined"``: checks of one stream running at once.
 DEFAULT_MAX_IN_FLIGHT = 4
-#: ``"pipelined"``: a guard whose checks, timed where the stream waited for them, take less than this is
-#: judged in the stream's path: handing such a check to a worker thread costs the stream more (two thread
-#: switches under the GIL, ~60-100 us) than the check itself, and nothing is left to hide.
+#: ``"pipelined"``: a guard whose checks take less than this is judged in the stream's path: handing such a
+#: check to a worker thread costs the stream more (two thread switches under the GIL, ~60-100 us) than the
+#: check itself, and nothing is left to hide.
 INLINE_BELOW_S = 0.0002
 #: Hold-back with a Gen guard: the shortest sentence the core monitor judges on its own. The core's
 #: default (40) joins a short first sentence to the next; 1 releases each sentence once it is judged.
@@ -322,9 +322,10 @@ class PipelinedScreen:
         self.max_unjudged = max_unjudged
         self.max_in_flight = max_in_flight
         self._flight: deque[tuple[Item, Handle]] = deque()
-        #: Wall times of the last checks (see `_judges_inline`); workers hand theirs over in `_worker_costs`.
+        #: Wall times of the last checks (see `_judges_inline`), owned by the stream's thread; every check,
+        #: wherever it ran, puts its time into `_timings` (workers too) and the stream takes them from there.
         self._costs: deque[float] = deque(maxlen=3)
-        self._worker_costs: queue.SimpleQueue[float] = queue.SimpleQueue()
+        self._timings: queue.SimpleQueue[float] = queue.SimpleQueue()
 
     @property
     def released(self) -> int:
@@ -335,17 +336,11 @@ class PipelinedScreen:
         the median of the last three timed checks (the upper one of two) is under `INLINE_BELOW_S`. A lone
         slow one (a busy machine, a garbage collection) changes nothing; a guard that became slow is
         judged beside the stream again after its second slow check."""
-        while True:  # the stream's thread owns `_costs`; workers only put into the queue
-            try:
-                self._costs.append(self._worker_costs.get_nowait())
-            except queue.Empty:
-                break
+        while not self._timings.empty():  # one reader (this thread): what it saw is there to take
+            self._costs.append(self._timings.get_nowait())
         if self._flight or not self._costs:
             return False
         return sorted(self._costs)[len(self._costs) // 2] < INLINE_BELOW_S
-
-    def _note_cost(self, seconds: float) -> None:
-        self._costs.append(seconds)
 
     # -- shared logic ---------------------------------------------------------------------------
     def _settle(self, item: Item, decisions: list[Decision]) -> None:
@@ -372,11 +367,11 @@ class PipelinedScreen:
             return [self.session.check(item.conversation)]
         return self.guard.check_many([item.pair])
 
-    def _judge_here(self, item: Item) -> list[Decision]:
-        """Judge ``item`` on the stream's thread, timing it."""
+    def _timed_judge(self, item: Item) -> list[Decision]:
+        """`_judge`, its time recorded (on the stream's thread or a worker)."""
         started = time.perf_counter()
         decisions = self._judge(item)
-        self._note_cost(time.perf_counter() - started)
+        self._timings.put(time.perf_counter() - started)
         return decisions
 
     async def _ajudge(self, item: Item) -> list[Decision]:
@@ -384,23 +379,17 @@ class PipelinedScreen:
             return [await self.session.acheck(item.conversation)]
         return await self.guard.acheck_many([item.pair])
 
-    def _judge_in_worker(self, item: Item) -> list[Decision]:
-        started = time.perf_counter()
-        decisions = self._judge(item)
-        self._worker_costs.put(time.perf_counter() - started)
-        return decisions
-
     def _start(self) -> None:
         item = self.gate.item()
         context = contextvars.copy_context()
-        self._flight.append((item, _executor().submit(context.run, self._judge_in_worker, item)))
+        self._flight.append((item, _executor().submit(context.run, self._timed_judge, item)))
 
     def _wait_oldest(self) -> None:
         item, handle = self._flight.popleft()
         if isinstance(handle, Future) and handle.cancel():
             # No worker has picked it up yet: judge it here rather than wait for one to (the stream waits
             # either way; this saves the hand-off, and with a fast guard most waits are this one).
-            self._settle(item, self._judge_here(item))
+            self._settle(item, self._timed_judge(item))
             return
         # A task (started by an async dispatch of this run) cannot be waited for here: used once done.
         if isinstance(handle, Future) or handle.done():
@@ -410,7 +399,7 @@ class PipelinedScreen:
         # A check that would be waited for at once runs on this thread: handing it to a worker only to
         # block on it costs two thread switches a chunk (most of the "gate" engine's own cost).
         item = self.gate.item()
-        self._settle(item, self._judge_here(item))
+        self._settle(item, self._timed_judge(item))
 
     def _starts_in_background(self, delta: str) -> bool:
         """Start a check beside the stream? Not one the stream would wait for at once: the loops of
@@ -450,7 +439,7 @@ class PipelinedScreen:
         # ran meanwhile (never less than the check).
         started = time.perf_counter()
         decisions = await self._ajudge(item)
-        self._note_cost(time.perf_counter() - started)
+        self._timings.put(time.perf_counter() - started)
         return decisions
 
     async def _await_oldest(self) -> None:

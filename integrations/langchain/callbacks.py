@@ -338,7 +338,8 @@ class _GuardHandlerLogic:
             run = self._runs.pop(run_id, None)
         context = run.context if run else []
         streamed = bool(run and run.feed is not None and run.feed.streamed)
-        held = bool(run and run.held is not None)  # the middleware judges its answer (stream or after_model)
+        # Judged as a whole only when nothing judged it as it streamed, here or in a holding middleware.
+        whole_text = self.check_output and not streamed and not (run and run.held is not None)
         items: list[Item] = []
         for generations in response.generations:
             for generation in generations:
@@ -347,12 +348,12 @@ class _GuardHandlerLogic:
                         generation.message,
                         context,
                         self.history_turns,
-                        text=self.check_output and not streamed and not held,
+                        text=whole_text,
                         tool_calls=self.check_tool_calls,
                     )
                     self._remember_tool_context([i for i in found if i.stage is Stage.TOOL_CALL], context)
                     items.extend(found)
-                elif self.check_output and not streamed and not held and generation.text.strip():
+                elif whole_text and generation.text.strip():
                     items.extend(output_items(_text_message(generation.text), context, text=True, tool_calls=False))
         return run, items
 

@@ -44,8 +44,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
-from contextvars import Token
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse, hook_config
@@ -393,37 +393,39 @@ class GuardMiddleware(AgentMiddleware):
             self._remember_judged(response)
         return response
 
-    def _held_scope(self, ledger: StreamLedger | None) -> Token[HeldCall | None] | None:
+    @contextmanager
+    def _held_scope(self, ledger: StreamLedger | None) -> Iterator[None]:
         """Tell callback handlers on this guard that this call's stream is judged here (see `HELD_CALL`)."""
-        return None if ledger is None else HELD_CALL.set(HeldCall(self.guard, self.check_tool_calls))
+        if ledger is None:
+            yield
+            return
+        scope = HELD_CALL.set(HeldCall(self.guard, self.check_tool_calls))
+        try:
+            yield
+        finally:
+            HELD_CALL.reset(scope)
 
     def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]) -> Any:
         held, ledger = self._held_request(request)
-        scope = self._held_scope(ledger)
         try:
-            return self._answered(handler(held), ledger)
+            with self._held_scope(ledger):
+                return self._answered(handler(held), ledger)
         except (GuardViolation, GuardUnavailable) as error:
             if ledger is None:
                 raise
             return self._stream_stopped(error)
-        finally:
-            if scope is not None:
-                HELD_CALL.reset(scope)
 
     async def awrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
     ) -> Any:
         held, ledger = self._held_request(request)
-        scope = self._held_scope(ledger)
         try:
-            return self._answered(await handler(held), ledger)
+            with self._held_scope(ledger):
+                return self._answered(await handler(held), ledger)
         except (GuardViolation, GuardUnavailable) as error:
             if ledger is None:
                 raise
             return self._stream_stopped(error)
-        finally:
-            if scope is not None:
-                HELD_CALL.reset(scope)
 
     # -- tool calls -----------------------------------------------------------------------------
     def wrap_tool_call(self, request: Any, handler: Callable[[Any], ToolMessage | Command]) -> ToolMessage | Command:
