@@ -244,6 +244,39 @@ def agent(callback_engine: str | None = None) -> sk.Build:
     return build
 
 
+def graph_node(step: str = "GuardedChatModel") -> sk.Build:
+    """A hand-built LangGraph graph whose one node calls the model, streamed with stream_mode="messages":
+    ``GuardedChatModel`` (the model wrapped) or ``guard_output`` (a step after the model in the node,
+    which LangGraph's message stream goes around)."""
+
+    def build(url: str, judge: GuardJudge | None) -> Consume:
+        from langgraph.graph import END, START, MessagesState, StateGraph
+        from qwenguard.integrations.langchain import GuardedChatModel, guard_output
+
+        model: Any = _chat_openai(url)
+        if judge is not None:
+            guard = judge.guard()
+            model = GuardedChatModel(model, guard) if step == "GuardedChatModel" else model | guard_output(guard)
+
+        def node(state: MessagesState) -> dict[str, Any]:
+            return {"messages": [model.invoke(state["messages"])]}
+
+        graph = StateGraph(MessagesState)
+        graph.add_node("model", node)
+        graph.add_edge(START, "model")
+        graph.add_edge("model", END)
+        app = graph.compile()
+
+        def consume(c: sk.Consumer) -> None:
+            for message, _meta in app.stream({"messages": list(MESSAGES)}, stream_mode="messages"):
+                if type(message).__name__ == "AIMessageChunk":
+                    c.receive(_text(message))
+
+        return consume
+
+    return build
+
+
 def core_monitor(holdback: int, asynchronous: bool = False, **options: Any) -> sk.Build:
     def build(url: str, judge: GuardJudge | None) -> Consume:
         import openai
@@ -371,6 +404,8 @@ PATHS = [
         note="default; create_agent, stream_mode=messages, exit_behavior=error",
     ),
     Path_("agent GuardMiddleware+callback pipelined", agent("pipelined"), "agent"),
+    Path_("graph GuardedChatModel", graph_node(), "graph", note="default; a LangGraph node, stream_mode=messages"),
+    Path_("graph guard_output", graph_node("guard_output"), "graph", note="model | guard_output in the node"),
     Path_("core StreamMonitor hb8", core_monitor(8), "openai-sync", stream_model=True, note="default"),
     Path_(
         "core StreamMonitor hb8 word",
@@ -407,6 +442,7 @@ BASELINES: dict[str, sk.Build] = {
     "lc-sync": lc_callback("gate"),
     "lc-async": lc_callback("gate", True),
     "agent": agent(),
+    "graph": graph_node(),
     "openai-sync": core_monitor(0),
     "openai-async": core_monitor(0, True),
     "li-sync": llamaindex(),

@@ -82,21 +82,26 @@ class ToolCall:
 
 @dataclass(frozen=True)
 class Reply:
-    """One scripted answer: text token pieces, then tool calls."""
+    """One scripted answer: reasoning pieces (``delta.reasoning_content``, as DeepSeek's API and vLLM's
+    reasoning parsers send a thinking model's reasoning), then text token pieces, then tool calls."""
 
     tokens: tuple[str, ...] = ()
     tool_calls: tuple[ToolCall, ...] = ()
+    reasoning: tuple[str, ...] = ()
 
-    def __init__(self, tokens: Sequence[str] = (), tool_calls: Sequence[ToolCall] = ()) -> None:
-        if isinstance(tokens, str):
-            raise TypeError("tokens is a sequence of pieces; use Reply.words(text) to split a text")
+    def __init__(
+        self, tokens: Sequence[str] = (), tool_calls: Sequence[ToolCall] = (), reasoning: Sequence[str] = ()
+    ) -> None:
+        if isinstance(tokens, str) or isinstance(reasoning, str):
+            raise TypeError("tokens and reasoning are sequences of pieces; use Reply.words(text) to split a text")
         object.__setattr__(self, "tokens", tuple(tokens))
         object.__setattr__(self, "tool_calls", tuple(tool_calls))
+        object.__setattr__(self, "reasoning", tuple(reasoning))
 
     @classmethod
-    def words(cls, text: str, tool_calls: Sequence[ToolCall] = ()) -> Reply:
-        """A reply streaming ``text`` word by word (see `word_pieces`)."""
-        return cls(word_pieces(text), tool_calls)
+    def words(cls, text: str, tool_calls: Sequence[ToolCall] = (), reasoning: str = "") -> Reply:
+        """A reply streaming ``reasoning`` then ``text`` word by word (see `word_pieces`)."""
+        return cls(word_pieces(text), tool_calls, word_pieces(reasoning))
 
     @property
     def text(self) -> str:
@@ -105,7 +110,7 @@ class Reply:
     @property
     def pieces(self) -> int:
         """Pieces a full stream of this reply sends (tokens + argument fragments)."""
-        return len(self.tokens) + sum(len(c.pieces()) for c in self.tool_calls)
+        return len(self.reasoning) + len(self.tokens) + sum(len(c.pieces()) for c in self.tool_calls)
 
 
 @dataclass
@@ -296,6 +301,8 @@ class _Handler(BaseHTTPRequestHandler):
                 "role": "assistant",
                 "content": reply.text if reply.tokens or not reply.tool_calls else None,
             }
+            if reply.reasoning:
+                message["reasoning_content"] = "".join(reply.reasoning)
             if reply.tool_calls:
                 message["tool_calls"] = [
                     {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
@@ -358,6 +365,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if chat:
                 self._event(chunk({"role": "assistant", "content": "", "refusal": None}))
+            for piece in reply.reasoning if chat else ():
+                self._piece(response, chunk({"reasoning_content": piece}))
             for token in reply.tokens:
                 self._piece(response, chunk({"content": token}) if chat else chunk(text=token))
             if chat:

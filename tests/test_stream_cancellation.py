@@ -238,7 +238,17 @@ def test_sync_stream_model_deadline(safe_stream, on_error):
     assert (decision.stage, decision.reason, decision.allowed) == (Stage.STREAM, "timeout", on_error == "allow")
 
 
-def test_sync_interrupted_feed_closes_the_monitor(safe_stream):
+@pytest.fixture
+def ctrl_c():
+    """Ctrl-C raises KeyboardInterrupt in the main thread, as in a terminal, also when the suite was started
+    with SIGINT ignored (a shell's background job, ``nohup pytest &``, inherits it ignored): then the
+    signal this test sends did nothing, and it failed with "DID NOT RAISE"."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_sync_interrupted_feed_closes_the_monitor(safe_stream, ctrl_c):
     # KeyboardInterrupt inside the engine: what was scored is unknown, so nothing more is released.
     guard = _stream_guard(safe_stream)
     monitor = guard.stream(FRANCE, holdback=0)

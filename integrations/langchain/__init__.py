@@ -3,6 +3,9 @@
 - `GuardMiddleware`: for ``langchain.agents.create_agent``; streams out only judged text and tool
   calls (it wraps the model call), turns violations into a policy action (``exit_behavior`` "error" |
   "end" | "replace"); blocked tool calls never execute.
+- `GuardedChatModel`: a chat model that screens its input and streams out only judged text and tool
+  calls, its raw tokens hidden from every callback and event stream: the drop-in for a model called in
+  a hand-built LangGraph node (whose ``stream_mode="messages"`` reports every model's own tokens).
 - `GuardRunnable`, `guard_input`, `guard_output`: LCEL pieces, ``guard_input(g) | prompt | model |
   guard_output(g)``; the output step passes chunks on only once they are judged.
 - `GuardCallbackHandler` / `AsyncGuardCallbackHandler`: pass in ``config={"callbacks": [...]}`` of any
@@ -26,6 +29,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
     raise MissingDependency.for_extra("langchain", "langchain-core") from exc
 
 from .callbacks import AsyncGuardCallbackHandler, GuardCallbackHandler
+from .chat_model import GuardedChatModel
 from .documents import GuardDocumentCompressor, GuardedRetriever
 from .runnables import GuardRunnable, guard_input, guard_output
 
@@ -35,6 +39,7 @@ __all__ = [
     "GuardDocumentCompressor",
     "GuardMiddleware",
     "GuardRunnable",
+    "GuardedChatModel",
     "GuardedRetriever",
     "guard_input",
     "guard_output",

@@ -24,7 +24,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._messages import block_text, message_text
+from ._messages import answer_text, block_text, message_text
 from ._streaming import Screen
 
 __all__ = ["StreamFeed", "Piece"]
@@ -95,7 +95,7 @@ class StreamFeed:
             return []
         message = getattr(chunk, "message", None)
         if message is not None:
-            text = message_text(message)
+            text = answer_text(message)
         elif chunk is not None and isinstance(getattr(chunk, "text", None), str):
             text = chunk.text
         else:

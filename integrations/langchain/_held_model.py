@@ -16,7 +16,8 @@ through; the middleware's ``after_model`` judges the answer then.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, ClassVar
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
@@ -28,33 +29,55 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig
-from langgraph.constants import TAG_NOSTREAM
 from pydantic import ConfigDict, Field
-from qwenguard.core import Guard
+from qwenguard.core import Guard, GuardUnavailable, GuardViolation
 
 from ._holding import HELD_LLM_TYPE_PREFIX, HeldStream
 from ._messages import DEFAULT_HISTORY_TURNS, guard_history
 
 __all__ = ["HeldBackChatModel", "StreamLedger"]
 
+#: LangGraph's tag for a model run its message streams skip (``langgraph.constants.TAG_NOSTREAM``),
+#: spelled out so that this module needs langchain-core only.
+TAG_NOSTREAM = "nostream"
+
 
 class StreamLedger:
-    """What the held streams of one middleware judged: ids of answers whose text was judged as streamed."""
+    """What the held streams of one model call judged: ids of answers whose text was judged as streamed,
+    and the stop (`GuardViolation`, or `GuardUnavailable` failing closed) that ended one, if any."""
 
     def __init__(self) -> None:
         self.judged_ids: list[str] = []
+        self.stopped: GuardViolation | GuardUnavailable | None = None
 
     def record(self, message_id: str | None) -> None:
         if message_id:
             self.judged_ids.append(message_id)
 
+    @contextmanager
+    def watching(self) -> Iterator[None]:
+        """Run a held stream: once one was stopped, the call's outcome is that stop. A middleware inside
+        `GuardMiddleware` that takes it for a failure (``ModelRetryMiddleware``, a fallback) gets the same
+        stop again at once instead of a new answer: the guard's stop is not re-rolled."""
+        if self.stopped is not None:
+            raise self.stopped
+        try:
+            yield
+        except (GuardViolation, GuardUnavailable) as stop:
+            self.stopped = stop
+            raise
+
 
 class HeldBackChatModel(BaseChatModel):
-    """``inner`` (the agent's model), streaming only judged chunks. Built by `GuardMiddleware`."""
+    """``inner`` (the agent's model), streaming only judged chunks. Built by `GuardMiddleware`.
+
+    ``inner`` is what ``create_agent`` was given: a chat model, or one wrapped in a runnable
+    (``model.bind(temperature=0)``, ``model.with_retry()``, ``configurable_fields``); the wrapper calls
+    it as the agent would have (``bind_tools``, ``stream``), so its bindings still reach the provider."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    inner: BaseChatModel
+    inner: Runnable[Any, BaseMessage]
     bound: Any = None  # ``inner`` with tools bound (`bind_tools`), else None
     guard: Guard
     stream_options: dict[str, Any] = Field(default_factory=dict)
@@ -64,28 +87,35 @@ class HeldBackChatModel(BaseChatModel):
     model_name: str | None = None  # what create_agent reads to pick a structured-output strategy
 
     @classmethod
-    def wrap(cls, model: BaseChatModel, guard: Guard, ledger: StreamLedger, **options: Any) -> HeldBackChatModel:
+    def wrap(cls, model: Runnable[Any, Any], guard: Guard, ledger: StreamLedger, **options: Any) -> HeldBackChatModel:
+        return cls(**cls.fields_around(model), guard=guard, ledger=ledger, **options)
+
+    @staticmethod
+    def fields_around(model: Runnable[Any, Any]) -> dict[str, Any]:
+        """The fields a wrapper of ``model`` takes from it: what ``create_agent`` reads of a model (its
+        name and profile) and no cache of its own (the real model's cache, if any, still applies)."""
         name = getattr(model, "model_name", None) or getattr(model, "model", None)
-        return cls(
-            inner=model,
-            guard=guard,
-            ledger=ledger,
-            profile=getattr(model, "profile", None),
-            cache=False,
-            model_name=name if isinstance(name, str) else None,
-            **options,
-        )
+        return {
+            "inner": model,
+            "profile": getattr(model, "profile", None),
+            "cache": False,
+            "model_name": name if isinstance(name, str) else None,
+        }
+
+    #: What this wrapper's ``_llm_type`` starts with (the wrapped model's follows): what a callback sees.
+    type_prefix: ClassVar[str] = HELD_LLM_TYPE_PREFIX
 
     @property
     def _llm_type(self) -> str:
-        return f"{HELD_LLM_TYPE_PREFIX}{self.inner._llm_type}"
+        inner_type = getattr(self.inner, "_llm_type", None)  # a runnable around a model forwards it
+        return f"{self.type_prefix}{inner_type if isinstance(inner_type, str) else type(self.inner).__name__}"
 
     def bind_tools(
         self, tools: Sequence[Any], *, tool_choice: str | None = None, **kwargs: Any
     ) -> Runnable[Any, AIMessage]:
         if tool_choice is not None:
             kwargs["tool_choice"] = tool_choice
-        return self.model_copy(update={"bound": self.inner.bind_tools(tools, **kwargs)})
+        return self.model_copy(update={"bound": self.inner.bind_tools(tools, **kwargs)})  # type: ignore[attr-defined]
 
     def _target(self) -> Runnable[Any, BaseMessage]:
         return self.bound if self.bound is not None else self.inner
@@ -109,11 +139,26 @@ class HeldBackChatModel(BaseChatModel):
             tool_calls=self.check_tool_calls,
         )
 
+    def _screen_input(self, messages: list[BaseMessage]) -> None:
+        """Before the model runs: nothing here (the middleware screens the input in ``before_model``)."""
+
+    async def _ascreen_input(self, messages: list[BaseMessage]) -> None:
+        """Async twin of `_screen_input`."""
+
+    def _judge_answer(self, messages: list[BaseMessage], answer: BaseMessage) -> None:
+        """An answer that was not streamed: nothing here (the middleware judges it in ``after_model``)."""
+
+    async def _ajudge_answer(self, messages: list[BaseMessage], answer: BaseMessage) -> None:
+        """Async twin of `_judge_answer`."""
+
+    def _ledger(self) -> StreamLedger:
+        return self.ledger if self.ledger is not None else StreamLedger()
+
     def _judged(self, held: HeldStream) -> None:
         if self.ledger is not None and isinstance(held.whole, BaseMessage):
             self.ledger.record(held.whole.id)
 
-    # -- not streamed: the answer passes through (after_model judges it) -------------------------
+    # -- not streamed: the answer passes through here (the middleware's after_model judges it) -----
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -121,7 +166,9 @@ class HeldBackChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        self._screen_input(messages)
         message = self._target().invoke(messages, self._config(False), stop=stop, **kwargs)
+        self._judge_answer(messages, message)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     async def _agenerate(
@@ -131,7 +178,9 @@ class HeldBackChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        await self._ascreen_input(messages)
         message = await self._target().ainvoke(messages, self._config(True), stop=stop, **kwargs)
+        await self._ajudge_answer(messages, message)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     # -- streamed: only what the guard released --------------------------------------------------
@@ -142,10 +191,12 @@ class HeldBackChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        held = self._held(messages)
-        upstream = self._target().stream(messages, self._config(False), stop=stop, **kwargs)
-        for chunk in held.run(upstream):
-            yield ChatGenerationChunk(message=chunk)
+        self._screen_input(messages)
+        with self._ledger().watching():
+            held = self._held(messages)
+            upstream = self._target().stream(messages, self._config(False), stop=stop, **kwargs)
+            for chunk in held.run(upstream):
+                yield ChatGenerationChunk(message=chunk)
         self._judged(held)
 
     async def _astream(
@@ -155,8 +206,10 @@ class HeldBackChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        held = self._held(messages)
-        upstream = self._target().astream(messages, self._config(True), stop=stop, **kwargs)
-        async for chunk in held.arun(upstream):
-            yield ChatGenerationChunk(message=chunk)
+        await self._ascreen_input(messages)
+        with self._ledger().watching():
+            held = self._held(messages)
+            upstream = self._target().astream(messages, self._config(True), stop=stop, **kwargs)
+            async for chunk in held.arun(upstream):
+                yield ChatGenerationChunk(message=chunk)
         self._judged(held)

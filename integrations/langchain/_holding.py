@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from qwenguard.core import Guard, GuardViolation, enforce
+from qwenguard.core import Guard, GuardViolation
 from qwenguard.core.streaming.wakeup import UpstreamRace, UpstreamReader
 
-from ._messages import DEFAULT_HISTORY_TURNS, Item, message_text, output_items
-from ._screening import ascreen, first_blocked, screen
+from ._messages import DEFAULT_HISTORY_TURNS, Item, answer_text, output_items
+from ._screening import ascreen, raise_first, screen
 from ._streaming import DEFAULT_WINDOW_CHARS, Engine, MonitorScreen, Screen, open_screen
 
 __all__ = ["HeldStream", "HeldCall", "HELD_CALL", "HELD_LLM_TYPE_PREFIX", "chunk_text", "as_message"]
@@ -59,7 +59,7 @@ def chunk_text(chunk: Any) -> str:
     if isinstance(chunk, str):
         return chunk
     if isinstance(chunk, BaseMessage):
-        return message_text(chunk)
+        return answer_text(chunk)
     raise TypeError(
         f"guard_output judges text: got a {type(chunk).__name__} chunk. Put it right after the model "
         "(before output parsers), where chunks are messages or strings."
@@ -84,12 +84,6 @@ def as_message(value: BaseMessage) -> BaseMessage:
     if isinstance(value, AIMessageChunk):
         return AIMessage(content=value.content, tool_calls=value.tool_calls, id=value.id)
     return value
-
-
-def _raise_first(items: Sequence[Item], decisions: Sequence[Any]) -> None:
-    found = first_blocked(items, decisions)
-    if found is not None:
-        enforce(found[1])
 
 
 class HeldStream:
@@ -192,7 +186,7 @@ class HeldStream:
             while self._ready(held, judge.released):
                 yield held.popleft()[2]  # the text is judged: it goes out before the tool calls are
             items = self._tool_items()
-            _raise_first(items, screen(self.guard, items))
+            raise_first(items, screen(self.guard, items))
         except GuardViolation as violation:
             yield from self._judged_before(held, violation)
             raise
@@ -228,7 +222,7 @@ class HeldStream:
             while self._ready(held, judge.released):
                 yield held.popleft()[2]
             items = self._tool_items()
-            _raise_first(items, await ascreen(self.guard, items))
+            raise_first(items, await ascreen(self.guard, items))
         except GuardViolation as violation:
             for chunk in self._judged_before(held, violation):
                 yield chunk

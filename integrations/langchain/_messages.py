@@ -45,6 +45,8 @@ __all__ = [
     "Item",
     "block_text",
     "message_text",
+    "answer_text",
+    "reasoning_text",
     "guard_history",
     "input_items",
     "output_items",
@@ -187,6 +189,31 @@ def message_text(message: BaseMessage | str | Any) -> str:
     return "" if content is None else str(content)
 
 
+def answer_text(message: BaseMessage | str | Any) -> str:
+    """What the consumer of a model's answer (or a streamed chunk of it) sees: its reasoning (see
+    `reasoning_text`), then its text. The output side's text; the input side reads `message_text`,
+    what the model reads back (provider classes do not send reasoning kept beside the content)."""
+    return reasoning_text(message) + message_text(message)
+
+
+def reasoning_text(message: Any) -> str:
+    """A thinking model's reasoning carried beside the content: ``additional_kwargs["reasoning_content"]``,
+    where `ChatDeepSeek`, `ChatOllama(reasoning=True)` and other OpenAI-compatible provider classes put
+    it (DeepSeek's API and vLLM's reasoning parsers stream it as ``delta.reasoning_content``). Apps show
+    it as the model's "thinking", so it is judged with the answer, before it. Not when the content
+    already has a reasoning block (LangChain's standard blocks move it there; `block_text` reads it)."""
+    extra = getattr(message, "additional_kwargs", None)
+    reasoning = extra.get("reasoning_content") if isinstance(extra, Mapping) else None
+    if not isinstance(reasoning, str) or not reasoning:
+        return ""
+    content = getattr(message, "content", None)
+    if isinstance(content, (list, tuple)) and any(
+        isinstance(b, Mapping) and b.get("type") in ("reasoning", "thinking") for b in content
+    ):
+        return ""
+    return reasoning
+
+
 def _role(message: BaseMessage) -> str | None:
     if isinstance(message, HumanMessage) or message.type == "human":
         return "user"
@@ -255,7 +282,7 @@ def input_items(messages: Sequence[BaseMessage], turns: int = DEFAULT_HISTORY_TU
             if text.strip():
                 items.append(Item(Stage.PROMPT, prompt_conversation(text, context), message, i, label="user input"))
         elif role == "assistant":
-            for item in output_items(message, context, turns):
+            for item in output_items(message, context, turns, reasoning=False):  # what the model reads back
                 item.index = i
                 items.append(item)
         turn = _turn(message)
@@ -280,14 +307,16 @@ def output_items(
     *,
     text: bool = True,
     tool_calls: bool = True,
+    reasoning: bool = True,
 ) -> list[Item]:
     """The model's answer: its text as a response check and each tool call it asks for as an action.
 
-    ``context``: the messages the model saw (LangChain messages or guard dicts).
+    ``context``: the messages the model saw (LangChain messages or guard dicts). ``reasoning``: read the
+    reasoning kept beside the content too (`answer_text`; off for an earlier turn the model reads back).
     """
     history = _as_history(context, turns)
     items: list[Item] = []
-    body = message_text(message)
+    body = answer_text(message) if reasoning else message_text(message)
     if text and body.strip():
         # Response moderation reads an answer *to* a user turn (the official format): an answer with
         # no user turn before it (a client's history that starts with one) follows an empty one.

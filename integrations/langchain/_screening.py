@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from qwenguard.core import Decision, Guard
+from qwenguard.core import Decision, Guard, enforce
 
 from .._common import require_guard
 from ._messages import Item
 
-__all__ = ["screen", "ascreen", "first_blocked", "blocked_pairs", "require_guard", "METADATA_KEY"]
+__all__ = ["screen", "ascreen", "first_blocked", "raise_first", "blocked_pairs", "require_guard", "METADATA_KEY"]
 
 #: Key under which a Decision is attached to message / document metadata.
 METADATA_KEY = "qwenguard"
@@ -37,3 +37,10 @@ def blocked_pairs(items: Sequence[Item], decisions: Sequence[Decision]) -> list[
 def first_blocked(items: Sequence[Item], decisions: Sequence[Decision]) -> tuple[Item, Decision] | None:
     pairs = blocked_pairs(items, decisions)
     return pairs[0] if pairs else None
+
+
+def raise_first(items: Sequence[Item], decisions: Sequence[Decision]) -> None:
+    """Enforce the first blocking decision, in message order (raises `GuardViolation`); nothing if none."""
+    found = first_blocked(items, decisions)
+    if found is not None:
+        enforce(found[1])

@@ -69,7 +69,7 @@ from uuid import UUID
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
-from qwenguard.core import Decision, Guard, Stage, enforce
+from qwenguard.core import Guard, Stage
 from qwenguard.core.formats.conversations import tool_call_conversation, untrusted_conversation
 from qwenguard.core.streaming.parallel import PendingCheck
 
@@ -85,7 +85,7 @@ from ._messages import (
     output_items,
     prompt_items,
 )
-from ._screening import ascreen, first_blocked, require_guard, screen
+from ._screening import ascreen, raise_first, require_guard, screen
 from ._streaming import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_UNJUDGED,
@@ -255,14 +255,14 @@ class _GuardHandlerLogic:
             self._run(run_id).pending = PendingCheck.start(lambda: screen(guard, items))
             return
         with self._dropped_on_error(run_id):
-            self._raise_first(items, screen(self.guard, items))
+            raise_first(items, screen(self.guard, items))
 
     async def _astart_input(self, items: list[Item], run_id: UUID) -> None:
         if self.parallel_input and items:
             self._run(run_id).pending = PendingCheck.start_async(ascreen(self.guard, items))
             return
         with self._dropped_on_error(run_id):
-            self._raise_first(items, await ascreen(self.guard, items))
+            raise_first(items, await ascreen(self.guard, items))
 
     # -- what to check (pure) -------------------------------------------------------------------
     def _note_held(self, run_id: UUID, kwargs: Mapping[str, Any]) -> None:
@@ -394,12 +394,6 @@ class _GuardHandlerLogic:
             if getattr(doc, "page_content", "").strip()
         ]
 
-    @staticmethod
-    def _raise_first(items: Sequence[Item], decisions: Sequence[Decision]) -> None:
-        found = first_blocked(items, decisions)
-        if found is not None:
-            enforce(found[1])
-
 
 def _text_message(text: str) -> BaseMessage:
     from langchain_core.messages import AIMessage
@@ -480,7 +474,7 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
                     judge.finish()
             finally:
                 run.close()
-        self._raise_first(items, screen(self.guard, items))
+        raise_first(items, screen(self.guard, items))
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._drop(run_id)
@@ -499,12 +493,12 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
         item = self._tool_start_item(serialized, input_str, run_id, inputs, kwargs)
         if item is not None:
             with self._dropped_on_error(run_id):
-                self._raise_first([item], screen(self.guard, [item]))
+                raise_first([item], screen(self.guard, [item]))
 
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
         item = self._tool_end_item(output, run_id)
         if item is not None:
-            self._raise_first([item], screen(self.guard, [item]))
+            raise_first([item], screen(self.guard, [item]))
 
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._drop(run_id)
@@ -514,7 +508,7 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
 
     def on_retriever_end(self, documents: Sequence[Any], *, run_id: UUID, **kwargs: Any) -> None:
         items = self._retriever_end_items(documents, run_id)
-        self._raise_first(items, screen(self.guard, items))
+        raise_first(items, screen(self.guard, items))
 
     def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._drop(run_id)
@@ -609,7 +603,7 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
                     await judge.afinish()
             finally:
                 run.close()
-        self._raise_first(items, await ascreen(self.guard, items))
+        raise_first(items, await ascreen(self.guard, items))
 
     async def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._drop(run_id)
@@ -628,12 +622,12 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
         item = self._tool_start_item(serialized, input_str, run_id, inputs, kwargs)
         if item is not None:
             with self._dropped_on_error(run_id):
-                self._raise_first([item], await ascreen(self.guard, [item]))
+                raise_first([item], await ascreen(self.guard, [item]))
 
     async def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
         item = self._tool_end_item(output, run_id)
         if item is not None:
-            self._raise_first([item], await ascreen(self.guard, [item]))
+            raise_first([item], await ascreen(self.guard, [item]))
 
     async def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._drop(run_id)
@@ -643,7 +637,7 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
 
     async def on_retriever_end(self, documents: Sequence[Any], *, run_id: UUID, **kwargs: Any) -> None:
         items = self._retriever_end_items(documents, run_id)
-        self._raise_first(items, await ascreen(self.guard, items))
+        raise_first(items, await ascreen(self.guard, items))
 
     async def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._drop(run_id)

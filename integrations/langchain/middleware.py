@@ -49,8 +49,8 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse, hook_config
-from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.runnables import Runnable
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 from qwenguard.core import Action, Decision, Guard, GuardUnavailable, GuardViolation, Risk, Stage, Verdict, enforce
@@ -58,6 +58,7 @@ from qwenguard.core.formats.conversations import tool_call_conversation, untrust
 from qwenguard.core.streaming.gen_windows import RELEASE_UNITS
 
 from ._held_model import HeldBackChatModel, StreamLedger
+from ._held_request import HeldModelRequest
 from ._holding import HELD_CALL, HeldCall
 from ._messages import (
     DEFAULT_HISTORY_TURNS,
@@ -367,18 +368,23 @@ class GuardMiddleware(AgentMiddleware):
 
     # -- the model call: hold-back streaming --------------------------------------------------------
     def _held_request(self, request: ModelRequest) -> tuple[ModelRequest, StreamLedger | None]:
-        if not (self.check_output and self.check_stream) or not isinstance(request.model, BaseChatModel):
+        if not (self.check_output and self.check_stream) or not isinstance(request.model, Runnable):
             return request, None
         ledger = StreamLedger()
-        model = HeldBackChatModel.wrap(
-            request.model,
-            self.guard,
-            ledger,
-            stream_options=self.stream_options,
-            history_turns=self.history_turns,
-            check_tool_calls=self.check_tool_calls,
-        )
-        return request.override(model=model), ledger
+
+        def hold(model: Runnable[Any, Any]) -> Runnable[Any, Any]:
+            if isinstance(model, HeldBackChatModel) and model.ledger is ledger:
+                return model  # already held by this call
+            return HeldBackChatModel.wrap(
+                model,
+                self.guard,
+                ledger,
+                stream_options=self.stream_options,
+                history_turns=self.history_turns,
+                check_tool_calls=self.check_tool_calls,
+            )
+
+        return HeldModelRequest.of(request, hold), ledger
 
     def _stream_stopped(self, error: GuardViolation | GuardUnavailable) -> ModelResponse:
         """The held stream stopped on a violation (or a fail-closed guard error): the policy action."""
@@ -389,6 +395,10 @@ class GuardMiddleware(AgentMiddleware):
         return ModelResponse(result=[self._refusal(decision)])
 
     def _answered(self, response: Any, ledger: StreamLedger | None) -> Any:
+        if ledger is not None and ledger.stopped is not None:
+            # A middleware inside this one answered after the held stream was stopped (a retry's
+            # "Model call failed ..." message): the stop is the call's outcome all the same.
+            return self._stream_stopped(ledger.stopped)
         if ledger is not None and ledger.judged_ids and isinstance(response, ModelResponse):
             self._remember_judged(response)
         return response

@@ -32,22 +32,16 @@ from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import patch_config
 from pydantic import ConfigDict, field_validator, model_validator
-from qwenguard.core import Guard, Stage, enforce
+from qwenguard.core import Guard, Stage
 from qwenguard.core.streaming.gen_windows import RELEASE_UNITS
 from qwenguard.core.streaming.parallel import PendingCheck
 
 from ._holding import HeldStream
 from ._messages import DEFAULT_HISTORY_TURNS, Item, input_items, output_items, prompt_items
-from ._screening import ascreen, first_blocked, require_guard, screen
+from ._screening import ascreen, raise_first, require_guard, screen
 from ._streaming import DEFAULT_WINDOW_CHARS, Engine
 
 __all__ = ["GuardRunnable", "guard_input", "guard_output"]
-
-
-def _raise_first(items: Sequence[Item], decisions: Sequence[Any]) -> None:
-    found = first_blocked(items, decisions)
-    if found is not None:
-        enforce(found[1])
 
 
 def _input_first(pending: PendingCheck, error: Exception) -> None:
@@ -259,14 +253,14 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
         if self._parallel(items):
             guard = self.guard
             return PendingCheck.start(lambda: screen(guard, items))
-        _raise_first(items, screen(self.guard, items))
+        raise_first(items, screen(self.guard, items))
         return None
 
     async def _astart_input(self, items: Sequence[Item]) -> PendingCheck | None:
         """Async twin of `_start_input`."""
         if self._parallel(items):
             return PendingCheck.start_async(ascreen(self.guard, items))
-        _raise_first(items, await ascreen(self.guard, items))
+        raise_first(items, await ascreen(self.guard, items))
         return None
 
     @staticmethod
@@ -319,7 +313,7 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
             pending.wait()  # the answer is never returned, nor judged, before the input is allowed
         if self.check_output:
             items = self._output_items(output, context)
-            _raise_first(items, screen(self.guard, items))
+            raise_first(items, screen(self.guard, items))
         return output
 
     async def _ainvoke(self, value: Any, run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig) -> Any:
@@ -341,7 +335,7 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
                 raise
         if self.check_output:
             items = self._output_items(output, context)
-            _raise_first(items, await ascreen(self.guard, items))
+            raise_first(items, await ascreen(self.guard, items))
         return output
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:

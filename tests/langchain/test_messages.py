@@ -119,3 +119,38 @@ def test_missing_extra_names_the_install_command():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
     assert out.strip() == "MissingDependency langchain-core is not installed: pip install 'qwenguard[langchain]'"
+
+
+def test_everything_but_the_middleware_works_with_langchain_core_alone():
+    """langchain and langgraph are extras of the agent middleware only: the callbacks, the LCEL steps
+    and `GuardedChatModel` import with langchain-core alone (a hand-built graph has langgraph anyway, a
+    chain may not)."""
+    code = (
+        "import sys\n"
+        "for name in ('langchain', 'langgraph'): sys.modules[name] = None\n"
+        "from qwenguard.integrations.langchain import GuardCallbackHandler, GuardedChatModel, guard_output\n"
+        "try:\n    from qwenguard.integrations.langchain import GuardMiddleware\n"
+        "except ImportError as e:\n    print(type(e).__name__, e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stderr == ""
+    assert out.stdout.startswith("MissingDependency langchain")  # the module it missed: langchain.agents
+    assert out.stdout.strip().endswith("is not installed: pip install 'qwenguard[langchain]'")
+
+
+def test_reasoning_is_judged_as_output_not_read_back_as_input():
+    """A thinking model's reasoning kept beside the content (``additional_kwargs["reasoning_content"]``)
+    is what the consumer sees of an answer, so the answer's check reads it first; provider classes do not
+    send it back to the model, so an earlier turn's check (input side) reads the content only."""
+    answer = AIMessage("Paris.", additional_kwargs={"reasoning_content": "France's capital is Paris. "})
+    [item] = output_items(answer, [HumanMessage("Capital of France?")])
+    assert item.conversation[-1]["content"] == "France's capital is Paris. Paris."
+    items = input_items([HumanMessage("Capital of France?"), answer, HumanMessage("And of Spain?")])
+    assert [i.conversation[-1]["content"] for i in items] == ["Capital of France?", "Paris.", "And of Spain?"]
+    # the same reasoning moved into a standard content block is read once, from the block
+    blocks = AIMessage(
+        [{"type": "reasoning", "reasoning": "France's capital is Paris. "}, {"type": "text", "text": "Paris."}],
+        additional_kwargs={"reasoning_content": "France's capital is Paris. "},
+    )
+    [item] = output_items(blocks, [HumanMessage("Capital of France?")])
+    assert item.conversation[-1]["content"].count("France's capital") == 1

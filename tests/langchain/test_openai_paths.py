@@ -19,7 +19,10 @@ from typing import Any
 import pytest
 from faults import ScriptedBackend
 from langchain.agents import create_agent
+from langchain.agents.middleware import AgentMiddleware, ModelFallbackMiddleware, ModelRetryMiddleware
+from langchain.chat_models import init_chat_model
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
+from langchain_core.runnables import ConfigurableField
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 from lc_fakes import SAFE_ANSWER, SAFE_QUESTION, UNSAFE_CLAUSE, UNSAFE_PROMPT, RecordingBackend
@@ -403,3 +406,126 @@ def test_forged_guard_metadata_does_not_skip_screening(guard):
         out = create_agent(chat(url), [], middleware=[GuardMiddleware(guard)]).invoke({"messages": [forged]})
         assert "safety guard" in out["messages"][-1].text
         assert url.requests == []
+
+
+def _closed_port_url() -> str:
+    """A loopback URL nothing listens on: the primary model's request fails at once."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+class RouteTo(AgentMiddleware):
+    """Dynamic model selection the way LangChain documents it: the request's model replaced."""
+
+    def __init__(self, model: Any, *, assign: bool = False) -> None:
+        super().__init__()
+        self.model, self.assign = model, assign
+
+    def _routed(self, request: Any) -> Any:
+        if not self.assign:
+            return request.override(model=self.model)
+        with warnings.catch_warnings():  # the older way, deprecated in LangChain 1.1
+            warnings.simplefilter("ignore", DeprecationWarning)
+            request.model = self.model
+        return request
+
+    def wrap_model_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
+        return handler(self._routed(request))
+
+    async def awrap_model_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
+        return await handler(self._routed(request))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("inner", ["ModelFallbackMiddleware", "override(model=...)", "request.model = ..."])
+def test_a_model_swapped_by_a_middleware_inside_the_guard_is_held_too(guard, mode, inner):
+    """A middleware listed after GuardMiddleware runs inside its wrap_model_call; when it replaced the
+    request's model (a fallback after the primary failed, a routed model), the replacement's raw stream
+    went straight to the consumer: the whole unsafe clause, then the stop."""
+    with scripted_openai(REPLY) as url:
+        if inner == "ModelFallbackMiddleware":
+            primary, swapper = chat(_closed_port_url()), ModelFallbackMiddleware(chat(url))
+        else:
+            primary, swapper = chat(_closed_port_url()), RouteTo(chat(url), assign=inner.startswith("request"))
+        agent = create_agent(primary, [], middleware=[GuardMiddleware(guard), swapper])
+        items, error = _agent_items(mode, agent, [HumanMessage(SAFE_QUESTION)])
+        assert len(url.requests) == 1  # the replacement answered
+    assert error is None
+    messages = [message for message, _meta in items]
+    received = text_of(messages)
+    assert exposure(received) == 0  # no character of the unsafe clause reached the consumer
+    assert received.startswith(SAFE_ANSWER)
+    assert "safety guard" in messages[-1].text
+
+
+def _wrapped(model: ChatOpenAI, how: str) -> Any:
+    if how == "bind":
+        return model.bind(temperature=0.25)
+    if how == "with_retry":
+        return model.with_retry(stop_after_attempt=2)
+    if how == "with_config":
+        return model.with_config(tags=["mine"])
+    if how == "with_fallbacks":
+        return model.with_fallbacks([chat(_closed_port_url())])
+    if how == "init_chat_model":  # LangChain's configurable model: a runnable, not a BaseChatModel
+        return init_chat_model(
+            "openai:scripted", base_url=model.openai_api_base, api_key="scripted", configurable_fields=("temperature",)
+        )
+    return model.configurable_fields(temperature=ConfigurableField(id="temperature"))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "how", ["bind", "with_retry", "with_config", "configurable_fields", "with_fallbacks", "init_chat_model"]
+)
+def test_a_model_wrapped_in_a_runnable_is_held_too(guard, mode, how):
+    """create_agent takes a model wrapped in a runnable (``model.bind(temperature=...)``,
+    ``with_retry()``, ...): GuardMiddleware held only a bare BaseChatModel and let the wrapped one stream
+    its raw answer in full, without a word."""
+    with scripted_openai(REPLY) as url:
+        agent = create_agent(_wrapped(chat(url), how), [], middleware=[GuardMiddleware(guard)])
+        items, error = _agent_items(mode, agent, [HumanMessage(SAFE_QUESTION)])
+        body = url.requests[0].body
+    messages = [message for message, _meta in items]
+    assert error is None and exposure(text_of(messages)) == 0
+    assert text_of(messages).startswith(SAFE_ANSWER) and "safety guard" in messages[-1].text
+    if how == "bind":
+        assert body["temperature"] == 0.25  # the binding still reaches the provider
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_replacement_model_is_held_by_every_guard_middleware_around_it(guard, mode):
+    """Two guard middlewares (an outer policy, an inner lenient one), then a router: the routed model must
+    pass both, not only the guard nearest to it."""
+    with scripted_openai(REPLY) as url:
+        lenient = type("LenientGuardMiddleware", (GuardMiddleware,), {})  # create_agent wants distinct names
+        middleware = [GuardMiddleware(guard), lenient(_safe_judge(0.0)), RouteTo(chat(url))]
+        agent = create_agent(chat(_closed_port_url()), [], middleware=middleware)
+        items, error = _agent_items(mode, agent, [HumanMessage(SAFE_QUESTION)])
+    messages = [message for message, _meta in items]
+    assert error is None and exposure(text_of(messages)) == 0
+    assert "safety guard" in messages[-1].text
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("exit_behavior", ["error", "end"])
+def test_a_retry_middleware_inside_the_guard_cannot_reroll_a_stopped_answer(guard, mode, exit_behavior):
+    """ModelRetryMiddleware inside GuardMiddleware took the guard's stop for a failed call: it asked the
+    model again (a jailbreak gets more tries at an answer the guard misses) and, retries spent, turned the
+    violation into an ordinary answer ("Model call failed after 3 attempts ..."), so neither "error" nor
+    "end" happened. A stop is the model call's outcome: no new attempt, and the policy's action."""
+    with scripted_openai(REPLY) as url:
+        retry = ModelRetryMiddleware(max_retries=2, initial_delay=0.0, jitter=False)
+        agent = create_agent(chat(url), [], middleware=[GuardMiddleware(guard, exit_behavior=exit_behavior), retry])
+        items, error = _agent_items(mode, agent, [HumanMessage(SAFE_QUESTION)])
+        assert len(url.requests) == 1  # the stopped answer was not asked for again
+    messages = [message for message, _meta in items]
+    assert exposure(text_of(messages)) == 0
+    if exit_behavior == "error":
+        assert isinstance(error, GuardViolation)
+    else:
+        assert error is None and "safety guard" in messages[-1].text

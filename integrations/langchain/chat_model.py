@@ -1,0 +1,105 @@
+"""`GuardedChatModel`: a chat model that shows only what the guard judged, wherever it is called.
+
+Why a model: LangGraph's ``stream_mode="messages"`` (and ``astream_events``, tracers) report the tokens of
+every chat model run inside a graph node as the model produces them. A guard placed after the model in
+the node (``model | guard_output(guard)``, ``GuardRunnable``) judges its output, but the raw tokens have
+already gone out through those streams. This wrapper runs the real model out of sight of the caller's
+callbacks, as `GuardMiddleware` does inside ``create_agent``, and reports only the chunks the guard
+released as its own run: a drop-in for the model in a hand-built graph node, a chain or an agent.
+
+What it judges: every message the model is about to read, before the model runs (user turns as prompts,
+tool results as untrusted content, earlier assistant turns); the streamed answer with the core's
+hold-back `StreamMonitor` (each sentence judged beside the generation, released once its verdict is in);
+tool calls held until judged as the assistant's action; an answer that was not streamed, whole. A
+violation raises `GuardViolation` (a guard that cannot answer: `GuardUnavailable`, unless the policy
+allows): the model's stream is closed and nothing unjudged went out. The input is screened before the
+model starts, never beside it (``Guard.parallel_input`` is not used): the provider never receives a request
+the guard blocks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from langchain_core.messages import BaseMessage
+from langchain_core.runnables import Runnable
+from qwenguard.core import Guard
+from qwenguard.core.streaming.gen_windows import RELEASE_UNITS
+
+from ._held_model import HeldBackChatModel
+from ._messages import DEFAULT_HISTORY_TURNS, Item, guard_history, input_items, output_items
+from ._screening import ascreen, raise_first, require_guard, screen
+
+__all__ = ["GuardedChatModel"]
+
+
+class GuardedChatModel(HeldBackChatModel):
+    """``model``, judged by ``guard``: its input before it runs, its answer before anyone sees it.
+
+    Args:
+        model: the chat model (or a runnable around one: ``model.bind(...)``, ``with_retry()``).
+        guard: the `Guard`.
+        check_input: screen the messages the model reads before it runs (default on).
+        check_tool_calls: judge tool calls (held until judged when streamed); ``False`` passes them on.
+        history_turns: earlier user/assistant turns given to the guard as context.
+        holdback / release_unit: passed to the hold-back monitor (``guard.stream``); ``release_unit="word"``
+            releases judged text but its last word instead of whole sentences.
+    """
+
+    type_prefix: ClassVar[str] = "qwenguard-guarded-"
+    check_input: bool = True
+
+    def __init__(
+        self,
+        model: Runnable[Any, Any],
+        guard: Guard,
+        *,
+        check_input: bool = True,
+        check_tool_calls: bool = True,
+        history_turns: int = DEFAULT_HISTORY_TURNS,
+        holdback: int | None = None,
+        release_unit: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(model, Runnable):
+            raise TypeError(f"GuardedChatModel wraps a chat model: got a {type(model).__name__}")
+        if release_unit is not None and release_unit not in RELEASE_UNITS:
+            raise ValueError(f"release_unit must be one of {RELEASE_UNITS} (or None), got {release_unit!r}")
+        options: dict[str, Any] = {} if holdback is None else {"holdback": holdback}
+        if release_unit is not None:
+            options["release_unit"] = release_unit
+        super().__init__(
+            **self.fields_around(model),
+            guard=require_guard(guard),
+            check_input=check_input,
+            check_tool_calls=check_tool_calls,
+            history_turns=history_turns,
+            stream_options=options,
+            **kwargs,
+        )
+
+    # -- what to check (pure) ---------------------------------------------------------------------
+    def _input_items(self, messages: list[BaseMessage]) -> list[Item]:
+        return input_items(messages, self.history_turns) if self.check_input else []
+
+    def _answer_items(self, messages: list[BaseMessage], answer: BaseMessage) -> list[Item]:
+        context = guard_history(messages, self.history_turns)
+        return output_items(answer, context, self.history_turns, tool_calls=self.check_tool_calls)
+
+    def _screen_input(self, messages: list[BaseMessage]) -> None:
+        """Every message the model is about to read, before it runs (streamed or not)."""
+        items = self._input_items(messages)
+        raise_first(items, screen(self.guard, items))
+
+    async def _ascreen_input(self, messages: list[BaseMessage]) -> None:
+        items = self._input_items(messages)
+        raise_first(items, await ascreen(self.guard, items))
+
+    def _judge_answer(self, messages: list[BaseMessage], answer: BaseMessage) -> None:
+        """An answer that was not streamed, whole (a streamed one is judged as it streams)."""
+        items = self._answer_items(messages, answer)
+        raise_first(items, screen(self.guard, items))
+
+    async def _ajudge_answer(self, messages: list[BaseMessage], answer: BaseMessage) -> None:
+        items = self._answer_items(messages, answer)
+        raise_first(items, await ascreen(self.guard, items))

@@ -1,0 +1,210 @@
+"""`GuardedChatModel` with a real provider class (`ChatOpenAI` against the scripted OpenAI-compatible
+server), in the place LangGraph users call a model: a hand-built graph node streamed with
+``stream_mode="messages"``. Exposure is counted in characters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from langchain_core.messages import HumanMessage
+from langchain_core.tools import tool
+from langgraph.constants import TAG_NOSTREAM
+from langgraph.graph import END, START, MessagesState, StateGraph
+from lc_fakes import INJECTION, SAFE_ANSWER, SAFE_QUESTION, UNSAFE_CLAUSE, UNSAFE_PROMPT
+from pydantic import BaseModel
+from qwenguard.core import Guard, GuardViolation
+from qwenguard.integrations.langchain import GuardedChatModel, GuardRunnable, _held_model, guard_output
+from scripted_openai import Reply, ToolCall, scripted_openai
+from test_openai_paths import EMAIL_ARGS, MODES, REPLY, args_of, chat, exposure, text_of
+
+
+def _graph(call: Any, asynchronous: bool) -> Any:
+    """One node that calls the model on the state's messages (LangGraph's own chatbot tutorial)."""
+
+    def node(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [call.invoke(state["messages"])]}
+
+    async def anode(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [await call.ainvoke(state["messages"])]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("model", anode if asynchronous else node)
+    graph.add_edge(START, "model")
+    graph.add_edge("model", END)
+    return graph.compile()
+
+
+def _streamed(mode: str, graph: Any, question: str = SAFE_QUESTION) -> tuple[list[Any], Exception | None]:
+    """What a ``stream_mode="messages"`` consumer received, and the error that ended the run."""
+    inputs = {"messages": [HumanMessage(question)]}
+    items: list[Any] = []
+
+    async def drain() -> None:
+        async for message, _meta in graph.astream(inputs, stream_mode="messages"):
+            items.append(message)
+
+    try:
+        if mode == "sync":
+            items.extend(message for message, _meta in graph.stream(inputs, stream_mode="messages"))
+        else:
+            asyncio.run(drain())
+    except GuardViolation as error:
+        return items, error
+    return items, None
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("step", ["guard_output", "GuardRunnable"])
+def test_a_guard_after_the_model_in_a_graph_node_cannot_hold_its_tokens(guard, mode, step):
+    """Why `GuardedChatModel` exists: in a hand-built node, LangGraph streams the model's own tokens to
+    ``stream_mode="messages"`` before a guard placed after the model sees them. The guard still stops
+    the run, but the whole unsafe clause is out. (Documented in docs/langchain.md; this test pins the
+    reason, and fails the day LangGraph or these steps change it.)"""
+    with scripted_openai(REPLY) as url:
+        call = (
+            chat(url) | guard_output(guard)
+            if step == "guard_output"
+            else GuardRunnable(guard=guard, runnable=chat(url))
+        )
+        items, error = _streamed(mode, _graph(call, mode == "async"))
+    assert isinstance(error, GuardViolation)
+    assert exposure(text_of(items)) > 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_guarded_chat_model_in_a_graph_node_streams_only_judged_text(guard, mode):
+    with scripted_openai(REPLY) as url:
+        items, error = _streamed(mode, _graph(GuardedChatModel(chat(url), guard), mode == "async"))
+    assert isinstance(error, GuardViolation)
+    received = text_of(items)
+    assert exposure(received) == 0  # no character of the unsafe clause reached the consumer
+    assert received.startswith(SAFE_ANSWER)  # the judged-safe first sentence streamed
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("parallel", [False, True])
+def test_guarded_chat_model_screens_the_input_before_the_model_runs(guard, mode, parallel):
+    """Before, never beside: a guard built with ``parallel_input=True`` does not send the request early."""
+    judge = Guard(guard.backend, guard.policy, parallel_input=True) if parallel else guard
+    with scripted_openai(REPLY) as url:
+        items, error = _streamed(mode, _graph(GuardedChatModel(chat(url), judge), mode == "async"), UNSAFE_PROMPT)
+        assert url.requests == []  # the model never received the request
+    assert isinstance(error, GuardViolation) and items == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_guarded_chat_model_judges_an_answer_that_was_not_streamed(guard, mode):
+    with scripted_openai(REPLY) as url:
+        model = GuardedChatModel(chat(url), guard)
+        messages = [HumanMessage(SAFE_QUESTION)]
+        with pytest.raises(GuardViolation):
+            model.invoke(messages) if mode == "sync" else asyncio.run(model.ainvoke(messages))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_guarded_chat_model_holds_tool_arguments_until_judged(guard, mode):
+    @tool
+    def send_email(to: str, body: str) -> str:
+        """Send an e-mail."""
+        return "sent"
+
+    reply = Reply.words("Let me send that.", tool_calls=[ToolCall("send_email", EMAIL_ARGS, id="c1", fragments=12)])
+    with scripted_openai(reply) as url:
+        model = GuardedChatModel(chat(url), guard).bind_tools([send_email])
+        items, error = _streamed(mode, _graph(model, mode == "async"))
+    assert isinstance(error, GuardViolation)
+    assert args_of(items) == ""  # no character of the arguments reached the consumer
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_guarded_chat_model_passes_a_safe_answer_through(guard, mode):
+    call = ToolCall("send_email", json.dumps({"to": "a@example.com", "body": "See you at noon."}), id="c2", fragments=3)
+    with scripted_openai(Reply.words(SAFE_ANSWER, tool_calls=[call])) as url:
+        model = GuardedChatModel(chat(url), guard, release_unit="word")
+        items, error = _streamed(mode, _graph(model, mode == "async"))
+        body = url.requests[0].body
+    assert error is None
+    assert text_of(items) == SAFE_ANSWER and args_of(items) == call.arguments
+    assert body["messages"][-1]["content"] == SAFE_QUESTION
+
+
+def test_guarded_chat_model_rejects_what_it_cannot_wrap(guard):
+    with pytest.raises(TypeError, match="chat model"):
+        GuardedChatModel("gpt-4o", guard)
+    with pytest.raises(ValueError, match="release_unit"):
+        GuardedChatModel(chat("http://127.0.0.1:9/v1"), guard, release_unit="paragraph")
+
+
+def test_the_nostream_tag_is_langgraphs():
+    assert _held_model.TAG_NOSTREAM == TAG_NOSTREAM
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("mode", MODES)
+def test_guarded_chat_model_in_langgraphs_prebuilt_react_agent(guard, mode):
+    """langgraph.prebuilt.create_react_agent (no middleware there): the guarded model is the agent's model."""
+    from langgraph.prebuilt import create_react_agent
+
+    @tool
+    def capital_of(country: str) -> str:
+        """The capital of a country."""
+        return "Paris"
+
+    with scripted_openai(REPLY) as url:
+        agent = create_react_agent(GuardedChatModel(chat(url), guard), [capital_of])
+        items, error = _streamed(mode, agent)
+    assert isinstance(error, GuardViolation)
+    assert exposure(text_of(items)) == 0 and text_of(items).startswith(SAFE_ANSWER)
+
+
+@pytest.mark.parametrize("body", ["See you at noon.", UNSAFE_CLAUSE])
+def test_guarded_chat_model_with_structured_output(guard, body):
+    """``with_structured_output`` asks for a tool call: its arguments are judged before they are parsed."""
+
+    class Email(BaseModel):
+        to: str
+        body: str
+
+    arguments = json.dumps({"to": "a@example.com", "body": body})
+    with scripted_openai(Reply(tool_calls=[ToolCall("Email", arguments, id="c3", fragments=4)])) as url:
+        structured = GuardedChatModel(chat(url), guard).with_structured_output(Email)
+        if body == UNSAFE_CLAUSE:
+            with pytest.raises(GuardViolation):
+                structured.invoke(SAFE_QUESTION)
+        else:
+            assert structured.invoke(SAFE_QUESTION) == Email(to="a@example.com", body=body)
+
+
+async def test_a_chains_event_stream_carries_only_judged_model_chunks(guard):
+    """``chain.astream_events`` (how LangChain streams tokens out of a chain with a parser after the
+    model) reports the model run's own chunks: with `GuardedChatModel` as the model, only judged ones."""
+    from langchain_core.output_parsers import StrOutputParser
+
+    with scripted_openai(REPLY) as url:
+        chain = GuardedChatModel(chat(url), guard) | StrOutputParser()
+        streamed: list[str] = []
+        with pytest.raises(GuardViolation):
+            async for event in chain.astream_events(SAFE_QUESTION, version="v2"):
+                if event["event"] == "on_chat_model_stream":
+                    streamed.append(event["data"]["chunk"].text)
+    assert exposure("".join(streamed)) == 0 and "".join(streamed).startswith(SAFE_ANSWER)
+
+
+def test_guarded_chat_model_screens_a_tool_result_before_the_model_reads_it(guard):
+    """Every message the model reads is screened by role: a tool result as untrusted content."""
+    from langchain_core.messages import AIMessage, ToolMessage
+
+    call = {"name": "search", "args": {"q": "capital of France"}, "id": "c9"}
+    messages = [
+        HumanMessage(SAFE_QUESTION),
+        AIMessage("", tool_calls=[call]),
+        ToolMessage(INJECTION, tool_call_id="c9"),
+    ]
+    with scripted_openai(REPLY) as url:
+        with pytest.raises(GuardViolation) as stop:
+            GuardedChatModel(chat(url), guard).invoke(messages)
+        assert url.requests == []
+    assert "Jailbreak" in stop.value.decision.describe()
