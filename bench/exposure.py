@@ -244,10 +244,10 @@ def agent(callback_engine: str | None = None) -> sk.Build:
     return build
 
 
-def graph_node(step: str = "GuardedChatModel") -> sk.Build:
+def graph_node(step: str = "GuardedChatModel", **options: Any) -> sk.Build:
     """A hand-built LangGraph graph whose one node calls the model, streamed with stream_mode="messages":
-    ``GuardedChatModel`` (the model wrapped) or ``guard_output`` (a step after the model in the node,
-    which LangGraph's message stream goes around)."""
+    ``GuardedChatModel`` (the model wrapped; ``options`` go to it) or ``guard_output`` (a step after the
+    model in the node, which LangGraph's message stream goes around)."""
 
     def build(url: str, judge: GuardJudge | None) -> Consume:
         from langgraph.graph import END, START, MessagesState, StateGraph
@@ -256,7 +256,10 @@ def graph_node(step: str = "GuardedChatModel") -> sk.Build:
         model: Any = _chat_openai(url)
         if judge is not None:
             guard = judge.guard()
-            model = GuardedChatModel(model, guard) if step == "GuardedChatModel" else model | guard_output(guard)
+            if step == "GuardedChatModel":
+                model = GuardedChatModel(model, guard, **options)
+            else:
+                model = model | guard_output(guard)
 
         def node(state: MessagesState) -> dict[str, Any]:
             return {"messages": [model.invoke(state["messages"])]}
@@ -405,6 +408,12 @@ PATHS = [
     ),
     Path_("agent GuardMiddleware+callback pipelined", agent("pipelined"), "agent"),
     Path_("graph GuardedChatModel", graph_node(), "graph", note="default; a LangGraph node, stream_mode=messages"),
+    Path_(
+        "graph GuardedChatModel parallel",
+        graph_node(parallel_input=True),
+        "graph",
+        note="parallel_input=True (input check beside the model)",
+    ),
     Path_("graph guard_output", graph_node("guard_output"), "graph", note="model | guard_output in the node"),
     Path_("core StreamMonitor hb8", core_monitor(8), "openai-sync", stream_model=True, note="default"),
     Path_(

@@ -31,8 +31,10 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import ConfigDict, Field
 from qwenguard.core import Guard, GuardUnavailable, GuardViolation
+from qwenguard.core.streaming.parallel import PendingCheck
 
 from ._holding import HELD_LLM_TYPE_PREFIX, HeldStream
+from ._input_beside import aafter_verdict, aanswer_beside, after_verdict, answer_beside, auntil_blocked, until_blocked
 from ._messages import DEFAULT_HISTORY_TURNS, guard_history
 
 __all__ = ["HeldBackChatModel", "StreamLedger"]
@@ -139,11 +141,15 @@ class HeldBackChatModel(BaseChatModel):
             tool_calls=self.check_tool_calls,
         )
 
-    def _screen_input(self, messages: list[BaseMessage]) -> None:
-        """Before the model runs: nothing here (the middleware screens the input in ``before_model``)."""
+    def _start_input(self, messages: list[BaseMessage]) -> PendingCheck | None:
+        """Before the model runs: screen its input (raises when blocked), or start that check beside the
+        model and return it (nothing goes out before its verdict). Here: nothing (the middleware screens
+        the input in ``before_model``)."""
+        return None
 
-    async def _ascreen_input(self, messages: list[BaseMessage]) -> None:
-        """Async twin of `_screen_input`."""
+    async def _astart_input(self, messages: list[BaseMessage]) -> PendingCheck | None:
+        """Async twin of `_start_input`."""
+        return None
 
     def _judge_answer(self, messages: list[BaseMessage], answer: BaseMessage) -> None:
         """An answer that was not streamed: nothing here (the middleware judges it in ``after_model``)."""
@@ -166,8 +172,9 @@ class HeldBackChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        self._screen_input(messages)
-        message = self._target().invoke(messages, self._config(False), stop=stop, **kwargs)
+        pending = self._start_input(messages)
+        target = self._target()
+        message = answer_beside(lambda: target.invoke(messages, self._config(False), stop=stop, **kwargs), pending)
         self._judge_answer(messages, message)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
@@ -178,8 +185,9 @@ class HeldBackChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        await self._ascreen_input(messages)
-        message = await self._target().ainvoke(messages, self._config(True), stop=stop, **kwargs)
+        pending = await self._astart_input(messages)
+        call = self._target().ainvoke(messages, self._config(True), stop=stop, **kwargs)
+        message = await aanswer_beside(call, pending)
         await self._ajudge_answer(messages, message)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
@@ -191,11 +199,14 @@ class HeldBackChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        self._screen_input(messages)
+        pending = self._start_input(messages)
         with self._ledger().watching():
             held = self._held(messages)
             upstream = self._target().stream(messages, self._config(False), stop=stop, **kwargs)
-            for chunk in held.run(upstream):
+            if pending is not None:
+                upstream = until_blocked(upstream, pending)
+            released = held.run(upstream)
+            for chunk in released if pending is None else after_verdict(released, pending):
                 yield ChatGenerationChunk(message=chunk)
         self._judged(held)
 
@@ -206,10 +217,13 @@ class HeldBackChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        await self._ascreen_input(messages)
+        pending = await self._astart_input(messages)
         with self._ledger().watching():
             held = self._held(messages)
             upstream = self._target().astream(messages, self._config(True), stop=stop, **kwargs)
-            async for chunk in held.arun(upstream):
+            if pending is not None:
+                upstream = auntil_blocked(upstream, pending)
+            released = held.arun(upstream)
+            async for chunk in released if pending is None else aafter_verdict(released, pending):
                 yield ChatGenerationChunk(message=chunk)
         self._judged(held)

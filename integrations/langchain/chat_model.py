@@ -12,9 +12,13 @@ tool results as untrusted content, earlier assistant turns); the streamed answer
 hold-back `StreamMonitor` (each sentence judged beside the generation, released once its verdict is in);
 tool calls held until judged as the assistant's action; an answer that was not streamed, whole. A
 violation raises `GuardViolation` (a guard that cannot answer: `GuardUnavailable`, unless the policy
-allows): the model's stream is closed and nothing unjudged went out. The input is screened before the
-model starts, never beside it (``Guard.parallel_input`` is not used): the provider never receives a request
-the guard blocks.
+allows): the model's stream is closed and nothing unjudged went out.
+
+The input is screened before the model starts, so the provider never receives a request the guard
+blocks. With ``parallel_input=True`` (or a `Guard` built with ``parallel_input=True``) the model starts
+while its input is checked, one judge call sooner to the first text: its answer is judged meanwhile, but
+nothing of it (text or tool call) goes out before the input's verdict, and a blocked input stops the
+model (sync: at its next chunk; async: at once) and raises `GuardViolation` for the prompt.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable
 from qwenguard.core import Guard
 from qwenguard.core.streaming.gen_windows import RELEASE_UNITS
+from qwenguard.core.streaming.parallel import PendingCheck
 
 from ._held_model import HeldBackChatModel
 from ._messages import DEFAULT_HISTORY_TURNS, Item, guard_history, input_items, output_items
@@ -44,10 +49,13 @@ class GuardedChatModel(HeldBackChatModel):
         history_turns: earlier user/assistant turns given to the guard as context.
         holdback / release_unit: passed to the hold-back monitor (``guard.stream``); ``release_unit="word"``
             releases judged text but its last word instead of whole sentences.
+        parallel_input: start the model while its input is checked (``None``: the guard's
+            ``parallel_input``); nothing goes out before the input's verdict.
     """
 
     type_prefix: ClassVar[str] = "qwenguard-guarded-"
     check_input: bool = True
+    parallel_input: bool | None = None
 
     def __init__(
         self,
@@ -59,6 +67,7 @@ class GuardedChatModel(HeldBackChatModel):
         history_turns: int = DEFAULT_HISTORY_TURNS,
         holdback: int | None = None,
         release_unit: str | None = None,
+        parallel_input: bool | None = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(model, Runnable):
@@ -75,6 +84,7 @@ class GuardedChatModel(HeldBackChatModel):
             check_tool_calls=check_tool_calls,
             history_turns=history_turns,
             stream_options=options,
+            parallel_input=parallel_input,
             **kwargs,
         )
 
@@ -86,14 +96,25 @@ class GuardedChatModel(HeldBackChatModel):
         context = guard_history(messages, self.history_turns)
         return output_items(answer, context, self.history_turns, tool_calls=self.check_tool_calls)
 
-    def _screen_input(self, messages: list[BaseMessage]) -> None:
-        """Every message the model is about to read, before it runs (streamed or not)."""
-        items = self._input_items(messages)
-        raise_first(items, screen(self.guard, items))
+    def _parallel(self, items: list[Item]) -> bool:
+        parallel = self.guard.parallel_input if self.parallel_input is None else self.parallel_input
+        return bool(parallel) and bool(items)
 
-    async def _ascreen_input(self, messages: list[BaseMessage]) -> None:
+    def _start_input(self, messages: list[BaseMessage]) -> PendingCheck | None:
+        """Every message the model is about to read (streamed or not): judged before it runs, or beside it."""
         items = self._input_items(messages)
+        if self._parallel(items):
+            guard = self.guard
+            return PendingCheck.start(lambda: screen(guard, items))
+        raise_first(items, screen(self.guard, items))
+        return None
+
+    async def _astart_input(self, messages: list[BaseMessage]) -> PendingCheck | None:
+        items = self._input_items(messages)
+        if self._parallel(items):
+            return PendingCheck.start_async(ascreen(self.guard, items))
         raise_first(items, await ascreen(self.guard, items))
+        return None
 
     def _judge_answer(self, messages: list[BaseMessage], answer: BaseMessage) -> None:
         """An answer that was not streamed, whole (a streamed one is judged as it streams)."""

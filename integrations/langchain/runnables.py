@@ -37,103 +37,12 @@ from qwenguard.core.streaming.gen_windows import RELEASE_UNITS
 from qwenguard.core.streaming.parallel import PendingCheck
 
 from ._holding import HeldStream
+from ._input_beside import aafter_verdict, aanswer_beside, after_verdict, answer_beside, auntil_blocked, until_blocked
 from ._messages import DEFAULT_HISTORY_TURNS, Item, input_items, output_items, prompt_items
 from ._screening import ascreen, raise_first, require_guard, screen
 from ._streaming import DEFAULT_WINDOW_CHARS, Engine
 
 __all__ = ["GuardRunnable", "guard_input", "guard_output"]
-
-
-def _input_first(pending: PendingCheck, error: Exception) -> None:
-    """``error`` ended the answer while the input verdict was pending: a blocked input is what is reported."""
-    if pending.passed:
-        return
-    try:
-        pending.wait()
-    except Exception as blocked:
-        if blocked is not error:
-            raise blocked from None
-
-
-async def _ainput_first(pending: PendingCheck, error: Exception) -> None:
-    """Async twin of `_input_first`."""
-    if pending.passed:
-        return
-    try:
-        await pending.wait_async()
-    except Exception as blocked:
-        if blocked is not error:
-            raise blocked from None
-
-
-def _until_blocked(upstream: Iterator[Any], pending: PendingCheck) -> Iterator[Any]:
-    """The runnable's chunks; once the input verdict is back blocking, the next read raises (and closes it)."""
-    try:
-        for chunk in upstream:
-            if not pending.passed and pending.done():
-                pending.wait()
-            yield chunk
-    finally:
-        close = getattr(upstream, "close", None)
-        if close is not None:
-            close()
-
-
-async def _auntil_blocked(upstream: AsyncIterator[Any], pending: PendingCheck) -> AsyncIterator[Any]:
-    """Async twin: each read races the pending verdict, so a blocking one cancels the read in flight."""
-    reader = upstream.__aiter__()
-    try:
-        while True:
-            try:
-                if pending.passed:
-                    chunk = await reader.__anext__()
-                else:
-                    chunk = await pending.guard(reader.__anext__(), wait=False)
-            except StopAsyncIteration:
-                return
-            yield chunk
-    finally:
-        aclose = getattr(reader, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
-def _after_verdict(output: Iterator[Any], pending: PendingCheck) -> Iterator[Any]:
-    """Pass ``output`` on only once the input is allowed (an empty answer still waits for it)."""
-    try:
-        for chunk in output:
-            if not pending.passed:
-                pending.wait()
-            yield chunk
-        if not pending.passed:
-            pending.wait()
-    except Exception as error:
-        _input_first(pending, error)
-        raise
-    finally:
-        close = getattr(output, "close", None)
-        if close is not None:
-            close()
-
-
-async def _aafter_verdict(output: AsyncIterator[Any], pending: PendingCheck) -> AsyncIterator[Any]:
-    """Async twin of `_after_verdict`."""
-    try:
-        async for chunk in output:
-            if not pending.passed:
-                await pending.wait_async()
-            yield chunk
-        if not pending.passed:
-            await pending.wait_async()
-    except Exception as error:
-        await _ainput_first(pending, error)
-        raise
-    finally:
-        aclose = getattr(output, "aclose", None)
-        if aclose is not None:
-            await aclose()
-        if not pending.done():
-            pending.cancel()  # the consumer stopped reading before the verdict: nobody needs it
 
 
 def _combine(chunks: Sequence[Any]) -> Any:
@@ -302,15 +211,9 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
             pending = self._start_input(items)
             context = self._context(items)
         output = value
-        if self.runnable is not None:
-            try:
-                output = self.runnable.invoke(value, patch_config(config, callbacks=run_manager.get_child()))
-            except Exception as error:
-                if pending is not None:
-                    _input_first(pending, error)
-                raise
-        if pending is not None:
-            pending.wait()  # the answer is never returned, nor judged, before the input is allowed
+        if self.runnable is not None:  # (an input check runs beside it only when there is one: `_parallel`)
+            runnable, child = self.runnable, patch_config(config, callbacks=run_manager.get_child())
+            output = answer_beside(lambda: runnable.invoke(value, child), pending)
         if self.check_output:
             items = self._output_items(output, context)
             raise_first(items, screen(self.guard, items))
@@ -326,13 +229,7 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
         output = value
         if self.runnable is not None:
             call = self.runnable.ainvoke(value, patch_config(config, callbacks=run_manager.get_child()))
-            try:
-                # With the input pending, a blocking verdict cancels the call at once.
-                output = await (call if pending is None else pending.guard(call))
-            except Exception as error:
-                if pending is not None:
-                    await _ainput_first(pending, error)
-                raise
+            output = await aanswer_beside(call, pending)
         if self.check_output:
             items = self._output_items(output, context)
             raise_first(items, await ascreen(self.guard, items))
@@ -369,10 +266,10 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
             return
         output = self.runnable.transform(iter([value]), patch_config(config, callbacks=run_manager.get_child()))
         if pending is not None:
-            output = _until_blocked(output, pending)
+            output = until_blocked(output, pending)
         if self.check_output:
             output = self._guard_chunks(output, self._context(items))
-        yield from (output if pending is None else _after_verdict(output, pending))
+        yield from (output if pending is None else after_verdict(output, pending))
 
     async def _atransform(
         self, inputs: AsyncIterator[Any], run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig
@@ -397,10 +294,10 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
 
         output = self.runnable.atransform(one(), patch_config(config, callbacks=run_manager.get_child()))
         if pending is not None:
-            output = _auntil_blocked(output, pending)
+            output = auntil_blocked(output, pending)
         if self.check_output:
             output = self._aguard_chunks(output, self._context(items))
-        async for chunk in output if pending is None else _aafter_verdict(output, pending):
+        async for chunk in output if pending is None else aafter_verdict(output, pending):
             yield chunk
 
     def transform(self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:

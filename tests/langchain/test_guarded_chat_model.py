@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
+from faults import DelayedBackend
 from langchain_core.messages import HumanMessage
 from langchain_core.tools import tool
 from langgraph.constants import TAG_NOSTREAM
 from langgraph.graph import END, START, MessagesState, StateGraph
 from lc_fakes import INJECTION, SAFE_ANSWER, SAFE_QUESTION, UNSAFE_CLAUSE, UNSAFE_PROMPT
 from pydantic import BaseModel
-from qwenguard.core import Guard, GuardViolation
+from qwenguard.core import Guard, GuardViolation, Stage
 from qwenguard.integrations.langchain import GuardedChatModel, GuardRunnable, _held_model, guard_output
 from scripted_openai import Reply, ToolCall, scripted_openai
 from test_openai_paths import EMAIL_ARGS, MODES, REPLY, args_of, chat, exposure, text_of
@@ -85,14 +87,102 @@ def test_guarded_chat_model_in_a_graph_node_streams_only_judged_text(guard, mode
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("parallel", [False, True])
-def test_guarded_chat_model_screens_the_input_before_the_model_runs(guard, mode, parallel):
-    """Before, never beside: a guard built with ``parallel_input=True`` does not send the request early."""
-    judge = Guard(guard.backend, guard.policy, parallel_input=True) if parallel else guard
+@pytest.mark.parametrize("setting", ["default", "off on a parallel guard"])
+def test_guarded_chat_model_screens_the_input_before_the_model_runs(guard, mode, setting):
+    """By default the input is judged before the model runs: the provider never receives a blocked request
+    (``parallel_input=False`` keeps it so on a guard built with ``parallel_input=True``)."""
+    if setting == "default":
+        judge, options = guard, {}
+    else:
+        judge, options = Guard(guard.backend, guard.policy, parallel_input=True), {"parallel_input": False}
     with scripted_openai(REPLY) as url:
-        items, error = _streamed(mode, _graph(GuardedChatModel(chat(url), judge), mode == "async"), UNSAFE_PROMPT)
+        model = GuardedChatModel(chat(url), judge, **options)
+        items, error = _streamed(mode, _graph(model, mode == "async"), UNSAFE_PROMPT)
         assert url.requests == []  # the model never received the request
     assert isinstance(error, GuardViolation) and items == []
+
+
+class TimedLog(list):
+    """A log whose entries carry the time they were made: ``(entry, perf_counter())``."""
+
+    def append(self, entry: Any) -> None:
+        super().append((entry, time.perf_counter()))
+
+    def at(self, entry: Any) -> float:
+        return next(t for e, t in self if e == entry)
+
+
+CHECK_DELAY_S = 0.4  # each check of the slow guard takes this long; the model's pieces come every PACE_S
+PACE_S = 0.05
+
+
+def _slow(guard: Guard, log: TimedLog, *, parallel: bool) -> Guard:
+    # cache_size=0: every check pays the delay, whatever ran before in this session.
+    return Guard(DelayedBackend(guard.backend, CHECK_DELAY_S, log), guard.policy, cache_size=0, parallel_input=parallel)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("how", ["argument", "guard"])
+def test_guarded_chat_model_parallel_input_blocked_stops_the_model_and_releases_nothing(guard, mode, how):
+    """``parallel_input``: the request goes out while the input is judged; a blocked input stops the
+    model's stream and not one character (or tool-call piece) of its answer reaches the consumer."""
+    log = TimedLog()
+    judge = _slow(guard, log, parallel=how == "guard")
+    with scripted_openai(REPLY, pace=PACE_S) as url:
+        model = GuardedChatModel(chat(url), judge, **({"parallel_input": True} if how == "argument" else {}))
+        items, error = _streamed(mode, _graph(model, mode == "async"), UNSAFE_PROMPT)
+        assert len(url.requests) == 1  # the model started beside the check
+        response = url.responses[0]
+        assert response.wait()
+    assert isinstance(error, GuardViolation) and error.decision.stage is Stage.PROMPT
+    assert items == []  # nothing of the answer reached the consumer
+    assert response.closed_early and response.sent < response.planned  # the model's stream was stopped
+    assert url.requests[0].at < log.at("check done")  # beside the check, not after it
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("parallel", [False, True])
+def test_guarded_chat_model_parallel_input_overlaps_and_holds_the_answer_until_the_verdict(guard, mode, parallel):
+    """With ``parallel_input`` the request arrives before the input's verdict, the first text only after it;
+    without it, the request waits for the verdict."""
+    log = TimedLog()
+    with scripted_openai(SAFE_ANSWER, pace=PACE_S) as url:
+        model = GuardedChatModel(chat(url), _slow(guard, log, parallel=parallel))
+        graph = _graph(model, mode == "async")
+        inputs = {"messages": [HumanMessage(SAFE_QUESTION)]}
+        items: list[Any] = []
+
+        async def drain() -> None:
+            async for message, _meta in graph.astream(inputs, stream_mode="messages"):
+                items.append(message)
+                log.append(f"received {len(items)}")
+
+        if mode == "sync":
+            for message, _meta in graph.stream(inputs, stream_mode="messages"):
+                items.append(message)
+                log.append(f"received {len(items)}")
+        else:
+            asyncio.run(drain())
+        arrived = url.requests[0].at
+    assert text_of(items) == SAFE_ANSWER  # the whole answer, judged
+    verdict = log.at("check done")  # the input's check (the first one to end)
+    assert verdict < log.at("received 1")  # nothing went out before the input's verdict
+    if parallel:
+        assert arrived < verdict  # the model ran beside the check
+    else:
+        assert verdict < arrived  # the model ran after it
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_guarded_chat_model_parallel_input_invoke_reports_the_blocked_input(guard, mode):
+    log = TimedLog()
+    with scripted_openai(REPLY) as url:
+        model = GuardedChatModel(chat(url), _slow(guard, log, parallel=True))
+        with pytest.raises(GuardViolation) as stop:
+            messages = [HumanMessage(UNSAFE_PROMPT)]
+            model.invoke(messages) if mode == "sync" else asyncio.run(model.ainvoke(messages))
+        assert len(url.requests) == 1
+    assert stop.value.decision.stage is Stage.PROMPT
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -1,0 +1,143 @@
+"""The input check beside the model (``parallel_input``): what waits for its verdict.
+
+The model starts while its input is checked. Its answer may be judged meanwhile, but nothing of it goes out
+before the input's verdict; a blocked input stops the model's stream (sync: at its next chunk; async: at
+once, the read in flight is cancelled) and is what is reported, even when the answer failed too.
+Used by `GuardRunnable` and `GuardedChatModel`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+from qwenguard.core.streaming.parallel import PendingCheck
+
+__all__ = [
+    "answer_beside",
+    "aanswer_beside",
+    "input_first",
+    "ainput_first",
+    "until_blocked",
+    "auntil_blocked",
+    "after_verdict",
+    "aafter_verdict",
+]
+
+T = TypeVar("T")
+
+
+def answer_beside(call: Callable[[], T], pending: PendingCheck | None) -> T:
+    """``call()`` (the model's whole answer) with the input's check ``pending`` beside it (``None``: the input
+    was judged before): returned only once the input is allowed; a blocked input is what is raised."""
+    try:
+        answer = call()
+    except Exception as error:
+        if pending is not None:
+            input_first(pending, error)
+        raise
+    if pending is not None:
+        pending.wait()  # the answer is never returned, nor judged, before the input is allowed
+    return answer
+
+
+async def aanswer_beside(call: Awaitable[T], pending: PendingCheck | None) -> T:
+    """Async twin of `answer_beside`: a blocking verdict cancels the call at once."""
+    try:
+        return await (call if pending is None else pending.guard(call))
+    except Exception as error:
+        if pending is not None:
+            await ainput_first(pending, error)
+        raise
+
+
+def input_first(pending: PendingCheck, error: Exception) -> None:
+    """``error`` ended the answer while the input verdict was pending: a blocked input is what is reported."""
+    if pending.passed:
+        return
+    try:
+        pending.wait()
+    except Exception as blocked:
+        if blocked is not error:
+            raise blocked from None
+
+
+async def ainput_first(pending: PendingCheck, error: Exception) -> None:
+    """Async twin of `input_first`."""
+    if pending.passed:
+        return
+    try:
+        await pending.wait_async()
+    except Exception as blocked:
+        if blocked is not error:
+            raise blocked from None
+
+
+def until_blocked(upstream: Iterator[Any], pending: PendingCheck) -> Iterator[Any]:
+    """The runnable's chunks; once the input verdict is back blocking, the next read raises (and closes it)."""
+    try:
+        for chunk in upstream:
+            if not pending.passed and pending.done():
+                pending.wait()
+            yield chunk
+    finally:
+        close = getattr(upstream, "close", None)
+        if close is not None:
+            close()
+
+
+async def auntil_blocked(upstream: AsyncIterator[Any], pending: PendingCheck) -> AsyncIterator[Any]:
+    """Async twin: each read races the pending verdict, so a blocking one cancels the read in flight."""
+    reader = upstream.__aiter__()
+    try:
+        while True:
+            try:
+                if pending.passed:
+                    chunk = await reader.__anext__()
+                else:
+                    chunk = await pending.guard(reader.__anext__(), wait=False)
+            except StopAsyncIteration:
+                return
+            yield chunk
+    finally:
+        aclose = getattr(reader, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def after_verdict(output: Iterator[Any], pending: PendingCheck) -> Iterator[Any]:
+    """Pass ``output`` on only once the input is allowed (an empty answer still waits for it)."""
+    try:
+        for chunk in output:
+            if not pending.passed:
+                pending.wait()
+            yield chunk
+        if not pending.passed:
+            pending.wait()
+    except Exception as error:
+        input_first(pending, error)
+        raise
+    finally:
+        close = getattr(output, "close", None)
+        if close is not None:
+            close()
+
+
+async def aafter_verdict(output: AsyncIterator[Any], pending: PendingCheck) -> AsyncIterator[Any]:
+    """Async twin of `after_verdict`."""
+    try:
+        async for chunk in output:
+            if not pending.passed:
+                await pending.wait_async()
+            yield chunk
+        if not pending.passed:
+            await pending.wait_async()
+    except Exception as error:
+        await ainput_first(pending, error)
+        raise
+    finally:
+        aclose = getattr(output, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        if not pending.done():
+            pending.cancel()  # the consumer stopped reading before the verdict: nobody needs it
