@@ -49,7 +49,7 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse, hook_config
-from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, RemoveMessage, ToolMessage
 from langchain_core.runnables import Runnable
 from langgraph.runtime import Runtime
 from langgraph.types import Command
@@ -108,6 +108,22 @@ def _screened(message: BaseMessage) -> bool:
     """True for messages this middleware wrote: they are not screened again."""
     meta = getattr(message, "response_metadata", None) or {}
     return isinstance(meta, dict) and isinstance(meta.get(METADATA_KEY), dict)
+
+
+def _model_answer(messages: Sequence[BaseMessage]) -> tuple[int, list[ToolMessage]] | None:
+    """What the model node just added, as ``after_model`` sees it: the index of its answer, the last
+    message, or of the answer followed by the tool messages the node added for its tool calls
+    (``create_agent``'s structured output with ``ToolStrategy``: "Returning structured response: ...", or
+    a parse error to retry on); and those tool messages."""
+    index = len(messages) - 1
+    while index >= 0 and isinstance(messages[index], ToolMessage):
+        index -= 1
+    answer = messages[index] if index >= 0 else None
+    if not isinstance(answer, AIMessage):
+        return None
+    trailing = [m for m in messages[index + 1 :] if isinstance(m, ToolMessage)]  # all of them, by the loop
+    ids = {call.get("id") for call in answer.tool_calls}
+    return (index, trailing) if all(t.tool_call_id in ids for t in trailing) else None
 
 
 def _after_last_ai(messages: Sequence[BaseMessage]) -> int:
@@ -214,12 +230,13 @@ class GuardMiddleware(AgentMiddleware):
 
     def _output_items(self, state: AgentState) -> list[Item]:
         messages = list(state.get("messages") or ())
-        if not messages or not isinstance(messages[-1], AIMessage) or _screened(messages[-1]):
+        answer = _model_answer(messages)
+        if answer is None or _screened(last := messages[answer[0]]):
             return []  # the model node's own output: a message this middleware wrote is not judged again
-        last = messages[-1]
+        assert isinstance(last, AIMessage)
         return output_items(
             last,
-            messages[:-1],
+            messages[: answer[0]],
             self.history_turns,
             text=self.check_output and not self._was_judged(last.id),
             tool_calls=self.check_tool_calls,
@@ -303,11 +320,21 @@ class GuardMiddleware(AgentMiddleware):
         decision = blocked[0][1]
         if self.exit_behavior == "error":
             enforce(decision)
-        # Same id: add_messages replaces the unsafe answer (and its tool calls) instead of appending.
-        replacement = self._refusal(decision, replaces=state["messages"][-1])
-        if self.exit_behavior == "end":
-            return {"messages": [replacement], "jump_to": "end"}
-        return {"messages": [replacement]}  # no tool calls left: the agent finishes with it
+        messages = list(state["messages"])
+        index, trailing = _model_answer(messages) or (len(messages) - 1, [])
+        answer = messages[index]
+        # Same id: add_messages replaces the unsafe answer (and its tool calls) instead of appending; the
+        # tool messages the model node added for them (a structured response's) are removed.
+        update: dict[str, Any] = {
+            "messages": [self._refusal(decision, replaces=answer), *(RemoveMessage(id=t.id) for t in trailing if t.id)]
+        }
+        structured = state.get("structured_response") is not None
+        if structured:
+            update["structured_response"] = None  # the parsed answer is what the app reads: it goes too
+        if self.exit_behavior == "end" or structured or trailing:
+            # "replace" too: with the structured response gone, create_agent would ask the model again.
+            update["jump_to"] = "end"
+        return update  # "replace", no tool calls left: the agent finishes with the refusal
 
     # -- node hooks ---------------------------------------------------------------------------
     @hook_config(can_jump_to=["end"])
