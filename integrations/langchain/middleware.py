@@ -5,10 +5,15 @@ Where it looks (every step is one batched guard call):
 - ``before_model``: what is new since the model's last turn — the user's input (prompt check, with
   the earlier turns as context) and tool results (untrusted content: injected instructions show up
   as Jailbreak). Runs before the model sees them.
-- ``after_model``: the model's answer — its text (response check) and every tool call it asks for
-  (``Tool call: name({...})`` as the assistant's action). Runs before any tool executes.
+- ``wrap_model_call``: the model's answer, as the call's outcome — its text (response check; held
+  and judged as it streams, see below) and every tool call it asks for (``Tool call: name({...})`` as
+  the assistant's action). Before any ``after_model`` hook sees it: hooks run in the reverse order of
+  the list, so another middleware's (``HumanInTheLoopMiddleware``'s review, a logger) would otherwise
+  come first. A blocked answer never reaches the state, nor its structured response.
+- ``after_model``: the same again for an answer that did not come through this middleware's model
+  call (a middleware listed before it answered from a cache); verdicts already given are cached.
 - ``wrap_tool_call``: the tool call again right before ``handler`` (the last line of defence; the
-  verdict is cached from ``after_model``), and the tool's result right after it.
+  verdict is cached), and the tool's result right after it.
 
 What a violation does (``exit_behavior``):
 
@@ -29,7 +34,7 @@ sentence (or, with a Stream model, each token) beside the generation and release
 is in. Streamed tool calls are held until the calls are judged. A violation mid-stream stops the
 model; what the consumer already has is the judged-safe prefix, and the policy action follows
 ``exit_behavior`` (the answer becomes ``violation_message``, or `GuardViolation` is raised). Without
-anyone streaming (``invoke``), the answer is judged whole in ``after_model``.
+anyone streaming (``invoke``), the answer is judged whole when the model call returns.
 
 Parallel input screening is deliberately not done here (``Guard.parallel_input`` is ignored): the
 input is judged in ``before_model``, its own graph node, so a blocked turn is redacted from the
@@ -124,6 +129,13 @@ def _model_answer(messages: Sequence[BaseMessage]) -> tuple[int, list[ToolMessag
     trailing = [m for m in messages[index + 1 :] if isinstance(m, ToolMessage)]  # all of them, by the loop
     ids = {call.get("id") for call in answer.tool_calls}
     return (index, trailing) if all(t.tool_call_id in ids for t in trailing) else None
+
+
+def _answer_of(response: Any) -> AIMessage | None:
+    """The answer in a model call's response (a `ModelResponse`'s first AI message)."""
+    if not isinstance(response, ModelResponse):
+        return None
+    return next((m for m in response.result if isinstance(m, AIMessage)), None)
 
 
 def _after_last_ai(messages: Sequence[BaseMessage]) -> int:
@@ -442,15 +454,46 @@ class GuardMiddleware(AgentMiddleware):
         finally:
             HELD_CALL.reset(scope)
 
+    def _answer_items(self, request: ModelRequest, response: Any, ledger: StreamLedger | None) -> list[Item]:
+        """The model call's answer, judged as the call's outcome, before any ``after_model`` hook sees it
+        (``HumanInTheLoopMiddleware`` shows its tool calls to a reviewer; a logger stores them): its text
+        unless its stream was judged, and its tool calls."""
+        answer = _answer_of(response)
+        if answer is None or _screened(answer):
+            return []
+        streamed = ledger is not None and answer.id is not None and answer.id in ledger.judged_ids
+        return output_items(
+            answer,
+            list(request.messages),
+            self.history_turns,
+            text=self.check_output and not streamed,
+            tool_calls=self.check_tool_calls,
+        )
+
+    def _on_answer(self, response: Any, items: list[Item], decisions: list[Decision]) -> Any:
+        blocked = blocked_pairs(items, decisions)
+        if not blocked:
+            if isinstance(response, ModelResponse):
+                self._remember_judged(response)  # after_model does not judge its text again
+            return response
+        decision = blocked[0][1]
+        if self.exit_behavior == "error":
+            enforce(decision)
+        # The answer never reaches the state (nor its structured response): the refusal takes its place,
+        # with its id (as after_model replaces an answer).
+        return ModelResponse(result=[self._refusal(decision, replaces=_answer_of(response))])
+
     def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]) -> Any:
         held, ledger = self._held_request(request)
         try:
             with self._held_scope(ledger):
-                return self._answered(handler(held), ledger)
+                response = self._answered(handler(held), ledger)
         except (GuardViolation, GuardUnavailable) as error:
             if ledger is None:
                 raise
             return self._stream_stopped(error)
+        items = self._answer_items(request, response, ledger)
+        return self._on_answer(response, items, screen(self.guard, items)) if items else response
 
     async def awrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
@@ -458,11 +501,13 @@ class GuardMiddleware(AgentMiddleware):
         held, ledger = self._held_request(request)
         try:
             with self._held_scope(ledger):
-                return self._answered(await handler(held), ledger)
+                response = self._answered(await handler(held), ledger)
         except (GuardViolation, GuardUnavailable) as error:
             if ledger is None:
                 raise
             return self._stream_stopped(error)
+        items = self._answer_items(request, response, ledger)
+        return self._on_answer(response, items, await ascreen(self.guard, items)) if items else response
 
     # -- tool calls -----------------------------------------------------------------------------
     def wrap_tool_call(self, request: Any, handler: Callable[[Any], ToolMessage | Command]) -> ToolMessage | Command:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from langchain.agents import create_agent
+from langchain.agents.middleware import AgentMiddleware, ModelResponse
 from langchain.agents.structured_output import ProviderStrategy, ToolStrategy
 from langchain_core.messages import AIMessage, AIMessageChunk, ToolMessage
 from langchain_core.tools import tool
@@ -128,3 +129,47 @@ def test_a_streamed_unsafe_structured_response_is_held_and_not_returned(guard, s
     assert streamed == ""  # not one character of the model's answer (text or tool-call arguments) went out
     assert final is not None and final.get("structured_response") is None
     assert _clause_words(_everything(final)) == []
+
+
+class CannedAnswer(AgentMiddleware):
+    """A middleware that answers from a store instead of calling the model (a response cache): listed before
+    `GuardMiddleware`, its answer never passes through the guard's model call, only its ``after_model``."""
+
+    def __init__(self, body: str) -> None:
+        super().__init__()
+        self.email = Email(to="a@example.com", body=body)
+
+    def _answer(self) -> ModelResponse:
+        call = {"name": "Email", "args": self.email.model_dump(), "id": "cached_call", "type": "tool_call"}
+        return ModelResponse(
+            result=[
+                AIMessage("", tool_calls=[call]),
+                ToolMessage(f"Returning structured response: {self.email}", tool_call_id="cached_call", name="Email"),
+            ],
+            structured_response=self.email,
+        )
+
+    def wrap_model_call(self, request: Any, handler: Any) -> ModelResponse:
+        return self._answer()
+
+    async def awrap_model_call(self, request: Any, handler: Any) -> ModelResponse:
+        return self._answer()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("exit_behavior", ["end", "replace"])
+def test_a_structured_response_that_bypassed_the_model_call_is_judged_after_it(guard, mode, exit_behavior):
+    """``after_model`` is the backstop: the answer before the tool message the agent added is judged, and a
+    blocked one clears the structured response (before: the last message, a tool message, was not judged)."""
+    with scripted_openai(_reply("ToolStrategy", SAFE_BODY)) as url:
+        agent = create_agent(
+            chat(url),
+            [],
+            middleware=[CannedAnswer(UNSAFE_CLAUSE), GuardMiddleware(guard, exit_behavior=exit_behavior)],
+            response_format=ToolStrategy(Email),
+        )
+        result = _invoke(agent, mode)
+        assert url.requests == []  # the canned answer: the model was never asked
+    assert result.get("structured_response") is None
+    assert _clause_words(_everything(result)) == []
+    assert not any(isinstance(m, ToolMessage) for m in result["messages"])

@@ -1,0 +1,116 @@
+"""`GuardMiddleware` judges the model call's answer as the call's outcome, before any ``after_model`` hook of
+another middleware sees it. ``after_model`` hooks run in the reverse order of the list, so with
+``middleware=[GuardMiddleware(guard), other]`` the other one's hook ran first, on an answer nobody had
+judged yet when it was not streamed (``invoke``): `HumanInTheLoopMiddleware` put an unsafe tool call in
+front of the human reviewer. `ChatOpenAI` against the scripted server; the demo guard judges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from langchain.agents import create_agent
+from langchain.agents.middleware import AgentMiddleware, HumanInTheLoopMiddleware
+from langchain_core.messages import AIMessage
+from langchain_core.tools import tool
+from langgraph.checkpoint.memory import InMemorySaver
+from lc_fakes import SAFE_QUESTION, UNSAFE_CLAUSE
+from qwenguard.core import GuardViolation
+from qwenguard.integrations.langchain import GuardMiddleware
+from scripted_openai import Reply, ToolCall, scripted_openai
+from test_openai_paths import EMAIL_ARGS, MODES, chat
+
+SAFE_ARGS = '{"to": "friend@example.com", "body": "See you at noon."}'
+CLAUSE_WORDS = ("ammonium", "nitrate", "fuel", "pipe", "fuse")
+
+
+def _clause_words(text: str) -> list[str]:
+    return [word for word in CLAUSE_WORDS if word in text]
+
+
+def _email_reply(arguments: str) -> Reply:
+    return Reply.words("Let me send that.", tool_calls=[ToolCall("send_email", arguments, id="c1", fragments=4)])
+
+
+class Outbox:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+        @tool
+        def send_email(to: str, body: str) -> str:
+            """Send an e-mail."""
+            self.sent.append(body)
+            return "sent"
+
+        self.tool = send_email
+
+
+class SeenAfterModel(AgentMiddleware):
+    """A middleware whose ``after_model`` records the answer it sees (a logger, an audit trail)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def after_model(self, state: Any, runtime: Any) -> None:
+        last = state["messages"][-1]
+        self.seen.append(last.text + "".join(str(call["args"]) for call in getattr(last, "tool_calls", ())))
+
+    async def aafter_model(self, state: Any, runtime: Any) -> None:
+        self.after_model(state, runtime)
+
+
+def _run(agent: Any, mode: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    inputs = {"messages": [{"role": "user", "content": SAFE_QUESTION}]}
+    return agent.invoke(inputs, config) if mode == "sync" else asyncio.run(agent.ainvoke(inputs, config))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("guard_listed", ["first", "last"])
+def test_a_human_reviewer_never_sees_an_unsafe_tool_call(guard, mode, guard_listed):
+    outbox = Outbox()
+    review = HumanInTheLoopMiddleware(interrupt_on={"send_email": True})
+    middleware = [GuardMiddleware(guard), review] if guard_listed == "first" else [review, GuardMiddleware(guard)]
+    with scripted_openai(_email_reply(EMAIL_ARGS)) as url:
+        agent = create_agent(chat(url), [outbox.tool], middleware=middleware, checkpointer=InMemorySaver())
+        result = _run(agent, mode, {"configurable": {"thread_id": "review"}})
+    assert "__interrupt__" not in result  # nothing to review: the call was blocked first
+    assert _clause_words(repr(result)) == []  # nothing of the clause anywhere in what the app gets back
+    assert outbox.sent == []
+    last = result["messages"][-1]
+    assert isinstance(last, AIMessage) and "blocked by the safety guard" in last.text
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_safe_tool_call_still_goes_to_the_reviewer(guard, mode):
+    outbox = Outbox()
+    review = HumanInTheLoopMiddleware(interrupt_on={"send_email": True})
+    with scripted_openai(_email_reply(SAFE_ARGS)) as url:
+        agent = create_agent(
+            chat(url), [outbox.tool], middleware=[GuardMiddleware(guard), review], checkpointer=InMemorySaver()
+        )
+        result = _run(agent, mode, {"configurable": {"thread_id": "review"}})
+    (interrupt,) = result["__interrupt__"]
+    (request,) = interrupt.value["action_requests"]
+    assert request["name"] == "send_email" and request["args"]["body"] == "See you at noon."
+    assert outbox.sent == []  # waiting for the reviewer
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("exit_behavior", ["end", "replace", "error"])
+@pytest.mark.parametrize("answer", ["text", "tool call"])
+def test_an_after_model_hook_listed_after_the_guard_sees_only_judged_answers(guard, mode, exit_behavior, answer):
+    seen = SeenAfterModel()
+    reply = _email_reply(EMAIL_ARGS) if answer == "tool call" else Reply.words(f"Sure. {UNSAFE_CLAUSE}")
+    with scripted_openai(reply) as url:
+        agent = create_agent(
+            chat(url), [Outbox().tool], middleware=[GuardMiddleware(guard, exit_behavior=exit_behavior), seen]
+        )
+        if exit_behavior == "error":
+            with pytest.raises(GuardViolation):
+                _run(agent, mode)
+        else:
+            _run(agent, mode)
+    assert _clause_words("".join(seen.seen)) == []  # the hook never saw the unsafe answer
