@@ -244,18 +244,22 @@ def agent(callback_engine: str | None = None) -> sk.Build:
     return build
 
 
-def graph_node(step: str = "GuardedChatModel", **options: Any) -> sk.Build:
+def graph_node(step: str = "GuardedChatModel", callback: bool = False, **options: Any) -> sk.Build:
     """A hand-built LangGraph graph whose one node calls the model, streamed with stream_mode="messages":
     ``GuardedChatModel`` (the model wrapped; ``options`` go to it) or ``guard_output`` (a step after the
-    model in the node, which LangGraph's message stream goes around)."""
+    model in the node, which LangGraph's message stream goes around); ``callback``: a GuardCallbackHandler
+    on the same guard in the run's config too."""
 
     def build(url: str, judge: GuardJudge | None) -> Consume:
         from langgraph.graph import END, START, MessagesState, StateGraph
-        from qwenguard.integrations.langchain import GuardedChatModel, guard_output
+        from qwenguard.integrations.langchain import GuardCallbackHandler, GuardedChatModel, guard_output
 
         model: Any = _chat_openai(url)
+        callbacks: list[Any] = []
         if judge is not None:
             guard = judge.guard()
+            if callback:
+                callbacks.append(GuardCallbackHandler(guard))
             if step == "GuardedChatModel":
                 model = GuardedChatModel(model, guard, **options)
             else:
@@ -271,7 +275,8 @@ def graph_node(step: str = "GuardedChatModel", **options: Any) -> sk.Build:
         app = graph.compile()
 
         def consume(c: sk.Consumer) -> None:
-            for message, _meta in app.stream({"messages": list(MESSAGES)}, stream_mode="messages"):
+            config: Any = {"callbacks": callbacks}
+            for message, _meta in app.stream({"messages": list(MESSAGES)}, config, stream_mode="messages"):
                 if type(message).__name__ == "AIMessageChunk":
                     c.receive(_text(message))
 
@@ -414,6 +419,7 @@ PATHS = [
         "graph",
         note="parallel_input=True (input check beside the model)",
     ),
+    Path_("graph GuardedChatModel+callback", graph_node(callback=True), "graph", note="a callback on the same guard"),
     Path_("graph guard_output", graph_node("guard_output"), "graph", note="model | guard_output in the node"),
     Path_("core StreamMonitor hb8", core_monitor(8), "openai-sync", stream_model=True, note="default"),
     Path_(

@@ -33,7 +33,17 @@ from ._messages import DEFAULT_HISTORY_TURNS, Item, answer_text, output_items
 from ._screening import ascreen, raise_first, screen
 from ._streaming import DEFAULT_WINDOW_CHARS, Engine, MonitorScreen, Screen, open_screen
 
-__all__ = ["HeldStream", "HeldCall", "HELD_CALL", "HELD_LLM_TYPE_PREFIX", "chunk_text", "as_message"]
+__all__ = [
+    "HeldStream",
+    "HeldCall",
+    "HELD_CALL",
+    "HELD_LLM_TYPE_PREFIX",
+    "GUARD_PARAM",
+    "TOOL_CALLS_PARAM",
+    "guard_token",
+    "chunk_text",
+    "as_message",
+]
 
 #: How `HeldBackChatModel` (``_held_model.py``) names its ``_llm_type``: what a callback sees of its run.
 HELD_LLM_TYPE_PREFIX = "qwenguard-held-"
@@ -52,6 +62,18 @@ class HeldCall:
 #: handler on the same guard does not judge that call's stream again: the same guard, with the same policy,
 #: judged each chunk before anyone saw it (and every chunk twice doubled the guard's work per token).
 HELD_CALL: ContextVar[HeldCall | None] = ContextVar("qwenguard_held_call", default=None)
+
+
+#: The invocation parameters by which a `GuardedChatModel` run names the guard that judged its stream
+#: (`guard_token`) and whether its tool calls were held: a callback handler on the same guard reads them
+#: (``invocation_params`` of ``on_chat_model_start``) and does not judge that run's stream again.
+GUARD_PARAM = "qwenguard_guard"
+TOOL_CALLS_PARAM = "qwenguard_tool_calls"
+
+
+def guard_token(guard: Guard) -> str:
+    """A name for this guard object while it lives (its ``id``): no secret, not stable across processes."""
+    return f"guard-{id(guard):x}"
 
 
 def chunk_text(chunk: Any) -> str:

@@ -31,9 +31,11 @@ not answer and the policy fails closed):
 - ``on_retriever_end`` — retrieved documents (a callback cannot drop documents: use
   `GuardDocumentCompressor` / `GuardedRetriever` to filter instead of abort).
 
-Beside a `GuardMiddleware` on the same `Guard`, the model call the middleware holds is not judged again
-here (its stream and its answer: the same guard judged them before release; see `_note_held`); its input and
-its tool calls at ``on_llm_end`` still are, and so is every other run.
+Beside a `GuardMiddleware` or a `GuardedChatModel` on the same `Guard`, the model call they hold is not
+judged again here (its stream and its answer: the same guard judged them before release; see `_note_held`);
+its input and its tool calls at ``on_llm_end`` still are (verdicts the guard has cached), and so is every
+other run: tool results at ``on_tool_end`` above all, which a hand-built graph streams before the model reads
+them.
 
 One handler serves any number of concurrent runs: state is keyed by ``run_id`` and dropped when the
 run ends or fails.
@@ -74,7 +76,7 @@ from qwenguard.core.formats.conversations import tool_call_conversation, untrust
 from qwenguard.core.streaming.parallel import PendingCheck
 
 from ._feed import StreamFeed
-from ._holding import HELD_CALL, HELD_LLM_TYPE_PREFIX, HeldCall
+from ._holding import GUARD_PARAM, HELD_CALL, HELD_LLM_TYPE_PREFIX, TOOL_CALLS_PARAM, HeldCall, guard_token
 from ._logs import quiet_guard_stops
 from ._messages import (
     DEFAULT_HISTORY_TURNS,
@@ -266,14 +268,18 @@ class _GuardHandlerLogic:
 
     # -- what to check (pure) -------------------------------------------------------------------
     def _note_held(self, run_id: UUID, kwargs: Mapping[str, Any]) -> None:
-        """This run is the model call a `GuardMiddleware` on this same guard holds (the middleware's scope
-        is set, and the run is its wrapper, by the model type it reports): its stream is judged there,
-        chunk by chunk before release, and is not judged again here. A callback on another guard (another
-        policy) judges it as any stream, and so does this one for any other model run in that scope."""
+        """This run is a model call held on this same guard: a `GuardedChatModel` that names this guard in
+        its invocation parameters, or the call a `GuardMiddleware` holds (the middleware's scope is set,
+        and the run is its wrapper, by the model type it reports). Its stream is judged there, chunk by
+        chunk before release, and is not judged again here. A callback on another guard (another policy)
+        judges it as any stream, and so does this one for any other model run."""
+        params = kwargs.get("invocation_params") or {}
+        if params.get(GUARD_PARAM) == guard_token(self.guard):
+            self._run(run_id).held = HeldCall(self.guard, bool(params.get(TOOL_CALLS_PARAM)))
+            return
         held = HELD_CALL.get()
         if held is None or held.guard is not self.guard:
             return
-        params = kwargs.get("invocation_params") or {}
         if str(params.get("_type", "")).startswith(HELD_LLM_TYPE_PREFIX):
             self._run(run_id).held = held
 

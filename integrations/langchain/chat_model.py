@@ -32,6 +32,7 @@ from qwenguard.core.streaming.gen_windows import RELEASE_UNITS
 from qwenguard.core.streaming.parallel import PendingCheck
 
 from ._held_model import HeldBackChatModel
+from ._holding import GUARD_PARAM, TOOL_CALLS_PARAM, guard_token
 from ._messages import DEFAULT_HISTORY_TURNS, Item, guard_history, input_items, output_items
 from ._screening import ascreen, raise_first, require_guard, screen
 
@@ -87,6 +88,12 @@ class GuardedChatModel(HeldBackChatModel):
             parallel_input=parallel_input,
             **kwargs,
         )
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        # Reported in every callback's ``invocation_params``: a `GuardCallbackHandler` on the same guard
+        # leaves this run's stream to it (each chunk was judged before release), see `_holding.GUARD_PARAM`.
+        return {GUARD_PARAM: guard_token(self.guard), TOOL_CALLS_PARAM: self.check_tool_calls}
 
     # -- what to check (pure) ---------------------------------------------------------------------
     def _input_items(self, messages: list[BaseMessage]) -> list[Item]:

@@ -15,10 +15,17 @@ from langchain_core.messages import HumanMessage
 from langchain_core.tools import tool
 from langgraph.constants import TAG_NOSTREAM
 from langgraph.graph import END, START, MessagesState, StateGraph
-from lc_fakes import INJECTION, SAFE_ANSWER, SAFE_QUESTION, UNSAFE_CLAUSE, UNSAFE_PROMPT
+from lc_fakes import INJECTION, SAFE_ANSWER, SAFE_QUESTION, UNSAFE_CLAUSE, UNSAFE_PROMPT, RecordingBackend
 from pydantic import BaseModel
 from qwenguard.core import Guard, GuardViolation, Stage
-from qwenguard.integrations.langchain import GuardedChatModel, GuardRunnable, _held_model, guard_output
+from qwenguard.integrations.langchain import (
+    AsyncGuardCallbackHandler,
+    GuardCallbackHandler,
+    GuardedChatModel,
+    GuardRunnable,
+    _held_model,
+    guard_output,
+)
 from scripted_openai import Reply, ToolCall, scripted_openai
 from test_openai_paths import EMAIL_ARGS, MODES, REPLY, args_of, chat, exposure, text_of
 
@@ -298,3 +305,123 @@ def test_guarded_chat_model_screens_a_tool_result_before_the_model_reads_it(guar
             GuardedChatModel(chat(url), guard).invoke(messages)
         assert url.requests == []
     assert "Jailbreak" in stop.value.decision.describe()
+
+
+# -- a callback handler beside it -----------------------------------------------------------------------
+LONG_SAFE_ANSWER = " ".join([SAFE_ANSWER] * 12)
+
+
+def _judged_answers(backend: RecordingBackend) -> int:
+    """Checks of assistant text (stream windows, answers) the backend was asked for."""
+    return sum(1 for conversation in backend.conversations if conversation[-1]["role"] == "assistant")
+
+
+def _streamed_with(mode: str, graph: Any, handler: Any) -> tuple[list[Any], Exception | None]:
+    inputs = {"messages": [HumanMessage(SAFE_QUESTION)]}
+    config = {"callbacks": [handler]}
+    items: list[Any] = []
+
+    async def drain() -> None:
+        async for message, _meta in graph.astream(inputs, config, stream_mode="messages"):
+            items.append(message)
+
+    try:
+        if mode == "sync":
+            items.extend(message for message, _meta in graph.stream(inputs, config, stream_mode="messages"))
+        else:
+            asyncio.run(drain())
+    except GuardViolation as error:
+        return items, error
+    return items, None
+
+
+def _handler(mode: str, guard: Guard) -> Any:
+    return (GuardCallbackHandler if mode == "sync" else AsyncGuardCallbackHandler)(guard)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_callback_on_the_same_guard_does_not_judge_its_stream_again(guard, mode, monkeypatch):
+    """Each released chunk was judged before release by the same guard; a callback handler on that guard
+    used to judge them again, one check per chunk (12 answer checks alone, 83–84 with the callback, here)."""
+    from test_middleware import _count_stream_screens
+
+    opened = _count_stream_screens(monkeypatch)
+    counts = {}
+    for setting in ("alone", "with the callback"):
+        backend = RecordingBackend(guard.backend)
+        judge = Guard(backend, guard.policy, cache_size=0)
+        with scripted_openai(LONG_SAFE_ANSWER) as url:
+            graph = _graph(GuardedChatModel(chat(url), judge), mode == "async")
+            if setting == "alone":
+                items, error = _streamed(mode, graph)
+            else:
+                handler = _handler(mode, judge)
+                items, error = _streamed_with(mode, graph, handler)
+                assert handler.active_runs == 0
+        assert error is None and text_of(items) == LONG_SAFE_ANSWER
+        counts[setting] = _judged_answers(backend)
+    assert opened == []  # the callback opened no stream screen for the held run
+    assert counts["with the callback"] <= counts["alone"] + 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_callback_on_another_guard_still_judges_its_stream(guard, mode):
+    backend = RecordingBackend(guard.backend)
+    handler = _handler(mode, Guard(backend, guard.policy, cache_size=0))
+    with scripted_openai(LONG_SAFE_ANSWER) as url:
+        items, error = _streamed_with(mode, _graph(GuardedChatModel(chat(url), guard), mode == "async"), handler)
+    assert error is None and text_of(items) == LONG_SAFE_ANSWER
+    assert _judged_answers(backend) >= 5  # another policy judges the stream as any
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_with_a_callback_on_the_same_guard_no_character_of_the_clause_goes_out(guard, mode):
+    with scripted_openai(REPLY) as url:
+        graph = _graph(GuardedChatModel(chat(url), guard), mode == "async")
+        items, error = _streamed_with(mode, graph, _handler(mode, guard))
+    assert isinstance(error, GuardViolation)
+    assert exposure(text_of(items)) == 0 and text_of(items).startswith(SAFE_ANSWER)
+
+
+def _tool_graph(model: Any, tools: list[Any]) -> Any:
+    """LangGraph's own agent loop, by hand: a model node, a ToolNode, ``tools_condition`` between them."""
+    from langgraph.prebuilt import ToolNode, tools_condition
+
+    def agent(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [model.invoke(state["messages"])]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("agent", agent)
+    graph.add_node("tools", ToolNode(tools))
+    graph.add_edge(START, "agent")
+    graph.add_conditional_edges("agent", tools_condition)
+    graph.add_edge("tools", "agent")
+    return graph.compile()
+
+
+@pytest.mark.parametrize("with_callback", [False, True], ids=["GuardedChatModel alone", "with the callback"])
+def test_a_tool_result_in_a_hand_built_graph_is_stopped_before_it_streams_only_with_the_callback(guard, with_callback):
+    """The model judges a tool result before it reads it, but a ToolNode's message streams to
+    ``stream_mode="messages"`` as soon as the tool returns: the callback handler (``on_tool_end``) stops
+    it before. Pinned both ways, as docs/langchain.md says."""
+    from langchain_core.messages import ToolMessage
+
+    @tool
+    def search(q: str) -> str:
+        """Search the web."""
+        return INJECTION
+
+    script = [
+        Reply.words("Let me search.", tool_calls=[ToolCall("search", json.dumps({"q": "France"}), id="c1")]),
+        Reply.words(SAFE_ANSWER),
+    ]
+    with scripted_openai(script) as url:
+        graph = _tool_graph(GuardedChatModel(chat(url), guard).bind_tools([search]), [search])
+        if with_callback:
+            items, error = _streamed_with("sync", graph, _handler("sync", guard))
+        else:
+            items, error = _streamed("sync", graph)
+        assert len(url.requests) == 1  # the model never read the result
+    assert isinstance(error, GuardViolation) and "Jailbreak" in error.decision.describe()
+    shown = [m.text for m in items if isinstance(m, ToolMessage)]
+    assert shown == ([] if with_callback else [INJECTION])
