@@ -114,3 +114,28 @@ def test_an_after_model_hook_listed_after_the_guard_sees_only_judged_answers(gua
         else:
             _run(agent, mode)
     assert _clause_words("".join(seen.seen)) == []  # the hook never saw the unsafe answer
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("stream_mode", ["updates", "values"])
+@pytest.mark.parametrize("answer", ["text", "tool call"])
+def test_an_unsafe_answer_never_reaches_an_updates_or_values_stream(guard, mode, stream_mode, answer):
+    """``stream_mode="updates"``/``"values"`` (no token streaming: the model is invoked) emit each node's
+    state update as it ends: before, the model node's update carried the unsafe answer to the consumer, and
+    only the next update (``after_model``) replaced it."""
+    reply = _email_reply(EMAIL_ARGS) if answer == "tool call" else Reply.words(f"Sure. {UNSAFE_CLAUSE}")
+    with scripted_openai(reply) as url:
+        agent = create_agent(chat(url), [Outbox().tool], middleware=[GuardMiddleware(guard)])
+        inputs = {"messages": [{"role": "user", "content": SAFE_QUESTION}]}
+        seen: list[str] = []
+
+        async def drain() -> None:
+            async for update in agent.astream(inputs, stream_mode=stream_mode):
+                seen.append(repr(update))
+
+        if mode == "sync":
+            seen.extend(repr(update) for update in agent.stream(inputs, stream_mode=stream_mode))
+        else:
+            asyncio.run(drain())
+    assert "blocked by the safety guard" in "\n".join(seen)  # the refusal came instead
+    assert _clause_words("\n".join(seen)) == []  # no update carried any of the clause
