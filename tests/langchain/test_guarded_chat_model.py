@@ -425,3 +425,48 @@ def test_a_tool_result_in_a_hand_built_graph_is_stopped_before_it_streams_only_w
     assert isinstance(error, GuardViolation) and "Jailbreak" in error.decision.describe()
     shown = [m.text for m in items if isinstance(m, ToolMessage)]
     assert shown == ([] if with_callback else [INJECTION])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_tool_node_with_the_middlewares_tool_wrapper_withholds_an_unsafe_result(guard, mode):
+    """``ToolNode(tools, wrap_tool_call=middleware.wrap_tool_call, awrap_tool_call=...)``: the result is judged
+    when the tool returns and, with ``exit_behavior="replace"``, withheld: the consumer and the model get a
+    notice instead, and the run goes on."""
+    from langchain.agents.middleware import AgentMiddleware
+    from langchain_core.messages import ToolMessage
+    from langgraph.prebuilt import ToolNode, tools_condition
+    from qwenguard.integrations.langchain import GuardMiddleware
+
+    @tool
+    def search(q: str) -> str:
+        """Search the web."""
+        return INJECTION
+
+    middleware: AgentMiddleware = GuardMiddleware(guard, exit_behavior="replace")
+    script = [
+        Reply.words("Let me search.", tool_calls=[ToolCall("search", json.dumps({"q": "France"}), id="c1")]),
+        Reply.words(SAFE_ANSWER),
+    ]
+    with scripted_openai(script) as url:
+        model = GuardedChatModel(chat(url), guard).bind_tools([search])
+
+        def agent(state: MessagesState) -> dict[str, Any]:
+            return {"messages": [model.invoke(state["messages"])]}
+
+        async def aagent(state: MessagesState) -> dict[str, Any]:
+            return {"messages": [await model.ainvoke(state["messages"])]}
+
+        tools = ToolNode([search], wrap_tool_call=middleware.wrap_tool_call, awrap_tool_call=middleware.awrap_tool_call)
+        graph = StateGraph(MessagesState)
+        graph.add_node("agent", agent if mode == "sync" else aagent)
+        graph.add_node("tools", tools)
+        graph.add_edge(START, "agent")
+        graph.add_conditional_edges("agent", tools_condition)
+        graph.add_edge("tools", "agent")
+        items, error = _streamed(mode, graph.compile())
+        second = json.dumps(url.requests[1].body["messages"])
+    assert error is None
+    shown = [m.text for m in items if isinstance(m, ToolMessage)]
+    assert len(shown) == 1 and "withheld by the safety guard" in shown[0]
+    assert "Ignore all previous" not in "".join(m.text for m in items) and "Ignore all previous" not in second
+    assert text_of(items).endswith(SAFE_ANSWER)  # the run went on to the answer
