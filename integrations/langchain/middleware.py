@@ -75,6 +75,7 @@ from ._messages import (
     tool_arguments,
 )
 from ._screening import METADATA_KEY, ascreen, blocked_pairs, require_guard, screen
+from ._stopped_calls import StoppedCalls
 
 __all__ = [
     "GuardMiddleware",
@@ -225,6 +226,7 @@ class GuardMiddleware(AgentMiddleware):
         # Answers whose text the held stream already judged: after_model judges only their tool calls.
         self._judged: OrderedDict[str, None] = OrderedDict()
         self._judged_lock = threading.Lock()
+        self._stopped = StoppedCalls()  # requests stopped here: a retry around this middleware gets the same stop
 
     # -- what to check (pure) -----------------------------------------------------------------
     def _input_items(self, state: AgentState) -> list[Item]:
@@ -484,58 +486,62 @@ class GuardMiddleware(AgentMiddleware):
         return ModelResponse(result=[self._refusal(decision, replaces=_answer_of(response))])
 
     def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]) -> Any:
-        held, ledger = self._held_request(request)
-        try:
-            with self._held_scope(ledger):
-                response = self._answered(handler(held), ledger)
-        except (GuardViolation, GuardUnavailable) as error:
-            if ledger is None:
-                raise
-            return self._stream_stopped(error)
-        items = self._answer_items(request, response, ledger)
-        return self._on_answer(response, items, screen(self.guard, items)) if items else response
+        with self._stopped.watching(request):
+            held, ledger = self._held_request(request)
+            try:
+                with self._held_scope(ledger):
+                    response = self._answered(handler(held), ledger)
+            except (GuardViolation, GuardUnavailable) as error:
+                if ledger is None:
+                    raise
+                return self._stream_stopped(error)
+            items = self._answer_items(request, response, ledger)
+            return self._on_answer(response, items, screen(self.guard, items)) if items else response
 
     async def awrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
     ) -> Any:
-        held, ledger = self._held_request(request)
-        try:
-            with self._held_scope(ledger):
-                response = self._answered(await handler(held), ledger)
-        except (GuardViolation, GuardUnavailable) as error:
-            if ledger is None:
-                raise
-            return self._stream_stopped(error)
-        items = self._answer_items(request, response, ledger)
-        return self._on_answer(response, items, await ascreen(self.guard, items)) if items else response
+        with self._stopped.watching(request):
+            held, ledger = self._held_request(request)
+            try:
+                with self._held_scope(ledger):
+                    response = self._answered(await handler(held), ledger)
+            except (GuardViolation, GuardUnavailable) as error:
+                if ledger is None:
+                    raise
+                return self._stream_stopped(error)
+            items = self._answer_items(request, response, ledger)
+            return self._on_answer(response, items, await ascreen(self.guard, items)) if items else response
 
     # -- tool calls -----------------------------------------------------------------------------
     def wrap_tool_call(self, request: Any, handler: Callable[[Any], ToolMessage | Command]) -> ToolMessage | Command:
-        item = self._call_item(request)
-        if item is not None:
-            decision = screen(self.guard, [item])[0]
-            if not decision.allowed:
-                return self._blocked_call(request, decision)  # handler never runs: the tool does not execute
-        result = handler(request)
-        item = self._result_item(request, result)
-        if item is not None:
-            decision = screen(self.guard, [item])[0]
-            if not decision.allowed:
-                return self._blocked_result(result, decision)  # type: ignore[arg-type]
-        return result
+        with self._stopped.watching(request):  # a retry around this middleware does not run the tool again
+            item = self._call_item(request)
+            if item is not None:
+                decision = screen(self.guard, [item])[0]
+                if not decision.allowed:
+                    return self._blocked_call(request, decision)  # handler never runs: the tool does not execute
+            result = handler(request)
+            item = self._result_item(request, result)
+            if item is not None:
+                decision = screen(self.guard, [item])[0]
+                if not decision.allowed:
+                    return self._blocked_result(result, decision)  # type: ignore[arg-type]
+            return result
 
     async def awrap_tool_call(
         self, request: Any, handler: Callable[[Any], Awaitable[ToolMessage | Command]]
     ) -> ToolMessage | Command:
-        item = self._call_item(request)
-        if item is not None:
-            decision = (await ascreen(self.guard, [item]))[0]
-            if not decision.allowed:
-                return self._blocked_call(request, decision)
-        result = await handler(request)
-        item = self._result_item(request, result)
-        if item is not None:
-            decision = (await ascreen(self.guard, [item]))[0]
-            if not decision.allowed:
-                return self._blocked_result(result, decision)  # type: ignore[arg-type]
-        return result
+        with self._stopped.watching(request):
+            item = self._call_item(request)
+            if item is not None:
+                decision = (await ascreen(self.guard, [item]))[0]
+                if not decision.allowed:
+                    return self._blocked_call(request, decision)
+            result = await handler(request)
+            item = self._result_item(request, result)
+            if item is not None:
+                decision = (await ascreen(self.guard, [item]))[0]
+                if not decision.allowed:
+                    return self._blocked_result(result, decision)  # type: ignore[arg-type]
+            return result
