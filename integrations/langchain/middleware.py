@@ -47,6 +47,7 @@ the config: it waits for the verdict at the first token and before any tool.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -130,6 +131,21 @@ def _model_answer(messages: Sequence[BaseMessage]) -> tuple[int, list[ToolMessag
     trailing = [m for m in messages[index + 1 :] if isinstance(m, ToolMessage)]  # all of them, by the loop
     ids = {call.get("id") for call in answer.tool_calls}
     return (index, trailing) if all(t.tool_call_id in ids for t in trailing) else None
+
+
+def _command_tool_messages(command: Any) -> list[ToolMessage]:
+    """The tool messages a tool's `Command` writes to the agent's state: ``update={"messages": [...]}`` (an
+    agent's `ToolNode` takes no other shape of update)."""
+    update = getattr(command, "update", None)
+    messages = update.get("messages") if isinstance(update, dict) else None
+    return [m for m in messages if isinstance(m, ToolMessage)] if isinstance(messages, (list, tuple)) else []
+
+
+def _command_with(command: Command, notices: dict[int, BaseMessage]) -> Command:
+    """``command`` with the tool messages in ``notices`` (by identity) replaced; the rest of it unchanged."""
+    update = dict(command.update or {})  # a dict with a list of messages: `_command_tool_messages` found them there
+    update["messages"] = [notices.get(id(m), m) for m in update["messages"]]
+    return dataclasses.replace(command, update=update)
 
 
 def _answer_of(response: Any) -> AIMessage | None:
@@ -394,18 +410,29 @@ class GuardMiddleware(AgentMiddleware):
             response_metadata={METADATA_KEY: decision.to_dict()},
         )
 
-    def _result_item(self, request: Any, result: ToolMessage | Command) -> Item | None:
-        if not self.check_tool_results or not isinstance(result, ToolMessage):
-            return None
-        text = message_text(result)
-        if not text.strip():
-            return None
-        return Item(Stage.TOOL_RESULT, untrusted_conversation(text, "tool output"), result)
+    def _result_items(self, result: ToolMessage | Command) -> list[Item]:
+        """The tool's result: its `ToolMessage`, or the tool messages a `Command` it returned writes to the
+        state (a tool that updates the state, a handoff), each untrusted content."""
+        if not self.check_tool_results:
+            return []
+        items = []
+        for message in [result] if isinstance(result, ToolMessage) else _command_tool_messages(result):
+            text = message_text(message)
+            if text.strip():
+                items.append(Item(Stage.TOOL_RESULT, untrusted_conversation(text, "tool output"), message))
+        return items
 
-    def _blocked_result(self, result: ToolMessage, decision: Decision) -> ToolMessage:
+    def _withheld(self, result: ToolMessage | Command, items: list[Item], decisions: list[Decision]) -> Any:
+        """The result with every blocked tool message replaced by the notice (``"error"``: raised)."""
+        blocked = blocked_pairs(items, decisions)
+        if not blocked:
+            return result
         if self.exit_behavior == "error":
-            enforce(decision)
-        return self._redact_input(Item(Stage.TOOL_RESULT, [], result), decision)  # type: ignore[return-value]
+            enforce(blocked[0][1])
+        notices = {id(item.message): self._redact_input(item, decision) for item, decision in blocked}
+        if isinstance(result, ToolMessage):
+            return notices[id(result)]
+        return _command_with(result, notices)
 
     # -- the model call: hold-back streaming --------------------------------------------------------
     def _held_request(self, request: ModelRequest) -> tuple[ModelRequest, StreamLedger | None]:
@@ -522,12 +549,8 @@ class GuardMiddleware(AgentMiddleware):
                 if not decision.allowed:
                     return self._blocked_call(request, decision)  # handler never runs: the tool does not execute
             result = handler(request)
-            item = self._result_item(request, result)
-            if item is not None:
-                decision = screen(self.guard, [item])[0]
-                if not decision.allowed:
-                    return self._blocked_result(result, decision)  # type: ignore[arg-type]
-            return result
+            items = self._result_items(result)
+            return self._withheld(result, items, screen(self.guard, items)) if items else result
 
     async def awrap_tool_call(
         self, request: Any, handler: Callable[[Any], Awaitable[ToolMessage | Command]]
@@ -539,9 +562,5 @@ class GuardMiddleware(AgentMiddleware):
                 if not decision.allowed:
                     return self._blocked_call(request, decision)
             result = await handler(request)
-            item = self._result_item(request, result)
-            if item is not None:
-                decision = (await ascreen(self.guard, [item]))[0]
-                if not decision.allowed:
-                    return self._blocked_result(result, decision)  # type: ignore[arg-type]
-            return result
+            items = self._result_items(result)
+            return self._withheld(result, items, await ascreen(self.guard, items)) if items else result

@@ -1,0 +1,85 @@
+"""A tool that returns a LangGraph `Command` (it updates the state: a handoff, a tool that records what it
+found) carries its result as a `ToolMessage` inside ``update``. `GuardMiddleware.wrap_tool_call` judged only
+a plain `ToolMessage` result: a Command's went into the state and out to ``stream_mode="updates"``
+consumers unjudged (the model did not read it: ``before_model`` caught it there). `ChatOpenAI` against the
+scripted server; the demo guard judges.
+"""
+
+# No `from __future__ import annotations`: LangChain reads the tool's annotations (InjectedToolCallId).
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+import pytest
+from langchain.agents import create_agent
+from langchain_core.messages import ToolMessage
+from langchain_core.tools import InjectedToolCallId, tool
+from langgraph.types import Command
+from lc_fakes import INJECTION, SAFE_ANSWER, SAFE_QUESTION
+from qwenguard.core import GuardViolation
+from qwenguard.integrations.langchain import GuardMiddleware
+from scripted_openai import Reply, ToolCall, scripted_openai
+from test_openai_paths import MODES, chat
+
+SEARCH = [
+    Reply.words("Let me search.", tool_calls=[ToolCall("search", json.dumps({"q": "France"}), id="c1")]),
+    Reply.words(SAFE_ANSWER),
+]
+FOUND = "Paris is the capital of France."
+
+
+def _search(result: str) -> Any:
+    @tool
+    def search(q: str, tool_call_id: Annotated[str, InjectedToolCallId]) -> Command:
+        """Search the web."""
+        return Command(update={"messages": [ToolMessage(result, tool_call_id=tool_call_id)]})
+
+    return search
+
+
+def _updates(agent: Any, mode: str) -> tuple[list[str], Exception | None]:
+    inputs = {"messages": [{"role": "user", "content": SAFE_QUESTION}]}
+    seen: list[str] = []
+
+    async def drain() -> None:
+        async for update in agent.astream(inputs, stream_mode="updates"):
+            seen.append(repr(update))
+
+    try:
+        if mode == "sync":
+            seen.extend(repr(update) for update in agent.stream(inputs, stream_mode="updates"))
+        else:
+            asyncio.run(drain())
+    except GuardViolation as error:
+        return seen, error
+    return seen, None
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("exit_behavior", ["end", "replace", "error"])
+def test_an_unsafe_result_in_a_tools_command_is_withheld(guard, mode, exit_behavior):
+    with scripted_openai(SEARCH) as url:
+        agent = create_agent(
+            chat(url), [_search(INJECTION)], middleware=[GuardMiddleware(guard, exit_behavior=exit_behavior)]
+        )
+        seen, error = _updates(agent, mode)
+        read = [json.dumps(request.body["messages"]) for request in url.requests]
+    assert not any("Ignore all previous" in update for update in seen)  # no update carried the payload
+    assert not any("Ignore all previous" in body for body in read)  # nor did the model read it
+    if exit_behavior == "error":
+        assert isinstance(error, GuardViolation)
+    else:
+        assert error is None and any("withheld by the safety guard" in update for update in seen)
+        assert len(url.requests) == (1 if exit_behavior == "end" else 2)  # "end" ends the run there
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_safe_result_in_a_tools_command_passes_unchanged(guard, mode):
+    with scripted_openai(SEARCH) as url:
+        agent = create_agent(chat(url), [_search(FOUND)], middleware=[GuardMiddleware(guard)])
+        seen, error = _updates(agent, mode)
+        second = url.requests[1].body["messages"]
+    assert error is None
+    assert any(m.get("role") == "tool" and m.get("content") == FOUND for m in second)
+    assert SAFE_ANSWER in "".join(seen)
