@@ -52,6 +52,7 @@ __all__ = [
     "output_items",
     "prompt_items",
     "tool_arguments",
+    "command_tool_messages",
 ]
 
 #: How many earlier user/assistant text turns a check sees as context.
@@ -343,3 +344,11 @@ def _as_history(context: Sequence[Any], turns: int) -> list[dict[str, str]]:
     if context and isinstance(context[0], BaseMessage):
         return guard_history(context, turns)
     return [dict(m) for m in context][-turns:] if turns > 0 else []
+
+
+def command_tool_messages(command: Any) -> list[ToolMessage]:
+    """The tool messages a tool's LangGraph ``Command`` writes to the state: ``update={"messages": [...]}``
+    (an agent's `ToolNode` takes no other shape of update). Duck-typed: no langgraph import here."""
+    update = getattr(command, "update", None)
+    messages = update.get("messages") if isinstance(update, dict) else None
+    return [m for m in messages if isinstance(m, ToolMessage)] if isinstance(messages, (list, tuple)) else []

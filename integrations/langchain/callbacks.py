@@ -27,7 +27,8 @@ not answer and the policy fails closed):
   chunk. To hold text until it is judged, use `GuardMiddleware` (agents) or `guard_output` (chains).
 - ``on_llm_end`` — the whole answer when nothing streamed, and every tool call the answer asks for.
 - ``on_tool_start`` — the tool call (name + arguments) before the tool runs; ``on_tool_end`` — its
-  result (the tool has run; the result is stopped before anything reads it).
+  result, or the tool messages of a LangGraph ``Command`` it returned (the tool has run; the result is
+  stopped before anything reads it).
 - ``on_retriever_end`` — retrieved documents (a callback cannot drop documents: use
   `GuardDocumentCompressor` / `GuardedRetriever` to filter instead of abort).
 
@@ -81,6 +82,7 @@ from ._logs import quiet_guard_stops
 from ._messages import (
     DEFAULT_HISTORY_TURNS,
     Item,
+    command_tool_messages,
     guard_history,
     input_items,
     message_text,
@@ -380,15 +382,20 @@ class _GuardHandlerLogic:
         args: Mapping[str, Any] | str = inputs if inputs is not None else input_str
         return Item(Stage.TOOL_CALL, tool_call_conversation(run.tool, args, context), label=f"tool call {name}")
 
-    def _tool_end_item(self, output: Any, run_id: UUID) -> Item | None:
+    def _tool_end_items(self, output: Any, run_id: UUID) -> list[Item]:
+        """The tool's result: its text, or the tool messages of a LangGraph ``Command`` it returned (a tool
+        that updates the state writes its result there)."""
         run = self._drop(run_id)
         if not self.check_tool_results:
-            return None
-        text = message_text(output) if isinstance(output, (BaseMessage, str)) else _plain_text(output)
-        if not text or not text.strip():
-            return None
+            return []
+        outputs = command_tool_messages(output) or [output]
+        texts = [message_text(o) if isinstance(o, (BaseMessage, str)) else _plain_text(o) for o in outputs]
         name = run.tool if run and run.tool else "tool"
-        return Item(Stage.TOOL_RESULT, untrusted_conversation(text, "tool output"), label=f"tool result of {name}")
+        return [
+            Item(Stage.TOOL_RESULT, untrusted_conversation(text, "tool output"), label=f"tool result of {name}")
+            for text in texts
+            if text and text.strip()
+        ]
 
     def _retriever_end_items(self, documents: Sequence[Any], run_id: UUID) -> list[Item]:
         self._drop(run_id)
@@ -408,7 +415,7 @@ def _text_message(text: str) -> BaseMessage:
 
 
 def _plain_text(output: Any) -> str | None:
-    """Tool outputs that are not text (a `Command`, an object) are not judged as text."""
+    """Tool outputs that are not text (an object, a `Command` without tool messages) are not judged as text."""
     content = getattr(output, "content", None)
     if isinstance(content, (str, list)):
         return message_text(output)
@@ -502,9 +509,9 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
                 raise_first([item], screen(self.guard, [item]))
 
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        item = self._tool_end_item(output, run_id)
-        if item is not None:
-            raise_first([item], screen(self.guard, [item]))
+        items = self._tool_end_items(output, run_id)
+        if items:
+            raise_first(items, screen(self.guard, items))
 
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._drop(run_id)
@@ -631,9 +638,9 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
                 raise_first([item], await ascreen(self.guard, [item]))
 
     async def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        item = self._tool_end_item(output, run_id)
-        if item is not None:
-            raise_first([item], await ascreen(self.guard, [item]))
+        items = self._tool_end_items(output, run_id)
+        if items:
+            raise_first(items, await ascreen(self.guard, items))
 
     async def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._drop(run_id)

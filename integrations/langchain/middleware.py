@@ -69,6 +69,7 @@ from ._holding import HELD_CALL, HeldCall
 from ._messages import (
     DEFAULT_HISTORY_TURNS,
     Item,
+    command_tool_messages,
     guard_history,
     input_items,
     message_text,
@@ -133,17 +134,9 @@ def _model_answer(messages: Sequence[BaseMessage]) -> tuple[int, list[ToolMessag
     return (index, trailing) if all(t.tool_call_id in ids for t in trailing) else None
 
 
-def _command_tool_messages(command: Any) -> list[ToolMessage]:
-    """The tool messages a tool's `Command` writes to the agent's state: ``update={"messages": [...]}`` (an
-    agent's `ToolNode` takes no other shape of update)."""
-    update = getattr(command, "update", None)
-    messages = update.get("messages") if isinstance(update, dict) else None
-    return [m for m in messages if isinstance(m, ToolMessage)] if isinstance(messages, (list, tuple)) else []
-
-
 def _command_with(command: Command, notices: dict[int, BaseMessage]) -> Command:
     """``command`` with the tool messages in ``notices`` (by identity) replaced; the rest of it unchanged."""
-    update = dict(command.update or {})  # a dict with a list of messages: `_command_tool_messages` found them there
+    update = dict(command.update or {})  # a dict with a list of messages: `command_tool_messages` found them there
     update["messages"] = [notices.get(id(m), m) for m in update["messages"]]
     return dataclasses.replace(command, update=update)
 
@@ -416,7 +409,7 @@ class GuardMiddleware(AgentMiddleware):
         if not self.check_tool_results:
             return []
         items = []
-        for message in [result] if isinstance(result, ToolMessage) else _command_tool_messages(result):
+        for message in [result] if isinstance(result, ToolMessage) else command_tool_messages(result):
             text = message_text(message)
             if text.strip():
                 items.append(Item(Stage.TOOL_RESULT, untrusted_conversation(text, "tool output"), message))

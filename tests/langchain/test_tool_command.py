@@ -83,3 +83,30 @@ def test_a_safe_result_in_a_tools_command_passes_unchanged(guard, mode):
     assert error is None
     assert any(m.get("role") == "tool" and m.get("content") == FOUND for m in second)
     assert SAFE_ANSWER in "".join(seen)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_callback_stops_an_unsafe_result_in_a_tools_command_before_it_streams(guard, mode):
+    """A callback handler cannot withhold a result, but it judges a Command's tool messages when the tool
+    ends and stops the run there (before: a Command was "not text", and its message streamed)."""
+    from qwenguard.integrations.langchain import AsyncGuardCallbackHandler, GuardCallbackHandler
+
+    handler = (GuardCallbackHandler if mode == "sync" else AsyncGuardCallbackHandler)(guard)
+    inputs = {"messages": [{"role": "user", "content": SAFE_QUESTION}]}
+    config: Any = {"callbacks": [handler]}
+    seen: list[str] = []
+    with scripted_openai(SEARCH) as url:
+        agent = create_agent(chat(url), [_search(INJECTION)])
+
+        async def drain() -> None:
+            async for update in agent.astream(inputs, config, stream_mode="updates"):
+                seen.append(repr(update))
+
+        with pytest.raises(GuardViolation) as stop:
+            if mode == "sync":
+                seen.extend(repr(update) for update in agent.stream(inputs, config, stream_mode="updates"))
+            else:
+                asyncio.run(drain())
+        assert len(url.requests) == 1
+    assert stop.value.decision.stage.value == "tool_result"
+    assert not any("Ignore all previous" in update for update in seen)
