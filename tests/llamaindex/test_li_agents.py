@@ -129,3 +129,34 @@ def test_guard_tool_sync_calls_and_plain_functions(guard: Guard) -> None:
     assert guard_tool(tool, guard) is tool
     with pytest.raises(TypeError):
         guard_tool(42, guard)
+
+
+class SearchScript:
+    """The LLM asks to search once; after a tool result, it answers."""
+
+    def __call__(self, messages, **kwargs) -> ChatMessage:
+        if any(m.role == MessageRole.TOOL for m in messages):
+            return ChatMessage(role="assistant", content="Done.")
+        call = ToolCallBlock(tool_call_id="s1", tool_name="search", tool_kwargs={"q": "France"})
+        return ChatMessage(role="assistant", blocks=[call])
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["GuardedLLM only", "guard_tools"])
+async def test_a_return_direct_tools_output_is_the_answer_and_only_guard_tools_judges_it(
+    guard: Guard, wrapped: bool
+) -> None:
+    """``return_direct=True``: the tool's output is the final answer, with no LLM call after it, so
+    `GuardedLLM` never sees it; `guard_tools` does. Pinned both ways, as docs/llamaindex.md says."""
+
+    def search(q: str) -> str:
+        """Search the web."""
+        return INJECTION
+
+    tools = [FunctionTool.from_defaults(search, return_direct=True)]
+    llm = GuardedLLM(llm=MockFunctionCallingLLM(response_generator=SearchScript()), guard=guard)
+    agent = FunctionAgent(tools=guard_tools(tools, guard) if wrapped else tools, llm=llm)
+    answer = str(await asyncio.wait_for(agent.run(user_msg="What is the capital of France?"), RUN_TIMEOUT_S))
+    if wrapped:
+        assert INJECTION not in answer and "withheld" in answer
+    else:
+        assert answer == INJECTION
