@@ -19,6 +19,9 @@ nothing held is passed on.
 
 from __future__ import annotations
 
+import secrets
+import threading
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextvars import ContextVar
@@ -71,9 +74,18 @@ GUARD_PARAM = "qwenguard_guard"
 TOOL_CALLS_PARAM = "qwenguard_tool_calls"
 
 
+_TOKENS: weakref.WeakKeyDictionary[Guard, str] = weakref.WeakKeyDictionary()
+_TOKENS_LOCK = threading.Lock()
+
+
 def guard_token(guard: Guard) -> str:
-    """A name for this guard object while it lives (its ``id``): no secret, not stable across processes."""
-    return f"guard-{id(guard):x}"
+    """A random name for this guard object while it lives: it goes into traces with the invocation
+    parameters, so not its memory address. Not a secret; another process names it differently."""
+    with _TOKENS_LOCK:
+        token = _TOKENS.get(guard)
+        if token is None:
+            token = _TOKENS[guard] = f"guard-{secrets.token_hex(8)}"
+        return token
 
 
 def chunk_text(chunk: Any) -> str:
