@@ -30,6 +30,7 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from qwenguard.core import Guard, GuardViolation
+from qwenguard.core.streaming.gen_windows import RELEASE_UNITS
 from qwenguard.core.streaming.wakeup import UpstreamRace, UpstreamReader
 
 from ._messages import DEFAULT_HISTORY_TURNS, Item, answer_text, output_items
@@ -44,6 +45,7 @@ __all__ = [
     "GUARD_PARAM",
     "TOOL_CALLS_PARAM",
     "guard_token",
+    "monitor_options",
     "chunk_text",
     "as_message",
 ]
@@ -86,6 +88,17 @@ def guard_token(guard: Guard) -> str:
         if token is None:
             token = _TOKENS[guard] = f"guard-{secrets.token_hex(8)}"
         return token
+
+
+def monitor_options(holdback: int | None = None, release_unit: str | None = None) -> dict[str, Any]:
+    """The hold-back monitor's options (``guard.stream``) from a holding path's own arguments (``None``: the
+    monitor's default). An unknown ``release_unit`` is refused here, when the path is built."""
+    if release_unit is not None and release_unit not in RELEASE_UNITS:
+        raise ValueError(f"release_unit must be one of {RELEASE_UNITS} (or None), got {release_unit!r}")
+    options: dict[str, Any] = {} if holdback is None else {"holdback": holdback}
+    if release_unit is not None:
+        options["release_unit"] = release_unit
+    return options
 
 
 def chunk_text(chunk: Any) -> str:

@@ -8,12 +8,18 @@ Used by `GuardRunnable` and `GuardedChatModel`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from qwenguard.core import Guard
 from qwenguard.core.streaming.parallel import PendingCheck
 
+from ._messages import Item
+from ._screening import ascreen, raise_first, screen
+
 __all__ = [
+    "start_input",
+    "astart_input",
     "answer_beside",
     "aanswer_beside",
     "input_first",
@@ -25,6 +31,23 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+def start_input(guard: Guard, items: Sequence[Item], *, parallel: bool) -> PendingCheck | None:
+    """Screen ``items`` (the model's input) now, raising when blocked; or, with ``parallel``, start their
+    check beside the model and return it."""
+    if parallel and items:
+        return PendingCheck.start(lambda: screen(guard, items))
+    raise_first(items, screen(guard, items))
+    return None
+
+
+async def astart_input(guard: Guard, items: Sequence[Item], *, parallel: bool) -> PendingCheck | None:
+    """Async twin of `start_input` (the check beside the model is a task on the running loop)."""
+    if parallel and items:
+        return PendingCheck.start_async(ascreen(guard, items))
+    raise_first(items, await ascreen(guard, items))
+    return None
 
 
 def answer_beside(call: Callable[[], T], pending: PendingCheck | None) -> T:

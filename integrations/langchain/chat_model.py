@@ -28,11 +28,11 @@ from typing import Any, ClassVar
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable
 from qwenguard.core import Guard
-from qwenguard.core.streaming.gen_windows import RELEASE_UNITS
 from qwenguard.core.streaming.parallel import PendingCheck
 
 from ._held_model import HeldBackChatModel
-from ._holding import GUARD_PARAM, TOOL_CALLS_PARAM, guard_token
+from ._holding import GUARD_PARAM, TOOL_CALLS_PARAM, guard_token, monitor_options
+from ._input_beside import astart_input, start_input
 from ._messages import DEFAULT_HISTORY_TURNS, Item, guard_history, input_items, output_items
 from ._screening import ascreen, raise_first, require_guard, screen
 
@@ -73,18 +73,13 @@ class GuardedChatModel(HeldBackChatModel):
     ) -> None:
         if not isinstance(model, Runnable):
             raise TypeError(f"GuardedChatModel wraps a chat model: got a {type(model).__name__}")
-        if release_unit is not None and release_unit not in RELEASE_UNITS:
-            raise ValueError(f"release_unit must be one of {RELEASE_UNITS} (or None), got {release_unit!r}")
-        options: dict[str, Any] = {} if holdback is None else {"holdback": holdback}
-        if release_unit is not None:
-            options["release_unit"] = release_unit
         super().__init__(
             **self.fields_around(model),
             guard=require_guard(guard),
             check_input=check_input,
             check_tool_calls=check_tool_calls,
             history_turns=history_turns,
-            stream_options=options,
+            stream_options=monitor_options(holdback, release_unit),
             parallel_input=parallel_input,
             **kwargs,
         )
@@ -110,18 +105,11 @@ class GuardedChatModel(HeldBackChatModel):
     def _start_input(self, messages: list[BaseMessage]) -> PendingCheck | None:
         """Every message the model is about to read (streamed or not): judged before it runs, or beside it."""
         items = self._input_items(messages)
-        if self._parallel(items):
-            guard = self.guard
-            return PendingCheck.start(lambda: screen(guard, items))
-        raise_first(items, screen(self.guard, items))
-        return None
+        return start_input(self.guard, items, parallel=self._parallel(items))
 
     async def _astart_input(self, messages: list[BaseMessage]) -> PendingCheck | None:
         items = self._input_items(messages)
-        if self._parallel(items):
-            return PendingCheck.start_async(ascreen(self.guard, items))
-        raise_first(items, await ascreen(self.guard, items))
-        return None
+        return await astart_input(self.guard, items, parallel=self._parallel(items))
 
     def _judge_answer(self, messages: list[BaseMessage], answer: BaseMessage) -> None:
         """An answer that was not streamed, whole (a streamed one is judged as it streams)."""

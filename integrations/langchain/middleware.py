@@ -61,11 +61,10 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 from qwenguard.core import Action, Decision, Guard, GuardUnavailable, GuardViolation, Risk, Stage, Verdict, enforce
 from qwenguard.core.formats.conversations import tool_call_conversation, untrusted_conversation
-from qwenguard.core.streaming.gen_windows import RELEASE_UNITS
 
 from ._held_model import HeldBackChatModel, StreamLedger
 from ._held_request import HeldModelRequest
-from ._holding import HELD_CALL, HeldCall
+from ._holding import HELD_CALL, HeldCall, monitor_options
 from ._messages import (
     DEFAULT_HISTORY_TURNS,
     Item,
@@ -221,11 +220,7 @@ class GuardMiddleware(AgentMiddleware):
         self.check_tool_calls = check_tool_calls
         self.check_tool_results = check_tool_results
         self.check_stream = check_stream
-        self.stream_options = dict(stream_options or {})
-        if release_unit is not None:
-            if release_unit not in RELEASE_UNITS:
-                raise ValueError(f"release_unit must be one of {RELEASE_UNITS} (or None), got {release_unit!r}")
-            self.stream_options["release_unit"] = release_unit
+        self.stream_options = {**(stream_options or {}), **monitor_options(release_unit=release_unit)}
         self.violation_message = violation_message
         self.input_notice = input_notice
         self.tool_result_notice = tool_result_notice
@@ -344,7 +339,9 @@ class GuardMiddleware(AgentMiddleware):
         if self.exit_behavior == "error":
             enforce(decision)
         messages = list(state["messages"])
-        index, trailing = _model_answer(messages) or (len(messages) - 1, [])
+        found = _model_answer(messages)
+        assert found is not None  # the items came from it (`_output_items`)
+        index, trailing = found
         answer = messages[index]
         # Same id: add_messages replaces the unsafe answer (and its tool calls) instead of appending; the
         # tool messages the model node added for them (a structured response's) are removed.

@@ -33,11 +33,19 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializa
 from langchain_core.runnables.config import patch_config
 from pydantic import ConfigDict, field_validator, model_validator
 from qwenguard.core import Guard, Stage
-from qwenguard.core.streaming.gen_windows import RELEASE_UNITS
 from qwenguard.core.streaming.parallel import PendingCheck
 
-from ._holding import HeldStream
-from ._input_beside import aafter_verdict, aanswer_beside, after_verdict, answer_beside, auntil_blocked, until_blocked
+from ._holding import HeldStream, monitor_options
+from ._input_beside import (
+    aafter_verdict,
+    aanswer_beside,
+    after_verdict,
+    answer_beside,
+    astart_input,
+    auntil_blocked,
+    start_input,
+    until_blocked,
+)
 from ._messages import DEFAULT_HISTORY_TURNS, Item, input_items, output_items, prompt_items
 from ._screening import ascreen, raise_first, require_guard, screen
 from ._streaming import DEFAULT_WINDOW_CHARS, Engine
@@ -108,8 +116,7 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
     @field_validator("release_unit")
     @classmethod
     def _check_release_unit(cls, value: str | None) -> str | None:
-        if value is not None and value not in RELEASE_UNITS:
-            raise ValueError(f"release_unit must be one of {RELEASE_UNITS} (or None), got {value!r}")
+        monitor_options(release_unit=value)  # refuses an unknown unit
         return value
 
     @model_validator(mode="after")
@@ -159,18 +166,11 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
 
     def _start_input(self, items: Sequence[Item]) -> PendingCheck | None:
         """Screen ``items`` now (raises when blocked), or start their check beside the runnable."""
-        if self._parallel(items):
-            guard = self.guard
-            return PendingCheck.start(lambda: screen(guard, items))
-        raise_first(items, screen(self.guard, items))
-        return None
+        return start_input(self.guard, items, parallel=self._parallel(items))
 
     async def _astart_input(self, items: Sequence[Item]) -> PendingCheck | None:
         """Async twin of `_start_input`."""
-        if self._parallel(items):
-            return PendingCheck.start_async(ascreen(self.guard, items))
-        raise_first(items, await ascreen(self.guard, items))
-        return None
+        return await astart_input(self.guard, items, parallel=self._parallel(items))
 
     @staticmethod
     def _context(items: Sequence[Item]) -> list[dict[str, str]]:
@@ -189,14 +189,11 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
         )
 
     def _held(self, context: list[dict[str, str]]) -> HeldStream:
-        options: dict[str, Any] = {} if self.holdback is None else {"holdback": self.holdback}
-        if self.release_unit is not None:
-            options["release_unit"] = self.release_unit
         return HeldStream(
             self.guard,
             context,
             engine=self.stream_engine,
-            monitor_options=options,
+            monitor_options=monitor_options(self.holdback, self.release_unit),
             window_chars=self.window_chars,
             min_chars=self.min_chars,
             history_turns=self.history_turns,
