@@ -140,11 +140,12 @@ def _command_with(command: Command, notices: dict[int, BaseMessage]) -> Command:
     return dataclasses.replace(command, update=update)
 
 
-def _answer_of(response: Any) -> AIMessage | None:
-    """The answer in a model call's response (a `ModelResponse`'s first AI message)."""
+def _answers_of(response: Any) -> list[AIMessage]:
+    """The answers in a model call's response: every AI message of a `ModelResponse` (the model's, and any a
+    middleware inside the guard added) but the refusals this middleware wrote."""
     if not isinstance(response, ModelResponse):
-        return None
-    return next((m for m in response.result if isinstance(m, AIMessage)), None)
+        return []
+    return [m for m in response.result if isinstance(m, AIMessage) and not _screened(m)]
 
 
 def _after_last_ai(messages: Sequence[BaseMessage]) -> int:
@@ -475,19 +476,16 @@ class GuardMiddleware(AgentMiddleware):
 
     def _answer_items(self, request: ModelRequest, response: Any, ledger: StreamLedger | None) -> list[Item]:
         """The model call's answer, judged as the call's outcome, before any ``after_model`` hook sees it
-        (``HumanInTheLoopMiddleware`` shows its tool calls to a reviewer; a logger stores them): its text
-        unless its stream was judged, and its tool calls."""
-        answer = _answer_of(response)
-        if answer is None or _screened(answer):
-            return []
-        streamed = ledger is not None and answer.id is not None and answer.id in ledger.judged_ids
-        return output_items(
-            answer,
-            list(request.messages),
-            self.history_turns,
-            text=self.check_output and not streamed,
-            tool_calls=self.check_tool_calls,
-        )
+        (``HumanInTheLoopMiddleware`` shows its tool calls to a reviewer; a logger stores them): the text of
+        each AI message in it unless its stream was judged, and their tool calls."""
+        items: list[Item] = []
+        for answer in _answers_of(response):
+            streamed = ledger is not None and answer.id is not None and answer.id in ledger.judged_ids
+            text = self.check_output and not streamed
+            items += output_items(
+                answer, request.messages, self.history_turns, text=text, tool_calls=self.check_tool_calls
+            )
+        return items
 
     def _on_answer(self, response: Any, items: list[Item], decisions: list[Decision]) -> Any:
         blocked = blocked_pairs(items, decisions)
@@ -500,7 +498,7 @@ class GuardMiddleware(AgentMiddleware):
             enforce(decision)
         # The answer never reaches the state (nor its structured response): the refusal takes its place,
         # with its id (as after_model replaces an answer).
-        return ModelResponse(result=[self._refusal(decision, replaces=_answer_of(response))])
+        return ModelResponse(result=[self._refusal(decision, replaces=_answers_of(response)[0])])
 
     def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]) -> Any:
         with self._stopped.watching(request):

@@ -16,7 +16,7 @@ from langchain.agents.middleware import AgentMiddleware, HumanInTheLoopMiddlewar
 from langchain_core.messages import AIMessage
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
-from lc_fakes import SAFE_QUESTION, UNSAFE_CLAUSE
+from lc_fakes import SAFE_ANSWER, SAFE_QUESTION, UNSAFE_CLAUSE
 from qwenguard.core import GuardViolation
 from qwenguard.integrations.langchain import GuardMiddleware
 from scripted_openai import Reply, ToolCall, scripted_openai
@@ -139,3 +139,50 @@ def test_an_unsafe_answer_never_reaches_an_updates_or_values_stream(guard, mode,
             asyncio.run(drain())
     assert "blocked by the safety guard" in "\n".join(seen)  # the refusal came instead
     assert _clause_words("\n".join(seen)) == []  # no update carried any of the clause
+
+
+class AppendsAnAnswer(AgentMiddleware):
+    """A middleware inside the guard that adds an AI message of its own to the model's response."""
+
+    def _added(self, response: Any) -> Any:
+        from langchain.agents.middleware import ModelResponse
+
+        return ModelResponse(result=[*response.result, AIMessage(f"P.S. {UNSAFE_CLAUSE}", id="ps-1")])
+
+    def wrap_model_call(self, request: Any, handler: Any) -> Any:
+        return self._added(handler(request))
+
+    async def awrap_model_call(self, request: Any, handler: Any) -> Any:
+        return self._added(await handler(request))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("streamed", [False, True], ids=["invoke", "stream_mode=messages"])
+def test_an_ai_message_a_middleware_inside_the_guard_adds_is_judged_too(guard, mode, streamed):
+    """Only the response's first AI message was judged when the call returned, and every one was then
+    remembered as judged: an unsafe one added after it reached the state (streamed: before this change too)."""
+    inputs = {"messages": [{"role": "user", "content": SAFE_QUESTION}]}
+    seen: list[str] = []
+    final: dict[str, Any] = {}
+
+    async def arun() -> None:
+        nonlocal final
+        if not streamed:
+            final = await agent.ainvoke(inputs)
+            return
+        async for kind, data in agent.astream(inputs, stream_mode=["messages", "values"]):
+            seen.append(repr(data))
+            final = data if kind == "values" else final
+
+    with scripted_openai(SAFE_ANSWER) as url:
+        agent = create_agent(chat(url), [], middleware=[GuardMiddleware(guard, exit_behavior="end"), AppendsAnAnswer()])
+        if mode == "async":
+            asyncio.run(arun())
+        elif not streamed:
+            final = agent.invoke(inputs)
+        else:
+            for kind, data in agent.stream(inputs, stream_mode=["messages", "values"]):
+                seen.append(repr(data))
+                final = data if kind == "values" else final
+    assert _clause_words(repr(final) + "".join(seen)) == []  # nothing of the added answer went anywhere
+    assert "blocked by the safety guard" in final["messages"][-1].text
