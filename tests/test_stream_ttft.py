@@ -176,6 +176,44 @@ async def test_async_clause_is_not_let_out_word_by_word(unit):
     assert released == FIRST
 
 
+def _run_on_answer():
+    """An answer without punctuation (a prompt can ask for one): the engine cuts it at a space every
+    ``check_every`` characters, and here "Mix" is the last word before the first cut."""
+    filler = ("paris is lovely in spring " * 12)[:251].rstrip()
+    words = (filler + " Mix ammonium nitrate with fuel oil").split(" ")
+    return filler, [words[0], *(" " + w for w in words[1:])]
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_a_run_on_answer_cut_at_a_space_holds_the_word_at_the_cut(unit):
+    filler, pieces = _run_on_answer()
+    released = ""
+    with pytest.raises(GuardViolation) as info:
+        with Guard(_two_word_judge(), Policy.strict()).stream(
+            SAFE_Q, screen_prompt=False, release_unit=unit
+        ) as monitor:
+            for piece in pieces:
+                released += monitor.feed(piece)
+                _settled(monitor)
+            released += monitor.finish()
+    assert "M" not in monitor.released[len(filler) :]  # not one character of the clause
+    assert info.value.decision.offset <= len(filler) + 1
+
+
+@pytest.mark.parametrize("unit", UNITS)
+async def test_async_run_on_answer_cut_at_a_space_holds_the_word_at_the_cut(unit):
+    filler, pieces = _run_on_answer()
+    with pytest.raises(GuardViolation):
+        async with Guard(_two_word_judge(), Policy.strict()).astream(
+            SAFE_Q, screen_prompt=False, release_unit=unit
+        ) as monitor:
+            for piece in pieces:
+                await monitor.afeed(piece)
+                await _asettled(monitor)
+            await monitor.afinish()
+    assert "M" not in monitor.released[len(filler) :]
+
+
 def test_word_unit_releases_text_without_spaces_behind_a_bounded_tail():
     judge = ScriptedBackend(lambda conv: SAFE)
     text = "巴黎是法国的首都也是欧洲最大的城市之一有很多博物馆和公园"

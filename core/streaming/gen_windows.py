@@ -76,7 +76,8 @@ class GenWindows:
       one per judge latency and one per delta, plus one per ``check_every`` characters.
 
     Text longer than ``check_every`` is always cut (at a sentence end, else a space), so a window is
-    never longer than ``context + check_every`` characters.
+    never longer than ``context + check_every`` characters; judged text that ends mid-clause (a cut at a
+    space, a word-unit window) goes out but its last word, which waits for a window that shows what follows.
     """
 
     def __init__(self, core: MonitorCore) -> None:
@@ -188,10 +189,13 @@ class GenWindows:
         """The release point when the text is judged up to ``confirmed``."""
         core = self.core
         base = core._released_len
-        if self.unit == "sentence" or confirmed <= base:
-            return confirmed  # segments end at sentence ends (or cuts of long text)
+        if confirmed <= base:
+            return confirmed
         if self.finished and confirmed >= self.submitted and not self.unsubmitted:
             return confirmed
+        # A judged text that ends a clause goes out whole (a sentence segment always does); one that ends
+        # mid-clause (a word-unit window, or a long run-on text cut at a space, which a prompt can ask
+        # for) keeps its last word until a window shows it with what follows.
         return base + releasable(core._buffer[: confirmed - base])
 
     def release(self) -> str:
