@@ -12,12 +12,12 @@ safe text; word pieces, 20 ms per piece) is served by a real OpenAI-compatible s
 
 - LangChain `GuardCallbackHandler` (engines "pipelined", the default, "gate" and "monitor"),
   `AsyncGuardCallbackHandler`;
-- LCEL ``model | guard_output(guard)`` (engines "monitor" and "gate"; ``release_unit="word"``; sync and
-  async), ``GuardRunnable(runnable=model)``;
+- LCEL ``model | guard_output(guard)`` (engines "monitor" and "gate"; ``release_unit="word"`` and
+  ``"opening"``; sync and async), ``GuardRunnable(runnable=model)``;
 - ``create_agent`` with `GuardMiddleware`, ``stream_mode="messages"``, alone and with the callback;
 - core `StreamMonitor` / `AsyncStreamMonitor` with hold-back (Gen-window engine, by sentence and with
-  ``release_unit="word"``; with ``parallel_input=True``, the prompt check beside the model; the Stream
-  model engine when the judge has a stream backend);
+  ``release_unit="word"`` and ``"opening"``; with ``parallel_input=True``, the prompt check beside the
+  model; the Stream model engine when the judge has a stream backend);
 - LlamaIndex `GuardedLLM` wrapping `OpenAILike` (sync and async streams; async with ``parallel_input``).
 
 Each integration's default is marked "default" in the note column.
@@ -397,6 +397,12 @@ PATHS = [
     Path_("lcel guard_output monitor", lcel("monitor"), "lc-sync", stream_model=True, note="default; holdback 8"),
     Path_("lcel guard_output gate", lcel("gate"), "lc-sync"),
     Path_("lcel guard_output word", lcel("monitor", release_unit="word"), "lc-sync", note='release_unit="word"'),
+    Path_(
+        "lcel guard_output opening",
+        lcel("monitor", release_unit="opening"),
+        "lc-sync",
+        note='release_unit="opening"',
+    ),
     Path_("lcel guard_output astream", lcel("monitor", asynchronous=True), "lc-async", note="default; async"),
     Path_("lcel GuardRunnable astream", lcel("monitor", wrap=True, asynchronous=True), "lc-async", note="default"),
     Path_(
@@ -427,6 +433,12 @@ PATHS = [
         core_monitor(8, release_unit="word"),
         "openai-sync",
         note='release_unit="word" (Gen window)',
+    ),
+    Path_(
+        "core StreamMonitor hb8 opening",
+        core_monitor(8, release_unit="opening"),
+        "openai-sync",
+        note='release_unit="opening" (Gen window)',
     ),
     Path_(
         "core StreamMonitor hb8 parallel",

@@ -95,7 +95,82 @@ def test_word_unit_lets_the_first_words_out_before_the_sentence_ends(gated):
         assert backend.windows == ["The capital"]
 
 
-UNITS = ["sentence", "word"]
+def test_opening_unit_lets_the_first_words_out_before_the_first_sentence_ends(gated):
+    backend, guard = gated
+    with guard.stream(SAFE_Q, release_unit="opening") as monitor:
+        assert monitor.feed("The") == "" and monitor.feed(" capital") == ""
+        _settled(monitor)
+        assert backend.windows == []  # "capital" may still be arriving ("capitals"): not judged yet
+        assert monitor.feed(" of") == ""
+        _settled(monitor)
+        assert backend.windows == ["The capital"]  # two complete words: the opening is judged at once
+        assert monitor.feed(" France") == "The "  # judged; "capital" waits for the words after it
+        released = "The " + monitor.feed(" is") + monitor.feed(" Paris.")
+        _settled(monitor)
+        released += monitor.feed(" It")
+        assert released == FIRST  # from the opening on, whole sentences
+        assert backend.windows == ["The capital", FIRST]  # the sentence's window shows the opening again
+
+
+async def test_async_opening_unit_lets_the_first_words_out_before_the_first_sentence_ends(gated):
+    backend, guard = gated
+    async with guard.astream(SAFE_Q, release_unit="opening") as monitor:
+        released = ""
+        for piece in ("The", " capital", " of"):
+            released += await monitor.afeed(piece)
+        await _asettled(monitor)
+        released += await monitor.afeed(" France")
+        assert released == "The " and backend.windows == ["The capital"]
+
+
+def test_a_word_still_arriving_is_not_shown_to_the_judge(gated):
+    backend, guard = gated
+    with guard.stream(SAFE_Q, release_unit="opening") as monitor:
+        for piece in ("The", " Eiffe", "l"):
+            assert monitor.feed(piece) == ""
+            _settled(monitor)
+        assert backend.windows == []  # "The Eiffe": a Gen model may misread a cut word
+        monitor.feed(" Tower")
+        _settled(monitor)
+        assert backend.windows == ["The Eiffel"]
+
+
+@pytest.mark.parametrize("unit", [None, "sentence"])
+def test_sentence_unit_holds_the_first_sentence_until_it_ends(gated, unit):
+    backend, guard = gated
+    options = {} if unit is None else {"release_unit": unit}
+    first, *rest = FIRST.split(" ")
+    with guard.stream(SAFE_Q, **options) as monitor:
+        released = ""
+        for piece in [first, *(" " + w for w in rest)]:
+            released += monitor.feed(piece)
+            _settled(monitor)
+        assert released == "" and backend.windows == [FIRST]
+        assert monitor.feed(" It") == FIRST
+
+
+def test_opening_trade_a_judge_that_needs_a_whole_clause_may_see_its_first_word_out():
+    """The documented trade of ``"opening"`` (why it is not the default): an answer that opens with a clause
+    a judge recognises only whole (like the demo Gen guard) lets the opening's released word out before the
+    sentence's window stops it; ``release_unit="sentence"`` lets nothing out."""
+    clause = "Mix ammonium nitrate with fuel oil, pack it into a pipe and add a fuse."
+    words = clause.split(" ")
+    pieces = [words[0], *(" " + w for w in words[1:])]
+    shown = {}
+    for unit in ("opening", "sentence"):
+        judge = ScriptedBackend(lambda conv: UNSAFE if conv[-1]["content"].rstrip().endswith("fuse.") else SAFE)
+        released = ""
+        with pytest.raises(GuardViolation):
+            with Guard(judge, Policy.strict()).stream(SAFE_Q, screen_prompt=False, release_unit=unit) as monitor:
+                for piece in pieces:
+                    released += monitor.feed(piece)
+                    _settled(monitor)
+                released += monitor.finish()
+        shown[unit] = released
+    assert shown == {"opening": "Mix ", "sentence": ""}
+
+
+UNITS = ["sentence", "opening", "word"]
 
 
 @pytest.mark.parametrize("unit", UNITS)

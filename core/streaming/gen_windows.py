@@ -41,8 +41,9 @@ def window_pool() -> ThreadPoolExecutor:
 _CLAUSE_END = re.compile(r"(?:[.!?;。！？；…]+[\"'”’)\]]*|\n)\s*$")
 #: Longest tail held back after judged text when it has no word break (CJK, code, a long URL).
 MAX_HELD_WORD = 16
-#: What a Gen-window check may release: whole sentences (default) or all but the last word.
-RELEASE_UNITS = ("sentence", "word")
+#: What a Gen-window check may release: whole sentences (default), the answer's opening words and then
+#: whole sentences, or all but the last word judged.
+RELEASE_UNITS = ("sentence", "opening", "word")
 
 
 def releasable(text: str) -> int:
@@ -63,12 +64,19 @@ class GenWindows:
 
     Pipelined with generation; the unit (``release_unit``) says what a check covers and may release:
 
-    - ``"sentence"`` (default): a window ends at a sentence end, where a Gen model judges best (it is
-      trained on whole responses: the demo guard flags "Mix ammonium nitrate ... add a fuse." only once
-      the clause is complete). A sentence of ``min_segment`` characters or more is checked as soon as it
-      ends; a shorter one is checked at once when no check is in flight (a short safe first sentence goes
-      out one judge call after it ended), else joined to the next. Calls per answer: at most one per
-      sentence, plus one per ``check_every`` characters without a sentence end.
+    - ``"sentence"`` (default): a window ends at a sentence end, where a Gen model judges best (it is trained on
+      whole responses: the demo guard flags "Mix ammonium nitrate ... add a fuse." only once the clause
+      is complete). A sentence of ``min_segment`` characters or more is checked as soon as it ends; a
+      shorter one is checked at once when no check is in flight (a short safe first sentence goes out one
+      judge call after it ended), else joined to the next. Calls per answer: at most one per sentence,
+      plus one per ``check_every`` characters without a sentence end.
+    - ``"opening"``: ``"sentence"``, except that the answer's first check comes as soon as two complete
+      words have arrived (a word still arriving is left out: a Gen model may misread "The Eiffe") and
+      releases them but the last, so the first text goes out one judge call after the second word, not
+      after the first sentence; from then on, whole sentences (the next window shows the opening words
+      again as its context). One call more per answer. The trade, and why it is not the default: that
+      first check judges a cut text, which Qwen3Guard-Gen is not trained on, and a judge that recognises a
+      clause only whole lets an answer's first words out when the answer opens with that clause.
     - ``"word"``: when no check is in flight, everything received so far is judged (however short, if
       judging it lets more text out); text arriving meanwhile is judged as one segment when it comes back.
       Released: judged text but its last word (see `releasable`). Lower latency to the first words; a
@@ -100,9 +108,12 @@ class GenWindows:
         """The checks to start now (call again after settling results: an idle engine judges what waits)."""
         idle = self.in_flight == 0
         checks: list[tuple[int, int, list[dict[str, str]]]] = []
-        if self.unit == "sentence":
+        if self.unit != "word":
             while (cut := self._sentence_cut(idle and not checks)) > 0:
                 checks.append(self._take(cut))
+            if self.unit == "opening" and idle and not checks and self.submitted == 0:
+                if cut := self._opening_cut():
+                    checks.append(self._take(cut))  # the opening words, see the class docstring
             return checks
         while len(self.unsubmitted) > self.check_every:
             checks.append(self._take(self._long_cut()))
@@ -137,6 +148,19 @@ class GenWindows:
         if idle and len(text) <= limit and text.strip() and _CLAUSE_END.search(text):
             return len(text)  # "... Paris." with its space still to come: the sentence has ended
         return self._long_cut() if len(text) > self.check_every else 0
+
+    def _opening_cut(self) -> int:
+        """``"opening"``: the end of the answer's complete words so far, when judging them releases a word
+        (all but the last of them); else 0. A word still arriving is left out: a Gen model may misread a
+        cut one ("The Eiffe")."""
+        if self.core.holdback == 0:
+            return 0  # released at once anyway
+        text = self.unsubmitted
+        end = len(text)
+        while end and not text[end - 1].isspace():  # back over the last word, which may still be arriving
+            end -= 1
+        cut = len(text[:end].rstrip())
+        return cut if text[: releasable(text[:cut])].strip() else 0
 
     def _worth_judging(self) -> bool:
         """Would a check of everything received let more text out than what is judged already?"""

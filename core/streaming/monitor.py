@@ -25,8 +25,10 @@ Two engines behind one contract:
   response together with up to ``context`` characters before it (text longer than ``check_every`` is
   cut: a window is bounded, never the whole prefix). ``release_unit="sentence"`` (default): a segment
   ends at a sentence end and is checked as soon as it ends (a short one at once when no check is in
-  flight, else joined to the next); ``"word"``: when no check is in flight all text received so far is
-  judged, and judged text goes out but its last word. With ``holdback > 0`` text is released only once
+  flight, else joined to the next); ``"opening"``: the same, but the answer's opening words are judged as
+  soon as two complete words have arrived and go out but the last one, so the first text does not wait
+  for the first sentence to end; ``"word"``: when no check is in flight all text received so far is judged,
+  and judged text goes out but its last word. With ``holdback > 0`` text is released only once
   its window came back safe; ``holdback=0`` releases at once and raises on a later `feed`/`finish` when
   a window comes back unsafe.
 

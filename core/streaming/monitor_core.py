@@ -30,8 +30,9 @@ DEFAULT_CHECK_EVERY = 256
 DEFAULT_MIN_SEGMENT = 40
 #: Gen-window fallback: chars of earlier text shown with each new segment.
 DEFAULT_CONTEXT = 384
-#: Gen-window fallback: what one check may release, "sentence" (whole sentences) or "word" (all but the
-#: last word judged; lower latency to the first words). See `GenWindows`.
+#: Gen-window fallback: what one check may release: "sentence" (whole sentences), "opening" (the answer's
+#: opening words as soon as they are judged with the word after them, then whole sentences) or "word" (all
+#: but the last word judged, throughout). See `GenWindows`.
 DEFAULT_RELEASE_UNIT = "sentence"
 #: Per-token verdicts kept for `take_token_verdicts` (bounded: old ones drop off).
 DEFAULT_KEEP_TOKEN_VERDICTS = 2048

@@ -48,8 +48,9 @@ class GuardedChatModel(HeldBackChatModel):
         check_input: screen the messages the model reads before it runs (default on).
         check_tool_calls: judge tool calls (held until judged when streamed); ``False`` passes them on.
         history_turns: earlier user/assistant turns given to the guard as context.
-        holdback / release_unit: passed to the hold-back monitor (``guard.stream``); ``release_unit="word"``
-            releases judged text but its last word instead of whole sentences.
+        holdback / release_unit: passed to the hold-back monitor (``guard.stream``); with a Gen guard,
+            ``"sentence"`` (default), ``"opening"`` (the opening words early, then whole sentences) or
+            ``"word"`` (judged text but its last word, throughout).
         parallel_input: start the model while its input is checked (``None``: the guard's
             ``parallel_input``); nothing goes out before the input's verdict.
     """

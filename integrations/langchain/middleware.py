@@ -188,8 +188,9 @@ class GuardMiddleware(AgentMiddleware):
             flagged content (``{categories}``, ``{reason}`` and, for tools, ``{tool}`` are filled in).
         history_turns: earlier user/assistant turns given to the guard as context.
         stream_options: passed to the hold-back monitor (``guard.stream``), e.g. ``holdback``.
-        release_unit: with a Gen guard, what one stream check may release: ``"sentence"`` (default) or
-            ``"word"`` (judged text but its last word: earlier first text, more checks); the same as
+        release_unit: with a Gen guard, what one stream check may release: ``"sentence"`` (default:
+            whole sentences), ``"opening"`` (the answer's opening words as soon as they are judged, then
+            whole sentences) or ``"word"`` (judged text but its last word: more checks); the same as
             ``stream_options={"release_unit": ...}``.
     """
 

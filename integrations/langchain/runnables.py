@@ -79,8 +79,9 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
             at every word end, chunks held until then; ``window_chars``, ``min_chars``). See ``_streaming.py``.
         holdback: guard tokens the monitor keeps back (Stream model; ``None``: the monitor's default).
         release_unit: with a Gen guard (no Stream model), what one check may release: ``"sentence"``
-            (default: whole sentences) or ``"word"`` (all judged text but its last word: earlier first
-            text, more checks). ``None``: the monitor's default. See docs/streaming.md.
+            (whole sentences), ``"opening"`` (the answer's opening words as soon as they are judged, then
+            whole sentences) or ``"word"`` (all judged text but its last word: more checks). ``None``: the
+            monitor's default, ``"sentence"``. See docs/streaming.md.
         parallel_input: with ``runnable``, start it while the input is checked (``None``: the guard's
             ``parallel_input``). Nothing it produces goes out before the input's verdict; a blocked
             input stops it and raises for the prompt. The runnable does see a blocked input.
@@ -349,8 +350,8 @@ def guard_output(
     ``stream_engine="monitor"`` (default) holds chunks back until the StreamMonitor released their
     text; ``"gate"`` judges the answer with a Gen check at every word end before passing it on
     (finer-grained, one check per word). With a Gen guard the monitor judges whole sentences by default;
-    ``release_unit="word"`` releases judged text but its last word (the first words go out earlier, for
-    more checks)."""
+    ``release_unit="opening"`` releases the answer's opening words as soon as they are judged (then
+    sentences), ``"word"`` judged text but its last word throughout (earlier first text, more checks)."""
     return GuardRunnable(
         guard=guard,
         check_input=False,

@@ -116,7 +116,8 @@ class GuardedLLM(FunctionCallingLLM):
     - ``holdback``: guard tokens a stream keeps back before releasing text (``None``: the monitor's
       default; 0 streams at once, exposing at most the span before a violation is detected).
     - ``release_unit``: with a Gen guard, what one stream check may release: ``"sentence"`` (default:
-      whole sentences) or ``"word"`` (judged text but its last word: earlier first text, more checks).
+      whole sentences), ``"opening"`` (the opening words as soon as they are judged, then whole
+      sentences) or ``"word"`` (judged text but its last word: more checks).
     - ``screen_context``: screen the context variables of template calls as retrieved content.
     - ``parallel_input``: start the inner call while the inputs are checked (see the module
       docstring; ``None`` follows ``guard.parallel_input``).
@@ -130,8 +131,8 @@ class GuardedLLM(FunctionCallingLLM):
     llm: SerializeAsAny[LLM] = Field(description="The LLM being guarded.")
     guard: Any = Field(exclude=True, description="The qwenguard Guard that screens the traffic.")
     holdback: int | None = Field(default=None, description="Stream hold-back in guard tokens (None: default).")
-    release_unit: Literal["sentence", "word"] | None = Field(
-        default=None, description='What one stream check may release: "sentence" or "word" (None: default).'
+    release_unit: Literal["sentence", "opening", "word"] | None = Field(
+        default=None, description='What one stream check may release: "sentence", "opening" or "word" (None: default).'
     )
     screen_context: bool = Field(default=True, description="Screen template context variables as documents.")
     screen_system: bool = Field(default=False, description="Screen system messages as untrusted content.")

@@ -123,23 +123,26 @@ def first_release(path: str, mode: str, unit: str | None) -> tuple[int, int, str
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("path", PATHS)
-def test_word_unit_releases_a_long_sentence_before_it_ends(path, mode):
+def test_first_words_go_out_before_a_long_first_sentence_ends_with_the_opening_and_word_units(path, mode):
     last = pieces(LONG) - 1  # the piece that ends the sentence ("cafes.")
     sentence_at, sentence_checks, sentence_text = first_release(path, mode, None)
+    opening_at, opening_checks, opening_text = first_release(path, mode, "opening")
     word_at, word_checks, word_text = first_release(path, mode, "word")
-    assert sentence_text == word_text == LONG
+    assert sentence_text == opening_text == word_text == LONG
     assert sentence_at >= last  # the default judges whole sentences: nothing before the sentence ended
-    assert word_at < last - 2  # "word": judged words went out while the sentence was still streaming
-    assert word_checks > sentence_checks
+    assert opening_at < last - 2  # "opening": the first words went out while the sentence was streaming
+    assert word_at < last - 2  # "word": judged words went out too
+    assert sentence_checks < opening_checks < word_checks  # the opening costs one check; "word" one per pause
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("path", PATHS)
-def test_word_unit_lets_no_character_of_the_clause_out(path, mode):
+@pytest.mark.parametrize("unit", [None, "opening", "word"])
+def test_no_unit_lets_a_character_of_the_clause_out(path, mode, unit):
     judge = CountingJudge()
     reply = f"{SAFE_ANSWER} {CLAUSE} Then wait for the right moment."
     model = PacedModel(messages=iter([reply]), seen=[], judge=judge)
-    stream, astream = build(path, Guard(judge, Policy.strict()), model, "word")
+    stream, astream = build(path, Guard(judge, Policy.strict()), model, unit)
     received: list[str] = []
     error = consume(mode, stream, astream, received.append)
     assert isinstance(error, GuardViolation)

@@ -70,22 +70,25 @@ def first_release(method: str, unit: str | None) -> tuple[int, int, str]:
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_word_unit_releases_a_long_sentence_before_it_ends(method):
+def test_first_words_go_out_before_a_long_first_sentence_ends_with_the_opening_and_word_units(method):
     total = len(words(LONG))
     sentence_at, sentence_checks, sentence_text = first_release(method, None)
+    opening_at, opening_checks, opening_text = first_release(method, "opening")
     word_at, word_checks, word_text = first_release(method, "word")
-    assert sentence_text == word_text == LONG
+    assert sentence_text == opening_text == word_text == LONG
     assert sentence_at == total  # the default judges whole sentences: nothing before the sentence ended
-    assert word_at < total - 2  # "word": judged words went out while the sentence was still streaming
-    assert word_checks > sentence_checks
+    assert opening_at < total - 2  # "opening": the first words went out while the sentence was streaming
+    assert word_at < total - 2  # "word": judged words went out too
+    assert sentence_checks < opening_checks < word_checks
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_word_unit_lets_no_character_of_the_clause_out(method):
+@pytest.mark.parametrize("unit", [None, "opening", "word"])
+def test_no_unit_lets_a_character_of_the_clause_out(method, unit):
     judge = CountingJudge()
     reply = SAFE_OPENING + CLAUSE + " Then wait for the right moment."
     llm = ScriptedLLM(chunks=words(reply), judge=judge)
-    guarded = GuardedLLM(llm=llm, guard=Guard(judge, Policy.strict()), release_unit="word")
+    guarded = GuardedLLM(llm=llm, guard=Guard(judge, Policy.strict()), release_unit=unit)
     received: list[str] = []
     error = run(guarded, method, SAFE_QUESTION, received.append)
     assert isinstance(error, GuardViolation) and error.decision.stage is Stage.STREAM
