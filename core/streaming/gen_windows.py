@@ -39,6 +39,18 @@ def window_pool() -> ThreadPoolExecutor:
 # ================================================================================================
 #: A judged text ends a clause here: terminal punctuation (closing quotes/brackets, spaces after) or a newline.
 _CLAUSE_END = re.compile(r"(?:[.!?;。！？；…]+[\"'”’)\]]*|\n)\s*$")
+#: Judged text goes out whole only when it ends with terminal punctuation closing a sentence of at least this
+#: many words (a Han or kana character counts as one). A shorter one ("Mix.", "Yes.") and a line without
+#: punctuation ("Mix\n") keep their last word until a window shows it with what follows: a clause cut into
+#: one-word sentences or lines, which a prompt can ask for, is never let out piece by piece.
+MIN_SENTENCE_WORDS = 4
+_TERMINAL = ".!?;。！？；…"
+_CLOSING = "\"'”’)]"
+#: Characters read from the end of a judged text to find its last sentence: bounds the work on hostile text.
+_SCAN = 512
+_SPACES = re.compile(r"(\s+)")
+_HAN_KANA = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_WORD_CHAR = re.compile(r"\w")
 #: Longest tail held back after judged text when it has no word break (CJK, code, a long URL).
 MAX_HELD_WORD = 16
 #: What a Gen-window check may release: whole sentences (default), the answer's opening words and then
@@ -46,13 +58,43 @@ MAX_HELD_WORD = 16
 RELEASE_UNITS = ("sentence", "opening", "word")
 
 
-def releasable(text: str) -> int:
-    """How much of ``text`` (judged, not released) may go out at word granularity while the stream is open.
+def ends_sentence(text: str) -> bool:
+    """Does ``text`` end with terminal punctuation closing a sentence of `MIN_SENTENCE_WORDS` words or more?
 
-    All of it when it ends a clause; else all but its last word (at most `MAX_HELD_WORD` chars): a judge
-    may need the next word to see what a clause is ("Mix" is harmless until "ammonium" follows), so the
-    last word waits for a later window that shows it with what follows."""
-    if not text or _CLAUSE_END.search(text):
+    The sentence starts after the previous terminal punctuation or line break in ``text`` (or at its start).
+    Linear in at most `_SCAN` characters: no backtracking regex over hostile runs ("......")."""
+    parts = _SPACES.split(text[-_SCAN:].rstrip())  # token, whitespace, token, ..., token
+    if not _closes_sentence(parts[-1]):
+        return False
+    words = 0
+    for i in range(len(parts) - 1, -1, -2):
+        if i < len(parts) - 1 and (_closes_sentence(parts[i]) or "\n" in parts[i + 1]):
+            return False  # the previous sentence ends here
+        words += _words(parts[i])
+        if words >= MIN_SENTENCE_WORDS:
+            return True
+    return False
+
+
+def _closes_sentence(token: str) -> bool:
+    token = token.rstrip(_CLOSING)
+    return bool(token) and token[-1] in _TERMINAL
+
+
+def _words(token: str) -> int:
+    """Words in a whitespace-free token: each Han or kana character, plus one for the rest if it has a letter."""
+    han = len(_HAN_KANA.findall(token))
+    rest = _HAN_KANA.sub("", token) if han else token
+    return han + (1 if _WORD_CHAR.search(rest) else 0)
+
+
+def releasable(text: str) -> int:
+    """How much of ``text`` (judged, not released) may go out while the stream is open.
+
+    All of it when it ends a sentence (`ends_sentence`); else all but its last word (at most
+    `MAX_HELD_WORD` chars): a judge may need the next word to see what a clause is ("Mix" is harmless
+    until "ammonium" follows), so the last word waits for a later window that shows it with what follows."""
+    if not text or ends_sentence(text):
         return len(text)
     stripped = text.rstrip()
     start = max(stripped.rfind(" "), stripped.rfind("\t"), stripped.rfind("\n")) + 1
@@ -67,8 +109,8 @@ class GenWindows:
     - ``"sentence"`` (default): a window ends at a sentence end, where a Gen model judges best (it is trained on
       whole responses: the demo guard flags "Mix ammonium nitrate ... add a fuse." only once the clause
       is complete). A sentence of ``min_segment`` characters or more is checked as soon as it ends; a
-      shorter one is checked at once when no check is in flight (a short safe first sentence goes out one
-      judge call after it ended), else joined to the next. Calls per answer: at most one per sentence,
+      shorter one is checked at once when no check is in flight (a safe first sentence of four words or
+      more goes out one judge call after it ended), else joined to the next. Calls per answer: at most one per sentence,
       plus one per ``check_every`` characters without a sentence end.
     - ``"opening"``: ``"sentence"``, except that the answer's first check comes as soon as two complete
       words have arrived (a word still arriving is left out: a Gen model may misread "The Eiffe") and
@@ -84,8 +126,10 @@ class GenWindows:
       one per judge latency and one per delta, plus one per ``check_every`` characters.
 
     Text longer than ``check_every`` is always cut (at a sentence end, else a space), so a window is
-    never longer than ``context + check_every`` characters; judged text that ends mid-clause (a cut at a
-    space, a word-unit window) goes out but its last word, which waits for a window that shows what follows.
+    never longer than ``context + check_every`` characters. Judged text goes out whole only when it ends a
+    sentence of `MIN_SENTENCE_WORDS` words or more with terminal punctuation; any other (a cut at a space, a
+    word-unit window, a line without punctuation, "Yes.") goes out but its last word, which waits for a
+    window that shows what follows (`releasable`).
     """
 
     def __init__(self, core: MonitorCore) -> None:
