@@ -18,7 +18,9 @@ judged in the stream's path instead, chunk by chunk as ``"gate"`` does, until ch
 
 ``"gate"`` — the same with ``max_unjudged=0``: every chunk is judged before it is yielded (one Gen
 check per chunk, in the stream's path: a 70 ms guard makes a 20 ms/token stream run at 70 ms/token).
-Exposure: none beyond what the guard judges safe on its own (the first word of a multi-word phrase).
+Exposure: none beyond what the guard judges safe on its own (the first word of a multi-word phrase). A
+holding caller (``hold=True``) passes a judged word on only once a later check has shown it with the word
+after it, unless it ends a sentence (`StreamGate.release_point`).
 Its checks go through a `GateSession` (``qwenguard.core.streaming.gate_session``): with a local Gen guard
 (decode engine on) the model keeps its cache of the previous check, so a chunk costs its own tokens,
 the closing instructions and the verdict, flat in the answer's length, where a full check re-reads
@@ -62,6 +64,7 @@ from qwenguard.core import Decision, Guard, Stage, enforce
 from qwenguard.core.backends.gen_session_pool import SESSIONS_PER_STREAM
 from qwenguard.core.formats.conversations import response_conversation, tool_call_conversation
 from qwenguard.core.streaming.gate_session import GateSession, GrowingWindow
+from qwenguard.core.streaming.gen_windows import MAX_HELD_WORD, releasable
 from qwenguard.core.streaming.wakeup import arelease_judged, release_judged, verdict_waiters
 
 from ._messages import Item
@@ -175,6 +178,15 @@ class StreamGate:
                 return False  # whitespace: judged with the next word
         return True
 
+    def release_point(self) -> int:
+        """Where text a holding caller passes on ends while the stream is open: the judged text, less its
+        last word unless it ends a sentence (`releasable`: "Mix" waits for the check that shows "ammonium")."""
+        behind = self.length - self.judged  # fed after the last verdict's end
+        if behind > len(self.tail):
+            return max(0, self.judged - MAX_HELD_WORD)  # that end is out of the window: hold the longest word
+        judged_tail = self.tail[: len(self.tail) - behind]
+        return self.judged - (len(judged_tail) - releasable(judged_tail))
+
     def item(self) -> Item:
         """The check of everything fed so far (its window)."""
         item = Item(self.stage, self._conversation(self.tail), label=self.label)
@@ -197,8 +209,9 @@ class StreamGate:
         if decision.allowed:
             self.judged = max(self.judged, item.extra["end"])
             return
-        # The violation is in the text judged by this check and not before: point at the new part.
-        decision = replace(decision, offset=self.judged)
+        # The violation is in the text judged by this check and not before: point at the new part (held
+        # callers: where release stopped, before the word this check showed with what follows it).
+        decision = replace(decision, offset=self.release_point() if self.whole_words else self.judged)
         self.decision = decision
         enforce(decision)
 
@@ -224,7 +237,8 @@ class GateScreen:
     """Every due chunk judged in the stream's path, synchronously.
 
     ``hold=True`` (runnables, which can hold chunks back): judge at word ends only and release what
-    was judged. ``hold=False`` (callbacks): judge every chunk; everything fed counts as released."""
+    was judged but its last word, which waits for the next check (all of it once the stream ended).
+    ``hold=False`` (callbacks): judge every chunk; everything fed counts as released."""
 
     def __init__(
         self, guard: Guard, gate: StreamGate, *, hold: bool = False, session: GateSession | None = None
@@ -232,6 +246,7 @@ class GateScreen:
         self.guard = guard
         self.hold = hold
         self.gate = gate
+        self.finished = False  # the stream ended: everything judged may go out
         #: Incremental checks of this stream (``None``: a full ``check_many`` per check).
         self.session = session
 
@@ -248,7 +263,9 @@ class GateScreen:
     @property
     def released(self) -> int:
         """Characters that may be passed on now."""
-        return self.gate.judged if self.hold else self.gate.length
+        if not self.hold:
+            return self.gate.length
+        return self.gate.judged if self.finished else self.gate.release_point()
 
     def check(self, delta: str) -> None:
         item = self.gate.pending(delta)
@@ -264,11 +281,13 @@ class GateScreen:
         item = self.gate.pending("", final=True)
         if item is not None:
             self.gate.settle(item, self._decide(item))
+        self.finished = True
 
     async def aflush(self) -> None:
         item = self.gate.pending("", final=True)
         if item is not None:
             self.gate.settle(item, await self._adecide(item))
+        self.finished = True
 
     finish, afinish = flush, aflush
 
