@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 
 # A sentence ends at terminal punctuation (and closing quotes/brackets) followed by whitespace, or
 # at a newline. The whitespace must have arrived: "3.14" and "e.g." mid-stream are not ends.
-_SENTENCE_END = re.compile(r"[.!?;。！？；…]+[\"'”’)\]]*(?=\s)|\n")
+_TERMINAL = ".!?;。！？；…"  # terminal punctuation
+_CLOSING = "\"'”’)]"  # closing quotes and brackets after it
+_SENTENCE_END = re.compile(f"[{re.escape(_TERMINAL)}]+[{re.escape(_CLOSING)}]*(?=\\s)|\n")
 
 
 _window_pool: ThreadPoolExecutor | None = None
@@ -38,14 +40,12 @@ def window_pool() -> ThreadPoolExecutor:
 # Gen-window fallback: segments, windows, in-order results. Shared by both monitors.
 # ================================================================================================
 #: A judged text ends a clause here: terminal punctuation (closing quotes/brackets, spaces after) or a newline.
-_CLAUSE_END = re.compile(r"(?:[.!?;。！？；…]+[\"'”’)\]]*|\n)\s*$")
+_CLAUSE_END = re.compile(f"(?:[{re.escape(_TERMINAL)}]+[{re.escape(_CLOSING)}]*|\n)\\s*$")
 #: Judged text goes out whole only when it ends with terminal punctuation closing a sentence of at least this
 #: many words (a Han or kana character counts as one). A shorter one ("Mix.", "Yes.") and a line without
 #: punctuation ("Mix\n") keep their last word until a window shows it with what follows: a clause cut into
 #: one-word sentences or lines, which a prompt can ask for, is never let out piece by piece.
 MIN_SENTENCE_WORDS = 4
-_TERMINAL = ".!?;。！？；…"
-_CLOSING = "\"'”’)]"
 #: Characters read from the end of a judged text to find its last sentence: bounds the work on hostile text.
 _SCAN = 512
 _SPACES = re.compile(r"(\s+)")
@@ -106,12 +106,12 @@ class GenWindows:
 
     Pipelined with generation; the unit (``release_unit``) says what a check covers and may release:
 
-    - ``"sentence"`` (default): a window ends at a sentence end, where a Gen model judges best (it is trained on
-      whole responses: the demo guard flags "Mix ammonium nitrate ... add a fuse." only once the clause
-      is complete). A sentence of ``min_segment`` characters or more is checked as soon as it ends; a
-      shorter one is checked at once when no check is in flight (a safe first sentence of four words or
-      more goes out one judge call after it ended), else joined to the next. Calls per answer: at most one per sentence,
-      plus one per ``check_every`` characters without a sentence end.
+    - ``"sentence"`` (default): a window ends at a sentence end, where a Gen model judges best (it is
+      trained on whole responses: the demo guard flags "Mix ammonium nitrate ... add a fuse." only once
+      the clause is complete). A sentence of ``min_segment`` characters or more is checked as soon as it
+      ends; a shorter one is checked at once when no check is in flight (a safe first sentence of four
+      words or more goes out one judge call after it ended), else joined to the next. Calls per answer:
+      at most one per sentence, plus one per ``check_every`` characters without a sentence end.
     - ``"opening"``: ``"sentence"``, except that the answer's first check comes as soon as two complete
       words have arrived (a word still arriving is left out: a Gen model may misread "The Eiffe") and
       releases them but the last, so the first text goes out one judge call after the second word, not
@@ -261,9 +261,8 @@ class GenWindows:
             return confirmed
         if self.finished and confirmed >= self.submitted and not self.unsubmitted:
             return confirmed
-        # A judged text that ends a clause goes out whole (a sentence segment always does); one that ends
-        # mid-clause (a word-unit window, or a long run-on text cut at a space, which a prompt can ask
-        # for) keeps its last word until a window shows it with what follows.
+        # Judged text that ends a sentence goes out whole; any other (a word-unit window, a run-on text cut
+        # at a space, a short sentence or line) keeps its last word until a window shows what follows.
         return base + releasable(core._buffer[: confirmed - base])
 
     def release(self) -> str:

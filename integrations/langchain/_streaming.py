@@ -64,7 +64,7 @@ from qwenguard.core import Decision, Guard, Stage, enforce
 from qwenguard.core.backends.gen_session_pool import SESSIONS_PER_STREAM
 from qwenguard.core.formats.conversations import response_conversation, tool_call_conversation
 from qwenguard.core.streaming.gate_session import GateSession, GrowingWindow
-from qwenguard.core.streaming.gen_windows import MAX_HELD_WORD, releasable
+from qwenguard.core.streaming.gen_windows import releasable
 from qwenguard.core.streaming.wakeup import arelease_judged, release_judged, verdict_waiters
 
 from ._messages import Item
@@ -143,6 +143,10 @@ class StreamGate:
         self._window = GrowingWindow(window_chars) if window_chars >= 2 else None  # 1: the last character
         self.length = 0  # characters streamed so far
         self.judged = 0  # characters of the answer covered by a verdict (contiguous from 0)
+        #: Held callers (``whole_words``): where passed-on text may end while the stream is open, the judged
+        #: text less its last word unless it ends a sentence (`releasable`: "Mix" waits for the check that
+        #: shows "ammonium"). Set with each safe verdict, not per chunk.
+        self.release_point = 0
         self.decision: Decision | None = None  # the violation (or fail-closed error), once found
 
     def add(self, delta: str) -> None:
@@ -178,15 +182,6 @@ class StreamGate:
                 return False  # whitespace: judged with the next word
         return True
 
-    def release_point(self) -> int:
-        """Where text a holding caller passes on ends while the stream is open: the judged text, less its
-        last word unless it ends a sentence (`releasable`: "Mix" waits for the check that shows "ammonium")."""
-        behind = self.length - self.judged  # fed after the last verdict's end
-        if behind > len(self.tail):
-            return max(0, self.judged - MAX_HELD_WORD)  # that end is out of the window: hold the longest word
-        judged_tail = self.tail[: len(self.tail) - behind]
-        return self.judged - (len(judged_tail) - releasable(judged_tail))
-
     def item(self) -> Item:
         """The check of everything fed so far (its window)."""
         item = Item(self.stage, self._conversation(self.tail), label=self.label)
@@ -208,10 +203,14 @@ class StreamGate:
             enforce(self.decision)
         if decision.allowed:
             self.judged = max(self.judged, item.extra["end"])
+            behind = self.length - self.judged  # fed since the check was made (0 for held callers)
+            if self.whole_words and behind <= len(self.tail):
+                judged = self.tail[: len(self.tail) - behind]
+                self.release_point = self.judged - (len(judged) - releasable(judged))
             return
         # The violation is in the text judged by this check and not before: point at the new part (held
         # callers: where release stopped, before the word this check showed with what follows it).
-        decision = replace(decision, offset=self.release_point() if self.whole_words else self.judged)
+        decision = replace(decision, offset=self.release_point if self.whole_words else self.judged)
         self.decision = decision
         enforce(decision)
 
@@ -265,7 +264,7 @@ class GateScreen:
         """Characters that may be passed on now."""
         if not self.hold:
             return self.gate.length
-        return self.gate.judged if self.finished else self.gate.release_point()
+        return self.gate.judged if self.finished else self.gate.release_point
 
     def check(self, delta: str) -> None:
         item = self.gate.pending(delta)
