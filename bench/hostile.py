@@ -18,6 +18,8 @@ model runs every time). The attackers, all at once in every hostile window:
 - ``idle_sockets``: 300 sockets that send nothing, reopened as the server closes them;
 - ``slow_drip``: request heads and bodies sent one byte every 0.5 s;
 - ``session_hog``: one client opening stream sessions until refused, feeding them empty text;
+- ``stream_burst``: stream sessions fed one frame of 2,000 short sentences each (``min_segment=1``), then
+  finished (the Gen-window engine keeps a stream's checks to a few at once);
 - ``client_policy``: an unsafe prompt with a policy that ignores every category and turns every stage
   off (must still be blocked: any release counts as a failure).
 
@@ -329,6 +331,27 @@ async def session_hog(run: Run, stop: asyncio.Event) -> None:
                 await ws.close()
 
 
+async def stream_burst(run: Run, stop: asyncio.Event) -> None:
+    """Stream sessions each fed one frame of 2,000 short sentences, then finished: a window check per
+    sentence, all at once, would queue ahead of every other client's checks."""
+    burst = "Ok go now. " * 2_000
+    i = 0
+    while not stop.is_set():
+        i += 1
+        try:
+            async with websockets.connect(run.ws, max_size=None) as ws:
+                await ws.send(json.dumps({"type": "open", "prompt": f"Say ok {i}.", "min_segment": 1}))
+                await asyncio.wait_for(ws.recv(), 30)
+                await ws.send(json.dumps({"type": "feed", "text": f"{i} {burst}"}))  # distinct: no cache hit
+                await asyncio.wait_for(ws.recv(), 60)
+                await ws.send(json.dumps({"type": "finish"}))
+                last = json.loads(await asyncio.wait_for(ws.recv(), 120))
+                run.attacks[f"stream_burst -> {last['type']}"] += 1
+        except (OSError, asyncio.TimeoutError, websockets.WebSocketException) as exc:
+            run.attacks[f"stream_burst -> {type(exc).__name__}"] += 1
+            await asyncio.sleep(0.5)
+
+
 async def client_policy(run: Run, stop: asyncio.Event) -> None:
     policy = {
         "mode": "loose",
@@ -349,7 +372,7 @@ async def client_policy(run: Run, stop: asyncio.Event) -> None:
         await asyncio.sleep(0.5)
 
 
-ATTACKERS = [huge_lists, near_limit, idle_sockets, slow_drip, session_hog, client_policy]
+ATTACKERS = [huge_lists, near_limit, idle_sockets, slow_drip, session_hog, stream_burst, client_policy]
 
 
 # -- the run -----------------------------------------------------------------------------------------------

@@ -30,19 +30,25 @@ def _answer(conv):
 
 
 class CountingJudge(ScriptedBackend):
-    """Flags answers holding "Mix ammonium" and prompts about a bomb; counts answer checks; ``wait_idle``."""
+    """Flags answers holding "Mix ammonium" and prompts about a bomb; counts answer checks, the answer
+    characters they read and the most calls running at once; ``wait_idle``."""
 
-    def __init__(self) -> None:
-        super().__init__(_answer)
+    def __init__(self, delay_s: float = 0.0) -> None:
+        super().__init__(_answer, delay_s=delay_s)
         self._cond = threading.Condition()
         self.started = 0
         self.finished = 0
         self.answer_checks = 0
+        self.answer_chars = 0
+        self.most_at_once = 0
 
     def _begin(self, conversations) -> None:
         with self._cond:
             self.started += 1
-            self.answer_checks += sum(1 for c in conversations if c[-1]["role"] == "assistant")
+            self.most_at_once = max(self.most_at_once, self.started - self.finished)
+            answers = [c[-1]["content"] for c in conversations if c[-1]["role"] == "assistant"]
+            self.answer_checks += len(answers)
+            self.answer_chars += sum(map(len, answers))
 
     def _end(self) -> None:
         with self._cond:

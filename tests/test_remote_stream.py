@@ -198,6 +198,19 @@ def test_bad_open_frames_close_with_4400_and_a_json_error(base, first):
     assert frames[-1]["type"] == "error" and frames[-1]["error"]["code"] == CLOSE_BAD_REQUEST
 
 
+@pytest.mark.parametrize("options", [{"context": 10_000}, {"check_every": 1_000}])
+def test_a_stream_asking_the_server_for_longer_windows_is_refused_with_the_reason(base, local, options):
+    """A server without a Stream model judges a stream in Gen windows of its own size at most; a client
+    library asking for longer ones hears why: a caller's error (ValueError), not a guard outage."""
+    ((name, value),) = options.items()
+    with pytest.raises(ValueError) as err:
+        with remote(base, local).stream("What is the capital of France?", **options) as monitor:
+            monitor.feed(ANSWER)
+    assert f"{name}={value}" in str(err.value) and "at most" in str(err.value), err.value
+    with remote(base, local).stream("What is the capital of France?", **{name: value // 100}) as monitor:
+        assert monitor.feed(ANSWER) + monitor.finish() == ANSWER  # shorter windows are the client's choice
+
+
 def test_bad_frames_mid_session(base):
     for bad in (b"\x00binary", json.dumps({"type": "feed", "text": 5}), json.dumps({"type": "dance"})):
         with ws(base) as conn:

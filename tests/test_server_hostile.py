@@ -25,7 +25,9 @@ from faults import ScriptedBackend
 from live_server import demo_guard
 from qwenguard.core import Guard, Policy, render_prompt
 from qwenguard.core.server import create_app, server_config
+from qwenguard.core.streaming.gen_windows import MAX_WINDOWS_IN_FLIGHT
 from qwenguard.core.verdict import CATEGORIES
+from stream_judges import CountingJudge
 from websockets.sync.client import connect
 
 KEY = "hostile-key"
@@ -263,6 +265,56 @@ def test_conversations_and_characters_are_bounded_by_the_operator():
             conn.send(json.dumps({"type": "feed", "text": "b" * 200}))
             frames, code = frames_until_close(conn)
         assert code == 1009 and "the stream session carries" in frames[-1]["error"]["message"]
+
+
+#: An answer of 2,000 short sentences (22,000 characters).
+SHORT_SENTENCES = "Ok go now. " * 2_000
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"context": 1_000_000_000}, {"check_every": 1_000_000_000}, {"context": 385}, {"check_every": 257}],
+    ids=["whole-answer-context", "endless-segments", "context-one-over", "check-every-one-over"],
+)
+def test_a_client_cannot_make_each_stream_check_read_more(options):
+    """The attack: a Gen guard judges a stream in windows of a segment plus ``context`` characters before it;
+    a client that asks for a billion characters of context has every check read the whole answer so far
+    (2,000 short sentences: 22 million characters judged for 22 thousand fed, a thousand times what the
+    same stream costs with the server's settings). The server refuses more than its own per check."""
+    backend = CountingJudge()
+    with guarded(Guard(backend)) as url:
+        released, frames, code = stream_session(
+            url, {"type": "open", "prompt": PARIS_Q, **options}, SHORT_SENTENCES, size=len(SHORT_SENTENCES)
+        )
+    assert released == "" and code == 4400, (code, frames[-1])
+    name = next(iter(options))
+    assert name in frames[-1]["error"]["message"] and "at most" in frames[-1]["error"]["message"], frames[-1]
+    assert backend.answer_chars == 0  # refused before any of the answer was judged
+
+
+def test_a_client_may_make_each_stream_check_read_less():
+    backend = CountingJudge()
+    with guarded(Guard(backend)) as url:
+        released, frames, code = stream_session(
+            url, {"type": "open", "prompt": PARIS_Q, "context": 100, "check_every": 64}, SHORT_SENTENCES, size=1_000
+        )
+    assert released == SHORT_SENTENCES and frames[-1]["type"] == "finished" and code == 1000, frames[-1]
+    assert 0 < backend.answer_chars < 20 * len(SHORT_SENTENCES)
+
+
+def test_one_burst_of_sentences_does_not_flood_the_judge():
+    """The attack: one feed frame of 2,000 short sentences. Each sentence of ``min_segment`` characters or
+    more got its own window check at once: hundreds of checks handed to the judge together, ahead of every
+    other client's. A stream keeps at most `MAX_WINDOWS_IN_FLIGHT` checks running; the rest of the burst
+    is judged in longer segments as they come back, and all of it is still judged before it is released."""
+    backend = CountingJudge(delay_s=0.02)
+    with guarded(Guard(backend)) as url:
+        released, frames, code = stream_session(
+            url, {"type": "open", "prompt": PARIS_Q, "min_segment": 1}, SHORT_SENTENCES, size=len(SHORT_SENTENCES)
+        )
+    assert released == SHORT_SENTENCES and frames[-1]["type"] == "finished" and code == 1000, frames[-1]
+    assert backend.most_at_once <= MAX_WINDOWS_IN_FLIGHT, backend.most_at_once
+    assert backend.answer_chars < 5 * len(SHORT_SENTENCES)  # every character judged, in windows of bounded overlap
 
 
 def test_a_large_completion_prompt_is_read_off_the_event_loop(monkeypatch):

@@ -6,6 +6,8 @@ import asyncio
 import pytest
 from faults import ScriptedBackend
 from qwenguard.core import Guard, GuardTimeout, GuardUnavailable, GuardViolation, Policy, Stage
+from qwenguard.core.streaming.gen_windows import MAX_WINDOWS_IN_FLIGHT, RELEASE_UNITS
+from stream_judges import CLAUSE, CountingJudge
 
 SAFE_Q = "What is the capital of France?"
 TURNS_UNSAFE = (
@@ -153,3 +155,49 @@ async def test_async_backend_failure_fails_closed():
             for piece in _pieces(SAFE_A * 4):
                 await monitor.afeed(piece)
             await monitor.afinish()
+
+
+# -- a burst of short sentences: a bounded number of checks at once ------------------------------------
+BURST = "Ok go now. " * 2_000  # 2,000 short sentences in one delta (a client's frame, a fast model)
+
+
+@pytest.mark.parametrize("unit", RELEASE_UNITS)
+def test_a_burst_of_short_sentences_keeps_few_checks_running(unit):
+    """The attack: one delta of 2,000 short sentences. Each got a window check at once (with
+    ``min_segment=1``, 2,000 checks reading 783,000 characters for 22,000 fed); a stream now keeps at most
+    `MAX_WINDOWS_IN_FLIGHT` running and judges the rest in longer segments as they come back."""
+    backend = CountingJudge(delay_s=0.005)
+    with Guard(backend).stream(SAFE_Q, release_unit=unit, min_segment=1) as monitor:
+        out = monitor.feed(BURST)
+        out += monitor.finish()
+    assert out == BURST
+    assert backend.most_at_once <= MAX_WINDOWS_IN_FLIGHT
+    assert backend.answer_chars < 5 * len(BURST)
+
+
+@pytest.mark.parametrize("unit", RELEASE_UNITS)
+async def test_async_a_burst_of_short_sentences_keeps_few_checks_running(unit):
+    backend = CountingJudge(delay_s=0.005)
+    async with Guard(backend).astream(SAFE_Q, release_unit=unit, min_segment=1) as monitor:
+        out = await monitor.afeed(BURST)
+        out += await monitor.afinish()
+    assert out == BURST
+    assert backend.most_at_once <= MAX_WINDOWS_IN_FLIGHT
+    assert backend.answer_chars < 5 * len(BURST)
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_an_unsafe_sentence_inside_a_burst_is_still_stopped(sync):
+    text = "Ok go now. " * 1_000 + CLAUSE + " Ok go now." * 1_000
+    guard = Guard(CountingJudge(delay_s=0.005))
+    released = ""
+    with pytest.raises(GuardViolation):
+        if sync:
+            with guard.stream(SAFE_Q) as monitor:
+                released += monitor.feed(text)
+                released += monitor.finish()
+        else:
+            async with guard.astream(SAFE_Q) as amonitor:
+                released += await amonitor.afeed(text)
+                released += await amonitor.afinish()
+    assert text.startswith(released) and len(released) <= text.index(CLAUSE)

@@ -17,6 +17,7 @@ from ..errors import GuardViolation, QwenGuardError
 from ..formats.content import clean_text
 from ..formats.prompts import normalize_messages
 from ..streaming.debounce import DEFAULT_WINDOW
+from ..streaming.monitor_core import DEFAULT_CHECK_EVERY, DEFAULT_CONTEXT
 from ..verdict import Risk
 from .limits import LimitExceeded
 from .schemas import ApiError
@@ -51,7 +52,9 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
 
     ``open`` takes the local monitor's options (holdback, window, screen_prompt, check_every,
     min_segment, context) and an optional ``policy`` (``Policy.to_dict()``), which can only make the
-    server's policy stricter (`Policy.tightened`; the operator's policy is pinned).
+    server's policy stricter (`Policy.tightened`; the operator's policy is pinned). A client may lower
+    ``window`` (the stop rule), ``check_every`` and ``context`` (what one Gen window check reads) but not
+    raise them past the server's defaults (close 4400).
     Server → client: ``{"type": "opened", "prompt_decision": ...}``; one ``{"type": "released",
     "text": ...}`` per feed; ``{"type": "finished", "text": ...}``; or ``{"type": "violation",
     "decision": {...}, "released": <all text released>}`` and the session ends. Frames may also carry
@@ -190,17 +193,35 @@ def _open_args(service: Service, msg: Mapping[str, Any]) -> tuple[Any, Any, dict
         )
     # Values are checked by the monitor itself (ValueError/TypeError: close 4400), as for local streams.
     options = {k: msg[k] for k in _SESSION_OPTIONS if k in msg}
-    window = options.get("window")
-    if isinstance(window, int) and not isinstance(window, bool) and window > DEFAULT_WINDOW:
-        # The decision rule is part of what the operator's policy blocks: a longer run of unsafe tokens
-        # before a stop would loosen it (a huge one switches the Stream model's stops off).
-        raise SessionEnd(
-            CLOSE_BAD_REQUEST,
-            f"window={window}: a client may only make the stop rule stricter (1 to {DEFAULT_WINDOW} "
-            "consecutive flagged tokens, the server's rule)",
-            "invalid_request_error",
-        )
+    for name, most, why in _CLIENT_MAXIMA:
+        value = options.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > most:
+            raise SessionEnd(CLOSE_BAD_REQUEST, f"{name}={value}: {why.format(most)}", "invalid_request_error")
     return guard, prompt, options
+
+
+#: Session options a client may lower but not raise past the server's: (name, the server's, why).
+_CLIENT_MAXIMA = (
+    # The stop rule is part of what the operator's policy blocks: a longer run of unsafe tokens before a
+    # stop would loosen it (a huge one switches the Stream model's stops off).
+    (
+        "window",
+        DEFAULT_WINDOW,
+        "a client may only make the stop rule stricter (1 to {} consecutive flagged tokens, the server's rule)",
+    ),
+    # What one Gen window check reads: a client asking for more (a billion characters of context) has every
+    # check read the whole answer so far, a thousand times the work of the same stream.
+    (
+        "check_every",
+        DEFAULT_CHECK_EVERY,
+        "a client may only make each window check read less (at most {} characters, the server's)",
+    ),
+    (
+        "context",
+        DEFAULT_CONTEXT,
+        "a client may only make each window check read less (at most {} characters, the server's)",
+    ),
+)
 
 
 def _check(check: Any, *args: Any) -> None:

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 # at a newline. The whitespace must have arrived: "3.14" and "e.g." mid-stream are not ends.
 _TERMINAL = ".!?;。！？；…"  # terminal punctuation
 _CLOSING = "\"'”’)]"  # closing quotes and brackets after it
-_SENTENCE_END = re.compile(f"[{re.escape(_TERMINAL)}]+[{re.escape(_CLOSING)}]*(?=\\s)|\n")
+# A match starts only where a run of terminal punctuation starts (the lookbehind): tried at every dot of
+# a hostile "......" run, the pattern would backtrack over the rest of the run each time (quadratic).
+_SENTENCE_END = re.compile(f"(?<![{re.escape(_TERMINAL)}])[{re.escape(_TERMINAL)}]+[{re.escape(_CLOSING)}]*(?=\\s)|\n")
 
 
 _window_pool: ThreadPoolExecutor | None = None
@@ -39,8 +41,6 @@ def window_pool() -> ThreadPoolExecutor:
 # ================================================================================================
 # Gen-window fallback: segments, windows, in-order results. Shared by both monitors.
 # ================================================================================================
-#: A judged text ends a clause here: terminal punctuation (closing quotes/brackets, spaces after) or a newline.
-_CLAUSE_END = re.compile(f"(?:[{re.escape(_TERMINAL)}]+[{re.escape(_CLOSING)}]*|\n)\\s*$")
 #: Judged text goes out whole only when it ends with terminal punctuation closing a sentence of at least this
 #: many words (a Han or kana character counts as one). A shorter one ("Mix.", "Yes.") and a line without
 #: punctuation ("Mix\n") keep their last word until a window shows it with what follows: a clause cut into
@@ -56,6 +56,10 @@ MAX_HELD_WORD = 16
 #: What a Gen-window check may release: whole sentences (default), the answer's opening words and then
 #: whole sentences, or all but the last word judged.
 RELEASE_UNITS = ("sentence", "opening", "word")
+#: Window checks one stream keeps running at once. A burst of short sentences (one large delta, a fast model
+#: ahead of a slow judge) waits and is judged in longer segments as checks come back, instead of handing the
+#: judge a check per sentence at once, ahead of every other stream's.
+MAX_WINDOWS_IN_FLIGHT = 4
 
 
 def ends_sentence(text: str) -> bool:
@@ -74,6 +78,13 @@ def ends_sentence(text: str) -> bool:
         if words >= MIN_SENTENCE_WORDS:
             return True
     return False
+
+
+def ends_clause(text: str) -> bool:
+    """Does ``text`` end with terminal punctuation (closing quotes/brackets and spaces after it) or a line
+    break and spaces? Read from the end, in time linear in its trailing punctuation and spaces."""
+    stripped = text.rstrip()
+    return "\n" in text[len(stripped) :] or _closes_sentence(stripped)
 
 
 def _closes_sentence(token: str) -> bool:
@@ -153,24 +164,27 @@ class GenWindows:
         idle = self.in_flight == 0
         checks: list[tuple[int, int, list[dict[str, str]]]] = []
         if self.unit != "word":
-            while (cut := self._sentence_cut(idle and not checks)) > 0:
+            while self._room() and (cut := self._sentence_cut(idle and not checks)) > 0:
                 checks.append(self._take(cut))
             if self.unit == "opening" and idle and not checks and self.submitted == 0:
                 if cut := self._opening_cut():
                     checks.append(self._take(cut))  # the opening words, see the class docstring
             return checks
-        while len(self.unsubmitted) > self.check_every:
+        while self._room() and len(self.unsubmitted) > self.check_every:
             checks.append(self._take(self._long_cut()))
-        if idle and self.unsubmitted.strip() and self._worth_judging():
+        if idle and self._room() and self.unsubmitted.strip() and self._worth_judging():
             checks.append(self._take(len(self.unsubmitted)))
         return checks
 
     def rest(self) -> list[tuple[int, int, list[dict[str, str]]]]:
-        """The final segments at finish (whitespace-only text needs no check)."""
+        """The final segments at finish (whitespace-only text needs no check), as many as may run now:
+        call again as checks settle until `all_taken`."""
         self.finished = True
         checks: list[tuple[int, int, list[dict[str, str]]]] = []
-        while len(self.unsubmitted) > self.check_every:
+        while self._room() and len(self.unsubmitted) > self.check_every:
             checks.append(self._take(self._long_cut()))
+        if not self._room() or len(self.unsubmitted) > self.check_every:
+            return checks
         if self.unsubmitted and not self.unsubmitted.strip() and not checks:
             self.submitted += len(self.unsubmitted)
             if self.in_flight == 0:
@@ -179,6 +193,14 @@ class GenWindows:
         elif self.unsubmitted:
             checks.append(self._take(len(self.unsubmitted)))
         return checks
+
+    @property
+    def all_taken(self) -> bool:
+        """Has `rest` handed out every check of the finished text?"""
+        return self.finished and not self.unsubmitted
+
+    def _room(self) -> bool:
+        return self.in_flight < MAX_WINDOWS_IN_FLIGHT
 
     def _sentence_cut(self, idle: bool) -> int:
         """The next segment's end: a sentence end (any length when ``idle``, else ``min_segment`` or
@@ -189,7 +211,7 @@ class GenWindows:
         for m in _SENTENCE_END.finditer(text, 0, limit + 1):
             if m.end() >= shortest:
                 return m.end()  # the first one: each sentence gets a window that ends with it
-        if idle and len(text) <= limit and text.strip() and _CLAUSE_END.search(text):
+        if idle and len(text) <= limit and text.strip() and ends_clause(text):
             return len(text)  # "... Paris." with its space still to come: the sentence has ended
         return self._long_cut() if len(text) > self.check_every else 0
 

@@ -256,10 +256,13 @@ class StreamMonitor(MonitorCore):
             fut = window_pool().submit(self._window_judge.check, conversation, windows.timeout)
             self._pending.append((start, end, fut))
 
-    def _harvest(self, *, wait: bool) -> None:
+    def _harvest(self, *, wait: bool, most: int | None = None) -> None:
+        """Settle the checks that are back, in order (``wait``: wait for them; ``most``: at most so many)."""
         windows = self._windows
         assert windows is not None
-        while self._pending and (wait or self._pending[0][2].done()):
+        settled = 0
+        while self._pending and (wait or self._pending[0][2].done()) and (most is None or settled < most):
+            settled += 1
             start, end, fut = self._pending[0]
             try:
                 outcome = fut.result(timeout=None if windows.timeout is None else windows.timeout + 1.0)
@@ -283,7 +286,10 @@ class StreamMonitor(MonitorCore):
         windows = self._windows
         assert windows is not None
         self._submit(windows.rest())
-        self._harvest(wait=True)
+        while self._pending and not self._degraded:
+            self._harvest(wait=True, most=1)
+            if not self._degraded:
+                self._submit(windows.rest())  # the next segments as checks come back (a stream's cap)
         return self._release_all() if self._degraded else windows.release()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -535,6 +541,8 @@ class AsyncStreamMonitor(MonitorCore):
                 return ""
             self._pending.popleft()
             windows.settle(start, end, task.result())
+            if not self._degraded:
+                self._submit(windows.rest())  # the next segments as checks come back (a stream's cap)
         return self._release_all() if self._degraded else windows.release()
 
     # -- lifecycle ------------------------------------------------------------------------------

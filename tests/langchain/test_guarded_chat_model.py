@@ -342,7 +342,8 @@ def _handler(mode: str, guard: Guard) -> Any:
 @pytest.mark.parametrize("mode", MODES)
 def test_a_callback_on_the_same_guard_does_not_judge_its_stream_again(guard, mode, monkeypatch):
     """Each released chunk was judged before release by the same guard; a callback handler on that guard
-    used to judge them again, one check per chunk (12 answer checks alone, 83–84 with the callback, here)."""
+    used to judge them again, one check per chunk (at most 12 answer checks alone, 83–84 with the callback,
+    here)."""
     from test_middleware import _count_stream_screens
 
     opened = _count_stream_screens(monkeypatch)
@@ -361,7 +362,10 @@ def test_a_callback_on_the_same_guard_does_not_judge_its_stream_again(guard, mod
         assert error is None and text_of(items) == LONG_SAFE_ANSWER
         counts[setting] = _judged_answers(backend)
     assert opened == []  # the callback opened no stream screen for the held run
-    assert counts["with the callback"] <= counts["alone"] + 1
+    # At most one window per sentence (fewer when the stream outruns the judge and sentences are judged
+    # together), one more at the end: what the held run judges alone; the callback adds nothing.
+    sentences = LONG_SAFE_ANSWER.count(". ") + 1
+    assert counts["alone"] <= sentences + 1 and counts["with the callback"] <= sentences + 1, counts
 
 
 @pytest.mark.parametrize("mode", MODES)
