@@ -207,7 +207,11 @@ async def test_a_callback_on_the_same_guard_does_not_judge_the_held_stream_again
     agent = create_agent(scripted(_LONG_SAFE_ANSWER), tools.all, middleware=[GuardMiddleware(both)])
     assert await _agent_stream(agent, handler, asynchronous) == _LONG_SAFE_ANSWER
     assert opened == []  # the callback opened no screen for the held call's stream
-    assert _judged_answers(both_backend) <= _judged_answers(alone_backend) + 2
+    # At most one window per sentence (fewer when the stream outruns the judge and sentences are judged
+    # together, so two runs' counts differ with timing), and the end: the callback adds nothing.
+    most = _LONG_SAFE_ANSWER.count(". ") + 3
+    counts = _judged_answers(alone_backend), _judged_answers(both_backend)
+    assert max(counts) <= most, counts
     assert handler.active_runs == 0
 
 
