@@ -12,7 +12,9 @@ import time
 import pytest
 from gen_script import record_plans
 from qwenguard.core import Guard, GuardViolation
+from qwenguard.core.backends.gen_engine import SessionState, SessionStep
 from qwenguard.core.backends.transformers_gen import TransformersGen
+from qwenguard.core.formats.conversations import response_conversation
 
 # A benign request with a pasted document: ~230 demo tokens that every window of the answer repeats.
 DOCUMENT = " ".join(
@@ -204,3 +206,23 @@ def test_closing_the_pool_wakes_a_waiting_check(demo) -> None:
     assert not waiter.is_alive() and time.monotonic() - started < 30
     assert outcome and outcome[0].is_safe  # answered by a full check once the pool closed
     assert pool.full_checks == 1
+
+
+def test_a_sliding_window_is_priced_at_the_tokens_it_runs(demo) -> None:
+    """The batcher leads each step with the cheapest waiting item and lets in only items up to twice its
+    cost. A session step was priced at how much its prompt grew; a stream's next window is as long as the
+    last one but slides (a new start, a new end), so it was priced at a token or two while it ran its whole
+    text again, and led steps that a short check could not join."""
+    guard, _ = demo
+    backend = guard.backend
+    first, second = (
+        backend._plan([response_conversation(REQUEST, window)])[0][0]
+        for window in (SAFE_ANSWER[:150], SAFE_ANSWER[60:210])
+    )
+    state = SessionState()
+    backend._batcher.run([SessionStep(state, first)])  # the session's cache now holds the first window
+    shared = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)
+    step = SessionStep(state, second)
+    assert len(step) == len(second) - shared > 20, (len(step), len(second), shared)
+    grown = SessionStep(state, first + second[shared:])  # a growing prompt: still priced at its growth
+    assert len(grown) == len(second) - shared

@@ -133,9 +133,25 @@ class SessionStep:
 
     state: SessionState
     ids: list[int]
+    _cost: int = field(default=0, init=False, repr=False)
 
-    def __len__(self) -> int:  # the batcher's cost: the tokens this step is likely to run
-        return max(1, len(self.ids) - len(self.state.ids))
+    def __len__(self) -> int:
+        """The batcher's cost: the tokens this step is likely to run (worked out once: a session's cache does
+        not change while its step waits)."""
+        if not self._cost:
+            self._cost = max(1, len(self.ids) - self._kept())
+        return self._cost
+
+    def _kept(self) -> int:
+        """Positions a cache holds already: the longest common prefix with its own state's ids or a sibling's,
+        the better of which the engine starts from (`GenEngine._session_row`). Not the growth of the prompt:
+        a stream's next window is as long as the last one but slides, so it runs its text again."""
+        state = self.state
+        kept = _common_prefix(state.ids, self.ids) if state.cache is not None else 0
+        for other in list(state.siblings or ()):  # a copy: callers add and drop siblings on their threads
+            if other is not state and other.cache is not None:
+                kept = max(kept, min(_common_prefix(other.ids, self.ids), other.cache.length))
+        return kept
 
 
 @dataclass(eq=False)
