@@ -145,6 +145,7 @@ BACKEND_OPTIONS: dict[str, Callable[[str], Any]] = {
     "max_batch_tokens": int,
     "max_wait_s": float,
     "target_step_s": _seconds_or_none,
+    "width_floor": int,
     "max_new_tokens": int,
     "max_context": int,
     "max_window_tokens": int,

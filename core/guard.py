@@ -131,6 +131,7 @@ class Guard:
             "max_windows",
             "max_batch_tokens",
             "target_step_s",
+            "width_floor",
             "engine",
             "max_session_tokens",
             "label_branches",

@@ -17,8 +17,9 @@ picks from all waiting requests:
   while the model is busy waits for at most about one such step.
 - **Fair, short work first.** The step is led by the request whose next item is cheapest (a short
   check before the next windows of a long document), then filled round-robin, one item per request
-  per pass, only with items at most ``2x`` the leader's cost: a short check never rides in a step of
-  long windows, so it pays for its own short step, not for theirs. A request passed over in
+  per pass, only with items at most ``2x`` the leader's cost (or ``width_floor``, if more): a short
+  check never rides in a step of long windows, so it pays for its own short step, not for theirs, and
+  rides in a step led by tiny items (a stream session's one-token step) instead of waiting behind it. A request passed over in
   ``max_skips`` steps in a row leads the next one, so a stream of short checks cannot starve a long one.
 - **Similar lengths together.** Each request's items are taken shortest first, so the rows of a step
   pad little; an item that would blow the budget waits for a later step.
@@ -119,6 +120,7 @@ class MicroBatcher(Generic[T, R]):
         max_batch_cost: int | None = None,
         target_step_s: float | None = None,
         max_skips: int = DEFAULT_MAX_SKIPS,
+        width_floor: int = 1,
         regroup_s: float = 0.0,
         clock: Callable[[], float] = time.perf_counter,
         name: str = "qwenguard-batcher",
@@ -133,6 +135,8 @@ class MicroBatcher(Generic[T, R]):
             raise ValueError("max_skips must be >= 0")
         if regroup_s < 0:
             raise ValueError("regroup_s must be >= 0")
+        if isinstance(width_floor, bool) or not isinstance(width_floor, int) or width_floor < 1:
+            raise ValueError("width_floor must be an integer >= 1")
         self._run_batch = run_batch
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
@@ -140,6 +144,7 @@ class MicroBatcher(Generic[T, R]):
         self.max_batch_cost = max_batch_cost
         self.target_step_s = target_step_s
         self.max_skips = max_skips
+        self.width_floor = width_floor
         self.regroup_s = regroup_s
         self._answered = 0  # requests the last step finished (their callers may submit again at once)
         self._clock = clock
@@ -236,7 +241,9 @@ class MicroBatcher(Generic[T, R]):
         lead_index = lead.peek()
         assert lead_index is not None
         widest = self._item_cost(lead, lead_index)
-        ceiling = widest * WIDTH_CLASS  # wider items wait for a step of their own class
+        # Wider items wait for a step of their own class; below ``width_floor`` a row costs little beside a
+        # step's overhead, so a short check rides in a step led by tiny items instead of waiting behind them.
+        ceiling = max(widest * WIDTH_CLASS, self.width_floor)
         budget = self.step_budget()
         picked = [(lead, lead_index)]
         lead.next += 1

@@ -73,6 +73,10 @@ DEFAULT_MAX_SESSION_TOKENS = 32_768
 #: long document little throughput (steps of ~2,000 tokens run as fast per token as steps of 8,192 on CPU;
 #: docs/performance.md) and does not bind on hardware fast enough to run a full step within it.
 DEFAULT_TARGET_STEP_S = 0.1
+#: Tokens below which a row rides in any step (`batching.MicroBatcher` ``width_floor``): a short check
+#: (30-60 tokens past the cached instructions) joins a step led by a stream session's one-token step
+#: instead of waiting behind it, at little cost beside a step's overhead.
+DEFAULT_WIDTH_FLOOR = 128
 
 # One planned conversation: where its windows start in the flat list, how many, its mode, or its error.
 _Span = tuple[int, int, str, "QwenGuardError | None"]
@@ -101,6 +105,7 @@ class TransformersGen:
         max_windows: int = DEFAULT_MAX_WINDOWS,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         target_step_s: float | None = DEFAULT_TARGET_STEP_S,
+        width_floor: int = DEFAULT_WIDTH_FLOOR,
         engine: bool | None = None,
         max_session_tokens: int | None = DEFAULT_MAX_SESSION_TOKENS,
         label_branches: bool | None = None,
@@ -146,6 +151,7 @@ class TransformersGen:
             cost=len,
             max_batch_cost=max_batch_tokens,
             target_step_s=target_step_s,
+            width_floor=width_floor,
             name=f"qwenguard-gen[{name}]",
         )
 

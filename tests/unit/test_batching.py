@@ -249,6 +249,35 @@ def test_a_short_check_never_rides_in_a_step_of_long_windows():
     batcher.close()
 
 
+def test_a_short_check_rides_in_a_step_led_by_one_token_steps():
+    """The attack (`bench/hostile.py`'s stream_burst): stream sessions whose windows repeat the last one each
+    run a token past their cache, priced 1. A step led by such an item let in only items up to twice its cost,
+    so a 40-token check waited behind them until it had been passed over often enough to lead. With a width
+    floor (the Gen backend's is 128 tokens) it rides in the very next step."""
+    rec = CostRecorder(real_s=0.01)
+    batcher = MicroBatcher(rec, max_batch=16, max_wait_s=0.0, cost=len, max_batch_cost=8192, width_floor=128)
+    busy = batcher.submit(["b" * 100])  # the model is busy while the rest arrive
+    _wait_for(lambda: len(rec.steps) >= 1)
+    sessions = [batcher.submit(["s"] * 6) for _ in range(3)]
+    check = batcher.submit(["c" * 40])
+    assert check.result(10) == [40] and busy.result(10) == [100]
+    assert all(f.result(10) == [1] * 6 for f in sessions)
+    assert 40 in rec.steps[1] and 1 in rec.steps[1], rec.steps
+    assert max(rec.steps[1]) <= 128
+    batcher.close()
+
+
+def test_the_width_floor_keeps_long_windows_out_of_a_short_checks_step():
+    rec = CostRecorder(real_s=0.002)
+    batcher = MicroBatcher(rec, max_batch=16, max_wait_s=0.0, cost=len, max_batch_cost=8192, width_floor=128)
+    document = batcher.submit(["d" * 500 for _ in range(40)])
+    _wait_for(lambda: len(rec.steps) >= 1)
+    assert batcher.run(["s" * 30], timeout=10) == [30]
+    assert max(next(s for s in rec.steps if 30 in s)) <= 128
+    assert document.result(20) == [500] * 40
+    batcher.close()
+
+
 def test_steps_are_planned_to_fit_the_target_time():
     """A document alone: once two steps were timed (an exact fake clock; the very first step is not, it pays
     for set-up), the worker plans steps that take about ``target_step_s`` instead of the full cost budget."""
