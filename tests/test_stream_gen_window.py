@@ -172,7 +172,7 @@ def test_a_burst_of_short_sentences_keeps_few_checks_running(unit):
         out += monitor.finish()
     assert out == BURST
     assert backend.most_at_once <= MAX_WINDOWS_IN_FLIGHT
-    assert backend.answer_chars < 5 * len(BURST)
+    assert len(BURST) <= backend.answer_chars < 5 * len(BURST)  # all of it judged, in bounded windows
 
 
 @pytest.mark.parametrize("unit", RELEASE_UNITS)
@@ -183,7 +183,7 @@ async def test_async_a_burst_of_short_sentences_keeps_few_checks_running(unit):
         out += await monitor.afinish()
     assert out == BURST
     assert backend.most_at_once <= MAX_WINDOWS_IN_FLIGHT
-    assert backend.answer_chars < 5 * len(BURST)
+    assert len(BURST) <= backend.answer_chars < 5 * len(BURST)  # all of it judged, in bounded windows
 
 
 @pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])

@@ -19,8 +19,9 @@ picks from all waiting requests:
   check before the next windows of a long document), then filled round-robin, one item per request
   per pass, only with items at most ``2x`` the leader's cost (or ``width_floor``, if more): a short
   check never rides in a step of long windows, so it pays for its own short step, not for theirs, and
-  rides in a step led by tiny items (a stream session's one-token step) instead of waiting behind it. A request passed over in
-  ``max_skips`` steps in a row leads the next one, so a stream of short checks cannot starve a long one.
+  rides in a step led by tiny items (a stream session's one-token step) instead of waiting behind it.
+  A request passed over in ``max_skips`` steps in a row leads the next one, so a stream of short checks
+  cannot starve a long one.
 - **Similar lengths together.** Each request's items are taken shortest first, so the rows of a step
   pad little; an item that would blow the budget waits for a later step.
 - **Abandoned work stops.** A request whose future was cancelled (its caller timed out, or the

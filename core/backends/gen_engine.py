@@ -146,12 +146,8 @@ class SessionStep:
         """Positions a cache holds already: the longest common prefix with its own state's ids or a sibling's,
         the better of which the engine starts from (`GenEngine._session_row`). Not the growth of the prompt:
         a stream's next window is as long as the last one but slides, so it runs its text again."""
-        state = self.state
-        kept = _common_prefix(state.ids, self.ids) if state.cache is not None else 0
-        for other in list(state.siblings or ()):  # a copy: callers add and drop siblings on their threads
-            if other is not state and other.cache is not None:
-                kept = max(kept, min(_common_prefix(other.ids, self.ids), other.cache.length))
-        return kept
+        own = _common_prefix(self.state.ids, self.ids) if self.state.cache is not None else 0
+        return _best_sibling(self.state, self.ids, own)[1]
 
 
 @dataclass(eq=False)

@@ -178,7 +178,7 @@ class GenWindows:
 
     def rest(self) -> list[tuple[int, int, list[dict[str, str]]]]:
         """The final segments at finish (whitespace-only text needs no check), as many as may run now:
-        call again as checks settle until `all_taken`."""
+        call again as checks settle until it returns none."""
         self.finished = True
         checks: list[tuple[int, int, list[dict[str, str]]]] = []
         while self._room() and len(self.unsubmitted) > self.check_every:
@@ -193,11 +193,6 @@ class GenWindows:
         elif self.unsubmitted:
             checks.append(self._take(len(self.unsubmitted)))
         return checks
-
-    @property
-    def all_taken(self) -> bool:
-        """Has `rest` handed out every check of the finished text?"""
-        return self.finished and not self.unsubmitted
 
     def _room(self) -> bool:
         return self.in_flight < MAX_WINDOWS_IN_FLIGHT
