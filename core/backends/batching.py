@@ -14,7 +14,10 @@ picks from all waiting requests:
   recent steps (``seconds ~ overhead + rate * cost``) and plans each step to fit that time, so a step
   is short on a slow machine and as large as the cost budget allows on a fast one, but never below an
   eighth of the cost budget (below that, per-step overhead eats the throughput). A check that arrives
-  while the model is busy waits for at most about one such step.
+  while the model is busy waits for at most about one such step. While work of different widths shares
+  the model (short checks or a stream's small steps beside a long document's windows), steps are planned
+  at half that time, for ``MIXED_MEMORY_S`` after such work was last seen waiting: the short checks that
+  keep coming wait half as long, and a document judged alone keeps its full steps.
 - **Fair, short work first.** The step is led by the request whose next item is cheapest (a short
   check before the next windows of a long document), then filled round-robin, one item per request
   per pass, only with items at most ``2x`` the leader's cost (or ``width_floor``, if more): a short
@@ -75,6 +78,10 @@ WIDTH_CLASS = 2
 _FIT_SAMPLES = 32
 #: ``target_step_s`` lowers a step's cost budget to no less than ``max_batch_cost // MIN_STEP_SHARE``.
 MIN_STEP_SHARE = 8
+#: The share of ``target_step_s`` steps are planned at while narrow and wide work wait together.
+MIXED_STEP_SHARE = 0.5
+#: Seconds (of the batcher's clock) steps stay planned so after narrow and wide work last waited together.
+MIXED_MEMORY_S = 1.0
 
 _STOP = object()
 _ids = itertools.count()
@@ -149,6 +156,7 @@ class MicroBatcher(Generic[T, R]):
         self.regroup_s = regroup_s
         self._answered = 0  # requests the last step finished (their callers may submit again at once)
         self._clock = clock
+        self._mixed_at = float("-inf")  # when narrow and wide work last waited together (`step_budget`)
         self._samples: deque[tuple[int, float]] = deque(maxlen=_FIT_SAMPLES)  # (step cost, seconds)
         self._queue: queue.Queue[object] = queue.Queue()
         self._name = name
@@ -217,7 +225,9 @@ class MicroBatcher(Generic[T, R]):
     def step_budget(self) -> int | None:
         """The padded cost one step may have now: ``max_batch_cost``, lowered to what fits ``target_step_s``
         but never below an eighth of it (``MIN_STEP_SHARE``): where even a few rows take longer than the
-        target (a loaded or slow machine), smaller steps would only add per-step overhead."""
+        target (a loaded or slow machine), smaller steps would only add per-step overhead. While narrow work
+        waits beside wide work (or did within ``MIXED_MEMORY_S``), the time is ``MIXED_STEP_SHARE`` of the
+        target: the narrow checks that keep arriving wait for shorter steps of the wide work."""
         budget = self.max_batch_cost
         if self.target_step_s is None or budget is None:
             return budget
@@ -225,7 +235,10 @@ class MicroBatcher(Generic[T, R]):
         if fit is None:
             return budget
         overhead, rate = fit
-        affordable = int((self.target_step_s - overhead) / rate) if self.target_step_s > overhead else 0
+        target = self.target_step_s
+        if self._clock() - self._mixed_at < MIXED_MEMORY_S:
+            target *= MIXED_STEP_SHARE
+        affordable = int((target - overhead) / rate) if target > overhead else 0
         return min(budget, max(affordable, budget // MIN_STEP_SHARE, 1))
 
     def _pick(self, active: deque[_Request]) -> list[tuple[_Request, int]]:
@@ -234,6 +247,9 @@ class MicroBatcher(Generic[T, R]):
         pending = [r for r in active if r.peek() is not None]
         if not pending:
             return []
+        costs = [self._item_cost(r, r.peek()) for r in pending]  # type: ignore[arg-type]
+        if max(costs) > max(min(costs) * WIDTH_CLASS, self.width_floor):
+            self._mixed_at = self._clock()  # work that cannot share a step waits together: plan shorter steps
         starved = [r for r in pending if r.skipped >= self.max_skips]
         if starved:
             lead = max(starved, key=lambda r: r.skipped)  # the longest passed over; the earliest in rotation

@@ -293,6 +293,45 @@ def test_steps_are_planned_to_fit_the_target_time():
     batcher.close()
 
 
+def test_short_checks_that_keep_coming_beside_a_document_wait_for_half_steps():
+    """The attack (`bench/hostile.py`: near_limit beside the normal checks): a short check that arrives while a
+    long document is judged waits for the document's step, planned at ``target_step_s``. While short work keeps
+    waiting beside it, the document's steps are planned at half that time; judged alone (before the short
+    checks, and a second of steps after them) it keeps its full steps."""
+    rec = CostRecorder(overhead_s=0.002, rate_s=0.0001, real_s=0.0005)
+    batcher = MicroBatcher(
+        rec, max_batch=64, max_wait_s=0.0, cost=len, max_batch_cost=6400, target_step_s=0.25, clock=rec.clock
+    )
+    document = batcher.submit(["d" * 100 for _ in range(800)])
+    _wait_for(lambda: len(rec.steps) >= 5)
+    stop = threading.Event()
+
+    def shorts():  # a client that sends its next short check as soon as the last one is answered
+        while not stop.is_set():
+            batcher.run(["s" * 10], timeout=10)
+
+    feeders = [threading.Thread(target=shorts) for _ in range(3)]
+    for feeder in feeders:
+        feeder.start()
+    try:
+        _wait_for(lambda: sum(1 for s in rec.steps if 10 in s) >= 1)
+        first_short = next(i for i, s in enumerate(rec.steps) if 10 in s)
+        _wait_for(lambda: sum(1 for s in rec.steps[first_short:] if 100 in s) >= 8)
+    finally:
+        stop.set()
+        for feeder in feeders:
+            feeder.join()
+    stopped = len(rec.steps)
+    assert document.result(30) == [100] * 800
+    alone = [s.count(100) for s in rec.steps[2:5]]
+    beside = [s.count(100) for s in rec.steps[first_short + 1 : stopped] if 100 in s]
+    after = [s.count(100) for s in rec.steps[stopped:-1] if 100 in s]
+    assert alone == [24, 24, 24], rec.steps[:5]  # (0.25 - 0.002) / 0.0001 = 2480 tokens: 24 rows of 100
+    assert len(beside) >= 7 and max(beside) <= 12, beside  # (0.125 - 0.002) / 0.0001 = 1230: 12 rows
+    assert after[-1] == 24, after  # alone again: full steps
+    batcher.close()
+
+
 def test_the_target_never_shrinks_steps_below_an_eighth_of_the_budget():
     """A machine where even one row takes longer than the target (0.2 s of overhead per step): steps of one
     row would only multiply that overhead, so the budget stays at an eighth of ``max_batch_cost``."""
