@@ -17,6 +17,8 @@ model runs every time). The attackers, all at once in every hostile window:
   back (accepted: the model judges ~200k characters in windows), and bodies just over it (413);
 - ``idle_sockets``: 300 sockets that send nothing, reopened as the server closes them;
 - ``slow_drip``: request heads and bodies sent one byte every 0.5 s;
+- ``slot_drip``: one client (from 127.0.0.2: another address than the normal clients') opening as many
+  requests as the server serves at once (64), each body sent a byte every 0.5 s;
 - ``session_hog``: one client opening stream sessions until refused, feeding them empty text;
 - ``stream_burst``: stream sessions fed one frame of 2,000 short sentences each (``min_segment=1``), then
   finished (the Gen-window engine keeps a stream's checks to a few at once);
@@ -262,44 +264,53 @@ async def idle_sockets(run: Run, stop: asyncio.Event, count: int = 300) -> None:
     await asyncio.gather(*[one() for _ in range(count)])
 
 
+DRIP_BODY = json.dumps({"conversations": [[{"role": "user", "content": "hi"}]]}).encode()
+DRIP_HEADS = {
+    "head": b"POST /v1/moderate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n",
+    "body": b"POST /v1/moderate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    % len(DRIP_BODY),
+}
+
+
+async def drip(run: Run, stop: asyncio.Event, kind: str, name: str, source: str | None = None) -> None:
+    """Requests sent a byte every 0.5 s (``kind``: from the head on, or a whole head then the body), one after
+    another on fresh connections (from address ``source``, if given); each outcome counted under ``name``."""
+    local = (source, 0) if source else None
+    while not stop.is_set():
+        try:
+            reader, writer = await asyncio.open_connection(HOST, run.port, local_addr=local)
+        except OSError:
+            await asyncio.sleep(0.5)
+            continue
+        outcome = "still dripping when the window ended"
+        try:
+            payload = DRIP_HEADS[kind] + (DRIP_BODY if kind == "body" else b"")
+            start = 0 if kind == "head" else len(DRIP_HEADS[kind])
+            writer.write(payload[:start])
+            for byte in payload[start:]:  # one byte, then up to 0.5 s listening for the server's answer
+                writer.write(bytes([byte]))
+                await writer.drain()
+                try:
+                    answer = await asyncio.wait_for(reader.read(64), 0.5)
+                except asyncio.TimeoutError:
+                    if stop.is_set():
+                        break
+                    continue
+                outcome = answer[:12].decode(errors="replace") if answer else "closed by the server"
+                break
+        except OSError:
+            outcome = "closed by the server"
+        finally:
+            writer.close()
+        run.attacks[f"{name} -> {outcome}"] += 1
+
+
 async def slow_drip(run: Run, stop: asyncio.Event) -> None:
-    body = json.dumps({"conversations": [[{"role": "user", "content": "hi"}]]}).encode()
-    heads = {
-        "head": b"POST /v1/moderate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n",
-        "body": b"POST /v1/moderate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-        % len(body),
-    }
+    await asyncio.gather(drip(run, stop, "head", "slow_drip head"), drip(run, stop, "body", "slow_drip body"))
 
-    async def drip(kind: str) -> None:
-        while not stop.is_set():
-            try:
-                reader, writer = await asyncio.open_connection(HOST, run.port)
-            except OSError:
-                await asyncio.sleep(0.5)
-                continue
-            outcome = "still dripping when the window ended"
-            try:
-                payload = heads[kind] + (body if kind == "body" else b"")
-                start = 0 if kind == "head" else len(heads[kind])
-                writer.write(payload[:start])
-                for byte in payload[start:]:  # one byte, then up to 0.5 s listening for the server's answer
-                    writer.write(bytes([byte]))
-                    await writer.drain()
-                    try:
-                        answer = await asyncio.wait_for(reader.read(64), 0.5)
-                    except asyncio.TimeoutError:
-                        if stop.is_set():
-                            break
-                        continue
-                    outcome = answer[:12].decode(errors="replace") if answer else "closed by the server"
-                    break
-            except OSError:
-                outcome = "closed by the server"
-            finally:
-                writer.close()
-            run.attacks[f"slow_drip {kind} -> {outcome}"] += 1
 
-    await asyncio.gather(drip("head"), drip("body"))
+async def slot_drip(run: Run, stop: asyncio.Event, count: int = 64) -> None:
+    await asyncio.gather(*[drip(run, stop, "body", "slot_drip", source="127.0.0.2") for _ in range(count)])
 
 
 async def session_hog(run: Run, stop: asyncio.Event) -> None:
@@ -372,7 +383,7 @@ async def client_policy(run: Run, stop: asyncio.Event) -> None:
         await asyncio.sleep(0.5)
 
 
-ATTACKERS = [huge_lists, near_limit, idle_sockets, slow_drip, session_hog, stream_burst, client_policy]
+ATTACKERS = [huge_lists, near_limit, idle_sockets, slow_drip, slot_drip, session_hog, stream_burst, client_policy]
 
 
 # -- the run -----------------------------------------------------------------------------------------------

@@ -266,6 +266,11 @@ def serve(
     max_streams_per_client: int = typer.Option(
         16, "--max-streams-per-client", help="Stream sessions at once per client address; more get 429."
     ),
+    max_bodies_per_client: int = typer.Option(
+        16,
+        "--max-bodies-per-client",
+        help="Request bodies arriving at once per client address; more wait for a turn (within --timeout).",
+    ),
     stream_idle_timeout: float = typer.Option(
         60.0, "--stream-idle-timeout", help="Close a stream session that feeds no text for this many seconds (4408)."
     ),
@@ -329,6 +334,7 @@ def serve(
         max_chars=max_chars,
         max_streams=max_streams,
         max_streams_per_client=max_streams_per_client,
+        max_bodies_per_client=max_bodies_per_client,
         stream_idle_timeout_s=stream_idle_timeout,
         stream_max_session_s=stream_max_session,
         head_timeout_s=head_timeout,

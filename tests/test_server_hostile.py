@@ -536,6 +536,69 @@ def test_health_says_which_stream_engine_runs_and_ready_tracks_capacity(server):
             done.join()
 
 
+DRIP_BODY = json.dumps({"conversations": [[{"role": "user", "content": "hi"}]]}).encode()
+DRIP_HEAD = b"POST /v1/moderate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (
+    len(DRIP_BODY)
+)
+
+
+def test_bodies_dripped_into_every_slot_do_not_keep_other_clients_out():
+    """The attack: one client opens more requests than the server serves at once and sends each body a byte
+    at a time, well within the request deadline. A request took one of the ``max_concurrency`` slots from its
+    head on, so the drips held every slot until the deadline (30 s by default) and every other client got 503
+    meanwhile, again and again as the dripper reconnected. A body is now received before its request takes
+    a slot: the drips hold only their own client's turns to send."""
+    with guarded(safe_backend(), max_concurrency=4) as url:
+        drips = [socket.create_connection(("127.0.0.1", _port(url))) for _ in range(6)]
+        try:
+            for sock in drips:
+                sock.sendall(DRIP_HEAD + DRIP_BODY[:1])
+            time.sleep(0.5)
+            answers = []
+            for i in range(3):
+                r = httpx.post(url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": f"q {i}"}]]})
+                answers.append(r.status_code)
+                for sock in drips:  # a byte each: the drips stay well within the request deadline
+                    sock.sendall(DRIP_BODY[1 + i : 2 + i])
+            assert answers == [200, 200, 200], answers
+            assert httpx.get(url + "/ready").json()["accepting_requests"] is True
+        finally:
+            for sock in drips:
+                sock.close()
+
+
+def test_a_client_dripping_bodies_waits_behind_its_own_drips():
+    """Past ``max_bodies_per_client`` bodies arriving at once, a client's next request waits for a turn (within
+    the request deadline); another client address does not wait."""
+    with guarded(safe_backend(), max_bodies_per_client=2, request_timeout_s=2.0) as url:
+        drips = [socket.create_connection(("127.0.0.1", _port(url))) for _ in range(2)]
+        try:
+            for sock in drips:
+                sock.sendall(DRIP_HEAD + DRIP_BODY[:1])
+            time.sleep(0.3)
+            other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=10)
+            start = time.monotonic()
+            assert (
+                other.post(
+                    url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": "a"}]]}
+                ).status_code
+                == 200
+            )
+            assert time.monotonic() - start < 1.0  # another address: no wait
+            start = time.monotonic()
+            r = httpx.post(
+                url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": "b"}]]}, timeout=10
+            )
+            waited = time.monotonic() - start
+            # The dripper's own third request: its turn came when a drip hit the 2 s deadline (408), and its
+            # wait counts against its own deadline (it answers 200 only if a turn came in time).
+            assert r.status_code in (200, 408) and waited > 1.0, (r.status_code, waited)
+            other.close()
+        finally:
+            for sock in drips:
+                sock.close()
+
+
 @pytest.fixture(scope="module")
 def stream_model_server():
     """The demo guard with the demo Stream model: /v1/stream scores every token."""

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response
@@ -44,6 +45,25 @@ class Load:
         self.streams = 0
         self.streams_by_client: Counter[str] = Counter()
         self.draining = False
+        # Request bodies arriving per client address: a turnstile each, and how many hold or wait for a turn.
+        self.body_turns: dict[str, asyncio.Semaphore] = {}
+        self.body_users: Counter[str] = Counter()
+
+    @contextlib.asynccontextmanager
+    async def body_turn(self, client: str) -> AsyncIterator[None]:
+        """Hold one of ``client``'s ``max_bodies_per_client`` turns to receive a request body (waiting for one
+        if all are taken: a client dripping bodies waits behind its own drips, nobody else does)."""
+        turns = self.body_turns.get(client)
+        if turns is None:
+            turns = self.body_turns[client] = asyncio.Semaphore(self.limits.max_bodies_per_client)
+        self.body_users[client] += 1
+        try:
+            async with turns:
+                yield
+        finally:
+            self.body_users[client] -= 1
+            if self.body_users[client] <= 0:
+                del self.body_users[client], self.body_turns[client]
 
     def readiness(self) -> dict[str, Any]:
         """For load balancers: whether a new request or stream session would be taken now."""
@@ -140,34 +160,44 @@ class Gate:
             if length is not None and (not length.isdigit() or int(length) > self.limits.max_body_bytes):
                 await answer(self._too_big(), "body_size")
                 return
-            if load.in_flight >= self.limits.max_concurrency:
-                await answer(
-                    error_json(503, "server busy: too many concurrent requests", "overloaded", {"Retry-After": "1"}),
-                    "overload",
-                )
-                return
-            load.in_flight += 1
-            self.metrics.in_flight.inc()
+            # The body is received before the request takes one of the `max_concurrency` slots (which are for
+            # work): a client that sends bodies a byte at a time holds its own turns to send, never the slots.
             try:
                 try:
-                    body = await asyncio.wait_for(self._read_body(receive), self.limits.request_timeout_s)
+                    body = await asyncio.wait_for(
+                        self._receive_in_turn(receive, client_address(scope)), self.limits.request_timeout_s
+                    )
                 except asyncio.TimeoutError:
                     await answer(error_json(408, "request body arrived too slowly", "request_timeout"), "slow_client")
                     return
                 if body is None:
                     await answer(self._too_big(), "body_size")
                     return
-                if path == "/v1/chat/completions":
-                    try:
-                        self.limits.precheck_one_conversation(body)
-                    except LimitExceeded as exc:
-                        await answer(error_json(413, str(exc), "request_too_large"), "work_size")
-                        return
-                fast = await self._moderate_fast(scope, headers, body) if path == "/v1/moderate" else None
-                if fast is not None:
-                    await fast(scope, receive, send_recording)
+                if load.in_flight >= self.limits.max_concurrency:
+                    await answer(
+                        error_json(
+                            503, "server busy: too many concurrent requests", "overloaded", {"Retry-After": "1"}
+                        ),
+                        "overload",
+                    )
                     return
-                await self.app(scope, self._replay(body, receive), send_recording)
+                load.in_flight += 1
+                self.metrics.in_flight.inc()
+                try:
+                    if path == "/v1/chat/completions":
+                        try:
+                            self.limits.precheck_one_conversation(body)
+                        except LimitExceeded as exc:
+                            await answer(error_json(413, str(exc), "request_too_large"), "work_size")
+                            return
+                    fast = await self._moderate_fast(scope, headers, body) if path == "/v1/moderate" else None
+                    if fast is not None:
+                        await fast(scope, receive, send_recording)
+                        return
+                    await self.app(scope, self._replay(body, receive), send_recording)
+                finally:
+                    load.in_flight -= 1
+                    self.metrics.in_flight.dec()
             except asyncio.CancelledError:
                 # Cancelled at the end of a graceful shutdown (`DrainingServer`, past shutdown_timeout_s):
                 # a 503 sends the check to another replica (HAProxy's retry-on, the client's retry), where
@@ -183,9 +213,6 @@ class Gate:
                     ),
                     "draining",
                 )
-            finally:
-                load.in_flight -= 1
-                self.metrics.in_flight.dec()
         finally:
             self.metrics.requests.labels(label, str(status_holder["status"])).inc()
             self.metrics.latency.labels(label).observe(time.perf_counter() - start)
@@ -210,6 +237,10 @@ class Gate:
         except ApiError as exc:
             return error_json(exc.status, exc.message, exc.kind, exc.headers)
         return Response(result.model_dump_json(), media_type="application/json")
+
+    async def _receive_in_turn(self, receive: Any, client: str) -> bytes | None:
+        async with self.load.body_turn(client):
+            return await self._read_body(receive)
 
     def _too_big(self) -> JSONResponse:
         return error_json(413, f"request body exceeds {self.limits.max_body_bytes} bytes", "request_too_large")

@@ -26,6 +26,9 @@ DEFAULT_MAX_MESSAGES = 256
 #: text fed): ~50k tokens, more than one full 32k context of the largest Qwen3Guard model.
 DEFAULT_MAX_CHARS = 200_000
 DEFAULT_MAX_STREAMS_PER_CLIENT = 16
+#: Request bodies one client address may be sending at once; more wait for a turn (a body sent at a normal
+#: pace arrives in milliseconds, so only a client dripping bodies ever waits).
+DEFAULT_MAX_BODIES_PER_CLIENT = 16
 DEFAULT_STREAM_IDLE_TIMEOUT_S = 60.0
 DEFAULT_STREAM_MAX_SESSION_S = 600.0
 DEFAULT_HEAD_TIMEOUT_S = 10.0
@@ -55,6 +58,8 @@ class Limits:
     max_streams: int | None = None
     #: Stream sessions at once from one client address.
     max_streams_per_client: int = DEFAULT_MAX_STREAMS_PER_CLIENT
+    #: Request bodies arriving at once from one client address (more wait for a turn, within the deadline).
+    max_bodies_per_client: int = DEFAULT_MAX_BODIES_PER_CLIENT
     #: A stream session that feeds no text for this long is closed (4408).
     stream_idle_timeout_s: float | None = DEFAULT_STREAM_IDLE_TIMEOUT_S
     #: A stream session lives at most this long (4408).
