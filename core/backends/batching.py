@@ -254,7 +254,7 @@ class MicroBatcher(Generic[T, R]):
         if starved:
             lead = max(starved, key=lambda r: r.skipped)  # the longest passed over; the earliest in rotation
         else:
-            lead = min(pending, key=lambda r: self._item_cost(r, r.peek()))  # type: ignore[arg-type]
+            lead = pending[costs.index(min(costs))]  # the cheapest next item; the earliest in rotation on a tie
         lead_index = lead.peek()
         assert lead_index is not None
         widest = self._item_cost(lead, lead_index)
