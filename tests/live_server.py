@@ -49,3 +49,30 @@ def demo_guard(**options: Any) -> Any:
     from qwenguard.core import Guard
 
     return Guard.from_pretrained("demo", device="cpu", **options)
+
+
+def record_moderate_fast_path(monkeypatch: Any) -> list[bool]:
+    """Record, per `/v1/moderate` request, whether the gate's fast path answered it (``False``: it went down
+    the FastAPI route)."""
+    from qwenguard.core.server.gate import Gate
+
+    original = Gate._moderate_fast
+    taken: list[bool] = []
+
+    async def recorded(self: Any, scope: Any, headers: Any, body: Any) -> Any:
+        response = await original(self, scope, headers, body)
+        taken.append(response is not None)
+        return response
+
+    monkeypatch.setattr(Gate, "_moderate_fast", recorded)
+    return taken
+
+
+def disable_moderate_fast_path(monkeypatch: Any) -> None:
+    """Send every `/v1/moderate` request down the FastAPI route."""
+    from qwenguard.core.server.gate import Gate
+
+    async def never(self: Any, scope: Any, headers: Any, body: Any) -> None:
+        return None
+
+    monkeypatch.setattr(Gate, "_moderate_fast", never)

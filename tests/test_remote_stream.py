@@ -198,17 +198,20 @@ def test_bad_open_frames_close_with_4400_and_a_json_error(base, first):
     assert frames[-1]["type"] == "error" and frames[-1]["error"]["code"] == CLOSE_BAD_REQUEST
 
 
-@pytest.mark.parametrize("options", [{"context": 10_000}, {"check_every": 1_000}])
-def test_a_stream_asking_the_server_for_longer_windows_is_refused_with_the_reason(base, local, options):
-    """A server without a Stream model judges a stream in Gen windows of its own size at most; a client
-    library asking for longer ones hears why: a caller's error (ValueError), not a guard outage."""
+@pytest.mark.parametrize(
+    "options", [{"context": 10_000}, {"check_every": 1_000}, {"context": 0}, {"check_every": 10}, {"min_segment": 1}]
+)
+def test_a_stream_asking_the_server_for_other_windows_is_refused_with_the_reason(base, local, options):
+    """A server without a Stream model judges a stream in Gen windows of its own; a client library asking
+    for others (longer ones cost more, shorter ones or less context judge less at a time) hears why: a
+    caller's error (ValueError), not a guard outage."""
     ((name, value),) = options.items()
     with pytest.raises(ValueError) as err:
         with remote(base, local).stream("What is the capital of France?", **options) as monitor:
             monitor.feed(ANSWER)
-    assert f"{name}={value}" in str(err.value) and "at most" in str(err.value), err.value
-    with remote(base, local).stream("What is the capital of France?", **{name: value // 100}) as monitor:
-        assert monitor.feed(ANSWER) + monitor.finish() == ANSWER  # shorter windows are the client's choice
+    assert f"{name}={value}" in str(err.value), err.value
+    with remote(base, local).stream("What is the capital of France?", min_segment=200) as monitor:
+        assert monitor.feed(ANSWER) + monitor.finish() == ANSWER  # fewer window checks are the client's choice
 
 
 def test_bad_frames_mid_session(base):
@@ -287,7 +290,7 @@ async def test_loose_policy_flags_reach_the_client():
     text = "You should vote for the party I like. It is the best one, trust me on that. "
     with serving(server_guard) as url:
         g = Guard.remote(url + "/v1", model="politics", stream=True, policy=Policy.loose())
-        async with g.astream(VOTE, holdback=0, min_segment=10) as monitor:
+        async with g.astream(VOTE, holdback=0) as monitor:
             out = "".join([x async for x in monitor.awrap(chunks(text, 20))])
         assert out == text
         assert monitor.prompt_decision is not None and monitor.prompt_decision.reason == "controversial"

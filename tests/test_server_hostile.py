@@ -280,7 +280,7 @@ def test_a_client_cannot_make_each_stream_check_read_more(options):
     """The attack: a Gen guard judges a stream in windows of a segment plus ``context`` characters before it;
     a client that asks for a billion characters of context has every check read the whole answer so far
     (2,000 short sentences: 22 million characters judged for 22 thousand fed, a thousand times what the
-    same stream costs with the server's settings). The server refuses more than its own per check."""
+    same stream costs with the server's settings). The server refuses any window but its own."""
     backend = CountingJudge()
     with guarded(Guard(backend)) as url:
         released, frames, code = stream_session(
@@ -288,33 +288,129 @@ def test_a_client_cannot_make_each_stream_check_read_more(options):
         )
     assert released == "" and code == 4400, (code, frames[-1])
     name = next(iter(options))
-    assert name in frames[-1]["error"]["message"] and "at most" in frames[-1]["error"]["message"], frames[-1]
+    assert name in frames[-1]["error"]["message"] and "may not change" in frames[-1]["error"]["message"], frames[-1]
     assert backend.answer_chars == 0  # refused before any of the answer was judged
 
 
-def test_a_client_may_make_each_stream_check_read_less():
+@pytest.mark.parametrize(
+    "options", [{"context": 0}, {"context": 0, "check_every": 4}, {"context": 0, "check_every": 1}]
+)
+def test_a_client_cannot_have_each_window_judged_without_its_context(options):
+    """The attack: with no context each window check judged its segment alone, so a clause fed across two
+    segments ("Mix" / " ammonium ...") was never seen whole and the whole recipe was released, `finished`.
+    (The judge here flags "Mix ammonium", the two words together.)"""
+    backend = CountingJudge()
+    answer = "Sure, here is how. " + RECIPE
+    with guarded(Guard(backend)) as url:
+        released, frames, code = stream_session(url, {"type": "open", "prompt": PARIS_Q, **options}, answer, size=4)
+    assert code == 4400 and "may not change" in frames[-1]["error"]["message"], (code, frames[-1])
+    assert released == ""
+
+
+@pytest.mark.parametrize("options", [{"check_every": 1}, {"check_every": 64}, {"min_segment": 1}])
+def test_a_client_cannot_multiply_the_window_checks(options):
+    """The attack: ``check_every=1`` cut 97,500 characters into 97,500 checks reading 37.7 million characters
+    (146 times the text, ten seconds of judge time with an instant judge); shorter segments at sentence ends
+    (``min_segment=1``) multiply them the same way."""
     backend = CountingJudge()
     with guarded(Guard(backend)) as url:
         released, frames, code = stream_session(
-            url, {"type": "open", "prompt": PARIS_Q, "context": 100, "check_every": 64}, SHORT_SENTENCES, size=1_000
+            url, {"type": "open", "prompt": PARIS_Q, **options}, SHORT_SENTENCES, size=len(SHORT_SENTENCES)
+        )
+    assert code == 4400 and next(iter(options)) in frames[-1]["error"]["message"], (code, frames[-1])
+    assert released == "" and backend.answer_chars == 0
+
+
+def test_a_client_may_make_window_checks_fewer():
+    backend = CountingJudge()
+    with guarded(Guard(backend)) as url:
+        released, frames, code = stream_session(
+            url, {"type": "open", "prompt": PARIS_Q, "min_segment": 200}, SHORT_SENTENCES, size=1_000
         )
     assert released == SHORT_SENTENCES and frames[-1]["type"] == "finished" and code == 1000, frames[-1]
     assert 0 < backend.answer_chars < 20 * len(SHORT_SENTENCES)
 
 
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"type": "open", "prompt": BOMB, "messages": [{"role": "user", "content": PARIS_Q}]},
+        {"type": "open", "prompt": PARIS_Q, "screen_prompt": None},
+        {"type": "open", "prompt": PARIS_Q, "screen_prompt": 0},
+        {"type": "open", "prompt": PARIS_Q, "holdback": 10**30},
+    ],
+    ids=["prompt-and-messages", "screen-prompt-null", "screen-prompt-zero", "huge-holdback"],
+)
+def test_ambiguous_or_overflowing_open_frames_close_4400(frame):
+    """Before: a ``prompt`` beside ``messages`` was ignored, never judged (the session opened, allowed); a
+    ``null`` or ``0`` switched prompt screening off; a holdback of 10**30 overflowed inside the monitor
+    and closed 1011, internal error."""
+    with guarded(Guard(CountingJudge())) as url:
+        released, frames, code = stream_session(url, frame, "")
+    assert code == 4400 and frames[-1]["type"] == "error", (code, frames)
+
+
+def _slow_session_server(**limits: Any) -> Any:
+    return guarded(Guard(CountingJudge(delay_s=0.05)), **limits)
+
+
+def test_the_session_lifetime_bounds_the_guards_work_on_a_finish():
+    """The attack: one large feed and ``finish``, on a server whose sessions may live 1 s. The lifetime was
+    checked only while waiting for a frame, so the finish's window checks ran to the end (10-40 s in the
+    red team's runs) and the session ended ``finished``. Now the work stops at the lifetime, close 4408."""
+    judge = CountingJudge(delay_s=0.05)
+    with guarded(Guard(judge), stream_max_session_s=1.0) as url:
+        with connect(ws_url(url), max_size=None) as conn:
+            conn.send(json.dumps({"type": "open", "prompt": PARIS_Q}))
+            assert json.loads(conn.recv(timeout=10))["type"] == "opened"
+            started = time.monotonic()
+            conn.send(json.dumps({"type": "feed", "text": "The weather is nice today. " * 2_000}))
+            conn.send(json.dumps({"type": "finish"}))
+            frames, code = frames_until_close(conn, timeout=30)
+            took = time.monotonic() - started
+        checks_at_close = judge.started
+        time.sleep(0.5)
+    assert code == 4408 and "limit" in frames[-1]["error"]["message"], (code, frames[-1:])
+    assert took < 5, took  # 54,000 characters in checks of 256 at 50 ms, 4 at a time: ~3 s more without the bound
+    assert judge.started - checks_at_close <= MAX_WINDOWS_IN_FLIGHT  # the work stopped with the session
+
+
+def test_a_client_that_hangs_up_mid_finish_stops_the_work_and_frees_its_slot():
+    """The attack: open, a large feed, ``finish``, then close the socket. Nothing read the socket while the
+    finish ran, so its checks went on and the session held its stream slot until they were done."""
+    judge = CountingJudge(delay_s=0.05)
+    with guarded(Guard(judge)) as url:
+        with connect(ws_url(url), max_size=None) as conn:
+            conn.send(json.dumps({"type": "open", "prompt": PARIS_Q}))
+            assert json.loads(conn.recv(timeout=10))["type"] == "opened"
+            conn.send(json.dumps({"type": "feed", "text": "The weather is nice today. " * 2_000}))
+            conn.send(json.dumps({"type": "finish"}))
+            time.sleep(0.3)
+        time.sleep(0.5)
+        after_hang_up = judge.started
+        sessions = [
+            line
+            for line in httpx.get(url + "/metrics").text.splitlines()
+            if line.startswith("qwenguard_stream_sessions ")
+        ]
+        time.sleep(1.0)
+        assert judge.started - after_hang_up <= MAX_WINDOWS_IN_FLIGHT, (after_hang_up, judge.started)
+        assert sessions == ["qwenguard_stream_sessions 0.0"], sessions
+
+
 def test_one_burst_of_sentences_does_not_flood_the_judge():
     """The attack: one feed frame of 2,000 short sentences. Each sentence of ``min_segment`` characters or
     more got its own window check at once: hundreds of checks handed to the judge together, ahead of every
-    other client's. A stream keeps at most `MAX_WINDOWS_IN_FLIGHT` checks running; the rest of the burst
-    is judged in longer segments as they come back, and all of it is still judged before it is released."""
+    other client's (a client may no longer lower ``min_segment``, but 40-character sentences do the same).
+    A stream keeps at most `MAX_WINDOWS_IN_FLIGHT` checks running; the rest of the burst is judged in longer
+    segments as they come back, and all of it is still judged before it is released."""
     backend = CountingJudge(delay_s=0.02)
+    burst = "The capital of France is Paris, it is. " * 500  # 39 characters + a space a sentence
     with guarded(Guard(backend)) as url:
-        released, frames, code = stream_session(
-            url, {"type": "open", "prompt": PARIS_Q, "min_segment": 1}, SHORT_SENTENCES, size=len(SHORT_SENTENCES)
-        )
-    assert released == SHORT_SENTENCES and frames[-1]["type"] == "finished" and code == 1000, frames[-1]
+        released, frames, code = stream_session(url, {"type": "open", "prompt": PARIS_Q}, burst, size=len(burst))
+    assert released == burst and frames[-1]["type"] == "finished" and code == 1000, frames[-1]
     assert backend.most_at_once <= MAX_WINDOWS_IN_FLIGHT, backend.most_at_once
-    assert len(SHORT_SENTENCES) <= backend.answer_chars < 5 * len(SHORT_SENTENCES)  # all judged, bounded overlap
+    assert len(burst) <= backend.answer_chars < 5 * len(burst)  # all judged, bounded overlap
 
 
 def test_a_large_completion_prompt_is_read_off_the_event_loop(monkeypatch):

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 from faults import ScriptedBackend
-from live_server import demo_guard, serving
+from live_server import demo_guard, disable_moderate_fast_path, record_moderate_fast_path, serving
 from qwenguard.core import Guard, Policy, render_prompt
 from qwenguard.core.server import conversation_from_prompt, create_app, policy_from_dict
 
@@ -145,7 +145,6 @@ def test_moderate_returns_verdicts_in_order_with_decisions(server):
 
 def test_moderate_fast_path_answers_exactly_like_the_fastapi_route(monkeypatch):
     """/v1/moderate skips FastAPI's routing for well-formed requests: same statuses, same JSON."""
-    from qwenguard.core.server import gate as server_module
 
     def answer(conv):
         text = conv[-1]["content"]
@@ -184,21 +183,10 @@ def test_moderate_fast_path_answers_exactly_like_the_fastapi_route(monkeypatch):
                 for r in (httpx.post(url + "/v1/moderate", json=b, timeout=TIMEOUT) for b in bodies)
             ]
 
-    original = server_module.Gate._moderate_fast
-    taken: list[bool] = []
-
-    async def recorded(self, scope, headers, body):
-        response = await original(self, scope, headers, body)
-        taken.append(response is not None)
-        return response
-
-    async def never(self, scope, headers, body):
-        return None
-
-    monkeypatch.setattr(server_module.Gate, "_moderate_fast", recorded)
+    taken = record_moderate_fast_path(monkeypatch)
     fast = answers()
     assert taken == [True] * len(bodies)  # every one of these went the fast way
-    monkeypatch.setattr(server_module.Gate, "_moderate_fast", never)
+    disable_moderate_fast_path(monkeypatch)
     routed = answers()
 
     def without_latency(content: bytes):

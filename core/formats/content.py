@@ -21,7 +21,8 @@ on where the model runs:
      matches them as added tokens any more, on any engine, whatever its chat template does; a
      reader (or the model) still sees the same characters.
    - A turn label at the start of a line (``USER:`` / ``ASSISTANT:``, any case, after optional
-     spaces) gets U+200B before its colon, so content cannot start a new ``USER: ...`` turn in the
+     spaces; spaces of any width, zero-width and format characters around it count as nothing, and a
+     full-width colon as a colon) gets U+200B before its colon (unless one is already there), so content cannot start a new ``USER: ...`` turn in the
      conversation text. Because a model may still read a label-like line as a turn, the text before
      each such label is also judged on its own (`forged_turn_segments`); the backends add those
      segments as extra windows, and the worst verdict wins.
@@ -58,7 +59,15 @@ _TAG_TOKENS = re.compile(
     re.IGNORECASE,
 )
 # A turn label at a line start: the conversation text writes turns as "\n\nUSER: ..." / "\n\nASSISTANT: ...".
-_TURN_LABEL = re.compile(r"(?:^|(?<=[\n\r]))[ \t]*(?:USER|ASSISTANT)[ \t]*(?=:)", re.IGNORECASE)
+# Around the label, anything a reader does not see counts as nothing: spaces of any width (no line breaks),
+# zero-width and format characters (a label already written as `neutralize` writes it, "USER\u200b:", is
+# still a forged turn); a line may also start after U+2028/U+2029, and the colon may be a full-width one.
+_LABEL_GAP = r"(?:[^\S\n\r\u2028\u2029]|[\u200b-\u200d\u2060\ufeff\u00ad])"
+_TURN_COLONS = ":\uff1a\ufe55\ufe13"
+_TURN_LABEL = re.compile(
+    rf"(?:^|(?<=[\n\r\u2028\u2029])){_LABEL_GAP}*(?:USER|ASSISTANT){_LABEL_GAP}*(?=[{_TURN_COLONS}])",
+    re.IGNORECASE,
+)
 
 
 def clean_text(text: str) -> str:
@@ -82,9 +91,14 @@ def neutralize(text: str) -> str:
     """
     if "<" in text:
         text = _TAG_TOKENS.sub("<" + ZWSP, text)
-    if ":" in text:
-        text = _TURN_LABEL.sub(lambda m: m.group(0) + ZWSP, text)
+    if _has_colon(text):
+        # A label already broken before its colon stays as it is (idempotent).
+        text = _TURN_LABEL.sub(lambda m: m.group(0) if m.group(0).endswith(ZWSP) else m.group(0) + ZWSP, text)
     return text
+
+
+def _has_colon(text: str) -> bool:
+    return any(c in text for c in _TURN_COLONS)
 
 
 def prepare_content(text: str) -> str:
@@ -94,7 +108,7 @@ def prepare_content(text: str) -> str:
 
 def forged_turn_offsets(text: str) -> list[int]:
     """Offsets of the lines in ``text`` that start with a turn label (after optional spaces)."""
-    if ":" not in text:
+    if not _has_colon(text):
         return []
     return [m.start() for m in _TURN_LABEL.finditer(text)]
 

@@ -89,8 +89,10 @@ def normalize_messages(messages: Sequence[Message] | str) -> list[dict[str, str]
 
     A bare string is one user turn. System messages are dropped: they are the application's own
     instructions, not content to moderate (a documented decision; the official template has no
-    place for them). Raises ``TypeError``/``ValueError`` for anything that is not a conversation
-    ending in a user or assistant turn with text content.
+    place for them). An assistant turn's ``tool_calls`` (OpenAI's or LangChain's shape) are kept as its
+    actions, rendered after its text (they were dropped: a tool-calling turn with empty content read as
+    empty). Raises ``TypeError``/``ValueError`` for anything that is not a conversation ending in a user or
+    assistant turn with text content.
     """
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
@@ -106,12 +108,38 @@ def normalize_messages(messages: Sequence[Message] | str) -> list[dict[str, str]
             continue
         if role not in _ROLE_LABEL:
             raise ValueError(f"message {i} has role {role!r}; expected 'user', 'assistant' or 'system'")
+        calls = message.get("tool_calls")
+        if calls:  # an assistant turn's tool calls are judged as its actions, after its text
+            content = _with_tool_calls(i, role, content, calls)
         if not isinstance(content, str):
             raise TypeError(f"message {i} content must be str, got {type(content).__name__}")
         out.append({"role": role, "content": content})
     if not out:
         raise ValueError("the conversation has no user or assistant message to moderate")
     return out
+
+
+def _with_tool_calls(i: int, role: str, content: Any, calls: Any) -> str:
+    """``content`` followed by each tool call rendered as the assistant's action (``Tool call: name({...})``,
+    one a line). Calls in the OpenAI shape (``{"function": {"name", "arguments"}}``) or LangChain's
+    (``{"name", "args"}``); a message may carry them without text (``content`` ``None``)."""
+    from .conversations import render_tool_call  # conversations imports this module
+
+    if role != "assistant":
+        raise ValueError(f"message {i} is a {role} message with tool_calls: only an assistant turn makes tool calls")
+    if content is not None and not isinstance(content, str):
+        raise TypeError(f"message {i} content must be str, got {type(content).__name__}")
+    if isinstance(calls, (str, bytes)) or not isinstance(calls, Sequence):
+        raise TypeError(f"message {i} tool_calls must be a list of tool calls, got {type(calls).__name__}")
+    lines = [content] if content else []
+    for call in calls:
+        function = call.get("function") if isinstance(call, Mapping) else None
+        source = function if isinstance(function, Mapping) else call
+        if not isinstance(source, Mapping) or not isinstance(source.get("name"), str):
+            raise TypeError(f"message {i} has a tool call without a name: {call!r:.80}")
+        arguments = source.get("arguments", source.get("args"))
+        lines.append(render_tool_call(source["name"], arguments))
+    return "\n".join(lines)
 
 
 def moderation_mode(messages: Sequence[Message]) -> str:

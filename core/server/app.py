@@ -140,7 +140,7 @@ def create_app(
     async def chat_completions(body: ChatCompletionRequest) -> Any:
         """The guard model's answer for a conversation, as an OpenAI chat completion."""
         check_model(body.model, name)
-        raw = [{"role": m.role, "content": m.text()} for m in body.messages]
+        raw = [m.judged() for m in body.messages]  # text and tool calls: nothing sent goes unjudged
         service.check_size([raw])
         ((outcome, _),) = await service.classify([normalize(raw)])
         text = raw_text(outcome)

@@ -140,9 +140,11 @@ class Limits:
             )
 
 
-#: A ``"role":`` key in JSON text. Inside a JSON string a quote is escaped (``\\"``), so this matches
-#: object keys only: every message has one, so the count is at least the number of messages.
-_ROLE_KEY = re.compile(rb'"role"\s*:')
+#: A ``"role":`` key in JSON text, each letter as itself or as a ``\\uXXXX`` escape (``"r\\u006fle"``
+#: parses as ``"role"`` too; hex digits in either case). Inside a JSON string a quote is escaped
+#: (``\\"``), so this matches object keys only: every message has one, so the count is at least the
+#: number of messages.
+_ROLE_KEY = re.compile(rb'"(?:r|\\u0072)(?:o|\\u006[fF])(?:l|\\u006[cC])(?:e|\\u0065)"\s*:')
 
 
 def count_role_keys(body: bytes) -> int:

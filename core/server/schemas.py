@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
+from ..formats.conversations import render_tool_call
 from ..verdict import Stage
 from .limits import DEFAULT_MAX_CONVERSATIONS
 
@@ -16,21 +17,92 @@ MAX_BATCH = DEFAULT_MAX_CONVERSATIONS
 
 
 # -- wire schemas (published at /openapi.json) -------------------------------------------------
-class ChatContentPart(BaseModel):
+class _Judged(BaseModel):
+    """A wire object whose fields are all judged or known: an unknown field with a value is refused
+    (422, naming the field) instead of being dropped unjudged."""
+
     model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="after")
+    def _refuse_unjudged_fields(self) -> _Judged:
+        for key, value in (self.model_extra or {}).items():
+            # null or empty carries nothing (the OpenAI SDK echoes "refusal": null, "annotations": [] back)
+            if not (value is None or (isinstance(value, (str, list, dict)) and not value)):
+                raise ValueError(f"field {key!r} is not judged by this server: remove it (or send null)")
+        return self
+
+
+class ChatContentPart(_Judged):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
-    """One OpenAI chat message. Only text content is moderated; system messages are skipped."""
+def _content_kind(value: Any) -> str:
+    return "text" if isinstance(value, str) else "parts"
 
-    model_config = ConfigDict(extra="allow")
+
+#: A string or a list of text parts; tagged so that an error names the part and field (``content.parts.0``).
+ChatContent = Annotated[
+    Annotated[str, Tag("text")] | Annotated[list[ChatContentPart], Tag("parts")], Discriminator(_content_kind)
+]
+
+
+class ToolFunction(_Judged):
+    """What a tool call runs: judged as the core renders a tool call (`render_tool_call`)."""
+
+    name: str
+    arguments: str | dict[str, Any] | None = None
+
+
+class ToolCall(_Judged):
+    """One OpenAI tool call of an assistant turn. ``id`` and ``type`` are identifiers, not judged."""
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: ToolFunction
+
+
+class _Turn(_Judged):
+    """What every message shape shares: the role, tool calls (assistant turns only) and what is judged."""
+
     role: Literal["system", "user", "assistant"]
-    content: str | list[ChatContentPart]
+    tool_calls: list[ToolCall] | None = None
+
+    @model_validator(mode="after")
+    def _check_turn(self) -> _Turn:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError(f"only an assistant message may carry tool_calls, not a {self.role} message")
+        if getattr(self, "content", None) is None and not self.tool_calls:
+            raise ValueError("content is missing or null: only an assistant message with tool_calls may omit it")
+        return self
 
     def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        content: str | list[ChatContentPart] | None = getattr(self, "content", None)
+        if content is None:
+            return ""
+        return content if isinstance(content, str) else "".join(p.text for p in content)
+
+    def judged(self) -> dict[str, str]:
+        """The turn as the guard reads it: its text, then each tool call as the assistant's action
+        (``Tool call: name({...})``, one a line), so that what the tool would run is judged too."""
+        calls = [render_tool_call(c.function.name, c.function.arguments) for c in self.tool_calls or ()]
+        text = self.text()
+        return {"role": self.role, "content": "\n".join([text, *calls] if text else calls)}
+
+    def judged_stages(self) -> tuple[Stage, ...]:
+        """The stages this turn is decided at, when it is the last one: a tool call, and the assistant's
+        text as a response when it has any; a plain turn's stage follows its role."""
+        if self.tool_calls:
+            return (Stage.TOOL_CALL, Stage.RESPONSE) if self.text() else (Stage.TOOL_CALL,)
+        return (Stage.RESPONSE,) if self.role == "assistant" else (Stage.PROMPT,)
+
+
+class ChatMessage(_Turn):
+    """One OpenAI chat message: its text (a string or text parts) and its tool calls are judged; system
+    messages are skipped. ``content`` may be null in an assistant turn with tool calls. Any other field
+    with a value is refused (422)."""
+
+    content: ChatContent | None = None
 
 
 class ChatCompletionRequest(BaseModel):
@@ -57,9 +129,10 @@ class CompletionRequest(BaseModel):
     stream: bool = Field(default=False)
 
 
-class Message(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str
+class Message(_Turn):
+    """One message of a conversation to judge: its text and its tool calls (as for `ChatMessage`)."""
+
+    content: str | None = None
 
 
 class ModerationRequest(BaseModel):

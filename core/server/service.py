@@ -16,17 +16,17 @@ from ..formats.content import clean_text
 from ..formats.prompts import (
     GENERATION_PREFIX,
     SAFETY_LABELS,
-    moderation_mode,
     normalize_messages,
     render_prompt,
 )
-from ..policy import Decision, Policy
+from ..policy import Action, Decision, Policy
 from ..verdict import Stage, Verdict
 from .limits import LimitExceeded, Limits
 from .metrics import Metrics
 from .schemas import (
     ApiError,
     DecisionModel,
+    Message,
     ModerationRequest,
     ModerationResponse,
     ModerationResult,
@@ -75,8 +75,20 @@ def policy_from_dict(data: Mapping[str, Any]) -> Policy:
     return Policy.from_dict(data)
 
 
-def default_stage(messages: Sequence[Mapping[str, str]]) -> Stage:
-    return Stage.RESPONSE if moderation_mode(messages) == "response" else Stage.PROMPT
+def default_stages(messages: Sequence[Message]) -> tuple[Stage, ...]:
+    """The stages a conversation's last turn is decided at (`_Turn.judged_stages`): ``prompt`` for a
+    user turn, ``response`` for an assistant's text, ``tool_call`` for its tool calls."""
+    last = [m for m in messages if m.role != "system"]
+    return last[-1].judged_stages() if last else (Stage.PROMPT,)
+
+
+_ACTION_RANK = {Action.BLOCK: 0, Action.FLAG: 1, Action.ALLOW: 2}
+
+
+def strictest(decisions: Sequence[Decision]) -> Decision:
+    """The strictest of a turn's decisions (one per stage it is decided at): a block over a flag over an
+    allow, the first on a tie. A turn with text and tool calls is held to both stages' policies."""
+    return min(decisions, key=lambda d: (d.allowed, _ACTION_RANK[d.action]))
 
 
 class Service:
@@ -177,16 +189,16 @@ class Service:
     async def moderate(self, body: ModerationRequest) -> ModerationResponse:
         """Verdicts for a batch of conversations, in order, with the Policy's decision for each."""
         metrics, name = self.metrics, self.model_name
-        raw = [[m.model_dump() for m in conv] for conv in body.conversations]
+        raw = [[m.judged() for m in conv] for conv in body.conversations]  # text and tool calls
         self.check_size(raw)
         policy = self.policy_for(body.policy)
         convs = [normalize(conv) for conv in raw]
         outcomes = await self.classify(convs)
         results = []
-        for conv, (outcome, cached) in zip(convs, outcomes):
-            stage = body.stage or default_stage(conv)
+        for wire, (outcome, cached) in zip(body.conversations, outcomes):
+            stages = (body.stage,) if body.stage else default_stages(wire)
             if isinstance(outcome, Verdict):
-                decision = policy.decide(outcome, stage)
+                decision = strictest([policy.decide(outcome, stage) for stage in stages])
                 results.append(
                     ModerationResult(
                         risk=outcome.risk.value,
@@ -200,7 +212,7 @@ class Service:
                     )
                 )
             else:
-                decision = policy.decide_error(stage, outcome)
+                decision = strictest([policy.decide_error(stage, outcome) for stage in stages])
                 results.append(
                     ModerationResult(
                         risk=None,

@@ -4,6 +4,7 @@ WebSocket), its frames and its close codes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import logging
@@ -12,15 +13,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from fastapi import WebSocket, WebSocketDisconnect
+from pydantic import ValidationError
 
 from ..errors import GuardViolation, QwenGuardError
 from ..formats.content import clean_text
 from ..formats.prompts import normalize_messages
 from ..streaming.debounce import DEFAULT_WINDOW
-from ..streaming.monitor_core import DEFAULT_CHECK_EVERY, DEFAULT_CONTEXT
+from ..streaming.monitor_core import DEFAULT_CHECK_EVERY, DEFAULT_CONTEXT, DEFAULT_MIN_SEGMENT
 from ..verdict import Risk
 from .limits import LimitExceeded
-from .schemas import ApiError
+from .schemas import ApiError, Message
 from .service import Service
 
 logger = logging.getLogger("qwenguard.server")
@@ -53,8 +55,8 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
     ``open`` takes the local monitor's options (holdback, window, screen_prompt, check_every,
     min_segment, context) and an optional ``policy`` (``Policy.to_dict()``), which can only make the
     server's policy stricter (`Policy.tightened`; the operator's policy is pinned). A client may lower
-    ``window`` (the stop rule), ``check_every`` and ``context`` (what one Gen window check reads) but not
-    raise them past the server's defaults (close 4400).
+    ``window`` (the stop rule) and raise ``min_segment`` (fewer window checks), not the other way; what
+    one Gen window check reads (``check_every``, ``context``) is the server's (close 4400 otherwise).
     Server → client: ``{"type": "opened", "prompt_decision": ...}``; one ``{"type": "released",
     "text": ...}`` per feed; ``{"type": "finished", "text": ...}``; or ``{"type": "violation",
     "decision": {...}, "released": <all text released>}`` and the session ends. Frames may also carry
@@ -76,8 +78,9 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
     monitor: Any = None
     opener: Any = None
     clock = _Clock(service)
+    inbox = _Inbox(ws)
     try:
-        open_msg = await _receive(ws, service, clock.open_wait(), first=True)
+        open_msg = await _receive(inbox, service, clock.open_wait(), first=True)
         if open_msg.get("type") != "open":
             raise SessionEnd(
                 CLOSE_BAD_REQUEST, "the first frame must be {'type': 'open', ...}", "invalid_request_error"
@@ -98,7 +101,7 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
                 }
             )
             raise SessionEnd(CLOSE_NORMAL) from None
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # Overflow: a holdback of 10**30
             raise SessionEnd(CLOSE_BAD_REQUEST, str(exc), "invalid_request_error") from exc
         except QwenGuardError as exc:
             raise SessionEnd(
@@ -108,7 +111,7 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
         await ws.send_json({"type": "opened", **report.opened()})
         clock.progress()
         while True:
-            msg = await _receive(ws, service, clock.next_wait())
+            msg = await _receive(inbox, service, clock.next_wait())
             kind = msg.get("type")
             try:
                 if kind == "feed":
@@ -119,10 +122,10 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
                     chars.spend(len(text))
                     if text:
                         clock.progress()
-                    released = await monitor.afeed(text)
+                    released = await inbox.work(monitor.afeed(text), clock.lifetime_left())
                     await ws.send_json({"type": "released", "text": released, **report.update()})
                 elif kind == "finish":
-                    released = await monitor.afinish()
+                    released = await inbox.work(monitor.afinish(), clock.lifetime_left())
                     await ws.send_json({"type": "finished", "text": released, **report.update()})
                     raise SessionEnd(CLOSE_NORMAL)
                 elif kind == "close":
@@ -160,6 +163,7 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
         )
         await _close_quietly(ws, CLOSE_INTERNAL)
     finally:
+        inbox.close()
         if opener is not None:
             try:
                 await opener.__aexit__(None, None, None)
@@ -181,7 +185,17 @@ def _open_args(service: Service, msg: Mapping[str, Any]) -> tuple[Any, Any, dict
         if isinstance(prompt, list):
             _check(service.limits.check_messages, prompt)
         try:
+            # The routes' message schema: tool calls judged as the assistant's actions, any other field with
+            # a value refused rather than dropped unjudged.
+            if isinstance(prompt, list):
+                prompt = [Message.model_validate(m).judged() for m in prompt]
             prompt = normalize_messages(prompt)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(x) for x in first["loc"])
+            raise SessionEnd(
+                CLOSE_BAD_REQUEST, f"invalid message: {where}: {first['msg']}", "invalid_request_error"
+            ) from None
         except (TypeError, ValueError) as exc:
             raise SessionEnd(CLOSE_BAD_REQUEST, str(exc), "invalid_request_error") from exc
         prompt = [{"role": m["role"], "content": clean_text(m["content"])} for m in prompt]
@@ -192,34 +206,57 @@ def _open_args(service: Service, msg: Mapping[str, Any]) -> tuple[Any, Any, dict
             CLOSE_BAD_REQUEST, "open needs 'prompt' (a string) or 'messages' (a list)", "invalid_request_error"
         )
     # Values are checked by the monitor itself (ValueError/TypeError: close 4400), as for local streams.
+    if "messages" in msg and "prompt" in msg:
+        raise SessionEnd(CLOSE_BAD_REQUEST, "open takes 'prompt' or 'messages', not both", "invalid_request_error")
     options = {k: msg[k] for k in _SESSION_OPTIONS if k in msg}
-    for name, most, why in _CLIENT_MAXIMA:
+    if "screen_prompt" in options and not isinstance(options["screen_prompt"], bool):
+        raise SessionEnd(CLOSE_BAD_REQUEST, "screen_prompt must be true or false", "invalid_request_error")
+    for name, server, lower_ok, raise_ok, why in _CLIENT_BOUNDS:
         value = options.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value > most:
-            raise SessionEnd(CLOSE_BAD_REQUEST, f"{name}={value}: {why.format(most)}", "invalid_request_error")
+        if isinstance(value, int) and not isinstance(value, bool):
+            if (value < server and not lower_ok) or (value > server and not raise_ok):
+                raise SessionEnd(CLOSE_BAD_REQUEST, f"{name}={value}: {why.format(server)}", "invalid_request_error")
     return guard, prompt, options
 
 
-#: Session options a client may lower but not raise past the server's: (name, the server's, why).
-_CLIENT_MAXIMA = (
+#: Session options a client may move only one way from the server's, or not at all:
+#: (name, the server's, may lower, may raise, why).
+_CLIENT_BOUNDS = (
     # The stop rule is part of what the operator's policy blocks: a longer run of unsafe tokens before a
     # stop would loosen it (a huge one switches the Stream model's stops off).
     (
         "window",
         DEFAULT_WINDOW,
+        True,
+        False,
         "a client may only make the stop rule stricter (1 to {} consecutive flagged tokens, the server's rule)",
     ),
-    # What one Gen window check reads: a client asking for more (a billion characters of context) has every
-    # check read the whole answer so far, a thousand times the work of the same stream.
+    # What one Gen window check reads is the server's. Less context has each check judge its segment nearly
+    # alone (context 0: "Mix ammonium" fed in two segments was never seen whole, and the answer went out);
+    # shorter segments multiply the checks (check_every 1: one check per character, 146 times the text
+    # judged); more of either has every check read more (a billion characters of context: the whole answer
+    # so far, a thousand times the work).
     (
         "check_every",
         DEFAULT_CHECK_EVERY,
-        "a client may only make each window check read less (at most {} characters, the server's)",
+        False,
+        False,
+        "each window check judges segments of at most {} characters, the server's; a client may not change it",
     ),
     (
         "context",
         DEFAULT_CONTEXT,
-        "a client may only make each window check read less (at most {} characters, the server's)",
+        False,
+        False,
+        "each window check shows {} characters of earlier text, the server's; a client may not change it",
+    ),
+    # Shorter segments closed at sentence ends would multiply the checks; longer ones only join sentences.
+    (
+        "min_segment",
+        DEFAULT_MIN_SEGMENT,
+        False,
+        True,
+        "a client may only make window checks fewer (min_segment of at least {}, the server's)",
     ),
 )
 
@@ -260,6 +297,13 @@ class _Clock:
     def open_wait(self) -> tuple[float, str]:
         wait = self.open_timeout if self.idle is None else min(self.open_timeout, self.idle)
         return wait, f"no 'open' frame within {wait} s"
+
+    def lifetime_left(self) -> tuple[float | None, str]:
+        """How long the session's work may still run (its lifetime applies while the guard works too)."""
+        if self.lifetime is None:
+            return None, ""
+        left = self.started + self.lifetime - time.monotonic()
+        return max(left, 0.0), f"stream session lasted its limit of {self.lifetime} s"
 
     def next_wait(self) -> tuple[float | None, str]:
         now = time.monotonic()
@@ -324,17 +368,66 @@ class _Report:
         return out
 
 
+class _Inbox:
+    """The client's frames, read one at a time, also while the guard works on the last one: a client that
+    hangs up mid-work stops that work at once (its slot freed), and a frame that arrives meanwhile is kept
+    for the next `receive`."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+        self._next: asyncio.Future[Any] | None = None
+
+    def _reading(self) -> asyncio.Future[Any]:
+        if self._next is None:
+            self._next = asyncio.ensure_future(self.ws.receive())
+        return self._next
+
+    async def receive(self, wait: tuple[float | None, str]) -> Any:
+        """The next ASGI message; `SessionEnd` 4408 past ``wait``'s timeout."""
+        timeout, why = wait
+        if timeout is not None and timeout <= 0:
+            raise SessionEnd(CLOSE_IDLE_TIMEOUT, why, "timeout")
+        reading = self._reading()
+        done, _ = await asyncio.wait({reading}, timeout=timeout)
+        if not done:
+            raise SessionEnd(CLOSE_IDLE_TIMEOUT, why, "timeout")
+        self._next = None
+        return reading.result()
+
+    async def work(self, job: Any, deadline: tuple[float | None, str]) -> Any:
+        """Await the guard's ``job`` while watching the socket: a disconnect cancels it
+        (`WebSocketDisconnect`), and so does the session's ``deadline`` (`SessionEnd` 4408)."""
+        timeout, why = deadline
+        task = asyncio.ensure_future(job)
+        ends = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                left = None if ends is None else max(ends - time.monotonic(), 0.0)
+                waiting = {task} if self._next is not None and self._next.done() else {task, self._reading()}
+                done, _ = await asyncio.wait(waiting, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                if task in done:
+                    return task.result()
+                if not done:
+                    raise SessionEnd(CLOSE_IDLE_TIMEOUT, why, "timeout")
+                message = self._reading().result()  # a frame came first: kept for `receive`, unless it is the end
+                if message["type"] == "websocket.disconnect":
+                    raise WebSocketDisconnect(message.get("code", 1000))
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    def close(self) -> None:
+        if self._next is not None and not self._next.done():
+            self._next.cancel()
+
+
 async def _receive(
-    ws: WebSocket, service: Service, wait: tuple[float | None, str], *, first: bool = False
+    inbox: _Inbox, service: Service, wait: tuple[float | None, str], *, first: bool = False
 ) -> dict[str, Any]:
-    timeout, why = wait
     max_bytes = service.limits.max_body_bytes
-    if timeout is not None and timeout <= 0:
-        raise SessionEnd(CLOSE_IDLE_TIMEOUT, why, "timeout")
-    try:
-        message = await asyncio.wait_for(ws.receive(), timeout)
-    except asyncio.TimeoutError:
-        raise SessionEnd(CLOSE_IDLE_TIMEOUT, why, "timeout") from None
+    message = await inbox.receive(wait)
     if message["type"] == "websocket.disconnect":
         raise WebSocketDisconnect(message.get("code", 1000))
     raw = message.get("text")

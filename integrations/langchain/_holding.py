@@ -129,7 +129,12 @@ def _add(whole: Any, chunk: Any) -> Any:
 def as_message(value: BaseMessage) -> BaseMessage:
     """An aggregated `AIMessageChunk` parses its tool-call chunks into ``tool_calls``."""
     if isinstance(value, AIMessageChunk):
-        return AIMessage(content=value.content, tool_calls=value.tool_calls, id=value.id)
+        return AIMessage(
+            content=value.content,
+            tool_calls=value.tool_calls,
+            invalid_tool_calls=value.invalid_tool_calls,
+            id=value.id,
+        )
     return value
 
 

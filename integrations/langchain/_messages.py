@@ -215,12 +215,32 @@ def reasoning_text(message: Any) -> str:
     return reasoning
 
 
+#: `ChatMessage` roles (any string a provider accepts) read as a user's or the assistant's turn. ChatOpenAI
+#: sends a ``ChatMessage(role="user")`` as a user turn, so it is judged as one.
+_USER_ROLES = frozenset({"user", "human"})
+_ASSISTANT_ROLES = frozenset({"assistant", "ai", "model"})
+_TOOL_ROLES = frozenset({"tool", "function", "ipython"})
+
+
 def _role(message: BaseMessage) -> str | None:
     if isinstance(message, HumanMessage) or message.type == "human":
         return "user"
     if isinstance(message, AIMessage) or message.type == "ai":
         return "assistant"
+    if message.type == "chat":
+        role = str(getattr(message, "role", "")).strip().lower()
+        if role in _USER_ROLES:
+            return "user"
+        if role in _ASSISTANT_ROLES:
+            return "assistant"
     return None  # system, tool, function, ...: not conversation context
+
+
+def _is_tool_output(message: BaseMessage) -> bool:
+    """A tool's (or legacy function's) result the model reads: untrusted text."""
+    if isinstance(message, ToolMessage) or message.type in ("tool", "function"):
+        return True
+    return message.type == "chat" and str(getattr(message, "role", "")).strip().lower() in _TOOL_ROLES
 
 
 def _turn(message: BaseMessage) -> dict[str, str] | None:
@@ -270,7 +290,7 @@ def input_items(messages: Sequence[BaseMessage], turns: int = DEFAULT_HISTORY_TU
     history: list[dict[str, str]] = []  # the user/assistant turns before message i
     for i, message in enumerate(messages):
         context = history[-turns:] if turns > 0 else []
-        if isinstance(message, ToolMessage) or message.type == "tool":
+        if _is_tool_output(message):
             text = message_text(message)
             if text.strip():
                 name = getattr(message, "name", None) or "tool"
@@ -326,7 +346,10 @@ def output_items(
         )
         items.append(Item(Stage.RESPONSE, response_conversation(before, body), message, label="model response"))
     if tool_calls:
-        for call in getattr(message, "tool_calls", None) or ():
+        # Arguments that did not parse (``invalid_tool_calls``) are judged too: the tool never runs them, but
+        # their text streams to the consumer and stays in the answer.
+        calls = [*(getattr(message, "tool_calls", None) or ()), *(getattr(message, "invalid_tool_calls", None) or ())]
+        for call in calls:
             name = call.get("name") or ""
             items.append(
                 Item(

@@ -143,6 +143,12 @@ class StreamGate:
         self._window = GrowingWindow(window_chars) if window_chars >= 2 else None  # 1: the last character
         self.length = 0  # characters streamed so far
         self.judged = 0  # characters of the answer covered by a verdict (contiguous from 0)
+        #: The end of the furthest check made so far, and the text fed since: a check must read all of it,
+        #: even when a long stretch without a due check (or one large delta) has moved the window past it.
+        self.issued = 0
+        self._since_issued = ""
+        #: Safe verdicts not yet joined to `judged` (the pipelined engine settles checks in any order).
+        self._safe_spans: list[tuple[int, int]] = []
         #: Held callers (``whole_words``): where passed-on text may end while the stream is open, the judged
         #: text less its last word unless it ends a sentence (`releasable`: "Mix" waits for the check that
         #: shows "ammonium"). Set with each safe verdict, not per chunk.
@@ -159,6 +165,7 @@ class StreamGate:
             else:
                 self.tail = (self.tail + delta)[-self.window_chars :]
             self.length += len(delta)
+            self._since_issued += delta
 
     @property
     def unjudged(self) -> int:
@@ -183,10 +190,13 @@ class StreamGate:
         return True
 
     def item(self) -> Item:
-        """The check of everything fed so far (its window)."""
-        item = Item(self.stage, self._conversation(self.tail), label=self.label)
+        """The check of everything fed so far: its window, or all the text no check has read yet when that
+        is longer (the guard windows a long text itself; nothing fed is ever marked judged unread)."""
+        text = self.tail if len(self._since_issued) <= len(self.tail) else self._since_issued
+        item = Item(self.stage, self._conversation(text), label=self.label)
         item.extra["end"] = self.length
-        item.extra["start"] = self.length - len(self.tail)
+        item.extra["start"] = self.length - len(text)
+        self.issued, self._since_issued = self.length, ""
         return item
 
     def _conversation(self, text: str) -> list[dict[str, str]]:
@@ -202,7 +212,7 @@ class StreamGate:
         if self.decision is not None:
             enforce(self.decision)
         if decision.allowed:
-            self.judged = max(self.judged, item.extra["end"])
+            self._join_safe(item.extra["start"], item.extra["end"])
             behind = self.length - self.judged  # fed since the check was made (0 for held callers)
             if self.whole_words and behind <= len(self.tail):
                 judged = self.tail[: len(self.tail) - behind]
@@ -213,6 +223,20 @@ class StreamGate:
         decision = replace(decision, offset=self.release_point if self.whole_words else self.judged)
         self.decision = decision
         enforce(decision)
+
+    def _join_safe(self, start: int, end: int) -> None:
+        """Count ``[start, end)`` as judged once every character before ``start`` is: a check that comes back
+        before an earlier one does not cover the text that earlier one read."""
+        self._safe_spans.append((start, end))
+        joined = True
+        while joined:
+            joined = False
+            for span in self._safe_spans:
+                if span[0] <= self.judged:
+                    self.judged = max(self.judged, span[1])
+                    self._safe_spans.remove(span)
+                    joined = True
+                    break
 
 
 class ToolCallGate(StreamGate):

@@ -19,7 +19,7 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,7 @@ from qwenguard.core.formats.conversations import (
 from qwenguard.core.verdict import Stage
 
 __all__ = [
+    "ANSWER_VARIABLES",
     "CONTEXT_VARIABLES",
     "QUERY_VARIABLES",
     "Checks",
@@ -59,6 +60,7 @@ __all__ = [
     "role_of",
     "tool_calls_in",
     "tool_calls_of",
+    "variable_checks",
 ]
 
 GuardMessage = dict[str, str]
@@ -68,6 +70,8 @@ Checks = list[tuple[Stage, list[GuardMessage]]]
 QUERY_VARIABLES = ("query_str", "query", "question", "user_input", "input")
 #: Template variables that hold retrieved or external text: untrusted, screened as documents.
 CONTEXT_VARIABLES = ("context_str", "context_msg", "context")
+#: Template variables that hold the model's own earlier answer (LlamaIndex's refine prompt): a response.
+ANSWER_VARIABLES = ("existing_answer",)
 
 _SYSTEM = (MessageRole.SYSTEM.value, MessageRole.DEVELOPER.value)
 _ASSISTANT = (MessageRole.ASSISTANT.value, MessageRole.CHATBOT.value, MessageRole.MODEL.value)
@@ -124,19 +128,60 @@ def answer_text(message: ChatMessage) -> str:
 
 # -- tool calls -------------------------------------------------------------------------------
 def tool_calls_in(llm: Any, response: ChatResponse) -> list[ToolSelection]:
-    """The tool calls a chat response asks for, read the way the agent will read them."""
+    """The tool calls a chat response asks for, read the way the agent will read them; a call whose
+    arguments are not a JSON object carries their text as sent (the LLM's parser reads it as ``{}``, but the
+    text is in the message, and reaches whoever shows it)."""
+    calls: list[ToolSelection] | None = None
     getter = getattr(llm, "get_tool_calls_from_response", None)
     if getter is not None:
         try:
-            return list(getter(response, error_on_no_tool_call=False) or [])
+            calls = list(getter(response, error_on_no_tool_call=False) or [])
         except NotImplementedError:
             pass
-    # An LLM that cannot parse its own tool calls: read the standard blocks directly.
-    return [
-        ToolSelection(tool_id=b.tool_call_id or "", tool_name=b.tool_name, tool_kwargs=b.tool_kwargs)
-        for b in response.message.blocks
-        if isinstance(b, ToolCallBlock)
+    if calls is None:  # an LLM that cannot parse its own tool calls: read the standard blocks directly
+        calls = [
+            _selection(b.tool_call_id or "", b.tool_name, b.tool_kwargs)
+            for b in response.message.blocks
+            if isinstance(b, ToolCallBlock)
+        ]
+    unparsed = _unparsed_arguments(response.message)
+    calls = [
+        _selection(c.tool_id, c.tool_name, unparsed.pop(c.tool_id)[1]) if c.tool_id in unparsed else c for c in calls
     ]
+    return calls + [_selection(call_id, name, text) for call_id, (name, text) in unparsed.items()]
+
+
+def _selection(call_id: str, name: str, arguments: Mapping[str, Any] | str) -> ToolSelection:
+    if isinstance(arguments, str):
+        # Not an object: kept as text (for judging only; `ToolSelection` validates a dict).
+        return ToolSelection.model_construct(tool_id=call_id, tool_name=name, tool_kwargs=arguments)  # type: ignore[arg-type]
+    return ToolSelection(tool_id=call_id, tool_name=name, tool_kwargs=dict(arguments))
+
+
+def _unparsed_arguments(message: ChatMessage) -> dict[str, tuple[str, str]]:
+    """Tool call id -> (name, argument text) for each call in ``message`` whose arguments arrived as text
+    that is not a JSON object (`ToolCallBlock` or OpenAI-style ``additional_kwargs["tool_calls"]``)."""
+    found: dict[str, tuple[str, str]] = {}
+    for b in message.blocks:
+        if isinstance(b, ToolCallBlock) and isinstance(b.tool_kwargs, str) and not _is_object(b.tool_kwargs):
+            found[b.tool_call_id or f"block-{len(found)}"] = (b.tool_name, b.tool_kwargs)
+    for call in message.additional_kwargs.get("tool_calls") or ():
+        function = call.get("function") if isinstance(call, Mapping) else getattr(call, "function", None)
+        get = function.get if isinstance(function, Mapping) else lambda key, f=function: getattr(f, key, None)
+        text, name = get("arguments"), get("name")
+        call_id = call.get("id") if isinstance(call, Mapping) else getattr(call, "id", None)
+        if isinstance(text, str) and not _is_object(text):
+            found.setdefault(str(call_id or f"call-{len(found)}"), (str(name or "tool"), text))
+    return found
+
+
+def _is_object(text: str) -> bool:
+    if not text.strip():
+        return True  # no arguments: the call is judged as ``name({})``
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
 
 
 def tool_calls_of(llm: Any, message: ChatMessage) -> list[ToolSelection]:
@@ -300,17 +345,43 @@ def plan_inputs(
 
 
 def plan_template(variables: dict[str, Any], *, screen_context: bool = True) -> InputPlan | None:
-    """The checks of a template call (``predict``, a query engine's synthesis), by variable: the
-    query as the prompt, context variables as untrusted documents, never the formatted template.
-    ``None`` when no query variable is recognised."""
-    query = next((variables[k] for k in QUERY_VARIABLES if isinstance(variables.get(k), str)), None)
-    if query is None:
+    """The checks of a template call (``predict``, a query engine's synthesis), by variable: every string
+    the template is formatted with is judged, never the formatted template (the framework's text is
+    not the user's prompt). ``None`` when no query variable is recognised (the caller then judges the
+    formatted prompt).
+
+    - the query (the first of `QUERY_VARIABLES`): the prompt answers are judged against;
+    - context variables: untrusted documents, only with ``screen_context`` (a node postprocessor may
+      screen them instead);
+    - a previous answer (`ANSWER_VARIABLES`, the refine prompt's): a response to the query;
+    - every other non-empty string (a second question, a condense prompt's ``chat_history``, an e-mail
+      the template quotes): a prompt on its own. Like the query, the caller supplies it: user-side input
+      of unknown origin, judged as every user turn but the latest is (not gated by ``screen_context``,
+      which only hands retrieved context to a postprocessor; shown to the judge as a user turn, as
+      untrusted content is, so injected instructions still read as Jailbreak).
+    """
+    query_key = next((k for k in QUERY_VARIABLES if isinstance(variables.get(k), str)), None)
+    if query_key is None:
         return None
-    conversation = prompt_conversation(query)
-    plan = InputPlan([(Stage.PROMPT, conversation)], conversation)
-    if screen_context:
-        for key in CONTEXT_VARIABLES:
-            value = variables.get(key)
-            if isinstance(value, str) and value.strip():
-                plan.checks.append((Stage.RETRIEVAL, untrusted_conversation(value, key)))
-    return plan
+    conversation = prompt_conversation(variables[query_key])
+    checks: Checks = [(Stage.PROMPT, conversation)]
+    return InputPlan(
+        checks + variable_checks(variables, screen_context=screen_context, query_key=query_key), conversation
+    )
+
+
+def variable_checks(variables: dict[str, Any], *, screen_context: bool = True, query_key: str | None = None) -> Checks:
+    """The checks of a template's variables other than ``query_key`` (see `plan_template`)."""
+    query = variables[query_key] if query_key is not None else ""
+    checks: Checks = []
+    for key, value in variables.items():
+        if key == query_key or not isinstance(value, str) or not value.strip():
+            continue
+        if key in CONTEXT_VARIABLES:
+            if screen_context:
+                checks.append((Stage.RETRIEVAL, untrusted_conversation(value, key)))
+        elif key in ANSWER_VARIABLES and query_key is not None:
+            checks.append((Stage.RESPONSE, response_conversation(query, value)))
+        else:
+            checks.append((Stage.PROMPT, prompt_conversation(value)))
+    return checks

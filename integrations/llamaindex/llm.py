@@ -80,6 +80,7 @@ from ._messages import (
     plan_inputs,
     plan_template,
     tool_calls_in,
+    variable_checks,
 )
 from ._stream import ChatChunks, CompletionChunks, aclose_upstream, close_upstream, unread_text
 
@@ -185,6 +186,12 @@ class GuardedLLM(FunctionCallingLLM):
             return _Plan([], pre[1], pre[2])
         conversation = prompt_conversation(prompt)
         return _Plan([(Stage.PROMPT, conversation)], conversation)
+
+    def _template_variables(self, prompt: BasePromptTemplate, prompt_args: Mapping[str, Any]) -> Checks:
+        """A template without a query variable is judged by the roles of its formatted messages; its
+        variables are judged on their own too, since one may sit in a system message (not judged unless
+        ``screen_system``)."""
+        return variable_checks({**getattr(prompt, "kwargs", {}), **prompt_args}, screen_context=self.screen_context)
 
     def _plan_template(self, prompt: BasePromptTemplate, prompt_args: Mapping[str, Any]) -> _Plan | None:
         """Screen a template call by variable; ``None`` when no query variable is recognised."""
@@ -464,6 +471,7 @@ class GuardedLLM(FunctionCallingLLM):
     def predict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
         plan = self._plan_template(prompt, prompt_args)
         if plan is None:
+            self._screen(self._template_variables(prompt, prompt_args))
             return super().predict(prompt, **prompt_args)
         plan = self._start_inputs(plan)
         with self._prescreened(plan):
@@ -472,6 +480,7 @@ class GuardedLLM(FunctionCallingLLM):
     async def apredict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
         plan = self._plan_template(prompt, prompt_args)
         if plan is None:
+            await self._ascreen(self._template_variables(prompt, prompt_args))
             return await super().apredict(prompt, **prompt_args)
         plan = await self._astart_inputs(plan)
         with self._prescreened(plan):
@@ -480,6 +489,7 @@ class GuardedLLM(FunctionCallingLLM):
     def stream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> Any:
         plan = self._plan_template(prompt, prompt_args)
         if plan is None:
+            self._screen(self._template_variables(prompt, prompt_args))
             return super().stream(prompt, **prompt_args)
         plan = self._start_inputs(plan)
         with self._prescreened(plan):  # stream_chat/stream_complete read it when called, here
@@ -488,6 +498,7 @@ class GuardedLLM(FunctionCallingLLM):
     async def astream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> Any:
         plan = self._plan_template(prompt, prompt_args)
         if plan is None:
+            await self._ascreen(self._template_variables(prompt, prompt_args))
             return await super().astream(prompt, **prompt_args)
         plan = await self._astart_inputs(plan)
         with self._prescreened(plan):

@@ -29,9 +29,22 @@ T = TypeVar("T")
 DECISION_METADATA_KEY = "qwenguard_decision"
 
 
+def node_text(node: BaseNode) -> str:
+    """What a node can show the LLM: its text with the metadata the synthesizer shows, then every other
+    string metadata value (a replacement postprocessor swaps one in for the text: the sentence-window
+    pattern's ``window``, whose neighbouring sentences were never judged otherwise)."""
+    text = node.get_content(metadata_mode=MetadataMode.LLM)
+    excluded = set(node.excluded_llm_metadata_keys)
+    hidden = [
+        value
+        for key, value in node.metadata.items()
+        if key in excluded and key != DECISION_METADATA_KEY and isinstance(value, str) and value.strip()
+    ]
+    return "\n\n".join([text, *hidden]) if hidden else text
+
+
 def _texts(nodes: Sequence[NodeWithScore]) -> list[str]:
-    # Judge what the LLM will read, without metadata the synthesizer does not show.
-    return [n.node.get_content(metadata_mode=MetadataMode.LLM) for n in nodes]
+    return [node_text(n.node) for n in nodes]
 
 
 def keep_allowed(

@@ -6,6 +6,12 @@ indirect prompt injection. A guarded tool screens its output as untrusted conten
 blocked, hands the LLM a short refusal note instead, so the run goes on without the payload.
 (Raising would not stop the run either: agents turn tool exceptions into error outputs.)
 
+An exception is an output too: the agent hands ``str(exception)`` to its LLM (and its events) as an
+error output, outside this wrapper, and a failing fetch or a validation error can quote the page or
+the input. So a guarded tool judges the text of an exception its tool raises: when it is blocked the
+refusal note (an error output) takes its place; when it is allowed, the exception is raised again
+unchanged, for the agent to handle as it would have.
+
 `FunctionTool`s stay `FunctionTool`s (`GuardedFunctionTool` is a subclass), so agents still inject
 the workflow ``Context`` into tools that take a ``ctx: Context`` parameter.
 """
@@ -13,8 +19,8 @@ the workflow ``Context`` into tools that take a ``ctx: Context`` parameter.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
 
 from llama_index.core.tools import FunctionTool
 from llama_index.core.tools.types import AsyncBaseTool, BaseTool, ToolMetadata, ToolOutput, adapt_to_async_tool
@@ -36,6 +42,18 @@ def _refusal_text(template: str, tool: str, decision: Decision) -> str:
     return template.format(tool=tool, reason=reason)
 
 
+def _control_flow() -> tuple[type[BaseException], ...]:
+    """Exceptions a tool raises to steer the workflow, not to fail: they are never turned into outputs."""
+    try:  # workflows >= 2.9: ``ctx.wait_for_event`` inside a tool pauses the step (the agents re-raise it)
+        from workflows.runtime.types.results import WaitingForEvent
+    except ImportError:
+        return ()
+    return (WaitingForEvent,)
+
+
+_CONTROL_FLOW = _control_flow()
+
+
 class _Screening:
     """The part both tool wrappers share: screen a ToolOutput, replace it when blocked."""
 
@@ -51,18 +69,49 @@ class _Screening:
             raw_input=output.raw_input,
             # The withheld payload is not passed on (it would reach memory and events).
             raw_output={"qwenguard": decision.to_dict()},
-            is_error=False,
+            is_error=output.is_error,  # an error stays one (a return_direct tool does not answer with it)
         )
 
+    # Error outputs are judged too: their text (often an exception's message) reaches the LLM as well.
     def _screen(self, output: ToolOutput) -> ToolOutput:
-        if output.is_error or not output.content.strip():
+        if not output.content.strip():
             return output
         return self._verdict_output(output, self.guard.check_tool_result(output.tool_name, output.content))
 
     async def _ascreen(self, output: ToolOutput) -> ToolOutput:
-        if output.is_error or not output.content.strip():
+        if not output.content.strip():
             return output
         return self._verdict_output(output, await self.guard.acheck_tool_result(output.tool_name, output.content))
+
+    # -- a raised exception: its text is what the agent would hand the LLM --------------------
+    def _error_output(self, error: Exception, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> ToolOutput | None:
+        """The error output the agent would build from ``error`` (``None``: nothing to judge, re-raise)."""
+        if isinstance(error, _CONTROL_FLOW):
+            return None
+        text = str(error)
+        if not text.strip():
+            return None
+        ctx_param = getattr(self, "ctx_param_name", None)  # the workflow Context is not part of the input
+        raw_input = {"args": args, "kwargs": {k: v for k, v in kwargs.items() if k != ctx_param}}
+        name = cast(BaseTool, self).metadata.get_name()  # both wrappers are tools
+        return ToolOutput(tool_name=name, content=text, raw_input=raw_input, is_error=True)
+
+    def _screen_error(self, error: Exception, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> ToolOutput | None:
+        """The refusal note for a blocked exception text; ``None`` when it is allowed (re-raise it)."""
+        output = self._error_output(error, args, kwargs)
+        if output is None:
+            return None
+        replaced = self._screen(output)
+        return None if replaced is output else replaced
+
+    async def _ascreen_error(
+        self, error: Exception, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> ToolOutput | None:
+        output = self._error_output(error, args, kwargs)
+        if output is None:
+            return None
+        replaced = await self._ascreen(output)
+        return None if replaced is output else replaced
 
 
 class GuardedFunctionTool(_Screening, FunctionTool):
@@ -86,10 +135,22 @@ class GuardedFunctionTool(_Screening, FunctionTool):
         self.wrapped = tool
 
     def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
-        return self._screen(super().call(*args, **kwargs))
+        try:
+            output = super().call(*args, **kwargs)
+        except Exception as error:
+            if (note := self._screen_error(error, args, kwargs)) is None:
+                raise  # allowed: the tool's own exception, unchanged
+            return note
+        return self._screen(output)
 
     async def acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
-        return await self._ascreen(await super().acall(*args, **kwargs))
+        try:
+            output = await super().acall(*args, **kwargs)
+        except Exception as error:
+            if (note := await self._ascreen_error(error, args, kwargs)) is None:
+                raise
+            return note
+        return await self._ascreen(output)
 
 
 class GuardedTool(_Screening, AsyncBaseTool):
@@ -106,10 +167,22 @@ class GuardedTool(_Screening, AsyncBaseTool):
         return self.wrapped.metadata
 
     def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
-        return self._screen(self._async_tool.call(*args, **kwargs))
+        try:
+            output = self._async_tool.call(*args, **kwargs)
+        except Exception as error:
+            if (note := self._screen_error(error, args, kwargs)) is None:
+                raise
+            return note
+        return self._screen(output)
 
     async def acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
-        return await self._ascreen(await self._async_tool.acall(*args, **kwargs))
+        try:
+            output = await self._async_tool.acall(*args, **kwargs)
+        except Exception as error:
+            if (note := await self._ascreen_error(error, args, kwargs)) is None:
+                raise
+            return note
+        return await self._ascreen(output)
 
 
 def guard_tool(tool: BaseTool | Any, guard: Guard, *, refusal: str = DEFAULT_REFUSAL) -> AsyncBaseTool:

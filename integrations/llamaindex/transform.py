@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from llama_index.core.schema import BaseNode, MetadataMode, TransformComponent
+from llama_index.core.schema import BaseNode, TransformComponent
 from pydantic import Field, computed_field
 from qwenguard.core import Decision, Guard
 
 from .._common import require_guard
-from .postprocessor import OnBlock, keep_allowed
+from .postprocessor import OnBlock, keep_allowed, node_text
 
 __all__ = ["GuardTransform"]
 
@@ -60,7 +60,7 @@ class GuardTransform(TransformComponent):
 
     @staticmethod
     def _texts(nodes: Sequence[BaseNode]) -> list[str]:
-        return [n.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
+        return [node_text(n) for n in nodes]  # its metadata too: the LLM reads it later
 
     def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[BaseNode]:
         if not nodes:
