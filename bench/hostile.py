@@ -20,8 +20,9 @@ model runs every time). The attackers, all at once in every hostile window:
 - ``slot_drip``: one client (from 127.0.0.2: another address than the normal clients') opening as many
   requests as the server serves at once (64), each body sent a byte every 0.5 s;
 - ``session_hog``: one client opening stream sessions until refused, feeding them empty text;
-- ``stream_burst``: stream sessions fed one frame of 2,000 short sentences each (``min_segment=1``), then
-  finished (the Gen-window engine keeps a stream's checks to a few at once);
+- ``stream_burst``: stream sessions fed one frame of 550 sentences of 40 characters each (the shortest that get
+  a window check of their own; a client may no longer lower ``min_segment``), then finished (the Gen-window
+  engine keeps a stream's checks to a few at once);
 - ``client_policy``: an unsafe prompt with a policy that ignores every category and turns every stage
   off (must still be blocked: any release counts as a failure).
 
@@ -343,15 +344,15 @@ async def session_hog(run: Run, stop: asyncio.Event) -> None:
 
 
 async def stream_burst(run: Run, stop: asyncio.Event) -> None:
-    """Stream sessions each fed one frame of 2,000 short sentences, then finished: a window check per
-    sentence, all at once, would queue ahead of every other client's checks."""
-    burst = "Ok go now. " * 2_000
+    """Stream sessions each fed one frame of 550 sentences of 40 characters (``min_segment``, the server's),
+    then finished: a window check per sentence, all at once, would queue ahead of every other client's checks."""
+    burst = "The capital of France is Paris, it is. " * 550
     i = 0
     while not stop.is_set():
         i += 1
         try:
             async with websockets.connect(run.ws, max_size=None) as ws:
-                await ws.send(json.dumps({"type": "open", "prompt": f"Say ok {i}.", "min_segment": 1}))
+                await ws.send(json.dumps({"type": "open", "prompt": f"Say ok {i}."}))
                 await asyncio.wait_for(ws.recv(), 30)
                 await ws.send(json.dumps({"type": "feed", "text": f"{i} {burst}"}))  # distinct: no cache hit
                 await asyncio.wait_for(ws.recv(), 60)

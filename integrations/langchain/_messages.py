@@ -121,9 +121,19 @@ _NOT_TEXT = frozenset(
 _DATA_KEYS = frozenset({"base64", "data", "file_data"})
 
 
+#: Media types whose bytes are text a model reads (a JSON, XML or YAML file is as readable as a text one).
+_TEXT_MEDIA = ("text/", "application/json", "application/xml", "application/x-yaml", "application/yaml")
+
+
+def _text_mime(mime: Any) -> bool:
+    if not isinstance(mime, str):
+        return False
+    mime = mime.split(";")[0].strip().lower()
+    return mime.startswith(_TEXT_MEDIA) or mime.endswith(("+json", "+xml"))
+
+
 def _is_text_media(block: Mapping[str, Any]) -> bool:
-    mime = block.get("mime_type") or block.get("media_type") or ""
-    return block.get("type") == "text-plain" or (isinstance(mime, str) and mime.startswith("text/"))
+    return block.get("type") == "text-plain" or _text_mime(block.get("mime_type") or block.get("media_type"))
 
 
 def _b64_text(value: str) -> str:
@@ -134,9 +144,9 @@ def _b64_text(value: str) -> str:
 
 
 def _data_url_text(value: str) -> str | None:
-    """The text of a ``data:`` URL with a ``text/*`` type; ``None`` for media (not text)."""
+    """The text of a ``data:`` URL with a text type (`_TEXT_MEDIA`); ``None`` for media (not text)."""
     head, _, body = value.partition(",")
-    if not head[5:].startswith("text/"):
+    if not _text_mime(head[5:]):
         return None
     return _b64_text(body) if head.endswith(";base64") else body
 

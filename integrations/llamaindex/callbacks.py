@@ -22,13 +22,14 @@ from typing import Any
 
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.callbacks.base_handler import BaseCallbackHandler
-from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+from llama_index.core.schema import NodeWithScore, QueryBundle
 from qwenguard.core import Guard, enforce
 from qwenguard.core.formats.conversations import prompt_conversation, response_conversation
 from qwenguard.core.verdict import Stage
 
 from .._common import require_guard
-from ._messages import Checks, GuardMessage, message_text, plan_inputs, plan_template
+from ._messages import Checks, GuardMessage, message_text, plan_inputs, plan_template, variable_checks
+from .postprocessor import node_text
 
 __all__ = ["SCREENED_EVENTS", "GuardCallbackHandler"]
 
@@ -133,7 +134,7 @@ class GuardCallbackHandler(BaseCallbackHandler):
             return
         if event_type is CBEventType.RETRIEVE:
             nodes: list[NodeWithScore] = list(payload.get(EventPayload.NODES) or [])
-            texts = [n.node.get_content(metadata_mode=MetadataMode.LLM) for n in nodes]
+            texts = [node_text(n.node) for n in nodes]  # with the metadata a window swap shows the LLM
             if texts:
                 for decision in self.guard.check_documents(None, texts):
                     enforce(decision)
@@ -156,11 +157,18 @@ class GuardCallbackHandler(BaseCallbackHandler):
     def _llm_input(self, payload: dict[str, Any], parent_id: str) -> tuple[Checks, list[GuardMessage]]:
         """The checks of an LLM call's input, and the prompt its answer is judged against."""
         template = _TEMPLATE.get()
+        variables: Checks = []
         if template is not None and template[0] == id(self):
             _TEMPLATE.set(None)
             plan = plan_template(template[1])
             if plan is not None and plan.prompt[-1]["content"] in _input_text(payload):
                 return plan.checks, plan.prompt
+            if plan is None:  # no query variable: every variable is still judged, beside the prompt below
+                variables = variable_checks(template[1])
+        checks, prompt = self._llm_prompt(payload, parent_id)
+        return variables + checks, prompt
+
+    def _llm_prompt(self, payload: dict[str, Any], parent_id: str) -> tuple[Checks, list[GuardMessage]]:
         query = self._query_above(parent_id)
         if query is not None and query.strip():
             # A formatted prompt under a query: its question was judged at the query and its

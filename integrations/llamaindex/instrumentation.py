@@ -26,12 +26,13 @@ from llama_index.core.instrumentation.events.llm import (
 )
 from llama_index.core.instrumentation.events.query import QueryStartEvent
 from llama_index.core.instrumentation.events.retrieval import RetrievalEndEvent
-from llama_index.core.schema import MetadataMode, QueryBundle
+from llama_index.core.schema import QueryBundle
 from qwenguard.core import Decision, Guard
 from qwenguard.core.formats.conversations import response_conversation
 
 from .._common import require_guard
 from ._messages import message_text, plan_inputs
+from .postprocessor import node_text
 
 __all__ = ["GuardEventHandler", "AuditRecord"]
 
@@ -113,7 +114,7 @@ class GuardEventHandler(BaseEventHandler):
             if isinstance(query, str) and query.strip():
                 self._record(event, self.guard.check_prompt(query))
         elif isinstance(event, RetrievalEndEvent) and self.screen_retrievals:
-            texts = [n.node.get_content(metadata_mode=MetadataMode.LLM) for n in event.nodes]
+            texts = [node_text(n.node) for n in event.nodes]  # with the metadata a window swap shows the LLM
             if texts:
                 for decision in self.guard.check_documents(None, texts):
                     self._record(event, decision)

@@ -150,3 +150,20 @@ async def test_a_variable_in_a_system_message_is_judged_without_a_query_variable
         with pytest.raises(GuardViolation):
             await CALLS[call](llm, template, email=PAYLOAD)
         assert MARKER not in model_read(url)
+
+
+def test_the_callback_handler_judges_a_templates_variables_under_a_query() -> None:
+    """The legacy callback handler, an LLM call under a QUERY event with a template that has no query
+    variable: only the query above was judged, and the template's ``{email}`` reached the model."""
+    from li_scripted import ScriptedLLM
+    from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload
+    from qwenguard.integrations.llamaindex import GuardCallbackHandler
+
+    manager = CallbackManager([GuardCallbackHandler(keyword_guard())])
+    llm = ScriptedLLM(chunks=[ANSWER], callback_manager=manager)
+    template = PromptTemplate("Email:\n{email}\n\nSummarise the email.")
+    with manager.as_trace("query"), manager.event(CBEventType.QUERY, payload={EventPayload.QUERY_STR: "Summarise."}):
+        assert llm.predict(template, email="Can we meet on Monday?") == ANSWER
+        with pytest.raises(GuardViolation):
+            llm.predict(template, email=PAYLOAD)
+    assert llm.calls == 1
