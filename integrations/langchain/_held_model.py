@@ -33,6 +33,7 @@ from pydantic import ConfigDict, Field
 from qwenguard.core import Guard, GuardUnavailable, GuardViolation
 from qwenguard.core.streaming.parallel import PendingCheck
 
+from . import _out_of_sight as out_of_sight
 from ._holding import HELD_LLM_TYPE_PREFIX, HeldStream
 from ._input_beside import aafter_verdict, aanswer_beside, after_verdict, answer_beside, auntil_blocked, until_blocked
 from ._messages import DEFAULT_HISTORY_TURNS, guard_history
@@ -127,9 +128,10 @@ class HeldBackChatModel(BaseChatModel):
         """The real model runs with no callbacks of the caller: what it streams raw must not reach
         anyone (LangGraph's stream handlers, ``astream_events``, a tracer's token events). Its judged
         output is reported as this wrapper's run. Tagged ``nostream`` as well, in case a handler is
-        attached to the model itself."""
+        attached to the model itself. The model runs out of the caller's context as well (`_out_of_sight`): a
+        bound model (``bind_tools``, ``with_structured_output``) would merge the caller's handlers back in."""
         manager = AsyncCallbackManager(handlers=[]) if asynchronous else CallbackManager(handlers=[])
-        return {"callbacks": manager, "tags": [TAG_NOSTREAM]}
+        return out_of_sight.config_without_callbacks(callbacks=manager, tags=[TAG_NOSTREAM])
 
     def _held(self, messages: list[BaseMessage]) -> HeldStream:
         return HeldStream(
@@ -174,7 +176,10 @@ class HeldBackChatModel(BaseChatModel):
     ) -> ChatResult:
         pending = self._start_input(messages)
         target = self._target()
-        message = answer_beside(lambda: target.invoke(messages, self._config(False), stop=stop, **kwargs), pending)
+        config = self._config(False)
+        message = answer_beside(
+            lambda: out_of_sight.call(lambda: target.invoke(messages, config, stop=stop, **kwargs)), pending
+        )
         self._judge_answer(messages, message)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
@@ -186,7 +191,8 @@ class HeldBackChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         pending = await self._astart_input(messages)
-        call = self._target().ainvoke(messages, self._config(True), stop=stop, **kwargs)
+        target, config = self._target(), self._config(True)
+        call = out_of_sight.acall(lambda: target.ainvoke(messages, config, stop=stop, **kwargs))
         message = await aanswer_beside(call, pending)
         await self._ajudge_answer(messages, message)
         return ChatResult(generations=[ChatGeneration(message=message)])
@@ -202,7 +208,8 @@ class HeldBackChatModel(BaseChatModel):
         pending = self._start_input(messages)
         with self._ledger().watching():
             held = self._held(messages)
-            upstream = self._target().stream(messages, self._config(False), stop=stop, **kwargs)
+            target, config = self._target(), self._config(False)
+            upstream = out_of_sight.stream(lambda: target.stream(messages, config, stop=stop, **kwargs))
             if pending is not None:
                 upstream = until_blocked(upstream, pending)
             released = held.run(upstream)
@@ -220,7 +227,8 @@ class HeldBackChatModel(BaseChatModel):
         pending = await self._astart_input(messages)
         with self._ledger().watching():
             held = self._held(messages)
-            upstream = self._target().astream(messages, self._config(True), stop=stop, **kwargs)
+            target, config = self._target(), self._config(True)
+            upstream = out_of_sight.astream(lambda: target.astream(messages, config, stop=stop, **kwargs))
             if pending is not None:
                 upstream = auntil_blocked(upstream, pending)
             released = held.arun(upstream)
