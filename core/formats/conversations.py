@@ -9,7 +9,7 @@ instructions.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .prompts import Message
@@ -20,6 +20,7 @@ __all__ = [
     "tool_call_conversation",
     "untrusted_conversation",
     "render_tool_call",
+    "with_tool_calls",
     "last_user_text",
 ]
 
@@ -58,6 +59,14 @@ def render_tool_call(name: str, arguments: Mapping[str, Any] | str | None) -> st
     else:
         raise TypeError(f"tool arguments must be a mapping or a JSON string, got {type(arguments).__name__}")
     return f"Tool call: {name}({args})"
+
+
+def with_tool_calls(text: str | None, calls: Iterable[tuple[str, Mapping[str, Any] | str | None]]) -> str:
+    """An assistant turn as the guard reads it: its text, then each ``(name, arguments)`` call as its action
+    (`render_tool_call`), one a line."""
+    lines = [text] if text else []
+    lines += [render_tool_call(name, arguments) for name, arguments in calls]
+    return "\n".join(lines)
 
 
 def last_user_text(messages: Sequence[Message] | None) -> str | None:

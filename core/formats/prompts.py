@@ -123,7 +123,7 @@ def _with_tool_calls(i: int, role: str, content: Any, calls: Any) -> str:
     """``content`` followed by each tool call rendered as the assistant's action (``Tool call: name({...})``,
     one a line). Calls in the OpenAI shape (``{"function": {"name", "arguments"}}``) or LangChain's
     (``{"name", "args"}``); a message may carry them without text (``content`` ``None``)."""
-    from .conversations import render_tool_call  # conversations imports this module
+    from .conversations import with_tool_calls  # conversations imports this module
 
     if role != "assistant":
         raise ValueError(f"message {i} is a {role} message with tool_calls: only an assistant turn makes tool calls")
@@ -131,15 +131,14 @@ def _with_tool_calls(i: int, role: str, content: Any, calls: Any) -> str:
         raise TypeError(f"message {i} content must be str, got {type(content).__name__}")
     if isinstance(calls, (str, bytes)) or not isinstance(calls, Sequence):
         raise TypeError(f"message {i} tool_calls must be a list of tool calls, got {type(calls).__name__}")
-    lines = [content] if content else []
+    named = []
     for call in calls:
         function = call.get("function") if isinstance(call, Mapping) else None
         source = function if isinstance(function, Mapping) else call
         if not isinstance(source, Mapping) or not isinstance(source.get("name"), str):
             raise TypeError(f"message {i} has a tool call without a name: {call!r:.80}")
-        arguments = source.get("arguments", source.get("args"))
-        lines.append(render_tool_call(source["name"], arguments))
-    return "\n".join(lines)
+        named.append((source["name"], source.get("arguments", source.get("args"))))
+    return with_tool_calls(content, named)
 
 
 def moderation_mode(messages: Sequence[Message]) -> str:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from ..formats.conversations import render_tool_call
+from ..formats.conversations import with_tool_calls
 from ..verdict import Stage
 from .limits import DEFAULT_MAX_CONVERSATIONS
 
@@ -85,9 +85,8 @@ class _Turn(_Judged):
     def judged(self) -> dict[str, str]:
         """The turn as the guard reads it: its text, then each tool call as the assistant's action
         (``Tool call: name({...})``, one a line), so that what the tool would run is judged too."""
-        calls = [render_tool_call(c.function.name, c.function.arguments) for c in self.tool_calls or ()]
-        text = self.text()
-        return {"role": self.role, "content": "\n".join([text, *calls] if text else calls)}
+        calls = [(c.function.name, c.function.arguments) for c in self.tool_calls or ()]
+        return {"role": self.role, "content": with_tool_calls(self.text(), calls)}
 
     def judged_stages(self) -> tuple[Stage, ...]:
         """The stages this turn is decided at, when it is the last one: a tool call, and the assistant's

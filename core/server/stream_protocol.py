@@ -180,6 +180,8 @@ def _open_args(service: Service, msg: Mapping[str, Any]) -> tuple[Any, Any, dict
             raise SessionEnd(CLOSE_BAD_REQUEST, exc.message, exc.kind) from exc
         guard = copy.copy(guard)  # shares backends and cache; only this session's decisions differ
         guard.policy = policy
+    if "messages" in msg and "prompt" in msg:
+        raise SessionEnd(CLOSE_BAD_REQUEST, "open takes 'prompt' or 'messages', not both", "invalid_request_error")
     if "messages" in msg:
         prompt: Any = msg["messages"]
         if isinstance(prompt, list):
@@ -206,8 +208,6 @@ def _open_args(service: Service, msg: Mapping[str, Any]) -> tuple[Any, Any, dict
             CLOSE_BAD_REQUEST, "open needs 'prompt' (a string) or 'messages' (a list)", "invalid_request_error"
         )
     # Values are checked by the monitor itself (ValueError/TypeError: close 4400), as for local streams.
-    if "messages" in msg and "prompt" in msg:
-        raise SessionEnd(CLOSE_BAD_REQUEST, "open takes 'prompt' or 'messages', not both", "invalid_request_error")
     options = {k: msg[k] for k in _SESSION_OPTIONS if k in msg}
     if "screen_prompt" in options and not isinstance(options["screen_prompt"], bool):
         raise SessionEnd(CLOSE_BAD_REQUEST, "screen_prompt must be true or false", "invalid_request_error")

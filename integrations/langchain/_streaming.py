@@ -228,15 +228,9 @@ class StreamGate:
         """Count ``[start, end)`` as judged once every character before ``start`` is: a check that comes back
         before an earlier one does not cover the text that earlier one read."""
         self._safe_spans.append((start, end))
-        joined = True
-        while joined:
-            joined = False
-            for span in self._safe_spans:
-                if span[0] <= self.judged:
-                    self.judged = max(self.judged, span[1])
-                    self._safe_spans.remove(span)
-                    joined = True
-                    break
+        self._safe_spans.sort()
+        while self._safe_spans and self._safe_spans[0][0] <= self.judged:
+            self.judged = max(self.judged, self._safe_spans.pop(0)[1])
 
 
 class ToolCallGate(StreamGate):
