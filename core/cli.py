@@ -467,6 +467,12 @@ def eval_(
         help="With --remote: requests in flight at once (match the "
         "engine's batch size; more only queue there and time out).",
     ),
+    allow_errors: bool = typer.Option(
+        False,
+        "--allow-errors",
+        help="Exit 0 even when rows got no verdict (guard errors); they are left out of the metrics "
+        "either way. Without it such a run exits 2 (after writing the report).",
+    ),
 ) -> None:
     """Measure a guard on labelled data: recall, precision, F1, MCC, ROC-AUC, strict vs loose, breakdowns, plots."""
     from .eval.cli import RemoteOptions, run_eval
@@ -491,6 +497,7 @@ def eval_(
         remote_options=RemoteOptions(
             mode=mode, tokenizer=tokenizer, max_context=max_context, max_in_flight=max_in_flight
         ),
+        allow_errors=allow_errors,
     )
 
 

@@ -24,7 +24,7 @@ from .formats.conversations import (
     tool_call_conversation,
     untrusted_conversation,
 )
-from .formats.prompts import Message, normalize_messages
+from .formats.prompts import Message, normalize_messages, text_size
 from .policy import Action, Decision, Policy
 from .verdict import Stage, Verdict
 
@@ -156,6 +156,7 @@ class Guard:
         tokenizer: Any = None,
         max_context: int | None = None,
         stream: bool | str | Sequence[str] = False,
+        stream_options: Mapping[str, Any] | None = None,
         policy: Policy | None = None,
         **opts: Any,
     ) -> Guard:
@@ -168,8 +169,9 @@ class Guard:
         loaded tokenizer) also makes windows exact, equal to the local guard's; without it they are sized
         by a byte bound. ``max_context``: the engine's context in tokens, when it does not publish it at
         ``/models`` (vLLM and SGLang do). ``stream=True`` runs `stream` sessions on a qwenguard server's
-        ``/v1/stream``. Other options go to `OpenAIGen` (timeouts, retries, ``max_concurrency``, logprobs,
-        windows) or to `Guard` (cache_size, listeners, ...).
+        ``/v1/stream``; ``stream_options`` go to its `RemoteStream` (``open_timeout_s``, ``max_failovers``,
+        ``max_frame_bytes``, ...). Other options go to `OpenAIGen` (timeouts, retries, ``max_concurrency``,
+        logprobs, windows) or to `Guard` (cache_size, listeners, ...).
 
         ``base_url`` may be a list of replicas (or one load balancer's URL): a check that fails on one is
         retried on another, and a stream session whose replica dies or restarts is re-opened on another
@@ -189,11 +191,16 @@ class Guard:
             max_context=max_context,
             **opts,
         )
+        if stream_options and not stream:
+            raise ValueError("stream_options need stream=True (or the stream servers' URL)")
+        if stream_options and "base_url" in stream_options:
+            raise ValueError("stream_options cannot hold base_url: pass the stream servers' URL as stream=")
         stream_backend = None
         if stream:
             from .backends.remote_stream import RemoteStream
 
-            stream_backend = RemoteStream(base_url if stream is True else stream, api_key=api_key)
+            stream_kwargs = {"api_key": api_key, **(stream_options or {})}
+            stream_backend = RemoteStream(base_url if stream is True else stream, **stream_kwargs)
         return cls(backend, policy, stream_backend=stream_backend, **guard_kwargs)
 
     @staticmethod
@@ -238,6 +245,10 @@ class Guard:
                 content = m.get("content")
                 if isinstance(content, str):
                     total += len(content)
+                if len(m) > 2:  # refusal text, tool calls: judged too, so counted too
+                    for key in ("refusal", "tool_calls", "function_call"):
+                        if m.get(key):
+                            total += text_size(m[key], self.max_chars - total + 1)
         if total > self.max_chars:
             raise InputTooLarge(
                 f"{total:,} characters exceed max_chars={self.max_chars:,}; split the text or raise Guard(max_chars=...)"

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import select
@@ -159,6 +160,16 @@ def bomb_rule(body: dict[str, Any]) -> str:
     """Unsafe when the judged text mentions a bomb, else safe (with a refusal line in response mode)."""
     answer = UNSAFE_VIOLENT if "bomb" in judged_text(body).lower() else SAFE
     return answer + "\nRefusal: No" if response_mode(body) else answer
+
+
+def every_third_garbled() -> Callable[[dict[str, Any]], str]:
+    """`bomb_rule`, except that every third answer is not a Qwen3Guard answer (a flaky engine)."""
+    count = itertools.count(1)
+
+    def flaky(body: dict[str, Any]) -> str:
+        return "I am not sure." if next(count) % 3 == 0 else bomb_rule(body)
+
+    return flaky
 
 
 @dataclass

@@ -237,14 +237,18 @@ def test_cache_is_keyed_by_model(tmp_path, examples):
     assert run_guard(Guard(other), examples, cache=cache).ran == 11 and other.calls == [11]
 
 
-def test_guard_errors_count_as_blocked_and_are_retried(tmp_path, examples):
+def test_guard_errors_are_left_out_of_the_metrics_and_are_retried(tmp_path, examples):
     cache = tmp_path / CACHE_FILE
     run = run_guard(Guard(FailOn(KeywordBackend(), "rice")), examples, cache=cache)
     assert run.errors == 1
     report = compute_report(examples, run)
     assert report.data["meta"]["errors"] == 1 and "server hiccup" in report.data["errors"][0]["error"]
     assert report.data["risk_confusion"]["matrix"][0][3] == 1  # gold safe, no verdict
-    assert report.mappings["loose"]["overall"]["fp"] == 2  # fail closed: the error row is blocked
+    # A row without a verdict is neither right nor wrong (scored as blocked, an error on a harmful row
+    # would count as a catch): it is left out of the metrics and counted on its own.
+    loose = report.mappings["loose"]
+    assert loose["errors"] == 1 and loose["overall"]["n"] == len(examples) - 1
+    assert loose["overall"]["fp"] == 1
     assert report.mappings["loose"]["scored_rows"] == 10
     backend = KeywordBackend()
     assert run_guard(Guard(backend), examples, cache=cache).ran == 1 and backend.calls == [1]

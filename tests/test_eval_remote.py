@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from engines import bomb_rule, recording_engine
+from engines import every_third_garbled, recording_engine
 from qwenguard.core.cli import app
 from typer.testing import CliRunner
 
@@ -46,13 +46,7 @@ def test_a_slow_engine_makes_the_run_slower_not_every_row_an_error(tmp_path):
 
 
 def test_errors_show_in_the_progress_as_they_happen(tmp_path):
-    count = {"n": 0}
-
-    def flaky(body):  # every third answer is not a Qwen3Guard answer
-        count["n"] += 1
-        return "I am not sure." if count["n"] % 3 == 0 else bomb_rule(body)
-
-    with recording_engine(answer=flaky) as engine:
+    with recording_engine(answer=every_third_garbled()) as engine:
         res = CliRunner().invoke(
             app,
             [
@@ -71,6 +65,7 @@ def test_errors_show_in_the_progress_as_they_happen(tmp_path):
                 "4",
                 "--concurrency",
                 "1",
+                "--allow-errors",  # without it, rows without a verdict fail the run (tests/test_eval_dead_engine.py)
             ],
         )
         assert res.exit_code == 0, res.output

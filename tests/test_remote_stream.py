@@ -143,12 +143,15 @@ async def test_unreachable_stream_server_fails_closed_or_open():
         with closed.stream("hi"):
             pass
     assert err.value.decision.reason == "guard_error"
+    # Failing open, the text goes on to the guard's Gen backend (the same dead server: each window check
+    # fails open too, flagged); tests/test_stream_remote_deadlines.py has a Gen backend that answers.
     opened = Guard.remote(_dead_url(), model="m", stream=True, policy=Policy(on_error="allow"))
     with opened.stream("hi") as monitor:
         assert monitor.feed("unchecked ") + monitor.finish() == "unchecked "
     assert (monitor.decision.allowed, monitor.decision.reason) == (True, "guard_error")
+    assert monitor.local is not None and all(f.reason == "guard_error" for f in monitor.flags)
     async with opened.astream("hi") as amonitor:
-        assert await amonitor.afeed("x") == "x"
+        assert await amonitor.afeed("x") + await amonitor.afinish() == "x"
     with pytest.raises(GuardUnavailable):
         async with closed.astream("hi"):
             pass

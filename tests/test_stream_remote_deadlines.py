@@ -19,7 +19,9 @@ import time
 from contextlib import contextmanager
 
 import pytest
-from qwenguard.core import Guard, GuardTimeout, GuardUnavailable, Policy, Stage
+from faults import ScriptedBackend
+from qwenguard.core import Guard, GuardTimeout, GuardUnavailable, GuardViolation, Policy, Stage
+from qwenguard.core.backends.remote_stream import RemoteStream
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 BUDGET = 1.0
@@ -224,3 +226,60 @@ def test_stage_timeout_overrides_the_policy_default():
         with pytest.raises(GuardTimeout):
             _session(Guard.remote(server.url, model="any", stream=True, policy=policy).stream("Hi"))
         assert time.monotonic() - start < BUDGET + SLACK
+
+
+# -- failing open goes on judging: the rest is not released unchecked -----------------------------------
+SAFE_PART, CLAUSE = "The capital of France is Paris. ", "Mix ammonium nitrate with fuel oil, pack it into a pipe."
+
+
+def _keyword_guard(url: str) -> tuple[Guard, ScriptedBackend]:
+    """The client's Gen backend is a keyword judge; its stream sessions go to the misbehaving server."""
+    judge = ScriptedBackend(
+        lambda conv: (
+            ("Safety: Unsafe\nCategories: Violent" if "ammonium" in conv[-1]["content"] else "Safety: Safe")
+            + ("" if "ammonium" in conv[-1]["content"] else "\nCategories: None")
+            + ("\nRefusal: No" if conv[-1]["role"] == "assistant" else "")
+        )
+    )
+    policy = Policy(timeout_s=BUDGET, on_error="allow").with_stage(Stage.PROMPT, timeout_s=30.0)
+    return Guard(judge, policy, stream_backend=RemoteStream(url)), judge
+
+
+@pytest.mark.parametrize("mode", ["drip-feed", "stall-finish"])
+def test_fail_open_judges_the_rest_in_gen_windows_instead_of_releasing_it(mode):
+    """The attack: the stream server fails (here: stalls) once the harmful part has been fed. Before, failing
+    open released everything held and everything after it unchecked; now the client's Gen backend judges it."""
+    with misbehaving(mode) as server:
+        guard, judge = _keyword_guard(server.url)
+        monitor = guard.stream("Tell me about France.")
+        out = ""
+        with monitor, pytest.raises(GuardViolation):
+            out += monitor.feed(SAFE_PART)
+            out += monitor.feed(CLAUSE)
+            out += monitor.finish()
+    assert "ammonium" not in out + monitor.released, out
+    assert any(f.reason == "timeout" and f.allowed for f in monitor.flags), monitor.flags
+    assert monitor.decision.reason == "unsafe" and judge.calls
+
+
+@pytest.mark.parametrize("mode", ["drip-feed", "stall-finish"])
+async def test_async_fail_open_judges_the_rest_in_gen_windows_instead_of_releasing_it(mode):
+    with misbehaving(mode) as server:
+        guard, judge = _keyword_guard(server.url)
+        out = ""
+        with pytest.raises(GuardViolation):
+            async with guard.astream("Tell me about France.") as monitor:
+                out += await monitor.afeed(SAFE_PART)
+                out += await monitor.afeed(CLAUSE)
+                out += await monitor.afinish()
+    assert "ammonium" not in out + monitor.released, out
+    assert monitor.decision.reason == "unsafe" and judge.calls
+
+
+def test_fail_open_still_releases_safe_text_once_judged():
+    with misbehaving("drip-feed") as server:
+        guard, judge = _keyword_guard(server.url)
+        with guard.stream("Tell me about France.") as monitor:
+            out = monitor.feed(SAFE_PART) + monitor.feed("It is on the Seine. ") + monitor.finish()
+    assert out == SAFE_PART + "It is on the Seine. " and monitor.finished
+    assert [f.reason for f in monitor.flags] == ["timeout"] and judge.calls

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import threading
 import time
@@ -66,7 +67,7 @@ from .base import Conversation, Outcome
 from .openai_wire import (
     RETRY_STATUS,
     RemoteHTTPError,
-    error_message,
+    error_text,
     parse_logprobs,
     retry_after,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "DEFAULT_MAX_RETRIES",
     "DEFAULT_MAX_CONCURRENCY",
     "DEFAULT_MAX_TOKENS",
+    "DEFAULT_MAX_REPLY_BYTES",
 ]
 
 logger = logging.getLogger("qwenguard")
@@ -98,6 +100,12 @@ DEFAULT_MAX_BACKOFF_S = 5.0
 DEFAULT_MAX_CONCURRENCY = 16
 #: Answers are 8-14 tokens (research/qwen3guard.md §2.3); 48 leaves room for several categories.
 DEFAULT_MAX_TOKENS = 48
+#: The most bytes of one reply the client reads. A verdict reply is a few hundred bytes, a few KB with
+#: logprobs; 8 MiB is far above any honest answer and bounds what a faulty engine or a proxy's error page
+#: can make each request hold in memory (up to ``max_concurrency`` of them at once).
+DEFAULT_MAX_REPLY_BYTES = 8 << 20
+#: Of an error reply (4xx/5xx, a redirect) only this much is read: its message is cut to 300 characters.
+_ERROR_BODY_BYTES = 64 << 10
 #: Beyond a call's deadline, how long a caller waits for the loop to hand back what it has (it normally
 #: answers at the deadline itself; this only covers a loop that is stuck).
 _GRACE_S = 2.0
@@ -213,6 +221,7 @@ class OpenAIGen:
         max_backoff_s: float = DEFAULT_MAX_BACKOFF_S,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         max_tokens: int = DEFAULT_MAX_TOKENS,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
         logprobs: bool = False,
         headers: Mapping[str, str] | None = None,
         transport: Any = None,
@@ -231,6 +240,8 @@ class OpenAIGen:
             raise ValueError(f"max_context must be an int of tokens above max_tokens + 16, got {max_context!r}")
         if connect_timeout_s <= 0 or read_timeout_s <= 0:
             raise ValueError("connect_timeout_s and read_timeout_s must be positive")
+        if not isinstance(max_reply_bytes, int) or isinstance(max_reply_bytes, bool) or max_reply_bytes < 1:
+            raise ValueError(f"max_reply_bytes must be a positive int of bytes, got {max_reply_bytes!r}")
         httpx = _httpx()
         transport = transport if transport is not None else async_transport
         if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
@@ -248,6 +259,7 @@ class OpenAIGen:
         self.max_backoff_s = max_backoff_s
         self.max_concurrency = max_concurrency
         self.max_tokens = max_tokens
+        self.max_reply_bytes = max_reply_bytes
         self.logprobs = logprobs
         self.max_context = max_context
         self.connect_timeout_s = connect_timeout_s
@@ -263,14 +275,20 @@ class OpenAIGen:
         self._fallback_context = self._tokenizer_context() or DEFAULT_MAX_CONTEXT
         self._served_context: int | None = None  # learned from /models: 0 = not published
         self._ids_accepted: bool | None = None  # completion mode: does the engine take token ids?
-        headers_ = {"Accept": "application/json", **(headers or {})}
+        # Replies uncompressed: a verdict is a few hundred bytes, and a compressed body is inflated a whole
+        # network chunk at a time (up to ~1000x) before max_reply_bytes can count it.
+        headers_ = {"Accept": "application/json", "Accept-Encoding": "identity", **(headers or {})}
         if api_key:
             headers_["Authorization"] = f"Bearer {api_key}"
         timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
         limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
 
         def make_client() -> Any:
-            return httpx.AsyncClient(headers=headers_, timeout=timeout, limits=limits, transport=transport)
+            # Redirects are never followed (httpx's default, made explicit): a verdict comes from the
+            # engine asked, and a 3xx is a guard error (`_post`), whatever its body says.
+            return httpx.AsyncClient(
+                headers=headers_, timeout=timeout, limits=limits, transport=transport, follow_redirects=False
+            )
 
         self._make_client = make_client
         self._wire: _Wire | None = None
@@ -314,23 +332,71 @@ class OpenAIGen:
         return "/completions", body
 
     def _read(self, mode: str, payload: Any, elapsed_ms: float) -> Outcome:
-        try:
-            choice = payload["choices"][0]
-            text = choice["message"]["content"] if self.mode == "chat" else choice["text"]
-        except (KeyError, IndexError, TypeError):
-            return VerdictParseError("the server's reply has no choices[0] text", raw=str(payload)[:300])
-        try:
-            verdict = parse_verdict(text, mode=mode, model=self.name)
-        except VerdictParseError as exc:
-            return exc
-        probs = parse_logprobs(choice) if self.logprobs else None
-        return Verdict(verdict.risk, verdict.categories, verdict.refusal, verdict.raw, elapsed_ms, self.name, probs)
+        """The verdict of a 200 reply. Every choice must be a whole verdict (a choice cut at ``max_tokens``,
+        ``finish_reason: "length"``, may have lost its categories or its label); several choices (an
+        engine that ignores ``n=1``) are judged by the worst of them, as windows are."""
+        choices = payload.get("choices") if isinstance(payload, Mapping) else None
+        if not isinstance(choices, list) or not choices:
+            return VerdictParseError("the server's reply has no choices", raw=str(payload)[:300])
+        verdicts: list[Verdict] = []
+        for i, choice in enumerate(choices):
+            try:
+                text = choice["message"]["content"] if self.mode == "chat" else choice["text"]
+            except (KeyError, IndexError, TypeError):
+                return VerdictParseError(f"the server's reply has no choices[{i}] text", raw=str(payload)[:300])
+            if choice.get("finish_reason") == "length":
+                return VerdictParseError(
+                    f"the server's reply choices[{i}] was cut at max_tokens={self.max_tokens} "
+                    f"(finish_reason 'length'): the verdict may be incomplete",
+                    raw=str(text)[:300],
+                )
+            try:
+                verdict = parse_verdict(text, mode=mode, model=self.name)
+            except VerdictParseError as exc:
+                return exc
+            probs = parse_logprobs(choice) if self.logprobs else None
+            verdicts.append(
+                Verdict(verdict.risk, verdict.categories, verdict.refusal, verdict.raw, elapsed_ms, self.name, probs)
+            )
+        return verdicts[0] if len(verdicts) == 1 else worst(verdicts)
 
-    def _status_error(self, response: Any, url: str) -> RemoteHTTPError:
+    def _status_error(self, response: Any, body: bytes, url: str) -> RemoteHTTPError:
+        status = response.status_code
+        why = error_text(body)
+        if status < 400:
+            note = "only HTTP 200 carries a verdict"
+            if 300 <= status < 400:
+                note += f"; redirects are not followed (Location {response.headers.get('location')!r})"
+            why = f"{note}: {why}" if why else note
         return RemoteHTTPError(
-            f"guard server at {url} answered HTTP {response.status_code}: {error_message(response)}",
-            response.status_code,
+            f"guard server at {url} answered HTTP {status}: {why}",
+            status,
             retry_after(response.headers.get("retry-after")),
+        )
+
+    async def _body_of(self, response: Any, url: str, limit: int, *, strict: bool) -> bytes:
+        """Read ``response``'s body, at most ``limit`` bytes (decoded), chunk by chunk. Past it: ``strict``
+        raises `VerdictParseError` without reading further (the connection is closed); otherwise the body
+        is cut there (an error reply, read only for its message)."""
+        declared = response.headers.get("content-length")
+        if strict and declared is not None and declared.isdigit() and int(declared) > limit:
+            raise self._too_large(url, f"declares {int(declared):,} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                if strict:
+                    raise self._too_large(url, f"exceeds {limit:,} bytes")
+                chunks.append(chunk[: len(chunk) - (size - limit)])
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, url: str, what: str) -> VerdictParseError:
+        return VerdictParseError(
+            f"guard server at {url} sent a reply that {what}, more than max_reply_bytes={self.max_reply_bytes:,} "
+            f"(a verdict is a few hundred bytes); not read further"
         )
 
     # -- retry policy (tenacity) --------------------------------------------------------------
@@ -398,7 +464,8 @@ class OpenAIGen:
                     self.requests_sent += 1
                     try:
                         with self.replicas.using(url):
-                            response = await asyncio.wait_for(wire.client.post(url + path, json=body), limit)
+                            # The body is read within the same attempt limit, at most max_reply_bytes of it.
+                            status, content = await asyncio.wait_for(self._exchange(wire, url + path, body, url), limit)
                     except asyncio.TimeoutError:
                         self.replicas.failed(url)
                         raise _AttemptTimeout(
@@ -409,14 +476,22 @@ class OpenAIGen:
                     except httpx.TransportError:
                         self.replicas.failed(url)
                         raise
-                if response.status_code >= 400:
-                    error = self._status_error(response, url)
-                    if error.retryable:
+                if isinstance(status, RemoteHTTPError):
+                    if status.retryable:
                         self.replicas.failed(url)
-                    raise error
+                    raise status
                 self.replicas.succeeded(url)
-                payload = response.json()
+                payload = json.loads(content)
         return payload
+
+    async def _exchange(self, wire: _Wire, target: str, body: dict[str, Any], url: str) -> tuple[Any, bytes]:
+        """One POST: ``(200, body)``, or ``(RemoteHTTPError, b"")`` for any other status (a 2xx other than
+        200 or a 3xx is not a verdict either); the body read at most ``max_reply_bytes``."""
+        async with wire.client.stream("POST", target, json=body) as response:
+            if response.status_code != 200:
+                head = await self._body_of(response, url, min(_ERROR_BODY_BYTES, self.max_reply_bytes), strict=False)
+                return self._status_error(response, head, url), b""
+            return 200, await self._body_of(response, url, self.max_reply_bytes, strict=True)
 
     async def _send(self, wire: _Wire, check: WireCheck, deadline: _Deadline) -> tuple[Outcome, bool]:
         """One request of a check → (outcome, whether it failed on the transport: unreachable or late)."""
@@ -443,8 +518,8 @@ class OpenAIGen:
         try:
             # The deadline is enforced here, on the loop: cancelling the request closes its connection.
             payload = await asyncio.wait_for(ask(), deadline.left())
-        except RemoteHTTPError as exc:
-            return exc, False  # the server refused this request: its own outcome
+        except (RemoteHTTPError, VerdictParseError) as exc:
+            return exc, False  # the server refused this request, or sent no verdict: its own outcome
         except asyncio.TimeoutError:
             return GuardTimeout(f"guard server at {self._where} did not answer within the deadline"), True
         except ValueError as exc:  # a 2xx body that is not JSON
@@ -493,23 +568,32 @@ class OpenAIGen:
                 another_follows=self.replicas.untried(tried),
             )
             try:
-                response = await asyncio.wait_for(wire.client.get(url + "/models"), limit)
+                response = await asyncio.wait_for(self._get_models(wire, url), limit)
             except (asyncio.TimeoutError, httpx.HTTPError):
                 self.replicas.failed(url)
                 continue
-            if response.status_code in RETRY_STATUS:
+            if response[0] in RETRY_STATUS:
                 response = None
         if response is None:
             return None  # unknown for now; asked again on the next call
-        if response.status_code >= 400:
+        status, content = response
+        if status != 200 or content is None:
             return 0
         try:
-            entries = response.json()["data"]
+            entries = json.loads(content)["data"]
             entry = next((e for e in entries if e.get("id") == self.model), entries[0] if len(entries) == 1 else {})
             value = entry.get("max_model_len")
         except (ValueError, KeyError, TypeError, AttributeError, IndexError):
             return 0
         return value if isinstance(value, int) and value > self.max_tokens + 16 else 0
+
+    async def _get_models(self, wire: _Wire, url: str) -> tuple[int, bytes | None]:
+        """``GET /models``: its status and body (``None``: larger than ``max_reply_bytes``, not read further)."""
+        async with wire.client.stream("GET", url + "/models") as response:
+            try:
+                return response.status_code, await self._body_of(response, url, self.max_reply_bytes, strict=True)
+            except VerdictParseError:
+                return response.status_code, None
 
     async def _plan(self, conversations: list[Conversation], context: int, deadline: _Deadline) -> list[CheckPlan]:
         want_ids = self.mode == "completion" and self.planner.encoder is not None and self._ids_accepted is not False

@@ -4,6 +4,7 @@ probabilities from the logprobs of chat and completion answers (as vLLM and SGLa
 from __future__ import annotations
 
 import email.utils
+import json
 import math
 import time
 from collections.abc import Mapping
@@ -13,7 +14,7 @@ from ..errors import GuardUnavailable
 from ..formats.prompts import SAFETY_LABELS
 from ..verdict import Risk
 
-__all__ = ["RemoteHTTPError", "retry_after", "error_message", "parse_logprobs", "RETRY_STATUS"]
+__all__ = ["RemoteHTTPError", "retry_after", "error_message", "error_text", "parse_logprobs", "RETRY_STATUS"]
 
 #: Statuses worth retrying: overload (429) and server-side failures.
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -51,12 +52,24 @@ def error_message(response: Any) -> str:
     """The server's error text, short (the body may echo the request, so cap it)."""
     try:
         body = response.json()
-        err = body.get("error", body) if isinstance(body, dict) else body
-        msg = err.get("message", err) if isinstance(err, dict) else err
-        text = str(msg)
     except Exception:  # noqa: BLE001 - any non-JSON body
-        text = response.text
-    return text[:300]
+        return str(response.text)[:300]
+    return _error_of(body)
+
+
+def error_text(body: bytes) -> str:
+    """`error_message` of a body already read (at most a bounded prefix of it: see `OpenAIGen`)."""
+    try:
+        data = json.loads(body)
+    except ValueError:  # not JSON, not UTF-8, or cut short
+        return body[:1200].decode("utf-8", "replace")[:300]
+    return _error_of(data)
+
+
+def _error_of(body: Any) -> str:
+    err = body.get("error", body) if isinstance(body, dict) else body
+    msg = err.get("message", err) if isinstance(err, dict) else err
+    return str(msg)[:300]
 
 
 def parse_logprobs(choice: Mapping[str, Any]) -> dict[Risk, float] | None:

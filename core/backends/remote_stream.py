@@ -14,8 +14,11 @@ is re-opened on another replica (or again through the balancer) and the text so 
 the same deadline, and nothing the new session has not judged is released (`stream_session`;
 docs/scaling.md). When no replica answers in time, or the failure is not one a replica change can
 cure, the client's ``Policy.on_error`` decides: fail closed raises `GuardUnavailable` (`GuardTimeout`
-for a missed deadline); fail open releases the rest unchecked and records a flagged ``guard_error`` /
-``timeout`` decision in ``monitor.decision``.
+for a missed deadline); fail open records a flagged ``guard_error`` / ``timeout`` decision in
+``monitor.decision`` (and ``monitor.flags``, or ``monitor.prompt_decision`` when opening failed) and
+judges the text not released yet, and the rest of the answer, in Gen windows on the guard's Gen
+backend (a local core monitor, ``monitor.local``), as a local stream that fails open goes on: the
+server's failure does not let the rest out unchecked.
 
 Cancellation (async): cancelling ``afeed``/``afinish`` never loses the exchange in flight; the next call
 completes it first (`CancelSafeLane`). A sync call interrupted by ``KeyboardInterrupt`` closes the monitor.
@@ -53,6 +56,7 @@ from .stream_session import (
 
 __all__ = [
     "DEFAULT_MAX_FAILOVERS",
+    "DEFAULT_MAX_FRAME_BYTES",
     "SESSION_OPTIONS",
     "AsyncRemoteStreamMonitor",
     "RemoteStream",
@@ -72,6 +76,16 @@ DEFAULT_MAX_BACKOFF_S = 2.0
 CLOSE_TIMEOUT_S = 1.0
 #: Frames at least this big are sent under a watchdog: a peer that stops reading cannot block `send` forever.
 WATCHDOG_FRAME_BYTES = 64 * 1024
+#: The largest frame the client accepts from a stream server (the WebSocket ``max_size``); a larger one
+#: closes the connection (1009) and is a guard error, decided by the policy's ``on_error``. What a server
+#: sends (`qwenguard.core.server.stream_protocol`): released text, and the ``violation`` frame repeats all
+#: text released, both bounded by the session's ``max_chars`` (200,000 characters by default: at most
+#: 800 KB of UTF-8, about 2.4 MB if every character were JSON-escaped); per-token verdicts of a Stream
+#: model (about 200 bytes each, at most one per character of a feed, so up to about 40 MB for a whole
+#: default-sized session reported in one frame); flags and decisions (small). 64 MiB is above all of that
+#: for a default-configured server, and still bounds what a faulty or hostile peer can make the client hold.
+#: Raise it (``RemoteStream(max_frame_bytes=...)``) for a server run with a larger ``--max-chars``.
+DEFAULT_MAX_FRAME_BYTES = 64 << 20
 
 
 def stream_url(base_url: str) -> str:
@@ -93,7 +107,9 @@ class RemoteStream:
 
     ``base_url`` may be a list of replicas: a session opens on the one with the fewest of this client's
     sessions, and fails over to another (at most ``max_failovers`` re-opens per call; once every replica
-    refused in a call, re-opens wait ``backoff_s``, doubling up to ``max_backoff_s``, within the deadline)."""
+    refused in a call, re-opens wait ``backoff_s``, doubling up to ``max_backoff_s``, within the deadline).
+    ``max_frame_bytes``: the largest frame accepted from the server (`DEFAULT_MAX_FRAME_BYTES`); a larger
+    one ends the session as a guard error (the policy's ``on_error`` decides), and is not re-opened for."""
 
     def __init__(
         self,
@@ -106,7 +122,10 @@ class RemoteStream:
         cooldown_s: float = DEFAULT_COOLDOWN_S,
         backoff_s: float = DEFAULT_BACKOFF_S,
         max_backoff_s: float = DEFAULT_MAX_BACKOFF_S,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     ) -> None:
+        if not isinstance(max_frame_bytes, int) or isinstance(max_frame_bytes, bool) or max_frame_bytes < 1:
+            raise ValueError(f"max_frame_bytes must be a positive int of bytes, got {max_frame_bytes!r}")
         if max_failovers < 0:
             raise ValueError("max_failovers must be >= 0")
         if backoff_s < 0 or max_backoff_s < 0:
@@ -122,6 +141,7 @@ class RemoteStream:
         self.max_failovers = max_failovers
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        self.max_frame_bytes = max_frame_bytes
 
     def __repr__(self) -> str:
         return f"RemoteStream({self.url if len(self.urls) == 1 else list(self.urls)!r})"
@@ -213,7 +233,7 @@ class RemoteStreamMonitor(_Session):
             additional_headers=self.backend.headers,
             open_timeout=attempt.left(self.backend.open_timeout_s),
             close_timeout=CLOSE_TIMEOUT_S,
-            max_size=None,
+            max_size=self.backend.max_frame_bytes,
         ).__enter__()
         frame = next(steps)
         while True:
@@ -239,23 +259,40 @@ class RemoteStreamMonitor(_Session):
         finally:
             watchdog.cancel()
 
+    def _local_monitor(self) -> Any:
+        from ..streaming.monitor import StreamMonitor
+
+        return StreamMonitor
+
     def _exchange(self, frame: str, expect: str) -> str:
-        if self._degraded:
-            return self._release_unchecked()
         return self._call(self._deadline(Stage.STREAM), Stage.STREAM, frame, expect)
+
+    def _locally(self, call: Any) -> str:
+        try:
+            out = call(self.local)
+        except BaseException as exc:
+            self._local_stop(exc)
+            raise
+        return self._local_outcome(out)
 
     def feed(self, delta: str) -> str:
         """Send ``delta``; return the text now safe to release. Raises `GuardViolation` on a violation."""
         delta = check_delta(delta)
         self.open()
         frame = self._feed_frame(delta)
-        return self._exchange(frame, "released") if frame is not None else ""
+        if frame is None:
+            return ""
+        if self.local is not None:
+            return self._locally(lambda m: m.feed(delta))
+        return self._exchange(frame, "released")
 
     def finish(self) -> str:
         """End of the stream: the rest of the text, once judged."""
         self.open()
         self._check_feedable()
-        out = self._exchange(FINISH_FRAME, "finished")
+        out = self._exchange(FINISH_FRAME, "finished") if self.local is None else ""
+        if self.local is not None:  # failed open (now or before): the rest is judged here
+            out += self._locally(lambda m: m.finish())
         self._state = "finished"
         self._close_ws()
         return out
@@ -274,6 +311,8 @@ class RemoteStreamMonitor(_Session):
         if self._state == "open":
             self._state = "closed"
         self._abort_ws()
+        if self.local is not None:
+            self.local.close()
 
     def _forget_ws(self) -> Any:
         ws, self._ws = self._ws, None
@@ -302,6 +341,8 @@ class RemoteStreamMonitor(_Session):
         if self._state == "open":
             self._state = "closed"
         self._close_ws()
+        if self.local is not None:
+            self.local.close()
 
 
 class AsyncRemoteStreamMonitor(_Session):
@@ -388,7 +429,7 @@ class AsyncRemoteStreamMonitor(_Session):
             additional_headers=self.backend.headers,
             open_timeout=self.backend.open_timeout_s,
             close_timeout=CLOSE_TIMEOUT_S,
-            max_size=None,
+            max_size=self.backend.max_frame_bytes,
         )
         if self._state == "closed":  # aclose() ran while connecting: found no connection to drop
             raise ConnectionAbortedError("the monitor was closed")
@@ -403,10 +444,21 @@ class AsyncRemoteStreamMonitor(_Session):
                 result: str = done.value
                 return result
 
+    def _local_monitor(self) -> Any:
+        from ..streaming.monitor import AsyncStreamMonitor
+
+        return AsyncStreamMonitor
+
     async def _aexchange(self, frame: str, expect: str) -> str:
-        if self._degraded:
-            return self._release_unchecked()
         return await self._acall(self._deadline(Stage.STREAM), Stage.STREAM, frame, expect)
+
+    async def _alocally(self, call: Any) -> str:
+        try:
+            out = await call(self.local)
+        except BaseException as exc:
+            self._local_stop(exc)
+            raise
+        return self._local_outcome(out)
 
     async def afeed(self, delta: str) -> str:
         """Async twin of `RemoteStreamMonitor.feed`."""
@@ -416,7 +468,11 @@ class AsyncRemoteStreamMonitor(_Session):
     async def _feed_work(self, delta: str) -> str:
         await self._open_work()
         frame = self._feed_frame(delta)
-        return await self._aexchange(frame, "released") if frame is not None else ""
+        if frame is None:
+            return ""
+        if self.local is not None:
+            return await self._alocally(lambda m: m.afeed(delta))
+        return await self._aexchange(frame, "released")
 
     async def afinish(self) -> str:
         """Async twin of `RemoteStreamMonitor.finish`."""
@@ -425,7 +481,9 @@ class AsyncRemoteStreamMonitor(_Session):
     async def _finish_work(self) -> str:
         await self._open_work()
         self._check_feedable()
-        out = await self._aexchange(FINISH_FRAME, "finished")
+        out = await self._aexchange(FINISH_FRAME, "finished") if self.local is None else ""
+        if self.local is not None and self._state == "open":  # failed open: the rest is judged here
+            out += await self._alocally(lambda m: m.afinish())
         if self._state == "closed":
             return ""
         self._state = "finished"
@@ -474,12 +532,16 @@ class AsyncRemoteStreamMonitor(_Session):
             self._abort_ws()  # the exchange in flight sees the monitor closed and releases nothing
         else:
             await self._aclose_ws()
+        if self.local is not None:
+            self.local.close()
 
     def close(self) -> None:
         """Mark the session stopped and drop its connection (use `aclose` for a graceful close)."""
         if self._state == "open":
             self._state = "closed"
         self._abort_ws()
+        if self.local is not None:
+            self.local.close()
 
 
 def _shutdown(sock: Any) -> None:

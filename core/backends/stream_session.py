@@ -20,9 +20,11 @@ to a replica the call has not tried yet; once every one refused, they back off (
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
 import json
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any
 
 from ..errors import (
@@ -38,7 +40,15 @@ from ..policy import Action, Decision
 from ..verdict import Risk, Stage, Verdict
 from .replicas import attempt_budget
 
-__all__ = ["REOPEN_CLOSE_CODES", "REPLAY_CHUNK_CHARS", "SESSION_OPTIONS", "decision_from_dict", "reopen_worthy"]
+__all__ = [
+    "REOPEN_CLOSE_CODES",
+    "REPLAY_CHUNK_CHARS",
+    "SESSION_OPTIONS",
+    "MalformedFrame",
+    "decision_from_dict",
+    "frame_too_big",
+    "reopen_worthy",
+]
 
 #: Monitor options a session may set; the server validates the values like a local monitor does.
 SESSION_OPTIONS = ("holdback", "window", "screen_prompt", "check_every", "min_segment", "context")
@@ -63,26 +73,42 @@ def websockets_module() -> Any:
     return websockets
 
 
-def decision_from_dict(data: Mapping[str, Any]) -> Decision:
-    """Rebuild a `Decision` from ``Decision.to_dict()`` output (as the server sends it)."""
-    verdict = None
-    if data.get("risk") is not None:
-        verdict = Verdict(
-            Risk(data["risk"]),
-            tuple(data.get("categories") or ()),
-            data.get("refusal"),
-            latency_ms=float(data.get("latency_ms") or 0.0),
+class MalformedFrame(GuardUnavailable):
+    """A server frame that does not follow the protocol: a guard error (the policy's ``on_error``)."""
+
+
+def decision_from_dict(data: Any) -> Decision:
+    """Rebuild a `Decision` from ``Decision.to_dict()`` output (as the server sends it).
+
+    Anything else (not an object, a field missing, a value out of its enum) is the server's fault:
+    `GuardUnavailable`, which the policy's ``on_error`` decides, never a bare ``KeyError``."""
+    if not isinstance(data, Mapping):
+        raise MalformedFrame(f"the stream server sent a decision that is not an object: {type(data).__name__}")
+    try:
+        verdict = None
+        if data.get("risk") is not None:
+            verdict = Verdict(
+                Risk(data["risk"]),
+                tuple(str(c) for c in data.get("categories") or ()),
+                data.get("refusal"),
+                latency_ms=float(data.get("latency_ms") or 0.0),
+            )
+        return Decision(
+            bool(data["allowed"]),
+            Action(data["action"]),
+            Stage(data["stage"]),
+            str(data["reason"]),
+            verdict,
+            data.get("error"),
+            data.get("offset"),
+            bool(data.get("cached", False)),
         )
-    return Decision(
-        bool(data["allowed"]),
-        Action(data["action"]),
-        Stage(data["stage"]),
-        str(data["reason"]),
-        verdict,
-        data.get("error"),
-        data.get("offset"),
-        bool(data.get("cached", False)),
-    )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MalformedFrame(f"the stream server sent a malformed decision ({_what(exc)})") from None
+
+
+def _what(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]
 
 
 def reopen_worthy(exc: BaseException, *, several: bool) -> bool:
@@ -93,6 +119,8 @@ def reopen_worthy(exc: BaseException, *, several: bool) -> bool:
     ws = websockets_module().exceptions
     if isinstance(exc, _ReplicaUnavailable):
         return True
+    if frame_too_big(exc):
+        return False  # the same session replayed would send the same frame
     if isinstance(exc, ws.ConnectionClosed):
         return exc.rcvd is None or exc.rcvd.code in REOPEN_CLOSE_CODES
     if isinstance(exc, ws.InvalidStatus):
@@ -102,6 +130,13 @@ def reopen_worthy(exc: BaseException, *, several: bool) -> bool:
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError, GuardTimeout)):
         return several
     return isinstance(exc, OSError)  # refused, reset, broken pipe
+
+
+def frame_too_big(exc: BaseException) -> bool:
+    """Whether the client closed the connection (1009) because a server frame exceeded ``max_frame_bytes``."""
+    ws = websockets_module().exceptions
+    sent = getattr(exc, "sent", None) if isinstance(exc, ws.ConnectionClosed) else None
+    return sent is not None and sent.code == 1009
 
 
 class Deadline:
@@ -166,7 +201,12 @@ class _Session:
         self._judged = 0  # characters the current server session released, i.e. judged
         self._ever_opened = False
         self._state = "open"  # open | finished | closed | violated | failed
-        self._degraded = False  # fail-open after a guard error: text passes unchecked
+        # After the server failed and the policy failed open: a local monitor judging the rest in Gen windows
+        # on the guard's Gen backend (`_judge_locally`), instead of releasing it unchecked.
+        self.local: Any = None
+        self._local_flags = 0  # of the local monitor's flags, how many this session has taken
+        self._options = {k: v for k, v in options.items() if k in ("holdback", "check_every", "min_segment", "context")}
+        self._messages = prompt
         # Opening screens the prompt (unless told not to): its budget and its failures are the prompt's.
         self._open_stage = Stage.PROMPT if options.get("screen_prompt", True) is not False else Stage.STREAM
         frame: dict[str, Any] = {
@@ -253,13 +293,16 @@ class _Session:
         if emit is not None:
             emit(decision)
 
-    def _violation(self, reply: Mapping[str, Any]) -> GuardViolation:
-        self.decision = decision_from_dict(reply["decision"])
+    def _violation(self, decision: Decision) -> GuardViolation:
+        self.decision = decision
         self._state = "violated"
         self._emit(self.decision)
         return GuardViolation(self.decision)
 
     def _absorb(self, reply: Mapping[str, Any]) -> None:
+        for name in ("tokens", "flags"):
+            if not isinstance(reply.get(name) or [], list):
+                raise MalformedFrame(f"the stream server sent {name!r} that is not a list")
         for token in reply.get("tokens") or ():
             end = token.get("end") if isinstance(token, Mapping) else None
             if isinstance(end, int):
@@ -278,10 +321,14 @@ class _Session:
 
     def _on_opened(self, raw: str | bytes) -> None:
         reply = self._parse(raw)
+        with _server_frame():
+            self._opened_frame(reply)
+
+    def _opened_frame(self, reply: Mapping[str, Any]) -> None:
         if reply.get("prompt_decision"):
             self.prompt_decision = decision_from_dict(reply["prompt_decision"])
         if reply.get("type") == "violation":
-            raise self._violation(reply)
+            raise self._violation(decision_from_dict(reply.get("decision")))
         if reply.get("type") != "opened":
             raise self._server_error(reply)
         self._absorb(reply)
@@ -290,16 +337,25 @@ class _Session:
 
     def _on_reply(self, raw: str | bytes, expect: str) -> str:
         reply = self._parse(raw)
+        with _server_frame():
+            return self._reply_frame(reply, expect)
+
+    def _reply_frame(self, reply: Mapping[str, Any], expect: str) -> str:
         self._absorb(reply)
         kind = reply.get("type")
         if kind == "violation":
-            judged = str(reply.get("released") or "")
-            if self.text.startswith(judged):
+            # The whole frame is read before anything of it is released: a malformed one releases nothing.
+            decision = decision_from_dict(reply.get("decision"))
+            judged = reply.get("released")
+            if isinstance(judged, str) and self.text.startswith(judged):
                 self._release_upto(len(judged))
-            raise self._violation(reply)
+            raise self._violation(decision)
         if kind != expect:
             raise self._server_error(reply)
-        out = self._accept(str(reply.get("text") or ""))
+        text = reply.get("text")
+        if text is not None and not isinstance(text, str):
+            raise MalformedFrame(f"the stream server sent a {kind!r} frame whose text is not a string")
+        out = self._accept(text or "")
         if expect == "finished":
             self._state = "finished"
         return out
@@ -348,7 +404,7 @@ class _Session:
     def _may_reopen(self, exc: BaseException, deadline: Deadline, reopens: int) -> bool:
         return (
             self._state == "open"
-            and not self._degraded
+            and self.local is None
             and reopens < self.backend.max_failovers
             and not deadline.expired
             and reopen_worthy(exc, several=self.backend.replicas.several)
@@ -370,10 +426,18 @@ class _Session:
 
     # -- failures and state -----------------------------------------------------------------
     def _fail(self, exc: BaseException, stage: Stage = Stage.STREAM, *, timed_out: bool = False) -> str:
-        """A guard error: raise (fail closed) or go on unchecked (fail open). Returns text to release."""
+        """A guard error: raise (fail closed), or fail open and judge the rest here (`_judge_locally`)."""
         if isinstance(exc, _BadRequest):
             self._state = "closed"
             raise ValueError(str(exc)) from None
+        if frame_too_big(exc):
+            limit = getattr(self.backend, "max_frame_bytes", None)
+            too_big = GuardUnavailable(
+                f"the stream server sent a frame larger than max_frame_bytes={limit:,} bytes "
+                f"(RemoteStream(max_frame_bytes=...)); the connection was closed (1009)"
+            )
+            too_big.__cause__ = exc
+            exc = too_big
         timed_out = timed_out or isinstance(exc, (TimeoutError, asyncio.TimeoutError, GuardTimeout))
         decision = self.policy.decide_error(stage, exc, timeout=timed_out)
         self.decision = decision
@@ -382,11 +446,50 @@ class _Session:
             self._state = "failed"
             cls = GuardTimeout if timed_out else GuardUnavailable
             raise cls(f"the stream guard failed and the policy fails closed: {exc}", decision) from exc
-        self._degraded = True
-        return self._release_unchecked()
+        if stage is Stage.PROMPT:
+            self.prompt_decision = decision
+        else:
+            self.flags.append(decision)
+        self._judge_locally()
+        return ""
 
-    def _release_unchecked(self) -> str:
-        return self._release(self.held)
+    # -- after a fail-open: the rest judged here ----------------------------------------------
+    def _local_monitor(self) -> Any:
+        """The core monitor class of this flavour (`StreamMonitor` or `AsyncStreamMonitor`)."""
+        raise NotImplementedError
+
+    def _judge_locally(self) -> None:
+        """The server is given up on and the policy failed open: the text not released yet and the rest of the
+        answer are judged in Gen windows on the guard's Gen backend (a local core monitor), as a local stream
+        that failed open goes on. Only the failed call's text could have gone out unchecked; none does here."""
+        guard = copy.copy(self.guard)  # shares the Gen backend, cache and listeners; no stream backend
+        guard.stream_backend = None
+        monitor = self._local_monitor()(
+            guard, self._messages, screen_prompt=False, parallel_input=False, **self._options
+        )
+        monitor.take_over(self.released, self.held, self.decision)
+        self.local = monitor
+
+    def _local_outcome(self, out: str) -> str:
+        self._take_local_flags()
+        return self._release(out)
+
+    def _local_stop(self, exc: BaseException) -> None:
+        """The local monitor stopped the stream (a violation, or a check that failed closed)."""
+        self._take_local_flags()
+        decision = getattr(exc, "decision", None)
+        if isinstance(exc, GuardViolation):
+            self._state, self.decision = "violated", decision
+        elif isinstance(exc, GuardUnavailable):
+            self._state, self.decision = "failed", decision
+        elif self.local.closed:
+            self._state = "closed"
+
+    def _take_local_flags(self) -> None:
+        """The local monitor's new flags (checks failed open, loose controversial text) are this session's."""
+        fresh = self.local.flags[self._local_flags :]
+        self._local_flags += len(fresh)
+        self.flags.extend(fresh)
 
     def _check_feedable(self) -> None:
         if self._state == "open":
@@ -403,6 +506,18 @@ class _Session:
         """What a failed exchange raises: our own errors, socket and protocol errors, timeouts."""
         websockets = websockets_module()
         return (QwenGuardError, OSError, TimeoutError, asyncio.TimeoutError, websockets.exceptions.WebSocketException)
+
+
+@contextlib.contextmanager
+def _server_frame() -> Iterator[None]:
+    """Reading one server frame: a shape the protocol does not define is `MalformedFrame`, never a bare
+    ``KeyError``/``TypeError`` past the policy."""
+    try:
+        yield
+    except QwenGuardError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise MalformedFrame(f"the stream server sent a malformed frame ({_what(exc)})") from None
 
 
 def check_delta(delta: object) -> str:

@@ -262,17 +262,22 @@ class TransformersGen:
     ) -> list[Verdict | QwenGuardError]:
         results: list[Verdict | QwenGuardError] = []
         for start, count, mode, error in spans:
+            if error is not None:
+                results.append(error)
+                continue
             verdicts: list[Verdict] = []
             for text, probs in outputs[start : start + count]:
-                if error is not None:
-                    break
                 try:
                     v = parse_verdict(text, mode=mode, model=self.name)
                 except VerdictParseError as exc:
-                    error = exc
-                    break
+                    error = error or exc
+                    continue
                 verdicts.append(Verdict(v.risk, v.categories, v.refusal, v.raw, elapsed_ms, self.name, probs))
-            results.append(error if error is not None else worst(verdicts))
+            # As the remote guard combines windows: a window that could not be read can only add risk, so an
+            # unsafe one decides; else the check failed (a filler window the model garbles must not hide the
+            # unsafe window beside it behind a guard error, which fails open under on_error="allow").
+            unsafe = any(v.risk is Risk.UNSAFE for v in verdicts)
+            results.append(error if error is not None and not unsafe else worst(verdicts))
         return results
 
     def classify(

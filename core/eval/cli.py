@@ -11,8 +11,18 @@ import typer
 from ..errors import QwenGuardError
 from ..policy import Policy
 
-__all__ = ["run_eval", "RemoteOptions", "EXIT_INTERRUPTED", "REMOTE_CONCURRENCY", "REMOTE_MAX_IN_FLIGHT"]
+__all__ = [
+    "run_eval",
+    "RemoteOptions",
+    "EXIT_OK",
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "REMOTE_CONCURRENCY",
+    "REMOTE_MAX_IN_FLIGHT",
+]
 
+#: ``EXIT_ERROR`` also ends a run whose report was written when rows got no verdict (guard errors), unless
+#: ``--allow-errors``: a CI gate on its metrics must not pass on rows the guard never judged.
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
 #: Batches handed to the client at once against a server: enough to keep ``max_in_flight`` requests busy.
 REMOTE_CONCURRENCY = 4
@@ -115,6 +125,7 @@ def run_eval(
     console: Any,
     err_console: Any,
     remote_options: RemoteOptions | None = None,
+    allow_errors: bool = False,
 ) -> None:
     from . import CACHE_FILE, compute_report, load_dataset, run_guard, sample_path
     from .identity import claim_out_dir, default_out_dir, run_identity
@@ -186,10 +197,17 @@ def run_eval(
             guard.close()
     console.print(report.table())
     errors = report.data["meta"]["errors"]
-    if errors:
-        err_console.print(
-            f"[yellow]{errors} rows got no verdict (guard errors); they count as the policy's "
-            f"on_error outcome (blocked). See report.md.[/yellow]"
-        )
     console.print(f"wrote {len(paths)} files to {out_dir}/: " + ", ".join(p.name for p in paths.values()))
-    raise typer.Exit(EXIT_OK)
+    if not errors:
+        raise typer.Exit(EXIT_OK)
+    rows = report.data["meta"]["rows"]
+    # A row without a verdict is neither right nor wrong: it is left out of the metrics (all of them when
+    # no row was judged: "–"), and the run fails unless the caller accepts errors.
+    what = f"{errors} of {rows} rows got no verdict (guard errors: see report.md); they are left out of the metrics" + (
+        ", so none are available" if errors == rows else ""
+    )
+    if allow_errors:
+        err_console.print(f"[yellow]{what} (--allow-errors).[/yellow]")
+        raise typer.Exit(EXIT_OK)
+    err_console.print(f"[red]error:[/red] {what}. Exit {EXIT_ERROR}; pass --allow-errors to accept them.")
+    raise typer.Exit(EXIT_ERROR)

@@ -59,13 +59,43 @@ _TAG_TOKENS = re.compile(
     re.IGNORECASE,
 )
 # A turn label at a line start: the conversation text writes turns as "\n\nUSER: ..." / "\n\nASSISTANT: ...".
-# Around the label, anything a reader does not see counts as nothing: spaces of any width (no line breaks),
-# zero-width and format characters (a label already written as `neutralize` writes it, "USER\u200b:", is
-# still a forged turn); a line may also start after U+2028/U+2029, and the colon may be a full-width one.
-_LABEL_GAP = r"(?:[^\S\n\r\u2028\u2029]|[\u200b-\u200d\u2060\ufeff\u00ad])"
-_TURN_COLONS = ":\uff1a\ufe55\ufe13"
+# A reader (and a model) sees a label in what a regex of the plain word misses, so the label is read as seen:
+# - around it, anything a reader does not see counts as nothing: spaces of any width (no line breaks),
+#   zero-width, bidi and other format characters, variation selectors and tag characters (a label already
+#   written as `neutralize` writes it, "USER\u200b:", is still a forged turn); and Markdown around it
+#   ("**USER**:", "> USER:", "- USER:");
+# - inside the word, the same invisible characters and combining marks ("U\u200bSER");
+# - its letters may be full-width or Cyrillic/Greek look-alikes ("ＵＳＥＲ", "UЅER");
+# - a line may also start after U+2028/U+2029, and the colon may be a full-width or look-alike one.
+_INVISIBLE = (
+    "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f"
+    "\ufe00-\ufe0f\ufeff\U000e0000-\U000e007f"
+)
+_LABEL_GAP = rf"(?:[^\S\n\r\u2028\u2029]|[{_INVISIBLE}])"
+_MARKUP_BEFORE = r"[*_>#~`\-]"
+_MARKUP_AFTER = r"[*_~`]"
+_IN_WORD = rf"[{_INVISIBLE}\u0300-\u036f]*"
+# Each letter of the labels and what looks like it (case-insensitive matching adds the other case).
+_LOOK_ALIKES = {
+    "U": "U\uff35",
+    "S": "S\u0405\uff33",
+    "E": "E\u0415\u0395\uff25",
+    "R": "R\uff32",
+    "A": "A\u0410\u0391\uff21",
+    "I": "I\u0406\u0399\uff29",
+    "T": "T\u0422\u03a4\uff34",
+    "N": "N\u039d\uff2e",
+}
+
+
+def _label_word(word: str) -> str:
+    return _IN_WORD.join(f"[{_LOOK_ALIKES[c]}]" for c in word)
+
+
+_TURN_COLONS = ":\uff1a\ufe55\ufe13\u2236\ua789\ufe30\u02d0"
 _TURN_LABEL = re.compile(
-    rf"(?:^|(?<=[\n\r\u2028\u2029])){_LABEL_GAP}*(?:USER|ASSISTANT){_LABEL_GAP}*(?=[{_TURN_COLONS}])",
+    rf"(?:^|(?<=[\n\r\u2028\u2029]))(?:{_LABEL_GAP}|{_MARKUP_BEFORE})*"
+    rf"(?:{_label_word('USER')}|{_label_word('ASSISTANT')})(?:{_LABEL_GAP}|{_MARKUP_AFTER})*(?=[{_TURN_COLONS}])",
     re.IGNORECASE,
 )
 

@@ -89,9 +89,10 @@ def normalize_messages(messages: Sequence[Message] | str) -> list[dict[str, str]
 
     A bare string is one user turn. System messages are dropped: they are the application's own
     instructions, not content to moderate (a documented decision; the official template has no
-    place for them). An assistant turn's ``tool_calls`` (OpenAI's or LangChain's shape) are kept as its
-    actions, rendered after its text (they were dropped: a tool-calling turn with empty content read as
-    empty). Raises ``TypeError``/``ValueError`` for anything that is not a conversation ending in a user or
+    place for them). An assistant turn's ``tool_calls`` (OpenAI's or LangChain's shape; also the legacy
+    ``function_call``) are kept as its actions, rendered after its text and its ``refusal`` text (they were
+    dropped: a tool-calling turn with empty content read as empty). Any other field with a value is refused
+    (``ValueError``), as the server refuses it: nothing a model is sent is dropped unjudged. Raises ``TypeError``/``ValueError`` for anything that is not a conversation ending in a user or
     assistant turn with text content.
     """
     if isinstance(messages, str):
@@ -104,19 +105,82 @@ def normalize_messages(messages: Sequence[Message] | str) -> list[dict[str, str]
         if type(message) is not dict and not isinstance(message, Mapping):
             raise TypeError(f"message {i} must be a mapping with 'role' and 'content', got {type(message).__name__}")
         role, content = message.get("role"), message.get("content")
+        if len(message) > 2 or "content" not in message:  # the usual {"role", "content"} needs no more
+            content = _judged_fields(i, role, message)
         if role == "system":
             continue
         if role not in _ROLE_LABEL:
             raise ValueError(f"message {i} has role {role!r}; expected 'user', 'assistant' or 'system'")
-        calls = message.get("tool_calls")
-        if calls:  # an assistant turn's tool calls are judged as its actions, after its text
-            content = _with_tool_calls(i, role, content, calls)
         if not isinstance(content, str):
             raise TypeError(f"message {i} content must be str, got {type(content).__name__}")
         out.append({"role": role, "content": content})
     if not out:
         raise ValueError("the conversation has no user or assistant message to moderate")
     return out
+
+
+#: Message fields that carry nothing to judge when empty: what the OpenAI SDK echoes back ("refusal": None,
+#: "annotations": [], "audio": None, ...). Any other field with a value is refused, as the server refuses it.
+_KNOWN_FIELDS = frozenset({"role", "content", "tool_calls", "function_call", "refusal"})
+
+
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, (str, list, tuple, dict)) and not value)
+
+
+def _judged_fields(i: int, role: Any, message: Mapping[str, Any]) -> Any:
+    """The content of a message with more than role and content, as the guard reads it: its text, the
+    assistant's refusal text (OpenAI's ``refusal``), then its tool calls (``tool_calls``, or the legacy
+    ``function_call``) as actions. A field the guard would not read is refused (``ValueError``), never
+    dropped unjudged: what a model is sent is what is judged."""
+    for key, value in message.items():
+        if key not in _KNOWN_FIELDS and not _empty(value):
+            raise ValueError(f"message {i} has a field {key!r} the guard does not judge: remove it (or set it to None)")
+    content = message.get("content")
+    refusal = message.get("refusal")
+    calls = message.get("tool_calls") or []
+    function_call = message.get("function_call")
+    if not _empty(refusal) or calls or not _empty(function_call):
+        if role != "assistant":
+            raise ValueError(
+                f"message {i} is a {role} message with refusal, tool_calls or function_call: only an assistant "
+                "turn carries them"
+            )
+    if not _empty(refusal):
+        if not isinstance(refusal, str):
+            raise TypeError(f"message {i} refusal must be str, got {type(refusal).__name__}")
+        if content is not None and not isinstance(content, str):
+            raise TypeError(f"message {i} content must be str, got {type(content).__name__}")
+        content = "\n".join(t for t in (content, refusal) if t)
+    if not _empty(function_call):
+        if isinstance(calls, (str, bytes)) or not isinstance(calls, Sequence):
+            raise TypeError(f"message {i} tool_calls must be a list of tool calls, got {type(calls).__name__}")
+        calls = [*calls, {"function": function_call}]
+    if calls:  # an assistant turn's tool calls are judged as its actions, after its text
+        content = _with_tool_calls(i, role, content, calls)
+    return content
+
+
+def text_size(value: Any, budget: int) -> int:
+    """Characters of the text in ``value`` (strings, and the keys and items of nested mappings and lists; one
+    for any other item), counted until past ``budget``: a bound check that stops early on a huge value."""
+    total, stack = 0, [value]
+    while stack and total <= budget:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        else:
+            total += 1
+    return total
+
+
+#: Fields of one tool call: identifiers, and the function (OpenAI) or name and args (LangChain).
+_CALL_FIELDS = frozenset({"id", "type", "index", "function", "name", "args", "arguments"})
 
 
 def _with_tool_calls(i: int, role: str, content: Any, calls: Any) -> str:
@@ -134,10 +198,20 @@ def _with_tool_calls(i: int, role: str, content: Any, calls: Any) -> str:
     named = []
     for call in calls:
         function = call.get("function") if isinstance(call, Mapping) else None
-        source = function if isinstance(function, Mapping) else call
+        source: Mapping[str, Any] = function if isinstance(function, Mapping) else call
         if not isinstance(source, Mapping) or not isinstance(source.get("name"), str):
             raise TypeError(f"message {i} has a tool call without a name: {call!r:.80}")
-        named.append((source["name"], source.get("arguments", source.get("args"))))
+        if source is function:  # OpenAI's shape: nothing beside the function but identifiers
+            extra = [k for k, v in call.items() if k not in ("id", "type", "index", "function") and not _empty(v)]
+            extra += [f"function.{k}" for k, v in source.items() if k not in ("name", "arguments") and not _empty(v)]
+        else:
+            extra = [k for k, v in call.items() if k not in _CALL_FIELDS and not _empty(v)]
+            if not _empty(call.get("args")) and not _empty(call.get("arguments")):
+                extra.append("args beside arguments")
+        if extra:
+            raise ValueError(f"message {i} has a tool call with fields the guard does not judge: {', '.join(extra)}")
+        arguments = source.get("arguments")
+        named.append((source["name"], source.get("args") if _empty(arguments) else arguments))
     return with_tool_calls(content, named)
 
 

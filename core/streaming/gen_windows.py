@@ -143,15 +143,19 @@ class GenWindows:
     window that shows what follows (`releasable`).
     """
 
-    def __init__(self, core: MonitorCore) -> None:
+    def __init__(self, core: MonitorCore, *, start: int = 0, held: str = "") -> None:
+        """``start``/``held``: the engine takes over a stream at ``start`` (the Stream model failed open),
+        with ``held`` (the text after it) still to judge."""
         self.core = core
         self.check_every, self.min_segment, self.context, self.unit = core._window_opts
-        self.unsubmitted = ""  # text after `submitted`
-        self.submitted = 0  # chars handed to checks
-        self.confirmed = 0  # chars whose windows all came back safe (contiguous from 0)
+        self.unsubmitted = held  # text after `submitted`
+        self.submitted = start  # chars handed to checks
+        self.confirmed = start  # chars whose windows all came back safe or failed open (contiguous from 0)
         self.in_flight = 0  # checks handed out and not settled
         self.finished = False  # `rest` was taken: the whole text is (being) judged
-        self.tail = ""  # the last `context` chars before `submitted`
+        self.tail = (
+            core.released[-self.context :] if start and self.context else ""
+        )  # `context` chars before `submitted`
         self.timeout = core.policy.timeout_for(Stage.STREAM)
 
     def add(self, delta: str) -> list[tuple[int, int, list[dict[str, str]]]]:
@@ -265,10 +269,10 @@ class GenWindows:
         if isinstance(outcome, Verdict):
             if not outcome.is_safe:
                 core._decide_flag(outcome, self._boundary(start))
-            self.confirmed = end
         else:
             error = outcome if isinstance(outcome, BaseException) else QwenGuardError(str(outcome))
-            core._fail(error, release=False)  # raises when failing closed; else the caller releases all
+            core._fail_open(error, self._boundary(start))  # raises when failing closed; else this window passes
+        self.confirmed = end
 
     def _boundary(self, confirmed: int) -> int:
         """The release point when the text is judged up to ``confirmed``."""

@@ -43,8 +43,11 @@ only after the prompt's verdict; a blocked prompt raises from the next call, wit
 The violation's `Decision` has ``stage=Stage.STREAM``, the category, and ``offset``: the character
 offset in the streamed text where the flagged span starts (the first token of the debounce run, or
 the start of the flagged segment). Guard errors follow ``Policy.on_error`` for the stream stage: fail
-closed raises `GuardUnavailable` and releases nothing more; fail open records a flagged
-``guard_error`` decision in ``monitor.decision`` and releases the rest unchecked.
+closed raises `GuardUnavailable` and releases nothing more; fail open lets the failed check's text
+through with a flagged ``guard_error``/``timeout`` decision (in ``monitor.flags``; the first also in
+``monitor.decision``) and judges later text as before: one failed check does not switch the guard off.
+A Stream-model session that failed hands the rest of the stream, from the release point, to Gen windows
+on the guard's Gen backend; a prompt check that failed open still lets the answer be judged.
 
 Every prompt and delta passes through `clean_text` first; what is released is the cleaned text that was
 judged. Every call waits at most the policy's ``timeout_for`` (prompt stage to open, stream stage per
@@ -71,7 +74,7 @@ from ..errors import GuardTimeout
 from ..formats.prompts import Message
 from ..verdict import Stage
 from .cancel_safe import CancelSafeLane
-from .gen_windows import GenWindows, WindowJudge, window_pool
+from .gen_windows import window_pool
 from .monitor_core import (
     DEFAULT_CHECK_EVERY,
     DEFAULT_CONTEXT,
@@ -110,7 +113,6 @@ class StreamMonitor(MonitorCore):
 
     def __init__(self, guard: Any, prompt: str | Sequence[Message], **options: Any) -> None:
         super().__init__(guard, prompt, **options)
-        self._windows: GenWindows | None = None
         self._pending: deque[tuple[int, int, Future[Any]]] = deque()
         self._open()
 
@@ -124,7 +126,8 @@ class StreamMonitor(MonitorCore):
                     self.messages, **deadline(backend.open_session, self.policy, Stage.PROMPT)
                 )
             except Exception as exc:  # noqa: BLE001
-                self._settle_prompt(None, exc)
+                self._settle_prompt(None, exc)  # raises when the policy fails closed
+                self._judge_in_windows()  # failed open: the answer is judged all the same
                 return
             if self.screen_prompt:
                 self._settle_prompt(self._session.prompt_verdict, None)
@@ -140,9 +143,7 @@ class StreamMonitor(MonitorCore):
             self._prompt_check = window_pool().submit(context.run, self.guard.check, self.messages, Stage.PROMPT)
         elif self.screen_prompt:
             self._gate(self.guard.check(self.messages, Stage.PROMPT))
-        if self.enabled and not self._degraded:
-            self._windows = GenWindows(self)
-            self._window_judge = WindowJudge(self.guard.backend)
+        self._judge_in_windows()
 
     def _settle_prompt_check(self, *, wait: bool) -> None:
         """Gate on the parallel prompt check once it is back (``wait``: block until it is)."""
@@ -173,14 +174,15 @@ class StreamMonitor(MonitorCore):
             if self._windows is not None:
                 self._feed_windows(delta)  # judged beside the prompt check; released after its verdict
             return ""
-        if self._degraded or not self.enabled:
+        if not self.enabled:
             return self._release_all()
         if self._windows is not None:
             return self._feed_windows(delta)
         try:
             verdicts = self._session.feed_text(delta, **deadline(self._session.feed_text, self.policy, Stage.STREAM))
         except Exception as exc:  # noqa: BLE001
-            return self._fail(exc)
+            self._fail_tokens(exc)  # raises when failing closed; else Gen windows judge from here
+            return self._feed_windows("")
         except BaseException:
             self._abandon()
             raise
@@ -191,19 +193,19 @@ class StreamMonitor(MonitorCore):
         self._check_feedable()
         self._settle_prompt_check(wait=True)
         out = ""
-        if not (self._degraded or not self.enabled):
-            if self._windows is not None:
-                out = self._finish_windows()
-            else:
+        if self.enabled:
+            if self._windows is None:
                 try:
                     verdicts = self._session.finish(**deadline(self._session.finish, self.policy, Stage.STREAM))
                 except Exception as exc:  # noqa: BLE001
-                    out = self._fail(exc)
+                    self._fail_tokens(exc)  # raises when failing closed; else Gen windows judge the rest
                 except BaseException:
                     self._abandon()
                     raise
                 else:
                     out = self._absorb_tokens(verdicts)
+            if self._windows is not None:
+                out += self._finish_windows()
         out += self._release_all()
         self._state = FINISHED
         self._close_engine()
@@ -228,7 +230,7 @@ class StreamMonitor(MonitorCore):
         self._settle_prompt_check(wait=False)
         if self._prompt_held:
             return ""
-        if self._degraded or not self.enabled:
+        if not self.enabled:
             return self._release_all()  # held only behind the prompt check
         return "" if self._windows is None else self._feed_windows("")
 
@@ -270,27 +272,37 @@ class StreamMonitor(MonitorCore):
                 outcome = GuardTimeout(f"stream window check took longer than {windows.timeout}s")
             self._pending.popleft()
             windows.settle(start, end, outcome)
-            if self._degraded:
-                return
 
     def _feed_windows(self, delta: str) -> str:
         windows = self._windows
         assert windows is not None
-        self._harvest(wait=False)  # first: a check that came back frees the engine to judge this delta
-        if self._degraded:
-            return "" if self._prompt_held else self._release_all()
-        self._submit(windows.add(delta))
+        try:
+            self._harvest(wait=False)  # first: a check that came back frees the engine to judge this delta
+            self._submit(windows.add(delta))
+        except BaseException:
+            self._interrupted()
+            raise
         return "" if self._prompt_held else windows.release()
 
     def _finish_windows(self) -> str:
         windows = self._windows
         assert windows is not None
-        self._submit(windows.rest())
-        while self._pending and not self._degraded:
-            self._harvest(wait=True, most=1)
-            if not self._degraded:
+        try:
+            self._submit(windows.rest())
+            while self._pending:
+                self._harvest(wait=True, most=1)
                 self._submit(windows.rest())  # the next segments as checks come back (a stream's cap)
-        return self._release_all() if self._degraded else windows.release()
+        except BaseException:
+            self._interrupted()
+            raise
+        return windows.release()
+
+    def _interrupted(self) -> None:
+        """The Gen-window engine stopped mid-call (a violation, a fail-closed error, or an interrupt such as
+        KeyboardInterrupt): unless a decision ended the stream already, which text the windows hold is
+        unknown, so the monitor closes and releases nothing more (as the token engine does)."""
+        if self._state == OPEN:
+            self._abandon()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> StreamMonitor:
@@ -314,7 +326,6 @@ class AsyncStreamMonitor(MonitorCore):
 
     def __init__(self, guard: Any, prompt: str | Sequence[Message], **options: Any) -> None:
         super().__init__(guard, prompt, **options)
-        self._windows: GenWindows | None = None
         self._pending: deque[tuple[int, int, asyncio.Task[Any]]] = deque()
         self._opened = False
         self._lane = CancelSafeLane()
@@ -340,7 +351,8 @@ class AsyncStreamMonitor(MonitorCore):
                 else:
                     session = await asyncio.to_thread(backend.open_session, self.messages)
             except Exception as exc:  # noqa: BLE001
-                self._settle_prompt(None, exc)
+                self._settle_prompt(None, exc)  # raises when the policy fails closed
+                self._judge_in_windows()  # failed open: the answer is judged all the same
                 return ""
             if self._state != OPEN:  # closed while the prompt was scored
                 session.close()
@@ -365,9 +377,7 @@ class AsyncStreamMonitor(MonitorCore):
             if self._state != OPEN:
                 return ""
             self._gate(decision)
-        if self.enabled and not self._degraded:
-            self._windows = GenWindows(self)
-            self._window_judge = WindowJudge(self.guard.backend)
+        self._judge_in_windows()
         return ""
 
     async def _settle_prompt_check(self, *, wait: bool) -> None:
@@ -397,7 +407,7 @@ class AsyncStreamMonitor(MonitorCore):
             if self._windows is not None:
                 self._feed_windows(delta)  # judged beside the prompt check; released after its verdict
             return ""
-        if self._degraded or not self.enabled:
+        if not self.enabled:
             return self._release_all()
         if self._windows is not None:
             return self._feed_windows(delta)
@@ -411,7 +421,8 @@ class AsyncStreamMonitor(MonitorCore):
         except Exception as exc:  # noqa: BLE001
             if self._state != OPEN:
                 return ""
-            return self._fail(exc)
+            self._fail_tokens(exc)  # raises when failing closed; else Gen windows judge from here
+            return self._feed_windows("")
         if self._state != OPEN:  # closed while the forward ran: nothing more is released
             return ""
         return self._absorb_tokens(verdicts)
@@ -427,10 +438,8 @@ class AsyncStreamMonitor(MonitorCore):
         if self._state != OPEN:
             return ""
         out = ""
-        if not (self._degraded or not self.enabled):
-            if self._windows is not None:
-                out = await self._finish_windows()
-            else:
+        if self.enabled:
+            if self._windows is None:
                 session = self._session
                 try:
                     finisher = getattr(session, "afinish", None)
@@ -441,11 +450,13 @@ class AsyncStreamMonitor(MonitorCore):
                 except Exception as exc:  # noqa: BLE001
                     if self._state != OPEN:
                         return ""
-                    out = self._fail(exc)
+                    self._fail_tokens(exc)  # raises when failing closed; else Gen windows judge the rest
                 else:
                     if self._state != OPEN:
                         return ""
                     out = self._absorb_tokens(verdicts)
+            if self._windows is not None:
+                out += await self._finish_windows()
         if self._state != OPEN:
             return ""
         out += self._release_all()
@@ -473,7 +484,7 @@ class AsyncStreamMonitor(MonitorCore):
         await self._settle_prompt_check(wait=False)
         if self._prompt_held:
             return ""
-        if self._degraded or not self.enabled:
+        if not self.enabled:
             return self._release_all()  # held only behind the prompt check
         return "" if self._windows is None else self._feed_windows("")
 
@@ -518,15 +529,11 @@ class AsyncStreamMonitor(MonitorCore):
         while self._pending and self._pending[0][2].done():
             start, end, task = self._pending.popleft()
             windows.settle(start, end, task.result())
-            if self._degraded:
-                return
 
     def _feed_windows(self, delta: str) -> str:
         windows = self._windows
         assert windows is not None
         self._harvest_done()  # first: a check that came back frees the engine to judge this delta
-        if self._degraded:
-            return "" if self._prompt_held else self._release_all()
         self._submit(windows.add(delta))
         return "" if self._prompt_held else windows.release()
 
@@ -534,16 +541,15 @@ class AsyncStreamMonitor(MonitorCore):
         windows = self._windows
         assert windows is not None
         self._submit(windows.rest())
-        while self._pending and not self._degraded:
+        while self._pending:
             start, end, task = self._pending[0]
             await asyncio.wait({task})  # a window leaves `_pending` only once its result is settled
             if self._state != OPEN or task.cancelled():  # closed meanwhile (close cancels pending windows)
                 return ""
             self._pending.popleft()
             windows.settle(start, end, task.result())
-            if not self._degraded:
-                self._submit(windows.rest())  # the next segments as checks come back (a stream's cap)
-        return self._release_all() if self._degraded else windows.release()
+            self._submit(windows.rest())  # the next segments as checks come back (a stream's cap)
+        return windows.release()
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def aclose(self) -> None:

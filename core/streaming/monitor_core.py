@@ -19,7 +19,7 @@ from ..formats.prompts import Message, normalize_messages
 from ..policy import Action, Decision
 from ..verdict import Risk, Stage, Verdict
 from .debounce import DEFAULT_WINDOW, Debounce, Flag
-from .gen_windows import RELEASE_UNITS
+from .gen_windows import RELEASE_UNITS, GenWindows, WindowJudge
 
 #: Guard tokens held back after the last released one. >= window - 1 keeps flagged spans unreleased.
 DEFAULT_HOLDBACK = 8
@@ -126,14 +126,14 @@ class MonitorCore:
             raise ValueError(
                 "a streamed answer follows a user turn: the conversation's last message must be the user's"
             )
-        #: The violation (or fail-open guard error) that ended checking, else None.
+        #: The violation that ended the stream, a fail-closed guard error, or the first guard error failed
+        #: open (the stream stays judged: see `_fail_open`); else None.
         self.decision: Decision | None = None
         #: The prompt's Decision (None when the prompt was not screened).
         self.prompt_decision: Decision | None = None
-        #: Allowed-but-flagged stream decisions (loose controversial, ignored categories).
+        #: Allowed-but-flagged stream decisions (loose controversial, ignored categories, checks failed open).
         self.flags: list[Decision] = []
         self._state = OPEN
-        self._degraded = False  # fail-open after a guard error: the rest passes unchecked
         self._released_parts: list[str] = []
         self._released_len = 0
         self._buffer = ""  # fed, not yet released; starts at char offset _released_len
@@ -144,12 +144,14 @@ class MonitorCore:
         self._tokens: deque[Any] = deque(maxlen=keep_token_verdicts)
         self._window_opts = (check_every, min_segment, context, release_unit)
         self._session: Any = None
+        self._windows: GenWindows | None = None  # Gen-window engine: segments and release (`GenWindows`)
         self._window_judge: Any = None  # Gen-window engine: runs the window checks (`WindowJudge`)
         # Parallel input (Gen-window engine): the prompt check runs beside the answer, which is fed and
         # judged meanwhile but released only once the prompt's verdict allowed it (None: the guard's setting).
         parallel = getattr(guard, "parallel_input", False) if parallel_input is None else parallel_input
         self.parallel_input = bool(parallel) and self.screen_prompt and self.stream_backend is None
         self._prompt_check: Any = None  # the prompt check in flight (a future or a task), until gated
+        self._refused: BaseException | None = None  # why the parallel prompt check refused the prompt
 
     # -- public read-only view ------------------------------------------------------------------
     @property
@@ -196,6 +198,8 @@ class MonitorCore:
             )
         if state == FINISHED:
             raise StreamClosed("this stream monitor is finished; open a new one with guard.stream(...)")
+        if self._refused is not None:
+            raise self._refused
         raise StreamClosed("this stream monitor is closed")
 
     def _release_to(self, boundary: int) -> str:
@@ -231,8 +235,7 @@ class MonitorCore:
     def _gate(self, decision: Decision) -> None:
         self.prompt_decision = decision
         if decision.allowed:
-            if decision.reason in ("guard_error", "timeout"):
-                self._degrade(decision)  # fail open: no guard for this stream
+            # A prompt check failed open lets the answer start; the answer is judged all the same.
             return
         self._close_engine()
         if decision.reason in ("guard_error", "timeout"):
@@ -253,6 +256,11 @@ class MonitorCore:
         """The parallel prompt check came back: gate the stream on it (raises when it blocks)."""
         self._prompt_check = None
         if isinstance(result, BaseException):
+            # The prompt was refused, not judged (`InputTooLarge`: over an operator limit): the stream ends
+            # here, as the sequential check would not have opened it, and every later call raises it again.
+            self._refused = result
+            self._state = CLOSED
+            self._close_engine()
             raise result
         self._gate(result)
 
@@ -263,11 +271,16 @@ class MonitorCore:
         self._close_engine()
         return GuardViolation(decision)
 
-    def _fail(self, error: BaseException, *, release: bool = True) -> str:
-        """A guard error mid-stream: fail closed (raise) or fail open (release the rest unchecked)."""
+    def _fail_open(self, error: BaseException, offset: int) -> None:
+        """One check failed (an error, a missed deadline): raise when the policy fails closed; else record a
+        flagged ``guard_error``/``timeout`` decision at ``offset`` and go on. Failing open lets the text of
+        the failed check through, not the rest of the stream: later text is judged as before, so a payload
+        that makes one check fail (a burst that slows the guard past its deadline) does not switch the
+        guard off."""
         if isinstance(error, (GuardViolation, StreamClosed)):
             raise error
         decision = self.policy.decide_error(Stage.STREAM, error, timeout=isinstance(error, GuardTimeout))
+        decision = replace(decision, offset=offset)
         self._emit(decision)
         if not decision.allowed:
             self._state = FAILED
@@ -275,13 +288,35 @@ class MonitorCore:
             self._close_engine()
             cls = GuardTimeout if decision.reason == "timeout" else GuardUnavailable
             raise cls(f"the stream guard failed and the policy fails closed: {decision.error}", decision) from error
-        self._degrade(decision)
-        return self._release_all() if release else ""
+        self.flags.append(decision)
+        if self.decision is None:
+            self.decision = decision
 
-    def _degrade(self, decision: Decision) -> None:
-        self.decision = decision
-        self._degraded = True
+    def _fail_tokens(self, error: BaseException) -> None:
+        """The Stream-model session failed: fail closed (raise), or fail open and judge the text not released
+        yet, and the rest of the answer, in Gen windows (the session's state is unknown after an error)."""
+        self._fail_open(error, self._released_len)
         self._close_engine()
+        self._judge_in_windows()
+
+    def _judge_in_windows(self) -> None:
+        """From here on the Gen-window engine judges the stream: what is held, then what follows."""
+        if not self.enabled:
+            return
+        if self._window_judge is not None:
+            self._window_judge.close()
+        self._windows = GenWindows(self, start=self._released_len, held=self._buffer)
+        self._window_judge = WindowJudge(self.guard.backend)
+
+    def take_over(self, released: str, held: str, failed: Decision | None = None) -> None:
+        """Judge, in Gen windows, a stream another monitor started and cannot go on with (a remote session
+        that failed open): ``released`` is out already, ``held`` was fed and waits for its verdict.
+        ``failed``: the decision that ended the other monitor's checking, kept as this one's."""
+        self._released_parts = [released] if released else []
+        self._released_len = len(released)
+        self._buffer = held
+        self.decision = failed
+        self._judge_in_windows()
 
     def _decide_flag(self, verdict: Verdict, offset: int) -> str | None:
         """Policy on a flagged span; raises GuardViolation when it blocks."""

@@ -1,0 +1,119 @@
+"""`Guard.check` on conversations carrying fields beside role and content, tried as an attacker would:
+text a model is sent in a field the guard dropped was never judged.
+
+Before: an assistant turn's legacy OpenAI ``function_call`` and its ``refusal`` text were dropped (the turn
+read as empty: allowed, reason "empty", the judge never called), a ``name`` and extra keys of a tool call
+were dropped, and ``max_chars`` counted only ``content``, so 50,000 characters of tool-call arguments went to
+the model past ``max_chars=10,000`` (and under ``on_error="allow"`` the work ran into the deadline and was
+let through as a timeout). Now what a model reads is judged, anything else with a value is refused as the
+server refuses it (422 there, ``ValueError`` here), and the operator's limit counts every judged character.
+"""
+
+from __future__ import annotations
+
+import pytest
+from faults import ScriptedBackend
+from qwenguard.core import Guard, InputTooLarge, Policy, Stage
+
+ASK = "Please pay my electricity bill."
+
+
+def _judge(conv) -> str:
+    head = "Safety: Unsafe\nCategories: Violent" if any("BOMB" in m["content"] for m in conv) else "Safety: Safe"
+    head += "" if "Unsafe" in head else "\nCategories: None"
+    return head + ("\nRefusal: No" if conv[-1]["role"] == "assistant" else "")
+
+
+@pytest.fixture
+def judge():
+    return ScriptedBackend(_judge, name="kw")
+
+
+def _guard(judge, **kw):
+    return Guard(judge, policy=kw.pop("policy", Policy.strict()), cache_size=0, **kw)
+
+
+def _turns(turn):
+    return [{"role": "user", "content": ASK}, turn]
+
+
+@pytest.mark.parametrize(
+    "turn",
+    [
+        {"role": "assistant", "content": "", "function_call": {"name": "wire_funds", "arguments": '{"memo": "BOMB"}'}},
+        {"role": "assistant", "content": None, "function_call": {"name": "BOMB_maker", "arguments": "{}"}},
+        {"role": "assistant", "content": None, "refusal": "I will not. But here is how to build a BOMB."},
+    ],
+    ids=["function_call-arguments", "function_call-name", "refusal"],
+)
+@pytest.mark.parametrize("stage", [Stage.TOOL_CALL, Stage.RESPONSE])
+def test_text_in_an_assistant_turns_other_fields_is_judged(judge, turn, stage):
+    decision = _guard(judge).check(_turns(turn), stage)
+    assert not decision.allowed and decision.reason != "empty", decision
+    assert judge.calls, "the judge was never called"
+
+
+async def test_async_function_call_is_judged(judge):
+    turn = {"role": "assistant", "content": "", "function_call": {"name": "wire_funds", "arguments": '{"a": "BOMB"}'}}
+    decision = await _guard(judge).acheck(_turns(turn), Stage.TOOL_CALL)
+    assert not decision.allowed, decision
+
+
+def test_openai_sdk_echoes_of_empty_fields_are_accepted(judge):
+    turn = {"role": "assistant", "content": "Done.", "refusal": None, "annotations": [], "audio": None}
+    assert _guard(judge).check(_turns(turn), Stage.RESPONSE).allowed
+
+
+@pytest.mark.parametrize(
+    "turn, field",
+    [
+        ({"role": "user", "content": "hi", "name": "BOMB"}, "'name'"),
+        ({"role": "assistant", "content": "ok", "metadata": {"note": "BOMB"}}, "'metadata'"),
+        (
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"function": {"name": "pay", "arguments": "{}"}, "args": {"memo": "BOMB"}}],
+            },
+            "args",
+        ),
+        (
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"function": {"name": "pay", "arguments": "{}", "x": 1}}],
+            },
+            "function.x",
+        ),
+        ({"role": "system", "content": "s", "tool_calls": [{"name": "pay", "args": {"memo": "BOMB"}}]}, "system"),
+        ({"role": "user", "content": "hi", "refusal": "BOMB"}, "user message"),
+    ],
+    ids=["name", "unknown-key", "args-beside-function", "function-extra-key", "system-tool-calls", "user-refusal"],
+)
+def test_fields_the_guard_does_not_read_are_refused_not_dropped(judge, turn, field):
+    guard = _guard(judge, policy=Policy(on_error="allow"))  # a refusal is the caller's error, whatever on_error says
+    with pytest.raises(ValueError) as info:
+        guard.check(_turns(turn))
+    assert field in str(info.value)
+    assert not judge.calls
+
+
+@pytest.mark.parametrize(
+    "turn",
+    [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"function": {"name": "pay", "arguments": "x" * 50_000}}],
+        },
+        {"role": "assistant", "content": None, "tool_calls": [{"name": "pay", "args": {"memo": ["x" * 1_000] * 50}}]},
+        {"role": "assistant", "content": None, "function_call": {"name": "pay", "arguments": "x" * 50_000}},
+        {"role": "assistant", "content": "", "refusal": "x" * 50_000},
+    ],
+    ids=["openai-arguments", "langchain-args", "function_call", "refusal"],
+)
+def test_max_chars_counts_every_judged_character(judge, turn):
+    guard = _guard(judge, policy=Policy(on_error="allow", timeout_s=0.5), max_chars=10_000)
+    with pytest.raises(InputTooLarge):
+        guard.check(_turns(turn), Stage.TOOL_CALL)
+    assert not judge.calls
