@@ -9,6 +9,7 @@ with `enforce`.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -312,10 +313,9 @@ class Guard:
         pending = [c for c in checks if c.decision is None]
         outcome: list[Outcome] | BaseException = []
         if pending:
-            try:
-                outcome = self.backend.classify([c.conversation for c in pending], timeout=self._timeout(pending))
-            except Exception as exc:  # noqa: BLE001 - any backend failure becomes the policy's on_error
-                outcome = exc
+            outcome = self._classify(pending, self._timeout(pending))
+            if self._one_by_one_after(pending, outcome):
+                outcome = self._retry_one_by_one(pending, outcome)  # type: ignore[arg-type]
         return self._settle(checks, pending, outcome)
 
     async def acheck_many(self, items: Sequence[tuple[Stage | str, Sequence[Message]]]) -> list[Decision]:
@@ -324,13 +324,70 @@ class Guard:
         pending = [c for c in checks if c.decision is None]
         outcome: list[Outcome] | BaseException = []
         if pending:
-            try:
-                outcome = await self.backend.aclassify(
-                    [c.conversation for c in pending], timeout=self._timeout(pending)
-                )
-            except Exception as exc:  # noqa: BLE001
-                outcome = exc
+            outcome = await self._aclassify(pending, self._timeout(pending))
+            if self._one_by_one_after(pending, outcome):
+                outcome = await self._aretry_one_by_one(pending, outcome)  # type: ignore[arg-type]
         return self._settle(checks, pending, outcome)
+
+    def _classify(self, pending: Sequence[_Check], timeout: float | None) -> list[Outcome] | BaseException:
+        try:
+            outcome = self.backend.classify([c.conversation for c in pending], timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - any backend failure becomes the policy's on_error
+            return exc
+        return _one_each(outcome, len(pending))
+
+    async def _aclassify(self, pending: Sequence[_Check], timeout: float | None) -> list[Outcome] | BaseException:
+        try:
+            outcome = await self.backend.aclassify([c.conversation for c in pending], timeout=timeout)
+        except Exception as exc:  # noqa: BLE001
+            return exc
+        return _one_each(outcome, len(pending))
+
+    # A batch is one backend call: when it fails as a whole (one huge or malformed item made it time out
+    # or crash), failing open would let every item through unjudged, the unsafe ones beside the culprit
+    # included. Such a batch is judged again one conversation at a time, shortest first, within one more
+    # deadline, so that only the items that fail on their own fail open (docs/guard.md, "Errors").
+    def _one_by_one_after(self, pending: Sequence[_Check], outcome: list[Outcome] | BaseException) -> bool:
+        return (
+            isinstance(outcome, Exception)
+            and not isinstance(outcome, InputTooLarge)
+            and len(pending) > 1
+            and any(self.policy.on_error_for(c.stage) == "allow" for c in pending)
+        )
+
+    def _retry_plan(
+        self, pending: Sequence[_Check], error: Exception
+    ) -> tuple[list[Outcome | None], list[int], float | None]:
+        logger.warning("qwenguard: a batch of %d checks failed (%r); judging them one at a time", len(pending), error)
+        results: list[Outcome | None] = [None] * len(pending)
+        order = sorted(range(len(pending)), key=lambda i: text_size(pending[i].conversation, 1 << 62))
+        timeout = self._timeout(pending)
+        return results, order, None if timeout is None else time.monotonic() + timeout
+
+    @staticmethod
+    def _retry_left(deadline: float | None, error: Exception) -> tuple[float | None, Outcome | None]:
+        """(time left for the next item, or the outcome of an item the retry has no time left for)."""
+        if deadline is None:
+            return None, None
+        left = deadline - time.monotonic()
+        if left <= 0:
+            late = GuardTimeout(f"a batch failed ({type(error).__name__}) and no time was left to judge it alone")
+            return None, late
+        return left, None
+
+    def _retry_one_by_one(self, pending: Sequence[_Check], error: Exception) -> list[Outcome] | BaseException:
+        results, order, deadline = self._retry_plan(pending, error)
+        for i in order:
+            left, late = self._retry_left(deadline, error)
+            results[i] = late if late is not None else _single(self._classify([pending[i]], left))
+        return results  # type: ignore[return-value]
+
+    async def _aretry_one_by_one(self, pending: Sequence[_Check], error: Exception) -> list[Outcome] | BaseException:
+        results, order, deadline = self._retry_plan(pending, error)
+        for i in order:
+            left, late = self._retry_left(deadline, error)
+            results[i] = late if late is not None else _single(await self._aclassify([pending[i]], left))
+        return results  # type: ignore[return-value]
 
     def check(self, conversation: Sequence[Message] | str, stage: Stage | str = Stage.PROMPT) -> Decision:
         """Check any conversation at ``stage`` (user-final: prompt mode; assistant-final: response mode)."""
@@ -423,6 +480,20 @@ class Guard:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _one_each(outcome: Any, expected: int) -> list[Outcome] | BaseException:
+    """The backend's outcomes, or a guard error when it did not return one per conversation (a short list
+    would leave a check without a decision)."""
+    if isinstance(outcome, (list, tuple)) and len(outcome) == expected:
+        return list(outcome)
+    got = f"{len(outcome)} outcomes" if isinstance(outcome, (list, tuple)) else type(outcome).__name__
+    return GuardUnavailable(f"the guard backend returned {got} for {expected} conversations")
+
+
+def _single(outcome: list[Outcome] | BaseException) -> Outcome:
+    """One conversation's outcome from a call that judged it alone."""
+    return outcome[0] if isinstance(outcome, list) else outcome  # type: ignore[return-value]
 
 
 def _as_conversation(conversation: Sequence[Message] | str) -> Sequence[Message]:

@@ -84,3 +84,45 @@ class DelayedBackend:
 
     def close(self) -> None:
         pass
+
+
+def keyword_verdict(conv) -> str:
+    """Unsafe (Violent) when the judged turn says "ammonium", else safe."""
+    last = conv[-1]
+    unsafe = "ammonium" in last["content"]
+    verdict = "Safety: Unsafe\nCategories: Violent" if unsafe else "Safety: Safe\nCategories: None"
+    return verdict + ("\nRefusal: No" if last["role"] == "assistant" else "")
+
+
+class PoisonedJudge(ScriptedBackend):
+    """A keyword judge (`keyword_verdict`) for which any call holding the poison ("Zanzibar") fails: ``"raise"`` (the backend crashes), ``"slow"`` (the call outlasts
+    its deadline), or ``"short"`` (one outcome fewer than conversations)."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__(keyword_verdict, name="kw")
+        self.mode = mode
+
+    def _poisoned(self, conversations) -> bool:
+        return any("Zanzibar" in m["content"] for c in conversations for m in c)
+
+    def classify(self, conversations, *, timeout=None):
+        if not self._poisoned(conversations):
+            return super().classify(conversations, timeout=timeout)
+        self.calls.append(list(conversations))
+        if self.mode == "raise":
+            raise RuntimeError("CUDA out of memory")
+        if self.mode == "slow":
+            time.sleep(timeout)
+            raise GuardTimeout(f"no answer within {timeout} s")
+        return [self._one(c) for c in conversations][:-1]
+
+    async def aclassify(self, conversations, *, timeout=None):
+        if not self._poisoned(conversations):
+            return await super().aclassify(conversations, timeout=timeout)
+        self.calls.append(list(conversations))
+        if self.mode == "raise":
+            raise RuntimeError("CUDA out of memory")
+        if self.mode == "slow":
+            await asyncio.sleep(timeout)
+            raise GuardTimeout(f"no answer within {timeout} s")
+        return [self._one(c) for c in conversations][:-1]

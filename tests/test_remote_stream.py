@@ -12,7 +12,7 @@ import httpx
 import pytest
 import websockets
 from live_server import demo_guard, serving
-from qwenguard.core import Guard, GuardUnavailable, GuardViolation, Policy, Stage
+from qwenguard.core import Guard, GuardTimeout, GuardUnavailable, GuardViolation, Policy, Stage
 from qwenguard.core.backends.remote_stream import stream_url
 from qwenguard.core.errors import StreamClosed
 from qwenguard.core.server import CLOSE_BAD_REQUEST, CLOSE_IDLE_TIMEOUT, CLOSE_TOO_BIG
@@ -328,6 +328,34 @@ async def test_server_side_guard_failure_follows_the_clients_on_error(broken_bas
         True,
         "guard_error",
     )
+
+
+def test_a_server_side_timeout_reaches_the_client_as_a_timeout():
+    """The server's guard missed its deadline: the client's decision says "timeout" (it said "guard_error",
+    so a client could not tell an overloaded guard from a broken one)."""
+    from faults import ScriptedBackend
+
+    slow = Guard(ScriptedBackend(lambda c: "Safety: Safe\nCategories: None", delay_s=2.0), Policy(timeout_s=0.1))
+    with serving(slow) as url:
+        closed = Guard.remote(url + "/v1", model="scripted", stream=True, stream_options={"max_failovers": 0})
+        with pytest.raises(GuardTimeout):
+            with closed.stream("hi") as monitor:
+                monitor.feed("some text. ")
+                monitor.finish()
+        opened = Guard.remote(
+            url + "/v1",
+            model="scripted",
+            stream=True,
+            stream_options={"max_failovers": 0},
+            policy=Policy(on_error="allow", timeout_s=1.0),
+        )
+        with opened.stream("hi", holdback=2) as monitor:
+            out = monitor.feed("some text. ") + monitor.finish()
+        assert out == "some text. "
+        assert monitor.decision is not None and (monitor.decision.allowed, monitor.decision.reason) == (
+            True,
+            "timeout",
+        )
 
 
 def test_stream_sessions_past_the_limit_are_refused(local):

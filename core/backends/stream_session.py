@@ -173,6 +173,10 @@ class _ReplicaUnavailable(GuardUnavailable):
     """The replica's guard failed (error frame 4503): another replica may serve the session."""
 
 
+class _ReplicaTimeout(_ReplicaUnavailable, GuardTimeout):
+    """The replica's guard missed its deadline (error frame 4503, type "timeout")."""
+
+
 class _Session:
     """The protocol logic of one monitor; the sync and async monitors only move frames."""
 
@@ -386,6 +390,8 @@ class _Session:
         kind, message = err.get("type", reply.get("type")), err.get("message", "unexpected frame")
         if kind == "invalid_request_error":
             return _BadRequest(f"stream server refused the session: {message}")
+        if kind == "timeout":  # the replica's guard missed its deadline (another may not)
+            return _ReplicaTimeout(f"stream server error ({kind}): {message}")
         if kind == "guard_unavailable" or err.get("code") == 4503:
             return _ReplicaUnavailable(f"stream server error ({kind}): {message}")
         return GuardUnavailable(f"stream server error ({kind}): {message}")

@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
-from ..errors import GuardViolation, QwenGuardError
+from ..errors import GuardTimeout, GuardViolation, QwenGuardError
 from ..formats.content import clean_text
 from ..formats.prompts import normalize_messages
 from ..streaming.debounce import DEFAULT_WINDOW
@@ -72,7 +72,8 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
 
     Close codes: 1000 done (also after a violation), 1009 too big, 4400 bad request, 4408 idle or
     too long, 4503 guard unavailable, 1011 internal error; an error frame ``{"type": "error",
-    "error": {...}}`` precedes every error close.
+    "error": {...}}`` precedes every error close (with 4503, ``error.type`` is ``"timeout"`` when the guard
+    missed its deadline, else ``"guard_unavailable"``).
     """
     await ws.accept()
     monitor: Any = None
@@ -104,9 +105,7 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
         except (TypeError, ValueError, OverflowError) as exc:  # Overflow: a holdback of 10**30
             raise SessionEnd(CLOSE_BAD_REQUEST, str(exc), "invalid_request_error") from exc
         except QwenGuardError as exc:
-            raise SessionEnd(
-                CLOSE_UNAVAILABLE, f"guard unavailable: {type(exc).__name__}", "guard_unavailable"
-            ) from exc
+            raise _unavailable(exc) from exc
         report = _Report(monitor)
         await ws.send_json({"type": "opened", **report.opened()})
         clock.progress()
@@ -144,9 +143,7 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
                 )
                 raise SessionEnd(CLOSE_NORMAL) from None
             except QwenGuardError as exc:
-                raise SessionEnd(
-                    CLOSE_UNAVAILABLE, f"guard unavailable: {type(exc).__name__}", "guard_unavailable"
-                ) from exc
+                raise _unavailable(exc) from exc
     except SessionEnd as end:
         if end.code != CLOSE_NORMAL:
             await _send_quietly(
@@ -169,6 +166,12 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
                 await opener.__aexit__(None, None, None)
             except Exception:  # noqa: BLE001 - the monitor may already have raised its violation
                 pass
+
+
+def _unavailable(exc: QwenGuardError) -> SessionEnd:
+    """Close 4503: the guard could not answer; a missed deadline says so (the client flags "timeout")."""
+    kind = "timeout" if isinstance(exc, GuardTimeout) else "guard_unavailable"
+    return SessionEnd(CLOSE_UNAVAILABLE, f"guard unavailable: {type(exc).__name__}", kind)
 
 
 def _open_args(service: Service, msg: Mapping[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
