@@ -8,9 +8,11 @@ with `enforce`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,8 @@ DEFAULT_MAX_CHARS = 1_000_000
 #: Messages one check accepts. Only the newest turns that fit a window are ever tokenized, but each
 #: message is still validated, cleaned and hashed; a long LlamaIndex chat history (600 exchanges) fits.
 DEFAULT_MAX_MESSAGES = 4096
+#: Calls at once when a failed batch is judged again item by item (see `Guard._one_by_one_after`).
+RETRY_CONCURRENCY = 8
 
 DecisionListener = Callable[[Decision], None]
 
@@ -345,8 +349,10 @@ class Guard:
 
     # A batch is one backend call: when it fails as a whole (one huge or malformed item made it time out
     # or crash), failing open would let every item through unjudged, the unsafe ones beside the culprit
-    # included. Such a batch is judged again one conversation at a time, shortest first, within one more
-    # deadline, so that only the items that fail on their own fail open (docs/guard.md, "Errors").
+    # included. Such a batch is judged again one conversation per call, up to RETRY_CONCURRENCY calls at
+    # once (shortest first), each within one more deadline, so that only the items that fail on their own
+    # fail open (docs/api.md, "Failing open is per check"). The local engine steps short checks apart from
+    # a long one's windows, so a slow item does not hold the others' calls back.
     def _one_by_one_after(self, pending: Sequence[_Check], outcome: list[Outcome] | BaseException) -> bool:
         return (
             isinstance(outcome, Exception)
@@ -355,14 +361,12 @@ class Guard:
             and any(self.policy.on_error_for(c.stage) == "allow" for c in pending)
         )
 
-    def _retry_plan(
-        self, pending: Sequence[_Check], error: Exception
-    ) -> tuple[list[Outcome | None], list[int], float | None]:
+    def _retry_plan(self, pending: Sequence[_Check], error: Exception) -> tuple[list[int], float | None]:
+        """(the items in the order their calls start: shortest first, the retry's deadline)."""
         logger.warning("qwenguard: a batch of %d checks failed (%r); judging them one at a time", len(pending), error)
-        results: list[Outcome | None] = [None] * len(pending)
         order = sorted(range(len(pending)), key=lambda i: text_size(pending[i].conversation, 1 << 62))
         timeout = self._timeout(pending)
-        return results, order, None if timeout is None else time.monotonic() + timeout
+        return order, None if timeout is None else time.monotonic() + timeout
 
     @staticmethod
     def _retry_left(deadline: float | None, error: Exception) -> tuple[float | None, Outcome | None]:
@@ -375,19 +379,31 @@ class Guard:
             return None, late
         return left, None
 
+    def _retry_one(self, check: _Check, deadline: float | None, error: Exception) -> Outcome:
+        left, late = self._retry_left(deadline, error)
+        return late if late is not None else _single(self._classify([check], left))
+
     def _retry_one_by_one(self, pending: Sequence[_Check], error: Exception) -> list[Outcome] | BaseException:
-        results, order, deadline = self._retry_plan(pending, error)
-        for i in order:
-            left, late = self._retry_left(deadline, error)
-            results[i] = late if late is not None else _single(self._classify([pending[i]], left))
-        return results  # type: ignore[return-value]
+        order, deadline = self._retry_plan(pending, error)
+        workers = min(len(order), RETRY_CONCURRENCY)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qwenguard-retry") as pool:
+            futures = {i: pool.submit(self._retry_one, pending[i], deadline, error) for i in order}
+            return [futures[i].result() for i in range(len(pending))]
 
     async def _aretry_one_by_one(self, pending: Sequence[_Check], error: Exception) -> list[Outcome] | BaseException:
-        results, order, deadline = self._retry_plan(pending, error)
-        for i in order:
-            left, late = self._retry_left(deadline, error)
-            results[i] = late if late is not None else _single(await self._aclassify([pending[i]], left))
-        return results  # type: ignore[return-value]
+        order, deadline = self._retry_plan(pending, error)
+        slots = asyncio.Semaphore(RETRY_CONCURRENCY)
+
+        async def one(check: _Check) -> Outcome:
+            async with slots:
+                left, late = self._retry_left(deadline, error)
+                return late if late is not None else _single(await self._aclassify([check], left))
+
+        outcomes = await asyncio.gather(*(one(pending[i]) for i in order))
+        results: list[Outcome] = [None] * len(pending)  # type: ignore[list-item]
+        for i, outcome in zip(order, outcomes):
+            results[i] = outcome
+        return results
 
     def check(self, conversation: Sequence[Message] | str, stage: Stage | str = Stage.PROMPT) -> Decision:
         """Check any conversation at ``stage`` (user-final: prompt mode; assistant-final: response mode)."""

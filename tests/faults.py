@@ -126,3 +126,30 @@ class PoisonedJudge(ScriptedBackend):
             await asyncio.sleep(timeout)
             raise GuardTimeout(f"no answer within {timeout} s")
         return [self._one(c) for c in conversations][:-1]
+
+
+class FailingStream:
+    """A real Stream backend whose sessions fail at ``where`` ("open", "feed" or "finish")."""
+
+    def __init__(self, real, where: str) -> None:
+        self.real, self.where, self.name = real, where, "failing-stream"
+
+    def open_session(self, messages, **kw):
+        if self.where == "open":
+            raise RuntimeError("CUDA error: device lost")
+        session = self.real.open_session(messages, **kw)
+
+        def boom(*_a, **_kw):
+            raise RuntimeError("CUDA error: device lost")
+
+        async def aboom(*_a, **_kw):
+            boom()
+
+        if self.where == "feed":
+            session.feed_text, session.afeed_text = boom, aboom
+        else:
+            session.finish, session.afinish = boom, aboom
+        return session
+
+    def close(self) -> None:
+        pass

@@ -212,3 +212,13 @@ def constant_checkpoint(path: Path, tokenizer_dir: Path, *, response: str, query
         cfg[field] = {"0": first, "1": rest[0], "2": rest[1]}
     (path / "config.json").write_text(json.dumps(cfg, indent=2))
     return path
+
+
+@pytest.fixture(scope="session")
+def safe_tokens_stream(tmp_path_factory, tiny_tokenizer_dir):
+    """A real Stream model (official layout) that scores every token safe: whatever stops a clause after
+    its session failed is the Gen windows' judge (fail-open tests)."""
+    from qwenguard.core.backends.transformers_stream import TransformersStream
+
+    path = constant_checkpoint(tmp_path_factory.mktemp("s"), tiny_tokenizer_dir, response="Safe", query="Safe")
+    return TransformersStream.load(path, device="cpu")

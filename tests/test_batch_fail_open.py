@@ -16,6 +16,7 @@ import pytest
 from faults import PoisonedJudge, ScriptedBackend, keyword_verdict
 from qwenguard.core import Guard, Policy, Stage
 from qwenguard.core.errors import GuardTimeout
+from qwenguard.core.guard import RETRY_CONCURRENCY
 
 SAFE_DOC = "Paris is the capital of France."
 POISON_DOC = "Zanzibar travel notes: " + "spice markets and beaches. " * 40  # the longest item
@@ -90,12 +91,53 @@ def test_retries_stay_within_one_more_deadline():
 
     judge = AllSlow(keyword_verdict)
     guard = Guard(judge, Policy(on_error="allow", timeout_s=DEADLINE_S), cache_size=0)
+    items = [SAFE_DOC] + [f"Note {i}." for i in range(2 * RETRY_CONCURRENCY)]
     started = time.monotonic()
-    decisions = guard.check_documents("travel", [SAFE_DOC] + [f"Note {i}." for i in range(8)])
+    decisions = guard.check_documents("travel", items)
     elapsed = time.monotonic() - started
     assert all(d.allowed and d.reason == "timeout" for d in decisions)
-    assert elapsed < 3 * DEADLINE_S + 0.5  # two deadlines (plus scheduling), not nine
-    assert len(judge.calls) == 2  # the batch, then the first item alone used up the second deadline
+    assert elapsed < 3 * DEADLINE_S + 0.5  # two deadlines (plus scheduling), not one per item
+    assert len(judge.calls) == 1 + RETRY_CONCURRENCY  # the batch, then one round of calls used it up
+
+
+@pytest.mark.parametrize("run_async", [False, True], ids=["sync", "async"])
+def test_a_short_slow_poison_does_not_use_up_the_others_retry(run_async):
+    """The poison is short and stalls past any deadline: its retry starts among the first, beside the rest."""
+    guard = Guard(PoisonedJudge("slow"), Policy(on_error="allow", timeout_s=DEADLINE_S), cache_size=0)
+    poison, unsafe = check_documents(guard, ["Zanzibar.", UNSAFE_DOC], run_async)
+    assert not unsafe.allowed and unsafe.reason == "unsafe"  # judged beside the stalled poison
+    assert poison.allowed and poison.reason == "timeout"
+
+
+class CrashesOnceThenSlow(ScriptedBackend):
+    """The batch crashes once; afterwards every call takes ``delay_s`` (a loaded engine)."""
+
+    def __init__(self) -> None:
+        super().__init__(keyword_verdict, delay_s=0.08)
+        self.crashed = False
+
+    def classify(self, conversations, *, timeout=None):
+        if not self.crashed:
+            self.crashed = True
+            raise RuntimeError("CUDA out of memory")
+        return super().classify(conversations, timeout=timeout)
+
+    async def aclassify(self, conversations, *, timeout=None):
+        if not self.crashed:
+            self.crashed = True
+            raise RuntimeError("CUDA out of memory")
+        return await super().aclassify(conversations, timeout=timeout)
+
+
+@pytest.mark.parametrize("run_async", [False, True], ids=["sync", "async"])
+def test_every_item_of_a_crashed_batch_is_judged_when_calls_are_slow(run_async):
+    """Seven documents at 80 ms a call within a 0.3 s deadline: one call after another ran out of time
+    and let the last (the longest: here the unsafe one) through unjudged."""
+    guard = Guard(CrashesOnceThenSlow(), Policy(on_error="allow", timeout_s=DEADLINE_S), cache_size=0)
+    docs = [f"Note {i} about Paris." for i in range(6)] + [UNSAFE_DOC]
+    decisions = check_documents(guard, docs, run_async)
+    assert [d.reason for d in decisions] == ["safe"] * 6 + ["unsafe"]
+    assert not decisions[-1].allowed
 
 
 def test_the_demo_guard_judges_each_document_when_a_batch_crashes():

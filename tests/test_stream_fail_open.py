@@ -15,11 +15,10 @@ import threading
 import time
 
 import pytest
-from faults import ScriptedBackend
+from faults import FailingStream, ScriptedBackend
 from qwenguard.core import Guard, GuardUnavailable, GuardViolation, Policy, Stage
-from qwenguard.core.backends.transformers_stream import TransformersStream
 from qwenguard.core.errors import GuardTimeout
-from stream_checkpoints import constant_checkpoint, tiny_tokenizer_dir  # noqa: F401
+from stream_checkpoints import safe_tokens_stream, tiny_tokenizer_dir  # noqa: F401
 
 PROMPT = "Tell me about France."
 SAFE = "The capital of France is Paris. It has many museums and old bridges. "
@@ -170,59 +169,46 @@ async def test_async_a_failed_prompt_check_does_not_switch_the_answers_guard_off
 
 
 # -- the Stream-model engine: a failed session hands the stream to the Gen windows ---------------------
-@pytest.fixture(scope="module")
-def safe_tokens_stream(tmp_path_factory, tiny_tokenizer_dir):  # noqa: F811
-    """A real Stream model (official layout) that scores every token safe: whatever stops the clause
-    after its session failed is the Gen windows' judge."""
-    path = constant_checkpoint(tmp_path_factory.mktemp("s"), tiny_tokenizer_dir, response="Safe", query="Safe")
-    return TransformersStream.load(path, device="cpu")
+# ``holdback=0`` with a Stream model releases each delta once scored; the Gen windows that take over keep
+# that contract ("released once judged"): with their own ``holdback=0`` meaning (release at once, look for a
+# late violation) the whole clause went out before any verdict (a red-team finding, as were the callbacks).
+HOLDBACKS = pytest.mark.parametrize("holdback", [None, 0], ids=["holdback-default", "holdback-0"])
 
 
-class _Failing:
-    """A real Stream backend whose sessions fail at ``where`` ("open", "feed" or "finish")."""
-
-    def __init__(self, real, where: str) -> None:
-        self.real, self.where, self.name = real, where, "failing-stream"
-
-    def open_session(self, messages, **kw):
-        if self.where == "open":
-            raise RuntimeError("CUDA error: device lost")
-        session = self.real.open_session(messages, **kw)
-
-        def boom(*_a, **_kw):
-            raise RuntimeError("CUDA error: device lost")
-
-        async def aboom(*_a, **_kw):
-            boom()
-
-        if self.where == "feed":
-            session.feed_text, session.afeed_text = boom, aboom
-        else:
-            session.finish, session.afinish = boom, aboom
-        return session
-
-    def close(self) -> None:
-        pass
-
-
+@HOLDBACKS
 @pytest.mark.parametrize("where", ["open", "feed"])
-def test_a_failed_stream_model_session_hands_the_rest_to_gen_windows(safe_tokens_stream, where):
-    guard = Guard(FlakyKeywordJudge(fail_first=0), FAIL_OPEN, stream_backend=_Failing(safe_tokens_stream, where))
-    released, monitor, stop = _run(guard, screen_prompt=False)
+def test_a_failed_stream_model_session_hands_the_rest_to_gen_windows(safe_tokens_stream, where, holdback):  # noqa: F811
+    guard = Guard(FlakyKeywordJudge(fail_first=0), FAIL_OPEN, stream_backend=FailingStream(safe_tokens_stream, where))
+    released, monitor, stop = _run(guard, screen_prompt=False, holdback=holdback)
     assert isinstance(stop, GuardViolation) and _clause_chars_out(released) == 0, released
     failed = [d for d in [monitor.prompt_decision, *monitor.flags] if d is not None and d.reason == "guard_error"]
     assert failed and all(d.allowed for d in failed)
 
 
+@HOLDBACKS
 @pytest.mark.parametrize("where", ["open", "feed"])
-async def test_async_a_failed_stream_model_session_hands_the_rest_to_gen_windows(safe_tokens_stream, where):
-    guard = Guard(FlakyKeywordJudge(fail_first=0), FAIL_OPEN, stream_backend=_Failing(safe_tokens_stream, where))
-    released, monitor, stop = await _arun(guard, screen_prompt=False)
+async def test_async_a_failed_stream_model_session_hands_the_rest_to_gen_windows(
+    safe_tokens_stream,  # noqa: F811
+    where,
+    holdback,
+):
+    guard = Guard(FlakyKeywordJudge(fail_first=0), FAIL_OPEN, stream_backend=FailingStream(safe_tokens_stream, where))
+    released, monitor, stop = await _arun(guard, screen_prompt=False, holdback=holdback)
     assert isinstance(stop, GuardViolation) and _clause_chars_out(released) == 0, released
 
 
-def test_a_stream_model_session_failing_at_finish_does_not_release_its_held_text(safe_tokens_stream):
-    guard = Guard(FlakyKeywordJudge(fail_first=0), FAIL_OPEN, stream_backend=_Failing(safe_tokens_stream, "finish"))
+def test_gen_windows_chosen_with_holdback_0_still_release_at_once():
+    """Without a Stream model, ``holdback=0`` keeps its documented meaning for Gen windows."""
+    guard = Guard(FlakyKeywordJudge(fail_first=0), FAIL_OPEN)
+    monitor = guard.stream(PROMPT, screen_prompt=False, holdback=0)
+    assert monitor.feed("The capital of France ") == "The capital of France "
+    monitor.close()
+
+
+def test_a_stream_model_session_failing_at_finish_does_not_release_its_held_text(safe_tokens_stream):  # noqa: F811
+    guard = Guard(
+        FlakyKeywordJudge(fail_first=0), FAIL_OPEN, stream_backend=FailingStream(safe_tokens_stream, "finish")
+    )
     monitor = guard.stream(PROMPT, holdback=10_000, screen_prompt=False)  # everything is still held at the end
     held = "".join(monitor.feed(d) for d in _tokens(ANSWER))
     assert held == ""

@@ -245,13 +245,19 @@ def _keyword_guard(url: str) -> tuple[Guard, ScriptedBackend]:
     return Guard(judge, policy, stream_backend=RemoteStream(url)), judge
 
 
+# ``holdback=0``: the server's Stream model released each delta once scored; the local Gen windows that
+# take over keep that (with their own holdback=0 meaning they released the clause unjudged).
+HOLDBACKS = pytest.mark.parametrize("holdback", [None, 0], ids=["holdback-default", "holdback-0"])
+
+
+@HOLDBACKS
 @pytest.mark.parametrize("mode", ["drip-feed", "stall-finish"])
-def test_fail_open_judges_the_rest_in_gen_windows_instead_of_releasing_it(mode):
+def test_fail_open_judges_the_rest_in_gen_windows_instead_of_releasing_it(mode, holdback):
     """The attack: the stream server fails (here: stalls) once the harmful part has been fed. Before, failing
     open released everything held and everything after it unchecked; now the client's Gen backend judges it."""
     with misbehaving(mode) as server:
         guard, judge = _keyword_guard(server.url)
-        monitor = guard.stream("Tell me about France.")
+        monitor = guard.stream("Tell me about France.", holdback=holdback)
         out = ""
         with monitor, pytest.raises(GuardViolation):
             out += monitor.feed(SAFE_PART)
@@ -262,13 +268,14 @@ def test_fail_open_judges_the_rest_in_gen_windows_instead_of_releasing_it(mode):
     assert monitor.decision.reason == "unsafe" and judge.calls
 
 
+@HOLDBACKS
 @pytest.mark.parametrize("mode", ["drip-feed", "stall-finish"])
-async def test_async_fail_open_judges_the_rest_in_gen_windows_instead_of_releasing_it(mode):
+async def test_async_fail_open_judges_the_rest_in_gen_windows_instead_of_releasing_it(mode, holdback):
     with misbehaving(mode) as server:
         guard, judge = _keyword_guard(server.url)
         out = ""
         with pytest.raises(GuardViolation):
-            async with guard.astream("Tell me about France.") as monitor:
+            async with guard.astream("Tell me about France.", holdback=holdback) as monitor:
                 out += await monitor.afeed(SAFE_PART)
                 out += await monitor.afeed(CLAUSE)
                 out += await monitor.afinish()

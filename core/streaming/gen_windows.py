@@ -143,10 +143,16 @@ class GenWindows:
     window that shows what follows (`releasable`).
     """
 
-    def __init__(self, core: MonitorCore, *, start: int = 0, held: str = "") -> None:
+    def __init__(self, core: MonitorCore, *, start: int = 0, held: str = "", takeover: bool = False) -> None:
         """``start``/``held``: the engine takes over a stream at ``start`` (the Stream model failed open),
-        with ``held`` (the text after it) still to judge."""
+        with ``held`` (the text after it) still to judge.
+
+        ``takeover``: this engine goes on with a stream another engine judged (a Stream session that
+        failed). It then releases only judged text even with ``holdback=0``: there, the Stream model
+        released each delta once scored, and releasing the rest unjudged would switch the guard off."""
         self.core = core
+        #: Release at once and only look for a late violation (``holdback=0`` chosen for Gen windows).
+        self.at_once = core.holdback == 0 and not takeover
         self.check_every, self.min_segment, self.context, self.unit = core._window_opts
         self.unsubmitted = held  # text after `submitted`
         self.submitted = start  # chars handed to checks
@@ -218,7 +224,7 @@ class GenWindows:
         """``"opening"``: the end of the answer's complete words so far, when judging them releases a word
         (all but the last of them); else 0. A word still arriving is left out: a Gen model may misread a
         cut one ("The Eiffe")."""
-        if self.core.holdback == 0:
+        if self.at_once:
             return 0  # released at once anyway
         text = self.unsubmitted
         end = len(text)
@@ -230,7 +236,7 @@ class GenWindows:
     def _worth_judging(self) -> bool:
         """Would a check of everything received let more text out than what is judged already?"""
         core = self.core
-        if core.holdback == 0:  # released at once: checks only look for a late violation
+        if self.at_once:  # released at once: checks only look for a late violation
             return True
         held = core._buffer  # starts at the release point; `submitted` is never before it here
         judged = max(0, self.submitted - core._released_len)
@@ -288,7 +294,7 @@ class GenWindows:
 
     def release(self) -> str:
         core = self.core
-        if core.holdback == 0:
+        if self.at_once:
             return core._release_all()
         return core._release_to(self._boundary(self.confirmed))
 

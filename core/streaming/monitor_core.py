@@ -146,6 +146,7 @@ class MonitorCore:
         self._session: Any = None
         self._windows: GenWindows | None = None  # Gen-window engine: segments and release (`GenWindows`)
         self._window_judge: Any = None  # Gen-window engine: runs the window checks (`WindowJudge`)
+        self._taken_over = False  # the windows go on with a stream another monitor judged (`take_over`)
         # Parallel input (Gen-window engine): the prompt check runs beside the answer, which is fed and
         # judged meanwhile but released only once the prompt's verdict allowed it (None: the guard's setting).
         parallel = getattr(guard, "parallel_input", False) if parallel_input is None else parallel_input
@@ -305,7 +306,11 @@ class MonitorCore:
             return
         if self._window_judge is not None:
             self._window_judge.close()
-        self._windows = GenWindows(self, start=self._released_len, held=self._buffer)
+        # With a Stream model asked for, the windows take over from it (its session could not open or
+        # failed; or a remote session's, `take_over`): they keep its release contract, "released once
+        # judged", whatever the holdback.
+        takeover = self._taken_over or self.stream_backend is not None
+        self._windows = GenWindows(self, start=self._released_len, held=self._buffer, takeover=takeover)
         self._window_judge = WindowJudge(self.guard.backend)
 
     def take_over(self, released: str, held: str, failed: Decision | None = None) -> None:
@@ -316,6 +321,7 @@ class MonitorCore:
         self._released_len = len(released)
         self._buffer = held
         self.decision = failed
+        self._taken_over = True  # kept: an async monitor opens (and sets up its windows again) on first use
         self._judge_in_windows()
 
     def _decide_flag(self, verdict: Verdict, offset: int) -> str | None:

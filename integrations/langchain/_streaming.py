@@ -56,7 +56,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import replace
 from typing import Any, Literal, Union
 
@@ -528,10 +529,22 @@ def _monitor_prompt(context: Sequence[dict[str, str]]) -> list[dict[str, str]]:
 class MonitorScreen:
     """The ``"monitor"`` engine: a core StreamMonitor (sync or async) fed delta by delta.
 
-    ``released`` is how many characters the monitor has released (judged, plus ``holdback``)."""
+    ``released`` is how many characters the monitor has released (judged, plus ``holdback``).
+    ``max_unjudged`` (callbacks, which cannot hold text): while the monitor holds more than that many
+    characters the reader already has (its Stream session failed and Gen windows judge the rest: they hold
+    text until a window is back), the callback waits for the window in flight, as ``"pipelined"`` does."""
 
-    def __init__(self, guard: Guard, context: Sequence[dict[str, str]], *, asynchronous: bool, **options: Any) -> None:
+    def __init__(
+        self,
+        guard: Guard,
+        context: Sequence[dict[str, str]],
+        *,
+        asynchronous: bool,
+        max_unjudged: int | None = None,
+        **options: Any,
+    ) -> None:
         self.guard = guard
+        self.max_unjudged = max_unjudged
         options.setdefault("screen_prompt", False)  # the input is screened on its own, as a prompt
         if guard.stream_backend is None:
             options.setdefault("min_segment", DEFAULT_SEGMENT)
@@ -546,10 +559,20 @@ class MonitorScreen:
     def check(self, delta: str) -> None:
         if delta:
             self._released += len(self.monitor.feed(delta))
+        while self._over_bound() and (waiters := self.verdict_waiters()):
+            wait_futures(waiters, return_when=FIRST_COMPLETED)
+            self.release()
 
     async def acheck(self, delta: str) -> None:
         if delta:
             self._released += len(await self.monitor.afeed(delta))
+        while self._over_bound() and (waiters := self.verdict_waiters()):
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            await self.arelease()
+
+    def _over_bound(self) -> bool:
+        monitor = self.monitor
+        return self.max_unjudged is not None and not monitor.closed and len(monitor.held) > self.max_unjudged
 
     def flush(self) -> None:
         """A monitor cannot judge early what it holds; its release follows its own verdicts."""
@@ -605,7 +628,8 @@ def open_screen(
     """A screen for one streamed answer with the chosen engine (``hold``: the caller can hold text back)."""
     check_engine(engine)
     if engine == "monitor":
-        return MonitorScreen(guard, context, asynchronous=asynchronous, **(monitor_options or {}))
+        bound = None if hold else max_unjudged  # a holding caller releases only judged text anyway
+        return MonitorScreen(guard, context, asynchronous=asynchronous, max_unjudged=bound, **(monitor_options or {}))
     # Every Gen engine reads a growing window through sessions (the holding screens and the gate judge in
     # the stream's path, one check at a time; the pipelined engine's checks overlap: a pool of sessions).
     gate = StreamGate(context, window_chars=window_chars, min_chars=min_chars, whole_words=hold)

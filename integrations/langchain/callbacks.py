@@ -163,8 +163,13 @@ class _GuardHandlerLogic:
         self.stream_engine: Engine = stream_engine
         self.max_unjudged = max_unjudged
         self.max_in_flight = max_in_flight
-        # A callback cannot hold text back: release at once, and flag on the first unsafe token.
-        self.monitor_options = {"holdback": 0, "window": 1, **(monitor_options or {})}
+        # A callback cannot hold text back: release at once, and flag on the first unsafe token. Should the
+        # Stream session fail, Gen windows judge the rest: by word (everything arrived, whenever no check is
+        # in flight), so that the callback's wait bound (`max_unjudged`) always has a check to wait for.
+        defaults: dict[str, Any] = {"holdback": 0, "window": 1}
+        if guard.stream_backend is not None:
+            defaults["release_unit"] = "word"
+        self.monitor_options = {**defaults, **(monitor_options or {})}
         self.check_input = check_input
         self.check_output = check_output
         self.check_stream = check_stream
