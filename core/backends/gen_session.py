@@ -84,13 +84,13 @@ class GenSession:
         Raises `GuardTimeout` past ``timeout`` seconds, like ``classify``."""
         if not self.incremental:
             return cast(Outcome, self.backend.classify([conversation], timeout=timeout)[0])
-        from .transformers_gen import _stop_check, _time_left
+        from .transformers_gen import _time_left
 
         backend = self.backend
         with self._lock:
             start = time.perf_counter()
             deadline = None if timeout is None else time.monotonic() + timeout
-            flat, spans = backend._plan([conversation], _stop_check(deadline, timeout, None))
+            flat, spans = backend._plan_waiting([conversation], deadline, timeout)
             future = None
             try:
                 future = backend._batcher.submit(self._items(flat))
@@ -106,7 +106,7 @@ class GenSession:
         """Async twin of `classify`: planning (tokenizing) in a worker thread, the model in the batcher."""
         if not self.incremental:
             return cast(Outcome, (await self.backend.aclassify([conversation], timeout=timeout))[0])
-        from .transformers_gen import _stop_check, _time_left
+        from .transformers_gen import _time_left
 
         backend = self.backend
         if self._alock is None:
@@ -115,16 +115,11 @@ class GenSession:
             start = time.perf_counter()
             deadline = None if timeout is None else time.monotonic() + timeout
             future = None
-            # Set when this call stops waiting: the planning thread then stops at its next window.
-            abandoned = threading.Event()
             try:
-                flat, spans = await asyncio.wait_for(
-                    asyncio.to_thread(backend._plan, [conversation], _stop_check(deadline, timeout, abandoned)), timeout
-                )
+                flat, spans = await backend._aplan_waiting([conversation], deadline, timeout)
                 future = backend._batcher.submit(self._items(flat))
                 outputs = await asyncio.wait_for(asyncio.wrap_future(future), _time_left(deadline, timeout))
             except BaseException as exc:  # a timeout, a failed forward, or this task cancelled
-                abandoned.set()
                 self._lost(future)
                 if isinstance(exc, (asyncio.TimeoutError, GuardTimeout)):
                     raise GuardTimeout(f"guard did not answer within {timeout} s") from None

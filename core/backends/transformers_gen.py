@@ -30,8 +30,10 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..errors import GuardTimeout, InputTooLarge, MissingDependency, ModelNotFound, QwenGuardError, VerdictParseError
 from ..formats.prompts import (
@@ -44,6 +46,7 @@ from ..formats.windows import DEFAULT_MAX_WINDOW_TOKENS, DEFAULT_MAX_WINDOWS, DE
 from ..verdict import Risk, Verdict, worst
 from .batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, MicroBatcher
 from .hub import resolve_checkpoint
+from .plan_pool import planning_pool, text_chars
 from .torch_runtime import on_torch_thread, quiet_loading, require_torch, resolve_device, resolve_dtype
 
 __all__ = [
@@ -257,6 +260,43 @@ class TransformersGen:
             flat.extend(list(w.ids) for w in windows)
         return flat, spans
 
+    # Planning runs on the planning pool (plan_pool.py: shortest first, a thread kept for short checks),
+    # never on the event loop; the caller waits at most until its deadline, and a check whose caller has
+    # gone is dropped before it starts, or stops at its next window.
+    def _submit_plan(
+        self, conversations: Sequence[Sequence[dict[str, str]]], deadline: float | None, timeout: float | None
+    ) -> tuple[Future[Any], threading.Event]:
+        abandoned = threading.Event()  # set when the caller stops waiting: planning stops at its next window
+        stop = _stop_check(deadline, timeout, abandoned)
+        return planning_pool().submit(text_chars(conversations), self._plan, conversations, stop), abandoned
+
+    def _plan_waiting(
+        self, conversations: Sequence[Sequence[dict[str, str]]], deadline: float | None, timeout: float | None
+    ) -> tuple[list[list[int]], list[_Span]]:
+        job, abandoned = self._submit_plan(conversations, deadline, timeout)
+        try:
+            return cast(tuple[list[list[int]], list[_Span]], job.result(_time_left(deadline, timeout)))
+        except FutureTimeout:
+            raise GuardTimeout(f"guard did not answer within {timeout} s (waiting to plan windows)") from None
+        finally:
+            if not job.done():
+                abandoned.set()
+                job.cancel()
+
+    async def _aplan_waiting(
+        self, conversations: Sequence[Sequence[dict[str, str]]], deadline: float | None, timeout: float | None
+    ) -> tuple[list[list[int]], list[_Span]]:
+        job, abandoned = self._submit_plan(conversations, deadline, timeout)
+        try:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            return cast(tuple[list[list[int]], list[_Span]], await asyncio.wait_for(asyncio.wrap_future(job), left))
+        except asyncio.TimeoutError:
+            raise GuardTimeout(f"guard did not answer within {timeout} s") from None
+        finally:
+            if not job.done():
+                abandoned.set()
+                job.cancel()
+
     def _assemble(
         self, spans: list[_Span], outputs: list[tuple[str, dict[Risk, float] | None]], elapsed_ms: float
     ) -> list[Verdict | QwenGuardError]:
@@ -285,7 +325,7 @@ class TransformersGen:
     ) -> list[Verdict | QwenGuardError]:
         start = time.perf_counter()
         deadline = None if timeout is None else time.monotonic() + timeout
-        flat, spans = self._plan(conversations, _stop_check(deadline, timeout, None))
+        flat, spans = self._plan_waiting(conversations, deadline, timeout)
         try:
             outputs = self._batcher.run(flat, _time_left(deadline, timeout))
         except GuardTimeout:
@@ -297,19 +337,7 @@ class TransformersGen:
     ) -> list[Verdict | QwenGuardError]:
         start = time.perf_counter()
         deadline = None if timeout is None else time.monotonic() + timeout
-        # Tokenizing and windowing run in a worker thread: a huge check must not stop the event loop.
-        # If this task is cancelled or times out, the planning thread stops at its next window.
-        abandoned = threading.Event()
-        try:
-            flat, spans = await asyncio.wait_for(
-                asyncio.to_thread(self._plan, conversations, _stop_check(deadline, timeout, abandoned)), timeout
-            )
-        except asyncio.TimeoutError:
-            abandoned.set()
-            raise GuardTimeout(f"guard did not answer within {timeout} s") from None
-        except BaseException:
-            abandoned.set()
-            raise
+        flat, spans = await self._aplan_waiting(conversations, deadline, timeout)
         try:
             outputs = await self._batcher.arun(flat, _time_left(deadline, timeout))
         except GuardTimeout:

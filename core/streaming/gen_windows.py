@@ -333,7 +333,14 @@ class WindowJudge:
                 call = self.pool.aclassify(conversation, timeout=timeout)
             else:
                 call = _first(self.backend.aclassify([conversation], timeout=timeout))
-            return await (call if timeout is None else asyncio.wait_for(call, timeout))
+            if timeout is None:
+                return await call
+            # The backend's own deadline and this one fire together: the check may end with its error just
+            # as wait_for gives up on it; retrieve that error (else asyncio logs "Task exception was never
+            # retrieved" for every such window: a client could flood the operator's logs).
+            task = asyncio.ensure_future(call)
+            task.add_done_callback(_retrieve)
+            return await asyncio.wait_for(task, timeout)
         except asyncio.TimeoutError:
             return GuardTimeout(f"stream window check took longer than {timeout}s")
         except Exception as exc:  # noqa: BLE001
@@ -346,3 +353,8 @@ class WindowJudge:
 
 async def _first(call: Any) -> Any:
     return (await call)[0]
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()

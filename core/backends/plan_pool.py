@@ -1,0 +1,105 @@
+"""The threads that plan Gen checks (tokenize and cut windows), shortest first, one always kept for short work.
+
+Planning a check is CPU work that grows with its text: about a second per few hundred thousand characters
+on a small CPU. It ran on the caller's thread (sync) or in asyncio's shared default pool (async), first come
+first served: a few clients sending near-``max_chars`` documents kept every planning thread busy, and a short
+check queued behind them missed its deadline before the engine's "short work first" could see it (under
+``on_error="allow"``: its text passed unjudged, a red-team finding). Here a waiting check is taken smallest
+first, long checks (over `SHORT_CHARS`) never hold more than ``workers - 1`` threads, and a check whose
+caller stopped waiting before it started is never planned at all.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+#: Characters above which a check counts as long: a few windows' worth, planned in milliseconds below it.
+SHORT_CHARS = 16_000
+#: Planning threads: one per core, 2 to 8 (tokenizing releases the GIL; more would only share the cores).
+DEFAULT_WORKERS = max(2, min(8, os.cpu_count() or 2))
+
+
+class ShortFirstPool:
+    """Worker threads taking the smallest waiting job first; long jobs leave one thread free for short ones."""
+
+    def __init__(self, workers: int = DEFAULT_WORKERS, name: str = "qwenguard-plan") -> None:
+        if workers < 2:
+            raise ValueError("a short-first pool needs at least 2 workers (one is kept for short work)")
+        self.workers = workers
+        self.name = name
+        self._cond = threading.Condition()
+        self._heap: list[tuple[int, int, Future[Any], Callable[..., Any], tuple[Any, ...]]] = []
+        self._seq = itertools.count()
+        self._threads: list[threading.Thread] = []
+        self._long_running = 0
+
+    def submit(self, size: int, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Run ``fn(*args)`` on a worker; ``size`` (characters) orders the waiting jobs. Cancelling the future
+        before a worker took it drops the job."""
+        future: Future[Any] = Future()
+        with self._cond:
+            heapq.heappush(self._heap, (size, next(self._seq), future, fn, args))
+            if len(self._threads) < self.workers:
+                thread = threading.Thread(target=self._work, name=f"{self.name}-{len(self._threads)}", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+            self._cond.notify()
+        return future
+
+    def _take(self) -> tuple[bool, Future[Any], Callable[..., Any], tuple[Any, ...]] | None:
+        """The next job a free worker may run (under the lock), or None: nothing waits, or only long jobs
+        while the long ones already hold all threads but one."""
+        while self._heap:
+            size, _, future, fn, args = self._heap[0]
+            long = size > SHORT_CHARS
+            if long and self._long_running >= self.workers - 1:
+                return None  # everything waiting is long (the heap's smallest is): keep this thread for short work
+            heapq.heappop(self._heap)
+            if not future.set_running_or_notify_cancel():
+                continue  # its caller stopped waiting: never started
+            self._long_running += long
+            return long, future, fn, args
+        return None
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while (job := self._take()) is None:
+                    self._cond.wait()
+            self._run(*job)
+            del job  # a finished job's function (a bound method) must not keep its backend and model alive
+
+    def _run(self, long: bool, future: Future[Any], fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller through its future
+            future.set_exception(exc)
+        finally:
+            if long:
+                with self._cond:
+                    self._long_running -= 1
+                    self._cond.notify_all()
+
+
+_POOL: ShortFirstPool | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def planning_pool() -> ShortFirstPool:
+    """The process's planning pool (shared by every local Gen backend: they share the same cores)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ShortFirstPool()
+        return _POOL
+
+
+def text_chars(conversations: Any) -> int:
+    """Characters of content in ``conversations``: a planning job's size."""
+    return sum(len(c) for conv in conversations for m in conv if isinstance(c := m.get("content"), str))
