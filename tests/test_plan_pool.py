@@ -103,3 +103,28 @@ def test_sync_short_check_is_judged_while_long_documents_hold_the_planners(slow_
         for t in attackers:
             t.join(30)
     assert not victim.allowed and victim.reason == "unsafe", victim
+
+
+def test_a_forked_child_plans_with_threads_of_its_own():
+    """A server forking workers after a check (a preloaded app) gave each child a pool whose threads did not
+    exist there: every check would wait for its deadline."""
+    import multiprocessing
+    import os
+    import time
+
+    from qwenguard.core.backends.plan_pool import planning_pool
+
+    pool = planning_pool()
+    busy = [pool.submit(1, time.sleep, 0.2) for _ in range(pool.workers)]
+    for job in busy:
+        job.result(5)  # all the parent's threads are up
+
+    def child(results) -> None:
+        results.put(planning_pool().submit(1, os.getpid).result(5))
+
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    proc = ctx.Process(target=child, args=(results,))
+    proc.start()
+    proc.join(20)
+    assert proc.exitcode == 0 and results.get(timeout=5) == proc.pid

@@ -91,6 +91,16 @@ _POOL: ShortFirstPool | None = None
 _POOL_LOCK = threading.Lock()
 
 
+def _forget_pool() -> None:
+    """A forked child has none of the parent's threads (and maybe a lock held by one): it starts a pool anew."""
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def planning_pool() -> ShortFirstPool:
     """The process's planning pool (shared by every local Gen backend: they share the same cores)."""
     global _POOL
