@@ -390,16 +390,17 @@ class Guard:
             futures = {i: pool.submit(self._retry_one, pending[i], deadline, error) for i in order}
             return [futures[i].result() for i in range(len(pending))]
 
+    async def _aretry_one(
+        self, check: _Check, deadline: float | None, error: Exception, slots: asyncio.Semaphore
+    ) -> Outcome:
+        async with slots:
+            left, late = self._retry_left(deadline, error)
+            return late if late is not None else _single(await self._aclassify([check], left))
+
     async def _aretry_one_by_one(self, pending: Sequence[_Check], error: Exception) -> list[Outcome] | BaseException:
         order, deadline = self._retry_plan(pending, error)
         slots = asyncio.Semaphore(RETRY_CONCURRENCY)
-
-        async def one(check: _Check) -> Outcome:
-            async with slots:
-                left, late = self._retry_left(deadline, error)
-                return late if late is not None else _single(await self._aclassify([check], left))
-
-        outcomes = await asyncio.gather(*(one(pending[i]) for i in order))
+        outcomes = await asyncio.gather(*(self._aretry_one(pending[i], deadline, error, slots) for i in order))
         results: list[Outcome] = [None] * len(pending)  # type: ignore[list-item]
         for i, outcome in zip(order, outcomes):
             results[i] = outcome

@@ -159,9 +159,8 @@ class GenWindows:
         self.confirmed = start  # chars whose windows all came back safe or failed open (contiguous from 0)
         self.in_flight = 0  # checks handed out and not settled
         self.finished = False  # `rest` was taken: the whole text is (being) judged
-        self.tail = (
-            core.released[-self.context :] if start and self.context else ""
-        )  # `context` chars before `submitted`
+        # The last `context` chars before `submitted` (released text, when taking over mid-stream).
+        self.tail = core.released[-self.context :] if start and self.context else ""
         self.timeout = core.policy.timeout_for(Stage.STREAM)
 
     def add(self, delta: str) -> list[tuple[int, int, list[dict[str, str]]]]:
