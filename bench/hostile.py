@@ -5,6 +5,7 @@
     python bench/hostile.py --max-chars 20000   # the server run with a lower --max-chars
     python bench/hostile.py --skip near_limit   # every attacker but one (to tell apart what each costs)
     python bench/hostile.py --backend target_step_s=0.05   # a local model option for the server (repeatable)
+    python bench/hostile.py --only slot_hog --max-requests-per-client 64   # one attacker; a server flag
 
 Starts the server in a subprocess with its default limits (the load generator does not share its GIL),
 then alternates *quiet* windows (normal small checks alone) with *hostile* windows (the same normal
@@ -19,6 +20,9 @@ model runs every time). The attackers, all at once in every hostile window:
 - ``slow_drip``: request heads and bodies sent one byte every 0.5 s;
 - ``slot_drip``: one client (from 127.0.0.2: another address than the normal clients') opening as many
   requests as the server serves at once (64), each body sent a byte every 0.5 s;
+- ``slot_hog``: one client (from 127.0.0.2) keeping as many checks in flight as the server serves at once
+  (64), each a distinct 20,000-character document (it gets half of the slots, ``--max-requests-per-client``;
+  a normal check refused with 503 shows under "normal errors");
 - ``session_hog``: one client opening stream sessions until refused, feeding them empty text;
 - ``stream_burst``: stream sessions fed one frame of 550 sentences of 40 characters each (the shortest that get
   a window check of their own; a client may no longer lower ``min_segment``), then finished (the Gen-window
@@ -96,7 +100,9 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
-def start_server(port: int, max_chars: int, backend: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
+def start_server(
+    port: int, max_chars: int, backend: list[str], serve_args: list[str]
+) -> tuple[subprocess.Popen[bytes], Path]:
     with tempfile.NamedTemporaryFile(prefix="qwenguard-hostile-", suffix=".log", delete=False) as out:
         log = Path(out.name)  # a pipe nobody reads would fill and stall the server
         proc = subprocess.Popen(
@@ -116,6 +122,7 @@ def start_server(port: int, max_chars: int, backend: list[str]) -> tuple[subproc
                 "--max-chars",
                 str(max_chars),
                 *(arg for option in backend for arg in ("--backend", option)),
+                *serve_args,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -314,6 +321,28 @@ async def slot_drip(run: Run, stop: asyncio.Event, count: int = 64) -> None:
     await asyncio.gather(*[drip(run, stop, "body", "slot_drip", source="127.0.0.2") for _ in range(count)])
 
 
+async def slot_hog(run: Run, stop: asyncio.Event, count: int = 64, chars: int = 20_000) -> None:
+    sentence = "The weather in the valley is mild this time of year. "
+    document = (sentence * (chars // len(sentence) + 1))[:chars]
+    transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2", limits=httpx.Limits(max_connections=count))
+    async with httpx.AsyncClient(transport=transport, timeout=120, trust_env=False) as client:
+
+        async def one(k: int) -> None:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                body = {"conversations": [[{"role": "user", "content": f"{k}.{i}.{run.counter} {document}"}]]}
+                try:
+                    r = await client.post(run.url + "/v1/moderate", json=body)
+                    run.attacks[f"slot_hog -> {r.status_code}"] += 1
+                    if r.status_code != 200:
+                        await asyncio.sleep(0.2)
+                except httpx.HTTPError as exc:
+                    run.attacks[f"slot_hog -> {type(exc).__name__}"] += 1
+
+        await asyncio.gather(*(one(k) for k in range(count)))
+
+
 async def session_hog(run: Run, stop: asyncio.Event) -> None:
     sessions: list[Any] = []
     try:
@@ -384,7 +413,17 @@ async def client_policy(run: Run, stop: asyncio.Event) -> None:
         await asyncio.sleep(0.5)
 
 
-ATTACKERS = [huge_lists, near_limit, idle_sockets, slow_drip, slot_drip, session_hog, stream_burst, client_policy]
+ATTACKERS = [
+    huge_lists,
+    near_limit,
+    idle_sockets,
+    slow_drip,
+    slot_drip,
+    slot_hog,
+    session_hog,
+    stream_burst,
+    client_policy,
+]
 
 
 # -- the run -----------------------------------------------------------------------------------------------
@@ -446,17 +485,30 @@ def main() -> int:
         metavar="KEY=VALUE",
         help="a local model option for the server (repeatable), e.g. target_step_s=0.05",
     )
+    parser.add_argument("--only", default="", help="run only these attackers, comma-separated")
+    parser.add_argument(
+        "--max-requests-per-client",
+        type=int,
+        default=None,
+        help="the server's --max-requests-per-client (64 = one client may take every slot, as before the limit)",
+    )
     args = parser.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
     skip = {name.strip() for name in args.skip.split(",") if name.strip()}
-    unknown = skip - {a.__name__ for a in ATTACKERS}
+    only = {name.strip() for name in args.only.split(",") if name.strip()}
+    if only:
+        skip |= {a.__name__ for a in ATTACKERS} - only
+    unknown = (skip | only) - {a.__name__ for a in ATTACKERS}
     if unknown:
         parser.error(f"unknown attackers {sorted(unknown)}")
     attackers = [a for a in ATTACKERS if a.__name__ not in skip]
     seconds = args.seconds or (8.0 if args.quick else 15.0)
 
     port = free_port()
-    proc, log = start_server(port, args.max_chars, args.backend)
+    serve_args = (
+        [] if args.max_requests_per_client is None else ["--max-requests-per-client", str(args.max_requests_per_client)]
+    )
+    proc, log = start_server(port, args.max_chars, args.backend, serve_args)
     run = Run(port, args.max_chars)
     stop_probe, probe_results = multiprocessing.Event(), multiprocessing.Queue()
     prober = multiprocessing.Process(target=health_prober, args=(port, stop_probe, probe_results), daemon=True)
@@ -486,6 +538,7 @@ def main() -> int:
     growth = rss_after - rss_before
     limits = "defaults" if args.max_chars == DEFAULT_MAX_CHARS else f"defaults but --max-chars {args.max_chars}"
     limits += "".join(f", --backend {option}" for option in args.backend)
+    limits += "".join(f" {arg}" for arg in serve_args)
     print(
         f"\nqwenguard serve --model demo, {limits}; {rounds} round(s) of {seconds:.0f} s quiet / {seconds:.0f} s hostile"
     )

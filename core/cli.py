@@ -266,6 +266,12 @@ def serve(
     max_streams_per_client: int = typer.Option(
         16, "--max-streams-per-client", help="Stream sessions at once per client address; more get 429."
     ),
+    max_requests_per_client: int | None = typer.Option(
+        None,
+        "--max-requests-per-client",
+        help="Requests served at once per client address (default: half of --max-concurrency); "
+        "more wait for a turn (within --timeout; 429 past it).",
+    ),
     max_bodies_per_client: int = typer.Option(
         16,
         "--max-bodies-per-client",
@@ -335,6 +341,7 @@ def serve(
         max_streams=max_streams,
         max_streams_per_client=max_streams_per_client,
         max_bodies_per_client=max_bodies_per_client,
+        max_requests_per_client=max_requests_per_client,
         stream_idle_timeout_s=stream_idle_timeout,
         stream_max_session_s=stream_max_session,
         head_timeout_s=head_timeout,

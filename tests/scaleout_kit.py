@@ -132,13 +132,15 @@ def _replica_main(argv: list[str] | None = None) -> None:
     from qwenguard.core.server import serve
 
     guard = Guard(KeywordJudge(args.delay_ms / 1000, args.log), cache_size=0)
-    # Behind a balancer every session comes from the balancer's address: the per-client cap is the total.
+    # Behind a balancer every request and session comes from the balancer's address: the per-client caps
+    # are the totals.
     serve(
         guard,
         host="127.0.0.1",
         port=args.port,
         log_level="warning",
         max_streams_per_client=1024,
+        max_requests_per_client=64,
         drain_delay_s=args.drain_delay,
         shutdown_timeout_s=args.shutdown_timeout,
     )

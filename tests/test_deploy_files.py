@@ -109,6 +109,7 @@ def test_compose_replicas_run_real_flags_with_a_health_check_and_a_grace_period(
         assert args["host"] == "0.0.0.0"
         # Behind HAProxy every session comes from the balancer: the per-client cap is the replica's capacity.
         assert args["max_streams_per_client"] == args["max_streams"], name
+        assert args["max_requests_per_client"] == args["max_concurrency"], name
         assert API_KEY_ENV in service["environment"], f"{name}: no API key on a non-loopback host"
         assert f"localhost:{args['port']}/health" in " ".join(service["healthcheck"]["test"])
         assert _seconds(service["stop_grace_period"]) > _drain_bound(args), name

@@ -805,3 +805,66 @@ def test_more_forged_turns_than_the_window_limit_is_413_even_when_failing_open()
         assert r.json()["error"]["type"] == "request_too_large"
     finally:
         guard.close()
+
+
+def _post_many(url: str, texts: list[str], timeout: float = 20) -> list[int]:
+    """POST one ``/v1/moderate`` per text at once from this address (127.0.0.1); their status codes."""
+    codes: list[int] = [0] * len(texts)
+
+    def post(i: int) -> None:
+        body = {"conversations": [[{"role": "user", "content": texts[i]}]]}
+        codes[i] = httpx.post(url + "/v1/moderate", json=body, timeout=timeout).status_code
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return codes
+
+
+def test_one_client_filling_every_slot_does_not_keep_other_clients_out():
+    """The attack: one client address sends as many slow checks at once as the server serves
+    (``max_concurrency``). Each took a slot, so every other client got 503 until one finished (with real
+    traffic: 64 near-``max_chars`` documents hold the slots for seconds, round after round), and a client
+    whose policy fails open let its text through unjudged. One address now holds at most
+    ``max_requests_per_client`` slots (half of them by default); its further requests wait for its own turn."""
+    with guarded(safe_backend(delay_s=1.5), max_concurrency=4) as url:
+        hog = threading.Thread(target=_post_many, args=(url, [f"slow {i}" for i in range(4)]))
+        hog.start()
+        time.sleep(0.4)  # the hog's four requests are in
+        other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=10)
+        try:
+            start = time.monotonic()
+            r = other.post(url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": "victim"}]]})
+            assert r.status_code == 200, r.text
+            assert time.monotonic() - start < 3.0  # served beside the hog, not after all of it
+        finally:
+            other.close()
+            hog.join()
+
+
+def test_a_client_over_its_share_waits_for_its_own_turn_and_is_served():
+    """A busy application (one address) sending more checks at once than its share is not refused: the
+    extra requests wait for one of its own to finish, and every one is answered."""
+    with guarded(safe_backend(delay_s=0.5), max_concurrency=4, max_requests_per_client=2) as url:
+        start = time.monotonic()
+        codes = _post_many(url, [f"busy {i}" for i in range(4)])
+        assert codes == [200] * 4, codes
+        assert time.monotonic() - start >= 0.9  # two rounds of two, not one round of four
+
+
+def test_a_client_cannot_pile_up_waiting_requests():
+    """Each waiting request holds its body in memory: past ``max_requests_per_client`` waiting, a client's
+    next requests are refused at once (429), so one address cannot park a thousand bodies."""
+    with guarded(safe_backend(delay_s=1.0), max_concurrency=8, max_requests_per_client=2) as url:
+        codes = _post_many(url, [f"pile {i}" for i in range(7)])
+        assert sorted(codes) == [200] * 4 + [429] * 3, codes
+
+
+def test_a_client_whose_turn_does_not_come_within_the_deadline_gets_429():
+    with guarded(safe_backend(delay_s=3.0), max_requests_per_client=1, request_timeout_s=1.0) as url:
+        codes = _post_many(url, ["first", "second", "third"])
+        # One is served and misses the 1 s deadline (504); its turn passes on at about the moment the others'
+        # wait ends, so the second may be served (504) or not (429); the last one's turn never comes (429).
+        assert 504 in codes and 429 in codes and set(codes) <= {429, 504}, codes

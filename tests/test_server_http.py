@@ -289,7 +289,8 @@ def test_body_over_the_limit_is_413(guard):
 
 async def test_concurrency_flood_gets_503_and_the_server_recovers():
     slow = Guard(ScriptedBackend(lambda c: "Safety: Safe\nCategories: None", delay_s=0.5, name="slow"), cache_size=0)
-    with serving(slow, max_concurrency=2) as url:
+    # One client may take every slot here, so that the flood meets the server's own limit.
+    with serving(slow, max_concurrency=2, max_requests_per_client=2) as url:
         async with httpx.AsyncClient(timeout=10) as client:
             body = {"conversations": [[{"role": "user", "content": "hi"}]]}
             rs = await asyncio.gather(*[client.post(url + "/v1/moderate", json=body) for _ in range(8)])

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response
@@ -19,6 +18,7 @@ from .metrics import Metrics
 from .schemas import ApiError, ModerationRequest, error_json
 from .service import Service
 from .stream_protocol import CLOSE_UNAUTHORIZED, CLOSE_UNAVAILABLE
+from .turns import ClientTurns, NoTurn, QueueFull
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 METRIC_PATHS = frozenset(
@@ -36,7 +36,7 @@ METRIC_PATHS = frozenset(
 
 
 class Load:
-    """What the server is doing now: requests in flight and stream sessions, per client address, and
+    """What the server is doing now: requests in flight, stream sessions and turns per client address, and
     whether it is draining (shutting down: `shutdown.DrainingServer`)."""
 
     def __init__(self, limits: Limits) -> None:
@@ -45,25 +45,9 @@ class Load:
         self.streams = 0
         self.streams_by_client: Counter[str] = Counter()
         self.draining = False
-        # Request bodies arriving per client address: a turnstile each, and how many hold or wait for a turn.
-        self.body_turns: dict[str, asyncio.Semaphore] = {}
-        self.body_users: Counter[str] = Counter()
-
-    @contextlib.asynccontextmanager
-    async def body_turn(self, client: str) -> AsyncIterator[None]:
-        """Hold one of ``client``'s ``max_bodies_per_client`` turns to receive a request body (waiting for one
-        if all are taken: a client dripping bodies waits behind its own drips, nobody else does)."""
-        turns = self.body_turns.get(client)
-        if turns is None:
-            turns = self.body_turns[client] = asyncio.Semaphore(self.limits.max_bodies_per_client)
-        self.body_users[client] += 1
-        try:
-            async with turns:
-                yield
-        finally:
-            self.body_users[client] -= 1
-            if self.body_users[client] <= 0:
-                del self.body_users[client], self.body_turns[client]
+        # Per client address: turns to send a request body, and turns to be served (see `ClientTurns`).
+        self.body_turns = ClientTurns(limits.max_bodies_per_client)
+        self.work_turns = ClientTurns(limits.requests_per_client, max_waiting=limits.requests_per_client)
 
     def readiness(self) -> dict[str, Any]:
         """For load balancers: whether a new request or stream session would be taken now."""
@@ -162,11 +146,10 @@ class Gate:
                 return
             # The body is received before the request takes one of the `max_concurrency` slots (which are for
             # work): a client that sends bodies a byte at a time holds its own turns to send, never the slots.
+            client = client_address(scope)
             try:
                 try:
-                    body = await asyncio.wait_for(
-                        self._receive_in_turn(receive, client_address(scope)), self.limits.request_timeout_s
-                    )
+                    body = await asyncio.wait_for(self._receive_in_turn(receive, client), self.limits.request_timeout_s)
                 except asyncio.TimeoutError:
                     await answer(error_json(408, "request body arrived too slowly", "request_timeout"), "slow_client")
                     return
@@ -174,30 +157,29 @@ class Gate:
                     await answer(self._too_big(), "body_size")
                     return
                 if load.in_flight >= self.limits.max_concurrency:
+                    await answer(self._busy(), "overload")
+                    return
+                # One client address is served at most `requests_per_client` requests at once; its next ones
+                # wait for one of its own to finish, so it cannot hold every slot and keep others out.
+                try:
+                    async with load.work_turns.turn(client, self.limits.request_timeout_s):
+                        await self._serve(scope, receive, send_recording, answer, path, headers, body)
+                except NoTurn as exc:
+                    why = (
+                        "as many more already wait for a turn"
+                        if isinstance(exc, QueueFull)
+                        else "this one's turn did not come within the deadline"
+                    )
                     await answer(
                         error_json(
-                            503, "server busy: too many concurrent requests", "overloaded", {"Retry-After": "1"}
+                            429,
+                            f"this client already has {self.limits.requests_per_client} requests being served "
+                            f"(--max-requests-per-client) and {why}",
+                            "rate_limit_exceeded",
+                            {"Retry-After": "1"},
                         ),
-                        "overload",
+                        "client_requests",
                     )
-                    return
-                load.in_flight += 1
-                self.metrics.in_flight.inc()
-                try:
-                    if path == "/v1/chat/completions":
-                        try:
-                            self.limits.precheck_one_conversation(body)
-                        except LimitExceeded as exc:
-                            await answer(error_json(413, str(exc), "request_too_large"), "work_size")
-                            return
-                    fast = await self._moderate_fast(scope, headers, body) if path == "/v1/moderate" else None
-                    if fast is not None:
-                        await fast(scope, receive, send_recording)
-                        return
-                    await self.app(scope, self._replay(body, receive), send_recording)
-                finally:
-                    load.in_flight -= 1
-                    self.metrics.in_flight.dec()
             except asyncio.CancelledError:
                 # Cancelled at the end of a graceful shutdown (`DrainingServer`, past shutdown_timeout_s):
                 # a 503 sends the check to another replica (HAProxy's retry-on, the client's retry), where
@@ -216,6 +198,32 @@ class Gate:
         finally:
             self.metrics.requests.labels(label, str(status_holder["status"])).inc()
             self.metrics.latency.labels(label).observe(time.perf_counter() - start)
+
+    async def _serve(
+        self, scope: Any, receive: Any, send: Any, answer: Any, path: str, headers: Mapping[bytes, bytes], body: bytes
+    ) -> None:
+        """Serve a request whose body is in: in one of the ``max_concurrency`` slots, or 503 when all are taken."""
+        load = self.load
+        if load.in_flight >= self.limits.max_concurrency:  # others took the last slots while this one waited
+            await answer(self._busy(), "overload")
+            return
+        load.in_flight += 1
+        self.metrics.in_flight.inc()
+        try:
+            if path == "/v1/chat/completions":
+                try:
+                    self.limits.precheck_one_conversation(body)
+                except LimitExceeded as exc:
+                    await answer(error_json(413, str(exc), "request_too_large"), "work_size")
+                    return
+            fast = await self._moderate_fast(scope, headers, body) if path == "/v1/moderate" else None
+            if fast is not None:
+                await fast(scope, receive, send)
+                return
+            await self.app(scope, self._replay(body, receive), send)
+        finally:
+            load.in_flight -= 1
+            self.metrics.in_flight.dec()
 
     async def _moderate_fast(
         self, scope: Mapping[str, Any], headers: Mapping[bytes, bytes], body: bytes
@@ -239,8 +247,12 @@ class Gate:
         return Response(result.model_dump_json(), media_type="application/json")
 
     async def _receive_in_turn(self, receive: Any, client: str) -> bytes | None:
-        async with self.load.body_turn(client):
+        async with self.load.body_turns.turn(client):
             return await self._read_body(receive)
+
+    @staticmethod
+    def _busy() -> JSONResponse:
+        return error_json(503, "server busy: too many concurrent requests", "overloaded", {"Retry-After": "1"})
 
     def _too_big(self) -> JSONResponse:
         return error_json(413, f"request body exceeds {self.limits.max_body_bytes} bytes", "request_too_large")

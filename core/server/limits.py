@@ -60,6 +60,9 @@ class Limits:
     max_streams_per_client: int = DEFAULT_MAX_STREAMS_PER_CLIENT
     #: Request bodies arriving at once from one client address (more wait for a turn, within the deadline).
     max_bodies_per_client: int = DEFAULT_MAX_BODIES_PER_CLIENT
+    #: Requests served at once for one client address (``None``: half of ``max_concurrency``); more wait for
+    #: one of that client's own to finish, within the deadline, so one client never holds every slot.
+    max_requests_per_client: int | None = None
     #: A stream session that feeds no text for this long is closed (4408).
     stream_idle_timeout_s: float | None = DEFAULT_STREAM_IDLE_TIMEOUT_S
     #: A stream session lives at most this long (4408).
@@ -77,6 +80,7 @@ class Limits:
             if value is None and f.name in (
                 "request_timeout_s",
                 "max_streams",
+                "max_requests_per_client",
                 "stream_idle_timeout_s",
                 "stream_max_session_s",
             ):
@@ -87,6 +91,12 @@ class Limits:
     @property
     def streams(self) -> int:
         return self.max_concurrency if self.max_streams is None else self.max_streams
+
+    @property
+    def requests_per_client(self) -> int:
+        if self.max_requests_per_client is not None:
+            return self.max_requests_per_client
+        return max(1, self.max_concurrency // 2)
 
     def connection_budget(self) -> int:
         """``max_connections``, lowered to leave `FD_RESERVE` descriptors free under ``ulimit -n``."""

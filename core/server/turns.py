@@ -1,0 +1,105 @@
+"""Turns per client address: at most ``limit`` holders at once for each address, the rest wait in order.
+
+The gate keeps two: turns to send a request body (a client dripping bodies waits behind its own drips) and
+turns to be served (a client sending more checks at once than its share waits for one of its own to finish,
+so it never holds every slot). A waiting request holds nothing; a turn is handed from the holder that
+leaves to the oldest waiter of the same address, so waiters are served in order and none can be skipped.
+``max_waiting`` bounds the waiters per address (each holds a request body in memory): past it a request is
+refused at once.
+
+Written here rather than with `asyncio.Semaphore`: a turn must be given up cleanly by a waiter that times
+out or is cancelled at the moment it is handed one (it passes the turn on), on every Python this supports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter, deque
+from collections.abc import AsyncIterator
+
+
+class NoTurn(Exception):
+    """A turn was not given: the address has too many waiting (`QueueFull`) or none came in time (`TurnTimeout`)."""
+
+
+class QueueFull(NoTurn):
+    """The address already has ``max_waiting`` requests waiting for a turn."""
+
+
+class TurnTimeout(NoTurn):
+    """No turn came within the wait allowed."""
+
+
+class ClientTurns:
+    """At most ``limit`` turns held at once per client address, and at most ``max_waiting`` waiting for one
+    (``None``: no bound)."""
+
+    def __init__(self, limit: int, max_waiting: int | None = None) -> None:
+        if limit < 1 or (max_waiting is not None and max_waiting < 0):
+            raise ValueError("limit must be >= 1 and max_waiting >= 0")
+        self.limit = limit
+        self.max_waiting = max_waiting
+        self._held: Counter[str] = Counter()
+        self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
+
+    def held(self, client: str) -> int:
+        return self._held[client]
+
+    def waiting(self, client: str) -> int:
+        return len(self._waiting.get(client, ()))
+
+    @contextlib.asynccontextmanager
+    async def turn(self, client: str, timeout: float | None = None) -> AsyncIterator[None]:
+        """Hold one of ``client``'s turns for the block. Raises `QueueFull` when ``max_waiting`` already wait,
+        `TurnTimeout` when no turn came within ``timeout`` seconds (``None``: as long as it takes)."""
+        await self._acquire(client, timeout)
+        try:
+            yield
+        finally:
+            self._release(client)
+
+    async def _acquire(self, client: str, timeout: float | None) -> None:
+        if self._held[client] < self.limit and not self._waiting.get(client):
+            self._held[client] += 1
+            return
+        if self.max_waiting is not None and self.waiting(client) >= self.max_waiting:
+            raise QueueFull(f"{self.waiting(client)} requests of this client already wait for a turn")
+        ticket: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(client, deque()).append(ticket)
+        try:
+            # `asyncio.wait` never cancels the ticket, so after it the ticket says plainly whether a turn came.
+            await asyncio.wait({ticket}, timeout=timeout)
+        except asyncio.CancelledError:
+            self._give_up(client, ticket)
+            raise
+        if not ticket.done():
+            self._give_up(client, ticket)
+            raise TurnTimeout(f"no turn within {timeout} s")
+
+    def _give_up(self, client: str, ticket: asyncio.Future[None]) -> None:
+        """Leave the queue; a turn handed over at this very moment is passed on, not lost."""
+        if ticket.done():
+            self._release(client)
+            return
+        ticket.cancel()
+        queue = self._waiting.get(client)
+        if queue is not None:
+            with contextlib.suppress(ValueError):
+                queue.remove(ticket)
+            if not queue:
+                del self._waiting[client]
+
+    def _release(self, client: str) -> None:
+        queue = self._waiting.get(client)
+        while queue:
+            ticket = queue.popleft()
+            if not ticket.done():
+                ticket.set_result(None)  # the turn goes to this waiter: the count held stays as it is
+                if not queue:
+                    del self._waiting[client]
+                return
+        self._waiting.pop(client, None)
+        self._held[client] -= 1
+        if self._held[client] <= 0:
+            del self._held[client]
