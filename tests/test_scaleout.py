@@ -24,6 +24,7 @@ import scaleout_kit as kit
 from qwenguard.core import Guard, GuardUnavailable, GuardViolation, Policy
 from qwenguard.core.server import create_app, server_config
 from qwenguard.core.server.shutdown import DrainingServer
+from ws_scripted import ScriptedReplica as _Scripted
 
 #: Per-call deadline of the clients here: generous, so a loaded CI box still fails over in time.
 DEADLINE_S = 15.0
@@ -83,38 +84,6 @@ def _assert_safe(results, logs):
 
 
 # -- the client's rules, against scripted replicas (fault injection) ---------------------------------
-class _Scripted:
-    """A WebSocket "replica" that plays a script: for each frame received, ``script(frame)`` returns the
-    reply (a dict), ``None`` for no reply, an int (close with that code) or ``"drop"`` (cut the
-    connection). Frames are recorded."""
-
-    def __init__(self, script, process_request=None) -> None:
-        from websockets.sync.server import serve
-
-        self.script = script
-        self.frames: list[dict] = []
-        self.server = serve(self._handle, "127.0.0.1", 0, compression=None, process_request=process_request)
-        self.url = f"http://127.0.0.1:{self.server.socket.getsockname()[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def _handle(self, ws) -> None:
-        for raw in ws:
-            frame = json.loads(raw)
-            self.frames.append(frame)
-            reply = self.script(frame)
-            if reply == "drop":  # the process died: no close frame
-                ws.socket.shutdown(socket.SHUT_RDWR)
-                return
-            if isinstance(reply, int):
-                ws.close(reply)
-                return
-            if reply is not None:
-                ws.send(json.dumps(reply))
-
-    def close(self) -> None:
-        self.server.shutdown()
-
-
 def _replica_that_goes_away_after(feeds: int, how: int | str = 1012):
     """Releases every feed at once, then on feed number ``feeds + 1`` closes with ``how`` (1012: a replica
     stopping) or drops the connection (``"drop"``: a replica killed)."""

@@ -27,8 +27,6 @@ completes it first (`CancelSafeLane`). A sync call interrupted by ``KeyboardInte
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
 from collections.abc import (
     AsyncIterable,
@@ -45,6 +43,7 @@ from ..errors import GuardViolation
 from ..streaming.cancel_safe import CancelSafeLane
 from ..verdict import Stage
 from .replicas import DEFAULT_COOLDOWN_S, Replicas, base_urls
+from .send_watchdog import send_deadline, shutdown_socket
 from .stream_session import (
     FINISH_FRAME,
     SESSION_OPTIONS,
@@ -74,8 +73,6 @@ DEFAULT_BACKOFF_S = 0.2
 DEFAULT_MAX_BACKOFF_S = 2.0
 #: How long a graceful close waits for the server's close frame (a failed connection is aborted at once).
 CLOSE_TIMEOUT_S = 1.0
-#: Frames at least this big are sent under a watchdog: a peer that stops reading cannot block `send` forever.
-WATCHDOG_FRAME_BYTES = 64 * 1024
 #: The largest frame the client accepts from a stream server (the WebSocket ``max_size``); a larger one
 #: closes the connection (1009) and is a guard error, decided by the policy's ``on_error``. What a server
 #: sends (`qwenguard.core.server.stream_protocol`): released text, and the ``violation`` frame repeats all
@@ -189,6 +186,9 @@ class RemoteStreamMonitor(_Session):
         tried: list[str] = []
         reopens = 0
         pause = 0.0
+        # What the call returns is all it released, also by attempts that failed part-way (a replay that
+        # released some text, then lost its replica): that text is out, and the caller must get it.
+        mark = len(self.released)
         while True:
             try:
                 if pause:
@@ -196,8 +196,10 @@ class RemoteStreamMonitor(_Session):
                 attempt = self._attempt(deadline, reopens)
                 if frame is not None:
                     self._send(frame, attempt)
-                    return self._on_reply(self._ws.recv(timeout=attempt.left()), expect)
-                return self._drive(self._rebuild(expect), attempt, tried)
+                    self._on_reply(self._ws.recv(timeout=attempt.left()), expect)
+                else:
+                    self._drive(self._rebuild(expect), attempt, tried)
+                return self.released[mark:]
             except GuardViolation:
                 self._close_ws()
                 raise
@@ -210,7 +212,8 @@ class RemoteStreamMonitor(_Session):
                     self._reopen_pause(deadline, reopens, tried) if self._may_reopen(exc, deadline, reopens) else None
                 )
                 if wait is None:
-                    return self._fail(exc, stage, timed_out=deadline.expired)
+                    self._fail(exc, stage, timed_out=deadline.expired)
+                    return self.released[mark:]
                 pause = wait
                 reopens += 1
                 self.failovers += 1 if self._ever_opened else 0
@@ -219,7 +222,7 @@ class RemoteStreamMonitor(_Session):
                 self._abandon()
                 raise
 
-    def _drive(self, steps: Generator[str, str | bytes, str], attempt: Deadline, tried: list[str]) -> str:
+    def _drive(self, steps: Generator[str, str | bytes, None], attempt: Deadline, tried: list[str]) -> None:
         """Connect to a replica and run ``steps`` (frames out, replies in) on it."""
         from websockets.sync.client import connect
 
@@ -241,23 +244,15 @@ class RemoteStreamMonitor(_Session):
             reply = self._ws.recv(timeout=attempt.left())
             try:
                 frame = steps.send(reply)
-            except StopIteration as done:
+            except StopIteration:
                 self.backend.replicas.succeeded(url)
-                result: str = done.value
-                return result
+                return
 
     def _send(self, frame: str, deadline: Deadline) -> None:
-        ws = self._ws
-        if deadline.at is None or len(frame) < WATCHDOG_FRAME_BYTES:
-            ws.send(frame)  # small frames fit the socket buffer: send does not block
-            return
-        watchdog = threading.Timer(deadline.left() or 0.0, _shutdown, (ws.socket,))
-        watchdog.daemon = True
-        watchdog.start()
-        try:
-            ws.send(frame)
-        finally:
-            watchdog.cancel()
+        # Every send has the deadline, small frames too: a replica that sends its replies ahead of time and
+        # stops reading fills the socket buffers one small frame after another (a replay is many frames).
+        with send_deadline(self._ws.socket, deadline.at):
+            self._ws.send(frame)
 
     def _local_monitor(self) -> Any:
         from ..streaming.monitor import StreamMonitor
@@ -333,7 +328,7 @@ class RemoteStreamMonitor(_Session):
         """Drop the connection without a closing handshake (the server misbehaved or failed)."""
         ws = self._ws
         if ws is not None:
-            _shutdown(ws.socket)
+            shutdown_socket(ws.socket)
         self._close_ws()
 
     def close(self) -> None:
@@ -381,17 +376,20 @@ class AsyncRemoteStreamMonitor(_Session):
         tried: list[str] = []
         reopens = 0
         pause = 0.0
+        mark = len(self.released)  # the call returns all it released (see `RemoteStreamMonitor._call`)
         while True:
             try:
                 if pause:
                     await asyncio.sleep(pause)
                     if self._state == "closed":  # closed during the wait: nothing more is released
-                        return ""
+                        return self.released[mark:]
                 attempt = self._attempt(deadline, reopens)
                 if frame is not None:
                     reply = await asyncio.wait_for(self._send_recv(self._ws, frame), attempt.left())
-                    return self._on_reply(reply, expect)
-                return await asyncio.wait_for(self._adrive(self._rebuild(expect), tried), attempt.left())
+                    self._on_reply(reply, expect)
+                else:
+                    await asyncio.wait_for(self._adrive(self._rebuild(expect), tried), attempt.left())
+                return self.released[mark:]
             except GuardViolation:
                 await self._aclose_ws()
                 raise
@@ -401,12 +399,13 @@ class AsyncRemoteStreamMonitor(_Session):
                     self.backend.replicas.failed(self._endpoint)
                 self._abort_ws()
                 if self._state == "closed":  # closed while the exchange ran: nothing more is released
-                    return ""
+                    return self.released[mark:]
                 wait = (
                     self._reopen_pause(deadline, reopens, tried) if self._may_reopen(exc, deadline, reopens) else None
                 )
                 if wait is None:
-                    return self._fail(exc, stage, timed_out=deadline.expired)
+                    self._fail(exc, stage, timed_out=deadline.expired)
+                    return self.released[mark:]
                 pause = wait
                 reopens += 1
                 self.failovers += 1 if self._ever_opened else 0
@@ -418,7 +417,7 @@ class AsyncRemoteStreamMonitor(_Session):
         reply: str | bytes = await ws.recv()
         return reply
 
-    async def _adrive(self, steps: Generator[str, str | bytes, str], tried: list[str]) -> str:
+    async def _adrive(self, steps: Generator[str, str | bytes, None], tried: list[str]) -> None:
         from websockets.asyncio.client import connect
 
         url = self.backend.replicas.pick(exclude=tried)
@@ -439,10 +438,9 @@ class AsyncRemoteStreamMonitor(_Session):
             reply = await self._ws.recv()
             try:
                 frame = steps.send(reply)
-            except StopIteration as done:
+            except StopIteration:
                 self.backend.replicas.succeeded(url)
-                result: str = done.value
-                return result
+                return
 
     def _local_monitor(self) -> Any:
         from ..streaming.monitor import AsyncStreamMonitor
@@ -542,11 +540,3 @@ class AsyncRemoteStreamMonitor(_Session):
         self._abort_ws()
         if self.local is not None:
             self.local.close()
-
-
-def _shutdown(sock: Any) -> None:
-    """Shut a socket down: any call blocked on it returns at once with an error."""
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:  # already closed
-        pass

@@ -15,6 +15,8 @@ the new session has not judged is never released, whatever the old session had j
 violation found in the replayed text stops the stream as any violation does. When no replica answers
 within the call's deadline, the policy's ``on_error`` decides, as without failover. Re-opens go at once
 to a replica the call has not tried yet; once every one refused, they back off (`_Session._reopen_pause`).
+A release flagged ``guard_error``/``timeout`` (a replica whose guard failed and whose operator fails open
+let the text out unjudged) is a replica failure too (`_Session._refuse_unjudged`).
 """
 
 from __future__ import annotations
@@ -265,22 +267,21 @@ class _Session:
         return self._release(self.text[start:end]) if end > start else ""
 
     # -- frames out -----------------------------------------------------------------------
-    def _rebuild(self, expect: str) -> Generator[str, str | bytes, str]:
-        """The frames of a session on a new connection, fed the replies; returns the text released.
+    def _rebuild(self, expect: str) -> Generator[str, str | bytes, None]:
+        """The frames of a session on a new connection, fed the replies (what they release joins
+        ``released`` as it comes: a replay that fails part-way keeps what it released).
 
         ``expect="opened"`` is the first open. Otherwise (failover) the session is re-opened and the text
         fed so far is replayed; ``"finished"`` then finishes it."""
         reply = yield self._reopen_frame if self._ever_opened else self._open_frame
         self._on_opened(reply)
-        out = ""
         for start in range(0, len(self.text), REPLAY_CHUNK_CHARS):
             chunk = self.text[start : start + REPLAY_CHUNK_CHARS]
             reply = yield json.dumps({"type": "feed", "text": chunk}, ensure_ascii=False)
-            out += self._on_reply(reply, "released")
+            self._on_reply(reply, "released")
         if expect == "finished":
             reply = yield FINISH_FRAME
-            out += self._on_reply(reply, "finished")
-        return out
+            self._on_reply(reply, "finished")
 
     def _feed_frame(self, delta: str) -> str | None:
         """The frame for ``delta`` (``None`` when nothing is left of it); the text joins ``self.text``."""
@@ -320,15 +321,27 @@ class _Session:
             if key not in self._flag_keys:
                 self._flag_keys.add(key)
                 self.flags.append(flag)
-        if reply.get("decision") and reply.get("type") != "violation":
-            self.decision = decision_from_dict(reply["decision"])  # the server went on fail-open
 
     def _on_opened(self, raw: str | bytes) -> None:
         reply = self._parse(raw)
         with _server_frame():
             self._opened_frame(reply)
 
+    def _refuse_unjudged(self, reply: Mapping[str, Any]) -> None:
+        """A replica whose own guard failed, under an operator policy that fails open, releases what it could
+        not judge flagged ``guard_error`` / ``timeout``. That is not a verdict: it counts as the replica
+        failing, so another replica judges the text (failover), or the client's own policy decides."""
+        reported = [*(reply.get("flags") or ()), reply.get("decision"), reply.get("prompt_decision")]
+        for data in reported:
+            if isinstance(data, Mapping) and data.get("allowed") and data.get("reason") in ("guard_error", "timeout"):
+                cls = _ReplicaTimeout if data.get("reason") == "timeout" else _ReplicaUnavailable
+                raise cls(
+                    f"the stream server could not judge the text (its guard failed: {data.get('error')}) and let it "
+                    "out flagged; a release no guard judged is not taken"
+                )
+
     def _opened_frame(self, reply: Mapping[str, Any]) -> None:
+        self._refuse_unjudged(reply)
         if reply.get("prompt_decision"):
             self.prompt_decision = decision_from_dict(reply["prompt_decision"])
         if reply.get("type") == "violation":
@@ -345,6 +358,7 @@ class _Session:
             return self._reply_frame(reply, expect)
 
     def _reply_frame(self, reply: Mapping[str, Any], expect: str) -> str:
+        self._refuse_unjudged(reply)
         self._absorb(reply)
         kind = reply.get("type")
         if kind == "violation":
