@@ -24,7 +24,6 @@ from qwenguard.core import (
     Policy,
     Risk,
     Verdict,
-    VerdictParseError,
 )
 from qwenguard.core.backends.openai_gen import (
     OpenAIGen,
@@ -160,16 +159,19 @@ async def test_a_slow_server_times_out_per_policy():
         g.close()
 
 
-def test_unparseable_answers_are_per_conversation_parse_errors():
+def test_unparseable_answers_are_per_conversation_errors():
+    # qwenguard serve answers 502 guard_error for a conversation its model gave no verdict for (not the
+    # text, which a client could read as a verdict: tests/test_remote_failover_verdicts.py).
     chatty = Guard(
         ScriptedBackend(
             lambda c: "Sure! " if "bad" in c[-1]["content"] else "Safety: Safe\nCategories: None", name="chatty"
         )
     )
     with serving(chatty) as base:
-        backend = OpenAIGen(base + "/v1", model="chatty")
+        backend = OpenAIGen(base + "/v1", model="chatty", backoff_s=0.01)
         ok, bad = backend.classify([[{"role": "user", "content": "fine"}], [{"role": "user", "content": "bad"}]])
-        assert isinstance(ok, Verdict) and isinstance(bad, VerdictParseError) and bad.raw == "Sure! "
+        assert isinstance(ok, Verdict) and isinstance(bad, RemoteHTTPError)
+        assert bad.status == 502 and "VerdictParseError" in str(bad) and "Sure!" not in str(bad)
         d = Guard(backend).check_prompt("bad")
         assert (d.allowed, d.reason) == (False, "guard_error")
         backend.close()

@@ -322,13 +322,22 @@ def test_backend_failure_is_503_and_timeout_504_and_the_server_keeps_serving():
         assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
 
 
-def test_unparseable_model_output_is_passed_through_like_vllm_and_flagged_in_moderate():
+def test_unparseable_model_output_is_a_502_guard_error_and_flagged_in_moderate():
+    # Not a verdict: the OpenAI routes answer 502 guard_error rather than 200 with text a client could take
+    # for the model's verdict (a cut or partial answer of a chained engine reads as one: test_remote_failover_verdicts).
     chatty = Guard(ScriptedBackend(lambda c: "I think this is fine!", name="chatty"))
     with serving(chatty) as url:
-        r = httpx.post(
-            url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}, timeout=TIMEOUT
-        )
-        assert r.json()["choices"][0]["message"]["content"] == "I think this is fine!"
+        prompt = render_prompt([{"role": "user", "content": "hi"}])
+        for path, body in [
+            ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+            ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "stream": True}),
+            ("/v1/completions", {"prompt": prompt}),
+        ]:
+            r = httpx.post(url + path, json=body, timeout=TIMEOUT)
+            assert r.status_code == 502, (path, r.status_code, r.text[:200])
+            error = r.json()["error"]
+            assert error["type"] == "guard_error" and "VerdictParseError" in error["message"]
+            assert "I think this is fine!" not in r.text
         m = httpx.post(
             url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": "hi"}]]}, timeout=TIMEOUT
         ).json()
@@ -341,6 +350,8 @@ def test_unparseable_model_output_is_passed_through_like_vllm_and_flagged_in_mod
             "reason": "guard_error",
             "error": res["decision"]["error"],
         }
+        metrics = httpx.get(url + "/metrics", timeout=TIMEOUT).text
+        assert 'qwenguard_guard_errors_total{kind="VerdictParseError"}' in metrics
 
 
 def test_metrics_count_requests_verdicts_and_blocks(guard):

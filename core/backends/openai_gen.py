@@ -21,13 +21,17 @@ drips one byte a second is cut off at the deadline), and each attempt must be an
 ``connect_timeout_s + read_timeout_s`` in total. Requests settle one by one: those answered keep their
 verdicts, those past the deadline come back as `GuardTimeout` and are cancelled, which closes their
 connections (engines such as vLLM then abort them). Connection errors, 429 and 5xx are retried with
-exponential backoff (honouring ``Retry-After``); other 4xx never are.
+exponential backoff (honouring ``Retry-After``); other 4xx never are on the same URL.
 
 Replicas (docs/scaling.md): ``base_url`` may be a list of replicas of one model. A check is idempotent,
 so an attempt that fails on one replica (connection refused or dropped, 429, 5xx, or no answer within
 its share of the deadline: half the time left while another replica remains untried) is retried at once
 on a replica this request has not tried yet, then with backoff; a replica that failed is passed over
-for a while (`replicas.Replicas`). New requests go to the replica with the fewest in flight.
+for a while (`replicas.Replicas`). New requests go to the replica with the fewest in flight. A reply
+that is not a verdict (a 200 that does not parse or is cut; any other status but 429 and 5xx, such as a
+404 from a replica mid-upgrade) is tried once on each replica not yet tried, never twice on one; only
+a verdict counts as a replica's success (docs/remote.md, "What counts as an answer"). The context read
+from ``/models`` is the first replica's that is large enough to use (`_served_max_model_len`).
 
 Errors, per the backend protocol (`qwenguard.core.backends.base`): an answer that does not parse, a request
 the server refused (4xx, or 5xx after the retries), or a request past the deadline is that conversation's
@@ -72,7 +76,7 @@ from .openai_wire import (
     retry_after,
 )
 from .remote_loop import LoopThread
-from .remote_plan import DEFAULT_MAX_CONTEXT, CheckPlan, RemotePlanner, WireCheck
+from .remote_plan import DEFAULT_MAX_CONTEXT, ByteCounter, CheckPlan, RemotePlanner, WireCheck
 from .replicas import Replicas, attempt_budget, base_urls
 
 __all__ = [
@@ -113,6 +117,10 @@ _GRACE_S = 2.0
 _INLINE_PLAN_CHARS = 20_000
 #: A tokenizer's ``model_max_length`` above this is the "no limit" placeholder, not a context.
 _SANE_CONTEXT = 10_000_000
+#: A context a replica publishes at ``/models`` must hold the guard prompt and at least this many tokens of
+#: text (as the client counts them: bytes without the tokenizer), or it is ignored: a replica publishing 65
+#: would make every check a guard error (``max_context=`` given by the caller is always used).
+_MIN_SERVED_ROOM = 256
 
 Mode = Literal["chat", "completion"]
 _IDS_REFUSED = frozenset({400, 422})
@@ -274,6 +282,12 @@ class OpenAIGen:
         )
         self._fallback_context = self._tokenizer_context() or DEFAULT_MAX_CONTEXT
         self._served_context: int | None = None  # learned from /models: 0 = not published
+        # The least served context worth planning with: the guard prompt of a reply (the longer template,
+        # counted as the planner counts), _MIN_SERVED_ROOM tokens of text and the answer.
+        counter = self.planner.encoder if self.planner.encoder is not None else ByteCounter()
+        template = len(counter.encode([{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]))
+        self._context_floor = template + _MIN_SERVED_ROOM + max_tokens
+        self._ignored_contexts: set[str] = set()  # replicas whose published context was too small (logged)
         self._ids_accepted: bool | None = None  # completion mode: does the engine take token ids?
         # Replies uncompressed: a verdict is a few hundred bytes, and a compressed body is inflated a whole
         # network chunk at a time (up to ~1000x) before max_reply_bytes can count it.
@@ -411,7 +425,12 @@ class OpenAIGen:
 
         def retryable(exc: BaseException) -> bool:
             if isinstance(exc, RemoteHTTPError):
-                return exc.retryable
+                # 429/5xx: retried. Any other status (404 from a replica mid-upgrade, 401 from one with another
+                # key, a 3xx): once on each replica this request has not tried, never twice on one.
+                return exc.retryable or replicas.untried(tried)
+            if isinstance(exc, VerdictParseError):
+                # A 200 that is not a verdict: that replica's answer; another replica may give one.
+                return replicas.untried(tried)
             if isinstance(exc, (httpx.ReadTimeout, _AttemptTimeout)):
                 # A slow server is not a gone one: retrying it would double its load. Another replica may answer.
                 return replicas.untried(tried)
@@ -445,17 +464,22 @@ class OpenAIGen:
         return err
 
     # -- on the loop --------------------------------------------------------------------------
-    async def _post(self, wire: _Wire, check: WireCheck, as_ids: bool, deadline: _Deadline) -> Any:
-        """One logical request, retried (on another replica first, when there is one); the JSON answer, or raises."""
+    async def _post(self, wire: _Wire, check: WireCheck, as_ids: bool, deadline: _Deadline, start: float) -> Verdict:
+        """One logical request, retried (on another replica first, when there is one); its verdict, or raises.
+
+        Only a verdict counts as a replica's success. A replica that answers without one (a 200 that does
+        not parse, a 4xx other than 429) is asked nothing more by this request; when another replica then
+        gives the verdict, it is passed over for a while (``Replicas.failed``), as one that failed."""
         path, body = self._body(check, as_ids)
         httpx = _httpx()
         assert wire.in_flight is not None
-        payload: Any = None
+        verdict: Verdict | None = None
         tried: list[str] = []
+        refused: list[str] = []  # answered, but not with a verdict
         async for attempt in _tenacity().AsyncRetrying(**self._retry_kwargs(deadline, tried)):
             with attempt:
                 async with wire.in_flight:
-                    url = self.replicas.pick(exclude=tried)
+                    url = self.replicas.pick(exclude=tried if self.replicas.untried(tried) else refused)
                     tried.append(url)
                     another = len(tried) < self._max_attempts and self.replicas.untried(tried)
                     limit = attempt_budget(
@@ -476,13 +500,33 @@ class OpenAIGen:
                     except httpx.TransportError:
                         self.replicas.failed(url)
                         raise
+                    except VerdictParseError:  # a reply past max_reply_bytes
+                        refused.append(url)
+                        raise
                 if isinstance(status, RemoteHTTPError):
                     if status.retryable:
                         self.replicas.failed(url)
+                    else:
+                        refused.append(url)
                     raise status
+                outcome = self._answer(check.mode, content, (time.perf_counter() - start) * 1000)
+                if not isinstance(outcome, Verdict):
+                    refused.append(url)
+                    raise outcome
                 self.replicas.succeeded(url)
-                payload = json.loads(content)
-        return payload
+                for other in refused:
+                    self.replicas.failed(other)
+                verdict = outcome
+        assert verdict is not None
+        return verdict
+
+    def _answer(self, mode: str, content: bytes, elapsed_ms: float) -> Outcome:
+        """The verdict of a 200 body, or the `VerdictParseError` saying why it is none."""
+        try:
+            payload = json.loads(content)
+        except ValueError as exc:  # a 200 body that is not JSON (not UTF-8 included)
+            return VerdictParseError(f"the server's reply is not JSON: {exc}")
+        return self._read(mode, payload, elapsed_ms)
 
     async def _exchange(self, wire: _Wire, target: str, body: dict[str, Any], url: str) -> tuple[Any, bytes]:
         """One POST: ``(200, body)``, or ``(RemoteHTTPError, b"")`` for any other status (a 2xx other than
@@ -498,35 +542,32 @@ class OpenAIGen:
         as_ids = check.ids is not None and self._ids_accepted is not False
         start = time.perf_counter()
 
-        async def ask() -> Any:
+        async def ask() -> Verdict:
             try:
-                payload = await self._post(wire, check, as_ids, deadline)
+                verdict = await self._post(wire, check, as_ids, deadline, start)
             except RemoteHTTPError as exc:
                 if not (as_ids and exc.status in _IDS_REFUSED):
                     raise
                 # The engine may not take token ids (transformers serve: "prompt must be a string"):
                 # send the text, and if that is answered, send text from now on.
-                payload = await self._post(wire, check, False, deadline)
+                verdict = await self._post(wire, check, False, deadline, start)
                 if self._ids_accepted is None:
                     self._ids_accepted = False
                     logger.info("qwenguard: %s refuses token ids (%s); sending prompt text", self.base_url, exc)
             else:
                 if as_ids:
                     self._ids_accepted = True
-            return payload
+            return verdict
 
         try:
             # The deadline is enforced here, on the loop: cancelling the request closes its connection.
-            payload = await asyncio.wait_for(ask(), deadline.left())
+            return await asyncio.wait_for(ask(), deadline.left()), False
         except (RemoteHTTPError, VerdictParseError) as exc:
             return exc, False  # the server refused this request, or sent no verdict: its own outcome
         except asyncio.TimeoutError:
             return GuardTimeout(f"guard server at {self._where} did not answer within the deadline"), True
-        except ValueError as exc:  # a 2xx body that is not JSON
-            return VerdictParseError(f"the server's reply is not JSON: {exc}"), False
         except Exception as exc:  # noqa: BLE001 - translated at the boundary
             return self._translate(exc), True
-        return self._read(check.mode, payload, (time.perf_counter() - start) * 1000), False
 
     async def _judge(self, wire: _Wire, plan: CheckPlan, deadline: _Deadline) -> tuple[Outcome, bool]:
         """All requests of one check, combined as the local guard combines windows."""
@@ -555,11 +596,17 @@ class OpenAIGen:
         return self._served_context or self._fallback_context
 
     async def _served_max_model_len(self, wire: _Wire, deadline: _Deadline) -> int | None:
-        """``max_model_len`` from ``/models`` of the first replica that answers (replicas serve one model)."""
+        """``max_model_len`` from ``/models`` of the first replica that answers (replicas serve one model): ``0``
+        when it does not publish one, ``None`` when no replica answered (asked again on the next call).
+
+        A published context below ``_context_floor`` (too small for the guard prompt of a reply and
+        `_MIN_SERVED_ROOM` tokens of text, as this client counts them) cannot be the served context of a
+        guard model: it would make every check a guard error. It is ignored (logged once per replica) and
+        the next replica is asked; when none publishes a usable one, the fallback context is used."""
         httpx = _httpx()
         tried: list[str] = []
-        response: Any = None
-        while response is None and self.replicas.untried(tried) and not deadline.expired():
+        answered = False
+        while self.replicas.untried(tried) and not deadline.expired():
             url = self.replicas.pick(exclude=tried)
             tried.append(url)
             limit = attempt_budget(
@@ -568,15 +615,30 @@ class OpenAIGen:
                 another_follows=self.replicas.untried(tried),
             )
             try:
-                response = await asyncio.wait_for(self._get_models(wire, url), limit)
+                status, content = await asyncio.wait_for(self._get_models(wire, url), limit)
             except (asyncio.TimeoutError, httpx.HTTPError):
                 self.replicas.failed(url)
                 continue
-            if response[0] in RETRY_STATUS:
-                response = None
-        if response is None:
-            return None  # unknown for now; asked again on the next call
-        status, content = response
+            if status in RETRY_STATUS:
+                continue
+            answered = True
+            value = self._published_context(status, content)
+            if value == 0 or value >= self._context_floor:
+                return value
+            if url not in self._ignored_contexts:
+                self._ignored_contexts.add(url)
+                logger.warning(
+                    "qwenguard: %s publishes max_model_len=%d, too small for the guard prompt and %d tokens of "
+                    "text (at least %d); ignored (pass max_context= to use it)",
+                    url,
+                    value,
+                    _MIN_SERVED_ROOM,
+                    self._context_floor,
+                )
+        return 0 if answered else None
+
+    def _published_context(self, status: int, content: bytes | None) -> int:
+        """The ``max_model_len`` of this client's model in a ``/models`` reply; ``0`` when there is none."""
         if status != 200 or content is None:
             return 0
         try:
@@ -585,7 +647,7 @@ class OpenAIGen:
             value = entry.get("max_model_len")
         except (ValueError, KeyError, TypeError, AttributeError, IndexError):
             return 0
-        return value if isinstance(value, int) and value > self.max_tokens + 16 else 0
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
     async def _get_models(self, wire: _Wire, url: str) -> tuple[int, bytes | None]:
         """``GET /models``: its status and body (``None``: larger than ``max_reply_bytes``, not read further)."""

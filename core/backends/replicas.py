@@ -4,8 +4,9 @@ and where it goes next when a replica fails (client-side failover for `OpenAIGen
 A client takes one base URL (one server, or a load balancer in front of many) or several (replicas it
 reaches directly). `Replicas` picks, among those not cooling down after a failure, the one with the
 fewest requests or sessions in flight from this client (ties go round the list); a replica that failed
-(refused or dropped a connection, answered 5xx or busy, missed its attempt's share of the deadline) is
-avoided for ``cooldown_s`` unless every replica is cooling down. With one URL the choice is trivial and
+(refused or dropped a connection, answered 5xx or busy, missed its attempt's share of the deadline, or,
+for `OpenAIGen`, answered without a verdict while another replica gave one) is avoided for
+``cooldown_s`` unless every replica is cooling down. With one URL the choice is trivial and
 a retry goes back to the same URL: behind a balancer that is another replica.
 """
 

@@ -136,9 +136,13 @@ def create_app(
             "data": [{"id": name, "object": "model", "created": created, "owned_by": "qwenguard"}],
         }
 
-    @app.post("/v1/chat/completions", responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+    @app.post(
+        "/v1/chat/completions",
+        responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 502: {"model": ErrorResponse}},
+    )
     async def chat_completions(body: ChatCompletionRequest) -> Any:
-        """The guard model's answer for a conversation, as an OpenAI chat completion."""
+        """The guard model's answer for a conversation, as an OpenAI chat completion; 502 ``guard_error``
+        when the guard gives no verdict for it (`raw_text`)."""
         check_model(body.model, name)
         raw = [m.judged() for m in body.messages]  # text and tool calls: nothing sent goes unjudged
         service.check_size([raw])
@@ -181,9 +185,13 @@ def create_app(
             ],
         }
 
-    @app.post("/v1/completions", responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+    @app.post(
+        "/v1/completions",
+        responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 502: {"model": ErrorResponse}},
+    )
     async def completions(body: CompletionRequest) -> Any:
-        """Raw completion of a prompt written by ``render_prompt`` (what ``OpenAIGen(mode="completion")`` sends)."""
+        """Raw completion of a prompt written by ``render_prompt`` (what ``OpenAIGen(mode="completion")`` sends);
+        502 ``guard_error`` when the guard gives no verdict for it."""
         check_model(body.model, name)
         messages = await service.read_prompt(body.prompt)
         service.check_size([messages])

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..backends.base import Outcome
 from ..cache import cache_key
-from ..errors import GuardTimeout, InputTooLarge, VerdictParseError
+from ..errors import GuardTimeout, InputTooLarge
 from ..formats.content import clean_text
 from ..formats.prompts import (
     GENERATION_PREFIX,
@@ -246,10 +246,15 @@ def check_model(requested: str | None, served: str) -> None:
 
 
 def raw_text(outcome: Outcome) -> str:
-    """What the model wrote: a verdict's raw text, or the unparseable text of a parse error.
+    """The model's answer as the OpenAI-compatible routes send it: a verdict's raw text.
 
     A long input judged in several windows has one answer per window; the client expects one, so
-    the combined (worst) verdict is written out in the model's format instead."""
+    the combined (worst) verdict is written out in the model's format instead.
+
+    Anything that is not a verdict (a parse error included) is a 502 ``guard_error``, never 200 with
+    text: the text of a parse error can read as a verdict it is not (a remote engine's choice cut at
+    ``max_tokens`` that lost its categories, the safe one of two choices), and a client must see a
+    guard error, to fail over or apply its own policy (docs/server.md)."""
     if isinstance(outcome, Verdict):
         if "\n---\n" not in outcome.raw:
             return outcome.raw
@@ -257,9 +262,7 @@ def raw_text(outcome: Outcome) -> str:
         if outcome.refusal is not None:
             lines.append(f"Refusal: {'Yes' if outcome.refusal else 'No'}")
         return "\n".join(lines)
-    if isinstance(outcome, VerdictParseError) and outcome.raw:
-        return outcome.raw
-    raise ApiError(502, f"guard failed on this conversation: {type(outcome).__name__}", "guard_error")
+    raise ApiError(502, f"the guard gave no verdict for this conversation: {type(outcome).__name__}", "guard_error")
 
 
 def decision_model(decision: Decision) -> DecisionModel:
