@@ -14,7 +14,6 @@ import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -31,13 +30,16 @@ console = Console()
 err_console = Console(stderr=True)
 
 EXIT_ALLOWED, EXIT_BLOCKED, EXIT_ERROR = 0, 1, 2
+#: The metavar of a flag: none. typer 0.29 shows "<bool>" beside a flag, which reads as if it took a value
+#: (``--json true`` then checks the text "true").
+FLAG = ""
 
 _state = {"debug": False}
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Print full tracebacks on errors.")) -> None:
+def _root(debug: bool = typer.Option(False, "--debug", help="Print full tracebacks on errors.", metavar=FLAG)) -> None:
     """Qwen3Guard safety checks for LLM applications."""
     _state["debug"] = debug
 
@@ -49,7 +51,7 @@ def fail(exc: BaseException | str, *, as_json: bool = False, kind: str | None = 
     if _state["debug"] and isinstance(exc, BaseException):
         traceback.print_exception(exc, file=sys.stderr)
     else:
-        # escape(): messages carry install hints such as "pip install 'qwenguard[local]'" that rich would eat.
+        # escape(): messages carry install hints such as 'pip install -e ".[local]"' that rich would eat.
         err_console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     if as_json:
         typer.echo(json.dumps({"error": {"type": kind, "message": message}}, ensure_ascii=False))
@@ -63,7 +65,9 @@ def reports_errors(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort, KeyboardInterrupt):
+        # No `import click`: typer 0.29+ vendors it and no core dependency installs it (a usage error
+        # raised here, typer.BadParameter, is reported like any other error: one line, exit 2).
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
         except Exception as exc:  # noqa: BLE001 - the contract: every error is exit 2, one line
             raise fail(exc, as_json=bool(kwargs.get("as_json"))) from None
@@ -86,7 +90,7 @@ def check(
         None, "--response", "-r", help="Check this response to TEXT instead of TEXT itself."
     ),
     policy: str = typer.Option("strict", "--policy", help="strict (controversial blocks) or loose."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object.", metavar=FLAG),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps."),
 ) -> None:
     """Check a prompt (or a response to it). Exit 0 allowed, 1 blocked, 2 error."""
@@ -103,10 +107,12 @@ def check(
         err_console.print(f"[red]guard error:[/red] {escape(str(decision.error))}", soft_wrap=True)
     if as_json:
         typer.echo(json.dumps(decision.to_dict(), ensure_ascii=False))
+    elif decision.reason == "empty":
+        console.print(f"[bold green]ALLOW[/bold green]  stage={decision.stage.value}  empty input: nothing to check")
     else:
         color = {"allow": "green", "flag": "yellow", "block": "red"}[decision.action.value]
         risk = decision.risk.value if decision.risk else "-"
-        cats = ", ".join(decision.categories) or "None"
+        cats = ", ".join(decision.categories) or "-"
         console.print(
             f"[bold {color}]{decision.action.value.upper()}[/bold {color}]  stage={decision.stage.value} "
             f"risk={risk} categories={cats}"
@@ -198,6 +204,30 @@ def _served_policy(value: str) -> Policy:
         raise ValueError(f"--policy {value}: {exc}") from exc
 
 
+def _url_host(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets (``http://[::1]:8000``)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail (one line, exit 2) when ``host:port`` cannot be bound, before minutes of model loading.
+
+    Bound the way the server binds (SO_REUSEADDR, so a port in TIME_WAIT is not taken for busy), then
+    released at once; a server that takes the port in between still fails, later, in the server's words."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn picks it
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host.strip("[]"), port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise fail(f"port {port} on {host} is in use; pass --port") from None
+        raise fail(f"cannot listen on {host} port {port}: {exc.strerror or exc}") from None
+
+
 @app.command()
 @reports_errors
 def serve(
@@ -222,6 +252,7 @@ def serve(
     allow_unauthenticated: bool = typer.Option(
         False,
         "--allow-unauthenticated",
+        metavar=FLAG,
         help="Serve a non-loopback --host without an API key (anyone who can reach it can use it).",
     ),
     policy: str = typer.Option(
@@ -309,7 +340,7 @@ def serve(
 
     # What a client could exploit is checked before the model loads, so a mistake fails in a second.
     if api_key is None and os.environ.get("QWENGUARD_API_KEY") is not None:
-        api_key = os.environ["QWENGUARD_API_KEY"]  # click reads an empty variable as unset: it is a mistake
+        api_key = os.environ["QWENGUARD_API_KEY"]  # typer reads an empty variable as unset: it is a mistake
     if api_key is not None and not api_key.strip():
         raise fail(
             "the API key is empty (--api-key or QWENGUARD_API_KEY): set a key, or leave both unset "
@@ -348,6 +379,7 @@ def serve(
         keep_alive_s=keep_alive,
         max_connections=max_connections,
     )
+    _check_port_free(host, port)  # before the model loads: a busy port fails in a second, in one line
     # OpenMP's wait policy stays the operator's (OMP_WAIT_POLICY in the environment). Forcing PASSIVE, as
     # this once did to leave the event loop its cores, made every torch operation wake sleeping threads:
     # the demo's forwards took 2-3x as long and a long document's steps kept short checks waiting longer
@@ -371,7 +403,7 @@ def serve(
             soft_wrap=True,
         )
     err_console.print(
-        f"qwenguard serving {escape(repr(model))} on http://{host}:{port}/v1 "
+        f"qwenguard serving {escape(repr(model))} on http://{_url_host(host)}:{port}/v1 "
         f"(auth {'on' if api_key else 'off'}, policy {escape(policy)})",
         soft_wrap=True,
     )
@@ -438,9 +470,14 @@ def eval_(
     ),
     limit: int | None = typer.Option(None, "--limit", help="Evaluate only the first N rows."),
     batch_size: int = typer.Option(16, "--batch-size", help="Rows per guard call."),
-    concurrency: int = typer.Option(0, "--concurrency", help="Batches in flight (default: 1 local, 4 remote)."),
+    concurrency: int = typer.Option(
+        0, "--concurrency", show_default=False, help="Batches in flight (default: 1 local, 4 remote)."
+    ),
     fresh: bool = typer.Option(
-        False, "--fresh", help="Replace what --out holds (another run's predictions and report) and start over."
+        False,
+        "--fresh",
+        metavar=FLAG,
+        help="Replace what --out holds (another run's predictions and report) and start over.",
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps (local models)."),
     timeout: float | None = typer.Option(
@@ -449,7 +486,7 @@ def eval_(
         help="Seconds before a row counts as a guard error: per "
         "batch locally; with --remote, per request from when it is sent (default 30).",
     ),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar.", metavar=FLAG),
     mode: str = typer.Option(
         "chat",
         "--mode",
@@ -477,6 +514,7 @@ def eval_(
     allow_errors: bool = typer.Option(
         False,
         "--allow-errors",
+        metavar=FLAG,
         help="Exit 0 even when rows got no verdict (guard errors); they are left out of the metrics "
         "either way. Without it such a run exits 2 (after writing the report).",
     ),

@@ -86,4 +86,9 @@ class MissingDependency(QwenGuardError, ImportError):
 
     @classmethod
     def for_extra(cls, extra: str, package: str) -> MissingDependency:
-        return cls(f"{package} is not installed: pip install 'qwenguard[{extra}]'")
+        # The README's install path: qwenguard is installed from a clone, not the package registry. The
+        # local extra's torch comes first and by hand (an unpinned torch pulls a multi-GB CUDA build).
+        install = f'pip install -e ".[{extra}]" in your qwenguard clone'
+        if extra == "local":
+            install = f"install torch first, the build for your machine (README, Install), then {install}"
+        return cls(f"{package} is not installed: {install}")

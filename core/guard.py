@@ -49,12 +49,75 @@ DecisionListener = Callable[[Decision], None]
 
 def enforce(decision: Decision) -> Decision:
     """Return ``decision`` if allowed; raise `GuardViolation` (or `GuardUnavailable` for guard errors) if not."""
+    if not isinstance(decision, Decision):
+        raise TypeError(_not_a_decision(decision))
     if decision.allowed:
         return decision
     if decision.reason in ("guard_error", "timeout"):
         cls = GuardTimeout if decision.reason == "timeout" else GuardUnavailable
         raise cls(f"guard could not answer and the policy fails closed: {decision.error}", decision)
     raise GuardViolation(decision)
+
+
+def _not_a_decision(value: object) -> str:
+    if asyncio.iscoroutine(value):
+        value.close()  # never awaited on purpose: no "coroutine was never awaited" warning on top
+        return (
+            "enforce takes a Decision, got a coroutine: await the async check first, "
+            "enforce(await guard.acheck_prompt(...))"
+        )
+    if isinstance(value, (list, tuple)):
+        return (
+            f"enforce takes one Decision, got a {type(value).__name__} of {len(value)} (check_documents and "
+            f"check_many return one Decision per item): enforce each, `for d in decisions: enforce(d)`"
+        )
+    return f"enforce takes a Decision (what a guard.check_* call returns), got {type(value).__name__}"
+
+
+_STAGE_NAMES = ", ".join(s.value for s in Stage)
+_PAIR_SHAPE = (
+    "check_many takes (stage, conversation) pairs, e.g. [('prompt', 'How can I ...?'), "
+    "('response', [{'role': 'user', 'content': ...}, {'role': 'assistant', 'content': ...}])]"
+)
+
+
+def _stage_items(items: Iterable[Any]) -> list[tuple[Stage, Any]]:
+    """``check_many``'s items as (Stage, conversation), or a TypeError/ValueError naming the shape."""
+    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
+        raise TypeError(f"{_PAIR_SHAPE}; got a {type(items).__name__}")
+    out: list[tuple[Stage, Any]] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise TypeError(f"{_PAIR_SHAPE}; item {i} is the {type(item).__name__} {_short(item)}")
+        stage, conversation = item
+        if not isinstance(stage, Stage):
+            if not isinstance(stage, str):
+                raise TypeError(
+                    f"{_PAIR_SHAPE}; item {i}'s stage (first) is a {type(stage).__name__}: stage first, then "
+                    f"the conversation"
+                )
+            try:
+                stage = Stage(stage)
+            except ValueError:
+                raise ValueError(f"item {i}: stage {stage!r} is not one of {_STAGE_NAMES}") from None
+        out.append((stage, conversation))
+    return out
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _conversation_before(messages: object) -> None:
+    """``messages=`` of the tool-call checks: the conversation before the call, a list of message dicts."""
+    if messages is None or (isinstance(messages, Sequence) and not isinstance(messages, (str, bytes))):
+        return
+    example = "[{'role': 'user', 'content': 'Email Bob.'}]"
+    raise TypeError(
+        f"messages must be a list of {{'role', 'content'}} dicts (the conversation before the call), "
+        f"got {type(messages).__name__}; e.g. messages={example}"
+    )
 
 
 @dataclass
@@ -312,8 +375,9 @@ class Guard:
 
     # -- the two I/O paths --------------------------------------------------------------------
     def check_many(self, items: Sequence[tuple[Stage | str, Sequence[Message]]]) -> list[Decision]:
-        """Check several conversations as one batch. ``items``: ``(stage, conversation)`` pairs."""
-        checks = [self._prepare(Stage(stage), conv) for stage, conv in items]
+        """Check several conversations as one batch. ``items``: ``(stage, conversation)`` pairs, e.g.
+        ``[("prompt", "How can I ...?"), ("response", [{"role": "user", ...}, {"role": "assistant", ...}])]``."""
+        checks = [self._prepare(stage, conv) for stage, conv in _stage_items(items)]
         pending = [c for c in checks if c.decision is None]
         outcome: list[Outcome] | BaseException = []
         if pending:
@@ -324,7 +388,7 @@ class Guard:
 
     async def acheck_many(self, items: Sequence[tuple[Stage | str, Sequence[Message]]]) -> list[Decision]:
         """Async twin of `check_many`."""
-        checks = [self._prepare(Stage(stage), conv) for stage, conv in items]
+        checks = [self._prepare(stage, conv) for stage, conv in _stage_items(items)]
         pending = [c for c in checks if c.decision is None]
         outcome: list[Outcome] | BaseException = []
         if pending:
@@ -431,12 +495,15 @@ class Guard:
     def check_tool_call(
         self, name: str, arguments: Mapping[str, Any] | str | None, messages: Sequence[Message] | None = None
     ) -> Decision:
-        """A tool call before it runs: the call as the assistant's action after the user's request."""
+        """A tool call before it runs: the call as the assistant's action after the user's request
+        (``messages``: the conversation before the call, a list of ``{"role", "content"}`` dicts)."""
+        _conversation_before(messages)
         return self.check(tool_call_conversation(name, arguments, messages), Stage.TOOL_CALL)
 
     async def acheck_tool_call(
         self, name: str, arguments: Mapping[str, Any] | str | None, messages: Sequence[Message] | None = None
     ) -> Decision:
+        _conversation_before(messages)
         return await self.acheck(tool_call_conversation(name, arguments, messages), Stage.TOOL_CALL)
 
     def check_tool_result(self, name: str, output: str) -> Decision:

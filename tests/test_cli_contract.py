@@ -47,7 +47,7 @@ def test_a_missing_extra_prints_its_install_hint_verbatim() -> None:
     # The server extra "uninstalled": importing fastapi fails as it would without qwenguard[server].
     p = run("serve", prelude="import sys; sys.modules['fastapi'] = None")
     line = one_error_line(p)
-    assert "pip install 'qwenguard[server]'" in line
+    assert 'pip install -e ".[server]" in your qwenguard clone' in line
 
 
 def _closed_port() -> int:

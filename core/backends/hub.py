@@ -10,14 +10,16 @@ about `HUB_PROBE_TIMEOUT_S` seconds.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ModelNotFound
 
-__all__ = ["resolve_checkpoint", "hub_offline_reason", "HUB_PROBE_TIMEOUT_S"]
+__all__ = ["resolve_checkpoint", "checkpoint_config", "hub_offline_reason", "HUB_PROBE_TIMEOUT_S"]
 
 #: A reachable hub answers a TCP connect in well under a second; three means it is not there.
 HUB_PROBE_TIMEOUT_S = 3.0
@@ -73,11 +75,12 @@ def resolve_checkpoint(
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
+    demo = _demo_name(kind)
     looks_like_id = label.count("/") == 1 and not label.startswith((".", "/", "~")) and not path.exists()
     if not looks_like_id:
         raise ModelNotFound(
             f"cannot load {kind} checkpoint {label!r}: no such directory (and not a hub id 'org/name'). "
-            f"Use 'demo' for the embedded demo guard."
+            f"Use {demo!r} for the embedded demo guard."
         )
     cached = _cached(label, revision)
     if cached is not None:
@@ -87,7 +90,7 @@ def resolve_checkpoint(
         raise ModelNotFound(
             f"cannot load {kind} checkpoint {label!r}: not in the local Hugging Face cache and the hub "
             f"cannot be used ({why}). Download it where the hub is reachable, pass a checkpoint "
-            f"directory, or use 'demo' for the embedded demo guard."
+            f"directory, or use {demo!r} for the embedded demo guard."
         )
     from huggingface_hub import snapshot_download
 
@@ -98,3 +101,37 @@ def resolve_checkpoint(
             f"cannot download {kind} checkpoint {label!r} from {_endpoint()}: "
             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         ) from exc
+
+
+def _demo_name(kind: str) -> str:
+    return "demo-stream" if "Stream" in kind else "demo"
+
+
+#: Weight files transformers loads from a checkpoint directory (sharded ones come with an index).
+WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "model*.bin")
+
+
+def checkpoint_config(path: Path, label: str, kind: str) -> dict[str, Any]:
+    """``path``'s config.json, once the directory is checked to hold a checkpoint: `ModelNotFound` (one
+    line) for a directory without config.json or without weights, before torch or transformers load."""
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelNotFound(
+            f"cannot load {kind} checkpoint {label!r}: the directory has no config.json (a checkpoint "
+            f"directory holds config.json, the tokenizer files and the weights). "
+            f"Use {_demo_name(kind)!r} for the embedded demo guard."
+        )
+    if not any(next(path.glob(pattern), None) is not None for pattern in WEIGHT_PATTERNS):
+        raise ModelNotFound(
+            f"cannot load {kind} checkpoint {label!r}: the directory has no weights "
+            f"(*.safetensors or pytorch_model*.bin next to its config.json)"
+        )
+    try:
+        data = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelNotFound(
+            f"cannot load {kind} checkpoint {label!r}: config.json is not readable JSON ({exc})"
+        ) from exc
+    if not isinstance(data, dict):
+        raise ModelNotFound(f"cannot load {kind} checkpoint {label!r}: config.json is not a JSON object")
+    return data

@@ -76,6 +76,9 @@ def resolve_dtype(dtype: Any, device: str) -> Any:
 def disable_progress_bars() -> None:
     """No weight-loading progress bars (a command line that prints one verdict)."""
     try:
+        # torch first: without it no model loads (the error says so in one line), and transformers
+        # would print its own "PyTorch was not found" line on import.
+        import torch  # noqa: F401
         from transformers.utils import logging as hf_logging
     except ImportError:
         return

@@ -45,7 +45,7 @@ from ..formats.prompts import (
 from ..formats.windows import DEFAULT_MAX_WINDOW_TOKENS, DEFAULT_MAX_WINDOWS, DEFAULT_WINDOW_OVERLAP, WindowPlanner
 from ..verdict import Risk, Verdict, worst
 from .batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, MicroBatcher
-from .hub import resolve_checkpoint
+from .hub import checkpoint_config, resolve_checkpoint
 from .plan_pool import planning_pool, text_chars
 from .torch_runtime import on_torch_thread, quiet_loading, require_torch, resolve_device, resolve_dtype
 
@@ -182,6 +182,7 @@ class TransformersGen:
             revision=revision,
             local_files_only=local_files_only,
         )
+        _check_gen_config(checkpoint_config(path, label, "Qwen3Guard-Gen"), label)
         require_torch()  # a clear MissingDependency before anything else loads
         try:
             from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -418,3 +419,15 @@ def _time_left(deadline: float | None, timeout: float | None) -> float | None:
     if left <= 0:
         raise GuardTimeout(f"guard did not answer within {timeout} s")
     return left
+
+
+def _check_gen_config(config: dict[str, Any], label: str) -> None:
+    """A Qwen3Guard-Stream checkpoint loads as a causal LM (its guard heads dropped as unexpected keys)
+    and then answers every check with a parse error: refuse it at load, saying where it goes."""
+    from .stream_model import STREAM_CONFIG_FIELDS
+
+    if any(field in config for field in STREAM_CONFIG_FIELDS):
+        raise ValueError(
+            f"{label!r} is a Qwen3Guard-Stream checkpoint, not a Gen one: pass it as stream_model={label!r} "
+            f"(command line: --stream-model {label}), with a Qwen3Guard-Gen checkpoint such as 'demo' as the model"
+        )

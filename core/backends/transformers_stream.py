@@ -54,7 +54,7 @@ from ..formats.content import clean_text
 from ..formats.prompts import Message
 from ..streaming.retokenizer import IncrementalTokenizer, TokenSpan
 from ..verdict import Risk, Verdict
-from .hub import resolve_checkpoint
+from .hub import checkpoint_config, resolve_checkpoint
 from .stream_batching import (
     DEFAULT_MAX_SESSIONS_PER_FORWARD,
     DEFAULT_STEP_TOKENS,
@@ -188,6 +188,13 @@ class TransformersStream:
             revision=revision,
             local_files_only=local_files_only,
         )
+        raw_config = checkpoint_config(path, label, "Qwen3Guard-Stream")
+        if not any(field in raw_config for field in STREAM_CONFIG_FIELDS):
+            raise ValueError(
+                f"{label!r} is a Qwen3Guard-Gen checkpoint, not a Stream one (its config.json has no "
+                f"Qwen3Guard-Stream fields): pass it as the model, and a Stream checkpoint as stream_model "
+                f"(the demo's is 'demo-stream')"
+            )
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
         try:

@@ -106,6 +106,17 @@ def _guard(
     )
 
 
+def _rows_of_report(path: Path) -> int | None:
+    """The rows the report at ``path`` covers, or None (no report, or not one of ours)."""
+    import json
+
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))["meta"]["rows"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return rows if isinstance(rows, int) else None
+
+
 def run_eval(
     *,
     data: str,
@@ -127,9 +138,9 @@ def run_eval(
     remote_options: RemoteOptions | None = None,
     allow_errors: bool = False,
 ) -> None:
-    from . import CACHE_FILE, compute_report, load_dataset, run_guard, sample_path
+    from . import CACHE_FILE, compute_report, load_dataset, run_guard, sample_path  # numpy: MissingDependency
     from .identity import claim_out_dir, default_out_dir, run_identity
-    from .plots import PLOT_FILES
+    from .plots import PLOT_FILES, require_matplotlib
     from .runner import PredictionCache
 
     if policy not in ("strict", "loose"):
@@ -145,6 +156,7 @@ def run_eval(
         raise typer.BadParameter("must be positive", param_hint="--timeout")
     options = remote_options or RemoteOptions()
     options.validate(remote)
+    require_matplotlib()  # the report's plots: a missing extra fails now, not after every row is scored
     path = sample_path() if data == "sample" else Path(data)
     out_dir = Path(out) if out else None
     cache_path = None if out_dir is None else out_dir / CACHE_FILE
@@ -166,6 +178,14 @@ def run_eval(
         claim_out_dir(
             out_dir, identity, fresh=fresh, owned_files=(CACHE_FILE, "report.json", "report.md", *PLOT_FILES.values())
         )
+        replaced = _rows_of_report(out_dir / "report.json")
+        if limit is not None and replaced is not None and replaced > len(examples):
+            err_console.print(
+                f"[yellow]warning:[/yellow] {out_dir}/report.json is a report of {replaced} rows; this --limit "
+                f"{limit} run replaces it with one of {len(examples)} rows (the predictions are kept: run "
+                f"without --limit to write the full report again, from the cache)",
+                soft_wrap=True,
+            )
         guard = _guard(model, remote, api_key, device, timeout, options)
         cache = PredictionCache(cache_path)
         if cache.entries:

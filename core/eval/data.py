@@ -147,6 +147,12 @@ def _parse_messages(value: Any) -> list[dict[str, str]]:
     return out
 
 
+def _found(record: Mapping[str, Any]) -> str:
+    """`` (columns found: a, b)``: what a row with the wrong columns has instead."""
+    names = [str(k) for k in record if k is not None]  # csv's None key: cells beyond the header
+    return f" (columns found: {', '.join(names)})" if names else " (the row has no columns)"
+
+
 def _text(value: Any, column: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"column {column!r} must be text, got {type(value).__name__}")
@@ -156,7 +162,7 @@ def _text(value: Any, column: str) -> str:
 def _example(record: Mapping[str, Any], index: int) -> EvalExample:
     """Build one example from a row; raises ValueError with a message that does not yet name the row."""
     if "label" not in record:
-        raise ValueError("missing column 'label'")
+        raise ValueError(f"missing column 'label'{_found(record)}")
     label = parse_label(record["label"])
     response = record.get("response")
     has_response = not _is_missing(response)
@@ -170,7 +176,11 @@ def _example(record: Mapping[str, Any], index: int) -> EvalExample:
         column = next((c for c in order if not _is_missing(record.get(c))), None)
         if column is None:
             present = [c for c in ("text", "prompt", "messages") if c in record]
-            what = f"columns {present} are empty" if present else "no 'text', 'prompt' or 'messages' column"
+            what = (
+                f"columns {present} are empty"
+                if present
+                else f"no 'text', 'prompt' or 'messages' column{_found(record)}"
+            )
             raise ValueError(f"nothing to check: {what}")
         conversation = [{"role": "user", "content": _text(record[column], column)}]
         if has_response:
@@ -245,7 +255,7 @@ def examples_from_records(
 
 def _read_jsonl(path: Path) -> tuple[list[Any], list[int]]:
     rows, lines = [], []
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Windows editors) is not data
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -258,7 +268,7 @@ def _read_jsonl(path: Path) -> tuple[list[Any], list[int]]:
 
 
 def _read_json(path: Path) -> tuple[list[Any], list[int] | None]:
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     if text.lstrip().startswith("["):
         try:
             return json.loads(text), None
@@ -269,7 +279,9 @@ def _read_json(path: Path) -> tuple[list[Any], list[int] | None]:
 
 def _read_csv(path: Path) -> tuple[list[Any], list[int]]:
     rows, lines = [], []
-    with path.open(encoding="utf-8", newline="") as f:
+    # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which would become part of the first
+    # column's name ("\ufefftext") and hide the `text` column.
+    with path.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames:
             raise DataError(f"{path}: empty CSV (no header row)")

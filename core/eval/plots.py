@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import MissingDependency
 
-__all__ = ["write_plots", "PLOT_FILES"]
+__all__ = ["write_plots", "require_matplotlib", "PLOT_FILES"]
 
 PLOT_FILES = {
     "confusion": "confusion_matrix.png",
@@ -20,6 +20,15 @@ PLOT_FILES = {
     "category": "recall_by_category.png",
 }
 _COLORS = {"strict": "#c0392b", "loose": "#2471a3"}
+
+
+def require_matplotlib() -> None:
+    """`MissingDependency` (one line) when the plots cannot be drawn: checked before a run loads its model,
+    so a missing extra is not found only after every row is scored."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependency.for_extra("eval", "matplotlib") from exc
 
 
 def _figure(width: float, height: float) -> Any:

@@ -311,6 +311,33 @@ class StreamMonitor(MonitorCore):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- the async API asked of a sync monitor: a hint, not an AttributeError ---------------------
+    def afeed(self, delta: str) -> Any:
+        raise TypeError(_SYNC_IN_ASYNC)
+
+    def afinish(self) -> Any:
+        raise TypeError(_SYNC_IN_ASYNC)
+
+    def awrap(self, deltas: Any) -> Any:
+        raise TypeError(_SYNC_IN_ASYNC)
+
+    def __aenter__(self) -> Any:
+        self.close()  # opened already (the prompt was screened): nothing of it is used
+        raise TypeError(_SYNC_IN_ASYNC)
+
+    def __aexit__(self, *exc: object) -> Any:  # pragma: no cover - __aenter__ raised
+        raise TypeError(_SYNC_IN_ASYNC)
+
+
+_SYNC_IN_ASYNC = (
+    "guard.stream() returns a sync StreamMonitor (feed, finish, wrap; `with`); in async code use "
+    "`async with guard.astream(prompt) as monitor:` and `await monitor.afeed(delta)`"
+)
+_ASYNC_IN_SYNC = (
+    "guard.astream() returns an AsyncStreamMonitor: use `async with guard.astream(prompt) as monitor:` "
+    "and `await monitor.afeed(delta)`, or guard.stream() for a sync monitor (`with`, feed, finish)"
+)
+
 
 # ================================================================================================
 # The async monitor
@@ -558,6 +585,20 @@ class AsyncStreamMonitor(MonitorCore):
 
     async def __aenter__(self) -> AsyncStreamMonitor:
         return await self.aopen()
+
+    # -- the sync API asked of an async monitor: a hint, not an AttributeError --------------------
+    def __enter__(self) -> Any:
+        self.close()
+        raise TypeError(_ASYNC_IN_SYNC)
+
+    def __exit__(self, *exc: object) -> Any:  # pragma: no cover - __enter__ raised
+        raise TypeError(_ASYNC_IN_SYNC)
+
+    def feed(self, delta: str) -> Any:
+        raise TypeError(_ASYNC_IN_SYNC)
+
+    def finish(self) -> Any:
+        raise TypeError(_ASYNC_IN_SYNC)
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()

@@ -1,4 +1,4 @@
-"""qwenguard for LangChain and LangGraph (extra: ``pip install 'qwenguard[langchain]'``).
+"""qwenguard for LangChain and LangGraph (extra: ``pip install -e ".[langchain]"`` in a clone).
 
 - `GuardMiddleware`: for ``langchain.agents.create_agent``; streams out only judged text and tool
   calls (it wraps the model call), turns violations into a policy action (``exit_behavior`` "error" |

@@ -118,7 +118,9 @@ def test_missing_extra_names_the_install_command():
         "except ImportError as e:\n    print(type(e).__name__, e)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
-    assert out.strip() == "MissingDependency langchain-core is not installed: pip install 'qwenguard[langchain]'"
+    assert out.strip() == (
+        'MissingDependency langchain-core is not installed: pip install -e ".[langchain]" in your qwenguard clone'
+    )
 
 
 def test_everything_but_the_middleware_works_with_langchain_core_alone():
@@ -135,7 +137,7 @@ def test_everything_but_the_middleware_works_with_langchain_core_alone():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stderr == ""
     assert out.stdout.startswith("MissingDependency langchain")  # the module it missed: langchain.agents
-    assert out.stdout.strip().endswith("is not installed: pip install 'qwenguard[langchain]'")
+    assert out.stdout.strip().endswith('is not installed: pip install -e ".[langchain]" in your qwenguard clone')
 
 
 def test_reasoning_is_judged_as_output_not_read_back_as_input():
