@@ -19,12 +19,13 @@ picks from all waiting requests:
   at half that time, for ``MIXED_MEMORY_S`` after such work was last seen waiting: the short checks that
   keep coming wait half as long, and a document judged alone keeps its full steps.
 - **Fair, short work first.** The step is led by the request whose next item is cheapest (a short
-  check before the next windows of a long document), then filled round-robin, one item per request
-  per pass, only with items at most ``2x`` the leader's cost (or ``width_floor``, if more): a short
-  check never rides in a step of long windows, so it pays for its own short step, not for theirs, and
-  rides in a step led by tiny items (a stream session's one-token step) instead of waiting behind it.
-  A request passed over in ``max_skips`` steps in a row leads the next one, so a stream of short checks
-  cannot starve a long one.
+  check before the next windows of a long document), then filled one item per request per pass,
+  cheapest next item first (round-robin among equals), only with items at most ``2x`` the leader's
+  cost (or ``width_floor``, if more): a short check never rides in a step of long windows, so it pays
+  for its own short step, not for theirs, and rides in a step led by tiny items (a stream session's
+  one-token step) instead of waiting behind it. A request passed over in ``max_skips`` steps in a row
+  leads the next one, so a stream of short checks cannot starve a long one; with more long requests
+  waiting than a step holds, each leads in turn, and a short check rides in the next of their steps.
 - **Similar lengths together.** Each request's items are taken shortest first, so the rows of a step
   pad little; an item that would blow the budget waits for a later step.
 - **Abandoned work stops.** A request whose future was cancelled (its caller timed out, or the
@@ -241,6 +242,10 @@ class MicroBatcher(Generic[T, R]):
         affordable = int((target - overhead) / rate) if target > overhead else 0
         return min(budget, max(affordable, budget // MIN_STEP_SHARE, 1))
 
+    def _next_cost(self, req: _Request) -> int:
+        index = req.peek()
+        return 0 if index is None else self._item_cost(req, index)
+
     def _pick(self, active: deque[_Request]) -> list[tuple[_Request, int]]:
         """Items for one step: led by the cheapest next item (or a request passed over too long), then
         round-robin over the requests within the leader's width class and the row and cost budgets."""
@@ -265,8 +270,12 @@ class MicroBatcher(Generic[T, R]):
         picked = [(lead, lead_index)]
         lead.next += 1
         start = active.index(lead)
-        # The leader has had its item of this pass: the others follow in rotation, the leader last.
-        order = [active[(start + 1 + k) % len(active)] for k in range(len(active))]
+        # The leader has had its item of this pass: the others follow cheapest next item first, in rotation
+        # among equals, the leader last. Cheapest first matters when a starved request leads: with more long
+        # requests waiting than a step holds, each of them leads in turn, and a short check that arrived
+        # rides in the next step instead of waiting for the rotation to reach it.
+        rotation = [active[(start + 1 + k) % len(active)] for k in range(len(active) - 1)]
+        order = [*sorted(rotation, key=self._next_cost), lead]
         progress = True
         while progress and len(picked) < self.max_batch:
             progress = False

@@ -385,6 +385,26 @@ def test_a_stream_of_short_checks_does_not_starve_a_long_request():
     batcher.close()
 
 
+def test_a_short_check_is_not_kept_waiting_by_many_long_requests():
+    """The attack (`bench/hostile.py`'s slot_hog: one client with 32 documents in flight): more long requests
+    wait than one step holds, so each is passed over ``max_skips`` steps in a row and leads a step as "starved";
+    with all of them starved in turn, a short check that arrived never led a step, and filled in only when the
+    rotation reached it: it waited for about as many steps as there were requests (a 30-token check in-process
+    beside 32 such checks: p50 290 ms against steps of 36 ms). A starved request still leads, but the step
+    fills cheapest first, so the short check rides in the next step."""
+    rec = CostRecorder(real_s=0.003)
+    batcher = MicroBatcher(rec, max_batch=16, max_wait_s=0.0, cost=len, max_batch_cost=1024, max_skips=2)
+    documents = [batcher.submit(["d" * 464 for _ in range(6)]) for _ in range(24)]
+    _wait_for(lambda: len(rec.steps) >= 12)  # every document passed over often enough to count as starved
+    before = len(rec.steps)
+    assert batcher.run(["s" * 30], timeout=20) == [30]
+    waited = next(i for i, step in enumerate(rec.steps) if 30 in step) - before
+    assert waited <= 2, f"the short check ran {waited} steps after it arrived"
+    for document in documents:
+        assert document.result(30) == [464] * 6
+    batcher.close()
+
+
 @pytest.mark.parametrize("bad", [{"target_step_s": 0}, {"target_step_s": -1.0}, {"max_skips": -1}])
 def test_bad_step_settings_are_refused(bad):
     with pytest.raises(ValueError):
