@@ -88,3 +88,19 @@ def test_an_async_monitor_in_a_plain_with_points_to_async_with(guard) -> None:
     with pytest.raises(TypeError, match=r"async with guard\.astream"):
         with guard.astream("hi"):
             pass
+
+
+def test_remote_stream_monitors_give_the_same_hints() -> None:
+    """The remote monitors keep the local ones' contract, mistakes included (no connection is made)."""
+    remote = Guard.remote("http://127.0.0.1:9/v1", model="m", stream=True)
+
+    async def afeed_on_sync() -> None:
+        await remote.stream("hi").afeed("Hello there. ")
+
+    with pytest.raises(TypeError, match=r"guard\.astream"):
+        asyncio.run(afeed_on_sync())
+    with pytest.raises(TypeError, match=r"async with guard\.astream"):
+        with remote.astream("hi"):
+            pass
+    with pytest.raises(TypeError, match=r"async with guard\.astream"):
+        remote.astream("hi").feed("Hello there. ")

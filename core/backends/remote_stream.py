@@ -41,6 +41,7 @@ from typing import Any
 
 from ..errors import GuardViolation
 from ..streaming.cancel_safe import CancelSafeLane
+from ..streaming.misuse import AsyncOnly, SyncOnly
 from ..verdict import Stage
 from .replicas import DEFAULT_COOLDOWN_S, Replicas, base_urls
 from .send_watchdog import send_deadline, shutdown_socket
@@ -157,7 +158,7 @@ class RemoteStream:
         pass
 
 
-class RemoteStreamMonitor(_Session):
+class RemoteStreamMonitor(_Session, SyncOnly):
     """Sync monitor over one WebSocket. Use as a context manager (``with guard.stream(p) as m:``)."""
 
     _ws: Any = None
@@ -340,7 +341,7 @@ class RemoteStreamMonitor(_Session):
             self.local.close()
 
 
-class AsyncRemoteStreamMonitor(_Session):
+class AsyncRemoteStreamMonitor(_Session, AsyncOnly):
     """Async monitor over one WebSocket (``async with guard.astream(p) as m:``)."""
 
     _ws: Any = None

@@ -75,6 +75,7 @@ from ..formats.prompts import Message
 from ..verdict import Stage
 from .cancel_safe import CancelSafeLane
 from .gen_windows import window_pool
+from .misuse import AsyncOnly, SyncOnly
 from .monitor_core import (
     DEFAULT_CHECK_EVERY,
     DEFAULT_CONTEXT,
@@ -105,7 +106,7 @@ __all__ = [
 # ================================================================================================
 # The sync monitor
 # ================================================================================================
-class StreamMonitor(MonitorCore):
+class StreamMonitor(MonitorCore, SyncOnly):
     """Moderates one streamed answer; `feed` returns what is safe to release. See the module docs.
 
     Opened by `Guard.stream`: the prompt is screened at once (a blocked prompt raises there).
@@ -311,38 +312,11 @@ class StreamMonitor(MonitorCore):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- the async API asked of a sync monitor: a hint, not an AttributeError ---------------------
-    def afeed(self, delta: str) -> Any:
-        raise TypeError(_SYNC_IN_ASYNC)
-
-    def afinish(self) -> Any:
-        raise TypeError(_SYNC_IN_ASYNC)
-
-    def awrap(self, deltas: Any) -> Any:
-        raise TypeError(_SYNC_IN_ASYNC)
-
-    def __aenter__(self) -> Any:
-        self.close()  # opened already (the prompt was screened): nothing of it is used
-        raise TypeError(_SYNC_IN_ASYNC)
-
-    def __aexit__(self, *exc: object) -> Any:  # pragma: no cover - __aenter__ raised
-        raise TypeError(_SYNC_IN_ASYNC)
-
-
-_SYNC_IN_ASYNC = (
-    "guard.stream() returns a sync StreamMonitor (feed, finish, wrap; `with`); in async code use "
-    "`async with guard.astream(prompt) as monitor:` and `await monitor.afeed(delta)`"
-)
-_ASYNC_IN_SYNC = (
-    "guard.astream() returns an AsyncStreamMonitor: use `async with guard.astream(prompt) as monitor:` "
-    "and `await monitor.afeed(delta)`, or guard.stream() for a sync monitor (`with`, feed, finish)"
-)
-
 
 # ================================================================================================
 # The async monitor
 # ================================================================================================
-class AsyncStreamMonitor(MonitorCore):
+class AsyncStreamMonitor(MonitorCore, AsyncOnly):
     """Async twin of `StreamMonitor`: ``async with guard.astream(prompt) as m: await m.afeed(delta)``.
 
     The prompt is screened when the monitor is entered (or on the first `afeed`). Model and tokenizer
@@ -585,20 +559,6 @@ class AsyncStreamMonitor(MonitorCore):
 
     async def __aenter__(self) -> AsyncStreamMonitor:
         return await self.aopen()
-
-    # -- the sync API asked of an async monitor: a hint, not an AttributeError --------------------
-    def __enter__(self) -> Any:
-        self.close()
-        raise TypeError(_ASYNC_IN_SYNC)
-
-    def __exit__(self, *exc: object) -> Any:  # pragma: no cover - __enter__ raised
-        raise TypeError(_ASYNC_IN_SYNC)
-
-    def feed(self, delta: str) -> Any:
-        raise TypeError(_ASYNC_IN_SYNC)
-
-    def finish(self) -> Any:
-        raise TypeError(_ASYNC_IN_SYNC)
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
