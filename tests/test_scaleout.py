@@ -84,6 +84,10 @@ def _assert_safe(results, logs):
 
 
 # -- the client's rules, against scripted replicas (fault injection) ---------------------------------
+#: What a replica that screened the prompt first reports at ``opened``.
+PROMPT_ALLOWED = {"allowed": True, "action": "allow", "stage": "prompt", "reason": "safe", "risk": "safe"}
+
+
 def _replica_that_goes_away_after(feeds: int, how: int | str = 1012):
     """Releases every feed at once, then on feed number ``feeds + 1`` closes with ``how`` (1012: a replica
     stopping) or drops the connection (``"drop"``: a replica killed)."""
@@ -91,7 +95,7 @@ def _replica_that_goes_away_after(feeds: int, how: int | str = 1012):
 
     def script(frame):
         if frame["type"] == "open":
-            return {"type": "opened"}
+            return {"type": "opened", "prompt_decision": PROMPT_ALLOWED}
         seen["feeds"] += 1
         return how if seen["feeds"] > feeds else {"type": "released", "text": frame["text"]}
 

@@ -207,3 +207,60 @@ def test_a_replay_to_a_replica_that_stops_reading_keeps_the_deadline():
         a.close()
         b.close()
     assert len(json.dumps(b.frames)) < 8_000_000  # B read little of the replay
+
+
+# -- a prompt no replica judged ---------------------------------------------------------------------------
+def prompt_fails(conversation) -> str:
+    if conversation[-1]["role"] == "user":
+        raise RuntimeError("engine down for prompts")
+    return keyword_verdict(conversation)
+
+
+@pytest.mark.parametrize("client_on_error", ["allow", "block"])
+def test_a_prompt_screened_beside_the_answer_that_failed_is_screened_by_another_replica(client_on_error):
+    """The attack: replica A screens the prompt beside the answer (`Guard(parallel_input=True)`), so its
+    ``opened`` frame comes before the prompt's verdict; its prompt check fails. Under a client that fails
+    open, A's flagged prompt decision never reached the client (sent only at ``opened``): 108 of 108 answer
+    characters out. Under one that fails closed, A closed 4503 and the client re-opened on B with
+    ``screen_prompt: false``: B never screened the unsafe prompt, and the answer went out. The prompt's
+    decision now reaches the client whenever it comes, and a re-open screens the prompt unless a replica
+    reported its decision."""
+    down = Guard(ScriptedBackend(prompt_fails, name="kw"), Policy(on_error="allow"), parallel_input=True)
+    healthy = Guard(ScriptedBackend(keyword_verdict, name="kw"))
+    with serving(down) as a, serving(healthy) as b:
+        guard = Guard.remote(
+            "http://127.0.0.1:9/v1",
+            model="kw",
+            stream=[a + "/v1", b + "/v1"],
+            policy=Policy(on_error=client_on_error, timeout_s=10),
+        )
+        guard.stream_backend.replicas.failed(guard.stream_backend.urls[1])  # sessions start on A
+        out = ""
+        monitor = guard.stream(f"How do I {RECIPE.lower()}", holdback=2)
+        with pytest.raises(GuardViolation) as err:
+            for delta in chunks(SAFE):
+                out += monitor.feed(delta)
+            out += monitor.finish()
+        monitor.close()
+    assert err.value.decision.stage.value == "prompt" and err.value.decision.reason == "unsafe"
+    assert out == "", f"{len(out)} characters of the answer went out before the prompt was judged"
+
+
+def test_a_replica_gone_before_its_prompt_verdict_leaves_the_prompt_to_the_next():
+    """A replica that answers ``opened`` without the prompt's decision (it screens it beside the answer) and
+    restarts (1012) before the verdict: the re-open on B must screen the prompt (it sent ``screen_prompt:
+    false``, and B judged nothing of it)."""
+    a = ScriptedReplica(lambda f: {"type": "opened"} if f["type"] == "open" else 1012)
+    b = ScriptedReplica(
+        lambda f: {"type": "opened"} if f["type"] == "open" else {"type": "released", "text": f.get("text", "")}
+    )
+    guard = Guard.remote("http://127.0.0.1:9/v1", model="m", stream=[a.url, b.url], policy=Policy(timeout_s=5))
+    guard.stream_backend.replicas.failed(guard.stream_backend.urls[1])
+    try:
+        monitor = guard.stream(PROMPT, holdback=0)
+        monitor.feed("Hello. ")
+        monitor.close()
+    finally:
+        a.close()
+        b.close()
+    assert b.frames[0]["type"] == "open" and b.frames[0].get("screen_prompt", True) is not False

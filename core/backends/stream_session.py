@@ -8,7 +8,9 @@ replica 429 at the handshake, or, with several replica URLs, it misses its share
 monitor opens a new session on another replica (or again through the balancer) and replays the prompt
 and all text fed so far, then the interrupted call (one feed frame per `REPLAY_CHUNK_CHARS` characters:
 the cost is once per failover and O(text)). The prompt is screened once: a re-opened session does not
-screen it again. The release rule is the point of it all: the client has released a prefix R of the
+screen it again, once a replica reported the prompt's decision (one that screens it beside the answer, or
+goes away before its verdict, judged nothing of it: the next replica screens it). The release rule is the
+point of it all: the client has released a prefix R of the
 text; each server session reports what it released, i.e. judged, as a prefix of the text fed to it, and
 the client releases only what lies beyond R *and* inside the current session's judged prefix. So text
 the new session has not judged is never released, whatever the old session had judged, and a
@@ -273,7 +275,9 @@ class _Session:
 
         ``expect="opened"`` is the first open. Otherwise (failover) the session is re-opened and the text
         fed so far is replayed; ``"finished"`` then finishes it."""
-        reply = yield self._reopen_frame if self._ever_opened else self._open_frame
+        # A re-open screens the prompt again unless a replica reported its decision: a replica that screens the
+        # prompt beside the answer, or went away before its verdict, judged nothing of it.
+        reply = yield self._reopen_frame if self.prompt_decision is not None else self._open_frame
         self._on_opened(reply)
         for start in range(0, len(self.text), REPLAY_CHUNK_CHARS):
             chunk = self.text[start : start + REPLAY_CHUNK_CHARS]
@@ -303,6 +307,10 @@ class _Session:
         self._state = "violated"
         self._emit(self.decision)
         return GuardViolation(self.decision)
+
+    def _take_prompt_decision(self, reply: Mapping[str, Any]) -> None:
+        if reply.get("prompt_decision"):
+            self.prompt_decision = decision_from_dict(reply["prompt_decision"])
 
     def _absorb(self, reply: Mapping[str, Any]) -> None:
         for name in ("tokens", "flags"):
@@ -342,8 +350,7 @@ class _Session:
 
     def _opened_frame(self, reply: Mapping[str, Any]) -> None:
         self._refuse_unjudged(reply)
-        if reply.get("prompt_decision"):
-            self.prompt_decision = decision_from_dict(reply["prompt_decision"])
+        self._take_prompt_decision(reply)
         if reply.get("type") == "violation":
             raise self._violation(decision_from_dict(reply.get("decision")))
         if reply.get("type") != "opened":
@@ -359,6 +366,7 @@ class _Session:
 
     def _reply_frame(self, reply: Mapping[str, Any], expect: str) -> str:
         self._refuse_unjudged(reply)
+        self._take_prompt_decision(reply)  # screened beside the answer, it comes later than `opened`
         self._absorb(reply)
         kind = reply.get("type")
         if kind == "violation":

@@ -346,13 +346,10 @@ class _Report:
         self.monitor = monitor
         self.flags_sent = 0
         self.decision_sent = False
+        self.prompt_sent = False
 
     def opened(self) -> dict[str, Any]:
-        out = self.update()
-        prompt_decision = getattr(self.monitor, "prompt_decision", None)
-        if prompt_decision is not None:
-            out["prompt_decision"] = prompt_decision.to_dict()
-        return out
+        return self.update()
 
     def update(self, *, final: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -364,6 +361,13 @@ class _Report:
         if len(flags) > self.flags_sent:
             out["flags"] = [d.to_dict() for d in flags[self.flags_sent :]]
             self.flags_sent = len(flags)
+        # The prompt's decision, once there is one: at `opened` when the prompt is screened first, in a later
+        # frame when it is screened beside the answer (`Guard(parallel_input=True)`). A client that failed over
+        # before it came screens the prompt again on the next replica.
+        prompt_decision = getattr(self.monitor, "prompt_decision", None)
+        if prompt_decision is not None and not self.prompt_sent:
+            out["prompt_decision"] = prompt_decision.to_dict()
+            self.prompt_sent = True
         decision = getattr(self.monitor, "decision", None)
         if decision is not None and not final and not self.decision_sent:
             out["decision"] = decision.to_dict()
