@@ -16,7 +16,7 @@ import time
 import pytest
 from faults import ScriptedBackend
 from live_server import serving
-from qwenguard.core import Guard, GuardViolation, Policy
+from qwenguard.core import Guard, GuardUnavailable, GuardViolation, Policy
 from ws_scripted import ScriptedReplica
 
 SAFE = "The weather is mild today. " * 4
@@ -264,3 +264,37 @@ def test_a_replica_gone_before_its_prompt_verdict_leaves_the_prompt_to_the_next(
         a.close()
         b.close()
     assert b.frames[0]["type"] == "open" and b.frames[0].get("screen_prompt", True) is not False
+
+
+def test_replicas_that_fail_now_and_then_cannot_multiply_the_work_without_bound():
+    """The attack: two replicas that flag every third release as a timeout (a loaded server failing open).
+    Each flag is a failover, and each failover replays the text so far: the replicas judged 23x the answer
+    for a 50,000-character answer (59 failovers). A session re-opens at most ``max_session_failovers`` (8)
+    times; past that the client's policy decides (here: fail closed)."""
+    count = {"feeds": 0}
+    flagged = {"allowed": True, "action": "flag", "stage": "stream", "reason": "timeout", "error": "slow"}
+
+    def script(frame):
+        if frame["type"] == "open":
+            return {"type": "opened"}
+        count["feeds"] += 1
+        reply = {"type": "released", "text": frame.get("text", "")}
+        return {**reply, "flags": [flagged]} if count["feeds"] % 3 == 0 else reply
+
+    a, b = ScriptedReplica(script), ScriptedReplica(script)
+    guard = Guard.remote("http://127.0.0.1:9/v1", model="m", stream=[a.url, b.url], policy=Policy(timeout_s=5))
+    monitor = guard.stream(PROMPT, holdback=0, screen_prompt=False)
+    fed = 0
+    try:
+        with pytest.raises(GuardUnavailable):
+            for i in range(200):
+                delta = f"Sentence {i:04d} is fine. "
+                fed += len(delta)
+                monitor.feed(delta)
+    finally:
+        monitor.close()
+        a.close()
+        b.close()
+    replayed = sum(len(f.get("text", "")) for f in a.frames + b.frames)
+    assert monitor.failovers <= 8, monitor.failovers
+    assert replayed <= 10 * fed, f"the replicas judged {replayed / fed:.1f}x the answer"

@@ -56,6 +56,7 @@ from .stream_session import (
 
 __all__ = [
     "DEFAULT_MAX_FAILOVERS",
+    "DEFAULT_MAX_SESSION_FAILOVERS",
     "DEFAULT_MAX_FRAME_BYTES",
     "SESSION_OPTIONS",
     "AsyncRemoteStreamMonitor",
@@ -69,6 +70,10 @@ DEFAULT_OPEN_TIMEOUT_S = 5.0
 DEFAULT_REPLY_TIMEOUT_S = 30.0
 #: Re-opens one call may make (each on another replica while there is one) before the policy decides.
 DEFAULT_MAX_FAILOVERS = 3
+#: Re-opens one session may make in all. Each replays the text so far, so replicas that fail now and then
+#: (a loaded fail-open server flagging a release as a timeout) would otherwise multiply the judging work
+#: with the answer's length; past it the policy decides, as when no replica answers.
+DEFAULT_MAX_SESSION_FAILOVERS = 8
 #: Wait before a re-open once every replica refused in this call (doubling, at most `DEFAULT_MAX_BACKOFF_S`).
 DEFAULT_BACKOFF_S = 0.2
 DEFAULT_MAX_BACKOFF_S = 2.0
@@ -104,7 +109,8 @@ class RemoteStream:
     """The stream backend of a remote guard: opens monitors over ``WS {base_url}/stream``.
 
     ``base_url`` may be a list of replicas: a session opens on the one with the fewest of this client's
-    sessions, and fails over to another (at most ``max_failovers`` re-opens per call; once every replica
+    sessions, and fails over to another (at most ``max_failovers`` re-opens per call and
+    ``max_session_failovers`` per session; once every replica
     refused in a call, re-opens wait ``backoff_s``, doubling up to ``max_backoff_s``, within the deadline).
     ``max_frame_bytes``: the largest frame accepted from the server (`DEFAULT_MAX_FRAME_BYTES`); a larger
     one ends the session as a guard error (the policy's ``on_error`` decides), and is not re-opened for."""
@@ -117,6 +123,7 @@ class RemoteStream:
         open_timeout_s: float = DEFAULT_OPEN_TIMEOUT_S,
         reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S,
         max_failovers: int = DEFAULT_MAX_FAILOVERS,
+        max_session_failovers: int = DEFAULT_MAX_SESSION_FAILOVERS,
         cooldown_s: float = DEFAULT_COOLDOWN_S,
         backoff_s: float = DEFAULT_BACKOFF_S,
         max_backoff_s: float = DEFAULT_MAX_BACKOFF_S,
@@ -124,8 +131,8 @@ class RemoteStream:
     ) -> None:
         if not isinstance(max_frame_bytes, int) or isinstance(max_frame_bytes, bool) or max_frame_bytes < 1:
             raise ValueError(f"max_frame_bytes must be a positive int of bytes, got {max_frame_bytes!r}")
-        if max_failovers < 0:
-            raise ValueError("max_failovers must be >= 0")
+        if max_failovers < 0 or max_session_failovers < 0:
+            raise ValueError("max_failovers and max_session_failovers must be >= 0")
         if backoff_s < 0 or max_backoff_s < 0:
             raise ValueError("backoff_s and max_backoff_s must be >= 0")
         urls = tuple(stream_url(u) for u in base_urls(base_url, schemes=("http://", "https://", "ws://", "wss://")))
@@ -137,6 +144,7 @@ class RemoteStream:
         self.open_timeout_s = open_timeout_s
         self.reply_timeout_s = reply_timeout_s
         self.max_failovers = max_failovers
+        self.max_session_failovers = max_session_failovers
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.max_frame_bytes = max_frame_bytes

@@ -434,6 +434,7 @@ class _Session:
             self._state == "open"
             and self.local is None
             and reopens < self.backend.max_failovers
+            and self.failovers < self.backend.max_session_failovers
             and not deadline.expired
             and reopen_worthy(exc, several=self.backend.replicas.several)
         )
