@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import time
 from collections import Counter
@@ -62,9 +63,23 @@ class Load:
 
 
 def client_address(scope: Mapping[str, Any]) -> str:
-    """The TCP peer's address (``X-Forwarded-For`` is not trusted: see `server_config`)."""
+    """The client a per-client limit counts: the TCP peer's address (``X-Forwarded-For`` is not trusted: see
+    `server_config`). An IPv4 peer seen on a dual-stack socket (``::ffff:127.0.0.1``) is its IPv4 address, and
+    an IPv6 peer is its /64 network (what one host or site is given), so one host cannot count as two clients,
+    or as 2^64, by switching addresses."""
     client = scope.get("client")
-    return str(client[0]) if client else "unknown"
+    if not client:
+        return "unknown"
+    host = str(client[0])
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])  # without an IPv6 zone ("fe80::1%eth0")
+    except ValueError:
+        return host  # a Unix socket path or a test client's name
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 class Gate:
