@@ -868,3 +868,41 @@ def test_a_client_whose_turn_does_not_come_within_the_deadline_gets_429():
         # One is served and misses the 1 s deadline (504); its turn passes on at about the moment the others'
         # wait ends, so the second may be served (504) or not (429); the last one's turn never comes (429).
         assert 504 in codes and 429 in codes and set(codes) <= {429, 504}, codes
+
+
+def test_waiting_for_a_turn_counts_against_the_request_deadline():
+    """The attack (red team): with one turn per client and checks that take almost the whole deadline, a
+    client's second request waited a whole deadline for its turn, then got a whole deadline more for the
+    work: 200 after 3.8 s against a 2 s ``--timeout``. The wait and the work share one deadline now."""
+    with guarded(safe_backend(delay_s=1.5), max_requests_per_client=1, request_timeout_s=2.0) as url:
+        start = time.monotonic()
+        codes = _post_many(url, ["first", "second"])
+        took = time.monotonic() - start
+    assert sorted(codes) == [200, 504], codes  # the second had 0.5 s left for a 1.5 s check
+    assert took < 2.9, f"the last answer came {took:.1f} s after the requests, against a 2 s deadline"
+
+
+def test_requests_given_up_while_waiting_for_a_turn_leave_the_queue():
+    """The attack (red team): a client with two turns sends four slow checks and gives up after 0.3 s. The
+    two that waited for a turn kept their places, so the client's retry got 429 at once, and all four were
+    judged for nobody. A request that waits is watched for its client leaving: it leaves the queue unjudged."""
+    backend = ScriptedBackend(lambda c: "Safety: Safe\nCategories: None", delay_s=1.0, name="slow")
+    with guarded(Guard(backend, cache_size=0), max_requests_per_client=2) as url:
+
+        def give_up(i: int) -> None:
+            body = {"conversations": [[{"role": "user", "content": f"abandoned {i}"}]]}
+            with pytest.raises(httpx.TimeoutException):
+                httpx.post(url + "/v1/moderate", json=body, timeout=0.3)
+
+        threads = [threading.Thread(target=give_up, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        time.sleep(0.1)
+        retry = httpx.post(
+            url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": "again"}]]}, timeout=10
+        )
+        assert retry.status_code == 200, retry.text
+    judged = [c[-1]["content"] for call in backend.calls for c in call]
+    assert sum(text.startswith("abandoned") for text in judged) <= 2, judged

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -17,7 +18,7 @@ from pydantic import ValidationError
 from .limits import LimitExceeded, Limits
 from .metrics import Metrics
 from .schemas import ApiError, ModerationRequest, error_json
-from .service import Service
+from .service import REQUEST_DEADLINE, Service
 from .stream_protocol import CLOSE_UNAUTHORIZED, CLOSE_UNAVAILABLE
 from .turns import ClientTurns, NoTurn, QueueFull
 
@@ -174,11 +175,20 @@ class Gate:
                 if load.in_flight >= self.limits.max_concurrency:
                     await answer(self._busy(), "overload")
                     return
+                timeout = self.limits.request_timeout_s
+                # One deadline from here: the wait for a turn counts against the work's time (`Service.time_left`).
+                REQUEST_DEADLINE.set(None if timeout is None else time.monotonic() + timeout)
                 # One client address is served at most `requests_per_client` requests at once; its next ones
                 # wait for one of its own to finish, so it cannot hold every slot and keep others out.
                 try:
-                    async with load.work_turns.turn(client, self.limits.request_timeout_s):
+                    if not await self._work_turn(client, timeout, receive):
+                        status_holder["status"] = 499  # the client hung up while it waited: nothing to answer
+                        self.metrics.rejected.labels("client_gone").inc()
+                        return
+                    try:
                         await self._serve(scope, receive, send_recording, answer, path, headers, body)
+                    finally:
+                        load.work_turns.release(client)
                 except NoTurn as exc:
                     why = (
                         "as many more already wait for a turn"
@@ -213,6 +223,35 @@ class Gate:
         finally:
             self.metrics.requests.labels(label, str(status_holder["status"])).inc()
             self.metrics.latency.labels(label).observe(time.perf_counter() - start)
+
+    async def _work_turn(self, client: str, timeout: float | None, receive: Any) -> bool:
+        """Take one of ``client``'s turns to be served (`NoTurn` when none comes); ``False`` when the client
+        hung up while it waited. A request that waits is watched for the client leaving, so one that was
+        given up on neither keeps its place (the client's retry would get 429) nor gets judged for nobody."""
+        turns = self.load.work_turns
+        if turns.free(client):
+            await turns.acquire(client)
+            return True
+        taking = asyncio.ensure_future(turns.acquire(client, timeout))
+        leaving = asyncio.ensure_future(receive())  # the body is in: what comes next is http.disconnect
+        try:
+            await asyncio.wait({taking, leaving}, return_when=asyncio.FIRST_COMPLETED)
+            if not taking.done() and leaving.result().get("type") != "http.disconnect":
+                await taking  # not a hang-up (nothing else should come): wait for the turn alone
+        except BaseException:
+            taking.cancel()  # a turn handed over at this moment is passed on (`ClientTurns`)
+            leaving.cancel()
+            raise
+        if taking.done():
+            leaving.cancel()
+            taking.result()  # raises NoTurn
+            return True
+        taking.cancel()
+        with contextlib.suppress(asyncio.CancelledError, NoTurn):
+            await taking
+        if taking.done() and not taking.cancelled() and taking.exception() is None:
+            turns.release(client)  # the turn came just as the client left
+        return False
 
     async def _serve(
         self, scope: Any, receive: Any, send: Any, answer: Any, path: str, headers: Mapping[bytes, bytes], body: bytes

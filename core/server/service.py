@@ -4,8 +4,10 @@ between wire payloads and the core's conversations, policies and verdicts."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,6 +35,12 @@ from .schemas import (
 )
 
 logger = logging.getLogger("qwenguard.server")
+
+#: When the HTTP request being served must be answered by (``time.monotonic()``); set by the gate once the
+#: request's body is in, so that waiting for a turn (`ClientTurns`) and the work share one deadline.
+REQUEST_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "qwenguard_request_deadline", default=None
+)
 
 _TURN_SPLIT = re.compile(r"\n\n(?=(?:USER|ASSISTANT): )")
 _PROMPT_HEAD = "<|im_start|>user\n"
@@ -136,6 +144,15 @@ class Service:
         except ValueError as exc:
             raise ApiError(400, str(exc), "invalid_request_error") from exc
 
+    def time_left(self) -> float | None:
+        """Seconds the request being served has left: ``request_timeout_s`` from when its body was in
+        (`REQUEST_DEADLINE`, set by the gate), so time spent waiting for a turn counts against it."""
+        timeout = self.request_timeout_s
+        at = REQUEST_DEADLINE.get()
+        if timeout is None or at is None:
+            return timeout
+        return max(0.001, min(timeout, at - time.monotonic()))
+
     async def classify(self, conversations: Sequence[Sequence[Mapping[str, str]]]) -> list[tuple[Outcome, bool]]:
         """Verdicts (or per-conversation errors) with a cached flag. Whole-call failures become ApiErrors.
 
@@ -155,7 +172,7 @@ class Service:
             else:
                 pending.append(i)
         if pending:
-            timeout = self.request_timeout_s
+            timeout = self.time_left()
             try:
                 outcomes = await asyncio.wait_for(
                     backend.aclassify([conversations[i] for i in pending], timeout=timeout),
@@ -163,7 +180,9 @@ class Service:
                 )
             except (GuardTimeout, asyncio.TimeoutError) as exc:
                 self.metrics.guard_errors.labels("GuardTimeout").inc()
-                raise ApiError(504, f"guard did not answer within {timeout} s", "timeout") from exc
+                raise ApiError(
+                    504, f"guard did not answer within the request deadline ({self.request_timeout_s} s)", "timeout"
+                ) from exc
             except InputTooLarge as exc:
                 raise self._too_large(exc) from exc
             except Exception as exc:

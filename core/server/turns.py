@@ -53,14 +53,19 @@ class ClientTurns:
     async def turn(self, client: str, timeout: float | None = None) -> AsyncIterator[None]:
         """Hold one of ``client``'s turns for the block. Raises `QueueFull` when ``max_waiting`` already wait,
         `TurnTimeout` when no turn came within ``timeout`` seconds (``None``: as long as it takes)."""
-        await self._acquire(client, timeout)
+        await self.acquire(client, timeout)
         try:
             yield
         finally:
-            self._release(client)
+            self.release(client)
 
-    async def _acquire(self, client: str, timeout: float | None) -> None:
-        if self._held[client] < self.limit and not self._waiting.get(client):
+    def free(self, client: str) -> bool:
+        """Whether ``client`` would get a turn at once."""
+        return self._held[client] < self.limit and not self._waiting.get(client)
+
+    async def acquire(self, client: str, timeout: float | None = None) -> None:
+        """Take one of ``client``'s turns (see `turn`); the caller must `release` it."""
+        if self.free(client):
             self._held[client] += 1
             return
         if self.max_waiting is not None and self.waiting(client) >= self.max_waiting:
@@ -80,7 +85,7 @@ class ClientTurns:
     def _give_up(self, client: str, ticket: asyncio.Future[None]) -> None:
         """Leave the queue; a turn handed over at this very moment is passed on, not lost."""
         if ticket.done():
-            self._release(client)
+            self.release(client)
             return
         ticket.cancel()
         queue = self._waiting.get(client)
@@ -90,7 +95,8 @@ class ClientTurns:
             if not queue:
                 del self._waiting[client]
 
-    def _release(self, client: str) -> None:
+    def release(self, client: str) -> None:
+        """Give a turn back: to the oldest waiter of ``client``, if any."""
         queue = self._waiting.get(client)
         while queue:
             ticket = queue.popleft()
