@@ -242,10 +242,6 @@ class MicroBatcher(Generic[T, R]):
         affordable = int((target - overhead) / rate) if target > overhead else 0
         return min(budget, max(affordable, budget // MIN_STEP_SHARE, 1))
 
-    def _next_cost(self, req: _Request) -> int:
-        index = req.peek()
-        return 0 if index is None else self._item_cost(req, index)
-
     def _pick(self, active: deque[_Request]) -> list[tuple[_Request, int]]:
         """Items for one step: led by the cheapest next item (or a request passed over too long), then
         round-robin over the requests within the leader's width class and the row and cost budgets."""
@@ -275,7 +271,8 @@ class MicroBatcher(Generic[T, R]):
         # requests waiting than a step holds, each of them leads in turn, and a short check that arrived
         # rides in the next step instead of waiting for the rotation to reach it.
         rotation = [active[(start + 1 + k) % len(active)] for k in range(len(active) - 1)]
-        order = [*sorted(rotation, key=self._next_cost), lead]
+        next_cost = {id(r): c for r, c in zip(pending, costs)}  # a request with nothing left is passed over anyway
+        order = [*sorted(rotation, key=lambda r: next_cost.get(id(r), 0)), lead]
         progress = True
         while progress and len(picked) < self.max_batch:
             progress = False

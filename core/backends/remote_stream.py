@@ -197,7 +197,7 @@ class RemoteStreamMonitor(_Session, SyncOnly):
         pause = 0.0
         # What the call returns is all it released, also by attempts that failed part-way (a replay that
         # released some text, then lost its replica): that text is out, and the caller must get it.
-        mark = len(self.released)
+        mark = self._released_len
         while True:
             try:
                 if pause:
@@ -208,7 +208,7 @@ class RemoteStreamMonitor(_Session, SyncOnly):
                     self._on_reply(self._ws.recv(timeout=attempt.left()), expect)
                 else:
                     self._drive(self._rebuild(expect), attempt, tried)
-                return self.released[mark:]
+                return self._released_since(mark)
             except GuardViolation:
                 self._close_ws()
                 raise
@@ -222,7 +222,7 @@ class RemoteStreamMonitor(_Session, SyncOnly):
                 )
                 if wait is None:
                     self._fail(exc, stage, timed_out=deadline.expired)
-                    return self.released[mark:]
+                    return self._released_since(mark)
                 pause = wait
                 reopens += 1
                 self.failovers += 1 if self._ever_opened else 0
@@ -385,20 +385,20 @@ class AsyncRemoteStreamMonitor(_Session, AsyncOnly):
         tried: list[str] = []
         reopens = 0
         pause = 0.0
-        mark = len(self.released)  # the call returns all it released (see `RemoteStreamMonitor._call`)
+        mark = self._released_len  # the call returns all it released (see `RemoteStreamMonitor._call`)
         while True:
             try:
                 if pause:
                     await asyncio.sleep(pause)
                     if self._state == "closed":  # closed during the wait: nothing more is released
-                        return self.released[mark:]
+                        return self._released_since(mark)
                 attempt = self._attempt(deadline, reopens)
                 if frame is not None:
                     reply = await asyncio.wait_for(self._send_recv(self._ws, frame), attempt.left())
                     self._on_reply(reply, expect)
                 else:
                     await asyncio.wait_for(self._adrive(self._rebuild(expect), tried), attempt.left())
-                return self.released[mark:]
+                return self._released_since(mark)
             except GuardViolation:
                 await self._aclose_ws()
                 raise
@@ -408,13 +408,13 @@ class AsyncRemoteStreamMonitor(_Session, AsyncOnly):
                     self.backend.replicas.failed(self._endpoint)
                 self._abort_ws()
                 if self._state == "closed":  # closed while the exchange ran: nothing more is released
-                    return self.released[mark:]
+                    return self._released_since(mark)
                 wait = (
                     self._reopen_pause(deadline, reopens, tried) if self._may_reopen(exc, deadline, reopens) else None
                 )
                 if wait is None:
                     self._fail(exc, stage, timed_out=deadline.expired)
-                    return self.released[mark:]
+                    return self._released_since(mark)
                 pause = wait
                 reopens += 1
                 self.failovers += 1 if self._ever_opened else 0

@@ -10,8 +10,7 @@ and all text fed so far, then the interrupted call (one feed frame per `REPLAY_C
 the cost is once per failover and O(text)). The prompt is screened once: a re-opened session does not
 screen it again, once a replica reported the prompt's decision (one that screens it beside the answer, or
 goes away before its verdict, judged nothing of it: the next replica screens it). The release rule is the
-point of it all: the client has released a prefix R of the
-text; each server session reports what it released, i.e. judged, as a prefix of the text fed to it, and
+point of it all: the client has released a prefix R of the text; each server session reports what it released, i.e. judged, as a prefix of the text fed to it, and
 the client releases only what lies beyond R *and* inside the current session's judged prefix. So text
 the new session has not judged is never released, whatever the old session had judged, and a
 violation found in the replayed text stops the stream as any violation does. When no replica answers
@@ -195,6 +194,9 @@ class _Session:
         self.policy = guard.policy
         self.text = ""
         self._released_parts: list[str] = []
+        # Characters released: what is out is always a prefix of `text`, so this is all a call needs (the
+        # joined string is built only when `released` is read).
+        self._released_len = 0
         #: The violation (or fail-open guard error) that ended checking, else None.
         self.decision: Decision | None = None
         #: The prompt's Decision, as the server reported it.
@@ -243,7 +245,7 @@ class _Session:
     @property
     def held(self) -> str:
         """Text fed but not released yet."""
-        return self.text[len(self.released) :]
+        return self.text[self._released_len :]
 
     @property
     def finished(self) -> bool:
@@ -261,12 +263,17 @@ class _Session:
     def _release(self, text: str) -> str:
         if text:
             self._released_parts.append(text)
+            self._released_len += len(text)
         return text
 
     def _release_upto(self, end: int) -> str:
         """Release the text up to ``end`` beyond what is already out (nothing when ``end`` is behind it)."""
-        start = len(self.released)
+        start = self._released_len
         return self._release(self.text[start:end]) if end > start else ""
+
+    def _released_since(self, mark: int) -> str:
+        """The text released after the first ``mark`` characters (what one call returns)."""
+        return self.text[mark : self._released_len]
 
     # -- frames out -----------------------------------------------------------------------
     def _rebuild(self, expect: str) -> Generator[str, str | bytes, None]:

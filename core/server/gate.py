@@ -249,7 +249,7 @@ class Gate:
         taking.cancel()
         with contextlib.suppress(asyncio.CancelledError, NoTurn):
             await taking
-        if taking.done() and not taking.cancelled() and taking.exception() is None:
+        if not taking.cancelled() and taking.exception() is None:
             turns.release(client)  # the turn came just as the client left
         return False
 

@@ -107,7 +107,7 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
         except QwenGuardError as exc:
             raise _unavailable(exc) from exc
         report = _Report(monitor)
-        await ws.send_json({"type": "opened", **report.opened()})
+        await ws.send_json({"type": "opened", **report.update()})
         clock.progress()
         while True:
             msg = await _receive(inbox, service, clock.next_wait())
@@ -347,9 +347,6 @@ class _Report:
         self.flags_sent = 0
         self.decision_sent = False
         self.prompt_sent = False
-
-    def opened(self) -> dict[str, Any]:
-        return self.update()
 
     def update(self, *, final: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {}
