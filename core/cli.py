@@ -294,8 +294,11 @@ def serve(
     max_streams: int | None = typer.Option(
         None, "--max-streams", help="Stream sessions at once (default: --max-concurrency); more get 503."
     ),
-    max_streams_per_client: int = typer.Option(
-        16, "--max-streams-per-client", help="Stream sessions at once per client address; more get 429."
+    max_streams_per_client: int | None = typer.Option(
+        None,
+        "--max-streams-per-client",
+        help="Stream sessions at once per client address (default: 16, or half of --max-streams when "
+        "that is smaller); more get 429.",
     ),
     max_requests_per_client: int | None = typer.Option(
         None,

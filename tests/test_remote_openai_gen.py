@@ -215,6 +215,33 @@ def test_retries_connection_errors_5xx_and_429_with_retry_after(url, local):
     backend.close()
 
 
+@pytest.mark.parametrize("timeout", [5.0, None], ids=["deadline", "no_deadline"])
+def test_a_retry_after_longer_than_the_call_may_wait_is_reported_at_once(url, local, timeout):
+    """The user's case: every replica is overloaded and answers 503 with ``Retry-After: 3600``. The client slept
+    until the call's deadline and reported a timeout (and with no deadline, for an hour). A wait longer than
+    the time left (or, with no deadline, than ``max_backoff_s``) ends the retries at once with the server's
+    answer, so the policy decides now."""
+    busy = httpx.Response(503, headers={"Retry-After": "3600"}, json={"error": {"message": "overloaded"}})
+    transport = AsyncFaulty([busy] * 3)
+    backend = OpenAIGen(url, model=local.backend.name, api_key=KEY, transport=transport, backoff_s=0.01)
+    start = time.perf_counter()
+    done = threading.Event()
+    out: list = []
+    worker = threading.Thread(
+        target=lambda: (
+            out.extend(backend.classify([[{"role": "user", "content": BOMB}]], timeout=timeout)),
+            done.set(),
+        ),
+        daemon=True,
+    )
+    worker.start()
+    assert done.wait(10), "the call was still sleeping on Retry-After"
+    assert time.perf_counter() - start < 2.0
+    assert isinstance(out[0], RemoteHTTPError) and out[0].status == 503 and transport.seen == 1
+    assert (Guard(backend).check_prompt(BOMB).reason, transport.seen) == ("guard_error", 2)
+    backend.close()
+
+
 async def test_async_retries(url, local):
     transport = AsyncFaulty(_faults())
     backend = OpenAIGen(url, model=local.backend.name, api_key=KEY, transport=transport, backoff_s=0.01)

@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import httpx
@@ -693,6 +693,30 @@ def test_a_client_dripping_bodies_waits_behind_its_own_drips():
         finally:
             for sock in drips:
                 sock.close()
+
+
+def _open_stream_from(url: str, source: str, sessions: ExitStack) -> bool:
+    """Open a stream session from the address ``source`` (kept open by ``sessions``); False when refused."""
+    sock = socket.create_connection(("127.0.0.1", _port(url)), source_address=(source, 0))
+    try:
+        conn = sessions.enter_context(connect(ws_url(url), sock=sock))
+    except websockets.exceptions.InvalidStatus as refused:
+        sock.close()
+        assert refused.response.status_code == 429, refused.response.status_code
+        return False
+    conn.send(json.dumps({"type": "open", "prompt": "Where is the Eiffel Tower?"}))
+    assert json.loads(conn.recv(timeout=10))["type"] == "opened"
+    return True
+
+
+def test_one_client_cannot_open_every_stream_session_of_a_small_server():
+    """The attack: against a server with 4 stream sessions (``--max-concurrency 4``), one client opens as many as
+    it may. The per-client cap was 16 whatever the server's size, so it took all 4 and every other client got
+    503 until it let go. A client now holds at most half of a small server's sessions by default."""
+    with guarded(safe_backend(), max_concurrency=4) as url, ExitStack() as sessions:
+        mine = [_open_stream_from(url, "127.0.0.1", sessions) for _ in range(4)]
+        assert _open_stream_from(url, "127.0.0.2", sessions), "another client was refused"
+        assert mine == [True, True, False, False]
 
 
 @pytest.fixture(scope="module")

@@ -448,7 +448,16 @@ class OpenAIGen:
             return delay if left is None else max(0.0, min(delay, left))
 
         def stop(state: Any) -> bool:
-            return state.attempt_number >= self._max_attempts or deadline.expired()
+            if state.attempt_number >= self._max_attempts or deadline.expired():
+                return True
+            if replicas.untried(tried):
+                return False
+            # A server asking for a longer wait than the call may still take (no deadline: than max_backoff_s)
+            # is answered now: sleeping to the deadline would only turn its answer into a timeout.
+            exc = state.outcome.exception() if state.outcome is not None else None
+            hint = getattr(exc, "retry_after", None)
+            left = deadline.left()
+            return hint is not None and hint > (self.max_backoff_s if left is None else left)
 
         return {"retry": tenacity.retry_if_exception(retryable), "wait": wait, "stop": stop, "reraise": True}
 

@@ -356,12 +356,12 @@ class Gate:
             )
         if self.load.streams >= self.limits.streams:
             return 503, CLOSE_UNAVAILABLE, "overloaded", "server busy: too many stream sessions", "overload"
-        if self.load.streams_by_client[client] >= self.limits.max_streams_per_client:
+        if self.load.streams_by_client[client] >= self.limits.streams_per_client:
             return (
                 429,
                 CLOSE_UNAVAILABLE,
                 "rate_limit_exceeded",
-                f"this client already holds {self.limits.max_streams_per_client} stream sessions",
+                f"this client already holds {self.limits.streams_per_client} stream sessions",
                 "client_streams",
             )
         return None

@@ -56,8 +56,9 @@ class Limits:
     max_chars: int = DEFAULT_MAX_CHARS
     #: Stream sessions at once (``None``: as many as ``max_concurrency``).
     max_streams: int | None = None
-    #: Stream sessions at once from one client address.
-    max_streams_per_client: int = DEFAULT_MAX_STREAMS_PER_CLIENT
+    #: Stream sessions at once from one client address (``None``: 16, or half of `streams` when that is
+    #: smaller, so one client never holds every session of a small server).
+    max_streams_per_client: int | None = None
     #: Request bodies arriving at once from one client address (more wait for a turn, within the deadline).
     max_bodies_per_client: int = DEFAULT_MAX_BODIES_PER_CLIENT
     #: Requests served at once for one client address (``None``: half of ``max_concurrency``); more wait for
@@ -80,6 +81,7 @@ class Limits:
             if value is None and f.name in (
                 "request_timeout_s",
                 "max_streams",
+                "max_streams_per_client",
                 "max_requests_per_client",
                 "stream_idle_timeout_s",
                 "stream_max_session_s",
@@ -91,6 +93,12 @@ class Limits:
     @property
     def streams(self) -> int:
         return self.max_concurrency if self.max_streams is None else self.max_streams
+
+    @property
+    def streams_per_client(self) -> int:
+        if self.max_streams_per_client is not None:
+            return self.max_streams_per_client
+        return min(DEFAULT_MAX_STREAMS_PER_CLIENT, max(1, self.streams // 2))
 
     @property
     def requests_per_client(self) -> int:
