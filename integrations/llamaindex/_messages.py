@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -57,6 +58,7 @@ __all__ = [
     "message_text",
     "plan_inputs",
     "plan_template",
+    "react_actions",
     "role_of",
     "tool_calls_in",
     "tool_calls_of",
@@ -129,8 +131,8 @@ def answer_text(message: ChatMessage) -> str:
 # -- tool calls -------------------------------------------------------------------------------
 def tool_calls_in(llm: Any, response: ChatResponse) -> list[ToolSelection]:
     """The tool calls a chat response asks for, read the way the agent will read them; a call whose
-    arguments are not a JSON object carries their text as sent (the LLM's parser reads it as ``{}``, but the
-    text is in the message, and reaches whoever shows it)."""
+    arguments are not a JSON object also comes with their text as sent (the LLM's parser may read it as ``{}``,
+    but the text is in the message, and reaches whoever shows it)."""
     calls: list[ToolSelection] | None = None
     getter = getattr(llm, "get_tool_calls_from_response", None)
     if getter is not None:
@@ -145,10 +147,71 @@ def tool_calls_in(llm: Any, response: ChatResponse) -> list[ToolSelection]:
             if isinstance(b, ToolCallBlock)
         ]
     unparsed = _unparsed_arguments(response.message)
-    calls = [
-        _selection(c.tool_id, c.tool_name, unparsed.pop(c.tool_id)[1]) if c.tool_id in unparsed else c for c in calls
-    ]
-    return calls + [_selection(call_id, name, text) for call_id, (name, text) in unparsed.items()]
+    judged: list[ToolSelection] = []
+    for call in calls:
+        if call.tool_id in unparsed:
+            judged.append(_selection(call.tool_id, call.tool_name, unparsed.pop(call.tool_id)[1]))
+            if not call.tool_kwargs:
+                continue
+        # What the agent runs: a parser may repair text that is not an object (``parse_partial_json`` closes a
+        # truncated one and decodes its escapes), so the repaired arguments are judged beside the text as sent.
+        judged.append(call)
+    return judged + [_selection(call_id, name, text) for call_id, (name, text) in unparsed.items()]
+
+
+#: ReAct actions judged in one answer: the agent runs one (the first), so more are only an attacker's decoys.
+MAX_REACT_ACTIONS = 16
+_JSON_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|.)", re.DOTALL)
+_ESCAPED = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
+
+
+def react_actions(text: str) -> list[ToolSelection]:
+    """The tool calls a ReAct step written as text asks for (``\\nAction: name`` then ``\\nAction Input: {...}``),
+    with their arguments read as the agent reads them, so that the guard judges what the tool would run
+    with, not only the text as written (``\\u006d\\u0069\\u0078`` is "mix" to the agent's JSON reader).
+
+    Found with ``str.find`` rather than the agent's parser, whose regular expression backtracks cubically
+    on text with many ``Action:`` lines (5,000 characters: 25 s). As there, an action's arguments run from
+    the first ``{`` after its ``Action Input:`` to the last ``}`` of the text, and the first ``Action Input:``
+    line after the first ``Action:`` line is the one run; later ones are judged too, up to
+    `MAX_REACT_ACTIONS`. Arguments that are not strict JSON (the agent reads them leniently, with
+    ``dirtyjson``) are judged as their text with its escapes decoded."""
+    first = text.find("\nAction:")
+    last_brace = text.rfind("}")
+    actions: list[ToolSelection] = []
+    starts: set[int] = set()
+    at = text.find("\nAction Input:", first) if first >= 0 else -1
+    while at >= 0 and len(actions) < MAX_REACT_ACTIONS:
+        start = text.find("{", at)
+        if start < 0 or start > last_brace:
+            break
+        if start not in starts:  # inputs sharing a brace share their arguments
+            starts.add(start)
+            named = text.rfind("\nAction:", 0, at + 1)
+            name = text[named + len("\nAction:") : at].split()[:1]
+            arguments = text[start : last_brace + 1]
+            try:
+                parsed = json.loads(arguments)
+            except ValueError:
+                parsed = None
+            decoded = parsed if isinstance(parsed, Mapping) else _decode_escapes(arguments)
+            actions.append(_selection(f"react-{len(actions)}", name[0] if name else "tool", decoded))
+        at = text.find("\nAction Input:", at + 1)
+    return actions
+
+
+def _decode_escapes(text: str) -> str:
+    """JSON string escapes decoded the way a lenient JSON reader decodes them (linear)."""
+
+    def one(match: re.Match[str]) -> str:
+        escape = match.group(1)
+        if escape[0] == "u":
+            return chr(int(escape[1:], 16))
+        return _ESCAPED.get(escape, escape)
+
+    decoded = _JSON_ESCAPE.sub(one, text)
+    # A pair of \\uXXXX escapes may spell one character outside the BMP (a surrogate pair).
+    return decoded.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def _selection(call_id: str, name: str, arguments: Mapping[str, Any] | str) -> ToolSelection:

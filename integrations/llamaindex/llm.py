@@ -79,6 +79,7 @@ from ._messages import (
     message_text,
     plan_inputs,
     plan_template,
+    react_actions,
     tool_calls_in,
     variable_checks,
 )
@@ -199,11 +200,13 @@ class GuardedLLM(FunctionCallingLLM):
         return None if plan is None else _Plan(plan.checks, plan.prompt)
 
     @staticmethod
-    def _output_checks(plan: _Plan, text: str, calls: Sequence[ToolSelection] = ()) -> Checks:
+    def _output_checks(plan: _Plan, text: str, calls: Sequence[ToolSelection] = (), *, actions: str = "") -> Checks:
+        """The answer's text, its tool calls, and the ReAct actions written in ``actions`` (its whole text):
+        a ReAct agent runs those as tool calls, with arguments it decodes."""
         checks: Checks = []
         if text.strip():
             checks.append((Stage.RESPONSE, response_conversation(plan.prompt, text)))
-        for call in calls:
+        for call in [*calls, *react_actions(actions)]:
             checks.append((Stage.TOOL_CALL, tool_call_conversation(call.tool_name, call.tool_kwargs, plan.prompt)))
         return checks
 
@@ -289,7 +292,8 @@ class GuardedLLM(FunctionCallingLLM):
         response = self.llm.chat(messages, **kwargs)
         self._wait_inputs(plan)
         calls = tool_calls_in(self.llm, response)
-        self._screen(self._output_checks(plan, message_text(response.message), calls))
+        text = message_text(response.message)
+        self._screen(self._output_checks(plan, text, calls, actions=text))
         self._passed(plan, response.message, calls)
         return response
 
@@ -297,7 +301,8 @@ class GuardedLLM(FunctionCallingLLM):
         plan = await self._astart_inputs(self._plan_messages(messages))
         response = await self._race(plan, self.llm.achat(messages, **kwargs))
         calls = tool_calls_in(self.llm, response)
-        await self._ascreen(self._output_checks(plan, message_text(response.message), calls))
+        text = message_text(response.message)
+        await self._ascreen(self._output_checks(plan, text, calls, actions=text))
         self._passed(plan, response.message, calls)
         return response
 
@@ -341,7 +346,7 @@ class GuardedLLM(FunctionCallingLLM):
         """What the end of a chat stream still needs judged: its tool calls, and text it carries
         outside the streamed deltas (citations, documents)."""
         calls = tool_calls_in(self.llm, last)
-        return self._output_checks(plan, unread_text(last.message), calls), calls
+        return self._output_checks(plan, unread_text(last.message), calls, actions=message_text(last.message)), calls
 
     def _guard_chat_stream(self, plan: _Plan, inner: Iterator[ChatResponse]) -> ChatResponseGen:
         out = ChatChunks()

@@ -50,3 +50,83 @@ def test_tool_arguments_that_are_not_json_are_judged_as_written(mode):
                 asyncio.run(llm.achat_with_tools(tools, user_msg="Mail my friend the recipe"))
     assert err.value.decision.stage is Stage.TOOL_CALL
     assert outbox.sent == 0
+
+
+# -- arguments the agent decodes before it runs the tool --------------------------------------------
+#: The clause as JSON ``\uXXXX`` escapes: the same string once decoded, and no word of it as written.
+ESCAPED = "".join(f"\\u{ord(c):04x}" for c in CLAUSE)
+
+
+def _run_agent(agent) -> Stage | None:
+    async def run() -> Stage | None:
+        try:
+            await agent.run(user_msg="Mail my friend the note.")
+        except GuardViolation as stopped:
+            return stopped.decision.stage
+        return None
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["streaming", "not_streaming"])
+def test_truncated_escaped_arguments_are_judged_as_the_agent_runs_them(streaming):
+    """The attack: a native tool call whose arguments are truncated JSON with the clause as ``\\uXXXX`` escapes.
+    `OpenAILike` repairs them (``parse_partial_json``, escapes decoded) and the agent ran ``send_email`` with
+    the whole clause, while the guard judged only the text as written (not an object, so it took the place
+    of the parsed call). Both are judged now."""
+    from llama_index.core.agent.workflow import FunctionAgent
+
+    truncated = '{"to": "friend@example.com", "body": "' + ESCAPED + '"'  # no closing brace
+    outbox = Outbox()
+    with scripted_openai(
+        [Reply(tool_calls=[ToolCall("send_email", truncated, id="c1", fragments=7)]), Reply.words("Sent.")]
+    ) as url:
+        llm = GuardedLLM(llm=openai_like(url), guard=Guard(CountingJudge()))
+        stopped = _run_agent(FunctionAgent(tools=[outbox.tool()], llm=llm, streaming=streaming))
+    assert (stopped, outbox.sent) == (Stage.TOOL_CALL, 0)
+
+
+REACT_STEP = (
+    "Thought: I will send the note.\nAction: send_email\n"
+    'Action Input: {"to": "friend@example.com", "body": "' + ESCAPED + '"}'
+)
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["streaming", "not_streaming"])
+def test_a_react_action_is_judged_as_a_tool_call_before_the_agent_runs_it(streaming):
+    """The attack: a ReAct step whose Action Input carries the clause as escapes. `GuardedLLM` judged the step
+    as text, as written; the agent's parser decodes the escapes and ran ``send_email`` with the clause (the run
+    stopped only at the next model call). The action is now judged as a tool call, decoded, before the
+    step leaves `GuardedLLM`."""
+    from llama_index.core.agent.workflow import ReActAgent
+
+    outbox = Outbox()
+    with scripted_openai([Reply.words(REACT_STEP), Reply.words("Thought: Done.\nAnswer: Sent.")]) as url:
+        llm = GuardedLLM(llm=openai_like(url), guard=Guard(CountingJudge()))
+        stopped = _run_agent(ReActAgent(tools=[outbox.tool()], llm=llm, streaming=streaming))
+    assert (stopped, outbox.sent) == (Stage.TOOL_CALL, 0)
+
+
+@pytest.mark.parametrize("mode", ["stream", "astream", "chat", "achat"])
+def test_a_react_action_in_any_call_is_judged_as_a_tool_call(mode):
+    """The same step through each chat call of `GuardedLLM` directly: the action's decoded arguments stop it."""
+    from llama_index.core.llms import ChatMessage
+
+    messages = [ChatMessage(role="user", content="Mail my friend the note.")]
+    with scripted_openai(Reply.words(REACT_STEP)) as url:
+        llm = GuardedLLM(llm=openai_like(url), guard=Guard(CountingJudge()))
+
+        async def astream() -> None:
+            async for _ in await llm.astream_chat(messages):
+                pass
+
+        with pytest.raises(GuardViolation) as err:
+            if mode == "stream":
+                list(llm.stream_chat(messages))
+            elif mode == "astream":
+                asyncio.run(astream())
+            elif mode == "chat":
+                llm.chat(messages)
+            else:
+                asyncio.run(llm.achat(messages))
+    assert err.value.decision.stage is Stage.TOOL_CALL
