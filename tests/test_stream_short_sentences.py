@@ -12,7 +12,7 @@ import re
 from concurrent.futures import wait
 
 import pytest
-from faults import ScriptedBackend
+from faults import ScriptedBackend, keyword_verdict
 from qwenguard.core import Guard, GuardViolation, Policy
 
 SAFE_Q = "What is the capital of France?"
@@ -90,3 +90,34 @@ def test_a_short_sentence_goes_out_with_the_next_one():
             wait([future for _, _, future in monitor._pending])
         released.append(monitor.finish())
     assert [r for r in released if r] == ["Yes. " + FIRST, " It is lovely."]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_long_run_of_spaces_is_not_read_again_on_every_delta(mode, monkeypatch):
+    """The attack (red team): a short sentence, then a long run of spaces, one character a delta. The spaces
+    are judged but never released (judged text keeps its last word), and every delta read all of the judged
+    text again (`releasable` over a slice of it): 200,000 characters took 15.7 s, quadratic. The release
+    point is now read once per verdict (a verdict every few hundred characters here: 39 characters read per
+    character fed, against 5,460 before)."""
+    from qwenguard.core.streaming import gen_windows
+
+    scanned = []
+    original = gen_windows.releasable
+    monkeypatch.setattr(gen_windows, "releasable", lambda text: scanned.append(len(text)) or original(text))
+    text = "Hello there." + " " * 20_000
+    guard = Guard(ScriptedBackend(keyword_verdict))
+
+    async def afeed() -> None:
+        async with guard.astream("Say hello.") as monitor:
+            for ch in text:
+                await monitor.afeed(ch)
+            await monitor.afinish()
+
+    if mode == "sync":
+        with guard.stream("Say hello.") as monitor:
+            for ch in text:
+                monitor.feed(ch)
+            monitor.finish()
+    else:
+        asyncio.run(afeed())
+    assert sum(scanned) <= 100 * len(text), f"{sum(scanned):,} characters read for {len(text):,} fed"

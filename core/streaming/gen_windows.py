@@ -108,7 +108,8 @@ def releasable(text: str) -> int:
     if not text or ends_sentence(text):
         return len(text)
     stripped = text.rstrip()
-    start = max(stripped.rfind(" "), stripped.rfind("\t"), stripped.rfind("\n")) + 1
+    tail = max(0, len(stripped) - MAX_HELD_WORD - 1)  # a break before it changes nothing: look no further
+    start = max(stripped.rfind(" ", tail), stripped.rfind("\t", tail), stripped.rfind("\n", tail)) + 1
     return max(start, len(stripped) - MAX_HELD_WORD, 0)
 
 
@@ -162,10 +163,13 @@ class GenWindows:
         # The last `context` chars before `submitted` (released text, when taking over mid-stream).
         self.tail = core.released[-self.context :] if start and self.context else ""
         self.timeout = core.policy.timeout_for(Stage.STREAM)
+        self._last_boundary = (-1, -1, 0)  # (release point it was read at, judged up to, boundary): `_boundary`
 
     def add(self, delta: str) -> list[tuple[int, int, list[dict[str, str]]]]:
         """Append text; return the (start, end, conversation) checks that are due now."""
-        self.unsubmitted += delta
+        waiting, self.unsubmitted = self.unsubmitted, ""
+        waiting += delta  # in place: see `MonitorCore._append`
+        self.unsubmitted = waiting
         return self.due()
 
     def due(self) -> list[tuple[int, int, list[dict[str, str]]]]:
@@ -287,9 +291,15 @@ class GenWindows:
             return confirmed
         if self.finished and confirmed >= self.submitted and not self.unsubmitted:
             return confirmed
+        # The same judged text gives the same point: `release` runs on every feed, and reading the judged
+        # text again each time is quadratic when it stays held (a long run of spaces after a short sentence).
+        if self._last_boundary[:2] == (base, confirmed):
+            return self._last_boundary[2]
         # Judged text that ends a sentence goes out whole; any other (a word-unit window, a run-on text cut
         # at a space, a short sentence or line) keeps its last word until a window shows what follows.
-        return base + releasable(core._buffer[: confirmed - base])
+        point = base + releasable(core._buffer[: confirmed - base])
+        self._last_boundary = (base, confirmed, point)
+        return point
 
     def release(self) -> str:
         core = self.core

@@ -169,7 +169,7 @@ class StreamMonitor(MonitorCore, SyncOnly):
         self._check_feedable()
         if not delta:
             return ""
-        self._buffer += delta
+        self._append(delta)
         self._settle_prompt_check(wait=False)
         if self._prompt_held:
             if self._windows is not None:
@@ -401,7 +401,7 @@ class AsyncStreamMonitor(MonitorCore, AsyncOnly):
         self._check_feedable()
         if not delta:
             return ""
-        self._buffer += delta
+        self._append(delta)
         if self._prompt_check is not None:  # most streams: no coroutine per delta
             await self._settle_prompt_check(wait=False)
         if self._prompt_held:

@@ -162,6 +162,16 @@ class MonitorCore:
             self._released_parts = ["".join(self._released_parts)]
         return self._released_parts[0] if self._released_parts else ""
 
+    def _append(self, delta: str) -> None:
+        """Add fed text to the held text in place.
+
+        ``self._buffer += delta`` copies the whole held text on every delta (CPython grows a string in place
+        only when nothing else refers to it: a local variable, not an attribute): quadratic while a slow judge
+        holds a long answer (200,000 one-character deltas: 1.6 s of copying, 400,000: 8 s)."""
+        held, self._buffer = self._buffer, ""
+        held += delta
+        self._buffer = held
+
     @property
     def text(self) -> str:
         """All text fed so far."""
