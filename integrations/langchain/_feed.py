@@ -24,7 +24,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._messages import answer_text, block_text, message_text
+from ._messages import answer_text, answer_tool_calls, block_text, message_text
 from ._streaming import Screen
 
 __all__ = ["StreamFeed", "Piece"]
@@ -33,6 +33,7 @@ __all__ = ["StreamFeed", "Piece"]
 Piece = tuple[Screen, str]
 
 _TOOL_BLOCKS = frozenset({"tool_call_chunk", "server_tool_call_chunk", "tool_call", "server_tool_call"})
+_SERVER_BLOCKS = frozenset({"server_tool_call_chunk", "server_tool_call"})
 _FINISH = frozenset({"content-block-finish", "message-finish"})
 
 
@@ -101,12 +102,25 @@ class StreamFeed:
         else:
             text = token if isinstance(token, str) else message_text(token)
         pieces = self._text_piece(text)
-        for call in getattr(message, "tool_call_chunks", None) or ():
-            key = call.get("index") if call.get("index") is not None else call.get("id")
+        for key, call in self._calls(message):
             if call.get("name"):
                 self._names.setdefault(key, call["name"])
             pieces += self._tool_piece(key, _args_text(call.get("args")))
         return pieces
+
+    @staticmethod
+    def _calls(message: Any) -> list[tuple[Any, Mapping[str, Any]]]:
+        """A chunk's tool-call pieces, by the call they belong to: ``tool_call_chunks``, a legacy
+        ``function_call`` (``{"name", "arguments"}`` in ``additional_kwargs``) and server tool-call blocks."""
+        out: list[tuple[Any, Mapping[str, Any]]] = []
+        for call in getattr(message, "tool_call_chunks", None) or ():
+            out.append((call.get("index") if call.get("index") is not None else call.get("id"), call))
+        for call in answer_tool_calls(message):
+            if call.get("type") == "function_call":
+                out.append(("function_call", call))
+            elif call.get("type") in _SERVER_BLOCKS:  # a tool the provider runs itself, in the content
+                out.append((("server", call.get("index") if call.get("index") is not None else call.get("id")), call))
+        return out
 
     # -- on_stream_event ------------------------------------------------------------------------
     def event_pieces(self, event: Any) -> tuple[list[Piece], bool]:

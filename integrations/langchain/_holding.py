@@ -33,7 +33,7 @@ from qwenguard.core import Guard, GuardViolation
 from qwenguard.core.streaming.gen_windows import RELEASE_UNITS
 from qwenguard.core.streaming.wakeup import UpstreamRace, UpstreamReader
 
-from ._messages import DEFAULT_HISTORY_TURNS, Item, answer_text, output_items
+from ._messages import DEFAULT_HISTORY_TURNS, Item, answer_text, answer_tool_calls, output_items
 from ._screening import ascreen, raise_first, screen
 from ._streaming import DEFAULT_WINDOW_CHARS, Engine, MonitorScreen, Screen, open_screen
 
@@ -114,7 +114,8 @@ def chunk_text(chunk: Any) -> str:
 
 
 def _has_tool_calls(chunk: Any) -> bool:
-    return bool(getattr(chunk, "tool_call_chunks", None) or getattr(chunk, "tool_calls", None))
+    # Not only ``tool_call_chunks``: a legacy ``function_call`` and a provider's own (server) tool call stream too.
+    return bool(getattr(chunk, "tool_call_chunks", None) or answer_tool_calls(chunk))
 
 
 def _add(whole: Any, chunk: Any) -> Any:
@@ -127,10 +128,12 @@ def _add(whole: Any, chunk: Any) -> Any:
 
 
 def as_message(value: BaseMessage) -> BaseMessage:
-    """An aggregated `AIMessageChunk` parses its tool-call chunks into ``tool_calls``."""
+    """An aggregated `AIMessageChunk` parses its tool-call chunks into ``tool_calls`` (a legacy ``function_call``
+    stays in ``additional_kwargs``)."""
     if isinstance(value, AIMessageChunk):
         return AIMessage(
             content=value.content,
+            additional_kwargs=value.additional_kwargs,
             tool_calls=value.tool_calls,
             invalid_tool_calls=value.invalid_tool_calls,
             id=value.id,

@@ -15,7 +15,8 @@ message once. System messages are the application's own and are not screened.
 Text is every content block that carries text (`message_text`), not only ``"text"`` blocks:
 ``"text-plain"`` (inline or base64), ``"input_text"``/``"output_text"``, reasoning, refusals, tool
 results nested in blocks, provider-specific blocks. Media (images, audio, video, non-text files, URLs)
-is not text and is not judged; tool-call blocks are judged as tool calls.
+is not text and is not judged; tool-call blocks are judged as tool calls (`answer_tool_calls`: a legacy
+``function_call`` and a provider's own ``server_tool_call`` too).
 
 Context kept for a check: the last few user/assistant text turns (`DEFAULT_HISTORY_TURNS`). Tool
 messages are never used as context of another check: untrusted text must not colour the verdict on
@@ -29,15 +30,17 @@ import binascii
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage, convert_to_messages
 from qwenguard.core import Stage
 from qwenguard.core.formats.conversations import (
     prompt_conversation,
     response_conversation,
     tool_call_conversation,
     untrusted_conversation,
+    with_tool_calls,
 )
 
 __all__ = [
@@ -52,7 +55,10 @@ __all__ = [
     "output_items",
     "prompt_items",
     "tool_arguments",
-    "command_tool_messages",
+    "answer_tool_calls",
+    "tool_result_messages",
+    "tool_output_text",
+    "artifact_text",
 ]
 
 #: How many earlier user/assistant text turns a check sees as context.
@@ -356,11 +362,8 @@ def output_items(
         )
         items.append(Item(Stage.RESPONSE, response_conversation(before, body), message, label="model response"))
     if tool_calls:
-        # Arguments that did not parse (``invalid_tool_calls``) are judged too: the tool never runs them, but
-        # their text streams to the consumer and stays in the answer.
-        calls = [*(getattr(message, "tool_calls", None) or ()), *(getattr(message, "invalid_tool_calls", None) or ())]
-        for call in calls:
-            name = call.get("name") or ""
+        for call in answer_tool_calls(message):
+            name = str(call.get("name") or "")
             items.append(
                 Item(
                     Stage.TOOL_CALL,
@@ -379,9 +382,85 @@ def _as_history(context: Sequence[Any], turns: int) -> list[dict[str, str]]:
     return [dict(m) for m in context][-turns:] if turns > 0 else []
 
 
-def command_tool_messages(command: Any) -> list[ToolMessage]:
-    """The tool messages a tool's LangGraph ``Command`` writes to the state: ``update={"messages": [...]}``
-    (an agent's `ToolNode` takes no other shape of update). Duck-typed: no langgraph import here."""
-    update = getattr(command, "update", None)
-    messages = update.get("messages") if isinstance(update, dict) else None
-    return [m for m in messages if isinstance(m, ToolMessage)] if isinstance(messages, (list, tuple)) else []
+#: Content blocks of a tool the provider runs itself (OpenAI's built-in web search with ``output_version="v1"``):
+#: never in ``tool_calls``, and not text (`_TOOL_CALL_KINDS`).
+_SERVER_CALLS = frozenset({"server_tool_call", "server_tool_call_chunk"})
+
+
+def answer_tool_calls(message: Any) -> list[Mapping[str, Any]]:
+    """Every tool call an answer (or a streamed chunk of one) asks for, each ``{"name", "args", ...}``:
+
+    - ``tool_calls``, and ``invalid_tool_calls`` (arguments that did not parse: the tool never runs them,
+      but their text streams to the consumer and stays in the answer);
+    - the legacy ``additional_kwargs["function_call"]`` (OpenAI's ``functions`` API), which LangChain keeps
+      out of ``tool_calls``;
+    - ``server_tool_call`` content blocks (`_SERVER_CALLS`).
+    """
+    calls: list[Mapping[str, Any]] = [
+        *(getattr(message, "tool_calls", None) or ()),
+        *(getattr(message, "invalid_tool_calls", None) or ()),
+    ]
+    extra = getattr(message, "additional_kwargs", None)
+    legacy = extra.get("function_call") if isinstance(extra, Mapping) else None
+    if isinstance(legacy, Mapping):
+        calls.append({"name": legacy.get("name"), "args": legacy.get("arguments"), "type": "function_call"})
+    content = getattr(message, "content", None)
+    if isinstance(content, (list, tuple)):
+        calls += [b for b in content if isinstance(b, Mapping) and b.get("type") in _SERVER_CALLS]
+    return calls
+
+
+def tool_result_messages(result: Any) -> list[tuple[Any, BaseMessage]]:
+    """Every message a tool's result writes to the state, each with the entry it is in the result (the
+    message itself, or the dict LangGraph would read as one). A result is a `ToolMessage`, a LangGraph
+    ``Command`` (every message of ``update={"messages": ...}``, whatever its type: a handoff writes AI and
+    human turns too), or a list of those (`ToolNode` takes one). Duck-typed: no langgraph import here."""
+    out: list[tuple[Any, BaseMessage]] = []
+    for part in result if isinstance(result, (list, tuple)) else [result]:
+        if isinstance(part, BaseMessage):
+            out.append((part, part))
+            continue
+        update = getattr(part, "update", None)
+        written = update.get("messages") if isinstance(update, Mapping) else None
+        for entry in written if isinstance(written, (list, tuple)) else [written] if written else []:
+            try:
+                out.append((entry, entry if isinstance(entry, BaseMessage) else convert_to_messages([entry])[0]))
+            except (ValueError, TypeError, NotImplementedError):
+                continue  # not a message: LangGraph refuses to write it too
+    return out
+
+
+def tool_output_text(message: BaseMessage, budget: int) -> str:
+    """What a message a tool wrote says, judged as untrusted tool output: its text, an AI turn's tool calls
+    (`answer_tool_calls`), and a `ToolMessage`'s ``artifact`` (`artifact_text`, up to ``budget``)."""
+    calls = [(str(c.get("name") or ""), tool_arguments(c)) for c in answer_tool_calls(message)]
+    text = with_tool_calls(message_text(message), calls)
+    artifact = artifact_text(getattr(message, "artifact", None), budget)
+    return "\n".join(t for t in (text, artifact) if t)
+
+
+def artifact_text(artifact: Any, budget: int) -> str:
+    """The strings in a tool's artifact (``response_format="content_and_artifact"``: raw results the app
+    shows, which the model never reads), one a line: through mappings (keys too), lists and documents
+    (``page_content``, ``metadata``). Other objects are not text. Walked without recursion and only until
+    past ``budget`` characters (every item counts at least one, as `text_size` counts), so a huge or
+    self-containing artifact costs no more: text past the guard's ``max_chars`` is refused there
+    (`InputTooLarge`), never cut short unjudged."""
+    texts: list[str] = []
+    total, stack = 0, [artifact]
+    while stack and total <= budget:
+        item = stack.pop()
+        total += len(item) if isinstance(item, str) else 1
+        room = budget - total + 1  # items beyond it cannot be reached before the walk stops
+        if isinstance(item, str):
+            texts.append(item)
+        elif isinstance(item, Mapping):
+            pairs = islice(item.items(), room)
+            stack.extend(reversed([x for pair in pairs for x in pair]))
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(reversed(list(islice(item, room))))
+        elif isinstance(item, BaseMessage):
+            stack.append(message_text(item))
+        elif isinstance(getattr(item, "page_content", None), str):
+            stack.extend([getattr(item, "metadata", None), item.page_content])
+    return "\n".join(t for t in texts if t)

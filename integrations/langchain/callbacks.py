@@ -26,9 +26,10 @@ not answer and the policy fails closed):
   judges every chunk before it is yielded, at the price of one guard call in the stream's path per
   chunk. To hold text until it is judged, use `GuardMiddleware` (agents) or `guard_output` (chains).
 - ``on_llm_end`` — the whole answer when nothing streamed, and every tool call the answer asks for.
-- ``on_tool_start`` — the tool call (name + arguments) before the tool runs; ``on_tool_end`` — its
-  result, or the tool messages of a LangGraph ``Command`` it returned (the tool has run; the result is
-  stopped before anything reads it).
+- ``on_tool_start`` — the tool call (name + arguments) before the tool runs; ``on_tool_end`` — every
+  message its result writes (its ``ToolMessage`` with its artifact, a LangGraph ``Command``'s messages, a
+  list of them: the tool has run; the result is stopped before anything reads it); ``on_tool_error`` — the
+  error's text (a ``ToolNode`` with ``handle_tool_errors`` writes the guard's stop in its place).
 - ``on_retriever_end`` — retrieved documents (a callback cannot drop documents: use
   `GuardDocumentCompressor` / `GuardedRetriever` to filter instead of abort).
 
@@ -72,7 +73,7 @@ from uuid import UUID
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
-from qwenguard.core import Guard, Stage
+from qwenguard.core import Guard, QwenGuardError, Stage
 from qwenguard.core.formats.conversations import tool_call_conversation, untrusted_conversation
 from qwenguard.core.streaming.parallel import PendingCheck
 
@@ -82,12 +83,13 @@ from ._logs import quiet_guard_stops
 from ._messages import (
     DEFAULT_HISTORY_TURNS,
     Item,
-    command_tool_messages,
     guard_history,
     input_items,
     message_text,
     output_items,
     prompt_items,
+    tool_output_text,
+    tool_result_messages,
 )
 from ._screening import ascreen, raise_first, require_guard, screen
 from ._streaming import (
@@ -388,16 +390,30 @@ class _GuardHandlerLogic:
         return Item(Stage.TOOL_CALL, tool_call_conversation(run.tool, args, context), label=f"tool call {name}")
 
     def _tool_end_items(self, output: Any, run_id: UUID) -> list[Item]:
-        """The tool's result: its text, or the tool messages of a LangGraph ``Command`` it returned (a tool
-        that updates the state writes its result there)."""
+        """The tool's result: every message it writes to the state (`tool_result_messages`: its `ToolMessage`
+        with its artifact, a LangGraph ``Command``'s messages, a list of them), or its text."""
         run = self._drop(run_id)
         if not self.check_tool_results:
             return []
-        outputs = command_tool_messages(output) or [output]
-        texts = [message_text(o) if isinstance(o, (BaseMessage, str)) else _plain_text(o) for o in outputs]
+        written = tool_result_messages(output)
+        texts: list[str | None] = [tool_output_text(message, self.guard.max_chars) for _, message in written]
+        if not written:
+            texts = [message_text(output) if isinstance(output, str) else _plain_text(output)]
+        return self._tool_output_items(texts, run, "tool result")
+
+    def _tool_error_items(self, error: BaseException, run_id: UUID) -> list[Item]:
+        """A failed tool's error: its text can quote what the tool read (a page it could not parse), and a
+        `ToolNode` with ``handle_tool_errors`` turns it into the tool message the model and the consumer read."""
+        run = self._drop(run_id)
+        if not self.check_tool_results or _control_flow(error):
+            return []
+        return self._tool_output_items([str(error)], run, "tool error")
+
+    @staticmethod
+    def _tool_output_items(texts: Sequence[str | None], run: _Run | None, what: str) -> list[Item]:
         name = run.tool if run and run.tool else "tool"
         return [
-            Item(Stage.TOOL_RESULT, untrusted_conversation(text, "tool output"), label=f"tool result of {name}")
+            Item(Stage.TOOL_RESULT, untrusted_conversation(text, "tool output"), label=f"{what} of {name}")
             for text in texts
             if text and text.strip()
         ]
@@ -417,6 +433,14 @@ def _text_message(text: str) -> BaseMessage:
     from langchain_core.messages import AIMessage
 
     return AIMessage(content=text)
+
+
+def _control_flow(error: BaseException) -> bool:
+    """Not a failure a `ToolNode` writes as a message: a cancellation, a LangGraph ``interrupt()``
+    (``GraphBubbleUp``: always re-raised), or the guard's own stop (no content in its text)."""
+    if not isinstance(error, Exception) or isinstance(error, QwenGuardError):
+        return True
+    return any(cls.__name__ == "GraphBubbleUp" for cls in type(error).__mro__)
 
 
 def _plain_text(output: Any) -> str | None:
@@ -519,7 +543,10 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
             raise_first(items, screen(self.guard, items))
 
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self._drop(run_id)
+        # Raised in place of the tool's error: a ToolNode that handles errors writes this one, the guard's.
+        items = self._tool_error_items(error, run_id)
+        if items:
+            raise_first(items, screen(self.guard, items))
 
     def on_retriever_start(self, serialized: dict[str, Any], query: str, *, run_id: UUID, **kwargs: Any) -> None:
         self._run(run_id).query = query
@@ -648,7 +675,9 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
             raise_first(items, await ascreen(self.guard, items))
 
     async def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self._drop(run_id)
+        items = self._tool_error_items(error, run_id)
+        if items:
+            raise_first(items, await ascreen(self.guard, items))
 
     async def on_retriever_start(self, serialized: dict[str, Any], query: str, *, run_id: UUID, **kwargs: Any) -> None:
         self._run(run_id).query = query

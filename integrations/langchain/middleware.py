@@ -13,7 +13,8 @@ Where it looks (every step is one batched guard call):
 - ``after_model``: the same again for an answer that did not come through this middleware's model
   call (a middleware listed before it answered from a cache); verdicts already given are cached.
 - ``wrap_tool_call``: the tool call again right before ``handler`` (the last line of defence; the
-  verdict is cached), and the tool's result right after it.
+  verdict is cached), and the tool's result right after it: every message it writes to the state
+  (`tool_result_messages`), its artifact too.
 
 What a violation does (``exit_behavior``):
 
@@ -50,7 +51,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -68,12 +69,12 @@ from ._holding import HELD_CALL, HeldCall, monitor_options
 from ._messages import (
     DEFAULT_HISTORY_TURNS,
     Item,
-    command_tool_messages,
     guard_history,
     input_items,
-    message_text,
     output_items,
     tool_arguments,
+    tool_output_text,
+    tool_result_messages,
 )
 from ._screening import METADATA_KEY, ascreen, blocked_pairs, require_guard, screen
 from ._stopped_calls import StoppedCalls
@@ -101,6 +102,8 @@ DEFAULT_TOOL_RESULT_NOTICE = (
 DEFAULT_TOOL_CALL_NOTICE = "The call to tool '{tool}' was blocked by the safety guard ({categories}) and did not run."
 #: How many answers whose text was judged while streaming are remembered until ``after_model``.
 _MAX_JUDGED_IDS = 1024
+#: Marks the record of a message other than a `ToolMessage` that a tool wrote and `wrap_tool_call` withheld.
+_WRITTEN_BY_TOOL = "written_by_tool"
 
 
 def _fill(template: str, decision: Decision, **extra: str) -> str:
@@ -133,11 +136,18 @@ def _model_answer(messages: Sequence[BaseMessage]) -> tuple[int, list[ToolMessag
     return (index, trailing) if all(t.tool_call_id in ids for t in trailing) else None
 
 
-def _command_with(command: Command, notices: dict[int, BaseMessage]) -> Command:
-    """``command`` with the tool messages in ``notices`` (by identity) replaced; the rest of it unchanged."""
-    update = dict(command.update or {})  # a dict with a list of messages: `command_tool_messages` found them there
-    update["messages"] = [notices.get(id(m), m) for m in update["messages"]]
-    return dataclasses.replace(command, update=update)
+def _with_notices(result: Any, notices: dict[int, BaseMessage]) -> Any:
+    """A tool's result with the entries in ``notices`` (by identity: see `tool_result_messages`) replaced, in a
+    `ToolMessage`, a ``Command``'s messages or a list of them; the rest of it unchanged."""
+    if isinstance(result, (list, tuple)):
+        return [_with_notices(part, notices) for part in result]
+    if isinstance(result, Command) and isinstance(result.update, Mapping) and result.update.get("messages"):
+        update = dict(result.update)
+        written = update["messages"]
+        entries = written if isinstance(written, (list, tuple)) else [written]
+        update["messages"] = [notices.get(id(m), m) for m in entries]
+        return dataclasses.replace(result, update=update)
+    return notices.get(id(result), result)
 
 
 def _answers_of(response: Any) -> list[AIMessage]:
@@ -148,9 +158,15 @@ def _answers_of(response: Any) -> list[AIMessage]:
     return [m for m in response.result if isinstance(m, AIMessage) and not _screened(m)]
 
 
+def _written_by_tool(message: BaseMessage) -> bool:
+    """A message a tool's result wrote (a handoff's AI or human turn), withheld by `wrap_tool_call`."""
+    record = (getattr(message, "response_metadata", None) or {}).get(METADATA_KEY)
+    return isinstance(record, dict) and record.get(_WRITTEN_BY_TOOL) is True
+
+
 def _after_last_ai(messages: Sequence[BaseMessage]) -> int:
     for i in range(len(messages) - 1, -1, -1):
-        if isinstance(messages[i], AIMessage):
+        if isinstance(messages[i], AIMessage) and not _written_by_tool(messages[i]):
             return i + 1
     return 0
 
@@ -298,6 +314,7 @@ class GuardMiddleware(AgentMiddleware):
                 update={
                     "content": _fill(self.tool_result_notice, decision, tool=name),
                     "status": "error",
+                    "artifact": None,  # judged with the content (`tool_output_text`): withheld with it
                     "response_metadata": _with_decision(message.response_metadata, decision),
                 }
             )
@@ -315,7 +332,8 @@ class GuardMiddleware(AgentMiddleware):
         messages = list(state.get("messages") or ())
         for message in messages[_after_last_ai(messages) :]:
             record = (getattr(message, "response_metadata", None) or {}).get(METADATA_KEY)
-            if isinstance(message, ToolMessage) and isinstance(record, dict) and not record.get("allowed", True):
+            tool_output = isinstance(message, ToolMessage) or _written_by_tool(message)
+            if tool_output and isinstance(record, dict) and not record.get("allowed", True):
                 decision = _decision_from(record)
                 return {"messages": [self._refusal(decision)], "jump_to": "end"}
         return None
@@ -402,29 +420,40 @@ class GuardMiddleware(AgentMiddleware):
             response_metadata={METADATA_KEY: decision.to_dict()},
         )
 
-    def _result_items(self, result: ToolMessage | Command) -> list[Item]:
-        """The tool's result: its `ToolMessage`, or the tool messages a `Command` it returned writes to the
-        state (a tool that updates the state, a handoff), each untrusted content."""
+    def _result_items(self, result: Any) -> list[Item]:
+        """The tool's result: every message it writes to the state (`tool_result_messages`: its `ToolMessage`,
+        a ``Command``'s messages, a list of them), each untrusted content (`tool_output_text`)."""
         if not self.check_tool_results:
             return []
         items = []
-        for message in [result] if isinstance(result, ToolMessage) else command_tool_messages(result):
-            text = message_text(message)
+        for entry, message in tool_result_messages(result):
+            text = tool_output_text(message, self.guard.max_chars)
             if text.strip():
-                items.append(Item(Stage.TOOL_RESULT, untrusted_conversation(text, "tool output"), message))
+                conversation = untrusted_conversation(text, "tool output")
+                items.append(Item(Stage.TOOL_RESULT, conversation, message, extra={"entry": entry}))
         return items
 
-    def _withheld(self, result: ToolMessage | Command, items: list[Item], decisions: list[Decision]) -> Any:
-        """The result with every blocked tool message replaced by the notice (``"error"``: raised)."""
+    def _withheld(self, result: Any, items: list[Item], decisions: list[Decision]) -> Any:
+        """The result with every blocked message replaced by the notice (``"error"``: raised)."""
         blocked = blocked_pairs(items, decisions)
         if not blocked:
             return result
         if self.exit_behavior == "error":
             enforce(blocked[0][1])
-        notices = {id(item.message): self._redact_input(item, decision) for item, decision in blocked}
-        if isinstance(result, ToolMessage):
-            return notices[id(result)]
-        return _command_with(result, notices)
+        notices = {id(item.extra["entry"]): self._withheld_message(item, d) for item, d in blocked}
+        return _with_notices(result, notices)
+
+    def _withheld_message(self, item: Item, decision: Decision) -> BaseMessage:
+        notice = self._redact_input(item, decision)
+        if isinstance(notice, ToolMessage):
+            return notice
+        # A turn the tool wrote (a handoff's): its tool calls were judged with its text and go with it; marked,
+        # so that "end" ends the run on it (`_ended_by_tool`).
+        record = {**notice.response_metadata[METADATA_KEY], _WRITTEN_BY_TOOL: True}
+        update: dict[str, Any] = {"response_metadata": {**notice.response_metadata, METADATA_KEY: record}}
+        if isinstance(notice, AIMessage):
+            update.update(tool_calls=[], invalid_tool_calls=[], additional_kwargs={})
+        return notice.model_copy(update=update)
 
     # -- the model call: hold-back streaming --------------------------------------------------------
     def _held_request(self, request: ModelRequest) -> tuple[ModelRequest, StreamLedger | None]:

@@ -1,0 +1,564 @@
+"""Tool text that reached the consumer beside ``tool_calls`` and the tool's ``ToolMessage`` (red team):
+
+- a legacy OpenAI ``function_call`` (``additional_kwargs``), never judged on any path;
+- a ``server_tool_call`` content block (a tool the provider runs itself: OpenAI's built-in web search);
+- a tool returning a list ``[ToolMessage, Command]`` (`ToolNode` takes one);
+- a tool's ``Command`` writing AI or human turns (a handoff's);
+- a ``ToolMessage.artifact`` (``response_format="content_and_artifact"``);
+- a tool's error, which a ``ToolNode(handle_tool_errors=True)`` turns into the tool message.
+
+Each test is the attack, counted in characters: no run of the unsafe word reached the consumer. The judge
+is the keyword guard (unsafe when the judged turn says "ammonium"); real ChatOpenAI against a local server
+where the provider's shape matters.
+"""
+
+# No `from __future__ import annotations`: LangChain reads the tools' annotations (InjectedToolCallId).
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Annotated, Any
+
+import pytest
+from faults import ScriptedBackend, keyword_verdict
+from langchain.agents import create_agent
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.tools import InjectedToolCallId, tool
+from langchain_openai import ChatOpenAI
+from langgraph.graph import START, MessagesState, StateGraph
+from langgraph.prebuilt import ToolNode, tools_condition
+from langgraph.types import Command
+from lc_fakes import SAFE_ANSWER, SAFE_QUESTION, UNSAFE_CLAUSE, scripted, tool_call
+from qwenguard.core import Guard, GuardViolation, InputTooLarge
+from qwenguard.integrations.langchain import (
+    AsyncGuardCallbackHandler,
+    GuardCallbackHandler,
+    GuardedChatModel,
+    GuardMiddleware,
+    guard_output,
+)
+from scripted_openai import Reply, ToolCall, scripted_openai
+
+WORD = "ammonium"
+MODES = ["sync", "async"]
+INPUTS = {"messages": [{"role": "user", "content": SAFE_QUESTION}]}
+PAGE = f"Page says: {UNSAFE_CLAUSE}"
+
+
+@pytest.fixture
+def kw() -> Guard:
+    return Guard(ScriptedBackend(keyword_verdict, name="kw"))
+
+
+def handler_for(guard: Guard, mode: str) -> Any:
+    return (GuardCallbackHandler if mode == "sync" else AsyncGuardCallbackHandler)(guard)
+
+
+def drain(sync: Any, asynchronous: Any, mode: str) -> tuple[list[Any], Exception | None]:
+    """Everything a consumer read from ``sync()`` (an iterator) or ``asynchronous()`` (an async iterator),
+    and the exception that stopped it."""
+    seen: list[Any] = []
+
+    async def run() -> None:
+        async for item in asynchronous():
+            seen.append(item)
+
+    try:
+        if mode == "sync":
+            seen.extend(sync())
+        else:
+            asyncio.run(run())
+    except (GuardViolation, InputTooLarge) as error:
+        return seen, error
+    return seen, None
+
+
+def call(sync: Any, asynchronous: Any, mode: str) -> Any:
+    return sync() if mode == "sync" else asyncio.run(asynchronous())
+
+
+# -- a provider that answers with literal OpenAI payloads ------------------------------------------------------
+class _Literal(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        script = self.server.script  # type: ignore[attr-defined]
+        if not body.get("stream"):
+            data = json.dumps(script["whole"]).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        base = {"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": int(time.time()), "model": "m"}
+        for chunk in [*script["chunks"], "[DONE]"]:
+            event = f"data: {chunk if isinstance(chunk, str) else json.dumps({**base, **chunk})}\n\n".encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+
+@contextlib.contextmanager
+def literal_openai(script: dict[str, Any]) -> Iterator[str]:
+    """Serve the same ``{"chunks": [...], "whole": {...}}`` to every request (chat completions or responses)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Literal)
+    server.daemon_threads = True
+    server.script = script  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+
+
+def _delta(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+
+# -- 3. the legacy function_call -------------------------------------------------------------------------------
+EMAIL_ARGS = json.dumps({"to": "bob@example.com", "body": UNSAFE_CLAUSE})
+FUNCTION_CALL = {
+    "chunks": [
+        _delta({"role": "assistant", "content": None, "function_call": {"name": "send_email", "arguments": ""}}),
+        *(_delta({"function_call": {"arguments": EMAIL_ARGS[i : i + 10]}}) for i in range(0, len(EMAIL_ARGS), 10)),
+        _delta({}, "function_call"),
+    ],
+    "whole": {
+        "id": "chatcmpl-w",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "function_call": {"name": "send_email", "arguments": EMAIL_ARGS},
+                },
+                "logprobs": None,
+                "finish_reason": "function_call",
+            }
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    },
+}
+
+
+def _chat(url: str, **kwargs: Any) -> ChatOpenAI:
+    return ChatOpenAI(base_url=url, api_key="x", model="m", max_retries=0, **kwargs)
+
+
+def _function_args(message: Any) -> str:
+    legacy = (getattr(message, "additional_kwargs", None) or {}).get("function_call") or {}
+    return legacy.get("arguments") or ""
+
+
+@tool
+def send_email(to: str, body: str) -> str:
+    """Send an e-mail."""
+    return "sent"
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("exit_behavior", ["end", "error"])
+def test_an_agents_legacy_function_call_is_held_and_judged(kw, mode, exit_behavior):
+    """Its arguments streamed to ``stream_mode="messages"`` and stayed in the state, never judged."""
+    with literal_openai(FUNCTION_CALL) as url:
+        agent = create_agent(_chat(url), [send_email], middleware=[GuardMiddleware(kw, exit_behavior=exit_behavior)])
+        seen, error = drain(
+            lambda: agent.stream(INPUTS, stream_mode=["messages", "values"]),
+            lambda: agent.astream(INPUTS, stream_mode=["messages", "values"]),
+            mode,
+        )
+    assert WORD not in repr(seen)  # neither a streamed chunk nor the state
+    assert "".join(_function_args(m) for kind, (m, *_) in seen if kind == "messages") == ""
+    if exit_behavior == "error":
+        assert isinstance(error, GuardViolation) and error.decision.stage.value == "tool_call"
+    else:
+        assert error is None and "blocked by the safety guard" in repr(seen[-1])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("path", ["guarded_model", "guard_output"])
+def test_a_held_stream_judges_a_legacy_function_call(kw, mode, path):
+    with literal_openai(FUNCTION_CALL) as url:
+        runnable = GuardedChatModel(_chat(url), kw) if path == "guarded_model" else _chat(url) | guard_output(kw)
+        seen, error = drain(lambda: runnable.stream(SAFE_QUESTION), lambda: runnable.astream(SAFE_QUESTION), mode)
+    assert isinstance(error, GuardViolation) and error.decision.stage.value == "tool_call"
+    assert WORD not in "".join(_function_args(m) for m in seen)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_callback_stops_a_streamed_legacy_function_call(kw, mode):
+    """A callback cannot hold text: it judges the arguments as they stream and stops the stream, as it does
+    a tool call's (before: all of them went out and the answer passed)."""
+    config: Any = {"callbacks": [handler_for(kw, mode)]}
+    with literal_openai(FUNCTION_CALL) as url:
+        model = _chat(url)
+        seen, error = drain(
+            lambda: model.stream(SAFE_QUESTION, config=config),
+            lambda: model.astream(SAFE_QUESTION, config=config),
+            mode,
+        )
+    assert isinstance(error, GuardViolation) and error.decision.stage.value == "tool_call"
+    assert len("".join(_function_args(m) for m in seen)) < len(EMAIL_ARGS)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("path", ["guarded_model", "callback"])
+def test_a_whole_legacy_function_call_is_judged(kw, mode, path):
+    """Not streamed: the held model's whole answer and the callback's end of the answer judge it too."""
+    config: Any = {"callbacks": [handler_for(kw, mode)]} if path == "callback" else {}
+    with literal_openai(FUNCTION_CALL) as url:
+        model = GuardedChatModel(_chat(url), kw) if path == "guarded_model" else _chat(url)
+        with pytest.raises(GuardViolation) as stop:
+            call(lambda: model.invoke(SAFE_QUESTION, config), lambda: model.ainvoke(SAFE_QUESTION, config), mode)
+    assert stop.value.decision.stage.value == "tool_call"
+
+
+# -- 4. a server tool call -------------------------------------------------------------------------------------
+WEB_SEARCH = {
+    "chunks": [],
+    "whole": {
+        "id": "resp_1",
+        "object": "response",
+        "created_at": 0,
+        "status": "completed",
+        "model": "m",
+        "output": [
+            {
+                "type": "web_search_call",
+                "id": "ws_1",
+                "status": "completed",
+                "action": {"type": "search", "query": PAGE},
+            },
+            {
+                "type": "message",
+                "id": "msg_1",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": "Here is what I found.", "annotations": []}],
+            },
+        ],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": {
+            "input_tokens": 1,
+            "output_tokens": 1,
+            "total_tokens": 2,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": 0},
+        },
+    },
+}
+
+
+def _responses(url: str) -> ChatOpenAI:
+    return _chat(url, use_responses_api=True, output_version="v1")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_agents_server_tool_call_is_judged(kw, mode):
+    """``ChatOpenAI(output_version="v1")`` reports OpenAI's built-in web search as a ``server_tool_call``
+    block: not text, not in ``tool_calls``; its query stayed in the state unjudged."""
+    with literal_openai(WEB_SEARCH) as url:
+        agent = create_agent(_responses(url), [{"type": "web_search"}], middleware=[GuardMiddleware(kw)])
+        state = call(lambda: agent.invoke(INPUTS), lambda: agent.ainvoke(INPUTS), mode)
+    assert WORD not in repr(state["messages"])
+    assert "blocked by the safety guard" in state["messages"][-1].text
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("path", ["guarded_model", "guard_output", "callback"])
+def test_a_server_tool_call_is_judged_on_every_path(kw, mode, path):
+    config: Any = {"callbacks": [handler_for(kw, mode)]} if path == "callback" else {}
+    with literal_openai(WEB_SEARCH) as url:
+        runnable: Any = {
+            "guarded_model": lambda: GuardedChatModel(_responses(url), kw),
+            "guard_output": lambda: _responses(url) | guard_output(kw),
+            "callback": lambda: _responses(url),
+        }[path]()
+        with pytest.raises(GuardViolation) as stop:
+            call(lambda: runnable.invoke(SAFE_QUESTION, config), lambda: runnable.ainvoke(SAFE_QUESTION, config), mode)
+    assert stop.value.decision.stage.value == "tool_call"
+
+
+class ChunkModel(BaseChatModel):
+    """Streams the given chunks, reporting each to its run manager first, as real chat models do."""
+
+    chunks: list[AIMessageChunk]
+
+    @property
+    def _llm_type(self) -> str:
+        return "chunks"
+
+    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any) -> ChatResult:
+        whole = self.chunks[0]
+        for chunk in self.chunks[1:]:
+            whole = whole + chunk
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=whole.content, id=whole.id))])
+
+    def _stream(self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any) -> Iterator[Any]:
+        for chunk in self.chunks:
+            generation = ChatGenerationChunk(message=chunk)
+            if run_manager is not None:
+                run_manager.on_llm_new_token(generation.text, chunk=generation)
+            yield generation
+
+    async def _astream(
+        self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        for chunk in self.chunks:
+            generation = ChatGenerationChunk(message=chunk)
+            if run_manager is not None:
+                await run_manager.on_llm_new_token(generation.text, chunk=generation)
+            yield generation
+
+
+SERVER_CALL_STREAM = [
+    AIMessageChunk(content=[{"type": "text", "text": "Searching. ", "index": 0}], id="a1"),
+    AIMessageChunk(
+        content=[{"type": "server_tool_call", "name": "web_search", "args": {"query": PAGE}, "id": "ws_1", "index": 1}],
+        id="a1",
+    ),
+    AIMessageChunk(content=[{"type": "text", "text": "Done.", "index": 2}], id="a1", chunk_position="last"),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("path", ["guarded_model", "guard_output"])
+def test_a_streamed_server_tool_call_is_held_until_judged(kw, mode, path):
+    model = ChunkModel(chunks=SERVER_CALL_STREAM)
+    runnable = GuardedChatModel(model, kw) if path == "guarded_model" else model | guard_output(kw)
+    seen, error = drain(lambda: runnable.stream(SAFE_QUESTION), lambda: runnable.astream(SAFE_QUESTION), mode)
+    assert isinstance(error, GuardViolation) and error.decision.stage.value == "tool_call"
+    assert WORD not in repr(seen)
+
+
+# -- 5-7. what a tool's result writes beside its ToolMessage's text ------------------------------------------------
+def _fetch_returning(result: Any) -> Any:
+    @tool
+    def fetch_page(url: str, tool_call_id: Annotated[str, InjectedToolCallId]) -> Any:
+        """Fetch a web page."""
+        return result(tool_call_id)
+
+    return fetch_page
+
+
+@tool(response_format="content_and_artifact")
+def search_docs(q: str) -> Any:
+    """Search documents."""
+    return "Found 1 document.", [{"source": "forum", "text": UNSAFE_CLAUSE}]
+
+
+RESULTS = {
+    "list": lambda cid: [ToolMessage(PAGE, tool_call_id=cid), Command(update={})],
+    "ai_turn": lambda cid: Command(
+        update={"messages": [ToolMessage("Fetched.", tool_call_id=cid), AIMessage(content=PAGE)]}
+    ),
+    "human_turn": lambda cid: Command(
+        update={"messages": [ToolMessage("Fetched.", tool_call_id=cid), HumanMessage(content=PAGE)]}
+    ),
+    "ai_tool_call": lambda cid: Command(
+        update={
+            "messages": [
+                ToolMessage("Fetched.", tool_call_id=cid),
+                AIMessage(content="", tool_calls=[{"name": "send_email", "args": {"body": PAGE}, "id": "x"}]),
+            ]
+        }
+    ),
+    "dict_turn": lambda cid: Command(
+        update={"messages": [ToolMessage("Fetched.", tool_call_id=cid), {"role": "assistant", "content": PAGE}]}
+    ),
+}
+
+
+def _agent_with(result: str, **kwargs: Any) -> Any:
+    if result == "artifact":
+        tools, call_ = [search_docs], tool_call("search_docs", {"q": "France"}, "c1")
+    else:
+        tools, call_ = [_fetch_returning(RESULTS[result])], tool_call("fetch_page", {"url": "http://x"}, "c1")
+    return create_agent(scripted(call_, SAFE_ANSWER), tools, **kwargs)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("exit_behavior", ["end", "replace", "error"])
+@pytest.mark.parametrize("result", [*RESULTS, "artifact"])
+def test_the_middleware_judges_everything_a_tools_result_writes(kw, mode, exit_behavior, result):
+    """A list result, the turns a tool's Command writes and a ToolMessage's artifact went into the state and
+    out to ``stream_mode="updates"`` unjudged."""
+    agent = _agent_with(result, middleware=[GuardMiddleware(kw, exit_behavior=exit_behavior)])
+    seen, error = drain(
+        lambda: agent.stream(INPUTS, stream_mode=["updates", "values"]),
+        lambda: agent.astream(INPUTS, stream_mode=["updates", "values"]),
+        mode,
+    )
+    assert WORD not in repr(seen)
+    if exit_behavior == "error":
+        assert isinstance(error, GuardViolation) and error.decision.stage.value == "tool_result"
+        return
+    assert error is None
+    final = [chunk for kind, chunk in seen if kind == "values"][-1]["messages"]
+    assert "withheld by the safety guard" in repr(final)
+    # "end" ends the run at the withheld result; "replace" lets the model answer.
+    assert (final[-1].text == SAFE_ANSWER) is (exit_behavior == "replace")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("result", [*RESULTS, "artifact"])
+def test_a_callback_stops_what_a_tools_result_writes_before_it_streams(kw, mode, result):
+    agent = _agent_with(result)
+    config: Any = {"callbacks": [handler_for(kw, mode)]}
+    seen, error = drain(
+        lambda: agent.stream(INPUTS, config, stream_mode="updates"),
+        lambda: agent.astream(INPUTS, config, stream_mode="updates"),
+        mode,
+    )
+    assert isinstance(error, GuardViolation) and error.decision.stage.value == "tool_result"
+    assert WORD not in repr(seen)
+
+
+def test_a_safe_artifact_and_command_pass_unchanged(kw):
+    agent = create_agent(
+        scripted(tool_call("search_docs", {"q": "France"}, "c1"), SAFE_ANSWER),
+        [search_docs.model_copy(update={"func": lambda q: ("Found.", [{"text": SAFE_ANSWER}])})],
+        middleware=[GuardMiddleware(kw)],
+    )
+    state = agent.invoke(INPUTS)
+    assert state["messages"][2].artifact == [{"text": SAFE_ANSWER}] and state["messages"][-1].text == SAFE_ANSWER
+
+
+def test_an_artifact_is_read_within_a_bound():
+    """Strings through mappings (keys too), lists and documents; a self-containing or huge artifact is walked
+    only until past the budget (then the guard's ``max_chars`` refuses it, never cut short unjudged)."""
+    from langchain_core.documents import Document
+    from qwenguard.integrations.langchain._messages import artifact_text
+
+    loop: list[Any] = ["a"]
+    loop.append(loop)
+    nested = {"k": [("x", 1, None), Document(page_content="doc", metadata={"title": "t"})], "key": "v"}
+    assert artifact_text(nested, 1000).split("\n") == ["k", "x", "doc", "title", "t", "key", "v"]
+    assert len(artifact_text(loop, 50)) < 200
+    assert len(artifact_text(["y" * 10] * 10**7, 100)) <= 120
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_artifact_too_large_to_judge_never_streams(mode):
+    guard = Guard(ScriptedBackend(keyword_verdict, name="kw"), max_chars=500)
+
+    @tool(response_format="content_and_artifact")
+    def search_docs(q: str) -> Any:
+        """Search documents."""
+        return "Found.", ["filler " * 50] * 1000 + [UNSAFE_CLAUSE]
+
+    agent = create_agent(
+        scripted(tool_call("search_docs", {"q": "France"}, "c1"), SAFE_ANSWER),
+        [search_docs],
+        middleware=[GuardMiddleware(guard)],
+    )
+    seen, error = drain(
+        lambda: agent.stream(INPUTS, stream_mode="updates"), lambda: agent.astream(INPUTS, stream_mode="updates"), mode
+    )
+    assert isinstance(error, InputTooLarge)
+    assert "filler" not in repr(seen) and WORD not in repr(seen)
+
+
+# -- 8. a tool's error, as a ToolNode writes it -----------------------------------------------------------------
+@tool
+def failing_fetch(url: str) -> str:
+    """Fetch a web page."""
+    raise ValueError(f"could not parse page: {UNSAFE_CLAUSE}")  # the page text quoted in the error
+
+
+def _graph(url: str, node: ToolNode, tool_: Any = failing_fetch) -> Any:
+    """A hand-built graph (docs/langchain.md "Tool results in a graph of your own")."""
+    model = _chat(url).bind_tools([tool_])
+    graph = StateGraph(MessagesState)
+    graph.add_node("agent", lambda state: {"messages": [model.invoke(state["messages"])]})
+    graph.add_node("tools", node)
+    graph.add_edge(START, "agent")
+    graph.add_conditional_edges("agent", tools_condition)
+    graph.add_edge("tools", "agent")
+    return graph.compile()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("handle_tool_errors", [True, "default"])
+def test_a_callback_judges_a_tools_error_before_a_tool_node_writes_it(kw, mode, handle_tool_errors):
+    """``handle_tool_errors=True``: the ToolNode writes the guard's stop instead of the error (no character of
+    the page); by default it re-raises it: the run stops. Before, the error's text streamed as the tool's message."""
+    script = [
+        Reply.words("Let me fetch it.", tool_calls=[ToolCall("failing_fetch", '{"url": "http://x"}', id="c1")]),
+        Reply.words(SAFE_ANSWER),
+    ]
+    node = (
+        ToolNode([failing_fetch])
+        if handle_tool_errors == "default"
+        else ToolNode([failing_fetch], handle_tool_errors=True)
+    )
+    config: Any = {"callbacks": [handler_for(kw, mode)]}
+    with scripted_openai(script) as url:
+        graph = _graph(url, node)
+        seen, error = drain(
+            lambda: graph.stream(INPUTS, config, stream_mode="messages"),
+            lambda: graph.astream(INPUTS, config, stream_mode="messages"),
+            mode,
+        )
+    assert WORD not in repr(seen)
+    if handle_tool_errors is True:
+        assert error is None
+        tool_messages = [m for m, _ in seen if isinstance(m, ToolMessage)]
+        assert tool_messages and "GuardViolation" in tool_messages[0].text and tool_messages[0].status == "error"
+    else:
+        assert isinstance(error, GuardViolation) and error.decision.stage.value == "tool_result"
+
+
+def test_a_safe_tool_error_still_reaches_the_model(kw):
+    @tool
+    def flaky(url: str) -> str:
+        """Fetch a web page."""
+        raise ValueError("timed out")
+
+    script = [Reply.words("", tool_calls=[ToolCall("flaky", '{"url": "http://x"}', id="c1")]), Reply.words(SAFE_ANSWER)]
+    with scripted_openai(script) as url:
+        graph = _graph(url, ToolNode([flaky], handle_tool_errors=True), flaky)
+        state = graph.invoke(INPUTS, {"callbacks": [GuardCallbackHandler(kw)]})
+    assert "timed out" in state["messages"][2].text and state["messages"][-1].text == SAFE_ANSWER
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_interrupt_in_a_tool_is_not_judged_as_its_error(kw, mode):
+    """``interrupt()`` raises through ``on_tool_error``: control flow that a ToolNode always re-raises, not an
+    error message. It must reach LangGraph as it is, whatever its value says."""
+    import uuid
+
+    from langgraph.errors import GraphInterrupt
+    from langgraph.types import Interrupt
+
+    handler = handler_for(kw, mode)
+    error = GraphInterrupt([Interrupt(value=PAGE)])
+    run_id = uuid.uuid4()
+
+    async def fail() -> None:
+        await handler.on_tool_error(error, run_id=run_id)
+
+    call(lambda: handler.on_tool_error(error, run_id=run_id), fail, mode)  # no GuardViolation
+    assert handler.active_runs == 0
