@@ -340,7 +340,7 @@ def test_guard_remote_passes_stream_options_to_its_stream_sessions():
 
 
 def test_frame_bound_default_is_finite():
-    assert remote_stream.DEFAULT_MAX_FRAME_BYTES == 64 << 20
+    assert remote_stream.DEFAULT_MAX_FRAME_BYTES == 4 << 20
     assert RemoteStream("http://127.0.0.1:9/v1").max_frame_bytes == remote_stream.DEFAULT_MAX_FRAME_BYTES
     with pytest.raises(ValueError):
         RemoteStream("http://127.0.0.1:9/v1", max_frame_bytes=0)

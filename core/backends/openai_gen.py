@@ -368,7 +368,8 @@ class OpenAIGen:
                 verdict = parse_verdict(text, mode=mode, model=self.name)
             except VerdictParseError as exc:
                 return exc
-            probs = parse_logprobs(choice) if self.logprobs else None
+            # An honest answer has at most max_tokens steps: a reply with millions is not read past them.
+            probs = parse_logprobs(choice, max_steps=self.max_tokens) if self.logprobs else None
             verdicts.append(
                 Verdict(verdict.risk, verdict.categories, verdict.refusal, verdict.raw, elapsed_ms, self.name, probs)
             )

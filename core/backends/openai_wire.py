@@ -4,10 +4,11 @@ probabilities from the logprobs of chat and completion answers (as vLLM and SGLa
 from __future__ import annotations
 
 import email.utils
+import itertools
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..errors import GuardUnavailable
@@ -72,57 +73,90 @@ def _error_of(body: Any) -> str:
     return str(msg)[:300]
 
 
-def parse_logprobs(choice: Mapping[str, Any]) -> dict[Risk, float] | None:
+def parse_logprobs(choice: Mapping[str, Any], *, max_steps: int | None = None) -> dict[Risk, float] | None:
     """P(safe/controversial/unsafe) from the logprobs of the token that names the label.
 
     Reads both the chat shape (``logprobs.content[i].top_logprobs = [{token, logprob}]``) and the
     completion shape (``logprobs.tokens`` + ``logprobs.top_logprobs = [{token: logprob}]``). The
     label position is the first token after the text ``"Safety:"``; the candidates there whose text
     starts a label are renormalised over the three labels. ``None`` when the server sent no logprobs
-    or the position cannot be found.
+    or the position cannot be found within the first ``max_steps`` tokens (an honest answer has at most
+    the request's ``max_tokens``; a reply with millions of steps is not read past them).
+
+    Linear in the steps read: only the last characters of the text so far are kept, never the whole text.
     """
     lp = choice.get("logprobs")
     if not isinstance(lp, Mapping):
         return None
-    steps: list[tuple[str, dict[str, float]]] = []
-    if isinstance(lp.get("content"), list):
-        for item in lp["content"]:
-            if not isinstance(item, Mapping):
-                return None
-            tops = {
-                str(t.get("token", "")): float(t.get("logprob", -math.inf))
-                for t in item.get("top_logprobs") or []
-                if isinstance(t, Mapping)
-            }
-            tops.setdefault(str(item.get("token", "")), float(item.get("logprob", -math.inf)))
-            steps.append((str(item.get("token", "")), tops))
-    elif isinstance(lp.get("tokens"), list):
-        top_list = lp.get("top_logprobs") or [None] * len(lp["tokens"])
-        chosen = lp.get("token_logprobs") or [None] * len(lp["tokens"])
-        for tok, tops, own in zip(lp["tokens"], top_list, chosen):
-            cand = {str(k): float(v) for k, v in (tops or {}).items() if v is not None}
-            if own is not None:
-                cand.setdefault(str(tok), float(own))
-            steps.append((str(tok), cand))
-    else:
+    steps = _steps(lp)
+    if steps is None:
         return None
-    text = ""
-    for token, candidates in steps:
-        if text.strip().endswith("Safety:"):
-            scores: dict[Risk, float] = {}
-            for candidate, logprob in candidates.items():
-                piece = candidate.strip()
-                if not piece:
-                    continue
-                matches = [r for r, lab in SAFETY_LABELS.items() if lab.startswith(piece)]
-                if len(matches) == 1:
-                    r = matches[0]
-                    scores[r] = max(scores.get(r, -math.inf), logprob)
-            if not scores:
-                return None
-            top = max(scores.values())
-            exps = {r: math.exp(scores[r] - top) if r in scores else 0.0 for r in SAFETY_LABELS}
-            total = sum(exps.values())
-            return {r: e / total for r, e in exps.items()}
-        text += token
+    tail = ""  # the text so far without its trailing whitespace: its last len(_LABEL) characters
+    gap = False  # whether whitespace follows `tail` in the text
+    for step in steps if max_steps is None else itertools.islice(steps, max_steps):
+        if step is None:
+            return None
+        token, candidates = step
+        if tail == _LABEL:  # the text so far, stripped, ends with "Safety:"
+            return _label_probs(candidates)
+        body = token.rstrip()
+        if body:  # any whitespace stands for the gap: the label has none, so which one does not matter
+            tail = (tail + " " + body if gap else tail + body)[-len(_LABEL) :]
+            gap = len(body) < len(token)
+        elif token:
+            gap = True
     return None
+
+
+_LABEL = "Safety:"
+_Step = tuple[str, dict[str, float]]
+
+
+def _steps(lp: Mapping[str, Any]) -> Iterator[_Step | None] | None:
+    """The (token, candidates) of each step, read lazily (``None`` for a step that is not an object)."""
+    if isinstance(lp.get("content"), list):
+        return (_chat_step(item) for item in lp["content"])
+    if isinstance(lp.get("tokens"), list):
+        tokens = lp["tokens"]
+        top_list = lp.get("top_logprobs") or itertools.repeat(None)
+        chosen = lp.get("token_logprobs") or itertools.repeat(None)
+        return (_completion_step(tok, tops, own) for tok, tops, own in zip(tokens, top_list, chosen))
+    return None
+
+
+def _chat_step(item: Any) -> _Step | None:
+    if not isinstance(item, Mapping):
+        return None
+    tops = {
+        str(t.get("token", "")): float(t.get("logprob", -math.inf))
+        for t in item.get("top_logprobs") or []
+        if isinstance(t, Mapping)
+    }
+    tops.setdefault(str(item.get("token", "")), float(item.get("logprob", -math.inf)))
+    return str(item.get("token", "")), tops
+
+
+def _completion_step(tok: Any, tops: Any, own: Any) -> _Step:
+    cand = {str(k): float(v) for k, v in (tops or {}).items() if v is not None}
+    if own is not None:
+        cand.setdefault(str(tok), float(own))
+    return str(tok), cand
+
+
+def _label_probs(candidates: Mapping[str, float]) -> dict[Risk, float] | None:
+    """The label probabilities from the candidates at the label position, renormalised."""
+    scores: dict[Risk, float] = {}
+    for candidate, logprob in candidates.items():
+        piece = candidate.strip()
+        if not piece:
+            continue
+        matches = [r for r, lab in SAFETY_LABELS.items() if lab.startswith(piece)]
+        if len(matches) == 1:
+            r = matches[0]
+            scores[r] = max(scores.get(r, -math.inf), logprob)
+    if not scores:
+        return None
+    top = max(scores.values())
+    exps = {r: math.exp(scores[r] - top) if r in scores else 0.0 for r in SAFETY_LABELS}
+    total = sum(exps.values())
+    return {r: e / total for r, e in exps.items()}

@@ -49,9 +49,11 @@ from .stream_session import (
     FINISH_FRAME,
     SESSION_OPTIONS,
     Deadline,
+    Frame,
     _Session,
     check_delta,
     decision_from_dict,
+    parse_frame,
 )
 
 __all__ = [
@@ -80,15 +82,20 @@ DEFAULT_MAX_BACKOFF_S = 2.0
 #: How long a graceful close waits for the server's close frame (a failed connection is aborted at once).
 CLOSE_TIMEOUT_S = 1.0
 #: The largest frame the client accepts from a stream server (the WebSocket ``max_size``); a larger one
-#: closes the connection (1009) and is a guard error, decided by the policy's ``on_error``. What a server
-#: sends (`qwenguard.core.server.stream_protocol`): released text, and the ``violation`` frame repeats all
-#: text released, both bounded by the session's ``max_chars`` (200,000 characters by default: at most
-#: 800 KB of UTF-8, about 2.4 MB if every character were JSON-escaped); per-token verdicts of a Stream
-#: model (about 200 bytes each, at most one per character of a feed, so up to about 40 MB for a whole
-#: default-sized session reported in one frame); flags and decisions (small). 64 MiB is above all of that
-#: for a default-configured server, and still bounds what a faulty or hostile peer can make the client hold.
-#: Raise it (``RemoteStream(max_frame_bytes=...)``) for a server run with a larger ``--max-chars``.
-DEFAULT_MAX_FRAME_BYTES = 64 << 20
+#: closes the connection (1009) and is a guard error, decided by the policy's ``on_error``. What an honest
+#: server (`qwenguard.core.server.stream_protocol`) puts in one frame: released text, or a ``violation``
+#: frame's copy of all text released, at most the session's ``max_chars`` (200,000 characters by default)
+#: at up to 6 bytes each as JSON: 1.2 MB; per-token verdicts of a Stream model, at most 2048 per frame (the
+#: server's monitor keeps no more between two frames, `DEFAULT_KEEP_TOKEN_VERDICTS`, so not one per
+#: character of the session), about 160 bytes each: under 1 MB; flags, about 250 bytes each, one per window
+#: check (at most 5,000 for 200,000 characters fed at once) or run of flagged tokens: about 1.2 MB. 4 MiB
+#: is above the sum for a default-configured server. Every byte accepted is parsed, and on a GIL build the
+#: parse of one frame holds the interpreter (`_received`): the bound also bounds that pause (4 MiB of tiny
+#: JSON values: about 0.1 to 0.3 s; nested empty lists, which the GC slows, up to about 1 s). Raise it
+#: (``RemoteStream(max_frame_bytes=...)``) for a server run with a larger ``--max-chars``.
+DEFAULT_MAX_FRAME_BYTES = 4 << 20
+#: Frames larger than this are parsed in a worker thread (`_received`); smaller ones where they are read.
+PARSE_INLINE_BYTES = 256 << 10
 
 
 def stream_url(base_url: str) -> str:
@@ -103,6 +110,17 @@ def stream_url(base_url: str) -> str:
     if not url.endswith("/v1"):
         url += "/v1"
     return url + "/stream"
+
+
+async def _received(ws: Any) -> Frame:
+    """The next frame of ``ws``; one over `PARSE_INLINE_BYTES` comes back parsed, by a worker thread.
+
+    On a free-threaded build the caller's loop runs on meanwhile. On a GIL build json's C parser holds the
+    GIL throughout, so the loop still waits out one frame's parse: `DEFAULT_MAX_FRAME_BYTES` bounds that."""
+    raw: str | bytes = await ws.recv()
+    if len(raw) <= PARSE_INLINE_BYTES:
+        return raw
+    return await asyncio.to_thread(parse_frame, raw)
 
 
 class RemoteStream:
@@ -231,7 +249,7 @@ class RemoteStreamMonitor(_Session, SyncOnly):
                 self._abandon()
                 raise
 
-    def _drive(self, steps: Generator[str, str | bytes, None], attempt: Deadline, tried: list[str]) -> None:
+    def _drive(self, steps: Generator[str, Frame, None], attempt: Deadline, tried: list[str]) -> None:
         """Connect to a replica and run ``steps`` (frames out, replies in) on it."""
         from websockets.sync.client import connect
 
@@ -421,12 +439,11 @@ class AsyncRemoteStreamMonitor(_Session, AsyncOnly):
                 frame = None
 
     @staticmethod
-    async def _send_recv(ws: Any, frame: str) -> str | bytes:
+    async def _send_recv(ws: Any, frame: str) -> Frame:
         await ws.send(frame)
-        reply: str | bytes = await ws.recv()
-        return reply
+        return await _received(ws)
 
-    async def _adrive(self, steps: Generator[str, str | bytes, None], tried: list[str]) -> None:
+    async def _adrive(self, steps: Generator[str, Frame, None], tried: list[str]) -> None:
         from websockets.asyncio.client import connect
 
         url = self.backend.replicas.pick(exclude=tried)
@@ -444,7 +461,7 @@ class AsyncRemoteStreamMonitor(_Session, AsyncOnly):
         frame = next(steps)
         while True:
             await self._ws.send(frame)
-            reply = await self._ws.recv()
+            reply = await _received(self._ws)
             try:
                 frame = steps.send(reply)
             except StopIteration:

@@ -27,6 +27,7 @@ import contextlib
 import copy
 import json
 import time
+from collections import deque
 from collections.abc import Generator, Iterator, Mapping
 from typing import Any
 
@@ -40,6 +41,7 @@ from ..errors import (
 )
 from ..formats.content import clean_text
 from ..policy import Action, Decision
+from ..streaming.monitor_core import DEFAULT_KEEP_TOKEN_VERDICTS
 from ..verdict import Risk, Stage, Verdict
 from .replicas import attempt_budget
 
@@ -50,6 +52,7 @@ __all__ = [
     "MalformedFrame",
     "decision_from_dict",
     "frame_too_big",
+    "parse_frame",
     "reopen_worthy",
 ]
 
@@ -66,6 +69,8 @@ REOPEN_CLOSE_CODES = frozenset({1001, 1006, 1012, 1013, 1014, 4503})
 #: with no replica behind it or one that died (502, 504).
 REOPEN_STATUS = frozenset({429, 502, 503, 504})
 FINISH_FRAME = json.dumps({"type": "finish"})
+#: A server frame as received, or already parsed (the async monitor parses large ones in a worker thread).
+Frame = str | bytes | dict[str, Any]
 
 
 def websockets_module() -> Any:
@@ -78,6 +83,19 @@ def websockets_module() -> Any:
 
 class MalformedFrame(GuardUnavailable):
     """A server frame that does not follow the protocol: a guard error (the policy's ``on_error``)."""
+
+
+def parse_frame(raw: str | bytes) -> dict[str, Any]:
+    """A server frame's JSON object; anything else is the server's fault (`GuardUnavailable`)."""
+    try:
+        reply = json.loads(raw)
+    except ValueError:
+        raise GuardUnavailable("the stream server sent a frame that is not JSON") from None
+    except RecursionError:  # nested deeper than the parser's stack
+        raise MalformedFrame("the stream server sent a frame nested too deeply") from None
+    if not isinstance(reply, dict):
+        raise GuardUnavailable("the stream server sent a frame that is not an object")
+    return reply
 
 
 def decision_from_dict(data: Any) -> Decision:
@@ -206,7 +224,10 @@ class _Session:
         #: Times this session was re-opened on another replica (or again through the balancer).
         self.failovers = 0
         self._flag_keys: set[tuple[Any, ...]] = set()
-        self._tokens: list[dict[str, Any]] = []  # per-token verdicts, when the server has a Stream model
+        # Per-token verdicts, when the server has a Stream model: the last ones only, as a local monitor keeps
+        # them (a server that sends millions cannot make the client hold them).
+        self._tokens: deque[dict[str, Any]] = deque(maxlen=DEFAULT_KEEP_TOKEN_VERDICTS)
+        self._fed_bytes = 0  # UTF-8 bytes of `text`: no honest frame has more token verdicts than that
         self._tokens_upto = -1  # end offset of the last token verdict kept (a replay reports them again)
         self._judged = 0  # characters the current server session released, i.e. judged
         self._ever_opened = False
@@ -257,7 +278,8 @@ class _Session:
 
     def take_token_verdicts(self) -> list[dict[str, Any]]:
         """Per-token verdicts (as dicts) received since the last call; empty without a Stream model."""
-        out, self._tokens = self._tokens, []
+        out = list(self._tokens)
+        self._tokens.clear()
         return out
 
     def _release(self, text: str) -> str:
@@ -276,7 +298,7 @@ class _Session:
         return self.text[mark : self._released_len]
 
     # -- frames out -----------------------------------------------------------------------
-    def _rebuild(self, expect: str) -> Generator[str, str | bytes, None]:
+    def _rebuild(self, expect: str) -> Generator[str, Frame, None]:
         """The frames of a session on a new connection, fed the replies (what they release joins
         ``released`` as it comes: a replay that fails part-way keeps what it released).
 
@@ -301,6 +323,7 @@ class _Session:
         if not delta:
             return None
         self.text += delta
+        self._fed_bytes += len(delta.encode("utf-8"))
         return json.dumps({"type": "feed", "text": delta}, ensure_ascii=False)
 
     # -- frames in --------------------------------------------------------------------------
@@ -323,7 +346,13 @@ class _Session:
         for name in ("tokens", "flags"):
             if not isinstance(reply.get(name) or [], list):
                 raise MalformedFrame(f"the stream server sent {name!r} that is not a list")
-        for token in reply.get("tokens") or ():
+        tokens = reply.get("tokens") or []
+        if len(tokens) > self._fed_bytes:  # each token is at least one byte of the text fed
+            raise MalformedFrame(
+                f"the stream server sent {len(tokens):,} token verdicts for {self._fed_bytes:,} bytes of text fed"
+            )
+        # Only the last ones are kept: an honest frame has at most as many (the server keeps no more either).
+        for token in tokens[-DEFAULT_KEEP_TOKEN_VERDICTS:]:
             end = token.get("end") if isinstance(token, Mapping) else None
             if isinstance(end, int):
                 if end <= self._tokens_upto:
@@ -337,7 +366,7 @@ class _Session:
                 self._flag_keys.add(key)
                 self.flags.append(flag)
 
-    def _on_opened(self, raw: str | bytes) -> None:
+    def _on_opened(self, raw: Frame) -> None:
         reply = self._parse(raw)
         with _server_frame():
             self._opened_frame(reply)
@@ -366,7 +395,7 @@ class _Session:
         self._ever_opened = True
         self._judged = 0
 
-    def _on_reply(self, raw: str | bytes, expect: str) -> str:
+    def _on_reply(self, raw: Frame, expect: str) -> str:
         reply = self._parse(raw)
         with _server_frame():
             return self._reply_frame(reply, expect)
@@ -403,14 +432,9 @@ class _Session:
             return ""  # closed (aclose) while a re-open was under way: nothing more comes out
         return self._release_upto(end)
 
-    def _parse(self, raw: str | bytes) -> dict[str, Any]:
-        try:
-            reply = json.loads(raw)
-        except ValueError:
-            raise GuardUnavailable("the stream server sent a frame that is not JSON") from None
-        if not isinstance(reply, dict):
-            raise GuardUnavailable("the stream server sent a frame that is not an object")
-        return reply
+    @staticmethod
+    def _parse(raw: Frame) -> dict[str, Any]:
+        return raw if isinstance(raw, dict) else parse_frame(raw)
 
     @staticmethod
     def _server_error(reply: Mapping[str, Any]) -> QwenGuardError:

@@ -1,0 +1,385 @@
+"""A hostile or faulty remote engine must not make the client do unbounded work (red-team findings), from real
+servers on 127.0.0.1 started here.
+
+- `OpenAIGen` with ``logprobs=True``: a 200 reply whose one choice has millions of logprob steps (within
+  ``max_reply_bytes``) is read only up to the request's ``max_tokens`` steps, in time linear in them (it was
+  quadratic: 8 MiB took seconds on the client's loop).
+- `RemoteStream`: per-token verdicts are kept as a local monitor keeps them (the last 2048); a frame with more
+  token verdicts than bytes fed is a malformed frame; a frame past the default ``max_frame_bytes`` (4 MiB,
+  above any frame an honest default server sends) ends the session unparsed; and the caller's loop goes on
+  while a frame just under the bound is parsed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from qwenguard.core import Guard, GuardUnavailable, Policy
+from qwenguard.core.backends import openai_gen
+from qwenguard.core.backends.openai_gen import DEFAULT_MAX_REPLY_BYTES, OpenAIGen
+from qwenguard.core.backends.openai_wire import parse_logprobs
+from qwenguard.core.backends.remote_stream import RemoteStream
+from qwenguard.core.formats.prompts import SAFETY_LABELS
+from qwenguard.core.streaming.monitor_core import DEFAULT_KEEP_TOKEN_VERDICTS
+
+SAFE = "Safety: Safe\nCategories: None"
+JUNK_STEP = {"token": " " + "x" * 30, "logprob": 0.0, "top_logprobs": []}
+HONEST_STEPS = [
+    {"token": "Safety", "logprob": -0.0001, "top_logprobs": [{"token": "Safety", "logprob": -0.0001}]},
+    {"token": ":", "logprob": 0.0, "top_logprobs": [{"token": ":", "logprob": 0.0}]},
+    {
+        "token": " Safe",
+        "logprob": -0.05,
+        "top_logprobs": [{"token": " Safe", "logprob": -0.05}, {"token": " Unsafe", "logprob": -3.2}],
+    },
+]
+
+
+# == 1. logprobs: bounded steps, linear parse =================================================================
+def hostile_reply(head: list[dict[str, Any]], nbytes: int = DEFAULT_MAX_REPLY_BYTES - 4096) -> bytes:
+    """A valid "safe" verdict whose logprobs carry ``head`` then junk steps, up to ``nbytes``."""
+    k = (nbytes - 200) // (len(json.dumps(JUNK_STEP)) + 2)
+    body = {
+        "choices": [
+            {
+                "message": {"role": "assistant", "content": SAFE},
+                "finish_reason": "stop",
+                "logprobs": {"content": head + [JUNK_STEP] * k},
+            }
+        ]
+    }
+    out = json.dumps(body).encode()
+    assert len(out) <= DEFAULT_MAX_REPLY_BYTES
+    return out
+
+
+@contextmanager
+def http_engine(body: bytes) -> Iterator[str]:
+    """An OpenAI-shaped engine answering every POST with ``body``; yields its base URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _send(self, data: bytes) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            self._send(json.dumps({"object": "list", "data": [{"id": "m", "max_model_len": 32768}]}).encode())
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self._send(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+class Counted(list):  # type: ignore[type-arg]
+    """A list that records how many of its items were iterated over."""
+
+    read = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        for i, item in enumerate(list.__iter__(self)):
+            self.read = i + 1
+            yield item
+
+
+def count_steps_read(monkeypatch: pytest.MonkeyPatch) -> list[Counted]:
+    """Wrap the ``logprobs.content`` of every reply the client decodes in a `Counted`."""
+    seen: list[Counted] = []
+
+    def loads(raw: Any) -> Any:
+        data = json.loads(raw)
+        for choice in data.get("choices") or () if isinstance(data, dict) else ():
+            lp = choice.get("logprobs") if isinstance(choice, dict) else None
+            if isinstance(lp, dict) and isinstance(lp.get("content"), list):
+                lp["content"] = Counted(lp["content"])
+                seen.append(lp["content"])
+        return data
+
+    shim = type("JsonShim", (), {"loads": staticmethod(loads), "dumps": staticmethod(json.dumps)})
+    monkeypatch.setattr(openai_gen, "json", shim)
+    return seen
+
+
+@pytest.mark.parametrize("head", [[], HONEST_STEPS], ids=["label-absent", "label-first"])
+def test_millions_of_logprob_steps_are_read_only_up_to_max_tokens(monkeypatch, head):
+    seen = count_steps_read(monkeypatch)
+    with http_engine(hostile_reply(head)) as url:
+        g = Guard.remote(url, model="m", logprobs=True, max_retries=0, policy=Policy(timeout_s=60))
+        try:
+            d = g.check_prompt("hello")
+        finally:
+            g.close()
+    assert d.allowed and d.reason == "safe", d
+    assert seen and len(seen[0]) > 100_000  # the reply did carry them all
+    assert seen[0].read <= g.backend.max_tokens  # ... and the client read no more than an honest answer has
+    honest = parse_logprobs({"logprobs": {"content": head}})
+    assert (d.verdict.probs if d.verdict else None) == honest  # the label's probabilities when it is there
+
+
+def test_a_logprobs_reply_parses_in_time_linear_in_its_bytes():
+    """The parse of an 8 MiB hostile reply against a plain ``json.loads`` of the same bytes, side by side
+    (a ratio: the quadratic parse took ~80 times the decode)."""
+    g = OpenAIGen("http://127.0.0.1:9/v1", model="m", logprobs=True, max_context=4096)
+    body = hostile_reply([])
+    try:
+        decode = answer = math.inf
+        for _ in range(3):
+            t = time.perf_counter()
+            json.loads(body)
+            decode = min(decode, time.perf_counter() - t)
+        for _ in range(2):
+            t = time.perf_counter()
+            out = g._answer("prompt", body, 1.0)
+            answer = min(answer, time.perf_counter() - t)
+    finally:
+        g.close()
+    assert out.risk.value == "safe" and out.probs is None
+    assert answer < 5 * decode, f"parse {answer:.3f} s vs decode {decode:.3f} s"
+
+
+def _reference_parse(steps: list[tuple[str, dict[str, float]]]) -> dict[Any, float] | None:
+    """The label search as it was (whole text re-stripped at every step), for the equivalence check."""
+    text = ""
+    for token, candidates in steps:
+        if text.strip().endswith("Safety:"):
+            scores: dict[Any, float] = {}
+            for candidate, logprob in candidates.items():
+                piece = candidate.strip()
+                matches = [r for r, lab in SAFETY_LABELS.items() if piece and lab.startswith(piece)]
+                if len(matches) == 1:
+                    scores[matches[0]] = max(scores.get(matches[0], -math.inf), logprob)
+            if not scores:
+                return None
+            top = max(scores.values())
+            exps = {r: math.exp(scores[r] - top) if r in scores else 0.0 for r in SAFETY_LABELS}
+            return {r: e / sum(exps.values()) for r, e in exps.items()}
+        text += token
+    return None
+
+
+def test_the_linear_label_search_finds_what_the_old_one_found():
+    """Not an attack: the same probabilities as the old search on random token splits (whitespace, partial
+    labels, empty tokens), in both the chat and the completion shape."""
+    rng = random.Random(7)
+    pieces = ["Safety", ":", "Safety:", "Saf", "ety", "ety:", " ", "\n", "  ", "", "x", " Safe", "Unsafe", "\t:"]
+    labels = [" Safe", " Unsafe", " Controversial", " Contro", "Safe", " None", " "]
+    for _ in range(3000):
+        steps = []
+        for _ in range(rng.randint(0, 8)):
+            cands = {rng.choice(labels): -rng.random() * 5 for _ in range(rng.randint(0, 3))}
+            steps.append((rng.choice(pieces), cands))
+        want = _reference_parse(steps)
+        chat = {
+            "content": [
+                {
+                    "token": tok,
+                    "logprob": -1.0,
+                    "top_logprobs": [{"token": c, "logprob": lp} for c, lp in cands.items()],
+                }
+                for tok, cands in steps
+            ]
+        }
+        completion = {
+            "tokens": [tok for tok, _ in steps],
+            "top_logprobs": [dict(cands) for _, cands in steps],
+        }
+        for lp, candidates in ((chat, [{**c, tok: c.get(tok, -1.0)} for tok, c in steps]), (completion, None)):
+            got = parse_logprobs({"logprobs": lp})
+            expected = want if candidates is None else _reference_parse(list(zip([t for t, _ in steps], candidates)))
+            assert got == expected, (steps, got, expected)
+
+
+# == 2. stream sessions ===========================================================================================
+OK_PROMPT = {"allowed": True, "action": "allow", "stage": "prompt", "reason": "safe", "risk": "safe", "categories": []}
+
+
+@contextmanager
+def ws_server(reply_to_feed: Callable[[str, str], str]) -> Iterator[str]:
+    """A stream server: answers ``open`` properly, each ``feed`` with ``reply_to_feed(delta, text fed so far)``
+    (raw JSON text), ``finish`` with nothing more released."""
+    from websockets.asyncio.server import serve
+
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    port: list[int] = []
+    stop: list[asyncio.Future[None]] = []
+
+    async def handler(ws: Any) -> None:
+        try:
+            await ws.recv()
+            await ws.send(json.dumps({"type": "opened", "prompt_decision": OK_PROMPT}))
+            fed = ""
+            async for raw in ws:
+                msg = json.loads(raw)
+                if msg["type"] == "feed":
+                    fed += msg["text"]
+                    await ws.send(reply_to_feed(msg["text"], fed))
+                elif msg["type"] == "finish":
+                    await ws.send(json.dumps({"type": "finished", "text": ""}))
+                    return
+        except Exception:  # noqa: BLE001 - the client hung up
+            pass
+
+    async def main() -> None:
+        async with serve(handler, "127.0.0.1", 0, max_size=None, compression=None) as server:
+            port.append(next(iter(server.sockets)).getsockname()[1])
+            stop.append(loop.create_future())
+            ready.set()
+            await stop[0]
+
+    thread = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
+    thread.start()
+    assert ready.wait(5)
+    try:
+        yield f"http://127.0.0.1:{port[0]}/v1"
+    finally:
+        loop.call_soon_threadsafe(stop[0].set_result, None)
+        thread.join(5)
+
+
+def stream_guard(url: str, policy: Policy | None = None, **stream_opts: Any) -> Guard:
+    gen = OpenAIGen(url, model="m")  # never asked: the stream server screens the prompt
+    return Guard(gen, policy or Policy(timeout_s=10), stream_backend=RemoteStream(url, **stream_opts))
+
+
+def run_sync(g: Guard, deltas: list[str]) -> tuple[str, Any, Any]:
+    out: list[str] = []
+    monitor = None
+    try:
+        with g.stream("hello") as monitor:
+            for d in deltas:
+                out.append(monitor.feed(d))
+    except Exception as exc:  # noqa: BLE001 - the test looks at it
+        return "".join(out), exc, monitor
+    return "".join(out), None, monitor
+
+
+async def run_async(g: Guard, deltas: list[str]) -> tuple[str, Any, Any]:
+    out: list[str] = []
+    monitor = None
+    try:
+        async with g.astream("hello") as monitor:
+            for d in deltas:
+                out.append(await monitor.afeed(d))
+    except Exception as exc:  # noqa: BLE001
+        return "".join(out), exc, monitor
+    return "".join(out), None, monitor
+
+
+def both(g: Guard, deltas: list[str]) -> list[tuple[str, Any, Any]]:
+    return [run_sync(g, deltas), asyncio.run(run_async(g, deltas))]
+
+
+def released_with_tokens(delta: str, fed: str) -> str:
+    """Releases each delta with one token verdict per character (as many as an honest server could send)."""
+    base = len(fed) - len(delta)
+    tokens = ",".join(f'{{"end":{base + i + 1}}}' for i in range(len(delta)))
+    return f'{{"type":"released","text":{json.dumps(delta)},"tokens":[{tokens}]}}'
+
+
+def test_token_verdicts_held_stay_bounded_as_a_local_monitor_keeps_them():
+    chunk = "a" * 20_000
+    with ws_server(released_with_tokens) as url:
+        for released, exc, monitor in both(stream_guard(url), [chunk] * 4):
+            assert exc is None and released == chunk * 4, repr(exc)
+            kept = monitor.take_token_verdicts()
+            assert len(kept) == DEFAULT_KEEP_TOKEN_VERDICTS
+            assert [t["end"] for t in kept] == list(range(80_000 - len(kept) + 1, 80_001))  # the latest ones
+
+
+def test_more_token_verdicts_than_bytes_fed_is_a_malformed_frame():
+    def flood(delta: str, fed: str) -> str:
+        return '{"type":"released","text":' + json.dumps(delta) + ',"tokens":[' + ",".join(["{}"] * 100_000) + "]}"
+
+    with ws_server(flood) as url:
+        for released, exc, monitor in both(stream_guard(url), ["Paris is in France."]):
+            assert isinstance(exc, GuardUnavailable) and "token verdicts" in str(exc), repr(exc)
+            assert released == "" and monitor.released == ""
+        opened = stream_guard(url, Policy(on_error="allow", timeout_s=10))
+        for _released, exc, monitor in both(opened, ["Paris is in France."]):
+            assert exc is None and monitor.decision is not None and monitor.decision.reason == "guard_error"
+
+
+def test_a_frame_past_the_default_bound_ends_the_session_unparsed(monkeypatch):
+    parsed: list[int] = []
+    real_loads = json.loads
+
+    def loads(raw: Any, *args: Any, **kwargs: Any) -> Any:
+        parsed.append(len(raw))
+        return real_loads(raw, *args, **kwargs)
+
+    def padded(size: int) -> Callable[[str, str], str]:
+        def reply(delta: str, fed: str) -> str:
+            head = '{"type":"released","text":' + json.dumps(delta) + ',"pad":"'
+            return head + "A" * (size - len(head) - 2) + '"}'
+
+        return reply
+
+    monkeypatch.setattr(json, "loads", loads)  # the client's parse of every frame
+    with ws_server(padded((4 << 20) + 1024)) as url:
+        for released, exc, _ in both(stream_guard(url), ["Paris is in France."]):
+            assert isinstance(exc, GuardUnavailable) and "max_frame_bytes" in str(exc), repr(exc)
+            assert released == ""
+    assert all(n < 1 << 20 for n in parsed), "the oversized frame was parsed"
+    with ws_server(padded((4 << 20) - 1024)) as url:  # just under it: an honest-sized frame is read
+        for released, exc, _ in both(stream_guard(url), ["Paris is in France."]):
+            assert exc is None and released == "Paris is in France.", repr(exc)
+
+
+async def test_the_callers_loop_goes_on_while_a_frame_just_under_the_bound_is_parsed():
+    """A frame of ~4 MiB of tiny token objects (the red team's shape), the caller having fed enough text for
+    them to pass the count: the loop is never blocked for long (it was blocked ~1 s per 3 MiB)."""
+    fed = "a" * 1_450_000
+
+    def flood(delta: str, so_far: str) -> str:
+        n = ((4 << 20) - 4096) // 3
+        return '{"type":"released","text":"","tokens":[' + ",".join(["{}"] * n) + "]}"
+
+    lags: list[float] = []
+    stop = asyncio.Event()
+
+    async def probe() -> None:
+        while not stop.is_set():
+            t = time.perf_counter()
+            await asyncio.sleep(0.01)
+            lags.append(time.perf_counter() - t - 0.01)
+
+    with ws_server(flood) as url:
+        g = stream_guard(url, Policy(timeout_s=60))
+        async with g.astream("hello") as monitor:
+            task = asyncio.create_task(probe())
+            await asyncio.sleep(0.05)
+            for _ in range(3):
+                assert await monitor.afeed(fed if not monitor.text else "b") == ""
+            stop.set()
+            await task
+            assert len(monitor.take_token_verdicts()) <= DEFAULT_KEEP_TOKEN_VERDICTS
+    assert max(lags) < 0.5, f"the loop was blocked {max(lags):.2f} s"
