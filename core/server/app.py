@@ -8,14 +8,13 @@ import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .connections import server_config
-from .gate import Gate, Load
+from .gate import BodyRoute, Gate, Load
 from .limits import Limits
 from .metrics import Metrics
 from .schemas import (
@@ -26,8 +25,9 @@ from .schemas import (
     ModerationRequest,
     ModerationResponse,
     error_json,
+    validation_error_json,
 )
-from .service import Service, check_model, normalize, raw_text
+from .service import Service, check_model, raw_text
 from .shutdown import DEFAULT_SHUTDOWN_TIMEOUT_S, DrainingServer
 from .stream_protocol import stream_session
 
@@ -81,21 +81,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        # loc/msg/type only: "input" would copy request text into responses and error trackers.
-        details = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
-        ]
-        first = details[0] if details else {"loc": [], "msg": "invalid request"}
-        message = f"invalid request: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
-        body = {
-            "error": {
-                "message": message,
-                "type": "invalid_request_error",
-                "code": 422,
-                "details": jsonable_encoder(details),
-            }
-        }
-        return JSONResponse(body, 422)
+        return validation_error_json(exc.errors())
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -143,10 +129,10 @@ def create_app(
     async def chat_completions(body: ChatCompletionRequest) -> Any:
         """The guard model's answer for a conversation, as an OpenAI chat completion; 502 ``guard_error``
         when the guard gives no verdict for it (`raw_text`)."""
-        check_model(body.model, name)
-        raw = [m.judged() for m in body.messages]  # text and tool calls: nothing sent goes unjudged
-        service.check_size([raw])
-        ((outcome, _),) = await service.classify([normalize(raw)])
+        return await chat_answer(body, service.chat_conversation(body))
+
+    async def chat_answer(body: ChatCompletionRequest, conversation: list[dict[str, str]]) -> Any:
+        ((outcome, _),) = await service.classify([conversation])
         text = raw_text(outcome)
         ident, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
@@ -193,9 +179,11 @@ def create_app(
         """Raw completion of a prompt written by ``render_prompt`` (what ``OpenAIGen(mode="completion")`` sends);
         502 ``guard_error`` when the guard gives no verdict for it."""
         check_model(body.model, name)
-        messages = await service.read_prompt(body.prompt)
-        service.check_size([messages])
-        ((outcome, _),) = await service.classify([normalize(messages)])
+        messages = await service.read_prompt(body.prompt)  # off the event loop when large
+        return await completion_answer(body, service.sized(messages))
+
+    async def completion_answer(body: CompletionRequest, conversation: list[dict[str, str]]) -> Any:
+        ((outcome, _),) = await service.classify([conversation])
         text = raw_text(outcome)
         ident, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
@@ -238,7 +226,13 @@ def create_app(
     async def stream(ws: WebSocket) -> None:
         await stream_session(ws, service)
 
-    app.add_middleware(Gate, api_key=api_key, limits=limits, load=load, metrics=metrics, service=service)
+    # Large bodies of these routes are parsed and rendered by the gate in a thread, then answered as here.
+    routes = {
+        "/v1/moderate": BodyRoute(ModerationRequest, service.moderation_work, service.moderate, lenient_json=True),
+        "/v1/chat/completions": BodyRoute(ChatCompletionRequest, service.chat_conversation, chat_answer),
+        "/v1/completions": BodyRoute(CompletionRequest, service.completion_conversation, completion_answer),
+    }
+    app.add_middleware(Gate, api_key=api_key, limits=limits, load=load, metrics=metrics, service=service, routes=routes)
     return app
 
 

@@ -10,14 +10,17 @@ import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
 
 from .limits import LimitExceeded, Limits
 from .metrics import Metrics
-from .schemas import ApiError, ModerationRequest, error_json
+from .schemas import ApiError, ModerationRequest, error_json, validation_error_json
 from .service import REQUEST_DEADLINE, Service
 from .stream_protocol import CLOSE_UNAUTHORIZED, CLOSE_UNAVAILABLE
 from .turns import ClientTurns, NoTurn, QueueFull
@@ -35,6 +38,70 @@ METRIC_PATHS = frozenset(
         "/metrics",
     }
 )
+
+#: Above this many bytes, a request body is parsed, validated and rendered in a thread (`Gate._off_loop`), not
+#: on the event loop: a megabyte of small JSON objects (messages, content parts, tool calls) is hundreds of
+#: milliseconds of work, during which the loop would answer nothing else, /health included. Below it, the
+#: work takes a few milliseconds: less than is worth a thread.
+LARGE_BODY_BYTES = 32 * 1024
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class BodyRoute:
+    """A JSON route whose large bodies the gate serves itself, as the route would (`Gate._off_loop`): the
+    body is parsed into ``model`` and ``work(request)`` (the route's synchronous part: size checks,
+    rendering) is done in a thread, then ``answer(request, work)`` (the guard's call) on the event loop.
+
+    ``lenient_json``: a body without a content type, or with any ``...json`` one, is read as JSON (as the
+    ``/v1/moderate`` fast path reads it); else only what FastAPI reads as JSON is."""
+
+    model: type[BaseModel]
+    work: Callable[[Any], Any]
+    answer: Callable[[Any, Any], Awaitable[Any]]
+    lenient_json: bool = False
+
+    def reads(self, headers: Mapping[bytes, bytes]) -> bool:
+        """Whether the route reads a body sent with these headers as JSON."""
+        content_type = headers.get(b"content-type")
+        if content_type is None:
+            return self.lenient_json
+        kind = content_type.split(b";")[0].strip().lower()
+        if self.lenient_json:
+            return kind.endswith(b"json")
+        return kind == b"application/json" or (kind.startswith(b"application/") and kind.endswith(b"+json"))
+
+
+def parse_json_body(model: type[_Model], body: bytes) -> _Model:
+    """``body`` as a FastAPI route reads it, and its errors as FastAPI reports them (`RequestValidationError`
+    under ``"body"``, or 400). The model's JSON validation first (fast, and its Python validators let other
+    threads in); where that fails, FastAPI's own way (`json.loads`, then validating the result), which
+    gives FastAPI's errors or, rarely, accepts what the JSON validation did not (a lone surrogate)."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError:
+        pass
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as exc:
+        error = {"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error"}
+        raise RequestValidationError([error]) from None
+    except Exception:  # noqa: BLE001 - what FastAPI answers for a body it cannot read (nested too deeply)
+        raise HTTPException(400, "There was an error parsing the body") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+
+
+def _response(result: Any) -> Response:
+    """What a route returned, as FastAPI would send it."""
+    if isinstance(result, Response):
+        return result
+    if isinstance(result, BaseModel):
+        return Response(result.model_dump_json(), media_type="application/json")
+    return JSONResponse(result)
 
 
 class Load:
@@ -96,9 +163,11 @@ class Gate:
         load: Load,
         metrics: Metrics,
         service: Service | None = None,
+        routes: Mapping[str, BodyRoute] | None = None,
     ) -> None:
         self.app = app
         self.service = service  # for the /v1/moderate fast path
+        self.routes = dict(routes or {})  # for large bodies (`_off_loop`)
         self.api_key = api_key.encode() if api_key is not None else None
         self.limits = limits
         self.load = load
@@ -264,12 +333,20 @@ class Gate:
         load.in_flight += 1
         self.metrics.in_flight.inc()
         try:
-            if path == "/v1/chat/completions":
-                try:
-                    self.limits.precheck_one_conversation(body)
-                except LimitExceeded as exc:
-                    await answer(error_json(413, str(exc), "request_too_large"), "work_size")
+            route = self.routes.get(path)
+            try:
+                if (
+                    route is not None
+                    and len(body) > LARGE_BODY_BYTES
+                    and scope.get("method") == "POST"
+                    and route.reads(headers)
+                ):
+                    await (await self._off_loop(route, path, body))(scope, receive, send)
                     return
+                self._precheck(path, body)
+            except LimitExceeded as exc:
+                await answer(error_json(413, str(exc), "request_too_large"), "work_size")
+                return
             fast = await self._moderate_fast(scope, headers, body) if path == "/v1/moderate" else None
             if fast is not None:
                 await fast(scope, receive, send)
@@ -278,6 +355,33 @@ class Gate:
         finally:
             load.in_flight -= 1
             self.metrics.in_flight.dec()
+
+    def _precheck(self, path: str, body: bytes) -> None:
+        """Refuse (`LimitExceeded`) a body that cannot fit the limits, counted on its bytes before parsing it."""
+        if path == "/v1/chat/completions":
+            self.limits.precheck_one_conversation(body)
+        elif path == "/v1/moderate":
+            self.limits.precheck_content(body)
+
+    async def _off_loop(self, route: BodyRoute, path: str, body: bytes) -> Response:
+        """A large body's request, answered as its route would answer it, with the CPU work on the body (the
+        precheck, the parse and validation, the rendering and size checks) in a thread: the event loop
+        meanwhile serves other requests, and /health. Raises `LimitExceeded` when the precheck refuses it."""
+
+        def parse_and_work() -> tuple[Any, Any]:
+            self._precheck(path, body)
+            request = parse_json_body(route.model, body)
+            return request, route.work(request)
+
+        try:
+            request, work = await asyncio.to_thread(parse_and_work)
+            return _response(await route.answer(request, work))
+        except ApiError as exc:
+            return error_json(exc.status, exc.message, exc.kind, exc.headers)
+        except RequestValidationError as exc:
+            return validation_error_json(exc.errors())
+        except HTTPException as exc:
+            return error_json(exc.status_code, str(exc.detail), "http_error", exc.headers)
 
     async def _moderate_fast(
         self, scope: Mapping[str, Any], headers: Mapping[bytes, bytes], body: bytes

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,16 +124,18 @@ class Limits:
     # -- size checks (pure; routes turn LimitExceeded into 413 or close 1009) -------------------
     def check_conversations(self, conversations: Sequence[Sequence[Mapping[str, Any]]]) -> None:
         """Raise `LimitExceeded` for too many conversations, messages or characters."""
+        self.check_counts(conversations)
+        self.check_chars(sum(_chars(m) for conversation in conversations for m in conversation))
+
+    def check_counts(self, conversations: Sequence[Sized]) -> None:
+        """Raise `LimitExceeded` for too many conversations, or messages in one."""
         if len(conversations) > self.max_conversations:
             raise LimitExceeded(
                 f"{len(conversations)} conversations in one request; this server accepts at most "
                 f"{self.max_conversations} (--max-conversations)"
             )
-        total = 0
         for conversation in conversations:
-            self.check_messages(conversation)
-            total += sum(_chars(m) for m in conversation)
-        self.check_chars(total)
+            self.check_message_count(len(conversation))
 
     def check_messages(self, messages: Sequence[Mapping[str, Any]]) -> None:
         self.check_message_count(len(messages))
@@ -149,25 +151,80 @@ class Limits:
         """Before parsing a body that holds one conversation (a chat completion, a stream's ``open``
         frame): parsing thousands of messages costs the event loop more than refusing them."""
         self.check_message_count(count_role_keys(body))
+        self.precheck_content(body)
 
-    def check_chars(self, total: int, what: str = "request") -> None:
+    def precheck_content(self, body: bytes) -> None:
+        """Before parsing a body of messages (any route's): refuse one whose tool calls and text parts
+        alone cannot fit in ``max_chars``, so 24,000 tool calls are never parsed, validated and rendered
+        only to be refused after.
+
+        The bound is a floor of the characters the body's turns carry once rendered (`_Turn.judged`):
+        each tool call (``"function": {...}``) adds at least ``Tool call: ()`` (`MIN_TOOL_CALL_CHARS`),
+        each text field with a non-empty string at least one character, and these are disjoint spans
+        of the rendering (a ``"function"`` or ``"text"`` key nested in a call's arguments is rendered
+        in them, key and all). `UNJUDGED_ALLOWANCE` such objects are allowed for outside what is
+        judged, so an honest body is never refused here: it is refused later when it is too large,
+        after rendering at most ``max_chars`` (`Service.judged`). Empty text parts have no floor, and
+        are bounded only by the body's size (parsed off the event loop: `gate.LARGE_BODY_BYTES`)."""
+        calls, texts = count_function_objects(body), count_text_fields(body)
+        floor = MIN_TOOL_CALL_CHARS * (calls - UNJUDGED_ALLOWANCE) + texts
+        if floor > self.max_chars:
+            raise LimitExceeded(
+                f"request carries {calls:,} tool calls and {texts:,} text fields: at least {floor:,} "
+                f"characters of content; this server accepts at most {self.max_chars:,} (--max-chars)"
+            )
+
+    def check_chars(self, total: int, what: str = "request", *, at_least: bool = False) -> None:
+        """``at_least``: ``total`` was counted until past the limit, not to the end."""
         if total > self.max_chars:
             raise LimitExceeded(
-                f"{what} carries {total:,} characters of content; this server accepts at most "
-                f"{self.max_chars:,} (--max-chars)"
+                f"{what} carries {'at least ' if at_least else ''}{total:,} characters of content; this server "
+                f"accepts at most {self.max_chars:,} (--max-chars)"
             )
 
 
-#: A ``"role":`` key in JSON text, each letter as itself or as a ``\\uXXXX`` escape (``"r\\u006fle"``
-#: parses as ``"role"`` too; hex digits in either case). Inside a JSON string a quote is escaped
-#: (``\\"``), so this matches object keys only: every message has one, so the count is at least the
-#: number of messages.
-_ROLE_KEY = re.compile(rb'"(?:r|\\u0072)(?:o|\\u006[fF])(?:l|\\u006[cC])(?:e|\\u0065)"\s*:')
+def _json_key(name: str) -> str:
+    """A regex for the JSON object key ``name`` (and its colon), each letter as itself or as a
+    ``\\uXXXX`` escape (``"r\\u006fle"`` parses as ``"role"`` too; hex digits in either case). Inside
+    a JSON string a quote is escaped (``\\"``), so this matches object keys only."""
+    letters = []
+    for letter in name:
+        code = "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in f"{ord(letter):04x}")
+        letters.append(f"(?:{re.escape(letter)}|\\\\u{code})")
+    return '"' + "".join(letters) + '"\\s*:'
+
+
+#: A ``"role":`` key in JSON text, however spelled (`_json_key`): every message has one, so the count is
+#: at least the number of messages.
+_ROLE_KEY = re.compile(_json_key("role").encode())
+#: A ``"function":`` key whose value is an object with keys: every tool call has one.
+_FUNCTION_OBJECT = re.compile((_json_key("function") + '\\s*\\{\\s*"').encode())
+#: A ``"text":`` key whose value is a non-empty string: every content part with text has one.
+_TEXT_FIELD = re.compile((_json_key("text") + '\\s*"(?!")').encode())
+#: The fewest characters a tool call adds to its turn's rendered text (`render_tool_call`: an empty name
+#: and empty arguments).
+MIN_TOOL_CALL_CHARS = len("Tool call: ()")
+#: ``"function"`` objects and ``"text"`` fields that a valid body may carry outside what is judged: in a
+#: chat request's other fields (``tools``, of which OpenAI accepts 128, ``tool_choice``, a JSON schema
+#: in ``response_format``); the precheck's floor leaves ``13 * 1024`` characters for them (or for 13 times as
+#: many text fields). Everywhere else the schemas refuse fields that are not judged (422).
+UNJUDGED_ALLOWANCE = 1024
 
 
 def count_role_keys(body: bytes) -> int:
     """How many ``"role":`` keys a JSON body holds: at least its messages, counted before parsing it."""
     return len(_ROLE_KEY.findall(body))
+
+
+def count_function_objects(body: bytes) -> int:
+    """How many ``"function": {...}`` objects a JSON body holds: at least its tool calls."""
+    return len(_FUNCTION_OBJECT.findall(body))
+
+
+def count_text_fields(body: bytes) -> int:
+    """How many ``"text":`` keys with a non-empty string a JSON body holds: at least its content parts
+    with text."""
+    return len(_TEXT_FIELD.findall(body))
 
 
 def _chars(message: Mapping[str, Any]) -> int:

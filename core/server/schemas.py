@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from ..formats.conversations import with_tool_calls
+from ..formats.conversations import render_tool_call
 from ..verdict import Stage
 from .limits import DEFAULT_MAX_CONVERSATIONS
 
@@ -82,11 +83,21 @@ class _Turn(_Judged):
             return ""
         return content if isinstance(content, str) else "".join(p.text for p in content)
 
-    def judged(self) -> dict[str, str]:
+    def judged(self, max_chars: int | None = None) -> dict[str, str]:
         """The turn as the guard reads it: its text, then each tool call as the assistant's action
-        (``Tool call: name({...})``, one a line), so that what the tool would run is judged too."""
-        calls = [(c.function.name, c.function.arguments) for c in self.tool_calls or ()]
-        return {"role": self.role, "content": with_tool_calls(self.text(), calls)}
+        (``Tool call: name({...})``, one a line: `with_tool_calls`), so that what the tool would run is
+        judged too. With ``max_chars``, no more tool calls are rendered once the content is longer: the
+        turn is past the limit and refused (`Service.judged`), so thousands of calls cost no more."""
+        text = self.text()
+        lines = [text] if text else []
+        size = len(text)
+        for call in self.tool_calls or ():
+            if max_chars is not None and size > max_chars:
+                break
+            line = render_tool_call(call.function.name, call.function.arguments)
+            lines.append(line)
+            size += len(line) + 1
+        return {"role": self.role, "content": "\n".join(lines)}
 
     def judged_stages(self) -> tuple[Stage, ...]:
         """The stages this turn is decided at, when it is the last one: a tool call, and the assistant's
@@ -195,3 +206,21 @@ def error_json(status: int, message: str, kind: str, headers: Mapping[str, str] 
     return JSONResponse(
         {"error": {"message": message, "type": kind, "code": status}}, status, headers=dict(headers or {})
     )
+
+
+def validation_error_json(errors: Sequence[Mapping[str, Any]]) -> JSONResponse:
+    """422 for a body that is not valid (FastAPI's `RequestValidationError`, or the gate's own parse of a
+    large body: `gate.parse_json_body`). loc/msg/type only: "input" would copy request text into responses
+    and error trackers."""
+    details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in errors]
+    first = details[0] if details else {"loc": [], "msg": "invalid request"}
+    message = f"invalid request: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    body = {
+        "error": {
+            "message": message,
+            "type": "invalid_request_error",
+            "code": 422,
+            "details": jsonable_encoder(details),
+        }
+    }
+    return JSONResponse(body, 422)

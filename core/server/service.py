@@ -27,6 +27,9 @@ from .limits import LimitExceeded, Limits
 from .metrics import Metrics
 from .schemas import (
     ApiError,
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
     DecisionModel,
     Message,
     ModerationRequest,
@@ -128,21 +131,75 @@ class Service:
         try:
             self.limits.check_conversations(conversations)
         except LimitExceeded as exc:
-            self.metrics.rejected.labels("work_size").inc()
-            raise ApiError(413, str(exc), "request_too_large") from exc
+            raise self._refused(exc) from exc
 
-    async def read_prompt(self, prompt: str) -> list[dict[str, str]]:
-        """`conversation_from_prompt`, off the event loop for large prompts; 400 when it is not one,
-        413 (before parsing) when it holds more turns than a conversation may."""
+    def _refused(self, exc: LimitExceeded) -> ApiError:
+        self.metrics.rejected.labels("work_size").inc()
+        return ApiError(413, str(exc), "request_too_large")
+
+    def judged(self, conversations: Sequence[Sequence[Message | ChatMessage]]) -> list[list[dict[str, str]]]:
+        """Each conversation's turns as the guard reads them (`Message.judged`: text and tool calls), within
+        the operator's limits (413, as `check_size`): the counts first, then the characters as the turns
+        are rendered, so that rendering stops once past ``max_chars`` (thousands of tool calls are refused
+        after rendering at most ``max_chars`` characters, never all of them)."""
+        limits = self.limits
+        left = limits.max_chars
+        out: list[list[dict[str, str]]] = []
+        try:
+            limits.check_counts(conversations)
+            for conversation in conversations:
+                turns = []
+                for message in conversation:
+                    turn = message.judged(max_chars=left)
+                    left -= len(turn["content"])
+                    if left < 0:
+                        limits.check_chars(limits.max_chars - left, at_least=True)
+                    turns.append(turn)
+                out.append(turns)
+        except LimitExceeded as exc:
+            raise self._refused(exc) from exc
+        return out
+
+    def prompt_conversation(self, prompt: str) -> list[dict[str, str]]:
+        """`conversation_from_prompt`; 400 when it is not one, 413 (before parsing) when it holds more turns
+        than a conversation may."""
         turns = prompt.count("\n\nUSER: ") + prompt.count("\n\nASSISTANT: ")
         if turns > self.limits.max_messages:
             self.check_size([[{}] * turns])
         try:
-            if len(prompt) > _LARGE_PROMPT:
-                return await asyncio.to_thread(conversation_from_prompt, prompt)
             return conversation_from_prompt(prompt)
         except ValueError as exc:
             raise ApiError(400, str(exc), "invalid_request_error") from exc
+
+    async def read_prompt(self, prompt: str) -> list[dict[str, str]]:
+        """`prompt_conversation`, off the event loop for large prompts."""
+        if len(prompt) > _LARGE_PROMPT:
+            return await asyncio.to_thread(self.prompt_conversation, prompt)
+        return self.prompt_conversation(prompt)
+
+    # -- each route's synchronous work on its parsed body: validation, rendering, size checks. On the event
+    # loop for small bodies; in a thread, with the parse, for large ones (`gate.Gate._off_loop`).
+    def moderation_work(self, body: ModerationRequest) -> tuple[list[list[dict[str, str]]], Policy]:
+        """`moderate`'s conversations as the guard takes them, and the policy to decide them by."""
+        raw = self.judged(body.conversations)  # text and tool calls
+        policy = self.policy_for(body.policy)
+        return [normalize(conv) for conv in raw], policy
+
+    def chat_conversation(self, body: ChatCompletionRequest) -> list[dict[str, str]]:
+        """A chat completion's conversation as the guard takes it: nothing sent goes unjudged."""
+        check_model(body.model, self.model_name)
+        (raw,) = self.judged([body.messages])
+        return normalize(raw)
+
+    def completion_conversation(self, body: CompletionRequest) -> list[dict[str, str]]:
+        """A raw completion's conversation, read back out of its prompt (`prompt_conversation`)."""
+        check_model(body.model, self.model_name)
+        return self.sized(self.prompt_conversation(body.prompt))
+
+    def sized(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        """One conversation, size-checked (`check_size`) and normalized."""
+        self.check_size([messages])
+        return normalize(messages)
 
     def time_left(self) -> float | None:
         """Seconds the request being served has left: ``request_timeout_s`` from when its body was in
@@ -205,13 +262,13 @@ class Service:
         self.metrics.rejected.labels("work_size").inc()
         return ApiError(413, str(exc), "request_too_large")
 
-    async def moderate(self, body: ModerationRequest) -> ModerationResponse:
-        """Verdicts for a batch of conversations, in order, with the Policy's decision for each."""
+    async def moderate(
+        self, body: ModerationRequest, work: tuple[list[list[dict[str, str]]], Policy] | None = None
+    ) -> ModerationResponse:
+        """Verdicts for a batch of conversations, in order, with the Policy's decision for each. ``work``:
+        `moderation_work` already done (in the gate's thread)."""
         metrics, name = self.metrics, self.model_name
-        raw = [[m.judged() for m in conv] for conv in body.conversations]  # text and tool calls
-        self.check_size(raw)
-        policy = self.policy_for(body.policy)
-        convs = [normalize(conv) for conv in raw]
+        convs, policy = work if work is not None else self.moderation_work(body)
         outcomes = await self.classify(convs)
         results = []
         for wire, (outcome, cached) in zip(body.conversations, outcomes):

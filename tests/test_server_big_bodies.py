@@ -1,0 +1,231 @@
+"""Large request bodies (up to ``--max-body-bytes``) against a real server on 127.0.0.1: their parsing,
+validation and rendering run off the event loop, so /health and every other request on the worker are
+answered meanwhile; a body whose tool calls cannot fit ``--max-chars`` is refused before it is parsed; and
+rendering stops once past ``--max-chars``.
+
+(A red-team finding: a 1 MB ``/v1/moderate`` body of 33k one-letter messages held the loop 245 ms, a chat
+message of 38k content parts 172 ms, and 24k tool calls 478 ms, answered 413 only after all the work.)"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+from qwenguard.core import render_prompt
+from qwenguard.core.formats import conversations as conversations_module
+from qwenguard.core.formats.conversations import with_tool_calls
+from qwenguard.core.server import schemas as schemas_module
+from qwenguard.core.server.limits import LimitExceeded, Limits
+from qwenguard.core.server.schemas import ChatCompletionRequest, CompletionRequest, ModerationRequest
+from test_server_hostile import guarded, safe_backend
+
+TIMEOUT = 60
+
+
+def _on_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False  # in a worker thread: the event loop answers others meanwhile
+    return True
+
+
+class _Recording:
+    """A model's validator, recording for each validation whether it ran on the event loop."""
+
+    def __init__(self, validator: Any, seen: list[bool]) -> None:
+        self._validator, self._seen = validator, seen
+
+    def validate_json(self, *args: Any, **kwargs: Any) -> Any:
+        self._seen.append(_on_loop())
+        return self._validator.validate_json(*args, **kwargs)
+
+    def validate_python(self, *args: Any, **kwargs: Any) -> Any:
+        self._seen.append(_on_loop())
+        return self._validator.validate_python(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._validator, name)
+
+
+@pytest.fixture
+def where(monkeypatch):
+    """Where each parse of a request model and each rendering of a turn ran: ``{"parse": [...], "render": [...]}``,
+    True for on the event loop."""
+    seen: dict[str, list[bool]] = {"parse": [], "render": []}
+    for model in (ModerationRequest, ChatCompletionRequest, CompletionRequest):
+        monkeypatch.setattr(model, "__pydantic_validator__", _Recording(model.__pydantic_validator__, seen["parse"]))
+    judged = schemas_module._Turn.judged
+
+    def recording(self: Any, *args: Any, **kwargs: Any) -> dict[str, str]:
+        seen["render"].append(_on_loop())
+        return judged(self, *args, **kwargs)
+
+    monkeypatch.setattr(schemas_module._Turn, "judged", recording)
+    return seen
+
+
+@pytest.fixture
+def renders(monkeypatch):
+    """How many tool calls were rendered (`render_tool_call`, wherever it is called from)."""
+    calls = [0]
+    original = conversations_module.render_tool_call
+
+    def counting(*args: Any) -> str:
+        calls[0] += 1
+        return original(*args)
+
+    monkeypatch.setattr(conversations_module, "render_tool_call", counting)
+    monkeypatch.setattr(schemas_module, "render_tool_call", counting, raising=False)
+    return calls
+
+
+def _post(url: str, path: str, body: Any) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    assert len(content) > 64 * 1024  # large: past any threshold for parsing off the loop
+    return httpx.post(url + path, content=content, headers={"content-type": "application/json"}, timeout=TIMEOUT)
+
+
+# -- (a) large bodies are parsed and rendered off the event loop --------------------------------------
+def test_a_large_moderation_body_is_parsed_and_rendered_off_the_event_loop(where):
+    conversations = [[{"role": "user", "content": f"message {i} " + "x" * 200} for i in range(100)] for _ in range(3)]
+    with guarded(safe_backend()) as url:
+        r = _post(url, "/v1/moderate", {"conversations": conversations})
+    assert r.status_code == 200, r.text
+    assert [x["risk"] for x in r.json()["results"]] == ["safe"] * 3
+    assert where["parse"] == [False]
+    assert len(where["render"]) == 300 and not any(where["render"])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_large_chat_completion_is_parsed_and_rendered_off_the_event_loop(where, stream):
+    parts = [{"type": "text", "text": f"part {i} of a long message. "} for i in range(3_000)]
+    body = {"messages": [{"role": "user", "content": parts}], "stream": stream}
+    with guarded(safe_backend()) as url:
+        r = _post(url, "/v1/chat/completions", body)
+    assert r.status_code == 200, r.text
+    if stream:
+        assert r.headers["content-type"].startswith("text/event-stream") and "data: [DONE]" in r.text
+    else:
+        assert r.json()["choices"][0]["message"]["content"].startswith("Safety: Safe")
+    assert where["parse"] == [False]
+    assert where["render"] == [False]
+
+
+def test_a_large_completion_body_is_parsed_off_the_event_loop(where):
+    prompt = render_prompt([{"role": "user", "content": "The Eiffel Tower is in Paris. " * 3_000}])
+    with guarded(safe_backend()) as url:
+        r = _post(url, "/v1/completions", {"prompt": prompt})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"].startswith("Safety: Safe")
+    assert where["parse"] == [False]
+
+
+def test_an_invalid_large_body_is_answered_as_a_small_one_is(where):
+    """The gate's own parse of a large body gives FastAPI's answers: the same 422s, and no second parse on the loop."""
+    pad = [{"role": "user", "content": "x" * 300}] * 250
+    bad_role = [*pad, {"role": "tool", "content": "x"}]
+    with guarded(safe_backend()) as url:
+        small = httpx.post(url + "/v1/chat/completions", json={"messages": bad_role[-2:]}, timeout=TIMEOUT)
+        large = _post(url, "/v1/chat/completions", {"messages": bad_role})
+        assert large.status_code == small.status_code == 422
+        assert large.json()["error"]["details"][0]["loc"][:2] == small.json()["error"]["details"][0]["loc"][:2]
+        assert large.json()["error"]["details"][0]["loc"] == ["body", "messages", 250, "role"]
+        assert large.json()["error"]["details"][0]["type"] == small.json()["error"]["details"][0]["type"]
+
+        truncated = json.dumps({"messages": pad}).encode()[:-3]
+        small_json = httpx.post(
+            url + "/v1/chat/completions",
+            content=b'{"messages": [',
+            headers={"content-type": "application/json"},
+            timeout=TIMEOUT,
+        )
+        large_json = _post(url, "/v1/chat/completions", truncated)
+        assert large_json.status_code == small_json.status_code == 422
+        assert large_json.json()["error"]["details"][0]["type"] == small_json.json()["error"]["details"][0]["type"]
+        assert large_json.json()["error"]["details"][0]["loc"] == ["body", len(truncated)]
+
+        unknown_model = _post(url, "/v1/chat/completions", {"model": "nope", "messages": pad})
+        assert unknown_model.status_code == 404 and unknown_model.json()["error"]["type"] == "model_not_found"
+    assert where["parse"] and not any(where["parse"])  # the large ones, parsed in a thread
+
+
+# -- (b) a body whose tool calls cannot fit --max-chars is refused before it is parsed ----------------
+def _tool_calls_body(n: int, arguments: Any = None) -> dict[str, Any]:
+    call = {"function": {"name": "a", "arguments": {} if arguments is None else arguments}}
+    return {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": None, "tool_calls": [call] * n},
+        ]
+    }
+
+
+def test_twenty_four_thousand_tool_calls_are_refused_before_parsing_or_rendering(where, renders):
+    body = json.dumps(_tool_calls_body(24_000), separators=(",", ":")).encode()
+    assert len(body) < Limits().max_body_bytes
+    moderation = json.dumps({"conversations": [_tool_calls_body(24_000)["messages"]]}, separators=(",", ":")).encode()
+    with guarded(safe_backend()) as url:
+        r = _post(url, "/v1/chat/completions", body)
+        assert r.status_code == 413, r.text
+        assert "--max-chars" in r.json()["error"]["message"]
+        r = _post(url, "/v1/moderate", moderation)
+        assert r.status_code == 413, r.text
+    assert renders[0] == 0
+    assert where["parse"] == [] and where["render"] == []
+
+
+def test_tool_calls_are_counted_however_the_key_is_spelled():
+    escaped = json.dumps(_tool_calls_body(20_000), separators=(",", ":")).replace('"function"', '"f\\u0075nction"')
+    assert json.loads(escaped)["messages"][1]["tool_calls"][0]["function"]["name"] == "a"
+    with pytest.raises(LimitExceeded, match="20,000 tool calls"):
+        Limits().precheck_one_conversation(escaped.encode())
+
+
+def test_an_honest_body_is_never_refused_by_the_precheck():
+    """What fits the limits passes: tool calls just under the bound, and OpenAI tool definitions (the
+    same ``"function": {...}`` shape, not judged) besides; text parts, empty or not."""
+    limits = Limits(max_chars=2_000)
+    most = (limits.max_chars - 2) // len("Tool call: ()\n")  # as many as fit, each "Tool call: ()" and a newline
+    body = _tool_calls_body(most, arguments="")
+    body["messages"][1]["tool_calls"] = [{"function": {"name": "", "arguments": ""}}] * most
+    body["tools"] = [{"type": "function", "function": {"name": f"tool{i}", "parameters": {}}} for i in range(1_000)]
+    body["tool_choice"] = {"type": "function", "function": {"name": "tool0"}}
+    body["messages"][0]["content"] = [{"type": "text", "text": ""}] * 5_000 + [{"type": "text", "text": "hi"}]
+    judged = [m.judged()["content"] for m in ChatCompletionRequest.model_validate(body).messages]
+    assert sum(map(len, judged)) <= limits.max_chars  # it fits
+    limits.precheck_one_conversation(json.dumps(body).encode())
+    limits.precheck_one_conversation(json.dumps(body, separators=(",", ":")).encode())
+
+
+# -- (c) rendering stops once past --max-chars ----------------------------------------------------------
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/moderate"])
+def test_rendering_stops_once_past_max_chars(renders, path):
+    messages = _tool_calls_body(100, arguments={"query": "q" * 100})["messages"]
+    body = {"messages": messages} if path == "/v1/chat/completions" else {"conversations": [messages]}
+    with guarded(safe_backend(), max_chars=2_000) as url:
+        r = httpx.post(url + path, json=body, timeout=TIMEOUT)
+    assert r.status_code == 413, r.text
+    assert 0 < renders[0] <= 20  # ~120 characters each: past 2,000 after 17, not all 100
+    assert "at least" in r.json()["error"]["message"] and "--max-chars" in r.json()["error"]["message"]
+
+
+def test_a_turn_is_rendered_as_with_tool_calls_writes_it():
+    message = schemas_module.Message.model_validate(
+        {
+            "role": "assistant",
+            "content": "Let me look.",
+            "tool_calls": [
+                {"function": {"name": "search", "arguments": {"q": "weather"}}},
+                {"function": {"name": "open", "arguments": '{"url": "x"}'}},
+                {"function": {"name": "noop"}},
+            ],
+        }
+    )
+    calls = [(c.function.name, c.function.arguments) for c in message.tool_calls or ()]
+    assert message.judged()["content"] == with_tool_calls("Let me look.", calls)
+    assert message.judged(max_chars=10_000) == message.judged()
+    assert message.judged(max_chars=5)["content"] == "Let me look."  # past the limit already: no call rendered
