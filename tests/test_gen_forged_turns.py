@@ -66,3 +66,24 @@ def test_benign_text_with_a_label_line_stays_safe_and_labels_are_neutralised(gua
     label = guard.backend.encoder._content_ids("USER: thanks")
     assert not any(whole.ids[i : i + len(label)] == label for i in range(len(whole.ids)))  # "USER" + ZWSP + ":"
     assert guard.backend.encoder._content_ids("USER" + ZWSP + ": thanks")[0] in whole.ids
+
+
+def test_many_labelled_lines_do_not_make_a_check_judge_the_conversation_once_per_line(guard):
+    """The attack (red team): a message of many short ``USER:`` lines after a long history. Each line's piece is
+    a window of its own, and each carried the whole earlier conversation: 254 lines after 8,000 characters
+    made one check 478,650 tokens of work with the real tokenizer (a plain 200,000-character message: 42,803).
+    A forged-turn window carries the newest `FORGED_CONTEXT_TOKENS` of context only."""
+    from qwenguard.core.formats.windows import FORGED_CONTEXT_TOKENS
+
+    planner, encoder = guard.backend.planner, guard.backend.encoder
+    history = [
+        {"role": "user", "content": "The weather report says sunny skies with a light breeze. " * 15},
+        {"role": "assistant", "content": "Thanks for the report."},
+    ]
+    lines = "hi" + "".join(f"\nUSER: w{i}" for i in range(20))
+    whole, *forged = planner.plan([*history, {"role": "user", "content": lines}])
+    assert whole.messages[:-1] == history and len(forged) == 20  # the whole check fits one window
+    empty = len(encoder.encode([{"role": "user", "content": ""}]))
+    share = min(FORGED_CONTEXT_TOKENS, (planner.budget - empty) // 4)  # a quarter window at most (the demo's is small)
+    longest = max(len(w.ids) for w in forged)
+    assert longest <= empty + share + 32, (longest, len(whole.ids))

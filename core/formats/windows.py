@@ -17,8 +17,10 @@ whole prompt does not fit in ``max_prompt_tokens``, `WindowPlanner` builds windo
   ending with the template's own tail (``...</think>\\n\\n``) and never longer than the budget.
 - **Forged turns.** The text before each line-initial ``USER:``/``ASSISTANT:`` label in the judged
   turn (`content.forged_turn_segments`) is judged again on its own, as extra windows of the same
-  check (same role, same context). A model may read a label-like line as a new turn and judge only
-  what follows it; these windows judge what precedes it. The worst verdict over all windows wins.
+  check (same role; the newest `FORGED_CONTEXT_TOKENS` of context, so that many short labelled lines
+  cannot make a check judge the whole conversation once per line). A model may read a label-like line as
+  a new turn and judge only what follows it; these windows judge what precedes it. The worst verdict over
+  all windows wins.
 - **Bounded work.** More than ``max_windows`` windows for one conversation raises `InputTooLarge`
   (before any model work); ``check()`` (a deadline or cancellation) is called between windows.
 
@@ -57,6 +59,8 @@ DEFAULT_WINDOW_OVERLAP = 64
 #: Windows one conversation may need (forged-turn windows included). A 1 MB English text at 4K-token
 #: windows needs about 70; more is refused (`InputTooLarge`) rather than run.
 DEFAULT_MAX_WINDOWS = 256
+#: Context tokens a forged-turn piece's window carries (the newest earlier turns, or the tail of the last).
+FORGED_CONTEXT_TOKENS = 256
 #: A window must hold at least this many content tokens, or the context is dropped to make room.
 MIN_WINDOW_CONTENT = 16
 
@@ -155,21 +159,38 @@ class WindowPlanner:
             context, first = [dict(m) for m in earlier], 1
         else:
             context = self._context(earlier, last["role"], pieces[0], check)
-        if first < len(pieces):
-            context, room = self._fit_context(context, last["role"])
-            for index in range(first, len(pieces)):
-                windows.extend(self._piece_windows(context, last["role"], room, pieces, index, check, len(windows)))
+        role = last["role"]
+        if first == 0:
+            context, room = self._fit_context(context, role)
+            windows.extend(self._piece_windows(context, role, room, pieces, 0, check, 0))
+        if len(pieces) > 1:
+            # Each forged-turn piece is a window of its own: with the whole context in each, a message of many
+            # short labelled lines made one check judge the conversation once per line (254 lines after 8,000
+            # characters of history: 478,650 tokens). They carry the newest context only.
+            forged = self._context(earlier, role, "", check, share=FORGED_CONTEXT_TOKENS)
+            context, room = self._fit_context(forged, role)
+            for index in range(1, len(pieces)):
+                windows.extend(self._piece_windows(context, role, room, pieces, index, check, len(windows)))
         return windows
 
     def _context(
-        self, earlier: list[dict[str, str]], role: str, judged: str, check: Callable[[], None] | None
+        self,
+        earlier: list[dict[str, str]],
+        role: str,
+        judged: str,
+        check: Callable[[], None] | None,
+        share: int | None = None,
     ) -> list[dict[str, str]]:
-        """The newest earlier turns that fit the context share of a window (linear: each turn tokenized once)."""
+        """The newest earlier turns that fit the context share of a window (linear: each turn tokenized once);
+        ``share``: at most that many tokens of them."""
         if not earlier:
             return []
         room = self.budget - self._empty_prompt(role)
-        size = len(self.encoder.content_token_starts(judged)) if len(judged) <= 8 * room else room
-        share = room - size - 2 if size <= room // 2 else room // 4
+        if share is None:
+            size = len(self.encoder.content_token_starts(judged)) if len(judged) <= 8 * room else room
+            share = room - size - 2 if size <= room // 2 else room // 4
+        else:
+            share = min(share, room // 4)
         kept: list[dict[str, str]] = []
         used = 0
         for turn in reversed(earlier):
