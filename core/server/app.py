@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 import uuid
@@ -283,4 +284,9 @@ def serve(
     config = server_config(
         app, host=host, port=port, limits=limits, log_level=log_level, timeout_graceful_shutdown=shutdown_timeout_s
     )
+    # Everything loaded so far (the model, the libraries) lives as long as the server: frozen, it is left out of
+    # the collector's full passes, which otherwise walk all of it while a large request body is being parsed
+    # and hold every request meanwhile (1 MB bodies: /health waited up to 627 ms, 65 ms frozen).
+    gc.collect()
+    gc.freeze()
     DrainingServer(config, load=app.state.load, drain_delay_s=drain_delay_s).run()
