@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from qwenguard.core import Guard, GuardUnavailable, Policy
 from qwenguard.core.backends import openai_gen
+from qwenguard.core.backends import stream_session as stream_session_module
 from qwenguard.core.backends.openai_gen import DEFAULT_MAX_REPLY_BYTES, OpenAIGen
 from qwenguard.core.backends.openai_wire import parse_logprobs
 from qwenguard.core.backends.remote_stream import RemoteStream
@@ -383,3 +384,52 @@ async def test_the_callers_loop_goes_on_while_a_frame_just_under_the_bound_is_pa
             await task
             assert len(monitor.take_token_verdicts()) <= DEFAULT_KEEP_TOKEN_VERDICTS
     assert max(lags) < 0.5, f"the loop was blocked {max(lags):.2f} s"
+
+
+def test_an_honest_server_flagging_every_few_tokens_stays_within_the_frame_bound(monkeypatch):
+    """Found over the frame bound (red team): a Stream model flags every run of two non-safe tokens, so one large
+    feed of controversial text under a policy that allows it (controversial, controversial, safe, ...) put one
+    flag per three tokens in a single frame: 140,000 characters made an honest frame over 4 MiB and the client
+    failed a healthy session. A frame now carries at most `MAX_FLAGS_PER_FRAME` flags and counts the rest.
+    (The demo Stream model with its token risks rewritten to that pattern; the cap lowered to keep it quick.)"""
+    from live_server import serving
+    from qwenguard.core import Risk
+    from qwenguard.core.backends.transformers_stream import StreamSession
+    from qwenguard.core.server import stream_protocol
+
+    monkeypatch.setattr(stream_protocol, "MAX_FLAGS_PER_FRAME", 8)
+    scored = [0]
+
+    def controversial_twice_then_safe(verdicts: list[Any]) -> list[Any]:
+        out = []
+        for v in verdicts:
+            scored[0] += 1
+            out.append(v._replace(risk=Risk.SAFE if scored[0] % 3 == 0 else Risk.CONTROVERSIAL))
+        return out
+
+    for name in ("feed_text", "finish"):
+        real, areal = getattr(StreamSession, name), getattr(StreamSession, "a" + name)
+        monkeypatch.setattr(
+            StreamSession, name, lambda self, *a, _r=real, **k: controversial_twice_then_safe(_r(self, *a, **k))
+        )
+
+        async def arewritten(self: Any, *a: Any, _r: Any = areal, **k: Any) -> list[Any]:
+            return controversial_twice_then_safe(await _r(self, *a, **k))
+
+        monkeypatch.setattr(StreamSession, "a" + name, arewritten)
+    frames: list[dict[str, Any]] = []
+    real_parse = stream_session_module.parse_frame
+    monkeypatch.setattr(stream_session_module, "parse_frame", lambda raw: frames.append(real_parse(raw)) or frames[-1])
+    local = Guard.from_pretrained("demo", stream_model="demo-stream", device="cpu", policy=Policy.loose())
+    try:
+        with serving(local) as url:
+            remote = Guard.remote(url + "/v1", model=local.backend.name, stream=True, policy=Policy.loose())
+            with remote.stream("Write some letters.") as monitor:
+                out = monitor.feed("a b " * 300) + monitor.finish()
+            remote.close()
+    finally:
+        local.close()
+    assert out == "a b " * 300  # the session ended normally: flagged, allowed
+    assert max(len(frame.get("flags") or ()) for frame in frames) <= 8
+    assert len(monitor.flags) + monitor.flags_omitted >= 100  # about one a three tokens
+    assert monitor.flags_omitted > 0 and len(monitor.flags) <= 8 * 3  # opened, released, finished: 8 a frame

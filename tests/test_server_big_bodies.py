@@ -115,6 +115,32 @@ def test_a_large_chat_completion_is_parsed_and_rendered_off_the_event_loop(where
     assert where["render"] == [False]
 
 
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [
+        ("/v1/chat/completions", [(b"content-type", b"application/json\xa0")]),  # FastAPI's parser strips it
+        ("/v1/moderate", [("content-type", "application/json"), ("content-type", "text/plain")]),  # the first counts
+    ],
+    ids=["odd_whitespace", "two_content_types"],
+)
+def test_a_content_type_read_two_ways_does_not_bring_a_large_body_back_onto_the_loop(where, path, content_type):
+    """The attack (red team): a content type the gate and FastAPI read differently (a non-ASCII space that
+    FastAPI's parser strips; two content types, of which Starlette reads the first and the gate read the last).
+    The gate took the body for not JSON and let the route parse it, on the event loop (/health waited 220 ms).
+    The gate now reads the content type by FastAPI's rule."""
+    parts = [{"type": "text", "text": f"part {i} of a long message. "} for i in range(3_000)]
+    conversations = [[{"role": "user", "content": "x" * 200}] * 100] * 3
+    body = (
+        {"messages": [{"role": "user", "content": parts}]}
+        if path != "/v1/moderate"
+        else {"conversations": conversations}
+    )
+    with guarded(safe_backend()) as url:
+        r = httpx.post(url + path, content=json.dumps(body).encode(), headers=content_type, timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    assert where["parse"] == [False]
+
+
 def test_a_large_completion_body_is_parsed_off_the_event_loop(where):
     prompt = render_prompt([{"role": "user", "content": "The Eiffel Tower is in Paris. " * 3_000}])
     with guarded(safe_backend()) as url:
@@ -247,3 +273,26 @@ def test_serve_leaves_what_it_loaded_out_of_the_collectors_full_passes(monkeypat
         assert frozen and frozen[0] > 0
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/moderate"])
+@pytest.mark.parametrize("max_chars", [200_000, 2_000], ids=["large_body", "small_body"])
+def test_a_tool_call_after_one_that_fills_the_limit_is_never_dropped_unjudged(path, max_chars):
+    """The attack (red team): an assistant turn without text whose first tool call renders to exactly the
+    characters left under ``--max-chars``. The count took a newline before the first call that the content
+    does not have, so rendering stopped there, the turn was exactly at the limit (not refused), and the
+    unsafe call after it was never judged: 200 "Safe". The whole turn is over the limit: 413."""
+    from faults import ScriptedBackend, keyword_verdict
+    from qwenguard.core import Guard
+
+    ask = "Send the email."
+    pad = max_chars - len(ask) - len('Tool call: note({"t": ""})')
+    filler = {"id": "c1", "type": "function", "function": {"name": "note", "arguments": json.dumps({"t": "a" * pad})}}
+    unsafe = {"id": "c2", "type": "function", "function": {"name": "send_email", "arguments": '{"body": "ammonium"}'}}
+    turns = [{"role": "user", "content": ask}, {"role": "assistant", "content": None, "tool_calls": [filler, unsafe]}]
+    body = {"messages": turns} if path == "/v1/chat/completions" else {"conversations": [turns]}
+    with guarded(Guard(ScriptedBackend(keyword_verdict), cache_size=0), max_chars=max_chars) as url:
+        r = httpx.post(url + path, json=body, timeout=TIMEOUT)
+        assert r.status_code == 413, r.text[:200]
+        del turns[-1]["tool_calls"][1]  # the filler alone fits exactly: judged, and safe
+        assert httpx.post(url + path, json=body, timeout=TIMEOUT).status_code == 200

@@ -87,8 +87,8 @@ CLOSE_TIMEOUT_S = 1.0
 #: frame's copy of all text released, at most the session's ``max_chars`` (200,000 characters by default)
 #: at up to 6 bytes each as JSON: 1.2 MB; per-token verdicts of a Stream model, at most 2048 per frame (the
 #: server's monitor keeps no more between two frames, `DEFAULT_KEEP_TOKEN_VERDICTS`, so not one per
-#: character of the session), about 160 bytes each: under 1 MB; flags, about 250 bytes each, one per window
-#: check (at most 5,000 for 200,000 characters fed at once) or run of flagged tokens: about 1.2 MB. 4 MiB
+#: character of the session), about 160 bytes each: under 1 MB; flags, about 250 bytes each, at most 1024 a
+#: frame (`stream_protocol.MAX_FLAGS_PER_FRAME`; a Stream model flags every run of two non-safe tokens): 256 KB. 4 MiB
 #: is above the sum for a default-configured server. Every byte accepted is parsed, and on a GIL build the
 #: parse of one frame holds the interpreter (`_received`): the bound also bounds that pause (4 MiB of tiny
 #: JSON values: about 0.1 to 0.3 s; nested empty lists, which the GC slows, up to about 1 s). Raise it

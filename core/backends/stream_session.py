@@ -221,6 +221,8 @@ class _Session:
         self.prompt_decision: Decision | None = None
         #: Allowed-but-flagged stream decisions (loose controversial, ignored categories).
         self.flags: list[Decision] = []
+        #: Flags the server counted but did not send (at most 1024 a frame: `stream_protocol.MAX_FLAGS_PER_FRAME`).
+        self.flags_omitted = 0
         #: Times this session was re-opened on another replica (or again through the balancer).
         self.failovers = 0
         self._flag_keys: set[tuple[Any, ...]] = set()
@@ -359,6 +361,9 @@ class _Session:
                     continue  # reported again by a replayed session
                 self._tokens_upto = end
             self._tokens.append(token)
+        omitted = reply.get("flags_omitted")
+        if isinstance(omitted, int) and not isinstance(omitted, bool) and omitted > 0:
+            self.flags_omitted += omitted
         for data in reply.get("flags") or ():
             flag = decision_from_dict(data)
             key = (flag.stage, flag.reason, flag.offset, flag.risk, flag.categories)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.message
 import hmac
 import ipaddress
 import json
@@ -64,13 +65,32 @@ class BodyRoute:
 
     def reads(self, headers: Mapping[bytes, bytes]) -> bool:
         """Whether the route reads a body sent with these headers as JSON."""
-        content_type = headers.get(b"content-type")
-        if content_type is None:
-            return self.lenient_json
-        kind = content_type.split(b";")[0].strip().lower()
-        if self.lenient_json:
-            return kind.endswith(b"json")
-        return kind == b"application/json" or (kind.startswith(b"application/") and kind.endswith(b"+json"))
+        return json_content(headers, lenient=self.lenient_json)
+
+
+def first_headers(scope: Mapping[str, Any]) -> dict[bytes, bytes]:
+    """A request's headers by lower-case name, the first of repeated ones, as Starlette's ``headers.get``
+    reads them (a ``dict`` of the list keeps the last: two content types would be read two ways)."""
+    headers: dict[bytes, bytes] = {}
+    for name, value in scope.get("headers", ()):
+        headers.setdefault(name, value)
+    return headers
+
+
+def json_content(headers: Mapping[bytes, bytes], *, lenient: bool = False) -> bool:
+    """Whether a body with these headers is read as JSON, by FastAPI's own rule (its content type parsed as
+    ``email.message`` parses it: ``application/json`` or ``application/...+json``, parameters and odd
+    whitespace aside), so that the gate and the route never read one body two ways. ``lenient`` (the
+    ``/v1/moderate`` fast path): no content type, or any ``.../...json``, is JSON too."""
+    value = headers.get(b"content-type")
+    if not value:
+        return lenient
+    message = email.message.Message()
+    message["content-type"] = value.decode("latin-1")
+    if lenient:
+        return message.get_content_type().endswith("json")
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
 def parse_json_body(model: type[_Model], body: bytes) -> _Model:
@@ -224,7 +244,7 @@ class Gate:
                     "auth",
                 )
                 return
-            headers = dict(scope.get("headers", ()))
+            headers = first_headers(scope)
             length = headers.get(b"content-length")
             if length is not None and (not length.isdigit() or int(length) > self.limits.max_body_bytes):
                 await answer(self._too_big(), "body_size")
@@ -391,8 +411,7 @@ class Gate:
         ``None`` sends the request down the FastAPI route, which answers anything malformed the usual way."""
         if self.service is None or scope.get("method") != "POST":
             return None
-        content_type = headers.get(b"content-type", b"application/json")
-        if not content_type.split(b";")[0].strip().lower().endswith(b"json"):
+        if not json_content(headers, lenient=True):
             return None
         try:
             request = ModerationRequest.model_validate_json(body)

@@ -90,13 +90,13 @@ class _Turn(_Judged):
         turn is past the limit and refused (`Service.judged`), so thousands of calls cost no more."""
         text = self.text()
         lines = [text] if text else []
-        size = len(text)
+        size = len(text)  # of the content so far, exactly: rendering stops only once it is past the limit
         for call in self.tool_calls or ():
             if max_chars is not None and size > max_chars:
                 break
             line = render_tool_call(call.function.name, call.function.arguments)
+            size += len(line) + (1 if lines else 0)  # the line, and the newline before it unless it is the first
             lines.append(line)
-            size += len(line) + 1
         return {"role": self.role, "content": "\n".join(lines)}
 
     def judged_stages(self) -> tuple[Stage, ...]:

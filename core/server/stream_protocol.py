@@ -61,7 +61,8 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
     "text": ...}`` per feed; ``{"type": "finished", "text": ...}``; or ``{"type": "violation",
     "decision": {...}, "released": <all text released>}`` and the session ends. Frames may also carry
     ``"tokens"`` (per-token verdicts, when the server has a Stream model), ``"flags"`` (allowed but
-    flagged decisions) and ``"decision"`` (the guard failed and the policy fails open).
+    flagged decisions: at most `MAX_FLAGS_PER_FRAME` a frame, ``"flags_omitted"`` counting the rest) and
+    ``"decision"`` (the guard failed and the policy fails open).
 
     Limits (the server's `Limits`): the ``open`` frame must come within ``head_timeout_s``; a session
     that feeds no text for ``stream_idle_timeout_s`` (empty feeds do not count) or lives longer than
@@ -338,6 +339,12 @@ def token_verdict_dict(token: Any) -> dict[str, Any]:
     }
 
 
+#: Flags one frame reports at most (about 250 KB); the rest are counted (``flags_omitted``). A Stream model
+#: flags every run of two non-safe tokens, so one large feed of controversial text under a policy that allows
+#: it could fill a frame past what a client accepts (4 MiB by default) and fail a healthy session.
+MAX_FLAGS_PER_FRAME = 1024
+
+
 class _Report:
     """What a session reports beyond released text: new per-token verdicts, new flags, and a
     fail-open guard error (``decision`` of an allowed monitor)."""
@@ -356,7 +363,10 @@ class _Report:
             out["tokens"] = [token_verdict_dict(t) for t in tokens]
         flags = getattr(self.monitor, "flags", [])
         if len(flags) > self.flags_sent:
-            out["flags"] = [d.to_dict() for d in flags[self.flags_sent :]]
+            new = flags[self.flags_sent :]
+            out["flags"] = [d.to_dict() for d in new[:MAX_FLAGS_PER_FRAME]]
+            if len(new) > MAX_FLAGS_PER_FRAME:
+                out["flags_omitted"] = len(new) - MAX_FLAGS_PER_FRAME
             self.flags_sent = len(flags)
         # The prompt's decision, once there is one: at `opened` when the prompt is screened first, in a later
         # frame when it is screened beside the answer (`Guard(parallel_input=True)`). A client that failed over

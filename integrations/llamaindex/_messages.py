@@ -161,8 +161,8 @@ def tool_calls_in(llm: Any, response: ChatResponse) -> list[ToolSelection]:
 
 #: ReAct actions judged in one answer: the agent runs one (the first), so more are only an attacker's decoys.
 MAX_REACT_ACTIONS = 16
-_JSON_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|.)", re.DOTALL)
-_ESCAPED = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
+_JSON_ESCAPE = re.compile(r"\\(u.{4}|.)", re.DOTALL)
+_ESCAPED = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", '"': '"', "\\": "\\", "/": "/"}
 
 
 def react_actions(text: str) -> list[ToolSelection]:
@@ -201,13 +201,21 @@ def react_actions(text: str) -> list[ToolSelection]:
 
 
 def _decode_escapes(text: str) -> str:
-    """JSON string escapes decoded the way a lenient JSON reader decodes them (linear)."""
+    """JSON string escapes decoded as ``dirtyjson`` (the ReAct agent's reader) decodes them, in linear time.
+
+    Its ``\\u`` takes the next four characters to Python's ``int(x, 16)``, which also reads ``+061``, `` 061``
+    and ``0_61`` as 0x61 ("a"): decoded the same way here, so that "Mix \\u+061mmonium" is judged as the tool
+    would get it. An escape it refuses (``\\users``, ``\\q``) is kept as written: the agent then reads the
+    arguments without decoding them, as written too."""
 
     def one(match: re.Match[str]) -> str:
         escape = match.group(1)
-        if escape[0] == "u":
-            return chr(int(escape[1:], 16))
-        return _ESCAPED.get(escape, escape)
+        if len(escape) == 5 and escape[2] not in "xX":
+            try:
+                return chr(int(escape[1:], 16))
+            except ValueError:
+                pass
+        return _ESCAPED.get(escape, match.group(0))
 
     decoded = _JSON_ESCAPE.sub(one, text)
     # A pair of \\uXXXX escapes may spell one character outside the BMP (a surrogate pair).
