@@ -111,15 +111,19 @@ class StreamFeed:
     @staticmethod
     def _calls(message: Any) -> list[tuple[Any, Mapping[str, Any]]]:
         """A chunk's tool-call pieces, by the call they belong to: ``tool_call_chunks``, a legacy
-        ``function_call`` (``{"name", "arguments"}`` in ``additional_kwargs``) and server tool-call blocks."""
+        ``function_call`` (``{"name", "arguments"}`` in ``additional_kwargs``), server tool-call blocks and
+        tool-call blocks that mirror no ``tool_call_chunks`` entry (`answer_tool_calls` leaves mirrors out)."""
         out: list[tuple[Any, Mapping[str, Any]]] = []
         for call in getattr(message, "tool_call_chunks", None) or ():
             out.append((call.get("index") if call.get("index") is not None else call.get("id"), call))
         for call in answer_tool_calls(message):
-            if call.get("type") == "function_call":
+            where = call.get("index") if call.get("index") is not None else call.get("id")
+            if call.get("block"):  # a tool-call content block of its own
+                out.append((("block", where), call))
+            elif call.get("type") == "function_call":
                 out.append(("function_call", call))
             elif call.get("type") in _SERVER_BLOCKS:  # a tool the provider runs itself, in the content
-                out.append((("server", call.get("index") if call.get("index") is not None else call.get("id")), call))
+                out.append((("server", where), call))
         return out
 
     # -- on_stream_event ------------------------------------------------------------------------

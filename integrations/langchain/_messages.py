@@ -16,7 +16,7 @@ Text is every content block that carries text (`message_text`), not only ``"text
 ``"text-plain"`` (inline or base64), ``"input_text"``/``"output_text"``, reasoning, refusals, tool
 results nested in blocks, provider-specific blocks. Media (images, audio, video, non-text files, URLs)
 is not text and is not judged; tool-call blocks are judged as tool calls (`answer_tool_calls`: a legacy
-``function_call`` and a provider's own ``server_tool_call`` too).
+``function_call``, a provider's own ``server_tool_call`` and every tool-call content block too).
 
 Context kept for a check: the last few user/assistant text turns (`DEFAULT_HISTORY_TURNS`). Tool
 messages are never used as context of another check: untrusted text must not colour the verdict on
@@ -385,6 +385,8 @@ def _as_history(context: Sequence[Any], turns: int) -> list[dict[str, str]]:
 #: Content blocks of a tool the provider runs itself (OpenAI's built-in web search with ``output_version="v1"``):
 #: never in ``tool_calls``, and not text (`_TOOL_CALL_KINDS`).
 _SERVER_CALLS = frozenset({"server_tool_call", "server_tool_call_chunk"})
+#: Where a tool-call block keeps its arguments: LangChain's ``args``, Anthropic's ``input``, OpenAI's ``arguments``.
+_ARG_KEYS = ("args", "input", "arguments")
 
 
 def answer_tool_calls(message: Any) -> list[Mapping[str, Any]]:
@@ -394,20 +396,85 @@ def answer_tool_calls(message: Any) -> list[Mapping[str, Any]]:
       but their text streams to the consumer and stays in the answer);
     - the legacy ``additional_kwargs["function_call"]`` (OpenAI's ``functions`` API), which LangChain keeps
       out of ``tool_calls``;
-    - ``server_tool_call`` content blocks (`_SERVER_CALLS`).
+    - ``server_tool_call`` content blocks (`_SERVER_CALLS`);
+    - every other tool-call content block (`_TOOL_CALL_KINDS`: ``tool_call``, Anthropic's ``tool_use``, the
+      Responses API's ``function_call``, ...), ``{"name", "args", "id", "index", "type", "block": True}``,
+      unless it mirrors a call above (`_mirrored`): a provider class sends the block, whatever
+      ``tool_calls`` says, so a block in a client's history with ``tool_calls`` empty is a call too.
     """
-    calls: list[Mapping[str, Any]] = [
+    parsed: list[Mapping[str, Any]] = [
         *(getattr(message, "tool_calls", None) or ()),
         *(getattr(message, "invalid_tool_calls", None) or ()),
     ]
+    calls = list(parsed)
     extra = getattr(message, "additional_kwargs", None)
     legacy = extra.get("function_call") if isinstance(extra, Mapping) else None
     if isinstance(legacy, Mapping):
         calls.append({"name": legacy.get("name"), "args": legacy.get("arguments"), "type": "function_call"})
     content = getattr(message, "content", None)
-    if isinstance(content, (list, tuple)):
-        calls += [b for b in content if isinstance(b, Mapping) and b.get("type") in _SERVER_CALLS]
+    if not isinstance(content, (list, tuple)):
+        return calls
+    known: dict[Any, list[Mapping[str, Any]]] = {}
+    for call in [*parsed, *(getattr(message, "tool_call_chunks", None) or ())]:
+        if isinstance(call, Mapping):
+            if call.get("id") is not None:
+                known.setdefault(("id", call["id"]), []).append(call)
+            if call.get("index") is not None:
+                known.setdefault(("index", call["index"]), []).append(call)
+    for block in content:
+        kind = block.get("type") if isinstance(block, Mapping) else None
+        if kind in _SERVER_CALLS:
+            calls.append(block)
+        elif kind in _TOOL_CALL_KINDS:
+            calls += [c for c in _block_calls(block) if not _mirrored(c, known)]
     return calls
+
+
+def _block_calls(block: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A tool-call block as calls: one per distinct arguments value (a block with both ``args`` and
+    ``arguments`` has both judged, whichever one the provider class sends)."""
+    values: list[Any] = []
+    for key in _ARG_KEYS:
+        value = block.get(key)
+        if value is not None and value not in values:
+            values.append(value)
+    # The Responses API's ``id`` is its output item's; ``call_id`` is the call's (``tool_calls``' id).
+    call_id = block.get("call_id") or block.get("id")
+    return [
+        {
+            "name": block.get("name"),
+            "args": args,
+            "id": call_id,
+            "index": block.get("index"),
+            "type": block.get("type"),
+            "block": True,
+        }
+        for args in values or [None]
+    ]
+
+
+def _same_args(a: Any, b: Any) -> bool:
+    def norm(args: Any) -> Any:
+        if isinstance(args, str):
+            try:
+                args = json.loads(args, strict=False) if args.strip() else {}
+            except ValueError:
+                return args
+        return {} if args is None else args
+
+    return a == b or norm(a) == norm(b)
+
+
+def _mirrored(call: Mapping[str, Any], known: Mapping[Any, list[Mapping[str, Any]]]) -> bool:
+    """Is this block's call one already in ``tool_calls``, ``invalid_tool_calls`` or ``tool_call_chunks``
+    (same id, or same index for an id-less streamed piece; same name; same arguments)? LangChain keeps a
+    ``tool_call`` block (``output_version="v1"``), Anthropic's ``tool_use`` and the Responses API's
+    ``function_call`` beside the parsed call: judged once. A block that differs from its call is judged too."""
+    key = ("id", call["id"]) if call.get("id") is not None else ("index", call.get("index"))
+    return any(
+        (other.get("name") or "") == (call.get("name") or "") and _same_args(other.get("args"), call.get("args"))
+        for other in known.get(key, ())
+    )
 
 
 def tool_result_messages(result: Any) -> list[tuple[Any, BaseMessage]]:
@@ -450,7 +517,7 @@ def artifact_text(artifact: Any, budget: int) -> str:
     total, stack = 0, [artifact]
     while stack and total <= budget:
         item = stack.pop()
-        total += len(item) if isinstance(item, str) else 1
+        total += max(1, len(item)) if isinstance(item, str) else 1  # an empty string costs one too
         room = budget - total + 1  # items beyond it cannot be reached before the walk stops
         if isinstance(item, str):
             texts.append(item)

@@ -407,7 +407,7 @@ class _GuardHandlerLogic:
         run = self._drop(run_id)
         if not self.check_tool_results or _control_flow(error):
             return []
-        return self._tool_output_items([str(error)], run, "tool error")
+        return self._tool_output_items([_error_text(error)], run, "tool error")
 
     @staticmethod
     def _tool_output_items(texts: Sequence[str | None], run: _Run | None, what: str) -> list[Item]:
@@ -433,6 +433,37 @@ def _text_message(text: str) -> BaseMessage:
     from langchain_core.messages import AIMessage
 
     return AIMessage(content=text)
+
+
+#: How many exceptions of an exception group `_error_text` reads (its own included).
+_MAX_ERRORS = 64
+
+
+def _error_text(error: BaseException) -> str:
+    """What a failed tool's error says, as a `ToolNode` with ``handle_tool_errors=True`` writes it
+    (``"Error: " + repr(error)``: an exception group's repr carries its sub-exceptions, its str() does not)
+    and as ``str(error)`` reads it, with the text of each sub-exception of a group, nested ones too
+    (walked without recursion, at most `_MAX_ERRORS`). A repr or str that fails is left out."""
+    texts: list[str] = []
+    try:
+        texts.append(f"Error: {error!r}")  # langgraph.prebuilt.tool_node.TOOL_CALL_ERROR_TEMPLATE
+    except Exception:  # noqa: BLE001 - a broken or too deeply nested repr: ToolNode cannot write it either
+        pass
+    queue, seen = [error], 0
+    while queue and seen < _MAX_ERRORS:
+        current = queue.pop(0)
+        seen += 1
+        try:
+            text = str(current)
+        except Exception:  # noqa: BLE001
+            text = ""
+        if text and text not in texts:
+            texts.append(text)
+        inner = getattr(current, "exceptions", None)  # an ExceptionGroup's (duck-typed: Python 3.10 has none)
+        if isinstance(inner, (list, tuple)):
+            room = max(0, _MAX_ERRORS - seen - len(queue))
+            queue.extend(e for e in inner[:room] if isinstance(e, BaseException))
+    return "\n".join(texts)
 
 
 def _control_flow(error: BaseException) -> bool:
