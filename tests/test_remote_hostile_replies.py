@@ -29,9 +29,9 @@ from qwenguard.core.backends import openai_gen
 from qwenguard.core.backends import stream_session as stream_session_module
 from qwenguard.core.backends.openai_gen import DEFAULT_MAX_REPLY_BYTES, OpenAIGen
 from qwenguard.core.backends.openai_wire import parse_logprobs
-from qwenguard.core.backends.remote_stream import RemoteStream
 from qwenguard.core.formats.prompts import SAFETY_LABELS
 from qwenguard.core.streaming.monitor_core import DEFAULT_KEEP_TOKEN_VERDICTS
+from test_remote_replies import both, stream_guard, ws_server
 
 SAFE = "Safety: Safe\nCategories: None"
 JUNK_STEP = {"token": " " + "x" * 30, "logprob": 0.0, "top_logprobs": []}
@@ -219,84 +219,6 @@ def test_the_linear_label_search_finds_what_the_old_one_found():
 
 
 # == 2. stream sessions ===========================================================================================
-OK_PROMPT = {"allowed": True, "action": "allow", "stage": "prompt", "reason": "safe", "risk": "safe", "categories": []}
-
-
-@contextmanager
-def ws_server(reply_to_feed: Callable[[str, str], str]) -> Iterator[str]:
-    """A stream server: answers ``open`` properly, each ``feed`` with ``reply_to_feed(delta, text fed so far)``
-    (raw JSON text), ``finish`` with nothing more released."""
-    from websockets.asyncio.server import serve
-
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    port: list[int] = []
-    stop: list[asyncio.Future[None]] = []
-
-    async def handler(ws: Any) -> None:
-        try:
-            await ws.recv()
-            await ws.send(json.dumps({"type": "opened", "prompt_decision": OK_PROMPT}))
-            fed = ""
-            async for raw in ws:
-                msg = json.loads(raw)
-                if msg["type"] == "feed":
-                    fed += msg["text"]
-                    await ws.send(reply_to_feed(msg["text"], fed))
-                elif msg["type"] == "finish":
-                    await ws.send(json.dumps({"type": "finished", "text": ""}))
-                    return
-        except Exception:  # noqa: BLE001 - the client hung up
-            pass
-
-    async def main() -> None:
-        async with serve(handler, "127.0.0.1", 0, max_size=None, compression=None) as server:
-            port.append(next(iter(server.sockets)).getsockname()[1])
-            stop.append(loop.create_future())
-            ready.set()
-            await stop[0]
-
-    thread = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
-    thread.start()
-    assert ready.wait(5)
-    try:
-        yield f"http://127.0.0.1:{port[0]}/v1"
-    finally:
-        loop.call_soon_threadsafe(stop[0].set_result, None)
-        thread.join(5)
-
-
-def stream_guard(url: str, policy: Policy | None = None, **stream_opts: Any) -> Guard:
-    gen = OpenAIGen(url, model="m")  # never asked: the stream server screens the prompt
-    return Guard(gen, policy or Policy(timeout_s=10), stream_backend=RemoteStream(url, **stream_opts))
-
-
-def run_sync(g: Guard, deltas: list[str]) -> tuple[str, Any, Any]:
-    out: list[str] = []
-    monitor = None
-    try:
-        with g.stream("hello") as monitor:
-            for d in deltas:
-                out.append(monitor.feed(d))
-    except Exception as exc:  # noqa: BLE001 - the test looks at it
-        return "".join(out), exc, monitor
-    return "".join(out), None, monitor
-
-
-async def run_async(g: Guard, deltas: list[str]) -> tuple[str, Any, Any]:
-    out: list[str] = []
-    monitor = None
-    try:
-        async with g.astream("hello") as monitor:
-            for d in deltas:
-                out.append(await monitor.afeed(d))
-    except Exception as exc:  # noqa: BLE001
-        return "".join(out), exc, monitor
-    return "".join(out), None, monitor
-
-
-def both(g: Guard, deltas: list[str]) -> list[tuple[str, Any, Any]]:
-    return [run_sync(g, deltas), asyncio.run(run_async(g, deltas))]
 
 
 def released_with_tokens(delta: str, fed: str) -> str:

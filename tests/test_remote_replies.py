@@ -221,8 +221,8 @@ OK_PROMPT = {"allowed": True, "action": "allow", "stage": "prompt", "reason": "s
 
 
 @contextmanager
-def ws_server(reply_to_feed: Callable[[str], Any]) -> Iterator[str]:
-    """A stream server: answers ``open`` properly, each ``feed`` with ``reply_to_feed(text fed so far)``
+def ws_server(reply_to_feed: Callable[[str, str], Any]) -> Iterator[str]:
+    """A stream server: answers ``open`` properly, each ``feed`` with ``reply_to_feed(delta, text fed so far)``
     (a dict, sent as JSON, or raw ``str``/``bytes``), ``finish`` with nothing more released."""
     from websockets.asyncio.server import serve
 
@@ -240,7 +240,7 @@ def ws_server(reply_to_feed: Callable[[str], Any]) -> Iterator[str]:
                 msg = json.loads(raw)
                 if msg["type"] == "feed":
                     fed += msg["text"]
-                    reply = reply_to_feed(fed)
+                    reply = reply_to_feed(msg["text"], fed)
                     await ws.send(reply if isinstance(reply, (str, bytes)) else json.dumps(reply))
                 elif msg["type"] == "finish":
                     await ws.send(json.dumps({"type": "finished", "text": ""}))
@@ -249,7 +249,7 @@ def ws_server(reply_to_feed: Callable[[str], Any]) -> Iterator[str]:
             pass
 
     async def main() -> None:
-        async with serve(handler, "127.0.0.1", 0, max_size=None) as server:
+        async with serve(handler, "127.0.0.1", 0, max_size=None, compression=None) as server:
             port.append(next(iter(server.sockets)).getsockname()[1])
             stop.append(loop.create_future())
             ready.set()
@@ -302,7 +302,7 @@ def both(g: Guard, deltas: list[str]) -> list[tuple[str, Any, Any]]:
 
 # -- 2. a bound on frame bytes (WebSocket) ----------------------------------------------------------------
 def test_a_frame_past_max_frame_bytes_is_a_guard_error():
-    def huge(fed: str) -> dict[str, Any]:
+    def huge(_delta: str, fed: str) -> dict[str, Any]:
         return {"type": "released", "text": fed, "pad": "A" * (2 << 20)}
 
     with ws_server(huge) as url:
@@ -322,7 +322,7 @@ def test_guard_remote_passes_stream_options_to_its_stream_sessions():
     """A user of ``Guard.remote(stream=True)`` against a server with a larger ``--max-chars`` raises the frame
     bound there (``Guard.remote`` passed only ``api_key`` on; the bound could not be set)."""
 
-    def big(fed: str) -> dict[str, Any]:
+    def big(_delta: str, fed: str) -> dict[str, Any]:
         return {"type": "released", "text": fed, "pad": "A" * (2 << 20)}
 
     with ws_server(big) as url:
@@ -348,16 +348,20 @@ def test_frame_bound_default_is_finite():
 
 # -- 3. a malformed server frame is a guard error -----------------------------------------------------------
 MALFORMED = {
-    "violation without decision fields": lambda fed: {"type": "violation", "decision": {"foo": 1}, "released": fed},
-    "violation decision not an object": lambda fed: {"type": "violation", "decision": 5, "released": fed},
-    "violation with an unknown risk": lambda fed: {
+    "violation without decision fields": lambda _delta, fed: {
+        "type": "violation",
+        "decision": {"foo": 1},
+        "released": fed,
+    },
+    "violation decision not an object": lambda _delta, fed: {"type": "violation", "decision": 5, "released": fed},
+    "violation with an unknown risk": lambda _delta, fed: {
         "type": "violation",
         "decision": {"allowed": False, "action": "block", "stage": "stream", "reason": "unsafe", "risk": "boom"},
         "released": fed,
     },
-    "flags not decisions": lambda fed: {"type": "released", "text": fed, "flags": [{"x": 1}]},
-    "tokens not a list": lambda fed: {"type": "released", "text": fed, "tokens": 7},
-    "text not a string": lambda fed: {"type": "released", "text": {"a": 1}},
+    "flags not decisions": lambda _delta, fed: {"type": "released", "text": fed, "flags": [{"x": 1}]},
+    "tokens not a list": lambda _delta, fed: {"type": "released", "text": fed, "tokens": 7},
+    "text not a string": lambda _delta, fed: {"type": "released", "text": {"a": 1}},
 }
 
 
