@@ -5,7 +5,7 @@ servers on 127.0.0.1 started here.
   ``max_reply_bytes``) is read only up to the request's ``max_tokens`` steps, in time linear in them (it was
   quadratic: 8 MiB took seconds on the client's loop).
 - `RemoteStream`: per-token verdicts are kept as a local monitor keeps them (the last 2048); a frame with more
-  token verdicts than bytes fed is a malformed frame; a frame past the default ``max_frame_bytes`` (4 MiB,
+  token verdicts than four per character fed is a malformed frame; a frame past the default ``max_frame_bytes`` (4 MiB,
   above any frame an honest default server sends) ends the session unparsed; and the caller's loop goes on
   while a frame just under the bound is parsed.
 """
@@ -238,7 +238,7 @@ def test_token_verdicts_held_stay_bounded_as_a_local_monitor_keeps_them():
             assert [t["end"] for t in kept] == list(range(80_000 - len(kept) + 1, 80_001))  # the latest ones
 
 
-def test_more_token_verdicts_than_bytes_fed_is_a_malformed_frame():
+def test_more_token_verdicts_than_the_text_fed_can_have_is_a_malformed_frame():
     def flood(delta: str, fed: str) -> str:
         return '{"type":"released","text":' + json.dumps(delta) + ',"tokens":[' + ",".join(["{}"] * 100_000) + "]}"
 

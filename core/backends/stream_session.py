@@ -229,7 +229,6 @@ class _Session:
         # Per-token verdicts, when the server has a Stream model: the last ones only, as a local monitor keeps
         # them (a server that sends millions cannot make the client hold them).
         self._tokens: deque[dict[str, Any]] = deque(maxlen=DEFAULT_KEEP_TOKEN_VERDICTS)
-        self._fed_bytes = 0  # UTF-8 bytes of `text`: no honest frame has more token verdicts than that
         self._tokens_upto = -1  # end offset of the last token verdict kept (a replay reports them again)
         self._judged = 0  # characters the current server session released, i.e. judged
         self._ever_opened = False
@@ -325,7 +324,6 @@ class _Session:
         if not delta:
             return None
         self.text += delta
-        self._fed_bytes += len(delta.encode("utf-8"))
         return json.dumps({"type": "feed", "text": delta}, ensure_ascii=False)
 
     # -- frames in --------------------------------------------------------------------------
@@ -349,9 +347,11 @@ class _Session:
             if not isinstance(reply.get(name) or [], list):
                 raise MalformedFrame(f"the stream server sent {name!r} that is not a list")
         tokens = reply.get("tokens") or []
-        if len(tokens) > self._fed_bytes:  # each token is at least one byte of the text fed
+        # Each token is at least one byte of the text fed, a character at most four: no honest frame has more
+        # (bounded from the characters, so that no feed pays for encoding its text on the stream's hot path).
+        if len(tokens) > 4 * len(self.text):
             raise MalformedFrame(
-                f"the stream server sent {len(tokens):,} token verdicts for {self._fed_bytes:,} bytes of text fed"
+                f"the stream server sent {len(tokens):,} token verdicts for {len(self.text):,} characters of text fed"
             )
         # Only the last ones are kept: an honest frame has at most as many (the server keeps no more either).
         for token in tokens[-DEFAULT_KEEP_TOKEN_VERDICTS:]:
