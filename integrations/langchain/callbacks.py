@@ -40,7 +40,8 @@ other run: tool results at ``on_tool_end`` above all, which a hand-built graph s
 them.
 
 One handler serves any number of concurrent runs: state is keyed by ``run_id`` and dropped when the
-run ends or fails.
+run ends or fails, or when the asyncio task it ran in ends without either (a cancelled request reports
+no end: `_runs.py`).
 
 Blocked runs are not logged as callback errors: LangChain logs every exception a handler raises at
 WARNING ("Error in GuardCallbackHandler.on_llm_new_token callback: GuardViolation(...)") before it
@@ -54,9 +55,10 @@ starts at once. The first hook where output would leave — ``on_llm_new_token``
 ``on_llm_end`` — waits for the verdict and raises if the input is blocked: no token reaches the
 consumer, and raising in the first token callback also stops the model's stream (the provider
 stops generating when the stream is closed). ``on_tool_start`` waits for every input check still
-pending on this handler, so a tool running beside the model (``RunnableParallel``) cannot run on a
-blocked input either. A non-streaming call cannot be interrupted from a callback: its answer is
-discarded when the input is blocked.
+pending in its own call (its trace: `_runs.py`), so a tool running beside the model (``RunnableParallel``
+under ``ainvoke``) cannot run on a blocked input either, and another request's input check never holds or
+stops it. A non-streaming call cannot be interrupted from a callback: its answer is discarded when the
+input is blocked.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ from ._messages import (
     tool_output_text,
     tool_result_messages,
 )
+from ._runs import RunTable, started_by_agenerate
 from ._screening import ascreen, raise_first, require_guard, screen
 from ._streaming import (
     DEFAULT_MAX_IN_FLIGHT,
@@ -113,7 +116,7 @@ _MAX_TOOL_CONTEXTS = 1024
 class _Run:
     """What one model/tool/retriever run needs between its events."""
 
-    __slots__ = ("context", "feed", "tool", "query", "pending", "held")
+    __slots__ = ("context", "feed", "tool", "query", "pending", "held", "trace")
 
     def __init__(self, context: list[dict[str, str]] | None = None) -> None:
         self.context = context or []
@@ -122,11 +125,18 @@ class _Run:
         self.held: HeldCall | None = None  # a model call GuardMiddleware holds on this guard
         self.tool: str | None = None
         self.query: str | None = None
+        self.trace: UUID | None = None  # the call it belongs to (`RunTable.trace`), set when it starts
 
     def close(self) -> None:
         if self.feed is not None:
             for screen in self.feed.screens():
                 screen.close()
+
+    def release(self) -> None:
+        """Close its screens and cancel its pending input check: the run is gone."""
+        self.close()
+        if self.pending is not None and not self.pending.done():
+            self.pending.cancel()
 
 
 class _GuardHandlerLogic:
@@ -181,8 +191,8 @@ class _GuardHandlerLogic:
         self.history_turns = history_turns
         self.window_chars = window_chars
         self.min_chars = min_chars
-        self._runs: dict[UUID, _Run] = {}
-        self._tool_contexts: OrderedDict[str, list[dict[str, str]]] = OrderedDict()
+        self._runs: RunTable[_Run] = RunTable(_Run, _Run.release)
+        self._tool_contexts: OrderedDict[tuple[UUID, str], list[dict[str, str]]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -191,20 +201,27 @@ class _GuardHandlerLogic:
 
     # -- per-run state --------------------------------------------------------------------------
     def _run(self, run_id: UUID) -> _Run:
-        with self._lock:
-            run = self._runs.get(run_id)
-            if run is None:
-                run = self._runs[run_id] = _Run()
-            return run
+        return self._runs.state(run_id)
+
+    def _begin(self, run_id: UUID, kwargs: Mapping[str, Any], *, owned: bool) -> _Run:
+        """A model, tool or retriever run starts: link it to its parent, note the call it belongs to, and
+        (``owned``) drop it when its task ends without an end event (`_runs.py`)."""
+        self._runs.link(run_id, kwargs.get("parent_run_id"))
+        run = self._run(run_id)
+        run.trace = self._runs.trace(run_id)
+        if owned:
+            self._runs.own(run_id)
+        return run
 
     def _drop(self, run_id: UUID) -> _Run | None:
-        with self._lock:
-            run = self._runs.pop(run_id, None)
-        if run is not None:
-            run.close()
-            if run.pending is not None and not run.pending.done():
-                run.pending.cancel()
-        return run
+        return self._runs.drop(run_id)
+
+    # A chain only links its children to the call they belong to.
+    def _chain_started(self, run_id: UUID, kwargs: Mapping[str, Any]) -> None:
+        self._runs.link(run_id, kwargs.get("parent_run_id"))
+
+    def _chain_ended(self, run_id: UUID) -> None:
+        self._runs.unlink(run_id)
 
     @contextmanager
     def _dropped_on_error(self, run_id: UUID) -> Iterator[None]:
@@ -220,19 +237,30 @@ class _GuardHandlerLogic:
         """Runs with state held right now (0 once every run has ended or failed)."""
         return len(self._runs)
 
-    def _remember_tool_context(self, items: Sequence[Item], context: list[dict[str, str]]) -> None:
+    # Keyed by the call (trace) and the id: ids repeat across users ("functions.web_search:0", TGI's "0").
+    def _remember_tool_context(self, items: Sequence[Item], context: list[dict[str, str]], trace: UUID) -> None:
         with self._lock:
             for item in items:
                 call_id = (item.tool_call or {}).get("id")
                 if call_id:
-                    self._tool_contexts[call_id] = context
-                    self._tool_contexts.move_to_end(call_id)
+                    key = (trace, str(call_id))
+                    self._tool_contexts[key] = context
+                    self._tool_contexts.move_to_end(key)
             while len(self._tool_contexts) > _MAX_TOOL_CONTEXTS:
                 self._tool_contexts.popitem(last=False)
 
-    def _tool_context(self, call_id: str | None) -> list[dict[str, str]]:
+    def _tool_context(self, call_id: str | None, trace: UUID | None) -> list[dict[str, str]]:
+        """The conversation the call was asked for in: under its own call (trace); else, for a model and a tool
+        called one after the other at the top level (two traces), the one context remembered under this id,
+        if it is the only one (never a pick between two users' calls)."""
+        if not call_id:
+            return []
         with self._lock:
-            return self._tool_contexts.pop(call_id, []) if call_id else []
+            context = self._tool_contexts.pop((trace, str(call_id)), None) if trace is not None else None
+            if context is not None:
+                return context
+            same_id = [key for key in self._tool_contexts if key[1] == str(call_id)]
+            return self._tool_contexts.pop(same_id[0]) if len(same_id) == 1 else []
 
     # -- parallel input screening ---------------------------------------------------------------
     def _pending(self, run_id: UUID) -> PendingCheck | None:
@@ -245,9 +273,13 @@ class _GuardHandlerLogic:
             return None
         return run.pending
 
-    def _pending_all(self) -> list[PendingCheck]:
-        with self._lock:
-            return [r.pending for r in self._runs.values() if r.pending is not None and not r.pending.passed]
+    def _pending_in(self, trace: UUID | None) -> list[PendingCheck]:
+        """The input checks still pending in one call (never another request's)."""
+        return [
+            r.pending
+            for _, r in self._runs.values()
+            if r.trace == trace and r.pending is not None and not r.pending.passed
+        ]
 
     def _wait_input(self, run_id: UUID) -> None:
         pending = self._pending(run_id)
@@ -349,8 +381,8 @@ class _GuardHandlerLogic:
         return run.feed
 
     def _end_items(self, response: LLMResult, run_id: UUID) -> tuple[_Run | None, list[Item]]:
-        with self._lock:  # not `_drop`: the screen still has to finish
-            run = self._runs.pop(run_id, None)
+        trace = self._runs.trace(run_id)
+        run = self._runs.pop(run_id)  # not `_drop`: the screen still has to finish
         context = run.context if run else []
         streamed = bool(run and run.feed is not None and run.feed.streamed)
         # Judged as a whole only when nothing judged it as it streamed, here or in a holding middleware.
@@ -366,7 +398,7 @@ class _GuardHandlerLogic:
                         text=whole_text,
                         tool_calls=self.check_tool_calls,
                     )
-                    self._remember_tool_context([i for i in found if i.stage is Stage.TOOL_CALL], context)
+                    self._remember_tool_context([i for i in found if i.stage is Stage.TOOL_CALL], context, trace)
                     items.extend(found)
                 elif whole_text and generation.text.strip():
                     items.extend(output_items(_text_message(generation.text), context, text=True, tool_calls=False))
@@ -383,7 +415,7 @@ class _GuardHandlerLogic:
         name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
         run = self._run(run_id)
         run.tool = str(name)
-        context = self._tool_context(kwargs.get("tool_call_id"))
+        context = self._tool_context(kwargs.get("tool_call_id"), run.trace)
         if not self.check_tool_calls:
             return None
         args: Mapping[str, Any] | str = inputs if inputs is not None else input_str
@@ -514,10 +546,12 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
     def on_chat_model_start(
         self, serialized: dict[str, Any], messages: list[list[BaseMessage]], *, run_id: UUID, **kwargs: Any
     ) -> None:
+        self._begin(run_id, kwargs, owned=started_by_agenerate())
         self._note_held(run_id, kwargs)
         self._start_input(self._chat_start_items(messages, run_id), run_id)
 
     def on_llm_start(self, serialized: dict[str, Any], prompts: list[str], *, run_id: UUID, **kwargs: Any) -> None:
+        self._begin(run_id, kwargs, owned=started_by_agenerate())
         self._start_input(self._llm_start_items(prompts, run_id), run_id)
 
     def on_llm_new_token(self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any) -> None:
@@ -561,8 +595,10 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
         inputs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        for pending in self._pending_all():  # no tool runs before the input verdicts are in
-            pending.wait()
+        run = self._begin(run_id, kwargs, owned=True)
+        with self._dropped_on_error(run_id):
+            for pending in self._pending_in(run.trace):  # no tool runs before its call's input verdicts are in
+                pending.wait()
         item = self._tool_start_item(serialized, input_str, run_id, inputs, kwargs)
         if item is not None:
             with self._dropped_on_error(run_id):
@@ -580,7 +616,7 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
             raise_first(items, screen(self.guard, items))
 
     def on_retriever_start(self, serialized: dict[str, Any], query: str, *, run_id: UUID, **kwargs: Any) -> None:
-        self._run(run_id).query = query
+        self._begin(run_id, kwargs, owned=True).query = query
 
     def on_retriever_end(self, documents: Sequence[Any], *, run_id: UUID, **kwargs: Any) -> None:
         items = self._retriever_end_items(documents, run_id)
@@ -588,6 +624,15 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
 
     def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._drop(run_id)
+
+    def on_chain_start(self, serialized: dict[str, Any], inputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._chain_started(run_id, kwargs)
+
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._chain_ended(run_id)
+
+    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._chain_ended(run_id)
 
 
 _HOOKS = frozenset(
@@ -604,6 +649,9 @@ _HOOKS = frozenset(
         "on_retriever_start",
         "on_retriever_end",
         "on_retriever_error",
+        "on_chain_start",
+        "on_chain_end",
+        "on_chain_error",
     }
 )
 
@@ -644,12 +692,14 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
     async def on_chat_model_start(
         self, serialized: dict[str, Any], messages: list[list[BaseMessage]], *, run_id: UUID, **kwargs: Any
     ) -> None:
+        self._begin(run_id, kwargs, owned=started_by_agenerate())
         self._note_held(run_id, kwargs)
         await self._astart_input(self._chat_start_items(messages, run_id), run_id)
 
     async def on_llm_start(
         self, serialized: dict[str, Any], prompts: list[str], *, run_id: UUID, **kwargs: Any
     ) -> None:
+        self._begin(run_id, kwargs, owned=started_by_agenerate())
         await self._astart_input(self._llm_start_items(prompts, run_id), run_id)
 
     async def on_llm_new_token(self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any) -> None:
@@ -693,8 +743,10 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
         inputs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        for pending in self._pending_all():  # no tool runs before the input verdicts are in
-            await pending.wait_async()
+        run = self._begin(run_id, kwargs, owned=True)
+        with self._dropped_on_error(run_id):
+            for pending in self._pending_in(run.trace):  # no tool runs before its call's input verdicts are in
+                await pending.wait_async()
         item = self._tool_start_item(serialized, input_str, run_id, inputs, kwargs)
         if item is not None:
             with self._dropped_on_error(run_id):
@@ -711,7 +763,7 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
             raise_first(items, await ascreen(self.guard, items))
 
     async def on_retriever_start(self, serialized: dict[str, Any], query: str, *, run_id: UUID, **kwargs: Any) -> None:
-        self._run(run_id).query = query
+        self._begin(run_id, kwargs, owned=True).query = query
 
     async def on_retriever_end(self, documents: Sequence[Any], *, run_id: UUID, **kwargs: Any) -> None:
         items = self._retriever_end_items(documents, run_id)
@@ -719,3 +771,12 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
 
     async def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._drop(run_id)
+
+    async def on_chain_start(self, serialized: dict[str, Any], inputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._chain_started(run_id, kwargs)
+
+    async def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._chain_ended(run_id)
+
+    async def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._chain_ended(run_id)

@@ -1,0 +1,174 @@
+"""What a callback handler keeps per run, for one handler shared by every request of a server.
+
+Three things LangChain's events do not give a handler, worked out here:
+
+- **Which call a run belongs to.** Events carry ``run_id`` and ``parent_run_id`` only. The handler links
+  every run it sees (chains included) to its parent; a run's *trace* is its top linked ancestor's parent
+  (or that ancestor itself when it has none). A tool waits for the input checks of its own trace only, and a
+  tool call's context is found under its trace: another user's blocked prompt, or another user's model that
+  sends the same tool-call id, never reaches this run.
+- **When a run is gone without an end event.** A request cancelled during the model call (a client that
+  disconnects) ends without ``on_llm_error``: langchain-core's ``agenerate`` is cancelled at its
+  ``asyncio.gather`` and reports nothing; a cancelled tool or retriever reports nothing either (they report
+  ``Exception`` only). Such a run is *owned* by the asyncio task it started in, and dropped when that task
+  ends if nothing dropped it before: a run started by ``agenerate`` (``ainvoke``, a LangGraph node), a
+  tool run, a retriever run. One await spans each of them, so the task cannot end while the run is alive.
+  A streamed model run (``astream``) is not owned: a consumer may drive each step in a task of its own
+  (``RunnableParallel.astream`` does), and dropping a live run would forget its input check; ``astream``
+  reports its cancellation itself. A run cancelled inside a task that goes on (``asyncio.timeout``
+  around the call) is dropped when that task ends.
+- **Bounds.** Parent links are kept for at most `MAX_LINKS` live runs (the oldest go first: a trace then
+  reads shorter, never longer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Generic, TypeVar
+from uuid import UUID
+
+__all__ = ["MAX_LINKS", "RunTable", "started_by_agenerate"]
+
+#: Parent links kept at once (live runs of every request together).
+MAX_LINKS = 65_536
+#: Calling frames `started_by_agenerate` reads (hook, handler dispatch, event dispatch, manager, model).
+_MAX_CALLERS = 12
+#: Ancestors walked to find a trace (LangGraph nests a few levels; a cycle cannot occur, but is bounded).
+_MAX_DEPTH = 1_000
+
+S = TypeVar("S")
+
+
+class RunTable(Generic[S]):
+    """Per-run state ``S`` keyed by ``run_id``, the parent links between runs, and the tasks that own runs.
+
+    ``make()`` builds a run's state on first use; ``close(state)`` releases what a dropped run held (its
+    stream screens, its pending input check). Thread-safe: the sync handler is called from many threads.
+    """
+
+    def __init__(self, make: Callable[[], S], close: Callable[[S], None]) -> None:
+        self._make, self._close = make, close
+        self._states: dict[UUID, S] = {}
+        self._owners: dict[UUID, tuple[asyncio.Task[object], Callable[[asyncio.Task[object]], None]]] = {}
+        self._parents: OrderedDict[UUID, UUID | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # -- state ----------------------------------------------------------------------------------------
+    def get(self, run_id: UUID) -> S | None:
+        return self._states.get(run_id)
+
+    def state(self, run_id: UUID) -> S:
+        """The run's state, made on first use."""
+        with self._lock:
+            state = self._states.get(run_id)
+            if state is None:
+                state = self._states[run_id] = self._make()
+            return state
+
+    def pop(self, run_id: UUID) -> S | None:
+        """Forget the run (its state is returned, not closed: an ending run still finishes its screens)."""
+        with self._lock:
+            state = self._states.pop(run_id, None)
+            owner = self._owners.pop(run_id, None)
+            self._parents.pop(run_id, None)
+        if owner is not None:
+            _forget_callback(*owner)
+        return state
+
+    def drop(self, run_id: UUID) -> S | None:
+        """Forget the run and release what it held."""
+        state = self.pop(run_id)
+        if state is not None:
+            self._close(state)
+        return state
+
+    def values(self) -> Iterator[tuple[UUID, S]]:
+        with self._lock:
+            return iter(list(self._states.items()))
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    # -- traces ---------------------------------------------------------------------------------------
+    def link(self, run_id: UUID, parent_run_id: UUID | None) -> None:
+        """Record a run's parent (called on every start event, chains included)."""
+        with self._lock:
+            self._parents[run_id] = parent_run_id
+            while len(self._parents) > MAX_LINKS:
+                self._parents.popitem(last=False)
+
+    def unlink(self, run_id: UUID) -> None:
+        with self._lock:
+            self._parents.pop(run_id, None)
+
+    def trace(self, run_id: UUID) -> UUID:
+        """The call this run belongs to: its top linked ancestor's parent, or that ancestor if it has none."""
+        with self._lock:
+            current = run_id
+            for _ in range(_MAX_DEPTH):
+                if current not in self._parents:
+                    return current
+                parent = self._parents[current]
+                if parent is None:
+                    return current
+                current = parent
+            return current
+
+    # -- owners ---------------------------------------------------------------------------------------
+    def own(self, run_id: UUID) -> None:
+        """Drop the run when the asyncio task running now ends, if nothing dropped it before (module doc)."""
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no event loop in this thread: a sync run, which always ends with an event
+            return
+        if task is None or task.done():
+            return
+        callback = partial(self._task_ended, run_id)
+        with self._lock:
+            if run_id not in self._states or run_id in self._owners:
+                return
+            self._owners[run_id] = (task, callback)
+        task.add_done_callback(callback)
+
+    def _task_ended(self, run_id: UUID, task: asyncio.Task[object]) -> None:
+        with self._lock:
+            owner = self._owners.get(run_id)
+            if owner is None or owner[0] is not task:
+                return
+        self.drop(run_id)
+
+
+def started_by_agenerate() -> bool:
+    """Is a model run starting inside langchain-core's ``agenerate`` (one await spans the whole call)?
+    Read from the calling frames: a handler's start hook is awaited by the callback manager, awaited by the
+    model's entry point. Not found (another entry point, another langchain-core layout): not owned."""
+    frame = sys._getframe(1)
+    for _ in range(_MAX_CALLERS):
+        frame = frame.f_back  # type: ignore[assignment]
+        if frame is None:
+            return False
+        code = frame.f_code
+        if code.co_name == "agenerate" and "langchain_core" in code.co_filename:
+            return True
+    return False
+
+
+def _forget_callback(task: asyncio.Task[object], callback: Callable[[asyncio.Task[object]], None]) -> None:
+    """Remove a done callback from its task (a long-lived task would otherwise collect one per run)."""
+    loop = task.get_loop()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        task.remove_done_callback(callback)
+    elif not loop.is_closed():
+        try:
+            loop.call_soon_threadsafe(task.remove_done_callback, callback)
+        except RuntimeError:  # the loop closed meanwhile: the task and its callbacks go with it
+            pass
