@@ -56,6 +56,11 @@ class Decision:
         return not self.allowed
 
     @property
+    def failed_open(self) -> bool:
+        """Allowed without a verdict: the guard failed or timed out and the policy fails open."""
+        return self.allowed and self.reason in ("guard_error", "timeout")
+
+    @property
     def risk(self) -> Risk | None:
         return None if self.verdict is None else self.verdict.risk
 

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from typing import Generic, TypeVar
+
 from qwenguard.core import Guard
 
-__all__ = ["require_guard"]
+__all__ = ["Bounded", "require_guard"]
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 def require_guard(guard: object) -> Guard:
@@ -14,3 +21,36 @@ def require_guard(guard: object) -> Guard:
             f"guard must be a qwenguard.core.Guard (e.g. Guard.from_pretrained('demo')), got {type(guard).__name__}"
         )
     return guard
+
+
+class Bounded(Generic[K, V]):
+    """A map that forgets its oldest entries past ``maxsize``: per-event state of a handler shared by every
+    request, whose end event may never come (a stream nobody reads to the end, a cancelled request)."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._data: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __setitem__(self, key: K, value: V) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+
+    def __getitem__(self, key: K) -> V:
+        return self._data[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: K, default: V | None = None) -> V | None:
+        return self._data.get(key, default)
+
+    def pop(self, key: K, default: V | None = None) -> V | None:
+        with self._lock:
+            return self._data.pop(key, default)

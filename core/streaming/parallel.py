@@ -81,6 +81,13 @@ class PendingCheck:
     def done(self) -> bool:
         return (self._future or self._task).done()  # type: ignore[union-attr]
 
+    def result(self) -> Verdicts | None:
+        """The decisions, once the check is done (``None`` before, or when it raised or was cancelled)."""
+        job = self._future or self._task
+        if job is None or not job.done() or job.cancelled() or job.exception() is not None:
+            return None
+        return job.result()
+
     def wait(self) -> Verdicts:
         """Block until the verdict is in; raise `GuardViolation`/`GuardUnavailable` if it blocks.
 

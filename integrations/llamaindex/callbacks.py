@@ -27,7 +27,7 @@ from qwenguard.core import Guard, enforce
 from qwenguard.core.formats.conversations import prompt_conversation, response_conversation
 from qwenguard.core.verdict import Stage
 
-from .._common import require_guard
+from .._common import Bounded, require_guard
 from ._messages import Checks, GuardMessage, message_text, plan_inputs, plan_template, variable_checks
 from .postprocessor import node_text
 
@@ -42,6 +42,8 @@ SCREENED_EVENTS = frozenset(
         (CBEventType.LLM, "end"),
     }
 )
+#: Open events whose state the handler keeps (every request's together); the oldest go first.
+MAX_OPEN_EVENTS = 4096
 
 # The variables of the latest TEMPLATING event in this context: (handler id, vars). The LLM call that
 # follows it was formatted from them (LLM.predict/stream fire TEMPLATING right before the call); the
@@ -72,9 +74,11 @@ class GuardCallbackHandler(BaseCallbackHandler):
         super().__init__(event_starts_to_ignore=[], event_ends_to_ignore=[])
         # Open events: the parent of each, and the query string of QUERY events (an LLM call under a
         # query answers that query); the prompt each open LLM event's answer is judged against.
-        self._parents: dict[str, str] = {}
-        self._queries: dict[str, str] = {}
-        self._prompts: dict[str, list[GuardMessage]] = {}
+        # Bounded: LlamaIndex sends a streamed answer's LLM end event only once the stream is read to its
+        # end, so a client that leaves before would leave its prompt here for good.
+        self._parents: Bounded[str, str] = Bounded(MAX_OPEN_EVENTS)
+        self._queries: Bounded[str, str] = Bounded(MAX_OPEN_EVENTS)
+        self._prompts: Bounded[str, list[GuardMessage]] = Bounded(MAX_OPEN_EVENTS)
 
     def on_event_start(
         self,

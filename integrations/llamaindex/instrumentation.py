@@ -19,6 +19,7 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]  # re-exported, no __all__
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
+from llama_index.core.instrumentation.events.exception import ExceptionEvent
 from llama_index.core.instrumentation.events.llm import (
     LLMChatEndEvent,
     LLMChatInProgressEvent,
@@ -30,7 +31,7 @@ from llama_index.core.schema import QueryBundle
 from qwenguard.core import Decision, Guard
 from qwenguard.core.formats.conversations import response_conversation
 
-from .._common import require_guard
+from .._common import Bounded, require_guard
 from ._messages import message_text, plan_inputs
 from .postprocessor import node_text
 
@@ -40,6 +41,8 @@ logger = logging.getLogger("qwenguard.llamaindex")
 
 #: (event class name, span id, Decision)
 AuditRecord = tuple[str, "str | None", Decision]
+#: Streamed answers whose text the handler keeps until their end event (every request's together).
+MAX_OPEN_STREAMS = 1024
 
 
 class GuardEventHandler(BaseEventHandler):
@@ -66,7 +69,9 @@ class GuardEventHandler(BaseEventHandler):
 
     _records: deque = PrivateAttr()
     _counts: Counter = PrivateAttr(default_factory=Counter)
-    _streams: dict = PrivateAttr(default_factory=dict)  # span id -> text streamed so far
+    # span id -> the parts streamed so far and their length; bounded (`MAX_OPEN_STREAMS`, at most the guard's
+    # max_chars + 1 characters each) and dropped at the stream's end or exception event.
+    _streams: Any = PrivateAttr(default_factory=lambda: Bounded(MAX_OPEN_STREAMS))
     _lock: Any = PrivateAttr(default_factory=threading.Lock)
 
     def __init__(self, guard: Guard, **kwargs: Any) -> None:
@@ -101,6 +106,22 @@ class GuardEventHandler(BaseEventHandler):
         if self.on_record is not None:
             self.on_record(record)
 
+    def _streamed(self, span_id: str | None, delta: str) -> None:
+        """Keep a delta of a streamed answer (as parts: no copy of the whole text per delta), up to the
+        guard's ``max_chars`` + 1 characters, so that a longer answer is refused at its end as any check is."""
+        if not delta:
+            return
+        with self._lock:
+            entry = self._streams.get(span_id)
+            if entry is None:
+                entry = [[], 0]
+                self._streams[span_id] = entry
+            parts, size = entry
+            room = self.guard.max_chars + 1 - size
+            if room > 0:
+                parts.append(delta[:room])
+                entry[1] = size + min(len(delta), room)
+
     def handle(self, event: BaseEvent, **kwargs: Any) -> None:
         # Our own failures would be swallowed silently by the dispatcher; log them instead.
         try:
@@ -119,11 +140,12 @@ class GuardEventHandler(BaseEventHandler):
                 for decision in self.guard.check_documents(None, texts):
                     self._record(event, decision)
         elif isinstance(event, LLMChatInProgressEvent) and self.screen_responses:
-            with self._lock:
-                self._streams[event.span_id] = self._streams.get(event.span_id, "") + (event.response.delta or "")
+            self._streamed(event.span_id, event.response.delta or "")
+        elif isinstance(event, ExceptionEvent):
+            self._streams.pop(event.span_id)  # a stream closed early, cancelled or stopped: no end event comes
         elif isinstance(event, LLMChatEndEvent) and self.screen_responses:
-            with self._lock:
-                streamed = self._streams.pop(event.span_id, None)
+            parts = self._streams.pop(event.span_id)
+            streamed = "".join(parts[0]) if parts else ""
             text = streamed if streamed else (message_text(event.response.message) if event.response else "")
             if text.strip():
                 prompt = plan_inputs(event.messages).prompt

@@ -56,7 +56,7 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr, SerializeAsAny
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
 from llama_index.core.prompts import BasePromptTemplate
-from qwenguard.core import Guard, enforce
+from qwenguard.core import Decision, Guard, enforce
 from qwenguard.core.formats.conversations import prompt_conversation, response_conversation, tool_call_conversation
 from qwenguard.core.streaming.parallel import PendingCheck
 from qwenguard.core.streaming.wakeup import (
@@ -105,6 +105,16 @@ class _Plan:
     prompt: list[GuardMessage]  # what the answer is judged against
     pending: PendingCheck | None = None  # the input verdict, while it runs beside the LLM call
     marks: list[bytes] = field(default_factory=list)  # inputs to remember as judged once they passed
+    failed_open: bool = False  # a check of this call was let through unjudged (the policy fails open)
+
+
+def _failed_open(decisions: Any) -> bool:
+    """Did any of these decisions let text through unjudged (a guard error or a timeout, failed open)?"""
+    if decisions is None:
+        return False
+    if isinstance(decisions, Decision):
+        decisions = [decisions]
+    return any(d.failed_open for d in decisions)
 
 
 class GuardedLLM(FunctionCallingLLM):
@@ -210,19 +220,38 @@ class GuardedLLM(FunctionCallingLLM):
             checks.append((Stage.TOOL_CALL, tool_call_conversation(call.tool_name, call.tool_kwargs, plan.prompt)))
         return checks
 
-    def _passed(self, plan: _Plan, answer: ChatMessage | None = None, calls: Sequence[ToolSelection] = ()) -> None:
-        """Remember the inputs and the answer of a call that passed: they come back as history."""
-        if self._seen is not None:
-            self._seen.add([*plan.marks, *(answer_marks(answer, calls) if answer is not None else ())])
+    def _passed(
+        self,
+        plan: _Plan,
+        answer: ChatMessage | None = None,
+        calls: Sequence[ToolSelection] = (),
+        monitors: Sequence[Any] = (),
+    ) -> None:
+        """Remember the inputs and the answer of a call that passed: they come back as history. Not when a
+        check of the call failed open (its text passed unjudged): the memory is shared by every request, and
+        one guard failure would let that text through unjudged for every later one."""
+        if self._seen is None or plan.failed_open:
+            return
+        if plan.pending is not None and _failed_open(plan.pending.result()):
+            return
+        if any(_failed_open(m.flags) for m in monitors if m is not None):
+            return
+        self._seen.add([*plan.marks, *(answer_marks(answer, calls) if answer is not None else ())])
 
-    def _screen(self, checks: Checks) -> None:
+    def _screen(self, checks: Checks, plan: _Plan | None = None) -> None:
         if checks:
-            for decision in self.guard.check_many(checks):
+            decisions = self.guard.check_many(checks)
+            if plan is not None and _failed_open(decisions):
+                plan.failed_open = True
+            for decision in decisions:
                 enforce(decision)
 
-    async def _ascreen(self, checks: Checks) -> None:
+    async def _ascreen(self, checks: Checks, plan: _Plan | None = None) -> None:
         if checks:
-            for decision in await self.guard.acheck_many(checks):
+            decisions = await self.guard.acheck_many(checks)
+            if plan is not None and _failed_open(decisions):
+                plan.failed_open = True
+            for decision in decisions:
                 enforce(decision)
 
     # -- inputs: screened before the call, or beside it with parallel_input ---------------------
@@ -235,14 +264,14 @@ class GuardedLLM(FunctionCallingLLM):
         if plan.inputs and self._parallel:
             guard, checks = self.guard, plan.inputs
             return _Plan([], plan.prompt, PendingCheck.start(lambda: guard.check_many(checks)), plan.marks)
-        self._screen(plan.inputs)
-        return _Plan([], plan.prompt, plan.pending, plan.marks)
+        self._screen(plan.inputs, plan)
+        return _Plan([], plan.prompt, plan.pending, plan.marks, plan.failed_open)
 
     async def _astart_inputs(self, plan: _Plan) -> _Plan:
         if plan.inputs and self._parallel:
             return _Plan([], plan.prompt, PendingCheck.start_async(self.guard.acheck_many(plan.inputs)), plan.marks)
-        await self._ascreen(plan.inputs)
-        return _Plan([], plan.prompt, plan.pending, plan.marks)
+        await self._ascreen(plan.inputs, plan)
+        return _Plan([], plan.prompt, plan.pending, plan.marks, plan.failed_open)
 
     @staticmethod
     def _inputs_back(plan: _Plan) -> bool:
@@ -293,7 +322,7 @@ class GuardedLLM(FunctionCallingLLM):
         self._wait_inputs(plan)
         calls = tool_calls_in(self.llm, response)
         text = message_text(response.message)
-        self._screen(self._output_checks(plan, text, calls, actions=text))
+        self._screen(self._output_checks(plan, text, calls, actions=text), plan)
         self._passed(plan, response.message, calls)
         return response
 
@@ -302,7 +331,7 @@ class GuardedLLM(FunctionCallingLLM):
         response = await self._race(plan, self.llm.achat(messages, **kwargs))
         calls = tool_calls_in(self.llm, response)
         text = message_text(response.message)
-        await self._ascreen(self._output_checks(plan, text, calls, actions=text))
+        await self._ascreen(self._output_checks(plan, text, calls, actions=text), plan)
         self._passed(plan, response.message, calls)
         return response
 
@@ -382,10 +411,10 @@ class GuardedLLM(FunctionCallingLLM):
             pending = PendingCheck.start(lambda: self.guard.check_many(checks)) if checks else None
             tail = monitor.finish()  # the last window, judged beside the tool calls
             reasoning_tail = thinking.finish() if thinking is not None else ""
-            if pending is not None:
-                pending.wait()
+            if pending is not None and _failed_open(pending.wait()):
+                plan.failed_open = True
             final = out.final(tail, reasoning_tail)
-            self._passed(plan, final.message, calls)
+            self._passed(plan, final.message, calls, (monitor, thinking))
             yield final
 
     async def _aguard_chat_stream(self, plan: _Plan, inner: Any) -> ChatResponseAsyncGen:
@@ -416,7 +445,7 @@ class GuardedLLM(FunctionCallingLLM):
                 await monitor.afinish()
                 return
             checks, calls = self._final_checks(plan, out.last)
-            pending = asyncio.ensure_future(self._ascreen(checks)) if checks else None
+            pending = asyncio.ensure_future(self._ascreen(checks, plan)) if checks else None
             try:
                 tail = await monitor.afinish()  # the last window, judged beside the tool calls
                 reasoning_tail = await thinking.afinish() if thinking is not None else ""
@@ -426,7 +455,7 @@ class GuardedLLM(FunctionCallingLLM):
                 if pending is not None and not pending.done():
                     pending.cancel()
             final = out.final(tail, reasoning_tail)
-            self._passed(plan, final.message, calls)
+            self._passed(plan, final.message, calls, (monitor, thinking))
             yield final
 
     def _guard_completion_stream(self, plan: _Plan, inner: Iterator[CompletionResponse]) -> CompletionResponseGen:
