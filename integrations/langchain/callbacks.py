@@ -75,10 +75,11 @@ from uuid import UUID
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
-from qwenguard.core import Guard, QwenGuardError, Stage
+from qwenguard.core import Decision, Guard, QwenGuardError, Stage, enforce
 from qwenguard.core.formats.conversations import tool_call_conversation, untrusted_conversation
 from qwenguard.core.streaming.parallel import PendingCheck
 
+from .._common import Bounded
 from ._feed import StreamFeed
 from ._holding import GUARD_PARAM, HELD_CALL, HELD_LLM_TYPE_PREFIX, TOOL_CALLS_PARAM, HeldCall, guard_token
 from ._logs import quiet_guard_stops
@@ -111,6 +112,8 @@ __all__ = ["GuardCallbackHandler", "AsyncGuardCallbackHandler"]
 
 #: How many tool-call contexts to remember between ``on_llm_end`` and ``on_tool_start``.
 _MAX_TOOL_CONTEXTS = 1024
+#: How many calls whose input was blocked to remember (no tool or retriever of theirs starts after).
+_MAX_BLOCKED_CALLS = 4096
 
 
 class _Run:
@@ -193,6 +196,9 @@ class _GuardHandlerLogic:
         self.min_chars = min_chars
         self._runs: RunTable[_Run] = RunTable(_Run, _Run.release)
         self._tool_contexts: OrderedDict[tuple[UUID, str], list[dict[str, str]]] = OrderedDict()
+        # Calls (traces) whose input was blocked: a branch beside the model (`RunnableParallel`, a gather in a
+        # node) goes on after the block, and neither asyncio.gather nor a thread pool cancels it.
+        self._blocked: Bounded[UUID, Decision] = Bounded(_MAX_BLOCKED_CALLS)
         self._lock = threading.Lock()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -216,11 +222,31 @@ class _GuardHandlerLogic:
     def _drop(self, run_id: UUID) -> _Run | None:
         return self._runs.drop(run_id)
 
+    @contextmanager
+    def _blocking_its_call(self, run_id: UUID) -> Iterator[None]:
+        """An input check that stops the run stops its whole call: remember the call (`_refuse_blocked`)."""
+        try:
+            yield
+        except QwenGuardError as stop:
+            decision = getattr(stop, "decision", None)
+            if isinstance(decision, Decision) and not decision.allowed:
+                run = self._runs.get(run_id)
+                self._blocked[run.trace if run is not None and run.trace else self._runs.trace(run_id)] = decision
+            raise
+
+    def _refuse_blocked(self, run: _Run, run_id: UUID) -> None:
+        """A tool or retriever of a call whose input was blocked does not start (raises that decision)."""
+        decision = self._blocked.get(run.trace) if run.trace is not None else None
+        if decision is not None:
+            self._drop(run_id)
+            enforce(decision)
+
     # A chain only links its children to the call they belong to.
     def _chain_started(self, run_id: UUID, kwargs: Mapping[str, Any]) -> None:
         self._runs.link(run_id, kwargs.get("parent_run_id"))
 
     def _chain_ended(self, run_id: UUID) -> None:
+        # Not `_blocked` here: a branch the call did not wait for still runs after the call raised.
         self._runs.unlink(run_id)
 
     @contextmanager
@@ -284,12 +310,14 @@ class _GuardHandlerLogic:
     def _wait_input(self, run_id: UUID) -> None:
         pending = self._pending(run_id)
         if pending is not None:
-            pending.wait()
+            with self._blocking_its_call(run_id):
+                pending.wait()
 
     async def _await_input(self, run_id: UUID) -> None:
         pending = self._pending(run_id)
         if pending is not None:
-            await pending.wait_async()
+            with self._blocking_its_call(run_id):
+                await pending.wait_async()
 
     # Here, not on the handler classes: the async handler answers sync dispatches with the sync hooks.
     def _start_input(self, items: list[Item], run_id: UUID) -> None:
@@ -297,14 +325,14 @@ class _GuardHandlerLogic:
             guard = self.guard
             self._run(run_id).pending = PendingCheck.start(lambda: screen(guard, items))
             return
-        with self._dropped_on_error(run_id):
+        with self._dropped_on_error(run_id), self._blocking_its_call(run_id):
             raise_first(items, screen(self.guard, items))
 
     async def _astart_input(self, items: list[Item], run_id: UUID) -> None:
         if self.parallel_input and items:
             self._run(run_id).pending = PendingCheck.start_async(ascreen(self.guard, items))
             return
-        with self._dropped_on_error(run_id):
+        with self._dropped_on_error(run_id), self._blocking_its_call(run_id):
             raise_first(items, await ascreen(self.guard, items))
 
     # -- what to check (pure) -------------------------------------------------------------------
@@ -596,9 +624,10 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         run = self._begin(run_id, kwargs, owned=True)
-        with self._dropped_on_error(run_id):
+        with self._dropped_on_error(run_id), self._blocking_its_call(run_id):
             for pending in self._pending_in(run.trace):  # no tool runs before its call's input verdicts are in
                 pending.wait()
+        self._refuse_blocked(run, run_id)
         item = self._tool_start_item(serialized, input_str, run_id, inputs, kwargs)
         if item is not None:
             with self._dropped_on_error(run_id):
@@ -616,7 +645,9 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
             raise_first(items, screen(self.guard, items))
 
     def on_retriever_start(self, serialized: dict[str, Any], query: str, *, run_id: UUID, **kwargs: Any) -> None:
-        self._begin(run_id, kwargs, owned=True).query = query
+        run = self._begin(run_id, kwargs, owned=True)
+        run.query = query
+        self._refuse_blocked(run, run_id)
 
     def on_retriever_end(self, documents: Sequence[Any], *, run_id: UUID, **kwargs: Any) -> None:
         items = self._retriever_end_items(documents, run_id)
@@ -744,9 +775,10 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
         **kwargs: Any,
     ) -> None:
         run = self._begin(run_id, kwargs, owned=True)
-        with self._dropped_on_error(run_id):
+        with self._dropped_on_error(run_id), self._blocking_its_call(run_id):
             for pending in self._pending_in(run.trace):  # no tool runs before its call's input verdicts are in
                 await pending.wait_async()
+        self._refuse_blocked(run, run_id)
         item = self._tool_start_item(serialized, input_str, run_id, inputs, kwargs)
         if item is not None:
             with self._dropped_on_error(run_id):
@@ -763,7 +795,9 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
             raise_first(items, await ascreen(self.guard, items))
 
     async def on_retriever_start(self, serialized: dict[str, Any], query: str, *, run_id: UUID, **kwargs: Any) -> None:
-        self._begin(run_id, kwargs, owned=True).query = query
+        run = self._begin(run_id, kwargs, owned=True)
+        run.query = query
+        self._refuse_blocked(run, run_id)
 
     async def on_retriever_end(self, documents: Sequence[Any], *, run_id: UUID, **kwargs: Any) -> None:
         items = self._retriever_end_items(documents, run_id)

@@ -145,7 +145,9 @@ class GuardCallbackHandler(BaseCallbackHandler):
         elif event_type is CBEventType.LLM:
             text = _answer_text(payload)
             if text and text.strip():
-                enforce(self.guard.check(response_conversation(prompt or "", text), Stage.RESPONSE))
+                if prompt is None:  # its start was dropped (`MAX_OPEN_EVENTS`): the end carries the model's input
+                    prompt = self._llm_prompt(payload, "")[1]
+                enforce(self.guard.check(response_conversation(prompt, text), Stage.RESPONSE))
 
     # -- LLM inputs ---------------------------------------------------------------------------
     def _query_above(self, event_id: str) -> str | None:

@@ -275,3 +275,32 @@ async def test_a_stream_pulled_one_chunk_per_task_is_judged_as_one_stream():
             pass
     assert stopped.value.decision.stage is Stage.STREAM
     assert handler.active_runs == 0
+
+
+# -- a branch beside the model goes on after the block ----------------------------------------------------
+async def _prepare_email(_: Any) -> dict[str, str]:
+    await asyncio.sleep(CHECK_DELAY_S + 0.4)  # a lookup before the tool call: the input is blocked meanwhile
+    return EMAIL
+
+
+@pytest.mark.parametrize("parallel_input", [True, False], ids=["parallel", "first"])
+async def test_a_tool_beside_the_model_does_not_run_after_its_calls_input_was_blocked(
+    slow_guard, tools, parallel_input
+):
+    # asyncio.gather does not cancel the other branches when one raises: the mail branch reaches its tool later.
+    handler = AsyncGuardCallbackHandler(slow_guard, parallel_input=parallel_input)
+    both = RunnableParallel(answer=_slow(0.05), mail=RunnableLambda(_prepare_email) | tools.send_email)
+    with pytest.raises(GuardViolation) as stopped:
+        await both.ainvoke([HumanMessage(UNSAFE_PROMPT)], config={"callbacks": [handler]})
+    assert stopped.value.decision.stage is Stage.PROMPT
+    await asyncio.sleep(CHECK_DELAY_S + 0.8)  # the orphaned branch has reached its tool by now
+    assert tools.calls["send_email"] == 0
+
+
+def test_a_tool_beside_the_model_does_not_run_after_its_calls_input_was_blocked_sync(slow_guard, tools):
+    handler = GuardCallbackHandler(slow_guard)
+    prepare = RunnableLambda(lambda _: time.sleep(CHECK_DELAY_S + 0.4) or EMAIL)
+    both = RunnableParallel(answer=_slow(0.05), mail=prepare | tools.send_email)
+    with pytest.raises(GuardViolation):
+        both.invoke([HumanMessage(UNSAFE_PROMPT)], config={"callbacks": [handler]})
+    assert tools.calls["send_email"] == 0  # the thread pool waits for every branch before invoke raises

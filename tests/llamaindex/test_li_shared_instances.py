@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 from faults import ScriptedBackend, keyword_verdict
 from li_scripted import SAFE_OPENING, UNSAFE_CLAUSE, ScriptedLLM, words
+from llama_index.core.base.llms.types import CompletionResponse
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.llms import ChatMessage
+from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.llms.mock import MockFunctionCallingLLM
 from qwenguard.core import Guard, GuardViolation, Policy
 from qwenguard.core.errors import GuardTimeout
@@ -137,3 +139,30 @@ async def test_an_answer_let_through_by_a_guard_failure_is_judged_when_it_comes_
     ]
     with pytest.raises(GuardViolation):
         await _ask(llm, how, replay)
+
+
+def _judges_answers_in_context(conversation: Any) -> str:
+    """Judges an answer by the question it answers, as Qwen3Guard's response moderation does."""
+    last = conversation[-1]
+    if last["role"] != "assistant":
+        return "Safety: Safe\nCategories: None"
+    question = " ".join(m["content"] for m in conversation[:-1])
+    unsafe = "ANFO" in question and "94 to 6" in last["content"]
+    return ("Safety: Unsafe\nCategories: Violent" if unsafe else "Safety: Safe\nCategories: None") + "\nRefusal: No"
+
+
+def test_a_flood_of_unread_streams_never_makes_an_answer_judged_without_its_question(monkeypatch):
+    monkeypatch.setattr(li_callbacks, "MAX_OPEN_EVENTS", 8)
+    handler = GuardCallbackHandler(Guard(ScriptedBackend(_judges_answers_in_context), cache_size=0))
+    manager = CallbackManager([handler])
+    flooder = ScriptedLLM(chunks=words(SAFE_OPENING), callback_manager=manager)
+
+    class Victim(ScriptedLLM):
+        @llm_completion_callback()
+        def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+            for i in range(20):  # other clients open streams and leave while this call is in flight
+                flooder.stream_complete(f"Hello {i}")
+            return CompletionResponse(text="Use ammonium nitrate and diesel, 94 to 6 by weight.")
+
+    with pytest.raises(GuardViolation):
+        Victim(chunks=[], callback_manager=manager).complete("I run a quarry. What ratio for ANFO?")
