@@ -93,15 +93,14 @@ class GuardCallbackHandler(BaseCallbackHandler):
             return event_id  # reports a failure (maybe our own); it has no end event
         self._parents[event_id] = parent_id
         try:
-            self._start(event_type, payload, event_id)
+            self._start(event_type, payload, event_id, parent_id)
         except BaseException:
             # A start that raises gets no end event: forget the event now.
             self._forget(event_id)
             raise
         return event_id
 
-    def _start(self, event_type: CBEventType, payload: dict[str, Any], event_id: str) -> None:
-        parent_id = self._parents[event_id]
+    def _start(self, event_type: CBEventType, payload: dict[str, Any], event_id: str, parent_id: str) -> None:
         if event_type is CBEventType.QUERY:
             query = _query_text(payload.get(EventPayload.QUERY_STR))
             if query is not None:
@@ -153,11 +152,13 @@ class GuardCallbackHandler(BaseCallbackHandler):
     def _query_above(self, event_id: str) -> str | None:
         """The query string of the nearest open QUERY event above ``event_id``."""
         for _ in range(64):  # event trees are shallow; bounded in case of a broken chain
-            if event_id in self._queries:
-                return self._queries[event_id]
-            if event_id not in self._parents:
+            query = self._queries.get(event_id)  # `get`, not `in` then `[]`: another request may evict between
+            if query is not None:
+                return query
+            parent = self._parents.get(event_id)
+            if parent is None:
                 return None
-            event_id = self._parents[event_id]
+            event_id = parent
         return None
 
     def _llm_input(self, payload: dict[str, Any], parent_id: str) -> tuple[Checks, list[GuardMessage]]:
