@@ -25,7 +25,8 @@ def require_guard(guard: object) -> Guard:
 
 class Bounded(Generic[K, V]):
     """A map that forgets its oldest entries past ``maxsize``: per-event state of a handler shared by every
-    request, whose end event may never come (a stream nobody reads to the end, a cancelled request)."""
+    request, whose end event may never come (a stream nobody reads to the end, a cancelled request). Read with
+    `get` only: another request may evict an entry between a membership test and an index."""
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
@@ -38,12 +39,6 @@ class Bounded(Generic[K, V]):
             self._data.move_to_end(key)
             while len(self._data) > self.maxsize:
                 self._data.popitem(last=False)
-
-    def __getitem__(self, key: K) -> V:
-        return self._data[key]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._data
 
     def __len__(self) -> int:
         return len(self._data)

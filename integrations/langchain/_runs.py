@@ -26,11 +26,12 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Generic, TypeVar
 from uuid import UUID
+
+from .._common import Bounded
 
 __all__ = ["MAX_LINKS", "RunTable", "started_by_agenerate"]
 
@@ -55,7 +56,7 @@ class RunTable(Generic[S]):
         self._make, self._close = make, close
         self._states: dict[UUID, S] = {}
         self._owners: dict[UUID, tuple[asyncio.Task[object], Callable[[asyncio.Task[object]], None]]] = {}
-        self._parents: OrderedDict[UUID, UUID | None] = OrderedDict()
+        self._parents: Bounded[UUID, UUID] = Bounded(MAX_LINKS)  # a run without a parent links to itself
         self._lock = threading.Lock()
 
     # -- state ----------------------------------------------------------------------------------------
@@ -75,7 +76,7 @@ class RunTable(Generic[S]):
         with self._lock:
             state = self._states.pop(run_id, None)
             owner = self._owners.pop(run_id, None)
-            self._parents.pop(run_id, None)
+        self._parents.pop(run_id)
         if owner is not None:
             _forget_callback(*owner)
         return state
@@ -97,27 +98,20 @@ class RunTable(Generic[S]):
     # -- traces ---------------------------------------------------------------------------------------
     def link(self, run_id: UUID, parent_run_id: UUID | None) -> None:
         """Record a run's parent (called on every start event, chains included)."""
-        with self._lock:
-            self._parents[run_id] = parent_run_id
-            while len(self._parents) > MAX_LINKS:
-                self._parents.popitem(last=False)
+        self._parents[run_id] = parent_run_id or run_id
 
     def unlink(self, run_id: UUID) -> None:
-        with self._lock:
-            self._parents.pop(run_id, None)
+        self._parents.pop(run_id)
 
     def trace(self, run_id: UUID) -> UUID:
         """The call this run belongs to: its top linked ancestor's parent, or that ancestor if it has none."""
-        with self._lock:
-            current = run_id
-            for _ in range(_MAX_DEPTH):
-                if current not in self._parents:
-                    return current
-                parent = self._parents[current]
-                if parent is None:
-                    return current
-                current = parent
-            return current
+        current = run_id
+        for _ in range(_MAX_DEPTH):
+            parent = self._parents.get(current)
+            if parent is None or parent == current:
+                return current
+            current = parent
+        return current
 
     # -- owners ---------------------------------------------------------------------------------------
     def own(self, run_id: UUID) -> None:

@@ -96,7 +96,7 @@ def test_the_event_handler_keeps_a_streams_text_without_copying_it_per_delta(aud
     )
     for _ in range(3000):
         next(stream)
-    ((parts, size),) = [entry for entry in [audit._streams.get(k) for k in list(audit._streams._data)] if entry]
+    ((parts, size),) = audit._streams._data.values()
     assert size == 3000 * len("Paris ") and len(parts) == 3000
     stream.close()
 
