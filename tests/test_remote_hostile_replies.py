@@ -16,6 +16,7 @@ import asyncio
 import json
 import math
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ import pytest
 from qwenguard.core import Guard, GuardUnavailable, Policy
 from qwenguard.core.backends import openai_gen
 from qwenguard.core.backends import stream_session as stream_session_module
-from qwenguard.core.backends.openai_gen import DEFAULT_MAX_REPLY_BYTES, OpenAIGen
+from qwenguard.core.backends.openai_gen import DEFAULT_MAX_REPLY_BYTES
 from qwenguard.core.backends.openai_wire import parse_logprobs
 from qwenguard.core.formats.prompts import SAFETY_LABELS
 from qwenguard.core.streaming.monitor_core import DEFAULT_KEEP_TOKEN_VERDICTS
@@ -145,25 +146,39 @@ def test_millions_of_logprob_steps_are_read_only_up_to_max_tokens(monkeypatch, h
     assert (d.verdict.probs if d.verdict else None) == honest  # the label's probabilities when it is there
 
 
-def test_a_logprobs_reply_parses_in_time_linear_in_its_bytes():
-    """The parse of an 8 MiB hostile reply against a plain ``json.loads`` of the same bytes, side by side
-    (a ratio: the quadratic parse took ~80 times the decode)."""
-    g = OpenAIGen("http://127.0.0.1:9/v1", model="m", logprobs=True, max_context=4096)
-    body = hostile_reply([])
+def longest_text_held(fn: Callable[[], Any], name: str) -> int:
+    """Run ``fn``; the longest string any local of the function ``name`` held at any of its lines."""
+    longest = 0
+
+    def local(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal longest
+        for value in frame.f_locals.values():
+            if isinstance(value, str):
+                longest = max(longest, len(value))
+        return local
+
+    def calls(frame: Any, event: str, arg: Any) -> Any:
+        return local if event == "call" and frame.f_code.co_name == name else None
+
+    sys.settrace(calls)
     try:
-        decode = answer = math.inf
-        for _ in range(3):
-            t = time.perf_counter()
-            json.loads(body)
-            decode = min(decode, time.perf_counter() - t)
-        for _ in range(2):
-            t = time.perf_counter()
-            out = g._answer("prompt", body, 1.0)
-            answer = min(answer, time.perf_counter() - t)
+        fn()
     finally:
-        g.close()
-    assert out.risk.value == "safe" and out.probs is None
-    assert answer < 5 * decode, f"parse {answer:.3f} s vs decode {decode:.3f} s"
+        sys.settrace(None)
+    return longest
+
+
+@pytest.mark.parametrize("head", [[], HONEST_STEPS], ids=["label-absent", "label-last"])
+def test_a_logprobs_reply_is_read_without_keeping_the_text_it_spells(head):
+    """The label search keeps the last characters of the text so far, never the text: it re-stripped the
+    whole text at every step (quadratic: an 8 MiB padded reply took 5.3 s on the client's loop). Read every
+    step (no ``max_steps``), so the bound on steps does not hide it. Structural, not timed: the time
+    itself, side by side with ``json.loads``, is printed by ``python bench/freeze.py``."""
+    steps = [JUNK_STEP] * 2000 + head
+    choice = {"logprobs": {"content": steps}}
+    held = longest_text_held(lambda: parse_logprobs(choice), "parse_logprobs")
+    assert held <= len(JUNK_STEP["token"]) + len("Safety:") + 1, held  # 62,000 characters spelled
+    assert parse_logprobs(choice) == parse_logprobs({"logprobs": {"content": head}})
 
 
 def _reference_parse(steps: list[tuple[str, dict[str, float]]]) -> dict[Any, float] | None:
