@@ -129,7 +129,8 @@ class RemoteStream:
     ``base_url`` may be a list of replicas: a session opens on the one with the fewest of this client's
     sessions, and fails over to another (at most ``max_failovers`` re-opens per call and
     ``max_session_failovers`` per session; once every replica
-    refused in a call, re-opens wait ``backoff_s``, doubling up to ``max_backoff_s``, within the deadline).
+    refused in a call, re-opens wait ``backoff_s``, doubling up to ``max_backoff_s``, or the refusal's
+    ``Retry-After``, within the deadline).
     ``max_frame_bytes``: the largest frame accepted from the server (`DEFAULT_MAX_FRAME_BYTES`); a larger
     one ends the session as a guard error (the policy's ``on_error`` decides), and is not re-opened for."""
 
@@ -236,7 +237,9 @@ class RemoteStreamMonitor(_Session, SyncOnly):
                     self.backend.replicas.failed(self._endpoint)
                 self._abort_ws()
                 wait = (
-                    self._reopen_pause(deadline, reopens, tried) if self._may_reopen(exc, deadline, reopens) else None
+                    self._reopen_pause(deadline, reopens, tried, exc)
+                    if self._may_reopen(exc, deadline, reopens)
+                    else None
                 )
                 if wait is None:
                     self._fail(exc, stage, timed_out=deadline.expired)
@@ -428,7 +431,9 @@ class AsyncRemoteStreamMonitor(_Session, AsyncOnly):
                 if self._state == "closed":  # closed while the exchange ran: nothing more is released
                     return self._released_since(mark)
                 wait = (
-                    self._reopen_pause(deadline, reopens, tried) if self._may_reopen(exc, deadline, reopens) else None
+                    self._reopen_pause(deadline, reopens, tried, exc)
+                    if self._may_reopen(exc, deadline, reopens)
+                    else None
                 )
                 if wait is None:
                     self._fail(exc, stage, timed_out=deadline.expired)

@@ -43,6 +43,7 @@ from ..formats.content import clean_text
 from ..policy import Action, Decision
 from ..streaming.monitor_core import DEFAULT_KEEP_TOKEN_VERDICTS
 from ..verdict import Risk, Stage, Verdict
+from .openai_wire import retry_after
 from .replicas import attempt_budget
 
 __all__ = [
@@ -151,6 +152,13 @@ def reopen_worthy(exc: BaseException, *, several: bool) -> bool:
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError, GuardTimeout)):
         return several
     return isinstance(exc, OSError)  # refused, reset, broken pipe
+
+
+def handshake_retry_after(exc: BaseException) -> float | None:
+    """The ``Retry-After`` (seconds) of a refused handshake (429, 503: busy, full, draining), if it sent one."""
+    if not isinstance(exc, websockets_module().exceptions.InvalidStatus):
+        return None
+    return retry_after(exc.response.headers.get("Retry-After"))
 
 
 def frame_too_big(exc: BaseException) -> bool:
@@ -475,18 +483,26 @@ class _Session:
             and reopen_worthy(exc, several=self.backend.replicas.several)
         )
 
-    def _reopen_pause(self, deadline: Deadline, reopens: int, tried: list[str]) -> float | None:
-        """Seconds to wait before the next re-open of a call that has re-opened ``reopens`` times.
+    def _reopen_pause(self, deadline: Deadline, reopens: int, tried: list[str], exc: BaseException) -> float | None:
+        """Seconds to wait before the next re-open of a call that has re-opened ``reopens`` times, after ``exc``.
 
-        None while a replica this call has not tried remains, nor before the first re-open (through a
-        balancer it lands on another replica). After that every replica refused (restarting, draining,
-        full, or a balancer with none up for a moment): wait ``backoff_s``, doubling, so the moment
-        passes within the deadline instead of the call failing closed at once. ``None``: the wait would
-        outlast the deadline; give up now."""
-        if reopens == 0 or self.backend.replicas.untried(tried):
+        None while a replica this call has not tried remains. A handshake refused with ``Retry-After`` waits
+        what the server asked, as `OpenAIGen` does (a draining replica's ``0``: at once). Otherwise none before
+        the first re-open (through a balancer it lands on another replica); after that every replica refused
+        (restarting, draining, full, or a balancer with none up for a moment): wait ``backoff_s``, doubling,
+        so the moment passes within the deadline instead of the call failing closed at once. ``None``: the
+        wait would outlast the deadline (a call without one: a ``Retry-After`` past ``max_backoff_s``); give
+        up now, the server's refusal is the answer, not a timeout after sleeping."""
+        if self.backend.replicas.untried(tried):
+            return 0.0
+        left = deadline.left()
+        hint = handshake_retry_after(exc)
+        if hint is not None:
+            too_long = hint > self.backend.max_backoff_s if left is None else hint >= left
+            return None if too_long else hint
+        if reopens == 0:
             return 0.0
         delay = min(self.backend.max_backoff_s, self.backend.backoff_s * 2 ** (reopens - 1))
-        left = deadline.left()
         return None if left is not None and delay >= left else delay
 
     # -- failures and state -----------------------------------------------------------------
