@@ -340,6 +340,8 @@ def test_a_stop_signal_drains_then_hands_sessions_back_with_1012_and_exits_in_bo
     assert ready.status_code == 503 and ready.json()["draining"] is True
     assert during.status_code == 200  # still served during the drain delay
     assert refused.value.response.status_code == 503  # new sessions go elsewhere
+    # ... at once: a client honours Retry-After, and a draining replica's refusal is no reason to wait.
+    assert refused.value.response.headers["Retry-After"] == "0"
     assert handed_back.value.rcvd is not None and handed_back.value.rcvd.code == 1012
     assert not thread.is_alive() and exited < 2.0 + 3.0 + 2.0
 

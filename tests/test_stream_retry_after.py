@@ -1,8 +1,9 @@
-"""A stream server that refuses a session's handshake with ``Retry-After`` (busy: every session slot taken;
-draining: ``0``) is asked again when it said, as `OpenAIGen` does for HTTP checks. The stream client used its
-own backoff instead: it re-opened at once, then after 0.2 and 0.4 s, four handshakes in about 0.6 s against
-a server that had asked for one second, and failed closed while the server would have served it. A
-``Retry-After`` longer than the call may wait ends the call at once, the server's refusal its answer.
+"""A stream server that refuses a session's handshake with ``Retry-After`` (busy: every session slot taken)
+is not asked again before it said, as `OpenAIGen` does for HTTP checks. The stream client used its own
+backoff instead: it re-opened at once, then after 0.2 and 0.4 s, four handshakes in about 0.6 s against a
+server that had asked for one second, and failed closed while the server would have served it. A
+``Retry-After`` longer than the call may wait ends the call at once, the server's refusal its answer. (A
+draining server says ``0``: tests/test_scaleout.py.)
 
 A real ``qwenguard serve`` app on 127.0.0.1 with one session slot, held by another client's session.
 """

@@ -486,24 +486,23 @@ class _Session:
     def _reopen_pause(self, deadline: Deadline, reopens: int, tried: list[str], exc: BaseException) -> float | None:
         """Seconds to wait before the next re-open of a call that has re-opened ``reopens`` times, after ``exc``.
 
-        None while a replica this call has not tried remains. A handshake refused with ``Retry-After`` waits
-        what the server asked, as `OpenAIGen` does (a draining replica's ``0``: at once). Otherwise none before
-        the first re-open (through a balancer it lands on another replica); after that every replica refused
-        (restarting, draining, full, or a balancer with none up for a moment): wait ``backoff_s``, doubling,
-        so the moment passes within the deadline instead of the call failing closed at once. ``None``: the
-        wait would outlast the deadline (a call without one: a ``Retry-After`` past ``max_backoff_s``); give
-        up now, the server's refusal is the answer, not a timeout after sleeping."""
+        None while a replica this call has not tried remains, nor before the first re-open (through a
+        balancer it lands on another replica). After that every replica refused (restarting, draining,
+        full, or a balancer with none up for a moment): wait ``backoff_s``, doubling, so the moment passes
+        within the deadline instead of the call failing closed at once. A handshake refused with
+        ``Retry-After`` waits at least what the server asked (a full `qwenguard serve`: 1 s; a draining
+        one: 0), as `OpenAIGen` does. ``None``: the wait would outlast the deadline (a call without one: a
+        ``Retry-After`` past ``max_backoff_s``); give up now, the server's refusal is the answer, not a
+        timeout after sleeping."""
         if self.backend.replicas.untried(tried):
             return 0.0
         left = deadline.left()
         hint = handshake_retry_after(exc)
-        if hint is not None:
-            too_long = hint > self.backend.max_backoff_s if left is None else hint >= left
-            return None if too_long else hint
-        if reopens == 0:
-            return 0.0
-        delay = min(self.backend.max_backoff_s, self.backend.backoff_s * 2 ** (reopens - 1))
-        return None if left is not None and delay >= left else delay
+        if hint is not None and (hint > self.backend.max_backoff_s if left is None else hint >= left):
+            return None
+        delay = 0.0 if reopens == 0 else min(self.backend.max_backoff_s, self.backend.backoff_s * 2 ** (reopens - 1))
+        delay = max(delay, hint or 0.0)  # "not before": waiting longer still honours it
+        return None if left is not None and delay > 0 and delay >= left else delay
 
     # -- failures and state -----------------------------------------------------------------
     def _fail(self, exc: BaseException, stage: Stage = Stage.STREAM, *, timed_out: bool = False) -> str:

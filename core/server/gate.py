@@ -498,7 +498,9 @@ class Gate:
             self.metrics.rejected.labels(reason).inc()
             first = await receive()  # websocket.connect
             if first["type"] == "websocket.connect":
-                await _deny_handshake(scope, send, status, code, kind, message)
+                # A draining replica: come back at once (through a balancer, to another one), as HTTP does.
+                retry = "0" if reason == "draining" else "1"
+                await _deny_handshake(scope, send, status, code, kind, message, retry)
             return
         load.streams += 1
         load.streams_by_client[client] += 1
@@ -513,7 +515,9 @@ class Gate:
             self.metrics.streams.dec()
 
 
-async def _deny_handshake(scope: Mapping[str, Any], send: Any, status: int, code: int, kind: str, message: str) -> None:
+async def _deny_handshake(
+    scope: Mapping[str, Any], send: Any, status: int, code: int, kind: str, message: str, retry_after: str
+) -> None:
     """Refuse a WebSocket handshake with an honest HTTP status and a JSON error body, through the ASGI
     "websocket.http.response" extension where the server has it (uvicorn does); else close (HTTP 403)."""
     if "websocket.http.response" not in scope.get("extensions", {}):
@@ -524,6 +528,6 @@ async def _deny_handshake(scope: Mapping[str, Any], send: Any, status: int, code
     if status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
     elif status in (429, 503):
-        headers.append((b"retry-after", b"1"))
+        headers.append((b"retry-after", retry_after.encode()))
     await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
     await send({"type": "websocket.http.response.body", "body": body})
