@@ -49,3 +49,8 @@ class Bounded(Generic[K, V]):
     def pop(self, key: K, default: V | None = None) -> V | None:
         with self._lock:
             return self._data.pop(key, default)
+
+    def keys(self) -> list[K]:
+        """The keys now, oldest first (a copy: entries may go while the caller reads it)."""
+        with self._lock:
+            return list(self._data)

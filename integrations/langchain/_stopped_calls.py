@@ -11,13 +11,13 @@ in by ``override``) is judged as any.
 
 from __future__ import annotations
 
-import threading
 import weakref
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from qwenguard.core import GuardViolation
+
+from .._common import Bounded
 
 __all__ = ["StoppedCalls"]
 
@@ -29,22 +29,15 @@ class StoppedCalls:
     """The requests a guard stopped, by identity: ``with stopped.watching(request): ...``."""
 
     def __init__(self, size: int = DEFAULT_SIZE) -> None:
-        self._size = size
-        self._lock = threading.Lock()
-        self._stops: OrderedDict[int, tuple[weakref.ref[object], GuardViolation]] = OrderedDict()
+        self._stops: Bounded[int, tuple[weakref.ref[object], GuardViolation]] = Bounded(size)
 
     def earlier(self, request: object) -> GuardViolation | None:
         """The stop this very request got before, if any (a dead entry under a reused id is not it)."""
-        with self._lock:
-            entry = self._stops.get(id(request))
+        entry = self._stops.get(id(request))
         return entry[1] if entry is not None and entry[0]() is request else None
 
     def remember(self, request: object, stop: GuardViolation) -> None:
-        with self._lock:
-            self._stops[id(request)] = (weakref.ref(request), stop)
-            self._stops.move_to_end(id(request))
-            while len(self._stops) > self._size:
-                self._stops.popitem(last=False)
+        self._stops[id(request)] = (weakref.ref(request), stop)
 
     @contextmanager
     def watching(self, request: object) -> Iterator[None]:

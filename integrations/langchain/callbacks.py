@@ -65,8 +65,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -195,11 +193,10 @@ class _GuardHandlerLogic:
         self.window_chars = window_chars
         self.min_chars = min_chars
         self._runs: RunTable[_Run] = RunTable(_Run, _Run.release)
-        self._tool_contexts: OrderedDict[tuple[UUID, str], list[dict[str, str]]] = OrderedDict()
+        self._tool_contexts: Bounded[tuple[UUID, str], list[dict[str, str]]] = Bounded(_MAX_TOOL_CONTEXTS)
         # Calls (traces) whose input was blocked: a branch beside the model (`RunnableParallel`, a gather in a
         # node) goes on after the block, and neither asyncio.gather nor a thread pool cancels it.
         self._blocked: Bounded[UUID, Decision] = Bounded(_MAX_BLOCKED_CALLS)
-        self._lock = threading.Lock()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -265,15 +262,10 @@ class _GuardHandlerLogic:
 
     # Keyed by the call (trace) and the id: ids repeat across users ("functions.web_search:0", TGI's "0").
     def _remember_tool_context(self, items: Sequence[Item], context: list[dict[str, str]], trace: UUID) -> None:
-        with self._lock:
-            for item in items:
-                call_id = (item.tool_call or {}).get("id")
-                if call_id:
-                    key = (trace, str(call_id))
-                    self._tool_contexts[key] = context
-                    self._tool_contexts.move_to_end(key)
-            while len(self._tool_contexts) > _MAX_TOOL_CONTEXTS:
-                self._tool_contexts.popitem(last=False)
+        for item in items:
+            call_id = (item.tool_call or {}).get("id")
+            if call_id:
+                self._tool_contexts[(trace, str(call_id))] = context
 
     def _tool_context(self, call_id: str | None, trace: UUID | None) -> list[dict[str, str]]:
         """The conversation the call was asked for in: under its own call (trace); else, for a model and a tool
@@ -281,12 +273,11 @@ class _GuardHandlerLogic:
         if it is the only one (never a pick between two users' calls)."""
         if not call_id:
             return []
-        with self._lock:
-            context = self._tool_contexts.pop((trace, str(call_id)), None) if trace is not None else None
-            if context is not None:
-                return context
-            same_id = [key for key in self._tool_contexts if key[1] == str(call_id)]
-            return self._tool_contexts.pop(same_id[0]) if len(same_id) == 1 else []
+        context = self._tool_contexts.pop((trace, str(call_id))) if trace is not None else None
+        if context is not None:
+            return context
+        same_id = [key for key in self._tool_contexts.keys() if key[1] == str(call_id)]
+        return (self._tool_contexts.pop(same_id[0]) or []) if len(same_id) == 1 else []
 
     # -- parallel input screening ---------------------------------------------------------------
     def _pending(self, run_id: UUID) -> PendingCheck | None:

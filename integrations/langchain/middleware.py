@@ -49,8 +49,6 @@ the config: it waits for the verdict at the first token and before any tool.
 from __future__ import annotations
 
 import dataclasses
-import threading
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -63,6 +61,7 @@ from langgraph.types import Command
 from qwenguard.core import Action, Decision, Guard, GuardUnavailable, GuardViolation, Risk, Stage, Verdict, enforce
 from qwenguard.core.formats.conversations import tool_call_conversation, untrusted_conversation
 
+from .._common import Bounded
 from ._held_model import HeldBackChatModel, StreamLedger
 from ._held_request import HeldModelRequest
 from ._holding import HELD_CALL, HeldCall, monitor_options
@@ -246,8 +245,7 @@ class GuardMiddleware(AgentMiddleware):
         self.history_turns = history_turns
         self.tools = []
         # Answers whose text the held stream already judged: after_model judges only their tool calls.
-        self._judged: OrderedDict[str, None] = OrderedDict()
-        self._judged_lock = threading.Lock()
+        self._judged: Bounded[str, bool] = Bounded(_MAX_JUDGED_IDS)
         self._stopped = StoppedCalls()  # requests stopped here: a retry around this middleware gets the same stop
 
     # -- what to check (pure) -----------------------------------------------------------------
@@ -282,19 +280,12 @@ class GuardMiddleware(AgentMiddleware):
         """Was this answer's text judged while it streamed? (Asked once, by after_model.)"""
         if not message_id:
             return False
-        with self._judged_lock:
-            if message_id in self._judged:
-                del self._judged[message_id]
-                return True
-            return False
+        return self._judged.pop(message_id) is not None
 
     def _remember_judged(self, response: ModelResponse) -> None:
-        with self._judged_lock:
-            for message in response.result:
-                if isinstance(message, AIMessage) and message.id:
-                    self._judged[message.id] = None
-            while len(self._judged) > _MAX_JUDGED_IDS:
-                self._judged.popitem(last=False)
+        for message in response.result:
+            if isinstance(message, AIMessage) and message.id:
+                self._judged[message.id] = True
 
     # -- what a violation does (pure) -----------------------------------------------------------
     def _refusal(self, decision: Decision, replaces: BaseMessage | None = None) -> AIMessage:
