@@ -317,6 +317,12 @@ def serve(
     stream_max_session: float = typer.Option(
         600.0, "--stream-max-session", help="Close a stream session after this many seconds (4408)."
     ),
+    stream_max_windows_in_flight: int = typer.Option(
+        4,
+        "--stream-max-windows-in-flight",
+        help="Gen-window checks one stream session runs at once (without --stream-model); its other text "
+        "waits and is judged in longer segments.",
+    ),
     head_timeout: float = typer.Option(
         10.0, "--head-timeout", help="Seconds a client has to send a request head or a stream's open frame."
     ),
@@ -378,6 +384,7 @@ def serve(
         max_requests_per_client=max_requests_per_client,
         stream_idle_timeout_s=stream_idle_timeout,
         stream_max_session_s=stream_max_session,
+        stream_max_windows_in_flight=stream_max_windows_in_flight,
         head_timeout_s=head_timeout,
         keep_alive_s=keep_alive,
         max_connections=max_connections,

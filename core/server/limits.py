@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
+from ..streaming.gen_windows import MAX_WINDOWS_IN_FLIGHT
+
 #: 1 MB of JSON is ~250k tokens of text: far past any guard context, so larger bodies are abuse.
 DEFAULT_MAX_BODY_BYTES = 1_000_000
 DEFAULT_MAX_CONCURRENCY = 64
@@ -38,6 +40,8 @@ DEFAULT_MAX_HEAD_BYTES = 64 * 1024
 DEFAULT_MAX_CONNECTIONS = 1024
 #: Descriptors kept free for the process itself (model files, logs, the listening socket).
 FD_RESERVE = 128
+#: Gen-window checks one stream session runs at once: a local stream's default.
+DEFAULT_STREAM_MAX_WINDOWS_IN_FLIGHT = MAX_WINDOWS_IN_FLIGHT
 
 
 class LimitExceeded(ValueError):
@@ -68,6 +72,9 @@ class Limits:
     stream_idle_timeout_s: float | None = DEFAULT_STREAM_IDLE_TIMEOUT_S
     #: A stream session lives at most this long (4408).
     stream_max_session_s: float | None = DEFAULT_STREAM_MAX_SESSION_S
+    #: Gen-window checks one stream session runs at once (sessions without a Stream model); the rest of its
+    #: text waits and is judged in longer segments. Not a client option: the server's, for every session.
+    stream_max_windows_in_flight: int = DEFAULT_STREAM_MAX_WINDOWS_IN_FLIGHT
     #: A request head (and a stream's ``open`` frame) must arrive within this long.
     head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S
     keep_alive_s: float = DEFAULT_KEEP_ALIVE_S
@@ -89,6 +96,8 @@ class Limits:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{f.name} must be a positive number, got {value!r}")
+            if str(f.type).startswith("int") and not isinstance(value, int):  # a count: 2.5 sessions is a typo
+                raise ValueError(f"{f.name} must be a positive integer, got {value!r}")
 
     @property
     def streams(self) -> int:

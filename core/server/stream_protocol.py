@@ -213,6 +213,7 @@ def _open_args(service: Service, msg: Mapping[str, Any]) -> tuple[Any, Any, dict
         )
     # Values are checked by the monitor itself (ValueError/TypeError: close 4400), as for local streams.
     options = {k: msg[k] for k in _SESSION_OPTIONS if k in msg}
+    options["max_windows_in_flight"] = service.limits.stream_max_windows_in_flight  # the operator's, not the client's
     if "screen_prompt" in options and not isinstance(options["screen_prompt"], bool):
         raise SessionEnd(CLOSE_BAD_REQUEST, "screen_prompt must be true or false", "invalid_request_error")
     for name, server, lower_ok, raise_ok, why in _CLIENT_BOUNDS:

@@ -56,9 +56,10 @@ MAX_HELD_WORD = 16
 #: What a Gen-window check may release: whole sentences (default), the answer's opening words and then
 #: whole sentences, or all but the last word judged.
 RELEASE_UNITS = ("sentence", "opening", "word")
-#: Window checks one stream keeps running at once. A burst of short sentences (one large delta, a fast model
-#: ahead of a slow judge) waits and is judged in longer segments as checks come back, instead of handing the
-#: judge a check per sentence at once, ahead of every other stream's.
+#: Window checks one stream keeps running at once, by default (``max_windows_in_flight``; a server's
+#: ``--stream-max-windows-in-flight``). A burst of short sentences (one large delta, a fast model ahead of a
+#: slow judge) waits and is judged in longer segments as checks come back, instead of handing the judge a
+#: check per sentence at once, ahead of every other stream's.
 MAX_WINDOWS_IN_FLIGHT = 4
 
 
@@ -208,7 +209,7 @@ class GenWindows:
         return checks
 
     def _room(self) -> bool:
-        return self.in_flight < MAX_WINDOWS_IN_FLIGHT
+        return self.in_flight < self.core.max_windows_in_flight
 
     def _sentence_cut(self, idle: bool) -> int:
         """The next segment's end: a sentence end (any length when ``idle``, else ``min_segment`` or

@@ -19,7 +19,7 @@ from ..formats.prompts import Message, normalize_messages
 from ..policy import Action, Decision
 from ..verdict import Risk, Stage, Verdict
 from .debounce import DEFAULT_WINDOW, Debounce, Flag
-from .gen_windows import RELEASE_UNITS, GenWindows, WindowJudge
+from .gen_windows import MAX_WINDOWS_IN_FLIGHT, RELEASE_UNITS, GenWindows, WindowJudge
 
 #: Guard tokens held back after the last released one. >= window - 1 keeps flagged spans unreleased.
 DEFAULT_HOLDBACK = 8
@@ -104,11 +104,18 @@ class MonitorCore:
         release_unit: str = DEFAULT_RELEASE_UNIT,
         keep_token_verdicts: int = DEFAULT_KEEP_TOKEN_VERDICTS,
         parallel_input: bool | None = None,
+        max_windows_in_flight: int = MAX_WINDOWS_IN_FLIGHT,
     ) -> None:
         holdback = DEFAULT_HOLDBACK if holdback is None else holdback
         if not isinstance(holdback, int) or isinstance(holdback, bool) or holdback < 0:
             raise ValueError(f"holdback must be a non-negative integer, got {holdback!r}")
-        for name, value in (("check_every", check_every), ("min_segment", min_segment), ("context", context)):
+        bounds = (
+            ("check_every", check_every),
+            ("min_segment", min_segment),
+            ("context", context),
+            ("max_windows_in_flight", max_windows_in_flight),
+        )
+        for name, value in bounds:
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "context" else 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if release_unit not in RELEASE_UNITS:
@@ -143,6 +150,7 @@ class MonitorCore:
         self._scored_end = 0
         self._tokens: deque[Any] = deque(maxlen=keep_token_verdicts)
         self._window_opts = (check_every, min_segment, context, release_unit)
+        self.max_windows_in_flight = max_windows_in_flight  # Gen-window checks this stream runs at once
         self._session: Any = None
         self._windows: GenWindows | None = None  # Gen-window engine: segments and release (`GenWindows`)
         self._window_judge: Any = None  # Gen-window engine: runs the window checks (`WindowJudge`)
