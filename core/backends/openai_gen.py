@@ -45,6 +45,7 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import os
 import threading
 import time
 import weakref
@@ -115,6 +116,19 @@ _ERROR_BODY_BYTES = 64 << 10
 _GRACE_S = 2.0
 #: Inputs planned inline on the loop below this size when no tokenizer is involved (cheap string work).
 _INLINE_PLAN_CHARS = 20_000
+
+#: This process's clients, so that a forked child gets fresh locks (a parent thread may have held one at the
+#: fork, and nothing in the child would ever release it); their loop threads are replaced on first use.
+_CLIENTS: weakref.WeakSet[OpenAIGen] = weakref.WeakSet()
+
+
+def _fresh_locks_in_child() -> None:
+    for client in list(_CLIENTS):
+        client._wire_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_fresh_locks_in_child)
 #: A tokenizer's ``model_max_length`` above this is the "no limit" placeholder, not a context.
 _SANE_CONTEXT = 10_000_000
 #: A context a replica publishes at ``/models`` must hold the guard prompt and at least this many tokens of
@@ -307,6 +321,7 @@ class OpenAIGen:
         self._make_client = make_client
         self._wire: _Wire | None = None
         self._wire_lock = threading.Lock()
+        _CLIENTS.add(self)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -694,6 +709,10 @@ class OpenAIGen:
     def _start(self) -> _Wire:
         self._check_open()
         with self._wire_lock:
+            if self._wire is not None and self._wire.thread.inherited:
+                # A forked child (gunicorn --preload, multiprocessing "fork") has no loop thread: its calls
+                # waited for a thread that does not exist, to the deadline or forever. It starts its own.
+                self._wire = None
             if self._wire is None:
                 self._wire = _Wire(f"qwenguard-remote[{self.model}]", self._make_client, self.max_concurrency)
                 # A client dropped without close() still stops its thread and closes its pool.

@@ -11,6 +11,7 @@ where cancelling a request really stops it (a blocked sync socket read cannot be
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
@@ -30,6 +31,13 @@ class LoopThread:
         self._thread.start()
         self._closed = False
         self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    @property
+    def inherited(self) -> bool:
+        """Whether this process is a fork of the one that started the thread: it has no such thread here
+        (a coroutine submitted would never run), only a copy of the loop's state."""
+        return os.getpid() != self._pid
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -45,6 +53,8 @@ class LoopThread:
             if self._closed:
                 return
             self._closed = True
+        if self.inherited:
+            return  # the thread and its connections are the parent's: nothing of them runs here
         if threading.current_thread() is self._thread:  # pragma: no cover - a close from inside a request
             self.loop.call_soon(self.loop.stop)
             return
