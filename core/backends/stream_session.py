@@ -43,7 +43,7 @@ from ..formats.content import clean_text
 from ..policy import Action, Decision
 from ..streaming.monitor_core import DEFAULT_KEEP_TOKEN_VERDICTS
 from ..verdict import Risk, Stage, Verdict
-from .openai_wire import retry_after
+from .openai_wire import error_text, retry_after
 from .replicas import attempt_budget
 
 __all__ = [
@@ -66,9 +66,12 @@ REPLAY_CHUNK_CHARS = 8192
 #: 1001 going away, 1006 dropped (no close frame), 1012 service restart (what a draining qwenguard or
 #: uvicorn sends), 1013 try again later, 1014 bad gateway, 4503 guard unavailable on that replica.
 REOPEN_CLOSE_CODES = frozenset({1001, 1006, 1012, 1013, 1014, 4503})
-#: Handshake answers worth another replica: busy or draining (503), per-client limit (429), a balancer
-#: with no replica behind it or one that died (502, 504).
-REOPEN_STATUS = frozenset({429, 502, 503, 504})
+#: Handshake answers worth a re-open, through one URL too (after a backoff): busy or draining (503),
+#: per-client limit (429), a replica that failed (500), a balancer with no replica behind it or one that
+#: died (502, 504); the statuses HTTP checks retry. Any other refusal (401 another key, 404 mid-upgrade, a
+#: 3xx) is that replica's answer: with several replicas the session tries each untried one once, as a
+#: check does, and never the same one again.
+REOPEN_STATUS = frozenset({429, 500, 502, 503, 504})
 FINISH_FRAME = json.dumps({"type": "finish"})
 #: A server frame as received, or already parsed (the async monitor parses large ones in a worker thread).
 Frame = str | bytes | dict[str, Any]
@@ -146,12 +149,18 @@ def reopen_worthy(exc: BaseException, *, several: bool) -> bool:
     if isinstance(exc, ws.ConnectionClosed):
         return exc.rcvd is None or exc.rcvd.code in REOPEN_CLOSE_CODES
     if isinstance(exc, ws.InvalidStatus):
-        return exc.response.status_code in REOPEN_STATUS
+        return exc.response.status_code in REOPEN_STATUS or several  # the latter: `_reopen_pause` decides
     if isinstance(exc, ws.InvalidMessage):  # the connection ended during the handshake
         return True
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError, GuardTimeout)):
         return several
     return isinstance(exc, OSError)  # refused, reset, broken pipe
+
+
+def _refused_by_this_replica(exc: BaseException) -> bool:
+    """A handshake refusal that asking the same replica again would only repeat (see `REOPEN_STATUS`)."""
+    ws = websockets_module().exceptions
+    return isinstance(exc, ws.InvalidStatus) and exc.response.status_code not in REOPEN_STATUS
 
 
 def handshake_retry_after(exc: BaseException) -> float | None:
@@ -496,6 +505,8 @@ class _Session:
         timeout after sleeping."""
         if self.backend.replicas.untried(tried):
             return 0.0
+        if _refused_by_this_replica(exc):
+            return None  # a 401, a 404: worth another replica only, and every one was tried
         left = deadline.left()
         hint = handshake_retry_after(exc)
         if hint is not None and (hint > self.backend.max_backoff_s if left is None else hint >= left):
@@ -518,6 +529,15 @@ class _Session:
             )
             too_big.__cause__ = exc
             exc = too_big
+        elif isinstance(exc, websockets_module().exceptions.InvalidStatus):
+            # As a check's error says it: where, the status, and the server's own words (its fix, for a 401).
+            status = exc.response.status_code
+            why = error_text(bytes(exc.response.body or b""))
+            urls = list(getattr(self.backend, "urls", ()))
+            where = f"stream server at {urls[0]}" if len(urls) == 1 else f"the last of {len(urls)} stream replicas"
+            refused = GuardUnavailable(f"{where} refused the session: HTTP {status}" + (f": {why}" if why else ""))
+            refused.__cause__ = exc
+            exc = refused
         timed_out = timed_out or isinstance(exc, (TimeoutError, asyncio.TimeoutError, GuardTimeout))
         decision = self.policy.decide_error(stage, exc, timeout=timed_out)
         self.decision = decision
@@ -525,7 +545,8 @@ class _Session:
         if not decision.allowed:
             self._state = "failed"
             cls = GuardTimeout if timed_out else GuardUnavailable
-            raise cls(f"the stream guard failed and the policy fails closed: {exc}", decision) from exc
+            why = str(exc) or type(exc).__name__  # a bare TimeoutError says nothing
+            raise cls(f"the stream guard failed and the policy fails closed: {why}", decision) from exc
         if stage is Stage.PROMPT:
             self.prompt_decision = decision
         else:
