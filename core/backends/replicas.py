@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 __all__ = ["DEFAULT_COOLDOWN_S", "Replicas", "attempt_budget", "base_urls"]
 
@@ -40,10 +41,27 @@ def base_urls(value: str | Sequence[str], *, schemes: tuple[str, ...] = ("http:/
                 f"base_url must be an {' or '.join(s.rstrip(':/') for s in schemes)} URL such as "
                 f"'http://127.0.0.1:8000/v1', got {url!r}"
             )
-        url = url.rstrip("/")
+        url = _checked(url).rstrip("/")
+        if not urlsplit(url).path:
+            url += "/v1"  # "http://host:8000": the OpenAI API's root, where streams already looked for it
         if url not in out:
             out.append(url)
     return tuple(out)
+
+
+def _checked(url: str) -> str:
+    """``url``, or a `ValueError` now for what would fail at the first call (a bad port, a broken IPv6
+    literal, no host, whitespace), deep inside the HTTP or WebSocket client."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError as exc:
+        raise ValueError(f"base_url {url!r} is not a valid URL: {exc}") from None
+    if not parts.hostname:
+        raise ValueError(f"base_url {url!r} names no host; e.g. 'http://127.0.0.1:8000/v1'")
+    if any(c.isspace() or ord(c) < 32 for c in url):
+        raise ValueError(f"base_url {url!r} contains whitespace or a control character")
+    return url
 
 
 def attempt_budget(left: float | None, cap: float | None, *, another_follows: bool) -> float | None:
