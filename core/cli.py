@@ -347,6 +347,8 @@ def serve(
     Limits and the security model: docs/security.md."""
     import os
 
+    from .backends.openai_wire import api_key_problem
+
     # What a client could exploit is checked before the model loads, so a mistake fails in a second.
     if api_key is None and os.environ.get("QWENGUARD_API_KEY") is not None:
         api_key = os.environ["QWENGUARD_API_KEY"]  # typer reads an empty variable as unset: it is a mistake
@@ -355,6 +357,8 @@ def serve(
             "the API key is empty (--api-key or QWENGUARD_API_KEY): set a key, or leave both unset "
             "to serve without authentication on loopback"
         )
+    if api_key is not None and (problem := api_key_problem(api_key)):
+        raise fail(f"{problem} (--api-key or QWENGUARD_API_KEY): no client could send it")
     loopback = host in ("127.0.0.1", "localhost", "::1")
     if api_key is None and not loopback and not allow_unauthenticated:
         raise fail(

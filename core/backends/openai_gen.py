@@ -72,6 +72,7 @@ from .base import Conversation, Outcome
 from .openai_wire import (
     RETRY_STATUS,
     RemoteHTTPError,
+    api_key_problem,
     error_text,
     parse_logprobs,
     retry_after,
@@ -306,7 +307,9 @@ class OpenAIGen:
         # Replies uncompressed: a verdict is a few hundred bytes, and a compressed body is inflated a whole
         # network chunk at a time (up to ~1000x) before max_reply_bytes can count it.
         headers_ = {"Accept": "application/json", "Accept-Encoding": "identity", **(headers or {})}
-        if api_key:
+        if api_key:  # "" as None: an engine without auth (an unset variable; a server that wants one says 401)
+            if problem := api_key_problem(api_key):
+                raise ValueError(problem)
             headers_["Authorization"] = f"Bearer {api_key}"
         timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
         limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)

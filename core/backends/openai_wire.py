@@ -15,7 +15,15 @@ from ..errors import GuardUnavailable
 from ..formats.prompts import SAFETY_LABELS
 from ..verdict import Risk
 
-__all__ = ["RemoteHTTPError", "retry_after", "error_message", "error_text", "parse_logprobs", "RETRY_STATUS"]
+__all__ = [
+    "RemoteHTTPError",
+    "api_key_problem",
+    "retry_after",
+    "error_message",
+    "error_text",
+    "parse_logprobs",
+    "RETRY_STATUS",
+]
 
 #: Statuses worth retrying: overload (429) and server-side failures.
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -32,6 +40,18 @@ class RemoteHTTPError(GuardUnavailable):
     @property
     def retryable(self) -> bool:
         return self.status in RETRY_STATUS
+
+
+def api_key_problem(key: object) -> str | None:
+    """What makes ``key`` unusable as a Bearer token (``Authorization`` is an ASCII header: a newline left by
+    a secret file, a space or a non-ASCII character fails every request), or None when it is fine."""
+    if not isinstance(key, str) or not key.strip():
+        return "api_key is empty"
+    if key != key.strip():
+        return "api_key has leading or trailing whitespace (a newline read from a secret file?)"
+    if not all(33 <= ord(c) <= 126 for c in key):
+        return "api_key may hold only visible ASCII characters (it is sent in an HTTP header)"
+    return None
 
 
 def retry_after(value: str | None) -> float | None:

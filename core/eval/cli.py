@@ -62,9 +62,18 @@ def _served_model(base_url: str, api_key: str | None) -> str:
     """The one model a server lists at ``/models`` (so ``--remote URL`` alone works against it)."""
     import httpx
 
+    from ..backends.openai_wire import api_key_problem
+    from ..backends.replicas import base_urls
+
+    if api_key and (problem := api_key_problem(api_key)):
+        raise QwenGuardError(f"{problem} (--api-key or QWENGUARD_API_KEY)")
+    try:
+        base_url = base_urls(base_url)[0]  # as the checks will read it ("http://host:8000" is its /v1)
+    except ValueError as exc:
+        raise QwenGuardError(f"--remote: {exc}") from None
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        resp = httpx.get(base_url.rstrip("/") + "/models", headers=headers, timeout=10.0)
+        resp = httpx.get(base_url + "/models", headers=headers, timeout=10.0)
         resp.raise_for_status()
         ids = [m["id"] for m in resp.json().get("data", [])]
     except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:

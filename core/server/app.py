@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..backends.openai_wire import api_key_problem
 from .connections import server_config
 from .gate import BodyRoute, Gate, Load
 from .limits import Limits
@@ -36,8 +37,12 @@ from .stream_protocol import stream_session
 def check_api_key(api_key: str | None) -> None:
     """``None`` serves without auth; an empty or blank key is a mistake (an unset secret, a typo), not
     a request for an open server, so it is refused instead of silently serving without auth."""
-    if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
+    if api_key is None:
+        return
+    if not isinstance(api_key, str) or not api_key.strip():
         raise ValueError("api_key is empty: pass a non-empty key, or None to serve without authentication")
+    if problem := api_key_problem(api_key):  # no client could ever send it
+        raise ValueError(problem)
 
 
 def create_app(
