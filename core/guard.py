@@ -223,6 +223,8 @@ class Guard:
         mode: str = "chat",
         tokenizer: Any = None,
         max_context: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        verify: Any = None,
         stream: bool | str | Sequence[str] = False,
         stream_options: Mapping[str, Any] | None = None,
         policy: Policy | None = None,
@@ -241,6 +243,16 @@ class Guard:
         ``max_frame_bytes``, ...). Other options go to `OpenAIGen` (timeouts, retries, ``max_concurrency``,
         logprobs, windows) or to `Guard` (cache_size, listeners, ...).
 
+        Checks and stream sessions reach the servers alike (docs/remote.md, "Proxies, headers and TLS"):
+        ``headers`` go on every request and every stream handshake (the ``Authorization`` of ``api_key``
+        wins); both take the proxy httpx reads from the environment (``HTTP_PROXY``, ``HTTPS_PROXY``,
+        ``ALL_PROXY``, ``NO_PROXY``); ``verify`` (httpx's meaning: ``True``, ``False``, a CA bundle path,
+        or an ``ssl.SSLContext``; None: each client's default) checks the certificates of ``https://`` and
+        ``wss://`` servers, e.g. ``verify="/etc/guard/ca.pem"`` for a private CA. With ``verify`` the checks
+        get a transport built for it (env proxies kept), so it cannot be combined with ``transport=``;
+        ``stream_options={"verify": ...}`` or ``{"headers": ...}`` set the streams' own.
+        ``guard.close()`` / ``aclose()`` closes both: later checks and stream sessions are guard errors.
+
         ``base_url`` may be a list of replicas (or one load balancer's URL): a check that fails on one is
         retried on another, and a stream session whose replica dies or restarts is re-opened on another
         and replayed, releasing nothing the new session has not judged (docs/scaling.md). ``stream`` may
@@ -250,6 +262,16 @@ class Guard:
 
         guard_keys = {"cache_size", "cache_bytes", "max_chars", "max_messages", "listeners", "parallel_input"}
         guard_kwargs = {k: opts.pop(k) for k in list(opts) if k in guard_keys}
+        context = None
+        if verify is not None:
+            from .backends.openai_gen import DEFAULT_MAX_CONCURRENCY
+            from .backends.transport import checks_transport, ssl_context
+
+            if opts.get("transport") is not None or opts.get("async_transport") is not None:
+                raise ValueError("pass verify= or transport=, not both: verify= builds the checks' transport")
+            context = ssl_context(verify)  # one context: checks and streams trust the same CAs
+            connections = opts.get("max_concurrency", DEFAULT_MAX_CONCURRENCY)
+            opts["transport"] = checks_transport(context, max_connections=connections)
         backend = OpenAIGen(
             base_url,
             model=model,
@@ -257,6 +279,7 @@ class Guard:
             mode=mode,  # type: ignore[arg-type]
             tokenizer=tokenizer,
             max_context=max_context,
+            headers=headers,
             **opts,
         )
         if stream_options and not stream:
@@ -267,7 +290,7 @@ class Guard:
         if stream:
             from .backends.remote_stream import RemoteStream
 
-            stream_kwargs = {"api_key": api_key, **(stream_options or {})}
+            stream_kwargs = {"api_key": api_key, "headers": headers, "verify": context, **(stream_options or {})}
             stream_backend = RemoteStream(base_url if stream is True else stream, **stream_kwargs)
         return cls(backend, policy, stream_backend=stream_backend, **guard_kwargs)
 

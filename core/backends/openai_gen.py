@@ -310,6 +310,8 @@ class OpenAIGen:
         if api_key:  # "" as None: an engine without auth (an unset variable; a server that wants one says 401)
             if problem := api_key_problem(api_key):
                 raise ValueError(problem)
+            # api_key wins over an Authorization in ``headers``, whatever its case (httpx would send both).
+            headers_ = {k: v for k, v in headers_.items() if k.lower() != "authorization"}
             headers_["Authorization"] = f"Bearer {api_key}"
         timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
         limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)

@@ -22,11 +22,21 @@ server's failure does not let the rest out unchecked.
 
 Cancellation (async): cancelling ``afeed``/``afinish`` never loses the exchange in flight; the next call
 completes it first (`CancelSafeLane`). A sync call interrupted by ``KeyboardInterrupt`` closes the monitor.
+
+The connection follows the contract of the checks' HTTP client (`OpenAIGen`, httpx), so that a stream and
+a check to the same server take the same route: the same extra ``headers`` on the handshake (the
+``Authorization`` of ``api_key`` wins over one in ``headers``); the proxy httpx would pick from the
+environment for the equivalent ``http(s)://`` URL (`proxy_for`: ``HTTP_PROXY`` for ``ws://``,
+``HTTPS_PROXY`` for ``wss://``, ``ALL_PROXY`` for both, ``NO_PROXY`` bypassing), never websockets' own
+choice (which prefers the HTTPS proxy even for ``ws://`` and ignores ``ALL_PROXY``); and one ``verify``
+(httpx's meaning: a bool, a CA bundle path, an ``ssl.SSLContext``) for ``wss://``. ``close()`` refuses
+new sessions as a closed `OpenAIGen` refuses checks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import time
 from collections.abc import (
     AsyncIterable,
@@ -39,10 +49,11 @@ from collections.abc import (
 )
 from typing import Any
 
-from ..errors import GuardViolation
+from ..errors import GuardUnavailable, GuardViolation, MissingDependency
 from ..streaming.cancel_safe import CancelSafeLane
 from ..streaming.misuse import AsyncOnly, SyncOnly
 from ..verdict import Stage
+from .openai_wire import api_key_problem
 from .replicas import DEFAULT_COOLDOWN_S, Replicas, base_urls
 from .send_watchdog import send_deadline, shutdown_socket
 from .stream_session import (
@@ -55,6 +66,7 @@ from .stream_session import (
     decision_from_dict,
     parse_frame,
 )
+from .transport import Verify, proxy_for, ssl_context, without_password
 
 __all__ = [
     "DEFAULT_MAX_FAILOVERS",
@@ -112,6 +124,25 @@ def stream_url(base_url: str) -> str:
     return url + "/stream"
 
 
+#: Headers the WebSocket handshake sets itself; a second one (``headers={"Host": ...}``) would break it.
+HANDSHAKE_HEADERS = frozenset(
+    {
+        "host",
+        "upgrade",
+        "connection",
+        "content-length",
+        "transfer-encoding",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+        "sec-websocket-accept",
+    }
+)
+#: What a closed backend answers, the words of a closed `OpenAIGen`.
+CLOSED = "the remote guard backend is closed"
+
+
 async def _received(ws: Any) -> Frame:
     """The next frame of ``ws``; one over `PARSE_INLINE_BYTES` comes back parsed, by a worker thread.
 
@@ -132,7 +163,20 @@ class RemoteStream:
     refused in a call, re-opens wait ``backoff_s``, doubling up to ``max_backoff_s``, or the refusal's
     ``Retry-After``, within the deadline).
     ``max_frame_bytes``: the largest frame accepted from the server (`DEFAULT_MAX_FRAME_BYTES`); a larger
-    one ends the session as a guard error (the policy's ``on_error`` decides), and is not re-opened for."""
+    one ends the session as a guard error (the policy's ``on_error`` decides), and is not re-opened for.
+
+    As the checks' client (`OpenAIGen`) does: ``headers`` go on every handshake (the ``Authorization`` built
+    from ``api_key`` replaces one in ``headers``; the handshake's own, such as ``Host`` or ``Upgrade``, are
+    refused: ``ValueError``); the proxy is the one httpx takes from the environment for the same server
+    (`proxy_for`), read at each connection; ``verify`` (httpx's meaning, `ssl_context`) checks a ``wss://``
+    server's certificate (None: websockets' default, the system's CAs). A SOCKS proxy needs
+    ``python-socks``: without it a session is a guard error saying so (`MissingDependency`), as a check is.
+
+    ``close()`` refuses what comes next, as a closed `OpenAIGen` refuses checks: opening a session, and the
+    next ``feed``/``finish`` of a monitor opened before, are a guard error ("the remote guard backend is
+    closed", decided by the policy's ``on_error``: `GuardUnavailable` by default) and that monitor's
+    connection is closed; an exchange already in flight in another thread or task completes. Closing a
+    monitor stays each monitor's own job (``with`` / ``async with``)."""
 
     def __init__(
         self,
@@ -147,6 +191,8 @@ class RemoteStream:
         backoff_s: float = DEFAULT_BACKOFF_S,
         max_backoff_s: float = DEFAULT_MAX_BACKOFF_S,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        headers: Mapping[str, str] | None = None,
+        verify: Verify | None = None,
     ) -> None:
         if not isinstance(max_frame_bytes, int) or isinstance(max_frame_bytes, bool) or max_frame_bytes < 1:
             raise ValueError(f"max_frame_bytes must be a positive int of bytes, got {max_frame_bytes!r}")
@@ -159,7 +205,9 @@ class RemoteStream:
         self.url = urls[0]
         self.urls = urls
         self.name = f"remote-stream:{self.url}" if len(urls) == 1 else f"remote-stream:{list(urls)}"
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.headers = _handshake_headers(headers, api_key)
+        #: The TLS context of ``wss://`` connections (None: websockets' default).
+        self.ssl = None if verify is None else ssl_context(verify)
         self.open_timeout_s = open_timeout_s
         self.reply_timeout_s = reply_timeout_s
         self.max_failovers = max_failovers
@@ -167,6 +215,7 @@ class RemoteStream:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.max_frame_bytes = max_frame_bytes
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"RemoteStream({self.url if len(self.urls) == 1 else list(self.urls)!r})"
@@ -181,8 +230,54 @@ class RemoteStream:
     ) -> AsyncRemoteStreamMonitor:
         return AsyncRemoteStreamMonitor(self, guard, prompt, **options)
 
-    def close(self) -> None:  # connections belong to monitors
-        pass
+    def connect_options(self, url: str) -> dict[str, Any]:
+        """What websockets' ``connect`` is given for ``url`` besides limits: headers, TLS and the proxy.
+        Raises `GuardUnavailable` once closed, `MissingDependency` when the proxy cannot be used."""
+        self.check_open()
+        options: dict[str, Any] = {"additional_headers": self.headers}
+        if self.ssl is not None and url.startswith("wss://"):
+            options["ssl"] = self.ssl  # websockets refuses a context for ws://
+        proxy = proxy_for(url)
+        if proxy is not None and proxy.startswith("socks") and importlib.util.find_spec("python_socks") is None:
+            raise MissingDependency(
+                f"python-socks is not installed: the stream server {url} is reached through the SOCKS proxy "
+                f"{without_password(proxy)} (from the environment, as the checks' httpx reads it); "
+                f"pip install python-socks"
+            )
+        options["proxy"] = proxy  # None: direct, never websockets' own reading of the environment
+        return options
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def check_open(self) -> None:
+        """Raise `GuardUnavailable` once `close` was called."""
+        if self._closed:
+            raise GuardUnavailable(CLOSED)
+
+    def close(self) -> None:
+        """Refuse new sessions and the next exchange of open monitors (see the class docstring); each
+        monitor still closes its own connection."""
+        self._closed = True
+
+
+def _handshake_headers(headers: Mapping[str, str] | None, api_key: str | None) -> dict[str, str]:
+    """``headers`` plus the ``Authorization`` of ``api_key``, which wins as in `OpenAIGen` (whatever its case)."""
+    if api_key and (problem := api_key_problem(api_key)):
+        raise ValueError(problem)
+    out: dict[str, str] = {}
+    for name, value in (headers or {}).items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError(f"headers must map str to str, got {name!r}: {type(value).__name__}")
+        if name.lower() in HANDSHAKE_HEADERS:
+            raise ValueError(f"a stream session cannot send its own {name!r} header: the WebSocket handshake sets it")
+        if api_key and name.lower() == "authorization":
+            continue
+        out[name] = value
+    if api_key:
+        out["Authorization"] = f"Bearer {api_key}"
+    return out
 
 
 class RemoteStreamMonitor(_Session, SyncOnly):
@@ -217,6 +312,10 @@ class RemoteStreamMonitor(_Session, SyncOnly):
         # What the call returns is all it released, also by attempts that failed part-way (a replay that
         # released some text, then lost its replica): that text is out, and the caller must get it.
         mark = self._released_len
+        if self.backend.closed:  # as a closed OpenAIGen refuses a check: a guard error, the policy decides
+            self._close_ws()
+            self._fail(GuardUnavailable(CLOSED), stage)
+            return self._released_since(mark)
         while True:
             try:
                 if pause:
@@ -257,13 +356,14 @@ class RemoteStreamMonitor(_Session, SyncOnly):
         from websockets.sync.client import connect
 
         url = self.backend.replicas.pick(exclude=tried)
+        options = self.backend.connect_options(url)  # closed, or an unusable proxy: no replica is blamed
         # __enter__ marks the connection as managed here (websockets >= 17 warns otherwise);
         # this monitor closes it in close()/__exit__.
         self._endpoint = url
         self.backend.replicas.acquire(url)
         self._ws = connect(
             url,
-            additional_headers=self.backend.headers,
+            **options,
             open_timeout=attempt.left(self.backend.open_timeout_s),
             close_timeout=CLOSE_TIMEOUT_S,
             max_size=self.backend.max_frame_bytes,
@@ -407,6 +507,10 @@ class AsyncRemoteStreamMonitor(_Session, AsyncOnly):
         reopens = 0
         pause = 0.0
         mark = self._released_len  # the call returns all it released (see `RemoteStreamMonitor._call`)
+        if self.backend.closed:
+            await self._aclose_ws()
+            self._fail(GuardUnavailable(CLOSED), stage)
+            return self._released_since(mark)
         while True:
             try:
                 if pause:
@@ -452,11 +556,12 @@ class AsyncRemoteStreamMonitor(_Session, AsyncOnly):
         from websockets.asyncio.client import connect
 
         url = self.backend.replicas.pick(exclude=tried)
+        options = self.backend.connect_options(url)
         self._endpoint = url
         self.backend.replicas.acquire(url)
         self._ws = await connect(
             url,
-            additional_headers=self.backend.headers,
+            **options,
             open_timeout=self.backend.open_timeout_s,
             close_timeout=CLOSE_TIMEOUT_S,
             max_size=self.backend.max_frame_bytes,

@@ -1,0 +1,132 @@
+"""How a remote client reaches its servers: the proxy the environment names, and the TLS it trusts.
+
+Checks (`OpenAIGen`, httpx) and stream sessions (`RemoteStream`, websockets) take the same route to the same
+server: the proxy httpx would pick from the environment (`proxy_for`: ``HTTP_PROXY`` for ``http``/``ws``,
+``HTTPS_PROXY`` for ``https``/``wss``, ``ALL_PROXY`` for both, ``NO_PROXY`` bypassing; websockets' own reading
+prefers the HTTPS proxy even for ``ws://`` and ignores ``ALL_PROXY``), and one ``verify`` (httpx's meaning) for
+both (`ssl_context`; `checks_transport` keeps the environment's proxies for checks given one).
+
+The proxy table is httpx's own (``httpx._utils``, what its clients build their mounts with): the standard
+library reads ``NO_PROXY`` otherwise (".example.com", a "*" among other names, scheme- or port-qualified
+names, IPv6), and some sessions would take another route than the checks. Should httpx move those helpers,
+the standard library's reading is the fallback.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import threading
+import urllib.parse
+import urllib.request
+from typing import Any, TypeAlias
+
+__all__ = ["Verify", "checks_transport", "proxy_for", "ssl_context", "without_password"]
+
+#: What ``verify`` may be, in httpx's meaning: verify against the default CAs (True) or not at all (False),
+#: a CA bundle file or directory, or a ready ``ssl.SSLContext``.
+Verify: TypeAlias = "bool | str | os.PathLike[str] | ssl.SSLContext"
+
+
+def ssl_context(verify: Verify) -> ssl.SSLContext:
+    """``verify`` as an ``ssl.SSLContext``, with httpx's meaning, so checks and streams trust the same CAs.
+
+    ``True``: httpx's default context (certifi's CAs, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` when set);
+    ``False``: no verification; a path: that CA bundle (a file) or CA directory; a context: itself."""
+    if isinstance(verify, ssl.SSLContext):
+        return verify
+    if isinstance(verify, bool):
+        import httpx
+
+        return httpx.create_ssl_context(verify=verify)
+    if isinstance(verify, (str, os.PathLike)):
+        path = os.fspath(verify)
+        if os.path.isdir(path):
+            return ssl.create_default_context(capath=path)
+        return ssl.create_default_context(cafile=path)  # FileNotFoundError names a path that is not there
+    raise TypeError(f"verify must be a bool, a CA bundle path or an ssl.SSLContext, got {type(verify).__name__}")
+
+
+def _environment_proxies() -> list[tuple[Any, str | None]]:
+    """The proxy table httpx builds from the environment (``trust_env``), most specific pattern first."""
+    from httpx._utils import URLPattern, get_environment_proxies
+
+    # The checks' client builds its mounts with exactly these two helpers and matches them in this order
+    # (`httpx.AsyncClient._transport_for_url`). The standard library's `proxy_bypass_environment` reads
+    # NO_PROXY otherwise (".example.com", a "*" among other names, scheme- or port-qualified names, IPv6):
+    # with it, some stream sessions would again take another route than the checks.
+    return sorted((URLPattern(pattern), proxy) for pattern, proxy in get_environment_proxies().items())
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy a request of httpx to ``url`` goes through by the environment's rules (None: direct).
+
+    ``ws://`` and ``wss://`` are asked as ``http://`` and ``https://``: ``HTTP_PROXY`` for ``ws://``,
+    ``HTTPS_PROXY`` for ``wss://``, ``ALL_PROXY`` for both, a host in ``NO_PROXY`` (or ``NO_PROXY=*``)
+    goes direct; a proxy without a scheme is ``http://``, as httpx reads it."""
+    if url.startswith(("ws://", "wss://")):
+        url = "http" + url[2:]
+    import httpx
+
+    target = httpx.URL(url)
+    try:
+        table = _environment_proxies()
+    except ImportError:  # pragma: no cover - an httpx that moved its helpers: the standard library's reading
+        proxies = urllib.request.getproxies()
+        if urllib.request.proxy_bypass_environment(target.host, proxies):  # type: ignore[attr-defined]
+            return None
+        proxy = proxies.get(target.scheme) or proxies.get("all")
+        return None if not proxy else proxy if "://" in proxy else "http://" + proxy
+    for pattern, proxy in table:
+        if pattern.matches(target):
+            return proxy
+    return None
+
+
+def without_password(proxy: str) -> str:
+    parts = urllib.parse.urlsplit(proxy)
+    if parts.password is None:
+        return proxy
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def checks_transport(verify: Verify, *, max_connections: int) -> Any:
+    """An ``httpx.AsyncBaseTransport`` for `OpenAIGen` that verifies TLS with ``verify`` and still goes
+    through the proxy the environment names for each URL (`proxy_for`).
+
+    An httpx client given a transport reads no proxy from the environment; this one reads the table once, on
+    its first request (as a client does when it is made), and keeps one ``httpx.AsyncHTTPTransport`` per
+    proxy (None: direct), each with ``verify``'s context and the client's connection limits."""
+    import httpx
+
+    context = ssl_context(verify)
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+
+    class EnvProxyTransport(httpx.AsyncBaseTransport):
+        def __init__(self) -> None:
+            self._table: list[tuple[Any, str | None]] | None = None
+            self._routes: dict[str | None, httpx.AsyncHTTPTransport] = {}
+            self._lock = threading.Lock()
+
+        def _route(self, url: httpx.URL) -> httpx.AsyncHTTPTransport:
+            with self._lock:
+                if self._table is None:
+                    self._table = _environment_proxies()
+                proxy = next((p for pattern, p in self._table if pattern.matches(url)), None)
+                route = self._routes.get(proxy)
+                if route is None:
+                    route = self._routes[proxy] = httpx.AsyncHTTPTransport(verify=context, limits=limits, proxy=proxy)
+                return route
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            return await self._route(request.url).handle_async_request(request)
+
+        async def aclose(self) -> None:
+            with self._lock:
+                routes, self._routes, self._table = list(self._routes.values()), {}, None
+            for route in routes:
+                await route.aclose()
+
+    return EnvProxyTransport()
