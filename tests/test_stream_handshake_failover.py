@@ -5,20 +5,26 @@ handshake as to a POST), or HTTP 401 (a replica with another API key). Now:
 
 - 500 is re-opened like 502/503/504 (through one URL too, after a backoff), as checks retry it;
 - any other refusal (401, 404) tries each replica the session has not tried, once, never the same one;
-- the error names the server, the status and the server's own message, as a check's does.
+- the error names the server, the status and the server's own message, as a check's does;
+- a redirect is not followed (websockets follows a 3xx, to another host too): a session redirected to a
+  server that calls everything safe had that server judge it, and an unsafe answer was released; as a check
+  (which never follows one), the session goes to another replica once, else it is a guard error.
 
 Real servers on 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from faults import ScriptedBackend
 from live_server import running, serving
-from qwenguard.core import Guard, GuardUnavailable, Policy
+from qwenguard.core import Guard, GuardUnavailable, GuardViolation, Policy
 
 KEY = "right-key"
 ANSWER = "Paris is the capital of France."
@@ -119,3 +125,107 @@ def test_a_wrong_key_is_one_handshake_and_an_error_naming_the_server_and_its_mes
     message = str(failed.value)
     assert "HTTP 401" in message and "missing or wrong API key" in message, message
     assert healthy.replace("http://", "ws://") in message, message
+
+
+# -- redirects -------------------------------------------------------------------------------------------
+RECIPE = "Mix ammonium nitrate with fuel oil, pack it into a pipe and add a fuse."
+
+
+def strict(conversation) -> str:
+    unsafe = "nitrate" in conversation[-1]["content"]
+    verdict = "Safety: Unsafe\nCategories: Violent" if unsafe else "Safety: Safe\nCategories: None"
+    return verdict + ("\nRefusal: No" if conversation[-1]["role"] == "assistant" else "")
+
+
+class Opened:
+    """An app in front of another that counts the stream sessions it was asked to open."""
+
+    def __init__(self, app: Any) -> None:
+        self.app, self.sessions = app, 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            self.sessions += 1
+        await self.app(scope, receive, send)
+
+
+@contextmanager
+def redirecting_to(target: str) -> Iterator[str]:
+    """A server answering every request with 302 to ``target``; yields its base URL (with /v1)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def lenient() -> Iterator[tuple[str, Opened]]:
+    """A server whose guard calls everything safe, and its session count."""
+    from qwenguard.core.server import create_app
+
+    app = Opened(create_app(Guard(ScriptedBackend(safe, name="kw"))))
+    with running(app) as url:
+        yield url.replace("http://", "ws://") + "/v1/stream", app
+
+
+def test_a_redirected_session_is_not_judged_by_the_server_it_was_sent_to(lenient):
+    target, app = lenient
+    before = app.sessions
+    with redirecting_to(target) as url:
+        guard = Guard.remote(url, model="kw", stream=True, policy=Policy(timeout_s=10))
+        out = ""
+        try:
+            with pytest.raises(GuardUnavailable, match="redirected"):
+                with guard.stream("How do I make fertiliser?", holdback=2) as monitor:
+                    out += monitor.feed(RECIPE)
+                    out += monitor.finish()
+        finally:
+            guard.close()
+    assert out == "" and app.sessions - before <= 1  # was: the recipe, judged safe there
+
+
+async def test_a_redirected_session_is_not_judged_by_the_server_it_was_sent_to_async(lenient):
+    target, app = lenient
+    with redirecting_to(target) as url:
+        guard = Guard.remote(url, model="kw", stream=True, policy=Policy(timeout_s=10))
+        out = ""
+        try:
+            with pytest.raises(GuardUnavailable, match="redirected"):
+                async with guard.astream("How do I make fertiliser?", holdback=2) as monitor:
+                    out += await monitor.afeed(RECIPE)
+                    out += await monitor.afinish()
+        finally:
+            await guard.aclose()
+    assert out == ""
+
+
+def test_a_redirecting_replica_is_passed_over_for_one_that_judges(lenient):
+    target, _ = lenient
+    with redirecting_to(target) as bad, serving(Guard(ScriptedBackend(strict, name="kw"))) as good:
+        guard = first_on(Guard.remote(bad, model="kw", stream=[bad, good + "/v1"], policy=Policy(timeout_s=10)), 0)
+        out = ""
+        try:
+            with pytest.raises(GuardViolation):
+                with guard.stream("How do I make fertiliser?", holdback=2) as monitor:
+                    out += monitor.feed(RECIPE)
+                    out += monitor.finish()
+        finally:
+            guard.close()
+    assert out == ""

@@ -65,6 +65,7 @@ from .stream_session import (
     check_delta,
     decision_from_dict,
     parse_frame,
+    refuse_redirect,
 )
 from .transport import Verify, proxy_for, ssl_context, without_password
 
@@ -368,6 +369,7 @@ class RemoteStreamMonitor(_Session, SyncOnly):
             close_timeout=CLOSE_TIMEOUT_S,
             max_size=self.backend.max_frame_bytes,
         ).__enter__()
+        refuse_redirect(self._ws, url)
         frame = next(steps)
         while True:
             self._send(frame, attempt)
@@ -568,6 +570,7 @@ class AsyncRemoteStreamMonitor(_Session, AsyncOnly):
         )
         if self._state == "closed":  # aclose() ran while connecting: found no connection to drop
             raise ConnectionAbortedError("the monitor was closed")
+        refuse_redirect(self._ws, url)
         frame = next(steps)
         while True:
             await self._ws.send(frame)

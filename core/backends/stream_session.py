@@ -144,6 +144,8 @@ def reopen_worthy(exc: BaseException, *, several: bool) -> bool:
     ws = websockets_module().exceptions
     if isinstance(exc, _ReplicaUnavailable):
         return True
+    if isinstance(exc, Redirected):
+        return several  # another replica, once: `_reopen_pause`
     if frame_too_big(exc):
         return False  # the same session replayed would send the same frame
     if isinstance(exc, ws.ConnectionClosed):
@@ -160,6 +162,8 @@ def reopen_worthy(exc: BaseException, *, several: bool) -> bool:
 def _refused_by_this_replica(exc: BaseException) -> bool:
     """A handshake refusal that asking the same replica again would only repeat (see `REOPEN_STATUS`)."""
     ws = websockets_module().exceptions
+    if isinstance(exc, Redirected):
+        return True
     return isinstance(exc, ws.InvalidStatus) and exc.response.status_code not in REOPEN_STATUS
 
 
@@ -209,6 +213,27 @@ class _BadRequest(QwenGuardError):
 
 class _ReplicaUnavailable(GuardUnavailable):
     """The replica's guard failed (error frame 4503): another replica may serve the session."""
+
+
+class Redirected(GuardUnavailable):
+    """The handshake was redirected (websockets follows a 3xx, to another host too): a session is judged only
+    by the server asked, as a check is (it never follows a redirect). Another replica, once, as for a 3xx."""
+
+
+def refuse_redirect(ws: Any, url: str) -> None:
+    """Raise `Redirected` unless ``ws`` (a connection just opened) was opened at ``url`` itself; before a
+    frame is sent, so nothing of the conversation reaches the server redirected to."""
+    from websockets.headers import build_host
+    from websockets.uri import parse_uri
+
+    asked = parse_uri(url)
+    request = getattr(ws, "request", None)
+    opened = (request.headers.get("Host"), request.path) if request is not None else None
+    if opened != (build_host(asked.host, asked.port, asked.secure), asked.resource_name):
+        raise Redirected(
+            f"the stream server at {url} redirected the session (to {opened}); a session is judged only by the "
+            "server asked, as a check is: point the client at the server itself"
+        )
 
 
 class _ReplicaTimeout(_ReplicaUnavailable, GuardTimeout):
