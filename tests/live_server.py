@@ -7,10 +7,35 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import uvicorn
 from qwenguard.core.server import create_app
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A scripted HTTP/1.1 handler that logs nothing; subclass it with ``do_GET``/``do_POST``."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def http_serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A plain ``http.server`` with ``handler`` on a free loopback port; yields ``http://127.0.0.1:PORT``."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 @contextmanager

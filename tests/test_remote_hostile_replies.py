@@ -17,14 +17,13 @@ import json
 import math
 import random
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from live_server import QuietHandler, http_serving
 from qwenguard.core import Guard, GuardUnavailable, Policy
 from qwenguard.core.backends import openai_gen
 from qwenguard.core.backends import stream_session as stream_session_module
@@ -69,12 +68,7 @@ def hostile_reply(head: list[dict[str, Any]], nbytes: int = DEFAULT_MAX_REPLY_BY
 def http_engine(body: bytes) -> Iterator[str]:
     """An OpenAI-shaped engine answering every POST with ``body``; yields its base URL."""
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
+    class Handler(QuietHandler):
         def _send(self, data: bytes) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -89,16 +83,8 @@ def http_engine(body: bytes) -> Iterator[str]:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             self._send(body)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with http_serving(Handler) as base:
+        yield base + "/v1"
 
 
 class Counted(list):  # type: ignore[type-arg]

@@ -15,15 +15,13 @@ Real servers on 127.0.0.1.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from faults import ScriptedBackend
-from live_server import running, serving
+from live_server import QuietHandler, http_serving, running, serving
 from qwenguard.core import Guard, GuardUnavailable, GuardViolation, Policy
 
 KEY = "right-key"
@@ -153,26 +151,15 @@ class Opened:
 def redirecting_to(target: str) -> Iterator[str]:
     """A server answering every request with 302 to ``target``; yields its base URL (with /v1)."""
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             self.send_response(302)
             self.send_header("Location", target)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_serving(Handler) as base:
+        yield base + "/v1"
 
 
 @pytest.fixture(scope="module")
