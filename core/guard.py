@@ -282,6 +282,11 @@ class Guard:
             headers=headers,
             **opts,
         )
+        if stream is None:
+            stream = False
+        if not isinstance(stream, (bool, str, Sequence)) or (stream is not False and not stream):
+            # stream=[] or "" (an empty setting) meant no streams at all, silently; so did 0.
+            raise ValueError(f"stream must be True, False, a stream server's URL or a list of them, got {stream!r}")
         if stream_options and not stream:
             raise ValueError("stream_options need stream=True (or the stream servers' URL)")
         if stream_options and "base_url" in stream_options:

@@ -73,3 +73,21 @@ def test_a_bad_base_url_is_refused_when_the_guard_is_built(url, says, stream):
         Guard.remote(url, model="kw", stream=stream)
     with pytest.raises(ValueError, match=says):
         Guard.remote("http://127.0.0.1:9/v1", model="kw", stream=[url])
+
+
+@pytest.mark.parametrize("stream", [[], "", 0], ids=["empty list", "empty string", "zero"])
+def test_an_empty_stream_setting_is_refused_not_read_as_no_streams(stream):
+    """Before: accepted, and the guard had no stream backend at all (streams then judged by Gen windows on
+    the checks' engine, or refused with a message about stream_options)."""
+    with pytest.raises(ValueError, match="stream must be"):
+        Guard.remote("http://127.0.0.1:9/v1", model="kw", stream=stream)
+
+
+@pytest.mark.parametrize("stream", [False, None])
+def test_false_or_none_means_no_stream_server(stream):
+    assert Guard.remote("http://127.0.0.1:9/v1", model="kw", stream=stream).stream_backend is None
+
+
+def test_one_stream_server_written_two_ways_is_one_replica():
+    guard = Guard.remote("http://127.0.0.1:9/v1", model="kw", stream=["ws://127.0.0.1:9", "http://127.0.0.1:9/v1/"])
+    assert guard.stream_backend.urls == ("ws://127.0.0.1:9/v1/stream",)  # was: the same URL twice

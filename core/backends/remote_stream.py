@@ -201,7 +201,8 @@ class RemoteStream:
             raise ValueError("max_failovers and max_session_failovers must be >= 0")
         if backoff_s < 0 or max_backoff_s < 0:
             raise ValueError("backoff_s and max_backoff_s must be >= 0")
-        urls = tuple(stream_url(u) for u in base_urls(base_url, schemes=("http://", "https://", "ws://", "wss://")))
+        given = base_urls(base_url, schemes=("http://", "https://", "ws://", "wss://"))
+        urls = tuple(dict.fromkeys(stream_url(u) for u in given))  # "http://a/v1" and "ws://a" are one replica
         self.replicas = Replicas(urls, cooldown_s=cooldown_s)
         self.url = urls[0]
         self.urls = urls
