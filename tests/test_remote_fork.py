@@ -98,3 +98,35 @@ def test_async_checks_in_a_forked_child_are_answered(url):
         assert in_child(work) == {"allowed": False, "reason": "unsafe"}
     finally:
         guard.close()
+
+
+@pytest.mark.parametrize("lock", ["wire", "replicas", "planner"])
+def test_a_lock_held_by_a_parent_thread_at_the_fork_does_not_hang_the_child(url, lock):
+    """A parent thread inside the client (picking a replica, planning a check, starting the loop) holds a lock
+    at the instant of the fork: the child inherits it held, and nothing there would ever release it."""
+    guard = Guard.remote(url, model="kw", policy=Policy(timeout_s=5.0), cache_size=0)
+    backend = guard.backend
+    held = {"wire": backend._wire_lock, "replicas": backend.replicas._lock, "planner": backend.planner._lock}[lock]
+    try:
+        assert guard.check_prompt("hello").allowed
+        held.acquire()  # as a parent thread would hold it, mid-call
+        try:
+            child = in_child(lambda: decided(guard.check_prompt(BOMB)), wait_s=20)
+        finally:
+            held.release()
+        assert child == {"allowed": False, "reason": "unsafe"}, child
+        assert guard.check_prompt(BOMB).reason == "unsafe"
+    finally:
+        guard.close()
+
+
+def test_checks_given_verify_in_a_forked_child_use_their_own_connections(url):
+    """``verify=`` builds the checks' transport (`checks_transport`), whose connection pools were the parent's
+    in the child (its sockets, its event loop): the child's first check was a guard error."""
+    guard = Guard.remote(url, model="kw", verify=True, policy=Policy(timeout_s=5.0), cache_size=0)
+    try:
+        assert guard.check_prompt("hello").allowed
+        child = in_child(lambda: [decided(guard.check_prompt("hi again")), decided(guard.check_prompt(BOMB))])
+        assert child == [{"allowed": True, "reason": "safe"}, {"allowed": False, "reason": "unsafe"}], child
+    finally:
+        guard.close()

@@ -45,8 +45,6 @@ import asyncio
 import concurrent.futures
 import json
 import logging
-import os
-import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
@@ -68,6 +66,7 @@ from ..formats.windows import (
     DEFAULT_WINDOW_OVERLAP,
 )
 from ..verdict import Risk, Verdict, worst
+from .after_fork import fork_safe_lock
 from .base import Conversation, Outcome
 from .openai_wire import (
     RETRY_STATUS,
@@ -117,19 +116,6 @@ _ERROR_BODY_BYTES = 64 << 10
 _GRACE_S = 2.0
 #: Inputs planned inline on the loop below this size when no tokenizer is involved (cheap string work).
 _INLINE_PLAN_CHARS = 20_000
-
-#: This process's clients, so that a forked child gets fresh locks (a parent thread may have held one at the
-#: fork, and nothing in the child would ever release it); their loop threads are replaced on first use.
-_CLIENTS: weakref.WeakSet[OpenAIGen] = weakref.WeakSet()
-
-
-def _fresh_locks_in_child() -> None:
-    for client in list(_CLIENTS):
-        client._wire_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_fresh_locks_in_child)
 #: A tokenizer's ``model_max_length`` above this is the "no limit" placeholder, not a context.
 _SANE_CONTEXT = 10_000_000
 #: A context a replica publishes at ``/models`` must hold the guard prompt and at least this many tokens of
@@ -325,8 +311,7 @@ class OpenAIGen:
 
         self._make_client = make_client
         self._wire: _Wire | None = None
-        self._wire_lock = threading.Lock()
-        _CLIENTS.add(self)
+        self._wire_lock = fork_safe_lock(self, "_wire_lock")  # a forked child starts its own wire (`_start`)
         self._closed = False
 
     def __repr__(self) -> str:

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from .after_fork import fork_safe_lock
+
 __all__ = ["LoopThread"]
 
 T = TypeVar("T")
@@ -30,7 +32,7 @@ class LoopThread:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         self._closed = False
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock(self, "_lock")
         self._pid = os.getpid()
 
     @property

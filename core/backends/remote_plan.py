@@ -20,7 +20,6 @@ How tokens are counted:
 
 from __future__ import annotations
 
-import threading
 import time
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -36,6 +35,7 @@ from ..formats.windows import (
     TokenCounter,
     WindowPlanner,
 )
+from .after_fork import fork_safe_lock
 
 __all__ = ["WireCheck", "CheckPlan", "RemotePlanner", "ByteCounter", "byte_bound", "DEFAULT_MAX_CONTEXT"]
 
@@ -110,7 +110,7 @@ class RemotePlanner:
         self.max_windows = max_windows
         self._planners: dict[int, WindowPlanner] = {}
         # Plans run in worker threads; one at a time, as a Rust tokenizer is not meant to be shared mid-call.
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock(self, "_lock")
 
     def prompt_budget(self, context: int) -> int:
         """Longest prompt of one request: what `TransformersGen` allows with a tokenizer; by bytes, the

@@ -12,11 +12,12 @@ a retry goes back to the same URL: behind a balancer that is another replica.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from urllib.parse import urlsplit
+
+from .after_fork import fork_safe_lock
 
 __all__ = ["DEFAULT_COOLDOWN_S", "Replicas", "attempt_budget", "base_urls"]
 
@@ -83,7 +84,7 @@ class Replicas:
         self._busy = dict.fromkeys(self.urls, 0)
         self._down_until = dict.fromkeys(self.urls, 0.0)
         self._turn = 0
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock(self, "_lock")
 
     def __len__(self) -> int:
         return len(self.urls)

@@ -109,8 +109,13 @@ def checks_transport(verify: Verify, *, max_connections: int) -> Any:
             self._table: list[tuple[Any, str | None]] | None = None
             self._routes: dict[str | None, httpx.AsyncHTTPTransport] = {}
             self._lock = threading.Lock()
+            self._pid = os.getpid()
 
         def _route(self, url: httpx.URL) -> httpx.AsyncHTTPTransport:
+            if self._pid != os.getpid():
+                # A forked child: the pools are the parent's (its sockets, its event loop), and so may the lock
+                # be; the client starts its own loop there (`OpenAIGen._start`) and these start anew with it.
+                self._pid, self._lock, self._routes, self._table = os.getpid(), threading.Lock(), {}, None
             with self._lock:
                 if self._table is None:
                     self._table = _environment_proxies()
