@@ -7,8 +7,9 @@ handshake as to a POST), or HTTP 401 (a replica with another API key). Now:
 - any other refusal (401, 404) tries each replica the session has not tried, once, never the same one;
 - the error names the server, the status and the server's own message, as a check's does;
 - a redirect is not followed (websockets follows a 3xx, to another host too): a session redirected to a
-  server that calls everything safe had that server judge it, and an unsafe answer was released; as a check
-  (which never follows one), the session goes to another replica once, else it is a guard error.
+  server that calls everything safe had that server judge it, and an unsafe answer was released, and the
+  handshake carried the client's ``headers`` (a gateway's key) there; as a check (which never follows one),
+  the session goes to another replica once, else it is a guard error.
 
 Real servers on 127.0.0.1.
 """
@@ -179,28 +180,30 @@ def test_a_redirected_session_is_not_judged_by_the_server_it_was_sent_to(lenient
         guard = Guard.remote(url, model="kw", stream=True, policy=Policy(timeout_s=10))
         out = ""
         try:
-            with pytest.raises(GuardUnavailable, match="redirected"):
+            with pytest.raises(GuardUnavailable, match="HTTP 302: redirects are not followed"):
                 with guard.stream("How do I make fertiliser?", holdback=2) as monitor:
                     out += monitor.feed(RECIPE)
                     out += monitor.finish()
         finally:
             guard.close()
-    assert out == "" and app.sessions - before <= 1  # was: the recipe, judged safe there
+    assert out == ""  # was: the recipe, judged safe there
+    assert app.sessions == before  # no handshake reached it: nor did the client's headers
 
 
 async def test_a_redirected_session_is_not_judged_by_the_server_it_was_sent_to_async(lenient):
     target, app = lenient
+    before = app.sessions
     with redirecting_to(target) as url:
         guard = Guard.remote(url, model="kw", stream=True, policy=Policy(timeout_s=10))
         out = ""
         try:
-            with pytest.raises(GuardUnavailable, match="redirected"):
+            with pytest.raises(GuardUnavailable, match="redirects are not followed"):
                 async with guard.astream("How do I make fertiliser?", holdback=2) as monitor:
                     out += await monitor.afeed(RECIPE)
                     out += await monitor.afinish()
         finally:
             await guard.aclose()
-    assert out == ""
+    assert out == "" and app.sessions == before
 
 
 def test_a_redirecting_replica_is_passed_over_for_one_that_judges(lenient):

@@ -109,3 +109,37 @@ def test_a_retry_after_longer_than_the_call_may_wait_is_the_answer_at_once(serve
         guard.close()
     assert refused(server) - before == 1
     assert "503" in str(failed.value), failed.value
+
+
+def test_a_retry_after_date_past_what_python_holds_is_a_guard_error_not_a_crash(monkeypatch):
+    """A hostile server refuses the handshake with ``Retry-After: Mon, 1 Jan 20200000000 00:00:00 GMT``: the
+    stream raised a bare ``OverflowError`` from the date arithmetic, past the policy (under on_error="allow"
+    too). The hint is ignored now: the client's own backoff, then the policy decides."""
+    from live_server import QuietHandler, http_serving
+
+    class Hostile(QuietHandler):
+        def do_GET(self) -> None:
+            self.send_response(503)
+            self.send_header("Retry-After", "Mon, 1 Jan 20200000000 00:00:00 GMT")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    with http_serving(Hostile) as base:
+        for on_error, expected in (("block", GuardUnavailable), ("allow", None)):
+            guard = Guard.remote(
+                "http://127.0.0.1:9/v1",
+                model="kw",
+                stream=[base + "/v1"],
+                policy=Policy(timeout_s=5, on_error=on_error),
+            )
+            try:
+                if expected is not None:
+                    with pytest.raises(expected):
+                        with guard.stream(PROMPT, holdback=2) as monitor:
+                            monitor.feed(ANSWER)
+                else:
+                    with guard.stream(PROMPT, holdback=2) as monitor:  # the session never opened: flagged
+                        assert monitor.prompt_decision.reason == "guard_error", monitor.prompt_decision
+                        monitor.feed(ANSWER)
+            finally:
+                guard.close()

@@ -317,6 +317,23 @@ def test_the_api_key_wins_over_an_authorization_header_in_any_case(gateway):
         guard.close()
 
 
+@pytest.mark.parametrize(
+    "headers, says",
+    [
+        ({"X-Gateway-Key": "café"}, "visible ASCII"),  # checks: UnicodeEncodeError at every request; streams sent it
+        ({"X Gateway": "gw"}, "not an HTTP token"),  # checks: a protocol error at every request; streams sent it
+        ({"X-Gateway-Key": "gw\r\nX-Injected: 1"}, "no line breaks"),
+    ],
+)
+def test_a_header_no_request_can_carry_is_refused_when_the_guard_is_built(headers, says):
+    """Before: accepted; every check then failed (flagged, under on_error="allow") while the stream handshake
+    went out with it: the two clients disagreed on the same setting."""
+    with pytest.raises(ValueError, match=says):
+        Guard.remote("http://127.0.0.1:9/v1", model="scripted", headers=headers, stream=True)
+    with pytest.raises(ValueError, match=says):
+        RemoteStream("http://127.0.0.1:9/v1", headers=headers)
+
+
 def test_stream_options_and_remote_stream_take_headers(gateway, server):
     """Streams on their own servers (checks elsewhere) take their headers from ``stream_options``, or from
     ``RemoteStream(headers=...)`` (before: TypeError for both)."""

@@ -73,6 +73,7 @@ from .openai_wire import (
     RemoteHTTPError,
     api_key_problem,
     error_text,
+    header_problem,
     parse_logprobs,
     retry_after,
 )
@@ -292,6 +293,9 @@ class OpenAIGen:
         self._ids_accepted: bool | None = None  # completion mode: does the engine take token ids?
         # Replies uncompressed: a verdict is a few hundred bytes, and a compressed body is inflated a whole
         # network chunk at a time (up to ~1000x) before max_reply_bytes can count it.
+        for name, value in (headers or {}).items():
+            if problem := header_problem(name, value):
+                raise ValueError(problem)
         headers_ = {"Accept": "application/json", "Accept-Encoding": "identity", **(headers or {})}
         if api_key:  # "" as None: an engine without auth (an unset variable; a server that wants one says 401)
             if problem := api_key_problem(api_key):

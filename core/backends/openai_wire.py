@@ -54,6 +54,22 @@ def api_key_problem(key: object) -> str | None:
     return None
 
 
+#: The characters of an HTTP header name (RFC 9110 ``token``).
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def header_problem(name: object, value: object) -> str | None:
+    """What makes ``name: value`` unsendable as an HTTP header (httpx and websockets each refuse some such
+    headers in their own way, at every request: checks and streams would disagree), or None when it is fine."""
+    if not isinstance(name, str) or not isinstance(value, str):
+        return f"headers must map str to str, got {name!r}: {type(value).__name__}"
+    if not name or not set(name) <= _TOKEN_CHARS:
+        return f"header name {name!r} is not an HTTP token (letters, digits and !#$%&'*+-.^_`|~)"
+    if not all(c == "\t" or 32 <= ord(c) <= 126 for c in value):
+        return f"header {name!r} may hold only visible ASCII, spaces and tabs (no line breaks)"
+    return None
+
+
 def retry_after(value: str | None) -> float | None:
     """``Retry-After`` as seconds: either a number or an HTTP date."""
     if not value:
@@ -64,9 +80,9 @@ def retry_after(value: str | None) -> float | None:
         pass
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError, OSError):  # a date past what datetime holds: no usable hint
         return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def error_message(response: Any) -> str:

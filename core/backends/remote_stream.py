@@ -53,7 +53,7 @@ from ..errors import GuardUnavailable, GuardViolation, MissingDependency
 from ..streaming.cancel_safe import CancelSafeLane
 from ..streaming.misuse import AsyncOnly, SyncOnly
 from ..verdict import Stage
-from .openai_wire import api_key_problem
+from .openai_wire import api_key_problem, header_problem
 from .replicas import DEFAULT_COOLDOWN_S, Replicas, base_urls
 from .send_watchdog import send_deadline, shutdown_socket
 from .stream_session import (
@@ -142,6 +142,34 @@ HANDSHAKE_HEADERS = frozenset(
 )
 #: What a closed backend answers, the words of a closed `OpenAIGen`.
 CLOSED = "the remote guard backend is closed"
+
+
+def _connect_without_redirects(url: str, **options: Any) -> Any:
+    """websockets' sync ``connect``, never following a handshake's redirect (checks never do: a session is
+    judged only by the server asked, and a redirect would carry ``headers`` to whatever host it names).
+    websockets 17 follows redirects (its ``reconnect`` class); 15 and 16 do not."""
+    from websockets.sync import client
+
+    following = getattr(client, "reconnect", None)
+    if following is None or not hasattr(following, "process_redirect"):
+        return client.connect(url, **options)
+
+    class NoRedirects(following):  # type: ignore[misc, valid-type]
+        def process_redirect(self, exc: Exception) -> Exception | str:
+            return exc  # the 3xx itself: a refused handshake (`stream_session.reopen_worthy`)
+
+    return NoRedirects(url, **options).connect()
+
+
+def _aconnect_without_redirects(url: str, **options: Any) -> Any:
+    """The asyncio twin of `_connect_without_redirects` (websockets' asyncio ``connect`` follows them)."""
+    from websockets.asyncio.client import connect
+
+    class NoRedirects(connect):
+        def process_redirect(self, exc: Exception) -> Exception | str:
+            return exc
+
+    return NoRedirects(url, **options)
 
 
 async def _received(ws: Any) -> Frame:
@@ -272,6 +300,8 @@ def _handshake_headers(headers: Mapping[str, str] | None, api_key: str | None) -
     for name, value in (headers or {}).items():
         if not isinstance(name, str) or not isinstance(value, str):
             raise TypeError(f"headers must map str to str, got {name!r}: {type(value).__name__}")
+        if problem := header_problem(name, value):
+            raise ValueError(problem)
         if name.lower() in HANDSHAKE_HEADERS:
             raise ValueError(f"a stream session cannot send its own {name!r} header: the WebSocket handshake sets it")
         if api_key and name.lower() == "authorization":
@@ -355,15 +385,13 @@ class RemoteStreamMonitor(_Session, SyncOnly):
 
     def _drive(self, steps: Generator[str, Frame, None], attempt: Deadline, tried: list[str]) -> None:
         """Connect to a replica and run ``steps`` (frames out, replies in) on it."""
-        from websockets.sync.client import connect
-
         url = self.backend.replicas.pick(exclude=tried)
         options = self.backend.connect_options(url)  # closed, or an unusable proxy: no replica is blamed
         # __enter__ marks the connection as managed here (websockets >= 17 warns otherwise);
         # this monitor closes it in close()/__exit__.
         self._endpoint = url
         self.backend.replicas.acquire(url)
-        self._ws = connect(
+        self._ws = _connect_without_redirects(
             url,
             **options,
             open_timeout=attempt.left(self.backend.open_timeout_s),
@@ -556,13 +584,11 @@ class AsyncRemoteStreamMonitor(_Session, AsyncOnly):
         return await _received(ws)
 
     async def _adrive(self, steps: Generator[str, Frame, None], tried: list[str]) -> None:
-        from websockets.asyncio.client import connect
-
         url = self.backend.replicas.pick(exclude=tried)
         options = self.backend.connect_options(url)
         self._endpoint = url
         self.backend.replicas.acquire(url)
-        self._ws = await connect(
+        self._ws = await _aconnect_without_redirects(
             url,
             **options,
             open_timeout=self.backend.open_timeout_s,

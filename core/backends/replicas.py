@@ -12,6 +12,7 @@ a retry goes back to the same URL: behind a balancer that is another replica.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -60,6 +61,11 @@ def _checked(url: str) -> str:
         raise ValueError(f"base_url {url!r} is not a valid URL: {exc}") from None
     if not parts.hostname:
         raise ValueError(f"base_url {url!r} names no host; e.g. 'http://127.0.0.1:8000/v1'")
+    if "[" in parts.netloc:  # a bracketed host must be an IPv6 address ("[v1.x]" parses, and fails later)
+        try:
+            ipaddress.IPv6Address(parts.hostname.split("%", 1)[0])
+        except ValueError:
+            raise ValueError(f"base_url {url!r} is not a valid URL: {parts.hostname!r} is no IPv6 address") from None
     if any(c.isspace() or ord(c) < 32 for c in url):
         raise ValueError(f"base_url {url!r} contains whitespace or a control character")
     return url

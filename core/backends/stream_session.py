@@ -216,8 +216,9 @@ class _ReplicaUnavailable(GuardUnavailable):
 
 
 class Redirected(GuardUnavailable):
-    """The handshake was redirected (websockets follows a 3xx, to another host too): a session is judged only
-    by the server asked, as a check is (it never follows a redirect). Another replica, once, as for a 3xx."""
+    """The connection is not the one asked for: a session is judged only by the server asked, as a check is.
+    Defence in depth: the client does not follow a handshake's 3xx (`remote_stream._connect_without_redirects`);
+    should a websockets version follow one anyway, the session is refused here. Another replica, once."""
 
 
 def refuse_redirect(ws: Any, url: str) -> None:
@@ -558,6 +559,9 @@ class _Session:
             # As a check's error says it: where, the status, and the server's own words (its fix, for a 401).
             status = exc.response.status_code
             why = error_text(bytes(exc.response.body or b""))
+            if 300 <= status < 400:  # as a check says it (`OpenAIGen._status_error`)
+                where_to = exc.response.headers.get("Location")
+                why = f"redirects are not followed (Location {where_to!r})" + (f": {why}" if why else "")
             urls = list(getattr(self.backend, "urls", ()))
             where = f"stream server at {urls[0]}" if len(urls) == 1 else f"the last of {len(urls)} stream replicas"
             refused = GuardUnavailable(f"{where} refused the session: HTTP {status}" + (f": {why}" if why else ""))
