@@ -64,6 +64,7 @@ async def test_async_checks_on_a_base_url_without_v1(root):
         ("http://127.0.0.1:9 /v1", "not a valid URL"),
         ("http://[::1/v1", "not a valid URL"),
         ("http://[v1.x]:80/v1", "no IPv6 address"),  # an IPvFuture literal urlsplit accepts (httpx does not)
+        ("http://127.0.0.1:9?key=1", "query or a fragment"),  # was: requests to "...?key=1/v1/chat/completions"
         ("http://", "names no host"),
         ("http://127.0.0.1:9/v1\n", "whitespace"),
     ],

@@ -66,6 +66,8 @@ def _checked(url: str) -> str:
             ipaddress.IPv6Address(parts.hostname.split("%", 1)[0])
         except ValueError:
             raise ValueError(f"base_url {url!r} is not a valid URL: {parts.hostname!r} is no IPv6 address") from None
+    if parts.query or parts.fragment:  # every path is appended to the base ("?x=1/chat/completions")
+        raise ValueError(f"base_url {url!r} has a query or a fragment; a base URL is scheme, host, port and path")
     if any(c.isspace() or ord(c) < 32 for c in url):
         raise ValueError(f"base_url {url!r} contains whitespace or a control character")
     return url
