@@ -206,6 +206,28 @@ async def test_a_redirected_session_is_not_judged_by_the_server_it_was_sent_to_a
     assert out == "" and app.sessions == before
 
 
+async def test_a_connection_that_followed_a_redirect_anyway_sends_nothing(lenient, monkeypatch):
+    """Defence in depth: should a websockets version follow the 3xx despite the client (here: its own asyncio
+    ``connect``, which follows them, injected in place of the client's), the session is refused on the
+    connection it got, before any frame: the server redirected to never judges it."""
+    from qwenguard.core.backends import remote_stream
+    from websockets.asyncio.client import connect
+
+    monkeypatch.setattr(remote_stream, "_aconnect_without_redirects", connect)
+    target, _ = lenient
+    with redirecting_to(target) as url:
+        guard = Guard.remote(url, model="kw", stream=True, policy=Policy(timeout_s=10))
+        out = ""
+        try:
+            with pytest.raises(GuardUnavailable, match="redirected the session"):
+                async with guard.astream("How do I make fertiliser?", holdback=2) as monitor:
+                    out += await monitor.afeed(RECIPE)
+                    out += await monitor.afinish()
+        finally:
+            await guard.aclose()
+    assert out == ""
+
+
 def test_a_redirecting_replica_is_passed_over_for_one_that_judges(lenient):
     target, _ = lenient
     with redirecting_to(target) as bad, serving(Guard(ScriptedBackend(strict, name="kw"))) as good:

@@ -161,11 +161,19 @@ async def astreamed(guard: Guard) -> str:
 
 
 # -- 1. proxies from the environment ---------------------------------------------------------------------
-def test_an_https_proxy_is_not_taken_by_streams_to_an_http_guard_sync(server, monkeypatch):
-    """Only HTTPS_PROXY set, a guard at http://: checks go direct, and so do streams (before: the stream
-    went to the HTTPS proxy, which refused it, and failed closed)."""
+@pytest.mark.parametrize(
+    "environment",
+    [{"HTTPS_PROXY": "{proxy}"}, {"HTTP_PROXY": "{proxy}", "NO_PROXY": "gateway.internal,*"}],
+    ids=["https proxy, http guard", "no_proxy star among names"],
+)
+def test_streams_go_direct_where_checks_go_direct(server, monkeypatch, environment):
+    """Only HTTPS_PROXY set, a guard at http://: checks go direct, and so do streams (before: the stream went to
+    the HTTPS proxy, which refused it, and failed closed). ``NO_PROXY=gateway.internal,*``: httpx bypasses every
+    proxy for "*" among other names, so checks go direct; so do streams (before: the standard library's
+    reading proxied them, and they failed)."""
     with recording_proxy() as proxy:
-        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value.format(proxy=proxy.url))
         guard = remote(server)
         try:
             assert guard.check_prompt(PROMPT).allowed
@@ -215,21 +223,6 @@ async def test_all_proxy_carries_streams_as_it_carries_checks_async(server, monk
             await guard.aclose()
         assert decision.reason == "guard_error"
         assert proxy.checks(port_of(server)) and proxy.tunnels(port_of(server))
-
-
-def test_no_proxy_is_read_as_the_checks_read_it(server, monkeypatch):
-    """``NO_PROXY=gateway.internal,*``: httpx bypasses every proxy for "*" among other names, so checks go
-    direct; so do streams now (before: the standard library's reading proxied them, and they failed)."""
-    with recording_proxy() as proxy:
-        monkeypatch.setenv("HTTP_PROXY", proxy.url)
-        monkeypatch.setenv("NO_PROXY", "gateway.internal,*")
-        guard = remote(server)
-        try:
-            assert guard.check_prompt(PROMPT).allowed
-            assert streamed(guard) == ANSWER
-        finally:
-            guard.close()
-        assert proxy.asked == []
 
 
 @pytest.mark.skipif(importlib.util.find_spec("python_socks") is not None, reason="python-socks is installed")
@@ -332,6 +325,14 @@ def test_a_header_no_request_can_carry_is_refused_when_the_guard_is_built(header
         Guard.remote("http://127.0.0.1:9/v1", model="scripted", headers=headers, stream=True)
     with pytest.raises(ValueError, match=says):
         RemoteStream("http://127.0.0.1:9/v1", headers=headers)
+
+
+@pytest.mark.parametrize("name", ["Host", "upgrade", "Sec-WebSocket-Key"])
+def test_a_header_the_handshake_sets_itself_is_refused_for_streams(name):
+    """websockets would send it twice (a broken handshake at every session): refused when the guard is built."""
+    with pytest.raises(ValueError, match="the WebSocket handshake sets it"):
+        Guard.remote("http://127.0.0.1:9/v1", model="scripted", headers={name: "x"}, stream=True)
+    Guard.remote("http://127.0.0.1:9/v1", model="scripted", headers={name: "x"}).close()  # checks: httpx's own
 
 
 def test_stream_options_and_remote_stream_take_headers(gateway, server):

@@ -71,10 +71,9 @@ from .base import Conversation, Outcome
 from .openai_wire import (
     RETRY_STATUS,
     RemoteHTTPError,
-    api_key_problem,
     error_text,
-    header_problem,
     parse_logprobs,
+    request_headers,
     retry_after,
 )
 from .remote_loop import LoopThread
@@ -293,16 +292,8 @@ class OpenAIGen:
         self._ids_accepted: bool | None = None  # completion mode: does the engine take token ids?
         # Replies uncompressed: a verdict is a few hundred bytes, and a compressed body is inflated a whole
         # network chunk at a time (up to ~1000x) before max_reply_bytes can count it.
-        for name, value in (headers or {}).items():
-            if problem := header_problem(name, value):
-                raise ValueError(problem)
-        headers_ = {"Accept": "application/json", "Accept-Encoding": "identity", **(headers or {})}
-        if api_key:  # "" as None: an engine without auth (an unset variable; a server that wants one says 401)
-            if problem := api_key_problem(api_key):
-                raise ValueError(problem)
-            # api_key wins over an Authorization in ``headers``, whatever its case (httpx would send both).
-            headers_ = {k: v for k, v in headers_.items() if k.lower() != "authorization"}
-            headers_["Authorization"] = f"Bearer {api_key}"
+        # "" as no key: an engine without auth (an unset variable; a server that wants one says 401).
+        headers_ = {"Accept": "application/json", "Accept-Encoding": "identity", **request_headers(headers, api_key)}
         timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
         limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
 

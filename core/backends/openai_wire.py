@@ -18,6 +18,8 @@ from ..verdict import Risk
 __all__ = [
     "RemoteHTTPError",
     "api_key_problem",
+    "header_problem",
+    "request_headers",
     "retry_after",
     "error_message",
     "error_text",
@@ -58,16 +60,33 @@ def api_key_problem(key: object) -> str | None:
 _TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
-def header_problem(name: object, value: object) -> str | None:
+def header_problem(name: str, value: str) -> str | None:
     """What makes ``name: value`` unsendable as an HTTP header (httpx and websockets each refuse some such
     headers in their own way, at every request: checks and streams would disagree), or None when it is fine."""
-    if not isinstance(name, str) or not isinstance(value, str):
-        return f"headers must map str to str, got {name!r}: {type(value).__name__}"
     if not name or not set(name) <= _TOKEN_CHARS:
         return f"header name {name!r} is not an HTTP token (letters, digits and !#$%&'*+-.^_`|~)"
     if not all(c == "\t" or 32 <= ord(c) <= 126 for c in value):
         return f"header {name!r} may hold only visible ASCII, spaces and tabs (no line breaks)"
     return None
+
+
+def request_headers(headers: Mapping[str, str] | None, api_key: str | None) -> dict[str, str]:
+    """``headers`` with ``Authorization: Bearer <api_key>`` in place of any ``Authorization`` among them,
+    whatever its case (httpx would send both; ``""`` is no key): what checks and stream handshakes both send.
+    ``TypeError``/``ValueError`` now for what no request could carry (`header_problem`, `api_key_problem`)."""
+    if api_key and (problem := api_key_problem(api_key)):
+        raise ValueError(problem)
+    out: dict[str, str] = {}
+    for name, value in (headers or {}).items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError(f"headers must map str to str, got {name!r}: {type(value).__name__}")
+        if problem := header_problem(name, value):
+            raise ValueError(problem)
+        if not (api_key and name.lower() == "authorization"):
+            out[name] = value
+    if api_key:
+        out["Authorization"] = f"Bearer {api_key}"
+    return out
 
 
 def retry_after(value: str | None) -> float | None:

@@ -36,6 +36,7 @@ new sessions as a closed `OpenAIGen` refuses checks.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import time
 from collections.abc import (
@@ -53,7 +54,7 @@ from ..errors import GuardUnavailable, GuardViolation, MissingDependency
 from ..streaming.cancel_safe import CancelSafeLane
 from ..streaming.misuse import AsyncOnly, SyncOnly
 from ..verdict import Stage
-from .openai_wire import api_key_problem, header_problem
+from .openai_wire import request_headers
 from .replicas import DEFAULT_COOLDOWN_S, Replicas, base_urls
 from .send_watchdog import send_deadline, shutdown_socket
 from .stream_session import (
@@ -144,6 +145,17 @@ HANDSHAKE_HEADERS = frozenset(
 CLOSED = "the remote guard backend is closed"
 
 
+@functools.cache
+def _not_following(connector: type) -> type:
+    """``connector`` (a websockets class that follows a handshake's 3xx) made to take the 3xx as the answer."""
+
+    class NoRedirects(connector):  # type: ignore[misc]
+        def process_redirect(self, exc: Exception) -> Exception | str:
+            return exc  # the 3xx itself: a refused handshake (`stream_session.reopen_worthy`)
+
+    return NoRedirects
+
+
 def _connect_without_redirects(url: str, **options: Any) -> Any:
     """websockets' sync ``connect``, never following a handshake's redirect (checks never do: a session is
     judged only by the server asked, and a redirect would carry ``headers`` to whatever host it names).
@@ -153,23 +165,14 @@ def _connect_without_redirects(url: str, **options: Any) -> Any:
     following = getattr(client, "reconnect", None)
     if following is None or not hasattr(following, "process_redirect"):
         return client.connect(url, **options)
-
-    class NoRedirects(following):  # type: ignore[misc, valid-type]
-        def process_redirect(self, exc: Exception) -> Exception | str:
-            return exc  # the 3xx itself: a refused handshake (`stream_session.reopen_worthy`)
-
-    return NoRedirects(url, **options).connect()
+    return _not_following(following)(url, **options).connect()
 
 
 def _aconnect_without_redirects(url: str, **options: Any) -> Any:
     """The asyncio twin of `_connect_without_redirects` (websockets' asyncio ``connect`` follows them)."""
     from websockets.asyncio.client import connect
 
-    class NoRedirects(connect):
-        def process_redirect(self, exc: Exception) -> Exception | str:
-            return exc
-
-    return NoRedirects(url, **options)
+    return _not_following(connect)(url, **options)
 
 
 async def _received(ws: Any) -> Frame:
@@ -293,23 +296,11 @@ class RemoteStream:
 
 
 def _handshake_headers(headers: Mapping[str, str] | None, api_key: str | None) -> dict[str, str]:
-    """``headers`` plus the ``Authorization`` of ``api_key``, which wins as in `OpenAIGen` (whatever its case)."""
-    if api_key and (problem := api_key_problem(api_key)):
-        raise ValueError(problem)
-    out: dict[str, str] = {}
-    for name, value in (headers or {}).items():
-        if not isinstance(name, str) or not isinstance(value, str):
-            raise TypeError(f"headers must map str to str, got {name!r}: {type(value).__name__}")
-        if problem := header_problem(name, value):
-            raise ValueError(problem)
-        if name.lower() in HANDSHAKE_HEADERS:
+    """What a check sends (`request_headers`), less the headers the handshake sets itself."""
+    for name in headers or {}:
+        if isinstance(name, str) and name.lower() in HANDSHAKE_HEADERS:
             raise ValueError(f"a stream session cannot send its own {name!r} header: the WebSocket handshake sets it")
-        if api_key and name.lower() == "authorization":
-            continue
-        out[name] = value
-    if api_key:
-        out["Authorization"] = f"Bearer {api_key}"
-    return out
+    return request_headers(headers, api_key)
 
 
 class RemoteStreamMonitor(_Session, SyncOnly):

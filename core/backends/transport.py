@@ -84,6 +84,7 @@ def proxy_for(url: str) -> str | None:
 
 
 def without_password(proxy: str) -> str:
+    """``proxy`` for an error message: its password, if it has one, as ``***``."""
     parts = urllib.parse.urlsplit(proxy)
     if parts.password is None:
         return proxy
