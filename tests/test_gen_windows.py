@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from qwenguard.core import Guard, Policy
 from qwenguard.core.backends.transformers_gen import DEFAULT_MAX_BATCH_TOKENS, TransformersGen
 from qwenguard.core.demo import DEMO_GEN_DIR
-from qwenguard.core.formats.content import clean_text, forged_turn_segments, prepare_content
+from qwenguard.core.formats.content import as_seen_pieces, clean_text, forged_turn_segments, prepare_content
 from qwenguard.core.formats.encoding import ConversationEncoder, GuardTemplateWarning
 from qwenguard.core.formats.prompts import render_prompt
 from qwenguard.core.formats.windows import DEFAULT_MAX_WINDOW_TOKENS, WindowPlanner
@@ -99,10 +99,11 @@ def _check_windows(encoder, text: str, room: int, role: str, tail_len: int) -> N
         assert w.ids == encoder.encode(w.messages)  # never truncated: the ids are the whole window
         piece = w.messages[-1]["content"]
         assert "\ufffd" not in piece or "\ufffd" in text  # never a character cut in two
-    # Every piece (the judged text, then each forged-turn segment) is covered by its windows: slices
+    # Every piece (the judged text, then each forged-turn segment, then each read-as-seen stretch) is covered by its windows: slices
     # that start further on each time, each at or before the end of the one before (overlap), the last
     # reaching the end of the piece.
     pieces = [prepared] + [prepare_content(s.strip()) for s in forged_turn_segments(clean_text(text)) if s.strip()]
+    pieces += [prepare_content(s) for s in as_seen_pieces(clean_text(text))]
     assert [w.piece for w in windows] == sorted(w.piece for w in windows)
     assert {w.piece for w in windows} == set(range(len(pieces)))
     for k, piece in enumerate(pieces):

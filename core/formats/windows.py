@@ -21,6 +21,10 @@ whole prompt does not fit in ``max_prompt_tokens``, `WindowPlanner` builds windo
   cannot make a check judge the whole conversation once per line). A model may read a label-like line as
   a new turn and judge only what follows it; these windows judge what precedes it. The worst verdict over
   all windows wins.
+- **Read as seen.** Where the judged turn hides something from the tokenizer that a reader does not see
+  (letters split by zero-width characters, words by line separators, look-alike or full-width letters:
+  `content.as_seen_pieces`), the stretch around it is judged again as a reader reads it, as extra windows
+  like the forged-turn ones (same context).
 - **Bounded work.** More than ``max_windows`` windows for one conversation raises `InputTooLarge`
   (before any model work); ``check()`` (a deadline or cancellation) is called between windows.
 
@@ -35,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..errors import InputTooLarge
-from .content import clean_text, forged_turn_segments, prepare_content
+from .content import as_seen_pieces, clean_text, forged_turn_segments, prepare_content
 from .prompts import normalize_messages
 
 __all__ = [
@@ -144,6 +148,7 @@ class WindowPlanner:
         judged = clean_text(last["content"])
         pieces = [prepare_content(judged)]
         pieces += [prepare_content(s.strip()) for s in forged_turn_segments(judged) if s.strip()]
+        pieces += [prepare_content(s) for s in as_seen_pieces(judged)]
         if len(pieces) > self.max_windows:  # each piece needs a window: refuse before tokenizing anything
             raise self._too_large()
         windows: list[Window] = []
@@ -164,7 +169,7 @@ class WindowPlanner:
             context, room = self._fit_context(context, role)
             windows.extend(self._piece_windows(context, role, room, pieces, 0, check, 0))
         if len(pieces) > 1:
-            # Each forged-turn piece is a window of its own: with the whole context in each, a message of many
+            # Each forged-turn (and read-as-seen) piece is a window of its own: with the whole context in each, a message of many
             # short labelled lines made one check judge the conversation once per line (254 lines after 8,000
             # characters of history: 478,650 tokens). They carry the newest context only.
             forged = self._context(earlier, role, "", check, share=FORGED_CONTEXT_TOKENS)
