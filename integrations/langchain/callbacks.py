@@ -29,7 +29,12 @@ not answer and the policy fails closed):
 - ``on_tool_start`` — the tool call (name + arguments) before the tool runs; ``on_tool_end`` — every
   message its result writes (its ``ToolMessage`` with its artifact, a LangGraph ``Command``'s messages, a
   list of them: the tool has run; the result is stopped before anything reads it); ``on_tool_error`` — the
-  error's text (a ``ToolNode`` with ``handle_tool_errors`` writes the guard's stop in its place).
+  error's text and what it carries that a ``handle_tool_errors`` callable may write (its cause and context
+  chain, args, notes, public string attributes: `error_texts`); a ``ToolNode`` with ``handle_tool_errors``
+  writes the guard's stop in its place. The message a ``ToolNode`` writes for a failed call is judged too, at
+  the ``on_chain_end`` of the run the tool ran in (a callable can build it from anywhere: ``e.response.text``),
+  before LangGraph's ``stream_mode="messages"`` emits it and before the model reads it (LangGraph has put a
+  node's ``"updates"`` out before its end event: `GuardMiddleware`'s tool wrapper holds those).
 - ``on_retriever_end`` — retrieved documents (a callback cannot drop documents: use
   `GuardDocumentCompressor` / `GuardedRetriever` to filter instead of abort).
 
@@ -65,6 +70,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -104,6 +110,7 @@ from ._streaming import (
     open_screen,
     open_tool_screen,
 )
+from ._tool_errors import MAX_ERROR_CHARS, TOOL_NODE_HINT, control_flow, digest, error_texts, written_messages
 
 __all__ = ["GuardCallbackHandler", "AsyncGuardCallbackHandler"]
 
@@ -112,6 +119,8 @@ __all__ = ["GuardCallbackHandler", "AsyncGuardCallbackHandler"]
 _MAX_TOOL_CONTEXTS = 1024
 #: How many calls whose input was blocked to remember (no tool or retriever of theirs starts after).
 _MAX_BLOCKED_CALLS = 4096
+#: How many runs to remember that ran a failed tool, until they end (`_failed_call_items`).
+_MAX_FAILED_PARENTS = 1024
 
 
 class _Run:
@@ -197,6 +206,10 @@ class _GuardHandlerLogic:
         # Calls (traces) whose input was blocked: a branch beside the model (`RunnableParallel`, a gather in a
         # node) goes on after the block, and neither asyncio.gather nor a thread pool cancels it.
         self._blocked: Bounded[UUID, Decision] = Bounded(_MAX_BLOCKED_CALLS)
+        # Failed tool calls by the run they ran in, each with digests of its error's texts judged already: that
+        # run's end carries the message a ToolNode writes for the call (`_failed_call_items`).
+        self._failed_calls: Bounded[UUID, dict[str, frozenset[bytes]]] = Bounded(_MAX_FAILED_PARENTS)
+        self._failed_lock = threading.Lock()  # tools of one ToolNode fail in parallel threads
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -245,6 +258,10 @@ class _GuardHandlerLogic:
     def _chain_ended(self, run_id: UUID) -> None:
         # Not `_blocked` here: a branch the call did not wait for still runs after the call raised.
         self._runs.unlink(run_id)
+
+    def _chain_failed(self, run_id: UUID) -> None:
+        self._chain_ended(run_id)
+        self._failed_calls.pop(run_id)  # a failed run writes nothing
 
     @contextmanager
     def _dropped_on_error(self, run_id: UUID) -> Iterator[None]:
@@ -450,19 +467,87 @@ class _GuardHandlerLogic:
         texts: list[str | None] = [tool_output_text(message, self.guard.max_chars) for _, message in written]
         if not written:
             texts = [message_text(output) if isinstance(output, str) else _plain_text(output)]
-        return self._tool_output_items(texts, run, "tool result")
+        return self._tool_output_items(texts, run.tool if run else None, "tool result")
 
-    def _tool_error_items(self, error: BaseException, run_id: UUID) -> list[Item]:
-        """A failed tool's error: its text can quote what the tool read (a page it could not parse), and a
-        `ToolNode` with ``handle_tool_errors`` turns it into the tool message the model and the consumer read."""
+    def _tool_error_items(self, error: BaseException, run_id: UUID) -> tuple[list[Item], list[str] | None]:
+        """A failed tool's error, and its texts (None when it is not judged): its text can quote what the tool
+        read (a page it could not parse), and a `ToolNode` with ``handle_tool_errors`` turns it into the tool
+        message the model and the consumer read (`error_texts`: what a ``handle_tool_errors`` callable may
+        write from it too, read up to the guard's ``max_chars`` and `MAX_ERROR_CHARS`)."""
         run = self._drop(run_id)
-        if not self.check_tool_results or _control_flow(error):
+        if not self.check_tool_results or control_flow(error):
+            return [], None
+        texts = error_texts(error, min(self.guard.max_chars, MAX_ERROR_CHARS))
+        return self._tool_output_items(["\n".join(texts)], run.tool if run else None, "tool error"), texts
+
+    @contextmanager
+    def _noting_failed_call(self, texts: list[str] | None, kwargs: Mapping[str, Any]) -> Iterator[None]:
+        """Around judging a tool's error (its ``texts``): remember the failed call for its run's end
+        (`_failed_call_items`) with what the ToolNode may write that is judged already: the error's texts,
+        or the guard's stop that replaces the error."""
+        if texts is None:
+            yield
+            return
+        try:
+            yield
+        except QwenGuardError as stop:
+            self._note_failed_call(error_texts(stop), kwargs)
+            raise
+        self._note_failed_call(texts, kwargs)
+
+    def _note_failed_call(self, texts: list[str], kwargs: Mapping[str, Any]) -> None:
+        parent, call_id = kwargs.get("parent_run_id"), kwargs.get("tool_call_id")
+        if parent is None or not call_id:
+            return  # a tool run on its own: no node writes a message for it
+        judged = frozenset(digest(text) for text in texts)
+        with self._failed_lock:
+            calls = self._failed_calls.get(parent) or {}
+            calls[str(call_id)] = judged
+            self._failed_calls[parent] = calls
+
+    def _forget_failed_call(self, kwargs: Mapping[str, Any]) -> None:
+        """The call runs again (a retrying tool wrapper): what it writes now is its new result or error."""
+        parent, call_id = kwargs.get("parent_run_id"), kwargs.get("tool_call_id")
+        if parent is None or not call_id or self._failed_calls.get(parent) is None:
+            return
+        with self._failed_lock:
+            calls = self._failed_calls.get(parent)
+            if calls is not None:
+                calls.pop(str(call_id), None)
+
+    def _failed_call_items(self, outputs: Any, run_id: UUID, kwargs: Mapping[str, Any]) -> list[Item]:
+        """The messages a run that ran failed tools writes for them, as a `ToolNode` writes them (a
+        ``handle_tool_errors`` callable may build its text from anywhere): judged at the run's end, which this
+        handler hears before LangGraph's messages stream does. Only runs that ran a failed tool are read (a
+        dict lookup for every other chain), and a message that is a text the error's check judged already
+        (``"Error: " + repr(error)`` with the ``ToolNode``'s hint, its ``str()``, a note) is not judged again.
+        Calls its output does not answer go to its parent run."""
+        with self._failed_lock:
+            calls = self._failed_calls.pop(run_id)
+        if not calls:
             return []
-        return self._tool_output_items([_error_text(error)], run, "tool error")
+        items: list[Item] = []
+        answered: set[str] = set()
+        for message in written_messages(outputs):
+            call_id = str(getattr(message, "tool_call_id", "") or "")
+            judged = calls.get(call_id) if getattr(message, "type", None) == "tool" else None
+            if judged is None or call_id in answered:
+                continue
+            answered.add(call_id)
+            text = tool_output_text(message, self.guard.max_chars)
+            if digest(text) in judged or digest(text.removesuffix(TOOL_NODE_HINT)) in judged:
+                continue
+            items.extend(self._tool_output_items([text], getattr(message, "name", None), "tool error"))
+        rest = {call_id: judged for call_id, judged in calls.items() if call_id not in answered}
+        parent = kwargs.get("parent_run_id")
+        if rest and parent is not None:
+            with self._failed_lock:
+                self._failed_calls[parent] = {**(self._failed_calls.get(parent) or {}), **rest}
+        return items
 
     @staticmethod
-    def _tool_output_items(texts: Sequence[str | None], run: _Run | None, what: str) -> list[Item]:
-        name = run.tool if run and run.tool else "tool"
+    def _tool_output_items(texts: Sequence[str | None], tool: str | None, what: str) -> list[Item]:
+        name = tool or "tool"
         return [
             Item(Stage.TOOL_RESULT, untrusted_conversation(text, "tool output"), label=f"{what} of {name}")
             for text in texts
@@ -484,45 +569,6 @@ def _text_message(text: str) -> BaseMessage:
     from langchain_core.messages import AIMessage
 
     return AIMessage(content=text)
-
-
-#: How many exceptions of an exception group `_error_text` reads (its own included).
-_MAX_ERRORS = 64
-
-
-def _error_text(error: BaseException) -> str:
-    """What a failed tool's error says, as a `ToolNode` with ``handle_tool_errors=True`` writes it
-    (``"Error: " + repr(error)``: an exception group's repr carries its sub-exceptions, its str() does not)
-    and as ``str(error)`` reads it, with the text of each sub-exception of a group, nested ones too
-    (walked without recursion, at most `_MAX_ERRORS`). A repr or str that fails is left out."""
-    texts: list[str] = []
-    try:
-        texts.append(f"Error: {error!r}")  # langgraph.prebuilt.tool_node.TOOL_CALL_ERROR_TEMPLATE
-    except Exception:  # noqa: BLE001 - a broken or too deeply nested repr: ToolNode cannot write it either
-        pass
-    queue, seen = [error], 0
-    while queue and seen < _MAX_ERRORS:
-        current = queue.pop(0)
-        seen += 1
-        try:
-            text = str(current)
-        except Exception:  # noqa: BLE001
-            text = ""
-        if text and text not in texts:
-            texts.append(text)
-        inner = getattr(current, "exceptions", None)  # an ExceptionGroup's (duck-typed: Python 3.10 has none)
-        if isinstance(inner, (list, tuple)):
-            room = max(0, _MAX_ERRORS - seen - len(queue))
-            queue.extend(e for e in inner[:room] if isinstance(e, BaseException))
-    return "\n".join(texts)
-
-
-def _control_flow(error: BaseException) -> bool:
-    """Not a failure a `ToolNode` writes as a message: a cancellation, a LangGraph ``interrupt()``
-    (``GraphBubbleUp``: always re-raised), or the guard's own stop (no content in its text)."""
-    if not isinstance(error, Exception) or isinstance(error, QwenGuardError):
-        return True
-    return any(cls.__name__ == "GraphBubbleUp" for cls in type(error).__mro__)
 
 
 def _plain_text(output: Any) -> str | None:
@@ -615,6 +661,7 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         run = self._begin(run_id, kwargs, owned=True)
+        self._forget_failed_call(kwargs)
         with self._dropped_on_error(run_id), self._blocking_its_call(run_id):
             for pending in self._pending_in(run.trace):  # no tool runs before its call's input verdicts are in
                 pending.wait()
@@ -631,9 +678,10 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
 
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         # Raised in place of the tool's error: a ToolNode that handles errors writes this one, the guard's.
-        items = self._tool_error_items(error, run_id)
-        if items:
-            raise_first(items, screen(self.guard, items))
+        items, texts = self._tool_error_items(error, run_id)
+        with self._noting_failed_call(texts, kwargs):
+            if items:
+                raise_first(items, screen(self.guard, items))
 
     def on_retriever_start(self, serialized: dict[str, Any], query: str, *, run_id: UUID, **kwargs: Any) -> None:
         run = self._begin(run_id, kwargs, owned=True)
@@ -651,10 +699,14 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
         self._chain_started(run_id, kwargs)
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        # Raised before LangGraph's messages handler (after this one) streams the node's messages.
+        items = self._failed_call_items(outputs, run_id, kwargs)
         self._chain_ended(run_id)
+        if items:
+            raise_first(items, screen(self.guard, items))
 
     def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self._chain_ended(run_id)
+        self._chain_failed(run_id)
 
 
 _HOOKS = frozenset(
@@ -766,6 +818,7 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
         **kwargs: Any,
     ) -> None:
         run = self._begin(run_id, kwargs, owned=True)
+        self._forget_failed_call(kwargs)
         with self._dropped_on_error(run_id), self._blocking_its_call(run_id):
             for pending in self._pending_in(run.trace):  # no tool runs before its call's input verdicts are in
                 await pending.wait_async()
@@ -781,9 +834,10 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
             raise_first(items, await ascreen(self.guard, items))
 
     async def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        items = self._tool_error_items(error, run_id)
-        if items:
-            raise_first(items, await ascreen(self.guard, items))
+        items, texts = self._tool_error_items(error, run_id)
+        with self._noting_failed_call(texts, kwargs):
+            if items:
+                raise_first(items, await ascreen(self.guard, items))
 
     async def on_retriever_start(self, serialized: dict[str, Any], query: str, *, run_id: UUID, **kwargs: Any) -> None:
         run = self._begin(run_id, kwargs, owned=True)
@@ -801,7 +855,10 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
         self._chain_started(run_id, kwargs)
 
     async def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        items = self._failed_call_items(outputs, run_id, kwargs)
         self._chain_ended(run_id)
+        if items:
+            raise_first(items, await ascreen(self.guard, items))
 
     async def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self._chain_ended(run_id)
+        self._chain_failed(run_id)

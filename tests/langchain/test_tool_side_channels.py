@@ -641,6 +641,26 @@ def _graph(url: str, node: ToolNode, tool_: Any = failing_fetch) -> Any:
     return graph.compile()
 
 
+def _run_failing_tool(
+    guard: Guard, mode: str, tool_: Any, handle_tool_errors: Any, stream_mode: str = "messages"
+) -> tuple[list[Any], Exception | None, list[Any]]:
+    """A graph whose model calls ``tool_`` once, run with a callback handler on ``guard``: what streamed, the
+    error the run raised, and the requests the model received."""
+    script = [
+        Reply.words("", tool_calls=[ToolCall(tool_.name, '{"url": "http://x"}', id="c1")]),
+        Reply.words(SAFE_ANSWER),
+    ]
+    config: Any = {"callbacks": [handler_for(guard, mode)]}
+    with scripted_openai(script) as url:
+        graph = _graph(url, ToolNode([tool_], handle_tool_errors=handle_tool_errors), tool_)
+        seen, error = drain(
+            lambda: graph.stream(INPUTS, config, stream_mode=stream_mode),
+            lambda: graph.astream(INPUTS, config, stream_mode=stream_mode),
+            mode,
+        )
+        return seen, error, list(url.requests)
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("handle_tool_errors", [True, "default"])
 def test_a_callback_judges_a_tools_error_before_a_tool_node_writes_it(kw, mode, handle_tool_errors):
@@ -716,18 +736,7 @@ def failing_fetches(url: str) -> str:
 def test_a_tool_error_is_judged_as_a_tool_node_writes_it(kw, mode):
     """``handle_tool_errors=True`` writes ``"Error: " + repr(error)``: an exception group's str() (the text
     judged) leaves out the sub-exceptions, its repr quotes them."""
-    script = [
-        Reply.words("", tool_calls=[ToolCall("failing_fetches", '{"url": "http://x"}', id="c1")]),
-        Reply.words(SAFE_ANSWER),
-    ]
-    config: Any = {"callbacks": [handler_for(kw, mode)]}
-    with scripted_openai(script) as url:
-        graph = _graph(url, ToolNode([failing_fetches], handle_tool_errors=True), failing_fetches)
-        seen, error = drain(
-            lambda: graph.stream(INPUTS, config, stream_mode="messages"),
-            lambda: graph.astream(INPUTS, config, stream_mode="messages"),
-            mode,
-        )
+    seen, error, _ = _run_failing_tool(kw, mode, failing_fetches, True)
     assert WORD not in repr(seen)
     assert error is None
     tool_messages = [m for m, _ in seen if isinstance(m, ToolMessage)]
@@ -737,7 +746,7 @@ def test_a_tool_error_is_judged_as_a_tool_node_writes_it(kw, mode):
 def test_a_tool_errors_text_is_read_within_a_bound():
     """Sub-exceptions of a group, nested ones too, are read without recursion and at most 64 of them; a repr
     too deep to write (ToolNode cannot write it either) leaves the str() texts."""
-    from qwenguard.integrations.langchain.callbacks import _error_text
+    from qwenguard.integrations.langchain._tool_errors import error_text as _error_text
 
     reads = []
 
@@ -755,3 +764,129 @@ def test_a_tool_errors_text_is_read_within_a_bound():
     for _ in range(20_000):
         deep = ExceptionGroup("failed", [deep])  # noqa: F821
     assert _error_text(deep).split("\n") == ["failed (1 sub-exception)"]
+
+
+# -- 9. a tool's error, as a handle_tool_errors callable writes it ----------------------------------------------
+class _Failure(Exception):
+    """A tool's error whose str() and repr() say nothing of the page: the page rides on what it carries."""
+
+
+def _raise_carrying(carrier: str) -> None:
+    if carrier == "cause":
+        raise _Failure("fetch failed") from ValueError(PAGE)
+    if carrier == "context":
+        try:
+            raise ValueError(PAGE)
+        except ValueError:
+            raise _Failure("fetch failed")  # noqa: B904 - the page rides on __context__
+    error = _Failure("fetch failed")
+    if carrier == "notes":
+        error.add_note(PAGE)
+    else:
+        error.page = PAGE  # type: ignore[attr-defined]
+    raise error
+
+
+def _carried_text(e: Exception) -> str:
+    """A `handle_tool_errors` callable that writes what the error carries beyond its str()."""
+    carried = [e.__cause__, e.__context__, *getattr(e, "__notes__", []), getattr(e, "page", None)]
+    return f"{e}: " + " ".join(str(c) for c in carried if c is not None)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("stream_mode", ["messages", "updates"])
+@pytest.mark.parametrize("carrier", ["cause", "context", "notes", "attribute"])
+def test_a_tool_error_a_callable_writes_from_what_it_carries_is_judged(kw, mode, stream_mode, carrier):
+    """``ToolNode(handle_tool_errors=<callable>)`` writes the callable's text: here the page the error carries
+    beyond its str() and repr() (``raise ... from``, a context, a note, an attribute). Judged when the tool
+    fails, so the callable gets the guard's stop and no character of the page streams, in either stream mode
+    (the run goes on). Before, the page streamed as the tool's message (the model's next input check stopped
+    the run after it)."""
+
+    @tool
+    def fetch_page(url: str) -> str:
+        """Fetch a web page."""
+        _raise_carrying(carrier)
+        return ""
+
+    seen, error, requests = _run_failing_tool(kw, mode, fetch_page, _carried_text, stream_mode)
+    read_by_model = [r.body for r in requests[1:]]
+    assert WORD not in repr(seen) and WORD not in repr(read_by_model)
+    assert error is None  # the run goes on: the ToolNode wrote the callable's text about the guard's stop
+    written = [m for item in seen for m in _streamed_messages(item) if isinstance(m, ToolMessage)]
+    assert [m.status for m in written] == ["error"] and written[0].text.startswith("tool_result blocked")
+
+
+def _streamed_messages(item: Any) -> list[Any]:
+    """The messages in one item of ``stream_mode="messages"`` (a pair) or ``"updates"`` (node -> update)."""
+    if isinstance(item, tuple):
+        return [item[0]]
+    return [m for update in item.values() for m in (update or {}).get("messages", [])]
+
+
+@tool
+def fetch_status(url: str) -> str:
+    """Fetch a web page."""
+    import httpx
+
+    httpx.Response(500, text=PAGE, request=httpx.Request("GET", url)).raise_for_status()
+    return ""
+
+
+def _response_body(e: Exception) -> str:
+    """A `handle_tool_errors` callable that writes the page an HTTP error's response carries."""
+    import httpx
+
+    return f"HTTP error: {e.response.text}" if isinstance(e, httpx.HTTPStatusError) else str(e)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_tool_error_message_a_callable_builds_is_judged_before_it_streams(kw, mode):
+    """The callable reads the page from ``e.response.text`` (a property of another object: nothing the error's
+    check reads). The message the ToolNode writes for the failed call is judged when the node ends, before
+    LangGraph streams it: the run stops, and neither the consumer nor the model reads a character of the page.
+    Before, it streamed (the model's next input check stopped the run after it)."""
+    seen, error, requests = _run_failing_tool(kw, mode, fetch_status, _response_body)
+    assert WORD not in repr(seen)
+    assert isinstance(error, GuardViolation) and error.decision.stage.value == "tool_result"
+    assert len(requests) == 1  # the model never read it
+
+
+def test_what_a_tool_error_carries_is_read_within_a_bound():
+    """Causes, contexts, args, notes and public attributes are read without recursion, at most 64 exceptions
+    and 32 parts each, never through a property; a cycle ends; a text past the budget is left out whole, a
+    later one that fits is still read; a broken str() or attribute leaves the rest."""
+    from qwenguard.integrations.langchain._tool_errors import error_text as _error_text
+
+    def texts_of(error: BaseException, *budget: int) -> list[str]:
+        return _error_text(error, *budget).split("\n")
+
+    chained: BaseException = ValueError(PAGE)
+    for i in range(10_000):
+        outer = RuntimeError(f"step {i}")
+        outer.__cause__ = chained
+        chained = outer
+    texts = texts_of(chained)
+    assert texts[:3] == ["Error: RuntimeError('step 9999')", "step 9999", "step 9998"]
+    assert "step 9936" in texts and "step 9935" not in texts and len(texts) == 1 + 64  # 64 exceptions read
+
+    looped = ValueError("a")
+    looped.__context__ = KeyError("b")
+    looped.__context__.__context__ = looped
+    assert texts_of(looped) == ["Error: ValueError('a')", "a", "'b'", "b"]  # KeyError's str() quotes
+
+    class Broken(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("broken")
+
+        @property
+        def body(self) -> str:
+            raise AssertionError("a property is never read")
+
+    broken = Broken("x")
+    broken.args = tuple(f"arg {i}" for i in range(40))
+    broken.huge = "y" * 2_000  # type: ignore[attr-defined]
+    broken.page = PAGE  # type: ignore[attr-defined]
+    texts = texts_of(broken, 1_000)  # a budget of 1,000 characters
+    assert texts[0].startswith("Error: Broken('arg 0'") and "arg 31" in texts and "arg 32" not in texts
+    assert PAGE in texts and "y" * 2_000 not in texts  # left out whole; the page after it is still read
