@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import MissingDependency
-from ..formats.content import clean_text
+from ..formats.content import clean_text, read_words_as_seen
 from ..formats.prompts import Message, normalize_messages
 from ..streaming.retokenizer import ContentCodec
 from ..verdict import CATEGORIES, Risk
@@ -333,7 +333,8 @@ class StreamEncoder:
         for i, m in enumerate(msgs):
             ids += self._marker(_IM_START)
             # Content: the one content rule, then plain text (never control tokens).
-            ids += self.codec.ids(f"{m['role']}\n{clean_text(m['content'])}")
+            # Words that hide from the model what a reader sees, as read (`read_words_as_seen`).
+            ids += self.codec.ids(f"{m['role']}\n{read_words_as_seen(clean_text(m['content']))}")
             ids += self._marker(_IM_END)
             user_end = len(ids) - 1
             if i < len(msgs) - 1:

@@ -50,7 +50,7 @@ from ..errors import (
     QwenGuardError,
     StreamClosed,
 )
-from ..formats.content import clean_text
+from ..formats.content import AsSeenStream, clean_text
 from ..formats.prompts import Message
 from ..streaming.retokenizer import IncrementalTokenizer, TokenSpan
 from ..verdict import Risk, Verdict
@@ -259,7 +259,8 @@ class TransformersStream:
         for offline evaluation. Runs in the calling thread."""
         torch = require_torch()
         prefix, user_end = self.encode_prompt(messages)
-        spans = self.codec.encode(clean_text(response))
+        seen = AsSeenStream()  # the response read as a session reads it
+        spans = _as_written(seen, self.codec.encode(seen.push(clean_text(response)) + seen.flush()))
         ids = prefix + [t for t, _, _ in spans]
         if len(ids) > self.max_positions:
             raise ValueError(f"score(): {len(ids)} tokens exceed the context of {self.max_positions}; use a session")
@@ -392,6 +393,11 @@ def _softmax(logits: Sequence[float]) -> list[float]:
     return [w / total for w in weights]
 
 
+def _as_written(seen: AsSeenStream, spans: list[TokenSpan]) -> list[TokenSpan]:
+    """Token spans in the text the model read, as spans of the text fed (`AsSeenStream`)."""
+    return [(token, seen.start(start), seen.end(end)) for token, start, end in spans]
+
+
 def _left(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.001, deadline - time.monotonic())
 
@@ -415,6 +421,8 @@ class StreamSession:
         self._finished = False
         self._broken: str | None = None  # why the cache can no longer be trusted
         self._retok = IncrementalTokenizer(backend.codec)
+        # Words that hide from the model what a reader sees are read as seen (`AsSeenStream`); spans map back.
+        self._seen = AsSeenStream()
         self._text_mode: bool | None = None  # True: feed_text, False: feed_tokens
         self.scored = 0  # assistant tokens scored so far
         prefix, user_end = backend.encode_prompt(messages)
@@ -451,7 +459,7 @@ class StreamSession:
     @property
     def pending_chars(self) -> int:
         """Characters fed but not yet turned into scored tokens."""
-        return len(self._retok.pending)
+        return len(self._retok.pending) + len(self._seen.pending)
 
     @property
     def text(self) -> str:
@@ -609,7 +617,7 @@ class StreamSession:
             if self._text_mode is False:
                 raise ValueError("this session was fed token ids; do not mix feed_text and feed_tokens")
             self._text_mode = True
-            return self._retok.push(clean_text(delta))
+            return _as_written(self._seen, self._retok.push(self._seen.push(clean_text(delta))))
 
     def _token_spans(self, ids: Iterable[int]) -> list[tuple[int, None, None]]:
         spans = [(int(t), None, None) for t in ids]
@@ -628,7 +636,10 @@ class StreamSession:
         with self._lock:
             self._check_open()
             self._finished = True
-            return self._retok.flush()
+            if self._text_mode is not True:
+                return self._retok.flush()
+            spans = self._retok.push(self._seen.flush()) + self._retok.flush()
+            return _as_written(self._seen, spans)
 
     def feed_text(self, delta: str, *, timeout: float | None = None) -> list[TokenVerdict]:
         """Score the tokens that ``delta`` completes (the last few stay pending until more text or

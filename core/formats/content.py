@@ -55,6 +55,9 @@ __all__ = [
     "forged_turn_offsets",
     "forged_turn_segments",
     "as_seen_pieces",
+    "read_as_seen",
+    "AsSeenStream",
+    "read_words_as_seen",
     "ZWSP",
 ]
 
@@ -295,3 +298,107 @@ def _widen(text: str, a: int, b: int) -> tuple[int, int]:
     while b < stop and not text[b].isspace():
         b += 1
     return a, b
+
+
+# Whitespace that ends a word for `AsSeenStream` (every place `as_seen_pieces` finds lies inside a run of
+# other characters: a blank standing for a space is not one of these).
+_WORD_GAPS = re.compile("[ \t\n\r]+")
+
+
+class AsSeenStream:
+    """`read_as_seen` for text that arrives in pieces, for a reader that reads it once: the Qwen3Guard-Stream
+    model, one token at a time. Words (runs between ASCII whitespace) that read differently than written
+    (`as_seen_pieces` finds a place in them) go on as read; every other word as written, byte for byte.
+
+    `push` returns the text that may go on now (the last word waits for the whitespace after it, or for
+    `max_word` characters); `flush` the rest. `start` and `end` map an offset in the text that went on to
+    the offset in the text pushed (inside a word read differently: its start; its end only at its end), so
+    spans of the text read stay spans of the text written, never past what was read. Offsets asked for
+    must not decrease (older mappings are dropped: memory stays bounded)."""
+
+    __slots__ = ("max_word", "pending", "_in", "_out", "_words")
+
+    def __init__(self, *, max_word: int = 256) -> None:
+        self.max_word = max_word
+        self.pending = ""  # pushed, not yet gone on
+        self._in = 0  # characters pushed that went on
+        self._out = 0  # characters that went on
+        # Words read differently, oldest first: (out start, out end, in start, in end).
+        self._words: list[tuple[int, int, int, int]] = []
+
+    def push(self, text: str) -> str:
+        self.pending += text
+        cut = max(self.pending.rfind(c) for c in " \t\n\r") + 1
+        if len(self.pending) - cut > self.max_word:
+            cut = len(self.pending)  # no whitespace for that long: bounded, a word cut in two
+        ready, self.pending = self.pending[:cut], self.pending[cut:]
+        return self._read(ready)
+
+    def flush(self) -> str:
+        ready, self.pending = self.pending, ""
+        return self._read(ready)
+
+    def _read(self, text: str) -> str:
+        if not text or text.isascii():
+            self._in += len(text)
+            self._out += len(text)
+            return text
+        parts: list[str] = []
+        for word in _words_and_gaps(text):
+            read = read_as_seen(word) if not word.isascii() and _hidden_stretches(word) else word
+            if read != word:
+                self._words.append((self._out, self._out + len(read), self._in, self._in + len(word)))
+            parts.append(read)
+            self._in += len(word)
+            self._out += len(read)
+        return "".join(parts)
+
+    def _locate(self, offset: int) -> tuple[int, int, int, int] | None:
+        """The word read differently that ``offset`` falls in or last follows; older ones are dropped."""
+        words = self._words
+        while len(words) > 1 and words[1][0] <= offset:
+            words.pop(0)
+        return words[0] if words and words[0][0] <= offset else None
+
+    def start(self, offset: int) -> int:
+        """Where the text read from ``offset`` on starts in the text written."""
+        word = self._locate(offset)
+        if word is None:
+            return offset + self._shift_before()
+        out_start, out_end, in_start, in_end = word
+        return in_start if offset < out_end else in_end + offset - out_end
+
+    def end(self, offset: int) -> int:
+        """Where the text read up to ``offset`` ends in the text written."""
+        word = self._locate(offset)
+        if word is None:
+            return offset + self._shift_before()
+        out_start, out_end, in_start, in_end = word
+        if offset == out_start:
+            return in_start
+        return in_start if offset < out_end else in_end + offset - out_end
+
+    def _shift_before(self) -> int:
+        # No word read differently at or before the offset (dropped ones included): the texts line up as far
+        # as the first word still kept, or all the way when none is.
+        return self._words[0][2] - self._words[0][0] if self._words else self._in - self._out
+
+
+def _words_and_gaps(text: str) -> list[str]:
+    """``text`` cut into its words and the whitespace between them, in order."""
+    out: list[str] = []
+    at = 0
+    for m in _WORD_GAPS.finditer(text):
+        if m.start() > at:
+            out.append(text[at : m.start()])
+        out.append(m.group())
+        at = m.end()
+    if at < len(text):
+        out.append(text[at:])
+    return out
+
+
+def read_words_as_seen(text: str) -> str:
+    """A whole text as `AsSeenStream` passes it on: each word that reads differently, as read."""
+    stream = AsSeenStream(max_word=len(text) + 1)
+    return stream.push(text) + stream.flush()
