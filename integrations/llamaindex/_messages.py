@@ -36,6 +36,14 @@ from llama_index.core.base.llms.types import (
     ToolCallBlock,
 )
 from llama_index.core.llms.llm import ToolSelection
+from llama_index.core.prompts import (
+    BasePromptTemplate,
+    ChatPromptTemplate,
+    PromptTemplate,
+    RichPromptTemplate,
+    SelectorPromptTemplate,
+)
+from qwenguard.core.errors import InputTooLarge
 from qwenguard.core.formats.conversations import (
     prompt_conversation,
     response_conversation,
@@ -52,6 +60,7 @@ __all__ = [
     "GuardMessage",
     "InputPlan",
     "Seen",
+    "TemplateCall",
     "answer_marks",
     "answer_text",
     "block_text",
@@ -59,10 +68,12 @@ __all__ = [
     "plan_inputs",
     "plan_template",
     "react_actions",
+    "resolve_template",
     "role_of",
     "tool_calls_in",
     "tool_calls_of",
     "variable_checks",
+    "variable_texts",
 ]
 
 GuardMessage = dict[str, str]
@@ -415,41 +426,137 @@ def plan_inputs(
     return plan
 
 
-def plan_template(variables: dict[str, Any], *, screen_context: bool = True) -> InputPlan | None:
-    """The checks of a template call (``predict``, a query engine's synthesis), by variable: every string
-    the template is formatted with is judged, never the formatted template (the framework's text is
-    not the user's prompt). ``None`` when no query variable is recognised (the caller then judges the
-    formatted prompt).
+# -- template calls -----------------------------------------------------------------------------
+#: Templates that put ``str(value)`` in place of each ``{variable}`` (LlamaIndex's ``SafeFormatter``): the
+#: exact classes only, since a subclass may format in its own way.
+_SUBSTITUTING = (PromptTemplate, ChatPromptTemplate)
+#: Values whose text is only digits or a constant: nothing to judge (exact types: a subclass may print anything).
+_PLAIN = (int, float, bool, type(None))
+
+
+def variable_text(name: str, value: Any, max_chars: int | None = None) -> str:
+    """The text a template substitutes for ``{name}``: ``str(value)``, computed once, at most ``max_chars``
+    characters (`InputTooLarge` past that, as the guard raises it: size never lets text through unjudged);
+    a value that cannot be printed raises a `TypeError` naming the variable (formatting would fail on it too)."""
+    text = value
+    if type(text) is not str:
+        try:
+            # The exact ``str`` type: a subclass's own ``__str__`` would print it anew when the template is formatted.
+            text = str.__str__(str(value))
+        except Exception as exc:
+            raise TypeError(f"template variable {name!r} ({type(value).__name__}) cannot be printed: {exc!r}") from exc
+    if max_chars is not None and len(text) > max_chars:
+        raise InputTooLarge(
+            f"template variable {name!r} is {len(text):,} characters, over max_chars={max_chars:,}; "
+            "shorten it or raise Guard(max_chars=...)"
+        )
+    return text
+
+
+def variable_texts(variables: Mapping[str, Any], max_chars: int | None = None) -> dict[str, str]:
+    """The text of each variable a guard can judge (`variable_text`). Left out: plain numbers, booleans and
+    ``None`` (their text is digits or a constant) and bytes (binary data, read by no text guard, as images are)."""
+    return {
+        key: variable_text(key, value, max_chars)
+        for key, value in variables.items()
+        if type(value) not in _PLAIN and not isinstance(value, bytes)
+    }
+
+
+@dataclass
+class TemplateCall:
+    """A template call with its variables computed once (`resolve_template`).
+
+    ``template`` and ``arguments``: what the wrapped LLM is handed to format; ``variables``: the text of each
+    variable, by the caller's name (before ``template_var_mappings``: a renamed ``query_str`` is still the
+    query); ``computed``: the variables a function mapping produced; ``exact``: ``variables`` are the very
+    text the template substitutes, else the formatted prompt must be judged too."""
+
+    template: BasePromptTemplate
+    arguments: dict[str, Any]
+    variables: dict[str, str]
+    computed: frozenset[str] = frozenset()
+    exact: bool = True
+
+
+def resolve_template(
+    prompt: BasePromptTemplate, arguments: Mapping[str, Any], llm: Any = None, max_chars: int | None = None
+) -> TemplateCall:
+    """Compute a template call's variables once, as the template would, and hand the wrapped LLM a copy of the
+    template that substitutes exactly that text: its function mappings are called here, once (a function that
+    answers differently the second time cannot swap the text judged for another), each value is printed here,
+    once (so is a ``__str__``), and the copy has no mappings left and every variable in its ``kwargs``.
+
+    A ``SelectorPromptTemplate`` is resolved to the template it selects for ``llm``. A ``RichPromptTemplate``
+    (Jinja) may read a value that is not a string in its own way (a loop, an attribute): those are handed over
+    as they are, and the call is not ``exact``. Other template classes format in their own way: handed over
+    untouched (their mappings are called once, by their formatting), not ``exact``."""
+    template = prompt
+    while isinstance(template, SelectorPromptTemplate):
+        template = template.select(llm=llm)
+    values = {**template.kwargs, **arguments}
+    if type(template) not in (*_SUBSTITUTING, RichPromptTemplate):
+        strings = {k: v for k, v in values.items() if isinstance(v, str)}
+        return TemplateCall(prompt, dict(arguments), variable_texts(strings, max_chars), exact=False)
+    computed = frozenset(template.function_mappings or {})
+    mapped = template._map_function_vars(values)  # the application's functions: called here, and only here
+    if isinstance(template, RichPromptTemplate):
+        texts = variable_texts({k: v for k, v in mapped.items() if isinstance(v, str)}, max_chars)
+        exact = all(isinstance(v, str) or type(v) in _PLAIN for v in mapped.values())
+    else:
+        texts, exact = variable_texts(mapped, max_chars), True
+    given = {**mapped, **texts}  # the text judged, not the values: printing them again could print other text
+    resolved = template.model_copy(
+        update={"kwargs": template._map_template_vars(given), "function_mappings": {}, "template_var_mappings": {}}
+    )
+    return TemplateCall(resolved, {}, texts, computed, exact)
+
+
+def plan_template(
+    variables: Mapping[str, Any], *, screen_context: bool = True, computed: Iterable[str] = ()
+) -> InputPlan | None:
+    """The checks of a template call (``predict``, a query engine's synthesis), by variable: every variable
+    the template is formatted with is judged, as the text the template substitutes for it (`variable_texts`),
+    never the formatted template (the framework's text is not the user's prompt). ``None`` when no query
+    variable is recognised (the caller then judges the formatted prompt).
 
     - the query (the first of `QUERY_VARIABLES`): the prompt answers are judged against;
     - context variables: untrusted documents, only with ``screen_context`` (a node postprocessor may
-      screen them instead);
+      screen them instead), or when a function mapping ``computed`` them (no postprocessor saw that text);
     - a previous answer (`ANSWER_VARIABLES`, the refine prompt's): a response to the query;
-    - every other non-empty string (a second question, a condense prompt's ``chat_history``, an e-mail
-      the template quotes): a prompt on its own. Like the query, the caller supplies it: user-side input
-      of unknown origin, judged as every user turn but the latest is (not gated by ``screen_context``,
-      which only hands retrieved context to a postprocessor; shown to the judge as a user turn, as
-      untrusted content is, so injected instructions still read as Jailbreak).
+    - every other non-empty variable (a second question, a condense prompt's ``chat_history``, an e-mail
+      the template quotes, an object it prints): a prompt on its own. Like the query, the caller supplies
+      it: user-side input of unknown origin, judged as every user turn but the latest is (not gated by
+      ``screen_context``, which only hands retrieved context to a postprocessor; shown to the judge as a
+      user turn, as untrusted content is, so injected instructions still read as Jailbreak).
     """
-    query_key = next((k for k in QUERY_VARIABLES if isinstance(variables.get(k), str)), None)
+    texts = variable_texts(variables)
+    query_key = next((k for k in QUERY_VARIABLES if k in texts), None)
     if query_key is None:
         return None
-    conversation = prompt_conversation(variables[query_key])
+    conversation = prompt_conversation(texts[query_key])
     checks: Checks = [(Stage.PROMPT, conversation)]
-    return InputPlan(
-        checks + variable_checks(variables, screen_context=screen_context, query_key=query_key), conversation
-    )
+    others = variable_checks(texts, screen_context=screen_context, query_key=query_key, computed=computed)
+    return InputPlan(checks + others, conversation)
 
 
-def variable_checks(variables: dict[str, Any], *, screen_context: bool = True, query_key: str | None = None) -> Checks:
+def variable_checks(
+    variables: Mapping[str, Any],
+    *,
+    screen_context: bool = True,
+    query_key: str | None = None,
+    computed: Iterable[str] = (),
+) -> Checks:
     """The checks of a template's variables other than ``query_key`` (see `plan_template`)."""
-    query = variables[query_key] if query_key is not None else ""
+    texts = variable_texts(variables)
+    query = texts[query_key] if query_key is not None else ""
+    computed = frozenset(computed)
     checks: Checks = []
-    for key, value in variables.items():
-        if key == query_key or not isinstance(value, str) or not value.strip():
+    for key, value in texts.items():
+        if key == query_key or not value.strip():
             continue
         if key in CONTEXT_VARIABLES:
-            if screen_context:
+            if screen_context or key in computed:
                 checks.append((Stage.RETRIEVAL, untrusted_conversation(value, key)))
         elif key in ANSWER_VARIABLES and query_key is not None:
             checks.append((Stage.RESPONSE, response_conversation(query, value)))

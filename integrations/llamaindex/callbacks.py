@@ -12,23 +12,42 @@ retrieved context and the question in one message). The handler never judges tha
 user's prompt: the template's variables arrive just before, in the TEMPLATING event, so the query
 variable is judged as the prompt and the context variables as untrusted documents; an LLM call under
 a query with no template is judged by the query string (its context was judged at retrieval).
+
+The event carries the variables the caller passed, not what the template substituted: a function
+mapping computes text it does not show, and a renamed variable is left out. So the template's text is
+formatted again here with the variables as judged, and looked for in the LLM's input: whatever the
+model reads outside of it, beyond the LLM's own system prompt and role labels, is judged as untrusted
+content (all of the input when the template's text is not found there).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
+from llama_index.core.base.llms.generic_utils import messages_to_prompt
+from llama_index.core.base.llms.types import MessageRole
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.callbacks.base_handler import BaseCallbackHandler
+from llama_index.core.prompts.utils import format_string
 from llama_index.core.schema import NodeWithScore, QueryBundle
 from qwenguard.core import Guard, enforce
-from qwenguard.core.formats.conversations import prompt_conversation, response_conversation
+from qwenguard.core.formats.conversations import prompt_conversation, response_conversation, untrusted_conversation
 from qwenguard.core.verdict import Stage
 
 from .._common import Bounded, require_guard
-from ._messages import Checks, GuardMessage, message_text, plan_inputs, plan_template, variable_checks
+from ._messages import (
+    Checks,
+    GuardMessage,
+    message_text,
+    plan_inputs,
+    plan_template,
+    variable_checks,
+    variable_texts,
+)
 from .postprocessor import node_text
 
 __all__ = ["SCREENED_EVENTS", "GuardCallbackHandler"]
@@ -45,11 +64,25 @@ SCREENED_EVENTS = frozenset(
 #: Open events whose state the handler keeps (every request's together); the oldest go first.
 MAX_OPEN_EVENTS = 4096
 
-# The variables of the latest TEMPLATING event in this context: (handler id, vars). The LLM call that
-# follows it was formatted from them (LLM.predict/stream fire TEMPLATING right before the call); the
-# query text is looked for in the LLM's input to be sure. (Parent event ids cannot tell: a trace left
-# open by an earlier exception gives the two events different parents.)
-_TEMPLATE: ContextVar[tuple[int, dict[str, Any]] | None] = ContextVar("qwenguard_template", default=None)
+# Role labels `messages_to_prompt` writes before each message's text: the framework's, not the caller's.
+_ROLE_NAMES = "|".join(re.escape(role.value) for role in MessageRole)
+_ROLE_LABELS = re.compile(rf"^(?:{_ROLE_NAMES}):[ ]?", re.MULTILINE)
+
+
+@dataclass
+class _Templating:
+    """The latest TEMPLATING event in this context, of handler ``handler``. The LLM call that follows it was
+    formatted from it (LLM.predict/stream fire TEMPLATING right before the call); the template's text is
+    looked for in the LLM's input to be sure. (Parent event ids cannot tell: a trace left open by an earlier
+    exception gives the two events different parents.)"""
+
+    handler: int
+    template: str  # the template's text, with its ``{variables}``
+    variables: dict[str, Any]  # as the caller passed them (those the template names)
+    system_prompt: str  # the LLM's own, which it adds to the formatted template
+
+
+_TEMPLATE: ContextVar[_Templating | None] = ContextVar("qwenguard_template", default=None)
 
 
 class GuardCallbackHandler(BaseCallbackHandler):
@@ -110,7 +143,16 @@ class GuardCallbackHandler(BaseCallbackHandler):
         elif event_type is CBEventType.TEMPLATING:
             variables = payload.get(EventPayload.TEMPLATE_VARS)
             if isinstance(variables, dict):
-                _TEMPLATE.set((id(self), dict(variables)))
+                template = payload.get(EventPayload.TEMPLATE)
+                system_prompt = payload.get(EventPayload.SYSTEM_PROMPT)
+                _TEMPLATE.set(
+                    _Templating(
+                        id(self),
+                        template if isinstance(template, str) else "",
+                        dict(variables),
+                        system_prompt if isinstance(system_prompt, str) else "",
+                    )
+                )
         elif event_type is CBEventType.LLM:
             checks, prompt = self._llm_input(payload, parent_id)
             self._prompts[event_id] = prompt
@@ -164,16 +206,26 @@ class GuardCallbackHandler(BaseCallbackHandler):
     def _llm_input(self, payload: dict[str, Any], parent_id: str) -> tuple[Checks, list[GuardMessage]]:
         """The checks of an LLM call's input, and the prompt its answer is judged against."""
         template = _TEMPLATE.get()
-        variables: Checks = []
-        if template is not None and template[0] == id(self):
-            _TEMPLATE.set(None)
-            plan = plan_template(template[1])
-            if plan is not None and plan.prompt[-1]["content"] in _input_text(payload):
-                return plan.checks, plan.prompt
-            if plan is None:  # no query variable: every variable is still judged, beside the prompt below
-                variables = variable_checks(template[1])
+        if template is None or template.handler != id(self):
+            return self._llm_prompt(payload, parent_id)
+        _TEMPLATE.set(None)
+        texts = variable_texts(template.variables, self.guard.max_chars)
+        # The template formatted again with the text judged (plain values and bytes as LlamaIndex prints them),
+        # and what the model reads besides: the LLM's own additions, or text no variable showed.
+        formatted = format_string(template.template, **{**template.variables, **texts})
+        read = _input_layout(payload)
+        at = read.find(formatted) if formatted else -1
+        outside = read if at < 0 else read[:at] + "\n" + read[at + len(formatted) :]
+        unshown: Checks = []
+        own = outside.replace(template.system_prompt, "") if template.system_prompt else outside
+        if _ROLE_LABELS.sub("", own).strip():
+            unshown.append((Stage.PROMPT, untrusted_conversation(outside, "formatted prompt")))
+        plan = plan_template(texts)
+        if plan is not None and at >= 0:
+            return plan.checks + unshown, plan.prompt
+        # No query variable (every variable is still judged), or not this call's template: judged as any LLM call.
         checks, prompt = self._llm_prompt(payload, parent_id)
-        return variables + checks, prompt
+        return (plan.checks if plan is not None else variable_checks(texts)) + checks + unshown, prompt
 
     def _llm_prompt(self, payload: dict[str, Any], parent_id: str) -> tuple[Checks, list[GuardMessage]]:
         query = self._query_above(parent_id)
@@ -205,10 +257,11 @@ def _query_text(query: Any) -> str | None:
     return query if isinstance(query, str) else None
 
 
-def _input_text(payload: dict[str, Any]) -> str:
+def _input_layout(payload: dict[str, Any]) -> str:
+    """The LLM's input, messages laid out as a chat template's text is (``role: text`` lines)."""
     messages = payload.get(EventPayload.MESSAGES)
     if messages:
-        return "\n".join(message_text(m) for m in messages)
+        return messages_to_prompt(messages)
     prompt = payload.get(EventPayload.PROMPT)
     return prompt if isinstance(prompt, str) else ""
 

@@ -75,11 +75,13 @@ from ._messages import (
     Checks,
     GuardMessage,
     Seen,
+    TemplateCall,
     answer_marks,
     message_text,
     plan_inputs,
     plan_template,
     react_actions,
+    resolve_template,
     tool_calls_in,
     variable_checks,
 )
@@ -97,6 +99,10 @@ __all__ = ["CONTEXT_VARIABLES", "QUERY_VARIABLES", "GuardedLLM"]
 _PRESCREENED: ContextVar[tuple[int, list[GuardMessage], PendingCheck | None] | None] = ContextVar(
     "qwenguard_prescreened", default=None
 )
+# Holds the id of the GuardedLLM while a template call whose substituted text is not known runs (a Jinja
+# template given objects, a template class that formats in its own way): its formatted messages are judged
+# by role, the system ones too, since a variable may have been put there.
+_SCREEN_SYSTEM: ContextVar[int | None] = ContextVar("qwenguard_screen_system", default=None)
 
 
 @dataclass
@@ -188,7 +194,8 @@ class GuardedLLM(FunctionCallingLLM):
         pre = _PRESCREENED.get()
         if pre is not None and pre[0] == id(self):
             return _Plan([], pre[1], pre[2])
-        plan = plan_inputs(messages, self.llm, screen_system=self.screen_system, seen=self._seen)
+        screen_system = self.screen_system or _SCREEN_SYSTEM.get() == id(self)
+        plan = plan_inputs(messages, self.llm, screen_system=screen_system, seen=self._seen)
         return _Plan(plan.checks, plan.prompt, marks=plan.marks)
 
     def _plan_prompt(self, prompt: str) -> _Plan:
@@ -198,16 +205,31 @@ class GuardedLLM(FunctionCallingLLM):
         conversation = prompt_conversation(prompt)
         return _Plan([(Stage.PROMPT, conversation)], conversation)
 
-    def _template_variables(self, prompt: BasePromptTemplate, prompt_args: Mapping[str, Any]) -> Checks:
-        """A template without a query variable is judged by the roles of its formatted messages; its
-        variables are judged on their own too, since one may sit in a system message (not judged unless
-        ``screen_system``)."""
-        return variable_checks({**getattr(prompt, "kwargs", {}), **prompt_args}, screen_context=self.screen_context)
+    def _resolve(self, prompt: BasePromptTemplate, prompt_args: Mapping[str, Any]) -> tuple[TemplateCall, _Plan | None]:
+        """A template call with its variables computed once (`resolve_template`: the wrapped LLM formats the very
+        text judged), and its checks by variable; no plan when no query variable is recognised or the text the
+        template substitutes is not known: the formatted prompt is then judged (`_template_variables`)."""
+        call = resolve_template(prompt, prompt_args, llm=self, max_chars=self.guard.max_chars)
+        plan = None
+        if call.exact:
+            plan = plan_template(call.variables, screen_context=self.screen_context, computed=call.computed)
+        return call, None if plan is None else _Plan(plan.checks, plan.prompt)
 
-    def _plan_template(self, prompt: BasePromptTemplate, prompt_args: Mapping[str, Any]) -> _Plan | None:
-        """Screen a template call by variable; ``None`` when no query variable is recognised."""
-        plan = plan_template({**getattr(prompt, "kwargs", {}), **prompt_args}, screen_context=self.screen_context)
-        return None if plan is None else _Plan(plan.checks, plan.prompt)
+    def _template_variables(self, call: TemplateCall) -> Checks:
+        """A template call without a plan is judged by the roles of its formatted messages; its variables
+        are judged on their own too, since one may sit in a system message (not judged unless
+        ``screen_system``, or when the text the template substitutes is not known)."""
+        return variable_checks(call.variables, screen_context=self.screen_context, computed=call.computed)
+
+    @contextlib.contextmanager
+    def _formatted(self, call: TemplateCall) -> Iterator[None]:
+        """Judge the formatted messages' system ones too while ``call`` runs, unless its text is known."""
+        token = None if call.exact else _SCREEN_SYSTEM.set(id(self))
+        try:
+            yield
+        finally:
+            if token is not None:
+                _SCREEN_SYSTEM.reset(token)
 
     @staticmethod
     def _output_checks(plan: _Plan, text: str, calls: Sequence[ToolSelection] = (), *, actions: str = "") -> Checks:
@@ -502,41 +524,47 @@ class GuardedLLM(FunctionCallingLLM):
                 yield out.final(tail)
 
     # -- template calls: screen by variable, not the formatted prompt -------------------------
+    # The wrapped LLM is handed `TemplateCall.template`, whose variables were computed and judged here: a
+    # function mapping or a ``__str__`` is not run a second time, where it could print other text.
     def predict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
-        plan = self._plan_template(prompt, prompt_args)
+        call, plan = self._resolve(prompt, prompt_args)
         if plan is None:
-            self._screen(self._template_variables(prompt, prompt_args))
-            return super().predict(prompt, **prompt_args)
+            self._screen(self._template_variables(call))
+            with self._formatted(call):
+                return super().predict(call.template, **call.arguments)
         plan = self._start_inputs(plan)
         with self._prescreened(plan):
-            return super().predict(prompt, **prompt_args)
+            return super().predict(call.template, **call.arguments)
 
     async def apredict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
-        plan = self._plan_template(prompt, prompt_args)
+        call, plan = self._resolve(prompt, prompt_args)
         if plan is None:
-            await self._ascreen(self._template_variables(prompt, prompt_args))
-            return await super().apredict(prompt, **prompt_args)
+            await self._ascreen(self._template_variables(call))
+            with self._formatted(call):
+                return await super().apredict(call.template, **call.arguments)
         plan = await self._astart_inputs(plan)
         with self._prescreened(plan):
-            return await super().apredict(prompt, **prompt_args)
+            return await super().apredict(call.template, **call.arguments)
 
     def stream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> Any:
-        plan = self._plan_template(prompt, prompt_args)
+        call, plan = self._resolve(prompt, prompt_args)
         if plan is None:
-            self._screen(self._template_variables(prompt, prompt_args))
-            return super().stream(prompt, **prompt_args)
+            self._screen(self._template_variables(call))
+            with self._formatted(call):  # stream_chat/stream_complete read it when called, here
+                return super().stream(call.template, **call.arguments)
         plan = self._start_inputs(plan)
         with self._prescreened(plan):  # stream_chat/stream_complete read it when called, here
-            return super().stream(prompt, **prompt_args)
+            return super().stream(call.template, **call.arguments)
 
     async def astream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> Any:
-        plan = self._plan_template(prompt, prompt_args)
+        call, plan = self._resolve(prompt, prompt_args)
         if plan is None:
-            await self._ascreen(self._template_variables(prompt, prompt_args))
-            return await super().astream(prompt, **prompt_args)
+            await self._ascreen(self._template_variables(call))
+            with self._formatted(call):
+                return await super().astream(call.template, **call.arguments)
         plan = await self._astart_inputs(plan)
         with self._prescreened(plan):
-            return await super().astream(prompt, **prompt_args)
+            return await super().astream(call.template, **call.arguments)
 
     # -- tool calling: delegated to the wrapped LLM -------------------------------------------
     def _inner_function_calling(self) -> FunctionCallingLLM:

@@ -1,20 +1,23 @@
 """Template calls (``predict``/``stream``/``apredict``/``astream``) judge every variable the template is
 formatted with, not only the query and the context: a second question, a condense prompt's
 ``chat_history`` or an ``{email}`` the template quotes must not reach the model unjudged (the inner
-call does not judge the formatted prompt). Real `OpenAILike` against the scripted OpenAI-compatible
+call does not judge the formatted prompt); nor may the text a template prints from a value that is not a
+string, or what its ``function_mappings`` compute. Real `OpenAILike` against the scripted OpenAI-compatible
 server; a keyword judge (unsafe iff the judged turn holds the marker); what reached the model is
 read from the server's requests, in characters."""
 
 import json
+from typing import Any
 
 import pytest
 from faults import ScriptedBackend
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.chat_engine import CondenseQuestionChatEngine
-from llama_index.core.prompts import PromptTemplate
+from llama_index.core.prompts import ChatPromptTemplate, PromptTemplate, RichPromptTemplate
 from llama_index.llms.openai_like import OpenAILike
 from qwenguard.core import Guard, GuardViolation, Policy, Stage
+from qwenguard.core.errors import InputTooLarge
 from qwenguard.integrations.llamaindex import GuardedLLM
 from qwenguard.integrations.llamaindex._messages import plan_template
 from scripted_openai import scripted_openai
@@ -26,7 +29,7 @@ ANSWER = "The capital of France is Paris."
 EMAIL_TEMPLATE = PromptTemplate("Email to answer:\n{email}\n\nQuestion: {query_str}\nAnswer:")
 
 
-def keyword_guard() -> Guard:
+def keyword_guard(*, max_chars: int = 1_000_000) -> Guard:
     def answer(conversation) -> str:
         last = conversation[-1]
         unsafe = MARKER.lower() in last["content"].lower()
@@ -38,7 +41,7 @@ def keyword_guard() -> Guard:
             else "Safety: Safe\nCategories: None\nRefusal: No"
         )
 
-    return Guard(ScriptedBackend(answer), Policy(timeout_s=None))
+    return Guard(ScriptedBackend(answer), Policy(timeout_s=None), max_chars=max_chars)
 
 
 def openai_like(url: str, *, chat: bool) -> OpenAILike:
@@ -167,3 +170,252 @@ def test_the_callback_handler_judges_a_templates_variables_under_a_query() -> No
         with pytest.raises(GuardViolation):
             llm.predict(template, email=PAYLOAD)
     assert llm.calls == 1
+
+
+# -- what the template prints: values that are not strings, function mappings, renamed variables --------------
+class Printed:
+    """A value a template prints: ``str()`` gives ``text`` (a ticket, a record, a document object)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+NOT_STRINGS = {
+    "an object": lambda: Printed(PAYLOAD),
+    "a list of strings": lambda: ["Monday at ten.", PAYLOAD],
+    "a dict": lambda: {"from": "Bob", "body": PAYLOAD},
+}
+NOTE_TEMPLATE = PromptTemplate("Question: {query_str}\nNote: {note}\nAnswer:")
+
+
+@pytest.mark.parametrize("value", list(NOT_STRINGS))
+@pytest.mark.parametrize("chat", [True, False], ids=["chat model", "completion model"])
+@pytest.mark.parametrize("call", list(CALLS))
+async def test_a_variable_that_is_not_a_string_is_judged_as_the_text_the_model_reads(
+    call: str, chat: bool, value: str
+) -> None:
+    """LlamaIndex prints every value into the template (``str(value)``): the judge skipped an object, a list
+    or a dict (not a ``str``), and its unsafe text reached the model."""
+    with scripted_openai(ANSWER) as url:
+        llm = GuardedLLM(llm=openai_like(url, chat=chat), guard=keyword_guard())
+        assert await CALLS[call](llm, NOTE_TEMPLATE, query_str=CAPITAL, note=Printed("Paris is lovely.")) == ANSWER
+        assert "Note: Paris is lovely." in model_read(url)
+        sent_before = len(url.requests)
+        with pytest.raises(GuardViolation) as info:
+            await CALLS[call](llm, NOTE_TEMPLATE, query_str=CAPITAL, note=NOT_STRINGS[value]())
+        assert info.value.decision.stage is Stage.PROMPT
+        assert len(url.requests) == sent_before
+        assert MARKER not in model_read(url) and "pipe bomb" not in model_read(url)
+
+
+@pytest.mark.parametrize("call", list(CALLS))
+async def test_a_query_that_is_not_a_string_is_judged(call: str) -> None:
+    """A ``query_str`` that is not a ``str`` was passed over for the next query variable (``question``), and
+    the system message it sat in is not judged by role: the ticket's text reached the model unjudged."""
+    template = ChatPromptTemplate.from_messages([("system", "Answer this ticket: {query_str}"), ("user", "{question}")])
+    with scripted_openai(ANSWER) as url:
+        llm = GuardedLLM(llm=openai_like(url, chat=True), guard=keyword_guard())
+        assert await CALLS[call](llm, template, query_str=Printed(CAPITAL), question="Please answer.") == ANSWER
+        assert f"Answer this ticket: {CAPITAL}" in model_read(url)
+        with pytest.raises(GuardViolation):
+            await CALLS[call](llm, template, query_str=Printed(PAYLOAD), question="Please answer.")
+        assert len(url.requests) == 1
+        assert MARKER not in model_read(url) and "pipe bomb" not in model_read(url)
+
+
+@pytest.mark.parametrize("chat", [True, False], ids=["chat model", "completion model"])
+@pytest.mark.parametrize("call", list(CALLS))
+async def test_what_a_function_mapping_computes_is_judged_and_computed_once(call: str, chat: bool) -> None:
+    """``function_mappings`` put what a function returns into the template, whatever the caller passed for
+    that variable: the judge read the caller's context, the model the function's. The function runs once per
+    call, so one that answers differently the second time cannot hand the model other text than was judged."""
+    note = {"text": "The Eiffel Tower is in Paris."}
+    runs: list[str] = []
+
+    def with_note(context_str: str = "", **_: Any) -> str:
+        runs.append(context_str)
+        return f"{context_str}\n{note['text']}"
+
+    template = PromptTemplate(
+        "Context:\n{context_str}\nQuestion: {query_str}\nAnswer:", function_mappings={"context_str": with_note}
+    )
+    context = "Paris is the capital of France."
+    with scripted_openai(ANSWER) as url:
+        llm = GuardedLLM(llm=openai_like(url, chat=chat), guard=keyword_guard())
+        assert await CALLS[call](llm, template, context_str=context, query_str=CAPITAL) == ANSWER
+        assert runs == [context] and "The Eiffel Tower is in Paris." in model_read(url)
+        note["text"] = PAYLOAD
+        with pytest.raises(GuardViolation) as info:
+            await CALLS[call](llm, template, context_str=context, query_str=CAPITAL)
+        assert info.value.decision.stage is Stage.RETRIEVAL
+        assert len(url.requests) == 1 and MARKER not in model_read(url) and "pipe bomb" not in model_read(url)
+
+        # Safe when judged, unsafe when the model's formatting would call it again: it is not called again.
+        answers = iter(["The Louvre is in Paris.", PAYLOAD, PAYLOAD])
+        template.function_mappings = {"context_str": lambda **_: next(answers)}
+        assert await CALLS[call](llm, template, context_str=context, query_str=CAPITAL) == ANSWER
+        assert "The Louvre is in Paris." in model_read(url) and MARKER not in model_read(url)
+
+
+@pytest.mark.parametrize("screen_context", [True, False], ids=["screen_context", "context left to a postprocessor"])
+@pytest.mark.parametrize("engine", ["query", "streaming query", "summary index aquery"])
+async def test_a_query_engines_qa_template_with_a_function_mapping_is_judged(
+    engine: str, screen_context: bool, embed_model
+) -> None:
+    """A custom ``text_qa_template`` whose ``{context_str}`` a function writes: the retrieved context plus notes
+    from elsewhere. Its notes reached the model through a real synthesis; they are judged, also when the
+    retrieved context is left to a node postprocessor (none saw what the function added)."""
+    from llama_index.core import SummaryIndex
+
+    notes = {"text": "The Eiffel Tower is in Paris."}
+
+    def with_notes(context_str: str = "", **_: Any) -> str:
+        return f"{context_str}\nNotes: {notes['text']}"
+
+    template = PromptTemplate(
+        "Context:\n{context_str}\nQuestion: {query_str}\nAnswer:", function_mappings={"context_str": with_notes}
+    )
+    documents = [Document(text="Paris is the capital of France.")]
+    with scripted_openai(ANSWER) as url:
+        llm = GuardedLLM(llm=openai_like(url, chat=True), guard=keyword_guard(), screen_context=screen_context)
+
+        async def ask() -> str:
+            if engine == "summary index aquery":
+                query_engine = SummaryIndex.from_documents(documents).as_query_engine(
+                    llm=llm, text_qa_template=template
+                )
+                return str(await query_engine.aquery(CAPITAL))
+            index = VectorStoreIndex.from_documents(documents, embed_model=embed_model)
+            streaming = engine == "streaming query"
+            response = index.as_query_engine(llm=llm, text_qa_template=template, streaming=streaming).query(CAPITAL)
+            return "".join(response.response_gen) if streaming else str(response)
+
+        assert await ask() == ANSWER
+        assert "Notes: The Eiffel Tower is in Paris." in model_read(url)
+        notes["text"] = PAYLOAD
+        with pytest.raises(GuardViolation) as info:
+            await ask()
+        assert info.value.decision.stage is Stage.RETRIEVAL
+        assert len(url.requests) == 1 and MARKER not in model_read(url) and "pipe bomb" not in model_read(url)
+
+
+class Note:
+    """An object a Jinja template reads an attribute of: what it prints is not ``str(note)``."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return "a note"
+
+
+@pytest.mark.parametrize("chat", [True, False], ids=["chat model", "completion model"])
+@pytest.mark.parametrize("call", list(CALLS))
+async def test_a_rich_template_is_judged_by_what_it_prints(call: str, chat: bool) -> None:
+    """A `RichPromptTemplate` (Jinja) reads what it likes from a value (here ``note.text``, in a system message):
+    its formatted messages are judged, the system ones too. Its function mappings are judged as well."""
+    looped = RichPromptTemplate(
+        "{% chat role='system' %}Notes:{% for note in notes %} {{ note.text }}{% endfor %}{% endchat %}"
+        "{% chat role='user' %}{{ query_str }}{% endchat %}"
+    )
+    mapped = RichPromptTemplate(
+        "Context: {{ context_str }}\nQuestion: {{ query_str }}", function_mappings={"context_str": lambda **_: PAYLOAD}
+    )
+    with scripted_openai(ANSWER) as url:
+        llm = GuardedLLM(llm=openai_like(url, chat=chat), guard=keyword_guard())
+        assert await CALLS[call](llm, looped, query_str=CAPITAL, notes=[Note("Paris is lovely.")]) == ANSWER
+        assert "Notes: Paris is lovely." in model_read(url)
+        with pytest.raises(GuardViolation):
+            await CALLS[call](llm, looped, query_str=CAPITAL, notes=[Note("Monday."), Note(PAYLOAD)])
+        with pytest.raises(GuardViolation):
+            await CALLS[call](llm, mapped, query_str=CAPITAL)
+        assert len(url.requests) == 1 and MARKER not in model_read(url) and "pipe bomb" not in model_read(url)
+
+
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+@pytest.mark.parametrize("call", list(CALLS))
+async def test_a_value_that_cannot_be_printed_or_is_too_long_stops_the_call_with_a_clear_error(call: str) -> None:
+    """A value whose ``__str__`` raises is named in a `TypeError`; one that prints past the guard's ``max_chars``
+    raises `InputTooLarge` (size never lets text through unjudged). The model is asked nothing."""
+    with scripted_openai(ANSWER) as url:
+        llm = GuardedLLM(llm=openai_like(url, chat=True), guard=keyword_guard(max_chars=2_000))
+        with pytest.raises(TypeError, match="template variable 'note'"):
+            await CALLS[call](llm, NOTE_TEMPLATE, query_str=CAPITAL, note=Unprintable())
+        with pytest.raises(InputTooLarge, match="'note'"):
+            await CALLS[call](llm, NOTE_TEMPLATE, query_str=CAPITAL, note=Printed("Notes. " * 500 + PAYLOAD))
+        assert url.requests == []
+
+
+# -- the legacy callback handler: the TEMPLATING event shows the caller's variables, not what was printed -------
+def handler_case(case: str, text: str) -> tuple[PromptTemplate, dict[str, Any]]:
+    """A template and its variables that put ``text`` before the model in a way the TEMPLATING event hides."""
+    if case == "a function mapping":  # the event shows the caller's context, the function adds to it
+        template = PromptTemplate(
+            "Context:\n{context_str}\nQuestion: {query_str}\nAnswer:",
+            function_mappings={"context_str": lambda context_str="", **_: f"{context_str}\n{text}"},
+        )
+        return template, {"context_str": "Paris is the capital of France."}
+    if case == "a renamed variable":  # the event leaves out a variable the template does not name
+        template = PromptTemplate(
+            "Documents:\n{documents}\nQuestion: {query_str}", template_var_mappings={"context_str": "documents"}
+        )
+        return template, {"context_str": text}
+    return NOTE_TEMPLATE, {"note": Printed(text)}
+
+
+@pytest.mark.parametrize("chat", [True, False], ids=["chat model", "completion model"])
+@pytest.mark.parametrize("case", ["a function mapping", "a renamed variable", "an object"])
+def test_the_callback_handler_judges_what_the_template_printed(case: str, chat: bool) -> None:
+    """The TEMPLATING event carries the variables as the caller passed them, and only those the template
+    names: a function's text, a renamed variable and an object's text reached the model unjudged."""
+    from llama_index.core.callbacks import CallbackManager
+    from qwenguard.integrations.llamaindex import GuardCallbackHandler
+
+    with scripted_openai(ANSWER) as url:
+        llm = openai_like(url, chat=chat)
+        llm.callback_manager = CallbackManager([GuardCallbackHandler(keyword_guard())])
+        template, variables = handler_case(case, "The Eiffel Tower is in Paris.")
+        assert llm.predict(template, query_str=CAPITAL, **variables) == ANSWER
+        assert "The Eiffel Tower is in Paris." in model_read(url)
+        template, variables = handler_case(case, PAYLOAD)
+        with pytest.raises(GuardViolation):
+            llm.predict(template, query_str=CAPITAL, **variables)
+        assert len(url.requests) == 1 and MARKER not in model_read(url) and "pipe bomb" not in model_read(url)
+
+
+def test_the_callback_handler_judges_a_query_engines_function_mapping(embed_model) -> None:
+    """The handler installed the usual way (``Settings.callback_manager``) under a real query engine: the QA
+    template's function adds notes to the retrieved context."""
+    from llama_index.core import Settings
+    from llama_index.core.callbacks import CallbackManager
+    from qwenguard.integrations.llamaindex import GuardCallbackHandler
+
+    notes = {"text": "The Eiffel Tower is in Paris."}
+    template = PromptTemplate(
+        "Context:\n{context_str}\nQuestion: {query_str}\nAnswer:",
+        function_mappings={"context_str": lambda context_str="", **_: f"{context_str}\nNotes: {notes['text']}"},
+    )
+    previous = Settings._callback_manager
+    Settings.callback_manager = CallbackManager([GuardCallbackHandler(keyword_guard())])
+    try:
+        with scripted_openai(ANSWER) as url:
+            llm = openai_like(url, chat=True)
+            documents = [Document(text="Paris is the capital of France.")]
+            engine = VectorStoreIndex.from_documents(documents, embed_model=embed_model).as_query_engine(
+                llm=llm, text_qa_template=template
+            )
+            assert str(engine.query(CAPITAL)) == ANSWER
+            assert "Notes: The Eiffel Tower is in Paris." in model_read(url)
+            notes["text"] = PAYLOAD
+            with pytest.raises(GuardViolation):
+                engine.query(CAPITAL)
+            assert len(url.requests) == 1 and MARKER not in model_read(url) and "pipe bomb" not in model_read(url)
+    finally:
+        Settings._callback_manager = previous
