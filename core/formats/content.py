@@ -45,6 +45,7 @@ on where the model runs:
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -178,123 +179,245 @@ def forged_turn_segments(text: str) -> list[str]:
 # ------------------------------------------------------------------------------------------------
 # The text as a reader sees it (`as_seen_pieces`).
 # ------------------------------------------------------------------------------------------------
+# What is hidden, and what is a mark, is read from Unicode's character properties (a list of known
+# characters missed the Mongolian selectors, interlinear annotations, shorthand and musical format
+# controls, unassigned code points, marks of other blocks): built on first use, for planes 0, 1 and 14.
 # Blank characters that stand for a space: spaces of other widths, line and paragraph separators, NEL,
 # the braille blank and the Hangul fillers (letters that render as nothing).
 _BLANKS = "\u00a0\u0085\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\u2800\u115f\u1160\u3164\uffa0"
-_HIDDEN = _INVISIBLE + "\U000e0100-\U000e01ef"  # and the supplementary variation selectors
-_SPLIT = re.compile(rf"(?<=\w)[{_HIDDEN}{_BLANKS}]+(?=\w)")
-# What scripts use between their own letters: joiners (Persian, Indic, emoji), no-break and
-# ideographic spaces (French, CJK; "10\u00a0000"), bidi marks (Hebrew, Arabic). Between digits or two
+# Default-ignorable characters that are not format characters (Cf) or unassigned (Cn).
+_IGNORABLE = "\u034f\u17b4\u17b5\u180b-\u180f\ufe00-\ufe0f\U000e0100-\U000e01ef"
+# What scripts use between their own letters: joiners (Persian, Indic, emoji), the zero-width space (Thai,
+# Khmer word breaks), no-break and ideographic spaces (French, CJK; "10\u00a0000"), bidi marks (Hebrew, Arabic). Between digits or two
 # letters of another script they are ordinary text; next to a Latin letter they are not.
-_SCRIPT_USES = frozenset("\u200c\u200d\u00a0\u202f\u3000\u200e\u200f\u061c")
-_HIDDEN_CHARS = re.compile(f"[{_HIDDEN}]")
-_BLANK_CHARS = re.compile(f"[{_BLANKS}]")
-# Letters written in another form: full-width, mathematical alphanumerics, letterlike symbols,
-# circled and squared letters (digits say nothing hidden: "２５度" is ordinary CJK). NFKC maps each to its letter.
-_FORMS = re.compile("[\uff21-\uff3a\uff41-\uff5a\u2100-\u214f\u24b6-\u24e9\U0001d400-\U0001d7ff\U0001f130-\U0001f149]")
-# Cyrillic, Greek and Armenian letters that look like Latin ones, read as Latin in a word of Latin letters
-# and look-alikes only (a word wholly or partly in another script's own letters is that script's word).
+_SCRIPT_USES = frozenset("\u200b\u200c\u200d\u00a0\u202f\u3000\u200e\u200f\u061c")
+# Tag characters spelling ASCII (U+E0020-E007E): invisible, and some models read them as the letters they
+# encode. A flag's tag sequence follows U+1F3F4 (the Scottish flag, "\U0001f3f4\U000e0067\U000e0062...").
+_TAG_RUNS = re.compile("[\U000e0020-\U000e007e]{2,}")
+# Cyrillic, Greek, Armenian, Cherokee, IPA and small-capital letters that look like Latin ones, read as
+# Latin in a word of Latin letters and look-alikes only (a word wholly or partly in another script's own
+# letters is that script's word).
 _LATIN_OF = {
-    **dict(zip("аеорсухѕіјһԁԛԝӏкмнтв", "aeopcyxsijhdqwlkmhtb")),
-    **dict(zip("АВЕКМНОРСТХУЅІЈԚԜӀ", "ABEKMHOPCTXYSIJQWI")),
+    **dict(zip("аеорсухѕіјһԁԛԝӏкмнтвьпг", "aeopcyxsijhdqwlkmhtbbnr")),
+    **dict(zip("АВЕКМНОРСТХУЅІЈԚԜӀЬ", "ABEKMHOPCTXYSIJQWIb")),
     **dict(zip("αικνορυχ", "aiknopux")),
     **dict(zip("ΑΒΕΖΗΙΚΜΝΟΡΤΥΧ", "ABEZHIKMNOPTYX")),
-    **dict(zip("օսհ", "ouh")),
+    **dict(zip("օսհոզ", "ouhnq")),
+    **dict(zip("ᎪᏴᏟᎠᎬᏀᎻᏆᎫᏦᏞᎷᏁᎾᏢᏒᏚᎢᏙᏔᎳᏃ", "ABCDEGHIJKLMNOPRSTVWWZ")),
 }
-# Marks drawn over or under Latin letters that have no precomposed form ("b\u0336o\u0336m\u0336b\u0336", struck
-# through; "zalgo" stacks): a reader reads the letters. An accent NFC composes ("e\u0301" is "é") is ordinary.
-_MARKS = "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"
-_MARKED = re.compile(f"[A-Za-z][{_MARKS}]+")
-_WORD = re.compile(rf"(?:[^\W\d_]|[{_HIDDEN}])+")
+# Latin letters in another form that NFKC leaves alone: small capitals and IPA letters (a word of them is
+# a Latin word), parenthesized, negative circled and negative squared letters.
+_LETTER_FORMS = {
+    **dict(zip("ᴀʙᴄᴅᴇꜰɢʜɪᴊᴋʟᴍɴᴏᴘʀꜱᴛᴜᴠᴡʏᴢɑɩɡ", "abcdefghijklmnoprstuvwyzaig")),
+    **{chr(0x249C + i): chr(0x61 + i) for i in range(26)},
+    **{chr(0x1F150 + i): chr(0x41 + i) for i in range(26)},
+    **{chr(0x1F170 + i): chr(0x41 + i) for i in range(26)},
+}
 _LATIN = re.compile("[A-Za-z]")
 _LOOKS_LATIN = re.compile("[" + "".join(_LATIN_OF) + "]")
 #: Characters of context judged on each side of what a reader sees differently.
 AS_SEEN_CONTEXT = 128
-#: More separate stretches than this: the whole text is judged as seen, once.
-AS_SEEN_MAX_PIECES = 4
+#: Stretches read as seen are packed into pieces of about this many characters (one window or so each);
+#: when they add up to half the text or more, the whole text is read as one piece instead.
+AS_SEEN_PIECE_CHARS = 2048
+
+
+class _Classes:
+    """The character classes of the rule, from Unicode's properties (built once, on first use)."""
+
+    def __init__(self) -> None:
+        hidden: list[int] = []
+        marks: list[int] = []
+        forms: list[int] = []
+        for cp in (*range(0x80, 0x20000), *range(0xE0000, 0xE1000)):
+            char = chr(cp)
+            category = unicodedata.category(char)
+            if category in ("Cf", "Cn"):
+                hidden.append(cp)
+            elif category in ("Mn", "Me"):
+                marks.append(cp)
+            elif category[0] in "LSN":
+                plain = unicodedata.normalize("NFKC", char)
+                if len(plain) == 1 and plain.isascii() and plain.isalpha():
+                    forms.append(cp)  # full-width, mathematical, circled, squared, superscript, letterlike...
+        self.hidden = _ranges(hidden) + _IGNORABLE
+        self.marks = _ranges([cp for cp in marks if not re.match(f"[{_IGNORABLE}]", chr(cp))])
+        # A hidden or blank run next to a letter (a reader sees no gap where the tokenizer sees one).
+        self.split = re.compile(rf"[{self.hidden}{_BLANKS}]+")
+        every_form = sorted({*forms, *map(ord, _LETTER_FORMS)})
+        self.forms = re.compile(f"[{_ranges(every_form)}]+")
+        # One pass of str.translate for the per-character part of the reading: blanks, hidden, forms.
+        self.table: dict[int, str | None] = {cp: _plain_form(chr(cp)) for cp in every_form}
+        self.table.update({cp: None for cp in hidden})
+        self.table.update({ord(c): None for c in "\u034f\u17b4\u17b5"})
+        self.table.update(
+            {cp: None for cp in (*range(0x180B, 0x1810), *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0))}
+        )
+        self.table.update({cp: " " for cp in (*_blank_codepoints(), 0x115F, 0x1160, 0x3164, 0xFFA0)})
+        # Marks NFC cannot compose onto a Latin letter: struck through, underlined, "zalgo" stacks.
+        self.marked = re.compile(f"[A-Za-z\u00c0-\u024f\u1e00-\u1eff][{self.marks}]+")
+        self.word = re.compile(rf"(?:[^\W\d_]|[{self.hidden}{self.marks}])+")
+
+
+def _ranges(codepoints: list[int]) -> str:
+    """A regex class body for ``codepoints`` (sorted), as ranges."""
+    out: list[str] = []
+    i = 0
+    while i < len(codepoints):
+        j = i
+        while j + 1 < len(codepoints) and codepoints[j + 1] == codepoints[j] + 1:
+            j += 1
+        a, b = chr(codepoints[i]), chr(codepoints[j])
+        out.append(re.escape(a) if i == j else f"{re.escape(a)}-{re.escape(b)}")
+        i = j + 1
+    return "".join(out)
+
+
+def _blank_codepoints() -> list[int]:
+    return [0xA0, 0x85, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000, 0x2800]
+
+
+@functools.cache
+def _classes() -> _Classes:
+    return _Classes()
 
 
 def _plain_form(char: str) -> str:
+    if char in _LETTER_FORMS:
+        return _LETTER_FORMS[char]
     plain = unicodedata.normalize("NFKC", char)
     return plain if len(plain) == 1 and plain.isascii() and plain.isalpha() else char
 
 
+def _is_latin(char: str) -> bool:
+    return char.isascii() or unicodedata.name(char, "").startswith("LATIN")
+
+
 def _mixed(word: str) -> bool:
     """A Latin word with look-alikes in it: Latin letters, and every other letter one that looks Latin
-    ("bоmb"; not "iPhoneовский", a word of another script with a Latin part)."""
+    ("bоmb", "bоmbé"; not "iPhoneовский", a word of another script with a Latin part)."""
     return (
         bool(_LATIN.search(word))
         and bool(_LOOKS_LATIN.search(word))
-        and all(c in _LATIN_OF or c.isascii() or not c.isalpha() for c in word)
+        and all(c in _LATIN_OF or not c.isalpha() or _is_latin(c) for c in word)
     )
 
 
-def _hidden_stretches(text: str) -> list[tuple[int, int]]:
-    """Where ``text`` reads differently than written: (start, end) of each such place."""
-    found: list[tuple[int, int]] = []
-    for m in _SPLIT.finditer(text):
-        a, b = m.span()
-        if set(m.group()) <= _SCRIPT_USES and not (_LATIN.match(text[a - 1]) or _LATIN.match(text[b])):
-            continue  # a joiner, a no-break space or a bidi mark between letters of another script, or digits
-        found.append((a, b))
-    found += [m.span() for m in _FORMS.finditer(text) if _plain_form(m.group()) != m.group()]
-    found += [m.span() for m in _WORD.finditer(text) if _mixed(m.group())]
-    found += [m.span() for m in _MARKED.finditer(text) if len(unicodedata.normalize("NFC", m.group())) > 1]
+def _splits(text: str, a: int, b: int, run: str) -> bool:
+    """Whether a hidden or blank run at ``[a, b)`` sits against a letter a reader reads through it."""
+    before = text[a - 1] if a else ""
+    after = text[b] if b < len(text) else ""
+    if set(run) <= _SCRIPT_USES:
+        # A joiner, a no-break space or a bidi mark: ordinary between letters of another script or digits.
+        return before.isalpha() and after.isalpha() and bool(_LATIN.match(before) or _LATIN.match(after))
+    blank = bool(re.fullmatch(f"[{_BLANKS}]+", run))
+    if blank:  # a blank stands for a space: it hides something only between two letters ("10\u2009000" is not)
+        return before.isalpha() and after.isalpha()
+    return before.isalpha() or after.isalpha()  # hidden against a letter ("bo\u2060 \u2060mb", a tag after each)
+
+
+def _hidden_places(text: str) -> list[tuple[int, int]]:
+    """Where ``text`` reads differently than written: (start, end) of each such place, in order."""
+    classes = _classes()
+    found = [m.span() for m in classes.split.finditer(text) if _splits(text, *m.span(), m.group())]
+    found += [m.span() for m in classes.forms.finditer(text)]
+    if _LOOKS_LATIN.search(text):
+        found += [m.span() for m in classes.word.finditer(text) if _mixed(m.group())]
+    found += [m.span() for m in classes.marked.finditer(text) if len(unicodedata.normalize("NFC", m.group())) > 1]
+    found += [m.span() for m in _tag_runs(text)]
+    found.sort()
     return found
 
 
 def read_as_seen(text: str) -> str:
-    """``text`` as a reader sees it: hidden characters removed, blanks as spaces, marks over Latin letters
-    dropped, letters in another form or Cyrillic/Greek look-alikes inside a Latin word as plain Latin letters.
+    """``text`` as a reader sees it: hidden characters removed, blanks as spaces, a word under marks that do
+    not compose without its marks, letters in another form or look-alikes inside a Latin word as plain Latin.
 
     >>> read_as_seen("How\u2028can I make a b\u200bо\u200bmb?")  # a line separator; Cyrillic "о"
     'How can I make a bomb?'
     """
-    text = _BLANK_CHARS.sub(" ", text)
-    text = _HIDDEN_CHARS.sub("", text)
-    text = _FORMS.sub(lambda m: _plain_form(m.group()), text)
-    if _MARKED.search(text) or not text.isascii():
-        text = _MARKED.sub(lambda m: m.group()[0], unicodedata.normalize("NFD", text))
-        text = unicodedata.normalize("NFC", text)
-    return _WORD.sub(
+    classes = _classes()
+    if classes.marked.search(text):
+        text = classes.word.sub(_unmarked, text)
+    text = unicodedata.normalize("NFC", text).translate(classes.table)
+    if classes.marked.search(text):
+        text = classes.marked.sub(lambda m: m.group()[0], text)
+    if not _LOOKS_LATIN.search(text):
+        return text
+    return classes.word.sub(
         lambda m: "".join(_LATIN_OF.get(c, c) for c in m.group()) if _mixed(m.group()) else m.group(), text
     )
 
 
-def as_seen_pieces(text: str) -> list[str]:
-    """The stretches of ``text`` that a reader sees differently than written, each as read (`read_as_seen`),
-    to be judged beside the text itself. ``[]`` for ordinary text (every ASCII text, and the uses of
-    these characters that scripts need).
+def _unmarked(match: re.Match[str]) -> str:
+    """A word under marks NFC cannot compose ("zalgo", struck through): all its Latin letters' marks dropped,
+    the composable ones too (its accents are part of the disguise). Other words keep their accents."""
+    word = match.group()
+    classes = _classes()
+    if not any(len(unicodedata.normalize("NFC", m.group())) > 1 for m in classes.marked.finditer(word)):
+        return word
+    return classes.marked.sub(lambda m: m.group()[0], unicodedata.normalize("NFD", word))
 
-    Each stretch is the place found and `AS_SEEN_CONTEXT` characters around it, widened to whitespace
-    and merged with its neighbours; past `AS_SEEN_MAX_PIECES` stretches, the whole text is one piece.
-    Linear in the text."""
+
+def _tags_decoded(text: str) -> list[str]:
+    """The ASCII that runs of tag characters spell (a reading some models have)."""
+    return ["".join(chr(ord(c) - 0xE0000) for c in m.group()) for m in _tag_runs(text)]
+
+
+def _tag_runs(text: str) -> list[re.Match[str]]:
+    return [m for m in _TAG_RUNS.finditer(text) if not m.start() or text[m.start() - 1] != "\U0001f3f4"]
+
+
+def as_seen_pieces(text: str) -> list[str]:
+    """The stretches of ``text`` that a reader sees differently than written, as read (`read_as_seen`), to
+    be judged beside the text itself; and what runs of tag characters spell. ``[]`` for ordinary text
+    (every ASCII text, and the uses of these characters that scripts need).
+
+    Each place found and `AS_SEEN_CONTEXT` characters around it, widened to whitespace: neighbouring places
+    share a stretch; the stretches are read as seen and packed, in order, into pieces of about
+    `AS_SEEN_PIECE_CHARS`; when they add up to half the text or more, the whole text is read as one piece
+    (the cost stays at most the text's own). Linear in the text: places are merged before any stretch is
+    widened."""
     if text.isascii():
         return []
-    found = _hidden_stretches(text)
-    if not found:
+    places = _hidden_places(text)
+    if not places:
         return []
-    spans: list[list[int]] = []
-    for a, b in sorted(found):
-        a, b = _widen(text, a - AS_SEEN_CONTEXT, b + AS_SEEN_CONTEXT)
-        if spans and a <= spans[-1][1]:
-            spans[-1][1] = max(spans[-1][1], b)
+    reach = 2 * (AS_SEEN_CONTEXT + _WIDEN)
+    merged: list[list[int]] = []
+    for a, b in places:
+        if merged and a - merged[-1][1] <= reach:
+            merged[-1][1] = max(merged[-1][1], b)
         else:
-            spans.append([a, b])
-    if len(spans) > AS_SEEN_MAX_PIECES:
-        spans = [[0, len(text)]]
-    pieces = [read_as_seen(text[a:b]).strip() for a, b in spans]
-    return [p for p, (a, b) in zip(pieces, spans) if p and p != text[a:b].strip()]
+            merged.append([a, b])
+    stretches = [_widen(text, a - AS_SEEN_CONTEXT, b + AS_SEEN_CONTEXT) for a, b in merged]
+    pieces: list[str] = []
+    for a, b in stretches:
+        read = read_as_seen(text[a:b]).strip()
+        if not read or read == text[a:b].strip():
+            continue
+        if pieces and len(pieces[-1]) + len(read) < AS_SEEN_PIECE_CHARS:
+            pieces[-1] += "\n\n" + read
+        else:
+            pieces.append(read)
+    if 2 * sum(map(len, pieces)) > len(text):  # as much as half the text: read it whole, once
+        whole = read_as_seen(text).strip()
+        pieces = [whole] if whole != text.strip() else []
+    return pieces + [p for p in _tags_decoded(text) if p.strip()]
+
+
+#: How far past its context a stretch is widened to reach whitespace.
+_WIDEN = 64
 
 
 def _widen(text: str, a: int, b: int) -> tuple[int, int]:
-    """``[a, b)`` clamped to ``text`` and widened to the whitespace around it (at most 64 more characters
-    each side, so a text without spaces stays bounded)."""
+    """``[a, b)`` clamped to ``text`` and widened to the whitespace around it (at most `_WIDEN` more
+    characters each side, so a text without spaces stays bounded)."""
     a, b = max(0, a), min(len(text), b)
-    stop = max(0, a - 64)
+    stop = max(0, a - _WIDEN)
     while a > stop and not text[a - 1].isspace():
         a -= 1
-    stop = min(len(text), b + 64)
+    stop = min(len(text), b + _WIDEN)
     while b < stop and not text[b].isspace():
         b += 1
     return a, b
@@ -345,7 +468,7 @@ class AsSeenStream:
             return text
         parts: list[str] = []
         for word in _words_and_gaps(text):
-            read = read_as_seen(word) if not word.isascii() and _hidden_stretches(word) else word
+            read = read_as_seen(word) if not word.isascii() and _hidden_places(word) else word
             if read != word:
                 self._words.append((self._out, self._out + len(read), self._in, self._in + len(word)))
             parts.append(read)
