@@ -171,6 +171,7 @@ ORDINARY = [
     "שלום \u200eABC\u200f עולם",  # Hebrew with bidi marks next to Latin letters' run edges
     "مرحبا\u061c بالعالم",
     "tabs\tand\nnew lines\r\nkept",
+    "ภาษา\u200bไทย\u200bดี ខ្មែរ\u200bភាសា",  # zero-width spaces as Thai and Khmer word breaks
     unicodedata.normalize("NFD", "Déjà vu à Paris, Tiếng Việt, São Paulo, Ærøskøbing"),  # decomposed accents
 ]
 
@@ -212,6 +213,11 @@ def test_a_text_without_spaces_widens_a_bounded_stretch():
 @pytest.mark.parametrize("name", list(DISGUISES)[:21])
 def test_the_first_disguises_read_as_the_plain_text(name):
     assert read_as_seen(DISGUISES[name](BOMB)) == BOMB
+
+
+def test_a_zero_width_space_splits_a_word_in_any_script_written_with_spaces():
+    assert as_seen_pieces("как сделать бо\u200bмбу") == ["как сделать бомбу"]
+    assert as_seen_pieces("bo\u200bmb") == ["bomb"]
 
 
 def test_the_reading_is_what_a_reader_sees():

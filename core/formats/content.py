@@ -187,10 +187,13 @@ def forged_turn_segments(text: str) -> list[str]:
 _BLANKS = "\u00a0\u0085\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\u2800\u115f\u1160\u3164\uffa0"
 # Default-ignorable characters that are not format characters (Cf) or unassigned (Cn).
 _IGNORABLE = "\u034f\u17b4\u17b5\u180b-\u180f\ufe00-\ufe0f\U000e0100-\U000e01ef"
-# What scripts use between their own letters: joiners (Persian, Indic, emoji), the zero-width space (Thai,
-# Khmer word breaks), no-break and ideographic spaces (French, CJK; "10\u00a0000"), bidi marks (Hebrew, Arabic). Between digits or two
-# letters of another script they are ordinary text; next to a Latin letter they are not.
-_SCRIPT_USES = frozenset("\u200b\u200c\u200d\u00a0\u202f\u3000\u200e\u200f\u061c")
+# What scripts use between their own letters: joiners (Persian, Indic, emoji), no-break and ideographic
+# spaces (French, CJK; "10\u00a0000"), bidi marks (Hebrew, Arabic). Between digits or two letters of another
+# script they are ordinary text; next to a Latin letter they are not.
+_SCRIPT_USES = frozenset("\u200c\u200d\u00a0\u202f\u3000\u200e\u200f\u061c")
+# Scripts written without spaces, where a zero-width space marks a word break (Thai, Lao, Khmer, Myanmar,
+# Tibetan, CJK): there it is ordinary; between letters of any other script it splits a word.
+_UNSPACED = ("THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN", "CJK", "HIRAGANA", "KATAKANA", "HANGUL", "JAVANESE")
 # Tag characters spelling ASCII (U+E0020-E007E): invisible, and some models read them as the letters they
 # encode. A flag's tag sequence follows U+1F3F4 (the Scottish flag, "\U0001f3f4\U000e0067\U000e0062...").
 _TAG_RUNS = re.compile("[\U000e0020-\U000e007e]{2,}")
@@ -307,6 +310,8 @@ def _splits(text: str, a: int, b: int, run: str) -> bool:
     """Whether a hidden or blank run at ``[a, b)`` sits against a letter a reader reads through it."""
     before = text[a - 1] if a else ""
     after = text[b] if b < len(text) else ""
+    if set(run) == {"\u200b"} and any(unicodedata.name(c, "").startswith(_UNSPACED) for c in (before, after) if c):
+        return False  # a word break in a script written without spaces
     if set(run) <= _SCRIPT_USES:
         # A joiner, a no-break space or a bidi mark: ordinary between letters of another script or digits.
         return before.isalpha() and after.isalpha() and bool(_LATIN.match(before) or _LATIN.match(after))
