@@ -438,6 +438,15 @@ def _block_calls(block: Mapping[str, Any]) -> list[dict[str, Any]]:
         value = block.get(key)
         if value is not None and value not in values:
             values.append(value)
+    # Any other text the block carries (a ``namespace``, a provider's own key) goes to the model with it:
+    # judged as the call's arguments too, one more call (an unknown key fails towards judging).
+    others = {
+        key: value
+        for key, value in block.items()
+        if key not in _NOT_TEXT and key not in _CALL_KEYS and isinstance(value, str) and value.strip()
+    }
+    if others:
+        values.append(others)
     # The Responses API's ``id`` is its output item's; ``call_id`` is the call's (``tool_calls``' id).
     call_id = block.get("call_id") or block.get("id")
     return [
@@ -451,6 +460,10 @@ def _block_calls(block: Mapping[str, Any]) -> list[dict[str, Any]]:
         }
         for args in values or [None]
     ]
+
+
+#: The keys of a tool-call block that `_block_calls` reads as the call itself.
+_CALL_KEYS = frozenset({"name", *_ARG_KEYS})
 
 
 def _same_args(a: Any, b: Any) -> bool:
