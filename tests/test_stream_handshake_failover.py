@@ -190,19 +190,26 @@ def test_a_redirected_session_is_not_judged_by_the_server_it_was_sent_to(lenient
     assert app.sessions == before  # no handshake reached it: nor did the client's headers
 
 
+async def _astream_refused(url: str, refusal: str) -> str:
+    """Stream the recipe through a remote guard on ``url`` (async), expecting the session to be refused with
+    ``refusal``; what was released."""
+    guard = Guard.remote(url, model="kw", stream=True, policy=Policy(timeout_s=10))
+    out = ""
+    try:
+        with pytest.raises(GuardUnavailable, match=refusal):
+            async with guard.astream("How do I make fertiliser?", holdback=2) as monitor:
+                out += await monitor.afeed(RECIPE)
+                out += await monitor.afinish()
+    finally:
+        await guard.aclose()
+    return out
+
+
 async def test_a_redirected_session_is_not_judged_by_the_server_it_was_sent_to_async(lenient):
     target, app = lenient
     before = app.sessions
     with redirecting_to(target) as url:
-        guard = Guard.remote(url, model="kw", stream=True, policy=Policy(timeout_s=10))
-        out = ""
-        try:
-            with pytest.raises(GuardUnavailable, match="redirects are not followed"):
-                async with guard.astream("How do I make fertiliser?", holdback=2) as monitor:
-                    out += await monitor.afeed(RECIPE)
-                    out += await monitor.afinish()
-        finally:
-            await guard.aclose()
+        out = await _astream_refused(url, "redirects are not followed")
     assert out == "" and app.sessions == before
 
 
@@ -216,15 +223,7 @@ async def test_a_connection_that_followed_a_redirect_anyway_sends_nothing(lenien
     monkeypatch.setattr(remote_stream, "_aconnect_without_redirects", connect)
     target, _ = lenient
     with redirecting_to(target) as url:
-        guard = Guard.remote(url, model="kw", stream=True, policy=Policy(timeout_s=10))
-        out = ""
-        try:
-            with pytest.raises(GuardUnavailable, match="redirected the session"):
-                async with guard.astream("How do I make fertiliser?", holdback=2) as monitor:
-                    out += await monitor.afeed(RECIPE)
-                    out += await monitor.afinish()
-        finally:
-            await guard.aclose()
+        out = await _astream_refused(url, "redirected the session")
     assert out == ""
 
 

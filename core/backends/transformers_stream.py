@@ -395,6 +395,8 @@ def _softmax(logits: Sequence[float]) -> list[float]:
 
 def _as_written(seen: AsSeenStream, spans: list[TokenSpan]) -> list[TokenSpan]:
     """Token spans in the text the model read, as spans of the text fed (`AsSeenStream`)."""
+    if seen.as_written:  # every stream of ordinary text: nothing to map, per token
+        return spans
     return [(token, seen.start(start), seen.end(end)) for token, start, end in spans]
 
 

@@ -184,9 +184,13 @@ def forged_turn_segments(text: str) -> list[str]:
 # controls, unassigned code points, marks of other blocks): built on first use, for planes 0, 1 and 14.
 # Blank characters that stand for a space: spaces of other widths, line and paragraph separators, NEL,
 # the braille blank and the Hangul fillers (letters that render as nothing).
-_BLANKS = "\u00a0\u0085\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\u2800\u115f\u1160\u3164\uffa0"
+_BLANKS = frozenset(
+    map(chr, (0xA0, 0x85, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000, 0x2800))
+) | frozenset("\u115f\u1160\u3164\uffa0")
 # Default-ignorable characters that are not format characters (Cf) or unassigned (Cn).
-_IGNORABLE = "\u034f\u17b4\u17b5\u180b-\u180f\ufe00-\ufe0f\U000e0100-\U000e01ef"
+_IGNORABLE = frozenset(
+    (0x34F, 0x17B4, 0x17B5, *range(0x180B, 0x1810), *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0))
+)
 # What scripts use between their own letters: joiners (Persian, Indic, emoji), no-break and ideographic
 # spaces (French, CJK; "10\u00a0000"), bidi marks (Hebrew, Arabic). Between digits or two letters of another
 # script they are ordinary text; next to a Latin letter they are not.
@@ -243,20 +247,18 @@ class _Classes:
                 plain = unicodedata.normalize("NFKC", char)
                 if len(plain) == 1 and plain.isascii() and plain.isalpha():
                     forms.append(cp)  # full-width, mathematical, circled, squared, superscript, letterlike...
-        self.hidden = _ranges(hidden) + _IGNORABLE
-        self.marks = _ranges([cp for cp in marks if not re.match(f"[{_IGNORABLE}]", chr(cp))])
+        hidden = sorted({*hidden, *_IGNORABLE})
+        blanks = sorted(map(ord, _BLANKS))
+        self.hidden = _ranges(hidden)
+        self.marks = _ranges([cp for cp in marks if cp not in _IGNORABLE])
         # A hidden or blank run next to a letter (a reader sees no gap where the tokenizer sees one).
-        self.split = re.compile(rf"[{self.hidden}{_BLANKS}]+")
+        self.split = re.compile(f"[{self.hidden}{_ranges(blanks)}]+")
         every_form = sorted({*forms, *map(ord, _LETTER_FORMS)})
         self.forms = re.compile(f"[{_ranges(every_form)}]+")
         # One pass of str.translate for the per-character part of the reading: blanks, hidden, forms.
         self.table: dict[int, str | None] = {cp: _plain_form(chr(cp)) for cp in every_form}
         self.table.update({cp: None for cp in hidden})
-        self.table.update({ord(c): None for c in "\u034f\u17b4\u17b5"})
-        self.table.update(
-            {cp: None for cp in (*range(0x180B, 0x1810), *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0))}
-        )
-        self.table.update({cp: " " for cp in (*_blank_codepoints(), 0x115F, 0x1160, 0x3164, 0xFFA0)})
+        self.table.update({cp: " " for cp in blanks})
         # Marks NFC cannot compose onto a Latin letter: struck through, underlined, "zalgo" stacks.
         self.marked = re.compile(f"[A-Za-z\u00c0-\u024f\u1e00-\u1eff][{self.marks}]+")
         self.word = re.compile(rf"(?:[^\W\d_]|[{self.hidden}{self.marks}])+")
@@ -274,10 +276,6 @@ def _ranges(codepoints: list[int]) -> str:
         out.append(re.escape(a) if i == j else f"{re.escape(a)}-{re.escape(b)}")
         i = j + 1
     return "".join(out)
-
-
-def _blank_codepoints() -> list[int]:
-    return [0xA0, 0x85, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000, 0x2800]
 
 
 @functools.cache
@@ -315,8 +313,8 @@ def _splits(text: str, a: int, b: int, run: str) -> bool:
     if set(run) <= _SCRIPT_USES:
         # A joiner, a no-break space or a bidi mark: ordinary between letters of another script or digits.
         return before.isalpha() and after.isalpha() and bool(_LATIN.match(before) or _LATIN.match(after))
-    blank = bool(re.fullmatch(f"[{_BLANKS}]+", run))
-    if blank:  # a blank stands for a space: it hides something only between two letters ("10\u2009000" is not)
+    if set(run) <= _BLANKS:
+        # A blank stands for a space: it hides something only between two letters ("10\u2009000" does not).
         return before.isalpha() and after.isalpha()
     return before.isalpha() or after.isalpha()  # hidden against a letter ("bo\u2060 \u2060mb", a tag after each)
 
@@ -453,6 +451,11 @@ class AsSeenStream:
         self._out = 0  # characters that went on
         # Words read differently, oldest first: (out start, out end, in start, in end).
         self._words: list[tuple[int, int, int, int]] = []
+
+    @property
+    def as_written(self) -> bool:
+        """No word has been read differently yet: offsets are the same in both texts."""
+        return not self._words
 
     def push(self, text: str) -> str:
         self.pending += text

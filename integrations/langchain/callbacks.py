@@ -522,6 +522,8 @@ class _GuardHandlerLogic:
         dict lookup for every other chain), and a message that is a text the error's check judged already
         (``"Error: " + repr(error)`` with the ``ToolNode``'s hint, its ``str()``, a note) is not judged again.
         Calls its output does not answer go to its parent run."""
+        if self._failed_calls.get(run_id) is None:  # every chain but one that ran a failed tool: no lock taken
+            return []
         with self._failed_lock:
             calls = self._failed_calls.pop(run_id)
         if not calls:
