@@ -47,6 +47,10 @@ RETRY_CONCURRENCY = 8
 DecisionListener = Callable[[Decision], None]
 
 
+class _NotStarted(GuardTimeout):
+    """A failed batch's retry had no time left to start this item's call (see `Guard._retry_left`)."""
+
+
 def enforce(decision: Decision) -> Decision:
     """Return ``decision`` if allowed; raise `GuardViolation` (or `GuardUnavailable` for guard errors) if not."""
     if not isinstance(decision, Decision):
@@ -394,6 +398,8 @@ class Guard:
                     if c.key is not None:
                         self.cache.put(c.key, result)
                     c.decision = self.policy.decide(result, c.stage)
+                elif isinstance(result, _NotStarted):  # never judged, through no fault of its own: blocked
+                    c.decision = self.policy.decide_unjudged(c.stage, str(result))
                 else:  # one conversation's error; a late one (GuardTimeout) keeps its own reason
                     c.decision = self.policy.decide_error(c.stage, result, timeout=isinstance(result, GuardTimeout))
         decisions = [c.decision for c in checks]
@@ -443,8 +449,9 @@ class Guard:
     # or crash), failing open would let every item through unjudged, the unsafe ones beside the culprit
     # included. Such a batch is judged again one conversation per call, up to RETRY_CONCURRENCY calls at
     # once (shortest first), each within one more deadline, so that only the items that fail on their own
-    # fail open (docs/api.md, "Failing open is per check"). The local engine steps short checks apart from
-    # a long one's windows, so a slow item does not hold the others' calls back.
+    # fail open (docs/api.md, "Failing open is per check"); an item whose call the second deadline does not
+    # let start is blocked (`Policy.decide_unjudged`). The local engine steps short checks apart from a long
+    # one's windows, so a slow item does not hold the others' calls back.
     def _one_by_one_after(self, pending: Sequence[_Check], outcome: list[Outcome] | BaseException) -> bool:
         return (
             isinstance(outcome, Exception)
@@ -467,7 +474,10 @@ class Guard:
             return None, None
         left = deadline - time.monotonic()
         if left <= 0:
-            late = GuardTimeout(f"a batch failed ({type(error).__name__}) and no time was left to judge it alone")
+            late = _NotStarted(
+                f"a batch failed ({type(error).__name__}); this item was not judged: the retry's deadline passed"
+                " before its call could start (items that stalled on their own used the time), so it is blocked"
+            )
             return None, late
         return left, None
 

@@ -319,6 +319,13 @@ class Policy:
             return Decision(True, Action.FLAG, stage, reason, None, error=message)
         return Decision(False, Action.BLOCK, stage, reason, None, error=message)
 
+    def decide_unjudged(self, stage: Stage, message: str) -> Decision:
+        """The outcome for an item the guard never got to judge because of other items (a failed batch's
+        retry ran out of time before its call started): blocked whatever ``on_error`` says, since failing
+        open is for a check that fails on its own, and a page of items that stall could otherwise carry any
+        item after them through."""
+        return Decision(False, Action.BLOCK, Stage(stage), "timeout", None, error=message)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able description (stable: used as a cache key by ingestion pipelines)."""
         out: dict[str, Any] = {}

@@ -95,7 +95,9 @@ def test_retries_stay_within_one_more_deadline():
     started = time.monotonic()
     decisions = guard.check_documents("travel", items)
     elapsed = time.monotonic() - started
-    assert all(d.allowed and d.reason == "timeout" for d in decisions)
+    assert all(d.reason == "timeout" for d in decisions)
+    # The first round stalled on its own and fails open; the rest never started, so they are blocked.
+    assert sum(d.allowed for d in decisions) == RETRY_CONCURRENCY
     assert elapsed < 3 * DEADLINE_S + 0.5  # two deadlines (plus scheduling), not one per item
     assert len(judge.calls) == 1 + RETRY_CONCURRENCY  # the batch, then one round of calls used it up
 
@@ -107,6 +109,21 @@ def test_a_short_slow_poison_does_not_use_up_the_others_retry(run_async):
     poison, unsafe = check_documents(guard, ["Zanzibar.", UNSAFE_DOC], run_async)
     assert not unsafe.allowed and unsafe.reason == "unsafe"  # judged beside the stalled poison
     assert poison.allowed and poison.reason == "timeout"
+
+
+@pytest.mark.parametrize("run_async", [False, True], ids=["sync", "async"])
+def test_more_stalling_poisons_than_retry_slots_do_not_carry_an_unsafe_item_through(run_async):
+    """The attack: a page of retrieved documents with more short poisons that stall than the retry runs at once,
+    and an unsafe document that sorts after them. The poisons' retries used up the second deadline and the
+    unsafe document, never judged, passed flagged ``timeout`` under ``on_error="allow"``. An item whose call
+    never started has not failed on its own: it is blocked, and says why."""
+    poisons = [f"Zanzibar {i}." for i in range(RETRY_CONCURRENCY + 1)]  # each shorter than the unsafe one
+    guard = Guard(PoisonedJudge("slow"), Policy(on_error="allow", timeout_s=DEADLINE_S), cache_size=0)
+    *stalled, unsafe = check_documents(guard, [*poisons, UNSAFE_DOC], run_async)
+    assert not unsafe.allowed and unsafe.action == "block" and unsafe.reason == "timeout"
+    assert "not judged" in unsafe.error
+    started = [d for d in stalled if d.allowed]  # the poisons that stalled on their own fail open, flagged
+    assert len(started) == RETRY_CONCURRENCY and all(d.reason == "timeout" for d in started)
 
 
 class CrashesOnceThenSlow(ScriptedBackend):
