@@ -108,7 +108,7 @@ async def test_stream_model_async_prompt_and_deltas_with_junk(stream_guard):
     _assert_stopped(info, monitor)
 
 
-@pytest.mark.parametrize("junk,shown", [("\ud800", "\ufffd"), ("\x00", ""), ("\udc80\x07", "\ufffd")])
+@pytest.mark.parametrize("junk,shown", [("\ud800", "\ufffd"), ("\x00", "\u2063"), ("\udc80\x07", "\ufffd")])
 def test_released_text_is_the_judged_text(stream_guard, junk, shown):
     monitor, released = _run(stream_guard, FRANCE, ["The capital ", f"of Fra{junk}nce", " is Paris."], holdback=2)
     assert monitor.decision is None  # judged, no guard error

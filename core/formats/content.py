@@ -48,6 +48,7 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
+from collections.abc import Callable
 
 __all__ = [
     "clean_text",
@@ -66,6 +67,13 @@ ZWSP = "\u200b"
 
 # C0 controls except \t \n \r, DEL, and C1 controls.
 _CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# A run of control characters between two letters or digits: a reader may see nothing there, or a break
+# (NUL renders as nothing; vertical tab, form feed, NEL and the separators as a line break), and the app's
+# model reads the words apart. Removing the run ran words together ("How\x00can" -> "Howcan", which the
+# demo guard called safe); it becomes one INVISIBLE SEPARATOR, which `as_seen_pieces` reads both ways. The
+# text's ends count as letters: a stream's delta may end or start at the run ("make" + "\x00" + "a").
+_CONTROL_GAP = re.compile("(?<![\\W_])[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]+(?![\\W_])")
+CONTROL_GAP = "\u2063"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 # `<|name|>` (Qwen's added tokens and any other model's of the same shape), the tag-shaped added tokens
@@ -119,16 +127,24 @@ _TURN_LABEL = re.compile(
 
 
 def clean_text(text: str) -> str:
-    """Entry rule for every text the guard sees: lone surrogates → U+FFFD, control characters removed.
+    """Entry rule for every text the guard sees: lone surrogates → U+FFFD; a run of control characters
+    between two letters or digits (or the text's end) → U+2063 (INVISIBLE SEPARATOR, read both ways by
+    `as_seen_pieces`); other control characters removed (tab, newline and carriage return kept).
 
-    >>> clean_text("bo\\x00mb \\ud800")
-    'bomb \\ufffd'
+    >>> clean_text("bo\\x00mb \\x1b[0m \\ud800")
+    'bo\\u2063mb [0m \\ufffd'
     """
     if text.isascii():
-        return _CONTROLS.sub("", text) if not text.isprintable() else text
+        return _without_controls(text) if not text.isprintable() else text
     if _SURROGATE.search(text):
         text = _SURROGATE.sub("\ufffd", text)
-    return _CONTROLS.sub("", text)
+    return _without_controls(text)
+
+
+def _without_controls(text: str) -> str:
+    if not _CONTROLS.search(text):
+        return text
+    return _CONTROLS.sub("", _CONTROL_GAP.sub(CONTROL_GAP, text))
 
 
 def neutralize(text: str) -> str:
@@ -394,19 +410,56 @@ def as_seen_pieces(text: str) -> list[str]:
         else:
             merged.append([a, b])
     stretches = [_widen(text, a - AS_SEEN_CONTEXT, b + AS_SEEN_CONTEXT) for a, b in merged]
+    pieces = _packed(text, stretches, read_as_seen)
+    if _word_gaps(text):  # hidden characters between letters: also read as the word breaks a model sees
+        pieces += _packed(text, stretches, _read_spaced)
+    return pieces + [p for p in _tags_decoded(text) if p.strip()]
+
+
+def _packed(text: str, stretches: list[tuple[int, int]], read: Callable[[str], str]) -> list[str]:
+    """The ``stretches`` of ``text`` as ``read``, packed into pieces of about `AS_SEEN_PIECE_CHARS`; the whole
+    text read once instead when they add up to half of it."""
     pieces: list[str] = []
     for a, b in stretches:
-        read = read_as_seen(text[a:b]).strip()
-        if not read or read == text[a:b].strip():
+        piece = read(text[a:b]).strip()
+        if not piece or piece == text[a:b].strip():
             continue
-        if pieces and len(pieces[-1]) + len(read) < AS_SEEN_PIECE_CHARS:
-            pieces[-1] += "\n\n" + read
+        if pieces and len(pieces[-1]) + len(piece) < AS_SEEN_PIECE_CHARS:
+            pieces[-1] += "\n\n" + piece
         else:
-            pieces.append(read)
+            pieces.append(piece)
     if 2 * sum(map(len, pieces)) > len(text):  # as much as half the text: read it whole, once
-        whole = read_as_seen(text).strip()
+        whole = read(text).strip()
         pieces = [whole] if whole != text.strip() else []
-    return pieces + [p for p in _tags_decoded(text) if p.strip()]
+    return pieces
+
+
+def _word_gaps(text: str) -> list[tuple[int, int]]:
+    """Hidden runs between two letters (not only blanks) with a word of two letters or more on one side: a
+    reader may see the letters run together ("bo\u200bmb"), and a model may read a word break there
+    ("make\u2063a\u2063bomb", control characters `clean_text` turned into U+2063), so both readings are
+    judged. Between single letters ("b\u200bo\u200bm\u200bb") only the letters run together."""
+    return [
+        m.span()
+        for m in _classes().split.finditer(text)
+        if not set(m.group()) <= _BLANKS
+        and 0 < m.start()
+        and m.end() < len(text)
+        and text[m.start() - 1].isalpha()
+        and text[m.end()].isalpha()
+        and (text[m.start() - 2 : m.start() - 1].isalpha() or text[m.end() + 1 : m.end() + 2].isalpha())
+        and _splits(text, *m.span(), m.group())
+    ]
+
+
+def _read_spaced(text: str) -> str:
+    """`read_as_seen`, with each hidden run between two letters read as a space."""
+    parts: list[str] = []
+    at = 0
+    for a, b in _word_gaps(text):
+        parts += [text[at:a], " "]
+        at = b
+    return read_as_seen("".join(parts) + text[at:])
 
 
 #: How far past its context a stretch is widened to reach whitespace.

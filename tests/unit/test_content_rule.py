@@ -185,10 +185,14 @@ def test_text_before_each_forged_label_is_a_segment() -> None:
 
 
 def test_clean_text_replaces_surrogates_and_drops_controls() -> None:
-    assert clean_text("bo\x00mb") == "bomb"
+    # Between letters (or at a text's end, where a stream's next delta may go on) a control run is a word
+    # gap a model may read: one invisible separator; beside punctuation it is dropped.
+    assert clean_text("bo\x00mb") == "bo\u2063mb"
+    assert clean_text("make\x00\x01a") == clean_text("make\x0ba") == "make\u2063a"
+    assert clean_text("make") + clean_text("\x00") + clean_text("a") == "make\u2063a"
     assert clean_text("a\ud800b\udfffc") == "a\ufffdb\ufffdc"
     assert clean_text("keep\ttab\nnew\r\nline") == "keep\ttab\nnew\r\nline"
-    assert clean_text("\x1b[31mred\x7f\x85") == "[31mred"
+    assert clean_text("\x1b[31mred.\x7f\x85") == "[31mred."
     clean_text("\ud800").encode("utf-8")  # always encodable
 
 
