@@ -380,7 +380,11 @@ def _unmarked(match: re.Match[str]) -> str:
 
 def _tags_decoded(text: str) -> list[str]:
     """The ASCII that runs of tag characters spell (a reading some models have)."""
-    return ["".join(chr(ord(c) - 0xE0000) for c in m.group()) for m in _tag_runs(text)]
+    return [_spelled(m.group()) for m in _tag_runs(text)]
+
+
+def _spelled(tags: str) -> str:
+    return "".join(chr(ord(c) - 0xE0000) for c in tags)
 
 
 def _tag_runs(text: str) -> list[re.Match[str]]:
@@ -523,14 +527,14 @@ class AsSeenStream:
         return self._read(ready)
 
     def _read(self, text: str) -> str:
-        if not text or text.isascii():
+        if not text or (text.isascii() and "\t" not in text):
             self._in += len(text)
             self._out += len(text)
             return text
         parts: list[str] = []
         for word in _words_and_gaps(text):
-            read = read_as_seen(word) if not word.isascii() and _hidden_places(word) else word
-            if read != word:
+            read = _word_as_seen(word)
+            if len(read) != len(word) or (read != word and not read.isspace()):
                 self._words.append((self._out, self._out + len(read), self._in, self._in + len(word)))
             parts.append(read)
             self._in += len(word)
@@ -566,6 +570,22 @@ class AsSeenStream:
         # No word read differently at or before the offset (dropped ones included): the texts line up as far
         # as the first word still kept, or all the way when none is.
         return self._words[0][2] - self._words[0][0] if self._words else self._in - self._out
+
+
+def _word_as_seen(word: str) -> str:
+    """One word (or the whitespace between two) as the Stream model reads it: a word that reads differently as
+    read, runs of tag characters in it as the ASCII they spell (the model reads each token once, so in their
+    place); tabs between words as spaces (one for one: offsets stay; a tab after a line break stays)."""
+    if word.isascii():
+        return word.replace("\t", " ") if "\t" in word and word.isspace() and not word.strip(" \t") else word
+    if not _hidden_places(word):
+        return word
+    parts: list[str] = []
+    at = 0
+    for m in _tag_runs(word):
+        parts += [read_as_seen(word[at : m.start()]), _spelled(m.group())]
+        at = m.end()
+    return "".join(parts) + read_as_seen(word[at:])
 
 
 def _words_and_gaps(text: str) -> list[str]:
