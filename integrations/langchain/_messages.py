@@ -10,7 +10,13 @@ and every assistant turn (its text and its tool calls), wherever it sits in the 
 sends its own history can put a fake assistant turn anywhere; screening only what follows the last
 assistant turn would let it hide an earlier user turn. Repeated screening of an unchanged history
 hits the guard's verdict cache (same stage, same conversation), so an agent loop pays for each
-message once. System messages are the application's own and are not screened.
+message once.
+
+System and developer messages (`system_role`) are judged as prompts, as a user turn is: a client's
+history can carry its request in one. Only a ``system`` message that opens the list, the application's
+prompt, is left out (one placed right after it, a template's ``MessagesPlaceholder`` of client history, is
+judged), and not even that with ``screen_system=True`` (what `GuardMiddleware` passes: an agent's own
+system prompt is never in its state, so every system message there is input).
 
 Text is every content block that carries text (`message_text`), not only ``"text"`` blocks:
 ``"text-plain"`` (inline or base64), ``"input_text"``/``"output_text"``, reasoning, refusals, tool
@@ -52,6 +58,7 @@ __all__ = [
     "reasoning_text",
     "guard_history",
     "input_items",
+    "system_role",
     "output_items",
     "prompt_items",
     "tool_arguments",
@@ -252,6 +259,18 @@ def _role(message: BaseMessage) -> str | None:
     return None  # system, tool, function, ...: not conversation context
 
 
+def system_role(message: BaseMessage) -> str | None:
+    """``"system"`` or ``"developer"`` for a message of that role, else ``None``. An OpenAI-style
+    ``{"role": "developer"}`` converts to a `SystemMessage` marked ``__openai_role__``."""
+    if message.type == "system":
+        extra = message.additional_kwargs
+        return "developer" if isinstance(extra, Mapping) and extra.get("__openai_role__") == "developer" else "system"
+    if message.type == "chat":
+        role = str(getattr(message, "role", "")).strip().lower()
+        return role if role in ("system", "developer") else None
+    return None
+
+
 def _is_tool_output(message: BaseMessage) -> bool:
     """A tool's (or legacy function's) result the model reads: untrusted text."""
     if isinstance(message, ToolMessage) or message.type in ("tool", "function"):
@@ -295,17 +314,24 @@ def tool_arguments(tool_call: Mapping[str, Any]) -> Mapping[str, Any] | str:
     return {} if args is None else str(args)
 
 
-def input_items(messages: Sequence[BaseMessage], turns: int = DEFAULT_HISTORY_TURNS) -> list[Item]:
+def input_items(
+    messages: Sequence[BaseMessage], turns: int = DEFAULT_HISTORY_TURNS, *, screen_system: bool = False
+) -> list[Item]:
     """Everything the model is about to read, by role (see the module docstring).
 
-    User turns become prompt checks and assistant turns response checks (text) and tool-call checks,
-    each with the earlier turns as history; `ToolMessage`s become tool-result checks (untrusted, alone).
-    System messages and empty texts are skipped. Linear in the number of messages.
+    User turns, and system and developer messages, become prompt checks and assistant turns response
+    checks (text) and tool-call checks, each with the earlier turns as history; `ToolMessage`s become
+    tool-result checks (untrusted, alone). Empty texts are skipped, and so is a ``system`` message
+    that opens the list (the application's prompt) unless ``screen_system``. Linear in the number of
+    messages.
     """
     items: list[Item] = []
-    history: list[dict[str, str]] = []  # the user/assistant turns before message i
+    history: list[dict[str, str]] = []  # the user/assistant turns (and judged system text) before message i
     for i, message in enumerate(messages):
         context = history[-turns:] if turns > 0 else []
+        system = system_role(message)
+        if i == 0 and system == "system" and not screen_system:
+            continue  # the application's prompt
         if _is_tool_output(message):
             text = message_text(message)
             if text.strip():
@@ -313,18 +339,18 @@ def input_items(messages: Sequence[BaseMessage], turns: int = DEFAULT_HISTORY_TU
                 conversation = untrusted_conversation(text, "tool output")
                 items.append(Item(Stage.TOOL_RESULT, conversation, message, i, label=f"tool result of {name}"))
             continue
-        role = _role(message)
-        if role == "user":
-            text = message_text(message)
-            if text.strip():
-                items.append(Item(Stage.PROMPT, prompt_conversation(text, context), message, i, label="user input"))
+        # Other system text is input like a user turn: judged as one, and context for what follows.
+        role = "user" if system is not None else _role(message)
+        text = message_text(message) if role is not None else ""
+        if role == "user" and text.strip():
+            label = f"{system} message" if system else "user input"
+            items.append(Item(Stage.PROMPT, prompt_conversation(text, context), message, i, label=label))
         elif role == "assistant":
             for item in output_items(message, context, turns, reasoning=False):  # what the model reads back
                 item.index = i
                 items.append(item)
-        turn = _turn(message)
-        if turn is not None:
-            history.append(turn)
+        if role is not None and text.strip():
+            history.append({"role": role, "content": text})
             if len(history) > 4 * max(turns, 1):
                 del history[: -max(turns, 1)]  # keep it bounded on long histories
     return items

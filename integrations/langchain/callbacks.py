@@ -111,6 +111,7 @@ from ._streaming import (
     open_tool_screen,
 )
 from ._tool_errors import MAX_ERROR_CHARS, TOOL_NODE_HINT, control_flow, digest, error_texts, written_messages
+from .documents import document_text
 
 __all__ = ["GuardCallbackHandler", "AsyncGuardCallbackHandler"]
 
@@ -165,6 +166,7 @@ class _GuardHandlerLogic:
         check_tool_calls: bool = True,
         check_tool_results: bool = True,
         check_retrieval: bool = True,
+        screen_system: bool = False,
         history_turns: int = DEFAULT_HISTORY_TURNS,
         window_chars: int = DEFAULT_WINDOW_CHARS,
         min_chars: int = 1,
@@ -198,6 +200,7 @@ class _GuardHandlerLogic:
         self.check_tool_calls = check_tool_calls
         self.check_tool_results = check_tool_results
         self.check_retrieval = check_retrieval
+        self.screen_system = screen_system
         self.history_turns = history_turns
         self.window_chars = window_chars
         self.min_chars = min_chars
@@ -371,7 +374,8 @@ class _GuardHandlerLogic:
         }
         items: list[Item] = []
         for batch in messages:
-            items.extend(item for item in input_items(batch, self.history_turns) if wanted.get(item.stage))
+            batch_items = input_items(batch, self.history_turns, screen_system=self.screen_system)
+            items.extend(item for item in batch_items if wanted.get(item.stage))
         self._run(run_id).context = guard_history(messages[0], self.history_turns) if messages else []
         return items
 
@@ -560,10 +564,11 @@ class _GuardHandlerLogic:
         self._drop(run_id)
         if not self.check_retrieval:
             return []
+        texts = [document_text(doc, self.guard.max_chars) for doc in documents]  # metadata too: apps print it
         return [
-            Item(Stage.RETRIEVAL, untrusted_conversation(doc.page_content, f"document {i}"), label=f"document {i}")
-            for i, doc in enumerate(documents)
-            if getattr(doc, "page_content", "").strip()
+            Item(Stage.RETRIEVAL, untrusted_conversation(text, f"document {i}"), label=f"document {i}")
+            for i, text in enumerate(texts)
+            if text.strip()
         ]
 
 
@@ -594,6 +599,8 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
         guard: the `qwenguard.core.Guard` (its `Policy` decides what blocks).
         check_input / check_output / check_stream / check_tool_calls / check_tool_results /
             check_retrieval: switch each screen off.
+        screen_system: judge a system message that opens a model's input too (the application's prompt,
+            left out by default); every later system or developer message is judged anyway.
         history_turns: earlier user/assistant turns given to the guard as context.
         stream_engine: how streamed text and tool-call arguments are judged (see ``_streaming.py``):
             ``"pipelined"`` (default with a Gen guard: checks run beside the stream, at most

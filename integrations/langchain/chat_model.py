@@ -46,6 +46,8 @@ class GuardedChatModel(HeldBackChatModel):
         model: the chat model (or a runnable around one: ``model.bind(...)``, ``with_retry()``).
         guard: the `Guard`.
         check_input: screen the messages the model reads before it runs (default on).
+        screen_system: judge a system message that opens the input too (the application's prompt, left
+            out by default); every later system or developer message is judged anyway.
         check_tool_calls: judge tool calls (held until judged when streamed); ``False`` passes them on.
         history_turns: earlier user/assistant turns given to the guard as context.
         holdback / release_unit: passed to the hold-back monitor (``guard.stream``); with a Gen guard,
@@ -57,6 +59,7 @@ class GuardedChatModel(HeldBackChatModel):
 
     type_prefix: ClassVar[str] = "qwenguard-guarded-"
     check_input: bool = True
+    screen_system: bool = False
     parallel_input: bool | None = None
 
     def __init__(
@@ -65,6 +68,7 @@ class GuardedChatModel(HeldBackChatModel):
         guard: Guard,
         *,
         check_input: bool = True,
+        screen_system: bool = False,
         check_tool_calls: bool = True,
         history_turns: int = DEFAULT_HISTORY_TURNS,
         holdback: int | None = None,
@@ -78,6 +82,7 @@ class GuardedChatModel(HeldBackChatModel):
             **self.fields_around(model),
             guard=require_guard(guard),
             check_input=check_input,
+            screen_system=screen_system,
             check_tool_calls=check_tool_calls,
             history_turns=history_turns,
             stream_options=monitor_options(holdback, release_unit),
@@ -93,7 +98,7 @@ class GuardedChatModel(HeldBackChatModel):
 
     # -- what to check (pure) ---------------------------------------------------------------------
     def _input_items(self, messages: list[BaseMessage]) -> list[Item]:
-        return input_items(messages, self.history_turns) if self.check_input else []
+        return input_items(messages, self.history_turns, screen_system=self.screen_system) if self.check_input else []
 
     def _answer_items(self, messages: list[BaseMessage], answer: BaseMessage) -> list[Item]:
         context = guard_history(messages, self.history_turns)

@@ -2,8 +2,10 @@
 
 Retrieved documents are untrusted content: each is checked on its own (one batched guard call per
 retrieval, `Guard.check_documents`), so harmful text and injected instructions ("ignore all previous
-instructions ...", the Jailbreak category) never reach the prompt. Documents keep their order and
-metadata; the input documents are never mutated (kept ones are copies when metadata is added).
+instructions ...", the Jailbreak category) never reach the prompt. A document is judged whole, its
+metadata's text with its page (`document_text`): an app may print a title or a source into the prompt.
+Documents keep their order and metadata; the input documents are never mutated (kept ones are copies
+when metadata is added).
 
 ``on_violation``: ``"drop"`` (default) removes blocked documents; ``"raise"`` raises `GuardViolation`
 (or `GuardUnavailable` when the guard could not answer and the policy fails closed) for the first
@@ -13,7 +15,7 @@ categories, fail-open errors) are kept with the decision in ``metadata["qwenguar
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from langchain_core.callbacks import (
@@ -26,21 +28,39 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, field_validator
 from qwenguard.core import Action, Decision, Guard, enforce
 
+from ._messages import artifact_text
 from ._screening import METADATA_KEY, require_guard
 
-__all__ = ["GuardDocumentCompressor", "GuardedRetriever", "OnViolation"]
+__all__ = ["GuardDocumentCompressor", "GuardedRetriever", "OnViolation", "document_text"]
 
 OnViolation = Literal["drop", "raise"]
 
+#: Metadata keys whose values identify a document and are not text a prompt shows; and qwenguard's own
+#: decision record. ``source`` is judged: apps print it, and a page's author can choose its URL or name.
+_ID_KEYS = frozenset({"id", "_id", "doc_id", "document_id", "chunk_id", "uuid", "hash", METADATA_KEY})
 
-def _texts(documents: Sequence[Document]) -> list[str]:
+
+def document_text(document: Any, budget: int) -> str:
+    """A retrieved document as one text to judge: its ``page_content``, then every string in its ``metadata``
+    but identifiers (`_ID_KEYS`), one a line (nested values too, walked by `artifact_text` up to ``budget``
+    characters). Numbers and other values that are not text add nothing: a document whose metadata holds
+    no text is judged exactly as its page (the same check, the same verdict-cache entry)."""
+    page = getattr(document, "page_content", None)
+    page = page if isinstance(page, str) else ""
+    metadata = getattr(document, "metadata", None)
+    values = [v for k, v in metadata.items() if k not in _ID_KEYS] if isinstance(metadata, Mapping) else []
+    extra = artifact_text(values, budget - len(page)) if values else ""
+    return "\n".join(t for t in (page, extra) if t)
+
+
+def _texts(documents: Sequence[Document], budget: int) -> list[str]:
     if isinstance(documents, (str, Document)):
         raise TypeError("documents must be a list of Document, not a single value")
     out = []
     for i, doc in enumerate(documents):
         if not isinstance(doc, Document):
             raise TypeError(f"documents[{i}] must be a langchain_core Document, got {type(doc).__name__}")
-        out.append(doc.page_content)
+        out.append(document_text(doc, budget))
     return out
 
 
@@ -80,7 +100,7 @@ class GuardDocumentCompressor(BaseDocumentCompressor):
     def compress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
     ) -> Sequence[Document]:
-        texts = _texts(documents)
+        texts = _texts(documents, self.guard.max_chars)
         if not texts:
             return []
         return _apply(documents, self.guard.check_documents(query, texts), self.on_violation)
@@ -88,7 +108,7 @@ class GuardDocumentCompressor(BaseDocumentCompressor):
     async def acompress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
     ) -> Sequence[Document]:
-        texts = _texts(documents)
+        texts = _texts(documents, self.guard.max_chars)
         if not texts:
             return []
         return _apply(documents, await self.guard.acheck_documents(query, texts), self.on_violation)

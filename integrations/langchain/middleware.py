@@ -4,7 +4,8 @@ Where it looks (every step is one batched guard call):
 
 - ``before_model``: what is new since the model's last turn — the user's input (prompt check, with
   the earlier turns as context) and tool results (untrusted content: injected instructions show up
-  as Jailbreak). Runs before the model sees them.
+  as Jailbreak). Runs before the model sees them. Every system or developer message in the state is
+  input too, judged as a prompt: the agent's own ``system_prompt`` is never in the state.
 - ``wrap_model_call``: the model's answer, as the call's outcome — its text (response check; held
   and judged as it streams, see below) and every tool call it asks for (``Tool call: name({...})`` as
   the assistant's action). Before any ``after_model`` hook sees it: hooks run in the reverse order of
@@ -260,7 +261,8 @@ class GuardMiddleware(AgentMiddleware):
             Stage.TOOL_CALL: self.check_input and self.check_tool_calls,
             Stage.TOOL_RESULT: self.check_tool_results,
         }
-        return [i for i in input_items(messages, self.history_turns) if wanted.get(i.stage) and i.message is not None]
+        items = input_items(messages, self.history_turns, screen_system=True)  # the system prompt is not in the state
+        return [i for i in items if wanted.get(i.stage) and i.message is not None]
 
     def _output_items(self, state: AgentState) -> list[Item]:
         messages = list(state.get("messages") or ())

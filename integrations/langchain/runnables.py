@@ -3,9 +3,10 @@
     chain = guard_input(guard) | prompt | model | guard_output(guard)
     chain = GuardRunnable(guard=guard, runnable=prompt | model)      # input and output, with context
 
-- `guard_input` passes its input through unchanged after screening it (strings and user messages as
-  prompts, tool messages as untrusted content; for dict inputs every string value, or only
-  ``input_keys``).
+- `guard_input` passes its input through unchanged after screening it (strings, user messages and
+  system messages but one that opens a message list as prompts, tool messages as untrusted content;
+  for dict inputs every string value, or only ``input_keys``, and every message of a list there, its
+  system ones too: a chain's variables are the caller's, the template comes after).
 - `guard_output` is a streaming transform with hold-back (``_holding.py``): a chunk is passed on only
   once the guard has judged its text (the core StreamMonitor, pipelined with generation), and a
   violation *raises* (`GuardViolation`) — raising, not returning, is what makes LangChain stop the
@@ -74,6 +75,8 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
         runnable: optional runnable to wrap; without it the step screens what flows through it.
         check_input / check_output: which side to screen.
         input_keys: for dict inputs, the keys whose values are the user's input (default: all strings).
+        screen_system: judge a system message that opens a message-list input too (the application's
+            prompt, left out by default); later ones, and all in a dict input's values, are judged anyway.
         stream_engine: ``"monitor"`` (default: a StreamMonitor; chunks are passed on once it released
             their text, ``holdback`` guard tokens behind) or ``"gate"`` (the answer judged by a Gen check
             at every word end, chunks held until then; ``window_chars``, ``min_chars``). See ``_streaming.py``.
@@ -94,6 +97,7 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
     check_input: bool = True
     check_output: bool = True
     input_keys: tuple[str, ...] | None = None
+    screen_system: bool = False
     history_turns: int = DEFAULT_HISTORY_TURNS
     stream_engine: Engine = "monitor"
     holdback: int | None = None
@@ -135,15 +139,18 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
         return super().get_name(suffix, name=name)
 
     # -- input side (pure) ------------------------------------------------------------------------
-    def _input_items(self, value: Any) -> list[Item]:
+    def _input_items(self, value: Any, *, variable: bool = False) -> list[Item]:
+        """``variable``: ``value`` is a dict input's value, which a prompt template fills in after this step: a
+        system message there is the caller's, never the template's own (`input_items`' ``screen_system``)."""
+        screen_system = self.screen_system or variable
         if isinstance(value, str):
             return prompt_items([value])
-        if isinstance(value, PromptValue):
-            return input_items(value.to_messages(), self.history_turns)
+        if isinstance(value, PromptValue):  # a formatted template, its own system messages first
+            return input_items(value.to_messages(), self.history_turns, screen_system=self.screen_system)
         if isinstance(value, BaseMessage):
-            return input_items([value], self.history_turns)
+            return input_items([value], self.history_turns, screen_system=screen_system)
         if isinstance(value, (list, tuple)):
-            return input_items(convert_to_messages(value), self.history_turns)
+            return input_items(convert_to_messages(value), self.history_turns, screen_system=screen_system)
         if isinstance(value, dict):
             keys = self.input_keys if self.input_keys is not None else tuple(value)
             items: list[Item] = []
@@ -152,7 +159,7 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
                     raise KeyError(f"guard input key {key!r} not in the chain input (keys: {sorted(value)})")
                 sub = value[key]
                 if isinstance(sub, (str, PromptValue, BaseMessage, list, tuple)):
-                    items.extend(self._input_items(sub))
+                    items.extend(self._input_items(sub, variable=True))
                 elif self.input_keys is not None:
                     raise TypeError(f"guard input key {key!r} holds a {type(sub).__name__}, not text or messages")
             return items
@@ -319,7 +326,11 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
 
 
 def guard_input(
-    guard: Guard, *, input_keys: Sequence[str] | None = None, history_turns: int = DEFAULT_HISTORY_TURNS
+    guard: Guard,
+    *,
+    input_keys: Sequence[str] | None = None,
+    history_turns: int = DEFAULT_HISTORY_TURNS,
+    screen_system: bool = False,
 ) -> GuardRunnable:
     """A chain step that screens its input and passes it on unchanged (raises `GuardViolation` if blocked).
 
@@ -331,6 +342,7 @@ def guard_input(
         check_output=False,
         input_keys=tuple(input_keys) if input_keys is not None else None,
         history_turns=history_turns,
+        screen_system=screen_system,
     )
 
 

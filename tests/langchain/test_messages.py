@@ -156,3 +156,29 @@ def test_reasoning_is_judged_as_output_not_read_back_as_input():
     )
     [item] = output_items(blocks, [HumanMessage("Capital of France?")])
     assert item.conversation[-1]["content"].count("France's capital") == 1
+
+
+def test_system_messages_but_the_opening_one_are_judged_as_prompts():
+    """rt42b F2: a client's system or developer turn carries a request like a user turn. Left out: a system
+    message that opens the list (the application's prompt), unless ``screen_system``."""
+    messages = [
+        SystemMessage("app rules"),
+        SystemMessage("more app rules"),
+        SystemMessage("client's request", additional_kwargs={"__openai_role__": "developer"}),
+        HumanMessage("Please answer."),
+        SystemMessage("later system text"),
+    ]
+    items = input_items(messages)
+    assert [(i.stage, i.index, i.label) for i in items] == [
+        (Stage.PROMPT, 1, "system message"),  # right after the app's: a placeholder's client history
+        (Stage.PROMPT, 2, "developer message"),
+        (Stage.PROMPT, 3, "user input"),
+        (Stage.PROMPT, 4, "system message"),
+    ]
+    # judged system text is context for what follows, as a user turn is
+    assert items[2].conversation == [
+        {"role": "user", "content": "more app rules"},
+        {"role": "user", "content": "client's request"},
+        {"role": "user", "content": "Please answer."},
+    ]
+    assert [i.index for i in input_items(messages, screen_system=True)] == [0, 1, 2, 3, 4]
