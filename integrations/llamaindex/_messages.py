@@ -10,7 +10,9 @@ followed by "Please answer." or hidden behind a forged assistant turn must not s
 Text is read from every block kind of llama-index-core 0.14 that carries text: `TextBlock`,
 `ThinkingBlock`, `CitableBlock` and `CitationBlock` (their text parts) and `DocumentBlock` with inline
 text data. Images, audio, video and binary documents (PDF...) carry no text a text guard can read:
-they are passed on unjudged (a documented limit; screen them before they reach the LLM).
+they are passed on unjudged (a documented limit; screen them before they reach the LLM). The text a
+message's ``additional_kwargs`` carry is judged as the message's too (`carried_text`): a provider may send
+it beside the blocks or in their place.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import json
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +37,7 @@ from llama_index.core.base.llms.types import (
     ThinkingBlock,
     ToolCallBlock,
 )
+from llama_index.core.bridge.pydantic import BaseModel
 from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.prompts import (
     BasePromptTemplate,
@@ -64,6 +67,7 @@ __all__ = [
     "answer_marks",
     "answer_text",
     "block_text",
+    "carried_text",
     "message_text",
     "plan_inputs",
     "plan_template",
@@ -74,6 +78,7 @@ __all__ = [
     "tool_calls_of",
     "variable_checks",
     "variable_texts",
+    "wire_text",
 ]
 
 GuardMessage = dict[str, str]
@@ -248,13 +253,18 @@ def _unparsed_arguments(message: ChatMessage) -> dict[str, tuple[str, str]]:
         if isinstance(b, ToolCallBlock) and isinstance(b.tool_kwargs, str) and not _is_object(b.tool_kwargs):
             found[b.tool_call_id or f"block-{len(found)}"] = (b.tool_name, b.tool_kwargs)
     for call in message.additional_kwargs.get("tool_calls") or ():
-        function = call.get("function") if isinstance(call, Mapping) else getattr(call, "function", None)
-        get = function.get if isinstance(function, Mapping) else lambda key, f=function: getattr(f, key, None)
-        text, name = get("arguments"), get("name")
-        call_id = call.get("id") if isinstance(call, Mapping) else getattr(call, "id", None)
+        call_id, name, text = _call_parts(call)
         if isinstance(text, str) and not _is_object(text):
             found.setdefault(str(call_id or f"call-{len(found)}"), (str(name or "tool"), text))
     return found
+
+
+def _call_parts(call: Any) -> tuple[Any, Any, Any]:
+    """(id, name, arguments) of an OpenAI-style tool call, a dict or an object (``None`` where missing)."""
+    function = call.get("function") if isinstance(call, Mapping) else getattr(call, "function", None)
+    get = function.get if isinstance(function, Mapping) else lambda key, f=function: getattr(f, key, None)
+    call_id = call.get("id") if isinstance(call, Mapping) else getattr(call, "id", None)
+    return call_id, get("name"), get("arguments")
 
 
 def _is_object(text: str) -> bool:
@@ -323,6 +333,79 @@ def answer_marks(message: ChatMessage, calls: Sequence[ToolSelection]) -> list[b
     return marks + [_call_mark(c) for c in calls]
 
 
+# -- text carried in additional_kwargs -----------------------------------------------------------
+#: Keys whose values link or label (ids, types, names): an identifier there is no text a model reads as words.
+_LINK_KEYS = frozenset({"id", "tool_call_id", "call_id", "type", "name", "index", "reference_audio_id"})
+_IDENTIFIER = re.compile(r"[\w.:-]{1,64}")
+
+
+def _strings(value: Any, key: str | None = None) -> Iterator[str]:
+    """Every string ``value`` holds (mapping values, sequence items, a pydantic model's fields), depth first,
+    except an identifier under a link key. Without recursion (a client's JSON may nest as deep as it likes),
+    each container once."""
+    stack: list[tuple[Any, str | None]] = [(value, key)]
+    walked: set[int] = set()  # containers read once: one that holds itself is not read forever
+    while stack:
+        item, at = stack.pop()
+        if not isinstance(item, str):
+            if id(item) in walked:
+                continue
+            walked.add(id(item))
+        if isinstance(item, str):
+            if not (at in _LINK_KEYS and _IDENTIFIER.fullmatch(item)):
+                yield item
+        elif isinstance(item, Mapping):
+            stack.extend(reversed([(v, str(k)) for k, v in item.items()]))
+        elif isinstance(item, (list, tuple)):
+            stack.extend(reversed([(v, at) for v in item]))
+        elif isinstance(item, BaseModel):  # the OpenAI client's tool call objects, sent as their dump
+            stack.append((item.model_dump(), at))
+
+
+def _unjudged(call: Any, judged: set[bytes]) -> Any:
+    """A tool call entry of ``additional_kwargs``, without its function when that was judged as a tool call."""
+    _, name, arguments = _call_parts(call)
+    if not isinstance(name, str) or not isinstance(arguments, (str, Mapping)):
+        return call
+    if _call_mark(_selection("", name, arguments)) not in judged:
+        return call
+    fields = call.model_dump() if isinstance(call, BaseModel) else call
+    return {k: v for k, v in fields.items() if k != "function"} if isinstance(fields, Mapping) else None
+
+
+def carried_text(message: ChatMessage, calls: Sequence[ToolSelection] = ()) -> str:
+    """The text a message's ``additional_kwargs`` carry, which a provider may send with it or in its place.
+
+    LlamaIndex's OpenAI serializer merges them into the message it sends when they hold a ``"tool_calls"`` or
+    ``"function_call"`` key (``{"function_call": None, "content": ...}`` replaces the text), and its Responses
+    serializer sends each ``"tool_calls"`` entry as an input item of its own: every string in them is read,
+    whatever the key. Left out: identifiers under link keys (ids, types, names) and the tool calls in ``calls``
+    (judged as tool calls). A ``"role"`` that differs from the message's own raises `ValueError`: the message
+    would be sent in a role it was not judged in (a system turn, never judged, sent as a user turn)."""
+    kwargs = message.additional_kwargs
+    own, claimed = role_of(message), kwargs.get("role")
+    if claimed is not None and str(getattr(claimed, "value", claimed)) != own:
+        raise ValueError(
+            f"a {own!r} message has additional_kwargs['role']={claimed!r}: a provider would send it in that role, "
+            "which it was not judged in; refused (drop the 'role' key, or give the message that role)"
+        )
+    judged = {_call_mark(c) for c in calls}
+    parts: list[str] = []
+    for key, value in kwargs.items():
+        if key == "role":
+            continue
+        if key == "tool_calls" and judged and isinstance(value, (list, tuple)):
+            value = [_unjudged(call, judged) for call in value]
+        parts.extend(t for t in _strings(value, key) if t.strip())
+    return "\n".join(parts)
+
+
+def wire_text(message: ChatMessage, calls: Sequence[ToolSelection] = ()) -> str:
+    """What a provider may send as a message's text: its blocks' text, then what its ``additional_kwargs``
+    carry (`carried_text`; raises `ValueError` for a ``"role"`` there that is not the message's)."""
+    return "\n".join(t for t in (message_text(message), carried_text(message, calls)) if t)
+
+
 class Seen:
     """A bounded memory of inputs already judged and let through: what is *not* in it is new to the
     model. Oldest entries drop off first (a dropped entry is only judged again)."""
@@ -387,7 +470,9 @@ def plan_inputs(
         return True
 
     for i, m in enumerate(messages):
-        role, text = role_of(m), message_text(m)
+        role = role_of(m)
+        calls = tool_calls_of(llm, m) if role in _ASSISTANT else []
+        text = wire_text(m, calls)  # what the provider may send, not only the blocks (and no role change)
         has_text = bool(text.strip())
         if role in _SYSTEM:
             if screen_system and has_text and new(mark("system", text)):
@@ -405,7 +490,7 @@ def plan_inputs(
         elif role in _ASSISTANT:
             if has_text and new(mark("assistant", text)):
                 plan.checks.append((Stage.RESPONSE, response_conversation(previous_user, text)))
-            for call in tool_calls_of(llm, m):
+            for call in calls:
                 if new(_call_mark(call)):
                     context = [{"role": "user", "content": previous_user}]
                     plan.checks.append(

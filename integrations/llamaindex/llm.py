@@ -8,10 +8,12 @@ What is screened, and as what:
 
 - every message of the input that is new to the model, by role (`._messages.plan_inputs`): the
   latest user turn as a prompt after the earlier turns, earlier user turns as prompts, assistant
-  turns as responses, the tool calls they hold as tool calls, tool outputs as untrusted content.
+  turns as responses, the tool calls they hold as tool calls, tool outputs as untrusted content; a
+  message's text is what a provider may send, its ``additional_kwargs`` too (`._messages.carried_text`).
   What this wrapper judged and let through before (earlier turns, its own answers) is not judged
   again, so a growing history costs one check per new message;
-- for template calls (``predict``/``stream``, which query engines use) the template's query variable
+- for template calls (``predict``/``stream``, which query engines use, and ``structured_predict`` and its
+  async and streaming twins) the template's query variable
   as the prompt and its context variable (``context_str``...) as untrusted retrieved content,
   instead of the whole formatted prompt;
 - the answer: whole responses with ``check_response``; streams through the guard's hold-back
@@ -37,10 +39,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -56,6 +58,7 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr, SerializeAsAny
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
 from llama_index.core.prompts import BasePromptTemplate
+from llama_index.core.types import Model
 from qwenguard.core import Decision, Guard, enforce
 from qwenguard.core.formats.conversations import prompt_conversation, response_conversation, tool_call_conversation
 from qwenguard.core.streaming.parallel import PendingCheck
@@ -91,6 +94,8 @@ if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
 
 __all__ = ["CONTEXT_VARIABLES", "QUERY_VARIABLES", "GuardedLLM"]
+
+T = TypeVar("T")
 
 # Set while a template call (predict/stream) runs: its inputs were screened by variable, so the
 # chat/complete call it makes must not re-screen the formatted prompt as if the user wrote all of it.
@@ -525,46 +530,124 @@ class GuardedLLM(FunctionCallingLLM):
 
     # -- template calls: screen by variable, not the formatted prompt -------------------------
     # The wrapped LLM is handed `TemplateCall.template`, whose variables were computed and judged here: a
-    # function mapping or a ``__str__`` is not run a second time, where it could print other text.
-    def predict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
+    # function mapping or a ``__str__`` is not run a second time, where it could print other text. Every
+    # template entry point (predict, stream, the structured programs) goes through `_judge_template`.
+    def _judge_template(
+        self, prompt: BasePromptTemplate, prompt_args: Mapping[str, Any]
+    ) -> tuple[TemplateCall, _Plan | None]:
+        """Resolve and judge a template call (raises when blocked); run the call under `_running`."""
         call, plan = self._resolve(prompt, prompt_args)
         if plan is None:
             self._screen(self._template_variables(call))
-            with self._formatted(call):
-                return super().predict(call.template, **call.arguments)
-        plan = self._start_inputs(plan)
-        with self._prescreened(plan):
+            return call, None
+        return call, self._start_inputs(plan)
+
+    async def _ajudge_template(
+        self, prompt: BasePromptTemplate, prompt_args: Mapping[str, Any]
+    ) -> tuple[TemplateCall, _Plan | None]:
+        call, plan = self._resolve(prompt, prompt_args)
+        if plan is None:
+            await self._ascreen(self._template_variables(call))
+            return call, None
+        return call, await self._astart_inputs(plan)
+
+    def _running(self, call: TemplateCall, plan: _Plan | None) -> contextlib.AbstractContextManager[None]:
+        """While a judged template call runs: its chat/complete calls take the plan instead of judging the
+        formatted prompt again, or, without a plan, judge its system messages too."""
+        return self._formatted(call) if plan is None else self._prescreened(plan)
+
+    def _steps(self, call: TemplateCall, plan: _Plan | None, inner: Generator[T, None, None]) -> Iterator[T]:
+        """``inner`` (a lazy generator) with each step run under `_running`: set across a ``yield``, the
+        context would leak into the consumer's own calls of this LLM, which would go unjudged."""
+        with contextlib.closing(inner):
+            while True:
+                with self._running(call, plan):
+                    try:
+                        item = next(inner)
+                    except StopIteration:
+                        return
+                yield item
+
+    async def _asteps(
+        self, call: TemplateCall, plan: _Plan | None, inner: AsyncGenerator[T, None]
+    ) -> AsyncGenerator[T, None]:
+        try:
+            while True:
+                with self._running(call, plan):
+                    try:
+                        item = await inner.__anext__()
+                    except StopAsyncIteration:
+                        return
+                yield item
+        finally:
+            await inner.aclose()
+
+    def predict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
+        call, plan = self._judge_template(prompt, prompt_args)
+        with self._running(call, plan):
             return super().predict(call.template, **call.arguments)
 
     async def apredict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
-        call, plan = self._resolve(prompt, prompt_args)
-        if plan is None:
-            await self._ascreen(self._template_variables(call))
-            with self._formatted(call):
-                return await super().apredict(call.template, **call.arguments)
-        plan = await self._astart_inputs(plan)
-        with self._prescreened(plan):
+        call, plan = await self._ajudge_template(prompt, prompt_args)
+        with self._running(call, plan):
             return await super().apredict(call.template, **call.arguments)
 
     def stream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> Any:
-        call, plan = self._resolve(prompt, prompt_args)
-        if plan is None:
-            self._screen(self._template_variables(call))
-            with self._formatted(call):  # stream_chat/stream_complete read it when called, here
-                return super().stream(call.template, **call.arguments)
-        plan = self._start_inputs(plan)
-        with self._prescreened(plan):  # stream_chat/stream_complete read it when called, here
+        call, plan = self._judge_template(prompt, prompt_args)
+        with self._running(call, plan):  # stream_chat/stream_complete read it when called, here
             return super().stream(call.template, **call.arguments)
 
     async def astream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> Any:
-        call, plan = self._resolve(prompt, prompt_args)
-        if plan is None:
-            await self._ascreen(self._template_variables(call))
-            with self._formatted(call):
-                return await super().astream(call.template, **call.arguments)
-        plan = await self._astart_inputs(plan)
-        with self._prescreened(plan):
+        call, plan = await self._ajudge_template(prompt, prompt_args)
+        with self._running(call, plan):
             return await super().astream(call.template, **call.arguments)
+
+    # The structured programs format the template themselves and call chat/stream_chat: judged here as a
+    # template call, so a variable put in a system message or a context variable is judged as what it is.
+    def structured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: BasePromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Model:
+        call, plan = self._judge_template(prompt, prompt_args)
+        with self._running(call, plan):
+            return super().structured_predict(output_cls, call.template, llm_kwargs, **call.arguments)
+
+    async def astructured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: BasePromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Model:
+        call, plan = await self._ajudge_template(prompt, prompt_args)
+        with self._running(call, plan):
+            return await super().astructured_predict(output_cls, call.template, llm_kwargs, **call.arguments)
+
+    def stream_structured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: BasePromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Any:
+        """Judged when called, like `stream`; the partial objects follow."""
+        call, plan = self._judge_template(prompt, prompt_args)
+        inner = super().stream_structured_predict(output_cls, call.template, llm_kwargs, **call.arguments)
+        return self._steps(call, plan, inner)
+
+    async def astream_structured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: BasePromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Any:
+        call, plan = await self._ajudge_template(prompt, prompt_args)
+        inner = await super().astream_structured_predict(output_cls, call.template, llm_kwargs, **call.arguments)
+        return self._asteps(call, plan, inner)
 
     # -- tool calling: delegated to the wrapped LLM -------------------------------------------
     def _inner_function_calling(self) -> FunctionCallingLLM:

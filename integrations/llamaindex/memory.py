@@ -30,13 +30,16 @@ from qwenguard.core.formats.conversations import prompt_conversation
 from qwenguard.core.verdict import Stage
 
 from .._common import require_guard
-from ._messages import Checks, message_text, plan_inputs, role_of
+from ._messages import Checks, plan_inputs, role_of, wire_text
 
 __all__ = ["GuardedMemory"]
 
 
 def _is_user(message: ChatMessage) -> bool:
-    return role_of(message) == MessageRole.USER.value and bool(message_text(message).strip())
+    """A user message with text (what a provider would send: its ``additional_kwargs`` too); `ValueError` for a
+    message of any role whose ``additional_kwargs`` would have it sent in another role (never stored)."""
+    text = wire_text(message)
+    return role_of(message) == MessageRole.USER.value and bool(text.strip())
 
 
 def _put_checks(history: Sequence[ChatMessage], message: ChatMessage) -> Checks:
@@ -48,7 +51,7 @@ def _put_checks(history: Sequence[ChatMessage], message: ChatMessage) -> Checks:
 
 def _set_checks(messages: Sequence[ChatMessage]) -> Checks:
     """A whole new history (a client's ``chat_history``): each user turn on its own."""
-    return [(Stage.PROMPT, prompt_conversation(message_text(m))) for m in messages if _is_user(m)]
+    return [(Stage.PROMPT, prompt_conversation(wire_text(m))) for m in messages if _is_user(m)]
 
 
 class GuardedMemory(BaseMemory):
@@ -58,8 +61,10 @@ class GuardedMemory(BaseMemory):
     >>> engine = SimpleChatEngine.from_defaults(llm=guarded_llm, memory=memory)    # doctest: +SKIP
 
     ``put``/``aput``/``put_messages``/``set`` (and their async twins) raise `GuardViolation` for a
-    blocked user message and store nothing of that call. Reads, other roles and ``reset`` go straight
-    to the wrapped memory (answers and tool calls are judged by `GuardedLLM` before they exist).
+    blocked user message and store nothing of that call. A user message's text is what a provider would
+    send: its ``additional_kwargs`` too; a message of any role whose ``additional_kwargs`` set another role
+    raises `ValueError`. Reads, other roles and ``reset`` go straight to the wrapped memory (answers and
+    tool calls are judged by `GuardedLLM` before they exist).
     """
 
     memory: SerializeAsAny[BaseMemory] = Field(description="The memory being guarded.")
@@ -110,7 +115,7 @@ class GuardedMemory(BaseMemory):
 
     # -- writes: screened -----------------------------------------------------------------------
     def put(self, message: ChatMessage) -> None:
-        if _is_user(message):
+        if _is_user(message):  # every role is read: a forged role raises before it is stored
             self._screen(_put_checks(self.memory.get_all(), message))
         self.memory.put(message)
 

@@ -3,6 +3,9 @@
 Each node is judged on its own as untrusted content, all of a query's nodes in one batch
 (``Guard.check_documents``): harmful text and injected instructions ("ignore all previous
 instructions...") are dropped, or stop the query, before the synthesizer puts them in a prompt.
+
+It must be the last postprocessor: one after it that fetches nodes (``PrevNextNodePostprocessor``) adds nodes
+the guard never saw (docs/llamaindex.md).
 """
 
 from __future__ import annotations
@@ -99,6 +102,8 @@ class GuardNodePostprocessor(BaseNodePostprocessor):
     - Nodes let through with a flag (controversial in a loose policy, fail-open guard errors) carry
       the Decision in ``node.metadata["qwenguard_decision"]`` (``record_flags=False`` turns this off).
     - Guard errors follow the guard's policy: fail closed (default) treats the node as blocked.
+    - Put it last: a postprocessor after it that fetches nodes (``PrevNextNodePostprocessor``) adds unjudged
+      ones.
     """
 
     guard: Any = Field(exclude=True, description="The qwenguard Guard.")

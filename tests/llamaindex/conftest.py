@@ -36,3 +36,18 @@ def index(embed_model: MockEmbedding) -> VectorStoreIndex:
     """Safe documents plus an injected one and an unsafe one (constant embeddings: all retrieved)."""
     docs = [Document(text=t, id_=f"doc{i}") for i, t in enumerate([*SAFE_DOCS, INJECTED_DOC, UNSAFE_DOC])]
     return VectorStoreIndex.from_documents(docs, embed_model=embed_model)
+
+
+def openai_like(url: str, *, chat: bool = True):
+    """The real `OpenAILike` provider class pointed at a scripted OpenAI-compatible server."""
+    from llama_index.llms.openai_like import OpenAILike
+
+    return OpenAILike(
+        model="scripted",
+        api_base=url,
+        api_key="scripted",
+        is_chat_model=chat,
+        is_function_calling_model=True,
+        context_window=32000,
+        max_retries=0,
+    )

@@ -9,11 +9,11 @@ import json
 import time
 
 import pytest
+from conftest import openai_like
 from li_scripted import UNSAFE_CLAUSE, Outbox, exposure
 from llama_index.core.agent.workflow import AgentStream, FunctionAgent
 from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.tools import FunctionTool
-from llama_index.llms.openai_like import OpenAILike
 from qwenguard.core import Guard, GuardViolation, Stage
 from qwenguard.integrations.llamaindex import GuardedLLM
 from scripted_openai import Reply, ToolCall, scripted_openai
@@ -26,18 +26,6 @@ CLAUSE_AT = UNSAFE_TEXT.index(UNSAFE_CLAUSE)
 SAFE_TEXT = SAFE_START + "Paris is famous for its food and its art." + SAFE_TAIL[:90]
 PACE = 0.03
 RUN_TIMEOUT_S = 120
-
-
-def openai_like(url: str, *, chat: bool = True) -> OpenAILike:
-    return OpenAILike(
-        model="scripted",
-        api_base=url,
-        api_key="scripted",
-        is_chat_model=chat,
-        is_function_calling_model=True,
-        context_window=32000,
-        max_retries=0,
-    )
 
 
 def clause_exposure(received: str) -> int:

@@ -13,11 +13,11 @@ import json
 from typing import Any
 
 import pytest
+from conftest import openai_like
 from faults import ScriptedBackend
 from llama_index.core.agent.workflow import FunctionAgent, ToolCallResult
 from llama_index.core.bridge.pydantic import BaseModel
 from llama_index.core.tools import AsyncBaseTool, FunctionTool, ToolMetadata, ToolOutput
-from llama_index.llms.openai_like import OpenAILike
 from qwenguard.core import Guard, Policy
 from qwenguard.integrations.llamaindex import GuardedFunctionTool, GuardedTool, guard_tool, guard_tools
 from scripted_openai import Reply, ToolCall, scripted_openai
@@ -34,18 +34,6 @@ def keyword_guard() -> Guard:
         return "Safety: Unsafe\nCategories: Jailbreak" if unsafe else "Safety: Safe\nCategories: None"
 
     return Guard(ScriptedBackend(answer), Policy(timeout_s=None))
-
-
-def openai_like(url: str) -> OpenAILike:
-    return OpenAILike(
-        model="scripted",
-        api_base=url,
-        api_key="x",
-        is_chat_model=True,
-        is_function_calling_model=True,
-        context_window=32000,
-        max_retries=0,
-    )
 
 
 def fetch_error(url: str) -> Exception:
