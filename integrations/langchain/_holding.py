@@ -19,6 +19,7 @@ nothing held is passed on.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import threading
 import weakref
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from qwenguard.core import Guard, GuardViolation
+from qwenguard.core import Guard, GuardUnavailable, GuardViolation
 from qwenguard.core.streaming.gen_windows import RELEASE_UNITS
 from qwenguard.core.streaming.wakeup import UpstreamRace, UpstreamReader
 
@@ -119,12 +120,36 @@ def _has_tool_calls(chunk: Any) -> bool:
 
 
 def _add(whole: Any, chunk: Any) -> Any:
+    """``whole + chunk``, never losing what the answer's tool calls are read from.
+
+    LangChain refuses some sums (two floats under one ``additional_kwargs`` key; a str after a message) that
+    a custom streaming runnable can send. A chunk without a tool call adds nothing the calls need (its text
+    is judged as it streams), so the sum is kept without it; one with a call after chunks without any takes
+    their place; a message chunk with one is added again as only what calls are read from (content,
+    tool-call chunks, the call keys of ``additional_kwargs``). A sum that still fails is refused: the calls could not be judged, and they never go out (not ``on_error``'s to let
+    through: the guard could answer, the stream could not be read)."""
     if whole is None:
         return chunk
     try:
         return whole + chunk
-    except TypeError:
-        return chunk
+    except TypeError as error:
+        if not _has_tool_calls(chunk):
+            return whole if isinstance(whole, BaseMessage) else chunk
+        if not isinstance(whole, BaseMessage) or not _has_tool_calls(whole):
+            return chunk  # no call before it to keep
+        if isinstance(chunk, AIMessageChunk):
+            with contextlib.suppress(TypeError):
+                return whole + _call_parts(chunk)
+        raise GuardUnavailable(
+            f"a streamed chunk with a tool call cannot be added to the chunks before it ({error}): the "
+            "answer's tool calls cannot be judged, so the stream stops"
+        ) from error
+
+
+def _call_parts(chunk: AIMessageChunk) -> AIMessageChunk:
+    """The parts of a message chunk the answer's tool calls are read from (`answer_tool_calls`)."""
+    calls = {k: v for k, v in chunk.additional_kwargs.items() if k in ("function_call", "tool_calls")}
+    return AIMessageChunk(content=chunk.content, tool_call_chunks=chunk.tool_call_chunks, additional_kwargs=calls)
 
 
 def as_message(value: BaseMessage) -> BaseMessage:

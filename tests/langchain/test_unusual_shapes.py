@@ -9,14 +9,15 @@ them); a keyword judge (tests/stream_judges.py: "Mix ammonium") makes the verdic
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
 from langchain.agents import create_agent
-from langchain_core.messages import AIMessageChunk, ChatMessage, FunctionMessage, HumanMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, ChatMessage, FunctionMessage, HumanMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
-from qwenguard.core import Guard, GuardViolation
+from qwenguard.core import Guard, GuardUnavailable, GuardViolation, Policy
 from qwenguard.integrations.langchain import (
     GuardCallbackHandler,
     GuardedChatModel,
@@ -165,3 +166,61 @@ def test_a_json_or_yaml_file_the_model_reads_is_judged(block):
         with pytest.raises(GuardViolation):
             (guard_input(Guard(CountingJudge())) | chat(url)).invoke([message])
         assert url.requests == []
+
+
+# -- chunks LangChain cannot add up -----------------------------------------------------------------------
+def _unaddable_chunks() -> list[Any]:
+    """A tool call, then a chunk LangChain's merge refuses beside it (two floats under one key): a custom
+    streaming runnable upstream, which does not merge its chunks itself as a chat model's stream does."""
+    call = {"name": "send_email", "args": '{"to": "friend@example.com", "body": "' + CLAUSE + '"}', "id": "c1"}
+    return [
+        AIMessageChunk(content="Sure."),
+        AIMessageChunk(content="", tool_call_chunks=[{**call, "index": 0}], additional_kwargs={"score": 0.25}),
+        AIMessageChunk(content="", additional_kwargs={"score": 0.5}),
+        " Done.",  # a str after message chunks: LangChain cannot add it either
+    ]
+
+
+def _generator(chunks: list[Any]) -> Any:
+    """A custom streaming runnable sending ``chunks`` (sync and async)."""
+    from langchain_core.runnables import RunnableGenerator
+
+    def gen(inputs: Any) -> Any:
+        for _ in inputs:
+            pass
+        yield from chunks
+
+    async def agen(inputs: Any) -> Any:
+        async for _ in inputs:
+            pass
+        for chunk in chunks:
+            yield chunk
+
+    return RunnableGenerator(gen, agen)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_chunk_langchain_cannot_add_does_not_drop_the_tool_calls_before_it(mode):
+    """A red team's finding: `HeldStream` replaced the answer so far with the chunk it could not add, so the
+    tool call before it was never judged and its arguments went out (1 tool-call chunk released, no stop)."""
+    chain = _generator(_unaddable_chunks()) | guard_output(Guard(CountingJudge()))
+    items, error = streamed(mode, chain, "Mail my friend the recipe")
+    assert isinstance(error, GuardViolation) and error.decision.stage.value == "tool_call"
+    assert arguments_out(items) == ""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_tool_call_that_cannot_be_added_at_all_stops_the_stream(mode):
+    """A whole message with a call after a chunk with another: no sum holds both, so the first call (before: the
+    sum was replaced by the message, and the first call's arguments went out unjudged) cannot be judged; the
+    stream stops with a guard error and no call goes out (whatever ``on_error`` says)."""
+    first = {"name": "send_email", "args": '{"to": "friend@example.com", "body": "' + CLAUSE + '"}', "id": "c1"}
+    call = {"name": "send_email", "args": {"to": "friend@example.com", "body": "Hi!"}, "id": "c2"}
+    chunks = [AIMessageChunk(content="", tool_call_chunks=[{**first, "index": 0}]), AIMessage("", tool_calls=[call])]
+    chain = _generator(chunks) | guard_output(Guard(CountingJudge(), Policy(on_error="allow")))
+    with pytest.raises(GuardUnavailable, match="cannot be judged"):
+        streamed(mode, chain, "Mail my friend")
+    out: list[Any] = []
+    with contextlib.suppress(GuardUnavailable):
+        out.extend(chain.stream("Mail my friend"))
+    assert not any(getattr(c, "tool_calls", None) for c in out) and arguments_out(out) == ""
