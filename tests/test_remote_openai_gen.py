@@ -21,6 +21,7 @@ from qwenguard.core import (
     Guard,
     GuardTimeout,
     GuardUnavailable,
+    InputTooLarge,
     Policy,
     Risk,
     Verdict,
@@ -649,3 +650,40 @@ def test_closing_the_guard_during_a_check_fails_it_closed_and_frees_the_engine()
         assert (out["d"].allowed, out["d"].reason) == (False, "guard_error") and "closed" in out["d"].error
         engine.wait_settled(5)
         assert [s.abandoned for s in engine.posts()] == [True]
+
+
+# -- a long history: the server's message limit --------------------------------------------------------------
+LONG_HISTORY = [
+    {"role": "user", "content": "Tell me a joke about cats."},
+    {"role": "assistant", "content": "Sure, happy to help with that."},
+] * 150  # 300 turns: more than qwenguard serve takes by default (--max-messages 256)
+
+
+@pytest.mark.parametrize("mode", ["chat", "completion"])
+async def test_a_long_history_is_judged_remotely_as_locally_even_failing_open(url, local, mode):
+    """A red team's finding: the local guard judges the prompt after 300 short turns (unsafe); the remote one
+    sent all 300, the server answered 413, and the client took the refusal for a guard error, which
+    ``on_error="allow"`` let through flagged. The client shows a request at most the server's default turns
+    (earlier context left out, as turns past the context are)."""
+    g = Guard.remote(url, model=local.backend.name, api_key=KEY, mode=mode, policy=Policy(on_error="allow"))
+    try:
+        expected = local.check_prompt(BOMB, history=LONG_HISTORY)
+        assert (expected.allowed, expected.reason) == (False, "unsafe")
+        for d in (g.check_prompt(BOMB, history=LONG_HISTORY), await g.acheck_prompt(BOMB, history=LONG_HISTORY)):
+            assert (d.allowed, d.reason) == (False, "unsafe"), d.error
+    finally:
+        g.close()
+
+
+async def test_a_request_the_server_refuses_as_too_large_is_never_let_through(local):
+    """Whatever the server's limits (here 8 turns), its 413 is the caller's error, as `InputTooLarge` is
+    locally: raised, never a guard error for ``on_error="allow"`` to let through."""
+    with serving(local, max_messages=8) as base:
+        g = Guard.remote(base + "/v1", model=local.backend.name, policy=Policy(on_error="allow"), backoff_s=0.01)
+        try:
+            with pytest.raises(InputTooLarge, match="413"):
+                g.check_prompt(BOMB, history=LONG_HISTORY[:20])
+            with pytest.raises(InputTooLarge, match="413"):
+                await g.acheck_prompt(BOMB, history=LONG_HISTORY[:20])
+        finally:
+            g.close()

@@ -54,6 +54,7 @@ from typing import Any, Literal
 from ..errors import (
     GuardTimeout,
     GuardUnavailable,
+    InputTooLarge,
     MissingDependency,
     QwenGuardError,
     VerdictParseError,
@@ -572,8 +573,12 @@ class OpenAIGen:
         try:
             # The deadline is enforced here, on the loop: cancelling the request closes its connection.
             return await asyncio.wait_for(ask(), deadline.left()), False
-        except (RemoteHTTPError, VerdictParseError) as exc:
-            return exc, False  # the server refused this request, or sent no verdict: its own outcome
+        except RemoteHTTPError as exc:
+            if exc.status == 413:  # too large for the server: the caller's error, as locally, never on_error's
+                return InputTooLarge(f"{exc} (the server's size limits: split the text or raise them)"), False
+            return exc, False  # the server refused this request: its own outcome
+        except VerdictParseError as exc:
+            return exc, False  # a reply that is no verdict: its own outcome
         except asyncio.TimeoutError:
             return GuardTimeout(f"guard server at {self._where} did not answer within the deadline"), True
         except Exception as exc:  # noqa: BLE001 - translated at the boundary

@@ -37,11 +37,22 @@ from ..formats.windows import (
 )
 from .after_fork import fork_safe_lock
 
-__all__ = ["WireCheck", "CheckPlan", "RemotePlanner", "ByteCounter", "byte_bound", "DEFAULT_MAX_CONTEXT"]
+__all__ = [
+    "WireCheck",
+    "CheckPlan",
+    "RemotePlanner",
+    "ByteCounter",
+    "byte_bound",
+    "DEFAULT_MAX_CONTEXT",
+    "MAX_REQUEST_MESSAGES",
+]
 
 #: Context assumed when neither the caller, the engine nor the tokenizer says: the served context of
 #: Qwen3Guard-Gen in the official vLLM and SGLang recipes (``--max-model-len 32768``).
 DEFAULT_MAX_CONTEXT = 32768
+#: Turns one request shows at most: what ``qwenguard serve`` takes by default (``--max-messages``). Earlier
+#: turns are context, left out as the planner leaves out turns past the context; the judged turn is last.
+MAX_REQUEST_MESSAGES = 256
 #: Counting by bytes, a token of English is about this many bytes: a window's byte budget is capped at
 #: ``max_window_tokens * 4`` (and at the context, always), and neighbours overlap by ``window_overlap * 4``.
 _TYPICAL_BYTES_PER_TOKEN = 4
@@ -139,7 +150,7 @@ class RemotePlanner:
     ) -> CheckPlan:
         """The requests for ``conversation`` on an engine of ``context`` tokens (with ids when ``ids`` and the
         tokenizer is known). ``deadline`` (``time.monotonic()``): planning stops there with `GuardTimeout`."""
-        msgs = normalize_messages(conversation)
+        msgs = normalize_messages(conversation)[-MAX_REQUEST_MESSAGES:]
         mode = moderation_mode(msgs)
         try:
             with self._lock:
