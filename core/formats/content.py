@@ -574,18 +574,23 @@ class AsSeenStream:
 
 def _word_as_seen(word: str) -> str:
     """One word (or the whitespace between two) as the Stream model reads it: a word that reads differently as
-    read, runs of tag characters in it as the ASCII they spell (the model reads each token once, so in their
-    place); tabs between words as spaces (one for one: offsets stay; a tab after a line break stays)."""
+    read (with spaces for hidden runs that stand for them), runs of tag characters in it as the ASCII they
+    spell (the model reads each token once, so in their place); tabs between words as spaces (one for one:
+    offsets stay; a tab after a line break stays)."""
     if word.isascii():
         return word.replace("\t", " ") if "\t" in word and word.isspace() and not word.strip(" \t") else word
     if not _hidden_places(word):
         return word
+    # One reading only: hidden runs between words of two letters or more, two or more of them in one word,
+    # stand for the spaces of a sentence ("Mix\u2063ammonium\u2063nitrate"); a single one splits a word
+    # ("bo\u200bmb"), and between single letters they hide nothing but themselves.
+    read = _read_spaced if len(_word_gaps(word)) >= 2 else read_as_seen
     parts: list[str] = []
     at = 0
     for m in _tag_runs(word):
-        parts += [read_as_seen(word[at : m.start()]), _spelled(m.group())]
+        parts += [read(word[at : m.start()]), _spelled(m.group())]
         at = m.end()
-    return "".join(parts) + read_as_seen(word[at:])
+    return "".join(parts) + read(word[at:])
 
 
 def _words_and_gaps(text: str) -> list[str]:
