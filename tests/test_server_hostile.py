@@ -267,6 +267,39 @@ def test_conversations_and_characters_are_bounded_by_the_operator():
         assert code == 1009 and "the stream session carries" in frames[-1]["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"type": "feed", "text": "", "pad": [' + ",".join(["[]"] * 300_000) + "]}",
+        '{"type": "feed", "pad": ' + json.dumps("x" * 500_000) + ', "text": "Paris"}',
+        '{"type": "feed", "text": ["Paris"]}',
+    ],
+    ids=["nested-lists", "unread-string", "text-not-a-string"],
+)
+def test_a_frame_after_open_holds_only_its_type_and_text(monkeypatch, frame):
+    """A red team's finding: every frame up to --max-body-bytes (1 MB) was parsed on the event loop, padding
+    included (keys the session never reads, charged to no budget): eight sessions sending padded 1 MB frames
+    held /health at a 188 ms median (2 ms idle). A frame after 'open' that holds anything but a string 'type'
+    and a string 'text' is refused before it is parsed (4400); frames of the protocol still work."""
+    from qwenguard.core.server import stream_protocol
+
+    parsed: list[int] = []
+    real_loads = json.loads
+    monkeypatch.setattr(
+        stream_protocol.json, "loads", lambda raw, **kw: parsed.append(len(raw)) or real_loads(raw, **kw)
+    )
+    with guarded(safe_backend()) as url:
+        with connect(ws_url(url), max_size=None) as conn:
+            conn.send(json.dumps({"type": "open", "prompt": PARIS_Q, "holdback": 0}))
+            assert json.loads(conn.recv(timeout=10))["type"] == "opened"
+            conn.send(json.dumps({"type": "feed", "text": 'Paris "is" nice.'}))  # escapes inside the text
+            assert json.loads(conn.recv(timeout=10))["type"] == "released"
+            conn.send(frame)
+            frames, code = frames_until_close(conn)
+    assert code == 4400 and "'type' and 'text'" in frames[-1]["error"]["message"], (code, frames[-1])
+    assert all(size < 1_000 for size in parsed)  # the padded frame was never parsed
+
+
 #: An answer of 2,000 short sentences (22,000 characters).
 SHORT_SENTENCES = "Ok go now. " * 2_000
 

@@ -8,6 +8,7 @@ import contextlib
 import copy
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -438,6 +439,14 @@ class _Inbox:
             self._next.cancel()
 
 
+# A frame after 'open' holds its type and, for a feed, the text; nothing else is read. Anything else (padding
+# a session never reads and no budget counts: 1 MB of nested lists is a second of parsing on the loop) is
+# refused before it is parsed: the frame must match this shape, checked in one linear scan.
+_JSON_STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'
+_FRAME_PAIR = rf'[ \t\n\r]*"(?:type|text)"[ \t\n\r]*:[ \t\n\r]*{_JSON_STRING}[ \t\n\r]*'
+_PLAIN_FRAME = re.compile(rf"[ \t\n\r]*\{{(?:{_FRAME_PAIR}(?:,{_FRAME_PAIR})*|[ \t\n\r]*)\}}[ \t\n\r]*", re.DOTALL)
+
+
 async def _receive(
     inbox: _Inbox, service: Service, wait: tuple[float | None, str], *, first: bool = False
 ) -> dict[str, Any]:
@@ -453,6 +462,12 @@ async def _receive(
         raise SessionEnd(CLOSE_TOO_BIG, f"frame exceeds {max_bytes} bytes", "request_too_large")
     if first:  # the open frame's messages, counted before parsing them
         _check(service.limits.precheck_one_conversation, encoded)
+    elif not _PLAIN_FRAME.fullmatch(raw):
+        raise SessionEnd(
+            CLOSE_BAD_REQUEST,
+            "a frame after 'open' holds only 'type' and 'text', both strings",
+            "invalid_request_error",
+        )
     try:
         data = json.loads(raw)
     except ValueError:
