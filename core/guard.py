@@ -26,6 +26,7 @@ from .formats.conversations import (
     response_conversation,
     tool_call_conversation,
     untrusted_conversation,
+    without_blank_context,
 )
 from .formats.prompts import Message, normalize_messages, text_size
 from .policy import Action, Decision, Policy
@@ -359,6 +360,7 @@ class Guard:
         msgs = normalize_messages(conversation)
         for m in msgs:
             m["content"] = clean_text(m["content"])
+        msgs = without_blank_context(msgs)
         check = _Check(stage, msgs)
         if not self.policy.enabled(stage):
             check.decision = Decision(True, Action.ALLOW, stage, "disabled")

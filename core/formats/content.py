@@ -141,6 +141,13 @@ def clean_text(text: str) -> str:
     return _without_controls(text)
 
 
+def is_blank(text: str) -> bool:
+    """Nothing a reader sees: whitespace, blanks and hidden characters only (``"\u2063"``, what `clean_text`
+    makes of a lone control run, included)."""
+    stripped = text.strip()
+    return not stripped or (not stripped.isascii() and _classes().split.fullmatch(stripped) is not None)
+
+
 def _without_controls(text: str) -> str:
     if not _CONTROLS.search(text):
         return text

@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from .content import is_blank
 from .prompts import Message
 
 __all__ = [
@@ -22,7 +23,17 @@ __all__ = [
     "render_tool_call",
     "with_tool_calls",
     "last_user_text",
+    "without_blank_context",
 ]
+
+
+def without_blank_context(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """``messages`` (cleaned) without the earlier turns that show nothing (`is_blank`); the judged turn, last,
+    stays. Such a turn carries nothing to judge, and hundreds of them broke the model's verdict (a guard
+    error, which ``on_error="allow"`` lets through)."""
+    if len(messages) < 2 or not any(is_blank(m["content"]) for m in messages[:-1]):
+        return messages
+    return [m for m in messages[:-1] if not is_blank(m["content"])] + messages[-1:]
 
 
 def _require_text(value: object, what: str) -> str:

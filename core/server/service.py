@@ -15,6 +15,7 @@ from ..backends.base import Outcome
 from ..cache import cache_key
 from ..errors import GuardTimeout, InputTooLarge
 from ..formats.content import clean_text
+from ..formats.conversations import without_blank_context
 from ..formats.prompts import (
     GENERATION_PREFIX,
     SAFETY_LABELS,
@@ -313,7 +314,7 @@ def normalize(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
         raise ApiError(400, str(exc), "invalid_request_error") from exc
     for message in out:
         message["content"] = clean_text(message["content"])
-    return out
+    return without_blank_context(out)
 
 
 def check_model(requested: str | None, served: str) -> None:
