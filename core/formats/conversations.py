@@ -29,11 +29,13 @@ __all__ = [
 
 def without_blank_context(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     """``messages`` (cleaned) without the earlier turns that show nothing (`is_blank`); the judged turn, last,
-    stays. Such a turn carries nothing to judge, and hundreds of them broke the model's verdict (a guard
-    error, which ``on_error="allow"`` lets through)."""
+    stays, and so does the user turn right before a judged answer (response mode reads user turn + answer,
+    the request empty when unknown). Such a turn carries nothing to judge, and hundreds of them broke the
+    model's verdict (a guard error, which ``on_error="allow"`` lets through)."""
     if len(messages) < 2 or not any(is_blank(m["content"]) for m in messages[:-1]):
         return messages
-    return [m for m in messages[:-1] if not is_blank(m["content"])] + messages[-1:]
+    keep = 2 if messages[-1]["role"] == "assistant" and messages[-2]["role"] == "user" else 1
+    return [m for m in messages[:-keep] if not is_blank(m["content"])] + messages[-keep:]
 
 
 def _require_text(value: object, what: str) -> str:
