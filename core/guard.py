@@ -19,7 +19,7 @@ from typing import Any
 
 from .backends.base import GenBackend, Outcome
 from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_SIZE, VerdictCache, cache_key
-from .errors import GuardTimeout, GuardUnavailable, GuardViolation, InputTooLarge, QwenGuardError
+from .errors import GuardTimeout, GuardUnavailable, GuardViolation, InputTooLarge, QwenGuardError, VerdictParseError
 from .formats.content import clean_text
 from .formats.conversations import (
     prompt_conversation,
@@ -420,6 +420,9 @@ class Guard:
             outcome = self._classify(pending, self._timeout(pending))
             if self._one_by_one_after(pending, outcome):
                 outcome = self._retry_one_by_one(pending, outcome)  # type: ignore[arg-type]
+            if redo := self._without_context_after(pending, outcome):
+                again = self._classify([c for _, c in redo], self._timeout(pending))
+                outcome = _with_retried(outcome, redo, again)  # type: ignore[arg-type]
         return self._settle(checks, pending, outcome)
 
     async def acheck_many(self, items: Sequence[tuple[Stage | str, Sequence[Message]]]) -> list[Decision]:
@@ -431,6 +434,9 @@ class Guard:
             outcome = await self._aclassify(pending, self._timeout(pending))
             if self._one_by_one_after(pending, outcome):
                 outcome = await self._aretry_one_by_one(pending, outcome)  # type: ignore[arg-type]
+            if redo := self._without_context_after(pending, outcome):
+                again = await self._aclassify([c for _, c in redo], self._timeout(pending))
+                outcome = _with_retried(outcome, redo, again)  # type: ignore[arg-type]
         return self._settle(checks, pending, outcome)
 
     def _classify(self, pending: Sequence[_Check], timeout: float | None) -> list[Outcome] | BaseException:
@@ -461,6 +467,30 @@ class Guard:
             and len(pending) > 1
             and any(self.policy.on_error_for(c.stage) == "allow" for c in pending)
         )
+
+    # The earlier turns of a conversation are the client's to write: a context that breaks the model's answer
+    # (hundreds of blank turns did) made a guard error of the check, which on_error="allow" lets through. A
+    # check whose answer was not a verdict is judged once more with the least context its turn needs (a
+    # prompt alone; an answer after the user turn before it) before the policy decides a guard error.
+    def _without_context_after(
+        self, pending: Sequence[_Check], outcome: list[Outcome] | BaseException
+    ) -> list[tuple[int, _Check]]:
+        """(index, the check with the least context) for each check whose answer was no verdict and whose
+        error the policy would let through."""
+        if not isinstance(outcome, list):
+            return []
+        redo = [
+            (i, _Check(c.stage, least))
+            for i, (c, result) in enumerate(zip(pending, outcome))
+            if isinstance(result, VerdictParseError)
+            and self.policy.on_error_for(c.stage) == "allow"
+            and (least := _least_context(c.conversation)) is not None
+        ]
+        if redo:
+            logger.warning(
+                "qwenguard: %d checks got no verdict with their context; judging their turns alone", len(redo)
+            )
+        return redo
 
     def _retry_plan(self, pending: Sequence[_Check], error: Exception) -> tuple[list[int], float | None]:
         """(the items in the order their calls start: shortest first, the retry's deadline)."""
@@ -613,6 +643,29 @@ def _one_each(outcome: Any, expected: int) -> list[Outcome] | BaseException:
         return list(outcome)
     got = f"{len(outcome)} outcomes" if isinstance(outcome, (list, tuple)) else type(outcome).__name__
     return GuardUnavailable(f"the guard backend returned {got} for {expected} conversations")
+
+
+def _least_context(conversation: list[dict[str, str]]) -> list[dict[str, str]] | None:
+    """The judged (last) turn with the least context its mode needs: a user-side turn alone, an assistant turn
+    after the user turn before it; ``None`` when ``conversation`` is no longer than that."""
+    last = conversation[-1]
+    least = [last]
+    if last["role"] == "assistant":
+        before = next((m for m in reversed(conversation[:-1]) if m["role"] == "user"), None)
+        least = [last] if before is None else [before, last]
+    return least if len(least) < len(conversation) else None
+
+
+def _with_retried(
+    outcome: list[Outcome], redo: list[tuple[int, _Check]], again: list[Outcome] | BaseException
+) -> list[Outcome]:
+    """``outcome`` with the verdicts of the checks judged again put in; their first error stays otherwise."""
+    out = list(outcome)
+    for k, (i, _) in enumerate(redo):
+        result = again[k] if isinstance(again, list) else again
+        if isinstance(result, Verdict):
+            out[i] = result
+    return out
 
 
 def _single(outcome: list[Outcome] | BaseException) -> Outcome:
