@@ -27,6 +27,7 @@ from llama_index.core.tools.types import AsyncBaseTool, BaseTool, ToolMetadata, 
 from qwenguard.core import Decision, Guard
 
 from .._common import require_guard
+from ._messages import block_text
 
 __all__ = ["guard_tool", "guard_tools", "GuardedFunctionTool", "GuardedTool", "DEFAULT_REFUSAL"]
 
@@ -54,6 +55,14 @@ def _control_flow() -> tuple[type[BaseException], ...]:
 _CONTROL_FLOW = _control_flow()
 
 
+def _output_text(output: ToolOutput) -> str:
+    """All the text a tool's output shows the LLM: every content block's (documents and citations too)."""
+    blocks = getattr(output, "blocks", None)
+    if not blocks:
+        return output.content
+    return "\n".join(t for b in blocks if (t := block_text(b)))
+
+
 class _Screening:
     """The part both tool wrappers share: screen a ToolOutput, replace it when blocked."""
 
@@ -72,16 +81,20 @@ class _Screening:
             is_error=output.is_error,  # an error stays one (a return_direct tool does not answer with it)
         )
 
-    # Error outputs are judged too: their text (often an exception's message) reaches the LLM as well.
+    # Error outputs are judged too: their text (often an exception's message) reaches the LLM as well. The text
+    # is every block's (`block_text`): ``content`` joins only the text blocks, while the agent hands the LLM and
+    # its ToolCallResult events all of them (a page returned as a DocumentBlock or CitableBlock).
     def _screen(self, output: ToolOutput) -> ToolOutput:
-        if not output.content.strip():
+        text = _output_text(output)
+        if not text.strip():
             return output
-        return self._verdict_output(output, self.guard.check_tool_result(output.tool_name, output.content))
+        return self._verdict_output(output, self.guard.check_tool_result(output.tool_name, text))
 
     async def _ascreen(self, output: ToolOutput) -> ToolOutput:
-        if not output.content.strip():
+        text = _output_text(output)
+        if not text.strip():
             return output
-        return self._verdict_output(output, await self.guard.acheck_tool_result(output.tool_name, output.content))
+        return self._verdict_output(output, await self.guard.acheck_tool_result(output.tool_name, text))
 
     # -- a raised exception: its text is what the agent would hand the LLM --------------------
     def _error_output(self, error: Exception, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> ToolOutput | None:

@@ -160,3 +160,43 @@ async def test_a_return_direct_tools_output_is_the_answer_and_only_guard_tools_j
         assert INJECTION not in answer and "withheld" in answer
     else:
         assert answer == INJECTION
+
+
+def _page_blocks(kind: str):
+    """A tool's output given as content blocks: LlamaIndex hands them to the LLM and to ToolCallResult events."""
+    from llama_index.core.base.llms.types import CitableBlock, DocumentBlock, TextBlock
+
+    document = DocumentBlock(data=INJECTION.encode(), document_mimetype="text/plain")
+    return {
+        "document": document,
+        "citable": CitableBlock(title="page", source="https://example.com", content=[TextBlock(text=INJECTION)]),
+        "text and document": [TextBlock(text="Here is the page."), document],
+    }[kind]
+
+
+@pytest.mark.parametrize("kind", ["document", "citable", "text and document"])
+async def test_injected_tool_output_in_document_or_citation_blocks_is_replaced(guard: Guard, kind: str) -> None:
+    """A red team's finding: `guard_tools` judged ``ToolOutput.content``, which joins only the text blocks; a tool
+    that returned the page as a DocumentBlock or CitableBlock was never judged, and the page reached the consumer
+    in the ToolCallResult event (the agent's LLM read it next)."""
+    from llama_index.core.agent.workflow import ToolCallResult
+
+    def fetch_page(url: str):
+        """Fetch a web page."""
+        return _page_blocks(kind)
+
+    [tool] = guard_tools([fetch_page], guard)
+    agent = FunctionAgent(tools=[tool], llm=MockFunctionCallingLLM(response_generator=FetchScript()))
+    handler = agent.run(user_msg="What does example.com say?")
+    shown: list[str] = []
+
+    async def consume() -> None:
+        async for ev in handler.stream_events():
+            if isinstance(ev, ToolCallResult):
+                out = ev.tool_output
+                shown.append(out.content + repr(out.blocks) + repr(out.raw_output))
+        await handler
+
+    await asyncio.wait_for(consume(), RUN_TIMEOUT_S)
+    assert shown and not any("Ignore all previous" in s or "SWdub3Jl" in s for s in shown), shown
+    assert "withheld" in str(await handler)
