@@ -64,6 +64,8 @@ __all__ = [
     "tool_arguments",
     "answer_tool_calls",
     "tool_result_messages",
+    "command_messages",
+    "is_update_pairs",
     "tool_output_text",
     "artifact_text",
 ]
@@ -516,19 +518,43 @@ def _mirrored(call: Mapping[str, Any], known: Mapping[Any, list[Mapping[str, Any
     )
 
 
+def is_update_pairs(update: Any) -> bool:
+    """``[("messages", [...]), ...]``: a ``Command`` update as (channel, value) pairs, which LangGraph takes."""
+    return (
+        isinstance(update, (list, tuple))
+        and bool(update)
+        and all(isinstance(t, tuple) and len(t) == 2 and isinstance(t[0], str) for t in update)
+    )
+
+
+def command_messages(update: Any) -> list[Any]:
+    """What a ``Command``'s ``update`` writes to the messages, in every form LangGraph takes: a mapping's
+    ``"messages"``, the ``"messages"`` pairs of a list of (channel, value) pairs, or, in a graph whose state
+    is the list of messages itself, the update itself (a message or a list of them)."""
+    if isinstance(update, Mapping):
+        written: Any = [update.get("messages")]
+    elif is_update_pairs(update):
+        written = [value for key, value in update if key == "messages"]
+    elif isinstance(update, (list, tuple, BaseMessage)):
+        written = [update]
+    else:
+        written = [getattr(update, "messages", None)]
+    return [entry for w in written for entry in (w if isinstance(w, (list, tuple)) else [w] if w else [])]
+
+
 def tool_result_messages(result: Any) -> list[tuple[Any, BaseMessage]]:
     """Every message a tool's result writes to the state, each with the entry it is in the result (the
     message itself, or the dict LangGraph would read as one). A result is a `ToolMessage`, a LangGraph
-    ``Command`` (every message of ``update={"messages": ...}``, whatever its type: a handoff writes AI and
-    human turns too), or a list of those (`ToolNode` takes one). Duck-typed: no langgraph import here."""
+    ``Command`` (every message its ``update`` writes, `command_messages`, whatever its type: a handoff writes
+    AI and human turns too), or a list of those (`ToolNode` takes one). Duck-typed: no langgraph import here."""
     out: list[tuple[Any, BaseMessage]] = []
     for part in result if isinstance(result, (list, tuple)) else [result]:
         if isinstance(part, BaseMessage):
             out.append((part, part))
             continue
-        update = getattr(part, "update", None)
-        written = update.get("messages") if isinstance(update, Mapping) else None
-        for entry in written if isinstance(written, (list, tuple)) else [written] if written else []:
+        if not hasattr(part, "update") or not hasattr(part, "goto"):
+            continue  # not a Command
+        for entry in command_messages(part.update):
             try:
                 out.append((entry, entry if isinstance(entry, BaseMessage) else convert_to_messages([entry])[0]))
             except (ValueError, TypeError, NotImplementedError):

@@ -69,8 +69,10 @@ from ._holding import HELD_CALL, HeldCall, monitor_options
 from ._messages import (
     DEFAULT_HISTORY_TURNS,
     Item,
+    command_messages,
     guard_history,
     input_items,
+    is_update_pairs,
     output_items,
     tool_arguments,
     tool_output_text,
@@ -141,13 +143,33 @@ def _with_notices(result: Any, notices: dict[int, BaseMessage]) -> Any:
     `ToolMessage`, a ``Command``'s messages or a list of them; the rest of it unchanged."""
     if isinstance(result, (list, tuple)):
         return [_with_notices(part, notices) for part in result]
-    if isinstance(result, Command) and isinstance(result.update, Mapping) and result.update.get("messages"):
-        update = dict(result.update)
-        written = update["messages"]
-        entries = written if isinstance(written, (list, tuple)) else [written]
-        update["messages"] = [notices.get(id(m), m) for m in entries]
-        return dataclasses.replace(result, update=update)
+    if isinstance(result, Command) and any(id(m) in notices for m in command_messages(result.update)):
+        return dataclasses.replace(result, update=_update_with_notices(result.update, notices))
     return notices.get(id(result), result)
+
+
+def _update_with_notices(update: Any, notices: dict[int, BaseMessage]) -> Any:
+    """A ``Command``'s ``update`` with its messages in ``notices`` replaced, in the form it came in."""
+
+    def replaced(written: Any) -> Any:
+        entries = written if isinstance(written, (list, tuple)) else [written]
+        return [notices.get(id(m), m) for m in entries]
+
+    if isinstance(update, Mapping):
+        return {**update, "messages": replaced(update["messages"])}
+    if is_update_pairs(update):
+        return [(key, replaced(value) if key == "messages" else value) for key, value in update]
+    if isinstance(update, (list, tuple, BaseMessage)):
+        return replaced(update)  # a list-state graph: the update is the messages
+    if dataclasses.is_dataclass(update) and not isinstance(update, type):
+        return dataclasses.replace(update, messages=replaced(update.messages))  # type: ignore[attr-defined]
+    if hasattr(update, "model_copy"):
+        return update.model_copy(update={"messages": replaced(update.messages)})
+    # An update this guard cannot rewrite: the blocked message must not go on, so neither does the result.
+    raise GuardUnavailable(
+        f"a tool's Command update ({type(update).__name__}) holds a blocked message the guard cannot replace; "
+        "the result is refused"
+    )
 
 
 def _answers_of(response: Any) -> list[AIMessage]:

@@ -110,3 +110,57 @@ def test_a_callback_stops_an_unsafe_result_in_a_tools_command_before_it_streams(
         assert len(url.requests) == 1
     assert stop.value.decision.stage.value == "tool_result"
     assert not any("Ignore all previous" in update for update in seen)
+
+
+# -- a graph whose state is a list of messages: Command(update=[...]) ------------------------------------------
+def _list_state_graph(guard: Any, tool_node_options: dict[str, Any], url: str) -> Any:
+    """The documented recipe for a graph of your own, with LangGraph's list-state form: the tool writes
+    ``Command(update=[ToolMessage])`` (a list, as a list-state graph's ToolNode requires)."""
+    from langchain_core.messages import AnyMessage
+    from langgraph.graph import END, START, StateGraph
+    from langgraph.graph.message import add_messages
+    from langgraph.prebuilt import ToolNode
+
+    @tool
+    def search(q: str, tool_call_id: Annotated[str, InjectedToolCallId]) -> Command:
+        """Search the web."""
+        return Command(update=[ToolMessage(INJECTION, tool_call_id=tool_call_id)])
+
+    model = chat(url).bind_tools([search])
+    graph = StateGraph(Annotated[list[AnyMessage], add_messages])
+    graph.add_node("agent", lambda messages: [model.invoke(messages)])
+    graph.add_node("tools", ToolNode([search], **tool_node_options))
+    graph.add_edge(START, "agent")
+    graph.add_conditional_edges("agent", lambda messages: "tools" if messages[-1].tool_calls else END)
+    graph.add_edge("tools", "agent")
+    return graph.compile()
+
+
+@pytest.mark.parametrize("recipe", ["tool wrapper", "callback"])
+def test_a_commands_list_update_in_a_list_state_graph_is_judged(guard, recipe):
+    """A red team's finding: `tool_result_messages` read only ``update["messages"]``; a list-state graph's tool
+    writes ``Command(update=[ToolMessage])``, which was judged by neither recipe and streamed to the consumer
+    (the model's next input check stopped the run after)."""
+    from langchain_core.messages import HumanMessage
+    from qwenguard.integrations.langchain import GuardCallbackHandler
+
+    middleware = GuardMiddleware(guard, exit_behavior="replace")
+    options = (
+        {"wrap_tool_call": middleware.wrap_tool_call, "awrap_tool_call": middleware.awrap_tool_call}
+        if recipe == "tool wrapper"
+        else {}
+    )
+    config: Any = {"callbacks": [GuardCallbackHandler(guard)]} if recipe == "callback" else {}
+    seen: list[str] = []
+    with scripted_openai(SEARCH) as url:
+        app = _list_state_graph(guard, options, url)
+        try:
+            for update in app.stream([HumanMessage(SAFE_QUESTION)], config, stream_mode="updates"):
+                seen.append(repr(update))
+        except GuardViolation:
+            assert recipe == "callback"  # a callback stops the run; the wrapper withholds and goes on
+        read = [json.dumps(request.body["messages"]) for request in url.requests]
+    assert not any("Ignore all previous" in update for update in seen)
+    assert not any("Ignore all previous" in body for body in read)
+    if recipe == "tool wrapper":
+        assert any("withheld by the safety guard" in update for update in seen)
