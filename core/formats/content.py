@@ -144,8 +144,13 @@ def clean_text(text: str) -> str:
 def is_blank(text: str) -> bool:
     """Nothing a reader sees: whitespace, blanks and hidden characters only (``"\u2063"``, what `clean_text`
     makes of a lone control run, included)."""
-    stripped = text.strip()
-    return not stripped or (not stripped.isascii() and _classes().split.fullmatch(stripped) is not None)
+    # Every check with earlier turns asks this of each: answered without a copy for any text but the rare
+    # one of only whitespace, blanks and hidden characters.
+    if not text or text.isspace():
+        return True
+    if text.isascii():
+        return False
+    return _classes().split.fullmatch(text.strip()) is not None
 
 
 def _without_controls(text: str) -> str:
@@ -585,7 +590,7 @@ def _word_as_seen(word: str) -> str:
     spell (the model reads each token once, so in their place); tabs between words as spaces (one for one:
     offsets stay; a tab after a line break stays)."""
     if word.isascii():
-        return word.replace("\t", " ") if "\t" in word and word.isspace() and not word.strip(" \t") else word
+        return word.replace("\t", " ") if "\t" in word and not word.strip(" \t") else word
     if not _hidden_places(word):
         return word
     # One reading only: hidden runs between words of two letters or more, two or more of them in one word,

@@ -164,3 +164,43 @@ def test_a_commands_list_update_in_a_list_state_graph_is_judged(guard, recipe):
     assert not any("Ignore all previous" in body for body in read)
     if recipe == "tool wrapper":
         assert any("withheld by the safety guard" in update for update in seen)
+
+
+def test_a_blocked_message_is_replaced_in_every_update_form():
+    """Each form of a ``Command`` update `command_messages` reads is rewritten in the same form; one the guard
+    cannot rewrite is refused, never passed on with the blocked message."""
+    import dataclasses
+
+    from langchain_core.messages import AIMessage
+    from pydantic import BaseModel, ConfigDict
+    from qwenguard.core import GuardUnavailable
+    from qwenguard.integrations.langchain._messages import command_messages
+    from qwenguard.integrations.langchain.middleware import _with_notices
+
+    @dataclasses.dataclass
+    class DataState:
+        messages: list
+
+    class ModelState(BaseModel):
+        model_config = ConfigDict(arbitrary_types_allowed=True)
+        messages: list
+
+    class Opaque:
+        def __init__(self, messages: list) -> None:
+            self.messages = messages
+
+    blocked, kept = ToolMessage(INJECTION, tool_call_id="c1"), AIMessage("ok")
+    notice = ToolMessage("withheld", tool_call_id="c1")
+    forms = {
+        "mapping": {"messages": [blocked, kept], "other": 1},
+        "pairs": [("messages", [blocked, kept]), ("other", 1)],
+        "list state": [blocked, kept],
+        "dataclass": DataState([blocked, kept]),
+        "pydantic": ModelState(messages=[blocked, kept]),
+    }
+    for name, update in forms.items():
+        rewritten = _with_notices(Command(update=update), {id(blocked): notice})
+        assert command_messages(rewritten.update) == [notice, kept], name
+        assert command_messages(update) == [blocked, kept], name  # the tool's own object is left as it was
+    with pytest.raises(GuardUnavailable, match="cannot replace"):
+        _with_notices(Command(update=Opaque([blocked, kept])), {id(blocked): notice})
