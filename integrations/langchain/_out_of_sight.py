@@ -6,7 +6,9 @@ enough once the model is a `RunnableBinding` (``bind_tools``, ``with_structured_
 ``with_retry``): the binding merges its config with the *ambient* one (langchain-core's context variable
 ``var_child_runnable_config``, the caller's run config), and merging callback managers adds the caller's
 handlers back. So the model runs in a context where that variable is unset, with the caller's config passed
-on explicitly less its callbacks (`config_without_callbacks`).
+on explicitly less its callbacks (`config_without_callbacks`). A held tool (`_held_tool.py`) runs the same way,
+and with LangGraph's writer of a running tool's partial output unset: the stream's handler sets it when it hears
+the run start, which the guard tells it before the tool runs.
 """
 
 from __future__ import annotations
@@ -34,9 +36,25 @@ def config_without_callbacks(**ours: Any) -> RunnableConfig:
     return config  # type: ignore[return-value]
 
 
+def _tool_output_writer() -> contextvars.ContextVar[Any] | None:
+    """LangGraph's writer of a running tool's partial output (``stream_mode="tools"``), where it has one: set
+    by the stream's handler when a tool's run starts."""
+    try:
+        from langgraph.pregel._tools import _tool_call_writer
+    except ImportError:  # a LangGraph without the "tools" stream mode
+        return None
+    return _tool_call_writer
+
+
+_HEARD: tuple[contextvars.ContextVar[Any], ...] = tuple(
+    var for var in (var_child_runnable_config, _tool_output_writer()) if var is not None
+)
+
+
 def _context() -> contextvars.Context:
     context = contextvars.copy_context()
-    context.run(var_child_runnable_config.set, None)
+    for var in _HEARD:
+        context.run(var.set, None)
     return context
 
 

@@ -15,7 +15,8 @@ Where it looks (every step is one batched guard call):
   call (a middleware listed before it answered from a cache); verdicts already given are cached.
 - ``wrap_tool_call``: the tool call again right before ``handler`` (the last line of defence; the
   verdict is cached), and the tool's result right after it: every message it writes to the state
-  (`tool_result_messages`), its artifact too.
+  (`tool_result_messages`), its artifact too. The tool runs out of sight of the run's callbacks, which hear
+  its end with the judged result (`_held_tool.py`).
 
 What a violation does (``exit_behavior``):
 
@@ -65,6 +66,7 @@ from qwenguard.core.formats.conversations import tool_call_conversation, untrust
 from .._common import Bounded
 from ._held_model import HeldBackChatModel, StreamLedger
 from ._held_request import HeldModelRequest
+from ._held_tool import ToolRun
 from ._holding import HELD_CALL, HeldCall, monitor_options
 from ._messages import (
     DEFAULT_HISTORY_TURNS,
@@ -581,9 +583,17 @@ class GuardMiddleware(AgentMiddleware):
                 decision = screen(self.guard, [item])[0]
                 if not decision.allowed:
                     return self._blocked_call(request, decision)  # handler never runs: the tool does not execute
-            result = handler(request)
-            items = self._result_items(result)
-            return self._withheld(result, items, screen(self.guard, items)) if items else result
+            run = ToolRun(request)  # the callbacks hear of the run, and of its judged result only
+            run.start()
+            try:
+                result = handler(run.request)
+                items = self._result_items(result)
+                judged = self._withheld(result, items, screen(self.guard, items)) if items else result
+            except BaseException as error:
+                run.error(error)
+                raise
+            run.end(judged)
+            return judged
 
     async def awrap_tool_call(
         self, request: Any, handler: Callable[[Any], Awaitable[ToolMessage | Command]]
@@ -594,6 +604,14 @@ class GuardMiddleware(AgentMiddleware):
                 decision = (await ascreen(self.guard, [item]))[0]
                 if not decision.allowed:
                     return self._blocked_call(request, decision)
-            result = await handler(request)
-            items = self._result_items(result)
-            return self._withheld(result, items, await ascreen(self.guard, items)) if items else result
+            run = ToolRun(request)
+            await run.astart()
+            try:
+                result = await handler(run.request)
+                items = self._result_items(result)
+                judged = self._withheld(result, items, await ascreen(self.guard, items)) if items else result
+            except BaseException as error:
+                await run.aerror(error)
+                raise
+            await run.aend(judged)
+            return judged

@@ -1,0 +1,145 @@
+"""A guarded tool call's run, held from the caller's callbacks until the guard has judged what it returned.
+
+LangGraph's tool handler runs the tool with the run's callbacks, so the tool's ``on_tool_end`` (``astream_events``
+v2, v3's ``tool-finished``, ``stream_mode="tools"``) and its partial output (``ToolRuntime.emit_output_delta``)
+reach the consumer before `GuardMiddleware.wrap_tool_call` reads the result. Here the tool runs out of sight
+(`HeldTool`: no callbacks, LangGraph's delta writer unset), and `ToolRun` tells the callbacks the run's start
+before the tool runs and its end, or its error, with the judged result. Partial output is not told: nothing
+judged it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManager, CallbackManager
+from langchain_core.messages import ToolMessage
+from langchain_core.tools import ToolException
+
+from . import _out_of_sight as out_of_sight
+
+
+def _unheard(config: Any) -> dict[str, Any]:
+    """The tool's config (``configurable``, tags, metadata) without the run's callbacks."""
+    return {key: value for key, value in dict(config or {}).items() if key != "callbacks"}
+
+
+class HeldTool:
+    """The tool a guarded call runs: the real one, out of sight of the run's callbacks. Anything else a
+    handler reads of it (name, schema) is the real tool's."""
+
+    def __init__(self, tool: Any) -> None:
+        self._tool = tool
+        #: What the tool raised, if it failed (a handler may turn it into an error message).
+        self.raised: BaseException | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tool, name)
+
+    def invoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
+        try:
+            return out_of_sight.call(lambda: self._tool.invoke(input, _unheard(config), **kwargs))
+        except BaseException as error:
+            self.raised = error
+            raise
+
+    async def ainvoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
+        try:
+            return await out_of_sight.acall(lambda: self._tool.ainvoke(input, _unheard(config), **kwargs))
+        except BaseException as error:
+            self.raised = error
+            raise
+
+
+def _config(request: Any) -> dict[str, Any]:
+    runtime = getattr(request, "runtime", None)
+    return dict(getattr(runtime, "config", None) or {})
+
+
+def _start_args(request: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """What `BaseTool.run` tells ``on_tool_start``: the model's arguments (injected ones left out)."""
+    tool, call = request.tool, request.tool_call
+    args = call.get("args") or {}
+    config = _config(request)
+    serialized = {"name": tool.name, "description": tool.description}
+    return (serialized, str(args)), {
+        "name": config.get("run_name") or tool.name,
+        "run_id": config.get("run_id"),
+        "inputs": args,
+        "tool_call_id": call.get("id"),
+    }
+
+
+def _managers(request: Any) -> dict[str, Any]:
+    config = _config(request)
+    return {
+        "inheritable_callbacks": config.get("callbacks"),
+        "inheritable_tags": config.get("tags"),
+        "local_tags": getattr(request.tool, "tags", None),
+        "inheritable_metadata": config.get("metadata"),
+        "local_metadata": getattr(request.tool, "metadata", None),
+    }
+
+
+def _judged_text(judged: Any) -> str:
+    return judged.text if isinstance(judged, ToolMessage) else ""
+
+
+class ToolRun:
+    """The tool's run as the caller's callbacks see it: started before the tool runs, ended with the judged
+    result (or failed, where the tool raised, with the text the guard let through). ``request`` is what the
+    handler runs: the tool held. A no-op, and the request unchanged, where there is no tool to run (LangGraph
+    answers an unknown tool's call itself)."""
+
+    def __init__(self, request: Any) -> None:
+        self._request = request
+        self._manager: Any = None
+        self._tool = None if request.tool is None else HeldTool(request.tool)
+        self.request = request if self._tool is None else request.override(tool=self._tool)
+
+    def _failure(self, judged: Any) -> BaseException | None:
+        """The run's error where the tool raised and the handler answered it (LangGraph's handled error), with
+        the judged text: the tool's own run told an error there. A result the guard withheld is an end."""
+        if self._tool is None or self._tool.raised is None:
+            return None
+        return ToolException(_judged_text(judged))
+
+    def start(self) -> None:
+        if self._request.tool is None:
+            return
+        args, kwargs = _start_args(self._request)
+        self._manager = CallbackManager.configure(**_managers(self._request)).on_tool_start(*args, **kwargs)
+
+    async def astart(self) -> None:
+        if self._request.tool is None:
+            return
+        args, kwargs = _start_args(self._request)
+        manager = AsyncCallbackManager.configure(**_managers(self._request))
+        self._manager = await manager.on_tool_start(*args, **kwargs)
+
+    def end(self, judged: Any) -> None:
+        """Told once the guard judged the handler's result: ``judged`` is what the state receives."""
+        if self._manager is None:
+            return
+        failure = self._failure(judged)
+        if failure is not None:
+            self._manager.on_tool_error(failure, tool_call_id=self._request.tool_call.get("id"))
+        else:
+            self._manager.on_tool_end(judged, name=self._request.tool.name)
+
+    async def aend(self, judged: Any) -> None:
+        if self._manager is None:
+            return
+        failure = self._failure(judged)
+        if failure is not None:
+            await self._manager.on_tool_error(failure, tool_call_id=self._request.tool_call.get("id"))
+        else:
+            await self._manager.on_tool_end(judged, name=self._request.tool.name)
+
+    def error(self, error: BaseException) -> None:
+        if self._manager is not None:
+            self._manager.on_tool_error(error, tool_call_id=self._request.tool_call.get("id"))
+
+    async def aerror(self, error: BaseException) -> None:
+        if self._manager is not None:
+            await self._manager.on_tool_error(error, tool_call_id=self._request.tool_call.get("id"))
