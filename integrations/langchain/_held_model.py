@@ -26,7 +26,7 @@ from langchain_core.callbacks import (
     CallbackManagerForLLMRun,
 )
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import ConfigDict, Field
@@ -36,7 +36,8 @@ from qwenguard.core.streaming.parallel import PendingCheck
 from . import _out_of_sight as out_of_sight
 from ._holding import HELD_LLM_TYPE_PREFIX, HeldStream
 from ._input_beside import aafter_verdict, aanswer_beside, after_verdict, answer_beside, auntil_blocked, until_blocked
-from ._messages import DEFAULT_HISTORY_TURNS, guard_history
+from ._messages import DEFAULT_HISTORY_TURNS, Item, guard_history
+from ._screening import ascreen, screen
 
 __all__ = ["HeldBackChatModel", "StreamLedger"]
 
@@ -87,6 +88,10 @@ class HeldBackChatModel(BaseChatModel):
     history_turns: int = DEFAULT_HISTORY_TURNS
     check_tool_calls: bool = True
     ledger: Any = None  # a StreamLedger shared by copies (``bind_tools`` returns a copy)
+    #: The middleware's reader of the messages a model call is given: the `Item`s to judge (or None), and the
+    #: messages to send once judged (``given_after(messages, items, decisions)``, raising when they stop the call).
+    given_items: Any = None
+    given_after: Any = None
     model_name: str | None = None  # what create_agent reads to pick a structured-output strategy
 
     @classmethod
@@ -143,10 +148,41 @@ class HeldBackChatModel(BaseChatModel):
             tool_calls=self.check_tool_calls,
         )
 
+    def _given(self, messages: list[BaseMessage]) -> tuple[int, list[Item]]:
+        """(where the messages the middleware judges start, its items for them): the agent's own system prompt,
+        which opens the messages, is left out."""
+        start = 1 if messages and isinstance(messages[0], SystemMessage) else 0
+        items: list[Item] = self.given_items(list(messages[start:]))
+        return start, items
+
+    def _given_messages(self, messages: list[BaseMessage]) -> list[BaseMessage]:
+        """The messages the model reads, as the middleware judged them (`GuardMiddleware._given`: notices in place
+        of blocked ones, or it raises). It judged the state in ``before_model`` and the request in its model
+        call: this catches what a middleware inside it added to the request (verdict-cache hits otherwise). In
+        the ledger's watch: a retry inside the middleware gets the same stop."""
+        if self.given_items is None:
+            return messages
+        start, items = self._given(messages)
+        if not items:
+            return messages
+        with self._ledger().watching():
+            return [*messages[:start], *self.given_after(list(messages[start:]), items, screen(self.guard, items))]
+
+    async def _agiven_messages(self, messages: list[BaseMessage]) -> list[BaseMessage]:
+        """Async twin of `_given_messages`."""
+        if self.given_items is None:
+            return messages
+        start, items = self._given(messages)
+        if not items:
+            return messages
+        with self._ledger().watching():
+            decisions = await ascreen(self.guard, items)
+            return [*messages[:start], *self.given_after(list(messages[start:]), items, decisions)]
+
     def _start_input(self, messages: list[BaseMessage]) -> PendingCheck | None:
         """Before the model runs: screen its input (raises when blocked), or start that check beside the
         model and return it (nothing goes out before its verdict). Here: nothing (the middleware screens
-        the input in ``before_model``)."""
+        the input: `_given_messages`)."""
         return None
 
     async def _astart_input(self, messages: list[BaseMessage]) -> PendingCheck | None:
@@ -174,6 +210,7 @@ class HeldBackChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        messages = self._given_messages(messages)
         pending = self._start_input(messages)
         target = self._target()
         config = self._config(False)
@@ -190,6 +227,7 @@ class HeldBackChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        messages = await self._agiven_messages(messages)
         pending = await self._astart_input(messages)
         target, config = self._target(), self._config(True)
         call = out_of_sight.acall(lambda: target.ainvoke(messages, config, stop=stop, **kwargs))
@@ -205,6 +243,7 @@ class HeldBackChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        messages = self._given_messages(messages)
         pending = self._start_input(messages)
         with self._ledger().watching():
             held = self._held(messages)
@@ -224,6 +263,7 @@ class HeldBackChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
+        messages = await self._agiven_messages(messages)
         pending = await self._astart_input(messages)
         with self._ledger().watching():
             held = self._held(messages)

@@ -3,40 +3,98 @@
 LangGraph's tool handler runs the tool with the run's callbacks, so the tool's ``on_tool_end`` (``astream_events``
 v2, v3's ``tool-finished``, ``stream_mode="tools"``) and its partial output (``ToolRuntime.emit_output_delta``)
 reach the consumer before `GuardMiddleware.wrap_tool_call` reads the result. Here the tool runs out of sight
-(`HeldTool`: no callbacks, LangGraph's delta writer unset), and `ToolRun` tells the callbacks the run's start
-before the tool runs and its end, or its error, with the judged result. Partial output is not told: nothing
-judged it.
+(`HeldTool`: of every handler but qwenguard's own, LangGraph's delta writer unset), and `ToolRun` tells the
+callbacks the run's start before the tool runs and its end, or its error, with the judged result. Partial output
+is not told: nothing judged it.
+
+The call the guard judged is not always the one that runs: a middleware inside the guard's may rewrite it
+(`HumanInTheLoopMiddleware` applies a reviewer's edit in its own ``wrap_tool_call``). `HeldTool` judges the call
+it is given when it differs from the judged one, before the tool runs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from langchain_core.callbacks import AsyncCallbackManager, CallbackManager
+from langchain_core.callbacks import AsyncCallbackManager, BaseCallbackManager, CallbackManager
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import ToolException
+from langchain_core.utils.pydantic import get_fields
 
 from . import _out_of_sight as out_of_sight
+from .callbacks import AsyncGuardCallbackHandler, GuardCallbackHandler
+
+#: Judges a call about to run that is not the judged one: ``None`` to run it, else the result in its place.
+Judge = Callable[[dict[str, Any]], Any]
+AsyncJudge = Callable[[dict[str, Any]], Awaitable[Any]]
+
+_GUARD_HANDLERS = (GuardCallbackHandler, AsyncGuardCallbackHandler)
+
+
+def _guards_only(callbacks: Any) -> Any:
+    """The run's callbacks with only qwenguard's handlers kept: a callback handler beside the middleware still
+    judges what the tool runs (a model, a sub-agent) and stops it; no one else hears the raw run."""
+    if isinstance(callbacks, BaseCallbackManager):
+        kept = callbacks.copy()
+        kept.handlers = [h for h in kept.handlers if isinstance(h, _GUARD_HANDLERS)]
+        kept.inheritable_handlers = [h for h in kept.inheritable_handlers if isinstance(h, _GUARD_HANDLERS)]
+        return kept
+    if isinstance(callbacks, list):
+        return [h for h in callbacks if isinstance(h, _GUARD_HANDLERS)]
+    return None
 
 
 def _unheard(config: Any) -> dict[str, Any]:
-    """The tool's config (``configurable``, tags, metadata) without the run's callbacks."""
-    return {key: value for key, value in dict(config or {}).items() if key != "callbacks"}
+    """The tool's config (``configurable``, tags, metadata) with the run's callbacks but qwenguard's left out."""
+    out = dict(config or {})
+    out["callbacks"] = _guards_only(out.get("callbacks"))
+    return out
+
+
+def _model_arguments(tool: Any, args: Any) -> Any:
+    """A call's arguments as the model (or a reviewer) wrote them: the values LangGraph injects (state, runtime,
+    ids), which are not in the tool's call schema, left out."""
+    if not isinstance(args, Mapping):
+        return args
+    schema: Any = getattr(tool, "tool_call_schema", None)
+    try:
+        names = set((schema.get("properties") or {}) if isinstance(schema, dict) else get_fields(schema))
+    except Exception:  # noqa: BLE001 - a schema we cannot read: every argument counts
+        return dict(args)
+    return {key: value for key, value in args.items() if key in names}
 
 
 class HeldTool:
-    """The tool a guarded call runs: the real one, out of sight of the run's callbacks. Anything else a
-    handler reads of it (name, schema) is the real tool's."""
+    """The tool a guarded call runs: the real one, out of sight of the run's callbacks, and only once the call
+    it is given was judged. Anything else a handler reads of it (name, schema) is the real tool's."""
 
-    def __init__(self, tool: Any) -> None:
+    def __init__(self, tool: Any, judged: Mapping[str, Any], judge: Judge, ajudge: AsyncJudge) -> None:
         self._tool = tool
+        self._judged = (judged.get("name"), _model_arguments(tool, judged.get("args")))
+        self._judge, self._ajudge = judge, ajudge
         #: What the tool raised, if it failed (a handler may turn it into an error message).
         self.raised: BaseException | None = None
+        #: Whether the call it was given was blocked (the tool did not run; the guard's notice is the result).
+        self.blocked = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._tool, name)
 
+    def _unjudged(self, input: Any) -> dict[str, Any] | None:
+        """The call ``input`` asks for, where it is not the one the guard judged."""
+        if isinstance(input, Mapping) and input.get("type") == "tool_call":
+            call = {"name": input.get("name"), "args": input.get("args"), "id": input.get("id")}
+        else:  # not a tool call: its input is its arguments
+            call = {"name": getattr(self._tool, "name", None), "args": input, "id": None}
+        call["args"] = _model_arguments(self._tool, call["args"])
+        return None if (call["name"], call["args"]) == self._judged else call
+
     def invoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
+        call = self._unjudged(input)
+        if call is not None and (blocked := self._judge(call)) is not None:
+            self.blocked = True
+            return blocked
         try:
             return out_of_sight.call(lambda: self._tool.invoke(input, _unheard(config), **kwargs))
         except BaseException as error:
@@ -44,6 +102,10 @@ class HeldTool:
             raise
 
     async def ainvoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
+        call = self._unjudged(input)
+        if call is not None and (blocked := await self._ajudge(call)) is not None:
+            self.blocked = True
+            return blocked
         try:
             return await out_of_sight.acall(lambda: self._tool.ainvoke(input, _unheard(config), **kwargs))
         except BaseException as error:
@@ -91,11 +153,16 @@ class ToolRun:
     handler runs: the tool held. A no-op, and the request unchanged, where there is no tool to run (LangGraph
     answers an unknown tool's call itself)."""
 
-    def __init__(self, request: Any) -> None:
+    def __init__(self, request: Any, judge: Judge, ajudge: AsyncJudge) -> None:
         self._request = request
         self._manager: Any = None
-        self._tool = None if request.tool is None else HeldTool(request.tool)
+        self._tool = None if request.tool is None else HeldTool(request.tool, request.tool_call, judge, ajudge)
         self.request = request if self._tool is None else request.override(tool=self._tool)
+
+    @property
+    def blocked(self) -> bool:
+        """Whether the tool was given a call the guard then blocked: its result is the guard's notice."""
+        return self._tool is not None and self._tool.blocked
 
     def _failure(self, judged: Any) -> BaseException | None:
         """The run's error where the tool raised and the handler answered it (LangGraph's handled error), with

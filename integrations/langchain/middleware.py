@@ -278,7 +278,9 @@ class GuardMiddleware(AgentMiddleware):
         # Every message the model is about to read, wherever it sits (a client's own history can hide a
         # user turn behind a fake assistant turn), and whatever metadata it carries (metadata can be
         # forged too). What was screened before hits the verdict cache.
-        messages = list(state.get("messages") or ())
+        return self._message_items(list(state.get("messages") or ()))
+
+    def _message_items(self, messages: list[BaseMessage]) -> list[Item]:
         wanted = {
             Stage.PROMPT: self.check_input,
             Stage.RESPONSE: self.check_input,
@@ -437,6 +439,26 @@ class GuardMiddleware(AgentMiddleware):
             response_metadata={METADATA_KEY: decision.to_dict()},
         )
 
+    def _executed_call(self, request: Any) -> Callable[[dict[str, Any]], ToolMessage | None]:
+        """Judges a call the tool is given that is not ``request``'s: ``None`` to run it, else its notice."""
+
+        def judge(call: dict[str, Any]) -> ToolMessage | None:
+            rewritten = request.override(tool_call={**request.tool_call, **call, "id": request.tool_call.get("id")})
+            item = self._call_item(rewritten)
+            decision = screen(self.guard, [item])[0] if item is not None else None
+            return None if decision is None or decision.allowed else self._blocked_call(rewritten, decision)
+
+        return judge
+
+    def _aexecuted_call(self, request: Any) -> Callable[[dict[str, Any]], Awaitable[ToolMessage | None]]:
+        async def judge(call: dict[str, Any]) -> ToolMessage | None:
+            rewritten = request.override(tool_call={**request.tool_call, **call, "id": request.tool_call.get("id")})
+            item = self._call_item(rewritten)
+            decision = (await ascreen(self.guard, [item]))[0] if item is not None else None
+            return None if decision is None or decision.allowed else self._blocked_call(rewritten, decision)
+
+        return judge
+
     def _result_items(self, result: Any) -> list[Item]:
         """The tool's result: every message it writes to the state (`tool_result_messages`: its `ToolMessage`,
         a ``Command``'s messages, a list of them), each untrusted content (`tool_output_text`)."""
@@ -473,6 +495,27 @@ class GuardMiddleware(AgentMiddleware):
         return notice.model_copy(update=update)
 
     # -- the model call: hold-back streaming --------------------------------------------------------
+    # Another middleware may write messages after `before_model` judged the state (a summary that
+    # `SummarizationMiddleware`, listed after this one, writes in its own before_model) or add them to the
+    # request in its own model call: the model call judges the messages it is given (here, and in the held
+    # model for what a middleware inside this one adds). What was judged before hits the verdict cache.
+    def _given(self, messages: list[BaseMessage], items: list[Item], decisions: list[Decision]) -> list[BaseMessage]:
+        """The messages the model reads: with "replace", notices in place of blocked ones. Raises the first
+        block's `GuardViolation` with "error" or "end", or when the last message (what the model answers) is
+        blocked; the model call's outcome is then the policy's (`_stream_stopped`)."""
+        blocked = blocked_pairs(items, decisions)
+        if not blocked:
+            return messages
+        notices = {id(item.message): self._redact_input(item, d) for item, d in blocked}
+        if self.exit_behavior != "replace" or (messages and id(messages[-1]) in notices):
+            enforce(blocked[0][1])
+        return [notices.get(id(m), m) for m in messages]
+
+    def _given_request(self, request: ModelRequest, decisions: list[Decision], items: list[Item]) -> ModelRequest:
+        messages: list[BaseMessage] = list(request.messages)
+        given = self._given(messages, items, decisions)
+        return request if given is messages else request.override(messages=given)  # type: ignore[arg-type]
+
     def _held_request(self, request: ModelRequest) -> tuple[ModelRequest, StreamLedger | None]:
         if not (self.check_output and self.check_stream) or not isinstance(request.model, Runnable):
             return request, None
@@ -488,6 +531,8 @@ class GuardMiddleware(AgentMiddleware):
                 stream_options=self.stream_options,
                 history_turns=self.history_turns,
                 check_tool_calls=self.check_tool_calls,
+                given_items=self._message_items,
+                given_after=self._given,
             )
 
         return HeldModelRequest.of(request, hold), ledger
@@ -549,6 +594,11 @@ class GuardMiddleware(AgentMiddleware):
 
     def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]) -> Any:
         with self._stopped.watching(request):
+            given = self._message_items(list(request.messages))
+            try:
+                request = self._given_request(request, screen(self.guard, given), given)
+            except GuardViolation as error:
+                return self._stream_stopped(error)
             held, ledger = self._held_request(request)
             try:
                 with self._held_scope(ledger):
@@ -564,6 +614,11 @@ class GuardMiddleware(AgentMiddleware):
         self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
     ) -> Any:
         with self._stopped.watching(request):
+            given = self._message_items(list(request.messages))
+            try:
+                request = self._given_request(request, await ascreen(self.guard, given), given)
+            except GuardViolation as error:
+                return self._stream_stopped(error)
             held, ledger = self._held_request(request)
             try:
                 with self._held_scope(ledger):
@@ -583,11 +638,13 @@ class GuardMiddleware(AgentMiddleware):
                 decision = screen(self.guard, [item])[0]
                 if not decision.allowed:
                     return self._blocked_call(request, decision)  # handler never runs: the tool does not execute
-            run = ToolRun(request)  # the callbacks hear of the run, and of its judged result only
+            # The callbacks hear of the run, and of its judged result only; a call rewritten inside this
+            # middleware (a reviewer's edit) is judged again before it runs.
+            run = ToolRun(request, self._executed_call(request), self._aexecuted_call(request))
             run.start()
             try:
                 result = handler(run.request)
-                items = self._result_items(result)
+                items = [] if run.blocked else self._result_items(result)
                 judged = self._withheld(result, items, screen(self.guard, items)) if items else result
             except BaseException as error:
                 run.error(error)
@@ -604,11 +661,11 @@ class GuardMiddleware(AgentMiddleware):
                 decision = (await ascreen(self.guard, [item]))[0]
                 if not decision.allowed:
                     return self._blocked_call(request, decision)
-            run = ToolRun(request)
+            run = ToolRun(request, self._executed_call(request), self._aexecuted_call(request))
             await run.astart()
             try:
                 result = await handler(run.request)
-                items = self._result_items(result)
+                items = [] if run.blocked else self._result_items(result)
                 judged = self._withheld(result, items, await ascreen(self.guard, items)) if items else result
             except BaseException as error:
                 await run.aerror(error)

@@ -24,8 +24,8 @@ from langchain_core.tools import ToolException, tool
 from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode
 from lc_fakes import SAFE_ANSWER, SAFE_QUESTION, UNSAFE_CLAUSE, scripted, tool_call
-from qwenguard.core import Guard
-from qwenguard.integrations.langchain import GuardMiddleware
+from qwenguard.core import Guard, GuardViolation
+from qwenguard.integrations.langchain import AsyncGuardCallbackHandler, GuardCallbackHandler, GuardMiddleware
 
 WORD = "ammonium"
 MODES = ["sync", "async"]
@@ -195,3 +195,48 @@ def test_the_tool_keeps_its_config_and_the_apps_handler_hears_the_judged_result(
     agent.invoke(INPUTS, {"configurable": {"user": "ada"}, "callbacks": [recorder]})
     assert seen == ["ada"]
     assert len(recorder.ends) == 1 and WORD not in repr(recorder.ends)
+
+
+# -- what the tool runs inside stays in sight of qwenguard's own callback handler (red team rt43a F1) ---------------
+@pytest.mark.parametrize("mode", MODES)
+def test_a_callback_handler_still_stops_a_sub_agent_inside_a_tool(kw, mode):
+    """docs/langchain.md: add the callback handler beside the middleware for a model called inside a tool. Held out
+    of sight of every callback, the tool's sub-agent ran its harmful call: the handler must still hear it."""
+    sent: list[str] = []
+
+    @tool
+    def send_email(to: str, body: str) -> str:
+        """Send an e-mail."""
+        sent.append(body)
+        return "sent"
+
+    def sub_agent() -> Any:
+        model = scripted(tool_call("send_email", {"to": "x@example.com", "body": UNSAFE_CLAUSE}, "s1"), "Done.")
+        return create_agent(model, [send_email])
+
+    @tool
+    def research(topic: str) -> str:
+        """Research a topic with a helper agent."""
+        sub_agent().invoke({"messages": [{"role": "user", "content": f"Research {topic}"}]})
+        return "The research is done."
+
+    @tool
+    async def aresearch(topic: str) -> str:
+        """Research a topic with a helper agent."""
+        await sub_agent().ainvoke({"messages": [{"role": "user", "content": f"Research {topic}"}]})
+        return "The research is done."
+
+    tool_ = research if mode == "sync" else aresearch
+    agent = create_agent(
+        scripted(tool_call(tool_.name, {"topic": "Paris"}, "c1"), SAFE_ANSWER),
+        [tool_],
+        middleware=[GuardMiddleware(kw, exit_behavior="replace")],
+    )
+    handler = (GuardCallbackHandler if mode == "sync" else AsyncGuardCallbackHandler)(kw)
+    with pytest.raises(GuardViolation) as info:
+        if mode == "sync":
+            agent.invoke(INPUTS, {"callbacks": [handler]})
+        else:
+            asyncio.run(agent.ainvoke(INPUTS, {"callbacks": [handler]}))
+    assert info.value.decision.stage.value == "tool_call"
+    assert sent == []
