@@ -11,8 +11,9 @@ is back: the next chunk is raced against the check in flight (a sync stream's mo
 its own).
 
 A chunk goes out once all of its text has been released, in order. Tool-call chunks (their streamed
-arguments) are held until the whole call is judged as the assistant's action, after the stream ends;
-chunks behind them wait too, so the consumer's order never changes. A violation raises
+arguments) are held until the whole call is judged as the assistant's action, after the stream ends, and so
+are chunks that carry text the answer quotes (`source_text`: citations, server tool outputs, metadata),
+judged as untrusted content then; chunks behind them wait too, so the consumer's order never changes. A violation raises
 `GuardViolation` from the iterator: the upstream stream is closed (the provider stops generating), and
 nothing held is passed on.
 """
@@ -34,7 +35,7 @@ from qwenguard.core import Guard, GuardUnavailable, GuardViolation
 from qwenguard.core.streaming.gen_windows import RELEASE_UNITS
 from qwenguard.core.streaming.wakeup import UpstreamRace, UpstreamReader
 
-from ._messages import DEFAULT_HISTORY_TURNS, Item, answer_text, answer_tool_calls, output_items
+from ._messages import DEFAULT_HISTORY_TURNS, Item, answer_text, answer_tool_calls, output_items, source_text
 from ._screening import ascreen, raise_first, screen
 from ._streaming import DEFAULT_WINDOW_CHARS, Engine, MonitorScreen, Screen, open_screen
 
@@ -103,7 +104,7 @@ def monitor_options(holdback: int | None = None, release_unit: str | None = None
 
 
 def chunk_text(chunk: Any) -> str:
-    """The text a streamed chunk carries (a message chunk or a string)."""
+    """The text a streamed chunk carries (a message chunk or a string): the answer's words (`answer_text`)."""
     if isinstance(chunk, str):
         return chunk
     if isinstance(chunk, BaseMessage):
@@ -119,46 +120,65 @@ def _has_tool_calls(chunk: Any) -> bool:
     return bool(getattr(chunk, "tool_call_chunks", None) or answer_tool_calls(chunk))
 
 
-def _add(whole: Any, chunk: Any) -> Any:
+def _quotes(chunk: Any, budget: int) -> bool:
+    """Does this chunk carry text the answer quotes (`source_text`), judged once the stream ended?"""
+    return isinstance(chunk, BaseMessage) and bool(source_text(chunk, budget).strip())
+
+
+def _add(whole: Any, chunk: Any, budget: int) -> Any:
     """``whole + chunk``, never losing what the answer's tool calls are read from.
 
     LangChain refuses some sums (two floats under one ``additional_kwargs`` key; a str after a message) that
-    a custom streaming runnable can send. A chunk without a tool call adds nothing the calls need (its text
-    is judged as it streams), so the sum is kept without it; one with a call after chunks without any takes
-    their place; a message chunk with one is added again as only what calls are read from (content,
-    tool-call chunks, the call keys of ``additional_kwargs``). A sum that still fails is refused: the calls could not be judged, and they never go out (not ``on_error``'s to let
-    through: the guard could answer, the stream could not be read)."""
+    a custom streaming runnable can send. A chunk without a tool call or quoted text adds nothing judged at
+    the end (its text is judged as it streams), so the sum is kept without it; one with either after chunks
+    without any takes their place; a message chunk with one is added again as only what they are read from
+    (`_end_parts`). A sum that still fails is refused: the calls or quotes could not be judged, and they never
+    go out (not ``on_error``'s to let through: the guard could answer, the stream could not be read)."""
     if whole is None:
         return chunk
     try:
         return whole + chunk
     except TypeError as error:
-        if not _has_tool_calls(chunk):
+        if not _judged_at_end(chunk, budget):
             return whole if isinstance(whole, BaseMessage) else chunk
-        if not isinstance(whole, BaseMessage) or not _has_tool_calls(whole):
-            return chunk  # no call before it to keep
+        if not isinstance(whole, BaseMessage) or not _judged_at_end(whole, budget):
+            return chunk  # nothing before it to keep
         if isinstance(chunk, AIMessageChunk):
             with contextlib.suppress(TypeError):
-                return whole + _call_parts(chunk)
+                return whole + _end_parts(chunk)
         raise GuardUnavailable(
-            f"a streamed chunk with a tool call cannot be added to the chunks before it ({error}): the "
-            "answer's tool calls cannot be judged, so the stream stops"
+            f"a streamed chunk with a tool call or quoted text cannot be added to the chunks before it ({error}): "
+            "the answer's tool calls and quotes cannot be judged, so the stream stops"
         ) from error
 
 
-def _call_parts(chunk: AIMessageChunk) -> AIMessageChunk:
-    """The parts of a message chunk the answer's tool calls are read from (`answer_tool_calls`)."""
-    calls = {k: v for k, v in chunk.additional_kwargs.items() if k in ("function_call", "tool_calls")}
-    return AIMessageChunk(content=chunk.content, tool_call_chunks=chunk.tool_call_chunks, additional_kwargs=calls)
+def _judged_at_end(chunk: Any, budget: int) -> bool:
+    return _has_tool_calls(chunk) or _quotes(chunk, budget)
+
+
+#: The ``additional_kwargs`` keys judged once the stream ended: tool calls and server tool outputs.
+_END_KEYS = ("function_call", "tool_calls", "tool_outputs")
+
+
+def _end_parts(chunk: AIMessageChunk) -> AIMessageChunk:
+    """The parts of a message chunk judged once the stream ended (`answer_tool_calls`, `source_text`)."""
+    kept = {k: v for k, v in chunk.additional_kwargs.items() if k in _END_KEYS}
+    return AIMessageChunk(
+        content=chunk.content,
+        tool_call_chunks=chunk.tool_call_chunks,
+        additional_kwargs=kept,
+        response_metadata=chunk.response_metadata,
+    )
 
 
 def as_message(value: BaseMessage) -> BaseMessage:
     """An aggregated `AIMessageChunk` parses its tool-call chunks into ``tool_calls`` (a legacy ``function_call``
-    stays in ``additional_kwargs``)."""
+    stays in ``additional_kwargs``); its metadata is kept (`source_text` reads it)."""
     if isinstance(value, AIMessageChunk):
         return AIMessage(
             content=value.content,
             additional_kwargs=value.additional_kwargs,
+            response_metadata=value.response_metadata,
             tool_calls=value.tool_calls,
             invalid_tool_calls=value.invalid_tool_calls,
             id=value.id,
@@ -213,14 +233,26 @@ class HeldStream:
             monitor_options=self.monitor_options,
         )
 
-    def _tool_items(self) -> list[Item]:
-        if not self.tool_calls or not isinstance(self.whole, BaseMessage):
+    def _end_items(self) -> list[Item]:
+        """What is judged once the stream ended: the answer's tool calls and the text it quotes."""
+        if not isinstance(self.whole, BaseMessage):
             return []
-        return output_items(as_message(self.whole), self.context, self.history_turns, text=False)
+        return output_items(
+            as_message(self.whole),
+            self.context,
+            self.history_turns,
+            text=False,
+            tool_calls=self.tool_calls,
+            sources=True,
+            budget=self.guard.max_chars,
+        )
 
-    def _holds_calls(self, chunk: Any, held: deque[tuple[int, bool, Any]]) -> bool:
-        """Is this chunk held until the tool calls are judged (a tool-call chunk, or behind one)?"""
-        return self.tool_calls and (_has_tool_calls(chunk) or bool(held and held[-1][1]))
+    def _holds_to_end(self, chunk: Any, held: deque[tuple[int, bool, Any]]) -> bool:
+        """Is this chunk held until the stream ended and its end items are judged (`_end_items`): a tool-call
+        chunk (when tool calls are judged), one that carries quoted text, or one behind either?"""
+        if held and held[-1][1]:
+            return True
+        return (self.tool_calls and _has_tool_calls(chunk)) or _quotes(chunk, self.guard.max_chars)
 
     def _judged_before(self, held: deque[tuple[int, bool, Any]], violation: GuardViolation) -> list[Any]:
         """Held chunks that lie wholly before the violation: judged safe, owed to the consumer.
@@ -236,8 +268,8 @@ class HeldStream:
         """Hold ``chunk`` until its text is released; the characters fed so far, and its text."""
         text = chunk_text(chunk)
         fed += len(text)
-        held.append((fed, self._holds_calls(chunk, held), chunk))
-        self.whole = _add(self.whole, chunk)
+        held.append((fed, self._holds_to_end(chunk, held), chunk))
+        self.whole = _add(self.whole, chunk, self.guard.max_chars)
         return fed, text
 
     @staticmethod
@@ -246,7 +278,7 @@ class HeldStream:
 
     def run(self, chunks: Iterator[Any]) -> Iterator[Any]:
         judge = self._open(asynchronous=False)
-        held: deque[tuple[int, bool, Any]] = deque()  # (end offset of its text, held for tool calls, chunk)
+        held: deque[tuple[int, bool, Any]] = deque()  # (end offset of its text, held to the end, chunk)
         fed = 0
         # While a monitor's check runs beside the stream the model is read on a thread of its own, so judged
         # text goes out when its verdict is back, not when the model sends its next token (``wakeup.py``).
@@ -265,7 +297,7 @@ class HeldStream:
             judge.finish()
             while self._ready(held, judge.released):
                 yield held.popleft()[2]  # the text is judged: it goes out before the tool calls are
-            items = self._tool_items()
+            items = self._end_items()
             raise_first(items, screen(self.guard, items))
         except GuardViolation as violation:
             yield from self._judged_before(held, violation)
@@ -301,7 +333,7 @@ class HeldStream:
             await judge.afinish()
             while self._ready(held, judge.released):
                 yield held.popleft()[2]
-            items = self._tool_items()
+            items = self._end_items()
             raise_first(items, await ascreen(self.guard, items))
         except GuardViolation as violation:
             for chunk in self._judged_before(held, violation):

@@ -40,7 +40,7 @@ from itertools import islice
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage, convert_to_messages
-from qwenguard.core import Stage
+from qwenguard.core import InputTooLarge, Stage
 from qwenguard.core.formats.conversations import (
     prompt_conversation,
     response_conversation,
@@ -48,6 +48,7 @@ from qwenguard.core.formats.conversations import (
     untrusted_conversation,
     with_tool_calls,
 )
+from qwenguard.core.guard import DEFAULT_MAX_CHARS
 
 __all__ = [
     "DEFAULT_HISTORY_TURNS",
@@ -56,6 +57,8 @@ __all__ = [
     "message_text",
     "answer_text",
     "reasoning_text",
+    "beside_text",
+    "source_text",
     "guard_history",
     "input_items",
     "system_role",
@@ -166,19 +169,24 @@ def _data_url_text(value: str) -> str | None:
     return _b64_text(body) if head.endswith(";base64") else body
 
 
+def _leaf_text(value: str, parent: Mapping[str, Any] | None, key: str, skip: frozenset[str] = _NOT_TEXT) -> str | None:
+    """The text of one string found under ``key`` of ``parent`` (``None``: not text)."""
+    if value.startswith("data:") and "," in value[:200]:
+        return _data_url_text(value)
+    if key in skip:
+        return None
+    if key in _DATA_KEYS:
+        if parent is None or not _is_text_media(parent):
+            return None  # media bytes: not text
+        # "base64" is always encoded; Anthropic's "data" is encoded only in a "base64" source.
+        return _b64_text(value) if key != "data" or parent.get("type") == "base64" else value
+    return value
+
+
 def _strings(value: Any, parent: Mapping[str, Any] | None = None, key: str = "") -> list[str]:
     if isinstance(value, str):
-        if value.startswith("data:") and "," in value[:200]:
-            text = _data_url_text(value)
-            return [] if text is None else [text]
-        if key in _NOT_TEXT:
-            return []
-        if key in _DATA_KEYS:
-            if parent is None or not _is_text_media(parent):
-                return []  # media bytes: not text
-            # "base64" is always encoded; Anthropic's "data" is encoded only in a "base64" source.
-            return [_b64_text(value) if key != "data" or parent.get("type") == "base64" else value]
-        return [value]
+        text = _leaf_text(value, parent, key)
+        return [] if text is None else [text]
     if isinstance(value, Mapping):
         if value.get("type") in _TOOL_CALL_KINDS:
             return []
@@ -216,21 +224,46 @@ def message_text(message: BaseMessage | str | Any) -> str:
 
 
 def answer_text(message: BaseMessage | str | Any) -> str:
-    """What the consumer of a model's answer (or a streamed chunk of it) sees: its reasoning (see
-    `reasoning_text`), then its text. The output side's text; the input side reads `message_text`,
-    what the model reads back (provider classes do not send reasoning kept beside the content)."""
-    return reasoning_text(message) + message_text(message)
+    """What the consumer of a model's answer (or a streamed chunk of it) reads as the model's words: its
+    reasoning (see `reasoning_text`), its text, then the text a provider keeps beside the content
+    (`beside_text`: a refusal, a spoken answer's transcript). The output side's text; the input side reads
+    `message_text`, what the model reads back (provider classes send none of these back to it)."""
+    return reasoning_text(message) + message_text(message) + beside_text(message)
+
+
+def beside_text(message: Any) -> str:
+    """The answer's own words kept beside the content, where ``ChatOpenAI`` (Chat Completions) puts them:
+    ``additional_kwargs["refusal"]`` (the model's refusal, in place of the content) and
+    ``additional_kwargs["audio"]["transcript"]`` (the spoken answer of ``modalities=["text", "audio"]``:
+    the content is empty). Apps show and store them as the answer, so they are judged as its text."""
+    extra = getattr(message, "additional_kwargs", None)
+    if not isinstance(extra, Mapping):
+        return ""
+    audio = extra.get("audio")
+    texts = (extra.get("refusal"), audio.get("transcript") if isinstance(audio, Mapping) else None)
+    return "".join(t for t in texts if isinstance(t, str))
 
 
 def reasoning_text(message: Any) -> str:
     """A thinking model's reasoning carried beside the content: ``additional_kwargs["reasoning_content"]``,
     where `ChatDeepSeek`, `ChatOllama(reasoning=True)` and other OpenAI-compatible provider classes put
-    it (DeepSeek's API and vLLM's reasoning parsers stream it as ``delta.reasoning_content``). Apps show
-    it as the model's "thinking", so it is judged with the answer, before it. Not when the content
-    already has a reasoning block (LangChain's standard blocks move it there; `block_text` reads it)."""
+    it (DeepSeek's API and vLLM's reasoning parsers stream it as ``delta.reasoning_content``), and the
+    Responses API's reasoning item with ``output_version="v0"``: ``additional_kwargs["reasoning"]``, its
+    ``summary`` (and ``content``) parts' ``text``. Apps show it as the model's "thinking", so it is judged
+    with the answer, before it. Not when the content already has a reasoning block (LangChain's standard
+    blocks and ``output_version="responses/v1"`` move it there; `block_text` reads it)."""
     extra = getattr(message, "additional_kwargs", None)
-    reasoning = extra.get("reasoning_content") if isinstance(extra, Mapping) else None
-    if not isinstance(reasoning, str) or not reasoning:
+    if not isinstance(extra, Mapping):
+        return ""
+    texts: list[Any] = [extra.get("reasoning_content")]
+    item = extra.get("reasoning")
+    if isinstance(item, Mapping):
+        parts = [p for key in ("summary", "content") if isinstance(item.get(key), list) for p in item[key]]
+        texts += [p.get("text") for p in parts if isinstance(p, Mapping)]
+    else:
+        texts.append(item)  # a provider's plain reasoning string
+    reasoning = "".join(t for t in texts if isinstance(t, str))
+    if not reasoning:
         return ""
     content = getattr(message, "content", None)
     if isinstance(content, (list, tuple)) and any(
@@ -238,6 +271,114 @@ def reasoning_text(message: Any) -> str:
     ):
         return ""
     return reasoning
+
+
+# -- what an answer quotes: untrusted text beside its own words ------------------------------------------
+#: Keys that hold no text in what an answer quotes (besides `_NOT_TEXT`, whose ``extras`` and ``annotations``
+#: are walked here): opaque encodings and container ids.
+_SOURCE_NOT_TEXT = (_NOT_TEXT - {"extras", "annotations"}) | {
+    "encrypted_index",
+    "encrypted_content",
+    "container_id",
+    "partial_image_b64",
+}
+#: Server tool outputs whose ``result`` is media (an image's base64), not text.
+_MEDIA_RESULTS = frozenset({"image_generation_call"})
+#: Provider bookkeeping in ``response_metadata``, never judged: ids, model names, finish reasons, usage,
+#: timings, HTTP headers, the provider's own safety ratings, the app's own request ``metadata`` and ``user``
+#: echoed back, the guard's record (`_screening.METADATA_KEY`), and ``logprobs`` (the answer's own tokens,
+#: judged as its text). Every other string there is judged (an unknown key fails towards judging).
+_METADATA_NOT_TEXT = frozenset(
+    {
+        "id",
+        "model",
+        "model_name",
+        "model_id",
+        "model_provider",
+        "model_version",
+        "system_fingerprint",
+        "finish_reason",
+        "stop_reason",
+        "stop_sequence",
+        "done_reason",
+        "incomplete_details",
+        "service_tier",
+        "created",
+        "created_at",
+        "expires_at",
+        "object",
+        "status",
+        "output_version",
+        "usage",
+        "token_usage",
+        "headers",
+        "logprobs",
+        "safety_ratings",
+        "prompt_feedback",
+        "metadata",
+        "user",
+        "qwenguard",
+        # AWS Bedrock's (boto's request record, stop reason, latency metrics)
+        "ResponseMetadata",
+        "stopReason",
+        "metrics",
+        "amazon-bedrock-invocationMetrics",
+    }
+)
+
+
+def _walk_text(value: Any, budget: int, skip: frozenset[str]) -> list[str]:
+    """The text of the strings in ``value`` (through mappings' values, lists and tuples; strings under a key
+    in ``skip`` and media data left out, `_leaf_text`), walked without recursion and only until past
+    ``budget`` (a text counts its length, anything else one), as `artifact_text` walks. A walk cut short
+    raises `InputTooLarge`: what is left must not go out unjudged."""
+    texts: list[str] = []
+    total = 0
+    stack: list[tuple[Any, Mapping[str, Any] | None, Any]] = [(value, None, "")]  # (item, its mapping, its key)
+    while stack and total <= budget:
+        item, parent, key = stack.pop()
+        text = _leaf_text(item, parent, key, skip) if isinstance(item, str) else None
+        total += max(1, len(text)) if text else 1
+        room = budget - total + 1  # items beyond it cannot be reached before the walk stops
+        if text:
+            texts.append(text)
+        elif isinstance(item, Mapping):
+            media = item.get("type") in _MEDIA_RESULTS
+            pairs = [(v, item, k) for k, v in islice(item.items(), room) if not (media and k == "result")]
+            stack.extend(reversed(pairs))
+        elif isinstance(item, (list, tuple)):
+            stack.extend(reversed([(v, None, "") for v in islice(item, room)]))
+    if stack or total > budget:
+        raise InputTooLarge(f"the text an answer quotes is over {budget} characters: it cannot be judged whole")
+    return texts
+
+
+def source_text(message: Any, budget: int = DEFAULT_MAX_CHARS, *, metadata: bool = True) -> str:
+    """The untrusted text an answer (or a streamed chunk of it) carries beside its own words, one string a
+    line: what it quotes from its sources and what the provider's own tools returned. Judged as untrusted
+    content, as tool results and retrieved documents are:
+
+    - citations of content blocks: Anthropic's ``citations`` and the ``annotations`` of OpenAI's and
+      LangChain's standard text blocks (``cited_text``, ``title``, a document's title; not urls and ids);
+    - ``additional_kwargs["tool_outputs"]``: the Responses API's server-side tool items with
+      ``output_version="v0"`` (an MCP call's ``output``, file search results, code interpreter logs);
+    - with ``metadata``, the strings of ``response_metadata`` but provider bookkeeping (`_METADATA_NOT_TEXT`):
+      grounding sources a provider puts there. The model never reads its metadata back.
+
+    Read within ``budget`` characters (`_walk_text`; the guard's ``max_chars``)."""
+    found: list[Any] = []
+    content = getattr(message, "content", None)
+    if isinstance(content, (list, tuple)):
+        for block in content:
+            if isinstance(block, Mapping):
+                found += [block.get("citations"), block.get("annotations")]
+    extra = getattr(message, "additional_kwargs", None)
+    if isinstance(extra, Mapping):
+        found.append(extra.get("tool_outputs"))
+    meta = getattr(message, "response_metadata", None) if metadata else None
+    if isinstance(meta, Mapping):
+        found.append({k: v for k, v in islice(meta.items(), budget + 1) if k not in _METADATA_NOT_TEXT})
+    return "\n".join(_walk_text(found, budget, _SOURCE_NOT_TEXT))
 
 
 #: `ChatMessage` roles (any string a provider accepts) read as a user's or the assistant's turn. ChatOpenAI
@@ -373,11 +514,16 @@ def output_items(
     text: bool = True,
     tool_calls: bool = True,
     reasoning: bool = True,
+    sources: bool | None = None,
+    budget: int = DEFAULT_MAX_CHARS,
 ) -> list[Item]:
-    """The model's answer: its text as a response check and each tool call it asks for as an action.
+    """The model's answer: its text as a response check, the text it quotes as an untrusted-content check,
+    and each tool call it asks for as an action.
 
-    ``context``: the messages the model saw (LangChain messages or guard dicts). ``reasoning``: read the
-    reasoning kept beside the content too (`answer_text`; off for an earlier turn the model reads back).
+    ``context``: the messages the model saw (LangChain messages or guard dicts). ``reasoning``: read what
+    the consumer reads beside the content too (`answer_text`, and ``response_metadata`` in `source_text`;
+    off for an earlier turn the model reads back). ``sources``: judge what the answer quotes (`source_text`;
+    default: with the text). ``budget``: the guard's ``max_chars``, what `source_text` reads at most.
     """
     history = _as_history(context, turns)
     items: list[Item] = []
@@ -389,6 +535,11 @@ def output_items(
             history if any(m.get("role") == "user" for m in history) else [{"role": "user", "content": ""}, *history]
         )
         items.append(Item(Stage.RESPONSE, response_conversation(before, body), message, label="model response"))
+    quoted = source_text(message, budget, metadata=reasoning) if (text if sources is None else sources) else ""
+    if quoted.strip():
+        # Quoted source text and server tool outputs come from outside: judged alone, as a tool's result is.
+        conversation = untrusted_conversation(quoted, "quoted source")
+        items.append(Item(Stage.TOOL_RESULT, conversation, message, label="sources of the model response"))
     if tool_calls:
         for call in answer_tool_calls(message):
             name = str(call.get("name") or "")

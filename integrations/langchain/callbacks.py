@@ -19,13 +19,16 @@ not answer and the policy fails closed):
   tool messages as untrusted content (system messages are the application's own and are skipped).
 - ``on_llm_new_token`` (classic streaming, LangGraph ``stream_mode="messages"``) and
   ``on_stream_event`` (``stream_events(version="v3")``; one of the two per run, never both: see
-  ``_feed.py``) — the streamed text and each streamed tool call's arguments. A callback cannot hold
+  ``_feed.py``) — the streamed text and each streamed tool call's arguments; a chunk (or finished block)
+  that carries text the answer quotes (citations, server tool outputs: `source_text`) has it judged as
+  untrusted content before the chunk goes on, in the stream's path. A callback cannot hold
   text back, only stall or stop the stream; the default engine (``"pipelined"``, see ``_streaming.py``)
   judges in the background and stops the stream one judge latency after unsafe words arrived, never
   letting more than ``max_unjudged`` characters out ahead of their verdict; ``stream_engine="gate"``
   judges every chunk before it is yielded, at the price of one guard call in the stream's path per
   chunk. To hold text until it is judged, use `GuardMiddleware` (agents) or `guard_output` (chains).
-- ``on_llm_end`` — the whole answer when nothing streamed, and every tool call the answer asks for.
+- ``on_llm_end`` — the whole answer when nothing streamed, what it quotes (`source_text`), and every tool
+  call the answer asks for.
 - ``on_tool_start`` — the tool call (name + arguments) before the tool runs; ``on_tool_end`` — every
   message its result writes (its ``ToolMessage`` with its artifact, a LangGraph ``Command``'s messages, a
   list of them: the tool has run; the result is stopped before anything reads it); ``on_tool_error`` — the
@@ -77,7 +80,7 @@ from typing import Any
 from uuid import UUID
 
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
 from qwenguard.core import Decision, Guard, QwenGuardError, Stage, enforce
 from qwenguard.core.formats.conversations import tool_call_conversation, untrusted_conversation
@@ -420,6 +423,39 @@ class _GuardHandlerLogic:
             run.feed = StreamFeed(open_text, open_tool)
         return run.feed
 
+    def _quoted_items(self, run_id: UUID, message: Any) -> list[Item]:
+        """What a streamed chunk (or a finished content block, as a message) quotes (`source_text`), judged
+        before it goes on: a callback cannot hold it back. Not for a run held on this guard (judged there)."""
+        run = self._run(run_id)
+        if not (self.check_output and self.check_stream) or run.held is not None:
+            return []
+        if not isinstance(message, BaseMessage):
+            return []
+        return output_items(
+            message,
+            run.context,
+            self.history_turns,
+            text=False,
+            tool_calls=False,
+            sources=True,
+            budget=self.guard.max_chars,
+        )
+
+    def _token_quoted_items(self, run_id: UUID, chunk: Any) -> list[Item]:
+        feed = self._run(run_id).feed
+        if feed is not None and feed.source != "token":
+            return []  # this run is judged from its events
+        return self._quoted_items(run_id, getattr(chunk, "message", None))
+
+    def _event_quoted_items(self, run_id: UUID, event: Any) -> list[Item]:
+        feed = self._run(run_id).feed
+        if feed is None or feed.source != "event" or not isinstance(event, Mapping):
+            return []  # this run is judged from its tokens
+        block = event.get("content")
+        if event.get("event") != "content-block-finish" or not isinstance(block, Mapping):
+            return []
+        return self._quoted_items(run_id, AIMessage(content=[dict(block)]))
+
     def _end_items(self, response: LLMResult, run_id: UUID) -> tuple[_Run | None, list[Item]]:
         trace = self._runs.trace(run_id)
         run = self._runs.pop(run_id)  # not `_drop`: the screen still has to finish
@@ -437,6 +473,9 @@ class _GuardHandlerLogic:
                         self.history_turns,
                         text=whole_text,
                         tool_calls=self.check_tool_calls,
+                        # What it quotes is never judged as text: judged here, whether it streamed or not.
+                        sources=self.check_output and not (run and run.held is not None),
+                        budget=self.guard.max_chars,
                     )
                     self._remember_tool_context([i for i in found if i.stage is Stage.TOOL_CALL], context, trace)
                     items.extend(found)
@@ -573,8 +612,6 @@ class _GuardHandlerLogic:
 
 
 def _text_message(text: str) -> BaseMessage:
-    from langchain_core.messages import AIMessage
-
     return AIMessage(content=text)
 
 
@@ -633,6 +670,8 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
         with self._dropped_on_error(run_id):
             for judge, delta in self._feed(run_id, asynchronous=False).token_pieces(token, chunk):
                 judge.check(delta)
+            quoted = self._token_quoted_items(run_id, chunk)
+            raise_first(quoted, screen(self.guard, quoted))
 
     def on_stream_event(self, event: Any, *, run_id: UUID, **kwargs: Any) -> None:
         self._wait_input(run_id)
@@ -641,6 +680,8 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
             pieces, finish = feed.event_pieces(event)
             for judge, delta in pieces:
                 judge.check(delta)
+            quoted = self._event_quoted_items(run_id, event)
+            raise_first(quoted, screen(self.guard, quoted))
             if finish:  # the finish event repeats the block: everything fed is judged before it goes out
                 for judge in feed.screens():
                     judge.flush()
@@ -790,6 +831,8 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
         with self._dropped_on_error(run_id):
             for judge, delta in self._feed(run_id, asynchronous=True).token_pieces(token, chunk):
                 await judge.acheck(delta)
+            quoted = self._token_quoted_items(run_id, chunk)
+            raise_first(quoted, await ascreen(self.guard, quoted))
 
     async def on_stream_event(self, event: Any, *, run_id: UUID, **kwargs: Any) -> None:
         await self._await_input(run_id)
@@ -798,6 +841,8 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
             pieces, finish = feed.event_pieces(event)
             for judge, delta in pieces:
                 await judge.acheck(delta)
+            quoted = self._event_quoted_items(run_id, event)
+            raise_first(quoted, await ascreen(self.guard, quoted))
             if finish:
                 for judge in feed.screens():
                     await judge.aflush()

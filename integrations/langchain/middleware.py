@@ -106,6 +106,9 @@ DEFAULT_TOOL_RESULT_NOTICE = (
 DEFAULT_TOOL_CALL_NOTICE = "The call to tool '{tool}' was blocked by the safety guard ({categories}) and did not run."
 #: How many answers whose text was judged while streaming are remembered until ``after_model``.
 _MAX_JUDGED_IDS = 1024
+#: What an answer keeps beside its content that the guard judges with it (`_messages.beside_text`,
+#: `reasoning_text`, `source_text`): dropped with a redacted answer's content.
+_ANSWER_BESIDE_KEYS = frozenset({"refusal", "audio", "reasoning", "reasoning_content", "tool_outputs"})
 #: Marks the record of a message other than a `ToolMessage` that a tool wrote and `wrap_tool_call` withheld.
 _WRITTEN_BY_TOOL = "written_by_tool"
 
@@ -302,6 +305,7 @@ class GuardMiddleware(AgentMiddleware):
             self.history_turns,
             text=self.check_output and not self._was_judged(last.id),
             tool_calls=self.check_tool_calls,
+            budget=self.guard.max_chars,
         )
 
     def _was_judged(self, message_id: str | None) -> bool:
@@ -337,12 +341,16 @@ class GuardMiddleware(AgentMiddleware):
                     "response_metadata": _with_decision(message.response_metadata, decision),
                 }
             )
-        return message.model_copy(
-            update={
-                "content": _fill(self.input_notice, decision),
-                "response_metadata": _with_decision(message.response_metadata, decision),
-            }
-        )
+        update: dict[str, Any] = {
+            "content": _fill(self.input_notice, decision),
+            "response_metadata": _with_decision(message.response_metadata, decision),
+        }
+        if isinstance(message, AIMessage):
+            # What an earlier answer carried beside its content goes with it: a provider class may send it back
+            # (the Responses API's reasoning and tool output items).
+            kept = {k: v for k, v in message.additional_kwargs.items() if k not in _ANSWER_BESIDE_KEYS}
+            update["additional_kwargs"] = kept
+        return message.model_copy(update=update)
 
     def _ended_by_tool(self, state: AgentState) -> dict[str, Any] | None:
         """With ``"end"``: a tool call or result that `wrap_tool_call` blocked ends the run here."""
@@ -575,7 +583,12 @@ class GuardMiddleware(AgentMiddleware):
             streamed = ledger is not None and answer.id is not None and answer.id in ledger.judged_ids
             text = self.check_output and not streamed
             items += output_items(
-                answer, request.messages, self.history_turns, text=text, tool_calls=self.check_tool_calls
+                answer,
+                request.messages,
+                self.history_turns,
+                text=text,
+                tool_calls=self.check_tool_calls,
+                budget=self.guard.max_chars,
             )
         return items
 
