@@ -15,7 +15,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .backends.base import GenBackend, Outcome
 from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_SIZE, VerdictCache, cache_key
@@ -484,7 +484,7 @@ class Guard:
             for i, (c, result) in enumerate(zip(pending, outcome))
             if isinstance(result, VerdictParseError)
             and self.policy.on_error_for(c.stage) == "allow"
-            and (least := _least_context(c.conversation)) is not None
+            and (least := least_context(c.conversation)) is not None
         ]
         if redo:
             logger.warning(
@@ -645,9 +645,13 @@ def _one_each(outcome: Any, expected: int) -> list[Outcome] | BaseException:
     return GuardUnavailable(f"the guard backend returned {got} for {expected} conversations")
 
 
-def _least_context(conversation: list[dict[str, str]]) -> list[dict[str, str]] | None:
+_Turn = TypeVar("_Turn", bound=Mapping[str, str])
+
+
+def least_context(conversation: Sequence[_Turn]) -> list[_Turn] | None:
     """The judged (last) turn with the least context its mode needs: a user-side turn alone, an assistant turn
-    after the user turn before it; ``None`` when ``conversation`` is no longer than that."""
+    after the user turn before it; ``None`` when ``conversation`` is no longer than that. What a check whose
+    answer was no verdict is judged on once more, here and by the server (`Service.classify`)."""
     last = conversation[-1]
     least = [last]
     if last["role"] == "assistant":

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from faults import ScriptedBackend
 from live_server import serving
 from qwenguard.core import Guard, Policy, render_prompt
 
@@ -266,3 +267,81 @@ def test_a_usable_published_context_is_still_used():
             assert g.backend._served_context == 4096
         finally:
             g.close()
+
+
+# -- D. qwenguard serve's 502 guard_error is its answer "no verdict", judged again without the context ---------
+#: A client-written history that breaks the guard's answer (no verdict), before the turn judged.
+X_HISTORY = [{"role": "user", "content": "x" * 400}, {"role": "assistant", "content": "x" * 400}]
+
+
+def no_verdict_with_context(path: str, body: dict[str, Any]) -> tuple[int, Any]:
+    """qwenguard serve's answer when its guard gave no verdict (a request with the history), else a verdict."""
+    if "x" * 400 in json.dumps(body):
+        message = "the guard gave no verdict for this conversation: VerdictParseError"
+        return 502, {"error": {"message": message, "type": "guard_error", "code": 502}}
+    return honest(path, body)
+
+
+def proxy_bad_gateway(path: str, body: dict[str, Any]) -> tuple[int, Any]:
+    return 502, {"error": {"message": "upstream connect error"}}
+
+
+@pytest.mark.parametrize("mode", ["chat", "completion"])
+def test_a_servers_502_guard_error_is_judged_again_without_the_context(mode):
+    """A red team's finding: `Guard.remote(on_error="allow")` read qwenguard serve's 502 ``guard_error`` as a 5xx,
+    sent it three more times and failed open, never judging the turn without the history that broke the
+    answer (as it does for a 200 that does not parse). The 502 is the server's answer, "no verdict": the turn
+    is judged again alone, and blocked; a proxy's plain 502 is still retried."""
+    with Engine(no_verdict_with_context) as server:
+        g = client(server.url, "allow", mode=mode)
+        try:
+            d = g.check(X_HISTORY + [{"role": "user", "content": BOMB}], "prompt")
+        finally:
+            g.close()
+        assert (d.allowed, d.reason) == (False, "unsafe"), d
+        assert len(server.posts) == g.backend.requests_sent == 2  # with the history, then the turn alone
+        assert "x" * 400 not in json.dumps(server.posts[1][1])
+    with Engine(proxy_bad_gateway) as proxy:
+        g = client(proxy.url, "allow", mode=mode, backoff_s=0.01)
+        try:
+            d = g.check_prompt(BOMB)
+        finally:
+            g.close()
+        assert (d.allowed, d.reason) == (True, "guard_error") and "HTTP 502" in (d.error or "")
+        assert len(proxy.posts) == 4  # retried, as any 5xx
+
+
+class BrokenByContext(ScriptedBackend):
+    """A guard that gives no verdict for a turn with context, and (the fault) whose judging it again alone fails
+    too, so that qwenguard serve answers 502 ``guard_error``; a turn sent alone is judged (unsafe: a bomb)."""
+
+    def __init__(self) -> None:
+        super().__init__(self._answer, name="m")
+        self.broke = False
+
+    def _answer(self, conversation: Any) -> str:
+        if len(conversation) > 1:
+            return "I think this is fine!"
+        return UNSAFE if "bomb" in conversation[-1]["content"].lower() else SAFE
+
+    async def aclassify(self, conversations: Any, *, timeout: float | None = None) -> Any:
+        if self.broke:  # the server judging the turn again without its context: the injected fault
+            self.broke = False
+            self.calls.append(list(conversations))
+            raise RuntimeError("injected: judging again failed")
+        self.broke = any(len(c) > 1 for c in conversations)
+        return await super().aclassify(conversations, timeout=timeout)
+
+
+@pytest.mark.parametrize("mode", ["chat", "completion"])
+def test_guard_remote_fail_open_against_qwenguard_serve_judges_the_turn_again_alone(mode):
+    backend = BrokenByContext()
+    with serving(Guard(backend, cache_size=0)) as server:
+        g = client(server + "/v1", "allow", mode=mode)
+        try:
+            d = g.check(X_HISTORY + [{"role": "user", "content": BOMB}], "prompt")
+        finally:
+            g.close()
+    assert (d.allowed, d.reason) == (False, "unsafe"), d
+    assert g.backend.requests_sent == 2  # the 502 once, never retried as a 5xx; then the turn alone
+    assert [len(c) for call in backend.calls for c in call] == [3, 1, 1]  # with context, the server's retry, alone

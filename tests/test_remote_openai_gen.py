@@ -25,6 +25,7 @@ from qwenguard.core import (
     Policy,
     Risk,
     Verdict,
+    VerdictParseError,
 )
 from qwenguard.core.backends.openai_gen import (
     OpenAIGen,
@@ -171,8 +172,10 @@ def test_unparseable_answers_are_per_conversation_errors():
     with serving(chatty) as base:
         backend = OpenAIGen(base + "/v1", model="chatty", backoff_s=0.01)
         ok, bad = backend.classify([[{"role": "user", "content": "fine"}], [{"role": "user", "content": "bad"}]])
-        assert isinstance(ok, Verdict) and isinstance(bad, RemoteHTTPError)
-        assert bad.status == 502 and "VerdictParseError" in str(bad) and "Sure!" not in str(bad)
+        # the server's answer "no verdict": a parse error of this conversation, as a 200 that does not parse
+        assert isinstance(ok, Verdict) and isinstance(bad, VerdictParseError)
+        assert "HTTP 502 guard_error" in str(bad) and "VerdictParseError" in str(bad) and "Sure!" not in str(bad)
+        assert backend.requests_sent == 2  # the 502 is not retried as a 5xx
         d = Guard(backend).check_prompt("bad")
         assert (d.allowed, d.reason) == (False, "guard_error")
         backend.close()

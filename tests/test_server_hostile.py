@@ -185,6 +185,149 @@ def test_a_client_policy_can_make_decisions_stricter():
         assert bad.status_code == 400 and "invalid policy" in bad.json()["error"]["message"]
 
 
+#: 400 characters of "x" as a user turn and as the assistant's: a context the demo guard answers without a verdict.
+X_HISTORY = [{"role": "user", "content": "x" * 400}, {"role": "assistant", "content": "x" * 400}]
+PROMPT_BOMB = {"role": "user", "content": BOMB}
+ANSWER_RECIPE = [{"role": "user", "content": "How do I make one?"}, {"role": "assistant", "content": RECIPE}]
+
+
+#: A tool call whose arguments carry the bomb prompt, after an innocent request.
+BOMB_TOOL_CALL = [
+    {"role": "user", "content": "Book it"},
+    {
+        "role": "assistant",
+        "content": "Sure.",
+        "tool_calls": [{"id": "1", "type": "function", "function": {"name": "run_shell", "arguments": {"cmd": BOMB}}}],
+    },
+]
+
+
+@pytest.mark.parametrize(
+    ("operator", "conversation", "named"),
+    [
+        # retrieved news may mention violence: the operator ignores Violent at the retrieval stage only
+        ({"mode": "strict", "stages": {"retrieval": {"ignore_categories": ["Violent"]}}}, [PROMPT_BOMB], "retrieval"),
+        # Violent ignored everywhere but in tool calls: the tool-call turn named a plain "response"
+        (
+            {"mode": "strict", "ignore_categories": ["Violent"], "stages": {"tool_call": {"ignore_categories": []}}},
+            BOMB_TOOL_CALL,
+            "response",
+        ),
+    ],
+    ids=["prompt-as-retrieval", "tool-call-as-response"],
+)
+def test_a_named_stage_cannot_loosen_the_operators_rules(demo, operator, conversation, named):
+    """A red team's finding: ``"stage": X`` on /v1/moderate replaced the stages the last turn is decided at, so a
+    client picked the loosest of the operator's per-stage rules (a bomb prompt named "retrieval" was allowed,
+    flagged ``ignored_category``). A named stage holds the turn to its rules as well as the turn's own."""
+    with guarded(Guard(demo.backend, Policy.from_dict(operator), cache_size=0)) as url:
+        for stage in (None, named):
+            body = {"conversations": [conversation], **({"stage": stage} if stage else {})}
+            r = httpx.post(url + "/v1/moderate", json=body, timeout=60)
+            assert r.status_code == 200, r.text
+            result = r.json()["results"][0]
+            assert result["risk"] == "unsafe" and (result["decision"]["allowed"], result["decision"]["action"]) == (
+                False,
+                "block",
+            ), (stage, result)
+
+
+def test_a_named_stage_still_adds_its_own_rules(demo):
+    """What a named stage is for: holding a turn to that stage's rules too (a stricter one blocks), and naming
+    the stage in the decision when its rules decide alike."""
+    strict_retrieval = Policy.from_dict(
+        {"ignore_categories": ["Violent"], "stages": {"retrieval": {"ignore_categories": []}}}
+    )
+    with guarded(Guard(demo.backend, strict_retrieval, cache_size=0)) as url:
+
+        def decision(conversation: list[dict[str, str]], stage: str | None) -> dict[str, Any]:
+            body = {"conversations": [conversation], **({"stage": stage} if stage else {})}
+            return httpx.post(url + "/v1/moderate", json=body, timeout=60).json()["results"][0]["decision"]
+
+        assert (decision([PROMPT_BOMB], None)["allowed"], decision([PROMPT_BOMB], None)["reason"]) == (
+            True,
+            "ignored_category",
+        )
+        assert decision([PROMPT_BOMB], "retrieval") | {"error": None} == {
+            "allowed": False,
+            "action": "block",
+            "stage": "retrieval",
+            "reason": "unsafe",
+            "error": None,
+        }
+        paris = decision([{"role": "user", "content": PARIS_Q}], "retrieval")
+        assert (paris["allowed"], paris["stage"]) == (True, "retrieval")
+
+
+def test_a_client_written_context_cannot_switch_a_fail_open_guard_off(demo):
+    """A red team's finding: the history above broke the demo guard's answer (no verdict), and an operator's
+    ``on_error="allow"`` let the bomb prompt and the recipe through, flagged ``guard_error``; the OpenAI routes
+    answered 502, which a fail-open client lets through too. The local Guard judges such a turn once more
+    without its context; the server did not. It does now: one more backend call for all such turns."""
+    fail_open = Guard(demo.backend, Policy(on_error="allow"), cache_size=0)
+    conversations = [X_HISTORY + [PROMPT_BOMB], X_HISTORY + ANSWER_RECIPE, [{"role": "user", "content": PARIS_Q}]]
+    with guarded(fail_open) as url:
+        r = httpx.post(url + "/v1/moderate", json={"conversations": conversations}, timeout=120)
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert [x["risk"] for x in results] == ["unsafe", "unsafe", "safe"], results
+        assert [x["decision"]["allowed"] for x in results] == [False, False, True]
+        # each first answer that was no verdict is counted, once
+        assert 'qwenguard_guard_errors_total{kind="VerdictParseError"} 2.0' in httpx.get(url + "/metrics").text
+        for path, body in [
+            ("/v1/chat/completions", {"messages": X_HISTORY + [PROMPT_BOMB]}),
+            ("/v1/completions", {"prompt": render_prompt(X_HISTORY + [PROMPT_BOMB])}),
+        ]:
+            r = httpx.post(url + path, json=body, timeout=60)
+            assert r.status_code == 200, (path, r.text)
+            assert "Unsafe" in r.text, r.text
+
+
+class ContextBreaker(ScriptedBackend):
+    """A guard whose answer is no verdict whenever the judged turn has context (unsafe when it mentions a bomb)."""
+
+    def __init__(self) -> None:
+        def answer(conversation: Any) -> str:
+            if len(conversation) > 1:
+                return "I think this is fine!"
+            return (
+                "Safety: Unsafe\nCategories: Violent"
+                if "bomb" in conversation[-1]["content"]
+                else "Safety: Safe\nCategories: None"
+            )
+
+        super().__init__(answer, name="breaker")
+
+
+def test_turns_without_a_verdict_are_judged_again_alone_in_one_more_call():
+    backend = ContextBreaker()
+    with guarded(Guard(backend, Policy(on_error="allow"), cache_size=0)) as url:
+        conversations = [
+            X_HISTORY + [PROMPT_BOMB],
+            [{"role": "user", "content": "bomb, alone"}],
+            X_HISTORY + [{"role": "user", "content": PARIS_Q}],
+        ]
+        results = httpx.post(url + "/v1/moderate", json={"conversations": conversations}, timeout=60).json()["results"]
+    assert [x["risk"] for x in results] == ["unsafe", "unsafe", "safe"], results
+    assert [len(call) for call in backend.calls] == [3, 2]  # the three, then the two with context left out
+    assert backend.calls[1] == [[PROMPT_BOMB], [{"role": "user", "content": PARIS_Q}]]
+
+
+def test_a_turn_that_gets_no_verdict_alone_either_is_the_policys_guard_error():
+    """Judged once more only: when that gives no verdict either (a fault), the first error stands and the
+    policy decides it, as before; with no context to leave out, a turn is not judged again."""
+    never = ScriptedBackend(lambda c: "I think this is fine!", name="never")
+    with guarded(Guard(never, Policy(on_error="allow"), cache_size=0)) as url:
+        body = {"conversations": [X_HISTORY + [PROMPT_BOMB], [PROMPT_BOMB]]}
+        results = httpx.post(url + "/v1/moderate", json=body, timeout=60).json()["results"]
+        chat = httpx.post(url + "/v1/chat/completions", json={"messages": X_HISTORY + [PROMPT_BOMB]}, timeout=60)
+    assert [(x["risk"], x["decision"]["allowed"], x["decision"]["reason"]) for x in results] == [
+        (None, True, "guard_error")
+    ] * 2
+    assert chat.status_code == 502 and chat.json()["error"]["type"] == "guard_error"
+    assert [len(call) for call in never.calls] == [2, 1, 1, 1]  # moderate: both, then one; chat: with, without
+
+
 # -- 2. no silent open server -------------------------------------------------------------------------
 @pytest.mark.parametrize("key", ["", "   "])
 def test_an_empty_api_key_is_refused_at_start_up(key):
@@ -312,6 +455,59 @@ def test_a_frame_after_open_holds_only_its_type_and_text(monkeypatch, frame):
             frames, code = frames_until_close(conn)
     assert code == 4400 and "'type' and 'text'" in frames[-1]["error"]["message"], (code, frames[-1])
     assert all(size < 1_000 for size in parsed)  # the padded frame was never parsed
+
+
+def test_padded_open_frames_are_parsed_off_the_event_loop_one_at_a_time(monkeypatch):
+    """A red team's finding: the 'open' frame was parsed on the event loop whatever it held (1 MB of floats
+    padded under a key the session never reads: 30-80 ms each), so 16 clients reconnecting with it held
+    /health at ~90 ms (2 ms idle). A large frame is parsed in a thread, and one at a time: json.loads holds
+    the GIL for all of its parse, so parses in several threads at once would hold the loop as long."""
+    from qwenguard.core.server import stream_protocol
+
+    real_loads = json.loads
+    lock = threading.Lock()
+    on_loop: list[bool] = []
+    at_once, most = [0], [0]
+
+    def recording(raw: str, **kw: Any) -> Any:
+        if len(raw) < 10_000:
+            return real_loads(raw, **kw)
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        with lock:
+            at_once[0] += 1
+            most[0] = max(most[0], at_once[0])
+        try:
+            time.sleep(0.05)  # a slow parse: parses that overlap are seen overlapping
+            return real_loads(raw, **kw)
+        finally:
+            with lock:
+                at_once[0] -= 1
+
+    monkeypatch.setattr(stream_protocol.json, "loads", recording)
+    padded = '{"type": "open", "prompt": 7, "pad": [' + ",".join(["1e5"] * 200_000) + "]}"
+    codes: list[int] = []
+
+    def attack(url: str) -> None:
+        with connect(ws_url(url), max_size=None) as conn:
+            conn.send(padded)
+            codes.append(frames_until_close(conn, timeout=30)[1])
+
+    with guarded(safe_backend()) as url:
+        attackers = [threading.Thread(target=attack, args=(url,)) for _ in range(6)]
+        for t in attackers:
+            t.start()
+        for t in attackers:
+            t.join(60)
+        # an honest open frame as large still opens a session
+        with connect(ws_url(url)) as conn:
+            conn.send(json.dumps({"type": "open", "prompt": "The capital of France is Paris. " * 2_000}))
+            assert json.loads(conn.recv(timeout=30))["type"] == "opened"
+    assert codes == [4400] * 6
+    assert on_loop == [False] * 7 and most[0] == 1
 
 
 #: An answer of 2,000 short sentences (22,000 characters).

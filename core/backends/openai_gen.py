@@ -28,8 +28,9 @@ so an attempt that fails on one replica (connection refused or dropped, 429, 5xx
 its share of the deadline: half the time left while another replica remains untried) is retried at once
 on a replica this request has not tried yet, then with backoff; a replica that failed is passed over
 for a while (`replicas.Replicas`). New requests go to the replica with the fewest in flight. A reply
-that is not a verdict (a 200 that does not parse or is cut; any other status but 429 and 5xx, such as a
-404 from a replica mid-upgrade) is tried once on each replica not yet tried, never twice on one; only
+that is not a verdict (a 200 that does not parse or is cut, and qwenguard serve's 502 ``guard_error``: a
+`VerdictParseError`; any other status but 429 and 5xx, such as a 404 from a replica mid-upgrade) is tried
+once on each replica not yet tried, never twice on one; only
 a verdict counts as a replica's success (docs/remote.md, "What counts as an answer"). The context read
 from ``/models`` is the first replica's that is large enough to use (`_served_max_model_len`).
 
@@ -70,9 +71,11 @@ from ..verdict import Risk, Verdict, worst
 from .after_fork import fork_safe_lock
 from .base import Conversation, Outcome
 from .openai_wire import (
+    NO_VERDICT_ERROR,
     RETRY_STATUS,
     RemoteHTTPError,
     error_text,
+    error_type,
     parse_logprobs,
     request_headers,
     retry_after,
@@ -376,9 +379,15 @@ class OpenAIGen:
             )
         return verdicts[0] if len(verdicts) == 1 else worst(verdicts)
 
-    def _status_error(self, response: Any, body: bytes, url: str) -> RemoteHTTPError:
+    def _status_error(self, response: Any, body: bytes, url: str) -> RemoteHTTPError | VerdictParseError:
+        """The error of a reply other than 200. qwenguard serve's 502 ``guard_error`` is its answer "no verdict
+        for this conversation": a `VerdictParseError`, as a 200 that does not parse (tried on replicas not
+        yet tried, never again on this one), so that the client's policy applies, and its `Guard` judges the
+        turn again without its context. A 502 of any other kind (a proxy's) stays a retryable error."""
         status = response.status_code
         why = error_text(body)
+        if status == 502 and error_type(body) == NO_VERDICT_ERROR:
+            return VerdictParseError(f"guard server at {url} answered HTTP 502 {NO_VERDICT_ERROR}: {why}")
         if status < 400:
             note = "only HTTP 200 carries a verdict"
             if 300 <= status < 400:
@@ -520,6 +529,9 @@ class OpenAIGen:
                     else:
                         refused.append(url)
                     raise status
+                if isinstance(status, VerdictParseError):  # the server's answer: no verdict
+                    refused.append(url)
+                    raise status
                 outcome = self._answer(check.mode, content, (time.perf_counter() - start) * 1000)
                 if not isinstance(outcome, Verdict):
                     refused.append(url)
@@ -540,8 +552,8 @@ class OpenAIGen:
         return self._read(mode, payload, elapsed_ms)
 
     async def _exchange(self, wire: _Wire, target: str, body: dict[str, Any], url: str) -> tuple[Any, bytes]:
-        """One POST: ``(200, body)``, or ``(RemoteHTTPError, b"")`` for any other status (a 2xx other than
-        200 or a 3xx is not a verdict either); the body read at most ``max_reply_bytes``."""
+        """One POST: ``(200, body)``, or ``(error, b"")`` for any other status (`_status_error`; a 2xx other
+        than 200 or a 3xx is not a verdict either); the body read at most ``max_reply_bytes``."""
         async with wire.client.stream("POST", target, json=body) as response:
             if response.status_code != 200:
                 head = await self._body_of(response, url, min(_ERROR_BODY_BYTES, self.max_reply_bytes), strict=False)

@@ -23,12 +23,17 @@ __all__ = [
     "retry_after",
     "error_message",
     "error_text",
+    "error_type",
     "parse_logprobs",
     "RETRY_STATUS",
+    "NO_VERDICT_ERROR",
 ]
 
-#: Statuses worth retrying: overload (429) and server-side failures.
+#: Statuses worth retrying: overload (429) and server-side failures. (A 502 whose error type is
+#: `NO_VERDICT_ERROR` is no failure: the server's answer, "no verdict", as a 200 that does not parse.)
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+#: The error type of qwenguard serve's 502 for a conversation its guard gave no verdict for (docs/server.md).
+NO_VERDICT_ERROR = "guard_error"
 
 
 class RemoteHTTPError(GuardUnavailable):
@@ -120,6 +125,18 @@ def error_text(body: bytes) -> str:
     except ValueError:  # not JSON, not UTF-8, or cut short
         return body[:1200].decode("utf-8", "replace")[:300]
     return _error_of(data)
+
+
+def error_type(body: bytes) -> str | None:
+    """The ``error.type`` of an error body already read (``"guard_error"``: qwenguard serve's guard gave no
+    verdict for the conversation), or None when it has none."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    err = data.get("error") if isinstance(data, dict) else None
+    kind = err.get("type") if isinstance(err, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 def _error_of(body: Any) -> str:

@@ -511,15 +511,17 @@ class AsSeenStream:
     spans of the text read stay spans of the text written, never past what was read. Offsets asked for
     must not decrease (older mappings are dropped: memory stays bounded)."""
 
-    __slots__ = ("max_word", "pending", "_in", "_out", "_words")
+    __slots__ = ("max_word", "pending", "_in", "_out", "_words", "_first")
 
     def __init__(self, *, max_word: int = 256) -> None:
         self.max_word = max_word
         self.pending = ""  # pushed, not yet gone on
         self._in = 0  # characters pushed that went on
         self._out = 0  # characters that went on
-        # Words read differently, oldest first: (out start, out end, in start, in end).
+        # Words read differently, oldest first: (out start, out end, in start, in end); those before `_first`
+        # are passed (offsets asked for do not decrease) and dropped in batches.
         self._words: list[tuple[int, int, int, int]] = []
+        self._first = 0
 
     @property
     def as_written(self) -> bool:
@@ -555,10 +557,14 @@ class AsSeenStream:
 
     def _locate(self, offset: int) -> tuple[int, int, int, int] | None:
         """The word read differently that ``offset`` falls in or last follows; older ones are dropped."""
-        words = self._words
-        while len(words) > 1 and words[1][0] <= offset:
-            words.pop(0)
-        return words[0] if words and words[0][0] <= offset else None
+        words, first = self._words, self._first
+        while first + 1 < len(words) and words[first + 1][0] <= offset:
+            first += 1
+        if first * 2 > len(words):  # drop the passed words once they are most of the list: linear in all
+            del words[:first]
+            first = 0
+        self._first = first
+        return words[first] if words and words[first][0] <= offset else None
 
     def start(self, offset: int) -> int:
         """Where the text read from ``offset`` on starts in the text written."""
@@ -581,7 +587,10 @@ class AsSeenStream:
     def _shift_before(self) -> int:
         # No word read differently at or before the offset (dropped ones included): the texts line up as far
         # as the first word still kept, or all the way when none is.
-        return self._words[0][2] - self._words[0][0] if self._words else self._in - self._out
+        if not self._words:
+            return self._in - self._out
+        out_start, _, in_start, _ = self._words[self._first]
+        return in_start - out_start
 
 
 def _word_as_seen(word: str) -> str:

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
-from .limits import LimitExceeded, Limits
+from .limits import LARGE_BODY_BYTES, LimitExceeded, Limits
 from .metrics import Metrics
 from .schemas import ApiError, ModerationRequest, error_json, validation_error_json
 from .service import REQUEST_DEADLINE, Service
@@ -39,12 +39,6 @@ METRIC_PATHS = frozenset(
         "/metrics",
     }
 )
-
-#: Above this many bytes, a request body is parsed, validated and rendered in a thread (`Gate._off_loop`), not
-#: on the event loop: a megabyte of small JSON objects (messages, content parts, tool calls) is hundreds of
-#: milliseconds of work, during which the loop would answer nothing else, /health included. Below it, the
-#: work takes a few milliseconds: less than is worth a thread.
-LARGE_BODY_BYTES = 32 * 1024
 
 _Model = TypeVar("_Model", bound=BaseModel)
 

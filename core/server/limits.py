@@ -40,6 +40,11 @@ DEFAULT_MAX_HEAD_BYTES = 64 * 1024
 DEFAULT_MAX_CONNECTIONS = 1024
 #: Descriptors kept free for the process itself (model files, logs, the listening socket).
 FD_RESERVE = 128
+#: Above this many bytes, a request body (or a stream frame) is parsed, validated and rendered in a thread
+#: (`gate.Gate._off_loop`), not on the event loop: a megabyte of small JSON objects (messages, content parts,
+#: tool calls) is hundreds of milliseconds of work, during which the loop would answer nothing else, /health
+#: included. Below it, the work takes a few milliseconds: less than is worth a thread.
+LARGE_BODY_BYTES = 32 * 1024
 #: Gen-window checks one stream session runs at once: a local stream's default.
 DEFAULT_STREAM_MAX_WINDOWS_IN_FLIGHT = MAX_WINDOWS_IN_FLIGHT
 
@@ -174,7 +179,7 @@ class Limits:
         in them, key and all). `UNJUDGED_ALLOWANCE` such objects are allowed for outside what is
         judged, so an honest body is never refused here: it is refused later when it is too large,
         after rendering at most ``max_chars`` (`Service.judged`). Empty text parts have no floor, and
-        are bounded only by the body's size (parsed off the event loop: `gate.LARGE_BODY_BYTES`)."""
+        are bounded only by the body's size (parsed off the event loop: `LARGE_BODY_BYTES`)."""
         calls, texts = count_function_objects(body), count_text_fields(body)
         floor = MIN_TOOL_CALL_CHARS * (calls - UNJUDGED_ALLOWANCE) + texts
         if floor > self.max_chars:

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..backends.base import Outcome
 from ..cache import cache_key
-from ..errors import GuardTimeout, InputTooLarge
+from ..errors import GuardTimeout, InputTooLarge, VerdictParseError
 from ..formats.content import clean_text
 from ..formats.conversations import without_blank_context
 from ..formats.prompts import (
@@ -22,6 +22,7 @@ from ..formats.prompts import (
     normalize_messages,
     render_prompt,
 )
+from ..guard import least_context
 from ..policy import Action, Decision, Policy
 from ..verdict import Stage, Verdict
 from .limits import LimitExceeded, Limits
@@ -94,6 +95,15 @@ def default_stages(messages: Sequence[Message]) -> tuple[Stage, ...]:
     return last[-1].judged_stages() if last else (Stage.PROMPT,)
 
 
+def decided_stages(messages: Sequence[Message], named: Stage | None = None) -> tuple[Stage, ...]:
+    """The stages a conversation's last turn is decided at: its own (`default_stages`), and the one a client
+    named as well, first (a tie names it). A named stage can only hold the turn to more rules, never to
+    other ones: a client that could pick the stage would pick the operator's loosest (``retrieval`` with
+    ``Violent`` ignored, for a bomb prompt)."""
+    own = default_stages(messages)
+    return own if named is None else (named, *(stage for stage in own if stage != named))
+
+
 _ACTION_RANK = {Action.BLOCK: 0, Action.FLAG: 1, Action.ALLOW: 2}
 
 
@@ -113,6 +123,8 @@ class Service:
         self.request_timeout_s = limits.request_timeout_s
         self.metrics = metrics
         self.model_name = model_name
+        # Large stream frames are parsed in a thread, one at a time (`stream_protocol._receive`).
+        self.frame_parsing = asyncio.Semaphore(1)
 
     # -- what a client may ask for ----------------------------------------------------------------
     def policy_for(self, requested: Mapping[str, Any] | None) -> Policy:
@@ -247,17 +259,57 @@ class Service:
                 self.metrics.guard_errors.labels(type(exc).__name__).inc()
                 logger.warning("guard backend failed: %s", type(exc).__name__)
                 raise ApiError(503, f"guard unavailable: {type(exc).__name__}", "guard_unavailable") from exc
-            for i, outcome in zip(pending, outcomes):
+            for outcome in outcomes:
                 if isinstance(outcome, InputTooLarge):
                     # Past a backend limit (windows per conversation): the caller's error, never a guard
                     # error that `on_error="allow"` would let through.
                     raise self._too_large(outcome)
+            outcomes = await self._without_context([conversations[i] for i in pending], outcomes)
+            for i, outcome in zip(pending, outcomes):
                 if isinstance(outcome, Verdict):
                     cache.put(keys[i], outcome)
                 results[i] = (outcome, False)
         for outcome, _ in results:  # type: ignore[misc]
             self.metrics.verdict(outcome)
         return results  # type: ignore[return-value]
+
+    # The earlier turns of a conversation are the client's to write, and a context can break the model's answer
+    # (400 characters of "x" before a bomb prompt did): no verdict, which an operator's on_error="allow" lets
+    # through and the OpenAI routes answer 502 (a fail-open client lets that through too). As the local Guard
+    # does (`Guard._without_context_after`), such a conversation is judged once more on its least context,
+    # whatever the policy: the OpenAI routes do not know the client's, and a verdict beats a 502.
+    async def _without_context(
+        self, conversations: Sequence[Sequence[Mapping[str, str]]], outcomes: Sequence[Outcome]
+    ) -> list[Outcome]:
+        """``outcomes``, with the verdict of its least context (`least_context`) for each conversation whose
+        answer was no verdict and that has context to leave out: all judged in one more backend call, within
+        the request's deadline. Where that call gives no verdict, the first error stands."""
+        out = list(outcomes)
+        redo = [
+            (k, least)
+            for k, (conversation, outcome) in enumerate(zip(conversations, outcomes))
+            if isinstance(outcome, VerdictParseError) and (least := least_context(conversation)) is not None
+        ]
+        if not redo:
+            return out
+        logger.warning("%d conversations got no verdict with their context; judging their turns alone", len(redo))
+        for _ in redo:  # each first answer that was no verdict is a failed guard call, as the metric counts them
+            self.metrics.guard_errors.labels(VerdictParseError.__name__).inc()
+        timeout = self.time_left()
+        try:
+            again = await asyncio.wait_for(
+                self.guard.backend.aclassify([least for _, least in redo], timeout=timeout),
+                None if timeout is None else timeout + 1.0,
+            )
+        except Exception as exc:  # noqa: BLE001 - the first answers stand; the policy decides them
+            self.metrics.guard_errors.labels(type(exc).__name__).inc()
+            logger.warning("judging turns without their context failed: %s", type(exc).__name__)
+            return out
+        if isinstance(again, (list, tuple)) and len(again) == len(redo):
+            for (k, _), result in zip(redo, again):
+                if isinstance(result, Verdict):
+                    out[k] = result
+        return out
 
     def _too_large(self, exc: InputTooLarge) -> ApiError:
         self.metrics.rejected.labels("work_size").inc()
@@ -273,7 +325,7 @@ class Service:
         outcomes = await self.classify(convs)
         results = []
         for wire, (outcome, cached) in zip(body.conversations, outcomes):
-            stages = (body.stage,) if body.stage else default_stages(wire)
+            stages = decided_stages(wire, body.stage)
             if isinstance(outcome, Verdict):
                 decision = strictest([policy.decide(outcome, stage) for stage in stages])
                 results.append(

@@ -22,7 +22,7 @@ from ..formats.prompts import normalize_messages
 from ..streaming.debounce import DEFAULT_WINDOW
 from ..streaming.monitor_core import DEFAULT_CHECK_EVERY, DEFAULT_CONTEXT, DEFAULT_MIN_SEGMENT
 from ..verdict import Risk
-from .limits import LimitExceeded
+from .limits import LARGE_BODY_BYTES, LimitExceeded, Limits
 from .schemas import ApiError, Message
 from .service import Service
 
@@ -450,18 +450,31 @@ _PLAIN_FRAME = re.compile(rf"[ \t\n\r]*\{{(?:{_FRAME_PAIR}(?:,{_FRAME_PAIR})*|[ 
 async def _receive(
     inbox: _Inbox, service: Service, wait: tuple[float | None, str], *, first: bool = False
 ) -> dict[str, Any]:
-    max_bytes = service.limits.max_body_bytes
     message = await inbox.receive(wait)
     if message["type"] == "websocket.disconnect":
         raise WebSocketDisconnect(message.get("code", 1000))
     raw = message.get("text")
     if raw is None:
         raise SessionEnd(CLOSE_BAD_REQUEST, "frames must be JSON text", "invalid_request_error")
+    if len(raw) <= LARGE_BODY_BYTES:
+        return _read_frame(raw, service.limits, first)
+    # A large frame is read off the loop, as the HTTP routes read large bodies, and one at a time: json.loads
+    # holds the GIL for all of its parse (a 1 MB open frame of floats or nested lists padded under any key:
+    # 30-80 ms), so parses in several threads at once would hold the loop as long as parses on it. One at a
+    # time, the loop runs between any two: /health waits for at most one.
+    async with service.frame_parsing:
+        return await asyncio.to_thread(_read_frame, raw, service.limits, first)
+
+
+def _read_frame(raw: str, limits: Limits, first: bool) -> dict[str, Any]:
+    """One frame's JSON object, checked before it is parsed: its size, the open frame's messages (counted),
+    a later frame's shape (`_PLAIN_FRAME`). `SessionEnd` when it is refused."""
+    max_bytes = limits.max_body_bytes
     encoded = raw.encode("utf-8", "surrogatepass")
     if len(encoded) > max_bytes:
         raise SessionEnd(CLOSE_TOO_BIG, f"frame exceeds {max_bytes} bytes", "request_too_large")
     if first:  # the open frame's messages, counted before parsing them
-        _check(service.limits.precheck_one_conversation, encoded)
+        _check(limits.precheck_one_conversation, encoded)
     elif not _PLAIN_FRAME.fullmatch(raw):
         raise SessionEnd(
             CLOSE_BAD_REQUEST,

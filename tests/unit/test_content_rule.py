@@ -213,3 +213,33 @@ def test_the_rule_is_idempotent_and_always_encodable(text: str) -> None:
 )
 def test_text_without_markers_or_colons_is_untouched(text: str) -> None:
     assert prepare_content(text) == text
+
+
+class _MoveCounting(list):
+    """A list that counts the elements its removals at the front move (what makes them cost)."""
+
+    moved = 0
+
+    def pop(self, index: int = -1) -> object:  # type: ignore[override]
+        self.moved += len(self) - 1 - (index % len(self))
+        return super().pop(index)
+
+    def __delitem__(self, index: object) -> None:  # type: ignore[override]
+        if isinstance(index, slice):
+            self.moved += len(self) - len(range(*index.indices(len(self))))
+        super().__delitem__(index)  # type: ignore[arg-type]
+
+
+def test_mapping_offsets_in_order_is_linear_in_the_words_read_as_seen():
+    """A red team's finding (minor): `AsSeenStream` dropped passed words one at a time from the front of a
+    list, moving all the others each time: mapping 50,000 disguised words in order moved ~1.25 billion."""
+    from qwenguard.core.formats.content import AsSeenStream
+
+    words = 5_000
+    stream = AsSeenStream()
+    stream._words = _MoveCounting()
+    read = stream.push("b\u043emb " * words) + stream.flush()
+    for offset in range(0, len(read), 2):  # as a session maps token spans
+        assert stream.start(offset) <= stream.end(offset + 1)
+    assert stream.end(len(read)) == len(read)  # the Cyrillic o reads as one letter: lengths agree
+    assert stream._words.moved <= 2 * words
