@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from typing import Any
 
 import httpx
@@ -20,7 +22,8 @@ from qwenguard.core.formats.conversations import with_tool_calls
 from qwenguard.core.server import schemas as schemas_module
 from qwenguard.core.server.limits import LimitExceeded, Limits
 from qwenguard.core.server.schemas import ChatCompletionRequest, CompletionRequest, ModerationRequest
-from test_server_hostile import guarded, safe_backend
+from test_server_hostile import frames_until_close, guarded, safe_backend, ws_url
+from websockets.sync.client import connect
 
 TIMEOUT = 60
 
@@ -296,3 +299,98 @@ def test_a_tool_call_after_one_that_fills_the_limit_is_never_dropped_unjudged(pa
         assert r.status_code == 413, r.text[:200]
         del turns[-1]["tool_calls"][1]  # the filler alone fits exactly: judged, and safe
         assert httpx.post(url + path, json=body, timeout=TIMEOUT).status_code == 200
+
+
+class _Overlaps:
+    """Wraps the parses of large JSON (a model's JSON validation, `json.loads`), each made slow (a sleep, which
+    lets other threads in as a real parse does not), recording how many ran at once and where."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.now = self.most = self.parses = 0
+        self.on_loop: list[bool] = []
+
+    def parse(self, parse: Any, raw: Any, *args: Any, **kwargs: Any) -> Any:
+        if len(raw) < 10_000:
+            return parse(raw, *args, **kwargs)
+        self.on_loop.append(_on_loop())
+        with self.lock:
+            self.now += 1
+            self.parses += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(0.05)
+            return parse(raw, *args, **kwargs)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+class _OverlapsValidator:
+    def __init__(self, validator: Any, overlaps: _Overlaps) -> None:
+        self._validator, self._overlaps = validator, overlaps
+
+    def validate_json(self, *args: Any, **kwargs: Any) -> Any:
+        return self._overlaps.parse(self._validator.validate_json, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._validator, name)
+
+
+def test_padded_large_bodies_are_parsed_one_at_a_time_with_stream_frames(monkeypatch):
+    """The attack (a red team's finding): 16 clients POST 1 MB bodies padded with floats or nested empty lists,
+    in a field the route reads (``stage``, ``temperature``: refused 422 after the JSON validation and then
+    `json.loads` for FastAPI's errors) or under a key it keeps (``pad``: served). Each was parsed in a thread,
+    but `json.loads` and the JSON validation hold the GIL for all of their parse (40-330 ms), so six parses in
+    threads at once held the loop as long as on it: /health at 14-400x its idle median. Large bodies are
+    parsed one at a time, and never beside a large stream frame (one semaphore): the loop runs between any
+    two, and answers /health while they are in flight."""
+    from qwenguard.core.server import stream_protocol
+
+    overlaps = _Overlaps()
+    real_loads = json.loads
+    monkeypatch.setattr(json, "loads", lambda raw, **kw: overlaps.parse(real_loads, raw, **kw))
+    for model in (ModerationRequest, ChatCompletionRequest):
+        monkeypatch.setattr(model, "__pydantic_validator__", _OverlapsValidator(model.__pydantic_validator__, overlaps))
+    assert stream_protocol.json.loads is not real_loads  # the stream's frames are seen as well
+
+    floats, lists = ",".join(["1e5"] * 60_000), ",".join(["[]"] * 60_000)
+    hello = json.dumps([{"role": "user", "content": "hello"}])
+    attacks = [
+        ("/v1/moderate", f'{{"conversations": [{hello}], "stage": [{lists}]}}', 422),
+        ("/v1/chat/completions", f'{{"messages": {hello}, "temperature": [{floats}]}}', 422),
+        ("/v1/chat/completions", f'{{"messages": {hello}, "pad": [{lists}]}}', 200),
+    ]
+    frame = '{"type": "open", "prompt": 7, "pad": [' + floats + "]}"
+    codes: list[tuple[str, int]] = []
+    health: list[int] = []
+    in_flight = threading.Event()
+
+    def post(url: str, path: str, body: str) -> None:
+        r = httpx.post(url + path, content=body.encode(), headers={"content-type": "application/json"}, timeout=60)
+        codes.append((path, r.status_code))
+
+    def stream(url: str) -> None:
+        with connect(ws_url(url), max_size=None) as conn:
+            conn.send(frame)
+            codes.append(("/v1/stream", frames_until_close(conn, timeout=60)[1]))
+
+    with guarded(safe_backend()) as url:
+        clients = [threading.Thread(target=post, args=(url, *attacks[i % 3][:2])) for i in range(12)]
+        clients += [threading.Thread(target=stream, args=(url,)) for _ in range(4)]
+        for t in clients:
+            t.start()
+        deadline = time.monotonic() + 30
+        while overlaps.parses == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        while any(t.is_alive() for t in clients):
+            if overlaps.now:
+                in_flight.set()
+                health.append(httpx.get(url + "/health", timeout=30).status_code)
+            time.sleep(0.01)
+        for t in clients:
+            t.join(60)
+    assert sorted(codes) == sorted([(path, code) for path, _, code in attacks] * 4 + [("/v1/stream", 4400)] * 4)
+    assert overlaps.parses >= 20 and not any(overlaps.on_loop)  # the 422s parsed twice, the frames once
+    assert overlaps.most == 1, f"{overlaps.most} large parses ran at once"
+    assert in_flight.is_set() and health and set(health) == {200}

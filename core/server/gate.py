@@ -89,13 +89,23 @@ def json_content(headers: Mapping[bytes, bytes], *, lenient: bool = False) -> bo
 
 def parse_json_body(model: type[_Model], body: bytes) -> _Model:
     """``body`` as a FastAPI route reads it, and its errors as FastAPI reports them (`RequestValidationError`
-    under ``"body"``, or 400). The model's JSON validation first (fast, and its Python validators let other
-    threads in); where that fails, FastAPI's own way (`json.loads`, then validating the result), which
-    gives FastAPI's errors or, rarely, accepts what the JSON validation did not (a lone surrogate)."""
+    under ``"body"``, or 400). The model's JSON validation first (`validate_json_body`: fast, and its Python
+    validators let other threads in); where that fails, FastAPI's own way (`parse_json_body_as_fastapi`)."""
+    request = validate_json_body(model, body)
+    return request if request is not None else parse_json_body_as_fastapi(model, body)
+
+
+def validate_json_body(model: type[_Model], body: bytes) -> _Model | None:
+    """``body`` validated as ``model`` from its JSON; ``None`` when it is not valid so."""
     try:
         return model.model_validate_json(body)
     except ValidationError:
-        pass
+        return None
+
+
+def parse_json_body_as_fastapi(model: type[_Model], body: bytes) -> _Model:
+    """``body`` read as FastAPI reads it (`json.loads`, then validating the result), for FastAPI's errors or,
+    rarely, what the JSON validation did not accept (a lone surrogate)."""
     try:
         data = json.loads(body)
     except json.JSONDecodeError as exc:
@@ -181,6 +191,8 @@ class Gate:
     ) -> None:
         self.app = app
         self.service = service  # for the /v1/moderate fast path
+        # Large bodies are parsed one at a time, and never beside a large stream frame (`_parse_large`).
+        self.parsing = service.frame_parsing if service is not None else asyncio.Semaphore(1)
         self.routes = dict(routes or {})  # for large bodies (`_off_loop`)
         self.api_key = api_key.encode() if api_key is not None else None
         self.limits = limits
@@ -381,14 +393,9 @@ class Gate:
         """A large body's request, answered as its route would answer it, with the CPU work on the body (the
         precheck, the parse and validation, the rendering and size checks) in a thread: the event loop
         meanwhile serves other requests, and /health. Raises `LimitExceeded` when the precheck refuses it."""
-
-        def parse_and_work() -> tuple[Any, Any]:
-            self._precheck(path, body)
-            request = parse_json_body(route.model, body)
-            return request, route.work(request)
-
         try:
-            request, work = await asyncio.to_thread(parse_and_work)
+            request = await self._parse_large(route.model, path, body)
+            work = await asyncio.to_thread(route.work, request)
             return _response(await route.answer(request, work))
         except ApiError as exc:
             return error_json(exc.status, exc.message, exc.kind, exc.headers)
@@ -396,6 +403,25 @@ class Gate:
             return validation_error_json(exc.errors())
         except HTTPException as exc:
             return error_json(exc.status_code, str(exc.detail), "http_error", exc.headers)
+
+    async def _parse_large(self, model: type[_Model], path: str, body: bytes) -> _Model:
+        """A large body, prechecked and parsed (`parse_json_body`) in a thread, one at a time with the other large
+        bodies and stream frames (`Service.frame_parsing`): a parse holds the GIL for all of its run (1 MB of
+        floats or nested lists padded under any key: 40-330 ms, as the JSON validation or as `json.loads`), so
+        parses in several threads at once would hold the loop as long as parses on it. One at a time, the loop
+        runs between any two, and between the two of one body that FastAPI's errors are read with. What comes
+        after (the route's rendering and size checks) runs in threads side by side, as it lets others in."""
+
+        def prechecked() -> _Model | None:
+            self._precheck(path, body)
+            return validate_json_body(model, body)
+
+        async with self.parsing:
+            request = await asyncio.to_thread(prechecked)
+        if request is not None:
+            return request
+        async with self.parsing:
+            return await asyncio.to_thread(parse_json_body_as_fastapi, model, body)
 
     async def _moderate_fast(
         self, scope: Mapping[str, Any], headers: Mapping[bytes, bytes], body: bytes

@@ -123,7 +123,8 @@ class Service:
         self.request_timeout_s = limits.request_timeout_s
         self.metrics = metrics
         self.model_name = model_name
-        # Large stream frames are parsed in a thread, one at a time (`stream_protocol._receive`).
+        # Large stream frames and request bodies are parsed in a thread, one at a time (`stream_protocol._receive`,
+        # `gate.Gate._parse_large`).
         self.frame_parsing = asyncio.Semaphore(1)
 
     # -- what a client may ask for ----------------------------------------------------------------
