@@ -394,3 +394,29 @@ def test_padded_large_bodies_are_parsed_one_at_a_time_with_stream_frames(monkeyp
     assert overlaps.parses >= 20 and not any(overlaps.on_loop)  # the 422s parsed twice, the frames once
     assert overlaps.most == 1, f"{overlaps.most} large parses ran at once"
     assert in_flight.is_set() and health and set(health) == {200}
+
+
+# -- (e) a body of many invalid items is answered with a few errors, not all of them -------------------------------
+def _error_flood(path: str, items: int) -> bytes:
+    """A body whose one list holds ``items`` values that are not messages: one validation error each."""
+    ones = b",".join([b"1"] * items)
+    if path == "/v1/moderate":
+        return b'{"conversations": [[' + ones + b"]]}"
+    return b'{"messages": [' + ones + b"]}"
+
+
+@pytest.mark.parametrize("path", ["/v1/moderate", "/v1/chat/completions"])
+@pytest.mark.parametrize("items", [10_000, 400_000], ids=["small-body", "large-body"])
+def test_a_body_of_invalid_items_is_answered_with_a_few_errors(path, items):
+    """A red team's finding: 1 MB of ``1,1,1,...`` in place of messages gave 490,000 validation errors, read out
+    in a thread (1 s holding the GIL) and written into a 62 MB 422 on the event loop (8 s): one request froze
+    the worker. Validation stops at a list's first invalid item, and the answer lists at most a few errors."""
+    body = _error_flood(path, items)
+    with guarded(safe_backend()) as url:
+        r = httpx.post(url + path, content=body, headers={"content-type": "application/json"}, timeout=TIMEOUT)
+        assert r.status_code == 422
+        error = r.json()["error"]
+        assert 1 <= len(error["details"]) <= schemas_module.MAX_ERROR_DETAILS
+        assert error["details"][0]["loc"][:2] == ["body", "conversations" if path == "/v1/moderate" else "messages"]
+        assert len(r.content) < 16 * 1024
+        assert httpx.get(url + "/health", timeout=TIMEOUT).status_code == 200

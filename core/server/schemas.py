@@ -13,6 +13,13 @@ from ..formats.conversations import render_tool_call
 from ..verdict import Stage
 from .limits import DEFAULT_MAX_CONVERSATIONS
 
+#: A request's lists stop validating at their first invalid item (``fail_fast``): a body of a million values
+#: that are not messages is one error, not a million (each read out with the GIL held, and written into the 422).
+_FAIL_FAST = Field(fail_fast=True)
+
+#: The most validation errors a 422 lists (its message names the first, and how many there were).
+MAX_ERROR_DETAILS = 20
+
 #: The default number of conversations one /v1/moderate call may carry (``Limits.max_conversations``).
 MAX_BATCH = DEFAULT_MAX_CONVERSATIONS
 
@@ -44,7 +51,8 @@ def _content_kind(value: Any) -> str:
 
 #: A string or a list of text parts; tagged so that an error names the part and field (``content.parts.0``).
 ChatContent = Annotated[
-    Annotated[str, Tag("text")] | Annotated[list[ChatContentPart], Tag("parts")], Discriminator(_content_kind)
+    Annotated[str, Tag("text")] | Annotated[list[ChatContentPart], Tag("parts"), _FAIL_FAST],
+    Discriminator(_content_kind),
 ]
 
 
@@ -67,7 +75,7 @@ class _Turn(_Judged):
     """What every message shape shares: the role, tool calls (assistant turns only) and what is judged."""
 
     role: Literal["system", "user", "assistant"]
-    tool_calls: list[ToolCall] | None = None
+    tool_calls: Annotated[list[ToolCall], _FAIL_FAST] | None = None
 
     @model_validator(mode="after")
     def _check_turn(self) -> _Turn:
@@ -120,7 +128,7 @@ class ChatCompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     model: str | None = None
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, fail_fast=True)
     temperature: float | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     n: int = Field(default=1, ge=1, le=1)
@@ -152,7 +160,7 @@ class ModerationRequest(BaseModel):
     ``Policy.to_dict()``) can only make the server's Policy stricter (``Policy.tightened``): the
     operator's policy is pinned. Sizes are bounded by the server's limits (413 past them)."""
 
-    conversations: list[list[Message]] = Field(min_length=1)
+    conversations: list[Annotated[list[Message], _FAIL_FAST]] = Field(min_length=1, fail_fast=True)
     stage: Stage | None = None
     policy: dict[str, Any] | None = None
 
@@ -213,9 +221,14 @@ def validation_error_json(errors: Sequence[Mapping[str, Any]]) -> JSONResponse:
     """422 for a body that is not valid (FastAPI's `RequestValidationError`, or the gate's own parse of a
     large body: `gate.parse_json_body`). loc/msg/type only: "input" would copy request text into responses
     and error trackers."""
-    details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in errors]
+    details = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in errors[:MAX_ERROR_DETAILS]  # a few: the list can be as long as the body allows
+    ]
     first = details[0] if details else {"loc": [], "msg": "invalid request"}
     message = f"invalid request: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    if len(errors) > 1:
+        message += f" ({len(errors)} errors)"
     body = {
         "error": {
             "message": message,
