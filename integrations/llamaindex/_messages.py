@@ -57,6 +57,7 @@ from qwenguard.core.verdict import Stage
 
 __all__ = [
     "ANSWER_VARIABLES",
+    "ASSISTANT_ROLES",
     "CONTEXT_VARIABLES",
     "QUERY_VARIABLES",
     "Checks",
@@ -65,15 +66,18 @@ __all__ = [
     "Seen",
     "TemplateCall",
     "answer_marks",
+    "agent_actions",
     "answer_text",
     "block_text",
     "carried_text",
+    "codeact_calls",
     "message_text",
     "plan_inputs",
     "plan_template",
     "react_actions",
     "resolve_template",
     "role_of",
+    "template_turns",
     "tool_calls_in",
     "tool_calls_of",
     "variable_checks",
@@ -93,6 +97,8 @@ ANSWER_VARIABLES = ("existing_answer",)
 
 _SYSTEM = (MessageRole.SYSTEM.value, MessageRole.DEVELOPER.value)
 _ASSISTANT = (MessageRole.ASSISTANT.value, MessageRole.CHATBOT.value, MessageRole.MODEL.value)
+#: The roles of the model's own turns.
+ASSISTANT_ROLES = _ASSISTANT
 _TOOL = (MessageRole.TOOL.value, MessageRole.FUNCTION.value)
 _TEXT_DOCUMENT_TYPES = ("text/", "application/json", "application/xml", "application/x-yaml", "application/yaml")
 
@@ -175,45 +181,121 @@ def tool_calls_in(llm: Any, response: ChatResponse) -> list[ToolSelection]:
     return judged + [_selection(call_id, name, text) for call_id, (name, text) in unparsed.items()]
 
 
-#: ReAct actions judged in one answer: the agent runs one (the first), so more are only an attacker's decoys.
+#: ReAct actions judged in one answer besides the one the agent runs: more are only an attacker's decoys.
 MAX_REACT_ACTIONS = 16
 _JSON_ESCAPE = re.compile(r"\\(u.{4}|.)", re.DOTALL)
 _ESCAPED = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", '"': '"', "\\": "\\", "/": "/"}
+_THOUGHT_FIRST = re.compile(r"\s*Thought: ")
+_ACTION_NAME = re.compile(r"[^\n() ]+")
+
+
+def _react_pick(text: str, last_brace: int) -> tuple[int, int] | None:
+    """(where its ``\nAction:`` line starts, where its ``\nAction Input:`` line starts) of the action LlamaIndex's
+    ``extract_tool_use`` picks, found in linear time: after a leading ``Thought: ``, the first action; without
+    one, its ``(.+)`` is greedy, so the LAST ``\nAction: name`` that has an ``\nAction Input: `` and a ``{...}``
+    after it. Either way the input is the first ``\nAction Input: `` after the name, its arguments the first
+    ``{`` after that to the last ``}`` of the text. ``None``: the parser finds no action."""
+    # An action has an input iff its name ends before the last input line that has a ``{`` after it and before
+    # the last ``}``: one test per action, not one search.
+    last_open = text.rfind("{", 0, last_brace) if last_brace >= 0 else -1
+    last_input = text.rfind("\nAction Input: ", 0, last_open) if last_open >= 0 else -1
+
+    def name_end(action: int) -> int:
+        name = _ACTION_NAME.match(text, action + len("\nAction: "))
+        return -1 if name is None else name.end()
+
+    def picked(action: int) -> tuple[int, int] | None:
+        end = name_end(action)
+        return None if end < 0 or end > last_input else (action, text.find("\nAction Input: ", end))
+
+    if last_input < 0:
+        return None
+    thought = _THOUGHT_FIRST.match(text)
+    if thought is not None:  # the first action with a name; if it has no input, no later one has
+        action = text.find("\nAction: ", thought.end())
+        while action >= 0 and name_end(action) < 0:
+            action = text.find("\nAction: ", action + 1)
+        return None if action < 0 else picked(action)
+    action = text.rfind("\nAction: ", 0, last_input)
+    while action >= 1:  # ``(.+)`` takes one character at least
+        if (found := picked(action)) is not None:
+            return found
+        action = text.rfind("\nAction: ", 0, action)
+    return None
 
 
 def react_actions(text: str) -> list[ToolSelection]:
-    """The tool calls a ReAct step written as text asks for (``\\nAction: name`` then ``\\nAction Input: {...}``),
+    """The tool calls a ReAct step written as text asks for (``\nAction: name`` then ``\nAction Input: {...}``),
     with their arguments read as the agent reads them, so that the guard judges what the tool would run
     with, not only the text as written (``\\u006d\\u0069\\u0078`` is "mix" to the agent's JSON reader).
 
     Found with ``str.find`` rather than the agent's parser, whose regular expression backtracks cubically
-    on text with many ``Action:`` lines (5,000 characters: 25 s). As there, an action's arguments run from
-    the first ``{`` after its ``Action Input:`` to the last ``}`` of the text, and the first ``Action Input:``
-    line after the first ``Action:`` line is the one run; later ones are judged too, up to
-    `MAX_REACT_ACTIONS`. Arguments that are not strict JSON (the agent reads them leniently, with
-    ``dirtyjson``) are judged as their text with its escapes decoded."""
-    first = text.find("\nAction:")
+    on text with many ``Action:`` lines (5,000 characters: 25 s). First the action the parser runs
+    (`_react_pick`: the first after a leading ``Thought: ``, else the last), then the others in order, up to
+    `MAX_REACT_ACTIONS` more. As there, an action's arguments run from the first ``{`` after its
+    ``Action Input:`` to the last ``}`` of the text. Arguments that are not strict JSON (the agent reads them
+    leniently, with ``dirtyjson``) are judged as their text with its escapes decoded."""
     last_brace = text.rfind("}")
     actions: list[ToolSelection] = []
     starts: set[int] = set()
-    at = text.find("\nAction Input:", first) if first >= 0 else -1
-    while at >= 0 and len(actions) < MAX_REACT_ACTIONS:
+
+    def add(named: int, at: int) -> None:
         start = text.find("{", at)
-        if start < 0 or start > last_brace:
-            break
-        if start not in starts:  # inputs sharing a brace share their arguments
-            starts.add(start)
-            named = text.rfind("\nAction:", 0, at + 1)
-            name = text[named + len("\nAction:") : at].split()[:1]
-            arguments = text[start : last_brace + 1]
-            try:
-                parsed = json.loads(arguments)
-            except ValueError:
-                parsed = None
-            decoded = parsed if isinstance(parsed, Mapping) else _decode_escapes(arguments)
-            actions.append(_selection(f"react-{len(actions)}", name[0] if name else "tool", decoded))
+        if start < 0 or start > last_brace or start in starts:  # inputs sharing a brace share their arguments
+            return
+        starts.add(start)
+        words = text[named + len("\nAction:") : at].split()[:1]
+        name = _ACTION_NAME.match(words[0]) if words else None
+        arguments = text[start : last_brace + 1]
+        try:
+            parsed = json.loads(arguments)
+        except ValueError:
+            parsed = None
+        decoded = parsed if isinstance(parsed, Mapping) else _decode_escapes(arguments)
+        actions.append(_selection(f"react-{len(actions)}", name.group() if name else "tool", decoded))
+
+    if (picked := _react_pick(text, last_brace)) is not None:
+        add(*picked)
+    first = text.find("\nAction:")
+    at = text.find("\nAction Input:", first) if first >= 0 else -1
+    while at >= 0 and len(actions) <= MAX_REACT_ACTIONS:
+        add(text.rfind("\nAction:", 0, at + 1), at)
         at = text.find("\nAction Input:", at + 1)
     return actions
+
+
+#: The tool CodeActAgent runs the code of an answer's ``<execute>`` blocks with.
+CODEACT_TOOL = "execute"
+
+
+def codeact_calls(text: str) -> list[ToolSelection]:
+    """The call CodeActAgent makes from an answer: the code of every ``<execute>...</execute>`` block, stripped
+    and joined by a blank line (its ``re.findall(r"<execute>(.*?)</execute>", text, re.DOTALL)``, found with
+    ``str.find``: linear on unclosed tags), run as ``execute({"code": ...})``; none without a block."""
+    blocks: list[str] = []
+    at = text.find("<execute>")
+    while at >= 0:
+        end = text.find("</execute>", at + len("<execute>"))
+        if end < 0:
+            break
+        blocks.append(text[at + len("<execute>") : end].strip())
+        at = text.find("<execute>", end + len("</execute>"))
+    if not blocks:
+        return []
+    return [_selection("codeact", CODEACT_TOOL, {"code": "\n\n".join(blocks)})]
+
+
+def agent_actions(texts: Iterable[str]) -> list[ToolSelection]:
+    """The tool calls agents read out of an answer's text (ReAct actions, CodeAct code), in each of ``texts``
+    (what the agent parses: the message's content, or its streamed deltas), each distinct call once."""
+    calls: list[ToolSelection] = []
+    judged: set[bytes] = set()
+    for text in dict.fromkeys(t for t in texts if t):
+        for call in [*codeact_calls(text), *react_actions(text)]:
+            if (key := _call_mark(call)) not in judged:
+                judged.add(key)
+                calls.append(call)
+    return calls
 
 
 def _decode_escapes(text: str) -> str:
@@ -444,7 +526,12 @@ class InputPlan:
 
 
 def plan_inputs(
-    messages: Sequence[ChatMessage], llm: Any = None, *, screen_system: bool = False, seen: Seen | None = None
+    messages: Sequence[ChatMessage],
+    llm: Any = None,
+    *,
+    screen_system: bool = False,
+    seen: Seen | None = None,
+    latest_prompt: bool = True,
 ) -> InputPlan:
     """The checks an LLM call's input needs, by role, for every message new to the model.
 
@@ -456,9 +543,12 @@ def plan_inputs(
 
     ``seen`` skips what was judged and let through before (each turn is judged once as the history
     grows); without it every message is judged (a guard's verdict cache makes repeats cheap).
+    ``latest_prompt=False``: the latest user turn is judged on its own too (a template's turns: its query
+    variable is the prompt).
     """
     plan = InputPlan()
-    last_user = max((i for i, m in enumerate(messages) if role_of(m) == MessageRole.USER.value), default=None)
+    users = (i for i, m in enumerate(messages) if role_of(m) == MessageRole.USER.value)
+    last_user = max(users, default=None) if latest_prompt else None
     names = _tool_names(messages)
     history: list[GuardMessage] = []
     previous_user = ""
@@ -597,6 +687,17 @@ def resolve_template(
     return TemplateCall(resolved, {}, texts, computed, exact)
 
 
+def template_turns(template: BasePromptTemplate, variables: Iterable[str]) -> list[ChatMessage]:
+    """The messages a chat template carries as its own text, each with the ``{placeholders}`` of ``variables``
+    cut out (their values are judged by variable). A chat engine writes the conversation there: the context
+    chat engines put the stored history (a client's ``chat_history`` too) between their system prompt and the
+    query, as literal template text. Empty for a template that is not a `ChatPromptTemplate`."""
+    if type(template) is not ChatPromptTemplate:
+        return []
+    blanks = dict.fromkeys(variables, "")
+    return [m.format_vars(**blanks) for m in template.message_templates]
+
+
 def plan_template(
     variables: Mapping[str, Any], *, screen_context: bool = True, computed: Iterable[str] = ()
 ) -> InputPlan | None:
@@ -622,7 +723,8 @@ def plan_template(
     conversation = prompt_conversation(texts[query_key])
     checks: Checks = [(Stage.PROMPT, conversation)]
     others = variable_checks(texts, screen_context=screen_context, query_key=query_key, computed=computed)
-    return InputPlan(checks + others, conversation)
+    # The query comes back as a user turn of the next call's history: judged already.
+    return InputPlan(checks + others, conversation, [mark("user", texts[query_key])])
 
 
 def variable_checks(

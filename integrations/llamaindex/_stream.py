@@ -93,6 +93,11 @@ class ChatChunks:
         thinking = self._thinking_in.step(thinking_delta if isinstance(thinking_delta, str) else None, thinking_whole)
         return text, thinking
 
+    @property
+    def streamed(self) -> str:
+        """All the answer text read from the wrapped LLM so far (what an agent adds up from the deltas)."""
+        return self._text_in.seen
+
     def partial(self, text: str, thinking: str = "") -> ChatResponse | None:
         """A chunk carrying released text only (``None`` when nothing was released)."""
         if not text and not thinking:

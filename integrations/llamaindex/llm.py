@@ -15,7 +15,8 @@ What is screened, and as what:
 - for template calls (``predict``/``stream``, which query engines use, and ``structured_predict`` and its
   async and streaming twins) the template's query variable
   as the prompt and its context variable (``context_str``...) as untrusted retrieved content,
-  instead of the whole formatted prompt;
+  instead of the whole formatted prompt; the turns a chat template carries as its own messages (the
+  history a context chat engine writes there) by role, like a chat call's;
 - the answer: whole responses with ``check_response``; streams through the guard's hold-back
   `StreamMonitor` (``guard.stream``/``guard.astream``): the judge runs on text the consumer has not
   seen, beside the generation, and text is released as soon as it is judged. A guarded chunk carries
@@ -23,7 +24,9 @@ What is screened, and as what:
   inner stream (and its HTTP response);
 - tool calls, each with ``check_tool_call``, before the caller can see them: in a stream they are
   held back and travel on the final chunk, after they were judged, so an agent never receives an
-  unjudged call and a blocked tool never runs; their arguments reach no consumer before that.
+  unjudged call and a blocked tool never runs; their arguments reach no consumer before that. So are the
+  calls agents read in the answer's text: a ReAct step's actions (the one its parser runs first) and a
+  CodeAct answer's ``<execute>`` code, as ``execute({"code": ...})``.
 
 Parallel input screening (``parallel_input=True``, or a `Guard` built with ``parallel_input=True``):
 the inner LLM call starts at once while the inputs are checked in the background. Nothing leaves
@@ -79,12 +82,14 @@ from ._messages import (
     GuardMessage,
     Seen,
     TemplateCall,
+    agent_actions,
     answer_marks,
+    answer_text,
     message_text,
     plan_inputs,
     plan_template,
-    react_actions,
     resolve_template,
+    template_turns,
     tool_calls_in,
     variable_checks,
 )
@@ -97,13 +102,6 @@ __all__ = ["CONTEXT_VARIABLES", "QUERY_VARIABLES", "GuardedLLM"]
 
 T = TypeVar("T")
 
-# Set while a template call (predict/stream) runs: its inputs were screened by variable, so the
-# chat/complete call it makes must not re-screen the formatted prompt as if the user wrote all of it.
-# Holds (id of the GuardedLLM, the prompt conversation answers are judged against, the input check
-# still running with parallel_input).
-_PRESCREENED: ContextVar[tuple[int, list[GuardMessage], PendingCheck | None] | None] = ContextVar(
-    "qwenguard_prescreened", default=None
-)
 # Holds the id of the GuardedLLM while a template call whose substituted text is not known runs (a Jinja
 # template given objects, a template class that formats in its own way): its formatted messages are judged
 # by role, the system ones too, since a variable may have been put there.
@@ -117,6 +115,13 @@ class _Plan:
     pending: PendingCheck | None = None  # the input verdict, while it runs beside the LLM call
     marks: list[bytes] = field(default_factory=list)  # inputs to remember as judged once they passed
     failed_open: bool = False  # a check of this call was let through unjudged (the policy fails open)
+
+
+# Set while a template call (predict/stream) runs: its inputs were screened by variable and by template turn, so
+# the chat/complete call it makes must not re-screen the formatted prompt as if the user wrote all of it.
+# Holds (id of the GuardedLLM, its plan: the prompt answers are judged against, the input check still running
+# with parallel_input, the inputs to remember once the call passed).
+_PRESCREENED: ContextVar[tuple[int, _Plan] | None] = ContextVar("qwenguard_prescreened", default=None)
 
 
 def _failed_open(decisions: Any) -> bool:
@@ -195,18 +200,24 @@ class GuardedLLM(FunctionCallingLLM):
         return self.llm.metadata
 
     # -- what to screen -----------------------------------------------------------------------
-    def _plan_messages(self, messages: Sequence[ChatMessage]) -> _Plan:
+    def _prescreened_plan(self) -> _Plan | None:
+        """The plan of the template call this chat/complete call belongs to (its inputs were judged already)."""
         pre = _PRESCREENED.get()
-        if pre is not None and pre[0] == id(self):
-            return _Plan([], pre[1], pre[2])
+        if pre is None or pre[0] != id(self):
+            return None
+        plan = pre[1]
+        return _Plan([], plan.prompt, plan.pending, list(plan.marks), plan.failed_open)
+
+    def _plan_messages(self, messages: Sequence[ChatMessage]) -> _Plan:
+        if (pre := self._prescreened_plan()) is not None:
+            return pre
         screen_system = self.screen_system or _SCREEN_SYSTEM.get() == id(self)
         plan = plan_inputs(messages, self.llm, screen_system=screen_system, seen=self._seen)
         return _Plan(plan.checks, plan.prompt, marks=plan.marks)
 
     def _plan_prompt(self, prompt: str) -> _Plan:
-        pre = _PRESCREENED.get()
-        if pre is not None and pre[0] == id(self):
-            return _Plan([], pre[1], pre[2])
+        if (pre := self._prescreened_plan()) is not None:
+            return pre
         conversation = prompt_conversation(prompt)
         return _Plan([(Stage.PROMPT, conversation)], conversation)
 
@@ -218,7 +229,15 @@ class GuardedLLM(FunctionCallingLLM):
         plan = None
         if call.exact:
             plan = plan_template(call.variables, screen_context=self.screen_context, computed=call.computed)
-        return call, None if plan is None else _Plan(plan.checks, plan.prompt)
+        if plan is None:
+            return call, None
+        # The turns a chat template carries as its own text (a context chat engine's history, a client's
+        # chat_history among it) are judged by role, as on the chat path; its system messages, the application's
+        # and the framework's wording, are not.
+        turns = plan_inputs(
+            template_turns(call.template, call.template.kwargs), self.llm, seen=self._seen, latest_prompt=False
+        )
+        return call, _Plan([*plan.checks, *turns.checks], plan.prompt, marks=[*plan.marks, *turns.marks])
 
     def _template_variables(self, call: TemplateCall) -> Checks:
         """A template call without a plan is judged by the roles of its formatted messages; its variables
@@ -237,13 +256,15 @@ class GuardedLLM(FunctionCallingLLM):
                 _SCREEN_SYSTEM.reset(token)
 
     @staticmethod
-    def _output_checks(plan: _Plan, text: str, calls: Sequence[ToolSelection] = (), *, actions: str = "") -> Checks:
-        """The answer's text, its tool calls, and the ReAct actions written in ``actions`` (its whole text):
-        a ReAct agent runs those as tool calls, with arguments it decodes."""
+    def _output_checks(
+        plan: _Plan, text: str, calls: Sequence[ToolSelection] = (), *, actions: Sequence[str] = ()
+    ) -> Checks:
+        """The answer's text, its tool calls, and the calls agents read in ``actions`` (the answer's text as an
+        agent parses it): a ReAct agent runs its actions, a CodeActAgent its ``<execute>`` code, as tool calls."""
         checks: Checks = []
         if text.strip():
             checks.append((Stage.RESPONSE, response_conversation(plan.prompt, text)))
-        for call in [*calls, *react_actions(actions)]:
+        for call in [*calls, *agent_actions(actions)]:
             checks.append((Stage.TOOL_CALL, tool_call_conversation(call.tool_name, call.tool_kwargs, plan.prompt)))
         return checks
 
@@ -336,7 +357,7 @@ class GuardedLLM(FunctionCallingLLM):
 
     @contextlib.contextmanager
     def _prescreened(self, plan: _Plan) -> Iterator[None]:
-        token = _PRESCREENED.set((id(self), plan.prompt, plan.pending))
+        token = _PRESCREENED.set((id(self), plan))
         try:
             yield
         finally:
@@ -349,7 +370,7 @@ class GuardedLLM(FunctionCallingLLM):
         self._wait_inputs(plan)
         calls = tool_calls_in(self.llm, response)
         text = message_text(response.message)
-        self._screen(self._output_checks(plan, text, calls, actions=text), plan)
+        self._screen(self._output_checks(plan, text, calls, actions=(answer_text(response.message), text)), plan)
         self._passed(plan, response.message, calls)
         return response
 
@@ -358,7 +379,7 @@ class GuardedLLM(FunctionCallingLLM):
         response = await self._race(plan, self.llm.achat(messages, **kwargs))
         calls = tool_calls_in(self.llm, response)
         text = message_text(response.message)
-        await self._ascreen(self._output_checks(plan, text, calls, actions=text), plan)
+        await self._ascreen(self._output_checks(plan, text, calls, actions=(answer_text(response.message), text)), plan)
         self._passed(plan, response.message, calls)
         return response
 
@@ -398,11 +419,15 @@ class GuardedLLM(FunctionCallingLLM):
         inner = await self._race(plan, self.llm.astream_complete(prompt, formatted=formatted, **kwargs), wait=False)
         return self._aguard_completion_stream(plan, inner)
 
-    def _final_checks(self, plan: _Plan, last: ChatResponse) -> tuple[Checks, list[ToolSelection]]:
-        """What the end of a chat stream still needs judged: its tool calls, and text it carries
-        outside the streamed deltas (citations, documents)."""
+    def _final_checks(self, plan: _Plan, out: ChatChunks) -> tuple[Checks, list[ToolSelection]]:
+        """What the end of a chat stream still needs judged: its tool calls (those agents read in its text too:
+        the deltas they add up, the final message), and text it carries outside the streamed deltas
+        (citations, documents)."""
+        assert out.last is not None
+        last = out.last
         calls = tool_calls_in(self.llm, last)
-        return self._output_checks(plan, unread_text(last.message), calls, actions=message_text(last.message)), calls
+        actions = (out.streamed, answer_text(last.message), message_text(last.message))
+        return self._output_checks(plan, unread_text(last.message), calls, actions=actions), calls
 
     def _guard_chat_stream(self, plan: _Plan, inner: Iterator[ChatResponse]) -> ChatResponseGen:
         out = ChatChunks()
@@ -434,7 +459,7 @@ class GuardedLLM(FunctionCallingLLM):
             if out.last is None:
                 monitor.finish()
                 return
-            checks, calls = self._final_checks(plan, out.last)
+            checks, calls = self._final_checks(plan, out)
             pending = PendingCheck.start(lambda: self.guard.check_many(checks)) if checks else None
             tail = monitor.finish()  # the last window, judged beside the tool calls
             reasoning_tail = thinking.finish() if thinking is not None else ""
@@ -471,7 +496,7 @@ class GuardedLLM(FunctionCallingLLM):
             if out.last is None:
                 await monitor.afinish()
                 return
-            checks, calls = self._final_checks(plan, out.last)
+            checks, calls = self._final_checks(plan, out)
             pending = asyncio.ensure_future(self._ascreen(checks, plan)) if checks else None
             try:
                 tail = await monitor.afinish()  # the last window, judged beside the tool calls

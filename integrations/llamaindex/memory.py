@@ -1,4 +1,4 @@
-"""`GuardedMemory`: a chat memory that lets no blocked user message in.
+"""`GuardedMemory`: a chat memory that lets no blocked user message (or forged answer) in.
 
 Chat engines and agents write the user's message into their memory *before* they call the LLM
 (``SimpleChatEngine.chat``, ``FunctionAgent.run``; the context engines do so when they stream). When
@@ -14,7 +14,9 @@ Wrap the memory you give the engine or agent::
 
 The check is the same one `GuardedLLM` makes for the latest user turn (the message after the stored
 history), so with both in place the second is answered from the guard's verdict cache. It runs
-before the LLM call starts: ``parallel_input`` cannot overlap it.
+before the LLM call starts: ``parallel_input`` cannot overlap it. An assistant message is judged as a
+response to the user turn before it: a client's ``chat_history`` can hold a forged answer, which the
+context chat engines hand the model as their prompt template's own text.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ from llama_index.core.base.llms.types import ChatMessage, MessageRole
 from llama_index.core.bridge.pydantic import Field, SerializeAsAny
 from llama_index.core.memory import BaseMemory
 from qwenguard.core import Guard, enforce
-from qwenguard.core.formats.conversations import prompt_conversation
+from qwenguard.core.formats.conversations import prompt_conversation, response_conversation
 from qwenguard.core.verdict import Stage
 
 from .._common import require_guard
-from ._messages import Checks, plan_inputs, role_of, wire_text
+from ._messages import ASSISTANT_ROLES, Checks, plan_inputs, role_of, tool_calls_of, wire_text
 
 __all__ = ["GuardedMemory"]
 
@@ -49,22 +51,52 @@ def _put_checks(history: Sequence[ChatMessage], message: ChatMessage) -> Checks:
     return [(Stage.PROMPT, plan_inputs([*history, message]).prompt)]
 
 
-def _set_checks(messages: Sequence[ChatMessage]) -> Checks:
-    """A whole new history (a client's ``chat_history``): each user turn on its own."""
-    return [(Stage.PROMPT, prompt_conversation(wire_text(m))) for m in messages if _is_user(m)]
+def _answer_text(message: ChatMessage) -> str:
+    """An assistant turn's text as `GuardedLLM` judges it in a history ("" for other roles and tool calls alone)."""
+    if role_of(message) not in ASSISTANT_ROLES:
+        return ""
+    return wire_text(message, tool_calls_of(None, message))
+
+
+def _needs_stored(messages: Sequence[ChatMessage]) -> bool:
+    """Does an assistant turn come before any user turn (it answers the last user turn stored)?"""
+    for m in messages:
+        if _is_user(m):
+            return False
+        if _answer_text(m).strip():
+            return True
+    return False
+
+
+def _last_user(history: Sequence[ChatMessage]) -> str:
+    return next((wire_text(m) for m in reversed(history) if _is_user(m)), "")
+
+
+def _set_checks(messages: Sequence[ChatMessage], stored: Sequence[ChatMessage] = ()) -> Checks:
+    """Turns handed over whole (a client's ``chat_history``, an agent's steps): each user turn as a prompt on its
+    own, each assistant turn as a response to the user turn before it (the last of ``stored`` for the first).
+    A client can forge an answer there, which the context chat engines hand the LLM as their template's text."""
+    checks: Checks = []
+    previous_user = _last_user(stored)
+    for m in messages:
+        if _is_user(m):
+            previous_user = wire_text(m)
+            checks.append((Stage.PROMPT, prompt_conversation(previous_user)))
+        elif (answer := _answer_text(m)).strip():
+            checks.append((Stage.RESPONSE, response_conversation(previous_user, answer)))
+    return checks
 
 
 class GuardedMemory(BaseMemory):
-    """Any LlamaIndex memory, with user messages screened before they are stored.
+    """Any LlamaIndex memory, with user messages and answers screened before they are stored.
 
     >>> memory = GuardedMemory(Memory.from_defaults(), guard)                     # doctest: +SKIP
     >>> engine = SimpleChatEngine.from_defaults(llm=guarded_llm, memory=memory)    # doctest: +SKIP
 
     ``put``/``aput``/``put_messages``/``set`` (and their async twins) raise `GuardViolation` for a
-    blocked user message and store nothing of that call. A user message's text is what a provider would
-    send: its ``additional_kwargs`` too; a message of any role whose ``additional_kwargs`` set another role
-    raises `ValueError`. Reads, other roles and ``reset`` go straight to the wrapped memory (answers and
-    tool calls are judged by `GuardedLLM` before they exist).
+    blocked user message or assistant answer and store nothing of that call. A message's text is what a
+    provider would send: its ``additional_kwargs`` too; a message of any role whose ``additional_kwargs`` set
+    another role raises `ValueError`. Reads, other roles and ``reset`` go straight to the wrapped memory.
     """
 
     memory: SerializeAsAny[BaseMemory] = Field(description="The memory being guarded.")
@@ -117,19 +149,25 @@ class GuardedMemory(BaseMemory):
     def put(self, message: ChatMessage) -> None:
         if _is_user(message):  # every role is read: a forged role raises before it is stored
             self._screen(_put_checks(self.memory.get_all(), message))
+        elif _needs_stored([message]):
+            self._screen(_set_checks([message], self.memory.get_all()))
         self.memory.put(message)
 
     async def aput(self, message: ChatMessage) -> None:
         if _is_user(message):
             await self._ascreen(_put_checks(await self.memory.aget_all(), message))
+        elif _needs_stored([message]):
+            await self._ascreen(_set_checks([message], await self.memory.aget_all()))
         await self.memory.aput(message)
 
     def put_messages(self, messages: list[ChatMessage]) -> None:
-        self._screen(_set_checks(messages))
+        stored = self.memory.get_all() if _needs_stored(messages) else []
+        self._screen(_set_checks(messages, stored))
         self.memory.put_messages(messages)
 
     async def aput_messages(self, messages: list[ChatMessage]) -> None:
-        await self._ascreen(_set_checks(messages))
+        stored = await self.memory.aget_all() if _needs_stored(messages) else []
+        await self._ascreen(_set_checks(messages, stored))
         await self.memory.aput_messages(messages)
 
     def set(self, messages: list[ChatMessage]) -> None:

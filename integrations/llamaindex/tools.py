@@ -12,22 +12,33 @@ the input. So a guarded tool judges the text of an exception its tool raises: wh
 refusal note (an error output) takes its place; when it is allowed, the exception is raised again
 unchanged, for the agent to handle as it would have.
 
+The retrieved nodes an output carries in ``raw_output`` (a ``QueryEngineTool``'s ``Response.source_nodes``,
+a ``RetrieverTool``'s list) reach the agent's events and final output beside the answer: each is judged as a
+document, and blocked ones are dropped from ``raw_output`` (the whole output is refused when its text quotes
+one; a ``raw_output`` that cannot be rebuilt is replaced by the output's text).
+
 `FunctionTool`s stay `FunctionTool`s (`GuardedFunctionTool` is a subclass), so agents still inject
 the workflow ``Context`` into tools that take a ``ctx: Context`` parameter.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
+from llama_index.core.bridge.pydantic import BaseModel
+from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore
 from llama_index.core.tools import FunctionTool
 from llama_index.core.tools.types import AsyncBaseTool, BaseTool, ToolMetadata, ToolOutput, adapt_to_async_tool
 from qwenguard.core import Decision, Guard
+from qwenguard.core.formats.conversations import untrusted_conversation
+from qwenguard.core.verdict import Stage
 
 from .._common import require_guard
-from ._messages import block_text
+from ._messages import Checks, block_text
+from .postprocessor import node_text
 
 __all__ = ["guard_tool", "guard_tools", "GuardedFunctionTool", "GuardedTool", "DEFAULT_REFUSAL"]
 
@@ -63,15 +74,47 @@ def _output_text(output: ToolOutput) -> str:
     return "\n".join(t for b in blocks if (t := block_text(b)))
 
 
+Node = NodeWithScore | BaseNode
+
+
+def _node(item: Node) -> BaseNode:
+    return item.node if isinstance(item, NodeWithScore) else item
+
+
+def source_nodes(raw_output: Any) -> list[Node]:
+    """The retrieved nodes a tool's ``raw_output`` carries: a ``Response``'s (or a streaming or agent response's)
+    ``source_nodes``, or the list a ``RetrieverTool`` returns. Nodes nested deeper are not looked for."""
+    found = getattr(raw_output, "source_nodes", None) if not isinstance(raw_output, (list, tuple)) else raw_output
+    if not isinstance(found, (list, tuple)):
+        return []
+    return [n for n in found if isinstance(n, (NodeWithScore, BaseNode))]
+
+
+def _without(raw_output: Any, blocked: Sequence[Node]) -> Any:
+    """``raw_output`` without the ``blocked`` nodes, or ``None`` when it cannot be rebuilt without them."""
+    drop = {id(n) for n in blocked}
+    if isinstance(raw_output, (list, tuple)):
+        return type(raw_output)(n for n in raw_output if id(n) not in drop)
+    kept = [n for n in raw_output.source_nodes if id(n) not in drop]
+    update: dict[str, Any] = {"source_nodes": kept}
+    metadata = getattr(raw_output, "metadata", None)
+    if isinstance(metadata, Mapping):  # a Response keeps each node's metadata by node id: hidden text too
+        ids = {_node(n).node_id for n in blocked}
+        update["metadata"] = {k: v for k, v in metadata.items() if k not in ids}
+    if dataclasses.is_dataclass(raw_output) and not isinstance(raw_output, type):
+        return dataclasses.replace(raw_output, **update)
+    if isinstance(raw_output, BaseModel):
+        return raw_output.model_copy(update=update)
+    return None
+
+
 class _Screening:
     """The part both tool wrappers share: screen a ToolOutput, replace it when blocked."""
 
     guard: Guard
     refusal: str
 
-    def _verdict_output(self, output: ToolOutput, decision: Decision) -> ToolOutput:
-        if decision.allowed:
-            return output
+    def _refused(self, output: ToolOutput, decision: Decision) -> ToolOutput:
         return ToolOutput(
             tool_name=output.tool_name,
             content=_refusal_text(self.refusal, output.tool_name, decision),
@@ -84,17 +127,45 @@ class _Screening:
     # Error outputs are judged too: their text (often an exception's message) reaches the LLM as well. The text
     # is every block's (`block_text`): ``content`` joins only the text blocks, while the agent hands the LLM and
     # its ToolCallResult events all of them (a page returned as a DocumentBlock or CitableBlock).
-    def _screen(self, output: ToolOutput) -> ToolOutput:
+    # The nodes in ``raw_output`` (a query engine's sources, a retriever's results) reach the agent's events and
+    # its final output beside the answer: each is judged on its own as a retrieved document, as
+    # GuardNodePostprocessor judges it (its hidden metadata too; one that postprocessor judged is a cache hit).
+    @staticmethod
+    def _checks(output: ToolOutput) -> tuple[Checks, list[Node]]:
         text = _output_text(output)
-        if not text.strip():
+        checks: Checks = [(Stage.TOOL_RESULT, untrusted_conversation(text, "tool output"))] if text.strip() else []
+        nodes = [n for n in source_nodes(output.raw_output) if node_text(_node(n)).strip()]
+        checks += [(Stage.RETRIEVAL, untrusted_conversation(node_text(_node(n)), "document")) for n in nodes]
+        return checks, nodes
+
+    def _verdict_output(self, output: ToolOutput, nodes: Sequence[Node], decisions: Sequence[Decision]) -> ToolOutput:
+        """The output as the agent may see it: refused when its text is blocked, or when it quotes a blocked node
+        (a retriever's output is its nodes' text); else without the blocked nodes in ``raw_output`` (its text,
+        when ``raw_output`` cannot be rebuilt without them)."""
+        node_decisions = decisions[len(decisions) - len(nodes) :]
+        if len(decisions) > len(nodes) and not decisions[0].allowed:
+            return self._refused(output, decisions[0])
+        blocked = [(n, d) for n, d in zip(nodes, node_decisions) if not d.allowed]
+        if not blocked:
             return output
-        return self._verdict_output(output, self.guard.check_tool_result(output.tool_name, text))
+        for node, decision in blocked:
+            shown = _node(node).get_content(metadata_mode=MetadataMode.LLM)
+            if shown.strip() and shown in output.content:
+                return self._refused(output, decision)
+        raw_output = _without(output.raw_output, [n for n, _ in blocked])
+        return output.model_copy(update={"raw_output": output.content if raw_output is None else raw_output})
+
+    def _screen(self, output: ToolOutput) -> ToolOutput:
+        checks, nodes = self._checks(output)
+        if not checks:
+            return output
+        return self._verdict_output(output, nodes, self.guard.check_many(checks))
 
     async def _ascreen(self, output: ToolOutput) -> ToolOutput:
-        text = _output_text(output)
-        if not text.strip():
+        checks, nodes = self._checks(output)
+        if not checks:
             return output
-        return self._verdict_output(output, await self.guard.acheck_tool_result(output.tool_name, text))
+        return self._verdict_output(output, nodes, await self.guard.acheck_many(checks))
 
     # -- a raised exception: its text is what the agent would hand the LLM --------------------
     def _error_output(self, error: Exception, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> ToolOutput | None:

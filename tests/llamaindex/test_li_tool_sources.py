@@ -1,0 +1,143 @@
+"""The retrieved nodes a tool hands back in ``raw_output`` are judged; blocked ones reach no consumer.
+
+A `QueryEngineTool`'s output is the engine's answer (judged), but its ``raw_output`` is the whole ``Response``:
+its ``source_nodes`` hold the retrieved documents, which an agent's ``ToolCallResult`` events and its final
+``AgentOutput`` carry to whoever reads them. A `RetrieverTool` returns its nodes there too, metadata hidden from
+the LLM included. The attack: an index holding an unsafe document, a harmless answer built from it. Counted:
+characters of unsafe text in what the agent's consumer receives."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import pytest
+from conftest import UNSAFE_DOC
+from llama_index.core import Document, VectorStoreIndex
+from llama_index.core.agent.workflow import FunctionAgent, ToolCallResult
+from llama_index.core.base.llms.types import ChatMessage, MessageRole, ToolCallBlock
+from llama_index.core.base.response.schema import Response
+from llama_index.core.llms.mock import MockFunctionCallingLLM
+from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode
+from llama_index.core.tools import FunctionTool, QueryEngineTool, RetrieverTool
+from qwenguard.core import Guard
+from qwenguard.integrations.llamaindex import GuardedLLM, guard_tool, guard_tools
+
+SUMMARY = "The documents are about France."
+RUN_TIMEOUT_S = 60
+
+
+def summarizer() -> MockFunctionCallingLLM:
+    """The query engine's model: a harmless answer, whatever it read."""
+    return MockFunctionCallingLLM(
+        response_generator=lambda messages, **kw: ChatMessage(role="assistant", content=SUMMARY), is_chat_model=True
+    )
+
+
+def leaked(value) -> int:
+    """Characters of the unsafe document anywhere in a tool's raw_output: its nodes (text and all metadata) and a
+    Response's metadata."""
+    nodes = value if isinstance(value, list) else getattr(value, "source_nodes", [])
+    texts = [n.node.get_content(metadata_mode=MetadataMode.ALL) for n in nodes]
+    texts += [str(v) for n in nodes for v in n.node.metadata.values()]
+    texts += [str(v) for v in (getattr(value, "metadata", None) or {}).values()]
+    texts += [value] if isinstance(value, str) else []
+    return sum(len(UNSAFE_DOC) for t in texts if UNSAFE_DOC in t)
+
+
+def kb_tool(index: VectorStoreIndex) -> QueryEngineTool:
+    engine = index.as_query_engine(llm=summarizer(), similarity_top_k=5)
+    return QueryEngineTool.from_defaults(engine, name="kb", description="Knowledge base.")
+
+
+def agent_llm(guard: Guard) -> GuardedLLM:
+    def script(messages, **kwargs) -> ChatMessage:
+        if any(m.role == MessageRole.TOOL for m in messages):
+            return ChatMessage(role="assistant", content="The knowledge base is about France.")
+        call = ToolCallBlock(tool_call_id="c1", tool_name="kb", tool_kwargs={"input": "Tell me about Paris."})
+        return ChatMessage(role="assistant", blocks=[call])
+
+    return GuardedLLM(llm=MockFunctionCallingLLM(response_generator=script), guard=guard)
+
+
+async def test_an_agent_consumer_never_receives_a_blocked_source_node(index: VectorStoreIndex, guard: Guard) -> None:
+    agent = FunctionAgent(tools=guard_tools([kb_tool(index)], guard), llm=agent_llm(guard))
+    handler = agent.run(user_msg="Tell me about Paris.")
+    in_events = 0
+    results = 0
+
+    async def consume():
+        nonlocal in_events, results
+        async for event in handler.stream_events():
+            if isinstance(event, ToolCallResult):
+                results += 1
+                in_events += leaked(event.tool_output.raw_output)
+        return await handler
+
+    final = await asyncio.wait_for(consume(), RUN_TIMEOUT_S)
+    assert results == 1
+    assert in_events == 0
+    assert leaked(final.tool_calls[0].tool_output.raw_output) == 0
+    sources = final.tool_calls[0].tool_output.raw_output.source_nodes
+    assert sources and all("Paris" in n.node.get_content() for n in sources)
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["call", "acall"])
+async def test_query_engine_tool_output_keeps_its_answer_and_loses_the_blocked_nodes(
+    index: VectorStoreIndex, guard: Guard, sync: bool
+) -> None:
+    tool = guard_tool(kb_tool(index), guard)
+    output = tool.call(input="Tell me about Paris.") if sync else await tool.acall(input="Tell me about Paris.")
+    assert output.content == SUMMARY
+    assert isinstance(output.raw_output, Response)
+    assert leaked(output.raw_output) == 0
+    assert len(output.raw_output.source_nodes) == 2  # the two Paris documents; the injected one is dropped too
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["call", "acall"])
+async def test_retriever_tool_nodes_with_hidden_unsafe_metadata_are_withheld(
+    guard: Guard, embed_model, sync: bool
+) -> None:
+    """The unsafe text sits in metadata hidden from the LLM: the tool's text is safe, its raw nodes are not."""
+    hidden = Document(
+        text="Paris is the capital of France.", metadata={"notes": UNSAFE_DOC}, excluded_llm_metadata_keys=["notes"]
+    )
+    index = VectorStoreIndex.from_documents([hidden], embed_model=embed_model)
+    tool = guard_tool(RetrieverTool.from_defaults(index.as_retriever(), name="search"), guard)
+    output = tool.call(input="Paris") if sync else await tool.acall(input="Paris")
+    assert leaked(output.raw_output) == 0
+    assert UNSAFE_DOC not in output.content
+
+
+def test_a_raw_output_that_cannot_be_rebuilt_becomes_the_text(guard: Guard) -> None:
+    @dataclass(frozen=True)
+    class Report:
+        source_nodes: list
+
+        def __str__(self) -> str:
+            return SUMMARY
+
+    class Opaque:  # neither a dataclass nor a pydantic model: its nodes cannot be taken out
+        def __init__(self) -> None:
+            self.source_nodes = [NodeWithScore(node=TextNode(text=UNSAFE_DOC))]
+
+        def __str__(self) -> str:
+            return SUMMARY
+
+    for raw in (Report([NodeWithScore(node=TextNode(text=UNSAFE_DOC))]), Opaque()):
+        output = guard_tool(FunctionTool.from_defaults(lambda raw=raw: raw, name="report"), guard).call()
+        assert output.content == SUMMARY
+        assert leaked(output.raw_output) == 0
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["call", "acall"])
+async def test_a_safe_tool_output_passes_unchanged(guard: Guard, embed_model, sync: bool) -> None:
+    index = VectorStoreIndex.from_documents(
+        [Document(text="Paris is the capital of France."), Document(text="The Eiffel Tower is in Paris.")],
+        embed_model=embed_model,
+    )
+    inner = kb_tool(index)
+    for tool in (guard_tool(inner, guard), guard_tool(RetrieverTool.from_defaults(index.as_retriever()), guard)):
+        output = tool.call(input="Paris") if sync else await tool.acall(input="Paris")
+        nodes = output.raw_output if isinstance(output.raw_output, list) else output.raw_output.source_nodes
+        assert len(nodes) == 2
