@@ -21,6 +21,7 @@ from langchain_core.callbacks import AsyncCallbackManager, BaseCallbackManager, 
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import ToolException
 from langchain_core.utils.pydantic import get_fields
+from langgraph.prebuilt.tool_node import ToolCallRequest
 
 from . import _out_of_sight as out_of_sight
 from .callbacks import AsyncGuardCallbackHandler, GuardCallbackHandler
@@ -52,31 +53,52 @@ def _unheard(config: Any) -> dict[str, Any]:
     return out
 
 
+def _fields(schema: Any) -> set[str]:
+    return set((schema.get("properties") or {}) if isinstance(schema, dict) else get_fields(schema))
+
+
+def _injected(tool: Any) -> set[str]:
+    """The arguments LangGraph injects into ``tool`` (state, runtime, ids): in its input schema, not in the
+    schema the model is shown. None known where a schema cannot be read: then every argument counts."""
+    try:
+        return _fields(tool.get_input_schema()) - _fields(tool.tool_call_schema)
+    except Exception:  # noqa: BLE001 - a tool without readable schemas
+        return set()
+
+
 def _model_arguments(tool: Any, args: Any) -> Any:
-    """A call's arguments as the model (or a reviewer) wrote them: the values LangGraph injects (state, runtime,
-    ids), which are not in the tool's call schema, left out."""
+    """A call's arguments as the model (or a reviewer) wrote them: every one but those LangGraph injects. (A
+    classic single-input `Tool` is shown ``tool_input`` while its call says ``query``: that counts.)"""
     if not isinstance(args, Mapping):
         return args
-    schema: Any = getattr(tool, "tool_call_schema", None)
-    try:
-        names = set((schema.get("properties") or {}) if isinstance(schema, dict) else get_fields(schema))
-    except Exception:  # noqa: BLE001 - a schema we cannot read: every argument counts
-        return dict(args)
-    return {key: value for key, value in args.items() if key in names}
+    injected = _injected(tool)
+    return {key: value for key, value in args.items() if key not in injected}
+
+
+class HeldCall:
+    """What the held tools of one guarded call share: the judged call, the judge of any other call one is given,
+    and what happened on the latest attempt (a retry inside the guard runs the tool again)."""
+
+    def __init__(self, request: Any, judge: Judge, ajudge: AsyncJudge) -> None:
+        call = request.tool_call
+        self.judged = (call.get("name"), _model_arguments(request.tool, call.get("args")))
+        self.judge, self.ajudge = judge, ajudge
+        #: What the tool raised on the latest attempt, if it failed (a handler may turn it into an error message).
+        self.raised: BaseException | None = None
+        #: Whether the latest attempt's call was blocked (the tool did not run; the guard's notice is the result).
+        self.blocked = False
+
+    def attempt(self) -> None:
+        self.raised, self.blocked = None, False
 
 
 class HeldTool:
     """The tool a guarded call runs: the real one, out of sight of the run's callbacks, and only once the call
     it is given was judged. Anything else a handler reads of it (name, schema) is the real tool's."""
 
-    def __init__(self, tool: Any, judged: Mapping[str, Any], judge: Judge, ajudge: AsyncJudge) -> None:
+    def __init__(self, tool: Any, held: HeldCall) -> None:
         self._tool = tool
-        self._judged = (judged.get("name"), _model_arguments(tool, judged.get("args")))
-        self._judge, self._ajudge = judge, ajudge
-        #: What the tool raised, if it failed (a handler may turn it into an error message).
-        self.raised: BaseException | None = None
-        #: Whether the call it was given was blocked (the tool did not run; the guard's notice is the result).
-        self.blocked = False
+        self._held = held
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._tool, name)
@@ -88,29 +110,61 @@ class HeldTool:
         else:  # not a tool call: its input is its arguments
             call = {"name": getattr(self._tool, "name", None), "args": input, "id": None}
         call["args"] = _model_arguments(self._tool, call["args"])
-        return None if (call["name"], call["args"]) == self._judged else call
+        return None if (call["name"], call["args"]) == self._held.judged else call
 
     def invoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
+        held = self._held
+        held.attempt()
         call = self._unjudged(input)
-        if call is not None and (blocked := self._judge(call)) is not None:
-            self.blocked = True
+        if call is not None and (blocked := held.judge(call)) is not None:
+            held.blocked = True
             return blocked
         try:
             return out_of_sight.call(lambda: self._tool.invoke(input, _unheard(config), **kwargs))
         except BaseException as error:
-            self.raised = error
+            held.raised = error
             raise
 
     async def ainvoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
+        held = self._held
+        held.attempt()
         call = self._unjudged(input)
-        if call is not None and (blocked := await self._ajudge(call)) is not None:
-            self.blocked = True
+        if call is not None and (blocked := await held.ajudge(call)) is not None:
+            held.blocked = True
             return blocked
         try:
             return await out_of_sight.acall(lambda: self._tool.ainvoke(input, _unheard(config), **kwargs))
         except BaseException as error:
-            self.raised = error
+            held.raised = error
             raise
+
+
+class HeldToolRequest(ToolCallRequest):
+    """A `ToolCallRequest` whose tool stays held: a tool a middleware inside `GuardMiddleware` puts in its place
+    (``override(tool=...)``: a router to another tool) is held and judged the same way before it runs."""
+
+    held: HeldCall
+
+    @classmethod
+    def of(cls, request: Any, held: HeldCall) -> HeldToolRequest:
+        fields = {name: getattr(request, name) for name in request.__dataclass_fields__}
+        out = cls(**{**fields, "tool": HeldTool(request.tool, held)})
+        object.__setattr__(out, "held", held)
+        return out
+
+    def override(self, **overrides: Any) -> HeldToolRequest:
+        tool = overrides.get("tool")
+        if tool is not None and not isinstance(tool, HeldTool):
+            overrides["tool"] = HeldTool(tool, self.held)
+        replaced = super().override(**overrides)
+        object.__setattr__(replaced, "held", self.held)
+        return replaced  # type: ignore[return-value]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        held = self.__dict__.get("held")  # absent while the dataclass __init__ sets the fields
+        if held is not None and name == "tool" and value is not None and not isinstance(value, HeldTool):
+            value = HeldTool(value, held)
+        super().__setattr__(name, value)
 
 
 def _config(request: Any) -> dict[str, Any]:
@@ -156,18 +210,18 @@ class ToolRun:
     def __init__(self, request: Any, judge: Judge, ajudge: AsyncJudge) -> None:
         self._request = request
         self._manager: Any = None
-        self._tool = None if request.tool is None else HeldTool(request.tool, request.tool_call, judge, ajudge)
-        self.request = request if self._tool is None else request.override(tool=self._tool)
+        self._held = None if request.tool is None else HeldCall(request, judge, ajudge)
+        self.request = request if self._held is None else HeldToolRequest.of(request, self._held)
 
     @property
     def blocked(self) -> bool:
         """Whether the tool was given a call the guard then blocked: its result is the guard's notice."""
-        return self._tool is not None and self._tool.blocked
+        return self._held is not None and self._held.blocked
 
     def _failure(self, judged: Any) -> BaseException | None:
         """The run's error where the tool raised and the handler answered it (LangGraph's handled error), with
         the judged text: the tool's own run told an error there. A result the guard withheld is an end."""
-        if self._tool is None or self._tool.raised is None:
+        if self._held is None or self._held.raised is None:
             return None
         return ToolException(_judged_text(judged))
 

@@ -68,6 +68,7 @@ from ._held_model import HeldBackChatModel, StreamLedger
 from ._held_request import HeldModelRequest
 from ._held_tool import ToolRun
 from ._holding import HELD_CALL, HeldCall, monitor_options
+from ._input_memory import AllowedChecks, OwnNotices
 from ._messages import (
     DEFAULT_HISTORY_TURNS,
     Item,
@@ -275,6 +276,9 @@ class GuardMiddleware(AgentMiddleware):
         # Answers whose text the held stream already judged: after_model judges only their tool calls.
         self._judged: Bounded[str, bool] = Bounded(_MAX_JUDGED_IDS)
         self._stopped = StoppedCalls()  # requests stopped here: a retry around this middleware gets the same stop
+        # Not judged again among a model's messages: the checks allowed before, and this middleware's own notices.
+        self._allowed = AllowedChecks()
+        self._own = OwnNotices([violation_message, input_notice, tool_result_notice, tool_call_notice])
 
     # -- what to check (pure) -----------------------------------------------------------------
     def _input_items(self, state: AgentState) -> list[Item]:
@@ -283,7 +287,14 @@ class GuardMiddleware(AgentMiddleware):
         # forged too). What was screened before hits the verdict cache.
         return self._message_items(list(state.get("messages") or ()))
 
+    def _unowned(self, messages: Sequence[BaseMessage]) -> list[BaseMessage]:
+        """``messages`` but this middleware's own notices (`OwnNotices`)."""
+        return [m for m in messages if not self._own.wrote(m)]
+
     def _message_items(self, messages: list[BaseMessage]) -> list[Item]:
+        """The checks of ``messages`` not allowed before (`AllowedChecks`), this middleware's own notices left out
+        (`OwnNotices`: judged and read as context again, they refused the thread's next turn)."""
+        messages = self._unowned(messages)
         wanted = {
             Stage.PROMPT: self.check_input,
             Stage.RESPONSE: self.check_input,
@@ -291,7 +302,7 @@ class GuardMiddleware(AgentMiddleware):
             Stage.TOOL_RESULT: self.check_tool_results,
         }
         items = input_items(messages, self.history_turns, screen_system=True)  # the system prompt is not in the state
-        return [i for i in items if wanted.get(i.stage) and i.message is not None]
+        return self._allowed.unjudged([i for i in items if wanted.get(i.stage) and i.message is not None])
 
     def _output_items(self, state: AgentState) -> list[Item]:
         messages = list(state.get("messages") or ())
@@ -301,7 +312,7 @@ class GuardMiddleware(AgentMiddleware):
         assert isinstance(last, AIMessage)
         return output_items(
             last,
-            messages[: answer[0]],
+            self._unowned(messages[: answer[0]]),
             self.history_turns,
             text=self.check_output and not self._was_judged(last.id),
             tool_calls=self.check_tool_calls,
@@ -379,6 +390,7 @@ class GuardMiddleware(AgentMiddleware):
         return {"messages": updates}  # "replace": the model goes on with the notices
 
     def _on_output(self, state: AgentState, items: list[Item], decisions: list[Decision]) -> dict[str, Any] | None:
+        self._allowed.remember(items, decisions)
         blocked = blocked_pairs(items, decisions)
         if not blocked:
             return None
@@ -407,21 +419,25 @@ class GuardMiddleware(AgentMiddleware):
     @hook_config(can_jump_to=["end"])
     def before_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
         items = self._input_items(state)
-        return self._on_input(state, items, screen(self.guard, items))
+        decisions = screen(self.guard, items)
+        self._allowed.remember(items, decisions)
+        return self._on_input(state, items, decisions)
 
     @hook_config(can_jump_to=["end"])
     async def abefore_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
         items = self._input_items(state)
-        return self._on_input(state, items, await ascreen(self.guard, items))
+        decisions = await ascreen(self.guard, items)
+        self._allowed.remember(items, decisions)
+        return self._on_input(state, items, decisions)
 
     @hook_config(can_jump_to=["end"])
     def after_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
-        items = self._output_items(state)
+        items = self._allowed.unjudged(self._output_items(state))  # judged in the model call, mostly
         return self._on_output(state, items, screen(self.guard, items)) if items else None
 
     @hook_config(can_jump_to=["end"])
     async def aafter_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
-        items = self._output_items(state)
+        items = self._allowed.unjudged(self._output_items(state))
         return self._on_output(state, items, await ascreen(self.guard, items)) if items else None
 
     def _call_item(self, request: Any) -> Item | None:
@@ -482,6 +498,7 @@ class GuardMiddleware(AgentMiddleware):
 
     def _withheld(self, result: Any, items: list[Item], decisions: list[Decision]) -> Any:
         """The result with every blocked message replaced by the notice (``"error"``: raised)."""
+        self._allowed.remember(items, decisions)
         blocked = blocked_pairs(items, decisions)
         if not blocked:
             return result
@@ -511,6 +528,7 @@ class GuardMiddleware(AgentMiddleware):
         """The messages the model reads: with "replace", notices in place of blocked ones. Raises the first
         block's `GuardViolation` with "error" or "end", or when the last message (what the model answers) is
         blocked; the model call's outcome is then the policy's (`_stream_stopped`)."""
+        self._allowed.remember(items, decisions)
         blocked = blocked_pairs(items, decisions)
         if not blocked:
             return messages
@@ -584,7 +602,7 @@ class GuardMiddleware(AgentMiddleware):
             text = self.check_output and not streamed
             items += output_items(
                 answer,
-                request.messages,
+                self._unowned(request.messages),
                 self.history_turns,
                 text=text,
                 tool_calls=self.check_tool_calls,
@@ -593,6 +611,7 @@ class GuardMiddleware(AgentMiddleware):
         return items
 
     def _on_answer(self, response: Any, items: list[Item], decisions: list[Decision]) -> Any:
+        self._allowed.remember(items, decisions)  # read back as the next model call's input: not judged again
         blocked = blocked_pairs(items, decisions)
         if not blocked:
             if isinstance(response, ModelResponse):
@@ -647,8 +666,9 @@ class GuardMiddleware(AgentMiddleware):
     def wrap_tool_call(self, request: Any, handler: Callable[[Any], ToolMessage | Command]) -> ToolMessage | Command:
         with self._stopped.watching(request):  # a retry around this middleware does not run the tool again
             item = self._call_item(request)
-            if item is not None:
+            if item is not None and self._allowed.unjudged([item]):  # judged as the model's answer, mostly
                 decision = screen(self.guard, [item])[0]
+                self._allowed.remember([item], [decision])
                 if not decision.allowed:
                     return self._blocked_call(request, decision)  # handler never runs: the tool does not execute
             # The callbacks hear of the run, and of its judged result only; a call rewritten inside this
@@ -670,8 +690,9 @@ class GuardMiddleware(AgentMiddleware):
     ) -> ToolMessage | Command:
         with self._stopped.watching(request):
             item = self._call_item(request)
-            if item is not None:
+            if item is not None and self._allowed.unjudged([item]):
                 decision = (await ascreen(self.guard, [item]))[0]
+                self._allowed.remember([item], [decision])
                 if not decision.allowed:
                     return self._blocked_call(request, decision)
             run = ToolRun(request, self._executed_call(request), self._aexecuted_call(request))

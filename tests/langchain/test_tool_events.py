@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from faults import ScriptedBackend, keyword_verdict
 from langchain.agents import create_agent
+from langchain.agents.middleware import ToolRetryMiddleware
 from langchain.tools import ToolRuntime
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import ToolMessage
@@ -240,3 +241,29 @@ def test_a_callback_handler_still_stops_a_sub_agent_inside_a_tool(kw, mode):
             asyncio.run(agent.ainvoke(INPUTS, {"callbacks": [handler]}))
     assert info.value.decision.stage.value == "tool_call"
     assert sent == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_tool_that_succeeds_on_a_retry_inside_the_guard_is_told_as_ended(kw, mode):
+    """`ToolRetryMiddleware` inside the guard: the first attempt raised, the second succeeded; the run was told as
+    failed, with the result as its error (a red team on the fix, rt44a F3)."""
+    attempts: list[int] = []
+
+    @tool
+    def flaky(city: str) -> str:
+        """Weather."""
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ConnectionError("transient")
+        return f"Sunny in {city}."
+
+    retry = ToolRetryMiddleware(max_retries=2, initial_delay=0, jitter=False, retry_on=(ConnectionError,))
+    agent = create_agent(
+        scripted(tool_call("flaky", {"city": "Paris"}, "c1"), SAFE_ANSWER),
+        [flaky],
+        middleware=[GuardMiddleware(kw), retry],
+    )
+    chunks = tools_stream(agent, mode)
+    assert len(attempts) == 2
+    assert [chunk["event"] for chunk in chunks] == ["tool-started", "tool-finished"]
+    assert chunks[1]["output"].text == "Sunny in Paris."

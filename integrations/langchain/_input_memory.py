@@ -1,0 +1,85 @@
+"""What `GuardMiddleware` need not judge again among the messages a model is given.
+
+- `AllowedChecks`: the checks it allowed, by fingerprint. The model call judges the messages it is given again
+  (a middleware may have changed them since ``before_model``); without this, every model call judged the whole
+  history twice more, and with the verdict cache off (``cache_size=0``, or a busy shared guard evicting entries)
+  an agent's cost grew with the square of its turns. Fingerprints, not texts: nothing said is kept.
+- `OwnNotices`: the texts it writes in place of what it blocked (its notices and its refusal). Judged again as a
+  user's prompt and as context, the next turn of the thread was refused (the demo guard reads a withheld-message
+  notice as unsafe). A message is left out only when its text is exactly one of them, with only category names,
+  reasons and a tool's identifier filled in: then it carries nothing but the guard's own words, whoever sent it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import string
+from collections.abc import Sequence
+
+from langchain_core.messages import BaseMessage
+from qwenguard.core import Decision
+from qwenguard.core.policy import REASONS
+from qwenguard.core.verdict import CATEGORIES
+
+from .._common import Bounded
+from ._messages import Item, message_text
+
+#: How many allowed checks a middleware remembers (fingerprints of 64 hex characters).
+MAX_ALLOWED_CHECKS = 16_384
+
+_WORD = "|".join(re.escape(w) for w in sorted({*CATEGORIES, *REASONS}, key=len, reverse=True))
+#: What a notice's fields may hold: category names and reasons (`_fill`), a tool's identifier.
+_FIELDS = {
+    "categories": rf"(?:{_WORD})(?:, (?:{_WORD}))*",
+    "reason": rf"(?:{'|'.join(re.escape(r) for r in REASONS)})",
+    "tool": r"[A-Za-z0-9_.-]{1,64}",
+}
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    """The texts ``template`` fills to (`middleware._fill`); a template with other fields is used as it is."""
+    parts: list[str] = []
+    try:
+        for literal, field, _spec, _conversion in string.Formatter().parse(template):
+            parts.append(re.escape(literal))
+            if field is not None:
+                if field not in _FIELDS:
+                    raise KeyError(field)
+                parts.append(_FIELDS[field])
+    except (KeyError, ValueError):
+        return re.compile(re.escape(template))
+    return re.compile("".join(parts))
+
+
+class OwnNotices:
+    """The texts a middleware writes in place of what it blocked."""
+
+    def __init__(self, templates: Sequence[str]) -> None:
+        self._patterns = [_pattern(t) for t in templates]
+
+    def wrote(self, message: BaseMessage) -> bool:
+        text = message_text(message)
+        return bool(text) and any(p.fullmatch(text) for p in self._patterns)
+
+
+def _fingerprint(item: Item) -> str:
+    data = json.dumps([item.stage.value, item.conversation], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class AllowedChecks:
+    """Fingerprints of the checks a middleware allowed (stage and conversation: the same check gets the same
+    decision from the same guard and policy)."""
+
+    def __init__(self, maxsize: int = MAX_ALLOWED_CHECKS) -> None:
+        self._allowed: Bounded[str, bool] = Bounded(maxsize)
+
+    def unjudged(self, items: Sequence[Item]) -> list[Item]:
+        return [item for item in items if self._allowed.get(_fingerprint(item)) is None]
+
+    def remember(self, items: Sequence[Item], decisions: Sequence[Decision]) -> None:
+        for item, decision in zip(items, decisions):
+            if decision.allowed and decision.action.value == "allow":  # a flag is told again, as the cache would
+                self._allowed[_fingerprint(item)] = True
