@@ -119,7 +119,9 @@ def _categories(values: Iterable[str] | None, what: str) -> frozenset[str] | Non
     out = frozenset(str(getattr(v, "value", v)) for v in values)
     unknown = sorted(out - set(CATEGORIES))
     if unknown:
-        raise ValueError(f"{what}: unknown categories {unknown}; known: {list(CATEGORIES)}")
+        # A few named, and how many: a client's policy can hold as many as its body allows (a 400 echoed them all).
+        named = f"{[v[:64] for v in unknown[:5]]}" + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise ValueError(f"{what}: unknown categories {named}; known: {list(CATEGORIES)}")
     return out
 
 

@@ -420,3 +420,41 @@ def test_a_body_of_invalid_items_is_answered_with_a_few_errors(path, items):
         assert error["details"][0]["loc"][:2] == ["body", "conversations" if path == "/v1/moderate" else "messages"]
         assert len(r.content) < 16 * 1024
         assert httpx.get(url + "/health", timeout=TIMEOUT).status_code == 200
+
+
+def test_a_large_bodys_rendering_is_in_the_same_turn_as_its_parse(monkeypatch):
+    """A second red team (rt44c F1, F2): the parse was one at a time, but what came after it was not. A tool call
+    whose arguments are 40,000 floats parses in 3 ms and renders in 90 ms (`json.dumps`, holding the GIL), in
+    threads side by side for HTTP bodies and on the event loop for a stream's open frame: /health at 20-30x its
+    idle median. The route's work (and the open frame's messages and policy) run in the same turn."""
+    overlaps = _Overlaps()
+    original = schemas_module.render_tool_call
+
+    def slow_render(name: str, arguments: Any) -> str:
+        size = len(arguments) if isinstance(arguments, str) else len(json.dumps(arguments))
+        return overlaps.parse(lambda _raw: original(name, arguments), "x" * size)
+
+    monkeypatch.setattr(schemas_module, "render_tool_call", slow_render)
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"a": [1.5e300] * 40_000}}}
+    messages = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    codes: list[Any] = []
+
+    def post(url: str) -> None:
+        r = httpx.post(url + "/v1/chat/completions", json={"messages": messages}, timeout=TIMEOUT)
+        codes.append(r.status_code)
+
+    def stream(url: str) -> None:
+        with connect(ws_url(url), max_size=None) as conn:
+            conn.send(json.dumps({"type": "open", "messages": messages}))
+            codes.append(frames_until_close(conn, timeout=TIMEOUT)[1])
+
+    with guarded(safe_backend()) as url:
+        clients = [threading.Thread(target=post, args=(url,)) for _ in range(6)]
+        clients += [threading.Thread(target=stream, args=(url,)) for _ in range(2)]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(TIMEOUT)
+    assert len(codes) == 8 and overlaps.parses >= 8
+    assert not any(overlaps.on_loop), "a large open frame's messages were rendered on the event loop"
+    assert overlaps.most == 1, f"{overlaps.most} renderings of large bodies ran at once"

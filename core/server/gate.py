@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import email.message
 import hmac
-import ipaddress
 import json
 import time
 from collections import Counter
@@ -24,7 +23,7 @@ from .metrics import Metrics
 from .schemas import ApiError, ModerationRequest, error_json, validation_error_json
 from .service import REQUEST_DEADLINE, Service
 from .stream_protocol import CLOSE_UNAUTHORIZED, CLOSE_UNAVAILABLE
-from .turns import ClientTurns, NoTurn, QueueFull
+from .turns import ClientTurns, NoTurn, ParseTurns, QueueFull, client_address
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 METRIC_PATHS = frozenset(
@@ -154,26 +153,6 @@ class Load:
         }
 
 
-def client_address(scope: Mapping[str, Any]) -> str:
-    """The client a per-client limit counts: the TCP peer's address (``X-Forwarded-For`` is not trusted: see
-    `server_config`). An IPv4 peer seen on a dual-stack socket (``::ffff:127.0.0.1``) is its IPv4 address, and
-    an IPv6 peer is its /64 network (what one host or site is given), so one host cannot count as two clients,
-    or as 2^64, by switching addresses."""
-    client = scope.get("client")
-    if not client:
-        return "unknown"
-    host = str(client[0])
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])  # without an IPv6 zone ("fe80::1%eth0")
-    except ValueError:
-        return host  # a Unix socket path or a test client's name
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
-
-
 class Gate:
     """Pure ASGI middleware: auth, body limit, concurrency limits and request metrics, before FastAPI
     parses anything (so a 401 or 413 never costs a JSON parse)."""
@@ -192,7 +171,7 @@ class Gate:
         self.app = app
         self.service = service  # for the /v1/moderate fast path
         # Large bodies are parsed one at a time, and never beside a large stream frame (`_parse_large`).
-        self.parsing = service.frame_parsing if service is not None else asyncio.Semaphore(1)
+        self.parsing = service.parsing if service is not None else ParseTurns()
         self.routes = dict(routes or {})  # for large bodies (`_off_loop`)
         self.api_key = api_key.encode() if api_key is not None else None
         self.limits = limits
@@ -367,7 +346,7 @@ class Gate:
                     and scope.get("method") == "POST"
                     and route.reads(headers)
                 ):
-                    await (await self._off_loop(route, path, body))(scope, receive, send)
+                    await (await self._off_loop(route, path, body, client_address(scope)))(scope, receive, send)
                     return
                 self._precheck(path, body)
             except LimitExceeded as exc:
@@ -389,14 +368,15 @@ class Gate:
         elif path == "/v1/moderate":
             self.limits.precheck_content(body)
 
-    async def _off_loop(self, route: BodyRoute, path: str, body: bytes) -> Response:
+    async def _off_loop(self, route: BodyRoute, path: str, body: bytes, client: str) -> Response:
         """A large body's request, answered as its route would answer it, with the CPU work on the body (the
         precheck, the parse and validation, the rendering and size checks) in a thread: the event loop
         meanwhile serves other requests, and /health. Raises `LimitExceeded` when the precheck refuses it."""
         try:
-            request = await self._parse_large(route.model, path, body)
-            work = await asyncio.to_thread(route.work, request)
+            request, work = await self._read_large(route, path, body, client)
             return _response(await route.answer(request, work))
+        except NoTurn:
+            return self._busy()
         except ApiError as exc:
             return error_json(exc.status, exc.message, exc.kind, exc.headers)
         except RequestValidationError as exc:
@@ -404,24 +384,24 @@ class Gate:
         except HTTPException as exc:
             return error_json(exc.status_code, str(exc.detail), "http_error", exc.headers)
 
-    async def _parse_large(self, model: type[_Model], path: str, body: bytes) -> _Model:
-        """A large body, prechecked and parsed (`parse_json_body`) in a thread, one at a time with the other large
-        bodies and stream frames (`Service.frame_parsing`): a parse holds the GIL for all of its run (1 MB of
-        floats or nested lists padded under any key: 40-330 ms, as the JSON validation or as `json.loads`), so
-        parses in several threads at once would hold the loop as long as parses on it. One at a time, the loop
-        runs between any two, and between the two of one body that FastAPI's errors are read with. What comes
-        after (the route's rendering and size checks) runs in threads side by side, as it lets others in."""
+    async def _read_large(self, route: BodyRoute, path: str, body: bytes, client: str) -> tuple[Any, Any]:
+        """A large body, prechecked, parsed (`parse_json_body`) and worked on (the route's rendering and size
+        checks) in threads, in one of `ParseTurns`' turns: one large body or stream frame at a time server-wide,
+        the clients waiting taking turns. Each step holds the GIL for all of its run (1 MB of floats or nested
+        lists padded under any key: 40-330 ms to parse; a tool call's 40,000 floats of arguments, 90 ms to render),
+        so steps in several threads at once held the loop as long as steps on it; the loop runs between any two.
+        The wait counts against the request's deadline (`NoTurn`: 503)."""
 
-        def prechecked() -> _Model | None:
+        def prechecked() -> Any:
             self._precheck(path, body)
-            return validate_json_body(model, body)
+            return validate_json_body(route.model, body)
 
-        async with self.parsing:
+        deadline = REQUEST_DEADLINE.get()
+        async with self.parsing.turn(client, None if deadline is None else max(0.0, deadline - time.monotonic())):
             request = await asyncio.to_thread(prechecked)
-        if request is not None:
-            return request
-        async with self.parsing:
-            return await asyncio.to_thread(parse_json_body_as_fastapi, model, body)
+            if request is None:  # FastAPI's way, for its errors
+                request = await asyncio.to_thread(parse_json_body_as_fastapi, route.model, body)
+            return request, await asyncio.to_thread(route.work, request)
 
     async def _moderate_fast(
         self, scope: Mapping[str, Any], headers: Mapping[bytes, bytes], body: bytes

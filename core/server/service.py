@@ -38,6 +38,7 @@ from .schemas import (
     ModerationResponse,
     ModerationResult,
 )
+from .turns import ParseTurns
 
 logger = logging.getLogger("qwenguard.server")
 
@@ -123,9 +124,8 @@ class Service:
         self.request_timeout_s = limits.request_timeout_s
         self.metrics = metrics
         self.model_name = model_name
-        # Large stream frames and request bodies are parsed in a thread, one at a time (`stream_protocol._receive`,
-        # `gate.Gate._parse_large`).
-        self.frame_parsing = asyncio.Semaphore(1)
+        # Large request bodies and stream frames are worked on one at a time, clients taking turns (`ParseTurns`).
+        self.parsing = ParseTurns()
 
     # -- what a client may ask for ----------------------------------------------------------------
     def policy_for(self, requested: Mapping[str, Any] | None) -> Policy:

@@ -10,8 +10,8 @@ import json
 import logging
 import re
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from fastapi import WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
@@ -25,6 +25,9 @@ from ..verdict import Risk
 from .limits import LARGE_BODY_BYTES, LimitExceeded, Limits
 from .schemas import ApiError, Message
 from .service import Service
+from .turns import NoTurn, client_address
+
+T = TypeVar("T")
 
 logger = logging.getLogger("qwenguard.server")
 
@@ -83,12 +86,9 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
     clock = _Clock(service)
     inbox = _Inbox(ws)
     try:
-        open_msg = await _receive(inbox, service, clock.open_wait(), first=True)
-        if open_msg.get("type") != "open":
-            raise SessionEnd(
-                CLOSE_BAD_REQUEST, "the first frame must be {'type': 'open', ...}", "invalid_request_error"
-            )
-        guard, prompt, options = _open_args(service, open_msg)
+        guard, prompt, options = await _receive(
+            inbox, service, clock.open_wait(), client_address(ws.scope), lambda raw: _opened(service, raw)
+        )
         chars = _Budget(service, prompt)
         try:
             opener = guard.astream(prompt, **options)
@@ -112,7 +112,7 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
         await ws.send_json({"type": "opened", **report.update()})
         clock.progress()
         while True:
-            msg = await _receive(inbox, service, clock.next_wait())
+            msg = await _receive(inbox, service, clock.next_wait(), client_address(ws.scope), _later_frame(service))
             kind = msg.get("type")
             try:
                 if kind == "feed":
@@ -448,8 +448,12 @@ _PLAIN_FRAME = re.compile(rf"[ \t\n\r]*\{{(?:{_FRAME_PAIR}(?:,{_FRAME_PAIR})*|[ 
 
 
 async def _receive(
-    inbox: _Inbox, service: Service, wait: tuple[float | None, str], *, first: bool = False
-) -> dict[str, Any]:
+    inbox: _Inbox, service: Service, wait: tuple[float | None, str], client: str, read: Callable[[str], T]
+) -> T:
+    """The next frame, as ``read`` takes it (`_opened`, `_later_frame`). A large one is read off the loop, as the
+    HTTP routes read large bodies, in one of `ParseTurns`' turns: its JSON parse, and an open frame's messages
+    and policy (validated, tool calls rendered: 90 ms for 40,000 floats of arguments), hold the GIL for all of
+    their run, so reads in several threads at once held the loop as long as reads on it."""
     message = await inbox.receive(wait)
     if message["type"] == "websocket.disconnect":
         raise WebSocketDisconnect(message.get("code", 1000))
@@ -457,13 +461,24 @@ async def _receive(
     if raw is None:
         raise SessionEnd(CLOSE_BAD_REQUEST, "frames must be JSON text", "invalid_request_error")
     if len(raw) <= LARGE_BODY_BYTES:
-        return _read_frame(raw, service.limits, first)
-    # A large frame is read off the loop, as the HTTP routes read large bodies, and one at a time: json.loads
-    # holds the GIL for all of its parse (a 1 MB open frame of floats or nested lists padded under any key:
-    # 30-80 ms), so parses in several threads at once would hold the loop as long as parses on it. One at a
-    # time, the loop runs between any two: /health waits for at most one.
-    async with service.frame_parsing:
-        return await asyncio.to_thread(_read_frame, raw, service.limits, first)
+        return read(raw)
+    try:
+        async with service.parsing.turn(client, service.request_timeout_s):
+            return await asyncio.to_thread(read, raw)
+    except NoTurn:
+        raise SessionEnd(CLOSE_UNAVAILABLE, "server busy: too many large frames waiting", "overloaded") from None
+
+
+def _opened(service: Service, raw: str) -> tuple[Any, Any, dict[str, Any]]:
+    """The open frame's guard, prompt and session options (`_open_args`)."""
+    msg = _read_frame(raw, service.limits, True)
+    if msg.get("type") != "open":
+        raise SessionEnd(CLOSE_BAD_REQUEST, "the first frame must be {'type': 'open', ...}", "invalid_request_error")
+    return _open_args(service, msg)
+
+
+def _later_frame(service: Service) -> Callable[[str], dict[str, Any]]:
+    return lambda raw: _read_frame(raw, service.limits, False)
 
 
 def _read_frame(raw: str, limits: Limits, first: bool) -> dict[str, Any]:

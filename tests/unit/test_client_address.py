@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qwenguard.core.server.gate import client_address
+from qwenguard.core.server.turns import client_address
 
 
 def key(host: str) -> str:

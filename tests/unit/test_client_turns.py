@@ -109,3 +109,53 @@ def test_past_max_waiting_a_request_is_refused_at_once():
 def test_a_limit_below_one_is_refused():
     with pytest.raises(ValueError):
         ClientTurns(0)
+
+
+def test_parse_turns_go_round_the_clients_that_wait():
+    """`ParseTurns` (a second red team on the one-at-a-time parse, rt44c F3): a single first-come queue made one
+    client's large request wait behind every queued request of another (4 s behind 60 attackers). Clients take
+    turns: a client with one request waits behind at most one of each other client's."""
+    from qwenguard.core.server.turns import ParseTurns
+
+    async def main() -> list[str]:
+        turns = ParseTurns()
+        order: list[str] = []
+
+        async def work(client: str, name: str) -> None:
+            async with turns.turn(client):
+                order.append(name)
+                await asyncio.sleep(0.001)
+
+        tasks = [asyncio.create_task(work("attacker", f"x{i}")) for i in range(20)]
+        await asyncio.sleep(0)  # the attacker's requests are all queued first
+        tasks.append(asyncio.create_task(work("user", "u")))
+        await asyncio.gather(*tasks)
+        return order
+
+    order = run(main())
+    assert order.index("u") <= 2, order
+    assert sorted(order) == sorted([f"x{i}" for i in range(20)] + ["u"])
+
+
+def test_a_parse_turn_not_given_in_time_is_refused():
+    from qwenguard.core.server.turns import ParseTurns
+
+    async def main() -> None:
+        turns = ParseTurns()
+        release = asyncio.Event()
+
+        async def hold() -> None:
+            async with turns.turn("a"):
+                await release.wait()
+
+        holder = asyncio.create_task(hold())
+        await asyncio.sleep(0)
+        queued = asyncio.create_task(hold())  # the same client's second request: waits in its own line
+        await asyncio.sleep(0)
+        with pytest.raises(TurnTimeout):
+            async with turns.turn("a", timeout=0.01):
+                pass
+        release.set()
+        await asyncio.gather(holder, queued)
+
+    run(main())

@@ -68,3 +68,12 @@ def test_to_dict_is_stable_and_json_able():
     assert json.dumps(d) == json.dumps(
         Policy.loose(ignore_categories=["Violent", "PII"], stages={"prompt": StagePolicy(mode="strict")}).to_dict()
     )
+
+
+def test_unknown_categories_are_named_a_few_and_counted():
+    """A second red team (rt44c): a client's policy of 90,000 made-up category names got a 400 of 889 KB that
+    echoed them all (and the stream's error frame the same)."""
+    with pytest.raises(ValueError) as info:
+        Policy.from_dict({"block_categories": [f"made-up {i}" for i in range(90_000)]})
+    message = str(info.value)
+    assert "89995 more" in message and len(message) < 1_000
