@@ -15,13 +15,14 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from .backends.base import GenBackend, Outcome
 from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_SIZE, VerdictCache, cache_key
 from .errors import GuardTimeout, GuardUnavailable, GuardViolation, InputTooLarge, QwenGuardError, VerdictParseError
 from .formats.content import clean_text
 from .formats.conversations import (
+    least_context,
     prompt_conversation,
     response_conversation,
     tool_call_conversation,
@@ -643,21 +644,6 @@ def _one_each(outcome: Any, expected: int) -> list[Outcome] | BaseException:
         return list(outcome)
     got = f"{len(outcome)} outcomes" if isinstance(outcome, (list, tuple)) else type(outcome).__name__
     return GuardUnavailable(f"the guard backend returned {got} for {expected} conversations")
-
-
-_Turn = TypeVar("_Turn", bound=Mapping[str, str])
-
-
-def least_context(conversation: Sequence[_Turn]) -> list[_Turn] | None:
-    """The judged (last) turn with the least context its mode needs: a user-side turn alone, an assistant turn
-    after the user turn before it; ``None`` when ``conversation`` is no longer than that. What a check whose
-    answer was no verdict is judged on once more, here and by the server (`Service.classify`)."""
-    last = conversation[-1]
-    least = [last]
-    if last["role"] == "assistant":
-        before = next((m for m in reversed(conversation[:-1]) if m["role"] == "user"), None)
-        least = [last] if before is None else [before, last]
-    return least if len(least) < len(conversation) else None
 
 
 def _with_retried(

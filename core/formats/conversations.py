@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from .content import is_blank
 from .prompts import Message
@@ -24,6 +24,7 @@ __all__ = [
     "with_tool_calls",
     "last_user_text",
     "without_blank_context",
+    "least_context",
 ]
 
 
@@ -36,6 +37,21 @@ def without_blank_context(messages: list[dict[str, str]]) -> list[dict[str, str]
         return messages
     keep = 2 if messages[-1]["role"] == "assistant" and messages[-2]["role"] == "user" else 1
     return [m for m in messages[:-keep] if not is_blank(m["content"])] + messages[-keep:]
+
+
+_Turn = TypeVar("_Turn", bound=Mapping[str, str])
+
+
+def least_context(conversation: Sequence[_Turn]) -> list[_Turn] | None:
+    """The judged (last) turn with the least context its mode needs: a user-side turn alone, an assistant turn
+    after the user turn before it; ``None`` when ``conversation`` is no longer than that. What a check whose
+    answer was no verdict is judged on once more, by `Guard` and by the server (`Service.classify`)."""
+    last = conversation[-1]
+    least = [last]
+    if last["role"] == "assistant":
+        before = next((m for m in reversed(conversation[:-1]) if m["role"] == "user"), None)
+        least = [last] if before is None else [before, last]
+    return least if len(least) < len(conversation) else None
 
 
 def _require_text(value: object, what: str) -> str:

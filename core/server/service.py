@@ -15,14 +15,13 @@ from ..backends.base import Outcome
 from ..cache import cache_key
 from ..errors import GuardTimeout, InputTooLarge, VerdictParseError
 from ..formats.content import clean_text
-from ..formats.conversations import without_blank_context
+from ..formats.conversations import least_context, without_blank_context
 from ..formats.prompts import (
     GENERATION_PREFIX,
     SAFETY_LABELS,
     normalize_messages,
     render_prompt,
 )
-from ..guard import least_context
 from ..policy import Action, Decision, Policy
 from ..verdict import Stage, Verdict
 from .limits import LimitExceeded, Limits

@@ -149,8 +149,10 @@ class HeldBackChatModel(BaseChatModel):
         )
 
     def _given(self, messages: list[BaseMessage]) -> tuple[int, list[Item]]:
-        """(where the messages the middleware judges start, its items for them): the agent's own system prompt,
-        which opens the messages, is left out."""
+        """(where the messages the middleware judges start, its items for them: none without a middleware): the
+        agent's own system prompt, which opens the messages, is left out."""
+        if self.given_items is None:
+            return 0, []
         start = 1 if messages and isinstance(messages[0], SystemMessage) else 0
         items: list[Item] = self.given_items(list(messages[start:]))
         return start, items
@@ -158,26 +160,22 @@ class HeldBackChatModel(BaseChatModel):
     def _given_messages(self, messages: list[BaseMessage]) -> list[BaseMessage]:
         """The messages the model reads, as the middleware judged them (`GuardMiddleware._given`: notices in place
         of blocked ones, or it raises). It judged the state in ``before_model`` and the request in its model
-        call: this catches what a middleware inside it added to the request (verdict-cache hits otherwise). In
-        the ledger's watch: a retry inside the middleware gets the same stop."""
-        if self.given_items is None:
-            return messages
+        call: this catches what a middleware inside it added to the request (what it allowed is not judged
+        again). In the ledger's watch: a retry inside the middleware gets the same stop."""
         start, items = self._given(messages)
         if not items:
             return messages
         with self._ledger().watching():
-            return [*messages[:start], *self.given_after(list(messages[start:]), items, screen(self.guard, items))]
+            return [*messages[:start], *self.given_after(messages[start:], items, screen(self.guard, items))]
 
     async def _agiven_messages(self, messages: list[BaseMessage]) -> list[BaseMessage]:
         """Async twin of `_given_messages`."""
-        if self.given_items is None:
-            return messages
         start, items = self._given(messages)
         if not items:
             return messages
         with self._ledger().watching():
             decisions = await ascreen(self.guard, items)
-            return [*messages[:start], *self.given_after(list(messages[start:]), items, decisions)]
+            return [*messages[:start], *self.given_after(messages[start:], items, decisions)]
 
     def _start_input(self, messages: list[BaseMessage]) -> PendingCheck | None:
         """Before the model runs: screen its input (raises when blocked), or start that check beside the

@@ -19,7 +19,7 @@ import string
 from collections.abc import Sequence
 
 from langchain_core.messages import BaseMessage
-from qwenguard.core import Decision
+from qwenguard.core import Action, Decision
 from qwenguard.core.policy import REASONS
 from qwenguard.core.verdict import CATEGORIES
 
@@ -28,6 +28,7 @@ from ._messages import Item, message_text
 
 #: How many allowed checks a middleware remembers (fingerprints of 64 hex characters).
 MAX_ALLOWED_CHECKS = 16_384
+_FINGERPRINT = "qwenguard_fingerprint"  # where an item keeps its own (`Item.extra`)
 
 _WORD = "|".join(re.escape(w) for w in sorted({*CATEGORIES, *REASONS}, key=len, reverse=True))
 #: What a notice's fields may hold: category names and reasons (`_fill`), a tool's identifier.
@@ -65,8 +66,12 @@ class OwnNotices:
 
 
 def _fingerprint(item: Item) -> str:
-    data = json.dumps([item.stage.value, item.conversation], ensure_ascii=False, sort_keys=True)
-    return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()
+    """The check's stage and conversation, hashed; kept on the item (`unjudged` and `remember` both ask)."""
+    found = item.extra.get(_FINGERPRINT)
+    if found is None:
+        data = json.dumps([item.stage.value, item.conversation], ensure_ascii=False, sort_keys=True)
+        found = item.extra[_FINGERPRINT] = hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()
+    return str(found)
 
 
 class AllowedChecks:
@@ -81,5 +86,5 @@ class AllowedChecks:
 
     def remember(self, items: Sequence[Item], decisions: Sequence[Decision]) -> None:
         for item, decision in zip(items, decisions):
-            if decision.allowed and decision.action.value == "allow":  # a flag is told again, as the cache would
+            if decision.action is Action.ALLOW:  # a flag (a failed-open check, an ignored category) is told again
                 self._allowed[_fingerprint(item)] = True

@@ -378,7 +378,8 @@ def source_text(message: Any, budget: int = DEFAULT_MAX_CHARS, *, metadata: bool
     meta = getattr(message, "response_metadata", None) if metadata else None
     if isinstance(meta, Mapping):
         found.append({k: v for k, v in islice(meta.items(), budget + 1) if k not in _METADATA_NOT_TEXT})
-    return "\n".join(_walk_text(found, budget, _SOURCE_NOT_TEXT))
+    found = [f for f in found if f]  # every streamed chunk is read: most carry nothing here
+    return "\n".join(_walk_text(found, budget, _SOURCE_NOT_TEXT)) if found else ""
 
 
 #: `ChatMessage` roles (any string a provider accepts) read as a user's or the assistant's turn. ChatOpenAI

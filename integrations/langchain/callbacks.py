@@ -98,6 +98,7 @@ from ._messages import (
     message_text,
     output_items,
     prompt_items,
+    source_text,
     tool_output_text,
     tool_result_messages,
 )
@@ -429,8 +430,8 @@ class _GuardHandlerLogic:
         run = self._run(run_id)
         if not (self.check_output and self.check_stream) or run.held is not None:
             return []
-        if not isinstance(message, BaseMessage):
-            return []
+        if not isinstance(message, BaseMessage) or not source_text(message, self.guard.max_chars).strip():
+            return []  # most chunks: nothing quoted, no history to build
         return output_items(
             message,
             run.context,

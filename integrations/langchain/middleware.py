@@ -467,21 +467,26 @@ class GuardMiddleware(AgentMiddleware):
         """Judges a call the tool is given that is not ``request``'s: ``None`` to run it, else its notice."""
 
         def judge(call: dict[str, Any]) -> ToolMessage | None:
-            rewritten = request.override(tool_call={**request.tool_call, **call, "id": request.tool_call.get("id")})
-            item = self._call_item(rewritten)
-            decision = screen(self.guard, [item])[0] if item is not None else None
-            return None if decision is None or decision.allowed else self._blocked_call(rewritten, decision)
+            rewritten, item = self._executed_item(request, call)
+            return self._executed_outcome(rewritten, screen(self.guard, [item])[0] if item is not None else None)
 
         return judge
 
     def _aexecuted_call(self, request: Any) -> Callable[[dict[str, Any]], Awaitable[ToolMessage | None]]:
         async def judge(call: dict[str, Any]) -> ToolMessage | None:
-            rewritten = request.override(tool_call={**request.tool_call, **call, "id": request.tool_call.get("id")})
-            item = self._call_item(rewritten)
+            rewritten, item = self._executed_item(request, call)
             decision = (await ascreen(self.guard, [item]))[0] if item is not None else None
-            return None if decision is None or decision.allowed else self._blocked_call(rewritten, decision)
+            return self._executed_outcome(rewritten, decision)
 
         return judge
+
+    def _executed_item(self, request: Any, call: dict[str, Any]) -> tuple[Any, Item | None]:
+        """``request`` rewritten to the call the tool is given (under the judged call's id), and its check."""
+        rewritten = request.override(tool_call={**request.tool_call, **call, "id": request.tool_call.get("id")})
+        return rewritten, self._call_item(rewritten)
+
+    def _executed_outcome(self, rewritten: Any, decision: Decision | None) -> ToolMessage | None:
+        return None if decision is None or decision.allowed else self._blocked_call(rewritten, decision)
 
     def _result_items(self, result: Any) -> list[Item]:
         """The tool's result: every message it writes to the state (`tool_result_messages`: its `ToolMessage`,
@@ -537,7 +542,7 @@ class GuardMiddleware(AgentMiddleware):
             enforce(blocked[0][1])
         return [notices.get(id(m), m) for m in messages]
 
-    def _given_request(self, request: ModelRequest, decisions: list[Decision], items: list[Item]) -> ModelRequest:
+    def _given_request(self, request: ModelRequest, items: list[Item], decisions: list[Decision]) -> ModelRequest:
         messages: list[BaseMessage] = list(request.messages)
         given = self._given(messages, items, decisions)
         return request if given is messages else request.override(messages=given)  # type: ignore[arg-type]
@@ -628,7 +633,7 @@ class GuardMiddleware(AgentMiddleware):
         with self._stopped.watching(request):
             given = self._message_items(list(request.messages))
             try:
-                request = self._given_request(request, screen(self.guard, given), given)
+                request = self._given_request(request, given, screen(self.guard, given))
             except GuardViolation as error:
                 return self._stream_stopped(error)
             held, ledger = self._held_request(request)
@@ -648,7 +653,7 @@ class GuardMiddleware(AgentMiddleware):
         with self._stopped.watching(request):
             given = self._message_items(list(request.messages))
             try:
-                request = self._given_request(request, await ascreen(self.guard, given), given)
+                request = self._given_request(request, given, await ascreen(self.guard, given))
             except GuardViolation as error:
                 return self._stream_stopped(error)
             held, ledger = self._held_request(request)

@@ -190,10 +190,10 @@ _ACTION_NAME = re.compile(r"[^\n() ]+")
 
 
 def _react_pick(text: str, last_brace: int) -> tuple[int, int] | None:
-    """(where its ``\nAction:`` line starts, where its ``\nAction Input:`` line starts) of the action LlamaIndex's
+    """(where its ``\\nAction:`` line starts, where its ``\\nAction Input:`` line starts) of the action LlamaIndex's
     ``extract_tool_use`` picks, found in linear time: after a leading ``Thought: ``, the first action; without
-    one, its ``(.+)`` is greedy, so the LAST ``\nAction: name`` that has an ``\nAction Input: `` and a ``{...}``
-    after it. Either way the input is the first ``\nAction Input: `` after the name, its arguments the first
+    one, its ``(.+)`` is greedy, so the LAST ``\\nAction: name`` that has an ``\\nAction Input: `` and a ``{...}``
+    after it. Either way the input is the first ``\\nAction Input: `` after the name, its arguments the first
     ``{`` after that to the last ``}`` of the text. ``None``: the parser finds no action."""
     # An action has an input iff its name ends before the last input line that has a ``{`` after it and before
     # the last ``}``: one test per action, not one search.
@@ -225,7 +225,7 @@ def _react_pick(text: str, last_brace: int) -> tuple[int, int] | None:
 
 
 def react_actions(text: str) -> list[ToolSelection]:
-    """The tool calls a ReAct step written as text asks for (``\nAction: name`` then ``\nAction Input: {...}``),
+    """The tool calls a ReAct step written as text asks for (``\\nAction: name`` then ``\\nAction Input: {...}``),
     with their arguments read as the agent reads them, so that the guard judges what the tool would run
     with, not only the text as written (``\\u006d\\u0069\\u0078`` is "mix" to the agent's JSON reader).
 

@@ -134,9 +134,9 @@ class _Screening:
     def _checks(output: ToolOutput) -> tuple[Checks, list[Node]]:
         text = _output_text(output)
         checks: Checks = [(Stage.TOOL_RESULT, untrusted_conversation(text, "tool output"))] if text.strip() else []
-        nodes = [n for n in source_nodes(output.raw_output) if node_text(_node(n)).strip()]
-        checks += [(Stage.RETRIEVAL, untrusted_conversation(node_text(_node(n)), "document")) for n in nodes]
-        return checks, nodes
+        read = [(n, t) for n in source_nodes(output.raw_output) if (t := node_text(_node(n))).strip()]
+        checks += [(Stage.RETRIEVAL, untrusted_conversation(t, "document")) for _, t in read]
+        return checks, [n for n, _ in read]
 
     def _verdict_output(self, output: ToolOutput, nodes: Sequence[Node], decisions: Sequence[Decision]) -> ToolOutput:
         """The output as the agent may see it: refused when its text is blocked, or when it quotes a blocked node
