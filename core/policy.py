@@ -116,7 +116,12 @@ def _categories(values: Iterable[str] | None, what: str) -> frozenset[str] | Non
         return None
     if isinstance(values, str):
         values = [values]
-    out = frozenset(str(getattr(v, "value", v)) for v in values)
+    names = [getattr(v, "value", v) for v in values]
+    # Names only: str() of anything else is no category, and of thousands of floats a client sends costs ~2 us each.
+    wrong = next((n for n in names if not isinstance(n, str)), None)
+    if wrong is not None:
+        raise TypeError(f"{what}: a category is a name (a string), got {type(wrong).__name__}")
+    out = frozenset(names)
     unknown = sorted(out - set(CATEGORIES))
     if unknown:
         # A few named, and how many: a client's policy can hold as many as its body allows (a 400 echoed them all).

@@ -77,9 +77,9 @@ def renders(monkeypatch):
     calls = [0]
     original = conversations_module.render_tool_call
 
-    def counting(*args: Any) -> str:
+    def counting(*args: Any, **kwargs: Any) -> str:
         calls[0] += 1
-        return original(*args)
+        return original(*args, **kwargs)
 
     monkeypatch.setattr(conversations_module, "render_tool_call", counting)
     monkeypatch.setattr(schemas_module, "render_tool_call", counting, raising=False)
@@ -430,9 +430,9 @@ def test_a_large_bodys_rendering_is_in_the_same_turn_as_its_parse(monkeypatch):
     overlaps = _Overlaps()
     original = schemas_module.render_tool_call
 
-    def slow_render(name: str, arguments: Any) -> str:
+    def slow_render(name: str, arguments: Any, max_chars: int | None = None) -> str:
         size = len(arguments) if isinstance(arguments, str) else len(json.dumps(arguments))
-        return overlaps.parse(lambda _raw: original(name, arguments), "x" * size)
+        return overlaps.parse(lambda _raw: original(name, arguments, max_chars), "x" * size)
 
     monkeypatch.setattr(schemas_module, "render_tool_call", slow_render)
     call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"a": [1.5e300] * 40_000}}}
@@ -458,3 +458,63 @@ def test_a_large_bodys_rendering_is_in_the_same_turn_as_its_parse(monkeypatch):
     assert len(codes) == 8 and overlaps.parses >= 8
     assert not any(overlaps.on_loop), "a large open frame's messages were rendered on the event loop"
     assert overlaps.most == 1, f"{overlaps.most} renderings of large bodies ran at once"
+
+
+# -- (e) one tool call's arguments are rendered no further than --max-chars ---------------------------------
+class _Counted:
+    """An argument value that counts its renderings (``str``, the encoder's fallback): a float stand-in."""
+
+    seen = 0
+
+    def __str__(self) -> str:
+        type(self).seen += 1
+        return "1.7976931348623157e+308"
+
+
+def _huge_call(n: int) -> dict[str, Any]:
+    return {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"function": {"name": "f", "arguments": {"a": [_Counted()] * n}}}],
+    }
+
+
+@pytest.mark.parametrize("route", ["http", "stream"])
+def test_one_tool_call_of_thousands_of_values_is_rendered_only_up_to_max_chars(route):
+    """The attack (rt44c, left open then): a stream's open frame whose one tool call holds 40,000 floats rendered
+    them all (`json.dumps`, ~90 ms holding the GIL, /health at 35x its idle median) before it was refused for
+    --max-chars; the per-call bound of the HTTP routes stopped only between calls. The encoder stops once the
+    call is past the limit: it renders about --max-chars characters of the arguments, not all of them."""
+    from qwenguard.core.server.app import create_app
+    from qwenguard.core.server.stream_protocol import CLOSE_TOO_BIG, SessionEnd, _open_args
+
+    service = create_app(safe_backend(), max_chars=2_000).state.service
+    _Counted.seen = 0
+    turns = [{"role": "user", "content": "hi"}, _huge_call(40_000)]
+    if route == "http":
+        with pytest.raises(schemas_module.ApiError) as info:
+            service.judged([[schemas_module.Message.model_validate(t) for t in turns]])
+        assert info.value.status == 413
+    else:
+        with pytest.raises(SessionEnd) as info:
+            _open_args(service, {"type": "open", "messages": turns})
+        assert info.value.code == CLOSE_TOO_BIG
+    assert "--max-chars" in str(info.value)
+    assert 0 < _Counted.seen <= 2_000 // 24 + 1, f"{_Counted.seen} values rendered for a 2,000-character limit"
+
+
+def test_a_bounded_rendering_is_the_whole_rendering_when_it_fits():
+    arguments = {"q": "caf\u00e9 \u2014 ok", "n": [1, 2.5, None, True, 1e308], "nested": {"k": ["x"] * 3}}
+    whole = conversations_module.render_tool_call("search", arguments)
+    assert conversations_module.render_tool_call("search", arguments, max_chars=len(whole)) == whole
+    assert whole == f"Tool call: search({json.dumps(arguments, ensure_ascii=False)})"
+    cut = conversations_module.render_tool_call("search", arguments, max_chars=len(whole) - 1)
+    assert len(cut) > len(whole) - 1 and whole.startswith(cut)  # cut just past the limit: the caller refuses it
+
+
+def test_a_stream_open_frame_with_a_tool_call_past_max_chars_is_closed_too_big():
+    call = {"function": {"name": "f", "arguments": {"a": [1.7976931348623157e308] * 40_000}}}
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    with guarded(safe_backend()) as url, connect(ws_url(url), max_size=None) as conn:
+        conn.send(json.dumps({"type": "open", "messages": turns}))
+        assert frames_until_close(conn, timeout=TIMEOUT)[1] == 1009

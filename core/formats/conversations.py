@@ -76,18 +76,39 @@ def response_conversation(prompt: str | Sequence[Message], response: str) -> lis
     return [*(dict(m) for m in prompt), {"role": "assistant", "content": response}]
 
 
-def render_tool_call(name: str, arguments: Mapping[str, Any] | str | None) -> str:
-    """A tool call as the assistant's action, in one line: ``Tool call: name({...json...})``."""
+def render_tool_call(name: str, arguments: Mapping[str, Any] | str | None, max_chars: int | None = None) -> str:
+    """A tool call as the assistant's action, in one line: ``Tool call: name({...json...})``.
+
+    With ``max_chars``, rendering stops once the line is longer: what comes back is cut just past the limit,
+    for a caller that refuses such a call. Arguments of thousands of floats cost as much as ``max_chars``
+    characters of them, not all of them (``json.dumps`` holds the GIL for its whole run)."""
     name = _require_text(name, "tool name")
     if arguments is None:
         args = "{}"
     elif isinstance(arguments, str):
         args = arguments
     elif isinstance(arguments, Mapping):
-        args = json.dumps(dict(arguments), ensure_ascii=False, sort_keys=False, default=str)
+        args = _json_text(dict(arguments), None if max_chars is None else max_chars - len(name))
     else:
         raise TypeError(f"tool arguments must be a mapping or a JSON string, got {type(arguments).__name__}")
     return f"Tool call: {name}({args})"
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
+def _json_text(value: Any, max_chars: int | None) -> str:
+    """``value`` as JSON; with ``max_chars``, only until the text is longer than that (`render_tool_call`)."""
+    if max_chars is None:
+        return _ENCODER.encode(value)
+    parts: list[str] = []
+    size = 0
+    for part in _ENCODER.iterencode(value):  # a generator (the C encoder renders everything at once)
+        parts.append(part)
+        size += len(part)
+        if size > max_chars:
+            break
+    return "".join(parts)
 
 
 def with_tool_calls(text: str | None, calls: Iterable[tuple[str, Mapping[str, Any] | str | None]]) -> str:

@@ -102,7 +102,8 @@ class _Turn(_Judged):
         for call in self.tool_calls or ():
             if max_chars is not None and size > max_chars:
                 break
-            line = render_tool_call(call.function.name, call.function.arguments)
+            left = None if max_chars is None else max_chars - size
+            line = render_tool_call(call.function.name, call.function.arguments, max_chars=left)
             size += len(line) + (1 if lines else 0)  # the line, and the newline before it unless it is the first
             lines.append(line)
         return {"role": self.role, "content": "\n".join(lines)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import json
 import logging
 import re
@@ -195,7 +196,7 @@ def _open_args(service: Service, msg: Mapping[str, Any]) -> tuple[Any, Any, dict
             # The routes' message schema: tool calls judged as the assistant's actions, any other field with
             # a value refused rather than dropped unjudged.
             if isinstance(prompt, list):
-                prompt = [Message.model_validate(m).judged() for m in prompt]
+                prompt = _judged_turns(service, prompt)
             prompt = normalize_messages(prompt)
         except ValidationError as exc:
             first = exc.errors()[0]
@@ -265,6 +266,21 @@ _CLIENT_BOUNDS = (
         "a client may only make window checks fewer (min_segment of at least {}, the server's)",
     ),
 )
+
+
+def _judged_turns(service: Service, messages: list[Any]) -> list[dict[str, str]]:
+    """The ``open`` frame's messages as the guard reads them (`Message.judged`), rendering no further than
+    the session's ``max_chars`` (a tool call of thousands of floats is refused after that many characters)."""
+    limits = service.limits
+    left = limits.max_chars
+    turns = []
+    for message in messages:
+        turn = Message.model_validate(message).judged(max_chars=left)
+        left -= len(turn["content"])
+        if left < 0:
+            _check(functools.partial(limits.check_chars, at_least=True), limits.max_chars - left, "the stream session")
+        turns.append(turn)
+    return turns
 
 
 def _check(check: Any, *args: Any) -> None:

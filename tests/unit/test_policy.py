@@ -77,3 +77,22 @@ def test_unknown_categories_are_named_a_few_and_counted():
         Policy.from_dict({"block_categories": [f"made-up {i}" for i in range(90_000)]})
     message = str(info.value)
     assert "89995 more" in message and len(message) < 1_000
+
+
+def test_a_category_that_is_not_a_name_is_refused_before_reading_the_rest():
+    """A second red team (rt44c F2): a stream's open frame whose policy lists 40,000 floats as block_categories
+    spent ~70 ms turning each into a string (holding the GIL) to name it unknown. A category is a name: anything
+    else is refused at once."""
+    seen = []
+
+    class Number(float):
+        def __str__(self) -> str:
+            seen.append(self)
+            return float.__repr__(self)
+
+    with pytest.raises(TypeError, match="a category is a name"):
+        Policy.from_dict({"block_categories": [Number(1.5)] * 40_000})
+    assert seen == []
+    with pytest.raises(TypeError, match="ignore_categories: a category is a name"):
+        Policy(ignore_categories=[1])  # type: ignore[list-item]
+    assert Policy(block_categories=["Violent"]).block_categories == {"Violent"}
