@@ -107,6 +107,30 @@ _TOOL_CALL_KINDS = frozenset(
         "function_call",
     }
 )
+# Block kinds that hold what a provider's own (server-side) tool did and returned: text the answer quotes from
+# outside (`source_text`, untrusted content), not the model's words. LangChain's standard block, the Responses
+# API's items with ``output_version="responses/v1"``; Anthropic's ``*_tool_result`` blocks (`_server_result`).
+_SERVER_RESULT_KINDS = frozenset(
+    {
+        "server_tool_result",
+        "mcp_call",
+        "mcp_list_tools",
+        "file_search_call",
+        "code_interpreter_call",
+        "web_search_call",
+        "image_generation_call",
+        "tool_search_output",
+    }
+)
+
+
+def _server_result(block: Mapping[str, Any]) -> bool:
+    """A content block a provider's own tool wrote (web search, web fetch, code execution, MCP: `_SERVER_RESULT_KINDS`,
+    Anthropic's ``web_search_tool_result`` and the like); a client tool's ``tool_result`` is not one."""
+    kind = block.get("type")
+    return isinstance(kind, str) and (kind in _SERVER_RESULT_KINDS or kind.endswith("_tool_result"))
+
+
 # Keys that never carry text a model reads: identifiers, media references, encodings, provider
 # bookkeeping. Every other string in a block is judged (an unknown block kind fails towards judging).
 _NOT_TEXT = frozenset(
@@ -207,6 +231,8 @@ def block_text(block: Any) -> str:
     if isinstance(block, Mapping):
         if block.get("type") == "text" and isinstance(block.get("text"), str):
             return block["text"]  # the common case, and exactly LangChain's own ``.text``
+        if _server_result(block):
+            return ""  # quoted from outside: `source_text`
         return "\n".join(s for s in _strings(block) if s)
     return ""
 
@@ -226,8 +252,9 @@ def message_text(message: BaseMessage | str | Any) -> str:
 def answer_text(message: BaseMessage | str | Any) -> str:
     """What the consumer of a model's answer (or a streamed chunk of it) reads as the model's words: its
     reasoning (see `reasoning_text`), its text, then the text a provider keeps beside the content
-    (`beside_text`: a refusal, a spoken answer's transcript). The output side's text; the input side reads
-    `message_text`, what the model reads back (provider classes send none of these back to it)."""
+    (`beside_text`: a refusal, a spoken answer's transcript). An earlier answer the model reads back is judged
+    the same way: ``ChatOpenAI(use_responses_api=True)`` sends a v0 answer's reasoning summary and refusal back
+    with its content."""
     return reasoning_text(message) + message_text(message) + beside_text(message)
 
 
@@ -360,8 +387,10 @@ def source_text(message: Any, budget: int = DEFAULT_MAX_CHARS, *, metadata: bool
 
     - citations of content blocks: Anthropic's ``citations`` and the ``annotations`` of OpenAI's and
       LangChain's standard text blocks (``cited_text``, ``title``, a document's title; not urls and ids);
-    - ``additional_kwargs["tool_outputs"]``: the Responses API's server-side tool items with
-      ``output_version="v0"`` (an MCP call's ``output``, file search results, code interpreter logs);
+    - what a provider's own tools returned: ``additional_kwargs["tool_outputs"]``, the Responses API's
+      server-side tool items with ``output_version="v0"`` (an MCP call's ``output``, file search results, code
+      interpreter logs), and the same items as content blocks (``responses/v1``), LangChain's standard
+      ``server_tool_result`` blocks and Anthropic's ``*_tool_result`` blocks (`_server_result`);
     - with ``metadata``, the strings of ``response_metadata`` but provider bookkeeping (`_METADATA_NOT_TEXT`):
       grounding sources a provider puts there. The model never reads its metadata back.
 
@@ -371,7 +400,7 @@ def source_text(message: Any, budget: int = DEFAULT_MAX_CHARS, *, metadata: bool
     if isinstance(content, (list, tuple)):
         for block in content:
             if isinstance(block, Mapping):
-                found += [block.get("citations"), block.get("annotations")]
+                found += [block] if _server_result(block) else [block.get("citations"), block.get("annotations")]
     extra = getattr(message, "additional_kwargs", None)
     if isinstance(extra, Mapping):
         found.append(extra.get("tool_outputs"))
@@ -490,7 +519,9 @@ def input_items(
             label = f"{system} message" if system else "user input"
             items.append(Item(Stage.PROMPT, prompt_conversation(text, context), message, i, label=label))
         elif role == "assistant":
-            for item in output_items(message, context, turns, reasoning=False):  # what the model reads back
+            # What the model reads back: its words as they were answered (the Responses API's provider class sends
+            # an earlier answer's v0 reasoning summary and refusal back with it), not the provider's metadata.
+            for item in output_items(message, context, turns, metadata=False):
                 item.index = i
                 items.append(item)
         if role is not None and text.strip():
@@ -514,21 +545,21 @@ def output_items(
     *,
     text: bool = True,
     tool_calls: bool = True,
-    reasoning: bool = True,
+    metadata: bool = True,
     sources: bool | None = None,
     budget: int = DEFAULT_MAX_CHARS,
 ) -> list[Item]:
-    """The model's answer: its text as a response check, the text it quotes as an untrusted-content check,
-    and each tool call it asks for as an action.
+    """The model's answer: its words as a response check (`answer_text`: with its reasoning, refusal and
+    transcript), the text it quotes as an untrusted-content check, and each tool call it asks for as an action.
 
-    ``context``: the messages the model saw (LangChain messages or guard dicts). ``reasoning``: read what
-    the consumer reads beside the content too (`answer_text`, and ``response_metadata`` in `source_text`;
-    off for an earlier turn the model reads back). ``sources``: judge what the answer quotes (`source_text`;
-    default: with the text). ``budget``: the guard's ``max_chars``, what `source_text` reads at most.
+    ``context``: the messages the model saw (LangChain messages or guard dicts). ``metadata``: read the
+    ``response_metadata`` the consumer reads too (`source_text`; off for an earlier turn the model reads back,
+    which no provider class sends). ``sources``: judge what the answer quotes (`source_text`; default: with the
+    text). ``budget``: the guard's ``max_chars``, what `source_text` reads at most.
     """
     history = _as_history(context, turns)
     items: list[Item] = []
-    body = answer_text(message) if reasoning else message_text(message)
+    body = answer_text(message)
     if text and body.strip():
         # Response moderation reads an answer *to* a user turn (the official format): an answer with
         # no user turn before it (a client's history that starts with one) follows an empty one.
@@ -536,7 +567,7 @@ def output_items(
             history if any(m.get("role") == "user" for m in history) else [{"role": "user", "content": ""}, *history]
         )
         items.append(Item(Stage.RESPONSE, response_conversation(before, body), message, label="model response"))
-    quoted = source_text(message, budget, metadata=reasoning) if (text if sources is None else sources) else ""
+    quoted = source_text(message, budget, metadata=metadata) if (text if sources is None else sources) else ""
     if quoted.strip():
         # Quoted source text and server tool outputs come from outside: judged alone, as a tool's result is.
         conversation = untrusted_conversation(quoted, "quoted source")

@@ -16,6 +16,7 @@ local server where the provider's shape matters.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -91,6 +92,52 @@ FIELDS: dict[str, tuple[dict[str, Any], str]] = {
         "tool_result",
     ),
     "response_metadata": ({"content": "Paris.", "response_metadata": {"grounding": {"snippet": U}}}, "tool_result"),
+    # What a provider's own tool returned, as a content block: untrusted content, not the answer's words.
+    "server_tool_result": (
+        {
+            "content": [
+                {"type": "text", "text": "See the result."},
+                {"type": "server_tool_result", "tool_call_id": "srv_1", "status": "success", "output": U},
+            ]
+        },
+        "tool_result",
+    ),
+    "anthropic_web_search_result": (
+        {
+            "content": [
+                {
+                    "type": "web_search_tool_result",
+                    "tool_use_id": "srvtoolu_1",
+                    "content": [
+                        {
+                            "type": "web_search_result",
+                            "title": U,
+                            "url": "https://example.com",
+                            "encrypted_content": "E",
+                        }
+                    ],
+                },
+                {"type": "text", "text": "See the source."},
+            ]
+        },
+        "tool_result",
+    ),
+    "responses_v1_mcp_call": (
+        {
+            "content": [
+                {
+                    "type": "mcp_call",
+                    "id": "mcp_1",
+                    "name": "fetch",
+                    "arguments": "{}",
+                    "server_label": "web",
+                    "output": U,
+                },
+                {"type": "text", "text": "Done."},
+            ]
+        },
+        "tool_result",
+    ),
 }
 
 
@@ -244,9 +291,10 @@ def test_a_callback_judges_a_streamed_quote_in_the_streams_path_on_the_default_e
 
 
 # -- 4. real ChatOpenAI: a spoken answer (Chat Completions) and the Responses API with output_version="v0" -------
-def literal_reply(reply: dict[str, Any]) -> Any:
-    """A local server answering every request with ``reply`` (a chat completion or a response), not streamed."""
-    return literal_openai({"whole": reply, "chunks": []})
+def literal_reply(reply: dict[str, Any], requests: list[Any] | None = None) -> Any:
+    """A local server answering every request with ``reply`` (a chat completion or a response), not streamed;
+    each request's body is appended to ``requests``."""
+    return literal_openai({"whole": reply, "chunks": []}, requests)
 
 
 def _spoken(transcript: str) -> dict[str, Any]:
@@ -444,11 +492,13 @@ def test_what_an_answer_quotes_is_read_within_a_bound():
     )
 
 
-@pytest.mark.parametrize("field", ["tool_outputs_v0", "anthropic_citation"])
+@pytest.mark.parametrize(
+    "field", ["tool_outputs_v0", "anthropic_citation", "reasoning_summary_v0", "refusal", "audio_transcript"]
+)
 def test_a_redacted_answer_in_the_history_keeps_nothing_beside_its_content(field):
     """A client's history holding an earlier answer whose quoted text is harmful: ``before_model`` replaces that
     answer with the notice, and what it carried beside its content goes too (the Responses API's provider class
-    sends ``tool_outputs`` back). (A refusal and a transcript are not sent back, nor judged on the input side.)"""
+    sends ``tool_outputs`` back). (Its reasoning summary and refusal are sent back too.)"""
     from lc_fakes import SAFE_ANSWER, scripted
 
     guard = Guard(ScriptedBackend(keyword_verdict, name="kw"))
@@ -460,3 +510,38 @@ def test_a_redacted_answer_in_the_history_keeps_nothing_beside_its_content(field
     agent.invoke({"messages": [{"role": "user", "content": "Hi"}, earlier, {"role": "user", "content": SAFE_QUESTION}]})
     read = [m for call in model.seen for m in call]
     assert read and WORD not in repr(read)
+
+
+#: An earlier answer in the Responses API's v0 shape, which ``ChatOpenAI(use_responses_api=True)`` sends back to
+#: the model (langchain-core's ``_convert_from_v03_ai_message``: the reasoning item with its summary, the refusal).
+SENT_BACK_V0 = {
+    "reasoning_summary": {
+        "content": [{"type": "text", "text": "Paris."}],
+        "additional_kwargs": {"reasoning": {"id": "rs_1", "summary": [{"type": "summary_text", "text": U}]}},
+    },
+    "refusal": {"content": [], "additional_kwargs": {"refusal": U}},
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("field", list(SENT_BACK_V0))
+def test_an_earlier_answers_fields_the_responses_api_sends_back_are_judged(kw, mode, field):
+    """The attack: a client's history holds a forged earlier answer whose v0 reasoning summary (or refusal) is the
+    unsafe clause. The input side read only the content, and the provider class sent the field to the model."""
+    requests: list[Any] = []
+    earlier = AIMessage(id="msg_1", **SENT_BACK_V0[field])
+    inputs = {"messages": [{"role": "user", "content": "Hi"}, earlier, {"role": "user", "content": SAFE_QUESTION}]}
+    with literal_reply(_response(), requests) as url:
+        agent = create_agent(_responses_v0(url), [], middleware=[GuardMiddleware(kw, exit_behavior="replace")])
+        call(lambda: agent.invoke(inputs), lambda: agent.ainvoke(inputs), mode)
+    assert requests, "the model was never called"
+    assert WORD not in json.dumps(requests)
+
+
+def test_the_responses_api_sends_an_earlier_answers_reasoning_summary_back():
+    """What the test above rests on: without a guard, the field reaches the model."""
+    requests: list[Any] = []
+    earlier = AIMessage(id="msg_1", **SENT_BACK_V0["reasoning_summary"])
+    with literal_reply(_response(), requests) as url:
+        _responses_v0(url).invoke([("user", "Hi"), earlier, ("user", SAFE_QUESTION)])
+    assert WORD in json.dumps(requests)

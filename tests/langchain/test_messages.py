@@ -140,15 +140,21 @@ def test_everything_but_the_middleware_works_with_langchain_core_alone():
     assert out.stdout.strip().endswith('is not installed: pip install -e ".[langchain]" in your qwenguard clone')
 
 
-def test_reasoning_is_judged_as_output_not_read_back_as_input():
+def test_reasoning_is_judged_with_the_answer_on_both_sides():
     """A thinking model's reasoning kept beside the content (``additional_kwargs["reasoning_content"]``)
-    is what the consumer sees of an answer, so the answer's check reads it first; provider classes do not
-    send it back to the model, so an earlier turn's check (input side) reads the content only."""
+    is what the consumer sees of an answer, so the answer's check reads it first. An earlier turn's check
+    (input side) reads it too, the same check: ``ChatOpenAI(use_responses_api=True)`` sends a v0 answer's
+    reasoning back to the model (an earlier stop read the content only, taking no provider class to send it)."""
     answer = AIMessage("Paris.", additional_kwargs={"reasoning_content": "France's capital is Paris. "})
     [item] = output_items(answer, [HumanMessage("Capital of France?")])
     assert item.conversation[-1]["content"] == "France's capital is Paris. Paris."
     items = input_items([HumanMessage("Capital of France?"), answer, HumanMessage("And of Spain?")])
-    assert [i.conversation[-1]["content"] for i in items] == ["Capital of France?", "Paris.", "And of Spain?"]
+    assert [i.conversation[-1]["content"] for i in items] == [
+        "Capital of France?",
+        "France's capital is Paris. Paris.",
+        "And of Spain?",
+    ]
+    assert items[1].conversation == item.conversation  # the answer's own check: a verdict-cache hit
     # the same reasoning moved into a standard content block is read once, from the block
     blocks = AIMessage(
         [{"type": "reasoning", "reasoning": "France's capital is Paris. "}, {"type": "text", "text": "Paris."}],

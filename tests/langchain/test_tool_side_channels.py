@@ -95,6 +95,7 @@ class _Literal(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        self.server.requests.append(body)  # type: ignore[attr-defined]
         script = self.server.script  # type: ignore[attr-defined]
         if not body.get("stream"):
             data = json.dumps(script["whole"]).encode()
@@ -118,11 +119,13 @@ class _Literal(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def literal_openai(script: dict[str, Any]) -> Iterator[str]:
-    """Serve the same ``{"chunks": [...], "whole": {...}}`` to every request (chat completions or responses)."""
+def literal_openai(script: dict[str, Any], requests: list[Any] | None = None) -> Iterator[str]:
+    """Serve the same ``{"chunks": [...], "whole": {...}}`` to every request (chat completions or responses);
+    each request's body is appended to ``requests``."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Literal)
     server.daemon_threads = True
     server.script = script  # type: ignore[attr-defined]
+    server.requests = [] if requests is None else requests  # type: ignore[attr-defined]
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/v1"
