@@ -52,6 +52,7 @@ from qwenguard.core.formats.conversations import (
     response_conversation,
     tool_call_conversation,
     untrusted_conversation,
+    with_tool_calls,
 )
 from qwenguard.core.verdict import Stage
 
@@ -99,6 +100,8 @@ _SYSTEM = (MessageRole.SYSTEM.value, MessageRole.DEVELOPER.value)
 _ASSISTANT = (MessageRole.ASSISTANT.value, MessageRole.CHATBOT.value, MessageRole.MODEL.value)
 #: The roles of the model's own turns.
 ASSISTANT_ROLES = _ASSISTANT
+#: The roles of system turns (the application's prompt when one opens the list).
+SYSTEM_ROLES = _SYSTEM
 _TOOL = (MessageRole.TOOL.value, MessageRole.FUNCTION.value)
 _TEXT_DOCUMENT_TYPES = ("text/", "application/json", "application/xml", "application/x-yaml", "application/yaml")
 
@@ -136,7 +139,8 @@ def block_text(block: Any) -> str:
     if isinstance(block, CitableBlock):
         return "\n".join(t for b in block.content if (t := block_text(b)))
     if isinstance(block, DocumentBlock):
-        return _document_text(block)
+        # Its title is sent as the file's name, which a model reads too, whatever the file holds.
+        return "\n".join(t for t in (block.title, _document_text(block)) if t)
     return ""
 
 
@@ -416,15 +420,19 @@ def answer_marks(message: ChatMessage, calls: Sequence[ToolSelection]) -> list[b
 
 
 # -- text carried in additional_kwargs -----------------------------------------------------------
-#: Keys whose values link or label (ids, types, names): an identifier there is no text a model reads as words.
-_LINK_KEYS = frozenset({"id", "tool_call_id", "call_id", "type", "name", "index", "reference_audio_id"})
+#: Keys whose values link or label (ids, types, indexes): one identifier there is no text a model reads as words. A
+#: name is read (a tool's name, a speaker's), and so is a list under one of these keys.
+_LINK_KEYS = frozenset({"id", "tool_call_id", "call_id", "type", "index", "reference_audio_id"})
 _IDENTIFIER = re.compile(r"[\w.:-]{1,64}")
+#: Keys of the OpenAI message and tool-call schema: not judged as words. Any other key is text a provider may print
+#: (LlamaIndex's default ``messages_to_prompt`` writes a message's whole ``additional_kwargs`` into the prompt).
+_SCHEMA_KEYS = _LINK_KEYS | {"name", "function", "arguments", "tool_calls", "function_call", "role", "content", "audio"}
 
 
 def _strings(value: Any, key: str | None = None) -> Iterator[str]:
-    """Every string ``value`` holds (mapping values, sequence items, a pydantic model's fields), depth first,
-    except an identifier under a link key. Without recursion (a client's JSON may nest as deep as it likes),
-    each container once."""
+    """Every string ``value`` holds (mapping keys but schema keys and values, sequence items, a pydantic model's
+    fields), depth first, except one identifier under a link key. Without recursion (a client's JSON may nest as
+    deep as it likes), each container once."""
     stack: list[tuple[Any, str | None]] = [(value, key)]
     walked: set[int] = set()  # containers read once: one that holds itself is not read forever
     while stack:
@@ -437,9 +445,15 @@ def _strings(value: Any, key: str | None = None) -> Iterator[str]:
             if not (at in _LINK_KEYS and _IDENTIFIER.fullmatch(item)):
                 yield item
         elif isinstance(item, Mapping):
-            stack.extend(reversed([(v, str(k)) for k, v in item.items()]))
+            found: list[tuple[Any, str | None]] = []
+            for name, v in item.items():
+                name = str(name)
+                if name not in _SCHEMA_KEYS:
+                    found.append((name, None))  # a key is text too
+                found.append((v, name))
+            stack.extend(reversed(found))
         elif isinstance(item, (list, tuple)):
-            stack.extend(reversed([(v, at) for v in item]))
+            stack.extend(reversed([(v, None) for v in item]))  # a list of identifiers can spell a sentence
         elif isinstance(item, BaseModel):  # the OpenAI client's tool call objects, sent as their dump
             stack.append((item.model_dump(), at))
 
@@ -461,8 +475,9 @@ def carried_text(message: ChatMessage, calls: Sequence[ToolSelection] = ()) -> s
     LlamaIndex's OpenAI serializer merges them into the message it sends when they hold a ``"tool_calls"`` or
     ``"function_call"`` key (``{"function_call": None, "content": ...}`` replaces the text), and its Responses
     serializer sends each ``"tool_calls"`` entry as an input item of its own: every string in them is read,
-    whatever the key. Left out: identifiers under link keys (ids, types, names) and the tool calls in ``calls``
-    (judged as tool calls). A ``"role"`` that differs from the message's own raises `ValueError`: the message
+    whatever the key, and the keys themselves but the message schema's (`_SCHEMA_KEYS`: the default
+    ``messages_to_prompt`` prints the whole mapping). Left out: one identifier under a link key (an id, a type)
+    and the tool calls in ``calls`` (judged as tool calls). A ``"role"`` that differs from the message's own raises `ValueError`: the message
     would be sent in a role it was not judged in (a system turn, never judged, sent as a user turn)."""
     kwargs = message.additional_kwargs
     own, claimed = role_of(message), kwargs.get("role")
@@ -478,14 +493,36 @@ def carried_text(message: ChatMessage, calls: Sequence[ToolSelection] = ()) -> s
             continue
         if key == "tool_calls" and judged and isinstance(value, (list, tuple)):
             value = [_unjudged(call, judged) for call in value]
-        parts.extend(t for t in _strings(value, key) if t.strip())
+        if str(key) not in _SCHEMA_KEYS and str(key).strip():
+            parts.append(str(key))
+        parts.extend(t for t in _strings(value, str(key)) if t.strip())
     return "\n".join(parts)
 
 
 def wire_text(message: ChatMessage, calls: Sequence[ToolSelection] = ()) -> str:
-    """What a provider may send as a message's text: its blocks' text, then what its ``additional_kwargs``
-    carry (`carried_text`; raises `ValueError` for a ``"role"`` there that is not the message's)."""
-    return "\n".join(t for t in (message_text(message), carried_text(message, calls)) if t)
+    """What a provider may send as a message's text: its blocks' text, the tool-call blocks not in ``calls``
+    (`block_calls_text`), then what its ``additional_kwargs`` carry (`carried_text`; raises `ValueError` for a
+    ``"role"`` there that is not the message's)."""
+    parts = (message_text(message), block_calls_text(message, calls), carried_text(message, calls))
+    return "\n".join(t for t in parts if t)
+
+
+def block_calls_text(message: ChatMessage, calls: Sequence[ToolSelection] = ()) -> str:
+    """The `ToolCallBlock`s of a message that are not among ``calls`` (judged as tool calls), as the guard reads a
+    tool call (``Tool call: name({...})``), and any block's ``tool_call_id`` that is not an identifier. The OpenAI
+    serializer sends a message's tool-call blocks as its ``tool_calls`` whatever its role (a chat template may show
+    a user turn holding them as the assistant's call), and the ids with them."""
+    judged = {_call_mark(c) for c in calls}
+    lines: list[str] = []
+    for block in message.blocks:
+        if not isinstance(block, ToolCallBlock):
+            continue
+        call = _selection(block.tool_call_id or "", block.tool_name, block.tool_kwargs)
+        if _call_mark(call) not in judged:
+            lines.append(with_tool_calls(None, [(block.tool_name, block.tool_kwargs)]))
+        if block.tool_call_id and not _IDENTIFIER.fullmatch(block.tool_call_id):
+            lines.append(block.tool_call_id)
+    return "\n".join(lines)
 
 
 class Seen:
@@ -539,7 +576,8 @@ def plan_inputs(
       conversation was judged already);
     - every other user turn: a prompt on its own; assistant turns: a response to the user turn
       before them, and each tool call they hold as a tool call; tool outputs: untrusted content;
-    - system messages: untrusted content, only with ``screen_system`` (usually the application's).
+    - system messages: untrusted content; the one that opens the list (the application's prompt) only with
+      ``screen_system``.
 
     ``seen`` skips what was judged and let through before (each turn is judged once as the history
     grows); without it every message is judged (a guard's verdict cache makes repeats cheap).
@@ -565,7 +603,9 @@ def plan_inputs(
         text = wire_text(m, calls)  # what the provider may send, not only the blocks (and no role change)
         has_text = bool(text.strip())
         if role in _SYSTEM:
-            if screen_system and has_text and new(mark("system", text)):
+            # Only a system message that opens the list is the application's (its prompt; a template's wording):
+            # one further on came with the conversation (a client's chat_history, text a memory inserts).
+            if (screen_system or i > 0) and has_text and new(mark("system", text)):
                 plan.checks.append((Stage.PROMPT, untrusted_conversation(text, "system prompt")))
             continue
         if role == MessageRole.USER.value:

@@ -149,9 +149,10 @@ class GuardedLLM(FunctionCallingLLM):
     - ``screen_context``: screen the context variables of template calls as retrieved content.
     - ``parallel_input``: start the inner call while the inputs are checked (see the module
       docstring; ``None`` follows ``guard.parallel_input``).
-    - ``screen_system``: also screen system messages as untrusted content (off by default: system
-      prompts are usually the application's own; turn it on when retrieved text is put there, as the
-      context chat engines do, or screen the nodes with `GuardNodePostprocessor` instead).
+    - ``screen_system``: also screen the system message that opens the list as untrusted content (off by
+      default: it is the application's prompt; turn it on when retrieved text is put there, as the context
+      chat engines do, or screen the nodes with `GuardNodePostprocessor` instead). A system message further
+      on came with the conversation (a client's ``chat_history``, text a memory inserts): always judged.
     - ``remember``: how many judged inputs and answers to remember, so that a growing history is not
       judged again message by message (0: judge every message of every call).
     """
@@ -163,7 +164,7 @@ class GuardedLLM(FunctionCallingLLM):
         default=None, description='What one stream check may release: "sentence", "opening" or "word" (None: default).'
     )
     screen_context: bool = Field(default=True, description="Screen template context variables as documents.")
-    screen_system: bool = Field(default=False, description="Screen system messages as untrusted content.")
+    screen_system: bool = Field(default=False, description="Screen the opening system message as untrusted content.")
     parallel_input: bool | None = Field(
         default=None, description="Run the LLM call while the input is checked (None: the guard's setting)."
     )

@@ -28,11 +28,11 @@ from llama_index.core.base.llms.types import ChatMessage, MessageRole
 from llama_index.core.bridge.pydantic import Field, SerializeAsAny
 from llama_index.core.memory import BaseMemory
 from qwenguard.core import Guard, enforce
-from qwenguard.core.formats.conversations import prompt_conversation, response_conversation
+from qwenguard.core.formats.conversations import prompt_conversation, response_conversation, untrusted_conversation
 from qwenguard.core.verdict import Stage
 
 from .._common import require_guard
-from ._messages import ASSISTANT_ROLES, Checks, plan_inputs, role_of, tool_calls_of, wire_text
+from ._messages import ASSISTANT_ROLES, SYSTEM_ROLES, Checks, plan_inputs, role_of, tool_calls_of, wire_text
 
 __all__ = ["GuardedMemory"]
 
@@ -84,7 +84,15 @@ def _set_checks(messages: Sequence[ChatMessage], stored: Sequence[ChatMessage] =
             checks.append((Stage.PROMPT, prompt_conversation(previous_user)))
         elif (answer := _answer_text(m)).strip():
             checks.append((Stage.RESPONSE, response_conversation(previous_user, answer)))
+        elif (system := _system_text(m)).strip():
+            checks.append((Stage.PROMPT, untrusted_conversation(system, "system prompt")))
     return checks
+
+
+def _system_text(message: ChatMessage) -> str:
+    """A system turn's text: in a memory it came with the conversation (a client's ``chat_history``), not from the
+    application, whose prompt the engine or agent keeps apart and puts first."""
+    return wire_text(message) if role_of(message) in SYSTEM_ROLES else ""
 
 
 class GuardedMemory(BaseMemory):
@@ -94,7 +102,8 @@ class GuardedMemory(BaseMemory):
     >>> engine = SimpleChatEngine.from_defaults(llm=guarded_llm, memory=memory)    # doctest: +SKIP
 
     ``put``/``aput``/``put_messages``/``set`` (and their async twins) raise `GuardViolation` for a
-    blocked user message or assistant answer and store nothing of that call. A message's text is what a
+    blocked user message, assistant answer or system turn (in a memory it came with the conversation: the
+    application's prompt is kept apart) and store nothing of that call. A message's text is what a
     provider would send: its ``additional_kwargs`` too; a message of any role whose ``additional_kwargs`` set
     another role raises `ValueError`. Reads, other roles and ``reset`` go straight to the wrapped memory.
     """
@@ -151,6 +160,8 @@ class GuardedMemory(BaseMemory):
             self._screen(_put_checks(self.memory.get_all(), message))
         elif _needs_stored([message]):
             self._screen(_set_checks([message], self.memory.get_all()))
+        elif _system_text(message).strip():
+            self._screen(_set_checks([message]))
         self.memory.put(message)
 
     async def aput(self, message: ChatMessage) -> None:
@@ -158,6 +169,8 @@ class GuardedMemory(BaseMemory):
             await self._ascreen(_put_checks(await self.memory.aget_all(), message))
         elif _needs_stored([message]):
             await self._ascreen(_set_checks([message], await self.memory.aget_all()))
+        elif _system_text(message).strip():
+            await self._ascreen(_set_checks([message]))
         await self.memory.aput(message)
 
     def put_messages(self, messages: list[ChatMessage]) -> None:
