@@ -92,6 +92,9 @@ class HeldBackChatModel(BaseChatModel):
     #: messages to send once judged (``given_after(messages, items, decisions)``, raising when they stop the call).
     given_items: Any = None
     given_after: Any = None
+    #: Told what a held stream judged at its end and let pass (``judged(items, decisions)``): the middleware's
+    #: `AllowedChecks`, so that its tool-call checks are not judged again with the verdict cache off.
+    judged: Any = None
     model_name: str | None = None  # what create_agent reads to pick a structured-output strategy
 
     @classmethod
@@ -146,6 +149,7 @@ class HeldBackChatModel(BaseChatModel):
             monitor_options=self.stream_options,
             history_turns=self.history_turns,
             tool_calls=self.check_tool_calls,
+            judged=self.judged,
         )
 
     def _given(self, messages: list[BaseMessage]) -> tuple[int, list[Item]]:

@@ -25,13 +25,13 @@ import secrets
 import threading
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from qwenguard.core import Guard, GuardUnavailable, GuardViolation
+from qwenguard.core import Decision, Guard, GuardUnavailable, GuardViolation
 from qwenguard.core.streaming.gen_windows import RELEASE_UNITS
 from qwenguard.core.streaming.wakeup import UpstreamRace, UpstreamReader
 
@@ -209,9 +209,12 @@ class HeldStream:
         min_chars: int = 1,
         history_turns: int = DEFAULT_HISTORY_TURNS,
         tool_calls: bool = True,
+        judged: Callable[[Sequence[Item], Sequence[Decision]], None] | None = None,
     ) -> None:
         self.guard = guard
         self.tool_calls = tool_calls
+        #: Told the end items and their decisions once they passed (a middleware remembers what it allowed).
+        self.judged = judged
         self.context = [dict(m) for m in context]
         self.engine: Engine = engine
         self.monitor_options = dict(monitor_options or {})
@@ -246,6 +249,12 @@ class HeldStream:
             sources=True,
             budget=self.guard.max_chars,
         )
+
+    def _passed(self, items: list[Item], decisions: Sequence[Decision]) -> None:
+        """Raise for the first blocked end item; else tell `judged` (the tool calls need not be judged again)."""
+        raise_first(items, decisions)
+        if self.judged is not None and items:
+            self.judged(items, decisions)
 
     def _holds_to_end(self, chunk: Any, held: deque[tuple[int, bool, Any]]) -> bool:
         """Is this chunk held until the stream ended and its end items are judged (`_end_items`): a tool-call
@@ -298,7 +307,7 @@ class HeldStream:
             while self._ready(held, judge.released):
                 yield held.popleft()[2]  # the text is judged: it goes out before the tool calls are
             items = self._end_items()
-            raise_first(items, screen(self.guard, items))
+            self._passed(items, screen(self.guard, items))
         except GuardViolation as violation:
             yield from self._judged_before(held, violation)
             raise
@@ -334,7 +343,7 @@ class HeldStream:
             while self._ready(held, judge.released):
                 yield held.popleft()[2]
             items = self._end_items()
-            raise_first(items, await ascreen(self.guard, items))
+            self._passed(items, await ascreen(self.guard, items))
         except GuardViolation as violation:
             for chunk in self._judged_before(held, violation):
                 yield chunk

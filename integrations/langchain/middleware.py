@@ -564,6 +564,7 @@ class GuardMiddleware(AgentMiddleware):
                 check_tool_calls=self.check_tool_calls,
                 given_items=self._message_items,
                 given_after=self._given,
+                judged=self._allowed.remember,
             )
 
         return HeldModelRequest.of(request, hold), ledger
@@ -645,7 +646,10 @@ class GuardMiddleware(AgentMiddleware):
                     raise
                 return self._stream_stopped(error)
             items = self._answer_items(request, response, ledger)
-            return self._on_answer(response, items, screen(self.guard, items)) if items else response
+            if not items:
+                return response
+            fresh = self._allowed.unjudged(items)  # a held stream judged its tool calls at its end
+            return self._on_answer(response, fresh, screen(self.guard, fresh) if fresh else [])
 
     async def awrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
@@ -665,7 +669,10 @@ class GuardMiddleware(AgentMiddleware):
                     raise
                 return self._stream_stopped(error)
             items = self._answer_items(request, response, ledger)
-            return self._on_answer(response, items, await ascreen(self.guard, items)) if items else response
+            if not items:
+                return response
+            fresh = self._allowed.unjudged(items)
+            return self._on_answer(response, fresh, await ascreen(self.guard, fresh) if fresh else [])
 
     # -- tool calls -----------------------------------------------------------------------------
     def wrap_tool_call(self, request: Any, handler: Callable[[Any], ToolMessage | Command]) -> ToolMessage | Command:

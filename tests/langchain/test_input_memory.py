@@ -49,8 +49,12 @@ def test_with_the_cache_off_no_check_is_judged_twice(how):
         else:
             list(agent.stream(ask, config, stream_mode="messages"))
     times = Counter(judged(guard))
-    # Streamed, a tool call and an answer are judged by the held stream and once more as the model call's outcome
-    # (the held stream's verdicts are not remembered); nothing more.
+    calls = [n for conversation, n in times.items() if "Tool call: weather" in conversation]
+    # A streamed tool call is judged at the held stream's end, which the middleware remembers: not again as the
+    # call's outcome (it was, twice, with the cache off).
+    assert len(calls) == 5 and set(calls) == {1}, "a streamed tool call was judged again"
+    # Streamed, an answer's text is judged by the stream's checks and once more when the next turn reads it back
+    # (the stream's window checks are not remembered); nothing more.
     assert max(times.values()) == (1 if how == "invoke" else 2), "a check the middleware allowed was judged again"
 
 
