@@ -355,12 +355,13 @@ class GuardMiddleware(AgentMiddleware):
         update: dict[str, Any] = {
             "content": _fill(self.input_notice, decision),
             "response_metadata": _with_decision(message.response_metadata, decision),
+            "name": None,  # sent with the message, and judged with it (`sent_name`)
         }
-        if isinstance(message, AIMessage):
-            # What an earlier answer carried beside its content goes with it: a provider class may send it back
-            # (the Responses API's reasoning and tool output items).
-            kept = {k: v for k, v in message.additional_kwargs.items() if k not in _ANSWER_BESIDE_KEYS}
-            update["additional_kwargs"] = kept
+        # What an earlier answer carried beside its content goes with it: a provider class may send it back
+        # (the Responses API's reasoning and tool output items).
+        beside = _ANSWER_BESIDE_KEYS if isinstance(message, AIMessage) else ()
+        kept = {k: v for k, v in message.additional_kwargs.items() if k not in beside and k != "name"}
+        update["additional_kwargs"] = kept
         return message.model_copy(update=update)
 
     def _ended_by_tool(self, state: AgentState) -> dict[str, Any] | None:

@@ -74,7 +74,10 @@ def test_every_content_block_kind_that_carries_text_is_text():
     for part in ("plain block", "notes in a file", "responses api", "a thought", "a,b", "anthropic doc", "vendor text"):
         assert part in text
     assert text.count("notes in a file") == 2
-    assert "PNG" not in text and "example.com" not in text and "judged as a tool call" not in text
+    assert "PNG" not in text and "example.com" not in text
+    # A tool-call block outside an answer is text a provider sends on (rt45a F2); in an answer it is an action.
+    assert "judged as a tool call" in text
+    assert "judged as a tool call" not in message_text(AIMessage(message.content))
     # plain text blocks are read exactly as LangChain reads them
     assert message_text(AIMessage([{"type": "text", "text": "x"}, {"type": "image", "url": "u"}])) == "x"
 
