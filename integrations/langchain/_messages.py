@@ -265,7 +265,7 @@ def block_text(block: Any, *, answer: bool = True) -> str:
             return block["text"]  # the common case, and exactly LangChain's own ``.text``
         if _server_result(block) or block.get("type") in _TOOL_CALL_KINDS:
             if answer:
-                return "" if _server_result(block) else "\n".join(s for s in _strings(block) if s)
+                return ""  # an action (`answer_tool_calls`) or a quote (`source_text`): judged apart
             return "\n".join(s for k, v in block.items() if k != "annotations" for s in _strings(v, block, k) if s)
         return "\n".join(s for s in _strings(block) if s)
     return ""

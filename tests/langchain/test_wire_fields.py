@@ -192,3 +192,12 @@ def test_async_paths_judge_the_same_fields(path: str) -> None:
         wire = SHAPES[shape][2] if len(SHAPES[shape]) > 2 else str
         sent, _ = run(shape, path, UNSAFE_CLAUSE, mode="async")
         assert wire(UNSAFE_CLAUSE) not in sent and WORD not in sent, f"{shape}: the provider received it unjudged"
+
+
+def test_a_name_is_judged_on_its_own_as_the_docs_say(guard: Guard) -> None:
+    """docs/langchain.md: a name is judged as a prompt of its own, and the demo guard reads ``agent`` as unsafe."""
+    from qwenguard.integrations.langchain._messages import input_items
+
+    [item] = [i for i in input_items([HumanMessage("Hi.", name="agent")]) if i.label == "name of a message"]
+    assert item.conversation == [{"role": "user", "content": "agent"}]
+    assert not guard.check_many([item.pair])[0].allowed
