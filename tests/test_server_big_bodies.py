@@ -500,7 +500,8 @@ def test_one_tool_call_of_thousands_of_values_is_rendered_only_up_to_max_chars(r
             _open_args(service, {"type": "open", "messages": turns})
         assert info.value.code == CLOSE_TOO_BIG
     assert "--max-chars" in str(info.value)
-    assert 0 < _Counted.seen <= 2_000 // 24 + 1, f"{_Counted.seen} values rendered for a 2,000-character limit"
+    # 40,000 values cannot fit 2,000 characters, whatever they render to: none is rendered.
+    assert _Counted.seen <= 2_000 // 24 + 1, f"{_Counted.seen} values rendered for a 2,000-character limit"
 
 
 def test_a_bounded_rendering_is_the_whole_rendering_when_it_fits():
@@ -518,3 +519,65 @@ def test_a_stream_open_frame_with_a_tool_call_past_max_chars_is_closed_too_big()
     with guarded(safe_backend()) as url, connect(ws_url(url), max_size=None) as conn:
         conn.send(json.dumps({"type": "open", "messages": turns}))
         assert frames_until_close(conn, timeout=TIMEOUT)[1] == 1009
+
+
+def test_many_floats_that_might_fit_are_written_only_until_past_the_limit():
+    """A value of many floats whose fewest characters fit the limit but whose text does not is written piece by piece
+    (a float takes microseconds to write) and cut just past it; the same value within the limit is written whole."""
+    arguments = {"a": [1.7976931348623157e308] * 10_000}
+    whole = conversations_module.render_tool_call("f", arguments)
+    cut = conversations_module.render_tool_call("f", arguments, max_chars=100_000)
+    assert 100_000 < len(cut) < 100_100 and whole.startswith(cut[:-1])  # cut, and closed by render_tool_call
+    assert conversations_module.render_tool_call("f", arguments, max_chars=len(whole)) == whole
+
+
+def test_the_piecewise_writer_writes_what_json_dumps_writes():
+    """`_json_parts` (a stack, not nested generators: arguments nested 900 deep took seconds with the standard
+    library's incremental encoder, a second red team found, rt45c F3) against ``json.dumps`` on random values."""
+    import random
+
+    rng = random.Random(7)
+    scalars = [1, -2.5, 1e308, float("nan"), True, False, None, 'x\u00e9"\\\n', "", 10**30, {1, 2}, 0.0]
+
+    def value(depth: int = 0) -> Any:
+        roll = rng.random()
+        if depth > 6 or roll < 0.3:
+            return rng.choice(scalars)
+        if roll < 0.65:
+            return [value(depth + 1) for _ in range(rng.randint(0, 8))]
+        keys = ["a", "b\u2014", 1, 2.5, True, None, ""]
+        return {rng.choice(keys): value(depth + 1) for _ in range(rng.randint(0, 8))}
+
+    for _ in range(2_000):
+        v = {"q": value()}
+        assert "".join(conversations_module._json_parts(v)) == json.dumps(v, ensure_ascii=False, default=str)
+    deep: Any = 1.5
+    for _ in range(900):
+        deep = {"a": deep}
+    assert "".join(conversations_module._json_parts(deep)) == json.dumps(deep)
+
+
+def test_arguments_nested_deep_are_rendered_in_linear_time():
+    """The attack (rt45c F3): 600 tool-call arguments nested 190 deep (a 272 KB body) took 968 ms to render within
+    --max-chars, where the C encoder takes 25 ms: the standard library's incremental encoder resumes a generator
+    per level of nesting for every piece it writes. Counted here as Python frames entered while rendering (the
+    profiler's ``call`` events): a few, not one per piece per level."""
+    import sys
+
+    deep: Any = 1
+    for _ in range(190):
+        deep = {"a": deep}
+    arguments = {"calls": [deep] * 600}
+    entered = [0]
+
+    def count(frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            entered[0] += 1
+
+    sys.setprofile(count)
+    try:
+        line = conversations_module.render_tool_call("f", arguments, max_chars=200_000)
+    finally:
+        sys.setprofile(None)
+    assert len(line) > 200_000  # refused by the caller
+    assert entered[0] < 1_000, f"{entered[0]:,} Python frames entered to render one tool call"

@@ -9,7 +9,7 @@ instructions.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from .content import is_blank
@@ -98,17 +98,98 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
 
 
 def _json_text(value: Any, max_chars: int | None) -> str:
-    """``value`` as JSON; with ``max_chars``, only until the text is longer than that (`render_tool_call`)."""
+    """``value`` as JSON; with ``max_chars``, text longer than that is not all written (`render_tool_call`): a value
+    whose text cannot fit (`_least_chars`) is not rendered at all (as many characters as the limit and one more
+    stand for it), and one of many floats (each a few microseconds to write) is written piece by piece until past
+    the limit. Anything else goes to the C encoder at once: it writes deep nesting in linear time, which a
+    piecewise writer does not."""
     if max_chars is None:
+        return _ENCODER.encode(value)
+    least, floats = _least_chars(value, max_chars)
+    if least > max_chars:
+        return "\ufffd" * (max_chars + 1)
+    if floats <= _MANY_FLOATS:
         return _ENCODER.encode(value)
     parts: list[str] = []
     size = 0
-    for part in _ENCODER.iterencode(value):  # a generator (the C encoder renders everything at once)
+    for part in _json_parts(value):
         parts.append(part)
         size += len(part)
         if size > max_chars:
             break
     return "".join(parts)
+
+
+#: Floats a value may hold and still be written by the C encoder at once (`_json_text`).
+_MANY_FLOATS = 4096
+
+
+def _least_chars(value: Any, limit: int) -> tuple[int, int]:
+    """(the fewest characters ``value``'s JSON text can have, how many floats it holds), from a walk without
+    recursion that stops once past ``limit`` characters: a string takes its length and quotes, a number or
+    ``null`` one character at least, a container its brackets and a separator between items (a key its quotes:
+    strings are quick to write whatever their length)."""
+    least = floats = 0
+    stack = [value]
+    while stack and least <= limit:
+        item = stack.pop()
+        if isinstance(item, str):
+            least += len(item) + 2
+        elif isinstance(item, dict):
+            least += 2 + 2 * max(0, len(item) - 1) + 4 * len(item)  # ", " between pairs; in each, quotes and ": "
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            least += 2 + 2 * max(0, len(item) - 1)
+            stack.extend(item)
+        else:
+            floats += isinstance(item, float)
+            least += 1
+    return least, floats
+
+
+def _json_key(key: Any) -> str:
+    """A mapping key as ``json.dumps`` writes it (a string; numbers, booleans and ``None`` as their JSON text)."""
+    if isinstance(key, str):
+        return key
+    if key is True or key is False or key is None:
+        return {True: "true", False: "false", None: "null"}[key]
+    if isinstance(key, (int, float)):
+        return _ENCODER.encode(key)
+    raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
+
+
+def _json_parts(value: Any) -> Iterator[str]:
+    """The text ``json.dumps(value, ensure_ascii=False, default=str)`` writes, piece by piece, from a stack rather
+    than nested generators: the standard library's incremental encoder pays for each piece once per level of
+    nesting (arguments nested 900 deep took seconds), this one once. Scalars go through the C encoder."""
+    stack: list[tuple[Iterator[tuple[str, Any]], str, int]] = []  # (the open container's items, closer, its id)
+    path: set[int] = set()  # the containers being written: one that holds itself is refused, as json does
+    prefix, item = "", value
+    while True:
+        opened: tuple[Iterator[tuple[str, Any]], str] | None = None
+        if not isinstance(item, (dict, list, tuple)):
+            yield prefix + _ENCODER.encode(item)
+        elif isinstance(item, dict):
+            keys = ((", " if i else "") + _ENCODER.encode(_json_key(k)) + ": " for i, k in enumerate(item))
+            opened = (zip(keys, item.values()), "}")
+        else:
+            opened = (((", " if i else "", v) for i, v in enumerate(item)), "]")
+        if opened is not None:
+            if id(item) in path:
+                raise ValueError("Circular reference detected")
+            path.add(id(item))
+            stack.append((*opened, id(item)))
+            yield prefix + ("{" if opened[1] == "}" else "[")
+        while stack:
+            step = next(stack[-1][0], None)
+            if step is not None:
+                prefix, item = step
+                break
+            _, closer, ident = stack.pop()
+            path.discard(ident)
+            yield closer
+        else:
+            return
 
 
 def with_tool_calls(text: str | None, calls: Iterable[tuple[str, Mapping[str, Any] | str | None]]) -> str:
