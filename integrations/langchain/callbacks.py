@@ -101,6 +101,7 @@ from ._messages import (
     source_text,
     tool_output_text,
     tool_result_messages,
+    tool_text,
 )
 from ._runs import RunTable, started_by_agenerate
 from ._screening import ascreen, raise_first, require_guard, screen
@@ -620,7 +621,7 @@ def _plain_text(output: Any) -> str | None:
     """Tool outputs that are not text (an object, a `Command` without tool messages) are not judged as text."""
     content = getattr(output, "content", None)
     if isinstance(content, (str, list)):
-        return message_text(output)
+        return tool_text(output)
     return None
 
 

@@ -355,7 +355,7 @@ class GuardMiddleware(AgentMiddleware):
         update: dict[str, Any] = {
             "content": _fill(self.input_notice, decision),
             "response_metadata": _with_decision(message.response_metadata, decision),
-            "name": None,  # sent with the message, and judged with it (`sent_name`)
+            "name": None,  # sent with the message, and judged with it (`sent_labels`)
         }
         # What an earlier answer carried beside its content goes with it: a provider class may send it back
         # (the Responses API's reasoning and tool output items).

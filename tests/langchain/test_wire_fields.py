@@ -15,6 +15,7 @@ import pytest
 from faults import ScriptedBackend, keyword_verdict
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, ChatMessage, HumanMessage, ToolMessage
+from langchain_deepseek import ChatDeepSeek
 from langchain_openai import ChatOpenAI
 from lc_fakes import UNSAFE_CLAUSE
 from qwenguard.core import Guard, GuardViolation
@@ -141,11 +142,42 @@ SHAPES: dict[str, tuple[Any, ...]] = {
         "chat",
         b64,
     ),
+    # A second audit (rt45d): ChatDeepSeek sends a tool output's list content as its JSON text, every key and value.
+    "a tool output's image url": (
+        lambda t: after_a_tool_call(
+            ToolMessage(
+                [
+                    {"type": "text", "text": "sunny"},
+                    {"type": "image_url", "image_url": {"url": "https://x.example/" + t.replace(" ", "-")}},
+                ],
+                tool_call_id="c1",
+            )
+        ),
+        "deepseek",
+        lambda t: t.replace(" ", "-"),
+    ),
+    "a tool output block's status": (
+        lambda t: after_a_tool_call(
+            ToolMessage([{"type": "text", "text": "sunny"}, {"type": "status_note", "status": t}], tool_call_id="c1")
+        ),
+        "deepseek",
+    ),
+    # A tool call's id, sent with the call and with its result.
+    "a tool call's id": (
+        lambda t: [
+            HumanMessage("Look it up."),
+            AIMessage("", tool_calls=[{"name": "lookup", "args": {}, "id": t}]),
+            ToolMessage("sunny", tool_call_id=t),
+        ],
+        "chat",
+    ),
 }
 PATHS = ["middleware", "guarded_model", "guard_input", "callback"]
 
 
-def model(url: str, api: str) -> ChatOpenAI:
+def model(url: str, api: str) -> Any:
+    if api == "deepseek":
+        return ChatDeepSeek(base_url=url, api_key="x", model="deepseek-chat", max_retries=0)
     return ChatOpenAI(base_url=url, api_key="x", model="m", max_retries=0, use_responses_api=api == "responses")
 
 
@@ -201,3 +233,61 @@ def test_a_name_is_judged_on_its_own_as_the_docs_say(guard: Guard) -> None:
     [item] = [i for i in input_items([HumanMessage("Hi.", name="agent")]) if i.label == "name of a message"]
     assert item.conversation == [{"role": "user", "content": "agent"}]
     assert not guard.check_many([item.pair])[0].allowed
+
+
+def _file(url: str) -> list[Any]:
+    return [
+        HumanMessage(
+            [{"type": "text", "text": "Read it."}, {"type": "file", "file": {"file_data": url, "filename": "a.txt"}}]
+        )
+    ]
+
+
+#: Text files in the shapes a red team found still read as media after the first fix (rt45c F2): (data URL, as sent).
+TEXT_AS_MEDIA = {
+    "line-wrapped base64": lambda t: (
+        "data:application/octet-stream;base64," + base64.encodebytes(t.encode() * 3).decode()
+    ),
+    "UTF-16 with its byte order mark": lambda t: (
+        "data:application/octet-stream;base64," + b64_bytes(t.encode("utf-16"))
+    ),
+    "Latin-1": lambda t: (
+        "data:application/octet-stream;base64," + b64_bytes("Café notes. ".encode("latin-1") + t.encode())
+    ),
+    "an ANSI escape first": lambda t: "data:application/octet-stream;base64," + b64_bytes(b"\x1b[1m" + t.encode()),
+    "a data URL that is not base64": lambda t: "data:application/octet-stream," + t,
+    "base64 spelled in capitals": lambda t: "data:application/octet-stream;BASE64," + b64(t),
+    "the scheme in capitals": lambda t: "DATA:application/octet-stream;base64," + b64(t),
+    "a long header": lambda t: "data:text/plain;charset=utf-8;name=" + "n" * 200 + ";base64," + b64(t),
+}
+
+
+def b64_bytes(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+@pytest.mark.parametrize("path", ["middleware", "callback"])
+@pytest.mark.parametrize("shape", list(TEXT_AS_MEDIA))
+def test_a_text_file_in_any_dress_is_judged(shape: str, path: str) -> None:
+    SHAPES["text file: " + shape] = (
+        lambda t: _file(TEXT_AS_MEDIA[shape](t)),
+        "chat",
+        lambda t: TEXT_AS_MEDIA[shape](t)[-24:],
+    )
+    try:
+        sent, outcome = run("text file: " + shape, path, UNSAFE_CLAUSE)
+    finally:
+        del SHAPES["text file: " + shape]
+    assert TEXT_AS_MEDIA[shape](UNSAFE_CLAUSE)[-24:] not in sent and WORD not in sent
+    assert isinstance(outcome, GuardViolation) or "safety guard" in str(outcome["messages"][-1].content)
+
+
+def test_an_agents_name_on_its_answers_is_not_judged(guard: Guard) -> None:
+    """A second red team (rt45c F4): ``create_agent(name=...)`` puts the agent's name on every answer; judged as a
+    prompt of its own, the demo guard stopped an agent named ``research_agent`` on 3 of 5 turns."""
+    from lc_fakes import scripted
+
+    agent = create_agent(scripted("Paris.", "Lyon."), [], middleware=[GuardMiddleware(guard)], name="agent")
+    state = agent.invoke({"messages": [HumanMessage("Capital of France?")]})
+    state = agent.invoke({"messages": [*state["messages"], HumanMessage("And its second city?")]})
+    assert [m.content for m in state["messages"] if isinstance(m, AIMessage)] == ["Paris.", "Lyon."]
