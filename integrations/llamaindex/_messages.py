@@ -17,6 +17,7 @@ it beside the blocks or in their place.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -32,6 +33,7 @@ from llama_index.core.base.llms.types import (
     CitableBlock,
     CitationBlock,
     DocumentBlock,
+    ImageBlock,
     MessageRole,
     TextBlock,
     ThinkingBlock,
@@ -54,6 +56,7 @@ from qwenguard.core.formats.conversations import (
     untrusted_conversation,
     with_tool_calls,
 )
+from qwenguard.core.formats.media import SNIFF_BYTES, bytes_as_text, text_encoding
 from qwenguard.core.verdict import Stage
 
 __all__ = [
@@ -116,20 +119,31 @@ def _document_text(block: DocumentBlock) -> str:
     if not block.data:
         return ""
     mimetype = (block.document_mimetype or "").lower()
-    if mimetype and not mimetype.startswith(_TEXT_DOCUMENT_TYPES):
-        return ""
     try:
         raw = block.resolve_document().read()
     except (ValueError, OSError):
         return ""
-    try:
-        return raw.decode("utf-8")  # a document without a type is read when it is UTF-8 text
-    except UnicodeDecodeError:
-        return raw.decode("utf-8", "replace") if mimetype else ""
+    if mimetype.startswith(_TEXT_DOCUMENT_TYPES):
+        return raw.decode("utf-8", "replace")
+    # Untyped, or typed as binary (a PDF, octet-stream): read when its bytes are text all the same.
+    return bytes_as_text(raw) or ""
+
+
+def _image_text(block: ImageBlock) -> str:
+    """An inline image whose bytes are text all the same (labelled ``image/png``): a provider sends them. Only its
+    start is decoded to tell (``image`` holds base64)."""
+    data = block.image
+    if not isinstance(data, bytes) or not data:
+        return ""
+    head = base64.b64decode(data[:4096], validate=False)
+    if text_encoding(head[:SNIFF_BYTES], whole=len(data) <= 4096) is None:
+        return ""
+    return bytes_as_text(block.resolve_image().read()) or ""
 
 
 def block_text(block: Any) -> str:
-    """The text one content block carries ("" for images, audio, video, cache points, tool calls)."""
+    """The text one content block carries ("" for images, audio, video, cache points, tool calls; an image's bytes
+    that are text are text)."""
     if isinstance(block, TextBlock):
         return block.text
     if isinstance(block, ThinkingBlock):
@@ -138,6 +152,8 @@ def block_text(block: Any) -> str:
         return block_text(block.cited_content)
     if isinstance(block, CitableBlock):
         return "\n".join(t for b in block.content if (t := block_text(b)))
+    if isinstance(block, ImageBlock):
+        return _image_text(block)
     if isinstance(block, DocumentBlock):
         # Its title is sent as the file's name, which a model reads too, whatever the file holds.
         return "\n".join(t for t in (block.title, _document_text(block)) if t)

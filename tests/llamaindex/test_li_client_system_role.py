@@ -118,3 +118,19 @@ def test_an_app_without_a_system_prompt_screens_the_opening_one(guard: Guard) ->
     with pytest.raises(GuardViolation):
         engine.chat("Please answer.", chat_history=client_history())
     assert recorder.bomb_chars() == 0
+
+
+def test_a_memorys_blocks_are_judged_as_the_docs_say(guard: Guard) -> None:
+    """docs/llamaindex.md: a `Memory`'s blocks, in a system message after the agent's prompt, are judged as content;
+    the demo guard reads their ``<memory>`` tags as a Jailbreak (a second red team's finding, rt45c F1)."""
+    from qwenguard.integrations.llamaindex._messages import plan_inputs
+
+    blocks = "<memory>\n<profile>\nThe user is Dana, a nurse in Lyon who prefers short answers.\n</profile>\n</memory>"
+    messages = [
+        ChatMessage(role="system", content="You are a helpful assistant."),
+        ChatMessage(role="system", content=blocks),
+        ChatMessage(role="user", content="What's the weather?"),
+    ]
+    judged = [c for _, c in plan_inputs(messages).checks if blocks in c[-1]["content"]]
+    assert len(judged) == 1
+    assert not guard.check_many([(Stage.PROMPT, judged[0])])[0].allowed

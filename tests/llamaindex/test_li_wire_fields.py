@@ -14,7 +14,7 @@ import pytest
 from conftest import openai_like
 from faults import ScriptedBackend, keyword_verdict
 from li_scripted import UNSAFE_CLAUSE
-from llama_index.core.base.llms.types import ChatMessage, DocumentBlock, TextBlock, ToolCallBlock
+from llama_index.core.base.llms.types import ChatMessage, DocumentBlock, ImageBlock, TextBlock, ToolCallBlock
 from qwenguard.core import Guard, GuardViolation
 from qwenguard.integrations.llamaindex import GuardedLLM
 from scripted_openai import scripted_openai
@@ -94,6 +94,28 @@ ATTACKS = {
                     TextBlock(text="Summarise the file."),
                     DocumentBlock(data=b"harmless text", document_mimetype="text/plain", title=u),
                 ],
+            )
+        ],
+        ["chat"],
+    ),
+    # A second audit (rt45d L2): text bytes labelled as a PDF, octet-stream or an image are sent as they are.
+    "a text document labelled as a PDF": (
+        lambda u: [
+            ChatMessage(
+                role="user",
+                blocks=[
+                    TextBlock(text="Summarise the file."),
+                    DocumentBlock(data=u.encode(), document_mimetype="application/pdf", title="a.pdf"),
+                ],
+            )
+        ],
+        ["chat"],
+    ),
+    "an image whose bytes are text": (
+        lambda u: [
+            ChatMessage(
+                role="user",
+                blocks=[TextBlock(text="Describe it."), ImageBlock(image=u.encode(), image_mimetype="image/png")],
             )
         ],
         ["chat"],
