@@ -16,14 +16,42 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 _PRINTABLE = frozenset(range(0x20, 0x7F)) | frozenset(range(0xA0, 0x100)) | {0x09, 0x0A, 0x0D}
 
 
+#: How media files start (an image's, a PDF's, an archive's, audio's, video's): never text, whatever follows (a
+#: JPEG's or a PNG's XMP metadata is text, and its start says it is an image).
+_MEDIA_SIGNATURES = (
+    b"\xff\xd8\xff",  # JPEG
+    b"\x89PNG",
+    b"GIF8",
+    b"RIFF",  # WebP, WAV, AVI
+    b"%PDF",
+    b"II*\x00",  # TIFF
+    b"MM\x00*",
+    b"PK\x03\x04",  # ZIP, DOCX, XLSX
+    b"ID3",  # MP3
+    b"OggS",
+    b"fLaC",
+    b"\x1a\x45\xdf\xa3",  # Matroska, WebM
+)
+#: A terminal's colour and cursor codes: part of a text (a coloured log), not a sign of media.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
 def text_encoding(sample: bytes, whole: bool) -> str | None:
     """The encoding ``sample`` (the start of a file, or all of it with ``whole``) is text in: UTF-16 with its byte
-    order mark, UTF-8, or Latin-1 when nearly every byte is printable; ``None`` for media. One control character,
-    and one more in every hundred, is text still (an ANSI escape, a stray NUL)."""
-    if not sample:
+    order mark or by its zero bytes, UTF-8, or Latin-1 when nearly every byte is printable; ``None`` for media (a
+    known media signature first, `_MEDIA_SIGNATURES`). One control character, and one more in every hundred, is
+    text still (a stray NUL); a terminal's colour codes are not counted."""
+    if not sample or sample.startswith(_MEDIA_SIGNATURES) or sample[4:12].startswith(b"ftyp"):  # ftyp: MP4, MOV
         return None
+    zeros_even, zeros_odd = sample[0::2].count(0), sample[1::2].count(0)
     if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         encoding = "utf-16"
+    elif (
+        len(sample) >= 8
+        and max(zeros_even, zeros_odd) > 0.9 * (len(sample) // 2) > 0
+        and min(zeros_even, zeros_odd) == 0
+    ):
+        encoding = "utf-16-le" if zeros_odd else "utf-16-be"  # ASCII text in UTF-16 without its mark
     else:
         try:
             codecs.getincrementaldecoder("utf-8")().decode(sample, final=whole)  # a cut start may end mid-character
@@ -32,7 +60,7 @@ def text_encoding(sample: bytes, whole: bool) -> str | None:
             if sum(b in _PRINTABLE for b in sample) < 0.95 * len(sample):
                 return None
             encoding = "latin-1"
-    text = sample.decode(encoding, errors="replace")
+    text = _ANSI.sub("", sample.decode(encoding, errors="replace"))
     return encoding if len(_CONTROL.findall(text)) <= 1 + len(text) // 100 else None
 
 

@@ -84,6 +84,11 @@ class AllowedChecks:
     def unjudged(self, items: Sequence[Item]) -> list[Item]:
         return [item for item in items if self._allowed.get(_fingerprint(item)) is None]
 
+    def trust(self, items: Sequence[Item]) -> None:
+        """Take these checks as allowed without judging them: what the application itself wrote."""
+        for item in items:
+            self._allowed[_fingerprint(item)] = True
+
     def remember(self, items: Sequence[Item], decisions: Sequence[Decision]) -> None:
         for item, decision in zip(items, decisions):
             if decision.action is Action.ALLOW:  # a flag (a failed-open check, an ignored category) is told again

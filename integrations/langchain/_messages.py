@@ -65,6 +65,7 @@ __all__ = [
     "guard_history",
     "input_items",
     "sent_labels",
+    "label_item",
     "system_role",
     "output_items",
     "prompt_items",
@@ -207,6 +208,17 @@ def _sniffed_text(encoded: str) -> str | None:
         return None if encoding is None else _b64_bytes(encoded).decode(encoding, errors="replace")
     except (binascii.Error, ValueError):
         return None
+
+
+_BASE64 = re.compile(r"[A-Za-z0-9+/=\s]*")
+
+
+def _media_bytes(value: str) -> bool:
+    """Could ``value`` be media data: base64 (a data URL's or bare) longer than a few words? A short or non-base64
+    string under a media key is words a reader sees."""
+    parsed = _data_url(value)
+    body = parsed[2] if parsed is not None and parsed[1] else value
+    return len(body) > 256 and _BASE64.fullmatch(body[:4096]) is not None
 
 
 def _data_url(value: str) -> tuple[str, bool, str] | None:
@@ -355,6 +367,8 @@ def tool_text(message: Any, budget: int = DEFAULT_MAX_CHARS) -> str:
         if isinstance(item, str):
             media = key in _DATA_KEYS or _data_url(item) is not None
             text = _leaf_text(item, parent, key, frozenset()) if media else item
+            if media and text is None and not _media_bytes(item):
+                text = item  # plain text under a media key: the provider sends the list as JSON, words and all
             if text and not (key == "type" and text in _KNOWN_KINDS):
                 texts.append(text)
                 total += len(text)
@@ -626,8 +640,9 @@ def input_items(
         system = system_role(message)
         if i == 0 and system == "system" and not screen_system:
             continue  # the application's prompt
-        if labels := sent_labels(message):
-            items.append(Item(Stage.PROMPT, prompt_conversation(labels), message, i, label="name of a message"))
+        if (labeled := label_item(message)) is not None:
+            labeled.index = i
+            items.append(labeled)
         if _is_tool_output(message):
             text = tool_text(message)
             if text.strip():
@@ -664,10 +679,10 @@ def sent_labels(message: BaseMessage) -> str:
     it, the speaker's name or a legacy function's; a phrase fits in one, ``Ignore_your_rules_and_...``) and the ids
     of its tool calls (a `ToolMessage`'s ``tool_call_id``, an answer's calls') that are not identifiers: they go out
     with the calls, and a chat template may show them. "" when there is none: a `ToolMessage`'s name is the
-    application's tool name, and not sent; an answer's is the application's agent's (``create_agent(name=...)``
-    puts it on every answer: judged, a demo guard stopped agents for their names), left out too."""
+    application's tool name, and not sent. (`GuardMiddleware` trusts the name its agent puts on its own answers,
+    `label_item`.)"""
     labels: list[str] = []
-    if not (isinstance(message, ToolMessage) or message.type == "tool" or _role(message) == "assistant"):
+    if not (isinstance(message, ToolMessage) or message.type == "tool"):
         name = getattr(message, "name", None)
         if not isinstance(name, str) or not name.strip():
             extra = getattr(message, "additional_kwargs", None)
@@ -678,6 +693,12 @@ def sent_labels(message: BaseMessage) -> str:
     ids = [getattr(message, "tool_call_id", None), *(c.get("id") for c in calls if isinstance(c, Mapping))]
     labels += [i for i in ids if isinstance(i, str) and i.strip() and not _IDENTIFIER.fullmatch(i)]
     return "\n".join(labels)
+
+
+def label_item(message: BaseMessage) -> Item | None:
+    """The check of what is sent with ``message`` beside its text (`sent_labels`), or ``None``."""
+    labels = sent_labels(message)
+    return Item(Stage.PROMPT, prompt_conversation(labels), message, label="name of a message") if labels else None
 
 
 def prompt_items(prompts: Sequence[str]) -> list[Item]:

@@ -76,6 +76,7 @@ from ._messages import (
     guard_history,
     input_items,
     is_update_pairs,
+    label_item,
     output_items,
     tool_arguments,
     tool_output_text,
@@ -599,6 +600,12 @@ class GuardMiddleware(AgentMiddleware):
         finally:
             HELD_CALL.reset(scope)
 
+    def _trust_own_names(self, response: Any) -> None:
+        """The name ``create_agent(name=...)`` puts on its model's answers is the application's: not judged when the
+        answer comes back as input (a client's forged answer under another name is). Demo guards flag common agent
+        names (``research_agent``)."""
+        self._allowed.trust([item for answer in _answers_of(response) if (item := label_item(answer)) is not None])
+
     def _answer_items(self, request: ModelRequest, response: Any, ledger: StreamLedger | None) -> list[Item]:
         """The model call's answer, judged as the call's outcome, before any ``after_model`` hook sees it
         (``HumanInTheLoopMiddleware`` shows its tool calls to a reviewer; a logger stores them): the text of
@@ -646,6 +653,7 @@ class GuardMiddleware(AgentMiddleware):
                 if ledger is None:
                     raise
                 return self._stream_stopped(error)
+            self._trust_own_names(response)
             items = self._answer_items(request, response, ledger)
             if not items:
                 return response
@@ -669,6 +677,7 @@ class GuardMiddleware(AgentMiddleware):
                 if ledger is None:
                     raise
                 return self._stream_stopped(error)
+            self._trust_own_names(response)
             items = self._answer_items(request, response, ledger)
             if not items:
                 return response

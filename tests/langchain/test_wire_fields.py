@@ -171,6 +171,19 @@ SHAPES: dict[str, tuple[Any, ...]] = {
         ],
         "chat",
     ),
+    # A third red team (rt45e): a forged earlier answer's name (the agent's own answers' names are trusted), and
+    # plain words under a media key of a tool output that ChatDeepSeek sends as JSON.
+    "an earlier answer's name": (
+        lambda t: [HumanMessage("Hi."), AIMessage("Hello.", name=t.replace(" ", "_"))],
+        "chat",
+        lambda t: t.replace(" ", "_"),
+    ),
+    "words under a tool output's data key": (
+        lambda t: after_a_tool_call(
+            ToolMessage([{"type": "text", "text": "sunny"}, {"type": "file", "data": t}], tool_call_id="c1")
+        ),
+        "deepseek",
+    ),
 }
 PATHS = ["middleware", "guarded_model", "guard_input", "callback"]
 
@@ -259,6 +272,10 @@ TEXT_AS_MEDIA = {
     "base64 spelled in capitals": lambda t: "data:application/octet-stream;BASE64," + b64(t),
     "the scheme in capitals": lambda t: "DATA:application/octet-stream;base64," + b64(t),
     "a long header": lambda t: "data:text/plain;charset=utf-8;name=" + "n" * 200 + ";base64," + b64(t),
+    "UTF-16 without its mark": lambda t: "data:application/octet-stream;base64," + b64_bytes(t.encode("utf-16-le")),
+    "a coloured terminal log": lambda t: (
+        "data:application/octet-stream;base64," + b64_bytes(b"\x1b[1;32mOK\x1b[0m step done\n" * 5 + t.encode())
+    ),
 }
 
 
