@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
 from typing import Generic, TypeVar
 
 from qwenguard.core import Guard
 
-__all__ = ["Bounded", "require_guard"]
+__all__ = ["Bounded", "IDENTIFIER", "require_guard"]
+
+#: An id or label a provider class sends that is no text a model reads as words (up to 64 letters, digits, ``_.:-``):
+#: a tool call's id, a content block's type.
+IDENTIFIER = re.compile(r"[\w.:-]{1,64}")
 
 K = TypeVar("K")
 V = TypeVar("V")

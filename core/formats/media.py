@@ -5,10 +5,12 @@ PDF's first bytes are neither UTF-8 nor mostly printable); a file whose start is
 
 from __future__ import annotations
 
+import base64
+import binascii
 import codecs
 import re
 
-__all__ = ["SNIFF_BYTES", "text_encoding", "bytes_as_text"]
+__all__ = ["SNIFF_BYTES", "text_encoding", "bytes_as_text", "base64_bytes", "base64_as_text"]
 
 #: How much of a file's start is read to tell text from media.
 SNIFF_BYTES = 3072
@@ -68,3 +70,22 @@ def bytes_as_text(raw: bytes) -> str | None:
     """``raw`` decoded when it is text (`text_encoding` of its start), else ``None``."""
     encoding = text_encoding(raw[:SNIFF_BYTES], whole=len(raw) <= SNIFF_BYTES)
     return None if encoding is None else raw.decode(encoding, errors="replace")
+
+
+def base64_bytes(encoded: str) -> bytes:
+    """Base64 as a lenient decoder reads it: line breaks (MIME's 76 columns) and missing padding are fine."""
+    return base64.b64decode("".join(encoded.split()) + "==", validate=False)
+
+
+def base64_as_text(encoded: str) -> str | None:
+    """Base64 media data decoded when it is text all the same (`text_encoding` of its start; UTF-8, UTF-16 or
+    Latin-1, line-wrapped or not), else ``None``. Only the start is decoded to tell: an image costs no more."""
+    chunk = encoded[: SNIFF_BYTES * 2]  # more than the sample's base64, with its line breaks
+    whole = len(chunk) == len(encoded)
+    compact = "".join(chunk.split())
+    try:
+        decoded = base64_bytes(compact if whole else compact[: len(compact) - len(compact) % 4])
+        encoding = text_encoding(decoded[:SNIFF_BYTES], whole=whole and len(decoded) <= SNIFF_BYTES)
+        return None if encoding is None else base64_bytes(encoded).decode(encoding, errors="replace")
+    except (binascii.Error, ValueError):
+        return None

@@ -8,7 +8,7 @@ import contextvars
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..backends.base import Outcome
@@ -113,6 +113,22 @@ def strictest(decisions: Sequence[Decision]) -> Decision:
     return min(decisions, key=lambda d: (d.allowed, _ACTION_RANK[d.action]))
 
 
+def judged_within(
+    limits: Limits, messages: Iterable[Message | ChatMessage], left: int, what: str = "request"
+) -> tuple[list[dict[str, str]], int]:
+    """``messages`` as the guard reads them (`Message.judged`), rendering no further than ``left`` characters of
+    content: `LimitExceeded` once past it (``what`` names the request in its message). The turns, and the
+    characters left after them."""
+    turns = []
+    for message in messages:
+        turn = message.judged(max_chars=left)
+        left -= len(turn["content"])
+        if left < 0:
+            limits.check_chars(limits.max_chars - left, what, at_least=True)
+        turns.append(turn)
+    return turns, left
+
+
 class Service:
     """What the endpoints share: the guard, its verdict cache, the operator's policy and limits,
     deadlines and metrics."""
@@ -155,19 +171,12 @@ class Service:
         the operator's limits (413, as `check_size`): the counts first, then the characters as the turns
         are rendered, so that rendering stops once past ``max_chars`` (thousands of tool calls are refused
         after rendering at most ``max_chars`` characters, never all of them)."""
-        limits = self.limits
-        left = limits.max_chars
+        left = self.limits.max_chars
         out: list[list[dict[str, str]]] = []
         try:
-            limits.check_counts(conversations)
+            self.limits.check_counts(conversations)
             for conversation in conversations:
-                turns = []
-                for message in conversation:
-                    turn = message.judged(max_chars=left)
-                    left -= len(turn["content"])
-                    if left < 0:
-                        limits.check_chars(limits.max_chars - left, at_least=True)
-                    turns.append(turn)
+                turns, left = judged_within(self.limits, conversation, left)
                 out.append(turns)
         except LimitExceeded as exc:
             raise self._refused(exc) from exc

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import functools
 import json
 import logging
 import re
@@ -25,7 +24,7 @@ from ..streaming.monitor_core import DEFAULT_CHECK_EVERY, DEFAULT_CONTEXT, DEFAU
 from ..verdict import Risk
 from .limits import LARGE_BODY_BYTES, LimitExceeded, Limits
 from .schemas import ApiError, Message
-from .service import Service
+from .service import Service, judged_within
 from .turns import NoTurn, client_address
 
 T = TypeVar("T")
@@ -269,18 +268,14 @@ _CLIENT_BOUNDS = (
 
 
 def _judged_turns(service: Service, messages: list[Any]) -> list[dict[str, str]]:
-    """The ``open`` frame's messages as the guard reads them (`Message.judged`), rendering no further than
-    the session's ``max_chars`` (a tool call of thousands of floats is refused after that many characters)."""
-    limits = service.limits
-    left = limits.max_chars
-    turns = []
-    for message in messages:
-        turn = Message.model_validate(message).judged(max_chars=left)
-        left -= len(turn["content"])
-        if left < 0:
-            _check(functools.partial(limits.check_chars, at_least=True), limits.max_chars - left, "the stream session")
-        turns.append(turn)
-    return turns
+    """The ``open`` frame's messages as the guard reads them, rendering no further than the session's ``max_chars``
+    (`judged_within`: a tool call of thousands of floats is refused after that many characters), each validated
+    as it comes."""
+    validated = (Message.model_validate(m) for m in messages)
+    try:
+        return judged_within(service.limits, validated, service.limits.max_chars, "the stream session")[0]
+    except LimitExceeded as exc:
+        raise SessionEnd(CLOSE_TOO_BIG, str(exc), "request_too_large") from exc
 
 
 def _check(check: Any, *args: Any) -> None:

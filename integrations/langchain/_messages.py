@@ -50,8 +50,10 @@ from qwenguard.core.formats.conversations import (
     untrusted_conversation,
     with_tool_calls,
 )
-from qwenguard.core.formats.media import SNIFF_BYTES, text_encoding
+from qwenguard.core.formats.media import base64_as_text
 from qwenguard.core.guard import DEFAULT_MAX_CHARS
+
+from .._common import IDENTIFIER
 
 __all__ = [
     "DEFAULT_HISTORY_TURNS",
@@ -183,31 +185,11 @@ def _is_text_media(block: Mapping[str, Any]) -> bool:
     return block.get("type") == "text-plain" or _text_mime(block.get("mime_type") or block.get("media_type"))
 
 
-def _b64_bytes(value: str) -> bytes:
-    """Base64 as a lenient decoder reads it: line breaks (MIME's 76 columns) and missing padding are fine."""
-    return base64.b64decode("".join(value.split()) + "==", validate=False)
-
-
 def _b64_text(value: str) -> str:
     try:
         return base64.b64decode(value, validate=False).decode("utf-8", errors="replace")
     except (binascii.Error, ValueError):
         return value  # not base64 after all: judge the string itself rather than nothing
-
-
-def _sniffed_text(encoded: str) -> str | None:
-    """Base64 media data that is text all the same (a text file labelled ``application/octet-stream`` or given
-    with no type, one a framework relabelled as a PDF; UTF-8, UTF-16 or Latin-1, line-wrapped or not), decoded;
-    ``None`` for media (`qwenguard.core.formats.media`). Only the start is decoded to tell."""
-    chunk = encoded[: SNIFF_BYTES * 2]  # more than the sample's base64, with its line breaks
-    whole = len(chunk) == len(encoded)
-    compact = "".join(chunk.split())
-    try:
-        decoded = _b64_bytes(compact if whole else compact[: len(compact) - len(compact) % 4])
-        encoding = text_encoding(decoded[:SNIFF_BYTES], whole=whole and len(decoded) <= SNIFF_BYTES)
-        return None if encoding is None else _b64_bytes(encoded).decode(encoding, errors="replace")
-    except (binascii.Error, ValueError):
-        return None
 
 
 _BASE64 = re.compile(r"[A-Za-z0-9+/=\s]*")
@@ -234,7 +216,7 @@ def _data_url(value: str) -> tuple[str, bool, str] | None:
 
 def _data_url_text(value: str) -> str | None:
     """The text of a ``data:`` URL: its body with a text type (`_TEXT_MEDIA`) or when it is not base64 (text on
-    the wire, percent-decoded as a reader would), or base64 media data that is text (`_sniffed_text`); ``None``
+    the wire, percent-decoded as a reader would), or base64 media data that is text (`base64_as_text`); ``None``
     for media or when ``value`` is no data URL."""
     parsed = _data_url(value)
     if parsed is None:
@@ -242,7 +224,7 @@ def _data_url_text(value: str) -> str | None:
     mime, encoded, body = parsed
     if not encoded:
         return urllib.parse.unquote(body)
-    return _b64_text(body) if _text_mime(mime) else _sniffed_text(body)
+    return _b64_text(body) if _text_mime(mime) else base64_as_text(body)
 
 
 def _leaf_text(value: str, parent: Mapping[str, Any] | None, key: str, skip: frozenset[str] = _NOT_TEXT) -> str | None:
@@ -253,7 +235,7 @@ def _leaf_text(value: str, parent: Mapping[str, Any] | None, key: str, skip: fro
         return None
     if key in _DATA_KEYS:
         if parent is None or not _is_text_media(parent):
-            return _sniffed_text(value)  # media bytes, unless they are text all the same
+            return base64_as_text(value)  # media bytes, unless they are text all the same
         # "base64" is always encoded; "data" only in a base64 source: Anthropic's (``"type": "base64"``) and
         # LangChain's v0 data blocks (``"source_type": "base64"``, the form a callback handler is given).
         encoded = key != "data" or "base64" in (parent.get("type"), parent.get("source_type"))
@@ -669,10 +651,6 @@ def input_items(
     return items
 
 
-#: What an id a provider class sends may be without being read as words (`sent_labels`).
-_IDENTIFIER = re.compile(r"[\w.:-]{1,64}")
-
-
 def sent_labels(message: BaseMessage) -> str:
     """What a provider class sends with a message beside its text, one a line, judged on its own: its name
     (``name``, or ``additional_kwargs["name"]``: ChatOpenAI sends it for every role but a tool's, and a model reads
@@ -691,7 +669,7 @@ def sent_labels(message: BaseMessage) -> str:
             labels.append(name)
     calls = [*(getattr(message, "tool_calls", None) or ()), *(getattr(message, "invalid_tool_calls", None) or ())]
     ids = [getattr(message, "tool_call_id", None), *(c.get("id") for c in calls if isinstance(c, Mapping))]
-    labels += [i for i in ids if isinstance(i, str) and i.strip() and not _IDENTIFIER.fullmatch(i)]
+    labels += [i for i in ids if isinstance(i, str) and i.strip() and not IDENTIFIER.fullmatch(i)]
     return "\n".join(labels)
 
 

@@ -17,7 +17,6 @@ it beside the blocks or in their place.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import re
@@ -56,8 +55,10 @@ from qwenguard.core.formats.conversations import (
     untrusted_conversation,
     with_tool_calls,
 )
-from qwenguard.core.formats.media import SNIFF_BYTES, bytes_as_text, text_encoding
+from qwenguard.core.formats.media import base64_as_text, bytes_as_text
 from qwenguard.core.verdict import Stage
+
+from .._common import IDENTIFIER
 
 __all__ = [
     "ANSWER_VARIABLES",
@@ -130,15 +131,12 @@ def _document_text(block: DocumentBlock) -> str:
 
 
 def _image_text(block: ImageBlock) -> str:
-    """An inline image whose bytes are text all the same (labelled ``image/png``): a provider sends them. Only its
-    start is decoded to tell (``image`` holds base64)."""
+    """An inline image whose bytes are text all the same (labelled ``image/png``): a provider sends them. ``image``
+    holds base64: only its start is decoded to tell (`base64_as_text`)."""
     data = block.image
     if not isinstance(data, bytes) or not data:
         return ""
-    head = base64.b64decode(data[:4096], validate=False)
-    if text_encoding(head[:SNIFF_BYTES], whole=len(data) <= 4096) is None:
-        return ""
-    return bytes_as_text(block.resolve_image().read()) or ""
+    return base64_as_text(data.decode("ascii", "replace")) or ""
 
 
 def block_text(block: Any) -> str:
@@ -439,7 +437,6 @@ def answer_marks(message: ChatMessage, calls: Sequence[ToolSelection]) -> list[b
 #: Keys whose values link or label (ids, types, indexes): one identifier there is no text a model reads as words. A
 #: name is read (a tool's name, a speaker's), and so is a list under one of these keys.
 _LINK_KEYS = frozenset({"id", "tool_call_id", "call_id", "type", "index", "reference_audio_id"})
-_IDENTIFIER = re.compile(r"[\w.:-]{1,64}")
 #: Keys of the OpenAI message and tool-call schema: not judged as words. Any other key is text a provider may print
 #: (LlamaIndex's default ``messages_to_prompt`` writes a message's whole ``additional_kwargs`` into the prompt).
 _SCHEMA_KEYS = _LINK_KEYS | {"name", "function", "arguments", "tool_calls", "function_call", "role", "content", "audio"}
@@ -458,7 +455,7 @@ def _strings(value: Any, key: str | None = None) -> Iterator[str]:
                 continue
             walked.add(id(item))
         if isinstance(item, str):
-            if not (at in _LINK_KEYS and _IDENTIFIER.fullmatch(item)):
+            if not (at in _LINK_KEYS and IDENTIFIER.fullmatch(item)):
                 yield item
         elif isinstance(item, Mapping):
             found: list[tuple[Any, str | None]] = []
@@ -536,7 +533,7 @@ def block_calls_text(message: ChatMessage, calls: Sequence[ToolSelection] = ()) 
         call = _selection(block.tool_call_id or "", block.tool_name, block.tool_kwargs)
         if _call_mark(call) not in judged:
             lines.append(with_tool_calls(None, [(block.tool_name, block.tool_kwargs)]))
-        if block.tool_call_id and not _IDENTIFIER.fullmatch(block.tool_call_id):
+        if block.tool_call_id and not IDENTIFIER.fullmatch(block.tool_call_id):
             lines.append(block.tool_call_id)
     return "\n".join(lines)
 

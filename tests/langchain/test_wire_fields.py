@@ -41,8 +41,8 @@ CHAT_REPLY = {
 }
 
 
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
+def b64(data: str | bytes) -> str:
+    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
 
 
 def after_a_tool_call(result: ToolMessage) -> list[Any]:
@@ -261,26 +261,18 @@ TEXT_AS_MEDIA = {
     "line-wrapped base64": lambda t: (
         "data:application/octet-stream;base64," + base64.encodebytes(t.encode() * 3).decode()
     ),
-    "UTF-16 with its byte order mark": lambda t: (
-        "data:application/octet-stream;base64," + b64_bytes(t.encode("utf-16"))
-    ),
-    "Latin-1": lambda t: (
-        "data:application/octet-stream;base64," + b64_bytes("Café notes. ".encode("latin-1") + t.encode())
-    ),
-    "an ANSI escape first": lambda t: "data:application/octet-stream;base64," + b64_bytes(b"\x1b[1m" + t.encode()),
+    "UTF-16 with its byte order mark": lambda t: "data:application/octet-stream;base64," + b64(t.encode("utf-16")),
+    "Latin-1": lambda t: "data:application/octet-stream;base64," + b64("Café notes. ".encode("latin-1") + t.encode()),
+    "an ANSI escape first": lambda t: "data:application/octet-stream;base64," + b64(b"\x1b[1m" + t.encode()),
     "a data URL that is not base64": lambda t: "data:application/octet-stream," + t,
     "base64 spelled in capitals": lambda t: "data:application/octet-stream;BASE64," + b64(t),
     "the scheme in capitals": lambda t: "DATA:application/octet-stream;base64," + b64(t),
     "a long header": lambda t: "data:text/plain;charset=utf-8;name=" + "n" * 200 + ";base64," + b64(t),
-    "UTF-16 without its mark": lambda t: "data:application/octet-stream;base64," + b64_bytes(t.encode("utf-16-le")),
+    "UTF-16 without its mark": lambda t: "data:application/octet-stream;base64," + b64(t.encode("utf-16-le")),
     "a coloured terminal log": lambda t: (
-        "data:application/octet-stream;base64," + b64_bytes(b"\x1b[1;32mOK\x1b[0m step done\n" * 5 + t.encode())
+        "data:application/octet-stream;base64," + b64(b"\x1b[1;32mOK\x1b[0m step done\n" * 5 + t.encode())
     ),
 }
-
-
-def b64_bytes(raw: bytes) -> str:
-    return base64.b64encode(raw).decode()
 
 
 @pytest.mark.parametrize("path", ["middleware", "callback"])
