@@ -254,6 +254,69 @@ def test_a_narrow_forward_attends_with_the_fused_kernel(stream_shaped, new_token
     assert "aten::_scaled_dot_product_flash_attention_for_cpu" in kernels, kernels
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_norms_run_as_one_op_with_the_modules_rounding(stream_shaped, dtype):
+    """The decoder's RMS norms run as torch's one ``rms_norm`` op (on a GPU, half a layer's kernel launches
+    were the norms' eight ops each): the module's own numbers, in float32 and in bfloat16, where the module
+    rounds the normalised value before scaling it."""
+    from qwenguard.core.backends import stream_batching
+
+    layer = stream_shaped.model.model.layers[0]
+    torch.manual_seed(0)
+    x = (torch.randn(7, stream_shaped.config.hidden_size) * 3).to(dtype)
+    heads = (torch.randn(7, 4, layer.self_attn.head_dim) * 3).to(dtype)
+    for norm, value in ((layer.input_layernorm, x), (layer.self_attn.q_norm, heads)):
+        norm = norm.to(dtype)
+        norm.weight.data.normal_(1.0, 0.2)  # not all ones: the scaling is part of the module's rounding
+        with torch.profiler.profile() as profile:
+            got = stream_batching._norm(torch, norm, value)
+        want = norm(value)
+        assert got.dtype == want.dtype == dtype
+        assert torch.equal(got, want), (got.float() - want.float()).abs().max()
+        ops = {event.name for event in profile.events() if event.cpu_parent is None}  # as called, not inside
+        assert "aten::rms_norm" in ops and "aten::pow" not in ops, ops  # one op, not the module's eight
+
+
+def test_a_norm_of_another_kind_runs_its_own_forward(stream_shaped):
+    from qwenguard.core.backends import stream_batching
+
+    class Scaled(torch.nn.Module):  # a norm replaced by something else (a kernel library's, an adapter's)
+        variance_epsilon = 1e-6
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2
+
+    x = torch.randn(3, 8)
+    assert torch.equal(stream_batching._norm(torch, Scaled(), x), x * 2)
+
+
+def test_a_forward_builds_each_steps_attention_mask_once_not_per_layer(stream_shaped, monkeypatch):
+    """A step's mask is the same in every layer; on a GPU every op of building it again is a kernel launch
+    per layer. Three steps (a causal run, one token, a branched run) get three masks in one forward."""
+    from qwenguard.core.backends import stream_batching
+
+    built: list[int] = []
+    original = stream_batching._attention_mask
+    monkeypatch.setattr(stream_batching, "_attention_mask", lambda *a: built.append(a[2]) or original(*a))
+    layers = stream_shaped.config.num_hidden_layers
+    assert layers > 1
+    caches = [SessionCache(layers) for _ in range(3)]
+
+    class Branched:
+        def __init__(self, cache: SessionCache) -> None:
+            self.cache, self.ids, self.offsets = cache, [11, 12, 13, 14], [0, 1, 1, 2]
+            self.visible = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [1, 0, 1, 1]], dtype=torch.bool)
+
+    with torch.inference_mode():
+        packed_hidden(stream_shaped.model.model, [StreamStep(c, [5, 6, 7]) for c in caches])
+        built.clear()
+        packed_hidden(
+            stream_shaped.model.model,
+            [StreamStep(caches[0], [8, 9, 10]), StreamStep(caches[1], [8]), Branched(caches[2])],
+        )
+    assert built == [3, 1, 4]
+
+
 class _Adapter(torch.nn.Linear):
     """A linear layer with a low-rank delta in its forward (as an adapter library adds one)."""
 

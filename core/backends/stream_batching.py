@@ -28,6 +28,7 @@ torch is imported on first use.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -203,38 +204,57 @@ def _rotate_half(x: Any) -> Any:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+@functools.cache
 def _native_gqa(torch: Any) -> bool:
     """Does this torch's scaled_dot_product_attention take ``enable_gqa`` (torch >= 2.5)?"""
     major, minor = (int(x) for x in torch.__version__.split(".")[:2])
     return (major, minor) >= (2, 5)
 
 
-def _attend(torch: Any, q: Any, k: Any, v: Any, past: int, scaling: float, visible: Any = None) -> Any:
-    """Attention of ``q`` ([n, heads, d]) against one session's ``k``/``v`` ([kv_heads, past + n, d]).
+def _norm(torch: Any, norm: Any, x: Any) -> Any:
+    """``norm(x)`` for a decoder's RMS norm module. A ``Qwen3RMSNorm`` runs as torch's single ``rms_norm`` op
+    (one fused kernel on a GPU) with the module's own rounding: normalised in float32, cast back, scaled.
 
-    ``visible`` ([n, n] bool, optional): which new tokens each new token sees (default: causal); the
-    cached positions are always visible. Query heads sharing a key/value head are folded into the query
-    rows: no K/V copy for grouped heads."""
+    The module's forward is eight ops (two casts, pow, mean, add, rsqrt, two products) and a decoder layer
+    runs four norms: on a GPU, where a forward of a 0.6B model costs its kernel launches rather than its
+    arithmetic, that was about half the layer's launches. Any other norm module runs its own forward."""
+    eps = getattr(norm, "variance_epsilon", None)
+    if type(norm).__name__ != "Qwen3RMSNorm" or eps is None:
+        return norm(x)
+    return norm.weight * torch.nn.functional.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+def _attention_mask(torch: Any, past: int, n: int, visible: Any, device: Any) -> Any:
+    """Which positions ([n, past + n] bool) ``n`` new tokens after ``past`` cached ones see: every cached one,
+    and of the new ones those ``visible`` ([n, n] bool) allows (default: causal). None for one new token
+    without ``visible``: nothing to mask."""
+    if visible is not None:
+        return torch.cat((torch.ones(n, past, dtype=torch.bool, device=device), visible.to(device)), dim=1)
+    if n == 1:
+        return None
+    # Causal over the new tokens, everything cached is visible: new token j sees positions <= past + j.
+    positions = torch.arange(past + n, device=device)
+    return positions[None, :] <= (past + torch.arange(n, device=device))[:, None]
+
+
+def _attend(torch: Any, q: Any, k: Any, v: Any, mask: Any, scaling: float) -> Any:
+    """Attention of ``q`` ([n, heads, d]) against one session's ``k``/``v`` ([kv_heads, past + n, d]) under
+    ``mask`` (`_attention_mask`; None: every position visible). Query heads sharing a key/value head are
+    folded into the query rows: no K/V copy for grouped heads."""
     n, heads, dim = q.shape
     kv_heads = k.shape[0]
     groups = heads // kv_heads
     sdpa = torch.nn.functional.scaled_dot_product_attention
     # Inputs are given 4-D (a batch of one): torch's CPU kernel for 4-D inputs is several times faster
     # than its path for 3-D ones, on one token and on a prompt alike.
-    if visible is not None:
-        mask = torch.cat((torch.ones(n, past, dtype=torch.bool, device=q.device), visible.to(q.device)), dim=1)
-    elif n == 1:  # the common case, a token step: nothing to mask
+    if mask is None and n == 1:  # the common case, a token step
         out = sdpa(q.reshape(1, kv_heads, groups, dim), k[None], v[None], scale=scaling)
         return out.reshape(1, heads * dim)
-    else:
-        # Causal over the new tokens, everything cached is visible: new token j sees positions <= past + j.
-        positions = torch.arange(past + n, device=q.device)
-        mask = positions[None, :] <= (past + torch.arange(n, device=q.device))[:, None]
     if _native_gqa(torch):  # grouped heads read in place by the kernel; the mask broadcast over heads
         out = sdpa(q.transpose(0, 1)[None], k[None], v[None], attn_mask=mask, scale=scaling, enable_gqa=True)
         return out[0].transpose(0, 1).reshape(n, heads * dim)
     rows = q.reshape(n, kv_heads, groups, dim).permute(1, 2, 0, 3).reshape(1, kv_heads, groups * n, dim)
-    out = sdpa(rows, k[None], v[None], attn_mask=mask.repeat(groups, 1), scale=scaling)
+    out = sdpa(rows, k[None], v[None], attn_mask=None if mask is None else mask.repeat(groups, 1), scale=scaling)
     return out.reshape(kv_heads, groups, n, dim).permute(2, 0, 1, 3).reshape(n, heads * dim)
 
 
@@ -275,33 +295,44 @@ def packed_hidden(backbone: Any, steps: Sequence[Any]) -> Any:
     rows = _padded_rows(total) if narrow else total
     cos, sin = backbone.rotary_emb(hidden, positions[None])
     cos, sin = cos[0, :, None, :], sin[0, :, None, :]  # [T, 1, head_dim]: broadcast over heads
+    # A step's attention mask is the same in every layer (its cache length moves after the last one): built
+    # once per forward, not per layer (on a GPU every op is a kernel launch, and launches are what a forward
+    # of a small model costs there).
+    masks = [
+        _attention_mask(torch, s.cache.length, n, getattr(s, "visible", None), device) for s, n in zip(steps, sizes)
+    ]
+    alone = len(steps) == 1 and rows == total  # one step: its attention output is the layer's, no copy
     for index, layer in enumerate(backbone.layers):
         attn = layer.self_attn
-        x = _pad(torch, layer.input_layernorm(hidden)[0], rows)
+        x = _pad(torch, _norm(torch, layer.input_layernorm, hidden[0]), rows)
         dim = attn.head_dim
         # Contiguous (a narrow projection comes out transposed): torch's CPU attention kernel takes only
         # inputs whose last dimension is contiguous, and falls back to its unfused path (about twice the
         # time at 124 tokens) otherwise; the norms also read rows faster.
-        q = attn.q_norm(_project(torch, attn.q_proj, x, narrow)[:total].contiguous().reshape(total, -1, dim))
-        k = attn.k_norm(_project(torch, attn.k_proj, x, narrow)[:total].contiguous().reshape(total, -1, dim))
+        q = _project(torch, attn.q_proj, x, narrow)[:total].contiguous().reshape(total, -1, dim)
+        k = _project(torch, attn.k_proj, x, narrow)[:total].contiguous().reshape(total, -1, dim)
+        q, k = _norm(torch, attn.q_norm, q), _norm(torch, attn.k_norm, k)
         v = _project(torch, attn.v_proj, x, narrow)[:total].reshape(total, -1, dim)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         scaling = getattr(attn, "scaling", dim**-0.5)
-        out = q.new_zeros(rows, q.shape[1] * dim) if rows > total else q.new_empty(total, q.shape[1] * dim)
-        start = 0
-        for step, n in zip(steps, sizes):
-            end = start + n
-            keys, values = step.cache.append(index, k[start:end], v[start:end])
-            visible = getattr(step, "visible", None)
-            out[start:end] = _attend(torch, q[start:end], keys, values, step.cache.length, scaling, visible)
-            start = end
+        if alone:
+            keys, values = steps[0].cache.append(index, k, v)
+            out = _attend(torch, q, keys, values, masks[0], scaling)
+        else:
+            out = q.new_zeros(rows, q.shape[1] * dim) if rows > total else q.new_empty(total, q.shape[1] * dim)
+            start = 0
+            for step, n, mask in zip(steps, sizes, masks):
+                end = start + n
+                keys, values = step.cache.append(index, k[start:end], v[start:end])
+                out[start:end] = _attend(torch, q[start:end], keys, values, mask, scaling)
+                start = end
         hidden = hidden + _project(torch, attn.o_proj, out, narrow)[:total][None]
-        mlp_in = _pad(torch, layer.post_attention_layernorm(hidden)[0], rows)
+        mlp_in = _pad(torch, _norm(torch, layer.post_attention_layernorm, hidden[0]), rows)
         hidden = hidden + _mlp(torch, layer.mlp, mlp_in, narrow)[:total][None]
     for step, n in zip(steps, sizes):
         step.cache.length += n
-    return backbone.norm(hidden)[0]
+    return _norm(torch, backbone.norm, hidden[0])
 
 
 def _read_heads(torch: Any, model: Any, hidden: Any, steps: Sequence[StreamStep], sizes: list[int]) -> list[StepResult]:
