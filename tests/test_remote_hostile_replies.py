@@ -26,7 +26,6 @@ from live_server import QuietHandler, http_serving
 from qwenguard.core import Guard, GuardUnavailable, Policy
 from qwenguard.core.backends import openai_gen
 from qwenguard.core.backends import stream_session as stream_session_module
-from qwenguard.core.backends.openai_gen import DEFAULT_MAX_REPLY_BYTES
 from qwenguard.core.backends.openai_wire import parse_logprobs
 from qwenguard.core.formats.prompts import SAFETY_LABELS
 from qwenguard.core.streaming.monitor_core import DEFAULT_KEEP_TOKEN_VERDICTS
@@ -46,7 +45,12 @@ HONEST_STEPS = [
 
 
 # == 1. logprobs: bounded steps, linear parse =================================================================
-def hostile_reply(head: list[dict[str, Any]], nbytes: int = DEFAULT_MAX_REPLY_BYTES - 4096) -> bytes:
+#: The reply bound these padded replies are read under (raised from the default: a padded reply's steps, not its
+#: size, are what is tested).
+PADDED_REPLY_BYTES = 8 << 20
+
+
+def hostile_reply(head: list[dict[str, Any]], nbytes: int = PADDED_REPLY_BYTES - 4096) -> bytes:
     """A valid "safe" verdict whose logprobs carry ``head`` then junk steps, up to ``nbytes``."""
     k = (nbytes - 200) // (len(json.dumps(JUNK_STEP)) + 2)
     body = {
@@ -59,7 +63,7 @@ def hostile_reply(head: list[dict[str, Any]], nbytes: int = DEFAULT_MAX_REPLY_BY
         ]
     }
     out = json.dumps(body).encode()
-    assert len(out) <= DEFAULT_MAX_REPLY_BYTES
+    assert len(out) <= PADDED_REPLY_BYTES
     return out
 
 
@@ -119,7 +123,14 @@ def count_steps_read(monkeypatch: pytest.MonkeyPatch) -> list[Counted]:
 def test_millions_of_logprob_steps_are_read_only_up_to_max_tokens(monkeypatch, head):
     seen = count_steps_read(monkeypatch)
     with http_engine(hostile_reply(head)) as url:
-        g = Guard.remote(url, model="m", logprobs=True, max_retries=0, policy=Policy(timeout_s=60))
+        g = Guard.remote(
+            url,
+            model="m",
+            logprobs=True,
+            max_retries=0,
+            max_reply_bytes=PADDED_REPLY_BYTES,
+            policy=Policy(timeout_s=60),
+        )
         try:
             d = g.check_prompt("hello")
         finally:
@@ -224,7 +235,7 @@ def test_the_linear_label_search_finds_what_the_old_one_found():
 def released_with_tokens(delta: str, fed: str) -> str:
     """Releases each delta with one token verdict per character (as many as an honest server could send)."""
     base = len(fed) - len(delta)
-    tokens = ",".join(f'{{"end":{base + i + 1}}}' for i in range(len(delta)))
+    tokens = ",".join(f'{{"risk":"safe","end":{base + i + 1}}}' for i in range(len(delta)))
     return f'{{"type":"released","text":{json.dumps(delta)},"tokens":[{tokens}]}}'
 
 
@@ -296,8 +307,8 @@ async def test_a_frame_just_under_the_bound_is_parsed_off_the_callers_loop(monke
     monkeypatch.setattr(remote_stream, "parse_frame", recording)
 
     def flood(delta: str, so_far: str) -> str:
-        n = ((4 << 20) - 4096) // 3
-        return '{"type":"released","text":"","tokens":[' + ",".join(["{}"] * n) + "]}"
+        n = ((4 << 20) - 4096) // 16
+        return '{"type":"released","text":"","tokens":[' + ",".join(['{"risk":"safe"}'] * n) + "]}"
 
     with ws_server(flood) as url:
         g = stream_guard(url, Policy(timeout_s=60))

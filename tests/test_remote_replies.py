@@ -207,7 +207,7 @@ def test_a_declared_length_past_the_bound_is_refused_before_reading():
 
 
 def test_reply_bound_defaults_and_reaches_the_backend_through_guard_remote():
-    assert openai_gen.DEFAULT_MAX_REPLY_BYTES == 8 << 20
+    assert openai_gen.DEFAULT_MAX_REPLY_BYTES == 256 << 10
     assert OpenAIGen("http://127.0.0.1:9/v1", model="m").max_reply_bytes == openai_gen.DEFAULT_MAX_REPLY_BYTES
     g = Guard.remote("http://127.0.0.1:9/v1", model="m", max_reply_bytes=1234)
     assert g.backend.max_reply_bytes == 1234
@@ -221,9 +221,9 @@ OK_PROMPT = {"allowed": True, "action": "allow", "stage": "prompt", "reason": "s
 
 
 @contextmanager
-def ws_server(reply_to_feed: Callable[[str, str], Any]) -> Iterator[str]:
-    """A stream server: answers ``open`` properly, each ``feed`` with ``reply_to_feed(delta, text fed so far)``
-    (a dict, sent as JSON, or raw ``str``/``bytes``), ``finish`` with nothing more released."""
+def ws_server(reply_to_feed: Callable[[str, str], Any], *, opened: dict[str, Any] | None = None) -> Iterator[str]:
+    """A stream server: answers ``open`` properly (or with ``opened``), each ``feed`` with ``reply_to_feed(delta,
+    text fed so far)`` (a dict, sent as JSON, or raw ``str``/``bytes``), ``finish`` with nothing more released."""
     from websockets.asyncio.server import serve
 
     loop = asyncio.new_event_loop()
@@ -234,7 +234,7 @@ def ws_server(reply_to_feed: Callable[[str, str], Any]) -> Iterator[str]:
     async def handler(ws: Any) -> None:
         try:
             await ws.recv()
-            await ws.send(json.dumps({"type": "opened", "prompt_decision": OK_PROMPT}))
+            await ws.send(json.dumps(opened or {"type": "opened", "prompt_decision": OK_PROMPT}))
             fed = ""
             async for raw in ws:
                 msg = json.loads(raw)

@@ -71,12 +71,14 @@ from ..verdict import Risk, Verdict, worst
 from .after_fork import fork_safe_lock
 from .base import Conversation, Outcome
 from .openai_wire import (
+    MALFORMED_LOGPROBS,
     NO_VERDICT_ERROR,
     RETRY_STATUS,
     RemoteHTTPError,
     error_text,
     error_type,
     parse_logprobs,
+    read_logprobs,
     request_headers,
     retry_after,
 )
@@ -109,10 +111,19 @@ DEFAULT_MAX_BACKOFF_S = 5.0
 DEFAULT_MAX_CONCURRENCY = 16
 #: Answers are 8-14 tokens (research/qwen3guard.md §2.3); 48 leaves room for several categories.
 DEFAULT_MAX_TOKENS = 48
-#: The most bytes of one reply the client reads. A verdict reply is a few hundred bytes, a few KB with
-#: logprobs; 8 MiB is far above any honest answer and bounds what a faulty engine or a proxy's error page
-#: can make each request hold in memory (up to ``max_concurrency`` of them at once).
-DEFAULT_MAX_REPLY_BYTES = 8 << 20
+#: The most bytes of one reply the client reads. A verdict reply is a few hundred bytes; with logprobs (5
+#: candidates a step, with their ``bytes``, as vLLM sends them) about 1 KB a step, so a whole ``max_tokens``
+#: (48) of steps, which no verdict needs, is under 64 KB (`tests/test_remote_hostile_replies.py` measures
+#: one). 256 KiB leaves a wide margin and bounds what a faulty engine can make each request hold and parse:
+#: JSON of tiny values inflates ~30x into Python objects, and ``json.loads`` holds the GIL (8 MiB of ``[]``
+#: was +234 MB and a 1.8 s pause of the caller's own loop; 256 KiB is ~30x less). Raise it
+#: (``max_reply_bytes=``) for an engine with a larger ``max_tokens`` and logprobs.
+DEFAULT_MAX_REPLY_BYTES = 256 << 10
+#: Replies larger than this (only with a raised ``max_reply_bytes``) are parsed in a worker thread, as
+#: stream frames are (`remote_stream.PARSE_INLINE_BYTES`): the client's loop runs its other requests'
+#: I/O meanwhile on a free-threaded build; on a GIL build the parse still holds the interpreter, and
+#: ``max_reply_bytes`` bounds that pause.
+_PARSE_INLINE_BYTES = 256 << 10
 #: Of an error reply (4xx/5xx, a redirect) only this much is read: its message is cut to 300 characters.
 _ERROR_BODY_BYTES = 64 << 10
 #: Beyond a call's deadline, how long a caller waits for the loop to hand back what it has (it normally
@@ -187,6 +198,18 @@ class _Wire:
 
     def close(self) -> None:
         self.thread.stop(self._aclose)
+
+
+def _content_encoding(response: Any) -> str:
+    """The reply's ``Content-Encoding`` when it names anything but ``identity`` (all its headers, joined),
+    else ``""``: the client reads replies as sent and never inflates one."""
+    values = response.headers.get_list("content-encoding")
+    codings = [c.strip().lower() for v in values for c in v.split(",")]
+    return ", ".join(values) if any(c not in ("", "identity") for c in codings) else ""
+
+
+async def _whole(content: bytes) -> Any:
+    yield content
 
 
 def _load_encoder(tokenizer: Any) -> Any:
@@ -295,7 +318,8 @@ class OpenAIGen:
         self._ignored_contexts: set[str] = set()  # replicas whose published context was too small (logged)
         self._ids_accepted: bool | None = None  # completion mode: does the engine take token ids?
         # Replies uncompressed: a verdict is a few hundred bytes, and a compressed body is inflated a whole
-        # network chunk at a time (up to ~1000x) before max_reply_bytes can count it.
+        # network chunk at a time (up to ~1000x; nested encodings multiply it) before max_reply_bytes can
+        # count it. A server that compresses anyway is refused unread (`_compressed`).
         # "" as no key: an engine without auth (an unset variable; a server that wants one says 401).
         headers_ = {"Accept": "application/json", "Accept-Encoding": "identity", **request_headers(headers, api_key)}
         timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
@@ -373,19 +397,27 @@ class OpenAIGen:
             except VerdictParseError as exc:
                 return exc
             # An honest answer has at most max_tokens steps: a reply with millions is not read past them.
-            probs = parse_logprobs(choice, max_steps=self.max_tokens) if self.logprobs else None
+            try:
+                probs = read_logprobs(choice, max_steps=self.max_tokens) if self.logprobs else None
+            except MALFORMED_LOGPROBS as exc:  # a malformed reply, as one whose text does not parse
+                return VerdictParseError(
+                    f"the server's reply choices[{i}] has logprobs not in the API's shape ({type(exc).__name__}: "
+                    f"{str(exc)[:120]})"
+                )
             verdicts.append(
                 Verdict(verdict.risk, verdict.categories, verdict.refusal, verdict.raw, elapsed_ms, self.name, probs)
             )
         return verdicts[0] if len(verdicts) == 1 else worst(verdicts)
 
-    def _status_error(self, response: Any, body: bytes, url: str) -> RemoteHTTPError | VerdictParseError:
+    def _status_error(
+        self, response: Any, body: bytes, url: str, unread: str = ""
+    ) -> RemoteHTTPError | VerdictParseError:
         """The error of a reply other than 200. qwenguard serve's 502 ``guard_error`` is its answer "no verdict
         for this conversation": a `VerdictParseError`, as a 200 that does not parse (tried on replicas not
         yet tried, never again on this one), so that the client's policy applies, and its `Guard` judges the
         turn again without its context. A 502 of any other kind (a proxy's) stays a retryable error."""
         status = response.status_code
-        why = error_text(body)
+        why = unread or error_text(body)
         if status == 502 and error_type(body) == NO_VERDICT_ERROR:
             return VerdictParseError(f"guard server at {url} answered HTTP 502 {NO_VERDICT_ERROR}: {why}")
         if status < 400:
@@ -400,15 +432,21 @@ class OpenAIGen:
         )
 
     async def _body_of(self, response: Any, url: str, limit: int, *, strict: bool) -> bytes:
-        """Read ``response``'s body, at most ``limit`` bytes (decoded), chunk by chunk. Past it: ``strict``
-        raises `VerdictParseError` without reading further (the connection is closed); otherwise the body
-        is cut there (an error reply, read only for its message)."""
+        """Read ``response``'s body, at most ``limit`` bytes, chunk by chunk, as sent (``aiter_raw``: httpx
+        inflates nothing). Past it: ``strict`` raises `VerdictParseError` without reading further (the
+        connection is closed); otherwise the body is cut there (an error reply, read only for its message).
+        A compressed body is refused before a byte of it is read (`_compressed`)."""
+        encoding = _content_encoding(response)
+        if encoding:
+            raise self._compressed(url, encoding)
         declared = response.headers.get("content-length")
         if strict and declared is not None and declared.isdigit() and int(declared) > limit:
             raise self._too_large(url, f"declares {int(declared):,} bytes")
         chunks: list[bytes] = []
         size = 0
-        async for chunk in response.aiter_bytes():
+        # A body a transport handed over whole (``httpx.Response(json=...)``) is in memory already, read once.
+        raw = _whole(response.content) if response.is_stream_consumed else response.aiter_raw()
+        async for chunk in raw:
             size += len(chunk)
             if size > limit:
                 if strict:
@@ -417,6 +455,14 @@ class OpenAIGen:
                 break
             chunks.append(chunk)
         return b"".join(chunks)
+
+    @staticmethod
+    def _compressed(url: str, encoding: str) -> VerdictParseError:
+        return VerdictParseError(
+            f"guard server at {url} sent a reply with Content-Encoding {encoding!r} although the client asks for "
+            f"'Accept-Encoding: identity'; a compressed reply is not read (it can inflate ~1000x before "
+            f"max_reply_bytes counts it): turn compression off for the guard's route (a proxy's gzip?)"
+        )
 
     def _too_large(self, url: str, what: str) -> VerdictParseError:
         return VerdictParseError(
@@ -532,7 +578,11 @@ class OpenAIGen:
                 if isinstance(status, VerdictParseError):  # the server's answer: no verdict
                     refused.append(url)
                     raise status
-                outcome = self._answer(check.mode, content, (time.perf_counter() - start) * 1000)
+                elapsed = (time.perf_counter() - start) * 1000
+                if len(content) > _PARSE_INLINE_BYTES:
+                    outcome = await asyncio.to_thread(self._answer, check.mode, content, elapsed)
+                else:
+                    outcome = self._answer(check.mode, content, elapsed)
                 if not isinstance(outcome, Verdict):
                     refused.append(url)
                     raise outcome
@@ -544,20 +594,33 @@ class OpenAIGen:
         return verdict
 
     def _answer(self, mode: str, content: bytes, elapsed_ms: float) -> Outcome:
-        """The verdict of a 200 body, or the `VerdictParseError` saying why it is none."""
+        """The verdict of a 200 body, or the `VerdictParseError` saying why it is none: whatever the body
+        holds, an answer that is no verdict is that replica's answer (tried on another), never "unreachable"."""
         try:
             payload = json.loads(content)
         except ValueError as exc:  # a 200 body that is not JSON (not UTF-8 included)
             return VerdictParseError(f"the server's reply is not JSON: {exc}")
-        return self._read(mode, payload, elapsed_ms)
+        except RecursionError:  # nested deeper than the parser's stack
+            return VerdictParseError("the server's reply is JSON nested too deeply to be a verdict")
+        try:
+            return self._read(mode, payload, elapsed_ms)
+        except (ValueError, TypeError, OverflowError, AttributeError, RecursionError) as exc:
+            return VerdictParseError(f"the server's reply is not a verdict: {type(exc).__name__}: {exc}"[:300])
 
     async def _exchange(self, wire: _Wire, target: str, body: dict[str, Any], url: str) -> tuple[Any, bytes]:
         """One POST: ``(200, body)``, or ``(error, b"")`` for any other status (`_status_error`; a 2xx other
         than 200 or a 3xx is not a verdict either); the body read at most ``max_reply_bytes``."""
         async with wire.client.stream("POST", target, json=body) as response:
             if response.status_code != 200:
-                head = await self._body_of(response, url, min(_ERROR_BODY_BYTES, self.max_reply_bytes), strict=False)
-                return self._status_error(response, head, url), b""
+                # A compressed error body is not read (`_compressed`): its status still says what happened.
+                encoding = _content_encoding(response)
+                head = (
+                    b""
+                    if encoding
+                    else await self._body_of(response, url, min(_ERROR_BODY_BYTES, self.max_reply_bytes), strict=False)
+                )
+                unread = f"body not read: Content-Encoding {encoding!r}" if encoding else ""
+                return self._status_error(response, head, url, unread), b""
             return 200, await self._body_of(response, url, self.max_reply_bytes, strict=True)
 
     async def _send(self, wire: _Wire, check: WireCheck, deadline: _Deadline) -> tuple[Outcome, bool]:

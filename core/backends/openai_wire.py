@@ -25,6 +25,8 @@ __all__ = [
     "error_text",
     "error_type",
     "parse_logprobs",
+    "read_logprobs",
+    "MALFORMED_LOGPROBS",
     "RETRY_STATUS",
     "NO_VERDICT_ERROR",
 ]
@@ -153,13 +155,30 @@ def parse_logprobs(choice: Mapping[str, Any], *, max_steps: int | None = None) -
     label position is the first token after the text ``"Safety:"``; the candidates there whose text
     starts a label are renormalised over the three labels. ``None`` when the server sent no logprobs
     or the position cannot be found within the first ``max_steps`` tokens (an honest answer has at most
-    the request's ``max_tokens``; a reply with millions of steps is not read past them).
+    the request's ``max_tokens``; a reply with millions of steps is not read past them), and when the steps
+    read are not the API's shape (`read_logprobs` raises for those instead).
 
     Linear in the steps read: only the last characters of the text so far are kept, never the whole text.
     """
-    lp = choice.get("logprobs")
-    if not isinstance(lp, Mapping):
+    try:
+        return read_logprobs(choice, max_steps=max_steps)
+    except MALFORMED_LOGPROBS:
         return None
+
+
+#: What `read_logprobs` raises for logprobs not in the API's shape.
+MALFORMED_LOGPROBS = (ValueError, TypeError, OverflowError, AttributeError)
+
+
+def read_logprobs(choice: Mapping[str, Any], *, max_steps: int | None = None) -> dict[Risk, float] | None:
+    """`parse_logprobs`, strict: logprobs that are there but not in the API's shape (a logprob that is not a
+    number, an int past float's range, steps or candidates that are not lists or objects) raise one of
+    `MALFORMED_LOGPROBS` instead of reading as none. Only the steps read (``max_steps``) are looked at."""
+    lp = choice.get("logprobs")
+    if lp is None:
+        return None
+    if not isinstance(lp, Mapping):
+        raise ValueError(f"logprobs that are not an object: {type(lp).__name__}")
     steps = _steps(lp)
     if steps is None:
         return None
@@ -196,22 +215,32 @@ def _steps(lp: Mapping[str, Any]) -> Iterator[_Step | None] | None:
     return None
 
 
+def _logprob(value: Any) -> float:
+    """A logprob as the API sends it: a JSON number. ``ValueError`` for anything else (``"abc"``, ``{}``, a
+    bool), ``OverflowError`` for an int past float's range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"a logprob that is not a number: {type(value).__name__}")
+    return float(value)
+
+
 def _chat_step(item: Any) -> _Step | None:
     if not isinstance(item, Mapping):
         return None
     tops = {
-        str(t.get("token", "")): float(t.get("logprob", -math.inf))
+        str(t.get("token", "")): _logprob(t.get("logprob", -math.inf))
         for t in item.get("top_logprobs") or []
         if isinstance(t, Mapping)
     }
-    tops.setdefault(str(item.get("token", "")), float(item.get("logprob", -math.inf)))
+    tops.setdefault(str(item.get("token", "")), _logprob(item.get("logprob", -math.inf)))
     return str(item.get("token", "")), tops
 
 
 def _completion_step(tok: Any, tops: Any, own: Any) -> _Step:
-    cand = {str(k): float(v) for k, v in (tops or {}).items() if v is not None}
+    if tops is not None and not isinstance(tops, Mapping):
+        raise ValueError(f"top_logprobs entry that is not an object: {type(tops).__name__}")
+    cand = {str(k): _logprob(v) for k, v in (tops or {}).items() if v is not None}
     if own is not None:
-        cand.setdefault(str(tok), float(own))
+        cand.setdefault(str(tok), _logprob(own))
     return str(tok), cand
 
 

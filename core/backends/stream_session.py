@@ -41,6 +41,7 @@ from ..errors import (
 )
 from ..formats.content import clean_text
 from ..policy import Action, Decision
+from ..streaming.debounce import DEFAULT_WINDOW, Debounce
 from ..streaming.monitor_core import DEFAULT_KEEP_TOKEN_VERDICTS
 from ..verdict import Risk, Stage, Verdict
 from .openai_wire import error_text, retry_after
@@ -73,6 +74,18 @@ REOPEN_CLOSE_CODES = frozenset({1001, 1006, 1012, 1013, 1014, 4503})
 #: check does, and never the same one again.
 REOPEN_STATUS = frozenset({429, 500, 502, 503, 504})
 FINISH_FRAME = json.dumps({"type": "finish"})
+#: Flags one frame may carry (the server's `stream_protocol.MAX_FLAGS_PER_FRAME`) and one session keeps; the
+#: rest are counted in ``flags_omitted``, as the server counts what it leaves out. A kept flag is a few
+#: hundred bytes (its ``error`` cut to `MAX_ERROR_CHARS`): a session keeps at most a few MB of them, whatever
+#: its frames carry (an honest session flags at most every other token of a Stream model).
+MAX_FLAGS_PER_FRAME = 1024
+MAX_SESSION_FLAGS = 4 * MAX_FLAGS_PER_FRAME
+#: A server's error text kept in a decision (the HTTP path cuts messages alike, `openai_wire.error_text`).
+MAX_ERROR_CHARS = 300
+#: Names (a reason, a category) are a few words: longer is no name the protocol sends.
+_MAX_NAME_CHARS = 64
+#: Distinct categories one decision may name (the official list has nine).
+_MAX_CATEGORIES = 32
 #: A server frame as received, or already parsed (the async monitor parses large ones in a worker thread).
 Frame = str | bytes | dict[str, Any]
 
@@ -112,24 +125,68 @@ def decision_from_dict(data: Any) -> Decision:
     try:
         verdict = None
         if data.get("risk") is not None:
+            refusal = data.get("refusal")
+            if refusal is not None and not isinstance(refusal, bool):
+                raise ValueError(f"refusal {type(refusal).__name__}")
             verdict = Verdict(
                 Risk(data["risk"]),
-                tuple(str(c) for c in data.get("categories") or ()),
-                data.get("refusal"),
+                _categories(data.get("categories")),
+                refusal,
                 latency_ms=float(data.get("latency_ms") or 0.0),
             )
+        error = data.get("error")
         return Decision(
             bool(data["allowed"]),
             Action(data["action"]),
             Stage(data["stage"]),
-            str(data["reason"]),
+            _name(data["reason"], "reason"),
             verdict,
-            data.get("error"),
-            data.get("offset"),
+            None if error is None else str(error)[:MAX_ERROR_CHARS],
+            _offset(data.get("offset"), "offset"),
             bool(data.get("cached", False)),
         )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise MalformedFrame(f"the stream server sent a malformed decision ({_what(exc)})") from None
+
+
+def _name(value: Any, what: str) -> str:
+    """A short name the protocol sends (a reason, a category); ``ValueError`` for anything else."""
+    if not isinstance(value, str) or len(value) > _MAX_NAME_CHARS:
+        raise ValueError(f"{what} that is not a short string")
+    return value
+
+
+def _categories(value: Any) -> tuple[str, ...]:
+    """A decision's categories: distinct short names, in order (a model that repeats one names it once)."""
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)):
+        raise TypeError("categories that are not a list")
+    names = tuple(dict.fromkeys(_name(c, "category") for c in value))
+    if len(names) > _MAX_CATEGORIES:
+        raise ValueError(f"{len(names)} categories")
+    return names
+
+
+def _offset(value: Any, what: str) -> int | None:
+    """A character offset (``None``: none); ``ValueError`` for anything else."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{what} that is not a character offset")
+    return value
+
+
+def _count(value: Any, what: str) -> int | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise ValueError(f"{what} that is not an integer")
+
+
+def _probability(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("a probability that is not a number")
+    return float(value)
 
 
 def _what(exc: BaseException) -> str:
@@ -264,8 +321,10 @@ class _Session:
         self.prompt_decision: Decision | None = None
         #: Allowed-but-flagged stream decisions (loose controversial, ignored categories).
         self.flags: list[Decision] = []
-        #: Flags the server counted but did not send (at most 1024 a frame: `stream_protocol.MAX_FLAGS_PER_FRAME`).
+        #: Flags the server counted but did not send (at most 1024 a frame: `stream_protocol.MAX_FLAGS_PER_FRAME`),
+        #: and those this client did not keep (past `MAX_FLAGS_PER_FRAME` in a frame or `MAX_SESSION_FLAGS`).
         self.flags_omitted = 0
+        self._server_flags = 0  # of `flags`, those the server sent (a fail-open's own are not capped)
         #: Times this session was re-opened on another replica (or again through the balancer).
         self.failovers = 0
         self._flag_keys: set[tuple[Any, ...]] = set()
@@ -273,6 +332,15 @@ class _Session:
         # them (a server that sends millions cannot make the client hold them).
         self._tokens: deque[dict[str, Any]] = deque(maxlen=DEFAULT_KEEP_TOKEN_VERDICTS)
         self._tokens_upto = -1  # end offset of the last token verdict kept (a replay reports them again)
+        # The stop rule over the server's own token verdicts (`_check_tokens`): the server's window is at most
+        # the one asked for (a client may only lower it), DEFAULT_WINDOW otherwise.
+        window = options.get("window")
+        usable = isinstance(window, int) and not isinstance(window, bool) and window >= 1
+        self._debounce = Debounce(window if usable and isinstance(window, int) else DEFAULT_WINDOW)
+        self._run_starts: deque[int | None] = deque(maxlen=self._debounce.window)
+        # Where the first run of token verdicts that this client's policy blocks starts, and its decision: no
+        # text from there on may be released (`_refuse_blocked_release`).
+        self._token_block: Decision | None = None
         self._judged = 0  # characters the current server session released, i.e. judged
         self._ever_opened = False
         self._state = "open"  # open | finished | closed | violated | failed
@@ -382,8 +450,22 @@ class _Session:
         return GuardViolation(self.decision)
 
     def _take_prompt_decision(self, reply: Mapping[str, Any]) -> None:
-        if reply.get("prompt_decision"):
-            self.prompt_decision = decision_from_dict(reply["prompt_decision"])
+        """The prompt's decision, when the frame carries it; one that does not allow the prompt stops the stream
+        here, as a local monitor's gate does at open (`monitor_core._gate`), whatever else the frame says (a
+        server that reports a blocked prompt and goes on releasing contradicts itself)."""
+        if not reply.get("prompt_decision"):
+            return
+        decision = decision_from_dict(reply["prompt_decision"])
+        if decision.allowed or reply.get("type") == "violation":
+            self.prompt_decision = decision
+            return
+        if decision.reason in ("guard_error", "timeout"):
+            # That replica's guard failed (fail closed): another may judge the prompt, else the policy decides.
+            # Not recorded as the prompt's decision, so that a re-open screens the prompt again.
+            cls = _ReplicaTimeout if decision.reason == "timeout" else _ReplicaUnavailable
+            raise cls(f"the stream server could not judge the prompt: {decision.error}")
+        self.prompt_decision = decision
+        raise self._violation(decision)
 
     def _absorb(self, reply: Mapping[str, Any]) -> None:
         for name in ("tokens", "flags"):
@@ -397,22 +479,77 @@ class _Session:
                 f"the stream server sent {len(tokens):,} token verdicts for {len(self.text):,} characters of text fed"
             )
         # Only the last ones are kept: an honest frame has at most as many (the server keeps no more either).
-        for token in tokens[-DEFAULT_KEEP_TOKEN_VERDICTS:]:
-            end = token.get("end") if isinstance(token, Mapping) else None
-            if isinstance(end, int):
+        # Each is read into a fresh dict of its scalar fields: what the session holds is bounded by the count.
+        for token in (self._token(t) for t in tokens[-DEFAULT_KEEP_TOKEN_VERDICTS:]):
+            end = token["end"]
+            if end is not None:
                 if end <= self._tokens_upto:
                     continue  # reported again by a replayed session
                 self._tokens_upto = end
             self._tokens.append(token)
+            self._check_tokens(token)
         omitted = reply.get("flags_omitted")
         if isinstance(omitted, int) and not isinstance(omitted, bool) and omitted > 0:
             self.flags_omitted += omitted
-        for data in reply.get("flags") or ():
+        flags = reply.get("flags") or []
+        self.flags_omitted += max(0, len(flags) - MAX_FLAGS_PER_FRAME)  # more than the server ever sends
+        for data in flags[:MAX_FLAGS_PER_FRAME]:
             flag = decision_from_dict(data)
             key = (flag.stage, flag.reason, flag.offset, flag.risk, flag.categories)
-            if key not in self._flag_keys:
-                self._flag_keys.add(key)
-                self.flags.append(flag)
+            if key in self._flag_keys:
+                continue  # reported again by a replayed session
+            if self._server_flags >= MAX_SESSION_FLAGS:
+                self.flags_omitted += 1
+                continue
+            self._flag_keys.add(key)
+            self._server_flags += 1
+            self.flags.append(flag)
+
+    def _token(self, data: Any) -> dict[str, Any]:
+        """A per-token verdict as the server sends it (`stream_protocol.token_verdict_dict`), read into its
+        scalar fields only (anything else in it is dropped); a shape it never has is `MalformedFrame`: not an
+        object, a ``risk`` out of its enum, a span that is not inside the text fed, a long category."""
+        if not isinstance(data, Mapping):
+            raise MalformedFrame(f"the stream server sent a token verdict that is not an object: {type(data).__name__}")
+        try:
+            risk = Risk(data.get("risk"))
+            start, end = _offset(data.get("start"), "start"), _offset(data.get("end"), "end")
+            if end is not None and (end > len(self.text) or (start is not None and start > end)):
+                raise ValueError(f"a span {start}..{end} outside the {len(self.text):,} characters fed")
+            category = data.get("category")
+            probs = data.get("probs")
+            if probs is not None and (not isinstance(probs, Mapping) or len(probs) > len(Risk)):
+                raise ValueError("probs that are not one number per risk")
+            return {
+                "token": _count(data.get("token"), "token"),
+                "index": _count(data.get("index"), "index"),
+                "risk": risk.value,
+                "category": None if category is None else _name(category, "category"),
+                "probs": None if probs is None else {Risk(r).value: _probability(p) for r, p in probs.items()},
+                "start": start,
+                "end": end,
+            }
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise MalformedFrame(f"the stream server sent a malformed token verdict ({_what(exc)})") from None
+
+    def _check_tokens(self, token: Mapping[str, Any]) -> None:
+        """The local monitor's stop rule (`Debounce`, this client's policy) over the server's token verdicts, in
+        order: a run it blocks marks where released text must stop (`_refuse_blocked_release`). The server's
+        policy is at least as strict as this client's (a client's policy can only tighten it) and its window
+        at most this one, so an honest server never releases text such a run covers."""
+        self._run_starts.append(token["start"])
+        flag = self._debounce.push(token["risk"])
+        if flag is None or self._token_block is not None or not self.policy.enabled(Stage.STREAM):
+            return
+        start = self._run_starts[0] if len(self._run_starts) == self._debounce.window else None
+        if start is None:
+            return  # a span the server did not give: nothing to hold it to
+        category = token["category"]
+        decision = self.policy.decide(Verdict(flag.risk, (category,) if category else ()), Stage.STREAM)
+        if not decision.allowed:
+            self._token_block = Decision(
+                decision.allowed, decision.action, Stage.STREAM, decision.reason, decision.verdict, offset=start
+            )
 
     def _on_opened(self, raw: Frame) -> None:
         reply = self._parse(raw)
@@ -458,7 +595,10 @@ class _Session:
             decision = decision_from_dict(reply.get("decision"))
             judged = reply.get("released")
             if isinstance(judged, str) and self.text.startswith(judged):
-                self._release_upto(len(judged))
+                block = self._token_block
+                self._release_upto(
+                    len(judged) if block is None or block.offset is None else min(len(judged), block.offset)
+                )
             raise self._violation(decision)
         if kind != expect:
             raise self._server_error(reply)
@@ -475,10 +615,20 @@ class _Session:
         end = self._judged + len(text)
         if self.text[self._judged : end] != text:
             raise GuardUnavailable("the stream server released text that was not fed to it")
+        self._refuse_blocked_release(end)
         self._judged = end
         if self._state == "closed":
             return ""  # closed (aclose) while a re-open was under way: nothing more comes out
         return self._release_upto(end)
+
+    def _refuse_blocked_release(self, end: int) -> None:
+        """Release up to ``end`` only if no token run this client's policy blocks starts before it
+        (`_check_tokens`). One that does is the violation a local monitor raises on those same token verdicts
+        (its stop rule, its policy), so it is raised as such, not as a guard error: ``on_error="allow"`` must not
+        let out text the server's own verdicts block. Nothing of the frame is released."""
+        block = self._token_block
+        if block is not None and block.offset is not None and end > max(block.offset, self._released_len):
+            raise self._violation(block)
 
     @staticmethod
     def _parse(raw: Frame) -> dict[str, Any]:
