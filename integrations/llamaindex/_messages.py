@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llama_index.core.base.llms.types import (
+    CachePoint,
     ChatMessage,
     ChatResponse,
     CitableBlock,
@@ -139,17 +140,26 @@ def _image_text(block: ImageBlock) -> str:
     return base64_as_text(data.decode("ascii", "replace")) or ""
 
 
+#: A cache point's standard values (all that Anthropic's API takes): no words. The Anthropic class sends any other.
+_CACHE_VALUES = frozenset({"ephemeral", "5m", "1h"})
+
+
 def block_text(block: Any) -> str:
-    """The text one content block carries ("" for images, audio, video, cache points, tool calls; an image's bytes
-    that are text are text)."""
+    """The text one content block carries ("" for images, audio, video, tool calls, a standard cache point; an
+    image's bytes that are text are text)."""
     if isinstance(block, TextBlock):
         return block.text
     if isinstance(block, ThinkingBlock):
         return block.content or ""
     if isinstance(block, CitationBlock):
-        return block_text(block.cited_content)
+        # Its title and source too: an answer's citation shows them, and a provider may send them back.
+        return "\n".join(t for t in (block.title, block.source, block_text(block.cited_content)) if t)
     if isinstance(block, CitableBlock):
-        return "\n".join(t for b in block.content if (t := block_text(b)))
+        # Anthropic sends it as a search result: its title and source beside the content, for the model to read
+        # and cite (a search tool's page: its author chose them).
+        return "\n".join(t for t in (block.title, block.source, *map(block_text, block.content)) if t)
+    if isinstance(block, CachePoint):
+        return "\n".join(v for v in (block.cache_control.type, block.cache_control.ttl) if v not in _CACHE_VALUES)
     if isinstance(block, ImageBlock):
         return _image_text(block)
     if isinstance(block, DocumentBlock):
@@ -169,10 +179,12 @@ def answer_text(message: ChatMessage) -> str:
 
 
 # -- tool calls -------------------------------------------------------------------------------
-def tool_calls_in(llm: Any, response: ChatResponse) -> list[ToolSelection]:
+def tool_calls_in(llm: Any, response: ChatResponse, *, carried: bool = True) -> list[ToolSelection]:
     """The tool calls a chat response asks for, read the way the agent will read them; a call whose
     arguments are not a JSON object also comes with their text as sent (the LLM's parser may read it as ``{}``,
-    but the text is in the message, and reaches whoever shows it)."""
+    but the text is in the message, and reaches whoever shows it). With ``carried``, also the entries of its
+    ``additional_kwargs["tool_calls"]`` whose arguments are an object, which no parser may read but a provider
+    class sends (`_kwargs_calls`)."""
     calls: list[ToolSelection] | None = None
     getter = getattr(llm, "get_tool_calls_from_response", None)
     if getter is not None:
@@ -196,7 +208,11 @@ def tool_calls_in(llm: Any, response: ChatResponse) -> list[ToolSelection]:
         # What the agent runs: a parser may repair text that is not an object (``parse_partial_json`` closes a
         # truncated one and decodes its escapes), so the repaired arguments are judged beside the text as sent.
         judged.append(call)
-    return judged + [_selection(call_id, name, text) for call_id, (name, text) in unparsed.items()]
+    judged += [_selection(call_id, name, text) for call_id, (name, text) in unparsed.items()]
+    if not carried:
+        return judged
+    marks = {_call_mark(c) for c in judged}
+    return judged + [c for c in _kwargs_calls(response.message) if _call_mark(c) not in marks]
 
 
 #: ReAct actions judged in one answer besides the one the agent runs: more are only an attacker's decoys.
@@ -347,7 +363,7 @@ def _selection(call_id: str, name: str, arguments: Mapping[str, Any] | str) -> T
 
 def _unparsed_arguments(message: ChatMessage) -> dict[str, tuple[str, str]]:
     """Tool call id -> (name, argument text) for each call in ``message`` whose arguments arrived as text
-    that is not a JSON object (`ToolCallBlock` or OpenAI-style ``additional_kwargs["tool_calls"]``)."""
+    that is not a JSON object (`ToolCallBlock` or an ``additional_kwargs["tool_calls"]`` entry, `_call_parts`)."""
     found: dict[str, tuple[str, str]] = {}
     for b in message.blocks:
         if isinstance(b, ToolCallBlock) and isinstance(b.tool_kwargs, str) and not _is_object(b.tool_kwargs):
@@ -359,12 +375,32 @@ def _unparsed_arguments(message: ChatMessage) -> dict[str, tuple[str, str]]:
     return found
 
 
+def _field(entry: Any, key: str) -> Any:
+    return entry.get(key) if isinstance(entry, Mapping) else getattr(entry, key, None)
+
+
 def _call_parts(call: Any) -> tuple[Any, Any, Any]:
-    """(id, name, arguments) of an OpenAI-style tool call, a dict or an object (``None`` where missing)."""
-    function = call.get("function") if isinstance(call, Mapping) else getattr(call, "function", None)
-    get = function.get if isinstance(function, Mapping) else lambda key, f=function: getattr(f, key, None)
-    call_id = call.get("id") if isinstance(call, Mapping) else getattr(call, "id", None)
-    return call_id, get("name"), get("arguments")
+    """(id, name, arguments) of an ``additional_kwargs["tool_calls"]`` entry, a dict or an object (``None`` where
+    missing): OpenAI's and Ollama's ``{"function": {"name", "arguments"}}`` (JSON text; Ollama's an object), or
+    Anthropic's legacy ``{"id", "name", "input": {...}}``, which the Anthropic class still sends as a ``tool_use``."""
+    function = _field(call, "function")
+    if function is not None:
+        return _field(call, "id"), _field(function, "name"), _field(function, "arguments")
+    return _field(call, "id"), _field(call, "name"), _field(call, "input")
+
+
+def _kwargs_calls(message: ChatMessage) -> list[ToolSelection]:
+    """The ``additional_kwargs["tool_calls"]`` entries whose arguments are an object, or JSON text of one (those
+    that are not: `_unparsed_arguments`), as tool calls. The Anthropic and Ollama classes send such entries (with
+    their dict arguments) in any role, and their parsers read tool-call blocks only."""
+    calls: list[ToolSelection] = []
+    for entry in message.additional_kwargs.get("tool_calls") or ():
+        call_id, name, arguments = _call_parts(entry)
+        if isinstance(arguments, str) and arguments.strip() and _is_object(arguments):
+            arguments = json.loads(arguments)
+        if isinstance(name, str) and isinstance(arguments, Mapping):
+            calls.append(_selection(str(call_id or f"call-{len(calls)}"), name, arguments))
+    return calls
 
 
 def _is_object(text: str) -> bool:
@@ -376,16 +412,17 @@ def _is_object(text: str) -> bool:
         return False
 
 
-def tool_calls_of(llm: Any, message: ChatMessage) -> list[ToolSelection]:
-    """The tool calls in an assistant message of a history (blocks, or OpenAI-style kwargs)."""
+def tool_calls_of(llm: Any, message: ChatMessage, *, carried: bool = True) -> list[ToolSelection]:
+    """The tool calls in an assistant message of a history (blocks, or ``additional_kwargs["tool_calls"]`` entries
+    in OpenAI's, Ollama's or Anthropic's form; ``carried``: see `tool_calls_in`)."""
     if not any(isinstance(b, ToolCallBlock) for b in message.blocks) and not message.additional_kwargs.get(
         "tool_calls"
     ):
         return []
     try:
-        return tool_calls_in(llm, ChatResponse(message=message))
+        return tool_calls_in(llm, ChatResponse(message=message), carried=carried)
     except Exception:
-        return tool_calls_in(None, ChatResponse(message=message))
+        return tool_calls_in(None, ChatResponse(message=message), carried=carried)
 
 
 def _tool_names(messages: Sequence[ChatMessage]) -> dict[str, str]:
@@ -396,8 +433,9 @@ def _tool_names(messages: Sequence[ChatMessage]) -> dict[str, str]:
             if isinstance(b, ToolCallBlock) and b.tool_call_id:
                 names[b.tool_call_id] = b.tool_name
         for call in m.additional_kwargs.get("tool_calls") or ():
-            call_id = getattr(call, "tool_id", None) or getattr(call, "id", None)
-            name = getattr(call, "tool_name", None) or getattr(getattr(call, "function", None), "name", None)
+            call_id, name, _ = _call_parts(call)
+            call_id = getattr(call, "tool_id", None) or call_id
+            name = getattr(call, "tool_name", None) or name
             if call_id and name:
                 names[str(call_id)] = str(name)
     return names
@@ -434,52 +472,75 @@ def answer_marks(message: ChatMessage, calls: Sequence[ToolSelection]) -> list[b
 
 
 # -- text carried in additional_kwargs -----------------------------------------------------------
-#: Keys whose values link or label (ids, types, indexes): one identifier there is no text a model reads as words. A
-#: name is read (a tool's name, a speaker's), and so is a list under one of these keys.
+#: Keys whose values link or label (ids, types, indexes): one identifier there is no text a model reads as words, where
+#: the message's own schema puts it (`_FIELD`). A name is read (a tool's name, a speaker's), and so is a list under
+#: one of these keys.
 _LINK_KEYS = frozenset({"id", "tool_call_id", "call_id", "type", "index", "reference_audio_id"})
 #: Keys of the OpenAI message and tool-call schema: not judged as words. Any other key is text a provider may print
 #: (LlamaIndex's default ``messages_to_prompt`` writes a message's whole ``additional_kwargs`` into the prompt).
 _SCHEMA_KEYS = _LINK_KEYS | {"name", "function", "arguments", "tool_calls", "function_call", "role", "content", "audio"}
 
 
-def _strings(value: Any, key: str | None = None) -> Iterator[str]:
+# Where a value sits in ``additional_kwargs``: a field of the message's own schema (a key of the mapping, a field of
+# a ``tool_calls`` entry or of its ``function``, of a ``function_call``), the ``tool_calls`` list, one of its entries,
+# a ``function``; anything else is text (a tool's arguments, OpenAI's ``arguments`` and Anthropic's ``input`` above
+# all: an identifier there is the call's input, which the model reads; a ``cache_control``'s fields).
+_TEXT, _FIELD, _ENTRIES, _ENTRY, _FUNCTION = range(5)
+_TOP = {"tool_calls": _ENTRIES, "function_call": _FUNCTION}
+
+
+def _inside(where: int, key: str) -> int:
+    """Where the value under ``key`` of a mapping at ``where`` sits."""
+    if where not in (_ENTRY, _FUNCTION) or key in ("arguments", "input"):
+        return _TEXT
+    return _FUNCTION if where == _ENTRY and key == "function" else _FIELD
+
+
+def _strings(value: Any, key: str | None = None, where: int = _TEXT) -> Iterator[str]:
     """Every string ``value`` holds (mapping keys but schema keys and values, sequence items, a pydantic model's
-    fields), depth first, except one identifier under a link key. Without recursion (a client's JSON may nest as
-    deep as it likes), each container once."""
-    stack: list[tuple[Any, str | None]] = [(value, key)]
+    fields), depth first, except one identifier under a link key where the message's schema puts it (``where``:
+    `_FIELD`; never inside a tool's arguments). Without recursion (a client's JSON may nest as deep as it likes),
+    each container once."""
+    stack: list[tuple[Any, str | None, int]] = [(value, key, where)]
     walked: set[int] = set()  # containers read once: one that holds itself is not read forever
     while stack:
-        item, at = stack.pop()
+        item, at, where = stack.pop()
         if not isinstance(item, str):
             if id(item) in walked:
                 continue
             walked.add(id(item))
         if isinstance(item, str):
-            if not (at in _LINK_KEYS and IDENTIFIER.fullmatch(item)):
+            if not (where == _FIELD and at in _LINK_KEYS and IDENTIFIER.fullmatch(item)):
                 yield item
         elif isinstance(item, Mapping):
-            found: list[tuple[Any, str | None]] = []
+            found: list[tuple[Any, str | None, int]] = []
             for name, v in item.items():
                 name = str(name)
                 if name not in _SCHEMA_KEYS:
-                    found.append((name, None))  # a key is text too
-                found.append((v, name))
+                    found.append((name, None, _TEXT))  # a key is text too
+                found.append((v, name, _inside(where, name)))
             stack.extend(reversed(found))
         elif isinstance(item, (list, tuple)):
-            stack.extend(reversed([(v, None) for v in item]))  # a list of identifiers can spell a sentence
+            # A list of identifiers can spell a sentence; the items of ``tool_calls`` are its entries.
+            inner = _ENTRY if where == _ENTRIES else _TEXT
+            stack.extend(reversed([(v, None, inner) for v in item]))
         elif isinstance(item, BaseModel):  # the OpenAI client's tool call objects, sent as their dump
-            stack.append((item.model_dump(), at))
+            stack.append((item.model_dump(), at, where))
 
 
 def _unjudged(call: Any, judged: set[bytes]) -> Any:
-    """A tool call entry of ``additional_kwargs``, without its function when that was judged as a tool call."""
+    """A tool call entry of ``additional_kwargs``, without its function (its name and input) when that was judged
+    as a tool call."""
     _, name, arguments = _call_parts(call)
     if not isinstance(name, str) or not isinstance(arguments, (str, Mapping)):
         return call
     if _call_mark(_selection("", name, arguments)) not in judged:
         return call
     fields = call.model_dump() if isinstance(call, BaseModel) else call
-    return {k: v for k, v in fields.items() if k != "function"} if isinstance(fields, Mapping) else None
+    if not isinstance(fields, Mapping):
+        return None
+    called = ("function",) if _field(call, "function") is not None else ("name", "input")
+    return {k: v for k, v in fields.items() if k not in called}
 
 
 def carried_text(message: ChatMessage, calls: Sequence[ToolSelection] = ()) -> str:
@@ -487,11 +548,13 @@ def carried_text(message: ChatMessage, calls: Sequence[ToolSelection] = ()) -> s
 
     LlamaIndex's OpenAI serializer merges them into the message it sends when they hold a ``"tool_calls"`` or
     ``"function_call"`` key (``{"function_call": None, "content": ...}`` replaces the text), and its Responses
-    serializer sends each ``"tool_calls"`` entry as an input item of its own: every string in them is read,
-    whatever the key, and the keys themselves but the message schema's (`_SCHEMA_KEYS`: the default
-    ``messages_to_prompt`` prints the whole mapping). Left out: one identifier under a link key (an id, a type)
-    and the tool calls in ``calls`` (judged as tool calls). A ``"role"`` that differs from the message's own raises `ValueError`: the message
-    would be sent in a role it was not judged in (a system turn, never judged, sent as a user turn)."""
+    serializer sends each ``"tool_calls"`` entry as an input item of its own; the Anthropic and Ollama classes send
+    the entries in any role (`_call_parts`): every string in them is read, whatever the key, and the keys
+    themselves but the message schema's (`_SCHEMA_KEYS`: the default ``messages_to_prompt`` prints the whole
+    mapping). Left out: one identifier under a link key (an id, a type) where the message's schema puts it, never
+    inside a tool's arguments (`_strings`), and the tool calls in ``calls`` (judged as tool calls). A ``"role"``
+    that differs from the message's own raises `ValueError`: the message would be sent in a role it was not judged
+    in (a system turn, never judged, sent as a user turn)."""
     kwargs = message.additional_kwargs
     own, claimed = role_of(message), kwargs.get("role")
     if claimed is not None and str(getattr(claimed, "value", claimed)) != own:
@@ -508,7 +571,7 @@ def carried_text(message: ChatMessage, calls: Sequence[ToolSelection] = ()) -> s
             value = [_unjudged(call, judged) for call in value]
         if str(key) not in _SCHEMA_KEYS and str(key).strip():
             parts.append(str(key))
-        parts.extend(t for t in _strings(value, str(key)) if t.strip())
+        parts.extend(t for t in _strings(value, str(key), _TOP.get(str(key), _FIELD)) if t.strip())
     return "\n".join(parts)
 
 

@@ -52,10 +52,12 @@ def _put_checks(history: Sequence[ChatMessage], message: ChatMessage) -> Checks:
 
 
 def _answer_text(message: ChatMessage) -> str:
-    """An assistant turn's text as `GuardedLLM` judges it in a history ("" for other roles and tool calls alone)."""
+    """An assistant turn's text as `GuardedLLM` judges it in a history ("" for other roles and tool calls alone).
+    The tool calls its ``additional_kwargs`` carry with their arguments as an object (Anthropic's and Ollama's form)
+    stay in it: the memory judges them with its text before storing them (`GuardedLLM` judges them as tool calls)."""
     if role_of(message) not in ASSISTANT_ROLES:
         return ""
-    return wire_text(message, tool_calls_of(None, message))
+    return wire_text(message, tool_calls_of(None, message, carried=False))
 
 
 def _needs_stored(messages: Sequence[ChatMessage]) -> bool:
