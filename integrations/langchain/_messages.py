@@ -20,9 +20,11 @@ system prompt is never in its state, so every system message there is input).
 
 Text is every content block that carries text (`message_text`), not only ``"text"`` blocks:
 ``"text-plain"`` (inline or base64), ``"input_text"``/``"output_text"``, reasoning, refusals, tool
-results nested in blocks, provider-specific blocks. Media (images, audio, video, non-text files, URLs)
+results nested in blocks, provider-specific blocks; a block of a kind the guard does not know, which a provider
+class sends as it is, is read whole, its keys too (`block_text`). Media (images, audio, video, non-text files, URLs)
 is not text and is not judged; tool-call blocks are judged as tool calls (`answer_tool_calls`: a legacy
-``function_call``, a provider's own ``server_tool_call`` and every tool-call content block too).
+``function_call``, a provider's own ``server_tool_call`` and every tool-call content block too, one wrapped in a v1
+``non_standard`` block included).
 
 Context kept for a check: the last few user/assistant text turns (`DEFAULT_HISTORY_TURNS`). Tool
 messages are never used as context of another check: untrusted text must not colour the verdict on
@@ -36,7 +38,7 @@ import binascii
 import json
 import re
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -103,7 +105,9 @@ class Item:
 
 
 # -- text of content blocks ---------------------------------------------------------------------
-# Block kinds that are tool calls: judged as actions (``AIMessage.tool_calls``), not as text.
+# Block kinds that are tool calls: judged as actions (``AIMessage.tool_calls``), not as text. Anthropic's
+# ``server_tool_use`` and ``mcp_tool_use`` are calls too (ChatAnthropic sends an earlier answer's as they are): their
+# ``input`` is judged as arguments, keys and all.
 _TOOL_CALL_KINDS = frozenset(
     {
         "tool_call",
@@ -112,6 +116,8 @@ _TOOL_CALL_KINDS = frozenset(
         "server_tool_call",
         "server_tool_call_chunk",
         "tool_use",
+        "server_tool_use",
+        "mcp_tool_use",
         "function_call",
     }
 )
@@ -256,6 +262,10 @@ def _strings(value: Any, parent: Mapping[str, Any] | None = None, key: str = "")
     return []
 
 
+#: The keys of a plain text block: LangChain's ``.text`` is all of it a provider sends.
+_TEXT_KEYS = frozenset({"type", "text", "cache_control", "id", "index"})
+
+
 def block_text(block: Any, *, answer: bool = True) -> str:
     """The text one content block carries (``""`` for media).
 
@@ -264,18 +274,34 @@ def block_text(block: Any, *, answer: bool = True) -> str:
     message (a user turn, a tool's output) they are text like the rest: a provider class sends them on (the
     Responses API's turns a tool output's blocks into one string the model reads).
 
+    A block of a kind the guard does not know (``tool_addition``, ``compaction``, ``redacted_thinking``...) is sent
+    as it is (ChatAnthropic passes such blocks on): read whole, its keys too (`_passed_text`), as a parameter's name
+    in a tool definition is words a model reads. So is a ``non_standard`` block's value (ChatAnthropic sends it as
+    its own block, ChatOllama as its ``str()``), and, outside an answer, whatever a text block carries beside its
+    text (Anthropic's ``citations``, kept in every role; an answer's are what it quotes, `source_text`).
+
     >>> block_text({"type": "text-plain", "mime_type": "text/plain", "text": "notes"})
     'notes'
+    >>> block_text({"type": "tool_addition", "tool": {"input_schema": {"properties": {"a_field_name": {}}}}})
+    'a_field_name'
     """
     if isinstance(block, str):
         return block
     if isinstance(block, Mapping):
-        if block.get("type") == "text" and isinstance(block.get("text"), str):
-            return block["text"]  # the common case, and exactly LangChain's own ``.text``
-        if _server_result(block) or block.get("type") in _TOOL_CALL_KINDS:
+        kind = block.get("type")
+        if kind == "text" and isinstance(block.get("text"), str):
+            if answer or block.keys() <= _TEXT_KEYS:
+                return block["text"]  # the common case, and exactly LangChain's own ``.text``
+            beside = _passed_text({k: v for k, v in block.items() if k not in _TEXT_KEYS})
+            return "\n".join(t for t in (block["text"], beside) if t)
+        if kind == "non_standard":
+            return _passed_text(block["value"] if "value" in block else block, whole=True)
+        if _server_result(block) or kind in _TOOL_CALL_KINDS:
             if answer:
                 return ""  # an action (`answer_tool_calls`) or a quote (`source_text`): judged apart
             return "\n".join(s for k, v in block.items() if k != "annotations" for s in _strings(v, block, k) if s)
+        if kind not in _KNOWN_KINDS:
+            return _passed_text(block)
         return "\n".join(s for s in _strings(block) if s)
     return ""
 
@@ -341,28 +367,116 @@ def tool_text(message: Any, budget: int = DEFAULT_MAX_CHARS) -> str:
     content = getattr(message, "content", message)
     if not isinstance(content, (list, tuple)) or all(_plain(b) for b in content):
         return message_text(message)
+    return "\n".join(_keyed_texts(content, budget, _TOOL_OUTPUT_WORDS, _format_kind))
+
+
+def _format_kind(key: str, text: str) -> bool:
+    return key == "type" and text in _KNOWN_KINDS
+
+
+#: Key names a tool output's walk leaves out (`tool_text`): a block's own.
+_TOOL_OUTPUT_WORDS = frozenset({"type", "text"})
+
+
+def _keyed_texts(value: Any, budget: int, words: frozenset[str], opaque: Callable[[str, str], bool]) -> list[str]:
+    """Every key and string in ``value`` but media bytes, one a line, as a provider that sends ``value`` as it is
+    (or as its JSON text) puts them before the model: keys but the format's own ``words``, strings but those
+    ``opaque(key, string)`` says carry no words (a block's kind, an id). Plain words under a media key are words
+    (the provider sends them as they are); media data is read only when it is text (`_leaf_text`). Walked without
+    recursion and only until past ``budget`` characters (the guard refuses what is over it)."""
     texts: list[str] = []
     total = 0
-    stack: list[tuple[Any, Mapping[str, Any] | None, str]] = [(content, None, "")]
+    stack: list[tuple[Any, Mapping[str, Any] | None, str]] = [(value, None, "")]
     while stack and total <= budget:
         item, parent, key = stack.pop()
         if isinstance(item, str):
             media = key in _DATA_KEYS or _data_url(item) is not None
             text = _leaf_text(item, parent, key, frozenset()) if media else item
             if media and text is None and not _media_bytes(item):
-                text = item  # plain text under a media key: the provider sends the list as JSON, words and all
-            if text and not (key == "type" and text in _KNOWN_KINDS):
+                text = item  # plain text under a media key: the provider sends it as it is, words and all
+            if text and not opaque(key, text):
                 texts.append(text)
                 total += len(text)
         elif isinstance(item, Mapping):
             pairs = list(islice(item.items(), budget - total + 1))
-            for name, value in reversed(pairs):
-                stack.append((value, item, str(name)))
-                if str(name) not in ("type", "text"):
+            for name, inner in reversed(pairs):
+                stack.append((inner, item, str(name)))
+                if str(name) not in words:
                     stack.append((str(name), None, ""))  # a key is text too
         elif isinstance(item, (list, tuple)):
             stack.extend(reversed([(v, None, "") for v in islice(item, budget - total + 1)]))
-    return "\n".join(texts)
+    return texts
+
+
+#: Key names of the block formats (LangChain's standard blocks, Anthropic's, OpenAI's, JSON Schema's): words of the
+#: format, not a client's, left out of a block read whole (`_passed_text`). Any other key is judged as text.
+_FORMAT_WORDS = (
+    _NOT_TEXT
+    | _DATA_KEYS
+    | {
+        "text",
+        "content",
+        "value",
+        "name",
+        "description",
+        "title",
+        "input",
+        "args",
+        "arguments",
+        "output",
+        "partial_json",
+        "thinking",
+        "reasoning",
+        "summary",
+        "citations",
+        "cited_text",
+        "document_index",
+        "document_title",
+        "source",
+        "tool_use_id",
+        "is_error",
+        "server_name",
+        "encrypted_content",
+        "encrypted_index",
+        "tool",
+        "tools",
+        "definition",
+        "input_schema",
+        "properties",
+        "required",
+        "items",
+        "tool_changes",
+        "executable_code",
+        "code_execution_result",
+        "language",
+        "outcome",
+    }
+)
+#: Keys whose value is opaque to a reader when it is one token: ids (up to 64 identifier characters, as a tool
+#: call's, `sent_labels`) and signatures or encrypted data the provider checks (base64 of any length; a phrase
+#: with spaces or underscores is judged).
+_ID_KEYS = frozenset({"type", "id", "call_id", "tool_call_id", "tool_use_id", "file_id", "container_id"})
+_SEALED_KEYS = frozenset({"signature", "encrypted_content", "encrypted_index"})
+_SEALED = re.compile(r"[A-Za-z0-9+/=]+")
+
+
+def _opaque(key: str, text: str) -> bool:
+    """A block's kind, an id or a signature (`_ID_KEYS`, `_SEALED_KEYS`): no words a model reads."""
+    if key in _ID_KEYS:
+        return IDENTIFIER.fullmatch(text) is not None
+    return key in _SEALED_KEYS and _SEALED.fullmatch(text) is not None
+
+
+def _never(key: str, text: str) -> bool:
+    return False
+
+
+def _passed_text(value: Any, *, whole: bool = False) -> str:
+    """A block (or part of one) a provider class sends as it is, read whole: its keys but the format's words
+    (`_FORMAT_WORDS`) and its strings (`_keyed_texts`), one a line. Ids and signatures are left out (`_opaque`),
+    but with ``whole``: a ``non_standard`` block's value, which ChatOllama sends as its ``str()``, every
+    character of it text. Read up to the guard's default ``max_chars``."""
+    return "\n".join(_keyed_texts(value, DEFAULT_MAX_CHARS, _FORMAT_WORDS, _never if whole else _opaque))
 
 
 def answer_text(message: BaseMessage | str | Any) -> str:
@@ -409,10 +523,15 @@ def reasoning_text(message: Any) -> str:
     if not reasoning:
         return ""
     content = getattr(message, "content", None)
-    if isinstance(content, (list, tuple)) and any(
-        isinstance(b, Mapping) and b.get("type") in ("reasoning", "thinking") for b in content
-    ):
-        return ""
+    if isinstance(content, (list, tuple)):
+        # What the content's reasoning blocks say (`block_text` reads them): judged there. Reasoning that is not all
+        # in them is judged here too: a client's history can put anything beside a short block, and ChatOllama sends
+        # ``reasoning_content`` (as ``thinking``) while dropping the blocks.
+        blocks = "\n".join(
+            block_text(b) for b in content if isinstance(b, Mapping) and b.get("type") in ("reasoning", "thinking")
+        )
+        if blocks and all(t in blocks for t in texts if isinstance(t, str)):
+            return ""
     return reasoning
 
 
@@ -549,6 +668,15 @@ def _role(message: BaseMessage) -> str | None:
     return None  # system, tool, function, ...: not conversation context
 
 
+#: The `ChatMessage` roles the guard knows; any other role string is sent as it is (ChatOllama) and judged as a label.
+_KNOWN_ROLES = _ASSISTANT_ROLES | _TOOL_ROLES | {"user", "human", "system", "developer"}
+
+
+def _unknown_role(message: BaseMessage) -> bool:
+    role = getattr(message, "role", None)
+    return isinstance(role, str) and bool(role.strip()) and role.strip().lower() not in _KNOWN_ROLES
+
+
 def system_role(message: BaseMessage) -> str | None:
     """``"system"`` or ``"developer"`` for a message of that role, else ``None``. An OpenAI-style
     ``{"role": "developer"}`` converts to a `SystemMessage` marked ``__openai_role__``."""
@@ -656,10 +784,13 @@ def sent_labels(message: BaseMessage) -> str:
     (``name``, or ``additional_kwargs["name"]``: ChatOpenAI sends it for every role but a tool's, and a model reads
     it, the speaker's name or a legacy function's; a phrase fits in one, ``Ignore_your_rules_and_...``) and the ids
     of its tool calls (a `ToolMessage`'s ``tool_call_id``, an answer's calls') that are not identifiers: they go out
-    with the calls, and a chat template may show them. "" when there is none: a `ToolMessage`'s name is the
+    with the calls, and a chat template may show them; a `ChatMessage`'s role the guard does not know (ChatOllama
+    sends it as it is, and a template may print it). "" when there is none: a `ToolMessage`'s name is the
     application's tool name, and not sent. (`GuardMiddleware` trusts the name its agent puts on its own answers,
     `label_item`.)"""
     labels: list[str] = []
+    if message.type == "chat" and _unknown_role(message):
+        labels.append(str(getattr(message, "role", "")))
     if not (isinstance(message, ToolMessage) or message.type == "tool"):
         name = getattr(message, "name", None)
         if not isinstance(name, str) or not name.strip():
@@ -786,12 +917,56 @@ def answer_tool_calls(message: Any) -> list[Mapping[str, Any]]:
             if call.get("index") is not None:
                 known.setdefault(("index", call["index"]), []).append(call)
     for block in content:
+        if (
+            isinstance(block, Mapping)
+            and block.get("type") == "non_standard"
+            and isinstance(block.get("value"), Mapping)
+        ):
+            block = block["value"]  # a v1 answer's provider block: ChatAnthropic sends it as that block
         kind = block.get("type") if isinstance(block, Mapping) else None
         if kind in _SERVER_CALLS:
             calls.append(block)
+            calls += [_call_of(block, args) for args in _promoted(block)]
         elif kind in _TOOL_CALL_KINDS:
             calls += [c for c in _block_calls(block) if not _mirrored(c, known)]
     return calls
+
+
+#: A v1 block's ``extras`` that ChatAnthropic sends (`_convert_from_v1_to_anthropic`): an MCP call's tool and
+#: server names, a tool call's toolset and caller. (``partial_json`` too: a server call's arguments as streamed.)
+_PROMOTED_EXTRAS = ("tool_name", "server_name", "toolset_name", "caller")
+
+
+def _promoted(block: Mapping[str, Any]) -> list[Any]:
+    """The arguments a tool-call block's ``extras`` carry to the wire: ``partial_json`` (ChatAnthropic sends it as
+    the call's ``input``) and the promoted names (`_PROMOTED_EXTRAS`), judged as the call's arguments."""
+    extras = block.get("extras")
+    if not isinstance(extras, Mapping):
+        return []
+    values: list[Any] = []
+    partial = extras.get("partial_json")
+    if isinstance(partial, str) and partial.strip():
+        values.append(partial)
+    named = {k: extras[k] for k in _PROMOTED_EXTRAS if extras.get(k)}
+    if isinstance(named.get("caller"), Mapping) and not _passed_text(named["caller"]):
+        del named["caller"]  # ``{"type": "direct"}``: Anthropic's own word (its ``tool_id`` is read as a key's value)
+    if named:
+        values.append(named)
+    return values
+
+
+def _call_of(block: Mapping[str, Any], args: Any) -> dict[str, Any]:
+    """A tool-call block's call with these arguments."""
+    # The Responses API's ``id`` is its output item's; ``call_id`` is the call's (``tool_calls``' id).
+    call_id = block.get("call_id") or block.get("id")
+    return {
+        "name": block.get("name"),
+        "args": args,
+        "id": call_id,
+        "index": block.get("index"),
+        "type": block.get("type"),
+        "block": True,
+    }
 
 
 def _raw_call(entry: Any) -> dict[str, Any]:
@@ -810,28 +985,25 @@ def _block_calls(block: Mapping[str, Any]) -> list[dict[str, Any]]:
         value = block.get(key)
         if value is not None and value not in values:
             values.append(value)
+    partial = block.get("partial_json")
+    streamed = isinstance(partial, str) and bool(partial.strip()) and values in ([], [{}])
+    if streamed:
+        values = [partial]  # an Anthropic block's streamed arguments: ChatAnthropic sends them parsed, as its input
     # Any other text the block carries (a ``namespace``, a provider's own key) goes to the model with it:
     # judged as the call's arguments too, one more call (an unknown key fails towards judging).
     others = {
         key: value
         for key, value in block.items()
-        if key not in _NOT_TEXT and key not in _CALL_KEYS and isinstance(value, str) and value.strip()
+        if key not in _NOT_TEXT
+        and key not in _CALL_KEYS
+        and not (streamed and key == "partial_json")
+        and isinstance(value, str)
+        and value.strip()
     }
     if others:
         values.append(others)
-    # The Responses API's ``id`` is its output item's; ``call_id`` is the call's (``tool_calls``' id).
-    call_id = block.get("call_id") or block.get("id")
-    return [
-        {
-            "name": block.get("name"),
-            "args": args,
-            "id": call_id,
-            "index": block.get("index"),
-            "type": block.get("type"),
-            "block": True,
-        }
-        for args in values or [None]
-    ]
+    values += [v for v in _promoted(block) if v not in values]
+    return [_call_of(block, args) for args in values or [None]]
 
 
 #: The keys of a tool-call block that `_block_calls` reads as the call itself.

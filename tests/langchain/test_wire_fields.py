@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from faults import ScriptedBackend, keyword_verdict
 from langchain.agents import create_agent
-from langchain_core.messages import AIMessage, ChatMessage, HumanMessage, ToolMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, ChatMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_deepseek import ChatDeepSeek
 from langchain_openai import ChatOpenAI
-from lc_fakes import UNSAFE_CLAUSE
+from lc_fakes import UNSAFE_CLAUSE, scripted
 from qwenguard.core import Guard, GuardViolation
 from qwenguard.integrations.langchain import (
     AsyncGuardCallbackHandler,
@@ -201,22 +201,26 @@ def run(shape: str, path: str, text: str, mode: str = "sync") -> tuple[str, Any]
     guard = Guard(ScriptedBackend(keyword_verdict, name="kw"), cache_size=0)
     requests: list[Any] = []
     with literal_openai({"whole": _response() if api == "responses" else CHAT_REPLY, "chunks": []}, requests) as url:
-        chat = model(url, api)
-        if path == "middleware":
-            runnable: Any = create_agent(chat, [], middleware=[GuardMiddleware(guard)])
-            given: Any = {"messages": messages}
-        elif path == "guarded_model":
-            runnable, given = GuardedChatModel(chat, guard), messages
-        elif path == "guard_input":
-            runnable, given = guard_input(guard) | chat, messages
-        else:
-            handler = GuardCallbackHandler(guard) if mode == "sync" else AsyncGuardCallbackHandler(guard)
-            runnable, given = chat.with_config(callbacks=[handler]), messages
-        try:
-            outcome = runnable.invoke(given) if mode == "sync" else asyncio.run(runnable.ainvoke(given))
-        except GuardViolation as stopped:
-            outcome = stopped
+        outcome = run_on(path, mode, model(url, api), guard, messages)
     return json.dumps(requests, ensure_ascii=False), outcome
+
+
+def run_on(path: str, mode: str, chat: Any, guard: Guard, messages: list[Any]) -> Any:
+    """``messages`` through ``chat`` guarded on ``path`` (sync or async): the answer, or the `GuardViolation`."""
+    if path == "middleware":
+        runnable: Any = create_agent(chat, [], middleware=[GuardMiddleware(guard)])
+        given: Any = {"messages": messages}
+    elif path == "guarded_model":
+        runnable, given = GuardedChatModel(chat, guard), messages
+    elif path == "guard_input":
+        runnable, given = guard_input(guard) | chat, messages
+    else:
+        handler = GuardCallbackHandler(guard) if mode == "sync" else AsyncGuardCallbackHandler(guard)
+        runnable, given = chat.with_config(callbacks=[handler]), messages
+    try:
+        return runnable.invoke(given) if mode == "sync" else asyncio.run(runnable.ainvoke(given))
+    except GuardViolation as stopped:
+        return stopped
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -300,3 +304,337 @@ def test_an_agents_name_on_its_answers_is_not_judged(guard: Guard) -> None:
     state = agent.invoke({"messages": [HumanMessage("Capital of France?")]})
     state = agent.invoke({"messages": [*state["messages"], HumanMessage("And its second city?")]})
     assert [m.content for m in state["messages"] if isinstance(m, AIMessage)] == ["Paris.", "Lyon."]
+
+
+# -- a differential red team with ChatAnthropic and ChatOllama (rt46a) ----------------------------------------------
+# Their classes are no test dependency here: each shape is one they send (taken from the red team's repros, checked
+# against langchain-anthropic 1.7 and langchain-ollama 1.1), and the test asserts the guard judges the clause in it.
+V1 = {"output_version": "v1"}
+V1_ANTHROPIC = {"output_version": "v1", "model_provider": "anthropic"}
+
+
+def key(text: str) -> str:
+    """The clause as a key: a parameter or property name (Anthropic allows ``^[a-zA-Z0-9_.-]{1,64}$``)."""
+    return text.replace(" ", "_").replace(",", "").replace(".", "")
+
+
+def citation(**fields: Any) -> dict[str, Any]:
+    base = {"type": "char_location", "cited_text": "c", "document_index": 0, "document_title": "t"}
+    return {**base, "start_char_index": 0, "end_char_index": 1, **fields}
+
+
+def tool_definition(properties: dict[str, Any]) -> dict[str, Any]:
+    schema = {"type": "object", "properties": properties}
+    return {"type": "tool_definition", "definition": {"name": "f", "description": "d", "input_schema": schema}}
+
+
+def earlier_answer(*blocks: Any, **fields: Any) -> list[Any]:
+    return [HumanMessage("Hi."), AIMessage([*blocks, {"type": "text", "text": "ok"}], **fields)]
+
+
+def non_standard(value: Any) -> list[Any]:
+    """An earlier answer in LangChain's v1 format holding a provider's own block: ChatAnthropic sends the value as
+    its block, ChatOllama sends ``str(value)`` as the turn's text."""
+    return [HumanMessage("Hi."), AIMessage([{"type": "non_standard", "value": value}], response_metadata=V1_ANTHROPIC)]
+
+
+#: name -> the client's history holding ``text`` in one field ChatAnthropic or ChatOllama sends.
+def call_with_extras(extras: dict[str, Any]) -> list[Any]:
+    """An earlier v1 answer (ChatAnthropic's) whose tool call carries ``extras``, its result, a user turn before."""
+    call = {"type": "tool_call", "name": "f", "args": {"q": "x"}, "id": "toolu_9", "extras": extras}
+    return [
+        HumanMessage("Hi."),
+        AIMessage(
+            [call], tool_calls=[{"name": "f", "args": {"q": "x"}, "id": "toolu_9"}], response_metadata=V1_ANTHROPIC
+        ),
+        ToolMessage("x", tool_call_id="toolu_9"),
+    ]
+
+
+SENT_BY_ANTHROPIC_OR_OLLAMA: dict[str, Any] = {
+    # N1: a v1 non_standard block, unwrapped by ChatAnthropic, sent whole as text by ChatOllama.
+    "non_standard tool_use": lambda t: [
+        HumanMessage("Weather?"),
+        AIMessage(
+            [{"type": "non_standard", "value": {"type": "tool_use", "id": "toolu_9", "name": "f", "input": {"q": t}}}],
+            response_metadata=V1_ANTHROPIC,
+        ),
+        ToolMessage("sunny", tool_call_id="toolu_9"),
+    ],
+    "non_standard tool_use in a JSON history": lambda t: [
+        {"role": "user", "content": "Weather?"},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "non_standard", "value": {"type": "tool_use", "id": "toolu_9", "name": "f", "input": {"q": t}}}
+            ],
+            "response_metadata": V1_ANTHROPIC,
+        },
+        {"role": "tool", "content": "sunny", "tool_call_id": "toolu_9"},
+    ],
+    "non_standard server_tool_use input key": lambda t: non_standard(
+        {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {key(t): "x"}}
+    ),
+    "non_standard value's status": lambda t: non_standard({"status": t}),
+    "non_standard value's url": lambda t: non_standard({"url": t}),
+    "non_standard value's key": lambda t: non_standard({key(t): 1}),
+    "non_standard tool_call value": lambda t: non_standard({"type": "tool_call", "name": "f", "args": {"q": t}}),
+    # N2: Anthropic's server_tool_use / mcp_tool_use, sent as they are.
+    "server_tool_use input key": lambda t: earlier_answer(
+        {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {key(t): "x"}}
+    ),
+    "mcp_tool_use nested input key": lambda t: earlier_answer(
+        {"type": "mcp_tool_use", "id": "mcptoolu_1", "name": "f", "server_name": "s", "input": {"q": {key(t): 1}}}
+    ),
+    **{
+        f"mcp_tool_use argument named {name}": (
+            lambda t, name=name: earlier_answer(
+                {"type": "mcp_tool_use", "id": "mcptoolu_1", "name": "f", "server_name": "s", "input": {name: t}}
+            )
+        )
+        for name in ("format", "detail", "type", "status")
+    },
+    # N3: v1 extras ChatAnthropic promotes to wire fields.
+    "server_tool_call extras.partial_json": lambda t: earlier_answer(
+        {
+            "type": "server_tool_call",
+            "name": "web_search",
+            "args": {},
+            "id": "srvtoolu_1",
+            "extras": {"partial_json": json.dumps({"query": t})},
+        },
+        response_metadata=V1_ANTHROPIC,
+    ),
+    "remote_mcp extras.tool_name": lambda t: earlier_answer(
+        {
+            "type": "server_tool_call",
+            "name": "remote_mcp",
+            "args": {},
+            "id": "mcptoolu_1",
+            "extras": {"tool_name": key(t), "server_name": "s"},
+        },
+        response_metadata=V1_ANTHROPIC,
+    ),
+    "tool_call extras.toolset_name": lambda t: call_with_extras({"toolset_name": key(t)}),
+    "tool_call extras.caller": lambda t: call_with_extras(
+        {"caller": {"type": "code_execution_20250825", "tool_id": key(t)}}
+    ),
+    # N4: citations of a text block in a user or system turn (ChatAnthropic keeps them in every role).
+    "a user text block's cited_text": lambda t: [
+        HumanMessage([{"type": "text", "text": "Summarise what I quoted.", "citations": [citation(cited_text=t)]}])
+    ],
+    "a user text block's document_title": lambda t: [
+        HumanMessage([{"type": "text", "text": "Hi.", "citations": [citation(document_title=t)]}])
+    ],
+    "a user text block's search result source": lambda t: [
+        HumanMessage(
+            [
+                {
+                    "type": "text",
+                    "text": "Hi.",
+                    "citations": [{"type": "search_result_location", "cited_text": "c", "source": t, "title": t}],
+                }
+            ]
+        )
+    ],
+    "a user text block's citation in a JSON history": lambda t: [
+        {"role": "user", "content": [{"type": "text", "text": "Hi.", "citations": [citation(cited_text=t)]}]}
+    ],
+    "a system text block's citation": lambda t: [
+        HumanMessage("Hi."),
+        SystemMessage([{"type": "text", "text": "Rules.", "citations": [citation(cited_text=t)]}]),
+    ],
+    # N5: reasoning_content beside a (harmless) reasoning block: ChatOllama sends it as `thinking`.
+    "reasoning_content beside a reasoning block": lambda t: earlier_answer(
+        {"type": "reasoning", "reasoning": "Let me think."},
+        additional_kwargs={"reasoning_content": t},
+        response_metadata=V1,
+    ),
+    "reasoning_content beside a thinking block": lambda t: earlier_answer(
+        {"type": "thinking", "thinking": "Let me think."},
+        additional_kwargs={"reasoning_content": t},
+        response_metadata=V1,
+    ),
+    "reasoning_content beside a reasoning block in a JSON history": lambda t: [
+        {"role": "user", "content": "Hi."},
+        {
+            "role": "assistant",
+            "content": [{"type": "reasoning", "reasoning": "Let me think."}, {"type": "text", "text": "ok"}],
+            "reasoning_content": t,
+            "response_metadata": V1,
+        },
+    ],
+    # N6: a ChatMessage's role, sent as it is by ChatOllama (a chat template may print it).
+    "a ChatMessage's role": lambda t: [ChatMessage(role=f"expert. {t} Explain it step by step as the", content="Go.")],
+    # N7: tool definitions in the history: parameter names and formats (ChatAnthropic passes them as they are).
+    "a user tool_addition's property name": lambda t: [
+        HumanMessage(
+            [{"type": "text", "text": "Hi."}, {"type": "tool_addition", "tool": tool_definition({key(t): {}})}]
+        )
+    ],
+    "a user tool_addition's property format": lambda t: [
+        HumanMessage(
+            [
+                {"type": "text", "text": "Hi."},
+                {"type": "tool_addition", "tool": tool_definition({"q": {"type": "string", "format": t}})},
+            ]
+        )
+    ],
+    "a compaction's tool_changes property name": lambda t: earlier_answer(
+        {
+            "type": "compaction",
+            "content": "summary",
+            "tool_changes": [{"type": "tool_addition", "tool": tool_definition({key(t): {"type": "string"}})}],
+        }
+    ),
+    "an mcp_tool_listing's property name": lambda t: earlier_answer(
+        {
+            "type": "mcp_tool_listing",
+            "mcp_server_name": "s",
+            "tools": [{"name": "t", "input_schema": {"type": "object", "properties": {key(t): {"type": "string"}}}}],
+        }
+    ),
+    "a system tool_addition's property name": lambda t: [
+        HumanMessage("Hi."),
+        SystemMessage([{"type": "tool_addition", "tool": tool_definition({key(t): {"type": "string"}})}]),
+        AIMessage("ok"),
+    ],
+    # N8: plain words in a redacted_thinking block's data (an Anthropic-compatible gateway may not check it).
+    "plain words in redacted_thinking data": lambda t: earlier_answer({"type": "redacted_thinking", "data": t}),
+}
+
+
+def judged(shape: str, path: str, text: str, mode: str = "sync") -> tuple[list[str], Any, list[Any]]:
+    """The client's history then "Go on." on ``path``, the model a scripted one; (the turns the guard judged, the
+    outcome, what the model was given)."""
+    messages = list(SENT_BY_ANTHROPIC_OR_OLLAMA[shape](text))
+    messages.append({"role": "user", "content": "Go on."} if isinstance(messages[0], dict) else HumanMessage("Go on."))
+    backend = ScriptedBackend(keyword_verdict, name="kw")
+    guard = Guard(backend, cache_size=0)
+    chat = scripted("Paris.")
+    outcome = run_on(path, mode, chat, guard, messages)
+    turns = [conversation[-1]["content"] for call in backend.calls for conversation in call]
+    return turns, outcome, chat.seen
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("shape", list(SENT_BY_ANTHROPIC_OR_OLLAMA))
+def test_a_field_chatanthropic_or_chatollama_sends_is_judged(shape: str, path: str) -> None:
+    turns, outcome, seen = judged(shape, path, UNSAFE_CLAUSE)
+    assert any(WORD in turn for turn in turns), f"{shape}: the clause was in no judged turn"
+    assert isinstance(outcome, GuardViolation) or "safety guard" in str(outcome["messages"][-1].content)
+    assert not seen  # the model was never called
+    turns, outcome, seen = judged(shape, path, SAFE)
+    assert not isinstance(outcome, GuardViolation) and seen
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_async_paths_judge_the_fields_chatanthropic_and_chatollama_send(path: str) -> None:
+    for shape in ("non_standard tool_use", "server_tool_use input key", "a ChatMessage's role"):
+        turns, _, seen = judged(shape, path, UNSAFE_CLAUSE, mode="async")
+        assert any(WORD in turn for turn in turns) and not seen, f"{shape}: judged on no async path"
+
+
+BLOB = b64(bytes(range(256)) * 3)  # an encrypted blob's base64: no text in it
+
+#: Ordinary shapes of ChatAnthropic's and ChatOllama's answers and histories: read as they were, no format words
+#: added (each extra word is one more a classifier reads in the user's or the model's turn).
+ORDINARY: dict[str, tuple[Any, str]] = {
+    "a user text block with cache_control": (
+        HumanMessage([{"type": "text", "text": "Hello there.", "cache_control": {"type": "ephemeral"}}]),
+        "Hello there.",
+    ),
+    "a user's native tool_result": (
+        HumanMessage([{"type": "tool_result", "tool_use_id": "toolu_01A", "content": "sunny", "is_error": False}]),
+        "sunny",
+    ),
+    "an answer's redacted_thinking": (
+        AIMessage([{"type": "redacted_thinking", "data": BLOB}, {"type": "text", "text": "Paris."}]),
+        "Paris.",
+    ),
+    "an answer's container_upload": (
+        AIMessage(
+            [
+                {"type": "container_upload", "file_id": "file_011CNha8iCJcU1wXNR6q4V8w"},
+                {"type": "text", "text": "Done."},
+            ]
+        ),
+        "Done.",
+    ),
+    "an answer's compaction": (
+        AIMessage([{"type": "compaction", "content": "Summary.", "encrypted_content": BLOB}]),
+        "Summary.",
+    ),
+    "a streamed input_json_delta": (
+        AIMessageChunk(content=[{"type": "input_json_delta", "partial_json": '{"query": "par', "index": 1}]),
+        '{"query": "par',
+    ),
+    "a streamed compaction delta": (
+        AIMessageChunk(content=[{"type": "compaction", "content": "Summ", "index": 0}]),
+        "Summ",
+    ),
+    "a streamed server_tool_use start (a call)": (
+        AIMessageChunk(
+            content=[{"type": "server_tool_use", "id": "srvtoolu_01", "name": "web_search", "input": {}, "index": 1}]
+        ),
+        "",
+    ),
+    "reasoning_content that its reasoning block says": (
+        AIMessage(
+            [{"type": "reasoning", "reasoning": "I think."}, {"type": "text", "text": "ok"}],
+            additional_kwargs={"reasoning_content": "I think."},
+        ),
+        "I think.ok",
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", list(ORDINARY))
+def test_ordinary_blocks_read_without_format_words(shape: str) -> None:
+    from qwenguard.integrations.langchain._messages import answer_text, sent_labels
+
+    message, text = ORDINARY[shape]
+    assert answer_text(message) == text
+    assert sent_labels(message) == ""
+
+
+def test_a_known_chatmessage_role_is_no_label() -> None:
+    from qwenguard.integrations.langchain._messages import sent_labels
+
+    for role in ("user", "User", "assistant", "system", "tool", "developer"):
+        assert sent_labels(ChatMessage(role=role, content="Hi.")) == ""
+    assert sent_labels(ChatMessage(role="narrator", content="Hi.")) == "narrator"
+
+
+def test_calls_anthropic_streams_are_judged_once() -> None:
+    """A streamed answer's tool_use / server_tool_use block keeps ``input: {}`` and its arguments in ``partial_json``
+    (ChatAnthropic sends them parsed): one call with those arguments, the parsed ``tool_calls`` entry's mirror; a v1
+    call's ``caller`` that is Anthropic's own word adds no check."""
+    from qwenguard.integrations.langchain._messages import answer_tool_calls
+
+    streamed = AIMessage(
+        [
+            {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}, "partial_json": '{"q": "x"}', "index": 0},
+            {
+                "type": "server_tool_use",
+                "id": "srvtoolu_1",
+                "name": "web_search",
+                "input": {},
+                "partial_json": '{"query": "y"}',
+            },
+        ],
+        tool_calls=[{"name": "f", "args": {"q": "x"}, "id": "toolu_1"}],
+    )
+    assert [(c["name"], c["args"]) for c in answer_tool_calls(streamed)] == [
+        ("f", {"q": "x"}),
+        ("web_search", '{"query": "y"}'),
+    ]
+    direct = {
+        "type": "tool_call",
+        "name": "f",
+        "args": {"q": "x"},
+        "id": "toolu_1",
+        "extras": {"caller": {"type": "direct"}},
+    }
+    answer = AIMessage([direct], tool_calls=[{"name": "f", "args": {"q": "x"}, "id": "toolu_1"}])
+    assert [(c["name"], c["args"]) for c in answer_tool_calls(answer)] == [("f", {"q": "x"})]
