@@ -196,6 +196,26 @@ def test_a_malformed_200_is_a_parse_error_tried_on_the_other_replica(name):
     assert [x.reason for x in decisions] == ["unsafe"] * 4, [x.error for x in decisions]
 
 
+@pytest.mark.parametrize(
+    "logprobs",
+    [
+        {"content": [{"token": "Safety", "logprob": None, "top_logprobs": [{"token": "x", "logprob": None}]}]},
+        [-0.1, -2.5],  # TGI's completions declare a list of floats
+    ],
+    ids=["null-logprob", "list"],
+)
+def test_logprobs_an_engine_may_send_are_read_not_refused(logprobs):
+    """Shapes an engine's own schema allows (a non-finite logprob written as null; a plain list) are no logprobs to
+    place, not a malformed reply: the verdict is read from the text (a parse error would fail every check)."""
+    with RawEngine(lambda h: send(h, 200, with_logprobs(logprobs))) as engine:
+        g = Guard.remote(engine.url, model="m", logprobs=True, max_retries=0, policy=Policy(timeout_s=10))
+        try:
+            d = g.check_prompt("What is the capital of France?")
+        finally:
+            g.close()
+    assert d.allowed and d.reason == "safe", d
+
+
 def test_parse_logprobs_reads_ill_shaped_logprobs_as_none():
     for body in list(MALFORMED.values())[:-1]:
         choice = json.loads(body)["choices"][0]
@@ -325,3 +345,61 @@ def test_a_token_verdict_that_is_no_verdict_of_the_text_fed_is_a_malformed_frame
         for out, exc, monitor in both(stream_guard(url), WORDS):
             assert isinstance(exc, GuardUnavailable) and "token verdict" in str(exc), repr(exc)
             assert out == "" and monitor.take_token_verdicts() == []
+
+
+def test_the_tokens_of_one_character_all_count_as_a_local_monitor_counts_them():
+    """Found on an honest server (the demo Stream model, "throw aéway"): the tokens of one multi-byte character
+    share its span, and a client that kept only the first of them (to drop a replay's repeats) ran its stop rule
+    over another sequence than the server's: unsafe, [safe dropped], unsafe read as a run, and an honest answer
+    was stopped."""
+
+    def honest(delta: str, fed: str, n: int) -> dict[str, Any]:
+        start = len(fed) - len(delta)
+        spans = [
+            (start, start + 2),
+            (start, start + 2),
+            (start + 2, start + 3),
+            (start + 3, len(fed)),
+        ]  # "tê": 2 tokens
+        risks = ["unsafe", "safe", "unsafe", "safe"] if n == 1 else ["safe"] * 4  # lone unsafe tokens: no run
+        return released(
+            delta,
+            tokens=[
+                {
+                    "index": 4 * (n - 1) + i,
+                    "start": s,
+                    "end": e,
+                    "risk": r,
+                    "category": "Violent" if r != "safe" else None,
+                }
+                for i, ((s, e), r) in enumerate(zip(spans, risks))
+            ],
+        )
+
+    with ws_engine({"type": "opened", "prompt_decision": OK}, honest) as url:
+        for out, exc, monitor in both(stream_guard(url), ["tête-à-tête ", "done."]):
+            assert exc is None and out == "tête-à-tête done.", repr(exc)
+            assert len(monitor.take_token_verdicts()) == 8  # all of them, the shared spans too
+
+
+def test_tokens_a_long_feeds_frame_leaves_out_make_no_run_across_the_gap():
+    """The server sends at most the last 2,048 token verdicts of a frame (its monitor keeps no more): a lone unsafe
+    token at the end of one frame and another at the start of the next one's tokens are not adjacent (their
+    indexes say so), and a local monitor over every token sees no run."""
+
+    def honest(delta: str, fed: str, n: int) -> dict[str, Any]:
+        if n == 1:  # a short first feed, its last token unsafe
+            return released(
+                delta, tokens=[{"index": 0, "start": 0, "end": len(fed), "risk": "unsafe", "category": "Violent"}]
+            )
+        start = len(fed) - len(delta)  # a long feed: 3,000 tokens, the first 952 left out of the frame
+        tokens = [
+            {"index": 1 + i, "start": start + i, "end": start + i + 1, "risk": "safe", "category": None}
+            for i in range(952, 3000)
+        ]
+        tokens[0] |= {"risk": "unsafe", "category": "Violent"}  # lone: the 951 before it were safe
+        return released(delta, tokens=tokens)
+
+    with ws_engine({"type": "opened", "prompt_decision": OK}, honest) as url:
+        for out, exc, _ in both(stream_guard(url), ["Here: ", "a" * 3000]):
+            assert exc is None and out == "Here: " + "a" * 3000, repr(exc)

@@ -175,7 +175,7 @@ def read_logprobs(choice: Mapping[str, Any], *, max_steps: int | None = None) ->
     number, an int past float's range, steps or candidates that are not lists or objects) raise one of
     `MALFORMED_LOGPROBS` instead of reading as none. Only the steps read (``max_steps``) are looked at."""
     lp = choice.get("logprobs")
-    if lp is None:
+    if lp is None or isinstance(lp, list):  # a list: TGI's completions declare one (no tokens to place it by)
         return None
     if not isinstance(lp, Mapping):
         raise ValueError(f"logprobs that are not an object: {type(lp).__name__}")
@@ -216,8 +216,10 @@ def _steps(lp: Mapping[str, Any]) -> Iterator[_Step | None] | None:
 
 
 def _logprob(value: Any) -> float:
-    """A logprob as the API sends it: a JSON number. ``ValueError`` for anything else (``"abc"``, ``{}``, a
-    bool), ``OverflowError`` for an int past float's range."""
+    """A logprob as the API sends it: a JSON number; ``null`` is none (-inf: TGI writes a non-finite one so).
+    ``ValueError`` for anything else (``"abc"``, ``{}``, a bool), ``OverflowError`` for an int past float's range."""
+    if value is None:
+        return -math.inf
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"a logprob that is not a number: {type(value).__name__}")
     return float(value)

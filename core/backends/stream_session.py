@@ -76,8 +76,9 @@ REOPEN_STATUS = frozenset({429, 500, 502, 503, 504})
 FINISH_FRAME = json.dumps({"type": "finish"})
 #: Flags one frame may carry (the server's `stream_protocol.MAX_FLAGS_PER_FRAME`) and one session keeps; the
 #: rest are counted in ``flags_omitted``, as the server counts what it leaves out. A kept flag is a few
-#: hundred bytes (its ``error`` cut to `MAX_ERROR_CHARS`): a session keeps at most a few MB of them, whatever
-#: its frames carry (an honest session flags at most every other token of a Stream model).
+#: hundred bytes to a few KB (its ``error`` cut to `MAX_ERROR_CHARS`, up to 32 category names): a session
+#: keeps tens of MB of them at most, whatever its frames carry (measured: +32 MB with 4 MiB frames), where an
+#: honest session flags at most every other token of a Stream model.
 MAX_FLAGS_PER_FRAME = 1024
 MAX_SESSION_FLAGS = 4 * MAX_FLAGS_PER_FRAME
 #: A server's error text kept in a decision (the HTTP path cuts messages alike, `openai_wire.error_text`).
@@ -331,7 +332,12 @@ class _Session:
         # Per-token verdicts, when the server has a Stream model: the last ones only, as a local monitor keeps
         # them (a server that sends millions cannot make the client hold them).
         self._tokens: deque[dict[str, Any]] = deque(maxlen=DEFAULT_KEEP_TOKEN_VERDICTS)
-        self._tokens_upto = -1  # end offset of the last token verdict kept (a replay reports them again)
+        self._tokens_upto = -1  # end offset of the last token verdict kept
+        # Of a re-opened session, the token verdicts that end by here were reported before the failover (the replay
+        # reports them again): not kept twice. Never applied within one server session, where the tokens of one
+        # multi-byte character share its span and all count (`_check_tokens`).
+        self._replayed_upto = -1
+        self._last_index: int | None = None  # the server's index of the last token verdict read (`_absorb`)
         # The stop rule over the server's own token verdicts (`_check_tokens`): the server's window is at most
         # the one asked for (a client may only lower it), DEFAULT_WINDOW otherwise.
         window = options.get("window")
@@ -481,13 +487,17 @@ class _Session:
         # Only the last ones are kept: an honest frame has at most as many (the server keeps no more either).
         # Each is read into a fresh dict of its scalar fields: what the session holds is bounded by the count.
         for token in (self._token(t) for t in tokens[-DEFAULT_KEEP_TOKEN_VERDICTS:]):
-            end = token["end"]
-            if end is not None:
-                if end <= self._tokens_upto:
-                    continue  # reported again by a replayed session
-                self._tokens_upto = end
-            self._tokens.append(token)
+            index, end = token["index"], token["end"]
+            if index is not None and self._last_index is not None and index != self._last_index + 1:
+                self._restart_run()  # tokens the server's frames left out (more than it keeps): no run spans the gap
+            self._last_index = index
             self._check_tokens(token)
+            if end is not None and end <= self._replayed_upto:
+                continue  # reported again by a replayed session: kept once
+            self._replayed_upto = -1
+            if end is not None:
+                self._tokens_upto = max(self._tokens_upto, end)
+            self._tokens.append(token)
         omitted = reply.get("flags_omitted")
         if isinstance(omitted, int) and not isinstance(omitted, bool) and omitted > 0:
             self.flags_omitted += omitted
@@ -531,6 +541,12 @@ class _Session:
             }
         except (TypeError, ValueError, OverflowError) as exc:
             raise MalformedFrame(f"the stream server sent a malformed token verdict ({_what(exc)})") from None
+
+    def _restart_run(self) -> None:
+        """Token verdicts from here on are not adjacent to those before (a new server session, or tokens the
+        server left out of its frames): the stop rule's run starts afresh."""
+        self._debounce.reset()
+        self._run_starts.clear()
 
     def _check_tokens(self, token: Mapping[str, Any]) -> None:
         """The local monitor's stop rule (`Debounce`, this client's policy) over the server's token verdicts, in
@@ -576,6 +592,10 @@ class _Session:
             raise self._violation(decision_from_dict(reply.get("decision")))
         if reply.get("type") != "opened":
             raise self._server_error(reply)
+        # A new server session: its token verdicts count from the start again, and those of the text replayed
+        # were reported by the session before (`_absorb`).
+        self._replayed_upto, self._last_index = self._tokens_upto, None
+        self._restart_run()
         self._absorb(reply)
         self._ever_opened = True
         self._judged = 0
