@@ -404,12 +404,21 @@ def _kwargs_calls(message: ChatMessage) -> list[ToolSelection]:
 
 
 def _is_object(text: str) -> bool:
+    """Whether argument text parses to a JSON object that says what its text says. One with a key written twice is
+    not (the parser keeps the last value, the model reads both): judged as written, as text that does not parse."""
     if not text.strip():
         return True  # no arguments: the call is judged as ``name({})``
     try:
-        return isinstance(json.loads(text), dict)
-    except ValueError:
+        return isinstance(json.loads(text, object_pairs_hook=_pairs_once), dict)
+    except (ValueError, RecursionError):
         return False
+
+
+def _pairs_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise ValueError("a key written twice")
+    return found
 
 
 def tool_calls_of(llm: Any, message: ChatMessage, *, carried: bool = True) -> list[ToolSelection]:
@@ -503,6 +512,7 @@ def _strings(value: Any, key: str | None = None, where: int = _TEXT) -> Iterator
     each container once."""
     stack: list[tuple[Any, str | None, int]] = [(value, key, where)]
     walked: set[int] = set()  # containers read once: one that holds itself is not read forever
+    dumps: list[Any] = []  # a model's dump lives as long as the walk: a freed one's id is the next one's
     while stack:
         item, at, where = stack.pop()
         if not isinstance(item, str):
@@ -525,7 +535,8 @@ def _strings(value: Any, key: str | None = None, where: int = _TEXT) -> Iterator
             inner = _ENTRY if where == _ENTRIES else _TEXT
             stack.extend(reversed([(v, None, inner) for v in item]))
         elif isinstance(item, BaseModel):  # the OpenAI client's tool call objects, sent as their dump
-            stack.append((item.model_dump(), at, where))
+            dumps.append(item.model_dump())
+            stack.append((dumps[-1], at, where))
 
 
 def _unjudged(call: Any, judged: set[bytes]) -> Any:

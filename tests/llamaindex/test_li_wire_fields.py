@@ -10,6 +10,7 @@ it; a run through the same LLM with the clause swapped for a safe word is answer
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 from conftest import openai_like
@@ -213,6 +214,18 @@ def _ollama_call(arguments: dict) -> dict:
     return {"function": {"name": "lookup", "arguments": arguments}}
 
 
+def _openai_call(arguments: str) -> dict:
+    return {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": arguments}}
+
+
+def _client_call(call_id: str, query: str) -> Any:
+    from openai.types.chat import ChatCompletionMessageToolCall
+
+    return ChatCompletionMessageToolCall(
+        id=call_id, type="function", function={"name": "lookup", "arguments": json.dumps({"q": query})}
+    )
+
+
 #: name -> the unsafe text (swapped for a safe one by `_safe`) -> (content blocks, additional_kwargs) of one message
 WIRE_SHAPES = {
     "a citable block's title": lambda u: ([_citable(title=u)], {}),
@@ -233,6 +246,16 @@ WIRE_SHAPES = {
     # the message's own schema puts an id or a type.
     "an identifier in a cache_control": lambda u: ([], {"cache_control": {"type": u}}),
     "an identifier in a tool_call_id given as a mapping": lambda u: ([], {"tool_call_id": {"type": u}}),
+    # Text with a key written twice: the parser keeps the last value, the provider sends (and the model reads) both.
+    "a key written twice in an OpenAI-form call's arguments": lambda u: (
+        [],
+        {"tool_calls": [_openai_call(json.dumps({"q": u})[:-1] + ', "q": "weather in Paris"}')]},
+    ),
+    # The OpenAI client's (or ollama's) call objects, which OpenAILike and Ollama send as their dumps: each is read.
+    "the second of two OpenAI client call objects": lambda u: (
+        [],
+        {"tool_calls": [_client_call("c1", "weather in Paris"), _client_call("c2", u)]},
+    ),
     "a cache point's type": lambda u: ([CachePoint(cache_control=CacheControl(type=u))], {}),
     "a cache point's ttl": lambda u: ([CachePoint(cache_control=CacheControl(type="ephemeral", ttl=u))], {}),
 }
