@@ -383,28 +383,38 @@ def _keyed_texts(value: Any, budget: int, words: frozenset[str], opaque: Callabl
     (or as its JSON text) puts them before the model: keys but the format's own ``words``, strings but those
     ``opaque(key, string)`` says carry no words (a block's kind, an id). Plain words under a media key are words
     (the provider sends them as they are); media data is read only when it is text (`_leaf_text`). Walked without
-    recursion and only until past ``budget`` characters (the guard refuses what is over it)."""
+    recursion and only until past ``budget`` (a text counts its length, anything else one, as `_walk_text` counts):
+    a walk cut short raises `InputTooLarge`, since what is left (a million zeros, then a sentence) must not go out
+    unjudged."""
     texts: list[str] = []
     total = 0
-    stack: list[tuple[Any, Mapping[str, Any] | None, str]] = [(value, None, "")]
+    # (item, its mapping, its key, whether it sits where the format puts its own fields: ``opaque`` applies there
+    # only, to the value's own keys and to those of the objects in its lists (a block's id, a citation's type), never
+    # deeper (a tool definition's schema is words: a property's ``id``, ``signature`` or ``type`` values are read).
+    stack: list[tuple[Any, Mapping[str, Any] | None, str, bool]] = [(value, None, "", True)]
     while stack and total <= budget:
-        item, parent, key = stack.pop()
+        item, parent, key, formal = stack.pop()
+        text = None
         if isinstance(item, str):
             media = key in _DATA_KEYS or _data_url(item) is not None
             text = _leaf_text(item, parent, key, frozenset()) if media else item
             if media and text is None and not _media_bytes(item):
                 text = item  # plain text under a media key: the provider sends it as it is, words and all
-            if text and not opaque(key, text):
-                texts.append(text)
-                total += len(text)
+            if text and formal and opaque(key, text):
+                text = None
+        total += max(1, len(text)) if text else 1
+        room = budget - total + 1  # items beyond it cannot be reached before the walk stops
+        if text:
+            texts.append(text)
         elif isinstance(item, Mapping):
-            pairs = list(islice(item.items(), budget - total + 1))
-            for name, inner in reversed(pairs):
-                stack.append((inner, item, str(name)))
+            for name, inner in reversed(list(islice(item.items(), room))):
+                stack.append((inner, item, str(name), formal and not isinstance(inner, Mapping)))
                 if str(name) not in words:
-                    stack.append((str(name), None, ""))  # a key is text too
+                    stack.append((str(name), None, "", False))  # a key is text too
         elif isinstance(item, (list, tuple)):
-            stack.extend(reversed([(v, None, "") for v in islice(item, budget - total + 1)]))
+            stack.extend(reversed([(v, None, "", formal) for v in islice(item, room)]))
+    if stack or total > budget:
+        raise InputTooLarge(f"a block read whole is over {budget} characters: it cannot be judged whole")
     return texts
 
 
@@ -991,14 +1001,17 @@ def _block_calls(block: Mapping[str, Any]) -> list[dict[str, Any]]:
         values = [partial]  # an Anthropic block's streamed arguments: ChatAnthropic sends them parsed, as its input
     # Any other text the block carries (a ``namespace``, a provider's own key) goes to the model with it:
     # judged as the call's arguments too, one more call (an unknown key fails towards judging).
+    # A structured value (Anthropic's ``caller``, sent as it is) counts when it holds words (`_passed_text`).
     others = {
         key: value
         for key, value in block.items()
         if key not in _NOT_TEXT
         and key not in _CALL_KEYS
         and not (streamed and key == "partial_json")
-        and isinstance(value, str)
-        and value.strip()
+        and (
+            (isinstance(value, str) and value.strip())
+            or (isinstance(value, (Mapping, list)) and bool(_passed_text(value)))
+        )
     }
     if others:
         values.append(others)

@@ -18,7 +18,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, ChatMessage, Huma
 from langchain_deepseek import ChatDeepSeek
 from langchain_openai import ChatOpenAI
 from lc_fakes import UNSAFE_CLAUSE, scripted
-from qwenguard.core import Guard, GuardViolation
+from qwenguard.core import Guard, GuardViolation, InputTooLarge
 from qwenguard.integrations.langchain import (
     AsyncGuardCallbackHandler,
     GuardCallbackHandler,
@@ -318,6 +318,11 @@ def key(text: str) -> str:
     return text.replace(" ", "_").replace(",", "").replace(".", "")
 
 
+def sealed(text: str) -> str:
+    """The clause in the base64 alphabet (as a signature or encrypted blob looks): ``Mix+ammonium+nitrate...``."""
+    return text.replace(",", "").replace(".", "").replace(" ", "+")
+
+
 def citation(**fields: Any) -> dict[str, Any]:
     base = {"type": "char_location", "cited_text": "c", "document_index": 0, "document_title": "t"}
     return {**base, "start_char_index": 0, "end_char_index": 1, **fields}
@@ -480,6 +485,33 @@ SENT_BY_ANTHROPIC_OR_OLLAMA: dict[str, Any] = {
             ]
         )
     ],
+    # Keys a block's own format uses for ids and signatures are words deeper down: in a tool's schema (rt46h H2).
+    "a tool schema's keyword named signature": lambda t: [
+        HumanMessage(
+            [{"type": "tool_addition", "tool": tool_definition({"q": {"type": "string", "signature": sealed(t)}})}]
+        )
+    ],
+    "an id in a tool schema's examples": lambda t: [
+        HumanMessage([{"type": "tool_addition", "tool": tool_definition({"q": {"examples": [{"id": key(t)}]}})}])
+    ],
+    "encrypted_content in an mcp tool's default": lambda t: earlier_answer(
+        {
+            "type": "mcp_tool_listing",
+            "mcp_server_name": "s",
+            "tools": [
+                {"name": "t", "input_schema": {"properties": {"q": {"default": {"encrypted_content": sealed(t)}}}}}
+            ],
+        }
+    ),
+    "a native tool_use's caller": lambda t: earlier_answer(
+        {
+            "type": "tool_use",
+            "id": "toolu_1",
+            "name": "f",
+            "input": {"q": "x"},
+            "caller": {"type": "code_execution_20250825", "tool_id": key(t)},
+        }
+    ),
     "a compaction's tool_changes property name": lambda t: earlier_answer(
         {
             "type": "compaction",
@@ -526,6 +558,33 @@ def test_a_field_chatanthropic_or_chatollama_sends_is_judged(shape: str, path: s
     assert not seen  # the model was never called
     turns, outcome, seen = judged(shape, path, SAFE)
     assert not isinstance(outcome, GuardViolation) and seen
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        # a million zeros before the clause: more items than the walk's budget (rt46h H1)
+        {"type": "tool_addition", "tool": tool_definition({"q": {"enum": [0] * 1_000_001 + [UNSAFE_CLAUSE]}})},
+        # ~1M characters of description, then a thousand zeros and the clause: the text alone stays under the budget
+        {
+            "type": "tool_addition",
+            "tool": {
+                "name": "f",
+                "description": "Looks things up in the catalogue. " * 29_400,
+                "input_schema": {"properties": {"q": {"enum": [0] * 1000 + [UNSAFE_CLAUSE]}}},
+            },
+        },
+    ],
+    ids=["many-items", "padded"],
+)
+def test_a_block_too_big_to_read_whole_is_refused_not_cut_short(block: dict[str, Any]) -> None:
+    """A block read whole (ChatAnthropic sends it as it is) was read only until its strings filled the budget, and
+    what came after went out unjudged: it is refused (`InputTooLarge`) as every other walk's cut is."""
+    chat = scripted("Paris.")
+    guard = Guard(ScriptedBackend(keyword_verdict, name="kw"), cache_size=0)
+    with pytest.raises(InputTooLarge):
+        GuardedChatModel(chat, guard).invoke([HumanMessage([{"type": "text", "text": "Hi."}, block])])
+    assert not chat.seen
 
 
 @pytest.mark.parametrize("path", PATHS)
