@@ -403,3 +403,17 @@ def test_tokens_a_long_feeds_frame_leaves_out_make_no_run_across_the_gap():
     with ws_engine({"type": "opened", "prompt_decision": OK}, honest) as url:
         for out, exc, _ in both(stream_guard(url), ["Here: ", "a" * 3000]):
             assert exc is None and out == "Here: " + "a" * 3000, repr(exc)
+
+
+def test_a_gap_in_token_indexes_that_no_honest_frame_leaves_breaks_no_run():
+    """Only a full frame (the 2,048 an honest server keeps of a long feed) may leave tokens out, at its start: a server
+    that numbers adjacent unsafe tokens 0, 2, 4 to break the run the client's rule reads is held to it (rt46i S1)."""
+
+    def lying(delta: str, fed: str, n: int) -> dict[str, Any]:
+        tokens = tokens_over(delta, fed, ["unsafe", "unsafe"])
+        return released(delta, tokens=[{**t, "index": 2 * (2 * (n - 1) + i)} for i, t in enumerate(tokens)])
+
+    with ws_engine({"type": "opened", "prompt_decision": OK}, lying) as url:
+        for out, exc, monitor in both(stream_guard(url), WORDS):
+            assert isinstance(exc, GuardViolation), repr(exc)
+            assert out == "" and monitor.released == ""

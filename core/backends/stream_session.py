@@ -486,10 +486,14 @@ class _Session:
             )
         # Only the last ones are kept: an honest frame has at most as many (the server keeps no more either).
         # Each is read into a fresh dict of its scalar fields: what the session holds is bounded by the count.
-        for token in (self._token(t) for t in tokens[-DEFAULT_KEEP_TOKEN_VERDICTS:]):
+        full = len(tokens) >= DEFAULT_KEEP_TOKEN_VERDICTS  # a frame that may have left its first tokens out
+        for position, token in enumerate(self._token(t) for t in tokens[-DEFAULT_KEEP_TOKEN_VERDICTS:]):
             index, end = token["index"], token["end"]
-            if index is not None and self._last_index is not None and index != self._last_index + 1:
-                self._restart_run()  # tokens the server's frames left out (more than it keeps): no run spans the gap
+            gap = index is not None and self._last_index is not None and index != self._last_index + 1
+            if gap and full and position == 0:
+                # The tokens this frame left out (an honest server keeps the last 2,048 of a long feed): no run spans
+                # them. Only there: a gap anywhere else is no honest server's, and breaks no run.
+                self._restart_run()
             self._last_index = index
             self._check_tokens(token)
             if end is not None and end <= self._replayed_upto:

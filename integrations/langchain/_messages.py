@@ -388,12 +388,13 @@ def _keyed_texts(value: Any, budget: int, words: frozenset[str], opaque: Callabl
     unjudged."""
     texts: list[str] = []
     total = 0
-    # (item, its mapping, its key, whether it sits where the format puts its own fields: ``opaque`` applies there
-    # only, to the value's own keys and to those of the objects in its lists (a block's id, a citation's type), never
+    # (item, its mapping, its key, its level: 2 the value itself, 1 an object in one of its lists, 0 deeper).
+    # ``opaque`` applies where the format puts its own fields, levels 2 and 1 (a block's id, a citation's type), never
     # deeper (a tool definition's schema is words: a property's ``id``, ``signature`` or ``type`` values are read).
-    stack: list[tuple[Any, Mapping[str, Any] | None, str, bool]] = [(value, None, "", True)]
+    stack: list[tuple[Any, Mapping[str, Any] | None, str, int]] = [(value, None, "", 2)]
     while stack and total <= budget:
-        item, parent, key, formal = stack.pop()
+        item, parent, key, level = stack.pop()
+        formal = level > 0
         text = None
         if isinstance(item, str):
             media = key in _DATA_KEYS or _data_url(item) is not None
@@ -408,11 +409,14 @@ def _keyed_texts(value: Any, budget: int, words: frozenset[str], opaque: Callabl
             texts.append(text)
         elif isinstance(item, Mapping):
             for name, inner in reversed(list(islice(item.items(), room))):
-                stack.append((inner, item, str(name), formal and not isinstance(inner, Mapping)))
+                # A string keeps its mapping's level; a list of the value itself holds level-1 objects; else deeper.
+                inner_level = level if isinstance(inner, str) else 1 if level == 2 and isinstance(inner, list) else 0
+                stack.append((inner, item, str(name), inner_level))
                 if str(name) not in words:
-                    stack.append((str(name), None, "", False))  # a key is text too
+                    stack.append((str(name), None, "", 0))  # a key is text too
         elif isinstance(item, (list, tuple)):
-            stack.extend(reversed([(v, None, "", formal) for v in islice(item, room)]))
+            # The objects of a level-1 list are level 1; a list in a list, or anything deeper, level 0.
+            stack.extend(reversed([(v, None, "", level if isinstance(v, Mapping) else 0) for v in islice(item, room)]))
     if stack or total > budget:
         raise InputTooLarge(f"a block read whole is over {budget} characters: it cannot be judged whole")
     return texts

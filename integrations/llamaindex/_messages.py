@@ -202,13 +202,13 @@ def tool_calls_in(llm: Any, response: ChatResponse, *, carried: bool = True) -> 
     judged: list[ToolSelection] = []
     for call in calls:
         if call.tool_id in unparsed:
-            judged.append(_selection(call.tool_id, call.tool_name, unparsed.pop(call.tool_id)[1]))
+            judged += [_selection(call.tool_id, call.tool_name, text) for _, text in unparsed.pop(call.tool_id)]
             if not call.tool_kwargs:
                 continue
         # What the agent runs: a parser may repair text that is not an object (``parse_partial_json`` closes a
         # truncated one and decodes its escapes), so the repaired arguments are judged beside the text as sent.
         judged.append(call)
-    judged += [_selection(call_id, name, text) for call_id, (name, text) in unparsed.items()]
+    judged += [_selection(call_id, name, text) for call_id, texts in unparsed.items() for name, text in texts]
     if not carried:
         return judged
     marks = {_call_mark(c) for c in judged}
@@ -361,17 +361,20 @@ def _selection(call_id: str, name: str, arguments: Mapping[str, Any] | str) -> T
     return ToolSelection(tool_id=call_id, tool_name=name, tool_kwargs=dict(arguments))
 
 
-def _unparsed_arguments(message: ChatMessage) -> dict[str, tuple[str, str]]:
-    """Tool call id -> (name, argument text) for each call in ``message`` whose arguments arrived as text
-    that is not a JSON object (`ToolCallBlock` or an ``additional_kwargs["tool_calls"]`` entry, `_call_parts`)."""
-    found: dict[str, tuple[str, str]] = {}
+def _unparsed_arguments(message: ChatMessage) -> dict[str, list[tuple[str, str]]]:
+    """Tool call id -> [(name, argument text)] for each call in ``message`` whose arguments arrived as text that is
+    not a JSON object (`ToolCallBlock` or an ``additional_kwargs["tool_calls"]`` entry, `_call_parts`). A list: a
+    client's history can give two calls one id, and each text is sent."""
+    found: dict[str, list[tuple[str, str]]] = {}
     for b in message.blocks:
         if isinstance(b, ToolCallBlock) and isinstance(b.tool_kwargs, str) and not _is_object(b.tool_kwargs):
-            found[b.tool_call_id or f"block-{len(found)}"] = (b.tool_name, b.tool_kwargs)
+            found.setdefault(b.tool_call_id or f"block-{len(found)}", []).append((b.tool_name, b.tool_kwargs))
     for call in message.additional_kwargs.get("tool_calls") or ():
         call_id, name, text = _call_parts(call)
         if isinstance(text, str) and not _is_object(text):
-            found.setdefault(str(call_id or f"call-{len(found)}"), (str(name or "tool"), text))
+            texts = found.setdefault(str(call_id or f"call-{len(found)}"), [])
+            if all(text != seen for _, seen in texts):  # a block and its kwargs entry: one text, judged once
+                texts.append((str(name or "tool"), text))
     return found
 
 
@@ -465,11 +468,10 @@ def mark(kind: str, *parts: str) -> bytes:
 
 def _call_mark(call: ToolSelection) -> bytes:
     args = call.tool_kwargs
-    if isinstance(args, str):
-        try:
-            args = json.loads(args)
-        except ValueError:
-            pass
+    # Argument text is marked as the object it says only when it says one (`_is_object`): text writing a key twice
+    # is marked as written, so that a client cannot pass it off as a call judged before with the last value alone.
+    if isinstance(args, str) and args.strip() and _is_object(args):
+        args = json.loads(args)
     return mark("tool_call", call.tool_name, json.dumps(args, sort_keys=True, default=str, ensure_ascii=False))
 
 

@@ -503,6 +503,14 @@ SENT_BY_ANTHROPIC_OR_OLLAMA: dict[str, Any] = {
             ],
         }
     ),
+    # The format's own level is the block and the objects of its lists, not deeper through lists (rt46i C1): an
+    # identifier there (63 characters: under the 64 an id may have) is words.
+    "an id two lists down an unknown block": lambda t: [
+        HumanMessage([{"type": "x_notes", "items": [{"sub": [{"id": key(t)[:63]}]}]}])
+    ],
+    "a type in a list in a list of an unknown block": lambda t: [
+        HumanMessage([{"type": "x_notes", "items": [[{"type": key(t)[:63]}]]}])
+    ],
     "a native tool_use's caller": lambda t: earlier_answer(
         {
             "type": "tool_use",

@@ -60,6 +60,23 @@ ATTACKS = {
     # The default messages_to_prompt prints a message's whole additional_kwargs; the chat serializer merges the
     # mapping into the message when it holds "tool_calls" or "function_call". The guard read its values only.
     "a key of additional_kwargs": (lambda u: [user("q", additional_kwargs={u: 1})], ["completion"]),
+    # Two calls of one id, each text writing its key twice (the first: the clause, then an innocent value): the guard
+    # kept one text per id, and of the other only what a parser reads (the last value); OpenAILike sends both texts
+    # (rt46i L1).
+    "two calls of one id, one writing a key twice": (
+        lambda u: [
+            user("q"),
+            ChatMessage(
+                role="assistant",
+                blocks=[
+                    ToolCallBlock(tool_call_id="c9", tool_name="lookup", tool_kwargs=_twice(u)),
+                    ToolCallBlock(tool_call_id="c9", tool_name="lookup", tool_kwargs=_twice("weather")),
+                ],
+            ),
+            ChatMessage(role="tool", content="r", additional_kwargs={"tool_call_id": "c9"}),
+        ],
+        ["chat"],
+    ),
     "a key beside tool_calls": (lambda u: [user("q", additional_kwargs={"tool_calls": [], u: 1})], ["chat"]),
     "a key inside function_call": (
         lambda u: [user("q", additional_kwargs={"function_call": {"name": "f", "arguments": "{}", u: 1}})],
@@ -214,6 +231,11 @@ def _ollama_call(arguments: dict) -> dict:
     return {"function": {"name": "lookup", "arguments": arguments}}
 
 
+def _twice(text: str) -> str:
+    """Argument text writing ``q`` twice: ``text``, then an innocent value (a parser keeps the last)."""
+    return json.dumps({"q": text})[:-1] + ', "q": "weather in Paris"}'
+
+
 def _openai_call(arguments: str) -> dict:
     return {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": arguments}}
 
@@ -249,7 +271,15 @@ WIRE_SHAPES = {
     # Text with a key written twice: the parser keeps the last value, the provider sends (and the model reads) both.
     "a key written twice in an OpenAI-form call's arguments": lambda u: (
         [],
-        {"tool_calls": [_openai_call(json.dumps({"q": u})[:-1] + ', "q": "weather in Paris"}')]},
+        {"tool_calls": [_openai_call(_twice(u))]},
+    ),
+    # Two calls of one id (a client's history can write that): each text is sent, and judged.
+    "two ToolCallBlocks of one id, the first writing a key twice": lambda u: (
+        [
+            ToolCallBlock(tool_call_id="c9", tool_name="lookup", tool_kwargs=_twice(u)),
+            ToolCallBlock(tool_call_id="c9", tool_name="lookup", tool_kwargs='{"q": "weather in Paris"}'),
+        ],
+        {},
     ),
     # The OpenAI client's (or ollama's) call objects, which OpenAILike and Ollama send as their dumps: each is read.
     "the second of two OpenAI client call objects": lambda u: (
@@ -487,3 +517,16 @@ def test_an_identifier_where_the_schema_puts_one_is_still_not_judged_as_words() 
         "toolu_01A09q90qw90lq917835lq9" not in text and "function" not in text and "input\\nq\\nx" in text
     )  # the input's key and value
     assert "ephemeral" not in text and "1h" not in text
+
+
+def test_a_call_judged_before_cannot_come_back_with_a_key_written_twice() -> None:
+    """A call the guard judged (and remembers by its fingerprint) came back in a client's next history as text writing
+    its key twice, the clause first: a parser reads the same call (the last value wins), the model both values. Its
+    fingerprint is the text's: it is judged again (rt46i L1b)."""
+    from qwenguard.integrations.llamaindex._messages import _call_mark, _selection  # a call as the guard reads it
+
+    judged = _selection("call_1", "search", {"q": "weather in Paris"})
+    rewritten = _selection("call_1", "search", _twice(UNSAFE_CLAUSE))
+    same_text = _selection("call_1", "search", '{"q": "weather in Paris"}')
+    assert _call_mark(rewritten) != _call_mark(judged)
+    assert _call_mark(same_text) == _call_mark(judged)  # honest text of the same call: the same fingerprint
