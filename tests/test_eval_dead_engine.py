@@ -60,3 +60,14 @@ def test_some_errors_are_left_out_of_the_metrics_not_scored_as_blocked(tmp_path)
     for mapping in report["mappings"].values():
         o = mapping["overall"]
         assert mapping["errors"] == errors and o["n"] == ROWS - errors == o["tp"] + o["fp"] + o["tn"] + o["fn"]
+
+
+def test_a_run_without_the_bar_still_says_each_kind_of_guard_error_once_and_errors_are_one_line(tmp_path):
+    """A newcomer's first hour (fh46): with ``--no-progress`` (a CI log) the cause of the guard errors was only in
+    report.md, and the closing error wrapped at 80 columns although the docs promise one line per error."""
+    with recording_engine(answer=_dead) as engine:
+        res = _eval(engine.url, tmp_path)
+    said = [line for line in res.output.splitlines() if line.startswith("guard error:")]
+    assert len(said) == 1 and "VerdictParseError" in said[0], res.output  # one kind, said once
+    closing = next(line for line in res.output.splitlines() if "rows got no verdict" in line)
+    assert closing.startswith("error:") and closing.endswith("--allow-errors to accept them."), res.output

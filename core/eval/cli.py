@@ -76,6 +76,8 @@ def _served_model(base_url: str, api_key: str | None) -> str:
         resp = httpx.get(base_url + "/models", headers=headers, timeout=10.0)
         resp.raise_for_status()
         ids = [m["id"] for m in resp.json().get("data", [])]
+    except httpx.TransportError as exc:  # nothing answered: naming a model would not help
+        raise QwenGuardError(f"cannot reach the server at {base_url} ({exc}): is it running?") from None
     except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
         raise QwenGuardError(f"cannot list the models at {base_url}/models ({exc}); pass --model NAME") from None
     if len(ids) != 1:
@@ -198,7 +200,7 @@ def run_eval(
         guard = _guard(model, remote, api_key, device, timeout, options)
         cache = PredictionCache(cache_path)
         if cache.entries:
-            err_console.print(f"resuming: {len(cache.entries)} predictions cached in {cache_path}")
+            err_console.print(f"resuming: {len(cache.entries)} predictions cached in {cache_path}", soft_wrap=True)
         run = run_guard(
             guard,
             examples,
@@ -206,6 +208,7 @@ def run_eval(
             batch_size=batch_size,
             concurrency=concurrency or (REMOTE_CONCURRENCY if remote else 1),
             progress=progress,
+            show_errors=True,
         )
         meta = {"data": str(path), "stage_filter": stage, "limit": limit, "remote": remote}
         if remote is not None:
@@ -236,7 +239,9 @@ def run_eval(
         ", so none are available" if errors == rows else ""
     )
     if allow_errors:
-        err_console.print(f"[yellow]{what} (--allow-errors).[/yellow]")
+        err_console.print(f"[yellow]{what} (--allow-errors).[/yellow]", soft_wrap=True)
         raise typer.Exit(EXIT_OK)
-    err_console.print(f"[red]error:[/red] {what}. Exit {EXIT_ERROR}; pass --allow-errors to accept them.")
+    err_console.print(
+        f"[red]error:[/red] {what}. Exit {EXIT_ERROR}; pass --allow-errors to accept them.", soft_wrap=True
+    )
     raise typer.Exit(EXIT_ERROR)

@@ -214,19 +214,32 @@ def _to_predictions(batch: list[tuple[str, EvalExample]], decisions: Sequence[De
 
 
 @contextmanager
-def _progress(total: int, done: int, enabled: bool, label: str) -> Iterator[Any]:
+def _progress(total: int, done: int, enabled: bool, label: str, show_errors: bool = False) -> Iterator[Any]:
     """A rich progress bar (count, rate, guard errors so far, elapsed, ETA) on stderr, or a no-op. Errors show
-    as they happen (each new kind printed above the bar): a failing server is seen at once, not at the end."""
+    as they happen (each new kind printed above the bar): a failing server is seen at once, not at the end.
+    Without the bar, ``show_errors`` still prints each new kind (the CLI's ``--no-progress``, a CI log)."""
+    from rich.console import Console
+    from rich.markup import escape
+
     if not enabled:
 
         class _Nop:
             def advance(self, n: int, errors: int = 0, last_error: str | None = None) -> None:
                 pass
 
-        yield _Nop()
+        if not show_errors:
+            yield _Nop()
+            return
+        console, said = Console(stderr=True), set[str]()
+
+        class _Errors:
+            def advance(self, n: int, errors: int = 0, last_error: str | None = None) -> None:
+                if last_error and last_error not in said and len(said) < _ERROR_KINDS_SHOWN:
+                    said.add(last_error)
+                    console.print(f"[red]guard error:[/red] {escape(last_error)}", highlight=False, soft_wrap=True)
+
+        yield _Errors()
         return
-    from rich.console import Console
-    from rich.markup import escape
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -270,7 +283,9 @@ def _progress(total: int, done: int, enabled: bool, label: str) -> Iterator[Any]
                 # Each new kind of error is printed above the bar when it first happens (a few kinds at most).
                 if last_error and last_error not in told and len(told) < _ERROR_KINDS_SHOWN:
                     told.add(last_error)
-                    progress.console.print(f"[red]guard error:[/red] {escape(last_error)}", highlight=False)
+                    progress.console.print(
+                        f"[red]guard error:[/red] {escape(last_error)}", highlight=False, soft_wrap=True
+                    )
                 progress.update(task, advance=n, errors=count[0])
 
         yield _Bar()
@@ -361,14 +376,17 @@ def run_guard(
     batch_size: int = DEFAULT_BATCH_SIZE,
     concurrency: int = DEFAULT_CONCURRENCY,
     progress: bool = False,
+    show_errors: bool = False,
 ) -> RunResult:
     """Classify every example with ``guard.check_many`` in batches; resume from ``cache`` if given.
 
     ``concurrency`` batches run at once (threads; a local backend coalesces them into larger forwards).
     An interrupt (KeyboardInterrupt) propagates after the finished batches are safely in the cache.
+    ``progress``: a progress bar on stderr, which prints each new kind of guard error as it happens;
+    ``show_errors``: those lines without the bar.
     """
     run = _Run.plan(guard, examples, cache, batch_size, concurrency)
-    with _progress(run.unique_total, run.unique_done, progress, "qwenguard eval") as bar:
+    with _progress(run.unique_total, run.unique_done, progress, "qwenguard eval", show_errors) as bar:
         if concurrency == 1:
             for batch in run.batches:
                 run.record(_to_predictions(batch, guard.check_many(_items(batch))), bar)
@@ -403,6 +421,7 @@ async def arun_guard(
     batch_size: int = DEFAULT_BATCH_SIZE,
     concurrency: int = DEFAULT_CONCURRENCY,
     progress: bool = False,
+    show_errors: bool = False,
 ) -> RunResult:
     """Async twin of `run_guard` (``guard.acheck_many``; ``concurrency`` batches awaited at once)."""
     run = _Run.plan(guard, examples, cache, batch_size, concurrency)
@@ -412,7 +431,7 @@ async def arun_guard(
         async with gate:
             return _to_predictions(batch, await guard.acheck_many(_items(batch)))
 
-    with _progress(run.unique_total, run.unique_done, progress, "qwenguard eval") as bar:
+    with _progress(run.unique_total, run.unique_done, progress, "qwenguard eval", show_errors) as bar:
         tasks = [asyncio.ensure_future(one(b)) for b in run.batches]
         try:
             for next_done in asyncio.as_completed(tasks):
