@@ -106,6 +106,21 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
     min_chars: int = 1
     parallel_input: bool | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """``GuardRunnable(runnable, guard)`` positionally too (as ``GuardedChatModel(model, guard)``), or by keyword;
+        pydantic's own errors named neither (``takes 1 positional argument``, ``Field required``)."""
+        if len(args) > 2:
+            raise TypeError(f"GuardRunnable(runnable, guard) takes at most 2 positional arguments, got {len(args)}")
+        for name, value in zip(("runnable", "guard"), args):
+            if name in kwargs:
+                raise TypeError(f"GuardRunnable got {name!r} twice (positionally and as a keyword)")
+            kwargs[name] = value
+        if isinstance(kwargs.get("runnable"), Guard):
+            raise TypeError("GuardRunnable(runnable, guard): the runnable comes first, and got a Guard")
+        if "guard" not in kwargs:
+            raise TypeError("GuardRunnable needs the guard: GuardRunnable(runnable=model, guard=guard)")
+        super().__init__(**kwargs)
+
     @field_validator("guard", mode="before")
     @classmethod
     def _check_guard(cls, value: Any) -> Guard:

@@ -112,6 +112,19 @@ async def test_guard_runnable_wraps_a_chain(guard):
     assert "".join(c.text for c in ok.stream({"question": SAFE_QUESTION})) == SAFE_ANSWER
 
 
+def test_guard_runnable_takes_the_runnable_and_the_guard_in_order_and_names_its_arguments(guard):
+    """A newcomer's first hour (fh46): ``GuardRunnable(model, guard)``, as ``GuardedChatModel(model, guard)`` is
+    written, failed with pydantic's "takes 1 positional argument", and a missing guard with "Field required"."""
+    model = PROMPT | FakeListChatModel(responses=[SAFE_ANSWER])
+    assert GuardRunnable(model, guard).invoke({"question": SAFE_QUESTION}).text == SAFE_ANSWER
+    with pytest.raises(TypeError, match="the runnable comes first"):
+        GuardRunnable(guard, model)
+    with pytest.raises(TypeError, match=r"needs the guard: GuardRunnable\(runnable=model, guard=guard\)"):
+        GuardRunnable(runnable=model)
+    with pytest.raises(TypeError, match="'guard' twice"):
+        GuardRunnable(model, guard, guard=guard)
+
+
 def test_input_roles_and_keys(guard):
     # A tool message in the input is untrusted content: the injection is caught as such.
     messages = [
