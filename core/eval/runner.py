@@ -213,13 +213,27 @@ def _to_predictions(batch: list[tuple[str, EvalExample]], decisions: Sequence[De
     return [Prediction.from_decision(k, d) for (k, _), d in zip(batch, decisions)]
 
 
+class _NewErrors:
+    """Prints each new kind of guard error once, when it first happens (a few kinds at most): a failing server is
+    seen at once, not at the end. ``advance`` as the progress bar's."""
+
+    def __init__(self, console: Any) -> None:
+        self.console, self.told = console, set[str]()
+
+    def advance(self, n: int, errors: int = 0, last_error: str | None = None) -> None:
+        if last_error and last_error not in self.told and len(self.told) < _ERROR_KINDS_SHOWN:
+            from rich.markup import escape
+
+            self.told.add(last_error)
+            self.console.print(f"[red]guard error:[/red] {escape(last_error)}", highlight=False, soft_wrap=True)
+
+
 @contextmanager
 def _progress(total: int, done: int, enabled: bool, label: str, show_errors: bool = False) -> Iterator[Any]:
     """A rich progress bar (count, rate, guard errors so far, elapsed, ETA) on stderr, or a no-op. Errors show
-    as they happen (each new kind printed above the bar): a failing server is seen at once, not at the end.
-    Without the bar, ``show_errors`` still prints each new kind (the CLI's ``--no-progress``, a CI log)."""
+    as they happen (each new kind printed above the bar, `_NewErrors`). Without the bar, ``show_errors`` still
+    prints each new kind (the CLI's ``--no-progress``, a CI log)."""
     from rich.console import Console
-    from rich.markup import escape
 
     if not enabled:
 
@@ -227,18 +241,7 @@ def _progress(total: int, done: int, enabled: bool, label: str, show_errors: boo
             def advance(self, n: int, errors: int = 0, last_error: str | None = None) -> None:
                 pass
 
-        if not show_errors:
-            yield _Nop()
-            return
-        console, said = Console(stderr=True), set[str]()
-
-        class _Errors:
-            def advance(self, n: int, errors: int = 0, last_error: str | None = None) -> None:
-                if last_error and last_error not in said and len(said) < _ERROR_KINDS_SHOWN:
-                    said.add(last_error)
-                    console.print(f"[red]guard error:[/red] {escape(last_error)}", highlight=False, soft_wrap=True)
-
-        yield _Errors()
+        yield _NewErrors(Console(stderr=True)) if show_errors else _Nop()
         return
     from rich.progress import (
         BarColumn,
@@ -275,17 +278,12 @@ def _progress(total: int, done: int, enabled: bool, label: str, show_errors: boo
     with progress:
         task = progress.add_task(label, total=total, completed=done, errors=0)
         count = [0]
-        told: set[str] = set()
+        said = _NewErrors(progress.console)  # printed above the bar
 
         class _Bar:
             def advance(self, n: int, errors: int = 0, last_error: str | None = None) -> None:
                 count[0] += errors
-                # Each new kind of error is printed above the bar when it first happens (a few kinds at most).
-                if last_error and last_error not in told and len(told) < _ERROR_KINDS_SHOWN:
-                    told.add(last_error)
-                    progress.console.print(
-                        f"[red]guard error:[/red] {escape(last_error)}", highlight=False, soft_wrap=True
-                    )
+                said.advance(n, errors, last_error)
                 progress.update(task, advance=n, errors=count[0])
 
         yield _Bar()

@@ -399,22 +399,27 @@ def _kwargs_calls(message: ChatMessage) -> list[ToolSelection]:
     calls: list[ToolSelection] = []
     for entry in message.additional_kwargs.get("tool_calls") or ():
         call_id, name, arguments = _call_parts(entry)
-        if isinstance(arguments, str) and arguments.strip() and _is_object(arguments):
-            arguments = json.loads(arguments)
+        if isinstance(arguments, str):
+            arguments = _object_of(arguments) if arguments.strip() else arguments
         if isinstance(name, str) and isinstance(arguments, Mapping):
             calls.append(_selection(str(call_id or f"call-{len(calls)}"), name, arguments))
     return calls
 
 
 def _is_object(text: str) -> bool:
-    """Whether argument text parses to a JSON object that says what its text says. One with a key written twice is
-    not (the parser keeps the last value, the model reads both): judged as written, as text that does not parse."""
-    if not text.strip():
-        return True  # no arguments: the call is judged as ``name({})``
+    """Whether argument text parses to a JSON object that says what its text says (`_object_of`); no text is one
+    (the call is judged as ``name({})``)."""
+    return not text.strip() or _object_of(text) is not None
+
+
+def _object_of(text: str) -> dict[str, Any] | None:
+    """The JSON object argument text says, or None. One with a key written twice is none (the parser keeps the last
+    value, the model reads both): judged as written, as text that does not parse."""
     try:
-        return isinstance(json.loads(text, object_pairs_hook=_pairs_once), dict)
+        value = json.loads(text, object_pairs_hook=_pairs_once)
     except (ValueError, RecursionError):
-        return False
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _pairs_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -468,10 +473,11 @@ def mark(kind: str, *parts: str) -> bytes:
 
 def _call_mark(call: ToolSelection) -> bytes:
     args = call.tool_kwargs
-    # Argument text is marked as the object it says only when it says one (`_is_object`): text writing a key twice
+    # Argument text is marked as the object it says only when it says one (`_object_of`): text writing a key twice
     # is marked as written, so that a client cannot pass it off as a call judged before with the last value alone.
-    if isinstance(args, str) and args.strip() and _is_object(args):
-        args = json.loads(args)
+    if isinstance(args, str) and args.strip():
+        parsed = _object_of(args)
+        args = args if parsed is None else parsed
     return mark("tool_call", call.tool_name, json.dumps(args, sort_keys=True, default=str, ensure_ascii=False))
 
 
