@@ -17,10 +17,33 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
 from .policy import Policy
 
+
+class _Group(TyperGroup):
+    """The root command, whose ``--help`` shows no type: typer 0.29 writes ``<bool>`` beside it (see `FLAG`)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _untyped(super().get_help_option(ctx))
+
+
+class _Command(TyperCommand):
+    """A command whose ``--help`` shows no type, as `_Group`'s."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _untyped(super().get_help_option(ctx))
+
+
+def _untyped(option: Any) -> Any:
+    if option is not None:
+        option.metavar = FLAG
+    return option
+
+
 app = typer.Typer(
+    cls=_Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -81,7 +104,7 @@ def _policy(name: str) -> Policy:
     return Policy.strict() if name == "strict" else Policy.loose()
 
 
-@app.command()
+@app.command(cls=_Command)
 @reports_errors
 def check(
     text: str = typer.Argument(..., help="Text to check, or '-' to read standard input."),
@@ -228,7 +251,7 @@ def _check_port_free(host: str, port: int) -> None:
         raise fail(f"cannot listen on {host} port {port}: {exc.strerror or exc}") from None
 
 
-@app.command()
+@app.command(cls=_Command)
 @reports_errors
 def serve(
     model: str = typer.Option(
@@ -442,7 +465,7 @@ def serve(
     )
 
 
-@app.command("eval")
+@app.command("eval", cls=_Command)
 @reports_errors
 def eval_(
     data: str = typer.Argument(

@@ -107,6 +107,23 @@ def test_json_and_debug_are_plain_flags_in_help() -> None:
                 assert "BOOLEAN" not in line and "<bool>" not in line.lower(), line
 
 
+def test_no_flag_of_any_command_reads_as_taking_a_value_in_help() -> None:
+    """``--help`` itself, on the root and on every command, and every other flag: no type column."""
+    flags = {
+        "": ("--help", "--debug"),
+        "check": ("--help", "--json"),
+        "serve": ("--help", "--allow-unauthenticated"),
+        "eval": ("--help", "--fresh", "--allow-errors"),
+    }
+    for command, names in flags.items():
+        text = run(*([command] if command else []), "--help").stdout
+        for name in names:
+            lines = [line for line in text.splitlines() if f"{name} " in line]
+            assert lines, (command, name)
+            for line in lines:
+                assert "BOOLEAN" not in line and "<bool>" not in line.lower(), (command, line)
+
+
 def test_human_output_says_no_categories_with_a_dash() -> None:
     p = run("check", "What is the capital of France?")
     assert p.returncode == 0, p.stderr

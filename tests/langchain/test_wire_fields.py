@@ -244,7 +244,7 @@ def test_async_paths_judge_the_same_fields(path: str) -> None:
 
 
 def test_a_name_is_judged_on_its_own_as_the_docs_say(guard: Guard) -> None:
-    """docs/langchain.md: a name is judged as a prompt of its own, and the demo guard reads ``agent`` as unsafe."""
+    """docs/langchain-fields.md: a name is judged as a prompt of its own, and the demo guard reads ``agent`` as unsafe."""
     from qwenguard.integrations.langchain._messages import input_items
 
     [item] = [i for i in input_items([HumanMessage("Hi.", name="agent")]) if i.label == "name of a message"]
