@@ -169,6 +169,7 @@ class Guard:
         self.policy = policy or Policy()
         self.stream_backend = stream_backend
         self.cache = VerdictCache(cache_size, max_bytes=cache_bytes)
+        self._closed = False  # set by close(): from then on the cache answers nothing either
         self.max_chars = max_chars
         self.max_messages = max_messages
         self.listeners: list[DecisionListener] = list(listeners)
@@ -224,7 +225,7 @@ class Guard:
         cls,
         base_url: str | Sequence[str],
         *,
-        model: str,
+        model: str | None = None,
         api_key: str | None = None,
         mode: str = "chat",
         tokenizer: Any = None,
@@ -239,6 +240,8 @@ class Guard:
         """A guard whose model runs on an OpenAI-compatible engine: vLLM, SGLang, llama.cpp, ``transformers
         serve`` or ``qwenguard serve`` (docs/remote.md).
 
+        ``model``: the served model's name; omitted, the first check learns it from the server's ``/models``
+        (the one model listed there; several or none: `ServedModelUnknown`, a guard error saying pass ``model=``).
         ``mode="chat"`` sends the conversation (content neutralised: no control tokens, no forged turns);
         ``mode="completion"`` sends the prompt itself: token ids when ``tokenizer`` is given and the engine
         takes them, else the text qwenguard renders. ``tokenizer`` (hub id, directory, ``"demo"``, or a
@@ -368,7 +371,7 @@ class Guard:
         elif not msgs[-1]["content"].strip():
             # Nothing to judge: an empty turn is allowed, with its own reason (documented).
             check.decision = Decision(True, Action.ALLOW, stage, "empty")
-        elif self.cache.maxsize > 0 and stage is not Stage.STREAM:
+        elif self.cache.maxsize > 0 and stage is not Stage.STREAM and not self._closed:
             # No key when the cache is off, and none for stream windows: they grow with every chunk, never
             # repeat, and would only evict verdicts worth keeping (documents, prompts). Hot path: every chunk.
             check.key = cache_key(self.backend.name, stage.value, msgs)
@@ -611,11 +614,18 @@ class Guard:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
+        """Stop the guard's engines, close its connections and drop its verdict cache. Every check after it is
+        a guard error (``the guard backend is closed``), cached text included, decided by ``on_error``."""
+        self._closed = True
+        self.cache.clear()
         for backend in (self.backend, self.stream_backend):
             if backend is not None and hasattr(backend, "close"):
                 backend.close()
 
     async def aclose(self) -> None:
+        """Async twin of `close`."""
+        self._closed = True
+        self.cache.clear()
         for backend in (self.backend, self.stream_backend):
             if backend is None:
                 continue

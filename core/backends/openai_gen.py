@@ -32,7 +32,8 @@ that is not a verdict (a 200 that does not parse or is cut, and qwenguard serve'
 `VerdictParseError`; any other status but 429 and 5xx, such as a 404 from a replica mid-upgrade) is tried
 once on each replica not yet tried, never twice on one; only
 a verdict counts as a replica's success (docs/remote.md, "What counts as an answer"). The context read
-from ``/models`` is the first replica's that is large enough to use (`_served_max_model_len`).
+from ``/models`` is the first replica's that is large enough to use (`_served_max_model_len`); the model's
+name, when not given, is the one model the first replica that answers lists there.
 
 Errors, per the backend protocol (`qwenguard.core.backends.base`): an answer that does not parse, a request
 the server refused (4xx, or 5xx after the retries), or a request past the deadline is that conversation's
@@ -88,6 +89,7 @@ from .replicas import Replicas, attempt_budget, base_urls
 
 __all__ = [
     "OpenAIGen",
+    "ServedModelUnknown",
     "RemoteHTTPError",
     "parse_logprobs",
     "DEFAULT_CONNECT_TIMEOUT_S",
@@ -156,6 +158,57 @@ def _tenacity() -> Any:
     except ImportError as exc:  # pragma: no cover
         raise MissingDependency.for_extra("remote", "tenacity") from exc
     return tenacity
+
+
+class ServedModelUnknown(QwenGuardError):
+    """No model name was given and the server's ``/models`` does not name exactly one. ``reason`` says what
+    it lists; ``models``: the names listed (None when no list could be read)."""
+
+    def __init__(self, reason: str, models: Sequence[str] | None = None) -> None:
+        super().__init__(f"{reason}: pass the served model's name (Guard.remote(..., model=NAME))")
+        self.reason = reason
+        self.models = None if models is None else tuple(models)
+
+
+#: A model list named in an error: its first names, each cut (a /models reply may list thousands).
+_NAMED_MODELS = 10
+_NAME_CHARS = 100
+
+
+def _named(models: Sequence[str]) -> str:
+    names = [m[:_NAME_CHARS] for m in models[:_NAMED_MODELS]]
+    return repr(names)[:-1] + (f", ... ({len(models) - _NAMED_MODELS} more)]" if len(models) > _NAMED_MODELS else "]")
+
+
+def _model_list(status: int, content: bytes | None) -> list[Any] | None:
+    """The ``data`` list of a ``/models`` reply, or None when the reply holds none."""
+    if status != 200 or content is None:
+        return None
+    try:
+        entries = json.loads(content)["data"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None
+    return entries if isinstance(entries, list) else None
+
+
+def _served_model(url: str, status: int, content: bytes | None, entries: list[Any] | None) -> str:
+    """The one model a replica lists at ``/models``; `ServedModelUnknown` for several, none, or no list."""
+    where = f"{url}/models"
+    if entries is None:
+        if status != 200:
+            why = f"HTTP {status}: {error_text(content or b'')}"
+        elif content is None:
+            why = "its reply is larger than max_reply_bytes"
+        else:
+            why = "its reply is not an OpenAI model list"
+        raise ServedModelUnknown(f"cannot list the models at {where} ({why})")
+    ids = [e.get("id") if isinstance(e, Mapping) else None for e in entries]
+    names = [i for i in ids if isinstance(i, str) and i]
+    if len(names) < len(ids):
+        raise ServedModelUnknown(f"cannot list the models at {where} (a model without an id)")
+    if len(names) != 1:
+        raise ServedModelUnknown(f"{url} serves {len(names)} models {_named(names)}", names)
+    return names[0]
 
 
 class _AttemptTimeout(GuardTimeout):
@@ -234,6 +287,9 @@ class OpenAIGen:
     exact token counts, windows equal to the local guard's, token ids in completion mode.
     ``max_context``: the engine's context in tokens; else read from ``/models`` (``max_model_len``, as vLLM
     and SGLang publish it), else the tokenizer's ``model_max_length``, else 32768.
+    ``model``: the served model's name; when omitted, the first check learns it from the first replica's
+    ``/models`` (the one model listed; several or none: `ServedModelUnknown`), in the request that reads the
+    context, and ``name`` is ``""`` until then.
     ``transport``: an ``httpx.AsyncBaseTransport`` (fault injection in tests, proxies).
     ``base_url`` may be a list: replicas of the same model, with failover between them (module docs).
     """
@@ -242,7 +298,7 @@ class OpenAIGen:
         self,
         base_url: str | Sequence[str],
         *,
-        model: str,
+        model: str | None = None,
         api_key: str | None = None,
         mode: Mode = "chat",
         tokenizer: Any = None,
@@ -265,8 +321,10 @@ class OpenAIGen:
     ) -> None:
         if mode not in ("chat", "completion"):
             raise ValueError(f"mode must be 'chat' or 'completion', got {mode!r}")
-        if not isinstance(model, str) or not model:
-            raise ValueError("model must be the served model name, e.g. 'Qwen/Qwen3Guard-Gen-4B'")
+        if model is not None and (not isinstance(model, str) or not model):
+            raise ValueError(
+                "model must be the served model name, e.g. 'Qwen/Qwen3Guard-Gen-4B' (or None: the one the server lists)"
+            )
         urls = base_urls(base_url)
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1")
@@ -287,8 +345,8 @@ class OpenAIGen:
         self.replicas = Replicas(urls)
         self.base_url = urls[0]
         self.base_urls = urls
-        self.model = model
-        self.name = model
+        self.model = model  # None: learned from /models at the first check (`_served_max_model_len`)
+        self.name = model or ""
         self.mode: Mode = mode
         self.max_retries = max_retries
         self.backoff_s = backoff_s
@@ -675,14 +733,20 @@ class OpenAIGen:
         error, transport = errors[0]
         return error, transport and not verdicts
 
+    def _unlearned(self) -> bool:
+        """Whether ``/models`` must be read: for the model's name, or for the context when neither is known."""
+        return self.model is None or (self.max_context is None and self._served_context is None)
+
     async def _context(self, wire: _Wire, deadline: _Deadline) -> int:
-        """The engine's context: given, or learned once from ``/models``, or the fallback."""
+        """The engine's context: given, or learned once from ``/models``, or the fallback. The model's name,
+        when not given, is learned from the same reply first (raises when it cannot be)."""
+        if self._unlearned():
+            assert wire.context_lock is not None
+            async with wire.context_lock:
+                if self._unlearned():
+                    self._served_context = await self._served_max_model_len(wire, deadline)
         if self.max_context is not None:
             return self.max_context
-        assert wire.context_lock is not None
-        async with wire.context_lock:
-            if self._served_context is None:
-                self._served_context = await self._served_max_model_len(wire, deadline)
         return self._served_context or self._fallback_context
 
     async def _served_max_model_len(self, wire: _Wire, deadline: _Deadline) -> int | None:
@@ -692,10 +756,14 @@ class OpenAIGen:
         A published context below ``_context_floor`` (too small for the guard prompt of a reply and
         `_MIN_SERVED_ROOM` tokens of text, as this client counts them) cannot be the served context of a
         guard model: it would make every check a guard error. It is ignored (logged once per replica) and
-        the next replica is asked; when none publishes a usable one, the fallback context is used."""
+        the next replica is asked; when none publishes a usable one, the fallback context is used.
+
+        Without a model name, the first replica that answers names it (`_served_model`); when none answers,
+        the check fails as unreachable (`GuardUnavailable`, `GuardTimeout` at the deadline) and the next asks again."""
         httpx = _httpx()
         tried: list[str] = []
         answered = False
+        failure: BaseException | str = "no replica was asked"
         while self.replicas.untried(tried) and not deadline.expired():
             url = self.replicas.pick(exclude=tried)
             tried.append(url)
@@ -706,13 +774,20 @@ class OpenAIGen:
             )
             try:
                 status, content = await asyncio.wait_for(self._get_models(wire, url), limit)
-            except (asyncio.TimeoutError, httpx.HTTPError):
+            except (asyncio.TimeoutError, httpx.HTTPError) as exc:
                 self.replicas.failed(url)
+                failure = exc
                 continue
             if status in RETRY_STATUS:
+                failure = f"{url}/models answered HTTP {status}"
                 continue
             answered = True
-            value = self._published_context(status, content)
+            listed = _model_list(status, content)
+            if self.model is None:
+                self.model = self.name = _served_model(url, status, content, listed)
+                if self.max_context is not None:
+                    return 0  # the context is given: only the name was wanted
+            value = self._published_context(listed)
             if value == 0 or value >= self._context_floor:
                 return value
             if url not in self._ignored_contexts:
@@ -725,17 +800,21 @@ class OpenAIGen:
                     _MIN_SERVED_ROOM,
                     self._context_floor,
                 )
+        if self.model is None:
+            if deadline.expired():
+                raise GuardTimeout(f"guard server at {self._where} did not list its models within the deadline")
+            why = failure if isinstance(failure, str) else f"{type(failure).__name__}: {failure}"
+            cause = None if isinstance(failure, str) else failure
+            raise GuardUnavailable(f"cannot list the models of the guard server at {self._where} ({why})") from cause
         return 0 if answered else None
 
-    def _published_context(self, status: int, content: bytes | None) -> int:
-        """The ``max_model_len`` of this client's model in a ``/models`` reply; ``0`` when there is none."""
-        if status != 200 or content is None:
-            return 0
+    def _published_context(self, entries: list[Any] | None) -> int:
+        """The ``max_model_len`` of this client's model in a ``/models`` list; ``0`` when there is none."""
         try:
-            entries = json.loads(content)["data"]
+            entries = entries or []
             entry = next((e for e in entries if e.get("id") == self.model), entries[0] if len(entries) == 1 else {})
             value = entry.get("max_model_len")
-        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+        except (TypeError, AttributeError):
             return 0
         return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
@@ -779,7 +858,9 @@ class OpenAIGen:
                 # waited for a thread that does not exist, to the deadline or forever. It starts its own.
                 self._wire = None
             if self._wire is None:
-                self._wire = _Wire(f"qwenguard-remote[{self.model}]", self._make_client, self.max_concurrency)
+                self._wire = _Wire(
+                    f"qwenguard-remote[{self.model or self.base_url}]", self._make_client, self.max_concurrency
+                )
                 # A client dropped without close() still stops its thread and closes its pool.
                 weakref.finalize(self, self._wire.close)
             return self._wire
@@ -815,6 +896,27 @@ class OpenAIGen:
             if not self._closed or (cancelling is not None and cancelling()):
                 raise  # our caller was cancelled
             raise GuardUnavailable("the remote guard backend was closed during the call") from None
+        finally:
+            future.cancel()
+
+    def served_model(self, *, timeout: float | None = None) -> str:
+        """The served model's name: given, or learned now from ``/models`` (blocking; checks learn it
+        themselves). Raises `ServedModelUnknown`, or `GuardUnavailable` when no replica answers."""
+        if self.model is not None:
+            return self.model
+        wire = self._start()
+
+        async def learn() -> str:
+            wire.ready()
+            await self._context(wire, _Deadline(timeout))
+            assert self.model is not None
+            return self.model
+
+        future = wire.thread.submit(learn())
+        try:
+            return future.result(None if timeout is None else timeout + _GRACE_S)
+        except concurrent.futures.TimeoutError:
+            raise GuardTimeout(f"guard server at {self._where} did not list its models within {timeout} s") from None
         finally:
             future.cancel()
 

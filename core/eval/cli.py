@@ -58,31 +58,39 @@ class RemoteOptions:
 _STAGES = ("prompt", "response", "tool_call", "tool_result", "retrieval")
 
 
-def _served_model(base_url: str, api_key: str | None) -> str:
-    """The one model a server lists at ``/models`` (so ``--remote URL`` alone works against it)."""
-    import httpx
+#: How long ``--remote URL`` without ``--model`` waits for the server to list its models.
+LIST_MODELS_TIMEOUT_S = 10.0
 
+
+def _check_remote(base_url: str, api_key: str | None) -> None:
+    """What no request to ``--remote`` could carry, said in the CLI's words."""
     from ..backends.openai_wire import api_key_problem
     from ..backends.replicas import base_urls
 
     if api_key and (problem := api_key_problem(api_key)):
         raise QwenGuardError(f"{problem} (--api-key or QWENGUARD_API_KEY)")
     try:
-        base_url = base_urls(base_url)[0]  # as the checks will read it ("http://host:8000" is its /v1)
+        base_urls(base_url)
     except ValueError as exc:
         raise QwenGuardError(f"--remote: {exc}") from None
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _learn_served_model(guard: Any) -> None:
+    """Learn the one model the server lists at ``/models`` now (the client's own discovery), so that
+    ``--remote URL`` alone works, and a server that lists several, none, or cannot be reached fails the run
+    before any row is scored."""
+    from ..backends.openai_gen import ServedModelUnknown
+    from ..errors import GuardUnavailable
+
+    backend = guard.backend
     try:
-        resp = httpx.get(base_url + "/models", headers=headers, timeout=10.0)
-        resp.raise_for_status()
-        ids = [m["id"] for m in resp.json().get("data", [])]
-    except httpx.TransportError as exc:  # nothing answered: naming a model would not help
-        raise QwenGuardError(f"cannot reach the server at {base_url} ({exc}): is it running?") from None
-    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-        raise QwenGuardError(f"cannot list the models at {base_url}/models ({exc}); pass --model NAME") from None
-    if len(ids) != 1:
-        raise QwenGuardError(f"{base_url} serves {len(ids)} models {ids}; pick one with --model NAME")
-    return str(ids[0])
+        backend.served_model(timeout=LIST_MODELS_TIMEOUT_S)
+    except ServedModelUnknown as exc:
+        advice = "pass --model NAME" if exc.models is None else "pick one with --model NAME"
+        raise QwenGuardError(f"{exc.reason}; {advice}") from None
+    except GuardUnavailable as exc:  # nothing answered: naming a model would not help
+        why = exc.__cause__ or exc
+        raise QwenGuardError(f"cannot reach the server at {backend.base_url} ({why}): is it running?") from None
 
 
 def _guard(
@@ -98,14 +106,14 @@ def _guard(
     # The guard's own policy matters only for timeouts here: the report applies strict and loose itself.
     if remote is None:
         return Guard.from_pretrained(model or "demo", policy=Policy(timeout_s=timeout), device=device)
-    name = model or _served_model(remote, api_key)
+    _check_remote(remote, api_key)
     # Against a server the deadline is per request, from when it is sent (each attempt must be answered
     # within it), not per batch: rows waiting for one of the `max_in_flight` slots do not expire while
     # they wait, so a slow engine makes the run slower, not every row an error. Retries stay bounded.
     # logprobs give P(unsafe) for ROC-AUC and the threshold sweep where the server returns them.
-    return Guard.remote(
+    guard = Guard.remote(
         remote,
-        model=name,
+        model=model,  # None: the one model the server lists (`_learn_served_model`)
         api_key=api_key,
         policy=Policy(timeout_s=None),
         logprobs=True,
@@ -115,6 +123,13 @@ def _guard(
         max_concurrency=options.max_in_flight,
         read_timeout_s=timeout or REMOTE_TIMEOUT_S,
     )
+    if model is None:
+        try:
+            _learn_served_model(guard)
+        except BaseException:
+            guard.close()
+            raise
+    return guard
 
 
 def _rows_of_report(path: Path) -> int | None:

@@ -29,7 +29,7 @@ from .schemas import (
     error_json,
     validation_error_json,
 )
-from .service import Service, check_model, raw_text
+from .service import Service, chat_logprobs, check_model, completion_logprobs, raw_text
 from .shutdown import DEFAULT_SHUTDOWN_TIMEOUT_S, DrainingServer
 from .stream_protocol import stream_session
 
@@ -140,6 +140,7 @@ def create_app(
     async def chat_answer(body: ChatCompletionRequest, conversation: list[dict[str, str]]) -> Any:
         ((outcome, _),) = await service.classify([conversation])
         text = raw_text(outcome)
+        logprobs = chat_logprobs(outcome, text, body.top_logprobs or 0) if body.logprobs else None
         ident, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
             return _sse(
@@ -150,7 +151,12 @@ def create_app(
                         "created": now,
                         "model": name,
                         "choices": [
-                            {"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": None}
+                            {
+                                "index": 0,
+                                "delta": {"role": "assistant", "content": text},
+                                "logprobs": logprobs,
+                                "finish_reason": None,
+                            }
                         ],
                     },
                     {
@@ -171,7 +177,7 @@ def create_app(
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": text},
-                    "logprobs": None,
+                    "logprobs": logprobs,
                     "finish_reason": "stop",
                 }
             ],
@@ -191,6 +197,7 @@ def create_app(
     async def completion_answer(body: CompletionRequest, conversation: list[dict[str, str]]) -> Any:
         ((outcome, _),) = await service.classify([conversation])
         text = raw_text(outcome)
+        logprobs = None if body.logprobs is None else completion_logprobs(outcome, text, body.logprobs)
         ident, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
             return _sse(
@@ -200,7 +207,7 @@ def create_app(
                         "object": "text_completion",
                         "created": now,
                         "model": name,
-                        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": None}],
+                        "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": None}],
                     },
                     {
                         "id": ident,
@@ -216,7 +223,7 @@ def create_app(
             "object": "text_completion",
             "created": now,
             "model": name,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": "stop"}],
         }
 
     @app.post(

@@ -23,6 +23,10 @@ MAX_ERROR_DETAILS = 20
 #: The default number of conversations one /v1/moderate call may carry (``Limits.max_conversations``).
 MAX_BATCH = DEFAULT_MAX_CONVERSATIONS
 
+#: The most alternatives a step's ``top_logprobs`` may ask for: OpenAI's bound for chat (vLLM's default
+#: ``max_logprobs`` for both routes). The server knows at most three (the labels: docs/server.md).
+MAX_TOP_LOGPROBS = 20
+
 
 # -- wire schemas (published at /openapi.json) -------------------------------------------------
 class _Judged(BaseModel):
@@ -134,6 +138,15 @@ class ChatCompletionRequest(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _top_logprobs_need_logprobs(self) -> ChatCompletionRequest:
+        # As OpenAI and vLLM refuse it: asked alternatives without logprobs would silently get none.
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
 
 
 class CompletionRequest(BaseModel):
@@ -146,6 +159,8 @@ class CompletionRequest(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = Field(default=False)
+    #: How many alternatives each step lists (the legacy API's ``logprobs``); null: no logprobs.
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
 
 class Message(_Turn):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import math
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -401,6 +402,83 @@ def raw_text(outcome: Outcome) -> str:
             lines.append(f"Refusal: {'Yes' if outcome.refusal else 'No'}")
         return "\n".join(lines)
     raise ApiError(502, f"the guard gave no verdict for this conversation: {type(outcome).__name__}", "guard_error")
+
+
+#: The least logprob written: log(0) is -inf, which JSON cannot carry (vLLM writes the same floor).
+MIN_LOGPROB = -9999.0
+#: The label in a verdict's text: the first ``Safety:`` and the label word after it (as clients read it).
+_LABEL_AT = re.compile(r"Safety:(\s*)(Safe|Unsafe|Controversial)(?![A-Za-z])")
+
+
+def _answer_steps(outcome: Outcome, text: str) -> tuple[list[str], int, list[tuple[str, float]]] | None:
+    """``text`` as the steps its logprobs are given for, when the verdict has probs: the pieces (the text
+    before the label, the label with the whitespace before it, the rest; joined they are ``text``), the
+    label's index, and the three label tokens with log(p), most probable first. Only the label's logprob is
+    known: the verdict's probs, renormalised over the three labels (docs/server.md). None without probs, or
+    when the text names no label or another one than the verdict's (its logprob would be some other label's)."""
+    if not isinstance(outcome, Verdict) or outcome.probs is None:
+        return None
+    found = _LABEL_AT.search(text)
+    if found is None or found.group(2) != SAFETY_LABELS[outcome.risk]:
+        return None
+    probs = {risk: float(outcome.probs.get(risk, 0.0)) for risk in SAFETY_LABELS}
+    if not all(math.isfinite(p) and p >= 0.0 for p in probs.values()):
+        return None
+    space = found.group(1)
+    labels = [
+        (space + SAFETY_LABELS[risk], max(MIN_LOGPROB, math.log(p)) if p > 0 else MIN_LOGPROB)
+        for risk, p in probs.items()
+    ]
+    labels.sort(key=lambda label: -label[1])
+    pieces = [text[: found.start(1)], text[found.start(1) : found.end()], text[found.end() :]]
+    at = 1 if pieces[0] else 0
+    return [p for p in pieces if p], at, labels
+
+
+def _utf8(token: str) -> list[int]:
+    return list(token.encode("utf-8", "surrogatepass"))
+
+
+def chat_logprobs(outcome: Outcome, text: str, top: int) -> dict[str, Any] | None:
+    """The chat shape of ``text``'s logprobs (``{"content": [{token, logprob, bytes, top_logprobs}]}``), ``top``
+    label alternatives at the label (at most three); a token whose logprob the server does not know has
+    ``logprob: null`` and no alternatives. None when the verdict has no probs (`_answer_steps`)."""
+    steps = _answer_steps(outcome, text)
+    if steps is None:
+        return None
+    pieces, at, labels = steps
+    known = dict(labels)
+    content = []
+    for i, piece in enumerate(pieces):
+        alternatives = labels[:top] if i == at else []
+        content.append(
+            {
+                "token": piece,
+                "logprob": known[piece] if i == at else None,
+                "bytes": _utf8(piece),
+                "top_logprobs": [{"token": t, "logprob": lp, "bytes": _utf8(t)} for t, lp in alternatives],
+            }
+        )
+    return {"content": content}
+
+
+def completion_logprobs(outcome: Outcome, text: str, top: int) -> dict[str, Any] | None:
+    """The completion shape of ``text``'s logprobs (``tokens``, ``token_logprobs``, ``top_logprobs`` as
+    ``{token: logprob}``, ``text_offset`` in ``text``): at the label its ``top`` most probable label tokens and
+    the label itself (as OpenAI lists the chosen token too); null for the others (not known). None when the
+    verdict has no probs (`_answer_steps`)."""
+    steps = _answer_steps(outcome, text)
+    if steps is None:
+        return None
+    pieces, at, labels = steps
+    known = dict(labels)
+    offsets = [sum(len(p) for p in pieces[:i]) for i in range(len(pieces))]
+    return {
+        "tokens": pieces,
+        "token_logprobs": [known[p] if i == at else None for i, p in enumerate(pieces)],
+        "top_logprobs": [{**dict(labels[:top]), p: known[p]} if i == at else None for i, p in enumerate(pieces)],
+        "text_offset": offsets,
+    }
 
 
 def decision_model(decision: Decision) -> DecisionModel:
