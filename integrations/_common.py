@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections import OrderedDict
-from typing import Generic, TypeVar
+from collections.abc import Callable, Mapping
+from itertools import islice
+from typing import Any, Generic, TypeVar
 
 from qwenguard.core import Guard
+from qwenguard.core.errors import InputTooLarge
+from qwenguard.core.formats.media import base64_as_text
 
-__all__ = ["Bounded", "IDENTIFIER", "require_guard"]
+__all__ = [
+    "BOOKKEEPING_KEYS",
+    "Bounded",
+    "IDENTIFIER",
+    "LABEL_KEYS",
+    "SEALED",
+    "SEALED_KEYS",
+    "opaque",
+    "reply_strings",
+    "require_guard",
+]
 
 #: An id or label a provider class sends that is no text a model reads as words (up to 64 letters, digits, ``_.:-``):
 #: a tool call's id, a content block's type.
 IDENTIFIER = re.compile(r"[\w.:-]{1,64}")
+#: A signature or encrypted data a provider checks, when it is one base64 token (of any length): no words. A phrase
+#: (spaces, underscores) is text.
+SEALED = re.compile(r"[A-Za-z0-9+/=]+")
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -59,3 +77,155 @@ class Bounded(Generic[K, V]):
         """The keys now, oldest first (a copy: entries may go while the caller reads it)."""
         with self._lock:
             return list(self._data)
+
+
+# -- a provider's reply object: the text it carries -----------------------------------------------
+#: Provider bookkeeping in a reply, never judged whatever it holds: usage, timings, HTTP headers and boto's request
+#: record, the answer's own tokens (``logprobs``: judged as its text), the provider's own safety ratings and content
+#: filter results, the app's stop sequence echoed back, the guard's record. As LangChain's ``response_metadata``
+#: is read (``_METADATA_NOT_TEXT``), but ``metadata``, which is Bedrock's last stream event (its ``trace`` too).
+BOOKKEEPING_KEYS = frozenset(
+    {
+        "usage",
+        "token_usage",
+        "usage_metadata",
+        "usageMetadata",
+        "headers",
+        "ResponseMetadata",
+        "metrics",
+        "amazon-bedrock-invocationMetrics",
+        "performanceConfig",
+        "logprobs",
+        "logprobs_result",
+        "logprobsResult",
+        "safety_ratings",
+        "safetyRatings",
+        "prompt_feedback",
+        "promptFeedback",
+        "prompt_filter_results",
+        "content_filter_results",
+        "incomplete_details",
+        "stop_sequence",
+        "url",
+        "qwenguard",
+    }
+)
+#: Keys whose value labels or links (an id, a model name, a role, a finish reason, a block's kind, a date): one
+#: identifier there is no text a model reads (`IDENTIFIER`); anything else under them is judged.
+LABEL_KEYS = frozenset(
+    {
+        "id",
+        "type",
+        "index",
+        "role",
+        "object",
+        "status",
+        "model",
+        "model_name",
+        "model_id",
+        "model_provider",
+        "model_version",
+        "modelVersion",
+        "responseId",
+        "system_fingerprint",
+        "service_tier",
+        "finish_reason",
+        "finishReason",
+        "stop_reason",
+        "stopReason",
+        "done_reason",
+        "output_version",
+        "created",
+        "created_at",
+        "expires_at",
+        "user",
+        "call_id",
+        "tool_call_id",
+        "tool_use_id",
+        "toolUseId",
+        "file_id",
+        "container_id",
+        "reference_audio_id",
+        "mime_type",
+        "media_type",
+        "format",
+        "encoding",
+        "detail",
+    }
+)
+#: Keys whose value is opaque when it is one base64 token (`SEALED`): signatures and encrypted data.
+SEALED_KEYS = frozenset({"signature", "encrypted_content", "encrypted_index", "redactedContent"})
+#: Keys whose value is media data (base64, or a ``data:`` URL): judged only when its bytes are text.
+_MEDIA_KEYS = frozenset({"data", "base64", "b64_json", "file_data", "partial_image_b64"})
+_BASE64 = re.compile(r"[A-Za-z0-9+/=\s]+")
+
+
+def opaque(key: str, text: str) -> bool:
+    """A label or an id (`LABEL_KEYS`) that is one identifier, or a signature (`SEALED_KEYS`) that is one base64
+    token: no words a model reads. As LangChain's reader leaves them out (``_opaque``)."""
+    if key in LABEL_KEYS:
+        return IDENTIFIER.fullmatch(text) is not None
+    return key in SEALED_KEYS and SEALED.fullmatch(text) is not None
+
+
+def _reply_leaf(text: str, key: str, content: bool) -> str | None:
+    """The text of one string of a reply under ``key`` (``None``: no text). ``content``: inside text that held JSON
+    (a tool's arguments), where keys are the model's own, not the provider's schema: every string is text."""
+    body = text[text.find(",") + 1 :] if text[:5].lower() == "data:" and ";base64," in text[:4096].lower() else None
+    if body is not None or (key in _MEDIA_KEYS and len(text) > 256 and _BASE64.fullmatch(text[:4096])):
+        return base64_as_text(text if body is None else body)  # media bytes, unless they are text all the same
+    if not content and opaque(key, text):
+        return None
+    return text
+
+
+def _json_container(text: str) -> Any:
+    """What ``text`` holds when it is a JSON object or array (a tool call's arguments as sent), else ``None``."""
+    stripped = text.strip()
+    if not stripped.startswith(("{", "[")):
+        return None
+    try:
+        value = json.loads(stripped)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, (dict, list)) else None
+
+
+def reply_strings(value: Any, budget: int, known: Callable[[str], bool] = lambda text: False) -> list[str]:
+    """The text of a provider's reply object (a response's ``raw``: a mapping, a list, a pydantic model or an object
+    with ``model_dump``), one string an item: through mappings' values and lists, but provider bookkeeping
+    (`BOOKKEEPING_KEYS`), labels and signatures (`opaque`), media data, and the strings ``known`` says were judged
+    already (the answer's text). A string holding JSON is read as what it holds, keys too. Walked without recursion
+    and only until past ``budget`` (a text counts its length, anything else one): a walk cut short raises
+    `InputTooLarge`, since what is left must not go out unjudged."""
+    texts: list[str] = []
+    total = 0
+    # (item, its key, inside JSON text: content, not the provider's schema)
+    stack: list[tuple[Any, str, bool]] = [(value, "", False)]
+    while stack and total <= budget:
+        item, key, content = stack.pop()
+        total += 1
+        room = budget - total + 1  # items beyond it cannot be reached before the walk stops
+        if isinstance(item, str):
+            text = _reply_leaf(item, key, content)
+            if text is None or not text.strip() or known(text):
+                continue
+            if (parsed := _json_container(text)) is not None:
+                stack.append((parsed, key, True))
+                continue
+            texts.append(text)
+            total += len(text) - 1
+        elif isinstance(item, Mapping):
+            pairs = [(k, v) for k, v in islice(item.items(), room) if content or str(k) not in BOOKKEEPING_KEYS]
+            for name, inner in reversed(pairs):
+                stack.append((inner, str(name), content))
+                if content:
+                    stack.append((str(name), "", True))  # a key of the model's JSON is its text too
+        elif isinstance(item, (list, tuple)):
+            # Items keep their list's key: Bedrock's message lists its tool calls' ids under "tool_call_id".
+            stack.extend(reversed([(v, key, content) for v in islice(item, room)]))
+        elif callable(getattr(item, "model_dump", None)):  # OpenAI's ChatCompletion, Anthropic's Message...
+            stack.append((item.model_dump(), key, content))
+    if stack or total > budget:
+        raise InputTooLarge(f"the provider's reply is over {budget} characters of text: it cannot be judged whole")
+    return texts

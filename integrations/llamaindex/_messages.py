@@ -32,6 +32,7 @@ from llama_index.core.base.llms.types import (
     ChatResponse,
     CitableBlock,
     CitationBlock,
+    CompletionResponse,
     DocumentBlock,
     ImageBlock,
     MessageRole,
@@ -59,7 +60,7 @@ from qwenguard.core.formats.conversations import (
 from qwenguard.core.formats.media import base64_as_text, bytes_as_text
 from qwenguard.core.verdict import Stage
 
-from .._common import IDENTIFIER
+from .._common import IDENTIFIER, SEALED, reply_strings
 
 __all__ = [
     "ANSWER_VARIABLES",
@@ -81,9 +82,12 @@ __all__ = [
     "plan_inputs",
     "plan_template",
     "react_actions",
+    "reply_parts",
+    "reply_text",
     "resolve_template",
     "role_of",
     "template_turns",
+    "thinking_extra",
     "tool_calls_in",
     "tool_calls_of",
     "variable_checks",
@@ -144,13 +148,30 @@ def _image_text(block: ImageBlock) -> str:
 _CACHE_VALUES = frozenset({"ephemeral", "5m", "1h"})
 
 
+#: Keys of a `ThinkingBlock`'s ``additional_information`` whose value is an id: one identifier there is no text.
+_THINKING_IDS = frozenset({"id", "type"})
+
+
+def thinking_extra(block: ThinkingBlock) -> str:
+    """The text a thinking block carries beside its content: the strings of its ``additional_information`` that are
+    not one token, which a provider sends back (BedrockConverse: ``reasoningText.signature``). A signature is one
+    base64 token (`SEALED`), an id one identifier; words there are judged, as LangChain's reader judges them."""
+    texts = []
+    for key, value in block.additional_information.items():
+        if isinstance(value, str) and value.strip():
+            token = IDENTIFIER if key in _THINKING_IDS else SEALED
+            if token.fullmatch(value) is None:
+                texts.append(value)
+    return "\n".join(texts)
+
+
 def block_text(block: Any) -> str:
     """The text one content block carries ("" for images, audio, video, tool calls, a standard cache point; an
     image's bytes that are text are text)."""
     if isinstance(block, TextBlock):
         return block.text
     if isinstance(block, ThinkingBlock):
-        return block.content or ""
+        return "\n".join(t for t in (block.content, thinking_extra(block)) if t)
     if isinstance(block, CitationBlock):
         # Its title and source too: an answer's citation shows them, and a provider may send them back.
         return "\n".join(t for t in (block.title, block.source, block_text(block.cited_content)) if t)
@@ -176,6 +197,72 @@ def message_text(message: ChatMessage) -> str:
 def answer_text(message: ChatMessage) -> str:
     """The answer's plain text only (`TextBlock`s), what ``message.content`` shows."""
     return "\n".join(b.text for b in message.blocks if isinstance(b, TextBlock))
+
+
+# -- what a response carries beside its message --------------------------------------------------
+def reply_parts(response: ChatResponse | CompletionResponse, *, own: bool = True) -> list[Any]:
+    """What a response hands its caller beside its text and blocks: the provider's reply object (``raw``: all of
+    BedrockConverse's reply, whose citations, guardrail trace and extra fields no block holds), the message's
+    ``additional_kwargs`` and, with ``own``, the response's (a guarded stream's last chunk keeps their numbers only)."""
+    parts: list[Any] = [response.raw]
+    if isinstance(response, ChatResponse):
+        parts.append(response.message.additional_kwargs)
+    if own:
+        parts.append(response.additional_kwargs)
+    return [p for p in parts if p]
+
+
+def _squeezed(text: str) -> str:
+    return "".join(text.split())
+
+
+#: The most characters `_Known` searches in all, as a multiple of the judged text's length (and at least
+#: `_MIN_SEARCH`): a reply of many short strings beside a long answer would make each lookup a scan of it.
+_SEARCHES = 64
+_MIN_SEARCH = 1 << 22
+
+
+class _Known:
+    """Tells a string that is part of text judged already (whitespace aside: a tool call's JSON is spaced as the
+    provider likes): ``raw`` repeats the answer, and judging it again would cost a guard call for nothing. Past
+    its search budget it knows nothing more: what is left is judged (bounded by the walk), never skipped unread."""
+
+    def __init__(self, texts: Iterable[str]) -> None:
+        self._blob = "\x00".join(_squeezed(t) for t in texts if t)
+        self._left = max(_MIN_SEARCH, _SEARCHES * len(self._blob))
+
+    def __call__(self, text: str) -> bool:
+        self._left -= len(self._blob) + len(text)
+        return self._left >= 0 and _squeezed(text) in self._blob
+
+
+def _call_texts(calls: Sequence[ToolSelection]) -> list[str]:
+    """The text of judged tool calls as a reply may repeat it: names, argument keys and strings, their JSON."""
+    texts: list[str] = []
+    for call in calls:
+        args = call.tool_kwargs
+        texts += [call.tool_name, json.dumps(args, ensure_ascii=False, default=str), json.dumps(args, default=str)]
+        stack: list[Any] = [args]
+        while stack:  # the arguments were judged whole: no bound needed beyond theirs
+            item = stack.pop()
+            if isinstance(item, str):
+                texts.append(item)
+            elif isinstance(item, Mapping):
+                texts += map(str, item)
+                stack.extend(item.values())
+            elif isinstance(item, (list, tuple)):
+                stack.extend(item)
+    return texts
+
+
+def reply_text(parts: Sequence[Any], judged: Iterable[str], calls: Sequence[ToolSelection], budget: int) -> str:
+    """The text of ``parts`` (`reply_parts`) the guard has not judged, one string a line: what is not provider
+    bookkeeping (`reply_strings`, read within ``budget``; `InputTooLarge` past it), nor found in the ``judged``
+    text or the judged tool ``calls``. An OpenAI-like ``raw`` repeats only these: nothing is left."""
+    if not parts:
+        return ""
+    known = _Known([*judged, *_call_texts(calls)])
+    return "\n".join(reply_strings(list(parts), budget, known))
 
 
 # -- tool calls -------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ judged, never copied from the provider's chunk and trimmed:
 - every chunk before the last: ``delta`` = the text just released, ``message`` = the role and the
   text released so far (and the released thinking, when the model streams reasoning); no ``raw``,
   no ``logprobs``, no tool calls; ``additional_kwargs`` keeps only numbers (token counts);
-- the last chunk, once the whole answer and its tool calls were judged: the provider's final
-  message (tool calls included, which an agent reads there) with the judged text, its ``raw``.
+- the last chunk, once the whole answer and its tool calls were judged, and the text its ``raw`` and
+  its message's ``additional_kwargs`` hold beside the answer (`._messages.reply_text`): the provider's
+  final message (tool calls included, which an agent reads there) with the judged text, its ``raw``.
 
 The text of a chunk is its ``delta``; an LLM that sends no deltas is read from the growth of its
 message text (cumulative) or the message text itself (per-chunk).
@@ -34,7 +35,7 @@ from llama_index.core.base.llms.types import (
     ThinkingBlock,
 )
 
-from ._messages import answer_text, block_text
+from ._messages import answer_text, block_text, thinking_extra
 
 __all__ = ["ChatChunks", "CompletionChunks", "aclose_upstream", "close_upstream", "plain_numbers", "unread_text"]
 
@@ -47,13 +48,15 @@ def plain_numbers(extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def unread_text(message: ChatMessage) -> str:
-    """Text a final message carries outside the streamed deltas (citations, documents): judged at
-    the end with the tool calls, since no monitor saw it."""
-    return "\n".join(
-        t
-        for b in message.blocks
-        if isinstance(b, (CitationBlock, CitableBlock, DocumentBlock)) and (t := block_text(b))
-    )
+    """Text a final message carries outside the streamed deltas (citations, documents, words in a thinking block's
+    signature): judged at the end with the tool calls, since no monitor saw it."""
+    return "\n".join(t for b in message.blocks if (t := _unstreamed(b)))
+
+
+def _unstreamed(block: Any) -> str:
+    if isinstance(block, ThinkingBlock):
+        return thinking_extra(block)  # its content was streamed, judged by the reasoning monitor
+    return block_text(block) if isinstance(block, (CitationBlock, CitableBlock, DocumentBlock)) else ""
 
 
 class _Growth:
@@ -97,6 +100,11 @@ class ChatChunks:
     def streamed(self) -> str:
         """All the answer text read from the wrapped LLM so far (what an agent adds up from the deltas)."""
         return self._text_in.seen
+
+    @property
+    def reasoned(self) -> str:
+        """All the reasoning text read from the wrapped LLM so far."""
+        return self._thinking_in.seen
 
     def partial(self, text: str, thinking: str = "") -> ChatResponse | None:
         """A chunk carrying released text only (``None`` when nothing was released)."""
@@ -160,6 +168,11 @@ class CompletionChunks:
     def read(self, chunk: CompletionResponse) -> str:
         self.last = chunk
         return self._in.step(chunk.delta, chunk.text or "")
+
+    @property
+    def streamed(self) -> str:
+        """All the text read from the wrapped LLM so far."""
+        return self._in.seen
 
     def partial(self, text: str) -> CompletionResponse | None:
         if not text:

@@ -26,7 +26,10 @@ What is screened, and as what:
   held back and travel on the final chunk, after they were judged, so an agent never receives an
   unjudged call and a blocked tool never runs; their arguments reach no consumer before that. So are the
   calls agents read in the answer's text: a ReAct step's actions (the one its parser runs first) and a
-  CodeAct answer's ``<execute>`` code, as ``execute({"code": ...})``.
+  CodeAct answer's ``<execute>`` code, as ``execute({"code": ...})``;
+- what a response hands its caller beside its message (``raw``, ``additional_kwargs``: BedrockConverse keeps
+  cited text and guardrail traces there alone), but provider bookkeeping and what was judged already, as
+  untrusted quoted content before the response (a stream's last chunk) is returned (`_reply_checks`).
 
 Parallel input screening (``parallel_input=True``, or a `Guard` built with ``parallel_input=True``):
 the inner LLM call starts at once while the inputs are checked in the background. Nothing leaves
@@ -63,7 +66,12 @@ from llama_index.core.llms.llm import LLM, ToolSelection
 from llama_index.core.prompts import BasePromptTemplate
 from llama_index.core.types import Model
 from qwenguard.core import Decision, Guard, enforce
-from qwenguard.core.formats.conversations import prompt_conversation, response_conversation, tool_call_conversation
+from qwenguard.core.formats.conversations import (
+    prompt_conversation,
+    response_conversation,
+    tool_call_conversation,
+    untrusted_conversation,
+)
 from qwenguard.core.streaming.parallel import PendingCheck
 from qwenguard.core.streaming.wakeup import (
     UpstreamRace,
@@ -88,6 +96,8 @@ from ._messages import (
     message_text,
     plan_inputs,
     plan_template,
+    reply_parts,
+    reply_text,
     resolve_template,
     template_turns,
     tool_calls_in,
@@ -269,6 +279,12 @@ class GuardedLLM(FunctionCallingLLM):
             checks.append((Stage.TOOL_CALL, tool_call_conversation(call.tool_name, call.tool_kwargs, plan.prompt)))
         return checks
 
+    def _reply_checks(self, parts: Sequence[Any], judged: Sequence[str], calls: Sequence[ToolSelection] = ()) -> Checks:
+        """The text a response hands its caller beside what was judged (`reply_parts`: its ``raw`` above all, where
+        BedrockConverse keeps cited text, guardrail traces and extra fields), judged as untrusted quoted content."""
+        text = reply_text(parts, judged, calls, self.guard.max_chars)
+        return [(Stage.TOOL_RESULT, untrusted_conversation(text, "provider reply"))] if text.strip() else []
+
     def _passed(
         self,
         plan: _Plan,
@@ -369,18 +385,16 @@ class GuardedLLM(FunctionCallingLLM):
         plan = self._start_inputs(self._plan_messages(messages))
         response = self.llm.chat(messages, **kwargs)
         self._wait_inputs(plan)
-        calls = tool_calls_in(self.llm, response)
-        text = message_text(response.message)
-        self._screen(self._output_checks(plan, text, calls, actions=(answer_text(response.message), text)), plan)
+        checks, calls = self._chat_checks(plan, response)
+        self._screen(checks, plan)
         self._passed(plan, response.message, calls)
         return response
 
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         plan = await self._astart_inputs(self._plan_messages(messages))
         response = await self._race(plan, self.llm.achat(messages, **kwargs))
-        calls = tool_calls_in(self.llm, response)
-        text = message_text(response.message)
-        await self._ascreen(self._output_checks(plan, text, calls, actions=(answer_text(response.message), text)), plan)
+        checks, calls = self._chat_checks(plan, response)
+        await self._ascreen(checks, plan)
         self._passed(plan, response.message, calls)
         return response
 
@@ -388,14 +402,26 @@ class GuardedLLM(FunctionCallingLLM):
         plan = self._start_inputs(self._plan_prompt(prompt))
         response = self.llm.complete(prompt, formatted=formatted, **kwargs)
         self._wait_inputs(plan)
-        self._screen(self._output_checks(plan, response.text or ""))
+        self._screen(self._completion_checks(plan, response))
         return response
 
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         plan = await self._astart_inputs(self._plan_prompt(prompt))
         response = await self._race(plan, self.llm.acomplete(prompt, formatted=formatted, **kwargs))
-        await self._ascreen(self._output_checks(plan, response.text or ""))
+        await self._ascreen(self._completion_checks(plan, response))
         return response
+
+    def _chat_checks(self, plan: _Plan, response: ChatResponse) -> tuple[Checks, list[ToolSelection]]:
+        """A whole chat answer's checks and its tool calls: its text, the calls, and what its ``raw`` and
+        ``additional_kwargs`` carry beside them (`_reply_checks`)."""
+        calls = tool_calls_in(self.llm, response)
+        text = message_text(response.message)
+        checks = self._output_checks(plan, text, calls, actions=(answer_text(response.message), text))
+        return checks + self._reply_checks(reply_parts(response), [text], calls), calls
+
+    def _completion_checks(self, plan: _Plan, response: CompletionResponse) -> Checks:
+        text = response.text or ""
+        return self._output_checks(plan, text) + self._reply_checks(reply_parts(response), [text])
 
     # -- streams ------------------------------------------------------------------------------
     # Inputs are screened when the stream is requested (not when first iterated), so a blocked
@@ -423,12 +449,16 @@ class GuardedLLM(FunctionCallingLLM):
     def _final_checks(self, plan: _Plan, out: ChatChunks) -> tuple[Checks, list[ToolSelection]]:
         """What the end of a chat stream still needs judged: its tool calls (those agents read in its text too:
         the deltas they add up, the final message), and text it carries outside the streamed deltas
-        (citations, documents)."""
+        (citations, documents; the last chunk's ``raw``, `_reply_checks`)."""
         assert out.last is not None
         last = out.last
         calls = tool_calls_in(self.llm, last)
         actions = (out.streamed, answer_text(last.message), message_text(last.message))
-        return self._output_checks(plan, unread_text(last.message), calls, actions=actions), calls
+        unread = unread_text(last.message)
+        checks = self._output_checks(plan, unread, calls, actions=actions)
+        # The last chunk goes out with the inner one's raw and message kwargs: their text beyond the judged deltas.
+        judged = [out.streamed, out.reasoned, unread]
+        return checks + self._reply_checks(reply_parts(last, own=False), judged, calls), calls
 
     def _guard_chat_stream(self, plan: _Plan, inner: Iterator[ChatResponse]) -> ChatResponseGen:
         out = ChatChunks()
@@ -528,7 +558,11 @@ class GuardedLLM(FunctionCallingLLM):
                 if (item := out.partial(released)) is not None:
                     yield item
             self._wait_inputs(plan)
-            tail = monitor.finish()
+            checks = self._reply_checks(reply_parts(out.last, own=False), [out.streamed]) if out.last else []
+            pending = PendingCheck.start(lambda: self.guard.check_many(checks)) if checks else None
+            tail = monitor.finish()  # the last window, judged beside the last chunk's raw
+            if pending is not None:
+                pending.wait()
             if out.last is not None:
                 yield out.final(tail)
 
@@ -550,7 +584,15 @@ class GuardedLLM(FunctionCallingLLM):
                 if (item := out.partial(released)) is not None:
                     yield item
             await self._await_inputs(plan)
-            tail = await monitor.afinish()
+            checks = self._reply_checks(reply_parts(out.last, own=False), [out.streamed]) if out.last else []
+            pending = asyncio.ensure_future(self._ascreen(checks)) if checks else None
+            try:
+                tail = await monitor.afinish()  # the last window, judged beside the last chunk's raw
+                if pending is not None:
+                    await pending
+            finally:
+                if pending is not None and not pending.done():
+                    pending.cancel()
             if out.last is not None:
                 yield out.final(tail)
 
