@@ -207,6 +207,9 @@ def reply_parts(response: ChatResponse | CompletionResponse, *, own: bool = True
     parts: list[Any] = [response.raw]
     if isinstance(response, ChatResponse):
         parts.append(response.message.additional_kwargs)
+        # A call's id is the provider's, in no judged text: one that is not an identifier holds words (a stream's
+        # last chunk has no raw that repeats it). Under "id", identifiers are left out (`opaque`).
+        parts.append({"id": [b.tool_call_id for b in response.message.blocks if isinstance(b, ToolCallBlock)]})
     if own:
         parts.append(response.additional_kwargs)
     return [p for p in parts if p]

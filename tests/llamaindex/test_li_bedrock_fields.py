@@ -343,6 +343,86 @@ def test_an_openai_like_answer_costs_no_guard_call_more(name: str, mode: str) ->
     assert len(judged(backend)) == (3 if name == "a tool call" else 2), judged(backend)
 
 
+# -- a provider's tool-call id (rt47a M5, with the real MistralAI) ----------------------------------------
+class MistralLikeLLM(CustomLLM):
+    """Streams as llama-index-llms-mistralai's `MistralAI` does with a tool call: the call's block, with the id
+    the provider gave it, on the last chunk, whose ``raw`` is the last SSE event (which does not hold the call)."""
+
+    call_id: str
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "MistralLikeLLM"
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(model_name="mistral-small-latest", is_chat_model=True, is_function_calling_model=True)
+
+    def _message(self) -> ChatMessage:
+        call = ToolCallBlock(tool_name="lookup", tool_call_id=self.call_id, tool_kwargs={"q": "x"})
+        return ChatMessage(role=MessageRole.ASSISTANT, blocks=[TextBlock(text="Let me look."), call])
+
+    def chat(self, messages: Any, **kwargs: Any) -> ChatResponse:
+        return ChatResponse(message=self._message(), raw={"choices": [{"finish_reason": "tool_calls"}]})
+
+    def stream_chat(self, messages: Any, **kwargs: Any) -> Any:
+        yield ChatResponse(message=ChatMessage(role="assistant", content="Let me look."), delta="Let me look.")
+        yield ChatResponse(message=self._message(), delta="", raw={"choices": [{"delta": {"content": ""}}]})
+
+    async def achat(self, messages: Any, **kwargs: Any) -> ChatResponse:
+        return self.chat(messages)
+
+    async def astream_chat(self, messages: Any, **kwargs: Any) -> Any:
+        async def gen() -> Any:
+            for chunk in self.stream_chat(messages):
+                yield chunk
+
+        return gen()
+
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return CompletionResponse(text="Let me look.")
+
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+        yield CompletionResponse(text="Let me look.", delta="Let me look.")
+
+    def get_tool_calls_from_response(self, response: ChatResponse, error_on_no_tool_call: bool = True) -> Any:
+        from llama_index.core.llms.llm import ToolSelection
+
+        return [
+            ToolSelection(tool_id=b.tool_call_id or "", tool_name=b.tool_name, tool_kwargs=b.tool_kwargs)
+            for b in response.message.blocks
+            if isinstance(b, ToolCallBlock)
+        ]
+
+
+def answer_of(llm: GuardedLLM, mode: str) -> list[Any]:
+    """What the caller gets from ``llm`` for `ASK`: the response, or every chunk of the stream."""
+    if mode == "chat":
+        return [llm.chat(ASK)]
+    if mode == "stream_chat":
+        return list(llm.stream_chat(ASK))
+
+    async def collect() -> list[Any]:
+        return [c async for c in await llm.astream_chat(ASK)]
+
+    return asyncio.run(collect())
+
+
+@pytest.mark.parametrize("mode", ["chat", "stream_chat", "astream_chat"])
+def test_a_tool_call_id_holding_words_is_judged_on_every_path(mode: str) -> None:
+    """A call's id comes from the provider and the consumer gets it with the call. A stream's last chunk has no
+    raw repeating it (only chat's raw did, so only chat judged it); an identifier id stays unjudged."""
+    words = UNSAFE_CLAUSE.replace(" ", "_")
+    guard, backend = recording_guard()
+    with pytest.raises(GuardViolation):
+        answer_of(GuardedLLM(llm=MistralLikeLLM(call_id=words), guard=guard), mode)
+    assert any(words in t for t in judged(backend))
+    guard, backend = recording_guard()
+    got = answer_of(GuardedLLM(llm=MistralLikeLLM(call_id="a1B2c3D4e"), guard=guard), mode)
+    assert got[-1].message.blocks[-1].tool_call_id == "a1B2c3D4e"
+    assert not any("a1B2c3D4e" in t for t in judged(backend))
+
+
 # -- B5: a thinking block's signature ------------------------------------------------------------------
 def history(signature: str) -> list[ChatMessage]:
     """An earlier answer whose reasoning BedrockConverse sends back with its signature (``reasoningText.signature``)."""
