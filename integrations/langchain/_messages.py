@@ -52,7 +52,7 @@ from qwenguard.core.formats.conversations import (
     untrusted_conversation,
     with_tool_calls,
 )
-from qwenguard.core.formats.media import base64_as_text
+from qwenguard.core.formats.media import base64_as_text, bytes_as_text
 from qwenguard.core.guard import DEFAULT_MAX_CHARS
 
 from .._common import IDENTIFIER
@@ -134,6 +134,9 @@ _SERVER_RESULT_KINDS = frozenset(
         "web_search_call",
         "image_generation_call",
         "tool_search_output",
+        # In an answer, a ``json`` block is what a server tool returned: ChatBedrockConverse streams a server tool's
+        # result (``delta.toolResult``) as its text and ``json`` blocks. (In a tool's result it is the tool's data.)
+        "json",
     }
 )
 
@@ -188,7 +191,9 @@ def _text_mime(mime: Any) -> bool:
 
 
 def _is_text_media(block: Mapping[str, Any]) -> bool:
-    return block.get("type") == "text-plain" or _text_mime(block.get("mime_type") or block.get("media_type"))
+    # ChatBedrockConverse camel-cases a block's keys and reads ``mimeType`` (a client may write it so).
+    mime = block.get("mime_type") or block.get("media_type") or block.get("mimeType") or block.get("mediaType")
+    return block.get("type") == "text-plain" or _text_mime(mime)
 
 
 def _b64_text(value: str) -> str:
@@ -199,6 +204,35 @@ def _b64_text(value: str) -> str:
 
 
 _BASE64 = re.compile(r"[A-Za-z0-9+/=\s]*")
+
+
+def _says_base64(block: Mapping[str, Any]) -> bool:
+    """Does a block say its ``data`` is base64, in any way a provider class reads it: a ``base64`` key at all (empty
+    too: ChatBedrockConverse decodes ``block.get("base64") or block.get("data")``), or ``"base64"`` as its ``type``
+    (Anthropic's source), ``source_type`` (LangChain's v0 data blocks) or ``sourceType`` (their camelCase form)?"""
+    return "base64" in block or "base64" in (block.get("type"), block.get("source_type"), block.get("sourceType"))
+
+
+def _data_text(value: str, block: Mapping[str, Any]) -> str:
+    """Text media's ``data`` as any provider class could send it, every reading judged (classes differ on which):
+    its decoding when the block says base64 (`_says_base64`; decoded leniently, as Python's decoder skips what is not
+    base64) or when it is base64 of text all the same, and the string as it is unless it is the base64 its block
+    says it is (Anthropic's ``"type": "text"`` source holds plain text in ``data``)."""
+    said = _says_base64(block)
+    pure = _BASE64.fullmatch(value) is not None
+    decoded = _b64_text(value) if said else base64_as_text(value) if pure else None
+    plain = None if said and pure else value
+    return "\n".join(r for r in (plain, decoded) if r)
+
+
+_BYTES = (bytes, bytearray, memoryview)
+
+
+def _bytes_text(value: bytes | bytearray | memoryview) -> str | None:
+    """A blob's text: ChatBedrockConverse sends raw ``bytes`` (a ``document``'s ``source.bytes``, which boto
+    base64-encodes) and the model reads the file. Decoded when its bytes are text (`bytes_as_text`); ``None`` for
+    media (an image's, a PDF's, an archive's start, binary bytes), whatever key holds it: a blob is a file."""
+    return bytes_as_text(value if isinstance(value, bytes) else bytes(value))
 
 
 def _media_bytes(value: str) -> bool:
@@ -242,16 +276,30 @@ def _leaf_text(value: str, parent: Mapping[str, Any] | None, key: str, skip: fro
     if key in _DATA_KEYS:
         if parent is None or not _is_text_media(parent):
             return base64_as_text(value)  # media bytes, unless they are text all the same
-        # "base64" is always encoded; "data" only in a base64 source: Anthropic's (``"type": "base64"``) and
-        # LangChain's v0 data blocks (``"source_type": "base64"``, the form a callback handler is given).
-        encoded = key != "data" or "base64" in (parent.get("type"), parent.get("source_type"))
-        return _b64_text(value) if encoded else value
+        # "base64" is always encoded; "data" may be either (`_data_text`).
+        return _data_text(value, parent) if key == "data" else _b64_text(value)
     return value
 
 
+def _is_json(parent: Mapping[str, Any] | None, key: str) -> bool:
+    """Is this the object of a ``json`` block (``{"type": "json", "json": {...}}``)?"""
+    return key == "json" and parent is not None and parent.get("type") == "json"
+
+
+def _json_text(value: Any, budget: int = DEFAULT_MAX_CHARS) -> list[str]:
+    """A ``json`` block's object as its reader sees it (the model in a tool result, the consumer in an answer): every
+    key and string in it (`_keyed_texts`), one a line. Its keys are the data's own words, none a format's."""
+    return _keyed_texts(value, budget, frozenset(), _never)
+
+
 def _strings(value: Any, parent: Mapping[str, Any] | None = None, key: str = "") -> list[str]:
+    if _is_json(parent, key):
+        return _json_text(value)
     if isinstance(value, str):
         text = _leaf_text(value, parent, key)
+        return [] if text is None else [text]
+    if isinstance(value, _BYTES):
+        text = _bytes_text(value)
         return [] if text is None else [text]
     if isinstance(value, Mapping):
         if value.get("type") in _TOOL_CALL_KINDS:
@@ -401,8 +449,10 @@ def _keyed_texts(value: Any, budget: int, words: frozenset[str], opaque: Callabl
             text = _leaf_text(item, parent, key, frozenset()) if media else item
             if media and text is None and not _media_bytes(item):
                 text = item  # plain text under a media key: the provider sends it as it is, words and all
-            if text and formal and opaque(key, text):
-                text = None
+        elif isinstance(item, _BYTES):
+            text = _bytes_text(item)
+        if text and formal and opaque(key, text):
+            text = None
         total += max(1, len(text)) if text else 1
         room = budget - total + 1  # items beyond it cannot be reached before the walk stops
         if text:
@@ -422,8 +472,8 @@ def _keyed_texts(value: Any, budget: int, words: frozenset[str], opaque: Callabl
     return texts
 
 
-#: Key names of the block formats (LangChain's standard blocks, Anthropic's, OpenAI's, JSON Schema's): words of the
-#: format, not a client's, left out of a block read whole (`_passed_text`). Any other key is judged as text.
+#: Key names of the block formats (LangChain's standard blocks, Anthropic's, OpenAI's, Bedrock's, JSON Schema's): words
+#: of the format, not a client's, left out of a block read whole (`_passed_text`). Any other key is judged as text.
 _FORMAT_WORDS = (
     _NOT_TEXT
     | _DATA_KEYS
@@ -464,6 +514,9 @@ _FORMAT_WORDS = (
         "code_execution_result",
         "language",
         "outcome",
+        # AWS Bedrock Converse's (a native block, which ChatBedrockConverse sends as it is: ``{"document": ...}``)
+        "document",
+        "bytes",
     }
 )
 #: Keys whose value is opaque to a reader when it is one token: ids (up to 64 identifier characters, as a tool
@@ -613,7 +666,15 @@ def _walk_text(value: Any, budget: int, skip: frozenset[str]) -> list[str]:
     stack: list[tuple[Any, Mapping[str, Any] | None, Any]] = [(value, None, "")]  # (item, its mapping, its key)
     while stack and total <= budget:
         item, parent, key = stack.pop()
-        text = _leaf_text(item, parent, key, skip) if isinstance(item, str) else None
+        if _is_json(parent, key):
+            found = _json_text(item, budget - total)  # keys too (refused there when over what is left)
+            texts += found
+            total += sum(max(1, len(t)) for t in found) or 1
+            continue
+        if isinstance(item, str):
+            text = _leaf_text(item, parent, key, skip)
+        else:
+            text = _bytes_text(item) if isinstance(item, _BYTES) else None
         total += max(1, len(text)) if text else 1
         room = budget - total + 1  # items beyond it cannot be reached before the walk stops
         if text:
@@ -629,6 +690,16 @@ def _walk_text(value: Any, budget: int, skip: frozenset[str]) -> list[str]:
     return texts
 
 
+def _quoted(block: Mapping[str, Any]) -> list[Any]:
+    """What one content block of an answer quotes: a server tool's result, whole (`_server_result`); else a block's
+    citations and annotations, and a ``json`` object beside its own fields: a streamed server tool result (a ``json``
+    block) that LangChain's sum of chunks merged into the block of the same index, a text block say."""
+    if _server_result(block):
+        return [block]
+    merged = {"type": "json", "json": block["json"]} if "json" in block else None
+    return [block.get("citations"), block.get("annotations"), merged]
+
+
 def source_text(message: Any, budget: int = DEFAULT_MAX_CHARS, *, metadata: bool = True) -> str:
     """The untrusted text an answer (or a streamed chunk of it) carries beside its own words, one string a
     line: what it quotes from its sources and what the provider's own tools returned. Judged as untrusted
@@ -639,7 +710,8 @@ def source_text(message: Any, budget: int = DEFAULT_MAX_CHARS, *, metadata: bool
     - what a provider's own tools returned: ``additional_kwargs["tool_outputs"]``, the Responses API's
       server-side tool items with ``output_version="v0"`` (an MCP call's ``output``, file search results, code
       interpreter logs), and the same items as content blocks (``responses/v1``), LangChain's standard
-      ``server_tool_result`` blocks and Anthropic's ``*_tool_result`` blocks (`_server_result`);
+      ``server_tool_result`` blocks and Anthropic's ``*_tool_result`` blocks (`_server_result`), and a server tool's
+      result ChatBedrockConverse streams as a ``json`` block, keys and all (`_quoted`);
     - with ``metadata``, the strings of ``response_metadata`` but provider bookkeeping (`_METADATA_NOT_TEXT`):
       grounding sources a provider puts there. The model never reads its metadata back.
 
@@ -649,7 +721,7 @@ def source_text(message: Any, budget: int = DEFAULT_MAX_CHARS, *, metadata: bool
     if isinstance(content, (list, tuple)):
         for block in content:
             if isinstance(block, Mapping):
-                found += [block] if _server_result(block) else [block.get("citations"), block.get("annotations")]
+                found += _quoted(block)
     extra = getattr(message, "additional_kwargs", None)
     if isinstance(extra, Mapping):
         found.append(extra.get("tool_outputs"))

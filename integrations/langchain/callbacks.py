@@ -16,7 +16,8 @@ What is screened, and when (each raises `GuardViolation`, or `GuardUnavailable` 
 not answer and the policy fails closed):
 
 - ``on_chat_model_start`` / ``on_llm_start`` — before the model runs: new user turns as prompts, new
-  tool messages as untrusted content (system messages are the application's own and are skipped).
+  tool messages as untrusted content (system messages are the application's own and are skipped). A file that
+  langchain-core's traced copy of the messages lost (`_file_traced_away`) is refused with `GuardUnavailable`.
 - ``on_llm_new_token`` (classic streaming, LangGraph ``stream_mode="messages"``) and
   ``on_stream_event`` (``stream_events(version="v3")``; one of the two per run, never both: see
   ``_feed.py``) — the streamed text and each streamed tool call's arguments; a chunk (or finished block)
@@ -82,7 +83,7 @@ from uuid import UUID
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
-from qwenguard.core import Decision, Guard, QwenGuardError, Stage, enforce
+from qwenguard.core import Decision, Guard, GuardUnavailable, QwenGuardError, Stage, enforce
 from qwenguard.core.formats.conversations import tool_call_conversation, untrusted_conversation
 from qwenguard.core.streaming.parallel import PendingCheck
 
@@ -377,6 +378,14 @@ class _GuardHandlerLogic:
             Stage.TOOL_CALL: self.check_input and self.check_tool_calls,
             Stage.TOOL_RESULT: self.check_tool_results,
         }
+        if (self.check_input or self.check_tool_results) and any(_file_traced_away(m) for b in messages for m in b):
+            # The guard could answer; the input could not be read: not ``on_error``'s to let through.
+            raise GuardUnavailable(
+                "a file block reached the callback handler without its data (langchain-core's traced copy replaces "
+                "its 'data' with its empty 'base64', and ChatBedrockConverse sends the 'data'): it cannot be judged "
+                "here, so the model is not called. Judge such input with GuardedChatModel, guard_input or "
+                "GuardMiddleware, which read the messages the model is given."
+            )
         items: list[Item] = []
         for batch in messages:
             batch_items = input_items(batch, self.history_turns, screen_system=self.screen_system)
@@ -615,6 +624,21 @@ class _GuardHandlerLogic:
 
 def _text_message(text: str) -> BaseMessage:
     return AIMessage(content=text)
+
+
+def _file_traced_away(message: BaseMessage) -> bool:
+    """Did langchain-core's traced copy of ``message`` (what ``on_chat_model_start`` is given) lose a file the model
+    is sent? It turns a v1 ``file`` block with a ``base64`` key into a v0 one whose ``data`` is that ``base64``: beside
+    an empty (or null) ``base64``, the file in ``data`` (which ChatBedrockConverse decodes and sends) is gone, and an
+    empty ``data`` is left. (No model reads an empty file: nothing honest is refused.)"""
+    content = message.content
+    return isinstance(content, list) and any(
+        isinstance(block, Mapping)
+        and block.get("type") == "file"
+        and block.get("source_type") == "base64"
+        and not block.get("data")
+        for block in content
+    )
 
 
 def _plain_text(output: Any) -> str | None:
