@@ -217,3 +217,12 @@ def test_eval_remote_learns_the_one_model(listing, tmp_path):
         assert {r.body["model"] for r in base.requests} == {scripted_openai.MODEL}
     assert listing.requests == ["/v1/models"]
     assert json.loads((tmp_path / "report.json").read_text())["meta"]["errors"] == 0
+
+
+def test_serving_a_remote_guard_that_has_not_learned_its_model_says_to_name_it() -> None:
+    """`create_app` publishes the model's name at /v1/models: a remote guard built without model= has none yet
+    (it learns it at its first check), so serving it would publish '' (create_app sends no request itself)."""
+    from qwenguard.core.server import create_app
+
+    with Guard.remote("http://127.0.0.1:9/v1") as unnamed, pytest.raises(ValueError, match="model_name="):
+        create_app(unnamed)

@@ -68,6 +68,8 @@ def create_app(
     limits = (limits or Limits()).with_overrides(**limit_overrides)
     metrics = Metrics()
     name = model_name or guard.backend.name
+    if not name:  # a remote guard that learns its model at its first check (Guard.remote without model=)
+        raise ValueError("the guard's model has no name yet: pass model_name=, or model= to Guard.remote")
     service = Service(guard, limits=limits, metrics=metrics, model_name=name)
     load = Load(limits)
     created = int(time.time())
