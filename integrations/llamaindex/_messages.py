@@ -9,7 +9,8 @@ followed by "Please answer." or hidden behind a forged assistant turn must not s
 
 Text is read from every block kind of llama-index-core 0.14 that carries text: `TextBlock`,
 `ThinkingBlock`, `CitableBlock` and `CitationBlock` (their text parts) and `DocumentBlock` with inline
-text data. Images, audio, video and binary documents (PDF...) carry no text a text guard can read:
+text data; inline images, audio and video too when their declared type is a text type or their bytes are text
+(`_media_text`). Media bytes and binary documents (PDF...) carry no text a text guard can read:
 they are passed on unjudged (a documented limit; screen them before they reach the LLM). The text a
 message's ``additional_kwargs`` carry is judged as the message's too (`carried_text`): a provider may send
 it beside the blocks or in their place.
@@ -17,16 +18,19 @@ it beside the blocks or in their place.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
 import threading
+import types
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from llama_index.core.base.llms.types import (
+    AudioBlock,
     CachePoint,
     ChatMessage,
     ChatResponse,
@@ -39,6 +43,7 @@ from llama_index.core.base.llms.types import (
     TextBlock,
     ThinkingBlock,
     ToolCallBlock,
+    VideoBlock,
 )
 from llama_index.core.bridge.pydantic import BaseModel
 from llama_index.core.llms.llm import ToolSelection
@@ -57,7 +62,7 @@ from qwenguard.core.formats.conversations import (
     untrusted_conversation,
     with_tool_calls,
 )
-from qwenguard.core.formats.media import base64_as_text, bytes_as_text
+from qwenguard.core.formats.media import base64_as_text, base64_bytes, bytes_as_text
 from qwenguard.core.verdict import Stage
 
 from .._common import IDENTIFIER, SEALED, reply_strings
@@ -120,28 +125,42 @@ def role_of(message: ChatMessage) -> str:
 
 
 # -- text of blocks ---------------------------------------------------------------------------
+def _is_text_type(mimetype: str | None) -> bool:
+    """Whether a declared type is one a provider sends as text (``text/*``, JSON, XML, YAML)."""
+    return (mimetype or "").lower().startswith(_TEXT_DOCUMENT_TYPES)
+
+
+def _file_text(raw: bytes, mimetype: str | None) -> str:
+    """A file's bytes as text: all of them when its declared type is a text type (a provider labels them so,
+    whatever their first bytes), else when they are text all the same (`bytes_as_text`); "" for media."""
+    if _is_text_type(mimetype):
+        return raw.decode("utf-8", "replace")
+    # Untyped, or typed as binary (a PDF, octet-stream, an image): read when its bytes are text all the same.
+    return bytes_as_text(raw) or ""
+
+
 def _document_text(block: DocumentBlock) -> str:
     # Only inline data: the guard never fetches a URL or reads a path on the application's behalf.
     if not block.data:
         return ""
-    mimetype = (block.document_mimetype or "").lower()
     try:
         raw = block.resolve_document().read()
     except (ValueError, OSError):
         return ""
-    if mimetype.startswith(_TEXT_DOCUMENT_TYPES):
-        return raw.decode("utf-8", "replace")
-    # Untyped, or typed as binary (a PDF, octet-stream): read when its bytes are text all the same.
-    return bytes_as_text(raw) or ""
+    return _file_text(raw, block.document_mimetype)
 
 
-def _image_text(block: ImageBlock) -> str:
-    """An inline image whose bytes are text all the same (labelled ``image/png``): a provider sends them. ``image``
-    holds base64: only its start is decoded to tell (`base64_as_text`)."""
-    data = block.image
+def _media_text(data: Any, mimetype: str | None) -> str:
+    """The text of an image's, a video's or an audio clip's inline data (base64, as the block keeps it): a provider
+    sends the bytes under their declared type (GoogleGenAI as inline data, ``text/plain`` included), and a model
+    reads text as text. Decoded whole under a text type (`_file_text`); otherwise only the start is decoded to tell
+    (`base64_as_text`: an image or a video costs no more), and bytes that start as media are no text."""
     if not isinstance(data, bytes) or not data:
         return ""
-    return base64_as_text(data.decode("ascii", "replace")) or ""
+    encoded = data.decode("ascii", "replace")
+    if _is_text_type(mimetype):
+        return _file_text(base64_bytes(encoded), mimetype)
+    return base64_as_text(encoded) or ""
 
 
 #: A cache point's standard values (all that Anthropic's API takes): no words. The Anthropic class sends any other.
@@ -166,8 +185,8 @@ def thinking_extra(block: ThinkingBlock) -> str:
 
 
 def block_text(block: Any) -> str:
-    """The text one content block carries ("" for images, audio, video, tool calls, a standard cache point; an
-    image's bytes that are text are text)."""
+    """The text one content block carries ("" for tool calls, a standard cache point, media bytes; inline image,
+    video and audio data that is text is text, `_media_text`)."""
     if isinstance(block, TextBlock):
         return block.text
     if isinstance(block, ThinkingBlock):
@@ -182,7 +201,11 @@ def block_text(block: Any) -> str:
     if isinstance(block, CachePoint):
         return "\n".join(v for v in (block.cache_control.type, block.cache_control.ttl) if v not in _CACHE_VALUES)
     if isinstance(block, ImageBlock):
-        return _image_text(block)
+        return _media_text(block.image, block.image_mimetype)
+    if isinstance(block, VideoBlock):
+        return _media_text(block.video, block.video_mimetype)
+    if isinstance(block, AudioBlock):
+        return _media_text(block.audio, block.format)  # a format ("mp3"), or a type a client wrote there
     if isinstance(block, DocumentBlock):
         # Its title is sent as the file's name, which a model reads too, whatever the file holds.
         return "\n".join(t for t in (block.title, _document_text(block)) if t)
@@ -472,14 +495,21 @@ def _field(entry: Any, key: str) -> Any:
     return entry.get(key) if isinstance(entry, Mapping) else getattr(entry, key, None)
 
 
+def _arguments_key(call: Any) -> str:
+    """Where a call entry without a ``function`` keeps its arguments: Anthropic's ``input``, else GoogleGenAI's
+    ``args`` (which that class reads of a dict or of any object, ``.name`` and ``.args``)."""
+    return "input" if _field(call, "input") is not None else "args"
+
+
 def _call_parts(call: Any) -> tuple[Any, Any, Any]:
     """(id, name, arguments) of an ``additional_kwargs["tool_calls"]`` entry, a dict or an object (``None`` where
-    missing): OpenAI's and Ollama's ``{"function": {"name", "arguments"}}`` (JSON text; Ollama's an object), or
-    Anthropic's legacy ``{"id", "name", "input": {...}}``, which the Anthropic class still sends as a ``tool_use``."""
+    missing): OpenAI's and Ollama's ``{"function": {"name", "arguments"}}`` (JSON text; Ollama's an object),
+    Anthropic's legacy ``{"id", "name", "input": {...}}``, which the Anthropic class still sends as a ``tool_use``,
+    or GoogleGenAI's ``{"name", "args": {...}}``, which it sends as a ``functionCall``."""
     function = _field(call, "function")
     if function is not None:
         return _field(call, "id"), _field(function, "name"), _field(function, "arguments")
-    return _field(call, "id"), _field(call, "name"), _field(call, "input")
+    return _field(call, "id"), _field(call, "name"), _field(call, _arguments_key(call))
 
 
 def _kwargs_calls(message: ChatMessage) -> list[ToolSelection]:
@@ -546,6 +576,17 @@ def _tool_names(messages: Sequence[ChatMessage]) -> dict[str, str]:
             if call_id and name:
                 names[str(call_id)] = str(name)
     return names
+
+
+def _unmatched_id(message: ChatMessage, names: Mapping[str, str]) -> str:
+    """A tool message's ``tool_call_id`` that is one identifier and the id of no call of its history (``names``,
+    `_tool_names`), else "". GoogleGenAI sends an id it cannot map to a call as the function's name
+    (``tool_id_to_name.get(id, id)``), and the model reads a name: judged as the message's text, as names are. An id
+    that is not one identifier is judged with the message's text already (`carried_text`)."""
+    call_id = message.additional_kwargs.get("tool_call_id")
+    if not isinstance(call_id, str) or call_id in names or IDENTIFIER.fullmatch(call_id) is None:
+        return ""
+    return call_id
 
 
 # -- what was judged already --------------------------------------------------------------------
@@ -635,6 +676,31 @@ def _strings(value: Any, key: str | None = None, where: int = _TEXT) -> Iterator
         elif isinstance(item, BaseModel):  # the OpenAI client's tool call objects, sent as their dump
             dumps.append(item.model_dump())
             stack.append((dumps[-1], at, where))
+        elif fields := _attributes(item, entry=where == _ENTRY):
+            dumps.append(fields)
+            stack.append((fields, at, where))
+
+
+#: What a provider class reads of a tool-call entry that is an object: read as attributes too (a property).
+_ENTRY_ATTRIBUTES = ("id", "name", "function", "input", "args", "thought_signature")
+#: Objects whose attributes are no data: a class's, a module's, a function's are its code.
+_CODE = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
+
+
+def _attributes(item: Any, *, entry: bool = False) -> dict[str, Any]:
+    """The public data attributes of an object that is no mapping, sequence or pydantic model (a `SimpleNamespace`,
+    a dataclass, a plain class's instance): its dataclass fields and ``__dict__``, what its repr shows and a
+    provider class reads (GoogleGenAI sends a tool-call entry's ``.name`` and ``.args``), and for an ``entry`` the
+    attributes providers read of one (`_ENTRY_ATTRIBUTES`). Empty for a value that holds none (a number, bytes)."""
+    if isinstance(item, _CODE):
+        return {}
+    found: dict[str, Any] = {}
+    if dataclasses.is_dataclass(item):
+        found.update((f.name, getattr(item, f.name, None)) for f in dataclasses.fields(item))
+    found.update(getattr(item, "__dict__", None) or {})
+    if entry:
+        found.update((key, value) for key in _ENTRY_ATTRIBUTES if (value := getattr(item, key, None)) is not None)
+    return {str(k): v for k, v in found.items() if not str(k).startswith("_")}
 
 
 def _unjudged(call: Any, judged: set[bytes]) -> Any:
@@ -645,10 +711,11 @@ def _unjudged(call: Any, judged: set[bytes]) -> Any:
         return call
     if _call_mark(_selection("", name, arguments)) not in judged:
         return call
-    fields = call.model_dump() if isinstance(call, BaseModel) else call
-    if not isinstance(fields, Mapping):
-        return None
-    called = ("function",) if _field(call, "function") is not None else ("name", "input")
+    if isinstance(call, Mapping):
+        fields: Mapping[str, Any] = call
+    else:
+        fields = call.model_dump() if isinstance(call, BaseModel) else _attributes(call, entry=True)
+    called = ("function",) if _field(call, "function") is not None else ("name", _arguments_key(call))
     return {k: v for k, v in fields.items() if k not in called}
 
 
@@ -812,6 +879,9 @@ def plan_inputs(
                         (Stage.TOOL_CALL, tool_call_conversation(call.tool_name, call.tool_kwargs, context))
                     )
         elif role in _TOOL:
+            if label := _unmatched_id(m, names):
+                text = "\n".join(t for t in (text, label) if t)
+                has_text = True
             if has_text and new(mark("tool", text)):
                 call_id = str(m.additional_kwargs.get("tool_call_id") or "")
                 name = names.get(call_id) or str(m.additional_kwargs.get("name") or "tool")

@@ -27,10 +27,7 @@ from typing import Any
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
-    CitableBlock,
-    CitationBlock,
     CompletionResponse,
-    DocumentBlock,
     TextBlock,
     ThinkingBlock,
 )
@@ -48,15 +45,19 @@ def plain_numbers(extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def unread_text(message: ChatMessage) -> str:
-    """Text a final message carries outside the streamed deltas (citations, documents, words in a thinking block's
-    signature): judged at the end with the tool calls, since no monitor saw it."""
+    """Text a final message carries outside the streamed deltas (citations, documents, inline data that is text,
+    words in a thinking block's signature): judged at the end with the tool calls, since no monitor saw it."""
     return "\n".join(t for b in message.blocks if (t := _unstreamed(b)))
 
 
 def _unstreamed(block: Any) -> str:
+    """What `block_text` reads of a block that no monitor saw: all of it but streamed answer text and reasoning
+    (GoogleGenAI hands a reply's inline data over as an `ImageBlock` of the last chunk, text/plain included)."""
+    if isinstance(block, TextBlock):
+        return ""  # streamed, judged by the monitor
     if isinstance(block, ThinkingBlock):
         return thinking_extra(block)  # its content was streamed, judged by the reasoning monitor
-    return block_text(block) if isinstance(block, (CitationBlock, CitableBlock, DocumentBlock)) else ""
+    return block_text(block)
 
 
 class _Growth:
