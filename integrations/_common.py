@@ -19,6 +19,7 @@ __all__ = [
     "Bounded",
     "IDENTIFIER",
     "LABEL_KEYS",
+    "MEDIA_TYPE",
     "SEALED",
     "SEALED_KEYS",
     "opaque",
@@ -29,6 +30,8 @@ __all__ = [
 #: An id or label a provider class sends that is no text a model reads as words (up to 64 letters, digits, ``_.:-``):
 #: a tool call's id, a content block's type.
 IDENTIFIER = re.compile(r"[\w.:-]{1,64}")
+#: A media type (``image/png``, ``application/vnd.api+json``) under a label key: no words either.
+MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]{0,63}/[A-Za-z0-9][\w.+-]{0,63}")
 #: A signature or encrypted data a provider checks, when it is one base64 token (of any length): no words. A phrase
 #: (spaces, underscores) is text.
 SEALED = re.compile(r"[A-Za-z0-9+/=]+")
@@ -147,6 +150,7 @@ LABEL_KEYS = frozenset(
         "container_id",
         "reference_audio_id",
         "mime_type",
+        "mimeType",
         "media_type",
         "format",
         "encoding",
@@ -164,7 +168,7 @@ def opaque(key: str, text: str) -> bool:
     """A label or an id (`LABEL_KEYS`) that is one identifier, or a signature (`SEALED_KEYS`) that is one base64
     token: no words a model reads. As LangChain's reader leaves them out (``_opaque``)."""
     if key in LABEL_KEYS:
-        return IDENTIFIER.fullmatch(text) is not None
+        return IDENTIFIER.fullmatch(text) is not None or MEDIA_TYPE.fullmatch(text) is not None
     return key in SEALED_KEYS and SEALED.fullmatch(text) is not None
 
 

@@ -18,6 +18,7 @@ it beside the blocks or in their place.
 
 from __future__ import annotations
 
+import binascii
 import dataclasses
 import hashlib
 import json
@@ -28,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from llama_index.core.base.llms.types import (
     AudioBlock,
@@ -163,6 +165,26 @@ def _media_text(data: Any, mimetype: str | None) -> str:
     return base64_as_text(encoded) or ""
 
 
+def _data_url_text(url: Any, mimetype: str | None) -> str:
+    """The text of a ``data:`` URL's bytes: LlamaIndex decodes one where a block's inline data would be, and a
+    provider sends the bytes inline (GoogleGenAI, under the block's type) or the URL as it is (OpenAI, under the
+    URL's own type). Decoded whole when either type is a text type, else read when the bytes are text all the
+    same; "" for media and for any other URL (the guard fetches nothing: docs/llamaindex.md)."""
+    url = str(url) if url is not None else ""
+    if url[:5].lower() != "data:" or "," not in url:
+        return ""
+    head, payload = url[5:].split(",", 1)
+    declared = mimetype if _is_text_type(mimetype) else head.split(";")[0]
+    if not head.lower().endswith(";base64"):
+        return _file_text(unquote_to_bytes(payload), declared)  # its bytes percent-encoded
+    if not _is_text_type(declared):
+        return base64_as_text(payload) or ""  # only its start decoded to tell: an image costs no more
+    try:
+        return _file_text(base64_bytes(payload), declared)
+    except (binascii.Error, ValueError):
+        return ""
+
+
 #: A cache point's standard values (all that Anthropic's API takes): no words. The Anthropic class sends any other.
 _CACHE_VALUES = frozenset({"ephemeral", "5m", "1h"})
 
@@ -201,11 +223,12 @@ def block_text(block: Any) -> str:
     if isinstance(block, CachePoint):
         return "\n".join(v for v in (block.cache_control.type, block.cache_control.ttl) if v not in _CACHE_VALUES)
     if isinstance(block, ImageBlock):
-        return _media_text(block.image, block.image_mimetype)
+        return _media_text(block.image, block.image_mimetype) or _data_url_text(block.url, block.image_mimetype)
     if isinstance(block, VideoBlock):
-        return _media_text(block.video, block.video_mimetype)
+        return _media_text(block.video, block.video_mimetype) or _data_url_text(block.url, block.video_mimetype)
     if isinstance(block, AudioBlock):
-        return _media_text(block.audio, block.format)  # a format ("mp3"), or a type a client wrote there
+        # A format ("mp3"), or a type a client wrote there.
+        return _media_text(block.audio, block.format) or _data_url_text(block.url, block.format)
     if isinstance(block, DocumentBlock):
         # Its title is sent as the file's name, which a model reads too, whatever the file holds.
         return "\n".join(t for t in (block.title, _document_text(block)) if t)

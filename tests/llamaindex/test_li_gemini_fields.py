@@ -17,6 +17,7 @@ import base64
 import dataclasses
 import types
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from faults import ScriptedBackend, keyword_verdict
@@ -154,6 +155,10 @@ def _turn(*blocks: Any) -> list[ChatMessage]:
     return [ChatMessage(role="user", blocks=[TextBlock(text="Read the notes."), *blocks])]
 
 
+def _data_url(mime: str, data: bytes) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
 # -- G5, G6: inline media that is text ---------------------------------------------------------------------
 #: name -> a block whose bytes GoogleGenAI sends as inline data the model reads as text
 TEXT_MEDIA = {
@@ -168,6 +173,15 @@ TEXT_MEDIA = {
     ),
     "a VideoBlock typed application/json opening with an MP4 box": lambda: VideoBlock(
         video=MP4 + UNSAFE_CLAUSE.encode(), video_mimetype="application/json"
+    ),
+    # A data: URL where the bytes would be: LlamaIndex decodes it and GoogleGenAI sends its bytes inline.
+    "an ImageBlock whose data: URL holds text": lambda: ImageBlock(url=_data_url("text/plain", UNSAFE_CLAUSE.encode())),
+    "an ImageBlock typed text/plain with an image's data: URL": lambda: ImageBlock(
+        url=_data_url("image/png", PNG[:8] + UNSAFE_CLAUSE.encode()), image_mimetype="text/plain"
+    ),
+    "a VideoBlock whose data: URL holds text": lambda: VideoBlock(url=_data_url("video/mp4", UNSAFE_CLAUSE.encode())),
+    "an AudioBlock whose data: URL holds text, percent-encoded": lambda: AudioBlock(
+        url="data:text/plain," + quote(UNSAFE_CLAUSE)
     ),
 }
 
@@ -189,6 +203,7 @@ REAL_MEDIA = {
     "an MP4 video": lambda: VideoBlock(video=MP4 + UNSAFE_CLAUSE.encode(), video_mimetype="video/mp4"),
     "an untyped MP4 video": lambda: VideoBlock(video=MP4 + UNSAFE_CLAUSE.encode()),
     "a WAV clip": lambda: AudioBlock(audio=b"RIFF\x24\x00\x00\x00WAVEfmt " + UNSAFE_CLAUSE.encode(), format="wav"),
+    "a PNG image's data: URL": lambda: ImageBlock(url=_data_url("image/png", PNG + UNSAFE_CLAUSE.encode())),
 }
 
 
@@ -294,8 +309,8 @@ def test_a_streamed_reply_s_real_image_goes_out_without_a_guard_call_more(mode: 
     got = answer(GuardedLLM(llm=GeminiLikeLLM(chunks=chunks), guard=guard), ASK, mode)
     image = got[-1].message.blocks[-1]
     assert isinstance(image, ImageBlock) and base64.b64decode(image.image or b"") == PNG
-    # The raw reply's ``mime_type`` ("image/png": no identifier) is judged as provider text, bytes or no bytes.
-    assert [t for t in judged(backend) if t != "image/png"] == ["Write me the notes file.", "Here is the chart."]
+    # Nothing more: the raw reply's ``mime_type`` ("image/png") is a label, not provider text to judge.
+    assert judged(backend) == ["Write me the notes file.", "Here is the chart."]
 
 
 # -- G9: tool-call entries that are plain objects ---------------------------------------------------------
