@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import types
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from itertools import islice
@@ -12,7 +13,7 @@ from typing import Any, Generic, TypeVar
 
 from qwenguard.core import Guard
 from qwenguard.core.errors import InputTooLarge
-from qwenguard.core.formats.media import base64_as_text
+from qwenguard.core.formats.media import SNIFF_BYTES, base64_as_text, bytes_as_text
 
 __all__ = [
     "BOOKKEEPING_KEYS",
@@ -29,7 +30,7 @@ __all__ = [
 
 #: An id or label a provider class sends that is no text a model reads as words (up to 64 letters, digits, ``_.:-``):
 #: a tool call's id, a content block's type.
-IDENTIFIER = re.compile(r"[\w.:-]{1,64}")
+IDENTIFIER = re.compile(r"[\w.:-]{1,64}", re.ASCII)
 #: A media type (``image/png``, ``application/vnd.api+json``) under a label key: no words either.
 MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]{0,63}/[A-Za-z0-9][\w.+-]{0,63}")
 #: A signature or encrypted data a provider checks, when it is one base64 token (of any length): no words. A phrase
@@ -109,7 +110,6 @@ BOOKKEEPING_KEYS = frozenset(
         "content_filter_results",
         "incomplete_details",
         "stop_sequence",
-        "url",
         "qwenguard",
     }
 )
@@ -160,27 +160,52 @@ LABEL_KEYS = frozenset(
 #: Keys whose value is opaque when it is one base64 token (`SEALED`): signatures and encrypted data.
 SEALED_KEYS = frozenset({"signature", "encrypted_content", "encrypted_index", "redactedContent"})
 #: Keys whose value is media data (base64, or a ``data:`` URL): judged only when its bytes are text.
+#: Objects whose attributes are no data: a class's, a module's, a function's are its code.
+_NO_FIELDS = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
 _MEDIA_KEYS = frozenset({"data", "base64", "b64_json", "file_data", "partial_image_b64"})
-_BASE64 = re.compile(r"[A-Za-z0-9+/=\s]+")
+_BASE64 = re.compile(r"[A-Za-z0-9+/=\r\n]+")
+#: Keys whose value is a media type: one there is a label (`MEDIA_TYPE`).
+_MEDIA_TYPE_KEYS = frozenset({"mime_type", "mimeType", "media_type", "mediaType", "content_type", "contentType"})
 
 
 def opaque(key: str, text: str) -> bool:
     """A label or an id (`LABEL_KEYS`) that is one identifier, or a signature (`SEALED_KEYS`) that is one base64
     token: no words a model reads. As LangChain's reader leaves them out (``_opaque``)."""
+    if key in _MEDIA_TYPE_KEYS and MEDIA_TYPE.fullmatch(text) is not None:
+        return True
     if key in LABEL_KEYS:
-        return IDENTIFIER.fullmatch(text) is not None or MEDIA_TYPE.fullmatch(text) is not None
+        return IDENTIFIER.fullmatch(text) is not None
     return key in SEALED_KEYS and SEALED.fullmatch(text) is not None
 
 
 def _reply_leaf(text: str, key: str, content: bool) -> str | None:
     """The text of one string of a reply under ``key`` (``None``: no text). ``content``: inside text that held JSON
-    (a tool's arguments), where keys are the model's own, not the provider's schema: every string is text."""
-    body = text[text.find(",") + 1 :] if text[:5].lower() == "data:" and ";base64," in text[:4096].lower() else None
-    if body is not None or (key in _MEDIA_KEYS and len(text) > 256 and _BASE64.fullmatch(text[:4096])):
-        return base64_as_text(text if body is None else body)  # media bytes, unless they are text all the same
-    if not content and opaque(key, text):
-        return None
+    (a tool's arguments), where keys are the model's own, not the provider's schema: every string is text.
+
+    Media data (a base64 ``data:`` URL, a long base64 value under a media key) is read as its bytes: text when they
+    are text, none when they are media. Only what is base64 all through is media: prose that merely starts like a
+    data URL, or sits under a media key, is text as written."""
+    if not content:
+        body = _base64_body(text, key)
+        if body is not None:
+            return base64_as_text(body)  # media bytes, unless they are text all the same
+        if opaque(key, text):
+            return None
+        if key == "url" and "://" in text[:16] and not any(c.isspace() for c in text):
+            return None  # a link (the guard fetches nothing); a data: URL is read above
     return text
+
+
+def _base64_body(text: str, key: str) -> str | None:
+    """The base64 a string carries as media data: a ``data:...;base64,`` URL's payload, or a long value under a media
+    key; ``None`` when it is not base64 all through (then it is text)."""
+    if text[:5].lower() == "data:" and ";base64," in text[:4096].lower():
+        body = text[text.find(",") + 1 :]
+    elif key in _MEDIA_KEYS and len(text) > 256:
+        body = text
+    else:
+        return None
+    return body if _BASE64.fullmatch(body) else None
 
 
 def _json_container(text: str) -> Any:
@@ -189,10 +214,12 @@ def _json_container(text: str) -> Any:
     if not stripped.startswith(("{", "[")):
         return None
     try:
-        value = json.loads(stripped)
+        # Objects as their keys and values in order, duplicates included: a parser keeps a repeated key's last
+        # value, but the text holds both, and the model and the consumer read both.
+        value = json.loads(stripped, object_pairs_hook=lambda pairs: [part for pair in pairs for part in pair])
     except (ValueError, RecursionError):
         return None
-    return value if isinstance(value, (dict, list)) else None
+    return value if isinstance(value, list) else None
 
 
 def reply_strings(value: Any, budget: int, known: Callable[[str], bool] = lambda text: False) -> list[str]:
@@ -220,16 +247,21 @@ def reply_strings(value: Any, budget: int, known: Callable[[str], bool] = lambda
             texts.append(text)
             total += len(text) - 1
         elif isinstance(item, Mapping):
-            pairs = [(k, v) for k, v in islice(item.items(), room) if content or str(k) not in BOOKKEEPING_KEYS]
-            for name, inner in reversed(pairs):
-                stack.append((inner, str(name), content))
-                if content:
-                    stack.append((str(name), "", True))  # a key of the model's JSON is its text too
-        elif isinstance(item, (list, tuple)):
-            # Items keep their list's key: Bedrock's message lists its tool calls' ids under "tool_call_id".
+            # Bookkeeping is dropped before the cut: entries past it must count, and overflow the walk, not vanish.
+            kept = ((k, v) for k, v in item.items() if str(k) not in BOOKKEEPING_KEYS)
+            stack.extend(reversed([(v, str(k), content) for k, v in islice(kept, room)]))
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            # Items keep their list's key: Bedrock's message lists its tool calls' ids under "tool_call_id". (Inside
+            # JSON text an object is the list of its keys and values, `_json_container`.)
             stack.extend(reversed([(v, key, content) for v in islice(item, room)]))
+        elif isinstance(item, (bytes, bytearray, memoryview)):
+            text = bytes_as_text(bytes(item[: room + SNIFF_BYTES]))
+            if text:
+                stack.append((text, key, content))
         elif callable(getattr(item, "model_dump", None)):  # OpenAI's ChatCompletion, Anthropic's Message...
             stack.append((item.model_dump(), key, content))
+        elif not isinstance(item, _NO_FIELDS) and (fields := getattr(item, "__dict__", None)):
+            stack.append((dict(fields), key, content))  # a dataclass's or a SimpleNamespace's fields
     if stack or total > budget:
         raise InputTooLarge(f"the provider's reply is over {budget} characters of text: it cannot be judged whole")
     return texts

@@ -64,7 +64,7 @@ from qwenguard.core.formats.conversations import (
     untrusted_conversation,
     with_tool_calls,
 )
-from qwenguard.core.formats.media import base64_as_text, base64_bytes, bytes_as_text
+from qwenguard.core.formats.media import SNIFF_BYTES, base64_as_text, base64_bytes, bytes_as_text, text_encoding
 from qwenguard.core.verdict import Stage
 
 from .._common import IDENTIFIER, SEALED, reply_strings
@@ -136,7 +136,10 @@ def _file_text(raw: bytes, mimetype: str | None) -> str:
     """A file's bytes as text: all of them when its declared type is a text type (a provider labels them so,
     whatever their first bytes), else when they are text all the same (`bytes_as_text`); "" for media."""
     if _is_text_type(mimetype):
-        return raw.decode("utf-8", "replace")
+        # Its encoding as a reader tells it (UTF-16 by its mark or its zero bytes); UTF-8 when the start says none
+        # (a media signature before the text): a text type is text whatever its first bytes.
+        encoding = text_encoding(raw[:SNIFF_BYTES], whole=len(raw) <= SNIFF_BYTES) or "utf-8"
+        return raw.decode(encoding, "replace")
     # Untyped, or typed as binary (a PDF, octet-stream, an image): read when its bytes are text all the same.
     return bytes_as_text(raw) or ""
 
