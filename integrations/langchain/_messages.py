@@ -55,7 +55,7 @@ from qwenguard.core.formats.conversations import (
 from qwenguard.core.formats.media import base64_as_text, bytes_as_text
 from qwenguard.core.guard import DEFAULT_MAX_CHARS
 
-from .._common import IDENTIFIER
+from .._common import IDENTIFIER, SEALED, SEALED_KEYS
 
 __all__ = [
     "DEFAULT_HISTORY_TURNS",
@@ -325,7 +325,8 @@ def block_text(block: Any, *, answer: bool = True) -> str:
     A block of a kind the guard does not know (``tool_addition``, ``compaction``, ``redacted_thinking``...) is sent
     as it is (ChatAnthropic passes such blocks on): read whole, its keys too (`_passed_text`), as a parameter's name
     in a tool definition is words a model reads. So is a ``non_standard`` block's value (ChatAnthropic sends it as
-    its own block, ChatOllama as its ``str()``), and, outside an answer, whatever a text block carries beside its
+    its own block, ChatOllama as its ``str()``) and a mapping without ``type`` (ChatGoogleGenerativeAI sends its
+    ``str()``), ids and signatures included, and, outside an answer, whatever a text block carries beside its
     text (Anthropic's ``citations``, kept in every role; an answer's are what it quotes, `source_text`).
 
     >>> block_text({"type": "text-plain", "mime_type": "text/plain", "text": "notes"})
@@ -348,10 +349,21 @@ def block_text(block: Any, *, answer: bool = True) -> str:
             if answer:
                 return ""  # an action (`answer_tool_calls`) or a quote (`source_text`): judged apart
             return "\n".join(s for k, v in block.items() if k != "annotations" for s in _strings(v, block, k) if s)
+        if _kindless(block):
+            # ChatGoogleGenerativeAI sends a mapping without a kind as its ``str()`` (a text part), every character
+            # of it words the model reads, ids and signatures too.
+            return _passed_text(block, whole=True)
         if kind not in _KNOWN_KINDS:
             return _passed_text(block)
         return "\n".join(s for s in _strings(block) if s)
     return ""
+
+
+def _kindless(block: Mapping[str, Any]) -> bool:
+    """A content block without ``type``, as a provider class is given it, or as a callback handler is: langchain-core's
+    traced copy names a one-key block's kind after its key (``{"id": x}`` becomes ``{"type": "id", "id": x}``)."""
+    kind = block.get("type")
+    return kind is None or (isinstance(kind, str) and kind not in _KNOWN_KINDS and block.keys() == {"type", kind})
 
 
 def message_text(message: BaseMessage | str | Any) -> str:
@@ -520,18 +532,18 @@ _FORMAT_WORDS = (
     }
 )
 #: Keys whose value is opaque to a reader when it is one token: ids (up to 64 identifier characters, as a tool
-#: call's, `sent_labels`) and signatures or encrypted data the provider checks (base64 of any length; a phrase
-#: with spaces or underscores is judged).
+#: call's, `sent_labels`) and signatures or encrypted data the provider checks (`SEALED_KEYS`: base64 of any length;
+#: a phrase with spaces or underscores is judged). Only ids here, not the reply's labels of `_common.LABEL_KEYS`
+#: (a status, a role, a model): a block is sent to the model as it is, and an underscored phrase under such a key
+#: is words it reads.
 _ID_KEYS = frozenset({"type", "id", "call_id", "tool_call_id", "tool_use_id", "file_id", "container_id"})
-_SEALED_KEYS = frozenset({"signature", "encrypted_content", "encrypted_index"})
-_SEALED = re.compile(r"[A-Za-z0-9+/=]+")
 
 
 def _opaque(key: str, text: str) -> bool:
-    """A block's kind, an id or a signature (`_ID_KEYS`, `_SEALED_KEYS`): no words a model reads."""
+    """A block's kind, an id or a signature (`_ID_KEYS`, `SEALED_KEYS`): no words a model reads."""
     if key in _ID_KEYS:
         return IDENTIFIER.fullmatch(text) is not None
-    return key in _SEALED_KEYS and _SEALED.fullmatch(text) is not None
+    return key in SEALED_KEYS and SEALED.fullmatch(text) is not None
 
 
 def _never(key: str, text: str) -> bool:
@@ -643,7 +655,6 @@ _METADATA_NOT_TEXT = frozenset(
         "headers",
         "logprobs",
         "safety_ratings",
-        "prompt_feedback",
         "metadata",
         "user",
         "qwenguard",
@@ -654,6 +665,32 @@ _METADATA_NOT_TEXT = frozenset(
         "amazon-bedrock-invocationMetrics",
     }
 )
+
+
+#: In ``prompt_feedback`` (ChatGoogleGenerativeAI's, when Gemini refused the prompt), the provider's own ratings:
+#: bookkeeping as ``safety_ratings`` is. Its ``block_reason`` is a label (`_metadata_text`); its
+#: ``block_reason_message`` free text the consumer reads, judged.
+_FEEDBACK_RATINGS = "safety_ratings"
+_FEEDBACK_LABEL = "block_reason"
+
+
+def _feedback_text(feedback: Any) -> Any:
+    """``prompt_feedback`` but its ratings, and its reason unless that is more than one identifier."""
+    if not isinstance(feedback, Mapping):
+        return feedback
+    reason = feedback.get(_FEEDBACK_LABEL)
+    label = not isinstance(reason, str) or IDENTIFIER.fullmatch(reason) is not None
+    skip = {_FEEDBACK_RATINGS, _FEEDBACK_LABEL} if label else {_FEEDBACK_RATINGS}
+    return {k: v for k, v in feedback.items() if k not in skip}
+
+
+def _metadata_text(meta: Mapping[str, Any], budget: int) -> dict[str, Any]:
+    """The part of ``response_metadata`` that may hold text: all but provider bookkeeping (`_METADATA_NOT_TEXT`,
+    and the ratings in ``prompt_feedback``)."""
+    found = {k: v for k, v in islice(meta.items(), budget + 1) if k not in _METADATA_NOT_TEXT}
+    if "prompt_feedback" in found:
+        found["prompt_feedback"] = _feedback_text(found["prompt_feedback"])
+    return found
 
 
 def _walk_text(value: Any, budget: int, skip: frozenset[str]) -> list[str]:
@@ -692,12 +729,13 @@ def _walk_text(value: Any, budget: int, skip: frozenset[str]) -> list[str]:
 
 def _quoted(block: Mapping[str, Any]) -> list[Any]:
     """What one content block of an answer quotes: a server tool's result, whole (`_server_result`); else a block's
-    citations and annotations, and a ``json`` object beside its own fields: a streamed server tool result (a ``json``
-    block) that LangChain's sum of chunks merged into the block of the same index, a text block say."""
+    citations and annotations, a ``reference`` (ChatMistralAI moves a reference chunk's fields but its text there,
+    with ``output_version="v0"``), and a ``json`` object beside its own fields: a streamed server tool result (a
+    ``json`` block) that LangChain's sum of chunks merged into the block of the same index, a text block say."""
     if _server_result(block):
         return [block]
     merged = {"type": "json", "json": block["json"]} if "json" in block else None
-    return [block.get("citations"), block.get("annotations"), merged]
+    return [block.get("citations"), block.get("annotations"), block.get("reference"), merged]
 
 
 def source_text(message: Any, budget: int = DEFAULT_MAX_CHARS, *, metadata: bool = True) -> str:
@@ -712,8 +750,9 @@ def source_text(message: Any, budget: int = DEFAULT_MAX_CHARS, *, metadata: bool
       interpreter logs), and the same items as content blocks (``responses/v1``), LangChain's standard
       ``server_tool_result`` blocks and Anthropic's ``*_tool_result`` blocks (`_server_result`), and a server tool's
       result ChatBedrockConverse streams as a ``json`` block, keys and all (`_quoted`);
-    - with ``metadata``, the strings of ``response_metadata`` but provider bookkeeping (`_METADATA_NOT_TEXT`):
-      grounding sources a provider puts there. The model never reads its metadata back.
+    - with ``metadata``, the strings of ``response_metadata`` but provider bookkeeping (`_metadata_text`):
+      grounding sources a provider puts there, the message of Gemini's ``prompt_feedback``. The model never reads
+      its metadata back.
 
     Read within ``budget`` characters (`_walk_text`; the guard's ``max_chars``)."""
     found: list[Any] = []
@@ -727,7 +766,7 @@ def source_text(message: Any, budget: int = DEFAULT_MAX_CHARS, *, metadata: bool
         found.append(extra.get("tool_outputs"))
     meta = getattr(message, "response_metadata", None) if metadata else None
     if isinstance(meta, Mapping):
-        found.append({k: v for k, v in islice(meta.items(), budget + 1) if k not in _METADATA_NOT_TEXT})
+        found.append(_metadata_text(meta, budget))
     found = [f for f in found if f]  # every streamed chunk is read: most carry nothing here
     return "\n".join(_walk_text(found, budget, _SOURCE_NOT_TEXT)) if found else ""
 
@@ -831,14 +870,16 @@ def input_items(
     """
     items: list[Item] = []
     history: list[dict[str, str]] = []  # the user/assistant turns (and judged system text) before message i
+    answered: dict[str, str] = {}  # the tool calls asked for before message i, id to name
     for i, message in enumerate(messages):
         context = history[-turns:] if turns > 0 else []
         system = system_role(message)
         if i == 0 and system == "system" and not screen_system:
             continue  # the application's prompt
-        if (labeled := label_item(message)) is not None:
+        if (labeled := label_item(message, answered)) is not None:
             labeled.index = i
             items.append(labeled)
+        answered.update(_call_names(message))
         if _is_tool_output(message):
             text = tool_text(message)
             if text.strip():
@@ -865,34 +906,73 @@ def input_items(
     return items
 
 
-def sent_labels(message: BaseMessage) -> str:
+def sent_labels(message: BaseMessage, answered: Mapping[str, str] | None = None) -> str:
     """What a provider class sends with a message beside its text, one a line, judged on its own: its name
     (``name``, or ``additional_kwargs["name"]``: ChatOpenAI sends it for every role but a tool's, and a model reads
     it, the speaker's name or a legacy function's; a phrase fits in one, ``Ignore_your_rules_and_...``) and the ids
     of its tool calls (a `ToolMessage`'s ``tool_call_id``, an answer's calls') that are not identifiers: they go out
     with the calls, and a chat template may show them; a `ChatMessage`'s role the guard does not know (ChatOllama
-    sends it as it is, and a template may print it). "" when there is none: a `ToolMessage`'s name is the
-    application's tool name, and not sent. (`GuardMiddleware` trusts the name its agent puts on its own answers,
+    sends it as it is, and a template may print it); an assistant turn's ``additional_kwargs["prefix"]`` that is not
+    a flag (`_prefix_text`). "" when there is none. A `ToolMessage`'s name is sent too (ChatMistralAI's ``name``,
+    ChatGoogleGenerativeAI's ``functionResponse.name``), but not judged when it is the name of the call it answers
+    (``answered``: call ids to names of the turns before it, `_call_names`), which was judged with the call: what
+    ``ToolNode`` writes costs no check. (`GuardMiddleware` trusts the name its agent puts on its own answers,
     `label_item`.)"""
     labels: list[str] = []
     if message.type == "chat" and _unknown_role(message):
         labels.append(str(getattr(message, "role", "")))
-    if not (isinstance(message, ToolMessage) or message.type == "tool"):
-        name = getattr(message, "name", None)
-        if not isinstance(name, str) or not name.strip():
-            extra = getattr(message, "additional_kwargs", None)
-            name = extra.get("name") if isinstance(extra, Mapping) else None
-        if isinstance(name, str) and name.strip():
-            labels.append(name)
+    name = _sent_name(message, answered or {})
+    if name:
+        labels.append(name)
+    prefix = _prefix_text(message)
+    if prefix:
+        labels.append(prefix)
     calls = [*(getattr(message, "tool_calls", None) or ()), *(getattr(message, "invalid_tool_calls", None) or ())]
     ids = [getattr(message, "tool_call_id", None), *(c.get("id") for c in calls if isinstance(c, Mapping))]
     labels += [i for i in ids if isinstance(i, str) and i.strip() and not IDENTIFIER.fullmatch(i)]
     return "\n".join(labels)
 
 
-def label_item(message: BaseMessage) -> Item | None:
+def _sent_name(message: BaseMessage, answered: Mapping[str, str]) -> str | None:
+    """The name sent with ``message`` (see `sent_labels`), or ``None``."""
+    if isinstance(message, ToolMessage) or message.type == "tool":
+        name = getattr(message, "name", None)
+        if not isinstance(name, str) or not name.strip():
+            return None
+        return None if answered.get(getattr(message, "tool_call_id", None) or "") == name else name
+    name = getattr(message, "name", None)
+    if not isinstance(name, str) or not name.strip():
+        extra = getattr(message, "additional_kwargs", None)
+        name = extra.get("name") if isinstance(extra, Mapping) else None
+    return name if isinstance(name, str) and name.strip() else None
+
+
+def _prefix_text(message: BaseMessage) -> str:
+    """An assistant turn's ``additional_kwargs["prefix"]``, which ChatMistralAI sends as it is: Mistral's API reads
+    a flag there, a compatible server may read anything. A string is judged as it is, an object or a list as its
+    JSON; a flag, a number or nothing carries no words ("")."""
+    extra = getattr(message, "additional_kwargs", None) if message.type == "ai" else None
+    prefix = extra.get("prefix") if isinstance(extra, Mapping) else None
+    if isinstance(prefix, str):
+        return prefix if prefix.strip() else ""
+    if prefix is None or isinstance(prefix, (bool, int, float)):
+        return ""
+    return json.dumps(prefix, ensure_ascii=False, default=str)
+
+
+def _call_names(message: BaseMessage) -> dict[str, str]:
+    """The tool calls an answer asks for, id to name (what a `ToolMessage` after it answers)."""
+    calls = [*(getattr(message, "tool_calls", None) or ()), *(getattr(message, "invalid_tool_calls", None) or ())]
+    return {
+        c["id"]: c["name"]
+        for c in calls
+        if isinstance(c, Mapping) and isinstance(c.get("id"), str) and isinstance(c.get("name"), str)
+    }
+
+
+def label_item(message: BaseMessage, answered: Mapping[str, str] | None = None) -> Item | None:
     """The check of what is sent with ``message`` beside its text (`sent_labels`), or ``None``."""
-    labels = sent_labels(message)
+    labels = sent_labels(message, answered)
     return Item(Stage.PROMPT, prompt_conversation(labels), message, label="name of a message") if labels else None
 
 
@@ -976,7 +1056,9 @@ def answer_tool_calls(message: Any) -> list[Mapping[str, Any]]:
     - every other tool-call content block (`_TOOL_CALL_KINDS`: ``tool_call``, Anthropic's ``tool_use``, the
       Responses API's ``function_call``, ...), ``{"name", "args", "id", "index", "type", "block": True}``,
       unless it mirrors a call above (`_mirrored`): a provider class sends the block, whatever
-      ``tool_calls`` says, so a block in a client's history with ``tool_calls`` empty is a call too.
+      ``tool_calls`` says, so a block in a client's history with ``tool_calls`` empty is a call too;
+    - the raw ``additional_kwargs["tool_calls"]`` entries the calls came from (`_raw_calls`): what they say beyond
+      the call they mirror, and the whole of one that mirrors none.
     """
     parsed: list[Mapping[str, Any]] = [
         *(getattr(message, "tool_calls", None) or ()),
@@ -987,14 +1069,6 @@ def answer_tool_calls(message: Any) -> list[Mapping[str, Any]]:
     legacy = extra.get("function_call") if isinstance(extra, Mapping) else None
     if isinstance(legacy, Mapping):
         calls.append({"name": legacy.get("name"), "args": legacy.get("arguments"), "type": "function_call"})
-    raw = extra.get("tool_calls") if isinstance(extra, Mapping) else None
-    if not parsed and isinstance(raw, (list, tuple)):
-        # Calls LangChain could not parse (one without a name, arguments that are an object): it keeps none, and
-        # ChatOpenAI sends the list as it is. Each entry is judged whole, as the call it names.
-        calls += [_raw_call(entry) for entry in raw]
-    content = getattr(message, "content", None)
-    if not isinstance(content, (list, tuple)):
-        return calls
     known: dict[Any, list[Mapping[str, Any]]] = {}
     for call in [*parsed, *(getattr(message, "tool_call_chunks", None) or ())]:
         if isinstance(call, Mapping):
@@ -1002,6 +1076,12 @@ def answer_tool_calls(message: Any) -> list[Mapping[str, Any]]:
                 known.setdefault(("id", call["id"]), []).append(call)
             if call.get("index") is not None:
                 known.setdefault(("index", call["index"]), []).append(call)
+    raw = extra.get("tool_calls") if isinstance(extra, Mapping) else None
+    if isinstance(raw, (list, tuple)):
+        calls += _raw_calls(raw, known)
+    content = getattr(message, "content", None)
+    if not isinstance(content, (list, tuple)):
+        return calls
     for block in content:
         if (
             isinstance(block, Mapping)
@@ -1053,6 +1133,56 @@ def _call_of(block: Mapping[str, Any], args: Any) -> dict[str, Any]:
         "type": block.get("type"),
         "block": True,
     }
+
+
+#: What a parsed call carries of a raw ``additional_kwargs["tool_calls"]`` entry (OpenAI's and Mistral's shape):
+#: its labels (judged when not identifiers, `_raw_rest`) and its ``function``'s name and arguments.
+_RAW_LABELS = frozenset({"id", "index", "type"})
+_RAW_FUNCTION = frozenset({"name", "arguments"})
+
+
+def _raw_calls(raw: Sequence[Any], known: Mapping[Any, list[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """The raw ``additional_kwargs["tool_calls"]`` entries of an answer as calls to judge. ChatMistralAI keeps them
+    beside the parsed calls, and the consumer gets both: an entry no parsed call mirrors
+    (`_mirrored`: LangChain could not parse it, or parsed it to an empty call) is judged whole, as the call it names
+    (`_raw_call`); one that mirrors a call adds only what it says beyond it (`_raw_rest`: another key, an id with
+    words), as one more call, and nothing at all when it says nothing more: an ordinary answer costs no check."""
+    calls: list[dict[str, Any]] = []
+    for entry in raw:
+        function = entry.get("function") if isinstance(entry, Mapping) else None
+        if not isinstance(function, Mapping):
+            function = {}
+        name = function.get("name")
+        call = {
+            "name": name if isinstance(name, str) else "",
+            "args": function.get("arguments"),
+            "id": entry.get("id") if isinstance(entry, Mapping) else None,
+            "index": entry.get("index") if isinstance(entry, Mapping) else None,
+            "type": "function_call",
+        }
+        if not isinstance(entry, Mapping) or not _mirrored(call, known):
+            calls.append(_raw_call(entry))
+        elif rest := _raw_rest(entry):
+            calls.append({**call, "args": rest})
+    return calls
+
+
+def _raw_rest(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """What a raw tool-call entry says beyond the parsed call it mirrors: its other keys, its ``function``'s other
+    keys, and labels (``id``, ``type``, ``index``) that are not identifiers (a call's id goes to the consumer, and
+    back to the model with the call)."""
+    rest: dict[str, Any] = {}
+    for key, value in entry.items():
+        if key in _RAW_LABELS:
+            if isinstance(value, str) and value.strip() and not IDENTIFIER.fullmatch(value):
+                rest[key] = value
+        elif key == "function" and isinstance(value, Mapping):
+            others = {k: v for k, v in value.items() if k not in _RAW_FUNCTION}
+            if others:
+                rest[key] = others
+        elif value not in (None, "", {}, []):
+            rest[key] = value
+    return rest
 
 
 def _raw_call(entry: Any) -> dict[str, Any]:

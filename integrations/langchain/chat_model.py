@@ -25,8 +25,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
-from langchain_core.runnables import Runnable
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableParallel, RunnableSequence
 from qwenguard.core import Guard
 from qwenguard.core.streaming.parallel import PendingCheck
 
@@ -125,3 +126,87 @@ class GuardedChatModel(HeldBackChatModel):
     async def _ajudge_answer(self, messages: list[BaseMessage], answer: BaseMessage) -> None:
         items = self._answer_items(messages, answer)
         raise_first(items, await ascreen(self.guard, items))
+
+    # -- structured output: the inner model's own, every model step through the guard ---------------------------
+    def with_structured_output(
+        self, schema: dict[str, Any] | type | None = None, *, include_raw: bool = False, **kwargs: Any
+    ) -> Runnable[Any, Any]:
+        """The inner model's own ``with_structured_output(schema, include_raw=..., **kwargs)``, its model step
+        re-pointed to this guarded model (`_repointed`). BaseChatModel's own would drop ``method`` and ask for a tool
+        call whatever was asked: a model asked for JSON text (``method="json_schema"`` or ``"json_mode"``) got tools,
+        and its JSON answer parsed to nothing. The binding's arguments (``response_format``, ``tools``...) are passed
+        on to the inner model with each call, so the provider gets what the inner model asked for, and the guard
+        judges every call: the input, the answer (JSON text as an answer, a schema's call as a tool call)."""
+        model = _chat_model_in(self.inner)
+        if model is None:
+            raise NotImplementedError(
+                f"GuardedChatModel.with_structured_output: no chat model found in {type(self.inner).__name__}. "
+                "Wrap the chat model itself, or bind the schema as a tool (bind_tools)."
+            )
+        # ``schema=None`` is the inner model's to take or refuse (ChatOpenAI takes it with ``method="json_mode"``).
+        built = model.with_structured_output(schema, include_raw=include_raw, **kwargs)  # type: ignore[arg-type]
+        repointed = _repointed(built, model, self)
+        if repointed is None:
+            raise NotImplementedError(
+                f"GuardedChatModel.with_structured_output: {type(model).__name__} builds a runnable whose model step "
+                'the guard cannot take over, so it would run unguarded. Pass method="function_calling" if the model '
+                "takes it, or bind the schema as a tool (bind_tools) and parse the call."
+            )
+        return repointed
+
+
+def _chat_model_in(runnable: Runnable[Any, Any]) -> BaseChatModel | None:
+    """The chat model a runnable wraps (``model.bind(...)``, ``with_retry()``, ``with_config``: ``.bound``), or itself."""
+    for _ in range(16):  # bindings nest a few deep; never loop on a cycle
+        if isinstance(runnable, BaseChatModel):
+            return runnable
+        bound = getattr(runnable, "bound", None)
+        if not isinstance(bound, Runnable):
+            return None
+        runnable = bound
+    return None
+
+
+def _repointed(
+    built: Runnable[Any, Any], model: BaseChatModel, guarded: Runnable[Any, Any]
+) -> Runnable[Any, Any] | None:
+    """``built`` (a provider's structured-output runnable) with each step that calls ``model`` calling ``guarded``
+    instead, with the same bound arguments: ``llm | parser`` and ``RunnableMap(raw=llm) | parser_with_fallback``,
+    the shapes LangChain's chat models build, where ``llm`` is ``model`` or a binding of it. ``None`` when ``model``
+    is in no step the walk knows (it would be called unguarded) or stays somewhere it does not look."""
+    found = 0
+
+    def walk(step: Runnable[Any, Any]) -> Runnable[Any, Any]:
+        nonlocal found
+        if step is model:
+            found += 1
+            return guarded
+        if isinstance(step, RunnableBinding) and step.bound is model:  # ``model.bind(...)``, ``bind_tools``
+            found += 1
+            return step.model_copy(update={"bound": guarded})
+        if isinstance(step, RunnableSequence):
+            return RunnableSequence(*(walk(s) for s in step.steps), name=step.name)
+        if isinstance(step, RunnableParallel):
+            return RunnableParallel({key: walk(s) for key, s in step.steps__.items()})
+        return step
+
+    result = walk(built)
+    return result if found and not _holds(result, model, guarded) else None
+
+
+def _holds(runnable: Runnable[Any, Any], model: BaseChatModel, guarded: Runnable[Any, Any]) -> bool:
+    """Does ``runnable`` still reach ``model`` but through ``guarded`` (in a binding of another kind, say)?"""
+    stack: list[Any] = [runnable]
+    while stack:
+        step = stack.pop()
+        if step is guarded:
+            continue
+        if step is model:
+            return True
+        if isinstance(step, RunnableSequence):
+            stack.extend(step.steps)
+        elif isinstance(step, RunnableParallel):
+            stack.extend(step.steps__.values())
+        elif isinstance(getattr(step, "bound", None), Runnable):
+            stack.append(step.bound)
+    return False

@@ -259,7 +259,9 @@ def test_guarded_chat_model_in_langgraphs_prebuilt_react_agent(guard, mode):
 
 @pytest.mark.parametrize("body", ["See you at noon.", UNSAFE_CLAUSE])
 def test_guarded_chat_model_with_structured_output(guard, body):
-    """``with_structured_output`` asks for a tool call: its arguments are judged before they are parsed."""
+    """``with_structured_output(method="function_calling")`` asks for a tool call: its arguments are judged before
+    they are parsed. (ChatOpenAI's own default, ``json_schema``, asks for JSON text: tests/langchain/
+    test_structured_output_methods.py.)"""
 
     class Email(BaseModel):
         to: str
@@ -267,7 +269,7 @@ def test_guarded_chat_model_with_structured_output(guard, body):
 
     arguments = json.dumps({"to": "a@example.com", "body": body})
     with scripted_openai(Reply(tool_calls=[ToolCall("Email", arguments, id="c3", fragments=4)])) as url:
-        structured = GuardedChatModel(chat(url), guard).with_structured_output(Email)
+        structured = GuardedChatModel(chat(url), guard).with_structured_output(Email, method="function_calling")
         if body == UNSAFE_CLAUSE:
             with pytest.raises(GuardViolation):
                 structured.invoke(SAFE_QUESTION)
