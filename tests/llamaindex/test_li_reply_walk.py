@@ -124,3 +124,15 @@ def test_utf16_text_under_a_text_type_reaches_the_judge_readable(name: str) -> N
     with pytest.raises(GuardViolation):
         GuardedLLM(llm=MockLLM(max_tokens=5), guard=guard).chat(ask)
     assert any(UNSAFE_CLAUSE in t for t in judged(backend))
+
+
+# -- Gemini's prompt feedback (the LangChain side's G10, rt47c) ------------------------------------------------
+def test_a_prompt_feedback_message_is_judged_and_its_ratings_are_not() -> None:
+    """GoogleGenAI's raw holds prompt_feedback: its block_reason_message is free text (Google's, or whatever the
+    base URL answers), handed to the caller; its block_reason and safety ratings are labels and scores."""
+    ratings = [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "NEGLIGIBLE", "blocked": False}]
+    _blocked_with({"prompt_feedback": {"block_reason": "OTHER", "block_reason_message": UNSAFE_CLAUSE}})
+    guard, backend = recording_guard()
+    plain = {"prompt_feedback": {"block_reason": "SAFETY", "safety_ratings": ratings}}
+    GuardedLLM(llm=ConverseLLM(reply=converse_reply(additionalModelResponseFields=plain)), guard=guard).chat(ASK)
+    assert judged(backend) == ["Tell me about Paris.", "Paris."]
