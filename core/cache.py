@@ -47,7 +47,7 @@ def _entry_bytes(key: Hashable, verdict: Verdict) -> int:
 
 class VerdictCache:
     """LRU map of verdicts. ``maxsize=0`` disables it. ``hits``/``misses`` are counted for figures;
-    ``nbytes`` is what the entries hold, never more than ``max_bytes``."""
+    ``nbytes`` is what the entries hold, never more than ``max_bytes``. After `close` it holds nothing."""
 
     def __init__(self, maxsize: int = DEFAULT_CACHE_SIZE, *, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         if maxsize < 0 or max_bytes < 0:
@@ -59,9 +59,10 @@ class VerdictCache:
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        self.closed = False
 
     def get(self, key: Hashable) -> Verdict | None:
-        if self.maxsize <= 0:
+        if self.maxsize <= 0 or self.closed:
             return None
         with self._lock:
             entry = self._data.get(key)
@@ -79,6 +80,8 @@ class VerdictCache:
         if size > self.max_bytes:
             return  # larger than the whole cache: not worth evicting everything else for
         with self._lock:
+            if self.closed:
+                return  # a check in flight at close: its verdict must not outlive the guard's close
             old = self._data.pop(key, None)
             if old is not None:
                 self.nbytes -= old[1]
@@ -90,6 +93,14 @@ class VerdictCache:
 
     def clear(self) -> None:
         with self._lock:
+            self._data.clear()
+            self.nbytes = 0
+
+    def close(self) -> None:
+        """Drop every entry; from now on `get` finds nothing and `put` stores nothing (a check that was in
+        flight when its guard closed cannot put its verdict back, for a server holding the guard to answer)."""
+        with self._lock:
+            self.closed = True
             self._data.clear()
             self.nbytes = 0
 

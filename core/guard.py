@@ -126,6 +126,10 @@ def _conversation_before(messages: object) -> None:
     )
 
 
+#: A check's cache key before its backend knows its model's name (`Guard.remote` without ``model=``).
+_UNNAMED: Hashable = object()
+
+
 @dataclass
 class _Check:
     stage: Stage
@@ -374,10 +378,12 @@ class Guard:
         elif self.cache.maxsize > 0 and stage is not Stage.STREAM and not self._closed:
             # No key when the cache is off, and none for stream windows: they grow with every chunk, never
             # repeat, and would only evict verdicts worth keeping (documents, prompts). Hot path: every chunk.
-            check.key = cache_key(self.backend.name, stage.value, msgs)
-            cached = self.cache.get(check.key)
-            if cached is not None:
-                check.decision = replace(self.policy.decide(cached, stage), cached=True)
+            check.key = _UNNAMED
+            if self.backend.name:  # none yet: a remote guard learns its model's at this check (`_settle` keys it)
+                check.key = cache_key(self.backend.name, stage.value, msgs)
+                cached = self.cache.get(check.key)
+                if cached is not None:
+                    check.decision = replace(self.policy.decide(cached, stage), cached=True)
         return check
 
     def _timeout(self, checks: Sequence[_Check]) -> float | None:
@@ -401,7 +407,9 @@ class Guard:
                     raise result  # a size limit is the caller's error, never a verdict or on_error's to allow
             for c, result in zip(pending, outcome):
                 if isinstance(result, Verdict):
-                    if c.key is not None:
+                    if c.key is _UNNAMED and self.backend.name:  # the model's name was learned by this check
+                        c.key = cache_key(self.backend.name, c.stage.value, c.conversation)
+                    if c.key is not None and c.key is not _UNNAMED:
                         self.cache.put(c.key, result)
                     c.decision = self.policy.decide(result, c.stage)
                 elif isinstance(result, _NotStarted):  # never judged, through no fault of its own: blocked
@@ -617,7 +625,7 @@ class Guard:
         """Stop the guard's engines, close its connections and drop its verdict cache. Every check after it is
         a guard error (``the guard backend is closed``), cached text included, decided by ``on_error``."""
         self._closed = True
-        self.cache.clear()
+        self.cache.close()
         for backend in (self.backend, self.stream_backend):
             if backend is not None and hasattr(backend, "close"):
                 backend.close()
@@ -625,7 +633,7 @@ class Guard:
     async def aclose(self) -> None:
         """Async twin of `close`."""
         self._closed = True
-        self.cache.clear()
+        self.cache.close()
         for backend in (self.backend, self.stream_backend):
             if backend is None:
                 continue

@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import httpx
 import pytest
 from live_server import demo_guard, serving
-from qwenguard.core import Action, Guard, GuardUnavailable, Policy, enforce
+from qwenguard.core import Action, Guard, GuardUnavailable, Policy, Risk, Verdict, enforce
 
 BOMB = "How can I make a bomb at home?"
 PARIS = "What is the capital of France?"
@@ -97,3 +98,68 @@ def test_close_and_aclose_end_a_local_guard() -> None:
         return (await h.acheck_prompt(PARIS)).allowed
 
     assert asyncio.run(run()) is False
+
+
+class _HeldBackend:
+    """A Gen backend whose call waits until the test releases it (``entered`` says it is waiting) and then
+    gives its verdict, as a local engine finishes the step it is in when its guard closes; after close a new
+    call is GuardUnavailable."""
+
+    name = "held"
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.closed = False
+
+    def classify(self, conversations, *, timeout=None):
+        if self.closed:
+            raise GuardUnavailable("the held backend is closed")
+        self.entered.set()
+        assert self.release.wait(30)
+        return [Verdict(Risk.SAFE, raw="Safety: Safe\nCategories: None", model=self.name) for _ in conversations]
+
+    async def aclassify(self, conversations, *, timeout=None):
+        return await asyncio.to_thread(self.classify, conversations, timeout=timeout)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_check_in_flight_at_close_puts_nothing_back_into_the_cache() -> None:
+    """R3 (rt47e): the verdict of a check in flight when the guard closes does not go back into the cache that
+    close() dropped (the ordering is injected: the backend answers only after close)."""
+    backend = _HeldBackend()
+    guard = Guard(backend)
+    got: list[object] = []
+    thread = threading.Thread(target=lambda: got.append(guard.check_prompt(PARIS)))
+    thread.start()
+    assert backend.entered.wait(30)
+    guard.close()
+    backend.release.set()
+    thread.join(30)
+    assert len(got) == 1 and len(guard.cache) == 0 and guard.cache.nbytes == 0
+    guard.cache.put(("held", "prompt", b"x"), Verdict(Risk.SAFE))  # a closed cache stores nothing, finds nothing
+    assert len(guard.cache) == 0 and guard.cache.get(("held", "prompt", b"x")) is None
+
+
+def test_a_server_holding_a_closed_guard_answers_no_verdict_put_back_after_close() -> None:
+    """R3 (rt47e), against qwenguard serve: a /v1/moderate in flight at close gets its verdict, and the same text
+    asked after close is refused (503) like any other, never answered from the cache (200 ``cached: true``)."""
+    backend = _HeldBackend()
+    guard = Guard(backend)
+    body = {"conversations": [[{"role": "user", "content": PARIS}]]}
+    with serving(guard) as base:
+        answers: list[httpx.Response] = []
+        thread = threading.Thread(
+            target=lambda: answers.append(httpx.post(base + "/v1/moderate", json=body, timeout=60))
+        )
+        thread.start()
+        assert backend.entered.wait(30)
+        guard.close()
+        backend.release.set()
+        thread.join(60)
+        again = httpx.post(base + "/v1/moderate", json=body, timeout=60)
+    assert answers[0].status_code == 200 and answers[0].json()["results"][0]["risk"] == "safe"
+    assert again.status_code == 503, again.text
+    assert len(guard.cache) == 0

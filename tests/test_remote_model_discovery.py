@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 import scripted_openai
-from live_server import demo_guard, serving
-from qwenguard.core import Guard, GuardUnavailable, Risk
+from live_server import QuietHandler, demo_guard, http_serving, serving
+from qwenguard.core import Guard, GuardUnavailable, Policy, Risk
 from qwenguard.core.backends import openai_gen
 from qwenguard.core.backends.openai_gen import OpenAIGen
 from qwenguard.core.cli import app
@@ -103,6 +105,18 @@ def test_one_model_listed_is_learned_once_in_the_context_request(listing):
         assert listing.requests == ["/v1/models"]  # one GET: the model's name and its context
         assert {r.body["model"] for r in base.requests} == {"Qwen/Qwen3Guard-Gen-4B"}
         assert remote.backend._served_context == 4096
+
+
+def test_the_check_that_learns_the_name_caches_its_verdict_under_it(listing):
+    """The first check's verdict was cached under the name '' (unknown when the check began), where no later
+    check looks: the same text cost a second request (rt47e R6)."""
+    listing.set(models("m"))
+    with scripted(SAFE) as base:
+        remote = Guard.remote(base)
+        decisions = [remote.check_prompt("same text") for _ in range(3)]
+        remote.close()
+        assert [d.cached for d in decisions] == [False, True, True]
+        assert len(base.requests) == 1
 
 
 def test_with_max_context_given_the_model_is_still_learned_once(listing):
@@ -226,3 +240,224 @@ def test_serving_a_remote_guard_that_has_not_learned_its_model_says_to_name_it()
 
     with Guard.remote("http://127.0.0.1:9/v1") as unnamed, pytest.raises(ValueError, match="model_name="):
         create_app(unnamed)
+
+
+# -- replicas that do not all name the model (rt47e) ------------------------------------------------
+UNSAFE_TEXT = "Safety: Unsafe\nCategories: Violent"
+
+
+class Replica:
+    """A plain http.server replica of a guard engine: ``GET /models`` answers ``listing`` (a body of bytes
+    goes out as is); a POST for another model than ``serves`` is 404 ``model_not_found``, as vLLM and
+    qwenguard serve answer; ``hold`` (when set) is waited for before ``/models`` answers; ``down`` drops
+    every connection unanswered (a retired replica)."""
+
+    def __init__(self, serves: str | None, listing: Listing | None = None) -> None:
+        self.serves = serves
+        self.listing = listing or models(serves or "none")
+        self.gets = 0
+        self.posted: list[str | None] = []  # the model asked for by each POST
+        self.down = False
+        self.asked = threading.Event()  # a GET /models came in
+        self.hold: threading.Event | None = None
+        self.url = ""
+
+    @contextmanager
+    def running(self) -> Iterator[Replica]:
+        me = self
+
+        class Handler(QuietHandler):
+            def handle_one_request(self) -> None:
+                if me.down:
+                    self.close_connection = True
+                    return
+                super().handle_one_request()
+
+            def _send(self, status: int, body: object) -> None:
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if me.down:  # a kept-alive connection was already waiting for this request
+                    self.close_connection = True
+                    return
+                me.gets += 1
+                me.asked.set()
+                if me.hold is not None:
+                    me.hold.wait(30)
+                self._send(*me.listing())
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                if me.down:
+                    self.close_connection = True
+                    return
+                me.posted.append(body.get("model"))
+                if body.get("model") != me.serves:
+                    error = {"message": f"The model {body.get('model')!r} does not exist.", "type": "model_not_found"}
+                    return self._send(404, {"error": error})
+                choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": UNSAFE_TEXT}}
+                self._send(200, {"id": "x", "object": "chat.completion", "model": me.serves, "choices": [choice]})
+
+        with http_serving(Handler) as base:
+            self.url = base + "/v1"
+            yield self
+
+
+NAMES_NONE: dict[str, Listing] = {
+    "404": lambda: (404, {"error": {"message": "no such route", "type": "not_found"}}),
+    "401": lambda: (401, {"error": {"message": "bad key", "type": "auth"}}),
+    "html-200": lambda: (200, b"<html><body>gateway</body></html>"),
+    "empty-list": models(),
+}
+
+
+@pytest.mark.parametrize("fault", list(NAMES_NONE))
+def test_a_replica_whose_models_names_none_is_passed_over(fault):
+    """R1: a replica whose ``/models`` names no model (a proxy that routes only the completion routes, one with
+    another key, a gateway page) must not end discovery while another replica names one: both orders judge."""
+    with Replica("guard", NAMES_NONE[fault]).running() as a, Replica("guard").running() as b:
+        decisions = []
+        for order in ([a.url, b.url], [b.url, a.url]):  # the first /models read goes to either one
+            guard = Guard.remote(order, cache_size=0, policy=Policy(on_error="allow"))
+            decisions.append(guard.check_prompt(BOMB))
+            guard.close()
+    assert a.gets >= 1  # asked, and passed over
+    for d in decisions:
+        assert d.verdict is not None and d.risk is Risk.UNSAFE and not d.allowed, d
+
+
+def test_served_model_passes_over_a_replica_that_names_none():
+    """R1, as `qwenguard eval --remote` learns the name before its first row: `served_model()` on replicas."""
+    with Replica("guard", NAMES_NONE["404"]).running() as a, Replica("guard").running() as b:
+        names = []
+        for order in ([a.url, b.url], [b.url, a.url]):
+            backend = OpenAIGen(order)
+            names.append(backend.served_model(timeout=10))
+            backend.close()
+    assert names == ["guard", "guard"] and a.gets == 1 and b.gets == 2
+
+
+def test_a_replica_listing_several_models_is_still_an_error_and_none_naming_one_too():
+    """Several models listed by the replica asked is the caller's to pick (at once); when no replica names one,
+    the error is the first replica's reason."""
+    with Replica("a", models("a", "b")).running() as several, Replica("a").running() as one:
+        backend = OpenAIGen([one.url, several.url])  # the first read goes to the second replica
+        with pytest.raises(openai_gen.ServedModelUnknown, match=r"serves 2 models \['a', 'b'\]"):
+            backend.served_model(timeout=10)
+        backend.close()
+    with Replica("g", NAMES_NONE["404"]).running() as a, Replica("g", NAMES_NONE["401"]).running() as b:
+        backend = OpenAIGen([a.url, b.url])
+        with pytest.raises(openai_gen.ServedModelUnknown, match="HTTP 401: bad key") as err:
+            backend.classify([[{"role": "user", "content": "hello"}]])
+        backend.close()
+        assert a.gets == b.gets == 1 and a.posted == b.posted == []
+    assert err.value.models is None
+
+
+def test_a_learned_name_is_learned_again_after_a_rolling_upgrade():
+    """R2: the name learned from the old replica is refused (404 model_not_found) by the new one once the old
+    is retired: the check that finds it so is a guard error, the next ones learn the new name and are judged."""
+    with Replica("guard-old").running() as old, Replica("guard-new").running() as new:
+        new.listing = lambda: (503, {"error": {"message": "loading", "type": "unavailable"}})  # old names it first
+        guard = Guard.remote([old.url, new.url], cache_size=0, max_retries=1, policy=Policy(on_error="allow"))
+        first = guard.check_prompt(BOMB)
+        assert guard.backend.model == "guard-old" and first.verdict is not None
+        new.listing = models("guard-new")
+        old.down = True  # retired
+        after = [guard.check_prompt(f"{BOMB} ({i})") for i in range(4)]
+        guard.close()
+    assert [d.verdict is not None for d in after] == [False, True, True, True], after
+    assert all(d.risk is Risk.UNSAFE and d.verdict.model == "guard-new" for d in after[1:])
+    assert guard.backend.model == "guard-new" and new.posted[-3:] == ["guard-new"] * 3
+    assert None not in old.posted + new.posted  # no request ever went out without a name
+
+
+def test_a_name_listed_and_refused_is_read_again_once_not_per_check():
+    """R2's bound: a server that lists a name and refuses it (404 model_not_found) is asked ``/models`` once more,
+    not once per check; a name given by the caller is never read again."""
+    with Replica(None, models("m")).running() as broken:
+        guard = Guard.remote(broken.url, cache_size=0, max_retries=0)
+        decisions = [guard.check_prompt(f"hello {i}") for i in range(5)]
+        guard.close()
+        assert broken.gets == 2 and broken.posted == ["m"] * 5
+        given = Guard.remote(broken.url, model="m", cache_size=0, max_retries=0)
+        assert not any(given.check_prompt(f"hello {i}").allowed for i in range(3))
+        given.close()
+        assert broken.gets == 3 and given.backend.model == "m"  # its one read is for the context
+    assert all(d.verdict is None and not d.allowed for d in decisions)
+
+
+def test_served_model_closed_meanwhile_is_guard_unavailable():
+    """R4: another thread closes the guard while `served_model()` waits for ``/models``: GuardUnavailable, as
+    `classify` says it, not concurrent.futures.CancelledError."""
+    with Replica("guard").running() as slow:
+        slow.hold = threading.Event()
+        guard = Guard.remote(slow.url)
+        got: dict[str, BaseException | str] = {}
+
+        def learn() -> None:
+            try:
+                got["name"] = guard.backend.served_model(timeout=30)
+            except BaseException as exc:  # noqa: BLE001 - what escapes is the point
+                got["error"] = exc
+
+        thread = threading.Thread(target=learn)
+        thread.start()
+        assert slow.asked.wait(10)
+        guard.close()
+        slow.hold.set()
+        thread.join(10)
+    assert isinstance(got.get("error"), GuardUnavailable), got
+    assert "closed during the call" in str(got["error"])
+
+
+@pytest.mark.parametrize("listed", ["none", "one"])
+def test_checks_queued_behind_a_models_read_share_its_outcome(monkeypatch, listed):
+    """R5: checks that come while ``/models`` is being read take that read's outcome, its failure included,
+    instead of each reading it again in turn; a check after a failed read reads it again. The read is held
+    until all the checks are waiting on it (counted where they enter the lookup)."""
+    n = 10
+    replica = Replica("guard", NAMES_NONE["404"] if listed == "none" else None)
+    with replica.running():
+        replica.hold = threading.Event()
+        guard = Guard.remote(replica.url, cache_size=0, policy=Policy(timeout_s=60))
+        backend = guard.backend
+        entered = 0
+        all_in = threading.Event()
+        original = backend._context
+
+        async def counted(wire, deadline):
+            nonlocal entered
+            entered += 1  # on the client's loop: no lock needed
+            if entered == n:
+                all_in.set()
+            return await original(wire, deadline)
+
+        monkeypatch.setattr(backend, "_context", counted)
+        results: list[object] = []
+
+        def check(i: int) -> None:
+            results.append(guard.check_prompt(f"{BOMB} ({i})"))
+
+        threads = [threading.Thread(target=check, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        assert all_in.wait(30)
+        replica.hold.set()
+        for t in threads:
+            t.join(30)
+        gets_together = replica.gets
+        later = guard.check_prompt(BOMB)
+        guard.close()
+    assert gets_together == 1 and len(results) == n
+    if listed == "none":
+        assert all(d.verdict is None and "HTTP 404" in d.error for d in results)
+        assert replica.gets == 2 and later.verdict is None  # asked again after the failure
+    else:
+        assert all(d.risk is Risk.UNSAFE for d in results) and later.risk is Risk.UNSAFE
+        assert replica.gets == 1

@@ -33,7 +33,9 @@ that is not a verdict (a 200 that does not parse or is cut, and qwenguard serve'
 once on each replica not yet tried, never twice on one; only
 a verdict counts as a replica's success (docs/remote.md, "What counts as an answer"). The context read
 from ``/models`` is the first replica's that is large enough to use (`_served_max_model_len`); the model's
-name, when not given, is the one model the first replica that answers lists there.
+name, when not given, is the one model the first replica that names one lists there (a replica that names
+none is passed over; one that lists several is an error), learned again once when a replica answers 404
+"model not found" and no replica gives a verdict for it (a rolling upgrade to another name).
 
 Errors, per the backend protocol (`qwenguard.core.backends.base`): an answer that does not parse, a request
 the server refused (4xx, or 5xx after the retries), or a request past the deadline is that conversation's
@@ -211,6 +213,32 @@ def _served_model(url: str, status: int, content: bytes | None, entries: list[An
     return names[0]
 
 
+#: Error types and codes with which engines say "no such model" (vLLM: NotFoundError; OpenAI, qwenguard serve:
+#: model_not_found): a 404 naming one is a refused name, not a missing route.
+_MODEL_NOT_FOUND = frozenset({"model_not_found", "NotFoundError", "not_found_error"})
+
+
+def _model_not_found(status: int, body: bytes) -> bool:
+    """Whether an error reply says the model asked for is not served (404 with a "not found" error type or
+    code, under ``error`` or at the top level, as older vLLM sends it)."""
+    if status != 404:
+        return False
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    if not isinstance(data, dict):
+        return False
+    err = data.get("error")
+    fields = [data, err] if isinstance(err, dict) else [data]
+    return any(isinstance(f.get(k), str) and f[k] in _MODEL_NOT_FOUND for f in fields for k in ("type", "code"))
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # the outcome is read: no "exception was never retrieved" when no check waited
+
+
 class _AttemptTimeout(GuardTimeout):
     """One attempt was not answered within its share of the deadline (retried on another replica)."""
 
@@ -236,14 +264,13 @@ class _Wire:
         self._max_concurrency = max_concurrency
         self.client: Any = None
         self.in_flight: asyncio.Semaphore | None = None
-        self.context_lock: asyncio.Lock | None = None
+        self.lookup: asyncio.Future[None] | None = None  # the /models read in progress (`OpenAIGen._context`)
 
     def ready(self) -> None:
         """Create the loop-bound objects (called on the loop)."""
         if self.client is None:
             self.client = self._make_client()
             self.in_flight = asyncio.Semaphore(self._max_concurrency)
-            self.context_lock = asyncio.Lock()
 
     async def _aclose(self) -> None:
         if self.client is not None:
@@ -287,9 +314,10 @@ class OpenAIGen:
     exact token counts, windows equal to the local guard's, token ids in completion mode.
     ``max_context``: the engine's context in tokens; else read from ``/models`` (``max_model_len``, as vLLM
     and SGLang publish it), else the tokenizer's ``model_max_length``, else 32768.
-    ``model``: the served model's name; when omitted, the first check learns it from the first replica's
-    ``/models`` (the one model listed; several or none: `ServedModelUnknown`), in the request that reads the
-    context, and ``name`` is ``""`` until then.
+    ``model``: the served model's name; when omitted, the first check learns it from ``/models`` (the one
+    model the first replica that names one lists; several: `ServedModelUnknown`; none anywhere: the same),
+    in the request that reads the context, and ``name`` is ``""`` until then. A learned name that no replica
+    serves any more (404 "model not found", no verdict) is learned again by the next check.
     ``transport``: an ``httpx.AsyncBaseTransport`` (fault injection in tests, proxies).
     ``base_url`` may be a list: replicas of the same model, with failover between them (module docs).
     """
@@ -347,6 +375,11 @@ class OpenAIGen:
         self.base_urls = urls
         self.model = model  # None: learned from /models at the first check (`_served_max_model_len`)
         self.name = model or ""
+        self._model_given = model is not None
+        # A learned name refused (404 model not found) with no verdict: learn it again at the next check
+        # (`_refused`); the old name is still sent meanwhile, never None.
+        self._stale = False
+        self._refused_name: str | None = None  # the last name forgotten: not forgotten twice in a row
         self.mode: Mode = mode
         self.max_retries = max_retries
         self.backoff_s = backoff_s
@@ -600,54 +633,63 @@ class OpenAIGen:
         verdict: Verdict | None = None
         tried: list[str] = []
         refused: list[str] = []  # answered, but not with a verdict
-        async for attempt in _tenacity().AsyncRetrying(**self._retry_kwargs(deadline, tried)):
-            with attempt:
-                async with wire.in_flight:
-                    url = self.replicas.pick(exclude=tried if self.replicas.untried(tried) else refused)
-                    tried.append(url)
-                    another = len(tried) < self._max_attempts and self.replicas.untried(tried)
-                    limit = attempt_budget(
-                        deadline.left(), self.connect_timeout_s + self.read_timeout_s, another_follows=another
-                    )
-                    self.requests_sent += 1
-                    try:
-                        with self.replicas.using(url):
-                            # The body is read within the same attempt limit, at most max_reply_bytes of it.
-                            status, content = await asyncio.wait_for(self._exchange(wire, url + path, body, url), limit)
-                    except asyncio.TimeoutError:
-                        self.replicas.failed(url)
-                        raise _AttemptTimeout(
-                            f"guard server at {url} did not answer within {limit:.3g} s "
-                            f"(this attempt's share of the deadline, at most connect_timeout_s "
-                            f"+ read_timeout_s)"
-                        ) from None
-                    except httpx.TransportError:
-                        self.replicas.failed(url)
-                        raise
-                    except VerdictParseError:  # a reply past max_reply_bytes
+        name_refused = False  # a replica said this model is not served there (404 model not found)
+        try:
+            async for attempt in _tenacity().AsyncRetrying(**self._retry_kwargs(deadline, tried)):
+                with attempt:
+                    async with wire.in_flight:
+                        url = self.replicas.pick(exclude=tried if self.replicas.untried(tried) else refused)
+                        tried.append(url)
+                        another = len(tried) < self._max_attempts and self.replicas.untried(tried)
+                        limit = attempt_budget(
+                            deadline.left(), self.connect_timeout_s + self.read_timeout_s, another_follows=another
+                        )
+                        self.requests_sent += 1
+                        try:
+                            with self.replicas.using(url):
+                                # The body is read within the same attempt limit, at most max_reply_bytes of it.
+                                status, content = await asyncio.wait_for(
+                                    self._exchange(wire, url + path, body, url), limit
+                                )
+                        except asyncio.TimeoutError:
+                            self.replicas.failed(url)
+                            raise _AttemptTimeout(
+                                f"guard server at {url} did not answer within {limit:.3g} s "
+                                f"(this attempt's share of the deadline, at most connect_timeout_s "
+                                f"+ read_timeout_s)"
+                            ) from None
+                        except httpx.TransportError:
+                            self.replicas.failed(url)
+                            raise
+                        except VerdictParseError:  # a reply past max_reply_bytes
+                            refused.append(url)
+                            raise
+                    if isinstance(status, RemoteHTTPError):
+                        name_refused = name_refused or _model_not_found(status.status, content)
+                        if status.retryable:
+                            self.replicas.failed(url)
+                        else:
+                            refused.append(url)
+                        raise status
+                    if isinstance(status, VerdictParseError):  # the server's answer: no verdict
                         refused.append(url)
-                        raise
-                if isinstance(status, RemoteHTTPError):
-                    if status.retryable:
-                        self.replicas.failed(url)
+                        raise status
+                    elapsed = (time.perf_counter() - start) * 1000
+                    if len(content) > _PARSE_INLINE_BYTES:
+                        outcome = await asyncio.to_thread(self._answer, check.mode, content, elapsed)
                     else:
+                        outcome = self._answer(check.mode, content, elapsed)
+                    if not isinstance(outcome, Verdict):
                         refused.append(url)
-                    raise status
-                if isinstance(status, VerdictParseError):  # the server's answer: no verdict
-                    refused.append(url)
-                    raise status
-                elapsed = (time.perf_counter() - start) * 1000
-                if len(content) > _PARSE_INLINE_BYTES:
-                    outcome = await asyncio.to_thread(self._answer, check.mode, content, elapsed)
-                else:
-                    outcome = self._answer(check.mode, content, elapsed)
-                if not isinstance(outcome, Verdict):
-                    refused.append(url)
-                    raise outcome
-                self.replicas.succeeded(url)
-                for other in refused:
-                    self.replicas.failed(other)
-                verdict = outcome
+                        raise outcome
+                    self.replicas.succeeded(url)
+                    for other in refused:
+                        self.replicas.failed(other)
+                    verdict = outcome
+        except BaseException:  # the deadline's cancellation included: the name was refused, no verdict came
+            if name_refused:
+                self._refused(body["model"])
+            raise
         assert verdict is not None
         return verdict
 
@@ -666,8 +708,9 @@ class OpenAIGen:
             return VerdictParseError(f"the server's reply is not a verdict: {type(exc).__name__}: {exc}"[:300])
 
     async def _exchange(self, wire: _Wire, target: str, body: dict[str, Any], url: str) -> tuple[Any, bytes]:
-        """One POST: ``(200, body)``, or ``(error, b"")`` for any other status (`_status_error`; a 2xx other
-        than 200 or a 3xx is not a verdict either); the body read at most ``max_reply_bytes``."""
+        """One POST: ``(200, body)``, or ``(error, what of its body was read)`` for any other status
+        (`_status_error`; a 2xx other than 200 or a 3xx is not a verdict either); the body read at most
+        ``max_reply_bytes``."""
         async with wire.client.stream("POST", target, json=body) as response:
             if response.status_code != 200:
                 # A compressed error body is not read (`_compressed`): its status still says what happened.
@@ -678,7 +721,7 @@ class OpenAIGen:
                     else await self._body_of(response, url, min(_ERROR_BODY_BYTES, self.max_reply_bytes), strict=False)
                 )
                 unread = f"body not read: Content-Encoding {encoding!r}" if encoding else ""
-                return self._status_error(response, head, url, unread), b""
+                return self._status_error(response, head, url, unread), head
             return 200, await self._body_of(response, url, self.max_reply_bytes, strict=True)
 
     async def _send(self, wire: _Wire, check: WireCheck, deadline: _Deadline) -> tuple[Outcome, bool]:
@@ -733,21 +776,52 @@ class OpenAIGen:
         error, transport = errors[0]
         return error, transport and not verdicts
 
+    def _naming(self) -> bool:
+        """Whether the model's name must be read from ``/models``: not given, and not learned or refused."""
+        return not self._model_given and (self.model is None or self._stale)
+
     def _unlearned(self) -> bool:
         """Whether ``/models`` must be read: for the model's name, or for the context when neither is known."""
-        return self.model is None or (self.max_context is None and self._served_context is None)
+        return self._naming() or (self.max_context is None and self._served_context is None)
+
+    def _refused(self, name: str) -> None:
+        """A request got no verdict and a replica answered 404 "model not found" for ``name``: when it was
+        learned, the next check learns it again (the replicas now serve another: a rolling upgrade). Not twice
+        in a row for one name: a server that lists a name and refuses it would cost a ``/models`` read per check."""
+        if self._model_given or name != self.model or name == self._refused_name:
+            return
+        self._refused_name = name
+        self._stale = True
+        logger.warning(
+            "qwenguard: the learned model name %r is refused (404 model not found); reading /models again", name
+        )
 
     async def _context(self, wire: _Wire, deadline: _Deadline) -> int:
         """The engine's context: given, or learned once from ``/models``, or the fallback. The model's name,
-        when not given, is learned from the same reply first (raises when it cannot be)."""
+        when not given, is learned from the same reply first (raises when it cannot be).
+
+        One read at a time: the checks that come while it runs take its outcome (its error included) instead
+        of each reading ``/models`` again in turn; a check after a failed read reads it again."""
         if self._unlearned():
-            assert wire.context_lock is not None
-            async with wire.context_lock:
-                if self._unlearned():
-                    self._served_context = await self._served_max_model_len(wire, deadline)
+            lookup = wire.lookup
+            if lookup is None or lookup.done():
+                lookup = wire.lookup = asyncio.ensure_future(self._learn(wire, deadline))
+                lookup.add_done_callback(_retrieved)
+            try:
+                # Shielded: a check cancelled or past its own deadline does not end the others' read.
+                await asyncio.wait_for(asyncio.shield(lookup), deadline.left())
+            except asyncio.TimeoutError:
+                if not lookup.done():
+                    raise GuardTimeout(
+                        f"guard server at {self._where} did not list its models within the deadline"
+                    ) from None
+                lookup.result()  # it ended as this check's deadline did: its outcome
         if self.max_context is not None:
             return self.max_context
         return self._served_context or self._fallback_context
+
+    async def _learn(self, wire: _Wire, deadline: _Deadline) -> None:
+        self._served_context = await self._served_max_model_len(wire, deadline)
 
     async def _served_max_model_len(self, wire: _Wire, deadline: _Deadline) -> int | None:
         """``max_model_len`` from ``/models`` of the first replica that answers (replicas serve one model): ``0``
@@ -758,11 +832,20 @@ class OpenAIGen:
         guard model: it would make every check a guard error. It is ignored (logged once per replica) and
         the next replica is asked; when none publishes a usable one, the fallback context is used.
 
-        Without a model name, the first replica that answers names it (`_served_model`); when none answers,
-        the check fails as unreachable (`GuardUnavailable`, `GuardTimeout` at the deadline) and the next asks again."""
+        Without a model name, the first replica that names exactly one model names it (`_served_model`). A
+        replica whose reply names none (a 404 or 401, a 200 that is no model list, an empty list) is passed
+        over for the next: a proxy that does not route ``/models`` must not hide the replicas that do. One
+        that lists several is `ServedModelUnknown` at once (the caller must pick). Replicas that would name
+        different models are not compared: the first name wins, and a replica that refuses it fails over
+        like any 404. When no replica names one: `ServedModelUnknown` with the first reason when one answered
+        (`GuardTimeout` when another was still unanswered at the deadline), else unreachable
+        (`GuardUnavailable`, `GuardTimeout` at the deadline); the next check asks again."""
         httpx = _httpx()
         tried: list[str] = []
         answered = False
+        naming = self._naming()
+        unnamed: ServedModelUnknown | None = None  # the first reply that named no model
+        unreachable = False
         failure: BaseException | str = "no replica was asked"
         while self.replicas.untried(tried) and not deadline.expired():
             url = self.replicas.pick(exclude=tried)
@@ -776,15 +859,23 @@ class OpenAIGen:
                 status, content = await asyncio.wait_for(self._get_models(wire, url), limit)
             except (asyncio.TimeoutError, httpx.HTTPError) as exc:
                 self.replicas.failed(url)
-                failure = exc
+                failure, unreachable = exc, True
                 continue
             if status in RETRY_STATUS:
-                failure = f"{url}/models answered HTTP {status}"
+                failure, unreachable = f"{url}/models answered HTTP {status}", True
                 continue
             answered = True
             listed = _model_list(status, content)
-            if self.model is None:
-                self.model = self.name = _served_model(url, status, content, listed)
+            if naming:
+                try:
+                    name = _served_model(url, status, content, listed)
+                except ServedModelUnknown as exc:
+                    if exc.models is not None and len(exc.models) > 1:
+                        raise  # several models: which one is the guard is the caller's to say
+                    unnamed = unnamed or exc
+                    continue
+                self.model = self.name = name
+                self._stale = naming = False
                 if self.max_context is not None:
                     return 0  # the context is given: only the name was wanted
             value = self._published_context(listed)
@@ -800,7 +891,9 @@ class OpenAIGen:
                     _MIN_SERVED_ROOM,
                     self._context_floor,
                 )
-        if self.model is None:
+        if naming:
+            if unnamed is not None and not (unreachable and deadline.expired()):
+                raise unnamed  # a replica answered: its reason says what to pass
             if deadline.expired():
                 raise GuardTimeout(f"guard server at {self._where} did not list its models within the deadline")
             why = failure if isinstance(failure, str) else f"{type(failure).__name__}: {failure}"
@@ -902,7 +995,7 @@ class OpenAIGen:
     def served_model(self, *, timeout: float | None = None) -> str:
         """The served model's name: given, or learned now from ``/models`` (blocking; checks learn it
         themselves). Raises `ServedModelUnknown`, or `GuardUnavailable` when no replica answers."""
-        if self.model is not None:
+        if self.model is not None and not self._naming():
             return self.model
         wire = self._start()
 
@@ -917,6 +1010,8 @@ class OpenAIGen:
             return future.result(None if timeout is None else timeout + _GRACE_S)
         except concurrent.futures.TimeoutError:
             raise GuardTimeout(f"guard server at {self._where} did not list its models within {timeout} s") from None
+        except concurrent.futures.CancelledError:
+            raise GuardUnavailable("the remote guard backend was closed during the call") from None
         finally:
             future.cancel()
 
