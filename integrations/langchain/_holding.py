@@ -35,7 +35,15 @@ from qwenguard.core import Decision, Guard, GuardUnavailable, GuardViolation
 from qwenguard.core.streaming.gen_windows import RELEASE_UNITS
 from qwenguard.core.streaming.wakeup import UpstreamRace, UpstreamReader
 
-from ._messages import DEFAULT_HISTORY_TURNS, Item, answer_text, answer_tool_calls, output_items, source_text
+from ._messages import (
+    DEFAULT_HISTORY_TURNS,
+    Item,
+    answer_text,
+    answer_tool_calls,
+    output_items,
+    repeats_a_key,
+    source_text,
+)
 from ._screening import ascreen, raise_first, screen
 from ._streaming import DEFAULT_WINDOW_CHARS, Engine, MonitorScreen, Screen, open_screen
 
@@ -175,13 +183,21 @@ def as_message(value: BaseMessage) -> BaseMessage:
     """An aggregated `AIMessageChunk` parses its tool-call chunks into ``tool_calls`` (a legacy ``function_call``
     stays in ``additional_kwargs``); its metadata is kept (`source_text` reads it)."""
     if isinstance(value, AIMessageChunk):
-        return AIMessage(
+        message = AIMessage(
             content=value.content,
             additional_kwargs=value.additional_kwargs,
             response_metadata=value.response_metadata,
             tool_calls=value.tool_calls,
             invalid_tool_calls=value.invalid_tool_calls,
             id=value.id,
+        )
+        # The streamed argument text, where its parse says less than it (a key written twice: the parse keeps the
+        # last value, the consumer got both): judged as written (`answer_tool_calls` reads such text).
+        written = [c for c in value.tool_call_chunks if isinstance(c.get("args"), str) and repeats_a_key(c["args"])]
+        return (
+            message.model_copy(update={"invalid_tool_calls": [*message.invalid_tool_calls, *written]})
+            if written
+            else message
         )
     return value
 

@@ -75,6 +75,7 @@ __all__ = [
     "prompt_items",
     "tool_arguments",
     "answer_tool_calls",
+    "repeats_a_key",
     "tool_result_messages",
     "command_messages",
     "is_update_pairs",
@@ -849,6 +850,8 @@ def tool_arguments(tool_call: Mapping[str, Any]) -> Mapping[str, Any] | str:
     if isinstance(args, Mapping):
         return args
     if isinstance(args, str):
+        if repeats_a_key(args):
+            return args  # as written: a parse keeps a repeated key's last value, the text holds both
         try:
             parsed = json.loads(args)
         except ValueError:
@@ -879,7 +882,10 @@ def input_items(
         if (labeled := label_item(message, answered)) is not None:
             labeled.index = i
             items.append(labeled)
-        answered.update(_call_names(message))
+        if isinstance(message, AIMessage):
+            # Only an answer's calls, which are judged as calls below: tool_calls a client's history puts on
+            # another turn (convert_to_messages keeps them there) are judged nowhere, and must exempt nothing.
+            answered.update(_call_names(message))
         if _is_tool_output(message):
             text = tool_text(message)
             if text.strip():
@@ -1076,6 +1082,11 @@ def answer_tool_calls(message: Any) -> list[Mapping[str, Any]]:
                 known.setdefault(("id", call["id"]), []).append(call)
             if call.get("index") is not None:
                 known.setdefault(("index", call["index"]), []).append(call)
+    # Argument text as streamed that writes a key twice: LangChain's parse keeps the last value, the text holds
+    # both, and the consumer gets the text: judged as written (unparsed calls' text is, with them: `tool_arguments`).
+    for call in getattr(message, "tool_call_chunks", None) or ():
+        if isinstance(call, Mapping) and isinstance(call.get("args"), str) and repeats_a_key(call["args"]):
+            calls.append({**call, "type": "tool_call"})
     raw = extra.get("tool_calls") if isinstance(extra, Mapping) else None
     if isinstance(raw, (list, tuple)):
         calls += _raw_calls(raw, known)
@@ -1229,9 +1240,34 @@ def _block_calls(block: Mapping[str, Any]) -> list[dict[str, Any]]:
 _CALL_KEYS = frozenset({"name", *_ARG_KEYS})
 
 
+class _RepeatedKey(ValueError):
+    """JSON text writing one key twice in an object."""
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if len({k for k, _ in pairs}) < len(pairs):
+        raise _RepeatedKey
+    return dict(pairs)
+
+
+def repeats_a_key(text: str) -> bool:
+    """Does JSON ``text`` write a key twice in one object (which a parser reads as its last value only)?"""
+    if text.count('"') < 4:
+        return False  # no two keys
+    try:
+        json.loads(text, strict=False, object_pairs_hook=_no_repeats)
+    except _RepeatedKey:
+        return True
+    except (ValueError, RecursionError):
+        return False
+    return False
+
+
 def _same_args(a: Any, b: Any) -> bool:
     def norm(args: Any) -> Any:
         if isinstance(args, str):
+            if repeats_a_key(args):
+                return args  # the same as no parse of it: its text says more than the parse
             try:
                 args = json.loads(args, strict=False) if args.strip() else {}
             except ValueError:

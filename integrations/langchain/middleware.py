@@ -115,6 +115,35 @@ _ANSWER_BESIDE_KEYS = frozenset({"refusal", "audio", "reasoning", "reasoning_con
 _WRITTEN_BY_TOOL = "written_by_tool"
 
 
+#: An earlier answer's raw calls: withheld with it (its parsed calls are kept, withheld, `_redact_input`).
+_CALL_KEYS = frozenset({"tool_calls", "function_call"})
+#: The name a withheld earlier answer's tool calls keep (the provider reads the call back without its text).
+WITHHELD_CALL = "withheld_tool_call"
+
+
+def _withheld_call_names(state: AgentState, redacted: Sequence[BaseMessage]) -> list[BaseMessage]:
+    """The tool messages answering the calls of withheld answers, without their names: a name that matched its call's
+    was not judged on its own (`_messages.sent_labels`), and some provider classes send it (Gemini's
+    ``functionResponse.name``)."""
+    ids = {
+        c["id"]
+        for m in redacted
+        if isinstance(m, AIMessage)
+        for c in (*m.tool_calls, *m.invalid_tool_calls)
+        if c.get("id")
+    }
+    done = {m.id for m in redacted}
+    return (
+        [
+            m.model_copy(update={"name": None})
+            for m in state.get("messages") or ()
+            if isinstance(m, ToolMessage) and m.name and m.tool_call_id in ids and m.id not in done
+        ]
+        if ids
+        else []
+    )
+
+
 def _fill(template: str, decision: Decision, **extra: str) -> str:
     categories = ", ".join(decision.categories) or decision.reason
     try:
@@ -344,13 +373,18 @@ class GuardMiddleware(AgentMiddleware):
         message = item.message
         assert message is not None
         if isinstance(message, ToolMessage):
-            name = message.name or "tool"
+            # A name judged and blocked (`label_item`: ChatMistralAI and ChatGoogleGenerativeAI send it) goes, and is
+            # not written into the notice either.
+            by_name = item.stage is Stage.PROMPT
             return message.model_copy(
                 update={
-                    "content": _fill(self.tool_result_notice, decision, tool=name),
+                    "content": _fill(
+                        self.tool_result_notice, decision, tool="tool" if by_name else message.name or "tool"
+                    ),
                     "status": "error",
                     "artifact": None,  # judged with the content (`tool_output_text`): withheld with it
                     "response_metadata": _with_decision(message.response_metadata, decision),
+                    **({"name": None} if by_name else {}),
                 }
             )
         update: dict[str, Any] = {
@@ -360,9 +394,16 @@ class GuardMiddleware(AgentMiddleware):
         }
         # What an earlier answer carried beside its content goes with it: a provider class may send it back
         # (the Responses API's reasoning and tool output items).
-        beside = _ANSWER_BESIDE_KEYS if isinstance(message, AIMessage) else ()
+        beside = _ANSWER_BESIDE_KEYS | _CALL_KEYS if isinstance(message, AIMessage) else frozenset()
         kept = {k: v for k, v in message.additional_kwargs.items() if k not in beside and k != "name"}
         update["additional_kwargs"] = kept
+        if isinstance(message, AIMessage):
+            # Its calls stay, for the tool messages that answer them (a provider refuses a result without its call),
+            # but withheld: no name or arguments the model would read back (`_withheld_call_names` for the results).
+            update["tool_calls"] = [{**c, "name": WITHHELD_CALL, "args": {}} for c in message.tool_calls]
+            update["invalid_tool_calls"] = [
+                {**c, "name": WITHHELD_CALL, "args": None, "error": None} for c in message.invalid_tool_calls
+            ]
         return message.model_copy(update=update)
 
     def _ended_by_tool(self, state: AgentState) -> dict[str, Any] | None:
@@ -385,6 +426,7 @@ class GuardMiddleware(AgentMiddleware):
         if self.exit_behavior == "error":
             enforce(blocked[0][1])
         updates: list[BaseMessage] = [self._redact_input(item, d) for item, d in blocked]
+        updates += _withheld_call_names(state, updates)
         user_blocked = [d for item, d in blocked if item.stage is Stage.PROMPT]
         if self.exit_behavior == "end" or user_blocked:
             first = user_blocked[0] if user_blocked else blocked[0][1]
