@@ -193,7 +193,7 @@ def as_message(value: BaseMessage) -> BaseMessage:
         )
         # The streamed argument text, where its parse says less than it (a key written twice: the parse keeps the
         # last value, the consumer got both): judged as written (`answer_tool_calls` reads such text).
-        written = [c for c in value.tool_call_chunks if isinstance(c.get("args"), str) and repeats_a_key(c["args"])]
+        written = [c for c in value.tool_call_chunks if repeats_a_key(c.get("args") or "")]
         return (
             message.model_copy(update={"invalid_tool_calls": [*message.invalid_tool_calls, *written]})
             if written
