@@ -40,8 +40,8 @@ from ._messages import (
     Item,
     answer_text,
     answer_tool_calls,
+    beyond_its_parse,
     output_items,
-    repeats_a_key,
     source_text,
 )
 from ._screening import ascreen, raise_first, screen
@@ -193,7 +193,7 @@ def as_message(value: BaseMessage) -> BaseMessage:
         )
         # The streamed argument text, where its parse says less than it (a key written twice: the parse keeps the
         # last value, the consumer got both): judged as written (`answer_tool_calls` reads such text).
-        written = [c for c in value.tool_call_chunks if repeats_a_key(c.get("args") or "")]
+        written = [c for c in value.tool_call_chunks if beyond_its_parse(c.get("args") or "")]
         return (
             message.model_copy(update={"invalid_tool_calls": [*message.invalid_tool_calls, *written]})
             if written

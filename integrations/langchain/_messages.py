@@ -75,7 +75,7 @@ __all__ = [
     "prompt_items",
     "tool_arguments",
     "answer_tool_calls",
-    "repeats_a_key",
+    "beyond_its_parse",
     "tool_result_messages",
     "command_messages",
     "is_update_pairs",
@@ -850,7 +850,7 @@ def tool_arguments(tool_call: Mapping[str, Any]) -> Mapping[str, Any] | str:
     if isinstance(args, Mapping):
         return args
     if isinstance(args, str):
-        if repeats_a_key(args):
+        if beyond_its_parse(args):
             return args  # as written: a parse keeps a repeated key's last value, the text holds both
         try:
             parsed = json.loads(args)
@@ -1085,7 +1085,7 @@ def answer_tool_calls(message: Any) -> list[Mapping[str, Any]]:
     # Argument text as streamed that writes a key twice: LangChain's parse keeps the last value, the text holds
     # both, and the consumer gets the text: judged as written (unparsed calls' text is, with them: `tool_arguments`).
     for call in getattr(message, "tool_call_chunks", None) or ():
-        if isinstance(call, Mapping) and isinstance(call.get("args"), str) and repeats_a_key(call["args"]):
+        if isinstance(call, Mapping) and isinstance(call.get("args"), str) and beyond_its_parse(call["args"]):
             calls.append({**call, "type": "tool_call"})
     raw = extra.get("tool_calls") if isinstance(extra, Mapping) else None
     if isinstance(raw, (list, tuple)):
@@ -1240,33 +1240,29 @@ def _block_calls(block: Mapping[str, Any]) -> list[dict[str, Any]]:
 _CALL_KEYS = frozenset({"name", *_ARG_KEYS})
 
 
-class _RepeatedKey(ValueError):
-    """JSON text writing one key twice in an object."""
-
-
 def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len({k for k, _ in pairs}) < len(pairs):
-        raise _RepeatedKey
+        raise ValueError("a key written twice")
     return dict(pairs)
 
 
-def repeats_a_key(text: str) -> bool:
-    """Does JSON ``text`` write a key twice in one object (which a parser reads as its last value only)?"""
-    if text.count('"') < 4:
-        return False  # no two keys
+def beyond_its_parse(text: str) -> bool:
+    """May argument ``text`` say more than LangChain's parse of it? True unless it is strict JSON writing no key
+    twice: a parse keeps a repeated key's last value, and ``parse_partial_json`` completes text that is not closed
+    (and drops what it cannot complete), while the consumer gets the text as written."""
+    if '"' not in text:
+        return False  # no key, no string: nothing a parse could drop
     try:
         json.loads(text, strict=False, object_pairs_hook=_no_repeats)
-    except _RepeatedKey:
-        return True
     except (ValueError, RecursionError):
-        return False
+        return True
     return False
 
 
 def _same_args(a: Any, b: Any) -> bool:
     def norm(args: Any) -> Any:
         if isinstance(args, str):
-            if repeats_a_key(args):
+            if beyond_its_parse(args):
                 return args  # the same as no parse of it: its text says more than the parse
             try:
                 args = json.loads(args, strict=False) if args.strip() else {}

@@ -318,8 +318,10 @@ class GuardMiddleware(AgentMiddleware):
         return self._message_items(list(state.get("messages") or ()))
 
     def _unowned(self, messages: Sequence[BaseMessage]) -> list[BaseMessage]:
-        """``messages`` but this middleware's own notices (`OwnNotices`)."""
-        return [m for m in messages if not self._own.wrote(m)]
+        """``messages`` with the text of this middleware's own notices left out (`OwnNotices`): a notice's text is
+        the guard's, but what else a message of that text carries is judged as any message's (a client's history
+        can write a notice's text and put a name or tool calls beside it)."""
+        return [m.model_copy(update={"content": ""}) if self._own.wrote(m) else m for m in messages]
 
     def _message_items(self, messages: list[BaseMessage]) -> list[Item]:
         """The checks of ``messages`` not allowed before (`AllowedChecks`), this middleware's own notices left out
@@ -402,7 +404,7 @@ class GuardMiddleware(AgentMiddleware):
             # but withheld: no name or arguments the model would read back (`_withheld_call_names` for the results).
             update["tool_calls"] = [{**c, "name": WITHHELD_CALL, "args": {}} for c in message.tool_calls]
             update["invalid_tool_calls"] = [
-                {**c, "name": WITHHELD_CALL, "args": None, "error": None} for c in message.invalid_tool_calls
+                {**c, "name": WITHHELD_CALL, "args": "{}", "error": None} for c in message.invalid_tool_calls
             ]
         return message.model_copy(update=update)
 
