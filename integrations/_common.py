@@ -20,10 +20,12 @@ __all__ = [
     "Bounded",
     "IDENTIFIER",
     "LABEL_KEYS",
+    "NO_FIELDS",
     "MEDIA_TYPE",
     "SEALED",
     "SEALED_KEYS",
     "opaque",
+    "pairs_once",
     "reply_strings",
     "require_guard",
 ]
@@ -161,11 +163,20 @@ LABEL_KEYS = frozenset(
 SEALED_KEYS = frozenset({"signature", "encrypted_content", "encrypted_index", "redactedContent"})
 #: Keys whose value is media data (base64, or a ``data:`` URL): judged only when its bytes are text.
 #: Objects whose attributes are no data: a class's, a module's, a function's are its code.
-_NO_FIELDS = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
+NO_FIELDS = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
 _MEDIA_KEYS = frozenset({"data", "base64", "b64_json", "file_data", "partial_image_b64"})
 _BASE64 = re.compile(r"[A-Za-z0-9+/=\r\n]+")
 #: Keys whose value is a media type: one there is a label (`MEDIA_TYPE`).
 _MEDIA_TYPE_KEYS = frozenset({"mime_type", "mimeType", "media_type", "mediaType", "content_type", "contentType"})
+
+
+def pairs_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``'s ``object_pairs_hook`` refusing an object that writes a key twice (a parse keeps its last
+    value; the text, which the model and the consumer read, holds both)."""
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise ValueError("a key written twice")
+    return found
 
 
 def opaque(key: str, text: str) -> bool:
@@ -260,7 +271,7 @@ def reply_strings(value: Any, budget: int, known: Callable[[str], bool] = lambda
                 stack.append((text, key, content))
         elif callable(getattr(item, "model_dump", None)):  # OpenAI's ChatCompletion, Anthropic's Message...
             stack.append((item.model_dump(), key, content))
-        elif not isinstance(item, _NO_FIELDS) and (fields := getattr(item, "__dict__", None)):
+        elif not isinstance(item, NO_FIELDS) and (fields := getattr(item, "__dict__", None)):
             stack.append((dict(fields), key, content))  # a dataclass's or a SimpleNamespace's fields
     if stack or total > budget:
         raise InputTooLarge(f"the provider's reply is over {budget} characters of text: it cannot be judged whole")

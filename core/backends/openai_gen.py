@@ -963,15 +963,10 @@ class OpenAIGen:
         wire = self._start()
         if not conversations:
             return []
-        future = wire.thread.submit(self._run(list(conversations), _Deadline(timeout)))
-        try:
-            return future.result(None if timeout is None else timeout + _GRACE_S)
-        except concurrent.futures.TimeoutError:
-            raise GuardTimeout(f"guard server at {self._where} did not answer within {timeout} s") from None
-        except concurrent.futures.CancelledError:
-            raise GuardUnavailable("the remote guard backend was closed during the call") from None
-        finally:
-            future.cancel()  # no-op when done; else stops the requests (their connections close)
+        outcomes: list[Outcome] = self._result(
+            wire.thread.submit(self._run(list(conversations), _Deadline(timeout))), timeout, "answer"
+        )
+        return outcomes
 
     async def aclassify(self, conversations: Sequence[Conversation], *, timeout: float | None = None) -> list[Outcome]:
         """Async twin of `classify`; cancelling it cancels the requests."""
@@ -1005,15 +1000,19 @@ class OpenAIGen:
             assert self.model is not None
             return self.model
 
-        future = wire.thread.submit(learn())
+        return str(self._result(wire.thread.submit(learn()), timeout, "list its models"))
+
+    def _result(self, future: concurrent.futures.Future[Any], timeout: float | None, what: str) -> Any:
+        """The outcome of work submitted to the wire's thread, waited for from a caller's thread: past ``timeout``
+        (and a grace) a `GuardTimeout` saying the server did not ``what``; cancelled by close, `GuardUnavailable`."""
         try:
             return future.result(None if timeout is None else timeout + _GRACE_S)
         except concurrent.futures.TimeoutError:
-            raise GuardTimeout(f"guard server at {self._where} did not list its models within {timeout} s") from None
+            raise GuardTimeout(f"guard server at {self._where} did not {what} within {timeout} s") from None
         except concurrent.futures.CancelledError:
             raise GuardUnavailable("the remote guard backend was closed during the call") from None
         finally:
-            future.cancel()
+            future.cancel()  # no-op when done; else stops the requests (their connections close)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def _check_open(self) -> None:

@@ -55,7 +55,7 @@ from qwenguard.core.formats.conversations import (
 from qwenguard.core.formats.media import base64_as_text, bytes_as_text
 from qwenguard.core.guard import DEFAULT_MAX_CHARS
 
-from .._common import IDENTIFIER, SEALED, SEALED_KEYS
+from .._common import IDENTIFIER, SEALED, SEALED_KEYS, pairs_once
 
 __all__ = [
     "DEFAULT_HISTORY_TURNS",
@@ -850,11 +850,9 @@ def tool_arguments(tool_call: Mapping[str, Any]) -> Mapping[str, Any] | str:
     if isinstance(args, Mapping):
         return args
     if isinstance(args, str):
-        if beyond_its_parse(args):
-            return args  # as written: a parse keeps a repeated key's last value, the text holds both
-        try:
-            parsed = json.loads(args)
-        except ValueError:
+        try:  # a key written twice: as written (a parse keeps its last value, the text holds both)
+            parsed = json.loads(args, object_pairs_hook=pairs_once)
+        except (ValueError, RecursionError):
             return args
         return parsed if isinstance(parsed, Mapping) else args
     return {} if args is None else str(args)
@@ -1240,12 +1238,6 @@ def _block_calls(block: Mapping[str, Any]) -> list[dict[str, Any]]:
 _CALL_KEYS = frozenset({"name", *_ARG_KEYS})
 
 
-def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    if len({k for k, _ in pairs}) < len(pairs):
-        raise ValueError("a key written twice")
-    return dict(pairs)
-
-
 def beyond_its_parse(text: str) -> bool:
     """May argument ``text`` say more than LangChain's parse of it? True unless it is strict JSON writing no key
     twice: a parse keeps a repeated key's last value, and ``parse_partial_json`` completes text that is not closed
@@ -1253,7 +1245,7 @@ def beyond_its_parse(text: str) -> bool:
     if '"' not in text:
         return False  # no key, no string: nothing a parse could drop
     try:
-        json.loads(text, strict=False, object_pairs_hook=_no_repeats)
+        json.loads(text, strict=False, object_pairs_hook=pairs_once)
     except (ValueError, RecursionError):
         return True
     return False
@@ -1262,11 +1254,9 @@ def beyond_its_parse(text: str) -> bool:
 def _same_args(a: Any, b: Any) -> bool:
     def norm(args: Any) -> Any:
         if isinstance(args, str):
-            if beyond_its_parse(args):
-                return args  # the same as no parse of it: its text says more than the parse
-            try:
-                args = json.loads(args, strict=False) if args.strip() else {}
-            except ValueError:
+            try:  # text writing a key twice says more than its parse: compared as written
+                args = json.loads(args, strict=False, object_pairs_hook=pairs_once) if args.strip() else {}
+            except (ValueError, RecursionError):
                 return args
         return {} if args is None else args
 

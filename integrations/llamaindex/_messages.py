@@ -24,7 +24,6 @@ import hashlib
 import json
 import re
 import threading
-import types
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,7 +66,7 @@ from qwenguard.core.formats.conversations import (
 from qwenguard.core.formats.media import SNIFF_BYTES, base64_as_text, base64_bytes, bytes_as_text, text_encoding
 from qwenguard.core.verdict import Stage
 
-from .._common import IDENTIFIER, SEALED, reply_strings
+from .._common import IDENTIFIER, NO_FIELDS, SEALED, pairs_once, reply_strings
 
 __all__ = [
     "ANSWER_VARIABLES",
@@ -562,17 +561,10 @@ def _object_of(text: str) -> dict[str, Any] | None:
     """The JSON object argument text says, or None. One with a key written twice is none (the parser keeps the last
     value, the model reads both): judged as written, as text that does not parse."""
     try:
-        value = json.loads(text, object_pairs_hook=_pairs_once)
+        value = json.loads(text, object_pairs_hook=pairs_once)
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
-
-
-def _pairs_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    found = dict(pairs)
-    if len(found) != len(pairs):
-        raise ValueError("a key written twice")
-    return found
 
 
 def tool_calls_of(llm: Any, message: ChatMessage, *, carried: bool = True) -> list[ToolSelection]:
@@ -709,8 +701,6 @@ def _strings(value: Any, key: str | None = None, where: int = _TEXT) -> Iterator
 
 #: What a provider class reads of a tool-call entry that is an object: read as attributes too (a property).
 _ENTRY_ATTRIBUTES = ("id", "name", "function", "input", "args", "thought_signature")
-#: Objects whose attributes are no data: a class's, a module's, a function's are its code.
-_CODE = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
 
 
 def _attributes(item: Any, *, entry: bool = False) -> dict[str, Any]:
@@ -718,7 +708,7 @@ def _attributes(item: Any, *, entry: bool = False) -> dict[str, Any]:
     a dataclass, a plain class's instance): its dataclass fields and ``__dict__``, what its repr shows and a
     provider class reads (GoogleGenAI sends a tool-call entry's ``.name`` and ``.args``), and for an ``entry`` the
     attributes providers read of one (`_ENTRY_ATTRIBUTES`). Empty for a value that holds none (a number, bytes)."""
-    if isinstance(item, _CODE):
+    if isinstance(item, NO_FIELDS):
         return {}
     found: dict[str, Any] = {}
     if dataclasses.is_dataclass(item):
