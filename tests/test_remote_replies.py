@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -382,3 +383,18 @@ def test_a_malformed_frame_under_fail_open_is_the_policys_decision(name):
             assert exc is None, f"{name}: {exc!r}"
             assert monitor.decision is not None and monitor.decision.reason == "guard_error"
             assert monitor.decision.allowed
+
+
+@pytest.mark.parametrize("mode", ["chat", "completion"])
+def test_logprobs_asked_and_none_sent_is_said_once(mode, caplog):
+    """rt48a R4: Ollama's /v1/completions answers carry no logprobs when not streamed; with logprobs=True the
+    verdicts came without probabilities and nothing said why. The verdict stands; the log says so once."""
+    from engines import recording_engine
+
+    with recording_engine() as engine:
+        guard = Guard.remote(engine.url, model="m", mode=mode, logprobs=True, cache_size=0)
+        with caplog.at_level(logging.WARNING, logger="qwenguard"):
+            first, second = guard.check_prompt("How can I make a bomb at home?"), guard.check_prompt("Hello there")
+        guard.close()
+    assert (first.reason, second.reason) == ("unsafe", "safe") and first.verdict.probs is None
+    assert caplog.text.count("carry no logprobs") == 1

@@ -37,6 +37,13 @@ name, when not given, is the one model the first replica that names one lists th
 none is passed over; one that lists several is an error), learned again once when a replica answers 404
 "model not found" and no replica gives a verdict for it (a rolling upgrade to another name).
 
+An engine whose context is smaller than the one planned for: an answer that counts fewer prompt tokens
+(``usage.prompt_tokens``) than its request must have had (`remote_plan.WireCheck.least_tokens`) judged a cut
+prompt (Ollama cuts silently), and a 400 naming the context (vLLM, SGLang, llama.cpp) refused it: neither is a
+verdict, and the check is planned again for the context the engine showed, which every later check uses
+(`_cut`, `_run`). Whether the engine counts prompts as the official template and tokenizer do is asked once,
+when an answer first leaves it open (`_settle`).
+
 Errors, per the backend protocol (`qwenguard.core.backends.base`): an answer that does not parse, a request
 the server refused (4xx, or 5xx after the retries), or a request past the deadline is that conversation's
 `VerdictParseError` / `GuardUnavailable` / `GuardTimeout`; when no conversation of a call got through
@@ -49,6 +56,7 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import re
 import time
 import weakref
 from collections.abc import Mapping, Sequence
@@ -133,14 +141,17 @@ _ERROR_BODY_BYTES = 64 << 10
 #: Beyond a call's deadline, how long a caller waits for the loop to hand back what it has (it normally
 #: answers at the deadline itself; this only covers a loop that is stuck).
 _GRACE_S = 2.0
-#: Inputs planned inline on the loop below this size when no tokenizer is involved (cheap string work).
-_INLINE_PLAN_CHARS = 20_000
+#: Inputs planned inline on the loop below this size when no tokenizer is involved (cheap string work: the
+#: windows and each request's token floor, about 0.1 µs a character).
+_INLINE_PLAN_CHARS = 8_000
 #: A tokenizer's ``model_max_length`` above this is the "no limit" placeholder, not a context.
 _SANE_CONTEXT = 10_000_000
 #: A context a replica publishes at ``/models`` must hold the guard prompt and at least this many tokens of
 #: text (as the client counts them: bytes without the tokenizer), or it is ignored: a replica publishing 65
 #: would make every check a guard error (``max_context=`` given by the caller is always used).
 _MIN_SERVED_ROOM = 256
+#: How many times one call plans a check again after an engine cut its prompt (each time for a smaller context).
+_MAX_REPLANS = 3
 
 Mode = Literal["chat", "completion"]
 _IDS_REFUSED = frozenset({400, 422})
@@ -175,6 +186,75 @@ class ServedModelUnknown(QwenGuardError):
 #: A model list named in an error: its first names, each cut (a /models reply may list thousands).
 _NAMED_MODELS = 10
 _NAME_CHARS = 100
+
+
+class SmallerContext(VerdictParseError):
+    """No verdict, because the engine's context is smaller than the one the request was planned for; it showed
+    ``context``. The check is planned again for it (`OpenAIGen._run`)."""
+
+    def __init__(self, message: str, context: int) -> None:
+        self.context = context
+        super().__init__(f"{message} (pass max_context= the engine's real context, or raise it)")
+
+
+class PromptCut(SmallerContext):
+    """An answer that counts fewer prompt tokens (``usage.prompt_tokens``) than its request must have had: the
+    engine cut the prompt to its context (Ollama does so silently) and judged only what it kept."""
+
+    def __init__(self, url: str, kept: int, least: int) -> None:
+        super().__init__(
+            f"guard server at {url} read {kept} tokens of a prompt of at least {least}: it cut the prompt to its "
+            f"context (Ollama: num_ctx; llama.cpp: -c), so its verdict is not about the whole text",
+            kept,
+        )
+
+
+class ContextRefused(SmallerContext):
+    """A 400 that names the engine's context: the prompt was longer (vLLM, SGLang, llama.cpp's
+    ``exceed_context_size_error``)."""
+
+    def __init__(self, url: str, context: int, why: str) -> None:
+        super().__init__(f"guard server at {url} refused a prompt longer than its context: {why}", context)
+
+
+#: What vLLM, SGLang and llama.cpp write in the message of a 400 for a prompt past the context.
+_CONTEXT_IN_MESSAGE = re.compile(
+    r"maximum context length (?:is|of) (\d+) tokens|context length \((\d+) tokens\)"
+    r"|available context size \((\d+) tokens\)|maximum allowed length \((\d+) tokens\)"
+)
+
+
+def _context_named(body: bytes) -> int | None:
+    """The context a 400's body names (llama.cpp's ``n_ctx`` field, or the number in the message), or None."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    err = payload.get("error", payload) if isinstance(payload, dict) else None
+    if not isinstance(err, dict):
+        return None
+    n_ctx = err.get("n_ctx")
+    if isinstance(n_ctx, int) and not isinstance(n_ctx, bool) and n_ctx > 0:
+        return n_ctx
+    found = _CONTEXT_IN_MESSAGE.search(str(err.get("message", ""))[:1000])
+    return int(next(g for g in found.groups() if g)) if found else None
+
+
+class _Unsure(Exception):
+    """An answer counting fewer prompt tokens than the official prompt has, but not fewer than its messages'
+    text: a cut, or an engine whose template or tokenizer is not ours (the demo's holds its template as added
+    tokens). `OpenAIGen._settle` asks which, once per client."""
+
+    def __init__(self, outcome: Outcome, kept: int, full: int) -> None:
+        self.outcome, self.kept, self.full = outcome, kept, full
+
+
+def _prompt_tokens(payload: Any) -> int | None:
+    """``usage.prompt_tokens`` of a reply when it is a positive int (0 and absent: not counted, as Ollama
+    has answered a cached prompt)."""
+    usage = payload.get("usage") if isinstance(payload, Mapping) else None
+    count = usage.get("prompt_tokens") if isinstance(usage, Mapping) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else None
 
 
 def _named(models: Sequence[str]) -> str:
@@ -265,6 +345,7 @@ class _Wire:
         self.client: Any = None
         self.in_flight: asyncio.Semaphore | None = None
         self.lookup: asyncio.Future[None] | None = None  # the /models read in progress (`OpenAIGen._context`)
+        self.probe: asyncio.Future[None] | None = None  # the template question in progress (`OpenAIGen._settle`)
 
     def ready(self) -> None:
         """Create the loop-bound objects (called on the loop)."""
@@ -408,6 +489,12 @@ class OpenAIGen:
         self._context_floor = template + _MIN_SERVED_ROOM + max_tokens
         self._ignored_contexts: set[str] = set()  # replicas whose published context was too small (logged)
         self._ids_accepted: bool | None = None  # completion mode: does the engine take token ids?
+        self._cut_context: int | None = None  # the least context a replica showed by cutting a prompt (`_cut`)
+        # Whether the engine counts a prompt as the local guard renders it (the official template and tokenizer):
+        # None until an answer counts fewer tokens than that and not fewer than its messages (`_settle`).
+        self._counts_our_template: bool | None = None
+        self._too_small: set[int] = set()  # contexts shown that cannot hold the guard prompt (logged once each)
+        self._warned_no_logprobs = False
         # Replies uncompressed: a verdict is a few hundred bytes, and a compressed body is inflated a whole
         # network chunk at a time (up to ~1000x; nested encodings multiply it) before max_reply_bytes can
         # count it. A server that compresses anyway is refused unread (`_compressed`).
@@ -495,6 +582,14 @@ class OpenAIGen:
                     f"the server's reply choices[{i}] has logprobs not in the API's shape ({type(exc).__name__}: "
                     f"{str(exc)[:120]})"
                 )
+            if self.logprobs and choice.get("logprobs") is None and not self._warned_no_logprobs:
+                # Ollama's /v1/completions sends none when not streamed: the verdict stands, without scores.
+                self._warned_no_logprobs = True
+                logger.warning(
+                    "qwenguard: logprobs=True, but the guard server's %s answers carry no logprobs: verdicts come "
+                    "without probabilities (Ollama sends them only in chat mode: mode='chat')",
+                    self.mode,
+                )
             verdicts.append(
                 Verdict(verdict.risk, verdict.categories, verdict.refusal, verdict.raw, elapsed_ms, self.name, probs)
             )
@@ -511,6 +606,8 @@ class OpenAIGen:
         why = unread or error_text(body)
         if status == 502 and error_type(body) == NO_VERDICT_ERROR:
             return VerdictParseError(f"guard server at {url} answered HTTP 502 {NO_VERDICT_ERROR}: {why}")
+        if status == 400 and not unread and (context := _context_named(body)) is not None:
+            return ContextRefused(url, context, why)
         if status < 400:
             note = "only HTTP 200 carries a verdict"
             if 300 <= status < 400:
@@ -673,14 +770,23 @@ class OpenAIGen:
                         raise status
                     if isinstance(status, VerdictParseError):  # the server's answer: no verdict
                         refused.append(url)
+                        if isinstance(status, SmallerContext):
+                            self._cut(url, status.context)
                         raise status
                     elapsed = (time.perf_counter() - start) * 1000
+                    least = check.least_tokens(as_ids)
+                    answered: Outcome | _Unsure
                     if len(content) > _PARSE_INLINE_BYTES:
-                        outcome = await asyncio.to_thread(self._answer, check.mode, content, elapsed)
+                        answered = await asyncio.to_thread(self._answer, check.mode, content, elapsed, url, least)
                     else:
-                        outcome = self._answer(check.mode, content, elapsed)
+                        answered = self._answer(check.mode, content, elapsed, url, least)
+                    outcome = (
+                        await self._settle(wire, url, answered, deadline) if isinstance(answered, _Unsure) else answered
+                    )
                     if not isinstance(outcome, Verdict):
                         refused.append(url)
+                        if isinstance(outcome, SmallerContext):
+                            self._cut(url, outcome.context)
                         raise outcome
                     self.replicas.succeeded(url)
                     for other in refused:
@@ -693,19 +799,33 @@ class OpenAIGen:
         assert verdict is not None
         return verdict
 
-    def _answer(self, mode: str, content: bytes, elapsed_ms: float) -> Outcome:
+    def _answer(
+        self, mode: str, content: bytes, elapsed_ms: float, url: str = "", least: tuple[int, int] = (0, 0)
+    ) -> Outcome | _Unsure:
         """The verdict of a 200 body, or the `VerdictParseError` saying why it is none: whatever the body
-        holds, an answer that is no verdict is that replica's answer (tried on another), never "unreachable"."""
+        holds, an answer that is no verdict is that replica's answer (tried on another), never "unreachable".
+        ``least``: the prompt tokens the request must have had (`WireCheck.least_tokens`); an answer counting
+        fewer is a `PromptCut`, or `_Unsure` while the engine's template is not known."""
         try:
             payload = json.loads(content)
         except ValueError as exc:  # a 200 body that is not JSON (not UTF-8 included)
             return VerdictParseError(f"the server's reply is not JSON: {exc}")
         except RecursionError:  # nested deeper than the parser's stack
             return VerdictParseError("the server's reply is JSON nested too deeply to be a verdict")
+        kept = _prompt_tokens(payload)
+        floor, full = least
+        if kept is not None and kept < floor:  # read before the text: a cut prompt's answer may parse, or not
+            return PromptCut(url, kept, floor)
+        outcome: Outcome
         try:
-            return self._read(mode, payload, elapsed_ms)
+            outcome = self._read(mode, payload, elapsed_ms)
         except (ValueError, TypeError, OverflowError, AttributeError, RecursionError) as exc:
-            return VerdictParseError(f"the server's reply is not a verdict: {type(exc).__name__}: {exc}"[:300])
+            outcome = VerdictParseError(f"the server's reply is not a verdict: {type(exc).__name__}: {exc}"[:300])
+        if kept is None or kept >= full or self._counts_our_template is False:
+            return outcome
+        if self._counts_our_template:
+            return PromptCut(url, kept, full)
+        return _Unsure(outcome, kept, full)
 
     async def _exchange(self, wire: _Wire, target: str, body: dict[str, Any], url: str) -> tuple[Any, bytes]:
         """One POST: ``(200, body)``, or ``(error, what of its body was read)`` for any other status
@@ -773,7 +893,8 @@ class OpenAIGen:
         if verdicts and (not errors or max(v.risk.rank for v in verdicts) == Risk.UNSAFE.rank):
             top = worst(verdicts)
             return Verdict(top.risk, top.categories, top.refusal, top.raw, elapsed, self.name, top.probs), False
-        error, transport = errors[0]
+        # A cut prompt first: the check is planned again for the context the engine showed (`_run`).
+        error, transport = next(((o, t) for o, t in errors if isinstance(o, SmallerContext)), errors[0])
         return error, transport and not verdicts
 
     def _naming(self) -> bool:
@@ -816,9 +937,89 @@ class OpenAIGen:
                         f"guard server at {self._where} did not list its models within the deadline"
                     ) from None
                 lookup.result()  # it ended as this check's deadline did: its outcome
-        if self.max_context is not None:
-            return self.max_context
-        return self._served_context or self._fallback_context
+        context = self.max_context if self.max_context is not None else self._served_context or self._fallback_context
+        return context if self._cut_context is None else min(context, self._cut_context)
+
+    async def _settle(self, wire: _Wire, url: str, unsure: _Unsure, deadline: _Deadline) -> Outcome:
+        """The outcome of an answer that counted fewer tokens than the official prompt has: a `PromptCut` when the
+        engine counts the official prompt (so it cut this one), else the answer. Which, is asked once per client
+        with the shortest check, whose count is nearly all template; checks that come meanwhile wait for it."""
+        if self._counts_our_template is None:
+            probe = wire.probe
+            if probe is None or probe.done():
+                probe = wire.probe = asyncio.ensure_future(self._ask_template(wire, url, deadline))
+                probe.add_done_callback(_retrieved)
+            try:
+                await asyncio.wait_for(asyncio.shield(probe), deadline.left())
+            except asyncio.TimeoutError:
+                return GuardTimeout(f"guard server at {url} did not answer within the deadline")
+            except Exception as exc:  # noqa: BLE001 - this answer's outcome: unknown whether it was cut
+                return VerdictParseError(
+                    f"guard server at {url} read {unsure.kept} tokens of a prompt of {unsure.full} or more as the "
+                    f"official template counts; asking whether it cut the prompt failed: {exc}"[:400]
+                )
+        if self._counts_our_template:
+            return PromptCut(url, unsure.kept, unsure.full)
+        return unsure.outcome
+
+    async def _ask_template(self, wire: _Wire, url: str, deadline: _Deadline) -> None:
+        """Sends the shortest check (a prompt "Hi") as text and sets `_counts_our_template` from its count."""
+        context = await self._context(wire, deadline)
+        plan = await asyncio.to_thread(self.planner.plan, [{"role": "user", "content": "Hi"}], context)
+        if plan.error is not None or not plan.checks:
+            raise plan.error or GuardUnavailable("no request to ask with")
+        check = plan.checks[0]
+        path, body = self._body(check, False)
+        self.requests_sent += 1
+        assert wire.in_flight is not None
+        async with wire.in_flight:
+            status, content = await self._exchange(wire, url + path, body, url)
+        if not isinstance(status, int):
+            raise status
+        kept = _prompt_tokens(json.loads(content))
+        if kept is None:
+            raise VerdictParseError("its answer counted no prompt tokens")
+        self._counts_our_template = kept >= check.least_tokens(False)[1]
+        logger.info(
+            "qwenguard: guard server at %s counts %d prompt tokens for the shortest check (the official prompt has "
+            "at least %d): %s",
+            url,
+            kept,
+            check.least_tokens(False)[1],
+            "its prompts are checked against the official prompt's length"
+            if self._counts_our_template
+            else "its template or tokenizer is not the official one; prompts are checked against their text",
+        )
+
+    def _cut(self, url: str, kept: int) -> None:
+        """A replica cut a prompt to ``kept`` tokens: its context is smaller than the one planned for, whatever
+        was given or published. Checks are planned for ``kept`` from now on (the engine read that many and
+        answered, so a prompt of ``kept - max_tokens`` fits), unless that cannot hold the guard prompt."""
+        if kept < self._context_floor:
+            if kept not in self._too_small:
+                self._too_small.add(kept)
+                logger.warning(
+                    "qwenguard: guard server at %s holds %d tokens of prompt, fewer than the guard prompt needs "
+                    "(at least %d, counted %s): every long check is a guard error until its context is raised%s",
+                    url,
+                    kept,
+                    self._context_floor,
+                    "by its tokenizer" if self.planner.encoder is not None else "as UTF-8 bytes",
+                    "" if self.planner.encoder is not None else " or the tokenizer is given (tokenizer=: exact counts)",
+                )
+            return
+        if self._cut_context is not None and kept >= self._cut_context:
+            return
+        self._cut_context = kept
+        logger.warning(
+            "qwenguard: guard server at %s cut a prompt to %d tokens (it judged only part of the text): planning "
+            "for a context of %d tokens from now on; pass max_context=%d, or raise the engine's context "
+            "(Ollama: num_ctx or OLLAMA_CONTEXT_LENGTH; llama.cpp: -c)",
+            url,
+            kept,
+            kept,
+            kept,
+        )
 
     async def _learn(self, wire: _Wire, deadline: _Deadline) -> None:
         self._served_context = await self._served_max_model_len(wire, deadline)
@@ -937,6 +1138,17 @@ class OpenAIGen:
         context = await self._context(wire, deadline)
         plans = await self._plan(conversations, context, deadline)
         results = await asyncio.gather(*(self._judge(wire, p, deadline) for p in plans))
+        for _ in range(_MAX_REPLANS):
+            # A check judged on a cut prompt is planned again, whole, for the smaller context it showed.
+            again = [i for i, (outcome, _) in enumerate(results) if isinstance(outcome, SmallerContext)]
+            smaller = await self._context(wire, deadline)
+            if not again or smaller >= context:
+                break
+            context = smaller
+            replans = await self._plan([conversations[i] for i in again], context, deadline)
+            redone = await asyncio.gather(*(self._judge(wire, p, deadline) for p in replans))
+            for i, result in zip(again, redone):
+                results[i] = result
         failed = [o for o, transport in results if transport and isinstance(o, BaseException)]
         if results and len(failed) == len(results):
             raise failed[0]  # nothing got through: the call as a whole failed

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import GuardTimeout, GuardUnavailable, QwenGuardError
+from ..formats.content import prepare_content
 from ..formats.prompts import moderation_mode, normalize_messages, render_prompt
 from ..formats.windows import (
     DEFAULT_MAX_WINDOW_TOKENS,
@@ -36,6 +37,7 @@ from ..formats.windows import (
     WindowPlanner,
 )
 from .after_fork import fork_safe_lock
+from .token_floor import lower_bound
 
 __all__ = [
     "WireCheck",
@@ -85,11 +87,26 @@ class ByteCounter:
 @dataclass(frozen=True)
 class WireCheck:
     """One request: the conversation it shows (a window's text as the judged turn) and, when the client has
-    the tokenizer and asked for them, the exact prompt ids the local guard runs for it."""
+    the tokenizer and asked for them, the exact prompt ids the local guard runs for it.
+
+    What an engine that read it whole counts for it (``usage.prompt_tokens``), at least: sent as ids, their
+    number. Sent as text, ``floor`` whatever template the engine puts around the messages (their text's
+    pieces, `token_floor.lower_bound`), and ``full`` when its template and tokenizer are the official ones
+    (the whole prompt as the local guard renders it: exact with the tokenizer, less a margin; else its
+    pieces). An answer that counts fewer than ``floor`` judged a cut prompt; fewer than ``full`` too, unless
+    the engine's template is not counted as ours (`OpenAIGen` asks it once)."""
 
     messages: tuple[dict[str, str], ...]
     mode: str  # "prompt" or "response"
     ids: tuple[int, ...] | None = None
+    floor: int = 0
+    full: int = 0
+
+    def least_tokens(self, as_ids: bool) -> tuple[int, int]:
+        """(floor, full): the fewest prompt tokens an engine that read this request whole counts for it."""
+        if as_ids and self.ids is not None:
+            return len(self.ids), len(self.ids)
+        return self.floor, max(self.floor, self.full)
 
 
 @dataclass(frozen=True)
@@ -166,8 +183,34 @@ class RemotePlanner:
             return CheckPlan((), mode, GuardUnavailable(f"{exc}{how}"))
         with_ids = ids and self.encoder is not None
         return CheckPlan(
-            tuple(WireCheck(tuple(w.messages), mode, tuple(w.ids) if with_ids else None) for w in windows), mode
+            tuple(
+                WireCheck(
+                    tuple(w.messages),
+                    mode,
+                    tuple(w.ids) if with_ids else None,
+                    _floor(w.messages),
+                    _full(w.messages, len(w.ids) if self.encoder is not None else None),
+                )
+                for w in windows
+            ),
+            mode,
         )
+
+
+def _full(messages: Sequence[dict[str, str]], exact: int | None) -> int:
+    """`WireCheck.full`: the official prompt's tokens, ``exact`` (counted by the tokenizer) less 1/256 and 4 (a
+    newline an engine's rendering may differ by), or its pieces."""
+    if exact is not None:
+        return max(0, exact - exact // 256 - 4)
+    return lower_bound([render_prompt(list(messages))])
+
+
+def _floor(messages: Sequence[dict[str, str]]) -> int:
+    """`WireCheck.floor`: the messages' text only, as the prompt holds it, in either mode. The template is
+    not counted: an engine's chat template may differ from ours, and a tokenizer may hold the template's
+    text as added tokens (the demo's does), but no template drops what it is given. 2 pieces of each text
+    may merge with the template's text at its edges."""
+    return lower_bound((prepare_content(m["content"]) for m in messages), slack_per_text=2)
 
 
 def _stop_at(deadline: float | None) -> Callable[[], None] | None:
