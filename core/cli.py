@@ -484,7 +484,8 @@ def eval_(
         None,
         "--remote",
         help="Evaluate a served model: OpenAI-compatible base URL, "
-        "e.g. http://127.0.0.1:8000/v1 (vLLM, SGLang, qwenguard serve).",
+        "e.g. http://127.0.0.1:8000/v1 (vLLM, SGLang, qwenguard serve); replicas of one model "
+        "separated by commas.",
     ),
     api_key: str | None = typer.Option(
         None, "--api-key", envvar="QWENGUARD_API_KEY", help="Bearer token for --remote."

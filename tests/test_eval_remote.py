@@ -71,3 +71,15 @@ def test_errors_show_in_the_progress_as_they_happen(tmp_path):
         assert res.exit_code == 0, res.output
         assert "4 errors" in res.output
         assert "guard error: VerdictParseError" in res.output and "expected 2 or 3 lines" in res.output
+
+
+def test_replicas_separated_by_commas_share_the_rows(tmp_path):
+    """``--remote A,B`` was taken as one URL (a ValueError on the comma-joined host): replicas of one model, as
+    `Guard.remote([A, B])` takes them; every row judged, the requests spread over both."""
+    with recording_engine() as first, recording_engine() as second:
+        res = _eval(f"{first.url}, {second.url}", tmp_path)
+        assert res.exit_code == 0, res.output
+        report = json.loads((tmp_path / "report.json").read_text())
+        assert report["meta"]["errors"] == 0 and report["meta"]["rows"] == ROWS
+        assert first.posts() and second.posts()
+        assert len(first.posts()) + len(second.posts()) == ROWS

@@ -62,6 +62,13 @@ _STAGES = ("prompt", "response", "tool_call", "tool_result", "retrieval")
 LIST_MODELS_TIMEOUT_S = 10.0
 
 
+def replica_urls(remote: str) -> str | list[str]:
+    """``--remote``'s value: one base URL, or replicas of one model separated by commas (`Guard.remote` takes
+    the list: each request goes to the least busy, a failed one is retried on another)."""
+    urls = [u.strip() for u in remote.split(",") if u.strip()]
+    return urls if len(urls) > 1 else remote.strip()
+
+
 def _check_remote(base_url: str, api_key: str | None) -> None:
     """What no request to ``--remote`` could carry, said in the CLI's words."""
     from ..backends.openai_wire import api_key_problem
@@ -70,7 +77,7 @@ def _check_remote(base_url: str, api_key: str | None) -> None:
     if api_key and (problem := api_key_problem(api_key)):
         raise QwenGuardError(f"{problem} (--api-key or QWENGUARD_API_KEY)")
     try:
-        base_urls(base_url)
+        base_urls(replica_urls(base_url))
     except ValueError as exc:
         raise QwenGuardError(f"--remote: {exc}") from None
 
@@ -112,7 +119,7 @@ def _guard(
     # they wait, so a slow engine makes the run slower, not every row an error. Retries stay bounded.
     # logprobs give P(unsafe) for ROC-AUC and the threshold sweep where the server returns them.
     guard = Guard.remote(
-        remote,
+        replica_urls(remote),
         model=model,  # None: the one model the server lists (`_learn_served_model`)
         api_key=api_key,
         policy=Policy(timeout_s=None),
