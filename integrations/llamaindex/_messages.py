@@ -406,13 +406,15 @@ def react_actions(text: str) -> list[ToolSelection]:
     (`_react_pick`: the first after a leading ``Thought: ``, else the last), then the others in order, up to
     `MAX_REACT_ACTIONS` more. As there, an action's arguments run from the first ``{`` after its
     ``Action Input:`` to the last ``}`` of the text. Arguments that are not strict JSON (the agent reads them
-    leniently, with ``dirtyjson``) are judged as their text with its escapes decoded."""
+    leniently, with ``dirtyjson``) are judged as their text with its escapes decoded.
+
+    Linear in the text however many ``Action Input:`` lines it has: each search resumes where the last one
+    stopped (the cap counts actions added, not lines read)."""
     last_brace = text.rfind("}")
     actions: list[ToolSelection] = []
     starts: set[int] = set()
 
-    def add(named: int, at: int) -> None:
-        start = text.find("{", at)
+    def add(named: int, at: int, start: int) -> None:
         if start < 0 or start > last_brace or start in starts:  # inputs sharing a brace share their arguments
             return
         starts.add(start)
@@ -427,11 +429,19 @@ def react_actions(text: str) -> list[ToolSelection]:
         actions.append(_selection(f"react-{len(actions)}", name.group() if name else "tool", decoded))
 
     if (picked := _react_pick(text, last_brace)) is not None:
-        add(*picked)
-    first = text.find("\nAction:")
-    at = text.find("\nAction Input:", first) if first >= 0 else -1
+        add(*picked, text.find("{", picked[1]))
+    named = text.find("\nAction:")  # the last action line before the input line ``at``
+    at = text.find("\nAction Input:", named) if named >= 0 else -1
+    brace = -1  # the first ``{`` at or after ``at``
     while at >= 0 and len(actions) <= MAX_REACT_ACTIONS:
-        add(text.rfind("\nAction:", 0, at + 1), at)
+        if brace < at:  # else no ``{`` lies between the last input line and this one: the same brace
+            brace = text.find("{", at)
+        if brace < 0 or brace > last_brace:  # nor can any later input line have arguments
+            break
+        if brace not in starts:
+            # Searched from the last action line found, not from the text's start: at most once per action added.
+            named = text.rfind("\nAction:", named, at + 1)
+            add(named, at, brace)
         at = text.find("\nAction Input:", at + 1)
     return actions
 
@@ -507,11 +517,18 @@ def _unparsed_arguments(message: ChatMessage) -> dict[str, list[tuple[str, str]]
     for b in message.blocks:
         if isinstance(b, ToolCallBlock) and isinstance(b.tool_kwargs, str) and not _is_object(b.tool_kwargs):
             found.setdefault(b.tool_call_id or f"block-{len(found)}", []).append((b.tool_name, b.tool_kwargs))
+    # Each id's texts as a set, for one lookup per entry: comparing with every earlier text of the id is
+    # quadratic in a history that gives thousands of calls one id.
+    seen: dict[str, set[str]] = {}
     for call in message.additional_kwargs.get("tool_calls") or ():
         call_id, name, text = _call_parts(call)
         if isinstance(text, str) and not _is_object(text):
-            texts = found.setdefault(str(call_id or f"call-{len(found)}"), [])
-            if all(text != seen for _, seen in texts):  # a block and its kwargs entry: one text, judged once
+            key = str(call_id or f"call-{len(found)}")
+            texts = found.setdefault(key, [])
+            if key not in seen:
+                seen[key] = {t for _, t in texts}
+            if text not in seen[key]:  # a block and its kwargs entry: one text, judged once
+                seen[key].add(text)
                 texts.append((str(name or "tool"), text))
     return found
 
