@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import add_ai_message_chunks
 from qwenguard.core import Decision, Guard, GuardUnavailable, GuardViolation
 from qwenguard.core.streaming.gen_windows import RELEASE_UNITS
 from qwenguard.core.streaming.wakeup import UpstreamRace, UpstreamReader
@@ -160,6 +161,29 @@ def _add(whole: Any, chunk: Any, budget: int) -> Any:
         ) from error
 
 
+def _merges(value: Any) -> bool:
+    """Is ``value + chunk`` (a message chunk after it) `add_ai_message_chunks`, which adds many in one pass?"""
+    return isinstance(value, AIMessageChunk) and type(value).__add__ is AIMessageChunk.__add__
+
+
+def _sum(whole: Any, run: list[AIMessageChunk], budget: int) -> Any:
+    """``whole`` (``None`` or a chunk that `_merges`) and then each chunk of ``run``, as `_add` adds them one by one.
+
+    Added in one pass: `add_ai_message_chunks` folds the chunks left to right, as the sums one at a time do, but
+    builds (and parses the tool-call arguments of) one message, not one per chunk, which made a stream quadratic in
+    its arguments' length. A run LangChain cannot add whole is added one chunk at a time after all, so that `_add`
+    decides for the chunk it cannot add, as it did."""
+    first, rest = (run[0], run[1:]) if whole is None else (whole, run)
+    if not rest:
+        return first
+    try:
+        return add_ai_message_chunks(first, *rest)
+    except (TypeError, ValueError):
+        for chunk in run:
+            whole = _add(whole, chunk, budget)
+        return whole
+
+
 def _judged_at_end(chunk: Any, budget: int) -> bool:
     return _has_tool_calls(chunk) or _quotes(chunk, budget)
 
@@ -237,8 +261,17 @@ class HeldStream:
         self.window_chars = window_chars
         self.min_chars = min_chars
         self.history_turns = history_turns
-        #: The whole answer as streamed (chunks added up), once the stream ended.
-        self.whole: Any = None
+        # The chunks added up so far (`_add`), and the message chunks after them, added only when the whole is read.
+        self._whole: Any = None
+        self._run: list[AIMessageChunk] = []
+
+    @property
+    def whole(self) -> Any:
+        """The whole answer as streamed (chunks added up), once the stream ended."""
+        if self._run:
+            run, self._run = self._run, []
+            self._whole = _sum(self._whole, run, self.guard.max_chars)
+        return self._whole
 
     def _open(self, *, asynchronous: bool) -> Screen:
         return open_screen(
@@ -294,7 +327,12 @@ class HeldStream:
         text = chunk_text(chunk)
         fed += len(text)
         held.append((fed, self._holds_to_end(chunk, held), chunk))
-        self.whole = _add(self.whole, chunk, self.guard.max_chars)
+        # Nothing reads the whole before the stream ended: message chunks wait in a list to be added in one pass
+        # (`_sum`); a sum one at a time copies (and LangChain parses) the tool-call arguments so far at every chunk.
+        if _merges(chunk) and (self._run or self._whole is None or _merges(self._whole)):
+            self._run.append(chunk)
+        else:
+            self._whole = _add(self.whole, chunk, self.guard.max_chars)
         return fed, text
 
     @staticmethod

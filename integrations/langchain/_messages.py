@@ -36,6 +36,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -46,6 +47,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage, convert_to_messages
 from qwenguard.core import InputTooLarge, Stage
 from qwenguard.core.formats.conversations import (
+    _json_parts,
     prompt_conversation,
     response_conversation,
     tool_call_conversation,
@@ -294,21 +296,36 @@ def _json_text(value: Any, budget: int = DEFAULT_MAX_CHARS) -> list[str]:
 
 
 def _strings(value: Any, parent: Mapping[str, Any] | None = None, key: str = "") -> list[str]:
-    if _is_json(parent, key):
-        return _json_text(value)
-    if isinstance(value, str):
-        text = _leaf_text(value, parent, key)
-        return [] if text is None else [text]
-    if isinstance(value, _BYTES):
-        text = _bytes_text(value)
-        return [] if text is None else [text]
-    if isinstance(value, Mapping):
-        if value.get("type") in _TOOL_CALL_KINDS:
-            return []
-        return [s for k, v in value.items() if k != "annotations" for s in _strings(v, value, k)]
-    if isinstance(value, (list, tuple)):
-        return [s for v in value for s in _strings(v)]
-    return []
+    """The text of the strings in ``value``, in order (`_leaf_text`; a tool call and ``annotations`` left out).
+
+    Walked without recursion: a client's block can nest a mapping deeper than Python's recursion limit, and its
+    strings are judged all the same. A walk past ``DEFAULT_MAX_CHARS`` items (an object built in process can hold
+    itself) raises `InputTooLarge`: what is left must not go out unjudged."""
+    texts: list[str] = []
+    stack: list[tuple[Any, Mapping[str, Any] | None, Any]] = [(value, parent, key)]  # (item, its mapping, its key)
+    for _ in range(DEFAULT_MAX_CHARS):
+        if not stack:
+            break
+        item, parent, key = stack.pop()
+        if _is_json(parent, key):
+            texts += _json_text(item)
+            continue
+        text = None
+        if isinstance(item, str):
+            text = _leaf_text(item, parent, key)
+        elif isinstance(item, _BYTES):
+            text = _bytes_text(item)
+        elif isinstance(item, Mapping):
+            kind = item.get("type")
+            if not (isinstance(kind, str) and kind in _TOOL_CALL_KINDS):  # a kind may be any JSON, a list too
+                stack.extend(reversed([(v, item, k) for k, v in item.items() if k != "annotations"]))
+        elif isinstance(item, (list, tuple)):
+            stack.extend(reversed([(v, None, "") for v in item]))
+        if text is not None:
+            texts.append(text)
+    if stack:
+        raise InputTooLarge(f"a block holds over {DEFAULT_MAX_CHARS} items: it cannot be judged whole")
+    return texts
 
 
 #: The keys of a plain text block: LangChain's ``.text`` is all of it a provider sends.
@@ -855,7 +872,12 @@ def tool_arguments(tool_call: Mapping[str, Any]) -> Mapping[str, Any] | str:
         except (ValueError, RecursionError):
             return args
         return parsed if isinstance(parsed, Mapping) else args
-    return {} if args is None else str(args)
+    if args is None:
+        return {}
+    try:
+        return str(args)
+    except RecursionError:  # a list nested deeper than Python's recursion limit: its JSON, written from a stack
+        return "".join(_json_parts(args))
 
 
 def input_items(
@@ -961,7 +983,10 @@ def _prefix_text(message: BaseMessage) -> str:
         return prefix if prefix.strip() else ""
     if prefix is None or isinstance(prefix, (bool, int, float)):
         return ""
-    return json.dumps(prefix, ensure_ascii=False, default=str)
+    try:
+        return json.dumps(prefix, ensure_ascii=False, default=str)
+    except RecursionError:  # nested deeper than Python's recursion limit: the same text, written from a stack
+        return "".join(_json_parts(prefix))
 
 
 def _call_names(message: BaseMessage) -> dict[str, str]:
@@ -1073,13 +1098,13 @@ def answer_tool_calls(message: Any) -> list[Mapping[str, Any]]:
     legacy = extra.get("function_call") if isinstance(extra, Mapping) else None
     if isinstance(legacy, Mapping):
         calls.append({"name": legacy.get("name"), "args": legacy.get("arguments"), "type": "function_call"})
-    known: dict[Any, list[Mapping[str, Any]]] = {}
+    known: dict[Any, _Twins] = {}
     for call in [*parsed, *(getattr(message, "tool_call_chunks", None) or ())]:
         if isinstance(call, Mapping):
             if call.get("id") is not None:
-                known.setdefault(("id", call["id"]), []).append(call)
+                known.setdefault(("id", call["id"]), _Twins()).add(call)
             if call.get("index") is not None:
-                known.setdefault(("index", call["index"]), []).append(call)
+                known.setdefault(("index", call["index"]), _Twins()).add(call)
     # Argument text as streamed that writes a key twice: LangChain's parse keeps the last value, the text holds
     # both, and the consumer gets the text: judged as written (unparsed calls' text is, with them: `tool_arguments`).
     for call in getattr(message, "tool_call_chunks", None) or ():
@@ -1150,7 +1175,7 @@ _RAW_LABELS = frozenset({"id", "index", "type"})
 _RAW_FUNCTION = frozenset({"name", "arguments"})
 
 
-def _raw_calls(raw: Sequence[Any], known: Mapping[Any, list[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+def _raw_calls(raw: Sequence[Any], known: Mapping[Any, _Twins]) -> list[dict[str, Any]]:
     """The raw ``additional_kwargs["tool_calls"]`` entries of an answer as calls to judge. ChatMistralAI keeps them
     beside the parsed calls, and the consumer gets both: an entry no parsed call mirrors
     (`_mirrored`: LangChain could not parse it, or parsed it to an empty call) is judged whole, as the call it names
@@ -1208,7 +1233,7 @@ def _block_calls(block: Mapping[str, Any]) -> list[dict[str, Any]]:
     values: list[Any] = []
     for key in _ARG_KEYS:
         value = block.get(key)
-        if value is not None and value not in values:
+        if value is not None and not _among(value, values):
             values.append(value)
     partial = block.get("partial_json")
     streamed = isinstance(partial, str) and bool(partial.strip()) and values in ([], [{}])
@@ -1230,8 +1255,18 @@ def _block_calls(block: Mapping[str, Any]) -> list[dict[str, Any]]:
     }
     if others:
         values.append(others)
-    values += [v for v in _promoted(block) if v not in values]
+    values += [v for v in _promoted(block) if not _among(v, values)]
     return [_call_of(block, args) for args in values or [None]]
+
+
+def _among(value: Any, values: list[Any]) -> bool:
+    """``value in values``, also for values nested deeper than Python's recursion limit (compared as `_canonical`
+    texts then; a value that has none is among only itself, so it is judged once more, never left out)."""
+    try:
+        return value in values
+    except RecursionError:
+        key = _canonical(value)
+        return any(v is value or (key and _canonical(v) == key) for v in values)
 
 
 #: The keys of a tool-call block that `_block_calls` reads as the call itself.
@@ -1251,28 +1286,131 @@ def beyond_its_parse(text: str) -> bool:
     return False
 
 
+def _parsed_args(args: Any) -> Any:
+    """Arguments as `_mirrored` compares them: text parsed (text writing a key twice says more than its parse: kept
+    as written), ``None`` as no arguments."""
+    if isinstance(args, str):
+        try:
+            args = json.loads(args, strict=False, object_pairs_hook=pairs_once) if args.strip() else {}
+        except (ValueError, RecursionError):
+            return args
+    return {} if args is None else args
+
+
 def _same_args(a: Any, b: Any) -> bool:
-    def norm(args: Any) -> Any:
-        if isinstance(args, str):
-            try:  # text writing a key twice says more than its parse: compared as written
-                args = json.loads(args, strict=False, object_pairs_hook=pairs_once) if args.strip() else {}
-            except (ValueError, RecursionError):
-                return args
-        return {} if args is None else args
-
-    return a == b or norm(a) == norm(b)
+    return a == b or _parsed_args(a) == _parsed_args(b)
 
 
-def _mirrored(call: Mapping[str, Any], known: Mapping[Any, list[Mapping[str, Any]]]) -> bool:
+def _same_call(other: Mapping[str, Any], call: Mapping[str, Any]) -> bool:
+    return (other.get("name") or "") == (call.get("name") or "") and _same_args(other.get("args"), call.get("args"))
+
+
+#: `_canonical` of a value equal to nothing, not even itself (a float NaN, as ``==`` compares it): matches no call.
+_UNEQUAL = ""
+
+
+def _canonical(value: Any, *, fresh: bool = False) -> str | None:
+    """A text two values share exactly when they are equal (``==``), for what JSON holds (mappings with string keys,
+    lists, tuples, strings, numbers, booleans, ``None``): calls are matched by a lookup, not each with each. ``None``
+    for anything else or past ``DEFAULT_MAX_CHARS`` items (compared with ``==`` then). Written without recursion.
+
+    As ``==``: ``1``, ``1.0`` and ``True`` are one number; a mapping's order does not count; a NaN inside a list or
+    mapping equals only itself (Python compares identity first), a NaN alone equals nothing (`_UNEQUAL`), nor does
+    a value holding a NaN with ``fresh`` (just parsed: no other value holds its NaN, and once it is dropped another
+    one may take its place in memory)."""
+    if type(value) is float and value != value:
+        return _UNEQUAL
+    parts: list[str] = []
+    stack: list[tuple[str | None, Any]] = [(None, value)]  # (a closing token, or None and a value to write)
+    for _ in range(DEFAULT_MAX_CHARS):
+        if not stack:
+            return "".join(parts)
+        token, item = stack.pop()
+        kind = type(item)
+        if token is not None:
+            parts.append(token)
+        elif kind is str:
+            parts.append(repr(item))
+        elif kind is bool or kind is int:
+            parts.append(f"#{int(item):x}")  # hex: Python caps the decimal digits an int may print
+        elif kind is float:
+            if item != item:
+                if fresh:
+                    return _UNEQUAL
+                parts.append(f"n{id(item):x}")
+            elif math.isinf(item):
+                parts.append(f"#{item}")
+            else:
+                parts.append(f"#{int(item):x}" if item.is_integer() else f"#{item.hex()}")
+        elif item is None:
+            parts.append("N")
+        elif kind is list or kind is tuple:
+            parts.append("[" if kind is list else "(")
+            stack.append(("]" if kind is list else ")", None))
+            for v in reversed(item):
+                stack += [(",", None), (None, v)]
+        elif kind is dict and all(type(k) is str for k in item):
+            parts.append("{")
+            stack.append(("}", None))
+            for k in sorted(item, reverse=True):
+                stack += [(",", None), (None, item[k]), (f"{k!r}:", None)]
+        else:
+            return None
+    return None
+
+
+def _call_keys(call: Mapping[str, Any]) -> set[tuple[str, str]] | None:
+    """A call's name with its arguments as written and as parsed (`_canonical`), the lookups `_Twins` matches on
+    (``None``: not JSON's, compared with ``==``)."""
+    args = call.get("args")
+    name, written = _canonical(call.get("name") or ""), _canonical(args)
+    parsed = _canonical(_parsed_args(args), fresh=isinstance(args, str))
+    if name is None or written is None or parsed is None:
+        return None
+    return {(name, t) for t in ("w" + written if written else "", "p" + parsed if parsed else "") if t}
+
+
+class _Twins:
+    """The calls of an answer that share one id (or one index): what `_mirrored` compares a block's call with. Each is
+    read once (`_call_keys`), so an answer of many calls and blocks with one id costs a lookup per block, not a
+    comparison (and a parse of its arguments) with each call."""
+
+    def __init__(self) -> None:
+        self.calls: list[Mapping[str, Any]] = []
+        self._keys: set[tuple[str, str]] | None = None
+        self._odd: list[Mapping[str, Any]] = []  # calls with what is not JSON's (`_canonical`): compared with ``==``
+
+    def add(self, call: Mapping[str, Any]) -> None:
+        self.calls.append(call)
+        self._keys = None
+
+    def mirror(self, call: Mapping[str, Any]) -> bool:
+        """Is one of these calls ``call`` (same name, same arguments as written or as parsed: `_same_call`)?"""
+        keys = _call_keys(call)
+        if keys is None:
+            return any(_same_call(other, call) for other in self.calls)
+        if self._keys is None:
+            self._keys, self._odd = set(), []
+            for other in self.calls:
+                found = _call_keys(other)
+                if found is None:
+                    self._odd.append(other)
+                else:
+                    self._keys |= found
+        return not keys.isdisjoint(self._keys) or any(_same_call(other, call) for other in self._odd)
+
+
+def _mirrored(call: Mapping[str, Any], known: Mapping[Any, _Twins]) -> bool:
     """Is this block's call one already in ``tool_calls``, ``invalid_tool_calls`` or ``tool_call_chunks``
     (same id, or same index for an id-less streamed piece; same name; same arguments)? LangChain keeps a
     ``tool_call`` block (``output_version="v1"``), Anthropic's ``tool_use`` and the Responses API's
     ``function_call`` beside the parsed call: judged once. A block that differs from its call is judged too."""
     key = ("id", call["id"]) if call.get("id") is not None else ("index", call.get("index"))
-    return any(
-        (other.get("name") or "") == (call.get("name") or "") and _same_args(other.get("args"), call.get("args"))
-        for other in known.get(key, ())
-    )
+    try:
+        twins = known.get(key)
+    except TypeError:  # an id that is a list or a mapping: no parsed call has it
+        return False
+    return twins is not None and twins.mirror(call)
 
 
 def is_update_pairs(update: Any) -> bool:
