@@ -43,6 +43,10 @@ DEFAULT_MAX_CHARS = 1_000_000
 #: Messages one check accepts. Only the newest turns that fit a window are ever tokenized, but each
 #: message is still validated, cleaned and hashed; a long LlamaIndex chat history (600 exchanges) fits.
 DEFAULT_MAX_MESSAGES = 4096
+#: Checks one call may send to the model (after the cache): a history of thousands of tool calls each a check
+#: of its own cost a forward each (16,003 for one LlamaIndex history of 1 MB, rt48c), where one text of the
+#: same size is a few windows.
+DEFAULT_MAX_CHECKS = 4096
 #: Calls at once when a failed batch is judged again item by item (see `Guard._one_by_one_after`).
 RETRY_CONCURRENCY = 8
 
@@ -145,8 +149,9 @@ class Guard:
     >>> guard.check_prompt("How can I make a bomb at home?").allowed  # doctest: +SKIP
     False
 
-    Limits (``docs/guard.md``): ``max_chars`` (all turns of one check, default 1,000,000) and
-    ``max_messages`` (default 4,096) here, ``max_windows`` on the local backend (default 256). A check
+    Limits (``docs/guard.md``): ``max_chars`` (all turns of one check, default 1,000,000),
+    ``max_messages`` (default 4,096) and ``max_checks`` (checks one call sends to the model, after the
+    cache: default 4,096) here, ``max_windows`` on the local backend (default 256). A check or call
     over a limit raises `InputTooLarge` (a ``ValueError``) to the caller, whatever ``on_error`` says:
     size alone never gets text through unjudged. The verdict cache holds at most ``cache_size``
     entries (default 4,096) and ``cache_bytes`` bytes (default 16 MiB).
@@ -162,13 +167,14 @@ class Guard:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         max_chars: int = DEFAULT_MAX_CHARS,
         max_messages: int = DEFAULT_MAX_MESSAGES,
+        max_checks: int = DEFAULT_MAX_CHECKS,
         listeners: Iterable[DecisionListener] = (),
         parallel_input: bool = False,
     ) -> None:
         if policy is not None and not isinstance(policy, Policy):
             raise TypeError(f"policy must be a Policy, got {type(policy).__name__}")
-        if max_chars < 1 or max_messages < 1:
-            raise ValueError("max_chars and max_messages must be >= 1")
+        if max_chars < 1 or max_messages < 1 or max_checks < 1:
+            raise ValueError("max_chars, max_messages and max_checks must be >= 1")
         self.backend = backend
         self.policy = policy or Policy()
         self.stream_backend = stream_backend
@@ -176,6 +182,7 @@ class Guard:
         self._closed = False  # set by close(): from then on the cache answers nothing either
         self.max_chars = max_chars
         self.max_messages = max_messages
+        self.max_checks = max_checks
         self.listeners: list[DecisionListener] = list(listeners)
         self.parallel_input = parallel_input
 
@@ -273,7 +280,15 @@ class Guard:
         other servers (vLLM or SGLang replicas for Gen, ``qwenguard serve`` replicas for Stream)."""
         from .backends.openai_gen import OpenAIGen
 
-        guard_keys = {"cache_size", "cache_bytes", "max_chars", "max_messages", "listeners", "parallel_input"}
+        guard_keys = {
+            "cache_size",
+            "cache_bytes",
+            "max_chars",
+            "max_messages",
+            "max_checks",
+            "listeners",
+            "parallel_input",
+        }
         guard_kwargs = {k: opts.pop(k) for k in list(opts) if k in guard_keys}
         context = None
         if verify is not None:
@@ -426,7 +441,7 @@ class Guard:
         """Check several conversations as one batch. ``items``: ``(stage, conversation)`` pairs, e.g.
         ``[("prompt", "How can I ...?"), ("response", [{"role": "user", ...}, {"role": "assistant", ...}])]``."""
         checks = [self._prepare(stage, conv) for stage, conv in _stage_items(items)]
-        pending = [c for c in checks if c.decision is None]
+        pending = self._pending(checks)
         outcome: list[Outcome] | BaseException = []
         if pending:
             outcome = self._classify(pending, self._timeout(pending))
@@ -440,7 +455,7 @@ class Guard:
     async def acheck_many(self, items: Sequence[tuple[Stage | str, Sequence[Message]]]) -> list[Decision]:
         """Async twin of `check_many`."""
         checks = [self._prepare(stage, conv) for stage, conv in _stage_items(items)]
-        pending = [c for c in checks if c.decision is None]
+        pending = self._pending(checks)
         outcome: list[Outcome] | BaseException = []
         if pending:
             outcome = await self._aclassify(pending, self._timeout(pending))
@@ -450,6 +465,17 @@ class Guard:
                 again = await self._aclassify([c for _, c in redo], self._timeout(pending))
                 outcome = _with_retried(outcome, redo, again)  # type: ignore[arg-type]
         return self._settle(checks, pending, outcome)
+
+    def _pending(self, checks: list[_Check]) -> list[_Check]:
+        """The checks the cache did not answer: what the call sends to the model, at most ``max_checks``."""
+        pending = [c for c in checks if c.decision is None]
+        if len(pending) > self.max_checks:
+            raise InputTooLarge(
+                f"{len(pending):,} checks to judge in one call exceed max_checks={self.max_checks:,} (a history of "
+                f"that many tool calls, documents or turns, each judged on its own); send fewer or raise "
+                f"Guard(max_checks=...)"
+            )
+        return pending
 
     def _classify(self, pending: Sequence[_Check], timeout: float | None) -> list[Outcome] | BaseException:
         try:

@@ -21,7 +21,7 @@ import pytest
 from faults import ScriptedBackend, keyword_verdict
 from llama_index.core.base.llms.types import ChatMessage, ToolCallBlock
 from llama_index.core.llms.mock import MockFunctionCallingLLM
-from qwenguard.core import Guard, GuardViolation, Policy, Stage, StagePolicy
+from qwenguard.core import Guard, GuardViolation, InputTooLarge, Policy, Stage, StagePolicy
 from qwenguard.integrations.llamaindex import GuardedLLM, _messages
 from qwenguard.integrations.llamaindex._messages import _unparsed_arguments, react_actions
 
@@ -208,3 +208,20 @@ def test_an_unsafe_text_among_thousands_of_same_id_calls_is_judged(unsafe: bool)
     with pytest.raises(GuardViolation) as stopped:
         llm.chat(history)
     assert stopped.value.decision.categories == ("Violent",)
+
+
+def test_a_history_of_more_calls_than_max_checks_is_refused_before_any_model_work() -> None:
+    """A client's history whose one turn carries 16,000 tool calls under one id cost 16,003 guard checks for one
+    1 MB request (rt48c F4, after the dedup above). The checks one call sends to the model are bounded by the
+    guard's ``max_checks`` (default 4,096): past it, `InputTooLarge` before any check, never a pass."""
+    entries = [{"id": "c", "function": {"name": "t", "arguments": f"x{i}"}} for i in range(5_000)]
+    history = [
+        ChatMessage(role="user", content="Hi."),
+        ChatMessage(role="assistant", content="", additional_kwargs={"tool_calls": entries}),
+        ChatMessage(role="user", content="Go on."),
+    ]
+    backend = ScriptedBackend(keyword_verdict)
+    llm = GuardedLLM(llm=replying("OK."), guard=Guard(backend, Policy(on_error="allow")))
+    with pytest.raises(InputTooLarge, match="max_checks"):
+        llm.chat(history)
+    assert backend.calls == []
