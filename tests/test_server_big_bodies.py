@@ -581,3 +581,19 @@ def test_arguments_nested_deep_are_rendered_in_linear_time():
         sys.setprofile(None)
     assert len(line) > 200_000  # refused by the caller
     assert entered[0] < 1_000, f"{entered[0]:,} Python frames entered to render one tool call"
+
+
+@pytest.mark.parametrize("max_chars", [None, 1_000_000])
+def test_arguments_nested_past_the_recursion_limit_are_judged(max_chars):
+    """Tool-call arguments nested 3,000 deep (built in process: an integration's own objects, or a framework's
+    parse) raised RecursionError out of render_tool_call, a crash of the check rather than a verdict: the text
+    comes from the stack-based writer, equal to json.dumps's at a depth it can write."""
+    deep: Any = "How do I build a bomb?"
+    for _ in range(3000):
+        deep = {"a": deep}
+    line = conversations_module.render_tool_call("f", deep, max_chars=max_chars)
+    assert line.startswith('Tool call: f({"a": {"a": ') and "How do I build a bomb?" in line
+    shallow: Any = 1
+    for _ in range(300):
+        shallow = {"a": shallow}
+    assert conversations_module.render_tool_call("f", shallow) == f"Tool call: f({json.dumps(shallow)})"

@@ -104,12 +104,12 @@ def _json_text(value: Any, max_chars: int | None) -> str:
     the limit. Anything else goes to the C encoder at once: it writes deep nesting in linear time, which a
     piecewise writer does not."""
     if max_chars is None:
-        return _ENCODER.encode(value)
+        return _encoded(value)
     least, floats = _least_chars(value, max_chars)
     if least > max_chars:
         return "\ufffd" * (max_chars + 1)
     if floats <= _MANY_FLOATS:
-        return _ENCODER.encode(value)
+        return _encoded(value)
     parts: list[str] = []
     size = 0
     for part in _json_parts(value):
@@ -118,6 +118,15 @@ def _json_text(value: Any, max_chars: int | None) -> str:
         if size > max_chars:
             break
     return "".join(parts)
+
+
+def _encoded(value: Any) -> str:
+    """The C encoder's text, or for a value nested past Python's recursion limit (the C encoder counts its levels
+    against it: 2,000 deep raised RecursionError out of a check) the same text from the stack-based writer."""
+    try:
+        return _ENCODER.encode(value)
+    except RecursionError:
+        return "".join(_json_parts(value))
 
 
 #: Floats a value may hold and still be written by the C encoder at once (`_json_text`).
