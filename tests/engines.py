@@ -144,12 +144,16 @@ def engine() -> Iterator[TransformersServe]:
 
 # -- a recording guard engine -------------------------------------------------------------------------------
 @functools.cache
-def _tokenizer(path: str | None = None) -> Any:
-    """A tokenizer.json's tokenizer; the demo checkpoint's by default (whose template blocks are added tokens)."""
+def _tokenizer(path: str | None = None, raw: bool = False) -> Any:
+    """A tokenizer.json's tokenizer; the demo checkpoint's by default (whose template blocks are added tokens).
+    ``raw``: without its NFC normaliser, as llama.cpp and Ollama read text."""
     from qwenguard.core.demo import DEMO_GEN_DIR
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(path or str(DEMO_GEN_DIR / "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(path or str(DEMO_GEN_DIR / "tokenizer.json"))
+    if raw:
+        tokenizer.normalizer = None
+    return tokenizer
 
 
 def qwen3_tokenizer_json() -> str:
@@ -159,28 +163,35 @@ def qwen3_tokenizer_json() -> str:
     return str(qwen3_tokenizer_dir() / "tokenizer.json")
 
 
-def prompt_ids(body: dict[str, Any], tokenizer: str | None = None) -> list[int]:
+def prompt_ids(
+    body: dict[str, Any], tokenizer: str | None = None, raw: bool = False, chatml: bool = False
+) -> list[int]:
     """The prompt's token ids as an engine with ``tokenizer`` (a tokenizer.json; the demo's by default) reads
     the request (chat: the official template around the messages, as the checkpoint's chat template renders
-    them)."""
+    them; ``chatml``: a community model's generic template, the messages and their roles alone)."""
     from qwenguard.core.formats.prompts import render_prompt
 
     prompt = body.get("prompt")
-    if "messages" in body:
+    if "messages" in body and chatml:
+        turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in body["messages"])
+        prompt = turns + "<|im_start|>assistant\n"
+    elif "messages" in body:
         prompt = render_prompt([{"role": m["role"], "content": m["content"]} for m in body["messages"]])
     if isinstance(prompt, list):
         return [int(i) for i in prompt]
-    return list(_tokenizer(tokenizer).encode(str(prompt), add_special_tokens=False).ids)
+    return list(_tokenizer(tokenizer, raw).encode(str(prompt), add_special_tokens=False).ids)
 
 
-def cut_prompt(body: dict[str, Any], keep: int, tokenizer: str | None = None) -> tuple[dict[str, Any], int]:
+def cut_prompt(
+    body: dict[str, Any], keep: int, tokenizer: str | None = None, raw: bool = False, chatml: bool = False
+) -> tuple[dict[str, Any], int]:
     """(the request as an engine that cuts prompts past ``keep`` tokens judges it, the tokens it read): the
     first 4 tokens and the tail, Ollama's way (its runner keeps ``numKeep`` tokens and drops the oldest)."""
-    ids = prompt_ids(body, tokenizer)
+    ids = prompt_ids(body, tokenizer, raw, chatml)
     if len(ids) <= keep:
         return body, len(ids)
     kept = ids[:4] + ids[len(ids) - (keep - 4) :]
-    text = _tokenizer(tokenizer).decode(kept, skip_special_tokens=False)
+    text = _tokenizer(tokenizer, raw).decode(kept, skip_special_tokens=False)
     if "messages" in body:
         return {**body, "messages": [{"role": body["messages"][-1]["role"], "content": text}]}, keep
     return {**body, "prompt": text}, keep
@@ -271,6 +282,11 @@ class RecordingEngine:
     # The tokenizer.json it counts with: the real Qwen3 one (a served Qwen3Guard counts so), or the demo's.
     tokenizer: str | None = field(default_factory=qwen3_tokenizer_json)
     n_ctx: int | None = None  # a prompt of this many tokens or more is refused 400, as `refusal` writes it
+    raw_text: bool = False  # count without NFC, as llama.cpp and Ollama read text
+    chatml: bool = False  # a community model's generic chat template (the messages alone), not the official one
+    # Ollama's context shift: a prompt that fits but leaves less than max_tokens of this context is read whole
+    # (and counted so), then the oldest tokens after the first 4 are dropped while the verdict is written.
+    shift_ctx: int | None = None
     refusal: str = "llama.cpp"  # or "vllm", "sglang": whose body a refused prompt gets
     requests: list[Seen] = field(default_factory=list)
     connections_opened: int = 0
@@ -362,17 +378,23 @@ class _EngineHandler(BaseHTTPRequestHandler):
         finally:
             if slots is not None:
                 slots.release()
-        if self.engine.n_ctx is not None:
-            counted = len(prompt_ids(body, self.engine.tokenizer))
+        engine = self.engine
+        if engine.n_ctx is not None:
+            counted = len(prompt_ids(body, engine.tokenizer, engine.raw_text, engine.chatml))
             if counted >= self.engine.n_ctx:
                 seen.status = 400
                 self._send(400, context_refusal(self.engine.refusal, counted, self.engine.n_ctx))
                 return
+        how = (engine.tokenizer, engine.raw_text, engine.chatml)
         read, prompt_tokens = (
-            cut_prompt(body, self.engine.keep_tokens, self.engine.tokenizer)
-            if self.engine.keep_tokens is not None
-            else (body, len(prompt_ids(body, self.engine.tokenizer)))
+            cut_prompt(body, engine.keep_tokens, *how)
+            if engine.keep_tokens is not None
+            else (body, len(prompt_ids(body, *how)))
         )
+        room = int(body.get("max_tokens") or 0)
+        if engine.shift_ctx is not None and prompt_tokens + room > engine.shift_ctx:
+            # Full while writing the verdict: Ollama discards half the context after the first 4 tokens.
+            read = cut_prompt(read, prompt_tokens - (engine.shift_ctx - 4) // 2, *how)[0]
         text = self.engine.answer(read)
         seen.status, seen.answered_at = 200, time.perf_counter()
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": 1}

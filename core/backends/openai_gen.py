@@ -94,7 +94,7 @@ from .openai_wire import (
     retry_after,
 )
 from .remote_loop import LoopThread
-from .remote_plan import DEFAULT_MAX_CONTEXT, ByteCounter, CheckPlan, RemotePlanner, WireCheck
+from .remote_plan import UNPUBLISHED_CONTEXT, ByteCounter, CheckPlan, RemotePlanner, WireCheck
 from .replicas import Replicas, attempt_budget, base_urls
 
 __all__ = [
@@ -480,7 +480,8 @@ class OpenAIGen:
             max_window_tokens=max_window_tokens,
             max_windows=max_windows,
         )
-        self._fallback_context = self._tokenizer_context() or DEFAULT_MAX_CONTEXT
+        self._fallback_context = min(self._tokenizer_context() or UNPUBLISHED_CONTEXT, UNPUBLISHED_CONTEXT)
+        self._said_fallback = False
         self._served_context: int | None = None  # learned from /models: 0 = not published
         # The least served context worth planning with: the guard prompt of a reply (the longer template,
         # counted as the planner counts), _MIN_SERVED_ROOM tokens of text and the answer.
@@ -534,7 +535,7 @@ class OpenAIGen:
     def _tokenizer_context(self) -> int | None:
         length = getattr(self.tokenizer, "model_max_length", None)
         if isinstance(length, int) and self.max_tokens + 16 < length < _SANE_CONTEXT:
-            return min(length, DEFAULT_MAX_CONTEXT)
+            return length
         return None
 
     # -- what goes on the wire ----------------------------------------------------------------
@@ -937,7 +938,17 @@ class OpenAIGen:
                         f"guard server at {self._where} did not list its models within the deadline"
                     ) from None
                 lookup.result()  # it ended as this check's deadline did: its outcome
-        context = self.max_context if self.max_context is not None else self._served_context or self._fallback_context
+        context = self.max_context if self.max_context is not None else self._served_context
+        if not context:
+            context = self._fallback_context
+            if not self._said_fallback:
+                self._said_fallback = True
+                logger.warning(
+                    "qwenguard: guard server at %s publishes no context (max_model_len) and none was given: planning "
+                    "for %d tokens; pass max_context= the engine's context (Ollama: num_ctx; llama.cpp: -c per slot)",
+                    self._where,
+                    context,
+                )
         return context if self._cut_context is None else min(context, self._cut_context)
 
     async def _settle(self, wire: _Wire, url: str, unsure: _Unsure, deadline: _Deadline) -> Outcome:
@@ -972,8 +983,10 @@ class OpenAIGen:
         path, body = self._body(check, False)
         self.requests_sent += 1
         assert wire.in_flight is not None
-        async with wire.in_flight:
-            status, content = await self._exchange(wire, url + path, body, url)
+        async with wire.in_flight:  # bounded as an attempt is: an engine that drips its answer keeps no check waiting
+            status, content = await asyncio.wait_for(
+                self._exchange(wire, url + path, body, url), self.connect_timeout_s + self.read_timeout_s
+            )
         if not isinstance(status, int):
             raise status
         kept = _prompt_tokens(json.loads(content))

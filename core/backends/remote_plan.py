@@ -37,7 +37,7 @@ from ..formats.windows import (
     WindowPlanner,
 )
 from .after_fork import fork_safe_lock
-from .token_floor import lower_bound
+from .token_floor import lower_bound, nfc_growth
 
 __all__ = [
     "WireCheck",
@@ -45,13 +45,16 @@ __all__ = [
     "RemotePlanner",
     "ByteCounter",
     "byte_bound",
-    "DEFAULT_MAX_CONTEXT",
+    "UNPUBLISHED_CONTEXT",
     "MAX_REQUEST_MESSAGES",
 ]
 
-#: Context assumed when neither the caller, the engine nor the tokenizer says: the served context of
-#: Qwen3Guard-Gen in the official vLLM and SGLang recipes (``--max-model-len 32768``).
-DEFAULT_MAX_CONTEXT = 32768
+#: Context assumed when neither the caller nor the engine says (vLLM and SGLang publish theirs; Ollama,
+#: llama.cpp and transformers serve do not): Ollama's default ``num_ctx``. Past its context Ollama cuts a prompt
+#: silently, and past it during generation shifts the context out from under the verdict; a cut of text the
+#: client cannot count (no tokenizer, or text that makes many tokens per word) may go unseen, so without a
+#: context given the windows are planned small enough that no such engine holds less.
+UNPUBLISHED_CONTEXT = 4096
 #: Turns one request shows at most: what ``qwenguard serve`` takes by default (``--max-messages``). Earlier
 #: turns are context, left out as the planner leaves out turns past the context; the judged turn is last.
 MAX_REQUEST_MESSAGES = 256
@@ -188,7 +191,7 @@ class RemotePlanner:
                     tuple(w.messages),
                     mode,
                     tuple(w.ids) if with_ids else None,
-                    _floor(w.messages),
+                    _floor(w.messages, self.encoder),
                     _full(w.messages, len(w.ids) if self.encoder is not None else None),
                 )
                 for w in windows
@@ -198,19 +201,27 @@ class RemotePlanner:
 
 
 def _full(messages: Sequence[dict[str, str]], exact: int | None) -> int:
-    """`WireCheck.full`: the official prompt's tokens, ``exact`` (counted by the tokenizer) less 1/256 and 4 (a
-    newline an engine's rendering may differ by), or its pieces."""
+    """`WireCheck.full`: the official prompt's tokens, ``exact`` (counted by the tokenizer, which normalises to
+    NFC: less what that adds, `nfc_growth`) less 1/256 and 4 (a newline an engine's rendering may differ by), or
+    its pieces."""
     if exact is not None:
-        return max(0, exact - exact // 256 - 4)
+        grown = sum(nfc_growth(prepare_content(m["content"])) for m in messages)
+        return max(0, exact - exact // 256 - 4 - grown)
     return lower_bound([render_prompt(list(messages))])
 
 
-def _floor(messages: Sequence[dict[str, str]]) -> int:
+def _floor(messages: Sequence[dict[str, str]], encoder: Any = None) -> int:
     """`WireCheck.floor`: the messages' text only, as the prompt holds it, in either mode. The template is
     not counted: an engine's chat template may differ from ours, and a tokenizer may hold the template's
-    text as added tokens (the demo's does), but no template drops what it is given. 2 pieces of each text
-    may merge with the template's text at its edges."""
-    return lower_bound((prepare_content(m["content"]) for m in messages), slack_per_text=2)
+    text as added tokens (the demo's does), but no template drops what it is given. Counted by the tokenizer
+    when the client has it (exact, less what NFC adds: `nfc_growth`), else as pieces (`lower_bound`: text
+    that makes many tokens a word, random letters, base64, CJK, counts far below its tokens). 2 tokens of each
+    text may merge with the template's text at its edges."""
+    texts = [prepare_content(m["content"]) for m in messages]
+    if encoder is None:
+        return lower_bound(texts, slack_per_text=2)
+    counted = sum(max(0, int(encoder.content_token_count(t)) - 2 - nfc_growth(t)) for t in texts)
+    return counted - counted // 256
 
 
 def _stop_at(deadline: float | None) -> Callable[[], None] | None:
