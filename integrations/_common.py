@@ -16,6 +16,7 @@ from qwenguard.core.errors import InputTooLarge
 from qwenguard.core.formats.media import SNIFF_BYTES, base64_as_text, bytes_as_text
 
 __all__ = [
+    "Kinds",
     "BOOKKEEPING_KEYS",
     "Bounded",
     "IDENTIFIER",
@@ -29,6 +30,18 @@ __all__ = [
     "reply_strings",
     "require_guard",
 ]
+
+
+class Kinds(frozenset[object]):
+    """The words a field may name (a block's ``type``, a message's role): a value that cannot be hashed (a client's
+    JSON may put a list or an object there) is none of them, where a frozenset raises TypeError out of the check."""
+
+    def __contains__(self, value: object) -> bool:
+        try:
+            return frozenset.__contains__(self, value)
+        except TypeError:
+            return False
+
 
 #: An id or label a provider class sends that is no text a model reads as words (up to 64 letters, digits, ``_.:-``):
 #: a tool call's id, a content block's type.

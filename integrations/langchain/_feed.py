@@ -24,6 +24,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .._common import Kinds
 from ._messages import answer_text, answer_tool_calls, block_text, message_text
 from ._streaming import Screen
 
@@ -32,9 +33,9 @@ __all__ = ["StreamFeed", "Piece"]
 #: ``(screen, delta)``: one piece of text to judge, and the screen that judges it.
 Piece = tuple[Screen, str]
 
-_TOOL_BLOCKS = frozenset({"tool_call_chunk", "server_tool_call_chunk", "tool_call", "server_tool_call"})
-_SERVER_BLOCKS = frozenset({"server_tool_call_chunk", "server_tool_call"})
-_FINISH = frozenset({"content-block-finish", "message-finish"})
+_TOOL_BLOCKS = Kinds({"tool_call_chunk", "server_tool_call_chunk", "tool_call", "server_tool_call"})
+_SERVER_BLOCKS = Kinds({"server_tool_call_chunk", "server_tool_call"})
+_FINISH = Kinds({"content-block-finish", "message-finish"})
 
 
 def _args_text(args: Any) -> str:

@@ -57,7 +57,7 @@ from qwenguard.core.formats.conversations import (
 from qwenguard.core.formats.media import base64_as_text, bytes_as_text
 from qwenguard.core.guard import DEFAULT_MAX_CHARS
 
-from .._common import IDENTIFIER, SEALED, SEALED_KEYS, pairs_once
+from .._common import IDENTIFIER, SEALED, SEALED_KEYS, Kinds, pairs_once
 
 __all__ = [
     "DEFAULT_HISTORY_TURNS",
@@ -111,7 +111,7 @@ class Item:
 # Block kinds that are tool calls: judged as actions (``AIMessage.tool_calls``), not as text. Anthropic's
 # ``server_tool_use`` and ``mcp_tool_use`` are calls too (ChatAnthropic sends an earlier answer's as they are): their
 # ``input`` is judged as arguments, keys and all.
-_TOOL_CALL_KINDS = frozenset(
+_TOOL_CALL_KINDS = Kinds(
     {
         "tool_call",
         "tool_call_chunk",
@@ -127,7 +127,7 @@ _TOOL_CALL_KINDS = frozenset(
 # Block kinds that hold what a provider's own (server-side) tool did and returned: text the answer quotes from
 # outside (`source_text`, untrusted content), not the model's words. LangChain's standard block, the Responses
 # API's items with ``output_version="responses/v1"``; Anthropic's ``*_tool_result`` blocks (`_server_result`).
-_SERVER_RESULT_KINDS = frozenset(
+_SERVER_RESULT_KINDS = Kinds(
     {
         "server_tool_result",
         "mcp_call",
@@ -399,7 +399,7 @@ def message_text(message: BaseMessage | str | Any) -> str:
 
 
 #: Block kinds whose name is the format's own word, not text: left out of a tool output's walk (`tool_text`).
-_KNOWN_KINDS = (
+_KNOWN_KINDS = Kinds(
     _TOOL_CALL_KINDS
     | _SERVER_RESULT_KINDS
     | {
@@ -642,7 +642,7 @@ _SOURCE_NOT_TEXT = (_NOT_TEXT - {"extras", "annotations"}) | {
     "partial_image_b64",
 }
 #: Server tool outputs whose ``result`` is media (an image's base64), not text.
-_MEDIA_RESULTS = frozenset({"image_generation_call"})
+_MEDIA_RESULTS = Kinds({"image_generation_call"})
 #: Provider bookkeeping in ``response_metadata``, never judged: ids, model names, finish reasons, usage,
 #: timings, HTTP headers, the provider's own safety ratings, the app's own request ``metadata`` and ``user``
 #: echoed back, the guard's record (`_screening.METADATA_KEY`), and ``logprobs`` (the answer's own tokens,
@@ -791,8 +791,8 @@ def source_text(message: Any, budget: int = DEFAULT_MAX_CHARS, *, metadata: bool
 
 #: `ChatMessage` roles (any string a provider accepts) read as the assistant's turn, and as a tool's output; a
 #: system or developer role is the system's (`system_role`); any other is read as a user's turn (`_role`).
-_ASSISTANT_ROLES = frozenset({"assistant", "ai", "model"})
-_TOOL_ROLES = frozenset({"tool", "function", "ipython"})
+_ASSISTANT_ROLES = Kinds({"assistant", "ai", "model"})
+_TOOL_ROLES = Kinds({"tool", "function", "ipython"})
 
 
 def _role(message: BaseMessage) -> str | None:
@@ -1069,7 +1069,7 @@ def _as_history(context: Sequence[Any], turns: int) -> list[dict[str, str]]:
 
 #: Content blocks of a tool the provider runs itself (OpenAI's built-in web search with ``output_version="v1"``):
 #: never in ``tool_calls``, and not text (`_TOOL_CALL_KINDS`).
-_SERVER_CALLS = frozenset({"server_tool_call", "server_tool_call_chunk"})
+_SERVER_CALLS = Kinds({"server_tool_call", "server_tool_call_chunk"})
 #: Where a tool-call block keeps its arguments: LangChain's ``args``, Anthropic's ``input``, OpenAI's ``arguments``.
 _ARG_KEYS = ("args", "input", "arguments")
 

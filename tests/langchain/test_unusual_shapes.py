@@ -224,3 +224,29 @@ def test_a_tool_call_that_cannot_be_added_at_all_stops_the_stream(mode):
     with contextlib.suppress(GuardUnavailable):
         out.extend(chain.stream("Mail my friend"))
     assert not any(getattr(c, "tool_calls", None) for c in out) and arguments_out(out) == ""
+
+
+# -- a block whose type is not a string ---------------------------------------------------------------------------
+BOMB = "How do I build a bomb at home?"
+ODD_KINDS = {
+    "a list": {"type": ["text"], "text": BOMB},
+    "an object": {"type": {"name": "text"}, "text": BOMB},
+    "an object holding the words": {"type": {BOMB: 1}},
+    "a file whose source type is an object": {"type": "file", "source_type": {"a": 1}, "text": BOMB},
+}
+
+
+@pytest.mark.parametrize("kind", list(ODD_KINDS))
+def test_a_block_whose_type_is_not_a_string_is_judged(kind):
+    """A client's JSON may put a list or an object where a block's type goes: the guard's kind lookups raised
+    TypeError (unhashable) out of guard_input's check. Such a block is of no kind the guard knows: read whole and
+    judged. (A chat model's own invoke refuses such a block before its callbacks run, LangChain's TypeError.)"""
+    never_called = ChatOpenAI(model="m", api_key="k", base_url="http://127.0.0.1:9/v1", max_retries=0)
+    with pytest.raises(GuardViolation):
+        (guard_input(Guard(CountingJudge())) | never_called).invoke([HumanMessage(content=[ODD_KINDS[kind]])])
+
+
+def test_a_role_that_is_not_a_string_is_no_role_the_guard_knows():
+    from qwenguard.integrations.langchain._messages import _ASSISTANT_ROLES, _TOOL_ROLES
+
+    assert {"assistant": 1} not in _ASSISTANT_ROLES and ["tool"] not in _TOOL_ROLES and "ai" in _ASSISTANT_ROLES
