@@ -56,7 +56,6 @@ import asyncio
 import concurrent.futures
 import json
 import logging
-import re
 import time
 import weakref
 from collections.abc import Mapping, Sequence
@@ -81,6 +80,7 @@ from ..formats.windows import (
 from ..verdict import Risk, Verdict, worst
 from .after_fork import fork_safe_lock
 from .base import Conversation, Outcome
+from .context_shown import ContextRefused, PromptCut, SmallerContext, Unsure, context_named, prompt_tokens
 from .openai_wire import (
     MALFORMED_LOGPROBS,
     NO_VERDICT_ERROR,
@@ -186,75 +186,6 @@ class ServedModelUnknown(QwenGuardError):
 #: A model list named in an error: its first names, each cut (a /models reply may list thousands).
 _NAMED_MODELS = 10
 _NAME_CHARS = 100
-
-
-class SmallerContext(VerdictParseError):
-    """No verdict, because the engine's context is smaller than the one the request was planned for; it showed
-    ``context``. The check is planned again for it (`OpenAIGen._run`)."""
-
-    def __init__(self, message: str, context: int) -> None:
-        self.context = context
-        super().__init__(f"{message} (pass max_context= the engine's real context, or raise it)")
-
-
-class PromptCut(SmallerContext):
-    """An answer that counts fewer prompt tokens (``usage.prompt_tokens``) than its request must have had: the
-    engine cut the prompt to its context (Ollama does so silently) and judged only what it kept."""
-
-    def __init__(self, url: str, kept: int, least: int) -> None:
-        super().__init__(
-            f"guard server at {url} read {kept} tokens of a prompt of at least {least}: it cut the prompt to its "
-            f"context (Ollama: num_ctx; llama.cpp: -c), so its verdict is not about the whole text",
-            kept,
-        )
-
-
-class ContextRefused(SmallerContext):
-    """A 400 that names the engine's context: the prompt was longer (vLLM, SGLang, llama.cpp's
-    ``exceed_context_size_error``)."""
-
-    def __init__(self, url: str, context: int, why: str) -> None:
-        super().__init__(f"guard server at {url} refused a prompt longer than its context: {why}", context)
-
-
-#: What vLLM, SGLang and llama.cpp write in the message of a 400 for a prompt past the context.
-_CONTEXT_IN_MESSAGE = re.compile(
-    r"maximum context length (?:is|of) (\d+) tokens|context length \((\d+) tokens\)"
-    r"|available context size \((\d+) tokens\)|maximum allowed length \((\d+) tokens\)"
-)
-
-
-def _context_named(body: bytes) -> int | None:
-    """The context a 400's body names (llama.cpp's ``n_ctx`` field, or the number in the message), or None."""
-    try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    err = payload.get("error", payload) if isinstance(payload, dict) else None
-    if not isinstance(err, dict):
-        return None
-    n_ctx = err.get("n_ctx")
-    if isinstance(n_ctx, int) and not isinstance(n_ctx, bool) and n_ctx > 0:
-        return n_ctx
-    found = _CONTEXT_IN_MESSAGE.search(str(err.get("message", ""))[:1000])
-    return int(next(g for g in found.groups() if g)) if found else None
-
-
-class _Unsure(Exception):
-    """An answer counting fewer prompt tokens than the official prompt has, but not fewer than its messages'
-    text: a cut, or an engine whose template or tokenizer is not ours (the demo's holds its template as added
-    tokens). `OpenAIGen._settle` asks which, once per client."""
-
-    def __init__(self, outcome: Outcome, kept: int, full: int) -> None:
-        self.outcome, self.kept, self.full = outcome, kept, full
-
-
-def _prompt_tokens(payload: Any) -> int | None:
-    """``usage.prompt_tokens`` of a reply when it is a positive int (0 and absent: not counted, as Ollama
-    has answered a cached prompt)."""
-    usage = payload.get("usage") if isinstance(payload, Mapping) else None
-    count = usage.get("prompt_tokens") if isinstance(usage, Mapping) else None
-    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else None
 
 
 def _named(models: Sequence[str]) -> str:
@@ -607,7 +538,7 @@ class OpenAIGen:
         why = unread or error_text(body)
         if status == 502 and error_type(body) == NO_VERDICT_ERROR:
             return VerdictParseError(f"guard server at {url} answered HTTP 502 {NO_VERDICT_ERROR}: {why}")
-        if status == 400 and not unread and (context := _context_named(body)) is not None:
+        if status == 400 and not unread and (context := context_named(body)) is not None:
             return ContextRefused(url, context, why)
         if status < 400:
             note = "only HTTP 200 carries a verdict"
@@ -776,13 +707,13 @@ class OpenAIGen:
                         raise status
                     elapsed = (time.perf_counter() - start) * 1000
                     least = check.least_tokens(as_ids)
-                    answered: Outcome | _Unsure
+                    answered: Outcome | Unsure
                     if len(content) > _PARSE_INLINE_BYTES:
                         answered = await asyncio.to_thread(self._answer, check.mode, content, elapsed, url, least)
                     else:
                         answered = self._answer(check.mode, content, elapsed, url, least)
                     outcome = (
-                        await self._settle(wire, url, answered, deadline) if isinstance(answered, _Unsure) else answered
+                        await self._settle(wire, url, answered, deadline) if isinstance(answered, Unsure) else answered
                     )
                     if not isinstance(outcome, Verdict):
                         refused.append(url)
@@ -802,18 +733,18 @@ class OpenAIGen:
 
     def _answer(
         self, mode: str, content: bytes, elapsed_ms: float, url: str = "", least: tuple[int, int] = (0, 0)
-    ) -> Outcome | _Unsure:
+    ) -> Outcome | Unsure:
         """The verdict of a 200 body, or the `VerdictParseError` saying why it is none: whatever the body
         holds, an answer that is no verdict is that replica's answer (tried on another), never "unreachable".
         ``least``: the prompt tokens the request must have had (`WireCheck.least_tokens`); an answer counting
-        fewer is a `PromptCut`, or `_Unsure` while the engine's template is not known."""
+        fewer is a `PromptCut`, or `Unsure` while the engine's template is not known."""
         try:
             payload = json.loads(content)
         except ValueError as exc:  # a 200 body that is not JSON (not UTF-8 included)
             return VerdictParseError(f"the server's reply is not JSON: {exc}")
         except RecursionError:  # nested deeper than the parser's stack
             return VerdictParseError("the server's reply is JSON nested too deeply to be a verdict")
-        kept = _prompt_tokens(payload)
+        kept = prompt_tokens(payload)
         floor, full = least
         if kept is not None and kept < floor:  # read before the text: a cut prompt's answer may parse, or not
             return PromptCut(url, kept, floor)
@@ -826,7 +757,7 @@ class OpenAIGen:
             return outcome
         if self._counts_our_template:
             return PromptCut(url, kept, full)
-        return _Unsure(outcome, kept, full)
+        return Unsure(outcome, kept, full)
 
     async def _exchange(self, wire: _Wire, target: str, body: dict[str, Any], url: str) -> tuple[Any, bytes]:
         """One POST: ``(200, body)``, or ``(error, what of its body was read)`` for any other status
@@ -951,7 +882,7 @@ class OpenAIGen:
                 )
         return context if self._cut_context is None else min(context, self._cut_context)
 
-    async def _settle(self, wire: _Wire, url: str, unsure: _Unsure, deadline: _Deadline) -> Outcome:
+    async def _settle(self, wire: _Wire, url: str, unsure: Unsure, deadline: _Deadline) -> Outcome:
         """The outcome of an answer that counted fewer tokens than the official prompt has: a `PromptCut` when the
         engine counts the official prompt (so it cut this one), else the answer. Which, is asked once per client
         with the shortest check, whose count is nearly all template; checks that come meanwhile wait for it."""
@@ -989,7 +920,7 @@ class OpenAIGen:
             )
         if not isinstance(status, int):
             raise status
-        kept = _prompt_tokens(json.loads(content))
+        kept = prompt_tokens(json.loads(content))
         if kept is None:
             raise VerdictParseError("its answer counted no prompt tokens")
         self._counts_our_template = kept >= check.least_tokens(False)[1]
