@@ -36,6 +36,7 @@ from qwenguard.core import Decision, Guard, GuardUnavailable, GuardViolation
 from qwenguard.core.streaming.gen_windows import RELEASE_UNITS
 from qwenguard.core.streaming.wakeup import UpstreamRace, UpstreamReader
 
+from .._common import Kinds
 from ._messages import (
     DEFAULT_HISTORY_TURNS,
     Item,
@@ -184,6 +185,66 @@ def _sum(whole: Any, run: list[AIMessageChunk], budget: int) -> Any:
         return whole
 
 
+#: Content-block kinds a streamed tool call's pieces come in (LangChain's, Anthropic's), and where their text is.
+_CALL_BLOCKS = Kinds(
+    {"tool_call_chunk", "tool_call", "server_tool_call_chunk", "server_tool_call", "tool_use", "input_json_delta"}
+)
+_CALL_TEXT_KEYS = ("args", "partial_json", "arguments", "input")
+
+
+class StreamedCallBlocks:
+    """The tool-call content blocks of a held stream, as streamed: each one's pieces, by its index (or id).
+
+    The answer's calls are judged from the chunks added up, and LangChain's sum can lose a block's text: the
+    ``chunk_position="last"`` chunk `BaseChatModel.stream` adds replaces a block with the call parsed from
+    ``tool_call_chunks`` (whatever else the block held), and a block sharing its index with an earlier text block
+    merges into it (rt48e P1: 'mix ammonium nitrate' as a block's arguments went out unjudged). Each block's text
+    as streamed goes beside the sum as a call of its own (`beside`), judged unless a parsed call is the same
+    (`answer_tool_calls`: an honest stream's blocks are, and cost no check more)."""
+
+    def __init__(self) -> None:
+        self._calls: dict[Any, dict[str, Any]] = {}
+
+    def add(self, chunk: Any) -> None:
+        content = getattr(chunk, "content", None)
+        if not isinstance(chunk, BaseMessage) or not isinstance(content, list):
+            return
+        for block in content:
+            if not isinstance(block, dict) or block.get("type") not in _CALL_BLOCKS:
+                continue
+            index, call_id = block.get("index"), block.get("id")
+            key = (
+                ("index", index)
+                if isinstance(index, (int, str))
+                else ("id", call_id if isinstance(call_id, str) else None)
+            )
+            call = self._calls.setdefault(key, {"pieces": []})
+            for field, value in (("id", call_id), ("name", block.get("name")), ("index", index)):
+                if isinstance(value, (int, str)) and field not in call:
+                    call[field] = value
+            text = next((v for k in _CALL_TEXT_KEYS if isinstance(v := block.get(k), str)), None)
+            if text:
+                call["pieces"].append(text)
+
+    def beside(self, message: BaseMessage) -> BaseMessage:
+        """``message`` with each streamed block's text beside its content, as a ``tool_call`` block."""
+        blocks = [
+            {
+                "type": "tool_call",
+                "id": call.get("id"),
+                "name": call.get("name") or "",
+                "args": "".join(call["pieces"]),
+                "index": call.get("index"),
+            }
+            for call in self._calls.values()
+            if call["pieces"]
+        ]
+        if not blocks:
+            return message
+        content = message.content if isinstance(message.content, list) else [{"type": "text", "text": message.content}]
+        return message.model_copy(update={"content": [*content, *blocks]})
+
+
 def _judged_at_end(chunk: Any, budget: int) -> bool:
     return _has_tool_calls(chunk) or _quotes(chunk, budget)
 
@@ -264,6 +325,7 @@ class HeldStream:
         # The chunks added up so far (`_add`), and the message chunks after them, added only when the whole is read.
         self._whole: Any = None
         self._run: list[AIMessageChunk] = []
+        self._streamed_calls = StreamedCallBlocks()
 
     @property
     def whole(self) -> Any:
@@ -290,7 +352,7 @@ class HeldStream:
         if not isinstance(self.whole, BaseMessage):
             return []
         return output_items(
-            as_message(self.whole),
+            self._streamed_calls.beside(as_message(self.whole)),
             self.context,
             self.history_turns,
             text=False,
@@ -327,6 +389,7 @@ class HeldStream:
         text = chunk_text(chunk)
         fed += len(text)
         held.append((fed, self._holds_to_end(chunk, held), chunk))
+        self._streamed_calls.add(chunk)
         # Nothing reads the whole before the stream ended: message chunks wait in a list to be added in one pass
         # (`_sum`); a sum one at a time copies (and LangChain parses) the tool-call arguments so far at every chunk.
         if _merges(chunk) and (self._run or self._whole is None or _merges(self._whole)):

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 from faults import ScriptedBackend, keyword_verdict
 from langchain.agents import create_agent
-from langchain_core.messages import AIMessage, HumanMessage, ToolMessage, convert_to_messages
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage, convert_to_messages
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from lc_fakes import UNSAFE_CLAUSE
 from qwenguard.core import Guard, GuardViolation
 from qwenguard.integrations.langchain import GuardedChatModel, GuardMiddleware, guard_output
@@ -18,6 +21,7 @@ from qwenguard.integrations.langchain._messages import input_items
 from scripted_openai import Reply, ToolCall, scripted_openai
 from test_openai_paths import args_of, chat, exposure
 
+WORD_OF_CLAUSE = "ammonium"
 WORDS = UNSAFE_CLAUSE.replace(" ", "_").replace(",", "").replace(".", "")  # one identifier: a tool's name
 
 
@@ -204,3 +208,74 @@ def test_a_thread_with_the_middlewares_own_notices_goes_on() -> None:
         first = agent.invoke({"messages": history})
         second = agent.invoke({"messages": [*first["messages"], HumanMessage("And Rome?")]})
     assert second["messages"][-1].text == "Sure." and len(url.requests) == 2
+
+
+# -- rt48e: a held stream's tool-call blocks whose text LangChain's sum loses ------------------------------------
+V1 = {"output_version": "v1"}
+
+
+def _block(args: str, **extra: object) -> dict:
+    return {"type": "tool_call_chunk", "args": args, "index": 0, **extra}
+
+
+def _opening() -> AIMessageChunk:
+    """A call's first chunk: its block opens the arguments, its tool_call_chunks entry holds them whole."""
+    entry = {"type": "tool_call_chunk", "id": "c1", "name": "lookup", "args": '{"q": "paris"}', "index": 0}
+    return AIMessageChunk(
+        content=[_block('{"q": "', id="c1", name="lookup")], tool_call_chunks=[entry], response_metadata=V1, id="m1"
+    )
+
+
+STREAMS = {
+    # The block's arguments go beyond its tool_call_chunks entry: the "last" chunk BaseChatModel.stream adds
+    # replaces the merged block with the call parsed from tool_call_chunks.
+    "block beyond its call": lambda: [
+        _opening(),
+        AIMessageChunk(content=[_block(f'{UNSAFE_CLAUSE}"}}')], response_metadata=V1, id="m1"),
+    ],
+    # A block with the index of an earlier text block merges into it, then read as that block's text only.
+    "block merged into text": lambda: [
+        AIMessageChunk(content=[{"type": "text", "text": "Sure. ", "index": 0}], response_metadata=V1, id="m1"),
+        AIMessageChunk(content=[_block(UNSAFE_CLAUSE, name="f")], response_metadata=V1, id="m1"),
+    ],
+    # A "last" chunk mid-stream: summed one at a time, the later block stayed its own and was judged; summed in one
+    # pass (e0f1c2b), it merged and was replaced (a regression of that commit).
+    "last chunk mid-stream": lambda: [
+        _opening(),
+        AIMessageChunk(content=[], chunk_position="last", response_metadata=V1, id="m1"),
+        AIMessageChunk(content=[_block(f'{UNSAFE_CLAUSE}"}}')], response_metadata=V1, id="m1"),
+    ],
+}
+
+
+class _Streams(BaseChatModel):
+    """A model streaming the chunks of ``STREAMS[name]`` (a custom runnable can stream any)."""
+
+    name_: str
+
+    @property
+    def _llm_type(self) -> str:
+        return "streams"
+
+    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any) -> ChatResult:
+        raise NotImplementedError
+
+    def _stream(self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any) -> Any:
+        for chunk in STREAMS[self.name_]():
+            yield ChatGenerationChunk(message=chunk)
+
+
+@pytest.mark.parametrize("path", ["GuardedChatModel", "guard_output"])
+@pytest.mark.parametrize("stream", list(STREAMS))
+def test_a_tool_call_blocks_streamed_text_is_judged_whatever_the_sum_keeps(stream, path) -> None:
+    """rt48e P1 (older than this stop) and F1: 'the clause' as a streamed tool-call block's arguments went out
+    unjudged (released in 1 chunk) when LangChain's sum of the chunks lost it. Each block's text as streamed is
+    judged beside the sum (an honest stream's blocks equal their parsed calls and cost no check more)."""
+    guard, _ = judge()
+    model = _Streams(name_=stream)
+    runnable = GuardedChatModel(model, guard) if path == "GuardedChatModel" else model | guard_output(guard)
+    released: list[Any] = []
+    with pytest.raises(GuardViolation):
+        for chunk in runnable.stream([HumanMessage("Find it.")]):
+            released.append(chunk)
+    assert not any(WORD_OF_CLAUSE in repr(getattr(c, "content", c)) for c in released)
