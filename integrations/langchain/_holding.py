@@ -38,8 +38,13 @@ from qwenguard.core.streaming.wakeup import UpstreamRace, UpstreamReader
 
 from .._common import Kinds
 from ._messages import (
+    _TOOL_CALL_KINDS,
     DEFAULT_HISTORY_TURNS,
     Item,
+    _block_calls,
+    _call_keys,
+    _server_result,
+    _strings,
     answer_text,
     answer_tool_calls,
     beyond_its_parse,
@@ -185,64 +190,81 @@ def _sum(whole: Any, run: list[AIMessageChunk], budget: int) -> Any:
         return whole
 
 
-#: Content-block kinds a streamed tool call's pieces come in (LangChain's, Anthropic's), and where their text is.
-_CALL_BLOCKS = Kinds(
-    {"tool_call_chunk", "tool_call", "server_tool_call_chunk", "server_tool_call", "tool_use", "input_json_delta"}
-)
-_CALL_TEXT_KEYS = ("args", "partial_json", "arguments", "input")
+#: Block kinds whose text is judged once the stream ended (calls, and a provider's own tools' results): recorded
+#: as streamed. Anthropic streams a call's arguments as ``input_json_delta`` pieces after its ``tool_use`` block.
+_WATCHED = Kinds({*_TOOL_CALL_KINDS, "input_json_delta"})
 
 
 class StreamedCallBlocks:
-    """The tool-call content blocks of a held stream, as streamed: each one's pieces, by its index (or id).
+    """The tool-call and server-result content blocks of a held stream, as streamed, by index (or id).
 
-    The answer's calls are judged from the chunks added up, and LangChain's sum can lose a block's text: the
-    ``chunk_position="last"`` chunk `BaseChatModel.stream` adds replaces a block with the call parsed from
+    The answer's calls and quotes are judged from the chunks added up, and LangChain's sum can lose a block's text:
+    the ``chunk_position="last"`` chunk `BaseChatModel.stream` adds replaces a block with the call parsed from
     ``tool_call_chunks`` (whatever else the block held), and a block sharing its index with an earlier text block
-    merges into it (rt48e P1: 'mix ammonium nitrate' as a block's arguments went out unjudged). Each block's text
-    as streamed goes beside the sum as a call of its own (`beside`), judged unless a parsed call is the same
-    (`answer_tool_calls`: an honest stream's blocks are, and cost no check more)."""
+    merges into it and is read as text (rt48e P1, rt48f H1, H2: the clause as a block's arguments, a dict's value or
+    a server result went out unjudged). Each block's pieces are merged as LangChain merges strings (joined) and kept
+    whole otherwise (`beside`), and judged beside the sum unless the sum judges the same: a call equal (name and
+    arguments, whatever its id or index) to one of the sum's, a result whose text the sum quotes. An honest
+    stream's are, and cost no check more."""
 
     def __init__(self) -> None:
-        self._calls: dict[Any, dict[str, Any]] = {}
+        self._blocks: dict[Any, dict[str, Any]] = {}
 
     def add(self, chunk: Any) -> None:
         content = getattr(chunk, "content", None)
         if not isinstance(chunk, BaseMessage) or not isinstance(content, list):
             return
         for block in content:
-            if not isinstance(block, dict) or block.get("type") not in _CALL_BLOCKS:
+            if not isinstance(block, dict) or not (block.get("type") in _WATCHED or _server_result(block)):
                 continue
             index, call_id = block.get("index"), block.get("id")
-            key = (
-                ("index", index)
-                if isinstance(index, (int, str))
-                else ("id", call_id if isinstance(call_id, str) else None)
-            )
-            call = self._calls.setdefault(key, {"pieces": []})
-            for field, value in (("id", call_id), ("name", block.get("name")), ("index", index)):
-                if isinstance(value, (int, str)) and field not in call:
-                    call[field] = value
-            text = next((v for k in _CALL_TEXT_KEYS if isinstance(v := block.get(k), str)), None)
-            if text:
-                call["pieces"].append(text)
+            usable = isinstance(index, (int, str)) and not isinstance(index, bool)
+            key = ("index", index) if usable else ("id", call_id if isinstance(call_id, str) else None)
+            record = self._blocks.setdefault(key, {"type": None, "fields": {}})
+            if record["type"] in (None, "input_json_delta"):
+                record["type"] = block.get("type")
+            for field, value in block.items():
+                if field != "type":
+                    record["fields"].setdefault(field, []).append(value)
 
     def beside(self, message: BaseMessage) -> BaseMessage:
-        """``message`` with each streamed block's text beside its content, as a ``tool_call`` block."""
-        blocks = [
-            {
-                "type": "tool_call",
-                "id": call.get("id"),
-                "name": call.get("name") or "",
-                "args": "".join(call["pieces"]),
-                "index": call.get("index"),
-            }
-            for call in self._calls.values()
-            if call["pieces"]
-        ]
-        if not blocks:
+        """``message`` with each streamed block the sum does not judge the same beside its content."""
+        if not self._blocks:
+            return message
+        judged: set[tuple[str, str]] = set()
+        for call in answer_tool_calls(message):
+            judged |= _call_keys(call) or set()
+        quoted = source_text(message)
+        extra = [block for block in map(_merged, self._blocks.values()) if not _judged_the_same(block, judged, quoted)]
+        if not extra:
             return message
         content = message.content if isinstance(message.content, list) else [{"type": "text", "text": message.content}]
-        return message.model_copy(update={"content": [*content, *blocks]})
+        return message.model_copy(update={"content": [*content, *extra]})
+
+
+def _merged(record: dict[str, Any]) -> dict[str, Any]:
+    """One block from its streamed pieces: strings joined (the arguments' text), an identifier or name its first
+    value, anything else whole (one value as it is, several as their list: every string in them is read)."""
+    block: dict[str, Any] = {"type": record["type"] or "tool_call"}
+    for field, values in record["fields"].items():
+        if field in ("id", "name", "index"):
+            block[field] = next((v for v in values if v is not None and v != ""), values[0])
+        elif all(isinstance(v, str) for v in values):
+            block[field] = "".join(values)
+        else:
+            kept = [v for v in values if v is not None and v != ""]
+            block[field] = kept[0] if len(kept) == 1 else kept
+    return block
+
+
+def _judged_the_same(block: dict[str, Any], judged: set[tuple[str, str]], quoted: str) -> bool:
+    if _server_result(block):
+        return all(text in quoted for text in _strings(block) if text.strip())
+    for call in _block_calls(block):
+        keys = _call_keys(call)
+        if keys is None or keys.isdisjoint(judged):
+            return False
+    return True
 
 
 def _judged_at_end(chunk: Any, budget: int) -> bool:

@@ -1105,6 +1105,8 @@ def answer_tool_calls(message: Any) -> list[Mapping[str, Any]]:
                 known.setdefault(("id", call["id"]), _Twins()).add(call)
             if call.get("index") is not None:
                 known.setdefault(("index", call["index"]), _Twins()).add(call)
+            else:  # a parsed call has no index: an id-less block is matched on its name and arguments alone
+                known.setdefault(("index", None), _Twins()).add(call)
     # Argument text as streamed that writes a key twice: LangChain's parse keeps the last value, the text holds
     # both, and the consumer gets the text: judged as written (unparsed calls' text is, with them: `tool_arguments`).
     for call in getattr(message, "tool_call_chunks", None) or ():
@@ -1410,7 +1412,11 @@ def _mirrored(call: Mapping[str, Any], known: Mapping[Any, _Twins]) -> bool:
         twins = known.get(key)
     except TypeError:  # an id that is a list or a mapping: no parsed call has it
         return False
-    return twins is not None and twins.mirror(call)
+    if twins is not None and twins.mirror(call):
+        return True
+    # An id-less block (v1 streams name only the index) mirrors a parsed call of the same name and arguments.
+    unnamed = known.get(("index", None)) if call.get("id") is None else None
+    return unnamed is not None and unnamed.mirror(call)
 
 
 def is_update_pairs(update: Any) -> bool:

@@ -247,6 +247,30 @@ STREAMS = {
     ],
 }
 
+# rt48f H1: one chunk whose block holds more than its tool_call_chunks entry, not as one string of arguments; the
+# "last" chunk replaces the block with the parsed call. H2: a block of any call or result kind merged into a text block.
+_ENTRY = [{"type": "tool_call_chunk", "id": "c1", "name": "lookup", "args": '{"q": "paris"}', "index": 0}]
+_BASE = {"type": "tool_call_chunk", "id": "c1", "name": "lookup", "index": 0}
+for _name, _block_held in {
+    "args an object": {**_BASE, "args": {"q": UNSAFE_CLAUSE}},
+    "args a list": {**_BASE, "args": [UNSAFE_CLAUSE]},
+    "args empty, arguments beside": {**_BASE, "args": "", "arguments": UNSAFE_CLAUSE},
+    "another key": {**_BASE, "args": '{"q": "paris"}', "namespace": UNSAFE_CLAUSE},
+}.items():
+    STREAMS[_name] = lambda block=_block_held: [
+        AIMessageChunk(content=[block], tool_call_chunks=_ENTRY, response_metadata=V1, id="m1")
+    ]
+for _name, _block_merged in {
+    "function_call into text": {"type": "function_call", "call_id": "c1", "name": "f", "arguments": UNSAFE_CLAUSE},
+    "invalid_tool_call into text": {"type": "invalid_tool_call", "name": "f", "args": UNSAFE_CLAUSE},
+    "tool_use input into text": {"type": "tool_use", "id": "t1", "name": "f", "input": {"q": UNSAFE_CLAUSE}},
+    "server result into text": {"type": "server_tool_result", "tool_call_id": "s1", "output": UNSAFE_CLAUSE},
+}.items():
+    STREAMS[_name] = lambda block=_block_merged: [
+        AIMessageChunk(content=[{"type": "text", "text": "Sure. ", "index": 0}], response_metadata=V1, id="m1"),
+        AIMessageChunk(content=[{**block, "index": 0}], response_metadata=V1, id="m1"),
+    ]
+
 
 class _Streams(BaseChatModel):
     """A model streaming the chunks of ``STREAMS[name]`` (a custom runnable can stream any)."""
@@ -279,3 +303,21 @@ def test_a_tool_call_blocks_streamed_text_is_judged_whatever_the_sum_keeps(strea
         for chunk in runnable.stream([HumanMessage("Find it.")]):
             released.append(chunk)
     assert not any(WORD_OF_CLAUSE in repr(getattr(c, "content", c)) for c in released)
+
+
+def test_honest_streamed_calls_without_ids_cost_no_check_more() -> None:
+    """rt48f L2 (a regression of the first version of the blocks judged as streamed): a v1 call whose block and
+    tool_call_chunks entry agree and carry only an index was judged twice (the parsed call has no index to match):
+    calls are matched on name and arguments, whatever their id or index."""
+    entries = [
+        {"type": "tool_call_chunk", "name": "lookup", "args": json.dumps({"q": f"city {i}"}), "index": i}
+        for i in range(3)
+    ]
+    chunk = AIMessageChunk(content=[dict(e) for e in entries], tool_call_chunks=entries, response_metadata=V1, id="m1")
+    STREAMS["honest, no ids"] = lambda: [chunk]
+    try:
+        guard, backend = judge()
+        out = list(GuardedChatModel(_Streams(name_="honest, no ids"), guard).stream([HumanMessage("Find them.")]))
+    finally:
+        del STREAMS["honest, no ids"]
+    assert out and sum(len(call) for call in backend.calls) == 1 + 3  # the prompt, then each call once
