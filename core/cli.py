@@ -541,7 +541,7 @@ def eval_(
         None,
         "--max-context",
         help="With --remote: the engine's context in tokens, "
-        "if it does not publish it (transformers serve, llama.cpp).",
+        "if it does not publish it (transformers serve, llama.cpp, Ollama; default 4096).",
     ),
     max_in_flight: int = typer.Option(
         8,
