@@ -36,7 +36,7 @@ from qwenguard.core import Decision, Guard, GuardUnavailable, GuardViolation
 from qwenguard.core.streaming.gen_windows import RELEASE_UNITS
 from qwenguard.core.streaming.wakeup import UpstreamRace, UpstreamReader
 
-from .._common import Kinds
+from .._common import IDENTIFIER, Kinds
 from ._messages import (
     _TOOL_CALL_KINDS,
     DEFAULT_HISTORY_TURNS,
@@ -243,18 +243,28 @@ class StreamedCallBlocks:
 
 
 def _merged(record: dict[str, Any]) -> dict[str, Any]:
-    """One block from its streamed pieces: strings joined (the arguments' text), an identifier or name its first
-    value, anything else whole (one value as it is, several as their list: every string in them is read)."""
+    """One block from its streamed pieces: strings joined (the arguments' text and the name, as LangChain joins
+    them), a label its first value (a later one that differs and is no identifier kept beside, judged with the
+    call: the consumer got it), anything else whole (one value as it is, several as their list: every string in
+    them is read)."""
     block: dict[str, Any] = {"type": record["type"] or "tool_call"}
     for field, values in record["fields"].items():
-        if field in ("id", "name", "index"):
-            block[field] = next((v for v in values if v is not None and v != ""), values[0])
+        if field in _LABELS:
+            first = next((v for v in values if v is not None and v != ""), values[0])
+            block[field] = first
+            later = [v for v in values if isinstance(v, str) and v != first and not IDENTIFIER.fullmatch(v)]
+            if later:
+                block[f"streamed_{field}"] = later
         elif all(isinstance(v, str) for v in values):
             block[field] = "".join(values)
         else:
             kept = [v for v in values if v is not None and v != ""]
             block[field] = kept[0] if len(kept) == 1 else kept
     return block
+
+
+#: A block's labels: one value each in the merged block (LangChain keeps the first), every other its own words.
+_LABELS = frozenset({"id", "call_id", "index"})
 
 
 def _judged_the_same(block: dict[str, Any], judged: set[tuple[str, str]], quoted: str) -> bool:

@@ -1101,6 +1101,10 @@ def answer_tool_calls(message: Any) -> list[Mapping[str, Any]]:
     known: dict[Any, _Twins] = {}
     for call in [*parsed, *(getattr(message, "tool_call_chunks", None) or ())]:
         if isinstance(call, Mapping):
+            # An id that is no identifier goes to the consumer with the call, and back to the model: its words judged.
+            worded = {k: call[k] for k in ("id", "index") if _said_beside("id", call.get(k))}
+            if worded:
+                calls.append(_call_of(call, worded))
             if call.get("id") is not None:
                 known.setdefault(("id", call["id"]), _Twins()).add(call)
             if call.get("index") is not None:
@@ -1137,6 +1141,8 @@ def answer_tool_calls(message: Any) -> list[Mapping[str, Any]]:
 #: A v1 block's ``extras`` that ChatAnthropic sends (`_convert_from_v1_to_anthropic`): an MCP call's tool and
 #: server names, a tool call's toolset and caller. (``partial_json`` too: a server call's arguments as streamed.)
 _PROMOTED_EXTRAS = ("tool_name", "server_name", "toolset_name", "caller")
+#: The ``extras`` `_promoted` judges as arguments already: the promoted names and the streamed ``partial_json``.
+_PROMOTED = frozenset({*_PROMOTED_EXTRAS, "partial_json"})
 
 
 def _promoted(block: Mapping[str, Any]) -> list[Any]:
@@ -1244,17 +1250,7 @@ def _block_calls(block: Mapping[str, Any]) -> list[dict[str, Any]]:
     # Any other text the block carries (a ``namespace``, a provider's own key) goes to the model with it:
     # judged as the call's arguments too, one more call (an unknown key fails towards judging).
     # A structured value (Anthropic's ``caller``, sent as it is) counts when it holds words (`_passed_text`).
-    others = {
-        key: value
-        for key, value in block.items()
-        if key not in _NOT_TEXT
-        and key not in _CALL_KEYS
-        and not (streamed and key == "partial_json")
-        and (
-            (isinstance(value, str) and value.strip())
-            or (isinstance(value, (Mapping, list)) and bool(_passed_text(value)))
-        )
-    }
+    others = {k: v for k, v in block.items() if not (streamed and k == "partial_json") and _said_beside(k, v)}
     if others:
         values.append(others)
     values += [v for v in _promoted(block) if not _among(v, values)]
@@ -1269,6 +1265,29 @@ def _among(value: Any, values: list[Any]) -> bool:
     except RecursionError:
         key = _canonical(value)
         return any(v is value or (key and _canonical(v) == key) for v in values)
+
+
+#: The labels of a tool-call block judged when they are no identifiers (`_block_calls`).
+_CALL_LABELS = frozenset({"id", "call_id", "tool_call_id", "index", "status"})
+
+
+def _said_beside(key: str, value: Any) -> bool:
+    """Whether a tool-call block's ``key`` (not the name or the arguments) carries words the model or the consumer
+    gets with the call: any text, and a structured value holding words (`_passed_text`, a v1 block's ``extras``
+    too); a label (id, call id, index, status) only when it is no identifier, as a raw entry's (`_raw_rest`); other
+    bookkeeping never."""
+    if key in _CALL_KEYS:
+        return False
+    if key == "extras":  # a v1 block's provider fields, streamed to the consumer with the call: their text
+        rest = {k: v for k, v in value.items() if k not in _PROMOTED} if isinstance(value, Mapping) else {}
+        return any(text.strip() for text in _strings(rest))
+    if key in _NOT_TEXT:
+        return (
+            key in _CALL_LABELS and isinstance(value, str) and bool(value.strip()) and not IDENTIFIER.fullmatch(value)
+        )
+    if isinstance(value, str):
+        return bool(value.strip())
+    return isinstance(value, (Mapping, list)) and bool(_passed_text(value))
 
 
 #: The keys of a tool-call block that `_block_calls` reads as the call itself.
