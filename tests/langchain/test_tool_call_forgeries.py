@@ -5,6 +5,7 @@ judge (unsafe on "ammonium"); exposure counted in characters of the clause."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -360,3 +361,23 @@ def test_honest_streamed_calls_without_ids_cost_no_check_more() -> None:
     finally:
         del STREAMS["honest, no ids"]
     assert out and sum(len(call) for call in backend.calls) == 1 + 3  # the prompt, then each call once
+
+
+class _AgentStreams(_Streams):
+    """`_Streams` an agent can bind tools to (the tools are the stream's business here)."""
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        return self
+
+
+@pytest.mark.parametrize("stream", ["block beyond its call", "function_call into text", "a later name piece"])
+def test_the_middlewares_held_messages_stream_judges_streamed_blocks_too(stream) -> None:
+    """The same class holds GuardMiddleware's model call under stream_mode="messages" (what rt48f and rt48g did not
+    run): no chunk the consumer reads holds the clause, whatever the middleware then does with the answer."""
+    guard, _ = judge()
+    agent = create_agent(_AgentStreams(name_=stream), [], middleware=[GuardMiddleware(guard)])
+    seen: list[Any] = []
+    with contextlib.suppress(GuardViolation):
+        for chunk, _meta in agent.stream({"messages": [HumanMessage("Find it.")]}, stream_mode="messages"):
+            seen.append(chunk)
+    assert not any(WORD_OF_CLAUSE in repr(c) for c in seen)
