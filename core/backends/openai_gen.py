@@ -923,13 +923,14 @@ class OpenAIGen:
         kept = prompt_tokens(json.loads(content))
         if kept is None:
             raise VerdictParseError("its answer counted no prompt tokens")
-        self._counts_our_template = kept >= check.least_tokens(False)[1]
+        full = check.least_tokens(False)[1]
+        self._counts_our_template = kept >= full
         logger.info(
             "qwenguard: guard server at %s counts %d prompt tokens for the shortest check (the official prompt has "
             "at least %d): %s",
             url,
             kept,
-            check.least_tokens(False)[1],
+            full,
             "its prompts are checked against the official prompt's length"
             if self._counts_our_template
             else "its template or tokenizer is not the official one; prompts are checked against their text",

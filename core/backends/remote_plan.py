@@ -165,6 +165,24 @@ class RemotePlanner:
             self._planners[context] = planner
         return planner
 
+    def _least(self, window: Any) -> tuple[int, int]:
+        """`WireCheck.floor` and ``full`` of a window: the fewest prompt tokens an engine that read it whole counts.
+
+        ``floor``: the messages' text only, as the prompt holds it, in either mode. The template is not counted: an
+        engine's chat template may differ from ours, and a tokenizer may hold the template's text as added tokens
+        (the demo's does), but no template drops what it is given. Counted by the tokenizer when the client has it
+        (exact, less what NFC adds: `nfc_growth`), else as pieces (`lower_bound`: text that makes many tokens a
+        word, random letters, base64, CJK, counts far below its tokens). 2 tokens of each text may merge with the
+        template's text at its edges. ``full``: the official prompt's tokens, exact (less what NFC adds, 1/256 and
+        4: a newline an engine's rendering may differ by), or its pieces."""
+        texts = [prepare_content(m["content"]) for m in window.messages]
+        if self.encoder is None:
+            return lower_bound(texts, slack_per_text=2), lower_bound([render_prompt(list(window.messages))])
+        grown = [nfc_growth(t) for t in texts]
+        counted = sum(max(0, int(self.encoder.content_token_count(t)) - 2 - g) for t, g in zip(texts, grown))
+        exact = len(window.ids)
+        return counted - counted // 256, max(0, exact - exact // 256 - 4 - sum(grown))
+
     def plan(
         self, conversation: Sequence[dict[str, str]], context: int, *, ids: bool = False, deadline: float | None = None
     ) -> CheckPlan:
@@ -187,41 +205,10 @@ class RemotePlanner:
         with_ids = ids and self.encoder is not None
         return CheckPlan(
             tuple(
-                WireCheck(
-                    tuple(w.messages),
-                    mode,
-                    tuple(w.ids) if with_ids else None,
-                    _floor(w.messages, self.encoder),
-                    _full(w.messages, len(w.ids) if self.encoder is not None else None),
-                )
-                for w in windows
+                WireCheck(tuple(w.messages), mode, tuple(w.ids) if with_ids else None, *self._least(w)) for w in windows
             ),
             mode,
         )
-
-
-def _full(messages: Sequence[dict[str, str]], exact: int | None) -> int:
-    """`WireCheck.full`: the official prompt's tokens, ``exact`` (counted by the tokenizer, which normalises to
-    NFC: less what that adds, `nfc_growth`) less 1/256 and 4 (a newline an engine's rendering may differ by), or
-    its pieces."""
-    if exact is not None:
-        grown = sum(nfc_growth(prepare_content(m["content"])) for m in messages)
-        return max(0, exact - exact // 256 - 4 - grown)
-    return lower_bound([render_prompt(list(messages))])
-
-
-def _floor(messages: Sequence[dict[str, str]], encoder: Any = None) -> int:
-    """`WireCheck.floor`: the messages' text only, as the prompt holds it, in either mode. The template is
-    not counted: an engine's chat template may differ from ours, and a tokenizer may hold the template's
-    text as added tokens (the demo's does), but no template drops what it is given. Counted by the tokenizer
-    when the client has it (exact, less what NFC adds: `nfc_growth`), else as pieces (`lower_bound`: text
-    that makes many tokens a word, random letters, base64, CJK, counts far below its tokens). 2 tokens of each
-    text may merge with the template's text at its edges."""
-    texts = [prepare_content(m["content"]) for m in messages]
-    if encoder is None:
-        return lower_bound(texts, slack_per_text=2)
-    counted = sum(max(0, int(encoder.content_token_count(t)) - 2 - nfc_growth(t)) for t in texts)
-    return counted - counted // 256
 
 
 def _stop_at(deadline: float | None) -> Callable[[], None] | None:

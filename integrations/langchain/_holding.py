@@ -36,7 +36,7 @@ from qwenguard.core import Decision, Guard, GuardUnavailable, GuardViolation
 from qwenguard.core.streaming.gen_windows import RELEASE_UNITS
 from qwenguard.core.streaming.wakeup import UpstreamRace, UpstreamReader
 
-from .._common import IDENTIFIER, Kinds
+from .._common import Kinds
 from ._messages import (
     _TOOL_CALL_KINDS,
     DEFAULT_HISTORY_TURNS,
@@ -50,6 +50,7 @@ from ._messages import (
     beyond_its_parse,
     output_items,
     source_text,
+    worded,
 )
 from ._screening import ascreen, raise_first, screen
 from ._streaming import DEFAULT_WINDOW_CHARS, Engine, MonitorScreen, Screen, open_screen
@@ -252,7 +253,7 @@ def _merged(record: dict[str, Any]) -> dict[str, Any]:
         if field in _LABELS:
             first = next((v for v in values if v is not None and v != ""), values[0])
             block[field] = first
-            later = [v for v in values if isinstance(v, str) and v != first and not IDENTIFIER.fullmatch(v)]
+            later = [v for v in values if v != first and worded(v)]
             if later:
                 block[f"streamed_{field}"] = later
         elif all(isinstance(v, str) for v in values):

@@ -42,7 +42,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
+from typing import Any, TypeGuard
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage, convert_to_messages
 from qwenguard.core import InputTooLarge, Stage
@@ -955,7 +955,7 @@ def sent_labels(message: BaseMessage, answered: Mapping[str, str] | None = None)
         labels.append(prefix)
     calls = [*(getattr(message, "tool_calls", None) or ()), *(getattr(message, "invalid_tool_calls", None) or ())]
     ids = [getattr(message, "tool_call_id", None), *(c.get("id") for c in calls if isinstance(c, Mapping))]
-    labels += [i for i in ids if isinstance(i, str) and i.strip() and not IDENTIFIER.fullmatch(i)]
+    labels += [i for i in ids if worded(i)]
     return "\n".join(labels)
 
 
@@ -1209,6 +1209,11 @@ def _raw_calls(raw: Sequence[Any], known: Mapping[Any, _Twins]) -> list[dict[str
     return calls
 
 
+def worded(label: Any) -> TypeGuard[str]:
+    """Whether a label (an id, an index, a status) is words rather than an identifier: judged then."""
+    return isinstance(label, str) and bool(label.strip()) and not IDENTIFIER.fullmatch(label)
+
+
 def _raw_rest(entry: Mapping[str, Any]) -> dict[str, Any]:
     """What a raw tool-call entry says beyond the parsed call it mirrors: its other keys, its ``function``'s other
     keys, and labels (``id``, ``type``, ``index``) that are not identifiers (a call's id goes to the consumer, and
@@ -1216,7 +1221,7 @@ def _raw_rest(entry: Mapping[str, Any]) -> dict[str, Any]:
     rest: dict[str, Any] = {}
     for key, value in entry.items():
         if key in _RAW_LABELS:
-            if isinstance(value, str) and value.strip() and not IDENTIFIER.fullmatch(value):
+            if worded(value):
                 rest[key] = value
         elif key == "function" and isinstance(value, Mapping):
             others = {k: v for k, v in value.items() if k not in _RAW_FUNCTION}
@@ -1282,9 +1287,7 @@ def _said_beside(key: str, value: Any) -> bool:
         rest = {k: v for k, v in value.items() if k not in _PROMOTED} if isinstance(value, Mapping) else {}
         return any(text.strip() for text in _strings(rest))
     if key in _NOT_TEXT:
-        return (
-            key in _CALL_LABELS and isinstance(value, str) and bool(value.strip()) and not IDENTIFIER.fullmatch(value)
-        )
+        return key in _CALL_LABELS and worded(value)
     if isinstance(value, str):
         return bool(value.strip())
     return isinstance(value, (Mapping, list)) and bool(_passed_text(value))
