@@ -5,11 +5,12 @@ What goes on the wire (DESIGN.md decision 2; `qwenguard.core.formats.content`):
 
 - ``mode="chat"`` posts to ``{base_url}/chat/completions`` the conversation with every message's content
   passed through `prepare_content` (cleaned; special-token strings and line-initial turn labels broken
-  with U+200B), so the engine's chat template and tokenizer cannot turn content into control tokens.
+  with U+200B), so the engine's chat template and tokenizer cannot turn content into control tokens, then
+  NFC (`remote_plan.wire_content`: the form the client counted, which engines reading raw text read too).
 - ``mode="completion"`` posts to ``{base_url}/completions`` the prompt's **token ids** when the client has
   the checkpoint's tokenizer (``tokenizer=``): exactly the ids the local guard runs. An engine that refuses
   ids (``transformers serve``: 400 "prompt must be a string") gets the text instead, from then on. Without
-  a tokenizer the text is `render_prompt` (the official prompt, content neutralised).
+  a tokenizer the text is `render_prompt` (the official prompt, content neutralised), in NFC.
 - A check becomes several requests when the local guard would judge several windows: the text before a
   forged turn label is judged alone, and input longer than the engine's context is split into
   overlapping windows (`remote_plan`); the worst verdict wins.
@@ -70,7 +71,6 @@ from ..errors import (
     QwenGuardError,
     VerdictParseError,
 )
-from ..formats.content import prepare_content
 from ..formats.prompts import parse_verdict, render_prompt
 from ..formats.windows import (
     DEFAULT_MAX_WINDOW_TOKENS,
@@ -94,7 +94,15 @@ from .openai_wire import (
     retry_after,
 )
 from .remote_loop import LoopThread
-from .remote_plan import UNPUBLISHED_CONTEXT, ByteCounter, CheckPlan, RemotePlanner, WireCheck
+from .remote_plan import (
+    UNPUBLISHED_CONTEXT,
+    ByteCounter,
+    CheckPlan,
+    RemotePlanner,
+    WireCheck,
+    wire_content,
+    wire_text,
+)
 from .replicas import Replicas, attempt_budget, base_urls
 
 __all__ = [
@@ -473,12 +481,14 @@ class OpenAIGen:
     def _body(self, check: WireCheck, as_ids: bool) -> tuple[str, dict[str, Any]]:
         body: dict[str, Any] = {"model": self.model, "temperature": 0, "max_tokens": self.max_tokens}
         if self.mode == "chat":
-            body["messages"] = [{"role": m["role"], "content": prepare_content(m["content"])} for m in check.messages]
+            body["messages"] = [{"role": m["role"], "content": wire_content(m["content"])} for m in check.messages]
             if self.logprobs:
                 body["logprobs"] = True
                 body["top_logprobs"] = 5
             return "/chat/completions", body
-        body["prompt"] = list(check.ids) if as_ids and check.ids is not None else render_prompt(list(check.messages))
+        body["prompt"] = (
+            list(check.ids) if as_ids and check.ids is not None else wire_text(render_prompt(list(check.messages)))
+        )
         if self.logprobs:
             body["logprobs"] = 5
         return "/completions", body

@@ -37,7 +37,7 @@ from ..formats.windows import (
     WindowPlanner,
 )
 from .after_fork import fork_safe_lock
-from .token_floor import lower_bound, nfc_growth
+from .token_floor import lower_bound
 
 __all__ = [
     "WireCheck",
@@ -47,6 +47,8 @@ __all__ = [
     "byte_bound",
     "UNPUBLISHED_CONTEXT",
     "MAX_REQUEST_MESSAGES",
+    "wire_text",
+    "wire_content",
 ]
 
 #: Context assumed when neither the caller nor the engine says (vLLM and SGLang publish theirs; Ollama,
@@ -61,6 +63,19 @@ MAX_REQUEST_MESSAGES = 256
 #: Counting by bytes, a token of English is about this many bytes: a window's byte budget is capped at
 #: ``max_window_tokens * 4`` (and at the context, always), and neighbours overlap by ``window_overlap * 4``.
 _TYPICAL_BYTES_PER_TOKEN = 4
+
+
+def wire_text(text: str) -> str:
+    """Text as a remote engine is sent it: NFC, the form the Qwen3 tokenizer reads and the client counts. vLLM and
+    SGLang normalise it so themselves; llama.cpp and Ollama tokenize the raw text, where decomposed text (Korean as
+    macOS writes it) makes several times the tokens: a window counted after NFC was longer than their context, and
+    Ollama cut it silently with a count no lower than the client expected (rt49d R1)."""
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
+
+
+def wire_content(content: str) -> str:
+    """One message's content as a remote engine is sent it: `prepare_content` (the content rule), then NFC."""
+    return wire_text(prepare_content(content))
 
 
 def _char_bytes(ch: str) -> int:
@@ -171,17 +186,17 @@ class RemotePlanner:
         ``floor``: the messages' text only, as the prompt holds it, in either mode. The template is not counted: an
         engine's chat template may differ from ours, and a tokenizer may hold the template's text as added tokens
         (the demo's does), but no template drops what it is given. Counted by the tokenizer when the client has it
-        (exact, less what NFC adds: `nfc_growth`), else as pieces (`lower_bound`: text that makes many tokens a
-        word, random letters, base64, CJK, counts far below its tokens). 2 tokens of each text may merge with the
-        template's text at its edges. ``full``: the official prompt's tokens, exact (less what NFC adds, 1/256 and
-        4: a newline an engine's rendering may differ by), or its pieces."""
-        texts = [prepare_content(m["content"]) for m in window.messages]
+        (exact), else as pieces (`lower_bound`: text that makes many tokens a word, random letters, base64, CJK,
+        counts far below its tokens). 2 tokens of each text may merge with the template's text at its edges.
+        ``full``: the official prompt's tokens, exact (less 1/256 and 4: a newline an engine's rendering may differ
+        by), or its pieces. The text is counted as it goes on the wire (`wire_content`: NFC, which every engine
+        then reads as the client counted it)."""
+        texts = [wire_content(m["content"]) for m in window.messages]
         if self.encoder is None:
-            return lower_bound(texts, slack_per_text=2), lower_bound([render_prompt(list(window.messages))])
-        grown = [nfc_growth(t) for t in texts]
-        counted = sum(max(0, int(self.encoder.content_token_count(t)) - 2 - g) for t, g in zip(texts, grown))
+            return lower_bound(texts, slack_per_text=2), lower_bound([wire_text(render_prompt(list(window.messages)))])
+        counted = sum(max(0, int(self.encoder.content_token_count(t)) - 2) for t in texts)
         exact = len(window.ids)
-        return counted - counted // 256, max(0, exact - exact // 256 - 4 - sum(grown))
+        return counted - counted // 256, max(0, exact - exact // 256 - 4)
 
     def plan(
         self, conversation: Sequence[dict[str, str]], context: int, *, ids: bool = False, deadline: float | None = None

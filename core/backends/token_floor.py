@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import MissingDependency
 
-__all__ = ["pieces", "lower_bound", "nfc_growth", "QWEN_ADDED_TOKENS"]
+__all__ = ["pieces", "lower_bound", "QWEN_ADDED_TOKENS"]
 
 #: Qwen3's pre-tokenizer split (``tokenizer.json``, ``pre_tokenizer.pretokenizers[0].pattern.Regex``).
 _SPLIT = (
@@ -82,14 +82,6 @@ def pieces(text: str) -> int:
     if text.isascii() or unicodedata.is_normalized("NFC", text):
         return _pieces(text)
     return min(_pieces(text), _pieces(unicodedata.normalize("NFC", text)))
-
-
-def nfc_growth(text: str) -> int:
-    """How many more tokens a tokenizer that normalises to NFC may count than one that reads the raw text: for each
-    character NFC writes as others (U+FB2C as two), their UTF-8 bytes (the most tokens they can be)."""
-    if text.isascii() or unicodedata.is_normalized("NFC", text):
-        return 0
-    return sum(len(n.encode("utf-8")) for c in text if (n := unicodedata.normalize("NFC", c)) != c)
 
 
 def _pieces(text: str) -> int:
