@@ -4,6 +4,7 @@ demo guard, and a scripted engine (tests/scripted_openai.py) listing one model, 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -17,6 +18,8 @@ from qwenguard.core import Guard, GuardUnavailable, Policy, Risk
 from qwenguard.core.backends import openai_gen
 from qwenguard.core.backends.openai_gen import OpenAIGen
 from qwenguard.core.cli import app
+from qwenguard.core.policy import StagePolicy
+from qwenguard.core.verdict import Stage
 from scripted_openai import Reply
 from scripted_openai import scripted_openai as scripted
 from typer.testing import CliRunner
@@ -461,3 +464,27 @@ def test_checks_queued_behind_a_models_read_share_its_outcome(monkeypatch, liste
     else:
         assert all(d.risk is Risk.UNSAFE for d in results) and later.risk is Risk.UNSAFE
         assert replica.gets == 1
+
+
+async def test_a_short_deadline_that_starts_the_models_read_ends_no_other_check():
+    """rt49c H1: the shared ``/models`` read ran on the deadline of the check that started it. A tool result with a
+    0.3 s stage timeout came first; a prompt check with 20 s came next and took the read's timeout at 0.3 s though
+    ``/models`` answered at 1 s (under ``on_error="allow"`` the unsafe prompt would go out unjudged), and the
+    replica was marked failed. The read has its own bound; each check waits for it within its own deadline."""
+    policy = Policy(timeout_s=20, stages={Stage.TOOL_RESULT: StagePolicy(timeout_s=0.3)})
+    replica = Replica("guard")
+    with replica.running():
+        replica.hold = threading.Event()
+        guard = Guard.remote(replica.url, cache_size=0, policy=policy)
+        try:
+            first = asyncio.ensure_future(guard.acheck_tool_result("search", "The weather is sunny."))
+            assert await asyncio.to_thread(replica.asked.wait, 10)
+            second = asyncio.ensure_future(guard.acheck_prompt(BOMB))
+            await asyncio.sleep(1.0)
+            replica.hold.set()
+            tool_result, prompt = await asyncio.wait_for(asyncio.gather(first, second), 30)
+        finally:
+            await guard.aclose()
+    assert tool_result.reason == "timeout"
+    assert (prompt.risk, prompt.allowed) == (Risk.UNSAFE, False), prompt
+    assert replica.gets == 1

@@ -868,7 +868,7 @@ class OpenAIGen:
         if self._unlearned():
             lookup = wire.lookup
             if lookup is None or lookup.done():
-                lookup = wire.lookup = asyncio.ensure_future(self._learn(wire, deadline))
+                lookup = wire.lookup = asyncio.ensure_future(self._learn(wire, self._shared_deadline()))
                 lookup.add_done_callback(_retrieved)
             try:
                 # Shielded: a check cancelled or past its own deadline does not end the others' read.
@@ -892,6 +892,12 @@ class OpenAIGen:
                 )
         return context if self._cut_context is None else min(context, self._cut_context)
 
+    def _shared_deadline(self) -> _Deadline:
+        """The bound of a read the checks that come meanwhile share (``/models``, the template question): an
+        attempt's bound per replica, its own. The deadline of the check that happened to start it ended it for all
+        of them: a stage with a short timeout failed every other check waiting (rt49c H1)."""
+        return _Deadline((self.connect_timeout_s + self.read_timeout_s) * len(self.base_urls))
+
     async def _settle(self, wire: _Wire, url: str, unsure: Unsure, deadline: _Deadline) -> Outcome:
         """The outcome of an answer that counted fewer tokens than the official prompt has: a `PromptCut` when the
         engine counts the official prompt (so it cut this one), else the answer. Which, is asked once per client
@@ -899,7 +905,7 @@ class OpenAIGen:
         if self._counts_our_template is None:
             probe = wire.probe
             if probe is None or probe.done():
-                probe = wire.probe = asyncio.ensure_future(self._ask_template(wire, url, deadline))
+                probe = wire.probe = asyncio.ensure_future(self._ask_template(wire, url, self._shared_deadline()))
                 probe.add_done_callback(_retrieved)
             try:
                 await asyncio.wait_for(asyncio.shield(probe), deadline.left())
