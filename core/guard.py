@@ -29,7 +29,7 @@ from .formats.conversations import (
     untrusted_conversation,
     without_blank_context,
 )
-from .formats.prompts import Message, normalize_messages, text_size
+from .formats.prompts import Message, judged_size, normalize_messages, text_size
 from .policy import Action, Decision, Policy
 from .verdict import Stage, Verdict
 
@@ -364,15 +364,14 @@ class Guard:
                 f"send fewer turns or raise Guard(max_messages=...)"
             )
         total = 0
-        for m in conversation:
+        for i, m in enumerate(conversation):
             if type(m) is dict or isinstance(m, Mapping):
-                content = m.get("content")
-                if isinstance(content, str):
+                if len(m) > 2:  # refusal text, tool calls: judged too, so counted as written for the model
+                    total += judged_size(i, m, self.max_chars - total + 1)
+                elif isinstance(content := m.get("content"), str):
                     total += len(content)
-                if len(m) > 2:  # refusal text, tool calls: judged too, so counted too
-                    for key in ("refusal", "tool_calls", "function_call"):
-                        if m.get(key):
-                            total += text_size(m[key], self.max_chars - total + 1)
+                if total > self.max_chars:
+                    break
         if total > self.max_chars:
             raise InputTooLarge(
                 f"{total:,} characters exceed max_chars={self.max_chars:,}; split the text or raise Guard(max_chars=...)"

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import pytest
 from faults import ScriptedBackend
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from qwenguard.core import Guard, InputTooLarge, Policy, Stage
+from qwenguard.core.formats.prompts import normalize_messages
 
 ASK = "Please pay my electricity bill."
 
@@ -109,11 +112,47 @@ def test_fields_the_guard_does_not_read_are_refused_not_dropped(judge, turn, fie
         {"role": "assistant", "content": None, "tool_calls": [{"name": "pay", "args": {"memo": ["x" * 1_000] * 50}}]},
         {"role": "assistant", "content": None, "function_call": {"name": "pay", "arguments": "x" * 50_000}},
         {"role": "assistant", "content": "", "refusal": "x" * 50_000},
+        # rt49c M1: containers and numbers counted as nothing or one character, written as "[], " or 200 digits.
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"function": {"name": "f", "arguments": {"a": [[]] * 5000}}}],
+        },
+        {"role": "assistant", "content": "", "tool_calls": [{"name": "f", "args": {"a": [{}] * 5000}}]},
+        {"role": "assistant", "content": "", "tool_calls": [{"name": "f", "args": {"a": [10**200] * 100}}]},
+        {"role": "assistant", "content": "", "tool_calls": [{"name": "f", "args": {"a": [0.1] * 3000}}]},
     ],
-    ids=["openai-arguments", "langchain-args", "function_call", "refusal"],
+    ids=[
+        "openai-arguments",
+        "langchain-args",
+        "function_call",
+        "refusal",
+        "empty-lists",
+        "empty-maps",
+        "long-ints",
+        "floats",
+    ],
 )
 def test_max_chars_counts_every_judged_character(judge, turn):
     guard = _guard(judge, policy=Policy(on_error="allow", timeout_s=0.5), max_chars=10_000)
     with pytest.raises(InputTooLarge):
         guard.check(_turns(turn), Stage.TOOL_CALL)
     assert not judge.calls
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**30), 10**30) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(arguments=st.dictionaries(st.text(max_size=4), _JSON, max_size=4))
+def test_no_call_is_judged_longer_than_max_chars_counts_it(arguments):
+    """What ``max_chars`` counts of a tool call is never fewer characters than the text the model reads of it."""
+    turn = {"role": "assistant", "content": "", "tool_calls": [{"name": "f", "args": arguments}]}
+    judged = len(normalize_messages(_turns(turn))[-1]["content"])
+    guard = Guard(ScriptedBackend(_judge, name="kw"), cache_size=0, max_chars=len(ASK) + judged - 1)
+    with pytest.raises(InputTooLarge):
+        guard._check_size(_turns(turn))

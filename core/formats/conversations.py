@@ -201,11 +201,21 @@ def _json_parts(value: Any) -> Iterator[str]:
             return
 
 
-def with_tool_calls(text: str | None, calls: Iterable[tuple[str, Mapping[str, Any] | str | None]]) -> str:
+def with_tool_calls(
+    text: str | None, calls: Iterable[tuple[str, Mapping[str, Any] | str | None]], *, max_chars: int | None = None
+) -> str:
     """An assistant turn as the guard reads it: its text, then each ``(name, arguments)`` call as its action
-    (`render_tool_call`), one a line."""
+    (`render_tool_call`), one a line. With ``max_chars``, written only until longer (for a size check)."""
     lines = [text] if text else []
-    lines += [render_tool_call(name, arguments) for name, arguments in calls]
+    if max_chars is None:
+        lines += [render_tool_call(name, arguments) for name, arguments in calls]
+        return "\n".join(lines)
+    room = max_chars - len(text or "")
+    for name, arguments in calls:
+        if room < 0:
+            break
+        lines.append(render_tool_call(name, arguments, max(room, 0)))
+        room -= len(lines[-1]) + 1
     return "\n".join(lines)
 
 

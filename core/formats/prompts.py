@@ -128,11 +128,20 @@ def _empty(value: Any) -> bool:
     return value is None or (isinstance(value, (str, list, tuple, dict)) and not value)
 
 
-def _judged_fields(i: int, role: Any, message: Mapping[str, Any]) -> Any:
+def judged_size(i: int, message: Mapping[str, Any], budget: int) -> int:
+    """Characters of message ``i`` the guard judges: its text, its refusal text and its tool calls as written for
+    the model (``Tool call: name({...})``), written only until past ``budget``, so that a check of huge arguments
+    stops early. What `normalize_messages` would refuse is refused here, with its error."""
+    content = _judged_fields(i, message.get("role"), message, budget) if len(message) > 2 else message.get("content")
+    return len(content) if isinstance(content, str) else 0
+
+
+def _judged_fields(i: int, role: Any, message: Mapping[str, Any], budget: int | None = None) -> Any:
     """The content of a message with more than role and content, as the guard reads it: its text, the
     assistant's refusal text (OpenAI's ``refusal``), then its tool calls (``tool_calls``, or the legacy
     ``function_call``) as actions. A field the guard would not read is refused (``ValueError``), never
-    dropped unjudged: what a model is sent is what is judged."""
+    dropped unjudged: what a model is sent is what is judged. With ``budget``, calls are written only until the
+    text is longer (`judged_size`)."""
     for key, value in message.items():
         if key not in _KNOWN_FIELDS and not _empty(value):
             raise ValueError(f"message {i} has a field {key!r} the guard does not judge: remove it (or set it to None)")
@@ -157,7 +166,7 @@ def _judged_fields(i: int, role: Any, message: Mapping[str, Any]) -> Any:
             raise TypeError(f"message {i} tool_calls must be a list of tool calls, got {type(calls).__name__}")
         calls = [*calls, {"function": function_call}]
     if calls:  # an assistant turn's tool calls are judged as its actions, after its text
-        content = _with_tool_calls(i, role, content, calls)
+        content = _with_tool_calls(i, role, content, calls, budget)
     return content
 
 
@@ -183,7 +192,7 @@ def text_size(value: Any, budget: int) -> int:
 _CALL_FIELDS = frozenset({"id", "type", "index", "function", "name", "args", "arguments"})
 
 
-def _with_tool_calls(i: int, role: str, content: Any, calls: Any) -> str:
+def _with_tool_calls(i: int, role: str, content: Any, calls: Any, budget: int | None = None) -> str:
     """``content`` followed by each tool call rendered as the assistant's action (``Tool call: name({...})``,
     one a line). Calls in the OpenAI shape (``{"function": {"name", "arguments"}}``) or LangChain's
     (``{"name", "args"}``); a message may carry them without text (``content`` ``None``)."""
@@ -212,7 +221,7 @@ def _with_tool_calls(i: int, role: str, content: Any, calls: Any) -> str:
             raise ValueError(f"message {i} has a tool call with fields the guard does not judge: {', '.join(extra)}")
         arguments = source.get("arguments")
         named.append((source["name"], source.get("args") if _empty(arguments) else arguments))
-    return with_tool_calls(content, named)
+    return with_tool_calls(content, named, max_chars=budget)
 
 
 def moderation_mode(messages: Sequence[Message]) -> str:
