@@ -16,7 +16,8 @@ What goes on the wire (DESIGN.md decision 2; `qwenguard.core.formats.content`):
   overlapping windows (`remote_plan`); the worst verdict wins.
 
 Deadlines and failures: all requests run on the client's own event loop (`remote_loop`), one connection
-pool for sync and async callers on any loop, at most ``max_concurrency`` requests in flight. The
+pool for sync and async callers on any loop, at most ``max_concurrency`` requests in flight, a freed slot
+going to the calls waiting in turn (`fair_slots`: one call's hundred windows hold no other call back). The
 ``timeout`` of a call is a deadline for all of it, retries included, enforced on that loop (a server that
 drips one byte a second is cut off at the deadline), and each attempt must be answered within
 ``connect_timeout_s + read_timeout_s`` in total. Requests settle one by one: those answered keep their
@@ -81,6 +82,7 @@ from ..verdict import Risk, Verdict, worst
 from .after_fork import fork_safe_lock
 from .base import Conversation, Outcome
 from .context_shown import ContextRefused, PromptCut, SmallerContext, Unsure, context_named, prompt_tokens
+from .fair_slots import CALLER, FairSlots
 from .openai_wire import (
     MALFORMED_LOGPROBS,
     NO_VERDICT_ERROR,
@@ -282,7 +284,7 @@ class _Wire:
         self._make_client = make_client
         self._max_concurrency = max_concurrency
         self.client: Any = None
-        self.in_flight: asyncio.Semaphore | None = None
+        self.in_flight: FairSlots | None = None
         self.lookup: asyncio.Future[None] | None = None  # the /models read in progress (`OpenAIGen._context`)
         self.probe: asyncio.Future[None] | None = None  # the template question in progress (`OpenAIGen._settle`)
 
@@ -290,7 +292,7 @@ class _Wire:
         """Create the loop-bound objects (called on the loop)."""
         if self.client is None:
             self.client = self._make_client()
-            self.in_flight = asyncio.Semaphore(self._max_concurrency)
+            self.in_flight = FairSlots(self._max_concurrency)
 
     async def _aclose(self) -> None:
         if self.client is not None:
@@ -676,7 +678,7 @@ class OpenAIGen:
         try:
             async for attempt in _tenacity().AsyncRetrying(**self._retry_kwargs(deadline, tried)):
                 with attempt:
-                    async with wire.in_flight:
+                    async with wire.in_flight.slot():
                         url = self.replicas.pick(exclude=tried if self.replicas.untried(tried) else refused)
                         tried.append(url)
                         another = len(tried) < self._max_attempts and self.replicas.untried(tried)
@@ -930,7 +932,9 @@ class OpenAIGen:
         path, body = self._body(check, False)
         self.requests_sent += 1
         assert wire.in_flight is not None
-        async with wire.in_flight:  # bounded as an attempt is: an engine that drips its answer keeps no check waiting
+        async with (
+            wire.in_flight.slot()
+        ):  # bounded as an attempt is: an engine that drips its answer keeps no check waiting
             status, content = await asyncio.wait_for(
                 self._exchange(wire, url + path, body, url), self.connect_timeout_s + self.read_timeout_s
             )
@@ -1095,6 +1099,7 @@ class OpenAIGen:
     async def _run(self, conversations: list[Conversation], deadline: _Deadline) -> list[Outcome]:
         wire = self._wire
         assert wire is not None
+        CALLER.set(object())  # this call's requests take free slots in turn with other calls' (`FairSlots`)
         wire.ready()
         context = await self._context(wire, deadline)
         plans = await self._plan(conversations, context, deadline)
