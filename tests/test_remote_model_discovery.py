@@ -488,3 +488,30 @@ async def test_a_short_deadline_that_starts_the_models_read_ends_no_other_check(
     assert tool_result.reason == "timeout"
     assert (prompt.risk, prompt.allowed) == (Risk.UNSAFE, False), prompt
     assert replica.gets == 1
+
+
+@pytest.mark.parametrize("calls", ["sync", "async"])
+def test_a_models_route_that_hangs_fails_no_check_when_the_name_is_given(calls):
+    """rt49c M4: with ``model=`` given and no ``max_context``, ``/models`` is read only for the engine's context.
+    Behind a proxy that never answers that route, every check waited for it to its whole deadline and ended a
+    timeout (under ``on_error="allow"``: let through unjudged) though the engine answered checks at once. A
+    check waits for the read a share of its deadline, then plans for the fallback context, which is safe: a
+    smaller context shows in the engine's answers."""
+    replica = Replica("guard")
+    with replica.running():
+        replica.hold = threading.Event()  # /models never answers while the checks run
+        guard = Guard.remote(replica.url, model="guard", cache_size=0, policy=Policy(timeout_s=3))
+        try:
+            if calls == "sync":
+                decisions = [guard.check_prompt(f"{BOMB} ({i})") for i in range(3)]
+            else:
+
+                async def run() -> list:
+                    return [await guard.acheck_prompt(f"{BOMB} ({i})") for i in range(3)]
+
+                decisions = asyncio.run(run())
+        finally:
+            replica.hold.set()
+            guard.close()
+    assert [(d.risk, d.allowed) for d in decisions] == [(Risk.UNSAFE, False)] * 3, decisions
+    assert replica.gets == 1  # one read, shared; the checks did not each start another

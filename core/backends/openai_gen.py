@@ -286,6 +286,7 @@ class _Wire:
         self.client: Any = None
         self.in_flight: FairSlots | None = None
         self.lookup: asyncio.Future[None] | None = None  # the /models read in progress (`OpenAIGen._context`)
+        self.lookup_slow = False  # a check waited for it a while in vain: the others plan without it meanwhile
         self.probe: asyncio.Future[None] | None = None  # the template question in progress (`OpenAIGen._settle`)
 
     def ready(self) -> None:
@@ -423,6 +424,7 @@ class OpenAIGen:
         )
         self._fallback_context = min(self._tokenizer_context() or UNPUBLISHED_CONTEXT, UNPUBLISHED_CONTEXT)
         self._said_fallback = False
+        self._said_unlisted = False  # a /models read still pending was logged (`_context`)
         self._served_context: int | None = None  # learned from /models: 0 = not published
         # The least served context worth planning with: the guard prompt of a reply (the longer template,
         # counted as the planner counts), _MIN_SERVED_ROOM tokens of text and the answer.
@@ -866,25 +868,52 @@ class OpenAIGen:
         when not given, is learned from the same reply first (raises when it cannot be).
 
         One read at a time: the checks that come while it runs take its outcome (its error included) instead
-        of each reading ``/models`` again in turn; a check after a failed read reads it again."""
+        of each reading ``/models`` again in turn; a check after a failed read reads it again. With the name
+        known, a check waits for the read only a while (a quarter of its deadline, at most the connect timeout),
+        then plans for the fallback context while the read goes on."""
+        pending = False
         if self._unlearned():
             lookup = wire.lookup
             if lookup is None or lookup.done():
                 lookup = wire.lookup = asyncio.ensure_future(self._learn(wire, self._shared_deadline()))
                 lookup.add_done_callback(_retrieved)
+                wire.lookup_slow = False
+            naming, wait = self._naming(), deadline.left()
+            if not naming:
+                # The read only sizes windows, and the fallback context is safe (a smaller context shows in the
+                # engine's answers): a /models that hung failed every check though the engine answered them
+                # (rt49c M4).
+                # Once a check has waited so in vain, the others of this read do not wait at all.
+                wait = (
+                    0
+                    if wire.lookup_slow
+                    else min(self.connect_timeout_s, (self.connect_timeout_s * 4 if wait is None else wait) / 4)
+                )
             try:
                 # Shielded: a check cancelled or past its own deadline does not end the others' read.
-                await asyncio.wait_for(asyncio.shield(lookup), deadline.left())
+                await asyncio.wait_for(asyncio.shield(lookup), wait)
             except asyncio.TimeoutError:
-                if not lookup.done():
+                if lookup.done():
+                    lookup.result()  # it ended as this check's wait did: its outcome
+                elif naming:
                     raise GuardTimeout(
                         f"guard server at {self._where} did not list its models within the deadline"
                     ) from None
-                lookup.result()  # it ended as this check's deadline did: its outcome
+                else:
+                    pending = wire.lookup_slow = True
+                if pending and not self._said_unlisted:
+                    self._said_unlisted = True
+                    logger.warning(
+                        "qwenguard: guard server at %s has not listed its models (for its context) within %.3g s: "
+                        "planning for %d tokens meanwhile; pass max_context= the engine's context",
+                        self._where,
+                        wait,
+                        self._fallback_context,
+                    )
         context = self.max_context if self.max_context is not None else self._served_context
         if not context:
             context = self._fallback_context
-            if not self._said_fallback:
+            if not pending and not self._said_fallback:
                 self._said_fallback = True
                 logger.warning(
                     "qwenguard: guard server at %s publishes no context (max_model_len) and none was given: planning "
