@@ -58,6 +58,7 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
@@ -95,6 +96,7 @@ from .openai_wire import (
     request_headers,
     retry_after,
 )
+from .plan_pool import planning_pool
 from .remote_loop import LoopThread
 from .remote_plan import (
     UNPUBLISHED_CONTEXT,
@@ -1117,13 +1119,27 @@ class OpenAIGen:
     async def _plan(self, conversations: list[Conversation], context: int, deadline: _Deadline) -> list[CheckPlan]:
         want_ids = self.mode == "completion" and self.planner.encoder is not None and self._ids_accepted is not False
 
+        abandoned = threading.Event()  # the caller left: planning stops at its next window
+
         def work() -> list[CheckPlan]:
-            return [self.planner.plan(c, context, ids=want_ids, deadline=deadline.end) for c in conversations]
+            plan = self.planner.plan
+            return [plan(c, context, ids=want_ids, deadline=deadline.end, abandoned=abandoned) for c in conversations]
 
         size = sum(len(m.get("content") or "") for c in conversations for m in c if isinstance(m, Mapping))
         if self.planner.encoder is None and size < _INLINE_PLAN_CHARS:
             return work()
-        return await asyncio.to_thread(work)  # tokenizer work stays off the loop
+        # Tokenizer work stays off the loop, on the local guard's planning threads: shortest first, one kept for
+        # short work, a plan whose caller left stopped or never started. In asyncio's pool, first come first
+        # served, a few abandoned near-max_chars checks held every thread past a short check's deadline (rt49c M5).
+        job = planning_pool().submit(size, work)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(job), deadline.left())
+        except asyncio.TimeoutError:
+            raise GuardTimeout("the deadline passed while the windows waited to be planned") from None
+        finally:
+            if not job.done():
+                abandoned.set()
+                job.cancel()
 
     async def _run(self, conversations: list[Conversation], deadline: _Deadline) -> list[Outcome]:
         wire = self._wire

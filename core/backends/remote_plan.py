@@ -20,6 +20,7 @@ How tokens are counted:
 
 from __future__ import annotations
 
+import threading
 import time
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -199,15 +200,22 @@ class RemotePlanner:
         return counted - counted // 256, max(0, exact - exact // 256 - 4)
 
     def plan(
-        self, conversation: Sequence[dict[str, str]], context: int, *, ids: bool = False, deadline: float | None = None
+        self,
+        conversation: Sequence[dict[str, str]],
+        context: int,
+        *,
+        ids: bool = False,
+        deadline: float | None = None,
+        abandoned: threading.Event | None = None,
     ) -> CheckPlan:
         """The requests for ``conversation`` on an engine of ``context`` tokens (with ids when ``ids`` and the
-        tokenizer is known). ``deadline`` (``time.monotonic()``): planning stops there with `GuardTimeout`."""
+        tokenizer is known). ``deadline`` (``time.monotonic()``): planning stops there with `GuardTimeout`; so it
+        does at the next window once ``abandoned`` is set (the caller left)."""
         msgs = normalize_messages(conversation)[-MAX_REQUEST_MESSAGES:]
         mode = moderation_mode(msgs)
         try:
             with self._lock:
-                windows = self._planner(context).plan(msgs, check=_stop_at(deadline))
+                windows = self._planner(context).plan(msgs, check=_stop_at(deadline, abandoned))
         except QwenGuardError as exc:  # InputTooLarge, GuardTimeout
             return CheckPlan((), mode, exc)
         except ValueError as exc:  # the context cannot hold the template and some text
@@ -226,12 +234,14 @@ class RemotePlanner:
         )
 
 
-def _stop_at(deadline: float | None) -> Callable[[], None] | None:
-    if deadline is None:
+def _stop_at(deadline: float | None, abandoned: threading.Event | None = None) -> Callable[[], None] | None:
+    if deadline is None and abandoned is None:
         return None
 
     def check() -> None:
-        if time.monotonic() > deadline:
+        if deadline is not None and time.monotonic() > deadline:
             raise GuardTimeout("the deadline passed while planning the windows")
+        if abandoned is not None and abandoned.is_set():
+            raise GuardTimeout("the caller stopped waiting while its windows were planned")
 
     return check
