@@ -366,7 +366,7 @@ class Guard:
         total = 0
         for i, m in enumerate(conversation):
             if type(m) is dict or isinstance(m, Mapping):
-                if len(m) > 2:  # refusal text, tool calls: judged too, so counted as written for the model
+                if len(m) > 2 or "content" not in m:  # as `normalize_messages` reads them: calls, refusal text
                     total += judged_size(i, m, self.max_chars - total + 1)
                 elif isinstance(content := m.get("content"), str):
                     total += len(content)

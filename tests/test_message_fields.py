@@ -121,6 +121,9 @@ def test_fields_the_guard_does_not_read_are_refused_not_dropped(judge, turn, fie
         {"role": "assistant", "content": "", "tool_calls": [{"name": "f", "args": {"a": [{}] * 5000}}]},
         {"role": "assistant", "content": "", "tool_calls": [{"name": "f", "args": {"a": [10**200] * 100}}]},
         {"role": "assistant", "content": "", "tool_calls": [{"name": "f", "args": {"a": [0.1] * 3000}}]},
+        # rt49c M1 (a): no content key, so two keys only: read all the same.
+        {"role": "assistant", "tool_calls": [{"name": "pay", "args": {"memo": "x" * 50_000}}]},
+        {"role": "assistant", "refusal": "x" * 50_000},
     ],
     ids=[
         "openai-arguments",
@@ -131,6 +134,8 @@ def test_fields_the_guard_does_not_read_are_refused_not_dropped(judge, turn, fie
         "empty-maps",
         "long-ints",
         "floats",
+        "calls-no-content",
+        "refusal-no-content",
     ],
 )
 def test_max_chars_counts_every_judged_character(judge, turn):

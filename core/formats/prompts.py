@@ -132,7 +132,9 @@ def judged_size(i: int, message: Mapping[str, Any], budget: int) -> int:
     """Characters of message ``i`` the guard judges: its text, its refusal text and its tool calls as written for
     the model (``Tool call: name({...})``), written only until past ``budget``, so that a check of huge arguments
     stops early. What `normalize_messages` would refuse is refused here, with its error."""
-    content = _judged_fields(i, message.get("role"), message, budget) if len(message) > 2 else message.get("content")
+    content = message.get("content")
+    if len(message) > 2 or "content" not in message:
+        content = _judged_fields(i, message.get("role"), message, budget)
     return len(content) if isinstance(content, str) else 0
 
 
