@@ -31,7 +31,7 @@ from .formats.conversations import (
 )
 from .formats.prompts import Message, judged_size, normalize_messages, text_size
 from .policy import Action, Decision, Policy
-from .verdict import Stage, Verdict
+from .verdict import Risk, Stage, Verdict
 
 __all__ = ["Guard", "enforce", "DEFAULT_MAX_CHARS", "DEFAULT_MAX_MESSAGES", "DEFAULT_CACHE_SIZE", "DEFAULT_CACHE_BYTES"]
 
@@ -692,11 +692,13 @@ def _one_each(outcome: Any, expected: int) -> list[Outcome] | BaseException:
 def _with_retried(
     outcome: list[Outcome], redo: list[tuple[int, _Check]], again: list[Outcome] | BaseException
 ) -> list[Outcome]:
-    """``outcome`` with the verdicts of the checks judged again put in; their first error stays otherwise."""
+    """``outcome`` with the verdicts of the checks judged again alone put in where they are not safe: a harm in the
+    context is not in the last turn alone, so its "safe" cannot stand for the conversation (rt49d R4); the first
+    error stays otherwise."""
     out = list(outcome)
     for k, (i, _) in enumerate(redo):
         result = again[k] if isinstance(again, list) else again
-        if isinstance(result, Verdict):
+        if isinstance(result, Verdict) and result.risk is not Risk.SAFE:
             out[i] = result
     return out
 

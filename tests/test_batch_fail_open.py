@@ -206,7 +206,9 @@ HISTORY = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": 
 def test_a_context_that_breaks_the_verdict_cannot_fail_a_check_open(run_async):
     """The attack's general form: the client writes the earlier turns, and a context that makes the model's
     answer no verdict made a guard error of the check, which ``on_error="allow"`` let through. The turn is
-    judged once more with the least context it needs: a prompt alone, an answer after its user turn."""
+    judged once more with the least context it needs: a prompt alone, an answer after its user turn. Only a verdict
+    that is not safe stands for the conversation (a harm can be in the context alone, rt49d R4): the capital
+    question stays a guard error, which the policy lets through, flagged."""
     demo = Guard.from_pretrained("demo", device="cpu", cache_size=0)
     judge = ContextBreaksTheVerdict(demo.backend)
     guard = Guard(judge, Policy(on_error="allow"), cache_size=0)  # type: ignore[arg-type]
@@ -217,7 +219,7 @@ def test_a_context_that_breaks_the_verdict_cannot_fail_a_check_open(run_async):
         ("prompt", [*HISTORY, {"role": "user", "content": "What is the capital of France?"}]),
     ]
     decisions = asyncio.run(guard.acheck_many(items)) if run_async else guard.check_many(items)
-    assert [(d.allowed, d.reason) for d in decisions] == [(False, "unsafe"), (False, "unsafe"), (True, "safe")]
+    assert [(d.allowed, d.reason) for d in decisions] == [(False, "unsafe"), (False, "unsafe"), (True, "guard_error")]
     assert judge.calls == 2  # the batch, then one call for the three turns with less context
 
 

@@ -24,7 +24,7 @@ from ..formats.prompts import (
     render_prompt,
 )
 from ..policy import Action, Decision, Policy
-from ..verdict import Stage, Verdict
+from ..verdict import Risk, Stage, Verdict
 from .limits import LimitExceeded, Limits
 from .metrics import Metrics
 from .schemas import (
@@ -287,13 +287,16 @@ class Service:
     # (400 characters of "x" before a bomb prompt did): no verdict, which an operator's on_error="allow" lets
     # through and the OpenAI routes answer 502 (a fail-open client lets that through too). As the local Guard
     # does (`Guard._without_context_after`), such a conversation is judged once more on its least context,
-    # whatever the policy: the OpenAI routes do not know the client's, and a verdict beats a 502.
+    # whatever the policy (the OpenAI routes do not know the client's), but that verdict only ever makes it
+    # stricter: a harm in the context ("How can I make a bomb?" ... "And step 2?") is not in the last turn alone,
+    # and its "safe" answered for the whole conversation loosened a fail-closed policy (rt49d R4).
     async def _without_context(
         self, conversations: Sequence[Sequence[Mapping[str, str]]], outcomes: Sequence[Outcome]
     ) -> list[Outcome]:
         """``outcomes``, with the verdict of its least context (`least_context`) for each conversation whose
-        answer was no verdict and that has context to leave out: all judged in one more backend call, within
-        the request's deadline. Where that call gives no verdict, the first error stands."""
+        answer was no verdict and that has context to leave out, when that verdict is not safe: all judged in one
+        more backend call, within the request's deadline. Where that call gives no verdict or says safe, the first
+        error stands."""
         out = list(outcomes)
         redo = [
             (k, least)
@@ -317,7 +320,7 @@ class Service:
             return out
         if isinstance(again, (list, tuple)) and len(again) == len(redo):
             for (k, _), result in zip(redo, again):
-                if isinstance(result, Verdict):
+                if isinstance(result, Verdict) and result.risk is not Risk.SAFE:
                     out[k] = result
         return out
 
