@@ -21,6 +21,7 @@ __all__ = [
     "tool_call_conversation",
     "untrusted_conversation",
     "render_tool_call",
+    "json_text",
     "with_tool_calls",
     "last_user_text",
     "without_blank_context",
@@ -154,6 +155,12 @@ def _least_chars(value: Any, limit: int) -> tuple[int, int]:
             floats += isinstance(item, float)
             least += 1
     return least, floats
+
+
+def json_text(value: Any) -> str:
+    """``value`` as ``json.dumps(value, ensure_ascii=False, default=str)`` writes it, at any nesting (`_json_parts`);
+    ``ValueError`` for a value that holds itself."""
+    return "".join(_json_parts(value))
 
 
 def _json_key(key: Any) -> str:

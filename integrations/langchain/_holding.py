@@ -25,14 +25,15 @@ import secrets
 import threading
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, BaseMessageChunk
 from langchain_core.messages.ai import add_ai_message_chunks
 from qwenguard.core import Decision, Guard, GuardUnavailable, GuardViolation
+from qwenguard.core.formats.conversations import json_text
 from qwenguard.core.streaming.gen_windows import RELEASE_UNITS
 from qwenguard.core.streaming.wakeup import UpstreamRace, UpstreamReader
 
@@ -166,6 +167,41 @@ def _add(whole: Any, chunk: Any, budget: int) -> Any:
             f"a streamed chunk with a tool call or quoted text cannot be added to the chunks before it ({error}): "
             "the answer's tool calls and quotes cannot be judged, so the stream stops"
         ) from error
+
+
+def _summable(chunk: Any) -> Any:
+    """``chunk`` as it is added up: a message that is no chunk as an `AIMessageChunk` (its calls as call chunks).
+
+    ``BaseMessage.__add__`` of two messages (a custom runnable can stream whole `AIMessage`s) is a
+    ``ChatPromptTemplate``, no message and no error: the answer's calls and quotes were never judged (rt49a H3)."""
+    if not isinstance(chunk, BaseMessage) or isinstance(chunk, BaseMessageChunk):
+        return chunk
+    calls = [*(getattr(chunk, "tool_calls", None) or ()), *(getattr(chunk, "invalid_tool_calls", None) or ())]
+    return AIMessageChunk(
+        content=chunk.content,
+        additional_kwargs=chunk.additional_kwargs,
+        response_metadata=chunk.response_metadata,
+        id=chunk.id,
+        tool_call_chunks=[_call_chunk(call) for call in calls if isinstance(call, Mapping)],
+    )
+
+
+def _call_chunk(call: Mapping[str, Any]) -> dict[str, Any]:
+    """A parsed (or invalid) call as the call chunk it could have streamed as: its arguments as JSON text."""
+    args = call.get("args")
+    if not isinstance(args, str):
+        try:
+            args = json_text(args)  # `json.dumps`'s text, written from a stack (any nesting)
+        except ValueError as error:  # arguments that hold themselves
+            raise GuardUnavailable(f"a streamed tool call's arguments cannot be written as text ({error})") from error
+    name, call_id = call.get("name"), call.get("id")
+    return {
+        "name": name if isinstance(name, str) else None,
+        "args": args,
+        "id": call_id if isinstance(call_id, str) else None,
+        "index": None,  # a call of its own, never merged with another message's
+        "type": "tool_call_chunk",
+    }
 
 
 def _merges(value: Any) -> bool:
@@ -359,6 +395,8 @@ class HeldStream:
         self._whole: Any = None
         self._run: list[AIMessageChunk] = []
         self._streamed_calls = StreamedCallBlocks()
+        #: Whether a chunk was held for what is judged once the stream ended (`_end_items` must read it).
+        self._held_for_end = False
 
     @property
     def whole(self) -> Any:
@@ -383,6 +421,12 @@ class HeldStream:
     def _end_items(self) -> list[Item]:
         """What is judged once the stream ended: the answer's tool calls and the text it quotes."""
         if not isinstance(self.whole, BaseMessage):
+            if self._held_for_end:
+                # A chunk held for its calls or quotes, and a sum they cannot be read from: they never go out.
+                raise GuardUnavailable(
+                    f"the streamed chunks add up to a {type(self.whole).__name__}, not a message: the answer's tool "
+                    "calls and quotes cannot be judged, so the stream stops"
+                )
             return []
         return output_items(
             self._streamed_calls.beside(as_message(self.whole)),
@@ -421,14 +465,17 @@ class HeldStream:
         """Hold ``chunk`` until its text is released; the characters fed so far, and its text."""
         text = chunk_text(chunk)
         fed += len(text)
-        held.append((fed, self._holds_to_end(chunk, held), chunk))
+        to_end = self._holds_to_end(chunk, held)
+        self._held_for_end |= to_end
+        held.append((fed, to_end, chunk))
         self._streamed_calls.add(chunk)
+        summed = _summable(chunk)  # the consumer gets the chunk as it came
         # Nothing reads the whole before the stream ended: message chunks wait in a list to be added in one pass
         # (`_sum`); a sum one at a time copies (and LangChain parses) the tool-call arguments so far at every chunk.
-        if _merges(chunk) and (self._run or self._whole is None or _merges(self._whole)):
-            self._run.append(chunk)
+        if _merges(summed) and (self._run or self._whole is None or _merges(self._whole)):
+            self._run.append(summed)
         else:
-            self._whole = _add(self.whole, chunk, self.guard.max_chars)
+            self._whole = _add(self.whole, summed, self.guard.max_chars)
         return fed, text
 
     @staticmethod

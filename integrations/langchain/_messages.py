@@ -296,7 +296,11 @@ def _json_text(value: Any, budget: int = DEFAULT_MAX_CHARS) -> list[str]:
 
 
 def _strings(value: Any, parent: Mapping[str, Any] | None = None, key: str = "") -> list[str]:
-    """The text of the strings in ``value``, in order (`_leaf_text`; a tool call and ``annotations`` left out).
+    """The text of the strings in ``value``, in order (`_leaf_text`; ``annotations`` left out).
+
+    A tool-call mapping nested in ``value`` is read as text too: only an answer's top-level call blocks are judged as
+    calls (`answer_tool_calls`), and one inside a reasoning summary or a block's ``extras`` reaches the consumer all
+    the same (rt49a H1).
 
     Walked without recursion: a client's block can nest a mapping deeper than Python's recursion limit, and its
     strings are judged all the same. A walk past ``DEFAULT_MAX_CHARS`` items (an object built in process can hold
@@ -316,9 +320,7 @@ def _strings(value: Any, parent: Mapping[str, Any] | None = None, key: str = "")
         elif isinstance(item, _BYTES):
             text = _bytes_text(item)
         elif isinstance(item, Mapping):
-            kind = item.get("type")
-            if not (isinstance(kind, str) and kind in _TOOL_CALL_KINDS):  # a kind may be any JSON, a list too
-                stack.extend(reversed([(v, item, k) for k, v in item.items() if k != "annotations"]))
+            stack.extend(reversed([(v, item, k) for k, v in item.items() if k != "annotations"]))
         elif isinstance(item, (list, tuple)):
             stack.extend(reversed([(v, None, "") for v in item]))
         if text is not None:
@@ -564,6 +566,11 @@ def _opaque(key: str, text: str) -> bool:
     return key in SEALED_KEYS and SEALED.fullmatch(text) is not None
 
 
+def _sealed(key: Any, value: Any) -> bool:
+    """A signature or encrypted data the provider checks (`SEALED_KEYS`, one base64 token): no words."""
+    return key in SEALED_KEYS and isinstance(value, str) and SEALED.fullmatch(value) is not None
+
+
 def _never(key: str, text: str) -> bool:
     return False
 
@@ -589,13 +596,42 @@ def beside_text(message: Any) -> str:
     """The answer's own words kept beside the content, where ``ChatOpenAI`` (Chat Completions) puts them:
     ``additional_kwargs["refusal"]`` (the model's refusal, in place of the content) and
     ``additional_kwargs["audio"]["transcript"]`` (the spoken answer of ``modalities=["text", "audio"]``:
-    the content is empty). Apps show and store them as the answer, so they are judged as its text."""
+    the content is empty). Apps show and store them as the answer, so they are judged as its text.
+
+    So is every ``additional_kwargs`` key no provider class writes (`_KNOWN_KWARGS`), keys and all (`_passed_text`):
+    the consumer gets it with the answer (rt49a M2)."""
     extra = getattr(message, "additional_kwargs", None)
     if not isinstance(extra, Mapping):
         return ""
     audio = extra.get("audio")
     texts = (extra.get("refusal"), audio.get("transcript") if isinstance(audio, Mapping) else None)
-    return "".join(t for t in texts if isinstance(t, str))
+    said = "".join(t for t in texts if isinstance(t, str))
+    unknown = {k: v for k, v in extra.items() if k not in _KNOWN_KWARGS}
+    rest = _passed_text(unknown) if unknown else ""
+    return f"{said}\n{rest}" if said and rest else said or rest
+
+
+#: The ``additional_kwargs`` keys provider classes write, each read where it is judged: calls (`answer_tool_calls`),
+#: server tool outputs (`source_text`), reasoning (`reasoning_text`), the refusal and transcript (`beside_text`), a
+#: name and a prefix (`sent_labels`), structured output's ``parsed`` (the content's own JSON), and bookkeeping (a
+#: role marker, call id maps, signatures).
+_KNOWN_KWARGS = frozenset(
+    {
+        "function_call",
+        "tool_calls",
+        "tool_outputs",
+        "refusal",
+        "audio",
+        "reasoning",
+        "reasoning_content",
+        "name",
+        "prefix",
+        "parsed",
+        "__openai_role__",
+        "__openai_function_call_ids__",
+        "__gemini_function_call_thought_signatures__",
+    }
+)
 
 
 def reasoning_text(message: Any) -> str:
@@ -611,11 +647,14 @@ def reasoning_text(message: Any) -> str:
         return ""
     texts: list[Any] = [extra.get("reasoning_content")]
     item = extra.get("reasoning")
-    if isinstance(item, Mapping):
-        parts = [p for key in ("summary", "content") if isinstance(item.get(key), list) for p in item[key]]
-        texts += [p.get("text") for p in parts if isinstance(p, Mapping)]
-    else:
+    if isinstance(item, str):
         texts.append(item)  # a provider's plain reasoning string
+    elif item is not None:
+        # The item's summary and content parts, and whatever else it holds (a call beside the summary reaches the
+        # consumer too, rt49a M2): every string but its labels, its signature and its encrypted content (OpenAI's
+        # token, URL-safe base64, which the consumer never reads: left out as before, as `source_text` does).
+        kept = item.items() if isinstance(item, Mapping) else [("", item)]
+        texts += _strings({k: v for k, v in kept if k != "encrypted_content" and not _sealed(k, v)})
     reasoning = "".join(t for t in texts if isinstance(t, str))
     if not reasoning:
         return ""
@@ -1098,6 +1137,8 @@ def answer_tool_calls(message: Any) -> list[Mapping[str, Any]]:
     legacy = extra.get("function_call") if isinstance(extra, Mapping) else None
     if isinstance(legacy, Mapping):
         calls.append({"name": legacy.get("name"), "args": legacy.get("arguments"), "type": "function_call"})
+    elif legacy is not None:
+        calls += _carried_call(legacy)  # a list of calls, a string: no provider class's shape, judged whole
     known: dict[Any, _Twins] = {}
     for call in [*parsed, *(getattr(message, "tool_call_chunks", None) or ())]:
         if isinstance(call, Mapping):
@@ -1119,9 +1160,15 @@ def answer_tool_calls(message: Any) -> list[Mapping[str, Any]]:
     raw = extra.get("tool_calls") if isinstance(extra, Mapping) else None
     if isinstance(raw, (list, tuple)):
         calls += _raw_calls(raw, known)
+    elif isinstance(raw, Mapping):
+        # One entry, or entries by key (``{"0": {...}}``): no provider class's shape, each judged as an entry.
+        calls += _raw_calls([raw] if "function" in raw else list(raw.values()), known)
+    elif raw is not None:
+        calls += _carried_call(raw)
     content = getattr(message, "content", None)
     if not isinstance(content, (list, tuple)):
         return calls
+    merged_into_text: list[Mapping[str, Any]] = []
     for block in content:
         if (
             isinstance(block, Mapping)
@@ -1135,7 +1182,48 @@ def answer_tool_calls(message: Any) -> list[Mapping[str, Any]]:
             calls += [_call_of(block, args) for args in _promoted(block)]
         elif kind in _TOOL_CALL_KINDS:
             calls += [c for c in _block_calls(block) if not _mirrored(c, known)]
+        elif kind == "text" and isinstance(block, Mapping) and not block.keys() <= _TEXT_BLOCK_KEYS:
+            merged_into_text.append(block)
+    if merged_into_text:
+        calls += _text_block_calls(merged_into_text, parsed, known)
     return calls
+
+
+#: The keys of an answer's text block read elsewhere: its text (`block_text`) and what it quotes (`_quoted`).
+_TEXT_BLOCK_KEYS = _TEXT_KEYS | {"citations", "annotations", "reference", "json"}
+
+
+def _text_block_calls(
+    blocks: Sequence[Mapping[str, Any]], parsed: Sequence[Any], known: Mapping[Any, _Twins]
+) -> list[dict[str, Any]]:
+    """The calls of an answer's text blocks that carry more than their text (`_TEXT_BLOCK_KEYS`). LangChain's sum of
+    a stream merges a call block into the text block of the same index (``merge_lists``): a ``tool_call_chunk``'s
+    args, a ``tool_use``'s input, a ``function_call``'s arguments, and any other key, the consumer gets it all (rt49a
+    H2). Each block's other keys are judged as a call (`_block_calls`), unless it is a parsed call already judged
+    (name and arguments, whatever the merged id: ``ChatOpenAI(output_version="v1")`` merges its first call into the
+    text every time); one that says nothing (an id, a signature) is no call."""
+    judged: set[tuple[str, str]] = set()
+    for call in parsed:
+        if isinstance(call, Mapping):
+            judged |= _call_keys(call) or set()
+    calls: list[dict[str, Any]] = []
+    for block in blocks:
+        rest = {k: v for k, v in block.items() if k not in ("type", "text", "cache_control")}
+        for call in _block_calls({**rest, "type": "tool_call"}):
+            if call["args"] is None and not call["name"]:
+                continue  # only labels: nothing beside the text
+            keys = _call_keys(call)
+            if (keys is not None and not keys.isdisjoint(judged)) or _mirrored(call, known):
+                continue
+            calls.append(call)
+    return calls
+
+
+def _carried_call(value: Any) -> list[dict[str, Any]]:
+    """A ``function_call`` or ``tool_calls`` value of a type no provider class writes, judged whole as one call: its
+    strings (`_strings`), when it has any."""
+    text = "\n".join(t for t in _strings(value) if t.strip())
+    return [{"name": "", "args": text, "type": "function_call"}] if text else []
 
 
 #: A v1 block's ``extras`` that ChatAnthropic sends (`_convert_from_v1_to_anthropic`): an MCP call's tool and
@@ -1301,8 +1389,8 @@ def beyond_its_parse(text: str) -> bool:
     """May argument ``text`` say more than LangChain's parse of it? True unless it is strict JSON writing no key
     twice: a parse keeps a repeated key's last value, and ``parse_partial_json`` completes text that is not closed
     (and drops what it cannot complete), while the consumer gets the text as written."""
-    if '"' not in text:
-        return False  # no key, no string: nothing a parse could drop
+    if not text.strip():
+        return False  # no arguments: nothing a parse could drop
     try:
         json.loads(text, strict=False, object_pairs_hook=pairs_once)
     except (ValueError, RecursionError):

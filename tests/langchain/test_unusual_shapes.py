@@ -9,7 +9,6 @@ them); a keyword judge (tests/stream_judges.py: "Mix ammonium") makes the verdic
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, AIMessageChunk, ChatMessage, FunctionMessage, HumanMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
-from qwenguard.core import Guard, GuardUnavailable, GuardViolation, Policy
+from qwenguard.core import Guard, GuardViolation, Policy
 from qwenguard.integrations.langchain import (
     GuardCallbackHandler,
     GuardedChatModel,
@@ -210,19 +209,17 @@ def test_a_chunk_langchain_cannot_add_does_not_drop_the_tool_calls_before_it(mod
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_a_tool_call_that_cannot_be_added_at_all_stops_the_stream(mode):
-    """A whole message with a call after a chunk with another: no sum holds both, so the first call (before: the
-    sum was replaced by the message, and the first call's arguments went out unjudged) cannot be judged; the
-    stream stops with a guard error and no call goes out (whatever ``on_error`` says)."""
+def test_a_whole_message_after_a_chunk_is_added_as_a_chunk_and_both_calls_are_judged(mode):
+    """A whole message with a call after a chunk with another: before, the sum was replaced by the message and the
+    first call's arguments went out unjudged; then no sum held both and the stream stopped with a guard error. The
+    message is added as a chunk (its calls as call chunks, rt49a H3): both calls are judged, the first one's
+    clause stops the stream, and no call goes out (whatever ``on_error`` says)."""
     first = {"name": "send_email", "args": '{"to": "friend@example.com", "body": "' + CLAUSE + '"}', "id": "c1"}
     call = {"name": "send_email", "args": {"to": "friend@example.com", "body": "Hi!"}, "id": "c2"}
     chunks = [AIMessageChunk(content="", tool_call_chunks=[{**first, "index": 0}]), AIMessage("", tool_calls=[call])]
     chain = _generator(chunks) | guard_output(Guard(CountingJudge(), Policy(on_error="allow")))
-    with pytest.raises(GuardUnavailable, match="cannot be judged"):
-        streamed(mode, chain, "Mail my friend")
-    out: list[Any] = []
-    with contextlib.suppress(GuardUnavailable):
-        out.extend(chain.stream("Mail my friend"))
+    out, error = streamed(mode, chain, "Mail my friend")
+    assert isinstance(error, GuardViolation) and error.decision.stage.value == "tool_call", error
     assert not any(getattr(c, "tool_calls", None) for c in out) and arguments_out(out) == ""
 
 
