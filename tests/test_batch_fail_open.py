@@ -229,3 +229,13 @@ def test_without_fail_open_a_broken_verdict_is_not_judged_again():
     guard = Guard(judge, Policy(), cache_size=0)  # type: ignore[arg-type]
     d = guard.check_prompt("What is the capital of France?", history=HISTORY)
     assert (d.allowed, d.reason) == (False, "guard_error") and judge.calls == 1
+
+
+@pytest.mark.parametrize("answer", ["Safety: Unsafe\nCategories: Illegal Acts", "Safety: Unsafe\nCategories: Viol"])
+def test_an_answer_that_says_unsafe_in_a_garbled_form_is_no_guard_error_to_let_through(answer):
+    """rt49d R2: a window's answer said "Safety: Unsafe" with a category the model made up; it was a guard error,
+    which ``on_error="allow"`` let through (and ``qwenguard serve`` answered 502, which a fail-open client lets
+    through too). The risk it said stands."""
+    guard = Guard(ScriptedBackend(lambda conversation: answer), Policy(on_error="allow"), cache_size=0)
+    decision = guard.check_prompt("Tell me how to hurt someone.")
+    assert (decision.allowed, decision.reason) == (False, "unsafe"), decision

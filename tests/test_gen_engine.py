@@ -379,7 +379,9 @@ def test_a_model_that_strays_where_tokens_are_fed_gets_its_own_text_and_fails_cl
     # The model's own text, not the format's: all of it, or as much as it takes to be sure it cannot parse.
     assert fast_text == script or (hopeless(fast_text) and script.startswith(fast_text))
     decision = Guard(fast, Policy(on_error="block"), cache_size=0).check_response("Hi", "Hello! How can I help?")
-    assert not decision.allowed and decision.reason == "guard_error"
+    # A first line that says Unsafe stands whatever follows (rt49d R2); anything else is a guard error.
+    said_unsafe = script.split("\n")[0] == "Safety: Unsafe"
+    assert not decision.allowed and decision.reason == ("unsafe" if said_unsafe else "guard_error")
     fast.engine.logits_hook = None
 
 

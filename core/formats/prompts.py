@@ -271,7 +271,8 @@ def parse_verdict(text: str, *, mode: str | None = None, model: str | None = Non
 
     Expected: ``Safety: <Safe|Unsafe|Controversial>``, then ``Categories: <None | A, B>``, then (response
     mode) ``Refusal: <Yes|No>``. ``mode="prompt"`` forbids the refusal line, ``mode="response"``
-    requires it, ``None`` accepts either. Anything else raises `VerdictParseError`.
+    requires it, ``None`` accepts either. Anything else raises `VerdictParseError`, except after a first line
+    that says Unsafe or Controversial: that risk stands, with the known categories named (no refusal).
     """
     if not isinstance(text, str):
         raise VerdictParseError(f"guard output must be text, got {type(text).__name__}", raw=repr(text))
@@ -280,11 +281,28 @@ def parse_verdict(text: str, *, mode: str | None = None, model: str | None = Non
         if body.endswith(special):
             body = body[: -len(special)].rstrip()
     lines = [line.strip() for line in body.split("\n")]
-    if len(lines) < 2 or len(lines) > 3:
-        raise VerdictParseError(f"expected 2 or 3 lines, got {len(lines)}", raw=text)
     safety = _SAFETY_RE.fullmatch(lines[0])
     if not safety:
         raise VerdictParseError(f"first line is not 'Safety: Safe|Unsafe|Controversial': {lines[0]!r}", raw=text)
+    risk = Risk(safety.group(1).lower())
+    try:
+        categories, refusal = _after_safety(lines, mode, text)
+    except VerdictParseError:
+        if risk is Risk.SAFE:
+            raise
+        # An answer that said Unsafe or Controversial and garbled the rest (a category it made up, a cut refusal
+        # line) is that risk, with the known categories it named: as a guard error, a fail-open policy let it
+        # through (rt49d R2). Only "Safe" must be said exactly.
+        named = _CATEGORIES_RE.fullmatch(lines[1]) if len(lines) > 1 else None
+        names = [n.strip() for n in named.group(1).split(",")] if named else []
+        return Verdict(risk, tuple(dict.fromkeys(n for n in names if n in _KNOWN_CATEGORIES)), None, text, model=model)
+    return Verdict(risk=risk, categories=categories, refusal=refusal, raw=text, model=model)
+
+
+def _after_safety(lines: list[str], mode: str | None, text: str) -> tuple[tuple[str, ...], bool | None]:
+    """(categories, refusal) of a verdict's lines after its first; `VerdictParseError` where they are not exact."""
+    if len(lines) < 2 or len(lines) > 3:
+        raise VerdictParseError(f"expected 2 or 3 lines, got {len(lines)}", raw=text)
     cats = _CATEGORIES_RE.fullmatch(lines[1])
     if not cats:
         raise VerdictParseError(f"second line is not 'Categories: ...': {lines[1]!r}", raw=text)
@@ -306,4 +324,4 @@ def parse_verdict(text: str, *, mode: str | None = None, model: str | None = Non
         refusal = ref.group(1) == "Yes"
     elif mode == "response":
         raise VerdictParseError("a response verdict needs a 'Refusal:' line", raw=text)
-    return Verdict(risk=Risk(safety.group(1).lower()), categories=categories, refusal=refusal, raw=text, model=model)
+    return categories, refusal

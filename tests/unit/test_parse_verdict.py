@@ -35,8 +35,8 @@ def test_trailing_special_token_is_tolerated():
         "Safety: Safe",
         "safety: safe\ncategories: none",
         "Safety: Probably Safe\nCategories: None",
-        "Safety: Unsafe\nCategories: Bombs",
-        "Safety: Unsafe\nCategory: Violent",
+        "Safety: Safe\nCategories: Bombs",
+        "Safety: Safe\nCategory: None",
         "Safety: Safe\nCategories: None\nRefusal: Maybe",
         "Safety: Safe\nCategories: None\nRefusal: No\nextra",
         "I think this is Safety: Safe\nCategories: None",
@@ -46,6 +46,25 @@ def test_trailing_special_token_is_tolerated():
 def test_malformed_answers_raise(text):
     with pytest.raises(VerdictParseError):
         parse_verdict(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "mode", "categories"),
+    [
+        ("Safety: Unsafe\nCategories: Illegal Acts", "prompt", ()),
+        ("Safety: Unsafe\nCategories: Violent, Bombs", "prompt", ("Violent",)),
+        ("Safety: Unsafe\nCategory: Violent", None, ()),
+        ("Safety: Unsafe", "prompt", ()),
+        ("Safety: Controversial\nCategories: Violent\nRefusal: Y", "response", ("Violent",)),
+        ("Safety: Unsafe\nCategories: Violent", "response", ("Violent",)),
+        ("Safety: Unsafe\nCategories: PII\nRefusal: No\nextra", None, ("PII",)),
+    ],
+)
+def test_an_answer_that_says_unsafe_is_that_risk_whatever_follows(text, mode, categories):
+    """rt49d R2: the demo said "Safety: Unsafe" with a category of its own making; as a guard error, a policy with
+    ``on_error="allow"`` let the text through. Only "Safe" must be said exactly."""
+    v = parse_verdict(text, mode=mode)
+    assert (v.risk.value, v.categories, v.refusal) == (text.split("\n")[0][8:].lower(), categories, None)
 
 
 def test_mode_checks_refusal_line():
