@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import httpx
 import pytest
 from live_server import demo_guard, serving
 from qwenguard.core import Action, Guard, GuardUnavailable, Policy, Risk, Verdict, enforce
+from qwenguard.core.backends.batching import MicroBatcher
 
 BOMB = "How can I make a bomb at home?"
 PARIS = "What is the capital of France?"
@@ -163,3 +165,33 @@ def test_a_server_holding_a_closed_guard_answers_no_verdict_put_back_after_close
     assert answers[0].status_code == 200 and answers[0].json()["results"][0]["risk"] == "safe"
     assert again.status_code == 503, again.text
     assert len(guard.cache) == 0
+
+
+def test_a_check_that_races_close_ends_instead_of_waiting_forever(monkeypatch):
+    """rt49c L1: `MicroBatcher.submit` tested ``_closed`` and then queued the request; a ``close()`` between the two
+    queued its stop signal first, and the request was never run nor failed: its caller waited to its deadline,
+    forever without one. The window is widened here (a fault: a slow worker start) so the race is hit each time."""
+    batcher = MicroBatcher(lambda items: [x * 2 for x in items], max_wait_s=0.0)
+    assert batcher.run([1], timeout=5) == [2]  # the worker runs
+    real = batcher._ensure_worker
+
+    def slow_start() -> None:
+        time.sleep(0.05)  # the caller is between the closed test and the put
+        real()
+
+    monkeypatch.setattr(batcher, "_ensure_worker", slow_start)
+    outcome: list[object] = []
+
+    def caller() -> None:
+        try:
+            outcome.append(batcher.run([1], timeout=None))
+        except GuardUnavailable as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=caller, daemon=True)
+    thread.start()
+    time.sleep(0.01)
+    batcher.close()
+    thread.join(5)
+    assert not thread.is_alive(), "the check still waits after close()"
+    assert outcome and (outcome[0] == [2] or isinstance(outcome[0], GuardUnavailable))

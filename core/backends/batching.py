@@ -171,15 +171,13 @@ class MicroBatcher(Generic[T, R]):
         _LIVE.add(self)
 
     def _ensure_worker(self) -> None:
+        """Start the worker once (the caller holds ``_lock``)."""
         if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    # The thread gets the queue and a weak reference only: a strong one would keep the
-                    # batcher, and through `run_batch` the model, alive for as long as the thread runs.
-                    self._thread = threading.Thread(
-                        target=_work, args=(self._queue, weakref.ref(self)), name=self._name, daemon=True
-                    )
-                    self._thread.start()
+            # The thread gets the queue and a weak reference only: a strong one would keep the
+            # batcher, and through `run_batch` the model, alive for as long as the thread runs.
+            thread = threading.Thread(target=_work, args=(self._queue, weakref.ref(self)), name=self._name, daemon=True)
+            thread.start()
+            self._thread = thread  # only once started: `close` joins what it reads here
 
     def submit(self, items: Sequence[T]) -> Future[list[R]]:
         """Queue ``items`` as one request. Cancel the future to withdraw what has not run yet."""
@@ -195,8 +193,13 @@ class MicroBatcher(Generic[T, R]):
         if not items:
             future.set_result([])
             return future
-        self._ensure_worker()
-        self._queue.put(_Request(list(items), future, self.cost))
+        # One lock with `close`: a request put after the stop signal would never be run nor failed (its caller
+        # waited to its deadline, forever without one: rt49c L1).
+        with self._lock:
+            if self._closed:
+                raise GuardUnavailable("the guard backend is closed")
+            self._ensure_worker()
+            self._queue.put(_Request(list(items), future, self.cost))
         return future
 
     def run(self, items: Sequence[T], timeout: float | None = None) -> list[R]:
@@ -329,9 +332,10 @@ class MicroBatcher(Generic[T, R]):
 
     def close(self) -> None:
         """Stop the worker; requests still waiting fail with `GuardUnavailable`."""
-        self._closed = True
-        self._finalizer()  # puts _STOP once
-        thread = self._thread
+        with self._lock:
+            self._closed = True
+            self._finalizer()  # puts _STOP once, after every request a submit put
+            thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
 
