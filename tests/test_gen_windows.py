@@ -168,7 +168,7 @@ def test_every_window_the_model_sees_ends_with_the_template_tail(demo_guard):
 
 def test_window_length_is_bounded_and_batches_by_token_budget(demo_guard):
     model, tok = demo_guard.backend.model, demo_guard.backend.tokenizer
-    assert demo_guard.backend.window_tokens == min(DEFAULT_MAX_WINDOW_TOKENS, demo_guard.backend.max_context - 48)
+    assert demo_guard.backend.window_tokens == min(DEFAULT_MAX_WINDOW_TOKENS, demo_guard.backend.max_context - 64)
     backend = TransformersGen(model, tok, name="demo", max_window_tokens=160, max_batch_tokens=480)
     steps: list[list[int]] = []
     forward = backend._batcher._run_batch

@@ -540,7 +540,7 @@ def test_windows_without_a_tokenizer_never_exceed_the_context(text):
         posts = engine.posts()
         assert len(posts) >= 3
         for seen in posts:  # every prompt fits by the byte bound (>= its real token count)
-            assert tokens_bound(render_prompt(seen.body["messages"])) <= 4096 - 48
+            assert tokens_bound(render_prompt(seen.body["messages"])) <= 4096 - 64
         windows = [s.body["messages"][-1]["content"] for s in posts]
         sentences = [p for p in re.split(r"(?<=[.。])\s*", doc) if p.strip()]
         assert all(any(p in w for w in windows) for p in sentences)  # each sentence judged whole somewhere
@@ -553,7 +553,7 @@ def test_max_context_given_by_the_caller_sizes_the_windows():
         g = Guard.remote(engine.url, model="guard", max_context=3000)
         d = g.check_prompt(_long_text(1200))
         assert (d.allowed, d.reason) == (True, "safe") and len(engine.posts()) >= 2
-        assert all(tokens_bound(render_prompt(s.body["messages"])) <= 3000 - 48 for s in engine.posts())
+        assert all(tokens_bound(render_prompt(s.body["messages"])) <= 3000 - 64 for s in engine.posts())
         g.close()
 
 

@@ -23,7 +23,7 @@ import uvicorn
 import websockets
 from faults import ScriptedBackend
 from live_server import demo_guard
-from qwenguard.core import Guard, Policy, render_prompt
+from qwenguard.core import Guard, Policy, VerdictParseError, render_prompt
 from qwenguard.core.server import create_app, server_config
 from qwenguard.core.streaming.gen_windows import MAX_WINDOWS_IN_FLIGHT
 from qwenguard.core.verdict import CATEGORIES
@@ -273,7 +273,13 @@ def test_a_client_written_context_cannot_switch_a_fail_open_guard_off(demo):
         assert [x["risk"] for x in results] == ["unsafe", "unsafe", "safe"], results
         assert [x["decision"]["allowed"] for x in results] == [False, False, True]
         # each first answer that was no verdict is counted, once
-        assert 'qwenguard_guard_errors_total{kind="VerdictParseError"} 2.0' in httpx.get(url + "/metrics").text
+        firsts = demo.backend.classify(conversations[:2])
+        broken = sum(isinstance(o, VerdictParseError) for o in firsts)
+        assert broken >= 1  # the context breaks the demo's answer: the path under test
+        assert (
+            f'qwenguard_guard_errors_total{{kind="VerdictParseError"}} {float(broken)}'
+            in httpx.get(url + "/metrics").text
+        )
         for path, body in [
             ("/v1/chat/completions", {"messages": X_HISTORY + [PROMPT_BOMB]}),
             ("/v1/completions", {"prompt": render_prompt(X_HISTORY + [PROMPT_BOMB])}),

@@ -133,8 +133,9 @@ DEFAULT_MAX_RETRIES = 3
 DEFAULT_BACKOFF_S = 0.2
 DEFAULT_MAX_BACKOFF_S = 5.0
 DEFAULT_MAX_CONCURRENCY = 16
-#: Answers are 8-14 tokens (research/qwen3guard.md §2.3); 48 leaves room for several categories.
-DEFAULT_MAX_TOKENS = 48
+#: Answers are 8-14 tokens (research/qwen3guard.md §2.3); the longest with its end token is 51 of the Qwen3
+#: tokenizer: at 48 an engine cut it (finish_reason "length": a guard error, rt49d R5).
+DEFAULT_MAX_TOKENS = 64
 #: The most bytes of one reply the client reads. A verdict reply is a few hundred bytes; with logprobs (5
 #: candidates a step, with their ``bytes``, as vLLM sends them) about 1 KB a step, so a whole ``max_tokens``
 #: (48) of steps, which no verdict needs, is under 64 KB (`tests/test_remote_hostile_replies.py` measures

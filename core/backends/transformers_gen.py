@@ -57,8 +57,9 @@ __all__ = [
     "DEFAULT_TARGET_STEP_S",
 ]
 
-#: Answers are 8-14 tokens; 48 leaves room for several long category names.
-DEFAULT_MAX_NEW_TOKENS = 48
+#: Answers are 8-14 tokens; the longest (Controversial, every response category, its refusal line and end) is 51
+#: of the Qwen3 tokenizer (tests/realtok): 48 cut its refusal line (rt49d R5).
+DEFAULT_MAX_NEW_TOKENS = 64
 #: Context used when a config gives none, or an absurd one.
 DEFAULT_MAX_CONTEXT = 32768
 #: Padded prompt tokens (rows x longest row) in one forward: two 4K windows, or 16 rows of ~500.

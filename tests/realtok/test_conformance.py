@@ -195,3 +195,23 @@ def test_random_stream_model_loads_from_the_official_layout(tmp_path) -> None:
         assert [v.token for v in verdicts] == ContentCodec(stream.tokenizer).ids(text)  # every content token scored
     finally:
         stream.close()
+
+
+def test_the_longest_verdict_and_its_end_fit_in_the_default_generation_budget():
+    """rt49d R5: "Safety: Controversial", every response category and "Refusal: Yes" is 50 tokens of the Qwen3
+    tokenizer: past the 48 a check asked for, a remote engine cut it ("length", a guard error that
+    ``on_error="allow"`` let through) and the local guard lost its refusal line. Both budgets hold it and its end
+    token."""
+    from qwenguard.core.backends.openai_gen import DEFAULT_MAX_TOKENS
+    from qwenguard.core.backends.transformers_gen import DEFAULT_MAX_NEW_TOKENS
+    from qwenguard.core.verdict import PROMPT_CATEGORIES, RESPONSE_CATEGORIES
+
+    tok = real_tokenizer()
+    longest = max(
+        len(
+            tok(f"Safety: {risk}\nCategories: {', '.join(cats)}{tail}<|im_end|>", add_special_tokens=False)["input_ids"]
+        )
+        for risk in ("Unsafe", "Controversial")
+        for cats, tail in ((PROMPT_CATEGORIES, ""), (RESPONSE_CATEGORIES, "\nRefusal: Yes"))
+    )
+    assert longest <= min(DEFAULT_MAX_TOKENS, DEFAULT_MAX_NEW_TOKENS), longest
