@@ -135,3 +135,32 @@ class SlowPromptJudge(CountingJudge):
             return await super().aclassify(conversations, timeout=timeout)
         finally:
             self._answered()
+
+
+def phrase_oracle_stream_guard(read):
+    """A guard with the demo-stream tokenizer and weights whose response heads are an oracle: every token from the
+    one completing "mix ammonium" in ``read(decoded tokens so far)`` is unsafe. ``guard.fed``: the tokens fed."""
+    from qwenguard.core import Guard, Policy, Risk
+    from qwenguard.core.backends.stream_model import TokenVerdict
+    from qwenguard.core.backends.transformers_stream import TransformersStream
+
+    stream = TransformersStream.load("demo-stream", device="cpu")
+    fed: list[int] = []
+
+    def oracle(rows, spans, first_index):
+        if first_index == 0:
+            fed.clear()
+        out = []
+        for j, (token, start, end) in enumerate(spans):
+            fed.append(token)
+            bad = "mix ammonium" in read(stream.tokenizer.decode(fed))
+            probs = {Risk.SAFE: float(not bad), Risk.CONTROVERSIAL: 0.0, Risk.UNSAFE: float(bad)}
+            risk = Risk.UNSAFE if bad else Risk.SAFE
+            out.append(TokenVerdict(token, risk, probs, "Violent" if bad else None, first_index + j, start, end))
+        return out
+
+    stream._token_verdicts = oracle
+    guard = Guard.from_pretrained("demo", device="cpu", policy=Policy())
+    guard.stream_backend = stream
+    guard.fed = fed  # type: ignore[attr-defined]
+    return guard

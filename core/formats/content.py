@@ -40,7 +40,9 @@ on where the model runs:
    wins, and the text as written is still what is judged first and released. Uses that scripts need
    (ZWJ/ZWNJ, no-break and ideographic spaces and bidi marks between non-Latin letters, emoji
    sequences, full-width punctuation) add nothing. Control characters are not part of it: `clean_text`
-   has already removed them ("bo\x00mb" is judged as "bomb").
+   has already removed them ("bo\x00mb" is judged as "bomb"). Text with bidi embedding, override or
+   isolate controls is also judged in display order (`read_as_displayed`): a clause written reversed
+   after U+202E is shown in reading order.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import functools
 import re
 import unicodedata
 from collections.abc import Callable
+from typing import Any
 
 __all__ = [
     "clean_text",
@@ -60,6 +63,8 @@ __all__ = [
     "read_as_seen",
     "AsSeenStream",
     "read_words_as_seen",
+    "read_as_displayed",
+    "BidiState",
     "ZWSP",
 ]
 
@@ -412,12 +417,14 @@ def as_seen_pieces(text: str) -> list[str]:
     share a stretch; the stretches are read as seen and packed, in order, into pieces of about
     `AS_SEEN_PIECE_CHARS`; when they add up to half the text or more, the whole text is read as one piece
     (the cost stays at most the text's own). Linear in the text: places are merged before any stretch is
-    widened."""
+    widened. Text with an embedding, override or isolate control is also read in display order
+    (`read_as_displayed`), line by line from the first such control."""
     if text.isascii():
         return []
+    shown = _displayed_pieces(text)
     places = _hidden_places(text)
     if not places:
-        return []
+        return shown
     reach = 2 * (AS_SEEN_CONTEXT + _WIDEN)
     merged: list[list[int]] = []
     for a, b in places:
@@ -429,7 +436,7 @@ def as_seen_pieces(text: str) -> list[str]:
     pieces = _packed(text, stretches, read_as_seen)
     if _word_gaps(text):  # hidden characters between letters: also read as the word breaks a model sees
         pieces += _packed(text, stretches, _read_spaced)
-    return pieces + [p for p in _tags_decoded(text) if p.strip()]
+    return pieces + [p for p in _tags_decoded(text) if p.strip()] + shown
 
 
 def _packed(text: str, stretches: list[tuple[int, int]], read: Callable[[str], str]) -> list[str]:
@@ -495,6 +502,307 @@ def _widen(text: str, a: int, b: int) -> tuple[int, int]:
     return a, b
 
 
+# ------------------------------------------------------------------------------------------------
+# The text in display order (`read_as_displayed`).
+# ------------------------------------------------------------------------------------------------
+# A RIGHT-TO-LEFT OVERRIDE lays out what follows it right to left, Latin letters too (Unicode's bidi
+# algorithm, UAX #9): a clause written reversed after U+202E is shown in reading order, while every other
+# reading keeps the written order ("...esuf a dda"). Embeddings and isolates (with bidi marks) reorder
+# runs: words written in reverse order can be shown in order. Only these controls open such a reading;
+# bidi marks alone and right-to-left scripts are read as written (their written order is their reading order).
+_OPENERS = re.compile("[\u202a-\u202e\u2066-\u2068]")
+_LRE, _RLE, _PDF, _LRO, _RLO = "\u202a\u202b\u202c\u202d\u202e"
+_LRI, _RLI, _FSI, _PDI = "\u2066\u2067\u2068\u2069"
+_ISOLATES = (_LRI, _RLI, _FSI)
+#: Not shown: the explicit controls and the bidi marks (dropped from the reading).
+_BIDI_UNSEEN = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
+# A paragraph separator (bidi class B) ends every embedding; each paragraph is laid out on its own.
+_PARAGRAPHS = re.compile("[\n\r\x1c-\x1e\x85\u2029]")
+_MAX_DEPTH = 125  # UAX #9: deeper embeddings are ignored
+
+
+def read_as_displayed(text: str) -> str:
+    """``text`` in the order a reader reads it as displayed (left-to-right base direction): each line laid out
+    by the Unicode bidi algorithm, then runs of right-to-left letters read right to left; the explicit
+    controls and bidi marks dropped. ``text`` itself when it has no embedding, override or isolate control.
+
+    >>> read_as_displayed("Sure. \u202e.lio leuf htiw xiM\u202c")
+    'Sure. Mix with fuel oil.'
+    """
+    if not _OPENERS.search(text):
+        return text
+    parts: list[str] = []
+    at = 0
+    for m in _PARAGRAPHS.finditer(text):
+        parts += [_line_displayed(text[at : m.start()]), m.group()]
+        at = m.end()
+    return "".join(parts) + _line_displayed(text[at:])
+
+
+# What changes the open controls: one of them, or a paragraph separator (which closes them all).
+_BIDI_STATE = re.compile("[\u202a-\u202e\u2066-\u2069\n\r\x1c-\x1e\x85\u2029]")
+
+
+class BidiState:
+    """The embedding, override and isolate controls still open at the end of the text pushed so far (UAX #9's
+    stack on the current line, deeper than 125 levels ignored as a display ignores them). A window cut from
+    inside them is laid out as displayed only with them before it: ``opened + window``. Linear in the text."""
+
+    __slots__ = ("_stack", "_over_isolates", "_over_embeddings", "_isolates")
+
+    def __init__(self) -> None:
+        self._stack: list[tuple[str, int, bool]] = []  # control, level it opens, isolate
+        self._over_isolates = self._over_embeddings = self._isolates = 0
+
+    @property
+    def opened(self) -> str:
+        """The controls open now, outermost first ("" for all ordinary text)."""
+        return "".join(c for c, _, _ in self._stack)
+
+    def push(self, text: str) -> None:
+        if not self._stack and not _OPENERS.search(text):
+            return  # nothing open, nothing opens: the usual case
+        for m in _BIDI_STATE.finditer(text):
+            self._control(m.group())
+
+    def _control(self, c: str) -> None:
+        level = self._stack[-1][1] if self._stack else 0
+        if c == _PDF:
+            if self._over_isolates:
+                pass
+            elif self._over_embeddings:
+                self._over_embeddings -= 1
+            elif self._stack and not self._stack[-1][2]:
+                self._stack.pop()
+        elif c == _PDI:
+            if self._over_isolates:
+                self._over_isolates -= 1
+            elif self._isolates:
+                self._over_embeddings = 0
+                while not self._stack[-1][2]:
+                    self._stack.pop()
+                self._stack.pop()
+                self._isolates -= 1
+        elif c in "\u202a\u202b\u202d\u202e\u2066\u2067\u2068":
+            isolate = c in _ISOLATES
+            new = (level + 1) | 1 if c in (_RLE, _RLO, _RLI) else (level + 2) & ~1
+            if new <= _MAX_DEPTH and not self._over_isolates and not self._over_embeddings:
+                self._stack.append((c, new, isolate))
+                self._isolates += isolate
+            elif isolate:
+                self._over_isolates += 1
+            elif not self._over_isolates:
+                self._over_embeddings += 1
+        else:  # a paragraph separator
+            self._stack.clear()
+            self._over_isolates = self._over_embeddings = self._isolates = 0
+
+
+def _displayed_pieces(text: str) -> list[str]:
+    """`read_as_displayed` of each line with an embedding, override or isolate control (from `AS_SEEN_CONTEXT`
+    characters before its first one), read as seen, where that differs from the line read as seen."""
+    if not _OPENERS.search(text):
+        return []
+    stretches: list[tuple[int, int]] = []
+    at = 0
+    for m in (*_PARAGRAPHS.finditer(text), None):
+        end = m.start() if m else len(text)
+        first = _OPENERS.search(text, at, end)
+        if first:
+            a, b = _widen(text, first.start() - AS_SEEN_CONTEXT, end)
+            if stretches and a <= stretches[-1][1]:  # overlapping lines share a stretch: each read once
+                a = stretches.pop()[0]
+            stretches.append((a, b))
+        at = m.end() if m else end
+    return [p for p in _packed(text, stretches, _read_displayed) if p]
+
+
+def _read_displayed(text: str) -> str:
+    """`read_as_seen` of the text as displayed; ``""`` where that is the text read as seen (nothing reordered)."""
+    shown = read_as_seen(read_as_displayed(text))
+    return "" if shown == read_as_seen(text) else shown
+
+
+def _bidi_class(char: str) -> str:
+    """The class the layout needs: "L", "R" (R and AL), "EN", "AN", "NSM", else "N" (neutral)."""
+    kind = unicodedata.bidirectional(char)
+    if kind in ("L", "EN", "AN", "NSM"):
+        return kind
+    return "R" if kind in ("R", "AL") else "N"
+
+
+def _line_displayed(line: str) -> str:
+    """One paragraph in reading order (UAX #9, simplified where it changes no letter's order: level runs stand
+    for isolating run sequences; weak types W1 and W7 only; no line wrapping)."""
+    if not _OPENERS.search(line):
+        return "".join(c for c in line if c not in _BIDI_UNSEEN)
+    levels, kinds, shown = _explicit_levels(line)
+    _resolve_neutrals(line, levels, kinds, shown)
+    for i in shown:  # implicit levels (I1, I2)
+        odd = levels[i] & 1
+        if kinds[i] == "R" and not odd:
+            levels[i] += 1
+        elif kinds[i] in ("EN", "AN"):
+            levels[i] += 1 if odd else 2
+        elif kinds[i] == "L" and odd:
+            levels[i] += 1
+    for i in reversed(shown):  # L1: blanks and isolate controls ending the line take the paragraph's level
+        if not (line[i].isspace() or line[i] in _ISOLATES or line[i] == _PDI):
+            break
+        levels[i] = 0
+    order = _visual_order(shown, levels)
+    # Read right to left again what a reader of that script reads right to left: a run of one level parity in
+    # display order with right-to-left letters and no left-to-right one (Hebrew shown as written, or under a
+    # left-to-right override).
+    out: list[str] = []
+    run: list[int] = []
+    for i in (*order, -1):
+        if run and (i < 0 or (levels[i] ^ levels[run[0]]) & 1):
+            written = [_bidi_class(line[j]) for j in run if line[j].isalpha()]  # letters: not marks or blanks
+            if "R" in written and "L" not in written:
+                run.reverse()
+            out += [line[j] for j in run if line[j] not in _BIDI_UNSEEN]
+            run = []
+        if i >= 0:
+            run.append(i)
+    return "".join(out)
+
+
+def _explicit_levels(line: str) -> tuple[list[int], list[str], list[int]]:
+    """Explicit embedding levels (X1-X8), each character's class (an override's where one holds), and the
+    characters that stay (X9 removes embedding and override controls and PDF)."""
+    levels = [0] * len(line)
+    kinds = ["N"] * len(line)
+    shown: list[int] = []
+    stack: list[tuple[int, str, bool]] = [(0, "", False)]  # level, override class, isolate
+    over_isolates = over_embeddings = isolates = 0
+    ahead: list[str] | None = None  # FSI: the first strong class at or after each place
+    for i, c in enumerate(line):
+        level, override, _ = stack[-1]
+        levels[i] = level
+        if c in (_LRE, _RLE, _LRO, _RLO, _PDF):
+            if c == _PDF:
+                if over_isolates:
+                    pass
+                elif over_embeddings:
+                    over_embeddings -= 1
+                elif not stack[-1][2] and len(stack) > 1:
+                    stack.pop()
+                continue
+            new = (level + 1) | 1 if c in (_RLE, _RLO) else (level + 2) & ~1
+            if new <= _MAX_DEPTH and not over_isolates and not over_embeddings:
+                stack.append((new, "R" if c == _RLO else "L" if c == _LRO else "", False))
+            elif not over_isolates:
+                over_embeddings += 1
+            continue
+        shown.append(i)
+        if c in (_LRI, _RLI, _FSI):
+            kinds[i] = override or "N"
+            if c == _FSI and ahead is None:
+                ahead = _strong_ahead(line)
+            rtl = c == _RLI or (c == _FSI and ahead is not None and ahead[i] == "R")
+            new = (level + 1) | 1 if rtl else (level + 2) & ~1
+            if new <= _MAX_DEPTH and not over_isolates and not over_embeddings:
+                isolates += 1
+                stack.append((new, "", True))
+            else:
+                over_isolates += 1
+        elif c == _PDI:
+            if over_isolates:
+                over_isolates -= 1
+            elif isolates:
+                over_embeddings = 0
+                while not stack[-1][2]:
+                    stack.pop()
+                stack.pop()
+                isolates -= 1
+            levels[i], override = stack[-1][0], stack[-1][1]
+            kinds[i] = override or "N"
+        else:
+            kinds[i] = override or _bidi_class(c)
+    return levels, kinds, shown
+
+
+def _strong_ahead(line: str) -> list[str]:
+    """For each place, the first strong class ("L" or "R") at or after it ("" where none follows)."""
+    ahead = [""] * (len(line) + 1)
+    for i in range(len(line) - 1, -1, -1):
+        kind = _bidi_class(line[i])
+        ahead[i] = kind if kind in ("L", "R") else ahead[i + 1]
+    return ahead
+
+
+def _resolve_neutrals(line: str, levels: list[int], kinds: list[str], shown: list[int]) -> None:
+    """W1 (a mark takes the class before it), W7 (a European digit after a left-to-right letter is one), N1 and
+    N2 (neutrals between two of the same direction take it, others the embedding's), per level run."""
+    start = 0
+    while start < len(shown):
+        end = start
+        level = levels[shown[start]]
+        while end < len(shown) and levels[shown[end]] == level:
+            end += 1
+        before = levels[shown[start - 1]] if start else 0
+        # An isolate initiator ending the run, or the line's end, meets the paragraph's level (X10).
+        after = levels[shown[end]] if end < len(shown) and line[shown[end - 1]] not in _ISOLATES else 0
+        sos = "R" if max(level, before) & 1 else "L"
+        eos = "R" if max(level, after) & 1 else "L"
+        embedding = "R" if level & 1 else "L"
+        previous, strong, last, pending = sos, sos, sos, []
+        for j in shown[start:end]:
+            kind = kinds[j]
+            if kind == "NSM":
+                kind = kinds[j] = previous
+            if kind == "EN" and strong == "L":
+                kind = kinds[j] = "L"
+            previous = kind
+            if kind == "N":
+                pending.append(j)
+                continue
+            side = "L" if kind == "L" else "R"  # digits count as right to left here (N1)
+            for k in pending:
+                kinds[k] = side if side == last else embedding
+            pending = []
+            last = side
+            if kind in ("L", "R"):
+                strong = kind
+        for k in pending:
+            kinds[k] = eos if eos == last else embedding
+        start = end
+
+
+def _visual_order(shown: list[int], levels: list[int]) -> list[int]:
+    """L2: from the highest level to the lowest odd one, reverse each run at that level or higher. Linear: the
+    runs nest as a tree (a frame per run at each level), walked once with the parity of reversals above."""
+    if not shown:
+        return []
+    lowest = min(levels[i] for i in shown)
+    lowest_odd = lowest | 1
+    root: list[Any] = []
+    frames: list[tuple[int, list[Any]]] = [(0, root)]
+    for i in shown:
+        level = levels[i]
+        while frames[-1][0] > level:
+            frames.pop()
+        while frames[-1][0] < level:
+            frame: list[Any] = []
+            frames[-1][1].append(frame)
+            frames.append((frames[-1][0] + 1, frame))
+        frames[-1][1].append(i)
+    order: list[int] = []
+    walk = [(iter(root), 0, False)]
+    while walk:
+        items, level, flipped = walk[-1]
+        item = next(items, None)
+        if item is None:
+            walk.pop()
+        elif isinstance(item, int):
+            order.append(item)
+        else:
+            inner = flipped ^ (level + 1 >= lowest_odd)
+            walk.append((reversed(item) if inner else iter(item), level + 1, inner))
+    return order
+
+
 # Whitespace that ends a word for `AsSeenStream` (every place `as_seen_pieces` finds lies inside a run of
 # other characters: a blank standing for a space is not one of these).
 _WORD_GAPS = re.compile("[ \t\n\r]+")
@@ -511,7 +819,7 @@ class AsSeenStream:
     spans of the text read stay spans of the text written, never past what was read. Offsets asked for
     must not decrease (older mappings are dropped: memory stays bounded)."""
 
-    __slots__ = ("max_word", "pending", "_in", "_out", "_words", "_first")
+    __slots__ = ("max_word", "pending", "_in", "_out", "_words", "_first", "_bidi")
 
     def __init__(self, *, max_word: int = 256) -> None:
         self.max_word = max_word
@@ -522,6 +830,7 @@ class AsSeenStream:
         # are passed (offsets asked for do not decrease) and dropped in batches.
         self._words: list[tuple[int, int, int, int]] = []
         self._first = 0
+        self._bidi = BidiState()  # the controls open at the end of the text that went on
 
     @property
     def as_written(self) -> bool:
@@ -533,18 +842,68 @@ class AsSeenStream:
         cut = max(self.pending.rfind(c) for c in " \t\n\r") + 1
         if len(self.pending) - cut > self.max_word:
             cut = len(self.pending)  # no whitespace for that long: bounded, a word cut in two
+        if self._bidi.opened or _OPENERS.search(self.pending):
+            cut = self._line_cut(cut)
         ready, self.pending = self.pending[:cut], self.pending[cut:]
         return self._read(ready)
+
+    def _line_cut(self, cut: int) -> int:
+        """``cut``, or less: a line from the word with its first embedding, override or isolate control goes on
+        whole (read as displayed), at most ``4 * max_word`` characters at a time."""
+        text = self.pending
+        if self._bidi.opened:
+            start = 0
+        else:
+            first = _OPENERS.search(text)
+            if first is None or first.start() >= cut:
+                return cut
+            start = max(text.rfind(c, 0, first.start()) for c in " \t\n\r") + 1
+        if cut <= start:
+            return cut
+        end = _PARAGRAPHS.search(text, start)
+        if end:
+            return end.end()  # the line and its break; what follows waits for the next push
+        return cut if len(text) - start > 4 * self.max_word else start
 
     def flush(self) -> str:
         ready, self.pending = self.pending, ""
         return self._read(ready)
 
     def _read(self, text: str) -> str:
-        if not text or (text.isascii() and "\t" not in text):
+        if not text or (text.isascii() and "\t" not in text and not self._bidi.opened):
             self._in += len(text)
             self._out += len(text)
             return text
+        if not self._bidi.opened and not _OPENERS.search(text):
+            return self._read_words(text)
+        # Lines with bidi controls: from the word with the first one (or the line's start, inside them) to the
+        # line's end, read as displayed (`read_as_displayed`, with the controls open before it), one "word".
+        parts: list[str] = []
+        at = 0
+        for m in (*_PARAGRAPHS.finditer(text), None):
+            end = m.start() if m else len(text)
+            start = at
+            if not self._bidi.opened:
+                first = _OPENERS.search(text, at, end)
+                start = end if first is None else max(text.rfind(c, at, first.start()) for c in " \t") + 1
+                start = max(start, at)
+            parts.append(self._read_words(text[at:start]))
+            if start < end:
+                unit = text[start:end]
+                shown = read_as_displayed(self._bidi.opened + unit)
+                read = "".join(_word_as_seen(w) for w in _words_and_gaps(shown))
+                self._words.append((self._out, self._out + len(read), self._in, self._in + len(unit)))
+                self._bidi.push(unit)
+                parts.append(read)
+                self._in += len(unit)
+                self._out += len(read)
+            if m:
+                parts.append(self._read_words(m.group()))
+                self._bidi.push(m.group())
+            at = m.end() if m else end
+        return "".join(parts)
+
+    def _read_words(self, text: str) -> str:
         parts: list[str] = []
         for word in _words_and_gaps(text):
             read = _word_as_seen(word)
@@ -602,16 +961,34 @@ def _word_as_seen(word: str) -> str:
         return word.replace("\t", " ") if "\t" in word and not word.strip(" \t") else word
     if not _hidden_places(word):
         return word
-    # One reading only: hidden runs between words of two letters or more, two or more of them in one word,
-    # stand for the spaces of a sentence ("Mix\u2063ammonium\u2063nitrate"); a single one splits a word
-    # ("bo\u200bmb"), and between single letters they hide nothing but themselves.
-    read = _read_spaced if len(_word_gaps(word)) >= 2 else read_as_seen
+    # Gaps are counted in each part between blanks of any width: "M\u2060ix\u00a0amm\u2060onium" is two words
+    # a reader sees, each split once (read whole), not one word split twice ("M ix amm onium").
     parts: list[str] = []
     at = 0
-    for m in _tag_runs(word):
-        parts += [read(word[at : m.start()]), _spelled(m.group())]
+    for m in _blank_runs().finditer(word):
+        parts += [_part_as_seen(word[at : m.start()]), read_as_seen(m.group())]
         at = m.end()
-    return "".join(parts) + read(word[at:])
+    return "".join(parts) + _part_as_seen(word[at:])
+
+
+@functools.cache
+def _blank_runs() -> re.Pattern[str]:
+    """Runs of blanks that stand for a space (no-break, em, ideographic, ...: every Unicode space separator)."""
+    return re.compile(f"[{_ranges(sorted(map(ord, _BLANKS)))}]+")
+
+
+def _part_as_seen(part: str) -> str:
+    """One blank-free part of a word as the Stream model reads it (see `_word_as_seen`)."""
+    # One reading only: hidden runs between words of two letters or more, two or more of them in one part,
+    # stand for the spaces of a sentence ("Mix\u2063ammonium\u2063nitrate"); a single one splits a word
+    # ("bo\u200bmb"), and between single letters they hide nothing but themselves.
+    read = _read_spaced if len(_word_gaps(part)) >= 2 else read_as_seen
+    parts: list[str] = []
+    at = 0
+    for m in _tag_runs(part):
+        parts += [read(part[at : m.start()]), _spelled(m.group())]
+        at = m.end()
+    return "".join(parts) + read(part[at:])
 
 
 def _words_and_gaps(text: str) -> list[str]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..backends.gen_session_pool import SESSIONS_PER_STREAM
 from ..errors import GuardTimeout, QwenGuardError
+from ..formats.content import BidiState
 from ..verdict import Stage, Verdict
 
 if TYPE_CHECKING:
@@ -50,7 +51,8 @@ MIN_SENTENCE_WORDS = 4
 _SCAN = 512
 _SPACES = re.compile(r"(\s+)")
 _HAN_KANA = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_WORD_CHAR = re.compile(r"\w")
+# A letter or digit: "_", punctuation, symbols, emoji and hidden characters make no word (a filler is not one).
+_WORD_CHAR = re.compile(r"[^\W_]")
 #: Longest tail held back after judged text when it has no word break (CJK, code, a long URL).
 MAX_HELD_WORD = 16
 #: What a Gen-window check may release: whole sentences (default), the answer's opening words and then
@@ -104,14 +106,32 @@ def releasable(text: str) -> int:
     """How much of ``text`` (judged, not released) may go out while the stream is open.
 
     All of it when it ends a sentence (`ends_sentence`); else all but its last word (at most
-    `MAX_HELD_WORD` chars): a judge may need the next word to see what a clause is ("Mix" is harmless
-    until "ammonium" follows), so the last word waits for a later window that shows it with what follows."""
+    `MAX_HELD_WORD` chars up to its last letter or digit) and what follows it: a judge may need the next word
+    to see what a clause is ("Mix" is harmless until "ammonium" follows), so the last word waits for a later
+    window that shows it with what follows. The last word is the last with a letter or digit: a filler after
+    it ("Mix -", "Mix\\n-", "Mix \\u200b", an emoji) would else be held in its place and let "Mix" out."""
     if not text or ends_sentence(text):
         return len(text)
     stripped = text.rstrip()
-    tail = max(0, len(stripped) - MAX_HELD_WORD - 1)  # a break before it changes nothing: look no further
-    start = max(stripped.rfind(" ", tail), stripped.rfind("\t", tail), stripped.rfind("\n", tail)) + 1
-    return max(start, len(stripped) - MAX_HELD_WORD, 0)
+    # Back to the last letter or digit, within `_SCAN` chars (more than the default window context): bounded
+    # work on a hostile run of fillers. None in sight: what was read waits for a word.
+    floor = max(0, len(stripped) - _SCAN)
+    last = len(stripped)
+    while last > floor and not stripped[last - 1].isalnum():
+        last -= 1
+    if last == floor:
+        return floor
+    end = last  # the end of the last word's token ("Paris." with its punctuation), then the blanks after it
+    while end < len(stripped) and stripped[end] not in " \t\n":
+        end += 1
+    after = end
+    while after < len(stripped) and stripped[after] in " \t\n":
+        after += 1
+    if after > end and ends_sentence(stripped[max(0, end - _SCAN) : end]):
+        return after  # a sentence that ended, then only fillers ("Paris. 🙂"): it goes out, the fillers wait
+    tail = max(floor, last - MAX_HELD_WORD - 1)  # a break before it changes nothing: look no further
+    start = max(stripped.rfind(" ", tail, last), stripped.rfind("\t", tail, last), stripped.rfind("\n", tail, last)) + 1
+    return max(start, last - MAX_HELD_WORD, 0)
 
 
 class GenWindows:
@@ -163,6 +183,11 @@ class GenWindows:
         self.finished = False  # `rest` was taken: the whole text is (being) judged
         # The last `context` chars before `submitted` (released text, when taking over mid-stream).
         self.tail = core.released[-self.context :] if start and self.context else ""
+        # The bidi controls open where `tail` starts: a window cut from inside a right-to-left override is
+        # judged with them before it, so it is read as displayed (`content.read_as_displayed`), not reversed.
+        self.bidi = BidiState()
+        if start:
+            self.bidi.push(core.released[: len(core.released) - len(self.tail)])
         self.timeout = core.policy.timeout_for(Stage.STREAM)
         self._last_boundary = (-1, -1, 0)  # (release point it was read at, judged up to, boundary): `_boundary`
 
@@ -264,8 +289,10 @@ class GenWindows:
         start = self.submitted
         self.submitted += cut
         self.in_flight += 1
-        window = self.tail + segment
-        self.tail = window[-self.context :] if self.context else ""
+        text = self.tail + segment
+        self.tail = text[-self.context :] if self.context else ""
+        window = self.bidi.opened + text  # "" but inside embedding, override or isolate controls
+        self.bidi.push(text[: len(text) - len(self.tail)])
         conversation = [*self.core.messages, {"role": "assistant", "content": window}]
         return start, start + cut, conversation
 
