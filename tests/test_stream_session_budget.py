@@ -118,9 +118,10 @@ def test_a_session_dropped_without_close_gives_its_share_back(stream) -> None:
 
 
 def test_a_prompt_that_cannot_fit_fails_closed_and_is_not_cut(stream) -> None:
-    """A newcomer whose prompt does not fit in what the others hold is refused (GuardUnavailable naming
-    the budget), never judged on a cut prompt; the refused session leaves no share behind."""
-    first_prompt, harmful = "What is the capital of France? " * 10, "How can I make a bomb at home? " * 4
+    """A newcomer whose prompt does not fit in what the others hold, and is over its fair share, is refused
+    (GuardUnavailable naming the budget), never judged on a cut prompt; the refused session leaves no share
+    behind. (A newcomer within its share is judged: an idle session over its share gives up its cache, rt49c M3.)"""
+    first_prompt, harmful = "What is the capital of France? ", "How can I make a bomb at home? " * 12
     budget = len(stream.encode_prompt(first_prompt)[0]) + len(stream.encode_prompt(harmful)[0]) - 1
     tight = TransformersStream(stream.model, stream.tokenizer, name="tight", max_session_tokens=budget)
     try:
@@ -136,9 +137,9 @@ def test_a_prompt_that_cannot_fit_fails_closed_and_is_not_cut(stream) -> None:
 
 
 def test_a_step_that_finds_no_room_fails_closed(stream) -> None:
-    """A session whose next step cannot fit even with nothing but its prompt kept is refused (the
-    tokens it was fed are not scored, so the session is unusable), never run past the budget."""
-    first_prompt, second_prompt = "What is the capital of France? " * 10, PROMPT
+    """A session whose next step cannot fit even with nothing but its prompt kept, and is over its fair share,
+    is refused (the tokens it was fed are not scored, so the session is unusable), never run past the budget."""
+    first_prompt, second_prompt = PROMPT, "What is the capital of France? " * 10
     budget = len(stream.encode_prompt(first_prompt)[0]) + len(stream.encode_prompt(second_prompt)[0]) + 3
     tight = TransformersStream(stream.model, stream.tokenizer, name="tight", max_session_tokens=budget)
     try:

@@ -14,9 +14,15 @@ Long streams slide: when the cache would pass ``max_position_embeddings``, the s
 prompt and the most recent half-context of tokens (one bounded re-prefill per half-context of new
 tokens, so memory is bounded and the amortized cost per token stays constant).
 
-All sessions of a backend hold at most ``max_session_tokens`` KV positions together (a server's clients
-cannot add up to more memory than the operator allows). A session whose next step would pass it slides
-first, to its fair share (the budget over the sessions open); one whose prompt cannot fit fails with
+All sessions of a backend keep at most ``max_session_tokens`` KV positions together (a server's clients
+cannot add up to more memory than the operator allows). When the budget is crowded, a session above its
+fair share (the budget over the sessions open) slides down towards it, if that frees a real part of what
+it holds (a slide re-reads the prompt). A session that finds no room drops the caches of idle sessions
+above their fair share, largest first: they re-read their prompt and recent tokens at their next step, at
+their own cost (a prompt never slides, so idle sessions with long prompts could otherwise keep every
+other caller out: a red-team finding). A session within its share that still finds none (the room is
+held by steps in flight) runs its step without keeping its cache, as the Gen engine runs past its
+budget; only a session whose prompt (with its next step) is over its fair share then fails with
 `GuardUnavailable`, which the monitors turn into the policy's fail-closed decision. The prompt is never
 cut to fit: a shorter prompt could drop the harmful part of it.
 
@@ -97,6 +103,10 @@ __all__ = [
 #: (144 KiB); about 30 streams of a 1,000-token prompt and a 1,000-token answer at once.
 DEFAULT_STREAM_SESSION_TOKENS = 65_536
 
+#: A crowded session slides down only when that frees at least this fraction of the positions it would hold:
+#: a slide re-reads the prompt, so a smaller gain re-read a prompt near the fair share every few tokens.
+MIN_SLIDE_GAIN = 0.25
+
 #: A step, and what a plan yields: the step to run now (its result is sent back into the plan).
 _Plan = Generator[StreamStep, StepResult, Any]
 
@@ -145,9 +155,14 @@ class TransformersStream:
         # id(session) -> the KV positions it holds, or will once its step in flight has run. Sessions
         # register when they open (fair shares count them from then on) and leave when they close.
         self._held: dict[int, int] = {}
+        self._sessions: weakref.WeakValueDictionary[int, StreamSession] = weakref.WeakValueDictionary()
+        # Sessions whose cache a step in flight (or a prefill or slide under way) uses: never dropped.
+        self._pinned: set[int] = set()
         self._held_lock = threading.Lock()
         self.sessions_refused = 0  # observable: steps that found no room in max_session_tokens
         self.room_slides = 0  # observable: slides a session made to stay within max_session_tokens
+        self.caches_dropped = 0  # observable: idle sessions' caches dropped to make room (they rebuild)
+        self.steps_unkept = 0  # observable: steps run without keeping their cache (no room even so)
         self.encoder = StreamEncoder(tokenizer)
         self.codec = self.encoder.codec
         self.batcher = StreamBatcher(model, max_sessions=max_sessions_per_forward)
@@ -339,26 +354,121 @@ class TransformersStream:
         """What the other open sessions hold (call with ``_held_lock`` held)."""
         return sum(self._held.values()) - self._held.get(id(session), 0)
 
-    def _hold(self, session: StreamSession, positions: int) -> bool:
-        """Let ``session`` hold ``positions`` in all (what it holds now included) if the budget has room."""
-        with self._held_lock:
-            if self.max_session_tokens is not None and self._others(session) + positions > self.max_session_tokens:
+    def _hold(self, session: StreamSession, positions: int, *, drop: bool = True) -> bool:
+        """Let ``session`` hold ``positions`` in all (what it holds now included) if the budget has room, and
+        pin it (its cache is in use until `_unpin`); with ``drop``, make the room by dropping idle sessions'
+        caches first. Call with ``_held_lock`` held."""
+        budget, key = self.max_session_tokens, id(session)
+        if budget is not None:
+            short = self._others(session) + positions - budget
+            if short > 0 and not (drop and self._drop_idle(session, short)):
                 return False
-            self._held[id(session)] = positions
-            return True
+        self._held[key] = positions
+        self._pinned.add(key)
+        return True
 
-    def _pressure(self, positions: int) -> tuple[int, bool]:
-        """The fair share (the budget over the open sessions: what a session slides down to), and whether the
-        sessions would hold more than three quarters of the budget with ``positions`` more (crowded: then a
-        session above its fair share slides down to it, so newcomers find room)."""
-        budget = self.max_session_tokens
-        assert budget is not None
+    def _drop_idle(self, session: StreamSession, short: int) -> bool:
+        """Free ``short`` positions by dropping the caches of idle sessions above their fair share, largest
+        first (they rebuild at their next step); drop nothing if that cannot free enough. Lock held."""
+        fair = self._fair()
+        idle = sorted(
+            (held, key)
+            for key, held in self._held.items()
+            if held > fair and key != id(session) and key not in self._pinned
+        )
+        if sum(held for held, _ in idle) < short:
+            return False
+        while short > 0:
+            held, key = idle.pop()
+            victim = self._sessions.get(key)
+            if victim is not None:  # unpinned: no step of its own can start before the lock is free
+                victim._cache = SessionCache(victim._layers)
+            self._held[key] = 0
+            self.caches_dropped += 1
+            short -= held
+        return True
+
+    def _unpin(self, session: StreamSession, *, drop: bool = False) -> None:
+        """Its step is done; with ``drop``, the step ran without keeping its cache: drop it now."""
         with self._held_lock:
-            return budget // max(1, len(self._held)), sum(self._held.values()) + positions > budget * 3 // 4
+            self._pinned.discard(id(session))
+            if drop:
+                session._cache = SessionCache(session._layers)
+                if id(session) in self._held:
+                    self._held[id(session)] = 0
+
+    def _room_for_prompt(self, session: StreamSession) -> bool:
+        """Hold room for ``session``'s prompt; False: it runs without keeping its cache (within its share,
+        but the room is held by steps in flight). Raises the refusal for a prompt over its share."""
+        positions = len(session._prefix)
+        with self._held_lock:
+            if self._hold(session, positions):
+                return True
+            within = positions <= self._fair()
+            if within:
+                self.steps_unkept += 1
+        if within:
+            return False
+        # Fail closed rather than cut the prompt: a shorter prompt could drop its harmful part.
+        raise self._refuse(session, positions, "this session's prompt")
+
+    def _room(self, session: StreamSession, n: int) -> tuple[int | None, bool]:
+        """Room for ``n`` more positions of ``session``: (how many recent tokens to re-prefill its cache with,
+        None for none; whether the cache is kept after the step). Raises the refusal when there is none."""
+        prefix, recent = len(session._prefix), len(session._recent)
+        with self._held_lock:
+            length = session._live_cache().length  # read under the lock: dropping it takes the lock too
+            # A re-prefill is due when the cache was dropped for room, or when the context is full (a slide
+            # keeps the prompt and every recent token kept).
+            rebuild = length == 0 or length + n > self.max_positions
+            slide = recent if rebuild else None
+            need = (prefix + recent if rebuild else length) + n
+            budget = self.max_session_tokens
+            if budget is None:
+                return slide, True
+            fair = self._fair()
+            crowded = self._others(session) + need > budget * 3 // 4
+            if (need <= fair or not crowded) and self._hold(session, need):
+                return slide, True
+            # Crowded and above its fair share, or no room: slide down to half the fair share (so the next
+            # steps do not slide again at once), or to the prompt alone if that is what fits.
+            half = max(0, min(recent, (fair - prefix - n) // 2))
+            smaller = [kept for kept in dict.fromkeys((half, 0)) if prefix + kept + n < need]
+            # A slide re-reads the prompt: while the budget has room, slide only for a real gain (L2: one
+            # slide every few tokens re-read a prompt near the fair share each time). A re-prefill that is
+            # due anyway costs nothing more.
+            for kept in smaller:
+                gain = need - (prefix + kept + n)
+                if (rebuild or gain >= need * MIN_SLIDE_GAIN) and self._hold(session, prefix + kept + n, drop=False):
+                    self.room_slides += 1
+                    return kept, True
+            if self._hold(session, need, drop=False):
+                return slide, True
+            # No room as it is: slide as far as it takes, dropping idle sessions above their share if need be.
+            for kept in smaller:
+                if self._hold(session, prefix + kept + n):
+                    self.room_slides += 1
+                    return kept, True
+            if not smaller and self._hold(session, need):
+                return slide, True
+            if prefix + n <= fair:
+                # Within its share, and the room is held by steps in flight: run this step without keeping
+                # the cache (as the Gen engine runs past its budget); what it holds now stays counted.
+                self.steps_unkept += 1
+                self._pinned.add(id(session))
+                return (half if rebuild else None), False
+        session._broken = "a step found no room in max_session_tokens"
+        raise self._refuse(session, prefix + n, "a step of this session")
+
+    def _fair(self) -> int:
+        """The fair share: the budget over the open sessions (call with ``_held_lock`` held)."""
+        assert self.max_session_tokens is not None
+        return self.max_session_tokens // max(1, len(self._held))
 
     def _register(self, session: StreamSession) -> None:
         with self._held_lock:
             self._held[id(session)] = 0
+            self._sessions[id(session)] = session
         # A session dropped without close() gives its share back when it is collected (before its id
         # can be reused).
         weakref.finalize(session, self._release_key, id(session))
@@ -369,6 +479,7 @@ class TransformersStream:
     def _release_key(self, key: int) -> None:
         with self._held_lock:
             self._held.pop(key, None)
+            self._pinned.discard(key)
 
     def _refuse(self, session: StreamSession, needed: int, what: str) -> GuardUnavailable:
         with self._held_lock:
@@ -480,18 +591,18 @@ class StreamSession:
     def _prefill_plan(self) -> _Plan:
         """Fill the cache with the prompt; read the query heads at the end of the user turn."""
         started = time.perf_counter()
-        step = self.backend.step_tokens
+        backend = self.backend
+        step = backend.step_tokens
         prefix = self._prefix
-        if not self.backend._hold(self, len(prefix)):
-            # Fail closed rather than cut the prompt: a shorter prompt could drop its harmful part.
-            raise self.backend._refuse(self, len(prefix), "this session's prompt")
+        kept = backend._room_for_prompt(self)
         for lo in range(0, len(prefix), step):
             ids = prefix[lo : lo + step]
             if lo <= self._user_end < lo + len(ids):
                 result = yield StreamStep(self._live_cache(), ids, "query", self._user_end - lo)
-                self.prompt_verdict = self.backend._query_verdict(result.query or [], started)
+                self.prompt_verdict = backend._query_verdict(result.query or [], started)
             else:
                 yield StreamStep(self._live_cache(), ids, "none")
+        backend._unpin(self, drop=not kept)  # not kept: its first step rebuilds it
 
     def _score_plan(self, spans: list[TokenSpan] | list[tuple[int, None, None]]) -> _Plan:
         """Score assistant tokens in steps that fit the context; slide when the cache is full."""
@@ -502,37 +613,21 @@ class StreamSession:
         for lo in range(0, len(spans), step):
             chunk = spans[lo : lo + step]
             ids = [t for t, _, _ in chunk]
-            if self._live_cache().length + len(ids) > backend.max_positions:
-                yield from self._slide_plan()
-            yield from self._room_plan(len(ids))
+            kept = yield from self._room_plan(len(ids))
             result = yield StreamStep(self._live_cache(), ids, "response")
             self._recent.extend(ids)
+            backend._unpin(self, drop=not kept)
             out += backend._token_verdicts(result.response, chunk, self.scored)
             self.scored += len(ids)
         return out
 
-    def _room_plan(self, n: int) -> _Plan:
-        """Hold room for ``n`` more positions in the backend's budget, sliding first where it is crowded."""
-        backend = self.backend
-        if backend.max_session_tokens is None:
-            return
-        need = self._live_cache().length + n
-        fair, crowded = backend._pressure(n)
-        if (need <= fair or not crowded) and backend._hold(self, need):
-            return
-        # Crowded and above its fair share, or the budget is full: slide to half the fair share (so the next
-        # steps do not slide again at once), or to the prompt alone if that is what fits.
-        prefix = len(self._prefix)
-        half = max(0, min(len(self._recent), (fair - prefix - n) // 2))
-        for kept in dict.fromkeys((half, 0)):
-            if prefix + kept + n < need and backend._hold(self, prefix + kept + n):
-                backend.room_slides += 1
-                yield from self._slide_plan(kept)
-                return
-        if backend._hold(self, need):  # sliding would not make it smaller, but room came back meanwhile
-            return
-        self._broken = "a step found no room in max_session_tokens"
-        raise backend._refuse(self, prefix + n, "a step of this session")
+    def _room_plan(self, n: int) -> Generator[StreamStep, StepResult, bool]:
+        """Make room for ``n`` more positions, in the context and in the backend's budget (`_room`), re-prefilling
+        the cache first where that takes it; return whether the cache is kept after the step."""
+        kept, keep_cache = self.backend._room(self, n)
+        if kept is not None:
+            yield from self._slide_plan(kept)
+        return keep_cache
 
     def _slide_plan(self, keep: int | None = None) -> _Plan:
         """Re-prefill the prompt and the most recent tokens (``keep`` of them; default all kept) into a
@@ -568,6 +663,8 @@ class StreamSession:
                 step = plan.send(result)
         except StopIteration as stop:
             return stop.value
+        finally:
+            self.backend._unpin(self)  # a plan that stopped early leaves its cache to the budget again
 
     async def _adrive(self, plan: _Plan, timeout: float | None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -586,6 +683,8 @@ class StreamSession:
                 step = plan.send(result)
         except StopIteration as stop:
             return stop.value
+        finally:
+            self.backend._unpin(self)  # a plan that stopped early leaves its cache to the budget again
 
     def _lost(self, future: Future[Any], exc: BaseException) -> BaseException:
         """A step whose outcome is unknown: withdraw it, mark the session unusable; what to raise."""
