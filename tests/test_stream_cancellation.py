@@ -13,6 +13,7 @@ Slowness is the injected fault (the guard answers late); the verdicts come from 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import threading
 import time
@@ -116,6 +117,23 @@ async def test_stream_model_afeed_cancelled_during_the_forward_then_go_on(safe_s
         released += await monitor.afinish()
     assert released == monitor.released == text  # every delta judged once, in order, all released
     assert _covered(monitor) == len(text)
+
+
+async def test_stream_model_afeed_cancelled_while_it_waits_keeps_its_delta(safe_stream):
+    """rt49b F6: docs/streaming.md's pattern, ``asyncio.wait_for(monitor.afeed(delta), t)`` per delta. Each call
+    after the first was cancelled while it waited for the first one's work, before taking its delta in: the
+    stream went on with holes (the shown and judged text was not what the model wrote), with the same
+    TimeoutError as a call whose delta was kept."""
+    guard = _stream_guard(safe_stream)
+    deltas = ["Paris is the capital of France. ", "It is not ", "a small city. ", "It is old."]
+    async with guard.astream(FRANCE, holdback=2) as monitor:
+        with slow(safe_stream):
+            for delta in deltas:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(monitor.afeed(delta), CANCEL_AFTER_S)
+        await monitor.afinish()
+    assert monitor.text == monitor.released == "".join(deltas)
+    assert _covered(monitor) == len(monitor.text)
 
 
 def _covered_so_far(monitor) -> int:

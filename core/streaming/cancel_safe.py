@@ -15,6 +15,7 @@ monitor abandons work in flight: the work sees the monitor closed and releases n
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 __all__ = ["CancelSafeLane"]
@@ -30,13 +31,16 @@ def _retrieve(task: asyncio.Task[str]) -> None:
 class CancelSafeLane:
     """Serialises a monitor's async calls; a cancelled call's work finishes and is delivered by the next call."""
 
-    __slots__ = ("_lock", "_inflight", "_inflight_kind", "_carry")
+    __slots__ = ("_lock", "_inflight", "_inflight_kind", "_carry", "_queued")
 
     def __init__(self) -> None:
         self._lock: asyncio.Lock | None = None  # created on first use, inside the caller's loop
         self._inflight: asyncio.Task[str] | None = None
         self._inflight_kind = ""
         self._carry = ""  # text a cancelled call had already collected from earlier work
+        # Calls' work in the order they were made, taken in before any wait: a call cancelled while it waits
+        # for the lane keeps its delta, run by the next call (rt49b F6: it was dropped, a hole in the stream).
+        self._queued: deque[tuple[str, Callable[[], Awaitable[str]]]] = deque()
 
     @property
     def busy(self) -> bool:
@@ -50,18 +54,29 @@ class CancelSafeLane:
         cancelled finish returns that finish's outcome instead of finishing twice."""
         if self._lock is None:
             self._lock = asyncio.Lock()
+        mine = (kind, work)
+        self._queued.append(mine)
         async with self._lock:
             carried, previous = await self._drain()
-            if kind == "finish" and previous == "finish":
-                return carried
-            task = asyncio.ensure_future(work())
-            try:
-                return carried + await asyncio.shield(task)
-            except asyncio.CancelledError:
-                # The caller gave up waiting, not the work: it is delivered by the next call.
-                self._inflight, self._inflight_kind, self._carry = task, kind, carried
-                task.add_done_callback(_retrieve)
-                raise
+            # Earlier calls' work still queued (their callers were cancelled while they waited), then this one's.
+            while self._queued:
+                item = self._queued.popleft()
+                if item[0] == "finish" and previous == "finish":
+                    if item is mine:
+                        return carried
+                    continue  # finished once already
+                task = asyncio.ensure_future(item[1]())
+                try:
+                    carried += await asyncio.shield(task)
+                except asyncio.CancelledError:
+                    # The caller gave up waiting, not the work: it is delivered by the next call.
+                    self._inflight, self._inflight_kind, self._carry = task, item[0], carried
+                    task.add_done_callback(_retrieve)
+                    raise
+                previous = item[0]
+                if item is mine:
+                    break
+            return carried
 
     async def _drain(self) -> tuple[str, str]:
         """Await earlier cancelled work; its released text and kind, or raise what it raised."""
