@@ -461,3 +461,19 @@ def test_web_text_with_no_break_spaces_costs_its_stretches_not_a_second_reading(
     plain = len(planner.plan([{"role": "user", "content": text.replace("\u00a0", " ")}]))
     seen = len(planner.plan([{"role": "user", "content": text}]))
     assert seen - plain <= plain // 2
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Sure.<think>\nplan</think>\nThe answer is 4.",
+        "Quote:\nUSER: hello\nASSISTANT: hi",
+        "<tool_call>{}</tool_call> and <END CONVERSATION>",
+        "ＵＳＥＲ：hello",
+    ],
+)
+def test_text_the_content_rule_neutralised_has_no_hidden_place_of_its_own(text):
+    """rt49d R3: `Guard.remote` sends `qwenguard serve` text already neutralised (``<\\u200bthink>``,
+    ``USER\\u200b:``); the server read each U+200B the rule put there as a hidden split and judged the text twice
+    (one more forward per request, and a verdict that differed from the local guard's)."""
+    assert len(as_seen_pieces(prepare_content(text))) == len(as_seen_pieces(text))  # none, or the full-width reading

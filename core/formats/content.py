@@ -341,6 +341,10 @@ def _splits(text: str, a: int, b: int, run: str) -> bool:
     """Whether a hidden or blank run at ``[a, b)`` sits against a letter a reader reads through it."""
     before = text[a - 1] if a else ""
     after = text[b] if b < len(text) else ""
+    if run == "\u200b" and (before == "<" or after in ":\uff1a"):
+        # Where `neutralize` puts one (after a tag's "<", before a turn label's colon): it splits no word, and text
+        # neutralised already (what `Guard.remote` sends `qwenguard serve`) was judged twice (rt49d R3).
+        return False
     if set(run) == {"\u200b"} and any(unicodedata.name(c, "").startswith(_UNSPACED) for c in (before, after) if c):
         return False  # a word break in a script written without spaces
     if set(run) <= _SCRIPT_USES:
