@@ -15,7 +15,11 @@ arguments) are held until the whole call is judged as the assistant's action, af
 are chunks that carry text the answer quotes (`source_text`: citations, server tool outputs, metadata),
 judged as untrusted content then; chunks behind them wait too, so the consumer's order never changes. A violation raises
 `GuardViolation` from the iterator: the upstream stream is closed (the provider stops generating), and
-nothing held is passed on.
+nothing held beyond what the monitor released is passed on (`MonitorScreen.released_at_stop`: with a Stream
+model not the tokens ``holdback`` held before the flagged span).
+
+A chunk goes out in the form its text was judged (`as_judged`): its strings under the core's content rule
+(`clean_text`, the rule the monitor applies to each delta), so the consumer holds the text the guard read.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, BaseMessageChunk
 from langchain_core.messages.ai import add_ai_message_chunks
 from qwenguard.core import Decision, Guard, GuardUnavailable, GuardViolation
+from qwenguard.core.formats.content import clean_text
 from qwenguard.core.formats.conversations import json_text
 from qwenguard.core.streaming.gen_windows import RELEASE_UNITS
 from qwenguard.core.streaming.wakeup import UpstreamRace, UpstreamReader
@@ -130,6 +135,81 @@ def chunk_text(chunk: Any) -> str:
         f"guard_output judges text: got a {type(chunk).__name__} chunk. Put it right after the model "
         "(before output parsers), where chunks are messages or strings."
     )
+
+
+def as_judged(chunk: Any) -> Any:
+    """``chunk`` in the form its text is judged and released: every string of its content and ``additional_kwargs``
+    (where `chunk_text` reads the answer's words: text, reasoning, refusal, a provider's own keys) under the core's
+    content rule (`clean_text`), the rest of the chunk as it came. The chunk itself when nothing changes (an honest
+    one). What the consumer holds is then what the monitor judged: no NUL, ANSI escape or lone surrogate half (two
+    halves a JSON round trip joins into characters no check read), and a violation's offset indexes its text."""
+    if isinstance(chunk, str):
+        return clean_text(chunk)
+    if not isinstance(chunk, BaseMessage):
+        return chunk
+    update: dict[str, Any] = {}
+    content = _cleaned(chunk.content)
+    if content is not chunk.content:
+        update["content"] = content
+    extra = _cleaned(chunk.additional_kwargs)
+    if extra is not chunk.additional_kwargs:
+        update["additional_kwargs"] = extra
+    return chunk.model_copy(update=update) if update else chunk
+
+
+class _Branch:
+    """A dict, list or tuple being cleaned (`_cleaned`): its parts so far, and whether one changed."""
+
+    __slots__ = ("node", "key", "parts", "out", "changed")
+
+    def __init__(self, node: Any, key: Any) -> None:
+        self.node, self.key = node, key
+        self.parts = iter(node.items() if isinstance(node, Mapping) else enumerate(node))
+        self.out: list[tuple[Any, Any]] = []
+        self.changed = False
+
+    def add(self, key: Any, old: Any, new: Any) -> None:
+        if isinstance(self.node, Mapping) and isinstance(key, str):
+            cleaned_key = clean_text(key)
+            self.changed |= cleaned_key is not key
+            key = cleaned_key
+        self.changed |= new is not old
+        self.out.append((key, new))
+
+    def built(self) -> Any:
+        if not self.changed:
+            return self.node
+        if isinstance(self.node, Mapping):
+            return dict(self.out)
+        values = [value for _, value in self.out]
+        return tuple(values) if isinstance(self.node, tuple) else values
+
+
+def _cleaned(value: Any) -> Any:
+    """``value`` with every string in it (dict keys too) under `clean_text`; the same object where none changes.
+
+    Walked from a stack (any nesting); a container inside itself is left as it is where it recurs."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if not isinstance(value, (Mapping, list, tuple)):
+        return value
+    stack = [_Branch(value, None)]
+    open_ids = {id(value)}
+    while True:
+        branch = stack[-1]
+        for key, part in branch.parts:
+            if isinstance(part, (Mapping, list, tuple)) and id(part) not in open_ids:
+                stack.append(_Branch(part, key))
+                open_ids.add(id(part))
+                break
+            branch.add(key, part, clean_text(part) if isinstance(part, str) else part)
+        else:
+            stack.pop()
+            open_ids.discard(id(branch.node))
+            done = branch.built()
+            if not stack:
+                return done
+            stack[-1].add(branch.key, branch.node, done)
 
 
 def _has_tool_calls(chunk: Any) -> bool:
@@ -451,25 +531,30 @@ class HeldStream:
             return True
         return (self.tool_calls and _has_tool_calls(chunk)) or _quotes(chunk, self.guard.max_chars)
 
-    def _judged_before(self, held: deque[tuple[int, bool, Any]], violation: GuardViolation) -> list[Any]:
-        """Held chunks that lie wholly before the violation: judged safe, owed to the consumer.
+    def _released_before_stop(
+        self, held: deque[tuple[int, bool, Any]], judge: Screen, violation: GuardViolation
+    ) -> list[Any]:
+        """Held chunks whose text the judge had released when ``violation`` stopped the stream, not passed on yet.
 
-        (A verdict that came back while the stream ended, just before the one that blocks.)"""
-        offset = violation.decision.offset
+        Never more than the judge released (`MonitorScreen.released_at_stop`): not up to a Stream model's offset,
+        where the flagged token run starts, with the tokens before it held back under ``holdback`` (rt49b F3)."""
+        released = judge.released_at_stop(violation) if isinstance(judge, MonitorScreen) else judge.released
         out = []
-        while offset is not None and self._ready(held, offset):
+        while self._ready(held, released):
             out.append(held.popleft()[2])
         return out
 
     def _hold(self, chunk: Any, held: deque[tuple[int, bool, Any]], fed: int) -> tuple[int, str]:
-        """Hold ``chunk`` until its text is released; the characters fed so far, and its text."""
+        """Hold ``chunk`` (`as_judged`: its text as the monitor judges it) until its text is released; the
+        characters fed so far, and its text."""
+        chunk = as_judged(chunk)
         text = chunk_text(chunk)
         fed += len(text)
         to_end = self._holds_to_end(chunk, held)
         self._held_for_end |= to_end
         held.append((fed, to_end, chunk))
         self._streamed_calls.add(chunk)
-        summed = _summable(chunk)  # the consumer gets the chunk as it came
+        summed = _summable(chunk)  # the consumer gets the chunk as it was judged
         # Nothing reads the whole before the stream ended: message chunks wait in a list to be added in one pass
         # (`_sum`); a sum one at a time copies (and LangChain parses) the tool-call arguments so far at every chunk.
         if _merges(summed) and (self._run or self._whole is None or _merges(self._whole)):
@@ -506,7 +591,7 @@ class HeldStream:
             items = self._end_items()
             self._passed(items, screen(self.guard, items))
         except GuardViolation as violation:
-            yield from self._judged_before(held, violation)
+            yield from self._released_before_stop(held, judge, violation)
             raise
         finally:
             judge.close()
@@ -542,7 +627,7 @@ class HeldStream:
             items = self._end_items()
             self._passed(items, await ascreen(self.guard, items))
         except GuardViolation as violation:
-            for chunk in self._judged_before(held, violation):
+            for chunk in self._released_before_stop(held, judge, violation):
                 yield chunk
             raise
         finally:

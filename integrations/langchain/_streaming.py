@@ -61,7 +61,7 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import replace
 from typing import Any, Literal, Union
 
-from qwenguard.core import Decision, Guard, Stage, enforce
+from qwenguard.core import Decision, Guard, GuardViolation, Stage, enforce
 from qwenguard.core.backends.gen_session_pool import SESSIONS_PER_STREAM
 from qwenguard.core.formats.conversations import response_conversation, tool_call_conversation
 from qwenguard.core.streaming.gate_session import GateSession, GrowingWindow
@@ -555,6 +555,21 @@ class MonitorScreen:
     @property
     def released(self) -> int:
         return self._released
+
+    def released_at_stop(self, violation: GuardViolation) -> int:
+        """Once ``violation`` stopped the stream: the characters a holding caller may still pass on, and never more.
+
+        What the monitor released, read from the monitor itself (a call that raises returns nothing). With a Gen
+        guard the monitor's own violation says where its release point stood before the flagged window (judged
+        safe, a sentence's last word held): that text is owed too. Not with a Stream model, whose offset is where
+        the flagged token run starts: the tokens before it are what ``holdback`` holds (the model flags a run
+        late), and the consumer of ``guard.stream()`` never gets them."""
+        released = len(self.monitor.released)
+        decision = violation.decision
+        ours = decision is getattr(self.monitor, "decision", None)  # not a stop raised upstream of the monitor
+        if ours and self.guard.stream_backend is None and decision.offset is not None:
+            return max(released, decision.offset)
+        return released
 
     def check(self, delta: str) -> None:
         if delta:
