@@ -272,7 +272,7 @@ def parse_verdict(text: str, *, mode: str | None = None, model: str | None = Non
     Expected: ``Safety: <Safe|Unsafe|Controversial>``, then ``Categories: <None | A, B>``, then (response
     mode) ``Refusal: <Yes|No>``. ``mode="prompt"`` forbids the refusal line, ``mode="response"``
     requires it, ``None`` accepts either. Anything else raises `VerdictParseError`, except after a first line
-    that says Unsafe or Controversial: that risk stands, with the known categories named (no refusal).
+    that says Unsafe: that stands, with no category (none can be read) and no refusal.
     """
     if not isinstance(text, str):
         raise VerdictParseError(f"guard output must be text, got {type(text).__name__}", raw=repr(text))
@@ -288,14 +288,14 @@ def parse_verdict(text: str, *, mode: str | None = None, model: str | None = Non
     try:
         categories, refusal = _after_safety(lines, mode, text)
     except VerdictParseError:
-        if risk is Risk.SAFE:
+        if risk is not Risk.UNSAFE:
             raise
-        # An answer that said Unsafe or Controversial and garbled the rest (a category it made up, a cut refusal
-        # line) is that risk, with the known categories it named: as a guard error, a fail-open policy let it
-        # through (rt49d R2). Only "Safe" must be said exactly.
-        named = _CATEGORIES_RE.fullmatch(lines[1]) if len(lines) > 1 else None
-        names = [n.strip() for n in named.group(1).split(",")] if named else []
-        return Verdict(risk, tuple(dict.fromkeys(n for n in names if n in _KNOWN_CATEGORIES)), None, text, model=model)
+        # An answer that said Unsafe and garbled the rest (a category it made up, a cut refusal line) is unsafe:
+        # as a guard error, a fail-open policy let it through (rt49d R2). With no category: what it named cannot
+        # be read, so no policy's ignored category may excuse it (the known names kept, "PII, Violent." read as
+        # PII alone, let an ignore list allow it: rt49e F1). A garbled Controversial stays an error: a loose
+        # policy allows a controversial verdict unless a category it cannot read blocks it.
+        return Verdict(risk, (), None, text, model=model)
     return Verdict(risk=risk, categories=categories, refusal=refusal, raw=text, model=model)
 
 

@@ -49,22 +49,34 @@ def test_malformed_answers_raise(text):
 
 
 @pytest.mark.parametrize(
-    ("text", "mode", "categories"),
+    ("text", "mode"),
     [
-        ("Safety: Unsafe\nCategories: Illegal Acts", "prompt", ()),
-        ("Safety: Unsafe\nCategories: Violent, Bombs", "prompt", ("Violent",)),
-        ("Safety: Unsafe\nCategory: Violent", None, ()),
-        ("Safety: Unsafe", "prompt", ()),
-        ("Safety: Controversial\nCategories: Violent\nRefusal: Y", "response", ("Violent",)),
-        ("Safety: Unsafe\nCategories: Violent", "response", ("Violent",)),
-        ("Safety: Unsafe\nCategories: PII\nRefusal: No\nextra", None, ("PII",)),
+        ("Safety: Unsafe\nCategories: Illegal Acts", "prompt"),
+        ("Safety: Unsafe\nCategories: Violent, Bombs", "prompt"),
+        ("Safety: Unsafe\nCategories: PII, Violent.", "prompt"),
+        ("Safety: Unsafe\nCategories: PII\nCategories: Violent", "prompt"),
+        ("Safety: Unsafe\nCategory: Violent", None),
+        ("Safety: Unsafe", "prompt"),
+        ("Safety: Unsafe\nCategories: Violent", "response"),
+        ("Safety: Unsafe\nCategories: PII\nRefusal: No\nextra", None),
     ],
 )
-def test_an_answer_that_says_unsafe_is_that_risk_whatever_follows(text, mode, categories):
+def test_an_answer_that_says_unsafe_is_unsafe_whatever_follows_with_no_category(text, mode):
     """rt49d R2: the demo said "Safety: Unsafe" with a category of its own making; as a guard error, a policy with
-    ``on_error="allow"`` let the text through. Only "Safe" must be said exactly."""
+    ``on_error="allow"`` let the text through. It is unsafe, with no category: the known names alone ("PII" of
+    "PII, Violent.") let a policy ignoring PII allow it (rt49e F1)."""
     v = parse_verdict(text, mode=mode)
-    assert (v.risk.value, v.categories, v.refusal) == (text.split("\n")[0][8:].lower(), categories, None)
+    assert (v.risk, v.categories, v.refusal) == (Risk.UNSAFE, (), None)
+
+
+@pytest.mark.parametrize(
+    "text", ["Safety: Controversial\nCategories: Violent Crimes", "Safety: Controversial\nCategories: None\nRefusal: Y"]
+)
+def test_a_garbled_controversial_answer_is_still_an_error(text):
+    """A loose policy allows a controversial verdict unless its categories hit ``block_categories``: one whose
+    categories cannot be read must not be allowed so (rt49e F1)."""
+    with pytest.raises(VerdictParseError):
+        parse_verdict(text)
 
 
 def test_mode_checks_refusal_line():
