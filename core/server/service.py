@@ -10,6 +10,7 @@ import math
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from ..backends.base import Outcome
@@ -294,9 +295,9 @@ class Service:
         self, conversations: Sequence[Sequence[Mapping[str, str]]], outcomes: Sequence[Outcome]
     ) -> list[Outcome]:
         """``outcomes``, with the verdict of its least context (`least_context`) for each conversation whose
-        answer was no verdict and that has context to leave out, when that verdict is not safe: all judged in one
-        more backend call, within the request's deadline. Where that call gives no verdict or says safe, the first
-        error stands."""
+        answer was no verdict and that has context to leave out, when that verdict is unsafe (its categories left
+        out): all judged in one more backend call, within the request's deadline. Otherwise the first error
+        stands."""
         out = list(outcomes)
         redo = [
             (k, least)
@@ -320,8 +321,11 @@ class Service:
             return out
         if isinstance(again, (list, tuple)) and len(again) == len(redo):
             for (k, _), result in zip(redo, again):
-                if isinstance(result, Verdict) and result.risk is not Risk.SAFE:
-                    out[k] = result
+                # Unsafe only, and with no category: a controversial or an ignored category's verdict is allowed by
+                # a loose policy (the server's, or a client's behind the OpenAI routes) that blocks the guard error
+                # (rt49e F2). An unsafe verdict with no category is blocked by every policy.
+                if isinstance(result, Verdict) and result.risk is Risk.UNSAFE:
+                    out[k] = replace(result, categories=())
         return out
 
     def _too_large(self, exc: InputTooLarge) -> ApiError:
