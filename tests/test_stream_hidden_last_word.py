@@ -31,6 +31,12 @@ FILLERS = {
     "lone symbol": " \u00a7\n",
     "underscore": " _\n",
     "glued dashes": "-" * (MAX_HELD_WORD + 4) + "\n",  # past the cap on a held word
+    # rt49f F3: a lone letter or digit that looks like punctuation stood in for the last word.
+    "dental click letter": " \u01c0\n",
+    "prolonged sound mark": " \u30fc\n",
+    "hangul eu": " \u3161\n",
+    "superscript one": " \u00b9\n",
+    "digit": " 1\n",
     "none (control)": "\n",
 }
 FEEDS = ["line", "word pieces"]

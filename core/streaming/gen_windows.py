@@ -108,17 +108,28 @@ def releasable(text: str) -> int:
     All of it when it ends a sentence (`ends_sentence`); else all but its last word (at most
     `MAX_HELD_WORD` chars up to its last letter or digit) and what follows it: a judge may need the next word
     to see what a clause is ("Mix" is harmless until "ammonium" follows), so the last word waits for a later
-    window that shows it with what follows. The last word is the last with a letter or digit: a filler after
-    it ("Mix -", "Mix\\n-", "Mix \\u200b", an emoji) would else be held in its place and let "Mix" out."""
+    window that shows it with what follows. The last word is the last with two letters or digits: a filler after
+    it ("Mix -", "Mix\\n-", "Mix \\u200b", an emoji, "Mix ǀ") would else be held in its place and let "Mix" out."""
     if not text or ends_sentence(text):
         return len(text)
     stripped = text.rstrip()
-    # Back to the last letter or digit, within `_SCAN` chars (more than the default window context): bounded
-    # work on a hostile run of fillers. None in sight: what was read waits for a word.
+    # Back to the last word of two letters or digits or more, within `_SCAN` chars (more than the default window
+    # context): bounded work on a hostile run of fillers. A lone letter or digit is no word here: "Mix ǀ", "Mix ー",
+    # "Mix 1" after each word let "Mix" out (rt49f F3). None in sight: what was read waits for a word.
     floor = max(0, len(stripped) - _SCAN)
-    last = len(stripped)
-    while last > floor and not stripped[last - 1].isalnum():
-        last -= 1
+    last, count, at = floor, 0, len(stripped)
+    word_end: int | None = None
+    while at > floor:
+        char = stripped[at - 1]
+        if char in " \t\n":
+            count, word_end = 0, None
+        elif char.isalnum():
+            word_end = word_end or at
+            count += 1
+            if count == 2:
+                last = word_end
+                break
+        at -= 1
     if last == floor:
         return floor
     end = last  # the end of the last word's token ("Paris." with its punctuation), then the blanks after it
