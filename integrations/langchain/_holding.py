@@ -138,8 +138,8 @@ def chunk_text(chunk: Any) -> str:
 
 
 def as_judged(chunk: Any) -> Any:
-    """``chunk`` in the form its text is judged and released: every string of its content and ``additional_kwargs``
-    (where `chunk_text` reads the answer's words: text, reasoning, refusal, a provider's own keys) under the core's
+    """``chunk`` in the form its text is judged and released: every string of its content, ``additional_kwargs``
+    (where `chunk_text` reads the answer's words: text, reasoning, refusal, a provider's own keys) and tool calls under the core's
     content rule (`clean_text`), the rest of the chunk as it came. The chunk itself when nothing changes (an honest
     one). What the consumer holds is then what the monitor judged: no NUL, ANSI escape or lone surrogate half (two
     halves a JSON round trip joins into characters no check read), and a violation's offset indexes its text."""
@@ -148,12 +148,15 @@ def as_judged(chunk: Any) -> Any:
     if not isinstance(chunk, BaseMessage):
         return chunk
     update: dict[str, Any] = {}
-    content = _cleaned(chunk.content)
-    if content is not chunk.content:
-        update["content"] = content
-    extra = _cleaned(chunk.additional_kwargs)
-    if extra is not chunk.additional_kwargs:
-        update["additional_kwargs"] = extra
+    # The answer's text and its calls' arguments (rt49f F7: arguments went out raw, NUL, ANSI escapes and the
+    # surrogate halves of tag characters the guard judged as U+FFFD).
+    for field in ("content", "additional_kwargs", "tool_call_chunks", "tool_calls", "invalid_tool_calls"):
+        value = getattr(chunk, field, None)
+        if value is None:
+            continue
+        cleaned = _cleaned(value)
+        if cleaned is not value:
+            update[field] = cleaned
     return chunk.model_copy(update=update) if update else chunk
 
 

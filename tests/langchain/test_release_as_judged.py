@@ -318,3 +318,30 @@ def test_a_stop_raised_upstream_releases_nothing_the_monitor_did_not(stream_guar
     text = "".join(map(_text, got))
     assert stop is not None and stop.decision.offset == 10_000
     assert "Mix" not in text, f"{path}: unjudged text went out on a stop raised upstream: {text!r}"
+
+
+@pytest.mark.parametrize("path", ["chat_model", "chat_model_async", "guard_output", "guard_output_async"])
+def test_a_tool_calls_arguments_go_out_cleaned(path):
+    """rt49f F7: only content and ``additional_kwargs`` were cleaned; a call's arguments reached the consumer with
+    NUL, an ANSI escape and the surrogate halves of tag characters (judged as U+FFFD each), which a JSON round trip
+    joins into words no check read."""
+    raw = '{"text": "Hello\x00 \x1b[31m' + HIDDEN + '"}'
+    call = AIMessageChunk(
+        content="", id="lc-answer", tool_call_chunks=[{"name": "say", "args": raw, "id": "c1", "index": 0}]
+    )
+    guard = Guard(CountingJudge(), cache_size=0)
+    got, stop = _consume(guard, path, _model(["Sure.", call]))
+    out = "".join(
+        str(t.get("args") or "")
+        for c in got
+        if isinstance(c, AIMessageChunk)
+        for t in [*c.tool_call_chunks, *c.invalid_tool_calls]
+    )
+    out += "".join(
+        json.dumps(t.get("args"), ensure_ascii=False)
+        for c in got
+        if isinstance(c, AIMessageChunk)
+        for t in c.tool_calls
+    )
+    assert stop is None and "Hello" in out
+    assert _unread(out) == [] and _tags_after_json(out) == "", f"{path}: the consumer got {_unread(out)!r}"
