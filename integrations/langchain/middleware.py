@@ -108,15 +108,14 @@ DEFAULT_TOOL_RESULT_NOTICE = (
 DEFAULT_TOOL_CALL_NOTICE = "The call to tool '{tool}' was blocked by the safety guard ({categories}) and did not run."
 #: How many answers whose text was judged while streaming are remembered until ``after_model``.
 _MAX_JUDGED_IDS = 1024
-#: What an answer keeps beside its content that the guard judges with it (`_messages.beside_text`,
-#: `reasoning_text`, `source_text`): dropped with a redacted answer's content.
-_ANSWER_BESIDE_KEYS = frozenset({"refusal", "audio", "reasoning", "reasoning_content", "tool_outputs"})
+#: What a withheld answer keeps of its ``additional_kwargs``: the provider classes' bookkeeping, no words.
+_ANSWER_BOOKKEEPING_KEYS = frozenset(
+    {"__openai_role__", "__openai_function_call_ids__", "__gemini_function_call_thought_signatures__"}
+)
 #: Marks the record of a message other than a `ToolMessage` that a tool wrote and `wrap_tool_call` withheld.
 _WRITTEN_BY_TOOL = "written_by_tool"
 
 
-#: An earlier answer's raw calls: withheld with it (its parsed calls are kept, withheld, `_redact_input`).
-_CALL_KEYS = frozenset({"tool_calls", "function_call"})
 #: The name a withheld earlier answer's tool calls keep (the provider reads the call back without its text).
 WITHHELD_CALL = "withheld_tool_call"
 
@@ -396,8 +395,13 @@ class GuardMiddleware(AgentMiddleware):
         }
         # What an earlier answer carried beside its content goes with it: a provider class may send it back
         # (the Responses API's reasoning and tool output items).
-        beside = _ANSWER_BESIDE_KEYS | _CALL_KEYS if isinstance(message, AIMessage) else frozenset()
-        kept = {k: v for k, v in message.additional_kwargs.items() if k not in beside and k != "name"}
+        # Of an answer, only a provider's bookkeeping stays: any other key is judged as its text (`beside_text`),
+        # and a withheld answer's `parsed`, `prefix` or a key of a provider's own kept the words that made it unsafe
+        # in the state and in the next request (rt49f F6).
+        if isinstance(message, AIMessage):
+            kept = {k: v for k, v in message.additional_kwargs.items() if k in _ANSWER_BOOKKEEPING_KEYS}
+        else:
+            kept = {k: v for k, v in message.additional_kwargs.items() if k != "name"}
         update["additional_kwargs"] = kept
         if isinstance(message, AIMessage):
             # Its calls stay, for the tool messages that answer them (a provider refuses a result without its call),

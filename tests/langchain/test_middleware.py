@@ -252,3 +252,26 @@ async def test_the_held_stream_still_stops_the_clause_with_a_callback_on_the_sam
                 received.append(chunk.text)
     text = "".join(received)
     assert answer.startswith(text) and len(text) <= len(SAFE_ANSWER) + 1  # not one character of the clause
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("x_note", UNSAFE_CLAUSE), ("parsed", {"steps": UNSAFE_CLAUSE}), ("prefix", UNSAFE_CLAUSE)],
+)
+def test_a_withheld_earlier_answer_keeps_none_of_its_words_beside_the_content(key, value):
+    """rt49f F6: with ``exit_behavior="replace"`` an earlier answer judged unsafe by a key of its
+    ``additional_kwargs`` (a provider's own, structured output's ``parsed``, a ``prefix``) had its content replaced,
+    but the key stayed: in the state the app shows, and for some in the next request to the model."""
+    from faults import ScriptedBackend, keyword_verdict
+    from qwenguard.core import Guard
+
+    guard = Guard(ScriptedBackend(keyword_verdict), cache_size=0)
+    model = scripted("All right.")
+    agent = create_agent(model, tools=[], middleware=[GuardMiddleware(guard, exit_behavior="replace")])
+    # Structured output's ``parsed`` is the content's own JSON (judged as the content).
+    content = '{"steps": "%s"}' % UNSAFE_CLAUSE if key == "parsed" else "Here you go."
+    earlier = AIMessage(content=content, additional_kwargs={key: value}, id="a1")
+    out = agent.invoke({"messages": [HumanMessage("How?", id="h1"), earlier, HumanMessage("Go on.", id="h2")]})
+    given = [m for call in model.seen for m in call]
+    assert not [m for m in given if "ammonium" in repr(m)]
+    assert not [m for m in out["messages"] if "ammonium" in repr(m)]
