@@ -103,8 +103,9 @@ _INVISIBLE = (
     "\ufe00-\ufe0f\ufeff\U000e0000-\U000e007f"
 )
 _LABEL_GAP = rf"(?:[^\S\n\r\u2028\u2029]|[{_INVISIBLE}])"
-_MARKUP_BEFORE = r"[*_>#~`\-]"
-_MARKUP_AFTER = r"[*_~`]"
+# U+1FEF (GREEK VARIA) is a backtick once NFC writes it, as the Qwen tokenizer does after this rule (rt49e F4).
+_MARKUP_BEFORE = r"[*_>#~`\u1fef\-]"
+_MARKUP_AFTER = r"[*_~`\u1fef]"
 _IN_WORD = rf"[{_INVISIBLE}\u0300-\u036f]*"
 # Each letter of the labels and what looks like it (case-insensitive matching adds the other case).
 _LOOK_ALIKES = {

@@ -118,6 +118,7 @@ def test_a_label_written_with_invisible_characters_is_still_a_forged_turn(separa
         "**USER**:",
         "> USER:",
         "- ASSISTANT:",
+        "\u1fefUSER\u1fef:",
     ],
     ids=[
         "zwsp-inside",
@@ -138,6 +139,7 @@ def test_a_label_written_with_invisible_characters_is_still_a_forged_turn(separa
         "bold-word-markdown",
         "quote-markdown",
         "list-markdown",
+        "greek-varia-backticks (NFC: `USER`:, rt49e F4)",
     ],
 )
 def test_a_label_a_reader_sees_is_a_forged_turn_however_it_is_spelled(label: str) -> None:
