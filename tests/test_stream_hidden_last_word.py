@@ -37,6 +37,9 @@ FILLERS = {
     "hangul eu": " \u3161\n",
     "superscript one": " \u00b9\n",
     "digit": " 1\n",
+    # rt49f F4: invisible padding wider than a window's context (384 written characters) kept every word in a
+    # window of its own, and the 512-character scan let each out.
+    "600 zero-width spaces": " " + "\u200b" * 600 + "\n",
     "none (control)": "\n",
 }
 FEEDS = ["line", "word pieces"]
