@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
@@ -269,7 +271,7 @@ def test_a_withheld_earlier_answer_keeps_none_of_its_words_beside_the_content(ke
     model = scripted("All right.")
     agent = create_agent(model, tools=[], middleware=[GuardMiddleware(guard, exit_behavior="replace")])
     # Structured output's ``parsed`` is the content's own JSON (judged as the content).
-    content = '{"steps": "%s"}' % UNSAFE_CLAUSE if key == "parsed" else "Here you go."
+    content = json.dumps({"steps": UNSAFE_CLAUSE}) if key == "parsed" else "Here you go."
     earlier = AIMessage(content=content, additional_kwargs={key: value}, id="a1")
     out = agent.invoke({"messages": [HumanMessage("How?", id="h1"), earlier, HumanMessage("Go on.", id="h2")]})
     given = [m for call in model.seen for m in call]
