@@ -161,3 +161,14 @@ def test_no_call_is_judged_longer_than_max_chars_counts_it(arguments):
     guard = Guard(ScriptedBackend(_judge, name="kw"), cache_size=0, max_chars=len(ASK) + judged - 1)
     with pytest.raises(InputTooLarge):
         guard._check_size(_turns(turn))
+
+
+def test_arguments_that_hold_themselves_are_a_clear_error_not_too_large(judge):
+    """rt49e F5: a self-referencing arguments mapping was walked until past ``max_chars`` and refused as "1,000,015
+    characters exceed max_chars": it fails closed either way, but the caller was sent after the wrong cause."""
+    arguments: dict = {}
+    arguments["a"] = arguments
+    turn = {"role": "assistant", "content": "", "tool_calls": [{"name": "f", "args": arguments}]}
+    with pytest.raises(ValueError, match="Circular reference"):
+        _guard(judge).check(_turns(turn), Stage.TOOL_CALL)
+    assert not judge.calls

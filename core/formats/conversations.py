@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import repeat
 from typing import Any, TypeVar
 
 from .content import is_blank
@@ -140,17 +141,26 @@ def _least_chars(value: Any, limit: int) -> tuple[int, int]:
     ``null`` one character at least, a container its brackets and a separator between items (a key its quotes:
     strings are quick to write whatever their length)."""
     least = floats = 0
-    stack = [value]
+    stack: list[tuple[Any, bool]] = [(value, False)]
+    path: set[int] = set()  # the containers being walked: one inside itself is refused, as json does
     while stack and least <= limit:
-        item = stack.pop()
-        if isinstance(item, str):
+        item, leaving = stack.pop()
+        if leaving:
+            path.discard(id(item))
+        elif isinstance(item, str):
             least += len(item) + 2
-        elif isinstance(item, dict):
-            least += 2 + 2 * max(0, len(item) - 1) + 4 * len(item)  # ", " between pairs; in each, quotes and ": "
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            least += 2 + 2 * max(0, len(item) - 1)
-            stack.extend(item)
+        elif isinstance(item, (dict, list, tuple)):
+            if id(item) in path:
+                # Not "too large": the caller is told what json.dumps says (rt49e F5).
+                raise ValueError("Circular reference detected")
+            path.add(id(item))
+            stack.append((item, True))
+            if isinstance(item, dict):
+                least += 2 + 2 * max(0, len(item) - 1) + 4 * len(item)  # ", " between pairs; quotes and ": " in each
+                stack.extend(zip(item.values(), repeat(False)))  # no Python frame per item
+            else:
+                least += 2 + 2 * max(0, len(item) - 1)
+                stack.extend(zip(item, repeat(False)))
         else:
             floats += isinstance(item, float)
             least += 1
