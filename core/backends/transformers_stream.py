@@ -629,12 +629,11 @@ class StreamSession:
             yield from self._slide_plan(kept)
         return keep_cache
 
-    def _slide_plan(self, keep: int | None = None) -> _Plan:
-        """Re-prefill the prompt and the most recent tokens (``keep`` of them; default all kept) into a
-        fresh cache (bounded memory)."""
+    def _slide_plan(self, keep: int) -> _Plan:
+        """Re-prefill the prompt and the most recent ``keep`` tokens into a fresh cache (bounded memory)."""
         self._cache = SessionCache(self._layers)
         recent = list(self._recent)
-        ids = self._prefix + (recent if keep is None else recent[len(recent) - keep :])
+        ids = self._prefix + recent[len(recent) - keep :]
         step = self.backend.step_tokens
         for lo in range(0, len(ids), step):
             yield StreamStep(self._live_cache(), ids[lo : lo + step], "none")

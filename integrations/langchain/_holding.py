@@ -194,8 +194,8 @@ def _cleaned(value: Any) -> Any:
     Walked from a stack (any nesting); a container inside itself is left as it is where it recurs."""
     if isinstance(value, str):
         return clean_text(value)
-    if not isinstance(value, (Mapping, list, tuple)):
-        return value
+    if not isinstance(value, (Mapping, list, tuple)) or not value:
+        return value  # every chunk passes here: an empty field (no calls, no kwargs) costs no walk
     stack = [_Branch(value, None)]
     open_ids = {id(value)}
     while True:
