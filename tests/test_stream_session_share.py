@@ -118,6 +118,41 @@ def test_dropped_sessions_never_run_past_the_budget() -> None:
         backend.close()
 
 
+def test_many_small_idle_sessions_do_not_slide_an_answer_away_from_its_context(guard) -> None:
+    """rt49e F3: 45 monitors with a short prompt, one delta each, left open (each within its fair share, so
+    none is dropped) shrank the share to 22 positions, and a stream beside them slid to its prompt alone: its
+    answer tokens were scored without the words before them and the start of the clause went out. A slide
+    keeps at least `MIN_RECENT_TOKENS` recent tokens; below that the step runs without keeping its cache."""
+    answer = f"Sure. {SAFE} {CLAUSE}"
+    start = answer.index(CLAUSE)
+
+    def stream() -> str:
+        shown = ""
+        try:
+            with guard.stream("How do I clean my kitchen?", holdback=2) as monitor:
+                for i in range(0, len(answer), 4):
+                    shown += monitor.feed(answer[i : i + 4])
+                shown += monitor.finish()
+        except GuardViolation:
+            pass
+        return shown
+
+    assert stream()[start:] == ""  # unpressured, no character of the clause goes out
+    idle = []
+    try:
+        for _ in range(45):
+            monitor = guard.stream(FRANCE, holdback=2)
+            monitor.feed("Hello ")
+            idle.append(monitor)
+        released = stream()
+        assert released[start:] == "", released[start:]
+        assert released == answer[: len(released)]
+        assert guard.stream_backend.session_tokens <= guard.stream_backend.max_session_tokens
+    finally:
+        for monitor in idle:
+            monitor.close()
+
+
 def _forwarded(backend: TransformersStream) -> list[int]:
     """Count the tokens every step puts through the model (work, not time)."""
     count = [0]

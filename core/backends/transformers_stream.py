@@ -20,9 +20,10 @@ fair share (the budget over the sessions open) slides down towards it, if that f
 it holds (a slide re-reads the prompt). A session that finds no room drops the caches of idle sessions
 above their fair share, largest first: they re-read their prompt and recent tokens at their next step, at
 their own cost (a prompt never slides, so idle sessions with long prompts could otherwise keep every
-other caller out: a red-team finding). A session within its share that still finds none (the room is
-held by steps in flight) runs its step without keeping its cache, as the Gen engine runs past its
-budget; only a session whose prompt (with its next step) is over its fair share then fails with
+other caller out: a red-team finding). A slide keeps at least `MIN_RECENT_TOKENS` recent tokens; to keep
+them, a session whose prompt is within its share drops idle sessions' caches within their share too. One
+that still finds no room (the room is held by steps in flight) runs its step without keeping its cache,
+as the Gen engine runs past its budget; only a session whose prompt (with its next step) is over its fair share then fails with
 `GuardUnavailable`, which the monitors turn into the policy's fail-closed decision. The prompt is never
 cut to fit: a shorter prompt could drop the harmful part of it.
 
@@ -106,6 +107,12 @@ DEFAULT_STREAM_SESSION_TOKENS = 65_536
 #: A crowded session slides down only when that frees at least this fraction of the positions it would hold:
 #: a slide re-reads the prompt, so a smaller gain re-read a prompt near the fair share every few tokens.
 MIN_SLIDE_GAIN = 0.25
+
+#: A crowded session slides down to no fewer recent tokens than this (all of them when it has fewer): the
+#: answer's own context. Many small idle sessions shrink the fair share until a slide kept the prompt alone,
+#: and answer tokens were scored without the words before them (a red-team finding: 6-12 characters of a
+#: clause out). Below it the step runs without keeping its cache instead.
+MIN_RECENT_TOKENS = 64
 
 #: A step, and what a plan yields: the step to run now (its result is sent back into the plan).
 _Plan = Generator[StreamStep, StepResult, Any]
@@ -354,32 +361,34 @@ class TransformersStream:
         """What the other open sessions hold (call with ``_held_lock`` held)."""
         return sum(self._held.values()) - self._held.get(id(session), 0)
 
-    def _hold(self, session: StreamSession, positions: int, *, drop: bool = True) -> bool:
+    def _hold(self, session: StreamSession, positions: int, *, drop: bool = True, any_idle: bool = False) -> bool:
         """Let ``session`` hold ``positions`` in all (what it holds now included) if the budget has room, and
         pin it (its cache is in use until `_unpin`); with ``drop``, make the room by dropping idle sessions'
-        caches first. Call with ``_held_lock`` held."""
+        caches above their fair share first (with ``any_idle``, then any idle session's). Call with
+        ``_held_lock`` held."""
         budget, key = self.max_session_tokens, id(session)
         if budget is not None:
             short = self._others(session) + positions - budget
-            if short > 0 and not (drop and self._drop_idle(session, short)):
+            if short > 0 and not (drop and self._drop_idle(session, short, any_idle=any_idle)):
                 return False
         self._held[key] = positions
         self._pinned.add(key)
         return True
 
-    def _drop_idle(self, session: StreamSession, short: int) -> bool:
+    def _drop_idle(self, session: StreamSession, short: int, *, any_idle: bool = False) -> bool:
         """Free ``short`` positions by dropping the caches of idle sessions above their fair share, largest
-        first (they rebuild at their next step); drop nothing if that cannot free enough. Lock held."""
+        first (they rebuild at their next step); with ``any_idle``, then those within it, largest first; drop
+        nothing if that cannot free enough. Lock held."""
         fair = self._fair()
         idle = sorted(
-            (held, key)
+            (held > fair, held, key)
             for key, held in self._held.items()
-            if held > fair and key != id(session) and key not in self._pinned
+            if held and (any_idle or held > fair) and key != id(session) and key not in self._pinned
         )
-        if sum(held for held, _ in idle) < short:
+        if sum(held for _, held, _ in idle) < short:
             return False
         while short > 0:
-            held, key = idle.pop()
+            _, held, key = idle.pop()
             victim = self._sessions.get(key)
             if victim is not None:  # unpinned: no step of its own can start before the lock is free
                 victim._cache = SessionCache(victim._layers)
@@ -431,9 +440,11 @@ class TransformersStream:
             if (need <= fair or not crowded) and self._hold(session, need):
                 return slide, True
             # Crowded and above its fair share, or no room: slide down to half the fair share (so the next
-            # steps do not slide again at once), or to the prompt alone if that is what fits.
-            half = max(0, min(recent, (fair - prefix - n) // 2))
-            smaller = [kept for kept in dict.fromkeys((half, 0)) if prefix + kept + n < need]
+            # steps do not slide again at once), or to the prompt and the floor of recent tokens if that is
+            # what fits; never below the floor (a step runs without keeping its cache then).
+            floor = min(recent, MIN_RECENT_TOKENS)
+            half = max(floor, min(recent, (fair - prefix - n) // 2))
+            smaller = [kept for kept in dict.fromkeys((half, floor)) if prefix + kept + n < need]
             # A slide re-reads the prompt: while the budget has room, slide only for a real gain (L2: one
             # slide every few tokens re-read a prompt near the fair share each time). A re-prefill that is
             # due anyway costs nothing more.
@@ -452,8 +463,18 @@ class TransformersStream:
             if not smaller and self._hold(session, need):
                 return slide, True
             if prefix + n <= fair:
-                # Within its share, and the room is held by steps in flight: run this step without keeping
-                # the cache (as the Gen engine runs past its budget); what it holds now stays counted.
+                # Still none, and its prompt is within its share: its answer's context (the floor) comes
+                # before idle caches. Drop idle sessions within their share too (they re-read their prompt if
+                # they come back) rather than re-read this session's prompt at every step without a kept cache.
+                least = prefix + floor + n
+                if need - least < need * MIN_SLIDE_GAIN and self._hold(session, need, any_idle=True):
+                    return slide, True
+                if least < need and self._hold(session, least, any_idle=True):
+                    self.room_slides += 1
+                    return floor, True
+                # The room is held by steps in flight: run this step without keeping the cache (as the Gen
+                # engine runs past its budget), from the prompt and at least the floor of recent tokens; what
+                # it holds now stays counted.
                 self.steps_unkept += 1
                 self._pinned.add(id(session))
                 return (half if rebuild else None), False
