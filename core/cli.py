@@ -332,7 +332,7 @@ def serve(
     max_bodies_per_client: int = typer.Option(
         16,
         "--max-bodies-per-client",
-        help="Request bodies arriving at once per client address; more wait for a turn (within --timeout).",
+        help="Request bodies arriving at once per client address; as many more wait for a turn (within --timeout), then 429.",
     ),
     stream_idle_timeout: float = typer.Option(
         60.0, "--stream-idle-timeout", help="Close a stream session that feeds no text for this many seconds (4408)."

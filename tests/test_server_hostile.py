@@ -967,6 +967,35 @@ def test_a_client_dripping_bodies_waits_behind_its_own_drips():
                 sock.close()
 
 
+def test_one_address_sending_heads_without_bodies_cannot_take_every_socket():
+    """rt50b F1: one address opened more sockets than ``--max-connections`` and sent on each a request head and
+    one byte of its body. Past its 16 body turns its requests waited for one without bound, and a request
+    waiting for its body is not an idle socket the connection guard evicts: every other client got 503 "too
+    many connections" until the request deadline, and the attacker reconnected. As many may wait as send; the
+    next are answered 429 at once and their sockets closed."""
+    with guarded(safe_backend(), max_connections=48, max_bodies_per_client=4) as url:
+        held = []
+        try:
+            for _ in range(56):
+                sock = socket.create_connection(("127.0.0.1", _port(url)))
+                sock.sendall(DRIP_HEAD + DRIP_BODY[:1])
+                held.append(sock)
+            time.sleep(0.5)
+            other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=10)
+            answers = [
+                other.post(url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": f"q {i}"}]]})
+                for i in range(3)
+            ]
+            other.close()
+            assert [r.status_code for r in answers] == [200, 200, 200], [r.text for r in answers]
+            refused = held[-1]
+            head = _read_all(refused).split(b"\r\n", 1)[0]
+            assert head.startswith(b"HTTP/1.1 429 "), head
+        finally:
+            for sock in held:
+                sock.close()
+
+
 def _open_stream_from(url: str, source: str, sessions: ExitStack) -> bool:
     """Open a stream session from the address ``source`` (kept open by ``sessions``); False when refused."""
     sock = socket.create_connection(("127.0.0.1", _port(url)), source_address=(source, 0))

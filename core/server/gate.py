@@ -138,7 +138,9 @@ class Load:
         self.streams_by_client: Counter[str] = Counter()
         self.draining = False
         # Per client address: turns to send a request body, and turns to be served (see `ClientTurns`).
-        self.body_turns = ClientTurns(limits.max_bodies_per_client)
+        # As many may wait as send: a request waiting for a body turn has sent its head, so its socket is not
+        # idle and is never evicted for a newcomer; unbounded waiters let one address hold every socket.
+        self.body_turns = ClientTurns(limits.max_bodies_per_client, max_waiting=limits.max_bodies_per_client)
         self.work_turns = ClientTurns(limits.requests_per_client, max_waiting=limits.requests_per_client)
 
     def readiness(self) -> dict[str, Any]:
@@ -242,6 +244,19 @@ class Gate:
                     body = await asyncio.wait_for(self._receive_in_turn(receive, client), self.limits.request_timeout_s)
                 except asyncio.TimeoutError:
                     await answer(error_json(408, "request body arrived too slowly", "request_timeout"), "slow_client")
+                    return
+                except QueueFull:
+                    limit = self.limits.max_bodies_per_client
+                    await answer(
+                        error_json(
+                            429,
+                            f"this client already sends {limit} request bodies (--max-bodies-per-client) and as many "
+                            "more wait for a turn",
+                            "rate_limit_exceeded",
+                            {"Retry-After": "1", "Connection": "close"},
+                        ),
+                        "client_bodies",
+                    )
                     return
                 if body is None:
                     await answer(self._too_big(), "body_size")
