@@ -15,7 +15,8 @@ unchanged, for the agent to handle as it would have.
 The retrieved nodes an output carries in ``raw_output`` (a ``QueryEngineTool``'s ``Response.source_nodes``,
 a ``RetrieverTool``'s list) reach the agent's events and final output beside the answer: each is judged as a
 document, and blocked ones are dropped from ``raw_output`` (the whole output is refused when its text quotes
-one; a ``raw_output`` that cannot be rebuilt is replaced by the output's text).
+one; a ``raw_output`` that cannot be rebuilt is replaced by the output's text). Any other ``raw_output`` whose
+text the output's text does not hold (a ``callback``'s rewrite, an object) is judged as tool output too.
 
 `FunctionTool`s stay `FunctionTool`s (`GuardedFunctionTool` is a subclass), so agents still inject
 the workflow ``Context`` into tools that take a ``ctx: Context`` parameter.
@@ -83,7 +84,10 @@ def _node(item: Node) -> BaseNode:
 
 def source_nodes(raw_output: Any) -> list[Node]:
     """The retrieved nodes a tool's ``raw_output`` carries: a ``Response``'s (or a streaming or agent response's)
-    ``source_nodes``, or the list a ``RetrieverTool`` returns. Nodes nested deeper are not looked for."""
+    ``source_nodes``, the list a ``RetrieverTool`` returns, or a node a function returned. Nodes nested deeper
+    are not looked for."""
+    if isinstance(raw_output, (NodeWithScore, BaseNode)):
+        return [raw_output]
     found = getattr(raw_output, "source_nodes", None) if not isinstance(raw_output, (list, tuple)) else raw_output
     if not isinstance(found, (list, tuple)):
         return []
@@ -93,6 +97,8 @@ def source_nodes(raw_output: Any) -> list[Node]:
 def _without(raw_output: Any, blocked: Sequence[Node]) -> Any:
     """``raw_output`` without the ``blocked`` nodes, or ``None`` when it cannot be rebuilt without them."""
     drop = {id(n) for n in blocked}
+    if isinstance(raw_output, (NodeWithScore, BaseNode)):
+        return None
     if isinstance(raw_output, (list, tuple)):
         return type(raw_output)(n for n in raw_output if id(n) not in drop)
     kept = [n for n in raw_output.source_nodes if id(n) not in drop]
@@ -106,6 +112,31 @@ def _without(raw_output: Any, blocked: Sequence[Node]) -> Any:
     if isinstance(raw_output, BaseModel):
         return raw_output.model_copy(update=update)
     return None
+
+
+def _is_blocks(raw_output: Any) -> bool:
+    """Content blocks (a function that returned them): the output's ``blocks``, judged as its text."""
+    items = raw_output if isinstance(raw_output, (list, tuple)) else [raw_output]
+    return bool(items) and all(isinstance(getattr(b, "block_type", None), str) for b in items)
+
+
+#: ``raw_output`` that cannot be read as text (its ``str`` raised): it is not passed on unjudged.
+_UNREADABLE = object()
+
+
+def _raw_text(output: ToolOutput, shown: str) -> Any:
+    """The text of a ``raw_output`` that the output's text ``shown`` does not already hold: what a tool's
+    ``callback`` replaced in the content, an object whose ``str`` is not its content. ``None`` when there is
+    nothing more to judge (a string the text holds, nodes and blocks judged apart); `_UNREADABLE` when its
+    ``str`` raised."""
+    raw = output.raw_output
+    if raw is None or isinstance(raw, (bool, int, float)) or source_nodes(raw) or _is_blocks(raw):
+        return None
+    try:
+        text = raw if isinstance(raw, str) else str(raw)
+    except Exception:  # noqa: BLE001 - any object's str may fail: then it is not passed on
+        return _UNREADABLE
+    return text if text.strip() and text not in shown else None
 
 
 class _Screening:
@@ -130,21 +161,32 @@ class _Screening:
     # The nodes in ``raw_output`` (a query engine's sources, a retriever's results) reach the agent's events and
     # its final output beside the answer: each is judged on its own as a retrieved document, as
     # GuardNodePostprocessor judges it (its hidden metadata too; one that postprocessor judged is a cache hit).
+    # Any other ``raw_output`` reaches them too: a ``callback`` that rewrote the content leaves the function's own
+    # return value there, and a function's object shows the LLM only its ``str``. What the text does not hold
+    # is judged as tool output; blocked (or unreadable), ``raw_output`` is replaced by the output's text.
     @staticmethod
-    def _checks(output: ToolOutput) -> tuple[Checks, list[Node]]:
+    def _checks(output: ToolOutput) -> tuple[Checks, list[Node], Any]:
         text = _output_text(output)
         checks: Checks = [(Stage.TOOL_RESULT, untrusted_conversation(text, "tool output"))] if text.strip() else []
+        raw = _raw_text(output, text)
+        if isinstance(raw, str):
+            checks.append((Stage.TOOL_RESULT, untrusted_conversation(raw, "tool output")))
         read = [(n, t) for n in source_nodes(output.raw_output) if (t := node_text(_node(n))).strip()]
         checks += [(Stage.RETRIEVAL, untrusted_conversation(t, "document")) for _, t in read]
-        return checks, [n for n, _ in read]
+        return checks, [n for n, _ in read], raw
 
-    def _verdict_output(self, output: ToolOutput, nodes: Sequence[Node], decisions: Sequence[Decision]) -> ToolOutput:
+    def _verdict_output(
+        self, output: ToolOutput, nodes: Sequence[Node], raw: Any, decisions: Sequence[Decision]
+    ) -> ToolOutput:
         """The output as the agent may see it: refused when its text is blocked, or when it quotes a blocked node
         (a retriever's output is its nodes' text); else without the blocked nodes in ``raw_output`` (its text,
-        when ``raw_output`` cannot be rebuilt without them)."""
+        when ``raw_output`` cannot be rebuilt without them, or its own text is blocked or unreadable)."""
         node_decisions = decisions[len(decisions) - len(nodes) :]
-        if len(decisions) > len(nodes) and not decisions[0].allowed:
+        if len(decisions) - len(nodes) - isinstance(raw, str) > 0 and not decisions[0].allowed:
             return self._refused(output, decisions[0])
+        raw_decision = decisions[len(decisions) - len(nodes) - 1] if isinstance(raw, str) else None
+        if raw is _UNREADABLE or (raw_decision is not None and not raw_decision.allowed):
+            return output.model_copy(update={"raw_output": output.content})
         blocked = [(n, d) for n, d in zip(nodes, node_decisions) if not d.allowed]
         if not blocked:
             return output
@@ -156,16 +198,16 @@ class _Screening:
         return output.model_copy(update={"raw_output": output.content if raw_output is None else raw_output})
 
     def _screen(self, output: ToolOutput) -> ToolOutput:
-        checks, nodes = self._checks(output)
+        checks, nodes, raw = self._checks(output)
         if not checks:
-            return output
-        return self._verdict_output(output, nodes, self.guard.check_many(checks))
+            return output if raw is not _UNREADABLE else self._verdict_output(output, nodes, raw, [])
+        return self._verdict_output(output, nodes, raw, self.guard.check_many(checks))
 
     async def _ascreen(self, output: ToolOutput) -> ToolOutput:
-        checks, nodes = self._checks(output)
+        checks, nodes, raw = self._checks(output)
         if not checks:
-            return output
-        return self._verdict_output(output, nodes, await self.guard.acheck_many(checks))
+            return output if raw is not _UNREADABLE else self._verdict_output(output, nodes, raw, [])
+        return self._verdict_output(output, nodes, raw, await self.guard.acheck_many(checks))
 
     # -- a raised exception: its text is what the agent would hand the LLM --------------------
     def _error_output(self, error: Exception, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> ToolOutput | None:

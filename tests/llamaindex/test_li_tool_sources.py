@@ -19,7 +19,7 @@ from llama_index.core.base.llms.types import ChatMessage, MessageRole, ToolCallB
 from llama_index.core.base.response.schema import Response
 from llama_index.core.llms.mock import MockFunctionCallingLLM
 from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode
-from llama_index.core.tools import FunctionTool, QueryEngineTool, RetrieverTool
+from llama_index.core.tools import BaseTool, FunctionTool, QueryEngineTool, RetrieverTool, ToolMetadata, ToolOutput
 from qwenguard.core import Guard
 from qwenguard.integrations.llamaindex import GuardedLLM, guard_tool, guard_tools
 
@@ -141,3 +141,92 @@ async def test_a_safe_tool_output_passes_unchanged(guard: Guard, embed_model, sy
         output = tool.call(input="Paris") if sync else await tool.acall(input="Paris")
         nodes = output.raw_output if isinstance(output.raw_output, list) else output.raw_output.source_nodes
         assert len(nodes) == 2
+
+
+# -- rt50c F1: a raw_output that is one node, or that the content does not show -------------------------------
+def _lookup_document(city: str) -> Document:
+    """Look a city up in the wiki (one document: its metadata is not in the LLM's text)."""
+    return Document(text="Paris is the capital of France.", metadata={"summary": UNSAFE_DOC})
+
+
+def _lookup_scored(city: str) -> NodeWithScore:
+    """Look a city up in the wiki (the best match: its str() cuts the text at 350 characters)."""
+    return NodeWithScore(node=TextNode(text="Paris is the capital of France. " * 12 + UNSAFE_DOC), score=0.9)
+
+
+def _fetch_page(url: str) -> str:
+    """Fetch a page (a callback answers the LLM 'fetched'; raw_output keeps the page)."""
+    return "Welcome to the forum. " + UNSAFE_DOC
+
+
+def _single_node_tools() -> list[FunctionTool]:
+    return [
+        FunctionTool.from_defaults(_lookup_document, name="lookup_document"),
+        FunctionTool.from_defaults(_lookup_scored, name="lookup_scored"),
+        FunctionTool.from_defaults(_fetch_page, name="fetch_page", callback=lambda page: "fetched"),
+    ]
+
+
+def _characters_out(raw) -> int:
+    """Characters of the unsafe document in what a consumer of ``raw_output`` can read (all its fields)."""
+    text = raw.model_dump_json() if hasattr(raw, "model_dump_json") else repr(raw)
+    return len(UNSAFE_DOC) if UNSAFE_DOC in text or UNSAFE_DOC[:24] in text else 0
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["call", "acall"])
+@pytest.mark.parametrize("which", range(3), ids=["document", "node_with_score", "callback"])
+async def test_a_raw_output_the_content_does_not_show_is_judged(guard: Guard, sync: bool, which: int) -> None:
+    """A tool that returns one node (its metadata, or its text past the 350 characters ``str`` shows, is not in
+    the content), or whose callback rewrote the content: ``raw_output`` kept the unsafe text and reached the
+    agent's events and final output, unjudged."""
+    tool = guard_tool(_single_node_tools()[which], guard)
+    output = tool.call("Paris") if sync else await tool.acall("Paris")
+    assert _characters_out(output.raw_output) == 0, output.raw_output
+    assert UNSAFE_DOC not in output.content
+
+
+async def test_an_agent_consumer_never_receives_a_single_blocked_node(guard: Guard) -> None:
+    """Through a real FunctionAgent: the ToolCallResult events and the final AgentOutput."""
+    names = iter(["lookup_document", "lookup_scored", "fetch_page"])
+
+    def script(messages, **kwargs) -> ChatMessage:
+        if sum(m.role == MessageRole.TOOL for m in messages) >= 3:
+            return ChatMessage(role="assistant", content="Paris is the capital of France.")
+        call = ToolCallBlock(tool_call_id=f"c{kwargs.get('n', 0)}", tool_name=next(names), tool_kwargs={})
+        return ChatMessage(role="assistant", blocks=[call])
+
+    tools = [
+        FunctionTool.from_defaults(lambda: _lookup_document("Paris"), name="lookup_document"),
+        FunctionTool.from_defaults(lambda: _lookup_scored("Paris"), name="lookup_scored"),
+        FunctionTool.from_defaults(lambda: _fetch_page("x"), name="fetch_page", callback=lambda page: "fetched"),
+    ]
+    llm = GuardedLLM(llm=MockFunctionCallingLLM(response_generator=script), guard=guard)
+    handler = FunctionAgent(tools=guard_tools(tools, guard), llm=llm).run(user_msg="Tell me about Paris.")
+    out = []
+
+    async def consume():
+        async for event in handler.stream_events():
+            if isinstance(event, ToolCallResult):
+                out.append(_characters_out(event.tool_output.raw_output) + _characters_out(event))
+        return await handler
+
+    final = await asyncio.wait_for(consume(), RUN_TIMEOUT_S)
+    assert out == [0, 0, 0]
+    assert [_characters_out(c.tool_output.raw_output) for c in final.tool_calls] == [0, 0, 0]
+
+
+def test_a_raw_output_whose_str_fails_is_not_passed_on(guard: Guard) -> None:
+    class Broken:
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    class Report(BaseTool):  # a custom tool: its content is its own, its raw_output an object
+        @property
+        def metadata(self) -> ToolMetadata:
+            return ToolMetadata(name="report", description="A report.")
+
+        def __call__(self, *args, **kwargs) -> ToolOutput:
+            return ToolOutput(tool_name="report", content="done", raw_input={}, raw_output=Broken())
+
+    output = guard_tool(Report(), guard).call("x")
+    assert output.content == "done" and output.raw_output == "done"
