@@ -164,6 +164,22 @@ def test_a_client_policy_cannot_release_an_unsafe_stream(server, loosener):
     ), frames
 
 
+@pytest.mark.parametrize(
+    ("field", "status"),
+    [({"Policy": {"mode": "strict"}}, 422), ({"polcy": {"mode": "strict"}}, 422), ({"model": "no-such-guard"}, 404)],
+    ids=["Policy", "polcy", "model"],
+)
+def test_a_moderation_field_the_server_does_not_take_is_refused_not_dropped(field, status):
+    """rt50b F2: on a loose server, a client's strict policy under a misspelt key (or another model's name) was
+    dropped without a word: the controversial verdict came back allowed, 200."""
+    conversation = [{"role": "user", "content": "What do you think about the president's election fraud claims?"}]
+    with guarded(Guard(CountingJudge(), policy=Policy.loose()), model_name="guard") as url:
+        r = httpx.post(url + "/v1/moderate", json={"conversations": [conversation], **field}, timeout=30)
+        assert r.status_code == status, r.text
+        ok = httpx.post(url + "/v1/moderate", json={"conversations": [conversation], "model": "guard"}, timeout=30)
+        assert ok.status_code == 200, ok.text
+
+
 def test_a_client_policy_can_make_decisions_stricter():
     politics = Guard(
         ScriptedBackend(lambda c: "Safety: Controversial\nCategories: Politically Sensitive Topics", name="p"),
@@ -610,13 +626,16 @@ def test_a_client_may_make_window_checks_fewer():
         {"type": "open", "prompt": PARIS_Q, "screen_prompt": None},
         {"type": "open", "prompt": PARIS_Q, "screen_prompt": 0},
         {"type": "open", "prompt": PARIS_Q, "holdback": 10**30},
+        {"type": "open", "prompt": PARIS_Q, "Policy": {"mode": "strict"}},
+        {"type": "open", "prompt": PARIS_Q, "release_unit": "word"},
     ],
-    ids=["prompt-and-messages", "screen-prompt-null", "screen-prompt-zero", "huge-holdback"],
+    ids=["prompt-and-messages", "screen-prompt-null", "screen-prompt-zero", "huge-holdback", "misspelt", "unknown"],
 )
 def test_ambiguous_or_overflowing_open_frames_close_4400(frame):
     """Before: a ``prompt`` beside ``messages`` was ignored, never judged (the session opened, allowed); a
     ``null`` or ``0`` switched prompt screening off; a holdback of 10**30 overflowed inside the monitor
-    and closed 1011, internal error."""
+    and closed 1011, internal error; a misspelt ``policy`` or an unknown option opened the session as if it
+    were not there (rt50b F2: the client's stricter policy left out unsaid)."""
     with guarded(Guard(CountingJudge())) as url:
         released, frames, code = stream_session(url, frame, "")
     assert code == 4400 and frames[-1]["type"] == "error", (code, frames)

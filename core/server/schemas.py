@@ -174,9 +174,13 @@ class ModerationRequest(BaseModel):
     user's, ``response`` when it is the assistant's (``tool_call`` for its tool calls). ``stage`` (optional)
     holds each last turn to that stage's rules as well as its own, never instead. ``policy`` (optional, same fields as
     ``Policy.to_dict()``) can only make the server's Policy stricter (``Policy.tightened``): the
-    operator's policy is pinned. Sizes are bounded by the server's limits (413 past them)."""
+    operator's policy is pinned. Sizes are bounded by the server's limits (413 past them). Any other field is
+    refused (422), not dropped: a misspelt ``policy`` would have left a client's stricter policy out unsaid."""
 
+    model_config = ConfigDict(extra="forbid")
     conversations: list[Annotated[list[Message], _FAIL_FAST]] = Field(min_length=1, fail_fast=True)
+    #: The served model's name, as the OpenAI-compatible routes take it (404 for another).
+    model: str | None = None
     stage: Stage | None = None
     policy: dict[str, Any] | None = None
 

@@ -205,6 +205,7 @@ class Service:
     # loop for small bodies; in a thread, with the parse, for large ones (`gate.Gate._off_loop`).
     def moderation_work(self, body: ModerationRequest) -> tuple[list[list[dict[str, str]]], Policy]:
         """`moderate`'s conversations as the guard takes them, and the policy to decide them by."""
+        check_model(body.model, self.model_name)
         raw = self.judged(body.conversations)  # text and tool calls
         policy = self.policy_for(body.policy)
         return [normalize(conv) for conv in raw], policy

@@ -177,6 +177,10 @@ def _unavailable(exc: QwenGuardError) -> SessionEnd:
 
 
 def _open_args(service: Service, msg: Mapping[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+    unknown = sorted(str(k) for k in msg if k not in _OPEN_KEYS)
+    if unknown:  # refused, not dropped: a misspelt "policy" would leave a client's stricter policy out unsaid
+        shown = ", ".join(repr(k[:40]) for k in unknown[:5])
+        raise SessionEnd(CLOSE_BAD_REQUEST, f"open takes no field {shown}", "invalid_request_error")
     guard = service.guard
     if msg.get("policy") is not None:
         try:
@@ -336,6 +340,8 @@ class _Clock:
 
 
 _SESSION_OPTIONS = ("holdback", "window", "screen_prompt", "check_every", "min_segment", "context")
+#: Every field an open frame may hold.
+_OPEN_KEYS = frozenset(("type", "prompt", "messages", "policy", *_SESSION_OPTIONS))
 
 
 def token_verdict_dict(token: Any) -> dict[str, Any]:
