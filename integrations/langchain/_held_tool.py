@@ -87,9 +87,11 @@ class HeldCall:
         self.raised: BaseException | None = None
         #: Whether the latest attempt's call was blocked (the tool did not run; the guard's notice is the result).
         self.blocked = False
+        #: That notice, as the tool returned it (a handler may wrap it in text of its own).
+        self.notice: Any = None
 
     def attempt(self) -> None:
-        self.raised, self.blocked = None, False
+        self.raised, self.blocked, self.notice = None, False, None
 
 
 class HeldTool:
@@ -117,7 +119,7 @@ class HeldTool:
         held.attempt()
         call = self._unjudged(input)
         if call is not None and (blocked := held.judge(call)) is not None:
-            held.blocked = True
+            held.blocked, held.notice = True, blocked
             return blocked
         try:
             return out_of_sight.call(lambda: self._tool.invoke(input, _unheard(config), **kwargs))
@@ -130,7 +132,7 @@ class HeldTool:
         held.attempt()
         call = self._unjudged(input)
         if call is not None and (blocked := await held.ajudge(call)) is not None:
-            held.blocked = True
+            held.blocked, held.notice = True, blocked
             return blocked
         try:
             return await out_of_sight.acall(lambda: self._tool.ainvoke(input, _unheard(config), **kwargs))
@@ -217,6 +219,10 @@ class ToolRun:
     def blocked(self) -> bool:
         """Whether the tool was given a call the guard then blocked: its result is the guard's notice."""
         return self._held is not None and self._held.blocked
+
+    def is_notice(self, result: Any) -> bool:
+        """Whether ``result`` is the guard's notice for a blocked call, as the tool returned it."""
+        return self._held is not None and self._held.blocked and result is self._held.notice
 
     def _failure(self, judged: Any) -> BaseException | None:
         """The run's error where the tool raised and the handler answered it (LangGraph's handled error), with

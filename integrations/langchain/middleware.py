@@ -60,7 +60,18 @@ from langchain_core.messages import AIMessage, BaseMessage, RemoveMessage, ToolM
 from langchain_core.runnables import Runnable
 from langgraph.runtime import Runtime
 from langgraph.types import Command
-from qwenguard.core import Action, Decision, Guard, GuardUnavailable, GuardViolation, Risk, Stage, Verdict, enforce
+from qwenguard.core import (
+    Action,
+    Decision,
+    Guard,
+    GuardUnavailable,
+    GuardViolation,
+    QwenGuardError,
+    Risk,
+    Stage,
+    Verdict,
+    enforce,
+)
 from qwenguard.core.formats.conversations import tool_call_conversation, untrusted_conversation
 
 from .._common import Bounded
@@ -84,6 +95,7 @@ from ._messages import (
 )
 from ._screening import METADATA_KEY, ascreen, blocked_pairs, require_guard, screen
 from ._stopped_calls import StoppedCalls
+from ._tool_errors import MAX_ERROR_CHARS, control_flow, error_text
 
 __all__ = [
     "GuardMiddleware",
@@ -118,6 +130,15 @@ _WRITTEN_BY_TOOL = "written_by_tool"
 
 #: The name a withheld earlier answer's tool calls keep (the provider reads the call back without its text).
 WITHHELD_CALL = "withheld_tool_call"
+
+
+def _stop(decision: Decision) -> QwenGuardError:
+    """What `enforce` raises for a blocked ``decision``, to raise where no other exception is being handled."""
+    try:
+        enforce(decision)
+    except QwenGuardError as stop:
+        return stop
+    raise AssertionError("an allowed decision has no stop")
 
 
 def _withheld_call_names(state: AgentState, redacted: Sequence[BaseMessage]) -> list[BaseMessage]:
@@ -538,6 +559,43 @@ class GuardMiddleware(AgentMiddleware):
     def _executed_outcome(self, rewritten: Any, decision: Decision | None) -> ToolMessage | None:
         return None if decision is None or decision.allowed else self._blocked_call(rewritten, decision)
 
+    # A failing tool's error is an output too: its text can quote what the tool read (a page it could not
+    # parse), and a ToolNode, a tool-error or a retry middleware listed before this one writes it into a
+    # message that streams out and stays in the checkpoint. Blocked, the guard's notice is the result (with
+    # "error", GuardViolation is raised); the error itself goes nowhere.
+    def _error_item(self, request: Any, error: BaseException) -> Item | None:
+        """A failed tool's error as its result (`error_texts`), or ``None`` where it is not judged."""
+        if not self.check_tool_results or control_flow(error):
+            return None
+        text = error_text(error, min(self.guard.max_chars, MAX_ERROR_CHARS))
+        if not text.strip():
+            return None
+        call = request.tool_call
+        message = ToolMessage(
+            content=text, tool_call_id=call.get("id") or "", name=call.get("name") or "tool", status="error"
+        )
+        return Item(Stage.TOOL_RESULT, untrusted_conversation(text, "tool output"), message, extra={"entry": None})
+
+    def _withheld_error(self, run: ToolRun, item: Item, decision: Decision) -> ToolMessage:
+        if self.exit_behavior == "error":
+            stop = _stop(decision)
+            run.error(stop)
+            raise stop
+        notice = self._redact_input(item, decision)  # a ToolMessage's notice
+        assert isinstance(notice, ToolMessage)
+        run.end(notice)
+        return notice
+
+    async def _awithheld_error(self, run: ToolRun, item: Item, decision: Decision) -> ToolMessage:
+        if self.exit_behavior == "error":
+            stop = _stop(decision)
+            await run.aerror(stop)
+            raise stop
+        notice = self._redact_input(item, decision)
+        assert isinstance(notice, ToolMessage)
+        await run.aend(notice)
+        return notice
+
     def _result_items(self, result: Any) -> list[Item]:
         """The tool's result: every message it writes to the state (`tool_result_messages`: its `ToolMessage`,
         a ``Command``'s messages, a list of them), each untrusted content (`tool_output_text`)."""
@@ -747,13 +805,17 @@ class GuardMiddleware(AgentMiddleware):
             run.start()
             try:
                 result = handler(run.request)
-                items = [] if run.blocked else self._result_items(result)
+                items = [] if run.is_notice(result) else self._result_items(result)
                 judged = self._withheld(result, items, screen(self.guard, items)) if items else result
             except BaseException as error:
-                run.error(error)
-                raise
-            run.end(judged)
-            return judged
+                failed = self._error_item(request, error)
+                if failed is None or (decision := screen(self.guard, [failed])[0]).allowed:
+                    run.error(error)
+                    raise
+            else:
+                run.end(judged)
+                return judged
+            return self._withheld_error(run, failed, decision)  # out of the except: no context chained
 
     async def awrap_tool_call(
         self, request: Any, handler: Callable[[Any], Awaitable[ToolMessage | Command]]
@@ -769,10 +831,14 @@ class GuardMiddleware(AgentMiddleware):
             await run.astart()
             try:
                 result = await handler(run.request)
-                items = [] if run.blocked else self._result_items(result)
+                items = [] if run.is_notice(result) else self._result_items(result)
                 judged = self._withheld(result, items, await ascreen(self.guard, items)) if items else result
             except BaseException as error:
-                await run.aerror(error)
-                raise
-            await run.aend(judged)
-            return judged
+                failed = self._error_item(request, error)
+                if failed is None or (decision := (await ascreen(self.guard, [failed]))[0]).allowed:
+                    await run.aerror(error)
+                    raise
+            else:
+                await run.aend(judged)
+                return judged
+            return await self._awithheld_error(run, failed, decision)

@@ -70,7 +70,8 @@ def test_a_tool_retry_around_the_guard_does_not_run_the_tool_again_after_its_res
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_tool_retry_around_the_guard_still_retries_a_real_failure(guard, mode):
-    search = Search(RuntimeError("timeout"), "Paris is the capital of France.")
+    # The failure's text is judged as the tool's output (the demo model reads a bare "timeout" as Violent).
+    search = Search(RuntimeError("the search service timed out"), "Paris is the capital of France.")
     retry = ToolRetryMiddleware(on_failure="error", **RETRY)
     with scripted_openai(SEARCH) as url:
         agent = create_agent(
