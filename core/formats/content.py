@@ -42,7 +42,9 @@ on where the model runs:
    sequences, full-width punctuation) add nothing. Control characters are not part of it: `clean_text`
    has already removed them ("bo\x00mb" is judged as "bomb"). Text with bidi embedding, override or
    isolate controls is also judged in display order (`read_as_displayed`): a clause written reversed
-   after U+202E is shown in reading order.
+   after U+202E is shown in reading order; where they are open at a single line break, also the paragraph
+   as one line (a Markdown renderer's layout); and a paragraph where an RLM or ALM separates two
+   left-to-right letters, also laid out right to left (an app showing it `dir="rtl"` or `dir="auto"`).
 """
 
 from __future__ import annotations
@@ -529,24 +531,90 @@ _BIDI_UNSEEN = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069
 # A paragraph separator (bidi class B) ends every embedding; each paragraph is laid out on its own.
 _PARAGRAPHS = re.compile("[\n\r\x1c-\x1e\x85\u2029]")
 _MAX_DEPTH = 125  # UAX #9: deeper embeddings are ignored
+# Markdown and HTML renderers (chat UIs) read a single line break inside a paragraph as a space: an embedding or
+# override opened on one line runs on to the paragraph's end, a blank line (rt49f F5). A terminal ends it at the
+# line's end: both readings are judged. A line break, a blank line (a run of them), and what always ends one.
+_LINE_BREAK = "(?:\r\n|\r(?!\n)|\n)"
+_BREAK_RUNS = re.compile(f"{_LINE_BREAK}(?:[ \t]*{_LINE_BREAK})*")
+_BLOCK_ENDS = re.compile(f"{_LINE_BREAK}(?:[ \t]*{_LINE_BREAK})+|[\x1c-\x1e\x85\u2029]")
+_HARD_BREAKS = frozenset("\x1c\x1d\x1e\x85\u2029")
+_NOT_BLANK = re.compile("[^ \t]")
+# Right-to-left marks (RLM U+200F, ALM U+061C): in a paragraph laid out right to left (dir="rtl", or dir="auto"
+# with a leading RLM), Latin words with one between them are laid out right to left as whole words: words written
+# in reverse order are shown in reading order (rt49f F1).
+_RTL_MARKS = "\u200f\u061c"
 
 
-def read_as_displayed(text: str) -> str:
-    """``text`` in the order a reader reads it as displayed (left-to-right base direction): each line laid out
-    by the Unicode bidi algorithm, then runs of right-to-left letters read right to left; the explicit
-    controls and bidi marks dropped. ``text`` itself when it has no embedding, override or isolate control.
+def read_as_displayed(text: str, rtl: bool = False) -> str:
+    """``text`` in the order a reader reads it as displayed: each line laid out by the Unicode bidi algorithm (a
+    left-to-right base direction, or with ``rtl`` a right-to-left one: paragraph level 1), then runs of
+    right-to-left letters read right to left; the explicit controls and bidi marks dropped. ``text`` itself when it
+    has no embedding, override or isolate control and ``rtl`` is not asked for.
 
     >>> read_as_displayed("Sure. \u202e.lio leuf htiw xiM\u202c")
     'Sure. Mix with fuel oil.'
+    >>> read_as_displayed("oil\u200f fuel\u200f with\u200f Mix", rtl=True)
+    'Mix with fuel oil'
     """
-    if not _OPENERS.search(text):
+    if not rtl and not _OPENERS.search(text):
         return text
+    base = 1 if rtl else 0
     parts: list[str] = []
     at = 0
     for m in _PARAGRAPHS.finditer(text):
-        parts += [_line_displayed(text[at : m.start()]), m.group()]
+        parts += [_line_displayed(text[at : m.start()], base), m.group()]
         at = m.end()
-    return "".join(parts) + _line_displayed(text[at:])
+    return "".join(parts) + _line_displayed(text[at:], base)
+
+
+def _joined(text: str) -> str:
+    """``text`` with each single line break read as a space (a blank line stays: it ends the paragraph)."""
+    if "\n" not in text and "\r" not in text:
+        return text
+    return _BREAK_RUNS.sub(lambda m: " " if m.group() in ("\n", "\r", "\r\n") else m.group(), text)
+
+
+def _blocks(text: str) -> list[tuple[int, int]]:
+    """The paragraphs of ``text`` as a Markdown or HTML renderer lays them out: up to each blank line."""
+    spans: list[tuple[int, int]] = []
+    at = 0
+    for m in _BLOCK_ENDS.finditer(text):
+        spans.append((at, m.start()))
+        at = m.end()
+    spans.append((at, len(text)))
+    return [(a, b) for a, b in spans if a < b]
+
+
+class _RtlPatterns:
+    """What a right-to-left paragraph reorders (built on first use, from Unicode's bidi classes)."""
+
+    def __init__(self) -> None:
+        left: list[int] = []
+        right: list[int] = []
+        for cp in (*range(0x41, 0x40000), *range(0xE0000, 0xE1000)):
+            kind = unicodedata.bidirectional(chr(cp))
+            if kind == "L":
+                left.append(cp)
+            elif kind in ("R", "AL"):
+                right.append(cp)
+        strong_l, strong = _ranges(left), _ranges(left) + _ranges(right)
+        # An RLM or ALM (both strong right to left) between two left-to-right characters with only weak and neutral
+        # characters (and other such marks) between: the signature of words reordered by marks. Linear: the
+        # neutral runs and the marks are disjoint classes.
+        self.signature = re.compile(f"[{strong_l}][^{strong}]*(?:[{_RTL_MARKS}][^{strong}]*)+[{strong_l}]")
+        # A mark whose next strong character is left to right (a word that may be reordered after it), or not
+        # known yet (the text's end: a stream waits for it).
+        self.next_left = re.compile(f"[{_RTL_MARKS}][^{strong}]*[{strong_l}]")
+        self.hold = re.compile(f"[{_RTL_MARKS}][^{strong}]*(?:[{strong_l}]|\\Z)")
+
+
+@functools.cache
+def _rtl_patterns() -> _RtlPatterns:
+    return _RtlPatterns()
+
+
+def _has_rtl_marks(text: str) -> bool:
+    return "\u200f" in text or "\u061c" in text
 
 
 # What changes the open controls: one of them, or a paragraph separator (which closes them all).
@@ -555,25 +623,113 @@ _BIDI_STATE = re.compile("[\u202a-\u202e\u2066-\u2069\n\r\x1c-\x1e\x85\u2029]")
 
 class BidiState:
     """The embedding, override and isolate controls still open at the end of the text pushed so far (UAX #9's
-    stack on the current line, deeper than 125 levels ignored as a display ignores them). A window cut from
-    inside them is laid out as displayed only with them before it: ``opened + window``. Linear in the text."""
+    stack, deeper than 125 levels ignored as a display ignores them). A window cut from inside them is laid out as
+    displayed only with them before it: ``opened + window``. Linear in the text.
 
-    __slots__ = ("_stack", "_over_isolates", "_over_embeddings", "_isolates")
+    By default they stay open across a single line break, as a Markdown or HTML renderer lays the paragraph out
+    (a soft break is a space), and close at a blank line or a paragraph separator; with ``lines`` every line
+    break closes them, as a terminal lays out each line on its own."""
 
-    def __init__(self) -> None:
+    __slots__ = (
+        "_stack",
+        "_over_isolates",
+        "_over_embeddings",
+        "_isolates",
+        "_lines",
+        "_broken",
+        "_cr",
+        "joined",
+        "_line_end",
+    )
+
+    def __init__(self, *, lines: bool = False) -> None:
         self._stack: list[tuple[str, int, bool]] = []  # control, level it opens, isolate
         self._over_isolates = self._over_embeddings = self._isolates = 0
+        self._lines = lines
+        self._broken = False  # a line break with controls open, nothing but blanks after it yet
+        self._cr = False  # ... and that break was a "\r" (a "\n" right after it is the same break)
+        #: Single line breaks passed with controls open (soft breaks inside them).
+        self.joined = 0
+        self._line_end = False  # `_scan` stopped at a line break with nothing open (not a blank line, a separator)
 
     @property
     def opened(self) -> str:
         """The controls open now, outermost first ("" for all ordinary text)."""
         return "".join(c for c, _, _ in self._stack)
 
+    @property
+    def at_soft_break(self) -> bool:
+        """Controls are open across a single line break passed (or one just pushed, not yet known blank)."""
+        return bool(self.joined or self._broken)
+
+    def copy(self) -> BidiState:
+        twin = BidiState(lines=self._lines)
+        twin._stack = list(self._stack)
+        twin._over_isolates, twin._over_embeddings, twin._isolates = (
+            self._over_isolates,
+            self._over_embeddings,
+            self._isolates,
+        )
+        twin._broken, twin._cr, twin.joined = self._broken, self._cr, self.joined
+        twin._line_end = self._line_end
+        return twin
+
     def push(self, text: str) -> None:
         if not self._stack and not _OPENERS.search(text):
             return  # nothing open, nothing opens: the usual case
-        for m in _BIDI_STATE.finditer(text):
-            self._control(m.group())
+        self._scan(text, 0, stop=False)
+
+    def _scan(self, text: str, pos: int, *, stop: bool) -> int:
+        """Advance over ``text[pos:]``. With ``stop``: the offset just past the first line break (or blank line, or
+        separator) at which no control is left open, where the advance stops; else, or when there is none, -1."""
+        end = len(text)
+        self._line_end = False
+        while pos < end:
+            if self._broken:  # after a line break with controls open: a blank line closes them, text keeps them
+                m = _NOT_BLANK.search(text, pos)
+                if m is None:
+                    self._cr = False
+                    return -1
+                c, at = m.group(), m.start()
+                if c == "\n" and self._cr and at == pos:
+                    self._cr = False
+                    pos = at + 1  # the "\n" of a "\r\n"
+                    continue
+                self._broken = self._cr = False
+                if c in "\n\r" or c in _HARD_BREAKS:
+                    self._close()
+                    pos = at + (2 if text.startswith("\r\n", at) else 1)
+                    if stop:
+                        return pos
+                    continue
+                self.joined += 1
+                pos = at
+            m = _BIDI_STATE.search(text, pos)
+            if m is None:
+                return -1
+            c, pos = m.group(), m.end()
+            if c in "\n\r":
+                if self._stack and not self._lines:
+                    self._broken, self._cr = True, c == "\r"
+                    continue
+                if c == "\r" and text.startswith("\n", pos):
+                    pos += 1
+                self._line_end = not self._stack
+                self._close()
+                if stop:
+                    return pos
+            elif c in _HARD_BREAKS:
+                self._close()
+                if stop:
+                    return pos
+            else:
+                self._control(c)
+        return -1
+
+    def _close(self) -> None:
+        self._stack.clear()
+        self._over_isolates = self._over_embeddings = self._isolates = 0
+        self._broken = self._cr = False
 
     def _control(self, c: str) -> None:
         level = self._stack[-1][1] if self._stack else 0
@@ -593,7 +749,7 @@ class BidiState:
                     self._stack.pop()
                 self._stack.pop()
                 self._isolates -= 1
-        elif c in "\u202a\u202b\u202d\u202e\u2066\u2067\u2068":
+        else:
             isolate = c in _ISOLATES
             new = (level + 1) | 1 if c in (_RLE, _RLO, _RLI) else (level + 2) & ~1
             if new <= _MAX_DEPTH and not self._over_isolates and not self._over_embeddings:
@@ -603,34 +759,94 @@ class BidiState:
                 self._over_isolates += 1
             elif not self._over_isolates:
                 self._over_embeddings += 1
-        else:  # a paragraph separator
-            self._stack.clear()
-            self._over_isolates = self._over_embeddings = self._isolates = 0
 
 
 def _displayed_pieces(text: str) -> list[str]:
-    """`read_as_displayed` of each line with an embedding, override or isolate control (from `AS_SEEN_CONTEXT`
-    characters before its first one), read as seen, where that differs from the line read as seen."""
-    if not _OPENERS.search(text):
+    """The display readings of ``text`` that differ from it, read as seen:
+
+    - `read_as_displayed` of each line with an embedding, override or isolate control (from `AS_SEEN_CONTEXT`
+      characters before its first one), as a terminal lays out each line;
+    - where such a control is still open at a single line break, the paragraph (to the blank line) with its single
+      line breaks read as spaces, as a Markdown or HTML renderer lays it out (rt49f F5);
+    - a paragraph where an RLM or ALM separates two left-to-right characters (the signature of words reordered by
+      marks), laid out with a right-to-left base direction (dir="rtl", or dir="auto" after a leading RLM), each
+      line and, where it has more than one, the paragraph joined (rt49f F1).
+
+    Ordinary text pays a search for the controls and the marks; Hebrew or Arabic text with bidi marks used as
+    scripts use them (a mark next to a right-to-left letter) no more."""
+    opens = _OPENERS.search(text) is not None
+    marks = _has_rtl_marks(text)
+    if not opens and not marks:
         return []
-    stretches: list[tuple[int, int]] = []
-    at = 0
-    for m in (*_PARAGRAPHS.finditer(text), None):
-        end = m.start() if m else len(text)
-        first = _OPENERS.search(text, at, end)
-        if first:
-            a, b = _widen(text, first.start() - AS_SEEN_CONTEXT, end)
-            if stretches and a <= stretches[-1][1]:  # overlapping lines share a stretch: each read once
-                a = stretches.pop()[0]
-            stretches.append((a, b))
-        at = m.end() if m else end
-    return [p for p in _packed(text, stretches, _read_displayed) if p]
+    pieces: list[str] = []
+    if opens:
+        stretches: list[tuple[int, int]] = []
+        at = 0
+        for m in (*_PARAGRAPHS.finditer(text), None):
+            end = m.start() if m else len(text)
+            first = _OPENERS.search(text, at, end)
+            if first:
+                _add_stretch(stretches, _widen(text, first.start() - AS_SEEN_CONTEXT, end))
+            at = m.end() if m else end
+        pieces += _packed_once(text, stretches, _read_displayed)
+        joined: list[tuple[int, int]] = []
+        for a, b in _blocks(text):
+            first = _OPENERS.search(text, a, b)
+            if first and _open_at_soft_break(text, first.start(), b):
+                _add_stretch(joined, _widen(text, first.start() - AS_SEEN_CONTEXT, b))
+        pieces += _packed_once(text, joined, _read_joined)
+    if marks:
+        signature = _rtl_patterns().signature
+        rtl = [(a, b) for a, b in _blocks(text) if signature.search(text, a, b)]
+        pieces += _packed_once(text, rtl, _read_rtl)
+        pieces += _packed_once(text, [(a, b) for a, b in rtl if _PARAGRAPHS.search(text, a, b)], _read_joined_rtl)
+    return [p for p in pieces if p]
+
+
+def _packed_once(text: str, stretches: list[tuple[int, int]], read: Callable[[str], str]) -> list[str]:
+    """`_packed` for a reading that is ``""`` where nothing changes, the whole text read at once (not the stretches,
+    then the text) when the stretches are half of it or more."""
+    if 2 * sum(b - a for a, b in stretches) > len(text):
+        return [read(text).strip()]
+    return _packed(text, stretches, read)
+
+
+def _add_stretch(stretches: list[tuple[int, int]], stretch: tuple[int, int]) -> None:
+    """Append ``stretch``; one overlapping the last is merged into it (each part of the text read once)."""
+    a, b = stretch
+    if stretches and a <= stretches[-1][1]:
+        a = min(a, stretches[-1][0])
+        b = max(b, stretches.pop()[1])
+    stretches.append((a, b))
+
+
+def _open_at_soft_break(text: str, a: int, b: int) -> bool:
+    """Whether an embedding, override or isolate control is still open at a single line break of the paragraph
+    ``text[a:b]`` (no blank line in it)."""
+    state = BidiState()
+    state.push(text[a:b])
+    return bool(state.joined)
 
 
 def _read_displayed(text: str) -> str:
     """`read_as_seen` of the text as displayed; ``""`` where that is the text read as seen (nothing reordered)."""
     shown = read_as_seen(read_as_displayed(text))
     return "" if shown == read_as_seen(text) else shown
+
+
+def _read_joined(text: str) -> str:
+    """`_read_displayed` of the paragraph laid out as one line (single line breaks as spaces)."""
+    return _read_displayed(_joined(text))
+
+
+def _read_rtl(text: str) -> str:
+    """`read_as_seen` of the text as displayed with a right-to-left base direction; ``""`` where nothing moves."""
+    shown = read_as_seen(read_as_displayed(text, rtl=True))
+    return "" if shown == read_as_seen(text) else shown
+
+
+def _read_joined_rtl(text: str) -> str:
+    return _read_rtl(_joined(text))
 
 
 def _bidi_class(char: str) -> str:
@@ -641,13 +857,14 @@ def _bidi_class(char: str) -> str:
     return "R" if kind in ("R", "AL") else "N"
 
 
-def _line_displayed(line: str) -> str:
+def _line_displayed(line: str, base: int = 0) -> str:
     """One paragraph in reading order (UAX #9, simplified where it changes no letter's order: level runs stand
-    for isolating run sequences; weak types W1 and W7 only; no line wrapping)."""
-    if not _OPENERS.search(line):
+    for isolating run sequences; weak types W1 and W7 only; no line wrapping), at paragraph level ``base`` (0: left
+    to right, 1: right to left)."""
+    if not base and not _OPENERS.search(line):
         return "".join(c for c in line if c not in _BIDI_UNSEEN)
-    levels, kinds, shown = _explicit_levels(line)
-    _resolve_neutrals(line, levels, kinds, shown)
+    levels, kinds, shown = _explicit_levels(line, base)
+    _resolve_neutrals(line, levels, kinds, shown, base)
     for i in shown:  # implicit levels (I1, I2)
         odd = levels[i] & 1
         if kinds[i] == "R" and not odd:
@@ -659,7 +876,7 @@ def _line_displayed(line: str) -> str:
     for i in reversed(shown):  # L1: blanks and isolate controls ending the line take the paragraph's level
         if not (line[i].isspace() or line[i] in _ISOLATES or line[i] == _PDI):
             break
-        levels[i] = 0
+        levels[i] = base
     order = _visual_order(shown, levels)
     # Read right to left again what a reader of that script reads right to left: a run of one level parity in
     # display order with right-to-left letters and no left-to-right one (Hebrew shown as written, or under a
@@ -678,13 +895,13 @@ def _line_displayed(line: str) -> str:
     return "".join(out)
 
 
-def _explicit_levels(line: str) -> tuple[list[int], list[str], list[int]]:
+def _explicit_levels(line: str, base: int = 0) -> tuple[list[int], list[str], list[int]]:
     """Explicit embedding levels (X1-X8), each character's class (an override's where one holds), and the
     characters that stay (X9 removes embedding and override controls and PDF)."""
-    levels = [0] * len(line)
+    levels = [base] * len(line)
     kinds = ["N"] * len(line)
     shown: list[int] = []
-    stack: list[tuple[int, str, bool]] = [(0, "", False)]  # level, override class, isolate
+    stack: list[tuple[int, str, bool]] = [(base, "", False)]  # level, override class, isolate
     over_isolates = over_embeddings = isolates = 0
     ahead: list[str] | None = None  # FSI: the first strong class at or after each place
     for i, c in enumerate(line):
@@ -742,7 +959,7 @@ def _strong_ahead(line: str) -> list[str]:
     return ahead
 
 
-def _resolve_neutrals(line: str, levels: list[int], kinds: list[str], shown: list[int]) -> None:
+def _resolve_neutrals(line: str, levels: list[int], kinds: list[str], shown: list[int], base: int = 0) -> None:
     """W1 (a mark takes the class before it), W7 (a European digit after a left-to-right letter is one), N1 and
     N2 (neutrals between two of the same direction take it, others the embedding's), per level run."""
     start = 0
@@ -751,9 +968,9 @@ def _resolve_neutrals(line: str, levels: list[int], kinds: list[str], shown: lis
         level = levels[shown[start]]
         while end < len(shown) and levels[shown[end]] == level:
             end += 1
-        before = levels[shown[start - 1]] if start else 0
+        before = levels[shown[start - 1]] if start else base
         # An isolate initiator ending the run, or the line's end, meets the paragraph's level (X10).
-        after = levels[shown[end]] if end < len(shown) and line[shown[end - 1]] not in _ISOLATES else 0
+        after = levels[shown[end]] if end < len(shown) and line[shown[end - 1]] not in _ISOLATES else base
         sos = "R" if max(level, before) & 1 else "L"
         eos = "R" if max(level, after) & 1 else "L"
         embedding = "R" if level & 1 else "L"
@@ -818,6 +1035,47 @@ def _visual_order(shown: list[int], levels: list[int]) -> list[int]:
 _WORD_GAPS = re.compile("[ \t\n\r]+")
 
 
+def _unit_end(
+    state: BidiState, text: str, pos: int, *, final: bool, marks: bool, memo: list[int] | None = None
+) -> tuple[int, int]:
+    """Where a unit read as displayed from ``pos`` ends in ``text``: just past the line break with no control open
+    (or the blank line, or the separator, that closes them), ``state`` advanced to there; a line whose last strong
+    character is an RLM or ALM runs on past a single line break (a Markdown paragraph laid out right to left joins
+    the words on both sides). ``(-1, where to scan on from)`` while that is not known yet (unless ``final``);
+    ``memo`` keeps the break read again then, so its line is not read again (a stream's pushes stay linear)."""
+    while True:
+        end = state._scan(text, pos, stop=True)
+        if end < 0:
+            return -1, len(text)
+        if not marks or not state._line_end:
+            return end, end
+        brk = end - (2 if text.startswith("\r\n", end - 2) else 1)
+        if not (memo is not None and memo[0] == brk) and not _mark_ends_line(text, brk):
+            return end, end
+        after = _NOT_BLANK.search(text, end)
+        if after is None:
+            if final:
+                return end, end
+            if memo is not None:
+                memo[0] = brk
+            return -1, brk  # the next line not here yet: this break is read again
+        if after.group() in "\n\r" or after.group() in _HARD_BREAKS:
+            return end, end  # a blank line ends the paragraph
+        pos = end
+
+
+def _mark_ends_line(text: str, brk: int) -> bool:
+    """Whether the last strong character of the line ending at ``brk`` is an RLM or ALM (bounded by the line)."""
+    i = brk - 1
+    while i >= 0 and text[i] not in "\n\r":
+        if text[i] in _RTL_MARKS:
+            return True
+        if _bidi_class(text[i]) in ("L", "R"):
+            return False
+        i -= 1
+    return False
+
+
 class AsSeenStream:
     """`read_as_seen` for text that arrives in pieces, for a reader that reads it once: the Qwen3Guard-Stream
     model, one token at a time. Words (runs between ASCII whitespace) that read differently than written
@@ -829,7 +1087,7 @@ class AsSeenStream:
     spans of the text read stay spans of the text written, never past what was read. Offsets asked for
     must not decrease (older mappings are dropped: memory stays bounded)."""
 
-    __slots__ = ("max_word", "pending", "_in", "_out", "_words", "_first", "_bidi")
+    __slots__ = ("max_word", "pending", "_in", "_out", "_words", "_first", "_bidi", "_line_bidi", "_ahead")
 
     def __init__(self, *, max_word: int = 256) -> None:
         self.max_word = max_word
@@ -840,7 +1098,13 @@ class AsSeenStream:
         # are passed (offsets asked for do not decrease) and dropped in batches.
         self._words: list[tuple[int, int, int, int]] = []
         self._first = 0
-        self._bidi = BidiState()  # the controls open at the end of the text that went on
+        # The controls open at the end of the text that went on: in its paragraph (a single line break keeps them,
+        # as a Markdown renderer lays it out) and on its line (as a terminal does).
+        self._bidi = BidiState()
+        self._line_bidi = BidiState(lines=True)
+        # The unit waiting in `pending`: (its start, the state scanned to, how far, `_unit_end`'s memo): each push
+        # scans only what came.
+        self._ahead: tuple[int, BidiState, int, list[int]] | None = None
 
     @property
     def as_written(self) -> bool:
@@ -852,43 +1116,76 @@ class AsSeenStream:
         cut = max(self.pending.rfind(c) for c in " \t\n\r") + 1
         if len(self.pending) - cut > self.max_word:
             cut = len(self.pending)  # no whitespace for that long: bounded, a word cut in two
-        if self._bidi.opened or _OPENERS.search(self.pending):
+        if self._bidi.opened or _OPENERS.search(self.pending) or _has_rtl_marks(self.pending):
             cut = self._line_cut(cut)
         ready, self.pending = self.pending[:cut], self.pending[cut:]
+        if ready:
+            self._ahead = None
         return self._read(ready)
 
-    def _line_cut(self, cut: int) -> int:
-        """``cut``, or less: a line from the word with its first embedding, override or isolate control goes on
-        whole (read as displayed), at most ``4 * max_word`` characters at a time."""
-        text = self.pending
+    def _unit_start(self, text: str, at: int, hold: bool, seen: list[int] | None = None) -> int:
+        """Where the next unit read as displayed starts in ``text`` (from ``at``): ``at`` inside controls still
+        open, else the word with the first embedding, override or isolate control, or with the first RLM or ALM
+        before a left-to-right letter (with ``hold``: or before the text's end, the next letter not known yet);
+        ``len(text)`` when there is none. ``seen``: where the last searches found them (-1: nowhere), kept by a
+        caller that asks again further on, so each search runs on past a place once (linear)."""
         if self._bidi.opened:
-            start = 0
-        else:
-            first = _OPENERS.search(text)
-            if first is None or first.start() >= cut:
-                return cut
-            start = max(text.rfind(c, 0, first.start()) for c in " \t\n\r") + 1
+            return at
+        seen = [-2, -2] if seen is None else seen
+        if seen[0] != -1 and seen[0] < at:
+            first = _OPENERS.search(text, at)
+            seen[0] = first.start() if first else -1
+        if seen[1] != -1 and seen[1] < at:
+            mark = None
+            if _has_rtl_marks(text):
+                mark = (_rtl_patterns().hold if hold else _rtl_patterns().next_left).search(text, at)
+            seen[1] = mark.start() if mark else -1
+        found = min((i for i in seen if i >= 0), default=len(text))
+        if found == len(text):
+            return found
+        return max(at, max(text.rfind(c, at, found) for c in " \t\n\r") + 1)
+
+    def _line_cut(self, cut: int) -> int:
+        """``cut``, or less: a unit goes on whole (read as displayed): from the word with its first embedding,
+        override or isolate control, or right-to-left mark before a left-to-right letter, to its line's end, or,
+        where controls are still open at a single line break, to the paragraph's end (a blank line). At most
+        ``4 * max_word`` characters at a time; a unit under an override, open across a line break, or with words
+        reordered by right-to-left marks waits whole up to ``_OVERRIDE_LINE * max_word``, past which it cannot be
+        read as displayed: `GuardUnavailable`."""
+        text = self.pending
+        start = self._unit_start(text, 0, hold=True)
         if cut <= start:
             return cut
-        end = _PARAGRAPHS.search(text, start)
-        if end:
-            return end.end()  # the line and its break; what follows waits for the next push
+        if self._ahead is None or self._ahead[0] != start:
+            self._ahead = (start, self._bidi.copy() if self._bidi.opened else BidiState(), start, [-1])
+        _, state, scanned, memo = self._ahead
+        end, scanned = _unit_end(state, text, scanned, final=False, marks=_has_rtl_marks(text), memo=memo)
+        if end >= 0:
+            return end  # the unit and its line break; what follows waits for the next push
+        self._ahead = (start, state, scanned, memo)
         if len(text) - start <= 4 * self.max_word:
             return start
-        if _RLO in self._bidi.opened or _LRO in self._bidi.opened or _OVERRIDES.search(text, start):
+        opened = self._bidi.opened
+        if _RLO in opened or _LRO in opened or _OVERRIDES.search(text, start):
             # Under an override the line's end is shown first: pieces laid out alone were fed in written order, so
             # a clause written reversed after 1,000 characters of padding read "ammonium ... Mix" (rt49f F2). The
             # line waits whole, up to a bound past which it cannot be read as shown: a guard error.
-            if len(text) - start <= _OVERRIDE_LINE * self.max_word:
-                return start
-            raise GuardUnavailable(
-                f"a line under a bidi override longer than {_OVERRIDE_LINE * self.max_word:,} characters cannot be "
-                "read as it is displayed"
-            )
-        return cut
+            what = "a line under a bidi override"
+        elif state.at_soft_break:
+            what = "a paragraph with bidi controls open across its line breaks"
+        elif _has_rtl_marks(text) and _rtl_patterns().signature.search(text, start):
+            what = "a line with words reordered by right-to-left marks"
+        else:
+            return cut
+        if len(text) - start <= _OVERRIDE_LINE * self.max_word:
+            return start
+        raise GuardUnavailable(
+            f"{what} longer than {_OVERRIDE_LINE * self.max_word:,} characters cannot be read as it is displayed"
+        )
 
     def flush(self) -> str:
         ready, self.pending = self.pending, ""
+        self._ahead = None
         return self._read(ready)
 
     def _read(self, text: str) -> str:
@@ -896,34 +1193,62 @@ class AsSeenStream:
             self._in += len(text)
             self._out += len(text)
             return text
-        if not self._bidi.opened and not _OPENERS.search(text):
+        if not self._bidi.opened and not _OPENERS.search(text) and not _has_rtl_marks(text):
             return self._read_words(text)
-        # Lines with bidi controls: from the word with the first one (or the line's start, inside them) to the
-        # line's end, read as displayed (`read_as_displayed`, with the controls open before it), one "word".
+        # Units (see `_line_cut`): from the word with the first control or mark (or the line's start, inside
+        # controls) to the line's end, or the paragraph's end, read as displayed, each one "word".
         parts: list[str] = []
         at = 0
-        for m in (*_PARAGRAPHS.finditer(text), None):
-            end = m.start() if m else len(text)
-            start = at
-            if not self._bidi.opened:
-                first = _OPENERS.search(text, at, end)
-                start = end if first is None else max(text.rfind(c, at, first.start()) for c in " \t") + 1
-                start = max(start, at)
+        seen = [-2, -2]
+        marks = _has_rtl_marks(text)
+        while at < len(text):
+            start = self._unit_start(text, at, hold=False, seen=seen)
             parts.append(self._read_words(text[at:start]))
-            if start < end:
-                unit = text[start:end]
-                shown = read_as_displayed(self._bidi.opened + unit)
-                read = "".join(_word_as_seen(w) for w in _words_and_gaps(shown))
-                self._words.append((self._out, self._out + len(read), self._in, self._in + len(unit)))
-                self._bidi.push(unit)
-                parts.append(read)
-                self._in += len(unit)
-                self._out += len(read)
-            if m:
-                parts.append(self._read_words(m.group()))
-                self._bidi.push(m.group())
-            at = m.end() if m else end
+            self._pushed(text[at:start])
+            if start == len(text):
+                break
+            end = _unit_end(self._bidi.copy(), text, start, final=True, marks=marks)[0]
+            end = len(text) if end < 0 else end
+            body = end
+            while body > start and text[body - 1] in " \t\n\r\x1c\x1d\x1e\x85\u2029":
+                body -= 1
+            parts.append(self._read_unit(text[start:body]))
+            parts.append(self._read_words(text[body:end]))
+            self._pushed(text[body:end])
+            at = end
         return "".join(parts)
+
+    def _pushed(self, text: str) -> None:
+        self._bidi.push(text)
+        self._line_bidi.push(text)
+
+    def _read_unit(self, unit: str) -> str:
+        """One unit as displayed: as a terminal lays out its lines; where it runs across line breaks (controls open
+        there), then as one paragraph (a Markdown renderer); where right-to-left marks reorder words, then with a
+        right-to-left base direction too (a left-to-right UI shows the first reading). One "word", the readings
+        separated by spaces."""
+        if not unit:
+            return ""
+        shown = read_as_displayed(self._line_bidi.opened + unit)
+        readings = [shown]
+        several = "\n" in unit or "\r" in unit
+        if several:
+            joined = read_as_displayed(self._bidi.opened + _joined(unit))
+            if joined != _joined(shown):
+                readings.append(joined)
+        if _has_rtl_marks(unit) and _rtl_patterns().signature.search(unit):
+            readings.append(read_as_displayed(self._line_bidi.opened + unit, rtl=True))
+            if several:
+                readings.append(read_as_displayed(self._bidi.opened + _joined(unit), rtl=True))
+        if readings == [unit]:
+            self._pushed(unit)
+            return self._read_words(unit)  # nothing laid out otherwise: word by word, as written
+        read = " ".join("".join(_word_as_seen(w) for w in _words_and_gaps(r)) for r in readings)
+        self._words.append((self._out, self._out + len(read), self._in, self._in + len(unit)))
+        self._pushed(unit)
+        self._in += len(unit)
+        self._out += len(read)
+        return read
 
     def _read_words(self, text: str) -> str:
         parts: list[str] = []
