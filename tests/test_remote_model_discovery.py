@@ -8,11 +8,13 @@ import asyncio
 import json
 import socket
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
 import scripted_openai
+from demo_texts import FACTS
 from live_server import QuietHandler, demo_guard, http_serving, serving
 from qwenguard.core import Guard, GuardUnavailable, Policy, Risk
 from qwenguard.core.backends import openai_gen
@@ -94,6 +96,23 @@ async def test_guard_remote_without_model_judges_async(url, local):
         assert decision.verdict.probs is not None
     finally:
         await remote.aclose()
+
+
+@pytest.mark.parametrize("model", [None, "demo"])
+def test_the_readmes_remote_guard_against_qwenguard_serve_warns_of_nothing(url, local, model, caplog):
+    """rt50a F1: the README's own remote example (`Guard.remote(url, model="demo")` against `qwenguard serve`) told
+    the user to pass max_context "(Ollama: num_ctx; llama.cpp: -c per slot)": the server published no context.
+    It publishes its backend's (as vLLM does), and a client knows `qwenguard serve` windows long inputs itself."""
+    caplog.set_level("WARNING", logger="qwenguard")
+    remote = Guard.remote(url, model=model) if model else Guard.remote(url)
+    try:
+        assert not remote.check_prompt(BOMB).allowed
+        assert remote.check_response("Tell me about France.", FACTS * 8).allowed  # past one demo window
+    finally:
+        remote.close()
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
+    listed = json.loads(urllib.request.urlopen(url + "/models", timeout=10).read())["data"][0]
+    assert listed["max_model_len"] == local.backend.max_context and listed["owned_by"] == "qwenguard"
 
 
 # -- against a scripted engine ----------------------------------------------------------------------

@@ -427,6 +427,9 @@ class OpenAIGen:
         )
         self._fallback_context = min(self._tokenizer_context() or UNPUBLISHED_CONTEXT, UNPUBLISHED_CONTEXT)
         self._said_fallback = False
+        # The server is `qwenguard serve` (its /models entry says so): it windows a long input itself, as the local
+        # guard does, so no context needs to be given and none is warned about (`_served_max_model_len`).
+        self._windowing_server = False
         self._said_unlisted = False  # a /models read still pending was logged (`_context`)
         self._served_context: int | None = None  # learned from /models: 0 = not published
         # The least served context worth planning with: the guard prompt of a reply (the longer template,
@@ -916,7 +919,7 @@ class OpenAIGen:
         context = self.max_context if self.max_context is not None else self._served_context
         if not context:
             context = self._fallback_context
-            if not pending and not self._said_fallback:
+            if not pending and not self._said_fallback and not self._windowing_server:
                 self._said_fallback = True
                 logger.warning(
                     "qwenguard: guard server at %s publishes no context (max_model_len) and none was given: planning "
@@ -1079,6 +1082,8 @@ class OpenAIGen:
             value = self._published_context(listed)
             if value == 0 or value >= self._context_floor:
                 return value
+            if self._windowing_server:
+                return 0  # its own windows fit its model: the fallback plans the requests, quietly
             if url not in self._ignored_contexts:
                 self._ignored_contexts.add(url)
                 logger.warning(
@@ -1105,6 +1110,7 @@ class OpenAIGen:
             entries = entries or []
             entry = next((e for e in entries if e.get("id") == self.model), entries[0] if len(entries) == 1 else {})
             value = entry.get("max_model_len")
+            self._windowing_server = entry.get("owned_by") == "qwenguard"
         except (TypeError, AttributeError):
             return 0
         return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

@@ -123,12 +123,16 @@ def create_app(
     async def metrics_endpoint() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    # The served context, as vLLM publishes it: a client (`Guard.remote`) plans its windows to fit it, as this
+    # server's own backend plans them, instead of guessing 4,096 tokens and warning.
+    context = getattr(guard.backend, "max_context", None)
+    served: dict[str, Any] = {"id": name, "object": "model", "created": created, "owned_by": "qwenguard"}
+    if isinstance(context, int) and not isinstance(context, bool) and context > 0:
+        served["max_model_len"] = context
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [{"id": name, "object": "model", "created": created, "owned_by": "qwenguard"}],
-        }
+        return {"object": "list", "data": [served]}
 
     @app.post(
         "/v1/chat/completions",
