@@ -358,6 +358,32 @@ def test_a_context_that_breaks_the_answer_does_not_get_its_last_turn_judged_safe
     assert [c[-1]["content"] for call in backend.calls for c in call].count("And step 2?") == 4  # with, alone: twice
 
 
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/completions"])
+def test_the_openai_routes_name_no_category_of_a_turn_judged_alone(route):
+    """rt50b F7: the server withheld the category of a last turn judged alone (rt49e F2) on /v1/moderate only;
+    the OpenAI routes sent the model's text, "Categories: Violent", and `Guard.remote` with an ignore list for
+    Violent (failing closed on errors) allowed a conversation whose whole reading gave no verdict."""
+    conversation = [{"role": "user", "content": "x" * 400}, PROMPT_BOMB]
+    with guarded(Guard(ContextBreaker(), cache_size=0)) as url:
+        body = (
+            {"messages": conversation} if route == "/v1/chat/completions" else {"prompt": render_prompt(conversation)}
+        )
+        answer = httpx.post(url + route, json=body, timeout=60).json()["choices"][0]
+        text = answer["message"]["content"] if "message" in answer else answer["text"]
+        assert text.startswith("Safety: Unsafe") and "Violent" not in text, text
+        client = Guard.remote(
+            url + "/v1",
+            model="breaker",
+            mode="chat" if "chat" in route else "completion",
+            policy=Policy(ignore_categories=["Violent"]),
+        )
+        try:
+            decision = client.check(conversation)
+        finally:
+            client.close()
+    assert not decision.allowed, decision
+
+
 def test_a_turn_that_gets_no_verdict_alone_either_is_the_policys_guard_error():
     """Judged once more only: when that gives no verdict either (a fault), the first error stands and the
     policy decides it, as before; with no context to leave out, a turn is not judged again."""
@@ -832,6 +858,15 @@ def test_one_client_cannot_hold_more_than_its_share_of_stream_sessions(quick):
         except websockets.exceptions.InvalidStatus:
             assert time.monotonic() < deadline
             time.sleep(0.05)
+
+
+def test_stream_frames_are_never_compressed(quick):
+    """rt50b F4: with permessage-deflate (uvicorn's default) a 1 KB frame on the wire inflated to 990 KB of
+    padding that the server inflated and parsed on its event loop: 8 such sessions slowed /health 44 times."""
+    with connect(ws_url(quick), compression="deflate") as conn:
+        assert conn.response.headers.get("Sec-WebSocket-Extensions") is None
+        conn.send(json.dumps({"type": "open", "prompt": PARIS_Q, "holdback": 0}))
+        assert json.loads(conn.recv(timeout=10))["type"] == "opened"
 
 
 def test_empty_feeds_do_not_keep_a_session_alive(quick):

@@ -326,7 +326,10 @@ class Service:
                 # a loose policy (the server's, or a client's behind the OpenAI routes) that blocks the guard error
                 # (rt49e F2). An unsafe verdict with no category is blocked by every policy.
                 if isinstance(result, Verdict) and result.risk is Risk.UNSAFE:
-                    out[k] = replace(result, categories=())
+                    # Its text too: the OpenAI routes send the text, and "Categories: Violent" there let a
+                    # client that ignores Violent allow the conversation (rt50b F7).
+                    bare = replace(result, categories=())
+                    out[k] = replace(bare, raw=verdict_text(bare))
         return out
 
     def _too_large(self, exc: InputTooLarge) -> ApiError:
@@ -403,13 +406,16 @@ def raw_text(outcome: Outcome) -> str:
     ``max_tokens`` that lost its categories, the safe one of two choices), and a client must see a
     guard error, to fail over or apply its own policy (docs/server.md)."""
     if isinstance(outcome, Verdict):
-        if "\n---\n" not in outcome.raw:
-            return outcome.raw
-        lines = [f"Safety: {SAFETY_LABELS[outcome.risk]}", f"Categories: {', '.join(outcome.categories) or 'None'}"]
-        if outcome.refusal is not None:
-            lines.append(f"Refusal: {'Yes' if outcome.refusal else 'No'}")
-        return "\n".join(lines)
+        return outcome.raw if "\n---\n" not in outcome.raw else verdict_text(outcome)
     raise ApiError(502, f"the guard gave no verdict for this conversation: {type(outcome).__name__}", "guard_error")
+
+
+def verdict_text(verdict: Verdict) -> str:
+    """``verdict`` written out in the model's format, from its fields."""
+    lines = [f"Safety: {SAFETY_LABELS[verdict.risk]}", f"Categories: {', '.join(verdict.categories) or 'None'}"]
+    if verdict.refusal is not None:
+        lines.append(f"Refusal: {'Yes' if verdict.refusal else 'No'}")
+    return "\n".join(lines)
 
 
 #: The least logprob written: log(0) is -inf, which JSON cannot carry (vLLM writes the same floor).
