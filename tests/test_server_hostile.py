@@ -926,6 +926,23 @@ def test_a_deeply_nested_frame_closes_4400(server):
     assert code == 4400 and frames[-1]["error"]["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16", "utf-32-be"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/moderate"])
+def test_a_body_not_in_utf8_is_refused_before_it_is_parsed(server, monkeypatch, encoding, path):
+    """rt50b F6: the byte prechecks count ASCII keys, while json.loads reads UTF-16 and UTF-32 too: 19,900 tool
+    calls in UTF-16 were parsed, validated and rendered before their size was refused (13 ms as UTF-8, 99 ms)."""
+    parsed = []
+    original = json.loads
+    monkeypatch.setattr(json, "loads", lambda *a, **k: parsed.append(1) or original(*a, **k))
+    calls = [{"function": {"name": ""}}] * (19_900 if "16" in encoding else 9_900)  # under --max-body-bytes
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": calls}]
+    doc = {"messages": turns} if path == "/v1/chat/completions" else {"conversations": [turns]}
+    body = json.dumps(doc, separators=(",", ":")).encode(encoding)
+    r = httpx.post(server + path, content=body, headers={"content-type": "application/json", **AUTH}, timeout=30)
+    assert r.status_code == 400 and "UTF-8" in r.text, r.text
+    assert parsed == []
+
+
 @pytest.mark.parametrize("path", ["/v1/moderate", "/v1/chat/completions"])
 def test_a_deeply_nested_body_is_a_client_error(server, path):
     r = httpx.post(

@@ -350,6 +350,12 @@ class Gate:
         if load.in_flight >= self.limits.max_concurrency:  # others took the last slots while this one waited
             await answer(self._busy(), "overload")
             return
+        if body and json.detect_encoding(body).startswith(("utf-16", "utf-32")):
+            # json.loads reads UTF-16 and UTF-32 too, but the byte prechecks count ASCII keys: such a body was
+            # parsed and rendered in full before its size was refused, at ten times the work (rt50b F6).
+            message = "a request body must be JSON in UTF-8 (RFC 8259), not UTF-16 or UTF-32"
+            await answer(error_json(400, message, "invalid_request_error"), "bad_encoding")
+            return
         load.in_flight += 1
         self.metrics.in_flight.inc()
         try:
