@@ -21,7 +21,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from .callbacks import GuardCallbackHandler
 from .instrumentation import GuardEventHandler
 from .llm import GuardedLLM
-from .memory import GuardedMemory
+from .memory import GuardedMemory, GuardMissing
 from .postprocessor import GuardNodePostprocessor
 from .retriever import GuardedRetriever
 from .tools import DEFAULT_REFUSAL, GuardedFunctionTool, GuardedTool, guard_tool, guard_tools
@@ -38,6 +38,7 @@ __all__ = [
     "GuardedMemory",
     "GuardedRetriever",
     "GuardedTool",
+    "GuardMissing",
     "guard_tool",
     "guard_tools",
 ]

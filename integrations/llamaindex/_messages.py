@@ -27,6 +27,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -84,18 +85,22 @@ __all__ = [
     "block_text",
     "carried_text",
     "codeact_calls",
+    "observation_text",
     "message_text",
     "plan_inputs",
     "plan_template",
     "react_actions",
+    "react_tool_text",
     "reply_parts",
     "reply_text",
     "resolve_template",
     "role_of",
     "template_turns",
     "thinking_extra",
+    "tools_text",
     "tool_calls_in",
     "tool_calls_of",
+    "value_strings",
     "variable_checks",
     "variable_texts",
     "wire_text",
@@ -446,6 +451,56 @@ def react_actions(text: str) -> list[ToolSelection]:
     return actions
 
 
+#: How ReActAgent hands its LLM a tool's output (``ObservationReasoningStep.get_content``).
+OBSERVATION = "Observation:"
+
+
+def observation_text(text: str) -> str:
+    """The tool output a ReAct agent's turn in a history holds: from its first ``Observation:`` to its end ("" when
+    it has none). ReActAgent stores its whole reasoning in memory as ONE assistant message, each tool's output
+    after an ``Observation:`` among its thoughts; a ``return_direct`` tool's output never went to the LLM before.
+    What follows the first one is judged as untrusted tool output (an injection is a prompt-side category), not
+    only as the assistant's answer: to the end, since the output itself may write ``Thought:`` to end its segment
+    early."""
+    at = text.find(OBSERVATION)
+    return text[at:] if at >= 0 else ""
+
+
+#: Where ReActAgent's system header lists its tools (``get_react_tool_descriptions``), and the section after them.
+_REACT_TOOLS = "> Tool Name: "
+_REACT_AFTER_TOOLS = "\n## Output Format"
+
+
+def react_tool_text(text: str) -> str:
+    """The tool descriptions a ReAct system header lists (names, descriptions, argument schemas: an MCP server's or a
+    hub's text), from the first ``> Tool Name:`` to the header's LAST ``## Output Format`` (a description that writes
+    one does not end the section early), or to its end; "" for a system prompt without them."""
+    at = text.find(_REACT_TOOLS)
+    if at < 0:
+        return ""
+    end = text.rfind(_REACT_AFTER_TOOLS, at)
+    return text[at : end if end >= 0 else len(text)]
+
+
+def _tool_spec(item: Any) -> Any:
+    """A tool as JSON shows it: a LlamaIndex tool by its metadata (what OpenAI's classes send), a model's dump."""
+    to_openai_tool = getattr(getattr(item, "metadata", None), "to_openai_tool", None)
+    if callable(to_openai_tool):
+        return to_openai_tool()
+    if isinstance(item, BaseModel):
+        return item.model_dump()
+    return _attributes(item) or str(item)
+
+
+def tools_text(tools: Any) -> str:
+    """The text of the tool list a provider class builds for a request (``tools=``: the names, descriptions and
+    parameter schemas the model reads) as JSON, or its strings when it is no JSON."""
+    try:
+        return json.dumps(tools, ensure_ascii=False, default=_tool_spec)
+    except (TypeError, ValueError, RecursionError):
+        return "\n".join(_strings(tools))
+
+
 #: The tool CodeActAgent runs the code of an answer's ``<execute>`` blocks with.
 CODEACT_TOOL = "execute"
 
@@ -716,6 +771,46 @@ def _strings(value: Any, key: str | None = None, where: int = _TEXT) -> Iterator
             stack.append((fields, at, where))
 
 
+def value_strings(value: Any, budget: int, what: str = "value") -> list[str]:
+    """Every non-blank string ``value`` holds, depth first: mapping keys and values, sequence and set items, a pydantic
+    model's fields, an object's public data attributes (`_attributes`). Bytes and numbers hold none. Walked without
+    recursion, each container once, and only until past ``budget`` (a string counts its length, anything else one:
+    the guard's ``max_chars``): a walk cut short raises `InputTooLarge`, since what is left would go unjudged."""
+    texts: list[str] = []
+    total = 0
+    stack: list[Any] = [value]
+    walked: set[int] = set()
+    dumps: list[Any] = []  # a model's dump lives as long as the walk: a freed one's id is the next one's
+    while stack:
+        if total > budget:
+            raise InputTooLarge(f"{what} holds over max_chars={budget:,} characters of text; it cannot be judged whole")
+        item = stack.pop()
+        total += 1
+        room = budget - total + 1  # items beyond it cannot be reached before the walk stops
+        if isinstance(item, str):
+            if item.strip():
+                texts.append(item)
+                total += len(item) - 1
+            continue
+        if isinstance(item, (int, float, bytes, bytearray, memoryview)) or item is None or id(item) in walked:
+            continue
+        walked.add(id(item))
+        if isinstance(item, Mapping):
+            pairs = [part for k, v in islice(item.items(), room) for part in (k, v)]
+            stack.extend(reversed(pairs))
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(reversed(list(islice(item, room))))
+        elif isinstance(item, BaseModel):
+            dumps.append(item.model_dump())
+            stack.append(dumps[-1])
+        elif fields := _attributes(item):
+            dumps.append(fields)
+            stack.append(fields)
+    if total > budget:
+        raise InputTooLarge(f"{what} holds over max_chars={budget:,} characters of text; it cannot be judged whole")
+    return texts
+
+
 #: What a provider class reads of a tool-call entry that is an object: read as attributes too (a property).
 _ENTRY_ATTRIBUTES = ("id", "name", "function", "input", "args", "thought_signature")
 
@@ -819,6 +914,16 @@ class Seen:
         self._keys: OrderedDict[bytes, None] = OrderedDict()
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Picklable (a workflow Context saved with its memory): the fingerprints travel, the lock is made anew.
+        with self._lock:
+            return {"maxsize": self.maxsize, "keys": list(self._keys)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.maxsize = state["maxsize"]
+        self._keys = OrderedDict.fromkeys(state["keys"])
+        self._lock = threading.Lock()
+
     def __contains__(self, key: bytes) -> bool:
         with self._lock:
             if key in self._keys:
@@ -854,6 +959,7 @@ def plan_inputs(
     screen_system: bool = False,
     seen: Seen | None = None,
     latest_prompt: bool = True,
+    screen_tools: bool = False,
 ) -> InputPlan:
     """The checks an LLM call's input needs, by role, for every message new to the model.
 
@@ -867,7 +973,8 @@ def plan_inputs(
     ``seen`` skips what was judged and let through before (each turn is judged once as the history
     grows); without it every message is judged (a guard's verdict cache makes repeats cheap).
     ``latest_prompt=False``: the latest user turn is judged on its own too (a template's turns: its query
-    variable is the prompt).
+    variable is the prompt). ``screen_tools``: the tool descriptions an opening ReAct header lists (`react_tool_text`)
+    as untrusted content.
     """
     plan = InputPlan()
     users = (i for i, m in enumerate(messages) if role_of(m) == MessageRole.USER.value)
@@ -892,6 +999,14 @@ def plan_inputs(
             # one further on came with the conversation (a client's chat_history, text a memory inserts).
             if (screen_system or i > 0) and has_text and new(mark("system", text)):
                 plan.checks.append((Stage.PROMPT, untrusted_conversation(text, "system prompt")))
+            elif (
+                screen_tools
+                and i == 0
+                and (described := react_tool_text(text)).strip()
+                and new(mark("tools", described))
+            ):
+                # A ReAct header's tool descriptions come from the tools (an MCP server's list): not the app's words.
+                plan.checks.append((Stage.PROMPT, untrusted_conversation(described, "tool descriptions")))
             continue
         if role == MessageRole.USER.value:
             if i == last_user:
@@ -905,6 +1020,8 @@ def plan_inputs(
         elif role in _ASSISTANT:
             if has_text and new(mark("assistant", text)):
                 plan.checks.append((Stage.RESPONSE, response_conversation(previous_user, text)))
+                if (observed := observation_text(text)).strip():  # a ReAct agent's stored tool outputs
+                    plan.checks.append((Stage.TOOL_RESULT, untrusted_conversation(observed, "tool output")))
             for call in calls:
                 if new(_call_mark(call)):
                     context = [{"role": "user", "content": previous_user}]

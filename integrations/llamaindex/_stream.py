@@ -34,7 +34,15 @@ from llama_index.core.base.llms.types import (
 
 from ._messages import answer_text, block_text, thinking_extra
 
-__all__ = ["ChatChunks", "CompletionChunks", "aclose_upstream", "close_upstream", "plain_numbers", "unread_text"]
+__all__ = [
+    "ActionHold",
+    "ChatChunks",
+    "CompletionChunks",
+    "aclose_upstream",
+    "close_upstream",
+    "plain_numbers",
+    "unread_text",
+]
 
 logger = logging.getLogger("qwenguard.llamaindex")
 
@@ -156,6 +164,59 @@ class ChatChunks:
                 "additional_kwargs": extra,
             }
         )
+
+
+class ActionHold:
+    """Holds judged answer text back from where an agent reads a tool call out of it, until the end of the stream.
+
+    A ReAct step's ``Action Input:`` arguments and a CodeAct answer's ``<execute>`` code are tool calls written as
+    text: the agent parses them once the step has ended, and `GuardedLLM` judges them as tool calls then, with the
+    arguments read as the agent reads them (``\\u004d\\u0069\\u0078`` is "Mix" to its JSON reader, not to the
+    stream monitor). So the text from the first ``Action Input:`` (the parser needs one before any arguments) or
+    ``<execute>`` on stays here, and goes out with the last chunk, after those checks passed; never when they
+    failed. Text before it is released as the monitor judges it, less a tail that may be the start of one of these
+    markers (a few characters, held until the next release tells). Found in the released text itself (what the
+    agent reads), each character looked at a bounded number of times."""
+
+    MARKS = ("Action Input:", "<execute>")
+    _LONGEST = max(map(len, MARKS))
+
+    def __init__(self) -> None:
+        self._held: list[str] = []  # from the marker on (a list: a long input arrives in many pieces)
+        self._maybe = ""  # not holding yet: the end of the released text that may start a marker
+        self.holding = False
+
+    def take(self, released: str) -> str:
+        """What of newly released text may go out now (the rest is held)."""
+        if not released:
+            return ""
+        if self.holding:
+            self._held.append(released)
+            return ""
+        # Not holding: a marker begins within the kept end and the new text (the kept end is shorter than one).
+        text = self._maybe + released
+        found = [i for m in self.MARKS if (i := text.find(m)) >= 0]
+        if found:
+            at = min(found)
+            self._held, self._maybe, self.holding = [text[at:]], "", True
+            return text[:at]
+        keep = self._partial(text)
+        self._maybe = text[len(text) - keep :]
+        return text[: len(text) - keep]
+
+    def _partial(self, text: str) -> int:
+        """The length of the longest end of ``text`` that begins a marker."""
+        for size in range(min(len(text), self._LONGEST - 1), 0, -1):
+            end = text[-size:]
+            if any(m.startswith(end) for m in self.MARKS):
+                return size
+        return 0
+
+    def finish(self, tail: str) -> str:
+        """The held text and the stream's last judged text: all of it, once the final checks passed."""
+        held = self._maybe + "".join(self._held)
+        self._held, self._maybe = [], ""
+        return held + tail
 
 
 class CompletionChunks:

@@ -179,7 +179,8 @@ class GuardCallbackHandler(BaseCallbackHandler):
             return
         if event_type is CBEventType.RETRIEVE:
             nodes: list[NodeWithScore] = list(payload.get(EventPayload.NODES) or [])
-            texts = [node_text(n.node) for n in nodes]  # with the metadata a window swap shows the LLM
+            # With the metadata a window swap shows the LLM, and what the app gets with the node.
+            texts = [node_text(n.node, self.guard.max_chars) for n in nodes]
             if texts:
                 for decision in self.guard.check_documents(None, texts):
                     enforce(decision)

@@ -135,7 +135,8 @@ class GuardEventHandler(BaseEventHandler):
             if isinstance(query, str) and query.strip():
                 self._record(event, self.guard.check_prompt(query))
         elif isinstance(event, RetrievalEndEvent) and self.screen_retrievals:
-            texts = [node_text(n.node) for n in event.nodes]  # with the metadata a window swap shows the LLM
+            # With the metadata a window swap shows the LLM, and what the app gets with the node.
+            texts = [node_text(n.node, self.guard.max_chars) for n in event.nodes]
             if texts:
                 for decision in self.guard.check_documents(None, texts):
                     self._record(event, decision)

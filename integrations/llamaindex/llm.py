@@ -26,7 +26,9 @@ What is screened, and as what:
   held back and travel on the final chunk, after they were judged, so an agent never receives an
   unjudged call and a blocked tool never runs; their arguments reach no consumer before that. So are the
   calls agents read in the answer's text: a ReAct step's actions (the one its parser runs first) and a
-  CodeAct answer's ``<execute>`` code, as ``execute({"code": ...})``;
+  CodeAct answer's ``<execute>`` code, as ``execute({"code": ...})``; a stream holds its text from the first
+  ``Action Input:`` or ``<execute>`` on until those checks passed (`._stream.ActionHold`): the arguments, read
+  as the agent reads them (escapes decoded), may say what the text as streamed does not;
 - what a response hands its caller beside its message (``raw``, ``additional_kwargs``: BedrockConverse keeps
   cited text and guardrail traces there alone), but provider bookkeeping and what was judged already, as
   untrusted quoted content before the response (a stream's last chunk) is returned (`_reply_checks`).
@@ -93,6 +95,7 @@ from ._messages import (
     agent_actions,
     answer_marks,
     answer_text,
+    mark,
     message_text,
     plan_inputs,
     plan_template,
@@ -101,9 +104,10 @@ from ._messages import (
     resolve_template,
     template_turns,
     tool_calls_in,
+    tools_text,
     variable_checks,
 )
-from ._stream import ChatChunks, CompletionChunks, aclose_upstream, close_upstream, unread_text
+from ._stream import ActionHold, ChatChunks, CompletionChunks, aclose_upstream, close_upstream, unread_text
 
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
@@ -111,6 +115,9 @@ if TYPE_CHECKING:
 __all__ = ["CONTEXT_VARIABLES", "QUERY_VARIABLES", "GuardedLLM"]
 
 T = TypeVar("T")
+
+#: The request arguments where provider classes put the tool list they built (OpenAI's legacy ``functions`` too).
+_TOOL_KWARGS = ("tools", "functions")
 
 # Holds the id of the GuardedLLM while a template call whose substituted text is not known runs (a Jinja
 # template given objects, a template class that formats in its own way): its formatted messages are judged
@@ -165,6 +172,11 @@ class GuardedLLM(FunctionCallingLLM):
       on came with the conversation (a client's ``chat_history``, text a memory inserts): always judged.
     - ``remember``: how many judged inputs and answers to remember, so that a growing history is not
       judged again message by message (0: judge every message of every call).
+    - ``screen_tools``: also screen the tool descriptions the model reads as untrusted content (names, descriptions,
+      parameter schemas: the ``tools`` a provider class builds for a tool-calling request, FunctionAgent's; the tool
+      list of a ReAct system header). Off by default: the application's own tools are its own words (and the small
+      demo guard misreads code signatures); turn it on for tools from outside (an MCP server's list, a hub's
+      ToolSpec). Each distinct list costs one check, then is remembered.
     """
 
     llm: SerializeAsAny[LLM] = Field(description="The LLM being guarded.")
@@ -179,6 +191,9 @@ class GuardedLLM(FunctionCallingLLM):
         default=None, description="Run the LLM call while the input is checked (None: the guard's setting)."
     )
     remember: int = Field(default=4096, ge=0, description="Judged inputs remembered, not judged again.")
+    screen_tools: bool = Field(
+        default=False, description="Screen the tool descriptions the model reads (tools=, a ReAct header) as content."
+    )
 
     _seen: Seen | None = PrivateAttr(default=None)
 
@@ -219,12 +234,23 @@ class GuardedLLM(FunctionCallingLLM):
         plan = pre[1]
         return _Plan([], plan.prompt, plan.pending, list(plan.marks), plan.failed_open)
 
-    def _plan_messages(self, messages: Sequence[ChatMessage]) -> _Plan:
+    def _plan_messages(self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any] | None = None) -> _Plan:
         if (pre := self._prescreened_plan()) is not None:
             return pre
         screen_system = self.screen_system or _SCREEN_SYSTEM.get() == id(self)
-        plan = plan_inputs(messages, self.llm, screen_system=screen_system, seen=self._seen)
-        return _Plan(plan.checks, plan.prompt, marks=plan.marks)
+        plan = plan_inputs(
+            messages, self.llm, screen_system=screen_system, seen=self._seen, screen_tools=self.screen_tools
+        )
+        checks, marks = plan.checks, plan.marks
+        # The tool list a provider class built for the request (``*_chat_with_tools``: FunctionAgent's calls): its
+        # descriptions are text from the tools' authors (an MCP server's list), which the model reads on every call.
+        for key in _TOOL_KWARGS if self.screen_tools else ():
+            text = tools_text(tools) if (tools := (kwargs or {}).get(key)) else ""
+            fingerprint = mark("tools", text)
+            if text.strip() and (self._seen is None or fingerprint not in self._seen):
+                checks = [*checks, (Stage.PROMPT, untrusted_conversation(text, "tool descriptions"))]
+                marks = [*marks, fingerprint]
+        return _Plan(checks, plan.prompt, marks=marks)
 
     def _plan_prompt(self, prompt: str) -> _Plan:
         if (pre := self._prescreened_plan()) is not None:
@@ -382,7 +408,7 @@ class GuardedLLM(FunctionCallingLLM):
 
     # -- chat and complete --------------------------------------------------------------------
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        plan = self._start_inputs(self._plan_messages(messages))
+        plan = self._start_inputs(self._plan_messages(messages, kwargs))
         response = self.llm.chat(messages, **kwargs)
         self._wait_inputs(plan)
         checks, calls = self._chat_checks(plan, response)
@@ -391,7 +417,7 @@ class GuardedLLM(FunctionCallingLLM):
         return response
 
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        plan = await self._astart_inputs(self._plan_messages(messages))
+        plan = await self._astart_inputs(self._plan_messages(messages, kwargs))
         response = await self._race(plan, self.llm.achat(messages, **kwargs))
         checks, calls = self._chat_checks(plan, response)
         await self._ascreen(checks, plan)
@@ -428,11 +454,11 @@ class GuardedLLM(FunctionCallingLLM):
     # prompt raises at the call and the inner LLM is never asked. With parallel_input the check
     # starts here and the first chunk waits for its verdict.
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        plan = self._start_inputs(self._plan_messages(messages))
+        plan = self._start_inputs(self._plan_messages(messages, kwargs))
         return self._guard_chat_stream(plan, self.llm.stream_chat(messages, **kwargs))
 
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        plan = await self._astart_inputs(self._plan_messages(messages))
+        plan = await self._astart_inputs(self._plan_messages(messages, kwargs))
         return self._aguard_chat_stream(
             plan, await self._race(plan, self.llm.astream_chat(messages, **kwargs), wait=False)
         )
@@ -469,6 +495,7 @@ class GuardedLLM(FunctionCallingLLM):
             stack.callback(chunks.close)
             monitor = stack.enter_context(self.guard.stream(plan.prompt, **self._monitor_options()))
             thinking: Any = None  # a second monitor, opened when the model streams its reasoning
+            hold = ActionHold()  # a text tool call (ReAct arguments, CodeAct code): out once judged as one
             # Late binding wanted: ``thinking`` is opened inside the loop, and its checks wake the race from then on.
             for fresh, chunk in chunks.race(lambda: verdict_waiters(monitor, thinking)):  # noqa: B023
                 if not fresh:
@@ -484,7 +511,7 @@ class GuardedLLM(FunctionCallingLLM):
                 # before the input verdict, and a verdict that is back is enforced at once.
                 if released or released_reasoning or self._inputs_back(plan):
                     self._wait_inputs(plan)
-                if (item := out.partial(released, released_reasoning)) is not None:
+                if (item := out.partial(hold.take(released), released_reasoning)) is not None:
                     yield item
             self._wait_inputs(plan)  # an empty stream still waits for the verdict
             if out.last is None:
@@ -496,7 +523,7 @@ class GuardedLLM(FunctionCallingLLM):
             reasoning_tail = thinking.finish() if thinking is not None else ""
             if pending is not None and _failed_open(pending.wait()):
                 plan.failed_open = True
-            final = out.final(tail, reasoning_tail)
+            final = out.final(hold.finish(tail), reasoning_tail)
             self._passed(plan, final.message, calls, (monitor, thinking))
             yield final
 
@@ -506,6 +533,7 @@ class GuardedLLM(FunctionCallingLLM):
             stack.push_async_callback(aclose_upstream, inner)
             monitor = await stack.enter_async_context(self.guard.astream(plan.prompt, **self._monitor_options()))
             thinking: Any = None
+            hold = ActionHold()
             chunks = _raced(plan, inner, lambda: (monitor, thinking))
             stack.push_async_callback(chunks.aclose)  # before the upstream is closed: ends its read
             async for chunk in chunks:
@@ -522,13 +550,13 @@ class GuardedLLM(FunctionCallingLLM):
                     released_reasoning = await thinking.afeed(reasoning) if reasoning else ""
                 if released or released_reasoning:
                     await self._await_inputs(plan)  # fed beside the input check: nothing out before its verdict
-                if (item := out.partial(released, released_reasoning)) is not None:
+                if (item := out.partial(hold.take(released), released_reasoning)) is not None:
                     yield item
             if out.last is None:
                 await monitor.afinish()
                 return
             checks, calls = self._final_checks(plan, out)
-            pending = asyncio.ensure_future(self._ascreen(checks, plan)) if checks else None
+            pending = _beside(self._ascreen(checks, plan)) if checks else None
             try:
                 tail = await monitor.afinish()  # the last window, judged beside the tool calls
                 reasoning_tail = await thinking.afinish() if thinking is not None else ""
@@ -537,7 +565,7 @@ class GuardedLLM(FunctionCallingLLM):
             finally:
                 if pending is not None and not pending.done():
                     pending.cancel()
-            final = out.final(tail, reasoning_tail)
+            final = out.final(hold.finish(tail), reasoning_tail)
             self._passed(plan, final.message, calls, (monitor, thinking))
             yield final
 
@@ -585,7 +613,7 @@ class GuardedLLM(FunctionCallingLLM):
                     yield item
             await self._await_inputs(plan)
             checks = self._reply_checks(reply_parts(out.last, own=False), [out.streamed]) if out.last else []
-            pending = asyncio.ensure_future(self._ascreen(checks)) if checks else None
+            pending = _beside(self._ascreen(checks)) if checks else None
             try:
                 tail = await monitor.afinish()  # the last window, judged beside the last chunk's raw
                 if pending is not None:
@@ -756,6 +784,20 @@ class GuardedLLM(FunctionCallingLLM):
         return self._inner_function_calling().get_tool_calls_from_response(
             response, error_on_no_tool_call=error_on_no_tool_call, **kwargs
         )
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # read: a failed check whose stream ended on another error is not logged as lost
+
+
+def _beside(check: Any) -> asyncio.Future[Any]:
+    """A check run beside the stream's last window. Its outcome is always read: when that window raises first (a
+    blocked answer whose tool calls are blocked too), the task's own `GuardViolation` would otherwise be logged at
+    garbage collection as "Task exception was never retrieved", once per blocked answer."""
+    task = asyncio.ensure_future(check)
+    task.add_done_callback(_retrieved)
+    return task
 
 
 #: Yielded by `_raced` instead of a chunk: a check of the answer came back, judged text may go out.

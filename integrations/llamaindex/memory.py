@@ -17,24 +17,44 @@ history), so with both in place the second is answered from the guard's verdict 
 before the LLM call starts: ``parallel_input`` cannot overlap it. An assistant message is judged as a
 response to the user turn before it: a client's ``chat_history`` can hold a forged answer, which the
 context chat engines hand the model as their prompt template's own text.
+
+A read judges what it adds to the stored messages: a `Memory` puts its blocks' text (facts a model extracted from
+earlier sessions, old messages a vector block retrieved) in a system message, a NEW one at index 0 when the history
+has none, which `GuardedLLM` would take for the application's prompt and not judge.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
-from llama_index.core.bridge.pydantic import Field, SerializeAsAny
-from llama_index.core.memory import BaseMemory
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, SerializeAsAny
+from llama_index.core.memory import BaseMemory, ChatMemoryBuffer, Memory
 from qwenguard.core import Guard, enforce
 from qwenguard.core.formats.conversations import prompt_conversation, response_conversation, untrusted_conversation
 from qwenguard.core.verdict import Stage
 
 from .._common import require_guard
-from ._messages import ASSISTANT_ROLES, SYSTEM_ROLES, Checks, plan_inputs, role_of, tool_calls_of, wire_text
+from ._messages import (
+    ASSISTANT_ROLES,
+    SYSTEM_ROLES,
+    Checks,
+    Seen,
+    mark,
+    observation_text,
+    plan_inputs,
+    role_of,
+    tool_calls_of,
+    wire_text,
+)
 
-__all__ = ["GuardedMemory"]
+__all__ = ["GuardMissing", "GuardedMemory"]
+
+
+class GuardMissing(RuntimeError):
+    """A `GuardedMemory` rebuilt from a serialized state, which cannot carry its `Guard`: it refuses to work."""
 
 
 def _is_user(message: ChatMessage) -> bool:
@@ -86,6 +106,8 @@ def _set_checks(messages: Sequence[ChatMessage], stored: Sequence[ChatMessage] =
             checks.append((Stage.PROMPT, prompt_conversation(previous_user)))
         elif (answer := _answer_text(m)).strip():
             checks.append((Stage.RESPONSE, response_conversation(previous_user, answer)))
+            if (observed := observation_text(answer)).strip():  # a ReAct agent's tool outputs, stored as its turn
+                checks.append((Stage.TOOL_RESULT, untrusted_conversation(observed, "tool output")))
         elif (system := _system_text(m)).strip():
             checks.append((Stage.PROMPT, untrusted_conversation(system, "system prompt")))
     return checks
@@ -95,6 +117,44 @@ def _system_text(message: ChatMessage) -> str:
     """A system turn's text: in a memory it came with the conversation (a client's ``chat_history``), not from the
     application, whose prompt the engine or agent keeps apart and puts first."""
     return wire_text(message) if role_of(message) in SYSTEM_ROLES else ""
+
+
+def _key(message: ChatMessage) -> tuple[str, str]:
+    return role_of(message), wire_text(message)
+
+
+def _added_text(message: ChatMessage, stored: set[tuple[str, str]], sizes: Sequence[int]) -> str:
+    """The text a read added to ``message``: the blocks put before a stored message's own (a `Memory` puts its blocks'
+    text first in the stored system or latest user message), else all of it (a message of its own). ``sizes``: the
+    block counts of the stored messages, longest first (only those can be the message's stored end)."""
+    for size in sizes:
+        cut = len(message.blocks) - size
+        if cut > 0 and size > 0 and _key(message.model_copy(update={"blocks": message.blocks[cut:]})) in stored:
+            return wire_text(ChatMessage(role=message.role, blocks=message.blocks[:cut]))
+    return wire_text(message)
+
+
+def _read_checks(read: Sequence[ChatMessage], stored: Sequence[ChatMessage], seen: Seen) -> tuple[Checks, list[bytes]]:
+    """What a read returns beyond the stored messages (a `Memory`'s blocks: facts a model extracted from earlier
+    sessions, old messages a vector block retrieved, a summary buffer's summary), judged as untrusted content: it
+    came from earlier conversations, their tool outputs and pages. Each text once (``seen``: it costs a check only
+    when it changes); with the fingerprints to remember once the checks passed."""
+    left = Counter(_key(m) for m in stored)
+    keys = set(left)
+    sizes = sorted({len(m.blocks) for m in stored}, reverse=True)
+    checks: Checks = []
+    marks: list[bytes] = []
+    for message in read:
+        key = _key(message)
+        if left[key] > 0:
+            left[key] -= 1
+            continue
+        text = _added_text(message, keys, sizes)
+        fingerprint = mark("memory", text)
+        if text.strip() and fingerprint not in seen and fingerprint not in marks:
+            marks.append(fingerprint)
+            checks.append((Stage.PROMPT, untrusted_conversation(text, "memory")))
+    return checks, marks
 
 
 class GuardedMemory(BaseMemory):
@@ -107,11 +167,19 @@ class GuardedMemory(BaseMemory):
     blocked user message, assistant answer or system turn (in a memory it came with the conversation: the
     application's prompt is kept apart) and store nothing of that call. A message's text is what a
     provider would send: its ``additional_kwargs`` too; a message of any role whose ``additional_kwargs`` set
-    another role raises `ValueError`. Reads, other roles and ``reset`` go straight to the wrapped memory.
+    another role raises `ValueError`. An assistant turn's text from its first ``Observation:`` on (ReActAgent stores
+    its tool outputs in its own turn) is judged as untrusted tool output besides.
+
+    ``get``/``aget`` judge what a read returns beyond the stored messages (a `Memory`'s blocks, a summary) as
+    untrusted content, each text once; a blocked one raises. ``get_all``, other roles and ``reset`` go straight to
+    the wrapped memory. Rebuilt from a serialized state (a saved workflow Context), it has no guard: its first use
+    raises `GuardMissing`.
     """
 
     memory: SerializeAsAny[BaseMemory] = Field(description="The memory being guarded.")
     guard: Any = Field(exclude=True, description="The qwenguard Guard.")
+
+    _read: Seen = PrivateAttr(default_factory=lambda: Seen(1024))  # the added text judged and let through
 
     def __init__(self, memory: BaseMemory, guard: Guard, **kwargs: Any) -> None:
         if not isinstance(memory, BaseMemory):
@@ -141,6 +209,13 @@ class GuardedMemory(BaseMemory):
         try:
             return super().__getattr__(name)  # type: ignore[misc]
         except AttributeError:
+            if name == "guard":
+                raise GuardMissing(
+                    "this GuardedMemory has no guard: it was rebuilt from a serialized state (a workflow Context's "
+                    "to_dict/from_dict, model_validate), which cannot carry a Guard, and it judges nothing without "
+                    "one. Set memory.guard = guard on it, or wrap the memory again (GuardedMemory(memory.memory, "
+                    "guard)) and pass it as memory= to the run."
+                ) from None
             if name.startswith("_") or "memory" not in self.__dict__:
                 raise
             return getattr(self.__dict__["memory"], name)
@@ -193,12 +268,31 @@ class GuardedMemory(BaseMemory):
         await self._ascreen(_set_checks(messages))
         await self.memory.aset(messages)
 
-    # -- reads and reset: the wrapped memory's ---------------------------------------------------
+    # -- reads: what they add to the stored messages is judged --------------------------------------
+    def _adds(self) -> bool:
+        """Can a read return text that was never stored? Not a `Memory` without blocks, nor a `ChatMemoryBuffer`
+        (their read is the last stored messages: no second read of the store for them)."""
+        if type(self.memory) is ChatMemoryBuffer:
+            return False
+        return not (isinstance(self.memory, Memory) and not self.memory.memory_blocks)
+
     def get(self, input: str | None = None, **kwargs: Any) -> list[ChatMessage]:
-        return self.memory.get(input=input, **kwargs)
+        read = self.memory.get(input=input, **kwargs)
+        if self._adds():
+            checks, marks = _read_checks(read, self.memory.get_all(), self._read)
+            self._screen(checks)
+            self._read.add(marks)
+        return read
 
     async def aget(self, input: str | None = None, **kwargs: Any) -> list[ChatMessage]:
-        return await self.memory.aget(input=input, **kwargs)
+        read = await self.memory.aget(input=input, **kwargs)
+        if self._adds():
+            checks, marks = _read_checks(read, await self.memory.aget_all(), self._read)
+            await self._ascreen(checks)
+            self._read.add(marks)
+        return read
+
+    # -- the rest: the wrapped memory's -------------------------------------------------------------
 
     def get_all(self) -> list[ChatMessage]:
         return self.memory.get_all()

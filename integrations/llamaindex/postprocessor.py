@@ -11,6 +11,7 @@ the guard never saw (docs/llamaindex.md).
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar
 
@@ -20,6 +21,7 @@ from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, Query
 from qwenguard.core import Decision, Guard, enforce
 
 from .._common import require_guard
+from ._messages import value_strings
 
 __all__ = ["GuardNodePostprocessor", "OnBlock", "screen_nodes", "ascreen_nodes"]
 
@@ -32,22 +34,33 @@ T = TypeVar("T")
 DECISION_METADATA_KEY = "qwenguard_decision"
 
 
-def node_text(node: BaseNode) -> str:
-    """What a node can show the LLM: its text with the metadata the synthesizer shows, then every other
-    string metadata value (a replacement postprocessor swaps one in for the text: the sentence-window
-    pattern's ``window``, whose neighbouring sentences were never judged otherwise)."""
+def node_text(node: BaseNode, max_chars: int | None = None) -> str:
+    """What a node can show the LLM: its text with the metadata the synthesizer shows, then the text of every other
+    metadata value (a replacement postprocessor swaps one in for the text: the sentence-window pattern's ``window``,
+    whose neighbouring sentences were never judged otherwise). A value that is no string (a list of comments, a
+    mapping) is read for every string it holds (`value_strings`): the app gets it with the node (a sources panel
+    shows metadata), and a postprocessor may show it. Read within ``max_chars`` (the guard's): `InputTooLarge` past
+    it, as the guard raises for a text that long."""
     text = node.get_content(metadata_mode=MetadataMode.LLM)
     excluded = set(node.excluded_llm_metadata_keys)
-    hidden = [
-        value
-        for key, value in node.metadata.items()
-        if key in excluded and key != DECISION_METADATA_KEY and isinstance(value, str) and value.strip()
-    ]
+    hidden: list[str] = []
+    size = len(text)
+    for key, value in node.metadata.items():
+        if key not in excluded or key == DECISION_METADATA_KEY:
+            continue
+        if isinstance(value, str):
+            found = [value] if value.strip() else []
+        elif max_chars is None:
+            found = value_strings(value, sys.maxsize)
+        else:
+            found = value_strings(value, max(0, max_chars - size), f"node {node.node_id}'s metadata {key!r}")
+        hidden += found
+        size += sum(len(t) + 2 for t in found)
     return "\n\n".join([text, *hidden]) if hidden else text
 
 
-def _texts(nodes: Sequence[NodeWithScore]) -> list[str]:
-    return [node_text(n.node) for n in nodes]
+def _texts(nodes: Sequence[NodeWithScore], max_chars: int | None = None) -> list[str]:
+    return [node_text(n.node, max_chars) for n in nodes]
 
 
 def keep_allowed(
@@ -80,7 +93,7 @@ def screen_nodes(
     """The nodes the guard lets through (``on_block="drop"``), or `GuardViolation` (``"raise"``)."""
     if not nodes:
         return []
-    return _apply(nodes, guard.check_documents(query, _texts(nodes)), on_block, record)
+    return _apply(nodes, guard.check_documents(query, _texts(nodes, guard.max_chars)), on_block, record)
 
 
 async def ascreen_nodes(
@@ -89,7 +102,7 @@ async def ascreen_nodes(
     """Async twin of `screen_nodes`."""
     if not nodes:
         return []
-    return _apply(nodes, await guard.acheck_documents(query, _texts(nodes)), on_block, record)
+    return _apply(nodes, await guard.acheck_documents(query, _texts(nodes, guard.max_chars)), on_block, record)
 
 
 class GuardNodePostprocessor(BaseNodePostprocessor):

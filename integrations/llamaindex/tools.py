@@ -164,14 +164,14 @@ class _Screening:
     # Any other ``raw_output`` reaches them too: a ``callback`` that rewrote the content leaves the function's own
     # return value there, and a function's object shows the LLM only its ``str``. What the text does not hold
     # is judged as tool output; blocked (or unreadable), ``raw_output`` is replaced by the output's text.
-    @staticmethod
-    def _checks(output: ToolOutput) -> tuple[Checks, list[Node], Any]:
+    def _checks(self, output: ToolOutput) -> tuple[Checks, list[Node], Any]:
         text = _output_text(output)
         checks: Checks = [(Stage.TOOL_RESULT, untrusted_conversation(text, "tool output"))] if text.strip() else []
         raw = _raw_text(output, text)
         if isinstance(raw, str):
             checks.append((Stage.TOOL_RESULT, untrusted_conversation(raw, "tool output")))
-        read = [(n, t) for n in source_nodes(output.raw_output) if (t := node_text(_node(n))).strip()]
+        texts = ((n, node_text(_node(n), self.guard.max_chars)) for n in source_nodes(output.raw_output))
+        read = [(n, t) for n, t in texts if t.strip()]
         checks += [(Stage.RETRIEVAL, untrusted_conversation(t, "document")) for _, t in read]
         return checks, [n for n, _ in read], raw
 

@@ -58,9 +58,8 @@ class GuardTransform(TransformComponent):
     def _apply(self, nodes: Sequence[BaseNode], decisions: Sequence[Decision]) -> list[BaseNode]:
         return keep_allowed(nodes, decisions, self.on_block, self.record_flags, lambda n: n)
 
-    @staticmethod
-    def _texts(nodes: Sequence[BaseNode]) -> list[str]:
-        return [node_text(n) for n in nodes]  # its metadata too: the LLM reads it later
+    def _texts(self, nodes: Sequence[BaseNode]) -> list[str]:
+        return [node_text(n, self.guard.max_chars) for n in nodes]  # its metadata too: the LLM reads it later
 
     def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[BaseNode]:
         if not nodes:

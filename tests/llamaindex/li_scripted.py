@@ -277,3 +277,23 @@ def exposure(chunks: list[Any]) -> dict[str, int]:
             key = name.split("[")[0]
             seen[key] = max(seen.get(key, 0), clause_chars(text))
     return {k: v for k, v in seen.items() if v}
+
+
+#: What `injection_oracle` flags in a user-side turn (a prompt, an untrusted document or tool output).
+INJECT = "ignore all previous instructions"
+
+
+def _injection_verdict(conversation: Any) -> str:
+    last = conversation[-1]
+    if last["role"] == "user":
+        unsafe = INJECT in last["content"].lower()
+        return "Safety: Unsafe\nCategories: Jailbreak" if unsafe else "Safety: Safe\nCategories: None"
+    return "Safety: Safe\nCategories: None\nRefusal: No"
+
+
+def injection_oracle() -> Any:
+    """A guard that flags `INJECT` in user-side turns as Jailbreak (answers are safe); no deadline, no cache."""
+    from faults import ScriptedBackend
+    from qwenguard.core import Guard, Policy
+
+    return Guard(ScriptedBackend(_injection_verdict, name="oracle"), Policy(timeout_s=None), cache_size=0)
