@@ -15,7 +15,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]  # re-exported, no __all__
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
@@ -59,6 +59,9 @@ class GuardEventHandler(BaseEventHandler):
     of ``(stage, action)``; ``on_record``: optional callable given each record (e.g. a log
     shipper). Checks run synchronously in the dispatching thread: they add the guard's latency.
     """
+
+    # A misspelt option (`on_violation`, LangChain's name for `on_block`) is an error, not silently dropped.
+    model_config = ConfigDict(extra="forbid")
 
     guard: Any = Field(exclude=True, description="The qwenguard Guard.")
     max_records: int = Field(default=1000, gt=0)

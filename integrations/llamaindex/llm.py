@@ -62,7 +62,7 @@ from llama_index.core.base.llms.types import (
     CompletionResponseGen,
     LLMMetadata,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, SerializeAsAny
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, SerializeAsAny
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
 from llama_index.core.prompts import BasePromptTemplate
@@ -178,6 +178,9 @@ class GuardedLLM(FunctionCallingLLM):
       demo guard misreads code signatures); turn it on for tools from outside (an MCP server's list, a hub's
       ToolSpec). Each distinct list costs one check, then is remembered.
     """
+
+    # A misspelt option (`on_violation`, LangChain's name for `on_block`) is an error, not silently dropped.
+    model_config = ConfigDict(extra="forbid")
 
     llm: SerializeAsAny[LLM] = Field(description="The LLM being guarded.")
     guard: Any = Field(exclude=True, description="The qwenguard Guard that screens the traffic.")

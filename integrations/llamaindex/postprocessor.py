@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar
 
-from llama_index.core.bridge.pydantic import Field
+from llama_index.core.bridge.pydantic import ConfigDict, Field
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
 from qwenguard.core import Decision, Guard, enforce
@@ -118,6 +118,9 @@ class GuardNodePostprocessor(BaseNodePostprocessor):
     - Put it last: a postprocessor after it that fetches nodes (``PrevNextNodePostprocessor``) adds unjudged
       ones.
     """
+
+    # A misspelt option (`on_violation`, LangChain's name for `on_block`) is an error, not silently dropped.
+    model_config = ConfigDict(extra="forbid")
 
     guard: Any = Field(exclude=True, description="The qwenguard Guard.")
     on_block: OnBlock = Field(default="drop", description="'drop' blocked nodes, or 'raise' GuardViolation.")

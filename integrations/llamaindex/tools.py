@@ -38,7 +38,7 @@ from qwenguard.core.formats.conversations import untrusted_conversation
 from qwenguard.core.verdict import Stage
 
 from .._common import require_guard
-from ._messages import Checks, block_text
+from ._messages import Checks, block_text, value_strings
 from .postprocessor import node_text
 
 __all__ = ["guard_tool", "guard_tools", "GuardedFunctionTool", "GuardedTool", "DEFAULT_REFUSAL"]
@@ -124,19 +124,21 @@ def _is_blocks(raw_output: Any) -> bool:
 _UNREADABLE = object()
 
 
-def _raw_text(output: ToolOutput, shown: str) -> Any:
+def _raw_text(output: ToolOutput, shown: str, budget: int) -> Any:
     """The text of a ``raw_output`` that the output's text ``shown`` does not already hold: what a tool's
-    ``callback`` replaced in the content, an object whose ``str`` is not its content. ``None`` when there is
-    nothing more to judge (a string the text holds, nodes and blocks judged apart); `_UNREADABLE` when its
-    ``str`` raised."""
+    ``callback`` replaced in the content, an object whose ``str`` is not its content, and the strings an object
+    holds (`value_strings`: a page kept in an attribute of an object whose ``str`` is a summary reaches the app
+    all the same). ``None`` when there is nothing more to judge (strings the text holds, nodes and blocks judged
+    apart); `_UNREADABLE` when its ``str`` raised or it holds more than ``budget`` characters."""
     raw = output.raw_output
     if raw is None or isinstance(raw, (bool, int, float)) or source_nodes(raw) or _is_blocks(raw):
         return None
     try:
-        text = raw if isinstance(raw, str) else str(raw)
-    except Exception:  # noqa: BLE001 - any object's str may fail: then it is not passed on
+        texts = [raw] if isinstance(raw, str) else [str(raw), *value_strings(raw, budget, "a tool's raw_output")]
+    except Exception:  # noqa: BLE001 - any object's str may fail, or hold too much: then it is not passed on
         return _UNREADABLE
-    return text if text.strip() and text not in shown else None
+    unseen = [t for t in dict.fromkeys(texts) if t.strip() and t not in shown]
+    return "\n".join(unseen) if unseen else None
 
 
 class _Screening:
@@ -167,7 +169,7 @@ class _Screening:
     def _checks(self, output: ToolOutput) -> tuple[Checks, list[Node], Any]:
         text = _output_text(output)
         checks: Checks = [(Stage.TOOL_RESULT, untrusted_conversation(text, "tool output"))] if text.strip() else []
-        raw = _raw_text(output, text)
+        raw = _raw_text(output, text, self.guard.max_chars)
         if isinstance(raw, str):
             checks.append((Stage.TOOL_RESULT, untrusted_conversation(raw, "tool output")))
         texts = ((n, node_text(_node(n), self.guard.max_chars)) for n in source_nodes(output.raw_output))

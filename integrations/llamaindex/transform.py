@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from llama_index.core.bridge.pydantic import ConfigDict
 from llama_index.core.schema import BaseNode, TransformComponent
 from pydantic import Field, computed_field
 from qwenguard.core import Decision, Guard
@@ -29,6 +30,9 @@ class GuardTransform(TransformComponent):
     the guard either way). ``on_block="raise"`` stops the ingestion at the first blocked node.
     Flagged nodes keep the Decision in ``metadata["qwenguard_decision"]``.
     """
+
+    # A misspelt option (`on_violation`, LangChain's name for `on_block`) is an error, not silently dropped.
+    model_config = ConfigDict(extra="forbid")
 
     guard: Any = Field(exclude=True, description="The qwenguard Guard.")
     on_block: OnBlock = Field(default="drop", description="'drop' blocked nodes, or 'raise' GuardViolation.")

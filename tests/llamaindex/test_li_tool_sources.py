@@ -230,3 +230,44 @@ def test_a_raw_output_whose_str_fails_is_not_passed_on(guard: Guard) -> None:
 
     output = guard_tool(Report(), guard).call("x")
     assert output.content == "done" and output.raw_output == "done"
+
+
+class _Page:
+    """What a fetch tool returns: its ``str`` a summary (the content the LLM reads), the page in an attribute."""
+
+    def __init__(self, url: str, body: str) -> None:
+        self.url, self.body = url, body
+
+    def __str__(self) -> str:
+        return "Found one page about Paris."
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["call", "acall"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _Page("http://forum.example", "Welcome to the forum. " + UNSAFE_DOC),
+        {
+            "summary": "Found one page about Paris.",
+            "pages": [{"body": "The page about Paris was read.\n" + UNSAFE_DOC}],
+        },
+    ],
+    ids=["object", "dict"],
+)
+async def test_the_strings_a_raw_output_object_holds_are_judged(guard: Guard, sync: bool, raw) -> None:
+    """rt50c F1's remainder: the content is the object's ``str`` (a summary), so judging ``str(raw_output)`` judged
+    nothing more, and the page in its attribute reached the agent's events."""
+    tool = guard_tool(FunctionTool.from_defaults(lambda url: raw, name="fetch"), guard)
+    output = tool.call("http://forum.example") if sync else await tool.acall("http://forum.example")
+    assert _characters_out(output.raw_output) == 0 and _characters_out(getattr(output.raw_output, "body", "")) == 0
+    assert UNSAFE_DOC not in output.content
+
+
+def test_a_raw_output_holding_more_than_max_chars_is_not_passed_on() -> None:
+    small = Guard.from_pretrained("demo", max_chars=2_000)
+    try:
+        raw = _Page("http://x", "Paris is the capital of France. " * 200)
+        output = guard_tool(FunctionTool.from_defaults(lambda: raw, name="fetch"), small).call()
+    finally:
+        small.close()
+    assert output.raw_output == output.content == str(raw)
