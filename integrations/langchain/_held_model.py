@@ -36,6 +36,7 @@ from qwenguard.core.streaming.parallel import PendingCheck
 from . import _out_of_sight as out_of_sight
 from ._holding import HELD_LLM_TYPE_PREFIX, HeldStream
 from ._input_beside import aafter_verdict, aanswer_beside, after_verdict, answer_beside, auntil_blocked, until_blocked
+from ._input_memory import judged_content
 from ._messages import DEFAULT_HISTORY_TURNS, Item, guard_history
 from ._screening import ascreen, screen
 
@@ -47,16 +48,23 @@ TAG_NOSTREAM = "nostream"
 
 
 class StreamLedger:
-    """What the held streams of one model call judged: ids of answers whose text was judged as streamed,
-    and the stop (`GuardViolation`, or `GuardUnavailable` failing closed) that ended one, if any."""
+    """What the held streams of one model call judged: the answers whose text was judged as it streamed (by id,
+    with a fingerprint of what was judged: `judged_content`), and the stop (`GuardViolation`, or
+    `GuardUnavailable` failing closed) that ended one, if any."""
 
     def __init__(self) -> None:
-        self.judged_ids: list[str] = []
+        self._judged: dict[str, str] = {}
         self.stopped: GuardViolation | GuardUnavailable | None = None
 
-    def record(self, message_id: str | None) -> None:
-        if message_id:
-            self.judged_ids.append(message_id)
+    def record(self, message: BaseMessage, budget: int) -> None:
+        if message.id:
+            self._judged[message.id] = judged_content(message, budget)
+
+    def judged(self, message: BaseMessage, budget: int) -> bool:
+        """Was ``message``'s text judged as it streamed, and does it still say what was judged? A middleware
+        inside `GuardMiddleware` may rewrite a streamed answer (a footer, a translation) and keep its id."""
+        fingerprint = self._judged.get(message.id) if message.id else None
+        return fingerprint is not None and fingerprint == judged_content(message, budget)
 
     @contextmanager
     def watching(self) -> Iterator[None]:
@@ -202,7 +210,7 @@ class HeldBackChatModel(BaseChatModel):
 
     def _judged(self, held: HeldStream) -> None:
         if self.ledger is not None and isinstance(held.whole, BaseMessage):
-            self.ledger.record(held.whole.id)
+            self.ledger.record(held.whole, self.guard.max_chars)
 
     # -- not streamed: the answer passes through here (the middleware's after_model judges it) -----
     def _generate(

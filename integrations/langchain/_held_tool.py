@@ -3,7 +3,8 @@
 LangGraph's tool handler runs the tool with the run's callbacks, so the tool's ``on_tool_end`` (``astream_events``
 v2, v3's ``tool-finished``, ``stream_mode="tools"``) and its partial output (``ToolRuntime.emit_output_delta``)
 reach the consumer before `GuardMiddleware.wrap_tool_call` reads the result. Here the tool runs out of sight
-(`HeldTool`: of every handler but qwenguard's own, LangGraph's delta writer unset), and `ToolRun` tells the
+(`HeldTool`: of every handler but qwenguard's own, LangGraph's delta writer unset, and of the parent's stream: a
+sub-agent the tool runs streams to no one, `_unheard`), and `ToolRun` tells the
 callbacks the run's start before the tool runs and its end, or its error, with the judged result. Partial output
 is not told: nothing judged it.
 
@@ -14,14 +15,16 @@ it is given when it differs from the judged one, before the tool runs.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.callbacks import AsyncCallbackManager, BaseCallbackManager, CallbackManager
 from langchain_core.messages import ToolMessage
+from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import ToolException
 from langchain_core.utils.pydantic import get_fields
-from langgraph.prebuilt.tool_node import ToolCallRequest
+from langgraph.prebuilt.tool_node import ToolCallRequest, ToolRuntime
 
 from . import _out_of_sight as out_of_sight
 from .callbacks import AsyncGuardCallbackHandler, GuardCallbackHandler
@@ -46,11 +49,48 @@ def _guards_only(callbacks: Any) -> Any:
     return None
 
 
+#: LangGraph's ``configurable`` keys through which a graph run inside the tool (a sub-agent) streams to its
+#: parent's consumer: the parent's stream (set for ``subgraphs=True``, which ``stream_events(version="v3")`` always
+#: uses: every mode of the inner run, its raw answer included, went out under a ``tools:<id>`` namespace) and its
+#: content-block messages flag. `langgraph._internal._constants` names them; private there, so spelled out here.
+_PARENT_STREAM = ("__pregel_stream", "__pregel_stream_messages_v2")
+#: How a graph run inside the tool checkpoints: LangGraph lends it the parent's checkpointer and thread, under the
+#: namespace ``tools:<id>``, and by default saves each of its steps there. With ``"exit"`` a graph nested under a
+#: task saves only when it is interrupted or fails: what LangGraph needs to resume it, no more.
+_DURABILITY = "__pregel_durability"
+
+
 def _unheard(config: Any) -> dict[str, Any]:
-    """The tool's config (``configurable``, tags, metadata) with the run's callbacks but qwenguard's left out."""
+    """The tool's config (``configurable``, tags, metadata) with the run's callbacks but qwenguard's left out, and
+    out of the parent's stream protocol: a graph the tool runs (a sub-agent) streams to no one, and its raw state
+    is saved in the parent's thread only where it must be resumed (`_PARENT_STREAM`, `_DURABILITY`). What the tool
+    itself uses of the configuration stays: ``interrupt()`` (scratchpad, namespace), the store and the runtime,
+    ``get_stream_writer()`` (its own ``"custom"`` writes, the application's)."""
     out = dict(config or {})
     out["callbacks"] = _guards_only(out.get("callbacks"))
+    configurable = out.get("configurable")
+    if isinstance(configurable, Mapping):
+        kept = {key: value for key, value in configurable.items() if key not in _PARENT_STREAM}
+        kept[_DURABILITY] = "exit"
+        out["configurable"] = kept
     return out
+
+
+def _unheard_input(input: Any) -> Any:
+    """The tool's input with any `ToolRuntime` LangGraph injected given the same config as the tool
+    (`_unheard`): ``inner.invoke(..., runtime.config)`` passed the parent's callbacks and stream on."""
+    if not (isinstance(input, Mapping) and input.get("type") == "tool_call" and isinstance(input.get("args"), Mapping)):
+        return input
+    args = input["args"]
+    if not any(isinstance(value, ToolRuntime) for value in args.values()):
+        return input
+    return {**input, "args": {key: _unheard_runtime(value) for key, value in args.items()}}
+
+
+def _unheard_runtime(value: Any) -> Any:
+    if not isinstance(value, ToolRuntime):
+        return value
+    return dataclasses.replace(value, config=cast(RunnableConfig, _unheard(value.config)))
 
 
 def _fields(schema: Any) -> set[str]:
@@ -122,7 +162,7 @@ class HeldTool:
             held.blocked, held.notice = True, blocked
             return blocked
         try:
-            return out_of_sight.call(lambda: self._tool.invoke(input, _unheard(config), **kwargs))
+            return out_of_sight.call(lambda: self._tool.invoke(_unheard_input(input), _unheard(config), **kwargs))
         except BaseException as error:
             held.raised = error
             raise
@@ -135,7 +175,9 @@ class HeldTool:
             held.blocked, held.notice = True, blocked
             return blocked
         try:
-            return await out_of_sight.acall(lambda: self._tool.ainvoke(input, _unheard(config), **kwargs))
+            return await out_of_sight.acall(
+                lambda: self._tool.ainvoke(_unheard_input(input), _unheard(config), **kwargs)
+            )
         except BaseException as error:
             held.raised = error
             raise

@@ -4,6 +4,13 @@
   (a middleware may have changed them since ``before_model``); without this, every model call judged the whole
   history twice more, and with the verdict cache off (``cache_size=0``, or a busy shared guard evicting entries)
   an agent's cost grew with the square of its turns. Fingerprints, not texts: nothing said is kept.
+- `judged_content`: what a text check of an answer reads, by fingerprint. An answer whose text was judged (as it
+  streamed, or whole in the model call) is not judged again only while it still says what was judged: a middleware
+  that rewrites it (a footer, a translation: ``model_copy`` keeps its id) has it judged again.
+- `RaisedChecks`: the blocks it raised `GuardViolation` for (``exit_behavior="error"``), by fingerprint. With a
+  checkpointer LangGraph writes the input to the thread before any node runs, so a blocked prompt stays there: judged
+  again on the thread's next turn, it raised again, every turn (one user's message refused a shared thread for good).
+  A block raised before is replaced by its notice in the state instead, and the turn goes on.
 - `OwnNotices`: the texts it writes in place of what it blocked (its notices and its refusal). Judged again as a
   user's prompt and as context, the next turn of the thread was refused (the demo guard reads a withheld-message
   notice as unsafe). A message is left out only when its text is exactly one of them, with only category names,
@@ -24,7 +31,7 @@ from qwenguard.core.policy import REASONS
 from qwenguard.core.verdict import CATEGORIES
 
 from .._common import Bounded
-from ._messages import Item, message_text
+from ._messages import Item, answer_text, message_text, source_text
 
 #: How many allowed checks a middleware remembers (fingerprints of 64 hex characters).
 MAX_ALLOWED_CHECKS = 16_384
@@ -74,6 +81,13 @@ def _fingerprint(item: Item) -> str:
     return str(found)
 
 
+def judged_content(message: BaseMessage, budget: int) -> str:
+    """What a text check of the answer ``message`` reads (`output_items`: its words, `answer_text`, and what it
+    quotes, `source_text`, within ``budget``), hashed."""
+    data = json.dumps([answer_text(message), source_text(message, budget)], ensure_ascii=False)
+    return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 class AllowedChecks:
     """Fingerprints of the checks a middleware allowed (stage and conversation: the same check gets the same
     decision from the same guard and policy)."""
@@ -93,3 +107,18 @@ class AllowedChecks:
         for item, decision in zip(items, decisions):
             if decision.action is Action.ALLOW:  # a flag (a failed-open check, an ignored category) is told again
                 self._allowed[_fingerprint(item)] = True
+
+
+class RaisedChecks:
+    """Fingerprints of the blocked checks a middleware raised `GuardViolation` for (stage and conversation: the same
+    message, read with the same earlier turns). Kept in the process: another process raises once more for one."""
+
+    def __init__(self, maxsize: int = MAX_ALLOWED_CHECKS) -> None:
+        self._raised: Bounded[str, bool] = Bounded(maxsize)
+
+    def raised(self, item: Item) -> bool:
+        return self._raised.get(_fingerprint(item)) is not None
+
+    def remember(self, items: Sequence[Item]) -> None:
+        for item in items:
+            self._raised[_fingerprint(item)] = True

@@ -12,15 +12,22 @@ Where it looks (every step is one batched guard call):
   the list, so another middleware's (``HumanInTheLoopMiddleware``'s review, a logger) would otherwise
   come first. A blocked answer never reaches the state, nor its structured response.
 - ``after_model``: the same again for an answer that did not come through this middleware's model
-  call (a middleware listed before it answered from a cache); verdicts already given are cached.
+  call (a middleware listed before it answered from a cache), or that a middleware listed before it rewrote
+  after the call (its text is judged again unless it still says what the call judged: by fingerprint, not
+  by id); verdicts already given are cached.
 - ``wrap_tool_call``: the tool call again right before ``handler`` (the last line of defence; the
   verdict is cached), and the tool's result right after it: every message it writes to the state
   (`tool_result_messages`), its artifact too. The tool runs out of sight of the run's callbacks, which hear
-  its end with the judged result (`_held_tool.py`).
+  its end with the judged result, and of the parent's stream: a sub-agent it runs streams to no one and is
+  saved in the thread only where it must be resumed (`_held_tool.py`).
 
 What a violation does (``exit_behavior``):
 
-- ``"error"``: raise `GuardViolation` (the run aborts; nothing is written to the state).
+- ``"error"``: raise `GuardViolation` (the run aborts; the middleware writes nothing to the state). With a
+  checkpointer LangGraph has already written the run's input to the thread, so a blocked prompt stays there; on
+  the thread's next turn it gets the input notice in its place (in the state) and that turn goes on: a block
+  already raised for (`RaisedChecks`, in this process) is not raised again, so one message does not refuse
+  every later turn of a shared thread. A new block, or a blocked message still the one to answer, raises.
 - ``"end"``: the flagged message is replaced *in place* (same message id, so the unsafe text and its
   dangling tool calls leave the state) and the agent jumps to the end with ``violation_message``.
 - ``"replace"``: the flagged message is replaced in place and the agent goes on: a withheld tool
@@ -79,7 +86,7 @@ from ._held_model import HeldBackChatModel, StreamLedger
 from ._held_request import HeldModelRequest
 from ._held_tool import ToolRun
 from ._holding import HELD_CALL, HeldCall, monitor_options
-from ._input_memory import AllowedChecks, OwnNotices
+from ._input_memory import AllowedChecks, OwnNotices, RaisedChecks, judged_content
 from ._messages import (
     DEFAULT_HISTORY_TURNS,
     Item,
@@ -118,7 +125,7 @@ DEFAULT_TOOL_RESULT_NOTICE = (
 )
 #: What the model sees instead of running a blocked tool call.
 DEFAULT_TOOL_CALL_NOTICE = "The call to tool '{tool}' was blocked by the safety guard ({categories}) and did not run."
-#: How many answers whose text was judged while streaming are remembered until ``after_model``.
+#: How many answers whose text was judged in the model call are remembered until ``after_model``.
 _MAX_JUDGED_IDS = 1024
 #: What a withheld answer keeps of its ``additional_kwargs``: the provider classes' bookkeeping, no words.
 _ANSWER_BOOKKEEPING_KEYS = frozenset(
@@ -162,6 +169,11 @@ def _withheld_call_names(state: AgentState, redacted: Sequence[BaseMessage]) -> 
         if ids
         else []
     )
+
+
+def _same(item: Item, message: BaseMessage) -> bool:
+    """Is ``item`` a check of ``message`` (the same message, or a copy of it with its id)?"""
+    return item.message is message or (item.message is not None and bool(message.id) and item.message.id == message.id)
 
 
 def _fill(template: str, decision: Decision, **extra: str) -> str:
@@ -323,12 +335,14 @@ class GuardMiddleware(AgentMiddleware):
         self.tool_call_notice = tool_call_notice
         self.history_turns = history_turns
         self.tools = []
-        # Answers whose text the held stream already judged: after_model judges only their tool calls.
-        self._judged: Bounded[str, bool] = Bounded(_MAX_JUDGED_IDS)
+        # Answers whose text the model call judged (held as it streamed, or whole): by id, with a fingerprint of
+        # what was judged (`judged_content`). after_model judges only their tool calls while they still say that.
+        self._judged: Bounded[str, str] = Bounded(_MAX_JUDGED_IDS)
         self._stopped = StoppedCalls()  # requests stopped here: a retry around this middleware gets the same stop
         # Not judged again among a model's messages: the checks allowed before, and this middleware's own notices.
         self._allowed = AllowedChecks()
         self._own = OwnNotices([violation_message, input_notice, tool_result_notice, tool_call_notice])
+        self._raised = RaisedChecks()  # with "error": blocks raised for, on a thread's earlier turn (`_raise_new`)
 
     # -- what to check (pure) -----------------------------------------------------------------
     def _input_items(self, state: AgentState) -> list[Item]:
@@ -366,21 +380,23 @@ class GuardMiddleware(AgentMiddleware):
             last,
             self._unowned(messages[: answer[0]]),
             self.history_turns,
-            text=self.check_output and not self._was_judged(last.id),
+            text=self.check_output and not self._was_judged(last),
             tool_calls=self.check_tool_calls,
             budget=self.guard.max_chars,
         )
 
-    def _was_judged(self, message_id: str | None) -> bool:
-        """Was this answer's text judged while it streamed? (Asked once, by after_model.)"""
-        if not message_id:
+    def _was_judged(self, message: AIMessage) -> bool:
+        """Was this answer's text judged in the model call, and does it still say what was judged? A middleware
+        listed before this one may rewrite the answer after the guarded call returned it and keep its id (a
+        footer, a translation: ``model_copy``). (Asked once, by after_model.)"""
+        if not message.id:
             return False
-        return self._judged.pop(message_id) is not None
+        judged = self._judged.pop(message.id)
+        return judged is not None and judged == judged_content(message, self.guard.max_chars)
 
-    def _remember_judged(self, response: ModelResponse) -> None:
-        for message in response.result:
-            if isinstance(message, AIMessage) and message.id:
-                self._judged[message.id] = True
+    def _remember_judged(self, answer: BaseMessage) -> None:
+        if isinstance(answer, AIMessage) and answer.id:
+            self._judged[answer.id] = judged_content(answer, self.guard.max_chars)
 
     # -- what a violation does (pure) -----------------------------------------------------------
     def _refusal(self, decision: Decision, replaces: BaseMessage | None = None) -> AIMessage:
@@ -446,14 +462,29 @@ class GuardMiddleware(AgentMiddleware):
                 return {"messages": [self._refusal(decision)], "jump_to": "end"}
         return None
 
+    def _raise_new(self, state: AgentState, blocked: list[tuple[Item, Decision]]) -> None:
+        """With ``"error"``: raise for the first block not raised before, or when what the model would answer (the
+        last message) is blocked. A block raised on an earlier turn of the thread (LangGraph wrote the input to the
+        checkpoint before this hook ran) gets its notice in the state instead, and the turn goes on."""
+        fresh = [(item, d) for item, d in blocked if not self._raised.raised(item)]
+        messages = list(state.get("messages") or ())
+        last = messages[-1] if messages else None
+        answered = [(item, d) for item, d in blocked if last is not None and _same(item, last)]
+        stop = fresh or answered
+        if stop:
+            self._raised.remember([item for item, _ in fresh])
+            enforce(stop[0][1])
+
     def _on_input(self, state: AgentState, items: list[Item], decisions: list[Decision]) -> dict[str, Any] | None:
         blocked = blocked_pairs(items, decisions)
         if not blocked:
             return self._ended_by_tool(state)
         if self.exit_behavior == "error":
-            enforce(blocked[0][1])
+            self._raise_new(state, blocked)
         updates: list[BaseMessage] = [self._redact_input(item, d) for item, d in blocked]
         updates += _withheld_call_names(state, updates)
+        if self.exit_behavior == "error":
+            return {"messages": updates}  # blocks raised on an earlier turn: the notices, and this turn goes on
         user_blocked = [d for item, d in blocked if item.stage is Stage.PROMPT]
         if self.exit_behavior == "end" or user_blocked:
             first = user_blocked[0] if user_blocked else blocked[0][1]
@@ -690,8 +721,6 @@ class GuardMiddleware(AgentMiddleware):
             # A middleware inside this one answered after the held stream was stopped (a retry's
             # "Model call failed ..." message): the stop is the call's outcome all the same.
             return self._stream_stopped(ledger.stopped)
-        if ledger is not None and ledger.judged_ids and isinstance(response, ModelResponse):
-            self._remember_judged(response)
         return response
 
     @contextmanager
@@ -715,10 +744,13 @@ class GuardMiddleware(AgentMiddleware):
     def _answer_items(self, request: ModelRequest, response: Any, ledger: StreamLedger | None) -> list[Item]:
         """The model call's answer, judged as the call's outcome, before any ``after_model`` hook sees it
         (``HumanInTheLoopMiddleware`` shows its tool calls to a reviewer; a logger stores them): the text of
-        each AI message in it unless its stream was judged, and their tool calls."""
+        each AI message in it unless its stream was judged and it still says what streamed (a middleware inside
+        this one may have rewritten it under the same id), and their tool calls."""
         items: list[Item] = []
         for answer in _answers_of(response):
-            streamed = ledger is not None and answer.id is not None and answer.id in ledger.judged_ids
+            streamed = ledger is not None and ledger.judged(answer, self.guard.max_chars)
+            if streamed:
+                self._remember_judged(answer)  # after_model does not judge its text again
             text = self.check_output and not streamed
             items += output_items(
                 answer,
@@ -734,8 +766,8 @@ class GuardMiddleware(AgentMiddleware):
         self._allowed.remember(items, decisions)  # read back as the next model call's input: not judged again
         blocked = blocked_pairs(items, decisions)
         if not blocked:
-            if isinstance(response, ModelResponse):
-                self._remember_judged(response)  # after_model does not judge its text again
+            for answer in _answers_of(response):
+                self._remember_judged(answer)  # after_model does not judge its text again
             return response
         decision = blocked[0][1]
         if self.exit_behavior == "error":
