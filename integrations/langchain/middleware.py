@@ -437,6 +437,11 @@ class GuardMiddleware(AgentMiddleware):
         # in the state and in the next request (rt49f F6).
         if isinstance(message, AIMessage):
             kept = {k: v for k, v in message.additional_kwargs.items() if k in _ANSWER_BOOKKEEPING_KEYS}
+            # Nor the provider's id of the stored answer: ChatOpenAI(use_previous_response_id=True) sent it as
+            # previous_response_id with only the messages after it, so the provider went on from its own copy of
+            # the withheld answer and the notice was never sent (rt50d F7).
+            meta = {k: v for k, v in message.response_metadata.items() if k != "id"}
+            update["response_metadata"] = _with_decision(meta, decision)
         else:
             kept = {k: v for k, v in message.additional_kwargs.items() if k != "name"}
         update["additional_kwargs"] = kept

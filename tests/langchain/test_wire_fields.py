@@ -705,3 +705,35 @@ def test_calls_anthropic_streams_are_judged_once() -> None:
     }
     answer = AIMessage([direct], tool_calls=[{"name": "f", "args": {"q": "x"}, "id": "toolu_1"}])
     assert [(c["name"], c["args"]) for c in answer_tool_calls(answer)] == [("f", {"q": "x"})]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_withheld_answer_does_not_point_the_provider_at_its_stored_copy(mode):
+    """rt50d F7: an earlier answer withheld in before_model kept response_metadata["id"], and
+    ChatOpenAI(use_previous_response_id=True) sent it as previous_response_id with only the messages after it: the
+    provider went on from its stored copy of the withheld answer, and the guard's notice was never sent."""
+    history = [
+        HumanMessage("What is the capital of France?"),
+        AIMessage("Sure. " + UNSAFE_CLAUSE, response_metadata={"id": "resp_blocked", "model_provider": "openai"}),
+        HumanMessage("What is the capital of Italy?"),
+    ]
+    guard = Guard(ScriptedBackend(keyword_verdict, name="kw"), cache_size=0)
+    requests: list[Any] = []
+    with literal_openai({"whole": _response(), "chunks": []}, requests) as url:
+        agent = create_agent(
+            ChatOpenAI(
+                base_url=url,
+                api_key="x",
+                model="m",
+                max_retries=0,
+                use_responses_api=True,
+                use_previous_response_id=True,
+            ),
+            [],
+            middleware=[GuardMiddleware(guard, exit_behavior="replace")],
+        )
+        given = {"messages": history}
+        agent.invoke(given) if mode == "sync" else asyncio.run(agent.ainvoke(given))
+    sent = requests[-1]
+    assert sent.get("previous_response_id") != "resp_blocked", sent
+    assert "ammonium" not in json.dumps(sent) and "withheld" in json.dumps(sent), sent
