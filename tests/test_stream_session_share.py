@@ -191,6 +191,37 @@ def test_a_crowded_budget_does_not_make_a_session_reread_its_prompt_every_few_to
         backend.close()
 
 
+def test_two_streams_beside_idle_sessions_do_not_drop_each_others_cache_at_every_step() -> None:
+    """rt50e F3 (from the floor above): six idle sessions within their share, and two streams fed in turn, each above
+    its share only by the recent-token floor. Each step of one found no room, dropped the other (idle between its
+    deltas), which rebuilt its prompt and recent tokens at its next step and dropped the first in turn: 42 tokens
+    re-read per token scored, 98 caches dropped. A session whose prompt is within its share and that stepped within
+    the last round is not dropped; the idle ones are, once."""
+    backend = TransformersStream.load("demo-stream", device="cpu", max_session_tokens=1024)
+    try:
+        facts = FACTS * 10
+        idle = [backend.open_session(facts[:400]) for _ in range(6)]
+        for s in idle:
+            s.feed_text("Paris ")
+        victim, other = backend.open_session(facts[:350]), backend.open_session(facts[:350])
+        forwarded = _forwarded(backend)
+        answer = "The capital of France is Paris. It lies on the Seine and has many museums. " * 10
+        scored = 0
+        for i in range(0, len(answer), 4):
+            scored += len(victim.feed_text(answer[i : i + 4]))
+            scored += len(other.feed_text(answer[i : i + 4]))
+        scored += len(victim.finish()) + len(other.finish())
+        assert scored == 2 * len(backend.codec.encode(answer))  # every token judged
+        reread = forwarded[0] - scored
+        assert reread <= 8 * scored, (reread, scored, backend.caches_dropped)
+        assert backend.caches_dropped <= len(idle), backend.caches_dropped
+        assert backend.session_tokens <= 1024 and backend.sessions_refused == 0
+        for s in [*idle, victim, other]:
+            s.close()
+    finally:
+        backend.close()
+
+
 @pytest.fixture(scope="module")
 def model():
     backend = TransformersStream.load("demo-stream", device="cpu", max_session_tokens=None)

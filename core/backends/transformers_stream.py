@@ -170,6 +170,9 @@ class TransformersStream:
         self.room_slides = 0  # observable: slides a session made to stay within max_session_tokens
         self.caches_dropped = 0  # observable: idle sessions' caches dropped to make room (they rebuild)
         self.steps_unkept = 0  # observable: steps run without keeping their cache (no room even so)
+        # Steps asked for so far, in order: a session's number of its latest (`StreamSession._granted`) tells which
+        # sessions stepped within the last round (`_drop_idle`).
+        self._grants = 0
         self.encoder = StreamEncoder(tokenizer)
         self.codec = self.encoder.codec
         self.batcher = StreamBatcher(model, max_sessions=max_sessions_per_forward)
@@ -375,20 +378,38 @@ class TransformersStream:
         self._pinned.add(key)
         return True
 
+    def _stepping(self, session: StreamSession) -> None:
+        """Count a step (or a prompt's prefill) of ``session``, kept or not (lock held): see `_drop_idle`."""
+        self._grants += 1
+        session._granted = self._grants
+
     def _drop_idle(self, session: StreamSession, short: int, *, any_idle: bool = False) -> bool:
         """Free ``short`` positions by dropping the caches of idle sessions above their fair share, largest
         first (they rebuild at their next step); with ``any_idle``, then those within it, largest first; drop
         nothing if that cannot free enough. Lock held."""
         fair = self._fair()
+        # Not a session whose prompt is within its share that stepped within the last round of steps (as many as
+        # sessions are open): two streams fed in turn dropped each other's cache at every step (each idle between
+        # its own deltas, and above its share only by the recent-token floor), re-reading 42 tokens a token scored
+        # (rt50e F3). Sessions idle for longer rebuild at their next step, as before, and so do those whose prompt
+        # alone is over their share (the idle long prompts that once held the whole budget). Above their share,
+        # the largest first; within it (``any_idle``), those that stepped longest ago.
+        recent = self._grants - len(self._held)
         idle = sorted(
-            (held > fair, held, key)
+            (held > fair, held if held > fair else -other._granted, key)
             for key, held in self._held.items()
-            if held and (any_idle or held > fair) and key != id(session) and key not in self._pinned
+            if held
+            and key != id(session)
+            and key not in self._pinned
+            and (other := self._sessions.get(key)) is not None
+            and (other._granted <= recent or len(other._prefix) > fair)
+            and (held > fair or any_idle)
         )
-        if sum(held for _, held, _ in idle) < short:
+        if sum(self._held[key] for _, _, key in idle) < short:
             return False
         while short > 0:
-            _, held, key = idle.pop()
+            _, _, key = idle.pop()
+            held = self._held[key]
             victim = self._sessions.get(key)
             if victim is not None:  # unpinned: no step of its own can start before the lock is free
                 victim._cache = SessionCache(victim._layers)
@@ -411,6 +432,7 @@ class TransformersStream:
         but the room is held by steps in flight). Raises the refusal for a prompt over its share."""
         positions = len(session._prefix)
         with self._held_lock:
+            self._stepping(session)
             if self._hold(session, positions):
                 return True
             within = positions <= self._fair()
@@ -426,6 +448,7 @@ class TransformersStream:
         None for none; whether the cache is kept after the step). Raises the refusal when there is none."""
         prefix, recent = len(session._prefix), len(session._recent)
         with self._held_lock:
+            self._stepping(session)
             length = session._live_cache().length  # read under the lock: dropping it takes the lock too
             # A re-prefill is due when the cache was dropped for room, or when the context is full (a slide
             # keeps the prompt and every recent token kept).
@@ -554,6 +577,7 @@ class StreamSession:
         self._closed = False
         self._finished = False
         self._broken: str | None = None  # why the cache can no longer be trusted
+        self._granted = 0  # the backend's count of steps asked for, at this session's latest (`_stepping`)
         self._retok = IncrementalTokenizer(backend.codec)
         # Words that hide from the model what a reader sees are read as seen (`AsSeenStream`); spans map back.
         self._seen = AsSeenStream()
