@@ -1067,6 +1067,36 @@ def test_one_address_sending_heads_without_bodies_cannot_take_every_socket():
                 sock.close()
 
 
+def test_one_address_filling_the_socket_budget_with_sessions_and_bodies_does_not_lock_others_out():
+    """rt50e F4: after eb9fb09 an address still held 16 idle stream sessions and 32 requests waiting for their
+    bodies (16 sending, 16 queued): sockets the connection guard never evicts, 48 of 48, and every other address got
+    503. At the budget with no idle socket, a request whose body is still arriving, from the address holding the
+    most sockets (more than the newcomer's), makes room."""
+    with guarded(safe_backend(), max_connections=48, max_streams=32, max_streams_per_client=16) as url:
+        with ExitStack() as sessions:
+            for _ in range(16):
+                conn = sessions.enter_context(connect(ws_url(url)))
+                conn.send(json.dumps({"type": "open", "prompt": PARIS_Q}))
+                assert json.loads(conn.recv(timeout=10))["type"] == "opened"
+            held = []
+            try:
+                for _ in range(40):
+                    sock = socket.create_connection(("127.0.0.1", _port(url)))
+                    sock.sendall(DRIP_HEAD + DRIP_BODY[:1])
+                    held.append(sock)
+                time.sleep(0.5)
+                other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=10)
+                answers = [
+                    other.post(url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": f"q {i}"}]]})
+                    for i in range(3)
+                ]
+                other.close()
+                assert [r.status_code for r in answers] == [200, 200, 200], [r.text for r in answers]
+            finally:
+                for sock in held:
+                    sock.close()
+
+
 def _open_stream_from(url: str, source: str, sessions: ExitStack) -> bool:
     """Open a stream session from the address ``source`` (kept open by ``sessions``); False when refused."""
     sock = socket.create_connection(("127.0.0.1", _port(url)), source_address=(source, 0))

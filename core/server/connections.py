@@ -25,9 +25,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections import Counter
 from typing import Any
 
 from .limits import Limits
+from .turns import client_address
 
 
 def _plain_response(status: int, reason: str, message: str, extra_headers: str = "") -> bytes:
@@ -44,6 +46,11 @@ _RESPONSES = {
     431: _plain_response(431, "Request Header Fields Too Large", "request head is too large"),
     503: _plain_response(503, "Service Unavailable", "server busy: too many connections", "retry-after: 1\r\n"),
 }
+
+
+def _peer(connection: Any) -> str:
+    """The client address a connection counts for (`client_address`: IPv6 by /64)."""
+    return client_address({"client": getattr(connection, "client", None)})
 
 
 def guarded_protocol(limits: Limits, base: type | None = None) -> type:
@@ -159,8 +166,34 @@ def guarded_protocol(limits: Limits, base: type | None = None) -> type:
             if idle:
                 oldest = min(idle, key=lambda c: c._waiting_since)
                 oldest._refuse(None)
+                return
+            hog = self._hog_request()
+            if hog is not None:
+                hog._refuse(503)
             else:
                 self._refuse(503)
+
+        def _body_pending(self) -> bool:
+            cycle = getattr(self, "cycle", None)
+            return cycle is not None and not cycle.response_complete and bool(getattr(cycle, "more_body", False))
+
+        def _hog_request(self) -> GuardedHTTPProtocol | None:
+            """At the budget with no idle socket: a request whose body is still arriving, from the client address
+            that holds the most sockets, when that is more than the newcomer's address holds (the most recent of
+            them): each address's turns to send a body are sockets the budget never takes back, and one address
+            (or a few) that filled the rest of it with idle stream sessions and waiting bodies locked every other
+            client out until the deadline (rt50e F4)."""
+            counts = Counter(_peer(c) for c in self.connections)
+            pending = [
+                c
+                for c in self.connections
+                if isinstance(c, GuardedHTTPProtocol) and c is not self and not c.transport.is_closing()
+                if c._body_pending()
+            ]
+            if not pending:
+                return None
+            worst = max(pending, key=lambda c: (counts[_peer(c)], c._waiting_since))
+            return worst if counts[_peer(worst)] > counts[_peer(self)] + 1 else None
 
     GuardedHTTPProtocol.__qualname__ = GuardedHTTPProtocol.__name__ = f"Guarded{base.__name__}"
     return GuardedHTTPProtocol
