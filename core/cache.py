@@ -13,6 +13,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
 
+from .policy import require_count
 from .verdict import Verdict
 
 __all__ = ["VerdictCache", "cache_key", "DEFAULT_CACHE_SIZE", "DEFAULT_CACHE_BYTES"]
@@ -50,8 +51,9 @@ class VerdictCache:
     ``nbytes`` is what the entries hold, never more than ``max_bytes``. After `close` it holds nothing."""
 
     def __init__(self, maxsize: int = DEFAULT_CACHE_SIZE, *, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
-        if maxsize < 0 or max_bytes < 0:
-            raise ValueError("maxsize and max_bytes must be >= 0")
+        # Named as the Guard's options: a Guard passes cache_size and cache_bytes here.
+        require_count("cache_size", maxsize, 0)
+        require_count("cache_bytes", max_bytes, 0)
         self.maxsize = maxsize if max_bytes > 0 else 0
         self.max_bytes = max_bytes
         self.nbytes = 0

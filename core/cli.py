@@ -69,7 +69,12 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Print full tracebac
 
 def fail(exc: BaseException | str, *, as_json: bool = False, kind: str | None = None) -> typer.Exit:
     """Report an error the CLI way (one line, or a JSON object with ``--json``) and return the exit to raise."""
-    message = str(exc) if not isinstance(exc, str) else exc
+    if isinstance(exc, typer.BadParameter):
+        # str() of a BadParameter is the bare message; format_message() names the option (its param_hint):
+        # "Invalid value for '--limit': must be at least 1".
+        message = exc.format_message()
+    else:
+        message = str(exc) if not isinstance(exc, str) else exc
     kind = kind or (type(exc).__name__ if not isinstance(exc, str) else "error")
     if _state["debug"] and isinstance(exc, BaseException):
         traceback.print_exception(exc, file=sys.stderr)
@@ -110,7 +115,10 @@ def check(
     text: str = typer.Argument(..., help="Text to check, or '-' to read standard input."),
     model: str = typer.Option("demo", "--model", "-m", help="'demo', a hub id or a checkpoint directory."),
     response: str | None = typer.Option(
-        None, "--response", "-r", help="Check this response to TEXT instead of TEXT itself."
+        None,
+        "--response",
+        "-r",
+        help="Check this response to TEXT instead of TEXT itself ('-' reads it from standard input).",
     ),
     policy: str = typer.Option("strict", "--policy", help="strict (controversial blocks) or loose."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object.", metavar=FLAG),
@@ -120,8 +128,19 @@ def check(
     from .backends.torch_runtime import disable_progress_bars
     from .guard import Guard
 
+    if text == "-" and response == "-":
+        raise typer.BadParameter(
+            "only one of TEXT and --response can be '-' (both would read the one standard input)",
+            param_hint="--response",
+        )
     if text == "-":
         text = sys.stdin.read()
+    else:
+        _hint_if_file(text, "TEXT")
+    if response == "-":
+        response = sys.stdin.read()
+    elif response is not None:
+        _hint_if_file(response, "--response")
     pol = _policy(policy)
     disable_progress_bars()
     guard = Guard.from_pretrained(model, policy=pol, device=device)
@@ -149,6 +168,27 @@ def check(
     if decision.reason in ("guard_error", "timeout"):
         raise typer.Exit(EXIT_ERROR)
     raise typer.Exit(EXIT_ALLOWED if decision.allowed else EXIT_BLOCKED)
+
+
+def _hint_if_file(value: str, where: str) -> None:
+    """Say on stderr when the text to judge is the name of an existing file: ``check prompt.txt`` judges the
+    ten characters "prompt.txt", not the file (``check - < prompt.txt`` reads it). The text is still judged as
+    given (a short text may happen to name a file), so the hint changes no verdict or exit code."""
+    import os
+
+    if "\n" in value or len(value) > 4096:
+        return
+    try:
+        is_file = os.path.isfile(value)
+    except (OSError, ValueError):
+        return
+    if is_file:
+        how = "qwenguard check - < FILE" if where == "TEXT" else "qwenguard check TEXT --response - < FILE"
+        err_console.print(
+            f"[yellow]note:[/yellow] {where} {escape(repr(value))} names a file: its name was checked, not its "
+            f"contents (to check a file's contents: {escape(how)})",
+            soft_wrap=True,
+        )
 
 
 def _count_or_none(value: str) -> int | None:

@@ -30,7 +30,7 @@ from .formats.conversations import (
     without_blank_context,
 )
 from .formats.prompts import Message, judged_size, normalize_messages, text_size
-from .policy import Action, Decision, Policy
+from .policy import Action, Decision, Policy, require_count
 from .verdict import Risk, Stage, Verdict
 
 __all__ = ["Guard", "enforce", "DEFAULT_MAX_CHARS", "DEFAULT_MAX_MESSAGES", "DEFAULT_CACHE_SIZE", "DEFAULT_CACHE_BYTES"]
@@ -51,6 +51,24 @@ DEFAULT_MAX_CHECKS = 4096
 RETRY_CONCURRENCY = 8
 
 DecisionListener = Callable[[Decision], None]
+
+#: The count options of `Guard.from_pretrained` (the Guard's and the local Gen backend's): (name, minimum, None ok).
+_COUNT_OPTIONS = (
+    ("max_chars", 1, False),
+    ("max_messages", 1, False),
+    ("max_checks", 1, False),
+    ("cache_size", 0, False),
+    ("cache_bytes", 0, False),
+    ("max_new_tokens", 1, False),
+    ("max_context", 1, True),
+    ("max_batch", 1, False),
+    ("window_overlap", 0, False),
+    ("max_window_tokens", 1, False),
+    ("max_windows", 1, False),
+    ("max_batch_tokens", 1, True),
+    ("width_floor", 1, False),
+    ("max_session_tokens", 0, True),
+)
 
 
 class _NotStarted(GuardTimeout):
@@ -130,6 +148,28 @@ def _conversation_before(messages: object) -> None:
     )
 
 
+_warned_on_loop: set[str] = set()
+
+
+def _warn_if_on_event_loop(what: str, twin: str) -> None:
+    """Once per process and kind: a sync check (or stream) called on a thread that runs an event loop (an async
+    web handler) holds the loop for the whole check, and every other request of the app waits (rt50a F6). It
+    still runs: the warning names the async twin."""
+    if what in _warned_on_loop:
+        return
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    _warned_on_loop.add(what)
+    logger.warning(
+        "qwenguard: a sync guard %s was called inside a running event loop: it blocks the loop (every other task "
+        "waits) until it is done; in async code use %s",
+        what,
+        twin,
+    )
+
+
 #: A check's cache key before its backend knows its model's name (`Guard.remote` without ``model=``).
 _UNNAMED: Hashable = object()
 
@@ -173,8 +213,8 @@ class Guard:
     ) -> None:
         if policy is not None and not isinstance(policy, Policy):
             raise TypeError(f"policy must be a Policy, got {type(policy).__name__}")
-        if max_chars < 1 or max_messages < 1 or max_checks < 1:
-            raise ValueError("max_chars, max_messages and max_checks must be >= 1")
+        for option, value in (("max_chars", max_chars), ("max_messages", max_messages), ("max_checks", max_checks)):
+            require_count(option, value)
         self.backend = backend
         self.policy = policy or Policy()
         self.stream_backend = stream_backend
@@ -223,6 +263,12 @@ class Guard:
             "label_branches",
         }
         backend_kwargs = {k: guard_kwargs.pop(k) for k in list(guard_kwargs) if k in backend_keys}
+        # Before any weight loads: a count of the wrong type (a str from an env var or a config file) or out of
+        # range is one error naming the option, not a comparison error from deep inside the load.
+        for option, minimum, optional in _COUNT_OPTIONS:
+            for given in (guard_kwargs, backend_kwargs):
+                if option in given:
+                    require_count(option, given[option], minimum, optional=optional)
         backend = TransformersGen.load(model, device=device, dtype=dtype, **backend_kwargs)
         if stream_options and stream_model is None:
             raise ValueError("stream_options without stream_model: there is no Stream model to apply them to")
@@ -439,6 +485,7 @@ class Guard:
     def check_many(self, items: Sequence[tuple[Stage | str, Sequence[Message]]]) -> list[Decision]:
         """Check several conversations as one batch. ``items``: ``(stage, conversation)`` pairs, e.g.
         ``[("prompt", "How can I ...?"), ("response", [{"role": "user", ...}, {"role": "assistant", ...}])]``."""
+        _warn_if_on_event_loop("check", "await guard.acheck_prompt(...) (acheck_response, acheck_many, ...)")
         checks = [self._prepare(stage, conv) for stage, conv in _stage_items(items)]
         pending = self._pending(checks)
         outcome: list[Outcome] | BaseException = []
@@ -637,6 +684,7 @@ class Guard:
         """A `StreamMonitor` for one streamed answer to ``prompt``. See `qwenguard.core.StreamMonitor`."""
         from .streaming.monitor import open_monitor
 
+        _warn_if_on_event_loop("stream", "async with guard.astream(...) as monitor: await monitor.afeed(...)")
         return open_monitor(self, prompt, **options)
 
     def astream(self, prompt: str | Sequence[Message], **options: Any) -> Any:

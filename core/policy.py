@@ -51,6 +51,16 @@ class Decision:
     offset: int | None = None
     cached: bool = False
 
+    def __bool__(self) -> bool:
+        # Every object is truthy by default, so `if guard.check_prompt(text): call_llm(text)` would let blocked
+        # text through and `all(guard.check_documents(q, docs))` would pass an injected page. Refused, as
+        # numpy refuses an array's truth value: returning `allowed` instead would make `if not decision:`
+        # mean something else in versions before this one.
+        raise TypeError(
+            "a Decision is not a condition: test decision.allowed (or decision.blocked), "
+            "or call enforce(decision) to raise when it is blocked"
+        )
+
     @property
     def blocked(self) -> bool:
         return not self.allowed
@@ -92,6 +102,19 @@ class Decision:
             "offset": self.offset,
             "cached": self.cached,
         }
+
+
+def require_count(name: str, value: Any, minimum: int = 1, *, optional: bool = False) -> None:
+    """An option that is a count: an int (not a bool) ``>= minimum`` (``None`` too when ``optional``), else an error
+    naming the option. A value read from an environment variable or a config file is a str: without this check
+    it failed as "'<' not supported between instances of 'str' and 'int'", naming no option (rt50a F2)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        expected = f"an int >= {minimum}" + (" or None" if optional else "")
+        raise TypeError(f"{name} must be {expected}, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
 
 
 def _tighten(mine: Mapping[str, Any], theirs: Mapping[str, Any]) -> dict[str, Any]:

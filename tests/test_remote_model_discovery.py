@@ -220,7 +220,10 @@ def test_a_huge_model_list_is_named_briefly(listing):
     ("served", "said"),
     [
         (models("guard-a", "guard-b"), "serves 2 models ['guard-a', 'guard-b']; pick one with --model NAME"),
-        (lambda: (401, {"error": {"message": "bad key", "type": "auth"}}), "HTTP 401: bad key); pass --model NAME"),
+        (
+            lambda: (401, {"error": {"message": "bad key", "type": "auth"}}),
+            "HTTP 401: bad key); pass the server's API key with --api-key",
+        ),
     ],
 )
 def test_eval_remote_names_the_models_and_the_option(listing, tmp_path, served, said):

@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import itertools
+import os
 import queue
 import threading
 import time
@@ -60,6 +61,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Generic, TypeVar
 
 from ..errors import GuardTimeout, GuardUnavailable
+from ..policy import require_count
 from .torch_runtime import is_torch_thread
 
 __all__ = ["MicroBatcher", "DEFAULT_MAX_BATCH", "DEFAULT_MAX_WAIT_S"]
@@ -134,10 +136,8 @@ class MicroBatcher(Generic[T, R]):
         clock: Callable[[], float] = time.perf_counter,
         name: str = "qwenguard-batcher",
     ) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be >= 1")
-        if max_batch_cost is not None and max_batch_cost < 1:
-            raise ValueError("max_batch_cost must be >= 1")
+        require_count("max_batch", max_batch)
+        require_count("max_batch_tokens", max_batch_cost, optional=True)  # what the Gen backend calls it
         if target_step_s is not None and not target_step_s > 0:
             raise ValueError("target_step_s must be > 0 (or None: steps bounded by cost only)")
         if max_skips < 0:
@@ -169,6 +169,15 @@ class MicroBatcher(Generic[T, R]):
         # Runs when the batcher is collected (no close() call): wakes the worker so that it ends.
         self._finalizer = weakref.finalize(self, self._queue.put, _STOP)
         _LIVE.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's worker does not exist here; the next submit starts one."""
+        self._finalizer.detach()
+        self._queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._thread = None
+        self._answered = 0
+        self._finalizer = weakref.finalize(self, self._queue.put, _STOP)
 
     def _ensure_worker(self) -> None:
         """Start the worker once (the caller holds ``_lock``)."""
@@ -387,6 +396,20 @@ def _close_all_at_exit() -> None:
 
 
 atexit.register(_close_all_at_exit)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (gunicorn ``--preload``, multiprocessing's "fork", Celery prefork) has none of the parent's
+    threads: each live batcher whose worker ran before the fork gets a fresh queue, lock and worker-to-be, as
+    the torch thread does (`torch_runtime`). Without this, `_thread` still names the parent's worker and every
+    check in the child waited out its deadline (rt50a F12). What the parent had queued belongs to threads that
+    do not exist here: it is dropped with the old queue (whose lock a parent thread may have held)."""
+    for batcher in list(_LIVE):
+        batcher._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _regroup(inbox: queue.Queue[object], active: deque[_Request], expected: int, wait_s: float) -> None:

@@ -5,7 +5,8 @@ Left to itself, huggingface_hub retries an unreachable hub for about a minute (t
 8s" lines) before the load fails. `resolve_checkpoint` instead uses the local cache when the
 checkpoint is there, says at once when ``HF_HUB_OFFLINE`` is set, and otherwise probes the hub's
 host with one short TCP connect before downloading, so an offline machine gets `ModelNotFound` in
-about `HUB_PROBE_TIMEOUT_S` seconds.
+about `HUB_PROBE_TIMEOUT_S` seconds; a hub that takes the connection but does not answer (a stalled proxy
+or mirror) gets it after `HUB_ANSWER_TIMEOUT_S` (huggingface_hub's metadata request has no timeout).
 """
 
 from __future__ import annotations
@@ -19,10 +20,21 @@ from urllib.parse import urlsplit
 
 from ..errors import ModelNotFound
 
-__all__ = ["resolve_checkpoint", "checkpoint_config", "hub_offline_reason", "HUB_PROBE_TIMEOUT_S"]
+__all__ = [
+    "resolve_checkpoint",
+    "checkpoint_config",
+    "hub_offline_reason",
+    "hub_silence_reason",
+    "HUB_PROBE_TIMEOUT_S",
+    "HUB_ANSWER_TIMEOUT_S",
+]
 
 #: A reachable hub answers a TCP connect in well under a second; three means it is not there.
 HUB_PROBE_TIMEOUT_S = 3.0
+
+#: How long the hub may take to answer the checkpoint's metadata request (huggingface_hub's own default for
+#: a file's metadata is 10 s, HF_HUB_ETAG_TIMEOUT); past it, a hub id that is not cached fails in one line.
+HUB_ANSWER_TIMEOUT_S = 10.0
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -43,6 +55,25 @@ def hub_offline_reason(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
             return None
     except OSError as exc:
         return f"cannot reach {url.scheme}://{host}:{port} ({type(exc).__name__}: {exc})"
+
+
+def hub_silence_reason(name: str, revision: str | None, timeout: float | None = None) -> str | None:
+    """Why the hub, reachable over TCP, is of no use: it did not answer the checkpoint's metadata request within
+    ``timeout`` seconds (default `HUB_ANSWER_TIMEOUT_S`; a stalled proxy, mirror or hub), or ``None`` once it
+    answered, whatever the answer (a 404 or a gated repo is reported by the download itself). huggingface_hub
+    sends that request with no timeout: a hub that accepts the connection and never answers hung the first
+    load without bound (rt50a F8)."""
+    try:
+        from huggingface_hub import HfApi
+    except ImportError:  # pragma: no cover - transformers depends on it
+        return None
+    timeout = HUB_ANSWER_TIMEOUT_S if timeout is None else timeout
+    try:
+        HfApi(endpoint=_endpoint()).model_info(name, revision=revision, timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - only a silence matters here; any answer is the download's to report
+        if isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__:
+            return f"the hub at {_endpoint()} accepted the connection but did not answer within {timeout:g} s"
+    return None
 
 
 def _cached(name: str, revision: str | None) -> Path | None:
@@ -92,6 +123,12 @@ def resolve_checkpoint(
             f"cannot be used ({why}). Download it where the hub is reachable, pass a checkpoint "
             f"directory, or use {demo!r} for the embedded demo guard."
         )
+    silent = hub_silence_reason(label, revision)
+    if silent is not None:
+        raise ModelNotFound(
+            f"cannot download {kind} checkpoint {label!r}: {silent}. Check HF_ENDPOINT and the proxy settings, "
+            f"pass a checkpoint directory, or use {demo!r} for the embedded demo guard."
+        )
     from huggingface_hub import snapshot_download
 
     try:
@@ -111,9 +148,48 @@ def _demo_name(kind: str) -> str:
 WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "model*.bin")
 
 
+#: A tokenizer transformers can build: the fast tokenizer's one file, a BPE vocabulary and its merges, or a
+#: SentencePiece model. Without any of them transformers 5 builds an empty tokenizer without a word, and every
+#: check then failed deep in torch (rt50a F7).
+TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("tokenizer.model",))
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return any(all((path / name).is_file() for name in names) for names in TOKENIZER_FILE_SETS)
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """What is wrong with a .safetensors file's framing (cut short, not safetensors), or ``None``: its header
+    (8 bytes of length, then that much JSON) and the end of the last tensor, read without loading a weight."""
+    try:
+        size = file.stat().st_size
+        with file.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"{size} bytes, shorter than a safetensors header"
+            length = int.from_bytes(head, "little")
+            if length > size - 8:
+                return f"its header says {length} bytes of metadata, the file has {size - 8} after it (cut short)"
+            header = json.loads(f.read(length))
+    except (OSError, ValueError) as exc:
+        return f"not a readable safetensors file: {type(exc).__name__}: {exc}"
+    if not isinstance(header, dict):
+        return "not a safetensors file (its header is not a JSON object)"
+    ends = [
+        entry["data_offsets"][1]
+        for entry in header.values()
+        if isinstance(entry, dict) and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2
+    ]
+    need = 8 + length + max((e for e in ends if isinstance(e, int)), default=0)
+    if need > size:
+        return f"{size} bytes, its tensors need {need} (cut short)"
+    return None
+
+
 def checkpoint_config(path: Path, label: str, kind: str) -> dict[str, Any]:
     """``path``'s config.json, once the directory is checked to hold a checkpoint: `ModelNotFound` (one
-    line) for a directory without config.json or without weights, before torch or transformers load."""
+    line) for a directory without config.json, weights or tokenizer files, or with a safetensors file cut
+    short, before torch or transformers load."""
     config_file = path / "config.json"
     if not config_file.is_file():
         raise ModelNotFound(
@@ -126,6 +202,19 @@ def checkpoint_config(path: Path, label: str, kind: str) -> dict[str, Any]:
             f"cannot load {kind} checkpoint {label!r}: the directory has no weights "
             f"(*.safetensors or pytorch_model*.bin next to its config.json)"
         )
+    if not _has_tokenizer(path):
+        raise ModelNotFound(
+            f"cannot load {kind} checkpoint {label!r}: the directory {str(path)!r} has no tokenizer files "
+            f"(tokenizer.json, or vocab.json and merges.txt, next to its config.json; an interrupted download "
+            f"or a copy of the weights only?). Download the checkpoint again or copy its tokenizer files in."
+        )
+    for weights in sorted(path.glob("*.safetensors")):
+        problem = _safetensors_problem(weights)
+        if problem is not None:
+            raise ModelNotFound(
+                f"cannot load {kind} checkpoint {label!r}: the weights file {str(weights)!r} is damaged "
+                f"({problem}; an interrupted download?). Download the checkpoint again."
+            )
     try:
         data = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -188,12 +188,29 @@ def _tenacity() -> Any:
 
 class ServedModelUnknown(QwenGuardError):
     """No model name was given and the server's ``/models`` does not name exactly one. ``reason`` says what
-    it lists; ``models``: the names listed (None when no list could be read)."""
+    it lists; ``models``: the names listed (None when no list could be read); ``status``: the HTTP status of a
+    reply that held no list. A 401/403 is a key missing or wrong: its advice is the key, not a model name
+    (naming the model, every check was a 401 guard error instead: rt50a F14)."""
 
-    def __init__(self, reason: str, models: Sequence[str] | None = None) -> None:
-        super().__init__(f"{reason}: pass the served model's name (Guard.remote(..., model=NAME))")
+    def __init__(self, reason: str, models: Sequence[str] | None = None, *, status: int | None = None) -> None:
+        advice = (
+            "pass the server's API key (Guard.remote(..., api_key=KEY))"
+            if self.needs_key_for(status)
+            else "pass the served model's name (Guard.remote(..., model=NAME))"
+        )
+        super().__init__(f"{reason}: {advice}")
         self.reason = reason
         self.models = None if models is None else tuple(models)
+        self.status = status
+
+    @staticmethod
+    def needs_key_for(status: int | None) -> bool:
+        return status in (401, 403)
+
+    @property
+    def needs_key(self) -> bool:
+        """The server refused the client (HTTP 401/403): the API key is missing or wrong."""
+        return self.needs_key_for(self.status)
 
 
 #: A model list named in an error: its first names, each cut (a /models reply may list thousands).
@@ -227,7 +244,7 @@ def _served_model(url: str, status: int, content: bytes | None, entries: list[An
             why = "its reply is larger than max_reply_bytes"
         else:
             why = "its reply is not an OpenAI model list"
-        raise ServedModelUnknown(f"cannot list the models at {where} ({why})")
+        raise ServedModelUnknown(f"cannot list the models at {where} ({why})", status=status)
     ids = [e.get("id") if isinstance(e, Mapping) else None for e in entries]
     names = [i for i in ids if isinstance(i, str) and i]
     if len(names) < len(ids):

@@ -70,7 +70,25 @@ def _checked(url: str) -> str:
         raise ValueError(f"base_url {url!r} has a query or a fragment; a base URL is scheme, host, port and path")
     if any(c.isspace() or ord(c) < 32 for c in url):
         raise ValueError(f"base_url {url!r} contains whitespace or a control character")
+    # Two mistakes that were accepted and made every check an unexplained 404 (rt50a F10): the comma-separated
+    # list `qwenguard eval --remote` takes, and the route a curl example shows instead of the base URL.
+    if "," in url or "://" in parts.path:
+        raise ValueError(
+            f"base_url {url!r} holds several URLs: pass a list of URLs, e.g. "
+            "Guard.remote(['http://a:8000/v1', 'http://b:8000/v1'])"
+        )
+    path = parts.path.rstrip("/")
+    route = next((r for r in _ROUTES if path == r or path.endswith("/" + r)), None)
+    if route is not None:
+        base = url[: url.rstrip("/").rfind("/" + route)] or url
+        raise ValueError(
+            f"base_url {url!r} is the {route} route, not the base URL: pass the URL the routes hang off, e.g. {base!r}"
+        )
     return url
+
+
+#: OpenAI (and qwenguard serve) routes a base URL does not end in; each is appended to it.
+_ROUTES = ("chat/completions", "completions", "moderate", "models", "embeddings", "responses")
 
 
 def attempt_budget(left: float | None, cap: float | None, *, another_follows: bool) -> float | None:

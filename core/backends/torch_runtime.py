@@ -51,7 +51,18 @@ def resolve_device(device: str | None) -> str:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return "mps"
         return "cpu"
-    # Say it here, in one line: torch's own error comes from deep inside the first .to(device).
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a str such as 'auto', 'cpu' or 'cuda:1', got {type(device).__name__}")
+    # Say it here, in one line, before the weights load: torch's own error ("Expected one of cpu, cuda, ipu,
+    # ... device type at start of device string: gpu") comes from deep inside the first .to(device).
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(
+            f"device {device!r} is not a device name torch knows; use 'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'"
+        ) from None
     if device.startswith("cuda") and not torch.cuda.is_available():
         why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
         raise ValueError(f"device {device!r} is not available: {why} (torch {torch.__version__}); use 'auto' or 'cpu'")

@@ -43,6 +43,7 @@ from ..formats.prompts import (
     parse_verdict,
 )
 from ..formats.windows import DEFAULT_MAX_WINDOW_TOKENS, DEFAULT_MAX_WINDOWS, DEFAULT_WINDOW_OVERLAP, WindowPlanner
+from ..policy import require_count
 from ..verdict import Risk, Verdict, worst
 from .batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, MicroBatcher
 from .hub import checkpoint_config, resolve_checkpoint
@@ -117,6 +118,14 @@ class TransformersGen:
         from ..formats.encoding import ConversationEncoder
         from .gen_engine import engine_for
 
+        for option, value, minimum in (
+            ("max_new_tokens", max_new_tokens, 1),
+            ("max_window_tokens", max_window_tokens, 1),
+            ("max_windows", max_windows, 1),
+            ("window_overlap", window_overlap, 0),
+        ):
+            require_count(option, value, minimum)
+        require_count("max_context", max_context, optional=True)
         self.model = model
         self.tokenizer = tokenizer
         self.name = name

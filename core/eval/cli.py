@@ -93,7 +93,10 @@ def _learn_served_model(guard: Any) -> None:
     try:
         backend.served_model(timeout=LIST_MODELS_TIMEOUT_S)
     except ServedModelUnknown as exc:
-        advice = "pass --model NAME" if exc.models is None else "pick one with --model NAME"
+        if getattr(exc, "needs_key", False):  # HTTP 401/403: a model name would not help
+            advice = "pass the server's API key with --api-key (or QWENGUARD_API_KEY)"
+        else:
+            advice = "pass --model NAME" if exc.models is None else "pick one with --model NAME"
         raise QwenGuardError(f"{exc.reason}; {advice}") from None
     except GuardUnavailable as exc:  # nothing answered: naming a model would not help
         why = exc.__cause__ or exc

@@ -20,6 +20,7 @@ and CSV also the line), never as a crash further down.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -253,9 +254,25 @@ def examples_from_records(
     return out
 
 
+def _read_text(path: Path) -> str:
+    """The file as text: UTF-8, a byte-order mark (Windows editors, Excel's "CSV UTF-8") dropped. Bytes that are
+    not UTF-8 (a Latin-1 or Windows-1252 export) are one `DataError` naming the file, line and column."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise DataError(
+            f"{path} line {line}: not UTF-8 (byte 0x{data[exc.start]:02x} at column {column}); "
+            "re-save the file as UTF-8"
+        ) from None
+
+
 def _read_jsonl(path: Path) -> tuple[list[Any], list[int]]:
     rows, lines = [], []
-    with path.open(encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Windows editors) is not data
+    # newline=None: universal newlines, as a text-mode file reads them
+    with io.StringIO(_read_text(path), newline=None) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -268,7 +285,7 @@ def _read_jsonl(path: Path) -> tuple[list[Any], list[int]]:
 
 
 def _read_json(path: Path) -> tuple[list[Any], list[int] | None]:
-    text = path.read_text(encoding="utf-8-sig")
+    text = _read_text(path)
     if text.lstrip().startswith("["):
         try:
             return json.loads(text), None
@@ -279,9 +296,9 @@ def _read_json(path: Path) -> tuple[list[Any], list[int] | None]:
 
 def _read_csv(path: Path) -> tuple[list[Any], list[int]]:
     rows, lines = [], []
-    # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which would become part of the first
+    # _read_text drops a byte-order mark: Excel's "CSV UTF-8" starts with one, which would become part of the first
     # column's name ("\ufefftext") and hide the `text` column.
-    with path.open(encoding="utf-8-sig", newline="") as f:
+    with io.StringIO(_read_text(path), newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames:
             raise DataError(f"{path}: empty CSV (no header row)")

@@ -64,10 +64,28 @@ def _require_text(value: object, what: str) -> str:
     return value
 
 
+def _require_turns(value: object, what: str, *, text_too: bool = False) -> Sequence[Mapping[str, Any]]:
+    """``value``, checked to be a list of message mappings (``None``: none), else a `TypeError` naming ``what``
+    and the shape expected: a bare string or a list of strings became "dictionary update sequence element #0
+    has length 1; 2 is required" or "'str' object has no attribute 'get'" (rt50a F13)."""
+    if value is None:
+        return ()
+    expected = "a str or " if text_too else ""
+    shape = "a list of {'role': ..., 'content': ...} mappings"
+    if isinstance(value, (str, bytes, bytearray)) or not isinstance(value, Sequence):
+        example = " (a string is one turn: [{'role': 'user', 'content': ...}])" if isinstance(value, str) else ""
+        raise TypeError(f"{what} must be {expected}{shape}, got {type(value).__name__}{example}")
+    for i, message in enumerate(value):
+        if not isinstance(message, Mapping):
+            raise TypeError(f"{what}[{i}] must be a mapping with 'role' and 'content', got {type(message).__name__}")
+    return value
+
+
 def prompt_conversation(text: str, history: Sequence[Message] | None = None) -> list[dict[str, str]]:
     """The user's turn, after optional earlier turns."""
-    turns = [dict(m) for m in history or ()]
-    return [*turns, {"role": "user", "content": _require_text(text, "prompt")}]
+    text = _require_text(text, "prompt")
+    turns = [dict(m) for m in _require_turns(history, "history")]
+    return [*turns, {"role": "user", "content": text}]
 
 
 def response_conversation(prompt: str | Sequence[Message], response: str) -> list[dict[str, str]]:
@@ -75,7 +93,10 @@ def response_conversation(prompt: str | Sequence[Message], response: str) -> lis
     response = _require_text(response, "response")
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-    return [*(dict(m) for m in prompt), {"role": "assistant", "content": response}]
+    if prompt is None:
+        raise TypeError("prompt is None; pass the prompt's text (a str) or the conversation before the answer")
+    turns = [dict(m) for m in _require_turns(prompt, "prompt", text_too=True)]
+    return [*turns, {"role": "assistant", "content": response}]
 
 
 def render_tool_call(name: str, arguments: Mapping[str, Any] | str | None, max_chars: int | None = None) -> str:
@@ -237,7 +258,7 @@ def with_tool_calls(
 
 
 def last_user_text(messages: Sequence[Message] | None) -> str | None:
-    for message in reversed(messages or ()):
+    for message in reversed(_require_turns(messages, "messages")):
         if message.get("role") == "user" and isinstance(message.get("content"), str):
             return str(message["content"])
     return None
