@@ -85,6 +85,7 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
 from qwenguard.core import Decision, Guard, GuardUnavailable, QwenGuardError, Stage, enforce
 from qwenguard.core.formats.conversations import tool_call_conversation, untrusted_conversation
+from qwenguard.core.policy import require_count
 from qwenguard.core.streaming.parallel import PendingCheck
 
 from .._common import Bounded
@@ -183,8 +184,8 @@ class _GuardHandlerLogic:
         parallel_input: bool | None = None,
     ) -> None:
         check_engine(stream_engine)
-        if max_unjudged < 0 or max_in_flight < 1:
-            raise ValueError("max_unjudged must be >= 0 and max_in_flight >= 1")
+        require_count("max_unjudged", max_unjudged, 0)
+        require_count("max_in_flight", max_in_flight, 1)
         self.guard = require_guard(guard)
         # None: follow the guard (Guard(..., parallel_input=True) turns it on everywhere).
         self.parallel_input = guard.parallel_input if parallel_input is None else bool(parallel_input)

@@ -480,3 +480,11 @@ async def test_the_async_pipelined_engine_awaits_a_guard_that_answers_at_once_in
     assert received == _LONG_SAFE_ANSWER
     assert len(backend.ran) > 100
     assert len(tasks) <= 0.25 * len(backend.ran), (len(tasks), len(backend.ran))
+
+
+@pytest.mark.parametrize(("option", "value"), [("max_unjudged", "16"), ("max_in_flight", "2"), ("max_in_flight", 0)])
+def test_a_count_option_of_the_wrong_type_or_range_names_itself(guard, option, value):
+    """rt50a F2: a value read from an environment variable is a str: it failed as "'<' not supported between
+    instances of 'str' and 'int'", naming no option."""
+    with pytest.raises((TypeError, ValueError), match=option):
+        GuardCallbackHandler(guard, **{option: value})
