@@ -43,23 +43,27 @@ def error_text(error: BaseException, budget: int = sys.maxsize) -> str:
     return "\n".join(error_texts(error, budget))
 
 
-def error_texts(error: BaseException, budget: int = sys.maxsize) -> list[str]:
+def error_texts(error: BaseException, budget: int = sys.maxsize, *, left_out: list[str] | None = None) -> list[str]:
     """What a failed tool's error says, as a `ToolNode` with ``handle_tool_errors=True`` writes it
     (``"Error: " + repr(error)``: an exception group's repr carries its sub-exceptions, its str() does not),
     and what a ``handle_tool_errors`` callable may write instead: for the error and each exception it
     carries (a group's sub-exceptions, ``__cause__``, ``__context__``, one in its args or attributes;
     breadth first without recursion, at most `_MAX_ERRORS`), its ``str()``, string args, notes and public
     string attributes (`carried_by`). The error's repr and str() always; the rest while the total fits in
-    ``budget`` characters (a text that does not fit is left out whole, never cut). A repr, str or attribute
-    that fails is left out."""
+    ``budget`` characters (a text that does not fit is left out whole, never cut; ``left_out`` gets a mark for
+    each such text, or for an error's own text past ``budget``). A repr, str or attribute that fails is left
+    out."""
     texts: list[str] = []
     known: set[str] = set()
     size = 0
 
     def add(value: str | bytes, always: bool = False) -> None:
         nonlocal size
-        if not always and size + len(value) > budget:
-            return  # UTF-8 decodes to at most as many characters as bytes
+        if size + len(value) > budget:
+            if left_out is not None:
+                left_out.append("")
+            if not always:
+                return  # UTF-8 decodes to at most as many characters as bytes
         text = value if isinstance(value, str) else value.decode("utf-8", "replace")
         if text and text not in known:
             texts.append(text)

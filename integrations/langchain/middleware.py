@@ -73,6 +73,7 @@ from qwenguard.core import (
     Guard,
     GuardUnavailable,
     GuardViolation,
+    InputTooLarge,
     QwenGuardError,
     Risk,
     Stage,
@@ -102,7 +103,7 @@ from ._messages import (
 )
 from ._screening import METADATA_KEY, ascreen, blocked_pairs, require_guard, screen
 from ._stopped_calls import StoppedCalls
-from ._tool_errors import MAX_ERROR_CHARS, control_flow, error_text
+from ._tool_errors import control_flow, error_texts
 
 __all__ = [
     "GuardMiddleware",
@@ -600,17 +601,44 @@ class GuardMiddleware(AgentMiddleware):
     # message that streams out and stays in the checkpoint. Blocked, the guard's notice is the result (with
     # "error", GuardViolation is raised); the error itself goes nowhere.
     def _error_item(self, request: Any, error: BaseException) -> Item | None:
-        """A failed tool's error as its result (`error_texts`), or ``None`` where it is not judged."""
+        """A failed tool's error as its result (`error_texts`: all it carries, within the guard's ``max_chars``),
+        or ``None`` where it is not judged. Read once: an exception whose text changes between reads is judged as
+        first read. ``extra["whole"]``: whether all of it fit (a page in its cause past the limit was left out,
+        and the error went on with it: rt50f F7)."""
         if not self.check_tool_results or control_flow(error):
             return None
-        text = error_text(error, min(self.guard.max_chars, MAX_ERROR_CHARS))
-        if not text.strip():
+        left_out: list[str] = []
+        text = "\n".join(error_texts(error, self.guard.max_chars, left_out=left_out))
+        if not text.strip() and not left_out:
             return None
         call = request.tool_call
         message = ToolMessage(
             content=text, tool_call_id=call.get("id") or "", name=call.get("name") or "tool", status="error"
         )
-        return Item(Stage.TOOL_RESULT, untrusted_conversation(text, "tool output"), message, extra={"entry": None})
+        conversation = untrusted_conversation(text, "tool output")
+        return Item(Stage.TOOL_RESULT, conversation, message, extra={"entry": None, "whole": not left_out})
+
+    def _error_decision(self, item: Item, judge: Callable[[], Decision]) -> Decision:
+        """The decision on a failed tool's error: ``judge``'s, or blocked whatever ``on_error`` says when the error
+        carries more than ``max_chars`` (size alone never gets text through unjudged: `InputTooLarge`)."""
+        if not item.extra["whole"]:
+            return self._too_large_error()
+        try:
+            return judge()
+        except InputTooLarge:
+            return self._too_large_error()
+
+    async def _aerror_decision(self, item: Item) -> Decision:
+        if not item.extra["whole"]:
+            return self._too_large_error()
+        try:
+            return (await ascreen(self.guard, [item]))[0]
+        except InputTooLarge:
+            return self._too_large_error()
+
+    def _too_large_error(self) -> Decision:
+        why = f"the tool's error carries more than max_chars={self.guard.max_chars:,} characters: not judged whole"
+        return self.guard.policy.decide_unjudged(Stage.TOOL_RESULT, why)
 
     def _withheld_error(self, run: ToolRun, item: Item, decision: Decision) -> ToolMessage:
         if self.exit_behavior == "error":
@@ -846,13 +874,19 @@ class GuardMiddleware(AgentMiddleware):
                 judged = self._withheld(result, items, screen(self.guard, items)) if items else result
             except BaseException as error:
                 failed = self._error_item(request, error)
-                if failed is None or (decision := screen(self.guard, [failed])[0]).allowed:
+                if failed is None:
                     run.error(error)
                     raise
+                caught = error
             else:
                 run.end(judged)
                 return judged
-            return self._withheld_error(run, failed, decision)  # out of the except: no context chained
+            # Out of the except block: nothing the guard raises or returns has the tool's error chained to it.
+            decision = self._error_decision(failed, lambda: screen(self.guard, [failed])[0])
+            if decision.allowed:
+                run.error(caught)
+                raise caught
+            return self._withheld_error(run, failed, decision)
 
     async def awrap_tool_call(
         self, request: Any, handler: Callable[[Any], Awaitable[ToolMessage | Command]]
@@ -872,10 +906,15 @@ class GuardMiddleware(AgentMiddleware):
                 judged = self._withheld(result, items, await ascreen(self.guard, items)) if items else result
             except BaseException as error:
                 failed = self._error_item(request, error)
-                if failed is None or (decision := (await ascreen(self.guard, [failed]))[0]).allowed:
+                if failed is None:
                     await run.aerror(error)
                     raise
+                caught = error
             else:
                 await run.aend(judged)
                 return judged
+            decision = await self._aerror_decision(failed)
+            if decision.allowed:
+                await run.aerror(caught)
+                raise caught
             return await self._awithheld_error(run, failed, decision)

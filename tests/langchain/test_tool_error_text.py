@@ -157,3 +157,63 @@ def test_a_reviewers_blocked_edit_is_not_echoed_to_the_consumer(guard):
     # The tool messages: the reviewer's own edit stays in the AIMessage's calls, where the reviewer wrote it.
     results = [m for m in [*streamed, *stored] if isinstance(m, ToolMessage)]
     assert results and leaked([m.content for m in results]) == 0
+
+
+# -- rt50f F7, F2: what an error carries past max_chars ----------------------------------------------------------
+CLAUSE = "Mix ammonium nitrate with fuel oil, pack it into a pipe and add a fuse."
+LONG_PAGE = "Welcome to the forum. " * 200 + CLAUSE  # about 4,500 characters: past the guard's max_chars below
+
+
+def _keyword_guard():
+    from faults import ScriptedBackend, keyword_verdict
+    from qwenguard.core import Guard
+
+    return Guard(ScriptedBackend(keyword_verdict, name="kw"), max_chars=2_000, cache_size=0)
+
+
+def _failing(error: BaseException):
+    @tool("search")
+    def failing(q: str) -> str:
+        """Search the web."""
+        raise error
+
+    return failing
+
+
+def _caused() -> BaseException:
+    try:
+        raise ValueError(LONG_PAGE)
+    except ValueError as page:
+        try:
+            raise RuntimeError("could not parse the page") from page
+        except RuntimeError as error:
+            return error
+
+
+def _clause_out(value: Any) -> int:
+    return len(CLAUSE) if "ammonium" in repr(value) else 0
+
+
+@pytest.mark.parametrize("shape", ["cause", "own_text"])
+@pytest.mark.parametrize("outer", ["tool_error_cause", "guard_alone"])
+def test_an_error_carrying_more_than_max_chars_is_withheld_not_passed_on(mode_sync, shape, outer):
+    """rt50f F7: the error's reader left a cause past its budget out of the check whole, and the error went on with
+    it (the app got the page in __cause__; a ToolErrorMiddleware writing its cause streamed it). F2: an error whose
+    own text is past max_chars made the check raise InputTooLarge inside the except block, the tool's error (page
+    included) chained to it. Now such an error is withheld like a blocked one, whatever on_error says."""
+    error = _caused() if shape == "cause" else ValueError(LONG_PAGE)
+    middleware = [GuardMiddleware(_keyword_guard(), exit_behavior="replace")]
+    if outer == "tool_error_cause":
+        middleware.insert(0, ToolErrorMiddleware(on_error=lambda e, r: f"Tool failed: {e.__cause__ or e}"))
+    config = {"configurable": {"thread_id": f"long-{shape}-{outer}"}}
+    with scripted_openai(FETCH, pace=0) as url:
+        agent = create_agent(chat(url), [_failing(error)], middleware=middleware, checkpointer=InMemorySaver())
+        seen, raised = _stream(agent, {"messages": [{"role": "user", "content": SAFE_QUESTION}]}, config, mode_sync)
+        history = _history(agent, config)
+    assert raised is None, repr(raised)[:300]
+    assert (_clause_out(seen), _clause_out(history)) == (0, 0)
+
+
+@pytest.fixture(params=MODES)
+def mode_sync(request):
+    return request.param
