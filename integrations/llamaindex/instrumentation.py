@@ -15,7 +15,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
-from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
 from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]  # re-exported, no __all__
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
@@ -33,6 +33,7 @@ from qwenguard.core.formats.conversations import response_conversation
 
 from .._common import Bounded, require_guard
 from ._messages import message_text, plan_inputs
+from ._options import known_options
 from .postprocessor import node_text
 
 __all__ = ["GuardEventHandler", "AuditRecord"]
@@ -61,7 +62,10 @@ class GuardEventHandler(BaseEventHandler):
     """
 
     # A misspelt option (`on_violation`, LangChain's name for `on_block`) is an error, not silently dropped.
-    model_config = ConfigDict(extra="forbid")
+    @model_validator(mode="before")
+    @classmethod
+    def _known_options(cls, data: Any) -> Any:
+        return known_options(cls, data)
 
     guard: Any = Field(exclude=True, description="The qwenguard Guard.")
     max_records: int = Field(default=1000, gt=0)

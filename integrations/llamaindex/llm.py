@@ -62,7 +62,7 @@ from llama_index.core.base.llms.types import (
     CompletionResponseGen,
     LLMMetadata,
 )
-from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, SerializeAsAny
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, SerializeAsAny, model_validator
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
 from llama_index.core.prompts import BasePromptTemplate
@@ -107,6 +107,7 @@ from ._messages import (
     tools_text,
     variable_checks,
 )
+from ._options import known_options
 from ._stream import ActionHold, ChatChunks, CompletionChunks, aclose_upstream, close_upstream, unread_text
 
 if TYPE_CHECKING:
@@ -180,7 +181,10 @@ class GuardedLLM(FunctionCallingLLM):
     """
 
     # A misspelt option (`on_violation`, LangChain's name for `on_block`) is an error, not silently dropped.
-    model_config = ConfigDict(extra="forbid")
+    @model_validator(mode="before")
+    @classmethod
+    def _known_options(cls, data: Any) -> Any:
+        return known_options(cls, data)
 
     llm: SerializeAsAny[LLM] = Field(description="The LLM being guarded.")
     guard: Any = Field(exclude=True, description="The qwenguard Guard that screens the traffic.")

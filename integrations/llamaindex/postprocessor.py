@@ -15,13 +15,14 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar
 
-from llama_index.core.bridge.pydantic import ConfigDict, Field
+from llama_index.core.bridge.pydantic import Field, model_validator
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
 from qwenguard.core import Decision, Guard, enforce
 
 from .._common import require_guard
 from ._messages import value_strings
+from ._options import known_options
 
 __all__ = ["GuardNodePostprocessor", "OnBlock", "screen_nodes", "ascreen_nodes"]
 
@@ -120,7 +121,10 @@ class GuardNodePostprocessor(BaseNodePostprocessor):
     """
 
     # A misspelt option (`on_violation`, LangChain's name for `on_block`) is an error, not silently dropped.
-    model_config = ConfigDict(extra="forbid")
+    @model_validator(mode="before")
+    @classmethod
+    def _known_options(cls, data: Any) -> Any:
+        return known_options(cls, data)
 
     guard: Any = Field(exclude=True, description="The qwenguard Guard.")
     on_block: OnBlock = Field(default="drop", description="'drop' blocked nodes, or 'raise' GuardViolation.")

@@ -124,15 +124,69 @@ def _is_blocks(raw_output: Any) -> bool:
 _UNREADABLE = object()
 
 
+def _response_types() -> tuple[type, ...]:
+    """LlamaIndex's response classes: their text is the output's, their nodes are judged and rebuilt apart."""
+    from llama_index.core.base.response import schema
+
+    names = ("Response", "StreamingResponse", "AsyncStreamingResponse", "PydanticResponse")
+    return tuple(t for n in names if isinstance(t := getattr(schema, n, None), type))
+
+
+_RESPONSES = _response_types()
+#: Items a raw_output may hold for `_read_whole` to read it (more: it is not passed on).
+_MAX_READ_ITEMS = 100_000
+
+
+def _read_whole(raw: Any) -> bool:
+    """Whether every string ``raw`` holds can be read (`value_strings`), so that judging them covers it: plain data
+    (mappings, lists, tuples, strings, numbers), pydantic models without private state and dataclasses holding only
+    their fields, at any depth. Anything
+    else (``__slots__``, private attributes behind properties, a pydantic ``PrivateAttr``, a generator, a cycle)
+    may hold text no reading finds: such a ``raw_output`` is replaced by the output's text (rt50f F1)."""
+    stack, seen = [raw], 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > _MAX_READ_ITEMS:
+            return False
+        if item is None or isinstance(item, (str, bytes, bool, int, float)):
+            continue
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif isinstance(item, BaseModel) and not getattr(item, "__pydantic_private__", None):
+            stack.append(item.model_dump())
+        elif _plain_dataclass(item):
+            stack.extend(getattr(item, f.name) for f in dataclasses.fields(item))
+        else:
+            return False
+    return True
+
+
+def _plain_dataclass(item: Any) -> bool:
+    """A dataclass instance whose state is its fields alone (no ``__slots__``, nothing else set on it)."""
+    if not dataclasses.is_dataclass(item) or isinstance(item, type) or hasattr(type(item), "__slots__"):
+        return False
+    names = {f.name for f in dataclasses.fields(item)}
+    return set(getattr(item, "__dict__", {})) <= names
+
+
 def _raw_text(output: ToolOutput, shown: str, budget: int) -> Any:
     """The text of a ``raw_output`` that the output's text ``shown`` does not already hold: what a tool's
     ``callback`` replaced in the content, an object whose ``str`` is not its content, and the strings an object
     holds (`value_strings`: a page kept in an attribute of an object whose ``str`` is a summary reaches the app
     all the same). ``None`` when there is nothing more to judge (strings the text holds, nodes and blocks judged
-    apart); `_UNREADABLE` when its ``str`` raised or it holds more than ``budget`` characters."""
+    apart); `_UNREADABLE` when its ``str`` raised, it holds more than ``budget`` characters, or what it holds
+    cannot all be read (`_read_whole`; an object other than LlamaIndex's responses that carries nodes)."""
     raw = output.raw_output
-    if raw is None or isinstance(raw, (bool, int, float)) or source_nodes(raw) or _is_blocks(raw):
+    if raw is None or isinstance(raw, (bool, int, float)) or _is_blocks(raw):
         return None
+    if source_nodes(raw):  # a response's or a retriever's nodes: judged apart; any other holder is not read whole
+        return None if isinstance(raw, (NodeWithScore, BaseNode, list, tuple, *_RESPONSES)) else _UNREADABLE
+    if not isinstance(raw, str) and not _read_whole(raw):
+        return _UNREADABLE
     try:
         texts = [raw] if isinstance(raw, str) else [str(raw), *value_strings(raw, budget, "a tool's raw_output")]
     except Exception:  # noqa: BLE001 - any object's str may fail, or hold too much: then it is not passed on

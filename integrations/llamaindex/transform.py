@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from llama_index.core.bridge.pydantic import ConfigDict
+from llama_index.core.bridge.pydantic import model_validator
 from llama_index.core.schema import BaseNode, TransformComponent
 from pydantic import Field, computed_field
 from qwenguard.core import Decision, Guard
 
 from .._common import require_guard
+from ._options import known_options
 from .postprocessor import OnBlock, keep_allowed, node_text
 
 __all__ = ["GuardTransform"]
@@ -32,7 +33,10 @@ class GuardTransform(TransformComponent):
     """
 
     # A misspelt option (`on_violation`, LangChain's name for `on_block`) is an error, not silently dropped.
-    model_config = ConfigDict(extra="forbid")
+    @model_validator(mode="before")
+    @classmethod
+    def _known_options(cls, data: Any) -> Any:
+        return known_options(cls, data)
 
     guard: Any = Field(exclude=True, description="The qwenguard Guard.")
     on_block: OnBlock = Field(default="drop", description="'drop' blocked nodes, or 'raise' GuardViolation.")

@@ -30,3 +30,15 @@ def test_a_misspelt_option_is_refused_by_name(guard: Guard, name: str, typo: dic
 @pytest.mark.parametrize("name", list(MAKERS))
 def test_the_components_still_build_with_their_own_options(guard: Guard, name: str) -> None:
     assert MAKERS[name](guard) is not None
+
+
+def test_a_component_loads_its_own_serialized_form(guard: Guard) -> None:
+    """rt50f F4: ``extra="forbid"`` refused a component's own ``to_dict`` (its ``class_name`` and computed fields,
+    which key IngestionPipeline's cache): only keys that are none of those are refused."""
+    transform = GuardTransform(guard=guard)
+    assert GuardTransform.from_dict(dict(transform.to_dict()), guard=guard).guard is guard
+    for name in ("postprocessor", "transform", "llm"):
+        made = MAKERS[name](guard)
+        dumped = {k: v for k, v in made.to_dict().items() if k not in ("llm", "callback_manager")}
+        extra = {"llm": MockFunctionCallingLLM()} if name == "llm" else {}
+        assert type(made).model_validate({**dumped, **extra, "guard": guard}).guard is guard

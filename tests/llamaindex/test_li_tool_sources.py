@@ -271,3 +271,65 @@ def test_a_raw_output_holding_more_than_max_chars_is_not_passed_on() -> None:
     finally:
         small.close()
     assert output.raw_output == output.content == str(raw)
+
+
+class _Slotted:
+    __slots__ = ("url", "body")
+
+    def __init__(self, url: str, body: str) -> None:
+        self.url, self.body = url, body
+
+    def __str__(self) -> str:
+        return "Found one page about Paris."
+
+
+class _Private:
+    def __init__(self, body: str) -> None:
+        self._body = body
+
+    @property
+    def body(self) -> str:
+        return self._body
+
+    def __str__(self) -> str:
+        return "Found one page about Paris."
+
+
+class _WithNodes:
+    def __init__(self, body: str) -> None:
+        self.source_nodes = [NodeWithScore(node=TextNode(text="Paris is the capital of France."))]
+        self.body = body
+
+    def __str__(self) -> str:
+        return "Found one page about Paris."
+
+
+@dataclass
+class _Weather:
+    city: str
+    summary: str
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: _Slotted("http://x", UNSAFE_DOC),
+        lambda: _Private(UNSAFE_DOC),
+        lambda: _WithNodes(UNSAFE_DOC),
+        lambda: (line for line in ["Found one page about Paris.", UNSAFE_DOC]),
+    ],
+    ids=["slots", "private_property", "nodes_and_attributes", "generator"],
+)
+def test_a_raw_output_that_cannot_be_read_whole_is_not_passed_on(guard: Guard, make) -> None:
+    """rt50f F1: what value_strings cannot read (__slots__, a private attribute behind a property, a generator,
+    an object that also carries nodes) reached the agent's events unjudged: such a raw_output becomes the text."""
+    made = make()
+    output = guard_tool(FunctionTool.from_defaults(lambda: made, name="fetch"), guard).call()
+    assert output.raw_output is not made and isinstance(output.raw_output, (str, dict))  # the text, or a refusal
+    assert UNSAFE_DOC not in repr(output.raw_output) and UNSAFE_DOC not in output.content
+
+
+def test_plain_data_and_dataclasses_pass_as_they_are(guard: Guard) -> None:
+    for raw in ({"city": "Paris", "summary": "Sunny."}, _Weather("Paris", "Sunny.")):
+        output = guard_tool(FunctionTool.from_defaults(lambda raw=raw: raw, name="weather"), guard).call()
+        assert output.raw_output == raw
