@@ -127,11 +127,12 @@ class HeldCall:
         self.raised: BaseException | None = None
         #: Whether the latest attempt's call was blocked (the tool did not run; the guard's notice is the result).
         self.blocked = False
-        #: That notice, as the tool returned it (a handler may wrap it in text of its own).
+        #: That notice, as the tool returned it (a handler may wrap it in text of its own), and what it held then.
         self.notice: Any = None
+        self.notice_state: Any = None
 
     def attempt(self) -> None:
-        self.raised, self.blocked, self.notice = None, False, None
+        self.raised, self.blocked, self.notice, self.notice_state = None, False, None, None
 
 
 class HeldTool:
@@ -159,7 +160,7 @@ class HeldTool:
         held.attempt()
         call = self._unjudged(input)
         if call is not None and (blocked := held.judge(call)) is not None:
-            held.blocked, held.notice = True, blocked
+            held.blocked, held.notice, held.notice_state = True, blocked, _state(blocked)
             return blocked
         try:
             return out_of_sight.call(lambda: self._tool.invoke(_unheard_input(input), _unheard(config), **kwargs))
@@ -172,7 +173,7 @@ class HeldTool:
         held.attempt()
         call = self._unjudged(input)
         if call is not None and (blocked := await held.ajudge(call)) is not None:
-            held.blocked, held.notice = True, blocked
+            held.blocked, held.notice, held.notice_state = True, blocked, _state(blocked)
             return blocked
         try:
             return await out_of_sight.acall(
@@ -241,6 +242,14 @@ def _managers(request: Any) -> dict[str, Any]:
     }
 
 
+def _state(message: Any) -> Any:
+    """What a notice holds that a consumer reads (a copy: a change made in place shows)."""
+    try:
+        return message.model_dump(mode="json")
+    except Exception:  # noqa: BLE001 - not a message: compared as itself
+        return repr(message)
+
+
 def _judged_text(judged: Any) -> str:
     return judged.text if isinstance(judged, ToolMessage) else ""
 
@@ -263,8 +272,10 @@ class ToolRun:
         return self._held is not None and self._held.blocked
 
     def is_notice(self, result: Any) -> bool:
-        """Whether ``result`` is the guard's notice for a blocked call, as the tool returned it."""
-        return self._held is not None and self._held.blocked and result is self._held.notice
+        """Whether ``result`` is the guard's notice for a blocked call, as the tool returned it: the same object,
+        unchanged (a middleware inside the guard that appended the blocked arguments to it in place: rt50f F8)."""
+        held = self._held
+        return held is not None and held.blocked and result is held.notice and _state(result) == held.notice_state
 
     def _failure(self, judged: Any) -> BaseException | None:
         """The run's error where the tool raised and the handler answered it (LangGraph's handled error), with

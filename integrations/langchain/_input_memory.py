@@ -116,9 +116,17 @@ class RaisedChecks:
     def __init__(self, maxsize: int = MAX_ALLOWED_CHECKS) -> None:
         self._raised: Bounded[str, bool] = Bounded(maxsize)
 
+    # Keyed by the message's id too: LangGraph gives each input message its own id, so the same text sent again
+    # (on another thread, by another user) is a new block that raises, not an old one healed into a notice, which
+    # turned "error" into "replace" for anyone who resent a blocked prompt (rt50f F5).
     def raised(self, item: Item) -> bool:
-        return self._raised.get(_fingerprint(item)) is not None
+        return self._raised.get(_key(item)) is not None
 
     def remember(self, items: Sequence[Item]) -> None:
         for item in items:
-            self._raised[_fingerprint(item)] = True
+            self._raised[_key(item)] = True
+
+
+def _key(item: Item) -> str:
+    message_id = getattr(item.message, "id", None)
+    return f"{message_id if isinstance(message_id, str) else ''}\x00{_fingerprint(item)}"

@@ -87,6 +87,25 @@ def test_a_new_block_on_the_thread_still_raises(mode):
     assert [m.text for m in agent.get_state(config).values["messages"]] == [NOTICE, NOTICE, SAFE_QUESTION, SAFE_ANSWER]
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_blocked_prompt_sent_again_on_another_thread_still_raises(mode):
+    """rt50f F5: the blocks raised before were remembered by content alone, process-wide: once one thread had raised
+    for a prompt, anyone could send ``[that prompt, a harmless question]`` on a new thread and get an answer, the
+    prompt replaced by its notice, with no GuardViolation: "error" turned into "replace" for an app that aborts,
+    audits or counts abuse on it. A remembered block is one message of one thread (its id)."""
+    with scripted_openai([Reply.words(SAFE_ANSWER)], pace=0) as url:
+        agent = _agent(url)
+        assert isinstance(_turn(agent, BLOCKED, {"configurable": {"thread_id": f"first-{mode}"}}, mode), GuardViolation)
+        inputs = {"messages": [{"role": "user", "content": BLOCKED}, {"role": "user", "content": SAFE_QUESTION}]}
+        config = {"configurable": {"thread_id": f"second-{mode}"}}
+        try:
+            outcome = agent.invoke(inputs, config) if mode == "sync" else asyncio.run(agent.ainvoke(inputs, config))
+        except GuardViolation as stop:
+            outcome = stop
+        asked = len(url.requests)
+    assert isinstance(outcome, GuardViolation) and asked == 0, outcome
+
+
 def test_a_guarded_chat_model_node_that_takes_the_blocked_turn_out_answers_the_next():
     """`GuardedChatModel` raises by design; in a checkpointed graph of your own the node owns the state, and the
     pattern docs/langchain.md gives (catch the prompt's violation, remove the turn) keeps the thread answering."""
