@@ -44,10 +44,14 @@ def test_a_bad_bound_is_a_clear_error(bad):
 
 
 def test_a_server_runs_at_most_the_operators_checks_per_session_whatever_the_client_asks():
+    """A client cannot raise the operator's bound: asking for it is refused (close 4400: an open frame holds only the
+    fields the server takes, since bbc341e; before, the ask was dropped), and a session runs one check at a time."""
     judge = CountingJudge(delay_s=0.02)
     with guarded(Guard(judge), stream_max_windows_in_flight=1) as url:
-        opened = {"type": "open", "prompt": PARIS_Q, "max_windows_in_flight": 64}
-        released, frames, code = stream_session(url, opened, BURST, size=len(BURST))
+        asking = {"type": "open", "prompt": PARIS_Q, "max_windows_in_flight": 64}
+        _, refused, refused_code = stream_session(url, asking, BURST, size=len(BURST))
+        released, frames, code = stream_session(url, {"type": "open", "prompt": PARIS_Q}, BURST, size=len(BURST))
+    assert refused_code == 4400 and "max_windows_in_flight" in refused[-1]["error"]["message"], refused[-1]
     assert released == BURST and frames[-1]["type"] == "finished" and code == 1000, frames[-1]
     assert judge.most_at_once == 1, judge.most_at_once
 
