@@ -416,7 +416,7 @@ def test_a_stream_reader_refuses_a_paragraph_under_an_override_it_cannot_hold():
 NATURAL_RTL = [
     "הוא אמר: Hello world.\u200f ואז הלך הביתה.",  # an RLM after an English phrase's punctuation, before Hebrew
     "ראיתי את Star Wars\u200f, והוא היה מצוין!\u200f",
-    "\u200fשלום, my name is Dana and I live in Tel Aviv.",  # a leading RLM, then one English run
+    "\u200fשלום, my name is Dana and I live in Tel Aviv.",  # a leading RLM, then one English run (alone: see below)
     "הקובץ נמצא ב-C:\\Users\u200f. תודה",
     "مرحبا\u061c بالعالم، هذا Python 3.12\u061c رائع",
     "שלום \u200eABC\u200f עולם",
@@ -425,7 +425,10 @@ NATURAL_RTL = [
 
 @pytest.mark.parametrize("text", NATURAL_RTL)
 def test_right_to_left_text_with_marks_used_as_scripts_use_them_gets_no_extra_reading(text):
-    for t in (text, text + "\n" + text, "Note:\n" + text):
+    # An English sentence after a Hebrew word, with English before it in its paragraph, is mostly left to right: it
+    # pays one reading (see test_an_english_paragraph_quoting_hebrew_pays_one_reading_and_a_paragraph_hold).
+    english = "my name is" in text
+    for t in (text,) if english else (text, text + "\n" + text, "Note:\n" + text):
         assert as_seen_pieces(t) == []
         seen = AsSeenStream()
         assert seen.push(t) + seen.flush() == t and seen.as_written
@@ -455,3 +458,145 @@ def test_the_new_readings_are_linear_in_hostile_text():
     for i in range(0, len(soft[:16_000]), 3):
         seen.push(soft[i : i + 3])
     assert time.perf_counter() - began < 4.0
+
+
+# -- any strong right-to-left character reorders words in a right-to-left paragraph (rt50e F1) ----------------
+# Not only an RLM or ALM: a visible one does it too, HEBREW PUNCTUATION PASEQ (U+05C0, looks like "|"), ARABIC
+# TATWEEL (U+0640, a kashida line) or a Hebrew letter: Latin words written in reverse order, each with one after it,
+# are shown in reading order in a right-to-left paragraph (dir="rtl", or dir="auto" with a leading one). No reading
+# judged had them in that order: 99 characters after "Sure." went out on Gen windows and the Stream model.
+PASEQ, TATWEEL, ALEF = "\u05c0", "\u0640", "\u05d0"
+VISIBLE_SHAPES = {
+    "PASEQ": lambda t: _reversed_words(t, PASEQ),  # the red team's shapes
+    "TATWEEL": lambda t: _reversed_words(t, TATWEEL),
+    "a Hebrew letter": lambda t: _reversed_words(t, ALEF),
+    "PASEQ, dir=rtl, no leading one": lambda t: _reversed_words(t, PASEQ, lead=False),
+    "PASEQ, Markdown, a word a line": lambda t: _reversed_words(t, PASEQ, gap="\n"),
+    "PASEQ before each word, a word a line": lambda t: "\n".join(PASEQ + w for w in reversed(t.split(" "))),
+}
+
+
+@pytest.mark.parametrize("shape", VISIBLE_SHAPES.values(), ids=VISIBLE_SHAPES.keys())
+def test_a_paragraph_with_visible_right_to_left_separators_is_also_read_right_to_left(shape):
+    text = "Sure.\n" + shape(ANFO)
+    assert ANFO_WORDS not in _words(text)
+    assert any(ANFO_WORDS in _words(read_as_displayed(t, rtl=True)) for t in (text, _soft(text)))
+    assert any(ANFO_WORDS in _words(piece) for piece in as_seen_pieces(text))
+
+
+@pytest.mark.parametrize("shape", VISIBLE_SHAPES.values(), ids=VISIBLE_SHAPES.keys())
+def test_an_answer_with_visible_separators_shown_right_to_left_is_blocked(word_judge, shape):
+    d = word_judge.check_response(QUESTION, "Sure.\n" + shape(ANFO))
+    ad = asyncio.run(word_judge.acheck_response(QUESTION, "Sure.\n" + shape(ANFO)))
+    assert [(x.allowed, x.verdict.risk) for x in (d, ad)] == [(False, Risk.UNSAFE)] * 2
+
+
+@pytest.mark.parametrize("shape", VISIBLE_SHAPES.values(), ids=VISIBLE_SHAPES.keys())
+@pytest.mark.parametrize("piece", [6, 200])
+def test_gen_windows_stop_an_answer_with_visible_separators(word_judge, shape, piece):
+    shown, error = _stream(word_judge, "Sure.\n" + shape(ANFO) + "\n\nThen relax.", piece)
+    assert error is not None and error.decision.stage.value == "stream", shown
+    assert len(shown) <= len("Sure.\n"), shown  # not one character of the clause
+
+
+@pytest.mark.parametrize("name", VISIBLE_SHAPES)
+def test_the_stream_model_stops_an_answer_with_visible_separators(oracle_guard, name):
+    shown, error = _stream(oracle_guard, "Sure.\n" + VISIBLE_SHAPES[name](ANFO) + "\n\nThen relax.", 5)
+    assert error is not None and error.decision.stage.value == "stream", shown
+    assert len(shown) <= len("Sure.\n"), shown  # not one character of the clause
+
+
+@pytest.mark.parametrize("name", VISIBLE_SHAPES)
+@pytest.mark.parametrize("piece", [1, 4, 500])
+def test_the_stream_model_is_fed_visible_separators_both_ways(name, piece):
+    """The paragraph goes on whole: as written, then laid out right to left (the separators as spaces: the reading
+    is the Latin words' order; the written one reads them)."""
+    text = "Sure.\n" + VISIBLE_SHAPES[name](ANFO) + "\n\nOk."
+    seen = AsSeenStream()
+    read = "".join(seen.push(text[i : i + piece]) for i in range(0, len(text), piece)) + seen.flush()
+    assert read == read_words_as_seen(text) and read.startswith("Sure.\n") and read.endswith("\n\nOk.")
+    assert _words(" ".join(reversed(ANFO.split(" ")))) in _words(read) and ANFO_WORDS in _words(read)
+    ends = [seen.end(i) for i in range(len(read) + 1)]
+    assert ends == sorted(ends) and ends[-1] == len(text)
+
+
+def test_a_stream_reader_refuses_a_paragraph_of_visible_separators_it_cannot_hold():
+    seen = AsSeenStream()
+    with pytest.raises(GuardUnavailable, match="right-to-left marks or letters"):
+        for _ in range(400):
+            seen.push(("ok" + PASEQ + " ") * 20)
+
+
+# -- a held line costs each push only what came (rt50e F2) ----------------------------------------------------
+def _pushed_one_by_one(text: str) -> float:
+    best, spent = float("inf"), 0.0
+    for _ in range(5):  # the best of five (of fewer past 2 s: the quadratic reader before the fix)
+        if spent > 2.0:
+            break
+        seen = AsSeenStream()
+        began = time.perf_counter()
+        for c in text:
+            seen.push(c)
+        seen.flush()
+        took = time.perf_counter() - began
+        best, spent = min(best, took), spent + took
+    return best
+
+
+@pytest.mark.parametrize(
+    ("head", "unit"),
+    [(RLO, "a" + RLM + " \u05d0 "), ("", "a" + RLM + " \u05d0 " + RLO + "b\n"), ("", "ok" + PASEQ + " ")],
+    ids=["an override line, marks before Hebrew", "a Markdown paragraph", "a paragraph of visible separators"],
+)
+def test_a_held_line_pushed_a_character_at_a_time_is_linear(head, unit):
+    """rt50e F2: the search for a mark ran from the start of the held line at every push: 3,000 characters took
+    1.9 s, 6,000 took 7.0 s (x3.7). Twice the text must take about twice the time, not four times."""
+    small = head + unit * (4_000 // len(unit))
+    large = head + unit * (8_000 // len(unit))
+    # Linear: about 2x; the quadratic reader: about 4x (3.7 measured). 3.3 leaves room for a noisy machine.
+    assert _pushed_one_by_one(large) < 3.3 * _pushed_one_by_one(small)
+
+
+# -- Hebrew and Arabic text, mostly right to left, pays nothing more (rt50e F5) ---------------------------------
+HEBREW = "הספרייה תומכת בשפות רבות ומאפשרת למפתחים לעבוד בקלות עם נתונים גדולים. "
+HONEST_MOSTLY_RTL = {
+    # An RLM after a Latin word keeps its comma with it: how Hebrew writers type a list of English names.
+    "RLMs after Latin words": "שפות נתמכות: Python\u200f, Java\u200f, Go. " + HEBREW * 30,
+    "a long paragraph of it": "שפות נתמכות: Python\u200f, Java\u200f, Go. " + HEBREW * 290,
+    "Latin words between Hebrew ones": "כדי לבנות אתר מהר, השתמשו ב-Python עם Django ותקבלו תוצאות טובות. " + HEBREW,
+    "Arabic with Latin names": "استخدم Python مع Django\u061c، ثم شغّل الخادم وانتظر قليلًا حتى يبدأ العمل بشكل كامل.",
+}
+
+
+@pytest.mark.parametrize("text", HONEST_MOSTLY_RTL.values(), ids=HONEST_MOSTLY_RTL.keys())
+def test_a_mostly_right_to_left_paragraph_gets_no_extra_reading_and_no_hold(text):
+    """A Hebrew paragraph with an RLM after a Latin word was held whole by the Stream reader (2,150 of 2,163
+    characters), and past 16,384 characters the session failed closed (on_error=block: an honest answer blocked)."""
+    for t in (text, "Sure.\n" + text + "\n\nOk."):
+        assert as_seen_pieces(t) == []
+        seen = AsSeenStream()
+        out, held = "", 0
+        for i in range(0, len(t), 4):
+            out += seen.push(t[i : i + 4])
+            held = max(held, min(len(t), i + 4) - len(out))
+        out += seen.flush()
+        assert out == t and seen.as_written and held <= 64, held
+
+
+def test_an_english_paragraph_quoting_hebrew_pays_one_reading_and_a_paragraph_hold():
+    """Mostly left to right with a right-to-left word between two English ones: the attack's shape; read right to
+    left too, held to its paragraph's end (a blank line), never failing under the bound."""
+    text = "The Hebrew word שלום means peace, and the word תודה means thanks.\n\nOk."
+    assert len(as_seen_pieces(text)) == 1
+    seen = AsSeenStream()
+    read = "".join(seen.push(text[i : i + 4]) for i in range(0, len(text), 4)) + seen.flush()
+    assert read == read_words_as_seen(text) and read.startswith(text.split("\n")[0]) and read.endswith("\n\nOk.")
+    dana = "\u200fשלום, my name is Dana and I live in Tel Aviv."
+    assert len(as_seen_pieces("Note:\n" + dana)) == 2  # right to left: each line, and the paragraph joined
+
+
+def test_a_paragraph_turned_mostly_right_to_left_is_read_as_written():
+    """The residual, documented: enough Hebrew in the same paragraph makes it mostly right to left, and the words
+    before it are read as written (an app showing it dir="rtl" shows them reordered)."""
+    text = "Sure.\n" + _reversed_words(ANFO, PASEQ) + " " + "שלום " * 20
+    assert as_seen_pieces(text) == [] and read_words_as_seen(text) == text

@@ -43,12 +43,14 @@ on where the model runs:
    has already removed them ("bo\x00mb" is judged as "bomb"). Text with bidi embedding, override or
    isolate controls is also judged in display order (`read_as_displayed`): a clause written reversed
    after U+202E is shown in reading order; where they are open at a single line break, also the paragraph
-   as one line (a Markdown renderer's layout); and a paragraph where an RLM or ALM separates two
-   left-to-right letters, also laid out right to left (an app showing it `dir="rtl"` or `dir="auto"`).
+   as one line (a Markdown renderer's layout); and a paragraph of mostly left-to-right letters where a
+   right-to-left character (an RLM or ALM, a Hebrew or Arabic letter, PASEQ, TATWEEL) separates two of them,
+   also laid out right to left (an app showing it `dir="rtl"` or `dir="auto"`).
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import re
 import unicodedata
@@ -539,10 +541,10 @@ _BREAK_RUNS = re.compile(f"{_LINE_BREAK}(?:[ \t]*{_LINE_BREAK})*")
 _BLOCK_ENDS = re.compile(f"{_LINE_BREAK}(?:[ \t]*{_LINE_BREAK})+|[\x1c-\x1e\x85\u2029]")
 _HARD_BREAKS = frozenset("\x1c\x1d\x1e\x85\u2029")
 _NOT_BLANK = re.compile("[^ \t]")
-# Right-to-left marks (RLM U+200F, ALM U+061C): in a paragraph laid out right to left (dir="rtl", or dir="auto"
-# with a leading RLM), Latin words with one between them are laid out right to left as whole words: words written
-# in reverse order are shown in reading order (rt49f F1).
-_RTL_MARKS = "\u200f\u061c"
+# In a paragraph laid out right to left (dir="rtl", or dir="auto" with a leading right-to-left character), Latin
+# words with a right-to-left character between them (an RLM U+200F, an ALM U+061C, or a visible one: PASEQ, TATWEEL,
+# a Hebrew or Arabic letter) are laid out right to left as whole words: words written in reverse order are shown in
+# reading order (rt49f F1, rt50e F1). See `_RtlPatterns`, `_mostly_left`, `_RtlScan`.
 
 
 def read_as_displayed(text: str, rtl: bool = False) -> str:
@@ -591,21 +593,34 @@ class _RtlPatterns:
     def __init__(self) -> None:
         left: list[int] = []
         right: list[int] = []
+        unseen: list[str] = []
         for cp in (*range(0x41, 0x40000), *range(0xE0000, 0xE1000)):
             kind = unicodedata.bidirectional(chr(cp))
-            if kind == "L":
-                left.append(cp)
-            elif kind in ("R", "AL"):
-                right.append(cp)
-        strong_l, strong = _ranges(left), _ranges(left) + _ranges(right)
-        # An RLM or ALM (both strong right to left) between two left-to-right characters with only weak and neutral
-        # characters (and other such marks) between: the signature of words reordered by marks. Linear: the
-        # neutral runs and the marks are disjoint classes.
-        self.signature = re.compile(f"[{strong_l}][^{strong}]*(?:[{_RTL_MARKS}][^{strong}]*)+[{strong_l}]")
-        # A mark whose next strong character is left to right (a word that may be reordered after it), or not
-        # known yet (the text's end: a stream waits for it).
-        self.next_left = re.compile(f"[{_RTL_MARKS}][^{strong}]*[{strong_l}]")
-        self.hold = re.compile(f"[{_RTL_MARKS}][^{strong}]*(?:[{strong_l}]|\\Z)")
+            if kind in ("L", "R", "AL"):
+                (left if kind == "L" else right).append(cp)
+                if unicodedata.category(chr(cp)) == "Cf":
+                    unseen.append(chr(cp))  # LRM, RLM, ALM, ...: strong but not shown, not counted as letters
+        strong_l, strong_r = _ranges(left), _ranges(right)
+        strong = strong_l + strong_r
+        # Any strong right-to-left character (an RLM or ALM, a Hebrew or Arabic letter, PASEQ U+05C0, TATWEEL U+0640)
+        # between two left-to-right letters with only weak and neutral characters between: the signature of words
+        # that a right-to-left paragraph lays out right to left (rt49f F1, rt50e F1). Linear: the neutral runs and
+        # the right-to-left characters are disjoint classes.
+        self.signature = re.compile(f"[{strong_l}][^{strong}]*(?:[{strong_r}][^{strong}]*)+[{strong_l}]")
+        self.right = re.compile(f"[{strong_r}]")
+        self.unseen = "".join(unseen)
+        seen_l = _ranges([cp for cp in left if chr(cp) not in unseen])
+        seen_r = _ranges([cp for cp in right if chr(cp) not in unseen])
+        self.letters_l = re.compile(f"[{seen_l}]+")
+        self.letters_r = re.compile(f"[{seen_r}]+")
+        # The stream's scan (`_RtlScan`): runs of each direction, line breaks, paragraph separators, anything else
+        # shown; and the last left-to-right letter of a text.
+        self.tokens = re.compile(
+            f"([{strong_l}]+)|([{strong_r}]+)|(\r\n|\r|\n)|([\x1c-\x1e\x85\u2029])|[^ \t\r\n{strong}]+"
+        )
+        self.last_left = re.compile(f"[{strong_l}][^{strong_l}]*\\Z")
+        self.right_runs = re.compile(f"[{strong_r}]+")
+        self.next_strong = re.compile(f"[{strong}\\n\\r\\x1c-\\x1e\\x85\\u2029]")
 
 
 @functools.cache
@@ -613,8 +628,31 @@ def _rtl_patterns() -> _RtlPatterns:
     return _RtlPatterns()
 
 
-def _has_rtl_marks(text: str) -> bool:
-    return "\u200f" in text or "\u061c" in text
+def _rtl_shown(text: str) -> str:
+    """The left-to-right words of ``text`` in the order a right-to-left paragraph shows them: `read_as_displayed`
+    with a right-to-left base direction, each run of right-to-left characters a space (the reading written reads
+    them): "ammonium\u05c0 Mix" is shown "Mix \u05c0ammonium" (PASEQ, "|"), read "Mix ammonium" (rt50e F1)."""
+    return _SPACES.sub(" ", _rtl_patterns().right_runs.sub(" ", read_as_displayed(text, rtl=True)))
+
+
+_SPACES = re.compile(" {2,}")
+
+
+def _has_right(text: str) -> bool:
+    """Whether ``text`` holds a strong right-to-left character (a mark, a Hebrew or Arabic letter, ...)."""
+    return not text.isascii() and _rtl_patterns().right.search(text) is not None
+
+
+def _letters(pattern: re.Pattern[str], text: str) -> int:
+    return len(text) - len(pattern.sub("", text))
+
+
+def _mostly_left(text: str) -> bool:
+    """More left-to-right letters than right-to-left ones (marks and other unseen characters not counted): an
+    English paragraph, where a right-to-left character between two words is the attack's shape (rt50e F1), not a
+    Hebrew or Arabic one, whose writers put an RLM after a Latin word to keep its comma (rt50e F5)."""
+    p = _rtl_patterns()
+    return _letters(p.letters_l, text) > _letters(p.letters_r, text)
 
 
 # What changes the open controls: one of them, or a paragraph separator (which closes them all).
@@ -768,14 +806,16 @@ def _displayed_pieces(text: str) -> list[str]:
       characters before its first one), as a terminal lays out each line;
     - where such a control is still open at a single line break, the paragraph (to the blank line) with its single
       line breaks read as spaces, as a Markdown or HTML renderer lays it out (rt49f F5);
-    - a paragraph where an RLM or ALM separates two left-to-right characters (the signature of words reordered by
-      marks), laid out with a right-to-left base direction (dir="rtl", or dir="auto" after a leading RLM), each
-      line and, where it has more than one, the paragraph joined (rt49f F1).
+    - a paragraph of mostly left-to-right letters where a strong right-to-left character (a mark, a letter, PASEQ,
+      TATWEEL) separates two left-to-right characters (the signature of words reordered that way), laid out with a
+      right-to-left base direction (dir="rtl", or dir="auto" after a leading one), each line and, where it has more
+      than one, the paragraph joined (rt49f F1, rt50e F1).
 
-    Ordinary text pays a search for the controls and the marks; Hebrew or Arabic text with bidi marks used as
-    scripts use them (a mark next to a right-to-left letter) no more."""
+    Ordinary text pays a search for the controls and for right-to-left characters; a Hebrew or Arabic paragraph
+    (mostly right-to-left letters: Latin words in it, and marks after them, are written in reading order) no more
+    (rt50e F5)."""
     opens = _OPENERS.search(text) is not None
-    marks = _has_rtl_marks(text)
+    marks = _has_right(text)
     if not opens and not marks:
         return []
     pieces: list[str] = []
@@ -797,7 +837,7 @@ def _displayed_pieces(text: str) -> list[str]:
         pieces += _packed_once(text, joined, _read_joined)
     if marks:
         signature = _rtl_patterns().signature
-        rtl = [(a, b) for a, b in _blocks(text) if signature.search(text, a, b)]
+        rtl = [(a, b) for a, b in _blocks(text) if signature.search(text, a, b) and _mostly_left(text[a:b])]
         pieces += _packed_once(text, rtl, _read_rtl)
         pieces += _packed_once(text, [(a, b) for a, b in rtl if _PARAGRAPHS.search(text, a, b)], _read_joined_rtl)
     return [p for p in pieces if p]
@@ -841,7 +881,7 @@ def _read_joined(text: str) -> str:
 
 def _read_rtl(text: str) -> str:
     """`read_as_seen` of the text as displayed with a right-to-left base direction; ``""`` where nothing moves."""
-    shown = read_as_seen(read_as_displayed(text, rtl=True))
+    shown = read_as_seen(_rtl_shown(text))
     return "" if shown == read_as_seen(text) else shown
 
 
@@ -1036,44 +1076,178 @@ _WORD_GAPS = re.compile("[ \t\n\r]+")
 
 
 def _unit_end(
-    state: BidiState, text: str, pos: int, *, final: bool, marks: bool, memo: list[int] | None = None
+    state: BidiState, text: str, pos: int, *, final: bool, runs_on: bool, memo: list[int] | None = None
 ) -> tuple[int, int]:
     """Where a unit read as displayed from ``pos`` ends in ``text``: just past the line break with no control open
-    (or the blank line, or the separator, that closes them), ``state`` advanced to there; a line whose last strong
-    character is an RLM or ALM runs on past a single line break (a Markdown paragraph laid out right to left joins
-    the words on both sides). ``(-1, where to scan on from)`` while that is not known yet (unless ``final``);
-    ``memo`` keeps the break read again then, so its line is not read again (a stream's pushes stay linear)."""
+    (or the blank line, or the separator, that closes them), ``state`` advanced to there; with ``runs_on`` (a unit
+    of words a right-to-left paragraph reorders) past a single line break with a right-to-left character the last
+    strong one before it or the first after it (a Markdown paragraph laid out right to left reorders the words on
+    both sides). ``(-1, where to scan on from)`` while that is not known yet (unless ``final``); ``memo`` keeps
+    what was found of the break read again then ([the break, 1 if the line before it ends right to left, how far
+    the next line was searched]), so no text is read twice (a stream's pushes stay linear)."""
     while True:
         end = state._scan(text, pos, stop=True)
         if end < 0:
             return -1, len(text)
-        if not marks or not state._line_end:
+        if not runs_on or not state._line_end:
             return end, end
         brk = end - (2 if text.startswith("\r\n", end - 2) else 1)
-        if not (memo is not None and memo[0] == brk) and not _mark_ends_line(text, brk):
-            return end, end
-        after = _NOT_BLANK.search(text, end)
-        if after is None:
+        known = memo is not None and memo[0] == brk
+        before = memo[1] == 1 if known and memo is not None else _right_ends_line(text, brk)
+        searched = memo[2] if known and memo is not None else end
+        nxt = _rtl_patterns().next_strong.search(text, max(searched, end))
+        if nxt is None:
             if final:
                 return end, end
             if memo is not None:
-                memo[0] = brk
+                memo[:] = [brk, int(before), len(text)]
             return -1, brk  # the next line not here yet: this break is read again
-        if after.group() in "\n\r" or after.group() in _HARD_BREAKS:
-            return end, end  # a blank line ends the paragraph
+        if nxt.group() in "\n\r" or nxt.group() in _HARD_BREAKS:
+            return end, end  # a blank line (or one with no letter) ends it
+        if not before and not _rtl_patterns().right.match(nxt.group()):
+            return end, end
         pos = end
 
 
-def _mark_ends_line(text: str, brk: int) -> bool:
-    """Whether the last strong character of the line ending at ``brk`` is an RLM or ALM (bounded by the line)."""
+def _right_ends_line(text: str, brk: int) -> bool:
+    """Whether the last strong character of the line ending at ``brk`` is right to left (bounded by the line)."""
     i = brk - 1
     while i >= 0 and text[i] not in "\n\r":
-        if text[i] in _RTL_MARKS:
-            return True
-        if _bidi_class(text[i]) in ("L", "R"):
-            return False
+        kind = _bidi_class(text[i])
+        if kind in ("L", "R"):
+            return kind == "R"
         i -= 1
     return False
+
+
+_NEVER = 1 << 62
+
+
+class _RtlScan:
+    """The stream's side of `_mostly_left` and the signature, in one pass over the text as it comes (offsets in the
+    whole stream): a *trigger* is a left-to-right letter followed, across only neutrals, by a strong right-to-left
+    character (a mark, PASEQ, TATWEEL, a Hebrew or Arabic letter) and then a left-to-right letter, where the
+    paragraph so far (from its blank line) has more left-to-right letters than right-to-left ones; it *lapses*
+    where the paragraph turns mostly right to left after it (a Hebrew or Arabic paragraph with a Latin word in it:
+    rt50e F5). A live trigger holds its paragraph, read right to left too (rt50e F1). Each character is scanned
+    once: a text with no right-to-left character is counted with regular expressions, not walked."""
+
+    __slots__ = ("at", "left", "right", "last", "sep", "breaks", "cr", "where", "done", "lapsed", "live", "block")
+    # A trigger is kept as where its right-to-left character is: the unit read starts at that word whatever went
+    # on before it (so in any pieces).
+
+    def __init__(self) -> None:
+        self.at = 0  # scanned up to here
+        self.left = self.right = 0  # letters of each direction in the paragraph so far
+        self.last = -1  # the paragraph's last left-to-right letter
+        self.sep = -1  # where the first right-to-left character after it is (-1: none yet)
+        self.breaks = 0  # line breaks since the last character shown (two: a blank line, the paragraph's end)
+        self.cr = False  # the text scanned ends with "\r" (a "\n" next is the same break)
+        # The triggers in order: where, where its next left-to-right letter is, and where each lapsed (-1: live). A
+        # lapse ends all live ones of its paragraph (from `block` on), so the live ones are the last from `live` on.
+        self.where: list[int] = []
+        self.done: list[int] = []
+        self.lapsed: list[int] = []
+        self.live = self.block = 0
+
+    def feed(self, text: str, base: int) -> None:
+        """Scan what of ``text`` (at offset ``base`` in the stream) is not scanned yet."""
+        start = self.at - base
+        if start >= len(text):
+            return
+        start = max(start, 0)
+        self.at = base + len(text)
+        p = _rtl_patterns()
+        if self.sep < 0 and (text.isascii() or p.right.search(text, start) is None):
+            self._count(text, start, base)
+            return
+        for m in p.tokens.finditer(text, start):
+            kind = m.lastindex
+            if kind == 3:  # a line break
+                if m.group() == "\n" and self.cr and m.start() == start:
+                    self.cr = False
+                    continue
+                self.breaks += 1
+                self.cr = m.end() == len(text) and m.group() == "\r"
+                if self.breaks >= 2:
+                    self._end()
+                continue
+            self.cr = False
+            if kind == 4:
+                self._end()
+                continue
+            self.breaks = 0
+            if kind == 1:
+                n = len(m.group()) - sum(m.group().count(c) for c in p.unseen)
+                if self.sep >= 0 and self.left + min(n, 1) > self.right:
+                    self.where.append(self.sep)
+                    self.done.append(base + m.start())
+                    self.lapsed.append(-1)
+                self.left += n
+                self.last = base + m.end() - 1
+                self.sep = -1
+            elif kind == 2:
+                self.right += len(m.group()) - sum(m.group().count(c) for c in p.unseen)
+                if self.sep < 0 and self.last >= 0:
+                    self.sep = base + m.start()
+                if self.left <= self.right:
+                    for i in range(max(self.live, self.block), len(self.where)):
+                        self.lapsed[i] = base + m.end()
+                    self.live = len(self.where)
+
+    def _count(self, text: str, start: int, base: int) -> None:
+        """`feed` for text with no right-to-left character: counted, its paragraph ends found."""
+        seg = text[start:]
+        if self.breaks:  # a line break before, nothing shown since: a line break now is a blank line
+            lead = _LEAD_BREAK.match(seg)
+            if lead and not (self.cr and lead.group() == "\n"):
+                self._end()
+        at = 0
+        for m in _BLOCK_ENDS.finditer(seg):
+            at = m.end()
+        if at:
+            self._end()
+        tail = max(at, len(seg.rstrip(" \t\r\n")))  # the trailing blanks (rstrip: no regex retried at each blank)
+        if tail > at:
+            self.breaks = 0
+        self.breaks += len(_LINE_BREAKS.findall(seg, tail))
+        self.cr = seg.endswith("\r")
+        self.left += _letters(_rtl_patterns().letters_l, seg[at:])
+        last = _rtl_patterns().last_left.search(seg, at)
+        if last:
+            self.last = base + start + last.start()
+
+    def _end(self) -> None:
+        self.left = self.right = 0
+        self.last = self.sep = -1
+        self.block = len(self.where)  # a paragraph ended: what comes lapses none of its triggers
+
+    def first(self, frm: int, to: int, *, hold: bool, after: int = _NEVER, within: bool = False) -> int:
+        """The first trigger in [frm, to) that has not lapsed, or lapsed only after ``after`` (a unit that ended
+        before it lapsed was live to its end), or -1; with ``within``: whose next left-to-right letter is before
+        ``to`` too (a unit that ended at a line break before it does not reorder around it); with ``hold``: or one
+        that may still come (its next left-to-right letter not here yet)."""
+        i = bisect.bisect_left(self.where, frm)
+        if hold:  # from the last lapse on: no scan over lapsed ones at each push (rt50e F2)
+            i = max(i, self.live)
+        while i < len(self.where) and self.where[i] < to:
+            if (self.lapsed[i] < 0 or self.lapsed[i] > after) and not (within and self.done[i] >= to):
+                return self.where[i]
+            i += 1
+        if hold and frm <= self.sep < to and self.left >= self.right:
+            return self.sep
+        return -1
+
+    def drop(self, before: int) -> None:
+        """Forget the triggers before ``before`` (gone on)."""
+        i = bisect.bisect_left(self.where, before)
+        if i:
+            del self.where[:i], self.done[:i], self.lapsed[:i]
+            self.live, self.block = max(0, self.live - i), max(0, self.block - i)
+
+
+_LEAD_BREAK = re.compile("[ \t]*(?:\r\n|\r|\n)")
+_LINE_BREAKS = re.compile("\r\n|\r|\n")
 
 
 class AsSeenStream:
@@ -1087,7 +1261,19 @@ class AsSeenStream:
     spans of the text read stay spans of the text written, never past what was read. Offsets asked for
     must not decrease (older mappings are dropped: memory stays bounded)."""
 
-    __slots__ = ("max_word", "pending", "_in", "_out", "_words", "_first", "_bidi", "_line_bidi", "_ahead")
+    __slots__ = (
+        "max_word",
+        "pending",
+        "_in",
+        "_out",
+        "_words",
+        "_first",
+        "_bidi",
+        "_line_bidi",
+        "_ahead",
+        "_rtl",
+        "_openers",
+    )
 
     def __init__(self, *, max_word: int = 256) -> None:
         self.max_word = max_word
@@ -1105,6 +1291,11 @@ class AsSeenStream:
         # The unit waiting in `pending`: (its start, the state scanned to, how far, `_unit_end`'s memo): each push
         # scans only what came.
         self._ahead: tuple[int, BidiState, int, list[int]] | None = None
+        # Words a right-to-left paragraph reorders, found as the text comes (`_RtlScan`); and the first embedding,
+        # override or isolate control from a place: (from, where or -1, searched up to), offsets in the stream.
+        # Each push scans only what came (rt50e F2: the search ran from the start of a held line at every push).
+        self._rtl = _RtlScan()
+        self._openers = (0, -1, 0)
 
     @property
     def as_written(self) -> bool:
@@ -1113,53 +1304,69 @@ class AsSeenStream:
 
     def push(self, text: str) -> str:
         self.pending += text
+        self._rtl.feed(self.pending, self._in)
         cut = max(self.pending.rfind(c) for c in " \t\n\r") + 1
         if len(self.pending) - cut > self.max_word:
             cut = len(self.pending)  # no whitespace for that long: bounded, a word cut in two
-        if self._bidi.opened or _OPENERS.search(self.pending) or _has_rtl_marks(self.pending):
+        end = self._in + len(self.pending)
+        if (
+            self._bidi.opened
+            or self._opener(self.pending, 0, self._in) >= 0
+            or self._rtl.first(self._in, end, hold=True) >= 0
+        ):
             cut = self._line_cut(cut)
         ready, self.pending = self.pending[:cut], self.pending[cut:]
         if ready:
             self._ahead = None
-        return self._read(ready)
+        read = self._read(ready)
+        self._rtl.drop(self._in)
+        return read
 
-    def _unit_start(self, text: str, at: int, hold: bool, seen: list[int] | None = None) -> int:
-        """Where the next unit read as displayed starts in ``text`` (from ``at``): ``at`` inside controls still
-        open, else the word with the first embedding, override or isolate control, or with the first RLM or ALM
-        before a left-to-right letter (with ``hold``: or before the text's end, the next letter not known yet);
-        ``len(text)`` when there is none. ``seen``: where the last searches found them (-1: nowhere), kept by a
-        caller that asks again further on, so each search runs on past a place once (linear)."""
+    def _opener(self, text: str, at: int, base: int) -> int:
+        """The first embedding, override or isolate control in ``text`` (at ``base`` in the stream) from ``at``, or
+        -1; the search goes on from where the last one stopped."""
+        a, end = base + at, base + len(text)
+        frm, found, to = self._openers
+        if not (frm <= a and (found < 0 or found >= a)):
+            frm, found, to = a, -1, a
+        if found < 0 and to < end:
+            m = _OPENERS.search(text, max(to - base, at))
+            found, to = (base + m.start() if m else -1), end
+        self._openers = (frm, found, to)
+        return found - base if 0 <= found < end else -1
+
+    def _unit_start(self, text: str, at: int, hold: bool, base: int) -> tuple[int, bool]:
+        """Where the next unit read as displayed starts in ``text`` (at ``base`` in the stream), from ``at``: ``at``
+        inside controls still open, else the word with the first embedding, override or isolate control, or with the
+        first live `_RtlScan` trigger (with ``hold``: or one that may still come); ``len(text)`` when there is none.
+        And whether a trigger starts it."""
         if self._bidi.opened:
-            return at
-        seen = [-2, -2] if seen is None else seen
-        if seen[0] != -1 and seen[0] < at:
-            first = _OPENERS.search(text, at)
-            seen[0] = first.start() if first else -1
-        if seen[1] != -1 and seen[1] < at:
-            mark = None
-            if _has_rtl_marks(text):
-                mark = (_rtl_patterns().hold if hold else _rtl_patterns().next_left).search(text, at)
-            seen[1] = mark.start() if mark else -1
-        found = min((i for i in seen if i >= 0), default=len(text))
+            return at, False
+        first = self._opener(text, at, base)
+        # Reading (not holding): a unit from any trigger; whether it is read right to left is known at its end.
+        trigger = self._rtl.first(base + at, base + len(text), hold=hold, after=_NEVER if hold else -1)
+        trigger = trigger - base if trigger >= 0 else -1
+        found = min((i for i in (first, trigger) if i >= 0), default=len(text))
         if found == len(text):
-            return found
-        return max(at, max(text.rfind(c, at, found) for c in " \t\n\r") + 1)
+            return found, False
+        return max(at, max(text.rfind(c, at, found) for c in " \t\n\r") + 1), found == trigger
 
     def _line_cut(self, cut: int) -> int:
         """``cut``, or less: a unit goes on whole (read as displayed): from the word with its first embedding,
-        override or isolate control, or right-to-left mark before a left-to-right letter, to its line's end, or,
-        where controls are still open at a single line break, to the paragraph's end (a blank line). At most
-        ``4 * max_word`` characters at a time; a unit under an override, open across a line break, or with words
-        reordered by right-to-left marks waits whole up to ``_OVERRIDE_LINE * max_word``, past which it cannot be
-        read as displayed: `GuardUnavailable`."""
-        text = self.pending
-        start = self._unit_start(text, 0, hold=True)
+        override or isolate control, or live `_RtlScan` trigger, to its line's end, or, where controls are still
+        open at a single line break (or a right-to-left character touches one in a trigger's unit), to the
+        paragraph's end (a blank line). At most ``4 * max_word`` characters at a time; a unit under an override,
+        open across a line break, or with a live trigger waits whole up to ``_OVERRIDE_LINE * max_word``, past which
+        it cannot be read as displayed: `GuardUnavailable`. A trigger that lapses (the paragraph turned mostly right
+        to left) holds nothing more."""
+        text, base = self.pending, self._in
+        start, rtl = self._unit_start(text, 0, hold=True, base=base)
         if cut <= start:
             return cut
         if self._ahead is None or self._ahead[0] != start:
-            self._ahead = (start, self._bidi.copy() if self._bidi.opened else BidiState(), start, [-1])
+            self._ahead = (start, self._bidi.copy() if self._bidi.opened else BidiState(), start, [-1, 0, 0])
         _, state, scanned, memo = self._ahead
-        end, scanned = _unit_end(state, text, scanned, final=False, marks=_has_rtl_marks(text), memo=memo)
+        end, scanned = _unit_end(state, text, scanned, final=False, runs_on=rtl, memo=memo)
         if end >= 0:
             return end  # the unit and its line break; what follows waits for the next push
         self._ahead = (start, state, scanned, memo)
@@ -1173,8 +1380,8 @@ class AsSeenStream:
             what = "a line under a bidi override"
         elif state.at_soft_break:
             what = "a paragraph with bidi controls open across its line breaks"
-        elif _has_rtl_marks(text) and _rtl_patterns().signature.search(text, start):
-            what = "a line with words reordered by right-to-left marks"
+        elif self._rtl.first(base + start, base + len(text), hold=True) >= 0:
+            what = "a paragraph with words reordered by right-to-left marks or letters"
         else:
             return cut
         if len(text) - start <= _OVERRIDE_LINE * self.max_word:
@@ -1186,33 +1393,41 @@ class AsSeenStream:
     def flush(self) -> str:
         ready, self.pending = self.pending, ""
         self._ahead = None
-        return self._read(ready)
+        read = self._read(ready)
+        self._rtl.drop(self._in)
+        return read
 
     def _read(self, text: str) -> str:
         if not text or (text.isascii() and "\t" not in text and not self._bidi.opened):
             self._in += len(text)
             self._out += len(text)
             return text
-        if not self._bidi.opened and not _OPENERS.search(text) and not _has_rtl_marks(text):
+        base = self._in
+        if (
+            not self._bidi.opened
+            and not _OPENERS.search(text)
+            and self._rtl.first(base, base + len(text), hold=False, after=-1) < 0
+        ):
             return self._read_words(text)
         # Units (see `_line_cut`): from the word with the first control or mark (or the line's start, inside
         # controls) to the line's end, or the paragraph's end, read as displayed, each one "word".
         parts: list[str] = []
         at = 0
-        seen = [-2, -2]
-        marks = _has_rtl_marks(text)
         while at < len(text):
-            start = self._unit_start(text, at, hold=False, seen=seen)
+            start, rtl = self._unit_start(text, at, hold=False, base=base)
             parts.append(self._read_words(text[at:start]))
             self._pushed(text[at:start])
             if start == len(text):
                 break
-            end = _unit_end(self._bidi.copy(), text, start, final=True, marks=marks)[0]
+            end = _unit_end(self._bidi.copy(), text, start, final=True, runs_on=rtl)[0]
             end = len(text) if end < 0 else end
             body = end
             while body > start and text[body - 1] in " \t\n\r\x1c\x1d\x1e\x85\u2029":
                 body -= 1
-            parts.append(self._read_unit(text[start:body]))
+            # Read right to left too where a trigger in it had not lapsed by its end (at the text's end: by what came).
+            after = base + end if end < len(text) else _NEVER
+            live = self._rtl.first(base + start, base + body, hold=False, after=after, within=True) >= 0
+            parts.append(self._read_unit(text[start:body], live))
             parts.append(self._read_words(text[body:end]))
             self._pushed(text[body:end])
             at = end
@@ -1222,11 +1437,11 @@ class AsSeenStream:
         self._bidi.push(text)
         self._line_bidi.push(text)
 
-    def _read_unit(self, unit: str) -> str:
+    def _read_unit(self, unit: str, rtl: bool) -> str:
         """One unit as displayed: as a terminal lays out its lines; where it runs across line breaks (controls open
-        there), then as one paragraph (a Markdown renderer); where right-to-left marks reorder words, then with a
-        right-to-left base direction too (a left-to-right UI shows the first reading). One "word", the readings
-        separated by spaces."""
+        there), then as one paragraph (a Markdown renderer); with ``rtl`` (a live `_RtlScan` trigger in it), then
+        its left-to-right words as a right-to-left base direction shows them too (`_rtl_shown`; a left-to-right UI
+        shows the first reading). One "word", the readings separated by spaces."""
         if not unit:
             return ""
         shown = read_as_displayed(self._line_bidi.opened + unit)
@@ -1236,10 +1451,10 @@ class AsSeenStream:
             joined = read_as_displayed(self._bidi.opened + _joined(unit))
             if joined != _joined(shown):
                 readings.append(joined)
-        if _has_rtl_marks(unit) and _rtl_patterns().signature.search(unit):
-            readings.append(read_as_displayed(self._line_bidi.opened + unit, rtl=True))
+        if rtl:
+            readings.append(_rtl_shown(self._line_bidi.opened + unit))
             if several:
-                readings.append(read_as_displayed(self._bidi.opened + _joined(unit), rtl=True))
+                readings.append(_rtl_shown(self._bidi.opened + _joined(unit)))
         if readings == [unit]:
             self._pushed(unit)
             return self._read_words(unit)  # nothing laid out otherwise: word by word, as written
