@@ -108,6 +108,7 @@ from ._messages import (
     variable_checks,
 )
 from ._options import known_options
+from ._pickling import state_of_a_copy
 from ._stream import ActionHold, ChatChunks, CompletionChunks, aclose_upstream, close_upstream, unread_text
 
 if TYPE_CHECKING:
@@ -179,6 +180,10 @@ class GuardedLLM(FunctionCallingLLM):
       demo guard misreads code signatures); turn it on for tools from outside (an MCP server's list, a hub's
       ToolSpec). Each distinct list costs one check, then is remembered.
     """
+
+    def __getstate__(self) -> dict[str, Any]:
+        # LlamaIndex's drops the guard from the live object's own __dict__ (rt50f F4): from a copy instead.
+        return state_of_a_copy(self, super().__getstate__)
 
     # A misspelt option (`on_violation`, LangChain's name for `on_block`) is an error, not silently dropped.
     @model_validator(mode="before")

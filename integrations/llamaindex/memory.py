@@ -49,6 +49,7 @@ from ._messages import (
     tool_calls_of,
     wire_text,
 )
+from ._pickling import state_of_a_copy
 
 __all__ = ["GuardMissing", "GuardedMemory"]
 
@@ -175,6 +176,10 @@ class GuardedMemory(BaseMemory):
     the wrapped memory. Rebuilt from a serialized state (a saved workflow Context), it has no guard: its first use
     raises `GuardMissing`.
     """
+
+    def __getstate__(self) -> dict[str, Any]:
+        # LlamaIndex's drops the guard from the live object's own __dict__ (rt50f F4): from a copy instead.
+        return state_of_a_copy(self, super().__getstate__)
 
     memory: SerializeAsAny[BaseMemory] = Field(description="The memory being guarded.")
     guard: Any = Field(exclude=True, description="The qwenguard Guard.")

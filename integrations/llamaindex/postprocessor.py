@@ -23,6 +23,7 @@ from qwenguard.core import Decision, Guard, enforce
 from .._common import require_guard
 from ._messages import value_strings
 from ._options import known_options
+from ._pickling import state_of_a_copy
 
 __all__ = ["GuardNodePostprocessor", "OnBlock", "screen_nodes", "ascreen_nodes"]
 
@@ -119,6 +120,10 @@ class GuardNodePostprocessor(BaseNodePostprocessor):
     - Put it last: a postprocessor after it that fetches nodes (``PrevNextNodePostprocessor``) adds unjudged
       ones.
     """
+
+    def __getstate__(self) -> dict[str, Any]:
+        # LlamaIndex's drops the guard from the live object's own __dict__ (rt50f F4): from a copy instead.
+        return state_of_a_copy(self, super().__getstate__)
 
     # A misspelt option (`on_violation`, LangChain's name for `on_block`) is an error, not silently dropped.
     @model_validator(mode="before")

@@ -17,6 +17,7 @@ from qwenguard.core import Decision, Guard
 
 from .._common import require_guard
 from ._options import known_options
+from ._pickling import state_of_a_copy
 from .postprocessor import OnBlock, keep_allowed, node_text
 
 __all__ = ["GuardTransform"]
@@ -31,6 +32,10 @@ class GuardTransform(TransformComponent):
     the guard either way). ``on_block="raise"`` stops the ingestion at the first blocked node.
     Flagged nodes keep the Decision in ``metadata["qwenguard_decision"]``.
     """
+
+    def __getstate__(self) -> dict[str, Any]:
+        # LlamaIndex's drops the guard from the live object's own __dict__ (rt50f F4): from a copy instead.
+        return state_of_a_copy(self, super().__getstate__)
 
     # A misspelt option (`on_violation`, LangChain's name for `on_block`) is an error, not silently dropped.
     @model_validator(mode="before")

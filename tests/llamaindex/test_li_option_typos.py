@@ -42,3 +42,18 @@ def test_a_component_loads_its_own_serialized_form(guard: Guard) -> None:
         dumped = {k: v for k, v in made.to_dict().items() if k not in ("llm", "callback_manager")}
         extra = {"llm": MockFunctionCallingLLM()} if name == "llm" else {}
         assert type(made).model_validate({**dumped, **extra, "guard": guard}).guard is guard
+
+
+def test_pickling_a_component_leaves_the_live_one_guarded(guard: Guard) -> None:
+    """rt50f F4 (b): LlamaIndex's __getstate__ dropped the (unpicklable) guard from the live object's own __dict__:
+    after pickle.dumps (IngestionPipeline with num_workers > 1, a saved Context) the original had no guard."""
+    import pickle
+
+    from llama_index.core.memory import ChatMemoryBuffer
+    from qwenguard.integrations.llamaindex import GuardedMemory
+
+    made = [MAKERS[name](guard) for name in ("postprocessor", "transform", "llm")]
+    made.append(GuardedMemory(ChatMemoryBuffer.from_defaults(), guard))
+    for component in made:
+        pickle.dumps(component)
+        assert component.guard is guard, type(component).__name__
