@@ -1038,6 +1038,24 @@ def test_a_client_dripping_bodies_waits_behind_its_own_drips():
                 sock.close()
 
 
+def _heads_without_bodies(url: str, count: int) -> list[socket.socket]:
+    """``count`` sockets from 127.0.0.1, each with a request head and one byte of its body, then nothing."""
+    held = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", _port(url)))
+        sock.sendall(DRIP_HEAD + DRIP_BODY[:1])
+        held.append(sock)
+    time.sleep(0.5)
+    return held
+
+
+def _checks_from_another_address(url: str) -> list[httpx.Response]:
+    """Three checks from another address (127.0.0.2)."""
+    with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=10) as other:
+        body = [{"conversations": [[{"role": "user", "content": f"q {i}"}]]} for i in range(3)]
+        return [other.post(url + "/v1/moderate", json=b) for b in body]
+
+
 def test_one_address_sending_heads_without_bodies_cannot_take_every_socket():
     """rt50b F1: one address opened more sockets than ``--max-connections`` and sent on each a request head and
     one byte of its body. Past its 16 body turns its requests waited for one without bound, and a request
@@ -1047,17 +1065,8 @@ def test_one_address_sending_heads_without_bodies_cannot_take_every_socket():
     with guarded(safe_backend(), max_connections=48, max_bodies_per_client=4) as url:
         held = []
         try:
-            for _ in range(56):
-                sock = socket.create_connection(("127.0.0.1", _port(url)))
-                sock.sendall(DRIP_HEAD + DRIP_BODY[:1])
-                held.append(sock)
-            time.sleep(0.5)
-            other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=10)
-            answers = [
-                other.post(url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": f"q {i}"}]]})
-                for i in range(3)
-            ]
-            other.close()
+            held += _heads_without_bodies(url, 56)
+            answers = _checks_from_another_address(url)
             assert [r.status_code for r in answers] == [200, 200, 200], [r.text for r in answers]
             refused = held[-1]
             head = _read_all(refused).split(b"\r\n", 1)[0]
@@ -1080,17 +1089,8 @@ def test_one_address_filling_the_socket_budget_with_sessions_and_bodies_does_not
                 assert json.loads(conn.recv(timeout=10))["type"] == "opened"
             held = []
             try:
-                for _ in range(40):
-                    sock = socket.create_connection(("127.0.0.1", _port(url)))
-                    sock.sendall(DRIP_HEAD + DRIP_BODY[:1])
-                    held.append(sock)
-                time.sleep(0.5)
-                other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=10)
-                answers = [
-                    other.post(url + "/v1/moderate", json={"conversations": [[{"role": "user", "content": f"q {i}"}]]})
-                    for i in range(3)
-                ]
-                other.close()
+                held += _heads_without_bodies(url, 40)
+                answers = _checks_from_another_address(url)
                 assert [r.status_code for r in answers] == [200, 200, 200], [r.text for r in answers]
             finally:
                 for sock in held:

@@ -15,7 +15,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]  # re-exported, no __all__
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
@@ -32,8 +32,8 @@ from qwenguard.core import Decision, Guard
 from qwenguard.core.formats.conversations import response_conversation
 
 from .._common import Bounded, require_guard
+from ._component import GuardComponent
 from ._messages import message_text, plan_inputs
-from ._options import known_options
 from .postprocessor import node_text
 
 __all__ = ["GuardEventHandler", "AuditRecord"]
@@ -46,7 +46,7 @@ AuditRecord = tuple[str, "str | None", Decision]
 MAX_OPEN_STREAMS = 1024
 
 
-class GuardEventHandler(BaseEventHandler):
+class GuardEventHandler(GuardComponent, BaseEventHandler):
     """Judge queries, retrieved nodes and LLM answers as they pass, and record the Decisions.
 
     Audit and metrics only: **it cannot block anything**, because LlamaIndex swallows every
@@ -60,12 +60,6 @@ class GuardEventHandler(BaseEventHandler):
     of ``(stage, action)``; ``on_record``: optional callable given each record (e.g. a log
     shipper). Checks run synchronously in the dispatching thread: they add the guard's latency.
     """
-
-    # A misspelt option (`on_violation`, LangChain's name for `on_block`) is an error, not silently dropped.
-    @model_validator(mode="before")
-    @classmethod
-    def _known_options(cls, data: Any) -> Any:
-        return known_options(cls, data)
 
     guard: Any = Field(exclude=True, description="The qwenguard Guard.")
     max_records: int = Field(default=1000, gt=0)

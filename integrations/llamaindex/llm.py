@@ -62,7 +62,7 @@ from llama_index.core.base.llms.types import (
     CompletionResponseGen,
     LLMMetadata,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, SerializeAsAny, model_validator
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, SerializeAsAny
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
 from llama_index.core.prompts import BasePromptTemplate
@@ -85,6 +85,7 @@ from qwenguard.core.streaming.wakeup import (
 from qwenguard.core.verdict import Stage
 
 from .._common import require_guard
+from ._component import GuardComponent
 from ._messages import (
     CONTEXT_VARIABLES,
     QUERY_VARIABLES,
@@ -107,8 +108,6 @@ from ._messages import (
     tools_text,
     variable_checks,
 )
-from ._options import known_options
-from ._pickling import state_of_a_copy
 from ._stream import ActionHold, ChatChunks, CompletionChunks, aclose_upstream, close_upstream, unread_text
 
 if TYPE_CHECKING:
@@ -152,7 +151,7 @@ def _failed_open(decisions: Any) -> bool:
     return any(d.failed_open for d in decisions)
 
 
-class GuardedLLM(FunctionCallingLLM):
+class GuardedLLM(GuardComponent, FunctionCallingLLM):
     """Wrap ``llm`` so that a `Guard` screens its inputs, outputs and tool calls.
 
     >>> Settings.llm = GuardedLLM(llm=OpenAI(model="gpt-4o-mini"), guard=Guard.from_pretrained("demo"))  # doctest: +SKIP
@@ -180,16 +179,6 @@ class GuardedLLM(FunctionCallingLLM):
       demo guard misreads code signatures); turn it on for tools from outside (an MCP server's list, a hub's
       ToolSpec). Each distinct list costs one check, then is remembered.
     """
-
-    def __getstate__(self) -> dict[str, Any]:
-        # LlamaIndex's drops the guard from the live object's own __dict__ (rt50f F4): from a copy instead.
-        return state_of_a_copy(self, super().__getstate__)
-
-    # A misspelt option (`on_violation`, LangChain's name for `on_block`) is an error, not silently dropped.
-    @model_validator(mode="before")
-    @classmethod
-    def _known_options(cls, data: Any) -> Any:
-        return known_options(cls, data)
 
     llm: SerializeAsAny[LLM] = Field(description="The LLM being guarded.")
     guard: Any = Field(exclude=True, description="The qwenguard Guard that screens the traffic.")

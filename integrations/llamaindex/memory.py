@@ -37,6 +37,7 @@ from qwenguard.core.formats.conversations import prompt_conversation, response_c
 from qwenguard.core.verdict import Stage
 
 from .._common import require_guard
+from ._component import state_of_a_copy
 from ._messages import (
     ASSISTANT_ROLES,
     SYSTEM_ROLES,
@@ -49,7 +50,6 @@ from ._messages import (
     tool_calls_of,
     wire_text,
 )
-from ._pickling import state_of_a_copy
 
 __all__ = ["GuardMissing", "GuardedMemory"]
 

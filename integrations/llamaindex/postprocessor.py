@@ -15,15 +15,14 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar
 
-from llama_index.core.bridge.pydantic import Field, model_validator
+from llama_index.core.bridge.pydantic import Field
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
 from qwenguard.core import Decision, Guard, enforce
 
 from .._common import require_guard
+from ._component import GuardComponent
 from ._messages import value_strings
-from ._options import known_options
-from ._pickling import state_of_a_copy
 
 __all__ = ["GuardNodePostprocessor", "OnBlock", "screen_nodes", "ascreen_nodes"]
 
@@ -107,7 +106,7 @@ async def ascreen_nodes(
     return _apply(nodes, await guard.acheck_documents(query, _texts(nodes, guard.max_chars)), on_block, record)
 
 
-class GuardNodePostprocessor(BaseNodePostprocessor):
+class GuardNodePostprocessor(GuardComponent, BaseNodePostprocessor):
     """Drop (or raise on) retrieved nodes the guard blocks.
 
     >>> engine = index.as_query_engine(node_postprocessors=[GuardNodePostprocessor(guard=guard)])  # doctest: +SKIP
@@ -120,16 +119,6 @@ class GuardNodePostprocessor(BaseNodePostprocessor):
     - Put it last: a postprocessor after it that fetches nodes (``PrevNextNodePostprocessor``) adds unjudged
       ones.
     """
-
-    def __getstate__(self) -> dict[str, Any]:
-        # LlamaIndex's drops the guard from the live object's own __dict__ (rt50f F4): from a copy instead.
-        return state_of_a_copy(self, super().__getstate__)
-
-    # A misspelt option (`on_violation`, LangChain's name for `on_block`) is an error, not silently dropped.
-    @model_validator(mode="before")
-    @classmethod
-    def _known_options(cls, data: Any) -> Any:
-        return known_options(cls, data)
 
     guard: Any = Field(exclude=True, description="The qwenguard Guard.")
     on_block: OnBlock = Field(default="drop", description="'drop' blocked nodes, or 'raise' GuardViolation.")

@@ -10,20 +10,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from llama_index.core.bridge.pydantic import model_validator
 from llama_index.core.schema import BaseNode, TransformComponent
 from pydantic import Field, computed_field
 from qwenguard.core import Decision, Guard
 
 from .._common import require_guard
-from ._options import known_options
-from ._pickling import state_of_a_copy
+from ._component import GuardComponent
 from .postprocessor import OnBlock, keep_allowed, node_text
 
 __all__ = ["GuardTransform"]
 
 
-class GuardTransform(TransformComponent):
+class GuardTransform(GuardComponent, TransformComponent):
     """Drop (or raise on) nodes the guard blocks, as one step of an ingestion pipeline.
 
     >>> pipeline = IngestionPipeline(transformations=[SentenceSplitter(), GuardTransform(guard=guard)])  # doctest: +SKIP
@@ -32,16 +30,6 @@ class GuardTransform(TransformComponent):
     the guard either way). ``on_block="raise"`` stops the ingestion at the first blocked node.
     Flagged nodes keep the Decision in ``metadata["qwenguard_decision"]``.
     """
-
-    def __getstate__(self) -> dict[str, Any]:
-        # LlamaIndex's drops the guard from the live object's own __dict__ (rt50f F4): from a copy instead.
-        return state_of_a_copy(self, super().__getstate__)
-
-    # A misspelt option (`on_violation`, LangChain's name for `on_block`) is an error, not silently dropped.
-    @model_validator(mode="before")
-    @classmethod
-    def _known_options(cls, data: Any) -> Any:
-        return known_options(cls, data)
 
     guard: Any = Field(exclude=True, description="The qwenguard Guard.")
     on_block: OnBlock = Field(default="drop", description="'drop' blocked nodes, or 'raise' GuardViolation.")

@@ -124,9 +124,11 @@ def test_a_tools_safe_error_is_raised_unchanged(guard, mode):
     assert isinstance(raised, RuntimeError) and str(raised) == "the search service timed out"
 
 
-def test_a_reviewers_blocked_edit_is_not_echoed_to_the_consumer(guard):
-    """The order docs/langchain.md gives: the reviewer listed after the guard (inside its tool call). Listed
-    before it, the reviewer wraps the guard's notice after the guard returned it: judged at the next model call."""
+SAFE_EMAIL_ARGS = json.dumps({"to": "friend@example.com", "body": "See you at noon."})
+
+
+def _outbox() -> tuple[list[str], Any]:
+    """A ``send_email`` tool and the bodies it sent (none, when the guard holds)."""
     sent: list[str] = []
 
     @tool
@@ -135,9 +137,15 @@ def test_a_reviewers_blocked_edit_is_not_echoed_to_the_consumer(guard):
         sent.append(body)
         return "sent"
 
-    safe_args = json.dumps({"to": "friend@example.com", "body": "See you at noon."})
+    return sent, send_email
+
+
+def test_a_reviewers_blocked_edit_is_not_echoed_to_the_consumer(guard):
+    """The order docs/langchain.md gives: the reviewer listed after the guard (inside its tool call). Listed
+    before it, the reviewer wraps the guard's notice after the guard returned it: judged at the next model call."""
+    sent, send_email = _outbox()
     script = [
-        Reply.words("Let me send that.", tool_calls=[ToolCall("send_email", safe_args, id="c1")]),
+        Reply.words("Let me send that.", tool_calls=[ToolCall("send_email", SAFE_EMAIL_ARGS, id="c1")]),
         Reply.words("Done."),
     ]
     config = {"configurable": {"thread_id": "hitl"}}
@@ -231,16 +239,11 @@ def test_a_notice_annotated_in_place_by_a_middleware_inside_the_guard_is_judged(
             result.content = f"{result.content} (sent with {json.dumps(call['args'])})"
             return result
 
-    sent: list[str] = []
-
-    @tool
-    def send_email(to: str, body: str) -> str:
-        """Send an e-mail."""
-        sent.append(body)
-        return "sent"
-
-    safe_args = json.dumps({"to": "friend@example.com", "body": "See you at noon."})
-    script = [Reply.words("Sending.", tool_calls=[ToolCall("send_email", safe_args, id="c1")]), Reply.words("Done.")]
+    sent, send_email = _outbox()
+    script = [
+        Reply.words("Sending.", tool_calls=[ToolCall("send_email", SAFE_EMAIL_ARGS, id="c1")]),
+        Reply.words("Done."),
+    ]
     config = {"configurable": {"thread_id": "annotated"}}
     with scripted_openai(script, pace=0) as url:
         middleware = [GuardMiddleware(guard, exit_behavior="replace"), EditAndAnnotate()]
