@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import sys
-import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
 
+from .backends.after_fork import fork_safe_lock
 from .policy import require_count
 from .verdict import Verdict
 
@@ -58,7 +58,7 @@ class VerdictCache:
         self.max_bytes = max_bytes
         self.nbytes = 0
         self._data: OrderedDict[Hashable, tuple[Verdict, int]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock(self, "_lock")  # a forked child (gunicorn --preload) gets a fresh one
         self.hits = 0
         self.misses = 0
         self.closed = False

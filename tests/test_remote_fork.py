@@ -100,13 +100,20 @@ def test_async_checks_in_a_forked_child_are_answered(url):
         guard.close()
 
 
-@pytest.mark.parametrize("lock", ["wire", "replicas", "planner"])
+@pytest.mark.parametrize("lock", ["wire", "replicas", "planner", "verdict-cache"])
 def test_a_lock_held_by_a_parent_thread_at_the_fork_does_not_hang_the_child(url, lock):
-    """A parent thread inside the client (picking a replica, planning a check, starting the loop) holds a lock
-    at the instant of the fork: the child inherits it held, and nothing there would ever release it."""
-    guard = Guard.remote(url, model="kw", policy=Policy(timeout_s=5.0), cache_size=0)
+    """A parent thread inside the client (picking a replica, planning a check, starting the loop, reading the
+    verdict cache) holds a lock at the instant of the fork: the child inherits it held, and nothing there would
+    ever release it."""
+    cache_size = 64 if lock == "verdict-cache" else 0
+    guard = Guard.remote(url, model="kw", policy=Policy(timeout_s=5.0), cache_size=cache_size)
     backend = guard.backend
-    held = {"wire": backend._wire_lock, "replicas": backend.replicas._lock, "planner": backend.planner._lock}[lock]
+    held = {
+        "wire": backend._wire_lock,
+        "replicas": backend.replicas._lock,
+        "planner": backend.planner._lock,
+        "verdict-cache": guard.cache._lock,
+    }[lock]
     try:
         assert guard.check_prompt("hello").allowed
         held.acquire()  # as a parent thread would hold it, mid-call
