@@ -85,6 +85,7 @@ __all__ = [
     "block_text",
     "carried_text",
     "codeact_calls",
+    "cut_judged_turns",
     "observation_text",
     "message_text",
     "plan_inputs",
@@ -905,6 +906,61 @@ def block_calls_text(message: ChatMessage, calls: Sequence[ToolSelection] = ()) 
     return "\n".join(lines)
 
 
+#: ``role: `` at a line's start, as LlamaIndex's ``messages_to_history_str`` writes each turn of a history string
+#: (the condense prompts' ``chat_history``).
+_HISTORY_LINE = re.compile(f"({'|'.join(re.escape(r.value) for r in MessageRole)}): ")
+
+
+def _mark_kind(role: str) -> str:
+    if role in _ASSISTANT:
+        return "assistant"
+    if role in _TOOL:
+        return "tool"
+    return "system" if role in _SYSTEM else "user"
+
+
+def cut_judged_turns(text: str, seen: Seen | None) -> tuple[str, list[GuardMessage]]:
+    """``text`` without the turns of a history string in it (``role: content`` lines, as LlamaIndex's
+    ``messages_to_history_str`` writes them) that were judged in that role and let through before, and those
+    turns, in order, as context. A condense step formats the stored history into its prompt: judged whole as the
+    user's text, an earlier answer (a refusal that names what it refuses) would read as the user asking for it
+    and stop every harmless follow-up. Only a turn whose whole text matches a fingerprint ``seen`` holds in that
+    role is cut (never a guess at where a turn ends); everything else stays in the text and is judged as it was.
+    Linear: each turn's fingerprint grows a line at a time (`mark`'s normalisation, word by word)."""
+    if seen is None or not text:
+        return text, []
+    lines = text.split("\n")
+    kept: list[str] = []
+    turns: list[GuardMessage] = []
+    i = 0
+    while i < len(lines):
+        label = _HISTORY_LINE.match(lines[i])
+        if label is None:
+            kept.append(lines[i])
+            i += 1
+            continue
+        kind = _mark_kind(label.group(1))
+        h = hashlib.blake2b(kind.encode(), digest_size=16)
+        h.update(b"\x1f")
+        first, matched = True, -1
+        j = i
+        while j < len(lines) and (j == i or _HISTORY_LINE.match(lines[j]) is None):
+            for word in (lines[j][label.end() :] if j == i else lines[j]).split():
+                h.update((word if first else " " + word).encode("utf-8", "surrogatepass"))
+                first = False
+            if not first and h.copy().digest() in seen:
+                matched = j
+            j += 1
+        if matched < 0:
+            kept.append(lines[i])
+            i += 1
+            continue
+        content = "\n".join([lines[i][label.end() :], *lines[i + 1 : matched + 1]])
+        turns.append({"role": "assistant" if kind == "assistant" else "user", "content": content})
+        i = matched + 1
+    return "\n".join(kept), turns
+
+
 class Seen:
     """A bounded memory of inputs already judged and let through: what is *not* in it is new to the
     model. Oldest entries drop off first (a dropped entry is only judged again)."""
@@ -1144,7 +1200,11 @@ def template_turns(template: BasePromptTemplate, variables: Iterable[str]) -> li
 
 
 def plan_template(
-    variables: Mapping[str, Any], *, screen_context: bool = True, computed: Iterable[str] = ()
+    variables: Mapping[str, Any],
+    *,
+    screen_context: bool = True,
+    computed: Iterable[str] = (),
+    seen: Seen | None = None,
 ) -> InputPlan | None:
     """The checks of a template call (``predict``, a query engine's synthesis), by variable: every variable
     the template is formatted with is judged, as the text the template substitutes for it (`variable_texts`),
@@ -1167,7 +1227,7 @@ def plan_template(
         return None
     conversation = prompt_conversation(texts[query_key])
     checks: Checks = [(Stage.PROMPT, conversation)]
-    others = variable_checks(texts, screen_context=screen_context, query_key=query_key, computed=computed)
+    others = variable_checks(texts, screen_context=screen_context, query_key=query_key, computed=computed, seen=seen)
     # The query comes back as a user turn of the next call's history: judged already.
     return InputPlan(checks + others, conversation, [mark("user", texts[query_key])])
 
@@ -1178,8 +1238,10 @@ def variable_checks(
     screen_context: bool = True,
     query_key: str | None = None,
     computed: Iterable[str] = (),
+    seen: Seen | None = None,
 ) -> Checks:
-    """The checks of a template's variables other than ``query_key`` (see `plan_template`)."""
+    """The checks of a template's variables other than ``query_key`` (see `plan_template`). With ``seen``, the
+    turns of a history string judged before are cut out of a variable judged as a prompt (`cut_judged_turns`)."""
     texts = variable_texts(variables)
     query = texts[query_key] if query_key is not None else ""
     computed = frozenset(computed)
@@ -1193,5 +1255,7 @@ def variable_checks(
         elif key in ANSWER_VARIABLES and query_key is not None:
             checks.append((Stage.RESPONSE, response_conversation(query, value)))
         else:
-            checks.append((Stage.PROMPT, prompt_conversation(value)))
+            rest, turns = cut_judged_turns(value, seen)
+            if rest.strip():
+                checks.append((Stage.PROMPT, prompt_conversation(rest, turns)))
     return checks

@@ -96,6 +96,7 @@ from ._messages import (
     agent_actions,
     answer_marks,
     answer_text,
+    cut_judged_turns,
     mark,
     message_text,
     plan_inputs,
@@ -256,7 +257,9 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
     def _plan_prompt(self, prompt: str) -> _Plan:
         if (pre := self._prescreened_plan()) is not None:
             return pre
-        conversation = prompt_conversation(prompt)
+        # A condense step's prompt holds the stored history: the turns judged before are context, not the user's text.
+        text, turns = cut_judged_turns(prompt, self._seen)
+        conversation = prompt_conversation(text, turns)
         return _Plan([(Stage.PROMPT, conversation)], conversation)
 
     def _resolve(self, prompt: BasePromptTemplate, prompt_args: Mapping[str, Any]) -> tuple[TemplateCall, _Plan | None]:
@@ -266,7 +269,9 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         call = resolve_template(prompt, prompt_args, llm=self, max_chars=self.guard.max_chars)
         plan = None
         if call.exact:
-            plan = plan_template(call.variables, screen_context=self.screen_context, computed=call.computed)
+            plan = plan_template(
+                call.variables, screen_context=self.screen_context, computed=call.computed, seen=self._seen
+            )
         if plan is None:
             return call, None
         # The turns a chat template carries as its own text (a context chat engine's history, a client's
@@ -281,7 +286,9 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         """A template call without a plan is judged by the roles of its formatted messages; its variables
         are judged on their own too, since one may sit in a system message (not judged unless
         ``screen_system``, or when the text the template substitutes is not known)."""
-        return variable_checks(call.variables, screen_context=self.screen_context, computed=call.computed)
+        return variable_checks(
+            call.variables, screen_context=self.screen_context, computed=call.computed, seen=self._seen
+        )
 
     @contextlib.contextmanager
     def _formatted(self, call: TemplateCall) -> Iterator[None]:
