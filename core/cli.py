@@ -354,6 +354,11 @@ def serve(
     max_chars: int = typer.Option(
         200_000, "--max-chars", help="Characters of content per request or stream session (413 / close 1009)."
     ),
+    max_windows_per_request: int = typer.Option(
+        1024,
+        "--max-windows-per-request",
+        help="Guard windows one request may need over all its conversations (413 past it, before any model work).",
+    ),
     max_streams: int | None = typer.Option(
         None, "--max-streams", help="Stream sessions at once (default: --max-concurrency); more get 503."
     ),
@@ -445,6 +450,7 @@ def serve(
         max_conversations=max_conversations,
         max_messages=max_messages,
         max_chars=max_chars,
+        max_windows_per_request=max_windows_per_request,
         max_streams=max_streams,
         max_streams_per_client=max_streams_per_client,
         max_bodies_per_client=max_bodies_per_client,

@@ -495,6 +495,56 @@ def test_conversations_and_characters_are_bounded_by_the_operator():
         assert code == 1009 and "the stream session carries" in frames[-1]["error"]["message"]
 
 
+#: rt50b F3's request: every line-initial turn label is a window of its own, and a conversation's windows were
+#: bounded, a request's were not (256 such conversations planned 25,000 windows and ran to the 30 s deadline).
+FORGED_BATCH = {"conversations": [[{"role": "user", "content": "\nUSER: a" * 12}]] * 24}
+
+
+def test_forged_turn_labels_across_a_batch_are_refused_before_the_model_runs(demo):
+    batcher = demo.backend._batcher
+    rows = batcher.items_run
+    with guarded(demo, max_windows_per_request=64) as url:
+        r = httpx.post(url + "/v1/moderate", json=FORGED_BATCH, timeout=60)
+        assert r.status_code == 413 and "--max-windows-per-request" in r.json()["error"]["message"], r.text
+        assert batcher.items_run == rows  # no window ran
+        one = {"conversations": FORGED_BATCH["conversations"][:2]}  # within the budget: judged
+        assert httpx.post(url + "/v1/moderate", json=one, timeout=60).status_code == 200
+        assert batcher.items_run > rows
+        # One such conversation on an OpenAI route is within the budget (the demo may give it no verdict: 502).
+        r = httpx.post(url + "/v1/chat/completions", json={"messages": FORGED_BATCH["conversations"][0]}, timeout=60)
+        assert r.status_code in (200, 502) and batcher.items_run > rows, r.text
+
+
+def test_a_server_on_a_remote_engine_bounds_a_requests_windows_too():
+    from engines import recording_engine
+
+    with recording_engine() as engine:
+        remote = Guard.remote(engine.url, model="guard", cache_size=0)
+        try:
+            with guarded(remote, max_windows_per_request=64) as url:
+                r = httpx.post(url + "/v1/moderate", json=FORGED_BATCH, timeout=60)
+                assert r.status_code == 413 and "--max-windows-per-request" in r.json()["error"]["message"], r.text
+                assert engine.posts() == []
+                one = {"conversations": FORGED_BATCH["conversations"][:2]}
+                assert httpx.post(url + "/v1/moderate", json=one, timeout=60).status_code == 200
+                assert engine.posts()
+        finally:
+            remote.close()
+
+
+def test_a_library_batch_has_no_window_budget_of_its_own():
+    """The budget is the server's, per request: a library call's conversations are bounded one by one only."""
+    from engines import recording_engine
+
+    with recording_engine() as engine:
+        remote = Guard.remote(engine.url, model="guard", cache_size=0)
+        try:
+            decisions = remote.check_many([("prompt", c) for c in FORGED_BATCH["conversations"]])
+            assert [d.reason for d in decisions] == ["safe"] * len(decisions)
+        finally:
+            remote.close()
+
+
 @pytest.mark.parametrize(
     "frame",
     [

@@ -75,9 +75,11 @@ from ..errors import (
 )
 from ..formats.prompts import parse_verdict, render_prompt
 from ..formats.windows import (
+    CALL_WINDOW_BUDGET,
     DEFAULT_MAX_WINDOW_TOKENS,
     DEFAULT_MAX_WINDOWS,
     DEFAULT_WINDOW_OVERLAP,
+    over_call_budget,
 )
 from ..verdict import Risk, Verdict, worst
 from .after_fork import fork_safe_lock
@@ -1140,14 +1142,24 @@ class OpenAIGen:
             except VerdictParseError:
                 return response.status_code, None
 
-    async def _plan(self, conversations: list[Conversation], context: int, deadline: _Deadline) -> list[CheckPlan]:
+    async def _plan(
+        self, conversations: list[Conversation], context: int, deadline: _Deadline, budget: int | None = None
+    ) -> list[CheckPlan]:
+        """Each conversation's requests; `InputTooLarge` for the whole call past ``budget`` windows in all."""
         want_ids = self.mode == "completion" and self.planner.encoder is not None and self._ids_accepted is not False
 
         abandoned = threading.Event()  # the caller left: planning stops at its next window
 
         def work() -> list[CheckPlan]:
             plan = self.planner.plan
-            return [plan(c, context, ids=want_ids, deadline=deadline.end, abandoned=abandoned) for c in conversations]
+            plans: list[CheckPlan] = []
+            windows = 0
+            for c in conversations:
+                plans.append(plan(c, context, ids=want_ids, deadline=deadline.end, abandoned=abandoned))
+                windows += len(plans[-1].checks)
+                if (too_many := over_call_budget(windows, budget)) is not None:
+                    raise too_many
+            return plans
 
         size = sum(len(m.get("content") or "") for c in conversations for m in c if isinstance(m, Mapping))
         if self.planner.encoder is None and size < _INLINE_PLAN_CHARS:
@@ -1165,13 +1177,15 @@ class OpenAIGen:
                 abandoned.set()
                 job.cancel()
 
-    async def _run(self, conversations: list[Conversation], deadline: _Deadline) -> list[Outcome]:
+    async def _run(
+        self, conversations: list[Conversation], deadline: _Deadline, budget: int | None = None
+    ) -> list[Outcome]:
         wire = self._wire
         assert wire is not None
         CALLER.set(object())  # this call's requests take free slots in turn with other calls' (`FairSlots`)
         wire.ready()
         context = await self._context(wire, deadline)
-        plans = await self._plan(conversations, context, deadline)
+        plans = await self._plan(conversations, context, deadline, budget)
         results = await asyncio.gather(*(self._judge(wire, p, deadline) for p in plans))
         for _ in range(_MAX_REPLANS):
             # A check judged on a cut prompt is planned again, whole, for the smaller context it showed.
@@ -1180,7 +1194,7 @@ class OpenAIGen:
             if not again or smaller >= context:
                 break
             context = smaller
-            replans = await self._plan([conversations[i] for i in again], context, deadline)
+            replans = await self._plan([conversations[i] for i in again], context, deadline, budget)
             redone = await asyncio.gather(*(self._judge(wire, p, deadline) for p in replans))
             for i, result in zip(again, redone):
                 results[i] = result
@@ -1210,8 +1224,9 @@ class OpenAIGen:
         wire = self._start()
         if not conversations:
             return []
+        budget = CALL_WINDOW_BUDGET.get()  # the caller's: the run goes to the client's own loop thread
         outcomes: list[Outcome] = self._result(
-            wire.thread.submit(self._run(list(conversations), _Deadline(timeout))), timeout, "answer"
+            wire.thread.submit(self._run(list(conversations), _Deadline(timeout), budget)), timeout, "answer"
         )
         return outcomes
 
@@ -1220,7 +1235,8 @@ class OpenAIGen:
         wire = self._start()
         if not conversations:
             return []
-        future = wire.thread.submit(self._run(list(conversations), _Deadline(timeout)))
+        budget = CALL_WINDOW_BUDGET.get()  # the caller's: the run goes to the client's own loop thread
+        future = wire.thread.submit(self._run(list(conversations), _Deadline(timeout), budget))
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), None if timeout is None else timeout + _GRACE_S)
         except asyncio.TimeoutError:

@@ -42,7 +42,14 @@ from ..formats.prompts import (
     normalize_messages,
     parse_verdict,
 )
-from ..formats.windows import DEFAULT_MAX_WINDOW_TOKENS, DEFAULT_MAX_WINDOWS, DEFAULT_WINDOW_OVERLAP, WindowPlanner
+from ..formats.windows import (
+    CALL_WINDOW_BUDGET,
+    DEFAULT_MAX_WINDOW_TOKENS,
+    DEFAULT_MAX_WINDOWS,
+    DEFAULT_WINDOW_OVERLAP,
+    WindowPlanner,
+    over_call_budget,
+)
 from ..policy import require_count
 from ..verdict import Risk, Verdict, worst
 from .batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, MicroBatcher
@@ -255,9 +262,13 @@ class TransformersGen:
 
     # -- classification -----------------------------------------------------------------------
     def _plan(
-        self, conversations: Sequence[Sequence[dict[str, str]]], check: Callable[[], None] | None = None
+        self,
+        conversations: Sequence[Sequence[dict[str, str]]],
+        check: Callable[[], None] | None = None,
+        budget: int | None = None,
     ) -> tuple[list[list[int]], list[_Span]]:
-        """All windows of all conversations, flat, and where each conversation's windows are."""
+        """All windows of all conversations, flat, and where each conversation's windows are; `InputTooLarge`
+        for the whole call past ``budget`` windows in all (`CALL_WINDOW_BUDGET`), before any model work."""
         flat: list[list[int]] = []
         spans: list[_Span] = []
         for conv in conversations:
@@ -267,6 +278,8 @@ class TransformersGen:
             except InputTooLarge as exc:
                 spans.append((len(flat), 0, "prompt", exc))
                 continue
+            if (too_many := over_call_budget(len(flat) + len(windows), budget)) is not None:
+                raise too_many
             spans.append((len(flat), len(windows), moderation_mode(msgs), None))
             flat.extend(list(w.ids) for w in windows)
         return flat, spans
@@ -279,7 +292,8 @@ class TransformersGen:
     ) -> tuple[Future[Any], threading.Event]:
         abandoned = threading.Event()  # set when the caller stops waiting: planning stops at its next window
         stop = _stop_check(deadline, timeout, abandoned)
-        return planning_pool().submit(text_chars(conversations), self._plan, conversations, stop), abandoned
+        budget = CALL_WINDOW_BUDGET.get()  # the caller's (a server's request), read on the caller's side
+        return planning_pool().submit(text_chars(conversations), self._plan, conversations, stop, budget), abandoned
 
     def _plan_waiting(
         self, conversations: Sequence[Sequence[dict[str, str]]], deadline: float | None, timeout: float | None

@@ -35,6 +35,7 @@ Reusable by any backend that can count tokens: the encoder needs ``encode(messag
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -49,6 +50,8 @@ __all__ = [
     "DEFAULT_MAX_WINDOW_TOKENS",
     "DEFAULT_WINDOW_OVERLAP",
     "DEFAULT_MAX_WINDOWS",
+    "CALL_WINDOW_BUDGET",
+    "over_call_budget",
 ]
 
 #: Longest guard prompt of one window, in tokens (template included; the model's context may be longer).
@@ -63,6 +66,23 @@ DEFAULT_WINDOW_OVERLAP = 64
 #: Windows one conversation may need (forged-turn windows included). A 1 MB English text at 4K-token
 #: windows needs about 70; more is refused (`InputTooLarge`) rather than run.
 DEFAULT_MAX_WINDOWS = 256
+#: Windows one backend call may plan over all of its conversations, where the caller sets a budget (``qwenguard
+#: serve``: ``--max-windows-per-request``, for the request being served). ``max_windows`` bounds one conversation,
+#: not a batch of them: 256 conversations of forged turn labels planned 25,000 windows and ran to the request's
+#: deadline. ``None`` (a library call): each conversation's ``max_windows`` only.
+CALL_WINDOW_BUDGET: ContextVar[int | None] = ContextVar("qwenguard_call_window_budget", default=None)
+
+
+def over_call_budget(windows: int, budget: int | None) -> InputTooLarge | None:
+    """The error for a call whose conversations need ``windows`` windows in all, past ``budget``; else None."""
+    if budget is None or windows <= budget:
+        return None
+    return InputTooLarge(
+        f"these conversations need more than {budget} windows in all (forged-turn and read-as-seen windows "
+        "included); send fewer at once, or raise the budget (qwenguard serve --max-windows-per-request)"
+    )
+
+
 #: Context tokens a forged-turn piece's window carries (the newest earlier turns, or the tail of the last).
 FORGED_CONTEXT_TOKENS = 256
 #: A window must hold at least this many content tokens, or the context is dropped to make room.

@@ -27,6 +27,10 @@ DEFAULT_MAX_MESSAGES = 256
 #: Characters of content per request (all conversations) or per stream session (prompt and all
 #: text fed): ~50k tokens, more than one full 32k context of the largest Qwen3Guard model.
 DEFAULT_MAX_CHARS = 200_000
+#: Guard windows one request may need over all its conversations (each conversation is bounded by the backend's
+#: ``max_windows``, 256; forged-turn and read-as-seen windows included). 4 per conversation at the most
+#: conversations; 200,000 characters of prose need about 50. Past it: 413 before any model work.
+DEFAULT_MAX_WINDOWS_PER_REQUEST = 1024
 DEFAULT_MAX_STREAMS_PER_CLIENT = 16
 #: Request bodies one client address may be sending at once; more wait for a turn (a body sent at a normal
 #: pace arrives in milliseconds, so only a client dripping bodies ever waits).
@@ -63,6 +67,7 @@ class Limits:
     max_conversations: int = DEFAULT_MAX_CONVERSATIONS
     max_messages: int = DEFAULT_MAX_MESSAGES
     max_chars: int = DEFAULT_MAX_CHARS
+    max_windows_per_request: int = DEFAULT_MAX_WINDOWS_PER_REQUEST
     #: Stream sessions at once (``None``: as many as ``max_concurrency``).
     max_streams: int | None = None
     #: Stream sessions at once from one client address (``None``: 16, or half of `streams` when that is

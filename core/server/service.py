@@ -24,6 +24,7 @@ from ..formats.prompts import (
     normalize_messages,
     render_prompt,
 )
+from ..formats.windows import CALL_WINDOW_BUDGET
 from ..policy import Action, Decision, Policy
 from ..verdict import Risk, Stage, Verdict
 from .limits import LimitExceeded, Limits
@@ -255,6 +256,9 @@ class Service:
                 pending.append(i)
         if pending:
             timeout = self.time_left()
+            # The request's windows in all, not only each conversation's (256 conversations of forged turn labels
+            # planned 25,000 windows and ran to the deadline): read by the backend's planning, in this task.
+            budget = CALL_WINDOW_BUDGET.set(self.limits.max_windows_per_request)
             try:
                 outcomes = await asyncio.wait_for(
                     backend.aclassify([conversations[i] for i in pending], timeout=timeout),
@@ -271,6 +275,8 @@ class Service:
                 self.metrics.guard_errors.labels(type(exc).__name__).inc()
                 logger.warning("guard backend failed: %s", type(exc).__name__)
                 raise ApiError(503, f"guard unavailable: {type(exc).__name__}", "guard_unavailable") from exc
+            finally:
+                CALL_WINDOW_BUDGET.reset(budget)
             for outcome in outcomes:
                 if isinstance(outcome, InputTooLarge):
                     # Past a backend limit (windows per conversation): the caller's error, never a guard
