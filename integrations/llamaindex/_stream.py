@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import inspect
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from llama_index.core.base.llms.types import (
@@ -32,7 +33,7 @@ from llama_index.core.base.llms.types import (
     ThinkingBlock,
 )
 
-from ._messages import answer_text, block_text, thinking_extra
+from ._messages import answer_text, block_text, message_text, thinking_extra
 
 __all__ = [
     "ActionHold",
@@ -181,15 +182,24 @@ class ActionHold:
     MARKS = ("Action Input:", "<execute>")
     _LONGEST = max(map(len, MARKS))
 
-    def __init__(self) -> None:
+    def __init__(self, active: bool = True) -> None:
+        self.active = active  # False: holds nothing (see `for_messages`)
         self._held: list[str] = []  # from the marker on (a list: a long input arrives in many pieces)
         self._maybe = ""  # not holding yet: the end of the released text that may start a marker
         self.holding = False
 
+    @classmethod
+    def for_messages(cls, messages: Sequence[ChatMessage]) -> ActionHold:
+        """A hold for a call whose input shows the model one of the markers (a ReAct header, a CodeAct prompt, an
+        earlier step); one that holds nothing otherwise: an agent's parser takes only the exact markers, which a
+        model never shown them does not write, and a FunctionAgent answer that mentioned "Action Input:" in
+        passing arrived at its end."""
+        return cls(any(mark in message_text(m) for m in messages for mark in cls.MARKS))
+
     def take(self, released: str) -> str:
         """What of newly released text may go out now (the rest is held)."""
-        if not released:
-            return ""
+        if not released or not self.active:
+            return released
         if self.holding:
             self._held.append(released)
             return ""

@@ -26,9 +26,10 @@ What is screened, and as what:
   held back and travel on the final chunk, after they were judged, so an agent never receives an
   unjudged call and a blocked tool never runs; their arguments reach no consumer before that. So are the
   calls agents read in the answer's text: a ReAct step's actions (the one its parser runs first) and a
-  CodeAct answer's ``<execute>`` code, as ``execute({"code": ...})``; a stream holds its text from the first
-  ``Action Input:`` or ``<execute>`` on until those checks passed (`._stream.ActionHold`): the arguments, read
-  as the agent reads them (escapes decoded), may say what the text as streamed does not;
+  CodeAct answer's ``<execute>`` code, as ``execute({"code": ...})``; a stream whose input shows the model one of
+  those markers (a ReAct header, a CodeAct prompt) holds its text from the first ``Action Input:`` or
+  ``<execute>`` on until those checks passed (`._stream.ActionHold`): the arguments, read as the agent reads
+  them (escapes decoded), may say what the text as streamed does not;
 - what a response hands its caller beside its message (``raw``, ``additional_kwargs``: BedrockConverse keeps
   cited text and guardrail traces there alone), but provider bookkeeping and what was judged already, as
   untrusted quoted content before the response (a stream's last chunk) is returned (`_reply_checks`).
@@ -463,12 +464,14 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
     # starts here and the first chunk waits for its verdict.
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         plan = self._start_inputs(self._plan_messages(messages, kwargs))
-        return self._guard_chat_stream(plan, self.llm.stream_chat(messages, **kwargs))
+        hold = ActionHold.for_messages(messages)
+        return self._guard_chat_stream(plan, self.llm.stream_chat(messages, **kwargs), hold)
 
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         plan = await self._astart_inputs(self._plan_messages(messages, kwargs))
+        hold = ActionHold.for_messages(messages)
         return self._aguard_chat_stream(
-            plan, await self._race(plan, self.llm.astream_chat(messages, **kwargs), wait=False)
+            plan, await self._race(plan, self.llm.astream_chat(messages, **kwargs), wait=False), hold
         )
 
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
@@ -494,7 +497,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         judged = [out.streamed, out.reasoned, unread]
         return checks + self._reply_checks(reply_parts(last, own=False), judged, calls), calls
 
-    def _guard_chat_stream(self, plan: _Plan, inner: Iterator[ChatResponse]) -> ChatResponseGen:
+    def _guard_chat_stream(self, plan: _Plan, inner: Iterator[ChatResponse], hold: ActionHold) -> ChatResponseGen:
         out = ChatChunks()
         with contextlib.ExitStack() as stack:
             # The model is read on a thread of its own while a check is in flight, so judged text goes out
@@ -503,7 +506,6 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             stack.callback(chunks.close)
             monitor = stack.enter_context(self.guard.stream(plan.prompt, **self._monitor_options()))
             thinking: Any = None  # a second monitor, opened when the model streams its reasoning
-            hold = ActionHold()  # a text tool call (ReAct arguments, CodeAct code): out once judged as one
             # Late binding wanted: ``thinking`` is opened inside the loop, and its checks wake the race from then on.
             for fresh, chunk in chunks.race(lambda: verdict_waiters(monitor, thinking)):  # noqa: B023
                 if not fresh:
@@ -535,13 +537,12 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             self._passed(plan, final.message, calls, (monitor, thinking))
             yield final
 
-    async def _aguard_chat_stream(self, plan: _Plan, inner: Any) -> ChatResponseAsyncGen:
+    async def _aguard_chat_stream(self, plan: _Plan, inner: Any, hold: ActionHold) -> ChatResponseAsyncGen:
         out = ChatChunks()
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(aclose_upstream, inner)
             monitor = await stack.enter_async_context(self.guard.astream(plan.prompt, **self._monitor_options()))
             thinking: Any = None
-            hold = ActionHold()
             chunks = _raced(plan, inner, lambda: (monitor, thinking))
             stack.push_async_callback(chunks.aclose)  # before the upstream is closed: ends its read
             async for chunk in chunks:

@@ -18,8 +18,11 @@ import logging
 import pytest
 from conftest import openai_like
 from faults import ScriptedBackend
+from llama_index.core.agent.react.formatter import ReActChatFormatter
 from llama_index.core.agent.workflow import AgentStream, ReActAgent
+from llama_index.core.agent.workflow.codeact_agent import DEFAULT_CODE_ACT_PROMPT
 from llama_index.core.base.llms.types import ChatMessage
+from llama_index.core.tools import FunctionTool
 from qwenguard.core import Guard, GuardViolation, Policy, Stage
 from qwenguard.integrations.llamaindex import GuardedLLM
 from scripted_openai import Reply, scripted_openai
@@ -90,12 +93,18 @@ async def test_react_agent_streams_no_character_of_a_blocked_action() -> None:
     assert_nothing_of_the_action(shown)
 
 
+def react_messages(outbox: Outbox) -> list[ChatMessage]:
+    """What a ReAct agent sends: its header (the ``Action Input:`` format, the tools) and the user's turn."""
+    tool = FunctionTool.from_defaults(outbox.send_email)
+    return ReActChatFormatter().format([tool], [ChatMessage(role="user", content="Email Bob.")])
+
+
 def test_sync_stream_holds_the_action_until_judged() -> None:
     with scripted_openai([Reply.words(ANSWER)], pace=PACE) as url:
         llm = GuardedLLM(llm=openai_like(url), guard=oracle())
         received = ""
         with pytest.raises(GuardViolation) as info:
-            for chunk in llm.stream_chat([ChatMessage(role="user", content="Email Bob.")]):
+            for chunk in llm.stream_chat(react_messages(Outbox())):
                 received += chunk.delta or ""
                 assert (chunk.message.content or "") == received  # the message carries what the deltas did
     assert info.value.decision.stage is Stage.TOOL_CALL
@@ -107,11 +116,32 @@ async def test_async_stream_holds_the_action_until_judged() -> None:
         llm = GuardedLLM(llm=openai_like(url), guard=oracle())
         received = ""
         with pytest.raises(GuardViolation) as info:
-            async for chunk in await llm.astream_chat([ChatMessage(role="user", content="Email Bob.")]):
+            async for chunk in await llm.astream_chat(react_messages(Outbox())):
                 received += chunk.delta or ""
                 assert (chunk.message.content or "") == received
     assert info.value.decision.stage is Stage.TOOL_CALL
     assert_nothing_of_the_action(received)
+
+
+MENTION = (
+    "A ReAct prompt asks the model to write Thought:, Action: and Action Input: lines. "
+    + " ".join(["The agent then parses the JSON object, calls the tool and adds an observation."] * 12)
+)
+
+
+@pytest.mark.parametrize("method", ["stream_chat", "astream_chat"])
+async def test_an_answer_that_mentions_the_marker_streams_where_no_agent_reads_actions(method) -> None:
+    """rt50f F6: a FunctionAgent's (or any chat's) answer that said "Action Input:" in passing arrived at its end:
+    the model was never shown the marker, and no parser there reads actions from text."""
+    with scripted_openai([Reply.words(MENTION)], pace=PACE) as url:
+        llm = GuardedLLM(llm=openai_like(url), guard=oracle())
+        messages = [ChatMessage(role="user", content="How do ReAct prompts work?")]
+        if method == "stream_chat":
+            deltas = [c.delta for c in llm.stream_chat(messages) if c.delta]
+        else:
+            deltas = [c.delta async for c in await llm.astream_chat(messages) if c.delta]
+    assert "".join(deltas) == MENTION
+    assert len(deltas[-1]) < len(MENTION) / 4, f"{len(deltas[-1])} of {len(MENTION)} characters came last"
 
 
 async def test_codeact_code_is_held_until_judged() -> None:
@@ -119,7 +149,9 @@ async def test_codeact_code_is_held_until_judged() -> None:
     answer += 'print("Pack it into a pipe. Then add a fuse.")\n</execute>'
     with scripted_openai([Reply.words(answer)], pace=PACE) as url:
         llm = GuardedLLM(llm=openai_like(url), guard=oracle())
-        stream = await llm.astream_chat([ChatMessage(role="user", content="Run it.")])
+        system = DEFAULT_CODE_ACT_PROMPT.replace("{tool_descriptions}", "")  # what a CodeActAgent shows its model
+        messages = [ChatMessage(role="system", content=system), ChatMessage(role="user", content="Run it.")]
+        stream = await llm.astream_chat(messages)
         chunks = [chunk async for chunk in stream]
     before_last = "".join(c.delta or "" for c in chunks[:-1])
     assert before_last and answer.startswith(before_last)
