@@ -174,6 +174,11 @@ def _warn_if_on_event_loop(what: str, twin: str) -> None:
 _UNNAMED: Hashable = object()
 
 
+#: Above either, `acheck_many` prepares its checks (cleaning, neutralising, cache keys) on a worker thread.
+PREPARE_ON_LOOP_ITEMS = 32
+PREPARE_ON_LOOP_CHARS = 50_000
+
+
 @dataclass
 class _Check:
     stage: Stage
@@ -493,23 +498,25 @@ class Guard:
             outcome = self._classify(pending, self._timeout(pending))
             if self._one_by_one_after(pending, outcome):
                 outcome = self._retry_one_by_one(pending, outcome)  # type: ignore[arg-type]
-            if redo := self._without_context_after(pending, outcome):
-                again = self._classify([c for _, c in redo], self._timeout(pending))
-                outcome = _with_retried(outcome, redo, again)  # type: ignore[arg-type]
+            outcome = self._judged_without_context(pending, outcome)
         return self._settle(checks, pending, outcome)
 
     async def acheck_many(self, items: Sequence[tuple[Stage | str, Sequence[Message]]]) -> list[Decision]:
         """Async twin of `check_many`."""
-        checks = [self._prepare(stage, conv) for stage, conv in _stage_items(items)]
+        staged = _stage_items(items)
+        if len(staged) > PREPARE_ON_LOOP_ITEMS or text_size(staged, PREPARE_ON_LOOP_CHARS) > PREPARE_ON_LOOP_CHARS:
+            # Cleaning, label-breaking and hashing thousands of turns is hundreds of milliseconds of work: on a
+            # worker thread, never on the event loop (a client's 10,000-turn history held it 0.3-0.5 s, rt51b F7).
+            checks = await asyncio.to_thread(lambda: [self._prepare(stage, conv) for stage, conv in staged])
+        else:
+            checks = [self._prepare(stage, conv) for stage, conv in staged]
         pending = self._pending(checks)
         outcome: list[Outcome] | BaseException = []
         if pending:
             outcome = await self._aclassify(pending, self._timeout(pending))
             if self._one_by_one_after(pending, outcome):
                 outcome = await self._aretry_one_by_one(pending, outcome)  # type: ignore[arg-type]
-            if redo := self._without_context_after(pending, outcome):
-                again = await self._aclassify([c for _, c in redo], self._timeout(pending))
-                outcome = _with_retried(outcome, redo, again)  # type: ignore[arg-type]
+            outcome = await self._ajudged_without_context(pending, outcome)
         return self._settle(checks, pending, outcome)
 
     def _pending(self, checks: list[_Check]) -> list[_Check]:
@@ -575,6 +582,24 @@ class Guard:
                 "qwenguard: %d checks got no verdict with their context; judging their turns alone", len(redo)
             )
         return redo
+
+    def _judged_without_context(
+        self, pending: Sequence[_Check], outcome: list[Outcome] | BaseException
+    ) -> list[Outcome] | BaseException:
+        """``outcome``, with the checks `_without_context_after` names judged once more (`_with_retried`)."""
+        if redo := self._without_context_after(pending, outcome):
+            again = self._classify([c for _, c in redo], self._timeout(pending))
+            return _with_retried(pending, outcome, redo, again)  # type: ignore[arg-type]
+        return outcome
+
+    async def _ajudged_without_context(
+        self, pending: Sequence[_Check], outcome: list[Outcome] | BaseException
+    ) -> list[Outcome] | BaseException:
+        """Async twin of `_judged_without_context`."""
+        if redo := self._without_context_after(pending, outcome):
+            again = await self._aclassify([c for _, c in redo], self._timeout(pending))
+            return _with_retried(pending, outcome, redo, again)  # type: ignore[arg-type]
+        return outcome
 
     def _retry_plan(self, pending: Sequence[_Check], error: Exception) -> tuple[list[int], float | None]:
         """(the items in the order their calls start: shortest first, the retry's deadline)."""
@@ -738,16 +763,22 @@ def _one_each(outcome: Any, expected: int) -> list[Outcome] | BaseException:
 
 
 def _with_retried(
-    outcome: list[Outcome], redo: list[tuple[int, _Check]], again: list[Outcome] | BaseException
+    pending: Sequence[_Check],
+    outcome: list[Outcome],
+    redo: list[tuple[int, _Check]],
+    again: list[Outcome] | BaseException,
 ) -> list[Outcome]:
     """``outcome`` with the verdicts of the checks judged again alone put in where they are not safe: a harm in the
     context is not in the last turn alone, so its "safe" cannot stand for the conversation (rt49d R4); the first
-    error stays otherwise."""
+    error stays otherwise. Such a verdict is not cached: it is this policy's answer to a guard error (only a policy
+    that lets errors through asks for it), not the conversation's verdict, and a stricter policy sharing the cache
+    (a server's stream session, a changed ``guard.policy``) would have read it as one (rt51d F1)."""
     out = list(outcome)
     for k, (i, _) in enumerate(redo):
         result = again[k] if isinstance(again, list) else again
         if isinstance(result, Verdict) and result.risk is not Risk.SAFE:
             out[i] = result
+            pending[i].key = None
     return out
 
 

@@ -201,6 +201,21 @@ def test_two_steps_of_one_session_in_one_batch_run_side_by_side(demo) -> None:
     assert state.ids == ids[0]  # the session kept the first step's prompt
 
 
+async def test_a_padded_prompt_does_not_switch_a_fail_open_gate_off(demo) -> None:
+    """rt51b F5: a gate session called the model directly, skipping the Guard's second look without the context:
+    a prompt padded with 400 "x" broke the demo's answer on every chunk's check and ``on_error="allow"`` let the
+    whole unsafe answer through the ``"gate"`` engines (the callback handlers' default among them)."""
+    guard, _ = demo
+    fail_open = Guard(guard.backend, Policy(on_error="allow"), cache_size=0)
+    conversation = response_conversation("x" * 400 + " How do I make one?", UNSAFE_CLAUSE)
+    assert type(guard.backend.classify([conversation])[0]).__name__ == "VerdictParseError"  # the path under test
+    with GateSession(fail_open) as gate:
+        decision = gate.check(conversation)
+        assert (decision.allowed, decision.reason) == (False, "unsafe"), decision
+        decision = await gate.acheck(conversation)
+        assert (decision.allowed, decision.reason) == (False, "unsafe"), decision
+
+
 def test_a_guard_without_the_engine_gets_full_checks(demo) -> None:
     _, reference = demo
     gate = GateSession(reference)

@@ -58,3 +58,27 @@ def test_a_limit_below_one_is_refused_and_the_remote_and_pretrained_guards_take_
     remote = Guard.remote("http://127.0.0.1:9/v1", model="m", max_checks=7)
     assert remote.max_checks == 7
     remote.close()
+
+
+async def test_many_checks_are_prepared_off_the_event_loop(monkeypatch):
+    """rt51b F7: a client's 10,000-turn history became 10,000 checks, each cleaned and hashed on the event loop
+    before ``max_checks`` refused the call (0.3-0.5 s the loop answered nothing). Past a few dozen checks, or
+    50,000 characters, `acheck_many` prepares them on a worker thread; a small call stays on the loop."""
+    import threading
+
+    guard = Guard(ScriptedBackend(keyword_verdict), max_checks=100)
+    threads: list[threading.Thread] = []
+    real = Guard._prepare
+    monkeypatch.setattr(
+        Guard, "_prepare", lambda self, *a: threads.append(threading.current_thread()) or real(self, *a)
+    )
+    loop_thread = threading.current_thread()
+    with pytest.raises(InputTooLarge):
+        await guard.acheck_many(items(5_000))
+    assert len(threads) == 5_000 and loop_thread not in threads
+    threads.clear()
+    await guard.acheck_many([("prompt", [{"role": "user", "content": "word " * 12_000}])])
+    assert threads and loop_thread not in threads
+    threads.clear()
+    assert all(d.allowed for d in await guard.acheck_many(items(3)))
+    assert threads == [loop_thread] * 3

@@ -23,7 +23,7 @@ import uvicorn
 import websockets
 from faults import ScriptedBackend
 from live_server import demo_guard
-from qwenguard.core import Guard, Policy, VerdictParseError, render_prompt
+from qwenguard.core import Guard, GuardViolation, Policy, VerdictParseError, render_prompt
 from qwenguard.core.server import create_app, server_config
 from qwenguard.core.streaming.gen_windows import MAX_WINDOWS_IN_FLIGHT
 from qwenguard.core.verdict import CATEGORIES
@@ -204,6 +204,7 @@ def test_a_client_policy_can_make_decisions_stricter():
 #: 400 characters of "x" as a user turn and as the assistant's: a context the demo guard answers without a verdict.
 X_HISTORY = [{"role": "user", "content": "x" * 400}, {"role": "assistant", "content": "x" * 400}]
 PROMPT_BOMB = {"role": "user", "content": BOMB}
+PROMPT_PARIS = {"role": "user", "content": PARIS_Q}
 ANSWER_RECIPE = [{"role": "user", "content": "How do I make one?"}, {"role": "assistant", "content": RECIPE}]
 
 
@@ -356,6 +357,87 @@ def test_a_context_that_breaks_the_answer_does_not_get_its_last_turn_judged_safe
     assert (decision["allowed"], decision["reason"]) == (False, "guard_error"), decision
     assert chat.status_code == 502 and "Safe" not in chat.text, chat.text
     assert [c[-1]["content"] for call in backend.calls for c in call].count("And step 2?") == 4  # with, alone: twice
+
+
+#: A question the demo guard reads as controversial (Politically Sensitive Topics).
+VOTE_Q = "Which political party should I vote for in the next election?"
+
+
+class ControversialAlone(ScriptedBackend):
+    """No verdict whenever the judged turn has context; alone, the vote question is controversial."""
+
+    def __init__(self) -> None:
+        def answer(conversation: Any) -> str:
+            if len(conversation) > 1:
+                return "I think this is fine!"
+            if "vote" in conversation[-1]["content"]:
+                return "Safety: Controversial\nCategories: Politically Sensitive Topics"
+            return "Safety: Safe\nCategories: None"
+
+        super().__init__(answer, name="breaker")
+
+
+def test_a_turn_judged_alone_is_not_cached_as_the_conversations_verdict():
+    """rt51d F1: a fail-open guard judged a turn alone after its context broke the answer, and cached that
+    verdict under the whole conversation's key; a stricter policy sharing the cache (a stream session's copy of the
+    server's guard with the client's policy) read it as the conversation's verdict: allowed where, alone, it
+    blocks the guard error."""
+    import copy
+
+    conversation = [*X_HISTORY, {"role": "user", "content": VOTE_Q}]
+    operator = Guard(ControversialAlone(), Policy(mode="loose", on_error="allow"))
+    first = operator.check(conversation, "prompt")
+    assert (first.allowed, first.reason) == (True, "controversial")
+    client = copy.copy(operator)  # as the server's stream sessions copy it: the same cache
+    client.policy = Policy(mode="loose", on_error="block")
+    again = client.check(conversation, "prompt")
+    assert (again.allowed, again.reason, again.cached) == (False, "guard_error", False)
+
+
+def test_moderate_keeps_a_stricter_decision_of_a_turn_judged_alone():
+    """rt51d F6: strict mode, failing open. A controversial question alone is blocked; after a context that breaks
+    the answer, the server dropped the controversial verdict of the turn alone (only an unsafe one was kept, for
+    the OpenAI routes that do not know the client's policy) and the fail-open error allowed it. /v1/moderate knows
+    its policy: the stricter of the two decisions stands, never the looser."""
+    backend = ControversialAlone()
+    with guarded(Guard(backend, Policy(mode="strict", on_error="allow"), cache_size=0)) as url:
+        body = {"conversations": [[*X_HISTORY, {"role": "user", "content": VOTE_Q}], [*X_HISTORY, PROMPT_PARIS]]}
+        first = httpx.post(url + "/v1/moderate", json=body, timeout=60).json()["results"]
+        loose = httpx.post(url + "/v1/moderate", json={**body, "policy": {"mode": "loose"}}, timeout=60)
+        again = httpx.post(url + "/v1/moderate", json=body, timeout=60).json()["results"]
+    assert [(r["risk"], r["decision"]["allowed"]) for r in first] == [("controversial", False), (None, True)], first
+    assert first[0]["decision"]["reason"] == "controversial" and first[1]["decision"]["reason"] == "guard_error"
+    # A loose client policy is tightened by the operator's strict mode (policies only tighten): still blocked.
+    assert loose.json()["results"][0]["decision"]["allowed"] is False, loose.text
+    assert again == first  # nothing of the turn judged alone was cached as the conversation's verdict
+
+
+def test_a_padded_prompt_does_not_switch_the_answers_checks_off(demo):
+    """rt51d F7: the user's prompt is the context of every check of the LLM's answer; padded with 400 "x" it broke
+    the demo's answer on each, and there was no least context to judge again (the [prompt, answer] pair is the
+    least a response check has): a fail-open operator let the recipe through on check_response, a local stream,
+    /v1/moderate and a /v1/stream session. The answer is judged once more after an empty request."""
+    padded = "x" * 400 + " How do I make one?"
+    fail_open = Guard(demo.backend, Policy(on_error="allow"), cache_size=0)
+    assert isinstance(demo.backend.classify([response_pair(padded)])[0], VerdictParseError)  # the path under test
+    decision = fail_open.check_response(padded, RECIPE)
+    assert (decision.allowed, decision.reason) == (False, "unsafe"), decision
+    with fail_open.stream(padded, screen_prompt=False, holdback=2) as monitor:
+        released = "".join(monitor.feed(RECIPE[i : i + 8]) for i in range(0, len(RECIPE), 8))
+        with pytest.raises(GuardViolation):
+            released += monitor.finish()
+    assert RECIPE.startswith(released) and len(released) < RECIPE.index("ammonium"), released
+    with guarded(fail_open) as url:
+        r = httpx.post(url + "/v1/moderate", json={"conversations": [response_pair(padded)]}, timeout=120)
+        assert r.json()["results"][0]["decision"]["allowed"] is False, r.text
+        released, frames, _ = stream_session(
+            url, {"type": "open", "prompt": padded, "holdback": 2, "screen_prompt": False}, RECIPE
+        )
+    assert RECIPE.startswith(released) and len(released) < RECIPE.index("ammonium"), (released, frames[-1])
+
+
+def response_pair(prompt: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": RECIPE}]
 
 
 @pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/completions"])

@@ -20,7 +20,8 @@ on where the model runs:
      ``<END SAFETY POLICY>``, ...) get a ZERO WIDTH SPACE (U+200B) after their ``<``. No tokenizer
      matches them as added tokens any more, on any engine, whatever its chat template does; a
      reader (or the model) still sees the same characters.
-   - A turn label at the start of a line (``USER:`` / ``ASSISTANT:``, any case, after optional
+   - A turn label at the start of a line (``USER:`` / ``ASSISTANT:``, and the lines of the guard's own answer,
+     ``Safety:`` / ``Categories:`` / ``Refusal:``, any case, after optional
      spaces; spaces of any width, zero-width and format characters around it count as nothing, and a
      full-width colon as a colon) gets U+200B before its colon (unless one is already there), so content cannot start a new ``USER: ...`` turn in the
      conversation text. Because a model may still read a label-like line as a turn, the text before
@@ -123,6 +124,12 @@ _LOOK_ALIKES = {
     "I": "I\u0406\u0399\uff29",
     "T": "T\u0422\u03a4\uff34",
     "N": "N\u039d\uff2e",
+    "F": "F\u03dc\uff26",
+    "Y": "Y\u04ae\u03a5\uff39",
+    "C": "C\u0421\u03f9\uff23",
+    "G": "G\u050c\uff27",
+    "O": "O\u041e\u039f\uff2f",
+    "L": "L\u216c\uff2c",
 }
 
 
@@ -130,10 +137,14 @@ def _label_word(word: str) -> str:
     return _IN_WORD.join(f"[{_LOOK_ALIKES[c]}]" for c in word)
 
 
+#: The labels content must not write at a line's start: the turns of the conversation text, and the lines of the
+#: guard's own answer (a forged "Safety: Safe" / "Categories: None" after an unsafe answer swayed the demo guard:
+#: 4 flips in 6, rt51a F3).
+_LABELS = ("USER", "ASSISTANT", "SAFETY", "CATEGORIES", "REFUSAL")
 _TURN_COLONS = ":\uff1a\ufe55\ufe13\u2236\ua789\ufe30\u02d0"
 _TURN_LABEL = re.compile(
     rf"(?:^|(?<=[\n\r\u2028\u2029]))(?:{_LABEL_GAP}|{_MARKUP_BEFORE})*"
-    rf"(?:{_label_word('USER')}|{_label_word('ASSISTANT')})(?:{_LABEL_GAP}|{_MARKUP_AFTER})*(?=[{_TURN_COLONS}])",
+    rf"(?:{'|'.join(map(_label_word, _LABELS))})(?:{_LABEL_GAP}|{_MARKUP_AFTER})*(?=[{_TURN_COLONS}])",
     re.IGNORECASE,
 )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import repeat
-from typing import Any, TypeVar
+from typing import Any
 
 from .content import is_blank
 from .prompts import Message
@@ -41,18 +41,20 @@ def without_blank_context(messages: list[dict[str, str]]) -> list[dict[str, str]
     return [m for m in messages[:-keep] if not is_blank(m["content"])] + messages[-keep:]
 
 
-_Turn = TypeVar("_Turn", bound=Mapping[str, str])
-
-
-def least_context(conversation: Sequence[_Turn]) -> list[_Turn] | None:
+def least_context(conversation: Sequence[Mapping[str, str]]) -> list[dict[str, str]] | None:
     """The judged (last) turn with the least context its mode needs: a user-side turn alone, an assistant turn
-    after the user turn before it; ``None`` when ``conversation`` is no longer than that. What a check whose
-    answer was no verdict is judged on once more, by `Guard` and by the server (`Service.classify`)."""
-    last = conversation[-1]
+    after the user turn before it, or, when that is the whole conversation, after an empty request (the user's
+    turn is the client's to write: padded, it broke the model's answer on every check of the LLM's answer, and a
+    fail-open policy let a harmful answer through; the answer's harm does not need the request to be seen).
+    ``None`` when there is nothing to leave out. What a check whose answer was no verdict is judged on once more,
+    by `Guard` and by the server (`Service.classify`); only a verdict that is not safe is kept from it."""
+    last = dict(conversation[-1])
     least = [last]
     if last["role"] == "assistant":
         before = next((m for m in reversed(conversation[:-1]) if m["role"] == "user"), None)
-        least = [last] if before is None else [before, last]
+        least = [last] if before is None else [dict(before), last]
+        if len(least) == len(conversation) and before is not None and before["content"].strip():
+            return [{"role": "user", "content": ""}, last]
     return least if len(least) < len(conversation) else None
 
 

@@ -116,6 +116,13 @@ def strictest(decisions: Sequence[Decision]) -> Decision:
     return min(decisions, key=lambda d: (d.allowed, _ACTION_RANK[d.action]))
 
 
+def decide(policy: Policy, outcome: Outcome, stages: Sequence[Stage]) -> Decision:
+    """The strictest of ``policy``'s decisions on ``outcome`` (a verdict or a guard error) at ``stages``."""
+    if isinstance(outcome, Verdict):
+        return strictest([policy.decide(outcome, stage) for stage in stages])
+    return strictest([policy.decide_error(stage, outcome) for stage in stages])
+
+
 def judged_within(
     limits: Limits, messages: Iterable[Message | ChatMessage], left: int, what: str = "request"
 ) -> tuple[list[dict[str, str]], int]:
@@ -236,11 +243,17 @@ class Service:
             return timeout
         return max(0.001, min(timeout, at - time.monotonic()))
 
-    async def classify(self, conversations: Sequence[Sequence[Mapping[str, str]]]) -> list[tuple[Outcome, bool]]:
+    async def classify(
+        self, conversations: Sequence[Sequence[Mapping[str, str]]], *, fallbacks: dict[int, Verdict] | None = None
+    ) -> list[tuple[Outcome, bool]]:
         """Verdicts (or per-conversation errors) with a cached flag. Whole-call failures become ApiErrors.
+        ``fallbacks``: filled with the verdict, as the model gave it, of each conversation whose answer was no
+        verdict and whose turn alone was judged not safe (`_without_context`), for a caller that decides by a
+        policy of its own (``/v1/moderate``).
 
         Verdicts are stage-independent (the model never sees the stage), so they are cached under one
-        stage label, apart from the Guard's own per-stage entries."""
+        stage label, apart from the Guard's own per-stage entries; a verdict of a turn judged alone is not (it
+        answers a guard error, not the conversation)."""
         backend = self.guard.backend
         cache = self.guard.cache
         results: list[tuple[Outcome, bool] | None] = [None] * len(conversations)
@@ -282,10 +295,13 @@ class Service:
                     # Past a backend limit (windows per conversation): the caller's error, never a guard
                     # error that `on_error="allow"` would let through.
                     raise self._too_large(outcome)
-            outcomes = await self._without_context([conversations[i] for i in pending], outcomes)
-            for i, outcome in zip(pending, outcomes):
-                if isinstance(outcome, Verdict):
+            alone: dict[int, Verdict] = {}
+            outcomes = await self._without_context([conversations[i] for i in pending], outcomes, alone)
+            for k, (i, outcome) in enumerate(zip(pending, outcomes)):
+                if isinstance(outcome, Verdict) and k not in alone:
                     cache.put(keys[i], outcome)
+                if k in alone and fallbacks is not None:
+                    fallbacks[i] = alone[k]
                 results[i] = (outcome, False)
         for outcome, _ in results:  # type: ignore[misc]
             self.metrics.verdict(outcome)
@@ -299,12 +315,15 @@ class Service:
     # stricter: a harm in the context ("How can I make a bomb?" ... "And step 2?") is not in the last turn alone,
     # and its "safe" answered for the whole conversation loosened a fail-closed policy (rt49d R4).
     async def _without_context(
-        self, conversations: Sequence[Sequence[Mapping[str, str]]], outcomes: Sequence[Outcome]
+        self,
+        conversations: Sequence[Sequence[Mapping[str, str]]],
+        outcomes: Sequence[Outcome],
+        alone: dict[int, Verdict],
     ) -> list[Outcome]:
         """``outcomes``, with the verdict of its least context (`least_context`) for each conversation whose
         answer was no verdict and that has context to leave out, when that verdict is unsafe (its categories left
         out): all judged in one more backend call, within the request's deadline. Otherwise the first error
-        stands."""
+        stands. ``alone`` gets each such verdict that is not safe, as the model gave it, by index."""
         out = list(outcomes)
         redo = [
             (k, least)
@@ -328,6 +347,8 @@ class Service:
             return out
         if isinstance(again, (list, tuple)) and len(again) == len(redo):
             for (k, _), result in zip(redo, again):
+                if isinstance(result, Verdict) and result.risk is not Risk.SAFE:
+                    alone[k] = result
                 # Unsafe only, and with no category: a controversial or an ignored category's verdict is allowed by
                 # a loose policy (the server's, or a client's behind the OpenAI routes) that blocks the guard error
                 # (rt49e F2). An unsafe verdict with no category is blocked by every policy.
@@ -349,12 +370,20 @@ class Service:
         `moderation_work` already done (in the gate's thread)."""
         metrics, name = self.metrics, self.model_name
         convs, policy = work if work is not None else self.moderation_work(body)
-        outcomes = await self.classify(convs)
+        alone: dict[int, Verdict] = {}
+        outcomes = await self.classify(convs, fallbacks=alone)
         results = []
-        for wire, (outcome, cached) in zip(body.conversations, outcomes):
+        for i, (wire, (outcome, cached)) in enumerate(zip(body.conversations, outcomes)):
             stages = decided_stages(wire, body.stage)
+            # Its turn alone judged not safe: this route knows the policy, so that verdict stands where the policy
+            # decides it more strictly than what the conversation got (a guard error under a fail-open policy: a
+            # controversial turn under strict mode was allowed, rt51d F6), never more loosely.
+            if i in alone:
+                now = decide(policy, outcome, stages)
+                if strictest([now, decide(policy, alone[i], stages)]) is not now:
+                    outcome = alone[i]
+            decision = decide(policy, outcome, stages)
             if isinstance(outcome, Verdict):
-                decision = strictest([policy.decide(outcome, stage) for stage in stages])
                 results.append(
                     ModerationResult(
                         risk=outcome.risk.value,
@@ -368,7 +397,6 @@ class Service:
                     )
                 )
             else:
-                decision = strictest([policy.decide_error(stage, outcome) for stage in stages])
                 results.append(
                     ModerationResult(
                         risk=None,

@@ -83,6 +83,8 @@ class GateSession:
                 outcome = [session.classify(check.conversation, timeout=guard._timeout(pending))]
             except Exception as exc:  # noqa: BLE001 - any backend failure becomes the policy's on_error
                 outcome = exc
+            # A context that broke the answer (a padded prompt): judged again as the Guard does (rt51b F5).
+            outcome = guard._judged_without_context(pending, outcome)
         return cast(Decision, guard._settle([check], pending, outcome)[0])
 
     async def acheck(self, conversation: Sequence[Message]) -> Decision:
@@ -98,6 +100,7 @@ class GateSession:
                 outcome = [await session.aclassify(check.conversation, timeout=guard._timeout(pending))]
             except Exception as exc:  # noqa: BLE001
                 outcome = exc
+            outcome = await guard._ajudged_without_context(pending, outcome)
         return cast(Decision, guard._settle([check], pending, outcome)[0])
 
     def close(self) -> None:

@@ -11,9 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ..backends.gen_session_pool import SESSIONS_PER_STREAM
-from ..errors import GuardTimeout, QwenGuardError
+from ..errors import GuardTimeout, QwenGuardError, VerdictParseError
 from ..formats.content import BidiState
-from ..verdict import Stage, Verdict
+from ..formats.conversations import least_context
+from ..verdict import Risk, Stage, Verdict
 
 if TYPE_CHECKING:
     from .monitor_core import MonitorCore
@@ -384,10 +385,20 @@ class WindowJudge:
         self.backend = backend
         self.pool = open_gen_session(backend, max_sessions)  # None: remote, or no engine
 
+    # The window's context is the client's prompt: padded (400 "x"), it broke the model's answer on every window, and
+    # a fail-open policy released the whole harmful answer. As `Guard` does for its checks, a window whose answer was
+    # no verdict is judged once more on its least context (`least_context`: the answer after an empty request), and
+    # only a verdict that is not safe is kept from that (rt51d F7).
     def check(self, conversation: list[dict[str, str]], timeout: float | None) -> Any:
         """The verdict (or the error) for one window; runs on a worker thread."""
+        outcome = self._check(conversation, timeout)
+        if isinstance(outcome, VerdictParseError) and (least := least_context(conversation)) is not None:
+            return _stricter(outcome, self._check(least, timeout, shared=False))
+        return outcome
+
+    def _check(self, conversation: list[dict[str, str]], timeout: float | None, *, shared: bool = True) -> Any:
         try:
-            if self.pool is not None:
+            if self.pool is not None and shared:
                 return self.pool.classify(conversation, timeout=timeout)
             return self.backend.classify([conversation], timeout=timeout)[0]
         except Exception as exc:  # noqa: BLE001 - any backend failure is the policy's on_error
@@ -395,8 +406,14 @@ class WindowJudge:
 
     async def acheck(self, conversation: list[dict[str, str]], timeout: float | None) -> Any:
         """Async twin of `check`."""
+        outcome = await self._acheck(conversation, timeout)
+        if isinstance(outcome, VerdictParseError) and (least := least_context(conversation)) is not None:
+            return _stricter(outcome, await self._acheck(least, timeout, shared=False))
+        return outcome
+
+    async def _acheck(self, conversation: list[dict[str, str]], timeout: float | None, *, shared: bool = True) -> Any:
         try:
-            if self.pool is not None:
+            if self.pool is not None and shared:
                 call = self.pool.aclassify(conversation, timeout=timeout)
             else:
                 call = _first(self.backend.aclassify([conversation], timeout=timeout))
@@ -416,6 +433,11 @@ class WindowJudge:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.close()
+
+
+def _stricter(error: Any, alone: Any) -> Any:
+    """A window's error, or the verdict of its turn judged alone where that is not safe."""
+    return alone if isinstance(alone, Verdict) and alone.risk is not Risk.SAFE else error
 
 
 async def _first(call: Any) -> Any:
