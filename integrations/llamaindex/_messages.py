@@ -85,8 +85,10 @@ __all__ = [
     "block_text",
     "carried_text",
     "codeact_calls",
+    "condense_parts",
     "cut_judged_turns",
     "observation_text",
+    "history_messages",
     "message_text",
     "plan_inputs",
     "plan_template",
@@ -114,6 +116,8 @@ Checks = list[tuple[Stage, list[GuardMessage]]]
 QUERY_VARIABLES = ("query_str", "query", "question", "user_input", "input")
 #: Template variables that hold retrieved or external text: untrusted, screened as documents.
 CONTEXT_VARIABLES = ("context_str", "context_msg", "context")
+#: The variable LlamaIndex's condense prompts print the stored history into (``messages_to_history_str``).
+HISTORY_VARIABLE = "chat_history"
 #: Template variables that hold the model's own earlier answer (LlamaIndex's refine prompt): a response.
 ANSWER_VARIABLES = ("existing_answer",)
 
@@ -961,6 +965,56 @@ def cut_judged_turns(text: str, seen: Seen | None) -> tuple[str, list[GuardMessa
     return "\n".join(kept), turns
 
 
+def history_messages(text: str) -> list[ChatMessage]:
+    """The turns of a history string as LlamaIndex's ``messages_to_history_str`` writes them: ``role: content``
+    lines, a turn running to the next such line; text before the first is a user turn."""
+    turns: list[ChatMessage] = []
+    role, lines = MessageRole.USER.value, list[str]()
+    for line in text.split("\n"):
+        if (label := _HISTORY_LINE.match(line)) is not None:
+            if "".join(lines).strip():
+                turns.append(ChatMessage(role=role, content="\n".join(lines)))
+            role, lines = label.group(1), [line[label.end() :]]
+        else:
+            lines.append(line)
+    if "".join(lines).strip():
+        turns.append(ChatMessage(role=role, content="\n".join(lines)))
+    return turns
+
+
+def _template_pattern(template: str, variables: tuple[str, ...]) -> re.Pattern[str]:
+    parts = re.split("\\{(" + "|".join(variables) + ")\\}", template)
+    # The history matches as little as it can: a history holding the template's own wording ends there, and what
+    # follows is read as the question, judged as the user's prompt (never the other way round).
+    return re.compile(
+        "".join(
+            re.escape(p) if i % 2 == 0 else (f"(?P<{p}>.*?)" if p == "chat_history" else f"(?P<{p}>.*)")
+            for i, p in enumerate(parts)
+        ),
+        re.DOTALL,
+    )
+
+
+_CONDENSE_PATTERNS: list[re.Pattern[str]] = []
+
+
+def condense_parts(prompt: str) -> tuple[str, str] | None:
+    """``(chat_history, question)`` of a prompt formatted from LlamaIndex's condense template (what
+    `CondensePlusContextChatEngine` hands ``complete``), or None for any other prompt."""
+    if not _CONDENSE_PATTERNS:
+        from llama_index.core.chat_engine.condense_plus_context import DEFAULT_CONDENSE_PROMPT_TEMPLATE
+        from llama_index.core.chat_engine.condense_question import DEFAULT_TEMPLATE
+
+        _CONDENSE_PATTERNS.extend(
+            _template_pattern(t, ("chat_history", "question"))
+            for t in (DEFAULT_CONDENSE_PROMPT_TEMPLATE, DEFAULT_TEMPLATE)
+        )
+    for pattern in _CONDENSE_PATTERNS:
+        if (m := pattern.fullmatch(prompt)) is not None:
+            return m.group("chat_history"), m.group("question")
+    return None
+
+
 class Seen:
     """A bounded memory of inputs already judged and let through: what is *not* in it is new to the
     model. Oldest entries drop off first (a dropped entry is only judged again)."""
@@ -1225,7 +1279,10 @@ def plan_template(
     query_key = next((k for k in QUERY_VARIABLES if k in texts), None)
     if query_key is None:
         return None
-    conversation = prompt_conversation(texts[query_key])
+    # After a condense prompt's history, the question is judged in its context (a follow-up reads as what it refers to).
+    history = texts.get(HISTORY_VARIABLE, "")
+    earlier = plan_inputs(history_messages(history), latest_prompt=False).prompt[:-1] if history.strip() else []
+    conversation = prompt_conversation(texts[query_key], earlier)
     checks: Checks = [(Stage.PROMPT, conversation)]
     others = variable_checks(texts, screen_context=screen_context, query_key=query_key, computed=computed, seen=seen)
     # The query comes back as a user turn of the next call's history: judged already.
@@ -1254,6 +1311,10 @@ def variable_checks(
                 checks.append((Stage.RETRIEVAL, untrusted_conversation(value, key)))
         elif key in ANSWER_VARIABLES and query_key is not None:
             checks.append((Stage.RESPONSE, response_conversation(query, value)))
+        elif key == HISTORY_VARIABLE:
+            # A condense prompt's history: its turns by role, as the chat path judges a history (an earlier answer
+            # that refuses what it names is a response, not the user asking for it: rt50c F9, rt51c F1).
+            checks.extend(plan_inputs(history_messages(value), seen=seen, latest_prompt=False).checks)
         else:
             rest, turns = cut_judged_turns(value, seen)
             if rest.strip():

@@ -97,7 +97,9 @@ from ._messages import (
     agent_actions,
     answer_marks,
     answer_text,
+    condense_parts,
     cut_judged_turns,
+    history_messages,
     mark,
     message_text,
     plan_inputs,
@@ -258,10 +260,22 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
     def _plan_prompt(self, prompt: str) -> _Plan:
         if (pre := self._prescreened_plan()) is not None:
             return pre
+        if (parts := condense_parts(prompt)) is not None:
+            return self._plan_condense(*parts)
         # A condense step's prompt holds the stored history: the turns judged before are context, not the user's text.
         text, turns = cut_judged_turns(prompt, self._seen)
         conversation = prompt_conversation(text, turns)
         return _Plan([(Stage.PROMPT, conversation)], conversation)
+
+    def _plan_condense(self, history: str, question: str) -> _Plan:
+        """A prompt formatted from LlamaIndex's condense template (`CondensePlusContextChatEngine`): its history judged
+        by role, as the chat path judges one (a refusal that names what it refuses is an answer, not the user asking
+        for it: judged whole as the user's text, it stopped every later question, rt50c F9 / rt51c F1), and the
+        question as the prompt after it; the template's wording is not the user's."""
+        turns = plan_inputs(history_messages(history), self.llm, seen=self._seen, latest_prompt=False)
+        conversation = prompt_conversation(question, turns.prompt[:-1])
+        marks = [*turns.marks, mark("user", question)]  # the question comes back as a user turn of the next history
+        return _Plan([(Stage.PROMPT, conversation), *turns.checks], conversation, marks=marks)
 
     def _resolve(self, prompt: BasePromptTemplate, prompt_args: Mapping[str, Any]) -> tuple[TemplateCall, _Plan | None]:
         """A template call with its variables computed once (`resolve_template`: the wrapped LLM formats the very
