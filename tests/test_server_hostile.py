@@ -824,16 +824,24 @@ def test_the_session_lifetime_bounds_the_guards_work_on_a_finish():
     assert judge.started - checks_at_close <= MAX_WINDOWS_IN_FLIGHT  # the work stopped with the session
 
 
-def test_a_client_that_hangs_up_mid_finish_stops_the_work_and_frees_its_slot():
+@pytest.mark.parametrize(
+    "then",
+    [[{"type": "finish"}], [{"type": "feed", "text": "x"}], [{"type": "feed", "text": "x"}, {"type": "finish"}]],
+    ids=["finish", "a-queued-feed", "a-queued-feed-and-finish"],
+)
+def test_a_client_that_hangs_up_mid_work_stops_the_work_and_frees_its_slot(then):
     """The attack: open, a large feed, ``finish``, then close the socket. Nothing read the socket while the
-    finish ran, so its checks went on and the session held its stream slot until they were done."""
+    finish ran, so its checks went on and the session held its stream slot until they were done. With a frame
+    queued behind the work (a second feed), the hang-up behind it went unread for the whole feed (rt50b F5:
+    12-14 s of work for nobody): frames read during the work are kept, a few, and a hang-up behind them ends it."""
     judge = CountingJudge(delay_s=0.05)
     with guarded(Guard(judge)) as url:
         with connect(ws_url(url), max_size=None) as conn:
             conn.send(json.dumps({"type": "open", "prompt": PARIS_Q}))
             assert json.loads(conn.recv(timeout=10))["type"] == "opened"
             conn.send(json.dumps({"type": "feed", "text": "The weather is nice today. " * 2_000}))
-            conn.send(json.dumps({"type": "finish"}))
+            for frame in then:
+                conn.send(json.dumps(frame))
             time.sleep(0.3)
         time.sleep(0.5)
         after_hang_up = judge.started
@@ -1254,12 +1262,42 @@ def test_one_client_cannot_open_every_stream_session_of_a_small_server():
 
 
 @pytest.fixture(scope="module")
-def stream_model_server():
+def stream_model_guard():
     """The demo guard with the demo Stream model: /v1/stream scores every token."""
     guard = Guard.from_pretrained("demo", stream_model="demo-stream", device="cpu")
-    with guarded(guard, api_key=KEY) as url:
-        yield url
+    yield guard
     guard.close()
+
+
+@pytest.fixture(scope="module")
+def stream_model_server(stream_model_guard):
+    with guarded(stream_model_guard, api_key=KEY) as url:
+        yield url
+
+
+def test_a_hang_up_behind_a_frame_sent_ahead_stops_the_stream_models_work(stream_model_server, stream_model_guard):
+    """rt50b F5: open, feed 180,000 characters, send one more frame, hang up. The session watched the socket
+    while the Stream model scored the feed, but once a frame had come it waited on the work alone, and the
+    hang-up behind that frame went unread: 11-14 s of scoring for nobody, its slot held. Now frames sent ahead
+    are kept and the socket read on behind them."""
+    forwards = stream_model_guard.stream_backend.batcher
+    with connect(ws_url(stream_model_server), additional_headers=AUTH, max_size=None) as conn:
+        conn.send(json.dumps({"type": "open", "prompt": "Tell me a story.", "screen_prompt": False}))
+        assert json.loads(conn.recv(timeout=30))["type"] == "opened"
+        conn.send(json.dumps({"type": "feed", "text": "a b c d e f g h i j " * 9000}))
+        conn.send(json.dumps({"type": "feed", "text": "x"}))
+        time.sleep(0.5)
+        conn.socket.close()  # hang up, no closing handshake
+    time.sleep(1.0)
+    at_hang_up = forwards.forwards_run
+    time.sleep(1.5)
+    assert forwards.forwards_run - at_hang_up <= 2, "the Stream model went on scoring a feed nobody reads"
+    gauge = [
+        x
+        for x in httpx.get(stream_model_server + "/metrics", headers=AUTH).text.splitlines()
+        if x.startswith("qwenguard_stream_sessions ")
+    ]
+    assert gauge == ["qwenguard_stream_sessions 0.0"], gauge
 
 
 @pytest.mark.parametrize("window", [1_000_000, 3])

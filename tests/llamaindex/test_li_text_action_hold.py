@@ -123,9 +123,8 @@ async def test_async_stream_holds_the_action_until_judged() -> None:
     assert_nothing_of_the_action(received)
 
 
-MENTION = (
-    "A ReAct prompt asks the model to write Thought:, Action: and Action Input: lines. "
-    + " ".join(["The agent then parses the JSON object, calls the tool and adds an observation."] * 12)
+MENTION = "A ReAct prompt asks the model to write Thought:, Action: and Action Input: lines. " + " ".join(
+    ["The agent then parses the JSON object, calls the tool and adds an observation."] * 12
 )
 
 
