@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
+from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_SIZE
 from .policy import Policy
 
 
@@ -338,6 +339,15 @@ def serve(
         "(KV positions all stream sessions hold together), max_positions, step_tokens, "
         "max_sessions_per_forward (docs/streaming.md).",
     ),
+    cache_size: int = typer.Option(
+        DEFAULT_CACHE_SIZE,
+        "--cache-size",
+        help="Verdicts the cache keeps, shared by every client (a client learns whether the same conversation "
+        "was checked recently: docs/security.md); 0 turns the cache off.",
+    ),
+    cache_bytes: int = typer.Option(
+        DEFAULT_CACHE_BYTES, "--cache-bytes", help="Bytes the verdict cache may hold; 0 turns the cache off."
+    ),
     max_concurrency: int = typer.Option(64, "--max-concurrency", help="HTTP requests served at once; more get 503."),
     max_body_bytes: int = typer.Option(
         1_000_000, "--max-body-bytes", help="Largest request body or stream frame (413 / close 1009)."
@@ -435,6 +445,8 @@ def serve(
         )
     if drain_delay < 0 or shutdown_timeout <= 0:
         raise fail("--drain-delay must be >= 0 and --shutdown-timeout > 0")
+    if cache_size < 0 or cache_bytes < 0:
+        raise fail("--cache-size and --cache-bytes must be >= 0 (0 turns the verdict cache off)")
     from .server import Limits
     from .server import serve as run_server
 
@@ -477,6 +489,8 @@ def serve(
         stream_model=stream_model,
         device=device,
         stream_options=stream_options,
+        cache_size=cache_size,
+        cache_bytes=cache_bytes,
         **backend_options,
     )
     if api_key is None and not loopback:
@@ -487,7 +501,8 @@ def serve(
         )
     err_console.print(
         f"qwenguard serving {escape(repr(model))} on http://{_url_host(host)}:{port}/v1 "
-        f"(auth {'on' if api_key else 'off'}, policy {escape(policy)})",
+        f"(auth {'on' if api_key else 'off'}, policy {escape(policy)}"
+        f"{'' if cache_size and cache_bytes else ', verdict cache off'})",
         soft_wrap=True,
     )
     if guard.stream_backend is not None:

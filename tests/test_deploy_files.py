@@ -21,6 +21,7 @@ import yaml
 DEPLOY = kit.ROOT / "deploy"
 COMPOSE = DEPLOY / "compose" / "docker-compose.yml"
 K8S = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
+SERVICE_MONITOR = DEPLOY / "kubernetes" / "monitoring" / "servicemonitor.yaml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 HAPROXY_CFG = DEPLOY / "haproxy" / "haproxy.cfg"
 
@@ -92,6 +93,23 @@ def test_dockerfile_runs_a_real_serve_command_on_its_exposed_port():
     assert docker.get("STOPSIGNAL") in (None, ["SIGTERM"])
 
 
+#: Seconds `docker stop` (and a plain `docker run` stopped by the engine) waits after SIGTERM before SIGKILL.
+DOCKER_STOP_TIMEOUT_S = 10
+
+
+def test_dockerfile_command_drains_before_docker_stop_kills_it():
+    """rt51d: the image's command drained within 0 + 20 s, but `docker stop` kills after 10 s: requests in flight
+    were cut mid-drain. Its own command must fit Docker's default (compose and Kubernetes set their own)."""
+    docker = _dockerfile()
+    args = _serve_args(yaml.safe_load(docker["CMD"][-1]))
+    assert _drain_bound(args) < DOCKER_STOP_TIMEOUT_S, args
+    # The comment tells how to give it longer: a stop timeout that outlasts the server's default drain.
+    text = DOCKERFILE.read_text()
+    stop = re.search(r"--stop-timeout (\d+)", text)
+    assert stop and int(stop.group(1)) > float(_serve_args(["qwenguard", "serve"])["shutdown_timeout"])
+    assert "docker stop -t" in text
+
+
 # -- docker compose -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def compose() -> dict:
@@ -110,11 +128,42 @@ def test_compose_replicas_run_real_flags_with_a_health_check_and_a_grace_period(
         # Behind HAProxy every session comes from the balancer: the per-client cap is the replica's capacity.
         assert args["max_streams_per_client"] == args["max_streams"], name
         assert args["max_requests_per_client"] == args["max_concurrency"], name
+        assert args["max_bodies_per_client"] == args["max_concurrency"], name
         assert API_KEY_ENV in service["environment"], f"{name}: no API key on a non-loopback host"
         assert f"localhost:{args['port']}/health" in " ".join(service["healthcheck"]["test"])
         assert _seconds(service["stop_grace_period"]) > _drain_bound(args), name
         assert any(v.endswith(":/models:ro") for v in service["volumes"])
         assert args["model"].startswith("/models/") and args["stream_model"].startswith("/models/")
+
+
+def _per_client_limits() -> list[str]:
+    from qwenguard.core.server import Limits
+
+    return [f for f in Limits.__dataclass_fields__ if f.endswith("_per_client")]
+
+
+def _haproxy_maxconn() -> int:
+    text = HAPROXY_CFG.read_text()
+    return int(re.search(r"^\s*default-server\b.*\bmaxconn (\d+)", text, re.M).group(1))  # type: ignore[union-attr]
+
+
+def test_compose_behind_haproxy_raises_every_per_client_limit_to_the_replicas_capacity(compose):
+    """rt51d F3: behind HAProxy every request is the balancer's; the compose file raised the request and stream
+    caps but left --max-bodies-per-client at 16 (and 16 waiting), so 32 of 64 concurrent large bodies, which
+    HAProxy streams through past its 16 KB buffer, were refused 429. Every per-client limit the server has must be
+    set on the command line, to what one replica takes at once (HAProxy sends it at most `maxconn` requests)."""
+    limits = _per_client_limits()
+    assert {"max_streams_per_client", "max_requests_per_client", "max_bodies_per_client"} <= set(limits)
+    for name, service in compose["services"].items():
+        if not name.startswith("qwenguard-"):
+            continue
+        command = service["command"]
+        args = _serve_args(command)
+        for limit in limits:
+            assert "--" + limit.replace("_", "-") in command, f"{name}: {limit} left at its per-client default"
+            capacity = args["max_streams"] if "streams" in limit else args["max_concurrency"]
+            assert args[limit] == capacity, (name, limit, args[limit], capacity)
+        assert args["max_bodies_per_client"] >= _haproxy_maxconn() == args["max_concurrency"], name
 
 
 def test_compose_balancer_uses_the_tested_haproxy_config_on_the_replicas_ports(compose):
@@ -184,8 +233,12 @@ def test_k8s_qwenguard_deployment_runs_real_flags_with_probes_the_server_has(man
     assert any(e["name"] == API_KEY_ENV for e in container["env"])
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         _check_probe(container[probe], container, {"/health", "/ready"} & routes)
-    annotations = template["metadata"]["annotations"]
-    assert annotations["prometheus.io/path"] in routes and annotations["prometheus.io/port"] == str(args["port"])
+    # No credential-less scrape annotations (the server answers /metrics 401 without the key): the scrape is the
+    # ServiceMonitor's (test_rt51d_serve_deploy.py scrapes a real server as each configured scrape does).
+    annotations = template["metadata"].get("annotations") or {}
+    assert annotations.get("prometheus.io/scrape") != "true" or not any(
+        e["name"] == API_KEY_ENV for e in container["env"]
+    )
     assert template["spec"]["terminationGracePeriodSeconds"] > _drain_bound(args)
     uid = template["spec"]["securityContext"]["runAsUser"]
     assert f"--uid {uid}" in " ".join(_dockerfile()["RUN"])  # the image's user
@@ -200,7 +253,47 @@ def test_k8s_service_and_disruption_budget_select_the_replicas(manifests):
     assert all(p["targetPort"] in {cp["name"] for cp in container["ports"]} for p in service["spec"]["ports"])
     (budget,) = _kind(manifests, "PodDisruptionBudget")
     assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    assert budget["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+
+
+def _allowed_disruptions(budget: dict, pods: int) -> int:
+    """Evictions a PodDisruptionBudget allows with ``pods`` healthy pods (integers only: the manifest's form)."""
+    spec = budget["spec"]
+    if "maxUnavailable" in spec:
+        return int(spec["maxUnavailable"])
+    return pods - int(spec["minAvailable"])
+
+
+def test_k8s_disruption_budget_lets_a_node_drain_at_the_autoscalers_minimum(manifests):
+    """rt51d F5: minAvailable 2 with the autoscaler's minReplicas 2 allowed no eviction once scaled down, so
+    `kubectl drain` (node upgrades, the cluster autoscaler) hung. And a fixed `replicas:` beside an autoscaler is
+    reset at every `kubectl apply`."""
+    (budget,) = _kind(manifests, "PodDisruptionBudget")
+    (hpa,) = _kind(manifests, "HorizontalPodAutoscaler")
+    (deployment,) = _kind(manifests, "Deployment", hpa["spec"]["scaleTargetRef"]["name"])
+    for pods in range(hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"] + 1):
+        allowed = _allowed_disruptions(budget, pods)
+        assert 1 <= allowed < pods, (pods, budget["spec"])  # a drain proceeds, and never empties the Service
+    assert "replicas" not in deployment["spec"], "the autoscaler owns the count"
+
+
+def test_k8s_service_monitor_scrapes_the_service_port_with_the_pods_api_key(manifests):
+    """rt51d F2: the scrape sends the key the pods read (same Secret, same key) through a port the Service has,
+    on the path the server serves /metrics at; `kubectl apply -f deploy/kubernetes/` does not need its CRD."""
+    (monitor,) = [d for d in yaml.safe_load_all(SERVICE_MONITOR.read_text()) if d]
+    assert (monitor["apiVersion"], monitor["kind"]) == ("monitoring.coreos.com/v1", "ServiceMonitor")
+    assert SERVICE_MONITOR.parent != K8S[0].parent  # its own folder: needs the Prometheus Operator's CRD
+    (service,) = _kind(manifests, "Service", "qwenguard")
+    (deployment,) = _kind(manifests, "Deployment", "qwenguard")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    port = next(p for p in service["spec"]["ports"] if p["name"] == endpoint["port"])
+    assert port["targetPort"] in {p["name"] for p in container["ports"]}
+    assert endpoint["path"] in _routes()
+    auth = endpoint["authorization"]
+    assert auth.get("type", "Bearer") == "Bearer"
+    key_ref = next(e for e in container["env"] if e["name"] == API_KEY_ENV)["valueFrom"]["secretKeyRef"]
+    assert auth["credentials"] == {"name": key_ref["name"], "key": key_ref["key"]}
 
 
 def test_k8s_autoscaler_scales_the_deployment_on_metrics_the_server_exports(manifests):

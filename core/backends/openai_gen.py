@@ -64,6 +64,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import (
     GuardTimeout,
@@ -110,6 +111,7 @@ from .remote_plan import (
     wire_text,
 )
 from .replicas import Replicas, attempt_budget, base_urls
+from .transport import without_password
 
 __all__ = [
     "OpenAIGen",
@@ -234,6 +236,12 @@ def _model_list(status: int, content: bytes | None) -> list[Any] | None:
     except (ValueError, KeyError, TypeError, RecursionError):
         return None
     return entries if isinstance(entries, list) else None
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` without its ``user:password@`` (a validated base URL: `replicas.base_urls`)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def _served_model(url: str, status: int, content: bytes | None, entries: list[Any] | None) -> str:
@@ -418,6 +426,15 @@ class OpenAIGen:
         self.replicas = Replicas(urls)
         self.base_url = urls[0]
         self.base_urls = urls
+        # A URL's user and password go as the basic auth httpx would make of them, and the request goes to the URL
+        # without them: httpx's own log line ("HTTP Request: POST http://svc:PASSWORD@...", INFO) and errors never
+        # see them. Messages show the URL with the password masked (`_show`).
+        self._target = {u: _without_userinfo(u) for u in urls}
+        self._auth: dict[str, Any] = {}
+        for u in urls:
+            parsed = httpx.URL(u)
+            if parsed.userinfo:
+                self._auth[u] = httpx.BasicAuth(parsed.username, parsed.password)
         self.model = model  # None: learned from /models at the first check (`_served_max_model_len`)
         self.name = model or ""
         self._model_given = model is not None
@@ -485,16 +502,32 @@ class OpenAIGen:
         self._closed = False
 
     def __repr__(self) -> str:
-        where = self.base_url if len(self.base_urls) == 1 else list(self.base_urls)
+        shown = [self._show(u) for u in self.base_urls]
+        where = shown[0] if len(shown) == 1 else shown
         return f"OpenAIGen({where!r}, model={self.model!r}, mode={self.mode!r})"
+
+    def _show(self, url: str) -> str:
+        """``url`` as errors, logs and reprs show it: without its password (``http://svc:***@host/v1``). Decisions
+        carry their error's text to listeners, audit logs and integrations' messages; requests keep the real URL."""
+        return self.replicas.shown.get(url) or without_password(url)
+
+    def _auth_of(self, url: str) -> dict[str, Any]:
+        """The ``auth`` of a request to ``url``: its user and password, when it has them (else the client's)."""
+        auth = self._auth.get(url)
+        return {} if auth is None else {"auth": auth}
+
+    def _scrub(self, text: str) -> str:
+        """``text`` (an HTTP library's message) with each replica URL's password masked, wherever it shows it."""
+        for real, shown in self.replicas.shown.items():
+            if real != shown:
+                secret = urlsplit(real).netloc.rpartition("@")[0]  # "user:password"
+                text = text.replace(real, shown).replace(secret + "@", secret.split(":", 1)[0] + ":***@")
+        return text
 
     @property
     def _where(self) -> str:
-        return (
-            self.base_url
-            if len(self.base_urls) == 1
-            else f"{len(self.base_urls)} replicas ({', '.join(self.base_urls)})"
-        )
+        shown = [self._show(u) for u in self.base_urls]
+        return shown[0] if len(shown) == 1 else f"{len(shown)} replicas ({', '.join(shown)})"
 
     @property
     def tokenizer(self) -> Any:
@@ -576,16 +609,16 @@ class OpenAIGen:
         status = response.status_code
         why = unread or error_text(body)
         if status == 502 and error_type(body) == NO_VERDICT_ERROR:
-            return VerdictParseError(f"guard server at {url} answered HTTP 502 {NO_VERDICT_ERROR}: {why}")
+            return VerdictParseError(f"guard server at {self._show(url)} answered HTTP 502 {NO_VERDICT_ERROR}: {why}")
         if status == 400 and not unread and (context := context_named(body)) is not None:
-            return ContextRefused(url, context, why)
+            return ContextRefused(self._show(url), context, why)
         if status < 400:
             note = "only HTTP 200 carries a verdict"
             if 300 <= status < 400:
                 note += f"; redirects are not followed (Location {response.headers.get('location')!r})"
             why = f"{note}: {why}" if why else note
         return RemoteHTTPError(
-            f"guard server at {url} answered HTTP {status}: {why}",
+            f"guard server at {self._show(url)} answered HTTP {status}: {why}",
             status,
             retry_after(response.headers.get("retry-after")),
         )
@@ -597,7 +630,7 @@ class OpenAIGen:
         A compressed body is refused before a byte of it is read (`_compressed`)."""
         encoding = _content_encoding(response)
         if encoding:
-            raise self._compressed(url, encoding)
+            raise self._compressed(self._show(url), encoding)
         declared = response.headers.get("content-length")
         if strict and declared is not None and declared.isdigit() and int(declared) > limit:
             raise self._too_large(url, f"declares {int(declared):,} bytes")
@@ -625,7 +658,7 @@ class OpenAIGen:
 
     def _too_large(self, url: str, what: str) -> VerdictParseError:
         return VerdictParseError(
-            f"guard server at {url} sent a reply that {what}, more than max_reply_bytes={self.max_reply_bytes:,} "
+            f"guard server at {self._show(url)} sent a reply that {what}, more than max_reply_bytes={self.max_reply_bytes:,} "
             f"(a verdict is a few hundred bytes); not read further"
         )
 
@@ -684,7 +717,9 @@ class OpenAIGen:
         if isinstance(exc, httpx.TimeoutException):
             err: QwenGuardError = GuardTimeout(f"guard server at {self._where} timed out: {type(exc).__name__}")
         else:
-            err = GuardUnavailable(f"guard server at {self._where} unreachable: {type(exc).__name__}: {exc}")
+            err = GuardUnavailable(
+                f"guard server at {self._where} unreachable: {type(exc).__name__}: {self._scrub(str(exc))}"
+            )
         err.__cause__ = exc
         return err
 
@@ -717,12 +752,12 @@ class OpenAIGen:
                             with self.replicas.using(url):
                                 # The body is read within the same attempt limit, at most max_reply_bytes of it.
                                 status, content = await asyncio.wait_for(
-                                    self._exchange(wire, url + path, body, url), limit
+                                    self._exchange(wire, self._target[url] + path, body, url), limit
                                 )
                         except asyncio.TimeoutError:
                             self.replicas.failed(url)
                             raise _AttemptTimeout(
-                                f"guard server at {url} did not answer within {limit:.3g} s "
+                                f"guard server at {self._show(url)} did not answer within {limit:.3g} s "
                                 f"(this attempt's share of the deadline, at most connect_timeout_s "
                                 f"+ read_timeout_s)"
                             ) from None
@@ -786,7 +821,7 @@ class OpenAIGen:
         kept = prompt_tokens(payload)
         floor, full = least
         if kept is not None and kept < floor:  # read before the text: a cut prompt's answer may parse, or not
-            return PromptCut(url, kept, floor)
+            return PromptCut(self._show(url), kept, floor)
         outcome: Outcome
         try:
             outcome = self._read(mode, payload, elapsed_ms)
@@ -795,14 +830,14 @@ class OpenAIGen:
         if kept is None or kept >= full or self._counts_our_template is False:
             return outcome
         if self._counts_our_template:
-            return PromptCut(url, kept, full)
+            return PromptCut(self._show(url), kept, full)
         return Unsure(outcome, kept, full)
 
     async def _exchange(self, wire: _Wire, target: str, body: dict[str, Any], url: str) -> tuple[Any, bytes]:
         """One POST: ``(200, body)``, or ``(error, what of its body was read)`` for any other status
         (`_status_error`; a 2xx other than 200 or a 3xx is not a verdict either); the body read at most
         ``max_reply_bytes``."""
-        async with wire.client.stream("POST", target, json=body) as response:
+        async with wire.client.stream("POST", target, json=body, **self._auth_of(url)) as response:
             if response.status_code != 200:
                 # A compressed error body is not read (`_compressed`): its status still says what happened.
                 encoding = _content_encoding(response)
@@ -831,7 +866,7 @@ class OpenAIGen:
                 verdict = await self._post(wire, check, False, deadline, start)
                 if self._ids_accepted is None:
                     self._ids_accepted = False
-                    logger.info("qwenguard: %s refuses token ids (%s); sending prompt text", self.base_url, exc)
+                    logger.info("qwenguard: %s refuses token ids (%s); sending prompt text", self._where, exc)
             else:
                 if as_ids:
                     self._ids_accepted = True
@@ -966,14 +1001,15 @@ class OpenAIGen:
             try:
                 await asyncio.wait_for(asyncio.shield(probe), deadline.left())
             except asyncio.TimeoutError:
-                return GuardTimeout(f"guard server at {url} did not answer within the deadline")
+                return GuardTimeout(f"guard server at {self._show(url)} did not answer within the deadline")
             except Exception as exc:  # noqa: BLE001 - this answer's outcome: unknown whether it was cut
-                return VerdictParseError(
-                    f"guard server at {url} read {unsure.kept} tokens of a prompt of {unsure.full} or more as the "
-                    f"official template counts; asking whether it cut the prompt failed: {exc}"[:400]
+                why = (
+                    f"guard server at {self._show(url)} read {unsure.kept} tokens of a prompt of {unsure.full} or more "
+                    f"as the official template counts; asking whether it cut the prompt failed: {self._scrub(str(exc))}"
                 )
+                return VerdictParseError(why[:400])
         if self._counts_our_template:
-            return PromptCut(url, unsure.kept, unsure.full)
+            return PromptCut(self._show(url), unsure.kept, unsure.full)
         return unsure.outcome
 
     async def _ask_template(self, wire: _Wire, url: str, deadline: _Deadline) -> None:
@@ -990,7 +1026,7 @@ class OpenAIGen:
             wire.in_flight.slot()
         ):  # bounded as an attempt is: an engine that drips its answer keeps no check waiting
             status, content = await asyncio.wait_for(
-                self._exchange(wire, url + path, body, url), self.connect_timeout_s + self.read_timeout_s
+                self._exchange(wire, self._target[url] + path, body, url), self.connect_timeout_s + self.read_timeout_s
             )
         if not isinstance(status, int):
             raise status
@@ -1002,7 +1038,7 @@ class OpenAIGen:
         logger.info(
             "qwenguard: guard server at %s counts %d prompt tokens for the shortest check (the official prompt has "
             "at least %d): %s",
-            url,
+            self._show(url),
             kept,
             full,
             "its prompts are checked against the official prompt's length"
@@ -1020,7 +1056,7 @@ class OpenAIGen:
                 logger.warning(
                     "qwenguard: guard server at %s holds %d tokens of prompt, fewer than the guard prompt needs "
                     "(at least %d, counted %s): every long check is a guard error until its context is raised%s",
-                    url,
+                    self._show(url),
                     kept,
                     self._context_floor,
                     "by its tokenizer" if self.planner.encoder is not None else "as UTF-8 bytes",
@@ -1034,7 +1070,7 @@ class OpenAIGen:
             "qwenguard: guard server at %s cut a prompt to %d tokens (it judged only part of the text): planning "
             "for a context of %d tokens from now on; pass max_context=%d, or raise the engine's context "
             "(Ollama: num_ctx or OLLAMA_CONTEXT_LENGTH; llama.cpp: -c)",
-            url,
+            self._show(url),
             kept,
             kept,
             kept,
@@ -1082,13 +1118,13 @@ class OpenAIGen:
                 failure, unreachable = exc, True
                 continue
             if status in RETRY_STATUS:
-                failure, unreachable = f"{url}/models answered HTTP {status}", True
+                failure, unreachable = f"{self._show(url)}/models answered HTTP {status}", True
                 continue
             answered = True
             listed = _model_list(status, content)
             if naming:
                 try:
-                    name = _served_model(url, status, content, listed)
+                    name = _served_model(self._show(url), status, content, listed)
                 except ServedModelUnknown as exc:
                     if exc.models is not None and len(exc.models) > 1:
                         raise  # several models: which one is the guard is the caller's to say
@@ -1108,7 +1144,7 @@ class OpenAIGen:
                 logger.warning(
                     "qwenguard: %s publishes max_model_len=%d, too small for the guard prompt and %d tokens of "
                     "text (at least %d); ignored (pass max_context= to use it)",
-                    url,
+                    self._show(url),
                     value,
                     _MIN_SERVED_ROOM,
                     self._context_floor,
@@ -1118,7 +1154,7 @@ class OpenAIGen:
                 raise unnamed  # a replica answered: its reason says what to pass
             if deadline.expired():
                 raise GuardTimeout(f"guard server at {self._where} did not list its models within the deadline")
-            why = failure if isinstance(failure, str) else f"{type(failure).__name__}: {failure}"
+            why = failure if isinstance(failure, str) else f"{type(failure).__name__}: {self._scrub(str(failure))}"
             cause = None if isinstance(failure, str) else failure
             raise GuardUnavailable(f"cannot list the models of the guard server at {self._where} ({why})") from cause
         return 0 if answered else None
@@ -1136,7 +1172,7 @@ class OpenAIGen:
 
     async def _get_models(self, wire: _Wire, url: str) -> tuple[int, bytes | None]:
         """``GET /models``: its status and body (``None``: larger than ``max_reply_bytes``, not read further)."""
-        async with wire.client.stream("GET", url + "/models") as response:
+        async with wire.client.stream("GET", self._target[url] + "/models", **self._auth_of(url)) as response:
             try:
                 return response.status_code, await self._body_of(response, url, self.max_reply_bytes, strict=True)
             except VerdictParseError:
@@ -1213,7 +1249,9 @@ class OpenAIGen:
                 self._wire = None
             if self._wire is None:
                 self._wire = _Wire(
-                    f"qwenguard-remote[{self.model or self.base_url}]", self._make_client, self.max_concurrency
+                    f"qwenguard-remote[{self.model or self._show(self.base_url)}]",
+                    self._make_client,
+                    self.max_concurrency,
                 )
                 # A client dropped without close() still stops its thread and closes its pool.
                 weakref.finalize(self, self._wire.close)

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 from .after_fork import fork_safe_lock
+from .transport import without_password
 
 __all__ = ["DEFAULT_COOLDOWN_S", "Replicas", "attempt_budget", "base_urls"]
 
@@ -41,7 +42,7 @@ def base_urls(value: str | Sequence[str], *, schemes: tuple[str, ...] = ("http:/
         if not isinstance(url, str) or not url.startswith(schemes):
             raise ValueError(
                 f"base_url must be an {' or '.join(s.rstrip(':/') for s in schemes)} URL such as "
-                f"'http://127.0.0.1:8000/v1', got {url!r}"
+                f"'http://127.0.0.1:8000/v1', got {without_password(url) if isinstance(url, str) else url!r}"
             )
         url = _checked(url).rstrip("/")
         if not urlsplit(url).path:
@@ -53,36 +54,38 @@ def base_urls(value: str | Sequence[str], *, schemes: tuple[str, ...] = ("http:/
 
 def _checked(url: str) -> str:
     """``url``, or a `ValueError` now for what would fail at the first call (a bad port, a broken IPv6
-    literal, no host, whitespace), deep inside the HTTP or WebSocket client."""
+    literal, no host, whitespace), deep inside the HTTP or WebSocket client. Its messages show the URL without
+    its password (`without_password`)."""
+    shown = without_password(url)
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - parsing the port is the check
     except ValueError as exc:
-        raise ValueError(f"base_url {url!r} is not a valid URL: {exc}") from None
+        raise ValueError(f"base_url {shown!r} is not a valid URL: {exc}") from None
     if not parts.hostname:
-        raise ValueError(f"base_url {url!r} names no host; e.g. 'http://127.0.0.1:8000/v1'")
+        raise ValueError(f"base_url {shown!r} names no host; e.g. 'http://127.0.0.1:8000/v1'")
     if "[" in parts.netloc:  # a bracketed host must be an IPv6 address ("[v1.x]" parses, and fails later)
         try:
             ipaddress.IPv6Address(parts.hostname.split("%", 1)[0])
         except ValueError:
-            raise ValueError(f"base_url {url!r} is not a valid URL: {parts.hostname!r} is no IPv6 address") from None
+            raise ValueError(f"base_url {shown!r} is not a valid URL: {parts.hostname!r} is no IPv6 address") from None
     if parts.query or parts.fragment:  # every path is appended to the base ("?x=1/chat/completions")
-        raise ValueError(f"base_url {url!r} has a query or a fragment; a base URL is scheme, host, port and path")
+        raise ValueError(f"base_url {shown!r} has a query or a fragment; a base URL is scheme, host, port and path")
     if any(c.isspace() or ord(c) < 32 for c in url):
-        raise ValueError(f"base_url {url!r} contains whitespace or a control character")
+        raise ValueError(f"base_url {shown!r} contains whitespace or a control character")
     # Two mistakes that were accepted and made every check an unexplained 404 (rt50a F10): the comma-separated
     # list `qwenguard eval --remote` takes, and the route a curl example shows instead of the base URL.
     if "," in url or "://" in parts.path:
         raise ValueError(
-            f"base_url {url!r} holds several URLs: pass a list of URLs, e.g. "
+            f"base_url {shown!r} holds several URLs: pass a list of URLs, e.g. "
             "Guard.remote(['http://a:8000/v1', 'http://b:8000/v1'])"
         )
     path = parts.path.rstrip("/")
     route = next((r for r in _ROUTES if path == r or path.endswith("/" + r)), None)
     if route is not None:
-        base = url[: url.rstrip("/").rfind("/" + route)] or url
+        base = shown[: shown.rstrip("/").rfind("/" + route)] or shown
         raise ValueError(
-            f"base_url {url!r} is the {route} route, not the base URL: pass the URL the routes hang off, e.g. {base!r}"
+            f"base_url {shown!r} is the {route} route, not the base URL: pass the URL the routes hang off, e.g. {base!r}"
         )
     return url
 
@@ -106,6 +109,8 @@ class Replicas:
         if not urls:
             raise ValueError("Replicas needs at least one URL")
         self.urls = tuple(urls)
+        #: Each URL as messages, logs and reprs show it: without its password (requests use ``urls``).
+        self.shown = {u: without_password(u) for u in self.urls}
         self.cooldown_s = cooldown_s
         self._busy = dict.fromkeys(self.urls, 0)
         self._down_until = dict.fromkeys(self.urls, 0.0)
@@ -116,7 +121,7 @@ class Replicas:
         return len(self.urls)
 
     def __repr__(self) -> str:
-        return f"Replicas({list(self.urls)!r})"
+        return f"Replicas({list(self.shown.values())!r})"
 
     @property
     def several(self) -> bool:

@@ -15,6 +15,7 @@ the standard library's reading is the fallback.
 from __future__ import annotations
 
 import os
+import re
 import ssl
 import threading
 import urllib.parse
@@ -83,14 +84,21 @@ def proxy_for(url: str) -> str | None:
     return None
 
 
-def without_password(proxy: str) -> str:
-    """``proxy`` for an error message: its password, if it has one, as ``***``."""
-    parts = urllib.parse.urlsplit(proxy)
-    if parts.password is None:
-        return proxy
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+def without_password(url: str) -> str:
+    """``url`` (a proxy's, a server's) for a message, a log line or a repr: its password, if it has one, as
+    ``***``; the rest as written. Never raises: a URL too broken to parse loses everything between ``//``
+    and its last ``@`` instead (a message about a bad URL must not show its password either)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # an unclosed IPv6 bracket, ...
+        return re.sub(r"(//)[^/?#]*@", r"\1***@", url)
+    # The userinfo ends at the netloc's last "@", as urlsplit reads it; the host and port stay as written
+    # (``hostname`` would drop an IPv6 address's brackets, ``port`` raise for a bad one).
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
 
 
 def checks_transport(verify: Verify, *, max_connections: int) -> Any:
