@@ -10,19 +10,26 @@ the guard never saw (docs/llamaindex.md).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from string import Formatter
 from typing import Any, Literal, TypeVar
 
+from llama_index.core.bridge.pydantic import BaseModel as PydanticModel
 from llama_index.core.bridge.pydantic import Field
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
-from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
+from llama_index.core.schema import BaseComponent, BaseNode, IndexNode, MetadataMode, NodeWithScore, QueryBundle
 from qwenguard.core import Decision, Guard, enforce
+from qwenguard.core.errors import InputTooLarge
+from qwenguard.core.policy import Action
+from qwenguard.core.verdict import Stage
 
-from .._common import require_guard
+from .._common import IDENTIFIER, require_guard
 from ._component import GuardComponent
 from ._messages import value_strings
+from .memory import GuardMissing
 
 __all__ = ["GuardNodePostprocessor", "OnBlock", "screen_nodes", "ascreen_nodes"]
 
@@ -36,32 +43,159 @@ DECISION_METADATA_KEY = "qwenguard_decision"
 
 
 def node_text(node: BaseNode, max_chars: int | None = None) -> str:
-    """What a node can show the LLM: its text with the metadata the synthesizer shows, then the text of every other
-    metadata value (a replacement postprocessor swaps one in for the text: the sentence-window pattern's ``window``,
-    whose neighbouring sentences were never judged otherwise). A value that is no string (a list of comments, a
-    mapping) is read for every string it holds (`value_strings`): the app gets it with the node (a sources panel
-    shows metadata), and a postprocessor may show it. Read within ``max_chars`` (the guard's): `InputTooLarge` past
-    it, as the guard raises for a text that long."""
-    text = node.get_content(metadata_mode=MetadataMode.LLM)
-    excluded = set(node.excluded_llm_metadata_keys)
-    hidden: list[str] = []
-    size = len(text)
-    for key, value in node.metadata.items():
-        if key not in excluded or key == DECISION_METADATA_KEY:
+    """Everything a node shows its readers, as one text: what the LLM reads (its text, with the metadata the
+    synthesizer prints), then what that text does not hold: the raw text (``get_content()``: formatted sources,
+    `CitationQueryEngine`) when the node's ``text_template`` leaves it out, and every metadata entry that text does
+    not show, every string its value holds (`value_strings`) and its key unless that is a field name. The app gets
+    the metadata with the node (a sources panel), and a replacement postprocessor swaps a value in for the text
+    (the sentence-window pattern's ``window``). Which entries the LLM text shows is up to the node's templates,
+    not only ``excluded_llm_metadata_keys``: ``text_template="{content}"`` shows none, ``metadata_template="{key}"``
+    no value (`_shown_keys`). An `IndexNode`'s object is read too: a node (retrieval expands the IndexNode into it)
+    as this function reads it, plain data for its strings; a retriever or query engine answers only at query time
+    (`GuardedRetriever` judges what it returns). Read within ``max_chars`` (the guard's): `InputTooLarge` past it,
+    as the guard raises for a text that long."""
+    budget = sys.maxsize if max_chars is None else max_chars
+    parts: list[str] = []
+    size = 0
+    stack: list[BaseNode] = [node]
+    walked: set[int] = set()  # an object chain that loops is read once
+    while stack:
+        if size > budget:
+            raise InputTooLarge(f"node {node.node_id} holds over max_chars={budget:,} characters of text")
+        current = stack.pop()
+        if id(current) in walked:
             continue
-        if isinstance(value, str):
-            found = [value] if value.strip() else []
-        elif max_chars is None:
-            found = value_strings(value, sys.maxsize)
-        else:
-            found = value_strings(value, max(0, max_chars - size), f"node {node.node_id}'s metadata {key!r}")
-        hidden += found
+        walked.add(id(current))
+        size += 1  # an empty node counts: a chain of them is bounded too
+        found = _own_texts(current, budget, size)
+        parts += found
         size += sum(len(t) + 2 for t in found)
-    return "\n\n".join([text, *hidden]) if hidden else text
+        obj = current.obj if isinstance(current, IndexNode) else None
+        if isinstance(obj, NodeWithScore):
+            obj = obj.node
+        if isinstance(obj, BaseNode):
+            stack.append(obj)
+        elif _plain(obj):
+            found = value_strings(obj, max(0, budget - size), f"node {current.node_id}'s object")
+            parts += found
+            size += sum(len(t) + 2 for t in found)
+    return "\n\n".join(t for t in parts if t)
 
 
-def _texts(nodes: Sequence[NodeWithScore], max_chars: int | None = None) -> list[str]:
-    return [node_text(n.node, max_chars) for n in nodes]
+def _own_texts(node: BaseNode, budget: int, size: int) -> list[str]:
+    """A node's LLM text, then what it does not show (its raw text, its other metadata entries)."""
+    text = node.get_content(metadata_mode=MetadataMode.LLM)
+    found = [text]
+    size += len(text)
+    raw = node.get_content(metadata_mode=MetadataMode.NONE)
+    if raw.strip() and raw.strip() not in text:
+        found.append(raw)
+        size += len(raw) + 2
+    shown = _shown_keys(node, text)
+    for key, value in node.metadata.items():
+        if key == DECISION_METADATA_KEY or key in shown:
+            continue
+        name = str(key)
+        if name.strip() and not IDENTIFIER.fullmatch(name):  # a field name costs nothing; words are read
+            found.append(name)
+            size += len(name) + 2
+        if isinstance(value, str):
+            strings = [value] if value.strip() else []
+        else:
+            strings = value_strings(value, max(0, budget - size), f"node {node.node_id}'s metadata {key!r}")
+        found += strings
+        size += sum(len(t) + 2 for t in strings)
+    return found
+
+
+#: Metadata values whose ``str`` is the whole of what they hold (a container's ``str`` is a repr: read apart).
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _shown_keys(node: BaseNode, text: str) -> set[str]:
+    """The metadata keys whose entry (key and value, as ``metadata_template`` prints them) the LLM text ``text``
+    holds: none when the template leaves out ``{key}`` or ``{value}`` (or changes one with a format spec or a
+    conversion), or when the printed metadata is not in the text (a ``text_template`` without ``{metadata_str}``)."""
+    excluded = set(node.excluded_llm_metadata_keys)
+    keys = {k for k, v in node.metadata.items() if k not in excluded and isinstance(v, _SCALARS)}
+    if not keys or not {"key", "value"} <= _plain_fields(node.metadata_template):
+        return set()
+    printed = node.get_metadata_str(mode=MetadataMode.LLM).strip()
+    return keys if printed and printed in text else set()
+
+
+def _plain_fields(template: str) -> set[str]:
+    """The fields ``template`` prints as they are (no format spec, no conversion)."""
+    try:
+        parsed = list(Formatter().parse(template))
+    except ValueError:
+        return set()
+    return {name for _, name, spec, conversion in parsed if name and not spec and not conversion}
+
+
+def _plain(obj: Any) -> bool:
+    """An `IndexNode` object read for its strings: data, not a retriever, query engine or index (what those hold
+    is not what they return; `GuardedRetriever` judges what retrieval expands them into)."""
+    return (
+        isinstance(obj, (str, Mapping, list, tuple, set, frozenset))
+        or (isinstance(obj, PydanticModel) and not isinstance(obj, BaseComponent))
+        or (dataclasses.is_dataclass(obj) and not isinstance(obj, type))
+    )
+
+
+def _measured(guard: Guard, nodes: Sequence[BaseNode], on_block: OnBlock) -> tuple[list[str], dict[int, Decision]]:
+    """The texts to judge, and a blocked Decision for each node (by position) too large to judge. With
+    ``on_block="raise"`` a node too large raises `InputTooLarge`, as before; with ``"drop"`` it is dropped (fail
+    closed for that node) and the others are judged: one planted page must not fail every query that finds it."""
+    if on_block == "raise":
+        return [node_text(n, guard.max_chars) for n in nodes], {}
+    texts: list[str] = []
+    unjudged: dict[int, Decision] = {}
+    for i, node in enumerate(nodes):
+        try:
+            text = node_text(node, guard.max_chars)
+            if len(text) > guard.max_chars:
+                raise InputTooLarge(f"node {node.node_id} shows {len(text):,} characters, over max_chars")
+        except InputTooLarge as exc:
+            unjudged[i] = Decision(False, Action.BLOCK, Stage.RETRIEVAL, "guard_error", error=f"too large: {exc}")
+            continue
+        texts.append(text)
+    return texts, unjudged
+
+
+def _merged(count: int, decisions: Sequence[Decision], unjudged: dict[int, Decision]) -> list[Decision]:
+    judged = iter(decisions)
+    return [unjudged[i] if i in unjudged else next(judged) for i in range(count)]
+
+
+def node_decisions(
+    guard: Guard, nodes: Sequence[BaseNode], on_block: OnBlock, query: str | None = None
+) -> list[Decision]:
+    """One Decision per node, in order, the nodes judged in one batch (`_measured` for nodes too large)."""
+    texts, unjudged = _measured(guard, nodes, on_block)
+    return _merged(len(nodes), guard.check_documents(query, texts) if texts else [], unjudged)
+
+
+async def anode_decisions(
+    guard: Guard, nodes: Sequence[BaseNode], on_block: OnBlock, query: str | None = None
+) -> list[Decision]:
+    """Async twin of `node_decisions`."""
+    texts, unjudged = _measured(guard, nodes, on_block)
+    return _merged(len(nodes), await guard.acheck_documents(query, texts) if texts else [], unjudged)
+
+
+def live_guard(component: Any) -> Guard:
+    """The component's guard, or `GuardMissing` for a copy that lost it to pickling (LlamaIndex drops what does not
+    pickle: an ``IngestionPipeline`` with ``num_workers > 1`` runs such copies in worker processes)."""
+    guard = component.__dict__.get("guard")
+    if guard is None:
+        name = type(component).__name__
+        raise GuardMissing(
+            f"this {name} has no guard: it is a pickled copy, and a Guard does not pickle (IngestionPipeline.run("
+            f"num_workers=N > 1) sends its transformations to worker processes that way). Run the pipeline with "
+            f"num_workers=None (the default) or 1, or judge the nodes with {name} in this process"
+        )
+    return guard
 
 
 def keep_allowed(
@@ -73,13 +207,23 @@ def keep_allowed(
     for item, decision in zip(items, decisions):
         if decision.allowed:
             if record and decision.action.value == "flag":
-                node_of(item).metadata[DECISION_METADATA_KEY] = decision.to_dict()
+                _record(node_of(item), decision)
             kept.append(item)
         elif on_block == "raise":
             enforce(decision)
         else:
             logger.info("qwenguard dropped node %s: %s", node_of(item).node_id, decision.describe())
     return kept
+
+
+def _record(node: BaseNode, decision: Decision) -> None:
+    """Keep a flag's Decision in the node's metadata, out of what the LLM and the embedding model read (the
+    synthesizer would print it into the prompt)."""
+    node.metadata[DECISION_METADATA_KEY] = decision.to_dict()
+    for field in ("excluded_llm_metadata_keys", "excluded_embed_metadata_keys"):
+        keys = getattr(node, field)
+        if DECISION_METADATA_KEY not in keys:
+            setattr(node, field, [*keys, DECISION_METADATA_KEY])  # a new list: nodes may share one
 
 
 def _apply(
@@ -94,7 +238,7 @@ def screen_nodes(
     """The nodes the guard lets through (``on_block="drop"``), or `GuardViolation` (``"raise"``)."""
     if not nodes:
         return []
-    return _apply(nodes, guard.check_documents(query, _texts(nodes, guard.max_chars)), on_block, record)
+    return _apply(nodes, node_decisions(guard, [n.node for n in nodes], on_block, query), on_block, record)
 
 
 async def ascreen_nodes(
@@ -103,7 +247,7 @@ async def ascreen_nodes(
     """Async twin of `screen_nodes`."""
     if not nodes:
         return []
-    return _apply(nodes, await guard.acheck_documents(query, _texts(nodes, guard.max_chars)), on_block, record)
+    return _apply(nodes, await anode_decisions(guard, [n.node for n in nodes], on_block, query), on_block, record)
 
 
 class GuardNodePostprocessor(GuardComponent, BaseNodePostprocessor):
@@ -115,7 +259,8 @@ class GuardNodePostprocessor(GuardComponent, BaseNodePostprocessor):
       ``"raise"``: the first blocked node raises `GuardViolation` and the query stops.
     - Nodes let through with a flag (controversial in a loose policy, fail-open guard errors) carry
       the Decision in ``node.metadata["qwenguard_decision"]`` (``record_flags=False`` turns this off).
-    - Guard errors follow the guard's policy: fail closed (default) treats the node as blocked.
+    - Guard errors follow the guard's policy: fail closed (default) treats the node as blocked. A node over the
+      guard's ``max_chars`` cannot be judged: dropped (``"raise"``: `InputTooLarge`), never passed unread.
     - Put it last: a postprocessor after it that fetches nodes (``PrevNextNodePostprocessor``) adds unjudged
       ones.
     """
@@ -136,10 +281,10 @@ class GuardNodePostprocessor(GuardComponent, BaseNodePostprocessor):
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
         query = query_bundle.query_str if query_bundle is not None else None
-        return screen_nodes(self.guard, nodes, query, self.on_block, self.record_flags)
+        return screen_nodes(live_guard(self), nodes, query, self.on_block, self.record_flags)
 
     async def _apostprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
         query = query_bundle.query_str if query_bundle is not None else None
-        return await ascreen_nodes(self.guard, nodes, query, self.on_block, self.record_flags)
+        return await ascreen_nodes(live_guard(self), nodes, query, self.on_block, self.record_flags)

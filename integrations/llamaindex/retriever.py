@@ -2,6 +2,8 @@
 
 Wrapping the retriever (rather than the query engine) also covers retrievers used on their own,
 inside a ``RetrieverTool`` or by a chat engine. A blocked query never reaches the vector store.
+It must be the outermost retriever: one around it that fetches or expands nodes (``AutoMergingRetriever``'s
+parents, ``RecursiveRetriever``'s other retrievers) returns nodes it never saw.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ class GuardedRetriever(BaseRetriever):
     >>> engine = RetrieverQueryEngine.from_args(GuardedRetriever(index.as_retriever(), guard))  # doctest: +SKIP
 
     ``screen_query=False`` skips the query check (e.g. when a `GuardedLLM` already screens it).
+    What ``retrieve``/``aretrieve`` return is judged: LlamaIndex's ``retrieve`` expands the IndexNodes left
+    in the list (their ``obj``, an ``object_map``) after ``_retrieve``, so what an expansion adds is judged
+    then (`_judged_expansion`).
     """
 
     def __init__(
@@ -64,3 +69,38 @@ class GuardedRetriever(BaseRetriever):
             enforce(await self.guard.acheck_prompt(query_bundle.query_str))
         nodes = await self._retriever.aretrieve(query_bundle)
         return await ascreen_nodes(self.guard, nodes, query_bundle.query_str, self.on_block)
+
+    # `BaseRetriever.retrieve` runs these on what `_retrieve` let through: an IndexNode whose object is a node, a
+    # retriever or a query engine is replaced by what that returns, which `_retrieve` never saw.
+    def _handle_recursive_retrieval(self, query_bundle: QueryBundle, nodes: list[NodeWithScore]) -> list[NodeWithScore]:
+        expanded = super()._handle_recursive_retrieval(query_bundle, nodes)
+        added = _added(expanded, nodes)
+        if not added:
+            return expanded
+        return _judged_expansion(
+            expanded, added, screen_nodes(self.guard, added, query_bundle.query_str, self.on_block)
+        )
+
+    async def _ahandle_recursive_retrieval(
+        self, query_bundle: QueryBundle, nodes: list[NodeWithScore]
+    ) -> list[NodeWithScore]:
+        expanded = await super()._ahandle_recursive_retrieval(query_bundle, nodes)
+        added = _added(expanded, nodes)
+        if not added:
+            return expanded
+        kept = await ascreen_nodes(self.guard, added, query_bundle.query_str, self.on_block)
+        return _judged_expansion(expanded, added, kept)
+
+
+def _added(expanded: list[NodeWithScore], judged: list[NodeWithScore]) -> list[NodeWithScore]:
+    """What an expansion put in the list: the items that are not the ones judged (by identity)."""
+    before = {id(n) for n in judged}
+    return [n for n in expanded if id(n) not in before]
+
+
+def _judged_expansion(
+    expanded: list[NodeWithScore], added: list[NodeWithScore], kept: list[NodeWithScore]
+) -> list[NodeWithScore]:
+    """``expanded`` without the added items the guard did not keep, in its order."""
+    dropped = {id(n) for n in added} - {id(n) for n in kept}
+    return [n for n in expanded if id(n) not in dropped]

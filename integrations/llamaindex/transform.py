@@ -2,7 +2,8 @@
 
 Screening at ingestion keeps poisoned or harmful text out of the index at all, so no later query
 can retrieve it. The transform's policy and guard model are part of its ``to_dict()``, which
-``IngestionPipeline`` hashes into its cache key: changing the policy re-screens cached nodes.
+``IngestionPipeline`` hashes into its cache key: changing the policy re-screens cached nodes (not what a
+pipeline's docstore skips as seen before, nor the input documents it stores: docs/llamaindex.md).
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from llama_index.core.schema import BaseNode, TransformComponent
+from llama_index.core.schema import BaseNode, NodeRelationship, TransformComponent
 from pydantic import Field, computed_field
 from qwenguard.core import Decision, Guard
 
 from .._common import require_guard
 from ._component import GuardComponent
-from .postprocessor import OnBlock, keep_allowed, node_text
+from .postprocessor import OnBlock, anode_decisions, keep_allowed, live_guard, node_decisions
 
 __all__ = ["GuardTransform"]
 
@@ -28,7 +29,9 @@ class GuardTransform(GuardComponent, TransformComponent):
 
     Put it after the splitter so each chunk is judged on its own (a long document is windowed by
     the guard either way). ``on_block="raise"`` stops the ingestion at the first blocked node.
-    Flagged nodes keep the Decision in ``metadata["qwenguard_decision"]``.
+    Flagged nodes keep the Decision in ``metadata["qwenguard_decision"]``. A node too large to judge is
+    dropped (``"raise"``: `InputTooLarge`); kept nodes lose their links to dropped ones (`unlinked`). It runs
+    in the pipeline's process only: a worker's copy (``num_workers > 1``) has no guard and raises `GuardMissing`.
     """
 
     guard: Any = Field(exclude=True, description="The qwenguard Guard.")
@@ -43,31 +46,64 @@ class GuardTransform(GuardComponent, TransformComponent):
     def class_name(cls) -> str:
         return "GuardTransform"
 
+    def to_dict(self, **kwargs: Any) -> dict[str, Any]:
+        live_guard(self)  # a pickled copy (a worker's) says so here: pydantic would wrap the error in its own
+        return super().to_dict(**kwargs)
+
     # Computed from the live guard, so the pipeline cache key always matches what screens the nodes.
     @computed_field  # type: ignore[prop-decorator]
     @property
     def policy(self) -> dict[str, Any]:
         """The guard's policy, as data (part of the pipeline cache key)."""
-        return self.guard.policy.to_dict()
+        return live_guard(self).policy.to_dict()
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def model(self) -> str:
         """The guard model's name (part of the pipeline cache key)."""
-        return str(getattr(self.guard.backend, "name", type(self.guard.backend).__name__))
+        backend = live_guard(self).backend
+        return str(getattr(backend, "name", type(backend).__name__))
 
     def _apply(self, nodes: Sequence[BaseNode], decisions: Sequence[Decision]) -> list[BaseNode]:
-        return keep_allowed(nodes, decisions, self.on_block, self.record_flags, lambda n: n)
-
-    def _texts(self, nodes: Sequence[BaseNode]) -> list[str]:
-        return [node_text(n, self.guard.max_chars) for n in nodes]  # its metadata too: the LLM reads it later
+        kept = keep_allowed(nodes, decisions, self.on_block, self.record_flags, lambda n: n)
+        return unlinked(kept, {n.node_id for n in nodes} - {n.node_id for n in kept})
 
     def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[BaseNode]:
+        guard = live_guard(self)
         if not nodes:
             return []
-        return self._apply(nodes, self.guard.check_documents(None, self._texts(nodes)))
+        return self._apply(nodes, node_decisions(guard, nodes, self.on_block))
 
     async def acall(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[BaseNode]:
+        guard = live_guard(self)
         if not nodes:
             return []
-        return self._apply(nodes, await self.guard.acheck_documents(None, self._texts(nodes)))
+        return self._apply(nodes, await anode_decisions(guard, nodes, self.on_block))
+
+
+#: The links between nodes of one ingestion run (a node parser's); SOURCE names the input document, kept.
+_NODE_LINKS = (NodeRelationship.PARENT, NodeRelationship.CHILD, NodeRelationship.PREVIOUS, NodeRelationship.NEXT)
+
+
+def unlinked(nodes: Sequence[BaseNode], dropped: set[str]) -> list[BaseNode]:
+    """``nodes``, each that links to a dropped node (by id) replaced by a copy without that link. Left in, the
+    link names a node no store holds: `AutoMergingRetriever` raised ``doc_id ... not found`` for every query
+    that found a kept sibling of a dropped leaf, `PrevNextNodePostprocessor` likewise."""
+    if not dropped:
+        return list(nodes)
+    out: list[BaseNode] = []
+    for node in nodes:
+        links: dict[NodeRelationship, Any] = {}
+        for kind, info in node.relationships.items():
+            if kind not in _NODE_LINKS:
+                links[kind] = info
+            elif isinstance(info, list):
+                if left := [i for i in info if i.node_id not in dropped]:
+                    links[kind] = left
+            elif info.node_id not in dropped:
+                links[kind] = info
+        if links != node.relationships:
+            node = node.model_copy()  # the caller's node keeps its links
+            node.relationships = links
+        out.append(node)
+    return out

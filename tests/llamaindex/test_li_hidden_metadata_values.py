@@ -88,14 +88,16 @@ def test_a_query_engine_tool_drops_the_node_from_its_raw_output() -> None:
 
 
 def test_the_walk_is_bounded_by_max_chars() -> None:
-    """A huge value is read only up to the guard's max_chars, then refused as too large (never let through)."""
+    """A huge value is read only up to the guard's max_chars, then refused as too large (never let through):
+    ``on_block="raise"`` raises, ``"drop"`` drops the node (rt51c F3)."""
     node = poisoned([SAFE] * 100_000)
     guard = keyword_guard(max_chars=10_000)
     with pytest.raises(InputTooLarge):
         node_text(node, guard.max_chars)
     retrieved = VectorStoreIndex([node], embed_model=MockEmbedding(embed_dim=8)).as_retriever().retrieve("x")
     with pytest.raises(InputTooLarge):
-        GuardNodePostprocessor(guard=guard).postprocess_nodes(retrieved)
+        GuardNodePostprocessor(guard=guard, on_block="raise").postprocess_nodes(retrieved)
+    assert GuardNodePostprocessor(guard=guard).postprocess_nodes(retrieved) == []
 
 
 def test_plain_hidden_values_cost_nothing_more() -> None:
