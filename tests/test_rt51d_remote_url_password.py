@@ -19,6 +19,7 @@ import engines
 import pytest
 from qwenguard.core import Guard, Policy
 from qwenguard.core.backends.transport import without_password
+from qwenguard.core.errors import GuardUnavailable
 
 PW = "s3cretPW0rd"
 
@@ -137,3 +138,20 @@ def test_a_mistyped_base_url_is_refused_without_showing_its_password(url):
 )
 def test_without_password_masks_only_the_password(url, shown):
     assert without_password(url) == shown
+
+
+def test_a_stream_clients_repr_and_refusal_show_no_password():
+    """The stream side of rt51d F8: `RemoteStream`'s repr and a refused session's guard error printed the URL
+    with its password."""
+    from qwenguard.core.backends.remote_stream import RemoteStream
+
+    stream = RemoteStream(f"ws://svc:{PW}@127.0.0.1:9/v1/stream")
+    assert PW not in repr(stream) and "svc:***@127.0.0.1:9" in repr(stream)
+    guard = Guard.remote(f"http://svc:{PW}@127.0.0.1:9/v1", model="guard", stream=True, policy=Policy(timeout_s=5))
+    try:
+        with pytest.raises(GuardUnavailable) as failed, guard.stream("Hi") as monitor:
+            monitor.feed("Hello there.")
+            monitor.finish()
+        assert PW not in str(failed.value) and PW not in repr(guard.stream_backend)
+    finally:
+        guard.close()

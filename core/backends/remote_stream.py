@@ -251,7 +251,8 @@ class RemoteStream:
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"RemoteStream({self.url if len(self.urls) == 1 else list(self.urls)!r})"
+        shown = [without_password(u) for u in self.urls]  # a URL's password never in a repr (rt51d F8)
+        return f"RemoteStream({shown[0] if len(shown) == 1 else shown!r})"
 
     def open_remote_monitor(
         self, guard: Any, prompt: str | Sequence[Mapping[str, Any]], **options: Any
@@ -273,7 +274,8 @@ class RemoteStream:
         proxy = proxy_for(url)
         if proxy is not None and proxy.startswith("socks") and importlib.util.find_spec("python_socks") is None:
             raise MissingDependency(
-                f"python-socks is not installed: the stream server {url} is reached through the SOCKS proxy "
+                f"python-socks is not installed: the stream server {without_password(url)} is reached through the SOCKS "
+                "proxy "
                 f"{without_password(proxy)} (from the environment, as the checks' httpx reads it); "
                 f"pip install python-socks"
             )

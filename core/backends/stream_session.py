@@ -46,6 +46,7 @@ from ..streaming.monitor_core import DEFAULT_KEEP_TOKEN_VERDICTS
 from ..verdict import Risk, Stage, Verdict
 from .openai_wire import error_text, retry_after
 from .replicas import attempt_budget
+from .transport import without_password
 
 __all__ = [
     "REOPEN_CLOSE_CODES",
@@ -290,7 +291,8 @@ def refuse_redirect(ws: Any, url: str) -> None:
     opened = (request.headers.get("Host"), request.path) if request is not None else None
     if opened != (build_host(asked.host, asked.port, asked.secure), asked.resource_name):
         raise Redirected(
-            f"the stream server at {url} redirected the session (to {opened}); a session is judged only by the "
+            f"the stream server at {without_password(url)} redirected the session (to {opened}); a session is judged "
+            "only by the "
             "server asked, as a check is: point the client at the server itself"
         )
 
@@ -737,7 +739,11 @@ class _Session:
                 where_to = exc.response.headers.get("Location")
                 why = f"redirects are not followed (Location {where_to!r})" + (f": {why}" if why else "")
             urls = list(getattr(self.backend, "urls", ()))
-            where = f"stream server at {urls[0]}" if len(urls) == 1 else f"the last of {len(urls)} stream replicas"
+            where = (
+                f"stream server at {without_password(urls[0])}"
+                if len(urls) == 1
+                else f"the last of {len(urls)} stream replicas"
+            )
             refused = GuardUnavailable(f"{where} refused the session: HTTP {status}" + (f": {why}" if why else ""))
             refused.__cause__ = exc
             exc = refused

@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from ..backends.transport import without_password
 from ..errors import QwenGuardError
 from ..policy import Policy
 
@@ -100,7 +101,8 @@ def _learn_served_model(guard: Any) -> None:
         raise QwenGuardError(f"{exc.reason}; {advice}") from None
     except GuardUnavailable as exc:  # nothing answered: naming a model would not help
         why = exc.__cause__ or exc
-        raise QwenGuardError(f"cannot reach the server at {backend.base_url} ({why}): is it running?") from None
+        where = without_password(backend.base_url)
+        raise QwenGuardError(f"cannot reach the server at {where} ({why}): is it running?") from None
 
 
 def _guard(
