@@ -158,6 +158,7 @@ def _measured(guard: Guard, nodes: Sequence[BaseNode], on_block: OnBlock) -> tup
                 raise InputTooLarge(f"node {node.node_id} shows {len(text):,} characters, over max_chars")
         except InputTooLarge as exc:
             unjudged[i] = Decision(False, Action.BLOCK, Stage.RETRIEVAL, "guard_error", error=f"too large: {exc}")
+            guard._emit(unjudged[i])  # the audit listeners hear of a node dropped unjudged, as of any decision
             continue
         texts.append(text)
     return texts, unjudged

@@ -343,9 +343,13 @@ def test_drop_mode_drops_a_node_too_large_to_judge() -> None:
 
 def test_drop_mode_drops_a_node_too_large_to_judge_async() -> None:
     guard, _ = oracle(max_chars=4000)
+    heard = []
+    guard.on_decision(heard.append)
     retrieved = index_of(TextNode(text=SAFE), _planted()).as_retriever(similarity_top_k=5).retrieve(QUESTION)
     kept = asyncio.run(GuardNodePostprocessor(guard=guard).apostprocess_nodes(retrieved))
     assert [n.node.text for n in kept] == [SAFE]
+    # The audit listeners hear of the node dropped unjudged, as of the one judged.
+    assert sorted((d.allowed, d.reason) for d in heard) == [(False, "guard_error"), (True, "safe")], heard
 
 
 def test_raise_mode_still_raises_for_a_node_too_large_to_judge() -> None:
