@@ -17,7 +17,7 @@ import contextvars
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..guard import enforce
 from ..policy import Decision
@@ -76,7 +76,11 @@ class PendingCheck:
     @classmethod
     def start_async(cls, check: Awaitable[Verdicts]) -> PendingCheck:
         """Run an async check (e.g. ``guard.acheck_prompt(text)``) as a task on the running loop."""
-        return cls(task=asyncio.ensure_future(check))
+        task = asyncio.ensure_future(check)
+        # A run abandoned before its verdict (a client that disconnects) never reads the task's error: asyncio
+        # would log "Task exception was never retrieved" for each, and a client could flood the operator's logs.
+        task.add_done_callback(_retrieve)
+        return cls(task=task)
 
     def done(self) -> bool:
         return (self._future or self._task).done()  # type: ignore[union-attr]
@@ -130,6 +134,8 @@ class PendingCheck:
         stream), so that the next step (its first chunk) overlaps the check too."""
         call_task = asyncio.ensure_future(call)
         verdict = asyncio.ensure_future(self.wait_async())
+        for task in (call_task, verdict):  # a caller cancelled mid-race reads neither's error (see `start_async`)
+            task.add_done_callback(_retrieve)
         try:
             done, _ = await asyncio.wait({call_task, verdict}, return_when=asyncio.FIRST_COMPLETED)
             if verdict in done:
@@ -151,6 +157,12 @@ class PendingCheck:
     def cancel(self) -> None:
         """Stop waiting for the verdict (the run ended otherwise). A running thread finishes on its own."""
         (self._future or self._task).cancel()  # type: ignore[union-attr]
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark the check's error as read; `wait` / `wait_async` still raise it for whoever waits."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _await(task: asyncio.Future[T]) -> T:

@@ -13,6 +13,8 @@
   calls (before the tool runs), tool results and retrieved documents, and raises `GuardViolation`. A
   callback cannot hold text back: it stops the stream (see ``_streaming.py`` for the trade).
 - `GuardDocumentCompressor`, `GuardedRetriever`: drop (or raise on) unsafe or injected documents.
+- `retryable`: ``chain.with_retry(retry_if_exception_type=retryable)`` retries anything but the guard's stop
+  (`GuardRunnable` and `GuardedChatModel`'s own ``with_retry`` / ``with_fallbacks`` keep their stops already).
 
 User documentation: docs/langchain.md.
 """
@@ -28,6 +30,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise MissingDependency.for_extra("langchain", "langchain-core") from exc
 
+from ._keep_stops import retryable
 from .callbacks import AsyncGuardCallbackHandler, GuardCallbackHandler
 from .chat_model import GuardedChatModel
 from .documents import GuardDocumentCompressor, GuardedRetriever
@@ -43,6 +46,7 @@ __all__ = [
     "GuardedRetriever",
     "guard_input",
     "guard_output",
+    "retryable",
 ]
 
 

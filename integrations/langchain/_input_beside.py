@@ -4,6 +4,10 @@ The model starts while its input is checked. Its answer may be judged meanwhile,
 before the input's verdict; a blocked input stops the model's stream (sync: at its next chunk; async: at
 once, the read in flight is cancelled) and is what is reported, even when the answer failed too.
 Used by `GuardRunnable` and `GuardedChatModel`.
+
+A runnable that is more than a model (an agent, a chain with tools) runs with a callback handler that stops it at
+its next step once the verdict blocks, and holds every tool until the verdict is in (`stopping`):
+a sync ``invoke`` cannot be cancelled, and an agent's tools act on the world before its answer is returned.
 """
 
 from __future__ import annotations
@@ -11,9 +15,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from langchain_core.callbacks import BaseCallbackHandler, BaseCallbackManager
 from qwenguard.core import Guard
 from qwenguard.core.streaming.parallel import PendingCheck
 
+from ._logs import quiet_guard_stops
 from ._messages import Item
 from ._screening import ascreen, raise_first, screen
 
@@ -28,6 +34,7 @@ __all__ = [
     "auntil_blocked",
     "after_verdict",
     "aafter_verdict",
+    "stopping",
 ]
 
 T = TypeVar("T")
@@ -48,6 +55,55 @@ async def astart_input(guard: Guard, items: Sequence[Item], *, parallel: bool) -
         return PendingCheck.start_async(ascreen(guard, items))
     raise_first(items, await ascreen(guard, items))
     return None
+
+
+class _InputBlockStop(BaseCallbackHandler):
+    """Raises the input's block at the run's next step (a chain, model or retriever starting, a token) once the
+    verdict is back: a look, never a wait (it runs inline, on an event loop's thread too). Free once passed."""
+
+    raise_error = True  # LangChain re-raises a handler's error: the step does not run
+    run_inline = True
+
+    def __init__(self, pending: PendingCheck) -> None:
+        self.pending = pending
+
+    def _step(self, *args: Any, **kwargs: Any) -> None:
+        if not self.pending.passed and self.pending.done():
+            self.pending.wait()  # done: returns at once, or raises the block
+
+    on_chain_start = on_chat_model_start = on_llm_start = on_retriever_start = on_llm_new_token = _step
+    on_tool_start = _step
+
+
+class _ToolWait(BaseCallbackHandler):
+    """Holds a tool until the input's verdict is in (raises it when it blocks): nothing acts on a prompt the guard
+    has not allowed. Not inline: in an async run LangChain calls it on a worker thread, where waiting for a check
+    on the loop does not block the loop. Tool events only."""
+
+    raise_error = True
+    run_inline = False
+    ignore_llm = ignore_chain = ignore_retriever = ignore_chat_model = ignore_custom_event = ignore_retry = True
+
+    def __init__(self, pending: PendingCheck) -> None:
+        self.pending = pending
+
+    def on_tool_start(self, *args: Any, **kwargs: Any) -> None:
+        if not self.pending.passed:
+            self.pending.wait()
+
+
+M = TypeVar("M", bound=BaseCallbackManager)
+
+
+def stopping(callbacks: M, pending: PendingCheck | None) -> M:
+    """``callbacks`` (the runnable's child manager) with `_InputBlockStop` and `_ToolWait` for every run under it,
+    when a check is pending. (LangChain's log line for the stop they raise is moved to DEBUG, as for the guard's
+    handlers.) For sync and async runs alike."""
+    if pending is not None:
+        for handler in (_InputBlockStop(pending), _ToolWait(pending)):
+            quiet_guard_stops(type(handler).__name__)
+            callbacks.add_handler(handler, inherit=True)
+    return callbacks
 
 
 def answer_beside(call: Callable[[], T], pending: PendingCheck | None) -> T:

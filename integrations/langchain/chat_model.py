@@ -19,6 +19,9 @@ blocks. With ``parallel_input=True`` (or a `Guard` built with ``parallel_input=T
 while its input is checked, one judge call sooner to the first text: its answer is judged meanwhile, but
 nothing of it (text or tool call) goes out before the input's verdict, and a blocked input stops the
 model (sync: at its next chunk; async: at once) and raises `GuardViolation` for the prompt.
+
+``with_retry()`` / ``with_fallbacks()`` keep the guard's stop (`_keep_stops.py`): a blocked answer is not asked
+for again, and no fallback model answers a request the guard stopped.
 """
 
 from __future__ import annotations
@@ -34,13 +37,14 @@ from qwenguard.core.streaming.parallel import PendingCheck
 from ._held_model import HeldBackChatModel
 from ._holding import GUARD_PARAM, TOOL_CALLS_PARAM, guard_token, monitor_options
 from ._input_beside import astart_input, start_input
+from ._keep_stops import KeepsStops
 from ._messages import DEFAULT_HISTORY_TURNS, Item, guard_history, input_items, output_items
 from ._screening import ascreen, raise_first, require_guard, screen
 
 __all__ = ["GuardedChatModel"]
 
 
-class GuardedChatModel(HeldBackChatModel):
+class GuardedChatModel(KeepsStops, HeldBackChatModel):
     """``model``, judged by ``guard``: its input before it runs, its answer before anyone sees it.
 
     Args:

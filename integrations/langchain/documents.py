@@ -19,7 +19,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from langchain_core.callbacks import (
+    AsyncCallbackManager,
     AsyncCallbackManagerForRetrieverRun,
+    CallbackManager,
     CallbackManagerForRetrieverRun,
     Callbacks,
 )
@@ -28,6 +30,7 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, field_validator
 from qwenguard.core import Action, Decision, Guard, enforce
 
+from . import _out_of_sight as out_of_sight
 from ._messages import artifact_text
 from ._screening import METADATA_KEY, require_guard
 
@@ -131,12 +134,19 @@ class GuardedRetriever(BaseRetriever):
         """``retriever`` screened by ``guard``."""
         return cls(retriever=retriever, compressor=GuardDocumentCompressor(guard=guard, on_violation=on_violation))
 
+    # The inner retriever runs out of sight of the caller's callbacks (`_out_of_sight`): its run's end carries every
+    # document it found, the ones dropped here too, to ``astream_events`` / ``astream_log`` consumers and tracers;
+    # and a `GuardCallbackHandler` beside this would judge them there and stop the whole run instead of dropping
+    # one. Only the kept documents are reported, as this retriever's own run.
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
-        docs = self.retriever.invoke(query, config={"callbacks": run_manager.get_child()})
+        inner, config = self.retriever, out_of_sight.config_without_callbacks(callbacks=CallbackManager(handlers=[]))
+        docs = out_of_sight.call(lambda: inner.invoke(query, config))
         return list(self.compressor.compress_documents(docs, query))
 
     async def _aget_relevant_documents(
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun
     ) -> list[Document]:
-        docs = await self.retriever.ainvoke(query, config={"callbacks": run_manager.get_child()})
+        manager = AsyncCallbackManager(handlers=[])
+        inner, config = self.retriever, out_of_sight.config_without_callbacks(callbacks=manager)
+        docs = await out_of_sight.acall(lambda: inner.ainvoke(query, config))
         return list(await self.compressor.acompress_documents(docs, query))

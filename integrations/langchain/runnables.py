@@ -5,8 +5,9 @@
 
 - `guard_input` passes its input through unchanged after screening it (strings, user messages and
   system messages but one that opens a message list as prompts, tool messages as untrusted content;
-  for dict inputs every string value, or only ``input_keys``, and every message of a list there, its
-  system ones too: a chain's variables are the caller's, the template comes after).
+  for dict inputs every value, or only ``input_keys``, as the template after it reads it: text, every
+  message of a list there, its system ones too (a chain's variables are the caller's, the template comes
+  after), documents as retrieved content, and anything else but numbers as it prints, ``str(value)``).
 - `guard_output` is a streaming transform with hold-back (``_holding.py``): a chunk is passed on only
   once the guard has judged its text (the core StreamMonitor, pipelined with generation), and a
   violation *raises* (`GuardViolation`) — raising, not returning, is what makes LangChain stop the
@@ -15,8 +16,10 @@
 - `GuardRunnable(runnable=...)` does both around ``runnable`` and judges the answer in the context of
   the screened request. With ``parallel_input=True`` (or a `Guard` built with ``parallel_input=True``)
   the runnable starts while the input is checked: its answer is judged meanwhile but nothing goes out
-  before the input's verdict, and a blocked input stops the runnable's stream (sync: at its next
-  chunk; async: at once, the read in flight is cancelled) and raises `GuardViolation` for the prompt.
+  before the input's verdict, and a blocked input stops the runnable (``stream``: at its next chunk;
+  ``invoke``: at its next step inside, `_input_beside.stopping`; async: at once, the call or read in flight
+  is cancelled) and raises `GuardViolation` for the prompt. No tool inside it starts before the verdict.
+- ``with_retry`` / ``with_fallbacks`` keep the guard's stop (`_keep_stops.py`).
 
 Every path exists sync and async: ``invoke``/``ainvoke``, ``stream``/``astream``, ``batch``/``abatch``,
 ``transform``/``atransform``.
@@ -28,12 +31,14 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
+from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, BaseMessage, convert_to_messages
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import patch_config
 from pydantic import ConfigDict, field_validator, model_validator
 from qwenguard.core import Guard, Stage
+from qwenguard.core.formats.conversations import prompt_conversation, untrusted_conversation
 from qwenguard.core.streaming.parallel import PendingCheck
 
 from ._holding import HeldStream, monitor_options
@@ -45,13 +50,29 @@ from ._input_beside import (
     astart_input,
     auntil_blocked,
     start_input,
+    stopping,
     until_blocked,
 )
+from ._keep_stops import KeepsStops
 from ._messages import DEFAULT_HISTORY_TURNS, Item, input_items, output_items, prompt_items
 from ._screening import ascreen, raise_first, require_guard, screen
 from ._streaming import DEFAULT_WINDOW_CHARS, Engine
+from .documents import document_text
 
 __all__ = ["GuardRunnable", "guard_input", "guard_output"]
+
+
+#: A dict input's values that print as digits or a keyword: nothing a model could read as a request.
+_PLAIN = (bool, int, float, type(None))
+
+
+def _documents(value: Any) -> Sequence[Document] | None:
+    """``value`` as documents (one, or a non-empty list of them), else None."""
+    if isinstance(value, Document):
+        return [value]
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, Document) for v in value):
+        return value
+    return None
 
 
 def _combine(chunks: Sequence[Any]) -> Any:
@@ -65,7 +86,7 @@ def _combine(chunks: Sequence[Any]) -> Any:
     return final
 
 
-class GuardRunnable(RunnableSerializable[Any, Any]):
+class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
     """A guard step in a chain: screens the input, the output (streamed chunk by chunk), or both around ``runnable``.
 
     Prefer the helpers `guard_input` / `guard_output` for pieces of a ``|`` chain.
@@ -86,8 +107,9 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
             whole sentences) or ``"word"`` (all judged text but its last word: more checks). ``None``: the
             monitor's default, ``"sentence"``. See docs/streaming.md.
         parallel_input: with ``runnable``, start it while the input is checked (``None``: the guard's
-            ``parallel_input``). Nothing it produces goes out before the input's verdict; a blocked
-            input stops it and raises for the prompt. The runnable does see a blocked input.
+            ``parallel_input``). Nothing it produces goes out before the input's verdict, and no tool in
+            it starts before it; a blocked input stops it (at its next step) and raises for the prompt.
+            The runnable does see a blocked input.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -173,14 +195,41 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
                 if key not in value:
                     raise KeyError(f"guard input key {key!r} not in the chain input (keys: {sorted(value)})")
                 sub = value[key]
-                if isinstance(sub, (str, PromptValue, BaseMessage, list, tuple)):
-                    items.extend(self._input_items(sub, variable=True))
-                elif self.input_keys is not None:
-                    raise TypeError(f"guard input key {key!r} holds a {type(sub).__name__}, not text or messages")
+                if isinstance(sub, _PLAIN):
+                    if self.input_keys is not None:
+                        raise TypeError(f"guard input key {key!r} holds a {type(sub).__name__}, not text or messages")
+                    continue  # a number prints as digits: nothing to judge
+                items.extend(self._value_items(key, sub))
             return items
         raise TypeError(
             f"cannot screen a {type(value).__name__} input: pass a string, messages, a PromptValue or a dict of them"
         )
+
+    def _value_items(self, key: str, value: Any) -> list[Item]:
+        """A dict input's value: what a prompt template after this step reads of it. Text and messages as such;
+        documents (a RAG chain's ``{"context": docs}``) as retrieved content, each on its own; anything else as
+        the template prints it (``str()``: a nested dict, a set, bytes), never skipped."""
+        if isinstance(value, (str, PromptValue, BaseMessage)):
+            return self._input_items(value, variable=True)
+        documents = _documents(value)
+        if documents is not None:
+            budget = self.guard.max_chars
+            texts = [document_text(doc, budget) for doc in documents]
+            return [
+                Item(Stage.RETRIEVAL, untrusted_conversation(text, f"document {i}"), label=f"document in {key!r}")
+                for i, text in enumerate(texts)
+                if text.strip()
+            ]
+        if isinstance(value, (list, tuple)):
+            try:
+                messages = convert_to_messages(value)
+            except (NotImplementedError, ValueError, TypeError, KeyError):
+                pass  # not messages (numbers, rows, pairs that name no role): the template prints the list
+            else:
+                return input_items(messages, self.history_turns, screen_system=True)
+        # What the template prints. Its length is the guard's to bound (max_chars), as any input's.
+        text = str(value)
+        return [Item(Stage.PROMPT, prompt_conversation(text), label=f"chain input {key!r}")] if text.strip() else []
 
     def _parallel(self, items: Sequence[Item]) -> bool:
         """Is the input checked beside the runnable (there is a runnable and something to check)?"""
@@ -232,7 +281,10 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
             context = self._context(items)
         output = value
         if self.runnable is not None:  # (an input check runs beside it only when there is one: `_parallel`)
-            runnable, child = self.runnable, patch_config(config, callbacks=run_manager.get_child())
+            # A sync call cannot be cancelled: a blocking verdict stops it at its next step (`stopping`), and no
+            # tool of it runs before the verdict, rather than the whole run (an agent's tools) going on to the end.
+            runnable = self.runnable
+            child = patch_config(config, callbacks=stopping(run_manager.get_child(), pending))
             output = answer_beside(lambda: runnable.invoke(value, child), pending)
         if self.check_output:
             items = self._output_items(output, context)
@@ -248,7 +300,10 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
             context = self._context(items)
         output = value
         if self.runnable is not None:
-            call = self.runnable.ainvoke(value, patch_config(config, callbacks=run_manager.get_child()))
+            # Cancelled at once by a blocking verdict; its tools wait for the verdict (a model may answer first).
+            call = self.runnable.ainvoke(
+                value, patch_config(config, callbacks=stopping(run_manager.get_child(), pending))
+            )
             output = await aanswer_beside(call, pending)
         if self.check_output:
             items = self._output_items(output, context)
@@ -279,12 +334,13 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
         if not chunks:
             return
         value = _combine(chunks)
-        items = self._input_items(value)
+        items = self._input_items(value) if self.check_input else []  # as `_invoke`: no check, no context
         pending = self._start_input(items)
         if self.runnable is None:
             yield value
             return
-        output = self.runnable.transform(iter([value]), patch_config(config, callbacks=run_manager.get_child()))
+        child = patch_config(config, callbacks=stopping(run_manager.get_child(), pending))
+        output = self.runnable.transform(iter([value]), child)
         if pending is not None:
             output = until_blocked(output, pending)
         if self.check_output:
@@ -302,8 +358,7 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
         if not chunks:
             return
         value = _combine(chunks)
-        items = self._input_items(value)
-
+        items = self._input_items(value) if self.check_input else []
         pending = await self._astart_input(items)
         if self.runnable is None:
             yield value
@@ -312,7 +367,9 @@ class GuardRunnable(RunnableSerializable[Any, Any]):
         async def one() -> AsyncIterator[Any]:
             yield value
 
-        output = self.runnable.atransform(one(), patch_config(config, callbacks=run_manager.get_child()))
+        output = self.runnable.atransform(
+            one(), patch_config(config, callbacks=stopping(run_manager.get_child(), pending))
+        )
         if pending is not None:
             output = auntil_blocked(output, pending)
         if self.check_output:

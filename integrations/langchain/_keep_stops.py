@@ -1,0 +1,165 @@
+"""Retries and fallbacks that keep the guard's stop: `retryable`, and the ``with_retry`` / ``with_fallbacks`` of
+`GuardRunnable` and `GuardedChatModel` (`KeepsStops`).
+
+LangChain's ``with_retry()`` retries every ``Exception`` and ``with_fallbacks()`` hands every one to the next
+runnable: a `GuardViolation` is one, so a retry asked the model again after the guard blocked its answer (a
+re-roll: a jailbreak gets more tries at an answer the guard misses) and a fallback model answered a request the
+guard had stopped (an unguarded one, unjudged). `GuardMiddleware` keeps its stops with `StoppedCalls`; these are
+the LCEL twins. A retry here retries anything but a violation (`GuardUnavailable` too: a guard that could not
+answer may answer on a retry, and the new answer is judged); after a stop (a violation, or a guard failing closed)
+no fallback runs, the stop is raised. The retry or fallback a caller builds around a chain that holds the guard
+(``(prompt | guarded).with_retry()``) is LangChain's own: pass ``retry_if_exception_type=retryable`` there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any
+
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.fallbacks import RunnableWithFallbacks
+from langchain_core.runnables.retry import RunnableRetry
+from qwenguard.core import GuardUnavailable, GuardViolation
+from tenacity import retry_if_exception
+
+__all__ = ["KeepsStops", "retryable"]
+
+#: What ends a fallbacks run: the guard's verdict, or the guard failing closed (a fallback would answer unjudged).
+_FALLBACK_STOPS = (GuardViolation, GuardUnavailable)
+
+Retries = tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+
+
+def retryable(error: BaseException) -> bool:
+    """Any error but the guard's stop (`GuardViolation`): ``chain.with_retry(retry_if_exception_type=retryable)``."""
+    return isinstance(error, Exception) and not isinstance(error, GuardViolation)
+
+
+def _unless_stopped(retries: Retries) -> Callable[[BaseException], bool]:
+    """The caller's choice of errors to retry (types, or a predicate), less the guard's stop."""
+    if callable(retries) and not isinstance(retries, tuple):
+        return lambda error: retryable(error) and bool(retries(error))
+    return lambda error: retryable(error) and isinstance(error, retries)
+
+
+class KeepsStops:
+    """``with_retry`` / ``with_fallbacks`` that never re-run the guarded step after its stop (module docstring)."""
+
+    def with_retry(
+        self,
+        *,
+        retry_if_exception_type: Retries = (Exception,),
+        wait_exponential_jitter: bool = True,
+        exponential_jitter_params: Any = None,
+        stop_after_attempt: int = 3,
+    ) -> Runnable[Any, Any]:
+        """LangChain's ``with_retry``: a `GuardViolation` is never retried, whatever ``retry_if_exception_type``."""
+        return _RetryKeepsStops(
+            bound=self,
+            kwargs={},
+            config={},
+            retry_exception_types=retry_if_exception_type,
+            wait_exponential_jitter=wait_exponential_jitter,
+            max_attempt_number=stop_after_attempt,
+            exponential_jitter_params=exponential_jitter_params,
+        )
+
+    def with_fallbacks(
+        self,
+        fallbacks: Sequence[Runnable[Any, Any]],
+        *,
+        exceptions_to_handle: tuple[type[BaseException], ...] = (Exception,),
+        exception_key: str | None = None,
+    ) -> RunnableWithFallbacks[Any, Any]:
+        """LangChain's ``with_fallbacks``: after the guard's stop no fallback runs (the stop is raised)."""
+        return _FallbacksKeepStops(
+            runnable=self,
+            fallbacks=fallbacks,
+            exceptions_to_handle=exceptions_to_handle,
+            exception_key=exception_key,
+        )
+
+
+# (The pydantic plugin's __init__ for the binding's ``kwargs`` field clashes with its ``**kwargs``.)
+class _RetryKeepsStops(KeepsStops, RunnableRetry):  # type: ignore[no-redef]
+    """`RunnableRetry` retrying what it was asked to but a `GuardViolation`."""
+
+    @property
+    def _kwargs_retrying(self) -> dict[str, Any]:
+        kwargs = dict(super()._kwargs_retrying)
+        kwargs["retry"] = retry_if_exception(_unless_stopped(self.retry_exception_types))
+        return kwargs
+
+
+class _Stop:
+    """The stop one runnable of a fallbacks call raised, if any."""
+
+    error: BaseException | None = None
+
+
+class _Watched(Runnable[Any, Any]):
+    """One runnable of a fallbacks call: after a stop (``stop.error``), raises it again instead of running; records the
+    stop it raises itself. Passes the call straight on: no run of its own."""
+
+    def __init__(self, runnable: Runnable[Any, Any], stop: _Stop) -> None:
+        self.runnable = runnable
+        self.stop = stop
+
+    def _check(self) -> None:
+        if self.stop.error is not None:
+            raise self.stop.error
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        self._check()
+        try:
+            return self.runnable.invoke(input, config, **kwargs)
+        except _FALLBACK_STOPS as error:
+            self.stop.error = error
+            raise
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        self._check()
+        try:
+            return await self.runnable.ainvoke(input, config, **kwargs)
+        except _FALLBACK_STOPS as error:
+            self.stop.error = error
+            raise
+
+    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
+        self._check()
+        try:
+            yield from self.runnable.stream(input, config, **kwargs)
+        except _FALLBACK_STOPS as error:
+            self.stop.error = error
+            raise
+
+    async def astream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AsyncIterator[Any]:
+        self._check()
+        try:
+            async for chunk in self.runnable.astream(input, config, **kwargs):
+                yield chunk
+        except _FALLBACK_STOPS as error:
+            self.stop.error = error
+            raise
+
+
+class _FallbacksKeepStops(KeepsStops, RunnableWithFallbacks):
+    """`RunnableWithFallbacks` whose fallbacks do not run after a stop: each call iterates `runnables` afresh, so
+    the stop one runnable raised is seen by the next ones of the same call only."""
+
+    @property
+    def runnables(self) -> Iterator[Runnable[Any, Any]]:
+        stop = _Stop()
+        yield _Watched(self.runnable, stop)
+        for fallback in self.fallbacks:
+            yield _Watched(fallback, stop)
+
+    # LangChain's batch runs each runnable on all inputs at once: one input's stop would end the others'
+    # fallbacks. One call per input instead (Runnable's own batch).
+    def batch(self, inputs: list[Any], config: Any = None, *, return_exceptions: bool = False, **kwargs: Any) -> Any:
+        return Runnable.batch(self, inputs, config, return_exceptions=return_exceptions, **kwargs)
+
+    async def abatch(
+        self, inputs: list[Any], config: Any = None, *, return_exceptions: bool = False, **kwargs: Any
+    ) -> Any:
+        return await Runnable.abatch(self, inputs, config, return_exceptions=return_exceptions, **kwargs)
