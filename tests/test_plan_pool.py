@@ -63,10 +63,10 @@ def slow_tokenizer_guard():
     real_plan = backend._plan
     release = threading.Event()
 
-    def plan(conversations, check=None):
+    def plan(conversations, check=None, budget=None):
         if sum(len(m["content"]) for c in conversations for m in c) > SHORT_CHARS:
             release.wait(20)
-        return real_plan(conversations, check)
+        return real_plan(conversations, check, budget)
 
     backend._plan = plan
     yield guard, release
