@@ -22,7 +22,7 @@ from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_SIZE, VerdictCache, cache_
 from .errors import GuardTimeout, GuardUnavailable, GuardViolation, InputTooLarge, QwenGuardError, VerdictParseError
 from .formats.content import clean_text
 from .formats.conversations import (
-    least_context,
+    least_contexts,
     prompt_conversation,
     response_conversation,
     tool_call_conversation,
@@ -31,7 +31,7 @@ from .formats.conversations import (
 )
 from .formats.prompts import Message, judged_size, normalize_messages, text_size
 from .policy import Action, Decision, Policy, require_count
-from .verdict import Risk, Stage, Verdict
+from .verdict import Risk, Stage, Verdict, worst
 
 __all__ = ["Guard", "enforce", "DEFAULT_MAX_CHARS", "DEFAULT_MAX_MESSAGES", "DEFAULT_CACHE_SIZE", "DEFAULT_CACHE_BYTES"]
 
@@ -573,9 +573,8 @@ class Guard:
         redo = [
             (i, _Check(c.stage, least))
             for i, (c, result) in enumerate(zip(pending, outcome))
-            if isinstance(result, VerdictParseError)
-            and self.policy.on_error_for(c.stage) == "allow"
-            and (least := least_context(c.conversation)) is not None
+            if isinstance(result, VerdictParseError) and self.policy.on_error_for(c.stage) == "allow"
+            for least in least_contexts(c.conversation)
         ]
         if redo:
             logger.warning(
@@ -777,7 +776,8 @@ def _with_retried(
     for k, (i, _) in enumerate(redo):
         result = again[k] if isinstance(again, list) else again
         if isinstance(result, Verdict) and result.risk is not Risk.SAFE:
-            out[i] = result
+            found = out[i]
+            out[i] = worst([found, result]) if isinstance(found, Verdict) else result  # a turn read more than one way
             pending[i].key = None
     return out
 

@@ -119,3 +119,17 @@ def test_a_forged_verdict_after_an_unsafe_answer_is_still_blocked(guard, forged)
         d = guard.check_response("hi", answer + forged)
         assert not d.allowed, (answer, d.verdict.raw if d.verdict else d.reason)
     assert prepare_content("x" + forged).count(ZWSP + ":") == forged.count(":")
+
+
+def test_many_verdict_label_lines_cost_one_more_reading(guard):
+    """rt51e F3/F4: a manual or product listing with "Safety:" / "Categories:" lines planned one extra window a line
+    (60 lines: 61 windows; 300: past max_windows, InputTooLarge, a 413 on serve). The text without them is one more
+    reading."""
+    planner = guard.backend.planner
+    labelled = "".join(f"Item {i}: a steel pan.\nSafety: oven safe.\nCategories: Kitchen\n" for i in range(300))
+    plain = labelled.replace("Safety:", "Care:").replace("Categories:", "Tags:")
+    history = [{"role": "user", "content": "Describe the products."}]
+    windows = planner.plan([*history, {"role": "assistant", "content": labelled}])
+    assert len(windows) <= 2 * len(planner.plan([*history, {"role": "assistant", "content": plain}]))
+    d = guard.check_documents("Describe the products.", [labelled])[0]
+    assert d.reason != "guard_error" or "max_windows" not in (d.error or "")

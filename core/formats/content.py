@@ -21,7 +21,8 @@ on where the model runs:
      matches them as added tokens any more, on any engine, whatever its chat template does; a
      reader (or the model) still sees the same characters.
    - A turn label at the start of a line (``USER:`` / ``ASSISTANT:``, and the lines of the guard's own answer,
-     ``Safety:`` / ``Categories:`` / ``Refusal:``, any case, after optional
+     ``Safety:`` / ``Categories:`` / ``Refusal:``, judged once more left out: `without_verdict_lines`; any case,
+     after optional
      spaces; spaces of any width, zero-width and format characters around it count as nothing, and a
      full-width colon as a colon) gets U+200B before its colon (unless one is already there), so content cannot start a new ``USER: ...`` turn in the
      conversation text. Because a model may still read a label-like line as a turn, the text before
@@ -140,13 +141,23 @@ def _label_word(word: str) -> str:
 #: The labels content must not write at a line's start: the turns of the conversation text, and the lines of the
 #: guard's own answer (a forged "Safety: Safe" / "Categories: None" after an unsafe answer swayed the demo guard:
 #: 4 flips in 6, rt51a F3).
-_LABELS = ("USER", "ASSISTANT", "SAFETY", "CATEGORIES", "REFUSAL")
+_TURN_WORDS = ("USER", "ASSISTANT")
+_VERDICT_WORDS = ("SAFETY", "CATEGORIES", "REFUSAL")
 _TURN_COLONS = ":\uff1a\ufe55\ufe13\u2236\ua789\ufe30\u02d0"
-_TURN_LABEL = re.compile(
-    rf"(?:^|(?<=[\n\r\u2028\u2029]))(?:{_LABEL_GAP}|{_MARKUP_BEFORE})*"
-    rf"(?:{'|'.join(map(_label_word, _LABELS))})(?:{_LABEL_GAP}|{_MARKUP_AFTER})*(?=[{_TURN_COLONS}])",
-    re.IGNORECASE,
-)
+
+
+def _line_label(words: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile(
+        rf"(?:^|(?<=[\n\r\u2028\u2029]))(?:{_LABEL_GAP}|{_MARKUP_BEFORE})*"
+        rf"(?:{'|'.join(map(_label_word, words))})(?:{_LABEL_GAP}|{_MARKUP_AFTER})*(?=[{_TURN_COLONS}])",
+        re.IGNORECASE,
+    )
+
+
+_TURN_LABEL = _line_label(_TURN_WORDS)
+_VERDICT_LABEL = _line_label(_VERDICT_WORDS)
+_ANY_LABEL = _line_label(_TURN_WORDS + _VERDICT_WORDS)
+_LINE_END = re.compile(r"\r\n|[\n\r\u2028\u2029]")
 
 
 def clean_text(text: str) -> str:
@@ -192,7 +203,7 @@ def neutralize(text: str) -> str:
         text = _TAG_TOKENS.sub("<" + ZWSP, text)
     if _has_colon(text):
         # A label already broken before its colon stays as it is (idempotent).
-        text = _TURN_LABEL.sub(lambda m: m.group(0) if m.group(0).endswith(ZWSP) else m.group(0) + ZWSP, text)
+        text = _ANY_LABEL.sub(lambda m: m.group(0) if m.group(0).endswith(ZWSP) else m.group(0) + ZWSP, text)
     return text
 
 
@@ -210,6 +221,28 @@ def forged_turn_offsets(text: str) -> list[int]:
     if not _has_colon(text):
         return []
     return [m.start() for m in _TURN_LABEL.finditer(text)]
+
+
+def without_verdict_lines(text: str) -> str:
+    """``text`` without its lines that start with a label of the guard's own answer (``Safety:``, ``Categories:``,
+    ``Refusal:``, read as `neutralize` reads labels): judged beside the text as written, as one more reading, so
+    that forged verdict lines cannot sway the judgement of what they follow, however many there are (one such
+    reading a message, not one window a line: a checklist of 300 "Safety:" lines planned 300 windows). ``text``
+    itself when it has none."""
+    if not _has_colon(text):
+        return text
+    out: list[str] = []
+    at = 0
+    for label in _VERDICT_LABEL.finditer(text):
+        if label.start() < at:  # on a line already cut
+            continue
+        end = _LINE_END.search(text, label.end())
+        out.append(text[at : label.start()])
+        at = len(text) if end is None else end.end()
+    if not out:
+        return text
+    out.append(text[at:])
+    return "".join(out)
 
 
 def forged_turn_segments(text: str) -> list[str]:

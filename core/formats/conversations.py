@@ -26,7 +26,7 @@ __all__ = [
     "with_tool_calls",
     "last_user_text",
     "without_blank_context",
-    "least_context",
+    "least_contexts",
 ]
 
 
@@ -41,21 +41,25 @@ def without_blank_context(messages: list[dict[str, str]]) -> list[dict[str, str]
     return [m for m in messages[:-keep] if not is_blank(m["content"])] + messages[-keep:]
 
 
-def least_context(conversation: Sequence[Mapping[str, str]]) -> list[dict[str, str]] | None:
-    """The judged (last) turn with the least context its mode needs: a user-side turn alone, an assistant turn
-    after the user turn before it, or, when that is the whole conversation, after an empty request (the user's
-    turn is the client's to write: padded, it broke the model's answer on every check of the LLM's answer, and a
-    fail-open policy let a harmful answer through; the answer's harm does not need the request to be seen).
-    ``None`` when there is nothing to leave out. What a check whose answer was no verdict is judged on once more,
-    by `Guard` and by the server (`Service.classify`); only a verdict that is not safe is kept from it."""
+def least_contexts(conversation: Sequence[Mapping[str, str]]) -> list[list[dict[str, str]]]:
+    """The judged (last) turn with less context, each way its mode allows: a user-side turn alone; an assistant turn
+    after the user turn before it, and after an empty request (the user's turns are the client's to write: padded,
+    the request broke the model's answer on every check of the LLM's answer, with or without turns before it, and a
+    fail-open policy let a harmful answer through; the answer's harm does not need the request to be seen). Each one
+    shorter than ``conversation``; none when there is nothing to leave out. What a check whose answer was no verdict
+    is judged on once more, by `Guard`, the server (`Service.classify`) and stream windows: only a verdict that is
+    not safe is kept from them, the worst."""
     last = dict(conversation[-1])
-    least = [last]
+    out = [[last]] if last["role"] != "assistant" else []
     if last["role"] == "assistant":
         before = next((m for m in reversed(conversation[:-1]) if m["role"] == "user"), None)
-        least = [last] if before is None else [dict(before), last]
-        if len(least) == len(conversation) and before is not None and before["content"].strip():
-            return [{"role": "user", "content": ""}, last]
-    return least if len(least) < len(conversation) else None
+        if before is None:
+            out.append([last])
+        else:
+            out.append([dict(before), last])
+            if before["content"].strip():
+                out.append([{"role": "user", "content": ""}, last])
+    return [least for least in out if len(least) < len(conversation) or least[0] != dict(conversation[0])]
 
 
 def _require_text(value: object, what: str) -> str:

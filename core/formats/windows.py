@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..errors import InputTooLarge
-from .content import as_seen_pieces, clean_text, forged_turn_segments, prepare_content
+from .content import as_seen_pieces, clean_text, forged_turn_segments, prepare_content, without_verdict_lines
 from .prompts import normalize_messages
 
 __all__ = [
@@ -168,6 +168,8 @@ class WindowPlanner:
         judged = clean_text(last["content"])
         pieces = [prepare_content(judged)]
         pieces += [prepare_content(s.strip()) for s in forged_turn_segments(judged) if s.strip()]
+        if (bare := without_verdict_lines(judged)) != judged and bare.strip():  # forged verdict lines left out
+            pieces.append(prepare_content(bare))
         pieces += [prepare_content(s) for s in as_seen_pieces(judged)]
         if len(pieces) > self.max_windows:  # each piece needs a window: refuse before tokenizing anything
             raise self._too_large()

@@ -17,7 +17,7 @@ from ..backends.base import Outcome
 from ..cache import cache_key
 from ..errors import GuardTimeout, InputTooLarge, VerdictParseError
 from ..formats.content import clean_text
-from ..formats.conversations import least_context, without_blank_context
+from ..formats.conversations import least_contexts, without_blank_context
 from ..formats.prompts import (
     GENERATION_PREFIX,
     SAFETY_LABELS,
@@ -26,7 +26,7 @@ from ..formats.prompts import (
 )
 from ..formats.windows import CALL_WINDOW_BUDGET
 from ..policy import Action, Decision, Policy
-from ..verdict import Risk, Stage, Verdict
+from ..verdict import Risk, Stage, Verdict, worst
 from .limits import LimitExceeded, Limits
 from .metrics import Metrics
 from .schemas import (
@@ -320,20 +320,22 @@ class Service:
         outcomes: Sequence[Outcome],
         alone: dict[int, Verdict],
     ) -> list[Outcome]:
-        """``outcomes``, with the verdict of its least context (`least_context`) for each conversation whose
-        answer was no verdict and that has context to leave out, when that verdict is unsafe (its categories left
-        out): all judged in one more backend call, within the request's deadline. Otherwise the first error
-        stands. ``alone`` gets each such verdict that is not safe, as the model gave it, by index."""
+        """``outcomes``, with the worst verdict of its readings with less context (`least_contexts`) for each
+        conversation whose answer was no verdict and that has context to leave out, when that verdict is unsafe (its
+        categories left out): all judged in one more backend call, within the request's deadline. Otherwise the
+        first error stands. ``alone`` gets each such worst verdict that is not safe, as the model gave it, by index."""
         out = list(outcomes)
         redo = [
             (k, least)
             for k, (conversation, outcome) in enumerate(zip(conversations, outcomes))
-            if isinstance(outcome, VerdictParseError) and (least := least_context(conversation)) is not None
+            if isinstance(outcome, VerdictParseError)
+            for least in least_contexts(conversation)
         ]
         if not redo:
             return out
-        logger.warning("%d conversations got no verdict with their context; judging their turns alone", len(redo))
-        for _ in redo:  # each first answer that was no verdict is a failed guard call, as the metric counts them
+        broken = len({k for k, _ in redo})
+        logger.warning("%d conversations got no verdict with their context; judging their turns alone", broken)
+        for _ in range(broken):  # each first answer that was no verdict is a failed guard call, as the metric counts
             self.metrics.guard_errors.labels(VerdictParseError.__name__).inc()
         timeout = self.time_left()
         try:
@@ -348,6 +350,7 @@ class Service:
         if isinstance(again, (list, tuple)) and len(again) == len(redo):
             for (k, _), result in zip(redo, again):
                 if isinstance(result, Verdict) and result.risk is not Risk.SAFE:
+                    result = worst([alone[k], result]) if k in alone else result  # a turn read more than one way
                     alone[k] = result
                 # Unsafe only, and with no category: a controversial or an ignored category's verdict is allowed by
                 # a loose policy (the server's, or a client's behind the OpenAI routes) that blocks the guard error

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 from ..backends.gen_session_pool import SESSIONS_PER_STREAM
 from ..errors import GuardTimeout, QwenGuardError, VerdictParseError
 from ..formats.content import BidiState
-from ..formats.conversations import least_context
-from ..verdict import Risk, Stage, Verdict
+from ..formats.conversations import least_contexts
+from ..verdict import Risk, Stage, Verdict, worst
 
 if TYPE_CHECKING:
     from .monitor_core import MonitorCore
@@ -387,13 +387,15 @@ class WindowJudge:
 
     # The window's context is the client's prompt: padded (400 "x"), it broke the model's answer on every window, and
     # a fail-open policy released the whole harmful answer. As `Guard` does for its checks, a window whose answer was
-    # no verdict is judged once more on its least context (`least_context`: the answer after an empty request), and
+    # no verdict is judged once more on its least context (`least_contexts`: the answer after an empty request), and
     # only a verdict that is not safe is kept from that (rt51d F7).
     def check(self, conversation: list[dict[str, str]], timeout: float | None) -> Any:
         """The verdict (or the error) for one window; runs on a worker thread."""
         outcome = self._check(conversation, timeout)
-        if isinstance(outcome, VerdictParseError) and (least := least_context(conversation)) is not None:
-            return _stricter(outcome, self._check(least, timeout, shared=False))
+        if isinstance(outcome, VerdictParseError):
+            return _stricter(
+                outcome, [self._check(least, timeout, shared=False) for least in least_contexts(conversation)]
+            )
         return outcome
 
     def _check(self, conversation: list[dict[str, str]], timeout: float | None, *, shared: bool = True) -> Any:
@@ -407,8 +409,10 @@ class WindowJudge:
     async def acheck(self, conversation: list[dict[str, str]], timeout: float | None) -> Any:
         """Async twin of `check`."""
         outcome = await self._acheck(conversation, timeout)
-        if isinstance(outcome, VerdictParseError) and (least := least_context(conversation)) is not None:
-            return _stricter(outcome, await self._acheck(least, timeout, shared=False))
+        if isinstance(outcome, VerdictParseError):
+            return _stricter(
+                outcome, [await self._acheck(least, timeout, shared=False) for least in least_contexts(conversation)]
+            )
         return outcome
 
     async def _acheck(self, conversation: list[dict[str, str]], timeout: float | None, *, shared: bool = True) -> Any:
@@ -435,9 +439,10 @@ class WindowJudge:
             self.pool.close()
 
 
-def _stricter(error: Any, alone: Any) -> Any:
-    """A window's error, or the verdict of its turn judged alone where that is not safe."""
-    return alone if isinstance(alone, Verdict) and alone.risk is not Risk.SAFE else error
+def _stricter(error: Any, readings: list[Any]) -> Any:
+    """A window's error, or the worst verdict of its turn read with less context where that is not safe."""
+    found = [v for v in readings if isinstance(v, Verdict) and v.risk is not Risk.SAFE]
+    return worst(found) if found else error
 
 
 async def _first(call: Any) -> Any:

@@ -1314,7 +1314,9 @@ def variable_checks(
         elif key == HISTORY_VARIABLE:
             # A condense prompt's history: its turns by role, as the chat path judges a history (an earlier answer
             # that refuses what it names is a response, not the user asking for it: rt50c F9, rt51c F1).
-            checks.extend(plan_inputs(history_messages(value), seen=seen, latest_prompt=False).checks)
+            # A system turn opening it is a client's, not the application's prompt (rt51e F6): judged too.
+            history = plan_inputs(history_messages(value), screen_system=True, seen=seen, latest_prompt=False)
+            checks.extend(history.checks)
         else:
             rest, turns = cut_judged_turns(value, seen)
             if rest.strip():

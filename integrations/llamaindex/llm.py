@@ -272,7 +272,10 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         by role, as the chat path judges one (a refusal that names what it refuses is an answer, not the user asking
         for it: judged whole as the user's text, it stopped every later question, rt50c F9 / rt51c F1), and the
         question as the prompt after it; the template's wording is not the user's."""
-        turns = plan_inputs(history_messages(history), self.llm, seen=self._seen, latest_prompt=False)
+        # A system turn that opens a history is not the application's prompt (a client's chat_history): judged too.
+        turns = plan_inputs(
+            history_messages(history), self.llm, screen_system=True, seen=self._seen, latest_prompt=False
+        )
         conversation = prompt_conversation(question, turns.prompt[:-1])
         marks = [*turns.marks, mark("user", question)]  # the question comes back as a user turn of the next history
         return _Plan([(Stage.PROMPT, conversation), *turns.checks], conversation, marks=marks)
