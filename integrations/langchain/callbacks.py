@@ -106,7 +106,7 @@ from ._messages import (
     tool_text,
 )
 from ._runs import RunTable, started_by_agenerate
-from ._screening import ascreen, raise_first, require_guard, screen
+from ._screening import ascreen, built_off_loop, raise_first, require_guard, screen
 from ._streaming import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_UNJUDGED,
@@ -845,7 +845,9 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
     ) -> None:
         self._begin(run_id, kwargs, owned=started_by_agenerate())
         self._note_held(run_id, kwargs)
-        await self._astart_input(self._chat_start_items(messages, run_id), run_id)
+        await self._astart_input(
+            await built_off_loop(lambda: self._chat_start_items(messages, run_id), messages), run_id
+        )
 
     async def on_llm_start(
         self, serialized: dict[str, Any], prompts: list[str], *, run_id: UUID, **kwargs: Any

@@ -39,7 +39,7 @@ from ._holding import GUARD_PARAM, TOOL_CALLS_PARAM, guard_token, monitor_option
 from ._input_beside import astart_input, start_input
 from ._keep_stops import KeepsStops
 from ._messages import DEFAULT_HISTORY_TURNS, Item, guard_history, input_items, output_items
-from ._screening import ascreen, raise_first, require_guard, screen
+from ._screening import ascreen, built_off_loop, raise_first, require_guard, screen
 
 __all__ = ["GuardedChatModel"]
 
@@ -119,7 +119,7 @@ class GuardedChatModel(KeepsStops, HeldBackChatModel):
         return start_input(self.guard, items, parallel=self._parallel(items))
 
     async def _astart_input(self, messages: list[BaseMessage]) -> PendingCheck | None:
-        items = self._input_items(messages)
+        items = await built_off_loop(lambda: self._input_items(messages), messages)
         return await astart_input(self.guard, items, parallel=self._parallel(items))
 
     def _judge_answer(self, messages: list[BaseMessage], answer: BaseMessage) -> None:
@@ -128,7 +128,7 @@ class GuardedChatModel(KeepsStops, HeldBackChatModel):
         raise_first(items, screen(self.guard, items))
 
     async def _ajudge_answer(self, messages: list[BaseMessage], answer: BaseMessage) -> None:
-        items = self._answer_items(messages, answer)
+        items = await built_off_loop(lambda: self._answer_items(messages, answer), [messages, answer])
         raise_first(items, await ascreen(self.guard, items))
 
     # -- structured output: the inner model's own, every model step through the guard ---------------------------

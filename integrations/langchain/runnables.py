@@ -55,7 +55,7 @@ from ._input_beside import (
 )
 from ._keep_stops import KeepsStops
 from ._messages import DEFAULT_HISTORY_TURNS, Item, input_items, output_items, prompt_items
-from ._screening import ascreen, raise_first, require_guard, screen
+from ._screening import ascreen, built_off_loop, raise_first, require_guard, screen
 from ._streaming import DEFAULT_WINDOW_CHARS, Engine
 from .documents import document_text
 
@@ -295,7 +295,7 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
         context: list[dict[str, str]] = []
         pending: PendingCheck | None = None
         if self.check_input:
-            items = self._input_items(value)
+            items = await built_off_loop(lambda: self._input_items(value), value)
             pending = await self._astart_input(items)
             context = self._context(items)
         output = value
@@ -306,7 +306,7 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
             )
             output = await aanswer_beside(call, pending)
         if self.check_output:
-            items = self._output_items(output, context)
+            items = await built_off_loop(lambda: self._output_items(output, context), output)
             raise_first(items, await ascreen(self.guard, items))
         return output
 
@@ -358,7 +358,7 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
         if not chunks:
             return
         value = _combine(chunks)
-        items = self._input_items(value) if self.check_input else []
+        items = await built_off_loop(lambda: self._input_items(value), value) if self.check_input else []
         pending = await self._astart_input(items)
         if self.runnable is None:
             yield value
