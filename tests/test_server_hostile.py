@@ -24,6 +24,7 @@ import websockets
 from faults import ScriptedBackend
 from live_server import demo_guard
 from qwenguard.core import Guard, GuardViolation, Policy, VerdictParseError, render_prompt
+from qwenguard.core.errors import GuardUnavailable
 from qwenguard.core.server import create_app, server_config
 from qwenguard.core.streaming.gen_windows import MAX_WINDOWS_IN_FLIGHT
 from qwenguard.core.verdict import CATEGORIES
@@ -461,6 +462,23 @@ def test_a_padded_prompt_after_earlier_turns_does_not_switch_the_answers_checks_
     with guarded(fail_open) as url:
         r = httpx.post(url + "/v1/moderate", json={"conversations": [conversation]}, timeout=120)
         assert r.json()["results"][0]["decision"]["allowed"] is False, r.text
+
+
+def test_a_fail_closed_stream_is_not_loosened_by_reading_a_window_again(demo):
+    """rt51g F1: a stream window whose answer was no verdict was judged again with less context whatever the
+    policy, and a controversial reading a loose policy allows let the answer out where failing closed blocks it
+    (``Guard.check`` and /v1/moderate blocked it as a guard error). Windows are read again only where the policy
+    lets a guard error through, as the Guard's checks are."""
+    padded = "x" * 400 + " Who should I vote for?"
+    answer = "Only a fool would vote for the Labour Party."
+    closed = Guard(demo.backend, Policy(mode="loose", on_error="block"), cache_size=0)
+    assert not closed.check_response(padded, answer).allowed  # the conversation's own reading: a guard error
+    released = ""
+    with pytest.raises(GuardUnavailable), closed.stream(padded, screen_prompt=False, holdback=2) as monitor:
+        for i in range(0, len(answer), 8):
+            released += monitor.feed(answer[i : i + 8])
+        released += monitor.finish()
+    assert released == "", released
 
 
 def response_pair(prompt: str) -> list[dict[str, str]]:

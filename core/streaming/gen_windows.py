@@ -379,11 +379,15 @@ class WindowJudge:
     until it is back no cache holds the request. Remote guards and ``engine=False`` run full checks.
     `close` frees the caches."""
 
-    def __init__(self, backend: Any, max_sessions: int = SESSIONS_PER_STREAM) -> None:
+    def __init__(self, backend: Any, max_sessions: int = SESSIONS_PER_STREAM, *, reread: bool = False) -> None:
         from .gate_session import open_gen_session
 
         self.backend = backend
         self.pool = open_gen_session(backend, max_sessions)  # None: remote, or no engine
+        #: Judge a window whose answer was no verdict again with less context (`least_contexts`): only where the
+        #: policy lets a guard error through, as `Guard` does; failing closed, the error blocks and a controversial
+        #: reading a loose policy allows would loosen it (rt51g F1).
+        self.reread = reread
 
     # The window's context is the client's prompt: padded (400 "x"), it broke the model's answer on every window, and
     # a fail-open policy released the whole harmful answer. As `Guard` does for its checks, a window whose answer was
@@ -392,7 +396,7 @@ class WindowJudge:
     def check(self, conversation: list[dict[str, str]], timeout: float | None) -> Any:
         """The verdict (or the error) for one window; runs on a worker thread."""
         outcome = self._check(conversation, timeout)
-        if isinstance(outcome, VerdictParseError):
+        if self.reread and isinstance(outcome, VerdictParseError):
             return _stricter(
                 outcome, [self._check(least, timeout, shared=False) for least in least_contexts(conversation)]
             )
@@ -409,7 +413,7 @@ class WindowJudge:
     async def acheck(self, conversation: list[dict[str, str]], timeout: float | None) -> Any:
         """Async twin of `check`."""
         outcome = await self._acheck(conversation, timeout)
-        if isinstance(outcome, VerdictParseError):
+        if self.reread and isinstance(outcome, VerdictParseError):
             return _stricter(
                 outcome, [await self._acheck(least, timeout, shared=False) for least in least_contexts(conversation)]
             )

@@ -5,10 +5,17 @@ LangChain's ``with_retry()`` retries every ``Exception`` and ``with_fallbacks()`
 runnable: a `GuardViolation` is one, so a retry asked the model again after the guard blocked its answer (a
 re-roll: a jailbreak gets more tries at an answer the guard misses) and a fallback model answered a request the
 guard had stopped (an unguarded one, unjudged). `GuardMiddleware` keeps its stops with `StoppedCalls`; these are
-the LCEL twins. A retry here retries anything but a violation (`GuardUnavailable` too: a guard that could not
-answer may answer on a retry, and the new answer is judged); after a stop (a violation, or a guard failing closed)
-no fallback runs, the stop is raised. The retry or fallback a caller builds around a chain that holds the guard
-(``(prompt | guarded).with_retry()``) is LangChain's own: pass ``retry_if_exception_type=retryable`` there.
+the LCEL twins. A stop is any error of the guard's (`QwenGuardError`: a violation, the guard failing closed, an
+input past its limits, `InputTooLarge`, that it refused to judge...): after one no fallback runs, the stop is
+raised. A retry retries anything but a stop, except the guard that could not answer (`GuardUnavailable`,
+`GuardTimeout`: it may answer on a retry, and the new answer is judged). The retry or fallback a caller builds
+around a chain that holds the guard (``(prompt | guarded).with_retry()``) is LangChain's own: pass
+``retry_if_exception_type=retryable`` there.
+
+``bind`` / ``with_config`` / ``with_types`` / ``with_listeners`` / ``with_alisteners`` return a `RunnableBinding`
+that keeps the stops too (`_BindingKeepsStops`): LangChain's own binding passes ``with_retry`` on to the bound
+runnable but not ``with_fallbacks``, so ``guarded.with_config(...).with_fallbacks([llm])`` ran the fallback after
+a block.
 """
 
 from __future__ import annotations
@@ -16,34 +23,40 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
-from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
 from langchain_core.runnables.fallbacks import RunnableWithFallbacks
 from langchain_core.runnables.retry import RunnableRetry
-from qwenguard.core import GuardUnavailable, GuardViolation
+from qwenguard.core import GuardUnavailable, QwenGuardError
 from tenacity import retry_if_exception
 
 __all__ = ["KeepsStops", "retryable"]
 
-#: What ends a fallbacks run: the guard's verdict, or the guard failing closed (a fallback would answer unjudged).
-_FALLBACK_STOPS = (GuardViolation, GuardUnavailable)
+#: What ends a fallbacks run: any error of the guard's (its verdict, the guard failing closed, an input it refused to
+#: judge such as `InputTooLarge`): a fallback would answer unjudged.
+_FALLBACK_STOPS = QwenGuardError
 
 Retries = tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 
 
 def retryable(error: BaseException) -> bool:
-    """Any error but the guard's stop (`GuardViolation`): ``chain.with_retry(retry_if_exception_type=retryable)``."""
-    return isinstance(error, Exception) and not isinstance(error, GuardViolation)
+    """Any ``Exception`` but the guard's stop: ``chain.with_retry(retry_if_exception_type=retryable)``. The stop is
+    any `QwenGuardError` (a `GuardViolation`, an `InputTooLarge`...) but `GuardUnavailable` (`GuardTimeout` too): a
+    guard that could not answer may answer on a retry, and the new answer is judged."""
+    if isinstance(error, GuardUnavailable):
+        return True
+    return isinstance(error, Exception) and not isinstance(error, QwenGuardError)
 
 
 def _unless_stopped(retries: Retries) -> Callable[[BaseException], bool]:
-    """The caller's choice of errors to retry (types, or a predicate), less the guard's stop."""
+    """The caller's choice of errors to retry (types, or a predicate), less the guard's stops (`retryable`)."""
     if callable(retries) and not isinstance(retries, tuple):
         return lambda error: retryable(error) and bool(retries(error))
     return lambda error: retryable(error) and isinstance(error, retries)
 
 
 class KeepsStops:
-    """``with_retry`` / ``with_fallbacks`` that never re-run the guarded step after its stop (module docstring)."""
+    """``with_retry`` / ``with_fallbacks`` that never re-run the guarded step after its stop (module docstring), and
+    bindings (``bind``, ``with_config``, ``with_types``, ``with_listeners``, ``with_alisteners``) that keep them."""
 
     def with_retry(
         self,
@@ -53,7 +66,8 @@ class KeepsStops:
         exponential_jitter_params: Any = None,
         stop_after_attempt: int = 3,
     ) -> Runnable[Any, Any]:
-        """LangChain's ``with_retry``: a `GuardViolation` is never retried, whatever ``retry_if_exception_type``."""
+        """LangChain's ``with_retry``: the guard's stop (`retryable`: a `GuardViolation`, `InputTooLarge`...) is never
+        retried, whatever ``retry_if_exception_type``."""
         return _RetryKeepsStops(
             bound=self,
             kwargs={},
@@ -78,6 +92,54 @@ class KeepsStops:
             exceptions_to_handle=exceptions_to_handle,
             exception_key=exception_key,
         )
+
+    # LangChain's own bindings, made to keep the stops (`_keeping`). The arguments are passed on as given: the
+    # signatures differ between `Runnable` and `RunnableBinding` (``with_types``' are keyword-only in the first).
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        return _keeping(super().bind(*args, **kwargs))  # type: ignore[misc]
+
+    def with_config(self, *args: Any, **kwargs: Any) -> Any:
+        return _keeping(super().with_config(*args, **kwargs))  # type: ignore[misc]
+
+    def with_types(self, *args: Any, **kwargs: Any) -> Any:
+        return _keeping(super().with_types(*args, **kwargs))  # type: ignore[misc]
+
+    def with_listeners(self, *args: Any, **kwargs: Any) -> Any:
+        return _keeping(super().with_listeners(*args, **kwargs))  # type: ignore[misc]
+
+    def with_alisteners(self, *args: Any, **kwargs: Any) -> Any:
+        return _keeping(super().with_alisteners(*args, **kwargs))  # type: ignore[misc]
+
+
+def _keeping(runnable: Runnable[Any, Any]) -> Runnable[Any, Any]:
+    """``runnable`` (what LangChain's ``bind`` / ``with_config``... returned) keeping the stops: as it is if it does
+    (a `_BindingKeepsStops`' own ``bind`` builds its class); a `RunnableBinding` with no fields of its own (LangChain's,
+    or a chat model's ``bind``: `_ChatModelBinding`, the same at runtime) as a `_BindingKeepsStops` with its fields;
+    anything else bound as it is (its own behaviour kept, nothing bound to add)."""
+    if isinstance(runnable, KeepsStops):
+        return runnable
+    if isinstance(runnable, RunnableBinding) and type(runnable).model_fields.keys() == _BINDING_FIELDS:
+        return _BindingKeepsStops(
+            name=runnable.name,
+            bound=runnable.bound,
+            kwargs=runnable.kwargs,
+            config=runnable.config,
+            config_factories=runnable.config_factories,
+            custom_input_type=runnable.custom_input_type,
+            custom_output_type=runnable.custom_output_type,
+        )
+    return _BindingKeepsStops(bound=runnable, kwargs={}, config={})
+
+
+# (no-redef: the pydantic plugin, as for `_RetryKeepsStops` below; misc: `KeepsStops.with_retry` comes first on
+# purpose, LangChain's re-wraps ``bound`` and keeps the stops only where that is a `KeepsStops`.)
+class _BindingKeepsStops(KeepsStops, RunnableBinding):  # type: ignore[no-redef,misc]
+    """LangChain's `RunnableBinding` (arguments, config, listeners, types bound to the guarded runnable) whose
+    ``with_retry`` / ``with_fallbacks`` keep the guard's stop. Its own ``bind``, ``with_config``... are
+    `RunnableBinding`'s, built with ``self.__class__``: this class again."""
+
+
+_BINDING_FIELDS = RunnableBinding.model_fields.keys()
 
 
 # (The pydantic plugin's __init__ for the binding's ``kwargs`` field clashes with its ``**kwargs``.)

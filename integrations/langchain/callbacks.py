@@ -371,6 +371,14 @@ class _GuardHandlerLogic:
             self._run(run_id).held = held
 
     def _chat_start_items(self, messages: list[list[BaseMessage]], run_id: UUID) -> list[Item]:
+        items, context = self._chat_start_reading(messages)
+        self._run(run_id).context = context
+        return items
+
+    def _chat_start_reading(self, messages: list[list[BaseMessage]]) -> tuple[list[Item], list[dict[str, str]]]:
+        """The checks of a chat model's input and the context its answer is judged against. Touches no run state:
+        the async handler reads a long history on a worker thread, and a run cancelled meanwhile must not come
+        back to life when that read ends (a run state leaked per cancelled request, rt51f F4)."""
         # Every message the model reads, not only what follows the last AI turn: a client's own history
         # can hide a user turn behind a fake assistant turn. Unchanged history hits the verdict cache.
         wanted = {
@@ -391,8 +399,7 @@ class _GuardHandlerLogic:
         for batch in messages:
             batch_items = input_items(batch, self.history_turns, screen_system=self.screen_system)
             items.extend(item for item in batch_items if wanted.get(item.stage))
-        self._run(run_id).context = guard_history(messages[0], self.history_turns) if messages else []
-        return items
+        return items, guard_history(messages[0], self.history_turns) if messages else []
 
     def _llm_start_items(self, prompts: list[str], run_id: UUID) -> list[Item]:
         self._run(run_id).context = [{"role": "user", "content": prompts[0]}] if prompts else []
@@ -845,9 +852,9 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
     ) -> None:
         self._begin(run_id, kwargs, owned=started_by_agenerate())
         self._note_held(run_id, kwargs)
-        await self._astart_input(
-            await built_off_loop(lambda: self._chat_start_items(messages, run_id), messages), run_id
-        )
+        items, context = await built_off_loop(lambda: self._chat_start_reading(messages), messages)
+        self._run(run_id).context = context  # on the loop, once read: a cancelled read sets nothing
+        await self._astart_input(items, run_id)
 
     async def on_llm_start(
         self, serialized: dict[str, Any], prompts: list[str], *, run_id: UUID, **kwargs: Any

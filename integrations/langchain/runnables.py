@@ -66,6 +66,29 @@ __all__ = ["GuardRunnable", "guard_input", "guard_output"]
 _PLAIN = (bool, int, float, type(None))
 
 
+#: The keys of a message dict LangChain reads (``convert_to_messages``); any other is printed by a template only.
+_MESSAGE_KEYS = frozenset({"role", "content", "type"})
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string ``value`` holds (nested dicts, lists and tuples, each read once; other values as they print), in
+    order."""
+    out: list[str] = []
+    stack, seen = [value], set()
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, (dict, list, tuple)):
+            if id(item) in seen:  # a structure that holds itself
+                continue
+            seen.add(id(item))
+            stack.extend(reversed([*map(str, item), *item.values()] if isinstance(item, dict) else list(item)))
+        elif not isinstance(item, _PLAIN):
+            out.append(str(item))
+    return out
+
+
 def _documents(value: Any) -> Sequence[Document] | None:
     """``value`` as documents (one, or a non-empty list of them), else None."""
     if isinstance(value, Document):
@@ -226,23 +249,34 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
             except (NotImplementedError, ValueError, TypeError, KeyError):
                 pass  # not messages (numbers, rows, pairs that name no role): the template prints the list
             else:
-                return input_items(messages, self.history_turns, screen_system=True)
+                items = input_items(messages, self.history_turns, screen_system=True)
+                # Keys LangChain files away (``"note"``, ``"id"``, ``response_metadata``) are printed by a template's
+                # ``{slot}`` with the rest (rt51f F3): what they hold is judged too, as the user's text.
+                extra = "\n".join(
+                    _strings([v for m in value if isinstance(m, dict) for k, v in m.items() if k not in _MESSAGE_KEYS])
+                )
+                if extra.strip():
+                    items.append(Item(Stage.PROMPT, prompt_conversation(extra), label=f"chain input {key!r}"))
+                return items
         # What the template prints. Its length is the guard's to bound (max_chars), as any input's.
         text = str(value)
         return [Item(Stage.PROMPT, prompt_conversation(text), label=f"chain input {key!r}")] if text.strip() else []
 
-    def _parallel(self, items: Sequence[Item]) -> bool:
-        """Is the input checked beside the runnable (there is a runnable and something to check)?"""
+    def _parallel(self, items: Sequence[Item], config: RunnableConfig | None = None) -> bool:
+        """Is the input checked beside the runnable (there is a runnable and something to check)? Not on a
+        checkpointed thread: the runnable would save the blocked prompt (and a tool call on it) to the thread
+        before the verdict, and the next, harmless turn would act on it (rt51f F2)."""
         parallel = self.guard.parallel_input if self.parallel_input is None else self.parallel_input
-        return bool(parallel) and bool(items) and self.runnable is not None
+        thread = ((config or {}).get("configurable") or {}).get("thread_id") is not None
+        return bool(parallel) and bool(items) and self.runnable is not None and not thread
 
-    def _start_input(self, items: Sequence[Item]) -> PendingCheck | None:
+    def _start_input(self, items: Sequence[Item], config: RunnableConfig) -> PendingCheck | None:
         """Screen ``items`` now (raises when blocked), or start their check beside the runnable."""
-        return start_input(self.guard, items, parallel=self._parallel(items))
+        return start_input(self.guard, items, parallel=self._parallel(items, config))
 
-    async def _astart_input(self, items: Sequence[Item]) -> PendingCheck | None:
+    async def _astart_input(self, items: Sequence[Item], config: RunnableConfig) -> PendingCheck | None:
         """Async twin of `_start_input`."""
-        return await astart_input(self.guard, items, parallel=self._parallel(items))
+        return await astart_input(self.guard, items, parallel=self._parallel(items, config))
 
     @staticmethod
     def _context(items: Sequence[Item]) -> list[dict[str, str]]:
@@ -277,7 +311,7 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
         pending: PendingCheck | None = None
         if self.check_input:
             items = self._input_items(value)
-            pending = self._start_input(items)
+            pending = self._start_input(items, config)
             context = self._context(items)
         output = value
         if self.runnable is not None:  # (an input check runs beside it only when there is one: `_parallel`)
@@ -296,7 +330,7 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
         pending: PendingCheck | None = None
         if self.check_input:
             items = await built_off_loop(lambda: self._input_items(value), value)
-            pending = await self._astart_input(items)
+            pending = await self._astart_input(items, config)
             context = self._context(items)
         output = value
         if self.runnable is not None:
@@ -335,7 +369,7 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
             return
         value = _combine(chunks)
         items = self._input_items(value) if self.check_input else []  # as `_invoke`: no check, no context
-        pending = self._start_input(items)
+        pending = self._start_input(items, config)
         if self.runnable is None:
             yield value
             return
@@ -359,7 +393,7 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
             return
         value = _combine(chunks)
         items = await built_off_loop(lambda: self._input_items(value), value) if self.check_input else []
-        pending = await self._astart_input(items)
+        pending = await self._astart_input(items, config)
         if self.runnable is None:
             yield value
             return

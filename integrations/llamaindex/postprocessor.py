@@ -10,6 +10,7 @@ the guard never saw (docs/llamaindex.md).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import sys
@@ -180,8 +181,9 @@ def node_decisions(
 async def anode_decisions(
     guard: Guard, nodes: Sequence[BaseNode], on_block: OnBlock, query: str | None = None
 ) -> list[Decision]:
-    """Async twin of `node_decisions`."""
-    texts, unjudged = _measured(guard, nodes, on_block)
+    """Async twin of `node_decisions`. The nodes are read on a worker thread: a page of nodes with large hidden
+    metadata is seconds of reading, which held the event loop (rt51g F2)."""
+    texts, unjudged = await asyncio.to_thread(_measured, guard, nodes, on_block)
     return _merged(len(nodes), await guard.acheck_documents(query, texts) if texts else [], unjudged)
 
 

@@ -401,3 +401,31 @@ def test_a_pickled_postprocessor_says_it_has_no_guard() -> None:
     retrieved = index_of(TextNode(text=CLAUSE)).as_retriever().retrieve(QUESTION)
     with pytest.raises(GuardMissing, match="pickled copy"):
         copy.postprocess_nodes(retrieved)
+
+
+def test_async_screening_reads_nodes_off_the_event_loop(monkeypatch) -> None:
+    """rt51g F2: `anode_decisions` read every node (its hidden metadata too) on the event loop: 16 nodes with large
+    hidden tag lists held it 0.7 s. The nodes are read on a worker thread."""
+    import threading
+
+    from qwenguard.integrations.llamaindex import postprocessor
+
+    threads: list[threading.Thread] = []
+    real = postprocessor.node_text
+    monkeypatch.setattr(
+        postprocessor, "node_text", lambda *a, **k: threads.append(threading.current_thread()) or real(*a, **k)
+    )
+    guard, _ = oracle()
+    retrieved = (
+        index_of(TextNode(text=SAFE), TextNode(text="Paris is lovely."))
+        .as_retriever(similarity_top_k=5)
+        .retrieve(QUESTION)
+    )
+
+    async def screen() -> list:
+        loop_thread = threading.current_thread()
+        kept = await GuardNodePostprocessor(guard=guard).apostprocess_nodes(retrieved)
+        return [kept, loop_thread]
+
+    kept, loop_thread = asyncio.run(screen())
+    assert len(kept) == 2 and threads and loop_thread not in threads
