@@ -37,7 +37,7 @@ from qwenguard.core.streaming.parallel import PendingCheck
 from ._held_model import HeldBackChatModel
 from ._holding import GUARD_PARAM, TOOL_CALLS_PARAM, guard_token, monitor_options
 from ._input_beside import astart_input, start_input
-from ._keep_stops import KeepsStops
+from ._keep_stops import KeepsStops, _keeping
 from ._messages import DEFAULT_HISTORY_TURNS, Item, guard_history, input_items, output_items
 from ._screening import ascreen, built_off_loop, raise_first, require_guard, screen
 
@@ -156,7 +156,9 @@ class GuardedChatModel(KeepsStops, HeldBackChatModel):
                 'the guard cannot take over, so it would run unguarded. Pass method="function_calling" if the model '
                 "takes it, or bind the schema as a tool (bind_tools) and parse the call."
             )
-        return repointed
+        # Its with_fallbacks / with_retry keep the guard's stop, as the model's own do: a structured fallback model
+        # answered the request the guard had stopped (a RunnableSequence's with_fallbacks is LangChain's).
+        return _keeping(repointed)
 
 
 def _chat_model_in(runnable: Runnable[Any, Any]) -> BaseChatModel | None:

@@ -228,3 +228,14 @@ def test_retryable_does_not_retry_the_guards_stops(error):
 def test_retryable_retries_a_guard_that_could_not_answer_and_a_provider_failure():
     assert retryable(GuardUnavailable("down")) and retryable(GuardTimeout("slow")) and retryable(ConnectionError())
     assert not retryable(KeyboardInterrupt())
+
+
+def test_a_guarded_structured_output_runs_no_fallback_after_a_block(guard):
+    """The structured output of a guarded model is a chain whose ``with_fallbacks`` was LangChain's: after the guard
+    blocked the answer, a structured fallback model (unguarded) answered the request."""
+    with scripted_openai(Reply.words(UNSAFE_CLAUSE)) as url, scripted_openai(Reply.words('{"a": 1}')) as backup_url:
+        guarded = GuardedChatModel(_llm(url), guard).with_structured_output(None, method="json_mode")
+        chain = PROMPT | guarded.with_fallbacks([_llm(backup_url).with_structured_output(None, method="json_mode")])
+        with pytest.raises(GuardViolation):
+            chain.invoke(ASK)
+        assert (len(url.requests), len(backup_url.requests)) == (1, 0)
