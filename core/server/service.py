@@ -381,11 +381,9 @@ class Service:
             # Its turn alone judged not safe: this route knows the policy, so that verdict stands where the policy
             # decides it more strictly than what the conversation got (a guard error under a fail-open policy: a
             # controversial turn under strict mode was allowed, rt51d F6), never more loosely.
-            if i in alone:
-                now = decide(policy, outcome, stages)
-                if strictest([now, decide(policy, alone[i], stages)]) is not now:
-                    outcome = alone[i]
             decision = decide(policy, outcome, stages)
+            if i in alone and strictest([decision, stricter := decide(policy, alone[i], stages)]) is not decision:
+                outcome, decision = alone[i], stricter
             if isinstance(outcome, Verdict):
                 results.append(
                     ModerationResult(
