@@ -57,12 +57,19 @@ class PendingCheck:
     ...     pending.wait()     # first chunk: blocks until the verdict is in; raises if it blocks
     """
 
-    def __init__(self, future: Future[Verdicts] | None = None, task: asyncio.Future[Verdicts] | None = None) -> None:
+    def __init__(
+        self,
+        future: Future[Verdicts] | None = None,
+        task: asyncio.Future[Verdicts] | None = None,
+        *,
+        on_loop: Callable[[], Verdicts] | None = None,
+    ) -> None:
         if (future is None) == (task is None):
             raise ValueError("give exactly one of future= or task=")
         self._future = future
         self._task = task
         self._loop = task.get_loop() if task is not None else None
+        self._on_loop = on_loop
         self.passed = False  # set once a wait found every decision allowed (later waits are free)
 
     @classmethod
@@ -74,16 +81,27 @@ class PendingCheck:
         return cls(future=_pool().submit(context.run, check))
 
     @classmethod
-    def start_async(cls, check: Awaitable[Verdicts]) -> PendingCheck:
-        """Run an async check (e.g. ``guard.acheck_prompt(text)``) as a task on the running loop."""
+    def start_async(cls, check: Awaitable[Verdicts], *, on_loop: Callable[[], Verdicts] | None = None) -> PendingCheck:
+        """Run an async check (e.g. ``guard.acheck_prompt(text)``) as a task on the running loop.
+
+        ``on_loop``: the same check, sync, for a sync `wait` on the loop's own thread before the task is done (a
+        sync tool called from async code): it cannot wait for the task, so it judges the input itself, holding the
+        loop as the sync tool does. Without it such a wait raises `RuntimeError`."""
         task = asyncio.ensure_future(check)
         # A run abandoned before its verdict (a client that disconnects) never reads the task's error: asyncio
         # would log "Task exception was never retrieved" for each, and a client could flood the operator's logs.
         task.add_done_callback(_retrieve)
-        return cls(task=task)
+        return cls(task=task, on_loop=on_loop)
 
     def done(self) -> bool:
         return (self._future or self._task).done()  # type: ignore[union-attr]
+
+    def on_running_loop(self) -> bool:
+        """The check is a task of the event loop running on this thread (`wait_async` can await it here)."""
+        try:
+            return self._loop is not None and asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
 
     def result(self) -> Verdicts | None:
         """The decisions, once the check is done (``None`` before, or when it raised or was cancelled)."""
@@ -95,8 +113,9 @@ class PendingCheck:
     def wait(self) -> Verdicts:
         """Block until the verdict is in; raise `GuardViolation`/`GuardUnavailable` if it blocks.
 
-        A task-based check can be waited on from another thread (a sync hook inside an async run);
-        on the loop's own thread that would deadlock, so it raises `RuntimeError` there."""
+        A task-based check can be waited on from another thread (a sync hook inside an async run); on the loop's own
+        thread that would deadlock, so the check given as ``on_loop`` runs there instead (`start_async`), or, without
+        one, it raises `RuntimeError`."""
         if self._future is not None:
             result = self._future.result()
         elif self._task is not None and self._task.done():
@@ -107,9 +126,12 @@ class PendingCheck:
                 running = asyncio.get_running_loop()
             except RuntimeError:
                 running = None
-            if running is self._loop:
+            if running is not self._loop:
+                result = asyncio.run_coroutine_threadsafe(_await(self._task), self._loop).result()
+            elif self._on_loop is not None:
+                result = self._on_loop()
+            else:
                 raise RuntimeError("this check runs on this thread's event loop: use `await wait_async()`")
-            result = asyncio.run_coroutine_threadsafe(_await(self._task), self._loop).result()
         enforce_all(result)
         self.passed = True
         return result

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from langchain_core.callbacks import BaseCallbackHandler, BaseCallbackManager
+from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler, BaseCallbackManager
 from qwenguard.core import Guard
 from qwenguard.core.streaming.parallel import PendingCheck
 
@@ -50,9 +50,10 @@ def start_input(guard: Guard, items: Sequence[Item], *, parallel: bool) -> Pendi
 
 
 async def astart_input(guard: Guard, items: Sequence[Item], *, parallel: bool) -> PendingCheck | None:
-    """Async twin of `start_input` (the check beside the model is a task on the running loop)."""
+    """Async twin of `start_input` (the check beside the model is a task on the running loop; a sync tool called on
+    the loop's thread before its verdict judges the input itself)."""
     if parallel and items:
-        return PendingCheck.start_async(ascreen(guard, items))
+        return PendingCheck.start_async(ascreen(guard, items), on_loop=lambda: screen(guard, items))
     raise_first(items, await ascreen(guard, items))
     return None
 
@@ -77,8 +78,9 @@ class _InputBlockStop(BaseCallbackHandler):
 
 class _ToolWait(BaseCallbackHandler):
     """Holds a tool until the input's verdict is in (raises it when it blocks): nothing acts on a prompt the guard
-    has not allowed. Not inline: in an async run LangChain calls it on a worker thread, where waiting for a check
-    on the loop does not block the loop. Tool events only."""
+    has not allowed. For sync dispatch: a sync run's tool, or a sync tool called from async code (its thread is the
+    loop's: the input is judged there, `PendingCheck.start_async`). Async dispatch runs inline handlers first, so
+    `_AsyncToolWait` has awaited the verdict before this one runs (off the loop) and finds it in. Tool events only."""
 
     raise_error = True
     run_inline = False
@@ -92,15 +94,33 @@ class _ToolWait(BaseCallbackHandler):
             self.pending.wait()
 
 
+class _AsyncToolWait(AsyncCallbackHandler):
+    """`_ToolWait` for an async run's tool: awaits the verdict on the loop. (A sync handler there would be run on
+    the loop's default executor and hold one of its threads per waiting tool: enough concurrent runs filled it,
+    and every ``asyncio.to_thread`` in the process, the guard's own off-loop work too, queued behind them.) Acts
+    only on a check that is a task of the running loop; `_ToolWait`, after it, covers any other."""
+
+    raise_error = True
+    run_inline = True
+    ignore_llm = ignore_chain = ignore_retriever = ignore_chat_model = ignore_custom_event = ignore_retry = True
+
+    def __init__(self, pending: PendingCheck) -> None:
+        self.pending = pending
+
+    async def on_tool_start(self, *args: Any, **kwargs: Any) -> None:
+        if not self.pending.passed and self.pending.on_running_loop():
+            await self.pending.wait_async()
+
+
 M = TypeVar("M", bound=BaseCallbackManager)
 
 
 def stopping(callbacks: M, pending: PendingCheck | None) -> M:
-    """``callbacks`` (the runnable's child manager) with `_InputBlockStop` and `_ToolWait` for every run under it,
+    """``callbacks`` (the runnable's child manager) with `_InputBlockStop` and the tool waits for every run under it,
     when a check is pending. (LangChain's log line for the stop they raise is moved to DEBUG, as for the guard's
     handlers.) For sync and async runs alike."""
     if pending is not None:
-        for handler in (_InputBlockStop(pending), _ToolWait(pending)):
+        for handler in (_InputBlockStop(pending), _AsyncToolWait(pending), _ToolWait(pending)):
             quiet_guard_stops(type(handler).__name__)
             callbacks.add_handler(handler, inherit=True)
     return callbacks

@@ -348,7 +348,10 @@ class _GuardHandlerLogic:
 
     async def _astart_input(self, items: list[Item], run_id: UUID) -> None:
         if self.parallel_input and items:
-            self._run(run_id).pending = PendingCheck.start_async(ascreen(self.guard, items))
+            guard = self.guard
+            self._run(run_id).pending = PendingCheck.start_async(
+                ascreen(guard, items), on_loop=lambda: screen(guard, items)
+            )
             return
         with self._dropped_on_error(run_id), self._blocking_its_call(run_id):
             raise_first(items, await ascreen(self.guard, items))
