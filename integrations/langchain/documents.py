@@ -43,15 +43,25 @@ OnViolation = Literal["drop", "raise"]
 _ID_KEYS = frozenset({"id", "_id", "doc_id", "document_id", "chunk_id", "uuid", "hash", METADATA_KEY})
 
 
-def document_text(document: Any, budget: int) -> str:
+def document_text(document: Any, budget: int, *, identifiers: bool = False) -> str:
     """A retrieved document as one text to judge: its ``page_content``, then every string in its ``metadata``
     but identifiers (`_ID_KEYS`), one a line (nested values too, walked by `artifact_text` up to ``budget``
     characters). Numbers and other values that are not text add nothing: a document whose metadata holds
-    no text is judged exactly as its page (the same check, the same verdict-cache entry)."""
+    no text is judged exactly as its page (the same check, the same verdict-cache entry). ``identifiers``: the
+    identifier keys' strings and ``Document.id`` too, for a document printed whole (``str(document)``, as a
+    template's ``{context}`` slot prints a list of them: rt51f F9)."""
     page = getattr(document, "page_content", None)
     page = page if isinstance(page, str) else ""
     metadata = getattr(document, "metadata", None)
-    values = [v for k, v in metadata.items() if k not in _ID_KEYS] if isinstance(metadata, Mapping) else []
+    if not isinstance(metadata, Mapping):
+        values = []
+    elif identifiers:
+        values = [v for k, v in metadata.items() if k != METADATA_KEY]
+    else:
+        values = [v for k, v in metadata.items() if k not in _ID_KEYS]
+    own_id = getattr(document, "id", None)
+    if identifiers and isinstance(own_id, str) and own_id:
+        values.append(own_id)
     extra = artifact_text(values, budget - len(page)) if values else ""
     return "\n".join(t for t in (page, extra) if t)
 

@@ -237,7 +237,8 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
         documents = _documents(value)
         if documents is not None:
             budget = self.guard.max_chars
-            texts = [document_text(doc, budget) for doc in documents]
+            # The template prints the list whole (``str(list)``): ids and every metadata key show.
+            texts = [document_text(doc, budget, identifiers=True) for doc in documents]
             return [
                 Item(Stage.RETRIEVAL, untrusted_conversation(text, f"document {i}"), label=f"document in {key!r}")
                 for i, text in enumerate(texts)
@@ -306,7 +307,11 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
         )
 
     # -- invoke -----------------------------------------------------------------------------------
-    def _invoke(self, value: Any, run_manager: CallbackManagerForChainRun, config: RunnableConfig) -> Any:
+    def _invoke(
+        self, value: Any, run_manager: CallbackManagerForChainRun, config: RunnableConfig, **kwargs: Any
+    ) -> Any:
+        """``kwargs``: a binding's (``.bind(stop=...)``), for the wrapped runnable, as `RunnableBinding` passes them
+        (a `TypeError` here was an error that ``with_fallbacks`` answered unguarded)."""
         context: list[dict[str, str]] = []
         pending: PendingCheck | None = None
         if self.check_input:
@@ -319,13 +324,15 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
             # tool of it runs before the verdict, rather than the whole run (an agent's tools) going on to the end.
             runnable = self.runnable
             child = patch_config(config, callbacks=stopping(run_manager.get_child(), pending))
-            output = answer_beside(lambda: runnable.invoke(value, child), pending)
+            output = answer_beside(lambda: runnable.invoke(value, child, **kwargs), pending)
         if self.check_output:
             items = self._output_items(output, context)
             raise_first(items, screen(self.guard, items))
         return output
 
-    async def _ainvoke(self, value: Any, run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig) -> Any:
+    async def _ainvoke(
+        self, value: Any, run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig, **kwargs: Any
+    ) -> Any:
         context: list[dict[str, str]] = []
         pending: PendingCheck | None = None
         if self.check_input:
@@ -336,7 +343,7 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
         if self.runnable is not None:
             # Cancelled at once by a blocking verdict; its tools wait for the verdict (a model may answer first).
             call = self.runnable.ainvoke(
-                value, patch_config(config, callbacks=stopping(run_manager.get_child(), pending))
+                value, patch_config(config, callbacks=stopping(run_manager.get_child(), pending)), **kwargs
             )
             output = await aanswer_beside(call, pending)
         if self.check_output:
@@ -359,7 +366,7 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
             yield chunk
 
     def _transform(
-        self, inputs: Iterator[Any], run_manager: CallbackManagerForChainRun, config: RunnableConfig
+        self, inputs: Iterator[Any], run_manager: CallbackManagerForChainRun, config: RunnableConfig, **kwargs: Any
     ) -> Iterator[Any]:
         if self.runnable is None and not self.check_input:  # guard_output: stream straight through the gate
             yield from self._guard_chunks(inputs, [])
@@ -374,7 +381,7 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
             yield value
             return
         child = patch_config(config, callbacks=stopping(run_manager.get_child(), pending))
-        output = self.runnable.transform(iter([value]), child)
+        output = self.runnable.transform(iter([value]), child, **kwargs)
         if pending is not None:
             output = until_blocked(output, pending)
         if self.check_output:
@@ -382,7 +389,11 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
         yield from (output if pending is None else after_verdict(output, pending))
 
     async def _atransform(
-        self, inputs: AsyncIterator[Any], run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig
+        self,
+        inputs: AsyncIterator[Any],
+        run_manager: AsyncCallbackManagerForChainRun,
+        config: RunnableConfig,
+        **kwargs: Any,
     ) -> AsyncIterator[Any]:
         if self.runnable is None and not self.check_input:
             async for chunk in self._aguard_chunks(inputs, []):
@@ -402,7 +413,7 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
             yield value
 
         output = self.runnable.atransform(
-            one(), patch_config(config, callbacks=stopping(run_manager.get_child(), pending))
+            one(), patch_config(config, callbacks=stopping(run_manager.get_child(), pending)), **kwargs
         )
         if pending is not None:
             output = auntil_blocked(output, pending)

@@ -76,6 +76,25 @@ def test_a_list_of_documents_is_judged_as_retrieved_content(guard):
     assert len(model.seen) == 1
 
 
+ID_SHAPES = {
+    "metadata doc_id": Document("Paris is the capital of France.", metadata={"doc_id": INJECTION}),
+    "metadata id": Document("Paris is the capital of France.", metadata={"id": INJECTION}),
+    "Document.id": Document("Paris is the capital of France.", id=INJECTION),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(ID_SHAPES))
+def test_a_documents_identifiers_are_judged_where_the_template_prints_them(guard, shape):
+    """rt51f F9: the ``{context}`` slot prints the list whole, ids too; injected instructions there (a corpus
+    whose ids come from page data) reached the model unjudged, where the same text under ``source`` was stopped."""
+    model = scripted(SAFE_ANSWER)
+    chain = guard_input(guard) | RAG | model
+    with pytest.raises(GuardViolation) as info:
+        chain.invoke({"context": [ID_SHAPES[shape]], "question": SAFE_QUESTION})
+    assert info.value.decision.stage.value == "retrieval"
+    assert model.seen == []
+
+
 @pytest.mark.parametrize("value", [[1, 2], [["a", "b"]], [{"title": "x"}]], ids=["numbers", "pairs", "rows"])
 def test_a_list_that_is_not_messages_is_judged_as_printed(guard, value):
     assert guard_input(guard).invoke({"q": value}) == {"q": value}

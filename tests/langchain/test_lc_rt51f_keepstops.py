@@ -59,6 +59,7 @@ BOUND: dict[str, Callable[[Any, Any], Any]] = {
     ),
     "GuardRunnable.with_config": lambda guard, llm: GuardRunnable(llm, guard).with_config(tags=["t"]),
     "GuardRunnable.with_types": lambda guard, llm: GuardRunnable(llm, guard).with_types(input_type=dict),
+    "GuardRunnable.bind": lambda guard, llm: GuardRunnable(llm, guard).bind(stop=["\n\n\n"]),
     "GuardRunnable.with_listeners": lambda guard, llm: GuardRunnable(llm, guard).with_listeners(
         on_end=lambda run: None
     ),
@@ -120,6 +121,17 @@ def test_bound_arguments_and_listeners_still_apply(guard):
         )
         assert (PROMPT | bound.with_fallbacks([_llm(_down())])).invoke(ASK).content == SAFE_ANSWER
         assert url.requests[0].body["stop"] == ["STOP"] and ended == ["named"]
+
+
+@pytest.mark.parametrize("mode", sorted(CALLS))
+def test_a_bound_guard_runnable_hands_its_arguments_to_the_model(guard, mode):
+    """``GuardRunnable(model, guard).bind(stop=...)`` raised `TypeError` on every call, safe ones too, and
+    ``with_fallbacks`` answered that error with the unguarded fallback."""
+    with scripted_openai(Reply.words(SAFE_ANSWER)) as url, scripted_openai(Reply.words(SAFE_ANSWER)) as backup_url:
+        bound = GuardRunnable(_llm(url), guard).bind(stop=["STOP"]).with_fallbacks([_llm(backup_url)])
+        CALLS[mode](PROMPT | bound, ASK)
+        assert (len(url.requests), len(backup_url.requests)) == (1, 0)
+        assert url.requests[0].body["stop"] == ["STOP"]
 
 
 def test_async_listeners_still_apply(guard):
