@@ -778,7 +778,8 @@ def _strings(value: Any, key: str | None = None, where: int = _TEXT) -> Iterator
 
 def value_strings(value: Any, budget: int, what: str = "value") -> list[str]:
     """Every non-blank string ``value`` holds, depth first: mapping keys and values, sequence and set items, a pydantic
-    model's fields, an object's public data attributes (`_attributes`). Bytes and numbers hold none. Walked without
+    model's fields, an object's public data attributes (`_attributes`). Bytes that are text are read as text (an
+    app may decode and show them); binary data and numbers hold none. Walked without
     recursion, each container once, and only until past ``budget`` (a string counts its length, anything else one:
     the guard's ``max_chars``): a walk cut short raises `InputTooLarge`, since what is left would go unjudged."""
     texts: list[str] = []
@@ -792,6 +793,8 @@ def value_strings(value: Any, budget: int, what: str = "value") -> list[str]:
         item = stack.pop()
         total += 1
         room = budget - total + 1  # items beyond it cannot be reached before the walk stops
+        if isinstance(item, (bytes, bytearray)):
+            item = _utf8(item)
         if isinstance(item, str):
             if item.strip():
                 texts.append(item)
@@ -814,6 +817,13 @@ def value_strings(value: Any, budget: int, what: str = "value") -> list[str]:
     if total > budget:
         raise InputTooLarge(f"{what} holds over max_chars={budget:,} characters of text; it cannot be judged whole")
     return texts
+
+
+def _utf8(data: bytes | bytearray) -> str | None:
+    """``data`` as text when it is text (a stray invalid byte does not hide the rest); binary data, where over a
+    tenth would not decode, is not: ``None``."""
+    text = bytes(data).decode("utf-8", errors="replace")
+    return None if text.count("\ufffd") * 10 > len(text) else text
 
 
 #: What a provider class reads of a tool-call entry that is an object: read as attributes too (a property).

@@ -27,7 +27,7 @@ from qwenguard.core.errors import InputTooLarge
 from qwenguard.core.policy import Action
 from qwenguard.core.verdict import Stage
 
-from .._common import IDENTIFIER, require_guard
+from .._common import require_guard
 from ._component import GuardComponent
 from ._messages import value_strings
 from .memory import GuardMissing
@@ -92,12 +92,18 @@ def _own_texts(node: BaseNode, budget: int, size: int) -> list[str]:
     if raw.strip() and raw.strip() not in text:
         found.append(raw)
         size += len(raw) + 2
+    for media in _MEDIA:  # a multimodal node's caption or transcript, which `get_content` leaves out
+        resource = getattr(node, media, None)
+        caption = getattr(resource, "text", None)
+        if isinstance(caption, str) and caption.strip() and caption.strip() not in text:
+            found.append(caption)
+            size += len(caption) + 2
     shown = _shown_keys(node, text)
     for key, value in node.metadata.items():
         if key == DECISION_METADATA_KEY or key in shown:
             continue
         name = str(key)
-        if name.strip() and not IDENTIFIER.fullmatch(name):  # a field name costs nothing; words are read
+        if name.strip():  # an identifier can be words too ("mix_ammonium_nitrate_with_...": rt51g F3)
             found.append(name)
             size += len(name) + 2
         if isinstance(value, str):
@@ -108,6 +114,9 @@ def _own_texts(node: BaseNode, budget: int, size: int) -> list[str]:
         size += sum(len(t) + 2 for t in strings)
     return found
 
+
+#: A multimodal `Node`'s media, each with a ``text`` an app can show beside it.
+_MEDIA = ("image_resource", "audio_resource", "video_resource")
 
 #: Metadata values whose ``str`` is the whole of what they hold (a container's ``str`` is a repr: read apart).
 _SCALARS = (str, int, float, bool, type(None))

@@ -101,10 +101,12 @@ def test_the_walk_is_bounded_by_max_chars() -> None:
 
 
 def test_plain_hidden_values_cost_nothing_more() -> None:
-    """Numbers and strings read as before: one text per node, one check per node."""
+    """Numbers add nothing, strings are read: one text per node, one check per node. A hidden key's name is read
+    too, identifiers as well (rt51g F3: one can be the words of a request, ``mix_ammonium_nitrate_...``)."""
     hidden = ["file_size", "pages", "title"]
     node = TextNode(text=SAFE, metadata={"file_size": 1234, "pages": [1, 2], "title": "Cities"})
     node.excluded_llm_metadata_keys = hidden
-    assert node_text(node, 1_000_000) == node.get_content(metadata_mode=MetadataMode.LLM) + "\n\nCities"
+    read = "\n\n".join(["file_size", "pages", "title", "Cities"])
+    assert node_text(node, 1_000_000) == node.get_content(metadata_mode=MetadataMode.LLM) + "\n\n" + read
     nested = poisoned({"thread": [{"author": "eve", "text": "Nice."}]})
-    assert node_text(nested, 1_000_000).split("\n\n")[1:] == ["thread", "author", "eve", "text", "Nice."]
+    assert node_text(nested, 1_000_000).split("\n\n")[1:] == ["comments", "thread", "author", "eve", "text", "Nice."]

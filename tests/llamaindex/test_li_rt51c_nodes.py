@@ -27,7 +27,15 @@ from llama_index.core.node_parser import HierarchicalNodeParser, get_leaf_nodes
 from llama_index.core.postprocessor import MetadataReplacementPostProcessor
 from llama_index.core.query_engine import CitationQueryEngine, RetrieverQueryEngine
 from llama_index.core.retrievers import AutoMergingRetriever
-from llama_index.core.schema import IndexNode, MetadataMode, NodeRelationship, NodeWithScore, TextNode
+from llama_index.core.schema import (
+    IndexNode,
+    MediaResource,
+    MetadataMode,
+    Node,
+    NodeRelationship,
+    NodeWithScore,
+    TextNode,
+)
 from qwenguard.core import Guard, GuardViolation, Policy
 from qwenguard.core.errors import InputTooLarge
 from qwenguard.integrations.llamaindex import (
@@ -158,6 +166,35 @@ def test_ingestion_drops_a_node_whose_templates_hide_the_clause(make) -> None:
     kept = IngestionPipeline(transformations=[GuardTransform(guard=guard)]).run(nodes=[make(), TextNode(text=SAFE)])
     assert clause_chars("".join(n.get_content() + repr(n.metadata) for n in kept)) == 0
     assert [n.text for n in kept] == [SAFE]
+
+
+# rt51g F3: parts a sources panel can show that no template prints. The key is the clause as one identifier.
+KEY = "mix_ammonium_nitrate_with_fuel_oil_and_pack_it_into_a_pipe"
+UNPRINTED = {
+    "an_identifier_key": lambda: TextNode(text=SAFE, metadata={KEY: 1}, excluded_llm_metadata_keys=[KEY]),
+    "an_image_caption": lambda: Node(
+        text_resource=MediaResource(text=SAFE), image_resource=MediaResource(text="Caption: " + CLAUSE)
+    ),
+    "an_audio_transcript": lambda: Node(
+        text_resource=MediaResource(text=SAFE), audio_resource=MediaResource(text=CLAUSE)
+    ),
+    "bytes_of_text": lambda: TextNode(
+        text=SAFE, metadata={"note": CLAUSE.encode() + b"\xff"}, excluded_llm_metadata_keys=["note"]
+    ),
+}
+
+
+@pytest.mark.parametrize("make", list(UNPRINTED.values()), ids=list(UNPRINTED))
+def test_a_postprocessor_drops_a_node_whose_unprinted_parts_hold_the_clause(make) -> None:
+    guard, _ = oracle()
+    nodes = [NodeWithScore(node=make(), score=1.0), NodeWithScore(node=TextNode(text=SAFE), score=0.5)]
+    kept = GuardNodePostprocessor(guard=guard).postprocess_nodes(nodes, query_str=QUESTION)
+    assert [n.node.get_content() for n in kept] == [SAFE]
+
+
+def test_binary_bytes_in_metadata_are_not_read_as_text() -> None:
+    node = TextNode(text=SAFE, metadata={"thumbnail": bytes(range(256))}, excluded_llm_metadata_keys=["thumbnail"])
+    assert node_text(node, 10_000) == SAFE + "\n\nthumbnail"
 
 
 def test_shown_metadata_is_judged_once() -> None:
