@@ -80,6 +80,19 @@ def test_a_replica_down_during_a_restart_shows_no_password_in_the_decision(logs)
     _no_password(*logs.messages)
 
 
+def test_a_token_given_as_the_urls_user_name_is_not_shown(logs):
+    """Services that take a token as the URL's user name (``https://TOKEN@host``): a replica down showed it whole."""
+    url = f"http://{PW}@127.0.0.1:{engines.free_port()}/v1"  # nothing listens
+    guard = Guard.remote(url, model="m", max_context=4096, max_retries=0)
+    try:
+        decision = guard.check_prompt("hello")
+        shown = repr(guard.backend)
+    finally:
+        guard.close()
+    assert decision.error and "http://***@127.0.0.1:" in decision.error, decision.error
+    _no_password(decision.error, decision.to_dict(), shown, *logs.messages)
+
+
 def test_an_engine_refusing_a_prompt_is_named_without_the_password_which_it_still_receives(logs):
     secret = "Basic " + base64.b64encode(f"svc:{PW}".encode()).decode()
     with authed_engine(n_ctx=40) as (engine, seen):  # every prompt is past its context: 400, naming it
@@ -132,11 +145,12 @@ def test_a_mistyped_base_url_is_refused_without_showing_its_password(url):
         (f"https://svc:{PW}@Guard.Internal/v1", "https://svc:***@Guard.Internal/v1"),
         (f"http://:{PW}@h:1/v1", "http://:***@h:1/v1"),  # no user: was "None:***@"
         (f"socks5://u:{PW}@proxy:1080", "socks5://u:***@proxy:1080"),
-        ("http://u@h/v1", "http://u@h/v1"),
+        ("http://u@h/v1", "http://***@h/v1"),
+        (f"https://{PW}@h/v1", "https://***@h/v1"),  # a token as the user name: was shown whole
         ("http://h:8000/v1", "http://h:8000/v1"),
     ],
 )
-def test_without_password_masks_only_the_password(url, shown):
+def test_without_password_masks_the_password_or_a_lone_user_name(url, shown):
     assert without_password(url) == shown
 
 

@@ -86,8 +86,9 @@ def proxy_for(url: str) -> str | None:
 
 def without_password(url: str) -> str:
     """``url`` (a proxy's, a server's) for a message, a log line or a repr: its password, if it has one, as
-    ``***``; the rest as written. Never raises: a URL too broken to parse loses everything between ``//``
-    and its last ``@`` instead (a message about a bad URL must not show its password either)."""
+    ``***``; a user name without a password too (``https://TOKEN@host``: services that take a token so); the rest
+    as written. Never raises: a URL too broken to parse loses everything between ``//`` and its last ``@`` instead
+    (a message about a bad URL must not show its password either)."""
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:  # an unclosed IPv6 bracket, ...
@@ -95,8 +96,10 @@ def without_password(url: str) -> str:
     # The userinfo ends at the netloc's last "@", as urlsplit reads it; the host and port stay as written
     # (``hostname`` would drop an IPv6 address's brackets, ``port`` raise for a bad one).
     userinfo, at, hostport = parts.netloc.rpartition("@")
-    if not at or ":" not in userinfo:
+    if not at:
         return url
+    if ":" not in userinfo:  # a user alone: a token, as often as a name
+        return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{hostport}"))
     user = userinfo.split(":", 1)[0]
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
 
