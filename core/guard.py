@@ -170,6 +170,23 @@ def _warn_if_on_event_loop(what: str, twin: str) -> None:
     )
 
 
+def _merged(size: int, parts: list[tuple[list[int], list[Outcome] | BaseException]]) -> list[Outcome] | BaseException:
+    """The outcomes of a call's groups (`Guard._by_deadline`) in the order of its checks; one group's is as is."""
+    if len(parts) == 1:
+        return parts[0][1]
+    merged: list[Outcome] = [None] * size  # type: ignore[list-item]
+    for group, outcome in parts:
+        for n, i in enumerate(group):
+            merged[i] = outcome if isinstance(outcome, BaseException) else outcome[n]  # type: ignore[assignment]
+    return merged
+
+
+def _closed_error(backend: object) -> GuardUnavailable:
+    """What a closed guard answers for every check, before any work (planning a long text cost the threads shared
+    with every other guard: rt52b F5), in its backend's words (``CLOSED``)."""
+    return GuardUnavailable(getattr(backend, "CLOSED", "the guard backend is closed"))
+
+
 #: A check's cache key before its backend knows its model's name (`Guard.remote` without ``model=``).
 _UNNAMED: Hashable = object()
 
@@ -494,12 +511,37 @@ class Guard:
         checks = [self._prepare(stage, conv) for stage, conv in _stage_items(items)]
         pending = self._pending(checks)
         outcome: list[Outcome] | BaseException = []
-        if pending:
-            outcome = self._classify(pending, self._timeout(pending))
-            if self._one_by_one_after(pending, outcome):
-                outcome = self._retry_one_by_one(pending, outcome)  # type: ignore[arg-type]
-            outcome = self._judged_without_context(pending, outcome)
+        if pending and self._closed:
+            outcome = _closed_error(self.backend)
+        elif pending:
+            groups = self._by_deadline(pending)
+            # Shortest deadline first: each group's deadline counts from its own start (rarely more than one).
+            outcome = _merged(len(pending), [(group, self._judge([pending[i] for i in group])) for group in groups])
         return self._settle(checks, pending, outcome)
+
+    def _judge(self, pending: Sequence[_Check]) -> list[Outcome] | BaseException:
+        """One backend call for ``pending`` (checks of one deadline), then what a failed call is judged again."""
+        outcome = self._classify(pending, self._timeout(pending))
+        if self._one_by_one_after(pending, outcome):
+            outcome = self._retry_one_by_one(pending, outcome)  # type: ignore[arg-type]
+        return self._judged_without_context(pending, outcome)
+
+    async def _ajudge(self, pending: Sequence[_Check]) -> list[Outcome] | BaseException:
+        """Async twin of `_judge`."""
+        outcome = await self._aclassify(pending, self._timeout(pending))
+        if self._one_by_one_after(pending, outcome):
+            outcome = await self._aretry_one_by_one(pending, outcome)  # type: ignore[arg-type]
+        return await self._ajudged_without_context(pending, outcome)
+
+    # One call runs under one deadline. A batch of stages with different deadlines (a short one for prompts, a
+    # long, fail-open one for tool results) ran whole under the shortest, and the stage given time failed open
+    # for the other's sake (rt52b F4): each deadline's checks are a call of their own.
+    def _by_deadline(self, pending: Sequence[_Check]) -> list[list[int]]:
+        """The indexes of ``pending`` by their stage's deadline, shortest first (no deadline last)."""
+        groups: dict[float | None, list[int]] = {}
+        for i, check in enumerate(pending):
+            groups.setdefault(self.policy.timeout_for(check.stage), []).append(i)
+        return [groups[t] for t in sorted(groups, key=lambda t: (t is None, t or 0.0))]
 
     async def acheck_many(self, items: Sequence[tuple[Stage | str, Sequence[Message]]]) -> list[Decision]:
         """Async twin of `check_many`."""
@@ -512,11 +554,12 @@ class Guard:
             checks = [self._prepare(stage, conv) for stage, conv in staged]
         pending = self._pending(checks)
         outcome: list[Outcome] | BaseException = []
-        if pending:
-            outcome = await self._aclassify(pending, self._timeout(pending))
-            if self._one_by_one_after(pending, outcome):
-                outcome = await self._aretry_one_by_one(pending, outcome)  # type: ignore[arg-type]
-            outcome = await self._ajudged_without_context(pending, outcome)
+        if pending and self._closed:
+            outcome = _closed_error(self.backend)
+        elif pending:
+            groups = self._by_deadline(pending)
+            outcomes = await asyncio.gather(*(self._ajudge([pending[i] for i in group]) for group in groups))
+            outcome = _merged(len(pending), list(zip(groups, outcomes)))
         return self._settle(checks, pending, outcome)
 
     def _pending(self, checks: list[_Check]) -> list[_Check]:
@@ -737,7 +780,8 @@ class Guard:
             if hasattr(backend, "aclose"):
                 await backend.aclose()
             elif hasattr(backend, "close"):
-                backend.close()
+                # A local engine waits for the step in flight (up to seconds): not on the loop (rt52b F8).
+                await asyncio.to_thread(backend.close)
 
     def __enter__(self) -> Guard:
         return self

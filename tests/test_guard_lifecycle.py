@@ -102,6 +102,52 @@ def test_close_and_aclose_end_a_local_guard() -> None:
     assert asyncio.run(run()) is False
 
 
+def test_a_closed_guard_refuses_a_check_before_any_work() -> None:
+    """rt52b F5: a closed local guard still planned (tokenized, cut into windows) each check before its backend
+    refused it, on the planning threads every other guard shares: a server draining on a closed guard burnt them."""
+    g = demo_guard()
+    g.close()
+    calls: list[int] = []
+    inner = g.backend.classify
+    g.backend.classify = lambda conversations, **kw: calls.append(1) or inner(conversations, **kw)  # type: ignore[method-assign]
+    text = "Tell me about the history of Paris. " * 3_000
+    decision = g.check_prompt(text)
+    assert (decision.allowed, decision.reason) == (False, "guard_error")
+    assert decision.error == "GuardUnavailable: the guard backend is closed"
+    assert asyncio.run(g.acheck_prompt(text)).reason == "guard_error"
+    assert calls == []
+
+
+def test_aclose_of_a_local_guard_leaves_the_event_loop_running() -> None:
+    """rt52b F8: ``await guard.aclose()`` called a local backend's sync ``close`` on the loop, which waits for the
+    engine's step in flight (up to 5 s): every other task of the app froze. A close that takes 0.5 s (the fault)."""
+    g = demo_guard()
+    inner = g.backend.close
+
+    def slow_close() -> None:
+        time.sleep(0.5)
+        inner()
+
+    g.backend.close = slow_close  # type: ignore[method-assign]
+
+    async def run() -> int:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.ensure_future(tick())
+        await asyncio.sleep(0)
+        await g.aclose()
+        ticker.cancel()
+        return ticks
+
+    assert asyncio.run(run()) >= 5  # the loop ran on during the close (0 when it was held)
+
+
 class _HeldBackend:
     """A Gen backend whose call waits until the test releases it (``entered`` says it is waiting) and then
     gives its verdict, as a local engine finishes the step it is in when its guard closes; after close a new

@@ -104,3 +104,36 @@ def test_local_stream_after_fork_answers_in_the_child():
     assert result is not None, "the child did not answer"
     assert result.get("released") == "The capital of France is Paris. It lies on the Seine.", result
     assert result["s"] < 8, result
+
+
+POOLS = CHILD + textwrap.dedent(
+    """
+    from qwenguard.core.streaming.parallel import PendingCheck
+
+    guard = Guard.from_pretrained("demo", policy=Policy(timeout_s=5), device="cpu")
+    ANSWER = "The capital of France is Paris. It is a large city on the Seine. "
+
+    def work():
+        start = time.monotonic()
+        pending = PendingCheck.start(lambda: guard.check_prompt("What is the capital of France?"))
+        parallel = pending.wait().reason  # a parallel input check (LangChain/LlamaIndex parallel_input=True)
+        out = ""
+        with guard.stream("Tell me about Paris.", holdback=8) as monitor:  # Gen windows, checked by a pool
+            out += monitor.feed(ANSWER)
+            out += monitor.finish()
+        return {"parallel": parallel, "released": out, "s": time.monotonic() - start}
+
+    work()  # the parent uses both pools first
+    print(json.dumps(in_child(work)))
+    """
+)
+
+
+def test_parallel_input_and_window_checks_after_fork_run_in_the_child():
+    """rt52b F1: the thread pools of parallel input checks and stream windows were the parent's: in the child a
+    parallel input check never ran (its wait hung) and every window check waited out its deadline."""
+    result = _run(POOLS)
+    assert result is not None, "the child did not answer"
+    assert result.get("parallel") == "safe", result
+    assert result["released"] == "The capital of France is Paris. It is a large city on the Seine. ", result
+    assert result["s"] < 5, result

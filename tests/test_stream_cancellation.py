@@ -22,7 +22,7 @@ from contextlib import contextmanager
 import pytest
 from faults import DelayedBackend, ScriptedBackend, keyword_verdict
 from live_server import serving
-from qwenguard.core import Guard, GuardUnavailable, GuardViolation, Policy, Stage
+from qwenguard.core import Guard, GuardUnavailable, GuardViolation, Policy, QwenGuardError, Stage
 from qwenguard.core.backends.transformers_stream import TransformersStream
 from qwenguard.core.errors import StreamClosed
 from stream_checkpoints import constant_checkpoint, tiny_tokenizer_dir  # noqa: F401
@@ -344,3 +344,33 @@ async def test_remote_aclose_while_the_exchange_is_in_flight(slow_server):
     assert monitor.released == "" and monitor.closed and monitor.decision is None
     with pytest.raises(StreamClosed):
         await monitor.afeed("more")
+
+
+# -- the session API itself (rt52b F2) ----------------------------------------------------------------
+@pytest.mark.parametrize("call", ["afeed_text", "afinish"])
+async def test_a_session_call_cancelled_while_its_text_is_tokenized_leaves_the_session_unusable(demo_stream, call):
+    """A cancel that lands while the text goes into the re-tokenizer (a worker thread): the thread still took the
+    text in, and its tokens were never scored; the next calls answered safe. The docs promise an unusable session."""
+    session = demo_stream.open_session(FRANCE)
+    await session.afeed_text(SAFE)
+    push = session._push_text if call == "afeed_text" else session._flush
+
+    def slow_push(*args):
+        time.sleep(0.3)  # the fault: tokenizing takes a while
+        return push(*args)
+
+    if call == "afeed_text":
+        session._push_text = slow_push
+        task = asyncio.ensure_future(session.afeed_text(RECIPE))
+    else:
+        await session.afeed_text(RECIPE)
+        session._flush = slow_push
+        task = asyncio.ensure_future(session.afinish())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.4)  # the worker thread has pushed the text by now
+    with pytest.raises(QwenGuardError, match="unusable"):
+        await session.afeed_text(SAFE)
+    session.close()

@@ -375,6 +375,9 @@ class OpenAIGen:
     ``base_url`` may be a list: replicas of the same model, with failover between them (module docs).
     """
 
+    #: What a check of a closed client answers (`Guard` says it too, before any work).
+    CLOSED = "the remote guard backend is closed"
+
     def __init__(
         self,
         base_url: str | Sequence[str],
@@ -1318,7 +1321,7 @@ class OpenAIGen:
     # -- lifecycle ----------------------------------------------------------------------------
     def _check_open(self) -> None:
         if self._closed:
-            raise GuardUnavailable("the remote guard backend is closed")
+            raise GuardUnavailable(self.CLOSED)
 
     def close(self) -> None:
         """Cancel what is in flight, close the connections, stop the client's loop thread."""

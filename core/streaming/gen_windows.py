@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from ..backends.after_fork import ForkSafePool
 from ..backends.gen_session_pool import SESSIONS_PER_STREAM
 from ..errors import GuardTimeout, QwenGuardError, VerdictParseError
 from ..formats.content import BidiState
@@ -28,17 +28,12 @@ _CLOSING = "\"'”’)]"  # closing quotes and brackets after it
 _SENTENCE_END = re.compile(f"(?<![{re.escape(_TERMINAL)}])[{re.escape(_TERMINAL)}]+[{re.escape(_CLOSING)}]*(?=\\s)|\n")
 
 
-_window_pool: ThreadPoolExecutor | None = None
-_window_pool_lock = threading.Lock()
+_window_pool = ForkSafePool(8, "qwenguard-window")
 
 
 def window_pool() -> ThreadPoolExecutor:
     """Shared workers for background window checks (the Gen backend batches concurrent calls)."""
-    global _window_pool
-    with _window_pool_lock:
-        if _window_pool is None:
-            _window_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="qwenguard-window")
-        return _window_pool
+    return _window_pool.get()
 
 
 # ================================================================================================

@@ -115,6 +115,7 @@ class StreamMonitor(MonitorCore, SyncOnly):
     def __init__(self, guard: Any, prompt: str | Sequence[Message], **options: Any) -> None:
         super().__init__(guard, prompt, **options)
         self._pending: deque[tuple[int, int, Future[Any]]] = deque()
+        self._windows_judged: dict[Future[Any], list[dict[str, str]]] = {}  # each pending check's window
         self._open()
 
     def _open(self) -> None:
@@ -147,12 +148,13 @@ class StreamMonitor(MonitorCore, SyncOnly):
         self._judge_in_windows()
 
     def _settle_prompt_check(self, *, wait: bool) -> None:
-        """Gate on the parallel prompt check once it is back (``wait``: block until it is)."""
+        """Gate on the parallel prompt check once it is back (``wait``: block until it is; one still queued behind
+        other streams' checks is judged on this thread instead, as a window is: `_harvest`)."""
         check = self._prompt_check
         if check is None or not (wait or check.done()):
             return
         try:
-            result = check.result()
+            result = self.guard.check(self.messages, Stage.PROMPT) if check.cancel() else check.result()
         except Exception as exc:  # noqa: BLE001 - a failed check ends the stream as the sequential one would
             result = exc
         except BaseException:
@@ -258,6 +260,7 @@ class StreamMonitor(MonitorCore, SyncOnly):
         for start, end, conversation in checks:
             fut = window_pool().submit(self._window_judge.check, conversation, windows.timeout)
             self._pending.append((start, end, fut))
+            self._windows_judged[fut] = conversation
 
     def _harvest(self, *, wait: bool, most: int | None = None) -> None:
         """Settle the checks that are back, in order (``wait``: wait for them; ``most``: at most so many)."""
@@ -267,11 +270,19 @@ class StreamMonitor(MonitorCore, SyncOnly):
         while self._pending and (wait or self._pending[0][2].done()) and (most is None or settled < most):
             settled += 1
             start, end, fut = self._pending[0]
-            try:
-                outcome = fut.result(timeout=None if windows.timeout is None else windows.timeout + 1.0)
-            except FutureTimeout:
-                outcome = GuardTimeout(f"stream window check took longer than {windows.timeout}s")
+            conversation = self._windows_judged[fut]
+            if fut.cancel():
+                # Still queued behind other streams' checks (the pool is the process's, shared by every guard): this
+                # thread judges it rather than wait, and its deadline starts now. A slow guard's streams filling
+                # the pool made an idle guard's windows time out (rt52b F3: released unjudged under "allow").
+                outcome = self._window_judge.check(conversation, windows.timeout)
+            else:
+                try:
+                    outcome = fut.result(timeout=None if windows.timeout is None else windows.timeout + 1.0)
+                except FutureTimeout:
+                    outcome = GuardTimeout(f"stream window check took longer than {windows.timeout}s")
             self._pending.popleft()
+            del self._windows_judged[fut]
             windows.settle(start, end, outcome)
 
     def _feed_windows(self, delta: str) -> str:

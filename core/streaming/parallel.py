@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from ..backends.after_fork import ForkSafePool
 from ..guard import enforce
 from ..policy import Decision
 
@@ -27,17 +27,11 @@ __all__ = ["PendingCheck", "run_guarded", "enforce_all"]
 T = TypeVar("T")
 Verdicts = Decision | Sequence[Decision]
 
-_executor: ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
+_executor = ForkSafePool(8, "qwenguard-input")
 
 
 def _pool() -> ThreadPoolExecutor:
-    global _executor
-    if _executor is None:
-        with _executor_lock:
-            if _executor is None:
-                _executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="qwenguard-input")
-    return _executor
+    return _executor.get()
 
 
 def enforce_all(result: Verdicts) -> Verdicts:
@@ -70,6 +64,8 @@ class PendingCheck:
         self._task = task
         self._loop = task.get_loop() if task is not None else None
         self._on_loop = on_loop
+        self._check: Callable[[], Verdicts] | None = None  # a thread-based check, for `wait` to run if still queued
+        self._judged_here: Verdicts | None = None  # what `wait` judged itself
         self.passed = False  # set once a wait found every decision allowed (later waits are free)
 
     @classmethod
@@ -78,7 +74,9 @@ class PendingCheck:
 
         The caller's context variables travel with it (tracing spans, LlamaIndex dispatchers)."""
         context = contextvars.copy_context()
-        return cls(future=_pool().submit(context.run, check))
+        pending = cls(future=_pool().submit(context.run, check))
+        pending._check = lambda: context.run(check)
+        return pending
 
     @classmethod
     def start_async(cls, check: Awaitable[Verdicts], *, on_loop: Callable[[], Verdicts] | None = None) -> PendingCheck:
@@ -106,6 +104,8 @@ class PendingCheck:
     def result(self) -> Verdicts | None:
         """The decisions, once the check is done (``None`` before, or when it raised or was cancelled)."""
         job = self._future or self._task
+        if self._judged_here is not None:
+            return self._judged_here
         if job is None or not job.done() or job.cancelled() or job.exception() is not None:
             return None
         return job.result()
@@ -116,7 +116,11 @@ class PendingCheck:
         A task-based check can be waited on from another thread (a sync hook inside an async run); on the loop's own
         thread that would deadlock, so the check given as ``on_loop`` runs there instead (`start_async`), or, without
         one, it raises `RuntimeError`."""
-        if self._future is not None:
+        if self._future is not None and self._check is not None and self._future.cancel():
+            # Still queued behind other checks (the pool is the process's): judged on this thread, which would
+            # only wait for it (rt52b F3: another guard's slow checks held every worker).
+            result = self._judged_here = self._check()
+        elif self._future is not None:
             result = self._future.result()
         elif self._task is not None and self._task.done():
             result = self._task.result()

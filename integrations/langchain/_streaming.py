@@ -52,7 +52,6 @@ import asyncio
 import contextvars
 import queue
 import re
-import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -62,6 +61,7 @@ from dataclasses import replace
 from typing import Any, Literal, Union
 
 from qwenguard.core import Decision, Guard, GuardViolation, Stage, enforce
+from qwenguard.core.backends.after_fork import ForkSafePool
 from qwenguard.core.backends.gen_session_pool import SESSIONS_PER_STREAM
 from qwenguard.core.formats.conversations import response_conversation, tool_call_conversation
 from qwenguard.core.streaming.gate_session import GateSession, GrowingWindow
@@ -314,17 +314,12 @@ class GateScreen:
             self.session.close()
 
 
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
+_pool = ForkSafePool(16, "qwenguard-lc-stream")
 
 
 def _executor() -> ThreadPoolExecutor:
     """Workers for the background checks of sync streams (the Gen backend batches concurrent calls)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="qwenguard-lc-stream")
-        return _pool
+    return _pool.get()
 
 
 Handle = Union["Future[list[Decision]]", "asyncio.Future[list[Decision]]"]
