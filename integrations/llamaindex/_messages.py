@@ -92,6 +92,7 @@ __all__ = [
     "message_text",
     "plan_inputs",
     "plan_template",
+    "raw_reasoning",
     "react_actions",
     "react_tool_text",
     "reply_parts",
@@ -271,6 +272,41 @@ def reply_parts(response: ChatResponse | CompletionResponse, *, own: bool = True
     if own:
         parts.append(response.additional_kwargs)
     return [p for p in parts if p]
+
+
+#: Keys under which a provider's reply object keeps the model's reasoning (lower case, without ``_``): OpenAI-compatible
+#: servers' ``reasoning_content`` and ``reasoning``, Anthropic's ``thinking`` blocks, Bedrock's ``reasoningText``.
+_REASONING_KEYS = frozenset({"reasoningcontent", "reasoning", "thinking", "reasoningtext"})
+#: Keys inside the reasoning that are no words of it (a signature is a token: `reply_strings` judges words there).
+_NOT_REASONING = frozenset({"signature", "id", "type"})
+
+
+def raw_reasoning(raw: Any, budget: int) -> list[str]:
+    """The model's reasoning a reply object (a response's ``raw``) holds, the strings under a reasoning key. A chat
+    model's reply made a `CompletionResponse` (LlamaIndex's ``chat_to_completion_decorator``) keeps its reasoning
+    there alone: it is the model's answer, judged with its text, not third-party content. Read within ``budget``
+    items: what is left past it is judged with the rest of ``raw`` (`reply_text`)."""
+    found: list[str] = []
+    stack: list[tuple[Any, bool]] = [(raw, False)]
+    steps = 0
+    while stack and steps < budget:
+        item, inside = stack.pop()
+        steps += 1
+        if isinstance(item, str):
+            if inside and item.strip():
+                found.append(item)
+        elif isinstance(item, Mapping):
+            entries = []
+            for key, value in item.items():
+                name = str(key).replace("_", "").lower()
+                if not (inside and name in _NOT_REASONING):
+                    entries.append((value, inside or name in _REASONING_KEYS))
+            stack.extend(reversed(entries))
+        elif isinstance(item, (list, tuple)):
+            stack.extend(reversed([(value, inside) for value in item]))
+        elif callable(getattr(item, "model_dump", None)):  # OpenAI's ChatCompletion, Anthropic's Message...
+            stack.append((item.model_dump(), inside))
+    return found
 
 
 def _squeezed(text: str) -> str:

@@ -14,7 +14,8 @@ judged, never copied from the provider's chunk and trimmed:
   final message (tool calls included, which an agent reads there) with the judged text, its ``raw``.
 
 The text of a chunk is its ``delta``; an LLM that sends no deltas is read from the growth of its
-message text (cumulative) or the message text itself (per-chunk).
+message text (cumulative), the message text itself (per-chunk), or what it changed of the last one (a
+snapshot that rewrites the text: held to the stream's end, `_Growth`).
 """
 
 from __future__ import annotations
@@ -69,22 +70,88 @@ def _unstreamed(block: Any) -> str:
     return block_text(block)
 
 
+#: A snapshot stream's text fed to the guard, at most, as a multiple of its current text (and `_REWRITE_SLACK` more):
+#: past it the rest is not fed, and the last snapshot is judged whole at the end anyway.
+_REWRITE_FACTOR = 2
+_REWRITE_SLACK = 1024
+#: The shortest text a chunk is taken to rewrite (shorter ones: per-chunk pieces that share a character by chance).
+_REWRITE_MIN = 8
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """The length of the common start of ``a`` and ``b`` (a binary search over slices: C-speed comparisons)."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        mid = (low + high + 1) // 2
+        if a[:mid] == b[:mid]:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def _common_suffix(a: str, b: str, limit: int) -> int:
+    """The length of the common end of ``a`` and ``b``, at most ``limit``."""
+    low, high = 0, min(limit, len(a), len(b))
+    while low < high:
+        mid = (low + high + 1) // 2
+        if a[len(a) - mid :] == b[len(b) - mid :]:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
 class _Growth:
-    """The new text of a chunk: its delta, else the growth of a cumulative text."""
+    """The new text of a chunk: its delta, else what its whole text adds to the text so far.
+
+    A chunk without a delta carries the text so far (cumulative: the new text is its growth), its own piece
+    (per-chunk text), or the text so far rewritten: a snapshot (LlamaIndex's `StructuredLLM` streams each partial
+    object's JSON whole, ``{"topic":"Par"}`` then ``{"topic":"Paris"}``). A snapshot's new text is what it changed
+    of the last one, between their common start and end: fed whole each time, every snapshot was judged again (work
+    growing with the square of the answer) and the guarded text was every snapshot end to end. A chunk rewrites when
+    the text it shares with the last one, at its start and end, is at least half of that text (a piece shares a few
+    characters by chance); what is fed of a rewriting stream is bounded (`_REWRITE_FACTOR`). Its pieces are judged,
+    but a snapshot is text made of them that may never have been judged as it reads, so once a stream rewrites
+    (``rewritten``), its text is held: the caller judges the last snapshot (``now``) whole and hands it over at the
+    end."""
 
     def __init__(self) -> None:
-        self.seen = ""
+        self.seen = ""  # all the text fed
+        self.now = ""  # the text as the model has it now (``seen`` but in a stream that rewrote)
+        self.rewritten = False
+        self._fed = 0  # characters of a rewriting stream fed
 
     def step(self, delta: str | None, whole: str) -> str:
         if delta is not None:
-            self.seen += delta
-            return delta
-        if whole.startswith(self.seen):
-            new = whole[len(self.seen) :]
+            new = delta
+            self.now += delta
+        elif whole.startswith(self.now):
+            new = whole[len(self.now) :]
+            self.now = whole
+        elif (changed := self._changed(whole)) is not None:
+            self.rewritten = True
+            self.now = whole
+            room = _REWRITE_FACTOR * len(whole) + _REWRITE_SLACK - self._fed
+            new = changed if len(changed) <= room else ""
         else:  # per-chunk text, not cumulative
             new = whole
+            self.now += whole
+        if self.rewritten:
+            self._fed += len(new)
         self.seen += new
         return new
+
+    def _changed(self, whole: str) -> str | None:
+        """What ``whole`` changed of the text so far, when it rewrites it (None: a piece of its own)."""
+        last = self.now
+        if len(last) < _REWRITE_MIN:
+            return None
+        start = _common_prefix(last, whole)
+        end = _common_suffix(last, whole, min(len(last), len(whole)) - start)
+        if start == 0 or 2 * (start + end) < len(last):
+            return None
+        return whole[start : len(whole) - end]
 
 
 class ChatChunks:
@@ -116,8 +183,16 @@ class ChatChunks:
         """All the reasoning text read from the wrapped LLM so far."""
         return self._thinking_in.seen
 
+    def rewritten(self) -> str:
+        """The answer and reasoning of a stream that rewrote them (`_Growth`), as they stand: judged whole at the
+        end, since the consumer gets them whole ("" when neither was rewritten)."""
+        parts = (self._thinking_in, self._text_in)
+        return "\n".join(g.now for g in parts if g.rewritten and g.now)
+
     def partial(self, text: str, thinking: str = "") -> ChatResponse | None:
-        """A chunk carrying released text only (``None`` when nothing was released)."""
+        """A chunk carrying released text only (``None`` when nothing was released). A rewritten text is held."""
+        text = "" if self._text_in.rewritten else text
+        thinking = "" if self._thinking_in.rewritten else thinking
         if not text and not thinking:
             return None
         self.text += text
@@ -133,10 +208,18 @@ class ChatChunks:
         )
 
     def final(self, text: str, thinking: str = "") -> ChatResponse:
-        """The last chunk: the provider's final message with the judged text (all of it by now)."""
+        """The last chunk: the provider's final message with the judged text (all of it by now; a rewritten text as
+        it stands, judged whole: `rewritten`)."""
         assert self.last is not None
-        self.text += text
-        self.thinking += thinking
+        delta: str | None = text
+        if self._text_in.rewritten:
+            self.text, delta = self._text_in.now, None
+        else:
+            self.text += text
+        if self._thinking_in.rewritten:
+            self.thinking, thinking = self._thinking_in.now, ""
+        else:
+            self.thinking += thinking
         last = self.last
         blocks: list[Any] = []
         placed_text = placed_thinking = False
@@ -161,7 +244,7 @@ class ChatChunks:
         return last.model_copy(
             update={
                 "message": last.message.model_copy(update={"blocks": blocks}),
-                "delta": text,
+                "delta": delta,
                 "additional_kwargs": extra,
             }
         )
@@ -246,8 +329,12 @@ class CompletionChunks:
         """All the text read from the wrapped LLM so far."""
         return self._in.seen
 
+    def rewritten(self) -> str:
+        """The text of a stream that rewrote it, as it stands ("" otherwise): see `ChatChunks.rewritten`."""
+        return self._in.now if self._in.rewritten else ""
+
     def partial(self, text: str) -> CompletionResponse | None:
-        if not text:
+        if not text or self._in.rewritten:
             return None
         self.text += text
         assert self.last is not None
@@ -257,9 +344,13 @@ class CompletionChunks:
 
     def final(self, text: str) -> CompletionResponse:
         assert self.last is not None
-        self.text += text
+        delta: str | None = text
+        if self._in.rewritten:
+            self.text, delta = self._in.now, None
+        else:
+            self.text += text
         return self.last.model_copy(
-            update={"text": self.text, "delta": text, "additional_kwargs": plain_numbers(self.last.additional_kwargs)}
+            update={"text": self.text, "delta": delta, "additional_kwargs": plain_numbers(self.last.additional_kwargs)}
         )
 
 

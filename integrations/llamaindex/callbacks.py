@@ -17,12 +17,15 @@ The event carries the variables the caller passed, not what the template substit
 mapping computes text it does not show, and a renamed variable is left out. So the template's text is
 formatted again here with the variables as judged, and looked for in the LLM's input: whatever the
 model reads outside of it, beyond the LLM's own system prompt and role labels, is judged as untrusted
-content (all of the input when the template's text is not found there).
+content (all of the input when the template's text is not found there). A template whose call never came
+(it failed to format) is left behind in the context: one found in the input neither as formatted nor by its
+own wording is not this call's, and the call is judged alone (another request's variables are not its own).
 """
 
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -73,8 +76,9 @@ _ROLE_LABELS = re.compile(rf"^(?:{_ROLE_NAMES}):[ ]?", re.MULTILINE)
 class _Templating:
     """The latest TEMPLATING event in this context, of handler ``handler``. The LLM call that follows it was
     formatted from it (LLM.predict/stream fire TEMPLATING right before the call); the template's text is
-    looked for in the LLM's input to be sure. (Parent event ids cannot tell: a trace left open by an earlier
-    exception gives the two events different parents.)"""
+    looked for in the LLM's input to be sure (`_wording_in`): a call that failed to format leaves it behind. (Parent
+    event ids cannot tell: a trace left open by an earlier exception gives the two events different parents, and
+    a request's calls outside any event share the root with the next request's.)"""
 
     handler: int
     template: str  # the template's text, with its ``{variables}``
@@ -123,7 +127,10 @@ class GuardCallbackHandler(BaseCallbackHandler):
     ) -> str:
         payload = payload or {}
         if event_type is CBEventType.EXCEPTION:
-            return event_id  # reports a failure (maybe our own); it has no end event
+            # Reports a failure (maybe our own); it has no end event. A template logged before it formats no call.
+            if (template := _TEMPLATE.get()) is not None and template.handler == id(self):
+                _TEMPLATE.set(None)
+            return event_id
         self._parents[event_id] = parent_id
         try:
             self._start(event_type, payload, event_id, parent_id)
@@ -216,6 +223,11 @@ class GuardCallbackHandler(BaseCallbackHandler):
         formatted = format_string(template.template, **{**template.variables, **texts})
         read = _input_layout(payload)
         at = read.find(formatted) if formatted else -1
+        if at < 0 and _wording_in(template.template, read) is False:
+            # Not this call's template: one whose call failed to format (a function mapping raised) and left it in
+            # the context, which a thread or task serving the next request still holds. That request is judged
+            # alone, not with another user's variables.
+            return self._llm_prompt(payload, parent_id)
         outside = read if at < 0 else read[:at] + "\n" + read[at + len(formatted) :]
         unshown: Checks = []
         own = outside.replace(template.system_prompt, "") if template.system_prompt else outside
@@ -250,6 +262,25 @@ class GuardCallbackHandler(BaseCallbackHandler):
 
     def end_trace(self, trace_id: str | None = None, trace_map: dict[str, list[str]] | None = None) -> None:
         return None
+
+
+def _wording_in(template: str, text: str) -> bool | None:
+    """Whether the template's own wording (its text between variables) is in ``text``, line by line and in order: a
+    call formatted from it, whatever its variables printed and however the LLM lays out messages (a completion
+    model's ``messages_to_prompt`` writes other role labels). None when it cannot tell: a template of variables
+    alone, or one that does not parse."""
+    try:
+        literals = [literal for literal, *_ in string.Formatter().parse(template)]
+    except ValueError:
+        return None
+    lines = [line.strip() for literal in literals for line in _ROLE_LABELS.sub("", literal).splitlines()]
+    at = 0
+    for line in filter(None, lines):
+        found = text.find(line, at)
+        if found < 0:
+            return False
+        at = found + len(line)
+    return True if any(lines) else None
 
 
 def _query_text(query: Any) -> str | None:

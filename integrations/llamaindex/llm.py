@@ -32,7 +32,9 @@ What is screened, and as what:
   them (escapes decoded), may say what the text as streamed does not;
 - what a response hands its caller beside its message (``raw``, ``additional_kwargs``: BedrockConverse keeps
   cited text and guardrail traces there alone), but provider bookkeeping and what was judged already, as
-  untrusted quoted content before the response (a stream's last chunk) is returned (`_reply_checks`).
+  untrusted quoted content before the response (a stream's last chunk) is returned (`_reply_checks`); but a
+  chat model's reply handed over as a completion keeps its tool calls and reasoning there alone, which are
+  judged as its tool calls and with its answer (`_completion_checks`).
 
 Parallel input screening (``parallel_input=True``, or a `Guard` built with ``parallel_input=True``):
 the inner LLM call starts at once while the inputs are checked in the background. Nothing leaves
@@ -62,10 +64,13 @@ from llama_index.core.base.llms.types import (
     CompletionResponseAsyncGen,
     CompletionResponseGen,
     LLMMetadata,
+    MessageRole,
+    ToolCallBlock,
 )
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, SerializeAsAny
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
+from llama_index.core.llms.utils import parse_partial_json
 from llama_index.core.prompts import BasePromptTemplate
 from llama_index.core.types import Model
 from qwenguard.core import Decision, Guard, enforce
@@ -104,15 +109,18 @@ from ._messages import (
     message_text,
     plan_inputs,
     plan_template,
+    raw_reasoning,
     reply_parts,
     reply_text,
     resolve_template,
     template_turns,
     tool_calls_in,
+    tool_calls_of,
     tools_text,
     variable_checks,
 )
 from ._stream import ActionHold, ChatChunks, CompletionChunks, aclose_upstream, close_upstream, unread_text
+from .memory import GuardMissing
 
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
@@ -161,7 +169,8 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
     >>> Settings.llm = GuardedLLM(llm=OpenAI(model="gpt-4o-mini"), guard=Guard.from_pretrained("demo"))  # doctest: +SKIP
 
     A blocked check raises `GuardViolation` (a plain ``Exception``, so agent workflows fail cleanly
-    instead of hanging). Metadata, prompt formatting and tool-calling come from the wrapped LLM.
+    instead of hanging). Metadata, prompt formatting and tool-calling come from the wrapped LLM, which shares
+    this wrapper's callback manager (set later too). A pickled copy has no guard: it raises `GuardMissing`.
 
     - ``holdback``: guard tokens a stream keeps back before releasing text (``None``: the monitor's
       default; 0 streams at once, exposing at most the span before a violation is detected).
@@ -207,7 +216,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             raise TypeError(f"llm must be a LlamaIndex LLM, got {type(llm).__name__}")
         require_guard(guard)
         # Format prompts exactly as the wrapped LLM would (template calls format here, then pass
-        # formatted text down), and share its callback manager so events are not duplicated.
+        # formatted text down), and share its callback manager so events are not duplicated (`__setattr__`).
         for name in (
             "system_prompt",
             "messages_to_prompt",
@@ -221,6 +230,28 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
                 kwargs[name] = getattr(llm, name)
         super().__init__(llm=llm, guard=guard, **kwargs)
         self._seen = Seen(self.remember) if self.remember else None
+        if self.llm.callback_manager is not self.callback_manager:  # one given here: the inner LLM emits the events
+            self.llm.callback_manager = self.callback_manager
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "callback_manager" and "llm" in self.__dict__:
+            # The LLM events come from the wrapped LLM's methods. LlamaIndex hands an LLM the callback manager later
+            # by setting it (the ``Settings.llm`` getter after ``Settings.callback_manager = ...``, every response
+            # synthesizer): set on the wrapper alone, the handlers registered then never saw a guarded LLM's events.
+            self.llm.callback_manager = self.callback_manager
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "guard":  # not set: a copy that lost it to pickling
+            raise _guard_missing()
+        return super().__getattr__(name)  # type: ignore[misc]
+
+    def _require_guard(self) -> None:
+        """`GuardMissing` before the model is asked, on a copy without a guard. LlamaIndex's pickling leaves the
+        guard out (an ``IngestionPipeline`` with ``num_workers > 1``, a saved workflow Context), but not what was
+        judged: an input judged before needs no check, and the model was asked before anything failed."""
+        if self.__dict__.get("guard") is None:
+            raise _guard_missing()
 
     @classmethod
     def class_name(cls) -> str:
@@ -240,6 +271,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         return _Plan([], plan.prompt, plan.pending, list(plan.marks), plan.failed_open)
 
     def _plan_messages(self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any] | None = None) -> _Plan:
+        self._require_guard()
         if (pre := self._prescreened_plan()) is not None:
             return pre
         screen_system = self.screen_system or _SCREEN_SYSTEM.get() == id(self)
@@ -258,6 +290,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         return _Plan(checks, plan.prompt, marks=marks)
 
     def _plan_prompt(self, prompt: str) -> _Plan:
+        self._require_guard()
         if (pre := self._prescreened_plan()) is not None:
             return pre
         if (parts := condense_parts(prompt)) is not None:
@@ -472,8 +505,17 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         return checks + self._reply_checks(reply_parts(response), [text], calls), calls
 
     def _completion_checks(self, plan: _Plan, response: CompletionResponse) -> Checks:
+        """A whole completion's checks. A chat model's reply handed over as a completion (LlamaIndex's
+        ``chat_to_completion_decorator``, which the OpenAI classes use for a chat model) keeps its tool calls in
+        ``additional_kwargs`` and its reasoning in ``raw`` alone: the model's own output, judged as its tool calls
+        and with its answer, as `chat` judges them, not as third-party content under the tool-result policy."""
         text = response.text or ""
-        return self._output_checks(plan, text) + self._reply_checks(reply_parts(response), [text])
+        reply = ChatMessage(role=MessageRole.ASSISTANT, content=text, additional_kwargs=response.additional_kwargs)
+        calls = tool_calls_of(self.llm, reply)
+        thinking = raw_reasoning(response.raw, self.guard.max_chars)
+        answer = "\n".join(t for t in (*thinking, text) if t)  # as `message_text` joins a ThinkingBlock and the text
+        checks = self._output_checks(plan, answer, calls)
+        return checks + self._reply_checks(reply_parts(response), [text, *thinking], calls)
 
     # -- streams ------------------------------------------------------------------------------
     # Inputs are screened when the stream is requested (not when first iterated), so a blocked
@@ -509,9 +551,10 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         calls = tool_calls_in(self.llm, last)
         actions = (out.streamed, answer_text(last.message), message_text(last.message))
         unread = unread_text(last.message)
-        checks = self._output_checks(plan, unread, calls, actions=actions)
+        rewritten = out.rewritten()  # a stream that rewrote its text hands it over whole: judged whole
+        checks = self._output_checks(plan, "\n".join(t for t in (rewritten, unread) if t), calls, actions=actions)
         # The last chunk goes out with the inner one's raw and message kwargs: their text beyond the judged deltas.
-        judged = [out.streamed, out.reasoned, unread]
+        judged = [out.streamed, out.reasoned, unread, rewritten]
         return checks + self._reply_checks(reply_parts(last, own=False), judged, calls), calls
 
     def _guard_chat_stream(self, plan: _Plan, inner: Iterator[ChatResponse], hold: ActionHold) -> ChatResponseGen:
@@ -595,6 +638,15 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             self._passed(plan, final.message, calls, (monitor, thinking))
             yield final
 
+    def _completion_end(self, plan: _Plan, out: CompletionChunks) -> Checks:
+        """What the end of a completion stream still needs judged: the text of a stream that rewrote it, handed over
+        whole (`CompletionChunks.rewritten`), and its last chunk's ``raw`` (`_reply_checks`)."""
+        if out.last is None:
+            return []
+        rewritten = out.rewritten()
+        checks = self._output_checks(plan, rewritten)
+        return checks + self._reply_checks(reply_parts(out.last, own=False), [out.streamed, rewritten])
+
     def _guard_completion_stream(self, plan: _Plan, inner: Iterator[CompletionResponse]) -> CompletionResponseGen:
         out = CompletionChunks()
         with contextlib.ExitStack() as stack:
@@ -612,7 +664,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
                 if (item := out.partial(released)) is not None:
                     yield item
             self._wait_inputs(plan)
-            checks = self._reply_checks(reply_parts(out.last, own=False), [out.streamed]) if out.last else []
+            checks = self._completion_end(plan, out)
             pending = PendingCheck.start(lambda: self.guard.check_many(checks)) if checks else None
             tail = monitor.finish()  # the last window, judged beside the last chunk's raw
             if pending is not None:
@@ -638,7 +690,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
                 if (item := out.partial(released)) is not None:
                     yield item
             await self._await_inputs(plan)
-            checks = self._reply_checks(reply_parts(out.last, own=False), [out.streamed]) if out.last else []
+            checks = self._completion_end(plan, out)
             pending = _beside(self._ascreen(checks)) if checks else None
             try:
                 tail = await monitor.afinish()  # the last window, judged beside the last chunk's raw
@@ -807,9 +859,42 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
     def get_tool_calls_from_response(
         self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
     ) -> list[ToolSelection]:
-        return self._inner_function_calling().get_tool_calls_from_response(
-            response, error_on_no_tool_call=error_on_no_tool_call, **kwargs
-        )
+        """The wrapped LLM's reading of the calls; of an LLM without tool calling, the standard `ToolCallBlock`s.
+        `GuardedLLM` is a `FunctionCallingLLM` whatever it wraps, and CodeActAgent asks any such LLM for the calls
+        of every answer (``error_on_no_tool_call=False``): a CodeAct step over a wrapped local model failed."""
+        if isinstance(self.llm, FunctionCallingLLM):
+            return self.llm.get_tool_calls_from_response(
+                response, error_on_no_tool_call=error_on_no_tool_call, **kwargs
+            )
+        calls = []
+        for block in response.message.blocks:
+            if isinstance(block, ToolCallBlock):
+                args = block.tool_kwargs
+                args = args if isinstance(args, dict) else _json_object(args)  # text: as the OpenAI classes read it
+                calls.append(
+                    ToolSelection(tool_id=block.tool_call_id or "", tool_name=block.tool_name, tool_kwargs=args)
+                )
+        if not calls and error_on_no_tool_call:
+            raise ValueError(f"Expected at least one tool call, but got {len(calls)} tool calls.")
+        return calls
+
+
+def _guard_missing() -> GuardMissing:
+    return GuardMissing(
+        "this GuardedLLM has no guard: it is a pickled copy (IngestionPipeline.run(num_workers=N > 1) sends its "
+        "transformations' LLMs to worker processes that way; a workflow Context saved with JsonPickleSerializer), "
+        "and a Guard does not pickle. Wrap the LLM again where it runs: GuardedLLM(llm=copy.llm, guard=guard), or "
+        "run the pipeline with num_workers=None (the default) or 1"
+    )
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """Argument text read as a JSON object, repaired as LlamaIndex's parsers repair it ({} when it is none)."""
+    try:
+        value = parse_partial_json(text)
+    except (ValueError, TypeError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _retrieved(task: asyncio.Future[Any]) -> None:

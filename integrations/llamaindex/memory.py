@@ -55,7 +55,8 @@ __all__ = ["GuardMissing", "GuardedMemory"]
 
 
 class GuardMissing(RuntimeError):
-    """A `GuardedMemory` rebuilt from a serialized state, which cannot carry its `Guard`: it refuses to work."""
+    """A component rebuilt from a serialized or pickled state, which cannot carry its `Guard` (a `GuardedMemory`, a
+    `GuardedLLM`, a `GuardTransform`...): it refuses to work."""
 
 
 def _is_user(message: ChatMessage) -> bool:
