@@ -7,7 +7,9 @@ guard's engine answering slowly); the verdicts are the demo guard's."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -73,3 +75,26 @@ def test_a_parallel_stream_prompt_check_is_judged_while_every_window_worker_is_h
             monitor.finish()
     assert stopped.value.decision.stage.value == "prompt"
     assert not any(f.done() for f in busy_window_pool)
+
+
+def test_two_threads_waiting_on_one_queued_input_check_get_one_verdict(fail_open_guard, busy_input_pool):
+    """rt52e F2: the first version judged a queued check in each waiting thread, in one context object, which
+    cannot be entered twice: a second tool waiting beside the first (``RunnableParallel``) got ``RuntimeError`` on
+    a safe prompt, and every later wait judged the prompt again."""
+    calls: list[int] = []
+
+    def check() -> object:
+        calls.append(1)
+        time.sleep(0.2)  # the two waiters meet while it runs
+        return fail_open_guard.check_prompt("What is the capital of France?")
+
+    pending = PendingCheck.start(check)
+    results: list[object] = []
+    waiters = [threading.Thread(target=lambda: results.append(pending.wait().reason)) for _ in range(2)]
+    for waiter in waiters:
+        waiter.start()
+    for waiter in waiters:
+        waiter.join(30)
+    assert results == ["safe", "safe"] and calls == [1]
+    assert pending.wait().reason == "safe" and asyncio.run(pending.wait_async()).reason == "safe" and calls == [1]
+    assert not any(f.done() for f in busy_input_pool)

@@ -784,8 +784,8 @@ class StreamSession:
                 raise ValueError("this session was fed token ids; do not mix feed_text and feed_tokens")
             self._text_mode = True
             spans: list[TokenSpan] = []
-            for piece in _pieces(delta, PUSH_CHARS):
-                spans += _as_written(self._seen, self._retok.push(self._seen.push(clean_text(piece))))
+            for piece in _pieces(clean_text(delta), PUSH_CHARS):  # cleaned whole: a cut must not change it (rt52e F6)
+                spans += _as_written(self._seen, self._retok.push(self._seen.push(piece)))
             return spans
 
     def _token_spans(self, ids: Iterable[int]) -> list[tuple[int, None, None]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -64,8 +65,7 @@ class PendingCheck:
         self._task = task
         self._loop = task.get_loop() if task is not None else None
         self._on_loop = on_loop
-        self._check: Callable[[], Verdicts] | None = None  # a thread-based check, for `wait` to run if still queued
-        self._judged_here: Verdicts | None = None  # what `wait` judged itself
+        self._once: _Once | None = None  # a thread-based check: run by its worker, or by a waiter while queued
         self.passed = False  # set once a wait found every decision allowed (later waits are free)
 
     @classmethod
@@ -73,9 +73,9 @@ class PendingCheck:
         """Run a sync check (e.g. ``lambda: guard.check_prompt(text)``) on a worker thread.
 
         The caller's context variables travel with it (tracing spans, LlamaIndex dispatchers)."""
-        context = contextvars.copy_context()
-        pending = cls(future=_pool().submit(context.run, check))
-        pending._check = lambda: context.run(check)
+        once = _Once(check, contextvars.copy_context())
+        pending = cls(future=_pool().submit(once.run))
+        pending._once = once
         return pending
 
     @classmethod
@@ -92,6 +92,8 @@ class PendingCheck:
         return cls(task=task, on_loop=on_loop)
 
     def done(self) -> bool:
+        if self._once is not None and self._once.finished.is_set():
+            return True
         return (self._future or self._task).done()  # type: ignore[union-attr]
 
     def on_running_loop(self) -> bool:
@@ -103,9 +105,9 @@ class PendingCheck:
 
     def result(self) -> Verdicts | None:
         """The decisions, once the check is done (``None`` before, or when it raised or was cancelled)."""
+        if self._once is not None:
+            return self._once.outcome()
         job = self._future or self._task
-        if self._judged_here is not None:
-            return self._judged_here
         if job is None or not job.done() or job.cancelled() or job.exception() is not None:
             return None
         return job.result()
@@ -116,10 +118,8 @@ class PendingCheck:
         A task-based check can be waited on from another thread (a sync hook inside an async run); on the loop's own
         thread that would deadlock, so the check given as ``on_loop`` runs there instead (`start_async`), or, without
         one, it raises `RuntimeError`."""
-        if self._future is not None and self._check is not None and self._future.cancel():
-            # Still queued behind other checks (the pool is the process's): judged on this thread, which would
-            # only wait for it (rt52b F3: another guard's slow checks held every worker).
-            result = self._judged_here = self._check()
+        if self._once is not None:
+            result = self._once.run()  # still queued behind other checks: judged on this thread (`_Once`)
         elif self._future is not None:
             result = self._future.result()
         elif self._task is not None and self._task.done():
@@ -144,6 +144,11 @@ class PendingCheck:
         """Async twin of `wait`."""
         if self._task is not None:
             result = await asyncio.shield(self._task)  # cancelling this wait must not cancel the check
+        elif self._once is not None:
+            # Run already: its outcome at once. Else judged now, or waited for (another caller runs it), off the
+            # loop: the pool's future may still be queued behind other checks.
+            once = self._once
+            result = once.run() if once.finished.is_set() else await asyncio.to_thread(once.run)
         else:
             result = await asyncio.wrap_future(self._future)  # type: ignore[arg-type]
         enforce_all(result)
@@ -183,6 +188,41 @@ class PendingCheck:
     def cancel(self) -> None:
         """Stop waiting for the verdict (the run ended otherwise). A running thread finishes on its own."""
         (self._future or self._task).cancel()  # type: ignore[union-attr]
+
+
+class _Once:
+    """A thread-based check run once, by whichever comes first: the pool's worker, or a caller that needs the verdict
+    while the check is still queued (the pool is the process's: another guard's slow checks holding every worker
+    made a caller wait for one, rt52b F3). Every other caller waits for that one run: a second thread waiting at once
+    judged it again, in the same context object, which cannot be entered twice (rt52e F2)."""
+
+    def __init__(self, check: Callable[[], Verdicts], context: contextvars.Context) -> None:
+        self._check, self._context = check, context
+        self._lock = threading.Lock()
+        self._started = False
+        self.finished = threading.Event()
+        self._result: Verdicts | None = None
+        self._error: BaseException | None = None
+
+    def run(self) -> Verdicts:
+        with self._lock:
+            mine, self._started = not self._started, True
+        if mine:
+            try:
+                self._result = self._context.run(self._check)
+            except BaseException as exc:  # noqa: BLE001 - kept for every caller, raised to each
+                self._error = exc
+            finally:
+                self.finished.set()
+        else:
+            self.finished.wait()
+        if self._error is not None:
+            raise self._error
+        return self._result  # type: ignore[return-value]
+
+    def outcome(self) -> Verdicts | None:
+        """The decisions, once run (``None`` before, or when the check raised)."""
+        return self._result if self.finished.is_set() and self._error is None else None
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:

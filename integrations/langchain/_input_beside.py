@@ -120,7 +120,10 @@ def stopping(callbacks: M, pending: PendingCheck | None) -> M:
     when a check is pending. (LangChain's log line for the stop they raise is moved to DEBUG, as for the guard's
     handlers.) For sync and async runs alike."""
     if pending is not None:
-        for handler in (_InputBlockStop(pending), _AsyncToolWait(pending), _ToolWait(pending)):
+        # The async wait only for an async run's check (in a sync run LangChain would make two event loops per
+        # tool call to run it, for nothing: rt52e F8).
+        waits = (_AsyncToolWait(pending), _ToolWait(pending)) if pending.on_running_loop() else (_ToolWait(pending),)
+        for handler in (_InputBlockStop(pending), *waits):
             quiet_guard_stops(type(handler).__name__)
             callbacks.add_handler(handler, inherit=True)
     return callbacks

@@ -38,32 +38,34 @@ __all__ = ["GuardDocumentCompressor", "GuardedRetriever", "OnViolation", "docume
 
 OnViolation = Literal["drop", "raise"]
 
-#: Metadata keys whose values identify a document and are not text a prompt shows; and qwenguard's own
-#: decision record. ``source`` is judged: apps print it, and a page's author can choose its URL or name.
-_ID_KEYS = frozenset({"id", "_id", "doc_id", "document_id", "chunk_id", "uuid", "hash", METADATA_KEY})
 
-
-def document_text(document: Any, budget: int, *, identifiers: bool = False) -> str:
-    """A retrieved document as one text to judge: its ``page_content``, then every string in its ``metadata``
-    but identifiers (`_ID_KEYS`), one a line (nested values too, walked by `artifact_text` up to ``budget``
-    characters). Numbers and other values that are not text add nothing: a document whose metadata holds
-    no text is judged exactly as its page (the same check, the same verdict-cache entry). ``identifiers``: the
-    identifier keys' strings and ``Document.id`` too, for a document printed whole (``str(document)``, as a
-    template's ``{context}`` slot prints a list of them: rt51f F9)."""
+def document_text(document: Any, budget: int) -> str:
+    """A retrieved document as one text to judge: its ``page_content``, then what a prompt can print of the rest,
+    one a line: its ``id``, every metadata key and the strings under it (nested values too, walked by
+    `artifact_text` up to ``budget`` characters), bytes read as UTF-8; qwenguard's own record left out. A template's
+    ``{context}`` slot prints a list of documents whole (``str(list)``), ids and keys included: those were skipped
+    as identifiers, and instructions planted there reached the model (rt51f F9, rt52e F4, F9). Numbers and other
+    values that are not text add nothing."""
     page = getattr(document, "page_content", None)
     page = page if isinstance(page, str) else ""
-    metadata = getattr(document, "metadata", None)
-    if not isinstance(metadata, Mapping):
-        values = []
-    elif identifiers:
-        values = [v for k, v in metadata.items() if k != METADATA_KEY]
-    else:
-        values = [v for k, v in metadata.items() if k not in _ID_KEYS]
+    values: list[Any] = []
     own_id = getattr(document, "id", None)
-    if identifiers and isinstance(own_id, str) and own_id:
+    if isinstance(own_id, str) and own_id:
         values.append(own_id)
+    metadata = getattr(document, "metadata", None)
+    if isinstance(metadata, Mapping):
+        for key, value in metadata.items():
+            if key != METADATA_KEY:
+                values += [key, _as_text(value, budget)]
     extra = artifact_text(values, budget - len(page)) if values else ""
     return "\n".join(t for t in (page, extra) if t)
+
+
+def _as_text(value: Any, budget: int) -> Any:
+    """Bytes as the text they hold (a template prints them too), read only as far as ``budget`` can take."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value[: 4 * (budget + 1)]).decode("utf-8", errors="replace")
+    return value
 
 
 def _texts(documents: Sequence[Document], budget: int) -> list[str]:

@@ -237,8 +237,7 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
         documents = _documents(value)
         if documents is not None:
             budget = self.guard.max_chars
-            # The template prints the list whole (``str(list)``): ids and every metadata key show.
-            texts = [document_text(doc, budget, identifiers=True) for doc in documents]
+            texts = [document_text(doc, budget) for doc in documents]  # ids and keys too: ``str(list)`` shows them
             return [
                 Item(Stage.RETRIEVAL, untrusted_conversation(text, f"document {i}"), label=f"document in {key!r}")
                 for i, text in enumerate(texts)

@@ -830,7 +830,7 @@ def value_strings(value: Any, budget: int, what: str = "value") -> list[str]:
         total += 1
         room = budget - total + 1  # items beyond it cannot be reached before the walk stops
         if isinstance(item, (bytes, bytearray)):
-            item = _utf8(item)
+            item = _bytes_text(item, room)
         if isinstance(item, str):
             if item.strip():
                 texts.append(item)
@@ -855,11 +855,27 @@ def value_strings(value: Any, budget: int, what: str = "value") -> list[str]:
     return texts
 
 
-def _utf8(data: bytes | bytearray) -> str | None:
-    """``data`` as text when it is text (a stray invalid byte does not hide the rest); binary data, where over a
-    tenth would not decode, is not: ``None``."""
-    text = bytes(data).decode("utf-8", errors="replace")
-    return None if text.count("\ufffd") * 10 > len(text) else text
+def _bytes_text(data: bytes | bytearray, room: int) -> str | None:
+    """The text ``data`` holds, read no further than the walk can take (``room`` characters; a 64 MB thumbnail was
+    decoded whole: rt52e F5): UTF-8 (a stray invalid byte does not hide the rest), UTF-16 (a byte-order mark, or
+    every other byte zero), else the readable runs of six characters or more between undecodable bytes (text padded
+    with junk to look binary: rt52e F1). ``None``: nothing readable. Text in a legacy code page (GBK, cp1251) reads as
+    such runs only where it is ASCII."""
+    head = bytes(data[: 4 * max(room, 0) + 4])
+    marked = head[:2] in (b"\xff\xfe", b"\xfe\xff")
+    if marked or head.count(0) * 3 >= len(head):  # NULs are valid UTF-8: tried first
+        wide = head.decode("utf-16" if marked else "utf-16-le", errors="replace")
+        if wide.count("\ufffd") * 10 <= len(wide):
+            return wide
+    text = head.decode("utf-8", errors="replace")
+    if text.count("\ufffd") * 10 <= len(text):
+        return text
+    runs = _READABLE_RUN.findall(text)
+    return " ".join(runs) if runs else None
+
+
+#: A run of characters that decoded and are no control characters (`_bytes_text`).
+_READABLE_RUN = re.compile(r"[^\ufffd\x00-\x08\x0b-\x1f\x7f]{6,}")
 
 
 #: What a provider class reads of a tool-call entry that is an object: read as attributes too (a property).

@@ -17,7 +17,7 @@ from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.prompts import ChatPromptTemplate, PromptTemplate, format_document
 from langchain_core.runnables import RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
-from lc_fakes import INJECTION, SAFE_ANSWER, SAFE_QUESTION, RecordingBackend
+from lc_fakes import INJECTION, SAFE_ANSWER, SAFE_QUESTION, RecordingBackend, scripted
 from qwenguard.core import Guard, GuardViolation
 from qwenguard.integrations.langchain import (
     AsyncGuardCallbackHandler,
@@ -29,6 +29,7 @@ from scripted_openai import scripted_openai
 from test_openai_paths import MODES, chat
 
 SAFE = Document("Paris is the capital of France.", metadata={"title": "Atlas", "page": 1})
+CONTEXT_PRINTED = ChatPromptTemplate.from_messages([("system", "Answer from:\n{context}"), ("human", "{question}")])
 INJECTED_TITLE = Document("The Eiffel Tower is in Paris.", metadata={"title": INJECTION, "page": 2})
 INJECTED_NESTED = Document("Lyon is in France.", metadata={"headers": {"h1": [INJECTION]}})
 
@@ -95,9 +96,10 @@ async def test_callback_judges_a_retrieved_documents_metadata(guard, mode):
     assert info.value.decision.stage.value == "retrieval"
 
 
-def test_metadata_that_is_not_text_adds_nothing_to_judge(guard):
-    """Numbers, identifiers and qwenguard's own record add no text: the check is the page's alone (the
-    same verdict-cache entry as before); a text value (``source``) rides along in the same one check."""
+def test_metadata_is_judged_as_a_template_prints_it_in_one_check(guard):
+    """One check per document: its page, then its id, every key and the strings under them (a ``{context}`` slot
+    prints the list whole: ids and keys were skipped, and instructions planted there reached the model, rt52e F9);
+    numbers and qwenguard's own record add nothing."""
     recording = RecordingBackend(guard.backend)
     judge = Guard(recording, cache_size=0)
     plain = Document("Paris is the capital of France.", id="d1", metadata={"id": "a1b2", "page": 3, "score": 0.5})
@@ -105,7 +107,26 @@ def test_metadata_that_is_not_text_adds_nothing_to_judge(guard):
     sourced = Document("Nice is in France.", metadata={"source": "atlas.txt", "page": 4})
     GuardDocumentCompressor(guard=judge).compress_documents([plain, flagged, sourced], SAFE_QUESTION)
     assert [c[-1]["content"] for c in recording.conversations] == [
-        plain.page_content,
+        "Paris is the capital of France.\nd1\nid\na1b2\npage\nscore",
         flagged.page_content,
-        "Nice is in France.\natlas.txt",
+        "Nice is in France.\nsource\natlas.txt\npage",
     ]
+
+
+PRINTED_WHOLE = {
+    "Document.id": Document("Paris is the capital of France.", id=INJECTION),
+    "metadata doc_id": Document("Paris is the capital of France.", metadata={"doc_id": INJECTION}),
+    "metadata key": Document("Paris is the capital of France.", metadata={INJECTION: 1}),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(PRINTED_WHOLE))
+def test_a_guarded_retriever_judges_what_a_context_slot_prints_of_a_document(guard, shape):
+    """rt52e F9: ``{"context": GuardedRetriever.wrap(...), ...} | prompt`` prints the documents whole
+    (``str(list)``): an id or a metadata key holding instructions reached the model."""
+    model = scripted(SAFE_ANSWER)
+    retriever = GuardedRetriever.wrap(_retriever([PRINTED_WHOLE[shape]]), guard)
+    chain = {"context": retriever, "question": RunnablePassthrough()} | CONTEXT_PRINTED | model
+    chain.invoke(SAFE_QUESTION)
+    read = " ".join(str(m.content) for call in model.seen for m in call)
+    assert INJECTION not in read

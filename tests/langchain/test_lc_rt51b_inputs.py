@@ -80,6 +80,8 @@ ID_SHAPES = {
     "metadata doc_id": Document("Paris is the capital of France.", metadata={"doc_id": INJECTION}),
     "metadata id": Document("Paris is the capital of France.", metadata={"id": INJECTION}),
     "Document.id": Document("Paris is the capital of France.", id=INJECTION),
+    "metadata key": Document("Paris is the capital of France.", metadata={INJECTION: 1}),  # rt52e F4
+    "metadata bytes": Document("Paris is the capital of France.", metadata={"source": INJECTION.encode()}),
 }
 
 

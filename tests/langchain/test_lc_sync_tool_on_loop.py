@@ -98,3 +98,19 @@ async def test_async_tools_waiting_for_the_verdict_leave_the_default_executor_fr
     await asyncio.wait_for(asyncio.to_thread(lambda: None), timeout=0.6)
     await run
     assert ran == ["weather"]
+
+
+def test_a_sync_runs_tools_wait_without_an_event_loop_each(slow_guard, tools, monkeypatch):
+    """rt52e F8: the async tool wait was added to sync runs too, where LangChain cannot await it: it made an event
+    loop for every tool call to find it had nothing to do."""
+    made: list[int] = []
+    real_init = asyncio.Runner.__init__
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
+        made.append(1)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio.Runner, "__init__", counting)
+    step = RunnableLambda(lambda _: [tools.web_search.invoke({"query": "France"}) for _ in range(5)][-1])
+    GuardRunnable(step, slow_guard, parallel_input=True, check_output=False).invoke(SAFE_QUESTION)
+    assert tools.calls["web_search"] == 5 and made == []

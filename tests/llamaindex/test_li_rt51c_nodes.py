@@ -15,6 +15,7 @@ keyword oracle judge. What reaches a consumer is counted in characters of the cl
 # No `from __future__ import annotations`: LlamaIndex inspects annotations at runtime.
 
 import asyncio
+import random
 
 import pytest
 from conftest import openai_like
@@ -192,9 +193,30 @@ def test_a_postprocessor_drops_a_node_whose_unprinted_parts_hold_the_clause(make
     assert [n.node.get_content() for n in kept] == [SAFE]
 
 
-def test_binary_bytes_in_metadata_are_not_read_as_text() -> None:
-    node = TextNode(text=SAFE, metadata={"thumbnail": bytes(range(256))}, excluded_llm_metadata_keys=["thumbnail"])
-    assert node_text(node, 10_000) == SAFE + "\n\nthumbnail"
+def test_binary_bytes_in_metadata_add_only_their_readable_runs() -> None:
+    """A thumbnail's bytes are not text: only runs of readable characters in them are judged (a few), and a
+    large one is read only as far as the node's budget (rt52e F5: 64 MB were decoded whole)."""
+    blob = random.Random(7).randbytes(1 << 20)
+    node = TextNode(text=SAFE, metadata={"thumbnail": blob}, excluded_llm_metadata_keys=["thumbnail"])
+    text = node_text(node, 10_000)
+    assert text.startswith(SAFE + "\n\nthumbnail") and len(text) < 2_000
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        CLAUSE.encode() + b"\xff" * 12,  # padded to look binary (rt52e F1)
+        CLAUSE.encode("utf-16"),
+        "\ufffd".join(CLAUSE.split(" ")).encode(),
+    ],
+    ids=["junk_padding", "utf16", "replacement_chars"],
+)
+def test_text_hidden_in_metadata_bytes_is_judged(data: bytes) -> None:
+    guard, _ = oracle()
+    node = TextNode(text=SAFE, metadata={"note": data}, excluded_llm_metadata_keys=["note"])
+    nodes = [NodeWithScore(node=node, score=1.0), NodeWithScore(node=TextNode(text=SAFE), score=0.5)]
+    kept = GuardNodePostprocessor(guard=guard).postprocess_nodes(nodes, query_str=QUESTION)
+    assert len(kept) == 1 and kept[0].node.metadata == {}
 
 
 def test_shown_metadata_is_judged_once() -> None:
