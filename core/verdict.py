@@ -112,9 +112,20 @@ def worst(verdicts: list[Verdict]) -> Verdict:
     at_top = [v for v in verdicts if v.risk.rank == top]
     cats = tuple(dict.fromkeys(c for v in at_top for c in v.categories))
     probs = None
+
+    def _prob(verdict: Verdict, risk: Risk) -> float:
+        return float((verdict.probs or {}).get(risk, 0.0))
+
     if all(v.probs is not None for v in verdicts):
-        best = max(verdicts, key=lambda v: v.unsafe_probability or 0.0)
-        probs = best.probs
+        # Each score at its worst window: the most P(unsafe) (what loose blocks) and the least P(safe) (strict
+        # blocks the rest), so a window read controversial is not scored from a window read safe.
+        # P(controversial) is what remains: never below 0, since no window's P(unsafe) + P(safe) exceeds 1.
+        least_safe = min(verdicts, key=lambda v: _prob(v, Risk.SAFE))
+        most_unsafe = max(verdicts, key=lambda v: _prob(v, Risk.UNSAFE))
+        probs = most_unsafe.probs
+        if _prob(least_safe, Risk.SAFE) < _prob(most_unsafe, Risk.SAFE):
+            safe, unsafe = _prob(least_safe, Risk.SAFE), _prob(most_unsafe, Risk.UNSAFE)
+            probs = {Risk.SAFE: safe, Risk.CONTROVERSIAL: max(0.0, 1.0 - safe - unsafe), Risk.UNSAFE: unsafe}
     return replace(
         at_top[0],
         categories=cats,

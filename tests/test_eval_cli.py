@@ -231,15 +231,14 @@ def test_an_out_dir_of_another_run_is_refused_then_replaced_with_fresh(tmp_path,
     assert runner.invoke(app, ["eval", "sample", "--out", str(out), "--limit", "8", "--no-progress"]).exit_code == 0
     before = (out / CACHE_FILE).read_text()
     mine = _write_rows(tmp_path / "my.jsonl", ["What is the capital of France?"])
-    for args in (
-        ["eval", str(mine), "--out", str(out)],
-        ["eval", "sample", "--out", str(out), "--policy", "loose"],
-        ["eval", "sample", "--out", str(out), "--stage", "prompt"],
-    ):
-        res = runner.invoke(app, [*args, "--no-progress"])
-        assert res.exit_code == 2, res.output
-        assert "holds the predictions of another run" in res.output
-        assert (out / CACHE_FILE).read_text() == before  # untouched
+    res = runner.invoke(app, ["eval", str(mine), "--out", str(out), "--no-progress"])
+    assert res.exit_code == 2, res.output
+    assert "holds the predictions of another run" in res.output
+    assert (out / CACHE_FILE).read_text() == before  # untouched
+    # --policy and --stage are not the run's identity: predictions do not depend on them, so they are shared.
+    for args in (["--policy", "loose"], ["--stage", "prompt"]):
+        res = runner.invoke(app, ["eval", "sample", "--out", str(out), "--limit", "8", *args, "--no-progress"])
+        assert res.exit_code == 0 and "resuming: 8 predictions" in res.output, res.output
     res = runner.invoke(app, ["eval", str(mine), "--out", str(out), "--fresh", "--no-progress"])
     assert res.exit_code == 0, res.output
     assert len((out / CACHE_FILE).read_text().splitlines()) == 1
@@ -253,22 +252,10 @@ def test_a_retrained_demo_is_another_model(tmp_path):
 
     copy = tmp_path / "demo-copy"
     shutil.copytree(DEMO_GEN_DIR, copy)
-    same = run_identity(
-        data_path=sample_path(), model=str(copy), remote=None, remote_mode=None, stage=None, policy="strict"
-    )
-    assert (
-        same["id"]
-        == run_identity(
-            data_path=sample_path(), model=str(copy), remote=None, remote_mode=None, stage=None, policy="strict"
-        )["id"]
-    )
+    same = run_identity(data_path=sample_path(), model=str(copy), remote=None, remote_mode=None)
+    assert same["id"] == run_identity(data_path=sample_path(), model=str(copy), remote=None, remote_mode=None)["id"]
     weights = copy / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1  # one bit of a weight changed: a different model with the same name
     weights.write_bytes(bytes(data))
-    assert (
-        run_identity(
-            data_path=sample_path(), model=str(copy), remote=None, remote_mode=None, stage=None, policy="strict"
-        )["id"]
-        != same["id"]
-    )
+    assert run_identity(data_path=sample_path(), model=str(copy), remote=None, remote_mode=None)["id"] != same["id"]

@@ -611,8 +611,10 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def _label_probs(logits: Any, firsts: dict[Risk, int]) -> dict[Risk, float]:
+def _label_probs(logits: Any, firsts: dict[Risk, int]) -> dict[Risk, float] | None:
     picked = [float(logits[firsts[r]]) for r in SAFETY_LABELS]
+    if not all(math.isfinite(x) for x in picked):
+        return None  # NaN/inf logits (an fp16 overflow): no probabilities rather than NaN ones
     top = max(picked)
     exps = [math.exp(x - top) for x in picked]
     total = sum(exps)

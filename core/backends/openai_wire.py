@@ -255,11 +255,15 @@ def _label_probs(candidates: Mapping[str, float]) -> dict[Risk, float] | None:
             continue
         matches = [r for r, lab in SAFETY_LABELS.items() if lab.startswith(piece)]
         if len(matches) == 1:
+            if math.isnan(logprob) or logprob == math.inf:
+                return None  # a broken engine's number (NaN probabilities would sink a report): no probabilities
             r = matches[0]
             scores[r] = max(scores.get(r, -math.inf), logprob)
     if not scores:
         return None
     top = max(scores.values())
+    if top == -math.inf:  # every label impossible: nothing to normalise
+        return None
     exps = {r: math.exp(scores[r] - top) if r in scores else 0.0 for r in SAFETY_LABELS}
     total = sum(exps.values())
     return {r: e / total for r, e in exps.items()}

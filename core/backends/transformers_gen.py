@@ -411,6 +411,8 @@ class TransformersGen:
             return None
         logits = scores[k][row].float()
         picked = [float(logits[firsts[r]]) for r in SAFETY_LABELS]
+        if not all(math.isfinite(x) for x in picked):
+            return None  # NaN/inf logits (an fp16 overflow): no probabilities rather than NaN ones
         top = max(picked)
         exps = [math.exp(x - top) for x in picked]
         total = sum(exps)

@@ -12,6 +12,7 @@ The same steps one by one: `load_dataset` → `run_guard` (or `arun_guard`) → 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -172,13 +173,14 @@ async def aevaluate(
     progress: bool = False,
     plots: bool = True,
 ) -> EvalReport:
-    """Async twin of `evaluate` (batches through ``guard.acheck_many``). File writing stays synchronous."""
-    examples, cache_path, meta = _prepare(data, stage, limit, out, cache, resume)
+    """Async twin of `evaluate` (batches through ``guard.acheck_many``). Reading the data, computing the report and
+    writing its files and plots run in a worker thread: seconds that must not hold the event loop."""
+    examples, cache_path, meta = await asyncio.to_thread(_prepare, data, stage, limit, out, cache, resume)
     chosen = _policies(policy, policies)
     run = await arun_guard(
         guard, examples, cache=cache_path, batch_size=batch_size, concurrency=concurrency, progress=progress
     )
-    report = compute_report(examples, run, policies=chosen, primary=policy, meta=meta)
+    report = await asyncio.to_thread(compute_report, examples, run, policies=chosen, primary=policy, meta=meta)
     if out is not None:
-        report.write(out, plots=plots)
+        await asyncio.to_thread(report.write, out, plots=plots)
     return report

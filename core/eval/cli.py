@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,45 @@ def _learn_served_model(guard: Any) -> None:
         raise QwenGuardError(f"cannot reach the server at {where} ({why}): is it running?") from None
 
 
+#: The most of a ``/models`` reply read to check ``--model`` against it.
+_MODELS_REPLY_BYTES = 1 << 20
+
+
+def _listed_models(remote: str, api_key: str | None) -> list[str] | None:
+    """The model ids the first replica lists at ``/models``, or None when that cannot be read (within
+    `LIST_MODELS_TIMEOUT_S`, the first MiB of the reply): only a check, the run does not depend on it."""
+    import json
+
+    import httpx
+
+    first = replica_urls(remote)
+    url = (first[0] if isinstance(first, list) else first).rstrip("/") + "/models"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        with httpx.stream("GET", url, headers=headers, timeout=LIST_MODELS_TIMEOUT_S) as response:
+            if response.status_code != 200:
+                return None
+            body = b""
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > _MODELS_REPLY_BYTES:
+                    return None
+        entries = json.loads(body)["data"]
+        ids = [e["id"] for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
+    except Exception:  # noqa: BLE001 - unreachable, not a model list: nothing to say about the name
+        return None
+    return ids or None
+
+
+def _shown(value: Any) -> str:
+    """A path or a name in a console line: as text, never as rich markup, controls escaped."""
+    from rich.markup import escape
+
+    from .data import printable
+
+    return escape(printable(str(value)))
+
+
 def _guard(
     model: str | None,
     remote: str | None,
@@ -177,7 +217,7 @@ def run_eval(
     allow_errors: bool = False,
 ) -> None:
     from . import CACHE_FILE, compute_report, load_dataset, run_guard, sample_path  # numpy: MissingDependency
-    from .identity import claim_out_dir, default_out_dir, run_identity
+    from .identity import claim_out_dir, default_out_dir, masked_remote, needs_revision, run_identity
     from .plots import PLOT_FILES, require_matplotlib
     from .runner import PredictionCache
 
@@ -190,8 +230,14 @@ def run_eval(
             raise typer.BadParameter("must be at least 1", param_hint=name)
     if concurrency < 0:
         raise typer.BadParameter("must be at least 1 (0: automatic)", param_hint="--concurrency")
-    if timeout is not None and timeout <= 0:
-        raise typer.BadParameter("must be positive", param_hint="--timeout")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise typer.BadParameter("must be a positive number of seconds", param_hint="--timeout")
+    from ..guard import DEFAULT_MAX_CHECKS
+
+    if batch_size > DEFAULT_MAX_CHECKS:  # the guard refuses a call of more checks than that
+        raise typer.BadParameter(
+            f"must be at most {DEFAULT_MAX_CHECKS:,} (the guard's max_checks)", param_hint="--batch-size"
+        )
     options = remote_options or RemoteOptions()
     options.validate(remote)
     require_matplotlib()  # the report's plots: a missing extra fails now, not after every row is scored
@@ -200,34 +246,54 @@ def run_eval(
     cache_path = None if out_dir is None else out_dir / CACHE_FILE
     guard = None
     try:
-        examples = load_dataset(path, stage=stage, limit=limit)  # bad data fails before a model loads
+        notes: list[str] = []
+        examples = load_dataset(path, stage=stage, limit=limit, notes=notes)  # bad data fails before a model loads
+        for note in notes:
+            err_console.print(f"[yellow]warning:[/yellow] {_shown(note)}", soft_wrap=True)
+
+        def identify() -> dict[str, Any]:
+            return run_identity(
+                data_path=path, model=model, remote=remote, remote_mode=options.mode if remote else None
+            )
+
         # The output directory and its prediction cache belong to one run identity (identity.py): another
         # run's predictions are refused before the model loads, never reused.
-        identity = run_identity(
-            data_path=path,
-            model=model,
-            remote=remote,
-            remote_mode=options.mode if remote else None,
-            stage=stage,
-            policy=policy,
-        )
+        identity = identify()
+        if needs_revision(identity):  # a hub id not downloaded yet: its revision is known once it is
+            guard = _guard(model, remote, api_key, device, timeout, options)
+            identity = identify()
         out_dir = out_dir or default_out_dir(path, identity)
         cache_path = out_dir / CACHE_FILE
         claim_out_dir(
-            out_dir, identity, fresh=fresh, owned_files=(CACHE_FILE, "report.json", "report.md", *PLOT_FILES.values())
+            out_dir,
+            identity,
+            fresh=fresh,
+            owned_files=(CACHE_FILE, "report.json", "report.md", *PLOT_FILES.values()),
+            data_path=path,
         )
         replaced = _rows_of_report(out_dir / "report.json")
-        if limit is not None and replaced is not None and replaced > len(examples):
+        if (limit is not None or stage is not None) and replaced is not None and replaced > len(examples):
+            what, undo = (f"--limit {limit}", "--limit") if limit is not None else (f"--stage {stage}", "--stage")
             err_console.print(
-                f"[yellow]warning:[/yellow] {out_dir}/report.json is a report of {replaced} rows; this --limit "
-                f"{limit} run replaces it with one of {len(examples)} rows (the predictions are kept: run "
-                f"without --limit to write the full report again, from the cache)",
+                f"[yellow]warning:[/yellow] {_shown(out_dir)}/report.json is a report of {replaced} rows; this "
+                f"{what} run replaces it with one of {len(examples)} rows (the predictions are kept: run "
+                f"without {undo} to write the full report again, from the cache)",
                 soft_wrap=True,
             )
-        guard = _guard(model, remote, api_key, device, timeout, options)
+        if guard is None:
+            guard = _guard(model, remote, api_key, device, timeout, options)
+        served = _listed_models(remote, api_key) if remote is not None and model is not None else None
+        if served is not None and model not in served:
+            err_console.print(
+                f"[yellow]warning:[/yellow] the server lists {_shown(', '.join(served))} at /models, not "
+                f"{_shown(model)}: it may answer as another model than the report names",
+                soft_wrap=True,
+            )
         cache = PredictionCache(cache_path)
         if cache.entries:
-            err_console.print(f"resuming: {len(cache.entries)} predictions cached in {cache_path}", soft_wrap=True)
+            err_console.print(
+                f"resuming: {len(cache.entries)} predictions cached in {_shown(cache_path)}", soft_wrap=True
+            )
         run = run_guard(
             guard,
             examples,
@@ -237,9 +303,15 @@ def run_eval(
             progress=progress,
             show_errors=True,
         )
-        meta = {"data": str(path), "stage_filter": stage, "limit": limit, "remote": remote}
+        meta: dict[str, Any] = {"data": str(path), "stage_filter": stage, "limit": limit}
+        # Never the password of a --remote URL: report.json is uploaded and pasted.
+        meta["remote"] = None if remote is None else masked_remote(remote)
         if remote is not None:
             meta["remote_mode"] = options.mode
+            if served is not None:
+                meta["served_models"] = served
+        if identity["guard"].get("revision"):
+            meta["revision"] = identity["guard"]["revision"]
         report = compute_report(examples, run, primary=policy, meta=meta)
         paths = report.write(out_dir)
     except KeyboardInterrupt:
@@ -247,7 +319,7 @@ def run_eval(
             raise typer.Exit(EXIT_INTERRUPTED) from None
         done = len(PredictionCache(cache_path).entries)
         err_console.print(
-            f"\n[yellow]interrupted[/yellow]: {done} predictions are saved in {cache_path}; "
+            f"\n[yellow]interrupted[/yellow]: {done} predictions are saved in {_shown(cache_path)}; "
             f"run the same command again to resume."
         )
         raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -256,7 +328,7 @@ def run_eval(
             guard.close()
     console.print(report.table())
     errors = report.data["meta"]["errors"]
-    console.print(f"wrote {len(paths)} files to {out_dir}/: " + ", ".join(p.name for p in paths.values()))
+    console.print(f"wrote {len(paths)} files to {_shown(out_dir)}/: " + ", ".join(p.name for p in paths.values()))
     if not errors:
         raise typer.Exit(EXIT_OK)
     rows = report.data["meta"]["rows"]

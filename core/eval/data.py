@@ -19,10 +19,10 @@ and CSV also the line), never as a crash further down.
 
 from __future__ import annotations
 
+import codecs
 import csv
-import io
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,15 @@ from typing import Any
 from ..errors import MissingDependency, QwenGuardError
 from ..verdict import CATEGORIES, Risk, Stage
 
-__all__ = ["DataError", "EvalExample", "load_dataset", "examples_from_records", "parse_label", "SUPPORTED_SUFFIXES"]
+__all__ = [
+    "DataError",
+    "EvalExample",
+    "load_dataset",
+    "examples_from_records",
+    "parse_label",
+    "printable",
+    "SUPPORTED_SUFFIXES",
+]
 
 SUPPORTED_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet", ".pq")
 
@@ -51,6 +59,13 @@ _ASSISTANT_STAGES = frozenset({Stage.RESPONSE, Stage.TOOL_CALL})
 
 class DataError(QwenGuardError, ValueError):
     """A dataset file or row cannot be used; the message names the file and row."""
+
+
+def printable(text: str) -> str:
+    """``text`` for one line of a terminal or a report: control and other unprintable characters (ESC, CR, a
+    newline) as their escapes (``\\x1b``), so a dataset's or a server's bytes cannot move the cursor or forge
+    lines."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 @dataclass(frozen=True)
@@ -107,7 +122,7 @@ def _parse_categories(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("["):
-            items = json.loads(text)
+            items = _json(text, "category")
         else:
             items = text.split(",")
     elif isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
@@ -127,10 +142,7 @@ def _parse_categories(value: Any) -> tuple[str, ...]:
 
 def _parse_messages(value: Any) -> list[dict[str, str]]:
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"messages is not valid JSON: {exc.msg}") from None
+        value = _json(value, "messages")
     if hasattr(value, "tolist"):
         value = value.tolist()
     if not isinstance(value, (list, tuple)) or not value:
@@ -148,9 +160,22 @@ def _parse_messages(value: Any) -> list[dict[str, str]]:
     return out
 
 
+def _json(text: str, column: str) -> Any:
+    """A JSON cell; a `ValueError` naming the column when it is not JSON or is nested too deeply to parse."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{column} is not valid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise ValueError(f"{column} is JSON nested too deeply") from None
+
+
 def _found(record: Mapping[str, Any]) -> str:
     """`` (columns found: a, b)``: what a row with the wrong columns has instead."""
-    names = [str(k) for k in record if k is not None]  # csv's None key: cells beyond the header
+    # A name with control characters is quoted with them escaped: it is printed to a terminal.
+    names = [
+        str(k) if str(k).isprintable() else repr(str(k)) for k in record if k is not None
+    ]  # None: csv's extra cells
     return f" (columns found: {', '.join(names)})" if names else " (the row has no columns)"
 
 
@@ -254,59 +279,101 @@ def examples_from_records(
     return out
 
 
+def _not_utf8(path: Path, line: int, raw: bytes, exc: UnicodeDecodeError) -> DataError:
+    return DataError(
+        f"{path} line {line}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+        "re-save the file as UTF-8"
+    )
+
+
+def _decoded_lines(path: Path) -> Iterator[str]:
+    """The file's lines as text, read and decoded one at a time (a file is never held whole: a huge line costs
+    its own size, not the file's several times over). UTF-8, a byte-order mark (Windows editors, Excel's "CSV
+    UTF-8") dropped; bytes that are not UTF-8 (a Latin-1 or Windows-1252 export) are one `DataError` naming the
+    file, line and column."""
+    with path.open("rb") as f:
+        n = 0
+        for raw in f:  # not enumerate: its reused tuple would keep each line's bytes alive while it is parsed
+            n += 1
+            if n == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(path, n, raw, exc) from None
+            del raw  # before the caller parses the line
+            yield text
+
+
 def _read_text(path: Path) -> str:
-    """The file as text: UTF-8, a byte-order mark (Windows editors, Excel's "CSV UTF-8") dropped. Bytes that are
-    not UTF-8 (a Latin-1 or Windows-1252 export) are one `DataError` naming the file, line and column."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise DataError(
-            f"{path} line {line}: not UTF-8 (byte 0x{data[exc.start]:02x} at column {column}); "
-            "re-save the file as UTF-8"
-        ) from None
+    """The whole file as text (a JSON array), decoded as `_decoded_lines` decodes it."""
+    return "".join(_decoded_lines(path))
+
+
+def _universal(text: str) -> list[str]:
+    """A line read up to its ``\\n``, as the lines a text-mode file reads: a lone ``\\r`` ends one too."""
+    if "\r" not in text:
+        return [text]
+    parts = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return parts[:-1] if parts[-1] == "" else parts
 
 
 def _read_jsonl(path: Path) -> tuple[list[Any], list[int]]:
     rows, lines = [], []
-    # newline=None: universal newlines, as a text-mode file reads them
-    with io.StringIO(_read_text(path), newline=None) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
+    n = 0
+    for text in _decoded_lines(path):
+        for line in _universal(text):
+            n += 1
+            if not line or line.isspace():  # not strip(): a copy of a huge line
                 continue
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path} line {n}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise DataError(f"{path} line {n}: JSON nested too deeply to read") from None
             lines.append(n)
     return rows, lines
 
 
 def _read_json(path: Path) -> tuple[list[Any], list[int] | None]:
-    text = _read_text(path)
-    if text.lstrip().startswith("["):
+    with path.open("rb") as f:
+        head = f.read(4096).decode("utf-8-sig", errors="replace")
+    if head.lstrip().startswith("["):
+        text = _read_text(path)
         try:
             return json.loads(text), None
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        except RecursionError:
+            raise DataError(f"{path}: JSON nested too deeply to read") from None
     return _read_jsonl(path)
+
+
+#: The largest CSV cell read: csv's own default (128 KiB) refuses a retrieved document the guard could judge; the
+#: guard's ``max_chars`` is what bounds a check.
+_CSV_FIELD_LIMIT = 2**31 - 1
 
 
 def _read_csv(path: Path) -> tuple[list[Any], list[int]]:
     rows, lines = [], []
-    # _read_text drops a byte-order mark: Excel's "CSV UTF-8" starts with one, which would become part of the first
-    # column's name ("\ufefftext") and hide the `text` column.
-    with io.StringIO(_read_text(path), newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames:
-            raise DataError(f"{path}: empty CSV (no header row)")
-        start = 2
-        for row in reader:
-            rows.append(row)
-            lines.append(start)  # the line where this (possibly multi-line) row starts
-            start = reader.line_num + 1
+    previous = csv.field_size_limit(_CSV_FIELD_LIMIT)
+    try:
+        # _decoded_lines drops a byte-order mark: Excel's "CSV UTF-8" starts with one, which would become part of
+        # the first column's name ("\ufefftext") and hide the `text` column.
+        reader = csv.DictReader(_decoded_lines(path))
+        try:
+            if not reader.fieldnames:
+                raise DataError(f"{path}: empty CSV (no header row)")
+            start = 2
+            for row in reader:
+                rows.append(row)
+                lines.append(start)  # the line where this (possibly multi-line) row starts
+                start = reader.line_num + 1
+        except csv.Error as exc:
+            raise DataError(f"{path} line {reader.line_num}: not valid CSV ({exc})") from None
+    finally:
+        csv.field_size_limit(previous)
     return rows, lines
 
 
@@ -339,11 +406,18 @@ def read_records(path: str | Path) -> tuple[list[Any], list[int] | None]:
     raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}")
 
 
-def load_dataset(path: str | Path, *, stage: Stage | str | None = None, limit: int | None = None) -> list[EvalExample]:
+def load_dataset(
+    path: str | Path,
+    *,
+    stage: Stage | str | None = None,
+    limit: int | None = None,
+    notes: list[str] | None = None,
+) -> list[EvalExample]:
     """Load labelled examples from a JSONL, CSV or Parquet file.
 
     ``stage`` keeps only prompt rows or only response rows (a row is a response check when it has a
     response, or when its messages end with the assistant). ``limit`` keeps the first N after that.
+    ``notes``: warnings about the data (rows that are not what they seem) are appended to it.
 
     >>> examples = load_dataset("sample.jsonl", stage="prompt", limit=50)   # doctest: +SKIP
     """
@@ -351,7 +425,31 @@ def load_dataset(path: str | Path, *, stage: Stage | str | None = None, limit: i
     if not records:
         raise DataError(f"{path}: no rows")
     examples = examples_from_records(records, where=str(path), lines=lines)
+    if notes is not None and (note := _restaged(records, examples, lines, str(path))):
+        notes.append(note)
     return select(examples, stage=stage, limit=limit, where=str(path))
+
+
+def _restaged(
+    records: Sequence[Mapping[str, Any]], examples: Sequence[EvalExample], lines: Sequence[int] | None, where: str
+) -> str | None:
+    """A note on rows whose ``response`` cell is empty in a file of responses, without a ``stage`` saying so:
+    each is checked as a prompt (its label judged against the prompt), which is seldom what was meant."""
+    if not any(not _is_missing(r.get("response")) for r in records):
+        return None
+    rows = [
+        i
+        for i, (r, e) in enumerate(zip(records, examples))
+        if "response" in r and _is_missing(r["response"]) and _is_missing(r.get("stage")) and e.stage is Stage.PROMPT
+    ]
+    if not rows:
+        return None
+    first = rows[0]
+    line = f" (line {lines[first]})" if lines is not None and first < len(lines) else ""
+    return (
+        f"{where}: {len(rows)} row(s) with an empty response are checked as prompts, their label judged against "
+        f"the prompt (the first: row {first + 1}{line}); give them a response, or a 'stage' column saying 'prompt'"
+    )
 
 
 def select(

@@ -1,21 +1,24 @@
-"""What an evaluation run is: the dataset's content, the model, the stage filter and the policy.
+"""What an evaluation run is: the dataset's content and the model.
 
 A prediction cache (and the report beside it) belongs to exactly one run identity. The default output
 directory is named after it, so two runs on different data never share one; an ``--out`` directory
 that holds another run's predictions is refused with a clear message (``--fresh`` replaces it), so
-predictions are never reused for another dataset, model, stage or policy. ``--limit`` is not part of
-the identity: a limited run is a prefix of the same run, and the full run resumes from it.
+predictions are never reused for another dataset or model. ``--limit``, ``--stage`` and ``--policy`` are not
+part of it: predictions do not depend on them (both mappings are always computed, and rows are keyed by their
+stage), so a limited, one-stage or other-policy run shares the full run's predictions.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..backends.transport import without_password
 from ..errors import QwenGuardError
 
 __all__ = ["run_identity", "default_out_dir", "claim_out_dir", "RUN_FILE"]
@@ -41,33 +44,88 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def _digest_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "qwenguard" / "eval-digests.json"
+
+
+def _whole_digest(path: Path) -> str:
+    """sha256 of the whole file: any change to a checkpoint's weights is another model (a retrain that keeps the
+    first and last MiB of each shard too). A large file's digest is remembered by its path, size, mtime and inode
+    (in the user's cache directory, best effort), so a 16 GB checkpoint is read once per change, not per run."""
+    st = path.stat()
+    if st.st_size <= 8 * _READ:
+        return _file_digest(path)
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+    store = _digest_cache()
+    try:
+        known: dict[str, str] = json.loads(store.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known, dict) and isinstance(known.get(key), str):
+        return known[key]
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(8 * _READ):
+            h.update(chunk)
+    digest = h.hexdigest()
+    try:
+        known = known if isinstance(known, dict) else {}
+        known[key] = digest
+        store.parent.mkdir(parents=True, exist_ok=True)
+        tmp = store.with_name(f"{store.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known), encoding="utf-8")
+        tmp.replace(store)
+    except OSError:
+        pass  # a read-only home: computed again next time
+    return digest
+
+
+def _hub_revision(name: str) -> str | None:
+    """The commit of the snapshot the local Hugging Face cache resolves ``name`` to (what the guard loads), or
+    None when it is not cached (yet)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True)).name
+    except Exception:  # noqa: BLE001 - not cached, not a hub id, no huggingface_hub: unknown
+        return None
+
+
 def _model_fingerprint(model: str | None) -> dict[str, Any]:
-    """A local checkpoint's name and a digest of its config and weights (a retrained "demo" is another model)."""
+    """A local checkpoint's name and a digest of every file of it (a retrained "demo" is another model); a hub
+    id's name and the revision it resolves to (a newer download under the same name is another model)."""
     from ..demo import DEMO_NAMES
 
     name = model or "demo"
     path = DEMO_NAMES.get(name) or Path(name).expanduser()
     if not Path(path).is_dir():
-        return {"model": name}  # a hub id: the name (and its revision in the HF cache) identifies it
-    files = sorted(p for p in Path(path).iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".jinja"))
-    return {"model": name, "files": {p.name: _file_digest(p) for p in files}}
+        return {"model": name, "revision": _hub_revision(name)}
+    # Every file: weights, config, tokenizer (merges.txt, tokenizer.model), remote code (*.py).
+    files = sorted(p for p in Path(path).iterdir() if p.is_file() and not p.name.startswith("."))
+    return {"model": name, "files": {p.name: _whole_digest(p) for p in files}}
 
 
-def run_identity(
-    *, data_path: Path, model: str | None, remote: str | None, remote_mode: str | None, stage: str | None, policy: str
-) -> dict[str, Any]:
-    """The identity of one evaluation run (JSON-serialisable)."""
+def needs_revision(identity: Mapping[str, Any]) -> bool:
+    """Whether the identity names a hub model not in the local cache yet: its revision is known once it is loaded."""
+    guard = identity.get("guard", {})
+    return "revision" in guard and guard["revision"] is None
+
+
+def masked_remote(remote: str) -> str:
+    """``--remote``'s value as written to files and messages: each replica's URL without its password."""
+    return ",".join(without_password(u.strip()).rstrip("/") for u in remote.split(",") if u.strip())
+
+
+def run_identity(*, data_path: Path, model: str | None, remote: str | None, remote_mode: str | None) -> dict[str, Any]:
+    """The identity of one evaluation run (JSON-serialisable). It is written to ``run.json``, so a ``--remote``
+    URL's password is never part of it."""
     guard = (
-        {"remote": remote.rstrip("/"), "model": model, "mode": remote_mode}
+        {"remote": masked_remote(remote), "model": model, "mode": remote_mode}
         if remote is not None
         else _model_fingerprint(model)
     )
-    identity = {
-        "data": {"name": data_path.name, "sha256": _file_digest(data_path)},
-        "guard": guard,
-        "stage": stage,
-        "policy": policy,
-    }
+    identity: dict[str, Any] = {"data": {"name": data_path.name, "sha256": _file_digest(data_path)}, "guard": guard}
     identity["id"] = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     return identity
 
@@ -80,17 +138,36 @@ def default_out_dir(data_path: Path, identity: Mapping[str, Any]) -> Path:
 
 def _describe(identity: Mapping[str, Any]) -> str:
     guard = identity.get("guard", {})
-    where = guard.get("remote") or "local"
+    # Masked again: a run.json written before passwords were left out of it.
+    where = masked_remote(str(guard["remote"])) if guard.get("remote") else "local"
+    model = guard.get("model") or ("the server's only model" if guard.get("remote") else None)
+    revision = f" revision {str(guard['revision'])[:12]}" if guard.get("revision") else ""
     return (
         f"data {identity.get('data', {}).get('name')} (sha256 {str(identity.get('data', {}).get('sha256'))[:12]}), "
-        f"model {guard.get('model')} ({where}), stage {identity.get('stage') or 'all'}, policy {identity.get('policy')}"
+        f"model {model}{revision} ({where})"
     )
 
 
-def claim_out_dir(out_dir: Path, identity: Mapping[str, Any], *, fresh: bool, owned_files: tuple[str, ...]) -> bool:
+def claim_out_dir(
+    out_dir: Path,
+    identity: Mapping[str, Any],
+    *,
+    fresh: bool,
+    owned_files: tuple[str, ...],
+    data_path: Path | None = None,
+) -> bool:
     """Make ``out_dir`` this run's: True when it already was (resume). Refuses another run's directory
-    unless ``fresh``, which deletes that run's ``owned_files`` first."""
+    unless ``fresh``, which deletes that run's ``owned_files`` first; refuses always a ``data_path`` that is one
+    of those files (the dataset would be deleted, or overwritten by the report)."""
     run_file = out_dir / RUN_FILE
+    if data_path is not None:
+        for name in (*owned_files, RUN_FILE):
+            target = out_dir / name
+            if target.exists() and target.resolve() == data_path.resolve():
+                raise QwenGuardError(
+                    f"{out_dir} holds your dataset {data_path.name} under a name the report writes ({name}); "
+                    f"pass another --out, or rename the dataset"
+                )
     previous: Mapping[str, Any] | None = None
     if run_file.is_file():
         try:

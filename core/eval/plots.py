@@ -39,6 +39,12 @@ def _figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height), dpi=110, layout="constrained")
 
 
+def _literal_legend(legend: Any) -> None:
+    """A legend's names drawn as written, never parsed as mathtext (a mapping named with ``$``)."""
+    for text in legend.get_texts():
+        text.set_parse_math(False)
+
+
 def _nan(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
@@ -68,7 +74,9 @@ def plot_confusion(mappings: Mapping[str, Any], path: Path) -> Path:
         ax.set_yticks([0, 1], ["harmless", "harmful"])
         ax.set_xlabel("guard")
         ax.set_ylabel("gold label")
-        ax.set_title(f"{name}: recall {_pct(o['recall'])}, precision {_pct(o['precision'])}", fontsize=9)
+        ax.set_title(
+            f"{name}: recall {_pct(o['recall'])}, precision {_pct(o['precision'])}", fontsize=9, parse_math=False
+        )
     fig.savefig(path)
     return path
 
@@ -104,7 +112,7 @@ def plot_threshold(mappings: Mapping[str, Any], path: Path) -> Path:
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower left", fontsize=8)
+        _literal_legend(ax.legend(loc="lower left", fontsize=8))
         ax.set_title("Precision and recall vs threshold", fontsize=10)
     else:
         ax.axis("off")
@@ -147,12 +155,13 @@ def plot_categories(mappings: Mapping[str, Any], path: Path) -> Path:
         for y, v, c in zip(ys, vals, labels):
             txt = "n/a" if v != v else f"{v:.0%} of {by[c]['positives']}"
             ax.text(min(v if v == v else 0, 1) + 0.01, y, txt, va="center", fontsize=7)
-    ax.set_yticks(range(len(cats)), labels, fontsize=8)
+    # Categories and mapping names are the dataset's and the caller's: "$5 ^$" is text, not mathtext to parse.
+    ax.set_yticks(range(len(cats)), labels, fontsize=8, parse_math=False)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.18)
     ax.set_xlabel("recall (share of harmful rows blocked)")
     ax.set_title("Recall by category", fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
+    _literal_legend(ax.legend(loc="lower right", fontsize=8))
     fig.savefig(path)
     return path
 

@@ -18,15 +18,17 @@ not available (``null`` / ``–``). Rows without a score are left out of ROC-AUC
 from __future__ import annotations
 
 import datetime as _dt
+import html
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..policy import Policy
-from ..verdict import Risk
-from .data import EvalExample
+from ..verdict import Risk, Verdict
+from .data import EvalExample, printable
 from .metrics import (
     average_precision,
     best_threshold,
@@ -49,8 +51,11 @@ def default_policies() -> dict[str, Policy]:
     return {"strict": Policy.strict(), "loose": Policy.loose()}
 
 
-def _gold_positive(label: Risk, policy: Policy) -> bool:
-    return label is Risk.UNSAFE or (label is Risk.CONTROVERSIAL and policy.mode == "strict")
+def _gold_positive(example: EvalExample, policy: Policy) -> bool:
+    """Whether the policy blocks the gold answer: the gold label and categories go through the same decision as a
+    prediction (a policy that lets PII through is not expected to block gold-unsafe PII rows)."""
+    gold = Verdict(example.label, example.categories)
+    return not policy.decide(gold, example.stage).allowed
 
 
 def _predicted_positive(example: EvalExample, pred: Prediction, policy: Policy) -> bool | None:
@@ -65,8 +70,11 @@ def _score(pred: Prediction, policy: Policy) -> float | None:
     if pred.probs is None:
         return None
     if policy.mode == "strict":
-        return 1.0 - float(pred.probs.get(Risk.SAFE, 0.0))
-    return float(pred.probs.get(Risk.UNSAFE, 0.0))
+        score = 1.0 - float(pred.probs.get(Risk.SAFE, 0.0))
+    else:
+        score = float(pred.probs.get(Risk.UNSAFE, 0.0))
+    # A NaN from a broken engine (or an older cache) is no score: one such row must not sink the report.
+    return score if math.isfinite(score) else None
 
 
 def _round(value: Any) -> Any:
@@ -89,7 +97,7 @@ def _group_metrics(rows: list[tuple[bool, bool | None]]) -> dict[str, Any]:
 
 
 def _mapping(examples: Sequence[EvalExample], preds: Sequence[Prediction], policy: Policy, name: str) -> dict[str, Any]:
-    truth = [_gold_positive(e.label, policy) for e in examples]
+    truth = [_gold_positive(e, policy) for e in examples]
     pred = [_predicted_positive(e, p, policy) for e, p in zip(examples, preds)]
     out: dict[str, Any] = {
         "policy": policy.to_dict(),
@@ -153,7 +161,14 @@ def _mapping(examples: Sequence[EvalExample], preds: Sequence[Prediction], polic
             value = getattr(e, attr)
             groups.setdefault(NO_CATEGORY if value is None else getattr(value, "value", str(value)), []).append(i)
         out[key] = [
-            {attr: g, **_group_metrics([(truth[i], pred[i]) for i in idx])}
+            {
+                attr: g,
+                **_group_metrics([(truth[i], pred[i]) for i in idx]),
+                # as for categories: every row of the group, the judged ones and the guard errors
+                "n": len(idx),
+                "judged": sum(1 for i in idx if pred[i] is not None),
+                "errors": sum(1 for i in idx if pred[i] is None),
+            }
             for g, idx in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
         ]
     return out
@@ -216,6 +231,15 @@ def compute_report(
     return EvalReport(_round(data))
 
 
+def _md(value: Any, code: bool = False) -> str:
+    """A dataset's or a server's string in one cell or line of report.md: its controls escaped (no newline to start
+    a heading), ``|`` escaped (no extra column), HTML as text; ``code``: for inside a code span (no backtick)."""
+    text = printable(str(value))
+    if code:
+        return text.replace("`", "'")
+    return html.escape(text, quote=False).replace("|", "\\|")
+
+
 def _fmt(value: Any, pct: bool = False) -> str:
     if value is None:
         return "–"
@@ -271,20 +295,24 @@ class EvalReport:
         """The headline table as a rich Table (one row per mapping)."""
         from rich import box
         from rich.table import Table
+        from rich.text import Text
 
         meta = self.data["meta"]
         errors = meta.get("errors", 0)
         # The error count is in the title, not a column: it is per row, the same for every mapping, and a
         # tenth column would not fit an 80-column CI log.
         judged = f" · {errors} errors (no verdict, left out of the metrics)" if errors else ""
-        title = f"qwenguard eval · {meta.get('model', '?')} · {meta['rows']} rows{judged} · * = --policy"
+        # Text, not markup: the model's name is the server's or a directory's, and "[/x]" in it must print as is.
+        title = Text(
+            f"qwenguard eval · {printable(str(meta.get('model', '?')))} · {meta['rows']} rows{judged} · * = --policy"
+        )
         t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
         for col in ("mapping", "recall", "precision", "F1", "accuracy", "MCC", "ROC-AUC", "FN", "FP"):
             t.add_column(col, justify="left" if col == "mapping" else "right", no_wrap=True)
         for r in self.headline_rows():
             name = r["mapping"] + (" *" if r["mapping"] == self.primary else "")
             t.add_row(
-                name,
+                Text(printable(name)),
                 _fmt(r["recall"], True),
                 _fmt(r["precision"], True),
                 _fmt(r["f1"], True),
@@ -298,8 +326,8 @@ class EvalReport:
 
     def to_markdown(self) -> str:
         meta = self.data["meta"]
-        lines = [f"# qwenguard eval: {meta.get('model', '?')}", ""]
-        src = f" from `{meta['data']}`" if meta.get("data") else ""
+        lines = [f"# qwenguard eval: {_md(meta.get('model', '?'))}", ""]
+        src = f" from `{_md(meta['data'], code=True)}`" if meta.get("data") else ""
         labels = ", ".join(f"{k} {v}" for k, v in meta["labels"].items())
         stages = ", ".join(f"{k} {v}" for k, v in meta["stages"].items())
         lines += [
@@ -315,7 +343,7 @@ class EvalReport:
         for r in self.headline_rows():
             star = " *" if r["mapping"] == self.primary else ""
             lines.append(
-                f"| {r['mapping']}{star} | {_fmt(r['recall'], True)} | {_fmt(r['precision'], True)} | "
+                f"| {_md(r['mapping'])}{star} | {_fmt(r['recall'], True)} | {_fmt(r['precision'], True)} | "
                 f"{_fmt(r['f1'], True)} | {_fmt(r['accuracy'], True)} | {_fmt(r['mcc'])} | "
                 f"{_fmt(r['roc_auc'])} | {r['fn']} | {r['fp']} | {r['errors']} |"
             )
@@ -333,7 +361,7 @@ class EvalReport:
         lines += ["", "## Confusion matrices", "", "| mapping | TP | FN | FP | TN |", "|---|---:|---:|---:|---:|"]
         for name in names:
             o = self.mappings[name]["overall"]
-            lines.append(f"| {name} | {o['tp']} | {o['fn']} | {o['fp']} | {o['tn']} |")
+            lines.append(f"| {_md(name)} | {o['tp']} | {o['fn']} | {o['fp']} | {o['tn']} |")
 
         lines += [
             "",
@@ -350,15 +378,15 @@ class EvalReport:
             for n in names:
                 c = per[n][cat]
                 cells += [str(c["positives"]), _fmt(c["recall"], True), _fmt(c["fnr"], True), str(c["fp"])]
-            lines.append(f"| {cat} | {per[names[0]][cat]['n']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {_md(cat)} | {per[names[0]][cat]['n']} | " + " | ".join(cells) + " |")
 
         for key, attr, title in (("by_source", "source", "By source"), ("by_stage", "stage", "By stage")):
             lines += [
                 "",
                 f"## {title}",
                 "",
-                f"| {attr} | n | " + " | ".join(f"{n} recall | {n} precision | {n} F1" for n in names) + " |",
-                "|---|---:|" + "---:|---:|---:|" * len(names),
+                f"| {attr} | n | errors | " + " | ".join(f"{n} recall | {n} precision | {n} F1" for n in names) + " |",
+                "|---|---:|---:|" + "---:|---:|---:|" * len(names),
             ]
             rows = {n: {r[attr]: r for r in self.mappings[n][key]} for n in names}
             for g, r0 in rows[names[0]].items():
@@ -366,17 +394,18 @@ class EvalReport:
                 for n in names:
                     r = rows[n][g]
                     cells += [_fmt(r["recall"], True), _fmt(r["precision"], True), _fmt(r["f1"], True)]
-                lines.append(f"| {g} | {r0['n']} | " + " | ".join(cells) + " |")
+                # n: every row of the group; errors: those without a verdict, left out of the rates
+                lines.append(f"| {_md(g)} | {r0['n']} | {r0.get('errors', 0)} | " + " | ".join(cells) + " |")
 
         lines += ["", "## Scores and thresholds", ""]
         for n in names:
             m = self.mappings[n]
             if not m["scored_rows"]:
-                lines.append(f"- **{n}**: no scores (the backend returned no label probabilities).")
+                lines.append(f"- **{_md(n)}**: no scores (the backend returned no label probabilities).")
                 continue
             best, k95 = m["best_f1_threshold"], m["threshold_for_recall_0.95"]
             lines.append(
-                f"- **{n}** (score {m['score']}, {m['scored_rows']} rows): ROC-AUC {_fmt(m['roc_auc'])}, "
+                f"- **{_md(n)}** (score {m['score']}, {m['scored_rows']} rows): ROC-AUC {_fmt(m['roc_auc'])}, "
                 f"average precision {_fmt(m['average_precision'])}; best F1 {_fmt(best and best['f1'], True)} at "
                 f"threshold {_fmt(best and best['threshold'])}; recall ≥ 95% up to threshold "
                 f"{_fmt(k95 and k95['threshold'])}."
@@ -407,7 +436,7 @@ class EvalReport:
             ]
         if self.data["errors"]:
             lines += ["", "## Guard errors (first 50)", ""]
-            lines += [f"- row `{e['id']}`: {e['error']}" for e in self.data["errors"]]
+            lines += [f"- row `{_md(e['id'], code=True)}`: {_md(e['error'])}" for e in self.data["errors"]]
         run = self.data["meta"].get("run")
         if run:
             lines += [

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputTooLarge
 from ..policy import Decision
 from ..verdict import Risk, Verdict
-from .data import EvalExample
+from .data import EvalExample, printable
 
 __all__ = [
     "Prediction",
@@ -213,6 +214,30 @@ def _to_predictions(batch: list[tuple[str, EvalExample]], decisions: Sequence[De
     return [Prediction.from_decision(k, d) for (k, _), d in zip(batch, decisions)]
 
 
+def _too_large(batch: list[tuple[str, EvalExample]], exc: InputTooLarge) -> list[Prediction] | None:
+    """A batch the guard refused whole for its size: ``None`` (ask its rows one by one, so that only the row too
+    large is an error, not its neighbours nor the run), or that row's error when the batch is one row."""
+    if len(batch) > 1:
+        return None
+    return [Prediction(batch[0][0], None, error=f"{type(exc).__name__}: {exc}")]
+
+
+def _judge(guard: Any, batch: list[tuple[str, EvalExample]]) -> list[Prediction]:
+    try:
+        return _to_predictions(batch, guard.check_many(_items(batch)))
+    except InputTooLarge as exc:
+        alone = _too_large(batch, exc)
+    return alone if alone is not None else [p for row in batch for p in _judge(guard, [row])]
+
+
+async def _ajudge(guard: Any, batch: list[tuple[str, EvalExample]]) -> list[Prediction]:
+    try:
+        return _to_predictions(batch, await guard.acheck_many(_items(batch)))
+    except InputTooLarge as exc:
+        alone = _too_large(batch, exc)
+    return alone if alone is not None else [p for row in batch for p in await _ajudge(guard, [row])]
+
+
 class _NewErrors:
     """Prints each new kind of guard error once, when it first happens (a few kinds at most): a failing server is
     seen at once, not at the end. ``advance`` as the progress bar's."""
@@ -225,7 +250,10 @@ class _NewErrors:
             from rich.markup import escape
 
             self.told.add(last_error)
-            self.console.print(f"[red]guard error:[/red] {escape(last_error)}", highlight=False, soft_wrap=True)
+            # A server's error body is its own text: controls escaped (an ESC sequence must not reach the terminal).
+            self.console.print(
+                f"[red]guard error:[/red] {escape(printable(last_error))}", highlight=False, soft_wrap=True
+            )
 
 
 @contextmanager
@@ -387,24 +415,24 @@ def run_guard(
     with _progress(run.unique_total, run.unique_done, progress, "qwenguard eval", show_errors) as bar:
         if concurrency == 1:
             for batch in run.batches:
-                run.record(_to_predictions(batch, guard.check_many(_items(batch))), bar)
+                run.record(_judge(guard, batch), bar)
         else:
             pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="qwenguard-eval")
             queue = iter(run.batches)
             running: dict[Future[Any], list[tuple[str, EvalExample]]] = {}
             try:
                 for batch in queue:
-                    running[pool.submit(guard.check_many, _items(batch))] = batch
+                    running[pool.submit(_judge, guard, batch)] = batch
                     if len(running) >= concurrency:
                         break
                 while running:
                     done, _ = wait(running, return_when=FIRST_COMPLETED)
                     for fut in done:
-                        batch = running.pop(fut)
-                        run.record(_to_predictions(batch, fut.result()), bar)
+                        running.pop(fut)
+                        run.record(fut.result(), bar)
                         nxt = next(queue, None)
                         if nxt is not None:
-                            running[pool.submit(guard.check_many, _items(nxt))] = nxt
+                            running[pool.submit(_judge, guard, nxt)] = nxt
             finally:
                 # On an interrupt, drop what has not started; batches in flight finish in the background.
                 pool.shutdown(wait=not running, cancel_futures=True)
@@ -427,7 +455,7 @@ async def arun_guard(
 
     async def one(batch: list[tuple[str, EvalExample]]) -> list[Prediction]:
         async with gate:
-            return _to_predictions(batch, await guard.acheck_many(_items(batch)))
+            return await _ajudge(guard, batch)
 
     with _progress(run.unique_total, run.unique_done, progress, "qwenguard eval", show_errors) as bar:
         tasks = [asyncio.ensure_future(one(b)) for b in run.batches]
