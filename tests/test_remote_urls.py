@@ -67,6 +67,7 @@ async def test_async_checks_on_a_base_url_without_v1(root):
         ("http://127.0.0.1:9?key=1", "query or a fragment"),  # was: requests to "...?key=1/v1/chat/completions"
         ("http://", "names no host"),
         ("http://127.0.0.1:9/v1\n", "whitespace"),
+        ("http://127.0.0.1:0/v1", "port 0"),  # rt52f F4: accepted, failed at the first check
     ],
 )
 @pytest.mark.parametrize("stream", [False, True], ids=["checks", "streams"])

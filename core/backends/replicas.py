@@ -64,6 +64,8 @@ def _checked(url: str) -> str:
         raise ValueError(f"base_url {shown!r} is not a valid URL: {exc}") from None
     if not parts.hostname:
         raise ValueError(f"base_url {shown!r} names no host; e.g. 'http://127.0.0.1:8000/v1'")
+    if parts.port == 0:  # parses, and no server listens there: it failed at the first check (rt52f F4)
+        raise ValueError(f"base_url {shown!r} names port 0; e.g. 'http://127.0.0.1:8000/v1'")
     if "[" in parts.netloc:  # a bracketed host must be an IPv6 address ("[v1.x]" parses, and fails later)
         try:
             ipaddress.IPv6Address(parts.hostname.split("%", 1)[0])

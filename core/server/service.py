@@ -405,7 +405,7 @@ class Service:
                         refusal=None,
                         latency_ms=0.0,
                         model=name,
-                        error=f"{type(outcome).__name__}: {outcome}"[:300],
+                        error=type(outcome).__name__,  # the message stays on the server (docs/security.md)
                         decision=decision_model(decision),
                     )
                 )
@@ -531,10 +531,12 @@ def completion_logprobs(outcome: Outcome, text: str, top: int) -> dict[str, Any]
 
 
 def decision_model(decision: Decision) -> DecisionModel:
+    """A decision as a client gets it: a guard error by its type only. Its message stays on the server: it can hold
+    the guard model's raw output or, behind a gateway, an upstream engine's internal address (rt52f F7)."""
     return DecisionModel(
         allowed=decision.allowed,
         action=decision.action.value,
         stage=decision.stage,
         reason=decision.reason,
-        error=decision.error,
+        error=None if decision.error is None else decision.error.split(":", 1)[0],
     )

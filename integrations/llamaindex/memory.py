@@ -32,7 +32,7 @@ from typing import Any
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, SerializeAsAny
 from llama_index.core.memory import BaseMemory, ChatMemoryBuffer, Memory
-from qwenguard.core import Guard, enforce
+from qwenguard.core import Guard, QwenGuardError, enforce
 from qwenguard.core.formats.conversations import prompt_conversation, response_conversation, untrusted_conversation
 from qwenguard.core.verdict import Stage
 
@@ -54,7 +54,7 @@ from ._messages import (
 __all__ = ["GuardMissing", "GuardedMemory"]
 
 
-class GuardMissing(RuntimeError):
+class GuardMissing(QwenGuardError, RuntimeError):
     """A component rebuilt from a serialized or pickled state, which cannot carry its `Guard` (a `GuardedMemory`, a
     `GuardedLLM`, a `GuardTransform`...): it refuses to work."""
 

@@ -60,3 +60,12 @@ def test_a_pickled_guarded_llm_raises_guard_missing_before_asking_the_model(how,
             CALLS[how](copy, msgs)
         assert len(url.requests) == asked  # the model was not asked
         assert CALLS[how](GuardedLLM(llm=copy.llm, guard=live.guard), history)  # wrapped again, it works
+
+
+def test_guard_missing_is_one_of_qwenguards_errors() -> None:
+    """rt52f F1: docs/api.md says ``except QwenGuardError`` catches everything qwenguard raises; `GuardMissing` was a
+    plain `RuntimeError` (still one)."""
+    from qwenguard.core import QwenGuardError
+    from qwenguard.integrations.llamaindex import GuardMissing
+
+    assert issubclass(GuardMissing, QwenGuardError) and issubclass(GuardMissing, RuntimeError)
