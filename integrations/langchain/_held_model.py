@@ -26,7 +26,7 @@ from langchain_core.callbacks import (
     CallbackManagerForLLMRun,
 )
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import ConfigDict, Field
@@ -138,6 +138,31 @@ class HeldBackChatModel(BaseChatModel):
 
     def _target(self) -> Runnable[Any, BaseMessage]:
         return self.bound if self.bound is not None else self.inner
+
+    # -- the caller's config, for the model it wraps ----------------------------------------------
+    # BaseChatModel hands ``_generate`` / ``_stream`` no config, and sets no ambient one: a model called directly
+    # with ``config={"configurable": ...}`` (or ``with_config``) ran the inner model with its defaults (rt52d F2).
+    # Each entry point runs with its config at hand (`out_of_sight.call_config`; a stream, step by step), read by
+    # `_config`.
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AIMessage:
+        with out_of_sight.call_config(config):
+            return super().invoke(input, config, **kwargs)
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AIMessage:
+        with out_of_sight.call_config(config):
+            return await super().ainvoke(input, config, **kwargs)
+
+    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[AIMessageChunk]:
+        if config is None:  # the ambient config is the caller's (a step of a chain or graph, the agent's model call)
+            return super().stream(input, config, **kwargs)
+        context = out_of_sight.calling_with(config)
+        return out_of_sight.run_in(context, lambda: super(HeldBackChatModel, self).stream(input, config, **kwargs))
+
+    def astream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AsyncIterator[AIMessageChunk]:
+        if config is None:
+            return super().astream(input, config, **kwargs)
+        context = out_of_sight.calling_with(config)
+        return out_of_sight.arun_in(context, lambda: super(HeldBackChatModel, self).astream(input, config, **kwargs))
 
     @staticmethod
     def _config(asynchronous: bool) -> RunnableConfig:
@@ -263,7 +288,7 @@ class HeldBackChatModel(BaseChatModel):
                 upstream = until_blocked(upstream, pending)
             released = held.run(upstream)
             for chunk in released if pending is None else after_verdict(released, pending):
-                yield ChatGenerationChunk(message=chunk)
+                yield ChatGenerationChunk(message=_as_chunk(chunk))
         self._judged(held)
 
     async def _astream(
@@ -283,5 +308,14 @@ class HeldBackChatModel(BaseChatModel):
                 upstream = auntil_blocked(upstream, pending)
             released = held.arun(upstream)
             async for chunk in released if pending is None else aafter_verdict(released, pending):
-                yield ChatGenerationChunk(message=chunk)
+                yield ChatGenerationChunk(message=_as_chunk(chunk))
         self._judged(held)
+
+
+def _as_chunk(message: Any) -> Any:
+    """A whole answer the model streamed as one message (a model that does not stream, ``disable_streaming=True``, or
+    a configured one that turned streaming off: its ``stream`` yields its ``invoke``) as the chunk a chat model's
+    stream reports; before, the wrapper's stream failed on it."""
+    if isinstance(message, AIMessage) and not isinstance(message, AIMessageChunk):
+        return AIMessageChunk(**message.model_dump(exclude={"type"}))
+    return message

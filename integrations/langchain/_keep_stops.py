@@ -143,7 +143,22 @@ _BINDING_FIELDS = RunnableBinding.model_fields.keys()
 
 
 # (The pydantic plugin's __init__ for the binding's ``kwargs`` field clashes with its ``**kwargs``.)
-class _RetryKeepsStops(KeepsStops, RunnableRetry):  # type: ignore[no-redef]
+class _OneCallPerInput:
+    """``batch`` / ``abatch`` as one call per input (Runnable's own). LangChain's retry retries a whole batch on its
+    first failed input's error: after a provider hiccup on one input, every input without a result ran again, a
+    blocked one too (its model asked again: a re-roll, rt52d F5); its fallbacks run each runnable on all inputs at
+    once, so one input's stop would end the others' fallbacks."""
+
+    def batch(self, inputs: list[Any], config: Any = None, *, return_exceptions: bool = False, **kwargs: Any) -> Any:
+        return Runnable.batch(self, inputs, config, return_exceptions=return_exceptions, **kwargs)  # type: ignore[arg-type]
+
+    async def abatch(
+        self, inputs: list[Any], config: Any = None, *, return_exceptions: bool = False, **kwargs: Any
+    ) -> Any:
+        return await Runnable.abatch(self, inputs, config, return_exceptions=return_exceptions, **kwargs)  # type: ignore[arg-type]
+
+
+class _RetryKeepsStops(_OneCallPerInput, KeepsStops, RunnableRetry):  # type: ignore[no-redef]
     """`RunnableRetry` retrying what it was asked to but a `GuardViolation`."""
 
     @property
@@ -205,7 +220,7 @@ class _Watched(Runnable[Any, Any]):
             raise
 
 
-class _FallbacksKeepStops(KeepsStops, RunnableWithFallbacks):
+class _FallbacksKeepStops(_OneCallPerInput, KeepsStops, RunnableWithFallbacks):
     """`RunnableWithFallbacks` whose fallbacks do not run after a stop: each call iterates `runnables` afresh, so
     the stop one runnable raised is seen by the next ones of the same call only."""
 
@@ -215,13 +230,3 @@ class _FallbacksKeepStops(KeepsStops, RunnableWithFallbacks):
         yield _Watched(self.runnable, stop)
         for fallback in self.fallbacks:
             yield _Watched(fallback, stop)
-
-    # LangChain's batch runs each runnable on all inputs at once: one input's stop would end the others'
-    # fallbacks. One call per input instead (Runnable's own batch).
-    def batch(self, inputs: list[Any], config: Any = None, *, return_exceptions: bool = False, **kwargs: Any) -> Any:
-        return Runnable.batch(self, inputs, config, return_exceptions=return_exceptions, **kwargs)
-
-    async def abatch(
-        self, inputs: list[Any], config: Any = None, *, return_exceptions: bool = False, **kwargs: Any
-    ) -> Any:
-        return await Runnable.abatch(self, inputs, config, return_exceptions=return_exceptions, **kwargs)

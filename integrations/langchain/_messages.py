@@ -39,7 +39,7 @@ import json
 import math
 import re
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, TypeGuard
@@ -1057,7 +1057,7 @@ def output_items(
     turns: int = DEFAULT_HISTORY_TURNS,
     *,
     text: bool = True,
-    tool_calls: bool = True,
+    tool_calls: bool | Collection[str] = True,
     metadata: bool = True,
     sources: bool | None = None,
     budget: int = DEFAULT_MAX_CHARS,
@@ -1088,6 +1088,8 @@ def output_items(
     if tool_calls:
         for call in answer_tool_calls(message):
             name = str(call.get("name") or "")
+            if not isinstance(tool_calls, bool) and name not in tool_calls:
+                continue
             items.append(
                 Item(
                     Stage.TOOL_CALL,

@@ -17,6 +17,13 @@ Three things LangChain's events do not give a handler, worked out here:
   (``RunnableParallel.astream`` does), and dropping a live run would forget its input check; ``astream``
   reports its cancellation itself. A run cancelled inside a task that goes on (``asyncio.timeout``
   around the call) is dropped when that task ends.
+- **A sync batch stopped on one of its runs.** ``generate([[a], [b]])`` (``generate_prompt``, and a completion
+  model's ``batch``, which hands every prompt to one ``generate_prompt``) starts one run per list, generates
+  each in turn, then ends each in turn; whatever raises on one run (its start blocked, its stream stopped, the
+  model failing, its answer blocked at its end) raises out of the call, and the siblings that had not ended get no
+  event. A sync run is owned by no task, so their states stayed for the handler's life (rt52d F1). The sync runs
+  one such call starts in a thread make a *batch*: when one of them fails or a stop is raised at its end, the
+  others still held are dropped with it.
 - **Bounds.** Parent links are kept for at most `MAX_LINKS` live runs (the oldest go first: a trace then
   reads shorter, never longer).
 """
@@ -27,6 +34,7 @@ import asyncio
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Generic, TypeVar
 from uuid import UUID
@@ -45,6 +53,21 @@ _MAX_DEPTH = 1_000
 S = TypeVar("S")
 
 
+class _Batch:
+    """The sync runs one multi-prompt call started (``batch_size`` of them, under one parent), in one thread."""
+
+    __slots__ = ("key", "started", "runs", "closed")
+
+    def __init__(self, key: tuple[UUID | None, int]) -> None:
+        self.key = key
+        self.started = 0
+        self.runs: set[UUID] = set()
+        self.closed = False  # one of its runs failed: the call raised, no later run joins it
+
+    def takes(self, key: tuple[UUID | None, int]) -> bool:
+        return not self.closed and self.key == key and self.started < key[1]
+
+
 class RunTable(Generic[S]):
     """Per-run state ``S`` keyed by ``run_id``, the parent links between runs, and the tasks that own runs.
 
@@ -57,6 +80,8 @@ class RunTable(Generic[S]):
         self._states: dict[UUID, S] = {}
         self._owners: dict[UUID, tuple[asyncio.Task[object], Callable[[asyncio.Task[object]], None]]] = {}
         self._parents: Bounded[UUID, UUID] = Bounded(MAX_LINKS)  # a run without a parent links to itself
+        self._batches: dict[UUID, _Batch] = {}  # a sync run of a multi-prompt call: its batch (module doc)
+        self._starting = threading.local()  # the batch whose runs this thread is starting
         self._lock = threading.Lock()
 
     # -- state ----------------------------------------------------------------------------------------
@@ -76,17 +101,63 @@ class RunTable(Generic[S]):
         with self._lock:
             state = self._states.pop(run_id, None)
             owner = self._owners.pop(run_id, None)
+            batch = self._batches.pop(run_id, None)
+            if batch is not None:
+                batch.runs.discard(run_id)
         self._parents.pop(run_id)
         if owner is not None:
             _forget_callback(*owner)
         return state
 
     def drop(self, run_id: UUID) -> S | None:
-        """Forget the run and release what it held."""
+        """Forget the run and release what it held: it failed, or a hook stopped it (a run that ends is `pop`-ped),
+        so the rest of its sync batch goes too."""
+        batch = self._batches.get(run_id)
+        state = self._drop_one(run_id)
+        if batch is not None:
+            self._drop_batch(batch)
+        return state
+
+    def _drop_one(self, run_id: UUID) -> S | None:
         state = self.pop(run_id)
         if state is not None:
             self._close(state)
         return state
+
+    # -- sync batches ---------------------------------------------------------------------------------
+    def join_batch(self, run_id: UUID, parent_run_id: UUID | None, batch_size: object) -> None:
+        """A sync model run starts: one of a multi-prompt call's runs (``batch_size`` > 1) joins the batch this
+        thread is starting (the call starts its runs one after the other), or opens the next one."""
+        if not isinstance(batch_size, int) or batch_size < 2 or _in_task():
+            return  # one prompt, or an async dispatch: its runs are owned by their task (`own`)
+        key = (parent_run_id, batch_size)
+        batch = getattr(self._starting, "batch", None)
+        if batch is None or not batch.takes(key):
+            batch = self._starting.batch = _Batch(key)
+        batch.started += 1
+        with self._lock:
+            if run_id in self._states and not batch.closed:
+                batch.runs.add(run_id)
+                self._batches[run_id] = batch
+
+    @contextmanager
+    def ending(self, run_id: UUID) -> Iterator[None]:
+        """Around a run's end hook: a stop raised there ends the rest of its sync batch (LangChain raises out of the
+        loop over the batch's ends)."""
+        batch = self._batches.get(run_id)
+        try:
+            yield
+        except BaseException:
+            if batch is not None:
+                self._drop_batch(batch)
+            raise
+
+    def _drop_batch(self, batch: _Batch) -> None:
+        with self._lock:
+            batch.closed = True
+            siblings = list(batch.runs)
+        for sibling in siblings:
+            self._drop_one(sibling)
 
     def values(self) -> Iterator[tuple[UUID, S]]:
         with self._lock:
@@ -135,6 +206,13 @@ class RunTable(Generic[S]):
             if owner is None or owner[0] is not task:
                 return
         self.drop(run_id)
+
+
+def _in_task() -> bool:
+    try:
+        return asyncio.current_task() is not None
+    except RuntimeError:  # no event loop in this thread
+        return False
 
 
 def started_by_agenerate() -> bool:

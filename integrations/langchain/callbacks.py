@@ -89,6 +89,7 @@ from qwenguard.core.policy import require_count
 from qwenguard.core.streaming.parallel import PendingCheck
 
 from .._common import Bounded
+from ._answer_tools import answer_tools
 from ._feed import StreamFeed
 from ._holding import GUARD_PARAM, HELD_CALL, HELD_LLM_TYPE_PREFIX, TOOL_CALLS_PARAM, HeldCall, guard_token
 from ._logs import quiet_guard_stops
@@ -134,7 +135,7 @@ _MAX_FAILED_PARENTS = 1024
 class _Run:
     """What one model/tool/retriever run needs between its events."""
 
-    __slots__ = ("context", "feed", "tool", "query", "pending", "held", "trace")
+    __slots__ = ("context", "feed", "tool", "query", "pending", "held", "trace", "answer_tools")
 
     def __init__(self, context: list[dict[str, str]] | None = None) -> None:
         self.context = context or []
@@ -144,6 +145,8 @@ class _Run:
         self.tool: str | None = None
         self.query: str | None = None
         self.trace: UUID | None = None  # the call it belongs to (`RunTable.trace`), set when it starts
+        #: A structured-output schema's tool (``with_structured_output``): its call is the answer (`_answer_tools`).
+        self.answer_tools: frozenset[str] = frozenset()
 
     def close(self) -> None:
         if self.feed is not None:
@@ -237,6 +240,8 @@ class _GuardHandlerLogic:
         run.trace = self._runs.trace(run_id)
         if owned:
             self._runs.own(run_id)
+        else:  # a sync model run: one multi-prompt call's runs go together when one fails (`_runs.py`)
+            self._runs.join_batch(run_id, kwargs.get("parent_run_id"), kwargs.get("batch_size"))
         return run
 
     def _drop(self, run_id: UUID) -> _Run | None:
@@ -373,6 +378,11 @@ class _GuardHandlerLogic:
         if str(params.get("_type", "")).startswith(HELD_LLM_TYPE_PREFIX):
             self._run(run_id).held = held
 
+    def _note_answer_tools(self, run_id: UUID, kwargs: Mapping[str, Any]) -> None:
+        """A structured-output run (``with_structured_output``): its schema's call is the answer, judged whatever
+        ``check_tool_calls`` says (`_answer_tools`)."""
+        self._run(run_id).answer_tools = answer_tools(kwargs.get("options"))
+
     def _chat_start_items(self, messages: list[list[BaseMessage]], run_id: UUID) -> list[Item]:
         items, context = self._chat_start_reading(messages)
         self._run(run_id).context = context
@@ -430,7 +440,8 @@ class _GuardHandlerLogic:
                 )
 
             def open_tool(name: str) -> Screen | None:
-                if not self.check_tool_calls or (held is not None and held.tool_calls):
+                judged = self.check_tool_calls or name in run.answer_tools
+                if not judged or (held is not None and held.tool_calls):
                     return None
                 return open_tool_screen(
                     guard,
@@ -494,7 +505,7 @@ class _GuardHandlerLogic:
                         context,
                         self.history_turns,
                         text=whole_text,
-                        tool_calls=self.check_tool_calls,
+                        tool_calls=self.check_tool_calls or (run.answer_tools if run else False),
                         # What it quotes is never judged as text: judged here, whether it streamed or not.
                         sources=self.check_output and not (run and run.held is not None),
                         budget=self.guard.max_chars,
@@ -667,12 +678,14 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
     >>> chain.invoke(inputs, config={"callbacks": [handler]})                        # doctest: +SKIP
 
     Sync: use with ``invoke``/``stream``/``batch``. With async calls it still works but waits for the
-    guard on the event loop; prefer `AsyncGuardCallbackHandler` there.
+    guard on the event loop; prefer `AsyncGuardCallbackHandler` there. A completion model's (``BaseLLM``)
+    ``batch`` is one call for all its prompts: one blocked prompt stops them all (a chat model's, one per input).
 
     Args:
         guard: the `qwenguard.core.Guard` (its `Policy` decides what blocks).
         check_input / check_output / check_stream / check_tool_calls / check_tool_results /
-            check_retrieval: switch each screen off.
+            check_retrieval: switch each screen off (``check_tool_calls=False`` leaves the call of a
+            ``with_structured_output`` schema judged: it is the answer).
         screen_system: judge a system message that opens a model's input too (the application's prompt,
             left out by default); every later system or developer message is judged anyway.
         history_turns: earlier user/assistant turns given to the guard as context.
@@ -696,6 +709,7 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
     ) -> None:
         self._begin(run_id, kwargs, owned=started_by_agenerate())
         self._note_held(run_id, kwargs)
+        self._note_answer_tools(run_id, kwargs)
         self._start_input(self._chat_start_items(messages, run_id), run_id)
 
     def on_llm_start(self, serialized: dict[str, Any], prompts: list[str], *, run_id: UUID, **kwargs: Any) -> None:
@@ -724,16 +738,17 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
                     judge.flush()
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        with self._dropped_on_error(run_id):
-            self._wait_input(run_id)
-        run, items = self._end_items(response, run_id)
-        if run is not None and run.feed is not None:
-            try:
-                for judge in run.feed.screens():
-                    judge.finish()
-            finally:
-                run.close()
-        raise_first(items, screen(self.guard, items))
+        with self._runs.ending(run_id):
+            with self._dropped_on_error(run_id):
+                self._wait_input(run_id)
+            run, items = self._end_items(response, run_id)
+            if run is not None and run.feed is not None:
+                try:
+                    for judge in run.feed.screens():
+                        judge.finish()
+                finally:
+                    run.close()
+            raise_first(items, screen(self.guard, items))
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._drop(run_id)
@@ -855,6 +870,7 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
     ) -> None:
         self._begin(run_id, kwargs, owned=started_by_agenerate())
         self._note_held(run_id, kwargs)
+        self._note_answer_tools(run_id, kwargs)
         items, context = await built_off_loop(lambda: self._chat_start_reading(messages), messages)
         self._run(run_id).context = context  # on the loop, once read: a cancelled read sets nothing
         await self._astart_input(items, run_id)

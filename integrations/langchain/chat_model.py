@@ -26,6 +26,7 @@ for again, and no fallback model answers a request the guard stopped.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from langchain_core.language_models import BaseChatModel
@@ -53,7 +54,8 @@ class GuardedChatModel(KeepsStops, HeldBackChatModel):
         check_input: screen the messages the model reads before it runs (default on).
         screen_system: judge a system message that opens the input too (the application's prompt, left
             out by default); every later system or developer message is judged anyway.
-        check_tool_calls: judge tool calls (held until judged when streamed); ``False`` passes them on.
+        check_tool_calls: judge tool calls (held until judged when streamed); ``False`` passes them on (but for a
+            structured-output schema's call, the answer: `with_structured_output`).
         history_turns: earlier user/assistant turns given to the guard as context.
         holdback / release_unit: passed to the hold-back monitor (``guard.stream``); with a Gen guard,
             ``"sentence"`` (default), ``"opening"`` (the opening words early, then whole sentences) or
@@ -131,6 +133,24 @@ class GuardedChatModel(KeepsStops, HeldBackChatModel):
         items = await built_off_loop(lambda: self._answer_items(messages, answer), [messages, answer])
         raise_first(items, await ascreen(self.guard, items))
 
+    # -- token counting: the inner model's own ----------------------------------------------------------------
+    # BaseLanguageModel's fallback loads GPT-2's tokenizer from the Hub: offline it retried for minutes, then counted
+    # 0 (``trim_messages(token_counter=guarded)`` kept the whole history), and online it counted another tokenizer's
+    # tokens (rt52d F3). A wrapper that holds no chat model keeps that fallback.
+    def get_token_ids(self, text: str) -> list[int]:
+        model = _chat_model_in(self.inner)
+        return model.get_token_ids(text) if model is not None else super().get_token_ids(text)
+
+    def get_num_tokens(self, text: str) -> int:
+        model = _chat_model_in(self.inner)
+        return model.get_num_tokens(text) if model is not None else super().get_num_tokens(text)
+
+    def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence[Any] | None = None) -> int:
+        model = _chat_model_in(self.inner)
+        if model is None:
+            return super().get_num_tokens_from_messages(messages, tools)
+        return model.get_num_tokens_from_messages(messages, tools)
+
     # -- structured output: the inner model's own, every model step through the guard ---------------------------
     def with_structured_output(
         self, schema: dict[str, Any] | type | None = None, *, include_raw: bool = False, **kwargs: Any
@@ -140,7 +160,8 @@ class GuardedChatModel(KeepsStops, HeldBackChatModel):
         call whatever was asked: a model asked for JSON text (``method="json_schema"`` or ``"json_mode"``) got tools,
         and its JSON answer parsed to nothing. The binding's arguments (``response_format``, ``tools``...) are passed
         on to the inner model with each call, so the provider gets what the inner model asked for, and the guard
-        judges every call: the input, the answer (JSON text as an answer, a schema's call as a tool call)."""
+        judges every call: the input, the answer (JSON text as an answer, a schema's call as a tool call, even with
+        ``check_tool_calls=False``: it is the answer)."""
         model = _chat_model_in(self.inner)
         if model is None:
             raise NotImplementedError(
@@ -149,7 +170,10 @@ class GuardedChatModel(KeepsStops, HeldBackChatModel):
             )
         # ``schema=None`` is the inner model's to take or refuse (ChatOpenAI takes it with ``method="json_mode"``).
         built = model.with_structured_output(schema, include_raw=include_raw, **kwargs)  # type: ignore[arg-type]
-        repointed = _repointed(built, model, self)
+        # A schema's tool call is the answer (``method="function_calling"``): judged whatever check_tool_calls says
+        # (`_answer_tools`). The built runnable binds no tool but the schema's (and those its caller passed along).
+        judged = self if self.check_tool_calls else self.model_copy(update={"check_tool_calls": True})
+        repointed = _repointed(built, model, judged)
         if repointed is None:
             raise NotImplementedError(
                 f"GuardedChatModel.with_structured_output: {type(model).__name__} builds a runnable whose model step "

@@ -83,6 +83,7 @@ from qwenguard.core import (
 from qwenguard.core.formats.conversations import tool_call_conversation, untrusted_conversation
 
 from .._common import Bounded
+from ._answer_tools import strategy_tools
 from ._held_model import HeldBackChatModel, StreamLedger
 from ._held_request import HeldModelRequest
 from ._held_tool import ToolRun
@@ -290,7 +291,8 @@ class GuardMiddleware(AgentMiddleware):
     Args:
         guard: the `qwenguard.core.Guard` to use (its `Policy` decides what blocks).
         exit_behavior: ``"error"``, ``"end"`` (default) or ``"replace"`` (see the module docstring).
-        check_input / check_output / check_tool_calls / check_tool_results: switch each screen off.
+        check_input / check_output / check_tool_calls / check_tool_results: switch each screen off
+            (``check_tool_calls=False`` leaves a ``ToolStrategy`` schema's call judged: it is the answer).
         violation_message, input_notice, tool_result_notice, tool_call_notice: texts that replace
             flagged content (``{categories}``, ``{reason}`` and, for tools, ``{tool}`` are filled in).
         history_turns: earlier user/assistant turns given to the guard as context.
@@ -377,12 +379,15 @@ class GuardMiddleware(AgentMiddleware):
         if answer is None or _screened(last := messages[answer[0]]):
             return []  # the model node's own output: a message this middleware wrote is not judged again
         assert isinstance(last, AIMessage)
+        # The tool messages the model node added answer structured-output calls (`_model_answer`): those calls
+        # are the answer (its structured response), judged whatever check_tool_calls says (`_answer_tools`).
+        answered = frozenset(t.name for t in answer[1] if t.name)
         return output_items(
             last,
             self._unowned(messages[: answer[0]]),
             self.history_turns,
             text=self.check_output and not self._was_judged(last),
-            tool_calls=self.check_tool_calls,
+            tool_calls=self.check_tool_calls or answered,
             budget=self.guard.max_chars,
         )
 
@@ -719,10 +724,21 @@ class GuardMiddleware(AgentMiddleware):
         given = self._given(messages, items, decisions)
         return request if given is messages else request.override(messages=given)  # type: ignore[arg-type]
 
+    def _answer_calls(self, request: ModelRequest) -> bool | frozenset[str]:
+        """The tool calls of this model call's answer to judge: all of them, or the structured-output tools'
+        (``ToolStrategy``: the structured response, the answer; `_answer_tools`)."""
+        return self.check_tool_calls or strategy_tools(request.response_format)
+
+    def _holds_calls(self, request: ModelRequest) -> bool:
+        """Does the held stream hold tool calls? A stream cannot tell a call's name before its first chunk has
+        gone by, so all of them in a call that may answer by a structured-output tool."""
+        return bool(self._answer_calls(request))
+
     def _held_request(self, request: ModelRequest) -> tuple[ModelRequest, StreamLedger | None]:
         if not (self.check_output and self.check_stream) or not isinstance(request.model, Runnable):
             return request, None
         ledger = StreamLedger()
+        holds_calls = self._holds_calls(request)
 
         def hold(model: Runnable[Any, Any]) -> Runnable[Any, Any]:
             if isinstance(model, HeldBackChatModel) and model.ledger is ledger:
@@ -733,7 +749,7 @@ class GuardMiddleware(AgentMiddleware):
                 ledger,
                 stream_options=self.stream_options,
                 history_turns=self.history_turns,
-                check_tool_calls=self.check_tool_calls,
+                check_tool_calls=holds_calls,
                 given_items=self._message_items,
                 given_after=self._given,
                 judged=self._allowed.remember,
@@ -757,12 +773,12 @@ class GuardMiddleware(AgentMiddleware):
         return response
 
     @contextmanager
-    def _held_scope(self, ledger: StreamLedger | None) -> Iterator[None]:
+    def _held_scope(self, ledger: StreamLedger | None, request: ModelRequest) -> Iterator[None]:
         """Tell callback handlers on this guard that this call's stream is judged here (see `HELD_CALL`)."""
         if ledger is None:
             yield
             return
-        scope = HELD_CALL.set(HeldCall(self.guard, self.check_tool_calls))
+        scope = HELD_CALL.set(HeldCall(self.guard, self._holds_calls(request)))
         try:
             yield
         finally:
@@ -790,7 +806,7 @@ class GuardMiddleware(AgentMiddleware):
                 self._unowned(request.messages),
                 self.history_turns,
                 text=text,
-                tool_calls=self.check_tool_calls,
+                tool_calls=self._answer_calls(request),
                 budget=self.guard.max_chars,
             )
         return items
@@ -818,7 +834,7 @@ class GuardMiddleware(AgentMiddleware):
                 return self._stream_stopped(error)
             held, ledger = self._held_request(request)
             try:
-                with self._held_scope(ledger):
+                with self._held_scope(ledger, request):
                     response = self._answered(handler(held), ledger)
             except (GuardViolation, GuardUnavailable) as error:
                 if ledger is None:
@@ -842,7 +858,7 @@ class GuardMiddleware(AgentMiddleware):
                 return self._stream_stopped(error)
             held, ledger = self._held_request(request)
             try:
-                with self._held_scope(ledger):
+                with self._held_scope(ledger, request):
                     response = self._answered(await handler(held), ledger)
             except (GuardViolation, GuardUnavailable) as error:
                 if ledger is None:
