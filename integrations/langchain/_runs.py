@@ -104,6 +104,9 @@ class RunTable(Generic[S]):
             batch = self._batches.pop(run_id, None)
             if batch is not None:
                 batch.runs.discard(run_id)
+                # A call starts all its runs before any ends: none joins this batch after it (one a handler saw in
+                # part stayed open, and the next call's runs joined it out of step: rt52g F1).
+                batch.closed = True
         self._parents.pop(run_id)
         if owner is not None:
             _forget_callback(*owner)

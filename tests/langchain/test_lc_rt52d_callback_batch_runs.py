@@ -91,6 +91,18 @@ def test_a_completion_model_batch_leaves_no_run(guard):
     assert handler.active_runs == 0
 
 
+def test_a_call_the_handler_saw_in_part_leaves_no_run_behind_the_next_stop(guard):
+    """rt52g F1: a call whose handler heard only some of its prompts (per-input callbacks) left its batch open in
+    the thread; the next call's runs joined it out of step, and a stop then left one of them for good."""
+    handler = GuardCallbackHandler(guard)
+    llm = FakeListLLM(responses=["Hello there.", "Goodbye.", UNSAFE_CLAUSE, SAFE_ANSWER] * ROUNDS)
+    for _ in range(ROUNDS):
+        llm.batch(["hello", "bye"], config=[{"callbacks": [handler]}, {}])  # the handler hears "hello" only
+        with pytest.raises(GuardViolation):
+            llm.batch(["Tell me.", "And more."], config={"callbacks": [handler]})
+    assert handler.active_runs == 0
+
+
 def test_safe_batches_still_end_every_run_and_a_later_call_is_judged(guard):
     handler = GuardCallbackHandler(guard)
     llm = _chat(SAFE_ANSWER)
