@@ -224,3 +224,14 @@ def checkpoint_config(path: Path, label: str, kind: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ModelNotFound(f"cannot load {kind} checkpoint {label!r}: config.json is not a JSON object")
     return data
+
+
+def cached_revision(name: str) -> str | None:
+    """The commit of the snapshot the local Hugging Face cache resolves ``name`` to (what a guard loads from it), or
+    None when it is not cached (yet), is no hub id, or huggingface_hub is not installed. Never goes online."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True)).name
+    except Exception:  # noqa: BLE001 - not cached, not a hub id, no huggingface_hub: unknown
+        return None

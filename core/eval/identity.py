@@ -82,14 +82,11 @@ def _whole_digest(path: Path) -> str:
 
 
 def _hub_revision(name: str) -> str | None:
-    """The commit of the snapshot the local Hugging Face cache resolves ``name`` to (what the guard loads), or
-    None when it is not cached (yet)."""
-    try:
-        from huggingface_hub import snapshot_download
+    """The commit the local Hugging Face cache resolves ``name`` to (what the guard loads), or None when it is not
+    cached (yet)."""
+    from ..backends.hub import cached_revision
 
-        return Path(snapshot_download(name, local_files_only=True)).name
-    except Exception:  # noqa: BLE001 - not cached, not a hub id, no huggingface_hub: unknown
-        return None
+    return cached_revision(name)
 
 
 def _model_fingerprint(model: str | None) -> dict[str, Any]:
