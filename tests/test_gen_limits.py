@@ -123,7 +123,9 @@ def test_async_check_keeps_tokenizer_work_off_the_event_loop(guard):
     assert probe.chars > len(text)  # it did tokenize the document
     assert probe.on_loop_thread == 0
     assert ticks_while_tokenizing > 0  # the loop ran while the tokenizer worked
-    assert not d.allowed  # 3 s is too short for all windows: timeout, fail closed
+    # Within 3 s or not, depending on the machine's load (an idle 2-core machine judges them all): a verdict, or a
+    # timeout that fails closed, never a timeout let through.
+    assert (d.reason, d.allowed) in {("safe", True), ("timeout", False)}, d
 
 
 class StepLog:
