@@ -66,7 +66,10 @@ def test_a_replica_down_during_a_restart_shows_no_password_in_the_decision(logs)
     url = f"http://svc:{PW}@127.0.0.1:{port}/v1"
     named = Guard.remote(url, model="m", max_context=4096, max_retries=0, policy=Policy(on_error="block"))
     learning = Guard.remote(url, max_context=4096, max_retries=0)  # the model name is read from /models
-    two = Guard.remote([url, f"http://svc:{PW}@127.0.0.1:{engines.free_port()}/v1"], model="m", max_context=4096)
+    other = engines.free_port()
+    while other == port:  # the OS may hand the same free port out twice: one replica, not two
+        other = engines.free_port()
+    two = Guard.remote([url, f"http://svc:{PW}@127.0.0.1:{other}/v1"], model="m", max_context=4096)
     try:
         decisions = [g.check_prompt("hello") for g in (named, learning, two)]
     finally:
