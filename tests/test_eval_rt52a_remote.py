@@ -7,13 +7,13 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 from engines import bomb_rule, judged_text, recording_engine
+from live_server import http_serving
 from qwenguard.core import Guard, Policy
 from qwenguard.core.cli import app
 from qwenguard.core.eval import evaluate, examples_from_records
@@ -47,16 +47,8 @@ def engine(answer: Answer, *, model: str = "guard", max_model_len: int = 32768) 
         def do_POST(self) -> None:  # noqa: N802
             self._send(*answer(json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with http_serving(Handler) as url:
+        yield f"{url}/v1"
 
 
 def chat(label: str, probs: dict[str, float] | None = None, category: str | None = None) -> tuple[int, dict]:
