@@ -33,8 +33,9 @@ class CountingJudge(ScriptedBackend):
     """Flags answers holding "Mix ammonium" and prompts about a bomb; counts answer checks, the answer
     characters they read and the most calls running at once; ``wait_idle``."""
 
-    def __init__(self, delay_s: float = 0.0) -> None:
+    def __init__(self, delay_s: float = 0.0, quiet_s: float = 0.002) -> None:
         super().__init__(_answer, delay_s=delay_s)
+        self.quiet_s = quiet_s
         self._cond = threading.Condition()
         self.started = 0
         self.finished = 0
@@ -61,20 +62,31 @@ class CountingJudge(ScriptedBackend):
             return self.started == self.finished
 
     def wait_idle(self, timeout: float = 10.0) -> None:
-        """Block until every check started so far has come back (``timeout``: a deadlock breaker).
+        """Block until every check started so far has come back and none started for ``quiet_s``
+        (``timeout``: a deadlock breaker).
 
-        First a short sleep lets a check just handed to a worker thread start (a thread that never gets
-        the GIL has not started its check: a slow model gives it the time); a check that starts later
-        still is waited for before the next piece."""
-        time.sleep(0.002)
-        with self._cond:
-            self._cond.wait_for(lambda: self.started == self.finished, timeout)
+        A check just handed to a worker thread starts only once that thread gets the GIL (a slow model
+        gives it the time): the quiet spell waits for it, and a loaded machine gets a longer one by
+        ``quiet_s``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._cond:
+                seen = self.started
+            time.sleep(self.quiet_s)
+            with self._cond:
+                self._cond.wait_for(lambda: self.started == self.finished, max(0.0, deadline - time.monotonic()))
+                if self.started == seen or time.monotonic() >= deadline:
+                    return
 
     async def await_idle(self) -> None:
-        """Async twin of `wait_idle` (checks handed to the loop as tasks start during the first sleep)."""
-        await asyncio.sleep(0.002)
-        while not self.idle:
-            await asyncio.sleep(0.001)
+        """Async twin of `wait_idle` (checks handed to the loop as tasks start during the quiet spell)."""
+        while True:
+            seen = self.started
+            await asyncio.sleep(self.quiet_s)
+            while not self.idle:
+                await asyncio.sleep(0.001)
+            if self.started == seen:
+                return
 
     def classify(self, conversations, *, timeout=None):
         self._begin(conversations)

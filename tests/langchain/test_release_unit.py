@@ -139,7 +139,7 @@ def test_first_words_go_out_before_a_long_first_sentence_ends_with_the_opening_a
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("unit", [None, "opening", "word"])
 def test_no_unit_lets_a_character_of_the_clause_out(path, mode, unit):
-    judge = CountingJudge()
+    judge = CountingJudge(quiet_s=0.02)  # the safe sentence judged alone even on a loaded machine
     reply = f"{SAFE_ANSWER} {CLAUSE} Then wait for the right moment."
     model = PacedModel(messages=iter([reply]), seen=[], judge=judge)
     stream, astream = build(path, Guard(judge, Policy.strict()), model, unit)

@@ -87,7 +87,7 @@ def test_safe_input_sync_stream_overlaps(slow_guard, log):
 class SlowToolLLM(MockFunctionCallingLLM):
     """Takes ``delay_s`` to answer; asks to send an email. Records cancellation and answers given."""
 
-    delay_s: float = 1.5
+    delay_s: float = 10.0  # far past a check on a loaded machine: a blocked input cancels it long before
     _cancelled: int = PrivateAttr(default=0)
     _answered: int = PrivateAttr(default=0)
 

@@ -85,7 +85,7 @@ def test_first_words_go_out_before_a_long_first_sentence_ends_with_the_opening_a
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("unit", [None, "opening", "word"])
 def test_no_unit_lets_a_character_of_the_clause_out(method, unit):
-    judge = CountingJudge()
+    judge = CountingJudge(quiet_s=0.02)  # the safe sentence judged alone even on a loaded machine
     reply = SAFE_OPENING + CLAUSE + " Then wait for the right moment."
     llm = ScriptedLLM(chunks=words(reply), judge=judge)
     guarded = GuardedLLM(llm=llm, guard=Guard(judge, Policy.strict()), release_unit=unit)
