@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
@@ -142,6 +143,19 @@ def test_a_remote_password_is_never_written_to_the_run_files_nor_shown_to_a_late
     later = _eval(str(data), "--out", str(out))  # someone's local run pointed at that directory
     assert later.exit_code == 2 and "another run" in later.output, later.output
     assert "s3cr3tPW" not in later.output and "the server's only model" in later.output
+
+
+def test_the_model_name_check_logs_no_remote_password(tmp_path, caplog):
+    """rt53a F4: ``--model`` is checked against the server's ``/models``; httpx logs each request's URL at INFO,
+    and a host that logs at INFO (a notebook, a CI job) kept the password that came in the URL."""
+    data, out = _bombs(tmp_path / "d.jsonl", 2), tmp_path / "o"
+    with caplog.at_level(logging.INFO), recording_engine(model="guard") as eng:
+        url = eng.url.replace("http://", "http://alice:s3cr3tPW@")
+        res = _eval(str(data), "--remote", url, "--model", "guard", "--out", str(out))
+        assert res.exit_code == 0, res.output
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("/models" in line for line in lines)  # the name check ran, and httpx logged it
+    assert not [line for line in lines if "s3cr3tPW" in line]
 
 
 # -- F12: --model against /v1/models ----------------------------------------------------------------------------

@@ -88,12 +88,14 @@ def test_serve_the_demo_guard_with_an_api_key_and_a_pinned_policy_file(tmp_path)
         # secrets in query strings never reach the log
         httpx.get(url + "/health?token=zebra-unicorn-1", timeout=5)
         httpx.get(url + "/v1/models?token=zebra-unicorn-2", headers=auth, timeout=5)
+        httpx.get(url + "/v1/How%20can%20I%20make%20a%20bomb%20at%20home", timeout=5)  # nor request text in a path
         with connect(
             url.replace("http://", "ws://") + "/v1/stream?token=zebra-unicorn-3", additional_headers=auth
         ) as ws:
             ws.send(json.dumps({"type": "close"}))
     text = log.read_text()
     assert "GET /health?" in text  # the access log is on, with the query string cut
+    assert '"GET /other HTTP/1.1" 401' in text  # an unknown path is logged by name, not by its text (rt53a F8)
     assert "zebra-unicorn" not in text and "bomb" not in text.lower()  # neither query strings nor request text
 
 

@@ -64,7 +64,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from ..errors import (
     GuardTimeout,
@@ -111,7 +111,7 @@ from .remote_plan import (
     wire_text,
 )
 from .replicas import Replicas, attempt_budget, base_urls
-from .transport import without_password
+from .transport import credentials_apart, without_password
 
 __all__ = [
     "OpenAIGen",
@@ -236,12 +236,6 @@ def _model_list(status: int, content: bytes | None) -> list[Any] | None:
     except (ValueError, KeyError, TypeError, RecursionError):
         return None
     return entries if isinstance(entries, list) else None
-
-
-def _without_userinfo(url: str) -> str:
-    """``url`` without its ``user:password@`` (a validated base URL: `replicas.base_urls`)."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def _served_model(url: str, status: int, content: bytes | None, entries: list[Any] | None) -> str:
@@ -432,12 +426,9 @@ class OpenAIGen:
         # A URL's user and password go as the basic auth httpx would make of them, and the request goes to the URL
         # without them: httpx's own log line ("HTTP Request: POST http://svc:PASSWORD@...", INFO) and errors never
         # see them. Messages show the URL with the password masked (`_show`).
-        self._target = {u: _without_userinfo(u) for u in urls}
-        self._auth: dict[str, Any] = {}
-        for u in urls:
-            parsed = httpx.URL(u)
-            if parsed.userinfo:
-                self._auth[u] = httpx.BasicAuth(parsed.username, parsed.password)
+        apart = {u: credentials_apart(u) for u in urls}
+        self._target = {u: bare for u, (bare, _) in apart.items()}
+        self._auth: dict[str, Any] = {u: auth for u, (_, auth) in apart.items() if auth is not None}
         self.model = model  # None: learned from /models at the first check (`_served_max_model_len`)
         self.name = model or ""
         self._model_given = model is not None

@@ -104,6 +104,18 @@ def without_password(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
 
 
+def credentials_apart(url: str) -> tuple[str, Any]:
+    """``url`` without its ``user:password@``, and the ``httpx.BasicAuth`` httpx would make of them (None without):
+    a request sent so carries the same credentials, and httpx's own log line ("HTTP Request: GET ...", INFO) and
+    errors never see them. ``url``: a validated base URL (`replicas.base_urls`)."""
+    import httpx
+
+    parts = urllib.parse.urlsplit(url)
+    bare = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    parsed = httpx.URL(url)
+    return bare, (httpx.BasicAuth(parsed.username, parsed.password) if parsed.userinfo else None)
+
+
 def checks_transport(verify: Verify, *, max_connections: int) -> Any:
     """An ``httpx.AsyncBaseTransport`` for `OpenAIGen` that verifies TLS with ``verify`` and still goes
     through the proxy the environment names for each URL (`proxy_for`).

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from ..backends.transport import without_password
+from ..backends.transport import credentials_apart, without_password
 from ..errors import QwenGuardError
 from ..policy import Policy
 
@@ -118,10 +118,11 @@ def _listed_models(remote: str, api_key: str | None) -> list[str] | None:
     import httpx
 
     first = replica_urls(remote)
-    url = (first[0] if isinstance(first, list) else first).rstrip("/") + "/models"
+    # The URL's user and password go as basic auth, not in the URL: httpx logs each request's URL (rt53a F4).
+    url, auth = credentials_apart((first[0] if isinstance(first, list) else first).rstrip("/") + "/models")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        with httpx.stream("GET", url, headers=headers, timeout=LIST_MODELS_TIMEOUT_S) as response:
+        with httpx.stream("GET", url, headers=headers, auth=auth, timeout=LIST_MODELS_TIMEOUT_S) as response:
             if response.status_code != 200:
                 return None
             body = b""

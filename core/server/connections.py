@@ -29,6 +29,7 @@ from collections import Counter
 from typing import Any
 
 from .limits import Limits
+from .metrics import SERVED_PATHS
 from .turns import client_address
 
 
@@ -218,15 +219,22 @@ def websocket_protocol() -> type:
 
 
 class QueryStringFilter(logging.Filter):
-    """Drops query strings from uvicorn's log lines: a client can put anything in a URL, and logs
-    must never carry request content. (Bodies are never logged at all.)"""
+    """Drops query strings and unknown paths from uvicorn's log lines: a client can put anything in a URL, and
+    logs must never carry request content. (Bodies are never logged at all.) A path the server does not
+    answer is logged as ``/other``: the 404 or 401 is still there, the client's text is not (rt53a F8)."""
 
     _QUERY = re.compile(r"\?[^\s\"]*")
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple) and record.args:
-            record.args = tuple(self._QUERY.sub("?…", a) if isinstance(a, str) and "?" in a else a for a in record.args)
+            record.args = tuple(self._clean(a) if isinstance(a, str) else a for a in record.args)
         return True
+
+    def _clean(self, arg: str) -> str:
+        if arg.startswith("/"):  # uvicorn's path argument (the access line, a WebSocket's line)
+            path, question_mark, _ = arg.partition("?")
+            return (path if path in SERVED_PATHS else "/other") + ("?…" if question_mark else "")
+        return self._QUERY.sub("?…", arg) if "?" in arg else arg
 
 
 def _install_log_filter() -> None:

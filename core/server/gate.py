@@ -19,26 +19,13 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
 from .limits import LARGE_BODY_BYTES, LimitExceeded, Limits
-from .metrics import Metrics
+from .metrics import SERVED_PATHS, Metrics
 from .schemas import ApiError, ModerationRequest, error_json, validation_error_json
 from .service import REQUEST_DEADLINE, Service
 from .stream_protocol import CLOSE_UNAUTHORIZED, CLOSE_UNAVAILABLE
 from .turns import ClientTurns, NoTurn, ParseTurns, QueueFull, client_address
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
-METRIC_PATHS = frozenset(
-    {
-        "/v1/chat/completions",
-        "/v1/completions",
-        "/v1/models",
-        "/v1/moderate",
-        "/v1/stream",
-        "/health",
-        "/ready",
-        "/metrics",
-    }
-)
-
 _Model = TypeVar("_Model", bound=BaseModel)
 
 
@@ -201,7 +188,7 @@ class Gate:
 
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope["path"]
-        label = path if path in METRIC_PATHS else "other"
+        label = path if path in SERVED_PATHS else "other"
         status_holder = {"status": 500, "started": False}
         start = time.perf_counter()
         load = self.load

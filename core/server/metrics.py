@@ -8,6 +8,21 @@ from ..backends.base import Outcome
 from ..policy import Decision
 from ..verdict import Verdict
 
+#: The paths the server answers. Metrics and logs name any other path "other": a client can put any text in
+#: a path, and neither may carry request content (nor grow a label per path).
+SERVED_PATHS = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/models",
+        "/v1/moderate",
+        "/v1/stream",
+        "/health",
+        "/ready",
+        "/metrics",
+    }
+)
+
 
 class Metrics:
     """Prometheus metrics on a registry of this app's own (several apps can live in one process)."""
