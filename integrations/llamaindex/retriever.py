@@ -4,19 +4,26 @@ Wrapping the retriever (rather than the query engine) also covers retrievers use
 inside a ``RetrieverTool`` or by a chat engine. A blocked query never reaches the vector store.
 It must be the outermost retriever: one around it that fetches or expands nodes (``AutoMergingRetriever``'s
 parents, ``RecursiveRetriever``'s other retrievers) returns nodes it never saw.
+
+The wrapped retriever runs out of sight (rt53a F6): its ``retrieve`` would hand every dispatcher handler and its
+callback manager (shared with the wrapper: a `GuardCallbackHandler` there stopped the query) the nodes the guard
+then drops, so its steps run without their spans and events, and only the wrapper's own report, with what it kept.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.prompts.mixin import PromptMixinType
-from llama_index.core.schema import NodeWithScore, QueryBundle
+from llama_index.core.schema import IndexNode, NodeWithScore, QueryBundle
+from llama_index.core.utils import print_text
 from qwenguard.core import Guard, enforce
 
 from .._common import require_guard
+from ._quiet import unspanned
 from .postprocessor import OnBlock, ascreen_nodes, screen_nodes
 
 __all__ = ["GuardedRetriever"]
@@ -31,7 +38,8 @@ class GuardedRetriever(BaseRetriever):
     ``screen_query=False`` skips the query check (e.g. when a `GuardedLLM` already screens it).
     What ``retrieve``/``aretrieve`` return is judged: LlamaIndex's ``retrieve`` expands the IndexNodes left
     in the list (their ``obj``, an ``object_map``) after ``_retrieve``, so what an expansion adds is judged
-    then (`_judged_expansion`).
+    then (`_judged_expansion`). The wrapped retriever (and a retriever an IndexNode stands for) runs without its
+    dispatcher spans and callback events (`_quiet_retrieve`): only the nodes kept show, in this one's.
     """
 
     def __init__(
@@ -61,19 +69,20 @@ class GuardedRetriever(BaseRetriever):
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         if self.screen_query:
             enforce(self.guard.check_prompt(query_bundle.query_str))
-        nodes = self._retriever.retrieve(query_bundle)
+        nodes = _quiet_retrieve(self._retriever, query_bundle)
         return screen_nodes(self.guard, nodes, query_bundle.query_str, self.on_block)
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         if self.screen_query:
             enforce(await self.guard.acheck_prompt(query_bundle.query_str))
-        nodes = await self._retriever.aretrieve(query_bundle)
+        nodes = await _aquiet_retrieve(self._retriever, query_bundle)
         return await ascreen_nodes(self.guard, nodes, query_bundle.query_str, self.on_block)
 
     # `BaseRetriever.retrieve` runs these on what `_retrieve` let through: an IndexNode whose object is a node, a
-    # retriever or a query engine is replaced by what that returns, which `_retrieve` never saw.
+    # retriever or a query engine is replaced by what that returns, which `_retrieve` never saw. A retriever there
+    # runs out of sight too (`_quiet_expand`): its events would carry what the guard then drops.
     def _handle_recursive_retrieval(self, query_bundle: QueryBundle, nodes: list[NodeWithScore]) -> list[NodeWithScore]:
-        expanded = super()._handle_recursive_retrieval(query_bundle, nodes)
+        expanded = _quiet_expand(self, query_bundle, nodes, own=True)
         added = _added(expanded, nodes)
         if not added:
             return expanded
@@ -84,12 +93,108 @@ class GuardedRetriever(BaseRetriever):
     async def _ahandle_recursive_retrieval(
         self, query_bundle: QueryBundle, nodes: list[NodeWithScore]
     ) -> list[NodeWithScore]:
-        expanded = await super()._ahandle_recursive_retrieval(query_bundle, nodes)
+        expanded = await _aquiet_expand(self, query_bundle, nodes, own=True)
         added = _added(expanded, nodes)
         if not added:
             return expanded
         kept = await ascreen_nodes(self.guard, added, query_bundle.query_str, self.on_block)
         return _judged_expansion(expanded, added, kept)
+
+
+# -- the wrapped retriever, out of sight ------------------------------------------------------------------------
+# `BaseRetriever.retrieve` is `_check_callback_manager`, the query bundle, a dispatcher span with a
+# RetrievalStart/EndEvent, a legacy RETRIEVE event (both carrying the nodes), `_retrieve` (a span of its own: the
+# mixin instruments every implementation) and `_handle_recursive_retrieval`. These run the same steps without the
+# span and the events, so what the guard drops reaches no handler (rt53a F6): the wrapper's own `retrieve` reports
+# what it kept.
+
+
+def _overrides(retriever: BaseRetriever, name: str) -> bool:
+    """Whether ``retriever``'s class has its own ``name`` rather than `BaseRetriever`'s."""
+    return inspect.getattr_static(type(retriever), name) is not BaseRetriever.__dict__[name]
+
+
+def _quiet_retrieve(retriever: BaseRetriever, query_bundle: QueryBundle) -> list[NodeWithScore]:
+    """``retriever.retrieve(query_bundle)`` without its span and events."""
+    retriever._check_callback_manager()
+    nodes = unspanned(retriever, "_retrieve")(query_bundle)
+    return _quiet_expand(retriever, query_bundle, nodes)
+
+
+async def _aquiet_retrieve(retriever: BaseRetriever, query_bundle: QueryBundle) -> list[NodeWithScore]:
+    """``await retriever.aretrieve(query_bundle)`` without its span and events."""
+    retriever._check_callback_manager()
+    if _overrides(retriever, "_aretrieve"):
+        nodes = await unspanned(retriever, "_aretrieve")(query_bundle)
+    else:  # `BaseRetriever._aretrieve` runs the (instrumented) `_retrieve`
+        nodes = unspanned(retriever, "_retrieve")(query_bundle)
+    return await _aquiet_expand(retriever, query_bundle, nodes)
+
+
+def _entering(retriever: BaseRetriever, node: IndexNode, obj: Any) -> None:
+    if retriever._verbose:
+        print_text(f"Retrieval entering {node.index_id}: {obj.__class__.__name__}\n", color="llama_turquoise")
+
+
+def _expansion_target(retriever: BaseRetriever, n: NodeWithScore) -> Any:
+    """The object an IndexNode stands for (``None``: the node stays as it is)."""
+    node = n.node
+    if not isinstance(node, IndexNode):
+        return None
+    obj = node.obj or retriever.object_map.get(node.index_id, None)
+    if obj is not None:
+        _entering(retriever, node, obj)
+    return obj
+
+
+def _unique(nodes: list[NodeWithScore]) -> list[NodeWithScore]:
+    """``nodes`` without repeated node ids (the first kept), as `BaseRetriever` leaves them."""
+    seen: set[str] = set()
+    return [n for n in nodes if not (n.node.node_id in seen or seen.add(n.node.node_id))]  # type: ignore[func-returns-value]
+
+
+def _quiet_expand(
+    retriever: BaseRetriever, query_bundle: QueryBundle, nodes: list[NodeWithScore], own: bool = False
+) -> list[NodeWithScore]:
+    """``retriever._handle_recursive_retrieval``, a retriever an IndexNode stands for run by `_quiet_retrieve`.
+    A retriever with its own expansion (``own``: not this wrapper) keeps it."""
+    if not own and (_overrides(retriever, "_handle_recursive_retrieval")):
+        return retriever._handle_recursive_retrieval(query_bundle, nodes)
+    quiet = not _overrides(retriever, "_retrieve_from_object")
+    found: list[NodeWithScore] = []
+    for n in nodes:
+        obj = _expansion_target(retriever, n)
+        if obj is None:
+            found.append(n)
+        elif quiet and isinstance(obj, BaseRetriever):
+            if retriever._verbose:
+                print_text(
+                    f"Retrieving from object {obj.__class__.__name__} with query {query_bundle.query_str}\n",
+                    color="llama_pink",
+                )
+            found.extend(_quiet_retrieve(obj, query_bundle))
+        else:
+            found.extend(retriever._retrieve_from_object(obj, query_bundle=query_bundle, score=n.score or 1.0))
+    return _unique(found)
+
+
+async def _aquiet_expand(
+    retriever: BaseRetriever, query_bundle: QueryBundle, nodes: list[NodeWithScore], own: bool = False
+) -> list[NodeWithScore]:
+    """Async twin of `_quiet_expand`."""
+    if not own and _overrides(retriever, "_ahandle_recursive_retrieval"):
+        return await retriever._ahandle_recursive_retrieval(query_bundle, nodes)
+    quiet = not _overrides(retriever, "_aretrieve_from_object")
+    found: list[NodeWithScore] = []
+    for n in nodes:
+        obj = _expansion_target(retriever, n)
+        if obj is None:
+            found.append(n)
+        elif quiet and isinstance(obj, BaseRetriever):
+            found.extend(await _aquiet_retrieve(obj, query_bundle))
+        else:
+            found.extend(await retriever._aretrieve_from_object(obj, query_bundle=query_bundle, score=n.score or 1.0))
+    return _unique(found)
 
 
 def _added(expanded: list[NodeWithScore], judged: list[NodeWithScore]) -> list[NodeWithScore]:

@@ -20,10 +20,15 @@ text the output's text does not hold (a ``callback``'s rewrite, an object) is ju
 
 `FunctionTool`s stay `FunctionTool`s (`GuardedFunctionTool` is a subclass), so agents still inject
 the workflow ``Context`` into tools that take a ``ctx: Context`` parameter.
+
+The wrapped tool's ``call``/``acall`` runs without the dispatcher span LlamaIndex wraps it in (`unspanned`): that
+span hands every span handler (tracing) its result or exception, the output this wrapper may withhold (rt53a F7).
+The wrapper's own span ends with what it let through.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,13 +37,21 @@ from typing import Any, cast
 from llama_index.core.bridge.pydantic import BaseModel
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore
 from llama_index.core.tools import FunctionTool
-from llama_index.core.tools.types import AsyncBaseTool, BaseTool, ToolMetadata, ToolOutput, adapt_to_async_tool
+from llama_index.core.tools.types import (
+    AsyncBaseTool,
+    BaseTool,
+    BaseToolAsyncAdapter,
+    ToolMetadata,
+    ToolOutput,
+    adapt_to_async_tool,
+)
 from qwenguard.core import Decision, Guard
 from qwenguard.core.formats.conversations import untrusted_conversation
 from qwenguard.core.verdict import Stage
 
 from .._common import require_guard
 from ._messages import Checks, block_text, value_strings
+from ._quiet import unspanned
 from .postprocessor import node_text
 
 __all__ = ["guard_tool", "guard_tools", "GuardedFunctionTool", "GuardedTool", "DEFAULT_REFUSAL"]
@@ -318,7 +331,7 @@ class GuardedFunctionTool(_Screening, FunctionTool):
 
     def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
         try:
-            output = super().call(*args, **kwargs)
+            output = unspanned(self, "call", FunctionTool)(*args, **kwargs)
         except Exception as error:
             if (note := self._screen_error(error, args, kwargs)) is None:
                 raise  # allowed: the tool's own exception, unchanged
@@ -327,7 +340,7 @@ class GuardedFunctionTool(_Screening, FunctionTool):
 
     async def acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
         try:
-            output = await super().acall(*args, **kwargs)
+            output = await unspanned(self, "acall", FunctionTool)(*args, **kwargs)
         except Exception as error:
             if (note := await self._ascreen_error(error, args, kwargs)) is None:
                 raise
@@ -348,9 +361,23 @@ class GuardedTool(_Screening, AsyncBaseTool):
     def metadata(self) -> ToolMetadata:
         return self.wrapped.metadata
 
+    # The wrapped tool's ``call``/``acall`` (or a sync tool's ``__call__``), without the span LlamaIndex wraps them
+    # in: its result is the output this wrapper may withhold (rt53a F7).
+    def _call_wrapped(self, *args: Any, **kwargs: Any) -> ToolOutput:
+        tool = self._async_tool
+        if isinstance(tool, BaseToolAsyncAdapter):  # a sync `BaseTool`: the adapter calls it
+            return cast(ToolOutput, unspanned(tool.base_tool, "__call__")(*args, **kwargs))
+        return cast(ToolOutput, unspanned(tool, "call")(*args, **kwargs))
+
+    async def _acall_wrapped(self, *args: Any, **kwargs: Any) -> ToolOutput:
+        tool = self._async_tool
+        if isinstance(tool, BaseToolAsyncAdapter):  # the adapter runs the sync tool in a thread
+            return await asyncio.to_thread(self._call_wrapped, *args, **kwargs)
+        return cast(ToolOutput, await unspanned(tool, "acall")(*args, **kwargs))
+
     def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
         try:
-            output = self._async_tool.call(*args, **kwargs)
+            output = self._call_wrapped(*args, **kwargs)
         except Exception as error:
             if (note := self._screen_error(error, args, kwargs)) is None:
                 raise
@@ -359,7 +386,7 @@ class GuardedTool(_Screening, AsyncBaseTool):
 
     async def acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
         try:
-            output = await self._async_tool.acall(*args, **kwargs)
+            output = await self._acall_wrapped(*args, **kwargs)
         except Exception as error:
             if (note := await self._ascreen_error(error, args, kwargs)) is None:
                 raise
