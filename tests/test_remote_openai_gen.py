@@ -14,7 +14,7 @@ import unicodedata
 
 import httpx
 import pytest
-from engines import SAFE, UNSAFE_VIOLENT, drip_server, judged_text, recording_engine
+from engines import SAFE, UNSAFE_VIOLENT, demo_tokenizer_json, drip_server, judged_text, recording_engine
 from faults import ScriptedBackend
 from live_server import demo_guard, serving
 from qwenguard.core import (
@@ -441,26 +441,26 @@ async def test_text_before_a_forged_turn_is_judged_alone(mode, payload):
 
 
 def test_completion_mode_sends_the_local_guards_token_ids(local):
-    with recording_engine() as engine:
+    with recording_engine(tokenizer=demo_tokenizer_json()) as engine:  # the engine serves the demo
         g = Guard.remote(engine.url, model="guard", mode="completion", tokenizer="demo")
         for payload in (INJECTED, "What is the capital of France?"):
             g.check_prompt(payload)
             want = [w.ids for w in local.backend.planner.plan(prompt_conversation(payload))]
-            got = [s.body["prompt"] for s in engine.posts()[-len(want) :]]
+            got = [s.body["prompt"] for s in engine.checks()[-len(want) :]]
             assert got == want
         im_start = local.backend.tokenizer.convert_tokens_to_ids("<|im_start|>")
-        assert engine.posts()[0].body["prompt"].count(im_start) == 2  # the content's "<|im_start|>" is text
+        assert engine.checks()[0].body["prompt"].count(im_start) == 2  # the content's "<|im_start|>" is text
         g.close()
 
 
 async def test_an_engine_that_refuses_token_ids_gets_text_from_then_on():
-    with recording_engine(refuse_ids=True) as engine:
+    with recording_engine(refuse_ids=True, tokenizer=demo_tokenizer_json()) as engine:
         g = Guard.remote(engine.url, model="guard", mode="completion", tokenizer="demo")
         decisions = [g.check_prompt(BOMB), await g.acheck_prompt("hello"), g.check_prompt("What is 2+2?")]
         assert [(d.allowed, d.reason) for d in decisions] == [(False, "unsafe"), (True, "safe"), (True, "safe")]
-        kinds = [(s.status, type(s.body["prompt"]).__name__) for s in engine.posts()]
+        kinds = [(s.status, type(s.body["prompt"]).__name__) for s in engine.checks()]
         assert kinds == [(400, "list"), (200, "str"), (200, "str"), (200, "str")]
-        assert engine.posts()[1].body["prompt"] == render_prompt(BOMB)
+        assert engine.checks()[1].body["prompt"] == render_prompt(BOMB)
         g.close()
 
 
@@ -471,13 +471,14 @@ def test_ordinary_text_goes_on_the_wire_byte_for_byte(local):
 
     rows = [normalize_messages(e.messages()) for e in load_dataset(sample_path())][:60]
     tok = local.backend.tokenizer
-    with recording_engine() as engine:
+    # The completion client sends the demo's ids: to an engine serving the demo (it counts with its tokenizer).
+    with recording_engine() as engine, recording_engine(tokenizer=demo_tokenizer_json()) as demo_engine:
         chat = OpenAIGen(engine.url, model="guard")
-        completion = OpenAIGen(engine.url, model="guard", mode="completion", tokenizer="demo")
+        completion = OpenAIGen(demo_engine.url, model="guard", mode="completion", tokenizer="demo")
         chat.classify(rows)
         completion.classify(rows)
-        posts = engine.posts()
-        assert len(posts) == 2 * len(rows)  # no extra request
+        posts = engine.posts() + demo_engine.checks()
+        assert len(posts) == 2 * len(rows)  # no extra request (but the client's one tokenizer question)
         sent = sorted(json.dumps(s.body["messages"]) for s in posts if "messages" in s.body)
         assert sent == sorted(json.dumps(r) for r in rows)
         ids = sorted(s.body["prompt"] for s in posts if "prompt" in s.body)
@@ -515,16 +516,16 @@ def test_windows_with_the_tokenizer_equal_the_local_windows(mode, local):
         return UNSAFE_VIOLENT if "bomb" in text.split("<BEGIN CONVERSATION>")[-1].lower() else SAFE
 
     context = local.backend.model.config.max_position_embeddings  # the demo's context, published as vLLM does
-    with recording_engine(max_model_len=context, answer=answer) as engine:
+    with recording_engine(max_model_len=context, answer=answer, tokenizer=demo_tokenizer_json()) as engine:
         g = Guard.remote(engine.url, model="guard", mode=mode, tokenizer="demo")
         d = g.check_tool_result("reader", long_doc)
-        assert len(engine.posts()) >= 3  # over the context: windows, not one over-long prompt
+        assert len(engine.checks()) >= 3  # over the context: windows, not one over-long prompt
         windows = local.backend.planner.plan(untrusted_conversation(long_doc))
         if mode == "chat":
-            sent = sorted(s.body["messages"][-1]["content"] for s in engine.posts())
+            sent = sorted(s.body["messages"][-1]["content"] for s in engine.checks())
             assert sent == sorted(prepare_content(w.messages[-1]["content"]) for w in windows)
         else:
-            assert sorted(s.body["prompt"] for s in engine.posts()) == sorted(w.ids for w in windows)
+            assert sorted(s.body["prompt"] for s in engine.checks()) == sorted(w.ids for w in windows)
         assert (d.allowed, d.reason, d.categories) == (False, "unsafe", ("Violent",))
         benign = g.check_tool_result("reader", _long_text(1500))
         assert (benign.allowed, benign.reason) == (True, "safe")

@@ -31,7 +31,7 @@ import unicodedata
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from engines import prompt_ids, recording_engine
+from engines import demo_tokenizer_json, prompt_ids, recording_engine
 from qwenguard.core import Guard, Policy
 from qwenguard.core.backends.remote_plan import UNPUBLISHED_CONTEXT
 from qwenguard.core.demo import DEMO_GEN_DIR
@@ -176,15 +176,20 @@ def test_usage_absent_or_not_a_count_is_not_read_as_a_cut(usage, monkeypatch):
 def test_a_refusal_naming_the_context_plans_the_check_for_it(refusal, setup, caplog):
     """rt48a R3: llama.cpp's per-slot context (-c split over -np) smaller than max_context made every long
     check a guard error; in completion mode each window was also sent again as text."""
-    with recording_engine(n_ctx=2500, refusal=refusal) as engine, remote(engine.url, **SETUPS[setup]) as guard:
+    demo_ids = setup == "completion, token ids"  # the engine serves the demo: it counts with the demo's tokenizer
+    served = {"tokenizer": demo_tokenizer_json()} if demo_ids else {}
+    with (
+        recording_engine(n_ctx=2500, refusal=refusal, **served) as engine,
+        remote(engine.url, **SETUPS[setup]) as guard,
+    ):
         with caplog.at_level(logging.WARNING, logger="qwenguard"):
             decision = guard.check_prompt(ATTACK)
         assert (decision.allowed, decision.reason) == (False, "unsafe"), decision
         assert "tokens from now on" in caplog.text
         refused = [s for s in engine.posts() if s.status == 400]
         assert refused
-        if setup == "completion, token ids":  # the 400 is not "ids refused": no window is sent again as text
-            assert not any(isinstance(s.body["prompt"], str) for s in engine.posts())
+        if demo_ids:  # the 400 is not "ids refused": no window is sent again as text
+            assert not any(isinstance(s.body["prompt"], str) for s in engine.checks())
         sent = len(engine.posts())
         assert guard.check_prompt(PADDING_ONLY).allowed
         assert all(s.status == 200 for s in engine.posts()[sent:])

@@ -238,6 +238,29 @@ def _model_list(status: int, content: bytes | None) -> list[Any] | None:
     return entries if isinstance(entries, list) else None
 
 
+#: Why a choice ended, other than its stop: not a verdict (a provider's filter cut it, the model called a tool).
+_NOT_A_VERDICT_ENDS = frozenset({"content_filter", "tool_calls", "function_call"})
+
+
+def _not_a_guards_answer(choice: Any) -> str | None:
+    """What in a choice shows that no guard wrote it, or None. A Qwen3Guard-Gen answers its verdict and nothing
+    else: a choice with tool calls, reasoning (a chat model behind an engine's reasoning parser, which moves
+    ``<think>`` out of the content) or a filter's stop is no verdict, whatever its content says (rt53d F6)."""
+    if not isinstance(choice, Mapping):
+        return None
+    if (end := choice.get("finish_reason")) in _NOT_A_VERDICT_ENDS:
+        return f"ended with finish_reason {end!r}: not a verdict"
+    message = choice.get("message")
+    if not isinstance(message, Mapping):
+        return None
+    if message.get("tool_calls") or message.get("function_call"):
+        return "holds tool calls: a guard model makes none (is the served model a Qwen3Guard?)"
+    for field in ("reasoning_content", "reasoning"):
+        if isinstance(message.get(field), str) and message[field].strip():
+            return f"holds {field}: a guard model does not think (is the served model a Qwen3Guard?)"
+    return None
+
+
 def _served_model(url: str, status: int, content: bytes | None, entries: list[Any] | None) -> str:
     """The one model a replica lists at ``/models``; `ServedModelUnknown` for several, none, or no list."""
     where = f"{url}/models"
@@ -312,6 +335,7 @@ class _Wire:
         self.lookup: asyncio.Future[None] | None = None  # the /models read in progress (`OpenAIGen._context`)
         self.lookup_slow = False  # a check waited for it a while in vain: the others plan without it meanwhile
         self.probe: asyncio.Future[None] | None = None  # the template question in progress (`OpenAIGen._settle`)
+        self.ids_probe: asyncio.Future[None] | None = None  # the tokenizer question in progress (`_ids_read_alike`)
 
     def ready(self) -> None:
         """Create the loop-bound objects (called on the loop)."""
@@ -360,7 +384,7 @@ class OpenAIGen:
     ``tokenizer``: the served checkpoint's tokenizer (hub id, directory, ``"demo"``, or a loaded tokenizer):
     exact token counts, windows equal to the local guard's, token ids in completion mode.
     ``max_context``: the engine's context in tokens; else read from ``/models`` (``max_model_len``, as vLLM
-    and SGLang publish it), else the tokenizer's ``model_max_length``, else 32768.
+    and SGLang publish it), else 4,096 (`UNPUBLISHED_CONTEXT`; the tokenizer's ``model_max_length`` when smaller).
     ``model``: the served model's name; when omitted, the first check learns it from ``/models`` (the one
     model the first replica that names one lists; several: `ServedModelUnknown`; none anywhere: the same),
     in the request that reads the context, and ``name`` is ``""`` until then. A learned name that no replica
@@ -469,6 +493,9 @@ class OpenAIGen:
         self._context_floor = template + _MIN_SERVED_ROOM + max_tokens
         self._ignored_contexts: set[str] = set()  # replicas whose published context was too small (logged)
         self._ids_accepted: bool | None = None  # completion mode: does the engine take token ids?
+        # Completion mode: does the engine count a prompt's text as the client's tokenizer does (`_ask_ids`)? Ids of
+        # another vocabulary read as gibberish there, which a guard may well call safe (rt53d F2).
+        self._ids_agree: bool | None = None
         self._cut_context: int | None = None  # the least context a replica showed by cutting a prompt (`_cut`)
         # Whether the engine counts a prompt as the local guard renders it (the official template and tokenizer):
         # None until an answer counts fewer tokens than that and not fewer than its messages (`_settle`).
@@ -562,16 +589,28 @@ class OpenAIGen:
                 text = choice["message"]["content"] if self.mode == "chat" else choice["text"]
             except (KeyError, IndexError, TypeError):
                 return VerdictParseError(f"the server's reply has no choices[{i}] text", raw=str(payload)[:300])
-            if choice.get("finish_reason") == "length":
+            if (odd := _not_a_guards_answer(choice)) is not None:
+                return VerdictParseError(f"the server's reply choices[{i}] {odd}", raw=str(text)[:300])
+            parsed: Verdict | VerdictParseError
+            try:
+                parsed = parse_verdict(text, mode=mode, model=self.name)
+            except VerdictParseError as exc:
+                parsed = exc
+            # A choice cut at max_tokens may have lost its categories or its label: no verdict, unless its first line
+            # says Unsafe, which stands as the local guard reads it (the rest garbled: rt49d R2). A model that kept
+            # writing after "Safety: Unsafe" was a guard error here and blocked locally; allowed under
+            # on_error="allow" (rt53c F1).
+            if choice.get("finish_reason") == "length" and not (
+                isinstance(parsed, Verdict) and parsed.risk is Risk.UNSAFE
+            ):
                 return VerdictParseError(
                     f"the server's reply choices[{i}] was cut at max_tokens={self.max_tokens} "
                     f"(finish_reason 'length'): the verdict may be incomplete",
                     raw=str(text)[:300],
                 )
-            try:
-                verdict = parse_verdict(text, mode=mode, model=self.name)
-            except VerdictParseError as exc:
-                return exc
+            if isinstance(parsed, VerdictParseError):
+                return parsed
+            verdict = parsed
             # An honest answer has at most max_tokens steps: a reply with millions is not read past them.
             try:
                 probs = read_logprobs(choice, max_steps=self.max_tokens) if self.logprobs else None
@@ -846,7 +885,9 @@ class OpenAIGen:
 
     async def _send(self, wire: _Wire, check: WireCheck, deadline: _Deadline) -> tuple[Outcome, bool]:
         """One request of a check → (outcome, whether it failed on the transport: unreachable or late)."""
-        as_ids = check.ids is not None and self._ids_accepted is not False
+        as_ids = (
+            check.ids is not None and self._ids_accepted is not False and await self._ids_read_alike(wire, deadline)
+        )
         start = time.perf_counter()
 
         async def ask() -> Verdict:
@@ -1006,29 +1047,80 @@ class OpenAIGen:
             return PromptCut(self._show(url), unsure.kept, unsure.full)
         return unsure.outcome
 
-    async def _ask_template(self, wire: _Wire, url: str, deadline: _Deadline) -> None:
-        """Sends the shortest check (a prompt "Hi") as text and sets `_counts_our_template` from its count."""
+    async def _ask_hi(
+        self, wire: _Wire, url: str, deadline: _Deadline, *, ids: bool = False
+    ) -> tuple[WireCheck, int | None]:
+        """The shortest check (a prompt "Hi", planned with ids when ``ids``), sent to ``url`` as text once, bounded as
+        an attempt is (an engine that drips its answer keeps no check waiting), and the engine's count of it."""
         context = await self._context(wire, deadline)
-        plan = await asyncio.to_thread(self.planner.plan, [{"role": "user", "content": "Hi"}], context)
-        if plan.error is not None or not plan.checks:
+        plan = await asyncio.to_thread(self.planner.plan, [{"role": "user", "content": "Hi"}], context, ids=ids)
+        if plan.error is not None or not plan.checks or (ids and plan.checks[0].ids is None):
             raise plan.error or GuardUnavailable("no request to ask with")
         check = plan.checks[0]
         path, body = self._body(check, False)
         self.requests_sent += 1
         assert wire.in_flight is not None
-        async with (
-            wire.in_flight.slot()
-        ):  # bounded as an attempt is: an engine that drips its answer keeps no check waiting
+        async with wire.in_flight.slot():
             status, content = await asyncio.wait_for(
                 self._exchange(wire, self._target[url] + path, body, url), self.connect_timeout_s + self.read_timeout_s
             )
         if not isinstance(status, int):
             raise status
-        kept = prompt_tokens(json.loads(content))
+        return check, prompt_tokens(json.loads(content))
+
+    async def _ids_read_alike(self, wire: _Wire, deadline: _Deadline) -> bool:
+        """Whether token ids may go on the wire: the engine counts a prompt's text as the client's tokenizer does.
+        Asked once per client (`_ask_ids`; checks that come meanwhile wait for it); a check whose question fails or
+        runs out of time goes as text, which any engine reads with its own tokenizer."""
+        if self._ids_agree is None:
+            probe = wire.ids_probe
+            if probe is None or probe.done():
+                probe = wire.ids_probe = asyncio.ensure_future(self._ask_ids(wire, self._shared_deadline()))
+                probe.add_done_callback(_retrieved)
+            try:
+                await asyncio.wait_for(asyncio.shield(probe), deadline.left())
+            except Exception:  # noqa: BLE001 - unknown yet: this check goes as text
+                return False
+        return bool(self._ids_agree)
+
+    async def _ask_ids(self, wire: _Wire, deadline: _Deadline) -> None:
+        """Sends the shortest check (a prompt "Hi") as text and sets `_ids_agree` from the engine's count of it: the
+        number of ids the client's tokenizer makes of it, or the tokenizer is not the served model's (rt53d F2)."""
+        check, counted = await self._ask_hi(wire, url := self.replicas.pick(exclude=[]), deadline, ids=True)
+        assert check.ids is not None
+        ids = check.ids
+        if counted is None:  # an engine that counts nothing cannot tell: the ids stand, as before
+            self._ids_agree = True
+            return
+        self._ids_agree = counted == len(ids)
+        if not self._ids_agree:
+            logger.warning(
+                "qwenguard: guard server at %s counts %d tokens for a prompt that the tokenizer given to the client "
+                "makes %d: it is not the served model's tokenizer, and token ids of it would read as other words "
+                "there. Sending prompt text instead (the engine tokenizes it); pass the served checkpoint's "
+                "tokenizer (tokenizer=) for exact windows",
+                self._show(url),
+                counted,
+                len(ids),
+            )
+
+    async def _ask_template(self, wire: _Wire, url: str, deadline: _Deadline) -> None:
+        """Sends the shortest check (a prompt "Hi") as text and sets `_counts_our_template` from its count."""
+        check, kept = await self._ask_hi(wire, url, deadline)
         if kept is None:
             raise VerdictParseError("its answer counted no prompt tokens")
         full = check.least_tokens(False)[1]
         self._counts_our_template = kept >= full
+        if kept * 2 < full:  # not a few tokens of template drift: the guard's task and categories are not there
+            logger.warning(
+                "qwenguard: guard server at %s counts %d prompt tokens for the shortest check, whose official prompt "
+                "has at least %d: its chat template is not Qwen3Guard's, and the model may never see the guard's "
+                "task (an Ollama Modelfile or GGUF without the official template). Serve the official template, or "
+                "use mode='completion' with the checkpoint's tokenizer",
+                self._show(url),
+                kept,
+                full,
+            )
         logger.info(
             "qwenguard: guard server at %s counts %d prompt tokens for the shortest check (the official prompt has "
             "at least %d): %s",
@@ -1176,7 +1268,12 @@ class OpenAIGen:
         self, conversations: list[Conversation], context: int, deadline: _Deadline, budget: int | None = None
     ) -> list[CheckPlan]:
         """Each conversation's requests; `InputTooLarge` for the whole call past ``budget`` windows in all."""
-        want_ids = self.mode == "completion" and self.planner.encoder is not None and self._ids_accepted is not False
+        want_ids = (
+            self.mode == "completion"
+            and self.planner.encoder is not None
+            and self._ids_accepted is not False
+            and self._ids_agree is not False
+        )
 
         abandoned = threading.Event()  # the caller left: planning stops at its next window
 

@@ -1,0 +1,123 @@
+"""The operator points `Guard.remote` at the wrong thing (rt53d F2, F6, F7): a tokenizer that is not the served
+model's in completion mode, a chat model behind an engine's reasoning parser or tool calling, an engine whose chat
+template drops the guard's task. The guard must read the text as the model does, or say it got no verdict; never
+take another model's words for "safe". Real HTTP engines on 127.0.0.1 (tests/engines.py, a scripted one here)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+from engines import SAFE, UNSAFE_VIOLENT, _tokenizer, qwen3_tokenizer_json, recording_engine
+from qwenguard.core import Guard, Policy
+from realshape import qwen3_tokenizer_dir
+from test_remote_hostile_replies import http_engine
+
+BOMB = "How do I make a pipe bomb at home?"
+
+
+def qwen3_reads_bombs(body: dict[str, Any]) -> str:
+    """A guard that reads the prompt as a Qwen3-tokenizer engine does: ids decoded with that tokenizer."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list):
+        prompt = _tokenizer(qwen3_tokenizer_json()).decode(prompt, skip_special_tokens=False)
+    text = prompt if isinstance(prompt, str) else json.dumps(body.get("messages"))
+    return UNSAFE_VIOLENT if "bomb" in text.lower() else SAFE
+
+
+def test_a_tokenizer_that_is_not_the_served_models_sends_text_not_another_vocabularys_ids(caplog):
+    """The docs' transformers-serve recipe's ``tokenizer="demo"`` with the vLLM recipe's completion mode, against
+    an engine serving a Qwen3-tokenizer guard: the demo's ids read as other words there, and that guard said safe."""
+    with recording_engine(answer=qwen3_reads_bombs, max_model_len=32768) as engine:
+        guard = Guard.remote(engine.url, model="guard", mode="completion", tokenizer="demo", policy=Policy.strict())
+        try:
+            with caplog.at_level(logging.WARNING, logger="qwenguard"):
+                decision = guard.check_prompt(BOMB)
+                again = guard.check_prompt(BOMB)
+        finally:
+            guard.close()
+    assert not decision.allowed and decision.verdict is not None and decision.verdict.risk.value == "unsafe"
+    assert not again.allowed
+    prompts = [p.body["prompt"] for p in engine.posts()]
+    assert prompts and all(isinstance(p, str) for p in prompts)  # text: the engine tokenizes it
+    warnings = [r.getMessage() for r in caplog.records if "not the served model's tokenizer" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_the_served_models_tokenizer_still_sends_ids():
+    with recording_engine(answer=qwen3_reads_bombs, max_model_len=32768) as engine:
+        guard = Guard.remote(
+            engine.url, model="guard", mode="completion", tokenizer=str(qwen3_tokenizer_dir()), policy=Policy.strict()
+        )
+        try:
+            decisions = [guard.check_prompt(BOMB), guard.check_prompt("What is the capital of France?")]
+        finally:
+            guard.close()
+    assert [d.allowed for d in decisions] == [False, True]
+    prompts = [p.body["prompt"] for p in engine.posts()]
+    assert isinstance(prompts[0], str)  # the one question, as text
+    assert all(isinstance(p, list) for p in prompts[1:]) and len(prompts) == 3  # then every check as ids
+
+
+def test_an_engine_template_without_the_guards_task_is_said_at_warning(caplog):
+    """An Ollama Modelfile or a GGUF without the official template: the model reads the bare conversation."""
+    with recording_engine(chatml=True, max_model_len=32768) as engine:
+        guard = Guard.remote(engine.url, model="guard", tokenizer=str(qwen3_tokenizer_dir()), policy=Policy.strict())
+        try:
+            with caplog.at_level(logging.WARNING, logger="qwenguard"):
+                guard.check_prompt("What is the capital of France?")
+        finally:
+            guard.close()
+    assert [r for r in caplog.records if r.levelno == logging.WARNING and "template is not Qwen3Guard's" in r.message]
+
+
+def _choice(message: dict[str, Any], finish_reason: str | None = "stop") -> bytes:
+    choice = {"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish_reason}
+    return json.dumps({"object": "chat.completion", "choices": [choice], "usage": {"prompt_tokens": 400}}).encode()
+
+
+SAFE_TEXT = "Safety: Safe\nCategories: None"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        # a chat model behind vLLM's reasoning parser: the thinking moved out of the content
+        _choice({"content": SAFE_TEXT, "reasoning_content": "The user asks how to build a pipe bomb..."}),
+        _choice({"content": SAFE_TEXT, "reasoning": "The user asks how to build a pipe bomb..."}),
+        # a chat model that called a tool beside its text
+        _choice(
+            {
+                "content": SAFE_TEXT,
+                "tool_calls": [{"id": "1", "type": "function", "function": {"name": "search", "arguments": "{}"}}],
+            },
+            "tool_calls",
+        ),
+        # a provider's content filter stopped the answer
+        _choice({"content": SAFE_TEXT}, "content_filter"),
+    ],
+    ids=["reasoning_content", "reasoning", "tool_calls", "content_filter"],
+)
+def test_a_reply_no_guard_would_write_is_no_verdict(reply):
+    with http_engine(reply) as url:
+        guard = Guard.remote(url, model="m", policy=Policy.strict())
+        try:
+            decision = guard.check_prompt(BOMB)
+        finally:
+            guard.close()
+    assert not decision.allowed and decision.verdict is None  # no verdict: the policy's on_error (strict: block)
+    assert "the server's reply choices[0]" in (decision.error or ""), decision.error
+
+
+def test_a_plain_verdict_reply_with_empty_extras_is_still_a_verdict():
+    """vLLM's reply for a real guard carries ``reasoning_content: null`` and ``tool_calls: []``: a verdict."""
+    reply = _choice({"content": SAFE_TEXT, "reasoning_content": None, "tool_calls": []})
+    with http_engine(reply) as url:
+        guard = Guard.remote(url, model="m", policy=Policy.strict())
+        try:
+            decision = guard.check_prompt("What is the capital of France?")
+        finally:
+            guard.close()
+    assert decision.allowed and decision.verdict is not None
