@@ -9,8 +9,9 @@ wrapper: the real model runs out of sight of the caller's callbacks (so its raw 
 stream: LangGraph's ``stream_mode="messages"``, ``stream_events``, ``astream_events``, tracers), its
 chunks go through `HeldStream` (the core's hold-back StreamMonitor), and only the chunks the guard
 released are yielded by the wrapper, whose run is reported and streamed as the model's. Tool-call chunks are held
-until the calls are judged. Non-streaming calls (``invoke`` with nothing listening) pass straight
-through; the middleware's ``after_model`` judges the answer then.
+until the calls are judged. Non-streaming calls (``invoke`` with nothing listening) are judged whole by the
+middleware's checks (``answer_items`` / ``answer_after``) before the wrapper's run ends. Handlers attached to the
+wrapped model itself are moved to the wrapper (`_own_handlers`): they hear only what the guard let through.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from ._holding import HELD_LLM_TYPE_PREFIX, HeldStream
 from ._input_beside import aafter_verdict, aanswer_beside, after_verdict, answer_beside, auntil_blocked, until_blocked
 from ._input_memory import judged_content
 from ._messages import DEFAULT_HISTORY_TURNS, Item, guard_history
+from ._own_handlers import detached, with_own
 from ._screening import ascreen, screen
 
 __all__ = ["HeldBackChatModel", "StreamLedger"]
@@ -55,6 +57,8 @@ class StreamLedger:
     def __init__(self) -> None:
         self._judged: dict[str, str] = {}
         self.stopped: GuardViolation | GuardUnavailable | None = None
+        #: The answer a stop was for, when it came whole (not streamed): its refusal reuses its id.
+        self.stopped_answer: BaseMessage | None = None
 
     def record(self, message: BaseMessage, budget: int) -> None:
         if message.id:
@@ -103,22 +107,38 @@ class HeldBackChatModel(BaseChatModel):
     #: Told what a held stream judged at its end and let pass (``judged(items, decisions)``): the middleware's
     #: `AllowedChecks`, so that its tool-call checks are not judged again with the verdict cache off.
     judged: Any = None
+    #: The middleware's checks of an answer that was not streamed (``answer_items(messages, answer)``: the `Item`s
+    #: not judged yet) and what follows their verdicts (``answer_after(items, decisions)``, raising when they stop
+    #: the call): judged before this wrapper's run ends, so that its end reports only an answer the guard let
+    #: through (before, the middleware judged it after the run had ended: every handler on the run, a run collector
+    #: and a usage counter heard the blocked answer whole: rt53a F2).
+    answer_items: Any = None
+    answer_after: Any = None
     model_name: str | None = None  # what create_agent reads to pick a structured-output strategy
+    #: The config factories the wrapped model's bindings carried (``with_listeners``), taken off it (`fields_around`):
+    #: applied to this wrapper's calls, so that their listeners see its run.
+    own_listeners: list[Any] = Field(default_factory=list, exclude=True, repr=False)
 
     @classmethod
     def wrap(cls, model: Runnable[Any, Any], guard: Guard, ledger: StreamLedger, **options: Any) -> HeldBackChatModel:
         return cls(**cls.fields_around(model), guard=guard, ledger=ledger, **options)
 
     @staticmethod
-    def fields_around(model: Runnable[Any, Any]) -> dict[str, Any]:
+    def fields_around(model: Runnable[Any, Any], callbacks: Any = None) -> dict[str, Any]:
         """The fields a wrapper of ``model`` takes from it: what ``create_agent`` reads of a model (its
-        name and profile) and no cache of its own (the real model's cache, if any, still applies)."""
+        name and profile), no cache of its own (the real model's cache, if any, still applies), and the handlers
+        the model carries itself (``ChatX(callbacks=[...])``, ``with_config(callbacks=...)``, ``with_listeners``:
+        `_own_handlers`), moved to the wrapper (after ``callbacks``, the wrapper's own): the real model runs
+        without them, and they hear only what the guard let through (before, every raw token: rt53a F1)."""
         name = getattr(model, "model_name", None) or getattr(model, "model", None)
+        inner, own = detached(model)
         return {
-            "inner": model,
+            "inner": inner,
             "profile": getattr(model, "profile", None),
             "cache": False,
             "model_name": name if isinstance(name, str) else None,
+            "callbacks": own.callbacks(callbacks),
+            "own_listeners": own.factories,
         }
 
     #: What this wrapper's ``_llm_type`` starts with (the wrapped model's follows): what a callback sees.
@@ -144,21 +164,26 @@ class HeldBackChatModel(BaseChatModel):
     # with ``config={"configurable": ...}`` (or ``with_config``) ran the inner model with its defaults (rt52d F2).
     # Each entry point runs with its config at hand (`out_of_sight.call_config`; a stream, step by step), read by
     # `_config`.
+    # The wrapped model's listeners (``with_listeners``) are added to each call's config here (`with_own`).
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AIMessage:
+        config = with_own(self.own_listeners, config)
         with out_of_sight.call_config(config):
             return super().invoke(input, config, **kwargs)
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AIMessage:
+        config = with_own(self.own_listeners, config)
         with out_of_sight.call_config(config):
             return await super().ainvoke(input, config, **kwargs)
 
     def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[AIMessageChunk]:
+        config = with_own(self.own_listeners, config)
         if config is None:  # the ambient config is the caller's (a step of a chain or graph, the agent's model call)
             return super().stream(input, config, **kwargs)
         context = out_of_sight.calling_with(config)
         return out_of_sight.run_in(context, lambda: super(HeldBackChatModel, self).stream(input, config, **kwargs))
 
     def astream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AsyncIterator[AIMessageChunk]:
+        config = with_own(self.own_listeners, config)
         if config is None:
             return super().astream(input, config, **kwargs)
         context = out_of_sight.calling_with(config)
@@ -168,9 +193,10 @@ class HeldBackChatModel(BaseChatModel):
     def _config(asynchronous: bool) -> RunnableConfig:
         """The real model runs with no callbacks of the caller: what it streams raw must not reach
         anyone (LangGraph's stream handlers, ``astream_events``, a tracer's token events). Its judged
-        output is reported as this wrapper's run. Tagged ``nostream`` as well, in case a handler is
-        attached to the model itself. The model runs out of the caller's context as well (`_out_of_sight`): a
-        bound model (``bind_tools``, ``with_structured_output``) would merge the caller's handlers back in."""
+        output is reported as this wrapper's run. The handlers attached to the model itself were moved to this
+        wrapper (`fields_around`); tagged ``nostream`` as well, in case one is where they are not looked for. The
+        model runs out of the caller's context as well (`_out_of_sight`): a bound model (``bind_tools``,
+        ``with_structured_output``) would merge the caller's handlers back in."""
         manager = AsyncCallbackManager(handlers=[]) if asynchronous else CallbackManager(handlers=[])
         return out_of_sight.config_without_callbacks(callbacks=manager, tags=[TAG_NOSTREAM])
 
@@ -225,10 +251,35 @@ class HeldBackChatModel(BaseChatModel):
         return None
 
     def _judge_answer(self, messages: list[BaseMessage], answer: BaseMessage) -> None:
-        """An answer that was not streamed: nothing here (the middleware judges it in ``after_model``)."""
+        """An answer that was not streamed, whole: the middleware's checks (`answer_items`), before the run ends."""
+        if self.answer_items is None:
+            return
+        start = 1 if messages and isinstance(messages[0], SystemMessage) else 0  # the agent's own prompt: left out
+        items: list[Item] = self.answer_items(list(messages[start:]), answer)
+        with self._watching_whole(answer):
+            self.answer_after(items, screen(self.guard, items) if items else [])
 
     async def _ajudge_answer(self, messages: list[BaseMessage], answer: BaseMessage) -> None:
         """Async twin of `_judge_answer`."""
+        if self.answer_items is None:
+            return
+        start = 1 if messages and isinstance(messages[0], SystemMessage) else 0
+        items: list[Item] = self.answer_items(list(messages[start:]), answer)
+        with self._watching_whole(answer):
+            self.answer_after(items, await ascreen(self.guard, items) if items else [])
+
+    @contextmanager
+    def _watching_whole(self, answer: BaseMessage) -> Iterator[None]:
+        """The ledger's watch over a whole answer's checks: a stop is the call's outcome (kept with the answer it
+        was for); an answer let through counts as judged (the middleware does not judge its text again)."""
+        ledger = self._ledger()
+        try:
+            with ledger.watching():
+                yield
+        except (GuardViolation, GuardUnavailable):
+            ledger.stopped_answer = answer
+            raise
+        ledger.record(answer, self.guard.max_chars)
 
     def _ledger(self) -> StreamLedger:
         return self.ledger if self.ledger is not None else StreamLedger()

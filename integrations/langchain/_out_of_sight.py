@@ -17,7 +17,12 @@ ambient config, and its ``configurable`` fields were dropped for the model it wr
 Tracing turned on by the environment (``LANGSMITH_TRACING=true``) or by ``tracing_v2_enabled()`` is off out of
 sight: langchain-core adds the tracer to every callback manager it configures, the empty one too, so the wrapped
 run went to LangSmith as a trace of its own, the answer the guard blocked with it (rt52d F6). What the guard let
-through is traced as the wrapper's own run.
+through is traced as the wrapper's own run. So is every handler a configure hook adds (langchain-core's
+``register_configure_hook``: ``collect_runs()``'s run collector, ``get_usage_metadata_callback()``'s counter, a
+third-party tracer set in a context variable): each is unset out of sight, and hears the wrapper's run only (before,
+they recorded the real model's run with the blocked answer, and the usage counter counted each call twice: rt53a F2,
+F9). A hook whose handler an environment variable creates (``register_configure_hook(var, ..., handle_class,
+env_var)``, none in langchain-core) is process-wide and cannot be unset for one call: it still hears the real run.
 """
 
 from __future__ import annotations
@@ -31,6 +36,11 @@ from typing import Any, TypeVar
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import var_child_runnable_config
 from langchain_core.tracers.context import tracing_v2_callback_var
+
+try:  # every context variable langchain-core's CallbackManager.configure reads a handler from (a private list)
+    from langchain_core.tracers.context import _configure_hooks
+except ImportError:  # pragma: no cover - a langchain-core without configure hooks
+    _configure_hooks = []
 
 T = TypeVar("T")
 
@@ -108,10 +118,18 @@ _UNHEARD: tuple[tuple[contextvars.ContextVar[Any], Any], ...] = tuple(
 )
 
 
+def _hooked() -> list[contextvars.ContextVar[Any]]:
+    """The configure hooks' variables set in this context (read at each call: a hook may be registered at any
+    time, ``get_usage_metadata_callback()`` registers one each time it is entered)."""
+    return [hook[0] for hook in list(_configure_hooks) if hook[0].get() is not None]
+
+
 def _context() -> contextvars.Context:
     context = contextvars.copy_context()
     for var, value in _UNHEARD:
         context.run(var.set, value)
+    for hooked in _hooked():
+        context.run(hooked.set, None)
     return context
 
 

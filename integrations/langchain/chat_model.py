@@ -85,8 +85,9 @@ class GuardedChatModel(KeepsStops, HeldBackChatModel):
     ) -> None:
         if not isinstance(model, Runnable):
             raise TypeError(f"GuardedChatModel wraps a chat model: got a {type(model).__name__}")
+        callbacks = kwargs.pop("callbacks", None)  # the wrapper's own, the wrapped model's after them
         super().__init__(
-            **self.fields_around(model),
+            **self.fields_around(model, callbacks),
             guard=require_guard(guard),
             check_input=check_input,
             screen_system=screen_system,

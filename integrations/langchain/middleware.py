@@ -44,7 +44,8 @@ sentence (or, with a Stream model, each token) beside the generation and release
 is in. Streamed tool calls are held until the calls are judged. A violation mid-stream stops the
 model; what the consumer already has is the judged-safe prefix, and the policy action follows
 ``exit_behavior`` (the answer becomes ``violation_message``, or `GuardViolation` is raised). Without
-anyone streaming (``invoke``), the answer is judged whole when the model call returns.
+anyone streaming (``invoke``), the answer is judged whole inside the model call, before its run ends (so the run's
+end tells its handlers only an answer the guard let through).
 
 Parallel input screening is deliberately not done here (``Guard.parallel_input`` is ignored): the
 input is judged in ``before_model``, its own graph node, so a blocked turn is redacted from the
@@ -753,23 +754,47 @@ class GuardMiddleware(AgentMiddleware):
                 given_items=self._message_items,
                 given_after=self._given,
                 judged=self._allowed.remember,
+                answer_items=answer_items,
+                answer_after=self._answer_after,
             )
+
+        calls = self._answer_calls(request)
+
+        def answer_items(messages: list[BaseMessage], answer: BaseMessage) -> list[Item]:
+            """An answer that was not streamed, judged in the held call (before its run ends): its text and the
+            calls this call judges (`_answer_items`), with the messages the model read as context."""
+            found = output_items(
+                answer, self._unowned(messages), self.history_turns, tool_calls=calls, budget=self.guard.max_chars
+            )
+            return self._allowed.unjudged(found)
 
         return HeldModelRequest.of(request, hold), ledger
 
-    def _stream_stopped(self, error: GuardViolation | GuardUnavailable) -> ModelResponse:
+    def _stream_stopped(
+        self, error: GuardViolation | GuardUnavailable, ledger: StreamLedger | None = None
+    ) -> ModelResponse:
         """The held stream stopped on a violation (or a fail-closed guard error): the policy action."""
         decision = error.decision
         if self.exit_behavior == "error" or decision is None:
             raise error
-        # A new message (no id): the consumer already has the judged-safe prefix of the stopped answer.
-        return ModelResponse(result=[self._refusal(decision)])
+        # A new message (no id): the consumer already has the judged-safe prefix of the stopped answer. An answer
+        # judged whole in the held call (`_answer_after`) is replaced, reusing its id.
+        replaces = ledger.stopped_answer if ledger is not None else None
+        return ModelResponse(result=[self._refusal(decision, replaces=replaces)])
+
+    def _answer_after(self, items: list[Item], decisions: list[Decision]) -> None:
+        """The verdicts on an answer the held call judged whole (its ``answer_items``): remembered (not judged
+        again here), and the first block raised, inside the call: the policy action follows (`_stream_stopped`)."""
+        self._allowed.remember(items, decisions)
+        blocked = blocked_pairs(items, decisions)
+        if blocked:
+            enforce(blocked[0][1])
 
     def _answered(self, response: Any, ledger: StreamLedger | None) -> Any:
         if ledger is not None and ledger.stopped is not None:
             # A middleware inside this one answered after the held stream was stopped (a retry's
             # "Model call failed ..." message): the stop is the call's outcome all the same.
-            return self._stream_stopped(ledger.stopped)
+            return self._stream_stopped(ledger.stopped, ledger)
         return response
 
     @contextmanager
@@ -839,7 +864,7 @@ class GuardMiddleware(AgentMiddleware):
             except (GuardViolation, GuardUnavailable) as error:
                 if ledger is None:
                     raise
-                return self._stream_stopped(error)
+                return self._stream_stopped(error, ledger)
             self._trust_own_names(response)
             items = self._answer_items(request, response, ledger)
             if not items:
@@ -863,7 +888,7 @@ class GuardMiddleware(AgentMiddleware):
             except (GuardViolation, GuardUnavailable) as error:
                 if ledger is None:
                     raise
-                return self._stream_stopped(error)
+                return self._stream_stopped(error, ledger)
             self._trust_own_names(response)
             items = self._answer_items(request, response, ledger)
             if not items:
