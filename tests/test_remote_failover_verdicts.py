@@ -138,14 +138,17 @@ def test_a_chained_server_answers_a_guard_error_not_the_text_of_a_non_verdict(fa
         finally:
             direct.close()
             via.close()
+        if fault == "cut_categories":  # a cut Unsafe stands, with no category an ignore list could excuse (rt53c F1)
+            assert (asked.allowed, asked.reason, asked.categories) == (False, "unsafe", ())
+            assert (d.allowed, d.reason, d.categories) == (False, "unsafe", ()), d  # the same through the server
+            return
         assert (asked.allowed, asked.reason) == (on_error == "allow", "guard_error")  # the engine, asked directly
         assert (d.allowed, d.reason) == (asked.allowed, "guard_error"), d  # the same through the server
         assert "HTTP 502" in (d.error or "")
 
 
-@pytest.mark.parametrize("fault", list(ENGINE_FAULTS))
-def test_the_openai_routes_of_a_chained_server_answer_502_guard_error(fault):
-    with Engine(ENGINE_FAULTS[fault]) as engine, serving(chained(engine)) as server:
+def test_the_openai_routes_of_a_chained_server_answer_502_guard_error():
+    with Engine(cut_safe_of_two) as engine, serving(chained(engine)) as server:
         msgs = [{"role": "user", "content": BOMB}]
         for path, body in [
             ("/v1/chat/completions", {"messages": msgs}),
@@ -163,7 +166,7 @@ def test_the_openai_routes_of_a_chained_server_answer_502_guard_error(fault):
 
 @pytest.mark.parametrize("on_error", ["block", "allow"])
 def test_replicas_chained_server_then_healthy_engine_give_the_healthy_verdict(on_error):
-    with Engine(cut_categories) as engine, serving(chained(engine)) as server, Engine() as healthy:
+    with Engine(cut_safe_of_two) as engine, serving(chained(engine)) as server, Engine() as healthy:
         g = client([server + "/v1", healthy.url], on_error)
         try:
             g.backend.replicas.failed(healthy.url)  # the check goes to the chained server first

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import pytest
-from engines import SAFE, UNSAFE_VIOLENT, _tokenizer, qwen3_tokenizer_json, recording_engine
+from engines import SAFE, UNSAFE_VIOLENT, _tokenizer, is_tokenizer_question, qwen3_tokenizer_json, recording_engine
 from qwenguard.core import Guard, Policy
 from realshape import qwen3_tokenizer_dir
 from test_remote_hostile_replies import http_engine
@@ -27,6 +28,15 @@ def qwen3_reads_bombs(body: dict[str, Any]) -> str:
     return UNSAFE_VIOLENT if "bomb" in text.lower() else SAFE
 
 
+def answered_question(engine: Any, timeout: float = 30.0) -> None:
+    """Wait until the client's tokenizer question (asked in the background) has its answer."""
+    end = time.monotonic() + timeout
+    while not any(is_tokenizer_question(p.body) and p.status == 200 for p in engine.posts()):
+        assert time.monotonic() < end, "the tokenizer question was never answered"
+        time.sleep(0.02)
+    time.sleep(0.1)  # the client reads the answer
+
+
 def test_a_tokenizer_that_is_not_the_served_models_sends_text_not_another_vocabularys_ids(caplog):
     """The docs' transformers-serve recipe's ``tokenizer="demo"`` with the vLLM recipe's completion mode, against
     an engine serving a Qwen3-tokenizer guard: the demo's ids read as other words there, and that guard said safe."""
@@ -35,6 +45,7 @@ def test_a_tokenizer_that_is_not_the_served_models_sends_text_not_another_vocabu
         try:
             with caplog.at_level(logging.WARNING, logger="qwenguard"):
                 decision = guard.check_prompt(BOMB)
+                answered_question(engine)
                 again = guard.check_prompt(BOMB)
         finally:
             guard.close()
@@ -49,16 +60,21 @@ def test_a_tokenizer_that_is_not_the_served_models_sends_text_not_another_vocabu
 def test_the_served_models_tokenizer_still_sends_ids():
     with recording_engine(answer=qwen3_reads_bombs, max_model_len=32768) as engine:
         guard = Guard.remote(
-            engine.url, model="guard", mode="completion", tokenizer=str(qwen3_tokenizer_dir()), policy=Policy.strict()
+            engine.url,
+            model="guard",
+            mode="completion",
+            tokenizer=str(qwen3_tokenizer_dir()),
+            policy=Policy.strict(),
+            cache_size=0,
         )
         try:
             decisions = [guard.check_prompt(BOMB), guard.check_prompt("What is the capital of France?")]
         finally:
             guard.close()
     assert [d.allowed for d in decisions] == [False, True]
-    prompts = [p.body["prompt"] for p in engine.posts()]
-    assert isinstance(prompts[0], str)  # the one question, as text
-    assert all(isinstance(p, list) for p in prompts[1:]) and len(prompts) == 3  # then every check as ids
+    prompts = [p.body["prompt"] for p in engine.checks()]
+    assert len(prompts) == 2 and all(isinstance(p, list) for p in prompts)  # every check as ids (the answer is fast)
+    assert isinstance(engine.posts()[0].body["prompt"], str) and len(engine.posts()) == 3  # after one question
 
 
 def test_an_engine_template_without_the_guards_task_is_said_at_warning(caplog):
@@ -121,3 +137,58 @@ def test_a_plain_verdict_reply_with_empty_extras_is_still_a_verdict():
         finally:
             guard.close()
     assert decision.allowed and decision.verdict is not None
+
+
+def test_a_replica_that_never_answers_the_tokenizer_question_holds_no_check(caplog):
+    """rt53e F7: the question went to one replica and every check waited for it, its whole deadline: a hung
+    replica beside a healthy one made every check a timeout, allowed under ``on_error="allow"``."""
+    with recording_engine(delay=lambda body: 60.0) as hung, recording_engine(answer=qwen3_reads_bombs) as healthy:
+        guard = Guard.remote(
+            [hung.url, healthy.url],
+            model="guard",
+            mode="completion",
+            tokenizer=str(qwen3_tokenizer_dir()),
+            max_context=32768,
+            policy=Policy(timeout_s=8, on_error="allow"),
+        )
+        try:
+            guard.backend.replicas.failed(healthy.url)  # the question and the first attempt go to the hung one
+            decision = guard.check_prompt(BOMB)
+        finally:
+            guard.close()
+    assert (decision.allowed, decision.reason) == (False, "unsafe"), decision
+
+
+@pytest.mark.parametrize("ending", ["reasoning", "tool_calls", "content_filter", "length"])
+def test_an_unsafe_first_line_stands_whatever_ends_the_reply_with_no_category_to_excuse_it(ending):
+    """rt53e F6, F8: a reply that says Unsafe is unsafe even where the rest is not a guard's (a cut, a filter, a
+    tool call, reasoning), and the categories it names may be cut ("Violent, PII" to "Violent"): none is read, so
+    that a policy ignoring Violent cannot allow it, failing open or not."""
+    text = "Safety: Unsafe\nCategories: Violent"
+    extra = {
+        "reasoning": ({"reasoning_content": "Thinking about it..."}, "stop"),
+        "tool_calls": (
+            {"tool_calls": [{"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            "tool_calls",
+        ),
+        "content_filter": ({}, "content_filter"),
+        "length": ({}, "length"),
+    }[ending]
+    with http_engine(_choice({"content": text, **extra[0]}, extra[1])) as url:
+        guard = Guard.remote(url, model="m", policy=Policy(on_error="allow", ignore_categories=["Violent"]))
+        try:
+            decision = guard.check_prompt(BOMB)
+        finally:
+            guard.close()
+    assert (decision.allowed, decision.reason, decision.categories) == (False, "unsafe", ())
+
+
+@pytest.mark.parametrize(
+    "option",
+    [{"read_timeout_s": float("nan")}, {"connect_timeout_s": float("inf")}, {"backoff_s": float("nan")}],
+    ids=["read_timeout_s=nan", "connect_timeout_s=inf", "backoff_s=nan"],
+)
+def test_a_timeout_or_backoff_that_is_no_finite_number_is_refused_at_construction(option):
+    """rt53d: NaN passed every ``<= 0`` test; each request then failed deep in asyncio, a guard error."""
+    with pytest.raises(ValueError, match="finite"):
+        Guard.remote("http://127.0.0.1:9/v1", model="m", **option)

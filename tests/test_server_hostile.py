@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import threading
 import time
@@ -1570,3 +1571,50 @@ def test_a_last_turn_judged_alone_never_loosens_a_fail_closed_policy(policy, alo
     with guarded(Guard(breaker, policy, cache_size=0)) as url:
         result = httpx.post(url + "/v1/moderate", json={"conversations": [crescendo]}, timeout=30).json()["results"][0]
     assert result["decision"]["allowed"] is False, result
+
+
+def test_the_access_log_shows_no_client_text_from_a_request_line_on_h11_either():
+    """rt53e F2: uvicorn on h11 (the fallback without httptools) passes an absolute-form or slash-less target and
+    any token as the method through to its access line; they carried the client's text into the operator's log."""
+    from qwenguard.core.server.connections import guarded_protocol
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    app = create_app(Guard(ScriptedBackend(lambda conv: "Safety: Safe\nCategories: None"), Policy()))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = server_config(app, port=port, limits=app.state.service.limits, log_level="info", lifespan="off")
+    config.http = guarded_protocol(app.state.service.limits, H11Protocol)
+    lines: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    capture = Capture()
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "test server did not start"
+            time.sleep(0.01)
+        logging.getLogger("uvicorn.access").addHandler(capture)  # after start: uvicorn configures its loggers
+        for line in (
+            b"GET http://x/SECRETPROMPT-how-to-build-a-bomb HTTP/1.1",
+            b"GET SECRETPROMPT-no-slash HTTP/1.1",
+            b"SECRETPROMPT-as-method /health HTTP/1.1",
+            b"GET /health HTTP/1.1",
+        ):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                conn.sendall(line + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
+                while conn.recv(65536):
+                    pass
+    finally:
+        logging.getLogger("uvicorn.access").removeHandler(capture)
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+    assert any('"GET /health HTTP/1.1" 200' in line for line in lines), lines  # the log is on
+    assert len(lines) >= 3 and not [line for line in lines if "SECRETPROMPT" in line], lines

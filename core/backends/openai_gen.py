@@ -58,6 +58,7 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import math
 import threading
 import time
 import weakref
@@ -238,6 +239,10 @@ def _model_list(status: int, content: bytes | None) -> list[Any] | None:
     return entries if isinstance(entries, list) else None
 
 
+#: How long a check waits for the answer to the tokenizer question (`OpenAIGen._ids_read_alike`): an engine answers a
+#: prompt "Hi" in milliseconds; one that does not within this has the checks go as text meanwhile.
+_IDS_QUESTION_WAIT_S = 1.0
+
 #: Why a choice ended, other than its stop: not a verdict (a provider's filter cut it, the model called a tool).
 _NOT_A_VERDICT_ENDS = frozenset({"content_filter", "tool_calls", "function_call"})
 
@@ -336,6 +341,7 @@ class _Wire:
         self.lookup_slow = False  # a check waited for it a while in vain: the others plan without it meanwhile
         self.probe: asyncio.Future[None] | None = None  # the template question in progress (`OpenAIGen._settle`)
         self.ids_probe: asyncio.Future[None] | None = None  # the tokenizer question in progress (`_ids_read_alike`)
+        self.ids_question_slow = False  # a check waited for its answer in vain: checks go as text until it is in
 
     def ready(self) -> None:
         """Create the loop-bound objects (called on the loop)."""
@@ -434,8 +440,18 @@ class OpenAIGen:
             raise ValueError("max_retries must be >= 0")
         if max_context is not None and (not isinstance(max_context, int) or max_context <= max_tokens + 16):
             raise ValueError(f"max_context must be an int of tokens above max_tokens + 16, got {max_context!r}")
-        if connect_timeout_s <= 0 or read_timeout_s <= 0:
-            raise ValueError("connect_timeout_s and read_timeout_s must be positive")
+        # NaN passed every comparison (rt53d, left by helper J): finite, and positive.
+        if not all(
+            isinstance(t, (int, float)) and math.isfinite(t) and t > 0 for t in (connect_timeout_s, read_timeout_s)
+        ):
+            raise ValueError(
+                f"connect_timeout_s and read_timeout_s must be positive, finite numbers of seconds, got "
+                f"{connect_timeout_s!r} and {read_timeout_s!r}"
+            )
+        if not all(isinstance(b, (int, float)) and math.isfinite(b) and b >= 0 for b in (backoff_s, max_backoff_s)):
+            raise ValueError(
+                f"backoff_s and max_backoff_s must be finite numbers >= 0, got {backoff_s!r}, {max_backoff_s!r}"
+            )
         if not isinstance(max_reply_bytes, int) or isinstance(max_reply_bytes, bool) or max_reply_bytes < 1:
             raise ValueError(f"max_reply_bytes must be a positive int of bytes, got {max_reply_bytes!r}")
         httpx = _httpx()
@@ -589,25 +605,24 @@ class OpenAIGen:
                 text = choice["message"]["content"] if self.mode == "chat" else choice["text"]
             except (KeyError, IndexError, TypeError):
                 return VerdictParseError(f"the server's reply has no choices[{i}] text", raw=str(payload)[:300])
-            if (odd := _not_a_guards_answer(choice)) is not None:
-                return VerdictParseError(f"the server's reply choices[{i}] {odd}", raw=str(text)[:300])
             parsed: Verdict | VerdictParseError
             try:
                 parsed = parse_verdict(text, mode=mode, model=self.name)
             except VerdictParseError as exc:
                 parsed = exc
-            # A choice cut at max_tokens may have lost its categories or its label: no verdict, unless its first line
-            # says Unsafe, which stands as the local guard reads it (the rest garbled: rt49d R2). A model that kept
-            # writing after "Safety: Unsafe" was a guard error here and blocked locally; allowed under
-            # on_error="allow" (rt53c F1).
-            if choice.get("finish_reason") == "length" and not (
-                isinstance(parsed, Verdict) and parsed.risk is Risk.UNSAFE
-            ):
-                return VerdictParseError(
-                    f"the server's reply choices[{i}] was cut at max_tokens={self.max_tokens} "
-                    f"(finish_reason 'length'): the verdict may be incomplete",
-                    raw=str(text)[:300],
-                )
+            # A choice cut at max_tokens may have lost its categories or its label, and one no guard would write
+            # (`_not_a_guards_answer`) is no verdict: neither is read, unless its first line says Unsafe, which stands
+            # as the local guard reads it (the rest garbled: rt49d R2), with no category, since the ones it names may
+            # be cut ("PII, Violent" to "PII") and no policy's ignored category may excuse it (rt49e F1). A model that
+            # kept writing after "Safety: Unsafe" was a guard error here and blocked locally; allowed under
+            # on_error="allow" (rt53c F1; rt53e F6 for the other endings).
+            odd = _not_a_guards_answer(choice)
+            if choice.get("finish_reason") == "length" and odd is None:
+                odd = f"was cut at max_tokens={self.max_tokens} (finish_reason 'length'): the verdict may be incomplete"
+            if odd is not None:
+                if not (isinstance(parsed, Verdict) and parsed.risk is Risk.UNSAFE):
+                    return VerdictParseError(f"the server's reply choices[{i}] {odd}", raw=str(text)[:300])
+                parsed = Verdict(Risk.UNSAFE, (), None, parsed.raw, model=self.name)
             if isinstance(parsed, VerdictParseError):
                 return parsed
             verdict = parsed
@@ -1060,27 +1075,39 @@ class OpenAIGen:
         path, body = self._body(check, False)
         self.requests_sent += 1
         assert wire.in_flight is not None
-        async with wire.in_flight.slot():
-            status, content = await asyncio.wait_for(
-                self._exchange(wire, self._target[url] + path, body, url), self.connect_timeout_s + self.read_timeout_s
-            )
+        try:
+            async with wire.in_flight.slot():
+                status, content = await asyncio.wait_for(
+                    self._exchange(wire, self._target[url] + path, body, url),
+                    self.connect_timeout_s + self.read_timeout_s,
+                )
+        except (asyncio.TimeoutError, _httpx().TransportError):
+            self.replicas.failed(url)  # the next question (and check) goes elsewhere first
+            raise
         if not isinstance(status, int):
             raise status
         return check, prompt_tokens(json.loads(content))
 
     async def _ids_read_alike(self, wire: _Wire, deadline: _Deadline) -> bool:
         """Whether token ids may go on the wire: the engine counts a prompt's text as the client's tokenizer does.
-        Asked once per client (`_ask_ids`; checks that come meanwhile wait for it); a check whose question fails or
-        runs out of time goes as text, which any engine reads with its own tokenizer."""
+        Asked once per client (`_ask_ids`); a check waits for the answer at most `_IDS_QUESTION_WAIT_S`, and once one
+        waited in vain, none waits again: until the answer is in, checks go as text, which any engine reads with its
+        own tokenizer (a replica that never answered held every check to its deadline: rt53e F7). A question that
+        failed is asked again by a later check."""
         if self._ids_agree is None:
             probe = wire.ids_probe
             if probe is None or probe.done():
                 probe = wire.ids_probe = asyncio.ensure_future(self._ask_ids(wire, self._shared_deadline()))
                 probe.add_done_callback(_retrieved)
-            try:
-                await asyncio.wait_for(asyncio.shield(probe), deadline.left())
-            except Exception:  # noqa: BLE001 - unknown yet: this check goes as text
-                return False
+            if not wire.ids_question_slow:
+                left = deadline.left()
+                wait = _IDS_QUESTION_WAIT_S if left is None else min(_IDS_QUESTION_WAIT_S, left / 2)
+                try:
+                    await asyncio.wait_for(asyncio.shield(probe), wait)
+                except asyncio.TimeoutError:
+                    wire.ids_question_slow = True
+                except Exception:  # noqa: BLE001 - unknown yet: this check goes as text
+                    pass
         return bool(self._ids_agree)
 
     async def _ask_ids(self, wire: _Wire, deadline: _Deadline) -> None:

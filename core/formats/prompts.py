@@ -296,6 +296,11 @@ def parse_verdict(text: str, *, mode: str | None = None, model: str | None = Non
         # PII alone, let an ignore list allow it: rt49e F1). A garbled Controversial stays an error: a loose
         # policy allows a controversial verdict unless a category it cannot read blocks it.
         return Verdict(risk, (), None, text, model=model)
+    if risk is Risk.SAFE and categories:
+        # The format says "If the content is safe, use 'Categories: None'": a Safe that names unsafe categories
+        # contradicts itself (a chat model imitating the format, a broken engine), and taking either half for the
+        # verdict would be a guess: no verdict, `on_error` decides (rt53d F6).
+        raise VerdictParseError(f"'Safety: Safe' with unsafe categories {list(categories)}", raw=text)
     return Verdict(risk=risk, categories=categories, refusal=refusal, raw=text, model=model)
 
 

@@ -218,23 +218,34 @@ def websocket_protocol() -> type:
     return DenialAwareWebSocketProtocol
 
 
+#: The request methods uvicorn's access line shows as sent; any other token (h11 passes one through) is "OTHER".
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE"})
+
+
 class QueryStringFilter(logging.Filter):
-    """Drops query strings and unknown paths from uvicorn's log lines: a client can put anything in a URL, and
-    logs must never carry request content. (Bodies are never logged at all.) A path the server does not
-    answer is logged as ``/other``: the 404 or 401 is still there, the client's text is not (rt53a F8)."""
+    """Drops query strings, unknown paths and unknown methods from uvicorn's log lines: a client can put anything
+    in a request line, and logs must never carry request content. (Bodies are never logged at all.) A path the
+    server does not answer is logged as ``/other`` (rt53a F8), whatever its form: absolute (``http://x/...``) or
+    without a slash, as h11 passes them through (rt53e F2); a method that is no HTTP method as ``OTHER``."""
 
     _QUERY = re.compile(r"\?[^\s\"]*")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and record.args:
-            record.args = tuple(self._clean(a) if isinstance(a, str) else a for a in record.args)
+        args = record.args
+        if isinstance(args, tuple) and args:
+            if record.name == "uvicorn.access" and len(args) == 5:  # (client, method, path, http version, status)
+                client, method, path, version, status = args
+                args = (client, method if method in _METHODS else "OTHER", _path(str(path)), version, status)
+            elif isinstance(record.msg, str) and '"WebSocket %s"' in record.msg and len(args) >= 2:
+                args = (args[0], _path(str(args[1])), *args[2:])
+            record.args = tuple(self._QUERY.sub("?…", a) if isinstance(a, str) and "?" in a else a for a in args)
         return True
 
-    def _clean(self, arg: str) -> str:
-        if arg.startswith("/"):  # uvicorn's path argument (the access line, a WebSocket's line)
-            path, question_mark, _ = arg.partition("?")
-            return (path if path in SERVED_PATHS else "/other") + ("?…" if question_mark else "")
-        return self._QUERY.sub("?…", arg) if "?" in arg else arg
+
+def _path(target: str) -> str:
+    """A request target as the log shows it: a served path as it is, any other ``/other``; a query as ``?…``."""
+    path, question_mark, _ = target.partition("?")
+    return (path if path in SERVED_PATHS else "/other") + ("?…" if question_mark else "")
 
 
 def _install_log_filter() -> None:

@@ -22,6 +22,7 @@ from ..formats.prompts import (
     GENERATION_PREFIX,
     SAFETY_LABELS,
     normalize_messages,
+    parse_verdict,
     render_prompt,
 )
 from ..formats.windows import CALL_WINDOW_BUDGET
@@ -441,8 +442,21 @@ def raw_text(outcome: Outcome) -> str:
     ``max_tokens`` that lost its categories, the safe one of two choices), and a client must see a
     guard error, to fail over or apply its own policy (docs/server.md)."""
     if isinstance(outcome, Verdict):
-        return outcome.raw if "\n---\n" not in outcome.raw else verdict_text(outcome)
+        return outcome.raw if _reads_as(outcome.raw, outcome) else verdict_text(outcome)
     raise ApiError(502, f"the guard gave no verdict for this conversation: {type(outcome).__name__}", "guard_error")
+
+
+def _reads_as(text: str, verdict: Verdict) -> bool:
+    """Whether a client reading ``text`` gets ``verdict``: not for several windows' answers (joined by ``---``), nor
+    for an answer whose verdict is not its text's (a remote engine's Unsafe cut at max_tokens keeps no category, its
+    text the ones it had before the cut: a client would read "Unsafe: PII" alone, and an ignore list excuse it)."""
+    if "\n---\n" in text:
+        return False
+    try:
+        read = parse_verdict(text)
+    except VerdictParseError:
+        return False
+    return (read.risk, read.categories, read.refusal) == (verdict.risk, verdict.categories, verdict.refusal)
 
 
 def verdict_text(verdict: Verdict) -> str:

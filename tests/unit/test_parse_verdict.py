@@ -41,6 +41,8 @@ def test_trailing_special_token_is_tolerated():
         "Safety: Safe\nCategories: None\nRefusal: No\nextra",
         "I think this is Safety: Safe\nCategories: None",
         "Categories: None\nSafety: Safe",
+        "Safety: Safe\nCategories: Violent",  # a Safe naming unsafe categories contradicts itself (rt53d F6)
+        "Safety: Safe\nCategories: None, Violent\nRefusal: No",
     ],
 )
 def test_malformed_answers_raise(text):
@@ -105,6 +107,7 @@ def test_garbage_never_parses_silently_as_safe(text):
     st.sampled_from([None, "Yes", "No"]),
 )
 def test_well_formed_answers_round_trip(safety, cats, refusal):
+    cats = [] if safety == "Safe" else cats  # the format: "If the content is safe, use 'Categories: None'"
     text = f"Safety: {safety}\nCategories: {', '.join(cats) if cats else 'None'}"
     if refusal:
         text += f"\nRefusal: {refusal}"
