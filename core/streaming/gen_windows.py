@@ -52,6 +52,10 @@ _HAN_KANA = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _WORD_CHAR = re.compile(r"[^\W_]")
 #: Longest tail held back after judged text when it has no word break (CJK, code, a long URL).
 MAX_HELD_WORD = 16
+# A word as `releasable` reads one: two letters or digits in a run without a space, tab or line break.
+_TWO_ALNUM = re.compile(r"[^\W_][^ \t\n]*?[^\W_]")
+#: Judged text kept to tell whether a check could release more (`GenWindows._gain`): what `releasable` reads.
+_JUDGED_TAIL = 2 * _SCAN
 #: What a Gen-window check may release: whole sentences (default), the answer's opening words and then
 #: whole sentences, or all but the last word judged.
 RELEASE_UNITS = ("sentence", "opening", "word")
@@ -169,8 +173,10 @@ class GenWindows:
       trained on whole responses: the demo guard flags "Mix ammonium nitrate ... add a fuse." only once
       the clause is complete). A sentence of ``min_segment`` characters or more is checked as soon as it
       ends; a shorter one is checked at once when no check is in flight (a safe first sentence of four
-      words or more goes out one judge call after it ended), else joined to the next. Calls per answer:
-      at most one per sentence, plus one per ``check_every`` characters without a sentence end.
+      words or more goes out one judge call after it ended), else joined to the next. A sentence or line
+      whose check could release nothing (no word in sight: "x\n", "\n"; "Yes." alone) is joined to the
+      next too (`_gain`). Calls per answer: at most one per sentence that releases text, plus one per
+      ``check_every`` characters without one.
     - ``"opening"``: ``"sentence"``, except that the answer's first check comes as soon as two complete
       words have arrived (a word still arriving is left out: a Gen model may misread "The Eiffe") and
       releases them but the last, so the first text goes out one judge call after the second word, not
@@ -216,6 +222,11 @@ class GenWindows:
             self.bidi.push(core.released[: len(core.released) - len(self.tail)])
         self.timeout = core.policy.timeout_for(Stage.STREAM)
         self._last_boundary = (-1, -1, 0)  # (release point it was read at, judged up to, boundary): `_boundary`
+        # The end of the text handed to checks (`_JUDGED_TAIL` chars): does a check of what waits release more?
+        self.judged_tail = core.released[-_JUDGED_TAIL:] if start else ""  # `_gain` with ``holdback=0``
+        # Chars of `unsubmitted` whose sentence ends were found to release nothing (`_gain`), at a release point.
+        self._plain, self._plain_at = 0, start
+        self._before: tuple[tuple[int, int], int] = ((-1, -1), 0)  # `_releasable_before`: (key, its value)
 
     def add(self, delta: str) -> list[tuple[int, int, list[dict[str, str]]]]:
         """Append text; return the (start, end, conversation) checks that are due now."""
@@ -254,7 +265,7 @@ class GenWindows:
             self.submitted += len(self.unsubmitted)
             if self.in_flight == 0:
                 self.confirmed = self.submitted
-            self.unsubmitted = ""
+            self.unsubmitted, self._plain = "", 0
         elif self.unsubmitted:
             checks.append(self._take(len(self.unsubmitted)))
         return checks
@@ -264,16 +275,69 @@ class GenWindows:
 
     def _sentence_cut(self, idle: bool) -> int:
         """The next segment's end: a sentence end (any length when ``idle``, else ``min_segment`` or
-        more), else a cut of text longer than ``check_every``; 0 when none is due."""
+        more) whose check could release more text (`_gain`), else a cut of text longer than ``check_every``;
+        0 when none is due.
+
+        A sentence end whose check would release nothing is no reason for a check: lines without a word ("x\n",
+        "7\n", "\n", "X | O | X\n"), which `releasable` holds until a word or the end, were judged one window per
+        line, each releasing nothing (rt53b F1: 500 checks per 1000 characters, and a server client feeding one
+        "\n" per frame got a check per frame). They wait and join the next sentence, and are judged at least once
+        per ``check_every`` characters (the cut of a longer text) and at the end (`rest`)."""
         text = self.unsubmitted
         limit = min(len(text), self.check_every)
         shortest = 1 if idle else self.min_segment
+        if self._plain_at != self.core._released_len:  # text went out: what a check releases is read anew
+            self._plain, self._plain_at = 0, self.core._released_len
         for m in _SENTENCE_END.finditer(text, 0, limit + 1):
-            if m.end() >= shortest:
-                return m.end()  # the first one: each sentence gets a window that ends with it
-        if idle and len(text) <= limit and text.strip() and ends_clause(text):
-            return len(text)  # "... Paris." with its space still to come: the sentence has ended
+            end = m.end()
+            if end >= shortest and end > self._plain:
+                if self._gain(end, self._plain):
+                    return end  # the first one: each sentence gets a window that ends with it
+                self._plain = end  # tested once: the text before it and after `submitted` stays the same
+        if idle and self._plain < len(text) <= limit and text.strip() and ends_clause(text):
+            if self._gain(len(text), self._plain):
+                return len(text)  # "... Paris." with its space still to come: the sentence has ended
+            self._plain = len(text)
         return self._long_cut() if len(text) > self.check_every else 0
+
+    def _gain(self, cut: int, tested: int = 0) -> bool:
+        """Would a check of the waiting text up to ``cut`` (the checks handed out coming back safe) let more
+        text out than those checks do: a word more, not a space or a filler? ``tested``: a shorter cut found to
+        release nothing, so only the text after it can. Scheduling only: what goes out is still `releasable` of
+        judged text (`_boundary`).
+
+        Bounded work on hostile text: the judged text is read back at most `_JUDGED_TAIL` chars (`releasable`
+        reads `_SCAN`), and new text without a word is read alone: it releases more only when it closes a
+        sentence of four words ("... is 7.": a lone letter or digit counts there) or goes on with the last run
+        of characters before it (a word split between two deltas)."""
+        segment = self.unsubmitted[:cut]
+        if self.at_once:  # released at once: would it release more if it held (the judged text's end)
+            before = self.judged_tail
+        else:  # from the release point, as `_boundary` reads it: "Paris." alone is no sentence of four words
+            core = self.core
+            judged = max(0, self.submitted - core._released_len)  # `submitted` is never before the release point
+            before = core._buffer[max(0, judged - _JUDGED_TAIL) : judged]
+        new = segment[tested:]
+        last = segment[tested - 1] if tested else before[-1:]
+        text = before + segment
+        goes_on = bool(last) and last not in " \t\n" and bool(new) and new[0] not in " \t\n"  # a run `releasable` reads
+        if not _TWO_ALNUM.search(new) and not goes_on:
+            if not _closes_sentence(new.rstrip()):
+                return False  # no word, no sentence end: what is held stays held
+            stripped = text.rstrip()
+            # The last line is where the sentence starts at the latest: `ends_sentence` reads the same there.
+            if not ends_sentence(text[max(0, stripped.rfind("\n")) :]):
+                return False
+            return bool(text[self._releasable_before(before) :].strip())
+        return bool(text[self._releasable_before(before) : releasable(text)].strip())
+
+    def _releasable_before(self, before: str) -> int:
+        """`releasable` of the judged text's end ``before`` (`_gain`), read once per check handed out and
+        release point."""
+        key = (self.submitted, -1 if self.at_once else self.core._released_len)
+        if self._before[0] != key:
+            self._before = (key, releasable(before))
+        return self._before[1]
 
     def _opening_cut(self) -> int:
         """``"opening"``: the end of the answer's complete words so far, when judging them releases a word
@@ -290,12 +354,9 @@ class GenWindows:
 
     def _worth_judging(self) -> bool:
         """Would a check of everything received let more text out than what is judged already?"""
-        core = self.core
         if self.at_once:  # released at once: checks only look for a late violation
             return True
-        held = core._buffer  # starts at the release point; `submitted` is never before it here
-        judged = max(0, self.submitted - core._released_len)
-        return bool(held[releasable(held[:judged]) : releasable(held)].strip())  # a word more, not a space
+        return self._gain(len(self.unsubmitted))  # a word more, not a space
 
     def _long_cut(self) -> int:
         """Where to cut text longer than ``check_every``: the last sentence end past ``min_segment``,
@@ -314,6 +375,8 @@ class GenWindows:
         segment, self.unsubmitted = self.unsubmitted[:cut], self.unsubmitted[cut:]
         start = self.submitted
         self.submitted += cut
+        self.judged_tail = (self.judged_tail + segment)[-_JUDGED_TAIL:]
+        self._plain = 0
         self.in_flight += 1
         text = self.tail + segment
         self.tail = visible_tail(text, self.context) if self.context else ""
