@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 import traceback
 from collections.abc import Callable
@@ -196,8 +197,16 @@ def _count_or_none(value: str) -> int | None:
     return None if value.lower() == "none" else int(value)
 
 
+def _seconds(value: str) -> float:
+    """A number of seconds: finite (``float("nan")`` parses, and passed every ``< 0`` check: rt53d F5)."""
+    seconds = float(value)
+    if not math.isfinite(seconds):
+        raise ValueError(f"expected a finite number of seconds, got {value!r}")
+    return seconds
+
+
 def _seconds_or_none(value: str) -> float | None:
-    return None if value.lower() == "none" else float(value)
+    return None if value.lower() == "none" else _seconds(value)
 
 
 def _flag(value: str) -> bool:
@@ -213,7 +222,7 @@ def _flag(value: str) -> bool:
 BACKEND_OPTIONS: dict[str, Callable[[str], Any]] = {
     "max_batch": int,
     "max_batch_tokens": int,
-    "max_wait_s": float,
+    "max_wait_s": _seconds,
     "target_step_s": _seconds_or_none,
     "width_floor": int,
     "max_new_tokens": int,
@@ -268,6 +277,22 @@ def _served_policy(value: str) -> Policy:
         raise ValueError(f"--policy {value}: {exc}") from exc
 
 
+#: ``serve``'s flag for each `Limits` field, where it is not the field's name as a flag.
+_LIMIT_FLAGS = {"request_timeout_s": "--timeout"}
+
+
+def _limits(**values: Any) -> Any:
+    """`Limits` from ``serve``'s flags, its error naming the flag (``--timeout nan``), not the field."""
+    from .server import Limits
+
+    try:
+        return Limits(**values)
+    except ValueError as exc:
+        field = str(exc).split(" ", 1)[0]
+        flag = _LIMIT_FLAGS.get(field, "--" + field.removesuffix("_s").replace("_", "-"))
+        raise ValueError(f"{flag}: {str(exc).split(' ', 1)[1].replace(' (None: no limit)', '')}") from None
+
+
 def _url_host(host: str) -> str:
     """``host`` as a URL writes it: an IPv6 address in brackets (``http://[::1]:8000``)."""
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
@@ -295,8 +320,12 @@ def _check_port_free(host: str, port: int) -> None:
 @app.command(cls=_Command)
 @reports_errors
 def serve(
-    model: str = typer.Option(
-        "demo", "--model", "-m", help="'demo', a Qwen3Guard-Gen hub id or a checkpoint directory."
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="A Qwen3Guard-Gen hub id or checkpoint directory, or 'demo' (the default on loopback only: "
+        "the demo guard is a test fixture, not a safety model).",
     ),
     stream_model: str | None = typer.Option(
         None, "--stream-model", help="A Qwen3Guard-Stream checkpoint for /v1/stream."
@@ -443,11 +472,28 @@ def serve(
             f"--host {host} without an API key would let anyone who can reach it use the guard; "
             "set --api-key (or QWENGUARD_API_KEY), or pass --allow-unauthenticated to mean it"
         )
-    if drain_delay < 0 or shutdown_timeout <= 0:
-        raise fail("--drain-delay must be >= 0 and --shutdown-timeout > 0")
+    if model is None:
+        # The demo guard is a test fixture, not a safety model: a deployment that forgot --model (or whose
+        # MODEL variable was unset) served it looking healthy (rt53d F11). On loopback it is the first hour's.
+        if not loopback:
+            raise fail(
+                f"--host {host} without --model would serve the demo guard, a test fixture and not a safety "
+                "model; pass --model with a Qwen3Guard-Gen hub id or checkpoint directory (or --model demo to "
+                "mean it)"
+            )
+        model = "demo"
+    from .server.limits import MAX_SECONDS
+
+    for flag, value, least in (("--drain-delay", drain_delay, "0"), ("--shutdown-timeout", shutdown_timeout, None)):
+        # NaN passed `< 0` (rt53d F5).
+        if not (math.isfinite(value) and (value >= 0 if least else value > 0) and value <= MAX_SECONDS):
+            raise fail(
+                f"{flag} must be a finite number of seconds, {'>= 0' if least else '> 0'} and at most "
+                f"{MAX_SECONDS:.0e}, got {value!r}"
+            )
     if cache_size < 0 or cache_bytes < 0:
         raise fail("--cache-size and --cache-bytes must be >= 0 (0 turns the verdict cache off)")
-    from .server import Limits
+    from .demo import DEMO_NAMES
     from .server import serve as run_server
 
     pinned = _served_policy(policy)
@@ -455,7 +501,7 @@ def serve(
     stream_options = _backend_options(stream_backend, STREAM_BACKEND_OPTIONS, "--stream-backend")
     if stream_options and stream_model is None:
         raise fail("--stream-backend without --stream-model: there is no Stream model to apply it to")
-    limits = Limits(
+    limits = _limits(
         max_concurrency=max_concurrency,
         max_body_bytes=max_body_bytes,
         request_timeout_s=timeout,
@@ -474,6 +520,12 @@ def serve(
         keep_alive_s=keep_alive,
         max_connections=max_connections,
     )
+    if model in DEMO_NAMES and not loopback:
+        err_console.print(
+            "[yellow]warning:[/yellow] serving the demo guard, a test fixture and not a safety model, on a "
+            "non-loopback interface",
+            soft_wrap=True,
+        )
     _check_port_free(host, port)  # before the model loads: a busy port fails in a second, in one line
     # OpenMP's wait policy stays the operator's (OMP_WAIT_POLICY in the environment). Forcing PASSIVE, as
     # this once did to leave the event loop its cores, made every torch operation wake sleeping threads:
@@ -529,6 +581,7 @@ def serve(
 @app.command("eval", cls=_Command)
 @reports_errors
 def eval_(
+    ctx: typer.Context,
     data: str = typer.Argument(
         ...,
         help="Labelled data: .jsonl, .csv or .parquet (columns: text or messages, label; "
@@ -621,6 +674,11 @@ def eval_(
     """Measure a guard on labelled data: recall, precision, F1, MCC, ROC-AUC, strict vs loose, breakdowns, plots."""
     from .eval.cli import RemoteOptions, run_eval
 
+    source = ctx.get_parameter_source("api_key")
+    if remote is None and api_key is not None and source is not None and source.name == "COMMANDLINE":
+        # Silently ignored before, while --mode/--tokenizer/--max-context without --remote are refused. The
+        # environment's QWENGUARD_API_KEY is no mistake here: it may be set for other commands.
+        raise typer.BadParameter("applies to --remote only (a local model takes no key)", param_hint="--api-key")
     run_eval(
         data=data,
         model=model,

@@ -37,6 +37,20 @@ __all__ = ["Guard", "enforce", "DEFAULT_MAX_CHARS", "DEFAULT_MAX_MESSAGES", "DEF
 
 logger = logging.getLogger("qwenguard")
 
+_implicit_demo_warned = False
+
+
+def _warn_implicit_demo() -> None:
+    """Once per process: `Guard.from_pretrained()` without a model name loads the demo guard (rt53d F11)."""
+    global _implicit_demo_warned
+    if not _implicit_demo_warned:
+        _implicit_demo_warned = True
+        logger.warning(
+            "Guard.from_pretrained() without a model loads the demo guard, a test fixture and not a safety "
+            "model; pass a Qwen3Guard-Gen hub id or checkpoint directory (or 'demo' to mean it)"
+        )
+
+
 #: Characters one check accepts, all its turns together. Longer input is a caller bug or an attack on
 #: the guard's time (1 MB of English is ~250k tokens: some 70 windows of 4K tokens).
 DEFAULT_MAX_CHARS = 1_000_000
@@ -252,7 +266,7 @@ class Guard:
     @classmethod
     def from_pretrained(
         cls,
-        model: str | Path = "demo",
+        model: str | Path | None = None,
         *,
         policy: Policy | None = None,
         stream_model: str | Path | None = None,
@@ -262,10 +276,14 @@ class Guard:
         **guard_kwargs: Any,
     ) -> Guard:
         """A local guard: ``"demo"`` (embedded, offline), a hub id such as ``"Qwen/Qwen3Guard-Gen-0.6B"``,
-        or a checkpoint directory. ``stream_model`` adds a Qwen3Guard-Stream checkpoint for `stream`, loaded
+        or a checkpoint directory; omitted, the demo guard (a test fixture, not a safety model: a warning says so
+        once). ``stream_model`` adds a Qwen3Guard-Stream checkpoint for `stream`, loaded
         with ``stream_options`` (`TransformersStream.load`'s: ``max_session_tokens``, ``max_positions``, ...)."""
         from .backends.transformers_gen import TransformersGen
 
+        if model is None:
+            model = "demo"
+            _warn_implicit_demo()
         backend_keys = {
             "max_new_tokens",
             "max_context",

@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import enum
+import math
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
@@ -15,13 +17,18 @@ from typing import Any, Literal
 
 from .verdict import CATEGORIES, Risk, Stage, Verdict
 
-__all__ = ["DEFAULT_TIMEOUT_S", "Action", "Decision", "Mode", "OnError", "Policy", "StagePolicy"]
+__all__ = ["DEFAULT_TIMEOUT_S", "MAX_TIMEOUT_S", "Action", "Decision", "Mode", "OnError", "Policy", "StagePolicy"]
 
 OnError = Literal["block", "allow"]
 Mode = Literal["strict", "loose"]
 
 #: Default per-check budget. Generous enough for a cold CPU model, short enough to notice a hang.
 DEFAULT_TIMEOUT_S = 30.0
+#: The longest finite per-check budget, about three years. Waits on locks and futures take at most
+#: ``threading.TIMEOUT_MAX`` (about 292 years on Linux) and some add a grace to the budget: a longer one (1e10,
+#: inf, a JSON 1e999) made every sync check an OverflowError in threading, a guard error let through under
+#: ``on_error="allow"`` (rt53d F1). No limit is ``None``.
+MAX_TIMEOUT_S = min(1e8, threading.TIMEOUT_MAX / 8)
 
 
 class Action(str, enum.Enum):
@@ -29,6 +36,8 @@ class Action(str, enum.Enum):
     FLAG = "flag"  # let through, but tell the application (controversial in loose mode, fail-open errors)
     BLOCK = "block"
 
+
+_PAST = {Action.ALLOW: "allowed", Action.FLAG: "flagged", Action.BLOCK: "blocked"}
 
 # Reasons a Decision can carry. Guard errors and timeouts are their own outcome, never a disguised verdict.
 REASONS = ("safe", "unsafe", "controversial", "ignored_category", "guard_error", "timeout", "empty", "disabled")
@@ -79,7 +88,7 @@ class Decision:
         return () if self.verdict is None else self.verdict.categories
 
     def describe(self) -> str:
-        what = f"{self.stage.value} {self.action.value}ed ({self.reason}"
+        what = f"{self.stage.value} {_PAST[self.action]} ({self.reason}"
         if self.categories:
             what += f": {', '.join(self.categories)}"
         if self.offset is not None:
@@ -139,6 +148,14 @@ def _categories(values: Iterable[str] | None, what: str) -> frozenset[str] | Non
         return None
     if isinstance(values, str):
         values = [values]
+    elif not isinstance(values, (list, tuple, set, frozenset)):
+        # Any other iterable was read as its items: a mapping as its keys, so {"Violent": false} ("do not
+        # ignore Violent", a YAML/JSON habit) ignored Violent (rt53d F8).
+        shape = "a mapping" if isinstance(values, Mapping) else f"a {type(values).__name__}"
+        raise TypeError(
+            f"{what} must be a list of category names (or one name), got {shape}"
+            + (f": {sorted(map(str, values))[:5]}" if isinstance(values, Mapping) else "")
+        )
     names = [getattr(v, "value", v) for v in values]
     # Names only: str() of anything else is no category, and of thousands of floats a client sends costs ~2 us each.
     wrong = next((n for n in names if not isinstance(n, str)), None)
@@ -164,8 +181,27 @@ def _check_mode(value: str | None) -> None:
 
 
 def _check_timeout(value: float | None) -> None:
-    if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+    if value is None:
+        return
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
         raise ValueError(f"timeout_s must be a positive number or None, got {value!r}")
+    if not math.isfinite(value) or value > MAX_TIMEOUT_S:
+        raise ValueError(
+            f"timeout_s must be a finite number of seconds, at most {MAX_TIMEOUT_S:.0e}, got {value!r}; "
+            f"use None for no limit"
+        )
+
+
+def _overlap(block: frozenset[str] | None, ignore: frozenset[str] | None) -> list[str]:
+    return sorted((block or frozenset()) & (ignore or frozenset()))
+
+
+def _contradiction(names: list[str], where: str) -> ValueError:
+    return ValueError(
+        f"{', '.join(repr(n) for n in names)} {'is' if len(names) == 1 else 'are'} both blocked and ignored "
+        f"({where}): block_categories and ignore_categories contradict each other; keep each category in one "
+        f"of them"
+    )
 
 
 @dataclass(frozen=True)
@@ -187,6 +223,9 @@ class StagePolicy:
         _check_timeout(self.timeout_s)
         object.__setattr__(self, "block_categories", _categories(self.block_categories, "block_categories"))
         object.__setattr__(self, "ignore_categories", _categories(self.ignore_categories, "ignore_categories"))
+        # Both at once was accepted and "ignore" won: an unsafe category let through (rt53d F3).
+        if both := _overlap(self.block_categories, self.ignore_categories):
+            raise _contradiction(both, "in one StagePolicy")
 
 
 _POLICY_FIELDS = frozenset({"mode", "block_categories", "ignore_categories", "on_error", "timeout_s"})
@@ -228,6 +267,24 @@ class Policy:
                 raise TypeError(f"stages[{key!r}] must be a StagePolicy, got {type(value).__name__}")
             stages[Stage(key)] = value
         object.__setattr__(self, "stages", MappingProxyType(stages))
+        self._check_contradictions()
+
+    def _check_contradictions(self) -> None:
+        """A category both blocked and ignored, as any stage resolves them, is refused: "ignore" used to win, so
+        "ignore violence in retrieved news, block it in prompts" written as a top-level ignore and a prompt
+        stage's block let unsafe prompts through (rt53d F3). A stage that means it overrides the other list."""
+        if both := _overlap(self.block_categories, self.ignore_categories):
+            raise _contradiction(both, "at the top level")
+        for stage, override in self.stages.items():
+            block, ignore = self._get(stage, "block_categories"), self._get(stage, "ignore_categories")
+            if both := _overlap(block, ignore):
+                b = "stages." + stage.value + "." if override.block_categories is not None else "top-level "
+                i = "stages." + stage.value + "." if override.ignore_categories is not None else "top-level "
+                raise _contradiction(
+                    both,
+                    f"stage {stage.value!r}: {b}block_categories and {i}ignore_categories; to block "
+                    f"{'it' if len(both) == 1 else 'them'} there, give that stage its own ignore_categories",
+                )
 
     # -- named constructors -------------------------------------------------------------------
     @classmethod
@@ -248,7 +305,8 @@ class Policy:
         if not isinstance(data, Mapping):
             raise TypeError("policy must be an object")
         fields_ = dict(data)
-        stages = fields_.pop("stages", None) or {}
+        stages = fields_.pop("stages", None)
+        stages = {} if stages is None else stages  # `or {}` took "stages": [] (or 0, "") for no stages
         unknown = sorted(set(fields_) - _POLICY_FIELDS)
         if unknown:
             raise ValueError(f"unknown policy fields {unknown}")
@@ -261,6 +319,8 @@ class Policy:
             unknown = sorted(set(overrides) - _STAGE_FIELDS)
             if unknown:
                 raise ValueError(f"unknown fields {unknown} in policy.stages[{stage!r}]")
+            if stage not in {s.value for s in Stage}:
+                raise ValueError(f"policy.stages: unknown stage {stage!r}; stages: {[s.value for s in Stage]}")
             parsed[Stage(stage)] = StagePolicy(**overrides)
         return cls(**fields_, stages=parsed)
 
@@ -331,11 +391,11 @@ class Policy:
             return Decision(True, Action.ALLOW, stage, "safe", verdict)
         cats = set(verdict.categories)
         ignore: frozenset[str] = self._get(stage, "ignore_categories")
-        if cats and cats <= ignore:
+        block: frozenset[str] = self._get(stage, "block_categories")
+        if cats and cats <= ignore and not cats & block:  # never both (refused at construction): block wins
             return Decision(True, Action.FLAG, stage, "ignored_category", verdict)
         if verdict.risk is Risk.UNSAFE:
             return Decision(False, Action.BLOCK, stage, "unsafe", verdict)
-        block: frozenset[str] = self._get(stage, "block_categories")
         if self._get(stage, "mode") == "strict" or cats & block:
             return Decision(False, Action.BLOCK, stage, "controversial", verdict)
         return Decision(True, Action.FLAG, stage, "controversial", verdict)

@@ -167,15 +167,18 @@ def test_serve_a_missing_checkpoint_exits_2(tmp_path):
 
 def test_serve_passes_backend_options_to_the_model(tmp_path):
     """An operator tunes the local model from the command line (`--backend KEY=VALUE`): a verdict budget too
-    small for any answer makes every check fail closed, so the option demonstrably reached the model."""
-    with serving(
-        ["--model", "demo", "--backend", "max_new_tokens=3", "--backend", "label_branches=true"], tmp_path / "s.log"
-    ) as url:
-        body = {"conversations": [[{"role": "user", "content": "What is the capital of France?"}]]}
-        r = httpx.post(url + "/v1/moderate", json=body, timeout=60)
-        assert r.status_code == 200, r.text
-        decision = r.json()["results"][0]["decision"]
-        assert (decision["allowed"], decision["reason"]) == (False, "guard_error"), decision
+    small for any answer is refused by the model as it loads (it served 200s that were all guard errors before
+    rt53d), so the option demonstrably reached the model."""
+    proc = subprocess.run(
+        [*SERVE, "--model", "demo", "--backend", "max_new_tokens=3", "--backend", "label_branches=true"]
+        + ["--port", str(_port()), "--device", "cpu"],
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "max_new_tokens=3 is shorter than the shortest verdict" in lines[0], lines
 
 
 @pytest.mark.parametrize(

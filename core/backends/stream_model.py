@@ -114,6 +114,22 @@ def category_name(label: str, index: int) -> str:
     raise ValueError(f"unknown Qwen3Guard-Stream category label {label!r} at index {index}")
 
 
+def known_category_name(label: str) -> str:
+    """The Gen category name for a Stream head label: an exact Gen name or a known short name, else a
+    ``ValueError``. A label the loader does not know was renamed by its index to the official order, so a
+    fine-tune's own names ("Hate0") were read as categories the model never meant (rt53d F4)."""
+    clean = str(label).strip().strip("'\"").strip()
+    if clean in CATEGORIES:
+        return clean
+    alias = _CATEGORY_ALIASES.get(clean.lower())
+    if alias is None:
+        raise ValueError(
+            f"unknown category label {str(label)[:64]!r}: a Qwen3Guard-Stream label is one of {list(CATEGORIES)} "
+            f"or a model-card short name ({', '.join(sorted(set(_CATEGORY_ALIASES)))})"
+        )
+    return alias
+
+
 def _label_map(config: Any, field: str, size: int) -> dict[int, str]:
     raw = getattr(config, field, None)
     if not isinstance(raw, Mapping) or not raw:
@@ -135,23 +151,56 @@ class StreamLabels:
 
     @classmethod
     def from_config(cls, config: Any) -> StreamLabels:
-        def risks(field: str, size: int) -> tuple[Risk, ...]:
+        """The label maps, checked: each risk map names Safe, Unsafe and Controversial once each, and each
+        category map names known categories (`category_name`), each once. A head whose "unsafe" index was
+        labelled "Safe", or eight labels all "PII", loaded and misread every token (rt53d F4)."""
+
+        def risks(field: str, size_field: str) -> tuple[Risk, ...]:
+            size = _head_size(config, size_field)
+            if size != len(_RISK_NAMES):
+                raise ValueError(
+                    f"config {size_field}={size}: a Qwen3Guard-Stream risk head has {len(_RISK_NAMES)} levels "
+                    f"(Safe, Unsafe, Controversial)"
+                )
             names = _label_map(config, field, size)
             try:
-                return tuple(_RISK_NAMES[names[i].strip().lower()] for i in range(size))
+                out = tuple(_RISK_NAMES[names[i].strip().lower()] for i in range(size))
             except KeyError as exc:
                 raise ValueError(f"config {field!r}: unknown risk label {exc.args[0]!r}") from None
+            if len(set(out)) != len(out):
+                raise ValueError(
+                    f"config {field!r} is {dict(sorted(names.items()))}: it must name Safe, Unsafe and "
+                    f"Controversial once each"
+                )
+            return out
 
-        def cats(field: str, size: int) -> tuple[str, ...]:
+        def cats(field: str, size_field: str) -> tuple[str, ...]:
+            size = _head_size(config, size_field)
             names = _label_map(config, field, size)
-            return tuple(category_name(names[i], i) for i in range(size))
+            out = []
+            for i in range(size):
+                try:
+                    out.append(known_category_name(names[i]))
+                except ValueError as exc:
+                    raise ValueError(f"config {field!r}: {exc}") from None
+            repeated = sorted({c for c in out if out.count(c) > 1})
+            if repeated:
+                raise ValueError(f"config {field!r} names {repeated} more than once: each index is one category")
+            return tuple(out)
 
         return cls(
-            risks("response_risk_level_map", config.num_risk_level),
-            cats("response_category_map", config.num_category),
-            risks("query_risk_level_map", config.num_query_risk_level),
-            cats("query_category_map", config.num_query_category),
+            risks("response_risk_level_map", "num_risk_level"),
+            cats("response_category_map", "num_category"),
+            risks("query_risk_level_map", "num_query_risk_level"),
+            cats("query_category_map", "num_query_category"),
         )
+
+
+def _head_size(config: Any, field: str) -> int:
+    size = getattr(config, field, None)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"config {field} must be a positive count, got {size!r}")
+    return size
 
 
 class TokenVerdict(NamedTuple):

@@ -90,6 +90,70 @@ DEFAULT_TARGET_STEP_S = 0.1
 #: instead of waiting behind it, at little cost beside a step's overhead.
 DEFAULT_WIDTH_FLOOR = 128
 
+#: The shortest answer a Qwen3Guard-Gen model gives: ``max_new_tokens`` must hold at least its tokens.
+_SHORTEST_VERDICT = "Safety: Safe\nCategories: None"
+
+
+def _check_seconds(name: str, value: Any, *, least: float | None = None) -> None:
+    """A number of seconds: finite, and ``>= least`` (``> 0`` without one), else an error naming the option
+    (``max_wait_s=nan`` was accepted: rt53d)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value) or (value < least if least is not None else value <= 0):
+        raise ValueError(
+            f"{name} must be a finite number of seconds {'>= ' + str(least) if least is not None else '> 0'}, "
+            f"got {value!r}"
+        )
+
+
+def checked_dtype(dtype: Any, device: str) -> Any:
+    """``dtype`` as a ``torch.dtype`` (`resolve_dtype`), or a ``TypeError`` naming the option: ``dtype=1`` reached
+    transformers and was reported as "not a local directory" (rt53d F10)."""
+    torch = require_torch()
+    resolved = resolve_dtype(dtype, device)
+    if not isinstance(resolved, torch.dtype):
+        raise TypeError(
+            f"dtype must be 'auto', a torch dtype name ('bfloat16', 'float16', 'float32') or a torch.dtype, "
+            f"got {dtype!r}"
+        )
+    return resolved
+
+
+def check_vocab_fits(tokenizer: Any, model: Any, label: str, kind: str) -> None:
+    """Refuse a tokenizer with ids past the model's embedding rows (another model's tokenizer: every check was
+    an IndexError deep in torch, let through under on_error="allow": rt53d F9). A tokenizer smaller than the
+    embedding is normal: Qwen pads its embedding past the vocabulary."""
+    embeddings = model.get_input_embeddings()
+    rows = getattr(embeddings, "num_embeddings", None)
+    if rows is None:
+        return
+    ids = [i for i in tokenizer.get_vocab().values() if isinstance(i, int)]
+    ids += [i for i in getattr(tokenizer, "all_special_ids", ()) if isinstance(i, int)]
+    highest = max(ids, default=-1)
+    if highest >= rows:
+        raise ValueError(
+            f"cannot load {kind} checkpoint {label!r}: its tokenizer is not its model's: the tokenizer has ids up "
+            f"to {highest:,} ({len(tokenizer):,} tokens), the model's embedding has {rows:,} rows (config "
+            f"vocab_size {getattr(model.config, 'vocab_size', '?')}); put the model's own tokenizer files beside "
+            f"its weights"
+        )
+
+
+def _load_error(label: str, path: Path, what: str, exc: BaseException) -> ModelNotFound:
+    """One line for a checkpoint directory that exists but does not load: transformers' own reason (an unknown
+    ``model_type``, a broken file), not "not a local directory" (rt53d F10)."""
+    try:
+        from transformers import __version__ as version
+    except ImportError:  # pragma: no cover - loading got this far
+        version = "?"
+    reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    where = "" if str(path) == label else f" (at {str(path)!r})"
+    return ModelNotFound(
+        f"cannot load the {what} of Qwen3Guard-Gen checkpoint {label!r}{where}: "
+        f"{type(exc).__name__}: {reason[:500]} (installed transformers {version})"
+    )
+
+
 # One planned conversation: where its windows start in the flat list, how many, its mode, or its error.
 _Span = tuple[int, int, str, "QwenGuardError | None"]
 
@@ -133,6 +197,18 @@ class TransformersGen:
         ):
             require_count(option, value, minimum)
         require_count("max_context", max_context, optional=True)
+        _check_seconds("max_wait_s", max_wait_s, least=0.0)
+        if target_step_s is not None:
+            _check_seconds("target_step_s", target_step_s)
+        # Fewer new tokens than the shortest verdict: every check a guard error (let through under
+        # on_error="allow"; `serve --backend max_new_tokens=1` answered 200s that were all errors: rt53d).
+        shortest = len(tokenizer(_SHORTEST_VERDICT, add_special_tokens=False)["input_ids"])
+        if max_new_tokens < shortest:
+            raise ValueError(
+                f"max_new_tokens={max_new_tokens} is shorter than the shortest verdict ({shortest} tokens: "
+                f"{_SHORTEST_VERDICT!r}); every check would fail. The default is {DEFAULT_MAX_NEW_TOKENS} "
+                f"(the longest verdict is about 51 tokens)"
+            )
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -206,19 +282,25 @@ class TransformersGen:
         except ImportError as exc:
             raise MissingDependency.for_extra("local", "transformers") from exc
         dev = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, dev)
+        torch_dtype = checked_dtype(dtype, dev)
         opts: dict[str, Any] = {"revision": revision}
         if local_files_only is not None:
             opts["local_files_only"] = local_files_only
-        try:
-            with quiet_loading():
+        # The checkpoint is a local directory by now (`resolve_checkpoint`): what fails here is its contents.
+        with quiet_loading():
+            try:
                 tokenizer = AutoTokenizer.from_pretrained(str(path), **opts)
+            except (OSError, ValueError) as exc:
+                raise _load_error(label, path, "tokenizer", exc) from exc
+            try:
                 model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, **opts)
-        except (OSError, ValueError) as exc:
-            raise ModelNotFound(
-                f"cannot load Qwen3Guard-Gen checkpoint {label!r}: not a local directory and not "
-                f"downloadable (offline, or a wrong id?). Use 'demo' for the embedded demo guard."
-            ) from exc
+            except (OSError, ValueError, KeyError) as exc:
+                raise _load_error(label, path, "model", exc) from exc
+            except RuntimeError as exc:
+                if "size mismatch" not in str(exc) and "mismatched" not in str(exc):
+                    raise
+                raise _load_error(label, path, "model (weights of another shape than config.json says)", exc) from exc
+        check_vocab_fits(tokenizer, model, label, "Qwen3Guard-Gen")
         model.to(dev)
         model.eval()
         if tokenizer.pad_token_id is None:

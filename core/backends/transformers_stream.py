@@ -82,7 +82,7 @@ from .stream_model import (
     save_stream_checkpoint,
     stream_model_class,
 )
-from .torch_runtime import quiet_loading, require_torch, resolve_device, resolve_dtype
+from .torch_runtime import quiet_loading, require_torch, resolve_device
 
 __all__ = [
     "TransformersStream",
@@ -220,20 +220,38 @@ class TransformersStream:
                 f"Qwen3Guard-Stream fields): pass it as the model, and a Stream checkpoint as stream_model "
                 f"(the demo's is 'demo-stream')"
             )
+        from .transformers_gen import check_vocab_fits, checked_dtype
+
         dev = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, dev)
+        torch_dtype = checked_dtype(dtype, dev)
         try:
             config = load_stream_config(path)
             tokenizer = AutoTokenizer.from_pretrained(str(path))
         except OSError as exc:
             raise ModelNotFound(f"cannot load Qwen3Guard-Stream checkpoint {label!r}: {exc}") from exc
+        try:
+            StreamLabels.from_config(config)  # label maps before the weights load: a wrong one fails in a second
+        except ValueError as exc:
+            raise ValueError(f"cannot load Qwen3Guard-Stream checkpoint {label!r}: {exc}") from None
         # No dtype argument: transformers < 4.56 calls it ``torch_dtype`` and >= 5 warns on that name;
         # converting after loading gives the same weights on every version.
         with quiet_loading():
-            model, info = stream_model_class().from_pretrained(str(path), config=config, output_loading_info=True)
+            try:
+                model, info = stream_model_class().from_pretrained(str(path), config=config, output_loading_info=True)
+            except RuntimeError as exc:  # a head of another size than config.json's num_* (transformers' table)
+                if "size mismatch" not in str(exc) and "mismatched" not in str(exc):
+                    raise
+                raise ValueError(
+                    f"cannot load Qwen3Guard-Stream checkpoint {label!r}: its weights have other shapes than its "
+                    f"config.json says (num_risk_level {config.num_risk_level}, num_category "
+                    f"{config.num_category}, num_query_risk_level {config.num_query_risk_level}, "
+                    f"num_query_category {config.num_query_category}, vocab_size {config.vocab_size}): "
+                    f"{next((ln.strip() for ln in str(exc).splitlines() if 'mismatch' in ln), '')[:300]}"
+                ) from None
         problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         if problems:
             raise ValueError(f"{label}: weights do not match the Qwen3Guard-Stream layout: {problems}")
+        check_vocab_fits(tokenizer, model, label, "Qwen3Guard-Stream")
         model.to(device=dev, dtype=torch_dtype)
         model.eval()
         return cls(

@@ -29,6 +29,10 @@ __all__ = ["Verify", "checks_transport", "proxy_for", "ssl_context", "without_pa
 Verify: TypeAlias = "bool | str | os.PathLike[str] | ssl.SSLContext"
 
 
+#: What a switch read from an environment variable says: never a CA bundle's path.
+_SWITCH_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "1", "0", ""})
+
+
 def ssl_context(verify: Verify) -> ssl.SSLContext:
     """``verify`` as an ``ssl.SSLContext``, with httpx's meaning, so checks and streams trust the same CAs.
 
@@ -42,9 +46,17 @@ def ssl_context(verify: Verify) -> ssl.SSLContext:
         return httpx.create_ssl_context(verify=verify)
     if isinstance(verify, (str, os.PathLike)):
         path = os.fspath(verify)
+        if isinstance(verify, str) and verify.strip().lower() in _SWITCH_WORDS:
+            # verify="false" from an environment variable is a path to httpx: a bare FileNotFoundError (rt53d).
+            raise ValueError(
+                f"verify={verify!r} is a string, read as a CA bundle path: pass verify=False or True (a bool), "
+                f"or the path of a CA bundle file or directory"
+            )
         if os.path.isdir(path):
             return ssl.create_default_context(capath=path)
-        return ssl.create_default_context(cafile=path)  # FileNotFoundError names a path that is not there
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"verify={verify!r}: no CA bundle file or directory at {path!r}")
+        return ssl.create_default_context(cafile=path)
     raise TypeError(f"verify must be a bool, a CA bundle path or an ssl.SSLContext, got {type(verify).__name__}")
 
 

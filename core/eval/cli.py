@@ -11,7 +11,7 @@ import typer
 
 from ..backends.transport import credentials_apart, without_password
 from ..errors import QwenGuardError
-from ..policy import Policy
+from ..policy import MAX_TIMEOUT_S, Policy
 
 __all__ = [
     "run_eval",
@@ -231,8 +231,11 @@ def run_eval(
             raise typer.BadParameter("must be at least 1", param_hint=name)
     if concurrency < 0:
         raise typer.BadParameter("must be at least 1 (0: automatic)", param_hint="--concurrency")
-    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
-        raise typer.BadParameter("must be a positive number of seconds", param_hint="--timeout")
+    if timeout is not None and not (math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT_S):
+        # 1e10 passed, then every local row was an OverflowError in threading, "no verdict" (rt53d F1).
+        raise typer.BadParameter(
+            f"must be a positive number of seconds, at most {MAX_TIMEOUT_S:.0e}", param_hint="--timeout"
+        )
     from ..guard import DEFAULT_MAX_CHECKS
 
     if batch_size > DEFAULT_MAX_CHECKS:  # the guard refuses a call of more checks than that

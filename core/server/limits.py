@@ -8,11 +8,13 @@ ones (``docs/security.md``); ``qwenguard serve`` has a flag for each.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
+from ..policy import MAX_TIMEOUT_S
 from ..streaming.gen_windows import MAX_WINDOWS_IN_FLIGHT
 
 #: 1 MB of JSON is ~250k tokens of text: far past any guard context, so larger bodies are abuse.
@@ -51,6 +53,22 @@ FD_RESERVE = 128
 LARGE_BODY_BYTES = 32 * 1024
 #: Gen-window checks one stream session runs at once: a local stream's default.
 DEFAULT_STREAM_MAX_WINDOWS_IN_FLIGHT = MAX_WINDOWS_IN_FLIGHT
+
+
+#: Limits that ``None`` turns off.
+_NO_LIMIT_OK = frozenset(
+    {
+        "request_timeout_s",
+        "max_streams",
+        "max_streams_per_client",
+        "max_requests_per_client",
+        "stream_idle_timeout_s",
+        "stream_max_session_s",
+    }
+)
+#: The longest finite time limit: the per-check budget's ceiling (`policy.MAX_TIMEOUT_S`), far
+#: past any sane setting and short of the event loop's and threading's own limits.
+MAX_SECONDS = MAX_TIMEOUT_S
 
 
 class LimitExceeded(ValueError):
@@ -95,17 +113,21 @@ class Limits:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if value is None and f.name in (
-                "request_timeout_s",
-                "max_streams",
-                "max_streams_per_client",
-                "max_requests_per_client",
-                "stream_idle_timeout_s",
-                "stream_max_session_s",
-            ):
+            if value is None and f.name in _NO_LIMIT_OK:
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(f"{f.name} must be a positive number, got {value!r}")
+            # NaN passed `value <= 0`: the server started, then every request was a 500 (--timeout nan) or every
+            # connection hung unanswered (--head-timeout nan) in the event loop's call_later (rt53d F5).
+            seconds = f.name.endswith("_s")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
+                or (seconds and value > MAX_SECONDS)
+            ):
+                most = f" of seconds, at most {MAX_SECONDS:.0e}" if seconds else ""
+                none = " (None: no limit)" if f.name in _NO_LIMIT_OK else ""
+                raise ValueError(f"{f.name} must be a positive, finite number{most}{none}, got {value!r}")
             if str(f.type).startswith("int") and not isinstance(value, int):  # a count: 2.5 sessions is a typo
                 raise ValueError(f"{f.name} must be a positive integer, got {value!r}")
 
