@@ -25,10 +25,11 @@ from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
     CallbackManager,
     CallbackManagerForLLMRun,
+    UsageMetadataCallbackHandler,
 )
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, SystemMessage
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
 from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import ConfigDict, Field
 from qwenguard.core import Guard, GuardUnavailable, GuardViolation
@@ -69,6 +70,15 @@ class StreamLedger:
         inside `GuardMiddleware` may rewrite a streamed answer (a footer, a translation) and keep its id."""
         fingerprint = self._judged.get(message.id) if message.id else None
         return fingerprint is not None and fingerprint == judged_content(message, budget)
+
+    def again(self) -> None:
+        """Before the model runs again in this call: once a stop ended it, that stop, at once. A middleware between
+        `GuardMiddleware` and the model that retries on a failure (``ModelRetryMiddleware``: its default retries a
+        `GuardViolation`) gets it again instead of a new answer: an answer judged whole in the held call and blocked
+        costs one model call, as a streamed one does (before, each retry ran the model again and threw the answer
+        away: rt53e F3)."""
+        if self.stopped is not None:
+            raise self.stopped
 
     @contextmanager
     def watching(self) -> Iterator[None]:
@@ -296,6 +306,7 @@ class HeldBackChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        self._ledger().again()
         messages = self._given_messages(messages)
         pending = self._start_input(messages)
         target = self._target()
@@ -303,7 +314,8 @@ class HeldBackChatModel(BaseChatModel):
         message = answer_beside(
             lambda: out_of_sight.call(lambda: target.invoke(messages, config, stop=stop, **kwargs)), pending
         )
-        self._judge_answer(messages, message)
+        with _counted_if_stopped(run_manager, lambda: message):
+            self._judge_answer(messages, message)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     async def _agenerate(
@@ -313,12 +325,14 @@ class HeldBackChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        self._ledger().again()
         messages = await self._agiven_messages(messages)
         pending = await self._astart_input(messages)
         target, config = self._target(), self._config(True)
         call = out_of_sight.acall(lambda: target.ainvoke(messages, config, stop=stop, **kwargs))
         message = await aanswer_beside(call, pending)
-        await self._ajudge_answer(messages, message)
+        with _counted_if_stopped(run_manager, lambda: message):
+            await self._ajudge_answer(messages, message)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     # -- streamed: only what the guard released --------------------------------------------------
@@ -329,10 +343,11 @@ class HeldBackChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        self._ledger().again()
         messages = self._given_messages(messages)
         pending = self._start_input(messages)
-        with self._ledger().watching():
-            held = self._held(messages)
+        held = self._held(messages)
+        with self._ledger().watching(), _counted_if_stopped(run_manager, lambda: held.whole):
             target, config = self._target(), self._config(False)
             upstream = out_of_sight.stream(lambda: target.stream(messages, config, stop=stop, **kwargs))
             if pending is not None:
@@ -349,10 +364,11 @@ class HeldBackChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
+        self._ledger().again()
         messages = await self._agiven_messages(messages)
         pending = await self._astart_input(messages)
-        with self._ledger().watching():
-            held = self._held(messages)
+        held = self._held(messages)
+        with self._ledger().watching(), _counted_if_stopped(run_manager, lambda: held.whole):
             target, config = self._target(), self._config(True)
             upstream = out_of_sight.astream(lambda: target.astream(messages, config, stop=stop, **kwargs))
             if pending is not None:
@@ -361,6 +377,36 @@ class HeldBackChatModel(BaseChatModel):
             async for chunk in released if pending is None else aafter_verdict(released, pending):
                 yield ChatGenerationChunk(message=_as_chunk(chunk))
         self._judged(held)
+
+
+@contextmanager
+def _counted_if_stopped(run_manager: Any, answer: Any) -> Iterator[None]:
+    """When the guard stops the call, the tokens the model spent on ``answer()`` (its ``usage_metadata``, where the
+    model reported it: a whole answer; a stream only where its usage came before the stop) are told to the usage
+    counters among this wrapper's run's handlers (`UsageMetadataCallbackHandler`: ``get_usage_metadata_callback()``,
+    or one in ``callbacks``), in an ``on_llm_end`` of an empty message: no text. The real model runs out of their
+    sight and the wrapper's run ends in the stop, so a blocked call was counted by none (rt53e F9). No other handler
+    hears it: the run still ends in the stop."""
+    try:
+        yield
+    except (GuardViolation, GuardUnavailable):
+        _count_spent(run_manager, answer())
+        raise
+
+
+def _count_spent(run_manager: Any, answer: Any) -> None:
+    usage = getattr(answer, "usage_metadata", None)
+    if run_manager is None or not usage or not isinstance(answer, AIMessage):
+        return
+    name = answer.response_metadata.get("model_name")
+    spent = AIMessage(content="", usage_metadata=usage, response_metadata={"model_name": name} if name else {})
+    result = LLMResult(generations=[[ChatGeneration(message=spent)]])
+    counters: list[UsageMetadataCallbackHandler] = []
+    for handler in run_manager.handlers:
+        if isinstance(handler, UsageMetadataCallbackHandler) and not any(handler is c for c in counters):
+            counters.append(handler)
+    for counter in counters:
+        counter.on_llm_end(result, run_id=run_manager.run_id, parent_run_id=run_manager.parent_run_id)
 
 
 def _as_chunk(message: Any) -> Any:

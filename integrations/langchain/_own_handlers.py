@@ -10,9 +10,13 @@ they hear its run, the chunks the guard released and the answer it let through.
 
 Where they are found: the model's ``callbacks`` field, and each binding around it (``bind``, ``bind_tools``,
 ``with_config``, ``with_listeners``, ``with_retry``: a ``RunnableBindingBase``'s ``config`` and
-``config_factories``), fallbacks (``with_fallbacks``) and a ``configurable_fields`` / ``configurable_alternatives``
-model's default. What other runnables hold (a chain the model sits in, a custom runnable's own handlers) is not
-looked into: their handlers still hear the real run.
+``config_factories``), fallbacks (``with_fallbacks``), a ``configurable_fields`` model's default, each alternative
+of a ``configurable_alternatives`` one (the selected alternative's handlers hear the wrapper's run: a config factory
+picks them per call, as the alternative is picked), and LangChain's ``init_chat_model(..., configurable_fields=...)``
+model, which builds the real model per call from its default config (``callbacks=`` given to ``init_chat_model``) and
+its queued operations (``with_config(callbacks=...)``): rt53e F1. What other runnables hold (a chain the model sits in,
+a custom runnable's own handlers, an alternative given as a factory, built per call) is not looked into: their
+handlers still hear the real run.
 """
 
 from __future__ import annotations
@@ -26,12 +30,19 @@ from langchain_core.language_models import BaseLanguageModel
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.base import RunnableBindingBase
 from langchain_core.runnables.config import ensure_config, merge_configs
-from langchain_core.runnables.configurable import DynamicRunnable
+from langchain_core.runnables.configurable import DynamicRunnable, RunnableConfigurableAlternatives
 from langchain_core.runnables.fallbacks import RunnableWithFallbacks
 
 __all__ = ["OwnHandlers", "detached"]
 
 ConfigFactory = Callable[[RunnableConfig], RunnableConfig]
+
+try:  # LangChain's configurable chat model (``init_chat_model(..., configurable_fields=...)``): a private class
+    from langchain.chat_models.base import _ConfigurableModel as _configurable_model_type
+
+    _ConfigurableModel: type[Any] | None = _configurable_model_type
+except ImportError:  # pragma: no cover - langchain-core without langchain
+    _ConfigurableModel = None
 
 #: Bindings nest a few deep; never loop on a cycle.
 _DEPTH = 16
@@ -97,10 +108,79 @@ def _strip(runnable: Runnable[Any, Any], own: OwnHandlers, depth: int) -> Runnab
         if first is runnable.runnable and all(a is b for a, b in zip(fallbacks, runnable.fallbacks, strict=True)):
             return runnable
         return runnable.model_copy(update={"runnable": first, "fallbacks": fallbacks})
-    if isinstance(runnable, DynamicRunnable):  # configurable_fields / configurable_alternatives: its default
+    if isinstance(runnable, RunnableConfigurableAlternatives):
+        return _alternatives(runnable, own, depth)
+    if isinstance(runnable, DynamicRunnable):  # configurable_fields: its default
         default = _strip(runnable.default, own, depth - 1)
         return runnable if default is runnable.default else runnable.model_copy(update={"default": default})
+    if _ConfigurableModel is not None and isinstance(runnable, _ConfigurableModel):
+        return _configurable_model(runnable, own)
     return runnable
+
+
+def _alternatives(
+    runnable: RunnableConfigurableAlternatives[Any, Any], own: OwnHandlers, depth: int
+) -> Runnable[Any, Any]:
+    """Every alternative stripped (the default one too), and a config factory that gives the wrapper's call the
+    handlers of the alternative its config selects (before, only the default was looked into: a selected
+    alternative's handlers heard the blocked answer raw, rt53e F1). An alternative given as a factory is left as it
+    is (it is built per call)."""
+    chosen: dict[str, OwnHandlers] = {runnable.default_key: OwnHandlers()}
+    default = _strip(runnable.default, chosen[runnable.default_key], depth - 1)
+    alternatives: dict[str, Any] = {}
+    for key, alternative in runnable.alternatives.items():
+        if isinstance(alternative, Runnable):
+            chosen[key] = OwnHandlers()
+            alternatives[key] = _strip(alternative, chosen[key], depth - 1)
+        else:
+            alternatives[key] = alternative
+    if not any(found.handlers or found.factories for found in chosen.values()):
+        return runnable
+    own.factories.append(_selected(runnable.which.id, runnable.default_key, chosen))
+    return runnable.model_copy(update={"default": default, "alternatives": alternatives})
+
+
+def _selected(field_id: str, default_key: str, chosen: dict[str, OwnHandlers]) -> ConfigFactory:
+    """What the alternative a call's config selects (as ``RunnableConfigurableAlternatives`` selects it) adds to the
+    call: its handlers and its config factories."""
+
+    def config(given: RunnableConfig) -> RunnableConfig:
+        key = (given.get("configurable") or {}).get(field_id, default_key)
+        found = chosen.get(key)
+        if found is None:
+            return {}
+        mine: RunnableConfig = {"callbacks": list(found.handlers)} if found.handlers else {}
+        return merge_configs(mine, *(factory(given) for factory in found.factories))
+
+    return config
+
+
+def _configurable_model(model: Any, own: OwnHandlers) -> Runnable[Any, Any]:
+    """``init_chat_model(..., configurable_fields=...)``: it builds the real model at each call from its default
+    config (the keyword arguments ``init_chat_model`` was given, ``callbacks`` among them) and replays its queued
+    operations on it (``bind_tools``, ``with_config``: the callbacks of ``with_config(callbacks=...)`` are queued
+    there). A copy without them; they are ``own``'s."""
+    default = dict(model._default_config)
+    callbacks = default.pop("callbacks", None)
+    found = callbacks is not None
+    own.take(callbacks)
+    operations: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+    for name, args, kwargs in model._queued_declarative_operations:
+        if name == "with_config":
+            given = dict(args[0] if args else kwargs.get("config") or {})
+            if "callbacks" in given:
+                found = True
+                own.take(given.pop("callbacks"))
+            args, kwargs = (), {**{k: v for k, v in kwargs.items() if k != "config"}, "config": given}
+        operations.append((name, args, kwargs))
+    if not found:
+        return model
+    return type(model)(
+        default_config=default,
+        configurable_fields=model._configurable_fields,
+        config_prefix=model._config_prefix,
+        queued_declarative_operations=operations,
+    )
 
 
 def _unheard(factory: ConfigFactory) -> ConfigFactory:

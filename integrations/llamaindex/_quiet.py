@@ -16,7 +16,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["unspanned"]
+__all__ = ["overrides", "unspanned"]
 
 
 def _is_span_wrapper(attr: Any) -> bool:
@@ -29,13 +29,26 @@ def _is_span_wrapper(attr: Any) -> bool:
     )
 
 
+def _unwrapped(attr: Any) -> Any:
+    """``attr`` without the span wrappers LlamaIndex put around it (the function they wrap)."""
+    while _is_span_wrapper(attr):
+        attr = attr.__wrapped__
+    return attr
+
+
+def overrides(obj: Any, name: str, base: type) -> bool:
+    """Whether ``obj`` has a ``name`` of its own (its class's, or set on it) rather than ``base``'s. The span
+    wrappers do not count: the mixin wraps an override of an instrumented method in its own span, and a class
+    may re-wrap the same function."""
+    if name in getattr(obj, "__dict__", {}):
+        return True
+    return _unwrapped(inspect.getattr_static(type(obj), name)) is not _unwrapped(base.__dict__[name])
+
+
 def unspanned(obj: Any, name: str, cls: type | None = None) -> Callable[..., Any]:
     """``obj.name`` (the method ``cls``, default ``type(obj)``, gives it) bound to ``obj`` without the dispatcher
     span LlamaIndex wraps it in; the bound method itself when it has none (or ``obj`` holds its own)."""
     if cls is None and name in getattr(obj, "__dict__", {}):
         return getattr(obj, name)
     owner = type(obj) if cls is None else cls
-    attr = inspect.getattr_static(owner, name)
-    while _is_span_wrapper(attr):
-        attr = attr.__wrapped__
-    return attr.__get__(obj, owner)
+    return _unwrapped(inspect.getattr_static(owner, name)).__get__(obj, owner)

@@ -8,13 +8,16 @@ parents, ``RecursiveRetriever``'s other retrievers) returns nodes it never saw.
 The wrapped retriever runs out of sight (rt53a F6): its ``retrieve`` would hand every dispatcher handler and its
 callback manager (shared with the wrapper: a `GuardCallbackHandler` there stopped the query) the nodes the guard
 then drops, so its steps run without their spans and events, and only the wrapper's own report, with what it kept.
+An auto-retriever's per-query retriever runs so too (rt53e F4). A retriever whose class has its own ``retrieve``
+(``aretrieve``) has that called, its span aside (rt53e F5): its logic (an access filter) stands, and what its body
+reports shows.
 """
 
 from __future__ import annotations
 
-import inspect
-from typing import Any
+from typing import Any, cast
 
+from llama_index.core.base.base_auto_retriever import BaseAutoRetriever
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.prompts.mixin import PromptMixinType
@@ -23,7 +26,7 @@ from llama_index.core.utils import print_text
 from qwenguard.core import Guard, enforce
 
 from .._common import require_guard
-from ._quiet import unspanned
+from ._quiet import overrides, unspanned
 from .postprocessor import OnBlock, ascreen_nodes, screen_nodes
 
 __all__ = ["GuardedRetriever"]
@@ -110,21 +113,44 @@ class GuardedRetriever(BaseRetriever):
 
 
 def _overrides(retriever: BaseRetriever, name: str) -> bool:
-    """Whether ``retriever``'s class has its own ``name`` rather than `BaseRetriever`'s."""
-    return inspect.getattr_static(type(retriever), name) is not BaseRetriever.__dict__[name]
+    """Whether ``retriever`` has its own ``name`` rather than `BaseRetriever`'s (span wrappers aside)."""
+    return overrides(retriever, name, BaseRetriever)
+
+
+def _auto(retriever: BaseRetriever, name: str) -> bool:
+    """Whether ``retriever`` is an auto-retriever whose ``name`` (``_retrieve``/``_aretrieve``) is
+    `BaseAutoRetriever`'s: one that builds a retriever per query from a spec and runs that one's ``retrieve``."""
+    return isinstance(retriever, BaseAutoRetriever) and not overrides(retriever, name, BaseAutoRetriever)
 
 
 def _quiet_retrieve(retriever: BaseRetriever, query_bundle: QueryBundle) -> list[NodeWithScore]:
-    """``retriever.retrieve(query_bundle)`` without its span and events."""
+    """``retriever.retrieve(query_bundle)`` without its span and events.
+
+    A retriever with a ``retrieve`` of its own (an access filter, a rerank, a cache: rt53e F5) has it called, its
+    span aside: what it does stands, and what its body reports (``super().retrieve``) shows. An auto-retriever's
+    per-query retriever runs out of sight too (rt53e F4): its ``retrieve`` would report what the guard drops."""
+    if _overrides(retriever, "retrieve"):
+        return cast(list[NodeWithScore], unspanned(retriever, "retrieve")(query_bundle))
     retriever._check_callback_manager()
-    nodes = unspanned(retriever, "_retrieve")(query_bundle)
+    if _auto(retriever, "_retrieve"):
+        auto = cast(BaseAutoRetriever, retriever)
+        inner, inner_bundle = auto._build_retriever_from_spec(auto.generate_retrieval_spec(query_bundle))
+        nodes = _quiet_retrieve(inner, inner_bundle)
+    else:
+        nodes = unspanned(retriever, "_retrieve")(query_bundle)
     return _quiet_expand(retriever, query_bundle, nodes)
 
 
 async def _aquiet_retrieve(retriever: BaseRetriever, query_bundle: QueryBundle) -> list[NodeWithScore]:
-    """``await retriever.aretrieve(query_bundle)`` without its span and events."""
+    """``await retriever.aretrieve(query_bundle)`` without its span and events (as `_quiet_retrieve`)."""
+    if _overrides(retriever, "aretrieve"):
+        return cast(list[NodeWithScore], await unspanned(retriever, "aretrieve")(query_bundle))
     retriever._check_callback_manager()
-    if _overrides(retriever, "_aretrieve"):
+    if _auto(retriever, "_aretrieve"):
+        auto = cast(BaseAutoRetriever, retriever)
+        inner, inner_bundle = auto._build_retriever_from_spec(await auto.agenerate_retrieval_spec(query_bundle))
+        nodes = await _aquiet_retrieve(inner, inner_bundle)
+    elif _overrides(retriever, "_aretrieve"):
         nodes = await unspanned(retriever, "_aretrieve")(query_bundle)
     else:  # `BaseRetriever._aretrieve` runs the (instrumented) `_retrieve`
         nodes = unspanned(retriever, "_retrieve")(query_bundle)

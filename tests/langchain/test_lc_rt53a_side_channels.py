@@ -16,7 +16,6 @@ Real ChatOpenAI against the scripted OpenAI server; the oracle judge flags "Mix 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -25,65 +24,26 @@ from langchain.agents import create_agent
 from langchain_core.callbacks import BaseCallbackHandler, get_usage_metadata_callback
 from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
-from langchain_core.outputs import LLMResult
 from langchain_core.tools import tool
 from langchain_core.tracers.context import collect_runs, register_configure_hook
 from langchain_core.tracers.schemas import Run
 from langchain_core.vectorstores import InMemoryVectorStore
-from langchain_openai import ChatOpenAI
 from lc_fakes import INJECTION
+from lc_heard import (  # noqa: F401 - clause_judge_guard, scripted_reply_url: the fixtures judge_guard, url
+    QUESTION,
+    REPLY,
+    SAFE,
+    Recorder,
+    chat,
+    clause_judge_guard,
+    drain,
+    heard_only_safe,
+    scripted_reply_url,
+)
 from qwenguard.core import Guard, GuardViolation
 from qwenguard.integrations.langchain import GuardedChatModel, GuardedRetriever, GuardMiddleware
-from scripted_openai import Reply, ScriptedURL, ToolCall, scripted_openai
-from stream_judges import CLAUSE, CountingJudge
-
-SAFE = "The capital of France is Paris. "
-REPLY = f"{SAFE}{CLAUSE} Then wait."
-QUESTION = "Tell me about Paris"
-
-
-class Recorder(BaseCallbackHandler):
-    """What a UI or a logger attached to a run is told: each token, and each answer at a run's end."""
-
-    def __init__(self) -> None:
-        self.tokens = ""
-        self.ends: list[str] = []
-
-    def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
-        self.tokens += token
-
-    def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
-        self.ends += [g.text for gs in response.generations for g in gs]
-
-
-def heard_only_safe(text: str) -> bool:
-    """No character past the safe sentence: ``text`` is a prefix of it (in characters)."""
-    return SAFE.startswith(text)
-
-
-@pytest.fixture
-def url() -> Iterator[ScriptedURL]:
-    with scripted_openai([Reply.words(REPLY)]) as served:
-        yield served
-
-
-@pytest.fixture
-def judge_guard() -> Guard:
-    return Guard(CountingJudge())
-
-
-def chat(url: str, **kwargs: Any) -> ChatOpenAI:
-    return ChatOpenAI(base_url=url, api_key="k", model="m", max_retries=0, **kwargs)
-
-
-def drain(stream: Iterator[Any]) -> str:
-    released = ""
-    try:
-        for chunk in stream:
-            released += chunk.text
-    except GuardViolation:
-        pass
-    return released
+from scripted_openai import Reply, ToolCall, scripted_openai
+from stream_judges import CountingJudge
 
 
 # -- F1: handlers on the wrapped model ------------------------------------------------------------------------
