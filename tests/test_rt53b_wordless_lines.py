@@ -287,3 +287,23 @@ def test_server_stream_one_char_frames_of_prose_still_release_each_sentence():
         ws.send(json.dumps({"type": "finish"}))
         json.loads(ws.recv())
     assert judge.started <= 6 + 1
+
+
+@pytest.mark.parametrize("unit", ["opening", "sentence"])  # "word" lets a judged word out by design (docs)
+@pytest.mark.parametrize("opening", ["Sure:\n", "x\n" * 60, "Step 1\n", "Mix. Ammonium. "])
+def test_a_held_word_is_judged_again_with_what_follows_even_with_context_0(unit, opening):
+    """rt53f F1: with ``context=0`` a window began right after the word the last one held back ("...\\nMix"), so
+    " ammonium nitrate ..." was judged alone, safe, and the whole clause went out unstopped. A window shows at least
+    `MIN_CONTEXT` characters before its segment."""
+    judge = CountingJudge()
+    text = opening + CLAUSE + "\n"
+    released = ""
+    with pytest.raises(GuardViolation):
+        with Guard(judge, Policy.strict(), cache_size=0).stream(PROMPT, context=0, release_unit=unit) as monitor:
+            for piece in pieces(text):
+                released += monitor.feed(piece)
+                judge.wait_idle()
+                released += monitor.release_judged()
+            released += monitor.finish()
+    clause_at = text.index("Mix ammonium") if "Mix ammonium" in text else text.index(CLAUSE)
+    assert text.startswith(released) and len(released) <= clause_at  # in characters: none of the clause

@@ -52,6 +52,8 @@ _HAN_KANA = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _WORD_CHAR = re.compile(r"[^\W_]")
 #: Longest tail held back after judged text when it has no word break (CJK, code, a long URL).
 MAX_HELD_WORD = 16
+#: The least context a window shows before its segment: a held word, with room (`GenWindows`).
+MIN_CONTEXT = 2 * MAX_HELD_WORD
 # A word as `releasable` reads one: two letters or digits in a run without a space, tab or line break.
 _TWO_ALNUM = re.compile(r"[^\W_][^ \t\n]*?[^\W_]")
 #: Judged text kept to tell whether a check could release more (`GenWindows._gain`): what `releasable` reads.
@@ -207,7 +209,12 @@ class GenWindows:
         self.core = core
         #: Release at once and only look for a late violation (``holdback=0`` chosen for Gen windows).
         self.at_once = core.holdback == 0 and not takeover
-        self.check_every, self.min_segment, self.context, self.unit = core._window_opts
+        self.check_every, self.min_segment, context, self.unit = core._window_opts
+        # A word held back after a window (the opening cut's last word, a short sentence's, the last word before a
+        # filler) is released only once a window judged it with what follows: each window shows at least
+        # `MIN_CONTEXT` characters before its segment, whatever ``context`` says. With ``context=0`` the next
+        # window began after "Mix", and " ammonium nitrate ..." alone was safe: the whole clause went out (rt53f F1).
+        self.context = max(context, MIN_CONTEXT)
         self.unsubmitted = held  # text after `submitted`
         self.submitted = start  # chars handed to checks
         self.confirmed = start  # chars whose windows all came back safe or failed open (contiguous from 0)
