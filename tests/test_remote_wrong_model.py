@@ -192,3 +192,15 @@ def test_a_timeout_or_backoff_that_is_no_finite_number_is_refused_at_constructio
     """rt53d: NaN passed every ``<= 0`` test; each request then failed deep in asyncio, a guard error."""
     with pytest.raises(ValueError, match="finite"):
         Guard.remote("http://127.0.0.1:9/v1", model="m", **option)
+
+
+@pytest.mark.parametrize(
+    ("option", "error"),
+    [({"max_tokens": True}, ValueError), ({"max_tokens": 3}, ValueError), ({"logprobs": "yes"}, TypeError)],
+    ids=["max_tokens=True", "max_tokens=3", "logprobs=yes"],
+)
+def test_a_generation_option_no_guard_answer_fits_is_refused_at_construction(option, error):
+    """rt53d Lows: ``True`` passed as one token, and a budget under the shortest verdict cut every safe answer (a
+    guard error each); ``"yes"`` was read as logprobs on."""
+    with pytest.raises(error, match="max_tokens|logprobs"):
+        Guard.remote("http://127.0.0.1:9/v1", model="m", **option)

@@ -239,6 +239,9 @@ def _model_list(status: int, content: bytes | None) -> list[Any] | None:
     return entries if isinstance(entries, list) else None
 
 
+#: The least ``max_tokens`` a client asks for: "Safety: Safe\nCategories: None" is 7 Qwen3 tokens, and its end one more.
+_LEAST_MAX_TOKENS = 8
+
 #: How long a check waits for the answer to the tokenizer question (`OpenAIGen._ids_read_alike`): an engine answers a
 #: prompt "Hi" in milliseconds; one that does not within this has the checks go as text meanwhile.
 _IDS_QUESTION_WAIT_S = 1.0
@@ -438,6 +441,15 @@ class OpenAIGen:
             raise ValueError("max_concurrency must be >= 1")
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
+        # rt53d Lows: `True` passed as 1 token, and a budget under the shortest verdict made every safe answer a cut
+        # one (a guard error); "yes" read as logprobs on.
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < _LEAST_MAX_TOKENS:
+            raise ValueError(
+                f"max_tokens must be an int of at least {_LEAST_MAX_TOKENS} (the shortest verdict is 7 Qwen3 tokens and "
+                f"its end; the default {DEFAULT_MAX_TOKENS} holds the longest), got {max_tokens!r}"
+            )
+        if not isinstance(logprobs, bool):
+            raise TypeError(f"logprobs must be True or False, got {logprobs!r}")
         if max_context is not None and (not isinstance(max_context, int) or max_context <= max_tokens + 16):
             raise ValueError(f"max_context must be an int of tokens above max_tokens + 16, got {max_context!r}")
         # NaN passed every comparison (rt53d, left by helper J): finite, and positive.
