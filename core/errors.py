@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .policy import Decision
+    from .verdict import Verdict
 
 __all__ = [
     "QwenGuardError",
@@ -36,6 +37,11 @@ __all__ = [
 
 class QwenGuardError(Exception):
     """Root of every exception qwenguard raises."""
+
+    #: A check judged in windows, some read and some not: the worst verdict of those read (none of them unsafe,
+    #: or it would be the outcome). A policy that blocks it blocks the check whatever ``on_error`` says: a window
+    #: that could not be read can only add risk (`Policy.decide_error`; rt53f F2).
+    readable: Verdict | None = None
 
 
 class GuardViolation(QwenGuardError):

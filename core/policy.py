@@ -405,6 +405,11 @@ class Policy:
         stage = Stage(stage)
         reason = "timeout" if timeout else "guard_error"
         message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        readable = getattr(error, "readable", None)
+        if isinstance(readable, Verdict):  # the windows read already block: a missing one could only add risk
+            decided = self.decide(readable, stage)
+            if not decided.allowed:
+                return replace(decided, error=message)
         if self.on_error_for(stage) == "allow":
             return Decision(True, Action.FLAG, stage, reason, None, error=message)
         return Decision(False, Action.BLOCK, stage, reason, None, error=message)

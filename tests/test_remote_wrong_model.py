@@ -204,3 +204,39 @@ def test_a_generation_option_no_guard_answer_fits_is_refused_at_construction(opt
     guard error each); ``"yes"`` was read as logprobs on."""
     with pytest.raises(error, match="max_tokens|logprobs"):
         Guard.remote("http://127.0.0.1:9/v1", model="m", **option)
+
+
+def test_a_window_without_a_verdict_does_not_hide_a_readable_window_the_policy_blocks():
+    """rt53f F2: a check judged in windows, one answered Controversial and one not a verdict ("Safety: Safe" naming
+    PII): the error outranked the Controversial window, and a strict, fail-open policy allowed the check as a guard
+    error. The windows read already block under it; a missing one could only add risk."""
+    answers = iter(["Safety: Controversial\nCategories: Politically Sensitive Topics", "Safety: Safe\nCategories: PII"])
+    with recording_engine(answer=lambda body: next(answers, SAFE), max_model_len=1024) as engine:
+        guard = Guard.remote(engine.url, model="guard", policy=Policy.strict(on_error="allow"), max_retries=0)
+        try:
+            decision = guard.check("Paris is the capital of France. " * 150)
+        finally:
+            guard.close()
+    assert len(engine.checks()) >= 2  # judged in windows
+    assert (decision.allowed, decision.reason) == (False, "controversial"), decision
+    assert "VerdictParseError" in (decision.error or "")  # and the window that was no verdict is said
+
+
+def test_the_local_guard_combines_windows_the_same_way():
+    """The same two window answers through the local guard's combiner (the window answers injected: a model
+    that writes Safe with a category is the fault)."""
+    from qwenguard.core.verdict import Stage
+
+    guard = Guard.from_pretrained("demo")
+    try:
+        windows = [
+            ("Safety: Controversial\nCategories: Politically Sensitive Topics", None),
+            ("Safety: Safe\nCategories: PII", None),
+        ]
+        outcome = guard.backend._assemble([(0, 2, "prompt", None)], windows, 1.0)[0]
+    finally:
+        guard.close()
+    decision = Policy.strict(on_error="allow").decide_error(Stage.PROMPT, outcome)
+    assert (decision.allowed, decision.reason) == (False, "controversial"), decision
+    loose = Policy.loose(on_error="allow").decide_error(Stage.PROMPT, outcome)
+    assert (loose.allowed, loose.reason) == (True, "guard_error")  # a policy that allows the readable: on_error

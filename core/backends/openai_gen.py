@@ -963,6 +963,8 @@ class OpenAIGen:
             return Verdict(top.risk, top.categories, top.refusal, top.raw, elapsed, self.name, top.probs), False
         # A cut prompt first: the check is planned again for the context the engine showed (`_run`).
         error, transport = next(((o, t) for o, t in errors if isinstance(o, SmallerContext)), errors[0])
+        if verdicts and isinstance(error, QwenGuardError):
+            error.readable = worst(verdicts)  # what the policy may block on (rt53f F2)
         return error, transport and not verdicts
 
     def _naming(self) -> bool:

@@ -424,7 +424,11 @@ class TransformersGen:
             # unsafe one decides; else the check failed (a filler window the model garbles must not hide the
             # unsafe window beside it behind a guard error, which fails open under on_error="allow").
             unsafe = any(v.risk is Risk.UNSAFE for v in verdicts)
-            results.append(error if error is not None and not unsafe else worst(verdicts))
+            if error is not None and not unsafe:
+                error.readable = worst(verdicts) if verdicts else None  # what the policy may block on (rt53f F2)
+                results.append(error)
+            else:
+                results.append(worst(verdicts))
         return results
 
     def classify(
