@@ -184,7 +184,7 @@ def _quiet_expand(
 ) -> list[NodeWithScore]:
     """``retriever._handle_recursive_retrieval``, a retriever an IndexNode stands for run by `_quiet_retrieve`.
     A retriever with its own expansion (``own``: not this wrapper) keeps it."""
-    if not own and (_overrides(retriever, "_handle_recursive_retrieval")):
+    if not own and _overrides(retriever, "_handle_recursive_retrieval"):
         return retriever._handle_recursive_retrieval(query_bundle, nodes)
     quiet = not _overrides(retriever, "_retrieve_from_object")
     found: list[NodeWithScore] = []
