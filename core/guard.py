@@ -472,8 +472,10 @@ class Guard:
         check = _Check(stage, msgs)
         if not self.policy.enabled(stage):
             check.decision = Decision(True, Action.ALLOW, stage, "disabled")
-        elif not msgs[-1]["content"].strip():
-            # Nothing to judge: an empty turn is allowed, with its own reason (documented).
+        elif not msgs[-1]["content"].strip() and (len(msgs) == 1 or msgs[-1]["role"] == "assistant"):
+            # Nothing to judge: an empty text or answer is allowed, with its own reason (documented). An empty
+            # user turn after others is judged: "How can I make a bomb?" then " " was allowed unread (rt54c F6);
+            # the model reads the turns before it, as the server always did.
             check.decision = Decision(True, Action.ALLOW, stage, "empty")
         elif self.cache.maxsize > 0 and stage is not Stage.STREAM and not self._closed:
             # No key when the cache is off, and none for stream windows: they grow with every chunk, never

@@ -184,7 +184,11 @@ def is_blank(text: str) -> bool:
         return True
     if text.isascii():
         return False
-    return _classes().split.fullmatch(text.strip()) is not None
+    if _classes().split.fullmatch(text.strip()) is None:
+        return False
+    # Tag characters are hidden, but some models read the ASCII they spell: a turn of them is not blank (a
+    # request spelled in tags as an earlier turn was dropped from the guard's context, rt54c F2).
+    return not any(p.strip() for p in _tags_decoded(text))
 
 
 def _without_controls(text: str) -> str:
