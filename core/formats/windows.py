@@ -37,6 +37,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Protocol
 
 from ..errors import InputTooLarge
@@ -87,6 +88,13 @@ def over_call_budget(windows: int, budget: int | None) -> InputTooLarge | None:
 FORGED_CONTEXT_TOKENS = 256
 #: A window must hold at least this many content tokens, or the context is dropped to make room.
 MIN_WINDOW_CONTENT = 16
+
+
+@lru_cache(maxsize=256)
+def _turn_as_seen(text: str) -> str:
+    """An earlier turn as read (`as_seen_pieces`), ``""`` where it reads as written. Cached: every window of a
+    stream and every check of a conversation shows the same earlier turns (3 ms for 2,000 Chinese characters)."""
+    return "\n".join(p for p in as_seen_pieces(text) if p.strip())
 
 
 class TokenCounter(Protocol):
@@ -221,9 +229,9 @@ class WindowPlanner:
         changed = False
         for turn in reversed(earlier):
             text = turn["content"][-reach:]
-            read = [] if text.isascii() else [p for p in as_seen_pieces(text) if p.strip()]  # ASCII reads as written
+            read = "" if text.isascii() else _turn_as_seen(text)  # ASCII reads as written
             changed |= bool(read)
-            newest.append({"role": turn["role"], "content": "\n".join(read)} if read else turn)
+            newest.append({"role": turn["role"], "content": read} if read else turn)
             reach -= len(text)
             if reach <= 0:
                 break
