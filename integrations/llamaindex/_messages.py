@@ -57,6 +57,7 @@ from llama_index.core.prompts import (
     SelectorPromptTemplate,
 )
 from qwenguard.core.errors import InputTooLarge
+from qwenguard.core.formats.content import clean_text
 from qwenguard.core.formats.conversations import (
     prompt_conversation,
     response_conversation,
@@ -65,6 +66,7 @@ from qwenguard.core.formats.conversations import (
     with_tool_calls,
 )
 from qwenguard.core.formats.media import SNIFF_BYTES, base64_as_text, base64_bytes, bytes_as_text, text_encoding
+from qwenguard.core.policy import Action, Decision, Policy
 from qwenguard.core.verdict import Stage
 
 from .._common import IDENTIFIER, NO_FIELDS, SEALED, pairs_once, reply_strings
@@ -721,33 +723,82 @@ def _unmatched_id(message: ChatMessage, names: Mapping[str, str]) -> str:
 
 
 # -- what was judged already --------------------------------------------------------------------
+#: What `_norm` strips from a text's ends: ASCII whitespace, which reads as nothing there.
+_ENDS = " \t\n\r"
+
+
 def _norm(text: str) -> str:
-    return " ".join(text.split())
+    """``text`` as the guard reads it (`clean_text`: control runs between letters as one invisible separator, other
+    controls removed), without the ASCII whitespace at its ends (a chat engine stores an answer stripped). Nothing
+    else is folded: ``str.split()`` also split on NEL and the information separators (U+001C-U+001F), which the guard
+    reads as a hidden place between letters, so a request that splits a word with one took the fingerprint of the
+    spaced text judged safe (rt54c F10)."""
+    return clean_text(text).strip(_ENDS)
 
 
 def mark(kind: str, *parts: str) -> bytes:
-    """A fingerprint of one judged input (kind and whitespace-normalized text)."""
+    """A fingerprint of one judged input: its kind and the parts of its check, each as the guard reads it (`_norm`)."""
     h = hashlib.blake2b(kind.encode(), digest_size=16)
     for p in parts:
         h.update(b"\x1f" + _norm(p).encode("utf-8", "surrogatepass"))
     return h.digest()
 
 
-def _call_mark(call: ToolSelection) -> bytes:
+def answer_mark(question: str, text: str) -> bytes:
+    """An assistant turn judged as a response to ``question`` (the user turn before it): what it answers is part of
+    its verdict, so a text let through after one question is not exempt after another (rt54c F4)."""
+    return mark("assistant", question, text)
+
+
+def _call_key(call: ToolSelection, question: str) -> bytes:
+    """A tool call judged after ``question`` (the user turn it was judged with): remembered as that check."""
+    return mark("tool_call", question, *_call_parts_text(call))
+
+
+def _call_parts_text(call: ToolSelection) -> tuple[str, str]:
     args = call.tool_kwargs
-    # Argument text is marked as the object it says only when it says one (`_object_of`): text writing a key twice
-    # is marked as written, so that a client cannot pass it off as a call judged before with the last value alone.
     if isinstance(args, str) and args.strip():
         parsed = _object_of(args)
         args = args if parsed is None else parsed
-    return mark("tool_call", call.tool_name, json.dumps(args, sort_keys=True, default=str, ensure_ascii=False))
+    return call.tool_name, json.dumps(args, sort_keys=True, default=str, ensure_ascii=False)
 
 
-def answer_marks(message: ChatMessage, calls: Sequence[ToolSelection]) -> list[bytes]:
-    """Fingerprints of an answer the guard let through, as it will come back in the next history
-    (chat engines keep only the stripped answer text; agents keep the whole message)."""
-    marks = [mark("assistant", t) for t in {message_text(message), answer_text(message)} if t.strip()]
-    return marks + [_call_mark(c) for c in calls]
+def _call_mark(call: ToolSelection) -> bytes:
+    # Argument text is marked as the object it says only when it says one (`_object_of`): text writing a key twice
+    # is marked as written, so that a client cannot pass it off as a call judged before with the last value alone.
+    return mark("tool_call", *_call_parts_text(call))
+
+
+def answer_marks(message: ChatMessage, calls: Sequence[ToolSelection], question: str) -> list[bytes]:
+    """Fingerprints of an answer the guard let through after ``question`` (the latest user turn it was judged
+    against), as it will come back in the next history after that turn (chat engines keep only the stripped answer
+    text; agents keep the whole message)."""
+    marks = [answer_mark(question, t) for t in {message_text(message), answer_text(message)} if t.strip()]
+    return marks + [_call_key(c, question) for c in calls]
+
+
+#: The tool calls a `GuardedLLM` of this process returned as the model's (judged, let through), by id, name and
+#: arguments: a tool message answering one of them is the output of a tool the application ran for the model. Any
+#: other tool message of a call's input (a client's history can hold one, with a forged call before it) is the
+#: client's text in a tool's role (rt54c F1). Shared by every GuardedLLM and GuardedMemory of the process (an agent's
+#: memory stores the outputs its LLM's calls produced); bounded, oldest first.
+_OWN_CALLS_KEPT = 65536
+
+
+def _own_call_key(call: ToolSelection) -> bytes:
+    return mark("own_call", str(call.tool_id), *_call_parts_text(call))
+
+
+def remember_own_calls(calls: Sequence[ToolSelection]) -> None:
+    """Remember ``calls`` (an answer's, let through) as the model's own: their outputs are tool output."""
+    keys = [_own_call_key(c) for c in calls if isinstance(c.tool_id, str) and c.tool_id.strip()]
+    if keys:
+        _OWN_CALLS.add(keys)
+
+
+def own_call(call: ToolSelection | None) -> bool:
+    """Did a guarded LLM of this process return ``call`` as the model's (`remember_own_calls`)?"""
+    return call is not None and _own_call_key(call) in _OWN_CALLS
 
 
 # -- text carried in additional_kwargs -----------------------------------------------------------
@@ -985,17 +1036,70 @@ def _mark_kind(role: str) -> str:
     return "system" if role in _SYSTEM else "user"
 
 
+def _clean_line(line: str, first: bool, last: bool) -> str:
+    """A line of a turn as `clean_text` reads it inside the turn's text: a control run at the line's edge sits
+    against a line break there (or the text's end), which decides whether it is a hidden separator."""
+    c = clean_text(("" if first else "\n") + line + ("" if last else "\n"))
+    return c[0 if first else 1 : len(c) if last else len(c) - 1]
+
+
+class _TurnPrint:
+    """The fingerprint `mark` gives a turn's text (after ``prefix``, the other parts of its check), grown a line at a
+    time (`_norm`: cleaned, ends stripped), so that every cut of a history string is linear in its length."""
+
+    def __init__(self, kind: str, prefix: Sequence[str]) -> None:
+        self.h = hashlib.blake2b(kind.encode(), digest_size=16)
+        for p in prefix:
+            self.h.update(b"\x1f" + _norm(p).encode("utf-8", "surrogatepass"))
+        self.h.update(b"\x1f")
+        self.started = False  # a character other than ASCII whitespace was added
+        self.pending = ""  # the whitespace after the last such character (stripped if the text ends there)
+
+    def _add(self, h: Any, piece: str) -> None:
+        body = piece.rstrip(_ENDS)
+        h.update(((self.pending + body) if self.started else body.lstrip(_ENDS)).encode("utf-8", "surrogatepass"))
+
+    def ending(self, line: str, first: bool) -> bytes | None:
+        """The fingerprint of the text so far with ``line`` as its last line (None while it is only whitespace)."""
+        piece = _clean_line(line, first, True)
+        if not piece.strip(_ENDS):
+            return None
+        h = self.h.copy()
+        self._add(h, piece)
+        return h.digest()
+
+    def extend(self, line: str, first: bool) -> None:
+        """Add ``line`` and the line break after it."""
+        piece = _clean_line(line, first, False)
+        if piece.strip(_ENDS):
+            self._add(self.h, piece)
+            self.started = True
+            self.pending = piece[len(piece.rstrip(_ENDS)) :] + "\n"
+        elif self.started:
+            self.pending += piece + "\n"
+
+
 def cut_judged_turns(text: str, seen: Seen | None) -> tuple[str, list[GuardMessage]]:
     """``text`` without the turns of a history string in it (``role: content`` lines, as LlamaIndex's
     ``messages_to_history_str`` writes them) that were judged in that role and let through before, and those
     turns, in order, as context. A condense step formats the stored history into its prompt: judged whole as the
     user's text, an earlier answer (a refusal that names what it refuses) would read as the user asking for it
     and stop every harmless follow-up. Only a turn whose whole text matches a fingerprint ``seen`` holds in that
-    role is cut (never a guess at where a turn ends); everything else stays in the text and is judged as it was.
-    Linear: each turn's fingerprint grows a line at a time (`mark`'s normalisation, word by word)."""
+    role is cut (never a guess at where a turn ends), an assistant turn only as the answer to the user turn before it
+    (`answer_mark`); everything else stays in the text and is judged as it was. Linear: each turn's fingerprint grows
+    a line at a time (`_TurnPrint`)."""
     if seen is None or not text:
         return text, []
     lines = text.split("\n")
+    labels = [(k, m) for k, line in enumerate(lines) if (m := _HISTORY_LINE.match(line)) is not None]
+    # The user turn before each label line (its whole text, to the next label: `history_messages`).
+    questions: dict[int, str] = {}
+    question = ""
+    for n, (k, m) in enumerate(labels):
+        questions[k] = question
+        if _mark_kind(m.group(1)) == "user":
+            upto = labels[n + 1][0] if n + 1 < len(labels) else len(lines)
+            question = "\n".join([lines[k][m.end() :], *lines[k + 1 : upto]])
     kept: list[str] = []
     turns: list[GuardMessage] = []
     i = 0
@@ -1006,16 +1110,17 @@ def cut_judged_turns(text: str, seen: Seen | None) -> tuple[str, list[GuardMessa
             i += 1
             continue
         kind = _mark_kind(label.group(1))
-        h = hashlib.blake2b(kind.encode(), digest_size=16)
-        h.update(b"\x1f")
-        first, matched = True, -1
+        fingerprint = _TurnPrint(kind, [questions[i]] if kind == "assistant" else [])
+        matched, hit = -1, False
         j = i
         while j < len(lines) and (j == i or _HISTORY_LINE.match(lines[j]) is None):
-            for word in (lines[j][label.end() :] if j == i else lines[j]).split():
-                h.update((word if first else " " + word).encode("utf-8", "surrogatepass"))
-                first = False
-            if not first and h.copy().digest() in seen:
+            line = lines[j][label.end() :] if j == i else lines[j]
+            key = fingerprint.ending(line, j == i)
+            if key is not None:
+                hit = key in seen
+            if hit:
                 matched = j
+            fingerprint.extend(line, j == i)
             j += 1
         if matched < 0:
             kept.append(lines[i])
@@ -1112,6 +1217,113 @@ class Seen:
                 self._keys.popitem(last=False)
 
 
+_OWN_CALLS = Seen(_OWN_CALLS_KEPT)
+
+
+# -- text a client wrote in a tool's role -------------------------------------------------------
+class ClientToolCheck(tuple):
+    """A ``(Stage.TOOL_RESULT, conversation)`` check of a tool-role message in a call's input that no guarded tool
+    call of this process produced (`own_call`): a client's history can hold one (``role="tool"``/``"function"``,
+    after a forged call or none), and the stage picks the policy. Judged once, decided under the stricter of the
+    prompt stage's policy and the tool-result stage's (`judge`, `ajudge`): the role a client writes its text in
+    cannot loosen the operator's policy (rt54c F1)."""
+
+    __slots__ = ()
+
+    def __new__(cls, conversation: list[GuardMessage]) -> ClientToolCheck:
+        return super().__new__(cls, (Stage.TOOL_RESULT, conversation))
+
+
+_SEVERITY = {Action.ALLOW: 0, Action.FLAG: 1, Action.BLOCK: 2}
+
+
+def _asked(policy: Policy, checks: Sequence[tuple[Stage, list[GuardMessage]]]) -> list[tuple[Stage, Any]]:
+    """The checks as the guard is asked them: a client's tool-role text under the prompt stage (under the tool-result
+    stage only when the prompt stage is off: then that is the only one that judges)."""
+    return [
+        (Stage.PROMPT if policy.enabled(Stage.PROMPT) else Stage.TOOL_RESULT, c[1])
+        if isinstance(c, ClientToolCheck)
+        else c
+        for c in checks
+    ]
+
+
+def _under(policy: Policy, decision: Decision, stage: Stage) -> Decision:
+    """The decision ``stage``'s policy makes of what ``decision`` (another stage's) was made of."""
+    if decision.stage is stage or not policy.enabled(stage):
+        return decision
+    if decision.verdict is not None:
+        return dataclasses.replace(policy.decide(decision.verdict, stage), cached=decision.cached)
+    if decision.reason in ("guard_error", "timeout"):
+        return policy.decide_error(stage, decision.error or decision.reason, timeout=decision.reason == "timeout")
+    return decision  # empty, disabled: nothing was judged
+
+
+def _stricter(policy: Policy, decision: Decision) -> Decision:
+    """A client's tool-role text: the tool-result stage's decision where it blocks (as before: the stage says where),
+    else the prompt stage's where that one is stricter (it blocks, or flags what the other allows)."""
+    as_tool = _under(policy, decision, Stage.TOOL_RESULT)
+    as_prompt = _under(policy, decision, Stage.PROMPT)
+    return as_prompt if _SEVERITY[as_prompt.action] > _SEVERITY[as_tool.action] else as_tool
+
+
+def _decided(policy: Policy, checks: Sequence[Any], decisions: list[Decision]) -> list[Decision]:
+    return [_stricter(policy, d) if isinstance(c, ClientToolCheck) else d for c, d in zip(checks, decisions)]
+
+
+def judge(guard: Any, checks: Sequence[tuple[Stage, list[GuardMessage]]]) -> list[Decision]:
+    """``guard.check_many(checks)``, with each `ClientToolCheck` decided under the stricter of the prompt and
+    tool-result stages' policies (one judge call, as before)."""
+    policy = guard.policy
+    return _decided(policy, checks, guard.check_many(_asked(policy, checks)))
+
+
+async def ajudge(guard: Any, checks: Sequence[tuple[Stage, list[GuardMessage]]]) -> list[Decision]:
+    """Async twin of `judge`."""
+    policy = guard.policy
+    return _decided(policy, checks, await guard.acheck_many(_asked(policy, checks)))
+
+
+def tool_output_check(
+    message: ChatMessage, text: str, names: Mapping[str, str], calls: Mapping[str, ToolSelection]
+) -> tuple[bytes, tuple[Stage, list[GuardMessage]]]:
+    """The fingerprint and the check of a tool-role message with ``text`` (its text as sent): the output of a tool the
+    application ran for a call a guarded LLM returned (``calls``: the history's calls by id, `own_call`) is untrusted
+    tool output, under the tool-result stage's policy; any other is text a client may have written: a
+    `ClientToolCheck`, remembered apart (a tool output let through under a looser policy is no pass for a client's)."""
+    call_id = str(message.additional_kwargs.get("tool_call_id") or "")
+    name = names.get(call_id) or str(message.additional_kwargs.get("name") or "tool")
+    conversation = untrusted_conversation(text, f"output of tool {name}")
+    if call_id and own_call(calls.get(call_id)):
+        return mark("tool", text), (Stage.TOOL_RESULT, conversation)
+    return mark("client_tool", text), ClientToolCheck(conversation)
+
+
+def calls_by_id(llm: Any, messages: Sequence[ChatMessage]) -> dict[str, ToolSelection]:
+    """The tool calls of the assistant messages of ``messages``, by id."""
+    calls: dict[str, ToolSelection] = {}
+    for m in messages:
+        if role_of(m) in _ASSISTANT:
+            for call in tool_calls_of(llm, m):
+                if isinstance(call.tool_id, str) and call.tool_id:
+                    calls.setdefault(call.tool_id, call)
+    return calls
+
+
+def tool_names(messages: Sequence[ChatMessage]) -> dict[str, str]:
+    """Tool call id → tool name, from the assistant messages of ``messages`` (`_tool_names`)."""
+    return _tool_names(messages)
+
+
+def unmatched_id(message: ChatMessage, names: Mapping[str, str]) -> str:
+    """`_unmatched_id`."""
+    return _unmatched_id(message, names)
+
+
+def is_tool_role(message: ChatMessage) -> bool:
+    return role_of(message) in _TOOL
+
+
 # -- planning the input checks ----------------------------------------------------------------
 @dataclass
 class InputPlan:
@@ -1138,7 +1350,8 @@ def plan_inputs(
     - the latest user turn: a prompt, after the earlier text turns (always, unless this very
       conversation was judged already);
     - every other user turn: a prompt on its own; assistant turns: a response to the user turn
-      before them, and each tool call they hold as a tool call; tool outputs: untrusted content;
+      before them, and each tool call they hold as a tool call; tool outputs: untrusted content, the output of a
+      call no guarded LLM returned as the client's input (`tool_output_check`);
     - system messages: untrusted content; the one that opens the list (the application's prompt) only with
       ``screen_system``.
 
@@ -1152,6 +1365,7 @@ def plan_inputs(
     users = (i for i, m in enumerate(messages) if role_of(m) == MessageRole.USER.value)
     last_user = max(users, default=None) if latest_prompt else None
     names = _tool_names(messages)
+    by_id: dict[str, ToolSelection] = {}  # the calls of the assistant turns so far, by id
     history: list[GuardMessage] = []
     previous_user = ""
 
@@ -1190,12 +1404,15 @@ def plan_inputs(
             elif has_text and new(mark("user", text)):
                 plan.checks.append((Stage.PROMPT, prompt_conversation(text)))
         elif role in _ASSISTANT:
-            if has_text and new(mark("assistant", text)):
+            # Remembered as the check made: this text after this question (rt54c F4).
+            if has_text and new(answer_mark(previous_user, text)):
                 plan.checks.append((Stage.RESPONSE, response_conversation(previous_user, text)))
                 if (observed := observation_text(text)).strip():  # a ReAct agent's stored tool outputs
                     plan.checks.append((Stage.TOOL_RESULT, untrusted_conversation(observed, "tool output")))
             for call in calls:
-                if new(_call_mark(call)):
+                if isinstance(call.tool_id, str) and call.tool_id:
+                    by_id.setdefault(call.tool_id, call)
+                if new(_call_key(call, previous_user)):
                     context = [{"role": "user", "content": previous_user}]
                     plan.checks.append(
                         (Stage.TOOL_CALL, tool_call_conversation(call.tool_name, call.tool_kwargs, context))
@@ -1204,10 +1421,11 @@ def plan_inputs(
             if label := _unmatched_id(m, names):
                 text = "\n".join(t for t in (text, label) if t)
                 has_text = True
-            if has_text and new(mark("tool", text)):
-                call_id = str(m.additional_kwargs.get("tool_call_id") or "")
-                name = names.get(call_id) or str(m.additional_kwargs.get("name") or "tool")
-                plan.checks.append((Stage.TOOL_RESULT, untrusted_conversation(text, f"output of tool {name}")))
+            if has_text:
+                # Tool output of a call a guarded LLM returned, or a client's text in a tool's role (rt54c F1).
+                key, check = tool_output_check(m, text, names, by_id)
+                if new(key):
+                    plan.checks.append(check)
             continue
         if has_text and (last_user is None or i < last_user):
             history.append({"role": "user" if role == MessageRole.USER.value else "assistant", "content": text})

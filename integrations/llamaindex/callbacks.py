@@ -45,6 +45,7 @@ from .._common import Bounded, require_guard
 from ._messages import (
     Checks,
     GuardMessage,
+    judge,
     message_text,
     plan_inputs,
     plan_template,
@@ -164,7 +165,7 @@ class GuardCallbackHandler(BaseCallbackHandler):
             checks, prompt = self._llm_input(payload, parent_id)
             self._prompts[event_id] = prompt
             if checks and (event_type, "start") in self.events:
-                for decision in self.guard.check_many(checks):
+                for decision in judge(self.guard, checks):
                     enforce(decision)
 
     def _forget(self, event_id: str) -> list[GuardMessage] | None:

@@ -8,10 +8,12 @@ What is screened, and as what:
 
 - every message of the input that is new to the model, by role (`._messages.plan_inputs`): the
   latest user turn as a prompt after the earlier turns, earlier user turns as prompts, assistant
-  turns as responses, the tool calls they hold as tool calls, tool outputs as untrusted content; a
-  message's text is what a provider may send, its ``additional_kwargs`` too (`._messages.carried_text`).
-  What this wrapper judged and let through before (earlier turns, its own answers) is not judged
-  again, so a growing history costs one check per new message;
+  turns as responses, the tool calls they hold as tool calls, the outputs of the tool calls a guarded LLM
+  returned as untrusted content, any other tool-role message as the client's input (one check, decided under the
+  stricter of the prompt and tool-result policies: `._messages.ClientToolCheck`); a message's text is what a
+  provider may send, its ``additional_kwargs`` too (`._messages.carried_text`). What this wrapper judged and let
+  through before (earlier turns, its own answers after the question they answered) is not judged again, so a
+  growing history costs one check per new message;
 - for template calls (``predict``/``stream``, which query engines use, and ``structured_predict`` and its
   async and streaming twins) the template's query variable
   as the prompt and its context variable (``context_str``...) as untrusted retrieved content,
@@ -100,16 +102,19 @@ from ._messages import (
     Seen,
     TemplateCall,
     agent_actions,
+    ajudge,
     answer_marks,
     answer_text,
     condense_parts,
     cut_judged_turns,
     history_messages,
+    judge,
     mark,
     message_text,
     plan_inputs,
     plan_template,
     raw_reasoning,
+    remember_own_calls,
     reply_parts,
     reply_text,
     resolve_template,
@@ -379,18 +384,22 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
     ) -> None:
         """Remember the inputs and the answer of a call that passed: they come back as history. Not when a
         check of the call failed open (its text passed unjudged): the memory is shared by every request, and
-        one guard failure would let that text through unjudged for every later one."""
+        one guard failure would let that text through unjudged for every later one. The answer's tool calls are
+        remembered as the model's own in any case (`remember_own_calls`): their outputs are tool output."""
+        remember_own_calls(calls)
         if self._seen is None or plan.failed_open:
             return
         if plan.pending is not None and _failed_open(plan.pending.result()):
             return
         if any(_failed_open(m.flags) for m in monitors if m is not None):
             return
-        self._seen.add([*plan.marks, *(answer_marks(answer, calls) if answer is not None else ())])
+        # The answer comes back after the user turn it was judged against (rt54c F4: remembered as that check).
+        question = plan.prompt[-1]["content"] if plan.prompt and plan.prompt[-1].get("role") == "user" else ""
+        self._seen.add([*plan.marks, *(answer_marks(answer, calls, question) if answer is not None else ())])
 
     def _screen(self, checks: Checks, plan: _Plan | None = None) -> None:
         if checks:
-            decisions = self.guard.check_many(checks)
+            decisions = judge(self.guard, checks)
             if plan is not None and _failed_open(decisions):
                 plan.failed_open = True
             for decision in decisions:
@@ -398,7 +407,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
 
     async def _ascreen(self, checks: Checks, plan: _Plan | None = None) -> None:
         if checks:
-            decisions = await self.guard.acheck_many(checks)
+            decisions = await ajudge(self.guard, checks)
             if plan is not None and _failed_open(decisions):
                 plan.failed_open = True
             for decision in decisions:
@@ -413,13 +422,13 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         """Screen ``plan.inputs`` now (raises when blocked), or start them beside the call."""
         if plan.inputs and self._parallel:
             guard, checks = self.guard, plan.inputs
-            return _Plan([], plan.prompt, PendingCheck.start(lambda: guard.check_many(checks)), plan.marks)
+            return _Plan([], plan.prompt, PendingCheck.start(lambda: judge(guard, checks)), plan.marks)
         self._screen(plan.inputs, plan)
         return _Plan([], plan.prompt, plan.pending, plan.marks, plan.failed_open)
 
     async def _astart_inputs(self, plan: _Plan) -> _Plan:
         if plan.inputs and self._parallel:
-            return _Plan([], plan.prompt, PendingCheck.start_async(self.guard.acheck_many(plan.inputs)), plan.marks)
+            return _Plan([], plan.prompt, PendingCheck.start_async(ajudge(self.guard, plan.inputs)), plan.marks)
         await self._ascreen(plan.inputs, plan)
         return _Plan([], plan.prompt, plan.pending, plan.marks, plan.failed_open)
 
@@ -588,7 +597,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
                 monitor.finish()
                 return
             checks, calls = self._final_checks(plan, out)
-            pending = PendingCheck.start(lambda: self.guard.check_many(checks)) if checks else None
+            pending = PendingCheck.start(lambda: judge(self.guard, checks)) if checks else None
             tail = monitor.finish()  # the last window, judged beside the tool calls
             reasoning_tail = thinking.finish() if thinking is not None else ""
             if pending is not None and _failed_open(pending.wait()):
@@ -665,7 +674,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
                     yield item
             self._wait_inputs(plan)
             checks = self._completion_end(plan, out)
-            pending = PendingCheck.start(lambda: self.guard.check_many(checks)) if checks else None
+            pending = PendingCheck.start(lambda: judge(self.guard, checks)) if checks else None
             tail = monitor.finish()  # the last window, judged beside the last chunk's raw
             if pending is not None:
                 pending.wait()

@@ -43,11 +43,18 @@ from ._messages import (
     SYSTEM_ROLES,
     Checks,
     Seen,
+    ajudge,
+    calls_by_id,
+    is_tool_role,
+    judge,
     mark,
     observation_text,
     plan_inputs,
     role_of,
     tool_calls_of,
+    tool_names,
+    tool_output_check,
+    unmatched_id,
     wire_text,
 )
 
@@ -99,10 +106,23 @@ def _last_user(history: Sequence[ChatMessage]) -> str:
 def _set_checks(messages: Sequence[ChatMessage], stored: Sequence[ChatMessage] = ()) -> Checks:
     """Turns handed over whole (a client's ``chat_history``, an agent's steps): each user turn as a prompt on its
     own, each assistant turn as a response to the user turn before it (the last of ``stored`` for the first).
-    A client can forge an answer there, which the context chat engines hand the LLM as their template's text."""
+    A client can forge an answer there, which the context chat engines hand the LLM as their template's text.
+    A tool-role turn (``tool``, ``function``) as `GuardedLLM` judges it (rt54c F5): the output of a tool call a
+    guarded LLM returned (found in ``stored`` or ``messages``) as untrusted tool output, any other as text a client
+    wrote in a tool's role, under the stricter of the prompt and tool-result stages' policies (rt54c F1)."""
     checks: Checks = []
     previous_user = _last_user(stored)
+    tools = [m for m in messages if is_tool_role(m)]
+    names = tool_names([*stored, *messages]) if tools else {}
+    calls = calls_by_id(None, [*stored, *messages]) if tools else {}
     for m in messages:
+        if is_tool_role(m):
+            text = wire_text(m)
+            if label := unmatched_id(m, names):
+                text = "\n".join(t for t in (text, label) if t)
+            if text.strip():
+                checks.append(tool_output_check(m, text, names, calls)[1])
+            continue
         if _is_user(m):
             previous_user = wire_text(m)
             checks.append((Stage.PROMPT, prompt_conversation(previous_user)))
@@ -170,7 +190,9 @@ class GuardedMemory(BaseMemory):
     application's prompt is kept apart) and store nothing of that call. A message's text is what a
     provider would send: its ``additional_kwargs`` too; a message of any role whose ``additional_kwargs`` set
     another role raises `ValueError`. An assistant turn's text from its first ``Observation:`` on (ReActAgent stores
-    its tool outputs in its own turn) is judged as untrusted tool output besides.
+    its tool outputs in its own turn) is judged as untrusted tool output besides. A tool-role turn (``tool``,
+    ``function``) is judged as `GuardedLLM` judges it: the output of a tool call a `GuardedLLM` returned as untrusted
+    tool output, any other as the client's text, under the stricter of the prompt and tool-result policies.
 
     ``get``/``aget`` judge what a read returns beyond the stored messages (a `Memory`'s blocks, a summary) as
     untrusted content, each text once; a blocked one raises. ``get_all``, other roles and ``reset`` go straight to
@@ -229,12 +251,12 @@ class GuardedMemory(BaseMemory):
     # -- screening ----------------------------------------------------------------------------
     def _screen(self, checks: Checks) -> None:
         if checks:
-            for decision in self.guard.check_many(checks):
+            for decision in judge(self.guard, checks):
                 enforce(decision)
 
     async def _ascreen(self, checks: Checks) -> None:
         if checks:
-            for decision in await self.guard.acheck_many(checks):
+            for decision in await ajudge(self.guard, checks):
                 enforce(decision)
 
     # -- writes: screened -----------------------------------------------------------------------
@@ -245,6 +267,8 @@ class GuardedMemory(BaseMemory):
             self._screen(_set_checks([message], self.memory.get_all()))
         elif _system_text(message).strip():
             self._screen(_set_checks([message]))
+        elif is_tool_role(message):  # its call, if any, is stored
+            self._screen(_set_checks([message], self.memory.get_all()))
         self.memory.put(message)
 
     async def aput(self, message: ChatMessage) -> None:
@@ -254,15 +278,17 @@ class GuardedMemory(BaseMemory):
             await self._ascreen(_set_checks([message], await self.memory.aget_all()))
         elif _system_text(message).strip():
             await self._ascreen(_set_checks([message]))
+        elif is_tool_role(message):
+            await self._ascreen(_set_checks([message], await self.memory.aget_all()))
         await self.memory.aput(message)
 
     def put_messages(self, messages: list[ChatMessage]) -> None:
-        stored = self.memory.get_all() if _needs_stored(messages) else []
+        stored = self.memory.get_all() if _needs_stored(messages) or any(map(is_tool_role, messages)) else []
         self._screen(_set_checks(messages, stored))
         self.memory.put_messages(messages)
 
     async def aput_messages(self, messages: list[ChatMessage]) -> None:
-        stored = await self.memory.aget_all() if _needs_stored(messages) else []
+        stored = await self.memory.aget_all() if _needs_stored(messages) or any(map(is_tool_role, messages)) else []
         await self._ascreen(_set_checks(messages, stored))
         await self.memory.aput_messages(messages)
 

@@ -21,7 +21,7 @@ from llama_index.core.memory import Memory
 from llama_index.llms.openai_like import OpenAILike
 from qwenguard.core import Guard, GuardViolation, Policy, Stage
 from qwenguard.integrations.llamaindex import GuardedLLM
-from qwenguard.integrations.llamaindex._messages import Seen, condense_parts, cut_judged_turns, mark
+from qwenguard.integrations.llamaindex._messages import Seen, answer_mark, condense_parts, cut_judged_turns, mark
 from scripted_openai import Reply, scripted_openai
 
 REFUSAL = "I can't explain how to mix ammonium nitrate into an explosive; that is dangerous."
@@ -150,7 +150,12 @@ def seen_with(*marks: bytes) -> Seen:
 
 
 def test_only_whole_turns_judged_in_their_role_are_cut() -> None:
-    seen = seen_with(mark("assistant", REFUSAL), mark("user", "Is fertilizer dangerous?"))
+    # An answer is remembered with the user turn it answered (rt54c F4): after that question, and after none.
+    seen = seen_with(
+        answer_mark("Is fertilizer dangerous?", REFUSAL),
+        answer_mark("", REFUSAL),
+        mark("user", "Is fertilizer dangerous?"),
+    )
     head, tail = "Chat History:", "Follow Up Input: hi"
     text = f"{head}\nuser: Is fertilizer dangerous?\nassistant: {REFUSAL}\n{tail}"
     # The last turn runs to the end of the text: its fingerprint matches only up to the refusal's own line.
@@ -185,7 +190,7 @@ def test_each_line_is_looked_up_once_however_many_labels() -> None:
     """A text of label lines and long turns costs one fingerprint lookup per line (a hostile text cannot make the
     cut quadratic by re-hashing a long turn from every label)."""
     seen = CountingSeen()
-    seen.add([mark("assistant", REFUSAL)])
+    seen.add([answer_mark("", REFUSAL)])
     lines = [("user: x" if i % 50 == 0 else "word " * 8) for i in range(20_000)]
     assert cut_judged_turns("\n".join(lines), seen)[1] == []
     assert seen.lookups <= len(lines)
