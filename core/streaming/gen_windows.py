@@ -4,15 +4,19 @@ window each is checked in, settle results in order. Used when the guard has no S
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import unicodedata
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ..backends.after_fork import ForkSafePool
 from ..backends.gen_session_pool import SESSIONS_PER_STREAM
 from ..errors import GuardTimeout, QwenGuardError, VerdictParseError
+from ..formats.content import _BLANKS as BLANKS
 from ..formats.content import BidiState
+from ..formats.content import _classes as content_classes
 from ..formats.conversations import least_contexts
 from ..verdict import Risk, Stage, Verdict, worst
 
@@ -20,12 +24,24 @@ if TYPE_CHECKING:
     from .monitor_core import MonitorCore
 
 # A sentence ends at terminal punctuation (and closing quotes/brackets) followed by whitespace, or
-# at a newline. The whitespace must have arrived: "3.14" and "e.g." mid-stream are not ends.
-_TERMINAL = ".!?;。！？；…"  # terminal punctuation
-_CLOSING = "\"'”’)]"  # closing quotes and brackets after it
+# at a newline. The whitespace must have arrived: "3.14" and "e.g." mid-stream are not ends. Other scripts'
+# marks count too: the Devanagari danda, the Arabic question mark and full stop, the Armenian, Ethiopic,
+# Myanmar and Tibetan full stops, the full-width and half-width CJK ones.
+_TERMINAL = ".!?;。！？；…" + "\u0964\u0965\u061f\u06d4\u0589\u1362\u1367\u104b\u0f0d\uff0e\uff61"
+_CLOSING = "\"'”’)]" + "」』）】〕〉》"  # closing quotes and brackets after it
 # A match starts only where a run of terminal punctuation starts (the lookbehind): tried at every dot of
 # a hostile "......" run, the pattern would backtrack over the rest of the run each time (quadratic).
 _SENTENCE_END = re.compile(f"(?<![{re.escape(_TERMINAL)}])[{re.escape(_TERMINAL)}]+[{re.escape(_CLOSING)}]*(?=\\s)|\n")
+# Where a segment may end (`GenWindows._sentence_cut`): a sentence end, or a non-ASCII terminal run followed by
+# the next sentence without a space ("巴黎。它"; filtered by `_sentence_ends`).
+_CUT = re.compile(
+    f"{_SENTENCE_END.pattern}|(?<![{re.escape(_TERMINAL)}])[{re.escape(_TERMINAL)}]+[{re.escape(_CLOSING)}]*"
+    f"(?=[^\\s{re.escape(_TERMINAL + _CLOSING)}])"
+)
+# A sentence end inside a whitespace-free run (`ends_sentence`): terminal punctuation followed by a letter
+# ("Paris.Mix.", not "3.14"), or a non-ASCII one followed by anything ("好的。混合。": Chinese and Japanese put no
+# space after "。"). Matched only where a run of terminal punctuation starts, as `_SENTENCE_END`.
+_INNER_END = re.compile(f"(?<![{re.escape(_TERMINAL)}])[{re.escape(_TERMINAL)}]+[{re.escape(_CLOSING)}]*(?=\\S)")
 
 
 _window_pool = ForkSafePool(8, "qwenguard-window")
@@ -40,22 +56,23 @@ def window_pool() -> ThreadPoolExecutor:
 # Gen-window fallback: segments, windows, in-order results. Shared by both monitors.
 # ================================================================================================
 #: Judged text goes out whole only when it ends with terminal punctuation closing a sentence of at least this
-#: many words (a Han or kana character counts as one). A shorter one ("Mix.", "Yes.") and a line without
-#: punctuation ("Mix\n") keep their last word until a window shows it with what follows: a clause cut into
-#: one-word sentences or lines, which a prompt can ask for, is never let out piece by piece.
+#: many words (two Han ideographs or kana count as one). A shorter one ("Mix.", "Yes.", "混合。") and a line
+#: without punctuation ("Mix\n") keep their last word until a window shows it with what follows: a clause cut
+#: into one-word sentences or lines, which a prompt can ask for, is never let out piece by piece.
 MIN_SENTENCE_WORDS = 4
 #: Characters read from the end of a judged text to find its last sentence: bounds the work on hostile text.
 _SCAN = 512
 _SPACES = re.compile(r"(\s+)")
-_HAN_KANA = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-# A letter or digit: "_", punctuation, symbols, emoji and hidden characters make no word (a filler is not one).
-_WORD_CHAR = re.compile(r"[^\W_]")
-#: Longest tail held back after judged text when it has no word break (CJK, code, a long URL).
+# Han ideographs and kana letters: the kana block's punctuation ("・"), sound and iteration marks ("ー", "゛",
+# "ゝ") make no word ("・・・Mix." was a sentence of four words, rt54a F1b).
+_HAN_KANA = re.compile("[\u3041-\u3096\u30a1-\u30fa\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
+#: Longest tail held back after judged text when it has no word break (CJK, code, a long URL), in characters a
+#: reader sees: combining and hidden marks inside the word do not count (rt54a F3b).
 MAX_HELD_WORD = 16
+#: Text without spaces goes out in steps of at least this many characters (`releasable`).
+_STEP = MAX_HELD_WORD // 2
 #: The least context a window shows before its segment: a held word, with room (`GenWindows`).
 MIN_CONTEXT = 2 * MAX_HELD_WORD
-# A word as `releasable` reads one: two letters or digits in a run without a space, tab or line break.
-_TWO_ALNUM = re.compile(r"[^\W_][^ \t\n]*?[^\W_]")
 #: Judged text kept to tell whether a check could release more (`GenWindows._gain`): what `releasable` reads.
 _JUDGED_TAIL = 2 * _SCAN
 #: What a Gen-window check may release: whole sentences (default), the answer's opening words and then
@@ -66,24 +83,116 @@ RELEASE_UNITS = ("sentence", "opening", "word")
 #: slow judge) waits and is judged in longer segments as checks come back, instead of handing the judge a
 #: check per sentence at once, ahead of every other stream's.
 MAX_WINDOWS_IN_FLIGHT = 4
+#: Combining marks a window's context keeps on one character (a "zalgo" stack counts as a few).
+_MARKS_KEPT = 4
+# Bidi controls stay in a window's context: a window cut inside an override must still read as displayed.
+_BIDI_KEPT = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+class _Letters:
+    """What makes a word, and what a reader does not see, read from Unicode's properties on first use."""
+
+    def __init__(self) -> None:
+        classes = content_classes()
+        # Modifier letters (the tatweel "ـ", "ー", "々": "Mix ーー" held "ーー" in place of "Mix", rt54a F5) and the
+        # blank letters (U+3164 HANGUL FILLER) are no letters of a word.
+        self.fillers = frozenset(
+            chr(cp) for cp in range(0x80, 0x20000) if unicodedata.category(chr(cp)) == "Lm"
+        ) | frozenset(c for c in BLANKS if c.isalnum())
+        fillers = "".join(sorted(self.fillers))
+        # A word as `releasable` reads one: two letters or digits in a run without a space, tab or line break.
+        self.two = re.compile(rf"[^\W_{re.escape(fillers)}][^ \t\n]*?[^\W_{re.escape(fillers)}]")
+        self.one = re.compile(rf"[^\W_{re.escape(fillers)}]")
+        # Characters that take no place: marks, format characters, the ignorable ones (U+FE0F, U+034F), fillers.
+        self.unseen = re.compile(f"[{classes.hidden}{classes.marks}]")
+        # The context as read (`as_read`): hidden characters dropped (bidi controls kept), blanks a space.
+        self.table: dict[int, str | None] = {cp: v for cp, v in classes.table.items() if v is None or v == " "}
+        for c in _BIDI_KEPT:
+            self.table.pop(ord(c), None)
+        self.table.update({0x85: "\n", 0x2028: "\n", 0x2029: "\n\n"})
+        self.stacks = re.compile(f"([{classes.marks}]{{{_MARKS_KEPT}}})[{classes.marks}]+")
+
+
+@functools.cache
+def _letters() -> _Letters:
+    return _Letters()
+
+
+def _is_letter(char: str) -> bool:
+    """A letter or digit of a word: not "_", punctuation, a symbol, a mark, a modifier or blank letter."""
+    return char.isalnum() and (char < "\x80" or char not in _letters().fillers)
+
+
+def _unseen(char: str) -> bool:
+    """A character that takes no place of its own: a combining mark, a format or ignorable character."""
+    return char >= "\u0300" and (char in BLANKS or bool(_letters().unseen.match(char)))
+
+
+_RUNS = re.compile(r"\s{2,}")
+
+
+def _one_blank(run: re.Match[str]) -> str:
+    text = run.group()
+    breaks = text.count("\n") + text.count("\r") - text.count("\r\n")
+    return "\n\n" if breaks > 1 else "\n" if breaks else " "
+
+
+def as_read(text: str) -> str:
+    """``text`` as a reader sees it, for a window's context: hidden characters (U+200B, U+FE0F, U+E0100, U+034F)
+    dropped, blank characters (U+3164, U+00A0, U+3000) and whitespace runs one space (or one or two line
+    breaks), combining-mark stacks cut to `_MARKS_KEPT`; bidi controls kept. Linear in ``text``. Counted in
+    written characters, padding of 1,000 U+FE0F or spaces after a word kept it out of the next window's context
+    (rt54a F3, F3c)."""
+    if text.isascii():
+        return _RUNS.sub(_one_blank, text) if "  " in text or "\n" in text or "\t" in text else text
+    letters = _letters()
+    return _RUNS.sub(_one_blank, letters.stacks.sub(r"\1", text.translate(letters.table)))
 
 
 def ends_sentence(text: str) -> bool:
     """Does ``text`` end with terminal punctuation closing a sentence of `MIN_SENTENCE_WORDS` words or more?
 
-    The sentence starts after the previous terminal punctuation or line break in ``text`` (or at its start).
-    Linear in at most `_SCAN` characters: no backtracking regex over hostile runs ("......")."""
+    The sentence starts after the previous terminal punctuation or line break in ``text`` (or at its start),
+    inside a word too ("好的。混合。", "Paris.Mix."). Linear in at most `_SCAN` characters: no backtracking regex
+    over hostile runs ("......")."""
     parts = _SPACES.split(text[-_SCAN:].rstrip())  # token, whitespace, token, ..., token
     if not _closes_sentence(parts[-1]):
         return False
     words = 0
     for i in range(len(parts) - 1, -1, -2):
-        if i < len(parts) - 1 and (_closes_sentence(parts[i]) or "\n" in parts[i + 1]):
-            return False  # the previous sentence ends here
-        words += _words(parts[i])
+        token = parts[i]
+        if i < len(parts) - 1:
+            if _closes_sentence(token) or "\n" in parts[i + 1]:
+                return False  # the previous sentence ends here
+        else:
+            token = token.rstrip(_CLOSING + _TERMINAL)
+        inner = _inner_end(token)
+        if inner:  # the sentence starts inside this word
+            return words + _words(token[inner:]) >= MIN_SENTENCE_WORDS
+        words += _words(token)
         if words >= MIN_SENTENCE_WORDS:
             return True
     return False
+
+
+def _inner_end(token: str) -> int:
+    """Where the last sentence ending inside a whitespace-free ``token`` ends (`_INNER_END`), else 0."""
+    for m in reversed(list(_INNER_END.finditer(token))):
+        if not m.group().isascii() or _is_letter(token[m.end()]):
+            return m.end()
+    return 0
+
+
+def _sentence_ends(text: str, limit: int) -> Iterator[int]:
+    """The ends of the sentences in ``text[:limit]`` (`_CUT`), in order: "Paris. " and "巴黎。它", not "e.g.x".
+    One without a space after it ends a segment only when it closes a sentence of four words: "好。好。" written
+    without spaces was a check per two characters; short ones are judged with the next."""
+    for m in _CUT.finditer(text, 0, limit + 1):
+        end = m.end()
+        if m.group() == "\n" or text[end : end + 1].isspace():
+            yield end
+        elif not m.group().isascii() and ends_sentence(text[max(0, end - 4 * MIN_CONTEXT) : end]):
+            yield end
 
 
 def ends_clause(text: str) -> bool:
@@ -99,38 +208,60 @@ def _closes_sentence(token: str) -> bool:
 
 
 def _words(token: str) -> int:
-    """Words in a whitespace-free token: each Han or kana character, plus one for the rest if it has a letter."""
+    """Words in a whitespace-free token: one per two Han ideographs or kana letters ("混合" is "mix"), plus one
+    for the rest if it has a letter or digit."""
     han = len(_HAN_KANA.findall(token))
     rest = _HAN_KANA.sub("", token) if han else token
-    return han + (1 if _WORD_CHAR.search(rest) else 0)
+    return han // 2 + (1 if _letters().one.search(rest) else 0)
 
 
-#: A window's context reaches back at most this many times its size in written characters (`visible_tail`).
+#: A window's context reaches back at most this many times its size in written characters when a stream is
+#: taken over (`GenWindows`): the released text's end, read as `as_read`.
 _TAIL_REACH = 16
 
 
-def visible_tail(text: str, size: int) -> str:
-    """The end of ``text`` holding ``size`` characters a reader sees (format characters such as U+200B are not
-    counted), at most `_TAIL_REACH` times ``size`` written: a window's context. Counted in written characters, 600
-    U+200B after each word kept every word in a window of its own, and a judge never saw two together (rt49f F4)."""
-    tail = text[-size:]
-    if tail.isascii() or size <= 0:
-        return tail
-    seen, at, floor = 0, len(text), max(0, len(text) - size * _TAIL_REACH)
-    while at > floor and seen < size:
+def _held_start(text: str, last: int, floor: int) -> int:
+    """Where the word ending at ``last`` starts: after the whitespace before it, at most `MAX_HELD_WORD`
+    characters a reader sees back (marks and hidden characters inside it do not count). -1 when that is before
+    ``floor`` (bounded work): the caller holds all it read."""
+    at, seen = last, 0
+    while at > floor and seen < MAX_HELD_WORD:
+        char = text[at - 1]
+        if char in " \t\n":
+            return at
+        seen += not _unseen(char)
         at -= 1
-        seen += unicodedata.category(text[at]) != "Cf"
-    return text[at:]
+    return at if seen >= MAX_HELD_WORD or at == 0 or text[at - 1] in " \t\n" else -1
+
+
+def _last_word(text: str, end: int, floor: int) -> int:
+    """The end of the last word of ``text[floor:end]``: of the last run without a space, tab or line break that
+    has two letters or digits (`_is_letter`), at its last one; ``floor`` when there is none."""
+    count, at = 0, end
+    word_end: int | None = None
+    fillers = _letters().fillers
+    while at > floor:
+        char = text[at - 1]
+        if char in " \t\n":
+            count, word_end = 0, None
+        elif char.isalnum() and (char < "\x80" or char not in fillers):  # `_is_letter`, inline: the hot loop
+            word_end = word_end or at
+            count += 1
+            if count == 2:
+                return word_end
+        at -= 1
+    return floor
 
 
 def releasable(text: str) -> int:
     """How much of ``text`` (judged, not released) may go out while the stream is open.
 
     All of it when it ends a sentence (`ends_sentence`); else all but its last word (at most
-    `MAX_HELD_WORD` chars up to its last letter or digit) and what follows it: a judge may need the next word
-    to see what a clause is ("Mix" is harmless until "ammonium" follows), so the last word waits for a later
-    window that shows it with what follows. The last word is the last with two letters or digits: a filler after
-    it ("Mix -", "Mix\\n-", "Mix \\u200b", an emoji, "Mix ǀ") would else be held in its place and let "Mix" out."""
+    `MAX_HELD_WORD` characters a reader sees up to its last letter or digit) and what follows it: a judge may
+    need the next word to see what a clause is ("Mix" is harmless until "ammonium" follows), so the last word
+    waits for a later window that shows it with what follows. The last word is the last with two letters or
+    digits: a filler after it ("Mix -", "Mix\\n-", "Mix \\u200b", an emoji, "Mix ǀ", "Mix ーー") would else be
+    held in its place and let "Mix" out."""
     if not text or ends_sentence(text):
         return len(text)
     stripped = text.rstrip()
@@ -138,19 +269,7 @@ def releasable(text: str) -> int:
     # context): bounded work on a hostile run of fillers. A lone letter or digit is no word here: "Mix ǀ", "Mix ー",
     # "Mix 1" after each word let "Mix" out (rt49f F3). None in sight: what was read waits for a word.
     floor = max(0, len(stripped) - _SCAN)
-    last, count, at = floor, 0, len(stripped)
-    word_end: int | None = None
-    while at > floor:
-        char = stripped[at - 1]
-        if char in " \t\n":
-            count, word_end = 0, None
-        elif char.isalnum():
-            word_end = word_end or at
-            count += 1
-            if count == 2:
-                last = word_end
-                break
-        at -= 1
+    last = _last_word(stripped, len(stripped), floor)
     if last == floor:
         return 0  # no word in sight: all of it waits for one (released up to here, a word before the fillers went out)
     end = last  # the end of the last word's token ("Paris." with its punctuation), then the blanks after it
@@ -161,9 +280,25 @@ def releasable(text: str) -> int:
         after += 1
     if after > end and ends_sentence(stripped[max(0, end - _SCAN) : end]):
         return after  # a sentence that ended, then only fillers ("Paris. 🙂"): it goes out, the fillers wait
-    tail = max(floor, last - MAX_HELD_WORD - 1)  # a break before it changes nothing: look no further
-    start = max(stripped.rfind(" ", tail, last), stripped.rfind("\t", tail, last), stripped.rfind("\n", tail, last)) + 1
-    return max(start, last - MAX_HELD_WORD, 0)
+    start = _held_start(stripped, last, max(0, last - _SCAN))
+    # Text without spaces (Chinese, Japanese, Thai) goes out in steps of half a held word at least: one short
+    # sentence after another ("好。好。") let two characters out per check, a check per two characters.
+    return start if start >= _STEP or (start > 0 and stripped[start - 1] in " \t\n") else 0
+
+
+def _open_run(text: str) -> int:
+    """Where ``text``'s last run without a space, tab or line break starts (a word that may still be arriving):
+    ``len(text)`` when it is longer than `MAX_HELD_WORD` characters a reader sees (text without spaces: the
+    bounded tail `releasable` holds covers a word and the next one arriving); -1 past `_SCAN` (bounded work)."""
+    at, seen, floor = len(text), 0, max(0, len(text) - _SCAN)
+    while at > floor:
+        if text[at - 1] in " \t\n":
+            return at
+        seen += not _unseen(text[at - 1])
+        if seen > MAX_HELD_WORD:
+            return len(text)
+        at -= 1
+    return 0 if at == 0 else -1
 
 
 class GenWindows:
@@ -188,9 +323,10 @@ class GenWindows:
       clause only whole lets an answer's first words out when the answer opens with that clause.
     - ``"word"``: when no check is in flight, everything received so far is judged (however short, if
       judging it lets more text out); text arriving meanwhile is judged as one segment when it comes back.
-      Released: judged text but its last word (see `releasable`). Lower latency to the first words; a
-      judge that recognises a clause only whole may let its first words out. Calls per answer: at most
-      one per judge latency and one per delta, plus one per ``check_every`` characters.
+      Released: judged text but its last word (see `releasable`), and the word before that while the last
+      may still be arriving (the window's end with nothing after it yet: " am" of " ammonium"). Lower latency
+      to the first words; a judge that recognises a clause only whole may let its first words out. Calls per
+      answer: at most one per judge latency and one per delta, plus one per ``check_every`` characters.
 
     Text longer than ``check_every`` is always cut (at a sentence end, else a space), so a window is
     never longer than ``context + check_every`` characters. Judged text goes out whole only when it ends a
@@ -221,14 +357,25 @@ class GenWindows:
         self.in_flight = 0  # checks handed out and not settled
         self.finished = False  # `rest` was taken: the whole text is (being) judged
         # The last `context` chars before `submitted` (released text, when taking over mid-stream).
-        self.tail = visible_tail(core.released, self.context) if start and self.context else ""
+        # As a reader sees it (`as_read`): hidden characters and whitespace padding take no room in it.
+        self.tail = ""
         # The bidi controls open where `tail` starts: a window cut from inside a right-to-left override is
         # judged with them before it, so it is read as displayed (`content.read_as_displayed`), not reversed.
         self.bidi = BidiState()
+        #: The last two words before `submitted` (`_pin`): (start, end, as read). A window whose context no
+        #: longer shows them (visible fillers, bidi controls, a run longer than the context between a word and
+        #: the next) shows them before it: a word is always judged with the word after it.
+        self.pins: list[tuple[int, int, str]] = []
         if start:
-            self.bidi.push(core.released[: len(core.released) - len(self.tail)])
+            reach = max(0, len(core.released) - _TAIL_REACH * self.context)
+            self.bidi.push(core.released[:reach])
+            read = as_read(core.released[reach:])
+            self.tail = read[-self.context :]
+            self.bidi.push(read[: len(read) - len(self.tail)])
+            self._pin(core.released[-_JUDGED_TAIL:], start)
         self.timeout = core.policy.timeout_for(Stage.STREAM)
-        self._last_boundary = (-1, -1, 0)  # (release point it was read at, judged up to, boundary): `_boundary`
+        # (release point it was read at, judged up to, its last word still arriving, boundary): `_boundary`
+        self._last_boundary: tuple[int, int, bool, int] = (-1, -1, False, 0)
         # The end of the text handed to checks (`_JUDGED_TAIL` chars): does a check of what waits release more?
         self.judged_tail = core.released[-_JUDGED_TAIL:] if start else ""  # `_gain` with ``holdback=0``
         # Chars of `unsubmitted` whose sentence ends were found to release nothing (`_gain`), at a release point.
@@ -295,8 +442,7 @@ class GenWindows:
         shortest = 1 if idle else self.min_segment
         if self._plain_at != self.core._released_len:  # text went out: what a check releases is read anew
             self._plain, self._plain_at = 0, self.core._released_len
-        for m in _SENTENCE_END.finditer(text, 0, limit + 1):
-            end = m.end()
+        for end in _sentence_ends(text, limit):
             if end >= shortest and end > self._plain:
                 if self._gain(end, self._plain):
                     return end  # the first one: each sentence gets a window that ends with it
@@ -328,7 +474,7 @@ class GenWindows:
         last = segment[tested - 1] if tested else before[-1:]
         text = before + segment
         goes_on = bool(last) and last not in " \t\n" and bool(new) and new[0] not in " \t\n"  # a run `releasable` reads
-        if not _TWO_ALNUM.search(new) and not goes_on:
+        if not _letters().two.search(new) and not goes_on:
             if not _closes_sentence(new.rstrip()):
                 return False  # no word, no sentence end: what is held stays held
             stripped = text.rstrip()
@@ -370,9 +516,9 @@ class GenWindows:
         else the last space, else ``check_every``."""
         text, limit = self.unsubmitted, self.check_every
         end = 0
-        for m in _SENTENCE_END.finditer(text, 0, limit + 1):
-            if m.end() >= self.min_segment:
-                end = m.end()
+        for found in _sentence_ends(text, limit):
+            if found >= self.min_segment:
+                end = found
         if end:
             return end
         space = text.rfind(" ", self.min_segment, limit)
@@ -385,12 +531,38 @@ class GenWindows:
         self.judged_tail = (self.judged_tail + segment)[-_JUDGED_TAIL:]
         self._plain = 0
         self.in_flight += 1
+        # Words before the segment its context does not show (padding pushed them out): shown before it.
+        pinned = "".join(word + " " for _, _, word in self.pins if word not in self.tail)
         text = self.tail + segment
-        self.tail = visible_tail(text, self.context) if self.context else ""
-        window = self.bidi.opened + text  # "" but inside embedding, override or isolate controls
-        self.bidi.push(text[: len(text) - len(self.tail)])
+        window = pinned + self.bidi.opened + text  # "" but inside embedding, override or isolate controls
+        read = as_read(text)  # the next window's context: the end of this one as read, `context` chars
+        self.tail = read[-self.context :]
+        self.bidi.push(read[: len(read) - len(self.tail)])
+        self._pin(self.judged_tail, self.submitted)
         conversation = [*self.core.messages, {"role": "assistant", "content": window}]
         return start, start + cut, conversation
+
+    def _pin(self, judged: str, at: int) -> None:
+        """Read the last two words of the judged text's end ``judged`` (ending at offset ``at``) into `pins`.
+        Bounded: `_JUDGED_TAIL` chars at most; words found before keep their place when fewer are in sight."""
+        found: list[tuple[int, int, str]] = []
+        end, floor = len(judged), max(0, len(judged) - _JUDGED_TAIL)
+        while len(found) < 2 and end > floor:
+            last = _last_word(judged, end, floor)
+            if last == floor:
+                break
+            start = max(floor, _held_start(judged, last, max(floor, last - _SCAN)))
+            stop = last
+            while stop < len(judged) and stop - last < MAX_HELD_WORD and judged[stop] not in " \t\n":
+                stop += 1  # its punctuation ("Mix.")
+            word = "".join(c for c in as_read(judged[start:stop]) if c not in _BIDI_KEPT)[: 4 * MAX_HELD_WORD]
+            offset = at - len(judged)
+            found.insert(0, (offset + start, offset + stop, word))
+            end = start
+        if len(found) == 2:
+            self.pins = found
+        elif found:  # one in sight: the word before it is the last one found before that ends before it
+            self.pins = [p for p in self.pins if p[1] <= found[0][0]][-1:] + found
 
     def settle(self, start: int, end: int, outcome: Any) -> None:
         """One window's result, in order: advance `confirmed`, or flag / fail via the core.
@@ -417,12 +589,21 @@ class GenWindows:
             return confirmed
         # The same judged text gives the same point: `release` runs on every feed, and reading the judged
         # text again each time is quadratic when it stays held (a long run of spaces after a short sentence).
-        if self._last_boundary[:2] == (base, confirmed):
-            return self._last_boundary[2]
+        judged = core._buffer[: confirmed - base]
+        # A word that may still be arriving ("... Mix am" of "ammonium", the judged text's end with nothing or
+        # more of its run after it) is no word after the one before it: both wait (rt54a F2).
+        after = core._buffer[confirmed - base : confirmed - base + 1]
+        arriving = bool(judged) and not judged[-1].isspace() and not after.isspace()
+        if self._last_boundary[:3] == (base, confirmed, arriving):
+            return self._last_boundary[3]
         # Judged text that ends a sentence goes out whole; any other (a word-unit window, a run-on text cut
         # at a space, a short sentence or line) keeps its last word until a window shows what follows.
-        point = base + releasable(core._buffer[: confirmed - base])
-        self._last_boundary = (base, confirmed, point)
+        if arriving and not ends_sentence(judged):
+            run = _open_run(judged)
+            point = base + (releasable(judged[:run]) if run > 0 else 0)
+        else:
+            point = base + releasable(judged)
+        self._last_boundary = (base, confirmed, arriving, point)
         return point
 
     def release(self) -> str:
