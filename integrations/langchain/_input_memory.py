@@ -11,73 +11,101 @@
   checkpointer LangGraph writes the input to the thread before any node runs, so a blocked prompt stays there: judged
   again on the thread's next turn, it raised again, every turn (one user's message refused a shared thread for good).
   A block raised before is replaced by its notice in the state instead, and the turn goes on.
-- `OwnNotices`: the texts it writes in place of what it blocked (its notices and its refusal). Judged again as a
-  user's prompt and as context, the next turn of the thread was refused (the demo guard reads a withheld-message
-  notice as unsafe). A message is left out only when its text is exactly one of them, with only category names,
-  reasons and a tool's identifier filled in: then it carries nothing but the guard's own words, whoever sent it.
+- `OwnNotices`: the texts it wrote in place of what it blocked (its notices and its refusal), by fingerprint, as it
+  wrote them. Judged again as a user's prompt and as context, the next turn of the thread was refused (the demo guard
+  reads a withheld-message notice as unsafe). Only a text this middleware wrote is left out: a client's message that
+  merely fits a notice's template is judged (a template's ``{tool}`` field took a phrase, rt54c F8).
+- `Produced`: the messages its agent's tools wrote (`GuardMiddleware.wrap_tool_call`) and its guarded model calls
+  answered, by fingerprint. Every other tool-role message in the input is the client's (`_messages.AS_INPUT`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
-import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from langchain_core.messages import BaseMessage
 from qwenguard.core import Action, Decision
-from qwenguard.core.policy import REASONS
-from qwenguard.core.verdict import CATEGORIES
 
 from .._common import Bounded
-from ._messages import Item, answer_text, message_text, source_text
+from ._messages import AS_INPUT, Item, answer_text, message_text, source_text, tool_result_messages
 
 #: How many allowed checks a middleware remembers (fingerprints of 64 hex characters).
 MAX_ALLOWED_CHECKS = 16_384
 _FINGERPRINT = "qwenguard_fingerprint"  # where an item keeps its own (`Item.extra`)
 
-_WORD = "|".join(re.escape(w) for w in sorted({*CATEGORIES, *REASONS}, key=len, reverse=True))
-#: What a notice's fields may hold: category names and reasons (`_fill`), a tool's identifier.
-_FIELDS = {
-    "categories": rf"(?:{_WORD})(?:, (?:{_WORD}))*",
-    "reason": rf"(?:{'|'.join(re.escape(r) for r in REASONS)})",
-    "tool": r"[A-Za-z0-9_.-]{1,64}",
-}
 
-
-def _pattern(template: str) -> re.Pattern[str]:
-    """The texts ``template`` fills to (`middleware._fill`); a template with other fields is used as it is."""
-    parts: list[str] = []
-    try:
-        for literal, field, _spec, _conversion in string.Formatter().parse(template):
-            parts.append(re.escape(literal))
-            if field is not None:
-                if field not in _FIELDS:
-                    raise KeyError(field)
-                parts.append(_FIELDS[field])
-    except (KeyError, ValueError):
-        return re.compile(re.escape(template))
-    return re.compile("".join(parts))
+def _digest(data: str) -> str:
+    return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class OwnNotices:
-    """The texts a middleware writes in place of what it blocked."""
+    """The texts a middleware wrote in place of what it blocked, by fingerprint (kept in the process: another
+    process's, or one written before a restart, is judged as any message is)."""
 
-    def __init__(self, templates: Sequence[str]) -> None:
-        self._patterns = [_pattern(t) for t in templates]
+    def __init__(self, maxsize: int = MAX_ALLOWED_CHECKS) -> None:
+        self._written: Bounded[str, bool] = Bounded(maxsize)
+
+    def write(self, text: str) -> str:
+        """``text``, remembered as one this middleware wrote."""
+        self._written[_digest(text)] = True
+        return text
 
     def wrote(self, message: BaseMessage) -> bool:
         text = message_text(message)
-        return bool(text) and any(p.fullmatch(text) for p in self._patterns)
+        return bool(text) and self._written.get(_digest(text)) is not None
+
+
+def message_key(message: BaseMessage) -> str | None:
+    """A fingerprint of what ``message`` says (its type, the call it answers, its content and what an answer keeps
+    beside it), or ``None`` for one that cannot be written out (never taken as produced)."""
+    extra = getattr(message, "additional_kwargs", None)
+    beside = extra.get("tool_outputs") if isinstance(extra, Mapping) else None
+    try:
+        data = json.dumps(
+            [message.type, getattr(message, "tool_call_id", None), message.content, beside],
+            ensure_ascii=False,
+            sort_keys=True,
+            default=repr,
+        )
+    except (TypeError, ValueError, RecursionError):
+        return None
+    return _digest(data)
+
+
+class Produced:
+    """Fingerprints (`message_key`) of the messages a middleware saw its agent produce: what its tools wrote to the
+    state, and its guarded model calls' answers. A tool-role message in the input that is none of these is the
+    client's (`_messages.AS_INPUT`)."""
+
+    def __init__(self, maxsize: int = MAX_ALLOWED_CHECKS) -> None:
+        self._seen: Bounded[str, bool] = Bounded(maxsize)
+
+    def record(self, messages: Sequence[BaseMessage]) -> None:
+        for message in messages:
+            if (key := message_key(message)) is not None:
+                self._seen[key] = True
+
+    def record_result(self, result: Any) -> Any:
+        """A tool's result as it goes to the state (`tool_result_messages`: its messages, a ``Command``'s, a list)."""
+        self.record([message for _, message in tool_result_messages(result)])
+        return result
+
+    def saw(self, message: BaseMessage) -> bool:
+        key = message_key(message)
+        return key is not None and self._seen.get(key) is not None
 
 
 def _fingerprint(item: Item) -> str:
-    """The check's stage and conversation, hashed; kept on the item (`unjudged` and `remember` both ask)."""
+    """The check's stage and conversation, hashed; kept on the item (`unjudged` and `remember` both ask). A check of
+    the client's text in a tool's role (`AS_INPUT`) is decided under another policy: a fingerprint of its own."""
     found = item.extra.get(_FINGERPRINT)
     if found is None:
-        data = json.dumps([item.stage.value, item.conversation], ensure_ascii=False, sort_keys=True)
-        found = item.extra[_FINGERPRINT] = hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()
+        marked = [AS_INPUT] if item.extra.get(AS_INPUT) else []
+        data = json.dumps([item.stage.value, item.conversation, *marked], ensure_ascii=False, sort_keys=True)
+        found = item.extra[_FINGERPRINT] = _digest(data)
     return str(found)
 
 
@@ -85,7 +113,7 @@ def judged_content(message: BaseMessage, budget: int) -> str:
     """What a text check of the answer ``message`` reads (`output_items`: its words, `answer_text`, and what it
     quotes, `source_text`, within ``budget``), hashed."""
     data = json.dumps([answer_text(message), source_text(message, budget)], ensure_ascii=False)
-    return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()
+    return _digest(data)
 
 
 class AllowedChecks:
@@ -115,6 +143,7 @@ class RaisedChecks:
 
     def __init__(self, maxsize: int = MAX_ALLOWED_CHECKS) -> None:
         self._raised: Bounded[str, bool] = Bounded(maxsize)
+        self._run_turns: Bounded[str, bool] = Bounded(maxsize)  # ids of the turns of runs raised for
 
     # Keyed by the message's id too: LangGraph gives each input message its own id, so the same text sent again
     # (on another thread, by another user) is a new block that raises, not an old one healed into a notice, which
@@ -125,6 +154,19 @@ class RaisedChecks:
     def remember(self, items: Sequence[Item]) -> None:
         for item in items:
             self._raised[_key(item)] = True
+            for turn in item.extra.get("run") or ():
+                if isinstance(turn.id, str):
+                    self._run_turns[turn.id] = True
+
+    # Consecutive user turns are judged joined too (`_messages._UserRun`): a run raised for stays in the thread, and
+    # the thread's next question joins it, a new run, blocked by the same turns. Its block is the earlier run's.
+    def earlier_run(self, item: Item) -> BaseMessage | None:
+        """For a check of consecutive user turns read as one: its last turn that was in a run raised for before (by
+        id), or ``None``."""
+        for turn in reversed(item.extra.get("run") or ()):
+            if isinstance(turn.id, str) and self._run_turns.get(turn.id) is not None:
+                return turn
+        return None
 
 
 def _key(item: Item) -> str:

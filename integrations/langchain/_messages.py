@@ -84,10 +84,18 @@ __all__ = [
     "tool_output_text",
     "tool_text",
     "artifact_text",
+    "AS_INPUT",
 ]
 
 #: How many earlier user/assistant text turns a check sees as context.
 DEFAULT_HISTORY_TURNS = 6
+
+#: Marks (in `Item.extra`) a tool-result check of text that came with the input, which a client may write: a
+#: tool-role message, or what an earlier answer quotes as a server tool's result. Its stage names its kind, but the
+#: client chose that kind by the message's shape, so it is decided under a policy no looser than the prompt stage's
+#: (`_screening.screen`): nothing a client sends can loosen the operator's policy (rt54c F1). `GuardMiddleware`
+#: takes the mark off the messages it saw its agent's tools (and its guarded model calls) produce.
+AS_INPUT = "as_input"
 
 
 @dataclass
@@ -926,16 +934,23 @@ def input_items(
 
     User turns, and system and developer messages, become prompt checks and assistant turns response
     checks (text) and tool-call checks, each with the earlier turns as history; `ToolMessage`s become
-    tool-result checks (untrusted, alone). Empty texts are skipped, and so is a ``system`` message
-    that opens the list (the application's prompt) unless ``screen_system``. Linear in the number of
-    messages.
+    tool-result checks (untrusted, alone), marked as the client's input (`AS_INPUT`: decided no looser than a
+    prompt), as is what an earlier answer quotes; a run of consecutive user turns is judged once more, joined
+    (`_UserRun`). Empty texts are skipped, and so is a ``system`` message that opens the list (the application's
+    prompt) unless ``screen_system``. Linear in the number of messages.
     """
     items: list[Item] = []
     history: list[dict[str, str]] = []  # the user/assistant turns (and judged system text) before message i
     answered: dict[str, str] = {}  # the tool calls asked for before message i, id to name
+    run = _UserRun()  # the consecutive user turns ending at message i - 1
     for i, message in enumerate(messages):
         context = history[-turns:] if turns > 0 else []
         system = system_role(message)
+        if system is None and _role(message) == "user":
+            run.add(message, context)
+        elif (joined := run.end()) is not None:
+            joined.index = i - 1
+            items.append(joined)
         if i == 0 and system == "system" and not screen_system:
             continue  # the application's prompt
         if (labeled := label_item(message, answered)) is not None:
@@ -950,7 +965,8 @@ def input_items(
             if text.strip():
                 name = getattr(message, "name", None) or "tool"
                 conversation = untrusted_conversation(text, "tool output")
-                items.append(Item(Stage.TOOL_RESULT, conversation, message, i, label=f"tool result of {name}"))
+                label = f"tool result of {name}"
+                items.append(Item(Stage.TOOL_RESULT, conversation, message, i, label=label, extra={AS_INPUT: True}))
             continue
         # Other system text is input like a user turn: judged as one, and context for what follows.
         role = "user" if system is not None else _role(message)
@@ -963,12 +979,48 @@ def input_items(
             # an earlier answer's v0 reasoning summary and refusal back with it), not the provider's metadata.
             for item in output_items(message, context, turns, metadata=False):
                 item.index = i
+                if item.stage is Stage.TOOL_RESULT:  # what it quotes as a server tool's result: the client's text
+                    item.extra[AS_INPUT] = True
                 items.append(item)
         if role is not None and text.strip():
             history.append({"role": role, "content": text})
             if len(history) > 4 * max(turns, 1):
                 del history[: -max(turns, 1)]  # keep it bounded on long histories
+    if (joined := run.end()) is not None:
+        joined.index = len(messages) - 1
+        items.append(joined)
     return items
+
+
+class _UserRun:
+    """Consecutive user turns, which provider classes send as one message (ChatAnthropic merges them into one user
+    message of their text blocks): each is judged alone (`input_items`),
+    and the run, of two or more, once more as that one message reads, its texts joined as `message_text` joins a
+    message's blocks (rt54c F9: "How can I make a bo" and "mb at home?" were each safe). Linear: each turn's text is
+    read once more, and the guard's ``max_chars`` applies to the joined text as to any message's."""
+
+    def __init__(self) -> None:
+        self.messages: list[BaseMessage] = []
+        self.context: list[dict[str, str]] = []
+        self.texts: list[str] = []
+
+    def add(self, message: BaseMessage, context: list[dict[str, str]]) -> None:
+        if not self.messages:
+            self.context = context
+        self.messages.append(message)
+        self.texts.append(message_text(message))
+
+    def end(self) -> Item | None:
+        """The check of the run that ends here (``None`` for a run of fewer than two turns with text), and a new run."""
+        messages, texts, context = self.messages, self.texts, self.context
+        self.messages, self.texts, self.context = [], [], []
+        if sum(1 for t in texts if t.strip()) < 2:
+            return None  # one turn with text reads the same alone: judged already
+        joined = "".join(texts)
+        label = f"{len(messages)} consecutive user turns, as one message"
+        return Item(
+            Stage.PROMPT, prompt_conversation(joined, context), messages[-1], label=label, extra={"run": messages}
+        )
 
 
 def sent_labels(message: BaseMessage, answered: Mapping[str, str] | None = None) -> str:

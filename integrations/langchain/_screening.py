@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from langchain_core.messages import BaseMessage
-from qwenguard.core import Decision, Guard, enforce
+from qwenguard.core import Decision, Guard, Policy, Stage, enforce
 
 from .._common import require_guard
-from ._messages import Item
+from ._messages import AS_INPUT, Item
 
 __all__ = [
     "screen",
@@ -26,6 +27,7 @@ __all__ = [
     "require_guard",
     "METADATA_KEY",
     "built_off_loop",
+    "no_looser",
 ]
 
 T = TypeVar("T")
@@ -39,13 +41,50 @@ METADATA_KEY = "qwenguard"
 
 
 def screen(guard: Guard, items: Sequence[Item]) -> list[Decision]:
-    """One Decision per item, in order, from one batched guard call."""
-    return guard.check_many([item.pair for item in items]) if items else []
+    """One Decision per item, in order, from one batched guard call (`no_looser` for the client's text)."""
+    if not items:
+        return []
+    decisions = guard.check_many([_sent(guard.policy, item) for item in items])
+    return [no_looser(guard.policy, item, d) for item, d in zip(items, decisions)]
 
 
 async def ascreen(guard: Guard, items: Sequence[Item]) -> list[Decision]:
     """Async twin of `screen`."""
-    return await guard.acheck_many([item.pair for item in items]) if items else []
+    if not items:
+        return []
+    decisions = await guard.acheck_many([_sent(guard.policy, item) for item in items])
+    return [no_looser(guard.policy, item, d) for item, d in zip(items, decisions)]
+
+
+def _sent(policy: Policy, item: Item) -> tuple[Stage, Any]:
+    """The check as sent: a tool-result check of the client's text (`AS_INPUT`) goes under the prompt stage when its
+    own stage is switched off (its verdict is still needed: `no_looser`)."""
+    if item.extra.get(AS_INPUT) and not policy.enabled(item.stage):
+        return Stage.PROMPT, item.conversation
+    return item.pair
+
+
+def no_looser(policy: Policy, item: Item, decision: Decision) -> Decision:
+    """``decision`` on ``item``, for text that came with the input in a tool's role (`AS_INPUT`): the stricter of
+    what the policy decides for its own stage and for the prompt stage, on the same verdict (or the same guard error:
+    ``on_error`` too). A client writes the message's shape, so it must not pick the looser of the two (rt54c F1: a
+    request in a `ToolMessage` failed open under ``stages={TOOL_RESULT: StagePolicy(on_error="allow")}``). A block
+    names the stage whose policy blocked. One check either way: only the decision is made twice."""
+    if not item.extra.get(AS_INPUT) or not decision.allowed:
+        return decision
+    for stage in (Stage.PROMPT, item.stage):
+        if stage is decision.stage or not policy.enabled(stage):
+            continue
+        if decision.verdict is not None:
+            stricter = policy.decide(decision.verdict, stage)
+        elif decision.reason in ("guard_error", "timeout"):
+            error = decision.error or decision.reason
+            stricter = policy.decide_error(stage, error, timeout=decision.reason == "timeout")
+        else:
+            continue  # nothing judged ("empty"): nothing to decide again
+        if not stricter.allowed:
+            return replace(stricter, cached=decision.cached)
+    return decision
 
 
 def blocked_pairs(items: Sequence[Item], decisions: Sequence[Decision]) -> list[tuple[Item, Decision]]:

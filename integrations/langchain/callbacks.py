@@ -92,8 +92,10 @@ from .._common import Bounded
 from ._answer_tools import answer_tools
 from ._feed import StreamFeed
 from ._holding import GUARD_PARAM, HELD_CALL, HELD_LLM_TYPE_PREFIX, TOOL_CALLS_PARAM, HeldCall, guard_token
+from ._input_memory import Produced
 from ._logs import quiet_guard_stops
 from ._messages import (
+    AS_INPUT,
     DEFAULT_HISTORY_TURNS,
     Item,
     guard_history,
@@ -210,6 +212,7 @@ class _GuardHandlerLogic:
         self.check_tool_calls = check_tool_calls
         self.check_tool_results = check_tool_results
         self.check_retrieval = check_retrieval
+        self._produced = Produced()  # what the runs' tools wrote and their models answered (`_chat_start_reading`)
         self.screen_system = screen_system
         self.history_turns = history_turns
         self.window_chars = window_chars
@@ -408,10 +411,19 @@ class _GuardHandlerLogic:
                 "here, so the model is not called. Judge such input with GuardedChatModel, guard_input or "
                 "GuardMiddleware, which read the messages the model is given."
             )
+        # A tool-role message this handler did not hear a tool of the run write (`Produced`) came with the input: a
+        # client may have written it, so it is judged whatever ``check_tool_results`` says, under a policy no looser
+        # than the prompt stage's (`AS_INPUT`; rt54c F1).
+        as_input = self.check_input or self.check_tool_results
         items: list[Item] = []
         for batch in messages:
             batch_items = input_items(batch, self.history_turns, screen_system=self.screen_system)
-            items.extend(item for item in batch_items if wanted.get(item.stage))
+            for item in batch_items:
+                if item.extra.get(AS_INPUT) and item.message is not None and self._produced.saw(item.message):
+                    del item.extra[AS_INPUT]
+            items.extend(
+                item for item in batch_items if wanted.get(item.stage) or (item.extra.get(AS_INPUT) and as_input)
+            )
         return items, guard_history(messages[0], self.history_turns) if messages else []
 
     def _llm_start_items(self, prompts: list[str], run_id: UUID) -> list[Item]:
@@ -500,6 +512,7 @@ class _GuardHandlerLogic:
         for generations in response.generations:
             for generation in generations:
                 if isinstance(generation, ChatGeneration):
+                    self._produced.record([generation.message])  # read back as input: the model's own (`Produced`)
                     found = output_items(
                         generation.message,
                         context,
@@ -537,9 +550,12 @@ class _GuardHandlerLogic:
         """The tool's result: every message it writes to the state (`tool_result_messages`: its `ToolMessage`
         with its artifact, a LangGraph ``Command``'s messages, a list of them), or its text."""
         run = self._drop(run_id)
+        written = tool_result_messages(output)
+        # What the tool wrote is the application's own when the model reads it back (`Produced`): judged there under
+        # its stage (and ``check_tool_results``), not as a client's (`AS_INPUT`).
+        self._produced.record([message for _, message in written])
         if not self.check_tool_results:
             return []
-        written = tool_result_messages(output)
         texts: list[str | None] = [tool_output_text(message, self.guard.max_chars) for _, message in written]
         if not written:
             texts = [message_text(output) if isinstance(output, str) else _plain_text(output)]

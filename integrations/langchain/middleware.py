@@ -89,8 +89,9 @@ from ._held_model import HeldBackChatModel, StreamLedger
 from ._held_request import HeldModelRequest
 from ._held_tool import ToolRun
 from ._holding import HELD_CALL, HeldCall, monitor_options
-from ._input_memory import AllowedChecks, OwnNotices, RaisedChecks, judged_content
+from ._input_memory import AllowedChecks, OwnNotices, Produced, RaisedChecks, judged_content
 from ._messages import (
+    AS_INPUT,
     DEFAULT_HISTORY_TURNS,
     Item,
     command_messages,
@@ -172,6 +173,19 @@ def _withheld_call_names(state: AgentState, redacted: Sequence[BaseMessage]) -> 
         if ids
         else []
     )
+
+
+def _without_runs_of_blocked(blocked: list[tuple[Item, Decision]]) -> list[tuple[Item, Decision]]:
+    """``blocked`` without the checks of consecutive user turns read as one (`_messages._UserRun`) where a turn of
+    the run is blocked on its own: that turn's notice takes its place, and the run is judged again with it there
+    (the model call judges what it is given). Left in, a turn blocked on a thread's earlier turn and the next
+    turn's question made a new block of the two, and ``"error"`` refused every later turn (`RaisedChecks`)."""
+    alone = {id(item.message) for item, _ in blocked if "run" not in item.extra}
+    return [
+        (item, d)
+        for item, d in blocked
+        if "run" not in item.extra or not any(id(m) in alone for m in item.extra["run"])
+    ]
 
 
 def _same(item: Item, message: BaseMessage) -> bool:
@@ -345,7 +359,8 @@ class GuardMiddleware(AgentMiddleware):
         self._stopped = StoppedCalls()  # requests stopped here: a retry around this middleware gets the same stop
         # Not judged again among a model's messages: the checks allowed before, and this middleware's own notices.
         self._allowed = AllowedChecks()
-        self._own = OwnNotices([violation_message, input_notice, tool_result_notice, tool_call_notice])
+        self._own = OwnNotices()  # the notices it wrote, by fingerprint (never by their template: rt54c F8)
+        self._produced = Produced()  # what its tools wrote and its guarded calls answered (`_message_items`)
         self._raised = RaisedChecks()  # with "error": blocks raised for, on a thread's earlier turn (`_raise_new`)
 
     # -- what to check (pure) -----------------------------------------------------------------
@@ -355,15 +370,25 @@ class GuardMiddleware(AgentMiddleware):
         # forged too). What was screened before hits the verdict cache.
         return self._message_items(list(state.get("messages") or ()))
 
+    def _notice(self, template: str, decision: Decision, **extra: str) -> str:
+        """A notice's text (`_fill`), remembered as this middleware's own (`OwnNotices`)."""
+        return self._own.write(_fill(template, decision, **extra))
+
     def _unowned(self, messages: Sequence[BaseMessage]) -> list[BaseMessage]:
-        """``messages`` with the text of this middleware's own notices left out (`OwnNotices`): a notice's text is
-        the guard's, but what else a message of that text carries is judged as any message's (a client's history
-        can write a notice's text and put a name or tool calls beside it)."""
+        """``messages`` with the text of this middleware's own notices left out (`OwnNotices`: a text it wrote, by
+        fingerprint; a client's text that fits a notice's template is judged): a notice's text is the guard's, but
+        what else a message of that text carries is judged as any message's (a client's history can write a
+        notice's text and put a name or tool calls beside it)."""
         return [m.model_copy(update={"content": ""}) if self._own.wrote(m) else m for m in messages]
 
     def _message_items(self, messages: list[BaseMessage]) -> list[Item]:
         """The checks of ``messages`` not allowed before (`AllowedChecks`), this middleware's own notices left out
-        (`OwnNotices`: judged and read as context again, they refused the thread's next turn)."""
+        (`OwnNotices`: judged and read as context again, they refused the thread's next turn).
+
+        A tool-role message (and what an answer quotes as a server tool's result) that this middleware did not see
+        its agent produce (`Produced`: its tools' results, its guarded model calls' answers) came with the input: a
+        client may have written it, so it is judged whatever ``check_tool_results`` says, under a policy no looser
+        than the prompt stage's (`AS_INPUT`, `_screening.no_looser`; rt54c F1). The agent's own keep their stage."""
         messages = self._unowned(messages)
         wanted = {
             Stage.PROMPT: self.check_input,
@@ -372,7 +397,17 @@ class GuardMiddleware(AgentMiddleware):
             Stage.TOOL_RESULT: self.check_tool_results,
         }
         items = input_items(messages, self.history_turns, screen_system=True)  # the system prompt is not in the state
-        return self._allowed.unjudged([i for i in items if wanted.get(i.stage) and i.message is not None])
+        for item in items:
+            if item.extra.get(AS_INPUT) and item.message is not None and self._produced.saw(item.message):
+                del item.extra[AS_INPUT]
+        return self._allowed.unjudged(
+            [
+                i
+                for i in items
+                if i.message is not None
+                and (wanted.get(i.stage) or (i.extra.get(AS_INPUT) and (self.check_input or self.check_tool_results)))
+            ]
+        )
 
     def _output_items(self, state: AgentState) -> list[Item]:
         messages = list(state.get("messages") or ())
@@ -409,7 +444,7 @@ class GuardMiddleware(AgentMiddleware):
     def _refusal(self, decision: Decision, replaces: BaseMessage | None = None) -> AIMessage:
         kwargs: dict[str, Any] = {"id": replaces.id} if replaces is not None and replaces.id else {}
         return AIMessage(
-            content=_fill(self.violation_message, decision),
+            content=self._notice(self.violation_message, decision),
             response_metadata={METADATA_KEY: decision.to_dict()},
             **kwargs,
         )
@@ -423,7 +458,7 @@ class GuardMiddleware(AgentMiddleware):
             by_name = item.stage is Stage.PROMPT
             return message.model_copy(
                 update={
-                    "content": _fill(
+                    "content": self._notice(
                         self.tool_result_notice, decision, tool="tool" if by_name else message.name or "tool"
                     ),
                     "status": "error",
@@ -433,7 +468,7 @@ class GuardMiddleware(AgentMiddleware):
                 }
             )
         update: dict[str, Any] = {
-            "content": _fill(self.input_notice, decision),
+            "content": self._notice(self.input_notice, decision),
             "response_metadata": _with_decision(message.response_metadata, decision),
             "name": None,  # sent with the message, and judged with it (`sent_labels`)
         }
@@ -478,7 +513,7 @@ class GuardMiddleware(AgentMiddleware):
         """With ``"error"``: raise for the first block not raised before, or when what the model would answer (the
         last message) is blocked. A block raised on an earlier turn of the thread (LangGraph wrote the input to the
         checkpoint before this hook ran) gets its notice in the state instead, and the turn goes on."""
-        fresh = [(item, d) for item, d in blocked if not self._raised.raised(item)]
+        fresh = [(item, d) for item, d in blocked if not self._raised.raised(item) and not self._earlier_run(item)]
         messages = list(state.get("messages") or ())
         last = messages[-1] if messages else None
         answered = [(item, d) for item, d in blocked if last is not None and _same(item, last)]
@@ -487,11 +522,24 @@ class GuardMiddleware(AgentMiddleware):
             self._raised.remember([item for item, _ in fresh])
             enforce(stop[0][1])
 
+    def _earlier_run(self, item: Item) -> bool:
+        """Is ``item`` a check of consecutive user turns whose block was raised for on an earlier turn of the thread
+        (`RaisedChecks.earlier_run`), moved to that run's last turn (`_on_input`)?"""
+        return item.message is not None and self._raised.earlier_run(item) is item.message
+
     def _on_input(self, state: AgentState, items: list[Item], decisions: list[Decision]) -> dict[str, Any] | None:
-        blocked = blocked_pairs(items, decisions)
+        blocked = _without_runs_of_blocked(blocked_pairs(items, decisions))
         if not blocked:
             return self._ended_by_tool(state)
         if self.exit_behavior == "error":
+            # A run raised for before, which the thread's next question has joined: its own last turn gets the notice
+            # (not the new question), and the turn goes on; the run is judged again with the notice in place.
+            blocked = [
+                (dataclasses.replace(item, message=earlier), d)
+                if (earlier := self._raised.earlier_run(item)) is not None
+                else (item, d)
+                for item, d in blocked
+            ]
             self._raise_new(state, blocked)
         updates: list[BaseMessage] = [self._redact_input(item, d) for item, d in blocked]
         updates += _withheld_call_names(state, updates)
@@ -546,13 +594,23 @@ class GuardMiddleware(AgentMiddleware):
 
     @hook_config(can_jump_to=["end"])
     def after_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
+        self._record_answer(state)
         items = self._allowed.unjudged(self._output_items(state))  # judged in the model call, mostly
         return self._on_output(state, items, screen(self.guard, items)) if items else None
 
     @hook_config(can_jump_to=["end"])
     async def aafter_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
+        self._record_answer(state)
         items = self._allowed.unjudged(self._output_items(state))
         return self._on_output(state, items, await ascreen(self.guard, items)) if items else None
+
+    def _record_answer(self, state: AgentState) -> None:
+        """What the model node just wrote (its answer, and the tool messages it adds for a ``ToolStrategy``'s
+        calls) is the agent's own (`Produced`): read back as input, it keeps its stage (and ``check_tool_results``)."""
+        messages = list(state.get("messages") or ())
+        found = _model_answer(messages)
+        if found is not None:
+            self._produced.record([messages[found[0]], *found[1]])
 
     def _call_item(self, request: Any) -> Item | None:
         if not self.check_tool_calls:
@@ -570,7 +628,7 @@ class GuardMiddleware(AgentMiddleware):
         call = request.tool_call
         name = call.get("name") or "tool"
         return ToolMessage(
-            content=_fill(self.tool_call_notice, decision, tool=name),
+            content=self._notice(self.tool_call_notice, decision, tool=name),
             tool_call_id=call.get("id") or "",
             name=name,
             status="error",
@@ -712,7 +770,7 @@ class GuardMiddleware(AgentMiddleware):
         block's `GuardViolation` with "error" or "end", or when the last message (what the model answers) is
         blocked; the model call's outcome is then the policy's (`_stream_stopped`)."""
         self._allowed.remember(items, decisions)
-        blocked = blocked_pairs(items, decisions)
+        blocked = _without_runs_of_blocked(blocked_pairs(items, decisions))
         if not blocked:
             return messages
         notices = {id(item.message): self._redact_input(item, d) for item, d in blocked}
@@ -866,6 +924,7 @@ class GuardMiddleware(AgentMiddleware):
                     raise
                 return self._stream_stopped(error, ledger)
             self._trust_own_names(response)
+            self._produced.record(_answers_of(response))
             items = self._answer_items(request, response, ledger)
             if not items:
                 return response
@@ -890,6 +949,7 @@ class GuardMiddleware(AgentMiddleware):
                     raise
                 return self._stream_stopped(error, ledger)
             self._trust_own_names(response)
+            self._produced.record(_answers_of(response))
             items = self._answer_items(request, response, ledger)
             if not items:
                 return response
@@ -898,6 +958,15 @@ class GuardMiddleware(AgentMiddleware):
 
     # -- tool calls -----------------------------------------------------------------------------
     def wrap_tool_call(self, request: Any, handler: Callable[[Any], ToolMessage | Command]) -> ToolMessage | Command:
+        # What it returns is what the agent's tool wrote to the state (`Produced`): its own, not a client's.
+        return self._produced.record_result(self._wrap_tool_call(request, handler))
+
+    async def awrap_tool_call(
+        self, request: Any, handler: Callable[[Any], Awaitable[ToolMessage | Command]]
+    ) -> ToolMessage | Command:
+        return self._produced.record_result(await self._awrap_tool_call(request, handler))
+
+    def _wrap_tool_call(self, request: Any, handler: Callable[[Any], ToolMessage | Command]) -> ToolMessage | Command:
         with self._stopped.watching(request):  # a retry around this middleware does not run the tool again
             item = self._call_item(request)
             if item is not None and self._allowed.unjudged([item]):  # judged as the model's answer, mostly
@@ -929,7 +998,7 @@ class GuardMiddleware(AgentMiddleware):
                 raise caught
             return self._withheld_error(run, failed, decision)
 
-    async def awrap_tool_call(
+    async def _awrap_tool_call(
         self, request: Any, handler: Callable[[Any], Awaitable[ToolMessage | Command]]
     ) -> ToolMessage | Command:
         with self._stopped.watching(request):
