@@ -565,7 +565,9 @@ PUSH_CHARS = 4096
 
 
 def _pieces(text: str, size: int) -> list[str]:
-    """``text`` in pieces of at most ``size`` characters, each cut after a space where one is near its end."""
+    """``text`` in pieces of at most ``size`` characters, each cut after a space where one is near its end. A piece
+    may end inside a word: `AsSeenStream` keeps the word's end pending and cuts it only where each side reads as the
+    whole would (a cut through "M\u200bi\u200bx" fed the model the second half as written: rt54a F7)."""
     if len(text) <= size:
         return [text]
     pieces: list[str] = []

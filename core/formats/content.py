@@ -1297,14 +1297,70 @@ class _RtlScan:
 _LEAD_BREAK = re.compile("[ \t]*(?:\r\n|\r|\n)")
 _LINE_BREAKS = re.compile("\r\n|\r|\n")
 
+# Where `AsSeenStream` may cut a word (rt54a F6, F7). A cut between two characters of a word reads each side alone:
+# it is made only where each side reads as the whole word would (every place `_hidden_places` finds is decided by
+# the characters next to it, a look-alike word by its letters): between two plain characters (no hidden, blank,
+# mark, letter-form or look-alike character, no conjoining jamo), and between two letters only where no hidden run
+# starts or ends one character away (`_word_gaps` looks two letters each side).
+_WORD_LETTER = re.compile(r"[^\W\d_]")  # a character of `_Classes.word` that is not hidden or a mark
+_JAMO = re.compile("[\u1100-\u11ff\ua960-\ua97f\ud7b0-\ud7ff]")  # NFC composes them with the letter before
+# Letters of the scripts written without spaces (`_UNSPACED`), and the punctuation of these scripts (CJK symbols and
+# punctuation, vertical, compatibility and full-width forms): text goes on after them, as after a space.
+_UNSPACED_LETTERS = (*_UNSPACED, "IDEOGRAPHIC", "HALFWIDTH KATAKANA", "HALFWIDTH HANGUL")
+_UNSPACED_PUNCTUATION = re.compile("[\u3001-\u303f\ufe10-\ufe1f\ufe30-\ufe4f\uff01-\uff65]")
+#: A word with no place to cut it for this many times `AsSeenStream.max_word` characters: `GuardUnavailable`.
+_UNCUT_WORD = 64
+
+
+@functools.cache
+def _not_plain() -> re.Pattern[str]:
+    """A character that is not `_plain`: hidden, blank, a mark (spacing ones too), a letter form, a look-alike, a
+    conjoining jamo."""
+    classes = _classes()
+    spacing = [cp for cp in range(0x80, 0x20000) if unicodedata.category(chr(cp)) == "Mc"]
+    others = _ranges(sorted({*map(ord, _BLANKS), *map(ord, _LATIN_OF), *spacing}))
+    return re.compile(f"[{classes.hidden}{classes.marks}{others}]|{_JAMO.pattern}|{classes.forms.pattern[:-1]}")
+
+
+def _plain(char: str) -> bool:
+    """A character that reads the same whatever is next to it, and changes how nothing next to it reads."""
+    return char.isascii() or not _not_plain().match(char)
+
+
+def _unspaced_letter(char: str) -> bool:
+    return not char.isascii() and unicodedata.name(char, "").startswith(_UNSPACED_LETTERS)
+
+
+def _cut_kind(text: str, at: int) -> int:
+    """Whether a word may be cut at ``at`` (``0 < at < len(text) - 1``): 0 not there; 1 where the cut changes how no
+    hidden word reads (a word over `AsSeenStream.max_word`); 2 also after a letter or punctuation of a script
+    written without spaces, where each side reads as the whole would (text goes on at once)."""
+    a, b = text[at - 1], text[at]
+    if not (_plain(a) and _plain(b)):
+        return 0
+    letter_a, letter_b = _WORD_LETTER.match(a), _WORD_LETTER.match(b)
+    if letter_a and letter_b:
+        # A hidden run two characters away is a word gap or not by the letter across the cut (`_word_gaps`).
+        split = _classes().split
+        if (at >= 2 and split.match(text, at - 2)) or split.match(text, at + 1):
+            return 0
+        # Both letters of such scripts: neither side can be a look-alike word (`_mixed`), nor the whole.
+        return 2 if _unspaced_letter(a) and _unspaced_letter(b) else 1
+    if letter_a:
+        return 2 if _unspaced_letter(a) else 1
+    # After a character that is no letter: no word of `_Classes.word` runs across the cut.
+    return 2 if _UNSPACED_PUNCTUATION.match(a) or _unspaced_letter(a) else 1
+
 
 class AsSeenStream:
     """`read_as_seen` for text that arrives in pieces, for a reader that reads it once: the Qwen3Guard-Stream
     model, one token at a time. Words (runs between ASCII whitespace) that read differently than written
     (`as_seen_pieces` finds a place in them) go on as read; every other word as written, byte for byte.
 
-    `push` returns the text that may go on now (the last word waits for the whitespace after it, or for
-    `max_word` characters); `flush` the rest. `start` and `end` map an offset in the text that went on to
+    `push` returns the text that may go on now (the last word waits for the whitespace after it; in a script
+    written without spaces it goes on after each letter or punctuation mark; a word over `max_word` characters is
+    cut at its last place where each side reads as the whole would, never through a hidden word: `_cut_kind`); `flush`
+    the rest. `start` and `end` map an offset in the text that went on to
     the offset in the text pushed (inside a word read differently: its start; its end only at its end), so
     spans of the text read stay spans of the text written, never past what was read. Offsets asked for
     must not decrease (older mappings are dropped: memory stays bounded)."""
@@ -1321,6 +1377,11 @@ class AsSeenStream:
         "_ahead",
         "_rtl",
         "_openers",
+        "_space",
+        "_scanned",
+        "_safe",
+        "_early",
+        "_place",
     )
 
     def __init__(self, *, max_word: int = 256) -> None:
@@ -1344,6 +1405,14 @@ class AsSeenStream:
         # Each push scans only what came (rt50e F2: the search ran from the start of a held line at every push).
         self._rtl = _RtlScan()
         self._openers = (0, -1, 0)
+        # The word waiting in `pending` (offsets in it): where it starts (after the last whitespace), the places it
+        # may be cut that were looked for (below `_scanned`; each once), the last one (`_cut_kind` 1 or 2) and the
+        # last one of kind 2, and the first place read differently after its start (no cut of kind 2 past it).
+        self._space = 0
+        self._scanned = 0
+        self._safe = -1
+        self._early = -1
+        self._place = -1
 
     @property
     def as_written(self) -> bool:
@@ -1351,11 +1420,13 @@ class AsSeenStream:
         return not self._words
 
     def push(self, text: str) -> str:
+        new = len(self.pending)
         self.pending += text
         self._rtl.feed(self.pending, self._in)
-        cut = max(self.pending.rfind(c) for c in " \t\n\r") + 1
-        if len(self.pending) - cut > self.max_word:
-            cut = len(self.pending)  # no whitespace for that long: bounded, a word cut in two
+        space = max(self.pending.rfind(c, new) for c in " \t\n\r") + 1
+        if space:
+            self._space = space
+        cut = self._word_cut(self._space)
         end = self._in + len(self.pending)
         if (
             self._bidi.opened
@@ -1366,9 +1437,60 @@ class AsSeenStream:
         ready, self.pending = self.pending[:cut], self.pending[cut:]
         if ready:
             self._ahead = None
+            self._space = max(0, self._space - cut)
+            self._scanned = max(0, self._scanned - cut)
+            self._safe, self._early, self._place = (
+                i - cut if i > cut else -1 for i in (self._safe, self._early, self._place)
+            )
         read = self._read(ready)
         self._rtl.drop(self._in)
         return read
+
+    def _word_cut(self, start: int) -> int:
+        """Where the text pending goes on to: after the last whitespace (``start``), or inside the word after it, at
+        a place `_cut_kind` allows: of kind 2 at once (where no place read differently comes before it in the word:
+        `_hidden_places`), of kind 1 once the word is over `max_word` characters. A word with no such place waits
+        whole, up to ``_UNCUT_WORD * max_word`` characters (`GuardUnavailable` past it: rt54a F7, a cut through
+        "M\u200bi\u200bx" fed the model "\u200bix" as written). Each place is looked at once."""
+        text = self.pending
+        forced = len(text) - start > self.max_word
+        if not forced and text.isascii():
+            return start  # nothing to cut early in ASCII: English goes on at whitespace, as it did
+        at = len(text) - 2
+        low = max(self._scanned, start + 1)
+        while at >= low:
+            kind = _cut_kind(text, at)
+            if kind and at > self._safe:
+                self._safe = at
+                if forced:
+                    break
+            if kind == 2:
+                self._early = max(self._early, at)
+                break
+            at -= 1
+        self._scanned = max(self._scanned, len(text) - 1)
+        if forced and self._safe > start:
+            return self._safe
+        if self._early > start and self._place_free(start, self._early):
+            return self._early
+        if forced and len(text) - start > _UNCUT_WORD * self.max_word:
+            raise GuardUnavailable(
+                f"a word of more than {_UNCUT_WORD * self.max_word:,} characters with no place to cut it that "
+                "keeps its hidden characters in one piece cannot be read as it is seen"
+            )
+        return start
+
+    def _place_free(self, start: int, cut: int) -> bool:
+        """Whether the word from ``start`` to ``cut`` reads as written (a cut of kind 2 then changes nothing)."""
+        if start <= self._place < cut:
+            return False
+        word = self.pending[start:cut]
+        if word.isascii() or not _not_plain().search(word):
+            return True
+        places = _hidden_places(word)
+        if places:
+            self._place = start + places[0][0]
+        return not places
 
     def _opener(self, text: str, at: int, base: int) -> int:
         """The first embedding, override or isolate control in ``text`` (at ``base`` in the stream) from ``at``, or
@@ -1441,6 +1563,8 @@ class AsSeenStream:
     def flush(self) -> str:
         ready, self.pending = self.pending, ""
         self._ahead = None
+        self._space = self._scanned = 0
+        self._safe = self._early = self._place = -1
         read = self._read(ready)
         self._rtl.drop(self._in)
         return read
@@ -1514,6 +1638,10 @@ class AsSeenStream:
         return read
 
     def _read_words(self, text: str) -> str:
+        if "\t" not in text and not _not_plain().search(text):  # no word read differently (`_plain`)
+            self._in += len(text)
+            self._out += len(text)
+            return text
         parts: list[str] = []
         for word in _words_and_gaps(text):
             read = _word_as_seen(word)
