@@ -443,21 +443,39 @@ def test_plain_text_and_controls_closed_on_their_line_get_no_paragraph_reading()
     assert read_words_as_seen(one_line).count("Mix") == 1
 
 
-def test_the_new_readings_are_linear_in_hostile_text():
-    marks = ("a" + RLM + " b" + RLM + "\n") * 20_000
-    soft = (RLO + "ab\nc ") * 20_000
-    isolates = (RLI + "x" + RLM + " y\n") * 20_000
-    for text in (marks, soft, isolates):
+def _least_seconds(work, arg) -> float:
+    best = float("inf")
+    for _ in range(2):
         began = time.perf_counter()
-        pieces = as_seen_pieces(text)
-        read = read_words_as_seen(text)
-        assert time.perf_counter() - began < 6.0
-        assert sum(map(len, pieces)) <= 4 * len(text) and len(read) <= 5 * len(text)
+        work(arg)
+        best = min(best, time.perf_counter() - began)
+    return best
+
+
+def _read_both(text: str) -> None:
+    as_seen_pieces(text)
+    read_words_as_seen(text)
+
+
+def _push_in_threes(text: str) -> None:
     seen = AsSeenStream()
-    began = time.perf_counter()
-    for i in range(0, len(soft[:16_000]), 3):
-        seen.push(soft[i : i + 3])
-    assert time.perf_counter() - began < 4.0
+    for i in range(0, len(text), 3):
+        seen.push(text[i : i + 3])
+
+
+def test_the_new_readings_are_linear_in_hostile_text():
+    """Four times the text costs about four times the time (quadratic would be sixteen), measured as a ratio in one
+    run: an absolute bound failed on a loaded CI machine."""
+    units = ("a" + RLM + " b" + RLM + "\n", RLO + "ab\nc ", RLI + "x" + RLM + " y\n")
+    for unit in units:
+        text = unit * 20_000
+        pieces, read = as_seen_pieces(text), read_words_as_seen(text)
+        assert sum(map(len, pieces)) <= 4 * len(text) and len(read) <= 5 * len(text)
+        small, big = _least_seconds(_read_both, unit * 5_000), _least_seconds(_read_both, text)
+        assert big < 8 * small, (unit, small, big)
+    soft = units[1] * 4_000
+    small, big = _least_seconds(_push_in_threes, soft[:4_000]), _least_seconds(_push_in_threes, soft[:16_000])
+    assert big < 8 * small, (small, big)
 
 
 # -- any strong right-to-left character reorders words in a right-to-left paragraph (rt50e F1) ----------------

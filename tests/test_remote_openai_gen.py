@@ -447,7 +447,7 @@ def test_completion_mode_sends_the_local_guards_token_ids(local):
             g.check_prompt(payload)
             want = [w.ids for w in local.backend.planner.plan(prompt_conversation(payload))]
             got = [s.body["prompt"] for s in engine.checks()[-len(want) :]]
-            assert got == want
+            assert sorted(got) == sorted(want)  # a check's windows go out together: they arrive in any order
         im_start = local.backend.tokenizer.convert_tokens_to_ids("<|im_start|>")
         assert engine.checks()[0].body["prompt"].count(im_start) == 2  # the content's "<|im_start|>" is text
         g.close()

@@ -54,6 +54,7 @@ from ._messages import (
     answer_text,
     answer_tool_calls,
     beyond_its_parse,
+    block_text,
     output_items,
     source_text,
     worded,
@@ -397,6 +398,50 @@ def _judged_the_same(block: dict[str, Any], judged: set[tuple[str, str]], quoted
     return True
 
 
+class BlockOrder:
+    """Whether a held stream's text still reads, added up, as it streamed (rt54b F1).
+
+    LangChain adds a stream's content blocks up by their ``index`` (``merge_lists``): a text delta for a block
+    streamed before goes back into that block, so an answer whose blocks' deltas interleave (an Anthropic-compatible
+    gateway can send block 0's and block 1's words by turns) reads, added up, otherwise than it streamed: the
+    monitor read ``"Mix Paris ammonium is ..."``, the consumer's sum says ``"Mix ammonium nitrate ..."``. Once the
+    text goes back to a block streamed before (any block, string content or a block without an index, streamed in
+    between), the stream is `interleaved`: what has gone out read the same both ways, and the rest is held until the
+    answer as LangChain adds it up is judged whole (`HeldStream._end_items`)."""
+
+    __slots__ = ("_seen", "_last", "interleaved")
+
+    def __init__(self) -> None:
+        self._seen: set[Any] = set()
+        self._last: Any = None
+        self.interleaved = False
+
+    def add(self, chunk: Any) -> bool:
+        """Record ``chunk``'s text blocks in order; whether the stream is interleaved from this chunk on."""
+        if self.interleaved or not isinstance(chunk, BaseMessage):
+            return self.interleaved
+        content = chunk.content
+        if isinstance(content, str):
+            if content:
+                self._last = object()  # added after every block: a later block's text goes back before it
+            return False
+        for block in content if isinstance(content, list) else ():
+            if not (block_text(block) if isinstance(block, (str, Mapping)) else ""):
+                continue
+            index = block.get("index") if isinstance(block, Mapping) else None
+            usable = isinstance(index, (int, str)) and not isinstance(index, bool)
+            if not usable:
+                self._last = object()  # appended where it streamed, never merged into another block
+                continue
+            if index != self._last:
+                if index in self._seen:
+                    self.interleaved = True
+                    return True
+                self._seen.add(index)
+                self._last = index
+        return False
+
+
 def _judged_at_end(chunk: Any, budget: int) -> bool:
     return _has_tool_calls(chunk) or _quotes(chunk, budget)
 
@@ -478,6 +523,7 @@ class HeldStream:
         self._whole: Any = None
         self._run: list[AIMessageChunk] = []
         self._streamed_calls = StreamedCallBlocks()
+        self._order = BlockOrder()
         #: Whether a chunk was held for what is judged once the stream ended (`_end_items` must read it).
         self._held_for_end = False
 
@@ -515,7 +561,8 @@ class HeldStream:
             self._streamed_calls.beside(as_message(self.whole)),
             self.context,
             self.history_turns,
-            text=False,
+            # The text was judged as it streamed, unless its blocks interleaved: then as LangChain adds it up.
+            text=self._order.interleaved,
             tool_calls=self.tool_calls,
             sources=True,
             budget=self.guard.max_chars,
@@ -529,8 +576,10 @@ class HeldStream:
 
     def _holds_to_end(self, chunk: Any, held: deque[tuple[int, bool, Any]]) -> bool:
         """Is this chunk held until the stream ended and its end items are judged (`_end_items`): a tool-call
-        chunk (when tool calls are judged), one that carries quoted text, or one behind either?"""
-        if held and held[-1][1]:
+        chunk (when tool calls are judged), one that carries quoted text, one whose text goes back to a block
+        streamed before (`BlockOrder`), or one behind any of them?"""
+        interleaved = self._order.add(chunk)  # every chunk's blocks are recorded, held or not
+        if interleaved or (held and held[-1][1]):
             return True
         return (self.tool_calls and _has_tool_calls(chunk)) or _quotes(chunk, self.guard.max_chars)
 

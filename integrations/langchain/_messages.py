@@ -57,7 +57,18 @@ from qwenguard.core.formats.conversations import (
 from qwenguard.core.formats.media import base64_as_text, bytes_as_text
 from qwenguard.core.guard import DEFAULT_MAX_CHARS
 
-from .._common import IDENTIFIER, SEALED, SEALED_KEYS, Kinds, pairs_once
+from .._common import (
+    ACTION_KINDS,
+    IDENTIFIER,
+    LABEL_KEYS,
+    REPLY_FIELDS,
+    SEALED,
+    SEALED_KEYS,
+    Kinds,
+    action_call,
+    link_text,
+    pairs_once,
+)
 
 __all__ = [
     "DEFAULT_HISTORY_TURNS",
@@ -130,6 +141,9 @@ _TOOL_CALL_KINDS = Kinds(
         "server_tool_use",
         "mcp_tool_use",
         "function_call",
+        # The Responses API's actions (`ACTION_KINDS`: a patch the app applies, a computer action, an MCP call the app
+        # approves): calls the app or the provider carries out, judged as such (`action_call`; rt54b F3).
+        *ACTION_KINDS,
     }
 )
 # Block kinds that hold what a provider's own (server-side) tool did and returned: text the answer quotes from
@@ -659,10 +673,10 @@ def reasoning_text(message: Any) -> str:
         texts.append(item)  # a provider's plain reasoning string
     elif item is not None:
         # The item's summary and content parts, and whatever else it holds (a call beside the summary reaches the
-        # consumer too, rt49a M2): every string but its labels, its signature and its encrypted content (OpenAI's
-        # token, URL-safe base64, which the consumer never reads: left out as before, as `source_text` does).
+        # consumer too, rt49a M2): every string but its labels, and its signature and encrypted content when each is
+        # one base64 token (`_sealed`; words there are read, rt54b F4, as `source_text` and `_passed_text` read them).
         kept = item.items() if isinstance(item, Mapping) else [("", item)]
-        texts += _strings({k: v for k, v in kept if k != "encrypted_content" and not _sealed(k, v)})
+        texts += _strings({k: v for k, v in kept if not _sealed(k, v)})
     reasoning = "".join(t for t in texts if isinstance(t, str))
     if not reasoning:
         return ""
@@ -681,13 +695,10 @@ def reasoning_text(message: Any) -> str:
 
 # -- what an answer quotes: untrusted text beside its own words ------------------------------------------
 #: Keys that hold no text in what an answer quotes (besides `_NOT_TEXT`, whose ``extras`` and ``annotations``
-#: are walked here): opaque encodings and container ids.
-_SOURCE_NOT_TEXT = (_NOT_TEXT - {"extras", "annotations"}) | {
-    "encrypted_index",
-    "encrypted_content",
-    "container_id",
-    "partial_image_b64",
-}
+#: are walked here, and whose ``url`` is read as the words its path spells, `link_text`): opaque encodings and
+#: container ids. Encrypted data (``encrypted_content``, ``encrypted_index``) is left out only when it is one base64
+#: token (`_sealed`): words there are read (rt54b F4).
+_SOURCE_NOT_TEXT = (_NOT_TEXT - {"extras", "annotations", "url"}) | {"container_id", "partial_image_b64"}
 #: Server tool outputs whose ``result`` is media (an image's base64), not text.
 _MEDIA_RESULTS = Kinds({"image_generation_call"})
 #: Provider bookkeeping in ``response_metadata``, never judged: ids, model names, finish reasons, usage,
@@ -732,6 +743,15 @@ _METADATA_NOT_TEXT = frozenset(
 )
 
 
+#: The keys of what an answer quotes that are the formats' own words (`_FORMAT_WORDS`, the reply formats' field
+#: names `REPLY_FIELDS`, labels `LABEL_KEYS`, metadata's bookkeeping): every other key is read as text (rt54b F5), as
+#: in a block read whole (`_passed_text`). A third-party MCP server names its tools' parameters in an
+#: ``mcp_list_tools`` item, which the model reads back.
+_QUOTE_WORDS = _FORMAT_WORDS | REPLY_FIELDS | LABEL_KEYS | _METADATA_NOT_TEXT
+#: Kinds of a quoted part whose ``url`` is media's, not a page's address: left out (`_walk_text`).
+_MEDIA_PARTS = Kinds({"image", "image_url", "input_image", "audio", "video", "file", "input_file"})
+
+
 #: In ``prompt_feedback`` (ChatGoogleGenerativeAI's, when Gemini refused the prompt), the provider's own ratings:
 #: bookkeeping as ``safety_ratings`` is. Its ``block_reason`` is a label (`_metadata_text`); its
 #: ``block_reason_message`` free text the consumer reads, judged.
@@ -758,11 +778,15 @@ def _metadata_text(meta: Mapping[str, Any], budget: int) -> dict[str, Any]:
     return found
 
 
-def _walk_text(value: Any, budget: int, skip: frozenset[str]) -> list[str]:
-    """The text of the strings in ``value`` (through mappings' values, lists and tuples; strings under a key
+def _walk_text(value: Any, budget: int, skip: frozenset[str], *, unkeyed: Any = None) -> list[str]:
+    """The text of the strings in ``value`` (through mappings' keys and values, lists and tuples; strings under a key
     in ``skip`` and media data left out, `_leaf_text`), walked without recursion and only until past
     ``budget`` (a text counts its length, anything else one), as `artifact_text` walks. A walk cut short
-    raises `InputTooLarge`: what is left must not go out unjudged."""
+    raises `InputTooLarge`: what is left must not go out unjudged.
+
+    Keys are read but the formats' own words (`_QUOTE_WORDS`), and but those of ``unkeyed`` itself (a provider class's
+    ``response_metadata``, whose keys are its own); a link under ``url`` is read as the words its path spells
+    (`link_text`, not a media part's); encrypted data and signatures are left out when they are one base64 token."""
     texts: list[str] = []
     total = 0
     stack: list[tuple[Any, Mapping[str, Any] | None, Any]] = [(value, None, "")]  # (item, its mapping, its key)
@@ -774,7 +798,13 @@ def _walk_text(value: Any, budget: int, skip: frozenset[str]) -> list[str]:
             total += sum(max(1, len(t)) for t in found) or 1
             continue
         if isinstance(item, str):
-            text = _leaf_text(item, parent, key, skip)
+            if _sealed(key, item):
+                text = None
+            elif key == "url" and _data_url(item) is None and "://" in item[:16] and not any(c.isspace() for c in item):
+                media = parent is not None and parent.get("type") in _MEDIA_PARTS
+                text = None if media else link_text(item) or None  # a page's address spells words (rt54b F2)
+            else:
+                text = _leaf_text(item, parent, key, skip)
         else:
             text = _bytes_text(item) if isinstance(item, _BYTES) else None
         total += max(1, len(text)) if text else 1
@@ -783,7 +813,13 @@ def _walk_text(value: Any, budget: int, skip: frozenset[str]) -> list[str]:
             texts.append(text)
         elif isinstance(item, Mapping):
             media = item.get("type") in _MEDIA_RESULTS
-            pairs = [(v, item, k) for k, v in islice(item.items(), room) if not (media and k == "result")]
+            keyed = item is not unkeyed
+            pairs: list[tuple[Any, Mapping[str, Any] | None, Any]] = []
+            for k, v in islice(item.items(), room):
+                if keyed and str(k) not in _QUOTE_WORDS:
+                    pairs.append((str(k), None, ""))  # a key no format names: words the consumer reads (rt54b F5)
+                if not (media and k == "result"):
+                    pairs.append((v, item, k))
             stack.extend(reversed(pairs))
         elif isinstance(item, (list, tuple)):
             stack.extend(reversed([(v, None, "") for v in islice(item, room)]))
@@ -809,7 +845,8 @@ def source_text(message: Any, budget: int = DEFAULT_MAX_CHARS, *, metadata: bool
     content, as tool results and retrieved documents are:
 
     - citations of content blocks: Anthropic's ``citations`` and the ``annotations`` of OpenAI's and
-      LangChain's standard text blocks (``cited_text``, ``title``, a document's title; not urls and ids);
+      LangChain's standard text blocks (``cited_text``, ``title``, a document's title, the words a page's ``url``
+      spells, `link_text`; not ids);
     - what a provider's own tools returned: ``additional_kwargs["tool_outputs"]``, the Responses API's
       server-side tool items with ``output_version="v0"`` (an MCP call's ``output``, file search results, code
       interpreter logs), and the same items as content blocks (``responses/v1``), LangChain's standard
@@ -828,12 +865,16 @@ def source_text(message: Any, budget: int = DEFAULT_MAX_CHARS, *, metadata: bool
                 found += _quoted(block)
     extra = getattr(message, "additional_kwargs", None)
     if isinstance(extra, Mapping):
-        found.append(extra.get("tool_outputs"))
+        outputs = extra.get("tool_outputs")
+        if isinstance(outputs, (list, tuple)):
+            # The actions among them (`ACTION_KINDS`) are calls, judged as such (`answer_tool_calls`).
+            outputs = [o for o in outputs if not (isinstance(o, Mapping) and o.get("type") in ACTION_KINDS)]
+        found.append(outputs)
     meta = getattr(message, "response_metadata", None) if metadata else None
-    if isinstance(meta, Mapping):
-        found.append(_metadata_text(meta, budget))
+    read_meta = _metadata_text(meta, budget) if isinstance(meta, Mapping) else None
+    found.append(read_meta)
     found = [f for f in found if f]  # every streamed chunk is read: most carry nothing here
-    return "\n".join(_walk_text(found, budget, _SOURCE_NOT_TEXT)) if found else ""
+    return "\n".join(_walk_text(found, budget, _SOURCE_NOT_TEXT, unkeyed=read_meta)) if found else ""
 
 
 #: `ChatMessage` roles (any string a provider accepts) read as the assistant's turn, and as a tool's output; a
@@ -1174,6 +1215,9 @@ def answer_tool_calls(message: Any) -> list[Mapping[str, Any]]:
       but their text streams to the consumer and stays in the answer);
     - the legacy ``additional_kwargs["function_call"]`` (OpenAI's ``functions`` API), which LangChain keeps
       out of ``tool_calls``;
+    - the Responses API's actions (`ACTION_KINDS`: ``apply_patch_call``, ``computer_call``, ``mcp_approval_request``...),
+      as content blocks (``responses/v1``; a v1 ``non_standard`` block's value) and among
+      ``additional_kwargs["tool_outputs"]`` (``v0``), each ``{"name", "args", ...}`` (`action_call`);
     - ``server_tool_call`` content blocks (`_SERVER_CALLS`);
     - every other tool-call content block (`_TOOL_CALL_KINDS`: ``tool_call``, Anthropic's ``tool_use``, the
       Responses API's ``function_call``, ...), ``{"name", "args", "id", "index", "type", "block": True}``,
@@ -1193,6 +1237,11 @@ def answer_tool_calls(message: Any) -> list[Mapping[str, Any]]:
         calls.append({"name": legacy.get("name"), "args": legacy.get("arguments"), "type": "function_call"})
     elif legacy is not None:
         calls += _carried_call(legacy)  # a list of calls, a string: no provider class's shape, judged whole
+    # ``output_version="v0"`` keeps the Responses API's actions (a patch, a computer action, an MCP approval request)
+    # among the server tools' outputs: calls the app or the provider carries out (rt54b F3).
+    outputs = extra.get("tool_outputs") if isinstance(extra, Mapping) else None
+    if isinstance(outputs, (list, tuple)):
+        calls += [call for output in outputs if (call := action_call(output)) is not None]
     known: dict[Any, _Twins] = {}
     for call in [*parsed, *(getattr(message, "tool_call_chunks", None) or ())]:
         if isinstance(call, Mapping):
@@ -1384,7 +1433,11 @@ def _raw_call(entry: Any) -> dict[str, Any]:
 
 def _block_calls(block: Mapping[str, Any]) -> list[dict[str, Any]]:
     """A tool-call block as calls: one per distinct arguments value (a block with both ``args`` and
-    ``arguments`` has both judged, whichever one the provider class sends)."""
+    ``arguments`` has both judged, whichever one the provider class sends). An action of the Responses API
+    (`ACTION_KINDS`) is one call, of all it carries (`action_call`)."""
+    action = action_call(block)
+    if action is not None:
+        return [{**action, "index": block.get("index"), "block": True}]
     values: list[Any] = []
     for key in _ARG_KEYS:
         value = block.get(key)

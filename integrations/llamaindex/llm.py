@@ -92,7 +92,7 @@ from qwenguard.core.streaming.wakeup import (
 )
 from qwenguard.core.verdict import Stage
 
-from .._common import require_guard
+from .._common import reply_actions, require_guard
 from ._component import GuardComponent
 from ._messages import (
     CONTEXT_VARIABLES,
@@ -369,11 +369,18 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             checks.append((Stage.TOOL_CALL, tool_call_conversation(call.tool_name, call.tool_kwargs, plan.prompt)))
         return checks
 
-    def _reply_checks(self, parts: Sequence[Any], judged: Sequence[str], calls: Sequence[ToolSelection] = ()) -> Checks:
+    def _reply_checks(
+        self, plan: _Plan, parts: Sequence[Any], judged: Sequence[str], calls: Sequence[ToolSelection] = ()
+    ) -> Checks:
         """The text a response hands its caller beside what was judged (`reply_parts`: its ``raw`` above all, where
-        BedrockConverse keeps cited text, guardrail traces and extra fields), judged as untrusted quoted content."""
+        BedrockConverse keeps cited text, guardrail traces and extra fields), judged as untrusted quoted content; and
+        the actions it holds (the Responses API's ``apply_patch_call``, ``computer_call``, ``mcp_approval_request``...:
+        `reply_actions`), which the app or the provider carries out, judged as tool calls (rt54b F3)."""
         text = reply_text(parts, judged, calls, self.guard.max_chars)
-        return [(Stage.TOOL_RESULT, untrusted_conversation(text, "provider reply"))] if text.strip() else []
+        checks: Checks = [(Stage.TOOL_RESULT, untrusted_conversation(text, "provider reply"))] if text.strip() else []
+        for action in reply_actions(list(parts), self.guard.max_chars):
+            checks.append((Stage.TOOL_CALL, tool_call_conversation(action["name"], action["args"], plan.prompt)))
+        return checks
 
     def _passed(
         self,
@@ -511,7 +518,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         calls = tool_calls_in(self.llm, response)
         text = message_text(response.message)
         checks = self._output_checks(plan, text, calls, actions=(answer_text(response.message), text))
-        return checks + self._reply_checks(reply_parts(response), [text], calls), calls
+        return checks + self._reply_checks(plan, reply_parts(response), [text], calls), calls
 
     def _completion_checks(self, plan: _Plan, response: CompletionResponse) -> Checks:
         """A whole completion's checks. A chat model's reply handed over as a completion (LlamaIndex's
@@ -524,7 +531,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         thinking = raw_reasoning(response.raw, self.guard.max_chars)
         answer = "\n".join(t for t in (*thinking, text) if t)  # as `message_text` joins a ThinkingBlock and the text
         checks = self._output_checks(plan, answer, calls)
-        return checks + self._reply_checks(reply_parts(response), [text, *thinking], calls)
+        return checks + self._reply_checks(plan, reply_parts(response), [text, *thinking], calls)
 
     # -- streams ------------------------------------------------------------------------------
     # Inputs are screened when the stream is requested (not when first iterated), so a blocked
@@ -564,7 +571,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         checks = self._output_checks(plan, "\n".join(t for t in (rewritten, unread) if t), calls, actions=actions)
         # The last chunk goes out with the inner one's raw and message kwargs: their text beyond the judged deltas.
         judged = [out.streamed, out.reasoned, unread, rewritten]
-        return checks + self._reply_checks(reply_parts(last, own=False), judged, calls), calls
+        return checks + self._reply_checks(plan, reply_parts(last, own=False), judged, calls), calls
 
     def _guard_chat_stream(self, plan: _Plan, inner: Iterator[ChatResponse], hold: ActionHold) -> ChatResponseGen:
         out = ChatChunks()
@@ -654,7 +661,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             return []
         rewritten = out.rewritten()
         checks = self._output_checks(plan, rewritten)
-        return checks + self._reply_checks(reply_parts(out.last, own=False), [out.streamed, rewritten])
+        return checks + self._reply_checks(plan, reply_parts(out.last, own=False), [out.streamed, rewritten])
 
     def _guard_completion_stream(self, plan: _Plan, inner: Iterator[CompletionResponse]) -> CompletionResponseGen:
         out = CompletionChunks()
