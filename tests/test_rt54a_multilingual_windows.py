@@ -16,7 +16,6 @@ most windows the engine makes). Nothing of the clause may reach the consumer: co
 
 from __future__ import annotations
 
-import asyncio
 import re
 import sys
 import unicodedata
@@ -30,6 +29,7 @@ from faults import ScriptedBackend
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from lockstep import monitor_run, run, words
 from qwenguard.core import Guard, GuardViolation, Policy
 from qwenguard.integrations.langchain import guard_output
 from qwenguard.integrations.llamaindex import GuardedLLM
@@ -64,47 +64,6 @@ def counting(trigger: str) -> CountingJudge:
     verdict = flags(trigger)
     judge.answer = lambda conv: P_SAFE if conv[-1]["role"] == "user" else verdict(conv)
     return judge
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"\s*\S+", text)
-
-
-def monitor_run(judge, deltas: list[str], unit: str = "sentence") -> tuple[str, bool]:
-    """(released, stopped): the core StreamMonitor, each window back before the next delta."""
-    stopped = False
-    with Guard(judge, Policy.strict()).stream("Q?", screen_prompt=False, release_unit=unit) as m:
-        try:
-            for d in deltas:
-                m.feed(d)
-                wait([f for _, _, f in m._pending])
-                m.release_judged()
-            m.finish()
-        except GuardViolation:
-            stopped = True
-        return m.released, stopped
-
-
-async def amonitor_run(judge, deltas: list[str], unit: str = "sentence") -> tuple[str, bool]:
-    stopped = False
-    async with Guard(judge, Policy.strict()).astream("Q?", screen_prompt=False, release_unit=unit) as m:
-        try:
-            for d in deltas:
-                await m.afeed(d)
-                tasks = {t for _, _, t in m._pending}
-                if tasks:
-                    await asyncio.wait(tasks)
-                await m.arelease_judged()
-            await m.afinish()
-        except GuardViolation:
-            stopped = True
-        return m.released, stopped
-
-
-def run(mode: str, judge, deltas: list[str], unit: str = "sentence") -> tuple[str, bool]:
-    if mode == "sync":
-        return monitor_run(judge, deltas, unit)
-    return asyncio.run(amonitor_run(judge, deltas, unit))
 
 
 def clause_out(released: str, text: str, first: str) -> str:

@@ -15,7 +15,7 @@ from ..backends.after_fork import ForkSafePool
 from ..backends.gen_session_pool import SESSIONS_PER_STREAM
 from ..errors import GuardTimeout, QwenGuardError, VerdictParseError
 from ..formats.content import _BLANKS as BLANKS
-from ..formats.content import BidiState
+from ..formats.content import BidiState, read_as_displayed
 from ..formats.content import _classes as content_classes
 from ..formats.conversations import least_contexts
 from ..verdict import Risk, Stage, Verdict, worst
@@ -56,15 +56,22 @@ def window_pool() -> ThreadPoolExecutor:
 # Gen-window fallback: segments, windows, in-order results. Shared by both monitors.
 # ================================================================================================
 #: Judged text goes out whole only when it ends with terminal punctuation closing a sentence of at least this
-#: many words (two Han ideographs or kana count as one). A shorter one ("Mix.", "Yes.", "混合。") and a line
-#: without punctuation ("Mix\n") keep their last word until a window shows it with what follows: a clause cut
-#: into one-word sentences or lines, which a prompt can ask for, is never let out piece by piece.
+#: many words (two Han ideographs count as one, and so does a run of kana letters: `_words`). A shorter one
+#: ("Mix.", "Yes.", "混合。") and a line without punctuation ("Mix\n") keep their last word until a window shows
+#: it with what follows: a clause cut into one-word sentences or lines, which a prompt can ask for, is never let
+#: out piece by piece.
 MIN_SENTENCE_WORDS = 4
 #: Characters read from the end of a judged text to find its last sentence: bounds the work on hostile text.
 _SCAN = 512
 _SPACES = re.compile(r"(\s+)")
-# Han ideographs and kana letters: the kana block's punctuation ("・"), sound and iteration marks ("ー", "゛",
-# "ゝ") make no word ("・・・Mix." was a sentence of four words, rt54a F1b).
+# Han ideographs, two to a word, and runs of kana letters, one word each ("ミックスしましょう", "let's mix", is one
+# word, not four: rt54d F7). The kana block's punctuation ("・"), sound and iteration marks ("ー", "゛", "ゝ") make
+# no word of their own ("・・・Mix." was a sentence of four words, rt54a F1b); inside a run they belong to it.
+_HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
+# A katakana run starts a word (a loanword after a particle: "は" "パリです"), hiragana after it is its inflection.
+_KANA_RUN = re.compile(
+    "(?:[\u30a1-\u30fa][\u30a1-\u30fa\u3099-\u309c\u30fc-\u30fe]*|[\u3041-\u3096])[\u3041-\u3096\u3099-\u309e\u30fc]*"
+)
 _HAN_KANA = re.compile("[\u3041-\u3096\u30a1-\u30fa\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
 #: Longest tail held back after judged text when it has no word break (CJK, code, a long URL), in characters a
 #: reader sees: combining and hidden marks inside the word do not count (rt54a F3b).
@@ -85,8 +92,18 @@ RELEASE_UNITS = ("sentence", "opening", "word")
 MAX_WINDOWS_IN_FLIGHT = 4
 #: Combining marks a window's context keeps on one character (a "zalgo" stack counts as a few).
 _MARKS_KEPT = 4
-# Bidi controls stay in a window's context: a window cut inside an override must still read as displayed.
-_BIDI_KEPT = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+# What changes display order stays in a window's context: the embedding, override and isolate controls (a window
+# cut inside an override must still read as displayed) and the marks LRM, RLM, ALM (a paragraph laid out right to
+# left reads words written in reverse order with an RLM after each in reading order: rt54d F1).
+_BIDI_OPEN_EMBED = "\u202a\u202b\u202d\u202e"
+_BIDI_OPEN_ISOLATE = "\u2066\u2067\u2068"
+_BIDI_MARKS = "\u200e\u200f\u061c"
+_RTL_MARKS = "\u200f\u061c"
+_BIDI_KEPT = _BIDI_OPEN_EMBED + "\u202c" + _BIDI_OPEN_ISOLATE + "\u2069" + _BIDI_MARKS
+# Runs of them (`as_read` keeps of a run only what it does to the text around it: `_bidi_net`).
+_BIDI_RUN = re.compile(f"[{_BIDI_KEPT}]{{2,}}")
+# Tag characters, which the guard's planner decodes (what a tag run spells): kept in the context (rt54d F2).
+_TAGS = range(0xE0020, 0xE0080)
 
 
 class _Letters:
@@ -109,6 +126,8 @@ class _Letters:
         self.table: dict[int, str | None] = {cp: v for cp, v in classes.table.items() if v is None or v == " "}
         for c in _BIDI_KEPT:
             self.table.pop(ord(c), None)
+        for cp in _TAGS:
+            self.table.pop(cp, None)
         self.table.update({0x85: "\n", 0x2028: "\n", 0x2029: "\n\n"})
         self.stacks = re.compile(f"([{classes.marks}]{{{_MARKS_KEPT}}})[{classes.marks}]+")
 
@@ -140,24 +159,64 @@ def _one_blank(run: re.Match[str]) -> str:
 def as_read(text: str) -> str:
     """``text`` as a reader sees it, for a window's context: hidden characters (U+200B, U+FE0F, U+E0100, U+034F)
     dropped, blank characters (U+3164, U+00A0, U+3000) and whitespace runs one space (or one or two line
-    breaks), combining-mark stacks cut to `_MARKS_KEPT`; bidi controls kept. Linear in ``text``. Counted in
-    written characters, padding of 1,000 U+FE0F or spaces after a word kept it out of the next window's context
-    (rt54a F3, F3c)."""
+    breaks), combining-mark stacks cut to `_MARKS_KEPT`. Kept: what changes display order (the bidi controls and
+    the marks LRM, RLM, ALM; a run of them only as far as it changes the text around it, `_bidi_net`: 250
+    LRI+PDI pairs enclosing nothing are nothing) and tag characters (which the planner decodes). Linear in
+    ``text``. Counted in written characters, padding of 1,000 U+FE0F or spaces after a word kept it out of the
+    next window's context (rt54a F3, F3c; rt54d F1, F2, F3)."""
     if text.isascii():
         return _RUNS.sub(_one_blank, text) if "  " in text or "\n" in text or "\t" in text else text
     letters = _letters()
-    return _RUNS.sub(_one_blank, letters.stacks.sub(r"\1", text.translate(letters.table)))
+    read = letters.stacks.sub(r"\1", text.translate(letters.table))
+    return _RUNS.sub(_one_blank, _BIDI_RUN.sub(_bidi_net, read))
+
+
+def _bidi_net(run: re.Match[str]) -> str:
+    """A run of bidi controls and marks with nothing between them, less what changes nothing: a control and the
+    one closing it (with what is between them: controls and marks only), a mark repeated. Kept in order: what
+    closes controls opened before the run, what opens controls after it, the marks. Linear in the run."""
+    out: list[str] = []
+    opens: list[tuple[int, bool]] = []  # the run's own open controls: (index in `out`, isolate)
+    isolates = 0
+    for c in run.group():
+        if c in _BIDI_OPEN_EMBED or c in _BIDI_OPEN_ISOLATE:
+            isolate = c in _BIDI_OPEN_ISOLATE
+            opens.append((len(out), isolate))
+            isolates += isolate
+            out.append(c)
+        elif c == "\u202c":  # PDF: closes the run's last embedding or override; inside its isolate, nothing
+            if opens and not opens[-1][1]:
+                del out[opens.pop()[0] :]
+            elif not opens:
+                out.append(c)  # closes one opened before the run (or nothing): kept
+        elif c == "\u2069":  # PDI: closes the run's last isolate and what it opened after it
+            if isolates:
+                while True:
+                    at, isolate = opens.pop()
+                    if isolate:
+                        break
+                isolates -= 1
+                del out[at:]
+            else:
+                out.append(c)  # closes what was opened before the run: kept, and nothing before it is undone
+                opens, isolates = [], 0
+        elif not out or out[-1] != c:  # a mark: one of a repeated mark is enough
+            out.append(c)
+    return "".join(out)
 
 
 def ends_sentence(text: str) -> bool:
     """Does ``text`` end with terminal punctuation closing a sentence of `MIN_SENTENCE_WORDS` words or more?
 
     The sentence starts after the previous terminal punctuation or line break in ``text`` (or at its start),
-    inside a word too ("好的。混合。", "Paris.Mix."). Linear in at most `_SCAN` characters: no backtracking regex
+    inside a word too ("好的。混合。", "Paris.Mix."). One with an RLM or ALM in it does not end here (`_in_order`).
+    Linear in at most `_SCAN` characters: no backtracking regex
     over hostile runs ("......")."""
-    parts = _SPACES.split(text[-_SCAN:].rstrip())  # token, whitespace, token, ..., token
+    scan = text[-_SCAN:].rstrip()
+    parts = _SPACES.split(scan)  # token, whitespace, token, ..., token
     if not _closes_sentence(parts[-1]):
         return False
+    marked = not scan.isascii() and any(c in scan for c in _RTL_MARKS)
     words = 0
     for i in range(len(parts) - 1, -1, -2):
         token = parts[i]
@@ -168,31 +227,53 @@ def ends_sentence(text: str) -> bool:
             token = token.rstrip(_CLOSING + _TERMINAL)
         inner = _inner_end(token)
         if inner:  # the sentence starts inside this word
-            return words + _words(token[inner:]) >= MIN_SENTENCE_WORDS
+            return words + _words(token[inner:]) >= MIN_SENTENCE_WORDS and _in_order(parts, i, marked)
         words += _words(token)
         if words >= MIN_SENTENCE_WORDS:
-            return True
+            return _in_order(parts, i, marked)
     return False
 
 
+def _in_order(parts: list[str], i: int, marked: bool) -> bool:
+    """Is the sentence starting in ``parts[i]`` read in the order written: no RLM or ALM in it? A paragraph laid
+    out right to left shows words written in reverse order with an RLM after each in reading order
+    ("oil\u200f fuel\u200f ... ammonium\u200f. Mix\u200f ..." reads "Mix ammonium ..."): the written last word
+    of such a sentence is shown next to the next sentence, so it waits for a window that shows both (rt54d F1)."""
+    return not marked or not any(c in part for part in parts[i:] for c in _RTL_MARKS)
+
+
 def _inner_end(token: str) -> int:
-    """Where the last sentence ending inside a whitespace-free ``token`` ends (`_INNER_END`), else 0."""
-    for m in reversed(list(_INNER_END.finditer(token))):
-        if not m.group().isascii() or _is_letter(token[m.end()]):
+    """Where the last sentence ending inside a whitespace-free ``token`` ends (`_INNER_END`), else 0. Read from
+    the end, once: a run of "・。" stops at its last "。", not after reading every one (rt54d F6)."""
+    at = len(token)
+    while at > 0:
+        at -= 1
+        if token[at] not in _TERMINAL:
+            continue
+        while at and token[at - 1] in _TERMINAL:
+            at -= 1  # back to where the run starts, where `_INNER_END` matches
+        m = _INNER_END.match(token, at)
+        if m and (not m.group().isascii() or _is_letter(token[m.end()])):
             return m.end()
     return 0
 
 
 def _sentence_ends(text: str, limit: int) -> Iterator[int]:
-    """The ends of the sentences in ``text[:limit]`` (`_CUT`), in order: "Paris. " and "巴黎。它", not "e.g.x".
-    One without a space after it ends a segment only when it closes a sentence of four words: "好。好。" written
-    without spaces was a check per two characters; short ones are judged with the next."""
+    """The ends of the sentences in ``text[:limit]`` (`_CUT`), in order: "Paris. " and "巴黎。它", not "e.g.x"."""
     for m in _CUT.finditer(text, 0, limit + 1):
-        end = m.end()
-        if m.group() == "\n" or text[end : end + 1].isspace():
-            yield end
-        elif not m.group().isascii() and ends_sentence(text[max(0, end - 4 * MIN_CONTEXT) : end]):
-            yield end
+        if _is_sentence_end(text, m):
+            yield m.end()
+
+
+def _is_sentence_end(text: str, m: re.Match[str]) -> bool:
+    """Does the `_CUT` match ``m`` end a sentence? One without a space after it ends a segment only when it closes
+    a sentence of four words: "好。好。" written without spaces was a check per two characters; short ones are
+    judged with the next. The answer depends on the text up to the match's end and the character after it only:
+    it stays the same as text arrives (`GenWindows._sentence_cut` reads each match once)."""
+    end = m.end()
+    if m.group() == "\n" or text[end : end + 1].isspace():
+        return True
+    return not m.group().isascii() and ends_sentence(text[max(0, end - 4 * MIN_CONTEXT) : end])
 
 
 def ends_clause(text: str) -> bool:
@@ -208,11 +289,14 @@ def _closes_sentence(token: str) -> bool:
 
 
 def _words(token: str) -> int:
-    """Words in a whitespace-free token: one per two Han ideographs or kana letters ("混合" is "mix"), plus one
-    for the rest if it has a letter or digit."""
-    han = len(_HAN_KANA.findall(token))
-    rest = _HAN_KANA.sub("", token) if han else token
-    return han // 2 + (1 if _letters().one.search(rest) else 0)
+    """Words in a whitespace-free token: one per two Han ideographs ("混合" is "mix") and one per run of kana
+    letters ("ミックスしましょう"), plus one for the rest if it has a letter or digit."""
+    if token.isascii():
+        return 1 if _letters().one.search(token) else 0
+    han = len(_HAN.findall(token))
+    kana = len(_KANA_RUN.findall(token))
+    rest = _HAN_KANA.sub("", token) if han or kana else token
+    return han // 2 + kana + (1 if _letters().one.search(rest) else 0)
 
 
 #: A window's context reaches back at most this many times its size in written characters when a stream is
@@ -269,6 +353,8 @@ def releasable(text: str) -> int:
     # context): bounded work on a hostile run of fillers. A lone letter or digit is no word here: "Mix ǀ", "Mix ー",
     # "Mix 1" after each word let "Mix" out (rt49f F3). None in sight: what was read waits for a word.
     floor = max(0, len(stripped) - _SCAN)
+    if not _letters().one.search(stripped, floor):
+        return 0  # no letter or digit in sight (`_last_word` would read it all, character by character: rt54d F6)
     last = _last_word(stripped, len(stripped), floor)
     if last == floor:
         return 0  # no word in sight: all of it waits for one (released up to here, a word before the fillers went out)
@@ -288,17 +374,41 @@ def releasable(text: str) -> int:
 
 def _open_run(text: str) -> int:
     """Where ``text``'s last run without a space, tab or line break starts (a word that may still be arriving):
-    ``len(text)`` when it is longer than `MAX_HELD_WORD` characters a reader sees (text without spaces: the
-    bounded tail `releasable` holds covers a word and the next one arriving); -1 past `_SCAN` (bounded work)."""
-    at, seen, floor = len(text), 0, max(0, len(text) - _SCAN)
+    ``len(text)`` when it has more than `MAX_HELD_WORD` letters or digits (text without spaces: the bounded tail
+    `releasable` holds covers a word and the next one arriving), or when the whole of ``text`` is one run longer
+    than that in characters a reader sees; -1 past `_SCAN` (bounded work: the caller holds all it read).
+
+    Letters, not characters: "Mix " + "(" * 16 + "am", or 17 emoji or dashes before the next word, is a word
+    still arriving after "Mix" (rt54d F5)."""
+    at, seen, letters, floor = len(text), 0, 0, max(0, len(text) - _SCAN)
     while at > floor:
-        if text[at - 1] in " \t\n":
+        char = text[at - 1]
+        if char in " \t\n":
             return at
-        seen += not _unseen(text[at - 1])
-        if seen > MAX_HELD_WORD:
+        seen += not _unseen(char)
+        letters += _is_letter(char)
+        if letters > MAX_HELD_WORD:
             return len(text)
         at -= 1
-    return 0 if at == 0 else -1
+    if at == 0:
+        return len(text) if seen > MAX_HELD_WORD else 0
+    return -1
+
+
+#: The most characters a pinned word keeps (`_pinned`): a held word's worst case as read (`MAX_HELD_WORD`
+#: characters a reader sees, each with `_MARKS_KEPT` marks) and its punctuation.
+_PIN_CHARS = MAX_HELD_WORD * (1 + _MARKS_KEPT) + MAX_HELD_WORD
+
+
+def _pinned(judged: str, start: int, stop: int, bidi: BidiState) -> str:
+    """The word ``judged[start:stop]`` as a reader sees it displayed (``bidi``: the controls open at ``judged``'s
+    start), without bidi controls or marks, its end kept when it is longer than `_PIN_CHARS`: "\u202exiM\u202c"
+    is pinned "Mix", not "xiM", and a zalgo prefix glued to "Mix" keeps "Mix", the part next to the word after it
+    (rt54d F3, F4)."""
+    state = bidi.copy()
+    state.push(judged[:start])
+    word = read_as_displayed(state.opened + as_read(judged[start:stop]))
+    return "".join(c for c in word if c not in _BIDI_KEPT)[-_PIN_CHARS:]
 
 
 class GenWindows:
@@ -366,13 +476,16 @@ class GenWindows:
         #: longer shows them (visible fillers, bidi controls, a run longer than the context between a word and
         #: the next) shows them before it: a word is always judged with the word after it.
         self.pins: list[tuple[int, int, str]] = []
+        #: The controls open where `judged_tail` starts (a pinned word is shown as displayed: `_pinned`).
+        self.judged_bidi = BidiState()
         if start:
             reach = max(0, len(core.released) - _TAIL_REACH * self.context)
             self.bidi.push(core.released[:reach])
             read = as_read(core.released[reach:])
             self.tail = read[-self.context :]
             self.bidi.push(read[: len(read) - len(self.tail)])
-            self._pin(core.released[-_JUDGED_TAIL:], start)
+            self.judged_bidi.push(core.released[: max(0, len(core.released) - _JUDGED_TAIL)])
+            self._pin(core.released[-_JUDGED_TAIL:], start, self.judged_bidi)
         self.timeout = core.policy.timeout_for(Stage.STREAM)
         # (release point it was read at, judged up to, its last word still arriving, boundary): `_boundary`
         self._last_boundary: tuple[int, int, bool, int] = (-1, -1, False, 0)
@@ -380,6 +493,7 @@ class GenWindows:
         self.judged_tail = core.released[-_JUDGED_TAIL:] if start else ""  # `_gain` with ``holdback=0``
         # Chars of `unsubmitted` whose sentence ends were found to release nothing (`_gain`), at a release point.
         self._plain, self._plain_at = 0, start
+        self._scanned = 0  # chars of `unsubmitted` whose `_CUT` matches were read for good (`_sentence_cut`)
         self._before: tuple[tuple[int, int], int] = ((-1, -1), 0)  # `_releasable_before`: (key, its value)
 
     def add(self, delta: str) -> list[tuple[int, int, list[dict[str, str]]]]:
@@ -419,7 +533,7 @@ class GenWindows:
             self.submitted += len(self.unsubmitted)
             if self.in_flight == 0:
                 self.confirmed = self.submitted
-            self.unsubmitted, self._plain = "", 0
+            self.unsubmitted, self._plain, self._scanned = "", 0, 0
         elif self.unsubmitted:
             checks.append(self._take(len(self.unsubmitted)))
         return checks
@@ -441,12 +555,25 @@ class GenWindows:
         limit = min(len(text), self.check_every)
         shortest = 1 if idle else self.min_segment
         if self._plain_at != self.core._released_len:  # text went out: what a check releases is read anew
-            self._plain, self._plain_at = 0, self.core._released_len
-        for end in _sentence_ends(text, limit):
-            if end >= shortest and end > self._plain:
-                if self._gain(end, self._plain):
-                    return end  # the first one: each sentence gets a window that ends with it
-                self._plain = end  # tested once: the text before it and after `submitted` stays the same
+            self._plain, self._scanned, self._plain_at = 0, 0, self.core._released_len
+        # From where the matches before were read for good (rt54d F6: every match was read again on every delta,
+        # `ends_sentence` on each, 0.5 ms of CPU per delta on "・。" runs). A match read moves `_scanned` past it
+        # when nothing about it can change: no sentence end, or one tested (`_plain`); one too short for now
+        # (``shortest``) stops it, to be read again when idle.
+        scanned, moving = self._scanned, True
+        for m in _CUT.finditer(text, scanned, limit + 1):
+            end = m.end()
+            if _is_sentence_end(text, m):
+                if end < shortest:
+                    moving = False
+                elif end > self._plain:
+                    if self._gain(end, self._plain):
+                        self._scanned = scanned
+                        return end  # the first one: each sentence gets a window that ends with it
+                    self._plain = end  # tested once: the text before it and after `submitted` stays the same
+            if moving:
+                scanned = end
+        self._scanned = scanned
         if idle and self._plain < len(text) <= limit and text.strip() and ends_clause(text):
             if self._gain(len(text), self._plain):
                 return len(text)  # "... Paris." with its space still to come: the sentence has ended
@@ -528,8 +655,10 @@ class GenWindows:
         segment, self.unsubmitted = self.unsubmitted[:cut], self.unsubmitted[cut:]
         start = self.submitted
         self.submitted += cut
-        self.judged_tail = (self.judged_tail + segment)[-_JUDGED_TAIL:]
-        self._plain = 0
+        judged = self.judged_tail + segment
+        self.judged_tail = judged[-_JUDGED_TAIL:]
+        self.judged_bidi.push(judged[: len(judged) - len(self.judged_tail)])
+        self._plain = self._scanned = 0
         self.in_flight += 1
         # Words before the segment its context does not show (padding pushed them out): shown before it.
         pinned = "".join(word + " " for _, _, word in self.pins if word not in self.tail)
@@ -538,13 +667,14 @@ class GenWindows:
         read = as_read(text)  # the next window's context: the end of this one as read, `context` chars
         self.tail = read[-self.context :]
         self.bidi.push(read[: len(read) - len(self.tail)])
-        self._pin(self.judged_tail, self.submitted)
+        self._pin(self.judged_tail, self.submitted, self.judged_bidi)
         conversation = [*self.core.messages, {"role": "assistant", "content": window}]
         return start, start + cut, conversation
 
-    def _pin(self, judged: str, at: int) -> None:
-        """Read the last two words of the judged text's end ``judged`` (ending at offset ``at``) into `pins`.
-        Bounded: `_JUDGED_TAIL` chars at most; words found before keep their place when fewer are in sight."""
+    def _pin(self, judged: str, at: int, bidi: BidiState) -> None:
+        """Read the last two words of the judged text's end ``judged`` (ending at offset ``at``; ``bidi``: the
+        controls open at its start) into `pins`, each as displayed (`_pinned`). Bounded: `_JUDGED_TAIL` chars at
+        most; words found before keep their place when fewer are in sight."""
         found: list[tuple[int, int, str]] = []
         end, floor = len(judged), max(0, len(judged) - _JUDGED_TAIL)
         while len(found) < 2 and end > floor:
@@ -555,7 +685,7 @@ class GenWindows:
             stop = last
             while stop < len(judged) and stop - last < MAX_HELD_WORD and judged[stop] not in " \t\n":
                 stop += 1  # its punctuation ("Mix.")
-            word = "".join(c for c in as_read(judged[start:stop]) if c not in _BIDI_KEPT)[: 4 * MAX_HELD_WORD]
+            word = _pinned(judged, start, stop, bidi)
             offset = at - len(judged)
             found.insert(0, (offset + start, offset + stop, word))
             end = start
@@ -589,13 +719,14 @@ class GenWindows:
             return confirmed
         # The same judged text gives the same point: `release` runs on every feed, and reading the judged
         # text again each time is quadratic when it stays held (a long run of spaces after a short sentence).
-        judged = core._buffer[: confirmed - base]
         # A word that may still be arriving ("... Mix am" of "ammonium", the judged text's end with nothing or
         # more of its run after it) is no word after the one before it: both wait (rt54a F2).
-        after = core._buffer[confirmed - base : confirmed - base + 1]
-        arriving = bool(judged) and not judged[-1].isspace() and not after.isspace()
+        at = confirmed - base
+        last, after = core._buffer[at - 1 : at], core._buffer[at : at + 1]
+        arriving = not last.isspace() and not after.isspace()  # `at` > 0: `last` is one character
         if self._last_boundary[:3] == (base, confirmed, arriving):
-            return self._last_boundary[3]
+            return self._last_boundary[3]  # checked before the judged text is copied (rt54d)
+        judged = core._buffer[:at]
         # Judged text that ends a sentence goes out whole; any other (a word-unit window, a run-on text cut
         # at a space, a short sentence or line) keeps its last word until a window shows what follows.
         if arriving and not ends_sentence(judged):
