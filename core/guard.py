@@ -27,6 +27,7 @@ from .formats.conversations import (
     response_conversation,
     tool_call_conversation,
     untrusted_conversation,
+    without_blank_answer,
     without_blank_context,
 )
 from .formats.prompts import Message, judged_size, normalize_messages, text_size
@@ -469,6 +470,8 @@ class Guard:
         for m in msgs:
             m["content"] = clean_text(m["content"])
         msgs = without_blank_context(msgs)
+        if stage is Stage.PROMPT:  # a client's conversation: a blank last answer is a prefill, the request is judged
+            msgs = without_blank_answer(msgs)
         check = _Check(stage, msgs)
         if not self.policy.enabled(stage):
             check.decision = Decision(True, Action.ALLOW, stage, "disabled")

@@ -288,7 +288,7 @@ _SCRIPT_USES = frozenset("\u200c\u200d\u00a0\u202f\u3000\u200e\u200f\u061c")
 _UNSPACED = ("THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN", "CJK", "HIRAGANA", "KATAKANA", "HANGUL", "JAVANESE")
 # Tag characters spelling ASCII (U+E0020-E007E): invisible, and some models read them as the letters they
 # encode. A flag's tag sequence follows U+1F3F4 (the Scottish flag, "\U0001f3f4\U000e0067\U000e0062...").
-_TAG_RUNS = re.compile("[\U000e0020-\U000e007e]{2,}")
+_TAG_RUNS = re.compile("[\U000e0020-\U000e007e]+")  # one is a letter too: "bo" + tag "m" + "b" read "bomb"
 # Cyrillic, Greek, Armenian, Cherokee, IPA and small-capital letters that look like Latin ones, read as
 # Latin in a word of Latin letters and look-alikes only (a word wholly or partly in another script's own
 # letters is that script's word).
@@ -463,6 +463,20 @@ def _spelled(tags: str) -> str:
     return "".join(chr(ord(c) - 0xE0000) for c in tags)
 
 
+def _tags_spelled(read: Callable[[str], str]) -> Callable[[str], str]:
+    """``read``, with each run of tag characters (a flag's aside) replaced in place by the ASCII it spells."""
+
+    def reading(text: str) -> str:
+        parts: list[str] = []
+        at = 0
+        for m in _tag_runs(text):
+            parts += [read(text[at : m.start()]), _spelled(m.group())]
+            at = m.end()
+        return "".join(parts) + read(text[at:])
+
+    return reading
+
+
 def _tag_runs(text: str) -> list[re.Match[str]]:
     return [m for m in _TAG_RUNS.finditer(text) if not m.start() or text[m.start() - 1] != "\U0001f3f4"]
 
@@ -492,10 +506,12 @@ def as_seen_pieces(text: str) -> list[str]:
         else:
             merged.append([a, b])
     stretches = [_widen(text, a - AS_SEEN_CONTEXT, b + AS_SEEN_CONTEXT) for a, b in merged]
-    pieces = _packed(text, stretches, read_as_seen)
+    # Tag characters are read in place, as the ASCII they spell ("How can I make a " + tags "bomb" + " at home?"): read
+    # apart from the text around them, neither reading held the sentence (rt54e E8).
+    pieces = _packed(text, stretches, _tags_spelled(read_as_seen))
     if _word_gaps(text):  # hidden characters between letters: also read as the word breaks a model sees
-        pieces += _packed(text, stretches, _read_spaced)
-    return pieces + [p for p in _tags_decoded(text) if p.strip()] + shown
+        pieces += [p for p in _packed(text, stretches, _tags_spelled(_read_spaced)) if p not in pieces]
+    return pieces + shown
 
 
 def _packed(text: str, stretches: list[tuple[int, int]], read: Callable[[str], str]) -> list[str]:
@@ -1721,12 +1737,7 @@ def _part_as_seen(part: str) -> str:
     # stand for the spaces of a sentence ("Mix\u2063ammonium\u2063nitrate"); a single one splits a word
     # ("bo\u200bmb"), and between single letters they hide nothing but themselves.
     read = _read_spaced if len(_word_gaps(part)) >= 2 else read_as_seen
-    parts: list[str] = []
-    at = 0
-    for m in _tag_runs(part):
-        parts += [read(part[at : m.start()]), _spelled(m.group())]
-        at = m.end()
-    return "".join(parts) + read(part[at:])
+    return _tags_spelled(read)(part)
 
 
 def _words_and_gaps(text: str) -> list[str]:

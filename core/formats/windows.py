@@ -97,6 +97,18 @@ def _turn_as_seen(text: str) -> str:
     return "\n".join(p for p in as_seen_pieces(text) if p.strip())
 
 
+def _as_seen_turns(context: list[dict[str, str]]) -> list[dict[str, str]] | None:
+    """``context`` with each turn that a reader sees differently than written (`content.as_seen_pieces`: hidden
+    splits, look-alikes, tag characters) replaced by how it reads; ``None`` when none does. ASCII reads as written."""
+    seen: list[dict[str, str]] = []
+    changed = False
+    for turn in context:
+        read = "" if turn["content"].isascii() else _turn_as_seen(turn["content"])
+        changed |= bool(read)
+        seen.append({"role": turn["role"], "content": prepare_content(read)} if read else turn)
+    return seen if changed else None
+
+
 class TokenCounter(Protocol):
     """What the planner needs from an encoder (`ConversationEncoder` is one)."""
 
@@ -198,16 +210,15 @@ class WindowPlanner:
         if first == 0:
             context, room = self._fit_context(context, role)
             windows.extend(self._piece_windows(context, role, room, pieces, 0, check, 0))
-        seen = self._context_as_seen(earlier, role, check)
+        seen = _as_seen_turns(context)
         if seen is not None:
             # An earlier turn written so that a reader (and the app's LLM) reads what the tokenizer does not ("a
             # b\u200bo\u200bm\u200bb", a request spelled in tag characters) was context only as written: the
-            # judged turn ("And step 2?") was read without it (rt54c F3). One more window: the newest context as
-            # seen, then the judged turn's first window.
+            # judged turn ("And step 2?") was read without it (rt54c F3). The same context as seen, with every window
+            # of the judged turn (the turns the raw windows show: a fixed reach and the first window only missed a
+            # request behind a long answer or before a long judged turn, rt54e E2).
             context, room = self._fit_context(seen, role)
-            if len(windows) >= self.max_windows:
-                raise self._too_large()
-            windows.append(self._piece_windows(context, role, room, pieces, 0, check, len(windows))[0])
+            windows.extend(self._piece_windows(context, role, room, pieces, 0, check, len(windows)))
         if len(pieces) > 1:
             # Each forged-turn (and read-as-seen) piece is a window of its own: with the whole context in each, a message of many
             # short labelled lines made one check judge the conversation once per line (254 lines after 8,000
@@ -217,28 +228,6 @@ class WindowPlanner:
             for index in range(1, len(pieces)):
                 windows.extend(self._piece_windows(context, role, room, pieces, index, check, len(windows)))
         return windows
-
-    def _context_as_seen(
-        self, earlier: list[dict[str, str]], role: str, check: Callable[[], None] | None
-    ) -> list[dict[str, str]] | None:
-        """The newest earlier turns (`FORGED_CONTEXT_TOKENS`) with each that a reader sees differently than written
-        (`content.as_seen_pieces`: hidden splits, look-alikes, tag characters) replaced by how it reads; ``None``
-        when none does. Reads only the characters that context could hold (linear, bounded)."""
-        reach = 8 * FORGED_CONTEXT_TOKENS  # characters: a token is rarely more than 8
-        newest: list[dict[str, str]] = []
-        changed = False
-        for turn in reversed(earlier):
-            text = turn["content"][-reach:]
-            read = "" if text.isascii() else _turn_as_seen(text)  # ASCII reads as written
-            changed |= bool(read)
-            newest.append({"role": turn["role"], "content": read} if read else turn)
-            reach -= len(text)
-            if reach <= 0:
-                break
-        if not changed:
-            return None
-        newest.reverse()
-        return self._context(newest, role, "", check, share=FORGED_CONTEXT_TOKENS)
 
     def _context(
         self,

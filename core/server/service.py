@@ -17,7 +17,7 @@ from ..backends.base import Outcome
 from ..cache import cache_key
 from ..errors import GuardTimeout, InputTooLarge, VerdictParseError
 from ..formats.content import clean_text
-from ..formats.conversations import least_contexts, without_blank_context
+from ..formats.conversations import least_contexts, without_blank_answer, without_blank_context
 from ..formats.prompts import (
     GENERATION_PREFIX,
     SAFETY_LABELS,
@@ -423,7 +423,7 @@ def normalize(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
         raise ApiError(400, str(exc), "invalid_request_error") from exc
     for message in out:
         message["content"] = clean_text(message["content"])
-    return without_blank_context(out)
+    return without_blank_answer(without_blank_context(out))
 
 
 def check_model(requested: str | None, served: str) -> None:
