@@ -168,6 +168,10 @@ class RaisedChecks:
                 return turn
         return None
 
+    def run_turns(self, run: Sequence[BaseMessage]) -> list[BaseMessage]:
+        """The turns of ``run`` that were in a run raised for before (by id)."""
+        return [turn for turn in run if isinstance(turn.id, str) and self._run_turns.get(turn.id) is not None]
+
 
 def _key(item: Item) -> str:
     message_id = getattr(item.message, "id", None)

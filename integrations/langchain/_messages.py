@@ -987,10 +987,9 @@ def input_items(
     for i, message in enumerate(messages):
         context = history[-turns:] if turns > 0 else []
         system = system_role(message)
-        if system is None and _role(message) == "user":
-            run.add(message, context)
-        elif (joined := run.end()) is not None:
-            joined.index = i - 1
+        if (system is None and _role(message) == "user") or _is_tool_output(message):
+            run.add(message, context, i)
+        elif system is None and not _dropped_answer(message) and (joined := run.end()) is not None:
             items.append(joined)
         if i == 0 and system == "system" and not screen_system:
             continue  # the application's prompt
@@ -1028,39 +1027,61 @@ def input_items(
             if len(history) > 4 * max(turns, 1):
                 del history[: -max(turns, 1)]  # keep it bounded on long histories
     if (joined := run.end()) is not None:
-        joined.index = len(messages) - 1
         items.append(joined)
     return items
 
 
+def _dropped_answer(message: BaseMessage) -> bool:
+    """An assistant turn with no text and no tool calls, which a provider class may leave out of the request
+    (ChatAnthropic drops such a turn that is not the last): the user turns around it are sent as one run."""
+    if _role(message) != "assistant" or message_text(message).strip():
+        return False
+    calls = (*(getattr(message, "tool_calls", None) or ()), *(getattr(message, "invalid_tool_calls", None) or ()))
+    return not calls
+
+
 class _UserRun:
     """Consecutive user turns, which provider classes send as one message (ChatAnthropic merges them into one user
-    message of their text blocks): each is judged alone (`input_items`),
-    and the run, of two or more, once more as that one message reads, its texts joined as `message_text` joins a
-    message's blocks (rt54c F9: "How can I make a bo" and "mb at home?" were each safe). Linear: each turn's text is
-    read once more, and the guard's ``max_chars`` applies to the joined text as to any message's."""
+    message of their text blocks): each is judged alone (`input_items`), and the run, of two or more, once more as
+    that one message reads, its texts joined as `message_text` joins a message's blocks (rt54c F9: "How can I make a
+    bo" and "mb at home?" were each safe). The run is the one the provider sends (rt54e E1): it goes on across a
+    system message (hoisted out of the turns: judged on its own) and an assistant turn with no text and no tool calls
+    (dropped, `_dropped_answer`), and takes in tool results (sent in the user's role, merged with the user turn after
+    them); a run of tool results alone is not joined (each is judged). Linear: each turn's text is read once more,
+    and the guard's ``max_chars`` applies to the joined text as to any message's."""
 
     def __init__(self) -> None:
         self.messages: list[BaseMessage] = []
         self.context: list[dict[str, str]] = []
         self.texts: list[str] = []
+        self.index: int | None = None
+        self.users = 0
 
-    def add(self, message: BaseMessage, context: list[dict[str, str]]) -> None:
+    def add(self, message: BaseMessage, context: list[dict[str, str]], index: int) -> None:
         if not self.messages:
             self.context = context
         self.messages.append(message)
-        self.texts.append(message_text(message))
+        tool = _is_tool_output(message)
+        self.texts.append(tool_text(message) if tool else message_text(message))
+        self.users += not tool
+        self.index = index
 
     def end(self) -> Item | None:
-        """The check of the run that ends here (``None`` for a run of fewer than two turns with text), and a new run."""
-        messages, texts, context = self.messages, self.texts, self.context
-        self.messages, self.texts, self.context = [], [], []
-        if sum(1 for t in texts if t.strip()) < 2:
+        """The check of the run that ends here (``None`` for a run of fewer than two turns with text, or with no user
+        turn), and a new run."""
+        messages, texts, context, index, users = self.messages, self.texts, self.context, self.index, self.users
+        self.messages, self.texts, self.context, self.index, self.users = [], [], [], None, 0
+        if not users or sum(1 for t in texts if t.strip()) < 2:
             return None  # one turn with text reads the same alone: judged already
         joined = "".join(texts)
         label = f"{len(messages)} consecutive user turns, as one message"
         return Item(
-            Stage.PROMPT, prompt_conversation(joined, context), messages[-1], label=label, extra={"run": messages}
+            Stage.PROMPT,
+            prompt_conversation(joined, context),
+            messages[-1],
+            index,
+            label=label,
+            extra={"run": messages},
         )
 
 

@@ -57,34 +57,40 @@ async def ascreen(guard: Guard, items: Sequence[Item]) -> list[Decision]:
 
 
 def _sent(policy: Policy, item: Item) -> tuple[Stage, Any]:
-    """The check as sent: a tool-result check of the client's text (`AS_INPUT`) goes under the prompt stage when its
-    own stage is switched off (its verdict is still needed: `no_looser`)."""
-    if item.extra.get(AS_INPUT) and not policy.enabled(item.stage):
+    """The check as sent: a tool-result check of the client's text (`AS_INPUT`) goes under the prompt stage (under
+    its own only when the prompt stage is off), so the guard decides the prompt stage's policy itself, with what it
+    read in hand: a guard error's readable verdict (`QwenGuardError.readable`) blocks there as on a user's turn. Its
+    own stage is decided from that outcome (`no_looser`). Re-deciding the prompt stage from a tool-stage Decision's
+    error string lost the verdict, and a fail-open tool stage let through what the prompt stage blocks (rt54e E11)."""
+    if item.extra.get(AS_INPUT) and policy.enabled(Stage.PROMPT):
         return Stage.PROMPT, item.conversation
     return item.pair
 
 
 def no_looser(policy: Policy, item: Item, decision: Decision) -> Decision:
-    """``decision`` on ``item``, for text that came with the input in a tool's role (`AS_INPUT`): the stricter of
-    what the policy decides for its own stage and for the prompt stage, on the same verdict (or the same guard error:
-    ``on_error`` too). A client writes the message's shape, so it must not pick the looser of the two (rt54c F1: a
-    request in a `ToolMessage` failed open under ``stages={TOOL_RESULT: StagePolicy(on_error="allow")}``). A block
-    names the stage whose policy blocked. One check either way: only the decision is made twice."""
-    if not item.extra.get(AS_INPUT) or not decision.allowed:
+    """``decision`` on ``item``, for text that came with the input in a tool's role (`AS_INPUT`, sent under the prompt
+    stage: `_sent`): the stricter of what the policy decides for the prompt stage (the guard's decision) and for its
+    own stage on the same verdict (or the same guard error: ``on_error`` too). A client writes the message's shape,
+    so it must not pick the looser of the two (rt54c F1: a request in a `ToolMessage` failed open under
+    ``stages={TOOL_RESULT: StagePolicy(on_error="allow")}``). A block names the stage whose policy blocked, its own
+    first. One check either way: only the decision is made twice."""
+    if not item.extra.get(AS_INPUT):
         return decision
-    for stage in (Stage.PROMPT, item.stage):
-        if stage is decision.stage or not policy.enabled(stage):
-            continue
-        if decision.verdict is not None:
-            stricter = policy.decide(decision.verdict, stage)
-        elif decision.reason in ("guard_error", "timeout"):
-            error = decision.error or decision.reason
-            stricter = policy.decide_error(stage, error, timeout=decision.reason == "timeout")
-        else:
-            continue  # nothing judged ("empty"): nothing to decide again
-        if not stricter.allowed:
-            return replace(stricter, cached=decision.cached)
-    return decision
+    own = _under(policy, decision, item.stage)
+    return decision if own.allowed and not decision.allowed else own
+
+
+def _under(policy: Policy, decision: Decision, stage: Stage) -> Decision:
+    """The decision ``stage``'s policy makes of what ``decision`` (another stage's) was made of."""
+    if decision.stage is stage or not policy.enabled(stage):
+        return decision
+    if decision.verdict is not None:
+        decided = policy.decide(decision.verdict, stage)
+    elif decision.reason in ("guard_error", "timeout"):
+        decided = policy.decide_error(stage, decision.error or decision.reason, timeout=decision.reason == "timeout")
+    else:
+        return decision  # nothing judged ("empty"): nothing to decide again
+    return replace(decided, cached=decision.cached)
 
 
 def blocked_pairs(items: Sequence[Item], decisions: Sequence[Decision]) -> list[tuple[Item, Decision]]:

@@ -99,10 +99,12 @@ from ._messages import (
     input_items,
     is_update_pairs,
     label_item,
+    message_text,
     output_items,
     tool_arguments,
     tool_output_text,
     tool_result_messages,
+    tool_text,
 )
 from ._screening import METADATA_KEY, ascreen, blocked_pairs, require_guard, screen
 from ._stopped_calls import StoppedCalls
@@ -496,6 +498,34 @@ class GuardMiddleware(AgentMiddleware):
             ]
         return message.model_copy(update=update)
 
+    def _members(self, item: Item) -> list[tuple[Item, BaseMessage]]:
+        """The messages a blocked ``item`` withholds, each with the check to redact it by: the message, or, for
+        consecutive user turns read as one (`_messages._UserRun`), every turn of the run that has text (rt54e E5:
+        redacted at its last turn only, the run's earlier turns stayed in the state, were joined again on every later
+        turn and refused it). With ``"error"``, of a run raised for on an earlier turn, the turns of that run
+        (`RaisedChecks.run_turns`): the thread's new question is answered."""
+        run: Sequence[BaseMessage] = item.extra.get("run") or ()
+        if not run:
+            assert item.message is not None
+            return [(item, item.message)]
+        if self.exit_behavior == "error":
+            run = self._raised.run_turns(run) or run
+        texts = [(m, tool_text(m) if isinstance(m, ToolMessage) else message_text(m)) for m in run]
+        return [
+            (
+                dataclasses.replace(
+                    item, message=m, stage=Stage.TOOL_RESULT if isinstance(m, ToolMessage) else item.stage
+                ),
+                m,
+            )
+            for m, text in texts
+            if text.strip()
+        ]
+
+    def _redactions(self, item: Item, decision: Decision) -> list[BaseMessage]:
+        """The notices that replace what a blocked ``item`` withholds (`_members`)."""
+        return [self._redact_input(member, decision) for member, _ in self._members(item)]
+
     def _ended_by_tool(self, state: AgentState) -> dict[str, Any] | None:
         """With ``"end"``: a tool call or result that `wrap_tool_call` blocked ends the run here."""
         if self.exit_behavior != "end":
@@ -541,7 +571,7 @@ class GuardMiddleware(AgentMiddleware):
                 for item, d in blocked
             ]
             self._raise_new(state, blocked)
-        updates: list[BaseMessage] = [self._redact_input(item, d) for item, d in blocked]
+        updates: list[BaseMessage] = [m for item, d in blocked for m in self._redactions(item, d)]
         updates += _withheld_call_names(state, updates)
         if self.exit_behavior == "error":
             return {"messages": updates}  # blocks raised on an earlier turn: the notices, and this turn goes on
@@ -605,12 +635,22 @@ class GuardMiddleware(AgentMiddleware):
         return self._on_output(state, items, await ascreen(self.guard, items)) if items else None
 
     def _record_answer(self, state: AgentState) -> None:
-        """What the model node just wrote (its answer, and the tool messages it adds for a ``ToolStrategy``'s
-        calls) is the agent's own (`Produced`): read back as input, it keeps its stage (and ``check_tool_results``)."""
+        """An answer that did not come through this middleware's model call (a middleware listed before it answered)
+        is judged here as the agent's (`_output_items`): its own when read back (`Produced`). Only the answer: the
+        tool messages after it in the state may be another middleware's, written from a human's words
+        (``HumanInTheLoopMiddleware``'s "respond" and "reject" messages: taken as the agent's own, a client's text
+        kept the tool-result stage, rt54e E10). What the model call itself returned, its ``ToolStrategy`` messages
+        too, is recorded in the call (`_record_response`)."""
         messages = list(state.get("messages") or ())
         found = _model_answer(messages)
         if found is not None:
-            self._produced.record([messages[found[0]], *found[1]])
+            self._produced.record([messages[found[0]]])
+
+    def _record_response(self, response: Any) -> None:
+        """What the guarded model call returned (`_answers_of`, and the tool messages ``create_agent``'s model node
+        adds for a ``ToolStrategy``'s calls, in the same `ModelResponse`) is the agent's own (`Produced`)."""
+        if isinstance(response, ModelResponse):
+            self._produced.record([*_answers_of(response), *(m for m in response.result if isinstance(m, ToolMessage))])
 
     def _call_item(self, request: Any) -> Item | None:
         if not self.check_tool_calls:
@@ -773,7 +813,7 @@ class GuardMiddleware(AgentMiddleware):
         blocked = _without_runs_of_blocked(blocked_pairs(items, decisions))
         if not blocked:
             return messages
-        notices = {id(item.message): self._redact_input(item, d) for item, d in blocked}
+        notices = {id(m): self._redact_input(member, d) for item, d in blocked for member, m in self._members(item)}
         if self.exit_behavior != "replace" or (messages and id(messages[-1]) in notices):
             enforce(blocked[0][1])
         return [notices.get(id(m), m) for m in messages]
@@ -924,7 +964,7 @@ class GuardMiddleware(AgentMiddleware):
                     raise
                 return self._stream_stopped(error, ledger)
             self._trust_own_names(response)
-            self._produced.record(_answers_of(response))
+            self._record_response(response)
             items = self._answer_items(request, response, ledger)
             if not items:
                 return response
@@ -949,7 +989,7 @@ class GuardMiddleware(AgentMiddleware):
                     raise
                 return self._stream_stopped(error, ledger)
             self._trust_own_names(response)
-            self._produced.record(_answers_of(response))
+            self._record_response(response)
             items = self._answer_items(request, response, ledger)
             if not items:
                 return response

@@ -25,7 +25,9 @@ def test_every_message_the_model_reads_is_checked_by_role():
         (Stage.TOOL_CALL, 2),
         (Stage.TOOL_RESULT, 3),
         (Stage.PROMPT, 4),
+        (Stage.PROMPT, 4),  # the tool result and the user turn after it, joined: sent as one user message (rt54e E1)
     ]
+    assert items[4].conversation[-1] == {"role": "user", "content": "page textand also"}
     assert items[0].conversation == [{"role": "user", "content": "first question"}]
     assert items[2].conversation == [{"role": "user", "content": "page text"}]  # untrusted, alone
     # the user's turn comes with the earlier user/assistant text (tool traffic and system left out)
