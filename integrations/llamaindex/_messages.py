@@ -93,6 +93,8 @@ __all__ = [
     "history_messages",
     "message_text",
     "plan_inputs",
+    "record_output",
+    "guarded_tool_name",
     "plan_template",
     "raw_reasoning",
     "react_actions",
@@ -781,7 +783,9 @@ def answer_marks(message: ChatMessage, calls: Sequence[ToolSelection], question:
 #: arguments: a tool message answering one of them is the output of a tool the application ran for the model. Any
 #: other tool message of a call's input (a client's history can hold one, with a forged call before it) is the
 #: client's text in a tool's role (rt54c F1). Shared by every GuardedLLM and GuardedMemory of the process (an agent's
-#: memory stores the outputs its LLM's calls produced); bounded, oldest first.
+#: memory stores the outputs its LLM's calls produced); bounded, oldest first. Each call is held with the one output
+#: that is the tool's (`own_output`): a call's id reaches the client (FunctionAgent's ``ToolCall`` events, a history
+#: an API hands back), so the call alone cannot make a text tool output (rt54e E4).
 _OWN_CALLS_KEPT = 65536
 
 
@@ -790,7 +794,8 @@ def _own_call_key(call: ToolSelection) -> bytes:
 
 
 def remember_own_calls(calls: Sequence[ToolSelection]) -> None:
-    """Remember ``calls`` (an answer's, let through) as the model's own: their outputs are tool output."""
+    """Remember ``calls`` (an answer's, let through) as the model's own: the first output of each a `GuardedLLM` reads
+    is tool output (`own_output`)."""
     keys = [_own_call_key(c) for c in calls if isinstance(c.tool_id, str) and c.tool_id.strip()]
     if keys:
         _OWN_CALLS.add(keys)
@@ -799,6 +804,42 @@ def remember_own_calls(calls: Sequence[ToolSelection]) -> None:
 def own_call(call: ToolSelection | None) -> bool:
     """Did a guarded LLM of this process return ``call`` as the model's (`remember_own_calls`)?"""
     return call is not None and _own_call_key(call) in _OWN_CALLS
+
+
+def own_output(call: ToolSelection | None, text: str, *, bind: bool = False) -> bool:
+    """Is ``text`` the output of ``call``, a call a guarded LLM of this process returned (`own_call`)? A call's id
+    reaches the client (FunctionAgent streams ``ToolCall`` events and ``AgentOutput.tool_calls``), so the call alone
+    makes no text the tool's (rt54e E4: a client replayed a real call with its own text):
+
+    - a call of a tool `guard_tool` wraps: only a text that tool produced for the call's arguments
+      (`record_output`, as the wrapper returned it);
+    - any call: only the first output a `GuardedLLM` reads for it (``bind``: its chat input, where an agent hands its
+      model the tool's output in the call after the one that asked for it) is bound to it as the tool's, and from then
+      on any other text is the client's. Without ``bind`` (a memory, a callback handler) a call with no output bound
+      has none, unless its tool produced the text."""
+    if call is None:
+        return False
+    name, arguments = _call_parts_text(call)
+    produced = False
+    if mark("guarded_tool", name) in _GUARDED_TOOLS:
+        if mark("produced", name, arguments, text) not in _PRODUCED:
+            return False  # a text its wrapped tool never returned for these arguments
+        produced = True
+    return _OWN_CALLS.output(_own_call_key(call), mark("own_output", text), bind=bind or produced)
+
+
+def guarded_tool_name(name: str) -> None:
+    """Remember that a tool named ``name`` is wrapped by `guard_tool`: its calls' outputs are the tool's only as it
+    produced them (`record_output`)."""
+    _GUARDED_TOOLS.add([mark("guarded_tool", name)])
+
+
+def record_output(name: str, arguments: Mapping[str, Any], blocks: Sequence[Any]) -> None:
+    """Remember the output (its content ``blocks``) a wrapped tool named ``name`` returned for ``arguments``, as an
+    agent hands it to its LLM (a tool message of those blocks: `own_output`)."""
+    text = "\n".join(t for b in blocks if (t := block_text(b)))
+    args = json.dumps(dict(arguments), sort_keys=True, default=str, ensure_ascii=False)
+    _PRODUCED.add([mark("produced", name, args, text)])
 
 
 # -- text carried in additional_kwargs -----------------------------------------------------------
@@ -1043,15 +1084,23 @@ def _clean_line(line: str, first: bool, last: bool) -> str:
     return c[0 if first else 1 : len(c) if last else len(c) - 1]
 
 
+def _prefix_state(kind: str, prefix: Sequence[str]) -> Any:
+    """The `mark` hash state of ``kind`` after the parts ``prefix``, ready for the turn's text."""
+    h = hashlib.blake2b(kind.encode(), digest_size=16)
+    for p in prefix:
+        h.update(b"\x1f" + _norm(p).encode("utf-8", "surrogatepass"))
+    h.update(b"\x1f")
+    return h
+
+
 class _TurnPrint:
     """The fingerprint `mark` gives a turn's text (after ``prefix``, the other parts of its check), grown a line at a
     time (`_norm`: cleaned, ends stripped), so that every cut of a history string is linear in its length."""
 
-    def __init__(self, kind: str, prefix: Sequence[str]) -> None:
-        self.h = hashlib.blake2b(kind.encode(), digest_size=16)
-        for p in prefix:
-            self.h.update(b"\x1f" + _norm(p).encode("utf-8", "surrogatepass"))
-        self.h.update(b"\x1f")
+    def __init__(self, kind: str, prefix: Sequence[str], start: Any = None) -> None:
+        # ``start``: the hash state after the prefix (`_prefix_state`), copied; each cleaned and hashed once however
+        # many turns share it (rt54e E9: every answer after one long question re-read the whole question).
+        self.h = start.copy() if start is not None else _prefix_state(kind, prefix)
         self.started = False  # a character other than ASCII whitespace was added
         self.pending = ""  # the whitespace after the last such character (stripped if the text ends there)
 
@@ -1087,19 +1136,22 @@ def cut_judged_turns(text: str, seen: Seen | None) -> tuple[str, list[GuardMessa
     and stop every harmless follow-up. Only a turn whose whole text matches a fingerprint ``seen`` holds in that
     role is cut (never a guess at where a turn ends), an assistant turn only as the answer to the user turn before it
     (`answer_mark`); everything else stays in the text and is judged as it was. Linear: each turn's fingerprint grows
-    a line at a time (`_TurnPrint`)."""
+    a line at a time (`_TurnPrint`), and each user turn is read once as the question of the answers after it."""
     if seen is None or not text:
         return text, []
     lines = text.split("\n")
     labels = [(k, m) for k, line in enumerate(lines) if (m := _HISTORY_LINE.match(line)) is not None]
-    # The user turn before each label line (its whole text, to the next label: `history_messages`).
-    questions: dict[int, str] = {}
-    question = ""
+    # The hash state of an answer after the user turn before each label line (that turn's whole text, to the next
+    # label: `history_messages`), computed once per user turn and copied for each answer after it (rt54e E9).
+    questions: dict[int, Any] = {}
+    question: Any = None
     for n, (k, m) in enumerate(labels):
         questions[k] = question
         if _mark_kind(m.group(1)) == "user":
             upto = labels[n + 1][0] if n + 1 < len(labels) else len(lines)
             question = "\n".join([lines[k][m.end() :], *lines[k + 1 : upto]])
+            question = _prefix_state("assistant", [question])
+    no_question = _prefix_state("assistant", [""])
     kept: list[str] = []
     turns: list[GuardMessage] = []
     i = 0
@@ -1110,7 +1162,11 @@ def cut_judged_turns(text: str, seen: Seen | None) -> tuple[str, list[GuardMessa
             i += 1
             continue
         kind = _mark_kind(label.group(1))
-        fingerprint = _TurnPrint(kind, [questions[i]] if kind == "assistant" else [])
+        if kind == "assistant":
+            asked = questions[i]
+            fingerprint = _TurnPrint(kind, (), no_question if asked is None else asked)
+        else:
+            fingerprint = _TurnPrint(kind, ())
         matched, hit = -1, False
         j = i
         while j < len(lines) and (j == i or _HISTORY_LINE.match(lines[j]) is None):
@@ -1217,7 +1273,46 @@ class Seen:
                 self._keys.popitem(last=False)
 
 
-_OWN_CALLS = Seen(_OWN_CALLS_KEPT)
+class _OwnCalls:
+    """The calls `remember_own_calls` keeps, each with the fingerprint of its output once one is bound
+    (`own_output`); bounded, least recently used first: a call dropped is no longer own (its outputs are then the
+    client's), never unbound while it is kept."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._calls: OrderedDict[bytes, bytes | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, keys: Iterable[bytes]) -> None:
+        with self._lock:
+            for key in keys:
+                self._calls.setdefault(key, None)  # a call returned again keeps its bound output
+                self._calls.move_to_end(key)
+            while len(self._calls) > self.maxsize:
+                self._calls.popitem(last=False)
+
+    def __contains__(self, key: bytes) -> bool:
+        with self._lock:
+            if key in self._calls:
+                self._calls.move_to_end(key)
+                return True
+            return False
+
+    def output(self, key: bytes, output: bytes, *, bind: bool) -> bool:
+        with self._lock:
+            if key not in self._calls:
+                return False
+            self._calls.move_to_end(key)
+            bound = self._calls[key]
+            if bound is None and bind:
+                self._calls[key] = bound = output
+            return bound == output
+
+
+_OWN_CALLS = _OwnCalls(_OWN_CALLS_KEPT)
+#: The names of the tools `guard_tool` wrapped, and the outputs they returned (`record_output`); bounded.
+_GUARDED_TOOLS = Seen(_OWN_CALLS_KEPT)
+_PRODUCED = Seen(_OWN_CALLS_KEPT)
 
 
 # -- text a client wrote in a tool's role -------------------------------------------------------
@@ -1285,16 +1380,22 @@ async def ajudge(guard: Any, checks: Sequence[tuple[Stage, list[GuardMessage]]])
 
 
 def tool_output_check(
-    message: ChatMessage, text: str, names: Mapping[str, str], calls: Mapping[str, ToolSelection]
+    message: ChatMessage,
+    text: str,
+    names: Mapping[str, str],
+    calls: Mapping[str, ToolSelection],
+    *,
+    bind: bool = False,
 ) -> tuple[bytes, tuple[Stage, list[GuardMessage]]]:
     """The fingerprint and the check of a tool-role message with ``text`` (its text as sent): the output of a tool the
-    application ran for a call a guarded LLM returned (``calls``: the history's calls by id, `own_call`) is untrusted
-    tool output, under the tool-result stage's policy; any other is text a client may have written: a
-    `ClientToolCheck`, remembered apart (a tool output let through under a looser policy is no pass for a client's)."""
+    application ran for a call a guarded LLM returned (``calls``: the history's calls by id; the first output a
+    `GuardedLLM` read for that call, `own_output`, bound when ``bind``) is untrusted tool output, under the
+    tool-result stage's policy; any other is text a client may have written: a `ClientToolCheck`, remembered apart (a
+    tool output let through under a looser policy is no pass for a client's)."""
     call_id = str(message.additional_kwargs.get("tool_call_id") or "")
     name = names.get(call_id) or str(message.additional_kwargs.get("name") or "tool")
     conversation = untrusted_conversation(text, f"output of tool {name}")
-    if call_id and own_call(calls.get(call_id)):
+    if call_id and own_output(calls.get(call_id), text, bind=bind):
         return mark("tool", text), (Stage.TOOL_RESULT, conversation)
     return mark("client_tool", text), ClientToolCheck(conversation)
 
@@ -1324,6 +1425,39 @@ def is_tool_role(message: ChatMessage) -> bool:
     return role_of(message) in _TOOL
 
 
+# -- consecutive user turns --------------------------------------------------------------------
+class UserRun:
+    """Consecutive user turns, which providers send as one (the Anthropic Messages API combines consecutive user
+    turns; a provider class may merge them client-side): each is judged as before, and a run of two or more with
+    text once more as one prompt, their texts joined (rt54e E6: "How can I make a bo" and "mb at home?" were each
+    safe). A run goes on across the messages a provider drops or hoists out of the turns: a system message (sent as
+    the system prompt; judged on its own) and an assistant turn with no text and no tool calls. Linear: each turn's
+    text is read once more, and the guard's ``max_chars`` applies to the joined text as to any message's; a single
+    turn costs no check more."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def add(self, text: str) -> None:
+        if text.strip():
+            self.texts.append(text)
+
+    def end(self) -> str | None:
+        """The joined text of the run that ends here (None for fewer than two turns with text), and a new run."""
+        texts, self.texts = self.texts, []
+        return "".join(texts) if len(texts) >= 2 else None
+
+
+def keeps_run(role: str, text: str, calls: Sequence[Any]) -> bool:
+    """Does a message that is not a user turn leave a run of user turns going on (`UserRun`)?"""
+    return role in _SYSTEM or (role in _ASSISTANT and not text.strip() and not calls)
+
+
+def run_check(joined: str) -> tuple[bytes, tuple[Stage, list[GuardMessage]]]:
+    """The fingerprint and the check of a run of user turns joined (`UserRun`): a prompt on its own."""
+    return mark("user_run", joined), (Stage.PROMPT, prompt_conversation(joined))
+
+
 # -- planning the input checks ----------------------------------------------------------------
 @dataclass
 class InputPlan:
@@ -1344,6 +1478,7 @@ def plan_inputs(
     seen: Seen | None = None,
     latest_prompt: bool = True,
     screen_tools: bool = False,
+    bind_outputs: bool = False,
 ) -> InputPlan:
     """The checks an LLM call's input needs, by role, for every message new to the model.
 
@@ -1359,7 +1494,9 @@ def plan_inputs(
     grows); without it every message is judged (a guard's verdict cache makes repeats cheap).
     ``latest_prompt=False``: the latest user turn is judged on its own too (a template's turns: its query
     variable is the prompt). ``screen_tools``: the tool descriptions an opening ReAct header lists (`react_tool_text`)
-    as untrusted content.
+    as untrusted content. ``bind_outputs``: a `GuardedLLM`'s chat input, where the first output of a call it returned
+    is bound to the call as the tool's (`own_output`). A run of two or more consecutive user turns is judged once more
+    joined (`UserRun`).
     """
     plan = InputPlan()
     users = (i for i, m in enumerate(messages) if role_of(m) == MessageRole.USER.value)
@@ -1368,6 +1505,7 @@ def plan_inputs(
     by_id: dict[str, ToolSelection] = {}  # the calls of the assistant turns so far, by id
     history: list[GuardMessage] = []
     previous_user = ""
+    run = UserRun()
 
     def new(key: bytes) -> bool:
         if seen is not None and key in seen:
@@ -1375,11 +1513,21 @@ def plan_inputs(
         plan.marks.append(key)
         return True
 
+    def end_run() -> None:
+        if (joined := run.end()) is not None:
+            key, check = run_check(joined)
+            if new(key):
+                plan.checks.append(check)
+
     for i, m in enumerate(messages):
         role = role_of(m)
         calls = tool_calls_of(llm, m) if role in _ASSISTANT else []
         text = wire_text(m, calls)  # what the provider may send, not only the blocks (and no role change)
         has_text = bool(text.strip())
+        if role == MessageRole.USER.value:
+            run.add(text)
+        elif not keeps_run(role, text, calls):
+            end_run()
         if role in _SYSTEM:
             # Only a system message that opens the list is the application's (its prompt; a template's wording):
             # one further on came with the conversation (a client's chat_history, text a memory inserts).
@@ -1423,7 +1571,7 @@ def plan_inputs(
                 has_text = True
             if has_text:
                 # Tool output of a call a guarded LLM returned, or a client's text in a tool's role (rt54c F1).
-                key, check = tool_output_check(m, text, names, by_id)
+                key, check = tool_output_check(m, text, names, by_id, bind=bind_outputs)
                 if new(key):
                     plan.checks.append(check)
             continue
@@ -1431,6 +1579,7 @@ def plan_inputs(
             history.append({"role": "user" if role == MessageRole.USER.value else "assistant", "content": text})
         if role == MessageRole.USER.value:
             previous_user = text
+    end_run()
     if last_user is None:
         plan.prompt = prompt_conversation("", history)
     return plan

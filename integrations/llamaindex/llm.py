@@ -281,7 +281,12 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             return pre
         screen_system = self.screen_system or _SCREEN_SYSTEM.get() == id(self)
         plan = plan_inputs(
-            messages, self.llm, screen_system=screen_system, seen=self._seen, screen_tools=self.screen_tools
+            messages,
+            self.llm,
+            screen_system=screen_system,
+            seen=self._seen,
+            screen_tools=self.screen_tools,
+            bind_outputs=True,
         )
         checks, marks = plan.checks, plan.marks
         # The tool list a provider class built for the request (``*_chat_with_tools``: FunctionAgent's calls): its
@@ -392,7 +397,8 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         """Remember the inputs and the answer of a call that passed: they come back as history. Not when a
         check of the call failed open (its text passed unjudged): the memory is shared by every request, and
         one guard failure would let that text through unjudged for every later one. The answer's tool calls are
-        remembered as the model's own in any case (`remember_own_calls`): their outputs are tool output."""
+        remembered as the model's own in any case (`remember_own_calls`): the output their tool produced is tool
+        output (`._messages.own_output`)."""
         remember_own_calls(calls)
         if self._seen is None or plan.failed_open:
             return

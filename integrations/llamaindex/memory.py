@@ -43,14 +43,17 @@ from ._messages import (
     SYSTEM_ROLES,
     Checks,
     Seen,
+    UserRun,
     ajudge,
     calls_by_id,
     is_tool_role,
     judge,
+    keeps_run,
     mark,
     observation_text,
     plan_inputs,
     role_of,
+    run_check,
     tool_calls_of,
     tool_names,
     tool_output_check,
@@ -74,10 +77,44 @@ def _is_user(message: ChatMessage) -> bool:
 
 
 def _put_checks(history: Sequence[ChatMessage], message: ChatMessage) -> Checks:
-    """A new user message, judged as the latest turn after the stored history."""
+    """A new user message, judged as the latest turn after the stored history, and with the user turns stored just
+    before it (a run, `UserRun`) joined."""
     if not _is_user(message):
         return []
-    return [(Stage.PROMPT, plan_inputs([*history, message]).prompt)]
+    return [(Stage.PROMPT, plan_inputs([*history, message]).prompt), *_run_checks(_stored_run(history), [message])]
+
+
+def _stored_run(stored: Sequence[ChatMessage]) -> list[ChatMessage]:
+    """The user turns that end ``stored`` (a run a new user turn continues: `UserRun`), oldest first."""
+    run: list[ChatMessage] = []
+    for m in reversed(stored):
+        role = role_of(m)
+        calls = tool_calls_of(None, m) if role in ASSISTANT_ROLES else []
+        if role == MessageRole.USER.value:
+            run.append(m)
+        elif not keeps_run(role, wire_text(m, calls), calls):
+            break
+    return run[::-1]
+
+
+def _run_checks(stored_run: Sequence[ChatMessage], messages: Sequence[ChatMessage]) -> Checks:
+    """Each run of two or more consecutive user turns of ``messages`` (the first continuing ``stored_run``, the user
+    turns stored last) judged joined, as a provider sends them (rt54e E6)."""
+    checks: Checks = []
+    run = UserRun()
+    for m in stored_run:
+        run.add(wire_text(m))
+    for m in messages:
+        role = role_of(m)
+        if role == MessageRole.USER.value:
+            run.add(wire_text(m))
+            continue
+        calls = tool_calls_of(None, m) if role in ASSISTANT_ROLES else []
+        if not keeps_run(role, wire_text(m, calls), calls) and (joined := run.end()) is not None:
+            checks.append(run_check(joined)[1])
+    if (joined := run.end()) is not None:
+        checks.append(run_check(joined)[1])
+    return checks
 
 
 def _answer_text(message: ChatMessage) -> str:
@@ -97,6 +134,13 @@ def _needs_stored(messages: Sequence[ChatMessage]) -> bool:
         if _answer_text(m).strip():
             return True
     return False
+
+
+def _put_needs_stored(messages: Sequence[ChatMessage]) -> bool:
+    """Are the stored messages part of what ``messages`` are judged with? An answer to the last stored user turn, a
+    tool output of a stored call, a user turn that may continue a run of stored ones (`UserRun`)."""
+    first_user = bool(messages) and role_of(messages[0]) == MessageRole.USER.value
+    return first_user or _needs_stored(messages) or any(map(is_tool_role, messages))
 
 
 def _last_user(history: Sequence[ChatMessage]) -> str:
@@ -132,7 +176,8 @@ def _set_checks(messages: Sequence[ChatMessage], stored: Sequence[ChatMessage] =
                 checks.append((Stage.TOOL_RESULT, untrusted_conversation(observed, "tool output")))
         elif (system := _system_text(m)).strip():
             checks.append((Stage.PROMPT, untrusted_conversation(system, "system prompt")))
-    return checks
+    stored_run = _stored_run(stored) if messages and role_of(messages[0]) == MessageRole.USER.value else []
+    return [*checks, *_run_checks(stored_run, messages)]
 
 
 def _system_text(message: ChatMessage) -> str:
@@ -283,12 +328,12 @@ class GuardedMemory(BaseMemory):
         await self.memory.aput(message)
 
     def put_messages(self, messages: list[ChatMessage]) -> None:
-        stored = self.memory.get_all() if _needs_stored(messages) or any(map(is_tool_role, messages)) else []
+        stored = self.memory.get_all() if _put_needs_stored(messages) else []
         self._screen(_set_checks(messages, stored))
         self.memory.put_messages(messages)
 
     async def aput_messages(self, messages: list[ChatMessage]) -> None:
-        stored = await self.memory.aget_all() if _needs_stored(messages) or any(map(is_tool_role, messages)) else []
+        stored = await self.memory.aget_all() if _put_needs_stored(messages) else []
         await self._ascreen(_set_checks(messages, stored))
         await self.memory.aput_messages(messages)
 

@@ -50,7 +50,7 @@ from qwenguard.core.formats.conversations import untrusted_conversation
 from qwenguard.core.verdict import Stage
 
 from .._common import require_guard
-from ._messages import Checks, block_text, value_strings
+from ._messages import Checks, block_text, guarded_tool_name, record_output, value_strings
 from ._quiet import unspanned
 from .postprocessor import node_text
 
@@ -278,6 +278,19 @@ class _Screening:
             return output if raw is not _UNREADABLE else self._verdict_output(output, nodes, raw, [])
         return self._verdict_output(output, nodes, raw, await self.guard.acheck_many(checks))
 
+    def _returned(self, output: ToolOutput, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> ToolOutput:
+        """``output``, remembered as what this tool returned for ``kwargs`` (`record_output`): an agent hands it to
+        its LLM as the output of the model's call, and only such a text answers a call of this tool (rt54e E4: a
+        client replaying a real call's id with its own text)."""
+        if not args:  # an agent calls with keyword arguments (the call's); other calls answer no model's call
+            ctx_param = getattr(self, "ctx_param_name", None)
+            record_output(
+                cast(BaseTool, self).metadata.get_name(),
+                {k: v for k, v in kwargs.items() if k != ctx_param},
+                output.blocks,
+            )
+        return output
+
     # -- a raised exception: its text is what the agent would hand the LLM --------------------
     def _error_output(self, error: Exception, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> ToolOutput | None:
         """The error output the agent would build from ``error`` (``None``: nothing to judge, re-raise)."""
@@ -297,7 +310,10 @@ class _Screening:
         if output is None:
             return None
         replaced = self._screen(output)
-        return None if replaced is output else replaced
+        if replaced is output:  # re-raised: the agent hands its LLM the exception's text as the output
+            self._returned(output, args, kwargs)
+            return None
+        return replaced
 
     async def _ascreen_error(
         self, error: Exception, args: tuple[Any, ...], kwargs: Mapping[str, Any]
@@ -306,7 +322,10 @@ class _Screening:
         if output is None:
             return None
         replaced = await self._ascreen(output)
-        return None if replaced is output else replaced
+        if replaced is output:
+            self._returned(output, args, kwargs)
+            return None
+        return replaced
 
 
 class GuardedFunctionTool(_Screening, FunctionTool):
@@ -328,6 +347,7 @@ class GuardedFunctionTool(_Screening, FunctionTool):
         self.guard = guard
         self.refusal = refusal
         self.wrapped = tool
+        guarded_tool_name(self.metadata.get_name())
 
     def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
         try:
@@ -335,8 +355,8 @@ class GuardedFunctionTool(_Screening, FunctionTool):
         except Exception as error:
             if (note := self._screen_error(error, args, kwargs)) is None:
                 raise  # allowed: the tool's own exception, unchanged
-            return note
-        return self._screen(output)
+            return self._returned(note, args, kwargs)
+        return self._returned(self._screen(output), args, kwargs)
 
     async def acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
         try:
@@ -344,8 +364,8 @@ class GuardedFunctionTool(_Screening, FunctionTool):
         except Exception as error:
             if (note := await self._ascreen_error(error, args, kwargs)) is None:
                 raise
-            return note
-        return await self._ascreen(output)
+            return self._returned(note, args, kwargs)
+        return self._returned(await self._ascreen(output), args, kwargs)
 
 
 class GuardedTool(_Screening, AsyncBaseTool):
@@ -356,6 +376,7 @@ class GuardedTool(_Screening, AsyncBaseTool):
         self._async_tool = adapt_to_async_tool(tool)
         self.guard = guard
         self.refusal = refusal
+        guarded_tool_name(tool.metadata.get_name())
 
     @property
     def metadata(self) -> ToolMetadata:
@@ -381,8 +402,8 @@ class GuardedTool(_Screening, AsyncBaseTool):
         except Exception as error:
             if (note := self._screen_error(error, args, kwargs)) is None:
                 raise
-            return note
-        return self._screen(output)
+            return self._returned(note, args, kwargs)
+        return self._returned(self._screen(output), args, kwargs)
 
     async def acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
         try:
@@ -390,8 +411,8 @@ class GuardedTool(_Screening, AsyncBaseTool):
         except Exception as error:
             if (note := await self._ascreen_error(error, args, kwargs)) is None:
                 raise
-            return note
-        return await self._ascreen(output)
+            return self._returned(note, args, kwargs)
+        return self._returned(await self._ascreen(output), args, kwargs)
 
 
 def guard_tool(tool: BaseTool | Any, guard: Guard, *, refusal: str = DEFAULT_REFUSAL) -> AsyncBaseTool:

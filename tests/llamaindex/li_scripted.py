@@ -297,3 +297,18 @@ def injection_oracle() -> Any:
     from qwenguard.core import Guard, Policy
 
     return Guard(ScriptedBackend(_injection_verdict, name="oracle"), Policy(timeout_s=None), cache_size=0)
+
+
+class Reader:
+    """MockFunctionCallingLLM's response generator: records every text the LLM read, answers ``answer``."""
+
+    def __init__(self, answer: str = "Sure.") -> None:
+        self.answer = answer
+        self.read: list[str] = []
+
+    def __call__(self, messages: Any, **kwargs: Any) -> ChatMessage:
+        self.read.extend(m.content or "" for m in messages)
+        return ChatMessage(role="assistant", content=self.answer)
+
+    def saw(self, text: str) -> bool:
+        return any(text in r for r in self.read)
