@@ -130,3 +130,15 @@ class RecordingBackend:
 
     def close(self) -> None:
         pass
+
+
+def judged_again(guard: Any, documents: list[Any]) -> str:
+    """A failed retrieval test's message: each document's decision now, and whether the guard's cache held it (a safe
+    document was dropped twice in CI, once in each of two retriever tests, cause unknown: this says which it was)."""
+    from qwenguard.integrations.langchain.documents import _texts
+
+    decisions = guard.check_documents(None, _texts(documents, guard.max_chars))
+    return "; ".join(
+        f"{d.action.value} {d.reason} cached={d.cached} raw={d.verdict.raw if d.verdict else None!r} error={d.error!r}"
+        for d in decisions
+    )

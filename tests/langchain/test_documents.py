@@ -6,7 +6,7 @@ import pytest
 from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.vectorstores import InMemoryVectorStore
-from lc_fakes import INJECTION, SAFE_QUESTION
+from lc_fakes import INJECTION, SAFE_QUESTION, judged_again
 from qwenguard.core import GuardViolation, Policy
 from qwenguard.integrations.langchain import GuardDocumentCompressor, GuardedRetriever
 
@@ -57,7 +57,7 @@ def test_guarded_retriever_over_a_vector_store(guard):
 async def test_guarded_retriever_async(guard):
     retriever = GuardedRetriever.wrap(_store().as_retriever(search_kwargs={"k": 3}), guard)
     docs = await retriever.ainvoke(SAFE_QUESTION)
-    assert len(docs) == 2 and all(INJECTION not in d.page_content for d in docs)
+    assert len(docs) == 2 and all(INJECTION not in d.page_content for d in docs), judged_again(guard, DOCS)
 
 
 def test_bad_input_is_a_clear_error(guard):

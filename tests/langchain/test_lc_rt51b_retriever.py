@@ -18,7 +18,7 @@ from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
-from lc_fakes import INJECTION, SAFE_ANSWER, SAFE_QUESTION, scripted
+from lc_fakes import INJECTION, SAFE_ANSWER, SAFE_QUESTION, judged_again, scripted
 from qwenguard.integrations.langchain import AsyncGuardCallbackHandler, GuardCallbackHandler, GuardedRetriever
 
 DOCS = [
@@ -66,7 +66,7 @@ async def test_astream_log_carries_only_the_kept_documents(guard):
 def test_a_callback_handler_hears_only_the_kept_documents(guard):
     sources = Sources()
     docs = _retriever(guard).invoke(SAFE_QUESTION, config={"callbacks": [sources]})
-    assert sorted(d.page_content for d in docs) == KEPT and sorted(sources.seen) == KEPT
+    assert sorted(d.page_content for d in docs) == KEPT and sorted(sources.seen) == KEPT, judged_again(guard, DOCS)
 
 
 def test_a_guard_callback_handler_beside_it_does_not_stop_the_retrieval(guard):
