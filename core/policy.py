@@ -414,6 +414,20 @@ class Policy:
             return Decision(True, Action.FLAG, stage, reason, None, error=message)
         return Decision(False, Action.BLOCK, stage, reason, None, error=message)
 
+    def decide_again(self, decision: Decision, stage: Stage) -> Decision:
+        """The decision ``stage``'s policy makes of what ``decision`` (another stage's) was made of: its verdict, or
+        its guard error (``on_error``). An integration decides a client's text in a tool's role under two stages'
+        policies on one check. Unchanged where ``stage`` is its own or disabled, or nothing was judged ("empty")."""
+        if decision.stage is stage or not self.enabled(stage):
+            return decision
+        if decision.verdict is not None:
+            decided = self.decide(decision.verdict, stage)
+        elif decision.reason in ("guard_error", "timeout"):
+            decided = self.decide_error(stage, decision.error or decision.reason, timeout=decision.reason == "timeout")
+        else:
+            return decision
+        return replace(decided, cached=decision.cached)
+
     def decide_unjudged(self, stage: Stage, message: str) -> Decision:
         """The outcome for an item the guard never got to judge because of other items (a failed batch's
         retry ran out of time before its call started): blocked whatever ``on_error`` says, since failing

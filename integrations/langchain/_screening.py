@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any, TypeVar
 
 from langchain_core.messages import BaseMessage
@@ -76,21 +75,8 @@ def no_looser(policy: Policy, item: Item, decision: Decision) -> Decision:
     first. One check either way: only the decision is made twice."""
     if not item.extra.get(AS_INPUT):
         return decision
-    own = _under(policy, decision, item.stage)
+    own = policy.decide_again(decision, item.stage)
     return decision if own.allowed and not decision.allowed else own
-
-
-def _under(policy: Policy, decision: Decision, stage: Stage) -> Decision:
-    """The decision ``stage``'s policy makes of what ``decision`` (another stage's) was made of."""
-    if decision.stage is stage or not policy.enabled(stage):
-        return decision
-    if decision.verdict is not None:
-        decided = policy.decide(decision.verdict, stage)
-    elif decision.reason in ("guard_error", "timeout"):
-        decided = policy.decide_error(stage, decision.error or decision.reason, timeout=decision.reason == "timeout")
-    else:
-        return decision  # nothing judged ("empty"): nothing to decide again
-    return replace(decided, cached=decision.cached)
 
 
 def blocked_pairs(items: Sequence[Item], decisions: Sequence[Decision]) -> list[tuple[Item, Decision]]:

@@ -1343,22 +1343,11 @@ def _asked(policy: Policy, checks: Sequence[tuple[Stage, list[GuardMessage]]]) -
     ]
 
 
-def _under(policy: Policy, decision: Decision, stage: Stage) -> Decision:
-    """The decision ``stage``'s policy makes of what ``decision`` (another stage's) was made of."""
-    if decision.stage is stage or not policy.enabled(stage):
-        return decision
-    if decision.verdict is not None:
-        return dataclasses.replace(policy.decide(decision.verdict, stage), cached=decision.cached)
-    if decision.reason in ("guard_error", "timeout"):
-        return policy.decide_error(stage, decision.error or decision.reason, timeout=decision.reason == "timeout")
-    return decision  # empty, disabled: nothing was judged
-
-
 def _stricter(policy: Policy, decision: Decision) -> Decision:
     """A client's tool-role text: the tool-result stage's decision where it blocks (as before: the stage says where),
     else the prompt stage's where that one is stricter (it blocks, or flags what the other allows)."""
-    as_tool = _under(policy, decision, Stage.TOOL_RESULT)
-    as_prompt = _under(policy, decision, Stage.PROMPT)
+    as_tool = policy.decide_again(decision, Stage.TOOL_RESULT)
+    as_prompt = policy.decide_again(decision, Stage.PROMPT)
     return as_prompt if _SEVERITY[as_prompt.action] > _SEVERITY[as_tool.action] else as_tool
 
 
