@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import var_child_runnable_config
 from langchain_core.tracers.context import tracing_v2_callback_var
+from qwenguard.core.streaming.parallel import _retrieve as mark_read
 
 try:  # every context variable langchain-core's CallbackManager.configure reads a handler from (a private list)
     from langchain_core.tracers.context import _configure_hooks
@@ -155,14 +156,23 @@ async def arun_in(context: contextvars.Context, make: Callable[[], AsyncIterator
     try:
         while True:
             try:
-                item = await context.run(lambda: asyncio.ensure_future(iterator.__anext__()))
+                item = await _started(context, iterator.__anext__)
             except StopAsyncIteration:
                 return
             yield item
     finally:
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:
-            await context.run(lambda: asyncio.ensure_future(aclose()))
+            await _started(context, aclose)
+
+
+def _started(context: contextvars.Context, make: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
+    """``make()`` as a task created in ``context``. Its error is marked read: a consumer cancelled just as the step
+    failed (a stream dropped as its input check raised) never awaits it, and asyncio logged "Task exception was never
+    retrieved", a line per request."""
+    task = context.run(lambda: asyncio.ensure_future(make()))
+    task.add_done_callback(mark_read)
+    return task
 
 
 def call(make: Callable[[], T]) -> T:
