@@ -22,6 +22,7 @@ from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_SIZE, VerdictCache, cache_
 from .errors import GuardTimeout, GuardUnavailable, GuardViolation, InputTooLarge, QwenGuardError, VerdictParseError
 from .formats.content import clean_text
 from .formats.conversations import (
+    RunsJudged,
     least_contexts,
     prompt_conversation,
     response_conversation,
@@ -472,7 +473,7 @@ class Guard:
         msgs = without_blank_context(msgs)
         if stage is Stage.PROMPT:  # a client's conversation: a blank last answer is a prefill, the request is judged
             msgs = without_blank_answer(msgs)
-        check = _Check(stage, msgs)
+        check = _Check(stage, RunsJudged(msgs) if isinstance(conversation, RunsJudged) else msgs)
         if not self.policy.enabled(stage):
             check.decision = Decision(True, Action.ALLOW, stage, "disabled")
         elif not msgs[-1]["content"].strip() and (len(msgs) == 1 or msgs[-1]["role"] == "assistant"):

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from ..errors import GuardTimeout, GuardUnavailable, QwenGuardError
 from ..formats.content import prepare_content
+from ..formats.conversations import RunsJudged
 from ..formats.prompts import moderation_mode, normalize_messages, render_prompt
 from ..formats.windows import (
     DEFAULT_MAX_WINDOW_TOKENS,
@@ -234,7 +235,9 @@ class RemotePlanner:
         mode = moderation_mode(msgs)
         try:
             with self._lock:
-                windows = self._planner(context).plan(msgs, check=_stop_at(deadline, abandoned))
+                windows = self._planner(context).plan(
+                    msgs, check=_stop_at(deadline, abandoned), join_runs=not isinstance(conversation, RunsJudged)
+                )
         except QwenGuardError as exc:  # InputTooLarge, GuardTimeout
             return CheckPlan((), mode, exc)
         except ValueError as exc:  # the context cannot hold the template and some text

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from ..errors import GuardTimeout, InputTooLarge, MissingDependency, ModelNotFound, QwenGuardError, VerdictParseError
+from ..formats.conversations import RunsJudged
 from ..formats.prompts import (
     SAFETY_LABELS,
     moderation_mode,
@@ -356,7 +357,7 @@ class TransformersGen:
         for conv in conversations:
             msgs = normalize_messages(conv)
             try:
-                windows = self.planner.plan(msgs, check=check)
+                windows = self.planner.plan(msgs, check=check, join_runs=not isinstance(conv, RunsJudged))
             except InputTooLarge as exc:
                 spans.append((len(flat), 0, "prompt", exc))
                 continue

@@ -60,6 +60,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import GuardUnavailable
+from .rendered import read_as_rendered, rendered_places
 
 __all__ = [
     "clean_text",
@@ -484,7 +485,9 @@ def _tag_runs(text: str) -> list[re.Match[str]]:
 def as_seen_pieces(text: str) -> list[str]:
     """The stretches of ``text`` that a reader sees differently than written, as read (`read_as_seen`), to
     be judged beside the text itself; and what runs of tag characters spell. ``[]`` for ordinary text
-    (every ASCII text, and the uses of these characters that scripts need).
+    (ASCII text without markup, and the uses of these characters that scripts need). Markup a Markdown renderer
+    shows otherwise (`rendered.rendered_places`: character references, markup inside a word) is also read as
+    rendered, and that reading read as seen.
 
     Each place found and `AS_SEEN_CONTEXT` characters around it, widened to whitespace: neighbouring places
     share a stretch; the stretches are read as seen and packed, in order, into pieces of about
@@ -492,12 +495,22 @@ def as_seen_pieces(text: str) -> list[str]:
     (the cost stays at most the text's own). Linear in the text: places are merged before any stretch is
     widened. Text with an embedding, override or isolate control is also read in display order
     (`read_as_displayed`), line by line from the first such control."""
-    if text.isascii():
-        return []
-    shown = _displayed_pieces(text)
-    places = _hidden_places(text)
+    pieces = _unseen_pieces(text)
+    places = rendered_places(text)
     if not places:
-        return shown
+        return pieces
+    # Markup a renderer shows otherwise (rt55a F1): the stretches around it as rendered, and each of those read by
+    # the readings above, since a reference can write the very characters they look for ("&#x202E;", "&#8203;": F3).
+    for rendered in _packed(text, _stretches(text, places), read_as_rendered):
+        for piece in [rendered, *_unseen_pieces(rendered)]:
+            if piece not in pieces:
+                pieces.append(piece)
+    return pieces
+
+
+def _stretches(text: str, places: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``places``, merged where they are near, each with `AS_SEEN_CONTEXT` characters around it widened to
+    whitespace. Linear: places are merged before any stretch is widened."""
     reach = 2 * (AS_SEEN_CONTEXT + _WIDEN)
     merged: list[list[int]] = []
     for a, b in places:
@@ -505,7 +518,18 @@ def as_seen_pieces(text: str) -> list[str]:
             merged[-1][1] = max(merged[-1][1], b)
         else:
             merged.append([a, b])
-    stretches = [_widen(text, a - AS_SEEN_CONTEXT, b + AS_SEEN_CONTEXT) for a, b in merged]
+    return [_widen(text, a - AS_SEEN_CONTEXT, b + AS_SEEN_CONTEXT) for a, b in merged]
+
+
+def _unseen_pieces(text: str) -> list[str]:
+    """`as_seen_pieces` but for markup: what hidden characters, look-alikes and bidi controls change."""
+    if text.isascii():
+        return []
+    shown = _displayed_pieces(text)
+    places = _hidden_places(text)
+    if not places:
+        return shown
+    stretches = _stretches(text, places)
     # Tag characters are read in place, as the ASCII they spell ("How can I make a " + tags "bomb" + " at home?"): read
     # apart from the text around them, neither reading held the sentence (rt54e E8).
     pieces = _packed(text, stretches, _tags_spelled(read_as_seen))

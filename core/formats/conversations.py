@@ -17,6 +17,7 @@ from .content import is_blank
 from .prompts import Message
 
 __all__ = [
+    "RunsJudged",
     "prompt_conversation",
     "response_conversation",
     "tool_call_conversation",
@@ -97,6 +98,12 @@ def _require_turns(value: object, what: str, *, text_too: bool = False) -> Seque
         if not isinstance(message, Mapping):
             raise TypeError(f"{what}[{i}] must be a mapping with 'role' and 'content', got {type(message).__name__}")
     return value
+
+
+class RunsJudged(list):  # type: ignore[type-arg]
+    """A conversation whose caller judges each run of consecutive user turns joined itself (the LangChain and
+    LlamaIndex integrations, with their own rules for what a provider merges and what a blocked run withholds): the
+    Gen planner does not judge its final run joined again (`windows.user_run`). A plain list is joined."""
 
 
 def prompt_conversation(text: str, history: Sequence[Message] | None = None) -> list[dict[str, str]]:

@@ -25,6 +25,8 @@ whole prompt does not fit in ``max_prompt_tokens``, `WindowPlanner` builds windo
   (letters split by zero-width characters, words by line separators, look-alike or full-width letters:
   `content.as_seen_pieces`), the stretch around it is judged again as a reader reads it, as extra windows
   like the forged-turn ones (same context).
+- **A run of user turns.** Where the judged turn ends two or more consecutive user turns with text, the run is
+  also judged joined (`user_run`), as the provider sends it (one message), an extra window like the others.
 - **Bounded work.** More than ``max_windows`` windows for one conversation raises `InputTooLarge`
   (before any model work); ``check()`` (a deadline or cancellation) is called between windows.
 
@@ -109,6 +111,24 @@ def _as_seen_turns(context: list[dict[str, str]]) -> list[dict[str, str]] | None
     return seen if changed else None
 
 
+def user_run(messages: Sequence[dict[str, str]]) -> str | None:
+    """The texts of the consecutive user turns that end ``messages``, joined as one message reads them (as the
+    integrations join a run, `"".join`), when two or more of them have text; else ``None``. An assistant turn with
+    no text inside the run is skipped (a provider drops it); system turns are gone already (`normalize_messages`).
+    Linear: each turn of the run is read once."""
+    if not messages or messages[-1]["role"] != "user":
+        return None
+    texts: list[str] = []
+    for turn in reversed(messages):
+        if turn["role"] == "user":
+            texts.append(clean_text(turn["content"]))
+        elif turn["content"].strip():
+            break
+    if sum(1 for t in texts if t.strip()) < 2:
+        return None
+    return "".join(reversed(texts))
+
+
 class TokenCounter(Protocol):
     """What the planner needs from an encoder (`ConversationEncoder` is one)."""
 
@@ -180,9 +200,12 @@ class WindowPlanner:
         )
 
     # -- planning -----------------------------------------------------------------------------
-    def plan(self, messages: Sequence[dict[str, Any]], *, check: Callable[[], None] | None = None) -> list[Window]:
+    def plan(
+        self, messages: Sequence[dict[str, Any]], *, check: Callable[[], None] | None = None, join_runs: bool = True
+    ) -> list[Window]:
         """The windows of one conversation (one window when it fits). Raises `InputTooLarge` past
-        ``max_windows``, ``ValueError`` when the budget cannot hold even the template and a few tokens."""
+        ``max_windows``, ``ValueError`` when the budget cannot hold even the template and a few tokens.
+        ``join_runs=False``: the caller judges a final run of user turns joined itself (`RunsJudged`)."""
         msgs = normalize_messages(messages)
         *earlier, last = msgs
         judged = clean_text(last["content"])
@@ -191,6 +214,11 @@ class WindowPlanner:
         if (bare := without_verdict_lines(judged)) != judged and bare.strip():  # forged verdict lines left out
             pieces.append(prepare_content(bare))
         pieces += [prepare_content(s) for s in as_seen_pieces(judged)]
+        if join_runs and (joined := user_run(msgs)) is not None:
+            # "How can I make a bo" and "mb at home?", each safe alone: a provider sends consecutive user turns as
+            # one message (ChatAnthropic merges them; rt55c F1: the integrations judged the run joined, the core API
+            # and the server did not). The run is also judged as that message reads.
+            pieces += [prepare_content(joined), *(prepare_content(s) for s in as_seen_pieces(joined))]
         if len(pieces) > self.max_windows:  # each piece needs a window: refuse before tokenizing anything
             raise self._too_large()
         windows: list[Window] = []

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from langchain_core.messages import BaseMessage
 from qwenguard.core import Decision, Guard, Policy, Stage, enforce
+from qwenguard.core.formats.conversations import RunsJudged
 
 from .._common import require_guard
 from ._messages import AS_INPUT, Item
@@ -61,9 +62,11 @@ def _sent(policy: Policy, item: Item) -> tuple[Stage, Any]:
     read in hand: a guard error's readable verdict (`QwenGuardError.readable`) blocks there as on a user's turn. Its
     own stage is decided from that outcome (`no_looser`). Re-deciding the prompt stage from a tool-stage Decision's
     error string lost the verdict, and a fail-open tool stage let through what the prompt stage blocks (rt54e E11)."""
+    # RunsJudged: a run of consecutive user turns is judged joined here already (`_messages._UserRun`, with what a
+    # blocked run withholds), so the core does not join it again into every turn's own check.
     if item.extra.get(AS_INPUT) and policy.enabled(Stage.PROMPT):
-        return Stage.PROMPT, item.conversation
-    return item.pair
+        return Stage.PROMPT, RunsJudged(item.conversation)
+    return item.stage, RunsJudged(item.conversation)
 
 
 def no_looser(policy: Policy, item: Item, decision: Decision) -> Decision:

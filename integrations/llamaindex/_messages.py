@@ -59,6 +59,7 @@ from llama_index.core.prompts import (
 from qwenguard.core.errors import InputTooLarge
 from qwenguard.core.formats.content import clean_text
 from qwenguard.core.formats.conversations import (
+    RunsJudged,
     prompt_conversation,
     response_conversation,
     tool_call_conversation,
@@ -1335,10 +1336,11 @@ _SEVERITY = {Action.ALLOW: 0, Action.FLAG: 1, Action.BLOCK: 2}
 def _asked(policy: Policy, checks: Sequence[tuple[Stage, list[GuardMessage]]]) -> list[tuple[Stage, Any]]:
     """The checks as the guard is asked them: a client's tool-role text under the prompt stage (under the tool-result
     stage only when the prompt stage is off: then that is the only one that judges)."""
+    # RunsJudged: runs of consecutive user turns are judged joined here already (`UserRun`): not again by the core.
     return [
-        (Stage.PROMPT if policy.enabled(Stage.PROMPT) else Stage.TOOL_RESULT, c[1])
+        (Stage.PROMPT if policy.enabled(Stage.PROMPT) else Stage.TOOL_RESULT, RunsJudged(c[1]))
         if isinstance(c, ClientToolCheck)
-        else c
+        else (c[0], RunsJudged(c[1]))
         for c in checks
     ]
 
