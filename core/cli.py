@@ -1,8 +1,8 @@
 """The ``qwenguard`` command line: ``check``, ``serve``, ``eval``.
 
 Exit codes are a contract: 0 allowed, 1 blocked, 2 every error (usage, missing extra, missing model,
-device, guard failure). An error is one line on stderr (``--json``: one JSON object on stdout too);
-``qwenguard --debug ...`` prints the full traceback instead.
+device, guard failure). An error is one line on stderr (``--json``: one JSON object on stdout too, a usage
+error that Typer reports included); ``qwenguard --debug ...`` prints the full traceback instead.
 """
 
 from __future__ import annotations
@@ -23,12 +23,57 @@ from typer.core import TyperCommand, TyperGroup
 from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_SIZE
 from .policy import Policy
 
+#: click's UsageError, what Typer reports as a usage error (exit 2): the base of typer.BadParameter, found by
+#: name so that this works with typer's vendored click (0.29+) and with click itself (older typer).
+_USAGE_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+_JSON_META = "qwenguard.json"
+
+
+def _wants_json(args: list[str]) -> bool:
+    """``--json`` is on the command line (before a ``--``, after which it would be TEXT)."""
+    for arg in args:
+        if arg == "--":
+            return False
+        if arg == "--json" or arg.startswith("--json="):
+            return True
+    return False
+
+
+def _usage_json(exc: Any) -> None:
+    typer.echo(json.dumps({"error": {"type": type(exc).__name__, "message": exc.format_message()}}, ensure_ascii=False))
+
 
 class _Group(TyperGroup):
-    """The root command, whose ``--help`` shows no type: typer 0.29 writes ``<bool>`` beside it (see `FLAG`)."""
+    """The root command, whose ``--help`` shows no type: typer 0.29 writes ``<bool>`` beside it (see `FLAG`).
+
+    With ``--json`` anywhere on the command line, a usage error Typer reports itself (a missing TEXT, an
+    unknown option or command, an extra argument: raised while parsing, before any command runs) also
+    prints `{"error": ...}` on stdout, as every other error does; Typer's message stays on stderr (rt55c F4).
+    """
 
     def get_help_option(self, ctx: Any) -> Any:
         return _untyped(super().get_help_option(ctx))
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        as_json = _wants_json(args)
+        try:
+            ctx = super().make_context(info_name, args, parent, **extra)
+        except _USAGE_ERROR as exc:
+            if as_json:
+                _usage_json(exc)
+            raise
+        ctx.meta[_JSON_META] = as_json
+        return ctx
+
+    def invoke(self, ctx: Any) -> Any:
+        # The command's own errors are reported in `reports_errors`; what arrives here as a usage error is the
+        # subcommand's name or its arguments failing to parse.
+        try:
+            return super().invoke(ctx)
+        except _USAGE_ERROR as exc:
+            if ctx.meta.get(_JSON_META):
+                _usage_json(exc)
+            raise
 
 
 class _Command(TyperCommand):

@@ -12,7 +12,11 @@ from typing import Any
 
 from ..errors import MissingDependency, ModelNotFound
 
-__all__ = ["load_tokenizer"]
+__all__ = ["load_tokenizer", "TRANSFORMERS_REQUIREMENT"]
+
+#: What the remote client's ``tokenizer=`` needs: transformers alone, in the range of the ``local`` extra
+#: (pyproject.toml). Not the ``local`` extra itself: that one brings torch, which the ``remote`` extra exists to avoid.
+TRANSFORMERS_REQUIREMENT = "transformers>=4.56,<6"
 
 
 def load_tokenizer(
@@ -22,7 +26,11 @@ def load_tokenizer(
     try:
         from transformers import AutoTokenizer
     except ImportError as exc:
-        raise MissingDependency.for_extra("local", "transformers") from exc
+        # Not MissingDependency.for_extra("local", ...): its hint is torch first, then the local extra (rt55c F5).
+        raise MissingDependency(
+            f"transformers is not installed: a remote guard's tokenizer (Guard.remote(..., tokenizer=...), "
+            f'qwenguard eval --tokenizer) needs it alone: pip install "{TRANSFORMERS_REQUIREMENT}"'
+        ) from exc
     from ..demo import DEMO_NAMES
 
     path = DEMO_NAMES.get(str(name_or_path), name_or_path)

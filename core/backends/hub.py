@@ -6,7 +6,10 @@ Left to itself, huggingface_hub retries an unreachable hub for about a minute (t
 checkpoint is there, says at once when ``HF_HUB_OFFLINE`` is set, and otherwise probes the hub's
 host with one short TCP connect before downloading, so an offline machine gets `ModelNotFound` in
 about `HUB_PROBE_TIMEOUT_S` seconds; a hub that takes the connection but does not answer (a stalled proxy
-or mirror) gets it after `HUB_ANSWER_TIMEOUT_S` (huggingface_hub's metadata request has no timeout).
+or mirror, or one that trickles its answer a byte at a time) gets it `HUB_ANSWER_TIMEOUT_S` after the look-up
+began, whatever requests huggingface_hub sends on its way (its metadata request has no timeout of its own, and
+version 2.4 sends another request first, with its own 3 s): the exchange runs in a daemon thread, and the load
+stops waiting for it at the deadline (rt55c F2).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,8 +37,9 @@ __all__ = [
 #: A reachable hub answers a TCP connect in well under a second; three means it is not there.
 HUB_PROBE_TIMEOUT_S = 3.0
 
-#: How long the hub may take to answer the checkpoint's metadata request (huggingface_hub's own default for
-#: a file's metadata is 10 s, HF_HUB_ETAG_TIMEOUT); past it, a hub id that is not cached fails in one line.
+#: Wall-clock seconds a hub id that is not cached may spend on the hub before the download starts: the TCP probe
+#: and every request of the metadata exchange together (huggingface_hub's own default for a file's metadata is
+#: 10 s, HF_HUB_ETAG_TIMEOUT). Past it the load fails in one line; the download itself is not bounded.
 HUB_ANSWER_TIMEOUT_S = 10.0
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -59,20 +65,46 @@ def hub_offline_reason(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
 
 def hub_silence_reason(name: str, revision: str | None, timeout: float | None = None) -> str | None:
     """Why the hub, reachable over TCP, is of no use: it did not answer the checkpoint's metadata request within
-    ``timeout`` seconds (default `HUB_ANSWER_TIMEOUT_S`; a stalled proxy, mirror or hub), or ``None`` once it
-    answered, whatever the answer (a 404 or a gated repo is reported by the download itself). huggingface_hub
-    sends that request with no timeout: a hub that accepts the connection and never answers hung the first
-    load without bound (rt50a F8)."""
+    ``timeout`` wall-clock seconds (default `HUB_ANSWER_TIMEOUT_S`; a stalled proxy, mirror or hub), or ``None``
+    once it answered, whatever the answer (a 404 or a gated repo is reported by the download itself)."""
+    bound = HUB_ANSWER_TIMEOUT_S if timeout is None else timeout
+    return _silence_reason(name, revision, bound, time.monotonic() + bound)
+
+
+def _silence_reason(name: str, revision: str | None, bound: float, deadline: float) -> str | None:
+    """`hub_silence_reason`, waiting until ``deadline`` (monotonic) and wording the bound as ``bound`` seconds.
+
+    huggingface_hub's request timeout is per read: a hub that never answers hung the first load without bound
+    (rt50a F8), one that trickles bytes still does, and the extra requests huggingface_hub makes first come on
+    top (rt55c F2). So the exchange runs in a daemon thread and we stop waiting at the deadline. An abandoned
+    exchange writes nothing to the model cache (it only reads metadata) and holds no lock a later load needs; it
+    ends with its own timeouts, or with the process."""
     try:
         from huggingface_hub import HfApi
     except ImportError:  # pragma: no cover - transformers depends on it
         return None
-    timeout = HUB_ANSWER_TIMEOUT_S if timeout is None else timeout
-    try:
-        HfApi(endpoint=_endpoint()).model_info(name, revision=revision, timeout=timeout)
-    except Exception as exc:  # noqa: BLE001 - only a silence matters here; any answer is the download's to report
-        if isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__:
-            return f"the hub at {_endpoint()} accepted the connection but did not answer within {timeout:g} s"
+    endpoint = _endpoint()
+    silent = f"the hub at {endpoint} accepted the connection but did not answer within {bound:g} s"
+    outcome: list[BaseException | None] = []
+
+    def ask() -> None:
+        try:
+            # Its own timeout too, so that an abandoned exchange with a silent hub ends soon after the deadline.
+            HfApi(endpoint=endpoint).model_info(name, revision=revision, timeout=max(bound, 0.1))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which judges it
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    worker = threading.Thread(target=ask, name="qwenguard-hub-metadata", daemon=True)
+    worker.start()
+    worker.join(max(deadline - time.monotonic(), 0.0))
+    if not outcome:
+        return silent
+    exc = outcome[0]
+    # Only a silence matters here; any answer (a 404, a gated repo) is the download's to report.
+    if exc is not None and (isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__):
+        return silent
     return None
 
 
@@ -98,8 +130,11 @@ def resolve_checkpoint(
     """A local directory holding the checkpoint ``name_or_path`` (downloading it if needed and possible).
 
     ``kind`` ("Qwen3Guard-Gen", "Qwen3Guard-Stream") only words the error. Raises `ModelNotFound` with one
-    line saying what to do: within `HUB_PROBE_TIMEOUT_S` when the hub is unreachable.
+    line saying what to do: within `HUB_PROBE_TIMEOUT_S` when the hub is unreachable, and within
+    `HUB_ANSWER_TIMEOUT_S` (wall clock, from this call) when it does not answer.
     """
+    bound = HUB_ANSWER_TIMEOUT_S
+    deadline = time.monotonic() + bound  # from the call: the cache look-up first imports huggingface_hub
     label = str(name_or_path)
     if label in demo_names:
         return demo_names[label]
@@ -116,14 +151,18 @@ def resolve_checkpoint(
     cached = _cached(label, revision)
     if cached is not None:
         return cached
-    why = "local_files_only=True" if local_files_only else hub_offline_reason()
+    why = (
+        "local_files_only=True"
+        if local_files_only
+        else hub_offline_reason(min(HUB_PROBE_TIMEOUT_S, max(deadline - time.monotonic(), 0.01)))
+    )
     if why is not None:
         raise ModelNotFound(
             f"cannot load {kind} checkpoint {label!r}: not in the local Hugging Face cache and the hub "
             f"cannot be used ({why}). Download it where the hub is reachable, pass a checkpoint "
             f"directory, or use {demo!r} for the embedded demo guard."
         )
-    silent = hub_silence_reason(label, revision)
+    silent = _silence_reason(label, revision, bound, deadline)
     if silent is not None:
         raise ModelNotFound(
             f"cannot download {kind} checkpoint {label!r}: {silent}. Check HF_ENDPOINT and the proxy settings, "

@@ -40,9 +40,39 @@ from ._holding import GUARD_PARAM, TOOL_CALLS_PARAM, guard_token, monitor_option
 from ._input_beside import astart_input, start_input
 from ._keep_stops import KeepsStops, _keeping
 from ._messages import DEFAULT_HISTORY_TURNS, Item, guard_history, input_items, output_items
+from ._options import known_fields, refuse_unknown
 from ._screening import ascreen, built_off_loop, raise_first, require_guard, screen
 
 __all__ = ["GuardedChatModel"]
+
+#: Fields the wrapper sets itself (`HeldBackChatModel`'s, several for `GuardMiddleware`): not options, and not
+#: offered as a misspelling's closest match.
+_NOT_OPTIONS: dict[str, str] = {
+    "inner": "the model is the first argument: GuardedChatModel(model, guard)",
+    "cache": "the wrapped model's own cache applies; the wrapper keeps none of judged answers",
+    **{name: "taken from the wrapped model" for name in ("profile", "model_name")},
+    "stream_options": "pass holdback= and release_unit=",
+    **{
+        name: "set by qwenguard, not an option"
+        for name in ("bound", "ledger", "given_items", "given_after", "judged", "answer_items", "answer_after")
+    },
+    "own_listeners": "set by qwenguard, not an option",
+}
+
+#: Other pieces' options (LlamaIndex's `GuardedLLM`, `GuardMiddleware`, `GuardRunnable`) GuardedChatModel has not.
+_HINTS: dict[str, str] = {
+    **_NOT_OPTIONS,
+    "screen_tools": (
+        "LlamaIndex GuardedLLM's option; no such screen on LangChain: GuardedChatModel judges the tool calls "
+        "(check_tool_calls) and the tool results it reads, not the tools' descriptions"
+    ),
+    "screen_context": (
+        "LlamaIndex GuardedLLM's option; no such screen on LangChain: the messages are judged as the model reads "
+        "them (an opening system message with screen_system=True); judge retrieved documents with GuardedRetriever"
+    ),
+    "check_output": "GuardedChatModel always judges its answer",
+    "exit_behavior": "GuardMiddleware's option: GuardedChatModel raises GuardViolation",
+}
 
 
 class GuardedChatModel(KeepsStops, HeldBackChatModel):
@@ -62,6 +92,8 @@ class GuardedChatModel(KeepsStops, HeldBackChatModel):
             ``"word"`` (judged text but its last word, throughout).
         parallel_input: start the model while its input is checked (``None``: the guard's
             ``parallel_input``); nothing goes out before the input's verdict.
+        **kwargs: a chat model's own fields (``callbacks``, ``tags``, ``metadata``, ``rate_limiter``...); any
+            other keyword is a ``TypeError`` naming it (`_options`).
     """
 
     type_prefix: ClassVar[str] = "qwenguard-guarded-"
@@ -85,6 +117,8 @@ class GuardedChatModel(KeepsStops, HeldBackChatModel):
     ) -> None:
         if not isinstance(model, Runnable):
             raise TypeError(f"GuardedChatModel wraps a chat model: got a {type(model).__name__}")
+        # pydantic ignores a keyword it has no field for: a misspelt option did nothing (rt55c F3).
+        refuse_unknown("GuardedChatModel", kwargs, known_fields(type(self)) - set(_NOT_OPTIONS), _HINTS)
         callbacks = kwargs.pop("callbacks", None)  # the wrapper's own, the wrapped model's after them
         super().__init__(
             **self.fields_around(model, callbacks),

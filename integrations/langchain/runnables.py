@@ -55,6 +55,7 @@ from ._input_beside import (
 )
 from ._keep_stops import KeepsStops
 from ._messages import DEFAULT_HISTORY_TURNS, Item, input_items, output_items, prompt_items
+from ._options import by_keyword, known_fields, refuse_unknown
 from ._screening import ascreen, built_off_loop, raise_first, require_guard, screen
 from ._streaming import DEFAULT_WINDOW_CHARS, Engine
 from .documents import document_text
@@ -64,6 +65,18 @@ __all__ = ["GuardRunnable", "guard_input", "guard_output"]
 
 #: A dict input's values that print as digits or a keyword: nothing a model could read as a request.
 _PLAIN = (bool, int, float, type(None))
+
+
+#: Other pieces' options GuardRunnable has not (pydantic ignored them: rt55c F3), with what to write instead.
+_HINTS: dict[str, str] = {
+    "on_violation": "GuardRunnable raises GuardViolation on a block; GuardedRetriever drops retrieved documents",
+    "on_block": "LlamaIndex's option; GuardRunnable raises GuardViolation on a block",
+    "screen_tools": (
+        "LlamaIndex GuardedLLM's option; no such screen on LangChain: a model's tool calls are judged with its answer "
+        "(check_output), not the tools' descriptions"
+    ),
+    "exit_behavior": "GuardMiddleware's option: GuardRunnable raises GuardViolation",
+}
 
 
 #: The keys of a message dict LangChain reads (``convert_to_messages``); any other is printed by a template only.
@@ -153,13 +166,10 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """``GuardRunnable(runnable, guard)`` positionally too (as ``GuardedChatModel(model, guard)``), or by keyword;
-        pydantic's own errors named neither (``takes 1 positional argument``, ``Field required``)."""
-        if len(args) > 2:
-            raise TypeError(f"GuardRunnable(runnable, guard) takes at most 2 positional arguments, got {len(args)}")
-        for name, value in zip(("runnable", "guard"), args):
-            if name in kwargs:
-                raise TypeError(f"GuardRunnable got {name!r} twice (positionally and as a keyword)")
-            kwargs[name] = value
+        pydantic's own errors named neither (``takes 1 positional argument``, ``Field required``), and it ignored an
+        unknown keyword: that is an error naming it (`_options`)."""
+        by_keyword("GuardRunnable", ("runnable", "guard"), args, kwargs)
+        refuse_unknown("GuardRunnable", kwargs, known_fields(type(self)), _HINTS)
         if isinstance(kwargs.get("runnable"), Guard):
             raise TypeError("GuardRunnable(runnable, guard): the runnable comes first, and got a Guard")
         if "guard" not in kwargs:
