@@ -1,10 +1,16 @@
 """The Gen-window engine of the stream monitors: cut the streamed text into segments, build the bounded
-window each is checked in, settle results in order. Used when the guard has no Stream model."""
+window each is checked in, settle results in order. Used when the guard has no Stream model.
+
+Text is read as a reader sees it: hidden characters take no room, display order is kept, and Markdown markup is
+read as rendered (character references, comments, inline tags: `_Rendered`) for sentence ends, words, the cut
+of long text, a window's context and its pinned words."""
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
+import html
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -18,6 +24,7 @@ from ..formats.content import _BLANKS as BLANKS
 from ..formats.content import BidiState, read_as_displayed
 from ..formats.content import _classes as content_classes
 from ..formats.conversations import least_contexts
+from ..formats.rendered import _BREAKS, _TAG, _TAG_NAME, CHAR_REFERENCE
 from ..verdict import Risk, Stage, Verdict, worst
 
 if TYPE_CHECKING:
@@ -78,6 +85,9 @@ _HAN_KANA = re.compile("[\u3041-\u3096\u30a1-\u30fa\u3400-\u4dbf\u4e00-\u9fff\uf
 MAX_HELD_WORD = 16
 #: Text without spaces goes out in steps of at least this many characters (`releasable`).
 _STEP = MAX_HELD_WORD // 2
+#: A segment is at most this many times ``check_every`` in written characters (`GenWindows._limit`: characters as
+#: rendered, a reference one; a numeric one is at most ten written characters).
+_WRITTEN_PER_CHAR = 10
 #: The least context a window shows before its segment: a held word, with room (`GenWindows`).
 MIN_CONTEXT = 2 * MAX_HELD_WORD
 #: Judged text kept to tell whether a check could release more (`GenWindows._gain`): what `releasable` reads.
@@ -157,13 +167,22 @@ def _one_blank(run: re.Match[str]) -> str:
 
 
 def as_read(text: str) -> str:
-    """``text`` as a reader sees it, for a window's context: hidden characters (U+200B, U+FE0F, U+E0100, U+034F)
-    dropped, blank characters (U+3164, U+00A0, U+3000) and whitespace runs one space (or one or two line
-    breaks), combining-mark stacks cut to `_MARKS_KEPT`. Kept: what changes display order (the bidi controls and
-    the marks LRM, RLM, ALM; a run of them only as far as it changes the text around it, `_bidi_net`: 250
-    LRI+PDI pairs enclosing nothing are nothing) and tag characters (which the planner decodes). Linear in
-    ``text``. Counted in written characters, padding of 1,000 U+FE0F or spaces after a word kept it out of the
-    next window's context (rt54a F3, F3c; rt54d F1, F2, F3)."""
+    """``text`` as a reader sees it, for a window's context: markup read as rendered first (`_Rendered`, context
+    reading: character references decoded, comments and inline tags dropped, a reference still arriving at the end
+    kept as written; "Mix" + "&#8203;" * 60 and "<!---->" * 200 took the room of a context, rt55a F5), then hidden
+    characters (U+200B, U+FE0F, U+E0100, U+034F) dropped, blank characters (U+3164, U+00A0, U+3000) and whitespace
+    runs one space (or one or two line breaks), combining-mark stacks cut to `_MARKS_KEPT`. Kept: what changes
+    display order (the bidi controls and the marks LRM, RLM, ALM; a run of them only as far as it changes the text
+    around it, `_bidi_net`: 250 LRI+PDI pairs enclosing nothing are nothing) and tag characters (which the planner
+    decodes). Linear in ``text``. Counted in written characters, padding of 1,000 U+FE0F or spaces after a word
+    kept it out of the next window's context (rt54a F3, F3c; rt54d F1, F2, F3)."""
+    if "&" in text or "<" in text:
+        text = _Rendered(text, decide=False).text
+    return _as_read_plain(text)
+
+
+def _as_read_plain(text: str) -> str:
+    """`as_read` of text whose markup is read already."""
     if text.isascii():
         return _RUNS.sub(_one_blank, text) if "  " in text or "\n" in text or "\t" in text else text
     letters = _letters()
@@ -205,13 +224,221 @@ def _bidi_net(run: re.Match[str]) -> str:
     return "".join(out)
 
 
+# ------------------------------------------------------------------------------------------------
+# Markup as rendered. Chat UIs render an answer as Markdown: "&#77;&#105;&#120;" shows "Mix", "M<b></b>ix" and
+# "M<!-- -->ix" show "Mix" where raw HTML is dropped (`formats.rendered`). The windows' own reading (sentence ends,
+# words, the context, pinned words) is of the text as rendered: read as written, each ";" of a reference ended a
+# sentence (a clause written as references went out word by word), a context could start inside a reference, and
+# padding that renders as nothing pushed a word out of the next window's context (rt55a F2, F4, F5).
+# ------------------------------------------------------------------------------------------------
+#: The longest character reference (`rendered.CHAR_REFERENCE`): "&", a 32-character name, ";".
+_REF_MAX = 34
+#: The longest comment (`rendered._COMMENT`: "<!--", 4,096 characters, "-->").
+_COMMENT_MAX = 4096 + 7
+#: How far back a tag is looked for (one still arriving, one a read starts inside). A longer one (the renderer
+#: reads up to 32 attributes of 512 characters) is read as written where a read starts inside it.
+_TAG_REACH = 1024
+#: Written characters before a judged text's last word that `releasable` reads as rendered: what it reads back.
+_RENDER_REACH = 2 * _SCAN + _REF_MAX
+# What a renderer reads otherwise than written, found from left to right: a backslash escape (the character after
+# it is shown as written: "\\&#77;" shows "&#77;"), a complete reference, a "<" (a comment or tag, read on).
+_MARKUP_AT = re.compile(rf"\\[!-/:-@\[-`{{-~]|{CHAR_REFERENCE.pattern}|<")
+_TAG_AT = re.compile(_TAG)
+# What may still become a reference, a tag or a comment as text arrives (matched to the end of the text so far).
+_REF_OPEN = re.compile(r"&(?:#(?:[0-9]{0,7}|[xX][0-9a-fA-F]{0,6})|[A-Za-z][A-Za-z0-9]{0,31})?")
+_TAG_OPEN = re.compile(rf"</?(?:[A-Za-z][A-Za-z0-9-]{{0,31}}(?:\s[^<>]{{0,{_TAG_REACH}}})?/?)?|<!-?-?")
+# Decoded characters a context keeps written: decoded, they would read as markup the next time it is read
+# ("&amp;#77;" is "&#77;" shown, not "M"; "&lt;b&gt;" is "<b>" shown, not a tag dropped).
+_MARKUP_CHARS = frozenset("&<\\`*_~[")
+
+
+@functools.lru_cache(maxsize=4096)
+def _decoded(reference: str) -> str:
+    """What a complete character reference shows (as `rendered.read_as_rendered` reads it); whitespace a space."""
+    shown = html.unescape(reference)
+    return " " if shown.isspace() else shown
+
+
+def _reference_at(text: str, end: int) -> int:
+    """Where the character reference ending at ``end`` (its ";" at ``end - 1``) starts, or -1: none, or escaped."""
+    amp = text.rfind("&", max(0, end - _REF_MAX), end)
+    if amp < 0 or CHAR_REFERENCE.fullmatch(text, amp, end) is None:
+        return -1
+    return -1 if amp and text[amp - 1] == "\\" else amp
+
+
+def _markup(text: str, *, decide: bool) -> tuple[list[tuple[int, int, str]], int]:
+    """The constructs of ``text`` a renderer shows otherwise, in order: (start, end, shown); and where one still
+    arriving at the end of the text starts (-1 when none): a reference, tag or comment not complete yet, which a
+    renderer shows as written until it completes (or, a comment longer than the renderer reads, never does).
+
+    Shown: a reference decoded (whitespace a space), a comment or tag nothing (a tag that breaks a line a space).
+    ``decide`` False (a context, read again as the next window's text): a reference that decodes to a character of
+    markup (`_MARKUP_CHARS`) stays written, and a comment or tag still arriving is read as the text it is so far
+    (its "<" as written, references in it decoded: what a renderer shows until it completes; read again with the
+    text that completes it, it is dropped), so only a reference still arriving is reported. Code spans are not
+    looked for: markup in one is read as rendered outside one (more of the text is read as words, not less).
+    Linear: each "<" is read once, and the next "-->" is looked for once per comment found (the same one serves
+    every "<!--" before it)."""
+    edits: list[tuple[int, int, str]] = []
+    n, at, close, pending = len(text), 0, -1, -1
+    while (m := _MARKUP_AT.search(text, at)) is not None:
+        a, written = m.start(), m.group()
+        if written[0] != "<":
+            if written[0] == "&":
+                shown = _decoded(written)
+                if shown != written and (decide or _MARKUP_CHARS.isdisjoint(shown)):
+                    edits.append((a, m.end(), shown))
+            at = m.end()
+            continue
+        end = -1
+        if text.startswith("<!--", a):
+            if text.startswith(">", a + 4) or text.startswith("->", a + 4):
+                end = text.index(">", a + 4) + 1
+            else:
+                if close < a + 4:
+                    close = text.find("-->", a + 4)
+                    close = n if close < 0 else close
+                if close < n and close - (a + 4) <= _COMMENT_MAX - 7:
+                    end = close + 3
+                elif decide and close == n and n - a <= _COMMENT_MAX:
+                    pending = a
+                    break
+        elif tag := _TAG_AT.match(text, a):
+            end = tag.end()
+        elif decide and n - a <= _TAG_REACH + 40 and _TAG_OPEN.fullmatch(text, a):
+            pending = a
+            break
+        if end < 0:
+            at = a + 1
+            continue
+        name = _TAG_NAME.match(text, a)
+        edits.append((a, end, " " if name and name.group(1).lower() in _BREAKS else ""))
+        at = end
+    if pending < 0:
+        amp = text.rfind("&", max(at, n - _REF_MAX + 1))
+        if amp >= 0 and _REF_OPEN.fullmatch(text, amp):
+            pending = amp
+    return edits, pending
+
+
+class _Rendered:
+    """``text`` as rendered (`_markup`), with the way back to offsets in ``text`` (`written`).
+
+    ``decide`` (sentence ends, words, what may be released): every reference decoded, and a construct still
+    arriving at the end is nothing yet (a comment being written hides what follows once it completes: the words in
+    it make no sentence). Else (a context): a reference decoding to markup stays written, and one still arriving
+    stays written, so that the next window, which shows the context and then the text after it, shows it whole
+    (`_context_start`)."""
+
+    __slots__ = ("text", "_r_starts", "_w_starts", "_literal", "_end")
+
+    def __init__(self, written: str, *, decide: bool) -> None:
+        edits, pending = _markup(written, decide=decide)
+        end = pending if decide and pending >= 0 else len(written)
+        self._end = end  # where `text`'s end is in ``written``: a construct still arriving is held with what follows
+        parts: list[str] = []
+        self._r_starts: list[int] = []
+        self._w_starts: list[int] = []
+        self._literal: list[bool] = []
+        r = at = 0
+        for a, b, shown in edits:
+            if a >= end:
+                break
+            for piece, w, literal in ((written[at:a], at, True), (shown, a, False)):
+                if piece:
+                    parts.append(piece)
+                    self._r_starts.append(r)
+                    self._w_starts.append(w)
+                    self._literal.append(literal)
+                    r += len(piece)
+            at = b
+        if end > at:
+            parts.append(written[at:end])
+            self._r_starts.append(r)
+            self._w_starts.append(at)
+            self._literal.append(True)
+        self.text = "".join(parts)
+
+    def written(self, k: int) -> int:
+        """The offset in the written text where the rendered ``text[k:]`` starts: a construct is never cut (a
+        character of a decoded reference maps to where it starts)."""
+        if k >= len(self.text):
+            return self._end
+        i = bisect.bisect_right(self._r_starts, k) - 1
+        return self._w_starts[i] + (k - self._r_starts[i] if self._literal[i] else 0)
+
+
+def _markup_from(text: str, start: int) -> int:
+    """Where to read ``text`` as rendered from so that ``text[start:]`` is read right: ``start``, or the start of a
+    reference, comment or tag it is inside (looked for `_REF_MAX`, `_COMMENT_MAX`, `_TAG_REACH` back). -1 when
+    nothing there can be markup: no "&" after ``start`` and no "<" after the longest reach back (ordinary text is
+    read as today). Bounded work: a few searches of at most `_COMMENT_MAX` characters."""
+    start = max(0, start)
+    if text.find("&", start) < 0 and text.find("<", max(0, start - _COMMENT_MAX)) < 0:
+        return -1
+    if start == 0:
+        return 0
+    found = start
+    amp = text.rfind("&", max(0, start - _REF_MAX + 1), start)
+    if amp >= 0 and (ref := _REF_OPEN.match(text, amp)) and ref.end() >= start:
+        found = amp  # a reference (or what may become one) the read would start inside
+    comment = text.rfind("<!--", max(0, start - _COMMENT_MAX), start)
+    if comment >= 0:
+        close = text.find("-->", comment + 4, comment + _COMMENT_MAX)
+        if close < 0 or close + 3 > start:
+            found = min(found, comment)  # inside a comment, or one being written
+    lt = text.rfind("<", max(0, start - _TAG_REACH), start)
+    if lt >= 0 and lt != comment:
+        tag = _TAG_AT.match(text, lt)
+        if (tag and tag.end() > start) or (not tag and _TAG_OPEN.fullmatch(text, lt)):
+            found = min(found, lt)
+    return found
+
+
+def _context_start(read: str, cut: int) -> int:
+    """Where a context cut from ``read`` (`as_read`) at ``cut`` starts: never inside a reference kept written, an
+    escape, or a reference, tag or comment still arriving at its end (the next window shows it whole with the text
+    after it, rt55a F4). Bounded work."""
+    if cut <= 0:
+        return 0
+    start = _markup_from(read, cut)
+    if start < 0:
+        return cut
+    if start == cut and read[cut - 1] == "\\":
+        return cut - 1  # "\\" + "&#77;" is "&#77;" shown: keep the escape with what it escapes
+    return start
+
+
+def _open_run_as_rendered(text: str) -> int:
+    """`_open_run` of ``text`` read as rendered, mapped back (0 or -1: hold all)."""
+    start = _markup_from(text, len(text) - _SCAN - _REF_MAX)
+    if start < 0:
+        return _open_run(text)
+    view = _Rendered(text[start:], decide=True)
+    run = _open_run(view.text)
+    return start + view.written(run) if run > 0 else run
+
+
 def ends_sentence(text: str) -> bool:
     """Does ``text`` end with terminal punctuation closing a sentence of `MIN_SENTENCE_WORDS` words or more?
 
     The sentence starts after the previous terminal punctuation or line break in ``text`` (or at its start),
     inside a word too ("好的。混合。", "Paris.Mix."). One with an RLM or ALM in it does not end here (`_in_order`).
     Linear in at most `_SCAN` characters: no backtracking regex
-    over hostile runs ("......")."""
+    over hostile runs ("......").
+
+    Read as rendered (`_Rendered`): a ";" that closes a character reference is no punctuation, a reference is one
+    character ("&#46;" a full stop), comments and tags are nothing: "&#77;&#105;&#120;" is one word of three
+    letters, not a sentence (rt55a F2)."""
+    start = _markup_from(text, len(text) - _SCAN)
+    if start < 0:
+        return _ends_sentence(text)
+    return _ends_sentence(_Rendered(text[start:], decide=True).text)
+
+
+def _ends_sentence(text: str) -> bool:
+    """`ends_sentence` of text whose markup is read already."""
     scan = text[-_SCAN:].rstrip()
     parts = _SPACES.split(scan)  # token, whitespace, token, ..., token
     if not _closes_sentence(parts[-1]):
@@ -269,18 +496,45 @@ def _is_sentence_end(text: str, m: re.Match[str]) -> bool:
     """Does the `_CUT` match ``m`` end a sentence? One without a space after it ends a segment only when it closes
     a sentence of four words: "好。好。" written without spaces was a check per two characters; short ones are
     judged with the next. The answer depends on the text up to the match's end and the character after it only:
-    it stays the same as text arrives (`GenWindows._sentence_cut` reads each match once)."""
+    it stays the same as text arrives (`GenWindows._sentence_cut` reads each match once).
+
+    Read as rendered: a ";" that closes a character reference is no punctuation ("&#77;&#105;&#120; &#97;..." was
+    a sentence per word, rt55a F2), unless the reference is itself terminal punctuation ("&#46; " ends a sentence
+    as ". " does); more punctuation after it counts as written ("&#77;. ")."""
     end = m.end()
+    if m.group()[0] == ";" and not _ends_as_rendered(text, m):
+        return False
     if m.group() == "\n" or text[end : end + 1].isspace():
         return True
     return not m.group().isascii() and ends_sentence(text[max(0, end - 4 * MIN_CONTEXT) : end])
 
 
+def _ends_as_rendered(text: str, m: re.Match[str]) -> bool:
+    """Is the terminal run of the `_CUT` match ``m``, which starts with ";", punctuation as rendered: a ";" written
+    as such, more terminal punctuation after a reference's ";", or a reference that is terminal punctuation?
+    Reads at most `_REF_MAX` characters before it."""
+    at = m.start()
+    ref = _reference_at(text, at + 1)
+    if ref < 0:
+        return True
+    if any(c in _TERMINAL for c in m.group()[1:]):
+        return True
+    shown = _decoded(text[ref : at + 1])
+    return bool(shown) and shown[-1] in _TERMINAL
+
+
 def ends_clause(text: str) -> bool:
     """Does ``text`` end with terminal punctuation (closing quotes/brackets and spaces after it) or a line
-    break and spaces? Read from the end, in time linear in its trailing punctuation and spaces."""
+    break and spaces? Read from the end, in time linear in its trailing punctuation and spaces. A ";" that closes a
+    character reference is no punctuation (but "&#46;" is: read as rendered, rt55a F2)."""
     stripped = text.rstrip()
-    return "\n" in text[len(stripped) :] or _closes_sentence(stripped)
+    if "\n" in text[len(stripped) :]:
+        return True
+    if not _closes_sentence(stripped):
+        return False
+    token = stripped.rstrip(_CLOSING)
+    ref = _reference_at(token, len(token)) if token[-1] == ";" else -1
+    return ref < 0 or _decoded(token[ref:])[-1:] in _TERMINAL
 
 
 def _closes_sentence(token: str) -> bool:
@@ -338,7 +592,23 @@ def _last_word(text: str, end: int, floor: int) -> int:
 
 
 def releasable(text: str) -> int:
-    """How much of ``text`` (judged, not released) may go out while the stream is open.
+    """How much of ``text`` (judged, not released) may go out while the stream is open: `_releasable` of its end
+    read as rendered (`_Rendered`: a word written as character references is one word, a reference one of its
+    characters; a tag, comment or reference still arriving is nothing yet), mapped back to ``text``. Never inside
+    a reference, tag or comment."""
+    if not text:
+        return 0
+    stripped = text.rstrip()
+    start = _markup_from(text, len(stripped) - _RENDER_REACH)
+    if start < 0:
+        return _releasable(text)
+    view = _Rendered(text[start:], decide=True)
+    cut = _releasable(view.text)
+    return 0 if cut == 0 else start + view.written(cut)
+
+
+def _releasable(text: str) -> int:
+    """`releasable` of text whose markup is read already.
 
     All of it when it ends a sentence (`ends_sentence`); else all but its last word (at most
     `MAX_HELD_WORD` characters a reader sees up to its last letter or digit) and what follows it: a judge may
@@ -346,7 +616,7 @@ def releasable(text: str) -> int:
     waits for a later window that shows it with what follows. The last word is the last with two letters or
     digits: a filler after it ("Mix -", "Mix\\n-", "Mix \\u200b", an emoji, "Mix ǀ", "Mix ーー") would else be
     held in its place and let "Mix" out."""
-    if not text or ends_sentence(text):
+    if not text or _ends_sentence(text):
         return len(text)
     stripped = text.rstrip()
     # Back to the last word of two letters or digits or more, within `_SCAN` chars (more than the default window
@@ -364,7 +634,7 @@ def releasable(text: str) -> int:
     after = end
     while after < len(stripped) and stripped[after] in " \t\n":
         after += 1
-    if after > end and ends_sentence(stripped[max(0, end - _SCAN) : end]):
+    if after > end and _ends_sentence(stripped[max(0, end - _SCAN) : end]):
         return after  # a sentence that ended, then only fillers ("Paris. 🙂"): it goes out, the fillers wait
     start = _held_start(stripped, last, max(0, last - _SCAN))
     # Text without spaces (Chinese, Japanese, Thai) goes out in steps of half a held word at least: one short
@@ -407,7 +677,7 @@ def _pinned(judged: str, start: int, stop: int, bidi: BidiState) -> str:
     (rt54d F3, F4)."""
     state = bidi.copy()
     state.push(judged[:start])
-    word = read_as_displayed(state.opened + as_read(judged[start:stop]))
+    word = read_as_displayed(state.opened + _as_read_plain(judged[start:stop]))
     return "".join(c for c in word if c not in _BIDI_KEPT)[-_PIN_CHARS:]
 
 
@@ -439,7 +709,8 @@ class GenWindows:
       answer: at most one per judge latency and one per delta, plus one per ``check_every`` characters.
 
     Text longer than ``check_every`` is always cut (at a sentence end, else a space), so a window is
-    never longer than ``context + check_every`` characters. Judged text goes out whole only when it ends a
+    never longer than ``context + check_every`` characters as rendered (`_limit`: a reference is one; and
+    ``10 * check_every`` written at most). Judged text goes out whole only when it ends a
     sentence of `MIN_SENTENCE_WORDS` words or more with terminal punctuation; any other (a cut at a space, a
     word-unit window, a line without punctuation, "Yes.") goes out but its last word, which waits for a
     window that shows what follows (`releasable`).
@@ -482,8 +753,9 @@ class GenWindows:
             reach = max(0, len(core.released) - _TAIL_REACH * self.context)
             self.bidi.push(core.released[:reach])
             read = as_read(core.released[reach:])
-            self.tail = read[-self.context :]
-            self.bidi.push(read[: len(read) - len(self.tail)])
+            begin = _context_start(read, len(read) - self.context)
+            self.tail = read[begin:]
+            self.bidi.push(read[:begin])
             self.judged_bidi.push(core.released[: max(0, len(core.released) - _JUDGED_TAIL)])
             self._pin(core.released[-_JUDGED_TAIL:], start, self.judged_bidi)
         self.timeout = core.policy.timeout_for(Stage.STREAM)
@@ -495,6 +767,8 @@ class GenWindows:
         self._plain, self._plain_at = 0, start
         self._scanned = 0  # chars of `unsubmitted` whose `_CUT` matches were read for good (`_sentence_cut`)
         self._before: tuple[tuple[int, int], int] = ((-1, -1), 0)  # `_releasable_before`: (key, its value)
+        # `_limit`: (`submitted` it was read at, chars of `unsubmitted` read, what their references shortened them)
+        self._counted: tuple[int, int, int] = (-1, 0, 0)
 
     def add(self, delta: str) -> list[tuple[int, int, list[dict[str, str]]]]:
         """Append text; return the (start, end, conversation) checks that are due now."""
@@ -514,7 +788,7 @@ class GenWindows:
                 if cut := self._opening_cut():
                     checks.append(self._take(cut))  # the opening words, see the class docstring
             return checks
-        while self._room() and len(self.unsubmitted) > self.check_every:
+        while self._room() and len(self.unsubmitted) > self._limit():
             checks.append(self._take(self._long_cut()))
         if idle and self._room() and self.unsubmitted.strip() and self._worth_judging():
             checks.append(self._take(len(self.unsubmitted)))
@@ -525,9 +799,9 @@ class GenWindows:
         call again as checks settle until it returns none."""
         self.finished = True
         checks: list[tuple[int, int, list[dict[str, str]]]] = []
-        while self._room() and len(self.unsubmitted) > self.check_every:
+        while self._room() and len(self.unsubmitted) > self._limit():
             checks.append(self._take(self._long_cut()))
-        if not self._room() or len(self.unsubmitted) > self.check_every:
+        if not self._room() or len(self.unsubmitted) > self._limit():
             return checks
         if self.unsubmitted and not self.unsubmitted.strip() and not checks:
             self.submitted += len(self.unsubmitted)
@@ -537,6 +811,36 @@ class GenWindows:
         elif self.unsubmitted:
             checks.append(self._take(len(self.unsubmitted)))
         return checks
+
+    def _limit(self) -> int:
+        """Where ``check_every`` characters of `unsubmitted` end, a character reference counting as the one
+        character it shows (a clause written as references was cut six times as often as written out: rt55a F2),
+        and at most `_WRITTEN_PER_CHAR` times ``check_every`` written characters; ``len(unsubmitted)`` when it is
+        shorter. Incremental: the references read stay counted until text is taken (`_counted`), so a delta costs
+        its own length and `_REF_MAX` characters before it."""
+        text, every = self.unsubmitted, self.check_every
+        if len(text) <= every:
+            return len(text)
+        key, at, shrunk = self._counted
+        if key != self.submitted:
+            at, shrunk = 0, 0
+        cap = min(len(text), _WRITTEN_PER_CHAR * every)
+        limit = -1
+        last, end = at, min(len(text), cap + _REF_MAX)
+        for m in CHAR_REFERENCE.finditer(text, at, end):
+            if m.start() - shrunk >= every:
+                limit = every + shrunk  # in the text before this reference
+                break
+            shrunk += m.end() - m.start() - 1
+            last = m.end()
+            if last - shrunk >= every:
+                limit = last
+                break
+        # Read for good: up to the last reference counted, or to where a reference may still be arriving.
+        self._counted = (self.submitted, last if limit >= 0 else max(last, end - _REF_MAX), shrunk)
+        if limit < 0:
+            limit = every + shrunk
+        return min(limit, cap, len(text))
 
     def _room(self) -> bool:
         return self.in_flight < self.core.max_windows_in_flight
@@ -552,7 +856,7 @@ class GenWindows:
         "\n" per frame got a check per frame). They wait and join the next sentence, and are judged at least once
         per ``check_every`` characters (the cut of a longer text) and at the end (`rest`)."""
         text = self.unsubmitted
-        limit = min(len(text), self.check_every)
+        limit = self._limit()
         shortest = 1 if idle else self.min_segment
         if self._plain_at != self.core._released_len:  # text went out: what a check releases is read anew
             self._plain, self._scanned, self._plain_at = 0, 0, self.core._released_len
@@ -578,7 +882,7 @@ class GenWindows:
             if self._gain(len(text), self._plain):
                 return len(text)  # "... Paris." with its space still to come: the sentence has ended
             self._plain = len(text)
-        return self._long_cut() if len(text) > self.check_every else 0
+        return self._long_cut() if len(text) > limit else 0
 
     def _gain(self, cut: int, tested: int = 0) -> bool:
         """Would a check of the waiting text up to ``cut`` (the checks handed out coming back safe) let more
@@ -641,7 +945,7 @@ class GenWindows:
     def _long_cut(self) -> int:
         """Where to cut text longer than ``check_every``: the last sentence end past ``min_segment``,
         else the last space, else ``check_every``."""
-        text, limit = self.unsubmitted, self.check_every
+        text, limit = self.unsubmitted, self._limit()
         end = 0
         for found in _sentence_ends(text, limit):
             if found >= self.min_segment:
@@ -649,7 +953,12 @@ class GenWindows:
         if end:
             return end
         space = text.rfind(" ", self.min_segment, limit)
-        return space if space > 0 else limit
+        if space > 0:
+            return space
+        amp = text.rfind("&", max(0, limit - _REF_MAX + 1), limit)
+        if amp > 0 and (ref := CHAR_REFERENCE.match(text, amp)) and ref.end() > limit:
+            return amp  # not inside a reference: each window shows it whole
+        return limit
 
     def _take(self, cut: int) -> tuple[int, int, list[dict[str, str]]]:
         segment, self.unsubmitted = self.unsubmitted[:cut], self.unsubmitted[cut:]
@@ -665,8 +974,9 @@ class GenWindows:
         text = self.tail + segment
         window = pinned + self.bidi.opened + text  # "" but inside embedding, override or isolate controls
         read = as_read(text)  # the next window's context: the end of this one as read, `context` chars
-        self.tail = read[-self.context :]
-        self.bidi.push(read[: len(read) - len(self.tail)])
+        begin = _context_start(read, len(read) - self.context)  # not inside markup still arriving (rt55a F4)
+        self.tail = read[begin:]
+        self.bidi.push(read[:begin])
         self._pin(self.judged_tail, self.submitted, self.judged_bidi)
         conversation = [*self.core.messages, {"role": "assistant", "content": window}]
         return start, start + cut, conversation
@@ -674,8 +984,15 @@ class GenWindows:
     def _pin(self, judged: str, at: int, bidi: BidiState) -> None:
         """Read the last two words of the judged text's end ``judged`` (ending at offset ``at``; ``bidi``: the
         controls open at its start) into `pins`, each as displayed (`_pinned`). Bounded: `_JUDGED_TAIL` chars at
-        most; words found before keep their place when fewer are in sight."""
+        most; words found before keep their place when fewer are in sight.
+
+        Read as rendered (`_Rendered`): the visible word, not the end of a run of references or empty tags after it
+        ("Mix" + "&#8203;" * 60 is pinned "Mix", rt55a F5)."""
         found: list[tuple[int, int, str]] = []
+        view = _Rendered(judged, decide=True) if _markup_from(judged, 0) == 0 else None
+        offset = at - len(judged)
+        if view is not None:
+            judged = view.text
         end, floor = len(judged), max(0, len(judged) - _JUDGED_TAIL)
         while len(found) < 2 and end > floor:
             last = _last_word(judged, end, floor)
@@ -686,8 +1003,8 @@ class GenWindows:
             while stop < len(judged) and stop - last < MAX_HELD_WORD and judged[stop] not in " \t\n":
                 stop += 1  # its punctuation ("Mix.")
             word = _pinned(judged, start, stop, bidi)
-            offset = at - len(judged)
-            found.insert(0, (offset + start, offset + stop, word))
+            span = (start, stop) if view is None else (view.written(start), view.written(stop))
+            found.insert(0, (offset + span[0], offset + span[1], word))
             end = start
         if len(found) == 2:
             self.pins = found
@@ -730,7 +1047,7 @@ class GenWindows:
         # Judged text that ends a sentence goes out whole; any other (a word-unit window, a run-on text cut
         # at a space, a short sentence or line) keeps its last word until a window shows what follows.
         if arriving and not ends_sentence(judged):
-            run = _open_run(judged)
+            run = _open_run_as_rendered(judged)
             point = base + (releasable(judged[:run]) if run > 0 else 0)
         else:
             point = base + releasable(judged)
