@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from ..errors import GuardTimeout, GuardUnavailable, GuardViolation, StreamClosed
+from ..errors import GuardTimeout, GuardUnavailable, GuardViolation, InputTooLarge, StreamClosed
 from ..formats.content import clean_text
 from ..formats.conversations import prompt_conversation
 from ..formats.prompts import Message, normalize_messages
@@ -177,7 +177,19 @@ class MonitorCore:
         only when nothing else refers to it: a local variable, not an attribute): quadratic while a slow judge
         holds a long answer (200,000 one-character deltas: 1.6 s of copying, 400,000: 8 s). Through a local, the
         string is resized instead; when other allocations sit right after it (the async monitor's), ``realloc``
-        still moves it, so this removes the copies only where memory allows."""
+        still moves it, so this removes the copies only where memory allows.
+
+        An answer longer than the guard's ``max_chars`` (its bound for one check) is `InputTooLarge`, and the
+        monitor closes with what it held unreleased: a check of that text is refused before any work, while a
+        stream was judged window after window without end (8M characters in one delta: 31,498 window checks,
+        rt55b F3)."""
+        limit = getattr(self.guard, "max_chars", None)
+        if isinstance(limit, int) and self._released_len + len(self._buffer) + len(delta) > limit:
+            self.close()
+            raise InputTooLarge(
+                f"the streamed answer passed max_chars={limit:,} characters, the guard's bound for one check; the "
+                f"stream is stopped and what it held is not released (raise Guard(max_chars=...) for longer answers)"
+            )
         held, self._buffer = self._buffer, ""
         held += delta
         self._buffer = held
