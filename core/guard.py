@@ -220,6 +220,14 @@ class _Check:
     decision: Decision | None = None  # already decided without the model (empty, disabled, cached)
 
 
+def _cache_stage(check: _Check) -> str:
+    """The stage part of a check's cache key. A `RunsJudged` conversation is planned without its final run of user
+    turns joined (the integration judges the run apart): its verdict answers only such checks, never the same
+    conversation asked plainly, which the core joins (rt55d F7: an integration's allow of "mb at home?" after "How
+    can I make a bo" was served to `check_prompt` from the cache)."""
+    return check.stage.value + ("+runs-judged" if isinstance(check.conversation, RunsJudged) else "")
+
+
 class Guard:
     """Screens prompts, responses, tool calls, tool results and documents with a Qwen3Guard model.
 
@@ -486,7 +494,7 @@ class Guard:
             # repeat, and would only evict verdicts worth keeping (documents, prompts). Hot path: every chunk.
             check.key = _UNNAMED
             if self.backend.name:  # none yet: a remote guard learns its model's at this check (`_settle` keys it)
-                check.key = cache_key(self.backend.name, stage.value, msgs)
+                check.key = cache_key(self.backend.name, _cache_stage(check), msgs)
                 cached = self.cache.get(check.key)
                 if cached is not None:
                     check.decision = replace(self.policy.decide(cached, stage), cached=True)
@@ -514,7 +522,7 @@ class Guard:
             for c, result in zip(pending, outcome):
                 if isinstance(result, Verdict):
                     if c.key is _UNNAMED and self.backend.name:  # the model's name was learned by this check
-                        c.key = cache_key(self.backend.name, c.stage.value, c.conversation)
+                        c.key = cache_key(self.backend.name, _cache_stage(c), c.conversation)
                     if c.key is not None and c.key is not _UNNAMED:
                         self.cache.put(c.key, result)
                     c.decision = self.policy.decide(result, c.stage)

@@ -80,3 +80,18 @@ def test_a_caller_that_joins_runs_itself_is_not_joined_again(guard):
 
     assert guard.check_many([("prompt", RunsJudged(SPLIT))])[0].allowed
     assert not guard.check_many([("prompt", SPLIT)])[0].allowed
+
+
+def test_an_integrations_verdict_of_a_turn_never_answers_the_core_from_the_cache():
+    """rt55d F7: the cache keyed both alike, so an integration's allow of the last turn (its run judged apart) was
+    served to `check_prompt`, which joins the run: the split request came back allowed, ``cached=True``."""
+    from qwenguard.core.formats.conversations import RunsJudged
+
+    cached = phrase_guard("make a bomb", cache_size=64)
+    try:
+        assert cached.check_many([("prompt", RunsJudged(SPLIT))])[0].allowed
+        decision = cached.check_prompt(B, history=SPLIT[:1])
+        assert not decision.allowed and not decision.cached
+        assert cached.check_many([("prompt", RunsJudged(SPLIT))])[0].cached  # its own kind still hits
+    finally:
+        cached.close()

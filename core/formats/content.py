@@ -60,7 +60,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import GuardUnavailable
-from .rendered import read_as_rendered, rendered_places
+from .rendered import Rendered, may_render_differently, read_as_rendered
 
 __all__ = [
     "clean_text",
@@ -496,12 +496,18 @@ def as_seen_pieces(text: str) -> list[str]:
     widened. Text with an embedding, override or isolate control is also read in display order
     (`read_as_displayed`), line by line from the first such control."""
     pieces = _unseen_pieces(text)
-    places = rendered_places(text)
-    if not places:
+    if not may_render_differently(text):
+        return pieces
+    shown = Rendered(text)
+    if not shown.places:
         return pieces
     # Markup a renderer shows otherwise (rt55a F1): the stretches around it as rendered, and each of those read by
     # the readings above, since a reference can write the very characters they look for ("&#x202E;", "&#8203;": F3).
-    for rendered in _packed(text, _stretches(text, places), read_as_rendered):
+    # Where markup hides written text (comments of benign prose between the clause's words: rt55d F4), stretches of
+    # written characters around each place hold a word or two each: the whole text is read as rendered, once (its
+    # reading is shorter than the text by what is hidden).
+    stretches = [(0, len(text))] if shown.hides else _stretches(text, shown.places)
+    for rendered in _packed(text, stretches, read_as_rendered, span=shown.span):
         for piece in [rendered, *_unseen_pieces(rendered)]:
             if piece not in pieces:
                 pieces.append(piece)
@@ -538,12 +544,18 @@ def _unseen_pieces(text: str) -> list[str]:
     return pieces + shown
 
 
-def _packed(text: str, stretches: list[tuple[int, int]], read: Callable[[str], str]) -> list[str]:
+def _packed(
+    text: str,
+    stretches: list[tuple[int, int]],
+    read: Callable[[str], str],
+    span: Callable[[int, int], str] | None = None,
+) -> list[str]:
     """The ``stretches`` of ``text`` as ``read``, packed into pieces of about `AS_SEEN_PIECE_CHARS`; the whole
-    text read once instead when they add up to half of it."""
+    text read once instead when they add up to half of it. ``span(a, b)``: how to read a stretch when it must be
+    read within the whole text (markup: `rendered.Rendered.span`), else ``read(text[a:b])``."""
     pieces: list[str] = []
     for a, b in stretches:
-        piece = read(text[a:b]).strip()
+        piece = (span(a, b) if span is not None else read(text[a:b])).strip()
         if not piece or piece == text[a:b].strip():
             continue
         if pieces and len(pieces[-1]) + len(piece) < AS_SEEN_PIECE_CHARS:
@@ -551,7 +563,7 @@ def _packed(text: str, stretches: list[tuple[int, int]], read: Callable[[str], s
         else:
             pieces.append(piece)
     if 2 * sum(map(len, pieces)) > len(text):  # as much as half the text: read it whole, once
-        whole = read(text).strip()
+        whole = (span(0, len(text)) if span is not None else read(text)).strip()
         pieces = [whole] if whole != text.strip() else []
     return pieces
 

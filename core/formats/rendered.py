@@ -20,7 +20,7 @@ import bisect
 import html
 import re
 
-__all__ = ["CHAR_REFERENCE", "MARKUP", "read_as_rendered", "rendered_places", "may_render_differently"]
+__all__ = ["CHAR_REFERENCE", "MARKUP", "Rendered", "read_as_rendered", "rendered_places", "may_render_differently"]
 
 #: A character reference a CommonMark renderer decodes (the semicolon is required, unlike in HTML).
 CHAR_REFERENCE = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
@@ -29,13 +29,20 @@ _ESCAPE = r"\\[!-/:-@\[-`{-~]"
 _SHORT_COMMENT = re.compile(r"<!---?>")  # "<!-->" and "<!--->" close at once (CommonMark 0.31)
 _ATTRIBUTE = r"""\s+[A-Za-z_:][\w.:-]{0,63}(?:\s*=\s*(?:[^\s"'=<>`]{1,512}|'[^']{0,512}'|"[^"]{0,512}"))?"""
 _TAG = rf"</?[A-Za-z][A-Za-z0-9-]{{0,31}}(?:{_ATTRIBUTE}){{0,32}}\s*/?>"
-_LINK = r"""!?\[(?P<link_text>[^\[\]\n]{0,512})\]\([^()\s]{0,2048}(?:\s+(?:"[^"\n]{0,512}"|'[^'\n]{0,512}'))?\s*\)"""
+_LINK = (
+    r"""!?\[(?P<link_text>(?:[^\[\]\n]|\[[^\[\]\n]*\])*)\]\((?:\s*<[^<>\n]*>|\s*(?:[^()\s]|\([^()\s]*\))*)"""
+    r"""(?:\s+(?:"[^"]*"|'[^']*'|\([^()]*\)))?\s*\)"""
+)
 _DELIMITER = r"\*{1,3}|~{1,2}|_{1,3}"
 #: One inline construct a renderer shows otherwise than written, outside code spans.
 MARKUP = re.compile(
-    rf"(?P<escape>{_ESCAPE})|(?P<tag>{_TAG})|(?P<ref>{CHAR_REFERENCE.pattern})"
-    rf"|(?P<link>{_LINK})|(?P<delimiter>{_DELIMITER})"
+    rf"(?P<escape>{_ESCAPE})|(?P<ref>{CHAR_REFERENCE.pattern})|(?P<link>{_LINK})|(?P<delimiter>{_DELIMITER})"
 )
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
+_ATTRIBUTE_NAME = re.compile(r"\s+[A-Za-z_:][\w.:-]*")
+_EQUALS = re.compile(r"\s*=\s*")
+_UNQUOTED = re.compile(r"[^\s\"'=<>`]+")
+_TAG_END = re.compile(r"\s*/?>")
 _BACKTICKS = re.compile(r"`+")
 # Tags a renderer lays out as a break between words.
 _BREAKS = frozenset(
@@ -44,6 +51,12 @@ _BREAKS = frozenset(
 )
 _TAG_NAME = re.compile(r"</?([A-Za-z][A-Za-z0-9-]*)")
 _HINTS = frozenset("&<*~_`[\\")
+#: What an escaped snippet's references show ("&lt;b&gt;", "AT&amp;T"): no letter hides behind one.
+_ESCAPED_SIGNS = frozenset("<>&\"'")
+#: A construct that leaves more written characters than this unshown hides text, wherever it sits.
+_HIDDEN_CHARS = 24
+#: The same for a link, whose address is not shown either: past the length of an ordinary one.
+_HIDDEN_LINK_CHARS = 256
 
 
 def may_render_differently(text: str) -> bool:
@@ -80,10 +93,10 @@ def _edits(text: str) -> list[tuple[int, int, str, str]]:
     edits: list[tuple[int, int, str, str]] = []
     at = 0
     for start, end, n in [*_code_spans(text), (len(text), len(text), 0)]:
-        for a, b in [*_comments(text, at, start), (start, start)]:
+        for a, b, shown, kind in [*_raw_html(text, at, start), (start, start, "", "")]:
             edits += [(m.start(), m.end(), _shown(m), m.lastgroup or "") for m in MARKUP.finditer(text, at, a)]
             if b > a:
-                edits.append((a, b, "", "comment"))
+                edits.append((a, b, shown, kind))
             at = b
         if n:
             inner = text[start + n : end - n].replace("\n", " ")
@@ -94,19 +107,97 @@ def _edits(text: str) -> list[tuple[int, int, str, str]]:
     return edits
 
 
-def _comments(text: str, start: int, end: int) -> list[tuple[int, int]]:
-    """HTML comments in ``text[start:end]``. Found with `str.find`, each search starting past the last, so a
-    thousand unclosed "<!--" cost one scan, not one each (a lazy pattern would rescan the rest of the text)."""
-    found: list[tuple[int, int]] = []
-    at = text.find("<!--", start, end)
+class _Closers:
+    """Where the next closer of each kind starts, found with `str.find` and kept: every opener before a closer
+    shares one search, so a thousand openers that never close cost one scan, not one each (linear)."""
+
+    def __init__(self, text: str, end: int) -> None:
+        self.text, self.end = text, end
+        self._at: dict[str, int] = {}
+
+    def after(self, closer: str, start: int) -> int:
+        """The start of the first ``closer`` at or after ``start``, or -1."""
+        found = self._at.get(closer, -2)
+        if found == -1 or (found >= start):
+            return found
+        found = self.text.find(closer, start, self.end)
+        self._at[closer] = found
+        return found
+
+
+def _raw_html(text: str, start: int, end: int) -> list[tuple[int, int, str, str]]:
+    """CommonMark's raw HTML in ``text[start:end]``, in order: comments, processing instructions, declarations,
+    CDATA sections and open or closing tags of any length (rt55d F1, F3), each as (start, end, shown, kind). A
+    browser shows none of it: read as nothing, but "<br>" and "<hr>" as a space (a block tag inside a paragraph may
+    be ignored by the HTML parser, so it breaks nothing: rt55d F8). Linear: closers are found once (`_Closers`),
+    and a quoted attribute value ends at the next quote, found by bisection."""
+    found: list[tuple[int, int, str, str]] = []
+    closers = _Closers(text, end)
+    quotes = {q: [m.start() for m in re.finditer(q, text[start:end])] for q in "\"'"}
+    at = text.find("<", start, end)
     while at >= 0:
-        short = _SHORT_COMMENT.match(text, at, end)
-        close = short.end() if short else text.find("-->", at + 4, end) + 3
-        if close < 3:
-            break
-        found.append((at, close))
-        at = text.find("<!--", close, end)
+        # "[M](<a b>)": a link destination in pointy brackets, not a tag.
+        pointy = text[max(start, at - 2) : at] == "]("
+        construct = None if pointy else _construct_at(text, at, end, closers, quotes, start)
+        if construct is None:
+            at = text.find("<", at + 1, end)
+            continue
+        found.append(construct)
+        at = text.find("<", construct[1], end)
     return found
+
+
+def _construct_at(
+    text: str, at: int, end: int, closers: _Closers, quotes: dict[str, list[int]], base: int
+) -> tuple[int, int, str, str] | None:
+    if text.startswith("<!--", at):
+        short = _SHORT_COMMENT.match(text, at, end)
+        close = short.end() if short else closers.after("-->", at + 4) + 3
+        return (at, close, "", "comment") if close >= 3 else None
+    for opener, closer, kind in (("<?", "?>", "pi"), ("<![CDATA[", "]]>", "cdata")):
+        if text.startswith(opener, at):
+            close = closers.after(closer, at + len(opener))
+            return (at, close + len(closer), "", kind) if close >= 0 else None
+    if text.startswith("<!", at):
+        if at + 2 < end and text[at + 2].isascii() and text[at + 2].isalpha():
+            close = closers.after(">", at + 2)
+            return (at, close + 1, "", "declaration") if close >= 0 else None
+        return None
+    return _tag_at(text, at, end, quotes, base)
+
+
+def _tag_at(text: str, at: int, end: int, quotes: dict[str, list[int]], base: int) -> tuple[int, int, str, str] | None:
+    """An open or closing tag at ``at`` (CommonMark's grammar, no length limit), or None."""
+    closing = text.startswith("</", at)
+    name = _NAME.match(text, at + 1 + closing, end)
+    if name is None:
+        return None
+    pos = name.end()
+    while not closing:
+        attribute = _ATTRIBUTE_NAME.match(text, pos, end)
+        if attribute is None:
+            break
+        pos = attribute.end()
+        equals = _EQUALS.match(text, pos, end)
+        if equals is None:
+            continue
+        pos = equals.end()
+        if pos < end and text[pos] in "\"'":
+            positions = quotes[text[pos]]
+            k = bisect.bisect_right(positions, pos - base)
+            if k == len(positions):
+                return None
+            pos = base + positions[k] + 1
+            continue
+        value = _UNQUOTED.match(text, pos, end)
+        if value is None:
+            return None
+        pos = value.end()
+    tail = _TAG_END.match(text, pos, end)
+    if tail is None:
+        return None
+    shown = " " if name.group().lower() in ("br", "hr") else ""
+    return at, tail.end(), shown, "tag"
 
 
 def _shown(m: re.Match[str]) -> str:
@@ -115,9 +206,6 @@ def _shown(m: re.Match[str]) -> str:
         return written[1]
     if kind == "ref":
         return html.unescape(written)
-    if kind == "tag":
-        name = _TAG_NAME.match(written)
-        return " " if name and name.group(1).lower() in _BREAKS else ""
     if kind == "link":
         return read_as_rendered(m.group("link_text"))
     if kind == "delimiter":
@@ -138,6 +226,38 @@ def _delimiter_shown(m: re.Match[str]) -> str:
     return ""
 
 
+_SPACES = re.compile(r"[ \t]{2,}")
+
+
+class Rendered:
+    """A text's markup, read once (`_edits`): its `places`, whether one of them `hides` written text, and the
+    rendered reading of any span of it (`span`), cut only between constructs of the whole text's reading: a stretch
+    read on its own started inside a code span or a comment of the text and read the rest wrong (rt55d F9)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.edits = _edits(text) if may_render_differently(text) else []
+        self._starts = [e[0] for e in self.edits]
+        self._ends = [e[1] for e in self.edits]
+        self.places, self.hides = _places(text, self.edits)
+
+    def span(self, a: int, b: int) -> str:
+        """``text[a:b]`` as rendered, widened to the constructs it cuts; runs of spaces as one (a browser's)."""
+        edits, i = self.edits, bisect.bisect_right(self._ends, a)
+        if i < len(edits) and edits[i][0] < a:
+            a = edits[i][0]
+        j = bisect.bisect_left(self._starts, b) - 1
+        if j >= 0 and edits[j][1] > b:
+            b = edits[j][1]
+        parts: list[str] = []
+        at = a
+        for start, end, shown, _ in edits[i : j + 1]:
+            parts += [self.text[at:start], shown]
+            at = end
+        parts.append(self.text[at:b])
+        return _SPACES.sub(" ", "".join(parts)) if edits[i : j + 1] else self.text[a:b]
+
+
 def read_as_rendered(text: str) -> str:
     """``text`` as a CommonMark renderer shows it (inline constructs only; raw HTML dropped).
 
@@ -146,21 +266,24 @@ def read_as_rendered(text: str) -> str:
     """
     if not may_render_differently(text):
         return text
-    parts: list[str] = []
-    at = 0
-    for a, b, shown, _ in _edits(text):
-        parts += [text[at:a], shown]
-        at = b
-    return "".join(parts) + text[at:]
+    return Rendered(text).span(0, len(text))
 
 
 def rendered_places(text: str) -> list[tuple[int, int]]:
-    """Where the rendered reading differs unseen: every character reference but an escaped ASCII sign ("&lt;"),
-    and each run of markup with a letter right before and after it (a tag, comment or delimiter inside a word), or a link or code span glued
-    to a word. Ordinary Markdown around whole words ("**Note:**", "`x`", "[docs](url)") is no place."""
-    if not may_render_differently(text):
-        return []
+    """Where the rendered reading differs unseen (`_places`)."""
+    return Rendered(text).places
+
+
+def _places(text: str, edits: list[tuple[int, int, str, str]]) -> tuple[list[tuple[int, int]], bool]:
+    """Where the rendered reading differs unseen, and whether a place hides written text: every character reference
+    but an escaped markup sign ("&lt;", "&amp;", "&quot;"); every construct that hides written text (a comment, a
+    tag's attributes, a processing instruction, a link's long address: more than `_HIDDEN_CHARS` characters not
+    shown, wherever it sits: benign prose inside comments between the clause's words, rt55d F4); and each run of
+    markup with a letter right before and after it (a tag, comment or delimiter inside a word), or a link or code
+    span glued to a word. Ordinary Markdown around whole words ("**Note:**", "`x`", "[docs](https://example.org)",
+    "<b>bold</b>") is no place."""
     places: list[tuple[int, int]] = []
+    hides = False
     run: list[int] = []  # [start, end] of consecutive markup with nothing between
     glued = False
 
@@ -173,12 +296,15 @@ def rendered_places(text: str) -> list[tuple[int, int]]:
         if (before.isalpha() and after.isalpha()) or (glued and (before.isalpha() or after.isalpha())):
             places.append((a, b))
 
-    for a, b, shown, kind in _edits(text):
+    for a, b, shown, kind in edits:
         if kind == "ref":
-            # "&lt;" and "&amp;" (an escaped snippet) hide no letter; "&#77;", "&#32;" or "&#8203;" can.
-            if not (shown.isascii() and len(shown) == 1 and not shown.isalnum() and not shown.isspace()):
+            # "&lt;" and "&amp;" (an escaped snippet) hide no letter; "&#77;", "&#32;", "&#45;" or "&#8203;" can.
+            if shown not in _ESCAPED_SIGNS:
                 places.append((a, b))
             continue
+        if (b - a) - len(shown) > (_HIDDEN_LINK_CHARS if kind == "link" else _HIDDEN_CHARS) and kind != "code":
+            places.append((a, b))
+            hides = True
         if shown == text[a:b] or kind == "escape" or (shown and shown.isspace()):
             close()
             run = []
@@ -190,4 +316,4 @@ def rendered_places(text: str) -> list[tuple[int, int]]:
             close()
             run, glued = [a, b], kind in ("link", "code")
     close()
-    return sorted(places)
+    return sorted(set(places)), hides
