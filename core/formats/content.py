@@ -1622,7 +1622,9 @@ class AsSeenStream:
         return read
 
     def _read(self, text: str) -> str:
-        if not text or (text.isascii() and "\t" not in text and not self._bidi.opened):
+        if not text or (
+            text.isascii() and "\t" not in text and not self._bidi.opened and not may_render_differently(text)
+        ):
             self._in += len(text)
             self._out += len(text)
             return text
@@ -1690,7 +1692,7 @@ class AsSeenStream:
         return read
 
     def _read_words(self, text: str) -> str:
-        if "\t" not in text and not _not_plain().search(text):  # no word read differently (`_plain`)
+        if "\t" not in text and not _not_plain().search(text) and not may_render_differently(text):  # `_plain`
             self._in += len(text)
             self._out += len(text)
             return text
@@ -1747,6 +1749,10 @@ def _word_as_seen(word: str) -> str:
     read (with spaces for hidden runs that stand for them), runs of tag characters in it as the ASCII they
     spell (the model reads each token once, so in their place); tabs between words as spaces (one for one:
     offsets stay; a tab after a line break stays)."""
+    if may_render_differently(word) and (shown := Rendered(word)).places:
+        # Markup inside the word, as a Markdown renderer shows it ("&#77;&#105;&#120;", "M**ix**", "M<b></b>ix"),
+        # then read as seen: a reference can write a hidden character (rt55a F1, F3 for the Stream model).
+        word = shown.span(0, len(word))
     if word.isascii():
         return word.replace("\t", " ") if "\t" in word and not word.strip(" \t") else word
     if not _hidden_places(word):
