@@ -13,10 +13,18 @@ back (`lockstep`). What the consumer renders of the clause is counted.
 - Found with them: sentences written inside a comment or tag still arriving ("Mix <!-- a b c d. ") ended a
   sentence of four words, and "Mix" went out before the comment completed and glued it to "ammonium".
 - Cost: text written as references costs the checks of the text written out, hostile markup is read in linear
-  time and costs per delta about what ordinary text does (ratios measured in one run, no absolute bounds)."""
+  time and costs per delta about what ordinary text does (ratios measured in one run, no absolute bounds).
+
+Red team rt55d F6: the windows' own scanner of markup knew no links, processing instructions, declarations or CDATA,
+no comment longer than 4,103 characters and no tag past the core's old caps: "[](#)" * 200, "<?x?>" * 200, one
+comment of 5,000 characters or three tags with a 600-character attribute between "Mix" and " ammonium" took the room
+of the next window's context, and the whole clause went out. The windows now read complete constructs as the core
+does (`rendered._edits`); a construct longer than a window is kept in the next context by its opening and its end.
+Judged there by an independent CommonMark renderer (markdown-it), the same in the tree before the fix."""
 
 from __future__ import annotations
 
+import html
 import re
 import sys
 import time
@@ -25,6 +33,7 @@ from pathlib import Path
 
 import pytest
 from lockstep import monitor_run, run, words
+from markdown_it import MarkdownIt
 from qwenguard.core import Guard, GuardViolation, Policy
 from qwenguard.core.formats.rendered import read_as_rendered
 from qwenguard.core.streaming.gen_windows import as_read, ends_clause, ends_sentence, releasable
@@ -233,9 +242,76 @@ def test_a_pinned_word_is_the_visible_word(unit):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# rt55d F6: padding of any construct the core reads, of any length, takes no room; one longer than a window is
+# seen whole by the window that completes it.
+# ---------------------------------------------------------------------------------------------------------
+_COMMONMARK = MarkdownIt("commonmark")
+
+
+def commonmark(text: str) -> str:
+    """``text`` as a CommonMark renderer shows it with raw HTML dropped, lower case, whitespace one space."""
+    rendered = re.sub(
+        r"<!--.*?-->|<\?.*?\?>|<![A-Za-z].*?>|<!\[CDATA\[.*?\]\]>", "", _COMMONMARK.render(text), flags=re.S
+    )
+    rendered = html.unescape(re.sub(r"<[^>]+>", "", rendered))
+    rendered = "".join(c for c in rendered if unicodedata.category(c) != "Cf")
+    return re.sub(r"\s+", " ", rendered).lower().strip()
+
+
+def commonmark_judge() -> CountingJudge:
+    """Flags an answer window that shows "mix ammonium" as a CommonMark renderer shows it."""
+    j = CountingJudge()
+    j.answer = lambda conv: (
+        P_SAFE
+        if conv[-1]["role"] == "user"
+        else R_UNSAFE
+        if "mix ammonium" in commonmark(conv[-1]["content"])
+        else R_SAFE
+    )
+    return j
+
+
+F6_PADDING = {
+    "empty links": "[](#)" * 200,
+    "processing instructions": "<?x?>" * 200,
+    "declarations": "<!x>" * 200,
+    "CDATA": "<![CDATA[]]>" * 100,
+    "a 5,000-character comment": "<!--" + "x" * 5000 + "-->",
+    "tags with a 600-character attribute": ('<b title="' + "a" * 600 + '"></b>') * 3,
+    "a tag with a 5,000-character attribute": '<b title="' + "a" * 5000 + '">',
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("unit", ["sentence", "word"])
+@pytest.mark.parametrize("case", list(F6_PADDING))
+def test_padding_of_any_construct_or_length_does_not_push_a_word_out_of_the_context(case, unit, mode):
+    text = PRE + "Mix" + F6_PADDING[case] + " " + CLAUSE[4:]
+    assert commonmark(text) == commonmark(PRE + CLAUSE)
+    released, stopped = run(mode, commonmark_judge(), words(text), unit)
+    assert stopped and "mix ammonium" not in commonmark(released)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", ["processing instructions", "a 5,000-character comment"])
+def test_padding_of_any_construct_or_length_reaches_no_langchain_consumer(case, mode):
+    j = commonmark_judge()
+    model = lc.PacedModel(messages=iter([PRE + "Mix" + F6_PADDING[case] + " " + CLAUSE[4:]]), seen=[], judge=j)
+    stream, astream = lc.build("guard_output", Guard(j, Policy.strict()), model, None)
+    received: list[str] = []
+    stop = lc.consume(mode, stream, astream, received.append)
+    assert stop is not None and "mix ammonium" not in commonmark("".join(received))
+
+
+def test_every_construct_the_core_reads_takes_no_room_in_the_context():
+    for pad in F6_PADDING.values():
+        assert as_read("Mix" + pad + " ammonium") == "Mix ammonium", pad[:20]
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Cost: linear in hostile markup, per delta and in all.
 # ---------------------------------------------------------------------------------------------------------
-HOSTILE = ["&#", "&#77;", "<!--", ";", "&#77; ", "<b></b>", "<a b ", "&#8203;"]
+HOSTILE = ["&#", "&#77;", "<!--", ";", "&#77; ", "<b></b>", "<a b ", "&#8203;", "<?", "[](", '<a x="', "[](#)"]
 
 
 def _least_seconds(work, arg) -> float:

@@ -2,7 +2,7 @@
 window each is checked in, settle results in order. Used when the guard has no Stream model.
 
 Text is read as a reader sees it: hidden characters take no room, display order is kept, and Markdown markup is
-read as rendered (character references, comments, inline tags: `_Rendered`) for sentence ends, words, the cut
+read as rendered (as the core reads it, `formats.rendered`: `_Rendered`) for sentence ends, words, the cut
 of long text, a window's context and its pinned words."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ..formats.content import _BLANKS as BLANKS
 from ..formats.content import BidiState, read_as_displayed
 from ..formats.content import _classes as content_classes
 from ..formats.conversations import least_contexts
-from ..formats.rendered import _BREAKS, _TAG, _TAG_NAME, CHAR_REFERENCE
+from ..formats.rendered import CHAR_REFERENCE, _edits
 from ..verdict import Risk, Stage, Verdict, worst
 
 if TYPE_CHECKING:
@@ -168,15 +168,15 @@ def _one_blank(run: re.Match[str]) -> str:
 
 def as_read(text: str) -> str:
     """``text`` as a reader sees it, for a window's context: markup read as rendered first (`_Rendered`, context
-    reading: character references decoded, comments and inline tags dropped, a reference still arriving at the end
-    kept as written; "Mix" + "&#8203;" * 60 and "<!---->" * 200 took the room of a context, rt55a F5), then hidden
+    reading: every construct as the core reads it, a construct still arriving at the end kept as written; "Mix" +
+    "&#8203;" * 60, "<!---->" * 200 and "[](#)" * 200 took the room of a context, rt55a F5, rt55d F6), then hidden
     characters (U+200B, U+FE0F, U+E0100, U+034F) dropped, blank characters (U+3164, U+00A0, U+3000) and whitespace
     runs one space (or one or two line breaks), combining-mark stacks cut to `_MARKS_KEPT`. Kept: what changes
     display order (the bidi controls and the marks LRM, RLM, ALM; a run of them only as far as it changes the text
     around it, `_bidi_net`: 250 LRI+PDI pairs enclosing nothing are nothing) and tag characters (which the planner
     decodes). Linear in ``text``. Counted in written characters, padding of 1,000 U+FE0F or spaces after a word
     kept it out of the next window's context (rt54a F3, F3c; rt54d F1, F2, F3)."""
-    if "&" in text or "<" in text:
+    if _may_differ(text, 0):
         text = _Rendered(text, decide=False).text
     return _as_read_plain(text)
 
@@ -229,27 +229,45 @@ def _bidi_net(run: re.Match[str]) -> str:
 # "M<!-- -->ix" show "Mix" where raw HTML is dropped (`formats.rendered`). The windows' own reading (sentence ends,
 # words, the context, pinned words) is of the text as rendered: read as written, each ";" of a reference ended a
 # sentence (a clause written as references went out word by word), a context could start inside a reference, and
-# padding that renders as nothing pushed a word out of the next window's context (rt55a F2, F4, F5).
+# padding that renders as nothing pushed a word out of the next window's context (rt55a F2, F4, F5). Complete
+# constructs are the core's (`rendered._edits`: the same constructs, the same limits); what is the windows' own is a
+# construct still arriving at the end of the text so far (`_pending_at`) and how a context keeps one (`_context`):
+# a scanner of their own knew no links or processing instructions and no comment or tag past old caps (rt55d F6).
 # ------------------------------------------------------------------------------------------------
 #: The longest character reference (`rendered.CHAR_REFERENCE`): "&", a 32-character name, ";".
 _REF_MAX = 34
-#: The longest comment (`rendered._COMMENT`: "<!--", 4,096 characters, "-->").
-_COMMENT_MAX = 4096 + 7
-#: How far back a tag is looked for (one still arriving, one a read starts inside). A longer one (the renderer
-#: reads up to 32 attributes of 512 characters) is read as written where a read starts inside it.
-_TAG_REACH = 1024
+#: How far before a bounded read's start a construct it starts inside is looked for (`_read_view`). Constructs
+#: have no length limit: one still arriving that began further back is held by the engine (`GenWindows._opens`);
+#: a longer complete one read from inside only moves where the release stops within text its windows judged.
+_LOOK_BACK = _SCAN
 #: Written characters before a judged text's last word that `releasable` reads as rendered: what it reads back.
 _RENDER_REACH = 2 * _SCAN + _REF_MAX
-# What a renderer reads otherwise than written, found from left to right: a backslash escape (the character after
-# it is shown as written: "\\&#77;" shows "&#77;"), a complete reference, a "<" (a comment or tag, read on).
-_MARKUP_AT = re.compile(rf"\\[!-/:-@\[-`{{-~]|{CHAR_REFERENCE.pattern}|<")
-_TAG_AT = re.compile(_TAG)
-# What may still become a reference, a tag or a comment as text arrives (matched to the end of the text so far).
+# What may still become a reference as text arrives (matched to the end of the text so far).
 _REF_OPEN = re.compile(r"&(?:#(?:[0-9]{0,7}|[xX][0-9a-fA-F]{0,6})|[A-Za-z][A-Za-z0-9]{0,31})?")
-_TAG_OPEN = re.compile(rf"</?(?:[A-Za-z][A-Za-z0-9-]{{0,31}}(?:\s[^<>]{{0,{_TAG_REACH}}})?/?)?|<!-?-?")
+# Raw HTML that ends at its closer whatever is inside (`rendered._raw_html`): (opener, closer).
+_SECTIONS = (("<!--", "-->"), ("<?", "?>"), ("<![CDATA[", "]]>"))
+_DECLARATION = re.compile(r"<![A-Za-z]")  # closed by the next ">"
+_BANG_OPEN = re.compile(r"<!(?:-|\[(?:C(?:D(?:A(?:T(?:A)?)?)?)?)?)?")  # "<!-", "<![CDA": a comment or CDATA to be
+# A tag as `rendered._tag_at` reads one, to the end of the text so far (`_tag_prefix`).
+_TAG_NAME_AT = re.compile(r"</?[A-Za-z][A-Za-z0-9-]*")
+_ATTR_NAME = re.compile(r"\s+[A-Za-z_:][\w.:-]*")
+_ATTR_EQUALS = re.compile(r"\s*=\s*")
+_ATTR_UNQUOTED = re.compile(r"[^\s\"'=<>`]+")
+_TAG_END_SO_FAR = re.compile(r"\s*/?")
+# A link's destination and title as `rendered._LINK` reads them, to the end of the text so far (`_link_prefix`).
+_SPACES_AT = re.compile(r"\s*")
+_DESTINATION = re.compile(r"(?:[^()\s]|\([^()\s]*\))*")
+_DESTINATION_OPEN = re.compile(r"\([^()\s]*")
+_POINTY_OPEN = re.compile(r"[^<>\n]*")
 # Decoded characters a context keeps written: decoded, they would read as markup the next time it is read
 # ("&amp;#77;" is "&#77;" shown, not "M"; "&lt;b&gt;" is "<b>" shown, not a tag dropped).
 _MARKUP_CHARS = frozenset("&<\\`*_~[")
+_HINT_CHARS = "&<[*~_`\\"  # `rendered.may_render_differently`'s, looked for from an offset
+
+
+def _may_differ(text: str, start: int) -> bool:
+    """May ``text[start:]`` render otherwise than written (`rendered.may_render_differently`, without a copy)?"""
+    return any(text.find(c, start) >= 0 for c in _HINT_CHARS)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -267,76 +285,151 @@ def _reference_at(text: str, end: int) -> int:
     return -1 if amp and text[amp - 1] == "\\" else amp
 
 
-def _markup(text: str, *, decide: bool) -> tuple[list[tuple[int, int, str]], int]:
-    """The constructs of ``text`` a renderer shows otherwise, in order: (start, end, shown); and where one still
-    arriving at the end of the text starts (-1 when none): a reference, tag or comment not complete yet, which a
-    renderer shows as written until it completes (or, a comment longer than the renderer reads, never does).
-
-    Shown: a reference decoded (whitespace a space), a comment or tag nothing (a tag that breaks a line a space).
-    ``decide`` False (a context, read again as the next window's text): a reference that decodes to a character of
-    markup (`_MARKUP_CHARS`) stays written, and a comment or tag still arriving is read as the text it is so far
-    (its "<" as written, references in it decoded: what a renderer shows until it completes; read again with the
-    text that completes it, it is dropped), so only a reference still arriving is reported. Code spans are not
-    looked for: markup in one is read as rendered outside one (more of the text is read as words, not less).
-    Linear: each "<" is read once, and the next "-->" is looked for once per comment found (the same one serves
-    every "<!--" before it)."""
-    edits: list[tuple[int, int, str]] = []
-    n, at, close, pending = len(text), 0, -1, -1
-    while (m := _MARKUP_AT.search(text, at)) is not None:
-        a, written = m.start(), m.group()
-        if written[0] != "<":
-            if written[0] == "&":
-                shown = _decoded(written)
-                if shown != written and (decide or _MARKUP_CHARS.isdisjoint(shown)):
-                    edits.append((a, m.end(), shown))
-            at = m.end()
-            continue
-        end = -1
-        if text.startswith("<!--", a):
-            if text.startswith(">", a + 4) or text.startswith("->", a + 4):
-                end = text.index(">", a + 4) + 1
-            else:
-                if close < a + 4:
-                    close = text.find("-->", a + 4)
-                    close = n if close < 0 else close
-                if close < n and close - (a + 4) <= _COMMENT_MAX - 7:
-                    end = close + 3
-                elif decide and close == n and n - a <= _COMMENT_MAX:
-                    pending = a
-                    break
-        elif tag := _TAG_AT.match(text, a):
-            end = tag.end()
-        elif decide and n - a <= _TAG_REACH + 40 and _TAG_OPEN.fullmatch(text, a):
-            pending = a
+def _tag_prefix(text: str, at: int) -> list[int] | None:
+    """Is ``text[at:]`` the start of a tag still arriving (no ">" yet)? The offsets where its attributes start
+    (their leading whitespace), or None. Linear in ``text[at:]``."""
+    name = _TAG_NAME_AT.match(text, at)
+    if name is None:
+        return [] if text[at:] in ("<", "</") else None
+    n, pos, attributes = len(text), name.end(), []
+    while pos < n and text[at + 1] != "/":
+        attribute = _ATTR_NAME.match(text, pos)
+        if attribute is None:
             break
-        if end < 0:
-            at = a + 1
+        attributes.append(pos)
+        pos = attribute.end()
+        equals = _ATTR_EQUALS.match(text, pos)
+        if equals is None:
             continue
-        name = _TAG_NAME.match(text, a)
-        edits.append((a, end, " " if name and name.group(1).lower() in _BREAKS else ""))
-        at = end
-    if pending < 0:
-        amp = text.rfind("&", max(at, n - _REF_MAX + 1))
-        if amp >= 0 and _REF_OPEN.fullmatch(text, amp):
-            pending = amp
-    return edits, pending
+        pos = equals.end()
+        if pos == n:
+            return attributes
+        if text[pos] in "\"'":
+            close = text.find(text[pos], pos + 1)
+            if close < 0:
+                return attributes  # inside a quoted value still arriving
+            pos = close + 1
+            continue
+        value = _ATTR_UNQUOTED.match(text, pos)
+        if value is None:
+            return None
+        pos = value.end()
+    rest = _TAG_END_SO_FAR.match(text, pos)
+    return attributes if rest is not None and rest.end() == n else None
+
+
+def _link_prefix(text: str, at: int) -> bool:
+    """Is ``text[at:]``, after a link's "](", the start of its destination and title, the ")" still to come?"""
+    n = len(text)
+    pos = _SPACES_AT.match(text, at).end()  # type: ignore[union-attr]
+    if pos == n:
+        return True
+    if text[pos] == "<":
+        close = text.find(">", pos)
+        if close < 0:
+            return _POINTY_OPEN.fullmatch(text, pos + 1) is not None
+        pos = close + 1
+    else:
+        pos = _DESTINATION.match(text, pos).end()  # type: ignore[union-attr]
+        if pos < n and text[pos] == "(" and _DESTINATION_OPEN.fullmatch(text, pos):
+            return True
+    title = _SPACES_AT.match(text, pos).end()  # type: ignore[union-attr]
+    if title == n:
+        return True
+    closer = {'"': '"', "'": "'", "(": ")"}.get(text[title]) if title > pos else None
+    if closer is None:
+        return False
+    close = text.find(closer, title + 1)
+    return close < 0 or _SPACES_AT.fullmatch(text, close + 1) is not None
+
+
+def _pending_at(text: str, edits: list[tuple[int, int, str, str]]) -> int:
+    """Where the first construct still arriving at the end of ``text`` starts (-1: none): a reference, a comment,
+    processing instruction, CDATA section or declaration without its closer, a tag without its ">", a link without
+    its ")" ("[M](#" + ...), none of them inside a complete construct (``edits``: `rendered._edits` of ``text``).
+    A renderer shows it as written until it completes; then it may hide what follows. Linear: a few `str.find`."""
+    n, found = len(text), len(text)
+    starts = [e[0] for e in edits]
+
+    def inside(at: int) -> int:
+        """The end of the complete construct ``at`` is inside, or -1."""
+        i = bisect.bisect_right(starts, at) - 1
+        return edits[i][1] if i >= 0 and edits[i][1] > at else -1
+
+    def first_unclosed(opener: re.Pattern[str] | str, closer: str, length: int) -> int:
+        last = text.rfind(closer)  # an opener closes when its closer starts after it: only those after the last open
+        at = max(0, last - length + 1) if last >= 0 else 0
+        while at < found:
+            m = (
+                text.find(opener, at)
+                if isinstance(opener, str)
+                else (hit.start() if (hit := opener.search(text, at)) else -1)
+            )
+            if m < 0 or m >= found:
+                return found
+            end = inside(m)
+            if end < 0:
+                return m
+            at = end
+        return found
+
+    for opener, closer in _SECTIONS:
+        found = first_unclosed(opener, closer, len(opener))
+    found = first_unclosed(_DECLARATION, ">", 2)
+    lt = text.rfind("<")
+    if 0 <= lt < found and inside(lt) < 0 and (_BANG_OPEN.fullmatch(text, lt) or _tag_prefix(text, lt) is not None):
+        found = lt
+    link = text.rfind("](")
+    if 0 <= link < found and inside(link) < 0 and _link_prefix(text, link + 2):
+        bracket = text.rfind("[", 0, link)
+        if bracket >= 0 and text.find("]", bracket + 1, link) >= 0:
+            bracket = text.rfind("[", 0, bracket)  # "[a [b] c](": one level of brackets in a link's text
+        if bracket >= 0 and text.find("\n", bracket, link) < 0 and inside(bracket) < 0:
+            found = min(found, bracket - (bracket > 0 and text[bracket - 1] == "!"))
+    amp = text.rfind("&", max(0, n - _REF_MAX + 1))
+    if 0 <= amp < found and _REF_OPEN.fullmatch(text, amp) and inside(amp) < 0:
+        found = amp
+    return found if found < n else -1
+
+
+def _markup(
+    text: str, *, decide: bool, edits: list[tuple[int, int, str, str]] | None = None
+) -> tuple[list[tuple[int, int, str]], int]:
+    """The constructs of ``text`` a renderer shows otherwise, in order: (start, end, shown), exactly as the core
+    reads them (`rendered._edits`, or ``edits`` when read already); and where one still arriving at the end of the
+    text starts (`_pending_at`, -1 when none).
+
+    ``decide`` False (a context, read again as the next window's text): a construct that shows a character of
+    markup (`_MARKUP_CHARS`: "&amp;#77;", "\\*", a code span "`<b>`") stays written. A reference showing
+    whitespace shows a space."""
+    if edits is None:
+        edits = _edits(text)
+    kept: list[tuple[int, int, str]] = []
+    for a, b, shown, kind in edits:
+        if kind == "ref" and shown.isspace():
+            shown = " "
+        if shown == text[a:b] or (not decide and not _MARKUP_CHARS.isdisjoint(shown)):
+            continue
+        kept.append((a, b, shown))
+    return kept, _pending_at(text, edits)
 
 
 class _Rendered:
     """``text`` as rendered (`_markup`), with the way back to offsets in ``text`` (`written`).
 
-    ``decide`` (sentence ends, words, what may be released): every reference decoded, and a construct still
-    arriving at the end is nothing yet (a comment being written hides what follows once it completes: the words in
-    it make no sentence). Else (a context): a reference decoding to markup stays written, and one still arriving
-    stays written, so that the next window, which shows the context and then the text after it, shows it whole
-    (`_context_start`)."""
+    ``decide`` (sentence ends, words, what may be released): every construct read, and a construct still arriving
+    at the end is nothing yet, with what follows it (a comment being written hides what follows once it completes:
+    the words in it make no sentence). Else (a context): what shows markup stays written, and a construct still
+    arriving stays as written so far, so that the next window, which shows the context and then the text after it,
+    shows it whole (`_context`)."""
 
     __slots__ = ("text", "_r_starts", "_w_starts", "_literal", "_end")
 
-    def __init__(self, written: str, *, decide: bool) -> None:
-        edits, pending = _markup(written, decide=decide)
+    def __init__(
+        self, written: str, *, decide: bool, markup: tuple[list[tuple[int, int, str]], int] | None = None
+    ) -> None:
+        edits, pending = markup if markup is not None else _markup(written, decide=decide)
         end = pending if decide and pending >= 0 else len(written)
-        self._end = end  # where `text`'s end is in ``written``: a construct still arriving is held with what follows
         parts: list[str] = []
         self._r_starts: list[int] = []
         self._w_starts: list[int] = []
@@ -344,6 +437,9 @@ class _Rendered:
         r = at = 0
         for a, b, shown in edits:
             if a >= end:
+                break
+            if b > end:  # a link around a comment still arriving: nothing yet either
+                end = a
                 break
             for piece, w, literal in ((written[at:a], at, True), (shown, a, False)):
                 if piece:
@@ -358,6 +454,7 @@ class _Rendered:
             self._r_starts.append(r)
             self._w_starts.append(at)
             self._literal.append(True)
+        self._end = max(end, at)  # where `text`'s end is in ``written``: a construct still arriving is held
         self.text = "".join(parts)
 
     def written(self, k: int) -> int:
@@ -369,53 +466,136 @@ class _Rendered:
         return self._w_starts[i] + (k - self._r_starts[i] if self._literal[i] else 0)
 
 
-def _markup_from(text: str, start: int) -> int:
-    """Where to read ``text`` as rendered from so that ``text[start:]`` is read right: ``start``, or the start of a
-    reference, comment or tag it is inside (looked for `_REF_MAX`, `_COMMENT_MAX`, `_TAG_REACH` back). -1 when
-    nothing there can be markup: no "&" after ``start`` and no "<" after the longest reach back (ordinary text is
-    read as today). Bounded work: a few searches of at most `_COMMENT_MAX` characters."""
+def _edits_to_open(text: str) -> list[tuple[int, int, str, str]]:
+    """`rendered._edits` of ``text`` as far as a decided reading needs it: up to the first comment, processing
+    instruction, CDATA section or declaration that is not closed, when nothing after it can close a construct
+    around it (no "`", ")" or ">"): from there on, nothing is read yet (`_Rendered`). A hostile run of "<!--" is
+    read once, not once per "<" (`rendered._raw_html` tries each)."""
+    first = len(text)
+    for opener, closer in (*_SECTIONS, ("<!", ">")):
+        last = text.rfind(closer)
+        at = text.find(opener, max(0, last - len(opener) + 1) if last >= 0 else 0)
+        if 0 <= at < first and (opener != "<!" or _DECLARATION.match(text, at)):
+            first = at
+    if first < len(text) and all(text.find(c, first) < 0 for c in "`)>"):
+        return [e for e in _edits(text[: first + 1]) if e[0] < first]  # an escape "\\<" keeps its "<"
+    return _edits(text)
+
+
+def _read_view(text: str, start: int, *, again: bool = True) -> tuple[int, _Rendered] | None:
+    """``text`` from ``start`` on as rendered (``decide``), read from the start of a construct ``start`` is inside,
+    looked for from the last "<" or "[" up to `_LOOK_BACK` characters back: (where the read starts, the view). Inside
+    a construct still arriving, the text before it is read (as far back from it as ``start`` is from the end), once:
+    what follows it is nothing yet. None when nothing there may render otherwise (ordinary text is read as written).
+    Bounded work: `rendered._edits` of at most `_LOOK_BACK` characters more than from ``start``."""
     start = max(0, start)
-    if text.find("&", start) < 0 and text.find("<", max(0, start - _COMMENT_MAX)) < 0:
-        return -1
-    if start == 0:
-        return 0
-    found = start
-    amp = text.rfind("&", max(0, start - _REF_MAX + 1), start)
-    if amp >= 0 and (ref := _REF_OPEN.match(text, amp)) and ref.end() >= start:
-        found = amp  # a reference (or what may become one) the read would start inside
-    comment = text.rfind("<!--", max(0, start - _COMMENT_MAX), start)
-    if comment >= 0:
-        close = text.find("-->", comment + 4, comment + _COMMENT_MAX)
-        if close < 0 or close + 3 > start:
-            found = min(found, comment)  # inside a comment, or one being written
-    lt = text.rfind("<", max(0, start - _TAG_REACH), start)
-    if lt >= 0 and lt != comment:
-        tag = _TAG_AT.match(text, lt)
-        if (tag and tag.end() > start) or (not tag and _TAG_OPEN.fullmatch(text, lt)):
-            found = min(found, lt)
-    return found
+    low = start  # from the last "<" or "[" before it within `_LOOK_BACK`, or a reference's "&"
+    for opener, reach in (("<", _LOOK_BACK), ("[", _LOOK_BACK), ("&", _REF_MAX - 1)):
+        found = text.rfind(opener, max(0, start - reach), start)
+        low = found if 0 <= found < low else low
+    if not _may_differ(text, low):
+        return None
+    part = text[low:]
+    edits = _edits_to_open(part)
+    at = start - low
+    pending = _pending_at(part, edits)
+    if 0 <= pending <= at:
+        if again and low + pending > 0:
+            return _read_view(text[: low + pending], start - (len(text) - low - pending), again=False)
+        at = pending
+    else:
+        i = bisect.bisect_right([e[0] for e in edits], at) - 1
+        if i >= 0 and edits[i][0] < at < edits[i][1]:
+            at = edits[i][0]
+    view = part[at:]
+    markup = _markup(view, decide=True, edits=[(a - at, b - at, shown, kind) for a, b, shown, kind in edits if a >= at])
+    return low + at, _Rendered(view, decide=True, markup=markup)
 
 
-def _context_start(read: str, cut: int) -> int:
-    """Where a context cut from ``read`` (`as_read`) at ``cut`` starts: never inside a reference kept written, an
-    escape, or a reference, tag or comment still arriving at its end (the next window shows it whole with the text
-    after it, rt55a F4). Bounded work."""
+def _condensed(read: str, at: int, size: int) -> tuple[str, str] | None:
+    """A construct still arriving at ``read[at:]``, longer than ``size``, as its opening and its last ``size``
+    characters (what is kept, what is dropped), so that it stays the construct it is: completed later, it hides what
+    it would hide whole; never completed, its end is shown as any context's. None when it cannot be cut (a link)."""
+    n = len(read)
+    far = n - size
+    if read.startswith("<!--", at):
+        head = at + 4
+        while far < n and read[far] in "->":  # "<!--" + ">" would close at once
+            far += 1
+    elif read.startswith("<![CDATA[", at) or read.startswith("<?", at):
+        head = at + (9 if read[at + 1] == "!" else 2)
+    elif read.startswith("<!", at):
+        head = at + 3  # "<!" and the letter that makes it a declaration
+    elif read[at] == "<":
+        attributes = _tag_prefix(read, at)
+        if attributes is None:
+            return None
+        if not attributes:  # a long name: its first letter, then any end of it is a name
+            head = at + 2 + (read[at + 1] == "/")
+        else:
+            first = attributes[0]
+            kept = next((a for a in attributes if a >= far), -1)
+            if kept >= 0 and first - at <= size:
+                return read[at:first] + read[kept:], read[first:kept]
+            last = attributes[-1]  # longer than ``size`` itself: kept to its value's start, then its end
+            name = _ATTR_NAME.match(read, last)
+            if name is None or first - at > size:
+                return None
+            equals = _ATTR_EQUALS.match(read, name.end())
+            if equals is None:  # a long name: its first character, then any end of it
+                value = name.end() - len(name.group().lstrip()) + 1
+            else:
+                value = equals.end() + (equals.end() < n and read[equals.end()] in "\"'")
+            if value - last > size:
+                return None
+            rest = max(far, value)
+            return read[at:first] + read[last:value] + read[rest:], read[first:last] + read[value:rest]
+    else:
+        return None
+    far = max(far, head)
+    return read[at:head] + read[far:], read[head:far]
+
+
+def _context(read: str, size: int) -> tuple[str, str]:
+    """A window's context cut from ``read`` (`as_read`), about its last ``size`` characters, and what is dropped
+    before it: never starting inside a construct (a reference kept written, an escape), nor inside one still
+    arriving at its end (rt55a F4): that one is kept with the ``size`` characters before it, whole when short, else
+    its opening and its end (`_condensed`: a comment of 5,000 characters did not fit, and the words before it fell out
+    of the next windows, rt55d F6). Bounded work."""
+    cut = len(read) - size
     if cut <= 0:
-        return 0
-    start = _markup_from(read, cut)
-    if start < 0:
-        return cut
-    if start == cut and read[cut - 1] == "\\":
-        return cut - 1  # "\\" + "&#77;" is "&#77;" shown: keep the escape with what it escapes
-    return start
+        return read, ""
+    if not _may_differ(read, 0):
+        return read[cut:], read[:cut]
+    edits = _edits(read)
+    starts = [e[0] for e in edits]
+
+    def whole(k: int) -> int:
+        i = bisect.bisect_right(starts, k) - 1
+        return edits[i][0] if i >= 0 and edits[i][0] < k < edits[i][1] else k
+
+    pending = _pending_at(read, edits)
+    begin = whole(cut)
+    if pending < 0 or pending >= begin:
+        return read[begin:], read[:begin]
+    before = whole(max(0, pending - size))
+    if len(read) - pending <= size:
+        return read[before:], read[:before]
+    condensed = _condensed(read, pending, size)
+    if condensed is None:
+        if len(read) - pending <= 4 * size:
+            return read[before:], read[:before]
+        return read[begin:], read[:begin]
+    kept, dropped = condensed
+    return read[before:pending] + kept, read[:before] + dropped
 
 
 def _open_run_as_rendered(text: str) -> int:
     """`_open_run` of ``text`` read as rendered, mapped back (0 or -1: hold all)."""
-    start = _markup_from(text, len(text) - _SCAN - _REF_MAX)
-    if start < 0:
+    read = _read_view(text, len(text) - _SCAN - _REF_MAX)
+    if read is None:
         return _open_run(text)
-    view = _Rendered(text[start:], decide=True)
+    start, view = read
     run = _open_run(view.text)
     return start + view.written(run) if run > 0 else run
 
@@ -431,10 +611,8 @@ def ends_sentence(text: str) -> bool:
     Read as rendered (`_Rendered`): a ";" that closes a character reference is no punctuation, a reference is one
     character ("&#46;" a full stop), comments and tags are nothing: "&#77;&#105;&#120;" is one word of three
     letters, not a sentence (rt55a F2)."""
-    start = _markup_from(text, len(text) - _SCAN)
-    if start < 0:
-        return _ends_sentence(text)
-    return _ends_sentence(_Rendered(text[start:], decide=True).text)
+    read = _read_view(text, len(text) - _SCAN)
+    return _ends_sentence(text if read is None else read[1].text)
 
 
 def _ends_sentence(text: str) -> bool:
@@ -599,10 +777,10 @@ def releasable(text: str) -> int:
     if not text:
         return 0
     stripped = text.rstrip()
-    start = _markup_from(text, len(stripped) - _RENDER_REACH)
-    if start < 0:
+    read = _read_view(text, len(stripped) - _RENDER_REACH)
+    if read is None:
         return _releasable(text)
-    view = _Rendered(text[start:], decide=True)
+    start, view = read
     cut = _releasable(view.text)
     return 0 if cut == 0 else start + view.written(cut)
 
@@ -752,10 +930,8 @@ class GenWindows:
         if start:
             reach = max(0, len(core.released) - _TAIL_REACH * self.context)
             self.bidi.push(core.released[:reach])
-            read = as_read(core.released[reach:])
-            begin = _context_start(read, len(read) - self.context)
-            self.tail = read[begin:]
-            self.bidi.push(read[:begin])
+            self.tail, dropped = _context(as_read(core.released[reach:]), self.context)
+            self.bidi.push(dropped)
             self.judged_bidi.push(core.released[: max(0, len(core.released) - _JUDGED_TAIL)])
             self._pin(core.released[-_JUDGED_TAIL:], start, self.judged_bidi)
         self.timeout = core.policy.timeout_for(Stage.STREAM)
@@ -769,6 +945,10 @@ class GenWindows:
         self._before: tuple[tuple[int, int], int] = ((-1, -1), 0)  # `_releasable_before`: (key, its value)
         # `_limit`: (`submitted` it was read at, chars of `unsubmitted` read, what their references shortened them)
         self._counted: tuple[int, int, int] = (-1, 0, 0)
+        #: Where a construct still arriving at the end of the judged text began (-1: none), and the same at the end
+        #: of each segment handed out that ends inside one, by its end (`_boundary`).
+        self._open_at = -1
+        self._opens: dict[int, int] = {}
 
     def add(self, delta: str) -> list[tuple[int, int, list[dict[str, str]]]]:
         """Append text; return the (start, end, conversation) checks that are due now."""
@@ -973,11 +1153,20 @@ class GenWindows:
         pinned = "".join(word + " " for _, _, word in self.pins if word not in self.tail)
         text = self.tail + segment
         window = pinned + self.bidi.opened + text  # "" but inside embedding, override or isolate controls
-        read = as_read(text)  # the next window's context: the end of this one as read, `context` chars
-        begin = _context_start(read, len(read) - self.context)  # not inside markup still arriving (rt55a F4)
-        self.tail = read[begin:]
-        self.bidi.push(read[:begin])
-        self._pin(self.judged_tail, self.submitted, self.judged_bidi)
+        # A construct still arriving at the segment's end (a comment longer than a window) and where it began: the
+        # release stops before it, and the words pinned are those before it, until it completes (rt55d F6).
+        open_at = _pending_at(text, _edits(text)) if _may_differ(text, 0) else -1
+        if open_at >= 0:
+            open_at = start + open_at - len(self.tail) if open_at >= len(self.tail) else self._open_at
+            self._opens[self.submitted] = open_at = open_at if open_at >= 0 else start
+        self._open_at = open_at
+        # The next window's context: the end of this one as read, `context` chars (`_context`: not inside markup
+        # still arriving, rt55a F4).
+        self.tail, dropped = _context(as_read(text), self.context)
+        self.bidi.push(dropped)
+        held = self.submitted - open_at if open_at >= 0 else 0
+        if held < len(self.judged_tail):  # else the words pinned before it stay pinned
+            self._pin(self.judged_tail[: len(self.judged_tail) - held], self.submitted - held, self.judged_bidi)
         conversation = [*self.core.messages, {"role": "assistant", "content": window}]
         return start, start + cut, conversation
 
@@ -989,7 +1178,8 @@ class GenWindows:
         Read as rendered (`_Rendered`): the visible word, not the end of a run of references or empty tags after it
         ("Mix" + "&#8203;" * 60 is pinned "Mix", rt55a F5)."""
         found: list[tuple[int, int, str]] = []
-        view = _Rendered(judged, decide=True) if _markup_from(judged, 0) == 0 else None
+        read = _read_view(judged, 0)
+        view = None if read is None else read[1]
         offset = at - len(judged)
         if view is not None:
             judged = view.text
@@ -1025,6 +1215,8 @@ class GenWindows:
             error = outcome if isinstance(outcome, BaseException) else QwenGuardError(str(outcome))
             core._fail_open(error, self._boundary(start))  # raises when failing closed; else this window passes
         self.confirmed = end
+        for done in [k for k in self._opens if k < start]:
+            del self._opens[done]
 
     def _boundary(self, confirmed: int) -> int:
         """The release point when the text is judged up to ``confirmed``."""
@@ -1039,6 +1231,11 @@ class GenWindows:
         # A word that may still be arriving ("... Mix am" of "ammonium", the judged text's end with nothing or
         # more of its run after it) is no word after the one before it: both wait (rt54a F2).
         at = confirmed - base
+        open_at = self._opens.get(confirmed, -1)
+        if open_at >= 0:  # judged up to inside a construct still arriving there: what is before it (`_take`)
+            at = min(at, open_at - base)
+            if at <= 0:
+                return base
         last, after = core._buffer[at - 1 : at], core._buffer[at : at + 1]
         arriving = not last.isspace() and not after.isspace()  # `at` > 0: `last` is one character
         if self._last_boundary[:3] == (base, confirmed, arriving):
