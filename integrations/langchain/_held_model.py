@@ -41,7 +41,7 @@ from ._input_beside import aafter_verdict, aanswer_beside, after_verdict, answer
 from ._input_memory import judged_content
 from ._messages import DEFAULT_HISTORY_TURNS, Item, guard_history
 from ._own_handlers import detached, with_own
-from ._screening import ascreen, screen
+from ._screening import ascreen, built_off_loop, screen
 
 __all__ = ["HeldBackChatModel", "StreamLedger"]
 
@@ -61,9 +61,10 @@ class StreamLedger:
         #: The answer a stop was for, when it came whole (not streamed): its refusal reuses its id.
         self.stopped_answer: BaseMessage | None = None
 
-    def record(self, message: BaseMessage, budget: int) -> None:
+    def record(self, message: BaseMessage, budget: int, judged: str | None = None) -> None:
+        """``message``'s text was judged: its fingerprint (`judged_content`, or ``judged`` when read already)."""
         if message.id:
-            self._judged[message.id] = judged_content(message, budget)
+            self._judged[message.id] = judged if judged is not None else judged_content(message, budget)
 
     def judged(self, message: BaseMessage, budget: int) -> bool:
         """Was ``message``'s text judged as it streamed, and does it still say what was judged? A middleware
@@ -242,13 +243,17 @@ class HeldBackChatModel(BaseChatModel):
             return [*messages[:start], *self.given_after(messages[start:], items, screen(self.guard, items))]
 
     async def _agiven_messages(self, messages: list[BaseMessage]) -> list[BaseMessage]:
-        """Async twin of `_given_messages`."""
-        start, items = self._given(messages)
+        """Async twin of `_given_messages`. The messages are read (into checks, and notices) on a worker thread once
+        they are large (`built_off_loop`): on the loop, a long or block-heavy history held it (rt55b F1)."""
+        if self.given_items is None:
+            return messages  # no middleware: nothing to read (`_given`)
+        start, items = await built_off_loop(lambda: self._given(messages), messages)
         if not items:
             return messages
         with self._ledger().watching():
             decisions = await ascreen(self.guard, items)
-            return [*messages[:start], *self.given_after(messages[start:], items, decisions)]
+            given = await built_off_loop(lambda: self.given_after(messages[start:], items, decisions), messages)
+            return [*messages[:start], *given]
 
     def _start_input(self, messages: list[BaseMessage]) -> PendingCheck | None:
         """Before the model runs: screen its input (raises when blocked), or start that check beside the
@@ -270,18 +275,24 @@ class HeldBackChatModel(BaseChatModel):
             self.answer_after(items, screen(self.guard, items) if items else [])
 
     async def _ajudge_answer(self, messages: list[BaseMessage], answer: BaseMessage) -> None:
-        """Async twin of `_judge_answer`."""
+        """Async twin of `_judge_answer`: what it reads (the checks, the answer's fingerprint) is read on a worker
+        thread once large (`built_off_loop`)."""
         if self.answer_items is None:
             return
         start = 1 if messages and isinstance(messages[0], SystemMessage) else 0
-        items: list[Item] = self.answer_items(list(messages[start:]), answer)
-        with self._watching_whole(answer):
+        budget = self.guard.max_chars
+        items, judged = await built_off_loop(
+            lambda: (self.answer_items(list(messages[start:]), answer), judged_content(answer, budget)),
+            (messages, answer),
+        )
+        with self._watching_whole(answer, judged):
             self.answer_after(items, await ascreen(self.guard, items) if items else [])
 
     @contextmanager
-    def _watching_whole(self, answer: BaseMessage) -> Iterator[None]:
+    def _watching_whole(self, answer: BaseMessage, judged: str | None = None) -> Iterator[None]:
         """The ledger's watch over a whole answer's checks: a stop is the call's outcome (kept with the answer it
-        was for); an answer let through counts as judged (the middleware does not judge its text again)."""
+        was for); an answer let through counts as judged (the middleware does not judge its text again), by its
+        fingerprint (`judged_content`: ``judged`` when read already)."""
         ledger = self._ledger()
         try:
             with ledger.watching():
@@ -289,7 +300,7 @@ class HeldBackChatModel(BaseChatModel):
         except (GuardViolation, GuardUnavailable):
             ledger.stopped_answer = answer
             raise
-        ledger.record(answer, self.guard.max_chars)
+        ledger.record(answer, self.guard.max_chars, judged)
 
     def _ledger(self) -> StreamLedger:
         return self.ledger if self.ledger is not None else StreamLedger()
@@ -367,7 +378,7 @@ class HeldBackChatModel(BaseChatModel):
         self._ledger().again()
         messages = await self._agiven_messages(messages)
         pending = await self._astart_input(messages)
-        held = self._held(messages)
+        held = await built_off_loop(lambda: self._held(messages), messages)  # the context: read from the end
         with self._ledger().watching(), _counted_if_stopped(run_manager, lambda: held.whole):
             target, config = self._target(), self._config(True)
             upstream = out_of_sight.astream(lambda: target.astream(messages, config, stop=stop, **kwargs))
@@ -376,7 +387,7 @@ class HeldBackChatModel(BaseChatModel):
             released = held.arun(upstream)
             async for chunk in released if pending is None else aafter_verdict(released, pending):
                 yield ChatGenerationChunk(message=_as_chunk(chunk))
-        self._judged(held)
+        await built_off_loop(lambda: self._judged(held), held.whole)  # added up by its end checks: a fingerprint
 
 
 @contextmanager

@@ -537,19 +537,40 @@ class _GuardHandlerLogic:
         inputs: Mapping[str, Any] | None,
         kwargs: Mapping[str, Any],
     ) -> Item | None:
+        call = self._tool_started(serialized, input_str, run_id, inputs, kwargs)
+        return None if call is None else self._tool_call_item(*call)
+
+    def _tool_started(
+        self,
+        serialized: Mapping[str, Any] | None,
+        input_str: str,
+        run_id: UUID,
+        inputs: Mapping[str, Any] | None,
+        kwargs: Mapping[str, Any],
+    ) -> tuple[str, Mapping[str, Any] | str, list[dict[str, str]]] | None:
+        """The run state a tool's start sets (its name; the context its call was asked in, taken), and the call to
+        judge (name, arguments, context), or ``None`` when tool calls are not judged."""
         name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
         run = self._run(run_id)
         run.tool = str(name)
         context = self._tool_context(kwargs.get("tool_call_id"), run.trace)
         if not self.check_tool_calls:
             return None
-        args: Mapping[str, Any] | str = inputs if inputs is not None else input_str
-        return Item(Stage.TOOL_CALL, tool_call_conversation(run.tool, args, context), label=f"tool call {name}")
+        return run.tool, inputs if inputs is not None else input_str, context
+
+    @staticmethod
+    def _tool_call_item(name: str, args: Mapping[str, Any] | str, context: list[dict[str, str]]) -> Item:
+        """The check of a tool call (pure: the async handler builds it on a worker thread when it is large)."""
+        return Item(Stage.TOOL_CALL, tool_call_conversation(name, args, context), label=f"tool call {name}")
 
     def _tool_end_items(self, output: Any, run_id: UUID) -> list[Item]:
-        """The tool's result: every message it writes to the state (`tool_result_messages`: its `ToolMessage`
-        with its artifact, a LangGraph ``Command``'s messages, a list of them), or its text."""
         run = self._drop(run_id)
+        return self._tool_end_reading(output, run.tool if run else None)
+
+    def _tool_end_reading(self, output: Any, tool: str | None) -> list[Item]:
+        """The tool's result: every message it writes to the state (`tool_result_messages`: its `ToolMessage`
+        with its artifact, a LangGraph ``Command``'s messages, a list of them), or its text. Touches no run state
+        (the async handler reads a large result on a worker thread); `Produced` is safe to write from one."""
         written = tool_result_messages(output)
         # What the tool wrote is the application's own when the model reads it back (`Produced`): judged there under
         # its stage (and ``check_tool_results``), not as a client's (`AS_INPUT`).
@@ -559,7 +580,7 @@ class _GuardHandlerLogic:
         texts: list[str | None] = [tool_output_text(message, self.guard.max_chars) for _, message in written]
         if not written:
             texts = [message_text(output) if isinstance(output, str) else _plain_text(output)]
-        return self._tool_output_items(texts, run.tool if run else None, "tool result")
+        return self._tool_output_items(texts, tool, "tool result")
 
     def _tool_error_items(self, error: BaseException, run_id: UUID) -> tuple[list[Item], list[str] | None]:
         """A failed tool's error, and its texts (None when it is not judged): its text can quote what the tool
@@ -650,6 +671,10 @@ class _GuardHandlerLogic:
 
     def _retriever_end_items(self, documents: Sequence[Any], run_id: UUID) -> list[Item]:
         self._drop(run_id)
+        return self._retrieved_items(documents)
+
+    def _retrieved_items(self, documents: Sequence[Any]) -> list[Item]:
+        """The checks of retrieved documents (pure: the async handler reads a large page on a worker thread)."""
         if not self.check_retrieval:
             return []
         texts = [document_text(doc, self.guard.max_chars) for doc in documents]  # metadata too: apps print it
@@ -948,13 +973,19 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
             for pending in self._pending_in(run.trace):  # no tool runs before its call's input verdicts are in
                 await pending.wait_async()
         self._refuse_blocked(run, run_id)
-        item = self._tool_start_item(serialized, input_str, run_id, inputs, kwargs)
-        if item is not None:
+        # The run's state on the loop; the call's arguments are read into its check on a worker thread when large
+        # (a tool's input is the model's, and can be a client's: rt55b F4).
+        call = self._tool_started(serialized, input_str, run_id, inputs, kwargs)
+        if call is not None:
+            item = await built_off_loop(lambda: self._tool_call_item(*call), call)
             with self._dropped_on_error(run_id):
                 raise_first([item], await ascreen(self.guard, [item]))
 
     async def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        items = self._tool_end_items(output, run_id)
+        run = self._drop(run_id)
+        tool = run.tool if run else None
+        # A result of 100,000 content blocks held the loop 0.45 s here (rt55b F4): read on a worker thread.
+        items = await built_off_loop(lambda: self._tool_end_reading(output, tool), output)
         if items:
             raise_first(items, await ascreen(self.guard, items))
 
@@ -970,7 +1001,9 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
         self._refuse_blocked(run, run_id)
 
     async def on_retriever_end(self, documents: Sequence[Any], *, run_id: UUID, **kwargs: Any) -> None:
-        items = self._retriever_end_items(documents, run_id)
+        self._drop(run_id)
+        # 4,000 documents of 200 metadata entries held the loop a second here (rt55b F4): read on a worker thread.
+        items = await built_off_loop(lambda: self._retrieved_items(documents), documents)
         raise_first(items, await ascreen(self.guard, items))
 
     async def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:

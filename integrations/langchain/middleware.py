@@ -106,7 +106,7 @@ from ._messages import (
     tool_result_messages,
     tool_text,
 )
-from ._screening import METADATA_KEY, ascreen, blocked_pairs, require_guard, screen
+from ._screening import METADATA_KEY, ascreen, blocked_pairs, built_off_loop, require_guard, screen
 from ._stopped_calls import StoppedCalls
 from ._tool_errors import control_flow, error_texts
 
@@ -297,6 +297,18 @@ def _decision_from(record: dict[str, Any]) -> Decision:
 
 def _with_decision(meta: dict[str, Any] | None, decision: Decision) -> dict[str, Any]:
     return {**(meta or {}), METADATA_KEY: decision.to_dict()}
+
+
+def _state_messages(request: Any) -> list[BaseMessage]:
+    """The messages of a tool call request's state (a dict, or a state object)."""
+    state = request.state
+    messages = state.get("messages") if isinstance(state, dict) else getattr(state, "messages", None)
+    return list(messages or ())
+
+
+def _read_by_call(request: Any) -> tuple[Any, list[BaseMessage]]:
+    """What a tool call's check reads (`built_off_loop` measures it): the call, and its state's messages."""
+    return request.tool_call, _state_messages(request)
 
 
 class GuardMiddleware(AgentMiddleware):
@@ -615,24 +627,32 @@ class GuardMiddleware(AgentMiddleware):
         self._allowed.remember(items, decisions)
         return self._on_input(state, items, decisions)
 
+    # The async hooks read messages (into checks, fingerprints, notices) on a worker thread once they are large
+    # (`built_off_loop`), in the order the sync hooks do: on the loop, one user message of 200,000 empty content
+    # blocks held it 0.6-3.6 s, read about 15 times a model turn before any limit applied (rt55b F1). What they
+    # remember is in maps a sync agent's threads share too (`Bounded`: locked).
     @hook_config(can_jump_to=["end"])
     async def abefore_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
-        items = self._input_items(state)
+        messages = state.get("messages") or ()
+        items = await built_off_loop(lambda: self._input_items(state), messages)
         decisions = await ascreen(self.guard, items)
         self._allowed.remember(items, decisions)
-        return self._on_input(state, items, decisions)
+        return await built_off_loop(lambda: self._on_input(state, items, decisions), messages)
 
     @hook_config(can_jump_to=["end"])
     def after_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
-        self._record_answer(state)
-        items = self._allowed.unjudged(self._output_items(state))  # judged in the model call, mostly
+        items = self._after_model_items(state)
         return self._on_output(state, items, screen(self.guard, items)) if items else None
 
     @hook_config(can_jump_to=["end"])
     async def aafter_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
-        self._record_answer(state)
-        items = self._allowed.unjudged(self._output_items(state))
+        items = await built_off_loop(lambda: self._after_model_items(state), state.get("messages") or ())
         return self._on_output(state, items, await ascreen(self.guard, items)) if items else None
+
+    def _after_model_items(self, state: AgentState) -> list[Item]:
+        """The model node's answer, recorded as the agent's (`_record_answer`), and its checks not judged before."""
+        self._record_answer(state)
+        return self._allowed.unjudged(self._output_items(state))  # judged in the model call, mostly
 
     def _record_answer(self, state: AgentState) -> None:
         """An answer that did not come through this middleware's model call (a middleware listed before it answered)
@@ -656,11 +676,14 @@ class GuardMiddleware(AgentMiddleware):
         if not self.check_tool_calls:
             return None
         call = request.tool_call
-        state = request.state
-        messages = state.get("messages") if isinstance(state, dict) else getattr(state, "messages", None)
-        history = guard_history(list(messages or ()), self.history_turns)
+        history = guard_history(_state_messages(request), self.history_turns)
         name = call.get("name") or ""
         return Item(Stage.TOOL_CALL, tool_call_conversation(name, tool_arguments(call), history), tool_call=call)
+
+    def _unjudged_call(self, request: Any) -> Item | None:
+        """The check of ``request``'s tool call, unless it was allowed before (`AllowedChecks`)."""
+        item = self._call_item(request)
+        return item if item is not None and self._allowed.unjudged([item]) else None
 
     def _blocked_call(self, request: Any, decision: Decision) -> ToolMessage:
         if self.exit_behavior == "error":
@@ -686,7 +709,9 @@ class GuardMiddleware(AgentMiddleware):
 
     def _aexecuted_call(self, request: Any) -> Callable[[dict[str, Any]], Awaitable[ToolMessage | None]]:
         async def judge(call: dict[str, Any]) -> ToolMessage | None:
-            rewritten, item = self._executed_item(request, call)
+            rewritten, item = await built_off_loop(
+                lambda: self._executed_item(request, call), (call, *_read_by_call(request))
+            )
             decision = (await ascreen(self.guard, [item]))[0] if item is not None else None
             return self._executed_outcome(rewritten, decision)
 
@@ -948,6 +973,14 @@ class GuardMiddleware(AgentMiddleware):
         # with its id (as after_model replaces an answer).
         return ModelResponse(result=[self._refusal(decision, replaces=_answers_of(response)[0])])
 
+    def _answer_checks(self, request: ModelRequest, response: Any, ledger: StreamLedger | None) -> list[Item] | None:
+        """What the model call answered, recorded (the application's names, the agent's own messages), and its
+        checks not judged before (a held stream judged its tool calls at its end); ``None`` when it has none."""
+        self._trust_own_names(response)
+        self._record_response(response)
+        items = self._answer_items(request, response, ledger)
+        return self._allowed.unjudged(items) if items else None
+
     def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]) -> Any:
         with self._stopped.watching(request):
             given = self._message_items(list(request.messages))
@@ -963,21 +996,20 @@ class GuardMiddleware(AgentMiddleware):
                 if ledger is None:
                     raise
                 return self._stream_stopped(error, ledger)
-            self._trust_own_names(response)
-            self._record_response(response)
-            items = self._answer_items(request, response, ledger)
-            if not items:
+            fresh = self._answer_checks(request, response, ledger)
+            if fresh is None:
                 return response
-            fresh = self._allowed.unjudged(items)  # a held stream judged its tool calls at its end
             return self._on_answer(response, fresh, screen(self.guard, fresh) if fresh else [])
 
     async def awrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
     ) -> Any:
         with self._stopped.watching(request):
-            given = self._message_items(list(request.messages))
+            asked = request
+            given = await built_off_loop(lambda: self._message_items(list(asked.messages)), asked.messages)
             try:
-                request = self._given_request(request, given, await ascreen(self.guard, given))
+                decisions = await ascreen(self.guard, given)
+                request = await built_off_loop(lambda: self._given_request(asked, given, decisions), asked.messages)
             except GuardViolation as error:
                 return self._stream_stopped(error)
             held, ledger = self._held_request(request)
@@ -988,13 +1020,12 @@ class GuardMiddleware(AgentMiddleware):
                 if ledger is None:
                     raise
                 return self._stream_stopped(error, ledger)
-            self._trust_own_names(response)
-            self._record_response(response)
-            items = self._answer_items(request, response, ledger)
-            if not items:
+            sent = request
+            fresh = await built_off_loop(lambda: self._answer_checks(sent, response, ledger), (sent.messages, response))
+            if fresh is None:
                 return response
-            fresh = self._allowed.unjudged(items)
-            return self._on_answer(response, fresh, await ascreen(self.guard, fresh) if fresh else [])
+            verdicts = await ascreen(self.guard, fresh) if fresh else []
+            return await built_off_loop(lambda: self._on_answer(response, fresh, verdicts), response)
 
     # -- tool calls -----------------------------------------------------------------------------
     def wrap_tool_call(self, request: Any, handler: Callable[[Any], ToolMessage | Command]) -> ToolMessage | Command:
@@ -1004,12 +1035,13 @@ class GuardMiddleware(AgentMiddleware):
     async def awrap_tool_call(
         self, request: Any, handler: Callable[[Any], Awaitable[ToolMessage | Command]]
     ) -> ToolMessage | Command:
-        return self._produced.record_result(await self._awrap_tool_call(request, handler))
+        result = await self._awrap_tool_call(request, handler)
+        return await built_off_loop(lambda: self._produced.record_result(result), result)  # fingerprints: reads it
 
     def _wrap_tool_call(self, request: Any, handler: Callable[[Any], ToolMessage | Command]) -> ToolMessage | Command:
         with self._stopped.watching(request):  # a retry around this middleware does not run the tool again
-            item = self._call_item(request)
-            if item is not None and self._allowed.unjudged([item]):  # judged as the model's answer, mostly
+            item = self._unjudged_call(request)
+            if item is not None:  # judged as the model's answer, mostly
                 decision = screen(self.guard, [item])[0]
                 self._allowed.remember([item], [decision])
                 if not decision.allowed:
@@ -1042,8 +1074,8 @@ class GuardMiddleware(AgentMiddleware):
         self, request: Any, handler: Callable[[Any], Awaitable[ToolMessage | Command]]
     ) -> ToolMessage | Command:
         with self._stopped.watching(request):
-            item = self._call_item(request)
-            if item is not None and self._allowed.unjudged([item]):
+            item = await built_off_loop(lambda: self._unjudged_call(request), _read_by_call(request))
+            if item is not None:
                 decision = (await ascreen(self.guard, [item]))[0]
                 self._allowed.remember([item], [decision])
                 if not decision.allowed:
@@ -1052,8 +1084,14 @@ class GuardMiddleware(AgentMiddleware):
             await run.astart()
             try:
                 result = await handler(run.request)
-                items = [] if run.is_notice(result) else self._result_items(result)
-                judged = self._withheld(result, items, await ascreen(self.guard, items)) if items else result
+                items = (
+                    [] if run.is_notice(result) else await built_off_loop(lambda: self._result_items(result), result)
+                )
+                if items:
+                    decisions = await ascreen(self.guard, items)
+                    judged = await built_off_loop(lambda: self._withheld(result, items, decisions), result)
+                else:
+                    judged = result
             except BaseException as error:
                 failed = self._error_item(request, error)
                 if failed is None:
