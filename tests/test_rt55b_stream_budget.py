@@ -78,3 +78,38 @@ def test_a_langchain_holding_path_ends_the_stream_with_the_error(guard):
         for chunk in chain.stream("Tell me about Paris."):
             seen += chunk.text if hasattr(chunk, "text") else str(chunk)
     assert len(seen) <= LIMIT
+
+
+@pytest.mark.parametrize("engine", ["pipelined", "gate"])
+def test_a_callback_handlers_stream_stops_at_the_bound_too(guard, engine):
+    """rt55d (after F3): a plain callback cannot hold text, but it stops the stream: the pipelined engine judged a
+    32,000-character answer in ~6,000 checks under max_chars=20,000 and let it all through."""
+    from langchain_core.messages import AIMessage
+    from lc_fakes import ScriptedChatModel
+    from qwenguard.integrations.langchain import GuardCallbackHandler
+
+    model = ScriptedChatModel(messages=iter([AIMessage(SENTENCE * 1_000)]))
+    seen = ""
+    with pytest.raises(InputTooLarge):
+        for chunk in model.stream(
+            "Tell me about Paris.", config={"callbacks": [GuardCallbackHandler(guard, stream_engine=engine)]}
+        ):
+            seen += chunk.text
+    assert len(seen) <= LIMIT
+
+
+def test_an_async_callback_handlers_stream_stops_at_the_bound_too(guard):
+    from langchain_core.messages import AIMessage
+    from lc_fakes import ScriptedChatModel
+    from qwenguard.integrations.langchain import AsyncGuardCallbackHandler
+
+    async def run() -> str:
+        model = ScriptedChatModel(messages=iter([AIMessage(SENTENCE * 1_000)]))
+        seen = ""
+        config = {"callbacks": [AsyncGuardCallbackHandler(guard)]}
+        async for chunk in model.astream("Tell me about Paris.", config=config):
+            seen += chunk.text
+        return seen
+
+    with pytest.raises(InputTooLarge):
+        asyncio.run(run())

@@ -60,7 +60,7 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import replace
 from typing import Any, Literal, Union
 
-from qwenguard.core import Decision, Guard, GuardViolation, Stage, enforce
+from qwenguard.core import Decision, Guard, GuardViolation, InputTooLarge, Stage, enforce
 from qwenguard.core.backends.after_fork import ForkSafePool
 from qwenguard.core.backends.gen_session_pool import SESSIONS_PER_STREAM
 from qwenguard.core.formats.conversations import response_conversation, tool_call_conversation
@@ -125,9 +125,14 @@ class StreamGate:
         window_chars: int = DEFAULT_WINDOW_CHARS,
         min_chars: int = 1,
         whole_words: bool = False,
+        max_chars: int | None = None,
     ) -> None:
         if window_chars < 1 or min_chars < 1:
             raise ValueError("window_chars and min_chars must be >= 1")
+        #: The guard's ``max_chars``: a streamed answer past it stops with `InputTooLarge`, as a check of it would be
+        #: refused (the pipelined engine judged 32,000 characters under max_chars=20,000: rt55d, after rt55b F3).
+        self.max_chars = max_chars
+        self._too_large: InputTooLarge | None = None
         self.context = [dict(m) for m in context]
         if not any(m.get("role") == "user" for m in self.context):
             # Response moderation reads an answer *to* a user turn (the official format): without the request
@@ -160,6 +165,13 @@ class StreamGate:
         """Append ``delta`` (raises the recorded violation again once the stream is stopped)."""
         if self.decision is not None:
             enforce(self.decision)
+        if self.max_chars is not None and self._too_large is None and self.length + len(delta) > self.max_chars:
+            self._too_large = InputTooLarge(
+                f"the {self.label} passed max_chars={self.max_chars:,} characters, the guard's bound for one check; "
+                f"the stream is stopped (raise Guard(max_chars=...) for longer answers)"
+            )
+        if self._too_large is not None:
+            raise self._too_large
         if delta:
             if self._window is not None:
                 self.tail = self._window.add(delta)
@@ -622,6 +634,11 @@ def check_engine(engine: str | None) -> None:
         raise ValueError(f"stream_engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
 
 
+def _max_chars(guard: Guard) -> int | None:
+    limit = getattr(guard, "max_chars", None)
+    return limit if isinstance(limit, int) else None
+
+
 def open_screen(
     guard: Guard,
     context: Sequence[dict[str, str]],
@@ -642,7 +659,9 @@ def open_screen(
         return MonitorScreen(guard, context, asynchronous=asynchronous, max_unjudged=bound, **(monitor_options or {}))
     # Every Gen engine reads a growing window through sessions (the holding screens and the gate judge in
     # the stream's path, one check at a time; the pipelined engine's checks overlap: a pool of sessions).
-    gate = StreamGate(context, window_chars=window_chars, min_chars=min_chars, whole_words=hold)
+    gate = StreamGate(
+        context, window_chars=window_chars, min_chars=min_chars, whole_words=hold, max_chars=_max_chars(guard)
+    )
     if hold:
         return GateScreen(guard, gate, hold=True, session=GateSession(guard, gate.stage))
     if engine == "gate":
@@ -664,7 +683,7 @@ def open_tool_screen(
     """A screen for the streamed arguments of one tool call (callbacks: the text engine's bound).
 
     The ``"monitor"`` engine judges answers, not actions: tool calls go through ``"pipelined"``."""
-    gate = ToolCallGate(name, context, window_chars=window_chars)
+    gate = ToolCallGate(name, context, window_chars=window_chars, max_chars=_max_chars(guard))
     if engine == "gate":
         return PipelinedScreen(guard, gate, max_unjudged=0, max_in_flight=1, session=GateSession(guard, gate.stage))
     session = GateSession(guard, gate.stage, sessions=min(max_in_flight, SESSIONS_PER_STREAM))
