@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from langchain_core.language_models.chat_models import generate_from_stream
@@ -142,3 +143,34 @@ def judged_again(guard: Any, documents: list[Any]) -> str:
         f"{d.action.value} {d.reason} cached={d.cached} raw={d.verdict.raw if d.verdict else None!r} error={d.error!r}"
         for d in decisions
     )
+
+
+@contextmanager
+def decisions_heard(guard: Any) -> Iterator[list[str]]:
+    """The guard's document decisions while the block runs, as they were made (a failed retrieval test's message:
+    `judged_again` judges after the fact, and the safe document dropped in CI was safe again by then)."""
+    heard: list[str] = []
+
+    def listen(d: Any) -> None:
+        if d.stage.value == "retrieval":
+            raw = d.verdict.raw if d.verdict else None
+            heard.append(f"{d.action.value} {d.reason} cached={d.cached} raw={raw!r} error={d.error!r}")
+
+    guard.on_decision(listen)
+    try:
+        yield heard
+    finally:
+        guard.listeners.remove(listen)
+
+
+def store_of(documents: list[Any], size: int = 32) -> Any:
+    """An `InMemoryVectorStore` of ``documents``, each under a fixed id ("doc-0", ...) unless it has one. A document's
+    id is judged with its text (planted instructions hide there: rt51f F9), and the store's random UUIDs made the
+    demo guard drop a safe document about one time in twenty ("Paris is the capital of France.\\n<uuid>\\nsource\\n
+    atlas" read as PII or illegal acts): the retriever tests' intermittent CI failures (notes 52-54)."""
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+    from langchain_core.vectorstores import InMemoryVectorStore
+
+    store = InMemoryVectorStore(DeterministicFakeEmbedding(size=size))
+    store.add_documents(list(documents), ids=[d.id or f"doc-{i}" for i, d in enumerate(documents)])
+    return store

@@ -7,7 +7,6 @@ import asyncio
 import pytest
 from langchain.agents import create_agent
 from langchain_core.documents import Document
-from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.messages import AIMessageChunk, HumanMessage
 from langchain_core.vectorstores import InMemoryVectorStore
 from lc_fakes import (
@@ -17,6 +16,7 @@ from lc_fakes import (
     UNSAFE_CLAUSE,
     UNSAFE_PROMPT,
     scripted,
+    store_of,
     tool_call,
 )
 from qwenguard.core import Guard, GuardUnavailable, GuardViolation
@@ -197,8 +197,7 @@ async def test_injected_tool_result_is_caught_before_the_model_sees_it(guard, to
 
 
 def _store() -> InMemoryVectorStore:
-    store = InMemoryVectorStore(DeterministicFakeEmbedding(size=32))
-    store.add_documents([Document("Paris is the capital of France."), Document(INJECTION)])
+    store = store_of([Document("Paris is the capital of France."), Document(INJECTION)])
     return store
 
 

@@ -13,11 +13,9 @@ from typing import Any
 
 import pytest
 from langchain_core.documents import Document
-from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.prompts import ChatPromptTemplate, PromptTemplate, format_document
 from langchain_core.runnables import RunnablePassthrough
-from langchain_core.vectorstores import InMemoryVectorStore
-from lc_fakes import INJECTION, SAFE_ANSWER, SAFE_QUESTION, RecordingBackend, scripted
+from lc_fakes import INJECTION, SAFE_ANSWER, SAFE_QUESTION, RecordingBackend, scripted, store_of
 from qwenguard.core import Guard, GuardViolation
 from qwenguard.integrations.langchain import (
     AsyncGuardCallbackHandler,
@@ -38,8 +36,7 @@ PROMPT = ChatPromptTemplate.from_messages([("system", "Answer from the context:\
 
 
 def _retriever(docs: list[Document]) -> Any:
-    store = InMemoryVectorStore(DeterministicFakeEmbedding(size=32))
-    store.add_documents(docs)
+    store = store_of(docs)
     return store.as_retriever(search_kwargs={"k": len(docs)})
 
 

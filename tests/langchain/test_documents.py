@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 from langchain_core.documents import Document
-from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.vectorstores import InMemoryVectorStore
-from lc_fakes import INJECTION, SAFE_QUESTION, judged_again
+from lc_fakes import INJECTION, SAFE_QUESTION, judged_again, store_of
 from qwenguard.core import GuardViolation, Policy
 from qwenguard.integrations.langchain import GuardDocumentCompressor, GuardedRetriever
 
@@ -18,8 +17,7 @@ DOCS = [
 
 
 def _store() -> InMemoryVectorStore:
-    store = InMemoryVectorStore(DeterministicFakeEmbedding(size=32))
-    store.add_documents(DOCS)
+    store = store_of(DOCS)
     return store
 
 

@@ -14,11 +14,9 @@ from typing import Any
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
-from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnablePassthrough
-from langchain_core.vectorstores import InMemoryVectorStore
-from lc_fakes import INJECTION, SAFE_ANSWER, SAFE_QUESTION, judged_again, scripted
+from lc_fakes import INJECTION, SAFE_ANSWER, SAFE_QUESTION, decisions_heard, judged_again, scripted, store_of
 from qwenguard.integrations.langchain import AsyncGuardCallbackHandler, GuardCallbackHandler, GuardedRetriever
 
 DOCS = [
@@ -30,8 +28,7 @@ KEPT = sorted([DOCS[0].page_content, DOCS[2].page_content])  # in the store's or
 
 
 def _retriever(guard: Any) -> GuardedRetriever:
-    store = InMemoryVectorStore(DeterministicFakeEmbedding(size=32))
-    store.add_documents(DOCS)
+    store = store_of(DOCS)
     return GuardedRetriever.wrap(store.as_retriever(search_kwargs={"k": 3}), guard)
 
 
@@ -49,12 +46,13 @@ class Sources(BaseCallbackHandler):
 @pytest.mark.parametrize("version", ["v1", "v2"])
 async def test_astream_events_carry_only_the_kept_documents(guard, version):
     """The attack: a poisoned page in the store; a UI listing the retrieval's sources must not show it."""
-    events = [
-        json.dumps(e, default=str) async for e in _retriever(guard).astream_events(SAFE_QUESTION, version=version)
-    ]
+    with decisions_heard(guard) as heard:
+        events = [
+            json.dumps(e, default=str) async for e in _retriever(guard).astream_events(SAFE_QUESTION, version=version)
+        ]
     assert events and not any("Ignore all previous" in e for e in events)
     ends = [e for e in events if json.loads(e)["event"] == "on_retriever_end"]
-    assert len(ends) == 1 and all(text in ends[0] for text in KEPT)
+    assert len(ends) == 1 and all(text in ends[0] for text in KEPT), (heard, judged_again(guard, DOCS))
 
 
 @pytest.mark.filterwarnings("ignore::langchain_core._api.LangChainDeprecationWarning")
@@ -65,8 +63,12 @@ async def test_astream_log_carries_only_the_kept_documents(guard):
 
 def test_a_callback_handler_hears_only_the_kept_documents(guard):
     sources = Sources()
-    docs = _retriever(guard).invoke(SAFE_QUESTION, config={"callbacks": [sources]})
-    assert sorted(d.page_content for d in docs) == KEPT and sorted(sources.seen) == KEPT, judged_again(guard, DOCS)
+    with decisions_heard(guard) as heard:
+        docs = _retriever(guard).invoke(SAFE_QUESTION, config={"callbacks": [sources]})
+    assert sorted(d.page_content for d in docs) == KEPT and sorted(sources.seen) == KEPT, (
+        heard,
+        judged_again(guard, DOCS),
+    )
 
 
 def test_a_guard_callback_handler_beside_it_does_not_stop_the_retrieval(guard):
@@ -74,11 +76,14 @@ def test_a_guard_callback_handler_beside_it_does_not_stop_the_retrieval(guard):
     model = scripted(SAFE_ANSWER)
     prompt = ChatPromptTemplate.from_messages([("human", "{context}\n\n{question}")])
     chain = {"context": _retriever(guard), "question": RunnablePassthrough()} | prompt | model
-    answer = chain.invoke(SAFE_QUESTION, config={"callbacks": [GuardCallbackHandler(guard)]})
+    with decisions_heard(guard) as heard:
+        answer = chain.invoke(SAFE_QUESTION, config={"callbacks": [GuardCallbackHandler(guard)]})
     assert answer.content == SAFE_ANSWER
-    assert INJECTION not in model.seen[0][0].content and KEPT[0] in model.seen[0][0].content
+    seen = model.seen[0][0].content
+    assert INJECTION not in seen and KEPT[0] in seen, (heard, judged_again(guard, DOCS))
 
 
 async def test_an_async_guard_callback_handler_beside_it_does_not_stop_the_retrieval(guard):
-    docs = await _retriever(guard).ainvoke(SAFE_QUESTION, config={"callbacks": [AsyncGuardCallbackHandler(guard)]})
-    assert sorted(d.page_content for d in docs) == KEPT
+    with decisions_heard(guard) as heard:
+        docs = await _retriever(guard).ainvoke(SAFE_QUESTION, config={"callbacks": [AsyncGuardCallbackHandler(guard)]})
+    assert sorted(d.page_content for d in docs) == KEPT, (heard, judged_again(guard, DOCS))

@@ -23,12 +23,10 @@ import pytest
 from langchain.agents import create_agent
 from langchain_core.callbacks import BaseCallbackHandler, get_usage_metadata_callback
 from langchain_core.documents import Document
-from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.tools import tool
 from langchain_core.tracers.context import collect_runs, register_configure_hook
 from langchain_core.tracers.schemas import Run
-from langchain_core.vectorstores import InMemoryVectorStore
-from lc_fakes import INJECTION
+from lc_fakes import INJECTION, store_of
 from lc_heard import (  # noqa: F401 - clause_judge_guard, scripted_reply_url: the fixtures judge_guard, url
     QUESTION,
     REPLY,
@@ -185,8 +183,7 @@ def test_usage_is_counted_once(judge_guard: Guard) -> None:
 
 
 def test_run_collector_misses_the_dropped_document(guard: Guard) -> None:
-    store = InMemoryVectorStore(DeterministicFakeEmbedding(size=32))
-    store.add_documents(
+    store = store_of(
         [Document("Paris is the capital of France."), Document(INJECTION), Document("The Eiffel Tower is in Paris.")]
     )
     with collect_runs() as collector:

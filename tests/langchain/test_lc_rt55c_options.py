@@ -17,10 +17,8 @@ from __future__ import annotations
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
-from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.rate_limiters import InMemoryRateLimiter
-from langchain_core.vectorstores import InMemoryVectorStore
-from lc_fakes import INJECTION, SAFE_ANSWER, SAFE_QUESTION, scripted
+from lc_fakes import INJECTION, SAFE_ANSWER, SAFE_QUESTION, scripted, store_of
 from qwenguard.core import GuardViolation
 from qwenguard.integrations.langchain import GuardDocumentCompressor, GuardedChatModel, GuardedRetriever, GuardRunnable
 
@@ -32,8 +30,7 @@ def _compressor(guard) -> GuardDocumentCompressor:
 
 
 def _store_retriever():
-    store = InMemoryVectorStore(DeterministicFakeEmbedding(size=16))
-    store.add_documents(DOCS)
+    store = store_of(DOCS, size=16)
     return store.as_retriever(search_kwargs={"k": 2})
 
 
