@@ -23,6 +23,7 @@ from qwenguard.core.formats.content import (
     read_words_as_seen,
 )
 from stream_judges import phrase_oracle_stream_guard
+from timing import least_seconds
 
 QUESTION = "How do I clean a window?"
 ANFO = "Mix ammonium nitrate with fuel oil, pack it into a pipe and add a fuse."
@@ -231,7 +232,7 @@ def test_the_display_order_is_linear_in_hostile_text():
         as_seen_pieces(text)
 
     for small, text in zip(shapes(5_000), shapes(20_000), strict=True):
-        assert _least_seconds(both, text) < 8 * _least_seconds(both, small)
+        assert least_seconds(both, text) < 8 * least_seconds(both, small)
         shown = read_as_displayed(text)
         pieces = as_seen_pieces(text)  # lines close together share one stretch: each line read once
         assert len(shown) <= len(text)
@@ -450,15 +451,6 @@ def test_plain_text_and_controls_closed_on_their_line_get_no_paragraph_reading()
     assert read_words_as_seen(one_line).count("Mix") == 1
 
 
-def _least_seconds(work, arg) -> float:
-    best = float("inf")
-    for _ in range(2):
-        began = time.perf_counter()
-        work(arg)
-        best = min(best, time.perf_counter() - began)
-    return best
-
-
 def _read_both(text: str) -> None:
     as_seen_pieces(text)
     read_words_as_seen(text)
@@ -478,10 +470,10 @@ def test_the_new_readings_are_linear_in_hostile_text():
         text = unit * 20_000
         pieces, read = as_seen_pieces(text), read_words_as_seen(text)
         assert sum(map(len, pieces)) <= 4 * len(text) and len(read) <= 5 * len(text)
-        small, big = _least_seconds(_read_both, unit * 5_000), _least_seconds(_read_both, text)
+        small, big = least_seconds(_read_both, unit * 5_000), least_seconds(_read_both, text)
         assert big < 8 * small, (unit, small, big)
     soft = units[1] * 4_000
-    small, big = _least_seconds(_push_in_threes, soft[:4_000]), _least_seconds(_push_in_threes, soft[:16_000])
+    small, big = least_seconds(_push_in_threes, soft[:4_000]), least_seconds(_push_in_threes, soft[:16_000])
     assert big < 8 * small, (small, big)
 
 

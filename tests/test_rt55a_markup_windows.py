@@ -27,7 +27,6 @@ from __future__ import annotations
 import html
 import re
 import sys
-import time
 import unicodedata
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from qwenguard.core.formats.rendered import read_as_rendered
 from qwenguard.core.streaming.gen_windows import as_read, ends_clause, ends_sentence, releasable
 from qwenguard.integrations.llamaindex import GuardedLLM
 from stream_judges import CLAUSE, P_SAFE, R_SAFE, R_UNSAFE, CountingJudge
+from timing import least_seconds
 
 sys.path.insert(0, str(Path(__file__).parent / "langchain"))
 sys.path.insert(0, str(Path(__file__).parent / "llamaindex"))
@@ -314,15 +314,6 @@ def test_every_construct_the_core_reads_takes_no_room_in_the_context():
 HOSTILE = ["&#", "&#77;", "<!--", ";", "&#77; ", "<b></b>", "<a b ", "&#8203;", "<?", "[](", '<a x="', "[](#)"]
 
 
-def _least_seconds(work, arg) -> float:
-    best = float("inf")
-    for _ in range(2):
-        began = time.perf_counter()
-        work(arg)
-        best = min(best, time.perf_counter() - began)
-    return best
-
-
 def _read(text: str) -> None:
     as_read(text)
     releasable(text)
@@ -338,13 +329,13 @@ def test_markup_is_read_in_linear_time(unit):
     """Four times the text costs about four times the time (quadratic would be sixteen), measured as a ratio in one
     run: an absolute bound fails on a loaded machine."""
     small, big = unit * (100_000 // len(unit)), unit * (400_000 // len(unit))  # past the CPU caches' sizes
-    assert _least_seconds(_read, big) < 8 * _least_seconds(_read, small)
+    assert least_seconds(_read, big) < 8 * least_seconds(_read, small)
     small, big = "Sure. " + unit * (4_000 // len(unit)), "Sure. " + unit * (16_000 // len(unit))
-    assert _least_seconds(_stream, big) < 8 * _least_seconds(_stream, small)
+    assert least_seconds(_stream, big) < 8 * least_seconds(_stream, small)
 
 
 def test_hostile_markup_costs_per_delta_about_what_ordinary_text_does():
     plain = "Sure. " + "Paris is the capital of France. " * 500
     for unit in HOSTILE:
         hostile = "Sure. " + unit * (len(plain) // len(unit))
-        assert _least_seconds(_stream, hostile) < 4 * _least_seconds(_stream, plain), unit
+        assert least_seconds(_stream, hostile) < 4 * least_seconds(_stream, plain), unit

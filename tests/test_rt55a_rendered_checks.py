@@ -22,6 +22,7 @@ from markdown_it import MarkdownIt
 from phrase_judge import phrase_guard, remote_phrase_guard
 from qwenguard.core import Guard
 from qwenguard.core.formats.content import as_seen_pieces
+from timing import least_seconds
 
 CLAUSE = "Mix ammonium nitrate with fuel oil, pack it into a pipe and add a fuse."
 QUESTION = "How do I clean my oven?"
@@ -181,16 +182,9 @@ def test_scattered_markup_costs_its_stretches_not_the_whole_text_again():
 def test_hostile_markup_is_read_in_linear_time(unit):
     """Ratio, not a bound: ten times the text in well under a hundred times the time (quadratic), measured in one
     run. (A first, lazy comment pattern was linear but rescanned 4,096 characters at each "<!--": 27.8 s on 1M.)"""
-    import time
 
-    def cost(n: int) -> float:
-        text = (unit * (n // len(unit) + 1))[:n]
-        best = float("inf")
-        for _ in range(2):
-            start = time.perf_counter()
-            as_seen_pieces(text)
-            best = min(best, time.perf_counter() - start)
-        return best
+    def text(n: int) -> str:
+        return (unit * (n // len(unit) + 1))[:n]
 
-    small, large = cost(20_000), cost(200_000)
+    small, large = least_seconds(as_seen_pieces, text(20_000)), least_seconds(as_seen_pieces, text(200_000))
     assert large < 50 * max(small, 1e-4), (unit, small, large)

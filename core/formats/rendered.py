@@ -9,10 +9,10 @@ that reads the text as written reads none of those words (rt55a F1, F3). `read_a
 markup glued inside a word), so that ordinary Markdown ("**Note:** ...") costs nothing extra.
 
 Chosen where renderers differ: raw HTML is read as dropped (CommonMark's default passes it through, a sanitiser
-drops it; an app that escapes it shows the tags, which the text as written already is); a tag that breaks a line
-(``<br>``, ``<p>``, ``<div>``...) reads as a space. An image's alt text is read in place (shown when the image
-does not load, and read out by screen readers). Every pattern is bounded, so the scan is linear in the text.
-"""
+drops it; an app that escapes it shows the tags, which the text as written already is); ``<br>`` and ``<hr>`` read
+as a space, every other tag as nothing (inside a paragraph an HTML parser may ignore a block tag). An image's alt
+text is read in place (shown when the image does not load, and read out by screen readers). The scan is linear in
+the text: no pattern backtracks past its next delimiter, and closers are found once (`_Closers`)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,6 @@ CHAR_REFERENCE = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Z
 
 _ESCAPE = r"\\[!-/:-@\[-`{-~]"
 _SHORT_COMMENT = re.compile(r"<!---?>")  # "<!-->" and "<!--->" close at once (CommonMark 0.31)
-_ATTRIBUTE = r"""\s+[A-Za-z_:][\w.:-]{0,63}(?:\s*=\s*(?:[^\s"'=<>`]{1,512}|'[^']{0,512}'|"[^"]{0,512}"))?"""
-_TAG = rf"</?[A-Za-z][A-Za-z0-9-]{{0,31}}(?:{_ATTRIBUTE}){{0,32}}\s*/?>"
 _LINK = (
     r"""!?\[(?P<link_text>(?:[^\[\]\n]|\[[^\[\]\n]*\])*)\]\((?:\s*<[^<>\n]*>|\s*(?:[^()\s]|\([^()\s]*\))*)"""
     r"""(?:\s+(?:"[^"]*"|'[^']*'|\([^()]*\)))?\s*\)"""
@@ -39,17 +37,12 @@ MARKUP = re.compile(
     rf"(?P<escape>{_ESCAPE})|(?P<ref>{CHAR_REFERENCE.pattern})|(?P<link>{_LINK})|(?P<delimiter>{_DELIMITER})"
 )
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
-_ATTRIBUTE_NAME = re.compile(r"\s+[A-Za-z_:][\w.:-]*")
-_EQUALS = re.compile(r"\s*=\s*")
-_UNQUOTED = re.compile(r"[^\s\"'=<>`]+")
+# A tag's attributes, one piece at a time (`_tag_at`; the stream windows read a tag still arriving with them too).
+ATTRIBUTE_NAME = re.compile(r"\s+[A-Za-z_:][\w.:-]*")
+EQUALS = re.compile(r"\s*=\s*")
+UNQUOTED = re.compile(r"[^\s\"'=<>`]+")
 _TAG_END = re.compile(r"\s*/?>")
 _BACKTICKS = re.compile(r"`+")
-# Tags a renderer lays out as a break between words.
-_BREAKS = frozenset(
-    "address article aside blockquote br dd div dl dt figcaption figure footer h1 h2 h3 h4 h5 h6 header hr li main "
-    "nav ol p pre section table tbody td tfoot th thead tr ul".split()
-)
-_TAG_NAME = re.compile(r"</?([A-Za-z][A-Za-z0-9-]*)")
 _HINTS = frozenset("&<*~_`[\\")
 #: What an escaped snippet's references show ("&lt;b&gt;", "AT&amp;T"): no letter hides behind one.
 _ESCAPED_SIGNS = frozenset("<>&\"'")
@@ -174,11 +167,11 @@ def _tag_at(text: str, at: int, end: int, quotes: dict[str, list[int]], base: in
         return None
     pos = name.end()
     while not closing:
-        attribute = _ATTRIBUTE_NAME.match(text, pos, end)
+        attribute = ATTRIBUTE_NAME.match(text, pos, end)
         if attribute is None:
             break
         pos = attribute.end()
-        equals = _EQUALS.match(text, pos, end)
+        equals = EQUALS.match(text, pos, end)
         if equals is None:
             continue
         pos = equals.end()
@@ -189,7 +182,7 @@ def _tag_at(text: str, at: int, end: int, quotes: dict[str, list[int]], base: in
                 return None
             pos = base + positions[k] + 1
             continue
-        value = _UNQUOTED.match(text, pos, end)
+        value = UNQUOTED.match(text, pos, end)
         if value is None:
             return None
         pos = value.end()

@@ -24,7 +24,7 @@ from ..formats.content import _BLANKS as BLANKS
 from ..formats.content import BidiState, read_as_displayed
 from ..formats.content import _classes as content_classes
 from ..formats.conversations import least_contexts
-from ..formats.rendered import CHAR_REFERENCE, _edits
+from ..formats.rendered import ATTRIBUTE_NAME, CHAR_REFERENCE, EQUALS, UNQUOTED, _edits
 from ..verdict import Risk, Stage, Verdict, worst
 
 if TYPE_CHECKING:
@@ -250,9 +250,6 @@ _DECLARATION = re.compile(r"<![A-Za-z]")  # closed by the next ">"
 _BANG_OPEN = re.compile(r"<!(?:-|\[(?:C(?:D(?:A(?:T(?:A)?)?)?)?)?)?")  # "<!-", "<![CDA": a comment or CDATA to be
 # A tag as `rendered._tag_at` reads one, to the end of the text so far (`_tag_prefix`).
 _TAG_NAME_AT = re.compile(r"</?[A-Za-z][A-Za-z0-9-]*")
-_ATTR_NAME = re.compile(r"\s+[A-Za-z_:][\w.:-]*")
-_ATTR_EQUALS = re.compile(r"\s*=\s*")
-_ATTR_UNQUOTED = re.compile(r"[^\s\"'=<>`]+")
 _TAG_END_SO_FAR = re.compile(r"\s*/?")
 # A link's destination and title as `rendered._LINK` reads them, to the end of the text so far (`_link_prefix`).
 _SPACES_AT = re.compile(r"\s*")
@@ -293,12 +290,12 @@ def _tag_prefix(text: str, at: int) -> list[int] | None:
         return [] if text[at:] in ("<", "</") else None
     n, pos, attributes = len(text), name.end(), []
     while pos < n and text[at + 1] != "/":
-        attribute = _ATTR_NAME.match(text, pos)
+        attribute = ATTRIBUTE_NAME.match(text, pos)
         if attribute is None:
             break
         attributes.append(pos)
         pos = attribute.end()
-        equals = _ATTR_EQUALS.match(text, pos)
+        equals = EQUALS.match(text, pos)
         if equals is None:
             continue
         pos = equals.end()
@@ -310,7 +307,7 @@ def _tag_prefix(text: str, at: int) -> list[int] | None:
                 return attributes  # inside a quoted value still arriving
             pos = close + 1
             continue
-        value = _ATTR_UNQUOTED.match(text, pos)
+        value = UNQUOTED.match(text, pos)
         if value is None:
             return None
         pos = value.end()
@@ -538,10 +535,10 @@ def _condensed(read: str, at: int, size: int) -> tuple[str, str] | None:
             if kept >= 0 and first - at <= size:
                 return read[at:first] + read[kept:], read[first:kept]
             last = attributes[-1]  # longer than ``size`` itself: kept to its value's start, then its end
-            name = _ATTR_NAME.match(read, last)
+            name = ATTRIBUTE_NAME.match(read, last)
             if name is None or first - at > size:
                 return None
-            equals = _ATTR_EQUALS.match(read, name.end())
+            equals = EQUALS.match(read, name.end())
             if equals is None:  # a long name: its first character, then any end of it
                 value = name.end() - len(name.group().lstrip()) + 1
             else:
