@@ -8,28 +8,19 @@ in the operator's log. The demo guard judges; an oversized prompt makes its chec
 from __future__ import annotations
 
 import asyncio
-import gc
 
 import pytest
 from qwenguard.core import Guard, InputTooLarge
 from qwenguard.core.streaming.parallel import PendingCheck
+from unread_errors import unread_errors
 
 BIG = "What is the capital of France? " * 200
 
 
 async def _unread_after(run) -> list[str]:
     """The loop's reports of errors nobody read while ``run()`` ran and its leftovers were collected."""
-    unread: list[str] = []
-    loop = asyncio.get_running_loop()
-    previous = loop.get_exception_handler()
-    loop.set_exception_handler(lambda _loop, context: unread.append(str(context.get("message"))))
-    try:
+    async with unread_errors() as unread:
         await run()
-        for _ in range(3):
-            await asyncio.sleep(0.01)
-            gc.collect()
-    finally:
-        loop.set_exception_handler(previous)
     return unread
 
 

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+from concurrent import futures
 from unittest import mock
 
 import pytest
@@ -40,7 +40,9 @@ def test_a_prompt_refused_by_the_parallel_check_stops_the_stream():
             shown += monitor.feed(delta)
         except InputTooLarge:
             refusals += 1  # a caller that logs it and goes on
-        time.sleep(0.05)
+        waiter = monitor.verdict_waiter()  # the next delta comes once the check answered (a 50 ms sleep: flaky)
+        if waiter is not None:
+            futures.wait([waiter], timeout=30)
     with pytest.raises(InputTooLarge):
         shown += monitor.finish()
     assert shown == "" and monitor.released == "" and refusals >= 1
@@ -49,16 +51,19 @@ def test_a_prompt_refused_by_the_parallel_check_stops_the_stream():
 async def test_async_a_prompt_refused_by_the_parallel_check_stops_the_stream():
     guard = Guard(_judge(), max_chars=10_000, parallel_input=True, cache_size=0)
     shown = ""
+    refusals = 0
     async with guard.astream(PROMPT) as monitor:
         for delta in ANSWER:
             try:
                 shown += await monitor.afeed(delta)
             except InputTooLarge:
-                pass
-            await asyncio.sleep(0.05)
+                refusals += 1
+            waiter = monitor.verdict_waiter()
+            if waiter is not None:
+                await asyncio.wait({waiter}, timeout=30)
         with pytest.raises(InputTooLarge):
             shown += await monitor.afinish()
-    assert shown == "" and monitor.released == ""
+    assert shown == "" and monitor.released == "" and refusals >= 1
 
 
 @pytest.mark.parametrize("where", ["add", "rest"])

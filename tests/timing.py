@@ -7,11 +7,13 @@ from collections.abc import Callable
 from typing import Any
 
 
-def least_seconds(work: Callable[[Any], Any], arg: Any, tries: int = 2) -> float:
-    """The least of ``tries`` timings of ``work(arg)``: a loaded machine only ever adds time."""
-    best = float("inf")
+def least_seconds(work: Callable[[Any], Any], *args: Any, tries: int = 2) -> tuple[float, ...]:
+    """The least of ``tries`` timings of ``work(arg)`` for each of ``args``, taken by turns (a, b, a, b...): a loaded
+    machine only ever adds time, and load that comes and goes falls on every argument alike."""
+    best = [float("inf")] * len(args)
     for _ in range(tries):
-        began = time.perf_counter()
-        work(arg)
-        best = min(best, time.perf_counter() - began)
-    return best
+        for i, arg in enumerate(args):
+            began = time.perf_counter()
+            work(arg)
+            best[i] = min(best[i], time.perf_counter() - began)
+    return tuple(best)

@@ -18,14 +18,9 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from .task_ends import mark_read
+
 __all__ = ["CancelSafeLane"]
-
-
-def _retrieve(task: asyncio.Task[str]) -> None:
-    # Work whose caller was cancelled may end in a violation nobody awaits (the monitor was closed):
-    # retrieve it so asyncio does not log "exception was never retrieved"; the monitor's state has it.
-    if not task.cancelled():
-        task.exception()
 
 
 class CancelSafeLane:
@@ -71,7 +66,9 @@ class CancelSafeLane:
                 except asyncio.CancelledError:
                     # The caller gave up waiting, not the work: it is delivered by the next call.
                     self._inflight, self._inflight_kind, self._carry = task, item[0], carried
-                    task.add_done_callback(_retrieve)
+                    task.add_done_callback(
+                        mark_read
+                    )  # ends in a violation nobody awaits if the monitor closed: the monitor's state has it
                     raise
                 previous = item[0]
                 if item is mine:

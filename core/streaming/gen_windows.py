@@ -26,6 +26,7 @@ from ..formats.content import _classes as content_classes
 from ..formats.conversations import least_contexts
 from ..formats.rendered import ATTRIBUTE_NAME, CHAR_REFERENCE, EQUALS, UNQUOTED, _edits
 from ..verdict import Risk, Stage, Verdict, worst
+from .task_ends import mark_read
 
 if TYPE_CHECKING:
     from .monitor_core import MonitorCore
@@ -1319,7 +1320,7 @@ class WindowJudge:
             # as wait_for gives up on it; retrieve that error (else asyncio logs "Task exception was never
             # retrieved" for every such window: a client could flood the operator's logs).
             task = asyncio.ensure_future(call)
-            task.add_done_callback(_retrieve)
+            task.add_done_callback(mark_read)
             return await asyncio.wait_for(task, timeout)
         except asyncio.TimeoutError:
             return GuardTimeout(f"stream window check took longer than {timeout}s")
@@ -1339,8 +1340,3 @@ def _stricter(error: Any, readings: list[Any]) -> Any:
 
 async def _first(call: Any) -> Any:
     return (await call)[0]
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()

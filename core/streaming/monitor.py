@@ -88,6 +88,7 @@ from .monitor_core import (
     check_delta,
     deadline,
 )
+from .task_ends import mark_read
 from .wakeup import UpstreamRace, UpstreamReader, verdict_waiters
 
 __all__ = [
@@ -384,6 +385,7 @@ class AsyncStreamMonitor(MonitorCore, AsyncOnly):
         if self.parallel_input:
             # The caller starts its model now; what it streams is judged meanwhile, released after the verdict.
             self._prompt_check = asyncio.ensure_future(self.guard.acheck(self.messages, Stage.PROMPT))
+            self._prompt_check.add_done_callback(mark_read)  # a stream abandoned before its verdict never reads it
         elif self.screen_prompt:
             decision = await self.guard.acheck(self.messages, Stage.PROMPT)
             if self._state != OPEN:
@@ -533,6 +535,7 @@ class AsyncStreamMonitor(MonitorCore, AsyncOnly):
         assert windows is not None
         for start, end, conversation in checks:
             task = asyncio.ensure_future(self._window_judge.acheck(conversation, windows.timeout))
+            task.add_done_callback(mark_read)  # read by `_harvest_done` unless the stream is abandoned first
             self._pending.append((start, end, task))
 
     def _harvest_done(self) -> None:

@@ -17,11 +17,12 @@ import contextvars
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from ..backends.after_fork import ForkSafePool
 from ..guard import enforce
 from ..policy import Decision
+from .task_ends import landed, mark_read
 
 __all__ = ["PendingCheck", "run_guarded", "enforce_all"]
 
@@ -88,7 +89,7 @@ class PendingCheck:
         task = asyncio.ensure_future(check)
         # A run abandoned before its verdict (a client that disconnects) never reads the task's error: asyncio
         # would log "Task exception was never retrieved" for each, and a client could flood the operator's logs.
-        task.add_done_callback(_retrieve)
+        task.add_done_callback(mark_read)
         return cls(task=task, on_loop=on_loop)
 
     def done(self) -> bool:
@@ -166,7 +167,7 @@ class PendingCheck:
         call_task = asyncio.ensure_future(call)
         verdict = asyncio.ensure_future(self.wait_async())
         for task in (call_task, verdict):  # a caller cancelled mid-race reads neither's error (see `start_async`)
-            task.add_done_callback(_retrieve)
+            task.add_done_callback(mark_read)
         try:
             done, _ = await asyncio.wait({call_task, verdict}, return_when=asyncio.FIRST_COMPLETED)
             if verdict in done:
@@ -180,10 +181,9 @@ class PendingCheck:
             for task in (call_task, verdict):
                 if not task.done():
                     task.cancel()
-            if not call_task.done():
-                # Let the cancellation land before returning: an async generator whose step was
-                # cancelled is "already running" (cannot be closed) until it has.
-                await asyncio.wait({call_task})
+            # Let the cancellation land before returning, even when the caller is cancelled meanwhile: an async
+            # generator whose step was cancelled is "already running" (cannot be closed) until it has.
+            await landed(call_task)
 
     def cancel(self) -> None:
         """Stop waiting for the verdict (the run ended otherwise). A running thread finishes on its own."""
@@ -223,12 +223,6 @@ class _Once:
     def outcome(self) -> Verdicts | None:
         """The decisions, once run (``None`` before, or when the check raised)."""
         return self._result if self.finished.is_set() and self._error is None else None
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    """Mark the check's error as read; `wait` / `wait_async` still raise it for whoever waits."""
-    if not task.cancelled():
-        task.exception()
 
 
 async def _await(task: asyncio.Future[T]) -> T:

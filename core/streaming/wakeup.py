@@ -29,6 +29,8 @@ from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
+from .task_ends import landed, mark_read
+
 __all__ = ["UpstreamRace", "UpstreamReader", "verdict_waiters", "arelease_judged", "release_judged"]
 
 T = TypeVar("T")
@@ -81,6 +83,8 @@ class UpstreamRace(Generic[T]):
         is started once and kept: cancelling this call (or a waiter winning) does not cancel it."""
         if self._read is None:
             self._read = asyncio.ensure_future(self._iterator.__anext__())
+            # A consumer that goes away (its task cancelled, the stream never closed) leaves the read's error unread.
+            self._read.add_done_callback(mark_read)
         read = self._read
         if not read.done():
             await asyncio.wait({read, *waiters}, return_when=asyncio.FIRST_COMPLETED)
@@ -95,11 +99,8 @@ class UpstreamRace(Generic[T]):
         read, self._read = self._read, None
         if read is None:
             return
-        if not read.done():
-            read.cancel()
-            await asyncio.wait({read})
-        if not read.cancelled():
-            read.exception()  # retrieved: an item or error nobody will read is not an unhandled error
+        read.cancel()
+        await landed(read)  # even when this close is cancelled: the upstream cannot be closed before the read ends
 
 
 #: How long `UpstreamReader.close` waits for a read in flight to return so that the upstream is closed

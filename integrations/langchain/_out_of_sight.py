@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import var_child_runnable_config
 from langchain_core.tracers.context import tracing_v2_callback_var
-from qwenguard.core.streaming.parallel import _retrieve as mark_read
+from qwenguard.core.streaming.task_ends import mark_read
 
 try:  # every context variable langchain-core's CallbackManager.configure reads a handler from (a private list)
     from langchain_core.tracers.context import _configure_hooks

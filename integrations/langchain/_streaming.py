@@ -66,6 +66,7 @@ from qwenguard.core.backends.gen_session_pool import SESSIONS_PER_STREAM
 from qwenguard.core.formats.conversations import response_conversation, tool_call_conversation
 from qwenguard.core.streaming.gate_session import GateSession, GrowingWindow
 from qwenguard.core.streaming.gen_windows import releasable
+from qwenguard.core.streaming.task_ends import mark_read
 from qwenguard.core.streaming.wakeup import arelease_judged, release_judged, verdict_waiters
 
 from ._messages import Item
@@ -476,7 +477,9 @@ class PipelinedScreen:
     # -- async ----------------------------------------------------------------------------------
     def _astart(self) -> None:
         item = self.gate.item()
-        self._flight.append((item, asyncio.ensure_future(self._ajudge_timed(item))))
+        task = asyncio.ensure_future(self._ajudge_timed(item))
+        task.add_done_callback(mark_read)  # a run that ends (or is dropped) with checks in flight never reads them
+        self._flight.append((item, task))
 
     async def _ajudge_timed(self, item: Item) -> list[Decision]:
         # A task runs on the stream's own thread: its time is the check's own, plus whatever else the loop

@@ -83,6 +83,7 @@ from qwenguard.core.formats.conversations import (
     untrusted_conversation,
 )
 from qwenguard.core.streaming.parallel import PendingCheck
+from qwenguard.core.streaming.task_ends import mark_read
 from qwenguard.core.streaming.wakeup import (
     UpstreamRace,
     UpstreamReader,
@@ -919,17 +920,12 @@ def _json_object(text: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _retrieved(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # read: a failed check whose stream ended on another error is not logged as lost
-
-
 def _beside(check: Any) -> asyncio.Future[Any]:
     """A check run beside the stream's last window. Its outcome is always read: when that window raises first (a
     blocked answer whose tool calls are blocked too), the task's own `GuardViolation` would otherwise be logged at
     garbage collection as "Task exception was never retrieved", once per blocked answer."""
     task = asyncio.ensure_future(check)
-    task.add_done_callback(_retrieved)
+    task.add_done_callback(mark_read)
     return task
 
 

@@ -20,6 +20,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from lc_fakes import SAFE_ANSWER, SAFE_QUESTION, UNSAFE_PROMPT, ScriptedChatModel, scripted, tool_call
 from qwenguard.core import Guard, GuardViolation, InputTooLarge
 from qwenguard.integrations.langchain import AsyncGuardCallbackHandler, GuardedChatModel, GuardRunnable
+from unread_errors import unread_errors
 
 SEND = tool_call("send_email", {"to": "friend@example.com", "body": "the steps"}, text="Sending.")
 
@@ -105,11 +106,7 @@ async def test_an_abandoned_stream_leaves_no_unread_check_error(piece):
     """The attack: oversized prompts whose streams the client drops at once; each failed input check was logged
     by asyncio ("Task exception was never retrieved"), a line per request in the operator's log."""
     guard = Guard.from_pretrained("demo", max_chars=2000)
-    unread: list[str] = []
-    loop = asyncio.get_running_loop()
-    previous = loop.get_exception_handler()
-    loop.set_exception_handler(lambda _loop, context: unread.append(str(context.get("message"))))
-    try:
+    async with unread_errors() as unread:
         for _ in range(4):
             model = scripted("Paris is nice. " * 50)
             if piece == "GuardedChatModel":
@@ -130,6 +127,4 @@ async def test_an_abandoned_stream_leaves_no_unread_check_error(piece):
                 await asyncio.sleep(0.01)
             gc.collect()
             await asyncio.sleep(0)
-    finally:
-        loop.set_exception_handler(previous)
     assert unread == []

@@ -1,0 +1,136 @@
+"""A consumer cancelled just as the guard stops its stream: the stream's step finishes before anything closes it.
+
+The intermittent CI failure of notes 53-55 (``test_an_abandoned_stream_leaves_no_unread_check_error``): a consumer
+dropped `GuardedChatModel.astream` as its parallel input check failed. The race (`PendingCheck.guard`) cancelled the
+model's read in flight and waited for that cancellation to land, but the consumer's own cancel interrupted the wait:
+`auntil_blocked` then closed a generator whose step was still running, and ``RuntimeError: aclose(): asynchronous
+generator is already running`` replaced the consumer's ``CancelledError``, inside a task that read the model.
+`UpstreamRace.aclose` had the same wait, and a race dropped unclosed left its read's error for asyncio to log.
+
+The upstream here is an async generator that takes a few loop turns to wind down when cancelled, as a provider's
+stream does (an HTTP response to close, callbacks to run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from qwenguard.core.streaming.parallel import PendingCheck
+from qwenguard.core.streaming.wakeup import UpstreamRace
+from qwenguard.integrations.langchain._input_beside import auntil_blocked
+from unread_errors import unread_errors
+
+
+class Blocked(Exception):
+    """The input check's verdict: blocked."""
+
+
+async def slow_to_land(log: list[str], release: asyncio.Event | None = None) -> AsyncIterator[str]:
+    """Yields "a", then waits; cancelled, it takes three loop turns to wind down. ``release``: raise `Blocked`
+    once it is set instead of waiting forever."""
+    try:
+        yield "a"
+        if release is not None:
+            await release.wait()
+            raise Blocked("the read failed")
+        await asyncio.Event().wait()
+        yield "b"
+    except asyncio.CancelledError:
+        log.append("cancelled")
+        for _ in range(3):
+            await asyncio.sleep(0)
+        raise
+    finally:
+        log.append("closed")
+
+
+def blocking_check(verdict_in: asyncio.Event) -> PendingCheck:
+    async def check() -> None:
+        await verdict_in.wait()
+        raise Blocked("the input is blocked")
+
+    return PendingCheck.start_async(check())
+
+
+async def until(log: list[str], entry: str) -> None:
+    for _ in range(100):
+        if entry in log:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{entry!r} never came: {log}")
+
+
+async def test_the_race_lets_the_read_land_when_its_caller_is_cancelled_meanwhile():
+    log: list[str] = []
+    verdict_in = asyncio.Event()
+    pending = blocking_check(verdict_in)
+    stream = slow_to_land(log)
+    assert await stream.__anext__() == "a"
+    racer = asyncio.ensure_future(pending.guard(stream.__anext__(), wait=False))
+    await asyncio.sleep(0)
+    verdict_in.set()  # the input is blocked: the race cancels the read ...
+    await until(log, "cancelled")
+    racer.cancel()  # ... and the consumer goes away while that cancellation lands
+    with pytest.raises(asyncio.CancelledError):
+        await racer
+    assert "closed" in log  # the read had finished: the stream can be closed now
+    await stream.aclose()
+
+
+async def test_a_consumer_cancelled_as_the_input_is_blocked_sees_its_cancel():
+    """Through `auntil_blocked` (`GuardedChatModel` and `GuardRunnable` with ``parallel_input``): the consumer gets
+    ``CancelledError``, not "aclose(): asynchronous generator is already running"."""
+    log: list[str] = []
+    verdict_in = asyncio.Event()
+    pending = blocking_check(verdict_in)
+
+    async def consume() -> None:
+        async for _ in auntil_blocked(slow_to_land(log), pending):
+            verdict_in.set()  # the verdict comes back blocking while the next chunk is read
+
+    consumer = asyncio.ensure_future(consume())
+    await until(log, "cancelled")
+    consumer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await consumer
+    assert log == ["cancelled", "closed"]
+
+
+async def test_closing_the_race_lets_the_read_land_when_the_close_is_cancelled():
+    log: list[str] = []
+    race: UpstreamRace[str] = UpstreamRace(stream := slow_to_land(log))
+    assert await race.next() == (True, "a")
+    reader = asyncio.ensure_future(race.next())
+    await asyncio.sleep(0)
+    reader.cancel()  # the read itself stays in flight (by design): the next call takes its item
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    closer = asyncio.ensure_future(race.aclose())
+    await until(log, "cancelled")
+    closer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closer
+    assert "closed" in log
+    await stream.aclose()  # no "already running"
+
+
+async def test_a_race_dropped_unclosed_leaves_no_unread_error():
+    """A consumer that went away without closing the stream; the model's read then failed: nobody reads its error,
+    and asyncio logged it when the read was collected, a line per dropped request."""
+    async with unread_errors() as unread:
+        log: list[str] = []
+        release = asyncio.Event()
+        race: UpstreamRace[str] = UpstreamRace(slow_to_land(log, release))
+        assert await race.next() == (True, "a")
+        reader = asyncio.ensure_future(race.next())
+        await asyncio.sleep(0)
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        release.set()
+        await until(log, "closed")
+        await asyncio.sleep(0)
+        del race, reader
+    assert unread == []
