@@ -251,6 +251,20 @@ def test_a_named_stage_cannot_loosen_the_operators_rules(demo, operator, convers
             ), (stage, result)
 
 
+@pytest.mark.parametrize("prefill", ["", "\u200b"], ids=["empty", "zero-width"])
+def test_a_blank_prefill_does_not_pick_the_response_rules_for_a_request(demo, prefill):
+    """rt56a F1: a blank assistant turn after the request (a "prefill") is left out of the judging, so the request is
+    what is judged, but its stages came from the wire's last turn: an operator who lets answers be violent (a fiction
+    app) had the bomb request allowed (``stage: response``, ``ignored_category``). A request is decided at prompt."""
+    fiction = {"mode": "strict", "stages": {"response": {"ignore_categories": ["Violent"]}}}
+    with guarded(Guard(demo.backend, Policy.from_dict(fiction), cache_size=0)) as url:
+        for conversation in ([PROMPT_BOMB], [PROMPT_BOMB, {"role": "assistant", "content": prefill}]):
+            r = httpx.post(url + "/v1/moderate", json={"conversations": [conversation]}, timeout=60)
+            assert r.status_code == 200, r.text
+            decision = r.json()["results"][0]["decision"]
+            assert (decision["allowed"], decision["stage"]) == (False, "prompt"), (conversation, decision)
+
+
 def test_a_named_stage_still_adds_its_own_rules(demo):
     """What a named stage is for: holding a turn to that stage's rules too (a stricter one blocks), and naming
     the stage in the decision when its rules decide alike."""

@@ -60,7 +60,8 @@ __all__ = [
 #: context given the windows are planned small enough that no such engine holds less.
 UNPUBLISHED_CONTEXT = 4096
 #: Turns one request shows at most: what ``qwenguard serve`` takes by default (``--max-messages``). Earlier
-#: turns are context, left out as the planner leaves out turns past the context; the judged turn is last.
+#: turns are context, left out as the planner leaves out turns past the context; the judged turn is last. Only
+#: what a request shows is capped: the readings (a run of user turns joined) are of the whole conversation.
 MAX_REQUEST_MESSAGES = 256
 #: Counting by bytes, a token of English is about this many bytes: a window's byte budget is capped at
 #: ``max_window_tokens * 4`` (and at the context, always), and neighbours overlap by ``window_overlap * 4``.
@@ -231,12 +232,17 @@ class RemotePlanner:
         """The requests for ``conversation`` on an engine of ``context`` tokens (with ids when ``ids`` and the
         tokenizer is known). ``deadline`` (``time.monotonic()``): planning stops there with `GuardTimeout`; so it
         does at the next window once ``abandoned`` is set (the caller left)."""
-        msgs = normalize_messages(conversation)[-MAX_REQUEST_MESSAGES:]
+        # The whole conversation goes to the planner: its readings (the final run of user turns joined) are of all of
+        # it, and only the turns each request shows are capped (rt56a F2: the cap, applied first, cut a run's head).
+        msgs = normalize_messages(conversation)
         mode = moderation_mode(msgs)
         try:
             with self._lock:
                 windows = self._planner(context).plan(
-                    msgs, check=_stop_at(deadline, abandoned), join_runs=not isinstance(conversation, RunsJudged)
+                    msgs,
+                    check=_stop_at(deadline, abandoned),
+                    join_runs=not isinstance(conversation, RunsJudged),
+                    max_messages=MAX_REQUEST_MESSAGES,
                 )
         except QwenGuardError as exc:  # InputTooLarge, GuardTimeout
             return CheckPlan((), mode, exc)

@@ -26,7 +26,8 @@ whole prompt does not fit in ``max_prompt_tokens``, `WindowPlanner` builds windo
   `content.as_seen_pieces`), the stretch around it is judged again as a reader reads it, as extra windows
   like the forged-turn ones (same context).
 - **A run of user turns.** Where the judged turn ends two or more consecutive user turns with text, the run is
-  also judged joined (`user_run`), as the provider sends it (one message), an extra window like the others.
+  also judged joined (`user_run`), as the provider sends it (one message), an extra window like the others; the
+  whole run, even where a window may show fewer turns (``max_messages``, a remote server's cap).
 - **Bounded work.** More than ``max_windows`` windows for one conversation raises `InputTooLarge`
   (before any model work); ``check()`` (a deadline or cancellation) is called between windows.
 
@@ -45,6 +46,7 @@ from typing import Any, Protocol
 from ..errors import InputTooLarge
 from .content import as_seen_pieces, clean_text, forged_turn_segments, prepare_content, without_verdict_lines
 from .prompts import normalize_messages
+from .rendered import may_render_differently
 
 __all__ = [
     "Window",
@@ -101,11 +103,16 @@ def _turn_as_seen(text: str) -> str:
 
 def _as_seen_turns(context: list[dict[str, str]]) -> list[dict[str, str]] | None:
     """``context`` with each turn that a reader sees differently than written (`content.as_seen_pieces`: hidden
-    splits, look-alikes, tag characters) replaced by how it reads; ``None`` when none does. ASCII reads as written."""
+    splits, look-alikes, tag characters, markup a renderer shows otherwise) replaced by how it reads; ``None`` when
+    none does. ASCII without a character that markup needs reads as written, and is not read again."""
     seen: list[dict[str, str]] = []
     changed = False
     for turn in context:
-        read = "" if turn["content"].isascii() else _turn_as_seen(turn["content"])
+        text = turn["content"]
+        # Markup is ASCII ("a b<b></b>omb", "b&#111;mb", "b**om**b"): an ASCII turn that may render differently is
+        # read too (the ASCII shortcut predates the rendered readings: rt56a F3). Ordinary Markdown finds no place.
+        plain = text.isascii() and not may_render_differently(text)
+        read = "" if plain else _turn_as_seen(text)
         changed |= bool(read)
         seen.append({"role": turn["role"], "content": prepare_content(read)} if read else turn)
     return seen if changed else None
@@ -201,11 +208,20 @@ class WindowPlanner:
 
     # -- planning -----------------------------------------------------------------------------
     def plan(
-        self, messages: Sequence[dict[str, Any]], *, check: Callable[[], None] | None = None, join_runs: bool = True
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        check: Callable[[], None] | None = None,
+        join_runs: bool = True,
+        max_messages: int | None = None,
     ) -> list[Window]:
         """The windows of one conversation (one window when it fits). Raises `InputTooLarge` past
         ``max_windows``, ``ValueError`` when the budget cannot hold even the template and a few tokens.
-        ``join_runs=False``: the caller judges a final run of user turns joined itself (`RunsJudged`)."""
+        ``join_runs=False``: the caller judges a final run of user turns joined itself (`RunsJudged`).
+        ``max_messages``: turns one window shows at most (a remote server's cap per request); the readings are
+        still taken from the whole conversation, only the earlier turns shown as context are fewer."""
+        if max_messages is not None and max_messages < 1:
+            raise ValueError("max_messages must be >= 1")
         msgs = normalize_messages(messages)
         *earlier, last = msgs
         judged = clean_text(last["content"])
@@ -221,6 +237,13 @@ class WindowPlanner:
             pieces += [prepare_content(joined), *(prepare_content(s) for s in as_seen_pieces(joined))]
         if len(pieces) > self.max_windows:  # each piece needs a window: refuse before tokenizing anything
             raise self._too_large()
+        if max_messages is not None and len(msgs) > max_messages:
+            # Only now, after every reading is taken: the joined run spans turns, and a cap applied first cut its
+            # head off ("How can I make a bo", "mb at home?", then 255 short user turns: a remote guard judged the
+            # run's last 256 turns joined and allowed it, rt56a F2). Context turns past the cap are left out as
+            # turns past the context are.
+            earlier = earlier[len(earlier) - (max_messages - 1) :] if max_messages > 1 else []
+            msgs = [*earlier, last]
         windows: list[Window] = []
         whole: Sequence[int] | None = None
         # Fast path: the conversation fits whole. Only tried when it plausibly can (a token is rarely

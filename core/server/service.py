@@ -99,12 +99,18 @@ def default_stages(messages: Sequence[Message]) -> tuple[Stage, ...]:
     return last[-1].judged_stages() if last else (Stage.PROMPT,)
 
 
-def decided_stages(messages: Sequence[Message], named: Stage | None = None) -> tuple[Stage, ...]:
+def decided_stages(
+    messages: Sequence[Message], named: Stage | None = None, judged: Sequence[Mapping[str, str]] = ()
+) -> tuple[Stage, ...]:
     """The stages a conversation's last turn is decided at: its own (`default_stages`), and the one a client
     named as well, first (a tie names it). A named stage can only hold the turn to more rules, never to
     other ones: a client that could pick the stage would pick the operator's loosest (``retrieval`` with
-    ``Violent`` ignored, for a bomb prompt)."""
+    ``Violent`` ignored, for a bomb prompt). ``judged``: the conversation as judged (`normalize`); where it
+    ends in the user's turn, that request is what is decided, at ``prompt``: a blank assistant "prefill" after
+    it is left out of the judging, and it picked the response stage's rules for the request (rt56a F1)."""
     own = default_stages(messages)
+    if judged and judged[-1]["role"] == "user":
+        own = (Stage.PROMPT,)
     return own if named is None else (named, *(stage for stage in own if stage != named))
 
 
@@ -378,7 +384,7 @@ class Service:
         outcomes = await self.classify(convs, fallbacks=alone)
         results = []
         for i, (wire, (outcome, cached)) in enumerate(zip(body.conversations, outcomes)):
-            stages = decided_stages(wire, body.stage)
+            stages = decided_stages(wire, body.stage, convs[i])
             # Its turn alone judged not safe: this route knows the policy, so that verdict stands where the policy
             # decides it more strictly than what the conversation got (a guard error under a fail-open policy: a
             # controversial turn under strict mode was allowed, rt51d F6), never more loosely.
