@@ -134,3 +134,32 @@ async def test_a_race_dropped_unclosed_leaves_no_unread_error():
         await asyncio.sleep(0)
         del race, reader
     assert unread == []
+
+
+async def test_a_monitor_dropped_as_its_parallel_prompt_check_fails_leaves_no_unread_error():
+    """rt56b F2: ``guard.astream(prompt, parallel_input=True)`` abandoned a few loop turns in, its oversized prompt's
+    check already failed: the monitor cancelled a task that was done, nobody read its `InputTooLarge`, and asyncio
+    logged it, a line per dropped request."""
+    from qwenguard.core import Guard, InputTooLarge
+
+    guard = Guard.from_pretrained("demo", max_chars=2000)
+
+    async def deltas() -> AsyncIterator[str]:
+        for i in range(50):
+            await asyncio.sleep(0.002)
+            yield f"Paris is nice number {i}. "
+
+    async def consume() -> None:
+        async with guard.astream("What is the capital of France?" * 200, parallel_input=True) as monitor:
+            async for _ in monitor.awrap(deltas()):
+                pass
+
+    async with unread_errors() as unread:
+        for turns in range(1, 6):
+            task = asyncio.ensure_future(consume())
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises((asyncio.CancelledError, InputTooLarge)):
+                await task
+    assert unread == []
