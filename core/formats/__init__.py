@@ -5,4 +5,6 @@
 - `conversations`: how each check (prompt, response, tool call, tool result, document) becomes a conversation.
 - `encoding`: conversation → guard token ids, with content never becoming control tokens; the template check.
 - `windows`: a conversation too long for one prompt → bounded, overlapping windows, never truncated.
+- `rendered`: text as a Markdown/HTML renderer shows it (references, tags, comments, emphasis).
+- `identifiers`: opaque ids (UUIDs, digests, numbers) that the integrations leave out of a document's judged text.
 """

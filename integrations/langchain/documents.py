@@ -11,7 +11,8 @@ when metadata is added).
 `_options`): ``"drop"`` (default) removes blocked documents; ``"raise"`` raises `GuardViolation`
 (or `GuardUnavailable` when the guard could not answer and the policy fails closed) for the first
 blocked document. Documents the policy lets through but flags (controversial in loose mode, ignored
-categories, fail-open errors) are kept with the decision in ``metadata["qwenguard"]``.
+categories, fail-open errors) are kept with the decision in ``metadata["qwenguard"]`` (replacing what a document
+brought there, which is judged as any metadata is).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, field_validator
 from qwenguard.core import Action, Decision, Guard, enforce
+from qwenguard.core.formats.identifiers import is_opaque_id
 
 from . import _out_of_sight as out_of_sight
 from ._messages import artifact_text
@@ -55,21 +57,24 @@ _HINTS: dict[str, str] = {
 def document_text(document: Any, budget: int) -> str:
     """A retrieved document as one text to judge: its ``page_content``, then what a prompt can print of the rest,
     one a line: its ``id``, every metadata key and the strings under it (nested values too, walked by
-    `artifact_text` up to ``budget`` characters), bytes read as UTF-8; qwenguard's own record left out. A template's
-    ``{context}`` slot prints a list of documents whole (``str(list)``), ids and keys included: those were skipped
-    as identifiers, and instructions planted there reached the model (rt51f F9, rt52e F4, F9). Numbers and other
-    values that are not text add nothing."""
+    `artifact_text` up to ``budget`` characters), bytes read as UTF-8. A template's ``{context}`` slot prints a
+    list of documents whole (``str(list)``), ids and keys included: those were skipped as identifiers, and
+    instructions planted there reached the model (rt51f F9, rt52e F4, F9). Left out: an id or a metadata str that
+    is an opaque identifier (`is_opaque_id`: a store's random UUID beside a safe page made the demo guard drop it,
+    rt56c F1), and the guard's own record under ``metadata["qwenguard"]`` (`_GuardRecord`; a value a document
+    brings there is judged: rt56c F2). Numbers and other values that are not text add nothing."""
     page = getattr(document, "page_content", None)
     page = page if isinstance(page, str) else ""
     values: list[Any] = []
     own_id = getattr(document, "id", None)
-    if isinstance(own_id, str) and own_id:
+    if isinstance(own_id, str) and own_id and not is_opaque_id(own_id):
         values.append(own_id)
     metadata = getattr(document, "metadata", None)
     if isinstance(metadata, Mapping):
         for key, value in metadata.items():
-            if key != METADATA_KEY:
-                values += [key, _as_text(value, budget)]
+            if key == METADATA_KEY and isinstance(value, _GuardRecord):
+                continue
+            values += [key] if is_opaque_id(value) else [key, _as_text(value, budget)]
     extra = artifact_text(values, budget - len(page)) if values else ""
     return "\n".join(t for t in (page, extra) if t)
 
@@ -109,6 +114,11 @@ async def _atexts(documents: Sequence[Document], budget: int) -> list[str]:
     return await built_off_loop(lambda: _texts(documents, budget), _read_size(documents))
 
 
+class _GuardRecord(dict[str, Any]):
+    """A Decision the guard wrote under ``metadata["qwenguard"]`` (`_apply`): the one value there left unjudged. A
+    value a document brings under that key, or one read back from a store (a plain dict again), is judged."""
+
+
 def _apply(documents: Sequence[Document], decisions: Sequence[Decision], on_violation: OnViolation) -> list[Document]:
     kept: list[Document] = []
     for doc, decision in zip(documents, decisions):
@@ -117,7 +127,8 @@ def _apply(documents: Sequence[Document], decisions: Sequence[Decision], on_viol
                 enforce(decision)
             continue
         if decision.action is Action.FLAG:
-            doc = doc.model_copy(update={"metadata": {**doc.metadata, METADATA_KEY: decision.to_dict()}})
+            record = _GuardRecord(decision.to_dict())
+            doc = doc.model_copy(update={"metadata": {**doc.metadata, METADATA_KEY: record}})
         kept.append(doc)
     return kept
 

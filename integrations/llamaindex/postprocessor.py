@@ -4,8 +4,10 @@ Each node is judged on its own as untrusted content, all of a query's nodes in o
 (``Guard.check_documents``): harmful text and injected instructions ("ignore all previous
 instructions...") are dropped, or stop the query, before the synthesizer puts them in a prompt.
 
-It must be the last postprocessor: one after it that fetches nodes (``PrevNextNodePostprocessor``) adds nodes
-the guard never saw (docs/llamaindex.md).
+It goes after the postprocessors that fetch or reorder nodes without an LLM (one after it that fetches nodes,
+``PrevNextNodePostprocessor``, adds nodes the guard never saw) and before any that reads nodes with an LLM
+(``LLMRerank`` would prompt its LLM with the unjudged nodes), unless that LLM is a `GuardedLLM`; a retriever that
+reads nodes with an LLM needs a `GuardedLLM` (docs/llamaindex.md).
 """
 
 from __future__ import annotations
@@ -21,9 +23,18 @@ from typing import Any, Literal, TypeVar
 from llama_index.core.bridge.pydantic import BaseModel as PydanticModel
 from llama_index.core.bridge.pydantic import Field
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
-from llama_index.core.schema import BaseComponent, BaseNode, IndexNode, MetadataMode, NodeWithScore, QueryBundle
+from llama_index.core.schema import (
+    BaseComponent,
+    BaseNode,
+    IndexNode,
+    MetadataMode,
+    NodeWithScore,
+    ObjectType,
+    QueryBundle,
+)
 from qwenguard.core import Decision, Guard, enforce
 from qwenguard.core.errors import InputTooLarge
+from qwenguard.core.formats.identifiers import is_opaque_id
 from qwenguard.core.policy import Action
 from qwenguard.core.verdict import Stage
 
@@ -49,12 +60,14 @@ def node_text(node: BaseNode, max_chars: int | None = None) -> str:
     `CitationQueryEngine`) when the node's ``text_template`` leaves it out, and every metadata entry that text does
     not show, every string its value holds (`value_strings`) and its key unless that is a field name. The app gets
     the metadata with the node (a sources panel), and a replacement postprocessor swaps a value in for the text
-    (the sentence-window pattern's ``window``). Which entries the LLM text shows is up to the node's templates,
-    not only ``excluded_llm_metadata_keys``: ``text_template="{content}"`` shows none, ``metadata_template="{key}"``
-    no value (`_shown_keys`). An `IndexNode`'s object is read too: a node (retrieval expands the IndexNode into it)
-    as this function reads it, plain data for its strings; a retriever or query engine answers only at query time
-    (`GuardedRetriever` judges what it returns). Read within ``max_chars`` (the guard's): `InputTooLarge` past it,
-    as the guard raises for a text that long."""
+    (the sentence-window pattern's ``window``). Then its id and its relationships' ids and metadata, as the app
+    gets them (`_related_texts`), an opaque id (`is_opaque_id`) left out; of the guard's own record
+    (`DECISION_METADATA_KEY`), only what the guard wrote is left out. Which entries the LLM text shows is up to
+    the node's templates, not only ``excluded_llm_metadata_keys``: ``text_template="{content}"`` shows none,
+    ``metadata_template="{key}"`` no value (`_shown_keys`). An `IndexNode`'s object is read too: a node
+    (retrieval expands the IndexNode into it) as this function reads it, plain data for its strings; a retriever
+    or query engine answers only at query time (`GuardedRetriever` judges what it returns). Read within
+    ``max_chars`` (the guard's): `InputTooLarge` past it, as the guard raises for a text that long."""
     budget = sys.maxsize if max_chars is None else max_chars
     parts: list[str] = []
     size = 0
@@ -84,7 +97,9 @@ def node_text(node: BaseNode, max_chars: int | None = None) -> str:
 
 
 def _own_texts(node: BaseNode, budget: int, size: int) -> list[str]:
-    """A node's LLM text, then what it does not show (its raw text, its other metadata entries)."""
+    """A node's LLM text, then what it does not show: its raw text, its other metadata entries, its id and its
+    relationships (`_related_texts`)."""
+    metadata = node.metadata  # read once: `_record` replaces the dict, never changes it in place
     text = node.get_content(metadata_mode=MetadataMode.LLM)
     found = [text]
     size += len(text)
@@ -98,21 +113,77 @@ def _own_texts(node: BaseNode, budget: int, size: int) -> list[str]:
         if isinstance(caption, str) and caption.strip() and caption.strip() not in text:
             found.append(caption)
             size += len(caption) + 2
-    shown = _shown_keys(node, text)
-    for key, value in node.metadata.items():
-        if key == DECISION_METADATA_KEY or key in shown:
-            continue
-        name = str(key)
-        if name.strip():  # an identifier can be words too ("mix_ammonium_nitrate_with_...": rt51g F3)
-            found.append(name)
-            size += len(name) + 2
-        if isinstance(value, str):
-            strings = [value] if value.strip() else []
-        else:
-            strings = value_strings(value, max(0, budget - size), f"node {node.node_id}'s metadata {key!r}")
+    shown = _shown_keys(node, metadata, text)
+    for key, value in metadata.items():
+        if key in shown or (key == DECISION_METADATA_KEY and isinstance(value, _GuardRecord)):
+            continue  # a value planted under the guard's key is judged like any other (rt56c F2)
+        strings = _entry_texts(key, value, budget, size, f"node {node.node_id}'s metadata {key!r}")
         found += strings
         size += sum(len(t) + 2 for t in strings)
-    return found
+    strings = _related_texts(node, metadata, budget, size)
+    return found + strings
+
+
+def _entry_texts(key: Any, value: Any, budget: int, size: int, what: str) -> list[str]:
+    """A metadata entry's key, unless a field name, and every string its value holds; a str value that is an
+    opaque id (`is_opaque_id`) says nothing and is left out."""
+    name = str(key)
+    found = [name] if name.strip() else []  # a key can be words too ("mix_ammonium_nitrate_with_...": rt51g F3)
+    if isinstance(value, str):
+        return found + ([value] if value.strip() and not is_opaque_id(value) else [])
+    return found + value_strings(value, max(0, budget - size - len(name) - 2), what)
+
+
+def _related_texts(node: BaseNode, metadata: Mapping[Any, Any], budget: int, size: int) -> list[str]:
+    """What a node shows of itself besides its text and metadata, each unless an opaque id: its id
+    (``get_formatted_sources()`` prints "Source (Doc id: ...)", ``response.metadata`` is keyed by it), an
+    `IndexNode`'s ``index_id``, and each relationship's id (the SOURCE one is ``ref_doc_id``), hash, type and
+    metadata (the SOURCE one keeps the document's metadata even where the splitter left it off the node,
+    ``include_metadata=False``), less the entries the node's own metadata holds too (read above): rt56c F1."""
+    ids: list[str] = []
+    found: list[str] = []
+
+    def read_ids(*values: Any) -> None:
+        nonlocal size
+        for value in values:
+            if isinstance(value, str) and value.strip() and not is_opaque_id(value):
+                ids.append(value)
+                size += len(value) + 2
+
+    read_ids(node.node_id, getattr(node, "index_id", None) if isinstance(node, IndexNode) else None)
+    for kind, related in list(node.relationships.items()):
+        for info in related if isinstance(related, list) else [related]:
+            node_type = getattr(info, "node_type", None)
+            read_ids(getattr(info, "node_id", None), getattr(info, "hash", None))
+            read_ids(None if isinstance(node_type, ObjectType) else node_type)
+            for key, value in dict(getattr(info, "metadata", None) or {}).items():
+                if key in metadata and _same(metadata[key], value):
+                    continue
+                if key == DECISION_METADATA_KEY and isinstance(value, _GuardRecord):
+                    continue
+                what = f"node {node.node_id}'s {getattr(kind, 'name', kind)} relationship metadata {key!r}"
+                strings = _entry_texts(key, value, budget, size, what)
+                found += strings
+                size += sum(len(t) + 2 for t in strings)
+                if size > budget:
+                    raise InputTooLarge(f"node {node.node_id} holds over max_chars={budget:,} characters of text")
+    return ids + found
+
+
+def _same(a: Any, b: Any) -> bool:
+    """``a == b`` for metadata values, false where the comparison fails or is not a truth value (arrays)."""
+    if a is b:
+        return True
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 -- a value that cannot compare is read, not skipped
+        return False
+
+
+class _GuardRecord(dict[str, Any]):
+    """A Decision the guard wrote under `DECISION_METADATA_KEY` (`_record`): the one value there left unjudged. A
+    value a document brings under that key (a plain dict, a str: ingested metadata is its author's), or one read
+    back from a store (a plain dict again), is judged as any metadata is."""
 
 
 #: A multimodal `Node`'s media, each with a ``text`` an app can show beside it.
@@ -122,12 +193,12 @@ _MEDIA = ("image_resource", "audio_resource", "video_resource")
 _SCALARS = (str, int, float, bool, type(None))
 
 
-def _shown_keys(node: BaseNode, text: str) -> set[str]:
+def _shown_keys(node: BaseNode, metadata: Mapping[Any, Any], text: str) -> set[str]:
     """The metadata keys whose entry (key and value, as ``metadata_template`` prints them) the LLM text ``text``
     holds: none when the template leaves out ``{key}`` or ``{value}`` (or changes one with a format spec or a
     conversion), or when the printed metadata is not in the text (a ``text_template`` without ``{metadata_str}``)."""
     excluded = set(node.excluded_llm_metadata_keys)
-    keys = {k for k, v in node.metadata.items() if k not in excluded and isinstance(v, _SCALARS)}
+    keys = {k for k, v in metadata.items() if k not in excluded and isinstance(v, _SCALARS)}
     if not keys or not {"key", "value"} <= _plain_fields(node.metadata_template):
         return set()
     printed = node.get_metadata_str(mode=MetadataMode.LLM).strip()
@@ -230,12 +301,14 @@ def keep_allowed(
 
 def _record(node: BaseNode, decision: Decision) -> None:
     """Keep a flag's Decision in the node's metadata, out of what the LLM and the embedding model read (the
-    synthesizer would print it into the prompt)."""
-    node.metadata[DECISION_METADATA_KEY] = decision.to_dict()
+    synthesizer would print it into the prompt); it replaces what the key held. The excluded keys first, and the
+    metadata a new dict: another thread may be reading a node shared between queries (rt56c: "dictionary changed
+    size during iteration")."""
     for field in ("excluded_llm_metadata_keys", "excluded_embed_metadata_keys"):
         keys = getattr(node, field)
         if DECISION_METADATA_KEY not in keys:
             setattr(node, field, [*keys, DECISION_METADATA_KEY])  # a new list: nodes may share one
+    node.metadata = {**node.metadata, DECISION_METADATA_KEY: _GuardRecord(decision.to_dict())}
 
 
 def _apply(
@@ -273,8 +346,8 @@ class GuardNodePostprocessor(GuardComponent, BaseNodePostprocessor):
       the Decision in ``node.metadata["qwenguard_decision"]`` (``record_flags=False`` turns this off).
     - Guard errors follow the guard's policy: fail closed (default) treats the node as blocked. A node over the
       guard's ``max_chars`` cannot be judged: dropped (``"raise"``: `InputTooLarge`), never passed unread.
-    - Put it last: a postprocessor after it that fetches nodes (``PrevNextNodePostprocessor``) adds unjudged
-      ones.
+    - Put it after postprocessors that fetch nodes (``PrevNextNodePostprocessor`` would add unjudged ones), and
+      before those that prompt an LLM with them (``LLMRerank``), unless that LLM is a `GuardedLLM`.
     """
 
     guard: Any = Field(exclude=True, description="The qwenguard Guard.")

@@ -96,7 +96,8 @@ async def test_callback_judges_a_retrieved_documents_metadata(guard, mode):
 def test_metadata_is_judged_as_a_template_prints_it_in_one_check(guard):
     """One check per document: its page, then its id, every key and the strings under them (a ``{context}`` slot
     prints the list whole: ids and keys were skipped, and instructions planted there reached the model, rt52e F9);
-    numbers and qwenguard's own record add nothing."""
+    numbers add nothing, and so does a record the guard wrote; a ``qwenguard`` value the document brought is judged
+    like any metadata (rt56c F2: it was skipped unjudged, looking like the guard's own record)."""
     recording = RecordingBackend(guard.backend)
     judge = Guard(recording, cache_size=0)
     plain = Document("Paris is the capital of France.", id="d1", metadata={"id": "a1b2", "page": 3, "score": 0.5})
@@ -105,7 +106,7 @@ def test_metadata_is_judged_as_a_template_prints_it_in_one_check(guard):
     GuardDocumentCompressor(guard=judge).compress_documents([plain, flagged, sourced], SAFE_QUESTION)
     assert [c[-1]["content"] for c in recording.conversations] == [
         "Paris is the capital of France.\nd1\nid\na1b2\npage\nscore",
-        flagged.page_content,
+        "Lyon is in France.\nqwenguard\naction\nflag\nreason\nJailbreak",
         "Nice is in France.\nsource\natlas.txt\npage",
     ]
 
