@@ -518,10 +518,7 @@ class AsyncStreamMonitor(MonitorCore, AsyncOnly):
                     if out:
                         yield out
             finally:
-                await race.aclose()
-                aclose = getattr(upstream, "aclose", None)
-                if aclose is not None and self._state != FINISHED:
-                    await aclose()
+                await race.aclose(upstream=self._state != FINISHED)
         else:
             for delta in deltas:
                 if out := await self.afeed(delta):

@@ -11,8 +11,9 @@ the item or a verdict.
 Neither loses or reorders an upstream item: one read is in flight at a time, it is never cancelled while
 the stream goes on (a verdict that wins leaves it running, and the next call returns its item), and
 cancelling the async caller leaves it in flight for the next call, as `CancelSafeLane` does for the
-monitor's own calls. Only closing (the stream ends) stops it: `UpstreamRace.aclose` cancels the read;
-`UpstreamReader.close` closes the upstream at once when no read is in flight, else as soon as that read
+monitor's own calls. Only closing (the stream ends) stops it: `UpstreamRace.aclose` cancels the read and closes
+the upstream once the read has landed, waiting up to ``CLOSE_GRACE_S`` (later, in the background, when it has
+not); `UpstreamReader.close` closes the upstream at once when no read is in flight, else as soon as that read
 returns (a blocking read cannot be interrupted; the item is dropped), waiting up to ``CLOSE_GRACE_S`` for
 it so that the upstream is closed before the caller goes on; a stalled upstream is left to the reader.
 """
@@ -29,7 +30,7 @@ from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
-from .task_ends import landed, mark_read
+from .task_ends import mark_read
 
 __all__ = ["UpstreamRace", "UpstreamReader", "verdict_waiters", "arelease_judged", "release_judged"]
 
@@ -93,19 +94,45 @@ class UpstreamRace(Generic[T]):
         self._read = None
         return True, read.result()
 
-    async def aclose(self) -> None:
-        """Cancel the read in flight (the stream ended otherwise) and let the cancellation land: an async
-        generator whose step is still being cancelled cannot be closed yet."""
+    async def aclose(self, *, upstream: bool = True, grace_s: float | None = None) -> None:
+        """Cancel the read in flight (the stream ended otherwise), then close the upstream (``upstream=False``: leave
+        it open). An async generator whose step is still being cancelled cannot be closed yet ("already running"),
+        so the read is given ``grace_s`` (`CLOSE_GRACE_S`) to land; one that has not landed by then, or when this
+        close is cancelled, is left to finish and the upstream is closed when it does, as `UpstreamReader.close`
+        does: a provider whose read ignores cancellation never holds the consumer (rt56e F2: the close waited for
+        it without end)."""
         read, self._read = self._read, None
-        if read is None:
-            return
-        read.cancel()
-        await landed(read)  # even when this close is cancelled: the upstream cannot be closed before the read ends
+        try:
+            if read is not None and not read.done():
+                read.cancel()
+                await asyncio.wait({read}, timeout=CLOSE_GRACE_S if grace_s is None else grace_s)
+        finally:
+            if upstream:
+                if read is None or read.done():
+                    await self._close_upstream()
+                else:
+                    read.add_done_callback(lambda _read: _in_background(self._close_upstream()))
+
+    async def _close_upstream(self) -> None:
+        close = getattr(self._iterator, "aclose", None)
+        if close is not None:
+            await close()
 
 
-#: How long `UpstreamReader.close` waits for a read in flight to return so that the upstream is closed
-#: before the caller goes on (the next token of a streaming model comes within this; a stalled one does
-#: not: then the caller goes on at once and the reader closes the upstream when the read returns).
+#: Closes started when a read landed after its stream's close had gone on (`UpstreamRace.aclose`): kept referenced.
+_CLOSING: set[asyncio.Future[Any]] = set()
+
+
+def _in_background(close: Any) -> None:
+    task = asyncio.ensure_future(close)
+    _CLOSING.add(task)
+    task.add_done_callback(_CLOSING.discard)
+    task.add_done_callback(mark_read)
+
+
+#: How long `UpstreamReader.close` and `UpstreamRace.aclose` wait for a read in flight to return so that the
+#: upstream is closed before the caller goes on (the next token of a streaming model comes within this; a stalled
+#: one does not: then the caller goes on at once and the upstream is closed when the read returns).
 CLOSE_GRACE_S = 1.0
 
 _READ, _STOP = object(), object()

@@ -691,9 +691,6 @@ class HeldStream:
         finally:
             judge.close()
             await race.aclose()  # a read still in flight is cancelled before the upstream is closed
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
         while held:
             yield held.popleft()[2]
             await turn.taken()

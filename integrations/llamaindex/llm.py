@@ -953,4 +953,4 @@ async def _raced(plan: _Plan, inner: Any, monitors: Callable[[], Sequence[Any]])
                 return
             yield chunk if fresh else _VERDICT
     finally:
-        await race.aclose()
+        await race.aclose(upstream=False)
