@@ -62,6 +62,19 @@ async def until(log: list[str], entry: str) -> None:
     raise AssertionError(f"{entry!r} never came: {log}")
 
 
+async def with_a_read_in_flight(upstream: AsyncIterator[str]) -> UpstreamRace[str]:
+    """A race over ``upstream`` that took "a" and whose next read is in flight, its caller gone (by design the read
+    stays in flight: the next call would take its item)."""
+    race: UpstreamRace[str] = UpstreamRace(upstream)
+    assert await race.next() == (True, "a")
+    reader = asyncio.ensure_future(race.next())
+    await asyncio.sleep(0)
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    return race
+
+
 async def test_the_race_lets_the_read_land_when_its_caller_is_cancelled_meanwhile():
     log: list[str] = []
     verdict_in = asyncio.Event()
@@ -103,13 +116,7 @@ async def test_a_cancelled_close_returns_and_the_upstream_is_closed_once_the_rea
     when the read has landed, in the background (closing it before would be "already running")."""
     log: list[str] = []
     go = asyncio.Event()
-    race: UpstreamRace[str] = UpstreamRace(lands_late(log, go))
-    assert await race.next() == (True, "a")
-    reader = asyncio.ensure_future(race.next())
-    await asyncio.sleep(0)
-    reader.cancel()  # the read itself stays in flight (by design): the next call takes its item
-    with pytest.raises(asyncio.CancelledError):
-        await reader
+    race = await with_a_read_in_flight(lands_late(log, go))
     closer = asyncio.ensure_future(race.aclose())
     await until(log, "ignored")
     closer.cancel()
@@ -126,13 +133,7 @@ async def test_a_provider_whose_read_ignores_cancellation_does_not_hold_the_cons
     timeout could not get it out (the unguarded consumer is back at once); now it waits a grace period."""
     log: list[str] = []
     go = asyncio.Event()
-    race: UpstreamRace[str] = UpstreamRace(lands_late(log, go))
-    assert await race.next() == (True, "a")
-    reader = asyncio.ensure_future(race.next())
-    await asyncio.sleep(0)
-    reader.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await reader
+    race = await with_a_read_in_flight(lands_late(log, go))
     await asyncio.wait_for(race.aclose(grace_s=0.05), timeout=10)  # a hang detector, not a timing bound
     assert log == ["ignored"]
     go.set()
@@ -160,17 +161,11 @@ async def test_a_race_dropped_unclosed_leaves_no_unread_error():
     async with unread_errors() as unread:
         log: list[str] = []
         release = asyncio.Event()
-        race: UpstreamRace[str] = UpstreamRace(slow_to_land(log, release))
-        assert await race.next() == (True, "a")
-        reader = asyncio.ensure_future(race.next())
-        await asyncio.sleep(0)
-        reader.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await reader
+        race = await with_a_read_in_flight(slow_to_land(log, release))
         release.set()
         await until(log, "closed")
         await asyncio.sleep(0)
-        del race, reader
+        del race
     assert unread == []
 
 
