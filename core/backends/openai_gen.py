@@ -103,6 +103,7 @@ from .openai_wire import (
 from .plan_pool import planning_pool
 from .remote_loop import LoopThread
 from .remote_plan import (
+    MAX_REQUEST_MESSAGES,
     UNPUBLISHED_CONTEXT,
     ByteCounter,
     CheckPlan,
@@ -512,6 +513,10 @@ class OpenAIGen:
         # The server is `qwenguard serve` (its /models entry says so): it windows a long input itself, as the local
         # guard does, so no context needs to be given and none is warned about (`_served_max_model_len`).
         self._windowing_server = False
+        # Turns a request may show: `MAX_REQUEST_MESSAGES` for `qwenguard serve` (its --max-messages) and for a server
+        # not yet known; no cap once /models named another engine (vLLM, SGLang...: a cap there cut context the
+        # local guard shows, rt56e F1).
+        self._message_cap: int | None = MAX_REQUEST_MESSAGES
         self._said_unlisted = False  # a /models read still pending was logged (`_context`)
         self._served_context: int | None = None  # learned from /models: 0 = not published
         # The least served context worth planning with: the guard prompt of a reply (the longer template,
@@ -1293,6 +1298,7 @@ class OpenAIGen:
             entry = next((e for e in entries if e.get("id") == self.model), entries[0] if len(entries) == 1 else {})
             value = entry.get("max_model_len")
             self._windowing_server = entry.get("owned_by") == "qwenguard"
+            self._message_cap = MAX_REQUEST_MESSAGES if self._windowing_server or not entry else None
         except (TypeError, AttributeError):
             return 0
         return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
@@ -1323,7 +1329,16 @@ class OpenAIGen:
             plans: list[CheckPlan] = []
             windows = 0
             for c in conversations:
-                plans.append(plan(c, context, ids=want_ids, deadline=deadline.end, abandoned=abandoned))
+                plans.append(
+                    plan(
+                        c,
+                        context,
+                        ids=want_ids,
+                        deadline=deadline.end,
+                        abandoned=abandoned,
+                        max_messages=self._message_cap,
+                    )
+                )
                 windows += len(plans[-1].checks)
                 if (too_many := over_call_budget(windows, budget)) is not None:
                     raise too_many

@@ -228,10 +228,12 @@ class RemotePlanner:
         ids: bool = False,
         deadline: float | None = None,
         abandoned: threading.Event | None = None,
+        max_messages: int | None = MAX_REQUEST_MESSAGES,
     ) -> CheckPlan:
         """The requests for ``conversation`` on an engine of ``context`` tokens (with ids when ``ids`` and the
         tokenizer is known). ``deadline`` (``time.monotonic()``): planning stops there with `GuardTimeout`; so it
-        does at the next window once ``abandoned`` is set (the caller left)."""
+        does at the next window once ``abandoned`` is set (the caller left). ``max_messages``: turns a request shows
+        at most (``None``: as many as the windows hold, as locally: an engine with no cap on messages)."""
         # The whole conversation goes to the planner: its readings (the final run of user turns joined) are of all of
         # it, and only the turns each request shows are capped (rt56a F2: the cap, applied first, cut a run's head).
         msgs = normalize_messages(conversation)
@@ -242,7 +244,7 @@ class RemotePlanner:
                     msgs,
                     check=_stop_at(deadline, abandoned),
                     join_runs=not isinstance(conversation, RunsJudged),
-                    max_messages=MAX_REQUEST_MESSAGES,
+                    max_messages=max_messages,
                 )
         except QwenGuardError as exc:  # InputTooLarge, GuardTimeout
             return CheckPlan((), mode, exc)
