@@ -41,7 +41,7 @@ from qwenguard.core import Guard, Stage
 from qwenguard.core.formats.conversations import prompt_conversation, untrusted_conversation
 from qwenguard.core.streaming.parallel import PendingCheck
 
-from ._holding import HeldStream, monitor_options
+from ._holding import HeldStream, TransformerFirst, monitor_options
 from ._input_beside import (
     aafter_verdict,
     aanswer_beside,
@@ -432,7 +432,9 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
             yield chunk
 
     def transform(self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
-        yield from self._transform_stream_with_config(input, self._transform, config, **kwargs)
+        # Its held stream is closed before LangChain's close path drains the input it reads ahead (``TransformerFirst``).
+        first = TransformerFirst(self._transform)
+        yield from first.stream(self._transform_stream_with_config(input, first.transformer, config, **kwargs))
 
     def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
         yield from self.transform(iter([input]), config, **kwargs)
