@@ -22,7 +22,7 @@ from .limits import LARGE_BODY_BYTES, LimitExceeded, Limits
 from .metrics import SERVED_PATHS, Metrics
 from .schemas import ApiError, ModerationRequest, error_json, validation_error_json
 from .service import REQUEST_DEADLINE, Service
-from .stream_protocol import CLOSE_UNAUTHORIZED, CLOSE_UNAVAILABLE
+from .stream_protocol import CLOSE_UNAUTHORIZED, CLOSE_UNAVAILABLE, in_parse_turn
 from .turns import ClientTurns, NoTurn, ParseTurns, QueueFull, client_address
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
@@ -189,7 +189,7 @@ class Gate:
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope["path"]
         label = path if path in SERVED_PATHS else "other"
-        status_holder = {"status": 500, "started": False}
+        status_holder = {"status": 500, "started": False, "complete": False}
         start = time.perf_counter()
         load = self.load
 
@@ -197,6 +197,10 @@ class Gate:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
                 status_holder["started"] = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Before the send: uvicorn's receive says http.disconnect once the response is complete,
+                # which is no hang-up (`_while_connected`).
+                status_holder["complete"] = True
             await send(message)
 
         async def answer(response: Response, reason: str) -> None:
@@ -262,7 +266,12 @@ class Gate:
                         self.metrics.rejected.labels("client_gone").inc()
                         return
                     try:
-                        await self._serve(scope, receive, send_recording, answer, path, headers, body)
+                        served = await self._serve(
+                            scope, receive, send_recording, answer, path, headers, body, status_holder
+                        )
+                        if not served:
+                            status_holder["status"] = 499  # the client hung up while it was served: work stopped
+                            self.metrics.rejected.labels("client_gone").inc()
                     finally:
                         load.work_turns.release(client)
                 except NoTurn as exc:
@@ -318,7 +327,7 @@ class Gate:
             taking.cancel()  # a turn handed over at this moment is passed on (`ClientTurns`)
             leaving.cancel()
             raise
-        if taking.done():
+        if taking.done() and not _hung_up(leaving):  # the turn came; a client seen gone at that moment is not served
             leaving.cancel()
             taking.result()  # raises NoTurn
             return True
@@ -329,45 +338,97 @@ class Gate:
             turns.release(client)  # the turn came just as the client left
         return False
 
+    @staticmethod
+    async def _while_connected(receive: Any, serve: Callable[[Any], Awaitable[None]], sent: Mapping[str, Any]) -> bool:
+        """``serve(rest)`` (``rest``: the request's channel after its body) while the connection is watched: a
+        client that hangs up cancels it, its guard work stopped and its slot and turn freed at once (``False``);
+        it judged on for nobody and another client got 503 meanwhile (rt56d F2). The watch is the one reader of
+        ``receive`` now (the body is in: what comes next is http.disconnect); ``rest`` hands ``serve`` what it read."""
+        leaving = asyncio.ensure_future(receive())
+        await asyncio.sleep(0)  # a client already gone (uvicorn saw it leave) is read now: no work starts for it
+        if _hung_up(leaving):
+            return False
+
+        async def rest() -> Any:
+            return await asyncio.shield(leaving)  # a reader cancelled (Starlette's is_disconnected) leaves it be
+
+        work = asyncio.ensure_future(serve(rest))
+        try:
+            await asyncio.wait({work, leaving}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done() and (sent["complete"] or not _hung_up(leaving)):
+                await work  # the response was sent whole (or nothing came that says the client left)
+        except BaseException:
+            work.cancel()  # cancelled itself (a shutdown past its grace): the work ends first, its slot freed
+            leaving.cancel()
+            with contextlib.suppress(BaseException):
+                await work
+            raise
+        if work.done():
+            leaving.cancel()
+            work.result()
+            return True
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+        return False
+
     async def _serve(
-        self, scope: Any, receive: Any, send: Any, answer: Any, path: str, headers: Mapping[bytes, bytes], body: bytes
-    ) -> None:
-        """Serve a request whose body is in: in one of the ``max_concurrency`` slots, or 503 when all are taken."""
+        self,
+        scope: Any,
+        receive: Any,
+        send: Any,
+        answer: Any,
+        path: str,
+        headers: Mapping[bytes, bytes],
+        body: bytes,
+        sent: Mapping[str, Any],
+    ) -> bool:
+        """Serve a request whose body is in: in one of the ``max_concurrency`` slots, or 503 when all are taken.
+        ``False`` when its client hung up meanwhile (`_while_connected`: the work was stopped)."""
         load = self.load
         if load.in_flight >= self.limits.max_concurrency:  # others took the last slots while this one waited
             await answer(self._busy(), "overload")
-            return
+            return True
         if body and json.detect_encoding(body).startswith(("utf-16", "utf-32")):
             # json.loads reads UTF-16 and UTF-32 too, but the byte prechecks count ASCII keys: such a body was
             # parsed and rendered in full before its size was refused, at ten times the work (rt50b F6).
             message = "a request body must be JSON in UTF-8 (RFC 8259), not UTF-16 or UTF-32"
             await answer(error_json(400, message, "invalid_request_error"), "bad_encoding")
-            return
+            return True
+        # The slot is taken here, with no wait since the check above: requests arriving together never all pass it.
         load.in_flight += 1
         self.metrics.in_flight.inc()
         try:
-            route = self.routes.get(path)
-            try:
-                if (
-                    route is not None
-                    and len(body) > LARGE_BODY_BYTES
-                    and scope.get("method") == "POST"
-                    and route.reads(headers)
-                ):
-                    await (await self._off_loop(route, path, body, client_address(scope)))(scope, receive, send)
-                    return
-                self._precheck(path, body)
-            except LimitExceeded as exc:
-                await answer(error_json(413, str(exc), "request_too_large"), "work_size")
-                return
-            fast = await self._moderate_fast(scope, headers, body) if path == "/v1/moderate" else None
-            if fast is not None:
-                await fast(scope, receive, send)
-                return
-            await self.app(scope, self._replay(body, receive), send)
+            return await self._while_connected(
+                receive, lambda rest: self._work(scope, rest, send, answer, path, headers, body), sent
+            )
         finally:
             load.in_flight -= 1
             self.metrics.in_flight.dec()
+
+    async def _work(
+        self, scope: Any, receive: Any, send: Any, answer: Any, path: str, headers: Mapping[bytes, bytes], body: bytes
+    ) -> None:
+        """A served request's work, in its slot: a large body off the loop, `/v1/moderate`'s fast path, else the app."""
+        route = self.routes.get(path)
+        try:
+            if (
+                route is not None
+                and len(body) > LARGE_BODY_BYTES
+                and scope.get("method") == "POST"
+                and route.reads(headers)
+            ):
+                await (await self._off_loop(route, path, body, client_address(scope)))(scope, receive, send)
+                return
+            self._precheck(path, body)
+        except LimitExceeded as exc:
+            await answer(error_json(413, str(exc), "request_too_large"), "work_size")
+            return
+        fast = await self._moderate_fast(scope, headers, body) if path == "/v1/moderate" else None
+        if fast is not None:
+            await fast(scope, receive, send)
+            return
+        await self.app(scope, self._replay(body, receive), send)
 
     def _precheck(self, path: str, body: bytes) -> None:
         """Refuse (`LimitExceeded`) a body that cannot fit the limits, counted on its bytes before parsing it."""
@@ -394,22 +455,24 @@ class Gate:
 
     async def _read_large(self, route: BodyRoute, path: str, body: bytes, client: str) -> tuple[Any, Any]:
         """A large body, prechecked, parsed (`parse_json_body`) and worked on (the route's rendering and size
-        checks) in threads, in one of `ParseTurns`' turns: one large body or stream frame at a time server-wide,
+        checks) in a thread (`in_parse_turn`), in one of `ParseTurns`' turns: one large body or stream frame at a time server-wide,
         the clients waiting taking turns. Each step holds the GIL for all of its run (1 MB of floats or nested
         lists padded under any key: 40-330 ms to parse; a tool call's 40,000 floats of arguments, 90 ms to render),
         so steps in several threads at once held the loop as long as steps on it; the loop runs between any two.
-        The wait counts against the request's deadline (`NoTurn`: 503)."""
+        The wait counts against the request's deadline (`NoTurn`: 503); a client that hangs up leaves the line."""
 
-        def prechecked() -> Any:
+        def read() -> tuple[Any, Any]:
             self._precheck(path, body)
-            return validate_json_body(route.model, body)
+            request = validate_json_body(route.model, body)
+            if request is None:  # FastAPI's way, for its errors
+                request = parse_json_body_as_fastapi(route.model, body)
+            return request, route.work(request)
 
         deadline = REQUEST_DEADLINE.get()
-        async with self.parsing.turn(client, None if deadline is None else max(0.0, deadline - time.monotonic())):
-            request = await asyncio.to_thread(prechecked)
-            if request is None:  # FastAPI's way, for its errors
-                request = await asyncio.to_thread(parse_json_body_as_fastapi, route.model, body)
-            return request, await asyncio.to_thread(route.work, request)
+        # A client that hangs up meanwhile returns at once; the thread keeps the turn until it ends (`in_parse_turn`).
+        return await in_parse_turn(
+            self.parsing, client, None if deadline is None else max(0.0, deadline - time.monotonic()), read
+        )
 
     async def _moderate_fast(
         self, scope: Mapping[str, Any], headers: Mapping[bytes, bytes], body: bytes
@@ -521,6 +584,14 @@ class Gate:
             if load.streams_by_client[client] <= 0:
                 del load.streams_by_client[client]
             self.metrics.streams.dec()
+
+
+def _hung_up(leaving: asyncio.Future[Any]) -> bool:
+    """Whether the watch of a request's channel read that the client left."""
+    if leaving.cancelled() or not leaving.done() or leaving.exception() is not None:
+        return False
+    message: Mapping[str, Any] = leaving.result()
+    return message.get("type") == "http.disconnect"
 
 
 async def _deny_handshake(

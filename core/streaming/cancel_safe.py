@@ -75,6 +75,13 @@ class CancelSafeLane:
                     break
             return carried
 
+    def abandon(self) -> None:
+        """Cancel the work a cancelled call left in flight: the monitor closed, and no next call will take its
+        outcome (a session whose client hung up during its prompt check judged on for nobody: rt56d F1)."""
+        task = self._inflight
+        if task is not None and not task.done():
+            task.cancel()
+
     async def _drain(self) -> tuple[str, str]:
         """Await earlier cancelled work; its released text and kind, or raise what it raised."""
         task = self._inflight

@@ -564,8 +564,13 @@ class AsyncStreamMonitor(MonitorCore, AsyncOnly):
         return windows.release()
 
     # -- lifecycle ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop: nothing more is released; a check still in flight is abandoned (cancelled, its result ignored)."""
+        super().close()
+        self._lane.abandon()
+
     async def aclose(self) -> None:
-        """Stop: nothing more is released; a check still in flight is abandoned (its result is ignored)."""
+        """Async twin of `close`."""
         self.close()
 
     async def __aenter__(self) -> AsyncStreamMonitor:
