@@ -11,30 +11,18 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from eval_cli import QG
+from eval_cli import run_eval as _eval
+from eval_cli import write_rows as _write
 from qwenguard.core import Guard, Risk
-from qwenguard.core.cli import app
 from qwenguard.core.demo import DEMO_GEN_DIR
 from qwenguard.core.eval import DataError, Prediction, aevaluate, compute_report, load_dataset, sample_path
 from qwenguard.core.eval.identity import run_identity
-from typer.testing import CliRunner
-
-QG = [sys.executable, "-m", "qwenguard.core.cli"]
-
-
-def _write(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def _eval(*args: str) -> Any:
-    return CliRunner().invoke(app, ["eval", *args, "--no-progress"])
 
 
 def _rows(n: int = 6) -> list[dict[str, Any]]:

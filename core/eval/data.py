@@ -356,7 +356,8 @@ _CSV_FIELD_LIMIT = 2**31 - 1
 
 
 def _read_csv(path: Path) -> tuple[list[Any], list[int]]:
-    rows, lines = [], []
+    rows: list[Any] = []
+    lines: list[int] = []
     previous = csv.field_size_limit(_CSV_FIELD_LIMIT)
     try:
         # _decoded_lines drops a byte-order mark: Excel's "CSV UTF-8" starts with one, which would become part of
@@ -367,6 +368,18 @@ def _read_csv(path: Path) -> tuple[list[Any], list[int]]:
                 raise DataError(f"{path}: empty CSV (no header row)")
             start = 2
             for row in reader:
+                # DictReader files cells past the header under None and fills missing ones with None: an unquoted
+                # comma would cut the text silently, a missing cell read as empty.
+                if None in row or any(v is None for v in row.values()):
+                    width = len(reader.fieldnames)
+                    extra = row.get(None)
+                    if isinstance(extra, list):
+                        cells, hint = width + len(extra), '; quote a cell that holds a comma ("a, b")'
+                    else:
+                        cells, hint = sum(1 for v in row.values() if v is not None), ""
+                    raise DataError(
+                        f"{path} row {len(rows) + 1} (line {start}): {cells} cell(s), the header has {width}{hint}"
+                    )
                 rows.append(row)
                 lines.append(start)  # the line where this (possibly multi-line) row starts
                 start = reader.line_num + 1

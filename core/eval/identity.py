@@ -16,17 +16,42 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..backends.transport import without_password
 from ..errors import QwenGuardError
 
-__all__ = ["run_identity", "default_out_dir", "claim_out_dir", "RUN_FILE"]
+__all__ = ["run_identity", "default_out_dir", "claim_out_dir", "open_owned", "RUN_FILE"]
 
 #: The identity of the run whose files an output directory holds.
 RUN_FILE = "run.json"
 _DEFAULT_ROOT = Path("qwenguard-eval")
 _READ = 1 << 20  # bytes hashed at each end of a large weights file
+
+
+def _refuse_link(path: Path) -> None:
+    if path.is_symlink():
+        raise QwenGuardError(
+            f"{path} is a symbolic link; eval writes that file itself and never through a link (it could point "
+            f"outside the output directory): remove the link, or pass another --out"
+        )
+
+
+def open_owned(path: Path, mode: str = "w") -> IO[Any]:
+    """Open one of the files eval owns for writing (``"w"`` text, ``"wb"`` bytes), never through a symbolic link:
+    a link planted at its name is refused (`QwenGuardError`) instead of writing, or creating, the file it points
+    to (``O_NOFOLLOW`` where the platform has it, so a link planted after the check is refused too)."""
+    _refuse_link(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if path.is_symlink():  # ELOOP: planted between the check and the open
+            _refuse_link(path)
+        raise exc
+    if "b" in mode:
+        return os.fdopen(fd, "wb")
+    return os.fdopen(fd, "w", encoding="utf-8")
 
 
 def _file_digest(path: Path) -> str:
@@ -155,7 +180,8 @@ def claim_out_dir(
 ) -> bool:
     """Make ``out_dir`` this run's: True when it already was (resume). Refuses another run's directory
     unless ``fresh``, which deletes that run's ``owned_files`` first; refuses always a ``data_path`` that is one
-    of those files (the dataset would be deleted, or overwritten by the report)."""
+    of those files (the dataset would be deleted, or overwritten by the report). A symbolic link at any of those
+    names is refused, with or without ``fresh``: it is not this run's file, and writing would follow it."""
     run_file = out_dir / RUN_FILE
     if data_path is not None:
         for name in (*owned_files, RUN_FILE):
@@ -165,6 +191,8 @@ def claim_out_dir(
                     f"{out_dir} holds your dataset {data_path.name} under a name the report writes ({name}); "
                     f"pass another --out, or rename the dataset"
                 )
+    for name in (*owned_files, RUN_FILE):
+        _refuse_link(out_dir / name)
     previous: Mapping[str, Any] | None = None
     if run_file.is_file():
         try:
@@ -187,5 +215,6 @@ def claim_out_dir(
             if target.is_file():
                 target.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
-    run_file.write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    with open_owned(run_file) as f:
+        f.write(json.dumps(identity, indent=2, sort_keys=True) + "\n")
     return same and not fresh

@@ -6,11 +6,13 @@ so no global backend is switched and nothing needs a display.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import MissingDependency
+from .data import printable
+from .identity import open_owned
 
 __all__ = ["write_plots", "require_matplotlib", "PLOT_FILES"]
 
@@ -20,6 +22,10 @@ PLOT_FILES = {
     "category": "recall_by_category.png",
 }
 _COLORS = {"strict": "#c0392b", "loose": "#2471a3"}
+#: Categories drawn in recall_by_category.png (those with the most rows; the rest share one "other" bar), and the
+#: characters of a category's label (longer ones end in "…"): the figure's size and cost do not grow with the data.
+PLOT_CATEGORIES = 30
+LABEL_CHARS = 40
 
 
 def require_matplotlib() -> None:
@@ -77,8 +83,7 @@ def plot_confusion(mappings: Mapping[str, Any], path: Path) -> Path:
         ax.set_title(
             f"{name}: recall {_pct(o['recall'])}, precision {_pct(o['precision'])}", fontsize=9, parse_math=False
         )
-    fig.savefig(path)
-    return path
+    return _save(fig, path)
 
 
 def _pct(value: Any) -> str:
@@ -124,45 +129,76 @@ def plot_threshold(mappings: Mapping[str, Any], path: Path) -> Path:
             va="center",
             fontsize=11,
         )
-    fig.savefig(path)
-    return path
+    return _save(fig, path)
+
+
+def _label(name: Any) -> str:
+    """A dataset's category as a tick label: its control characters as escapes (matplotlib's "Glyph 27 missing"
+    warning would print an ESC raw to the terminal), cut to `LABEL_CHARS`."""
+    text = printable(str(name))
+    return text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 1] + "…"
+
+
+def _pooled(group: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One bar for the categories past `PLOT_CATEGORIES`: recall over their harmful rows taken together."""
+    tp = sum(int(c["tp"]) for c in group)
+    positives = sum(int(c["positives"]) for c in group)
+    return {
+        "positives": positives,
+        "recall": tp / positives if positives else None,
+        "errors": sum(int(c.get("errors", 0)) for c in group),
+    }
 
 
 def plot_categories(mappings: Mapping[str, Any], path: Path) -> Path:
+    """Recall per gold category, one bar per mapping: the `PLOT_CATEGORIES` categories with the most rows, the
+    rest as one "other" bar, so the figure's size does not grow with the dataset's category column."""
     names = list(mappings)
-    cats = [
-        c
-        for c in mappings[names[0]]["by_category"]
-        if c["positives"] > 0
-        or any(
-            next(x for x in mappings[n]["by_category"] if x["category"] == c["category"])["positives"] for n in names
-        )
+    by = {n: {c["category"]: c for c in mappings[n]["by_category"]} for n in names}
+    # by_category's order: the most rows first
+    with_positives = [
+        c for c in mappings[names[0]]["by_category"] if any(by[n][c["category"]]["positives"] for n in names)
     ]
-    fig = _figure(6.8, max(2.4, 0.24 * len(cats) * len(names) + 1.2))
+    cats = [c["category"] for c in with_positives[:PLOT_CATEGORIES]]
+    rest = [c["category"] for c in with_positives[PLOT_CATEGORIES:]]
+    labels = [_label(c) for c in cats]
+    bars = {n: [by[n][c] for c in cats] for n in names}
+    if rest:
+        labels.append(f"other ({len(rest):,} categories)")
+        for n in names:
+            bars[n].append(_pooled([by[n][c] for c in rest]))
+    fig = _figure(6.8, max(2.4, 0.24 * len(labels) * len(names) + 1.2))
     ax = fig.subplots()
-    if not cats:
+    if not labels:
         ax.axis("off")
         ax.text(0.5, 0.5, "No harmful rows: recall is undefined.", ha="center", va="center")
-        fig.savefig(path)
-        return path
+        return _save(fig, path)
     height = 0.8 / len(names)
-    labels = [c["category"] for c in cats]
     for k, name in enumerate(names):
-        by = {c["category"]: c for c in mappings[name]["by_category"]}
-        ys = [i + (k - (len(names) - 1) / 2) * height for i in range(len(cats))]
-        vals = [_nan(by[c]["recall"]) for c in labels]
-        ax.barh(ys, [0 if v != v else v for v in vals], height=height * 0.95, color=_COLORS.get(name), label=name)
-        for y, v, c in zip(ys, vals, labels):
-            txt = "n/a" if v != v else f"{v:.0%} of {by[c]['positives']}"
+        ys = [i + (k - (len(names) - 1) / 2) * height for i in range(len(labels))]
+        vals = [_nan(c["recall"]) for c in bars[name]]
+        ax.barh(
+            ys, [0 if v != v else v for v in vals], height=height * 0.95, color=_COLORS.get(name), label=_label(name)
+        )
+        for y, v, c in zip(ys, vals, bars[name]):
+            txt = "n/a" if v != v else f"{v:.0%} of {c['positives']}"
+            if c.get("errors"):
+                txt += f", {c['errors']} errors"  # rows without a verdict: left out of the recall
             ax.text(min(v if v == v else 0, 1) + 0.01, y, txt, va="center", fontsize=7)
     # Categories and mapping names are the dataset's and the caller's: "$5 ^$" is text, not mathtext to parse.
-    ax.set_yticks(range(len(cats)), labels, fontsize=8, parse_math=False)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8, parse_math=False)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.18)
     ax.set_xlabel("recall (share of harmful rows blocked)")
     ax.set_title("Recall by category", fontsize=10)
     _literal_legend(ax.legend(loc="lower right", fontsize=8))
-    fig.savefig(path)
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Write the PNG, never through a symbolic link planted at its name."""
+    with open_owned(path, "wb") as f:
+        fig.savefig(f, format="png")
     return path
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from ..policy import Policy
 from ..verdict import Risk, Verdict
 from .data import EvalExample, printable
+from .identity import open_owned
 from .metrics import (
     average_precision,
     best_threshold,
@@ -43,6 +44,9 @@ __all__ = ["EvalReport", "compute_report", "default_policies", "RISK_ORDER", "NO
 
 RISK_ORDER = (Risk.SAFE, Risk.CONTROVERSIAL, Risk.UNSAFE)
 NO_CATEGORY = "(none)"
+#: Categories in report.md's table (those with the most rows; report.json has every one): a free-text category
+#: column must not make the report as long as the dataset.
+MD_CATEGORIES = 100
 _SCORES = {"strict": "1 - P(safe) = P(unsafe) + P(controversial)", "loose": "P(unsafe)"}
 
 
@@ -363,22 +367,31 @@ class EvalReport:
             o = self.mappings[name]["overall"]
             lines.append(f"| {_md(name)} | {o['tp']} | {o['fn']} | {o['fp']} | {o['tn']} |")
 
+        per = {n: {c["category"]: c for c in self.mappings[n]["by_category"]} for n in names}
+        shown = list(per[names[0]])[:MD_CATEGORIES]  # the most rows first: by_category's order
         lines += [
             "",
             "## By category (gold category)",
             "",
-            "| category | n | "
+            "| category | n | errors | "
             + " | ".join(f"{n} positives | {n} recall | {n} FN rate | {n} FP" for n in names)
             + " |",
-            "|---|---:|" + "---:|---:|---:|---:|" * len(names),
+            "|---|---:|---:|" + "---:|---:|---:|---:|" * len(names),
         ]
-        per = {n: {c["category"]: c for c in self.mappings[n]["by_category"]} for n in names}
-        for cat in per[names[0]]:
+        for cat in shown:
             cells = []
             for n in names:
                 c = per[n][cat]
                 cells += [str(c["positives"]), _fmt(c["recall"], True), _fmt(c["fnr"], True), str(c["fp"])]
-            lines.append(f"| {_md(cat)} | {per[names[0]][cat]['n']} | " + " | ".join(cells) + " |")
+            c0 = per[names[0]][cat]
+            # errors: the category's rows without a verdict (the same under every mapping), left out of the rates
+            lines.append(f"| {_md(cat)} | {c0['n']} | {c0.get('errors', 0)} | " + " | ".join(cells) + " |")
+        if len(per[names[0]]) > len(shown):
+            lines += [
+                "",
+                f"The {len(shown)} categories with the most rows; {len(per[names[0]]) - len(shown):,} more are in "
+                f"`report.json` (`by_category`).",
+            ]
 
         for key, attr, title in (("by_source", "source", "By source"), ("by_stage", "stage", "By stage")):
             lines += [
@@ -452,8 +465,11 @@ class EvalReport:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"json": out / "report.json", "markdown": out / "report.md"}
-        paths["json"].write_text(json.dumps(self.data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        paths["markdown"].write_text(self.to_markdown(), encoding="utf-8")
+        # Never through a symbolic link planted at one of these names (it could point outside ``out``).
+        with open_owned(paths["json"]) as f:
+            f.write(json.dumps(self.data, indent=2, ensure_ascii=False) + "\n")
+        with open_owned(paths["markdown"]) as f:
+            f.write(self.to_markdown())
         if plots:
             from .plots import write_plots
 
