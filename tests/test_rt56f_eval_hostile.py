@@ -165,3 +165,24 @@ def test_evaluate_from_a_notebook_never_writes_through_a_link(tmp_path):
     finally:
         guard.close()
     assert not victim.exists()
+
+
+@pytest.mark.parametrize("planted", ["a link to nothing", "a link to forged predictions"])
+def test_evaluate_never_reads_or_appends_predictions_through_a_link(tmp_path, planted):
+    """U's note on F4: `evaluate(out=...)` in a notebook appended to ``predictions.jsonl`` through a link planted at
+    its name (creating or growing the file it points to), and read it as its cache: a link to forged predictions
+    would have been scored as the guard's own answers."""
+    out = tmp_path / "out"
+    out.mkdir()
+    target = tmp_path / "elsewhere.jsonl"
+    if planted.endswith("predictions"):
+        target.write_text('{"v": 1, "key": "x", "risk": "Safe"}\n', encoding="utf-8")
+    before = target.read_bytes() if target.exists() else None
+    (out / "predictions.jsonl").symlink_to(target)
+    guard = Guard.from_pretrained("demo")
+    try:
+        with pytest.raises(QwenGuardError, match="symbolic link"):
+            evaluate(guard, sample_path(), limit=3, out=out)
+    finally:
+        guard.close()
+    assert (target.read_bytes() if target.exists() else None) == before

@@ -29,7 +29,7 @@ _DEFAULT_ROOT = Path("qwenguard-eval")
 _READ = 1 << 20  # bytes hashed at each end of a large weights file
 
 
-def _refuse_link(path: Path) -> None:
+def refuse_link(path: Path) -> None:
     if path.is_symlink():
         raise QwenGuardError(
             f"{path} is a symbolic link; eval writes that file itself and never through a link (it could point "
@@ -38,20 +38,22 @@ def _refuse_link(path: Path) -> None:
 
 
 def open_owned(path: Path, mode: str = "w") -> IO[Any]:
-    """Open one of the files eval owns for writing (``"w"`` text, ``"wb"`` bytes), never through a symbolic link:
+    """Open one of the files eval owns for writing (``"w"`` text, ``"wb"`` bytes, ``"a"`` text appended: the
+    predictions cache), never through a symbolic link:
     a link planted at its name is refused (`QwenGuardError`) instead of writing, or creating, the file it points
     to (``O_NOFOLLOW`` where the platform has it, so a link planted after the check is refused too)."""
-    _refuse_link(path)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    refuse_link(path)
+    end = os.O_APPEND if "a" in mode else os.O_TRUNC
+    flags = os.O_WRONLY | os.O_CREAT | end | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(path, flags, 0o666)
     except OSError as exc:
         if path.is_symlink():  # ELOOP: planted between the check and the open
-            _refuse_link(path)
+            refuse_link(path)
         raise exc
     if "b" in mode:
         return os.fdopen(fd, "wb")
-    return os.fdopen(fd, "w", encoding="utf-8")
+    return os.fdopen(fd, "a" if "a" in mode else "w", encoding="utf-8")
 
 
 def _file_digest(path: Path) -> str:
@@ -192,7 +194,7 @@ def claim_out_dir(
                     f"pass another --out, or rename the dataset"
                 )
     for name in (*owned_files, RUN_FILE):
-        _refuse_link(out_dir / name)
+        refuse_link(out_dir / name)
     previous: Mapping[str, Any] | None = None
     if run_file.is_file():
         try:

@@ -23,6 +23,7 @@ from ..errors import InputTooLarge
 from ..policy import Decision
 from ..verdict import Risk, Verdict
 from .data import EvalExample, printable
+from .identity import open_owned, refuse_link
 
 __all__ = [
     "Prediction",
@@ -119,6 +120,8 @@ class PredictionCache:
         self.entries: dict[str, Prediction] = {}
         self.skipped_lines = 0
         self._needs_newline = False
+        if self.path is not None and self.path.is_symlink():
+            refuse_link(self.path)  # a planted link would feed eval predictions it never made, or take its writes
         if self.path is not None and self.path.exists():
             with self.path.open("rb") as fb:
                 fb.seek(0, 2)
@@ -148,7 +151,7 @@ class PredictionCache:
         if self.path is None or not fresh:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as f:
+        with open_owned(self.path, "a") as f:
             # One write per batch; if it is cut short, the partial last line is skipped on reload.
             lead = "\n" if self._needs_newline else ""
             f.write(lead + "".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in fresh))
