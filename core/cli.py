@@ -1,15 +1,18 @@
 """The ``qwenguard`` command line: ``check``, ``serve``, ``eval``.
 
 Exit codes are a contract: 0 allowed, 1 blocked, 2 every error (usage, missing extra, missing model,
-device, guard failure). An error is one line on stderr (``--json``: one JSON object on stdout too, a usage
+device, guard failure, standard input that is not UTF-8 or over ``max_chars``, a closed standard output). An
+error is one line on stderr, its control characters escaped (``--json``: one JSON object on stdout too, a usage
 error that Typer reports included); ``qwenguard --debug ...`` prints the full traceback instead.
 """
 
 from __future__ import annotations
 
+import codecs
 import functools
 import json
 import math
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -40,7 +43,12 @@ def _wants_json(args: list[str]) -> bool:
 
 
 def _usage_json(exc: Any) -> None:
-    typer.echo(json.dumps({"error": {"type": type(exc).__name__, "message": exc.format_message()}}, ensure_ascii=False))
+    try:
+        typer.echo(
+            json.dumps({"error": {"type": type(exc).__name__, "message": exc.format_message()}}, ensure_ascii=False)
+        )
+    except BrokenPipeError:
+        _stdout_to_devnull()  # Typer's usage error (exit 2) follows; click's EPIPE handler would exit 1
 
 
 class _Group(TyperGroup):
@@ -96,8 +104,46 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Qwen3Guard safety checks for LLM applications.",
 )
-console = Console()
-err_console = Console(stderr=True)
+
+
+class _StdoutClosed(Exception):
+    """Standard output was closed under a write (EPIPE: the reader exited, ``| head -c0``)."""
+
+
+class _Console(Console):
+    """A rich console whose write to a closed stream never exits 1, the "blocked" code (rich's own handler
+    does: rt56f F7). On stdout it raises `_StdoutClosed`, which `reports_errors` makes exit 2; on stderr the
+    line is dropped, since a closed stderr must not change a verdict's exit code."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        if not self.stderr:
+            raise _StdoutClosed
+        _devnull_onto(sys.stderr)
+
+
+def _devnull_onto(stream: Any) -> None:
+    """Point ``stream``'s file descriptor at /dev/null: the flush at exit of what a closed pipe refused then
+    succeeds (else Python prints "Exception ignored ... BrokenPipeError" and exits 120)."""
+    try:
+        fd = stream.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation: an in-memory stream (tests)
+        return
+    try:
+        os.dup2(devnull, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(devnull)
+
+
+def _stdout_to_devnull() -> None:
+    _devnull_onto(sys.stdout)
+
+
+console = _Console()
+err_console = _Console(stderr=True)
 
 EXIT_ALLOWED, EXIT_BLOCKED, EXIT_ERROR = 0, 1, 2
 #: The metavar of a flag: none. typer 0.29 shows "<bool>" beside a flag, which reads as if it took a value
@@ -127,10 +173,37 @@ def fail(exc: BaseException | str, *, as_json: bool = False, kind: str | None = 
         traceback.print_exception(exc, file=sys.stderr)
     else:
         # escape(): messages carry install hints such as 'pip install -e ".[local]"' that rich would eat.
-        err_console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+        # printable(): and names from outside (a dataset's file name) whose ESC sequences would drive the
+        # operator's terminal (rt56f F9).
+        err_console.print(f"[red]error:[/red] {_line(message)}", soft_wrap=True)
     if as_json:
-        typer.echo(json.dumps({"error": {"type": kind, "message": message}}, ensure_ascii=False))
+        try:
+            typer.echo(json.dumps({"error": {"type": kind, "message": message}}, ensure_ascii=False))
+        except BrokenPipeError:
+            _stdout_to_devnull()  # still exit 2 (the error line is on stderr): click's handler would exit 1
     return typer.Exit(EXIT_ERROR)
+
+
+def _line(text: str) -> str:
+    """``text`` in one console line: control characters escaped, never read as rich markup."""
+    from .eval.data import printable
+
+    return escape(printable(text))
+
+
+def _stdout_closed() -> typer.Exit:
+    """Exit 2 for a standard output that was closed under a write: an error, not the 1 of "blocked"."""
+    _stdout_to_devnull()
+    err_console.print("[red]error:[/red] standard output is closed (broken pipe): nothing was written", soft_wrap=True)
+    return typer.Exit(EXIT_ERROR)
+
+
+def _echo(line: str) -> None:
+    """`typer.echo` to standard output, a closed one raising `_StdoutClosed` (click's own handler exits 1)."""
+    try:
+        typer.echo(line)
+    except BrokenPipeError:
+        raise _StdoutClosed from None
 
 
 def reports_errors(command: F) -> F:
@@ -144,6 +217,8 @@ def reports_errors(command: F) -> F:
         # raised here, typer.BadParameter, is reported like any other error: one line, exit 2).
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
+        except _StdoutClosed:
+            raise _stdout_closed() from None
         except Exception as exc:  # noqa: BLE001 - the contract: every error is exit 2, one line
             raise fail(exc, as_json=bool(kwargs.get("as_json"))) from None
 
@@ -173,7 +248,7 @@ def check(
 ) -> None:
     """Check a prompt (or a response to it). Exit 0 allowed, 1 blocked, 2 error."""
     from .backends.torch_runtime import disable_progress_bars
-    from .guard import Guard
+    from .guard import DEFAULT_MAX_CHARS, Guard
 
     if text == "-" and response == "-":
         raise typer.BadParameter(
@@ -181,11 +256,11 @@ def check(
             param_hint="--response",
         )
     if text == "-":
-        text = sys.stdin.read()
+        text = _read_stdin(DEFAULT_MAX_CHARS)
     else:
         _hint_if_file(text, "TEXT")
     if response == "-":
-        response = sys.stdin.read()
+        response = _read_stdin(DEFAULT_MAX_CHARS)
     elif response is not None:
         _hint_if_file(response, "--response")
     pol = _policy(policy)
@@ -193,9 +268,9 @@ def check(
     guard = Guard.from_pretrained(model, policy=pol, device=device)
     decision = guard.check_prompt(text) if response is None else guard.check_response(text, response)
     if decision.reason in ("guard_error", "timeout"):
-        err_console.print(f"[red]guard error:[/red] {escape(str(decision.error))}", soft_wrap=True)
+        err_console.print(f"[red]guard error:[/red] {_line(str(decision.error))}", soft_wrap=True)
     if as_json:
-        typer.echo(json.dumps(decision.to_dict(), ensure_ascii=False))
+        _echo(json.dumps(decision.to_dict(), ensure_ascii=False))
     elif decision.reason == "empty":
         console.print(f"[bold green]ALLOW[/bold green]  stage={decision.stage.value}  empty input: nothing to check")
     else:
@@ -215,6 +290,97 @@ def check(
     if decision.reason in ("guard_error", "timeout"):
         raise typer.Exit(EXIT_ERROR)
     raise typer.Exit(EXIT_ALLOWED if decision.allowed else EXIT_BLOCKED)
+
+
+class InputNotText(ValueError):
+    """Standard input is not text in its encoding (not UTF-8, or a broken UTF-16/32 after its byte-order mark)."""
+
+
+#: Bytes ``check -`` reads from standard input at a time.
+_STDIN_CHUNK = 1 << 16
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),  # before UTF-16's: FF FE 00 00 starts with FF FE
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def _read_stdin(max_chars: int) -> str:
+    """Standard input as the text to check (``check -``, ``--response -``).
+
+    Read in chunks and decoded as they come, never past ``max_chars`` characters: more is `InputTooLarge`
+    after at most 4 bytes a character and a chunk (``yes | qwenguard check -`` read until the OOM killer:
+    rt56f F5). UTF-8, strictly, a byte-order mark dropped; UTF-16 or UTF-32 with a byte-order mark (what
+    Windows PowerShell's ``>`` writes) decoded as such; any other bytes are `InputNotText` naming the byte, as
+    ``qwenguard eval`` names it (they were judged as mojibake, and allowed: rt56f F1)."""
+    stream = sys.stdin
+    if stream is None:  # started with stdin closed (`<&-`): Python sets sys.stdin to None
+        raise InputNotText("standard input is closed: nothing to read for '-'")
+    binary = getattr(stream, "buffer", None)
+    if binary is None:  # a text-only stream put in sys.stdin by an embedding: already decoded
+        text = stream.read(max_chars + 1)
+        if len(text) > max_chars:
+            raise _stdin_too_large(max_chars)
+        return str(text)
+    read = getattr(binary, "read1", binary.read)  # read1: what the pipe has, not a full chunk's wait
+    head = b""
+    while len(head) < 4 and (more := read(_STDIN_CHUNK)):
+        head += more
+    encoding = next((enc for bom, enc in _BOMS if head.startswith(bom)), "utf-8")
+    offset = 0  # stdin's bytes before `chunk`
+    if head.startswith(codecs.BOM_UTF8):
+        head, offset = head[len(codecs.BOM_UTF8) :], len(codecs.BOM_UTF8)
+    decoder = codecs.getincrementaldecoder(encoding)("strict")  # utf-16/32 read and drop their BOM
+    parts: list[str] = []
+    chars = lines = line_start = 0  # newlines before `chunk`, and where the last line began
+    chunk = head
+    while True:
+        pending = len(decoder.getstate()[0])  # an incomplete sequence held from the chunk before
+        try:
+            part = decoder.decode(chunk, final=not chunk)
+        except UnicodeDecodeError as exc:
+            raise _not_text(encoding, exc, chunk, offset, pending, lines, line_start) from None
+        chars += len(part)
+        if chars > max_chars:
+            raise _stdin_too_large(max_chars)
+        parts.append(part)
+        if not chunk:
+            return "".join(parts)
+        lines += chunk.count(b"\n")
+        if (nl := chunk.rfind(b"\n")) >= 0:
+            line_start = offset + nl + 1
+        offset += len(chunk)
+        chunk = read(_STDIN_CHUNK)
+
+
+def _stdin_too_large(max_chars: int) -> Exception:
+    from .errors import InputTooLarge
+
+    return InputTooLarge(
+        f"standard input: over max_chars={max_chars:,} characters (reading stopped there); split the text"
+    )
+
+
+def _not_text(
+    encoding: str, exc: UnicodeDecodeError, chunk: bytes, offset: int, pending: int, lines: int, line_start: int
+) -> InputNotText:
+    at = offset - pending + exc.start  # the bad byte's offset in stdin (exc.object: the held bytes + chunk)
+    byte = exc.object[exc.start]
+    if encoding != "utf-8":
+        return InputNotText(
+            f"standard input: not {encoding.upper()} after its byte-order mark ({exc.reason} at byte {at + 1}); "
+            "re-save the text as UTF-8"
+        )
+    # As `qwenguard eval` says it (core/eval/data.py): line, and the byte's column in it, 1-based.
+    before = chunk[: max(0, exc.start - pending)]
+    line = lines + before.count(b"\n") + 1
+    if (nl := before.rfind(b"\n")) >= 0:
+        line_start = offset + nl + 1
+    return InputNotText(
+        f"standard input line {line}: not UTF-8 (byte 0x{byte:02x} at column {at - line_start + 1}); "
+        "re-save the text as UTF-8"
+    )
 
 
 def _hint_if_file(value: str, where: str) -> None:
