@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import subprocess
+import threading
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -210,8 +211,22 @@ def test_another_policy_or_stage_reuses_the_runs_predictions(tmp_path, monkeypat
 
 
 # -- F17: aevaluate and the event loop --------------------------------------------------------------------------
-def test_aevaluate_keeps_the_event_loop_free_while_it_writes_the_plots(tmp_path):
+def test_aevaluate_keeps_the_event_loop_free_while_it_writes_the_plots(tmp_path, monkeypatch):
+    """The plots are drawn on a worker thread, never on the loop's (0.4-0.7 s of the loop when drawn on it). Asserted
+    by the thread each plot is drawn on: a bound on the loop's longest pause (0.2 s) failed in CI, where a loaded
+    machine and the worker thread's share of the GIL held the loop 2.7 s with the plots off it."""
+    from qwenguard.core.eval import plots
+
     guard = Guard.from_pretrained("demo")
+    drawn_on: list[threading.Thread] = []
+    for name in ("plot_confusion", "plot_threshold", "plot_categories"):
+        real = getattr(plots, name)
+
+        def spied(*args: Any, _real: Any = real, **kwargs: Any) -> Any:
+            drawn_on.append(threading.current_thread())
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(plots, name, spied)
 
     async def main() -> float:
         longest, stop = 0.0, asyncio.Event()
@@ -235,7 +250,8 @@ def test_aevaluate_keeps_the_event_loop_free_while_it_writes_the_plots(tmp_path)
     finally:
         guard.close()
     assert (tmp_path / "a" / "recall_by_category.png").is_file()
-    assert longest < 0.2, f"the loop was held {longest * 1000:.0f} ms"  # 0.4-0.7 s when drawn on the loop
+    assert len(drawn_on) == 3 and threading.main_thread() not in drawn_on, drawn_on  # the loop ran on the main thread
+    print(f"the loop's longest pause: {longest * 1000:.0f} ms")
 
 
 # -- F18: a retrained checkpoint --------------------------------------------------------------------------------
