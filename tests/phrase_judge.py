@@ -53,6 +53,12 @@ def phrase_guard(phrase: str, **options: Any) -> Guard:
     return guard
 
 
+def reads_from_now(guard: Guard) -> list[str]:
+    """What a `phrase_guard`'s model is asked to read from here on (the list fills as it reads)."""
+    guard.backend.engine.read.clear()
+    return guard.backend.engine.read
+
+
 @contextmanager
 def remote_phrase_guard(phrase: str, mode: str) -> Iterator[Guard]:
     """`Guard.remote` (``mode``: "chat" or "completion") on a scripted engine that answers by `answer`."""

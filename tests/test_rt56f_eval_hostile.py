@@ -158,13 +158,17 @@ def test_evaluate_from_a_notebook_never_writes_through_a_link(tmp_path):
     out.mkdir()
     victim = tmp_path / "victim.json"
     (out / "report.json").symlink_to(victim)
+    _evaluate_refuses_the_link(out)
+    assert not victim.exists()
+
+
+def _evaluate_refuses_the_link(out: Path) -> None:
     guard = Guard.from_pretrained("demo")
     try:
         with pytest.raises(QwenGuardError, match="symbolic link"):
             evaluate(guard, sample_path(), limit=3, out=out)
     finally:
         guard.close()
-    assert not victim.exists()
 
 
 @pytest.mark.parametrize("planted", ["a link to nothing", "a link to forged predictions"])
@@ -179,10 +183,5 @@ def test_evaluate_never_reads_or_appends_predictions_through_a_link(tmp_path, pl
         target.write_text('{"v": 1, "key": "x", "risk": "Safe"}\n', encoding="utf-8")
     before = target.read_bytes() if target.exists() else None
     (out / "predictions.jsonl").symlink_to(target)
-    guard = Guard.from_pretrained("demo")
-    try:
-        with pytest.raises(QwenGuardError, match="symbolic link"):
-            evaluate(guard, sample_path(), limit=3, out=out)
-    finally:
-        guard.close()
+    _evaluate_refuses_the_link(out)
     assert (target.read_bytes() if target.exists() else None) == before

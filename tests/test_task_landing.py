@@ -169,6 +169,24 @@ async def test_a_race_dropped_unclosed_leaves_no_unread_error():
     assert unread == []
 
 
+async def test_a_race_dropped_after_a_verdict_came_first_leaves_no_unread_error():
+    """The same, where the read was left in flight because a verdict came back first (the race returned, the consumer
+    took the judged text and went away)."""
+    async with unread_errors() as unread:
+        log: list[str] = []
+        release = asyncio.Event()
+        race: UpstreamRace[str] = UpstreamRace(slow_to_land(log, release))
+        assert await race.next() == (True, "a")
+        verdict = asyncio.get_running_loop().create_future()
+        verdict.set_result(None)
+        assert await race.next([verdict]) == (False, None)
+        release.set()
+        await until(log, "closed")
+        await asyncio.sleep(0)
+        del race
+    assert unread == []
+
+
 async def test_a_monitor_dropped_as_its_parallel_prompt_check_fails_leaves_no_unread_error():
     """rt56b F2: ``guard.astream(prompt, parallel_input=True)`` abandoned a few loop turns in, its oversized prompt's
     check already failed: the monitor cancelled a task that was done, nobody read its `InputTooLarge`, and asyncio

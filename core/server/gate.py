@@ -22,7 +22,7 @@ from .limits import LARGE_BODY_BYTES, LimitExceeded, Limits
 from .metrics import SERVED_PATHS, Metrics
 from .schemas import ApiError, ModerationRequest, error_json, validation_error_json
 from .service import REQUEST_DEADLINE, Service
-from .stream_protocol import CLOSE_UNAUTHORIZED, CLOSE_UNAVAILABLE, in_parse_turn
+from .stream_protocol import CLOSE_UNAUTHORIZED, CLOSE_UNAVAILABLE
 from .turns import ClientTurns, NoTurn, ParseTurns, QueueFull, client_address
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
@@ -455,7 +455,7 @@ class Gate:
 
     async def _read_large(self, route: BodyRoute, path: str, body: bytes, client: str) -> tuple[Any, Any]:
         """A large body, prechecked, parsed (`parse_json_body`) and worked on (the route's rendering and size
-        checks) in a thread (`in_parse_turn`), in one of `ParseTurns`' turns: one large body or stream frame at a time server-wide,
+        checks) in a thread (`ParseTurns.in_thread`), in one of `ParseTurns`' turns: one large body or stream frame at a time server-wide,
         the clients waiting taking turns. Each step holds the GIL for all of its run (1 MB of floats or nested
         lists padded under any key: 40-330 ms to parse; a tool call's 40,000 floats of arguments, 90 ms to render),
         so steps in several threads at once held the loop as long as steps on it; the loop runs between any two.
@@ -469,9 +469,9 @@ class Gate:
             return request, route.work(request)
 
         deadline = REQUEST_DEADLINE.get()
-        # A client that hangs up meanwhile returns at once; the thread keeps the turn until it ends (`in_parse_turn`).
-        return await in_parse_turn(
-            self.parsing, client, None if deadline is None else max(0.0, deadline - time.monotonic()), read
+        # A client that hangs up meanwhile returns at once; the thread keeps the turn until it ends (`ParseTurns.in_thread`).
+        return await self.parsing.in_thread(
+            client, None if deadline is None else max(0.0, deadline - time.monotonic()), read
         )
 
     async def _moderate_fast(

@@ -26,7 +26,7 @@ from ..verdict import Risk
 from .limits import LARGE_BODY_BYTES, LimitExceeded, Limits
 from .schemas import ApiError, Message
 from .service import Service, judged_within
-from .turns import NoTurn, ParseTurns, client_address
+from .turns import NoTurn, client_address
 
 T = TypeVar("T")
 
@@ -496,44 +496,11 @@ async def _receive(
         return read(raw)
     try:
         # Watched: a client that hangs up while its frame waits for a turn or is read ends the session at once.
-        work = in_parse_turn(service.parsing, client, service.request_timeout_s, read, raw)
+        work = service.parsing.in_thread(client, service.request_timeout_s, read, raw)
         result: T = await inbox.work(work, (None, ""))
         return result
     except NoTurn:
         raise SessionEnd(CLOSE_UNAVAILABLE, "server busy: too many large frames waiting", "overloaded") from None
-
-
-#: Parses whose caller left while their thread ran: each holds its parse turn until its thread ends.
-_PARSES_LEFT: set[asyncio.Future[Any]] = set()
-
-
-async def in_parse_turn(turns: ParseTurns, client: str, timeout: float | None, read: Callable[..., T], *args: Any) -> T:
-    """``read(*args)`` in a thread, in one of ``turns``' turns (`ParseTurns`; `TurnTimeout` when none came within
-    ``timeout``). Cancelled while it waits (the client hung up), it leaves the line; cancelled while its thread
-    runs, it returns at once, and the thread, which cannot be stopped, keeps the turn until it ends: two large
-    parses never run at once, whoever left."""
-    started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    async def in_turn() -> T:
-        async with turns.turn(client, timeout):
-            started.set_result(None)
-            return await asyncio.to_thread(read, *args)
-
-    task = asyncio.ensure_future(in_turn())
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        if not started.done():
-            task.cancel()  # still waiting: a turn handed over at this moment is passed on (`ClientTurns`)
-        _PARSES_LEFT.add(task)
-        task.add_done_callback(_parse_left)
-        raise
-
-
-def _parse_left(task: asyncio.Future[Any]) -> None:
-    _PARSES_LEFT.discard(task)
-    if not task.cancelled():
-        task.exception()  # retrieved: a parse error of a client that left is nobody's to report
 
 
 def _opened(service: Service, raw: str) -> tuple[Any, Any, dict[str, Any]]:

@@ -17,8 +17,12 @@ import asyncio
 import contextlib
 import ipaddress
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, TypeVar
+
+from ..streaming.task_ends import mark_read
+
+T = TypeVar("T")
 
 
 class NoTurn(Exception):
@@ -128,6 +132,33 @@ class ParseTurns:
         """Hold the turn for the block; `TurnTimeout` when the client's own line gave none within ``timeout``."""
         async with self._lines.turn(client, timeout), self._one:
             yield
+
+    async def in_thread(self, client: str, timeout: float | None, read: Callable[..., T], *args: Any) -> T:
+        """``read(*args)`` in a thread, in a turn (`TurnTimeout` when none came within ``timeout``). Cancelled while
+        it waits (the client hung up), it leaves the line; cancelled while its thread runs, it returns at once, and
+        the thread, which cannot be stopped, keeps the turn until it ends: two large parses never run at once,
+        whoever left."""
+        started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def in_turn() -> T:
+            async with self.turn(client, timeout):
+                started.set_result(None)
+                return await asyncio.to_thread(read, *args)
+
+        task = asyncio.ensure_future(in_turn())
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not started.done():
+                task.cancel()  # still waiting: a turn handed over at this moment is passed on (`ClientTurns`)
+            _LEFT.add(task)  # kept referenced until its thread ends
+            task.add_done_callback(_LEFT.discard)
+            task.add_done_callback(mark_read)  # a parse error of a client that left is nobody's to report
+            raise
+
+
+#: Parses whose caller left while their thread ran (`ParseTurns.in_thread`).
+_LEFT: set[asyncio.Future[Any]] = set()
 
 
 def client_address(scope: Mapping[str, Any]) -> str:

@@ -24,7 +24,7 @@ from ..formats.content import _BLANKS as BLANKS
 from ..formats.content import BidiState, read_as_displayed
 from ..formats.content import _classes as content_classes
 from ..formats.conversations import least_contexts
-from ..formats.rendered import ATTRIBUTE_NAME, CHAR_REFERENCE, EQUALS, UNQUOTED, _edits
+from ..formats.rendered import ATTRIBUTE_NAME, CHAR_REFERENCE, EQUALS, UNQUOTED, _edits, may_render_differently
 from ..verdict import Risk, Stage, Verdict, worst
 from .task_ends import mark_read
 
@@ -257,9 +257,6 @@ _SPACES_AT = re.compile(r"\s*")
 _DESTINATION = re.compile(r"(?:[^()\s]|\([^()\s]*\))*")
 _DESTINATION_OPEN = re.compile(r"\([^()\s]*")
 _POINTY_OPEN = re.compile(r"[^<>\n]*")
-# Decoded characters a context keeps written: decoded, they would read as markup the next time it is read
-# ("&amp;#77;" is "&#77;" shown, not "M"; "&lt;b&gt;" is "<b>" shown, not a tag dropped).
-_MARKUP_CHARS = frozenset("&<\\`*_~[")
 _HINT_CHARS = "&<[*~_`\\"  # `rendered.may_render_differently`'s, looked for from an offset
 
 
@@ -398,7 +395,8 @@ def _markup(
     text starts (`_pending_at`, -1 when none).
 
     ``decide`` False (a context, read again as the next window's text): a construct that shows a character of
-    markup (`_MARKUP_CHARS`: "&amp;#77;", "\\*", a code span "`<b>`") stays written. A reference showing
+    markup (`rendered.may_render_differently`: "&amp;#77;", "\\*", a code span "`<b>`") stays written: decoded, it
+    would read as markup the next time it is read ("&amp;#77;" is "&#77;" shown, not "M"). A reference showing
     whitespace shows a space."""
     if edits is None:
         edits = _edits(text)
@@ -406,7 +404,7 @@ def _markup(
     for a, b, shown, kind in edits:
         if kind == "ref" and shown.isspace():
             shown = " "
-        if shown == text[a:b] or (not decide and not _MARKUP_CHARS.isdisjoint(shown)):
+        if shown == text[a:b] or (not decide and may_render_differently(shown)):
             continue
         kept.append((a, b, shown))
     return kept, _pending_at(text, edits)

@@ -84,12 +84,17 @@ class UpstreamRace(Generic[T]):
         is started once and kept: cancelling this call (or a waiter winning) does not cancel it."""
         if self._read is None:
             self._read = asyncio.ensure_future(self._iterator.__anext__())
-            # A consumer that goes away (its task cancelled, the stream never closed) leaves the read's error unread.
-            self._read.add_done_callback(mark_read)
         read = self._read
         if not read.done():
-            await asyncio.wait({read, *waiters}, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                await asyncio.wait({read, *waiters}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                # Left in flight: a consumer that goes away (the stream never closed) would leave its error unread.
+                # Marked only here, not on every chunk's read: a read taken below has its outcome read.
+                read.add_done_callback(mark_read)
+                raise
             if not read.done():
+                read.add_done_callback(mark_read)  # left in flight too: a verdict came first
                 return False, None
         self._read = None
         return True, read.result()

@@ -26,15 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import secrets
 import threading
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, BaseMessageChunk
 from langchain_core.messages.ai import add_ai_message_chunks
@@ -75,7 +74,6 @@ __all__ = [
     "monitor_options",
     "chunk_text",
     "as_message",
-    "TransformerFirst",
 ]
 
 #: How `HeldBackChatModel` (``_held_model.py``) names its ``_llm_type``: what a callback sees of its run.
@@ -485,59 +483,6 @@ def as_message(value: BaseMessage) -> BaseMessage:
             else message
         )
     return value
-
-
-class TransformerFirst:
-    """Closes a sync LangChain transformer's generators before LangChain's close path reads their input again.
-
-    Closed mid-stream, ``Runnable._transform_stream_with_config`` catches `GeneratorExit` and drains the other half
-    of its input's tee on the consumer's thread, and only then lets its transformer's generator go (closed later,
-    by the garbage collector). A held stream reads that same input ahead on a thread of its own while the consumer
-    holds a released chunk (`UpstreamReader`): the two would read one tee at once ("cannot re-enter the tee
-    iterator", reported as a chain error: rt56d F3). Wrapped with this, the stream closes its transformer's
-    generators first: a held stream stops its reader, waiting up to `CLOSE_GRACE_S` for the read in flight.
-
-    >>> first = TransformerFirst(self._transform)                                 # doctest: +SKIP
-    >>> yield from first.stream(self._transform_stream_with_config(input, first.transformer, config))  # doctest: +SKIP
-    """
-
-    def __init__(self, transformer: Callable[..., Iterator[Any]]) -> None:
-        self._transformer = transformer
-        self._opened: list[tuple[contextvars.Context, Iterator[Any]]] = []
-
-    def transformer(self, inputs: Iterator[Any], run_manager: Any, config: Any, **kwargs: Any) -> Iterator[Any]:
-        """The wrapped transformer (LangChain passes ``run_manager`` and ``config`` by these names)."""
-        generator = self._transformer(inputs, run_manager, config, **kwargs)
-        # Closed in the context LangChain runs it in (its config's), as its own close would be.
-        self._opened.append((contextvars.copy_context(), generator))
-        return generator
-
-    def stream(self, outer: Iterator[Any]) -> Iterator[Any]:
-        """``yield from outer`` (LangChain's generator), closing the transformer's generators before ``outer`` when
-        the consumer closes."""
-        outer = cast(Generator[Any, Any, Any], outer)
-        try:
-            chunk = next(outer)
-            while True:
-                try:
-                    yield chunk
-                except GeneratorExit:
-                    self._close()
-                    outer.close()
-                    raise
-                except BaseException as exc:  # thrown in by the consumer: ``outer``'s to handle, as ``yield from``
-                    chunk = outer.throw(exc)
-                else:
-                    chunk = next(outer)
-        except StopIteration:
-            return
-
-    def _close(self) -> None:
-        opened, self._opened = self._opened, []
-        for context, generator in opened:
-            close = getattr(generator, "close", None)
-            if close is not None:
-                context.run(close)
 
 
 class HeldStream:

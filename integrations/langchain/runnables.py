@@ -27,8 +27,9 @@ Every path exists sync and async: ``invoke``/``ainvoke``, ``stream``/``astream``
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+import contextvars
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
+from typing import Any, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
 from langchain_core.documents import Document
@@ -41,7 +42,7 @@ from qwenguard.core import Guard, Stage
 from qwenguard.core.formats.conversations import prompt_conversation, untrusted_conversation
 from qwenguard.core.streaming.parallel import PendingCheck
 
-from ._holding import HeldStream, TransformerFirst, monitor_options
+from ._holding import HeldStream, monitor_options
 from ._input_beside import (
     aafter_verdict,
     aanswer_beside,
@@ -432,8 +433,8 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
             yield chunk
 
     def transform(self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
-        # Its held stream is closed before LangChain's close path drains the input it reads ahead (``TransformerFirst``).
-        first = TransformerFirst(self._transform)
+        # Its held stream is closed before LangChain's close path drains the input it reads ahead (``_TransformerFirst``).
+        first = _TransformerFirst(self._transform)
         yield from first.stream(self._transform_stream_with_config(input, first.transformer, config, **kwargs))
 
     def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
@@ -502,3 +503,56 @@ def guard_output(
         window_chars=window_chars,
         min_chars=min_chars,
     )
+
+
+class _TransformerFirst:
+    """Closes a sync LangChain transformer's generators before LangChain's close path reads their input again.
+
+    Closed mid-stream, ``Runnable._transform_stream_with_config`` catches `GeneratorExit` and drains the other half
+    of its input's tee on the consumer's thread, and only then lets its transformer's generator go (closed later,
+    by the garbage collector). A held stream reads that same input ahead on a thread of its own while the consumer
+    holds a released chunk (`UpstreamReader`): the two would read one tee at once ("cannot re-enter the tee
+    iterator", reported as a chain error: rt56d F3). Wrapped with this, the stream closes its transformer's
+    generators first: a held stream stops its reader, waiting up to `CLOSE_GRACE_S` for the read in flight.
+
+    >>> first = _TransformerFirst(self._transform)                                 # doctest: +SKIP
+    >>> yield from first.stream(self._transform_stream_with_config(input, first.transformer, config))  # doctest: +SKIP
+    """
+
+    def __init__(self, transformer: Callable[..., Iterator[Any]]) -> None:
+        self._transformer = transformer
+        self._opened: list[tuple[contextvars.Context, Iterator[Any]]] = []
+
+    def transformer(self, inputs: Iterator[Any], run_manager: Any, config: Any, **kwargs: Any) -> Iterator[Any]:
+        """The wrapped transformer (LangChain passes ``run_manager`` and ``config`` by these names)."""
+        generator = self._transformer(inputs, run_manager, config, **kwargs)
+        # Closed in the context LangChain runs it in (its config's), as its own close would be.
+        self._opened.append((contextvars.copy_context(), generator))
+        return generator
+
+    def stream(self, outer: Iterator[Any]) -> Iterator[Any]:
+        """``yield from outer`` (LangChain's generator), closing the transformer's generators before ``outer`` when
+        the consumer closes."""
+        outer = cast(Generator[Any, Any, Any], outer)
+        try:
+            chunk = next(outer)
+            while True:
+                try:
+                    yield chunk
+                except GeneratorExit:
+                    self._close()
+                    outer.close()
+                    raise
+                except BaseException as exc:  # thrown in by the consumer: ``outer``'s to handle, as ``yield from``
+                    chunk = outer.throw(exc)
+                else:
+                    chunk = next(outer)
+        except StopIteration:
+            return
+
+    def _close(self) -> None:
+        opened, self._opened = self._opened, []
+        for context, generator in opened:
+            close = getattr(generator, "close", None)
+            if close is not None:
+                context.run(close)

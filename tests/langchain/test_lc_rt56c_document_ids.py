@@ -20,7 +20,7 @@ import pytest
 from faults import ScriptedBackend
 from langchain_core.documents import Document
 from lc_fakes import store_of
-from phrase_judge import phrase_guard
+from phrase_judge import phrase_guard, reads_from_now
 from qwenguard.core import Guard, GuardViolation, Policy
 from qwenguard.integrations.langchain import GuardCallbackHandler, GuardDocumentCompressor, GuardedRetriever
 
@@ -40,8 +40,7 @@ def judge() -> Any:
 @pytest.fixture()
 def read(judge: Guard) -> list[str]:
     """What the judge is asked to read from here on."""
-    judge.backend.engine.read.clear()
-    return judge.backend.engine.read
+    return reads_from_now(judge)
 
 
 OPAQUE = {

@@ -22,7 +22,7 @@ from llama_index.core import Document, SummaryIndex
 from llama_index.core.llms.mock import MockLLM
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import IndexNode, NodeRelationship, NodeWithScore, RelatedNodeInfo, TextNode
-from phrase_judge import phrase_guard
+from phrase_judge import phrase_guard, reads_from_now
 from qwenguard.core import Guard, Policy
 from qwenguard.integrations.llamaindex import GuardedRetriever, GuardNodePostprocessor, GuardTransform
 from qwenguard.integrations.llamaindex.postprocessor import DECISION_METADATA_KEY
@@ -43,8 +43,7 @@ def judge() -> Guard:
 @pytest.fixture()
 def read(judge: Guard) -> list:
     """What the judge is asked to read from here on."""
-    judge.backend.engine.read.clear()
-    return judge.backend.engine.read
+    return reads_from_now(judge)
 
 
 def _split_without_metadata() -> TextNode:
