@@ -11,6 +11,7 @@ bomb.
 from __future__ import annotations
 
 import engines
+import httpx
 import pytest
 from phrase_judge import answer
 from qwenguard.core import Guard
@@ -54,3 +55,26 @@ def test_a_remote_check_on_an_engine_shows_it_too(mode):
     assert (decision.allowed, decision.reason) == (False, "unsafe")
     if mode == "chat":
         assert max(shown) == len(CONVERSATION)  # one request showed every turn, as the local window does
+
+
+def test_a_remote_check_on_a_server_with_a_lower_message_cap_is_answered_not_refused():
+    """`qwenguard serve --max-messages 64` publishes its cap at /models, and `Guard.remote` shows it at most that
+    many turns: the client assumed 256 and every check of a longer conversation was refused (413, `InputTooLarge`)."""
+    from live_server import serving
+    from test_rt56a_planner_readings import phrase_guard
+
+    served = phrase_guard(PHRASE)
+    try:
+        with serving(served, max_messages=64) as base:
+            listed = httpx.get(base + "/v1/models").json()["data"][0]
+            assert listed["max_messages"] == 64
+            remote = Guard.remote(base + "/v1", model=served.backend.name, backoff_s=0.01, cache_size=0)
+            try:
+                decision = remote.check(CONVERSATION, "prompt")
+                safe = remote.check(CONVERSATION[2:], "prompt")
+            finally:
+                remote.close()
+    finally:
+        served.close()
+    # 64 turns reach back to the run of "ok"s only: the request 150 exchanges back is not shown (the cap's price)
+    assert (decision.allowed, safe.allowed) == (True, True)

@@ -385,6 +385,15 @@ def _load_encoder(tokenizer: Any) -> Any:
     return ConversationEncoder(tokenizer)
 
 
+def _message_cap_of(entry: dict[str, Any]) -> int:
+    """The turns one request to `qwenguard serve` may hold: the ``max_messages`` its ``/models`` entry
+    publishes (its --max-messages), else the default it starts with (a server older than the field)."""
+    value = entry.get("max_messages")
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return MAX_REQUEST_MESSAGES
+
+
 class OpenAIGen:
     """Remote Qwen3Guard-Gen over the OpenAI API (chat or completion mode).
 
@@ -1298,7 +1307,7 @@ class OpenAIGen:
             entry = next((e for e in entries if e.get("id") == self.model), entries[0] if len(entries) == 1 else {})
             value = entry.get("max_model_len")
             self._windowing_server = entry.get("owned_by") == "qwenguard"
-            self._message_cap = MAX_REQUEST_MESSAGES if self._windowing_server or not entry else None
+            self._message_cap = _message_cap_of(entry) if self._windowing_server or not entry else None
         except (TypeError, AttributeError):
             return 0
         return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

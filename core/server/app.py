@@ -129,6 +129,9 @@ def create_app(
     served: dict[str, Any] = {"id": name, "object": "model", "created": created, "owned_by": "qwenguard"}
     if isinstance(context, int) and not isinstance(context, bool) and context > 0:
         served["max_model_len"] = context
+    # The turns one request may hold (--max-messages): a `Guard.remote` client caps the context turns it shows
+    # to this, instead of assuming the default and being refused (413) by a server run with a lower one.
+    served["max_messages"] = limits.max_messages
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
