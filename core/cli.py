@@ -24,6 +24,7 @@ from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_SIZE
+from .guard import DEFAULT_MAX_CHARS
 from .policy import Policy
 
 #: click's UsageError, what Typer reports as a usage error (exit 2): the base of typer.BadParameter, found by
@@ -245,10 +246,16 @@ def check(
     policy: str = typer.Option("strict", "--policy", help="strict (controversial blocks) or loose."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object.", metavar=FLAG),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps."),
+    max_chars: int = typer.Option(
+        DEFAULT_MAX_CHARS,
+        "--max-chars",
+        min=1,
+        help="Refuse (exit 2) a text or standard input longer than this many characters.",
+    ),
 ) -> None:
     """Check a prompt (or a response to it). Exit 0 allowed, 1 blocked, 2 error."""
     from .backends.torch_runtime import disable_progress_bars
-    from .guard import DEFAULT_MAX_CHARS, Guard
+    from .guard import Guard
 
     if text == "-" and response == "-":
         raise typer.BadParameter(
@@ -256,16 +263,16 @@ def check(
             param_hint="--response",
         )
     if text == "-":
-        text = _read_stdin(DEFAULT_MAX_CHARS)
+        text = _read_stdin(max_chars)
     else:
         _hint_if_file(text, "TEXT")
     if response == "-":
-        response = _read_stdin(DEFAULT_MAX_CHARS)
+        response = _read_stdin(max_chars)
     elif response is not None:
         _hint_if_file(response, "--response")
     pol = _policy(policy)
     disable_progress_bars()
-    guard = Guard.from_pretrained(model, policy=pol, device=device)
+    guard = Guard.from_pretrained(model, policy=pol, device=device, max_chars=max_chars)
     decision = guard.check_prompt(text) if response is None else guard.check_response(text, response)
     if decision.reason in ("guard_error", "timeout"):
         err_console.print(f"[red]guard error:[/red] {_line(str(decision.error))}", soft_wrap=True)
@@ -341,6 +348,8 @@ def _read_stdin(max_chars: int) -> str:
             part = decoder.decode(chunk, final=not chunk)
         except UnicodeDecodeError as exc:
             raise _not_text(encoding, exc, chunk, offset, pending, lines, line_start) from None
+        if encoding == "utf-8" and (nul := chunk.find(b"\x00")) >= 0:
+            raise _nul_in(offset + nul)
         chars += len(part)
         if chars > max_chars:
             raise _stdin_too_large(max_chars)
@@ -352,6 +361,14 @@ def _read_stdin(max_chars: int) -> str:
             line_start = offset + nl + 1
         offset += len(chunk)
         chunk = read(_STDIN_CHUNK)
+
+
+def _nul_in(at: int) -> InputNotText:
+    # Valid UTF-8, but no text holds NUL: UTF-16 without a byte-order mark reads as every other byte NUL
+    # ("H\0e\0..."), which a judge sees as noise and allows (rt56f's note).
+    return InputNotText(
+        f"standard input: a NUL byte at byte {at + 1} (UTF-16 without a byte-order mark?); re-save the text as UTF-8"
+    )
 
 
 def _stdin_too_large(max_chars: int) -> Exception:

@@ -107,6 +107,27 @@ def test_stdin_that_is_not_utf8_is_one_error_line_naming_the_byte():
     assert p.returncode == 2 and b"not UTF-16" in p.stderr, p.stderr
 
 
+def test_utf16_without_a_byte_order_mark_is_refused_not_judged_as_noise():
+    # Valid UTF-8 full of NULs ("M\0i\0x\0..."): the demo read it as noise and allowed it (exit 0).
+    for body in (UNSAFE.encode("utf-16-le"), UNSAFE.encode("utf-16-be")):
+        result = CliRunner().invoke(cli.app, ["check", "-", "--json"], input=body)
+        assert result.exit_code == 2, (body[:4], result.stdout, result.stderr)
+        assert json.loads(result.stdout)["error"]["type"] == "InputNotText"
+        assert "NUL byte" in result.stderr and "UTF-16" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("where", ["argument", "stdin", "response"])
+def test_max_chars_bounds_what_check_reads_and_judges(where):
+    # An operator's own bound (before: DEFAULT_MAX_CHARS, one million characters, whatever they needed).
+    text = "What is the capital of France? " * 4  # 124 characters
+    args = {"argument": [text], "stdin": ["-"], "response": ["Hi", "--response", "-"]}[where]
+    stdin = None if where == "argument" else text.encode()
+    small = CliRunner().invoke(cli.app, ["check", *args, "--max-chars", "100", "--json"], input=stdin)
+    assert small.exit_code == 2 and json.loads(small.stdout)["error"]["type"] == "InputTooLarge", small.stdout
+    fits = CliRunner().invoke(cli.app, ["check", *args, "--max-chars", "200", "--json"], input=stdin)
+    assert fits.exit_code == 0, (fits.stdout, fits.stderr)
+
+
 def test_bad_byte_past_the_first_chunk_is_located():
     body = b"a" * 100 + b"\n" + b"b" * 70_000 + b"\xff"
     result = CliRunner().invoke(cli.app, ["check", "-"], input=body)
