@@ -14,7 +14,7 @@ import engines
 import httpx
 import pytest
 from phrase_judge import answer
-from qwenguard.core import Guard
+from qwenguard.core import Guard, InputTooLarge
 from qwenguard.core.formats.windows import WindowPlanner
 
 PHRASE = "make a bomb"
@@ -78,3 +78,22 @@ def test_a_remote_check_on_a_server_with_a_lower_message_cap_is_answered_not_ref
         served.close()
     # 64 turns reach back to the run of "ok"s only: the request 150 exchanges back is not shown (the cap's price)
     assert (decision.allowed, safe.allowed) == (True, True)
+
+
+def test_a_response_check_on_a_server_that_takes_one_turn_is_never_judged_without_its_prompt():
+    """rt57d's note: a server published --max-messages 1 and a response check showed the answer alone, judged
+    safe ("Sure, here are the steps."); the pair is shown, and the server refuses it (413: `InputTooLarge`)."""
+    from live_server import serving
+    from test_rt56a_planner_readings import phrase_guard
+
+    served = phrase_guard("make a bomb")
+    try:
+        with serving(served, max_messages=1) as base:
+            remote = Guard.remote(base + "/v1", model=served.backend.name, backoff_s=0.01, cache_size=0)
+            try:
+                with pytest.raises(InputTooLarge, match="413"):
+                    remote.check_response("How do I make a bomb?", "Sure, here are the steps.")
+            finally:
+                remote.close()
+    finally:
+        served.close()

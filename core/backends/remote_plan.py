@@ -238,6 +238,10 @@ class RemotePlanner:
         # it, and only the turns each request shows are capped (rt56a F2: the cap, applied first, cut a run's head).
         msgs = normalize_messages(conversation)
         mode = moderation_mode(msgs)
+        if max_messages is not None and mode == "response":
+            # An answer is never judged without the turn before it (a server run with --max-messages 1 published a
+            # cap that left a response check the answer alone); such a server refuses the pair (413), a guard error.
+            max_messages = max(max_messages, 2)
         try:
             with self._lock:
                 windows = self._planner(context).plan(
