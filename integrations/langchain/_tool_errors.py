@@ -1,5 +1,7 @@
 """A failed tool's error as the LangChain callback reads it: what a ``ToolNode`` writes from it, what a
 ``handle_tool_errors`` callable may write from what it carries, and the messages a run writes for failed calls.
+Also what LangGraph's control flow carries out of a tool past its caller (`bubbled_command`, `interrupt_values`):
+not an error, but written to a graph's state or handed to the run's caller all the same.
 
 Bounded everywhere: exceptions are walked breadth first without recursion (`_MAX_ERRORS`), parts of each
 (`_MAX_PARTS`), characters (a budget); nothing is read through a property, and whatever fails to read is left out.
@@ -19,10 +21,13 @@ from qwenguard.core import QwenGuardError
 __all__ = [
     "MAX_ERROR_CHARS",
     "TOOL_NODE_HINT",
+    "bubbled_command",
     "control_flow",
     "digest",
     "error_text",
     "error_texts",
+    "interrupt_text",
+    "interrupt_values",
     "written_messages",
 ]
 
@@ -161,3 +166,61 @@ def control_flow(error: BaseException) -> bool:
     if not isinstance(error, Exception) or isinstance(error, QwenGuardError):
         return True
     return any(cls.__name__ == "GraphBubbleUp" for cls in type(error).__mro__)
+
+
+def _is(error: BaseException, name: str) -> bool:
+    """Is ``error`` LangGraph's exception class ``name``, or a subclass (duck-typed: no langgraph import here)?"""
+    return any(cls.__name__ == name for cls in type(error).__mro__)
+
+
+def bubbled_command(error: BaseException) -> Any | None:
+    """The ``Command`` a LangGraph ``ParentCommand`` carries out of a tool to a graph above it: a sub-agent the tool
+    ran handed back with ``Command(graph=Command.PARENT, update=...)``, and LangGraph writes its ``update`` (messages
+    too) to that graph's state. ``None`` for any other exception."""
+    if not _is(error, "ParentCommand"):
+        return None
+    args = error.args
+    command = args[0] if len(args) == 1 else None
+    return command if hasattr(command, "update") and hasattr(command, "goto") else None
+
+
+def interrupt_values(error: BaseException) -> list[Any] | None:
+    """The values of the interrupts a LangGraph ``GraphInterrupt`` carries out of a tool to the run's caller
+    (``result["__interrupt__"]``, the ``"updates"`` stream): ``interrupt()`` in the tool, or in a sub-agent it runs
+    (``HumanInTheLoopMiddleware``'s review request quotes its model's tool call). ``None`` for any other exception."""
+    if not _is(error, "GraphInterrupt"):
+        return None
+    args = error.args
+    interrupts = args[0] if args else ()
+    if not isinstance(interrupts, (list, tuple)):
+        return None
+    return [getattr(i, "value", i) for i in interrupts]
+
+
+def interrupt_text(values: list[Any], budget: int) -> tuple[str, bool]:
+    """What the interrupts' values say (`interrupt_values`), one text a line, and whether all of it was read within
+    ``budget`` characters: the strings in them, through mappings (keys too) and lists, and the repr of any other
+    object (a message, a model the application shows as it is); numbers, booleans and ``None`` are not text. Walked
+    without recursion and only until past ``budget`` (every item counts at least one): a payload not read whole is
+    not judged whole, and the caller blocks it (size alone never gets text through unjudged)."""
+    texts: list[str] = []
+    total, stack = 0, list(reversed(values))
+    while stack and total <= budget:
+        item = stack.pop()
+        total += 1
+        if isinstance(item, (bytes, bytearray)):
+            item = bytes(item).decode("utf-8", "replace")
+        if isinstance(item, str):
+            texts.append(item)
+            total += len(item)
+        elif isinstance(item, Mapping):
+            pairs = islice(item.items(), budget - total + 1)
+            stack.extend(reversed([x for pair in pairs for x in pair]))
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(reversed(list(islice(item, budget - total + 1))))
+        elif item is not None and not isinstance(item, (bool, int, float)):
+            try:
+                stack.append(repr(item))
+            except Exception:  # noqa: BLE001 - a broken repr: nothing the caller can show either
+                continue
+    return "\n".join(t for t in texts if t), not stack and total <= budget

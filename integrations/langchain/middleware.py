@@ -10,14 +10,17 @@ Where it looks (every step is one batched guard call):
   and judged as it streams, see below) and every tool call it asks for (``Tool call: name({...})`` as
   the assistant's action). Before any ``after_model`` hook sees it: hooks run in the reverse order of
   the list, so another middleware's (``HumanInTheLoopMiddleware``'s review, a logger) would otherwise
-  come first. A blocked answer never reaches the state, nor its structured response.
+  come first. A blocked answer never reaches the state, nor its structured response. What a middleware
+  inside this one writes beside the answer (another message of the response, a ``Command`` returned in an
+  ``ExtendedModelResponse``) is judged there too, as untrusted text.
 - ``after_model``: the same again for an answer that did not come through this middleware's model
   call (a middleware listed before it answered from a cache), or that a middleware listed before it rewrote
   after the call (its text is judged again unless it still says what the call judged: by fingerprint, not
   by id); verdicts already given are cached.
 - ``wrap_tool_call``: the tool call again right before ``handler`` (the last line of defence; the
   verdict is cached), and the tool's result right after it: every message it writes to the state
-  (`tool_result_messages`), its artifact too. The tool runs out of sight of the run's callbacks, which hear
+  (`tool_result_messages`), its artifact too, a sub-agent's handoff raised out of the tool
+  (``Command(graph=Command.PARENT)``) too, and the text of an interrupt it raises to the run's caller. The tool runs out of sight of the run's callbacks, which hear
   its end with the judged result, and of the parent's stream: a sub-agent it runs streams to no one and is
   saved in the thread only where it must be resumed (`_held_tool.py`).
 
@@ -108,7 +111,7 @@ from ._messages import (
 )
 from ._screening import METADATA_KEY, ascreen, blocked_pairs, built_off_loop, require_guard, screen
 from ._stopped_calls import StoppedCalls
-from ._tool_errors import control_flow, error_texts
+from ._tool_errors import bubbled_command, control_flow, error_texts, interrupt_text, interrupt_values
 
 __all__ = [
     "GuardMiddleware",
@@ -265,6 +268,46 @@ def _answers_of(response: Any) -> list[AIMessage]:
     if not isinstance(response, ModelResponse):
         return []
     return [m for m in response.result if isinstance(m, AIMessage) and not _screened(m)]
+
+
+def _structured_notes(request: Any, response: ModelResponse) -> set[int]:
+    """The tool messages (by identity) ``create_agent``'s model node wrote in ``response`` for a ``ToolStrategy``
+    answer: each answers a structured-output call of an answer in it and says what the node writes, the strategy's
+    ``tool_message_content`` or "Returning structured response: " and the parsed response of that (judged) call."""
+    names = strategy_tools(getattr(request, "response_format", None))
+    if not names:
+        return set()
+    calls = {
+        c.get("id") for m in response.result if isinstance(m, AIMessage) for c in m.tool_calls if c["name"] in names
+    }
+    said = {f"Returning structured response: {response.structured_response}"}
+    own = getattr(request.response_format, "tool_message_content", None)
+    if isinstance(own, str):
+        said.add(own)
+    return {
+        id(m)
+        for m in response.result
+        if isinstance(m, ToolMessage) and m.tool_call_id in calls and isinstance(m.content, str) and m.content in said
+    }
+
+
+def _inner_commands(handler: Any) -> list[Any] | None:
+    """The Commands middleware inside this one returned beside the answer (``ExtendedModelResponse``), where
+    ``handler`` is LangChain's composed inner handler: they are kept in the list it closes over
+    (``accumulated_commands`` in ``langchain.agents.factory``'s ``compose_two``, private: read by name, and
+    tests/langchain/test_lc_rt57b_control_flow.py fails if it moves), filled by the time ``handler`` returns and read
+    after this middleware returns. ``None`` where the handler is not such a closure (nothing is inside this one)."""
+    code, cells = getattr(handler, "__code__", None), getattr(handler, "__closure__", None)
+    if code is None or not cells:
+        return None
+    for name, cell in zip(code.co_freevars, cells):
+        if name == "accumulated_commands":
+            try:
+                found = cell.cell_contents
+            except ValueError:  # an empty cell
+                return None
+            return found if isinstance(found, list) else None
+    return None
 
 
 def _written_by_tool(message: BaseMessage) -> bool:
@@ -731,13 +774,22 @@ class GuardMiddleware(AgentMiddleware):
     # "error", GuardViolation is raised); the error itself goes nowhere.
     def _error_item(self, request: Any, error: BaseException) -> Item | None:
         """A failed tool's error as its result (`error_texts`: all it carries, within the guard's ``max_chars``),
-        or ``None`` where it is not judged. Read once: an exception whose text changes between reads is judged as
+        or ``None`` where it is not judged. An interrupt raised out of the tool (``interrupt()`` in it, or in a
+        sub-agent it runs: a review request quoting that sub-agent's tool call) goes to the run's caller: its text
+        (`interrupt_text`) is judged the same way, and a blocked one is the guard's notice instead. Read once: an exception whose text changes between reads is judged as
         first read. ``extra["whole"]``: whether all of it fit (a page in its cause past the limit was left out,
         and the error went on with it: rt50f F7)."""
-        if not self.check_tool_results or control_flow(error):
+        if not self.check_tool_results:
             return None
-        left_out: list[str] = []
-        text = "\n".join(error_texts(error, self.guard.max_chars, left_out=left_out))
+        interrupts = interrupt_values(error)
+        if interrupts is not None:  # handed to the run's caller: judged as the tool's output (rt57b F4)
+            text, whole = interrupt_text(interrupts, self.guard.max_chars)
+            left_out = [] if whole else [""]
+        elif control_flow(error):
+            return None
+        else:
+            left_out = []
+            text = "\n".join(error_texts(error, self.guard.max_chars, left_out=left_out))
         if not text.strip() and not left_out:
             return None
         call = request.tool_call
@@ -766,7 +818,7 @@ class GuardMiddleware(AgentMiddleware):
             return self._too_large_error()
 
     def _too_large_error(self) -> Decision:
-        why = f"the tool's error carries more than max_chars={self.guard.max_chars:,} characters: not judged whole"
+        why = f"the tool's error (or interrupt) carries more than max_chars={self.guard.max_chars:,} characters: not judged whole"
         return self.guard.policy.decide_unjudged(Stage.TOOL_RESULT, why)
 
     def _withheld_error(self, run: ToolRun, item: Item, decision: Decision) -> ToolMessage:
@@ -788,6 +840,25 @@ class GuardMiddleware(AgentMiddleware):
         assert isinstance(notice, ToolMessage)
         await run.aend(notice)
         return notice
+
+    # A sub-agent the tool runs may hand back with ``Command(graph=Command.PARENT, update=...)``: LangGraph raises it
+    # out of the tool as a ``ParentCommand`` and writes its update to the graph above, past any result the guard
+    # reads. Its messages are what the tool's run writes to the state: judged as a returned Command's (rt57b F1).
+    def _handed_up_items(self, error: BaseException) -> list[Item] | None:
+        """The checks of the messages a ``ParentCommand`` raised out of the tool writes (`bubbled_command`), or
+        ``None`` where ``error`` is none or they have nothing to judge."""
+        command = bubbled_command(error)
+        return (self._result_items(command) or None) if command is not None else None
+
+    def _handed_up(self, error: BaseException, items: list[Item], decisions: list[Decision]) -> BaseException:
+        """The ``ParentCommand`` to raise: ``error`` itself, its Command's blocked messages replaced by notices
+        (`_withheld`; ``"error"``: `GuardViolation` raised), as LangGraph rewrites it on its way up (``args``)."""
+        command = bubbled_command(error)
+        judged = self._withheld(command, items, decisions)
+        self._produced.record_result(judged)  # the agent's tool wrote it: its own, as a returned result
+        if judged is not command:
+            error.args = (judged,)
+        return error
 
     def _result_items(self, result: Any) -> list[Item]:
         """The tool's result: every message it writes to the state (`tool_result_messages`: its `ToolMessage`,
@@ -957,6 +1028,25 @@ class GuardMiddleware(AgentMiddleware):
                 tool_calls=self._answer_calls(request),
                 budget=self.guard.max_chars,
             )
+        return items + self._beside_items(request, response)
+
+    def _beside_items(self, request: ModelRequest, response: Any) -> list[Item]:
+        """The other messages of the model call's result, which LangChain adds to the state with the answer (a
+        middleware inside this one put a human or system turn, a note, beside it): judged as untrusted text the
+        call wrote, no looser than a prompt (`AS_INPUT`), before the model node ends and a stream or the state
+        takes them (rt57b F2). Not the tool messages ``create_agent`` writes for a ``ToolStrategy`` answer
+        (`_structured_notes`: the judged call's parsed response, or the application's text)."""
+        if not (self.check_output and isinstance(response, ModelResponse)):
+            return []
+        notes = _structured_notes(request, response)
+        items = []
+        for message in response.result:
+            if isinstance(message, AIMessage) or _screened(message) or id(message) in notes:
+                continue
+            text = tool_output_text(message, self.guard.max_chars)
+            if text.strip():
+                conversation = untrusted_conversation(text, "model call output")
+                items.append(Item(Stage.TOOL_RESULT, conversation, message, extra={AS_INPUT: True}))
         return items
 
     def _on_answer(self, response: Any, items: list[Item], decisions: list[Decision]) -> Any:
@@ -969,9 +1059,10 @@ class GuardMiddleware(AgentMiddleware):
         decision = blocked[0][1]
         if self.exit_behavior == "error":
             enforce(decision)
-        # The answer never reaches the state (nor its structured response): the refusal takes its place,
-        # with its id (as after_model replaces an answer).
-        return ModelResponse(result=[self._refusal(decision, replaces=_answers_of(response)[0])])
+        # The answer never reaches the state (nor its structured response, nor what came beside it): the refusal
+        # takes its place, with its id (as after_model replaces an answer).
+        answers = _answers_of(response)
+        return ModelResponse(result=[self._refusal(decision, replaces=answers[0] if answers else None)])
 
     def _answer_checks(self, request: ModelRequest, response: Any, ledger: StreamLedger | None) -> list[Item] | None:
         """What the model call answered, recorded (the application's names, the agent's own messages), and its
@@ -982,6 +1073,62 @@ class GuardMiddleware(AgentMiddleware):
         return self._allowed.unjudged(items) if items else None
 
     def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]) -> Any:
+        response = self._wrap_model_call(request, handler)
+        commands = _inner_commands(handler)
+        if not commands:
+            return response
+        items = self._command_items(commands)
+        return self._on_commands(commands, response, items, screen(self.guard, items)) if items else response
+
+    async def awrap_model_call(
+        self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
+    ) -> Any:
+        response = await self._awrap_model_call(request, handler)
+        commands = _inner_commands(handler)
+        if not commands:
+            return response
+        found = commands
+        items = await built_off_loop(lambda: self._command_items(found), found)
+        if not items:
+            return response
+        verdicts = await ascreen(self.guard, items)
+        return await built_off_loop(lambda: self._on_commands(found, response, items, verdicts), found)
+
+    # A middleware inside this one may return ``ExtendedModelResponse(response, command=Command(update=...))``:
+    # LangChain's composer keeps the Command out of the response this middleware gets and applies it with the model
+    # node's update, to the state and every stream (rt57b F2a). Its messages are judged here, where the composer's
+    # list of them can be reached (`_inner_commands`).
+    def _command_items(self, commands: list[Any]) -> list[Item]:
+        """The messages of the Commands middleware inside this one returned beside the answer, each judged as
+        untrusted text the model call wrote, no looser than a prompt (`AS_INPUT`), as `_beside_items`."""
+        if not self.check_output:
+            return []
+        items = []
+        for entry, message in tool_result_messages(commands):
+            text = tool_output_text(message, self.guard.max_chars)
+            if text.strip() and not _screened(message):
+                conversation = untrusted_conversation(text, "model call output")
+                items.append(Item(Stage.TOOL_RESULT, conversation, message, extra={"entry": entry, AS_INPUT: True}))
+        return items
+
+    def _on_commands(self, commands: list[Any], response: Any, items: list[Item], decisions: list[Decision]) -> Any:
+        """``response``, or the refusal where a Command's message is blocked (``"error"``: raised); the blocked
+        messages are replaced by notices in the composer's list, in place (`_with_notices`)."""
+        self._allowed.remember(items, decisions)
+        blocked = blocked_pairs(items, decisions)
+        if not blocked:
+            return response
+        decision = blocked[0][1]
+        if self.exit_behavior == "error":
+            enforce(decision)
+        notices = {id(item.extra["entry"]): self._withheld_message(item, d) for item, d in blocked}
+        commands[:] = [_with_notices(command, notices) for command in commands]
+        answers = _answers_of(response)
+        if isinstance(response, ModelResponse) and not answers:
+            return response  # already the guard's refusal
+        return ModelResponse(result=[self._refusal(decision, replaces=answers[0] if answers else None)])
+
+    def _wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]) -> Any:
         with self._stopped.watching(request):
             given = self._message_items(list(request.messages))
             try:
@@ -1001,7 +1148,7 @@ class GuardMiddleware(AgentMiddleware):
                 return response
             return self._on_answer(response, fresh, screen(self.guard, fresh) if fresh else [])
 
-    async def awrap_model_call(
+    async def _awrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
     ) -> Any:
         with self._stopped.watching(request):
@@ -1055,8 +1202,9 @@ class GuardMiddleware(AgentMiddleware):
                 items = [] if run.is_notice(result) else self._result_items(result)
                 judged = self._withheld(result, items, screen(self.guard, items)) if items else result
             except BaseException as error:
-                failed = self._error_item(request, error)
-                if failed is None:
+                handed_up = self._handed_up_items(error)
+                failed = self._error_item(request, error) if handed_up is None else None
+                if failed is None and handed_up is None:
                     run.error(error)
                     raise
                 caught = error
@@ -1064,6 +1212,15 @@ class GuardMiddleware(AgentMiddleware):
                 run.end(judged)
                 return judged
             # Out of the except block: nothing the guard raises or returns has the tool's error chained to it.
+            if handed_up is not None:
+                try:
+                    bubbling = self._handed_up(caught, handed_up, screen(self.guard, handed_up))
+                except QwenGuardError as stop:
+                    run.error(stop)
+                    raise
+                run.error(bubbling)
+                raise bubbling
+            assert failed is not None
             decision = self._error_decision(failed, lambda: screen(self.guard, [failed])[0])
             if decision.allowed:
                 run.error(caught)
@@ -1093,14 +1250,31 @@ class GuardMiddleware(AgentMiddleware):
                 else:
                     judged = result
             except BaseException as error:
-                failed = self._error_item(request, error)
-                if failed is None:
+                raised = error  # an interrupt's payload or a handoff's messages: read off the loop when large
+                handed_up = await built_off_loop(lambda: self._handed_up_items(raised), raised.args)
+                failed = (
+                    await built_off_loop(lambda: self._error_item(request, raised), raised.args)
+                    if handed_up is None
+                    else None
+                )
+                if failed is None and handed_up is None:
                     await run.aerror(error)
                     raise
                 caught = error
             else:
                 await run.aend(judged)
                 return judged
+            if handed_up is not None:
+                up = handed_up
+                try:
+                    verdicts = await ascreen(self.guard, up)
+                    bubbling = await built_off_loop(lambda: self._handed_up(caught, up, verdicts), caught.args)
+                except QwenGuardError as stop:
+                    await run.aerror(stop)
+                    raise
+                await run.aerror(bubbling)
+                raise bubbling
+            assert failed is not None
             decision = await self._aerror_decision(failed)
             if decision.allowed:
                 await run.aerror(caught)
