@@ -150,6 +150,18 @@ def _concurrent(stream, prompt: str, tokens: list[int], sessions: int, per_sessi
     return {"single": statistics.median(single), "many": statistics.median(many), "shared": statistics.median(shared)}
 
 
+class _NoGen:
+    """The Gen backend a Guard must have; never asked here (the Stream model judges the stream)."""
+
+    name = "no-gen"
+
+    def classify(self, conversations, *, timeout=None):
+        raise AssertionError("the Gen backend is not used when a Stream model exists")
+
+    async def aclassify(self, conversations, *, timeout=None):
+        raise AssertionError("the Gen backend is not used when a Stream model exists")
+
+
 def _monitor_overhead(stream, torch) -> float:
     """Per-chunk cost of StreamMonitor.feed with the model swapped for an instant stand-in (best of 5, us)."""
     from concurrent.futures import Future
@@ -180,7 +192,7 @@ def _monitor_overhead(stream, torch) -> float:
 
     real, stream.batcher = stream.batcher, InstantBatcher()
     try:
-        guard = Guard(backend=None, policy=Policy.strict(ignore_categories=CATEGORIES), stream_backend=stream)
+        guard = Guard(_NoGen(), policy=Policy.strict(ignore_categories=CATEGORIES), stream_backend=stream)
         text = "The capital of France is Paris, and the Eiffel Tower is in Paris. " * 30
         chunks = [text[i : i + 4] for i in range(0, len(text), 4)]
         runs = []

@@ -31,8 +31,10 @@ from .formats.conversations import (
     without_blank_answer,
     without_blank_context,
 )
+from .formats.encoding import check_use_chat_template
 from .formats.prompts import Message, judged_size, normalize_messages, text_size
 from .policy import Action, Decision, Policy, require_count
+from .streaming.monitor_core import require_switch
 from .verdict import Risk, Stage, Verdict, worst
 
 __all__ = ["Guard", "enforce", "DEFAULT_MAX_CHARS", "DEFAULT_MAX_MESSAGES", "DEFAULT_CACHE_SIZE", "DEFAULT_CACHE_BYTES"]
@@ -259,8 +261,12 @@ class Guard:
     ) -> None:
         if policy is not None and not isinstance(policy, Policy):
             raise TypeError(f"policy must be a Policy, got {type(policy).__name__}")
+        _require_gen_backend(backend)
+        if stream_backend is not None:
+            _require_stream_backend(stream_backend)
         for option, value in (("max_chars", max_chars), ("max_messages", max_messages), ("max_checks", max_checks)):
             require_count(option, value)
+        require_switch("parallel_input", parallel_input)  # bool("false") is True: on, for a config file's "false"
         self.backend = backend
         self.policy = policy or Policy()
         self.stream_backend = stream_backend
@@ -313,6 +319,14 @@ class Guard:
             "label_branches",
         }
         backend_kwargs = {k: guard_kwargs.pop(k) for k in list(guard_kwargs) if k in backend_keys}
+        _refuse_meta_device(device)
+        check_use_chat_template(backend_kwargs.get("use_chat_template"))
+        if "parallel_input" in guard_kwargs:
+            require_switch("parallel_input", guard_kwargs["parallel_input"])
+        if stream_options is not None:
+            from .backends.transformers_stream import check_load_options
+
+            check_load_options(dict(stream_options))
         # Before any weight loads: a count of the wrong type (a str from an env var or a config file) or out of
         # range is one error naming the option, not a comparison error from deep inside the load.
         for option, minimum, optional in _COUNT_OPTIONS:
@@ -425,9 +439,7 @@ class Guard:
 
     @staticmethod
     def _load_stream(model: str | Path, *, device: str | None, dtype: Any, **options: Any) -> Any:
-        from .backends.transformers_stream import (
-            TransformersStream,  # added by the streaming backend
-        )
+        from .backends.transformers_stream import TransformersStream  # options checked by from_pretrained
 
         return TransformersStream.load(model, device=device, dtype=dtype, **options)
 
@@ -772,7 +784,9 @@ class Guard:
         """Retrieved documents, one Decision each, in order, checked as one batch.
 
         Each document is judged on its own, as untrusted content: harm or injected instructions
-        in a document do not depend on the query (kept for API symmetry with retrievers)."""
+        in a document do not depend on the query (kept for API symmetry with retrievers). ``texts`` is a
+        sequence of strings (a list or tuple); a mapping (``{doc_id: text}``), a set or an iterator is a
+        ``TypeError`` before any judging."""
         return self.check_many(_document_items(texts))
 
     async def acheck_documents(self, query: str | None, texts: Sequence[str]) -> list[Decision]:
@@ -872,7 +886,62 @@ def _tool_name(name: object) -> None:
         raise TypeError(f"tool name must be str, got {type(name).__name__}")
 
 
+def _require_gen_backend(backend: object) -> None:
+    """A `Guard`'s backend answers every check: one that cannot is refused when the Guard is built, not found out at
+    each check as a guard error, which ``on_error="allow"`` lets through (rt57c F4: a Stream backend or the str
+    "demo" in its place let every prompt and every streamed answer through)."""
+    if isinstance(backend, (str, Path)):
+        raise TypeError(
+            f"backend must be a Gen backend object, got the {type(backend).__name__} {str(backend)[:80]!r}: load one "
+            "with Guard.from_pretrained(model) or Guard.remote(url)"
+        )
+    judges = callable(getattr(backend, "classify", None)) or callable(getattr(backend, "aclassify", None))
+    if not judges and (
+        callable(getattr(backend, "open_session", None)) or callable(getattr(backend, "open_remote_monitor", None))
+    ):
+        raise TypeError(
+            f"backend is a Qwen3Guard-Stream backend ({type(backend).__name__}), which judges streamed tokens and "
+            "answers no check: pass it as stream_backend= beside a Gen backend, or load both with "
+            "Guard.from_pretrained(gen_model, stream_model=...)"
+        )
+    # One of the twins is enough: a wrapper used only from sync (or only from async) code may lack the other.
+    missing = ([] if hasattr(backend, "name") else ["name"]) + ([] if judges else ["classify"])
+    if missing:
+        raise TypeError(
+            f"backend must be a Gen backend (a name, classify and its async twin aclassify: GenBackend), got "
+            f"{type(backend).__name__} without {' or '.join(missing)}"
+        )
+
+
+def _require_stream_backend(backend: object) -> None:
+    """``stream_backend`` opens the sessions of `Guard.stream`: a Gen backend there failed every stream."""
+    if not (
+        callable(getattr(backend, "open_session", None)) or callable(getattr(backend, "open_remote_monitor", None))
+    ):
+        what = "a Gen backend, which opens no stream session" if callable(getattr(backend, "classify", None)) else None
+        raise TypeError(
+            f"stream_backend must be a Qwen3Guard-Stream backend (TransformersStream, RemoteStream), got "
+            f"{type(backend).__name__}" + (f": {what}; pass it as the Guard's backend" if what else "")
+        )
+
+
+def _refuse_meta_device(device: object) -> None:
+    """torch's "meta" device holds shapes, no weights: the load succeeds and every check fails (rt57c F4)."""
+    if str(device).partition(":")[0].strip().lower() == "meta":
+        raise ValueError(f"device {device!r} holds no weights, so no check could be answered: pick cpu, cuda or auto")
+
+
 def _document_items(texts: Sequence[str]) -> list[tuple[Stage, list[dict[str, str]]]]:
-    if isinstance(texts, str):
+    """The retrieval checks of `check_documents`: ``texts`` must be a sequence of strings, refused before any judging
+    otherwise. A mapping ``{doc_id: text}`` iterates over its keys: every id was judged and allowed and no document
+    text ever was (rt57c F8); a set has no order for the Decisions to follow."""
+    if isinstance(texts, (str, bytes, bytearray)):
         raise TypeError("texts must be a list of strings, not one string")
+    if isinstance(texts, Mapping):
+        raise TypeError(
+            f"texts must be a list of strings, got a mapping ({type(texts).__name__}): its keys are not its "
+            "documents; pass list(texts.values()) and pair the Decisions with list(texts) by position"
+        )
+    if not isinstance(texts, Sequence):
+        raise TypeError(f"texts must be a list of strings, got {type(texts).__name__}")
     return [(Stage.RETRIEVAL, untrusted_conversation(t, f"document {i}")) for i, t in enumerate(texts)]

@@ -59,6 +59,7 @@ from ..errors import (
 )
 from ..formats.content import AsSeenStream, clean_text
 from ..formats.prompts import Message
+from ..policy import require_count
 from ..streaming.retokenizer import IncrementalTokenizer, TokenSpan
 from ..verdict import Risk, Verdict
 from .hub import checkpoint_config, resolve_checkpoint
@@ -118,6 +119,30 @@ MIN_RECENT_TOKENS = 64
 _Plan = Generator[StreamStep, StepResult, Any]
 
 
+#: The options of `TransformersStream.load` besides the checkpoint, device and dtype (`Guard.from_pretrained`'s
+#: ``stream_options``), each with its least value and whether None is taken (None: the default, see the class).
+_COUNT_OPTIONS = (
+    ("max_positions", 16, True),  # None: the model's context; fewer positions cannot hold a session
+    ("max_sessions_per_forward", 1, False),
+    ("step_tokens", 1, False),
+    ("max_session_tokens", 1, True),
+)
+LOAD_OPTIONS = (*(name for name, _, _ in _COUNT_OPTIONS), "revision", "local_files_only")
+
+
+def check_load_options(options: dict[str, Any]) -> None:
+    """Refuse, naming the option, a Stream option that cannot work, before any weights load (rt57c F6): a count
+    given as a str ("65536" from a config file) failed after both models loaded as "'<' not supported between
+    instances of 'str' and 'int'"; ``max_positions=0`` was read as "the model's context"; a bool taken as a count
+    was reported under another name (``max_batch``)."""
+    unknown = sorted(str(name) for name in options if name not in LOAD_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown Qwen3Guard-Stream option(s) {unknown}; known: {list(LOAD_OPTIONS)}")
+    for name, minimum, optional in _COUNT_OPTIONS:
+        if name in options:
+            require_count(name, options[name], minimum, optional=optional)
+
+
 # -- the backend --------------------------------------------------------------------------------
 class TransformersStream:
     """Local Qwen3Guard-Stream backend: loads a checkpoint, opens `StreamSession`s.
@@ -144,6 +169,14 @@ class TransformersStream:
         step_tokens: int = DEFAULT_STEP_TOKENS,
         max_session_tokens: int | None = DEFAULT_STREAM_SESSION_TOKENS,
     ) -> None:
+        check_load_options(
+            {
+                "max_positions": max_positions,
+                "max_sessions_per_forward": max_sessions_per_forward,
+                "step_tokens": step_tokens,
+                "max_session_tokens": max_session_tokens,
+            }
+        )
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -151,13 +184,9 @@ class TransformersStream:
         self.labels = StreamLabels.from_config(self.config)
         ctx = int(getattr(self.config, "max_position_embeddings", 8192) or 8192)
         self.max_positions = int(min(max_positions or ctx, ctx))
-        if self.max_positions < 16:
+        if self.max_positions < 16:  # the model's own context is that small
             raise ValueError(f"max_positions={self.max_positions} is too small for a stream session")
-        if step_tokens < 1:
-            raise ValueError(f"step_tokens must be >= 1, got {step_tokens!r}")
         self.step_tokens = step_tokens
-        if max_session_tokens is not None and (isinstance(max_session_tokens, bool) or max_session_tokens < 1):
-            raise ValueError(f"max_session_tokens must be None or a count >= 1, got {max_session_tokens!r}")
         self.max_session_tokens = max_session_tokens
         # id(session) -> the KV positions it holds, or will once its step in flight has run. Sessions
         # register when they open (fair shares count them from then on) and leave when they close.
@@ -198,6 +227,18 @@ class TransformersStream:
 
         Raises `ModelNotFound` for a checkpoint that cannot be found, and ``ValueError`` when its
         weights do not match the documented layout (missing or unexpected keys)."""
+        check_load_options(
+            {
+                "max_positions": max_positions,
+                "max_sessions_per_forward": max_sessions_per_forward,
+                "step_tokens": step_tokens,
+                "max_session_tokens": max_session_tokens,
+            }
+        )
+        if str(device).partition(":")[0].strip().lower() == "meta":
+            raise ValueError(
+                f"device {device!r} holds no weights, so no session could be judged: pick cpu, cuda or auto"
+            )
         require_torch()
         try:
             from transformers import AutoTokenizer

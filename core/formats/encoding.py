@@ -66,6 +66,14 @@ def template_mismatch(tokenizer: Any) -> str | None:
     return None
 
 
+def check_use_chat_template(value: object) -> None:
+    """``use_chat_template`` is None, True or False: the checks above test ``is True`` / ``is None``, so a str from a
+    config file ("false", "0") or 1 passed neither, skipped the template check and rendered with a template that
+    ``True`` refuses (rt57c F1: the stock ChatML template, no guard task, every check a parse error)."""
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"use_chat_template must be None, True or False, got {value!r} ({type(value).__name__})")
+
+
 class ConversationEncoder:
     """Encodes conversations for one tokenizer, with its chat template when that renders the guard task.
 
@@ -75,6 +83,7 @@ class ConversationEncoder:
     """
 
     def __init__(self, tokenizer: Any, *, use_chat_template: bool | None = None) -> None:
+        check_use_chat_template(use_chat_template)
         self.tokenizer = tokenizer
         self.template_problem: str | None = None
         if use_chat_template is not False:

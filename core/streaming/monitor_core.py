@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -86,6 +86,60 @@ def _takes_timeout(call: Any) -> bool:
 _TAKES_TIMEOUT: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
+def require_switch(name: str, value: object, *, optional: bool = False) -> None:
+    """An on/off option: True or False (``None`` too when ``optional``: then the documented default, never "off"),
+    else a TypeError naming it. ``bool(value)`` read "false" from a config file or an environment variable as on,
+    and None as off: ``screen_prompt=None`` skipped the prompt check (rt57c F2, F3)."""
+    if not isinstance(value, bool) and not (optional and value is None):
+        expected = "True, False or None" if optional else "True or False"
+        raise TypeError(f"{name} must be {expected}, got {value!r} ({type(value).__name__})")
+
+
+#: The options of `Guard.stream` / `Guard.astream` (`MonitorCore`'s keywords).
+STREAM_OPTIONS = (
+    "holdback",
+    "window",
+    "screen_prompt",
+    "check_every",
+    "min_segment",
+    "context",
+    "release_unit",
+    "keep_token_verdicts",
+    "parallel_input",
+    "max_windows_in_flight",
+)
+
+
+#: The count options that take no 0 (``context`` and ``keep_token_verdicts`` may be 0: none shown, none kept).
+_AT_LEAST_ONE = ("check_every", "min_segment", "max_windows_in_flight")
+
+
+def check_stream_options(options: Mapping[str, Any]) -> None:
+    """Refuse, naming the option, what ``guard.stream(prompt, **options)`` would refuse: an unknown name or a value
+    that cannot work. An integration that keeps an option dict for later streams checks it when it is built, not
+    at the first streamed answer (rt57c F7: ``monitor_options={"hold_back": 3}`` was taken and never applied)."""
+    if not isinstance(options, Mapping):
+        raise TypeError(f"stream options must be a dict, got {type(options).__name__}")
+    unknown = sorted(str(name) for name in set(options) - set(STREAM_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown stream option(s) {unknown}; known: {list(STREAM_OPTIONS)}")
+    for name, value in options.items():
+        if name == "holdback":
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ValueError(f"holdback must be a non-negative integer, got {value!r}")
+        elif name == "window":
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"window must be a positive integer, got {value!r}")
+        elif name in ("screen_prompt", "parallel_input"):
+            require_switch(name, value, optional=name == "parallel_input")  # parallel_input None: the guard's
+        elif name == "release_unit":
+            if value not in RELEASE_UNITS:
+                raise ValueError(f"release_unit must be one of {RELEASE_UNITS}, got {value!r}")
+        elif not isinstance(value, int) or isinstance(value, bool) or value < (1 if name in _AT_LEAST_ONE else 0):
+            kind = "a positive integer" if name in _AT_LEAST_ONE else "a non-negative integer"
+            raise ValueError(f"{name} must be {kind}, got {value!r}")
+
+
 # ================================================================================================
 # Shared logic: state, release bookkeeping, decisions. No I/O here.
 # ================================================================================================
@@ -107,24 +161,24 @@ class MonitorCore:
         max_windows_in_flight: int = MAX_WINDOWS_IN_FLIGHT,
     ) -> None:
         holdback = DEFAULT_HOLDBACK if holdback is None else holdback
-        if not isinstance(holdback, int) or isinstance(holdback, bool) or holdback < 0:
-            raise ValueError(f"holdback must be a non-negative integer, got {holdback!r}")
-        bounds = (
-            ("check_every", check_every),
-            ("min_segment", min_segment),
-            ("context", context),
-            ("max_windows_in_flight", max_windows_in_flight),
+        check_stream_options(
+            {
+                "holdback": holdback,
+                "screen_prompt": screen_prompt,
+                "check_every": check_every,
+                "min_segment": min_segment,
+                "context": context,
+                "release_unit": release_unit,
+                "keep_token_verdicts": keep_token_verdicts,
+                "parallel_input": parallel_input,
+                "max_windows_in_flight": max_windows_in_flight,
+            }
         )
-        for name, value in bounds:
-            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "context" else 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if release_unit not in RELEASE_UNITS:
-            raise ValueError(f"release_unit must be one of {RELEASE_UNITS}, got {release_unit!r}")
         self.guard = guard
         self.policy = guard.policy
         self.messages = as_messages(prompt)
         self.holdback = holdback
-        self.screen_prompt = bool(screen_prompt)
+        self.screen_prompt = screen_prompt
         self._debounce = Debounce(window)
         self.window = self._debounce.window
         self.stream_backend = guard.stream_backend
@@ -158,7 +212,7 @@ class MonitorCore:
         # Parallel input (Gen-window engine): the prompt check runs beside the answer, which is fed and
         # judged meanwhile but released only once the prompt's verdict allowed it (None: the guard's setting).
         parallel = getattr(guard, "parallel_input", False) if parallel_input is None else parallel_input
-        self.parallel_input = bool(parallel) and self.screen_prompt and self.stream_backend is None
+        self.parallel_input = parallel is True and self.screen_prompt and self.stream_backend is None
         self._prompt_check: Any = None  # the prompt check in flight (a future or a task), until gated
         self._refused: BaseException | None = None  # why the parallel prompt check refused the prompt
 

@@ -84,8 +84,10 @@ from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
 from qwenguard.core import Decision, Guard, GuardUnavailable, QwenGuardError, Stage, enforce
+from qwenguard.core.backends.stream_session import SESSION_OPTIONS
 from qwenguard.core.formats.conversations import tool_call_conversation, untrusted_conversation
 from qwenguard.core.policy import require_count
+from qwenguard.core.streaming.monitor_core import check_stream_options, require_switch
 from qwenguard.core.streaming.parallel import PendingCheck
 
 from .._common import Bounded
@@ -191,9 +193,23 @@ class _GuardHandlerLogic:
         check_engine(stream_engine)
         require_count("max_unjudged", max_unjudged, 0)
         require_count("max_in_flight", max_in_flight, 1)
+        # The switches are read by truthiness below: None (a YAML/JSON null, "the default" elsewhere) turned a
+        # screen off and "false" turned parallel input on (rt57c F2, F3). Only True or False.
+        switches = {
+            "check_input": check_input,
+            "check_output": check_output,
+            "check_stream": check_stream,
+            "check_tool_calls": check_tool_calls,
+            "check_tool_results": check_tool_results,
+            "check_retrieval": check_retrieval,
+            "screen_system": screen_system,
+        }
+        for option, value in switches.items():
+            require_switch(option, value)
+        require_switch("parallel_input", parallel_input, optional=True)
         self.guard = require_guard(guard)
         # None: follow the guard (Guard(..., parallel_input=True) turns it on everywhere).
-        self.parallel_input = guard.parallel_input if parallel_input is None else bool(parallel_input)
+        self.parallel_input = guard.parallel_input if parallel_input is None else parallel_input
         if stream_engine is None:  # a Stream model scores tokens in O(1): the monitor is then the cheap one
             stream_engine = "monitor" if guard.stream_backend is not None else "pipelined"
         self.stream_engine: Engine = stream_engine
@@ -203,8 +219,18 @@ class _GuardHandlerLogic:
         # Stream session fail, Gen windows judge the rest: by word (everything arrived, whenever no check is
         # in flight), so that the callback's wait bound (`max_unjudged`) always has a check to wait for.
         defaults: dict[str, Any] = {"holdback": 0, "window": 1}
-        if guard.stream_backend is not None:
+        # A remote stream session takes fewer options (`SESSION_OPTIONS`: no release_unit); given one, every
+        # streamed answer of a `Guard.remote(..., stream=True)` failed with a TypeError.
+        remote = callable(getattr(guard.stream_backend, "open_remote_monitor", None))
+        if guard.stream_backend is not None and not remote:
             defaults["release_unit"] = "word"
+        if monitor_options is not None:
+            # Checked now, not at the first streamed answer: with a Gen guard the default engine never opens a
+            # monitor, so an unknown key ({"hold_back": 3}) was ignored for good (rt57c F7).
+            check_stream_options(monitor_options)
+            unsupported = sorted(set(monitor_options) - set(SESSION_OPTIONS)) if remote else []
+            if unsupported:
+                raise TypeError(f"remote streams do not support options {unsupported}; known: {list(SESSION_OPTIONS)}")
         self.monitor_options = {**defaults, **(monitor_options or {})}
         self.check_input = check_input
         self.check_output = check_output
@@ -740,6 +766,10 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
             answer up to that; then a window that grows and hops, see ``_streaming.py``).
         parallel_input: start the model while the input is checked; the first token, the answer
             and any tool wait for the verdict (default: the guard's ``parallel_input``).
+        monitor_options: `guard.stream`'s options for the ``"monitor"`` engine, checked when the handler is built.
+
+    Every switch takes True or False only (``parallel_input`` None too: the guard's); anything else, and an unknown
+    or invalid ``monitor_options`` entry, is a ``TypeError``/``ValueError`` naming it, when the handler is built.
     """
 
     raise_error: bool = True

@@ -85,6 +85,7 @@ from qwenguard.core import (
     enforce,
 )
 from qwenguard.core.formats.conversations import tool_call_conversation, untrusted_conversation
+from qwenguard.core.streaming.monitor_core import check_stream_options, require_switch
 
 from .._common import Bounded
 from ._answer_tools import strategy_tools
@@ -397,6 +398,18 @@ class GuardMiddleware(AgentMiddleware):
         if exit_behavior not in ("error", "end", "replace"):
             raise ValueError(f"exit_behavior must be 'error', 'end' or 'replace', got {exit_behavior!r}")
         self.guard = require_guard(guard)
+        # A switch given None or "false" (a config file's null, an environment variable) read as off or on by its
+        # truthiness: check_tool_calls=None let the agent's tool calls run unjudged (rt57c F3).
+        for name, value in (
+            ("check_input", check_input),
+            ("check_output", check_output),
+            ("check_tool_calls", check_tool_calls),
+            ("check_tool_results", check_tool_results),
+            ("check_stream", check_stream),
+        ):
+            require_switch(name, value)
+        if stream_options is not None:
+            check_stream_options(stream_options)  # refused now, not at the first streamed answer (rt57c F7)
         self.exit_behavior: ExitBehavior = exit_behavior
         self.check_input = check_input
         self.check_output = check_output
