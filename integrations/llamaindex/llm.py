@@ -31,7 +31,10 @@ What is screened, and as what:
   CodeAct answer's ``<execute>`` code, as ``execute({"code": ...})``; a stream whose input shows the model one of
   those markers (a ReAct header, a CodeAct prompt) holds its text from the first ``Action Input:`` or
   ``<execute>`` on until those checks passed (`._stream.ActionHold`): the arguments, read as the agent reads
-  them (escapes decoded), may say what the text as streamed does not;
+  them (escapes decoded), may say what the text as streamed does not. Inside a structured-output call (the
+  ``structured_predict`` family, ``FunctionCallingProgram``), the call of the schema's tool is the answer: decided
+  under the stricter of the response and tool-call policies (`_AnswerCall`), and the conversation an agent prints into
+  one message to ask for it is read back into its turns, judged by role (`_printed_conversation`);
 - what a response hands its caller beside its message (``raw``, ``additional_kwargs``: BedrockConverse keeps
   cited text and guardrail traces there alone), but provider bookkeeping and what was judged already, as
   untrusted quoted content before the response (a stream's last chunk) is returned (`_reply_checks`); but a
@@ -67,6 +70,7 @@ from llama_index.core.base.llms.types import (
     CompletionResponseGen,
     LLMMetadata,
     MessageRole,
+    TextBlock,
     ToolCallBlock,
 )
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, SerializeAsAny
@@ -75,7 +79,7 @@ from llama_index.core.llms.llm import LLM, ToolSelection
 from llama_index.core.llms.utils import parse_partial_json
 from llama_index.core.prompts import BasePromptTemplate
 from llama_index.core.types import Model
-from qwenguard.core import Decision, Guard, enforce
+from qwenguard.core import Action, Decision, Guard, Policy, enforce
 from qwenguard.core.formats.conversations import (
     prompt_conversation,
     response_conversation,
@@ -98,6 +102,7 @@ from ._component import GuardComponent
 from ._messages import (
     CONTEXT_VARIABLES,
     QUERY_VARIABLES,
+    SYSTEM_ROLES,
     Checks,
     GuardMessage,
     Seen,
@@ -119,6 +124,7 @@ from ._messages import (
     reply_parts,
     reply_text,
     resolve_template,
+    role_of,
     template_turns,
     tool_calls_in,
     tool_calls_of,
@@ -144,6 +150,12 @@ _TOOL_KWARGS = ("tools", "functions")
 _SCREEN_SYSTEM: ContextVar[int | None] = ContextVar("qwenguard_screen_system", default=None)
 
 
+# Holds (id of the GuardedLLM, the schema's tool names) while a structured-output call runs (``structured_predict``
+# and its twins, which ``as_structured_llm``, an ``output_cls`` query engine and an agent's ``output_cls`` call): over
+# a function-calling LLM the program asks the model to call the schema as a tool, and that call is the answer.
+_ANSWER_TOOLS: ContextVar[tuple[int, frozenset[str]] | None] = ContextVar("qwenguard_answer_tools", default=None)
+
+
 @dataclass
 class _Plan:
     inputs: Checks
@@ -151,6 +163,58 @@ class _Plan:
     pending: PendingCheck | None = None  # the input verdict, while it runs beside the LLM call
     marks: list[bytes] = field(default_factory=list)  # inputs to remember as judged once they passed
     failed_open: bool = False  # a check of this call was let through unjudged (the policy fails open)
+    answers: frozenset[str] = frozenset()  # the tools whose calls are this call's answer (a structured output's)
+
+
+class _AnswerCall(tuple):
+    """The check of a call to a structured output's schema tool: its arguments are the object the application reads,
+    the answer. Judged once (the tool-call conversation, asked under the response stage while that stage is on) and
+    decided under the stricter of the response and tool-call stages' policies (`_judge`): a tool-call stage that
+    ignores a category or is off cannot let through an answer the response stage blocks (rt57f F1)."""
+
+    __slots__ = ()
+
+    def __new__(cls, conversation: list[GuardMessage]) -> _AnswerCall:
+        return super().__new__(cls, (Stage.RESPONSE, conversation))
+
+
+_SEVERITY = {Action.ALLOW: 0, Action.FLAG: 1, Action.BLOCK: 2}
+
+
+def _asked(policy: Policy, checks: Checks) -> Checks:
+    stage = Stage.RESPONSE if policy.enabled(Stage.RESPONSE) else Stage.TOOL_CALL
+    return [(stage, c[1]) if isinstance(c, _AnswerCall) else c for c in checks]
+
+
+def _as_answer(policy: Policy, decision: Decision) -> Decision:
+    """A structured answer's decision: the response stage's, or the tool-call stage's where that one is stricter."""
+    as_answer = policy.decide_again(decision, Stage.RESPONSE)
+    as_call = policy.decide_again(decision, Stage.TOOL_CALL)
+    return as_call if _SEVERITY[as_call.action] > _SEVERITY[as_answer.action] else as_answer
+
+
+def _judge(guard: Any, checks: Checks) -> list[Decision]:
+    """`judge`, with each `_AnswerCall` decided as the answer it is (one judge call each, as before)."""
+    policy = guard.policy
+    decisions = judge(guard, _asked(policy, checks))
+    return [_as_answer(policy, d) if isinstance(c, _AnswerCall) else d for c, d in zip(checks, decisions)]
+
+
+async def _ajudge(guard: Any, checks: Checks) -> list[Decision]:
+    """Async twin of `_judge`."""
+    policy = guard.policy
+    decisions = await ajudge(guard, _asked(policy, checks))
+    return [_as_answer(policy, d) if isinstance(c, _AnswerCall) else d for c, d in zip(checks, decisions)]
+
+
+def _schema_tools(output_cls: Any) -> frozenset[str]:
+    """The name LlamaIndex's ``get_function_tool`` gives a schema's tool: its JSON schema's title, or the class name."""
+    try:
+        title = output_cls.model_json_schema().get("title")
+    except Exception:  # noqa: BLE001 - a schema without a JSON schema is never asked for as a tool
+        title = None
+    names = {title, getattr(output_cls, "__name__", None)}
+    return frozenset(n for n in names if isinstance(n, str) and n)
 
 
 # Set while a template call (predict/stream) runs: its inputs were screened by variable and by template turn, so
@@ -276,11 +340,23 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         plan = pre[1]
         return _Plan([], plan.prompt, plan.pending, list(plan.marks), plan.failed_open)
 
+    def _answer_tools(self) -> frozenset[str]:
+        """The schema tools of the structured-output call of this LLM that is running (`_ANSWER_TOOLS`)."""
+        running = _ANSWER_TOOLS.get()
+        return running[1] if running is not None and running[0] == id(self) else frozenset()
+
     def _plan_messages(self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any] | None = None) -> _Plan:
+        plan = self._plan_chat(messages, kwargs)
+        plan.answers = self._answer_tools()
+        return plan
+
+    def _plan_chat(self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any] | None) -> _Plan:
         self._require_guard()
         if (pre := self._prescreened_plan()) is not None:
             return pre
         screen_system = self.screen_system or _SCREEN_SYSTEM.get() == id(self)
+        if self._answer_tools():
+            messages = _printed_conversation(messages)
         plan = plan_inputs(
             messages,
             self.llm,
@@ -301,6 +377,11 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         return _Plan(checks, plan.prompt, marks=marks)
 
     def _plan_prompt(self, prompt: str) -> _Plan:
+        plan = self._plan_completion(prompt)
+        plan.answers = self._answer_tools()
+        return plan
+
+    def _plan_completion(self, prompt: str) -> _Plan:
         self._require_guard()
         if (pre := self._prescreened_plan()) is not None:
             return pre
@@ -367,12 +448,16 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         plan: _Plan, text: str, calls: Sequence[ToolSelection] = (), *, actions: Sequence[str] = ()
     ) -> Checks:
         """The answer's text, its tool calls, and the calls agents read in ``actions`` (the answer's text as an
-        agent parses it): a ReAct agent runs its actions, a CodeActAgent its ``<execute>`` code, as tool calls."""
+        agent parses it): a ReAct agent runs its actions, a CodeActAgent its ``<execute>`` code, as tool calls; a
+        structured output's schema tool call (``plan.answers``) as the answer it is (`_AnswerCall`)."""
         checks: Checks = []
         if text.strip():
             checks.append((Stage.RESPONSE, response_conversation(plan.prompt, text)))
         for call in [*calls, *agent_actions(actions)]:
-            checks.append((Stage.TOOL_CALL, tool_call_conversation(call.tool_name, call.tool_kwargs, plan.prompt)))
+            conversation = tool_call_conversation(call.tool_name, call.tool_kwargs, plan.prompt)
+            checks.append(
+                _AnswerCall(conversation) if call.tool_name in plan.answers else (Stage.TOOL_CALL, conversation)
+            )
         return checks
 
     def _reply_checks(
@@ -413,7 +498,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
 
     def _screen(self, checks: Checks, plan: _Plan | None = None) -> None:
         if checks:
-            decisions = judge(self.guard, checks)
+            decisions = _judge(self.guard, checks)
             if plan is not None and _failed_open(decisions):
                 plan.failed_open = True
             for decision in decisions:
@@ -421,7 +506,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
 
     async def _ascreen(self, checks: Checks, plan: _Plan | None = None) -> None:
         if checks:
-            decisions = await ajudge(self.guard, checks)
+            decisions = await _ajudge(self.guard, checks)
             if plan is not None and _failed_open(decisions):
                 plan.failed_open = True
             for decision in decisions:
@@ -436,15 +521,17 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         """Screen ``plan.inputs`` now (raises when blocked), or start them beside the call."""
         if plan.inputs and self._parallel:
             guard, checks = self.guard, plan.inputs
-            return _Plan([], plan.prompt, PendingCheck.start(lambda: judge(guard, checks)), plan.marks)
+            pending = PendingCheck.start(lambda: judge(guard, checks))
+            return _Plan([], plan.prompt, pending, plan.marks, answers=plan.answers)
         self._screen(plan.inputs, plan)
-        return _Plan([], plan.prompt, plan.pending, plan.marks, plan.failed_open)
+        return _Plan([], plan.prompt, plan.pending, plan.marks, plan.failed_open, plan.answers)
 
     async def _astart_inputs(self, plan: _Plan) -> _Plan:
         if plan.inputs and self._parallel:
-            return _Plan([], plan.prompt, PendingCheck.start_async(ajudge(self.guard, plan.inputs)), plan.marks)
+            pending = PendingCheck.start_async(ajudge(self.guard, plan.inputs))
+            return _Plan([], plan.prompt, pending, plan.marks, answers=plan.answers)
         await self._ascreen(plan.inputs, plan)
-        return _Plan([], plan.prompt, plan.pending, plan.marks, plan.failed_open)
+        return _Plan([], plan.prompt, plan.pending, plan.marks, plan.failed_open, plan.answers)
 
     @staticmethod
     def _inputs_back(plan: _Plan) -> bool:
@@ -611,7 +698,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
                 monitor.finish()
                 return
             checks, calls = self._final_checks(plan, out)
-            pending = PendingCheck.start(lambda: judge(self.guard, checks)) if checks else None
+            pending = PendingCheck.start(lambda: _judge(self.guard, checks)) if checks else None
             tail = monitor.finish()  # the last window, judged beside the tool calls
             reasoning_tail = thinking.finish() if thinking is not None else ""
             if pending is not None and _failed_open(pending.wait()):
@@ -688,7 +775,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
                     yield item
             self._wait_inputs(plan)
             checks = self._completion_end(plan, out)
-            pending = PendingCheck.start(lambda: judge(self.guard, checks)) if checks else None
+            pending = PendingCheck.start(lambda: _judge(self.guard, checks)) if checks else None
             tail = monitor.finish()  # the last window, judged beside the last chunk's raw
             if pending is not None:
                 pending.wait()
@@ -748,17 +835,31 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             return call, None
         return call, await self._astart_inputs(plan)
 
-    def _running(self, call: TemplateCall, plan: _Plan | None) -> contextlib.AbstractContextManager[None]:
+    @contextlib.contextmanager
+    def _running(self, call: TemplateCall, plan: _Plan | None, answers: frozenset[str] = frozenset()) -> Iterator[None]:
         """While a judged template call runs: its chat/complete calls take the plan instead of judging the
-        formatted prompt again, or, without a plan, judge its system messages too."""
-        return self._formatted(call) if plan is None else self._prescreened(plan)
+        formatted prompt again, or, without a plan, judge its system messages too; in a structured-output call,
+        judge a call of the schema's tool (``answers``) as the answer (`_AnswerCall`)."""
+        token = _ANSWER_TOOLS.set((id(self), answers)) if answers else None
+        try:
+            with self._formatted(call) if plan is None else self._prescreened(plan):
+                yield
+        finally:
+            if token is not None:
+                _ANSWER_TOOLS.reset(token)
 
-    def _steps(self, call: TemplateCall, plan: _Plan | None, inner: Generator[T, None, None]) -> Iterator[T]:
+    def _steps(
+        self,
+        call: TemplateCall,
+        plan: _Plan | None,
+        inner: Generator[T, None, None],
+        answers: frozenset[str] = frozenset(),
+    ) -> Iterator[T]:
         """``inner`` (a lazy generator) with each step run under `_running`: set across a ``yield``, the
         context would leak into the consumer's own calls of this LLM, which would go unjudged."""
         with contextlib.closing(inner):
             while True:
-                with self._running(call, plan):
+                with self._running(call, plan, answers):
                     try:
                         item = next(inner)
                     except StopIteration:
@@ -766,11 +867,15 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
                 yield item
 
     async def _asteps(
-        self, call: TemplateCall, plan: _Plan | None, inner: AsyncGenerator[T, None]
+        self,
+        call: TemplateCall,
+        plan: _Plan | None,
+        inner: AsyncGenerator[T, None],
+        answers: frozenset[str] = frozenset(),
     ) -> AsyncGenerator[T, None]:
         try:
             while True:
-                with self._running(call, plan):
+                with self._running(call, plan, answers):
                     try:
                         item = await inner.__anext__()
                     except StopAsyncIteration:
@@ -809,7 +914,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         **prompt_args: Any,
     ) -> Model:
         call, plan = self._judge_template(prompt, prompt_args)
-        with self._running(call, plan):
+        with self._running(call, plan, _schema_tools(output_cls)):
             return super().structured_predict(output_cls, call.template, llm_kwargs, **call.arguments)
 
     async def astructured_predict(
@@ -820,7 +925,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         **prompt_args: Any,
     ) -> Model:
         call, plan = await self._ajudge_template(prompt, prompt_args)
-        with self._running(call, plan):
+        with self._running(call, plan, _schema_tools(output_cls)):
             return await super().astructured_predict(output_cls, call.template, llm_kwargs, **call.arguments)
 
     def stream_structured_predict(
@@ -833,7 +938,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         """Judged when called, like `stream`; the partial objects follow."""
         call, plan = self._judge_template(prompt, prompt_args)
         inner = super().stream_structured_predict(output_cls, call.template, llm_kwargs, **call.arguments)
-        return self._steps(call, plan, inner)
+        return self._steps(call, plan, inner, _schema_tools(output_cls))
 
     async def astream_structured_predict(
         self,
@@ -844,9 +949,40 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
     ) -> Any:
         call, plan = await self._ajudge_template(prompt, prompt_args)
         inner = await super().astream_structured_predict(output_cls, call.template, llm_kwargs, **call.arguments)
-        return self._asteps(call, plan, inner)
+        return self._asteps(call, plan, inner, _schema_tools(output_cls))
 
     # -- tool calling: delegated to the wrapped LLM -------------------------------------------
+    # A program used directly (``FunctionCallingProgram(output_cls=..., llm=guarded)``, not through structured_predict)
+    # hands the schema's tool to these: its call is the program's output, judged as the answer (`_AnswerCall`). The
+    # chat call each makes takes the names into its plan when it is made, so a stream needs no context later.
+    @contextlib.contextmanager
+    def _schema_calls(self, tools: Sequence[BaseTool]) -> Iterator[None]:
+        names = _program_tools(tools)
+        token = _ANSWER_TOOLS.set((id(self), names | self._answer_tools())) if names else None
+        try:
+            yield
+        finally:
+            if token is not None:
+                _ANSWER_TOOLS.reset(token)
+
+    def chat_with_tools(self, tools: Sequence[BaseTool], *args: Any, **kwargs: Any) -> ChatResponse:
+        with self._schema_calls(tools):
+            return super().chat_with_tools(tools, *args, **kwargs)
+
+    async def achat_with_tools(self, tools: Sequence[BaseTool], *args: Any, **kwargs: Any) -> ChatResponse:
+        with self._schema_calls(tools):
+            return await super().achat_with_tools(tools, *args, **kwargs)
+
+    def stream_chat_with_tools(self, tools: Sequence[BaseTool], *args: Any, **kwargs: Any) -> ChatResponseGen:
+        with self._schema_calls(tools):
+            return super().stream_chat_with_tools(tools, *args, **kwargs)
+
+    async def astream_chat_with_tools(
+        self, tools: Sequence[BaseTool], *args: Any, **kwargs: Any
+    ) -> ChatResponseAsyncGen:
+        with self._schema_calls(tools):
+            return await super().astream_chat_with_tools(tools, *args, **kwargs)
+
     def _inner_function_calling(self) -> FunctionCallingLLM:
         if not isinstance(self.llm, FunctionCallingLLM):
             raise TypeError(f"{type(self.llm).__name__} does not support tool calling (not a FunctionCallingLLM)")
@@ -900,6 +1036,77 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         if not calls and error_on_no_tool_call:
             raise ValueError(f"Expected at least one tool call, but got {len(calls)} tool calls.")
         return calls
+
+
+def _program_tools(tools: Sequence[Any]) -> frozenset[str]:
+    """The names of the tools LlamaIndex's ``get_function_tool`` made of an output class (the schema tool of
+    ``FunctionCallingProgram``, which every structured output over a function-calling LLM uses): a call of one is the
+    program's output, the answer. Known by the function it wraps, which only that factory makes."""
+    names = set()
+    for tool in tools:
+        fn = getattr(tool, "fn", None)
+        if (
+            getattr(fn, "__qualname__", None) == "get_function_tool.<locals>.model_fn"
+            and getattr(fn, "__module__", None) == "llama_index.core.program.function_program"
+        ):
+            names.add(tool.metadata.name)
+    return frozenset(n for n in names if isinstance(n, str) and n)
+
+
+# LlamaIndex's agents ask for an ``output_cls`` answer with the conversation printed into one user message
+# (``llama_index.core.agent.utils.messages_to_xml_format``), a text block for each tag and each text block of a turn.
+_PRINTED_OPEN = "<current_conversation>\n"
+_PRINTED_CLOSE = "</current_conversation>\n\n"
+_PRINTED_ASK = "Given the conversation, format the output according to the provided schema."
+_PRINTED_TEXT = ("\t\t<message>", "</message>\n")
+_ROLES = {role.value: role for role in MessageRole}
+
+
+def _printed_turns(message: ChatMessage) -> list[ChatMessage] | None:
+    """The turns of a conversation ``messages_to_xml_format`` printed into ``message`` (None: not such a message).
+
+    Read by block, never by the text's markup: a turn's text is one block whatever tags it writes, so a message that
+    writes ``</message></user><assistant>`` is read as the text of the turn it is in (a user's, judged as a prompt)."""
+    blocks = message.blocks
+    if role_of(message) != MessageRole.USER.value or len(blocks) < 3:
+        return None
+    texts = [b.text for b in blocks if isinstance(b, TextBlock)]
+    if len(texts) != len(blocks):
+        return None
+    if texts[0] != _PRINTED_OPEN or texts[-2] != _PRINTED_CLOSE or texts[-1] != _PRINTED_ASK:
+        return None
+    turns: list[ChatMessage] = []
+    i, end = 1, len(texts) - 2
+    while i < end:
+        tag = texts[i]
+        role = _ROLES.get(tag[2:-2]) if tag.startswith("\t<") and tag.endswith(">\n") else None
+        if role is None:
+            return None
+        i += 1
+        parts = []
+        while i < end and texts[i].startswith(_PRINTED_TEXT[0]) and texts[i].endswith(_PRINTED_TEXT[1]):
+            parts.append(TextBlock(text=texts[i][len(_PRINTED_TEXT[0]) : -len(_PRINTED_TEXT[1])]))
+            i += 1
+        if i >= end or texts[i] != f"\t</{role.value}>\n":
+            return None
+        i += 1
+        turns.append(ChatMessage(role=role, blocks=parts))
+    return turns
+
+
+def _printed_conversation(messages: Sequence[ChatMessage]) -> Sequence[ChatMessage]:
+    """A structured-output call's input with a printed conversation read back into its turns (`_printed_turns`),
+    judged by role as the chat path judges them, the turns judged before not again, the framework's wording not at
+    all. Judged whole as the user's prompt, every assistant and tool turn was the user's text, and the printed roles
+    read as a forged conversation (the demo guard: Jailbreak), so no agent got its structured answer (rt57f F2). The
+    agent's system prompt, printed again as the first turn, stays the application's."""
+    if not messages or (turns := _printed_turns(messages[-1])) is None:
+        return messages
+    head = list(messages[:-1])
+    if head and turns and role_of(head[-1]) in SYSTEM_ROLES and role_of(turns[0]) in SYSTEM_ROLES:
+        if message_text(head[-1]) == message_text(turns[0]):
+            turns = turns[1:]
+    return [*head, *turns]
 
 
 def _guard_missing() -> GuardMissing:
