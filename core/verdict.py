@@ -105,12 +105,16 @@ class Verdict:
 
 def worst(verdicts: list[Verdict]) -> Verdict:
     """Combine verdicts of windows of one text: the highest risk wins; categories of the windows at
-    that risk are merged in order; the refusal of the first window is kept (a refusal opens a reply)."""
+    that risk are merged in order, except that an Unsafe window naming none (a verdict read from its first line:
+    its categories may be lost) leaves the result with none, so that no ignored category of another window may
+    excuse it (rt57d F1); the refusal of the first window is kept (a refusal opens a reply)."""
     if not verdicts:
         raise ValueError("worst() needs at least one verdict")
     top = max(v.risk.rank for v in verdicts)
     at_top = [v for v in verdicts if v.risk.rank == top]
     cats = tuple(dict.fromkeys(c for v in at_top for c in v.categories))
+    if at_top[0].risk is Risk.UNSAFE and any(not v.categories for v in at_top):
+        cats = ()
     probs = None
 
     def _prob(verdict: Verdict, risk: Risk) -> float:

@@ -680,9 +680,11 @@ async def test_a_long_history_is_judged_remotely_as_locally_even_failing_open(ur
 
 
 async def test_a_request_the_server_refuses_as_too_large_is_never_let_through(local):
-    """Whatever the server's limits (here 8 turns), its 413 is the caller's error, as `InputTooLarge` is
-    locally: raised, never a guard error for ``on_error="allow"`` to let through."""
-    with serving(local, max_messages=8) as base:
+    """Whatever the server's limits (here 200 characters), its 413 is the caller's error, as `InputTooLarge` is
+    locally: raised, never a guard error for ``on_error="allow"`` to let through. (A turn cap is published at /models
+    and kept by the client: tests/test_rt56e_remote_context.py.)"""
+    assert sum(len(m["content"]) for m in LONG_HISTORY[:20]) > 200
+    with serving(local, max_chars=200) as base:
         g = Guard.remote(base + "/v1", model=local.backend.name, policy=Policy(on_error="allow"), backoff_s=0.01)
         try:
             with pytest.raises(InputTooLarge, match="413"):

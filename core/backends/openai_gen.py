@@ -43,7 +43,8 @@ An engine whose context is smaller than the one planned for: an answer that coun
 (``usage.prompt_tokens``) than its request must have had (`remote_plan.WireCheck.least_tokens`) judged a cut
 prompt (Ollama cuts silently), and a 400 naming the context (vLLM, SGLang, llama.cpp) refused it: neither is a
 verdict, and the check is planned again for the context the engine showed, which every later check uses
-(`_cut`, `_run`). Whether the engine counts prompts as the official template and tokenizer do is asked once,
+(`_cut`, `_run`); a check that ends without a whole verdict is blocked on an Unsafe said of a cut prompt
+(`_unsafe_kept`). Whether the engine counts prompts as the official template and tokenizer do is asked once,
 when an answer first leaves it open (`_settle`).
 
 Errors, per the backend protocol (`qwenguard.core.backends.base`): an answer that does not parse, a request
@@ -113,7 +114,7 @@ from .remote_plan import (
     wire_text,
 )
 from .replicas import Replicas, attempt_budget, base_urls
-from .transport import credentials_apart, without_password
+from .transport import LeftoverCheck, credentials_apart, without_password
 
 __all__ = [
     "OpenAIGen",
@@ -249,6 +250,19 @@ _IDS_QUESTION_WAIT_S = 1.0
 
 #: Why a choice ended, other than its stop: not a verdict (a provider's filter cut it, the model called a tool).
 _NOT_A_VERDICT_ENDS = frozenset({"content_filter", "tool_calls", "function_call"})
+#: The ends that say the model finished its answer: "stop" (OpenAI, vLLM, SGLang, llama.cpp, Ollama), TGI's
+#: "eos_token" and "stop_sequence", "eos", and none given. Any other end ("length"; vLLM's and SGLang's "abort",
+#: vLLM's "error": the engine stopped the request) leaves a text that may be a part of the verdict (rt57d F1).
+_WHOLE_ENDS = frozenset({"stop", "eos", "eos_token", "stop_sequence", ""})
+
+
+def _cut_short(end: object, max_tokens: int) -> str | None:
+    """Why a choice's ``finish_reason`` shows its text may be a part of the verdict, or None for a normal end."""
+    if end is None or (isinstance(end, str) and end.strip().lower() in _WHOLE_ENDS):
+        return None
+    if end == "length":
+        return f"was cut at max_tokens={max_tokens} (finish_reason 'length'): the verdict may be incomplete"
+    return f"ended with finish_reason {str(end)[:40]!r}, not a normal end: the verdict may be incomplete"
 
 
 def _not_a_guards_answer(choice: Any) -> str | None:
@@ -314,6 +328,21 @@ def _model_not_found(status: int, body: bytes) -> bool:
 def _retrieved(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()  # the outcome is read: no "exception was never retrieved" when no check waited
+
+
+def _unsafe_kept(cut: PromptCut, answer: Outcome) -> PromptCut:
+    """``cut`` carrying the Unsafe its answer said, with no category (the engine read a part of the text, and no
+    ignored category may excuse it), as what the policy blocks on when the check ends without a whole verdict
+    (`Policy.decide_error`): a Safe or Controversial answer to a cut prompt is never read (rt57d F2)."""
+    if isinstance(answer, Verdict) and answer.risk is Risk.UNSAFE:
+        cut.readable = Verdict(Risk.UNSAFE, (), None, answer.raw, answer.latency_ms, answer.model)
+    return cut
+
+
+def _cut_unsafe(outcome: Outcome) -> Verdict | None:
+    """The Unsafe a cut prompt's answer said (`_unsafe_kept`), carried by ``outcome``, or None."""
+    readable = getattr(outcome, "readable", None)
+    return readable if isinstance(readable, Verdict) and readable.risk is Risk.UNSAFE else None
 
 
 class _AttemptTimeout(GuardTimeout):
@@ -544,6 +573,7 @@ class OpenAIGen:
         self._counts_our_template: bool | None = None
         self._too_small: set[int] = set()  # contexts shown that cannot hold the guard prompt (logged once each)
         self._warned_no_logprobs = False
+        self._said_leftover = False  # a reply with bytes past it was logged as a warning (`_leftover`)
         # Replies uncompressed: a verdict is a few hundred bytes, and a compressed body is inflated a whole
         # network chunk at a time (up to ~1000x; nested encodings multiply it) before max_reply_bytes can
         # count it. A server that compresses anyway is refused unread (`_compressed`).
@@ -619,9 +649,10 @@ class OpenAIGen:
         return "/completions", body
 
     def _read(self, mode: str, payload: Any, elapsed_ms: float) -> Outcome:
-        """The verdict of a 200 reply. Every choice must be a whole verdict (a choice cut at ``max_tokens``,
-        ``finish_reason: "length"``, may have lost its categories or its label); several choices (an
-        engine that ignores ``n=1``) are judged by the worst of them, as windows are."""
+        """The verdict of a 200 reply. Every choice must be a whole verdict: one that did not end normally
+        (`_cut_short`: cut at ``max_tokens``, ``finish_reason: "length"``, or aborted) may have lost its categories
+        or its label; several choices (an engine that ignores ``n=1``) are judged by the worst of them, as windows
+        are."""
         choices = payload.get("choices") if isinstance(payload, Mapping) else None
         if not isinstance(choices, list) or not choices:
             return VerdictParseError("the server's reply has no choices", raw=str(payload)[:300])
@@ -636,15 +667,14 @@ class OpenAIGen:
                 parsed = parse_verdict(text, mode=mode, model=self.name)
             except VerdictParseError as exc:
                 parsed = exc
-            # A choice cut at max_tokens may have lost its categories or its label, and one no guard would write
-            # (`_not_a_guards_answer`) is no verdict: neither is read, unless its first line says Unsafe, which stands
-            # as the local guard reads it (the rest garbled: rt49d R2), with no category, since the ones it names may
-            # be cut ("PII, Violent" to "PII") and no policy's ignored category may excuse it (rt49e F1). A model that
-            # kept writing after "Safety: Unsafe" was a guard error here and blocked locally; allowed under
-            # on_error="allow" (rt53c F1; rt53e F6 for the other endings).
-            odd = _not_a_guards_answer(choice)
-            if choice.get("finish_reason") == "length" and odd is None:
-                odd = f"was cut at max_tokens={self.max_tokens} (finish_reason 'length'): the verdict may be incomplete"
+            # A choice cut short (at max_tokens, or aborted: `_cut_short`) may have lost its categories or its label,
+            # and one no guard would write (`_not_a_guards_answer`) is no verdict: neither is read, unless its first
+            # line says Unsafe, which stands as the local guard reads it (the rest garbled: rt49d R2), with no
+            # category, since the ones it names may be cut ("PII, Violent" to "PII") and no policy's ignored category
+            # may excuse it (rt49e F1). A model that kept writing after "Safety: Unsafe" was a guard error here and
+            # blocked locally; allowed under on_error="allow" (rt53c F1; rt53e F6 for the other endings). An aborted
+            # "Unsafe\nCategories: Violent" was read whole, and an ignored Violent allowed it (rt57d F1).
+            odd = _not_a_guards_answer(choice) or _cut_short(choice.get("finish_reason"), self.max_tokens)
             if odd is not None:
                 if not (isinstance(parsed, Verdict) and parsed.risk is Risk.UNSAFE):
                     return VerdictParseError(f"the server's reply choices[{i}] {odd}", raw=str(text)[:300])
@@ -722,6 +752,19 @@ class OpenAIGen:
             chunks.append(chunk)
         return b"".join(chunks)
 
+    def _leftover(self, check: LeftoverCheck, url: str) -> None:
+        """Says that a reply came with bytes past it, whose connection `LeftoverCheck` closed: kept alive, they were
+        the next request's reply, a stale "Safe" for another text (rt57d F3)."""
+        leftover = check.leftover
+        if leftover:
+            (logger.debug if self._said_leftover else logger.warning)(
+                "qwenguard: guard server at %s sent %d bytes past its reply (a second reply to one request?); the "
+                "connection is closed, not reused: those bytes are no other request's answer",
+                self._show(url),
+                leftover,
+            )
+            self._said_leftover = True
+
     @staticmethod
     def _compressed(url: str, encoding: str) -> VerdictParseError:
         return VerdictParseError(
@@ -798,8 +841,11 @@ class OpenAIGen:
         return err
 
     # -- on the loop --------------------------------------------------------------------------
-    async def _post(self, wire: _Wire, check: WireCheck, as_ids: bool, deadline: _Deadline, start: float) -> Verdict:
+    async def _post(
+        self, wire: _Wire, check: WireCheck, as_ids: bool, deadline: _Deadline, start: float, seen: list[Verdict]
+    ) -> Verdict:
         """One logical request, retried (on another replica first, when there is one); its verdict, or raises.
+        ``seen`` gathers the Unsafe of answers to a cut prompt (`_unsafe_kept`), whatever the later attempts end in.
 
         Only a verdict counts as a replica's success. A replica that answers without one (a 200 that does
         not parse, a 4xx other than 429) is asked nothing more by this request; when another replica then
@@ -865,6 +911,8 @@ class OpenAIGen:
                     )
                     if not isinstance(outcome, Verdict):
                         refused.append(url)
+                        if (unsafe := _cut_unsafe(outcome)) is not None:
+                            seen.append(unsafe)
                         if isinstance(outcome, SmallerContext):
                             self._cut(url, outcome.context)
                         raise outcome
@@ -885,7 +933,8 @@ class OpenAIGen:
         """The verdict of a 200 body, or the `VerdictParseError` saying why it is none: whatever the body
         holds, an answer that is no verdict is that replica's answer (tried on another), never "unreachable".
         ``least``: the prompt tokens the request must have had (`WireCheck.least_tokens`); an answer counting
-        fewer is a `PromptCut`, or `Unsure` while the engine's template is not known."""
+        fewer is a `PromptCut` (carrying its Unsafe, if it said so: `_unsafe_kept`), or `Unsure` while the engine's
+        template is not known."""
         try:
             payload = json.loads(content)
         except ValueError as exc:  # a 200 body that is not JSON (not UTF-8 included)
@@ -894,35 +943,45 @@ class OpenAIGen:
             return VerdictParseError("the server's reply is JSON nested too deeply to be a verdict")
         kept = prompt_tokens(payload)
         floor, full = least
-        if kept is not None and kept < floor:  # read before the text: a cut prompt's answer may parse, or not
-            return PromptCut(self._show(url), kept, floor)
         outcome: Outcome
         try:
             outcome = self._read(mode, payload, elapsed_ms)
         except (ValueError, TypeError, OverflowError, AttributeError, RecursionError) as exc:
             outcome = VerdictParseError(f"the server's reply is not a verdict: {type(exc).__name__}: {exc}"[:300])
+        if kept is not None and kept < floor:  # a cut prompt's answer is no verdict; only its Unsafe is kept
+            return _unsafe_kept(PromptCut(self._show(url), kept, floor), outcome)
         if kept is None or kept >= full or self._counts_our_template is False:
             return outcome
         if self._counts_our_template:
-            return PromptCut(self._show(url), kept, full)
+            return _unsafe_kept(PromptCut(self._show(url), kept, full), outcome)
         return Unsure(outcome, kept, full)
 
     async def _exchange(self, wire: _Wire, target: str, body: dict[str, Any], url: str) -> tuple[Any, bytes]:
         """One POST: ``(200, body)``, or ``(error, what of its body was read)`` for any other status
         (`_status_error`; a 2xx other than 200 or a 3xx is not a verdict either); the body read at most
         ``max_reply_bytes``."""
-        async with wire.client.stream("POST", target, json=body, **self._auth_of(url)) as response:
-            if response.status_code != 200:
-                # A compressed error body is not read (`_compressed`): its status still says what happened.
-                encoding = _content_encoding(response)
-                head = (
-                    b""
-                    if encoding
-                    else await self._body_of(response, url, min(_ERROR_BODY_BYTES, self.max_reply_bytes), strict=False)
-                )
-                unread = f"body not read: Content-Encoding {encoding!r}" if encoding else ""
-                return self._status_error(response, head, url, unread), head
-            return 200, await self._body_of(response, url, self.max_reply_bytes, strict=True)
+        # A connection holding bytes past this reply is closed, not reused (`LeftoverCheck`; rt57d F3).
+        check = LeftoverCheck()
+        try:
+            async with wire.client.stream(
+                "POST", target, json=body, extensions={"trace": check}, **self._auth_of(url)
+            ) as response:
+                check.response = response
+                if response.status_code != 200:
+                    # A compressed error body is not read (`_compressed`): its status still says what happened.
+                    encoding = _content_encoding(response)
+                    head = (
+                        b""
+                        if encoding
+                        else await self._body_of(
+                            response, url, min(_ERROR_BODY_BYTES, self.max_reply_bytes), strict=False
+                        )
+                    )
+                    unread = f"body not read: Content-Encoding {encoding!r}" if encoding else ""
+                    return self._status_error(response, head, url, unread), head
+                return 200, await self._body_of(response, url, self.max_reply_bytes, strict=True)
+        finally:
+            self._leftover(check, url)
 
     async def _send(self, wire: _Wire, check: WireCheck, deadline: _Deadline) -> tuple[Outcome, bool]:
         """One request of a check → (outcome, whether it failed on the transport: unreachable or late)."""
@@ -930,16 +989,17 @@ class OpenAIGen:
             check.ids is not None and self._ids_accepted is not False and await self._ids_read_alike(wire, deadline)
         )
         start = time.perf_counter()
+        seen: list[Verdict] = []  # Unsafe said of a cut prompt: stands when no attempt gives a verdict (rt57d F2)
 
         async def ask() -> Verdict:
             try:
-                verdict = await self._post(wire, check, as_ids, deadline, start)
+                verdict = await self._post(wire, check, as_ids, deadline, start, seen)
             except RemoteHTTPError as exc:
                 if not (as_ids and exc.status in _IDS_REFUSED):
                     raise
                 # The engine may not take token ids (transformers serve: "prompt must be a string"):
                 # send the text, and if that is answered, send text from now on.
-                verdict = await self._post(wire, check, False, deadline, start)
+                verdict = await self._post(wire, check, False, deadline, start, seen)
                 if self._ids_accepted is None:
                     self._ids_accepted = False
                     logger.info("qwenguard: %s refuses token ids (%s); sending prompt text", self._where, exc)
@@ -948,19 +1008,24 @@ class OpenAIGen:
                     self._ids_accepted = True
             return verdict
 
+        def failed(error: QwenGuardError, transport: bool) -> tuple[Outcome, bool]:
+            if seen:  # an engine answered Unsafe of the part it read: what the policy blocks on
+                error.readable = seen[0]
+            return error, transport and not seen
+
         try:
             # The deadline is enforced here, on the loop: cancelling the request closes its connection.
             return await asyncio.wait_for(ask(), deadline.left()), False
         except RemoteHTTPError as exc:
             if exc.status == 413:  # too large for the server: the caller's error, as locally, never on_error's
                 return InputTooLarge(f"{exc} (the server's size limits: split the text or raise them)"), False
-            return exc, False  # the server refused this request: its own outcome
+            return failed(exc, False)  # the server refused this request: its own outcome
         except VerdictParseError as exc:
-            return exc, False  # a reply that is no verdict: its own outcome
+            return failed(exc, False)  # a reply that is no verdict: its own outcome
         except asyncio.TimeoutError:
-            return GuardTimeout(f"guard server at {self._where} did not answer within the deadline"), True
+            return failed(GuardTimeout(f"guard server at {self._where} did not answer within the deadline"), True)
         except Exception as exc:  # noqa: BLE001 - translated at the boundary
-            return self._translate(exc), True
+            return failed(self._translate(exc), True)
 
     async def _judge(self, wire: _Wire, plan: CheckPlan, deadline: _Deadline) -> tuple[Outcome, bool]:
         """All requests of one check, combined as the local guard combines windows."""
@@ -977,8 +1042,14 @@ class OpenAIGen:
             return Verdict(top.risk, top.categories, top.refusal, top.raw, elapsed, self.name, top.probs), False
         # A cut prompt first: the check is planned again for the context the engine showed (`_run`).
         error, transport = next(((o, t) for o, t in errors if isinstance(o, SmallerContext)), errors[0])
-        if verdicts and isinstance(error, QwenGuardError):
-            error.readable = worst(verdicts)  # what the policy may block on (rt53f F2)
+        if isinstance(error, QwenGuardError):
+            # What the policy may block on (rt53f F2): an Unsafe said of a cut prompt, with no category, before the
+            # windows read (none of them unsafe: merged, their categories would let an ignore list excuse it).
+            cut_unsafe = next((u for o, _ in errors if (u := _cut_unsafe(o)) is not None), None)
+            if cut_unsafe is not None:
+                error.readable = cut_unsafe
+            elif verdicts:
+                error.readable = worst(verdicts)
         return error, transport and not verdicts
 
     def _naming(self) -> bool:
@@ -1087,7 +1158,7 @@ class OpenAIGen:
                 )
                 return VerdictParseError(why[:400])
         if self._counts_our_template:
-            return PromptCut(self._show(url), unsure.kept, unsure.full)
+            return _unsafe_kept(PromptCut(self._show(url), unsure.kept, unsure.full), unsure.outcome)
         return unsure.outcome
 
     async def _ask_hi(
@@ -1314,11 +1385,18 @@ class OpenAIGen:
 
     async def _get_models(self, wire: _Wire, url: str) -> tuple[int, bytes | None]:
         """``GET /models``: its status and body (``None``: larger than ``max_reply_bytes``, not read further)."""
-        async with wire.client.stream("GET", self._target[url] + "/models", **self._auth_of(url)) as response:
-            try:
-                return response.status_code, await self._body_of(response, url, self.max_reply_bytes, strict=True)
-            except VerdictParseError:
-                return response.status_code, None
+        check = LeftoverCheck()  # a connection holding bytes past this reply is closed, not reused (rt57d F3)
+        try:
+            async with wire.client.stream(
+                "GET", self._target[url] + "/models", extensions={"trace": check}, **self._auth_of(url)
+            ) as response:
+                check.response = response
+                try:
+                    return response.status_code, await self._body_of(response, url, self.max_reply_bytes, strict=True)
+                except VerdictParseError:
+                    return response.status_code, None
+        finally:
+            self._leftover(check, url)
 
     async def _plan(
         self, conversations: list[Conversation], context: int, deadline: _Deadline, budget: int | None = None
@@ -1388,8 +1466,13 @@ class OpenAIGen:
             context = smaller
             replans = await self._plan([conversations[i] for i in again], context, deadline, budget)
             redone = await asyncio.gather(*(self._judge(wire, p, deadline) for p in replans))
-            for i, result in zip(again, redone):
-                results[i] = result
+            for i, (outcome, transport) in zip(again, redone):
+                # A whole verdict of the replanned check stands; without one, an Unsafe said of the cut prompt does.
+                unsafe = _cut_unsafe(results[i][0])
+                if unsafe is not None and isinstance(outcome, QwenGuardError) and _cut_unsafe(outcome) is None:
+                    outcome.readable = unsafe
+                    transport = False
+                results[i] = (outcome, transport)
         failed = [o for o, transport in results if transport and isinstance(o, BaseException)]
         if results and len(failed) == len(results):
             raise failed[0]  # nothing got through: the call as a whole failed

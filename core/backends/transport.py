@@ -10,6 +10,14 @@ The proxy table is httpx's own (``httpx._utils``, what its clients build their m
 library reads ``NO_PROXY`` otherwise (".example.com", a "*" among other names, scheme- or port-qualified
 names, IPv6), and some sessions would take another route than the checks. Should httpx move those helpers,
 the standard library's reading is the fallback.
+
+A kept-alive connection must not hand one request's reply to the next: an engine or proxy that writes bytes past a
+reply (a second reply to one request) leaves them in the HTTP parser's buffer, where httpcore's "is the idle socket
+readable" test does not look, and the next request on that connection read them as its reply (rt57d F3).
+`LeftoverCheck`, a request's ``trace`` extension (httpx's public hook into httpcore), marks such a connection
+failed as its response closes, so httpcore closes it instead of reusing it. Only httpcore's private attributes
+reach that buffer (`h11_state_of`); should they move, nothing is dropped and `tests/test_rt57d_engine_replies.py`
+fails.
 """
 
 from __future__ import annotations
@@ -22,7 +30,16 @@ import urllib.parse
 import urllib.request
 from typing import Any, TypeAlias
 
-__all__ = ["Verify", "checks_transport", "proxy_for", "ssl_context", "without_password"]
+__all__ = [
+    "LeftoverCheck",
+    "Verify",
+    "checks_transport",
+    "drop_if_leftover",
+    "h11_state_of",
+    "proxy_for",
+    "ssl_context",
+    "without_password",
+]
 
 #: What ``verify`` may be, in httpx's meaning: verify against the default CAs (True) or not at all (False),
 #: a CA bundle file or directory, or a ready ``ssl.SSLContext``.
@@ -171,3 +188,69 @@ def checks_transport(verify: Verify, *, max_connections: int) -> Any:
                 await route.aclose()
 
     return EnvProxyTransport()
+
+
+#: The links from an httpx response's stream to its HTTP/1.1 connection, all private: httpx's ``BoundAsyncStream``
+#: and httpcore's ``PoolByteStream`` hold the stream they wrap in ``_stream``, httpx's transport stream holds
+#: httpcore's in ``_httpcore_stream``, and httpcore's ``HTTP11ConnectionByteStream`` holds its connection in
+#: ``_connection``, whose parser (an ``h11.Connection``, public API from there) is ``_h11_state``.
+_STREAM_LINKS = ("_stream", "_httpcore_stream")
+_MOST_LINKS = 8
+
+
+def h11_state_of(response: Any) -> Any:
+    """The ``h11.Connection`` of the HTTP/1.1 connection an httpx response came on, or None (another transport: a
+    test's, HTTP/2; or an httpx/httpcore whose private attributes moved)."""
+    try:
+        import h11
+    except ImportError:  # pragma: no cover - httpcore needs it
+        return None
+    node = getattr(response, "stream", None)
+    for _ in range(_MOST_LINKS):
+        if node is None:
+            return None
+        state = getattr(getattr(node, "_connection", None), "_h11_state", None)
+        if isinstance(state, h11.Connection):
+            return state
+        node = next((n for n in (getattr(node, link, None) for link in _STREAM_LINKS) if n is not None), None)
+    return None
+
+
+def drop_if_leftover(response: Any) -> int | None:
+    """Called as ``response`` closes, before httpcore releases its connection: when the connection already holds
+    bytes past the response, it is marked failed (h11's ``send_failed``), so that httpcore closes it instead of
+    keeping it alive, and the next request reads its reply from a new connection. The number of bytes left over (0:
+    none, or the response was not read to its end, and httpcore closes the connection itself); None when the
+    connection cannot be reached (`h11_state_of`). Bytes that arrive later lie in the socket, which httpcore tests
+    before it reuses an idle connection."""
+    state = h11_state_of(response)
+    if state is None:
+        return None
+    import h11
+
+    if state.their_state is not h11.DONE or state.our_state is not h11.DONE:
+        return 0
+    leftover = len(state.trailing_data[0])
+    if leftover:
+        state.send_failed()
+    return leftover
+
+
+class LeftoverCheck:
+    """The ``trace`` extension of one request (``client.stream(..., extensions={"trace": check})``): as httpcore
+    starts to close its response ("http11.response_closed.started", before the connection is released), it runs
+    `drop_if_leftover` on ``response``, which the caller sets once the response is open. ``leftover``: the bytes
+    found past the response (None: its connection could not be reached, or the response never closed so)."""
+
+    EVENT = "http11.response_closed.started"
+
+    def __init__(self) -> None:
+        self.response: Any = None
+        self.leftover: int | None = None
+
+    async def __call__(self, event: str, info: dict[str, Any]) -> None:
+        if event == self.EVENT and self.response is not None:
+            try:
+                self.leftover = drop_if_leftover(self.response)
+            except Exception:  # noqa: BLE001 - never in the way of closing the response (the test says it works)
+                self.leftover = None
