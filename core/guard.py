@@ -33,6 +33,7 @@ from .formats.conversations import (
 )
 from .formats.encoding import check_use_chat_template
 from .formats.prompts import Message, judged_size, normalize_messages, text_size
+from .formats.windows import window_budget
 from .policy import Action, Decision, Policy, require_count
 from .streaming.monitor_core import require_switch
 from .verdict import Risk, Stage, Verdict, worst
@@ -75,6 +76,7 @@ _COUNT_OPTIONS = (
     ("max_chars", 1, False),
     ("max_messages", 1, False),
     ("max_checks", 1, False),
+    ("max_windows_per_call", 1, True),
     ("cache_size", 0, False),
     ("cache_bytes", 0, False),
     ("max_new_tokens", 1, False),
@@ -258,6 +260,7 @@ class Guard:
         max_checks: int = DEFAULT_MAX_CHECKS,
         listeners: Iterable[DecisionListener] = (),
         parallel_input: bool = False,
+        max_windows_per_call: int | None = None,
     ) -> None:
         if policy is not None and not isinstance(policy, Policy):
             raise TypeError(f"policy must be a Policy, got {type(policy).__name__}")
@@ -267,6 +270,8 @@ class Guard:
         for option, value in (("max_chars", max_chars), ("max_messages", max_messages), ("max_checks", max_checks)):
             require_count(option, value)
         require_switch("parallel_input", parallel_input)  # bool("false") is True: on, for a config file's "false"
+        if max_windows_per_call is not None:
+            require_count("max_windows_per_call", max_windows_per_call)
         self.backend = backend
         self.policy = policy or Policy()
         self.stream_backend = stream_backend
@@ -277,6 +282,10 @@ class Guard:
         self.max_checks = max_checks
         self.listeners: list[DecisionListener] = list(listeners)
         self.parallel_input = parallel_input
+        #: Guard windows one `check_many` call (and every check and integration step built on it: a client's history
+        #: of label-filled turns) may plan in all, over its batch, retries and re-reads; None: each conversation's
+        #: ``max_windows`` only (rt57e F2). Past it: `InputTooLarge`, before any model work.
+        self.max_windows_per_call = max_windows_per_call
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -398,6 +407,7 @@ class Guard:
             "max_checks",
             "listeners",
             "parallel_input",
+            "max_windows_per_call",
         }
         guard_kwargs = {k: opts.pop(k) for k in list(opts) if k in guard_keys}
         context = None
@@ -560,7 +570,9 @@ class Guard:
         elif pending:
             groups = self._by_deadline(pending)
             # Shortest deadline first: each group's deadline counts from its own start (rarely more than one).
-            outcome = _merged(len(pending), [(group, self._judge([pending[i] for i in group])) for group in groups])
+            with window_budget(self.max_windows_per_call):
+                judged = [(group, self._judge([pending[i] for i in group])) for group in groups]
+            outcome = _merged(len(pending), judged)
         return self._settle(checks, pending, outcome)
 
     def _judge(self, pending: Sequence[_Check]) -> list[Outcome] | BaseException:
@@ -602,7 +614,8 @@ class Guard:
             outcome = _closed_error(self.backend)
         elif pending:
             groups = self._by_deadline(pending)
-            outcomes = await asyncio.gather(*(self._ajudge([pending[i] for i in group]) for group in groups))
+            with window_budget(self.max_windows_per_call):
+                outcomes = await asyncio.gather(*(self._ajudge([pending[i] for i in group]) for group in groups))
             outcome = _merged(len(pending), list(zip(groups, outcomes)))
         return self._settle(checks, pending, outcome)
 

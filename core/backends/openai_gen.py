@@ -78,10 +78,12 @@ from ..errors import (
 )
 from ..formats.prompts import parse_verdict, render_prompt
 from ..formats.windows import (
+    CALL_WINDOW_ACCOUNT,
     CALL_WINDOW_BUDGET,
     DEFAULT_MAX_WINDOW_TOKENS,
     DEFAULT_MAX_WINDOWS,
     DEFAULT_WINDOW_OVERLAP,
+    WindowAccount,
     over_call_budget,
 )
 from ..verdict import Risk, Verdict, worst
@@ -1399,9 +1401,15 @@ class OpenAIGen:
             self._leftover(check, url)
 
     async def _plan(
-        self, conversations: list[Conversation], context: int, deadline: _Deadline, budget: int | None = None
+        self,
+        conversations: list[Conversation],
+        context: int,
+        deadline: _Deadline,
+        budget: int | None = None,
+        account: WindowAccount | None = None,
     ) -> list[CheckPlan]:
-        """Each conversation's requests; `InputTooLarge` for the whole call past ``budget`` windows in all."""
+        """Each conversation's requests; `InputTooLarge` for the whole call past ``budget`` windows in all, or past
+        what is left of the caller's ``account`` (`window_budget`: over several calls)."""
         want_ids = (
             self.mode == "completion"
             and self.planner.encoder is not None
@@ -1429,6 +1437,8 @@ class OpenAIGen:
                 windows += len(plans[-1].checks)
                 if (too_many := over_call_budget(windows, budget)) is not None:
                     raise too_many
+                if account is not None and (too_many := account.charge(len(plans[-1].checks))) is not None:
+                    raise too_many
             return plans
 
         size = sum(len(m.get("content") or "") for c in conversations for m in c if isinstance(m, Mapping))
@@ -1448,14 +1458,18 @@ class OpenAIGen:
                 job.cancel()
 
     async def _run(
-        self, conversations: list[Conversation], deadline: _Deadline, budget: int | None = None
+        self,
+        conversations: list[Conversation],
+        deadline: _Deadline,
+        budget: int | None = None,
+        account: WindowAccount | None = None,
     ) -> list[Outcome]:
         wire = self._wire
         assert wire is not None
         CALLER.set(object())  # this call's requests take free slots in turn with other calls' (`FairSlots`)
         wire.ready()
         context = await self._context(wire, deadline)
-        plans = await self._plan(conversations, context, deadline, budget)
+        plans = await self._plan(conversations, context, deadline, budget, account)
         results = await asyncio.gather(*(self._judge(wire, p, deadline) for p in plans))
         for _ in range(_MAX_REPLANS):
             # A check judged on a cut prompt is planned again, whole, for the smaller context it showed.
@@ -1464,7 +1478,7 @@ class OpenAIGen:
             if not again or smaller >= context:
                 break
             context = smaller
-            replans = await self._plan([conversations[i] for i in again], context, deadline, budget)
+            replans = await self._plan([conversations[i] for i in again], context, deadline, budget, account)
             redone = await asyncio.gather(*(self._judge(wire, p, deadline) for p in replans))
             for i, (outcome, transport) in zip(again, redone):
                 # A whole verdict of the replanned check stands; without one, an Unsafe said of the cut prompt does.
@@ -1502,8 +1516,9 @@ class OpenAIGen:
         if not conversations:
             return []
         budget = CALL_WINDOW_BUDGET.get()  # the caller's: the run goes to the client's own loop thread
+        account = CALL_WINDOW_ACCOUNT.get()  # the caller's call's, over its backend calls (`window_budget`)
         outcomes: list[Outcome] = self._result(
-            wire.thread.submit(self._run(list(conversations), _Deadline(timeout), budget)), timeout, "answer"
+            wire.thread.submit(self._run(list(conversations), _Deadline(timeout), budget, account)), timeout, "answer"
         )
         return outcomes
 
@@ -1513,7 +1528,8 @@ class OpenAIGen:
         if not conversations:
             return []
         budget = CALL_WINDOW_BUDGET.get()  # the caller's: the run goes to the client's own loop thread
-        future = wire.thread.submit(self._run(list(conversations), _Deadline(timeout), budget))
+        account = CALL_WINDOW_ACCOUNT.get()
+        future = wire.thread.submit(self._run(list(conversations), _Deadline(timeout), budget, account))
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), None if timeout is None else timeout + _GRACE_S)
         except asyncio.TimeoutError:

@@ -35,6 +35,7 @@ from ..formats.windows import (
     DEFAULT_MAX_WINDOW_TOKENS,
     DEFAULT_MAX_WINDOWS,
     DEFAULT_WINDOW_OVERLAP,
+    StreamCheck,
     TokenCounter,
     WindowPlanner,
 )
@@ -249,6 +250,7 @@ class RemotePlanner:
                     check=_stop_at(deadline, abandoned),
                     join_runs=not isinstance(conversation, RunsJudged),
                     max_messages=max_messages,
+                    stream=conversation if isinstance(conversation, StreamCheck) else None,  # judged pieces left out
                 )
         except QwenGuardError as exc:  # InputTooLarge, GuardTimeout
             return CheckPlan((), mode, exc)

@@ -10,7 +10,8 @@ Where the work happens, and its bounds:
 - **Planning** (tokenizing, windowing: `formats.windows.WindowPlanner`) runs in the caller's thread
   for `classify` and in a worker thread for `aclassify`, never on the event loop. It is linear in
   the input, stops at the deadline, and refuses a conversation that needs more than ``max_windows``
-  windows (`InputTooLarge`, before any model work).
+  windows (`InputTooLarge`, before any model work); a stream's check (`formats.windows.StreamCheck`) plans
+  only the piece windows its stream has not had judged, within the stream's bound.
 - **The model** runs on the micro-batcher's one thread (`batching.MicroBatcher`), in steps of at
   most ``max_batch`` rows and ``max_batch_tokens`` padded prompt tokens, planned to take about
   ``target_step_s``; a short check leads the next step and never shares it with long windows; a request
@@ -44,10 +45,13 @@ from ..formats.prompts import (
     parse_verdict,
 )
 from ..formats.windows import (
+    CALL_WINDOW_ACCOUNT,
     CALL_WINDOW_BUDGET,
     DEFAULT_MAX_WINDOW_TOKENS,
     DEFAULT_MAX_WINDOWS,
     DEFAULT_WINDOW_OVERLAP,
+    StreamCheck,
+    WindowAccount,
     WindowPlanner,
     over_call_budget,
 )
@@ -349,19 +353,28 @@ class TransformersGen:
         conversations: Sequence[Sequence[dict[str, str]]],
         check: Callable[[], None] | None = None,
         budget: int | None = None,
+        account: WindowAccount | None = None,
     ) -> tuple[list[list[int]], list[_Span]]:
         """All windows of all conversations, flat, and where each conversation's windows are; `InputTooLarge`
-        for the whole call past ``budget`` windows in all (`CALL_WINDOW_BUDGET`), before any model work."""
+        for the whole call past ``budget`` windows in all (`CALL_WINDOW_BUDGET`), or past what is left of the
+        caller's ``account`` (`window_budget`: over several calls), before any model work."""
         flat: list[list[int]] = []
         spans: list[_Span] = []
         for conv in conversations:
             msgs = normalize_messages(conv)
             try:
-                windows = self.planner.plan(msgs, check=check, join_runs=not isinstance(conv, RunsJudged))
+                windows = self.planner.plan(
+                    msgs,
+                    check=check,
+                    join_runs=not isinstance(conv, RunsJudged),
+                    stream=conv if isinstance(conv, StreamCheck) else None,  # pieces judged before are left out
+                )
             except InputTooLarge as exc:
                 spans.append((len(flat), 0, "prompt", exc))
                 continue
             if (too_many := over_call_budget(len(flat) + len(windows), budget)) is not None:
+                raise too_many
+            if account is not None and (too_many := account.charge(len(windows))) is not None:
                 raise too_many
             spans.append((len(flat), len(windows), moderation_mode(msgs), None))
             flat.extend(list(w.ids) for w in windows)
@@ -376,7 +389,9 @@ class TransformersGen:
         abandoned = threading.Event()  # set when the caller stops waiting: planning stops at its next window
         stop = _stop_check(deadline, timeout, abandoned)
         budget = CALL_WINDOW_BUDGET.get()  # the caller's (a server's request), read on the caller's side
-        return planning_pool().submit(text_chars(conversations), self._plan, conversations, stop, budget), abandoned
+        account = CALL_WINDOW_ACCOUNT.get()  # the caller's call's, over its backend calls (`window_budget`)
+        args = (conversations, stop, budget) + ((account,) if account is not None else ())
+        return planning_pool().submit(text_chars(conversations), self._plan, *args), abandoned
 
     def _plan_waiting(
         self, conversations: Sequence[Sequence[dict[str, str]]], deadline: float | None, timeout: float | None

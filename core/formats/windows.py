@@ -30,6 +30,12 @@ whole prompt does not fit in ``max_prompt_tokens``, `WindowPlanner` builds windo
   whole run, even where a window may show fewer turns (``max_messages``, a remote server's cap).
 - **Bounded work.** More than ``max_windows`` windows for one conversation raises `InputTooLarge`
   (before any model work); ``check()`` (a deadline or cancellation) is called between windows.
+- **A stream's checks** (`StreamPieces`, `StreamCheck`): each check of a streamed answer shows the end of the
+  text judged before as its context, so its label lines were planned again as forged-turn windows in every later
+  check (rt57e F1: 100 times the windows of prose). A piece window already judged safe in the stream (the same
+  piece, role and context: the same prompt, so the same verdict) is not planned again, and a stream's forged-turn
+  windows past `STREAM_FORGED_PER_CHECK` a check are bounded by ``max_windows`` in all, the bound one check of the
+  whole answer has (`InputTooLarge`).
 
 Reusable by any backend that can count tokens: the encoder needs ``encode(messages) -> ids`` and
 ``content_token_starts(text) -> [char offset of each token]`` (`ConversationEncoder` has both).
@@ -37,7 +43,10 @@ Reusable by any backend that can count tokens: the encoder needs ``encode(messag
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import hashlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
@@ -57,6 +66,12 @@ __all__ = [
     "DEFAULT_MAX_WINDOWS",
     "CALL_WINDOW_BUDGET",
     "over_call_budget",
+    "CALL_WINDOW_ACCOUNT",
+    "WindowAccount",
+    "window_budget",
+    "StreamPieces",
+    "StreamCheck",
+    "STREAM_FORGED_PER_CHECK",
 ]
 
 #: Longest guard prompt of one window, in tokens (template included; the model's context may be longer).
@@ -88,10 +103,134 @@ def over_call_budget(windows: int, budget: int | None) -> InputTooLarge | None:
     )
 
 
+class WindowAccount:
+    """Windows planned over every backend call made inside one caller's call (`window_budget`): one integration
+    call judges each user turn of a client's history as its own check, up to ``max_windows`` each, so K turns of
+    label lines planned about 255*K windows (rt57e F2); the guard's retries and re-reads are further backend calls.
+    Thread-safe; nested accounts charge their outer ones too."""
+
+    def __init__(self, budget: int, outer: WindowAccount | None = None) -> None:
+        if budget < 1:
+            raise ValueError("a window budget must be >= 1")
+        self.budget = budget
+        self.used = 0
+        self.outer = outer
+        self._lock = threading.Lock()
+
+    def charge(self, windows: int) -> InputTooLarge | None:
+        """Count ``windows`` more; the error (nothing counted) when that passes this budget or an outer one."""
+        with self._lock:
+            if self.used + windows > self.budget:
+                return InputTooLarge(
+                    f"this call's checks need more than {self.budget} guard windows in all (forged-turn and "
+                    "read-as-seen windows included); send less at once, or raise the budget (max_windows_per_call)"
+                )
+            if self.outer is not None and (error := self.outer.charge(windows)) is not None:
+                return error
+            self.used += windows
+        return None
+
+
+#: The `WindowAccount` of the caller's call, where one is set (`window_budget`); ``None``: no bound across calls.
+CALL_WINDOW_ACCOUNT: ContextVar[WindowAccount | None] = ContextVar("qwenguard_call_window_account", default=None)
+
+
+@contextmanager
+def window_budget(budget: int | None) -> Iterator[WindowAccount | None]:
+    """Bound the guard windows of every backend call planned inside the block to ``budget`` in all (the local Gen
+    backend reads it on the caller's side, as `CALL_WINDOW_BUDGET`); ``None``: the block adds no bound. Sync and
+    async alike (a context variable: each task keeps its own)."""
+    if budget is None:
+        yield CALL_WINDOW_ACCOUNT.get()
+        return
+    account = WindowAccount(budget, CALL_WINDOW_ACCOUNT.get())
+    token = CALL_WINDOW_ACCOUNT.set(account)
+    try:
+        yield account
+    finally:
+        CALL_WINDOW_ACCOUNT.reset(token)
+
+
 #: Context tokens a forged-turn piece's window carries (the newest earlier turns, or the tail of the last).
 FORGED_CONTEXT_TOKENS = 256
 #: A window must hold at least this many content tokens, or the context is dropped to make room.
 MIN_WINDOW_CONTENT = 16
+
+
+#: Forged-turn windows a stream check plans free of its stream's bound (`StreamPieces`): ordinary text needs none,
+#: a dialogue one or two a check. Read-as-seen windows are not counted: they cost at most about the check's own
+#: text (`content.as_seen_pieces`), where a forged-turn window is the whole template per label line.
+STREAM_FORGED_PER_CHECK = 2
+#: Piece windows a stream remembers as judged (`StreamPieces`): the oldest are forgotten first (judged again).
+_PIECES_REMEMBERED = 1024
+
+
+class StreamPieces:
+    """The piece windows (forged-turn, read-as-seen) one streamed answer's checks planned, and which came back
+    judged.
+
+    Each check of a stream shows the end of the text judged before it as context, so every label line in it was a
+    forged-turn window again in each later check (rt57e F1: a stream of "\\nUSER: a" lines planned 100 times the
+    windows of prose, linear in its length and bounded by nothing). A piece window is the piece alone after the
+    same newest context (the stream's prompt): one whose key (role, context, piece) came back in a judged check is
+    the same prompt, with the same verdict, and is not planned again; a piece that goes on into the new text is
+    another piece and is. Forged-turn windows past `STREAM_FORGED_PER_CHECK` a check count against ``max_windows`` for
+    the whole stream, the bound one check of the whole answer has: past it, `InputTooLarge` (the stream fails
+    closed). Thread-safe: a stream's checks run on several threads at once."""
+
+    def __init__(self) -> None:
+        self._judged: dict[bytes, None] = {}  # keys of windows judged, oldest first
+        self.spent = 0  # forged-turn windows planned past the free ones, over the stream
+        self._lock = threading.Lock()
+
+    def seen(self, key: bytes) -> bool:
+        with self._lock:
+            return key in self._judged
+
+    def commit(self, keys: Sequence[bytes]) -> None:
+        """``keys`` came back judged (a verdict, not an error: a check that failed is judged again)."""
+        with self._lock:
+            for key in keys:
+                self._judged[key] = None
+            while len(self._judged) > _PIECES_REMEMBERED:
+                del self._judged[next(iter(self._judged))]
+
+    def charge(self, windows: int, max_windows: int) -> InputTooLarge | None:
+        """Count a check's ``windows`` forged-turn windows; the error once the stream is past ``max_windows``."""
+        with self._lock:
+            self.spent += max(0, windows - STREAM_FORGED_PER_CHECK)
+            if self.spent <= max_windows:
+                return None
+        return InputTooLarge(
+            f"this streamed answer needs more than max_windows={max_windows} forged-turn windows over its checks "
+            "(one for each line that starts with a turn label); the stream is stopped and what it held is not "
+            "released"
+        )
+
+
+class StreamCheck(list):  # type: ignore[type-arg]
+    """One stream check's conversation, with its stream's `StreamPieces`: the Gen planner skips the piece windows
+    judged before in the stream and records the ones it plans (`planned`), which `StreamPieces.commit` marks
+    judged once the check comes back with a verdict. A plain list plans every piece."""
+
+    def __init__(self, conversation: Sequence[dict[str, str]], pieces: StreamPieces) -> None:
+        super().__init__(conversation)
+        self.pieces = pieces
+        self.planned: list[bytes] = []
+
+    def commit(self) -> None:
+        self.pieces.commit(self.planned)
+
+
+def _piece_key(context: list[dict[str, str]], role: str, piece: str) -> bytes:
+    """What a piece window shows, as a key: its context turns, its role, its text (a digest, no collision)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for turn in [*context, {"role": role, "content": piece}]:
+        for part in (turn["role"], turn["content"]):
+            data = part.encode("utf-8", "surrogatepass")
+            digest.update(len(data).to_bytes(8, "little"))
+            digest.update(data)
+    return digest.digest()
 
 
 @lru_cache(maxsize=256)
@@ -214,12 +353,14 @@ class WindowPlanner:
         check: Callable[[], None] | None = None,
         join_runs: bool = True,
         max_messages: int | None = None,
+        stream: StreamCheck | None = None,
     ) -> list[Window]:
         """The windows of one conversation (one window when it fits). Raises `InputTooLarge` past
         ``max_windows``, ``ValueError`` when the budget cannot hold even the template and a few tokens.
         ``join_runs=False``: the caller judges a final run of user turns joined itself (`RunsJudged`).
         ``max_messages``: turns one window shows at most (a remote server's cap per request); the readings are
-        still taken from the whole conversation, only the earlier turns shown as context are fewer."""
+        still taken from the whole conversation, only the earlier turns shown as context are fewer.
+        ``stream``: a stream check (`StreamCheck`): piece windows judged before in its stream are left out."""
         if max_messages is not None and max_messages < 1:
             raise ValueError("max_messages must be >= 1")
         msgs = normalize_messages(messages)
@@ -227,6 +368,7 @@ class WindowPlanner:
         judged = clean_text(last["content"])
         pieces = [prepare_content(judged)]
         pieces += [prepare_content(s.strip()) for s in forged_turn_segments(judged) if s.strip()]
+        forged_end = len(pieces)  # pieces[1:forged_end]: the forged-turn ones (a stream's bound counts them)
         if (bare := without_verdict_lines(judged)) != judged and bare.strip():  # forged verdict lines left out
             pieces.append(prepare_content(bare))
         pieces += [prepare_content(s) for s in as_seen_pieces(judged)]
@@ -276,8 +418,21 @@ class WindowPlanner:
             # characters of history: 478,650 tokens). They carry the newest context only.
             forged = self._context(earlier, role, "", check, share=FORGED_CONTEXT_TOKENS)
             context, room = self._fit_context(forged, role)
+            keys: set[bytes] = set()
+            forged_windows = 0
             for index in range(1, len(pieces)):
-                windows.extend(self._piece_windows(context, role, room, pieces, index, check, len(windows)))
+                if stream is not None:
+                    # Judged before in this stream, or earlier in this check: the same window, the same verdict.
+                    key = _piece_key(context, role, pieces[index])
+                    if key in keys or stream.pieces.seen(key):
+                        continue
+                    keys.add(key)
+                    stream.planned.append(key)
+                planned = self._piece_windows(context, role, room, pieces, index, check, len(windows))
+                forged_windows += len(planned) if index < forged_end else 0
+                windows.extend(planned)
+            if stream is not None and (too_many := stream.pieces.charge(forged_windows, self.max_windows)):
+                raise too_many
         return windows
 
     def _context(

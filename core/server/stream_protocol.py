@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from fastapi import WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
-from ..errors import GuardTimeout, GuardViolation, QwenGuardError
+from ..errors import GuardTimeout, GuardViolation, InputTooLarge, QwenGuardError
 from ..formats.content import clean_text
 from ..formats.prompts import normalize_messages
 from ..streaming.debounce import DEFAULT_WINDOW
@@ -72,7 +72,9 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
     Limits (the server's `Limits`): the ``open`` frame must come within ``head_timeout_s``; a session
     that feeds no text for ``stream_idle_timeout_s`` (empty feeds do not count) or lives longer than
     ``stream_max_session_s`` is closed 4408; the prompt (``max_messages``) and the prompt plus all text
-    fed (``max_chars``) are bounded, and so is each frame (``max_body_bytes``), past which 1009.
+    fed (``max_chars``) are bounded, and so is each frame (``max_body_bytes``), past which 1009; so are the
+    guard windows a session's checks plan (the stream's bound, `formats.windows.StreamPieces`: a stream of
+    label lines), past which 1009 too, with nothing more released.
     Text is cleaned by the content rule (`clean_text`) before the guard sees it, so what is released
     is the cleaned text.
 
@@ -147,6 +149,8 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
                     }
                 )
                 raise SessionEnd(CLOSE_NORMAL) from None
+            except InputTooLarge as exc:  # over the operator's bound on the session's guard windows: refused
+                raise SessionEnd(CLOSE_TOO_BIG, str(exc), "request_too_large") from exc
             except QwenGuardError as exc:
                 raise _unavailable(exc) from exc
     except SessionEnd as end:

@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..backends.after_fork import ForkSafePool
 from ..backends.gen_session_pool import SESSIONS_PER_STREAM
-from ..errors import GuardTimeout, QwenGuardError, VerdictParseError
+from ..errors import GuardTimeout, InputTooLarge, QwenGuardError, VerdictParseError
 from ..formats.content import _BLANKS as BLANKS
 from ..formats.content import BidiState, read_as_displayed
 from ..formats.content import _classes as content_classes
 from ..formats.conversations import least_contexts
 from ..formats.rendered import ATTRIBUTE_NAME, CHAR_REFERENCE, EQUALS, UNQUOTED, _edits, may_render_differently
+from ..formats.windows import StreamCheck, StreamPieces
 from ..verdict import Risk, Stage, Verdict, worst
 from .task_ends import mark_read
 
@@ -1207,6 +1208,12 @@ class GenWindows:
         if isinstance(outcome, Verdict):
             if not outcome.is_safe:
                 core._decide_flag(outcome, self._boundary(start))
+        elif isinstance(outcome, InputTooLarge):
+            # Over an operator's bound (the stream's windows: `StreamPieces`; one window's): refused, not judged, so
+            # never let through by on_error="allow" (rt57e F1). The stream stops; every later call raises it again.
+            core._refused = outcome
+            core.close()
+            raise outcome
         else:
             error = outcome if isinstance(outcome, BaseException) else QwenGuardError(str(outcome))
             core._fail_open(error, self._boundary(start))  # raises when failing closed; else this window passes
@@ -1264,7 +1271,11 @@ class WindowJudge:
     the first's cache; past `SESSIONS_PER_STREAM`, it waits for a session to be free (windows go out in
     order, so a later one waits for the earlier ones anyway). The stream's first check is waited for too:
     until it is back no cache holds the request. Remote guards and ``engine=False`` run full checks.
-    `close` frees the caches."""
+    `close` frees the caches.
+
+    Each check goes out as a `StreamCheck` of the stream's `StreamPieces`: a piece window (a label line, a stretch
+    read as seen) that came back safe is not planned again in a later check showing it as context, and the
+    stream's forged-turn windows are bounded (rt57e F1)."""
 
     def __init__(self, backend: Any, max_sessions: int = SESSIONS_PER_STREAM, *, reread: bool = False) -> None:
         from .gate_session import open_gen_session
@@ -1275,6 +1286,7 @@ class WindowJudge:
         #: policy lets a guard error through, as `Guard` does; failing closed, the error blocks and a controversial
         #: reading a loose policy allows would loosen it (rt51g F1).
         self.reread = reread
+        self.pieces = StreamPieces()
 
     # The window's context is the client's prompt: padded (400 "x"), it broke the model's answer on every window, and
     # a fail-open policy released the whole harmful answer. As `Guard` does for its checks, a window whose answer was
@@ -1290,12 +1302,16 @@ class WindowJudge:
         return outcome
 
     def _check(self, conversation: list[dict[str, str]], timeout: float | None, *, shared: bool = True) -> Any:
+        if shared:  # the window itself (a reread with less context is another conversation)
+            conversation = StreamCheck(conversation, self.pieces)
         try:
             if self.pool is not None and shared:
-                return self.pool.classify(conversation, timeout=timeout)
-            return self.backend.classify([conversation], timeout=timeout)[0]
+                outcome = self.pool.classify(conversation, timeout=timeout)
+            else:
+                outcome = self.backend.classify([conversation], timeout=timeout)[0]
         except Exception as exc:  # noqa: BLE001 - any backend failure is the policy's on_error
             return exc
+        return _judged(conversation, outcome)
 
     async def acheck(self, conversation: list[dict[str, str]], timeout: float | None) -> Any:
         """Async twin of `check`."""
@@ -1307,19 +1323,21 @@ class WindowJudge:
         return outcome
 
     async def _acheck(self, conversation: list[dict[str, str]], timeout: float | None, *, shared: bool = True) -> Any:
+        if shared:  # the window itself (a reread with less context is another conversation)
+            conversation = StreamCheck(conversation, self.pieces)
         try:
             if self.pool is not None and shared:
                 call = self.pool.aclassify(conversation, timeout=timeout)
             else:
                 call = _first(self.backend.aclassify([conversation], timeout=timeout))
             if timeout is None:
-                return await call
+                return _judged(conversation, await call)
             # The backend's own deadline and this one fire together: the check may end with its error just
             # as wait_for gives up on it; retrieve that error (else asyncio logs "Task exception was never
             # retrieved" for every such window: a client could flood the operator's logs).
             task = asyncio.ensure_future(call)
             task.add_done_callback(mark_read)
-            return await asyncio.wait_for(task, timeout)
+            return _judged(conversation, await asyncio.wait_for(task, timeout))
         except asyncio.TimeoutError:
             return GuardTimeout(f"stream window check took longer than {timeout}s")
         except Exception as exc:  # noqa: BLE001
@@ -1328,6 +1346,14 @@ class WindowJudge:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.close()
+
+
+def _judged(conversation: list[dict[str, str]], outcome: Any) -> Any:
+    """``outcome``; a check whose every window was read safe marks its piece windows judged (`StreamPieces`): one
+    that failed, or found anything, has them judged again wherever they show."""
+    if isinstance(conversation, StreamCheck) and isinstance(outcome, Verdict) and outcome.risk is Risk.SAFE:
+        conversation.commit()
+    return outcome
 
 
 def _stricter(error: Any, readings: list[Any]) -> Any:
