@@ -1428,7 +1428,8 @@ class AsSeenStream:
     (`as_seen_pieces` finds a place in them) go on as read; every other word as written, byte for byte.
 
     `push` returns the text that may go on now (the last word waits for the whitespace after it; in a script
-    written without spaces it goes on after each letter or punctuation mark; a word over `max_word` characters is
+    written without spaces it goes on after each letter or punctuation mark, up to two characters before a markup
+    sign in the word; a unit read as displayed is read with its line; a word over `max_word` characters is
     cut at its last place where each side reads as the whole would, never through a hidden word: `_cut_kind`); `flush`
     the rest. `start` and `end` map an offset in the text that went on to
     the offset in the text pushed (inside a word read differently: its start; its end only at its end), so
@@ -1453,6 +1454,9 @@ class AsSeenStream:
         "_safe",
         "_early",
         "_place",
+        "_hint",
+        "_line",
+        "_line_len",
     )
 
     def __init__(self, *, max_word: int = 256) -> None:
@@ -1485,6 +1489,13 @@ class AsSeenStream:
         self._safe = -1
         self._early = -1
         self._place = -1
+        # The first markup hint (`rendered.may_render_differently`) in the word waiting in `pending`, or -1: no cut
+        # of kind 2 in the word at or past two characters before it (rt57a F3).
+        self._hint = -1
+        # The text of the current line that went on (as written; its last `_line_chars` characters at least): a
+        # right-to-left reading of a unit is of its whole line (rt57a F1, F2).
+        self._line: list[str] = []  # in pieces, joined when read (`_went`)
+        self._line_len = 0
 
     @property
     def as_written(self) -> bool:
@@ -1498,6 +1509,8 @@ class AsSeenStream:
         space = max(self.pending.rfind(c, new) for c in " \t\n\r") + 1
         if space:
             self._space = space
+        if self._hint < self._space:
+            self._hint = _first_hint(self.pending, max(new, self._space))
         cut = self._word_cut(self._space)
         end = self._in + len(self.pending)
         if (
@@ -1514,6 +1527,8 @@ class AsSeenStream:
             self._safe, self._early, self._place = (
                 i - cut if i > cut else -1 for i in (self._safe, self._early, self._place)
             )
+            # A cut past the hint (at whitespace, or a forced one): the word left is looked at again, once.
+            self._hint = self._hint - cut if self._hint >= cut else _first_hint(self.pending, self._space)
         read = self._read(ready)
         self._rtl.drop(self._in)
         return read
@@ -1530,20 +1545,25 @@ class AsSeenStream:
             return start  # nothing to cut early in ASCII: English goes on at whitespace, as it did
         at = len(text) - 2
         low = max(self._scanned, start + 1)
+        # Markup in the word (rt57a F3): "硝<b></b>酸" or "硝**酸**" reads as one word only read whole, so no cut of
+        # kind 2 from two characters before its first hint on (the characters a construct's reading looks at before
+        # it stay with it); the text before goes on as written, as it reads whole. Once a hint is pending the word
+        # waits for its whitespace, as a Latin word does (a construct may close anywhere after it).
+        limit = self._hint - 2 if self._hint >= start else len(text)
         while at >= low:
             kind = _cut_kind(text, at)
             if kind and at > self._safe:
                 self._safe = at
                 if forced:
                     break
-            if kind == 2:
+            if kind == 2 and at <= limit:
                 self._early = max(self._early, at)
                 break
             at -= 1
         self._scanned = max(self._scanned, len(text) - 1)
         if forced and self._safe > start:
             return self._safe
-        if self._early > start and self._place_free(start, self._early):
+        if start < self._early <= limit and self._place_free(start, self._early):
             return self._early
         if forced and len(text) - start > _UNCUT_WORD * self.max_word:
             raise GuardUnavailable(
@@ -1551,6 +1571,33 @@ class AsSeenStream:
                 "keeps its hidden characters in one piece cannot be read as it is seen"
             )
         return start
+
+    def _went(self, text: str) -> None:
+        """Keep the current line's text that went on (``text`` just did): pieces, joined when read or when they
+        pass twice the bound (then cut to it): linear in the text."""
+        if not text:
+            return
+        brk = _last_break(text) if _PARAGRAPHS.search(text) else -1
+        if brk >= 0:
+            self._line = [text[brk + 1 :]]
+            self._line_len = len(text) - brk - 1
+            return
+        self._line.append(text)
+        self._line_len += len(text)
+        if self._line_len > 2 * self._line_chars:
+            self._line = ["".join(self._line)[-self._line_chars :]]
+            self._line_len = self._line_chars
+
+    def _line_text(self) -> str:
+        """The current line's text that went on (its last `_line_chars` characters at least)."""
+        if len(self._line) != 1:
+            self._line = ["".join(self._line)]
+        return self._line[0]
+
+    @property
+    def _line_chars(self) -> int:
+        # A line read right to left is read from at most this many characters before its unit (its own bound).
+        return _OVERRIDE_LINE * self.max_word
 
     def _place_free(self, start: int, cut: int) -> bool:
         """Whether the word from ``start`` to ``cut`` reads as written (a cut of kind 2 then changes nothing)."""
@@ -1635,7 +1682,7 @@ class AsSeenStream:
         ready, self.pending = self.pending, ""
         self._ahead = None
         self._space = self._scanned = 0
-        self._safe = self._early = self._place = -1
+        self._safe = self._early = self._place = self._hint = -1
         read = self._read(ready)
         self._rtl.drop(self._in)
         return read
@@ -1644,6 +1691,7 @@ class AsSeenStream:
         if not text or (
             text.isascii() and "\t" not in text and not self._bidi.opened and not may_render_differently(text)
         ):
+            self._went(text)
             self._in += len(text)
             self._out += len(text)
             return text
@@ -1689,28 +1737,46 @@ class AsSeenStream:
         shows the first reading). One "word", the readings separated by spaces."""
         if not unit:
             return ""
-        shown = read_as_displayed(self._line_bidi.opened + unit)
+        # The part of the unit's word that went on before it (a script written without spaces goes on after each
+        # letter; rt57a F1): the unit is laid out with it, as it is when it comes whole, and that part is not read
+        # twice where the first reading starts with it (below). None inside controls left open: the unit starts
+        # where the text is.
+        before = self._line_text()
+        line = before + unit
+        word = "" if self._bidi.opened else before[max(before.rfind(" "), before.rfind("\t")) + 1 :]
+        whole = word + unit
+        shown = read_as_displayed(self._line_bidi.opened + whole)
         readings = [shown]
         several = "\n" in unit or "\r" in unit
         if several:
-            joined = read_as_displayed(self._bidi.opened + _joined(unit))
+            joined = read_as_displayed(self._bidi.opened + _joined(whole))
             if joined != _joined(shown):
                 readings.append(joined)
         if rtl:
-            readings.append(_rtl_shown(self._line_bidi.opened + unit))
+            # The whole line as a right-to-left paragraph shows it: every left-to-right run of it in display order,
+            # the text of the line that went on before the unit too (rt57a F2: "pipe\u200f Mix" read ".Mix pipe"
+            # when only the word with the mark was laid out). Controls opened on the line are in that text.
+            line = line[-(self._line_chars + len(unit)) :]
+            readings.append(_rtl_shown(line))
             if several:
-                readings.append(_rtl_shown(self._bidi.opened + _joined(unit)))
-        if readings == [unit]:
+                readings.append(_rtl_shown(self._bidi.opened + _joined(unit) if self._bidi.opened else _joined(line)))
+        if readings == [whole]:
             self._pushed(unit)
             return self._read_words(unit)  # nothing laid out otherwise: word by word, as written
         read = " ".join("".join(_word_as_seen(w) for w in _words_and_gaps(r)) for r in readings)
+        for went in (word, word.translate(_DROP_BIDI_UNSEEN)) if word else ():  # laid out, marks are dropped
+            if went and read.startswith(went):
+                read = read[len(went) :]
+                break
         self._words.append((self._out, self._out + len(read), self._in, self._in + len(unit)))
         self._pushed(unit)
+        self._went(unit)
         self._in += len(unit)
         self._out += len(read)
         return read
 
     def _read_words(self, text: str) -> str:
+        self._went(text)
         if "\t" not in text and not _not_plain().search(text) and not may_render_differently(text):  # `_plain`
             self._in += len(text)
             self._out += len(text)
@@ -1761,6 +1827,23 @@ class AsSeenStream:
             return self._in - self._out
         out_start, _, in_start, _ = self._words[self._first]
         return in_start - out_start
+
+
+_DROP_BIDI_UNSEEN = dict.fromkeys(map(ord, _BIDI_UNSEEN))  # `read_as_displayed` drops them
+_HINT = re.compile("[&<*~_`\\[\\\\]")  # `rendered._HINTS`: a character a markup construct needs
+
+
+def _first_hint(text: str, at: int) -> int:
+    """Where the first `_HINT` in ``text`` from ``at`` is, or -1."""
+    m = _HINT.search(text, at)
+    return m.start() if m else -1
+
+
+def _last_break(text: str) -> int:
+    """Where the last line break or paragraph separator (`_PARAGRAPHS`) in ``text`` is, or -1."""
+    if text.isascii():
+        return max(text.rfind("\n"), text.rfind("\r"), text.rfind("\x1c"), text.rfind("\x1d"), text.rfind("\x1e"))
+    return max(text.rfind(c) for c in "\n\r\x1c\x1d\x1e\x85\u2029")
 
 
 def _word_as_seen(word: str) -> str:
