@@ -1,0 +1,111 @@
+"""A JSON answer judged as the application reads it, parsed, beside its raw text (rt57b F3).
+
+A structured answer in text (``with_structured_output(method="json_mode" | "json_schema")``, ``create_agent``'s
+``ProviderStrategy``, ``model | JsonOutputParser()``) reaches the application parsed, its ``\\uXXXX`` escapes decoded
+into words the guard never read in the raw text. Where the answer holds such an escape, its parsed reading
+(`qwenguard.core.formats.json_reading`) is judged too, as the answer: whole (`reading_items`), or at the end of a held
+stream (`ReadingHeldStream`), every chunk from the first such escape held until then. Tool-call arguments need none
+of this: LangChain parses them and the guard reads the parsed values.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.messages import BaseMessage
+from langchain_core.utils.json import parse_json_markdown
+from qwenguard.core import Stage
+from qwenguard.core.formats.conversations import response_conversation
+from qwenguard.core.formats.json_reading import EscapeWatch
+from qwenguard.core.formats.json_reading import parsed_reading as _parsed_reading
+
+from ._holding import HeldStream
+from ._messages import DEFAULT_HISTORY_TURNS, Item, guard_history
+
+__all__ = ["ReadingHeldStream", "parsed_reading", "reading_items"]
+
+#: How LangChain reads a JSON answer: ``ProviderStrategy``'s ``json.loads``, then its parsers' lenient reading
+#: (``JsonOutputParser``, ``PydanticOutputParser``: fenced or partial JSON too).
+_PARSERS = (json.loads, parse_json_markdown)
+#: What `parse_json_markdown` strips from the text's ends, and how a JSON value that holds text opens.
+_STRIPPED = " \n\r\t`"
+_OPENERS = ("{", "[", '"')
+
+
+def parsed_reading(text: str) -> str | None:
+    """``text`` parsed as LangChain parses it, written back with its strings decoded; ``None`` when it reads as
+    the raw text does (`qwenguard.core.formats.json_reading.parsed_reading`)."""
+    # Its parsers read a value that opens the text (past spaces and backticks) or a fenced block: prose that
+    # quotes ``C:\users`` is not parsed twice over in Python for nothing.
+    if not text.lstrip(_STRIPPED).startswith(_OPENERS) and "```" not in text:
+        return None
+    return _parsed_reading(text, _PARSERS)
+
+
+def _reply_to(context: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+    # Response moderation reads an answer to a user turn (as `output_items` does): an empty one when none is there.
+    if any(m.get("role") == "user" for m in context):
+        return list(context)
+    return [{"role": "user", "content": ""}, *context]
+
+
+def reading_items(
+    answer: BaseMessage | str | None,
+    context: Sequence[BaseMessage] | Sequence[dict[str, str]],
+    turns: int = DEFAULT_HISTORY_TURNS,
+    *,
+    text: str | None = None,
+) -> list[Item]:
+    """The check of ``answer``'s parsed reading (`parsed_reading` of its text: a message's, a string, or ``text``
+    when given), as the model's response to ``context`` (the messages the model read, or guard dicts, as
+    `output_items` takes them); none when it reads as its text does."""
+    message = answer if isinstance(answer, BaseMessage) else None
+    if text is None:
+        text = _text_of(answer)
+    reading = parsed_reading(text)
+    if reading is None or not reading.strip():
+        return []
+    if context and isinstance(context[0], BaseMessage):
+        history = guard_history(context, turns)  # type: ignore[arg-type]
+    else:
+        history = [dict(m) for m in context][-turns:] if turns > 0 else []
+    conversation = response_conversation(_reply_to(history), reading)
+    return [Item(Stage.RESPONSE, conversation, message, label="model response, as parsed")]
+
+
+def _text_of(chunk: Any) -> str:
+    """What LangChain's parsers read of a message (``.text``: its text blocks) or a string chunk; ``""`` else."""
+    if isinstance(chunk, str):
+        return chunk
+    text = getattr(chunk, "text", "") if isinstance(chunk, BaseMessage) else ""
+    return text if isinstance(text, str) else ""
+
+
+class ReadingHeldStream(HeldStream):
+    """`HeldStream` that also judges a streamed JSON answer's parsed reading: from the first rewritten escape
+    after a ``{`` or ``[`` (`EscapeWatch`) every chunk is held until the stream ended and that reading is judged
+    (`reading_items`), so no chunk the parse would decode into unjudged words goes out before it is. Message or
+    string chunks; the text read is the chunks' own, joined (as a parser adds them up), whatever the sum kept."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._escapes = EscapeWatch()
+        self._texts: list[str] = []
+
+    def _holds_to_end(self, chunk: Any, held: Any) -> bool:
+        to_end = super()._holds_to_end(chunk, held)  # first: it records every chunk's blocks
+        text = _text_of(chunk)
+        self._texts.append(text)
+        return self._escapes.feed(text) or to_end
+
+    def _end_items(self) -> list[Item]:
+        whole = self.whole
+        # String chunks (a step after a parser) carry no calls or quotes: the parent has nothing to judge at the end
+        # (and would refuse a string sum once chunks were held to it, as they are here from an escape on).
+        items: list[Item] = [] if isinstance(whole, str) else super()._end_items()
+        if self._escapes.seen:
+            answer = whole if isinstance(whole, BaseMessage) else None
+            items += reading_items(answer, self.context, self.history_turns, text="".join(self._texts))
+        return items
