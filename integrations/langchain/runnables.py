@@ -54,6 +54,7 @@ from ._input_beside import (
     stopping,
     until_blocked,
 )
+from ._json_reading import ReadingHeldStream, reading_items
 from ._keep_stops import KeepsStops
 from ._messages import DEFAULT_HISTORY_TURNS, Item, input_items, output_items, prompt_items
 from ._options import by_keyword, known_fields, refuse_unknown
@@ -297,16 +298,20 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
     # -- output side (pure) -----------------------------------------------------------------------
     def _output_items(self, value: Any, context: list[dict[str, str]], *, text: bool = True) -> list[Item]:
         if isinstance(value, BaseMessage):
-            return output_items(value, context, self.history_turns, text=text, tool_calls=True)
-        if isinstance(value, str):
-            return output_items(AIMessage(content=value), context, self.history_turns, tool_calls=False) if text else []
-        raise TypeError(
-            f"guard_output judges text: got a {type(value).__name__}. Put it right after the model "
-            "(before output parsers), where the output is a message or a string."
-        )
+            items = output_items(value, context, self.history_turns, text=text, tool_calls=True)
+        elif isinstance(value, str):
+            message = AIMessage(content=value)
+            items = output_items(message, context, self.history_turns, tool_calls=False) if text else []
+        else:
+            raise TypeError(
+                f"guard_output judges text: got a {type(value).__name__}. Put it right after the model "
+                "(before output parsers), where the output is a message or a string."
+            )
+        # A JSON answer is read parsed by a parser after this step: its decoded strings too (`_json_reading`).
+        return items + reading_items(value, context, self.history_turns) if text else items
 
     def _held(self, context: list[dict[str, str]]) -> HeldStream:
-        return HeldStream(
+        return ReadingHeldStream(
             self.guard,
             context,
             engine=self.stream_engine,

@@ -137,7 +137,6 @@ def test_a_json_parser_after_the_model_gets_no_unjudged_words(how: str) -> None:
     assert clean(got)
 
 
-@pytest.mark.xfail(strict=True, reason="rt57s: needs the runnables.py patch")
 @pytest.mark.parametrize("how", HOWS)
 @pytest.mark.parametrize("strings", [False, True])
 def test_a_parser_after_guard_output_gets_no_unjudged_words(how: str, strings: bool) -> None:
