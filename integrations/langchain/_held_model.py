@@ -39,6 +39,7 @@ from . import _out_of_sight as out_of_sight
 from ._holding import HELD_LLM_TYPE_PREFIX, HeldStream
 from ._input_beside import aafter_verdict, aanswer_beside, after_verdict, answer_beside, auntil_blocked, until_blocked
 from ._input_memory import judged_content
+from ._json_reading import ReadingHeldStream
 from ._messages import DEFAULT_HISTORY_TURNS, Item, guard_history
 from ._own_handlers import detached, with_own
 from ._screening import ascreen, built_off_loop, screen
@@ -110,6 +111,8 @@ class HeldBackChatModel(BaseChatModel):
     stream_options: dict[str, Any] = Field(default_factory=dict)
     history_turns: int = DEFAULT_HISTORY_TURNS
     check_tool_calls: bool = True
+    #: A structured output's schema tools (``ToolStrategy``): their calls are the answer (`_messages.AS_ANSWER`).
+    answer_tools: frozenset[str] = frozenset()
     ledger: Any = None  # a StreamLedger shared by copies (``bind_tools`` returns a copy)
     #: The middleware's reader of the messages a model call is given: the `Item`s to judge (or None), and the
     #: messages to send once judged (``given_after(messages, items, decisions)``, raising when they stop the call).
@@ -212,13 +215,15 @@ class HeldBackChatModel(BaseChatModel):
         return out_of_sight.config_without_callbacks(callbacks=manager, tags=[TAG_NOSTREAM])
 
     def _held(self, messages: list[BaseMessage]) -> HeldStream:
-        return HeldStream(
+        # A JSON answer's parsed reading is judged too, its chunks held from a rewritten escape (`_json_reading`).
+        return ReadingHeldStream(
             self.guard,
             guard_history(messages, self.history_turns),
             engine="monitor",
             monitor_options=self.stream_options,
             history_turns=self.history_turns,
             tool_calls=self.check_tool_calls,
+            answers=self.answer_tools,
             judged=self.judged,
         )
 

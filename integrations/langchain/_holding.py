@@ -30,7 +30,7 @@ import secrets
 import threading
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -495,6 +495,8 @@ class HeldStream:
             answer so far at every word end, in the stream's path).
         monitor_options: passed to ``guard.stream`` (e.g. ``holdback``).
         tool_calls: judge the answer's tool calls (held until then); ``False`` passes them on in order.
+        answers: a structured output's schema tools: their calls are the answer, held and judged as the answer
+            whatever ``tool_calls`` says (`_messages.AS_ANSWER`).
     """
 
     def __init__(
@@ -508,10 +510,12 @@ class HeldStream:
         min_chars: int = 1,
         history_turns: int = DEFAULT_HISTORY_TURNS,
         tool_calls: bool = True,
+        answers: Collection[str] = (),
         judged: Callable[[Sequence[Item], Sequence[Decision]], None] | None = None,
     ) -> None:
         self.guard = guard
         self.tool_calls = tool_calls
+        self.answers = frozenset(answers)
         #: Told the end items and their decisions once they passed (a middleware remembers what it allowed).
         self.judged = judged
         self.context = [dict(m) for m in context]
@@ -565,6 +569,7 @@ class HeldStream:
             # The text was judged as it streamed, unless its blocks interleaved: then as LangChain adds it up.
             text=self._order.interleaved,
             tool_calls=self.tool_calls,
+            answers=self.answers,
             sources=True,
             budget=self.guard.max_chars,
         )
@@ -582,7 +587,9 @@ class HeldStream:
         interleaved = self._order.add(chunk)  # every chunk's blocks are recorded, held or not
         if interleaved or (held and held[-1][1]):
             return True
-        return (self.tool_calls and _has_tool_calls(chunk)) or _quotes(chunk, self.guard.max_chars)
+        # A call's name may come after its first chunk: every call is held where one of them may be the answer.
+        calls = self.tool_calls or bool(self.answers)
+        return (calls and _has_tool_calls(chunk)) or _quotes(chunk, self.guard.max_chars)
 
     def _released_before_stop(
         self, held: deque[tuple[int, bool, Any]], judge: Screen, violation: GuardViolation

@@ -30,7 +30,7 @@ from langchain_core.messages import BaseMessage
 from qwenguard.core import Action, Decision
 
 from .._common import Bounded
-from ._messages import AS_INPUT, Item, answer_text, message_text, source_text, tool_result_messages
+from ._messages import AS_ANSWER, AS_INPUT, Item, answer_text, message_text, source_text, tool_result_messages
 
 #: How many allowed checks a middleware remembers (fingerprints of 64 hex characters).
 MAX_ALLOWED_CHECKS = 16_384
@@ -103,7 +103,8 @@ def _fingerprint(item: Item) -> str:
     the client's text in a tool's role (`AS_INPUT`) is decided under another policy: a fingerprint of its own."""
     found = item.extra.get(_FINGERPRINT)
     if found is None:
-        marked = [AS_INPUT] if item.extra.get(AS_INPUT) else []
+        # Decided under another policy: the client's text (`AS_INPUT`), a structured answer's call (`AS_ANSWER`).
+        marked = [mark for mark in (AS_INPUT, AS_ANSWER) if item.extra.get(mark)]
         data = json.dumps([item.stage.value, item.conversation, *marked], ensure_ascii=False, sort_keys=True)
         found = item.extra[_FINGERPRINT] = _digest(data)
     return str(found)

@@ -96,6 +96,7 @@ __all__ = [
     "tool_text",
     "artifact_text",
     "AS_INPUT",
+    "AS_ANSWER",
 ]
 
 #: How many earlier user/assistant text turns a check sees as context.
@@ -107,6 +108,13 @@ DEFAULT_HISTORY_TURNS = 6
 #: (`_screening.screen`): nothing a client sends can loosen the operator's policy (rt54c F1). `GuardMiddleware`
 #: takes the mark off the messages it saw its agent's tools (and its guarded model calls) produce.
 AS_INPUT = "as_input"
+
+#: Marks (in `Item.extra`) a tool-call check of a structured output's schema call (``with_structured_output``,
+#: ``ToolStrategy``): its arguments are the object the application reads, the answer. Asked under the response stage
+#: while that stage is on, and decided under the stricter of the response and tool-call stages' policies
+#: (`_screening.screen`): a tool-call stage that ignores a category or is off cannot let through an answer the
+#: response stage blocks (rt57t, the twin of LlamaIndex's rt57f F1).
+AS_ANSWER = "as_answer"
 
 
 @dataclass
@@ -1172,6 +1180,7 @@ def output_items(
     *,
     text: bool = True,
     tool_calls: bool | Collection[str] = True,
+    answers: Collection[str] = (),
     metadata: bool = True,
     sources: bool | None = None,
     budget: int = DEFAULT_MAX_CHARS,
@@ -1182,7 +1191,8 @@ def output_items(
     ``context``: the messages the model saw (LangChain messages or guard dicts). ``metadata``: read the
     ``response_metadata`` the consumer reads too (`source_text`; off for an earlier turn the model reads back,
     which no provider class sends). ``sources``: judge what the answer quotes (`source_text`; default: with the
-    text). ``budget``: the guard's ``max_chars``, what `source_text` reads at most.
+    text). ``budget``: the guard's ``max_chars``, what `source_text` reads at most. ``answers``: the structured
+    output's schema tools, whose calls are the answer: judged whatever ``tool_calls`` says, marked `AS_ANSWER`.
     """
     history = _as_history(context, turns)
     items: list[Item] = []
@@ -1199,10 +1209,11 @@ def output_items(
         # Quoted source text and server tool outputs come from outside: judged alone, as a tool's result is.
         conversation = untrusted_conversation(quoted, "quoted source")
         items.append(Item(Stage.TOOL_RESULT, conversation, message, label="sources of the model response"))
-    if tool_calls:
+    if tool_calls or answers:
         for call in answer_tool_calls(message):
             name = str(call.get("name") or "")
-            if not isinstance(tool_calls, bool) and name not in tool_calls:
+            as_answer = name in answers
+            if not as_answer and (not tool_calls or (not isinstance(tool_calls, bool) and name not in tool_calls)):
                 continue
             items.append(
                 Item(
@@ -1211,6 +1222,7 @@ def output_items(
                     message,
                     tool_call=call,
                     label=f"tool call {name}",
+                    extra={AS_ANSWER: True} if as_answer else {},
                 )
             )
     return items

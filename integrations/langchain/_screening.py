@@ -13,11 +13,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
-from qwenguard.core import Decision, Guard, Policy, Stage, enforce
+from qwenguard.core import Action, Decision, Guard, Policy, Stage, enforce
 from qwenguard.core.formats.conversations import RunsJudged
 
 from .._common import require_guard
-from ._messages import AS_INPUT, Item
+from ._messages import AS_ANSWER, AS_INPUT, Item
 
 __all__ = [
     "screen",
@@ -67,7 +67,13 @@ def _sent(policy: Policy, item: Item) -> tuple[Stage, Any]:
     # blocked run withholds), so the core does not join it again into every turn's own check.
     if item.extra.get(AS_INPUT) and policy.enabled(Stage.PROMPT):
         return Stage.PROMPT, RunsJudged(item.conversation)
+    # A structured output's schema call (`AS_ANSWER`) is the answer: asked under the response stage while it is on.
+    if item.extra.get(AS_ANSWER) and policy.enabled(Stage.RESPONSE):
+        return Stage.RESPONSE, RunsJudged(item.conversation)
     return item.stage, RunsJudged(item.conversation)
+
+
+_SEVERITY = {Action.ALLOW: 0, Action.FLAG: 1, Action.BLOCK: 2}
 
 
 def no_looser(policy: Policy, item: Item, decision: Decision) -> Decision:
@@ -76,7 +82,15 @@ def no_looser(policy: Policy, item: Item, decision: Decision) -> Decision:
     own stage on the same verdict (or the same guard error: ``on_error`` too). A client writes the message's shape,
     so it must not pick the looser of the two (rt54c F1: a request in a `ToolMessage` failed open under
     ``stages={TOOL_RESULT: StagePolicy(on_error="allow")}``). A block names the stage whose policy blocked, its own
-    first. One check either way: only the decision is made twice."""
+    first. One check either way: only the decision is made twice.
+
+    A structured output's schema call (`AS_ANSWER`, sent under the response stage) is decided as the answer it is:
+    the response stage's decision, or the tool-call stage's where that one is stricter. A tool-call stage that ignores
+    a category or is off no longer lets through the object the response stage blocks as text (rt57t)."""
+    if item.extra.get(AS_ANSWER):
+        as_answer = policy.decide_again(decision, Stage.RESPONSE)
+        as_call = policy.decide_again(decision, item.stage)
+        return as_call if _SEVERITY[as_call.action] > _SEVERITY[as_answer.action] else as_answer
     if not item.extra.get(AS_INPUT):
         return decision
     own = policy.decide_again(decision, item.stage)

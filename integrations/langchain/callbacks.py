@@ -83,10 +83,12 @@ from uuid import UUID
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
-from qwenguard.core import Decision, Guard, GuardUnavailable, QwenGuardError, Stage, enforce
+from qwenguard.core import Decision, Guard, GuardUnavailable, Policy, QwenGuardError, Stage, enforce
+from qwenguard.core.backends.gen_session_pool import SESSIONS_PER_STREAM
 from qwenguard.core.backends.stream_session import SESSION_OPTIONS
 from qwenguard.core.formats.conversations import tool_call_conversation, untrusted_conversation
 from qwenguard.core.policy import require_count
+from qwenguard.core.streaming.gate_session import GateSession
 from qwenguard.core.streaming.monitor_core import check_stream_options, require_switch
 from qwenguard.core.streaming.parallel import PendingCheck
 
@@ -97,6 +99,7 @@ from ._holding import GUARD_PARAM, HELD_CALL, HELD_LLM_TYPE_PREFIX, TOOL_CALLS_P
 from ._input_memory import Produced
 from ._logs import quiet_guard_stops
 from ._messages import (
+    AS_ANSWER,
     AS_INPUT,
     DEFAULT_HISTORY_TURNS,
     Item,
@@ -111,13 +114,15 @@ from ._messages import (
     tool_text,
 )
 from ._runs import RunTable, started_by_agenerate
-from ._screening import ascreen, built_off_loop, raise_first, require_guard, screen
+from ._screening import ascreen, built_off_loop, no_looser, raise_first, require_guard, screen
 from ._streaming import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_UNJUDGED,
     DEFAULT_WINDOW_CHARS,
     Engine,
+    PipelinedScreen,
     Screen,
+    ToolCallGate,
     check_engine,
     open_screen,
     open_tool_screen,
@@ -126,6 +131,42 @@ from ._tool_errors import MAX_ERROR_CHARS, TOOL_NODE_HINT, control_flow, digest,
 from .documents import document_text
 
 __all__ = ["GuardCallbackHandler", "AsyncGuardCallbackHandler"]
+
+
+class _AnswerCallGate(ToolCallGate):
+    """The streamed arguments of a structured output's schema call (`AS_ANSWER`): the answer, asked under the
+    response stage while it is on and decided under the stricter of the response and tool-call policies
+    (`_screening.no_looser`), as the call is once the run ends."""
+
+    def __init__(self, policy: Policy, name: str, context: Sequence[dict[str, str]], **options: Any) -> None:
+        super().__init__(name, context, **options)
+        self.policy = policy
+        self.stage = Stage.RESPONSE if policy.enabled(Stage.RESPONSE) else Stage.TOOL_CALL
+
+    def settle(self, item: Item, decision: Decision) -> None:
+        marked = Item(Stage.TOOL_CALL, item.conversation, extra={AS_ANSWER: True})
+        super().settle(item, no_looser(self.policy, marked, decision))
+
+
+def _answer_screen(
+    guard: Guard,
+    name: str,
+    context: Sequence[dict[str, str]],
+    engine: Engine,
+    *,
+    window_chars: int,
+    max_unjudged: int,
+    max_in_flight: int,
+) -> PipelinedScreen:
+    """`open_tool_screen` for a structured output's schema call (`_AnswerCallGate`)."""
+    limit = getattr(guard, "max_chars", None)
+    gate = _AnswerCallGate(
+        guard.policy, name, context, window_chars=window_chars, max_chars=limit if isinstance(limit, int) else None
+    )
+    if engine == "gate":
+        return PipelinedScreen(guard, gate, max_unjudged=0, max_in_flight=1, session=GateSession(guard, gate.stage))
+    session = GateSession(guard, gate.stage, sessions=min(max_in_flight, SESSIONS_PER_STREAM))
+    return PipelinedScreen(guard, gate, max_unjudged=max_unjudged, max_in_flight=max_in_flight, session=session)
 
 
 #: How many tool-call contexts to remember between ``on_llm_end`` and ``on_tool_start``.
@@ -481,7 +522,9 @@ class _GuardHandlerLogic:
                 judged = self.check_tool_calls or name in run.answer_tools
                 if not judged or (held is not None and held.tool_calls):
                     return None
-                return open_tool_screen(
+                # A structured output's call is the answer: its screen decides it as one (`_answer_screen`).
+                opener = _answer_screen if name in run.answer_tools else open_tool_screen
+                return opener(
                     guard,
                     name,
                     context,
@@ -544,7 +587,8 @@ class _GuardHandlerLogic:
                         context,
                         self.history_turns,
                         text=whole_text,
-                        tool_calls=self.check_tool_calls or (run.answer_tools if run else False),
+                        tool_calls=self.check_tool_calls,
+                        answers=run.answer_tools if run else (),  # a structured output's call: the answer
                         # What it quotes is never judged as text: judged here, whether it streamed or not.
                         sources=self.check_output and not (run and run.held is not None),
                         budget=self.guard.max_chars,

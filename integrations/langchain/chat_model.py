@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableParallel, RunnableSequence
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from qwenguard.core import Guard
 from qwenguard.core.streaming.parallel import PendingCheck
 
@@ -145,7 +146,9 @@ class GuardedChatModel(KeepsStops, HeldBackChatModel):
 
     def _answer_items(self, messages: list[BaseMessage], answer: BaseMessage) -> list[Item]:
         context = guard_history(messages, self.history_turns)
-        items = output_items(answer, context, self.history_turns, tool_calls=self.check_tool_calls)
+        items = output_items(
+            answer, context, self.history_turns, tool_calls=self.check_tool_calls, answers=self.answer_tools
+        )
         # A JSON answer is read parsed (structured output, a JSON parser after the model): its decoded strings too.
         return items + reading_items(answer, context, self.history_turns)
 
@@ -158,6 +161,7 @@ class GuardedChatModel(KeepsStops, HeldBackChatModel):
             monitor_options=self.stream_options,
             history_turns=self.history_turns,
             tool_calls=self.check_tool_calls,
+            answers=self.answer_tools,
             judged=self.judged,
         )
 
@@ -222,7 +226,8 @@ class GuardedChatModel(KeepsStops, HeldBackChatModel):
         built = model.with_structured_output(schema, include_raw=include_raw, **kwargs)  # type: ignore[arg-type]
         # A schema's tool call is the answer (``method="function_calling"``): judged whatever check_tool_calls says
         # (`_answer_tools`). The built runnable binds no tool but the schema's (and those its caller passed along).
-        judged = self if self.check_tool_calls else self.model_copy(update={"check_tool_calls": True})
+        # Its call is judged as the answer, under the stricter of the response and tool-call policies (`AS_ANSWER`).
+        judged = self.model_copy(update={"check_tool_calls": True, "answer_tools": _schema_tools(schema)})
         repointed = _repointed(built, model, judged)
         if repointed is None:
             raise NotImplementedError(
@@ -233,6 +238,16 @@ class GuardedChatModel(KeepsStops, HeldBackChatModel):
         # Its with_fallbacks / with_retry keep the guard's stop, as the model's own do: a structured fallback model
         # answered the request the guard had stopped (a RunnableSequence's with_fallbacks is LangChain's).
         return _keeping(repointed)
+
+
+def _schema_tools(schema: Any) -> frozenset[str]:
+    """The name of the tool ``with_structured_output(schema, method="function_calling")`` binds (the provider
+    classes name it as ``convert_to_openai_tool`` does); none for a schema that is no tool."""
+    try:
+        name = convert_to_openai_tool(schema)["function"]["name"]
+    except Exception:  # noqa: BLE001 - no tool of it: a JSON answer, judged as text
+        return frozenset()
+    return frozenset({name}) if isinstance(name, str) and name else frozenset()
 
 
 def _chat_model_in(runnable: Runnable[Any, Any]) -> BaseChatModel | None:

@@ -94,6 +94,7 @@ from ._held_request import HeldModelRequest
 from ._held_tool import ToolRun
 from ._holding import HELD_CALL, HeldCall, monitor_options
 from ._input_memory import AllowedChecks, OwnNotices, Produced, RaisedChecks, judged_content
+from ._json_reading import reading_items
 from ._messages import (
     AS_INPUT,
     DEFAULT_HISTORY_TURNS,
@@ -488,14 +489,19 @@ class GuardMiddleware(AgentMiddleware):
         # The tool messages the model node added answer structured-output calls (`_model_answer`): those calls
         # are the answer (its structured response), judged whatever check_tool_calls says (`_answer_tools`).
         answered = frozenset(t.name for t in answer[1] if t.name)
-        return output_items(
+        context = self._unowned(messages[: answer[0]])
+        text = self.check_output and not self._was_judged(last)
+        items = output_items(
             last,
-            self._unowned(messages[: answer[0]]),
+            context,
             self.history_turns,
-            text=self.check_output and not self._was_judged(last),
-            tool_calls=self.check_tool_calls or answered,
+            text=text,
+            tool_calls=self.check_tool_calls,
+            answers=answered,
             budget=self.guard.max_chars,
         )
+        # A JSON answer is read parsed (``ProviderStrategy``'s structured response): its decoded strings too.
+        return items + reading_items(last, context, self.history_turns) if text else items
 
     def _was_judged(self, message: AIMessage) -> bool:
         """Was this answer's text judged in the model call, and does it still say what was judged? A middleware
@@ -958,6 +964,7 @@ class GuardMiddleware(AgentMiddleware):
                 stream_options=self.stream_options,
                 history_turns=self.history_turns,
                 check_tool_calls=holds_calls,
+                answer_tools=answers,
                 given_items=self._message_items,
                 given_after=self._given,
                 judged=self._allowed.remember,
@@ -965,14 +972,16 @@ class GuardMiddleware(AgentMiddleware):
                 answer_after=self._answer_after,
             )
 
-        calls = self._answer_calls(request)
+        calls, answers = self._answer_calls(request), strategy_tools(request.response_format)
 
         def answer_items(messages: list[BaseMessage], answer: BaseMessage) -> list[Item]:
             """An answer that was not streamed, judged in the held call (before its run ends): its text and the
             calls this call judges (`_answer_items`), with the messages the model read as context."""
+            context = self._unowned(messages)
             found = output_items(
-                answer, self._unowned(messages), self.history_turns, tool_calls=calls, budget=self.guard.max_chars
+                answer, context, self.history_turns, tool_calls=calls, answers=answers, budget=self.guard.max_chars
             )
+            found += reading_items(answer, context, self.history_turns)  # a JSON answer, as it is parsed
             return self._allowed.unjudged(found)
 
         return HeldModelRequest.of(request, hold), ledger
@@ -1028,19 +1037,24 @@ class GuardMiddleware(AgentMiddleware):
         each AI message in it unless its stream was judged and it still says what streamed (a middleware inside
         this one may have rewritten it under the same id), and their tool calls."""
         items: list[Item] = []
+        answers = strategy_tools(request.response_format)  # the structured response's calls: the answer
         for answer in _answers_of(response):
             streamed = ledger is not None and ledger.judged(answer, self.guard.max_chars)
             if streamed:
                 self._remember_judged(answer)  # after_model does not judge its text again
             text = self.check_output and not streamed
+            context = self._unowned(request.messages)
             items += output_items(
                 answer,
-                self._unowned(request.messages),
+                context,
                 self.history_turns,
                 text=text,
                 tool_calls=self._answer_calls(request),
+                answers=answers,
                 budget=self.guard.max_chars,
             )
+            if text:  # a JSON answer is read parsed (``ProviderStrategy``): its decoded strings too
+                items += reading_items(answer, context, self.history_turns)
         return items + self._beside_items(request, response)
 
     def _beside_items(self, request: ModelRequest, response: Any) -> list[Item]:

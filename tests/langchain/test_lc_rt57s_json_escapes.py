@@ -187,7 +187,6 @@ def test_provider_strategy_with_a_guarded_model(how: str) -> None:
 # GuardMiddleware judges the answer in middleware.py and streams it through _held_model.py, guard_output in
 # runnables.py, none of which this fix could edit: the lead applies the small patches of the rt57s report (the calls
 # of `reading_items` and `ReadingHeldStream` there), then drops these marks (strict: the tests fail once they pass).
-@pytest.mark.xfail(strict=True, reason="rt57s: needs the middleware.py / _held_model.py patches")
 @pytest.mark.parametrize("how", HOWS)
 @pytest.mark.parametrize("mode", ["updates", "messages"])
 def test_provider_strategy_with_the_middleware(how: str, mode: str) -> None:
