@@ -179,6 +179,11 @@ class ChatChunks:
         return self._text_in.seen
 
     @property
+    def answer(self) -> str:
+        """The answer text as the consumer gets it in the end: the text so far, or a rewritten one as it stands."""
+        return self._text_in.now
+
+    @property
     def reasoned(self) -> str:
         """All the reasoning text read from the wrapped LLM so far."""
         return self._thinking_in.seen
@@ -328,6 +333,11 @@ class CompletionChunks:
     def streamed(self) -> str:
         """All the text read from the wrapped LLM so far."""
         return self._in.seen
+
+    @property
+    def answer(self) -> str:
+        """The text as the consumer gets it in the end (see `ChatChunks.answer`)."""
+        return self._in.now
 
     def rewritten(self) -> str:
         """The text of a stream that rewrote it, as it stands ("" otherwise): see `ChatChunks.rewritten`."""

@@ -23,7 +23,9 @@ What is screened, and as what:
   `StreamMonitor` (``guard.stream``/``guard.astream``): the judge runs on text the consumer has not
   seen, beside the generation, and text is released as soon as it is judged. A guarded chunk carries
   only released text, in every field (see `._stream`); a violation raises mid-stream and closes the
-  inner stream (and its HTTP response);
+  inner stream (and its HTTP response); an answer holding a JSON escape a parser decodes into other
+  words (``\\uXXXX``) also as LlamaIndex parses it, a stream's text held from that escape until then
+  (`._json_reading`);
 - tool calls, each with ``check_tool_call``, before the caller can see them: in a stream they are
   held back and travel on the final chunk, after they were judged, so an agent never receives an
   unjudged call and a blocked tool never runs; their arguments reach no consumer before that. So are the
@@ -99,6 +101,7 @@ from qwenguard.core.verdict import Stage
 
 from .._common import reply_actions, require_guard
 from ._component import GuardComponent
+from ._json_reading import ReadingHold, reading_checks
 from ._messages import (
     CONTEXT_VARIABLES,
     QUERY_VARIABLES,
@@ -445,19 +448,32 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
 
     @staticmethod
     def _output_checks(
-        plan: _Plan, text: str, calls: Sequence[ToolSelection] = (), *, actions: Sequence[str] = ()
+        plan: _Plan,
+        text: str,
+        calls: Sequence[ToolSelection] = (),
+        *,
+        actions: Sequence[str] = (),
+        parsed: str | None = None,
     ) -> Checks:
         """The answer's text, its tool calls, and the calls agents read in ``actions`` (the answer's text as an
         agent parses it): a ReAct agent runs its actions, a CodeActAgent its ``<execute>`` code, as tool calls; a
-        structured output's schema tool call (``plan.answers``) as the answer it is (`_AnswerCall`)."""
+        structured output's schema tool call (``plan.answers``) as the answer it is (`_AnswerCall`); and the answer
+        as a JSON parser reads ``parsed`` (default: ``text``), its escapes decoded, where that reads otherwise
+        (`._json_reading`: a structured output over an LLM that is not function-calling; not an agent's step outside
+        such a call, which the agent reads as the tool calls judged here)."""
         checks: Checks = []
         if text.strip():
             checks.append((Stage.RESPONSE, response_conversation(plan.prompt, text)))
-        for call in [*calls, *agent_actions(actions)]:
+        acted = agent_actions(actions)
+        for call in [*calls, *acted]:
             conversation = tool_call_conversation(call.tool_name, call.tool_kwargs, plan.prompt)
             checks.append(
                 _AnswerCall(conversation) if call.tool_name in plan.answers else (Stage.TOOL_CALL, conversation)
             )
+        # An agent's step outside a structured-output call is read by the agent, as the tool calls just judged (their
+        # arguments decoded), not handed to the application parsed.
+        if plan.answers or not acted:
+            checks += reading_checks(plan.prompt, text if parsed is None else parsed)
         return checks
 
     def _reply_checks(
@@ -611,7 +627,8 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         ``additional_kwargs`` carry beside them (`_reply_checks`)."""
         calls = tool_calls_in(self.llm, response)
         text = message_text(response.message)
-        checks = self._output_checks(plan, text, calls, actions=(answer_text(response.message), text))
+        content = answer_text(response.message)  # what a structured program parses (``message.content``)
+        checks = self._output_checks(plan, text, calls, actions=(content, text), parsed=content)
         return checks + self._reply_checks(plan, reply_parts(response), [text], calls), calls
 
     def _completion_checks(self, plan: _Plan, response: CompletionResponse) -> Checks:
@@ -624,7 +641,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         calls = tool_calls_of(self.llm, reply)
         thinking = raw_reasoning(response.raw, self.guard.max_chars)
         answer = "\n".join(t for t in (*thinking, text) if t)  # as `message_text` joins a ThinkingBlock and the text
-        checks = self._output_checks(plan, answer, calls)
+        checks = self._output_checks(plan, answer, calls, parsed=text)
         return checks + self._reply_checks(plan, reply_parts(response), [text, *thinking], calls)
 
     # -- streams ------------------------------------------------------------------------------
@@ -662,13 +679,17 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         actions = (out.streamed, answer_text(last.message), message_text(last.message))
         unread = unread_text(last.message)
         rewritten = out.rewritten()  # a stream that rewrote its text hands it over whole: judged whole
-        checks = self._output_checks(plan, "\n".join(t for t in (rewritten, unread) if t), calls, actions=actions)
+        # The answer as the consumer gets it (the text so far, or a rewritten one as it stands): its parsed reading,
+        # judged before the text held from its first escape goes out (`ReadingHold`).
+        joined = "\n".join(t for t in (rewritten, unread) if t)
+        checks = self._output_checks(plan, joined, calls, actions=actions, parsed=out.answer)
         # The last chunk goes out with the inner one's raw and message kwargs: their text beyond the judged deltas.
         judged = [out.streamed, out.reasoned, unread, rewritten]
         return checks + self._reply_checks(plan, reply_parts(last, own=False), judged, calls), calls
 
     def _guard_chat_stream(self, plan: _Plan, inner: Iterator[ChatResponse], hold: ActionHold) -> ChatResponseGen:
         out = ChatChunks()
+        parsed = ReadingHold()
         with contextlib.ExitStack() as stack:
             # The model is read on a thread of its own while a check is in flight, so judged text goes out
             # when its verdict is back, not on the model's next token (``wakeup.py``).
@@ -683,6 +704,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
                     released_reasoning = release_judged(thinking)
                 else:
                     text, reasoning = out.read(chunk)
+                    parsed.watch(text)  # before the monitor may release any of it
                     if reasoning and thinking is None:
                         thinking = stack.enter_context(self.guard.stream(plan.prompt, **self._monitor_options()))
                     released = monitor.feed(text) if text else ""
@@ -691,7 +713,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
                 # before the input verdict, and a verdict that is back is enforced at once.
                 if released or released_reasoning or self._inputs_back(plan):
                     self._wait_inputs(plan)
-                if (item := out.partial(hold.take(released), released_reasoning)) is not None:
+                if (item := out.partial(parsed.take(hold.take(released)), released_reasoning)) is not None:
                     yield item
             self._wait_inputs(plan)  # an empty stream still waits for the verdict
             if out.last is None:
@@ -703,12 +725,13 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             reasoning_tail = thinking.finish() if thinking is not None else ""
             if pending is not None and _failed_open(pending.wait()):
                 plan.failed_open = True
-            final = out.final(hold.finish(tail), reasoning_tail)
+            final = out.final(parsed.finish(hold.finish(tail)), reasoning_tail)
             self._passed(plan, final.message, calls, (monitor, thinking))
             yield final
 
     async def _aguard_chat_stream(self, plan: _Plan, inner: Any, hold: ActionHold) -> ChatResponseAsyncGen:
         out = ChatChunks()
+        parsed = ReadingHold()
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(aclose_upstream, inner)
             monitor = await stack.enter_async_context(self.guard.astream(plan.prompt, **self._monitor_options()))
@@ -721,6 +744,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
                     released_reasoning = await arelease_judged(thinking) if thinking is not None else ""
                 else:
                     text, reasoning = out.read(chunk)
+                    parsed.watch(text)  # before the monitor may release any of it
                     if reasoning and thinking is None:
                         thinking = await stack.enter_async_context(
                             self.guard.astream(plan.prompt, **self._monitor_options())
@@ -729,7 +753,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
                     released_reasoning = await thinking.afeed(reasoning) if reasoning else ""
                 if released or released_reasoning:
                     await self._await_inputs(plan)  # fed beside the input check: nothing out before its verdict
-                if (item := out.partial(hold.take(released), released_reasoning)) is not None:
+                if (item := out.partial(parsed.take(hold.take(released)), released_reasoning)) is not None:
                     yield item
             if out.last is None:
                 await monitor.afinish()
@@ -744,7 +768,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             finally:
                 if pending is not None and not pending.done():
                     pending.cancel()
-            final = out.final(hold.finish(tail), reasoning_tail)
+            final = out.final(parsed.finish(hold.finish(tail)), reasoning_tail)
             self._passed(plan, final.message, calls, (monitor, thinking))
             yield final
 
@@ -754,11 +778,12 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         if out.last is None:
             return []
         rewritten = out.rewritten()
-        checks = self._output_checks(plan, rewritten)
+        checks = self._output_checks(plan, rewritten, parsed=out.answer)
         return checks + self._reply_checks(plan, reply_parts(out.last, own=False), [out.streamed, rewritten])
 
     def _guard_completion_stream(self, plan: _Plan, inner: Iterator[CompletionResponse]) -> CompletionResponseGen:
         out = CompletionChunks()
+        parsed = ReadingHold()
         with contextlib.ExitStack() as stack:
             chunks = UpstreamReader(inner, close=close_upstream, name="qwenguard-li-upstream")  # see above
             stack.callback(chunks.close)
@@ -766,12 +791,13 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             for fresh, chunk in chunks.race(lambda: verdict_waiters(monitor)):
                 if fresh:
                     text = out.read(chunk)
+                    parsed.watch(text)
                     released = monitor.feed(text) if text else ""
                 else:
                     released = release_judged(monitor)
                 if released or self._inputs_back(plan):  # judged beside the input check, released after it
                     self._wait_inputs(plan)
-                if (item := out.partial(released)) is not None:
+                if (item := out.partial(parsed.take(released))) is not None:
                     yield item
             self._wait_inputs(plan)
             checks = self._completion_end(plan, out)
@@ -780,10 +806,11 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             if pending is not None:
                 pending.wait()
             if out.last is not None:
-                yield out.final(tail)
+                yield out.final(parsed.finish(tail))
 
     async def _aguard_completion_stream(self, plan: _Plan, inner: Any) -> CompletionResponseAsyncGen:
         out = CompletionChunks()
+        parsed = ReadingHold()
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(aclose_upstream, inner)
             monitor = await stack.enter_async_context(self.guard.astream(plan.prompt, **self._monitor_options()))
@@ -794,10 +821,11 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
                     released = await arelease_judged(monitor)
                 else:
                     text = out.read(chunk)
+                    parsed.watch(text)
                     released = await monitor.afeed(text) if text else ""
                 if released:
                     await self._await_inputs(plan)
-                if (item := out.partial(released)) is not None:
+                if (item := out.partial(parsed.take(released))) is not None:
                     yield item
             await self._await_inputs(plan)
             checks = self._completion_end(plan, out)
@@ -810,7 +838,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
                 if pending is not None and not pending.done():
                     pending.cancel()
             if out.last is not None:
-                yield out.final(tail)
+                yield out.final(parsed.finish(tail))
 
     # -- template calls: screen by variable, not the formatted prompt -------------------------
     # The wrapped LLM is handed `TemplateCall.template`, whose variables were computed and judged here: a
