@@ -150,6 +150,10 @@ def test_the_meta_device_is_refused_before_loading():
             Guard.from_pretrained("demo", device=device, policy=Policy(on_error="allow"))
     with pytest.raises(ValueError, match="holds no weights"):
         TransformersStream.load("demo-stream", device="meta")
+    from qwenguard.core.backends.transformers_gen import TransformersGen
+
+    with pytest.raises(ValueError, match="holds no weights"):  # a Gen backend loaded on its own (not through a Guard)
+        TransformersGen.load("demo", device="meta")
 
 
 # -- F6: stream_options by name -------------------------------------------------------------------------------

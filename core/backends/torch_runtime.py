@@ -63,6 +63,10 @@ def resolve_device(device: str | None) -> str:
         raise ValueError(
             f"device {device!r} is not a device name torch knows; use 'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'"
         ) from None
+    if torch.device(device).type == "meta":
+        # Shapes, no weights: the load succeeds and every check fails deep in torch (rt57c F4; guard.py says it
+        # first for from_pretrained, this for a backend loaded on its own).
+        raise ValueError(f"device {device!r} holds no weights, so no check could be answered: pick cpu, cuda or auto")
     if device.startswith("cuda") and not torch.cuda.is_available():
         why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
         raise ValueError(f"device {device!r} is not available: {why} (torch {torch.__version__}); use 'auto' or 'cpu'")
