@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends.base import GenBackend, Outcome
+from .backends.torch_runtime import refuse_meta_device
 from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_SIZE, VerdictCache, cache_key
 from .errors import GuardTimeout, GuardUnavailable, GuardViolation, InputTooLarge, QwenGuardError, VerdictParseError
 from .formats.content import clean_text
@@ -34,8 +35,7 @@ from .formats.conversations import (
 from .formats.encoding import check_use_chat_template
 from .formats.prompts import Message, judged_size, normalize_messages, text_size
 from .formats.windows import window_budget
-from .policy import Action, Decision, Policy, require_count
-from .streaming.monitor_core import require_switch
+from .policy import Action, Decision, Policy, require_count, require_switch
 from .verdict import Risk, Stage, Verdict, worst
 
 __all__ = ["Guard", "enforce", "DEFAULT_MAX_CHARS", "DEFAULT_MAX_MESSAGES", "DEFAULT_CACHE_SIZE", "DEFAULT_CACHE_BYTES"]
@@ -328,7 +328,7 @@ class Guard:
             "label_branches",
         }
         backend_kwargs = {k: guard_kwargs.pop(k) for k in list(guard_kwargs) if k in backend_keys}
-        _refuse_meta_device(device)
+        refuse_meta_device(device)  # before any weight loads
         check_use_chat_template(backend_kwargs.get("use_chat_template"))
         if "parallel_input" in guard_kwargs:
             require_switch("parallel_input", guard_kwargs["parallel_input"])
@@ -936,12 +936,6 @@ def _require_stream_backend(backend: object) -> None:
             f"stream_backend must be a Qwen3Guard-Stream backend (TransformersStream, RemoteStream), got "
             f"{type(backend).__name__}" + (f": {what}; pass it as the Guard's backend" if what else "")
         )
-
-
-def _refuse_meta_device(device: object) -> None:
-    """torch's "meta" device holds shapes, no weights: the load succeeds and every check fails (rt57c F4)."""
-    if str(device).partition(":")[0].strip().lower() == "meta":
-        raise ValueError(f"device {device!r} holds no weights, so no check could be answered: pick cpu, cuda or auto")
 
 
 def _document_items(texts: Sequence[str]) -> list[tuple[Stage, list[dict[str, str]]]]:

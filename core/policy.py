@@ -126,6 +126,15 @@ def require_count(name: str, value: Any, minimum: int = 1, *, optional: bool = F
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
 
 
+def require_switch(name: str, value: object, *, optional: bool = False) -> None:
+    """An on/off option: True or False (``None`` too when ``optional``: then the documented default, never "off"),
+    else a TypeError naming it. ``bool(value)`` read "false" from a config file or an environment variable as on,
+    and None as off: ``screen_prompt=None`` skipped the prompt check (rt57c F2, F3)."""
+    if not isinstance(value, bool) and not (optional and value is None):
+        expected = "True, False or None" if optional else "True or False"
+        raise TypeError(f"{name} must be {expected}, got {value!r} ({type(value).__name__})")
+
+
 def _tighten(mine: Mapping[str, Any], theirs: Mapping[str, Any]) -> dict[str, Any]:
     """One level of `Policy.tightened`: resolved settings in, the stricter of each out."""
     on_error = "block" if "block" in (mine["on_error"], theirs["on_error"]) else "allow"

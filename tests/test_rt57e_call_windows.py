@@ -19,22 +19,13 @@ from llama_index.core.llms.mock import MockLLM
 from qwenguard.core import Guard, Policy
 from qwenguard.core.errors import InputTooLarge
 from qwenguard.core.formats.windows import CALL_WINDOW_ACCOUNT, window_budget
+from qwenguard.core.verdict import CATEGORIES
 from qwenguard.integrations.langchain import GuardedChatModel
 from qwenguard.integrations.llamaindex import GuardedLLM
 
 TURN = "hello" + "".join(f"\nUSER: a{i}" for i in range(120))  # about 120 forged-turn windows a check
 K = 6
-CATS = [
-    "Violent",
-    "Non-violent Illegal Acts",
-    "Sexual Content or Sexual Acts",
-    "PII",
-    "Suicide & Self-Harm",
-    "Unethical Acts",
-    "Politically Sensitive Topics",
-    "Copyright Violation",
-    "Jailbreak",
-]
+CATS = list(CATEGORIES)  # all ignored: only the window budget may refuse
 
 
 @pytest.fixture(scope="module")

@@ -42,8 +42,16 @@ def require_torch() -> Any:
     return torch
 
 
+def refuse_meta_device(device: object) -> None:
+    """torch's "meta" device holds shapes, no weights: a model loads there and every check fails deep in torch, let
+    through under ``on_error="allow"`` (rt57c F4). Refused before anything loads, in any case ("META", "meta:0")."""
+    if str(device).partition(":")[0].strip().lower() == "meta":
+        raise ValueError(f"device {device!r} holds no weights, so the guard could not answer: pick cpu, cuda or auto")
+
+
 def resolve_device(device: str | None) -> str:
     """``"auto"`` picks cuda, then mps, then cpu."""
+    refuse_meta_device(device)
     torch = require_torch()
     if device in (None, "auto"):
         if torch.cuda.is_available():
@@ -63,10 +71,6 @@ def resolve_device(device: str | None) -> str:
         raise ValueError(
             f"device {device!r} is not a device name torch knows; use 'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'"
         ) from None
-    if torch.device(device).type == "meta":
-        # Shapes, no weights: the load succeeds and every check fails deep in torch (rt57c F4; guard.py says it
-        # first for from_pretrained, this for a backend loaded on its own).
-        raise ValueError(f"device {device!r} holds no weights, so no check could be answered: pick cpu, cuda or auto")
     if device.startswith("cuda") and not torch.cuda.is_available():
         why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
         raise ValueError(f"device {device!r} is not available: {why} (torch {torch.__version__}); use 'auto' or 'cpu'")

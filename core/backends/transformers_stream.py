@@ -83,7 +83,7 @@ from .stream_model import (
     save_stream_checkpoint,
     stream_model_class,
 )
-from .torch_runtime import quiet_loading, require_torch, resolve_device
+from .torch_runtime import quiet_loading, refuse_meta_device, require_torch, resolve_device
 
 __all__ = [
     "TransformersStream",
@@ -235,10 +235,7 @@ class TransformersStream:
                 "max_session_tokens": max_session_tokens,
             }
         )
-        if str(device).partition(":")[0].strip().lower() == "meta":
-            raise ValueError(
-                f"device {device!r} holds no weights, so no session could be judged: pick cpu, cuda or auto"
-            )
+        refuse_meta_device(device)  # before the checkpoint is looked for
         require_torch()
         try:
             from transformers import AutoTokenizer

@@ -16,7 +16,7 @@ from ..errors import GuardTimeout, GuardUnavailable, GuardViolation, InputTooLar
 from ..formats.content import clean_text
 from ..formats.conversations import prompt_conversation
 from ..formats.prompts import Message, normalize_messages
-from ..policy import Action, Decision
+from ..policy import Action, Decision, require_switch
 from ..verdict import Risk, Stage, Verdict
 from .debounce import DEFAULT_WINDOW, Debounce, Flag
 from .gen_windows import MAX_WINDOWS_IN_FLIGHT, RELEASE_UNITS, GenWindows, WindowJudge
@@ -84,15 +84,6 @@ def _takes_timeout(call: Any) -> bool:
 
 
 _TAKES_TIMEOUT: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
-
-
-def require_switch(name: str, value: object, *, optional: bool = False) -> None:
-    """An on/off option: True or False (``None`` too when ``optional``: then the documented default, never "off"),
-    else a TypeError naming it. ``bool(value)`` read "false" from a config file or an environment variable as on,
-    and None as off: ``screen_prompt=None`` skipped the prompt check (rt57c F2, F3)."""
-    if not isinstance(value, bool) and not (optional and value is None):
-        expected = "True, False or None" if optional else "True or False"
-        raise TypeError(f"{name} must be {expected}, got {value!r} ({type(value).__name__})")
 
 
 #: The options of `Guard.stream` / `Guard.astream` (`MonitorCore`'s keywords).

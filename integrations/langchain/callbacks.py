@@ -87,9 +87,9 @@ from qwenguard.core import Decision, Guard, GuardUnavailable, Policy, QwenGuardE
 from qwenguard.core.backends.gen_session_pool import SESSIONS_PER_STREAM
 from qwenguard.core.backends.stream_session import SESSION_OPTIONS
 from qwenguard.core.formats.conversations import tool_call_conversation, untrusted_conversation
-from qwenguard.core.policy import require_count
+from qwenguard.core.policy import require_count, require_switch
 from qwenguard.core.streaming.gate_session import GateSession
-from qwenguard.core.streaming.monitor_core import check_stream_options, require_switch
+from qwenguard.core.streaming.monitor_core import check_stream_options
 from qwenguard.core.streaming.parallel import PendingCheck
 
 from .._common import Bounded

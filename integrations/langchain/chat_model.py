@@ -37,9 +37,9 @@ from qwenguard.core import Guard
 from qwenguard.core.streaming.parallel import PendingCheck
 
 from ._held_model import HeldBackChatModel
-from ._holding import GUARD_PARAM, TOOL_CALLS_PARAM, HeldStream, guard_token, monitor_options
+from ._holding import GUARD_PARAM, TOOL_CALLS_PARAM, guard_token, monitor_options
 from ._input_beside import astart_input, start_input
-from ._json_reading import ReadingHeldStream, reading_items
+from ._json_reading import reading_items
 from ._keep_stops import KeepsStops, _keeping
 from ._messages import DEFAULT_HISTORY_TURNS, Item, guard_history, input_items, output_items
 from ._options import known_fields, refuse_unknown
@@ -151,19 +151,6 @@ class GuardedChatModel(KeepsStops, HeldBackChatModel):
         )
         # A JSON answer is read parsed (structured output, a JSON parser after the model): its decoded strings too.
         return items + reading_items(answer, context, self.history_turns)
-
-    def _held(self, messages: list[BaseMessage]) -> HeldStream:
-        """The held stream of an answer, judging a JSON answer's parsed reading too (`ReadingHeldStream`)."""
-        return ReadingHeldStream(
-            self.guard,
-            guard_history(messages, self.history_turns),
-            engine="monitor",
-            monitor_options=self.stream_options,
-            history_turns=self.history_turns,
-            tool_calls=self.check_tool_calls,
-            answers=self.answer_tools,
-            judged=self.judged,
-        )
 
     def _parallel(self, items: list[Item]) -> bool:
         parallel = self.guard.parallel_input if self.parallel_input is None else self.parallel_input

@@ -85,7 +85,8 @@ from qwenguard.core import (
     enforce,
 )
 from qwenguard.core.formats.conversations import tool_call_conversation, untrusted_conversation
-from qwenguard.core.streaming.monitor_core import check_stream_options, require_switch
+from qwenguard.core.policy import require_switch
+from qwenguard.core.streaming.monitor_core import check_stream_options
 
 from .._common import Bounded
 from ._answer_tools import strategy_tools
@@ -1140,20 +1141,15 @@ class GuardMiddleware(AgentMiddleware):
 
     def _on_commands(self, commands: list[Any], response: Any, items: list[Item], decisions: list[Decision]) -> Any:
         """``response``, or the refusal where a Command's message is blocked (``"error"``: raised); the blocked
-        messages are replaced by notices in the composer's list, in place (`_with_notices`)."""
-        self._allowed.remember(items, decisions)
+        messages are replaced by notices in the composer's list, in place (`_withheld`)."""
+        commands[:] = self._withheld(commands, items, decisions)
         blocked = blocked_pairs(items, decisions)
         if not blocked:
             return response
-        decision = blocked[0][1]
-        if self.exit_behavior == "error":
-            enforce(decision)
-        notices = {id(item.extra["entry"]): self._withheld_message(item, d) for item, d in blocked}
-        commands[:] = [_with_notices(command, notices) for command in commands]
         answers = _answers_of(response)
         if isinstance(response, ModelResponse) and not answers:
             return response  # already the guard's refusal
-        return ModelResponse(result=[self._refusal(decision, replaces=answers[0] if answers else None)])
+        return ModelResponse(result=[self._refusal(blocked[0][1], replaces=answers[0] if answers else None)])
 
     def _wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]) -> Any:
         with self._stopped.watching(request):

@@ -62,6 +62,22 @@ def stream(agent: Any, mode: str, inputs: Any, config: Any) -> tuple[list[str], 
     return seen, None
 
 
+def answered_beside(
+    guard: Guard, mode: str, *middleware: Any, exit_behavior: str = "end"
+) -> tuple[dict[str, Any], list[str], Exception | None]:
+    """A safe question answered safely by an agent whose ``GuardMiddleware`` has ``middleware`` inside it (listed
+    after it): the thread's state, what streamed, the error."""
+    agent = create_agent(
+        scripted(SAFE_ANSWER),
+        [],
+        middleware=[GuardMiddleware(guard, exit_behavior=exit_behavior), *middleware],
+        checkpointer=InMemorySaver(),
+    )
+    config = {"configurable": {"thread_id": "t"}}
+    seen, error = stream(agent, mode, {"messages": [{"role": "user", "content": SAFE_QUESTION}]}, config)
+    return agent.get_state(config).values, seen, error
+
+
 def carrying(seen: list[str]) -> list[str]:
     return [item[:160] for item in seen if WORD in item.lower()]
 
@@ -75,24 +91,29 @@ def handoff_agent(guard: Guard, report: str, mode: str, **options: Any) -> Any:
         return Command(graph=Command.PARENT, update=update)
 
     inner = create_agent(scripted(tool_call("finish", {"report": report}, "i1"), "x"), [finish])
+    return main_agent(guard, inner, "research", "fertiliser", mode, **options)
 
-    @tool
-    def research(q: str) -> str:
-        """Ask the research sub-agent."""
-        return inner.invoke({"messages": [{"role": "user", "content": q}]})["messages"][-1].text
 
-    @tool("research")
-    async def aresearch(q: str) -> str:
-        """Ask the research sub-agent."""
-        return (await inner.ainvoke({"messages": [{"role": "user", "content": q}]}))["messages"][-1].text
+def main_agent(guard: Guard, inner: Any, name: str, task: str, mode: str, **options: Any) -> tuple[Any, Any]:
+    """A guarded main agent (with a checkpointer) whose model calls its one tool ``name`` with ``task``, and that
+    tool runs the sub-agent ``inner`` (sync or async, by ``mode``); with the main agent's scripted model."""
 
-    outer = scripted(tool_call("research", {"q": "fertiliser"}, "o1"), SAFE_ANSWER, SAFE_ANSWER)
-    return create_agent(
+    def run(task: str) -> str:
+        """Delegate a task to the sub-agent."""
+        return inner.invoke({"messages": [{"role": "user", "content": task}]})["messages"][-1].text
+
+    async def arun(task: str) -> str:
+        """Delegate a task to the sub-agent."""
+        return (await inner.ainvoke({"messages": [{"role": "user", "content": task}]}))["messages"][-1].text
+
+    outer = scripted(tool_call(name, {"task": task}, "o1"), SAFE_ANSWER, SAFE_ANSWER)
+    agent = create_agent(
         outer,
-        [research if mode == "sync" else aresearch],
+        [tool(name)(run if mode == "sync" else arun)],
         middleware=[GuardMiddleware(guard, **options)],
         checkpointer=InMemorySaver(),
-    ), outer
+    )
+    return agent, outer
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -133,24 +154,7 @@ def reviewed_subagent(guard: Guard, body: str, mode: str, sent: list[str], **opt
         [send_email],
         middleware=[HumanInTheLoopMiddleware({"send_email": True})],
     )
-
-    @tool
-    def assistant(task: str) -> str:
-        """Delegate a task to the mail assistant."""
-        return inner.invoke({"messages": [{"role": "user", "content": task}]})["messages"][-1].text
-
-    @tool("assistant")
-    async def aassistant(task: str) -> str:
-        """Delegate a task to the mail assistant."""
-        return (await inner.ainvoke({"messages": [{"role": "user", "content": task}]}))["messages"][-1].text
-
-    outer = scripted(tool_call("assistant", {"task": "e-mail my friend the notes"}, "o1"), SAFE_ANSWER, SAFE_ANSWER)
-    return create_agent(
-        outer,
-        [assistant if mode == "sync" else aassistant],
-        middleware=[GuardMiddleware(guard, **options)],
-        checkpointer=InMemorySaver(),
-    )
+    return main_agent(guard, inner, "assistant", "e-mail my friend the notes", mode, **options)[0]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -238,29 +242,20 @@ class AddBeside(AgentMiddleware):
 @pytest.mark.parametrize("cls", [HumanMessage, SystemMessage])
 @pytest.mark.parametrize("exit_behavior", ["end", "replace", "error"])
 def test_an_unsafe_turn_beside_the_answer_is_judged_before_the_state_takes_it(kw, mode, cls, exit_behavior):
-    agent = create_agent(
-        scripted(SAFE_ANSWER),
-        [],
-        middleware=[GuardMiddleware(kw, exit_behavior=exit_behavior), AddBeside(cls, "Context: " + UNSAFE_CLAUSE)],
-        checkpointer=InMemorySaver(),
+    state, seen, error = answered_beside(
+        kw, mode, AddBeside(cls, "Context: " + UNSAFE_CLAUSE), exit_behavior=exit_behavior
     )
-    config = {"configurable": {"thread_id": "t"}}
-    seen, error = stream(agent, mode, {"messages": [{"role": "user", "content": SAFE_QUESTION}]}, config)
     assert carrying(seen) == []
-    assert WORD not in repr(agent.get_state(config).values).lower()
+    assert WORD not in repr(state).lower()
     if exit_behavior == "error":
         assert isinstance(error, GuardViolation)
     else:
-        assert error is None and "blocked by the safety guard" in agent.get_state(config).values["messages"][-1].text
+        assert error is None and "blocked by the safety guard" in state["messages"][-1].text
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_safe_turn_beside_the_answer_goes_through(kw, mode):
-    agent = create_agent(
-        scripted(SAFE_ANSWER), [], middleware=[GuardMiddleware(kw), AddBeside(HumanMessage, "Context: sunny.")]
-    )
-    config: dict[str, Any] = {}
-    seen, error = stream(agent, mode, {"messages": [{"role": "user", "content": SAFE_QUESTION}]}, config)
+    _, seen, error = answered_beside(kw, mode, AddBeside(HumanMessage, "Context: sunny."))
     assert error is None and any("Context: sunny." in item for item in seen)
 
 
@@ -322,16 +317,11 @@ NOTES = {
 def test_an_unsafe_message_in_a_command_beside_the_answer_is_withheld(kw, mode, kind, exit_behavior, depth):
     """``depth`` 2: another middleware sits between the guard and the one returning the Command."""
     inner = [PassThrough()] if depth == 2 else []
-    agent = create_agent(
-        scripted(SAFE_ANSWER),
-        [],
-        middleware=[GuardMiddleware(kw, exit_behavior=exit_behavior), *inner, Annotate(NOTES[kind](UNSAFE_CLAUSE))],
-        checkpointer=InMemorySaver(),
+    state, seen, error = answered_beside(
+        kw, mode, *inner, Annotate(NOTES[kind](UNSAFE_CLAUSE)), exit_behavior=exit_behavior
     )
-    config = {"configurable": {"thread_id": "t"}}
-    seen, error = stream(agent, mode, {"messages": [{"role": "user", "content": SAFE_QUESTION}]}, config)
     assert carrying(seen) == []
-    assert WORD not in repr(agent.get_state(config).values).lower()
+    assert WORD not in repr(state).lower()
     if exit_behavior == "error":
         assert isinstance(error, GuardViolation)
     else:
@@ -340,9 +330,6 @@ def test_an_unsafe_message_in_a_command_beside_the_answer_is_withheld(kw, mode, 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_safe_message_in_a_command_beside_the_answer_goes_through(kw, mode):
-    agent = create_agent(
-        scripted(SAFE_ANSWER), [], middleware=[GuardMiddleware(kw), Annotate(HumanMessage(content="Context: sunny."))]
-    )
-    seen, error = stream(agent, mode, {"messages": [{"role": "user", "content": SAFE_QUESTION}]}, {})
+    _, seen, error = answered_beside(kw, mode, Annotate(HumanMessage(content="Context: sunny.")))
     assert error is None and any("Context: sunny." in item for item in seen)
     assert any(SAFE_ANSWER in item for item in seen)

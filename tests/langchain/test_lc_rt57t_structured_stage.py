@@ -21,23 +21,12 @@ from langchain.agents import create_agent
 from langchain.agents.structured_output import ToolStrategy
 from langchain_core.messages import HumanMessage
 from langchain_core.tools import tool
-from langchain_openai import ChatOpenAI
 from lc_fakes import SAFE_ANSWER, UNSAFE_CLAUSE
-from pydantic import BaseModel
 from qwenguard.core import Guard, GuardViolation, Policy, Stage
 from qwenguard.core.policy import StagePolicy
 from qwenguard.integrations.langchain import GuardCallbackHandler, GuardedChatModel, GuardMiddleware
 from scripted_openai import Reply, ToolCall, scripted_openai
-
-
-class Email(BaseModel):
-    to: str
-    body: str
-
-
-UNSAFE_EMAIL = {"to": "friend@example.com", "body": UNSAFE_CLAUSE}
-SAFE_EMAIL = {"to": "friend@example.com", "body": SAFE_ANSWER}
-ASK = "Write the e-mail."
+from test_lc_rt52d_structured_output import ASK, CALLS, SAFE_EMAIL, UNSAFE_EMAIL, Email, _astream, _llm
 
 #: Tool-call stage policies an operator sets for the agent's tools: neither is the answer's policy.
 LOOSE_TOOL_STAGES = {
@@ -55,22 +44,6 @@ def loose(request: pytest.FixtureRequest) -> Iterator[Guard]:
 
 def _reply(name: str, args: dict[str, str], call_id: str = "call_1") -> Reply:
     return Reply(tool_calls=[ToolCall(name, json.dumps(args), id=call_id)])
-
-
-def _llm(url: str) -> ChatOpenAI:
-    return ChatOpenAI(base_url=url, api_key="x", model="scripted", max_retries=0)
-
-
-async def _astream(runnable: Any, value: Any, **kwargs: Any) -> list[Any]:
-    return [chunk async for chunk in runnable.astream(value, **kwargs)]
-
-
-CALLS: dict[str, Callable[..., Any]] = {
-    "invoke": lambda runnable, value, **kw: runnable.invoke(value, **kw),
-    "ainvoke": lambda runnable, value, **kw: asyncio.run(runnable.ainvoke(value, **kw)),
-    "stream": lambda runnable, value, **kw: list(runnable.stream(value, **kw)),
-    "astream": lambda runnable, value, **kw: asyncio.run(_astream(runnable, value, **kw)),
-}
 
 
 def _last(mode: str, out: Any) -> Any:
