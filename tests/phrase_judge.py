@@ -6,7 +6,7 @@ the guard reads, not what the toy model happens to flag. `judged_text` and `resp
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,11 +30,13 @@ def _judged(prompt: str) -> str:
 
 
 class PhraseEngine:
-    """A Gen engine for the demo backend (`backend.engine`): records each window's conversation in ``read``."""
+    """A Gen engine for the demo backend (`backend.engine`): records each window's conversation in ``read``;
+    ``reading``: how the model reads a window before the phrase is looked for (default: as written)."""
 
-    def __init__(self, tokenizer: Any, phrase: str) -> None:
+    def __init__(self, tokenizer: Any, phrase: str, reading: Callable[[str], str] | None = None) -> None:
         self.tokenizer = tokenizer
         self.phrase = phrase
+        self.reading = reading
         self.read: list[str] = []
 
     def run(self, prompts):
@@ -42,7 +44,8 @@ class PhraseEngine:
         for ids in prompts:
             conversation = _judged(self.tokenizer.decode(ids, skip_special_tokens=False))
             self.read.append(conversation)
-            out.append((answer(conversation, "ASSISTANT:" in conversation, self.phrase), None))
+            seen = conversation if self.reading is None else self.reading(conversation)
+            out.append((answer(seen, "ASSISTANT:" in conversation, self.phrase), None))
         return out
 
 

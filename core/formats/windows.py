@@ -25,6 +25,9 @@ whole prompt does not fit in ``max_prompt_tokens``, `WindowPlanner` builds windo
   (letters split by zero-width characters, words by line separators, look-alike or full-width letters:
   `content.as_seen_pieces`), the stretch around it is judged again as a reader reads it, as extra windows
   like the forged-turn ones (same context).
+- **Padding shortened.** Every run of more than `blank_runs.KEPT_BLANKS` blanks in a turn (and in each reading) is
+  cut to that many first (`blank_runs.shorten_blank_runs`): a reader sees one gap, and a run of thousands of
+  tokens no longer keeps two neighbouring words out of every window (rt58c F1).
 - **A run of user turns.** Where the judged turn ends two or more consecutive user turns with text, the run is
   also judged joined (`user_run`), as the provider sends it (one message), an extra window like the others; the
   whole run, even where a window may show fewer turns (``max_messages``, a remote server's cap).
@@ -53,6 +56,7 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 from ..errors import InputTooLarge
+from .blank_runs import shorten_blank_runs
 from .content import as_seen_pieces, clean_text, forged_turn_segments, prepare_content, without_verdict_lines
 from .prompts import normalize_messages
 from .rendered import may_render_differently
@@ -257,6 +261,11 @@ def _as_seen_turns(context: list[dict[str, str]]) -> list[dict[str, str]] | None
     return seen if changed else None
 
 
+def _shortened(message: dict[str, str]) -> dict[str, str]:
+    content = shorten_blank_runs(message["content"])
+    return message if content is message["content"] else {**message, "content": content}
+
+
 def user_run(messages: Sequence[dict[str, str]]) -> str | None:
     """The texts of the consecutive user turns that end ``messages``, joined as one message reads them (as the
     integrations join a run, `"".join`), when two or more of them have text; else ``None``. An assistant turn with
@@ -363,7 +372,9 @@ class WindowPlanner:
         ``stream``: a stream check (`StreamCheck`): piece windows judged before in its stream are left out."""
         if max_messages is not None and max_messages < 1:
             raise ValueError("max_messages must be >= 1")
-        msgs = normalize_messages(messages)
+        # Padding between two words ("mix" + " \t" * 12,000 + "ammonium") pushed one out of every window that showed
+        # the other (rt58c F1): runs of blanks are shortened first, for the judged turn and its context alike.
+        msgs = [_shortened(m) for m in normalize_messages(messages)]
         *earlier, last = msgs
         judged = clean_text(last["content"])
         pieces = [prepare_content(judged)]
@@ -377,6 +388,8 @@ class WindowPlanner:
             # one message (ChatAnthropic merges them; rt55c F1: the integrations judged the run joined, the core API
             # and the server did not). The run is also judged as that message reads.
             pieces += [prepare_content(joined), *(prepare_content(s) for s in as_seen_pieces(joined))]
+        # A reading can open a new run (hidden characters between blanks, read as nothing): shortened the same way.
+        pieces = [shorten_blank_runs(p) for p in pieces]
         if len(pieces) > self.max_windows:  # each piece needs a window: refuse before tokenizing anything
             raise self._too_large()
         if max_messages is not None and len(msgs) > max_messages:

@@ -25,7 +25,7 @@ from ..formats.prompts import (
     parse_verdict,
     render_prompt,
 )
-from ..formats.windows import CALL_WINDOW_BUDGET
+from ..formats.windows import CALL_WINDOW_BUDGET, window_budget
 from ..policy import Action, Decision, Policy
 from ..verdict import Risk, Stage, Verdict, worst
 from .limits import LimitExceeded, Limits
@@ -275,41 +275,44 @@ class Service:
             else:
                 pending.append(i)
         if pending:
-            timeout = self.time_left()
-            # The request's windows in all, not only each conversation's (256 conversations of forged turn labels
-            # planned 25,000 windows and ran to the deadline): read by the backend's planning, in this task.
-            budget = CALL_WINDOW_BUDGET.set(self.limits.max_windows_per_request)
-            try:
-                outcomes = await asyncio.wait_for(
-                    backend.aclassify([conversations[i] for i in pending], timeout=timeout),
-                    None if timeout is None else timeout + 1.0,  # the backend's own deadline fires first
-                )
-            except (GuardTimeout, asyncio.TimeoutError) as exc:
-                self.metrics.guard_errors.labels("GuardTimeout").inc()
-                raise ApiError(
-                    504, f"guard did not answer within the request deadline ({self.request_timeout_s} s)", "timeout"
-                ) from exc
-            except InputTooLarge as exc:
-                raise self._too_large(exc) from exc
-            except Exception as exc:
-                self.metrics.guard_errors.labels(type(exc).__name__).inc()
-                logger.warning("guard backend failed: %s", type(exc).__name__)
-                raise ApiError(503, f"guard unavailable: {type(exc).__name__}", "guard_unavailable") from exc
-            finally:
-                CALL_WINDOW_BUDGET.reset(budget)
-            for outcome in outcomes:
-                if isinstance(outcome, InputTooLarge):
-                    # Past a backend limit (windows per conversation): the caller's error, never a guard
-                    # error that `on_error="allow"` would let through.
-                    raise self._too_large(outcome)
-            alone: dict[int, Verdict] = {}
-            outcomes = await self._without_context([conversations[i] for i in pending], outcomes, alone)
-            for k, (i, outcome) in enumerate(zip(pending, outcomes)):
-                if isinstance(outcome, Verdict) and k not in alone:
-                    cache.put(keys[i], outcome)
-                if k in alone and fallbacks is not None:
-                    fallbacks[i] = alone[k]
-                results[i] = (outcome, False)
+            # One account for the request's backend calls: the second (the turns without their context,
+            # `_without_context`) ran after the bound was reset, with no request bound at all (rt58b F3).
+            with window_budget(self.limits.max_windows_per_request):
+                timeout = self.time_left()
+                # The request's windows in all, not only each conversation's (256 conversations of forged turn labels
+                # planned 25,000 windows and ran to the deadline): read by the backend's planning, in this task.
+                budget = CALL_WINDOW_BUDGET.set(self.limits.max_windows_per_request)
+                try:
+                    outcomes = await asyncio.wait_for(
+                        backend.aclassify([conversations[i] for i in pending], timeout=timeout),
+                        None if timeout is None else timeout + 1.0,  # the backend's own deadline fires first
+                    )
+                except (GuardTimeout, asyncio.TimeoutError) as exc:
+                    self.metrics.guard_errors.labels("GuardTimeout").inc()
+                    raise ApiError(
+                        504, f"guard did not answer within the request deadline ({self.request_timeout_s} s)", "timeout"
+                    ) from exc
+                except InputTooLarge as exc:
+                    raise self._too_large(exc) from exc
+                except Exception as exc:
+                    self.metrics.guard_errors.labels(type(exc).__name__).inc()
+                    logger.warning("guard backend failed: %s", type(exc).__name__)
+                    raise ApiError(503, f"guard unavailable: {type(exc).__name__}", "guard_unavailable") from exc
+                finally:
+                    CALL_WINDOW_BUDGET.reset(budget)
+                for outcome in outcomes:
+                    if isinstance(outcome, InputTooLarge):
+                        # Past a backend limit (windows per conversation): the caller's error, never a guard
+                        # error that `on_error="allow"` would let through.
+                        raise self._too_large(outcome)
+                alone: dict[int, Verdict] = {}
+                outcomes = await self._without_context([conversations[i] for i in pending], outcomes, alone)
+                for k, (i, outcome) in enumerate(zip(pending, outcomes)):
+                    if isinstance(outcome, Verdict) and k not in alone:
+                        cache.put(keys[i], outcome)
+                    if k in alone and fallbacks is not None:
+                        fallbacks[i] = alone[k]
+                    results[i] = (outcome, False)
         for outcome, _ in results:  # type: ignore[misc]
             self.metrics.verdict(outcome)
         return results  # type: ignore[return-value]
@@ -350,10 +353,18 @@ class Service:
                 self.guard.backend.aclassify([least for _, least in redo], timeout=timeout),
                 None if timeout is None else timeout + 1.0,
             )
+        except InputTooLarge as exc:
+            # Past what the request's window budget left (`classify`): refused, as the first call past it is; the
+            # first answers standing would leave a fail-open policy to let the conversation through.
+            raise self._too_large(exc) from exc
         except Exception as exc:  # noqa: BLE001 - the first answers stand; the policy decides them
             self.metrics.guard_errors.labels(type(exc).__name__).inc()
             logger.warning("judging turns without their context failed: %s", type(exc).__name__)
             return out
+        if isinstance(again, (list, tuple)) and (
+            too_large := next((r for r in again if isinstance(r, InputTooLarge)), None)
+        ):
+            raise self._too_large(too_large)
         if isinstance(again, (list, tuple)) and len(again) == len(redo):
             for (k, _), result in zip(redo, again):
                 if isinstance(result, Verdict) and result.risk is not Risk.SAFE:
