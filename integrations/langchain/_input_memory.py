@@ -7,10 +7,11 @@
 - `judged_content`: what a text check of an answer reads, by fingerprint. An answer whose text was judged (as it
   streamed, or whole in the model call) is not judged again only while it still says what was judged: a middleware
   that rewrites it (a footer, a translation: ``model_copy`` keeps its id) has it judged again.
-- `RaisedChecks`: the blocks it raised `GuardViolation` for (``exit_behavior="error"``), by fingerprint. With a
-  checkpointer LangGraph writes the input to the thread before any node runs, so a blocked prompt stays there: judged
-  again on the thread's next turn, it raised again, every turn (one user's message refused a shared thread for good).
-  A block raised before is replaced by its notice in the state instead, and the turn goes on.
+- `RaisedChecks`: the blocks it raised `GuardViolation` for (``exit_behavior="error"``), by fingerprint, each on its
+  thread (`current_thread`). With a checkpointer LangGraph writes the input to the thread before any node runs, so a
+  blocked prompt stays there: judged again on the thread's next turn, it raised again, every turn (one user's message
+  refused a shared thread for good). A block raised before on the same thread is replaced by its notice in the state
+  instead, and the turn goes on; anywhere else (another thread, no thread) it raises again.
 - `OwnNotices`: the texts it wrote in place of what it blocked (its notices and its refusal), by fingerprint, as it
   wrote them. Judged again as a user's prompt and as context, the next turn of the thread was refused (the demo guard
   reads a withheld-message notice as unsafe). Only a text this middleware wrote is left out: a client's message that
@@ -26,7 +27,9 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import langgraph.constants as _langgraph_constants
 from langchain_core.messages import BaseMessage
+from langgraph.config import get_config
 from qwenguard.core import Action, Decision
 
 from .._common import Bounded
@@ -139,41 +142,86 @@ class AllowedChecks:
 
 
 class RaisedChecks:
-    """Fingerprints of the blocked checks a middleware raised `GuardViolation` for (stage and conversation: the same
-    message, read with the same earlier turns). Kept in the process: another process raises once more for one."""
+    """Fingerprints of the blocked checks a middleware raised `GuardViolation` for, each on its thread
+    (`current_thread`): the same message (its id), read with the same earlier turns (stage and conversation), in the
+    same thread's state. Kept in the process: another process raises once more for one."""
 
     def __init__(self, maxsize: int = MAX_ALLOWED_CHECKS) -> None:
         self._raised: Bounded[str, bool] = Bounded(maxsize)
-        self._run_turns: Bounded[str, bool] = Bounded(maxsize)  # ids of the turns of runs raised for
+        self._run_turns: Bounded[str, bool] = Bounded(maxsize)  # the turns of runs raised for (`_turn_key`)
 
-    # Keyed by the message's id too: LangGraph gives each input message its own id, so the same text sent again
-    # (on another thread, by another user) is a new block that raises, not an old one healed into a notice, which
-    # turned "error" into "replace" for anyone who resent a blocked prompt (rt50f F5).
-    def raised(self, item: Item) -> bool:
-        return self._raised.get(_key(item)) is not None
+    # Keyed by the thread and the message's id too. A block is healed into its notice only where the thread's state
+    # still holds it (LangGraph wrote the input to the checkpoint before the run raised): the same text sent again
+    # on another thread is a new block that raises (rt50f F5), and so is the same client-chosen id sent again on
+    # another thread (LangGraph keeps the ids clients send, rt58b F1). With no thread nothing persists, and nothing
+    # is healed.
+    def raised(self, item: Item, thread: str | None) -> bool:
+        return thread is not None and self._raised.get(_key(item, thread)) is not None
 
-    def remember(self, items: Sequence[Item]) -> None:
+    def remember(self, items: Sequence[Item], thread: str | None) -> None:
+        if thread is None:
+            return  # nothing of the run stays for a later one to read
         for item in items:
-            self._raised[_key(item)] = True
+            self._raised[_key(item, thread)] = True
             for turn in item.extra.get("run") or ():
-                if isinstance(turn.id, str):
-                    self._run_turns[turn.id] = True
+                if (key := _turn_key(turn, thread)) is not None:
+                    self._run_turns[key] = True
 
     # Consecutive user turns are judged joined too (`_messages._UserRun`): a run raised for stays in the thread, and
-    # the thread's next question joins it, a new run, blocked by the same turns. Its block is the earlier run's.
-    def earlier_run(self, item: Item) -> BaseMessage | None:
-        """For a check of consecutive user turns read as one: its last turn that was in a run raised for before (by
-        id), or ``None``."""
+    # the thread's next question joins it, a new run, blocked by the same turns. Its block is the earlier run's. A
+    # turn is matched by what it says too: a reused id with other text is a new turn (rt58b F2).
+    def earlier_run(self, item: Item, thread: str | None) -> BaseMessage | None:
+        """For a check of consecutive user turns read as one: its last turn that was in a run raised for before on
+        ``thread`` (by id and content), or ``None``."""
+        if thread is None or not len(self._run_turns):
+            return None
         for turn in reversed(item.extra.get("run") or ()):
-            if isinstance(turn.id, str) and self._run_turns.get(turn.id) is not None:
+            if (key := _turn_key(turn, thread)) is not None and self._run_turns.get(key) is not None:
                 return turn
         return None
 
-    def run_turns(self, run: Sequence[BaseMessage]) -> list[BaseMessage]:
-        """The turns of ``run`` that were in a run raised for before (by id)."""
-        return [turn for turn in run if isinstance(turn.id, str) and self._run_turns.get(turn.id) is not None]
+    def run_turns(self, run: Sequence[BaseMessage], thread: str | None) -> list[BaseMessage]:
+        """The turns of ``run`` that were in a run raised for before on ``thread`` (by id and content)."""
+        if thread is None or not len(self._run_turns):
+            return []
+        return [
+            turn
+            for turn in run
+            if (key := _turn_key(turn, thread)) is not None and self._run_turns.get(key) is not None
+        ]
 
 
-def _key(item: Item) -> str:
+def _key(item: Item, thread: str) -> str:
     message_id = getattr(item.message, "id", None)
-    return f"{message_id if isinstance(message_id, str) else ''}\x00{_fingerprint(item)}"
+    return f"{thread}\x00{message_id if isinstance(message_id, str) else ''}\x00{_fingerprint(item)}"
+
+
+def _turn_key(turn: BaseMessage, thread: str) -> str | None:
+    """A turn of a run on ``thread``: its id and what it says (`message_key`), or ``None`` for one with neither."""
+    content = message_key(turn)
+    if not isinstance(turn.id, str) or content is None:
+        return None
+    return f"{thread}\x00{turn.id}\x00{content}"
+
+
+# The checkpointer's key in a run's ``configurable`` (re-exported by langgraph.constants for its server; a rename
+# reads as no checkpointer: nothing healed, every block raises).
+_CHECKPOINTER = getattr(_langgraph_constants, "CONFIG_KEY_CHECKPOINTER", "__pregel_checkpointer")
+
+
+def current_thread() -> str | None:
+    """The thread whose state the running node reads: its ``thread_id`` and the namespace of the graph the node runs
+    in (a sub-agent's, task ids left out: the same on every run), from the run's config. ``None`` outside a graph
+    run, or without a checkpointer or ``thread_id`` (no state outlives the run)."""
+    try:
+        configurable = get_config().get("configurable") or {}
+    except RuntimeError:  # not inside a runnable
+        return None
+    thread_id = configurable.get("thread_id")
+    if thread_id is None or configurable.get(_CHECKPOINTER) is None:
+        return None
+    # The node's own namespace is "<graph ns>|<node>:<task id>"; the graph's, recast as LangGraph's checkpointers
+    # key a subgraph's state (langgraph._internal._config.recast_checkpoint_ns).
+    parts = str(configurable.get("checkpoint_ns") or "").split("|")[:-1]
+    graph = "|".join(part.split(":")[0] for part in parts if not part.isdigit())
+    return json.dumps([repr(thread_id), graph], ensure_ascii=False)

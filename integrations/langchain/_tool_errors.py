@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import types
 from collections.abc import Mapping
 from itertools import islice
 from typing import Any
@@ -28,6 +29,7 @@ __all__ = [
     "error_texts",
     "interrupt_text",
     "interrupt_values",
+    "object_fields",
     "written_messages",
 ]
 
@@ -199,12 +201,14 @@ def interrupt_values(error: BaseException) -> list[Any] | None:
 
 def interrupt_text(values: list[Any], budget: int) -> tuple[str, bool]:
     """What the interrupts' values say (`interrupt_values`), one text a line, and whether all of it was read within
-    ``budget`` characters: the strings in them, through mappings (keys too) and lists, and the repr of any other
-    object (a message, a model the application shows as it is); numbers, booleans and ``None`` are not text. Walked
-    without recursion and only until past ``budget`` (every item counts at least one): a payload not read whole is
-    not judged whole, and the caller blocks it (size alone never gets text through unjudged)."""
+    ``budget`` characters: the strings in them, through mappings (keys too), lists and the fields of any other object
+    (`object_fields`: a pydantic model's, a dataclass's, a message's), as the application reads them; the repr only of
+    an object with no fields to read; numbers, booleans and ``None`` are not text. Walked without recursion, each
+    container or object once, and only until past ``budget`` (every item counts at least one): a payload not read
+    whole is not judged whole, and the caller blocks it (size alone never gets text through unjudged)."""
     texts: list[str] = []
     total, stack = 0, list(reversed(values))
+    read: dict[int, Any] = {}  # containers and objects read already (kept, so that their ids stay theirs)
     while stack and total <= budget:
         item = stack.pop()
         total += 1
@@ -213,14 +217,60 @@ def interrupt_text(values: list[Any], budget: int) -> tuple[str, bool]:
         if isinstance(item, str):
             texts.append(item)
             total += len(item)
-        elif isinstance(item, Mapping):
+            continue
+        if item is None or isinstance(item, (bool, int, float)) or id(item) in read:
+            continue
+        read[id(item)] = item
+        if isinstance(item, Mapping):
             pairs = islice(item.items(), budget - total + 1)
             stack.extend(reversed([x for pair in pairs for x in pair]))
         elif isinstance(item, (list, tuple, set, frozenset)):
             stack.extend(reversed(list(islice(item, budget - total + 1))))
-        elif item is not None and not isinstance(item, (bool, int, float)):
+        elif fields := object_fields(item, budget - total + 1):
+            stack.extend(reversed(fields))
+        else:
+            # repr writes a hidden character as its escape ("\\u200b"), which no reading as seen undoes: the last
+            # resort, for an object that keeps no text where the application reads it (rt58a F3)
             try:
                 stack.append(repr(item))
             except Exception:  # noqa: BLE001 - a broken repr: nothing the caller can show either
                 continue
     return "\n".join(t for t in texts if t), not stack and total <= budget
+
+
+# Slots that hold no content: a pydantic model's record of which fields were set.
+_NOT_CONTENT = frozenset({"__dict__", "__weakref__", "__pydantic_fields_set__"})
+_CODE = (type, types.ModuleType, types.FunctionType, types.MethodType, types.BuiltinFunctionType)
+
+
+def object_fields(item: Any, limit: int) -> list[Any]:
+    """The values an object keeps (at most about ``limit``): its instance dict (a pydantic model's fields, a
+    dataclass's, a message's; names with two leading underscores left out) and its slots (a slotted dataclass's, a
+    pydantic model's extra fields and private attributes). Read from the instance, never through a property or
+    ``__getattr__``: what fails to read is left out. Empty for a class, a module or a function (code, not content)
+    and for an object with neither."""
+    if isinstance(item, _CODE):
+        return []
+    values: list[Any] = []
+    try:
+        attributes = object.__getattribute__(item, "__dict__")
+        if isinstance(attributes, Mapping):
+            values.extend(
+                v for k, v in islice(attributes.items(), limit) if not (isinstance(k, str) and k.startswith("__"))
+            )
+    except Exception:  # noqa: BLE001 - no instance dict, or a broken one
+        pass
+    try:
+        for cls in type(item).__mro__:
+            slots = cls.__dict__.get("__slots__", ())
+            for name in islice([slots] if isinstance(slots, str) else slots, limit):
+                slot = cls.__dict__.get(name)
+                if name in _NOT_CONTENT or not isinstance(slot, types.MemberDescriptorType):
+                    continue
+                try:
+                    values.append(slot.__get__(item, type(item)))
+                except AttributeError:  # a slot never set
+                    continue
+    except Exception:  # noqa: BLE001 - broken slots: what was read so far
+        pass
+    return values

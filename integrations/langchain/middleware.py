@@ -29,8 +29,9 @@ What a violation does (``exit_behavior``):
 - ``"error"``: raise `GuardViolation` (the run aborts; the middleware writes nothing to the state). With a
   checkpointer LangGraph has already written the run's input to the thread, so a blocked prompt stays there; on
   the thread's next turn it gets the input notice in its place (in the state) and that turn goes on: a block
-  already raised for (`RaisedChecks`, in this process) is not raised again, so one message does not refuse
-  every later turn of a shared thread. A new block, or a blocked message still the one to answer, raises.
+  already raised for on that thread (`RaisedChecks`, in this process) is not raised again, so one message does not
+  refuse every later turn of a shared thread. A new block, the same one on another thread or with no thread, or a
+  blocked message still the one to answer, raises.
 - ``"end"``: the flagged message is replaced *in place* (same message id, so the unsafe text and its
   dangling tool calls leave the state) and the agent jumps to the end with ``violation_message``.
 - ``"replace"``: the flagged message is replaced in place and the agent goes on: a withheld tool
@@ -94,7 +95,7 @@ from ._held_model import HeldBackChatModel, StreamLedger
 from ._held_request import HeldModelRequest
 from ._held_tool import ToolRun
 from ._holding import HELD_CALL, HeldCall, monitor_options
-from ._input_memory import AllowedChecks, OwnNotices, Produced, RaisedChecks, judged_content
+from ._input_memory import AllowedChecks, OwnNotices, Produced, RaisedChecks, current_thread, judged_content
 from ._json_reading import reading_items
 from ._messages import (
     AS_INPUT,
@@ -578,13 +579,13 @@ class GuardMiddleware(AgentMiddleware):
         consecutive user turns read as one (`_messages._UserRun`), every turn of the run that has text (rt54e E5:
         redacted at its last turn only, the run's earlier turns stayed in the state, were joined again on every later
         turn and refused it). With ``"error"``, of a run raised for on an earlier turn, the turns of that run
-        (`RaisedChecks.run_turns`): the thread's new question is answered."""
+        on this thread (`RaisedChecks.run_turns`): the thread's new question is answered."""
         run: Sequence[BaseMessage] = item.extra.get("run") or ()
         if not run:
             assert item.message is not None
             return [(item, item.message)]
         if self.exit_behavior == "error":
-            run = self._raised.run_turns(run) or run
+            run = self._raised.run_turns(run, current_thread()) or run
         texts = [(m, tool_text(m) if isinstance(m, ToolMessage) else message_text(m)) for m in run]
         return [
             (
@@ -614,23 +615,28 @@ class GuardMiddleware(AgentMiddleware):
                 return {"messages": [self._refusal(decision)], "jump_to": "end"}
         return None
 
-    def _raise_new(self, state: AgentState, blocked: list[tuple[Item, Decision]]) -> None:
-        """With ``"error"``: raise for the first block not raised before, or when what the model would answer (the
-        last message) is blocked. A block raised on an earlier turn of the thread (LangGraph wrote the input to the
-        checkpoint before this hook ran) gets its notice in the state instead, and the turn goes on."""
-        fresh = [(item, d) for item, d in blocked if not self._raised.raised(item) and not self._earlier_run(item)]
+    def _raise_new(self, state: AgentState, blocked: list[tuple[Item, Decision]], thread: str | None) -> None:
+        """With ``"error"``: raise for the first block not raised before on ``thread`` (`current_thread`), or when
+        what the model would answer (the last message) is blocked. A block raised on an earlier turn of the thread
+        (LangGraph wrote the input to the checkpoint before this hook ran) gets its notice in the state instead, and
+        the turn goes on."""
+        fresh = [
+            (item, d)
+            for item, d in blocked
+            if not self._raised.raised(item, thread) and not self._earlier_run(item, thread)
+        ]
         messages = list(state.get("messages") or ())
         last = messages[-1] if messages else None
         answered = [(item, d) for item, d in blocked if last is not None and _same(item, last)]
         stop = fresh or answered
         if stop:
-            self._raised.remember([item for item, _ in fresh])
+            self._raised.remember([item for item, _ in fresh], thread)
             enforce(stop[0][1])
 
-    def _earlier_run(self, item: Item) -> bool:
+    def _earlier_run(self, item: Item, thread: str | None) -> bool:
         """Is ``item`` a check of consecutive user turns whose block was raised for on an earlier turn of the thread
         (`RaisedChecks.earlier_run`), moved to that run's last turn (`_on_input`)?"""
-        return item.message is not None and self._raised.earlier_run(item) is item.message
+        return item.message is not None and self._raised.earlier_run(item, thread) is item.message
 
     def _on_input(self, state: AgentState, items: list[Item], decisions: list[Decision]) -> dict[str, Any] | None:
         blocked = _without_runs_of_blocked(blocked_pairs(items, decisions))
@@ -639,13 +645,14 @@ class GuardMiddleware(AgentMiddleware):
         if self.exit_behavior == "error":
             # A run raised for before, which the thread's next question has joined: its own last turn gets the notice
             # (not the new question), and the turn goes on; the run is judged again with the notice in place.
+            thread = current_thread()
             blocked = [
                 (dataclasses.replace(item, message=earlier), d)
-                if (earlier := self._raised.earlier_run(item)) is not None
+                if (earlier := self._raised.earlier_run(item, thread)) is not None
                 else (item, d)
                 for item, d in blocked
             ]
-            self._raise_new(state, blocked)
+            self._raise_new(state, blocked, thread)
         updates: list[BaseMessage] = [m for item, d in blocked for m in self._redactions(item, d)]
         updates += _withheld_call_names(state, updates)
         if self.exit_behavior == "error":
