@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import binascii
 import dataclasses
+import functools
 import hashlib
 import json
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -84,12 +85,15 @@ __all__ = [
     "TemplateCall",
     "answer_marks",
     "agent_actions",
+    "agent_observation",
+    "agent_observations",
     "answer_text",
     "block_text",
     "carried_text",
     "codeact_calls",
     "condense_parts",
     "cut_judged_turns",
+    "observation_check",
     "observation_text",
     "history_messages",
     "message_text",
@@ -104,6 +108,7 @@ __all__ = [
     "reply_text",
     "resolve_template",
     "role_of",
+    "template_actions",
     "template_turns",
     "thinking_extra",
     "tools_text",
@@ -512,6 +517,43 @@ def observation_text(text: str) -> str:
     return text[at:] if at >= 0 else ""
 
 
+#: How CodeActAgent hands its LLM the output of the code it ran (``handle_tool_call_results``), as a user turn.
+CODEACT_RESULT = "Result of executing the code given:"
+
+
+def agent_observation(previous: ChatMessage | None, text: str) -> bool:
+    """Is a user turn with ``text``, right after ``previous``, a tool's output that an agent hands its LLM in a user's
+    role, in the exact shape the agent writes it (rt58d F2): ReActAgent's ``Observation: ...`` (its formatter's
+    default ``observation_role``) after the assistant turn holding the ReAct action it answers, CodeActAgent's
+    ``Result of executing the code given:...`` after the one holding the ``<execute>`` code. A user's own turn that
+    merely starts the same way, after no such turn, is the user's prompt."""
+    if previous is None or role_of(previous) not in _ASSISTANT:
+        return False
+    if text.startswith(OBSERVATION):
+        return bool(react_actions(wire_text(previous)))
+    if text.startswith(CODEACT_RESULT):
+        return bool(codeact_calls(wire_text(previous)))
+    return False
+
+
+def agent_observations(messages: Sequence[ChatMessage]) -> set[int]:
+    """The indexes of the user turns of ``messages`` that are an agent's tool outputs (`agent_observation`)."""
+    found: set[int] = set()
+    for i in range(1, len(messages)):
+        m = messages[i]
+        if role_of(m) == MessageRole.USER.value and agent_observation(messages[i - 1], wire_text(m)):
+            found.add(i)
+    return found
+
+
+def observation_check(text: str) -> tuple[bytes, tuple[Stage, list[GuardMessage]]]:
+    """The fingerprint and the check of an agent's tool output in a user's role (`agent_observation`): untrusted tool
+    output, decided under the stricter of the tool-result and prompt stages' policies (a `ClientToolCheck`). Its text
+    form carries no call id to bind it to a call the model made, so it cannot be told from a client's history of the
+    same two turns: the shape lets the tool-result policy judge it, never a looser one than the prompt's."""
+    return mark("client_tool", text), ClientToolCheck(untrusted_conversation(text, "tool output"))
+
+
 #: Where ReActAgent's system header lists its tools (``get_react_tool_descriptions``), and the section after them.
 _REACT_TOOLS = "> Tool Name: "
 _REACT_AFTER_TOOLS = "\n## Output Format"
@@ -579,6 +621,60 @@ def agent_actions(texts: Iterable[str]) -> list[ToolSelection]:
                 judged.add(key)
                 calls.append(call)
     return calls
+
+
+#: The tool name a text-to-SQL step's query is judged as calling: the SQL database it runs against.
+SQL_TOOL = "sql_database"
+_SQL_VARIABLES = frozenset({"query_str", "schema", "dialect"})
+
+
+def _sub_question_calls(parser: Any, text: str) -> list[ToolSelection]:
+    """The tools a sub-question generator's answer runs: the template's own parser reads it as the generator does
+    (``LLMQuestionGenerator``: ``SubQuestionOutputParser``, JSON then YAML), each ``{sub_question, tool_name}`` a call of
+    that tool with the sub-question as its input (a ``QueryEngineTool``'s ``input``); none where it cannot parse it
+    (nor can the generator)."""
+    try:
+        parsed = parser.parse(text)
+    except Exception:  # noqa: BLE001 - the generator's parse fails the same way: nothing runs
+        return []
+    items = getattr(parsed, "parsed_output", parsed)
+    calls: list[ToolSelection] = []
+    for item in items if isinstance(items, list) else []:
+        name, question = getattr(item, "tool_name", None), getattr(item, "sub_question", None)
+        if isinstance(name, str) and isinstance(question, str):
+            calls.append(_selection(f"sub-question-{len(calls)}", name, {"input": question}))
+    return calls
+
+
+def _sql_calls(text: str) -> list[ToolSelection]:
+    """The query a text-to-SQL step's answer runs, read as ``NLSQLRetriever``'s ``DefaultSQLParser`` reads it: from the
+    first ``SQLQuery:`` to the first ``SQLResult:`` after it, code fences removed."""
+    at = text.find("SQLQuery:")
+    if at >= 0:
+        text = text[at + len("SQLQuery:") :]
+    end = text.find("SQLResult:")
+    sql = (text if end < 0 else text[:end]).replace("```sql", "").replace("```", "").strip()
+    return [_selection("sql", SQL_TOOL, {"query": sql})] if sql else []
+
+
+def template_actions(template: Any) -> Callable[[str], list[ToolSelection]] | None:
+    """How the component that made a template call reads actions out of its answer, which it then runs (rt58d F1), or
+    None: a sub-question generator's template (its ``SubQuestionOutputParser``, or the ``sub_question`` prompt type
+    with a parser) names the tools to run and their inputs (`_sub_question_calls`); a text-to-SQL template (the
+    ``text_to_sql`` prompt type, or the ``query_str``/``schema``/``dialect`` variables ``NLSQLRetriever`` fills) the
+    SQL to run (`_sql_calls`)."""
+    from llama_index.core.prompts.prompt_type import PromptType
+    from llama_index.core.question_gen.output_parser import SubQuestionOutputParser
+
+    parser = getattr(template, "output_parser", None)
+    metadata = getattr(template, "metadata", None)
+    kind = metadata.get("prompt_type") if isinstance(metadata, Mapping) else None
+    if isinstance(parser, SubQuestionOutputParser) or (kind == PromptType.SUB_QUESTION and parser is not None):
+        return functools.partial(_sub_question_calls, parser)
+    variables = getattr(template, "template_vars", None)
+    if kind == PromptType.TEXT_TO_SQL or (isinstance(variables, list) and _SQL_VARIABLES <= set(variables)):
+        return _sql_calls
+    return None
 
 
 def _decode_escapes(text: str) -> str:
@@ -1477,7 +1573,9 @@ def plan_inputs(
       conversation was judged already);
     - every other user turn: a prompt on its own; assistant turns: a response to the user turn
       before them, and each tool call they hold as a tool call; tool outputs: untrusted content, the output of a
-      call no guarded LLM returned as the client's input (`tool_output_check`);
+      call no guarded LLM returned as the client's input (`tool_output_check`); a tool output an agent hands over in a
+      user's role (ReAct's ``Observation:``, CodeAct's code result: `agent_observation`) as tool output too, not as the
+      user's prompt (`observation_check`);
     - system messages: untrusted content; the one that opens the list (the application's prompt) only with
       ``screen_system``.
 
@@ -1490,7 +1588,9 @@ def plan_inputs(
     joined (`UserRun`).
     """
     plan = InputPlan()
-    users = (i for i, m in enumerate(messages) if role_of(m) == MessageRole.USER.value)
+    # An agent's tool output in a user's role is no prompt: the latest prompt is the user's turn before it (rt58d F2).
+    agent_outputs = agent_observations(messages)
+    users = (i for i, m in enumerate(messages) if role_of(m) == MessageRole.USER.value and i not in agent_outputs)
     last_user = max(users, default=None) if latest_prompt else None
     names = _tool_names(messages)
     by_id: dict[str, ToolSelection] = {}  # the calls of the assistant turns so far, by id
@@ -1532,6 +1632,12 @@ def plan_inputs(
             ):
                 # A ReAct header's tool descriptions come from the tools (an MCP server's list): not the app's words.
                 plan.checks.append((Stage.PROMPT, untrusted_conversation(described, "tool descriptions")))
+            continue
+        if i in agent_outputs:  # judged as tool output; neither the question answers are judged against nor history
+            if has_text:
+                key, check = observation_check(text)
+                if new(key):
+                    plan.checks.append(check)
             continue
         if role == MessageRole.USER.value:
             if i == last_user:

@@ -10,7 +10,9 @@ What is screened, and as what:
   latest user turn as a prompt after the earlier turns, earlier user turns as prompts, assistant
   turns as responses, the tool calls they hold as tool calls, the outputs of the tool calls a guarded LLM
   returned as untrusted content, any other tool-role message as the client's input (one check, decided under the
-  stricter of the prompt and tool-result policies: `._messages.ClientToolCheck`); a message's text is what a
+  stricter of the prompt and tool-result policies: `._messages.ClientToolCheck`), a tool output an agent writes in a
+  user turn (ReAct's ``Observation:``, CodeAct's code result, after the turn holding the action) as untrusted tool
+  output too, decided the same stricter way, and not as the latest prompt; a message's text is what a
   provider may send, its ``additional_kwargs`` too (`._messages.carried_text`). What this wrapper judged and let
   through before (earlier turns, its own answers after the question they answered) is not judged again, so a
   growing history costs one check per new message;
@@ -30,7 +32,9 @@ What is screened, and as what:
   held back and travel on the final chunk, after they were judged, so an agent never receives an
   unjudged call and a blocked tool never runs; their arguments reach no consumer before that. So are the
   calls agents read in the answer's text: a ReAct step's actions (the one its parser runs first) and a
-  CodeAct answer's ``<execute>`` code, as ``execute({"code": ...})``; a stream whose input shows the model one of
+  CodeAct answer's ``<execute>`` code, as ``execute({"code": ...})``, and the actions the component of a template
+  call parses out of the answer and runs (a sub-question generator's tools, a text-to-SQL step's query:
+  `._messages.template_actions`); a stream whose input shows the model one of
   those markers (a ReAct header, a CodeAct prompt) holds its text from the first ``Action Input:`` or
   ``<execute>`` on until those checks passed (`._stream.ActionHold`): the arguments, read as the agent reads
   them (escapes decoded), may say what the text as streamed does not. Inside a structured-output call (the
@@ -128,6 +132,7 @@ from ._messages import (
     reply_text,
     resolve_template,
     role_of,
+    template_actions,
     template_turns,
     tool_calls_in,
     tool_calls_of,
@@ -159,6 +164,14 @@ _SCREEN_SYSTEM: ContextVar[int | None] = ContextVar("qwenguard_screen_system", d
 _ANSWER_TOOLS: ContextVar[tuple[int, frozenset[str]] | None] = ContextVar("qwenguard_answer_tools", default=None)
 
 
+# Holds (id of the GuardedLLM, how the component reads actions out of the answer) while a template call runs whose
+# answer another component parses into actions it runs (`template_actions`: a sub-question generator's tools, a
+# text-to-SQL step's query): those are judged as tool calls before they run (rt58d F1).
+_TEXT_ACTIONS: ContextVar[tuple[int, Callable[[str], list[ToolSelection]]] | None] = ContextVar(
+    "qwenguard_text_actions", default=None
+)
+
+
 @dataclass
 class _Plan:
     inputs: Checks
@@ -167,6 +180,7 @@ class _Plan:
     marks: list[bytes] = field(default_factory=list)  # inputs to remember as judged once they passed
     failed_open: bool = False  # a check of this call was let through unjudged (the policy fails open)
     answers: frozenset[str] = frozenset()  # the tools whose calls are this call's answer (a structured output's)
+    acts: Callable[[str], list[ToolSelection]] | None = None  # reads the actions a component runs from the answer
 
 
 class _AnswerCall(tuple):
@@ -348,9 +362,15 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         running = _ANSWER_TOOLS.get()
         return running[1] if running is not None and running[0] == id(self) else frozenset()
 
+    def _text_actions(self) -> Callable[[str], list[ToolSelection]] | None:
+        """How the component of the template call of this LLM that is running reads actions out of its answer."""
+        running = _TEXT_ACTIONS.get()
+        return running[1] if running is not None and running[0] == id(self) else None
+
     def _plan_messages(self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any] | None = None) -> _Plan:
         plan = self._plan_chat(messages, kwargs)
         plan.answers = self._answer_tools()
+        plan.acts = self._text_actions()
         return plan
 
     def _plan_chat(self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any] | None) -> _Plan:
@@ -382,6 +402,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
     def _plan_prompt(self, prompt: str) -> _Plan:
         plan = self._plan_completion(prompt)
         plan.answers = self._answer_tools()
+        plan.acts = self._text_actions()
         return plan
 
     def _plan_completion(self, prompt: str) -> _Plan:
@@ -460,12 +481,16 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         structured output's schema tool call (``plan.answers``) as the answer it is (`_AnswerCall`); and the answer
         as a JSON parser reads ``parsed`` (default: ``text``), its escapes decoded, where that reads otherwise
         (`._json_reading`: a structured output over an LLM that is not function-calling; not an agent's step outside
-        such a call, which the agent reads as the tool calls judged here)."""
+        such a call, which the agent reads as the tool calls judged here); the actions the component of a template
+        call runs from the answer (``plan.acts``: a sub-question generator's tool calls, a text-to-SQL step's query),
+        read in ``actions`` or else in ``parsed``, as tool calls."""
         checks: Checks = []
         if text.strip():
             checks.append((Stage.RESPONSE, response_conversation(plan.prompt, text)))
         acted = agent_actions(actions)
-        for call in [*calls, *acted]:
+        # What a template call's component parses out of the answer and runs (`template_actions`): a tool call too.
+        read = [] if plan.acts is None else _text_calls(plan.acts, actions or (text if parsed is None else parsed,))
+        for call in [*calls, *acted, *read]:
             conversation = tool_call_conversation(call.tool_name, call.tool_kwargs, plan.prompt)
             checks.append(
                 _AnswerCall(conversation) if call.tool_name in plan.answers else (Stage.TOOL_CALL, conversation)
@@ -538,16 +563,16 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         if plan.inputs and self._parallel:
             guard, checks = self.guard, plan.inputs
             pending = PendingCheck.start(lambda: judge(guard, checks))
-            return _Plan([], plan.prompt, pending, plan.marks, answers=plan.answers)
+            return _Plan([], plan.prompt, pending, plan.marks, answers=plan.answers, acts=plan.acts)
         self._screen(plan.inputs, plan)
-        return _Plan([], plan.prompt, plan.pending, plan.marks, plan.failed_open, plan.answers)
+        return _Plan([], plan.prompt, plan.pending, plan.marks, plan.failed_open, plan.answers, plan.acts)
 
     async def _astart_inputs(self, plan: _Plan) -> _Plan:
         if plan.inputs and self._parallel:
             pending = PendingCheck.start_async(ajudge(self.guard, plan.inputs))
-            return _Plan([], plan.prompt, pending, plan.marks, answers=plan.answers)
+            return _Plan([], plan.prompt, pending, plan.marks, answers=plan.answers, acts=plan.acts)
         await self._ascreen(plan.inputs, plan)
-        return _Plan([], plan.prompt, plan.pending, plan.marks, plan.failed_open, plan.answers)
+        return _Plan([], plan.prompt, plan.pending, plan.marks, plan.failed_open, plan.answers, plan.acts)
 
     @staticmethod
     def _inputs_back(plan: _Plan) -> bool:
@@ -864,15 +889,25 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         return call, await self._astart_inputs(plan)
 
     @contextlib.contextmanager
-    def _running(self, call: TemplateCall, plan: _Plan | None, answers: frozenset[str] = frozenset()) -> Iterator[None]:
+    def _running(
+        self,
+        call: TemplateCall,
+        plan: _Plan | None,
+        answers: frozenset[str] = frozenset(),
+        acts: Callable[[str], list[ToolSelection]] | None = None,
+    ) -> Iterator[None]:
         """While a judged template call runs: its chat/complete calls take the plan instead of judging the
         formatted prompt again, or, without a plan, judge its system messages too; in a structured-output call,
-        judge a call of the schema's tool (``answers``) as the answer (`_AnswerCall`)."""
+        judge a call of the schema's tool (``answers``) as the answer (`_AnswerCall`); the actions its component
+        reads out of the answer (``acts``, `template_actions`) as tool calls."""
         token = _ANSWER_TOOLS.set((id(self), answers)) if answers else None
+        acting = _TEXT_ACTIONS.set((id(self), acts)) if acts is not None else None
         try:
             with self._formatted(call) if plan is None else self._prescreened(plan):
                 yield
         finally:
+            if acting is not None:
+                _TEXT_ACTIONS.reset(acting)
             if token is not None:
                 _ANSWER_TOOLS.reset(token)
 
@@ -914,22 +949,22 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
 
     def predict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
         call, plan = self._judge_template(prompt, prompt_args)
-        with self._running(call, plan):
+        with self._running(call, plan, acts=template_actions(prompt)):
             return super().predict(call.template, **call.arguments)
 
     async def apredict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
         call, plan = await self._ajudge_template(prompt, prompt_args)
-        with self._running(call, plan):
+        with self._running(call, plan, acts=template_actions(prompt)):
             return await super().apredict(call.template, **call.arguments)
 
     def stream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> Any:
         call, plan = self._judge_template(prompt, prompt_args)
-        with self._running(call, plan):  # stream_chat/stream_complete read it when called, here
+        with self._running(call, plan, acts=template_actions(prompt)):  # stream_chat/stream_complete read it here
             return super().stream(call.template, **call.arguments)
 
     async def astream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> Any:
         call, plan = await self._ajudge_template(prompt, prompt_args)
-        with self._running(call, plan):
+        with self._running(call, plan, acts=template_actions(prompt)):
             return await super().astream(call.template, **call.arguments)
 
     # The structured programs format the template themselves and call chat/stream_chat: judged here as a
@@ -1135,6 +1170,14 @@ def _printed_conversation(messages: Sequence[ChatMessage]) -> Sequence[ChatMessa
         if message_text(head[-1]) == message_text(turns[0]):
             turns = turns[1:]
     return [*head, *turns]
+
+
+def _text_calls(acts: Callable[[str], list[ToolSelection]], texts: Sequence[str]) -> list[ToolSelection]:
+    """The actions ``acts`` reads in each distinct text of ``texts`` (an answer's content, its streamed deltas)."""
+    calls: list[ToolSelection] = []
+    for text in dict.fromkeys(t for t in texts if t):
+        calls += acts(text)
+    return calls
 
 
 def _guard_missing() -> GuardMissing:

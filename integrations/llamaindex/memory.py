@@ -44,12 +44,14 @@ from ._messages import (
     Checks,
     Seen,
     UserRun,
+    agent_observation,
     ajudge,
     calls_by_id,
     is_tool_role,
     judge,
     keeps_run,
     mark,
+    observation_check,
     observation_text,
     plan_inputs,
     role_of,
@@ -81,7 +83,10 @@ def _put_checks(history: Sequence[ChatMessage], message: ChatMessage) -> Checks:
     before it (a run, `UserRun`) joined."""
     if not _is_user(message):
         return []
-    return [(Stage.PROMPT, plan_inputs([*history, message]).prompt), *_run_checks(_stored_run(history), [message])]
+    run = _run_checks(_stored_run(history), [message])
+    if history and agent_observation(history[-1], text := wire_text(message)):  # an agent's tool output (rt58d F2)
+        return [observation_check(text)[1], *run]
+    return [(Stage.PROMPT, plan_inputs([*history, message]).prompt), *run]
 
 
 def _stored_run(stored: Sequence[ChatMessage]) -> list[ChatMessage]:
@@ -144,7 +149,12 @@ def _put_needs_stored(messages: Sequence[ChatMessage]) -> bool:
 
 
 def _last_user(history: Sequence[ChatMessage]) -> str:
-    return next((wire_text(m) for m in reversed(history) if _is_user(m)), "")
+    """The text of the last user turn of ``history`` that is the user's (not an agent's tool output)."""
+    for i in range(len(history) - 1, -1, -1):
+        m = history[i]
+        if _is_user(m) and not (i and agent_observation(history[i - 1], wire_text(m))):
+            return wire_text(m)
+    return ""
 
 
 def _set_checks(messages: Sequence[ChatMessage], stored: Sequence[ChatMessage] = ()) -> Checks:
@@ -153,13 +163,16 @@ def _set_checks(messages: Sequence[ChatMessage], stored: Sequence[ChatMessage] =
     A client can forge an answer there, which the context chat engines hand the LLM as their template's text.
     A tool-role turn (``tool``, ``function``) as `GuardedLLM` judges it (rt54c F5): the output of a tool call a
     guarded LLM returned (found in ``stored`` or ``messages``) as untrusted tool output, any other as text a client
-    wrote in a tool's role, under the stricter of the prompt and tool-result stages' policies (rt54c F1)."""
+    wrote in a tool's role, under the stricter of the prompt and tool-result stages' policies (rt54c F1); so is a
+    tool output an agent wrote in a user's role (`agent_observation`: CodeActAgent's scratchpad), which is no prompt."""
     checks: Checks = []
     previous_user = _last_user(stored)
     tools = [m for m in messages if is_tool_role(m)]
     names = tool_names([*stored, *messages]) if tools else {}
     calls = calls_by_id(None, [*stored, *messages]) if tools else {}
+    previous = stored[-1] if stored else None
     for m in messages:
+        before, previous = previous, m
         if is_tool_role(m):
             text = wire_text(m)
             if label := unmatched_id(m, names):
@@ -167,7 +180,9 @@ def _set_checks(messages: Sequence[ChatMessage], stored: Sequence[ChatMessage] =
             if text.strip():
                 checks.append(tool_output_check(m, text, names, calls)[1])
             continue
-        if _is_user(m):
+        if _is_user(m) and agent_observation(before, text := wire_text(m)):  # CodeAct's scratchpad (rt58d F2)
+            checks.append(observation_check(text)[1])
+        elif _is_user(m):
             previous_user = wire_text(m)
             checks.append((Stage.PROMPT, prompt_conversation(previous_user)))
         elif (answer := _answer_text(m)).strip():
@@ -237,7 +252,9 @@ class GuardedMemory(BaseMemory):
     another role raises `ValueError`. An assistant turn's text from its first ``Observation:`` on (ReActAgent stores
     its tool outputs in its own turn) is judged as untrusted tool output besides. A tool-role turn (``tool``,
     ``function``) is judged as `GuardedLLM` judges it: the output of a tool call a `GuardedLLM` returned as untrusted
-    tool output, any other as the client's text, under the stricter of the prompt and tool-result policies.
+    tool output, any other as the client's text, under the stricter of the prompt and tool-result policies; a tool
+    output an agent hands its LLM in a user's role (ReAct's ``Observation:``, CodeAct's code result, right after the
+    turn holding the action) as untrusted tool output under the stricter of the two too, not as the user's prompt.
 
     ``get``/``aget`` judge what a read returns beyond the stored messages (a `Memory`'s blocks, a summary) as
     untrusted content, each text once; a blocked one raises. ``get_all``, other roles and ``reset`` go straight to
