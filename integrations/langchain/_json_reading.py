@@ -1,11 +1,12 @@
-"""A JSON answer judged as the application reads it, parsed, beside its raw text (rt57b F3).
+"""A JSON answer judged as the application reads it, parsed, beside its raw text (rt57b F3, rt58a F2).
 
 A structured answer in text (``with_structured_output(method="json_mode" | "json_schema")``, ``create_agent``'s
 ``ProviderStrategy``, ``model | JsonOutputParser()``) reaches the application parsed, its ``\\uXXXX`` escapes decoded
 into words the guard never read in the raw text. Where the answer holds such an escape, its parsed reading
 (`qwenguard.core.formats.json_reading`) is judged too, as the answer: whole (`reading_items`), or at the end of a held
-stream (`ReadingHeldStream`), every chunk from the first such escape held until then. Tool-call arguments need none
-of this: LangChain parses them and the guard reads the parsed values.
+stream (`ReadingHeldStream`), every chunk from the first such escape after a ``{``, ``[`` or ``"`` (a bare JSON
+string is a value the parsers read too) held until then. Tool-call arguments are judged parsed by LangChain's own
+parse; a string argument that is itself JSON is read parsed too (`._messages.tool_arguments`).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def _text_of(chunk: Any) -> str:
 
 class ReadingHeldStream(HeldStream):
     """`HeldStream` that also judges a streamed JSON answer's parsed reading: from the first rewritten escape
-    after a ``{`` or ``[`` (`EscapeWatch`) every chunk is held until the stream ended and that reading is judged
+    after a ``{``, ``[`` or ``"`` (`EscapeWatch`) every chunk is held until the stream ended and that reading is judged
     (`reading_items`), so no chunk the parse would decode into unjudged words goes out before it is. Message or
     string chunks; the text read is the chunks' own, joined (as a parser adds them up), whatever the sum kept."""
 

@@ -54,6 +54,7 @@ from qwenguard.core.formats.conversations import (
     untrusted_conversation,
     with_tool_calls,
 )
+from qwenguard.core.formats.json_reading import arguments_parsed
 from qwenguard.core.formats.media import base64_as_text, bytes_as_text
 from qwenguard.core.guard import DEFAULT_MAX_CHARS
 
@@ -958,16 +959,18 @@ def guard_history(messages: Sequence[BaseMessage], turns: int = DEFAULT_HISTORY_
 
 
 def tool_arguments(tool_call: Mapping[str, Any]) -> Mapping[str, Any] | str:
-    """A tool call's arguments as a mapping (or the raw JSON text when it is not an object)."""
+    """A tool call's arguments as a mapping (or the raw JSON text when it is not an object). A string argument that
+    is itself JSON holding a ``\\u`` escape is given parsed, decoded, as the tool reads it when it ``json.loads``
+    it (rt58e F5: `arguments_parsed`)."""
     args = tool_call.get("args")
     if isinstance(args, Mapping):
-        return args
+        return arguments_parsed(args)
     if isinstance(args, str):
         try:  # a key written twice: as written (a parse keeps its last value, the text holds both)
             parsed = json.loads(args, object_pairs_hook=pairs_once)
         except (ValueError, RecursionError):
             return args
-        return parsed if isinstance(parsed, Mapping) else args
+        return arguments_parsed(parsed) if isinstance(parsed, Mapping) else args
     if args is None:
         return {}
     try:

@@ -67,6 +67,7 @@ from qwenguard.core.formats.conversations import (
     untrusted_conversation,
     with_tool_calls,
 )
+from qwenguard.core.formats.json_reading import arguments_parsed
 from qwenguard.core.formats.media import SNIFF_BYTES, base64_as_text, base64_bytes, bytes_as_text, text_encoding
 from qwenguard.core.policy import Action, Decision, Policy
 from qwenguard.core.verdict import Stage
@@ -1660,7 +1661,10 @@ def plan_inputs(
                 if new(_call_key(call, previous_user)):
                     context = [{"role": "user", "content": previous_user}]
                     plan.checks.append(
-                        (Stage.TOOL_CALL, tool_call_conversation(call.tool_name, call.tool_kwargs, context))
+                        (
+                            Stage.TOOL_CALL,
+                            tool_call_conversation(call.tool_name, arguments_parsed(call.tool_kwargs), context),
+                        )
                     )
         elif role in _TOOL:
             if label := _unmatched_id(m, names):

@@ -92,6 +92,7 @@ from qwenguard.core.formats.conversations import (
     tool_call_conversation,
     untrusted_conversation,
 )
+from qwenguard.core.formats.json_reading import arguments_parsed
 from qwenguard.core.streaming.parallel import PendingCheck
 from qwenguard.core.streaming.task_ends import mark_read
 from qwenguard.core.streaming.wakeup import (
@@ -491,7 +492,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         # What a template call's component parses out of the answer and runs (`template_actions`): a tool call too.
         read = [] if plan.acts is None else _text_calls(plan.acts, actions or (text if parsed is None else parsed,))
         for call in [*calls, *acted, *read]:
-            conversation = tool_call_conversation(call.tool_name, call.tool_kwargs, plan.prompt)
+            conversation = tool_call_conversation(call.tool_name, arguments_parsed(call.tool_kwargs), plan.prompt)
             checks.append(
                 _AnswerCall(conversation) if call.tool_name in plan.answers else (Stage.TOOL_CALL, conversation)
             )
@@ -511,7 +512,9 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         text = reply_text(parts, judged, calls, self.guard.max_chars)
         checks: Checks = [(Stage.TOOL_RESULT, untrusted_conversation(text, "provider reply"))] if text.strip() else []
         for action in reply_actions(list(parts), self.guard.max_chars):
-            checks.append((Stage.TOOL_CALL, tool_call_conversation(action["name"], action["args"], plan.prompt)))
+            checks.append(
+                (Stage.TOOL_CALL, tool_call_conversation(action["name"], arguments_parsed(action["args"]), plan.prompt))
+            )
         return checks
 
     def _passed(
