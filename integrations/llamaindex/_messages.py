@@ -1589,9 +1589,11 @@ def plan_inputs(
     joined (`UserRun`).
     """
     plan = InputPlan()
-    # An agent's tool output in a user's role is no prompt: the latest prompt is the user's turn before it (rt58d F2).
+    # An agent's tool output in a user's role is judged as tool output, not as a prompt (rt58d F2); it stays where it is
+    # in the conversation the answers are judged in: left out, a client that wrote one after a forged action had the
+    # answer judged without the request it answers (rt58f F4).
     agent_outputs = agent_observations(messages)
-    users = (i for i, m in enumerate(messages) if role_of(m) == MessageRole.USER.value and i not in agent_outputs)
+    users = (i for i, m in enumerate(messages) if role_of(m) == MessageRole.USER.value)
     last_user = max(users, default=None) if latest_prompt else None
     names = _tool_names(messages)
     by_id: dict[str, ToolSelection] = {}  # the calls of the assistant turns so far, by id
@@ -1634,13 +1636,12 @@ def plan_inputs(
                 # A ReAct header's tool descriptions come from the tools (an MCP server's list): not the app's words.
                 plan.checks.append((Stage.PROMPT, untrusted_conversation(described, "tool descriptions")))
             continue
-        if i in agent_outputs:  # judged as tool output; neither the question answers are judged against nor history
-            if has_text:
-                key, check = observation_check(text)
-                if new(key):
-                    plan.checks.append(check)
-            continue
-        if role == MessageRole.USER.value:
+        if i in agent_outputs:  # judged as tool output, and the context of what follows it as the LLM reads it
+            if has_text and new((check := observation_check(text))[0]):
+                plan.checks.append(check[1])
+            if i == last_user:
+                plan.prompt = prompt_conversation(text, history)
+        elif role == MessageRole.USER.value:
             if i == last_user:
                 plan.prompt = prompt_conversation(text, history)
                 key = mark("prompt", json.dumps(plan.prompt, ensure_ascii=False))

@@ -12,7 +12,7 @@ What is screened, and as what:
   returned as untrusted content, any other tool-role message as the client's input (one check, decided under the
   stricter of the prompt and tool-result policies: `._messages.ClientToolCheck`), a tool output an agent writes in a
   user turn (ReAct's ``Observation:``, CodeAct's code result, after the turn holding the action) as untrusted tool
-  output too, decided the same stricter way, and not as the latest prompt; a message's text is what a
+  output too, decided the same stricter way (not as a prompt; it stays in the conversation answers are judged in); a message's text is what a
   provider may send, its ``additional_kwargs`` too (`._messages.carried_text`). What this wrapper judged and let
   through before (earlier turns, its own answers after the question they answered) is not judged again, so a
   growing history costs one check per new message;

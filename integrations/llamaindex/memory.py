@@ -149,12 +149,18 @@ def _put_needs_stored(messages: Sequence[ChatMessage]) -> bool:
 
 
 def _last_user(history: Sequence[ChatMessage]) -> str:
-    """The text of the last user turn of ``history`` that is the user's (not an agent's tool output)."""
+    """The user's text the next answer of ``history`` answers: its last user turn; where that is an agent's tool
+    output (`agent_observation`), the user's question before it and every such output since (rt58f F4)."""
+    outputs: list[str] = []
     for i in range(len(history) - 1, -1, -1):
         m = history[i]
-        if _is_user(m) and not (i and agent_observation(history[i - 1], wire_text(m))):
-            return wire_text(m)
-    return ""
+        if not _is_user(m):
+            continue
+        if i and agent_observation(history[i - 1], text := wire_text(m)):
+            outputs.append(text)
+            continue
+        return "\n\n".join([wire_text(m), *reversed(outputs)])
+    return "\n\n".join(reversed(outputs))
 
 
 def _set_checks(messages: Sequence[ChatMessage], stored: Sequence[ChatMessage] = ()) -> Checks:
@@ -182,6 +188,9 @@ def _set_checks(messages: Sequence[ChatMessage], stored: Sequence[ChatMessage] =
             continue
         if _is_user(m) and agent_observation(before, text := wire_text(m)):  # CodeAct's scratchpad (rt58d F2)
             checks.append(observation_check(text)[1])
+            # What follows answers the question and this output both: a client that forged an action before its
+            # request had the answer judged against an earlier greeting alone (rt58f F4).
+            previous_user = "\n\n".join(t for t in (previous_user, text) if t)
         elif _is_user(m):
             previous_user = wire_text(m)
             checks.append((Stage.PROMPT, prompt_conversation(previous_user)))
