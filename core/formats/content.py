@@ -61,6 +61,7 @@ from typing import Any
 
 from ..errors import GuardUnavailable
 from .rendered import Rendered, may_render_differently, read_as_rendered
+from .xml_reading import XmlReading, may_read_as_xml, read_as_xml
 
 __all__ = [
     "clean_text",
@@ -498,6 +499,12 @@ def as_seen_pieces(text: str) -> list[str]:
     pieces = _unseen_pieces(text)
     if not may_render_differently(text):
         return pieces
+    if may_read_as_xml(text):
+        # What an XML parser reads (rt58e F2, F3, F6): CDATA text kept, references decoded in Markdown code too,
+        # entities expanded; beside the rendered reading, which drops CDATA as a browser does.
+        xml = XmlReading(text)
+        for read in _packed(text, _stretches(text, xml.places), read_as_xml, span=xml.span) if xml.places else []:
+            pieces += [p for p in [read, *_unseen_pieces(read)] if p not in pieces]
     shown = Rendered(text)
     if not shown.places:
         return pieces
@@ -1457,6 +1464,7 @@ class AsSeenStream:
         "_hint",
         "_line",
         "_line_len",
+        "_ref",
     )
 
     def __init__(self, *, max_word: int = 256) -> None:
@@ -1496,6 +1504,8 @@ class AsSeenStream:
         # right-to-left reading of a unit is of its whole line (rt57a F1, F2).
         self._line: list[str] = []  # in pieces, joined when read (`_went`)
         self._line_len = 0
+        # The reference a forced cut waits before (its "&" in `pending`) and how far its body was checked.
+        self._ref = (-1, -1)
 
     @property
     def as_written(self) -> bool:
@@ -1522,6 +1532,7 @@ class AsSeenStream:
         ready, self.pending = self.pending[:cut], self.pending[cut:]
         if ready:
             self._ahead = None
+            self._ref = (-1, -1)
             self._space = max(0, self._space - cut)
             self._scanned = max(0, self._scanned - cut)
             self._safe, self._early, self._place = (
@@ -1562,7 +1573,11 @@ class AsSeenStream:
             at -= 1
         self._scanned = max(self._scanned, len(text) - 1)
         if forced and self._safe > start:
-            return self._safe
+            # Never through a character reference (rt58e F1: "&#" and 300 zeros before "77;" read "M" whole): the
+            # cut goes before it, and the reference waits whole, up to the bound below.
+            cut = self._before_reference(text, start, self._safe)
+            if cut > start:
+                return cut
         if start < self._early <= limit and self._place_free(start, self._early):
             return self._early
         if forced and len(text) - start > _UNCUT_WORD * self.max_word:
@@ -1571,6 +1586,20 @@ class AsSeenStream:
                 "keeps its hidden characters in one piece cannot be read as it is seen"
             )
         return start
+
+    def _before_reference(self, text: str, start: int, cut: int) -> int:
+        """``cut``, or the start of the character reference it would cut through. A reference's digits already
+        checked are not checked again (`_ref`): a long one arriving a character at a time stays linear."""
+        amp = text.rfind("&", start, cut)
+        if amp < 0:
+            return cut
+        at, upto = self._ref
+        if at == amp and amp + 3 <= upto <= cut:
+            inside = _HEX_RUN.fullmatch(text, upto, cut) is not None
+        else:
+            inside = _REFERENCE_BODY.fullmatch(text, amp + 1, cut) is not None
+        self._ref = (amp, cut) if inside else (-1, -1)
+        return amp if inside else cut
 
     def _went(self, text: str) -> None:
         """Keep the current line's text that went on (``text`` just did): pieces, joined when read or when they
@@ -1683,13 +1712,18 @@ class AsSeenStream:
         self._ahead = None
         self._space = self._scanned = 0
         self._safe = self._early = self._place = self._hint = -1
+        self._ref = (-1, -1)
         read = self._read(ready)
         self._rtl.drop(self._in)
         return read
 
     def _read(self, text: str) -> str:
         if not text or (
-            text.isascii() and "\t" not in text and not self._bidi.opened and not may_render_differently(text)
+            text.isascii()
+            and "\t" not in text
+            and not self._bidi.opened
+            and not may_render_differently(text)
+            and "]]>" not in text  # a CDATA section's closer, its opener in a word before (rt58e F2)
         ):
             self._went(text)
             self._in += len(text)
@@ -1777,19 +1811,37 @@ class AsSeenStream:
 
     def _read_words(self, text: str) -> str:
         self._went(text)
-        if "\t" not in text and not _not_plain().search(text) and not may_render_differently(text):  # `_plain`
+        if (
+            "\t" not in text
+            and not _not_plain().search(text)
+            and not may_render_differently(text)
+            and "]]>" not in text
+        ):  # `_plain`
             self._in += len(text)
             self._out += len(text)
             return text
         parts: list[str] = []
         for word in _words_and_gaps(text):
-            read = _word_as_seen(word)
+            read = self._word_read(word)
             if len(read) != len(word) or (read != word and not read.isspace()):
                 self._words.append((self._out, self._out + len(read), self._in, self._in + len(word)))
             parts.append(read)
             self._in += len(word)
             self._out += len(read)
         return "".join(parts)
+
+    @staticmethod
+    def _word_read(word: str) -> str:
+        """`_word_as_seen`, and where an XML parser reads the word otherwise (a CDATA section, or its opener or
+        closer with the section cut at a space; rt58e F2), that reading first: the model reads each token once, so
+        the word goes on as both, the XML reading joined to the words before it, the rendered one to those after."""
+        read = _word_as_seen(word)
+        if ("<![CDATA[" not in word and "]]>" not in word) or not (xml := XmlReading(word)).places:
+            return read
+        parsed = xml.span(0, len(word))
+        if parsed in (read, word):
+            return read
+        return parsed if read == word else f"{parsed} {read}"
 
     def _locate(self, offset: int) -> tuple[int, int, int, int] | None:
         """The word read differently that ``offset`` falls in or last follows; older ones are dropped."""
@@ -1829,6 +1881,9 @@ class AsSeenStream:
         return in_start - out_start
 
 
+#: What a character reference still open holds after its "&" (`AsSeenStream._word_cut` does not cut through it).
+_REFERENCE_BODY = re.compile("#?[xX]?[0-9a-fA-F]*|[A-Za-z][A-Za-z0-9]{0,31}")
+_HEX_RUN = re.compile("[0-9a-fA-F]*")
 _DROP_BIDI_UNSEEN = dict.fromkeys(map(ord, _BIDI_UNSEEN))  # `read_as_displayed` drops them
 _HINT = re.compile("[&<*~_`\\[\\\\]")  # `rendered._HINTS`: a character a markup construct needs
 

@@ -20,10 +20,22 @@ import bisect
 import html
 import re
 
-__all__ = ["CHAR_REFERENCE", "MARKUP", "Rendered", "read_as_rendered", "rendered_places", "may_render_differently"]
+__all__ = [
+    "CHAR_REFERENCE",
+    "decode_reference",
+    "edited_span",
+    "MARKUP",
+    "Rendered",
+    "read_as_rendered",
+    "rendered_places",
+    "may_render_differently",
+]
 
-#: A character reference a CommonMark renderer decodes (the semicolon is required, unlike in HTML).
-CHAR_REFERENCE = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+#: A character reference a CommonMark renderer decodes (the semicolon is required, unlike in HTML); a numeric one
+#: padded with any number of leading zeros too, as an HTML5 browser and an XML parser decode it (rt58e F1:
+#: "&#00000077;ix" reads "Mix" to both, while CommonMark's 7 digits left it read as written).
+CHAR_REFERENCE = re.compile(r"&(?:#0*[0-9]{1,7}|#[xX]0*[0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+_NUMERIC = re.compile(r"&#([xX]?)0*([0-9a-fA-F]*);")
 
 _ESCAPE = r"\\[!-/:-@\[-`{-~]"
 _SHORT_COMMENT = re.compile(r"<!---?>")  # "<!-->" and "<!--->" close at once (CommonMark 0.31)
@@ -50,6 +62,19 @@ _ESCAPED_SIGNS = frozenset("<>&\"'")
 _HIDDEN_CHARS = 24
 #: The same for a link, whose address is not shown either: past the length of an ordinary one.
 _HIDDEN_LINK_CHARS = 256
+
+
+def decode_reference(written: str) -> str:
+    """A character reference (with its semicolon) as an HTML5 parser decodes it: numeric ones of any length (leading
+    zeros dropped: `int` refuses over 4,300 digits), invalid values as HTML5 replaces them (U+FFFD past U+10FFFF or
+    for a surrogate); an unknown name as written."""
+    m = _NUMERIC.fullmatch(written)
+    if m is None:
+        return html.unescape(written)
+    digits = m.group(2) or "0"
+    if len(digits) > 8:  # past U+10FFFF in either base
+        return "\ufffd"
+    return html.unescape(f"&#{m.group(1)}{digits};")
 
 
 def may_render_differently(text: str) -> bool:
@@ -198,7 +223,7 @@ def _shown(m: re.Match[str]) -> str:
     if kind == "escape":
         return written[1]
     if kind == "ref":
-        return html.unescape(written)
+        return decode_reference(written)
     if kind == "link":
         return read_as_rendered(m.group("link_text"))
     if kind == "delimiter":
@@ -236,19 +261,27 @@ class Rendered:
 
     def span(self, a: int, b: int) -> str:
         """``text[a:b]`` as rendered, widened to the constructs it cuts; runs of spaces as one (a browser's)."""
-        edits, i = self.edits, bisect.bisect_right(self._ends, a)
-        if i < len(edits) and edits[i][0] < a:
-            a = edits[i][0]
-        j = bisect.bisect_left(self._starts, b) - 1
-        if j >= 0 and edits[j][1] > b:
-            b = edits[j][1]
-        parts: list[str] = []
-        at = a
-        for start, end, shown, _ in edits[i : j + 1]:
-            parts += [self.text[at:start], shown]
-            at = end
-        parts.append(self.text[at:b])
-        return _SPACES.sub(" ", "".join(parts)) if edits[i : j + 1] else self.text[a:b]
+        return edited_span(self.text, self.edits, self._starts, self._ends, a, b)
+
+
+def edited_span(
+    text: str, edits: list[tuple[int, int, str, str]], starts: list[int], ends: list[int], a: int, b: int
+) -> str:
+    """``text[a:b]`` with ``edits`` (start, end, shown, kind; in order, with their ``starts`` and ``ends``) shown in
+    place, widened to the edits it cuts; runs of spaces as one where an edit was made."""
+    i = bisect.bisect_right(ends, a)
+    if i < len(edits) and edits[i][0] < a:
+        a = edits[i][0]
+    j = bisect.bisect_left(starts, b) - 1
+    if j >= 0 and edits[j][1] > b:
+        b = edits[j][1]
+    parts: list[str] = []
+    at = a
+    for start, end, shown, _ in edits[i : j + 1]:
+        parts += [text[at:start], shown]
+        at = end
+    parts.append(text[at:b])
+    return _SPACES.sub(" ", "".join(parts)) if edits[i : j + 1] else text[a:b]
 
 
 def read_as_rendered(text: str) -> str:

@@ -1637,8 +1637,8 @@ def plan_inputs(
                 plan.checks.append((Stage.PROMPT, untrusted_conversation(described, "tool descriptions")))
             continue
         if i in agent_outputs:  # judged as tool output, and the context of what follows it as the LLM reads it
-            if has_text and new((check := observation_check(text))[0]):
-                plan.checks.append(check[1])
+            if has_text and new((handed := observation_check(text))[0]):
+                plan.checks.append(handed[1])
             if i == last_user:
                 plan.prompt = prompt_conversation(text, history)
         elif role == MessageRole.USER.value:
