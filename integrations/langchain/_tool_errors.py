@@ -10,9 +10,10 @@ Bounded everywhere: exceptions are walked breadth first without recursion (`_MAX
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
 import types
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from itertools import islice
 from typing import Any
 
@@ -224,18 +225,40 @@ def interrupt_text(values: list[Any], budget: int) -> tuple[str, bool]:
         if isinstance(item, Mapping):
             pairs = islice(item.items(), budget - total + 1)
             stack.extend(reversed([x for pair in pairs for x in pair]))
-        elif isinstance(item, (list, tuple, set, frozenset)):
-            stack.extend(reversed(list(islice(item, budget - total + 1))))
+        elif isinstance(item, Collection) and not isinstance(item, memoryview):
+            # Any container by its items (a deque, a dict's views, an array: their repr wrote hidden characters as
+            # escapes, rt58f F3)
+            try:
+                stack.extend(reversed(list(islice(iter(item), budget - total + 1))))
+            except Exception:  # noqa: BLE001 - a container that fails to iterate: read by its repr below
+                stack.append(_repr_read(item))
         elif fields := object_fields(item, budget - total + 1):
             stack.extend(reversed(fields))
         else:
-            # repr writes a hidden character as its escape ("\\u200b"), which no reading as seen undoes: the last
-            # resort, for an object that keeps no text where the application reads it (rt58a F3)
-            try:
-                stack.append(repr(item))
-            except Exception:  # noqa: BLE001 - a broken repr: nothing the caller can show either
-                continue
+            # The last resort, for an object that keeps no text where the application reads it: repr writes a hidden
+            # character as its escape ("\\u200b"), which no reading as seen undoes: read decoded too (rt58a F3).
+            stack.append(_repr_read(item))
     return "\n".join(t for t in texts if t), not stack and total <= budget
+
+
+_REPR_ESCAPE = re.compile(r"\\(?:x([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8}))")
+
+
+def _repr_read(item: Any) -> str:
+    """``repr(item)``, and again with the escapes repr writes for unprintable characters decoded (empty when the repr
+    itself fails: nothing the caller can show either)."""
+    try:
+        written = repr(item)
+    except Exception:  # noqa: BLE001 - a broken repr
+        return ""
+    if "\\" not in written:
+        return written
+    decoded = _REPR_ESCAPE.sub(lambda m: _char(int(m.group(1) or m.group(2) or m.group(3), 16)), written)
+    return written if decoded == written else f"{written}\n{decoded}"
+
+
+def _char(point: int) -> str:
+    return chr(point) if point <= 0x10FFFF and not 0xD800 <= point <= 0xDFFF else "\ufffd"
 
 
 # Slots that hold no content: a pydantic model's record of which fields were set.
@@ -273,4 +296,12 @@ def object_fields(item: Any, limit: int) -> list[Any]:
                     continue
     except Exception:  # noqa: BLE001 - broken slots: what was read so far
         pass
+    # A pydantic model's computed fields: in what model_dump and the application show, computed from the others.
+    computed = getattr(type(item), "model_computed_fields", None)
+    if isinstance(computed, Mapping):
+        for name in islice(computed, limit):
+            try:
+                values.append(getattr(item, name))
+            except Exception:  # noqa: BLE001 - a computed field that fails: nothing shown of it either
+                continue
     return values

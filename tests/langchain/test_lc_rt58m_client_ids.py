@@ -18,6 +18,7 @@
 # No `from __future__ import annotations`: LangChain reads the tools' annotations.
 
 import asyncio
+import collections
 import dataclasses
 from typing import Any
 
@@ -28,7 +29,7 @@ from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command, interrupt
 from lc_fakes import SAFE_ANSWER, SAFE_QUESTION, scripted, tool_call
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, computed_field
 from qwenguard.core import Guard, GuardViolation
 from qwenguard.core.formats.content import as_seen_pieces
 from qwenguard.integrations.langchain import GuardMiddleware
@@ -203,6 +204,15 @@ class Ticket:
         self.owner = self  # a back-reference: read once
 
 
+class Coded(BaseModel):
+    codes: list[int]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def question(self) -> str:  # what model_dump and the application show: built from the codes
+        return "".join(map(chr, self.codes))
+
+
 PAYLOADS = {
     "pydantic": lambda text: Review(question=text),
     "pydantic-extra": lambda text: Loose(title="Review", question=text),
@@ -210,6 +220,9 @@ PAYLOADS = {
     "slotted-dataclass": lambda text: SlottedDraft(body=text),
     "object": lambda text: Ticket(text),
     "nested": lambda text: {"items": [Review(question=text)]},
+    # rt58f F3: a deque was read by its repr (hidden characters written as escapes), a computed field not at all
+    "deque": lambda text: collections.deque([text]),
+    "computed-field": lambda text: Coded(codes=[ord(c) for c in text]),
 }
 
 
@@ -254,7 +267,8 @@ def test_an_interrupt_object_hiding_a_clause_does_not_reach_the_caller(kind, hid
 
 # A plain object cannot be saved by the checkpointer's serializer (an interrupt needs one): judged alone below.
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("kind", [kind for kind in PAYLOADS if kind != "object"])
+# (A computed field's text shows in its model_dump, not in its repr, which the assertion below reads.)
+@pytest.mark.parametrize("kind", [kind for kind in PAYLOADS if kind not in ("object", "computed-field")])
 def test_a_safe_interrupt_object_reaches_the_caller_and_resumes(kind, mode):
     first, last = first_and_resumed(review_agent(PAYLOADS[kind]("Please approve the note about Paris.")), mode)
     (pending,) = first["__interrupt__"]
