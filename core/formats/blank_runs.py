@@ -11,8 +11,10 @@ than that many tokens, line breaks and indentation up to that depth are kept, an
 from __future__ import annotations
 
 import re
+import unicodedata
+from functools import lru_cache
 
-__all__ = ["KEPT_BLANKS", "shorten_blank_runs"]
+__all__ = ["KEPT_BLANKS", "padding_read", "shorten_blank_runs"]
 
 #: What a run of whitespace keeps (each character is at most one token, far under the windows' 64-token overlap).
 KEPT_BLANKS = 16
@@ -20,11 +22,15 @@ KEPT_BLANKS = 16
 # Whitespace as Python reads it (str.isspace: ASCII blanks, line and paragraph separators, U+3000, U+2000-U+200A ...),
 # blank letters (Hangul fillers, U+2800) and the characters a reader sees as nothing, which an attacker can mix into a
 # run to break it into short ones (" \u00ad\t" repeated): soft hyphen, combining grapheme joiner, Mongolian and
-# standard variation selectors, zero-width spaces and joiners, word joiner and invisible operators, BOM. Not tag
-# characters (a run of them spells ASCII, read by `content.as_seen_pieces`) nor bidi controls (they reorder the
-# text after them, read by `content.read_as_displayed`).
+# every variation selector, zero-width spaces and joiners, word joiner and invisible operators, the bidi marks
+# (LRM, RLM, ALM: a run keeps some of them, which is all an RTL reading needs), deprecated format controls, BOM,
+# musical and shorthand format controls, the language tag and tag cancel. Not the tag characters that spell ASCII
+# (read by `content.as_seen_pieces`) nor the bidi embeddings and isolates (they reorder what follows them, and a run
+# cut between an opener and its closer would read otherwise): runs holding those are read by `padding_read`.
 _SEEN_AS_NOTHING = (
-    "\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200d\u2060-\u2064\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0"
+    "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u2060-\u2064\u206a-\u206f\u2800"
+    "\u3164\ufe00-\ufe0f\ufeff\uffa0\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e007f"
+    "\U000e0100-\U000e01ef"
 )
 _RUN = re.compile(f"[\\s{_SEEN_AS_NOTHING}]{{{KEPT_BLANKS + 1},}}")
 
@@ -41,3 +47,26 @@ def shorten_blank_runs(text: str) -> str:
 
 def _kept(match: re.Match[str]) -> str:
     return match.group()[:KEPT_BLANKS]
+
+
+@lru_cache(maxsize=1)
+def _any_run() -> re.Pattern[str]:
+    # Every format character (Unicode category Cf: bidi embeddings, isolates, tags...) beside the class above.
+    formats = [cp for cp in (*range(0x80, 0x20000), *range(0xE0000, 0xE1000)) if unicodedata.category(chr(cp)) == "Cf"]
+    ranges = "".join(f"\\U{cp:08x}" for cp in formats)
+    return re.compile(f"[\\s{_SEEN_AS_NOTHING}{ranges}]{{{KEPT_BLANKS + 1},}}")
+
+
+def padding_read(text: str) -> str | None:
+    """``text`` with each run of more than `KEPT_BLANKS` blanks and format characters that `shorten_blank_runs` leaves
+    long (one that holds bidi embeddings or isolates, or tag characters: " \u2066\u2069" repeated) read as its
+    blanks alone, cut to `KEPT_BLANKS`: judged beside the text, so that padding of any invisible characters keeps no
+    word out of its neighbour's window (rt58f F1). ``None`` when there is no such run (most text: one scan)."""
+    if text.isascii():
+        return None
+    shortened = shorten_blank_runs(text)
+    runs = _any_run()
+    if not runs.search(shortened):
+        return None
+    read = runs.sub(lambda m: "".join(c for c in m.group() if c.isspace())[:KEPT_BLANKS] or " ", shortened)
+    return read if read != shortened else None

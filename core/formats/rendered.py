@@ -62,6 +62,8 @@ _ESCAPED_SIGNS = frozenset("<>&\"'")
 _HIDDEN_CHARS = 24
 #: The same for a link, whose address is not shown either: past the length of an ordinary one.
 _HIDDEN_LINK_CHARS = 256
+#: Characters of constructs that show nothing, in all, past which the whole text is read as rendered (padding).
+_HIDDEN_PADDING_CHARS = 256
 
 
 def decode_reference(written: str) -> str:
@@ -312,6 +314,7 @@ def _places(text: str, edits: list[tuple[int, int, str, str]]) -> tuple[list[tup
     hides = False
     run: list[int] = []  # [start, end] of consecutive markup with nothing between
     glued = False
+    unseen = 0  # characters of constructs that show nothing at all (a comment, an empty tag or link)
 
     def close() -> None:
         if not run:
@@ -331,6 +334,13 @@ def _places(text: str, edits: list[tuple[int, int, str, str]]) -> tuple[list[tup
         if (b - a) - len(shown) > (_HIDDEN_LINK_CHARS if kind == "link" else _HIDDEN_CHARS) and kind != "code":
             places.append((a, b))
             hides = True
+        if not shown and kind != "code":
+            unseen += b - a
+            # Many short ones between spaced words (" <!-- --> " x 1,500): each hides little, all of them push the
+            # words apart as far as padding does (rt58f F2): the text is read as rendered, once.
+            if unseen > _HIDDEN_PADDING_CHARS and not hides:
+                places.append((a, b))
+                hides = True
         if shown == text[a:b] or kind == "escape" or (shown and shown.isspace()):
             close()
             run = []
