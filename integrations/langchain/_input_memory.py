@@ -27,9 +27,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import langgraph.constants as _langgraph_constants
 from langchain_core.messages import BaseMessage
-from langgraph.config import get_config
 from qwenguard.core import Action, Decision
 
 from .._common import Bounded
@@ -206,19 +204,24 @@ def _turn_key(turn: BaseMessage, thread: str) -> str | None:
 
 # The checkpointer's key in a run's ``configurable`` (re-exported by langgraph.constants for its server; a rename
 # reads as no checkpointer: nothing healed, every block raises).
-_CHECKPOINTER = getattr(_langgraph_constants, "CONFIG_KEY_CHECKPOINTER", "__pregel_checkpointer")
+_CHECKPOINTER_KEY = "__pregel_checkpointer"
 
 
 def current_thread() -> str | None:
     """The thread whose state the running node reads: its ``thread_id`` and the namespace of the graph the node runs
     in (a sub-agent's, task ids left out: the same on every run), from the run's config. ``None`` outside a graph
     run, or without a checkpointer or ``thread_id`` (no state outlives the run)."""
+    try:  # langgraph is imported here: the rest of the integration works with langchain-core alone
+        import langgraph.constants as constants  # noqa: PLC0415
+        from langgraph.config import get_config  # noqa: PLC0415
+    except ImportError:  # no langgraph: no graph run, no thread state
+        return None
     try:
         configurable = get_config().get("configurable") or {}
     except RuntimeError:  # not inside a runnable
         return None
     thread_id = configurable.get("thread_id")
-    if thread_id is None or configurable.get(_CHECKPOINTER) is None:
+    if thread_id is None or configurable.get(getattr(constants, "CONFIG_KEY_CHECKPOINTER", _CHECKPOINTER_KEY)) is None:
         return None
     # The node's own namespace is "<graph ns>|<node>:<task id>"; the graph's, recast as LangGraph's checkpointers
     # key a subgraph's state (langgraph._internal._config.recast_checkpoint_ns).
