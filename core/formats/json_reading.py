@@ -1,4 +1,4 @@
-"""A JSON answer as the application reads it: parsed, its strings decoded (rt57b F3, rt58a F1 F2, rt58e F4 F5).
+"""A JSON answer as the application reads it: parsed, its strings decoded (rt57b F3, rt58a, rt58e F4 F5, rt58g).
 
 A structured answer in text reaches the application through a JSON parser, which turns ``"\\u0061mmonium"`` into
 ``"ammonium"``. A guard that judged the raw text never read words written as ``\\uXXXX`` escapes (or ``\\/``). An
@@ -6,10 +6,13 @@ answer holding such an escape is judged parsed too: `parsed_reading` writes the 
 (``json.dumps(value, ensure_ascii=False)``). Every other escape (``\\n``, ``\\"``, ``\\\\``...) is how ``json.dumps``
 writes the parse again: an answer with none of the rewritten kind reads the same both ways and costs one scan.
 Some parsers read more: a YAML fallback (LlamaIndex's ``parse_json_markdown``) also decodes ``\\x4D``,
-``\\U0000004D``, ``\\N``... and ``!!binary`` (`has_decoded_escape`, `yaml_value`); a truncated stream is repaired
-(`repaired`); text no parser reads is still read as its string literals, decoded (`literals_reading`); a string
-that is itself JSON is read parsed too (`json_strings_parsed`: a tool's ``payload: str`` it ``json.loads``).
-Framework-free: each adapter passes the parsers its framework reads with; `EscapeWatch` follows a stream.
+``\\U0000004D``, ``\\N``... and ``!!binary`` (`has_decoded_escape`, `yaml_value`; past a bound, or where libyaml
+refuses what the application's pure-Python loader reads, every scalar decoded: `yaml_stand_in`, rt58g F4 F8); a
+truncated stream is repaired (`repaired`); text no parser reads is still read as its string literals, decoded
+(`literals_reading`); a string that is itself JSON is read parsed too (`json_strings_parsed`: a tool's
+``payload: str`` it ``json.loads``).
+Framework-free: each adapter passes the parsers its framework reads with; `EscapeWatch` follows a stream, counting
+escapes only where a parser may read them as a value's (not LaTeX or a Windows path in prose: rt58g F5).
 
     >>> parsed_reading('{"a": "\\\\u0061mmonium"}')
     '{"a": "ammonium"}'
@@ -21,10 +24,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import unquote
 
 __all__ = [
     "EscapeWatch",
@@ -37,6 +42,8 @@ __all__ = [
     "literals_reading",
     "parsed_reading",
     "repaired",
+    "yaml_scalars",
+    "yaml_stand_in",
     "yaml_value",
 ]
 
@@ -46,13 +53,13 @@ _REWRITTEN_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\[u/]")
 #: An escape a YAML double-quoted string decodes otherwise than the raw text reads: those beyond ``json.dumps``'s
 #: own (``\\x4D``, ``\\U0000004D``, ``\\N``, ``\\_``, ``\\e``, ``\\0``, a backslash before a line break,
 #: which joins the lines...). Any other (``\\d``) is an error to YAML in a quoted string, literal outside one.
-_DECODED_ESCAPE = re.compile(r"\\[xuUN_LPeav0 \t/\r\n]")
-#: Where a JSON value may start: a stream's escape counts only after one (prose quoting ``C:\\users`` unquoted is
-#: not held). A bare JSON string (``"\\u004dix..."``) is a value LangChain's parsers read too (rt58a F2).
+_DECODED_ESCAPE = re.compile("\\\\[xuUN_LPeav0 \t/\r\n\x85\u2028\u2029]")
+#: How a JSON value that holds text opens. A bare JSON string (``"\\u004dix..."``) is a value LangChain's parsers
+#: read too (rt58a F2).
 _JSON_OPENERS = ("{", "[", '"')
-#: The most text a YAML reading parses (PyYAML's constructor is Python, some 6 microseconds a character here): past
-#: it the string literals are read decoded instead (`literals_reading`, about a seventh of that), so the cost stays
-#: bounded.
+#: The most text a YAML reading parses (libyaml's scanner, PyYAML's Python constructor: up to some 2 microseconds a
+#: character here): past it, or where libyaml refuses text the application's pure-Python ``yaml.safe_load`` may
+#: read, the text's scalars are read decoded instead (`yaml_stand_in`, linear), so the cost stays bounded.
 YAML_MAX_CHARS = 32_768
 #: How deep and how much `json_strings_parsed` reads strings that are themselves JSON.
 NESTED_DEPTH = 4
@@ -143,13 +150,20 @@ def repaired(text: str) -> str:
 def yaml_value(text: str) -> Written:
     """``text`` as ``yaml.safe_load`` reads it, written back (`Written`): strings decoded, ``!!binary`` bytes read
     as UTF-8 (as a ``str`` field takes them), a node that aliases repeat written once (no billion laughs). Past
-    `YAML_MAX_CHARS` the text's string literals, decoded (`literals_reading`). Raises when YAML reads none."""
+    `YAML_MAX_CHARS`, or where libyaml refuses the text (the application's ``yaml.safe_load`` is pure Python, which
+    reads a lone surrogate escape libyaml refuses: rt58g F8), its scalars decoded (`yaml_stand_in`). Raises when
+    YAML reads none, or none otherwise than the raw text does."""
     if len(text) > YAML_MAX_CHARS:
-        return Written(literals_reading(text))
+        return yaml_stand_in(text)
     import yaml  # noqa: PLC0415 - LlamaIndex's fallback needs PyYAML; only the texts that reach it import it
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    value = yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader (C where libyaml is there)
+    try:
+        value = yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader (C where libyaml is there)
+    except Exception:
+        if loader is yaml.SafeLoader:
+            raise  # the application's own loader refuses it: it reads nothing
+        return yaml_stand_in(text)  # libyaml refuses what the pure-Python loader may read
     if value is None or isinstance(value, bool | int | float):
         raise ValueError("no text in the YAML value")
     plain = _plain(value, set(), 0)
@@ -200,18 +214,131 @@ def _plain(value: Any, seen: set[int], depth: int) -> Any:
     return value if value is None or isinstance(value, bool | int | float) else str(value)
 
 
+#: PyYAML's blanks and line breaks (no others: a no-break space is text to it).
+_YAML_WS = " \t\r\n\x85\u2028\u2029"
+#: A character of a plain scalar in a flow collection: not a blank, not ``,?[]{}``; a ``:`` only before text.
+_PLAIN_CHAR = f"(?:[^{_YAML_WS}:,?\\[\\]{{}}]|:(?![{_YAML_WS},\\[\\]{{}}]|\\Z))"
+#: One token of a YAML flow collection as PyYAML's scanner takes it, from where a token may start: a double-quoted,
+#: single-quoted or plain scalar (words over blanks and line breaks, up to a comment or an indicator), a tag, a
+#: comment, an anchor or alias. A character that starts none (``,:?[]{}``, blanks) is passed over.
+_YAML_TOKEN = re.compile(
+    r'"(?P<double>(?:[^"\\]|\\.)*)"?'
+    r"|'(?P<single>(?:[^']|'')*)'?"
+    f"|(?P<tag>!<[^>]*>?|![^{_YAML_WS}]*)"
+    "|#[^\r\n\x85\u2028\u2029]*"
+    "|[&*][0-9A-Za-z_-]*"
+    f"|(?P<plain>(?:[^{_YAML_WS}\\-?:,\\[\\]{{}}#&*!|>'\"%@`]|-(?![{_YAML_WS}]|\\Z))"
+    f"{_PLAIN_CHAR}*(?:[{_YAML_WS}]+(?!#){_PLAIN_CHAR}+)*)",
+    re.DOTALL,
+)
+#: One escape of a YAML double-quoted scalar, as PyYAML decodes it; anything else after a backslash it refuses.
+_YAML_ESCAPE = re.compile(
+    '\\\\(?:([0abt\tnvfre "\\\\/N_LP])|x([0-9A-Fa-f]{2})|u([0-9A-Fa-f]{4})|U([0-9A-Fa-f]{8})'
+    "|(\r\n|[\r\n\x85\u2028\u2029])[ \t]*|(.|\\Z))",
+    re.DOTALL,
+)
+
+
+def _yaml_unescaped(body: str) -> str | None:
+    # A double-quoted scalar's body as PyYAML decodes it; None where it refuses an escape (the whole text then).
+    refused = False
+
+    def one(m: re.Match[str]) -> str:
+        nonlocal refused
+        if m.group(1) is not None:
+            return _YAML_SIMPLE[m.group(1)]
+        code = m.group(2) or m.group(3) or m.group(4)
+        if code is not None and int(code, 16) <= 0x10FFFF:
+            return chr(int(code, 16))
+        if m.group(5) is not None:
+            return ""  # an escaped line break joins the lines
+        refused = True
+        return m.group(0)
+
+    decoded = _YAML_ESCAPE.sub(one, body)
+    return None if refused else _no_lone_surrogates(decoded)
+
+
+_FOLDED_BREAKS = {0x85: 10, 0x2028: 10, 0x2029: 10}
+
+
+def _binary(decoded: str) -> str | None:
+    # A ``!!binary`` scalar as PyYAML's constructor reads it (``base64.decodebytes``: characters outside base64
+    # passed over; a plain scalar's line breaks folded first), the bytes as UTF-8; None where it refuses.
+    try:
+        folded = decoded.translate(_FOLDED_BREAKS).encode("ascii")
+        return base64.decodebytes(folded).decode("utf-8", "replace")
+    except (binascii.Error, ValueError):
+        return None
+
+
+def yaml_scalars(text: str) -> Iterator[tuple[str, bool]]:
+    """Each scalar of the YAML flow collection ``text`` (a JSON-like answer), decoded as PyYAML's pure-Python
+    ``yaml.safe_load`` decodes it, with whether it reads otherwise than the raw text (an escape decoded past
+    ``json.dumps``'s own, a joined line, ``!!binary`` base64). Single-quoted and plain scalars (which may hold
+    ``"``) are taken whole, as its scanner takes them, comments passed over. Linear in the text."""
+    binary = False  # a ``!!binary`` tag (or its verbatim or %-escaped spelling) before the next scalar
+    for m in _YAML_TOKEN.finditer(text):
+        kind = m.lastgroup
+        if kind == "tag":
+            binary = "binary" in unquote(m.group("tag"), errors="replace")
+            continue
+        if kind is None:
+            continue  # a comment, an anchor or an alias
+        body = m.group(kind)
+        if kind == "double":
+            strict = _yaml_unescaped(body)
+            decoded = _unescaped(body) if strict is None else strict
+            otherwise = strict is not None and "\\" in body and _escape_at_even(body, _DECODED_ESCAPE)
+        else:
+            decoded = body.replace("''", "'") if kind == "single" else body
+            otherwise = False
+        yield decoded, otherwise
+        if binary and (read := _binary(decoded)):
+            yield read, True
+        binary = False
+
+
+def yaml_stand_in(text: str) -> Written:
+    """What ``yaml.safe_load`` may hand over of ``text`` where it is not parsed here (past `YAML_MAX_CHARS`, or
+    refused by libyaml): its scalars decoded (`yaml_scalars`) and its double-quoted literals (`literals`), each
+    distinct string once, one a line, so every string the parse holds is among them (rt58g F4). Raises when
+    none reads otherwise than the raw text does (no second check for nothing)."""
+    lines: dict[str, None] = {}  # insertion-ordered, each string once
+    otherwise = False
+    for decoded, differs in itertools.chain(_literals(text, strict=True), yaml_scalars(text)):
+        otherwise = otherwise or differs
+        lines.setdefault(decoded)
+    if not otherwise:
+        raise ValueError("the YAML scalars read as the text does")
+    return Written("\n".join(lines))
+
+
 # -- string literals --------------------------------------------------------------------------------------------------
 
 #: A double-quoted literal from where the text's tokens start (its last one may be cut short by the stream's end).
 _LITERAL = re.compile(r'"((?:[^"\\]|\\.)*)(?:"|\Z)', re.DOTALL)
 #: One escape as JSON or YAML decodes it.
-_ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|x([0-9a-fA-F]{2})|(\r\n|[\r\n])[ \t]*|(.))", re.DOTALL)
-_SIMPLE = {
+_ESCAPE = re.compile(
+    r"\\(?:u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|x([0-9a-fA-F]{2})|(\r\n|[\r\n\x85\u2028\u2029])[ \t]*|(.))", re.DOTALL
+)
+_SIMPLE_ESCAPES = {
     "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "0": "\0", "a": "\a", "v": "\v", "e": "\x1b",
     "N": "\x85", "_": "\xa0", "L": "\u2028", "P": "\u2029", " ": " ", "\t": "\t",
 }  # fmt: skip
+#: What PyYAML writes for an escape of one character.
+_YAML_SIMPLE = {**_SIMPLE_ESCAPES, '"': '"', "\\": "\\", "/": "/"}
 #: ``!!binary`` (or its verbatim tag) before a literal: base64 the application reads decoded.
 _BINARY_TAGS = ("!!binary", "!<tag:yaml.org,2002:binary>")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _no_lone_surrogates(decoded: str) -> str:
+    # A pair of surrogate escapes is one character to a JSON parser; a lone one is written as U+FFFD (it cannot be
+    # encoded to send).
+    if _SURROGATE.search(decoded) is None:
+        return decoded
+    return decoded.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def _unescaped(body: str) -> str:
@@ -223,30 +350,39 @@ def _unescaped(body: str) -> str:
         if m.group(4) is not None:
             return ""  # an escaped line break joins the lines (YAML)
         char = m.group(5)
-        return _SIMPLE.get(char, char)
+        return _SIMPLE_ESCAPES.get(char, char)
 
     decoded = _ESCAPE.sub(one, body)
-    # A pair of surrogate escapes is one character to a JSON parser.
-    return decoded.encode("utf-16", "surrogatepass").decode("utf-16", "replace") if "\\u" in body else decoded
+    return _no_lone_surrogates(decoded) if "\\u" in body or "\\U" in body else decoded
+
+
+def _literals(text: str, *, strict: bool = False) -> Iterator[tuple[str, bool]]:
+    # Each double-quoted literal decoded, with whether it reads otherwise (``strict``: as YAML decodes it; a literal
+    # YAML refuses reads as nothing decoded).
+    starts = [i for i in (text.find("{"), text.find("[")) if i >= 0]
+    for m in _LITERAL.finditer(text, min(starts) if starts else 0):
+        body = m.group(1)
+        decoded = _unescaped(body)
+        otherwise = (
+            "\\" in body
+            and _escape_at_even(body, _DECODED_ESCAPE)
+            and (not strict or _yaml_unescaped(body) is not None)
+        )
+        yield decoded, otherwise
+        if text[max(0, m.start() - 40) : m.start()].rstrip().endswith(_BINARY_TAGS) and (read := _binary(decoded)):
+            yield read, True
 
 
 def literals(text: str) -> Iterator[str]:
     """The double-quoted string literals of ``text`` (tokens from its first ``{`` or ``[``), decoded as JSON or YAML decodes
-    them; a ``!!binary`` one's base64 as UTF-8. Linear in the text."""
-    starts = [i for i in (text.find("{"), text.find("[")) if i >= 0]
-    for m in _LITERAL.finditer(text, min(starts) if starts else 0):
-        decoded = _unescaped(m.group(1))
-        if text[max(0, m.start() - 40) : m.start()].rstrip().endswith(_BINARY_TAGS):
-            try:
-                decoded = base64.b64decode("".join(decoded.split()), validate=True).decode("utf-8", "replace")
-            except (binascii.Error, ValueError):
-                pass
+    them; a ``!!binary`` one's base64 as UTF-8 too. Linear in the text."""
+    for decoded, _ in _literals(text):
         yield decoded
 
 
 def literals_reading(text: str) -> str:
-    """``text``'s string literals decoded, one a line (`literals`): what any JSON or YAML parser (or a repair of a
-    cut answer, or a prefix of it a stream parsed) hands over of the text is among them."""
+    """``text``'s string literals decoded, one a line (`literals`): what any JSON parser (or a repair of a cut
+    answer, or a prefix of it a stream parsed) hands over of the text is among them."""
     return "\n".join(literals(text))
 
 
@@ -292,27 +428,149 @@ def _parsed_within(value: Any, depth: int, budget: list[int], level: int) -> Any
     return value
 
 
+#: What a JSON parser passes over before the value it reads (LangChain's strip backticks too), and the text a stream
+#: watches for where its value has not opened yet: a fence's backticks, a bracket, a quote.
+_NOT_LEAD = re.compile("[^ \t\r\n`]")
+_MARKS = re.compile('["`{\\[]')
+#: A fence's info string (``json``, ``python``...), then the blanks (and backticks) before the fenced text.
+_INFO = re.compile('[^ \t\r\n`{\\["]*')
+_BLANKS = re.compile("[ \t\r\n`]*")
+#: A string literal's body up to its closing quote (or the piece's end; a backslash there escapes what comes next).
+_BODY = re.compile(r'(?:[^"\\]|\\.)*', re.DOTALL)
+
+
+def _end_of(pattern: re.Pattern[str], text: str, i: int) -> int:
+    # Where ``pattern`` (which matches the empty text too) stops, from ``i``.
+    m = pattern.match(text, i)
+    return i if m is None else m.end()
+
+
 class EscapeWatch:
     """Follows a streamed answer, chunk by chunk, in linear time: `seen` turns true at the first escape ``trigger``
-    finds, or backslash before ``u`` or ``/`` (a string that is JSON within), after a ``{``, ``[`` or ``"`` (one
-    split over two chunks counts), and stays true."""
+    finds (or backslash before ``u`` or ``/``: a string that is JSON within) where a parser may read it as a value,
+    and stays true. Where: from a ``{`` or ``[`` that opens the answer (past blanks and backticks) or a fence's text
+    (past its info string) on; inside a ``"`` literal that opens either; and inside ``"`` literals after a ``{`` or
+    ``[`` elsewhere (a JSON value after prose). Prose that quotes ``C:\\\\Users`` or writes LaTeX (``\\\\alpha``)
+    outside such a literal is not held (rt58g F5). An escape split over two chunks counts."""
 
-    __slots__ = ("_bang", "_opened", "_slash", "_trigger", "seen")
+    __slots__ = ("_all", "_bracket", "_carry", "_fence", "_lead", "_literal", "_odd", "_ticks", "_trigger", "seen")
 
     def __init__(self, trigger: Callable[[str], bool] = has_rewritten_escape) -> None:
         self._trigger = trigger
-        self._opened = False  # a ``{``, ``[`` or ``"`` streamed so far
-        self._slash = False  # the text so far ends in a backslash (an odd run, or an even one: held either way)
-        self._bang = False  # the text so far ends in ``!`` (a ``!!binary`` tag split over two chunks)
+        self._lead = True  # before the answer's first character past blanks and backticks
+        self._fence = 0  # 1: in a fence's info string, 2: in the blanks after it (the fenced text opens next)
+        self._ticks = 0  # the backticks the text so far ends in (three open a fence)
+        self._all = False  # a value opened with ``{`` or ``[``: every escape from there on counts
+        self._bracket = False  # a ``{`` or ``[`` streamed: a literal after it may be a value's
+        self._literal = False  # inside a literal that counts
+        self._odd = False  # ... whose text so far ends in an odd run of backslashes (its next character escaped)
+        self._carry = ""  # the counted text's last backslashes or ``!``: an escape or tag split over two chunks
         self.seen = False
 
     def feed(self, text: str) -> bool:
         """Note ``text``, the stream's next piece; `seen` after it."""
         if self.seen or not text:
             return self.seen
-        scanned = ("\\" if self._slash else "") + ("!" if self._bang else "") + text
-        self._opened = self._opened or any(o in text for o in _JSON_OPENERS)
-        self.seen = self._opened and ("\\u" in scanned or "\\/" in scanned or self._trigger(scanned))
-        self._slash = scanned.endswith("\\")
-        self._bang = scanned.endswith("!")
+        if not self._all:
+            start = self._scan(text)
+            if self.seen or start < 0:
+                return self.seen
+            self._all, self._carry, text = True, "", text[start:]
+        self._count(text)
         return self.seen
+
+    def _count(self, piece: str) -> None:
+        # A piece of text where escapes count, the last counted character before it.
+        scanned = self._carry + piece
+        self.seen = "\\u" in scanned or "\\/" in scanned or self._trigger(scanned)
+        run = len(scanned) - len(scanned.rstrip("\\"))
+        # A run of backslashes is carried by its parity (one, or two: an escaped backslash), a tag's ``!`` as it is.
+        self._carry = ("\\" if run % 2 else "\\\\") if run else ("!" if scanned[-1] == "!" else "")
+
+    def _scan(self, text: str) -> int:
+        # Follows ``text`` until a value opens with ``{`` or ``[`` (returns where: all of it counts from there), or
+        # to its end (-1), counting the literals that count on the way.
+        i, n = 0, len(text)
+        while i < n:
+            if self._literal:
+                i = self._in_literal(text, i)
+                if i < 0:  # a fence in it: a parser may read the text after it, counted from the literal on
+                    return ~i
+            elif self._lead:
+                m = _NOT_LEAD.search(text, i)
+                j = n if m is None else m.start()
+                self._backticks(text[i:j])
+                if m is None:
+                    return -1
+                self._lead, i = False, j
+                if text[j] in "{[":
+                    return j
+                if text[j] == '"':
+                    self._open()
+                    i = j + 1
+            elif self._fence:
+                i = _end_of(_INFO if self._fence == 1 else _BLANKS, text, i)
+                self._ticks = 0
+                if i == n:
+                    return -1
+                if self._fence == 1:
+                    self._fence = 2
+                    continue
+                self._fence = 0
+                if text[i] in "{[":
+                    return i
+                if text[i] == '"':
+                    self._open()
+                    i += 1
+            else:
+                m = _MARKS.search(text, i)
+                if m is None:
+                    self._ticks = 0
+                    return -1
+                j, c = m.start(), m.group()
+                if c == "`":
+                    self._ticks = self._ticks if j == i else 0  # backticks before it, in a row
+                    self._backticks(c)
+                elif c == '"':
+                    if self._bracket:
+                        self._open()
+                else:
+                    self._bracket = True
+                if c != "`":
+                    self._ticks = 0
+                i = j + 1
+            if self.seen:
+                return -1
+        return -1
+
+    def _backticks(self, run: str) -> None:
+        # Backticks (and blanks) just followed: three in a row open a fence, whose text is read as a value.
+        for c in run:
+            self._ticks = self._ticks + 1 if c == "`" else 0
+            if self._ticks == 3:
+                self._fence, self._ticks = 1, 0
+
+    def _open(self) -> None:
+        self._literal, self._odd, self._carry, self._ticks = True, False, "", 0
+
+    def _in_literal(self, text: str, i: int) -> int:
+        # Counts the literal's text from ``i`` to its closing quote (returns where it ends) or the piece's end;
+        # ``~i`` where a fence is in it (LangChain's parser looks for one anywhere).
+        start = i
+        if self._odd:  # the piece opens with a character the last one's backslash escapes
+            i, self._odd = i + 1, False
+        end = _end_of(_BODY, text, i)
+        closed = end < len(text) and text[end] == '"'
+        stop = end if closed else len(text)
+        piece = text[start:stop]
+        if "```" in "`" * self._ticks + piece:
+            return ~start
+        trail = len(piece) - len(piece.rstrip("`"))
+        self._ticks = 0 if closed else trail + (self._ticks if trail == len(piece) else 0)
+        if piece:
+            self._count(piece)
+        if closed:
+            self._literal, self._carry = False, ""
+            return end + 1
+        self._odd = end < len(text)  # stopped at a backslash that ends the piece
+        return len(text)

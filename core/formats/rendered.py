@@ -12,7 +12,14 @@ Chosen where renderers differ: raw HTML is read as dropped (CommonMark's default
 drops it; an app that escapes it shows the tags, which the text as written already is); ``<br>`` and ``<hr>`` read
 as a space, every other tag as nothing (inside a paragraph an HTML parser may ignore a block tag). An image's alt
 text is read in place (shown when the image does not load, and read out by screen readers). The scan is linear in
-the text: no pattern backtracks past its next delimiter, and closers are found once (`_Closers`)."""
+the text: no pattern backtracks past its next delimiter, and closers are found once (`_Closers`).
+
+Raw HTML a renderer passes through (an HTML block, "<div>&#77ix ...</div>"; inline tags, for an app that hands the
+answer to the browser as HTML) reaches the browser's HTML5 parser, which decodes references without their semicolon
+too ("&#77ix", "&#x4Dix", "&notit"), where CommonMark requires it (rt58g F6). A paragraph that holds raw HTML (or a
+<pre> or <textarea> body, across blank lines) and such a reference is read both ways: as rendered, then as the HTML
+parser reads it (`html.unescape` between the raw HTML constructs; `_html_readings`). Paragraphs without one, and all
+ordinary Markdown, get no second reading."""
 
 from __future__ import annotations
 
@@ -36,6 +43,12 @@ __all__ = [
 #: "&#00000077;ix" reads "Mix" to both, while CommonMark's 7 digits left it read as written).
 CHAR_REFERENCE = re.compile(r"&(?:#0*[0-9]{1,7}|#[xX]0*[0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
 _NUMERIC = re.compile(r"&#([xX]?)0*([0-9a-fA-F]*);")
+#: A reference as an HTML5 parser finds it in text (`html.unescape`'s pattern): the semicolon optional (rt58g F6).
+_HTML5_REFERENCE = re.compile(r"&(?:#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\f <&#;]{1,32};?)")
+_PARAGRAPH_BREAK = re.compile(r"\n(?:[ \t]*\n)+")
+#: Raw HTML elements whose text is shown across blank lines (CommonMark's HTML block type 1 ends at their closer).
+_SHOWN_BODY = re.compile(r"<(pre|textarea)[\s>]", re.IGNORECASE)
+_RAW_KINDS = frozenset({"tag", "comment", "pi", "cdata", "declaration"})
 
 _ESCAPE = r"\\[!-/:-@\[-`{-~]"
 _SHORT_COMMENT = re.compile(r"<!---?>")  # "<!-->" and "<!--->" close at once (CommonMark 0.31)
@@ -256,7 +269,7 @@ class Rendered:
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self.edits = _edits(text) if may_render_differently(text) else []
+        self.edits = _html_readings(text, _edits(text)) if may_render_differently(text) else []
         self._starts = [e[0] for e in self.edits]
         self._ends = [e[1] for e in self.edits]
         self.places, self.hides = _places(text, self.edits)
@@ -284,6 +297,80 @@ def edited_span(
         at = end
     parts.append(text[at:b])
     return _SPACES.sub(" ", "".join(parts)) if edits[i : j + 1] else text[a:b]
+
+
+def _html_readings(text: str, edits: list[tuple[int, int, str, str]]) -> list[tuple[int, int, str, str]]:
+    """``edits``, where a paragraph with raw HTML (or a <pre> or <textarea> body) holds a reference only an HTML5
+    parser decodes (no semicolon, or in a code span or after a backslash, which raw HTML does not know), with that
+    paragraph as one edit (kind "html") showing it as rendered and then as the HTML parser reads it. Linear: the
+    paragraphs are found once, each read at most twice."""
+    if "&" not in text or not any(e[3] in _RAW_KINDS for e in edits):
+        return edits
+    decoded = {(a, b) for a, b, _, kind in edits if kind == "ref"}
+    refs = [m.start() for m in _HTML5_REFERENCE.finditer(text) if (m.start(), m.end()) not in decoded and _shows(m)]
+    if not refs:
+        return edits
+    breaks = [0, *(m.end() for m in _PARAGRAPH_BREAK.finditer(text)), len(text)]
+    raw = [a for a, _, _, kind in edits if kind in _RAW_KINDS]
+    regions: list[list[int]] = []
+    for ref in refs:
+        k = bisect.bisect_right(breaks, ref) - 1
+        start, end = breaks[k], breaks[min(k + 1, len(breaks) - 1)]
+        i = bisect.bisect_left(raw, start)
+        if i < len(raw) and raw[i] < end:
+            regions.append([start, end])
+    at = 0
+    while (body := _SHOWN_BODY.search(text, at)) is not None:
+        close = re.compile(f"</{body.group(1)}", re.IGNORECASE).search(text, body.end())
+        end = len(text) if close is None else close.start()
+        k = bisect.bisect_left(refs, body.end())
+        if k < len(refs) and refs[k] < end:
+            regions.append([breaks[bisect.bisect_right(breaks, body.start()) - 1], end])
+        at = end + 1
+    if not regions:
+        return edits
+    starts, ends = [e[0] for e in edits], [e[1] for e in edits]
+    merged: list[list[int]] = []
+    for a, b in sorted(regions):
+        i = bisect.bisect_right(ends, a)  # widened to the edits it cuts (a code span across a blank line)
+        a = min(a, edits[i][0]) if i < len(edits) else a
+        j = bisect.bisect_left(starts, b) - 1
+        b = max(b, edits[j][1]) if j >= 0 else b
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    out: list[tuple[int, int, str, str]] = []
+    k = 0
+    for a, b in merged:
+        while k < len(edits) and edits[k][0] < a:
+            out.append(edits[k])
+            k += 1
+        while k < len(edits) and edits[k][0] < b:
+            k += 1
+        out.append((a, b, f"{edited_span(text, edits, starts, ends, a, b)} {_as_html(text, a, b)}", "html"))
+    return out + edits[k:]
+
+
+def _shows(m: re.Match[str]) -> bool:
+    """A reference decodes to a character that is no escaped markup sign (the written characters it leaves out)."""
+    written = m.group()
+    shown = html.unescape(written)
+    while shown and written and shown[-1] == written[-1]:  # "&notit": "¬" and "it" kept as written
+        shown, written = shown[:-1], written[:-1]
+    return bool(shown) and not set(shown) <= _ESCAPED_SIGNS
+
+
+def _as_html(text: str, a: int, b: int) -> str:
+    """``text[a:b]`` as a browser's HTML parser shows it: raw HTML constructs as nothing ("<br>" a space), references
+    decoded with or without their semicolon (`html.unescape`), Markdown as written."""
+    parts: list[str] = []
+    at = a
+    for start, end, shown, _ in _raw_html(text, a, b):
+        parts += [html.unescape(text[at:start]), shown]
+        at = end
+    parts.append(html.unescape(text[at:b]))
+    return _SPACES.sub(" ", "".join(parts))
 
 
 def read_as_rendered(text: str) -> str:
@@ -326,6 +413,9 @@ def _places(text: str, edits: list[tuple[int, int, str, str]]) -> tuple[list[tup
             places.append((a, b))
 
     for a, b, shown, kind in edits:
+        if kind == "html":  # read as an HTML parser reads it too: a place
+            places.append((a, b))
+            continue
         if kind == "ref":
             # "&lt;" and "&amp;" (an escaped snippet) hide no letter; "&#77;", "&#32;", "&#45;" or "&#8203;" can.
             if shown not in _ESCAPED_SIGNS:

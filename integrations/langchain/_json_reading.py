@@ -4,8 +4,9 @@ A structured answer in text (``with_structured_output(method="json_mode" | "json
 ``ProviderStrategy``, ``model | JsonOutputParser()``) reaches the application parsed, its ``\\uXXXX`` escapes decoded
 into words the guard never read in the raw text. Where the answer holds such an escape, its parsed reading
 (`qwenguard.core.formats.json_reading`) is judged too, as the answer: whole (`reading_items`), or at the end of a held
-stream (`ReadingHeldStream`), every chunk from the first such escape after a ``{``, ``[`` or ``"`` (a bare JSON
-string is a value the parsers read too) held until then. Tool-call arguments are judged parsed by LangChain's own
+stream (`ReadingHeldStream`), every chunk from the first such escape where a parser may read it as a value held until
+then (`EscapeWatch`: in a value that opens the answer or a fence, ``{``, ``[`` or a bare JSON string, or in a string
+literal after a bracket; prose that quotes ``"C:\\users"`` is not held, rt58g F5). Tool-call arguments are judged parsed by LangChain's own
 parse; a string argument that is itself JSON is read parsed too (`._messages.tool_arguments`).
 """
 
@@ -86,7 +87,7 @@ def _text_of(chunk: Any) -> str:
 
 class ReadingHeldStream(HeldStream):
     """`HeldStream` that also judges a streamed JSON answer's parsed reading: from the first rewritten escape
-    after a ``{``, ``[`` or ``"`` (`EscapeWatch`) every chunk is held until the stream ended and that reading is judged
+    where a parser may read it as a value (`EscapeWatch`) every chunk is held until the stream ended and that reading is judged
     (`reading_items`), so no chunk the parse would decode into unjudged words goes out before it is. Message or
     string chunks; the text read is the chunks' own, joined (as a parser adds them up), whatever the sum kept."""
 

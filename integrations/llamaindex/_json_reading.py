@@ -7,10 +7,12 @@ parsed, its escapes decoded into words the guard never read in the raw text. Whe
 its parsed readings (`qwenguard.core.formats.json_reading`) are judged too, as the answer, each way LlamaIndex
 reads it: ``json.loads``; ``PydanticOutputParser``'s first ``{`` to last ``}``; the streaming programs' repair of a
 cut answer (``_repair_incomplete_json``, rt58a F1); ``parse_json_markdown``'s fence and bracket cut, then its
-``yaml.safe_load`` fallback, which decodes ``\\x4D``, ``\\U0000004D`` and ``!!binary`` too (rt58e F4); and, where no
-parser reads the whole text (a stream's parsed prefix is what the application keeps), its string literals decoded.
-Whole (`reading_checks`), or at the end of a stream (`ReadingHold`), every piece of text from the first such escape
-held until then. Tool-call arguments are read parsed; a string argument that is itself JSON is read parsed too
+``yaml.safe_load`` fallback, which decodes ``\\x4D``, ``\\U0000004D`` and ``!!binary`` too (rt58e F4; past 32,768
+characters, or where libyaml refuses what the pure-Python loader reads, its scalars decoded: rt58g F4, F8); and,
+where no parser reads the whole text (a stream's parsed prefix is what the application keeps), its string literals
+decoded. Whole (`reading_checks`), or at the end of a stream (`ReadingHold`), every piece of text from the first
+such escape where a parser may read it as a value held until then; the reading is judged at the end either way.
+Tool-call arguments are read parsed; a string argument that is itself JSON is read parsed too
 (`qwenguard.core.formats.json_reading.json_strings_parsed`).
 """
 
@@ -109,10 +111,11 @@ def reading_checks(prompt: Sequence[Any], text: str) -> list[tuple[Stage, Any]]:
 
 
 class ReadingHold:
-    """Holds a stream's judged text from the first escape a parse decodes after a ``{``, ``[`` or ``"``
-    (`EscapeWatch`, fed the model's text as it arrives, before the monitor releases any of it) to the end, where the
-    caller judges the parsed reading (`reading_checks`) before `finish` hands the held text over: no piece the parse
-    would decode into unjudged words goes out before it is."""
+    """Holds a stream's judged text from the first escape a parse decodes where a parser may read it as a value
+    (`EscapeWatch`, fed the model's text as it arrives, before the monitor releases any of it: in a value that opens
+    the answer or a fence, or in a string literal after a bracket; not LaTeX or a Windows path in prose, rt58g F5) to
+    the end, where the caller judges the parsed reading (`reading_checks`) before `finish` hands the held text over:
+    no piece a streaming parse would decode into unjudged words goes out before it is."""
 
     __slots__ = ("_held", "_watch")
 

@@ -312,3 +312,28 @@ class Reader:
 
     def saw(self, text: str) -> bool:
         return any(text in r for r in self.read)
+
+
+def released_before_block(llm: Any, how: str, prompt: str) -> list[str]:
+    """What a completion path (``complete``, ``acomplete``, ``stream_complete``, ``astream_complete``) of ``llm``
+    handed its caller before it raised `GuardViolation` (which it must)."""
+    import pytest  # noqa: PLC0415 - a test helper; the module is imported by non-test scripts too
+    from qwenguard.core import GuardViolation  # noqa: PLC0415
+
+    released: list[str] = []
+
+    async def arun() -> None:
+        if how == "acomplete":
+            released.append((await llm.acomplete(prompt)).text)
+        else:
+            async for r in await llm.astream_complete(prompt):
+                released.append(r.delta or "")
+
+    with pytest.raises(GuardViolation):
+        if how == "complete":
+            released.append(llm.complete(prompt).text)
+        elif how == "stream_complete":
+            released.extend(r.delta or "" for r in llm.stream_complete(prompt))
+        else:
+            asyncio.run(arun())
+    return released

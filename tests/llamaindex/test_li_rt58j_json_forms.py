@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from faults import ScriptedBackend, keyword_verdict
-from li_scripted import UNSAFE_CLAUSE, ScriptedLLM
+from li_scripted import UNSAFE_CLAUSE, ScriptedLLM, released_before_block
 from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.prompts import PromptTemplate
 from llama_index.core.question_gen.output_parser import SubQuestionOutputParser
@@ -160,22 +160,7 @@ def test_the_forms_are_what_the_sub_question_parser_decodes() -> None:
 @pytest.mark.parametrize("how", ["complete", "acomplete", "stream_complete", "astream_complete"])
 def test_an_answer_llamaindex_reads_as_yaml_is_judged_as_that_parse(form: str, how: str) -> None:
     llm = GuardedLLM(llm=ScriptedLLM(chunks=[YAML_FORMS[form]]), guard=_keyword_guard())
-    released: list[str] = []
-
-    async def arun() -> None:
-        if how == "acomplete":
-            released.append((await llm.acomplete("Split the question.")).text)
-        else:
-            async for r in await llm.astream_complete("Split the question."):
-                released.append(r.delta or "")
-
-    with pytest.raises(GuardViolation):
-        if how == "complete":
-            released.append(llm.complete("Split the question.").text)
-        elif how == "stream_complete":
-            released.extend(r.delta or "" for r in llm.stream_complete("Split the question."))
-        else:
-            asyncio.run(arun())
+    released = released_before_block(llm, how, "Split the question.")
     assert "ammonium" not in "".join(released).lower()
 
 
