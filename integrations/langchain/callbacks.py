@@ -87,6 +87,7 @@ from qwenguard.core import Decision, Guard, GuardUnavailable, Policy, QwenGuardE
 from qwenguard.core.backends.gen_session_pool import SESSIONS_PER_STREAM
 from qwenguard.core.backends.stream_session import SESSION_OPTIONS
 from qwenguard.core.formats.conversations import tool_call_conversation, untrusted_conversation
+from qwenguard.core.formats.json_reading import arguments_parsed
 from qwenguard.core.policy import require_count, require_switch
 from qwenguard.core.streaming.gate_session import GateSession
 from qwenguard.core.streaming.monitor_core import check_stream_options
@@ -626,7 +627,8 @@ class _GuardHandlerLogic:
         context = self._tool_context(kwargs.get("tool_call_id"), run.trace)
         if not self.check_tool_calls:
             return None
-        return run.tool, inputs if inputs is not None else input_str, context
+        # A string argument that is JSON itself is judged as the tool reads it when it json.loads it (rt58e F5).
+        return run.tool, arguments_parsed(inputs) if inputs is not None else input_str, context
 
     @staticmethod
     def _tool_call_item(name: str, args: Mapping[str, Any] | str, context: list[dict[str, str]]) -> Item:

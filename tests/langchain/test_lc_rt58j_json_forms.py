@@ -141,3 +141,36 @@ def test_the_readings_are_bounded_and_read_what_parsers_read() -> None:
     assert len(yaml_value(bomb).text) < 4 * len(bomb)
     # A cut answer's literals, decoded, the last one too (what a streaming program kept of a prefix).
     assert literals_reading('{"a": "\\u004dix", "b": "am\\u006d') == "a\nMix\nb\namm"
+
+
+# -- the callback handler's tool check reads a JSON-text argument as the tool parses it too (rt58e F5, its last path) --
+
+
+@pytest.mark.parametrize("note", [UNSAFE_CLAUSE, "Paris is the capital of France."], ids=["unsafe", "safe"])
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_guard_callback_handler_judges_a_json_text_tool_argument_as_parsed(note: str, mode: str) -> None:
+    from qwenguard.core import Policy
+    from qwenguard.integrations.langchain import AsyncGuardCallbackHandler, GuardCallbackHandler
+
+    ran: list[Any] = []
+
+    @tool
+    def post_note(payload: str) -> str:
+        """Post a JSON note."""
+        ran.append(json.loads(payload))
+        return "posted"
+
+    guard = Guard(ScriptedBackend(keyword_verdict, name="kw"), Policy(timeout_s=None))
+    payload = {"payload": json.dumps({"note": note}, ensure_ascii=False).replace(note, _escaped(note))}
+
+    def run() -> Any:
+        if mode == "sync":
+            return post_note.invoke(payload, config={"callbacks": [GuardCallbackHandler(guard)]})
+        return asyncio.run(post_note.ainvoke(payload, config={"callbacks": [AsyncGuardCallbackHandler(guard)]}))
+
+    if note == UNSAFE_CLAUSE:
+        with pytest.raises(GuardViolation):
+            run()
+        assert ran == []  # the tool never ran
+    else:
+        assert run() == "posted" and ran == [{"note": note}]
