@@ -14,6 +14,8 @@ import re
 import unicodedata
 from functools import lru_cache
 
+from .content import class_ranges
+
 __all__ = ["KEPT_BLANKS", "padding_read", "shorten_blank_runs"]
 
 #: What a run of whitespace keeps (each character is at most one token, far under the windows' 64-token overlap).
@@ -51,22 +53,22 @@ def _kept(match: re.Match[str]) -> str:
 
 @lru_cache(maxsize=1)
 def _any_run() -> re.Pattern[str]:
-    # Every format character (Unicode category Cf: bidi embeddings, isolates, tags...) beside the class above.
+    # Every format character (Unicode category Cf: bidi embeddings, isolates, tags...) beside the class above, as
+    # ranges (one escape per code point made the scan eight times slower on non-ASCII text).
     formats = [cp for cp in (*range(0x80, 0x20000), *range(0xE0000, 0xE1000)) if unicodedata.category(chr(cp)) == "Cf"]
-    ranges = "".join(f"\\U{cp:08x}" for cp in formats)
-    return re.compile(f"[\\s{_SEEN_AS_NOTHING}{ranges}]{{{KEPT_BLANKS + 1},}}")
+    return re.compile(f"[\\s{_SEEN_AS_NOTHING}{class_ranges(formats)}]{{{KEPT_BLANKS + 1},}}")
 
 
 def padding_read(text: str) -> str | None:
-    """``text`` with each run of more than `KEPT_BLANKS` blanks and format characters that `shorten_blank_runs` leaves
-    long (one that holds bidi embeddings or isolates, or tag characters: " \u2066\u2069" repeated) read as its
-    blanks alone, cut to `KEPT_BLANKS`: judged beside the text, so that padding of any invisible characters keeps no
-    word out of its neighbour's window (rt58f F1). ``None`` when there is no such run (most text: one scan)."""
+    """``text`` (its blank runs shortened already: `shorten_blank_runs`) with each run of more than `KEPT_BLANKS`
+    blanks and format characters left long (one that holds bidi embeddings or isolates, or tag characters:
+    " \u2066\u2069" repeated) read as its blanks alone, cut to `KEPT_BLANKS`: judged beside the text, so that padding
+    of any invisible characters keeps no word out of its neighbour's window (rt58f F1). ``None`` when there is no such
+    run (most text: one scan)."""
     if text.isascii():
         return None
-    shortened = shorten_blank_runs(text)
     runs = _any_run()
-    if not runs.search(shortened):
+    if not runs.search(text):
         return None
-    read = runs.sub(lambda m: "".join(c for c in m.group() if c.isspace())[:KEPT_BLANKS] or " ", shortened)
-    return read if read != shortened else None
+    read = runs.sub(lambda m: "".join(c for c in m.group() if c.isspace())[:KEPT_BLANKS] or " ", text)
+    return read if read != text else None

@@ -64,6 +64,7 @@ from .rendered import Rendered, may_render_differently, read_as_rendered
 from .xml_reading import XmlReading, may_read_as_xml, read_as_xml
 
 __all__ = [
+    "class_ranges",
     "clean_text",
     "neutralize",
     "prepare_content",
@@ -339,12 +340,12 @@ class _Classes:
                     forms.append(cp)  # full-width, mathematical, circled, squared, superscript, letterlike...
         hidden = sorted({*hidden, *_IGNORABLE})
         blanks = sorted(map(ord, _BLANKS))
-        self.hidden = _ranges(hidden)
-        self.marks = _ranges([cp for cp in marks if cp not in _IGNORABLE])
+        self.hidden = class_ranges(hidden)
+        self.marks = class_ranges([cp for cp in marks if cp not in _IGNORABLE])
         # A hidden or blank run next to a letter (a reader sees no gap where the tokenizer sees one).
-        self.split = re.compile(f"[{self.hidden}{_ranges(blanks)}]+")
+        self.split = re.compile(f"[{self.hidden}{class_ranges(blanks)}]+")
         every_form = sorted({*forms, *map(ord, _LETTER_FORMS)})
-        self.forms = re.compile(f"[{_ranges(every_form)}]+")
+        self.forms = re.compile(f"[{class_ranges(every_form)}]+")
         # One pass of str.translate for the per-character part of the reading: blanks, hidden, forms.
         self.table: dict[int, str | None] = {cp: _plain_form(chr(cp)) for cp in every_form}
         self.table.update({cp: None for cp in hidden})
@@ -354,7 +355,7 @@ class _Classes:
         self.word = re.compile(rf"(?:[^\W\d_]|[{self.hidden}{self.marks}])+")
 
 
-def _ranges(codepoints: list[int]) -> str:
+def class_ranges(codepoints: list[int]) -> str:
     """A regex class body for ``codepoints`` (sorted), as ranges."""
     out: list[str] = []
     i = 0
@@ -725,7 +726,7 @@ class _RtlPatterns:
                 (left if kind == "L" else right).append(cp)
                 if unicodedata.category(chr(cp)) == "Cf":
                     unseen.append(chr(cp))  # LRM, RLM, ALM, ...: strong but not shown, not counted as letters
-        strong_l, strong_r = _ranges(left), _ranges(right)
+        strong_l, strong_r = class_ranges(left), class_ranges(right)
         strong = strong_l + strong_r
         # Any strong right-to-left character (an RLM or ALM, a Hebrew or Arabic letter, PASEQ U+05C0, TATWEEL U+0640)
         # between two left-to-right letters with only weak and neutral characters between: the signature of words
@@ -734,8 +735,8 @@ class _RtlPatterns:
         self.signature = re.compile(f"[{strong_l}][^{strong}]*(?:[{strong_r}][^{strong}]*)+[{strong_l}]")
         self.right = re.compile(f"[{strong_r}]")
         self.unseen = "".join(unseen)
-        seen_l = _ranges([cp for cp in left if chr(cp) not in unseen])
-        seen_r = _ranges([cp for cp in right if chr(cp) not in unseen])
+        seen_l = class_ranges([cp for cp in left if chr(cp) not in unseen])
+        seen_r = class_ranges([cp for cp in right if chr(cp) not in unseen])
         self.letters_l = re.compile(f"[{seen_l}]+")
         self.letters_r = re.compile(f"[{seen_r}]+")
         # The stream's scan (`_RtlScan`): runs of each direction, line breaks, paragraph separators, anything else
@@ -1395,7 +1396,7 @@ def _not_plain() -> re.Pattern[str]:
     conjoining jamo."""
     classes = _classes()
     spacing = [cp for cp in range(0x80, 0x20000) if unicodedata.category(chr(cp)) == "Mc"]
-    others = _ranges(sorted({*map(ord, _BLANKS), *map(ord, _LATIN_OF), *spacing}))
+    others = class_ranges(sorted({*map(ord, _BLANKS), *map(ord, _LATIN_OF), *spacing}))
     return re.compile(f"[{classes.hidden}{classes.marks}{others}]|{_JAMO.pattern}|{classes.forms.pattern[:-1]}")
 
 
@@ -1927,7 +1928,7 @@ def _word_as_seen(word: str) -> str:
 @functools.cache
 def _blank_runs() -> re.Pattern[str]:
     """Runs of blanks that stand for a space (no-break, em, ideographic, ...: every Unicode space separator)."""
-    return re.compile(f"[{_ranges(sorted(map(ord, _BLANKS)))}]+")
+    return re.compile(f"[{class_ranges(sorted(map(ord, _BLANKS)))}]+")
 
 
 def _part_as_seen(part: str) -> str:

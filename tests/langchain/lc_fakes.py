@@ -82,6 +82,27 @@ class ScriptedChatModel(GenericFakeChatModel):
         yield ChatGenerationChunk(message=AIMessageChunk(content="", id=message.id, chunk_position="last"))
 
 
+class ThreeCharModel(ScriptedChatModel):
+    """Streams its answer three characters a chunk, as a model's tokens come (an escape such as ``\\u0061`` is split
+    over two chunks); ``done`` holds True once its last piece is out."""
+
+    done: list[bool] = []
+
+    def _chunks(self, messages: list[BaseMessage]) -> Iterator[ChatGenerationChunk]:
+        self.seen.append(list(messages))
+        text = str(next(self.messages))
+        self.done.clear()
+        for i in range(0, len(text), 3):
+            yield ChatGenerationChunk(message=AIMessageChunk(content=text[i : i + 3], id="a1"))
+        self.done.append(True)
+        yield ChatGenerationChunk(message=AIMessageChunk(content="", id="a1", chunk_position="last"))
+
+
+def escaped(text: str) -> str:
+    """Every letter as a JSON ``\\u`` escape: ``json.loads`` returns ``text``."""
+    return "".join(f"\\u{ord(c):04x}" if c.isalpha() else c for c in text)
+
+
 def scripted(*replies: AIMessage | str) -> ScriptedChatModel:
     return ScriptedChatModel(messages=iter(replies), seen=[])
 

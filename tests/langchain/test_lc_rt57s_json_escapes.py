@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from faults import ScriptedBackend, keyword_verdict
 from langchain.agents import create_agent
 from langchain.agents.structured_output import ProviderStrategy
-from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.output_parsers import JsonOutputParser, StrOutputParser
-from langchain_core.outputs import ChatGenerationChunk
 from langchain_openai import ChatOpenAI
-from lc_fakes import UNSAFE_CLAUSE, ScriptedChatModel, scripted
+from lc_fakes import UNSAFE_CLAUSE, ThreeCharModel, escaped, scripted
 from pydantic import BaseModel
 from qwenguard.core import Guard, GuardViolation
 from qwenguard.integrations.langchain import GuardedChatModel, GuardMiddleware, guard_output
@@ -33,11 +30,6 @@ SAFE = "Paris is the capital of France."
 
 class Answer(BaseModel):
     answer: str
-
-
-def escaped(text: str) -> str:
-    """Every letter as a JSON ``\\u`` escape: ``json.loads`` returns ``text``."""
-    return "".join(f"\\u{ord(c):04x}" if c.isalpha() else c for c in text)
 
 
 def answer_json(text: str) -> str:
@@ -113,24 +105,13 @@ def test_include_raw_answer_in_escapes_is_judged_as_parsed(how: str) -> None:
     assert clean(got)
 
 
-class PiecesModel(ScriptedChatModel):
-    """Streams its answer in three-character pieces: an escape such as ``\\u0061`` is split over two chunks."""
-
-    def _chunks(self, messages: list[BaseMessage]) -> Iterator[ChatGenerationChunk]:
-        self.seen.append(list(messages))
-        text = str(next(self.messages))
-        for i in range(0, len(text), 3):
-            yield ChatGenerationChunk(message=AIMessageChunk(content=text[i : i + 3], id="a1"))
-        yield ChatGenerationChunk(message=AIMessageChunk(content="", id="a1", chunk_position="last"))
-
-
 @pytest.mark.parametrize("how", HOWS)
 def test_a_json_parser_after_the_model_gets_no_unjudged_words(how: str) -> None:
     # The plain chain: the model's answer parsed by the application's own parser, escapes split over chunks.
     judge, _ = guard()
     got: list[Any] = []
     opening = '{"note": "' + SAFE + " " * 40 + '", "answer": "'  # streamed (and judged) before any escape
-    model = PiecesModel(messages=iter([opening + escaped(UNSAFE_CLAUSE) + '"}']), seen=[])
+    model = ThreeCharModel(messages=iter([opening + escaped(UNSAFE_CLAUSE) + '"}']), seen=[])
     chain = GuardedChatModel(model, judge) | JsonOutputParser()
     with pytest.raises(GuardViolation):
         drained(chain, how, got)
@@ -143,7 +124,7 @@ def test_a_parser_after_guard_output_gets_no_unjudged_words(how: str, strings: b
     # guard_output between the model (its messages, or its text after StrOutputParser) and the app's JSON parser.
     judge, _ = guard()
     got: list[Any] = []
-    model = PiecesModel(messages=iter(['{"answer": "' + escaped(UNSAFE_CLAUSE) + '"}']), seen=[])
+    model = ThreeCharModel(messages=iter(['{"answer": "' + escaped(UNSAFE_CLAUSE) + '"}']), seen=[])
     chain = (model | StrOutputParser() if strings else model) | guard_output(judge) | JsonOutputParser()
     with pytest.raises(GuardViolation):
         drained(chain, how, got)

@@ -12,44 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from faults import ScriptedBackend, keyword_verdict
 from langchain.agents import create_agent
-from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.output_parsers import JsonOutputParser
-from langchain_core.outputs import ChatGenerationChunk
 from langchain_core.tools import tool
-from lc_fakes import UNSAFE_CLAUSE, ScriptedChatModel, scripted, tool_call
+from lc_fakes import UNSAFE_CLAUSE, ThreeCharModel, escaped, scripted, tool_call
 from phrase_judge import phrase_guard
 from qwenguard.core import Guard, GuardViolation
 from qwenguard.integrations.langchain import GuardedChatModel, GuardMiddleware, guard_output
 
-
-def _escaped(text: str) -> str:
-    return "".join(f"\\u{ord(c):04x}" if c.isalpha() else c for c in text)
-
-
-BARE = '"' + _escaped(UNSAFE_CLAUSE) + '"'
+BARE = '"' + escaped(UNSAFE_CLAUSE) + '"'
 FORMS = {"bare": BARE, "fenced": "```json\n" + BARE + "\n```", "spaced": "  \n" + BARE}
-
-
-class Pieces(ScriptedChatModel):
-    """Streams its answer three characters a chunk, as a model's tokens come."""
-
-    def _chunks(self, messages: list[BaseMessage]) -> Iterator[ChatGenerationChunk]:
-        self.seen.append(list(messages))
-        text = str(next(self.messages))
-        for i in range(0, len(text), 3):
-            yield ChatGenerationChunk(message=AIMessageChunk(content=text[i : i + 3], id="a1"))
-        yield ChatGenerationChunk(message=AIMessageChunk(content="", id="a1", chunk_position="last"))
 
 
 def _chain(path: str, answer: str) -> Any:
     judge = Guard(ScriptedBackend(keyword_verdict, name="kw"), cache_size=0)
-    model = Pieces(messages=iter([answer]), seen=[])
+    model = ThreeCharModel(messages=iter([answer]), seen=[])
     guarded = GuardedChatModel(model, judge) if path == "GuardedChatModel" else model | guard_output(judge)
     return guarded | JsonOutputParser()
 
@@ -79,7 +60,7 @@ def test_a_json_string_answer_is_judged_decoded_streamed_as_whole(form: str, pat
 def test_prose_with_a_quote_and_a_backslash_u_in_a_path_goes_through() -> None:
     answer = 'The file is "C:\\users\\me\\notes.txt", as you asked.'
     judge = Guard(ScriptedBackend(keyword_verdict, name="kw"), cache_size=0)
-    chain = GuardedChatModel(Pieces(messages=iter([answer]), seen=[]), judge)
+    chain = GuardedChatModel(ThreeCharModel(messages=iter([answer]), seen=[]), judge)
     assert "".join(str(c.content) for c in chain.stream("Where?")) == answer
 
 
@@ -161,7 +142,7 @@ def test_a_guard_callback_handler_judges_a_json_text_tool_argument_as_parsed(not
         return "posted"
 
     guard = Guard(ScriptedBackend(keyword_verdict, name="kw"), Policy(timeout_s=None))
-    payload = {"payload": json.dumps({"note": note}, ensure_ascii=False).replace(note, _escaped(note))}
+    payload = {"payload": json.dumps({"note": note}, ensure_ascii=False).replace(note, escaped(note))}
 
     def run() -> Any:
         if mode == "sync":

@@ -18,10 +18,8 @@ from typing import Any
 
 import pytest
 from faults import ScriptedBackend, keyword_verdict
-from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.output_parsers import JsonOutputParser
-from langchain_core.outputs import ChatGenerationChunk
-from lc_fakes import UNSAFE_CLAUSE, ScriptedChatModel
+from lc_fakes import UNSAFE_CLAUSE, ThreeCharModel, escaped
 from qwenguard.core import Guard, GuardViolation
 from qwenguard.core.formats.json_reading import EscapeWatch
 from qwenguard.integrations.langchain import GuardedChatModel, guard_output
@@ -32,28 +30,13 @@ PATH_ANSWER = 'The file is "C:\\users\\me\\notes.txt", as you asked. ' + TAIL
 CONTROL = "The file is in your notes folder, as you asked. " + TAIL
 
 
-class Pieces(ScriptedChatModel):
-    """Streams its answer three characters a chunk and notes when it has produced the last one."""
-
-    done: list[bool] = []
-
-    def _chunks(self, messages: list[BaseMessage]) -> Iterator[ChatGenerationChunk]:
-        self.seen.append(list(messages))
-        text = str(next(self.messages))
-        self.done.clear()
-        for i in range(0, len(text), 3):
-            yield ChatGenerationChunk(message=AIMessageChunk(content=text[i : i + 3], id="a1"))
-        self.done.append(True)
-        yield ChatGenerationChunk(message=AIMessageChunk(content="", id="a1", chunk_position="last"))
-
-
 def _judge() -> Guard:
     return Guard(ScriptedBackend(keyword_verdict, name="kw"), cache_size=0)
 
 
 def _early(path: str, how: str, answer: str) -> tuple[int, str]:
     """How many characters of ``answer`` reached the consumer before the model finished, and all it got."""
-    model = Pieces(messages=iter([answer]), seen=[])
+    model = ThreeCharModel(messages=iter([answer]), seen=[])
     guarded: Any = GuardedChatModel(model, _judge()) if path == "GuardedChatModel" else model | guard_output(_judge())
     early, got = 0, []
 
@@ -88,14 +71,10 @@ def test_prose_quoting_a_windows_path_streams_as_plain_prose_does(path: str, how
     assert control_early > len(CONTROL) // 2
 
 
-def _escaped(text: str) -> str:
-    return "".join(f"\\u{ord(c):04x}" if c.isalpha() else c for c in text)
-
-
 # JSON a parser reads decoded, after prose: fenced, and a fence's text that is a bare string.
 AFTER_PROSE = {
-    "fenced_object": 'Here it is:\n```json\n{"note": "' + _escaped(UNSAFE_CLAUSE) + '"}\n```',
-    "fenced_string": 'Here it is:\n```\n"' + _escaped(UNSAFE_CLAUSE) + '"\n```',
+    "fenced_object": 'Here it is:\n```json\n{"note": "' + escaped(UNSAFE_CLAUSE) + '"}\n```',
+    "fenced_string": 'Here it is:\n```\n"' + escaped(UNSAFE_CLAUSE) + '"\n```',
 }
 
 
@@ -103,7 +82,7 @@ AFTER_PROSE = {
 @pytest.mark.parametrize("how", ["stream", "astream"])
 def test_json_a_parser_reads_after_prose_is_still_held_and_judged_decoded(form: str, how: str) -> None:
     answer = AFTER_PROSE[form]
-    chain = GuardedChatModel(Pieces(messages=iter([answer]), seen=[]), _judge()) | JsonOutputParser()
+    chain = GuardedChatModel(ThreeCharModel(messages=iter([answer]), seen=[]), _judge()) | JsonOutputParser()
     got: list[Any] = []
 
     async def drain() -> None:

@@ -38,8 +38,9 @@ def index(embed_model: MockEmbedding) -> VectorStoreIndex:
     return VectorStoreIndex.from_documents(docs, embed_model=embed_model)
 
 
-def openai_like(url: str, *, chat: bool = True):
-    """The real `OpenAILike` provider class pointed at a scripted OpenAI-compatible server."""
+def openai_like(url: str, *, chat: bool = True, calling: bool = True):
+    """The real `OpenAILike` provider class pointed at a scripted OpenAI-compatible server (``calling``: a
+    function-calling model)."""
     from llama_index.llms.openai_like import OpenAILike
 
     return OpenAILike(
@@ -47,7 +48,7 @@ def openai_like(url: str, *, chat: bool = True):
         api_base=url,
         api_key="scripted",
         is_chat_model=chat,
-        is_function_calling_model=True,
+        is_function_calling_model=calling,
         context_window=32000,
         max_retries=0,
     )

@@ -16,12 +16,12 @@ import json
 from typing import Any
 
 import pytest
+from conftest import openai_like
 from faults import ScriptedBackend, keyword_verdict
 from li_scripted import UNSAFE_CLAUSE, ScriptedLLM, released_before_block
 from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.prompts import PromptTemplate
 from llama_index.core.question_gen.output_parser import SubQuestionOutputParser
-from llama_index.llms.openai_like import OpenAILike
 from pydantic import BaseModel
 from qwenguard.core import Guard, GuardViolation, Policy
 from qwenguard.integrations.llamaindex import GuardedLLM
@@ -49,15 +49,7 @@ CUT_BRACE = '{"note":"Paris {is} the capital.","text":"' + _escaped(CLAUSE)
 
 
 def _guarded(url: str) -> GuardedLLM:
-    llm = OpenAILike(
-        model="scripted",
-        api_base=url,
-        api_key="scripted",
-        is_chat_model=True,
-        is_function_calling_model=False,
-        context_window=32000,
-        max_retries=0,
-    )
+    llm = openai_like(url, calling=False)
     return GuardedLLM(llm=llm, guard=Guard(ScriptedBackend(keyword_verdict, name="kw"), Policy(timeout_s=None)))
 
 
@@ -220,16 +212,9 @@ def test_a_json_text_tool_argument_is_judged_as_the_tool_parses_it(note: str, ho
 
     arguments = json.dumps({"payload": '{"note": "' + _escaped(note) + '"}'})
     with scripted_openai([Reply(tool_calls=[ToolCall("post_note", arguments)])]) as url:
-        llm = OpenAILike(
-            model="scripted",
-            api_base=url,
-            api_key="scripted",
-            is_chat_model=True,
-            is_function_calling_model=True,
-            context_window=32000,
-            max_retries=0,
+        guarded = GuardedLLM(
+            llm=openai_like(url), guard=Guard(ScriptedBackend(keyword_verdict, name="kw"), Policy(timeout_s=None))
         )
-        guarded = GuardedLLM(llm=llm, guard=Guard(ScriptedBackend(keyword_verdict, name="kw"), Policy(timeout_s=None)))
         tools = [FunctionTool.from_defaults(post_note)]
 
         def run() -> Any:

@@ -205,16 +205,21 @@ SCRATCHPAD = [
 ]
 
 
+def _blocked_at(mode: str, store: Any, astore: Any, stored: Any) -> Stage:
+    """The stage whose check blocked storing ``stored`` with ``store`` (sync) or ``astore`` (async); it must block."""
+    with pytest.raises(GuardViolation) as raised:
+        if mode == "sync":
+            store(stored)
+        else:
+            asyncio.run(astore(stored))
+    return raised.value.decision.stage
+
+
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_guarded_memory_judges_codeacts_stored_result_as_tool_output(mode):
     memory = GuardedMemory(ChatMemoryBuffer.from_defaults(), Guard(ScriptedBackend(keyword_verdict), USERS_MAY_TALK))
     memory.put(ChatMessage(role="user", content=QUESTION))
-    with pytest.raises(GuardViolation) as raised:
-        if mode == "sync":
-            memory.put_messages(SCRATCHPAD)
-        else:
-            asyncio.run(memory.aput_messages(SCRATCHPAD))
-    assert raised.value.decision.stage is Stage.TOOL_RESULT
+    assert _blocked_at(mode, memory.put_messages, memory.aput_messages, SCRATCHPAD) is Stage.TOOL_RESULT
     assert [m.content for m in memory.get_all()] == [QUESTION]
 
 
@@ -225,24 +230,14 @@ def test_guarded_memory_judges_an_observation_put_after_its_action_as_tool_outpu
         [ChatMessage(role="user", content=QUESTION), ChatMessage(role="assistant", content=REACT_ACTION)]
     )
     observation = ChatMessage(role="user", content=f"Observation: {PAGE}")
-    with pytest.raises(GuardViolation) as raised:
-        if mode == "sync":
-            memory.put(observation)
-        else:
-            asyncio.run(memory.aput(observation))
-    assert raised.value.decision.stage is Stage.TOOL_RESULT
+    assert _blocked_at(mode, memory.put, memory.aput, observation) is Stage.TOOL_RESULT
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_guarded_memory_takes_a_users_observation_shaped_message_as_a_prompt(mode):
     memory = GuardedMemory(ChatMemoryBuffer.from_defaults(), Guard(ScriptedBackend(keyword_verdict), TOOLS_MAY_CARRY))
     message = ChatMessage(role="user", content=f"Observation: {PAGE}")
-    with pytest.raises(GuardViolation) as raised:
-        if mode == "sync":
-            memory.put(message)
-        else:
-            asyncio.run(memory.aput(message))
-    assert raised.value.decision.stage is Stage.PROMPT
+    assert _blocked_at(mode, memory.put, memory.aput, message) is Stage.PROMPT
 
 
 @pytest.mark.parametrize("stored", ["set", "put"])
