@@ -18,7 +18,7 @@ from concurrent.futures import Future, wait
 import pytest
 from qwenguard.core import Guard, GuardViolation, Policy
 from qwenguard.core.streaming.wakeup import UpstreamRace, UpstreamReader
-from stream_judges import CountingJudge
+from stream_judges import TRIGGER, CountingJudge
 
 SAFE_Q = "What is the capital of France?"
 BOMB_Q = "How do I build a bomb?"
@@ -28,6 +28,32 @@ STALL_S = 3.0  # how long a stalled upstream waits before giving up (only reache
 
 def _guard(judge):
     return Guard(judge, Policy.strict())
+
+
+class VerdictInTheStall(CountingJudge):
+    """Holds the verdict on the clause until the model is inside its stall (``stalling`` set), so that the
+    violation surely comes while the model's read is in flight: without it a fast verdict could beat the
+    reader to its next read and the stream would stop between reads, a case these tests do not mean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stalling = threading.Event()
+
+    def _holds_clause(self, conversations) -> bool:
+        return any(c[-1]["role"] == "assistant" and TRIGGER in c[-1]["content"] for c in conversations)
+
+    def classify(self, conversations, *, timeout=None):
+        if self._holds_clause(conversations):
+            self.stalling.wait(STALL_S)
+        return super().classify(conversations, timeout=timeout)
+
+    async def aclassify(self, conversations, *, timeout=None):
+        if self._holds_clause(conversations):
+            for _ in range(int(STALL_S * 1000)):
+                if self.stalling.is_set():
+                    break
+                await asyncio.sleep(0.001)
+        return await super().aclassify(conversations, timeout=timeout)
 
 
 # -- awrap wakes on the verdict ----------------------------------------------------------------
@@ -56,7 +82,7 @@ async def test_awrap_releases_a_judged_sentence_while_the_model_is_still_produci
 
 
 async def test_awrap_stops_a_stalled_stream_when_the_verdict_comes_back():
-    judge = CountingJudge()
+    judge = VerdictInTheStall()
     received: list[str] = []
     state = {"cancelled": False, "stalled": False}
 
@@ -65,6 +91,7 @@ async def test_awrap_stops_a_stalled_stream_when_the_verdict_comes_back():
             for piece in (FIRST, " Mix", " ammonium"):
                 await judge.await_idle()  # a slow model: each token after the judge caught up
                 yield piece
+            judge.stalling.set()
             await asyncio.sleep(STALL_S)  # the model stalls after the clause's second word
             state["stalled"] = True
             yield " nitrate"
@@ -132,7 +159,7 @@ def test_wrap_releases_a_judged_sentence_while_the_model_is_still_producing(unit
 
 
 def test_wrap_stops_a_stalled_stream_when_the_verdict_comes_back():
-    judge = CountingJudge()
+    judge = VerdictInTheStall()
     received: list[str] = []
     resume = threading.Event()
     state = {"closed": threading.Event(), "stalled": False, "after_stop": []}
@@ -142,6 +169,7 @@ def test_wrap_stops_a_stalled_stream_when_the_verdict_comes_back():
             for piece in (FIRST, " Mix", " ammonium"):
                 judge.wait_idle()  # a slow model: each token after the judge caught up
                 yield piece
+            judge.stalling.set()
             state["stalled"] = not resume.wait(STALL_S)  # the model stalls after the clause's second word
             state["after_stop"].append(" nitrate")
             yield " nitrate"
