@@ -26,13 +26,15 @@ KEPT_BLANKS = 16
 # run to break it into short ones (" \u00ad\t" repeated): soft hyphen, combining grapheme joiner, Mongolian and
 # every variation selector, zero-width spaces and joiners, word joiner and invisible operators, the bidi marks
 # (LRM, RLM, ALM: a run keeps some of them, which is all an RTL reading needs), deprecated format controls, BOM,
-# musical and shorthand format controls, the language tag and tag cancel. Not the tag characters that spell ASCII
+# musical and shorthand format controls, the language tag and tag cancel, and the code points Unicode reserves as
+# default-ignorable (a reader shows them as nothing once assigned, and renders nothing for them now: U+2065,
+# U+FFF0-U+FFF8, the unassigned rest of U+E0000-U+E0FFF; rt59a F1). Not the tag characters that spell ASCII
 # (read by `content.as_seen_pieces`) nor the bidi embeddings and isolates (they reorder what follows them, and a run
 # cut between an opener and its closer would read otherwise): runs holding those are read by `padding_read`.
 _SEEN_AS_NOTHING = (
-    "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u2060-\u2064\u206a-\u206f\u2800"
-    "\u3164\ufe00-\ufe0f\ufeff\uffa0\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e007f"
-    "\U000e0100-\U000e01ef"
+    "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u2060-\u2065\u206a-\u206f\u2800"
+    "\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e001f"
+    "\U000e007f-\U000e0fff"
 )
 _RUN = re.compile(f"[\\s{_SEEN_AS_NOTHING}]{{{KEPT_BLANKS + 1},}}")
 

@@ -261,6 +261,16 @@ def _as_seen_turns(context: list[dict[str, str]]) -> list[dict[str, str]] | None
     return seen if changed else None
 
 
+def _padding_read_turns(earlier: list[dict[str, str]]) -> list[dict[str, str]] | None:
+    """``earlier`` with each turn padded by runs of format characters between blanks (`padding_read`: bidi pairs,
+    tags) read as its blanks; ``None`` when no turn is. A context turn padded so pushed its words out of the judged
+    turn's windows (rt59a F5: the judged turn alone had this reading)."""
+    read = [padding_read(turn["content"]) for turn in earlier]
+    if all(r is None for r in read):
+        return None
+    return [turn if r is None else {**turn, "content": r} for turn, r in zip(earlier, read, strict=True)]
+
+
 def _shortened(message: dict[str, str]) -> dict[str, str]:
     content = shorten_blank_runs(message["content"])
     return message if content is message["content"] else {**message, "content": content}
@@ -390,6 +400,8 @@ class WindowPlanner:
             # one message (ChatAnthropic merges them; rt55c F1: the integrations judged the run joined, the core API
             # and the server did not). The run is also judged as that message reads.
             pieces += [prepare_content(joined), *(prepare_content(s) for s in as_seen_pieces(joined))]
+            if (unpadded := padding_read(joined)) is not None:
+                pieces.append(prepare_content(unpadded))
         # A reading can open a new run (hidden characters between blanks, read as nothing): shortened the same way.
         pieces = [shorten_blank_runs(p) for p in pieces]
         if len(pieces) > self.max_windows:  # each piece needs a window: refuse before tokenizing anything
@@ -426,6 +438,11 @@ class WindowPlanner:
             # of the judged turn (the turns the raw windows show: a fixed reach and the first window only missed a
             # request behind a long answer or before a long judged turn, rt54e E2).
             context, room = self._fit_context(seen, role)
+            windows.extend(self._piece_windows(context, role, room, pieces, 0, check, len(windows)))
+        if (padded := _padding_read_turns(earlier)) is not None:
+            # The context with its padding of bidi pairs or tags read as blanks (the judged turn has this reading as
+            # a piece of its own): the turns it kept out of the raw windows are shown with every window of the turn.
+            context, room = self._fit_context(self._context(padded, role, pieces[0], check), role)
             windows.extend(self._piece_windows(context, role, room, pieces, 0, check, len(windows)))
         if len(pieces) > 1:
             # Each forged-turn (and read-as-seen) piece is a window of its own: with the whole context in each, a message of many
