@@ -10,7 +10,8 @@ Some parsers read more: a YAML fallback (LlamaIndex's ``parse_json_markdown``) a
 refuses what the application's pure-Python loader reads, every scalar decoded: `yaml_stand_in`, rt58g F4 F8); a
 truncated stream is repaired (`repaired`); text no parser reads is still read as its string literals, decoded
 (`literals_reading`); a string that is itself JSON is read parsed too (`json_strings_parsed`: a tool's
-``payload: str`` it ``json.loads``).
+``payload: str`` it ``json.loads``); a streamed tool call's arguments are read a window at a time with their escapes
+decoded, within too (`escapes_read`).
 Framework-free: each adapter passes the parsers its framework reads with; `EscapeWatch` follows a stream, counting
 escapes only where a parser may read them as a value's (not LaTeX or a Windows path in prose: rt58g F5).
 
@@ -35,7 +36,9 @@ __all__ = [
     "EscapeWatch",
     "Written",
     "arguments_parsed",
+    "escapes_read",
     "has_decoded_escape",
+    "has_yaml_only_escape",
     "has_rewritten_escape",
     "json_strings_parsed",
     "literals",
@@ -76,6 +79,16 @@ def has_decoded_escape(text: str) -> bool:
     """Does ``text`` hold anything a YAML reading decodes otherwise than the raw text reads: an escape beyond
     ``json.dumps``'s own, or a tag (``!!binary``, ``!<tag:...>``)?"""
     return ("\\" in text and _escape_at_even(text, _DECODED_ESCAPE)) or "!!" in text or "!<" in text
+
+
+#: An escape YAML decodes and JSON refuses (``\\x4D``, ``\\U0000004D``, ``\\N``...): `has_yaml_only_escape`.
+_YAML_ONLY_ESCAPE = re.compile("\\\\[xUN_LPeav0 \t\r\n\x85\u2028\u2029]")
+
+
+def has_yaml_only_escape(text: str) -> bool:
+    """Does ``text`` hold what a YAML reading decodes and a JSON parse would refuse: an escape beyond JSON's, or a
+    tag? (A text without one that parses as JSON reads as JSON reads it to YAML too.)"""
+    return ("\\" in text and _escape_at_even(text, _YAML_ONLY_ESCAPE)) or "!!" in text or "!<" in text
 
 
 def _escape_at_even(text: str, pattern: re.Pattern[str]) -> bool:
@@ -426,6 +439,38 @@ def _parsed_within(value: Any, depth: int, budget: list[int], level: int) -> Any
         items = [_parsed_within(v, depth, budget, level + 1) for v in value]
         return value if all(n is o for n, o in zip(items, value, strict=True)) else items
     return value
+
+
+def _json_unescape(m: re.Match[str]) -> str:
+    code = m.group(1)
+    if code is not None:
+        return chr(int(code, 16))
+    char = m.group(2)
+    return _JSON_SIMPLE.get(char, m.group(0))
+
+
+#: One JSON string escape (any other backslash is kept as written).
+_JSON_ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|(.))", re.DOTALL)
+_JSON_SIMPLE = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\", "/": "/"}
+
+
+def escapes_read(text: str, depth: int = NESTED_DEPTH) -> str | None:
+    """A piece of JSON text (a window of a tool call's streamed arguments) with its string escapes decoded as the
+    tool reads them: once (LangChain's ``parse_partial_json`` of the arguments), and again while the result holds a
+    ``\\u`` or ``\\/`` escape (a string argument that is itself JSON, which the tool ``json.loads``:
+    `arguments_parsed`), to ``depth``. ``None`` when the text holds neither escape (it reads as written). Linear in
+    the text per level; context-free (a piece may start inside a string), so a string that is not JSON but holds
+    such an escape is read decoded too: a stricter reading, never a looser one."""
+    if "\\u" not in text and "\\/" not in text:
+        return None
+    read = text
+    for _ in range(depth):
+        if "\\" not in read:
+            break
+        read = _no_lone_surrogates(_JSON_ESCAPE.sub(_json_unescape, read))
+        if "\\u" not in read and "\\/" not in read:
+            break
+    return read if read != text else None
 
 
 #: What a JSON parser passes over before the value it reads (LangChain's strip backticks too), and the text a stream

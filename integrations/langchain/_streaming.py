@@ -64,6 +64,7 @@ from qwenguard.core import Decision, Guard, GuardViolation, InputTooLarge, Stage
 from qwenguard.core.backends.after_fork import ForkSafePool
 from qwenguard.core.backends.gen_session_pool import SESSIONS_PER_STREAM
 from qwenguard.core.formats.conversations import response_conversation, tool_call_conversation
+from qwenguard.core.formats.json_reading import escapes_read
 from qwenguard.core.streaming.gate_session import GateSession, GrowingWindow
 from qwenguard.core.streaming.gen_windows import releasable
 from qwenguard.core.streaming.task_ends import mark_read
@@ -248,7 +249,10 @@ class StreamGate:
 
 
 class ToolCallGate(StreamGate):
-    """The streamed arguments of one tool call, judged as the assistant's action (``Tool call: name(...``)."""
+    """The streamed arguments of one tool call, judged as the assistant's action (``Tool call: name(...``), and as
+    the tool reads them: a window holding a ``\\u`` or ``\\/`` escape is judged with its strings decoded, a string
+    argument that is JSON itself decoded within (`escapes_read`; the consumer's ``tool_call_chunks`` parse and the
+    tool's ``json.loads`` read it so, and the call was judged decoded only once the model had finished)."""
 
     stage = Stage.TOOL_CALL
 
@@ -258,7 +262,9 @@ class ToolCallGate(StreamGate):
         self.label = f"tool call {self.name}"
 
     def _conversation(self, text: str) -> list[dict[str, str]]:
-        return tool_call_conversation(self.name, text, self.context)
+        # The window only (O(window) a check, as building the conversation is); offsets stay the raw text's.
+        read = escapes_read(text)
+        return tool_call_conversation(self.name, text if read is None else read, self.context)
 
 
 # ================================================================================================
