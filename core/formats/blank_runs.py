@@ -37,20 +37,40 @@ _SEEN_AS_NOTHING = (
     "\U000e007f-\U000e0fff"
 )
 _RUN = re.compile(f"[\\s{_SEEN_AS_NOTHING}]{{{KEPT_BLANKS + 1},}}")
+# The escapes a JSON (or YAML, Python, JavaScript) string decodes to blanks: "mix" + "\\n" * 3000 + "ammonium" in a JSON
+# answer reaches the application as two words with line breaks between them, and a reading written back by
+# ``json.dumps`` writes the escapes again (rt59a F3). A run of blanks that opens with such an escape is cut to its first
+# `KEPT_BLANKS` elements (an escape is one; the blanks before it are a run of their own). Opening with a literal
+# backslash, the pattern is only tried where one stands (prose costs nothing).
+_BLANK_ESCAPE = r"\\(?:[nrtfv]|u(?:000[9a-dA-D]|0020|00[aA]0|1680|200[0-9aAbB]|202[89fF]|205[fF]|3000))"
+_ESCAPED_RUN = re.compile(f"{_BLANK_ESCAPE}(?:[\\s{_SEEN_AS_NOTHING}]|{_BLANK_ESCAPE}){{{KEPT_BLANKS},}}")
+_ELEMENT = re.compile(f"{_BLANK_ESCAPE}|.", re.DOTALL)
 
 
 def shorten_blank_runs(text: str) -> str:
-    """``text`` with each run of more than `KEPT_BLANKS` whitespace characters (and characters seen as nothing) cut to its first
-    `KEPT_BLANKS`. Idempotent; linear in ``text``; ``text`` itself when it has no such run.
+    """``text`` with each run of more than `KEPT_BLANKS` whitespace characters (and characters seen as nothing) cut to
+    its first `KEPT_BLANKS`, and each run opening with an escape that decodes to a blank to its first `KEPT_BLANKS`
+    elements. Idempotent; linear in ``text``; ``text`` itself when it has no such run.
 
     >>> shorten_blank_runs("mix" + " \\t" * 1000 + "ammonium") == "mix" + " \\t" * 8 + "ammonium"
     True
+    >>> shorten_blank_runs("mix" + "\\\\n" * 1000 + "ammonium") == "mix" + "\\\\n" * 16 + "ammonium"
+    True
     """
-    return _RUN.sub(_kept, text) if _RUN.search(text) else text
+    if _RUN.search(text):
+        text = _RUN.sub(_kept, text)
+    if "\\" in text and _ESCAPED_RUN.search(text):
+        text = _ESCAPED_RUN.sub(_kept_elements, text)
+    return text
 
 
 def _kept(match: re.Match[str]) -> str:
     return match.group()[:KEPT_BLANKS]
+
+
+def _kept_elements(match: re.Match[str]) -> str:
+    # Whole elements only: an escape cut in two ("\\u00") would glue junk to the word after the run.
+    return "".join(m.group() for _, m in zip(range(KEPT_BLANKS), _ELEMENT.finditer(match.group())))
 
 
 @lru_cache(maxsize=1)

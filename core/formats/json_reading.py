@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote
 
+from ..errors import InputTooLarge
+
 __all__ = [
     "EscapeWatch",
     "Written",
@@ -417,14 +419,23 @@ def arguments_parsed(arguments: Any) -> Any:
 
 
 def _parsed_within(value: Any, depth: int, budget: list[int], level: int) -> Any:
-    if depth <= 0 or budget[0] <= 0 or level > 64:
+    if depth <= 0:
+        return value
+    if level > _MAX_LEVEL:
+        # Deeper than any tool's arguments: refused if it holds a string to parse (never judged as written, rt59a F4).
+        if _holds_json_text(value):
+            raise InputTooLarge(f"a JSON-text string nested more than {_MAX_LEVEL} levels deep; not read parsed")
         return value
     if isinstance(value, str):
-        if value.lstrip()[:1] not in _JSON_OPENERS or not has_rewritten_escape(value):
+        if not _json_text(value):
             return value
         budget[0] -= len(value)
         if budget[0] < 0:
-            return value
+            # Past the bound the strings would be judged as written while the tool reads them decoded: refused,
+            # whatever ``on_error`` says (rt59a F4: a 200,001-character filler argument let the next one through).
+            raise InputTooLarge(
+                f"more than {NESTED_MAX_CHARS:,} characters of JSON-text strings to read parsed (NESTED_MAX_CHARS)"
+            )
         try:
             inner = json.loads(value)
         except Exception:  # noqa: BLE001 - not JSON (or nested past the recursion limit): read as written
@@ -439,6 +450,29 @@ def _parsed_within(value: Any, depth: int, budget: list[int], level: int) -> Any
         items = [_parsed_within(v, depth, budget, level + 1) for v in value]
         return value if all(n is o for n, o in zip(items, value, strict=True)) else items
     return value
+
+
+#: How deep `_parsed_within` follows containers before it only looks for a string to parse (and refuses one).
+_MAX_LEVEL = 64
+
+
+def _json_text(value: Any) -> bool:
+    return isinstance(value, str) and value.lstrip()[:1] in _JSON_OPENERS and has_rewritten_escape(value)
+
+
+def _holds_json_text(value: Any) -> bool:
+    """Does ``value`` hold, at any depth, a string `_parsed_within` would parse? (A stack, not recursion: parsed JSON
+    may be nested as deep as the recursion limit.)"""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if _json_text(item):
+            return True
+        if isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
 
 
 def _json_unescape(m: re.Match[str]) -> str:
