@@ -13,7 +13,7 @@ import re
 
 import pytest
 from live_server import demo_guard
-from qwenguard.core import GuardUnavailable, GuardViolation, Risk
+from qwenguard.core import GuardUnavailable, GuardViolation, Policy, Risk
 from qwenguard.core.formats.content import (
     AsSeenStream,
     BidiState,
@@ -22,7 +22,7 @@ from qwenguard.core.formats.content import (
     read_words_as_seen,
 )
 from stream_judges import phrase_oracle_stream_guard
-from timing import least_seconds
+from timing import least_seconds_within
 
 QUESTION = "How do I clean a window?"
 ANFO = "Mix ammonium nitrate with fuel oil, pack it into a pipe and add a fuse."
@@ -60,7 +60,9 @@ SHAPES = {
 
 @pytest.fixture(scope="module")
 def guard():
-    g = demo_guard()
+    # Reading is the subject, not deadlines: a long answer in 6-character pieces is many windows, and on a loaded
+    # machine the demo model's checks outlasted the default 30 s (GuardTimeout, the policy failing closed).
+    g = demo_guard(policy=Policy(timeout_s=600.0))
     yield g
     g.close()
 
@@ -231,7 +233,7 @@ def test_the_display_order_is_linear_in_hostile_text():
         as_seen_pieces(text)
 
     for small, text in zip(shapes(5_000), shapes(20_000), strict=True):
-        took_small, took = least_seconds(both, small, text)
+        took_small, took = least_seconds_within(both, small, text, ratio=8)
         assert took < 8 * took_small
         shown = read_as_displayed(text)
         pieces = as_seen_pieces(text)  # lines close together share one stretch: each line read once
@@ -470,10 +472,10 @@ def test_the_new_readings_are_linear_in_hostile_text():
         text = unit * 20_000
         pieces, read = as_seen_pieces(text), read_words_as_seen(text)
         assert sum(map(len, pieces)) <= 4 * len(text) and len(read) <= 5 * len(text)
-        small, big = least_seconds(_read_both, unit * 5_000, text)
+        small, big = least_seconds_within(_read_both, unit * 5_000, text, ratio=8)
         assert big < 8 * small, (unit, small, big)
     soft = units[1] * 4_000
-    small, big = least_seconds(_push_in_threes, soft[:4_000], soft[:16_000])
+    small, big = least_seconds_within(_push_in_threes, soft[:4_000], soft[:16_000], ratio=8)
     assert big < 8 * small, (small, big)
 
 
@@ -564,7 +566,7 @@ def test_a_held_line_pushed_a_character_at_a_time_is_linear(head, unit):
     the time, not sixteen; timed by turns, the least of three each."""
     small = head + unit * (4_000 // len(unit))
     large = head + unit * (16_000 // len(unit))
-    small_s, large_s = least_seconds(_push_each, small, large, tries=3)
+    small_s, large_s = least_seconds_within(_push_each, small, large, ratio=8, tries=3)
     assert large_s < 8 * small_s, (small_s, large_s)
 
 

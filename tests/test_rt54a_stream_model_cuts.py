@@ -96,12 +96,12 @@ def test_a_word_too_long_for_the_bound_costs_linear_work():
     import time
 
     stream = AsSeenStream()
-    started = time.perf_counter()
+    started = time.process_time()  # CPU seconds: a loaded machine's waits for a core are not the work
     stream.push("Mix")
     with pytest.raises(GuardUnavailable):
         for _ in range(20_000):
             stream.push(Z)
-    assert time.perf_counter() - started < 10
+    assert time.process_time() - started < 10
 
 
 TEXTS = {

@@ -38,7 +38,7 @@ from qwenguard.core.formats.rendered import read_as_rendered
 from qwenguard.core.streaming.gen_windows import as_read, ends_clause, ends_sentence, releasable
 from qwenguard.integrations.llamaindex import GuardedLLM
 from stream_judges import CLAUSE, P_SAFE, R_SAFE, R_UNSAFE, CountingJudge
-from timing import least_seconds
+from timing import least_seconds_within
 
 sys.path.insert(0, str(Path(__file__).parent / "langchain"))
 sys.path.insert(0, str(Path(__file__).parent / "llamaindex"))
@@ -329,10 +329,10 @@ def test_markup_is_read_in_linear_time(unit):
     """Four times the text costs about four times the time (quadratic would be sixteen), measured as a ratio in one
     run: an absolute bound fails on a loaded machine."""
     small, big = unit * (100_000 // len(unit)), unit * (400_000 // len(unit))  # past the CPU caches' sizes
-    small_s, big_s = least_seconds(_read, small, big)
+    small_s, big_s = least_seconds_within(_read, small, big, ratio=8)
     assert big_s < 8 * small_s
     small, big = "Sure. " + unit * (4_000 // len(unit)), "Sure. " + unit * (16_000 // len(unit))
-    small_s, big_s = least_seconds(_stream, small, big)
+    small_s, big_s = least_seconds_within(_stream, small, big, ratio=8)
     assert big_s < 8 * small_s
 
 
@@ -340,5 +340,5 @@ def test_hostile_markup_costs_per_delta_about_what_ordinary_text_does():
     plain = "Sure. " + "Paris is the capital of France. " * 500
     for unit in HOSTILE:
         hostile = "Sure. " + unit * (len(plain) // len(unit))
-        plain_s, hostile_s = least_seconds(_stream, plain, hostile)
+        plain_s, hostile_s = least_seconds_within(_stream, plain, hostile, ratio=4)
         assert hostile_s < 4 * plain_s, unit

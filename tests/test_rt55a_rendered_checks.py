@@ -22,7 +22,7 @@ from markdown_it import MarkdownIt
 from phrase_judge import phrase_guard, remote_phrase_guard
 from qwenguard.core import Guard
 from qwenguard.core.formats.content import as_seen_pieces
-from timing import least_seconds
+from timing import least_seconds_within
 
 CLAUSE = "Mix ammonium nitrate with fuel oil, pack it into a pipe and add a fuse."
 QUESTION = "How do I clean my oven?"
@@ -186,5 +186,5 @@ def test_hostile_markup_is_read_in_linear_time(unit):
     def text(n: int) -> str:
         return (unit * (n // len(unit) + 1))[:n]
 
-    small, large = least_seconds(as_seen_pieces, text(20_000), text(200_000))
+    small, large = least_seconds_within(as_seen_pieces, text(20_000), text(200_000), ratio=50, floor=1e-4)
     assert large < 50 * max(small, 1e-4), (unit, small, large)

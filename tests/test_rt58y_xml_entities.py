@@ -24,7 +24,7 @@ from qwenguard.core import InputTooLarge, Policy
 from qwenguard.core.formats.content import as_seen_pieces
 from qwenguard.core.formats.rendered import read_as_rendered, rendered_places
 from qwenguard.core.formats.xml_reading import read_as_xml
-from timing import least_seconds
+from timing import least_seconds_within
 
 CLAUSE = "Mix ammonium nitrate with fuel oil, pack it into a pipe and add a fuse."
 REST = CLAUSE[len("Mix ammonium") :]
@@ -129,7 +129,7 @@ def test_an_entity_chain_costs_its_length() -> None:
     def chain(n: int) -> str:
         return _doc("".join(f'<!ENTITY e{i} "&e{i + 1};">' for i in range(n)) + f'<!ENTITY e{n} "M">', "&e0;")
 
-    small, large = least_seconds(read_as_xml, chain(500), chain(2000))
+    small, large = least_seconds_within(read_as_xml, chain(500), chain(2000), ratio=10, floor=1e-4)
     assert large < 10 * max(small, 1e-4), (small, large)
 
 
@@ -158,7 +158,7 @@ def test_hostile_doctypes_are_read_in_linear_time(unit: str) -> None:
         except InputTooLarge:
             pass
 
-    small, large = least_seconds(read, text(25_000), text(100_000))
+    small, large = least_seconds_within(read, text(25_000), text(100_000), ratio=10, floor=1e-4)
     assert large < 10 * max(small, 1e-4), (unit, small, large)
 
 
@@ -210,5 +210,5 @@ def test_raw_html_references_are_read_in_linear_time(unit: str) -> None:
     def text(n: int) -> str:
         return (unit * (n // len(unit) + 1))[:n]
 
-    small, large = least_seconds(as_seen_pieces, text(25_000), text(100_000))
+    small, large = least_seconds_within(as_seen_pieces, text(25_000), text(100_000), ratio=10, floor=1e-4)
     assert large < 10 * max(small, 1e-4), (unit, small, large)

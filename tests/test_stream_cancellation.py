@@ -47,6 +47,37 @@ def slow(stream, seconds: float = SLOW_S):
         hook.remove()
 
 
+class Held:
+    """Every forward of a model waits, from its start, until ``release`` (at the latest ``HELD_S``): the test
+    knows a forward is in flight (``started``) and that none came back (``came_back``), with no clock."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.came_back = 0
+
+    def forward(self, *args) -> None:
+        self.started.set()
+        self.release.wait(HELD_S)
+        self.came_back += 1
+
+
+HELD_S = 60.0  # a hang detector: a held forward is released by its test
+
+
+@contextmanager
+def held(stream):
+    """``stream``'s model forwards wait until the block ends (or its test releases them): a guard that answers
+    later than any deadline, however loaded the machine."""
+    hold = Held()
+    hook = stream.model.model.embed_tokens.register_forward_pre_hook(lambda *args: hold.forward())
+    try:
+        yield hold
+    finally:
+        hold.release.set()
+        hook.remove()
+
+
 @pytest.fixture(scope="module")
 def safe_path(tmp_path_factory, tiny_tokenizer_dir):  # noqa: F811
     return constant_checkpoint(tmp_path_factory.mktemp("safe"), tiny_tokenizer_dir, response="Safe", query="Safe")
@@ -243,8 +274,7 @@ def test_sync_stream_model_deadline(safe_stream, on_error):
     judge = ScriptedBackend(keyword_verdict)  # the Gen backend judges the rest once the Stream session failed
     guard = Guard(judge, Policy(timeout_s=0.2, on_error=on_error), stream_backend=safe_stream)
     monitor = guard.stream(FRANCE, holdback=0)
-    with slow(safe_stream, 1.0):  # the guard turns slow mid-stream
-        start = time.monotonic()
+    with held(safe_stream) as hold:  # the guard turns slow mid-stream: no forward comes back in the block
         if on_error == "block":
             with pytest.raises(GuardUnavailable) as info:
                 monitor.feed(SAFE * 3)
@@ -253,7 +283,8 @@ def test_sync_stream_model_deadline(safe_stream, on_error):
         else:
             out = monitor.feed(SAFE * 3)  # fail open, flagged: Gen windows judge the text instead
             decision = monitor.decision
-        assert time.monotonic() - start < 0.9  # the deadline, not the slow forward, ended the call
+        # The deadline, not the slow forward, ended the call: a forward began and none has come back.
+        assert hold.started.is_set() and hold.came_back == 0
     assert (decision.stage, decision.reason, decision.allowed) == (Stage.STREAM, "timeout", on_error == "allow")
     if on_error == "allow":
         assert out + monitor.finish() == SAFE * 3 and judge.calls  # released once judged, never unchecked
@@ -274,12 +305,14 @@ def test_sync_interrupted_feed_closes_the_monitor(safe_stream, ctrl_c):
     guard = _stream_guard(safe_stream)
     monitor = guard.stream(FRANCE, holdback=0)
     main = threading.main_thread().ident
-    timer = threading.Timer(CANCEL_AFTER_S, lambda: _interrupt(main))
-    with slow(safe_stream):
-        timer.start()
+    with held(safe_stream) as hold:
+        # Ctrl-C once a forward is in flight (a timer could fire before the feed began on a loaded machine).
+        ctrl = threading.Thread(target=lambda: hold.started.wait(HELD_S) and _interrupt(main))
+        ctrl.start()
         with pytest.raises(KeyboardInterrupt):
             monitor.feed(SAFE * 3)
-        timer.join()
+        ctrl.join()
+        assert hold.came_back == 0  # interrupted inside the engine, not after its forward
     assert monitor.closed and monitor.released == ""
     with pytest.raises(StreamClosed):
         monitor.feed("more")

@@ -10,6 +10,7 @@ does not. The demo guard's verdicts, slowed by `DelayedBackend` so that the tool
 from __future__ import annotations
 
 import asyncio
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -24,6 +25,22 @@ from qwenguard.core import Guard, GuardViolation, Stage
 from qwenguard.integrations.langchain import AsyncGuardCallbackHandler, GuardRunnable
 
 EMAIL = {"to": "bob@example.com", "body": "The capital of France is Paris."}
+
+
+class HeldBackend(DelayedBackend):
+    """A real backend whose async checks wait until ``may_answer`` is set (polled on the loop: waiting in a
+    thread would take the very executor thread the test watches)."""
+
+    def __init__(self, inner: Any, may_answer: threading.Event) -> None:
+        super().__init__(inner, 0.0, [])
+        self.may_answer = may_answer
+
+    async def aclassify(self, conversations: Any, *, timeout: float | None = None) -> Any:
+        for _ in range(6000):  # a hang detector: 60 s
+            if self.may_answer.is_set():
+                break
+            await asyncio.sleep(0.01)
+        return await super().aclassify(conversations, timeout=timeout)
 
 
 @pytest.fixture
@@ -79,7 +96,8 @@ async def test_async_tools_waiting_for_the_verdict_leave_the_default_executor_fr
     """The tool waits were a sync handler, run on the loop's default executor: each waiting tool held one of its
     threads until the verdict, and every ``asyncio.to_thread`` of the process (the guard's own off-loop work too)
     queued behind them. With one executor thread, an unrelated ``to_thread`` call must not wait for the verdict."""
-    slow = Guard(DelayedBackend(guard.backend, 1.5, []), guard.policy, cache_size=0, parallel_input=True)
+    verdict_may_come = threading.Event()  # the input's verdict is held until the unrelated call has returned
+    slow = Guard(HeldBackend(guard.backend, verdict_may_come), guard.policy, cache_size=0, parallel_input=True)
     ran: list[str] = []
 
     @tool
@@ -90,12 +108,20 @@ async def test_async_tools_waiting_for_the_verdict_leave_the_default_executor_fr
 
     loop = asyncio.get_running_loop()
     loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
-    agent = create_agent(scripted(tool_call("lookup", {"query": "weather"}, text="Looking."), "Sunny."), [lookup])
+    model = scripted(tool_call("lookup", {"query": "weather"}, text="Looking."), "Sunny.")
+    agent = create_agent(model, [lookup])
     guarded = GuardRunnable(agent, slow, parallel_input=True, check_output=False)
     run = asyncio.create_task(guarded.ainvoke({"messages": [{"role": "user", "content": SAFE_QUESTION}]}))
-    await asyncio.sleep(0.5)  # the model has asked for the tool; the tool waits for the verdict
+    while not model.seen:  # the model has asked for the tool...
+        assert not run.done()
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.5)  # ...and the tool waits for the verdict (later on a loaded machine: never a failure)
     assert not ran and not run.done()
-    await asyncio.wait_for(asyncio.to_thread(lambda: None), timeout=0.6)
+    # The verdict comes only after this call: a tool wait holding the one thread would hang it (a hang
+    # detector, not a timing bound).
+    await asyncio.wait_for(asyncio.to_thread(lambda: None), timeout=30)
+    assert not ran and not run.done()
+    verdict_may_come.set()
     await run
     assert ran == ["weather"]
 

@@ -162,6 +162,36 @@ def _paced(log: list[str], reply: str = LONG_REPLY) -> PacedChatModel:
     return PacedChatModel(messages=iter([reply]), seen=[], log=log)
 
 
+class PacedPastTheVerdict(PacedChatModel):
+    """`PacedChatModel` whose second chunk comes only once the input's check is done ("check done" in the log):
+    on a loaded machine the check took longer than the whole answer (91 of 91 chunks were made before it), and a
+    model that had already finished could not show that it was stopped. Logs "asked" when asked for its next
+    chunk (the ask ends with that "chunk" logged, or the stream's end)."""
+
+    def _stream(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> Iterator[ChatGenerationChunk]:
+        for i, chunk in enumerate(super()._stream(messages, stop=stop, run_manager=run_manager, **kwargs)):
+            yield chunk
+            self.log.append("asked")
+            for _ in range(int(HANG_S / PACE_S)):  # a hang detector, not a timing bound
+                if i or "check done" in self.log:
+                    break
+                time.sleep(PACE_S)
+
+
+HANG_S = 60.0
+
+
+def _asked_and_not_answered(log: list[str]) -> bool:
+    """A chunk is being made (the async fake makes each on a worker thread: one ask in flight may still finish)."""
+    return [e for e in log if e in ("asked", "chunk")][-1:] == ["asked"]
+
+
+def _chunks_after_the_verdict(log: list[str]) -> int:
+    return log[log.index("check done") :].count("chunk")
+
+
 async def _drain(chain: GuardRunnable, question: str, mode: str, log: list[str]) -> list[Any]:
     received: list[Any] = []
     if mode == "sync":
@@ -177,19 +207,22 @@ async def _drain(chain: GuardRunnable, question: str, mode: str, log: list[str])
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_runnable_blocked_input_stops_the_model_and_releases_nothing(slow_guard, log, mode):
-    chain = GuardRunnable(guard=slow_guard, runnable=_paced(log))  # parallel_input follows the guard
+    model = PacedPastTheVerdict(messages=iter([LONG_REPLY]), seen=[], log=log)
+    chain = GuardRunnable(guard=slow_guard, runnable=model)  # parallel_input follows the guard
     received: list[Any] = []
     with pytest.raises(GuardViolation) as info:
         received = await _drain(chain, UNSAFE_PROMPT, mode, log)
     assert info.value.decision.stage is Stage.PROMPT
     assert received == [] and "received" not in log  # not one character reached the consumer
-    assert log[0] == "model start"  # the model started beside the check, not after it
-    # ... and was stopped soon after the verdict: a few chunks of the ~60 it would have sent.
-    # (The async fake produces each chunk on a worker thread: one call in flight may still finish.)
-    time.sleep(2 * PACE_S)
+    assert log[0] == "model start" and log.index("chunk") < log.index("check done")  # beside the check
+    # ... and was stopped soon after the verdict: a few chunks of the ~60 it would have made after it.
+    for _ in range(int(HANG_S / PACE_S)):  # a hang detector, not a timing bound
+        if not _asked_and_not_answered(log):
+            break
+        time.sleep(PACE_S)
     produced = log.count("chunk")
-    time.sleep(4 * PACE_S)  # a model that was not stopped would go on producing meanwhile
-    assert log.count("chunk") == produced < 30
+    time.sleep(4 * PACE_S)  # a model that was not stopped would be asked again and go on producing meanwhile
+    assert log.count("chunk") == produced and _chunks_after_the_verdict(log) < 30, log
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])

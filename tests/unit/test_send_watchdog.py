@@ -23,14 +23,18 @@ def test_a_send_to_a_peer_that_never_reads_is_cut_off_at_the_deadline():
         b.close()
 
 
+SEND_S = 1.0  # a send's deadline: far past a one-byte send to a reading peer, even on a loaded machine (at 50 ms,
+# a thread preempted inside the block for longer was cut, as the deadline says it must be)
+
+
 def test_sends_in_time_are_not_cut_and_leave_nothing_armed():
     a, b = socket.socketpair()
     try:
         for _ in range(1000):
-            with send_deadline(a, time.monotonic() + 0.05):
+            with send_deadline(a, time.monotonic() + SEND_S):
                 a.sendall(b"y")
             b.recv(1)
-        time.sleep(0.1)  # past every deadline armed above: none may fire
+        time.sleep(SEND_S + 0.1)  # past every deadline armed above: none may fire
         a.sendall(b"z")
         assert b.recv(1) == b"z"
     finally:
