@@ -11,6 +11,7 @@ import threading
 import time
 
 from faults import ScriptedBackend
+from qwenguard.core import GuardViolation
 
 R_SAFE = "Safety: Safe\nCategories: None\nRefusal: No"
 R_UNSAFE = "Safety: Unsafe\nCategories: Violent\nRefusal: No"
@@ -176,3 +177,19 @@ def phrase_oracle_stream_guard(read):
     guard.stream_backend = stream
     guard.fed = fed  # type: ignore[attr-defined]
     return guard
+
+
+def fed_in_pieces(guard, prompt: str, text: str, piece: int) -> tuple[str, bool]:
+    """``text`` fed to ``guard.stream(prompt)`` ``piece`` characters at a time: what the consumer received, and
+    whether the stream was stopped."""
+    shown = ""
+    monitor = guard.stream(prompt)
+    try:
+        for i in range(0, len(text), piece):
+            shown += monitor.feed(text[i : i + piece])
+        shown += monitor.finish()
+    except GuardViolation:
+        return shown, True
+    finally:
+        monitor.close()
+    return shown, False

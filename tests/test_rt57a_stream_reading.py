@@ -18,9 +18,8 @@ import random
 import re
 
 import pytest
-from qwenguard.core import GuardViolation
 from qwenguard.core.formats.content import AsSeenStream, read_as_displayed, read_words_as_seen
-from stream_judges import phrase_oracle_stream_guard
+from stream_judges import fed_in_pieces, phrase_oracle_stream_guard
 from timing import least_seconds_within
 
 RLM = "\u200f"
@@ -33,17 +32,7 @@ def _read(pieces: list[str], max_word: int = 256) -> str:
 
 def _run(guard, text: str, piece: int) -> tuple[str, bool]:
     """What the consumer received, and whether the stream was stopped."""
-    shown = ""
-    monitor = guard.stream("How do I clean a window?")
-    try:
-        for i in range(0, len(text), piece):
-            shown += monitor.feed(text[i : i + piece])
-        shown += monitor.finish()
-    except GuardViolation:
-        return shown, True
-    finally:
-        monitor.close()
-    return shown, False
+    return fed_in_pieces(guard, "How do I clean a window?", text, piece)
 
 
 # -- F3: markup inside a word of a script written without spaces -----------------------------------------------

@@ -60,8 +60,15 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import GuardUnavailable
-from .rendered import Rendered, may_render_differently, read_as_rendered
-from .xml_reading import XmlReading, may_read_as_xml, read_as_xml
+from .rendered import (
+    Rendered,
+    has_raw_html,
+    html_only_reference,
+    may_render_differently,
+    read_as_html,
+    read_as_rendered,
+)
+from .xml_reading import XmlReading, XmlScope, may_read_as_xml, read_as_xml
 
 __all__ = [
     "class_ranges",
@@ -1442,7 +1449,9 @@ class AsSeenStream:
     the rest. `start` and `end` map an offset in the text that went on to
     the offset in the text pushed (inside a word read differently: its start; its end only at its end), so
     spans of the text read stay spans of the text written, never past what was read. Offsets asked for
-    must not decrease (older mappings are dropped: memory stays bounded)."""
+    must not decrease (older mappings are dropped: memory stays bounded). A markup unit (a word with a CDATA section,
+    a reference to an entity a DOCTYPE came before, or a reference only an HTML5 parser decodes) waits for its line's
+    end and goes on as seen, then its line as the HTML and XML parsers read it (`_read_markup`)."""
 
     __slots__ = (
         "max_word",
@@ -1466,6 +1475,11 @@ class AsSeenStream:
         "_line",
         "_line_len",
         "_ref",
+        "_xml",
+        "_doc",
+        "_unit",
+        "_xml_from",
+        "_raw",
     )
 
     def __init__(self, *, max_word: int = 256) -> None:
@@ -1507,6 +1521,16 @@ class AsSeenStream:
         self._line_len = 0
         # The reference a forced cut waits before (its "&" in `pending`) and how far its body was checked.
         self._ref = (-1, -1)
+        # Markup units (`_markup_at`: a CDATA section, a reference to an entity a DOCTYPE may bind, a reference only an
+        # HTML5 parser decodes) wait for their line's end and are read as each parser reads the line (stop 58 X, X2,
+        # rt58g F6): the entities bound so far (`XmlScope`, fed the text as it goes on), whether a DOCTYPE came
+        # (pushed), the start of the unit waiting in `pending` (or -1), how far `pending` was looked at for one, and
+        # whether the paragraph that went on holds raw HTML.
+        self._xml = XmlScope()
+        self._doc = False
+        self._unit = -1
+        self._xml_from = 0
+        self._raw = False
 
     @property
     def as_written(self) -> bool:
@@ -1516,6 +1540,8 @@ class AsSeenStream:
     def push(self, text: str) -> str:
         new = len(self.pending)
         self.pending += text
+        if not self._doc and "E" in text and "<!DOCTYPE" in self.pending[max(0, new - 8) :]:
+            self._doc = True
         self._rtl.feed(self.pending, self._in)
         space = max(self.pending.rfind(c, new) for c in " \t\n\r") + 1
         if space:
@@ -1530,8 +1556,15 @@ class AsSeenStream:
             or self._rtl.first(self._in, end, hold=True) >= 0
         ):
             cut = self._line_cut(cut)
+        units = False
+        if self._unit >= 0 or _MARKUP_SIGN.search(self.pending, self._xml_from, cut):
+            cut, units = self._markup_cut(cut)
+        else:
+            self._xml_from = max(self._xml_from, cut)
         ready, self.pending = self.pending[:cut], self.pending[cut:]
         if ready:
+            self._unit = self._unit - cut if self._unit >= cut else -1
+            self._xml_from = max(0, self._xml_from - cut)
             self._ahead = None
             self._ref = (-1, -1)
             self._space = max(0, self._space - cut)
@@ -1541,7 +1574,7 @@ class AsSeenStream:
             )
             # A cut past the hint (at whitespace, or a forced one): the word left is looked at again, once.
             self._hint = self._hint - cut if self._hint >= cut else _first_hint(self.pending, self._space)
-        read = self._read(ready)
+        read = self._read(ready, units)
         self._rtl.drop(self._in)
         return read
 
@@ -1587,6 +1620,31 @@ class AsSeenStream:
                 "keeps its hidden characters in one piece cannot be read as it is seen"
             )
         return start
+
+    def _markup_cut(self, cut: int) -> tuple[int, bool]:
+        """``cut``, or the start of a markup unit (`_markup_at`) before it whose line has not ended: the unit waits
+        for its line break, up to `_line_chars` characters (then it goes on as it is, read as a unit). And whether
+        a unit goes on before the cut. Each place is looked at once."""
+        text = self.pending
+        units = False
+        while True:
+            if self._unit < 0:
+                at = _markup_at(text, self._xml_from, cut, self._doc or self._xml.seen)
+                if at < 0:
+                    self._xml_from = max(self._xml_from, cut)
+                    return cut, units
+                self._unit = max(text.rfind(c, 0, at) for c in " \t\n\r") + 1
+                self._xml_from = at
+            end = _line_end(text, self._xml_from)
+            if end < 0:
+                self._xml_from = len(text)
+                if len(text) - self._unit > self._line_chars:
+                    return cut, units or self._unit < cut
+                return min(cut, self._unit), units
+            if end >= cut:
+                self._xml_from = end
+                return min(cut, self._unit), units
+            self._unit, self._xml_from, units = -1, end, True  # the unit goes on whole: look on after it
 
     def _before_reference(self, text: str, start: int, cut: int) -> int:
         """``cut``, or the start of the character reference it would cut through. A reference's digits already
@@ -1710,6 +1768,7 @@ class AsSeenStream:
 
     def flush(self) -> str:
         ready, self.pending = self.pending, ""
+        self._unit, self._xml_from = -1, 0
         self._ahead = None
         self._space = self._scanned = 0
         self._safe = self._early = self._place = self._hint = -1
@@ -1718,7 +1777,89 @@ class AsSeenStream:
         self._rtl.drop(self._in)
         return read
 
-    def _read(self, text: str) -> str:
+    def _read(self, text: str, units: bool = True) -> str:
+        """``text`` as read: markup units (`_markup_at`, each to its line's end; none where ``units`` is false) as
+        every parser reads them, the rest as written or seen."""
+        if not text:
+            return ""
+        doc = self._doc or self._xml.seen
+        if not units or (at := _markup_at(text, 0, len(text), doc)) < 0:
+            if self._xml.scanning or "<" in text:
+                self._xml.feed(text)
+            else:
+                self._xml.fed += len(text)
+            return self._read_text(text)
+        parts: list[str] = []
+        done = 0
+        while at >= 0:
+            start = max(done, max(text.rfind(c, done, at) for c in " \t\n\r") + 1)
+            end = _line_end(text, at)
+            end = len(text) if end < 0 else end
+            self._xml.feed(text[done:start])
+            parts.append(self._read_text(text[done:start]))
+            parts.append(self._read_markup(text[start:end]))
+            done = end
+            at = _markup_at(text, done, len(text), doc or self._xml.seen)
+        self._xml.feed(text[done:])
+        parts.append(self._read_text(text[done:]))
+        return "".join(parts)
+
+    def _read_markup(self, unit: str) -> str:
+        """A markup unit: its words as seen, then its line (the part that went on before it too) as a browser's HTML
+        parser reads it (where the paragraph holds raw HTML: rt58g F6), then as an XML parser reads it, with the
+        entities the stream's DOCTYPEs bound (stop 58 X). One "word": each reading is read whole, joined to the
+        words before it (each holds its line) and the last to the words after it (a CDATA word's two readings were
+        one word each, so "M<![CDATA[i]]>x ammonium" read "Mix Mx ammonium")."""
+        line = self._line_text() + unit
+        scope = self._xml
+        before = (scope.entities, scope.expanded)
+        scope.feed(unit)
+        seen = "".join(_word_as_seen(w) for w in _words_and_gaps(unit))
+        readings = [seen]
+        self._raw = self._raw or has_raw_html(line)
+        if self._raw and any(html_only_reference(line, m.start()) for m in _AMPERSAND.finditer(line)):
+            readings.append(read_as_html(line))
+        after = (scope.entities, scope.expanded)
+        if "<!DOCTYPE" in unit:  # the line's references before it are bound as before it; the reading binds its own
+            scope.entities, scope.expanded = before
+        try:
+            readings.append(XmlReading(line, scope).span(0, len(line)))
+        finally:
+            scope.entities, scope.expanded = after
+        readings = [r for i, r in enumerate(readings) if r and (i == 0 or (r != line and r not in readings[:i]))]
+        if readings == [seen]:
+            return self._read_words_of(unit)
+        read = " ".join(
+            "".join(_word_as_seen(w) for w in _words_and_gaps(r)) if i else r for i, r in enumerate(readings)
+        )
+        return self._went_as(unit, read)
+
+    def _went_as(self, unit: str, read: str) -> str:
+        """``unit`` went on as ``read`` (one word read differently: its offsets map to the unit's span)."""
+        self._words.append((self._out, self._out + len(read), self._in, self._in + len(unit)))
+        self._pushed(unit)
+        self._went(unit)
+        self._in += len(unit)
+        self._out += len(read)
+        return read
+
+    def _read_words_of(self, unit: str) -> str:
+        self._pushed(unit)
+        return self._read_words(unit)
+
+    def _raw_html_on(self, text: str) -> None:
+        """Whether the paragraph holds raw HTML once ``text`` went on (a blank line starts a new one): looked at
+        once a line ends, each line once (a unit's own line is looked at when it is read)."""
+        line = self._line_text() + text
+        starts = [m.end() for m in _BLANK_LINE.finditer(line)]
+        if starts:
+            self._raw = has_raw_html(line[starts[-1] :])
+        elif not self._raw:
+            self._raw = has_raw_html(line)
+
+    def _read_text(self, text: str) -> str:
+        if "\n" in text:
+            self._raw_html_on(text)
         if not text or (
             text.isascii()
             and "\t" not in text
@@ -1803,12 +1944,7 @@ class AsSeenStream:
             if went and read.startswith(went):
                 read = read[len(went) :]
                 break
-        self._words.append((self._out, self._out + len(read), self._in, self._in + len(unit)))
-        self._pushed(unit)
-        self._went(unit)
-        self._in += len(unit)
-        self._out += len(read)
-        return read
+        return self._went_as(unit, read)
 
     def _read_words(self, text: str) -> str:
         self._went(text)
@@ -1823,26 +1959,13 @@ class AsSeenStream:
             return text
         parts: list[str] = []
         for word in _words_and_gaps(text):
-            read = self._word_read(word)
+            read = _word_as_seen(word)
             if len(read) != len(word) or (read != word and not read.isspace()):
                 self._words.append((self._out, self._out + len(read), self._in, self._in + len(word)))
             parts.append(read)
             self._in += len(word)
             self._out += len(read)
         return "".join(parts)
-
-    @staticmethod
-    def _word_read(word: str) -> str:
-        """`_word_as_seen`, and where an XML parser reads the word otherwise (a CDATA section, or its opener or
-        closer with the section cut at a space; rt58e F2), that reading first: the model reads each token once, so
-        the word goes on as both, the XML reading joined to the words before it, the rendered one to those after."""
-        read = _word_as_seen(word)
-        if ("<![CDATA[" not in word and "]]>" not in word) or not (xml := XmlReading(word)).places:
-            return read
-        parsed = xml.span(0, len(word))
-        if parsed in (read, word):
-            return read
-        return parsed if read == word else f"{parsed} {read}"
 
     def _locate(self, offset: int) -> tuple[int, int, int, int] | None:
         """The word read differently that ``offset`` falls in or last follows; older ones are dropped."""
@@ -1887,6 +2010,36 @@ _REFERENCE_BODY = re.compile("#?[xX]?[0-9a-fA-F]*|[A-Za-z][A-Za-z0-9]{0,31}")
 _HEX_RUN = re.compile("[0-9a-fA-F]*")
 _DROP_BIDI_UNSEEN = dict.fromkeys(map(ord, _BIDI_UNSEEN))  # `read_as_displayed` drops them
 _HINT = re.compile("[&<*~_`\\[\\\\]")  # `rendered._HINTS`: a character a markup construct needs
+
+
+_BLANK_LINE = re.compile("\n[ \t]*\n")
+_AMPERSAND = re.compile("&")
+_BREAK_CHAR = re.compile("[\n\r]")
+# Where a markup unit may start (`_markup_at`): a CDATA section's opener or closer, or a reference.
+_MARKUP_SIGN = re.compile(r"<!\[CDATA\[|\]\]>|&(?=[#A-Za-z_:\u0080-\U0010ffff])")
+_ENTITY_REFERENCE = re.compile(r"&([A-Za-z_:\u0080-\U0010ffff][A-Za-z_:\u0080-\U0010ffff0-9.\-]*);")
+_PREDEFINED = frozenset({"lt", "gt", "amp", "quot", "apos"})
+
+
+def _markup_at(text: str, start: int, end: int, doc: bool) -> int:
+    """Where the first markup unit's sign in ``text[start:end]`` is, or -1: a CDATA section's opener or closer (an
+    XML parser keeps its text, a browser drops it), a reference to a general entity once a DOCTYPE came (``doc``:
+    expat expands it), a reference only an HTML5 parser decodes ("&#77ix")."""
+    for m in _MARKUP_SIGN.finditer(text, start, end):
+        if m.group() != "&":
+            return m.start()
+        at = m.start()
+        if doc and (ref := _ENTITY_REFERENCE.match(text, at, end)) is not None and ref.group(1) not in _PREDEFINED:
+            return at
+        if html_only_reference(text, at, end):
+            return at
+    return -1
+
+
+def _line_end(text: str, at: int) -> int:
+    """Where the first line break in ``text`` at or after ``at`` is, or -1."""
+    m = _BREAK_CHAR.search(text, at)
+    return m.start() if m else -1
 
 
 def _first_hint(text: str, at: int) -> int:

@@ -30,6 +30,9 @@ import re
 __all__ = [
     "CHAR_REFERENCE",
     "decode_reference",
+    "html_only_reference",
+    "has_raw_html",
+    "read_as_html",
     "edited_span",
     "MARKUP",
     "Rendered",
@@ -371,6 +374,30 @@ def _as_html(text: str, a: int, b: int) -> str:
         at = end
     parts.append(html.unescape(text[at:b]))
     return _SPACES.sub(" ", "".join(parts))
+
+
+def html_only_reference(text: str, at: int, end: int | None = None) -> bool:
+    """Whether a reference starting at ``at`` ("&"; before ``end``) is one only an HTML5 parser decodes to a letter
+    or other character that is no escaped markup sign ("&#77ix", "&notit"; not "&#77;", which CommonMark decodes
+    too)."""
+    end = len(text) if end is None else end
+    m = _HTML5_REFERENCE.match(text, at, end)
+    return m is not None and CHAR_REFERENCE.match(text, at, end) is None and _shows(m)
+
+
+def has_raw_html(text: str) -> bool:
+    """Whether ``text`` holds raw HTML (a tag, comment, processing instruction, declaration or CDATA section)."""
+    return "<" in text and bool(_raw_html(text, 0, len(text)))
+
+
+def read_as_html(text: str) -> str:
+    """``text`` as a browser's HTML parser shows it (`_as_html`): raw HTML as nothing, references decoded with or
+    without their semicolon.
+
+    >>> read_as_html("<div>&#77ix ammonium</div>")
+    'Mix ammonium'
+    """
+    return _as_html(text, 0, len(text))
 
 
 def read_as_rendered(text: str) -> str:

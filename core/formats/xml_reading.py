@@ -20,7 +20,10 @@ recursion, so a chain of any depth is read (F7).
 Entity expansion is bounded (billion laughs): past `XML_EXPANSION_CHARS` characters expanded (or four times the
 text's length, if more) the answer cannot be read as an XML parser reads it and is refused (`InputTooLarge`,
 whatever ``on_error`` says: a client's text past a bound never fails open): no ordinary answer declares entities, and
-a reading cut at a cap would let the words past it through unread. The scan is linear in the text; closers are found once each."""
+a reading cut at a cap would let the words past it through unread. The scan is linear in the text; closers are found once each.
+
+A stream (the Stream model's reading, `content.AsSeenStream`) binds entities with `XmlScope`: the same binding, fed the
+text piece by piece, each character scanned once; its expansions share one budget for the whole stream."""
 
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from collections.abc import Iterator
 from ..errors import InputTooLarge
 from .rendered import CHAR_REFERENCE, decode_reference, edited_span
 
-__all__ = ["XML_EXPANSION_CHARS", "XmlReading", "may_read_as_xml", "read_as_xml", "xml_places"]
+__all__ = ["XML_EXPANSION_CHARS", "XmlReading", "XmlScope", "may_read_as_xml", "read_as_xml", "xml_places"]
 
 #: Entity expansion allowed before the reading gives up (fails closed), or four times the text's length if more.
 XML_EXPANSION_CHARS = 65536
@@ -121,12 +124,15 @@ class XmlReading:
     unseen: a reference, a CDATA section, a comment, a processing instruction) and the reading of any span of it
     (`span`), cut only between constructs of the whole text."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, scope: XmlScope | None = None) -> None:
         self.text = text
         self._budget = max(XML_EXPANSION_CHARS, 4 * len(text))
-        self._entities: _Entities = {}
-        self._expanded: dict[str, str] = {}
-        self.edits = self._edits(text, _Finder(text)) if may_read_as_xml(text) else []
+        # A stream's text (`XmlScope`): the entities bound before it, their expansions and the budget are the stream's.
+        self._scope = scope
+        self._entities: _Entities = scope.entities if scope is not None else {}
+        self._expanded: dict[str, str] = scope.expanded if scope is not None else {}
+        bound = bool(self._entities) and "&" in text
+        self.edits = self._edits(text, _Finder(text)) if bound or may_read_as_xml(text) else []
         self._starts = [e[0] for e in self.edits]
         self._ends = [e[1] for e in self.edits]
         self.places = [(a, b) for a, b, shown, kind in self.edits if _is_place(kind, shown)]
@@ -212,6 +218,9 @@ class XmlReading:
         return self._expanded[name]
 
     def _spend(self, chars: int) -> None:
+        if self._scope is not None:
+            self._scope.spend(chars)
+            return
         self._budget -= chars
         if self._budget < 0:
             raise InputTooLarge(
@@ -278,6 +287,162 @@ def _doctype(text: str, at: int, finder: _Finder) -> tuple[int, _Entities]:
         if head is not None and not head.group(1):  # a general entity ("%" declares a parameter entity)
             entities.setdefault(head.group(2), value)
         pos = end
+
+
+_DOCTYPE = "<!DOCTYPE"
+_PRE_SIGNS = re.compile("[\\[>\"']")
+_DECL_SIGNS = re.compile("[>\"']")
+_PE_PREFIX = re.compile(rf"%(?:{_NAME})?")
+#: An entity declaration (or any markup declaration of a DOCTYPE's subset) longer than this, still open in a stream:
+#: `InputTooLarge` (its text is kept until it closes).
+XML_DECLARATION_CHARS = 4 * XML_EXPANSION_CHARS
+
+
+class XmlScope:
+    """The general entities that the DOCTYPEs of a text arriving in pieces bind (rt58 X: the Stream model's reading
+    never expanded them): `feed` the text in order; `entities` are those bound so far, as `_doctype` binds them whole
+    (the internal subset's declarations in order, comments, processing instructions and quoted literals skipped, the
+    first declaration of a name winning, a later DOCTYPE starting over). Each character is scanned once: a scan that
+    needs more text waits where it stopped. Expansions read with it (`XmlReading(text, scope)`) share one budget,
+    `XML_EXPANSION_CHARS` or four times the text fed (billion laughs across many small pieces)."""
+
+    __slots__ = (
+        "entities",
+        "expanded",
+        "seen",
+        "scanning",
+        "fed",
+        "_buf",
+        "_state",
+        "_p",
+        "_d",
+        "_quote",
+        "_closer",
+        "_spent",
+    )
+
+    def __init__(self) -> None:
+        self.entities: _Entities = {}
+        self.expanded: dict[str, str] = {}
+        self.seen = False  # a DOCTYPE came
+        #: Whether text without a "<" may change what is bound (else the caller may only count it in `fed`).
+        self.scanning = False
+        self.fed = 0  # characters fed
+        self._buf = ""  # the text from the first place still to be read (a declaration's start while one is open)
+        self._state = ""  # "": outside a DOCTYPE; "pre", "subset", "close", "decl", "after"
+        self._p = 0  # where the scan goes on in `_buf`
+        self._d = 0  # where the open declaration starts in `_buf`
+        self._quote = ""  # the quoted literal the scan is in
+        self._closer = ""  # what closes the comment or processing instruction the scan is in
+        self._spent = 0
+
+    def spend(self, chars: int) -> None:
+        self._spent += chars
+        if self._spent > max(XML_EXPANSION_CHARS, 4 * self.fed):
+            raise InputTooLarge(
+                f"XML entities expanding past {max(XML_EXPANSION_CHARS, 4 * self.fed):,} characters cannot be read "
+                "as an XML parser reads them"
+            )
+
+    def feed(self, text: str) -> None:
+        """Read on through ``text`` (the stream's next characters as written)."""
+        if not text:
+            return
+        self.fed += len(text)
+        if not self.scanning and "<" not in text:  # most text: nothing to scan
+            return
+        self._buf += text
+        while self._step():
+            pass
+        keep = self._d if self._state == "decl" else self._p
+        if not self._state:
+            keep = max(keep, len(self._buf) - (len(_DOCTYPE) - 1))
+        if keep > 0:
+            self._buf, self._p, self._d = self._buf[keep:], self._p - keep, self._d - keep
+        self.scanning = bool(self._state) or "<" in self._buf
+        if self._state in ("decl", "subset") and len(self._buf) > XML_DECLARATION_CHARS:
+            raise InputTooLarge(
+                f"an XML declaration open past {XML_DECLARATION_CHARS:,} characters cannot be read as an XML parser "
+                "reads it"
+            )
+
+    def _step(self) -> bool:
+        """One step of the scan; False where it needs more text."""
+        buf, p = self._buf, self._p
+        state = self._state
+        if not state:
+            at = buf.find(_DOCTYPE, p)
+            if at < 0:
+                self._p = max(p, len(buf) - (len(_DOCTYPE) - 1))
+                return False
+            # A DOCTYPE binds the references after it, up to the next one.
+            self.seen = True
+            self.entities, self.expanded = {}, {}
+            self._state, self._p, self._quote = "pre", at + len(_DOCTYPE), ""
+            return True
+        if self._quote:
+            close = buf.find(self._quote, p)
+            if close < 0:
+                self._p = len(buf)
+                return False
+            self._quote, self._p = "", close + 1
+            return True
+        if state in ("pre", "decl"):
+            m = (_PRE_SIGNS if state == "pre" else _DECL_SIGNS).search(buf, p)
+            if m is None:
+                self._p = len(buf)
+                return False
+            sign, self._p = m.group(), m.end()
+            if sign in "\"'":
+                self._quote = sign
+            elif sign == "[":
+                self._state = "subset"
+            elif state == "pre":
+                self._state = ""  # ">": no internal subset
+            else:
+                self._declared(buf[self._d : m.end()])
+                self._state = "subset"
+            return True
+        if state == "close":
+            close = buf.find(self._closer, p)
+            if close < 0:
+                self._p = max(p, len(buf) - len(self._closer) + 1)
+                return False
+            self._state, self._p = "subset", close + len(self._closer)
+            return True
+        p = _BLANKS.match(buf, p).end()  # type: ignore[union-attr]
+        self._p = p
+        if p == len(buf):
+            return False
+        if state == "after":
+            self._state = ""  # ">" closes it; anything else is malformed: it ends there
+            self._p = p + 1 if buf[p] == ">" else p
+            return True
+        rest = buf[p : p + 4]
+        if buf[p] == "]":
+            self._state, self._p = "after", p + 1
+        elif rest in ("<", "<!", "<!-") or (buf[p] == "%" and _PE_PREFIX.fullmatch(buf, p) is not None):
+            return False  # may still become a comment, a declaration or a parameter-entity reference
+        elif rest == "<!--" or rest.startswith("<?"):
+            self._state, self._closer = "close", "-->" if rest == "<!--" else "?>"
+            self._p = p + 2  # as `_doctype` searches: "<!-->" closes at once
+        elif (pe := _PE_REFERENCE.match(buf, p)) is not None:
+            self._p = pe.end()
+        elif rest.startswith("<!"):
+            self._state, self._d, self._p = "decl", p, p + 2
+        else:
+            self._state = ""  # malformed: the DOCTYPE ends there (its entities stay bound)
+        return True
+
+    def _declared(self, decl: str) -> None:
+        """A whole markup declaration of the subset (up to its ">"): an internal general entity binds its name."""
+        head = _ENTITY_HEAD.match(decl)
+        if head is None or head.group(1) or head.group(2) in self.entities:
+            return
+        quote = decl[head.end() : head.end() + 1]
+        value = decl[head.end() + 1 : decl.index(quote, head.end() + 1)] if quote in ("'", '"') else None
+        self.entities[head.group(2)] = value
+        self.expanded.clear()  # an expansion read before may name it
 
 
 def read_as_xml(text: str) -> str:
