@@ -166,10 +166,15 @@ def _rendered_blind(text: str) -> str:
     return _space_blind(re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text))
 
 
-@pytest.mark.parametrize("pad", [" <!-- --> ", " [](#) ", " <b></b> "], ids=["comment", "empty link", "empty tag"])
+@pytest.mark.parametrize(
+    "pad",
+    [" <!-- --> ", " [](#) ", " <b></b> ", " <br> ", " <hr/> ", " [ ](#) ", " [\u3000](#) "],
+    ids=["comment", "empty link", "empty tag", "br", "hr", "blank link", "ideographic-space link"],
+)
 def test_markup_that_shows_nothing_between_spaced_words_is_no_padding_either(pad):
     """rt58f F2: short constructs a renderer shows as nothing, 1,500 of them set off by spaces: each hides too little to
-    be read as rendered, together they kept the two words apart; the text is read as rendered once."""
+    be read as rendered, together they kept the two words apart; the text is read as rendered once. rt59a F2: those
+    that show a blank (a line break, a rule, a link whose text is a space) count the same."""
     g = Guard.from_pretrained("demo", cache_size=0, policy=Policy.strict(), max_window_tokens=256, max_windows=512)
     g.backend.engine = PhraseEngine(g.backend.tokenizer, "mix ammonium", reading=_rendered_blind)
     try:

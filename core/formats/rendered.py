@@ -428,7 +428,7 @@ def _places(text: str, edits: list[tuple[int, int, str, str]]) -> tuple[list[tup
     hides = False
     run: list[int] = []  # [start, end] of consecutive markup with nothing between
     glued = False
-    unseen = 0  # characters of constructs that show nothing at all (a comment, an empty tag or link)
+    unseen = 0  # markup characters of constructs that show nothing or a blank (a comment, an empty tag or link, <br>)
 
     def close() -> None:
         if not run:
@@ -451,10 +451,11 @@ def _places(text: str, edits: list[tuple[int, int, str, str]]) -> tuple[list[tup
         if (b - a) - len(shown) > (_HIDDEN_LINK_CHARS if kind == "link" else _HIDDEN_CHARS) and kind != "code":
             places.append((a, b))
             hides = True
-        if not shown and kind != "code":
-            unseen += b - a
-            # Many short ones between spaced words (" <!-- --> " x 1,500): each hides little, all of them push the
-            # words apart as far as padding does (rt58f F2): the text is read as rendered, once.
+        if (not shown or shown.isspace()) and kind != "code":
+            unseen += b - a - len(shown)
+            # Many short ones between spaced words (" <!-- --> " x 1,500; " <br> " or "[ ](#)", which show a blank:
+            # rt59a F2): each hides little, all of them push the words apart as far as padding does (rt58f F2): the
+            # text is read as rendered, once.
             if unseen > _HIDDEN_PADDING_CHARS and not hides:
                 places.append((a, b))
                 hides = True
