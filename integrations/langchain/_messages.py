@@ -70,6 +70,7 @@ from .._common import (
     link_text,
     pairs_once,
 )
+from ._tool_errors import object_fields, object_text
 
 __all__ = [
     "DEFAULT_HISTORY_TURNS",
@@ -94,6 +95,11 @@ __all__ = [
     "command_messages",
     "is_update_pairs",
     "tool_output_text",
+    "tool_labels",
+    "opaque_output",
+    "tool_result_commands",
+    "command_rest",
+    "command_rest_text",
     "tool_text",
     "artifact_text",
     "AS_INPUT",
@@ -1716,37 +1722,94 @@ def tool_result_messages(result: Any) -> list[tuple[Any, BaseMessage]]:
     return out
 
 
-def tool_output_text(message: BaseMessage, budget: int) -> str:
+def tool_result_commands(result: Any) -> list[Any]:
+    """The LangGraph ``Command``s in a tool's result (the result itself, or the parts of a list; duck-typed)."""
+    parts = result if isinstance(result, (list, tuple)) else [result]
+    return [part for part in parts if hasattr(part, "update") and hasattr(part, "goto")]
+
+
+def command_rest(command: Any) -> list[Any]:
+    """What a ``Command`` hands the graph besides the messages of its ``update`` (`command_messages`): every other
+    value its update writes (a custom state key, ``structured_response``; in any form LangGraph takes: a mapping,
+    (channel, value) pairs, an object's other fields), and the payload of each ``Send`` in its ``goto`` (the input
+    the node it names is scheduled with), whatever graph it goes to (``Command.PARENT`` too)."""
+    update: Any = getattr(command, "update", None)
+    rest: list[Any] = []
+    if isinstance(update, Mapping):
+        rest += [value for key, value in update.items() if key != "messages"]
+    elif is_update_pairs(update):
+        rest += [value for key, value in update if key != "messages"]
+    elif update is not None and not isinstance(update, (list, tuple, BaseMessage, str)):
+        written = getattr(update, "messages", None)
+        rest += [value for value in object_fields(update, DEFAULT_MAX_CHARS) if value is not written]
+    goto: Any = getattr(command, "goto", None)
+    for target in goto if isinstance(goto, (list, tuple)) else [goto]:
+        if type(target).__name__ == "Send" and hasattr(target, "arg"):  # duck-typed: no langgraph import here
+            rest.append(target.arg)
+    return rest
+
+
+def command_rest_text(command: Any, budget: int) -> str:
+    """What a ``Command`` a tool returned writes besides its messages (`command_rest`), judged as the tool's output:
+    read as its artifact is (`artifact_text`), all of it or `InputTooLarge`."""
+    rest = command_rest(command)
+    return artifact_text(rest, budget) if rest else ""
+
+
+def opaque_output(result: Any) -> bool:
+    """Does a tool's result carry an artifact, another state key's value or a ``Send`` payload that is not a string?
+    The async hooks read such a result on a worker thread whatever its size: `_screening.built_off_loop` sizes strings,
+    mappings, lists, messages and dataclasses, not bytes (decoded to read) nor other objects (read by their fields):
+    15,000 slotted objects in an artifact held the loop 0.2 s. (A thread hop costs far less than the tool call.)"""
+    found = [getattr(m, "artifact", None) for _, m in tool_result_messages(result)]
+    found += [value for command in tool_result_commands(result) for value in command_rest(command)]
+    return any(value is not None and not isinstance(value, str) for value in found)
+
+
+def tool_labels(message: BaseMessage, tool: str | None = None) -> str:
+    """What a message a tool wrote carries beside its text, one a line: what a provider class sends with it
+    (`sent_labels`: its name, its ids that are words; not a `ToolMessage`'s name that is its ``tool``'s), and its
+    own ``id`` when it is words (the consumer reads it on every stream)."""
+    answered = {str(getattr(message, "tool_call_id", "") or ""): tool} if tool else None
+    own = getattr(message, "id", None)
+    labels = sent_labels(message, answered)
+    return "\n".join(t for t in (labels, own if worded(own) else "") if t)
+
+
+def tool_output_text(message: BaseMessage, budget: int, *, tool: str | None = None, labels: bool = False) -> str:
     """What a message a tool wrote says, judged as untrusted tool output: its text, an AI turn's tool calls
-    (`answer_tool_calls`), and a `ToolMessage`'s ``artifact`` (`artifact_text`, up to ``budget``)."""
+    (`answer_tool_calls`), and a `ToolMessage`'s ``artifact`` (`artifact_text`, up to ``budget``); with ``labels``,
+    its name and ids too (`tool_labels`; ``tool``: the name of the tool that wrote it, not judged as a name)."""
     calls = [(str(c.get("name") or ""), tool_arguments(c)) for c in answer_tool_calls(message)]
     text = with_tool_calls(tool_text(message, budget), calls)
+    named = tool_labels(message, tool) if labels else ""
     artifact = artifact_text(getattr(message, "artifact", None), budget)
-    return "\n".join(t for t in (text, artifact) if t)
+    return "\n".join(t for t in (text, named, artifact) if t)
 
 
 def artifact_text(artifact: Any, budget: int) -> str:
-    """The strings in a tool's artifact (``response_format="content_and_artifact"``: raw results the app
-    shows, which the model never reads), one a line: through mappings (keys too), lists and documents
-    (``page_content``, ``metadata``). Other objects are not text. Walked without recursion and only until
-    past ``budget`` characters (every item counts at least one, as `text_size` counts), so a huge or
-    self-containing artifact costs no more: text past the guard's ``max_chars`` is refused there
-    (`InputTooLarge`), never cut short unjudged."""
-    texts: list[str] = []
-    total, stack = 0, [artifact]
-    while stack and total <= budget:
-        item = stack.pop()
-        total += max(1, len(item)) if isinstance(item, str) else 1  # an empty string costs one too
-        room = budget - total + 1  # items beyond it cannot be reached before the walk stops
-        if isinstance(item, str):
-            texts.append(item)
-        elif isinstance(item, Mapping):
-            pairs = islice(item.items(), room)
-            stack.extend(reversed([x for pair in pairs for x in pair]))
-        elif isinstance(item, (list, tuple, set, frozenset)):
-            stack.extend(reversed(list(islice(item, room))))
-        elif isinstance(item, BaseMessage):
-            stack.append(message_text(item))
-        elif isinstance(getattr(item, "page_content", None), str):
-            stack.extend([getattr(item, "metadata", None), item.page_content])
-    return "\n".join(t for t in texts if t)
+    """What a consumer can read in a tool's artifact (``response_format="content_and_artifact"``: raw results the app
+    shows, which the model never reads), one text a line, read as an interrupt's payload is (`object_text`): strings
+    through mappings (keys too) and containers, the fields, attributes and slots of any object (a dataclass, a
+    pydantic model with its computed fields, a document's ``page_content`` and ``metadata``), the repr of an object
+    with none; a message as its text and labels; bytes as the text they hold, media bytes as none (`_bytes_text`, a
+    blob's rule). Walked without recursion and only until past ``budget`` characters (every item counts at least one):
+    a walk cut short returns a text past ``budget``, which the guard's ``max_chars`` refuses (`InputTooLarge`), or
+    raises it itself where what it read is shorter (a million zeros, then a sentence: never judged as its start)."""
+    text, whole = object_text([artifact], budget, _artifact_leaf)
+    if not whole and len(text) <= budget:  # past ``budget`` already, the guard refuses it (`InputTooLarge`) by size
+        raise InputTooLarge(f"a tool's output holds over {budget} characters or items: it cannot be judged whole")
+    return text
+
+
+def _artifact_leaf(item: Any) -> Any:
+    """An artifact's item read its own way (`object_text`): bytes by the blob rule, a message as its text and labels,
+    a document as its ``page_content`` and ``metadata`` (and its ``id``, when it is words)."""
+    if isinstance(item, _BYTES):
+        return _bytes_text(item) or ""
+    if isinstance(item, BaseMessage):
+        return "\n".join(t for t in (message_text(item), sent_labels(item)) if t)
+    if isinstance(getattr(item, "page_content", None), str):
+        own = getattr(item, "id", None)
+        return [item.page_content, getattr(item, "metadata", None), own if worded(own) else None]
+    return None

@@ -13,7 +13,7 @@ import hashlib
 import re
 import sys
 import types
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from itertools import islice
 from typing import Any
 
@@ -31,6 +31,7 @@ __all__ = [
     "interrupt_text",
     "interrupt_values",
     "object_fields",
+    "object_text",
     "written_messages",
 ]
 
@@ -202,43 +203,69 @@ def interrupt_values(error: BaseException) -> list[Any] | None:
 
 def interrupt_text(values: list[Any], budget: int) -> tuple[str, bool]:
     """What the interrupts' values say (`interrupt_values`), one text a line, and whether all of it was read within
-    ``budget`` characters: the strings in them, through mappings (keys too), lists and the fields of any other object
-    (`object_fields`: a pydantic model's, a dataclass's, a message's), as the application reads them; the repr only of
-    an object with no fields to read; numbers, booleans and ``None`` are not text. Walked without recursion, each
-    container or object once, and only until past ``budget`` (every item counts at least one): a payload not read
-    whole is not judged whole, and the caller blocks it (size alone never gets text through unjudged)."""
+    ``budget`` characters (`object_text`; bytes as UTF-8): a payload not read whole is not judged whole, and the
+    caller blocks it (size alone never gets text through unjudged)."""
+    return object_text(values, budget)
+
+
+def object_text(values: list[Any], budget: int, leaf: Callable[[Any], Any] | None = None) -> tuple[str, bool]:
+    """What ``values`` say as an application reads them, one text a line, and whether all of it was read within
+    ``budget`` characters: the strings in them, through mappings (keys too), any container by its items, and the
+    fields of any other object (`object_fields`: a pydantic model's, a dataclass's, a slotted object's, a message's);
+    the repr only of an object with no fields to read (escapes decoded, `_repr_read`); numbers, booleans, ``None`` and
+    empty strings are not text. ``leaf`` reads an item its own way first: what to read in its place (a text, "" for
+    none, a list of its parts), or ``None`` to walk it as above; bytes it leaves are read as UTF-8. Shared by a tool's
+    interrupts and its artifact (`_messages.artifact_text`).
+
+    Walked without recursion, each container or object once; only until past ``budget`` characters of text and
+    `_VISITS` times ``budget`` items visited (every item, a repeated, empty or non-text one too: the work stays linear
+    in ``budget``, whatever a shared list holds). The caller refuses what was not read whole."""
     texts: list[str] = []
-    total, stack = 0, list(reversed(values))
+    limit = _VISITS * (budget + 1)
+    total, visits, cut = 0, 0, False
+    stack = list(reversed(values))
     read: dict[int, Any] = {}  # containers and objects read already (kept, so that their ids stay theirs)
-    while stack and total <= budget:
+    while stack and total <= budget and visits <= limit:
         item = stack.pop()
-        total += 1
-        if isinstance(item, (bytes, bytearray)):
+        visits += 1
+        own = leaf(item) if leaf is not None and not isinstance(item, str) else None
+        if own is not None:
+            item = own
+        elif isinstance(item, (bytes, bytearray)):
             item = bytes(item).decode("utf-8", "replace")
         if isinstance(item, str):
-            texts.append(item)
-            total += len(item)
+            if item:
+                texts.append(item)
+                total += len(item)
             continue
         if item is None or isinstance(item, (bool, int, float)) or id(item) in read:
             continue
         read[id(item)] = item
+        room = limit - visits + 1  # items beyond it cannot be visited before the walk stops
+        parts: list[Any] | None = None
         if isinstance(item, Mapping):
-            pairs = islice(item.items(), budget - total + 1)
-            stack.extend(reversed([x for pair in pairs for x in pair]))
+            parts = [x for pair in islice(item.items(), room + 1) for x in pair]
+            cut |= len(parts) > 2 * room
         elif isinstance(item, Collection) and not isinstance(item, memoryview):
             # Any container by its items (a deque, a dict's views, an array: their repr wrote hidden characters as
             # escapes, rt58f F3)
             try:
-                stack.extend(reversed(list(islice(iter(item), budget - total + 1))))
+                parts = list(islice(iter(item), room + 1))
             except Exception:  # noqa: BLE001 - a container that fails to iterate: read by its repr below
-                stack.append(_repr_read(item))
-        elif fields := object_fields(item, budget - total + 1):
-            stack.extend(reversed(fields))
+                parts = [_repr_read(item)]
+            cut |= len(parts) > room
+        elif fields := object_fields(item, room):
+            parts = fields
         else:
             # The last resort, for an object that keeps no text where the application reads it: repr writes a hidden
             # character as its escape ("\\u200b"), which no reading as seen undoes: read decoded too (rt58a F3).
-            stack.append(_repr_read(item))
-    return "\n".join(t for t in texts if t), not stack and total <= budget
+            parts = [_repr_read(item)]
+        stack.extend(reversed(parts))
+    return "\n".join(texts), not stack and not cut and total <= budget
+
+
+#: How many items `object_text` visits per character of its budget, at most.
+_VISITS = 4
 
 
 _REPR_ESCAPE = re.compile(r"\\(?:x([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8}))")

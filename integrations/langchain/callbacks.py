@@ -32,7 +32,8 @@ not answer and the policy fails closed):
   call the answer asks for.
 - ``on_tool_start`` — the tool call (name + arguments) before the tool runs; ``on_tool_end`` — every
   message its result writes (its ``ToolMessage`` with its artifact, a LangGraph ``Command``'s messages, a
-  list of them: the tool has run; the result is stopped before anything reads it); ``on_tool_error`` — the
+  list of them; their names and worded ids), what a ``Command`` writes to other state keys and its ``Send``
+  payloads (the tool has run; the result is stopped before anything reads it); ``on_tool_error`` — the
   error's text and what it carries that a ``handle_tool_errors`` callable may write (its cause and context
   chain, args, notes, public string attributes: `error_texts`); a ``ToolNode`` with ``handle_tool_errors``
   writes the guard's stop in its place. The message a ``ToolNode`` writes for a failed call is judged too, at
@@ -104,13 +105,16 @@ from ._messages import (
     AS_INPUT,
     DEFAULT_HISTORY_TURNS,
     Item,
+    command_rest_text,
     guard_history,
     input_items,
     message_text,
+    opaque_output,
     output_items,
     prompt_items,
     source_text,
     tool_output_text,
+    tool_result_commands,
     tool_result_messages,
     tool_text,
 )
@@ -641,16 +645,20 @@ class _GuardHandlerLogic:
 
     def _tool_end_reading(self, output: Any, tool: str | None) -> list[Item]:
         """The tool's result: every message it writes to the state (`tool_result_messages`: its `ToolMessage`
-        with its artifact, a LangGraph ``Command``'s messages, a list of them), or its text. Touches no run state
-        (the async handler reads a large result on a worker thread); `Produced` is safe to write from one."""
+        with its artifact, a LangGraph ``Command``'s messages, a list of them), each with its name and ids
+        (`tool_output_text`), what each ``Command`` hands the graph besides (`command_rest_text`: other state keys,
+        ``Send`` payloads; rt59c F2, F4), or its text. Touches no run state (the async handler reads a large result on
+        a worker thread); `Produced` is safe to write from one."""
         written = tool_result_messages(output)
         # What the tool wrote is the application's own when the model reads it back (`Produced`): judged there under
         # its stage (and ``check_tool_results``), not as a client's (`AS_INPUT`).
         self._produced.record([message for _, message in written])
         if not self.check_tool_results:
             return []
-        texts: list[str | None] = [tool_output_text(message, self.guard.max_chars) for _, message in written]
-        if not written:
+        budget = self.guard.max_chars
+        texts: list[str | None] = [tool_output_text(message, budget, tool=tool, labels=True) for _, message in written]
+        texts += [command_rest_text(command, budget) for command in tool_result_commands(output)]
+        if not written and not any(texts):
             texts = [message_text(output) if isinstance(output, str) else _plain_text(output)]
         return self._tool_output_items(texts, tool, "tool result")
 
@@ -1061,7 +1069,10 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
         run = self._drop(run_id)
         tool = run.tool if run else None
         # A result of 100,000 content blocks held the loop 0.45 s here (rt55b F4): read on a worker thread.
-        items = await built_off_loop(lambda: self._tool_end_reading(output, tool), output)
+        if opaque_output(output):  # an artifact of bytes or objects: not sized, read off the loop
+            items = await asyncio.to_thread(self._tool_end_reading, output, tool)
+        else:
+            items = await built_off_loop(lambda: self._tool_end_reading(output, tool), output)
         if items:
             raise_first(items, await ascreen(self.guard, items))
 

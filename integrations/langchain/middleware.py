@@ -19,7 +19,9 @@ Where it looks (every step is one batched guard call):
   by id); verdicts already given are cached.
 - ``wrap_tool_call``: the tool call again right before ``handler`` (the last line of defence; the
   verdict is cached), and the tool's result right after it: every message it writes to the state
-  (`tool_result_messages`), its artifact too, a sub-agent's handoff raised out of the tool
+  (`tool_result_messages`), its artifact, name and worded ids too, what a ``Command`` writes to any other state key
+  and its ``Send`` payloads (`command_rest`: blocked, the call's notice is the whole result), a sub-agent's handoff
+  raised out of the tool
   (``Command(graph=Command.PARENT)``) too, and the text of an interrupt it raises to the run's caller. The tool runs out of sight of the run's callbacks, which hear
   its end with the judged result, and of the parent's stream: a sub-agent it runs streams to no one and is
   saved in the thread only where it must be resumed (`_held_tool.py`).
@@ -62,6 +64,7 @@ the config: it waits for the verdict at the first token and before any tool.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -102,16 +105,21 @@ from ._messages import (
     DEFAULT_HISTORY_TURNS,
     Item,
     command_messages,
+    command_rest_text,
     guard_history,
     input_items,
     is_update_pairs,
     label_item,
     message_text,
+    opaque_output,
     output_items,
     tool_arguments,
+    tool_labels,
     tool_output_text,
+    tool_result_commands,
     tool_result_messages,
     tool_text,
+    worded,
 )
 from ._screening import METADATA_KEY, ascreen, blocked_pairs, built_off_loop, require_guard, screen
 from ._stopped_calls import StoppedCalls
@@ -146,6 +154,11 @@ _ANSWER_BOOKKEEPING_KEYS = frozenset(
 )
 #: Marks the record of a message other than a `ToolMessage` that a tool wrote and `wrap_tool_call` withheld.
 _WRITTEN_BY_TOOL = "written_by_tool"
+#: Marks (in `Item.extra`) a tool's result judged with its name (`tool_labels`): the notice drops the name.
+_NAMED = "named"
+#: Marks (in `Item.extra`) the check of what a tool's ``Command`` hands the graph besides its messages (`command_rest`):
+#: blocked, the call's notice is the whole result.
+_WHOLE = "whole_result"
 
 
 #: The name a withheld earlier answer's tool calls keep (the provider reads the call back without its text).
@@ -312,6 +325,20 @@ def _inner_commands(handler: Any) -> list[Any] | None:
                 return None
             return found if isinstance(found, list) else None
     return None
+
+
+async def _read_off_loop(make: Callable[[], Any], value: Any, result: Any = None) -> Any:
+    """``make()`` (reading a tool's result, ``value``) off the loop when it is large (`built_off_loop`), or when the
+    result carries what cannot be sized before it is read (`opaque_output`: an artifact of objects or bytes): its
+    checks' texts are as long as what they read, and fingerprinting them held the loop too."""
+    if opaque_output(value if result is None else result):
+        return await asyncio.to_thread(make)
+    return await built_off_loop(make, value)
+
+
+def _judged_id(item: Item, message: BaseMessage) -> dict[str, Any]:
+    """A tool's message judged with its id (words, `tool_labels`): blocked, its notice goes under a new one."""
+    return {"id": None} if item.extra.get(_NAMED) and worded(message.id) else {}
 
 
 def _written_by_tool(message: BaseMessage) -> bool:
@@ -531,9 +558,9 @@ class GuardMiddleware(AgentMiddleware):
         message = item.message
         assert message is not None
         if isinstance(message, ToolMessage):
-            # A name judged and blocked (`label_item`: ChatMistralAI and ChatGoogleGenerativeAI send it) goes, and is
-            # not written into the notice either.
-            by_name = item.stage is Stage.PROMPT
+            # A name judged and blocked (`label_item`: ChatMistralAI and ChatGoogleGenerativeAI send it; a tool's
+            # result judged with its name, `_result_items`) goes, and is not written into the notice either.
+            by_name = item.stage is Stage.PROMPT or bool(item.extra.get(_NAMED))
             return message.model_copy(
                 update={
                     "content": self._notice(
@@ -543,12 +570,14 @@ class GuardMiddleware(AgentMiddleware):
                     "artifact": None,  # judged with the content (`tool_output_text`): withheld with it
                     "response_metadata": _with_decision(message.response_metadata, decision),
                     **({"name": None} if by_name else {}),
+                    **_judged_id(item, message),
                 }
             )
         update: dict[str, Any] = {
             "content": self._notice(self.input_notice, decision),
             "response_metadata": _with_decision(message.response_metadata, decision),
             "name": None,  # sent with the message, and judged with it (`sent_labels`)
+            **_judged_id(item, message),
         }
         # What an earlier answer carried beside its content goes with it: a provider class may send it back
         # (the Responses API's reasoning and tool output items).
@@ -871,33 +900,52 @@ class GuardMiddleware(AgentMiddleware):
     # A sub-agent the tool runs may hand back with ``Command(graph=Command.PARENT, update=...)``: LangGraph raises it
     # out of the tool as a ``ParentCommand`` and writes its update to the graph above, past any result the guard
     # reads. Its messages are what the tool's run writes to the state: judged as a returned Command's (rt57b F1).
-    def _handed_up_items(self, error: BaseException) -> list[Item] | None:
-        """The checks of the messages a ``ParentCommand`` raised out of the tool writes (`bubbled_command`), or
-        ``None`` where ``error`` is none or they have nothing to judge."""
+    def _handed_up_items(self, request: Any, error: BaseException) -> list[Item] | None:
+        """The checks of what a ``ParentCommand`` raised out of the tool writes (`bubbled_command`: its messages, the
+        rest of its update, its ``Send`` payloads), or ``None`` where ``error`` is none or they have nothing to
+        judge."""
         command = bubbled_command(error)
-        return (self._result_items(command) or None) if command is not None else None
+        return (self._result_items(request, command) or None) if command is not None else None
 
-    def _handed_up(self, error: BaseException, items: list[Item], decisions: list[Decision]) -> BaseException:
+    def _handed_up(
+        self, error: BaseException, items: list[Item], decisions: list[Decision]
+    ) -> BaseException | ToolMessage:
         """The ``ParentCommand`` to raise: ``error`` itself, its Command's blocked messages replaced by notices
-        (`_withheld`; ``"error"``: `GuardViolation` raised), as LangGraph rewrites it on its way up (``args``)."""
+        (`_withheld`; ``"error"``: `GuardViolation` raised), as LangGraph rewrites it on its way up (``args``); or,
+        where what it writes besides its messages is blocked, the notice the tool's call gets instead (the handoff
+        does not happen)."""
         command = bubbled_command(error)
         judged = self._withheld(command, items, decisions)
         self._produced.record_result(judged)  # the agent's tool wrote it: its own, as a returned result
+        if isinstance(judged, ToolMessage):
+            return judged
         if judged is not command:
             error.args = (judged,)
         return error
 
-    def _result_items(self, result: Any) -> list[Item]:
+    def _result_items(self, request: Any, result: Any) -> list[Item]:
         """The tool's result: every message it writes to the state (`tool_result_messages`: its `ToolMessage`,
-        a ``Command``'s messages, a list of them), each untrusted content (`tool_output_text`)."""
+        a ``Command``'s messages, a list of them), each untrusted content with its name and ids (`tool_output_text`),
+        and what each ``Command`` in it hands the graph besides (`command_rest_text`: other state keys, ``Send``
+        payloads; rt59c F2, F4), one check a Command, whose block withholds the whole result (`_withheld`)."""
         if not self.check_tool_results:
             return []
+        call = request.tool_call
+        tool = str(call.get("name") or "")
         items = []
         for entry, message in tool_result_messages(result):
-            text = tool_output_text(message, self.guard.max_chars)
+            text = tool_output_text(message, self.guard.max_chars, tool=tool, labels=True)
             if text.strip():
                 conversation = untrusted_conversation(text, "tool output")
-                items.append(Item(Stage.TOOL_RESULT, conversation, message, extra={"entry": entry}))
+                named = bool(tool_labels(message, tool))  # a name judged with it goes with it (`_redact_input`)
+                items.append(Item(Stage.TOOL_RESULT, conversation, message, extra={"entry": entry, _NAMED: named}))
+        for command in tool_result_commands(result):
+            text = command_rest_text(command, self.guard.max_chars)
+            if text.strip():
+                # Judged as the call's result: blocked, the call's notice is the whole result.
+                written = ToolMessage(content=text, tool_call_id=call.get("id") or "", name=tool or "tool")
+                conversation = untrusted_conversation(text, "tool output")
+                items.append(Item(Stage.TOOL_RESULT, conversation, written, extra={"entry": None, _WHOLE: True}))
         return items
 
     def _withheld(self, result: Any, items: list[Item], decisions: list[Decision]) -> Any:
@@ -908,6 +956,11 @@ class GuardMiddleware(AgentMiddleware):
             return result
         if self.exit_behavior == "error":
             enforce(blocked[0][1])
+        whole = [(item, d) for item, d in blocked if item.extra.get(_WHOLE)]
+        if whole:  # what a Command hands the graph besides its messages: no part of the result goes on
+            notice = self._redact_input(*whole[0])
+            assert isinstance(notice, ToolMessage)
+            return notice
         notices = {id(item.extra["entry"]): self._withheld_message(item, d) for item, d in blocked}
         return _with_notices(result, notices)
 
@@ -1213,7 +1266,7 @@ class GuardMiddleware(AgentMiddleware):
         self, request: Any, handler: Callable[[Any], Awaitable[ToolMessage | Command]]
     ) -> ToolMessage | Command:
         result = await self._awrap_tool_call(request, handler)
-        return await built_off_loop(lambda: self._produced.record_result(result), result)  # fingerprints: reads it
+        return await _read_off_loop(lambda: self._produced.record_result(result), result)  # fingerprints: reads it
 
     def _wrap_tool_call(self, request: Any, handler: Callable[[Any], ToolMessage | Command]) -> ToolMessage | Command:
         with self._stopped.watching(request):  # a retry around this middleware does not run the tool again
@@ -1229,10 +1282,10 @@ class GuardMiddleware(AgentMiddleware):
             run.start()
             try:
                 result = handler(run.request)
-                items = [] if run.is_notice(result) else self._result_items(result)
+                items = [] if run.is_notice(result) else self._result_items(request, result)
                 judged = self._withheld(result, items, screen(self.guard, items)) if items else result
             except BaseException as error:
-                handed_up = self._handed_up_items(error)
+                handed_up = self._handed_up_items(request, error)
                 failed = self._error_item(request, error) if handed_up is None else None
                 if failed is None and handed_up is None:
                     run.error(error)
@@ -1248,6 +1301,9 @@ class GuardMiddleware(AgentMiddleware):
                 except QwenGuardError as stop:
                     run.error(stop)
                     raise
+                if isinstance(bubbling, ToolMessage):  # withheld whole: the call's notice is its result
+                    run.end(bubbling)
+                    return bubbling
                 run.error(bubbling)
                 raise bubbling
             assert failed is not None
@@ -1272,16 +1328,20 @@ class GuardMiddleware(AgentMiddleware):
             try:
                 result = await handler(run.request)
                 items = (
-                    [] if run.is_notice(result) else await built_off_loop(lambda: self._result_items(result), result)
+                    []
+                    if run.is_notice(result)
+                    else await _read_off_loop(lambda: self._result_items(request, result), result)
                 )
                 if items:
                     decisions = await ascreen(self.guard, items)
-                    judged = await built_off_loop(lambda: self._withheld(result, items, decisions), result)
+                    judged = await _read_off_loop(lambda: self._withheld(result, items, decisions), result)
                 else:
                     judged = result
             except BaseException as error:
                 raised = error  # an interrupt's payload or a handoff's messages: read off the loop when large
-                handed_up = await built_off_loop(lambda: self._handed_up_items(raised), raised.args)
+                handed_up = await _read_off_loop(
+                    lambda: self._handed_up_items(request, raised), raised.args, bubbled_command(raised)
+                )
                 failed = (
                     await built_off_loop(lambda: self._error_item(request, raised), raised.args)
                     if handed_up is None
@@ -1298,10 +1358,15 @@ class GuardMiddleware(AgentMiddleware):
                 up = handed_up
                 try:
                     verdicts = await ascreen(self.guard, up)
-                    bubbling = await built_off_loop(lambda: self._handed_up(caught, up, verdicts), caught.args)
+                    bubbling = await _read_off_loop(
+                        lambda: self._handed_up(caught, up, verdicts), caught.args, bubbled_command(caught)
+                    )
                 except QwenGuardError as stop:
                     await run.aerror(stop)
                     raise
+                if isinstance(bubbling, ToolMessage):
+                    await run.aend(bubbling)
+                    return bubbling
                 await run.aerror(bubbling)
                 raise bubbling
             assert failed is not None
