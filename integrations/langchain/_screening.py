@@ -7,16 +7,14 @@ first blocking decision, in message order, is the one reported.
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
 from qwenguard.core import Action, Decision, Guard, Policy, Stage, enforce
 from qwenguard.core.formats.conversations import RunsJudged
 
 from .._common import require_guard
+from .._off_loop import off_loop
 from ._messages import AS_ANSWER, AS_INPUT, Item
 
 __all__ = [
@@ -33,9 +31,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-#: Messages and characters an async call reads on the event loop at most to build its checks; a larger input is
-#: read on a worker thread (a client's 10,000-turn history held the loop 0.3-1.7 s, rt51b F7).
-OFF_LOOP_SIZE = 20_000
 
 #: Key under which a Decision is attached to message / document metadata.
 METADATA_KEY = "qwenguard"
@@ -113,44 +108,7 @@ def raise_first(items: Sequence[Item], decisions: Sequence[Decision]) -> None:
         enforce(found[1])
 
 
-def _size(value: Any, budget: int) -> int:
-    """Messages, documents, items and characters in ``value``, counted until past ``budget``. Every field of a
-    message or a document (pydantic models: an artifact, metadata) and of a dataclass (a LangGraph ``Command``, a
-    ``ModelResponse``) counts: the guard reads them too (4,000 documents of 200 metadata entries counted 4,000, and
-    were read on the loop for a second, rt55b F4). The common types are tested first: this runs on the loop."""
-    total, stack = 0, [value]
-    while stack and total <= budget:
-        item = stack.pop()
-        kind = type(item)
-        if kind is str:
-            total += len(item)
-            continue
-        total += 1
-        if kind is dict:
-            stack.extend(item.values())
-        elif kind is list or kind is tuple:
-            stack.extend(item)
-        elif kind in _SCALARS:
-            continue
-        elif isinstance(item, str):
-            total += len(item) - 1
-        elif isinstance(item, BaseModel):  # a message, a document
-            stack.extend(getattr(item, "__dict__", {}).values())
-        elif isinstance(item, Mapping):
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple, set, frozenset)):
-            stack.extend(item)
-        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
-            stack.extend(getattr(item, field.name, None) for field in dataclasses.fields(item))
-    return total
-
-
-_SCALARS = frozenset({int, float, bool, type(None), bytes})
-
-
 async def built_off_loop(make: Callable[[], T], value: Any) -> T:
     """``make()`` (an async call's checks built from ``value``): on a worker thread when ``value`` is large, so that
     reading a long history never holds the event loop; on the loop otherwise (a thread hop costs more there)."""
-    if _size(value, OFF_LOOP_SIZE) > OFF_LOOP_SIZE:
-        return await asyncio.to_thread(make)
-    return make()
+    return await off_loop(make, value)

@@ -34,10 +34,11 @@ from pydantic import ConfigDict, field_validator
 from qwenguard.core import Action, Decision, Guard, enforce
 from qwenguard.core.formats.identifiers import is_opaque_id
 
+from .._off_loop import OFF_LOOP_SIZE
 from . import _out_of_sight as out_of_sight
 from ._messages import artifact_text
 from ._options import by_keyword, known_fields, refuse_unknown
-from ._screening import METADATA_KEY, OFF_LOOP_SIZE, built_off_loop, require_guard
+from ._screening import METADATA_KEY, built_off_loop, require_guard
 
 __all__ = ["GuardDocumentCompressor", "GuardedRetriever", "OnViolation", "document_text"]
 

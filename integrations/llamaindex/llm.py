@@ -83,7 +83,7 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr, SerializeAsAny
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
 from llama_index.core.llms.utils import parse_partial_json
-from llama_index.core.prompts import BasePromptTemplate
+from llama_index.core.prompts import BasePromptTemplate, ChatPromptTemplate
 from llama_index.core.types import Model
 from qwenguard.core import Action, Decision, Guard, Policy, enforce
 from qwenguard.core.formats.conversations import (
@@ -105,6 +105,7 @@ from qwenguard.core.streaming.wakeup import (
 from qwenguard.core.verdict import Stage
 
 from .._common import reply_actions, require_guard
+from .._off_loop import off_loop
 from ._component import GuardComponent
 from ._json_reading import ReadingHold, reading_checks
 from ._messages import (
@@ -434,7 +435,10 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         """A template call with its variables computed once (`resolve_template`: the wrapped LLM formats the very
         text judged), and its checks by variable; no plan when no query variable is recognised or the text the
         template substitutes is not known: the formatted prompt is then judged (`_template_variables`)."""
-        call = resolve_template(prompt, prompt_args, llm=self, max_chars=self.guard.max_chars)
+        return self._plan_call(resolve_template(prompt, prompt_args, llm=self, max_chars=self.guard.max_chars))
+
+    def _plan_call(self, call: TemplateCall) -> tuple[TemplateCall, _Plan | None]:
+        """`_resolve`'s checks of a resolved call (the reading: on a worker thread for a large async call)."""
         plan = None
         if call.exact:
             plan = plan_template(
@@ -629,10 +633,14 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         self._passed(plan, response.message, calls)
         return response
 
+    # The async twins build their checks with `off_loop`: reading a long input or answer (its JSON or YAML reading,
+    # the actions a component parses out of it) runs on a worker thread, never on the event loop.
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        plan = await self._astart_inputs(self._plan_messages(messages, kwargs))
+        plan = await self._astart_inputs(
+            await off_loop(lambda: self._plan_messages(messages, kwargs), messages, kwargs)
+        )
         response = await self._race(plan, self.llm.achat(messages, **kwargs))
-        checks, calls = self._chat_checks(plan, response)
+        checks, calls = await off_loop(lambda: self._chat_checks(plan, response), response)
         await self._ascreen(checks, plan)
         self._passed(plan, response.message, calls)
         return response
@@ -645,9 +653,9 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         return response
 
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        plan = await self._astart_inputs(self._plan_prompt(prompt))
+        plan = await self._astart_inputs(await off_loop(lambda: self._plan_prompt(prompt), prompt))
         response = await self._race(plan, self.llm.acomplete(prompt, formatted=formatted, **kwargs))
-        await self._ascreen(self._completion_checks(plan, response))
+        await self._ascreen(await off_loop(lambda: self._completion_checks(plan, response), response))
         return response
 
     def _chat_checks(self, plan: _Plan, response: ChatResponse) -> tuple[Checks, list[ToolSelection]]:
@@ -682,8 +690,10 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         return self._guard_chat_stream(plan, self.llm.stream_chat(messages, **kwargs), hold)
 
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        plan = await self._astart_inputs(self._plan_messages(messages, kwargs))
-        hold = ActionHold.for_messages(messages)
+        planned, hold = await off_loop(
+            lambda: (self._plan_messages(messages, kwargs), ActionHold.for_messages(messages)), messages, kwargs
+        )
+        plan = await self._astart_inputs(planned)
         return self._aguard_chat_stream(
             plan, await self._race(plan, self.llm.astream_chat(messages, **kwargs), wait=False), hold
         )
@@ -693,7 +703,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         return self._guard_completion_stream(plan, self.llm.stream_complete(prompt, formatted=formatted, **kwargs))
 
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
-        plan = await self._astart_inputs(self._plan_prompt(prompt))
+        plan = await self._astart_inputs(await off_loop(lambda: self._plan_prompt(prompt), prompt))
         inner = await self._race(plan, self.llm.astream_complete(prompt, formatted=formatted, **kwargs), wait=False)
         return self._aguard_completion_stream(plan, inner)
 
@@ -786,7 +796,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             if out.last is None:
                 await monitor.afinish()
                 return
-            checks, calls = self._final_checks(plan, out)
+            checks, calls = await off_loop(lambda: self._final_checks(plan, out), out.streamed, out.last)
             pending = _beside(self._ascreen(checks, plan)) if checks else None
             try:
                 tail = await monitor.afinish()  # the last window, judged beside the tool calls
@@ -856,7 +866,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
                 if (item := out.partial(parsed.take(released))) is not None:
                     yield item
             await self._await_inputs(plan)
-            checks = self._completion_end(plan, out)
+            checks = await off_loop(lambda: self._completion_end(plan, out), out.streamed, out.last)
             pending = _beside(self._ascreen(checks)) if checks else None
             try:
                 tail = await monitor.afinish()  # the last window, judged beside the last chunk's raw
@@ -873,22 +883,46 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
     # function mapping or a ``__str__`` is not run a second time, where it could print other text. Every
     # template entry point (predict, stream, the structured programs) goes through `_judge_template`.
     def _judge_template(
-        self, prompt: BasePromptTemplate, prompt_args: Mapping[str, Any]
+        self, prompt: BasePromptTemplate, prompt_args: Mapping[str, Any], answers: frozenset[str] | None = None
     ) -> tuple[TemplateCall, _Plan | None]:
-        """Resolve and judge a template call (raises when blocked); run the call under `_running`."""
+        """Resolve and judge a template call (raises when blocked); run the call under `_running`. A structured call
+        (``answers``: its schema's tools) of a chat template over a completion-only LLM is planned by role
+        (`_turns_plan`)."""
         call, plan = self._resolve(prompt, prompt_args)
         if plan is None:
             self._screen(self._template_variables(call))
-            return call, None
+            if answers is None or (plan := self._turns_plan(call, answers)) is None:
+                return call, None
         return call, self._start_inputs(plan)
 
+    def _turns_plan(self, call: TemplateCall, answers: frozenset[str]) -> _Plan | None:
+        """The plan of a structured call's chat template over an LLM that is not a chat model: LlamaIndex's text
+        program prints its messages into one prompt (``messages_to_prompt``), which was judged whole as the user's
+        text, every assistant turn and a printed conversation's roles with it (rt57f). Its messages are judged by
+        role instead, as the chat path judges them (`_plan_messages`: a printed conversation read back into its
+        turns), and the completion call takes this plan. None for any other call: it plans itself."""
+        if self.llm.metadata.is_chat_model or not isinstance(call.template, ChatPromptTemplate):
+            return None
+        token = _ANSWER_TOOLS.set((id(self), answers)) if answers else None
+        try:
+            with self._formatted(call):
+                return self._plan_messages(call.template.format_messages(**call.arguments))
+        finally:
+            if token is not None:
+                _ANSWER_TOOLS.reset(token)
+
     async def _ajudge_template(
-        self, prompt: BasePromptTemplate, prompt_args: Mapping[str, Any]
+        self, prompt: BasePromptTemplate, prompt_args: Mapping[str, Any], answers: frozenset[str] | None = None
     ) -> tuple[TemplateCall, _Plan | None]:
-        call, plan = self._resolve(prompt, prompt_args)
+        # The template's own code (a function mapping) runs here, where the caller runs it; the reading off the loop.
+        resolved = resolve_template(prompt, prompt_args, llm=self, max_chars=self.guard.max_chars)
+        call, plan = await off_loop(lambda: self._plan_call(resolved), resolved.variables, resolved.template)
         if plan is None:
-            await self._ascreen(self._template_variables(call))
-            return call, None
+            await self._ascreen(await off_loop(lambda: self._template_variables(call), call.variables))
+            if answers is None:
+                return call, None
+            if (plan := await off_loop(lambda: self._turns_plan(call, answers), call.template)) is None:
+                return call, None
         return call, await self._astart_inputs(plan)
 
     @contextlib.contextmanager
@@ -979,8 +1013,9 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         llm_kwargs: dict[str, Any] | None = None,
         **prompt_args: Any,
     ) -> Model:
-        call, plan = self._judge_template(prompt, prompt_args)
-        with self._running(call, plan, _schema_tools(output_cls)):
+        answers = _schema_tools(output_cls)
+        call, plan = self._judge_template(prompt, prompt_args, answers)
+        with self._running(call, plan, answers):
             return super().structured_predict(output_cls, call.template, llm_kwargs, **call.arguments)
 
     async def astructured_predict(
@@ -990,8 +1025,9 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         llm_kwargs: dict[str, Any] | None = None,
         **prompt_args: Any,
     ) -> Model:
-        call, plan = await self._ajudge_template(prompt, prompt_args)
-        with self._running(call, plan, _schema_tools(output_cls)):
+        answers = _schema_tools(output_cls)
+        call, plan = await self._ajudge_template(prompt, prompt_args, answers)
+        with self._running(call, plan, answers):
             return await super().astructured_predict(output_cls, call.template, llm_kwargs, **call.arguments)
 
     def stream_structured_predict(
@@ -1002,9 +1038,10 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         **prompt_args: Any,
     ) -> Any:
         """Judged when called, like `stream`; the partial objects follow."""
-        call, plan = self._judge_template(prompt, prompt_args)
+        answers = _schema_tools(output_cls)
+        call, plan = self._judge_template(prompt, prompt_args, answers)
         inner = super().stream_structured_predict(output_cls, call.template, llm_kwargs, **call.arguments)
-        return self._steps(call, plan, inner, _schema_tools(output_cls))
+        return self._steps(call, plan, inner, answers)
 
     async def astream_structured_predict(
         self,
@@ -1013,9 +1050,10 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         llm_kwargs: dict[str, Any] | None = None,
         **prompt_args: Any,
     ) -> Any:
-        call, plan = await self._ajudge_template(prompt, prompt_args)
+        answers = _schema_tools(output_cls)
+        call, plan = await self._ajudge_template(prompt, prompt_args, answers)
         inner = await super().astream_structured_predict(output_cls, call.template, llm_kwargs, **call.arguments)
-        return self._asteps(call, plan, inner, _schema_tools(output_cls))
+        return self._asteps(call, plan, inner, answers)
 
     # -- tool calling: delegated to the wrapped LLM -------------------------------------------
     # A program used directly (``FunctionCallingProgram(output_cls=..., llm=guarded)``, not through structured_predict)

@@ -37,6 +37,7 @@ from qwenguard.core.formats.conversations import prompt_conversation, response_c
 from qwenguard.core.verdict import Stage
 
 from .._common import require_guard
+from .._off_loop import off_loop
 from ._component import state_of_a_copy
 from ._messages import (
     ASSISTANT_ROLES,
@@ -342,15 +343,19 @@ class GuardedMemory(BaseMemory):
             self._screen(_set_checks([message], self.memory.get_all()))
         self.memory.put(message)
 
+    # The async twins read the stored history and the messages with `off_loop`: a long one on a worker thread.
     async def aput(self, message: ChatMessage) -> None:
         if _is_user(message):
-            await self._ascreen(_put_checks(await self.memory.aget_all(), message))
+            stored = await self.memory.aget_all()
+            await self._ascreen(await off_loop(lambda: _put_checks(stored, message), stored, message))
         elif _needs_stored([message]):
-            await self._ascreen(_set_checks([message], await self.memory.aget_all()))
+            stored = await self.memory.aget_all()
+            await self._ascreen(await off_loop(lambda: _set_checks([message], stored), stored, message))
         elif _system_text(message).strip():
-            await self._ascreen(_set_checks([message]))
+            await self._ascreen(await off_loop(lambda: _set_checks([message]), message))
         elif is_tool_role(message):
-            await self._ascreen(_set_checks([message], await self.memory.aget_all()))
+            stored = await self.memory.aget_all()
+            await self._ascreen(await off_loop(lambda: _set_checks([message], stored), stored, message))
         await self.memory.aput(message)
 
     def put_messages(self, messages: list[ChatMessage]) -> None:
@@ -360,7 +365,7 @@ class GuardedMemory(BaseMemory):
 
     async def aput_messages(self, messages: list[ChatMessage]) -> None:
         stored = await self.memory.aget_all() if _put_needs_stored(messages) else []
-        await self._ascreen(_set_checks(messages, stored))
+        await self._ascreen(await off_loop(lambda: _set_checks(messages, stored), stored, messages))
         await self.memory.aput_messages(messages)
 
     def set(self, messages: list[ChatMessage]) -> None:
@@ -368,7 +373,7 @@ class GuardedMemory(BaseMemory):
         self.memory.set(messages)
 
     async def aset(self, messages: list[ChatMessage]) -> None:
-        await self._ascreen(_set_checks(messages))
+        await self._ascreen(await off_loop(lambda: _set_checks(messages), messages))
         await self.memory.aset(messages)
 
     # -- reads: what they add to the stored messages is judged --------------------------------------
@@ -390,7 +395,8 @@ class GuardedMemory(BaseMemory):
     async def aget(self, input: str | None = None, **kwargs: Any) -> list[ChatMessage]:
         read = await self.memory.aget(input=input, **kwargs)
         if self._adds():
-            checks, marks = _read_checks(read, await self.memory.aget_all(), self._read)
+            stored = await self.memory.aget_all()
+            checks, marks = await off_loop(lambda: _read_checks(read, stored, self._read), read, stored)
             await self._ascreen(checks)
             self._read.add(marks)
         return read

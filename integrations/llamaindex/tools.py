@@ -50,6 +50,7 @@ from qwenguard.core.formats.conversations import untrusted_conversation
 from qwenguard.core.verdict import Stage
 
 from .._common import require_guard
+from .._off_loop import off_loop
 from ._messages import Checks, block_text, guarded_tool_name, record_output, value_strings
 from ._quiet import unspanned
 from .postprocessor import node_text
@@ -273,10 +274,12 @@ class _Screening:
         return self._verdict_output(output, nodes, raw, self.guard.check_many(checks))
 
     async def _ascreen(self, output: ToolOutput) -> ToolOutput:
-        checks, nodes, raw = self._checks(output)
-        if not checks:
-            return output if raw is not _UNREADABLE else self._verdict_output(output, nodes, raw, [])
-        return self._verdict_output(output, nodes, raw, await self.guard.acheck_many(checks))
+        # A large output (its text, its raw_output, its nodes) is read on a worker thread, not the event loop.
+        checks, nodes, raw = await off_loop(lambda: self._checks(output), output)
+        decisions = await self.guard.acheck_many(checks) if checks else []
+        if not checks and raw is not _UNREADABLE:
+            return output
+        return await off_loop(lambda: self._verdict_output(output, nodes, raw, decisions), output)
 
     def _returned(self, output: ToolOutput, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> ToolOutput:
         """``output``, remembered as what this tool returned for ``kwargs`` (`record_output`): an agent hands it to

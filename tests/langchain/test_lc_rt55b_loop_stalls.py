@@ -17,9 +17,6 @@ pauses grow with every live object, guarded or not, and would only add noise to 
 from __future__ import annotations
 
 import asyncio
-import gc
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -31,12 +28,10 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.tools import tool
 from lc_fakes import scripted, tool_call
+from loop_lag import compare, in_thread
 from qwenguard.core import Guard
 from qwenguard.integrations.langchain import AsyncGuardCallbackHandler, GuardCallbackHandler, GuardMiddleware
 from stream_judges import CountingJudge
-
-#: How much longer the guarded async call may hold the loop than the worst of its baselines.
-RATIO = 4.0
 
 
 class RemoteJudge(CountingJudge):
@@ -49,62 +44,6 @@ class RemoteJudge(CountingJudge):
 
 def _guard() -> Guard:
     return Guard(backend=RemoteJudge())
-
-
-async def _worst_lag(call: Callable[[], Awaitable[Any]]) -> float:
-    """The worst lateness of a 5 ms sleep on the loop while ``call()`` runs (garbage collector off)."""
-    worst = 0.0
-
-    async def probe() -> None:
-        nonlocal worst
-        while True:
-            start = time.perf_counter()
-            await asyncio.sleep(0.005)
-            worst = max(worst, time.perf_counter() - start - 0.005)
-
-    gc.collect()
-    gc.disable()
-    task = asyncio.create_task(probe())
-    try:
-        await asyncio.sleep(0.02)
-        await call()
-        await asyncio.sleep(0.01)
-    finally:
-        task.cancel()
-        gc.enable()
-    return worst
-
-
-async def _best_lag(call: Callable[[], Awaitable[Any]]) -> float:
-    return min(await _worst_lag(call), await _worst_lag(call))
-
-
-async def _compare(
-    guarded: Callable[[], Awaitable[Any]], *baselines: Callable[[], Awaitable[Any]], ratio: float = RATIO
-) -> str | None:
-    """``None`` when the guarded call held the loop at most ``ratio`` times the worst baseline, else what it held. The
-    loop left idle is a baseline too: on a loaded machine its lateness is the probe's floor. Measured again, up to
-    ``ROUNDS`` times, while over: reading on the loop holds it in every round, a burst of the machine's load (once
-    497 ms against baselines of 19-69 ms, in a run beside a full suite) does not come back each time."""
-    failures = []
-    for _ in range(ROUNDS):
-        # Each call's best of two: a spike of the machine's is not the call's.
-        bases = [await _best_lag(b) for b in (lambda: asyncio.sleep(0.3), *baselines)]
-        base = max(bases)
-        lag = await _best_lag(guarded)
-        if lag <= ratio * base:
-            return None
-        held = ", ".join(f"{b * 1000:.0f}" for b in bases)
-        failures.append(f"held the loop {lag * 1000:.0f} ms; its baselines (idle, unguarded, ...) {held} ms")
-    return "the guarded call " + "; then ".join(failures)
-
-
-ROUNDS = 3
-
-
-def _in_thread(call: Callable[[], Any]) -> Callable[[], Awaitable[Any]]:
-    """The guarded sync call, on a worker thread: the same reading off the loop."""
-    return lambda: asyncio.to_thread(call)
 
 
 def _empty_blocks(n: int) -> list[dict[str, str]]:
@@ -139,7 +78,7 @@ async def test_f1_a_message_of_empty_blocks_is_read_off_the_loop_by_the_middlewa
     def sync_run() -> None:
         assert agent(True).invoke({"messages": turn})["messages"][-1].content == "Paris."
 
-    failure = await _compare(lambda: run(True), lambda: run(False), _in_thread(sync_run))
+    failure = await compare(lambda: run(True), lambda: run(False), in_thread(sync_run))
     assert failure is None, failure
 
 
@@ -166,7 +105,7 @@ async def test_f1_a_tool_result_is_read_off_the_loop_by_the_middleware():
     def sync_run() -> None:
         agent(True).invoke({"messages": [HumanMessage("Search for Paris.")]})
 
-    failure = await _compare(lambda: run(True), lambda: run(False), _in_thread(sync_run))
+    failure = await compare(lambda: run(True), lambda: run(False), in_thread(sync_run))
     assert failure is None, failure
 
 
@@ -210,7 +149,7 @@ async def test_f2_an_answer_held_whole_is_released_without_holding_the_loop():
 
     # One baseline, which LangChain's own adding up of 20,000 chunks makes 40-110 ms: measured 0.5-1x after the fix,
     # 6-18x before it, so a tighter ratio than the others'.
-    failure = await _compare(lambda: run(True), lambda: run(False), ratio=2.5)
+    failure = await compare(lambda: run(True), lambda: run(False), ratio=2.5)
     assert failure is None, failure
 
 
@@ -229,10 +168,10 @@ async def test_f4_the_callback_handler_reads_retrieved_documents_off_the_loop():
     def config(handler: Any) -> dict[str, Any]:
         return {"callbacks": [handler]}
 
-    failure = await _compare(
+    failure = await compare(
         lambda: Pages().ainvoke("Paris", config=config(AsyncGuardCallbackHandler(_guard()))),
         lambda: Pages().ainvoke("Paris"),
-        _in_thread(lambda: Pages().invoke("Paris", config=config(GuardCallbackHandler(_guard())))),
+        in_thread(lambda: Pages().invoke("Paris", config=config(GuardCallbackHandler(_guard())))),
     )
     assert failure is None, failure
 
@@ -257,9 +196,9 @@ async def test_f4_the_callback_handler_reads_a_tool_result_off_the_loop():
         result = await search.ainvoke(call, config={"callbacks": [handler] if handler else []})
         assert result.artifact is found
 
-    failure = await _compare(
+    failure = await compare(
         lambda: run(AsyncGuardCallbackHandler(_guard())),
         lambda: run(None),
-        _in_thread(lambda: search_sync.invoke(call, config={"callbacks": [GuardCallbackHandler(_guard())]})),
+        in_thread(lambda: search_sync.invoke(call, config={"callbacks": [GuardCallbackHandler(_guard())]})),
     )
     assert failure is None, failure
