@@ -180,6 +180,14 @@ class RemotePlanner:
         self._planners: dict[int, WindowPlanner] = {}
         # Plans run in worker threads; one at a time, as a Rust tokenizer is not meant to be shared mid-call.
         self._lock = fork_safe_lock(self, "_lock")
+        # The engine's context is known only from its replies; its budget is never above ``max_window_tokens``: one
+        # too small for the guard prompt is refused now, not at every check (rt59b note).
+        exact = encoder is not None
+        WindowPlanner(
+            encoder if exact else ByteCounter(),
+            max_prompt_tokens=max_window_tokens * (1 if exact else _TYPICAL_BYTES_PER_TOKEN),
+            max_windows=max_windows,
+        ).require_room("max_window_tokens")
 
     def prompt_budget(self, context: int) -> int:
         """Longest prompt of one request: what `TransformersGen` allows with a tokenizer; by bytes, the

@@ -239,6 +239,7 @@ class TransformersGen:
         self.planner = WindowPlanner(
             self.encoder, max_prompt_tokens=self.window_tokens, overlap=window_overlap, max_windows=max_windows
         )
+        self.planner.require_room("max_window_tokens / max_context")
         self.pad_id = self._pad_id()
         self.eos_ids = self._eos_ids()
         self._label_tokens = self._find_label_tokens()

@@ -342,6 +342,18 @@ class WindowPlanner:
         self._label_cost: dict[tuple[str, str], int] = {}
         self._base: dict[str, int] = {}
 
+    def require_room(self, option: str = "max_window_tokens") -> None:
+        """Refuse a budget no window can use: the guard prompt around one empty turn (of either role) and
+        `MIN_WINDOW_CONTENT` tokens of text must fit. Asked when the guard is built, so that a budget too small is an
+        error there, not at every check (where ``on_error="allow"`` let each check through, flagged: rt59b note)."""
+        for role in ("user", "assistant"):
+            overhead = self._empty_prompt(role)
+            if self.budget - overhead < MIN_WINDOW_CONTENT:
+                raise ValueError(
+                    f"{option}: a window of {self.budget} tokens cannot hold the guard prompt ({overhead} tokens) "
+                    f"and {MIN_WINDOW_CONTENT} tokens of text; raise it to at least {overhead + MIN_WINDOW_CONTENT}"
+                )
+
     # -- fixed costs, measured once ---------------------------------------------------------------
     def _empty_prompt(self, role: str) -> int:
         """Tokens of the guard prompt around one empty turn of ``role`` (the template alone)."""
