@@ -37,12 +37,25 @@ _SEEN_AS_NOTHING = (
     "\U000e007f-\U000e0fff"
 )
 _RUN = re.compile(f"[\\s{_SEEN_AS_NOTHING}]{{{KEPT_BLANKS + 1},}}")
+def _escaped_blanks() -> list[str]:
+    """The four hex digits of every character of the BMP a run is made of (`_RUN`'s class: whitespace and what a
+    reader sees as nothing), as ``\\uXXXX`` writes it: ``json.dumps`` writes U+001C-U+001F so (rt59d F1), and an app
+    decodes any of them."""
+    blank = re.compile(f"[\\s{_SEEN_AS_NOTHING}]")
+    codes = [f"{c:04x}" for c in range(0x10000) if not 0xD800 <= c <= 0xDFFF and blank.match(chr(c))]
+    # Grouped by their first three digits, the last as a class (a short alternation: tried at every backslash).
+    groups: dict[str, str] = {}
+    for code in codes:
+        groups[code[:3]] = groups.get(code[:3], "") + code[3]
+    return [f"{head}[{last}]" for head, last in groups.items()]
+
+
 # The escapes a JSON (or YAML, Python, JavaScript) string decodes to blanks: "mix" + "\\n" * 3000 + "ammonium" in a JSON
 # answer reaches the application as two words with line breaks between them, and a reading written back by
 # ``json.dumps`` writes the escapes again (rt59a F3). A run of blanks that opens with such an escape is cut to its first
 # `KEPT_BLANKS` elements (an escape is one; the blanks before it are a run of their own). Opening with a literal
 # backslash, the pattern is only tried where one stands (prose costs nothing).
-_BLANK_ESCAPE = r"\\(?:[nrtfv]|u(?:000[9a-dA-D]|0020|00[aA]0|1680|200[0-9aAbB]|202[89fF]|205[fF]|3000))"
+_BLANK_ESCAPE = r"\\(?:[nrtfv]|(?i:u(?:" + "|".join(_escaped_blanks()) + ")))"
 _ESCAPED_RUN = re.compile(f"{_BLANK_ESCAPE}(?:[\\s{_SEEN_AS_NOTHING}]|{_BLANK_ESCAPE}){{{KEPT_BLANKS},}}")
 _ELEMENT = re.compile(f"{_BLANK_ESCAPE}|.", re.DOTALL)
 
