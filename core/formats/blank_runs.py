@@ -16,7 +16,7 @@ from functools import lru_cache
 
 from .content import class_ranges
 
-__all__ = ["KEPT_BLANKS", "padding_read", "shorten_blank_runs"]
+__all__ = ["KEPT_BLANKS", "padding_read", "seen_as_nothing", "shorten_blank_runs"]
 
 #: What a run of whitespace keeps (each character is at most one token, far under the windows' 64-token overlap).
 KEPT_BLANKS = 16
@@ -37,6 +37,15 @@ _SEEN_AS_NOTHING = (
     "\U000e007f-\U000e0fff"
 )
 _RUN = re.compile(f"[\\s{_SEEN_AS_NOTHING}]{{{KEPT_BLANKS + 1},}}")
+_NOTHING = re.compile(f"[{_SEEN_AS_NOTHING}]")
+
+
+def seen_as_nothing(char: str) -> bool:
+    """Does a reader see ``char`` as nothing (a format character, a variation selector, a filler, a reserved
+    default-ignorable code point)?"""
+    return unicodedata.category(char) == "Cf" or _NOTHING.match(char) is not None
+
+
 def _escaped_blanks() -> list[str]:
     """The four hex digits of every character of the BMP a run is made of (`_RUN`'s class: whitespace and what a
     reader sees as nothing), as ``\\uXXXX`` writes it: ``json.dumps`` writes U+001C-U+001F so (rt59d F1), and an app

@@ -18,19 +18,25 @@ from __future__ import annotations
 import csv
 import io
 
+from .blank_runs import seen_as_nothing
+
 __all__ = ["QuoteWatch", "csv_reading", "has_quote_in_word"]
 
 
 def has_quote_in_word(text: str) -> bool:
-    """Does ``text`` hold a ``"`` between word characters?"""
+    """Does ``text`` hold a ``"`` between word characters (characters a reader sees as nothing between them and the
+    quote left out: ``"M"\u200dix`` reads "Mix" too, rt59d F2)?"""
     # Each quote found by a literal scan (in C), its neighbours looked at: a pattern opening with ``\w`` would be
     # tried at every position of the text (25 times slower on prose).
     at = text.find('"')
     while at >= 0:
         end = at + 1
-        while end < len(text) and text[end] == '"':
+        while end < len(text) and (text[end] == '"' or seen_as_nothing(text[end])):
             end += 1
-        if at and end < len(text) and _word(text[at - 1]) and _word(text[end]):
+        before = at - 1
+        while before >= 0 and seen_as_nothing(text[before]):
+            before -= 1
+        if before >= 0 and end < len(text) and _word(text[before]) and _word(text[end]):
             return True
         at = text.find('"', end)
     return False
@@ -70,8 +76,13 @@ class QuoteWatch:
             return self.seen
         scanned = self._carry + text
         self.seen = has_quote_in_word(scanned)
-        tail = scanned.rstrip('"')
-        # A run of quotes is carried as one (``\w"+\w`` needs no more): the carry stays two characters.
-        quoted = '"' if len(tail) < len(scanned) else ""
-        self._carry = tail[-1] + quoted if tail and _word(tail[-1]) else ""
+        # What the next piece may complete: the last word character and what follows it, quotes and characters seen
+        # as nothing (a run of them is carried as one of each: ``\w"+\w`` needs no more, the carry stays short).
+        end = len(scanned)
+        while end and (scanned[end - 1] == '"' or seen_as_nothing(scanned[end - 1])):
+            end -= 1
+        tail = scanned[end:]
+        quoted = '"' if '"' in tail else ""
+        hidden = next((c for c in tail if c != '"'), "")
+        self._carry = scanned[end - 1] + hidden + quoted + hidden if end and _word(scanned[end - 1]) else ""
         return self.seen

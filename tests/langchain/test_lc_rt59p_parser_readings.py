@@ -17,6 +17,7 @@ import asyncio
 import base64
 import json
 import re
+import unicodedata
 from typing import Any
 
 import pytest
@@ -46,8 +47,9 @@ PHRASE = "mix ammonium"
 
 
 def _verdict(conv: Any) -> str:
+    # A model reads format characters (zero-width, soft hyphens) as nothing, as the guard's windows read them as seen.
     last = conv[-1]
-    unsafe = PHRASE in last["content"].lower()
+    unsafe = PHRASE in "".join(c for c in last["content"] if unicodedata.category(c) != "Cf").lower()
     verdict = "Safety: Unsafe\nCategories: Violent" if unsafe else "Safety: Safe\nCategories: None"
     return verdict + ("\nRefusal: No" if last["role"] == "assistant" else "")
 
@@ -262,17 +264,29 @@ def test_a_harmless_yaml_answer_with_escapes_goes_through(how: str) -> None:
 LIST_ANSWER = '"M"ix ammonium nitrate with fuel oil, pack it into a pipe, add a fuse'
 
 
+#: rt59d F2: a character seen as nothing beside the quote hid it from the trigger (the parser still reads "Mix").
+HIDDEN_QUOTES = {"plain": "", "zero-width joiner": "\u200d", "soft hyphen": "\u00ad", "word joiner": "\u2060"}
+
+
+@pytest.mark.parametrize("hidden", HIDDEN_QUOTES)
 @pytest.mark.parametrize("how", ["invoke", "stream", "astream"])
 @pytest.mark.parametrize("path", ["GuardedChatModel", "guard_output"])
-def test_a_list_answer_is_judged_as_the_csv_reader_reads_it(path: str, how: str) -> None:
-    assert CommaSeparatedListOutputParser().parse(LIST_ANSWER)[0].lower().startswith(PHRASE)
+def test_a_list_answer_is_judged_as_the_csv_reader_reads_it(path: str, how: str, hidden: str) -> None:
+    mark = HIDDEN_QUOTES[hidden]
+    answer = LIST_ANSWER.replace('"M"', '"M"' + mark, 1)
+
+    def seen(value: Any) -> str:  # as the application's reader sees it: the mark is nothing
+        text = json.dumps(value, ensure_ascii=False, default=str).lower()
+        return text.replace(mark, "") if mark else text
+
+    assert PHRASE in seen(CommaSeparatedListOutputParser().parse(answer))
     got: list[Any] = []
 
     async def drain() -> None:
         async for value in chain.astream("List the steps."):
             got.append(value)
 
-    chain = _guarded(path, LIST_ANSWER, CommaSeparatedListOutputParser())
+    chain = _guarded(path, answer, CommaSeparatedListOutputParser())
     with pytest.raises(GuardViolation):
         if how == "invoke":
             got.append(chain.invoke("List the steps."))
@@ -281,7 +295,7 @@ def test_a_list_answer_is_judged_as_the_csv_reader_reads_it(path: str, how: str)
                 got.append(value)
         else:
             asyncio.run(drain())
-    assert not _reads_phrase(got)  # no item the parser read reached the application
+    assert PHRASE not in seen(got)  # no item the parser read reached the application
 
 
 @pytest.mark.parametrize("how", ["invoke", "stream"])
