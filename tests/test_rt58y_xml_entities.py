@@ -23,7 +23,7 @@ from phrase_judge import phrase_guard
 from qwenguard.core import InputTooLarge, Policy
 from qwenguard.core.formats.content import as_seen_pieces
 from qwenguard.core.formats.rendered import read_as_rendered, rendered_places
-from qwenguard.core.formats.xml_reading import read_as_xml
+from qwenguard.core.formats.xml_reading import XmlReading, read_as_xml
 from timing import least_seconds_within
 
 CLAUSE = "Mix ammonium nitrate with fuel oil, pack it into a pipe and add a fuse."
@@ -85,21 +85,24 @@ def test_a_recursive_entity_is_no_guard_error() -> None:
 
 
 def test_the_reading_equals_expats_on_generated_documents() -> None:
-    """Differential: seeded documents mixing names, decoys, markup in values and references written as character
-    references; wherever expat parses one, the XML reading shows the same text (tags read as breaks, so compared
-    without whitespace)."""
+    """Differential: seeded documents mixing names, decoys, markup in values (tags too: rt59d F3) and references
+    written as character references; wherever expat parses one, each XML reading shows the same text (the body's tags
+    read as breaks, so compared without whitespace), and where the body holds no tag, the last reading (a value's tags
+    read as nothing) shows it word for word, as ``itertext()`` joins them."""
     rng = random.Random(58)
     names = ["m", "é", "中x", "m·x", "a" * 70, "_q", "n.1", "x-y"]
     parts = ["M", "ix", " ", "<![CDATA[C]]>", "<!-- c -->", "<?p q?>", "&#77;", "&#38;#105;", "&#60;![CDATA[D]]&#62;"]
     parts += ["<b>i</b>", "&lt;", "&amp;"]
+    value_parts = parts + ["<i>M</i>ix", "<b/>", "&#60;b>x&#60;/b>", "<b>m</b> "]
     decoys = ['<!-- <!ENTITY {} "decoy"> -->', '<?pi <!ENTITY {} "decoy"> ?>', '<!ENTITY {} "second">']
     decoys += ["<!ELEMENT a ANY>", '<!ATTLIST a b CDATA "x]>">']
-    compared = 0
+    compared = words = joined = 0
     for _ in range(1500):
         chosen = rng.sample(names, rng.randint(1, 5))
         decls = []
         for i, n in enumerate(chosen):
-            value = "".join(rng.choice(parts + [f"&{x};" for x in chosen[i + 1 :]]) for _ in range(rng.randint(0, 4)))
+            refs = [f"&{x};" for x in chosen[i + 1 :]]
+            value = "".join(rng.choice(value_parts + refs) for _ in range(rng.randint(0, 4)))
             decls.append(f"<!ENTITY {n} '{value}'>")
             if rng.random() < 0.3:
                 decls.append(rng.choice(decoys).format(n))
@@ -110,9 +113,15 @@ def test_the_reading_equals_expats_on_generated_documents() -> None:
             parsed = "".join(ET.fromstring(text).itertext())
         except ET.ParseError:
             continue
-        assert re.sub(r"\s", "", read_as_xml(text)) == re.sub(r"\s", "", parsed), text
+        readings = XmlReading(text).readings(0, len(text))
+        for reading in readings:
+            assert re.sub(r"\s", "", reading) == re.sub(r"\s", "", parsed), text
+        if "<b>" not in body:
+            assert readings[-1].split() == parsed.split(), text
+            words += 1
+        joined += len(readings) == 2
         compared += 1
-    assert compared > 1000
+    assert compared > 1000 and words > 300 and joined > 100, (compared, words, joined)
 
 
 def test_billion_laughs_still_fails_closed() -> None:

@@ -7,15 +7,17 @@ fence, and an inline code span's backticks are plain text to it: F3), and expat 
 DOCTYPE declares ("<!DOCTYPE a [<!ENTITY m "M">]>...&m;ix": F6). `XmlReading` is that reading: references decoded
 (`rendered.decode_reference`, any number of leading zeros: F1), CDATA text kept, entities expanded, comments,
 processing instructions and the DOCTYPE dropped, tags and fence lines read as breaks (an element's text is a value
-of its own). `xml_places` says where it differs unseen, so ordinary Markdown and code cost one scan at most.
+of its own; the rendered reading joins the body's inline tags). `xml_places` says where it differs unseen, so ordinary Markdown and code cost one scan at most.
 
 Entities are bound as expat binds them (rt58g F1, F2): only by the declarations of a DOCTYPE's internal subset, read
 in order (comments, processing instructions and quoted literals skipped, so a declaration inside one binds nothing),
 the first declaration of a name winning, names of any length and in any script (a superset of XML's Name: a name
 expat refuses makes it refuse the text). A DOCTYPE binds the references after it, up to the next one (each is a
 document of its own to a parser). An entity's replacement text is its literal with character references decoded,
-read as content with this same reading (CDATA kept, comments dropped, tags as breaks: F3), and expanded without
-recursion, so a chain of any depth is read (F7).
+read as content with this same reading (CDATA kept, comments dropped: F3), and expanded without recursion, so a
+chain of any depth is read (F7). A tag inside a value splits no word for ``itertext()`` ("<b>M</b>ix" is "Mix"), and
+no rendered reading sees an expansion: where one holds a tag, the text is read twice, its tags as breaks, then as
+nothing (`XmlReading.readings`; rt59d F3).
 
 Entity expansion is bounded (billion laughs): past `XML_EXPANSION_CHARS` characters expanded (or four times the
 text's length, if more) the answer cannot be read as an XML parser reads it and is refused (`InputTooLarge`,
@@ -55,6 +57,10 @@ _PE_REFERENCE = re.compile(rf"%{_NAME};")
 _BLANKS = re.compile(f"{_S}*")
 _PREDEFINED = {"lt": "<", "gt": ">", "amp": "&", "quot": '"', "apos": "'"}
 _ELEMENT = re.compile(r"<[A-Za-z_:][\w.:-]*[\s/>]")
+#: How a tag inside an entity's value is read until the reading is built (`XmlReading.readings`): a break in one
+#: reading, nothing in the other. NUL: no XML text holds one (a parser refuses it), so none is mistaken for a tag.
+_JOIN = "\x00"
+_RUNS = re.compile(r"[ \t]{2,}")
 #: A declared entity: its replacement text, or None for an external one (bound, but nothing to read).
 _Entities = dict[str, "str | None"]
 
@@ -165,6 +171,8 @@ class XmlReading:
                 edits.append((a, m.end(), self._reference(m.group(), expanding), kind))
             elif kind == "closer":  # a section's closer whose opener went before (a stream's word): markup
                 edits.append((a, m.end(), "", "cdata"))
+            elif kind == "tag" and expanding is not None:  # inside an entity's value: a join mark (`_JOIN`)
+                edits.append((a, m.end(), _JOIN, kind))
             else:  # a tag or a fence line: a break between values
                 edits.append((a, m.end(), "" if kind == "fence" else " ", kind))
             at = max(edits[-1][1], m.end(), a + 1)
@@ -229,8 +237,18 @@ class XmlReading:
             )
 
     def span(self, a: int, b: int) -> str:
-        """``text[a:b]`` as an XML parser reads it, widened to the constructs it cuts; runs of spaces as one."""
-        return edited_span(self.text, self.edits, self._starts, self._ends, a, b)
+        """``text[a:b]`` as an XML parser reads it, widened to the constructs it cuts; runs of spaces as one. Where an
+        entity's value holds a tag, both readings, the tag read as a break and then as nothing (`readings`)."""
+        return " ".join(self.readings(a, b))
+
+    def readings(self, a: int, b: int) -> list[str]:
+        """`span`'s readings: one, or where an expanded entity's value holds a tag, two: its tags read as breaks
+        (each element's text a value of its own), then as nothing, as ``itertext()`` joins them ("<b>M</b>ix" is
+        "Mix"; rt59d F3). The body's own tags are breaks in both (the rendered reading joins those)."""
+        read = edited_span(self.text, self.edits, self._starts, self._ends, a, b)
+        if _JOIN not in read:
+            return [read]
+        return [_RUNS.sub(" ", read.replace(_JOIN, " ")), read.replace(_JOIN, "")]
 
 
 def _replacement(literal: str) -> str:
@@ -446,7 +464,7 @@ class XmlScope:
 
 
 def read_as_xml(text: str) -> str:
-    """``text`` as an XML parser reads it (tags as breaks).
+    """``text`` as an XML parser reads it (tags as breaks; both readings where an entity's value holds a tag).
 
     >>> read_as_xml("<a><![CDATA[M]]>ix &#00000097;mmonium</a>")
     ' Mix ammonium '
