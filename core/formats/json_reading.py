@@ -457,7 +457,9 @@ _MAX_LEVEL = 64
 
 
 def _json_text(value: Any) -> bool:
-    return isinstance(value, str) and value.lstrip()[:1] in _JSON_OPENERS and has_rewritten_escape(value)
+    # Any backslash before "u" or "/": an escape of its own, or (after an escaped backslash) one of a JSON text
+    # within it, which is reached only through this layer's parse (rt59d F5: a plain outer layer hid it).
+    return isinstance(value, str) and value.lstrip()[:1] in _JSON_OPENERS and ("\\u" in value or "\\/" in value)
 
 
 def _holds_json_text(value: Any) -> bool:

@@ -97,6 +97,15 @@ def _tool_calls(guard, args: dict[str, str]):
         return None
 
 
+@pytest.mark.parametrize("sender", ["Jos\u00e9", "Jose"], ids=["outer layer escaped", "outer layer plain"])
+def test_a_json_text_argument_within_a_plain_json_text_argument_is_read_decoded(guard, sender):
+    # A webhook body whose "payload" is JSON text again, in escapes: its own layer holds none when the rest is plain
+    # ASCII (the inner escapes are written "\\u006d" there), and it was not parsed at all (rt59d F5).
+    body = json.dumps({"payload": _payload(), "from": sender})
+    assert json.loads(json.loads(body)["payload"])["note"].startswith("Now mix ammonium")
+    assert _tool_calls(guard, {"body": body}) is None
+
+
 def test_a_json_text_argument_past_the_bound_is_refused_not_judged_as_written(guard):
     assert _tool_calls(guard, {"payload": _payload()}) is None  # the control: read decoded, blocked
     filler = json.dumps(["a" * NESTED_MAX_CHARS + "\u00e9"])  # JSON text holding one \u escape: spends the bound

@@ -346,7 +346,8 @@ class Row:
 async def test_an_artifact_of_objects_is_read_off_the_loop_by_the_callback_handler():
     # (GuardMiddleware reads it off the loop too, `_read_off_loop`; but its hooks size the agent's state on the loop
     # first, `_screening._size`, about 2 us an object: that, not this reading, is what a probe of it measures.)
-    from test_lc_rt55b_loop_stalls import _compare, _guard, _in_thread
+    from loop_lag import compare, in_thread
+    from test_lc_rt55b_loop_stalls import _guard
 
     # 15,000 objects (under the size past which a result is read off the loop, counted one each), built once off the
     # clock: reading each by its slots is the guard's work, and LangChain reads none of it.
@@ -369,5 +370,5 @@ async def test_an_artifact_of_objects_is_read_off_the_loop_by_the_callback_handl
         config = {"callbacks": [GuardCallbackHandler(_guard())]}
         agent().invoke({"messages": [HumanMessage("Search for Paris.")]}, config)
 
-    failure = await _compare(lambda: run(True), lambda: run(False), _in_thread(sync_run))
+    failure = await compare(lambda: run(True), lambda: run(False), in_thread(sync_run))
     assert failure is None, failure
