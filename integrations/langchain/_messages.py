@@ -1791,11 +1791,13 @@ def artifact_text(artifact: Any, budget: int) -> str:
     """What a consumer can read in a tool's artifact (``response_format="content_and_artifact"``: raw results the app
     shows, which the model never reads), one text a line, read as an interrupt's payload is (`object_text`): strings
     through mappings (keys too) and containers, the fields, attributes and slots of any object (a dataclass, a
-    pydantic model with its computed fields, a document's ``page_content`` and ``metadata``), the repr of an object
-    with none; a message as its text and labels; bytes as the text they hold, media bytes as none (`_bytes_text`, a
-    blob's rule). Walked without recursion and only until past ``budget`` characters (every item counts at least one):
-    a walk cut short returns a text past ``budget``, which the guard's ``max_chars`` refuses (`InputTooLarge`), or
-    raises it itself where what it read is shorter (a million zeros, then a sentence: never judged as its start)."""
+    pydantic model with its computed fields, a document's ``page_content`` and ``metadata``), a table or an array by
+    its labels and values (a DataFrame's column and row labels and cells, rt59d F4; numbers carry no text), the repr
+    of an object with none; a message as its text and labels; bytes as the text they hold, media bytes as none
+    (`_bytes_text`, a blob's rule). Walked without recursion and only until past ``budget`` characters (every item
+    counts at least one): a walk cut short returns a text past ``budget``, which the guard's ``max_chars`` refuses
+    (`InputTooLarge`), or raises it itself where what it read is shorter (a million zeros, then a sentence: never
+    judged as its start)."""
     text, whole = object_text([artifact], budget, _artifact_leaf)
     if not whole and len(text) <= budget:  # past ``budget`` already, the guard refuses it (`InputTooLarge`) by size
         raise InputTooLarge(f"a tool's output holds over {budget} characters or items: it cannot be judged whole")

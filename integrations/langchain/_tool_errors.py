@@ -212,10 +212,11 @@ def object_text(values: list[Any], budget: int, leaf: Callable[[Any], Any] | Non
     """What ``values`` say as an application reads them, one text a line, and whether all of it was read within
     ``budget`` characters: the strings in them, through mappings (keys too), any container by its items, and the
     fields of any other object (`object_fields`: a pydantic model's, a dataclass's, a slotted object's, a message's);
-    the repr only of an object with no fields to read (escapes decoded, `_repr_read`); numbers, booleans, ``None`` and
-    empty strings are not text. ``leaf`` reads an item its own way first: what to read in its place (a text, "" for
-    none, a list of its parts), or ``None`` to walk it as above; bytes it leaves are read as UTF-8. Shared by a tool's
-    interrupts and its artifact (`_messages.artifact_text`).
+    a table or an array by its labels and values (`_table_parts`: a DataFrame, a Series, an ndarray; one of numbers
+    is one item); the repr only of an object with no fields to read (escapes decoded, `_repr_read`); numbers,
+    booleans, ``None`` and empty strings are not text. ``leaf`` reads an item its own way first: what to read in its
+    place (a text, "" for none, a list of its parts), or ``None`` to walk it as above; bytes it leaves are read as
+    UTF-8. Shared by a tool's interrupts and its artifact (`_messages.artifact_text`).
 
     Walked without recursion, each container or object once; only until past ``budget`` characters of text and
     `_VISITS` times ``budget`` items visited (every item, a repeated, empty or non-text one too: the work stays linear
@@ -246,6 +247,9 @@ def object_text(values: list[Any], budget: int, leaf: Callable[[Any], Any] | Non
         if isinstance(item, Mapping):
             parts = [x for pair in islice(item.items(), room + 1) for x in pair]
             cut |= len(parts) > 2 * room
+        elif (table := _table_parts(item, room)) is not None:
+            parts, over = table
+            cut |= over
         elif isinstance(item, Collection) and not isinstance(item, memoryview):
             # Any container by its items (a deque, a dict's views, an array: their repr wrote hidden characters as
             # escapes, rt58f F3)
@@ -266,6 +270,45 @@ def object_text(values: list[Any], budget: int, leaf: Callable[[Any], Any] | Non
 
 #: How many items `object_text` visits per character of its budget, at most.
 _VISITS = 4
+
+#: The dtype kinds of values that carry no text (booleans, numbers, dates and durations): numpy's and pandas'.
+_NUMERIC_KINDS = frozenset("biufcmM")
+
+
+def _table_parts(item: Any, room: int) -> tuple[list[Any], bool] | None:
+    """A table's or an array's parts as an application shows them (`object_text`), and whether there were more than
+    ``room``; ``None`` for anything else. Duck-typed on the type's attributes, so that pandas and numpy are never
+    imported (an object is one only where they are loaded), and read through their public data API:
+
+    - a DataFrame (``columns``, ``index``, ``dtypes``, ``items()``): its column and row labels and each column's
+      values (iterating it yields its column labels only, rt59d F4);
+    - a Series (``dtype`` and an ``index``): its name, its index labels and its values; an Index (``dtype`` and
+      ``names``): its names and its labels;
+    - an array with a ``dtype`` (an ndarray, a pandas extension array, a numpy scalar): its values, the items of a
+      0-d one; none where the dtype's kind holds no text (numbers, booleans, dates: a numeric matrix costs one
+      visit, never its size against the budget)."""
+    cls = type(item)
+    try:
+        if all(hasattr(cls, a) for a in ("columns", "index", "dtypes")) and callable(getattr(cls, "items", None)):
+            columns = list(islice(item.items(), room + 1))
+            values = [getattr(column, "values", column) for _, column in columns]
+            return [item.columns, item.index, *values], len(columns) > room
+        if not hasattr(cls, "dtype"):
+            return None
+        labels: list[Any] = []
+        if not callable(index := getattr(cls, "index", None)) and index is not None:  # a Series (a list's: a method)
+            labels = [getattr(item, "name", None), item.index]
+        elif hasattr(cls, "names"):  # an Index
+            labels = list(islice(item.names, room))
+        kind = getattr(item.dtype, "kind", None)
+        if isinstance(kind, str) and kind in _NUMERIC_KINDS:
+            return labels, False
+        if getattr(item, "ndim", 1) == 0:  # a numpy scalar or a 0-d array: a record's fields, an object
+            return [*labels, item.tolist()], False
+        values = list(islice(item.flat if hasattr(cls, "flat") else iter(item), room + 1))
+        return [*labels, *values], len(values) > room
+    except Exception:  # noqa: BLE001 - a table that fails to read as one: read as any other object
+        return None
 
 
 _REPR_ESCAPE = re.compile(r"\\(?:x([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8}))")
