@@ -1740,13 +1740,29 @@ def command_rest(command: Any) -> list[Any]:
     elif is_update_pairs(update):
         rest += [value for key, value in update if key != "messages"]
     elif update is not None and not isinstance(update, (list, tuple, BaseMessage, str)):
-        written = getattr(update, "messages", None)
-        rest += [value for value in object_fields(update, DEFAULT_MAX_CHARS) if value is not written]
+        rest += _object_update(command, update)
     goto: Any = getattr(command, "goto", None)
     for target in goto if isinstance(goto, (list, tuple)) else [goto]:
         if type(target).__name__ == "Send" and hasattr(target, "arg"):  # duck-typed: no langgraph import here
             rest.append(target.arg)
     return rest
+
+
+def _object_update(command: Any, update: Any) -> list[Any]:
+    """What an object ``update`` writes besides ``messages``: the (key, value) pairs LangGraph itself writes
+    (``Command._update_as_tuples``: every annotated key of the class, read with ``getattr``, so class defaults,
+    ``ClassVar`` values and properties too: rt59f F1, they are not in the instance's fields), else the object's own
+    fields (`object_fields`) where LangGraph's reading is not there."""
+    as_pairs = getattr(command, "_update_as_tuples", None)
+    if callable(as_pairs):
+        try:
+            pairs = list(as_pairs())
+        except Exception:  # noqa: BLE001 - LangGraph refuses the update itself: it writes nothing from it
+            pairs = []
+        if not (len(pairs) == 1 and pairs[0][0] == "__root__"):
+            return [value for key, value in pairs if key != "messages"]
+    written = getattr(update, "messages", None)
+    return [value for value in object_fields(update, DEFAULT_MAX_CHARS) if value is not written]
 
 
 def command_rest_text(command: Any, budget: int) -> str:

@@ -18,7 +18,7 @@ word. The keyword judge flags "ammonium"; scripted chat models.
 
 import asyncio
 import dataclasses
-from typing import Annotated, Any, NotRequired
+from typing import Annotated, Any, ClassVar, NotRequired
 
 import pytest
 from faults import ScriptedBackend, keyword_verdict
@@ -207,6 +207,71 @@ WRITES = {
 def test_a_commands_unsafe_write_to_another_state_key_is_withheld(kw, mode, piece, exit_behavior, write):
     extra, as_pairs = WRITES[write]
     agent, config = guarded(kw, [command_tool(extra, as_pairs)], piece, mode, exit_behavior or "end")
+    seen, error = run(agent, config, mode)
+    assert leaks(agent, config, seen) == []
+    assert stopped_or_withheld(piece, exit_behavior, seen, error)
+
+
+class DefaultUpdate:
+    """A state update object whose ``notes`` is a class-level default: LangGraph writes every annotated key, read
+    with ``getattr``; the instance holds only its messages (rt59f F1)."""
+
+    notes: str = PAGE
+    messages: list
+
+    def __init__(self, messages: list) -> None:
+        self.messages = messages
+
+
+class PropertyUpdate:
+    """``notes`` a property built from a class template and an instance word (neither holds the clause)."""
+
+    notes: str
+    messages: list
+    _template = PAGE.replace(WORD, "{0}")
+
+    def __init__(self, messages: list) -> None:
+        self.messages = messages
+        self._word = WORD
+
+    @property  # type: ignore[no-redef]
+    def notes(self) -> str:
+        return self._template.format(self._word)
+
+
+class ModelUpdate(BaseModel):
+    notes: ClassVar[str] = PAGE
+    messages: list
+
+
+@dataclasses.dataclass
+class DataUpdate:
+    messages: list
+    notes: ClassVar[str] = PAGE
+
+
+OBJECT_UPDATES = {
+    "class default": DefaultUpdate,
+    "property": PropertyUpdate,
+    "pydantic ClassVar": lambda messages: ModelUpdate(messages=messages),
+    "dataclass ClassVar": DataUpdate,
+}
+
+
+def object_update_tool(make: Any) -> Any:
+    @tool
+    def fetch_page(url: str, tool_call_id: Annotated[str, InjectedToolCallId]) -> Any:
+        """Fetch a web page."""
+        return Command(update=make([ToolMessage("Fetched.", tool_call_id=tool_call_id)]))
+
+    return fetch_page
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("piece", "exit_behavior"), PIECES)
+@pytest.mark.parametrize("shape", list(OBJECT_UPDATES))
+def test_an_update_objects_class_level_write_is_judged_as_langgraph_reads_it(kw, mode, piece, exit_behavior, shape):
+    agent, config = guarded(kw, [object_update_tool(OBJECT_UPDATES[shape])], piece, mode, exit_behavior or "end")
     seen, error = run(agent, config, mode)
     assert leaks(agent, config, seen) == []
     assert stopped_or_withheld(piece, exit_behavior, seen, error)
