@@ -16,7 +16,7 @@ from functools import lru_cache
 
 from .content import class_ranges
 
-__all__ = ["KEPT_BLANKS", "padding_read", "seen_as_nothing", "shorten_blank_runs"]
+__all__ = ["KEPT_BLANKS", "has_escaped_blank_run", "padding_read", "seen_as_nothing", "shorten_blank_runs"]
 
 #: What a run of whitespace keeps (each character is at most one token, far under the windows' 64-token overlap).
 KEPT_BLANKS = 16
@@ -84,6 +84,11 @@ def shorten_blank_runs(text: str) -> str:
     if "\\" in text and _ESCAPED_RUN.search(text):
         text = _ESCAPED_RUN.sub(_kept_elements, text)
     return text
+
+
+def has_escaped_blank_run(text: str) -> bool:
+    """Does ``text`` hold a run of more than `KEPT_BLANKS` blanks opening with an escape that decodes to one?"""
+    return "\\" in text and _ESCAPED_RUN.search(text) is not None
 
 
 def _kept(match: re.Match[str]) -> str:

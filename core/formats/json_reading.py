@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from ..errors import InputTooLarge
+from .blank_runs import has_escaped_blank_run
 
 __all__ = [
     "EscapeWatch",
@@ -66,7 +67,7 @@ _JSON_OPENERS = ("{", "[", '"')
 #: character here): past it, or where libyaml refuses text the application's pure-Python ``yaml.safe_load`` may
 #: read, the text's scalars are read decoded instead (`yaml_stand_in`, linear), so the cost stays bounded.
 YAML_MAX_CHARS = 32_768
-#: How deep and how much `json_strings_parsed` reads strings that are themselves JSON.
+#: How deep and how much `json_strings_parsed` reads strings that are themselves JSON (past it, a call is refused).
 NESTED_DEPTH = 4
 NESTED_MAX_CHARS = 200_000
 
@@ -117,7 +118,14 @@ def parsed_reading(
     ``true``, ``null``). A parser may return `Written` (its reading, written already) or raise when it reads none."""
     # Any backslash before ``u`` or ``/``: an escape, or (after an escaped backslash) a string that is itself JSON
     # holding one, read parsed in turn. The default trigger finds no more: an answer without either costs two scans.
-    if "\\u" not in text and "\\/" not in text and (trigger is has_rewritten_escape or not trigger(text)):
+    # An escaped backslash ("\\\\") may belong to a string that is JSON text itself, whose own escapes the app decodes
+    # on its second parse (rt59e F2: "\\\\n" * 3000 padding a nested note apart): parsed too, its strings read in turn.
+    if (
+        "\\u" not in text
+        and "\\/" not in text
+        and "\\\\" not in text
+        and (trigger is has_rewritten_escape or not trigger(text))
+    ):
         return None
     direct = has_rewritten_escape(text)
     readings: list[str] = []
@@ -429,6 +437,17 @@ def _parsed_within(value: Any, depth: int, budget: list[int], level: int) -> Any
     if isinstance(value, str):
         if not _json_text(value):
             return value
+        try:
+            inner = json.loads(value)
+        except Exception:  # noqa: BLE001 - not JSON (or nested past the recursion limit): read as written
+            return value
+        if not isinstance(inner, str | list | dict):
+            return value
+        within = _parsed_within(inner, depth - 1, budget, level + 1)
+        if within is inner and not has_rewritten_escape(value) and not has_escaped_blank_run(value):
+            # Its parse reads as it is written (escaped backslashes, quotes, a line break here and there): no reading,
+            # and nothing charged (rt59e F4: a 447 KB notebook argument holding "\\\\underline" was refused).
+            return value
         budget[0] -= len(value)
         if budget[0] < 0:
             # Past the bound the strings would be judged as written while the tool reads them decoded: refused,
@@ -436,11 +455,7 @@ def _parsed_within(value: Any, depth: int, budget: list[int], level: int) -> Any
             raise InputTooLarge(
                 f"more than {NESTED_MAX_CHARS:,} characters of JSON-text strings to read parsed (NESTED_MAX_CHARS)"
             )
-        try:
-            inner = json.loads(value)
-        except Exception:  # noqa: BLE001 - not JSON (or nested past the recursion limit): read as written
-            return value
-        return _parsed_within(inner, depth - 1, budget, level + 1) if isinstance(inner, str | list | dict) else value
+        return within
     if isinstance(value, Mapping):
         pairs = [(k, _parsed_within(v, depth, budget, level + 1)) for k, v in value.items()]
         if all(new is old for (_, new), old in zip(pairs, value.values(), strict=True)):
@@ -457,9 +472,9 @@ _MAX_LEVEL = 64
 
 
 def _json_text(value: Any) -> bool:
-    # Any backslash before "u" or "/": an escape of its own, or (after an escaped backslash) one of a JSON text
-    # within it, which is reached only through this layer's parse (rt59d F5: a plain outer layer hid it).
-    return isinstance(value, str) and value.lstrip()[:1] in _JSON_OPENERS and ("\\u" in value or "\\/" in value)
+    # Any escape: one the app's parse decodes (a "\\u" escape, or "\\n" padding: rt59e F2), or one of a JSON text
+    # within it, reached only through this layer's parse (rt59d F5: a plain outer layer hid it).
+    return isinstance(value, str) and value.lstrip()[:1] in _JSON_OPENERS and "\\" in value
 
 
 def _holds_json_text(value: Any) -> bool:
