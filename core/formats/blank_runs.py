@@ -112,12 +112,18 @@ def padding_read(text: str) -> str | None:
     """``text`` (its blank runs shortened already: `shorten_blank_runs`) with each run of more than `KEPT_BLANKS`
     blanks and format characters left long (one that holds bidi embeddings or isolates, or tag characters:
     " \u2066\u2069" repeated) read as its blanks alone, cut to `KEPT_BLANKS`: judged beside the text, so that padding
-    of any invisible characters keeps no word out of its neighbour's window (rt58f F1). ``None`` when there is no such
-    run (most text: one scan)."""
+    of any invisible characters keeps no word out of its neighbour's window (rt58f F1). A run with no blank in it is
+    no padding (words spelled in tag characters: read by `content.as_seen_pieces`) and is kept. ``None`` when there
+    is no such run (most text: one scan)."""
     if text.isascii():
         return None
     runs = _any_run()
     if not runs.search(text):
         return None
-    read = runs.sub(lambda m: "".join(c for c in m.group() if c.isspace())[:KEPT_BLANKS] or " ", text)
+    read = runs.sub(_blanks_of, text)
     return read if read != text else None
+
+
+def _blanks_of(match: re.Match[str]) -> str:
+    blanks = "".join(c for c in match.group() if c.isspace())
+    return blanks[:KEPT_BLANKS] if blanks else match.group()
