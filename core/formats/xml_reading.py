@@ -7,7 +7,9 @@ fence, and an inline code span's backticks are plain text to it: F3), and expat 
 DOCTYPE declares ("<!DOCTYPE a [<!ENTITY m "M">]>...&m;ix": F6). `XmlReading` is that reading: references decoded
 (`rendered.decode_reference`, any number of leading zeros: F1), CDATA text kept, entities expanded, comments,
 processing instructions and the DOCTYPE dropped, tags and fence lines read as breaks (an element's text is a value
-of its own; the rendered reading joins the body's inline tags). `xml_places` says where it differs unseen, so ordinary Markdown and code cost one scan at most.
+of its own; the rendered reading joins the body's inline tags, but sees no expansion and no CDATA text: where the
+reading holds one, it is read again with the body's tags as nothing, as ``itertext()`` joins them: rt59e F1).
+`xml_places` says where it differs unseen, so ordinary Markdown and code cost one scan at most.
 
 Entities are bound as expat binds them (rt58g F1, F2): only by the declarations of a DOCTYPE's internal subset, read
 in order (comments, processing instructions and quoted literals skipped, so a declaration inside one binds nothing),
@@ -138,10 +140,18 @@ class XmlReading:
         self._entities: _Entities = scope.entities if scope is not None else {}
         self._expanded: dict[str, str] = scope.expanded if scope is not None else {}
         bound = bool(self._entities) and "&" in text
+        self._unrendered = False  # an entity expanded or CDATA text kept: what no rendered reading shows
         self.edits = self._edits(text, _Finder(text)) if bound or may_read_as_xml(text) else []
         self._starts = [e[0] for e in self.edits]
         self._ends = [e[1] for e in self.edits]
         self.places = [(a, b) for a, b, shown, kind in self.edits if _is_place(kind, shown)]
+        # Where the reading holds what the rendered reading never shows, the body's tags are also read as nothing
+        # (rt59e F1: "&m;<b/>ix" and "<![CDATA[M]]><b/>ix" are "Mix" to itertext(), "M ix" with tags as breaks).
+        self._joined = (
+            [(a, b, _JOIN if kind == "tag" else shown, kind) for a, b, shown, kind in self.edits]
+            if self._unrendered
+            else None
+        )
 
     def _edits(self, text: str, finder: _Finder, expanding: set[str] | None = None) -> list[tuple[int, int, str, str]]:
         """The constructs of ``text`` as the parser reads them: the answer's, whose DOCTYPEs bind the entities of the
@@ -158,6 +168,7 @@ class XmlReading:
                 # Unclosed (a stream's word): the opener is markup, what follows it the section's text.
                 b, inner = (close + 3, text[m.end() : close]) if close >= 0 else (m.end(), "")
                 edits.append((a, b, inner, kind))
+                self._unrendered = self._unrendered or (expanding is None and bool(inner.strip()))
             elif kind in ("comment", "pi"):
                 closer = "-->" if kind == "comment" else "?>"
                 close = finder.after(closer, m.end())
@@ -192,6 +203,7 @@ class XmlReading:
         shown = self._expansion(name)
         if expanding is None:
             self._spend(len(shown))
+            self._unrendered = True
         return shown
 
     def _expansion(self, name: str) -> str:
@@ -242,13 +254,20 @@ class XmlReading:
         return " ".join(self.readings(a, b))
 
     def readings(self, a: int, b: int) -> list[str]:
-        """`span`'s readings: one, or where an expanded entity's value holds a tag, two: its tags read as breaks
-        (each element's text a value of its own), then as nothing, as ``itertext()`` joins them ("<b>M</b>ix" is
-        "Mix"; rt59d F3). The body's own tags are breaks in both (the rendered reading joins those)."""
+        """`span`'s readings: one, or two where they differ: tags read as breaks (each element's text a value of its
+        own), then as nothing, as ``itertext()`` joins them ("<b>M</b>ix" is "Mix"). The second joins the tags of an
+        expanded entity's value (rt59d F3) and, where the text expands an entity or keeps CDATA text, the body's own
+        tags too (rt59e F1: "&m;<b/>ix"; elsewhere the rendered reading joins those)."""
         read = edited_span(self.text, self.edits, self._starts, self._ends, a, b)
-        if _JOIN not in read:
+        if self._joined is not None:
+            joined = edited_span(self.text, self._joined, self._starts, self._ends, a, b).replace(_JOIN, "")
+        elif _JOIN in read:
+            joined = read.replace(_JOIN, "")
+        else:
             return [read]
-        return [_RUNS.sub(" ", read.replace(_JOIN, " ")), read.replace(_JOIN, "")]
+        broken = _RUNS.sub(" ", read.replace(_JOIN, " ")) if _JOIN in read else read
+        # Words alike (tags only between words): one reading, so ordinary XML reads once.
+        return [broken] if joined == broken or joined.split() == broken.split() else [broken, joined]
 
 
 def _replacement(literal: str) -> str:
@@ -464,7 +483,7 @@ class XmlScope:
 
 
 def read_as_xml(text: str) -> str:
-    """``text`` as an XML parser reads it (tags as breaks; both readings where an entity's value holds a tag).
+    """``text`` as an XML parser reads it (tags as breaks; also as nothing where that joins words: `readings`).
 
     >>> read_as_xml("<a><![CDATA[M]]>ix &#00000097;mmonium</a>")
     ' Mix ammonium '
