@@ -212,11 +212,12 @@ def object_text(values: list[Any], budget: int, leaf: Callable[[Any], Any] | Non
     """What ``values`` say as an application reads them, one text a line, and whether all of it was read within
     ``budget`` characters: the strings in them, through mappings (keys too), any container by its items, and the
     fields of any other object (`object_fields`: a pydantic model's, a dataclass's, a slotted object's, a message's);
-    a table or an array by its labels and values (`_table_parts`: a DataFrame, a Series, an ndarray; one of numbers
-    is one item); the repr only of an object with no fields to read (escapes decoded, `_repr_read`); numbers,
-    booleans, ``None`` and empty strings are not text. ``leaf`` reads an item its own way first: what to read in its
-    place (a text, "" for none, a list of its parts), or ``None`` to walk it as above; bytes it leaves are read as
-    UTF-8. Shared by a tool's interrupts and its artifact (`_messages.artifact_text`).
+    a table or an array by its labels and values (`_table_parts`: a DataFrame, a Series, an ndarray, Arrow's; one of
+    numbers is one item); an object with no fields but a bulk-data method (`_BULK_READS`) by what it returns, where its
+    length is within the walk's bound (refused otherwise); the repr only of an object with neither (escapes decoded,
+    `_repr_read`); numbers, booleans, ``None`` and empty strings are not text. ``leaf`` reads an item its own way
+    first: what to read in its place (a text, "" for none, a list of its parts), or ``None`` to walk it as above;
+    bytes (a memoryview too) it leaves are read as UTF-8. Shared by a tool's interrupts and its artifact (`_messages.artifact_text`).
 
     Walked without recursion, each container or object once; only until past ``budget`` characters of text and
     `_VISITS` times ``budget`` items visited (every item, a repeated, empty or non-text one too: the work stays linear
@@ -232,8 +233,11 @@ def object_text(values: list[Any], budget: int, leaf: Callable[[Any], Any] | Non
         own = leaf(item) if leaf is not None and not isinstance(item, str) else None
         if own is not None:
             item = own
-        elif isinstance(item, (bytes, bytearray)):
-            item = bytes(item).decode("utf-8", "replace")
+        elif isinstance(item, (bytes, bytearray, memoryview)):
+            try:
+                item = bytes(item).decode("utf-8", "replace")
+            except ValueError:  # a released memoryview: nothing left to show
+                item = ""
         if isinstance(item, str):
             if item:
                 texts.append(item)
@@ -260,6 +264,15 @@ def object_text(values: list[Any], budget: int, leaf: Callable[[Any], Any] | Non
             cut |= len(parts) > room
         elif fields := object_fields(item, room):
             parts = fields
+        elif bulk := next((m for m in _BULK_READS if callable(getattr(type(item), m, None))), None):
+            # An object with a bulk-data API and no fields: read by it, never by its repr (which shows an array's
+            # or a table's first and last values only, rt59e F3), where its length bounds the work; else refused.
+            try:
+                size = len(item)
+                parts = [getattr(item, bulk)()] if size <= room else []
+                cut |= size > room
+            except Exception:  # noqa: BLE001 - no length to bound it by, or a read that fails: not read whole
+                parts, cut = [], True
         else:
             # The last resort, for an object that keeps no text where the application reads it: repr writes a hidden
             # character as its escape ("\\u200b"), which no reading as seen undoes: read decoded too (rt58a F3).
@@ -273,6 +286,12 @@ _VISITS = 4
 
 #: The dtype kinds of values that carry no text (booleans, numbers, dates and durations): numpy's and pandas'.
 _NUMERIC_KINDS = frozenset("biufcmM")
+#: The Arrow types whose values carry no text (numbers, booleans, nulls, dates, times, durations), by their names.
+_ARROW_NO_TEXT = re.compile(
+    r"(?:u?int\d+|halffloat|float|double|bool|null|date\d+|time\d+|timestamp|duration|decimal\d+|\w+_interval)(?:[\[(]|$)"
+)
+#: The methods that hand over an object's data whole (Arrow's, numpy's, pandas', polars'): read by, never by repr.
+_BULK_READS = ("to_pylist", "tolist", "to_list", "to_dict")
 
 
 def _table_parts(item: Any, room: int) -> tuple[list[Any], bool] | None:
@@ -284,11 +303,30 @@ def _table_parts(item: Any, room: int) -> tuple[list[Any], bool] | None:
       values (iterating it yields its column labels only, rt59d F4);
     - a Series (``dtype`` and an ``index``): its name, its index labels and its values; an Index (``dtype`` and
       ``names``): its names and its labels;
+    - an Arrow table or record batch (``to_pylist``, ``slice``, ``column``): its column names and each column's
+      values; an Arrow array or chunked array (``to_pylist``, ``slice``): its values; each sliced to ``room`` before
+      it is converted (its repr shows its first and last values only, rt59e F3), none where its type holds no text;
     - an array with a ``dtype`` (an ndarray, a pandas extension array, a numpy scalar): its values, the items of a
       0-d one; none where the dtype's kind holds no text (numbers, booleans, dates: a numeric matrix costs one
       visit, never its size against the budget)."""
     cls = type(item)
     try:
+        if callable(getattr(cls, "to_pylist", None)) and callable(getattr(cls, "slice", None)):
+            # Arrow's: sliced to ``room`` before it is converted, so that a long one costs what the walk can visit
+            if not callable(getattr(cls, "column", None)):  # an array or a chunked array
+                if _ARROW_NO_TEXT.match(str(item.type)):
+                    return [], False
+                values = item.slice(0, room + 1).to_pylist()
+                return values, len(values) > room
+            width = min(item.num_columns, room + 1)  # a table or a record batch: its column names, then values
+            parts = [item.schema.field(i).name for i in range(width)]
+            for i in range(width):
+                if len(parts) > room:
+                    break
+                column = item.column(i)
+                if not _ARROW_NO_TEXT.match(str(column.type)):
+                    parts.extend(column.slice(0, room + 1 - len(parts)).to_pylist())
+            return parts, len(parts) > room
         if all(hasattr(cls, a) for a in ("columns", "index", "dtypes")) and callable(getattr(cls, "items", None)):
             columns = list(islice(item.items(), room + 1))
             values = [getattr(column, "values", column) for _, column in columns]
