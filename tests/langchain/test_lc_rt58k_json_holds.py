@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,6 +23,7 @@ from qwenguard.core import Guard, GuardViolation
 from qwenguard.core.formats.json_reading import EscapeWatch
 from qwenguard.integrations.langchain import GuardedChatModel, guard_output
 from qwenguard.integrations.langchain._json_reading import parsed_reading
+from value_strings import strings_in
 
 TAIL = " ".join(f"Step {i}: keep the units consistent and check the sign of each term." for i in range(30))
 PATH_ANSWER = 'The file is "C:\\users\\me\\notes.txt", as you asked. ' + TAIL
@@ -104,18 +104,6 @@ PIECES = ['"', '\\"', "\\u0041", "\\/", "`", "```", "```json", "{", "}", "[", "]
 PIECES += ["C:\\users", "\\\\", "x"]
 
 
-def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            yield from _strings(k)
-            yield from _strings(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _strings(v)
-
-
 def _shown(s: str, text: str) -> bool:
     # The raw text shows the string as it is, or as JSON writes it (LangChain's parser reads a raw line break in a
     # string as an escaped one).
@@ -131,7 +119,7 @@ def test_every_answer_langchain_reads_otherwise_is_held_however_it_is_chunked() 
         reading = parsed_reading(text)
         if reading is None:
             continue
-        if all(_shown(s, text) for line in reading.split("\n") for s in _strings(json.loads(line))):
+        if all(_shown(s, text) for line in reading.split("\n") for s in strings_in(json.loads(line))):
             continue  # the parse reads as the raw text does
         decoded += 1
         for size in (1, 2, 3, len(text)):

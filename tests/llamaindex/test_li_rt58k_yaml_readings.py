@@ -15,7 +15,6 @@ Real LlamaIndex parsers, the repo's scripted LLM, deterministic judges; the stan
 import asyncio
 import base64
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,6 +25,7 @@ from llama_index.core.question_gen.output_parser import SubQuestionOutputParser
 from qwenguard.core import Guard, Policy
 from qwenguard.core.formats.json_reading import YAML_MAX_CHARS, literals, yaml_value
 from qwenguard.integrations.llamaindex import GuardedLLM
+from value_strings import strings_in
 
 
 def _x(text: str) -> str:
@@ -100,20 +100,6 @@ SCALARS += ["[", "{", "\x85", "\\N", "!!"]
 BINARY = ["!!binary ", "!<tag:yaml.org,2002:binary> ", "!!bin%61ry "]
 
 
-def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, bytes | bytearray):
-        yield bytes(value).decode("utf-8", "replace")
-    elif isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            yield from _strings(k)
-            yield from _strings(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _strings(v)
-
-
 def _words(text: str) -> str:
     return " ".join(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").split())
 
@@ -155,7 +141,7 @@ def test_every_string_yaml_safe_load_reads_is_in_the_stand_in_reading() -> None:
             continue
         parsed += 1
         read = {_words(s) for s, _ in yaml_scalars(text)} | {_words(s) for s in literals(text)}
-        for s in _strings(value):
+        for s in strings_in(value):
             assert _words(s) in read or s in text, (text, s)
     assert parsed > 500
 
