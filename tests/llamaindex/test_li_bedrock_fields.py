@@ -18,9 +18,9 @@ import copy
 from typing import Any
 
 import pytest
-from conftest import openai_like
 from faults import ScriptedBackend, keyword_verdict
 from li_scripted import UNSAFE_CLAUSE
+from li_shared import openai_like
 from llama_index.core.base.llms.generic_utils import (
     chat_to_completion_decorator,
     stream_chat_to_completion_decorator,

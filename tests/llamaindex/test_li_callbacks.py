@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import INJECTED_DOC, SAFE_DOCS
 from li_scripted import UNSAFE_CLAUSE, ScriptedLLM
+from li_shared import INJECTED_DOC, SAFE_DOCS
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.callbacks import CallbackManager, CBEventType
 from llama_index.core.instrumentation import get_dispatcher

@@ -17,9 +17,9 @@ that flags "ignore all previous instructions" in a user-side turn (where untrust
 import asyncio
 
 import pytest
-from conftest import openai_like
 from li_scripted import INJECT
 from li_scripted import injection_oracle as oracle
+from li_shared import openai_like
 from llama_index.core.agent.workflow import AgentInput, FunctionAgent, ReActAgent
 from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.chat_engine import SimpleChatEngine

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 import pytest
-from conftest import UNSAFE_DOC, openai_like
+from li_shared import UNSAFE_DOC, openai_like
 from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.chat_engine import SimpleChatEngine
 from llama_index.core.memory import Memory

@@ -9,8 +9,8 @@ import json
 import time
 
 import pytest
-from conftest import openai_like
 from li_scripted import UNSAFE_CLAUSE, Outbox, exposure
+from li_shared import openai_like
 from llama_index.core.agent.workflow import AgentStream, FunctionAgent
 from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.tools import FunctionTool

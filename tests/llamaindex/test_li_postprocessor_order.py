@@ -7,7 +7,7 @@ The guard must be the last postprocessor (docs/llamaindex.md). Real query engine
 from __future__ import annotations
 
 import pytest
-from conftest import INJECTED_DOC
+from li_shared import INJECTED_DOC
 from llama_index.core import VectorStoreIndex
 from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.llms.mock import MockLLM

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import INJECTED_DOC, SAFE_DOCS, UNSAFE_DOC
+from li_shared import INJECTED_DOC, SAFE_DOCS, UNSAFE_DOC
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.ingestion import IngestionPipeline

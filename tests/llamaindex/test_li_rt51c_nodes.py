@@ -18,8 +18,8 @@ import asyncio
 import random
 
 import pytest
-from conftest import openai_like
 from faults import ScriptedBackend
+from li_shared import openai_like
 from llama_index.core import Document, StorageContext, VectorStoreIndex
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.embeddings import MockEmbedding

@@ -9,7 +9,7 @@ tests/scripted_openai.py, a real index and query engine, LlamaIndex's `TokenCoun
 # No `from __future__ import annotations`: LlamaIndex inspects annotations at runtime.
 
 import pytest
-from conftest import openai_like
+from li_shared import openai_like
 from llama_index.core import Document, Settings, VectorStoreIndex, get_response_synthesizer
 from llama_index.core.callbacks import CallbackManager, TokenCountingHandler
 from llama_index.core.embeddings import MockEmbedding

@@ -14,7 +14,7 @@ import asyncio
 import json
 
 import pytest
-from conftest import openai_like
+from li_shared import openai_like
 from llama_index.core.base.llms.types import ChatMessage
 from qwenguard.core import Guard, GuardViolation, Policy
 from qwenguard.core.verdict import Stage

@@ -11,7 +11,7 @@ import asyncio
 import pickle
 
 import pytest
-from conftest import openai_like
+from li_shared import openai_like
 from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.prompts import PromptTemplate
 from qwenguard.core import Guard, Policy

@@ -14,7 +14,7 @@ import asyncio
 import json
 from typing import Any
 
-from conftest import openai_like
+from li_shared import openai_like
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,

@@ -15,8 +15,8 @@ documents (an injected one and an unsafe one among them), real dispatcher handle
 import asyncio
 
 import pytest
-from conftest import INJECTED_DOC, SAFE_DOCS, UNSAFE_DOC
 from li_scripted import ScriptedLLM
+from li_shared import INJECTED_DOC, SAFE_DOCS, UNSAFE_DOC
 from li_tracing import attached
 from llama_index.core import Document, Settings, VectorStoreIndex
 from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugHandler

@@ -16,7 +16,7 @@ import json
 from typing import Any
 
 import pytest
-from conftest import INJECTED_DOC, openai_like
+from li_shared import INJECTED_DOC, openai_like
 from li_tracing import attached
 from llama_index.core.agent.workflow import FunctionAgent, ToolCallResult
 from llama_index.core.bridge.pydantic import BaseModel

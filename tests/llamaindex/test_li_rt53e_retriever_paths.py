@@ -17,8 +17,8 @@ import asyncio
 
 import llama_index.core
 import pytest
-from conftest import INJECTED_DOC, SAFE_DOCS, UNSAFE_DOC
 from li_scripted import ScriptedLLM
+from li_shared import INJECTED_DOC, SAFE_DOCS, UNSAFE_DOC
 from li_tracing import attached
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.callbacks import LlamaDebugHandler

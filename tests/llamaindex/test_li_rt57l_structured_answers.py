@@ -20,7 +20,7 @@ import warnings
 from typing import Any
 
 import pytest
-from conftest import openai_like
+from li_shared import openai_like
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.agent.utils import messages_to_xml_format
 from llama_index.core.agent.workflow import AgentWorkflow, FunctionAgent

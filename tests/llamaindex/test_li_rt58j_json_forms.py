@@ -16,9 +16,9 @@ import json
 from typing import Any
 
 import pytest
-from conftest import openai_like
 from faults import ScriptedBackend, keyword_verdict
 from li_scripted import UNSAFE_CLAUSE, ScriptedLLM, released_before_block
+from li_shared import openai_like
 from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.prompts import PromptTemplate
 from llama_index.core.question_gen.output_parser import SubQuestionOutputParser

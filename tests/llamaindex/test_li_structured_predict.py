@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 import pytest
-from conftest import INJECTED_DOC, openai_like
+from li_shared import INJECTED_DOC, openai_like
 from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.prompts import ChatPromptTemplate, PromptTemplate
 from pydantic import BaseModel

@@ -16,8 +16,8 @@ import json
 import logging
 
 import pytest
-from conftest import openai_like
 from faults import ScriptedBackend
+from li_shared import openai_like
 from llama_index.core.agent.react.formatter import ReActChatFormatter
 from llama_index.core.agent.workflow import AgentStream, ReActAgent
 from llama_index.core.agent.workflow.codeact_agent import DEFAULT_CODE_ACT_PROMPT

@@ -11,8 +11,8 @@ Real FunctionAgent / ReActAgent and OpenAILike against a scripted OpenAI server;
 import asyncio
 
 import pytest
-from conftest import openai_like
 from li_scripted import injection_oracle as oracle
+from li_shared import openai_like
 from llama_index.core.agent.workflow import FunctionAgent, ReActAgent
 from llama_index.core.tools import FunctionTool
 from qwenguard.core import GuardViolation, Stage

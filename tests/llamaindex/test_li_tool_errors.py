@@ -13,8 +13,8 @@ import json
 from typing import Any
 
 import pytest
-from conftest import openai_like
 from faults import ScriptedBackend
+from li_shared import openai_like
 from llama_index.core.agent.workflow import FunctionAgent, ToolCallResult
 from llama_index.core.bridge.pydantic import BaseModel
 from llama_index.core.tools import AsyncBaseTool, FunctionTool, ToolMetadata, ToolOutput

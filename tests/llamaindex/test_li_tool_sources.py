@@ -12,7 +12,7 @@ import asyncio
 from dataclasses import dataclass
 
 import pytest
-from conftest import UNSAFE_DOC
+from li_shared import UNSAFE_DOC
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.agent.workflow import FunctionAgent, ToolCallResult
 from llama_index.core.base.llms.types import ChatMessage, MessageRole, ToolCallBlock

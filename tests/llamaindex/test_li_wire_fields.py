@@ -13,9 +13,9 @@ import json
 from typing import Any
 
 import pytest
-from conftest import openai_like
 from faults import ScriptedBackend, keyword_verdict
 from li_scripted import UNSAFE_CLAUSE, ScriptedLLM
+from li_shared import openai_like
 from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.base.llms.types import (
     CacheControl,
