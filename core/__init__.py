@@ -24,6 +24,7 @@ from .errors import (
     QwenGuardError,
     StreamClosed,
     VerdictParseError,
+    retryable,
 )
 from .formats.conversations import render_tool_call
 from .formats.prompts import parse_verdict, render_prompt
@@ -74,4 +75,5 @@ __all__ = [
     "parse_verdict",
     "render_prompt",
     "render_tool_call",
+    "retryable",
 ]

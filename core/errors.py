@@ -1,7 +1,7 @@
 """qwenguard's exceptions. One root, so ``except QwenGuardError`` catches everything we raise.
 
     QwenGuardError(Exception)
-    ├── GuardViolation        a check decided to block; carries the Decision
+    ├── GuardViolation        a check decided to block; carries the Decision (also a RuntimeError)
     ├── GuardUnavailable      the guard could not answer and the policy fails closed
     │   └── GuardTimeout      ... because it ran past the policy's timeout
     ├── StreamClosed          a stream monitor/session was fed after finish() or close()
@@ -11,7 +11,9 @@
     └── MissingDependency     an optional extra is not installed (also an ImportError)
 
 All are plain ``Exception`` subclasses on purpose: a ``BaseException`` subclass hangs LlamaIndex
-workflows, and LangChain never re-raises ``NotImplementedError`` from callback handlers.
+workflows, and LangChain never re-raises ``NotImplementedError`` from callback handlers. A retry that re-runs a
+guarded step after a stop asks the model again (a re-roll) or runs a tool again: `retryable` is the predicate for
+retry policies that retry every error.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "InputTooLarge",
     "ModelNotFound",
     "MissingDependency",
+    "retryable",
 ]
 
 
@@ -44,8 +47,12 @@ class QwenGuardError(Exception):
     readable: Verdict | None = None
 
 
-class GuardViolation(QwenGuardError):
-    """A check blocked the content. ``decision`` says what, where and why."""
+class GuardViolation(QwenGuardError, RuntimeError):
+    """A check blocked the content. ``decision`` says what, where and why.
+
+    Also a ``RuntimeError``: LangGraph's default ``RetryPolicy`` retries a node on any error but those it names as
+    permanent (``ValueError``, ``RuntimeError``...), and a node re-run after a stop asked the model again or ran a
+    blocked tool again (rt60b F1)."""
 
     def __init__(self, decision: Decision, message: str | None = None) -> None:
         self.decision = decision
@@ -98,3 +105,14 @@ class MissingDependency(QwenGuardError, ImportError):
         if extra == "local":
             install = f"install torch first, the build for your machine (README, Install), then {install}"
         return cls(f"{package} is not installed: {install}")
+
+
+def retryable(error: BaseException) -> bool:
+    """Any ``Exception`` but the guard's stop, for retry policies that retry every error (LangChain's
+    ``with_retry(retry_if_exception_type=retryable)``, LangGraph's ``RetryPolicy(retry_on=retryable)``, a LlamaIndex
+    step's ``retry_policy(retry=retry_if_exception(retryable))``). The stop is any `QwenGuardError` (a
+    `GuardViolation`, an `InputTooLarge`...) but `GuardUnavailable` (`GuardTimeout` too): a guard that could not
+    answer may answer on a retry, and the new answer is judged."""
+    if isinstance(error, GuardUnavailable):
+        return True
+    return isinstance(error, Exception) and not isinstance(error, QwenGuardError)

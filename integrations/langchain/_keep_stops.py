@@ -26,7 +26,7 @@ from typing import Any
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
 from langchain_core.runnables.fallbacks import RunnableWithFallbacks
 from langchain_core.runnables.retry import RunnableRetry
-from qwenguard.core import GuardUnavailable, QwenGuardError
+from qwenguard.core import QwenGuardError, retryable
 from tenacity import retry_if_exception
 
 __all__ = ["KeepsStops", "retryable"]
@@ -36,15 +36,6 @@ __all__ = ["KeepsStops", "retryable"]
 _FALLBACK_STOPS = QwenGuardError
 
 Retries = tuple[type[BaseException], ...] | Callable[[BaseException], bool]
-
-
-def retryable(error: BaseException) -> bool:
-    """Any ``Exception`` but the guard's stop: ``chain.with_retry(retry_if_exception_type=retryable)``. The stop is
-    any `QwenGuardError` (a `GuardViolation`, an `InputTooLarge`...) but `GuardUnavailable` (`GuardTimeout` too): a
-    guard that could not answer may answer on a retry, and the new answer is judged."""
-    if isinstance(error, GuardUnavailable):
-        return True
-    return isinstance(error, Exception) and not isinstance(error, QwenGuardError)
 
 
 def _unless_stopped(retries: Retries) -> Callable[[BaseException], bool]:
