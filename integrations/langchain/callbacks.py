@@ -36,7 +36,10 @@ not answer and the policy fails closed):
   payloads (the tool has run; the result is stopped before anything reads it); ``on_tool_error`` — the
   error's text and what it carries that a ``handle_tool_errors`` callable may write (its cause and context
   chain, args, notes, public string attributes: `error_texts`); a ``ToolNode`` with ``handle_tool_errors``
-  writes the guard's stop in its place. The message a ``ToolNode`` writes for a failed call is judged too, at
+  writes the guard's stop in its place. A handoff raised out of the tool (a sub-agent's
+  ``Command(graph=Command.PARENT, ...)``: LangGraph's ``ParentCommand``, which it writes to the graph above) is the
+  tool's output, read as ``on_tool_end`` reads a returned ``Command`` and stopped in its place; an ``interrupt()``
+  is the run's caller's and is not judged. The message a ``ToolNode`` writes for a failed call is judged too, at
   the ``on_chain_end`` of the run the tool ran in (a callable can build it from anywhere: ``e.response.text``),
   before LangGraph's ``stream_mode="messages"`` emits it and before the model reads it (LangGraph has put a
   node's ``"updates"`` out before its end event: `GuardMiddleware`'s tool wrapper holds those).
@@ -132,7 +135,15 @@ from ._streaming import (
     open_screen,
     open_tool_screen,
 )
-from ._tool_errors import MAX_ERROR_CHARS, TOOL_NODE_HINT, control_flow, digest, error_texts, written_messages
+from ._tool_errors import (
+    MAX_ERROR_CHARS,
+    TOOL_NODE_HINT,
+    bubbled_command,
+    control_flow,
+    digest,
+    error_texts,
+    written_messages,
+)
 from .documents import document_text
 
 __all__ = ["GuardCallbackHandler", "AsyncGuardCallbackHandler"]
@@ -904,6 +915,13 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
             raise_first(items, screen(self.guard, items))
 
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        if (handed_up := bubbled_command(error)) is not None:
+            # A handoff raised out of the tool (a sub-agent's ``Command.PARENT``): LangGraph writes it to the graph
+            # above, so it is the tool's output, read as a returned Command is (rt60 K1). Raised in its place.
+            items = self._tool_end_items(handed_up, run_id)
+            if items:
+                raise_first(items, screen(self.guard, items))
+            return
         # Raised in place of the tool's error: a ToolNode that handles errors writes this one, the guard's.
         items, texts = self._tool_error_items(error, run_id)
         with self._noting_failed_call(texts, kwargs):
@@ -1066,6 +1084,20 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
                 raise_first([item], await ascreen(self.guard, [item]))
 
     async def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        await self._atool_output(output, run_id)
+
+    async def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        if (handed_up := bubbled_command(error)) is not None:  # a handoff raised out of the tool: its output
+            await self._atool_output(handed_up, run_id)
+            return
+        items, texts = self._tool_error_items(error, run_id)
+        with self._noting_failed_call(texts, kwargs):
+            if items:
+                raise_first(items, await ascreen(self.guard, items))
+
+    async def _atool_output(self, output: Any, run_id: UUID) -> None:
+        """What the tool wrote (its result, or the Command of a handoff raised out of it), judged; raises on a block.
+        Not a hook: called by the hooks, which are dispatched by name (`__getattribute__`)."""
         run = self._drop(run_id)
         tool = run.tool if run else None
         # A result of 100,000 content blocks held the loop 0.45 s here (rt55b F4): read on a worker thread.
@@ -1075,12 +1107,6 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
             items = await built_off_loop(lambda: self._tool_end_reading(output, tool), output)
         if items:
             raise_first(items, await ascreen(self.guard, items))
-
-    async def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        items, texts = self._tool_error_items(error, run_id)
-        with self._noting_failed_call(texts, kwargs):
-            if items:
-                raise_first(items, await ascreen(self.guard, items))
 
     async def on_retriever_start(self, serialized: dict[str, Any], query: str, *, run_id: UUID, **kwargs: Any) -> None:
         run = self._begin(run_id, kwargs, owned=True)

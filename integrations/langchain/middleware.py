@@ -12,7 +12,8 @@ Where it looks (every step is one batched guard call):
   the list, so another middleware's (``HumanInTheLoopMiddleware``'s review, a logger) would otherwise
   come first. A blocked answer never reaches the state, nor its structured response. What a middleware
   inside this one writes beside the answer (another message of the response, a ``Command`` returned in an
-  ``ExtendedModelResponse``) is judged there too, as untrusted text.
+  ``ExtendedModelResponse``: its messages and what it writes to other state keys) is judged there too, as untrusted
+  text.
 - ``after_model``: the same again for an answer that did not come through this middleware's model
   call (a middleware listed before it answered from a cache), or that a middleware listed before it rewrote
   after the call (its text is judged again unless it still says what the call judged: by fingerprint, not
@@ -159,6 +160,9 @@ _NAMED = "named"
 #: Marks (in `Item.extra`) the check of what a tool's ``Command`` hands the graph besides its messages (`command_rest`):
 #: blocked, the call's notice is the whole result.
 _WHOLE = "whole_result"
+#: Marks (in `Item.extra`) the check of what a ``Command`` beside the model's answer writes besides its messages: the
+#: Command (blocked, it is withheld whole).
+_COMMAND = "command"
 
 
 #: The name a withheld earlier answer's tool calls keep (the provider reads the call back without its text).
@@ -1176,19 +1180,23 @@ class GuardMiddleware(AgentMiddleware):
         if not commands:
             return response
         found = commands
-        items = await built_off_loop(lambda: self._command_items(found), found)
+        # Off the loop where large, or where a value is an object that cannot be sized (`opaque_output`)
+        items = await _read_off_loop(lambda: self._command_items(found), found)
         if not items:
             return response
         verdicts = await ascreen(self.guard, items)
-        return await built_off_loop(lambda: self._on_commands(found, response, items, verdicts), found)
+        return await _read_off_loop(lambda: self._on_commands(found, response, items, verdicts), found)
 
     # A middleware inside this one may return ``ExtendedModelResponse(response, command=Command(update=...))``:
     # LangChain's composer keeps the Command out of the response this middleware gets and applies it with the model
-    # node's update, to the state and every stream (rt57b F2a). Its messages are judged here, where the composer's
-    # list of them can be reached (`_inner_commands`).
+    # node's update, to the state and every stream (rt57b F2a). What it writes is judged here, where the composer's
+    # list of them can be reached (`_inner_commands`): its messages, and what it writes to other state keys (a note,
+    # ``structured_response``: rt60 K2).
     def _command_items(self, commands: list[Any]) -> list[Item]:
-        """The messages of the Commands middleware inside this one returned beside the answer, each judged as
-        untrusted text the model call wrote, no looser than a prompt (`AS_INPUT`), as `_beside_items`."""
+        """What the Commands middleware inside this one returned beside the answer write, judged as untrusted text the
+        model call wrote, no looser than a prompt (`AS_INPUT`), as `_beside_items`: each message, and the rest of each
+        Command (`command_rest_text`: other state keys, ``Send`` payloads; read as a tool's Command's rest is), one
+        check a Command, whose block withholds that Command whole (`_on_commands`)."""
         if not self.check_output:
             return []
         items = []
@@ -1197,13 +1205,27 @@ class GuardMiddleware(AgentMiddleware):
             if text.strip() and not _screened(message):
                 conversation = untrusted_conversation(text, "model call output")
                 items.append(Item(Stage.TOOL_RESULT, conversation, message, extra={"entry": entry, AS_INPUT: True}))
+        for command in tool_result_commands(commands):
+            text = command_rest_text(command, self.guard.max_chars)
+            if text.strip():
+                conversation = untrusted_conversation(text, "model call output")
+                items.append(Item(Stage.TOOL_RESULT, conversation, extra={_COMMAND: command, AS_INPUT: True}))
         return items
 
     def _on_commands(self, commands: list[Any], response: Any, items: list[Item], decisions: list[Decision]) -> Any:
-        """``response``, or the refusal where a Command's message is blocked (``"error"``: raised); the blocked
-        messages are replaced by notices in the composer's list, in place (`_withheld`)."""
-        commands[:] = self._withheld(commands, items, decisions)
+        """``response``, or the refusal where what a Command writes is blocked (``"error"``: raised): a Command whose
+        other writes are blocked leaves the composer's list, and blocked messages are replaced by notices in it, in
+        place (`_withheld`)."""
         blocked = blocked_pairs(items, decisions)
+        if blocked and self.exit_behavior == "error":
+            self._allowed.remember(items, decisions)
+            enforce(blocked[0][1])
+        rest = [(item, d) for item, d in zip(items, decisions) if _COMMAND in item.extra]
+        messages = [(item, d) for item, d in zip(items, decisions) if _COMMAND not in item.extra]
+        self._allowed.remember([item for item, _ in rest], [d for _, d in rest])
+        dropped = {id(item.extra[_COMMAND]) for item, d in rest if not d.allowed}
+        kept = [command for command in commands if id(command) not in dropped]
+        commands[:] = self._withheld(kept, [item for item, _ in messages], [d for _, d in messages])
         if not blocked:
             return response
         answers = _answers_of(response)
