@@ -29,6 +29,7 @@ from langchain_core.tools import InjectedToolCallId, tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command, interrupt
 from lc_fakes import SAFE_ANSWER, SAFE_QUESTION, UNSAFE_CLAUSE, scripted, tool_call
+from lc_streams import streamed
 from pydantic import BaseModel
 from qwenguard.core import Guard, GuardViolation
 from qwenguard.integrations.langchain import GuardMiddleware
@@ -46,20 +47,7 @@ def kw() -> Guard:
 
 def stream(agent: Any, mode: str, inputs: Any, config: Any) -> tuple[list[str], Exception | None]:
     """Every item of every stream mode, as text, and the error the run ended with."""
-    seen: list[str] = []
-
-    async def drain() -> None:
-        async for item in agent.astream(inputs, config, stream_mode=STREAM_MODES):
-            seen.append(repr(item))
-
-    try:
-        if mode == "sync":
-            seen.extend(repr(item) for item in agent.stream(inputs, config, stream_mode=STREAM_MODES))
-        else:
-            asyncio.run(drain())
-    except GuardViolation as error:
-        return seen, error
-    return seen, None
+    return streamed(agent, inputs, config, mode, STREAM_MODES)
 
 
 def answered_beside(

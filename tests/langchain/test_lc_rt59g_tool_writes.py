@@ -16,7 +16,6 @@ word. The keyword judge flags "ammonium"; scripted chat models.
 
 # No `from __future__ import annotations`: LangChain reads the tools' annotations (InjectedToolCallId).
 
-import asyncio
 import dataclasses
 from typing import Annotated, Any, ClassVar, NotRequired
 
@@ -28,6 +27,7 @@ from langchain_core.tools import InjectedToolCallId, tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command, Send
 from lc_fakes import SAFE_ANSWER, SAFE_QUESTION, UNSAFE_CLAUSE, scripted, tool_call
+from lc_streams import streamed
 from pydantic import BaseModel, computed_field
 from qwenguard.core import Guard, GuardViolation, InputTooLarge
 from qwenguard.integrations.langchain import AsyncGuardCallbackHandler, GuardCallbackHandler, GuardMiddleware
@@ -95,20 +95,7 @@ def guarded(guard: Guard, tools: list[Any], piece: str, mode: str, exit_behavior
 
 def run(agent: Any, config: Any, mode: str) -> tuple[list[str], Exception | None]:
     """Every item of every stream mode, as text, and the guard's stop the run ended with."""
-    seen: list[str] = []
-
-    async def drain() -> None:
-        async for item in agent.astream(INPUTS, config, stream_mode=STREAM_MODES):
-            seen.append(repr(item))
-
-    try:
-        if mode == "sync":
-            seen.extend(repr(item) for item in agent.stream(INPUTS, config, stream_mode=STREAM_MODES))
-        else:
-            asyncio.run(drain())
-    except GuardViolation as error:
-        return seen, error
-    return seen, None
+    return streamed(agent, INPUTS, config, mode, STREAM_MODES)
 
 
 def leaks(agent: Any, config: Any, seen: list[str]) -> list[str]:

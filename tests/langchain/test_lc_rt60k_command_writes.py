@@ -17,7 +17,6 @@ the thread's state, carries the unsafe word.
 
 # No `from __future__ import annotations`: LangChain reads the tools' annotations.
 
-import asyncio
 from typing import Annotated, Any, NotRequired, TypedDict
 
 import pytest
@@ -31,6 +30,7 @@ from langgraph.graph import START, StateGraph, add_messages
 from langgraph.prebuilt import ToolNode, tools_condition
 from langgraph.types import Command, Send, interrupt
 from lc_fakes import SAFE_ANSWER, SAFE_QUESTION, UNSAFE_CLAUSE, scripted, tool_call
+from lc_streams import streamed
 from pydantic import BaseModel
 from qwenguard.core import Guard, GuardViolation
 from qwenguard.integrations.langchain import AsyncGuardCallbackHandler, GuardCallbackHandler, GuardMiddleware
@@ -59,20 +59,7 @@ def judge() -> Guard:
 
 def run(graph: Any, config: Any, mode: str, inputs: Any = INPUTS) -> tuple[list[str], Exception | None]:
     """Every item of the ``"updates"``, ``"values"`` and ``"messages"`` streams, as text, and the guard's stop."""
-    seen: list[str] = []
-
-    async def drain() -> None:
-        async for item in graph.astream(inputs, config, stream_mode=STREAM_MODES):
-            seen.append(repr(item))
-
-    try:
-        if mode == "sync":
-            seen.extend(repr(item) for item in graph.stream(inputs, config, stream_mode=STREAM_MODES))
-        else:
-            asyncio.run(drain())
-    except GuardViolation as error:
-        return seen, error
-    return seen, None
+    return streamed(graph, inputs, config, mode, STREAM_MODES)
 
 
 def leaks(graph: Any, seen: list[str]) -> list[str]:
