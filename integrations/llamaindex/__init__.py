@@ -24,7 +24,7 @@ from .llm import GuardedLLM
 from .memory import GuardedMemory, GuardMissing
 from .postprocessor import GuardNodePostprocessor
 from .retriever import GuardedRetriever
-from .tools import DEFAULT_REFUSAL, GuardedFunctionTool, GuardedTool, guard_tool, guard_tools
+from .tools import DEFAULT_REFUSAL, GuardedFunctionTool, GuardedTool, GuardedToolError, guard_tool, guard_tools
 from .transform import GuardTransform
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "GuardedMemory",
     "GuardedRetriever",
     "GuardedTool",
+    "GuardedToolError",
     "GuardMissing",
     "guard_tool",
     "guard_tools",

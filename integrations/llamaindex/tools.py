@@ -10,7 +10,17 @@ An exception is an output too: the agent hands ``str(exception)`` to its LLM (an
 error output, outside this wrapper, and a failing fetch or a validation error can quote the page or
 the input. So a guarded tool judges the text of an exception its tool raises: when it is blocked the
 refusal note (an error output) takes its place; when it is allowed, the exception is raised again
-unchanged, for the agent to handle as it would have.
+unchanged, for the agent to handle as it would have. The agent's events carry the exception object too: what it
+carries beside its message (notes, the cause chain, attribute values) is judged as well, and when that is blocked
+or cannot be read whole a `GuardedToolError` with the judged message alone is raised instead (rt60a F4).
+
+A ``return_direct`` tool's output is the agent's answer (no model call reads it): it is decided under the stricter
+of the response and tool-result stages' policies (rt60a F2).
+
+A tool that takes the workflow ``Context`` gets it watched (`_ContextWatch`): what its call writes into the agent's
+state (which the agents print into the next run's user message) is judged as its output, and undone when blocked
+(rt60a F1); a person's reply it waits for is judged as user input before it gets it, and the events it announces or
+writes to the stream as its output before they reach it (rt60a F3).
 
 The retrieved nodes an output carries in ``raw_output`` (a ``QueryEngineTool``'s ``Response.source_nodes``,
 a ``RetrieverTool``'s list) reach the agent's events and final output beside the answer: each is judged as a
@@ -29,8 +39,10 @@ The wrapper's own span ends with what it let through.
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import inspect
+import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
@@ -45,8 +57,8 @@ from llama_index.core.tools.types import (
     ToolOutput,
     adapt_to_async_tool,
 )
-from qwenguard.core import Decision, Guard
-from qwenguard.core.formats.conversations import untrusted_conversation
+from qwenguard.core import Action, Decision, Guard, GuardViolation
+from qwenguard.core.formats.conversations import prompt_conversation, untrusted_conversation
 from qwenguard.core.verdict import Stage
 
 from .._common import require_guard
@@ -55,7 +67,7 @@ from ._messages import Checks, block_text, guarded_tool_name, record_output, val
 from ._quiet import unspanned
 from .postprocessor import node_text
 
-__all__ = ["guard_tool", "guard_tools", "GuardedFunctionTool", "GuardedTool", "DEFAULT_REFUSAL"]
+__all__ = ["guard_tool", "guard_tools", "GuardedFunctionTool", "GuardedTool", "GuardedToolError", "DEFAULT_REFUSAL"]
 
 #: What the LLM reads instead of a blocked tool output. ``{tool}`` and ``{reason}`` are filled in.
 DEFAULT_REFUSAL = (
@@ -79,6 +91,68 @@ def _control_flow() -> tuple[type[BaseException], ...]:
 
 
 _CONTROL_FLOW = _control_flow()
+
+
+class GuardedToolError(Exception):
+    """A guarded tool's exception as the guard let it through: its message (judged) and nothing else. Raised in place
+    of the tool's own exception when what else that one carries (its notes, its cause chain, its attributes) was
+    blocked or cannot be read whole: an agent hands the exception object to its events and final output (rt60a F4)."""
+
+    def __init__(self, message: str, tool_name: str, error_type: str) -> None:
+        super().__init__(message)
+        self.tool_name = tool_name
+        self.error_type = error_type  # the class name of the tool's own exception
+
+
+#: Exceptions of one chain read at most (causes, contexts, a group's members): past it, the chain is not read whole.
+_MAX_CHAIN = 1_000
+
+
+def _error_parts(error: BaseException) -> list[Any] | None:
+    """What a consumer of ``error`` reads beside its message (an error panel, a log line, the object's attributes):
+    each chained exception's message (``__cause__``, ``__context__``, an exception group's members, an exception
+    passed as an argument), and every exception's arguments and attribute values (its ``__notes__`` among them; a
+    ``SyntaxError``'s rendering). ``None`` when some of it cannot be read whole (`_read_whole`: an attribute holding
+    an HTTP response, an exception class with ``__slots__``)."""
+    parts: list[Any] = []
+    stack: list[BaseException] = [error]
+    seen: set[int] = set()
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if len(seen) > _MAX_CHAIN or any("__slots__" in vars(k) for k in type(item).__mro__):
+            return None
+        args: list[Any] = []
+        for arg in item.args:  # an exception group's members (a list in its args), an exception passed as an arg
+            members = arg if isinstance(arg, (list, tuple)) and 0 < len(arg) <= _MAX_CHAIN else [arg]
+            if all(isinstance(m, BaseException) for m in members):
+                stack.extend(members)
+            else:
+                args.append(arg)
+        if item is not error:
+            parts.append(str(item))
+        if isinstance(item, SyntaxError):  # rendered with the offending line, which is not its str
+            parts.append("".join(traceback.format_exception_only(item)))
+        parts.append(args)
+        parts.append(list(getattr(item, "__dict__", {}).values()))
+        stack.extend(c for c in (item.__cause__, item.__context__) if c is not None)
+    return parts if _read_whole(parts) else None
+
+
+def _error_extra(error: BaseException, text: str, budget: int) -> Any:
+    """The text ``error`` carries that its message ``text`` does not hold (`_error_parts`): ``None`` when there is
+    none, `_UNREADABLE` when it cannot be read whole. Raises `InputTooLarge` past ``budget`` characters."""
+    try:
+        parts = _error_parts(error)
+    except Exception:  # noqa: BLE001 - a chained exception's str may fail: then the chain is not passed on
+        return _UNREADABLE
+    if parts is None:
+        return _UNREADABLE
+    texts = value_strings(parts, budget, "a tool's exception")
+    unseen = [t for t in dict.fromkeys(texts) if t.strip() and t not in text]
+    return "\n".join(unseen) if unseen else None
 
 
 def _output_text(output: ToolOutput) -> str:
@@ -147,6 +221,7 @@ def _response_types() -> tuple[type, ...]:
 
 
 _RESPONSES = _response_types()
+_SEVERITY = {Action.ALLOW: 0, Action.FLAG: 1, Action.BLOCK: 2}
 #: Items a raw_output may hold for `_read_whole` to read it (more: it is not passed on).
 _MAX_READ_ITEMS = 100_000
 
@@ -267,16 +342,47 @@ class _Screening:
         raw_output = _without(output.raw_output, [n for n, _ in blocked])
         return output.model_copy(update={"raw_output": output.content if raw_output is None else raw_output})
 
+    def _answers(self, output: ToolOutput) -> bool:
+        """Whether ``output`` becomes the agent's answer: a ``return_direct`` tool's output that is not an error (the
+        agents stop with it, no model call between)."""
+        return bool(cast(BaseTool, self).metadata.return_direct) and not output.is_error
+
+    def _asked(self, checks: Checks, answer: bool) -> Checks:
+        """The checks as the guard is asked them: an answer's under the response stage where its own stage is off."""
+        if not answer:
+            return checks
+        policy = self.guard.policy
+        return [(stage if policy.enabled(stage) else Stage.RESPONSE, c) for stage, c in checks]
+
+    def _decided(self, checks: Checks, decisions: Sequence[Decision], answer: bool) -> list[Decision]:
+        """An answer's decisions made under the stricter of its stage's policy and the response stage's (``on_error``
+        and ``enabled`` included): a loosened tool-result stage cannot let through an answer the response stage
+        blocks (rt60a F2, as `GuardedLLM` decides a structured answer: rt57f F1)."""
+        if not answer:
+            return list(decisions)
+        policy = self.guard.policy
+        decided = []
+        for (stage, _), decision in zip(checks, decisions):
+            own, as_answer = policy.decide_again(decision, stage), policy.decide_again(decision, Stage.RESPONSE)
+            decided.append(as_answer if _SEVERITY[as_answer.action] > _SEVERITY[own.action] else own)
+        return decided
+
+    def _judge(self, checks: Checks, answer: bool) -> list[Decision]:
+        return self._decided(checks, self.guard.check_many(self._asked(checks, answer)), answer)
+
+    async def _ajudge(self, checks: Checks, answer: bool) -> list[Decision]:
+        return self._decided(checks, await self.guard.acheck_many(self._asked(checks, answer)), answer)
+
     def _screen(self, output: ToolOutput) -> ToolOutput:
         checks, nodes, raw = self._checks(output)
         if not checks:
             return output if raw is not _UNREADABLE else self._verdict_output(output, nodes, raw, [])
-        return self._verdict_output(output, nodes, raw, self.guard.check_many(checks))
+        return self._verdict_output(output, nodes, raw, self._judge(checks, self._answers(output)))
 
     async def _ascreen(self, output: ToolOutput) -> ToolOutput:
         # A large output (its text, its raw_output, its nodes) is read on a worker thread, not the event loop.
         checks, nodes, raw = await off_loop(lambda: self._checks(output), output)
-        decisions = await self.guard.acheck_many(checks) if checks else []
+        decisions = await self._ajudge(checks, self._answers(output)) if checks else []
         if not checks and raw is not _UNREADABLE:
             return output
         return await off_loop(lambda: self._verdict_output(output, nodes, raw, decisions), output)
@@ -295,40 +401,266 @@ class _Screening:
         return output
 
     # -- a raised exception: its text is what the agent would hand the LLM --------------------
-    def _error_output(self, error: Exception, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> ToolOutput | None:
-        """The error output the agent would build from ``error`` (``None``: nothing to judge, re-raise)."""
-        if isinstance(error, _CONTROL_FLOW):
-            return None
-        text = str(error)
-        if not text.strip():
-            return None
+    # The agent hands the exception object itself to its ToolCallResult events and final output: what an error
+    # panel or a log line renders of it beyond its message (notes, the cause chain, attribute values) is judged too,
+    # in one check more when there is any (rt60a F4).
+    def _error_read(self, error: Exception, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[ToolOutput, Any]:
+        """The error output the agent would build from ``error``, and the text it carries beside (`_error_extra`)."""
+        try:
+            text = str(error)
+        except Exception:  # noqa: BLE001 - an exception whose str fails: the agent's would fail too
+            text = ""
         ctx_param = getattr(self, "ctx_param_name", None)  # the workflow Context is not part of the input
         raw_input = {"args": args, "kwargs": {k: v for k, v in kwargs.items() if k != ctx_param}}
         name = cast(BaseTool, self).metadata.get_name()  # both wrappers are tools
-        return ToolOutput(tool_name=name, content=text, raw_input=raw_input, is_error=True)
+        output = ToolOutput(tool_name=name, content=text, raw_input=raw_input, is_error=True)
+        return output, _error_extra(error, text, self.guard.max_chars)
 
-    def _screen_error(self, error: Exception, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> ToolOutput | None:
-        """The refusal note for a blocked exception text; ``None`` when it is allowed (re-raise it)."""
-        output = self._error_output(error, args, kwargs)
-        if output is None:
-            return None
-        replaced = self._screen(output)
-        if replaced is output:  # re-raised: the agent hands its LLM the exception's text as the output
-            self._returned(output, args, kwargs)
-            return None
-        return replaced
+    @staticmethod
+    def _error_checks(output: ToolOutput, extra: Any) -> Checks:
+        checks: Checks = []
+        if output.content.strip():
+            checks.append((Stage.TOOL_RESULT, untrusted_conversation(output.content, "tool output")))
+        if isinstance(extra, str):
+            checks.append((Stage.TOOL_RESULT, untrusted_conversation(extra, "tool output")))
+        return checks
+
+    def _error_outcome(
+        self,
+        error: Exception,
+        output: ToolOutput,
+        extra: Any,
+        decisions: Sequence[Decision],
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+    ) -> ToolOutput | Exception:
+        """What the call ends with: the refusal note when the message is blocked; else the exception to raise, the
+        tool's own, or `GuardedToolError` with the message alone when what it carries besides is blocked or
+        unreadable."""
+        if output.content.strip():
+            if not decisions[0].allowed:
+                return self._refused(output, decisions[0])
+            self._returned(output, args, kwargs)  # re-raised: the agent hands its LLM the message as the output
+        if extra is _UNREADABLE or (isinstance(extra, str) and not decisions[-1].allowed):
+            return GuardedToolError(output.content, output.tool_name, type(error).__name__)
+        return error
+
+    def _screen_error(
+        self, error: Exception, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> ToolOutput | BaseException:
+        """The refusal note for a blocked exception, or the exception to raise (`_error_outcome`)."""
+        if isinstance(error, _CONTROL_FLOW):
+            return error
+        output, extra = self._error_read(error, args, kwargs)
+        checks = self._error_checks(output, extra)
+        decisions = self.guard.check_many(checks) if checks else []
+        return self._error_outcome(error, output, extra, decisions, args, kwargs)
 
     async def _ascreen_error(
         self, error: Exception, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> ToolOutput | BaseException:
+        if isinstance(error, _CONTROL_FLOW):
+            return error
+        read = lambda: self._error_read(error, args, kwargs)  # noqa: E731
+        if getattr(error, "__dict__", None) or error.__cause__ is not None or error.__context__ is not None:
+            output, extra = await asyncio.to_thread(read)  # a chain of any length: read on a worker thread
+        else:
+            output, extra = await off_loop(read, error.args)
+        checks = self._error_checks(output, extra)
+        decisions = await self.guard.acheck_many(checks) if checks else []
+        return self._error_outcome(error, output, extra, decisions, args, kwargs)
+
+    def _ended(
+        self, outcome: ToolOutput | BaseException, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> ToolOutput:
+        """The note a screened exception left, or that exception raised. Raised here, outside the ``except`` block
+        the tool's exception was caught in: raised there, a `GuardedToolError` (or a guard error while judging)
+        would carry the tool's exception as its ``__context__`` to the agent's events."""
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return self._returned(outcome, args, kwargs)
+
+
+#: The key of the workflow Context's store the agents print into the next run's last user message (``state_prompt``).
+_STATE_KEY = "state"
+
+
+def _copied(value: Any) -> Any:
+    try:
+        return copy.deepcopy(value)
+    except Exception:  # noqa: BLE001 - state an app put there that cannot be copied: restored as it is then
+        return value
+
+
+def _unchanged(before: Any, after: Any) -> bool:
+    try:
+        return bool(type(after) is type(before) and after == before)
+    except Exception:  # noqa: BLE001 - an object whose comparison fails: read as changed
+        return False
+
+
+def _state_text(before: Any, after: Any, budget: int) -> str | None:
+    """The text a tool's call added to the agent's state: the strings ``after`` holds that ``before`` did not, and
+    its ``str`` (what ``state_prompt`` prints) when it holds objects that cannot be read whole and that ``str``
+    changed. Raises `InputTooLarge` past ``budget`` characters."""
+    if _unchanged(before, after):
+        return None
+    old = set(value_strings(before, budget, "the agent's state")) if before is not None else set()
+    texts = [t for t in dict.fromkeys(value_strings(after, budget, "the agent's state")) if t not in old]
+    if not _read_whole(after) and (shown := str(after)) != str(before):
+        texts.append(shown)
+    return "\n".join(texts) or None
+
+
+def _event_values(event: Any) -> list[Any]:
+    """A workflow event's values, without the names of its fields: its declared fields' and those its ``_data``
+    holds (an ``InputRequiredEvent(prefix=...)``, a ``HumanResponseEvent(response=...)``)."""
+    if not isinstance(event, BaseModel):
+        return [event]
+    values = [getattr(event, name, None) for name in type(event).model_fields]
+    items = getattr(event, "items", None)
+    if callable(items):
+        values.extend(v for _, v in items())
+    return values
+
+
+class _WatchedContext:
+    """The workflow ``Context`` a guarded tool is handed: the agent's own, every attribute and method passed through
+    (``isinstance`` sees a ``Context``), but ``wait_for_event``, which judges the event it announces
+    (``waiter_event``, an ``InputRequiredEvent``: the tool's output, as tool output) before it reaches the stream,
+    and the event it returns (a person's ``HumanResponseEvent``: user input, at the prompt stage) before the tool
+    acts on it (rt60a F3), raising `GuardViolation` when one is blocked; and ``write_event_to_stream``, whose events
+    (the tool's output too) reach the stream once judged, in order (`_ContextWatch.write`). A blocked event ends the
+    call with the refusal note."""
+
+    def __init__(self, ctx: Any, watch: _ContextWatch) -> None:
+        object.__setattr__(self, "_qg_ctx", ctx)
+        object.__setattr__(self, "_qg_watch", watch)
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # noqa: D105 - isinstance(ctx, Context) holds in the tool
+        return type(self._qg_ctx)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._qg_ctx, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._qg_ctx, name, value)
+
+    def __repr__(self) -> str:
+        return repr(self._qg_ctx)
+
+    def write_event_to_stream(self, ev: Any) -> None:
+        self._qg_watch.write(ev)
+
+    async def wait_for_event(
+        self,
+        event_type: Any,
+        waiter_event: Any = None,
+        waiter_id: str | None = None,
+        requirements: dict[str, Any] | None = None,
+        timeout: float | None = 2000,
+    ) -> Any:
+        watch = self._qg_watch
+        if waiter_event is not None:
+            await watch.judge_event(waiter_event, Stage.TOOL_RESULT, "tool output")
+        event = await self._qg_ctx.wait_for_event(event_type, waiter_event, waiter_id, requirements, timeout)
+        await watch.judge_event(event, Stage.PROMPT, "a reply")
+        return event
+
+
+class _ContextWatch:
+    """One call of a guarded tool that takes the workflow ``Context``. What it writes into the agent's state
+    (``ctx.store``'s ``"state"``, which the agents print into the next run's last user message) is judged as its
+    output when it returns, before any event or model call carries it; blocked, the state is restored to what it
+    was before the call and the call ends with the refusal note (rt60a F1). Its ``wait_for_event`` is judged
+    (`_WatchedContext`)."""
+
+    def __init__(self, tool: GuardedFunctionTool, ctx: Any) -> None:
+        self.tool = tool
+        self.ctx = ctx
+        self.before: Any = None
+        self.withheld: Decision | None = None  # a blocked event of this call (announced, returned or written)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.writing: asyncio.Future[None] | None = None  # the last event written, judged then released
+        self.failures: list[BaseException] = []  # a written event that could not be judged (dropped)
+
+    async def start(self) -> _WatchedContext:
+        self.loop = asyncio.get_running_loop()
+        state = await self.ctx.store.get(_STATE_KEY, default=None)
+        self.before = await off_loop(lambda: _copied(state), state)
+        return _WatchedContext(self.ctx, self)
+
+    # ``write_event_to_stream`` is sync (and a sync tool calls it from a worker thread): each event is judged on the
+    # loop, after the one before it, and released to the stream once allowed; the call ends after the last one.
+    def write(self, event: Any) -> None:
+        loop = cast(asyncio.AbstractEventLoop, self.loop)
+        try:
+            here = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            here = False
+        if here:
+            self._chain(event)
+        else:
+            loop.call_soon_threadsafe(self._chain, event)
+
+    def _chain(self, event: Any) -> None:
+        self.writing = asyncio.ensure_future(self._release(self.writing, event))
+
+    async def _release(self, previous: asyncio.Future[None] | None, event: Any) -> None:
+        if previous is not None:
+            await previous  # never raises: failures are kept apart
+        try:
+            await self.judge_event(event, Stage.TOOL_RESULT, "tool output")
+        except GuardViolation:
+            return  # withheld (`withheld` is set)
+        except Exception as error:  # noqa: BLE001 - a guard error, a huge event: dropped, raised when the call ends
+            self.failures.append(error)
+            return
+        self.ctx.write_event_to_stream(event)
+
+    async def judge_event(self, event: Any, stage: Stage, what: str) -> None:
+        guard = self.tool.guard
+        values = await off_loop(lambda: _event_values(event), event)
+        text = "\n".join(await off_loop(lambda: value_strings(values, guard.max_chars, what), values))
+        if not text.strip():
+            return
+        conversation = prompt_conversation(text) if stage is Stage.PROMPT else untrusted_conversation(text, what)
+        (decision,) = await guard.acheck_many([(stage, conversation)])
+        if not decision.allowed:
+            self.withheld = decision
+            raise GuardViolation(decision)
+
+    async def finish(
+        self, args: tuple[Any, ...], kwargs: Mapping[str, Any], failed: Exception | None
     ) -> ToolOutput | None:
-        output = self._error_output(error, args, kwargs)
-        if output is None:
+        """The refusal note the call ends with (a blocked state write or event), or ``None``: screen it as usual."""
+        if self.writing is not None:
+            await self.writing
+        decision = self.withheld
+        guard = self.tool.guard
+        after = await self.ctx.store.get(_STATE_KEY, default=None)
+        try:
+            added = await off_loop(lambda: _state_text(self.before, after, guard.max_chars), self.before, after)
+            if added is not None:
+                check = (Stage.TOOL_RESULT, untrusted_conversation(added, "tool output"))
+                (judged,) = await guard.acheck_many([check])
+                if not judged.allowed:
+                    await self.ctx.store.set(_STATE_KEY, self.before)
+                    decision = decision or judged
+        except BaseException:
+            await self.ctx.store.set(_STATE_KEY, self.before)  # not judged: not kept
+            raise
+        if self.failures:
+            raise self.failures[0]
+        if decision is None or isinstance(failed, _CONTROL_FLOW):  # a paused step is replayed: judged again then
             return None
-        replaced = await self._ascreen(output)
-        if replaced is output:
-            self._returned(output, args, kwargs)
-            return None
-        return replaced
+        ctx_param = self.tool.ctx_param_name
+        raw_input = {"args": args, "kwargs": {k: v for k, v in kwargs.items() if k != ctx_param}}
+        output = ToolOutput(
+            tool_name=self.tool.metadata.get_name(), content="", raw_input=raw_input, is_error=failed is not None
+        )
+        return self.tool._refused(output, decision)
 
 
 class GuardedFunctionTool(_Screening, FunctionTool):
@@ -353,21 +685,32 @@ class GuardedFunctionTool(_Screening, FunctionTool):
         guarded_tool_name(self.metadata.get_name())
 
     def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
+        # Screened outside the ``except`` block: an exception raised there would chain the tool's (`_ended`).
         try:
             output = unspanned(self, "call", FunctionTool)(*args, **kwargs)
         except Exception as error:
-            if (note := self._screen_error(error, args, kwargs)) is None:
-                raise  # allowed: the tool's own exception, unchanged
-            return self._returned(note, args, kwargs)
+            failed: Exception | None = error
+        else:
+            failed = None
+        if failed is not None:
+            return self._ended(self._screen_error(failed, args, kwargs), args, kwargs)
         return self._returned(self._screen(output), args, kwargs)
 
     async def acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
+        ctx = kwargs.get(self.ctx_param_name) if self.ctx_param_name else None
+        watch = _ContextWatch(self, ctx) if ctx is not None and hasattr(ctx, "store") else None
+        if watch is not None:  # the tool gets the Context it asked for, watched (`_ContextWatch`)
+            kwargs = {**kwargs, cast(str, self.ctx_param_name): await watch.start()}
         try:
             output = await unspanned(self, "acall", FunctionTool)(*args, **kwargs)
         except Exception as error:
-            if (note := await self._ascreen_error(error, args, kwargs)) is None:
-                raise
+            failed: Exception | None = error
+        else:
+            failed = None
+        if watch is not None and (note := await watch.finish(args, kwargs, failed)) is not None:
             return self._returned(note, args, kwargs)
+        if failed is not None:
+            return self._ended(await self._ascreen_error(failed, args, kwargs), args, kwargs)
         return self._returned(await self._ascreen(output), args, kwargs)
 
 
@@ -403,18 +746,22 @@ class GuardedTool(_Screening, AsyncBaseTool):
         try:
             output = self._call_wrapped(*args, **kwargs)
         except Exception as error:
-            if (note := self._screen_error(error, args, kwargs)) is None:
-                raise
-            return self._returned(note, args, kwargs)
+            failed: Exception | None = error
+        else:
+            failed = None
+        if failed is not None:
+            return self._ended(self._screen_error(failed, args, kwargs), args, kwargs)
         return self._returned(self._screen(output), args, kwargs)
 
     async def acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
         try:
             output = await self._acall_wrapped(*args, **kwargs)
         except Exception as error:
-            if (note := await self._ascreen_error(error, args, kwargs)) is None:
-                raise
-            return self._returned(note, args, kwargs)
+            failed: Exception | None = error
+        else:
+            failed = None
+        if failed is not None:
+            return self._ended(await self._ascreen_error(failed, args, kwargs), args, kwargs)
         return self._returned(await self._ascreen(output), args, kwargs)
 
 
