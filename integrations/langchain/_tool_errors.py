@@ -20,6 +20,8 @@ from typing import Any
 from langchain_core.messages import BaseMessage
 from qwenguard.core import QwenGuardError
 
+from ._arrow_reading import arrow_parts
+
 __all__ = [
     "MAX_ERROR_CHARS",
     "TOOL_NODE_HINT",
@@ -212,8 +214,8 @@ def object_text(values: list[Any], budget: int, leaf: Callable[[Any], Any] | Non
     """What ``values`` say as an application reads them, one text a line, and whether all of it was read within
     ``budget`` characters: the strings in them, through mappings (keys too), any container by its items, and the
     fields of any other object (`object_fields`: a pydantic model's, a dataclass's, a slotted object's, a message's);
-    a table or an array by its labels and values (`_table_parts`: a DataFrame, a Series, an ndarray, Arrow's; one of
-    numbers is one item); an object with no fields but a bulk-data method (`_BULK_READS`) by what it returns, where its
+    a table or an array by its labels and values (`_table_parts`: a DataFrame, a Series, an ndarray, Arrow's, an Arrow
+    scalar by value; one of numbers is one item); an object with no fields but a bulk-data method (`_BULK_READS`) by what it returns, where its
     length is within the walk's bound (refused otherwise); the repr only of an object with neither (escapes decoded,
     `_repr_read`); numbers, booleans, ``None`` and empty strings are not text. ``leaf`` reads an item its own way
     first: what to read in its place (a text, "" for none, a list of its parts), or ``None`` to walk it as above;
@@ -248,12 +250,13 @@ def object_text(values: list[Any], budget: int, leaf: Callable[[Any], Any] | Non
         read[id(item)] = item
         room = limit - visits + 1  # items beyond it cannot be visited before the walk stops
         parts: list[Any] | None = None
-        if isinstance(item, Mapping):
-            parts = [x for pair in islice(item.items(), room + 1) for x in pair]
-            cut |= len(parts) > 2 * room
-        elif (table := _table_parts(item, room)) is not None:
+        if not isinstance(item, dict) and (table := _table_parts(item, room, budget - total, leaf)) is not None:
+            # Before Mappings: Arrow's struct and map scalars are ones, and a map scalar's ``items()`` fails (pyarrow 26)
             parts, over = table
             cut |= over
+        elif isinstance(item, Mapping):
+            parts = [x for pair in islice(item.items(), room + 1) for x in pair]
+            cut |= len(parts) > 2 * room
         elif isinstance(item, Collection) and not isinstance(item, memoryview):
             # Any container by its items (a deque, a dict's views, an array: their repr wrote hidden characters as
             # escapes, rt58f F3)
@@ -294,25 +297,39 @@ _ARROW_NO_TEXT = re.compile(
 _BULK_READS = ("to_pylist", "tolist", "to_list", "to_dict")
 
 
-def _table_parts(item: Any, room: int) -> tuple[list[Any], bool] | None:
+def _table_parts(
+    item: Any, room: int, chars: int = sys.maxsize, leaf: Callable[[Any], Any] | None = None
+) -> tuple[list[Any], bool] | None:
     """A table's or an array's parts as an application shows them (`object_text`), and whether there were more than
-    ``room``; ``None`` for anything else. Duck-typed on the type's attributes, so that pandas and numpy are never
-    imported (an object is one only where they are loaded), and read through their public data API:
+    ``room`` or they hold more than ``chars`` characters (not read whole); ``None`` for anything else. Duck-typed on
+    the type's attributes, so that pandas, numpy and pyarrow are never imported (an object is one only where they are
+    loaded), and read through their public data API:
+
+    - Arrow's tables, arrays, chunked arrays and scalars (`_arrow_reading.arrow_parts`): by their values, a nested one by its
+      children, never converted past the walk's bound;
 
     - a DataFrame (``columns``, ``index``, ``dtypes``, ``items()``): its column and row labels and each column's
       values (iterating it yields its column labels only, rt59d F4);
     - a Series (``dtype`` and an ``index``): its name, its index labels and its values; an Index (``dtype`` and
       ``names``): its names and its labels;
-    - an Arrow table or record batch (``to_pylist``, ``slice``, ``column``): its column names and each column's
-      values; an Arrow array or chunked array (``to_pylist``, ``slice``): its values; each sliced to ``room`` before
-      it is converted (its repr shows its first and last values only, rt59e F3), none where its type holds no text;
+    - another table or array with Arrow's API (``to_pylist``, ``slice``, ``column``): its column names and each
+      column's values, sliced to ``room`` rows before it is converted, none where its type holds no text;
     - an array with a ``dtype`` (an ndarray, a pandas extension array, a numpy scalar): its values, the items of a
       0-d one; none where the dtype's kind holds no text (numbers, booleans, dates: a numeric matrix costs one
       visit, never its size against the budget)."""
     cls = type(item)
+    arrow = sys.modules.get("pyarrow")
+    if arrow is not None and isinstance(
+        item, (arrow.Array, arrow.ChunkedArray, arrow.Scalar, arrow.Table, arrow.RecordBatch)
+    ):
+        try:
+            return arrow_parts(arrow, item, room, chars, leaf)
+        except Exception:  # noqa: BLE001 - an Arrow object that fails to read as one: not read whole (refused)
+            return [], True
     try:
         if callable(getattr(cls, "to_pylist", None)) and callable(getattr(cls, "slice", None)):
-            # Arrow's: sliced to ``room`` before it is converted, so that a long one costs what the walk can visit
+            # Arrow's API elsewhere: sliced to ``room`` before it is converted (its repr shows its first and last values
+            # only, rt59e F3), so that a long one costs what the walk can visit
             if not callable(getattr(cls, "column", None)):  # an array or a chunked array
                 if _ARROW_NO_TEXT.match(str(item.type)):
                     return [], False
