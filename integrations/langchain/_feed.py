@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._common import Kinds
-from ._messages import answer_text, answer_tool_calls, block_text, message_text
+from ._messages import StreamReading, answer_text, answer_tool_calls, block_text, message_text
 from ._streaming import Screen
 
 __all__ = ["StreamFeed", "Piece"]
@@ -60,6 +60,7 @@ class StreamFeed:
         self.tools: dict[Any, Screen | None] = {}
         self._names: dict[Any, str] = {}
         self._fed_blocks: set[Any] = set()  # event block indexes that had deltas
+        self._reading = StreamReading()  # the chunks' blocks read whole, joined as LangChain adds them up
 
     @property
     def streamed(self) -> bool:
@@ -97,7 +98,7 @@ class StreamFeed:
             return []
         message = getattr(chunk, "message", None)
         if message is not None:
-            text = answer_text(message)
+            text = answer_text(message, self._reading)
         elif chunk is not None and isinstance(getattr(chunk, "text", None), str):
             text = chunk.text
         else:

@@ -48,6 +48,7 @@ from ._messages import (
     _TOOL_CALL_KINDS,
     DEFAULT_HISTORY_TURNS,
     Item,
+    StreamReading,
     _block_calls,
     _call_keys,
     _server_result,
@@ -127,12 +128,13 @@ def monitor_options(holdback: int | None = None, release_unit: str | None = None
     return options
 
 
-def chunk_text(chunk: Any) -> str:
-    """The text a streamed chunk carries (a message chunk or a string): the answer's words (`answer_text`)."""
+def chunk_text(chunk: Any, reading: StreamReading | None = None) -> str:
+    """The text a streamed chunk carries (a message chunk or a string): the answer's words (`answer_text`), read
+    through the stream's ``reading`` (`StreamReading`: joined, the chunks' texts read as their sum does)."""
     if isinstance(chunk, str):
         return chunk
     if isinstance(chunk, BaseMessage):
-        return answer_text(chunk)
+        return answer_text(chunk, reading)
     raise TypeError(
         f"guard_output judges text: got a {type(chunk).__name__} chunk. Put it right after the model "
         "(before output parsers), where chunks are messages or strings."
@@ -529,6 +531,7 @@ class HeldStream:
         self._run: list[AIMessageChunk] = []
         self._streamed_calls = StreamedCallBlocks()
         self._order = BlockOrder()
+        self._reading = StreamReading()  # how the chunks' blocks read whole join up (`chunk_text`)
         #: Whether a chunk was held for what is judged once the stream ended (`_end_items` must read it).
         self._held_for_end = False
 
@@ -567,7 +570,7 @@ class HeldStream:
             self.context,
             self.history_turns,
             # The text was judged as it streamed, unless its blocks interleaved: then as LangChain adds it up.
-            text=self._order.interleaved,
+            text=self._order.interleaved or self._reading.interleaved,
             tool_calls=self.tool_calls,
             answers=self.answers,
             sources=True,
@@ -585,7 +588,8 @@ class HeldStream:
         chunk (when tool calls are judged), one that carries quoted text, one whose text goes back to a block
         streamed before (`BlockOrder`), or one behind any of them?"""
         interleaved = self._order.add(chunk)  # every chunk's blocks are recorded, held or not
-        if interleaved or (held and held[-1][1]):
+        # A piece of a block read whole that went back to a string read before another (`StreamReading`).
+        if interleaved or self._reading.interleaved or (held and held[-1][1]):
             return True
         # A call's name may come after its first chunk: every call is held where one of them may be the answer.
         calls = self.tool_calls or bool(self.answers)
@@ -608,7 +612,7 @@ class HeldStream:
         """Hold ``chunk`` (`as_judged`: its text as the monitor judges it) until its text is released; the
         characters fed so far, and its text."""
         chunk = as_judged(chunk)
-        text = chunk_text(chunk)
+        text = chunk_text(chunk, self._reading)
         fed += len(text)
         to_end = self._holds_to_end(chunk, held)
         self._held_for_end |= to_end

@@ -21,7 +21,8 @@ system prompt is never in its state, so every system message there is input).
 Text is every content block that carries text (`message_text`), not only ``"text"`` blocks:
 ``"text-plain"`` (inline or base64), ``"input_text"``/``"output_text"``, reasoning, refusals, tool
 results nested in blocks, provider-specific blocks; a block of a kind the guard does not know, which a provider
-class sends as it is, is read whole, its keys too (`block_text`). Media (images, audio, video, non-text files, URLs)
+class sends as it is, is read whole, its keys too (`block_text`); streamed in pieces, through the stream's one
+`StreamReading`, as the pieces added up read (key names once, the pieces of a string joined). Media (images, audio, video, non-text files, URLs)
 is not text and is not judged; tool-call blocks are judged as tool calls (`answer_tool_calls`: a legacy
 ``function_call``, a provider's own ``server_tool_call`` and every tool-call content block too, one wrapped in a v1
 ``non_standard`` block included).
@@ -55,7 +56,7 @@ from qwenguard.core.formats.conversations import (
     with_tool_calls,
 )
 from qwenguard.core.formats.json_reading import arguments_parsed
-from qwenguard.core.formats.media import base64_as_text, bytes_as_text
+from qwenguard.core.formats.media import SNIFF_BYTES, base64_as_text, bytes_as_text, text_encoding
 from qwenguard.core.guard import DEFAULT_MAX_CHARS
 
 from .._common import (
@@ -75,6 +76,7 @@ from ._tool_errors import object_fields, object_text
 __all__ = [
     "DEFAULT_HISTORY_TURNS",
     "Item",
+    "StreamReading",
     "block_text",
     "message_text",
     "answer_text",
@@ -237,10 +239,20 @@ def _is_text_media(block: Mapping[str, Any]) -> bool:
 
 
 def _b64_text(value: str) -> str:
+    """Base64 of a file labelled as text, decoded in the encoding its bytes are in (`text_encoding`: UTF-16 by its
+    mark or its zero bytes, UTF-8, Latin-1), as a file labelled as media is read: a text label never reads worse
+    (rt60c F2: a UTF-16 file labelled ``text/plain`` was judged as UTF-8 mojibake). UTF-8 where the start says none
+    (a media signature before the text): a text type is text whatever its first bytes."""
     try:
-        return base64.b64decode(value, validate=False).decode("utf-8", errors="replace")
+        raw = base64.b64decode(value, validate=False)
     except (binascii.Error, ValueError):
         return value  # not base64 after all: judge the string itself rather than nothing
+    return _typed_text(raw)
+
+
+def _typed_text(raw: bytes) -> str:
+    """A text-typed file's bytes as text (`_b64_text`)."""
+    return raw.decode(text_encoding(raw[:SNIFF_BYTES], whole=len(raw) <= SNIFF_BYTES) or "utf-8", errors="replace")
 
 
 _BASE64 = re.compile(r"[A-Za-z0-9+/=\s]*")
@@ -303,7 +315,7 @@ def _data_url_text(value: str) -> str | None:
         return None
     mime, encoded, body = parsed
     if not encoded:
-        return urllib.parse.unquote(body)
+        return _typed_text(urllib.parse.unquote_to_bytes(body))  # percent-encoded bytes: UTF-16 ones too
     return _b64_text(body) if _text_mime(mime) else base64_as_text(body)
 
 
@@ -371,7 +383,7 @@ def _strings(value: Any, parent: Mapping[str, Any] | None = None, key: str = "")
 _TEXT_KEYS = frozenset({"type", "text", "cache_control", "id", "index"})
 
 
-def block_text(block: Any, *, answer: bool = True) -> str:
+def block_text(block: Any, *, answer: bool = True, reading: StreamReading | None = None) -> str:
     """The text one content block carries (``""`` for media).
 
     In an answer (``answer``: the model's own words) a tool call is an action (`answer_tool_calls`) and a
@@ -390,7 +402,23 @@ def block_text(block: Any, *, answer: bool = True) -> str:
     'notes'
     >>> block_text({"type": "tool_addition", "tool": {"input_schema": {"properties": {"a_field_name": {}}}}})
     'a_field_name'
+
+    With ``reading`` (one per stream), ``block`` is a streamed chunk's: a block read whole is read as it extends the
+    pieces of the same block before it (`StreamReading`), not with its keys again between every two words.
     """
+    if reading is not None:
+        how = _read_whole(block)
+        if how is None:
+            text = block_text(block, answer=answer)
+            if text:
+                reading.touch()
+            return text
+        root = reading.block(block)
+        if how == "non_standard" and "value" in block:
+            # LangChain adds two non_standard pieces' values up, the later one's ``type`` dropped.
+            value_root = reading.item(reading.child(root, "value"))
+            return _passed_text(block["value"], whole=True, reading=reading, root=value_root)
+        return _passed_text(block, whole=how != "unknown", reading=reading, root=root)
     if isinstance(block, str):
         return block
     if isinstance(block, Mapping):
@@ -412,8 +440,37 @@ def block_text(block: Any, *, answer: bool = True) -> str:
             return _passed_text(block, whole=True)
         if kind not in _KNOWN_KINDS:
             return _passed_text(block)
+        if kind == "reasoning_content":
+            return _bedrock_reasoning(block)
         return "\n".join(s for s in _strings(block) if s)
     return ""
+
+
+def _bedrock_reasoning(block: Mapping[str, Any]) -> str:
+    """ChatBedrockConverse's reasoning block (``{"type": "reasoning_content", "reasoning_content": {"text": ...,
+    "signature": ...}}``, streamed in pieces by ``index``), read as reasoning as ``thinking`` is: its strings, and its
+    signature when it is words (one base64 token is the provider's check, `_sealed`)."""
+    inner = block.get("reasoning_content")
+    signature = inner.get("signature") if isinstance(inner, Mapping) else None
+    worded = [signature] if isinstance(signature, str) and not _sealed("signature", signature) else []
+    return "\n".join(s for s in [*_strings(block), *worded] if s)
+
+
+def _read_whole(block: Any) -> str | None:
+    """How `block_text` reads ``block`` whole (`_passed_text`): ``"non_standard"``, ``"kindless"`` (every character
+    text, ids too), ``"unknown"`` (a kind the guard does not know); ``None`` where it reads it otherwise."""
+    if not isinstance(block, Mapping):
+        return None
+    kind = block.get("type")
+    if kind == "text" and isinstance(block.get("text"), str):
+        return None
+    if kind == "non_standard":
+        return "non_standard"
+    if _server_result(block) or kind in _TOOL_CALL_KINDS:
+        return None
+    if _kindless(block):
+        return "kindless"
+    return "unknown" if kind not in _KNOWN_KINDS else None
 
 
 def _kindless(block: Mapping[str, Any]) -> bool:
@@ -423,17 +480,20 @@ def _kindless(block: Mapping[str, Any]) -> bool:
     return kind is None or (isinstance(kind, str) and kind not in _KNOWN_KINDS and block.keys() == {"type", kind})
 
 
-def message_text(message: BaseMessage | str | Any) -> str:
+def message_text(message: BaseMessage | str | Any, reading: StreamReading | None = None) -> str:
     """The text of a message: string content, or the text of every content block that carries text
-    (`block_text`: an answer's tool calls and quoted tool results are read apart)."""
+    (`block_text`: an answer's tool calls and quoted tool results are read apart). ``reading``: ``message`` is a
+    streamed chunk, read as it extends the chunks before it (`StreamReading`)."""
     if isinstance(message, str):
         return message
     content = getattr(message, "content", message)
     if isinstance(content, str):
+        if content and reading is not None:
+            reading.touch()
         return content
     if isinstance(content, (list, tuple)):
         answer = not isinstance(message, BaseMessage) or _role(message) == "assistant"
-        return "".join(block_text(block, answer=answer) for block in content)
+        return "".join(block_text(block, answer=answer, reading=reading) for block in content)
     return "" if content is None else str(content)
 
 
@@ -459,6 +519,7 @@ _KNOWN_KINDS = Kinds(
         "document",
         "reasoning",
         "thinking",
+        "reasoning_content",
         "refusal",
         "citation",
         "non_standard",
@@ -495,22 +556,33 @@ def _format_kind(key: str, text: str) -> bool:
 _TOOL_OUTPUT_WORDS = frozenset({"type", "text"})
 
 
-def _keyed_texts(value: Any, budget: int, words: frozenset[str], opaque: Callable[[str, str], bool]) -> list[str]:
+def _keyed_texts(
+    value: Any,
+    budget: int,
+    words: frozenset[str],
+    opaque: Callable[[str, str], bool],
+    reading: StreamReading | None = None,
+    root: int = 0,
+) -> list[str]:
     """Every key and string in ``value`` but media bytes, one a line, as a provider that sends ``value`` as it is
     (or as its JSON text) puts them before the model: keys but the format's own ``words``, strings but those
     ``opaque(key, string)`` says carry no words (a block's kind, an id). Plain words under a media key are words
     (the provider sends them as they are); media data is read only when it is text (`_leaf_text`). Walked without
     recursion and only until past ``budget`` (a text counts its length, anything else one, as `_walk_text` counts):
     a walk cut short raises `InputTooLarge`, since what is left (a million zeros, then a sentence) must not go out
-    unjudged."""
+    unjudged.
+
+    With ``reading``, ``value`` is one streamed piece of what is read at its ``root`` path: the texts go to the
+    reading, which joins them as LangChain adds the pieces up (`StreamReading`), and none are returned."""
     texts: list[str] = []
     total = 0
-    # (item, its mapping, its key, its level: 2 the value itself, 1 an object in one of its lists, 0 deeper).
-    # ``opaque`` applies where the format puts its own fields, levels 2 and 1 (a block's id, a citation's type), never
-    # deeper (a tool definition's schema is words: a property's ``id``, ``signature`` or ``type`` values are read).
-    stack: list[tuple[Any, Mapping[str, Any] | None, str, int]] = [(value, None, "", 2)]
+    # (item, its mapping, its key, its level: 2 the value itself, 1 an object in one of its lists, 0 deeper, its path
+    # in ``reading``: a key name's is ``~`` its value's). ``opaque`` applies where the format puts its own fields,
+    # levels 2 and 1 (a block's id, a citation's type), never deeper (a tool definition's schema is words: a
+    # property's ``id``, ``signature`` or ``type`` values are read).
+    stack: list[tuple[Any, Mapping[str, Any] | None, str, int, int]] = [(value, None, "", 2, root)]
     while stack and total <= budget:
-        item, parent, key, level = stack.pop()
+        item, parent, key, level, path = stack.pop()
         formal = level > 0
         text = None
         if isinstance(item, str):
@@ -520,6 +592,14 @@ def _keyed_texts(value: Any, budget: int, words: frozenset[str], opaque: Callabl
                 text = item  # plain text under a media key: the provider sends it as it is, words and all
         elif isinstance(item, _BYTES):
             text = _bytes_text(item)
+        if reading is not None and text:
+            # A piece of a streamed value: the reading tells an id or a signature by the value added up.
+            total += len(text)
+            if path < 0:
+                reading.key(~path, text)
+            else:
+                reading.leaf(path, key, text, opaque if formal else None)
+            continue
         if text and formal and opaque(key, text):
             text = None
         total += max(1, len(text)) if text else 1
@@ -530,12 +610,17 @@ def _keyed_texts(value: Any, budget: int, words: frozenset[str], opaque: Callabl
             for name, inner in reversed(list(islice(item.items(), room))):
                 # A string keeps its mapping's level; a list of the value itself holds level-1 objects; else deeper.
                 inner_level = level if isinstance(inner, str) else 1 if level == 2 and isinstance(inner, list) else 0
-                stack.append((inner, item, str(name), inner_level))
+                at = reading.child(path, str(name)) if reading is not None else 0
+                stack.append((inner, item, str(name), inner_level, at))
                 if str(name) not in words:
-                    stack.append((str(name), None, "", 0))  # a key is text too
+                    stack.append((str(name), None, "", 0, ~at))  # a key is text too
         elif isinstance(item, (list, tuple)):
             # The objects of a level-1 list are level 1; a list in a list, or anything deeper, level 0.
-            stack.extend(reversed([(v, None, "", level if isinstance(v, Mapping) else 0) for v in islice(item, room)]))
+            items = list(islice(item, room))
+            paths = [reading.element(path, v) for v in items] if reading is not None else [0] * len(items)
+            stack.extend(
+                reversed([(v, None, "", level if isinstance(v, Mapping) else 0, p) for v, p in zip(items, paths)])
+            )
     if stack or total > budget:
         raise InputTooLarge(f"a block read whole is over {budget} characters: it cannot be judged whole")
     return texts
@@ -612,31 +697,214 @@ def _never(key: str, text: str) -> bool:
     return False
 
 
-def _passed_text(value: Any, *, whole: bool = False) -> str:
+def _passed_text(value: Any, *, whole: bool = False, reading: StreamReading | None = None, root: int = 0) -> str:
     """A block (or part of one) a provider class sends as it is, read whole: its keys but the format's words
     (`_FORMAT_WORDS`) and its strings (`_keyed_texts`), one a line. Ids and signatures are left out (`_opaque`),
     but with ``whole``: a ``non_standard`` block's value, which ChatOllama sends as its ``str()``, every
-    character of it text. Read up to the guard's default ``max_chars``."""
-    return "\n".join(_keyed_texts(value, DEFAULT_MAX_CHARS, _FORMAT_WORDS, _never if whole else _opaque))
+    character of it text. Read up to the guard's default ``max_chars``.
+
+    With ``reading``, ``value`` is a streamed piece of what sits at ``root``: read as it extends the pieces before it
+    (`StreamReading`)."""
+    opaque = _never if whole else _opaque
+    if reading is None:
+        return "\n".join(_keyed_texts(value, DEFAULT_MAX_CHARS, _FORMAT_WORDS, opaque))
+    _keyed_texts(value, DEFAULT_MAX_CHARS, _FORMAT_WORDS, opaque, reading, root)
+    return reading.take()
 
 
-def answer_text(message: BaseMessage | str | Any) -> str:
+def _mergeable(index: Any) -> bool:
+    """Does LangChain add a list item with this ``index`` to the earlier item with the same one (``merge_lists``)?"""
+    return (isinstance(index, int) and not isinstance(index, bool)) or (isinstance(index, str) and index[:3] == "lc_")
+
+
+class StreamReading:
+    """What a stream's pieces of a block read whole (`_passed_text`) say once LangChain adds them up (rt60c F1).
+
+    A provider streams a block of a kind the guard does not know (a ``non_standard`` block, an ``additional_kwargs``
+    key no provider class writes, such as OpenRouter's ``reasoning_details``) in pieces, and ``AIMessageChunk.__add__``
+    joins the pieces' strings under each key (list items by their ``index``). Each piece read whole put its key names
+    and kind between every two words (``"Mix\nreasoning_details\n ammonium"``), and the clause was never judged as it
+    reads. Read through one `StreamReading` per stream, a key name is read once, where its value starts; a piece
+    that continues the last string read joins it with nothing between; an id, a kind or a signature is told by its
+    value added up (`_opaque`); a piece that repeats the last one of a string other than the last read (a
+    ``format`` or ``status`` every chunk carries) is read once. A piece that goes back to a string read before
+    another is read after that string's last `_TAIL_CHARS` characters again, so the words across the break are
+    read together; once that string is longer, the stream is `interleaved`: it no longer reads as the sum does (a
+    held stream then judges the sum whole, as for interleaved blocks).
+
+    Paths are numbered: a key of a mapping, or a list item LangChain adds up by its ``index``, is the same path in
+    every piece; any other list item is new."""
+
+    __slots__ = (
+        "_ids",
+        "_said",
+        "_read",
+        "_texts",
+        "_pending",
+        "_values",
+        "_labels",
+        "_prev",
+        "_sizes",
+        "_tails",
+        "_run",
+        "_last",
+        "_out",
+        "interleaved",
+    )
+
+    #: How long an ``id`` added up is kept to tell a repeated piece (LangChain keeps an equal id once).
+    _ID_CHARS = 4096
+    #: How much of a string is read again before a piece that goes back to it.
+    _TAIL_CHARS = 256
+
+    def __init__(self) -> None:
+        self._ids: dict[tuple[int, Any], int] = {}
+        self._said: set[int] = set()  # paths whose key name was read
+        self._read: set[int] = set()  # paths a piece of whose value came
+        self._texts: set[int] = set()  # paths whose text was read
+        self._pending: dict[int, list[str]] = {}  # an id or a signature so far: no words yet
+        self._values: dict[int, str] = {}  # an ``id``'s value added up (a short one)
+        self._labels: set[int] = set()  # a list item's ``type``: LangChain keeps the first piece's
+        self._prev: dict[int, str] = {}  # each path's last piece read
+        self._sizes: dict[int, int] = {}  # each path's text read, in characters
+        self._tails: dict[int, str] = {}  # each path's last characters read, up to the last path's run
+        self._run: list[str] = []  # the last path's pieces since it became the last
+        self._last = -1
+        self._out: list[str] = []
+        #: Whether a piece went back to a string read before another, past `_TAIL_CHARS`: the sum reads otherwise.
+        self.interleaved = False
+
+    def _new(self) -> int:
+        path = self._ids[(-1, len(self._ids))] = len(self._ids) + 1
+        return path
+
+    def child(self, parent: int, key: Any) -> int:
+        """The path of ``key`` in the mapping at ``parent``."""
+        path = self._ids.get((parent, key))
+        if path is None:
+            path = self._ids[(parent, key)] = len(self._ids) + 1
+        return path
+
+    def element(self, parent: int, item: Any) -> int:
+        """The path of a list item: the earlier item's when LangChain adds them up (by ``index``), else a new one."""
+        if isinstance(item, Mapping) and _mergeable(item.get("index")):
+            return self.item(self.child(parent, ("index", item["index"])))
+        return self._new()
+
+    def item(self, path: int) -> int:
+        """Mark ``path`` as a list item LangChain adds up: a later piece's ``type`` there is dropped (``merge_lists``)."""
+        self._labels.add(self.child(path, "type"))
+        return path
+
+    def block(self, block: Mapping[str, Any]) -> int:
+        """The path of a content block (by its ``index``, as LangChain adds blocks up)."""
+        index = block.get("index")
+        return self.item(self.child(0, ("block", index)) if _mergeable(index) else self._new())
+
+    def key(self, path: int, name: str) -> None:
+        """A key name, read once: where its value is first read."""
+        if path not in self._said:
+            self._said.add(path)
+            self._emit(-1, name)
+
+    def leaf(self, path: int, key: str, text: str, opaque: Callable[[str, str], bool] | None) -> None:
+        """A streamed piece ``text`` of the string at ``path`` (under ``key``; ``opaque`` tells an id or a signature
+        from words, ``None`` where all of it is words)."""
+        first = path not in self._read
+        self._read.add(path)
+        if path in self._labels and not first:
+            return  # a later piece's kind: LangChain keeps the first
+        if key in ("id", "index"):
+            value = self._values.get(path)
+            if value == text:
+                return  # LangChain keeps an equal id once
+            if first or value is not None:
+                joined = (value or "") + text
+                if len(joined) <= self._ID_CHARS:
+                    self._values[path] = joined
+                else:
+                    self._values.pop(path, None)
+        pending = self._pending.get(path)
+        if opaque is not None and (first or pending is not None):
+            # Told by the value added up: an id is one identifier (64 characters at most), a signature one base64
+            # token, so a piece that is not one makes the whole none either.
+            whole = "".join(pending) + text if pending is not None and key in _ID_KEYS else text
+            if opaque(key, whole):
+                self._pending.setdefault(path, []).append(text)
+                return
+            if pending is not None:
+                text = "".join(self._pending.pop(path)) + text
+        self._emit(path, text)
+
+    def touch(self) -> None:
+        """Other text was read after the last piece: the next piece starts a line of its own."""
+        if self._last >= 0:  # every chunk of an ordinary text stream comes here: nothing to do
+            self._close()
+            self._last = -1
+
+    def _close(self) -> None:
+        """Keep the tail of the last path's text (`_TAIL_CHARS`) before another is read."""
+        if self._last >= 0 and self._run:
+            run, self._run = "".join(self._run), []
+            self._tails[self._last] = (self._tails.get(self._last, "") + run)[-self._TAIL_CHARS :]
+
+    def _emit(self, path: int, text: str) -> None:
+        if path >= 0:
+            if path == self._last:
+                self._run.append(text)  # the same string, continued: nothing between, as LangChain joins it
+                self._out.append(text)
+                self._prev[path] = text
+                self._sizes[path] += len(text)
+                return
+            if path in self._texts and self._prev.get(path) == text:
+                return  # a label every piece repeats (a ``format``, a ``status``): read once
+        self._close()
+        again = ""
+        if path >= 0 and path in self._texts:
+            # Back to a string read before another: its last characters again, so the words across the break are
+            # judged together; past them the stream no longer reads as its sum.
+            again = self._tails.get(path, "")
+            self.interleaved |= self._sizes[path] > self._TAIL_CHARS
+        self._out.append("\n" + again + text)
+        self._last = path
+        if path >= 0:
+            self._texts.add(path)
+            self._prev[path] = text
+            self._sizes[path] = self._sizes.get(path, 0) + len(text)
+            self._run = [text]
+
+    def take(self) -> str:
+        """The text read since the last call."""
+        out, self._out = "".join(self._out), []
+        return out
+
+
+def answer_text(message: BaseMessage | str | Any, reading: StreamReading | None = None) -> str:
     """What the consumer of a model's answer (or a streamed chunk of it) reads as the model's words: its
     reasoning (see `reasoning_text`), its text, then the text a provider keeps beside the content
     (`beside_text`: a refusal, a spoken answer's transcript). An earlier answer the model reads back is judged
     the same way: ``ChatOpenAI(use_responses_api=True)`` sends a v0 answer's reasoning summary and refusal back
-    with its content."""
-    return reasoning_text(message) + message_text(message) + beside_text(message)
+    with its content.
+
+    A stream's chunks are read through one ``reading`` (`StreamReading`): joined, their texts read as the chunks
+    added up do, a block or an ``additional_kwargs`` key read whole included (rt60c F1)."""
+    if reading is None:
+        return reasoning_text(message) + message_text(message) + beside_text(message)
+    reasoning = reasoning_text(message)
+    if reasoning:
+        reading.touch()
+    return reasoning + message_text(message, reading) + beside_text(message, reading)
 
 
-def beside_text(message: Any) -> str:
+def beside_text(message: Any, reading: StreamReading | None = None) -> str:
     """The answer's own words kept beside the content, where ``ChatOpenAI`` (Chat Completions) puts them:
     ``additional_kwargs["refusal"]`` (the model's refusal, in place of the content) and
     ``additional_kwargs["audio"]["transcript"]`` (the spoken answer of ``modalities=["text", "audio"]``:
     the content is empty). Apps show and store them as the answer, so they are judged as its text.
 
     So is every ``additional_kwargs`` key no provider class writes (`_KNOWN_KWARGS`), keys and all (`_passed_text`):
-    the consumer gets it with the answer (rt49a M2)."""
+    the consumer gets it with the answer (rt49a M2). A streamed chunk's are read through the stream's ``reading``
+    (`StreamReading`): LangChain adds the chunks' keys up by name."""
     extra = getattr(message, "additional_kwargs", None)
     if not isinstance(extra, Mapping):
         return ""
@@ -644,6 +912,12 @@ def beside_text(message: Any) -> str:
     texts = (extra.get("refusal"), audio.get("transcript") if isinstance(audio, Mapping) else None)
     said = "".join(t for t in texts if isinstance(t, str))
     unknown = {k: v for k, v in extra.items() if k not in _KNOWN_KWARGS}
+    if reading is not None:
+        if said:
+            reading.touch()
+        if not unknown:
+            return said
+        return said + _passed_text(unknown, reading=reading, root=reading.child(0, "additional_kwargs"))
     rest = _passed_text(unknown) if unknown else ""
     return f"{said}\n{rest}" if said and rest else said or rest
 
@@ -701,7 +975,9 @@ def reasoning_text(message: Any) -> str:
         # in them is judged here too: a client's history can put anything beside a short block, and ChatOllama sends
         # ``reasoning_content`` (as ``thinking``) while dropping the blocks.
         blocks = "\n".join(
-            block_text(b) for b in content if isinstance(b, Mapping) and b.get("type") in ("reasoning", "thinking")
+            block_text(b)
+            for b in content
+            if isinstance(b, Mapping) and b.get("type") in ("reasoning", "thinking", "reasoning_content")
         )
         if blocks and all(t in blocks for t in texts if isinstance(t, str)):
             return ""

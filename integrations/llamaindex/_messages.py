@@ -9,7 +9,7 @@ followed by "Please answer." or hidden behind a forged assistant turn must not s
 
 Text is read from every block kind of llama-index-core 0.14 that carries text: `TextBlock`,
 `ThinkingBlock`, `CitableBlock` and `CitationBlock` (their text parts) and `DocumentBlock` with inline
-text data; inline images, audio and video too when their declared type is a text type or their bytes are text
+text data (its ``data``, or a ``data:`` URL); inline images, audio and video too when their declared type is a text type or their bytes are text
 (`_media_text`). Media bytes and binary documents (PDF...) carry no text a text guard can read:
 they are passed on unjudged (a documented limit; screen them before they reach the LLM). The text a
 message's ``additional_kwargs`` carry is judged as the message's too (`carried_text`): a provider may send
@@ -166,9 +166,10 @@ def _file_text(raw: bytes, mimetype: str | None) -> str:
 
 
 def _document_text(block: DocumentBlock) -> str:
-    # Only inline data: the guard never fetches a URL or reads a path on the application's behalf.
+    # Only inline data: the guard never fetches a URL or reads a path on the application's behalf. A ``data:`` URL is
+    # inline data: LlamaIndex decodes it locally and OpenAI-style classes send its bytes as a file part (rt60c F3).
     if not block.data:
-        return ""
+        return _data_url_text(block.url, block.document_mimetype)
     try:
         raw = block.resolve_document().read()
     except (ValueError, OSError):
