@@ -217,6 +217,29 @@ def _config(request: Any) -> dict[str, Any]:
     return dict(getattr(runtime, "config", None) or {})
 
 
+#: Where LangGraph keeps a task's interrupt bookkeeping in its ``configurable`` (``CONFIG_KEY_SCRATCHPAD``, private:
+#: spelled out, and read duck-typed; tests/langchain/test_lc_rt60r_resume_values.py fails if it moves).
+_SCRATCHPAD = "__pregel_scratchpad"
+
+
+def pending_resumes(request: Any) -> list[Any]:
+    """The values the client's ``Command(resume=...)`` gives the tool call's ``interrupt()``s when it runs again: its
+    task's own (``resume``: a resume map's entry for it, and those its earlier interrupts took) and the run's single
+    resume value, looked at without taking it (``get_null_resume(False)``). Empty outside a resumed run."""
+    configurable = _config(request).get("configurable")
+    pad = configurable.get(_SCRATCHPAD) if isinstance(configurable, Mapping) else None
+    if pad is None:
+        return []
+    found = getattr(pad, "resume", None)
+    values = list(found) if isinstance(found, list) else []
+    peek = getattr(pad, "get_null_resume", None)
+    if callable(peek):
+        single = peek(False)
+        if single is not None:
+            values.append(single)
+    return values
+
+
 def _start_args(request: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """What `BaseTool.run` tells ``on_tool_start``: the model's arguments (injected ones left out)."""
     tool, call = request.tool, request.tool_call

@@ -12,10 +12,13 @@
   blocked prompt stays there: judged again on the thread's next turn, it raised again, every turn (one user's message
   refused a shared thread for good). A block raised before on the same thread is replaced by its notice in the state
   instead, and the turn goes on; anywhere else (another thread, no thread) it raises again.
-- `OwnNotices`: the texts it wrote in place of what it blocked (its notices and its refusal), by fingerprint, as it
-  wrote them. Judged again as a user's prompt and as context, the next turn of the thread was refused (the demo guard
-  reads a withheld-message notice as unsafe). Only a text this middleware wrote is left out: a client's message that
-  merely fits a notice's template is judged (a template's ``{tool}`` field took a phrase, rt54c F8).
+- `OwnNotices`: the messages it wrote in place of what it blocked (its notices and its refusal), by fingerprint: the
+  thread (`current_thread`), id, role and text of each, as it wrote it. Judged again as a user's prompt and as
+  context, the next turn of the thread was refused (the demo guard reads a withheld-message notice as unsafe). Only
+  the message this middleware wrote is left out: a client's message that merely fits a notice's template is judged
+  (a template's ``{tool}`` field took a phrase, rt54c F8), and so is a notice's very text sent by anyone as a new
+  message, on another thread or under another id (keyed by text alone, a notice that carried a client's blocked
+  phrase exempted that phrase for every user, rt60d F1).
 - `Produced`: the messages its agent's tools wrote (`GuardMiddleware.wrap_tool_call`) and its guarded model calls
   answered, by fingerprint. Every other tool-role message in the input is the client's (`_messages.AS_INPUT`).
 """
@@ -24,14 +27,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from langchain_core.messages import BaseMessage
 from qwenguard.core import Action, Decision
 
 from .._common import Bounded
 from ._messages import AS_ANSWER, AS_INPUT, Item, answer_text, message_text, source_text, tool_result_messages
+
+M = TypeVar("M", bound=BaseMessage)
 
 #: How many allowed checks a middleware remembers (fingerprints of 64 hex characters).
 MAX_ALLOWED_CHECKS = 16_384
@@ -43,20 +49,33 @@ def _digest(data: str) -> str:
 
 
 class OwnNotices:
-    """The texts a middleware wrote in place of what it blocked, by fingerprint (kept in the process: another
-    process's, or one written before a restart, is judged as any message is)."""
+    """The messages a middleware wrote in place of what it blocked, by fingerprint of their thread, id, role and text
+    (kept in the process: another process's, or one written before a restart, is judged as any message is)."""
 
     def __init__(self, maxsize: int = MAX_ALLOWED_CHECKS) -> None:
         self._written: Bounded[str, bool] = Bounded(maxsize)
 
-    def write(self, text: str) -> str:
-        """``text``, remembered as one this middleware wrote."""
-        self._written[_digest(text)] = True
-        return text
+    def write(self, message: M, thread: str | None) -> M:
+        """``message`` (given an id of its own when it has none: the state's would be unknown here), remembered as
+        one this middleware wrote on ``thread``."""
+        if not isinstance(message.id, str) or not message.id:
+            message = message.model_copy(update={"id": f"qwenguard-{uuid.uuid4().hex}"})
+        if (key := _notice_key(message, thread)) is not None:
+            self._written[key] = True
+        return message
 
-    def wrote(self, message: BaseMessage) -> bool:
-        text = message_text(message)
-        return bool(text) and self._written.get(_digest(text)) is not None
+    def wrote(self, message: BaseMessage, thread: str | None) -> bool:
+        key = _notice_key(message, thread)
+        return key is not None and self._written.get(key) is not None
+
+
+def _notice_key(message: BaseMessage, thread: str | None) -> str | None:
+    # Bound to the message, not to its text: a client can send any text, but not put a message of its own on
+    # another client's thread under the id the guard wrote there.
+    text = message_text(message)
+    if not text or not isinstance(message.id, str) or not message.id:
+        return None
+    return _digest(json.dumps([thread, message.id, message.type, text], ensure_ascii=False))
 
 
 def message_key(message: BaseMessage) -> str | None:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import math
 import re
@@ -1935,3 +1936,34 @@ def _artifact_leaf(item: Any) -> Any:
         own = getattr(item, "id", None)
         return [item.page_content, getattr(item, "metadata", None), own if worded(own) else None]
     return None
+
+
+def call_key(name: Any, call_id: Any, args: Any) -> str | None:
+    """A fingerprint of a tool call (its name, id and arguments as given: no text kept), or ``None`` for arguments
+    that cannot be written out. A call the guard heard a guarded model call produce is matched by it when it is about
+    to run; any other (a client's ``Command(goto="tools")`` or ``Send``, an edited call) is the client's input."""
+    try:
+        data = json.dumps([str(name or ""), str(call_id or ""), args], ensure_ascii=False, sort_keys=True, default=repr)
+    except (TypeError, ValueError, RecursionError):
+        return None
+    return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _resume_map(value: Any) -> bool:
+    """``Command(resume={interrupt_id: value, ...})``: every key an interrupt's id (32 hex digits, LangGraph's)."""
+    return (
+        isinstance(value, Mapping)
+        and bool(value)
+        and all(isinstance(k, str) and len(k) == 32 and all(c in "0123456789abcdef" for c in k) for k in value)
+    )
+
+
+def resume_values(command: Any) -> list[Any]:
+    """The values a LangGraph ``Command(resume=...)`` (the run's input, a client's) answers interrupts with: the
+    value, or each value of a map from interrupt ids. Empty for anything else (duck-typed: no langgraph import)."""
+    if type(command).__name__ != "Command" or not hasattr(command, "goto"):
+        return []
+    value = getattr(command, "resume", None)
+    if value is None:
+        return []
+    return list(value.values()) if _resume_map(value) else [value]

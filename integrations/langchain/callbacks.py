@@ -30,7 +30,11 @@ not answer and the policy fails closed):
   chunk. To hold text until it is judged, use `GuardMiddleware` (agents) or `guard_output` (chains).
 - ``on_llm_end`` — the whole answer when nothing streamed, what it quotes (`source_text`), and every tool
   call the answer asks for.
-- ``on_tool_start`` — the tool call (name + arguments) before the tool runs; ``on_tool_end`` — every
+- ``on_chain_start`` — what a ``Command(resume=...)`` input answers an ``interrupt()`` with (`resume_values`), as a
+  prompt, before anything runs (rt60b F3).
+- ``on_tool_start`` — the tool call (name + arguments) before the tool runs; a call no model this handler heard produced
+  (``on_llm_end``) is the client's (a ``Command(goto="tools")`` or ``Send`` input, an edited call): judged whatever
+  ``check_tool_calls`` says, decided no looser than a prompt (rt60b F2). ``on_tool_end`` — every
   message its result writes (its ``ToolMessage`` with its artifact, a LangGraph ``Command``'s messages, a
   list of them; their names and worded ids), what a ``Command`` writes to other state keys and its ``Send``
   payloads (the tool has run; the result is stopped before anything reads it); ``on_tool_error`` — the
@@ -38,8 +42,9 @@ not answer and the policy fails closed):
   chain, args, notes, public string attributes: `error_texts`); a ``ToolNode`` with ``handle_tool_errors``
   writes the guard's stop in its place. A handoff raised out of the tool (a sub-agent's
   ``Command(graph=Command.PARENT, ...)``: LangGraph's ``ParentCommand``, which it writes to the graph above) is the
-  tool's output, read as ``on_tool_end`` reads a returned ``Command`` and stopped in its place; an ``interrupt()``
-  is the run's caller's and is not judged. The message a ``ToolNode`` writes for a failed call is judged too, at
+  tool's output, read as ``on_tool_end`` reads a returned ``Command`` and stopped in its place; so is an ``interrupt()``
+  raised out of the tool: its payload goes to the run's caller and the checkpointer, and is judged as the tool's
+  output (`interrupt_text`, as `GuardMiddleware` does; rt60b N1), the guard's stop raised in its place. The message a ``ToolNode`` writes for a failed call is judged too, at
   the ``on_chain_end`` of the run the tool ran in (a callable can build it from anywhere: ``e.response.text``),
   before LangGraph's ``stream_mode="messages"`` emits it and before the model reads it (LangGraph has put a
   node's ``"updates"`` out before its end event: `GuardMiddleware`'s tool wrapper holds those).
@@ -90,7 +95,7 @@ from langchain_core.outputs import ChatGeneration, LLMResult
 from qwenguard.core import Decision, Guard, GuardUnavailable, Policy, QwenGuardError, Stage, enforce
 from qwenguard.core.backends.gen_session_pool import SESSIONS_PER_STREAM
 from qwenguard.core.backends.stream_session import SESSION_OPTIONS
-from qwenguard.core.formats.conversations import tool_call_conversation, untrusted_conversation
+from qwenguard.core.formats.conversations import prompt_conversation, tool_call_conversation, untrusted_conversation
 from qwenguard.core.formats.json_reading import arguments_parsed
 from qwenguard.core.policy import require_count, require_switch
 from qwenguard.core.streaming.gate_session import GateSession
@@ -101,13 +106,14 @@ from .._common import Bounded
 from ._answer_tools import answer_tools
 from ._feed import StreamFeed
 from ._holding import GUARD_PARAM, HELD_CALL, HELD_LLM_TYPE_PREFIX, TOOL_CALLS_PARAM, HeldCall, guard_token
-from ._input_memory import Produced
+from ._input_memory import MAX_ALLOWED_CHECKS, Produced
 from ._logs import quiet_guard_stops
 from ._messages import (
     AS_ANSWER,
     AS_INPUT,
     DEFAULT_HISTORY_TURNS,
     Item,
+    call_key,
     command_rest_text,
     guard_history,
     input_items,
@@ -115,6 +121,7 @@ from ._messages import (
     opaque_output,
     output_items,
     prompt_items,
+    resume_values,
     source_text,
     tool_output_text,
     tool_result_commands,
@@ -142,6 +149,9 @@ from ._tool_errors import (
     control_flow,
     digest,
     error_texts,
+    interrupt_text,
+    interrupt_values,
+    object_text,
     written_messages,
 )
 from .documents import document_text
@@ -296,6 +306,8 @@ class _GuardHandlerLogic:
         self.check_tool_results = check_tool_results
         self.check_retrieval = check_retrieval
         self._produced = Produced()  # what the runs' tools wrote and their models answered (`_chat_start_reading`)
+        # The tool calls the models it heard asked for (`call_key`): any other call about to run is the client's.
+        self._calls: Bounded[str, bool] = Bounded(MAX_ALLOWED_CHECKS)
         self.screen_system = screen_system
         self.history_turns = history_turns
         self.window_chars = window_chars
@@ -598,6 +610,7 @@ class _GuardHandlerLogic:
             for generation in generations:
                 if isinstance(generation, ChatGeneration):
                     self._produced.record([generation.message])  # read back as input: the model's own (`Produced`)
+                    self._record_calls(generation.message)
                     found = output_items(
                         generation.message,
                         context,
@@ -615,6 +628,12 @@ class _GuardHandlerLogic:
                     items.extend(output_items(_text_message(generation.text), context, text=True, tool_calls=False))
         return run, items
 
+    def _record_calls(self, message: BaseMessage) -> None:
+        """The tool calls a model answered with (`call_key`): the model's own when they run (`_tool_call_item`)."""
+        for call in getattr(message, "tool_calls", None) or ():
+            if (key := call_key(call.get("name"), call.get("id"), call.get("args"))) is not None:
+                self._calls[key] = True
+
     def _tool_start_item(
         self,
         serialized: Mapping[str, Any] | None,
@@ -626,6 +645,34 @@ class _GuardHandlerLogic:
         call = self._tool_started(serialized, input_str, run_id, inputs, kwargs)
         return None if call is None else self._tool_call_item(*call)
 
+    def _interrupt_items(self, values: list[Any], tool: str | None) -> list[Item]:
+        """What an ``interrupt()`` raised out of a tool hands the run's caller (`interrupt_values`), judged as the tool's
+        output (`interrupt_text`), as `GuardMiddleware` judges it (rt57b F4). A payload not read whole within the
+        guard's ``max_chars`` raises its unjudged decision (size alone never gets text through)."""
+        if not self.check_tool_results:
+            return []
+        text, whole = interrupt_text(values, self.guard.max_chars)
+        if not whole:
+            why = f"the tool's interrupt carries more than max_chars={self.guard.max_chars:,} characters: not judged whole"
+            enforce(self.guard.policy.decide_unjudged(Stage.TOOL_RESULT, why))
+        return self._tool_output_items([text], tool, "interrupt")
+
+    # ``Command(resume=...)`` as a run's input answers an ``interrupt()``: the node or tool that asked runs again and
+    # acts on the value (an e-mail's body). It is the client's input, judged as a prompt before anything runs (rt60b F3).
+    def _resume_items(self, inputs: Any) -> list[Item]:
+        """The check of what a ``Command(resume=...)`` input answers with (`resume_values`: a map's values too), as the
+        user's turn; a value not read whole within the guard's ``max_chars`` raises its unjudged decision."""
+        values = resume_values(inputs) if self.check_input else []
+        if not values:
+            return []
+        text, whole = object_text(values, self.guard.max_chars)
+        if not whole:
+            why = f"the resume value carries more than max_chars={self.guard.max_chars:,} characters: not judged whole"
+            enforce(self.guard.policy.decide_unjudged(Stage.PROMPT, why))
+        if not text.strip():
+            return []
+        return [Item(Stage.PROMPT, prompt_conversation(text), label="resume value")]
+
     def _tool_started(
         self,
         serialized: Mapping[str, Any] | None,
@@ -633,22 +680,39 @@ class _GuardHandlerLogic:
         run_id: UUID,
         inputs: Mapping[str, Any] | None,
         kwargs: Mapping[str, Any],
-    ) -> tuple[str, Mapping[str, Any] | str, list[dict[str, str]]] | None:
+    ) -> tuple[str, Mapping[str, Any] | str, list[dict[str, str]], Any] | None:
         """The run state a tool's start sets (its name; the context its call was asked in, taken), and the call to
-        judge (name, arguments, context), or ``None`` when tool calls are not judged."""
+        judge (name, arguments as given, context, call id), or ``None`` when no tool call is judged."""
         name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
         run = self._run(run_id)
         run.tool = str(name)
-        context = self._tool_context(kwargs.get("tool_call_id"), run.trace)
-        if not self.check_tool_calls:
+        call_id = kwargs.get("tool_call_id")
+        context = self._tool_context(call_id, run.trace)
+        if not (self.check_tool_calls or self.check_input):  # a client's call is judged with either (`_tool_call_item`)
+            return None
+        return run.tool, inputs if inputs is not None else input_str, context, call_id
+
+    # A call no model this handler heard asked for (`_record_calls`) is the client's: a ``Command(goto="tools")`` or a
+    # ``Send`` in the run's input, an edited call, a tool the application runs on what it was sent. It is judged
+    # whatever ``check_tool_calls`` says (``check_input`` on), under a policy no looser than the prompt stage's
+    # (`AS_INPUT`; rt60b F2), as a tool-role message no tool of the run wrote is (rt54c F1).
+    def _tool_call_item(
+        self, name: str, args: Mapping[str, Any] | str, context: list[dict[str, str]], call_id: Any
+    ) -> Item | None:
+        """The check of a tool call, or ``None`` (pure but for the calls remembered: the async handler builds it on a
+        worker thread when it is large)."""
+        key = call_key(name, call_id, args)
+        client = key is None or self._calls.get(key) is None
+        if not (self.check_tool_calls or (client and self.check_input)):
             return None
         # A string argument that is JSON itself is judged as the tool reads it when it json.loads it (rt58e F5).
-        return run.tool, arguments_parsed(inputs) if inputs is not None else input_str, context
-
-    @staticmethod
-    def _tool_call_item(name: str, args: Mapping[str, Any] | str, context: list[dict[str, str]]) -> Item:
-        """The check of a tool call (pure: the async handler builds it on a worker thread when it is large)."""
-        return Item(Stage.TOOL_CALL, tool_call_conversation(name, args, context), label=f"tool call {name}")
+        read = arguments_parsed(args) if isinstance(args, Mapping) else args
+        return Item(
+            Stage.TOOL_CALL,
+            tool_call_conversation(name, read, context),
+            label=f"tool call {name}",
+            extra={AS_INPUT: True} if client else {},
+        )
 
     def _tool_end_items(self, output: Any, run_id: UUID) -> list[Item]:
         run = self._drop(run_id)
@@ -817,7 +881,8 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
         guard: the `qwenguard.core.Guard` (its `Policy` decides what blocks).
         check_input / check_output / check_stream / check_tool_calls / check_tool_results /
             check_retrieval: switch each screen off (``check_tool_calls=False`` leaves the call of a
-            ``with_structured_output`` schema judged: it is the answer).
+            ``with_structured_output`` schema judged: it is the answer; and a call no model this handler heard
+            produced: the client's, `_tool_call_item`).
         screen_system: judge a system message that opens a model's input too (the application's prompt,
             left out by default); every later system or developer message is judged anyway.
         history_turns: earlier user/assistant turns given to the guard as context.
@@ -922,6 +987,13 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
             if items:
                 raise_first(items, screen(self.guard, items))
             return
+        if (values := interrupt_values(error)) is not None:
+            # An interrupt() raised out of the tool: its payload goes to the run's caller (``__interrupt__``, the
+            # streams, the checkpoint), the tool's output. Raised in its place: the run stops (rt60b N1).
+            run = self._drop(run_id)
+            items = self._interrupt_items(values, run.tool if run else None)
+            raise_first(items, screen(self.guard, items))
+            return
         # Raised in place of the tool's error: a ToolNode that handles errors writes this one, the guard's.
         items, texts = self._tool_error_items(error, run_id)
         with self._noting_failed_call(texts, kwargs):
@@ -941,6 +1013,8 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
         self._drop(run_id)
 
     def on_chain_start(self, serialized: dict[str, Any], inputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        items = self._resume_items(inputs)  # before the run is linked: a stop here gets no end event
+        raise_first(items, screen(self.guard, items))
         self._chain_started(run_id, kwargs)
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
@@ -1078,8 +1152,8 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
         # The run's state on the loop; the call's arguments are read into its check on a worker thread when large
         # (a tool's input is the model's, and can be a client's: rt55b F4).
         call = self._tool_started(serialized, input_str, run_id, inputs, kwargs)
-        if call is not None:
-            item = await built_off_loop(lambda: self._tool_call_item(*call), call)
+        item = None if call is None else await built_off_loop(lambda: self._tool_call_item(*call), call)
+        if item is not None:
             with self._dropped_on_error(run_id):
                 raise_first([item], await ascreen(self.guard, [item]))
 
@@ -1089,6 +1163,12 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
     async def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         if (handed_up := bubbled_command(error)) is not None:  # a handoff raised out of the tool: its output
             await self._atool_output(handed_up, run_id)
+            return
+        if (values := interrupt_values(error)) is not None:  # an interrupt() raised out of the tool: its output
+            run = self._drop(run_id)
+            tool = run.tool if run else None
+            items = await built_off_loop(lambda: self._interrupt_items(values, tool), values)
+            raise_first(items, await ascreen(self.guard, items))
             return
         items, texts = self._tool_error_items(error, run_id)
         with self._noting_failed_call(texts, kwargs):
@@ -1123,6 +1203,16 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
         self._drop(run_id)
 
     async def on_chain_start(self, serialized: dict[str, Any], inputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        # Most chains: no Command, nothing read. A resume value is read off the loop when large, and always when it is
+        # not a string: an object's fields are not sized before they are read (`_screening.built_off_loop`).
+        resume = getattr(inputs, "resume", None) if type(inputs).__name__ == "Command" else None
+        if resume is None:
+            items: list[Item] = []
+        elif isinstance(resume, str):
+            items = await built_off_loop(lambda: self._resume_items(inputs), resume)
+        else:
+            items = await asyncio.to_thread(self._resume_items, inputs)
+        raise_first(items, await ascreen(self.guard, items))
         self._chain_started(run_id, kwargs)
 
     async def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:

@@ -19,7 +19,9 @@ Where it looks (every step is one batched guard call):
   after the call (its text is judged again unless it still says what the call judged: by fingerprint, not
   by id); verdicts already given are cached.
 - ``wrap_tool_call``: the tool call again right before ``handler`` (the last line of defence; the
-  verdict is cached), and the tool's result right after it: every message it writes to the state
+  verdict is cached; a call no guarded model call produced is the client's, judged whatever ``check_tool_calls`` says
+  and no looser than a prompt: rt60b F2), with the values a ``Command(resume=...)`` gives its ``interrupt()``s, as a
+  prompt (rt60b F3), and the tool's result right after it: every message it writes to the state
   (`tool_result_messages`), its artifact, name and worded ids too, what a ``Command`` writes to any other state key
   and its ``Send`` payloads (`command_rest`: blocked, the call's notice is the whole result), a sub-agent's handoff
   raised out of the tool
@@ -69,11 +71,12 @@ import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse, hook_config
 from langchain_core.messages import AIMessage, BaseMessage, RemoveMessage, ToolMessage
 from langchain_core.runnables import Runnable
+from langgraph.config import get_config
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 from qwenguard.core import (
@@ -89,7 +92,7 @@ from qwenguard.core import (
     Verdict,
     enforce,
 )
-from qwenguard.core.formats.conversations import tool_call_conversation, untrusted_conversation
+from qwenguard.core.formats.conversations import prompt_conversation, tool_call_conversation, untrusted_conversation
 from qwenguard.core.policy import require_switch
 from qwenguard.core.streaming.monitor_core import check_stream_options
 
@@ -97,14 +100,23 @@ from .._common import Bounded
 from ._answer_tools import strategy_tools
 from ._held_model import HeldBackChatModel, StreamLedger
 from ._held_request import HeldModelRequest
-from ._held_tool import ToolRun
+from ._held_tool import ToolRun, pending_resumes
 from ._holding import HELD_CALL, HeldCall, monitor_options
-from ._input_memory import AllowedChecks, OwnNotices, Produced, RaisedChecks, current_thread, judged_content
+from ._input_memory import (
+    MAX_ALLOWED_CHECKS,
+    AllowedChecks,
+    OwnNotices,
+    Produced,
+    RaisedChecks,
+    current_thread,
+    judged_content,
+)
 from ._json_reading import reading_items
 from ._messages import (
     AS_INPUT,
     DEFAULT_HISTORY_TURNS,
     Item,
+    call_key,
     command_messages,
     command_rest_text,
     guard_history,
@@ -124,7 +136,7 @@ from ._messages import (
 )
 from ._screening import METADATA_KEY, ascreen, blocked_pairs, built_off_loop, require_guard, screen
 from ._stopped_calls import StoppedCalls
-from ._tool_errors import bubbled_command, control_flow, error_texts, interrupt_text, interrupt_values
+from ._tool_errors import bubbled_command, control_flow, error_texts, interrupt_text, interrupt_values, object_text
 
 __all__ = [
     "GuardMiddleware",
@@ -136,6 +148,7 @@ __all__ = [
 ]
 
 ExitBehavior = Literal["error", "end", "replace"]
+_M = TypeVar("_M", bound=BaseMessage)
 
 #: The assistant's answer when a violation ends the run. ``{categories}`` is filled in.
 DEFAULT_VIOLATION_MESSAGE = "I can't help with that: the content was blocked by the safety guard ({categories})."
@@ -283,6 +296,17 @@ def _update_with_notices(update: Any, notices: dict[int, BaseMessage]) -> Any:
     )
 
 
+def _agent_name() -> str | None:
+    """The name ``create_agent(name=...)`` gave the running agent (its run's ``lc_agent_name``: bound to the agent's
+    graph, a caller's config does not override it), or ``None``."""
+    try:
+        metadata = get_config().get("metadata") or {}
+    except RuntimeError:  # not inside a runnable
+        return None
+    name = metadata.get("lc_agent_name")
+    return name if isinstance(name, str) and name else None
+
+
 def _answers_of(response: Any) -> list[AIMessage]:
     """The answers in a model call's response: every AI message of a `ModelResponse` (the model's, and any a
     middleware inside the guard added) but the refusals this middleware wrote."""
@@ -399,7 +423,8 @@ class GuardMiddleware(AgentMiddleware):
         guard: the `qwenguard.core.Guard` to use (its `Policy` decides what blocks).
         exit_behavior: ``"error"``, ``"end"`` (default) or ``"replace"`` (see the module docstring).
         check_input / check_output / check_tool_calls / check_tool_results: switch each screen off
-            (``check_tool_calls=False`` leaves a ``ToolStrategy`` schema's call judged: it is the answer).
+            (``check_tool_calls=False`` leaves a ``ToolStrategy`` schema's call judged: it is the answer; and a call no
+            guarded model call produced: the client's, `_call_item`).
         violation_message, input_notice, tool_result_notice, tool_call_notice: texts that replace
             flagged content (``{categories}``, ``{reason}`` and, for tools, ``{tool}`` are filled in).
         history_turns: earlier user/assistant turns given to the guard as context.
@@ -463,8 +488,13 @@ class GuardMiddleware(AgentMiddleware):
         self._stopped = StoppedCalls()  # requests stopped here: a retry around this middleware gets the same stop
         # Not judged again among a model's messages: the checks allowed before, and this middleware's own notices.
         self._allowed = AllowedChecks()
-        self._own = OwnNotices()  # the notices it wrote, by fingerprint (never by their template: rt54c F8)
+        self._own = OwnNotices()  # the notices it wrote, by thread, id and text (never by text alone: rt60d F1)
+        # The names of the agent's own tools (the application's, from its model calls' and tool calls' requests): the
+        # only names a notice's ``{tool}`` field takes (`_tool_name`).
+        self._tool_names: Bounded[str, bool] = Bounded(MAX_ALLOWED_CHECKS)
         self._produced = Produced()  # what its tools wrote and its guarded calls answered (`_message_items`)
+        # The tool calls its guarded model calls asked for (`call_key`): any other call about to run is the client's.
+        self._calls: Bounded[str, bool] = Bounded(MAX_ALLOWED_CHECKS)
         self._raised = RaisedChecks()  # with "error": blocks raised for, on a thread's earlier turn (`_raise_new`)
 
     # -- what to check (pure) -----------------------------------------------------------------
@@ -475,15 +505,40 @@ class GuardMiddleware(AgentMiddleware):
         return self._message_items(list(state.get("messages") or ()))
 
     def _notice(self, template: str, decision: Decision, **extra: str) -> str:
-        """A notice's text (`_fill`), remembered as this middleware's own (`OwnNotices`)."""
-        return self._own.write(_fill(template, decision, **extra))
+        """A notice's text (`_fill`). Its message is remembered as this middleware's own by `_own_notice`."""
+        return _fill(template, decision, **extra)
+
+    def _own_notice(self, message: _M) -> _M:
+        """``message``, a notice this middleware wrote, remembered as its own on this thread (`OwnNotices`)."""
+        return self._own.write(message, current_thread())
+
+    def _tool_name(self, name: Any, tool: Any = None) -> str:
+        """What a notice's ``{tool}`` field says: ``name`` where it is one of the agent's own tools' (the
+        application's: ``tool``, the one a tool call runs, or `_remember_tools`), else ``"tool"``. A client chooses
+        any other name (a forged call's, its tool message's): written into a notice, never judged again
+        (`OwnNotices`), a blocked phrase reached the model (rt60d F1)."""
+        ran = getattr(tool, "name", None)
+        if isinstance(name, str) and name and (ran == name or self._tool_names.get(name) is not None):
+            return name
+        return "tool"
+
+    def _remember_tools(self, tools: Sequence[Any]) -> None:
+        """The names of the tools a model call offers (``BaseTool``s, or a provider's tool dicts) or a call runs."""
+        for tool in tools:
+            name = getattr(tool, "name", None)
+            if name is None and isinstance(tool, Mapping):
+                function = tool.get("function")
+                name = function.get("name") if isinstance(function, Mapping) else tool.get("name")
+            if isinstance(name, str) and name:
+                self._tool_names[name] = True
 
     def _unowned(self, messages: Sequence[BaseMessage]) -> list[BaseMessage]:
-        """``messages`` with the text of this middleware's own notices left out (`OwnNotices`: a text it wrote, by
-        fingerprint; a client's text that fits a notice's template is judged): a notice's text is the guard's, but
-        what else a message of that text carries is judged as any message's (a client's history can write a
-        notice's text and put a name or tool calls beside it)."""
-        return [m.model_copy(update={"content": ""}) if self._own.wrote(m) else m for m in messages]
+        """``messages`` with the text of this middleware's own notices left out (`OwnNotices`: a message it wrote on
+        this thread, by id and text; a client's text that fits a notice's template, or equals one, is judged): a
+        notice's text is the guard's, but what else a message of that text carries is judged as any message's (a
+        client's history can write a notice's text and put a name or tool calls beside it)."""
+        thread = current_thread()
+        return [m.model_copy(update={"content": ""}) if self._own.wrote(m, thread) else m for m in messages]
 
     def _message_items(self, messages: list[BaseMessage]) -> list[Item]:
         """The checks of ``messages`` not allowed before (`AllowedChecks`), this middleware's own notices left out
@@ -533,6 +588,8 @@ class GuardMiddleware(AgentMiddleware):
             answers=answered,
             budget=self.guard.max_chars,
         )
+        if self.check_output and (label := self._label_check(last)) is not None:
+            items.append(label)  # judged in the model call, mostly (`AllowedChecks`)
         # A JSON answer is read parsed (``ProviderStrategy``'s structured response): its decoded strings too.
         return items + reading_items(last, context, self.history_turns) if text else items
 
@@ -552,10 +609,12 @@ class GuardMiddleware(AgentMiddleware):
     # -- what a violation does (pure) -----------------------------------------------------------
     def _refusal(self, decision: Decision, replaces: BaseMessage | None = None) -> AIMessage:
         kwargs: dict[str, Any] = {"id": replaces.id} if replaces is not None and replaces.id else {}
-        return AIMessage(
-            content=self._notice(self.violation_message, decision),
-            response_metadata={METADATA_KEY: decision.to_dict()},
-            **kwargs,
+        return self._own_notice(
+            AIMessage(
+                content=self._notice(self.violation_message, decision),
+                response_metadata={METADATA_KEY: decision.to_dict()},
+                **kwargs,
+            )
         )
 
     def _redact_input(self, item: Item, decision: Decision) -> BaseMessage:
@@ -565,17 +624,20 @@ class GuardMiddleware(AgentMiddleware):
             # A name judged and blocked (`label_item`: ChatMistralAI and ChatGoogleGenerativeAI send it; a tool's
             # result judged with its name, `_result_items`) goes, and is not written into the notice either.
             by_name = item.stage is Stage.PROMPT or bool(item.extra.get(_NAMED))
-            return message.model_copy(
-                update={
-                    "content": self._notice(
-                        self.tool_result_notice, decision, tool="tool" if by_name else message.name or "tool"
-                    ),
-                    "status": "error",
-                    "artifact": None,  # judged with the content (`tool_output_text`): withheld with it
-                    "response_metadata": _with_decision(message.response_metadata, decision),
-                    **({"name": None} if by_name else {}),
-                    **_judged_id(item, message),
-                }
+            # Nor any name but the agent's own tool's (`_tool_name`): a client's, written into the notice, was
+            # never judged again (rt60d F1).
+            named = "tool" if by_name else self._tool_name(message.name)
+            return self._own_notice(
+                message.model_copy(
+                    update={
+                        "content": self._notice(self.tool_result_notice, decision, tool=named),
+                        "status": "error",
+                        "artifact": None,  # judged with the content (`tool_output_text`): withheld with it
+                        "response_metadata": _with_decision(message.response_metadata, decision),
+                        **({} if named == message.name else {"name": None}),
+                        **_judged_id(item, message),
+                    }
+                )
             )
         update: dict[str, Any] = {
             "content": self._notice(self.input_notice, decision),
@@ -605,7 +667,7 @@ class GuardMiddleware(AgentMiddleware):
             update["invalid_tool_calls"] = [
                 {**c, "name": WITHHELD_CALL, "args": "{}", "error": None} for c in message.invalid_tool_calls
             ]
-        return message.model_copy(update=update)
+        return self._own_notice(message.model_copy(update=update))
 
     def _members(self, item: Item) -> list[tuple[Item, BaseMessage]]:
         """The messages a blocked ``item`` withholds, each with the check to redact it by: the message, or, for
@@ -773,15 +835,74 @@ class GuardMiddleware(AgentMiddleware):
         """What the guarded model call returned (`_answers_of`, and the tool messages ``create_agent``'s model node
         adds for a ``ToolStrategy``'s calls, in the same `ModelResponse`) is the agent's own (`Produced`)."""
         if isinstance(response, ModelResponse):
-            self._produced.record([*_answers_of(response), *(m for m in response.result if isinstance(m, ToolMessage))])
+            answers = _answers_of(response)
+            self._produced.record([*answers, *(m for m in response.result if isinstance(m, ToolMessage))])
+            for answer in answers:
+                for call in answer.tool_calls:
+                    if (key := call_key(call.get("name"), call.get("id"), call.get("args"))) is not None:
+                        self._calls[key] = True
 
+    def _produced_call(self, call: Mapping[str, Any]) -> bool:
+        """Did a guarded model call of this middleware ask for ``call``, as it is (name, id, arguments)?"""
+        key = call_key(call.get("name"), call.get("id"), call.get("args"))
+        return key is not None and self._calls.get(key) is not None
+
+    # A call about to run that no guarded model call of this middleware asked for (`_produced_call`) is the client's: a
+    # ``Command(goto="tools")`` or a ``Send`` in the run's input, an edited call (a reviewer's, a middleware's). It is
+    # judged whatever ``check_tool_calls`` says, under a policy no looser than the prompt stage's (`AS_INPUT`; rt60b
+    # F2), as a tool-role message the agent did not produce is (rt54c F1). The model's own calls keep their switch.
     def _call_item(self, request: Any) -> Item | None:
-        if not self.check_tool_calls:
-            return None
         call = request.tool_call
+        client = not self._produced_call(call)
+        if not (self.check_tool_calls or (client and self.check_input)):
+            return None
         history = guard_history(_state_messages(request), self.history_turns)
         name = call.get("name") or ""
-        return Item(Stage.TOOL_CALL, tool_call_conversation(name, tool_arguments(call), history), tool_call=call)
+        conversation = tool_call_conversation(name, tool_arguments(call), history)
+        return Item(Stage.TOOL_CALL, conversation, tool_call=call, extra={AS_INPUT: True} if client else {})
+
+    # ``interrupt()`` in a tool asks the run's caller for a value; ``Command(resume=...)`` gives it, and the tool runs
+    # again and acts on it (an e-mail's body): the client's input, judged as a prompt before the tool runs (rt60b F3).
+    def _resume_item(self, request: Any) -> Item | None:
+        """The check of the resume values the tool call's ``interrupt()``s will take (`pending_resumes`), as the
+        user's turn; ``extra["whole"]``: whether all of it was read within the guard's ``max_chars``."""
+        if not self.check_input:
+            return None
+        values = pending_resumes(request)
+        if not values:
+            return None
+        text, whole = object_text(values, self.guard.max_chars)
+        if not text.strip() and whole:
+            return None
+        history = guard_history(_state_messages(request), self.history_turns)
+        return Item(Stage.PROMPT, prompt_conversation(text, history), label="resume value", extra={"whole": whole})
+
+    def _tool_checks(self, request: Any) -> list[Item]:
+        """What is judged before the tool runs: the resume values it will take, and its call unless allowed before."""
+        # The tool it runs is the application's: its name may go into a notice (`_tool_name`).
+        self._remember_tools([ran] if (ran := getattr(request, "tool", None)) is not None else [])
+        resumed, call = self._resume_item(request), self._unjudged_call(request)
+        return [item for item in (resumed, call) if item is not None]
+
+    def _before_tool(self, items: list[Item], decisions: list[Decision]) -> Decision | None:
+        """The first block among the checks before the tool runs (`_tool_checks`), or ``None``: the tool runs."""
+        self._allowed.remember(items, decisions)
+        return next((d for d in decisions if not d.allowed), None)
+
+    def _tool_decisions(self, items: list[Item], judge: Callable[[list[Item]], list[Decision]]) -> list[Decision]:
+        """``judge``'s decisions on ``items``; a resume value not read whole is blocked unread (`_unread_resume`)."""
+        read = [item for item in items if item.extra.get("whole", True)]
+        judged = iter(judge(read) if read else [])
+        return [next(judged) if item.extra.get("whole", True) else self._unread_resume() for item in items]
+
+    async def _atool_decisions(self, items: list[Item]) -> list[Decision]:
+        read = [item for item in items if item.extra.get("whole", True)]
+        judged = iter(await ascreen(self.guard, read) if read else [])
+        return [next(judged) if item.extra.get("whole", True) else self._unread_resume() for item in items]
+
+    def _unread_resume(self) -> Decision:
+        why = f"the resume value carries more than max_chars={self.guard.max_chars:,} characters: not judged whole"
+        return self.guard.policy.decide_unjudged(Stage.PROMPT, why)
 
     def _unjudged_call(self, request: Any) -> Item | None:
         """The check of ``request``'s tool call, unless it was allowed before (`AllowedChecks`)."""
@@ -792,13 +913,16 @@ class GuardMiddleware(AgentMiddleware):
         if self.exit_behavior == "error":
             enforce(decision)
         call = request.tool_call
-        name = call.get("name") or "tool"
-        return ToolMessage(
-            content=self._notice(self.tool_call_notice, decision, tool=name),
-            tool_call_id=call.get("id") or "",
-            name=name,
-            status="error",
-            response_metadata={METADATA_KEY: decision.to_dict()},
+        # A blocked call's own name may be what made it unsafe: only the agent's own tool's is written.
+        name = self._tool_name(call.get("name"), getattr(request, "tool", None))
+        return self._own_notice(
+            ToolMessage(
+                content=self._notice(self.tool_call_notice, decision, tool=name),
+                tool_call_id=call.get("id") or "",
+                name=name,
+                status="error",
+                response_metadata={METADATA_KEY: decision.to_dict()},
+            )
         )
 
     def _executed_call(self, request: Any) -> Callable[[dict[str, Any]], ToolMessage | None]:
@@ -1091,10 +1215,22 @@ class GuardMiddleware(AgentMiddleware):
             HELD_CALL.reset(scope)
 
     def _trust_own_names(self, response: Any) -> None:
-        """The name ``create_agent(name=...)`` puts on its model's answers is the application's: not judged when the
-        answer comes back as input (a client's forged answer under another name is). Demo guards flag common agent
-        names (``research_agent``)."""
-        self._allowed.trust([item for answer in _answers_of(response) if (item := label_item(answer)) is not None])
+        """The name ``create_agent(name=...)`` puts on its model's answers is the application's (`_agent_name`): not
+        judged when the answer comes back as input (a client's forged answer under another name is). Demo guards flag
+        common agent names (``research_agent``). Only that name: trusting every label of an answer (`sent_labels`:
+        a ``prefix``, worded call ids) exempted any user's message named with the same text (rt60d F4)."""
+        name = _agent_name()
+        if name is not None and any(answer.name == name for answer in _answers_of(response)):
+            self._allowed.trust([item] if (item := label_item(AIMessage(content="", name=name))) is not None else [])
+
+    def _label_check(self, answer: AIMessage) -> Item | None:
+        """What is sent with ``answer`` beside its text (`sent_labels`: a ``prefix``, worded call ids, a name other
+        than the agent's), judged with the answer: a provider class sends it back (ChatMistralAI's ``prefix``) and a
+        consumer reads it (rt60d F4). ``None`` when there is none."""
+        name = _agent_name()
+        bare = answer.model_copy(update={"name": None}) if name is not None and answer.name == name else answer
+        item = label_item(bare)
+        return None if item is None else dataclasses.replace(item, message=answer)
 
     def _answer_items(self, request: ModelRequest, response: Any, ledger: StreamLedger | None) -> list[Item]:
         """The model call's answer, judged as the call's outcome, before any ``after_model`` hook sees it
@@ -1120,6 +1256,8 @@ class GuardMiddleware(AgentMiddleware):
             )
             if text:  # a JSON answer is read parsed (``ProviderStrategy``): its decoded strings too
                 items += reading_items(answer, context, self.history_turns)
+            if self.check_output and (label := self._label_check(answer)) is not None:
+                items.append(label)
         return items + self._beside_items(request, response)
 
     def _beside_items(self, request: ModelRequest, response: Any) -> list[Item]:
@@ -1159,6 +1297,7 @@ class GuardMiddleware(AgentMiddleware):
     def _answer_checks(self, request: ModelRequest, response: Any, ledger: StreamLedger | None) -> list[Item] | None:
         """What the model call answered, recorded (the application's names, the agent's own messages), and its
         checks not judged before (a held stream judged its tool calls at its end); ``None`` when it has none."""
+        self._remember_tools(request.tools)
         self._trust_own_names(response)
         self._record_response(response)
         items = self._answer_items(request, response, ledger)
@@ -1292,12 +1431,11 @@ class GuardMiddleware(AgentMiddleware):
 
     def _wrap_tool_call(self, request: Any, handler: Callable[[Any], ToolMessage | Command]) -> ToolMessage | Command:
         with self._stopped.watching(request):  # a retry around this middleware does not run the tool again
-            item = self._unjudged_call(request)
-            if item is not None:  # judged as the model's answer, mostly
-                decision = screen(self.guard, [item])[0]
-                self._allowed.remember([item], [decision])
-                if not decision.allowed:
-                    return self._blocked_call(request, decision)  # handler never runs: the tool does not execute
+            checks = self._tool_checks(request)
+            if checks:  # the call: judged as the model's answer, mostly
+                blocked = self._before_tool(checks, self._tool_decisions(checks, lambda i: screen(self.guard, i)))
+                if blocked is not None:
+                    return self._blocked_call(request, blocked)  # handler never runs: the tool does not execute
             # The callbacks hear of the run, and of its judged result only; a call rewritten inside this
             # middleware (a reviewer's edit) is judged again before it runs.
             run = ToolRun(request, self._executed_call(request), self._aexecuted_call(request))
@@ -1339,12 +1477,18 @@ class GuardMiddleware(AgentMiddleware):
         self, request: Any, handler: Callable[[Any], Awaitable[ToolMessage | Command]]
     ) -> ToolMessage | Command:
         with self._stopped.watching(request):
-            item = await built_off_loop(lambda: self._unjudged_call(request), _read_by_call(request))
-            if item is not None:
-                decision = (await ascreen(self.guard, [item]))[0]
-                self._allowed.remember([item], [decision])
-                if not decision.allowed:
-                    return self._blocked_call(request, decision)
+            # The resume values too: a client's, of any size (`_read_by_call` sizes the call and the state only).
+            # A resume value that is not a string is read off the loop whatever its size: an object's fields are not
+            # sized before they are read (`_screening.built_off_loop`).
+            resumed = pending_resumes(request)
+            if any(not isinstance(value, str) for value in resumed):
+                checks = await asyncio.to_thread(self._tool_checks, request)
+            else:
+                checks = await built_off_loop(lambda: self._tool_checks(request), (*_read_by_call(request), resumed))
+            if checks:
+                blocked = self._before_tool(checks, await self._atool_decisions(checks))
+                if blocked is not None:
+                    return self._blocked_call(request, blocked)
             run = ToolRun(request, self._executed_call(request), self._aexecuted_call(request))
             await run.astart()
             try:

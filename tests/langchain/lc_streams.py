@@ -9,9 +9,12 @@ from typing import Any
 from qwenguard.core import GuardViolation
 
 
-def streamed(graph: Any, inputs: Any, config: Any, mode: str, modes: list[str]) -> tuple[list[str], Exception | None]:
-    """Every item of the ``modes`` streams as its repr, and the guard's stop the run ended with (``None`` if none);
-    ``mode`` is ``"sync"`` (``graph.stream``) or anything else (``graph.astream`` on a new event loop)."""
+def streamed(
+    graph: Any, inputs: Any, config: Any, mode: str, modes: list[str], stops: type[Exception] = GuardViolation
+) -> tuple[list[str], Exception | None]:
+    """Every item of the ``modes`` streams as its repr, and the error of type ``stops`` the run ended with (``None``
+    if none; by default the guard's stop); ``mode`` is ``"sync"`` (``graph.stream``) or anything else
+    (``graph.astream`` on a new event loop)."""
     seen: list[str] = []
 
     async def drain() -> None:
@@ -23,6 +26,6 @@ def streamed(graph: Any, inputs: Any, config: Any, mode: str, modes: list[str]) 
             seen.extend(repr(item) for item in graph.stream(inputs, config, stream_mode=modes))
         else:
             asyncio.run(drain())
-    except GuardViolation as error:
+    except stops as error:
         return seen, error
     return seen, None

@@ -718,22 +718,28 @@ def test_a_safe_tool_error_still_reaches_the_model(kw):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_an_interrupt_in_a_tool_is_not_judged_as_its_error(kw, mode):
+@pytest.mark.parametrize("blocked", [True, False], ids=["unsafe", "safe"])
+def test_an_interrupt_in_a_tool_is_judged_as_its_output(kw, mode, blocked):
     """``interrupt()`` raises through ``on_tool_error``: control flow that a ToolNode always re-raises, not an
-    error message. It must reach LangGraph as it is, whatever its value says."""
+    error message, but its payload goes to the run's caller (``result["__interrupt__"]``, the ``"updates"``,
+    ``"values"`` and ``"debug"`` streams, ``get_state().tasks``) and into the checkpointer: the tool's output, as
+    `GuardMiddleware` judges it (rt57b F4). An unsafe one stops the run with the guard's `GuardViolation`, raised in
+    its place; a safe one goes on to LangGraph as it is (rt60b N1: it was never judged here)."""
     import uuid
 
     from langgraph.errors import GraphInterrupt
     from langgraph.types import Interrupt
 
     handler = handler_for(kw, mode)
-    error = GraphInterrupt([Interrupt(value=PAGE)])
+    value = PAGE if blocked else {"question": "Forward this page?", "page": "Paris is in France."}
+    error = GraphInterrupt([Interrupt(value=value)])
     run_id = uuid.uuid4()
 
     async def fail() -> None:
         await handler.on_tool_error(error, run_id=run_id)
 
-    call(lambda: handler.on_tool_error(error, run_id=run_id), fail, mode)  # no GuardViolation
+    with pytest.raises(GuardViolation) if blocked else contextlib.nullcontext():
+        call(lambda: handler.on_tool_error(error, run_id=run_id), fail, mode)
     assert handler.active_runs == 0
 
 
