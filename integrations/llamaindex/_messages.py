@@ -25,6 +25,7 @@ import hashlib
 import json
 import re
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,7 @@ __all__ = [
     "Seen",
     "TemplateCall",
     "answer_marks",
+    "prompt_mark",
     "agent_actions",
     "agent_observation",
     "agent_observations",
@@ -870,21 +872,85 @@ def _call_mark(call: ToolSelection) -> bytes:
     return mark("tool_call", *_call_parts_text(call))
 
 
-def answer_marks(message: ChatMessage, calls: Sequence[ToolSelection], question: str) -> list[bytes]:
-    """Fingerprints of an answer the guard let through after ``question`` (the latest user turn it was judged
-    against), as it will come back in the next history after that turn (chat engines keep only the stripped answer
-    text; agents keep the whole message)."""
-    marks = [answer_mark(question, t) for t in {message_text(message), answer_text(message)} if t.strip()]
+def _turn_bytes(role: str, text: str) -> bytes:
+    data = _norm(text).encode("utf-8", "surrogatepass")
+    return b"%s\x1f%d\x1f%s" % (role.encode(), len(data), data)
+
+
+class _Context:
+    """The fingerprint of the turns a check reads, in order, grown a turn at a time (each turn's text hashed once,
+    the state copied: linear in a history's length). A fingerprint is of the check made (rt60d F3): a turn judged
+    after other turns is marked with them, and stands for no check of it alone or after other turns."""
+
+    __slots__ = ("_h", "turns", "_first")
+
+    def __init__(self, h: Any = None, turns: int = 0, first: tuple[str, str] | None = None) -> None:
+        self._h = h if h is not None else hashlib.blake2b(b"context", digest_size=16)
+        self.turns = turns
+        self._first = first
+
+    def then(self, role: str, text: str, turn: bytes | None = None) -> _Context:
+        """These turns and one more (``turn``: its `_turn_bytes`, when known)."""
+        h = self._h.copy()
+        h.update(_turn_bytes(role, text) if turn is None else turn)
+        return _Context(h, self.turns + 1, (role, text) if self.turns == 0 else None)
+
+    @staticmethod
+    def _mark(kind: str, h: Any) -> bytes:
+        return hashlib.blake2b(kind.encode() + b"\x1f" + h.digest(), digest_size=16).digest()
+
+    def prompt_mark(self) -> bytes:
+        """The fingerprint of a prompt check of these turns (the last, the user's, judged after the others): alone,
+        the same check as an earlier user turn's (``mark("user", text)``)."""
+        if self._first is not None and self._first[0] == "user":
+            return mark("user", self._first[1])
+        return self._mark("prompt", self._h)
+
+    def answer_mark(self, text: str, turn: bytes | None = None) -> bytes:
+        """The fingerprint of an answer ``text`` judged after these turns (ending with the user turn it answers): after
+        that turn alone, the same check as an earlier answer's (`answer_mark`). ``turn``: its `_turn_bytes`."""
+        if self._first is not None and self._first[0] == "user":
+            return answer_mark(self._first[1], text)
+        h = self._h.copy()
+        h.update(_turn_bytes("assistant", text) if turn is None else turn)
+        return self._mark("answer", h)
+
+
+def _context_of(conversation: Sequence[GuardMessage]) -> _Context:
+    context = _Context()
+    for turn in conversation:
+        context = context.then(str(turn.get("role", "")), str(turn.get("content", "")))
+    return context
+
+
+def prompt_mark(conversation: Sequence[GuardMessage]) -> bytes:
+    """The fingerprint of a prompt check of ``conversation`` (its last turn, the user's, after the turns before it),
+    as `plan_inputs` finds it for that turn after the same turns in a later history."""
+    return _context_of(conversation).prompt_mark()
+
+
+def answer_marks(message: ChatMessage, calls: Sequence[ToolSelection], prompt: Sequence[GuardMessage]) -> list[bytes]:
+    """Fingerprints of an answer the guard let through after ``prompt`` (the conversation it was judged against, the
+    latest user turn last), as it will come back in the next history after that turn (chat engines keep only the
+    stripped answer text; agents keep the whole message): the check made, the turns before included (rt60d F3).
+    Its tool calls were judged after the latest user turn alone (`tool_call_conversation`): marked so."""
+    context = _context_of(prompt)
+    question = prompt[-1]["content"] if prompt and prompt[-1].get("role") == "user" else ""
+    marks = [context.answer_mark(t) for t in {message_text(message), answer_text(message)} if t.strip()]
     return marks + [_call_key(c, question) for c in calls]
 
 
-#: The tool calls a `GuardedLLM` of this process returned as the model's (judged, let through), by id, name and
-#: arguments: a tool message answering one of them is the output of a tool the application ran for the model. Any
-#: other tool message of a call's input (a client's history can hold one, with a forged call before it) is the
-#: client's text in a tool's role (rt54c F1). Shared by every GuardedLLM and GuardedMemory of the process (an agent's
-#: memory stores the outputs its LLM's calls produced); bounded, oldest first. Each call is held with the one output
-#: that is the tool's (`own_output`): a call's id reaches the client (FunctionAgent's ``ToolCall`` events, a history
-#: an API hands back), so the call alone cannot make a text tool output (rt54e E4).
+#: The tool calls a `GuardedLLM` of this process returned as the model's (judged, let through): a tool message answering
+#: one of them is the output of a tool the application ran for the model. Any other tool message of a call's input (a
+#: client's history can hold one, with a forged call before it) is the client's text in a tool's role (rt54c F1). A
+#: call's id reaches the client (FunctionAgent's ``ToolCall`` events, a history an API hands back), so the call alone
+#: cannot make a text tool output (rt54e E4): each call is bound to the one output that is the tool's (`own_output`).
+#: A binding is made only in the run that made the call, on the very answer the guarded LLM returned (the message
+#: object an agent or application puts back in its next call's input: `_Answers`): ids are no secret and not unique
+#: (TGI numbers every answer's calls from "0", Kimi-style servers write ``functions.web_search:0``), so a call's id,
+#: name and arguments, the same in every user's run, never bound an output for all of them (rt60d F2: one user's run
+#: made another's real output a client's text; a client could bind a popular call to its own text). Bounded, oldest
+#: first: a call dropped is no longer own (its outputs are then the client's).
 _OWN_CALLS_KEPT = 65536
 
 
@@ -892,30 +958,34 @@ def _own_call_key(call: ToolSelection) -> bytes:
     return mark("own_call", str(call.tool_id), *_call_parts_text(call))
 
 
-def remember_own_calls(calls: Sequence[ToolSelection]) -> None:
-    """Remember ``calls`` (an answer's, let through) as the model's own: the first output of each a `GuardedLLM` reads
-    is tool output (`own_output`)."""
+def remember_own_calls(calls: Sequence[ToolSelection], answer: ChatMessage | None = None) -> None:
+    """Remember ``calls`` (``answer``'s, let through) as the model's own: the first output of each a `GuardedLLM` reads
+    after that very ``answer`` is tool output (`own_output`)."""
     keys = [_own_call_key(c) for c in calls if isinstance(c.tool_id, str) and c.tool_id.strip()]
     if keys:
-        _OWN_CALLS.add(keys)
+        _RETURNED.add(keys)
+        if answer is not None:
+            _ANSWERS.add(answer, keys)
 
 
 def own_call(call: ToolSelection | None) -> bool:
     """Did a guarded LLM of this process return ``call`` as the model's (`remember_own_calls`)?"""
-    return call is not None and _own_call_key(call) in _OWN_CALLS
+    return call is not None and _own_call_key(call) in _RETURNED
 
 
-def own_output(call: ToolSelection | None, text: str, *, bind: bool = False) -> bool:
-    """Is ``text`` the output of ``call``, a call a guarded LLM of this process returned (`own_call`)? A call's id
-    reaches the client (FunctionAgent streams ``ToolCall`` events and ``AgentOutput.tool_calls``), so the call alone
-    makes no text the tool's (rt54e E4: a client replayed a real call with its own text):
+def own_output(call: ToolSelection | None, text: str, *, bind: bool = False, answer: ChatMessage | None = None) -> bool:
+    """Is ``text`` the output of ``call``, a call a guarded LLM of this process returned (`own_call`), held by
+    ``answer`` (the message of the input that holds it)? The call alone makes no text the tool's (rt54e E4):
 
     - a call of a tool `guard_tool` wraps: only a text that tool produced for the call's arguments
       (`record_output`, as the wrapper returned it);
-    - any call: only the first output a `GuardedLLM` reads for it (``bind``: its chat input, where an agent hands its
-      model the tool's output in the call after the one that asked for it) is bound to it as the tool's, and from then
-      on any other text is the client's. Without ``bind`` (a memory, a callback handler) a call with no output bound
-      has none, unless its tool produced the text."""
+    - the call of an answer the guarded LLM returned, as it returned it (``answer`` is that message object: the run
+      that made the call): the first output a `GuardedLLM` reads after it (``bind``: its chat input, where an agent
+      hands its model the tool's output in the call after the one that asked for it) is bound to it as the tool's,
+      and from then on any other text is the client's; without ``bind`` (a memory, a callback handler) a call with no
+      output bound has none, unless its tool produced the text;
+    - any other (the history came back as copies: a memory's store, a later request): only an output bound to the
+      same call in the run that made it (`_BOUND`), or that its tool produced for a call a guarded LLM returned."""
     if call is None:
         return False
     name, arguments = _call_parts_text(call)
@@ -924,7 +994,11 @@ def own_output(call: ToolSelection | None, text: str, *, bind: bool = False) -> 
         if mark("produced", name, arguments, text) not in _PRODUCED:
             return False  # a text its wrapped tool never returned for these arguments
         produced = True
-    return _OWN_CALLS.output(_own_call_key(call), mark("own_output", text), bind=bind or produced)
+    key, output = _own_call_key(call), mark("own_output", text)
+    bound = _ANSWERS.output(answer, key, output, bind=bind or produced)
+    if bound is not None:
+        return bound
+    return mark("bound_output", key.hex(), output.hex()) in _BOUND or (produced and key in _RETURNED)
 
 
 def guarded_tool_name(name: str) -> None:
@@ -1372,43 +1446,64 @@ class Seen:
                 self._keys.popitem(last=False)
 
 
-class _OwnCalls:
-    """The calls `remember_own_calls` keeps, each with the fingerprint of its output once one is bound
-    (`own_output`); bounded, least recently used first: a call dropped is no longer own (its outputs are then the
-    client's), never unbound while it is kept."""
+class _Answers:
+    """The answers a `GuardedLLM` returned with tool calls (`remember_own_calls`), by the message object itself, each
+    call with the fingerprint of its output once one is bound (`own_output`). Held weakly (an answer dropped by its
+    run needs no binding) and bounded, least recently used first: an answer dropped binds nothing more (its calls'
+    unbound outputs are then the client's), and an output bound before stays so (`_BOUND`)."""
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
-        self._calls: OrderedDict[bytes, bytes | None] = OrderedDict()
+        self._answers: OrderedDict[int, tuple[weakref.ref[ChatMessage], dict[bytes, bytes | None]]] = OrderedDict()
+        self._dead: list[tuple[int, weakref.ref[ChatMessage]]] = []
         self._lock = threading.Lock()
 
-    def add(self, keys: Iterable[bytes]) -> None:
-        with self._lock:
-            for key in keys:
-                self._calls.setdefault(key, None)  # a call returned again keeps its bound output
-                self._calls.move_to_end(key)
-            while len(self._calls) > self.maxsize:
-                self._calls.popitem(last=False)
+    def _purge(self) -> None:
+        # Under the lock. A message's weakref callback only lists it (the collector may run it while this thread holds
+        # the lock: taking the lock there would deadlock).
+        while self._dead:
+            key, ref = self._dead.pop()
+            if (held := self._answers.get(key)) is not None and held[0] is ref:
+                del self._answers[key]
 
-    def __contains__(self, key: bytes) -> bool:
+    def add(self, answer: ChatMessage, keys: Iterable[bytes]) -> None:
+        key = id(answer)
         with self._lock:
-            if key in self._calls:
-                self._calls.move_to_end(key)
-                return True
-            return False
+            self._purge()
+            held = self._answers.get(key)
+            if held is None or held[0]() is not answer:
+                ref = weakref.ref(answer, lambda r: self._dead.append((key, r)))
+                held = self._answers[key] = (ref, {})
+            for k in keys:
+                held[1].setdefault(k, None)  # an answer returned again keeps its bound outputs
+            self._answers.move_to_end(key)
+            while len(self._answers) > self.maxsize:
+                self._answers.popitem(last=False)
 
-    def output(self, key: bytes, output: bytes, *, bind: bool) -> bool:
+    def output(self, answer: ChatMessage | None, key: bytes, output: bytes, *, bind: bool) -> bool | None:
+        """Is ``output`` the one bound to the call ``key`` of ``answer`` (bound now when none is and ``bind``)? None when
+        ``answer`` is not a kept answer holding that call."""
+        if answer is None:
+            return None
         with self._lock:
-            if key not in self._calls:
-                return False
-            self._calls.move_to_end(key)
-            bound = self._calls[key]
+            held = self._answers.get(id(answer))
+            if held is None or held[0]() is not answer or key not in held[1]:
+                return None
+            self._answers.move_to_end(id(answer))
+            bound = held[1][key]
             if bound is None and bind:
-                self._calls[key] = bound = output
-            return bound == output
+                held[1][key] = bound = output
+        if bound is None:
+            return False
+        _BOUND.add([mark("bound_output", key.hex(), bound.hex())])
+        return bound == output
 
 
-_OWN_CALLS = _OwnCalls(_OWN_CALLS_KEPT)
+#: The calls a guarded LLM returned (`own_call`), the answers that hold them as returned (`_Answers`), and each output
+#: bound to a call in the run that made it (`own_output`: what a copy of that history, read later, may hold); bounded.
+_RETURNED = Seen(_OWN_CALLS_KEPT)
+_ANSWERS = _Answers(_OWN_CALLS_KEPT)
+_BOUND = Seen(_OWN_CALLS_KEPT)
 #: The names of the tools `guard_tool` wrapped, and the outputs they returned (`record_output`); bounded.
 _GUARDED_TOOLS = Seen(_OWN_CALLS_KEPT)
 _PRODUCED = Seen(_OWN_CALLS_KEPT)
@@ -1475,16 +1570,18 @@ def tool_output_check(
     calls: Mapping[str, ToolSelection],
     *,
     bind: bool = False,
+    answers: Mapping[str, ChatMessage] | None = None,
 ) -> tuple[bytes, tuple[Stage, list[GuardMessage]]]:
     """The fingerprint and the check of a tool-role message with ``text`` (its text as sent): the output of a tool the
     application ran for a call a guarded LLM returned (``calls``: the history's calls by id; the first output a
     `GuardedLLM` read for that call, `own_output`, bound when ``bind``) is untrusted tool output, under the
     tool-result stage's policy; any other is text a client may have written: a `ClientToolCheck`, remembered apart (a
-    tool output let through under a looser policy is no pass for a client's)."""
+    tool output let through under a looser policy is no pass for a client's). ``answers``: the messages that hold
+    ``calls``, by id (an output is bound only after the answer the guarded LLM returned: `own_output`)."""
     call_id = str(message.additional_kwargs.get("tool_call_id") or "")
     name = names.get(call_id) or str(message.additional_kwargs.get("name") or "tool")
     conversation = untrusted_conversation(text, f"output of tool {name}")
-    if call_id and own_output(calls.get(call_id), text, bind=bind):
+    if call_id and own_output(calls.get(call_id), text, bind=bind, answer=(answers or {}).get(call_id)):
         return mark("tool", text), (Stage.TOOL_RESULT, conversation)
     return mark("client_tool", text), ClientToolCheck(conversation)
 
@@ -1588,6 +1685,12 @@ def plan_inputs(
     as untrusted content. ``bind_outputs``: a `GuardedLLM`'s chat input, where the first output of a call it returned
     is bound to the call as the tool's (`own_output`). A run of two or more consecutive user turns is judged once more
     joined (`UserRun`).
+
+    A fingerprint stands only for the check it records (rt60d F3): an earlier user turn is skipped when it was judged
+    alone, or as the latest turn after the very turns before it here (`prompt_mark`); an answer when it was judged
+    after the user turn before it alone, or after that turn and the very turns before it (`answer_marks`). A
+    conversation that goes on with the same earlier turns judges none of them again; a text let through in one context
+    is judged again in another.
     """
     plan = InputPlan()
     # An agent's tool output in a user's role is judged as tool output, not as a prompt (rt58d F2); it stays where it is
@@ -1597,10 +1700,16 @@ def plan_inputs(
     users = (i for i, m in enumerate(messages) if role_of(m) == MessageRole.USER.value)
     last_user = max(users, default=None) if latest_prompt else None
     names = _tool_names(messages)
-    by_id: dict[str, ToolSelection] = {}  # the calls of the assistant turns so far, by id
+    by_id: dict[str, ToolSelection] = {}  # the calls of the assistant turns so far, by id (the latest: ids repeat)
+    holders: dict[str, ChatMessage] = {}  # the assistant message holding each
     history: list[GuardMessage] = []
+    before = _Context()  # the fingerprint of ``history`` so far, grown a turn at a time
+    asked: _Context | None = None  # ``before`` and the latest user turn so far: the check an answer after it was in
     previous_user = ""
     run = UserRun()
+
+    def judged(key: bytes) -> bool:
+        return seen is not None and key in seen
 
     def new(key: bytes) -> bool:
         if seen is not None and key in seen:
@@ -1637,6 +1746,8 @@ def plan_inputs(
                 # A ReAct header's tool descriptions come from the tools (an MCP server's list): not the app's words.
                 plan.checks.append((Stage.PROMPT, untrusted_conversation(described, "tool descriptions")))
             continue
+        if role == MessageRole.USER.value:
+            asked = here = before.then("user", text)
         if i in agent_outputs:  # judged as tool output, and the context of what follows it as the LLM reads it
             if has_text and new((handed := observation_check(text))[0]):
                 plan.checks.append(handed[1])
@@ -1645,21 +1756,23 @@ def plan_inputs(
         elif role == MessageRole.USER.value:
             if i == last_user:
                 plan.prompt = prompt_conversation(text, history)
-                key = mark("prompt", json.dumps(plan.prompt, ensure_ascii=False))
-                if has_text and new(key):
+                if has_text and new(here.prompt_mark()):
                     plan.checks.append((Stage.PROMPT, plan.prompt))
-                    plan.marks.append(mark("user", text))
-            elif has_text and new(mark("user", text)):
+            # An earlier turn: judged alone, unless judged before after the very turns before it here (as the latest).
+            elif has_text and not judged(here.prompt_mark()) and new(mark("user", text)):
                 plan.checks.append((Stage.PROMPT, prompt_conversation(text)))
         elif role in _ASSISTANT:
-            # Remembered as the check made: this text after this question (rt54c F4).
-            if has_text and new(answer_mark(previous_user, text)):
+            # Remembered as the check made: this text after this question (rt54c F4); skipped too when it was judged
+            # after this question and the very turns before it, as a guarded LLM judged its answer (rt60d F3).
+            said = _turn_bytes("assistant", text)  # hashed once: for the check it was in, and as context after it
+            in_context = asked is not None and judged(asked.answer_mark(text, said))
+            if has_text and not in_context and new(answer_mark(previous_user, text)):
                 plan.checks.append((Stage.RESPONSE, response_conversation(previous_user, text)))
                 if (observed := observation_text(text)).strip():  # a ReAct agent's stored tool outputs
                     plan.checks.append((Stage.TOOL_RESULT, untrusted_conversation(observed, "tool output")))
             for call in calls:
                 if isinstance(call.tool_id, str) and call.tool_id:
-                    by_id.setdefault(call.tool_id, call)
+                    by_id[call.tool_id], holders[call.tool_id] = call, m
                 if new(_call_key(call, previous_user)):
                     context = [{"role": "user", "content": previous_user}]
                     plan.checks.append(
@@ -1674,12 +1787,17 @@ def plan_inputs(
                 has_text = True
             if has_text:
                 # Tool output of a call a guarded LLM returned, or a client's text in a tool's role (rt54c F1).
-                key, check = tool_output_check(m, text, names, by_id, bind=bind_outputs)
+                key, check = tool_output_check(m, text, names, by_id, bind=bind_outputs, answers=holders)
                 if new(key):
                     plan.checks.append(check)
             continue
         if has_text and (last_user is None or i < last_user):
             history.append({"role": "user" if role == MessageRole.USER.value else "assistant", "content": text})
+            before = (
+                here
+                if role == MessageRole.USER.value
+                else before.then("assistant", text, said if role in _ASSISTANT else None)
+            )
         if role == MessageRole.USER.value:
             previous_user = text
     end_run()
@@ -1817,8 +1935,8 @@ def plan_template(
     conversation = prompt_conversation(texts[query_key], earlier)
     checks: Checks = [(Stage.PROMPT, conversation)]
     others = variable_checks(texts, screen_context=screen_context, query_key=query_key, computed=computed, seen=seen)
-    # The query comes back as a user turn of the next call's history: judged already.
-    return InputPlan(checks + others, conversation, [mark("user", texts[query_key])])
+    # The query comes back as a user turn of the next call's history: judged already, after these turns (rt60d F3).
+    return InputPlan(checks + others, conversation, [prompt_mark(conversation)])
 
 
 def variable_checks(

@@ -129,6 +129,7 @@ from ._messages import (
     message_text,
     plan_inputs,
     plan_template,
+    prompt_mark,
     raw_reasoning,
     remember_own_calls,
     reply_parts,
@@ -429,7 +430,8 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             history_messages(history), self.llm, screen_system=True, seen=self._seen, latest_prompt=False
         )
         conversation = prompt_conversation(question, turns.prompt[:-1])
-        marks = [*turns.marks, mark("user", question)]  # the question comes back as a user turn of the next history
+        # The question comes back as a user turn of the next history, after these turns: judged after them (rt60d F3).
+        marks = [*turns.marks, prompt_mark(conversation)]
         return _Plan([(Stage.PROMPT, conversation), *turns.checks], conversation, marks=marks)
 
     def _resolve(self, prompt: BasePromptTemplate, prompt_args: Mapping[str, Any]) -> tuple[TemplateCall, _Plan | None]:
@@ -532,18 +534,18 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         """Remember the inputs and the answer of a call that passed: they come back as history. Not when a
         check of the call failed open (its text passed unjudged): the memory is shared by every request, and
         one guard failure would let that text through unjudged for every later one. The answer's tool calls are
-        remembered as the model's own in any case (`remember_own_calls`): the output their tool produced is tool
-        output (`._messages.own_output`)."""
-        remember_own_calls(calls)
+        remembered as the model's own in any case, with ``answer``, the very message returned (`remember_own_calls`):
+        the output their tool produced, read after that message, is tool output (`._messages.own_output`)."""
+        remember_own_calls(calls, answer)
         if self._seen is None or plan.failed_open:
             return
         if plan.pending is not None and _failed_open(plan.pending.result()):
             return
         if any(_failed_open(m.flags) for m in monitors if m is not None):
             return
-        # The answer comes back after the user turn it was judged against (rt54c F4: remembered as that check).
-        question = plan.prompt[-1]["content"] if plan.prompt and plan.prompt[-1].get("role") == "user" else ""
-        self._seen.add([*plan.marks, *(answer_marks(answer, calls, question) if answer is not None else ())])
+        # The answer comes back after the conversation it was judged against (rt54c F4, rt60d F3: remembered as that
+        # check, the turns before the question included).
+        self._seen.add([*plan.marks, *(answer_marks(answer, calls, plan.prompt) if answer is not None else ())])
 
     def _screen(self, checks: Checks, plan: _Plan | None = None) -> None:
         if checks:
