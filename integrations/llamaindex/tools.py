@@ -20,7 +20,9 @@ of the response and tool-result stages' policies (rt60a F2).
 A tool that takes the workflow ``Context`` gets it watched (`_ContextWatch`): what its call writes into the agent's
 state (which the agents print into the next run's user message) is judged as its output, and undone when blocked
 (rt60a F1); a person's reply it waits for is judged as user input before it gets it, and the events it announces or
-writes to the stream as its output before they reach it (rt60a F3).
+writes to the stream as its output before they reach it (rt60a F3). The state is judged against the last state the
+guard let through on that store (`_StateLedger`), never a call's own snapshot, so a concurrent call cannot write back
+another's blocked text (rt60e F4); once a call has ended its Context refuses state writes (rt60e F5).
 
 The retrieved nodes an output carries in ``raw_output`` (a ``QueryEngineTool``'s ``Response.source_nodes``,
 a ``RetrieverTool``'s list) reach the agent's events and final output beside the answer: each is judged as a
@@ -43,6 +45,7 @@ import copy
 import dataclasses
 import inspect
 import traceback
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
@@ -512,6 +515,99 @@ def _state_text(before: Any, after: Any, budget: int) -> str | None:
     return "\n".join(texts) or None
 
 
+def _is_state_path(path: Any) -> bool:
+    return isinstance(path, str) and path.split(".", 1)[0] == _STATE_KEY
+
+
+class _StateLedger:
+    """Per workflow store: the agent state the guard last let through (or found there while no guarded call was
+    running), which every guarded call's final state is judged against and restored to when blocked, and the lock
+    that serializes judging and committing it (rt60e F4: a call's own snapshot could hold another call's blocked,
+    or not yet judged, write)."""
+
+    def __init__(self) -> None:
+        self.judged: Any = None
+        self.running = 0  # guarded calls of this store in flight
+        self.lock = asyncio.Lock()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+
+_LEDGERS: weakref.WeakKeyDictionary[Any, _StateLedger] = weakref.WeakKeyDictionary()
+
+
+def _ledger(store: Any) -> _StateLedger:
+    try:
+        ledger = _LEDGERS.get(store)
+    except TypeError:  # a store that cannot be weakly referenced: one ledger per call (its own snapshot)
+        return _StateLedger()
+    loop = asyncio.get_running_loop()
+    if ledger is None or (ledger.loop is not loop and ledger.running == 0):  # an asyncio.Lock binds to one loop
+        ledger = _LEDGERS[store] = _StateLedger()
+        ledger.loop = loop
+    return ledger
+
+
+class _WatchedStore:
+    """The ``ctx.store`` a guarded tool is handed: the Context's own, but its writers mark the call as having written
+    the state, and refuse to write once the call has ended (rt60e F5: a background task's write after the call
+    returned was never judged)."""
+
+    def __init__(self, store: Any, watch: _ContextWatch) -> None:
+        object.__setattr__(self, "_qg_store", store)
+        object.__setattr__(self, "_qg_watch", watch)
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # noqa: D105 - isinstance holds in the tool
+        return type(self._qg_store)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._qg_store, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._qg_store, name, value)
+
+    def __repr__(self) -> str:
+        return repr(self._qg_store)
+
+    # The in-memory store hands out its live state (``get``; ``get_state`` copies one level): a value changed in
+    # place would change the agent state with no write, after the call too. A tool reads a copy and writes it back.
+    async def get(self, path: str, default: Any = Ellipsis) -> Any:
+        value = await self._qg_store.get(path, default)
+        if not path or _is_state_path(path):
+            return await off_loop(lambda: _copied(value), value)
+        return value
+
+    async def get_state(self) -> Any:
+        state = await self._qg_store.get_state()
+        return await off_loop(lambda: _copied(state), state)
+
+    def _writing(self, what: str) -> None:
+        watch = self._qg_watch
+        if watch.ended:
+            raise RuntimeError(
+                f"qwenguard: {what} through the Context of guarded tool '{watch.tool.metadata.get_name()}' after its "
+                "call ended; write the agent state before the tool returns (it is judged as the tool's output then)"
+            )
+        watch.wrote = True
+
+    async def set(self, path: str, value: Any) -> None:
+        if _is_state_path(path):
+            self._writing(f"ctx.store.set({path!r})")
+        await self._qg_store.set(path, value)
+
+    async def set_state(self, state: Any) -> None:
+        self._writing("ctx.store.set_state()")
+        await self._qg_store.set_state(state)
+
+    async def clear(self) -> None:
+        self._writing("ctx.store.clear()")
+        await self._qg_store.clear()
+
+    def edit_state(self) -> Any:
+        self._writing("ctx.store.edit_state()")
+        return self._qg_store.edit_state()
+
+
 def _event_values(event: Any) -> list[Any]:
     """A workflow event's values, without the names of its fields: its declared fields' and those its ``_data``
     holds (an ``InputRequiredEvent(prefix=...)``, a ``HumanResponseEvent(response=...)``)."""
@@ -550,6 +646,10 @@ class _WatchedContext:
     def __repr__(self) -> str:
         return repr(self._qg_ctx)
 
+    @property
+    def store(self) -> Any:
+        return _WatchedStore(self._qg_ctx.store, self._qg_watch)
+
     def write_event_to_stream(self, ev: Any) -> None:
         self._qg_watch.write(ev)
 
@@ -572,14 +672,17 @@ class _WatchedContext:
 class _ContextWatch:
     """One call of a guarded tool that takes the workflow ``Context``. What it writes into the agent's state
     (``ctx.store``'s ``"state"``, which the agents print into the next run's last user message) is judged as its
-    output when it returns, before any event or model call carries it; blocked, the state is restored to what it
-    was before the call and the call ends with the refusal note (rt60a F1). Its ``wait_for_event`` is judged
-    (`_WatchedContext`)."""
+    output when it returns, before any event or model call carries it, against the last state the guard let through
+    on that store (`_StateLedger`); blocked, the state is restored to that and the call ends with the refusal note
+    (rt60a F1, rt60e F4). Once it has ended its Context refuses state writes (`_WatchedStore`, rt60e F5). Its
+    ``wait_for_event`` is judged (`_WatchedContext`)."""
 
     def __init__(self, tool: GuardedFunctionTool, ctx: Any) -> None:
         self.tool = tool
         self.ctx = ctx
-        self.before: Any = None
+        self.ledger: _StateLedger | None = None
+        self.wrote = False  # a state writer of its Context was called (`_WatchedStore`)
+        self.ended = False
         self.withheld: Decision | None = None  # a blocked event of this call (announced, returned or written)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.writing: asyncio.Future[None] | None = None  # the last event written, judged then released
@@ -587,9 +690,26 @@ class _ContextWatch:
 
     async def start(self) -> _WatchedContext:
         self.loop = asyncio.get_running_loop()
-        state = await self.ctx.store.get(_STATE_KEY, default=None)
-        self.before = await off_loop(lambda: _copied(state), state)
+        ledger = self.ledger = _ledger(self.ctx.store)
+        if ledger.running == 0:  # no guarded call in flight: the state there now is the app's or the agent's
+            state = await self.ctx.store.get(_STATE_KEY, default=None)
+            ledger.judged = await off_loop(lambda: _copied(state), state)
+        ledger.running += 1
         return _WatchedContext(self.ctx, self)
+
+    async def _restore(self) -> None:
+        judged = cast(_StateLedger, self.ledger).judged
+        await self.ctx.store.set(_STATE_KEY, await off_loop(lambda: _copied(judged), judged))
+
+    async def abandon(self) -> None:
+        """The call was cancelled: state it wrote is not judged, so not kept."""
+        if self.ended:
+            return
+        self.ended = True
+        ledger = cast(_StateLedger, self.ledger)
+        ledger.running -= 1
+        if self.wrote and not _unchanged(ledger.judged, await self.ctx.store.get(_STATE_KEY, default=None)):
+            await self._restore()
 
     # ``write_event_to_stream`` is sync (and a sync tool calls it from a worker thread): each event is judged on the
     # loop, after the one before it, and released to the stream once allowed; the call ends after the last one.
@@ -635,22 +755,37 @@ class _ContextWatch:
         self, args: tuple[Any, ...], kwargs: Mapping[str, Any], failed: Exception | None
     ) -> ToolOutput | None:
         """The refusal note the call ends with (a blocked state write or event), or ``None``: screen it as usual."""
-        if self.writing is not None:
-            await self.writing
-        decision = self.withheld
-        guard = self.tool.guard
-        after = await self.ctx.store.get(_STATE_KEY, default=None)
+        self.ended = True  # its Context writes no state from now on (`_WatchedStore`)
+        ledger = cast(_StateLedger, self.ledger)
         try:
-            added = await off_loop(lambda: _state_text(self.before, after, guard.max_chars), self.before, after)
-            if added is not None:
-                check = (Stage.TOOL_RESULT, untrusted_conversation(added, "tool output"))
-                (judged,) = await guard.acheck_many([check])
-                if not judged.allowed:
-                    await self.ctx.store.set(_STATE_KEY, self.before)
-                    decision = decision or judged
-        except BaseException:
-            await self.ctx.store.set(_STATE_KEY, self.before)  # not judged: not kept
-            raise
+            if self.writing is not None:
+                await self.writing
+            decision = self.withheld
+            guard = self.tool.guard
+            async with ledger.lock:  # judged and committed one call at a time: each against the last state let through
+                after = await self.ctx.store.get(_STATE_KEY, default=None)
+                judged_state = ledger.judged
+                # A call that wrote no state leaves another's write in flight to that call's own check.
+                if self.wrote and not _unchanged(judged_state, after):
+                    try:
+                        added = await off_loop(
+                            lambda: _state_text(judged_state, after, guard.max_chars), judged_state, after
+                        )
+                        blocked = None
+                        if added is not None:
+                            check = (Stage.TOOL_RESULT, untrusted_conversation(added, "tool output"))
+                            (judged,) = await guard.acheck_many([check])
+                            blocked = None if judged.allowed else judged
+                        if blocked is not None:
+                            await self._restore()
+                            decision = decision or blocked
+                        else:
+                            ledger.judged = await off_loop(lambda: _copied(after), after)
+                    except BaseException:
+                        await self._restore()  # not judged: not kept
+                        raise
+        finally:
+            ledger.running -= 1
         if self.failures:
             raise self.failures[0]
         if decision is None or isinstance(failed, _CONTROL_FLOW):  # a paused step is replayed: judged again then
@@ -705,6 +840,10 @@ class GuardedFunctionTool(_Screening, FunctionTool):
             output = await unspanned(self, "acall", FunctionTool)(*args, **kwargs)
         except Exception as error:
             failed: Exception | None = error
+        except BaseException:  # cancelled: what it wrote into the state is not kept
+            if watch is not None:
+                await watch.abandon()
+            raise
         else:
             failed = None
         if watch is not None and (note := await watch.finish(args, kwargs, failed)) is not None:
