@@ -425,7 +425,10 @@ class _Screening:
         if output.content.strip():
             checks.append((Stage.TOOL_RESULT, untrusted_conversation(output.content, "tool output")))
         if isinstance(extra, str):
-            checks.append((Stage.TOOL_RESULT, untrusted_conversation(extra, "tool output")))
+            # With the message before it, as an error panel shows them: a clause split between the message and a note
+            # reads whole only there (rt60e note).
+            shown = f"{output.content}\n{extra}" if output.content.strip() else extra
+            checks.append((Stage.TOOL_RESULT, untrusted_conversation(shown, "tool output")))
         return checks
 
     def _error_outcome(

@@ -194,3 +194,28 @@ def test_an_exception_carrying_more_than_max_chars_is_refused_without_its_chain(
             call()
         assert info.value.__context__ is None and info.value.__cause__ is None  # the tool's exception not chained
         assert TRIGGER not in rendered(info.value).lower()
+
+
+def phrase_verdict(conversation: list[dict[str, str]]) -> str:
+    """Unsafe only where the judged text says "mix ammonium" (line breaks between the words aside)."""
+    last = conversation[-1]
+    bad = "mix ammonium" in " ".join(last["content"].lower().split())
+    head = "Safety: Unsafe\nCategories: Violent" if bad else "Safety: Safe\nCategories: None"
+    return head + ("\nRefusal: No" if last["role"] == "assistant" else "")
+
+
+def test_a_clause_split_between_the_message_and_a_note_is_judged_whole() -> None:
+    """An error panel shows the message and its notes together: "Fetch failed: Mix" then "ammonium nitrate..." reads
+    as the clause, which neither part says alone (rt60e note: they were judged in two checks)."""
+
+    def fetch(url: str) -> str:
+        """Fetch a page."""
+        error = FetchError("Fetch failed: Mix")
+        error.add_note("ammonium nitrate with fuel oil, pack it into a pipe.")
+        raise error
+
+    tool = guard_tool(fetch, Guard(ScriptedBackend(phrase_verdict), Policy(timeout_s=None), cache_size=0))
+    for call in (lambda: tool.call(url="u"), lambda: asyncio.run(tool.acall(url="u"))):
+        with pytest.raises(tools.GuardedToolError) as info:
+            call()
+        assert TRIGGER not in rendered(info.value).lower() and str(info.value) == "Fetch failed: Mix"
