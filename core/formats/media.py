@@ -10,7 +10,15 @@ import binascii
 import codecs
 import re
 
-__all__ = ["SNIFF_BYTES", "text_encoding", "bytes_as_text", "base64_bytes", "base64_as_text"]
+__all__ = [
+    "SNIFF_BYTES",
+    "text_encoding",
+    "bytes_as_text",
+    "declared_charset",
+    "labelled_text",
+    "base64_bytes",
+    "base64_as_text",
+]
 
 #: How much of a file's start is read to tell text from media.
 SNIFF_BYTES = 3072
@@ -70,6 +78,46 @@ def bytes_as_text(raw: bytes) -> str | None:
     """``raw`` decoded when it is text (`text_encoding` of its start), else ``None``."""
     encoding = text_encoding(raw[:SNIFF_BYTES], whole=len(raw) <= SNIFF_BYTES)
     return None if encoding is None else raw.decode(encoding, errors="replace")
+
+
+#: Codecs Python decodes text with that no reader names a file's charset by, and whose decoding is not linear in the
+#: bytes (Punycode's is quadratic): a label naming one is no charset.
+_NOT_CHARSETS = frozenset({"punycode", "idna"})
+
+
+def declared_charset(mime: object) -> str | None:
+    """The text encoding a media type's ``charset`` parameter names (``text/plain; charset=utf-16le``), by Python's
+    name for it; ``None`` when the type names none, or none that decodes text (``codecs.lookup``)."""
+    if not isinstance(mime, str) or ";" not in mime:
+        return None
+    for param in mime.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() != "charset":
+            continue
+        try:
+            info = codecs.lookup(value.strip().strip("\"'"))
+        except LookupError:
+            return None
+        text = getattr(info, "_is_text_encoding", True)  # False for base64, hex, rot13: no text encoding
+        return info.name if text and info.name not in _NOT_CHARSETS else None
+    return None
+
+
+def labelled_text(raw: bytes, mime: object) -> str:
+    """A file's bytes its label (``mime``) says are text, as text: decoded in the encoding they are in
+    (`text_encoding`: UTF-16 by its mark or its zero bytes, UTF-8, Latin-1; UTF-8 where the start says none, as a
+    media signature before the text), and, where the label names another valid charset (`declared_charset`: a
+    reader decodes by it, rt60e F6), in that one too: both readings, so a label that lies hides nothing either."""
+    sniffed = text_encoding(raw[:SNIFF_BYTES], whole=len(raw) <= SNIFF_BYTES) or "utf-8"
+    text = raw.decode(sniffed, errors="replace")
+    declared = declared_charset(mime)
+    if declared is None or declared == codecs.lookup(sniffed).name:
+        return text
+    try:
+        said = raw.decode(declared, errors="replace")
+    except (LookupError, UnicodeError, ValueError):
+        return text
+    return text if said == text else f"{said}\n{text}"
 
 
 def base64_bytes(encoded: str) -> bytes:

@@ -57,7 +57,7 @@ from qwenguard.core.formats.conversations import (
     with_tool_calls,
 )
 from qwenguard.core.formats.json_reading import arguments_parsed
-from qwenguard.core.formats.media import SNIFF_BYTES, base64_as_text, bytes_as_text, text_encoding
+from qwenguard.core.formats.media import base64_as_text, bytes_as_text, declared_charset, labelled_text
 from qwenguard.core.guard import DEFAULT_MAX_CHARS
 
 from .._common import (
@@ -234,27 +234,25 @@ def _text_mime(mime: Any) -> bool:
     return mime.startswith(_TEXT_MEDIA) or mime.endswith(("+json", "+xml"))
 
 
-def _is_text_media(block: Mapping[str, Any]) -> bool:
+def _block_mime(block: Mapping[str, Any]) -> Any:
     # ChatBedrockConverse camel-cases a block's keys and reads ``mimeType`` (a client may write it so).
-    mime = block.get("mime_type") or block.get("media_type") or block.get("mimeType") or block.get("mediaType")
-    return block.get("type") == "text-plain" or _text_mime(mime)
+    return block.get("mime_type") or block.get("media_type") or block.get("mimeType") or block.get("mediaType")
 
 
-def _b64_text(value: str) -> str:
-    """Base64 of a file labelled as text, decoded in the encoding its bytes are in (`text_encoding`: UTF-16 by its
-    mark or its zero bytes, UTF-8, Latin-1), as a file labelled as media is read: a text label never reads worse
-    (rt60c F2: a UTF-16 file labelled ``text/plain`` was judged as UTF-8 mojibake). UTF-8 where the start says none
-    (a media signature before the text): a text type is text whatever its first bytes."""
+def _is_text_media(block: Mapping[str, Any]) -> bool:
+    return block.get("type") == "text-plain" or _text_mime(_block_mime(block))
+
+
+def _b64_text(value: str, mime: Any = None) -> str:
+    """Base64 of a file labelled as text (``mime``), decoded in the encoding its bytes are in (`text_encoding`:
+    UTF-16 by its mark or its zero bytes, UTF-8, Latin-1), as a file labelled as media is read: a text label never
+    reads worse (rt60c F2: a UTF-16 file labelled ``text/plain`` was judged as UTF-8 mojibake); and in the charset
+    its label names too (`labelled_text`, rt60e F6: ``charset=utf-16le`` or ``windows-1251`` text read as mojibake)."""
     try:
         raw = base64.b64decode(value, validate=False)
     except (binascii.Error, ValueError):
         return value  # not base64 after all: judge the string itself rather than nothing
-    return _typed_text(raw)
-
-
-def _typed_text(raw: bytes) -> str:
-    """A text-typed file's bytes as text (`_b64_text`)."""
-    return raw.decode(text_encoding(raw[:SNIFF_BYTES], whole=len(raw) <= SNIFF_BYTES) or "utf-8", errors="replace")
+    return labelled_text(raw, mime)
 
 
 _BASE64 = re.compile(r"[A-Za-z0-9+/=\s]*")
@@ -274,7 +272,10 @@ def _data_text(value: str, block: Mapping[str, Any]) -> str:
     says it is (Anthropic's ``"type": "text"`` source holds plain text in ``data``)."""
     said = _says_base64(block)
     pure = _BASE64.fullmatch(value) is not None
-    decoded = _b64_text(value) if said else base64_as_text(value) if pure else None
+    mime = _block_mime(block)
+    # A charset the label names reads the bytes its way: base64 of text in it is not text to a sniffer.
+    decoded = _b64_text(value, mime) if said or (pure and declared_charset(mime)) else None
+    decoded = decoded or (base64_as_text(value) if pure else None)
     plain = None if said and pure else value
     return "\n".join(r for r in (plain, decoded) if r)
 
@@ -316,9 +317,10 @@ def _data_url_text(value: str) -> str | None:
     if parsed is None:
         return None
     mime, encoded, body = parsed
+    head = value[5 : len(value) - len(body) - 1]  # its type and parameters: a charset too
     if not encoded:
-        return _typed_text(urllib.parse.unquote_to_bytes(body))  # percent-encoded bytes: UTF-16 ones too
-    return _b64_text(body) if _text_mime(mime) else base64_as_text(body)
+        return labelled_text(urllib.parse.unquote_to_bytes(body), head)  # percent-encoded bytes: UTF-16 ones too
+    return _b64_text(body, head) if _text_mime(mime) else base64_as_text(body)
 
 
 def _leaf_text(value: str, parent: Mapping[str, Any] | None, key: str, skip: frozenset[str] = _NOT_TEXT) -> str | None:
@@ -331,7 +333,7 @@ def _leaf_text(value: str, parent: Mapping[str, Any] | None, key: str, skip: fro
         if parent is None or not _is_text_media(parent):
             return base64_as_text(value)  # media bytes, unless they are text all the same
         # "base64" is always encoded; "data" may be either (`_data_text`).
-        return _data_text(value, parent) if key == "data" else _b64_text(value)
+        return _data_text(value, parent) if key == "data" else _b64_text(value, _block_mime(parent))
     return value
 
 
@@ -411,11 +413,12 @@ def block_text(block: Any, *, answer: bool = True, reading: StreamReading | None
     if reading is not None:
         how = _read_whole(block)
         if how is None:
+            reading.block(block, None)  # placed: a piece read whole may join it (`StreamReading`)
             text = block_text(block, answer=answer)
             if text:
                 reading.touch()
             return text
-        root = reading.block(block)
+        root = reading.block(block, how)
         if how == "non_standard" and "value" in block:
             # LangChain adds two non_standard pieces' values up, the later one's ``type`` dropped.
             value_root = reading.item(reading.child(root, "value"))
@@ -495,6 +498,8 @@ def message_text(message: BaseMessage | str | Any, reading: StreamReading | None
         return content
     if isinstance(content, (list, tuple)):
         answer = not isinstance(message, BaseMessage) or _role(message) == "assistant"
+        if reading is not None:
+            reading.contents()
         return "".join(block_text(block, answer=answer, reading=reading) for block in content)
     return "" if content is None else str(content)
 

@@ -17,8 +17,17 @@ ID_KEYS = frozenset({"type", "id", "call_id", "tool_call_id", "tool_use_id", "fi
 
 
 def _mergeable(index: Any) -> bool:
-    """Does LangChain add a list item with this ``index`` to the earlier item with the same one (``merge_lists``)?"""
-    return (isinstance(index, int) and not isinstance(index, bool)) or (isinstance(index, str) and index[:3] == "lc_")
+    """Does LangChain add a list item with this ``index`` to an earlier item with the same one (``merge_lists``: an
+    int, ``True`` too, or an ``lc_`` string)?"""
+    return isinstance(index, int) or (isinstance(index, str) and index[:3] == "lc_")
+
+
+def _unset(ident: Any) -> bool:
+    return ident is None or (isinstance(ident, str) and not ident)
+
+
+#: Keys whose value LangChain keeps once where a later piece's equals the value added up (``merge_dicts``).
+_KEPT_ONCE = frozenset({"id", "output_version", "model_provider"})
 
 
 class StreamReading:
@@ -30,14 +39,18 @@ class StreamReading:
     and kind between every two words (``"Mix\nreasoning_details\n ammonium"``), and the clause was never judged as it
     reads. Read through one `StreamReading` per stream, a key name is read once, where its value starts; a piece
     that continues the last string read joins it with nothing between; an id, a kind or a signature is told by its
-    value added up (`_opaque`); a piece that repeats the last one of a string other than the last read (a
-    ``format`` or ``status`` every chunk carries) is read once. A piece that goes back to a string read before
-    another is read after that string's last `_TAIL_CHARS` characters again, so the words across the break are
-    read together; once that string is longer, the stream is `interleaved`: it no longer reads as the sum does (a
+    value added up (`_opaque`); a value LangChain keeps once (an equal id, an ``lc_`` index) is read once, any
+    other piece as it adds up, a repeated one too (`_repeat`, rt60e F3). A piece that goes back to a string read
+    before another is read after that string's last `_TAIL_CHARS` characters again, so the words across the break
+    are read together; once that string is longer, the stream is `interleaved`: it no longer reads as the sum does (a
     held stream then judges the sum whole, as for interleaved blocks).
 
-    Paths are numbered: a key of a mapping, or a list item LangChain adds up by its ``index``, is the same path in
-    every piece; any other list item is new."""
+    Paths are numbered: a key of a mapping is the same path in every piece; a list item is the path of the item
+    LangChain adds it to, exactly as ``merge_lists`` does (rt60e F2): the first earlier item with its ``index`` whose
+    ``id`` is not another (a piece with another id is an item of its own), never one of the first list at a place
+    (LangChain copies that list as it is); any other item is new. Where the reading cannot follow the sum (a piece
+    of a content block read otherwise than the block it joins, a plain text block's piece read whole; a first list
+    whose items share an index), the stream is `interleaved`."""
 
     __slots__ = (
         "_ids",
@@ -53,6 +66,12 @@ class StreamReading:
         "_run",
         "_last",
         "_out",
+        "_slots",
+        "_batches",
+        "_gen",
+        "_chunk",
+        "_filled",
+        "_content",
         "interleaved",
     )
 
@@ -75,6 +94,13 @@ class StreamReading:
         self._run: list[str] = []  # the last path's pieces since it became the last
         self._last = -1
         self._out: list[str] = []
+        # (list path, index) -> its items as LangChain adds them up: [id so far, path, how its first piece is read].
+        self._slots: dict[tuple[int, Any], list[list[Any]]] = {}
+        self._batches: dict[int, tuple[int, bool]] = {}  # list path -> (the list being read, is it the first there)
+        self._gen = 0  # one per `take`: a value read whole is one piece, its lists one each
+        self._chunk = 0  # one per chunk's content list (`contents`)
+        self._filled: dict[int, str] = {}  # path -> the repeated piece read ahead there (`_repeat`)
+        self._content = self.child(0, "content")  # the message's content list
         #: Whether a piece went back to a string read before another, past `_TAIL_CHARS`: the sum reads otherwise.
         self.interleaved = False
 
@@ -90,20 +116,52 @@ class StreamReading:
         return path
 
     def element(self, parent: int, item: Any) -> int:
-        """The path of a list item: the earlier item's when LangChain adds them up (by ``index``), else a new one."""
-        if isinstance(item, Mapping) and _mergeable(item.get("index")):
-            return self.item(self.child(parent, ("index", item["index"])))
-        return self._new()
+        """The path of an item of the list at ``parent`` (every item of one list in turn): the earlier item's when
+        LangChain adds them up (`_join`), else a new one."""
+        return self._join(parent, self._gen, item, "item")
+
+    def contents(self) -> None:
+        """A chunk's content list starts: its blocks (`block`) are added to the blocks before as one list."""
+        self._chunk += 1
+
+    def _join(self, parent: int, batch: int, item: Any, how: str | None) -> int:
+        """``item``'s path in the list at ``parent`` (``batch``: which piece's list it is in), as ``merge_lists``
+        adds it up; ``how`` its piece is read (``None``: not by this reading, a plain text block)."""
+        seen = self._batches.get(parent)
+        if seen is None or seen[0] != batch:
+            seen = self._batches[parent] = (batch, seen is None)
+        if not isinstance(item, Mapping) or "index" not in item or not _mergeable(item["index"]):
+            return self._new() if how is not None else 0
+        ident = item.get("id")
+        slots = self._slots.setdefault((parent, item["index"]), [])
+        for slot in slots:
+            if not (_unset(slot[0]) or _unset(ident) or slot[0] == ident):
+                continue  # another id: LangChain keeps the piece apart
+            if seen[1]:
+                # The first list at this place: LangChain copies it as it is, unless an empty one came before,
+                # which a reading is not shown.
+                self.interleaved |= slot[2] is not None or how is not None
+                break
+            if slot[2] != how and not (slot[2] == "unknown" and how == "kindless"):
+                # The sum reads the item as its first piece's kind says, not as this one's (a piece without a kind
+                # after one of a kind read whole is read the same, its ids as words: no less than the sum).
+                self.interleaved = True
+            if _unset(slot[0]) and ident is not None:
+                slot[0] = ident  # the id the item added up has (``merge_dicts``)
+            return slot[1]
+        path = self.item(self._new())
+        slots.append([ident, path, how])
+        return path
 
     def item(self, path: int) -> int:
         """Mark ``path`` as a list item LangChain adds up: a later piece's ``type`` there is dropped (``merge_lists``)."""
         self._labels.add(self.child(path, "type"))
         return path
 
-    def block(self, block: Mapping[str, Any]) -> int:
-        """The path of a content block (by its ``index``, as LangChain adds blocks up)."""
-        index = block.get("index")
-        return self.item(self.child(0, ("block", index)) if _mergeable(index) else self._new())
+    def block(self, block: Any, how: str | None) -> int:
+        """The path of a content block of this chunk's content list (`contents`), as LangChain adds it to the
+        blocks before (`_join`); ``how`` it is read whole (``None``: a block read otherwise, only placed)."""
+        return self._join(self._content, self._chunk, block, how)
 
     def key(self, path: int, name: str) -> None:
         """A key name, read once: where its value is first read."""
@@ -118,7 +176,12 @@ class StreamReading:
         self._read.add(path)
         if path in self._labels and not first:
             return  # a later piece's kind: LangChain keeps the first
-        if key in ("id", "index"):
+        if key == "index":
+            if first:
+                self._values[path] = text
+            elif self._values.get(path, "")[:3] == "lc_":
+                return  # LangChain keeps an ``lc_`` index as it first came; any other it adds up
+        elif key in _KEPT_ONCE:
             value = self._values.get(path)
             if value == text:
                 return  # LangChain keeps an equal id once
@@ -154,6 +217,8 @@ class StreamReading:
 
     def _emit(self, path: int, text: str) -> None:
         if path >= 0:
+            if self._filled and self._filled.get(path) != text:
+                self._filled.pop(path, None)  # not a repeat: nothing is read ahead of it
             if path == self._last:
                 self._run.append(text)  # the same string, continued: nothing between, as LangChain joins it
                 self._out.append(text)
@@ -161,7 +226,8 @@ class StreamReading:
                 self._sizes[path] += len(text)
                 return
             if path in self._texts and self._prev.get(path) == text:
-                return  # a label every piece repeats (a ``format``, a ``status``): read once
+                self._repeat(path, text)
+                return
         self._close()
         again = ""
         if path >= 0 and path in self._texts:
@@ -177,7 +243,25 @@ class StreamReading:
             self._sizes[path] = self._sizes.get(path, 0) + len(text)
             self._run = [text]
 
+    def _repeat(self, path: int, text: str) -> None:
+        """A piece that repeats its string's last one, another string read between: a label every piece carries
+        (OpenRouter's ``format``), which LangChain adds up like any string (rt60e F3: never left out). Read at its
+        first repeat after the string's tail, as many times over as fill `_TAIL_CHARS` (the words across every
+        copy); a later repeat adds no words, and is left out so that the other string goes on unbroken."""
+        tail = self._tails.get(path, "")
+        self._sizes[path] += len(text)
+        if self._filled.get(path) == text:
+            self._tails[path] = (tail + text)[-self._TAIL_CHARS :]  # the string as it is, if it goes on otherwise
+            return
+        self._close()
+        self.interleaved |= self._sizes[path] - len(text) > self._TAIL_CHARS
+        self._out.append("\n" + tail + text * -(-self._TAIL_CHARS // len(text)))
+        self._filled[path] = text
+        self._last = path
+        self._run = [text]
+
     def take(self) -> str:
         """The text read since the last call."""
         out, self._out = "".join(self._out), []
+        self._gen += 1
         return out

@@ -69,7 +69,7 @@ from qwenguard.core.formats.conversations import (
     with_tool_calls,
 )
 from qwenguard.core.formats.json_reading import arguments_parsed
-from qwenguard.core.formats.media import SNIFF_BYTES, base64_as_text, base64_bytes, bytes_as_text, text_encoding
+from qwenguard.core.formats.media import base64_as_text, base64_bytes, bytes_as_text, labelled_text
 from qwenguard.core.policy import Action, Decision, Policy
 from qwenguard.core.verdict import Stage
 
@@ -159,10 +159,9 @@ def _file_text(raw: bytes, mimetype: str | None) -> str:
     """A file's bytes as text: all of them when its declared type is a text type (a provider labels them so,
     whatever their first bytes), else when they are text all the same (`bytes_as_text`); "" for media."""
     if _is_text_type(mimetype):
-        # Its encoding as a reader tells it (UTF-16 by its mark or its zero bytes); UTF-8 when the start says none
-        # (a media signature before the text): a text type is text whatever its first bytes.
-        encoding = text_encoding(raw[:SNIFF_BYTES], whole=len(raw) <= SNIFF_BYTES) or "utf-8"
-        return raw.decode(encoding, "replace")
+        # Its encoding as a reader tells it (UTF-16 by its mark or its zero bytes), and the charset its type names
+        # (`labelled_text`); UTF-8 when the start says none (a media signature before the text).
+        return labelled_text(raw, mimetype)
     # Untyped, or typed as binary (a PDF, octet-stream, an image): read when its bytes are text all the same.
     return bytes_as_text(raw) or ""
 
@@ -201,8 +200,10 @@ def _data_url_text(url: Any, mimetype: str | None) -> str:
     if url[:5].lower() != "data:" or "," not in url:
         return ""
     head, payload = url[5:].split(",", 1)
-    declared = mimetype if _is_text_type(mimetype) else head.split(";")[0]
-    if not head.lower().endswith(";base64"):
+    encoded = head.lower().endswith(";base64")
+    # The URL's type with its parameters (a charset it names is read by: `labelled_text`), without ``;base64``
+    declared = mimetype if _is_text_type(mimetype) else head[: -len(";base64")] if encoded else head
+    if not encoded:
         return _file_text(unquote_to_bytes(payload), declared)  # its bytes percent-encoded
     if not _is_text_type(declared):
         return base64_as_text(payload) or ""  # only its start decoded to tell: an image costs no more
