@@ -220,18 +220,27 @@ def _config(request: Any) -> dict[str, Any]:
 #: Where LangGraph keeps a task's interrupt bookkeeping in its ``configurable`` (``CONFIG_KEY_SCRATCHPAD``, private:
 #: spelled out, and read duck-typed; tests/langchain/test_lc_rt60r_resume_values.py fails if it moves).
 _SCRATCHPAD = "__pregel_scratchpad"
+_RESUME_MAP = "__pregel_resume_map"  # LangGraph's CONFIG_KEY_RESUME_MAP: the client's Command(resume={id: value})
 
 
 def pending_resumes(request: Any) -> list[Any]:
     """The values the client's ``Command(resume=...)`` gives the tool call's ``interrupt()``s when it runs again: its
-    task's own (``resume``: a resume map's entry for it, and those its earlier interrupts took) and the run's single
-    resume value, looked at without taking it (``get_null_resume(False)``). Empty outside a resumed run."""
+    task's own (``resume``: a resume map's entry for it, and those its earlier interrupts took), every value of the
+    client's resume map, and the run's single resume value, looked at without taking it (``get_null_resume(False)``).
+    Empty outside a resumed run."""
     configurable = _config(request).get("configurable")
     pad = configurable.get(_SCRATCHPAD) if isinstance(configurable, Mapping) else None
     if pad is None:
         return []
     found = getattr(pad, "resume", None)
     values = list(found) if isinstance(found, list) else []
+    # Every value of a resume map, whatever interrupt it answers: one raised deeper in the tool's call tree (a
+    # sub-graph the tool runs) is keyed by that nested task, which this task's scratchpad never holds, and its node
+    # acted on the value unjudged (rt60f F2). A value for an interrupt elsewhere is the client's input all the same.
+    by_interrupt = configurable.get(_RESUME_MAP) if isinstance(configurable, Mapping) else None
+    if isinstance(by_interrupt, Mapping):
+        taken = {id(v) for v in values}
+        values.extend(v for v in by_interrupt.values() if id(v) not in taken)
     peek = getattr(pad, "get_null_resume", None)
     if callable(peek):
         single = peek(False)

@@ -35,7 +35,7 @@ from langchain_core.messages import BaseMessage
 from qwenguard.core import Action, Decision
 
 from .._common import Bounded
-from ._messages import AS_ANSWER, AS_INPUT, Item, answer_text, message_text, source_text, tool_result_messages
+from ._messages import AS_ANSWER, AS_INPUT, Item, answer_text, source_text, tool_result_messages
 
 M = TypeVar("M", bound=BaseMessage)
 
@@ -71,11 +71,19 @@ class OwnNotices:
 
 def _notice_key(message: BaseMessage, thread: str | None) -> str | None:
     # Bound to the message, not to its text: a client can send any text, but not put a message of its own on
-    # another client's thread under the id the guard wrote there.
-    text = message_text(message)
-    if not text or not isinstance(message.id, str) or not message.id:
+    # another client's thread under the id the guard wrote there. Its whole content, not its text (`message_text`):
+    # an answer's text leaves out what is judged apart (a provider's tool-result block, citations, a tool-use
+    # block), and a refusal sent back with such a block beside its text was left out whole, the block unjudged
+    # (rt60f F1). The guard writes a notice's content as one string.
+    content = message.content
+    if not content or not isinstance(message.id, str) or not message.id:
         return None
-    return _digest(json.dumps([thread, message.id, message.type, text], ensure_ascii=False))
+    written = (
+        content if isinstance(content, str) else json.dumps(content, ensure_ascii=False, sort_keys=True, default=repr)
+    )
+    return _digest(
+        json.dumps([thread, message.id, message.type, isinstance(content, str), written], ensure_ascii=False)
+    )
 
 
 def message_key(message: BaseMessage) -> str | None:

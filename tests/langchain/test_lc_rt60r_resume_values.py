@@ -167,11 +167,11 @@ def test_handler_judges_a_resume_value_for_a_node(mode):
 
 
 def test_the_scratchpad_key_is_langgraphs():
-    """`pending_resumes` reads LangGraph's private scratchpad key by name: a rename must fail here."""
-    from langgraph._internal._constants import CONFIG_KEY_SCRATCHPAD
-    from qwenguard.integrations.langchain._held_tool import _SCRATCHPAD
+    """`pending_resumes` reads LangGraph's private scratchpad and resume-map keys by name: a rename must fail here."""
+    from langgraph._internal._constants import CONFIG_KEY_RESUME_MAP, CONFIG_KEY_SCRATCHPAD
+    from qwenguard.integrations.langchain._held_tool import _RESUME_MAP, _SCRATCHPAD
 
-    assert CONFIG_KEY_SCRATCHPAD == _SCRATCHPAD
+    assert CONFIG_KEY_SCRATCHPAD == _SCRATCHPAD and CONFIG_KEY_RESUME_MAP == _RESUME_MAP
 
 
 @pytest.mark.parametrize("piece", ["middleware", "handler"])
