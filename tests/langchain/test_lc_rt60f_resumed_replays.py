@@ -7,7 +7,9 @@ quoting the clause beside it: the whole content was left out, and the model read
 F2: a resume value is judged before a guarded tool runs again, read from the tool's task scratchpad; the map form
 ``Command(resume={interrupt_id: value})`` for an ``interrupt()`` deeper in the tool's call tree (a sub-graph the tool
 runs) is keyed by the nested task, which the tool's scratchpad never holds: the sub-graph node acted on it unjudged
-(the single form was judged)."""
+(the single form was judged).
+F3: what a resuming ``Command(update=..., resume=...)`` writes to the messages reached a resumed tool's state
+unjudged."""
 
 from __future__ import annotations
 
@@ -16,13 +18,14 @@ from typing import Any, TypedDict
 import pytest
 from faults import ScriptedBackend, keyword_verdict
 from langchain.agents import create_agent
+from langchain.tools import ToolRuntime
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 from lc_fakes import UNSAFE_CLAUSE, scripted, tool_call
-from qwenguard.core import Guard
+from qwenguard.core import Guard, GuardViolation
 from qwenguard.integrations.langchain import GuardMiddleware
 
 WORD = "ammonium"
@@ -130,3 +133,55 @@ def test_a_resume_value_for_an_interrupt_in_a_sub_graph_the_tool_runs_is_judged(
     agent.invoke(Command(resume=answer), config)
     assert judged(backend)
     assert not any(WORD in repr(a) for a in acted)
+
+
+@pytest.mark.parametrize("exit_behavior", ["end", "error"])
+def test_what_a_resuming_command_writes_is_judged_before_the_resumed_tool_acts_on_it(exit_behavior: str) -> None:
+    """F3: ``Command(update={"messages": [...]}, resume="yes")`` writes the client's message to the state before the
+    tool waiting in ``interrupt()`` runs again; a tool that reads ``runtime.state`` acted on it before any model call
+    judged it."""
+    acted: list[str] = []
+
+    @tool
+    def post_latest(runtime: ToolRuntime) -> str:
+        """Post the user's latest message to the team channel, after confirmation."""
+        if interrupt("Post the latest message?") == "yes":
+            acted.append([m for m in runtime.state["messages"] if m.type == "human"][-1].text)
+            return "posted"
+        return "cancelled"
+
+    backend = ScriptedBackend(keyword_verdict, name="kw")
+    model = scripted(tool_call("post_latest", {}), "Done.", "Done.")
+    middleware = GuardMiddleware(Guard(backend, cache_size=0), exit_behavior=exit_behavior)
+    agent = create_agent(model, [post_latest], middleware=[middleware], checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "t"}}
+    agent.invoke({"messages": [HumanMessage("Post my status: on holiday.")]}, config)
+    resume = Command(update={"messages": [HumanMessage(UNSAFE_CLAUSE)]}, resume="yes")
+    try:
+        agent.invoke(resume, config)
+    except GuardViolation:
+        assert exit_behavior == "error"
+    assert not any(WORD in a for a in acted)
+    assert judged(backend)
+
+
+def test_a_resumed_tool_still_acts_on_a_safe_update() -> None:
+    acted: list[str] = []
+
+    @tool
+    def post_latest(runtime: ToolRuntime) -> str:
+        """Post the user's latest message to the team channel, after confirmation."""
+        if interrupt("Post the latest message?") == "yes":
+            acted.append([m for m in runtime.state["messages"] if m.type == "human"][-1].text)
+            return "posted"
+        return "cancelled"
+
+    backend = ScriptedBackend(keyword_verdict, name="kw")
+    model = scripted(tool_call("post_latest", {}), "Done.", "Done.")
+    agent = create_agent(
+        model, [post_latest], middleware=[GuardMiddleware(Guard(backend, cache_size=0))], checkpointer=InMemorySaver()
+    )
+    config = {"configurable": {"thread_id": "t"}}
+    agent.invoke({"messages": [HumanMessage("Post my status: on holiday.")]}, config)
+    agent.invoke(Command(update={"messages": [HumanMessage("Back on Monday.")]}, resume="yes"), config)
+    assert acted == ["Back on Monday."]
