@@ -135,12 +135,8 @@ def test_a_resume_value_for_an_interrupt_in_a_sub_graph_the_tool_runs_is_judged(
     assert not any(WORD in repr(a) for a in acted)
 
 
-@pytest.mark.parametrize("exit_behavior", ["end", "error"])
-def test_what_a_resuming_command_writes_is_judged_before_the_resumed_tool_acts_on_it(exit_behavior: str) -> None:
-    """F3: ``Command(update={"messages": [...]}, resume="yes")`` writes the client's message to the state before the
-    tool waiting in ``interrupt()`` runs again; a tool that reads ``runtime.state`` acted on it before any model call
-    judged it."""
-    acted: list[str] = []
+def poster(acted: list[str]) -> Any:
+    """A tool that asks before it posts the user's latest message (read from ``runtime.state``) to a channel."""
 
     @tool
     def post_latest(runtime: ToolRuntime) -> str:
@@ -149,6 +145,18 @@ def test_what_a_resuming_command_writes_is_judged_before_the_resumed_tool_acts_o
             acted.append([m for m in runtime.state["messages"] if m.type == "human"][-1].text)
             return "posted"
         return "cancelled"
+
+    return post_latest
+
+
+@pytest.mark.parametrize("exit_behavior", ["end", "error"])
+def test_what_a_resuming_command_writes_is_judged_before_the_resumed_tool_acts_on_it(exit_behavior: str) -> None:
+    """F3: ``Command(update={"messages": [...]}, resume="yes")`` writes the client's message to the state before the
+    tool waiting in ``interrupt()`` runs again; a tool that reads ``runtime.state`` acted on it before any model call
+    judged it."""
+    acted: list[str] = []
+
+    post_latest = poster(acted)
 
     backend = ScriptedBackend(keyword_verdict, name="kw")
     model = scripted(tool_call("post_latest", {}), "Done.", "Done.")
@@ -168,13 +176,7 @@ def test_what_a_resuming_command_writes_is_judged_before_the_resumed_tool_acts_o
 def test_a_resumed_tool_still_acts_on_a_safe_update() -> None:
     acted: list[str] = []
 
-    @tool
-    def post_latest(runtime: ToolRuntime) -> str:
-        """Post the user's latest message to the team channel, after confirmation."""
-        if interrupt("Post the latest message?") == "yes":
-            acted.append([m for m in runtime.state["messages"] if m.type == "human"][-1].text)
-            return "posted"
-        return "cancelled"
+    post_latest = poster(acted)
 
     backend = ScriptedBackend(keyword_verdict, name="kw")
     model = scripted(tool_call("post_latest", {}), "Done.", "Done.")
