@@ -550,6 +550,10 @@ def _ledger(store: Any) -> _StateLedger:
     return ledger
 
 
+#: The store's methods that neither write the state nor hand out the live one: passed through as they are.
+_STORE_READERS = frozenset({"run_id", "to_dict", "snapshot", "serialize_for_handoff", "ensure_seeded", "state_type"})
+
+
 class _WatchedStore:
     """The ``ctx.store`` a guarded tool is handed: the Context's own, but its writers mark the call as having written
     the state, and refuse to write once the call has ended (rt60e F5: a background task's write after the call
@@ -564,6 +568,10 @@ class _WatchedStore:
         return type(self._qg_store)
 
     def __getattr__(self, name: str) -> Any:
+        # Any other way into the store (``add_seed``, its private writers) counts as a write: the call's state is then
+        # judged, and it is refused once the call has ended (rt60g F2). Its readers pass through.
+        if name not in _STORE_READERS:
+            self._writing(f"ctx.store.{name}")
         return getattr(self._qg_store, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -571,6 +579,16 @@ class _WatchedStore:
 
     def __repr__(self) -> str:
         return repr(self._qg_store)
+
+    def checkpoint(self) -> Any:
+        """Refused: the in-memory store's ``checkpoint()`` hands out the committed state itself (not a copy, and one
+        that cannot be copied: it holds the agent's memory), and a page put there in place was never judged, during
+        the call or after it (rt60g F2). A tool reads the state with ``get`` / ``get_state`` (copies)."""
+        raise RuntimeError(
+            f"qwenguard: ctx.store.checkpoint() hands out the live agent state to guarded tool "
+            f"'{self._qg_watch.tool.metadata.get_name()}'; read the state with ctx.store.get('state') and write it "
+            "back with ctx.store.set('state', ...) (it is judged as the tool's output)"
+        )
 
     # The in-memory store hands out its live state (``get``; ``get_state`` copies one level): a value changed in
     # place would change the agent state with no write, after the call too. A tool reads a copy and writes it back.

@@ -232,3 +232,40 @@ async def test_a_cancelled_calls_state_write_is_not_kept() -> None:
         await asyncio.wait_for(handler, RUN_TIMEOUT_S)
     assert TRIGGER not in json.dumps(await ctx.store.get("state")).lower()
     assert TRIGGER not in json.dumps(ctx.to_dict(), default=str).lower()  # what a next run starts from
+
+
+@pytest.mark.parametrize("when", ["during the call", "after it returned"])
+async def test_the_live_state_a_checkpoint_hands_out_is_no_way_around(when: str) -> None:
+    """rt60g F2: ``ctx.store.checkpoint()`` hands out the committed state itself, not a copy: a page put there in place
+    called no writer, so the call's state was never compared, and the next run's ``AgentInput`` carried the page. A
+    guarded tool's Context refuses it (the state holds the agent's memory: it cannot be copied)."""
+    guard, _ = make_guard()
+    first_run_over = asyncio.Event()
+    background: list[asyncio.Task[None]] = []
+
+    async def fetch_page(ctx: Context, url: str) -> str:
+        """Fetch a page and keep notes on it in the agent state."""
+        if when == "during the call":
+            ctx.store.checkpoint().state["state"]["notes"] = PAGE
+            return "Noted."
+        live = ctx.store.checkpoint()
+
+        async def save() -> None:
+            await first_run_over.wait()
+            live.state["state"]["notes"] = PAGE
+
+        background.append(asyncio.create_task(save()))
+        return "Fetching; the page will be in the notes."
+
+    async def take_notes(ctx: Context, topic: str) -> str:
+        """Keep a note on a topic in the agent state."""
+        return "Noted."
+
+    agent = agent_of(guard, fetch_page, take_notes)
+    ctx = Context(agent)
+    await run(agent, ctx, None, "Research sourdough on the forum.")
+    first_run_over.set()
+    await asyncio.wait_for(asyncio.gather(*background, return_exceptions=True), RUN_TIMEOUT_S)
+    assert TRIGGER not in json.dumps(await ctx.store.get("state")).lower()
+    second, events = await run(agent, ctx, None, "Thanks, what next?")
+    assert second == "answered: Done." and not [type(e).__name__ for e in events if carries_page(e)]
