@@ -114,6 +114,7 @@ from ._messages import (
     DEFAULT_HISTORY_TURNS,
     Item,
     call_key,
+    command_messages,
     command_rest_text,
     guard_history,
     input_items,
@@ -658,20 +659,29 @@ class _GuardHandlerLogic:
         return self._tool_output_items([text], tool, "interrupt")
 
     # ``Command(resume=...)`` as a run's input answers an ``interrupt()``: the node or tool that asked runs again and
-    # acts on the value (an e-mail's body). It is the client's input, judged as a prompt before anything runs (rt60b F3).
+    # acts on the value (an e-mail's body). ``Command(update={"messages": [...]}, goto=...)`` writes messages and can
+    # send the run straight to a tool that reads them from the state. Both are the client's input, judged as a prompt
+    # before anything runs (rt60b F3, rt60g F1).
     def _resume_items(self, inputs: Any) -> list[Item]:
-        """The check of what a ``Command(resume=...)`` input answers with (`resume_values`: a map's values too), as the
-        user's turn; a value not read whole within the guard's ``max_chars`` raises its unjudged decision."""
-        values = resume_values(inputs) if self.check_input else []
-        if not values:
+        """The checks of a ``Command`` input: what it answers interrupts with (`resume_values`: a map's values too)
+        and the text of each message its ``update`` writes (`command_messages`), as the user's turn; a value not read
+        whole within the guard's ``max_chars`` raises its unjudged decision."""
+        if not self.check_input or type(inputs).__name__ != "Command":
             return []
-        text, whole = object_text(values, self.guard.max_chars)
-        if not whole:
-            why = f"the resume value carries more than max_chars={self.guard.max_chars:,} characters: not judged whole"
-            enforce(self.guard.policy.decide_unjudged(Stage.PROMPT, why))
-        if not text.strip():
-            return []
-        return [Item(Stage.PROMPT, prompt_conversation(text), label="resume value")]
+        items = []
+        values = resume_values(inputs)
+        if values:
+            text, whole = object_text(values, self.guard.max_chars)
+            if not whole:
+                why = f"the resume value carries more than max_chars={self.guard.max_chars:,} characters: not judged whole"
+                enforce(self.guard.policy.decide_unjudged(Stage.PROMPT, why))
+            if text.strip():
+                items.append(Item(Stage.PROMPT, prompt_conversation(text), label="resume value"))
+        for message in command_messages(getattr(inputs, "update", None)):
+            text = message_text(message) if isinstance(message, BaseMessage) else str(_content_of(message))
+            if text.strip():
+                items.append(Item(Stage.PROMPT, prompt_conversation(text), label="command update"))
+        return items
 
     def _tool_started(
         self,
@@ -1205,10 +1215,11 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
     async def on_chain_start(self, serialized: dict[str, Any], inputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         # Most chains: no Command, nothing read. A resume value is read off the loop when large, and always when it is
         # not a string: an object's fields are not sized before they are read (`_screening.built_off_loop`).
-        resume = getattr(inputs, "resume", None) if type(inputs).__name__ == "Command" else None
-        if resume is None:
+        command = type(inputs).__name__ == "Command"
+        resume = getattr(inputs, "resume", None) if command else None
+        if not command or (resume is None and getattr(inputs, "update", None) is None):
             items: list[Item] = []
-        elif isinstance(resume, str):
+        elif isinstance(resume, str) and getattr(inputs, "update", None) is None:
             items = await built_off_loop(lambda: self._resume_items(inputs), resume)
         else:
             items = await asyncio.to_thread(self._resume_items, inputs)
@@ -1223,3 +1234,12 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
 
     async def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._chain_failed(run_id)
+
+
+def _content_of(message: Any) -> Any:
+    """A message given as a mapping (``{"role": ..., "content": ...}``) or a pair: what it says."""
+    if isinstance(message, Mapping):
+        return message.get("content", "")
+    if isinstance(message, (list, tuple)) and len(message) == 2:
+        return message[1]
+    return message

@@ -882,10 +882,12 @@ class GuardMiddleware(AgentMiddleware):
         # The tool it runs is the application's: its name may go into a notice (`_tool_name`).
         self._remember_tools([ran] if (ran := getattr(request, "tool", None)) is not None else [])
         resumed, call = self._resume_item(request), self._unjudged_call(request)
-        # A resumed run's input can write the state too (``Command(update=..., resume=...)``): the tool runs again
-        # before any model call judges what it wrote, and a tool reading ``runtime.state`` acted on it (rt60f F3).
-        # The state's messages not judged before are judged first, as the next model call would judge them.
-        written = self._message_items(_state_messages(request)) if pending_resumes(request) else []
+        # A client's Command input can write the state and send the run straight to the tools
+        # (``Command(update=..., goto="tools")``, or ``resume=...`` to a tool waiting in ``interrupt()``): the tool runs
+        # before any model call judges what it wrote, and one reading ``runtime.state`` acted on it (rt60f F3, rt60g
+        # F1). The state's messages not judged before are judged first, as the next model call would judge them (in
+        # an agent's own loop all of them were: fingerprints only).
+        written = self._message_items(_state_messages(request))
         return [*written, *(item for item in (resumed, call) if item is not None)]
 
     def _before_tool(self, items: list[Item], decisions: list[Decision]) -> Decision | None:

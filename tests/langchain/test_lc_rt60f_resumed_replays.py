@@ -13,6 +13,7 @@ unjudged."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, TypedDict
 
 import pytest
@@ -26,7 +27,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 from lc_fakes import UNSAFE_CLAUSE, scripted, tool_call
 from qwenguard.core import Guard, GuardViolation
-from qwenguard.integrations.langchain import GuardMiddleware
+from qwenguard.integrations.langchain import GuardCallbackHandler, GuardMiddleware
 
 WORD = "ammonium"
 
@@ -187,3 +188,40 @@ def test_a_resumed_tool_still_acts_on_a_safe_update() -> None:
     agent.invoke({"messages": [HumanMessage("Post my status: on holiday.")]}, config)
     agent.invoke(Command(update={"messages": [HumanMessage("Back on Monday.")]}, resume="yes"), config)
     assert acted == ["Back on Monday."]
+
+
+@pytest.mark.parametrize("piece", ["middleware", "handler"])
+@pytest.mark.parametrize("call", ["the model's own call replayed", "a call the client wrote"])
+def test_what_a_client_command_writes_is_judged_before_a_tool_it_sends_the_run_to(piece: str, call: str) -> None:
+    """rt60g F1: ``Command(update={"messages": [...]}, goto="tools")`` as the run's input writes the client's message
+    and sends the run straight to the tools; a tool reading ``runtime.state`` posted it before any model call judged
+    it (the rt60f F3 check ran only for a resumed run; the handler read only a Command's resume values)."""
+    acted: list[str] = []
+
+    @tool
+    def post_latest(runtime: ToolRuntime) -> str:
+        """Post the user's latest message to the team channel."""
+        acted.append([m for m in runtime.state["messages"] if m.type == "human"][-1].text)
+        return "posted"
+
+    backend = ScriptedBackend(keyword_verdict, name="kw")
+    model = scripted(tool_call("post_latest", {}), "Done.", "Done.", "Done.")
+    middleware = [GuardMiddleware(Guard(backend, cache_size=0))] if piece == "middleware" else []
+    agent = create_agent(model, [post_latest], middleware=middleware, checkpointer=InMemorySaver())
+    config: dict[str, Any] = {"configurable": {"thread_id": "t"}}
+    if piece == "handler":
+        config["callbacks"] = [GuardCallbackHandler(Guard(backend, cache_size=0))]
+    agent.invoke({"messages": [HumanMessage("Post my status: on holiday.")]}, config)
+    own = next(m for m in agent.get_state(config).values["messages"] if m.type == "ai" and m.tool_calls).tool_calls[0]
+    sent = (
+        dict(own)
+        if call.startswith("the model's")
+        else {"name": "post_latest", "args": {}, "id": "c9", "type": "tool_call"}
+    )
+    command = Command(
+        update={"messages": [HumanMessage(UNSAFE_CLAUSE), AIMessage("", tool_calls=[sent])]}, goto="tools"
+    )
+    with contextlib.suppress(GuardViolation):
+        agent.invoke(command, config)
+    assert acted[0] == "Post my status: on holiday."
+    assert not any(WORD in a for a in acted)
