@@ -978,8 +978,8 @@ def own_output(call: ToolSelection | None, text: str, *, bind: bool = False, ans
     """Is ``text`` the output of ``call``, a call a guarded LLM of this process returned (`own_call`), held by
     ``answer`` (the message of the input that holds it)? The call alone makes no text the tool's (rt54e E4):
 
-    - a call of a tool `guard_tool` wraps: only a text that tool produced for the call's arguments
-      (`record_output`, as the wrapper returned it);
+    - a text a tool `guard_tool` wraps produced for the call's arguments (`record_output`, as the wrapper returned
+      it), wherever it is read;
     - the call of an answer the guarded LLM returned, as it returned it (``answer`` is that message object: the run
       that made the call): the first output a `GuardedLLM` reads after it (``bind``: its chat input, where an agent
       hands its model the tool's output in the call after the one that asked for it) is bound to it as the tool's,
@@ -990,11 +990,11 @@ def own_output(call: ToolSelection | None, text: str, *, bind: bool = False, ans
     if call is None:
         return False
     name, arguments = _call_parts_text(call)
-    produced = False
-    if mark("guarded_tool", name) in _GUARDED_TOOLS:
-        if mark("produced", name, arguments, text) not in _PRODUCED:
-            return False  # a text its wrapped tool never returned for these arguments
-        produced = True
+    # A text a wrapped tool produced for these arguments binds wherever it is read. Any other text is bound only in the
+    # run that made the call (the answer object): a tool's name says nothing more, since the names `guard_tool` wraps
+    # are the process's, and an unwrapped tool of the same name in another agent had every output refused as a
+    # client's (seen in the full suite, where another test wraps a `web_search`).
+    produced = mark("guarded_tool", name) in _GUARDED_TOOLS and mark("produced", name, arguments, text) in _PRODUCED
     key, output = _own_call_key(call), mark("own_output", text)
     bound = _ANSWERS.output(answer, key, output, bind=bind or produced)
     if bound is not None:

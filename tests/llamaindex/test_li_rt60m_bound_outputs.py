@@ -137,3 +137,18 @@ def _searcher(page: str) -> Any:
         return page
 
     return web_search
+
+
+@pytest.mark.parametrize("call_id", IDS)
+async def test_a_tool_of_a_name_another_agent_wraps_keeps_its_own_outputs(call_id: str) -> None:
+    """The names `guard_tool` wraps are the process's: once another agent (another app, another test) wrapped a
+    ``web_search``, an unwrapped ``web_search``'s every real output here was read as a client's text and refused (seen
+    when the full suite ran this file after one that wraps a ``web_search``)."""
+
+    def web_search(q: str) -> str:
+        """Search the web, in another agent of the process."""
+        return "Another agent's page."
+
+    guard, _ = trusting_guard()
+    guard_tools([FunctionTool.from_defaults(web_search)], guard)
+    await test_a_users_own_conversation_goes_on_with_its_tool_output(call_id)
