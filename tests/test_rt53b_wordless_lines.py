@@ -17,6 +17,7 @@ got never reaches past the windows the judge was handed)."""
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,17 @@ class ExtentJudge(CountingJudge):
 
 def pieces(text: str, size: int = 2) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def released_within(monitor, expected: int, timeout: float = 10.0) -> str:
+    """What ``monitor`` releases of its judged text, polled until ``expected`` characters are out or ``timeout``."""
+    out = ""
+    deadline = time.monotonic() + timeout
+    while len(out) < expected and time.monotonic() < deadline:
+        out += monitor.release_judged()
+        if len(out) < expected:
+            time.sleep(0.002)
+    return out
 
 
 def paced_stream(judge: ExtentJudge, text: str, **options) -> tuple[str, int]:
@@ -144,7 +156,11 @@ def test_a_sentence_after_wordless_lines_releases_them_once_judged(shape):
             judge.wait_idle()
             released += monitor.release_judged()
             assert len(released) <= judge.extent
-        assert released == lines + SENTENCE.rstrip("\n")  # judged and out before the stream ends (not its blank)
+        # The judge's count of finished checks moves before the monitor holds the verdict (the worker thread hands
+        # it over after the judge returns): on a loaded machine the last verdict came a moment after `wait_idle`
+        # (CI on e5418aa: nothing released yet). Judged and out before the stream ends all the same (not its blank).
+        released += released_within(monitor, len(lines + SENTENCE.rstrip("\n")) - len(released))
+        assert released == lines + SENTENCE.rstrip("\n")
         assert judge.started - before == 1  # the sentence's own check
         monitor.finish()
     assert before <= most_checks(len(lines))
