@@ -49,6 +49,11 @@ def agent_of(guard: Any, *fns: Any) -> FunctionAgent:
     return FunctionAgent(tools=guard_tools(tools, guard), llm=llm, initial_state={"notes": ""})
 
 
+async def take_notes(ctx: Context, topic: str) -> str:
+    """Keep a note on a topic in the agent state."""
+    return "Noted."
+
+
 async def until(condition: Any) -> None:
     while not await condition():
         await asyncio.sleep(0)
@@ -162,10 +167,6 @@ async def test_a_state_write_after_the_tool_returned_never_lands_unjudged(how: s
         background.append(asyncio.create_task(save()))
         return "Fetching; the page will be in the notes."
 
-    async def take_notes(ctx: Context, topic: str) -> str:
-        """Keep a note on a topic in the agent state."""
-        return "Noted."
-
     agent = agent_of(guard, fetch_page, take_notes)
     ctx = Context(agent)
     first, _ = await run(agent, ctx, None, "Research sourdough on the forum.")
@@ -196,10 +197,6 @@ async def test_a_write_to_another_key_after_the_call_still_lands() -> None:
         background.append(asyncio.create_task(visited()))
         return "Fetching."
 
-    async def take_notes(ctx: Context, topic: str) -> str:
-        """Keep a note on a topic in the agent state."""
-        return "Noted."
-
     agent = agent_of(guard, fetch_page, take_notes)
     ctx = Context(agent)
     await run(agent, ctx, None, "Research sourdough on the forum.")
@@ -218,10 +215,6 @@ async def test_a_cancelled_calls_state_write_is_not_kept() -> None:
         page_written.set()
         await asyncio.Event().wait()  # the download stalls; the app cancels the run
         return "Page kept."
-
-    async def take_notes(ctx: Context, topic: str) -> str:
-        """Keep a note on a topic in the agent state."""
-        return "Noted."
 
     agent = agent_of(guard, fetch_page, take_notes)
     ctx = Context(agent)
@@ -256,10 +249,6 @@ async def test_the_live_state_a_checkpoint_hands_out_is_no_way_around(when: str)
 
         background.append(asyncio.create_task(save()))
         return "Fetching; the page will be in the notes."
-
-    async def take_notes(ctx: Context, topic: str) -> str:
-        """Keep a note on a topic in the agent state."""
-        return "Noted."
 
     agent = agent_of(guard, fetch_page, take_notes)
     ctx = Context(agent)
