@@ -114,7 +114,6 @@ from ._messages import (
     DEFAULT_HISTORY_TURNS,
     Item,
     call_key,
-    command_messages,
     command_rest_text,
     guard_history,
     input_items,
@@ -662,9 +661,9 @@ class _GuardHandlerLogic:
     # acts on the value (an e-mail's body). ``Command(update={"messages": [...]}, goto=...)`` writes messages and can
     # send the run straight to a tool that reads them from the state. Both are the client's input, judged as a prompt
     # before anything runs (rt60b F3, rt60g F1).
-    def _resume_items(self, inputs: Any) -> list[Item]:
+    def _command_input_items(self, inputs: Any) -> list[Item]:
         """The checks of a ``Command`` input: what it answers interrupts with (`resume_values`: a map's values too)
-        and the text of each message its ``update`` writes (`command_messages`), as the user's turn; a value not read
+        and the text of each message its ``update`` writes (`tool_result_messages`), as the user's turn; a value not read
         whole within the guard's ``max_chars`` raises its unjudged decision."""
         if not self.check_input or type(inputs).__name__ != "Command":
             return []
@@ -677,8 +676,8 @@ class _GuardHandlerLogic:
                 enforce(self.guard.policy.decide_unjudged(Stage.PROMPT, why))
             if text.strip():
                 items.append(Item(Stage.PROMPT, prompt_conversation(text), label="resume value"))
-        for message in command_messages(getattr(inputs, "update", None)):
-            text = message_text(message) if isinstance(message, BaseMessage) else str(_content_of(message))
+        for _, message in tool_result_messages(inputs):  # a Command's messages, read as LangGraph writes them
+            text = message_text(message)
             if text.strip():
                 items.append(Item(Stage.PROMPT, prompt_conversation(text), label="command update"))
         return items
@@ -1023,7 +1022,7 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
         self._drop(run_id)
 
     def on_chain_start(self, serialized: dict[str, Any], inputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        items = self._resume_items(inputs)  # before the run is linked: a stop here gets no end event
+        items = self._command_input_items(inputs)  # before the run is linked: a stop here gets no end event
         raise_first(items, screen(self.guard, items))
         self._chain_started(run_id, kwargs)
 
@@ -1220,9 +1219,9 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
         if not command or (resume is None and getattr(inputs, "update", None) is None):
             items: list[Item] = []
         elif isinstance(resume, str) and getattr(inputs, "update", None) is None:
-            items = await built_off_loop(lambda: self._resume_items(inputs), resume)
+            items = await built_off_loop(lambda: self._command_input_items(inputs), resume)
         else:
-            items = await asyncio.to_thread(self._resume_items, inputs)
+            items = await asyncio.to_thread(self._command_input_items, inputs)
         raise_first(items, await ascreen(self.guard, items))
         self._chain_started(run_id, kwargs)
 
@@ -1234,12 +1233,3 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
 
     async def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._chain_failed(run_id)
-
-
-def _content_of(message: Any) -> Any:
-    """A message given as a mapping (``{"role": ..., "content": ...}``) or a pair: what it says."""
-    if isinstance(message, Mapping):
-        return message.get("content", "")
-    if isinstance(message, (list, tuple)) and len(message) == 2:
-        return message[1]
-    return message

@@ -554,31 +554,40 @@ def _ledger(store: Any) -> _StateLedger:
 _STORE_READERS = frozenset({"run_id", "to_dict", "snapshot", "serialize_for_handoff", "ensure_seeded", "state_type"})
 
 
-class _WatchedStore:
-    """The ``ctx.store`` a guarded tool is handed: the Context's own, but its writers mark the call as having written
-    the state, and refuse to write once the call has ended (rt60e F5: a background task's write after the call
-    returned was never judged)."""
+class _Watched:
+    """A stand-in for a workflow object a guarded tool is handed (its ``Context``, its ``store``): every attribute
+    and method of the object it stands for passes through, and ``isinstance`` sees that object's type; subclasses
+    watch what the tool does with it (`_ContextWatch`)."""
 
-    def __init__(self, store: Any, watch: _ContextWatch) -> None:
-        object.__setattr__(self, "_qg_store", store)
+    def __init__(self, target: Any, watch: _ContextWatch) -> None:
+        object.__setattr__(self, "_qg_target", target)
         object.__setattr__(self, "_qg_watch", watch)
 
     @property  # type: ignore[misc]
     def __class__(self) -> type:  # noqa: D105 - isinstance holds in the tool
-        return type(self._qg_store)
+        return type(self._qg_target)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._qg_target, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._qg_target, name, value)
+
+    def __repr__(self) -> str:
+        return repr(self._qg_target)
+
+
+class _WatchedStore(_Watched):
+    """The ``ctx.store`` a guarded tool is handed: the Context's own, but its writers mark the call as having written
+    the state, and refuse to write once the call has ended (rt60e F5: a background task's write after the call
+    returned was never judged)."""
 
     def __getattr__(self, name: str) -> Any:
         # Any other way into the store (``add_seed``, its private writers) counts as a write: the call's state is then
         # judged, and it is refused once the call has ended (rt60g F2). Its readers pass through.
         if name not in _STORE_READERS:
             self._writing(f"ctx.store.{name}")
-        return getattr(self._qg_store, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._qg_store, name, value)
-
-    def __repr__(self) -> str:
-        return repr(self._qg_store)
+        return getattr(self._qg_target, name)
 
     def checkpoint(self) -> Any:
         """Refused: the in-memory store's ``checkpoint()`` hands out the committed state itself (not a copy, and one
@@ -593,13 +602,13 @@ class _WatchedStore:
     # The in-memory store hands out its live state (``get``; ``get_state`` copies one level): a value changed in
     # place would change the agent state with no write, after the call too. A tool reads a copy and writes it back.
     async def get(self, path: str, default: Any = Ellipsis) -> Any:
-        value = await self._qg_store.get(path, default)
+        value = await self._qg_target.get(path, default)
         if not path or _is_state_path(path):
             return await off_loop(lambda: _copied(value), value)
         return value
 
     async def get_state(self) -> Any:
-        state = await self._qg_store.get_state()
+        state = await self._qg_target.get_state()
         return await off_loop(lambda: _copied(state), state)
 
     def _writing(self, what: str) -> None:
@@ -614,19 +623,19 @@ class _WatchedStore:
     async def set(self, path: str, value: Any) -> None:
         if _is_state_path(path):
             self._writing(f"ctx.store.set({path!r})")
-        await self._qg_store.set(path, value)
+        await self._qg_target.set(path, value)
 
     async def set_state(self, state: Any) -> None:
         self._writing("ctx.store.set_state()")
-        await self._qg_store.set_state(state)
+        await self._qg_target.set_state(state)
 
     async def clear(self) -> None:
         self._writing("ctx.store.clear()")
-        await self._qg_store.clear()
+        await self._qg_target.clear()
 
     def edit_state(self) -> Any:
         self._writing("ctx.store.edit_state()")
-        return self._qg_store.edit_state()
+        return self._qg_target.edit_state()
 
 
 def _event_values(event: Any) -> list[Any]:
@@ -641,7 +650,7 @@ def _event_values(event: Any) -> list[Any]:
     return values
 
 
-class _WatchedContext:
+class _WatchedContext(_Watched):
     """The workflow ``Context`` a guarded tool is handed: the agent's own, every attribute and method passed through
     (``isinstance`` sees a ``Context``), but ``wait_for_event``, which judges the event it announces
     (``waiter_event``, an ``InputRequiredEvent``: the tool's output, as tool output) before it reaches the stream,
@@ -650,26 +659,9 @@ class _WatchedContext:
     (the tool's output too) reach the stream once judged, in order (`_ContextWatch.write`). A blocked event ends the
     call with the refusal note."""
 
-    def __init__(self, ctx: Any, watch: _ContextWatch) -> None:
-        object.__setattr__(self, "_qg_ctx", ctx)
-        object.__setattr__(self, "_qg_watch", watch)
-
-    @property  # type: ignore[misc]
-    def __class__(self) -> type:  # noqa: D105 - isinstance(ctx, Context) holds in the tool
-        return type(self._qg_ctx)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._qg_ctx, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._qg_ctx, name, value)
-
-    def __repr__(self) -> str:
-        return repr(self._qg_ctx)
-
     @property
     def store(self) -> Any:
-        return _WatchedStore(self._qg_ctx.store, self._qg_watch)
+        return _WatchedStore(self._qg_target.store, self._qg_watch)
 
     def write_event_to_stream(self, ev: Any) -> None:
         self._qg_watch.write(ev)
@@ -685,7 +677,7 @@ class _WatchedContext:
         watch = self._qg_watch
         if waiter_event is not None:
             await watch.judge_event(waiter_event, Stage.TOOL_RESULT, "tool output")
-        event = await self._qg_ctx.wait_for_event(event_type, waiter_event, waiter_id, requirements, timeout)
+        event = await self._qg_target.wait_for_event(event_type, waiter_event, waiter_id, requirements, timeout)
         await watch.judge_event(event, Stage.PROMPT, "a reply")
         return event
 
