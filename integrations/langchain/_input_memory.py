@@ -20,14 +20,23 @@
   message, on another thread or under another id (keyed by text alone, a notice that carried a client's blocked
   phrase exempted that phrase for every user, rt60d F1).
 - `Produced`: the messages its agent's tools wrote (`GuardMiddleware.wrap_tool_call`) and its guarded model calls
-  answered, by fingerprint. Every other tool-role message in the input is the client's (`_messages.AS_INPUT`).
+  answered, and the tool calls those answers asked for, by fingerprint, each where it was produced (`current_scope`:
+  the thread, or with no thread the run). Every other tool-role message in the input is the client's
+  (`_messages.AS_INPUT`), and so is every other call about to run. Kept for the whole process, one user's run made
+  another's the agent's own: a provider whose call ids repeat (TGI's ``"0"``, Kimi's ``functions.send_email:0``)
+  gave a call the model asked for on one thread the model's trust when any client replayed it on another (stop 60
+  leftover).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib
 import json
+import threading
 import uuid
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -35,7 +44,7 @@ from langchain_core.messages import BaseMessage
 from qwenguard.core import Action, Decision
 
 from .._common import Bounded
-from ._messages import AS_ANSWER, AS_INPUT, Item, answer_text, source_text, tool_result_messages
+from ._messages import AS_ANSWER, AS_INPUT, Item, answer_text, call_key, source_text, tool_result_messages
 
 M = TypeVar("M", bound=BaseMessage)
 
@@ -105,25 +114,46 @@ def message_key(message: BaseMessage) -> str | None:
 
 class Produced:
     """Fingerprints (`message_key`) of the messages a middleware saw its agent produce: what its tools wrote to the
-    state, and its guarded model calls' answers. A tool-role message in the input that is none of these is the
-    client's (`_messages.AS_INPUT`)."""
+    state, and its guarded model calls' answers; and of the tool calls those answers asked for (`call_key`). A
+    tool-role message in the input that is none of these is the client's (`_messages.AS_INPUT`), and so is a call.
 
-    def __init__(self, maxsize: int = MAX_ALLOWED_CHECKS) -> None:
+    ``bound``: each is kept with the ``scope`` it was produced in (`current_scope`) and matched only there; a ``None``
+    scope then records nothing and matches nothing. Unbound, ``scope`` is not asked for (the callback handler's)."""
+
+    def __init__(self, maxsize: int = MAX_ALLOWED_CHECKS, *, bound: bool = False) -> None:
         self._seen: Bounded[str, bool] = Bounded(maxsize)
+        self._calls: Bounded[str, bool] = Bounded(maxsize)
+        self._bound = bound
 
-    def record(self, messages: Sequence[BaseMessage]) -> None:
+    def _key(self, key: str | None, scope: str | None) -> str | None:
+        if key is None or not self._bound:
+            return key
+        return None if scope is None else _digest(json.dumps([scope, key], ensure_ascii=False))
+
+    def record(self, messages: Sequence[BaseMessage], scope: str | None = None) -> None:
         for message in messages:
-            if (key := message_key(message)) is not None:
+            if (key := self._key(message_key(message), scope)) is not None:
                 self._seen[key] = True
 
-    def record_result(self, result: Any) -> Any:
+    def record_result(self, result: Any, scope: str | None = None) -> Any:
         """A tool's result as it goes to the state (`tool_result_messages`: its messages, a ``Command``'s, a list)."""
-        self.record([message for _, message in tool_result_messages(result)])
+        self.record([message for _, message in tool_result_messages(result)], scope)
         return result
 
-    def saw(self, message: BaseMessage) -> bool:
-        key = message_key(message)
+    def saw(self, message: BaseMessage, scope: str | None = None) -> bool:
+        key = self._key(message_key(message), scope)
         return key is not None and self._seen.get(key) is not None
+
+    def record_calls(self, calls: Sequence[Mapping[str, Any]], scope: str | None = None) -> None:
+        """The tool calls an answer asked for, as they are (name, id and arguments)."""
+        for call in calls:
+            if (key := self._key(call_key(call.get("name"), call.get("id"), call.get("args")), scope)) is not None:
+                self._calls[key] = True
+
+    def asked(self, call: Mapping[str, Any], scope: str | None = None) -> bool:
+        """Was ``call``, as it is (name, id, arguments), asked for by an answer recorded here (in ``scope``)?"""
+        key = self._key(call_key(call.get("name"), call.get("id"), call.get("args")), scope)
+        return key is not None and self._calls.get(key) is not None
 
 
 def _fingerprint(item: Item) -> str:
@@ -232,26 +262,97 @@ def _turn_key(turn: BaseMessage, thread: str) -> str | None:
 # The checkpointer's key in a run's ``configurable`` (re-exported by langgraph.constants for its server; a rename
 # reads as no checkpointer: nothing healed, every block raises).
 _CHECKPOINTER_KEY = "__pregel_checkpointer"
+# The run's `Runtime` in its ``configurable`` (what ``langgraph.config.get_stream_writer`` reads).
+_RUNTIME_KEY = "__pregel_runtime"
+
+
+def _configurable() -> Mapping[str, Any] | None:
+    """The running node's ``configurable``, or ``None`` outside a graph run (or without langgraph)."""
+    try:  # langgraph is imported here: the rest of the integration works with langchain-core alone
+        from langgraph.config import get_config  # noqa: PLC0415
+    except ImportError:  # no langgraph: no graph run, no thread state
+        return None
+    try:
+        configurable = get_config().get("configurable")
+    except RuntimeError:  # not inside a runnable
+        return None
+    return configurable if isinstance(configurable, Mapping) else {}
+
+
+def _graph(configurable: Mapping[str, Any]) -> str:
+    """The namespace of the graph the node runs in (a sub-agent's, task ids left out: the same on every run). The
+    node's own is "<graph ns>|<node>:<task id>"; the graph's, recast as LangGraph's checkpointers key a subgraph's
+    state (langgraph._internal._config.recast_checkpoint_ns)."""
+    parts = str(configurable.get("checkpoint_ns") or "").split("|")[:-1]
+    return "|".join(part.split(":")[0] for part in parts if not part.isdigit())
+
+
+def _thread(configurable: Mapping[str, Any]) -> str | None:
+    import langgraph.constants as constants  # noqa: PLC0415  (`_configurable` found langgraph)
+
+    thread_id = configurable.get("thread_id")
+    if thread_id is None or configurable.get(getattr(constants, "CONFIG_KEY_CHECKPOINTER", _CHECKPOINTER_KEY)) is None:
+        return None
+    return json.dumps([repr(thread_id), _graph(configurable)], ensure_ascii=False)
 
 
 def current_thread() -> str | None:
     """The thread whose state the running node reads: its ``thread_id`` and the namespace of the graph the node runs
     in (a sub-agent's, task ids left out: the same on every run), from the run's config. ``None`` outside a graph
     run, or without a checkpointer or ``thread_id`` (no state outlives the run)."""
-    try:  # langgraph is imported here: the rest of the integration works with langchain-core alone
-        import langgraph.constants as constants  # noqa: PLC0415
-        from langgraph.config import get_config  # noqa: PLC0415
-    except ImportError:  # no langgraph: no graph run, no thread state
+    configurable = _configurable()
+    return None if configurable is None else _thread(configurable)
+
+
+# A run (one invocation: ``invoke``, ``stream``, their async twins) is told by its stream writer: ``Pregel.stream``
+# makes a new one for each (the "custom" mode's, or one that writes nowhere), hands it to every node of the run in
+# its `Runtime` (the model node and the tools node alike) and to the subgraphs run inside it (theirs is the run's).
+# A weak map gives each a token of its own: an object's id is reused once the object is gone, and a later run under a
+# dead run's id would have read what the dead one produced. The writer LangGraph shares between runs (a module's
+# no-op) tells no run: nothing is then taken as produced (the agent's own calls are judged as a client's).
+_RUNS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_RUNS_LOCK = threading.Lock()
+
+
+@functools.cache
+def _shared_writers() -> tuple[Any, ...]:
+    """The writers LangGraph's modules share between runs (their no-op's)."""
+    found = []
+    for name in ("langgraph.config", "langgraph.runtime"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if (writer := getattr(module, "_no_op_stream_writer", None)) is not None:
+            found.append(writer)
+    return tuple(found)
+
+
+def _run(configurable: Mapping[str, Any]) -> str | None:
+    """A token of the run the node is part of (its stream writer's), or ``None`` where no writer tells it."""
+    writer = getattr(configurable.get(_RUNTIME_KEY), "stream_writer", None)
+    if writer is None or any(writer is shared for shared in _shared_writers()):
         return None
     try:
-        configurable = get_config().get("configurable") or {}
-    except RuntimeError:  # not inside a runnable
+        with _RUNS_LOCK:
+            token = _RUNS.get(writer)
+            if token is None:
+                token = _RUNS[writer] = uuid.uuid4().hex
+    except TypeError:  # cannot be weakly referenced (or hashed): tells no run
         return None
-    thread_id = configurable.get("thread_id")
-    if thread_id is None or configurable.get(getattr(constants, "CONFIG_KEY_CHECKPOINTER", _CHECKPOINTER_KEY)) is None:
+    return token
+
+
+def current_scope() -> str | None:
+    """Where what the running node's agent produces is bound (`Produced`): its thread (`current_thread`: the thread's
+    later runs read its state, an interrupt's resume among them), or with none the run (one invocation: nothing of it
+    outlives it), in the namespace of the graph the node runs in. ``None`` outside a graph run, or in a run that
+    cannot be told from another."""
+    configurable = _configurable()
+    if configurable is None:
         return None
-    # The node's own namespace is "<graph ns>|<node>:<task id>"; the graph's, recast as LangGraph's checkpointers
-    # key a subgraph's state (langgraph._internal._config.recast_checkpoint_ns).
-    parts = str(configurable.get("checkpoint_ns") or "").split("|")[:-1]
-    graph = "|".join(part.split(":")[0] for part in parts if not part.isdigit())
-    return json.dumps([repr(thread_id), graph], ensure_ascii=False)
+    thread = _thread(configurable)
+    if thread is not None:
+        return json.dumps(["thread", thread], ensure_ascii=False)
+    run = _run(configurable)
+    return None if run is None else json.dumps(["run", run, _graph(configurable)], ensure_ascii=False)

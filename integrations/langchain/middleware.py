@@ -19,8 +19,9 @@ Where it looks (every step is one batched guard call):
   after the call (its text is judged again unless it still says what the call judged: by fingerprint, not
   by id); verdicts already given are cached.
 - ``wrap_tool_call``: the tool call again right before ``handler`` (the last line of defence; the
-  verdict is cached; a call no guarded model call produced is the client's, judged whatever ``check_tool_calls`` says
-  and no looser than a prompt: rt60b F2), with the values a ``Command(resume=...)`` gives its ``interrupt()``s, as a
+  verdict is cached; a call no guarded model call produced, and let through, on the same thread (with no thread, in
+  the same run) is the client's, judged whatever ``check_tool_calls`` says and no looser than a prompt: rt60b F2,
+  stop 60 leftover), with the values a ``Command(resume=...)`` gives its ``interrupt()``s, as a
   prompt (rt60b F3), and the tool's result right after it: every message it writes to the state
   (`tool_result_messages`), its artifact, name and worded ids too, what a ``Command`` writes to any other state key
   and its ``Send`` payloads (`command_rest`: blocked, the call's notice is the whole result), a sub-agent's handoff
@@ -108,6 +109,7 @@ from ._input_memory import (
     OwnNotices,
     Produced,
     RaisedChecks,
+    current_scope,
     current_thread,
     judged_content,
 )
@@ -116,7 +118,6 @@ from ._messages import (
     AS_INPUT,
     DEFAULT_HISTORY_TURNS,
     Item,
-    call_key,
     command_messages,
     command_rest_text,
     guard_history,
@@ -492,9 +493,10 @@ class GuardMiddleware(AgentMiddleware):
         # The names of the agent's own tools (the application's, from its model calls' and tool calls' requests): the
         # only names a notice's ``{tool}`` field takes (`_tool_name`).
         self._tool_names: Bounded[str, bool] = Bounded(MAX_ALLOWED_CHECKS)
-        self._produced = Produced()  # what its tools wrote and its guarded calls answered (`_message_items`)
-        # The tool calls its guarded model calls asked for (`call_key`): any other call about to run is the client's.
-        self._calls: Bounded[str, bool] = Bounded(MAX_ALLOWED_CHECKS)
+        # What its tools wrote and its guarded calls answered (`_message_items`), and the tool calls those answers
+        # asked for (`_produced_call`: any other call about to run is the client's); each where it was produced, the
+        # thread or with none the run (`current_scope`), and only what the guard let through.
+        self._produced = Produced(bound=True)
         self._raised = RaisedChecks()  # with "error": blocks raised for, on a thread's earlier turn (`_raise_new`)
 
     # -- what to check (pure) -----------------------------------------------------------------
@@ -556,8 +558,9 @@ class GuardMiddleware(AgentMiddleware):
             Stage.TOOL_RESULT: self.check_tool_results,
         }
         items = input_items(messages, self.history_turns, screen_system=True)  # the system prompt is not in the state
+        scope = current_scope()  # produced on this thread, or in this run: another's is a client's
         for item in items:
-            if item.extra.get(AS_INPUT) and item.message is not None and self._produced.saw(item.message):
+            if item.extra.get(AS_INPUT) and item.message is not None and self._produced.saw(item.message, scope):
                 del item.extra[AS_INPUT]
         return self._allowed.unjudged(
             [
@@ -762,6 +765,7 @@ class GuardMiddleware(AgentMiddleware):
         self._allowed.remember(items, decisions)
         blocked = blocked_pairs(items, decisions)
         if not blocked:
+            self._record_answer(state)  # let through: the agent's own when read back
             return None
         decision = blocked[0][1]
         if self.exit_behavior == "error":
@@ -806,46 +810,44 @@ class GuardMiddleware(AgentMiddleware):
 
     @hook_config(can_jump_to=["end"])
     def after_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
-        items = self._after_model_items(state)
-        return self._on_output(state, items, screen(self.guard, items)) if items else None
+        items = self._allowed.unjudged(self._output_items(state))  # judged in the model call, mostly
+        return self._on_output(state, items, screen(self.guard, items) if items else [])
 
     @hook_config(can_jump_to=["end"])
     async def aafter_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
-        items = await built_off_loop(lambda: self._after_model_items(state), state.get("messages") or ())
-        return self._on_output(state, items, await ascreen(self.guard, items)) if items else None
-
-    def _after_model_items(self, state: AgentState) -> list[Item]:
-        """The model node's answer, recorded as the agent's (`_record_answer`), and its checks not judged before."""
-        self._record_answer(state)
-        return self._allowed.unjudged(self._output_items(state))  # judged in the model call, mostly
+        messages = state.get("messages") or ()
+        items = await built_off_loop(lambda: self._allowed.unjudged(self._output_items(state)), messages)
+        decisions = await ascreen(self.guard, items) if items else []
+        return await built_off_loop(lambda: self._on_output(state, items, decisions), messages)  # records: reads it
 
     def _record_answer(self, state: AgentState) -> None:
         """An answer that did not come through this middleware's model call (a middleware listed before it answered)
-        is judged here as the agent's (`_output_items`): its own when read back (`Produced`). Only the answer: the
-        tool messages after it in the state may be another middleware's, written from a human's words
-        (``HumanInTheLoopMiddleware``'s "respond" and "reject" messages: taken as the agent's own, a client's text
-        kept the tool-result stage, rt54e E10). What the model call itself returned, its ``ToolStrategy`` messages
-        too, is recorded in the call (`_record_response`)."""
+        is judged here as the agent's (`_output_items`): its own when read back (`Produced`), once let through (a
+        blocked one is replaced). Only the answer: the tool messages after it in the state may be another
+        middleware's, written from a human's words (``HumanInTheLoopMiddleware``'s "respond" and "reject" messages:
+        taken as the agent's own, a client's text kept the tool-result stage, rt54e E10). What the model call itself
+        returned, its ``ToolStrategy`` messages too, is recorded in the call (`_record_response`)."""
         messages = list(state.get("messages") or ())
         found = _model_answer(messages)
         if found is not None:
-            self._produced.record([messages[found[0]]])
+            self._produced.record([messages[found[0]]], current_scope())
 
     def _record_response(self, response: Any) -> None:
         """What the guarded model call returned (`_answers_of`, and the tool messages ``create_agent``'s model node
-        adds for a ``ToolStrategy``'s calls, in the same `ModelResponse`) is the agent's own (`Produced`)."""
+        adds for a ``ToolStrategy``'s calls, in the same `ModelResponse`) is the agent's own (`Produced`), and so are
+        the tool calls its answers ask for. Recorded as the call's outcome, once judged: a blocked answer never
+        reaches the state (the refusal in its place is no answer, `_answers_of`), and its calls, replayed by a
+        client, are the client's (stop 60 leftover)."""
         if isinstance(response, ModelResponse):
+            scope = current_scope()
             answers = _answers_of(response)
-            self._produced.record([*answers, *(m for m in response.result if isinstance(m, ToolMessage))])
-            for answer in answers:
-                for call in answer.tool_calls:
-                    if (key := call_key(call.get("name"), call.get("id"), call.get("args"))) is not None:
-                        self._calls[key] = True
+            self._produced.record([*answers, *(m for m in response.result if isinstance(m, ToolMessage))], scope)
+            self._produced.record_calls([call for answer in answers for call in answer.tool_calls], scope)
 
     def _produced_call(self, call: Mapping[str, Any]) -> bool:
-        """Did a guarded model call of this middleware ask for ``call``, as it is (name, id, arguments)?"""
-        key = call_key(call.get("name"), call.get("id"), call.get("args"))
-        return key is not None and self._calls.get(key) is not None
+        """Did a guarded model call of this middleware ask for ``call``, as it is (name, id, arguments), on this thread
+        (or in this run, with no thread: `current_scope`)?"""
+        return self._produced.asked(call, current_scope())
 
     # A call about to run that no guarded model call of this middleware asked for (`_produced_call`) is the client's: a
     # ``Command(goto="tools")`` or a ``Send`` in the run's input, an edited call (a reviewer's, a middleware's). It is
@@ -1050,7 +1052,7 @@ class GuardMiddleware(AgentMiddleware):
         does not happen)."""
         command = bubbled_command(error)
         judged = self._withheld(command, items, decisions)
-        self._produced.record_result(judged)  # the agent's tool wrote it: its own, as a returned result
+        self._produced.record_result(judged, current_scope())  # the agent's tool wrote it: its own, as a result
         if isinstance(judged, ToolMessage):
             return judged
         if judged is not command:
@@ -1301,36 +1303,42 @@ class GuardMiddleware(AgentMiddleware):
         return ModelResponse(result=[self._refusal(decision, replaces=answers[0] if answers else None)])
 
     def _answer_checks(self, request: ModelRequest, response: Any, ledger: StreamLedger | None) -> list[Item] | None:
-        """What the model call answered, recorded (the application's names, the agent's own messages), and its
-        checks not judged before (a held stream judged its tool calls at its end); ``None`` when it has none."""
+        """What the model call answered, recorded (the application's names), and its checks not judged before (a held
+        stream judged its tool calls at its end); ``None`` when it has none. The answer itself is recorded as the
+        agent's once let through (`_record_response`)."""
         self._remember_tools(request.tools)
         self._trust_own_names(response)
-        self._record_response(response)
         items = self._answer_items(request, response, ledger)
         return self._allowed.unjudged(items) if items else None
 
+    # What the call's outcome holds is recorded as the agent's own (`_record_response`) once all of it is judged: a
+    # blocked answer, or one a blocked Command beside it withholds, is the refusal by then.
     def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]) -> Any:
         response = self._wrap_model_call(request, handler)
         commands = _inner_commands(handler)
-        if not commands:
-            return response
-        items = self._command_items(commands)
-        return self._on_commands(commands, response, items, screen(self.guard, items)) if items else response
+        items = self._command_items(commands) if commands else []
+        if commands and items:
+            response = self._on_commands(commands, response, items, screen(self.guard, items))
+        self._record_response(response)
+        return response
 
     async def awrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
     ) -> Any:
         response = await self._awrap_model_call(request, handler)
         commands = _inner_commands(handler)
-        if not commands:
-            return response
-        found = commands
-        # Off the loop where large, or where a value is an object that cannot be sized (`opaque_output`)
-        items = await _read_off_loop(lambda: self._command_items(found), found)
-        if not items:
-            return response
-        verdicts = await ascreen(self.guard, items)
-        return await _read_off_loop(lambda: self._on_commands(found, response, items, verdicts), found)
+        if commands:
+            found = commands
+            # Off the loop where large, or where a value is an object that cannot be sized (`opaque_output`)
+            items = await _read_off_loop(lambda: self._command_items(found), found)
+            if items:
+                verdicts = await ascreen(self.guard, items)
+                answered = response
+                response = await _read_off_loop(lambda: self._on_commands(found, answered, items, verdicts), found)
+        outcome = response
+        read = outcome.result if isinstance(outcome, ModelResponse) else ()
+        await built_off_loop(lambda: self._record_response(outcome), read)  # fingerprints: reads what it records
+        return response
 
     # A middleware inside this one may return ``ExtendedModelResponse(response, command=Command(update=...))``:
     # LangChain's composer keeps the Command out of the response this middleware gets and applies it with the model
@@ -1427,13 +1435,14 @@ class GuardMiddleware(AgentMiddleware):
     # -- tool calls -----------------------------------------------------------------------------
     def wrap_tool_call(self, request: Any, handler: Callable[[Any], ToolMessage | Command]) -> ToolMessage | Command:
         # What it returns is what the agent's tool wrote to the state (`Produced`): its own, not a client's.
-        return self._produced.record_result(self._wrap_tool_call(request, handler))
+        return self._produced.record_result(self._wrap_tool_call(request, handler), current_scope())
 
     async def awrap_tool_call(
         self, request: Any, handler: Callable[[Any], Awaitable[ToolMessage | Command]]
     ) -> ToolMessage | Command:
         result = await self._awrap_tool_call(request, handler)
-        return await _read_off_loop(lambda: self._produced.record_result(result), result)  # fingerprints: reads it
+        scope = current_scope()
+        return await _read_off_loop(lambda: self._produced.record_result(result, scope), result)  # fingerprints
 
     def _wrap_tool_call(self, request: Any, handler: Callable[[Any], ToolMessage | Command]) -> ToolMessage | Command:
         with self._stopped.watching(request):  # a retry around this middleware does not run the tool again
