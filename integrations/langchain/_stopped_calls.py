@@ -5,8 +5,10 @@
 again with the same request. The model would be asked again (a jailbreak gets more tries at an answer the
 guard misses); a tool whose result was blocked would run again, its side effects repeated (an e-mail sent
 three times). The guard remembers the requests it stopped (weakly, a bounded number) and gives the same
-request the same stop at once, without calling the model or the tool. A new request (a fallback model put
-in by ``override``) is judged as any.
+request the same stop at once, without calling the model or the tool. ``ModelFallbackMiddleware`` calls it
+again with ``request.override(model=backup)``: a new request, for the same agent step (the same state), and the
+backup's answer was taken for the step the guard stopped (rt61d F2). A model call's stop is kept for its step too
+(`watching`'s ``step``): any model asked again in that step gets the same stop.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from qwenguard.core import GuardViolation
 
@@ -24,12 +27,19 @@ __all__ = ["StoppedCalls"]
 #: Stops remembered per middleware; the oldest go first (a retry comes right after its stop).
 DEFAULT_SIZE = 1024
 
+#: Stopped steps remembered per middleware (each holds its state object: a few).
+STEP_SIZE = 32
+
 
 class StoppedCalls:
     """The requests a guard stopped, by identity: ``with stopped.watching(request): ...``."""
 
     def __init__(self, size: int = DEFAULT_SIZE) -> None:
         self._stops: Bounded[int, tuple[weakref.ref[object], GuardViolation]] = Bounded(size)
+        # The agent steps a model call was stopped in, by their state object (``request.state``: ``override``'s
+        # copies share it; every node run reads a new one). Held, not weakly (a dict cannot be): a few, so that an
+        # id is not reused while it is here; a later step has another state and is judged as any.
+        self._steps: Bounded[int, tuple[object, GuardViolation]] = Bounded(STEP_SIZE)
 
     def earlier(self, request: object) -> GuardViolation | None:
         """The stop this very request got before, if any (a dead entry under a reused id is not it)."""
@@ -40,15 +50,21 @@ class StoppedCalls:
         self._stops[id(request)] = (weakref.ref(request), stop)
 
     @contextmanager
-    def watching(self, request: object) -> Iterator[None]:
+    def watching(self, request: object, step: Any = None) -> Iterator[None]:
         """Run a guarded step for ``request``: a request stopped before gets that stop again at once; a
         `GuardViolation` raised now is remembered. (`GuardUnavailable` is not: a guard that could not answer
-        may answer on a retry.)"""
+        may answer on a retry.) ``step``: the agent step a model call answers (its state): a stop is kept for
+        every model call of that step, whatever model a middleware outside puts in; not for a tool
+        call (the calls of one step run side by side, each judged apart)."""
         stop = self.earlier(request)
+        if stop is None and step is not None and (entry := self._steps.get(id(step))) is not None:
+            stop = entry[1] if entry[0] is step else None
         if stop is not None:
             raise stop
         try:
             yield
         except GuardViolation as violation:
             self.remember(request, violation)
+            if step is not None:
+                self._steps[id(step)] = (step, violation)
             raise

@@ -1387,7 +1387,7 @@ class GuardMiddleware(AgentMiddleware):
         return ModelResponse(result=[self._refusal(blocked[0][1], replaces=answers[0] if answers else None)])
 
     def _wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]) -> Any:
-        with self._stopped.watching(request):
+        with self._stopped.watching(request, step=request.state):
             given = self._message_items(list(request.messages))
             try:
                 request = self._given_request(request, given, screen(self.guard, given))
@@ -1409,7 +1409,7 @@ class GuardMiddleware(AgentMiddleware):
     async def _awrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
     ) -> Any:
-        with self._stopped.watching(request):
+        with self._stopped.watching(request, step=request.state):
             asked = request
             given = await built_off_loop(lambda: self._message_items(list(asked.messages)), asked.messages)
             try:
