@@ -108,13 +108,18 @@ app = typer.Typer(
 
 
 class _StdoutClosed(Exception):
-    """Standard output was closed under a write (EPIPE: the reader exited, ``| head -c0``)."""
+    """Standard output was closed under a write (EPIPE: the reader exited, ``| head -c0``), or before the start."""
 
 
 class _Console(Console):
     """A rich console whose write to a closed stream never exits 1, the "blocked" code (rich's own handler
     does: rt56f F7). On stdout it raises `_StdoutClosed`, which `reports_errors` makes exit 2; on stderr the
     line is dropped, since a closed stderr must not change a verdict's exit code."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        if not self.stderr and sys.stdout is None:  # closed before start (``>&-``): rich would drop the line
+            raise _StdoutClosed
+        super().print(*objects, **kwargs)
 
     def on_broken_pipe(self) -> None:
         self.quiet = True
@@ -195,12 +200,16 @@ def _line(text: str) -> str:
 def _stdout_closed() -> typer.Exit:
     """Exit 2 for a standard output that was closed under a write: an error, not the 1 of "blocked"."""
     _stdout_to_devnull()
-    err_console.print("[red]error:[/red] standard output is closed (broken pipe): nothing was written", soft_wrap=True)
+    err_console.print("[red]error:[/red] standard output is closed: nothing was written", soft_wrap=True)
     return typer.Exit(EXIT_ERROR)
 
 
 def _echo(line: str) -> None:
-    """`typer.echo` to standard output, a closed one raising `_StdoutClosed` (click's own handler exits 1)."""
+    """`typer.echo` to standard output, a closed one raising `_StdoutClosed` (click's own handler exits 1). A
+    standard output closed before the start (``>&-``: Python's ``sys.stdout`` is then ``None``) too: the line
+    would be dropped without a word (rt61a F4)."""
+    if sys.stdout is None:
+        raise _StdoutClosed
     try:
         typer.echo(line)
     except BrokenPipeError:

@@ -159,6 +159,20 @@ def test_closed_stdout_is_exit_2_never_1(text, extra):
     assert "Traceback" not in err and "Exception ignored" not in err
 
 
+@pytest.mark.parametrize(
+    ("text", "extra"), [(SAFE, []), (SAFE, ["--json"]), (UNSAFE, [])], ids=["allowed", "allowed-json", "blocked"]
+)
+def test_stdout_closed_before_the_start_is_exit_2_never_the_verdict(text, extra):
+    # qwenguard check "$x" >&- (a cron job or daemon with fd 1 closed): Python starts with sys.stdout None and the
+    # line was dropped without a word, exit 0 or 1 (rt61a F4).
+    p = subprocess.run(
+        [*QG, "check", text, *extra], stdout=None, stderr=subprocess.PIPE, timeout=300, preexec_fn=lambda: os.close(1)
+    )
+    err = p.stderr.decode()
+    assert p.returncode == 2, err
+    assert "standard output is closed" in err and err.count("\n") == 1, err
+
+
 def test_closed_stdout_on_an_error_with_json_is_still_exit_2():
     read, write = os.pipe()
     os.close(read)
