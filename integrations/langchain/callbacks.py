@@ -57,6 +57,13 @@ its input and its tool calls at ``on_llm_end`` still are (verdicts the guard has
 other run: tool results at ``on_tool_end`` above all, which a hand-built graph streams before the model reads
 them.
 
+Its place among a run's handlers: first in the config's list, and first after langchain-core merges two callback
+managers through a set (``with_retry``, a binding invoked with a node's config: `_handler_order`, rt61d F3).
+
+A stop is not re-rolled: once a model or tool run is stopped, a retry or fallback of it (the run that starts after it
+under the same parent: ``with_retry``, ``with_fallbacks``, the retry and fallback middlewares) gets the same stop at
+its start (`_place`, rt61d F1).
+
 One handler serves any number of concurrent runs: state is keyed by ``run_id`` and dropped when the
 run ends or fails, or when the asyncio task it ran in ends without either (a cancelled request reports
 no end: `_runs.py`).
@@ -92,7 +99,8 @@ from uuid import UUID
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
-from qwenguard.core import Decision, Guard, GuardUnavailable, Policy, QwenGuardError, Stage, enforce
+from langchain_core.runnables.config import var_child_runnable_config
+from qwenguard.core import Decision, Guard, GuardUnavailable, GuardViolation, Policy, QwenGuardError, Stage, enforce
 from qwenguard.core.backends.gen_session_pool import SESSIONS_PER_STREAM
 from qwenguard.core.backends.stream_session import SESSION_OPTIONS
 from qwenguard.core.formats.conversations import prompt_conversation, tool_call_conversation, untrusted_conversation
@@ -105,6 +113,7 @@ from qwenguard.core.streaming.parallel import PendingCheck
 from .._common import Bounded
 from ._answer_tools import answer_tools
 from ._feed import StreamFeed
+from ._handler_order import HeardFirst
 from ._holding import GUARD_PARAM, HELD_CALL, HELD_LLM_TYPE_PREFIX, TOOL_CALLS_PARAM, HeldCall, guard_token
 from ._input_memory import MAX_ALLOWED_CHECKS, Produced
 from ._logs import quiet_guard_stops
@@ -201,12 +210,34 @@ _MAX_TOOL_CONTEXTS = 1024
 _MAX_BLOCKED_CALLS = 4096
 #: How many runs to remember that ran a failed tool, until they end (`_failed_call_items`).
 _MAX_FAILED_PARENTS = 1024
+_WRONG_FRAMEWORK = (
+    "qwenguard: this GuardCallbackHandler is LangChain's (qwenguard.integrations.langchain) and was given to "
+    "LlamaIndex: use qwenguard.integrations.llamaindex.GuardCallbackHandler in a LlamaIndex CallbackManager"
+)
+#: How many stopped runs' places to remember (`_refuse_again`): a retry or fallback comes within its outer call.
+_MAX_STOPPED_PLACES = 4096
+
+#: Where a model or tool run stands (`_place`): its parent run, and its tool call's id (None for a model).
+_Place = tuple[UUID, str | None]
+
+
+def _place(kwargs: Mapping[str, Any], call_id: Any = None) -> _Place | None:
+    """Where a run stands among its retries and fallbacks: its parent run (a ``RunnableRetry``, a
+    ``RunnableWithFallbacks``, the agent node whose middleware retries or falls back) and its tool call's id (a tool
+    retried by ``ToolRetryMiddleware`` keeps its call's id; the parallel calls beside it have their own). A top-level
+    ``with_fallbacks`` hands its runnables the caller's config, not its run's (no parent_run_id): its run is then
+    the parent the context holds. None for a run with no parent (a model invoked on its own)."""
+    parent = kwargs.get("parent_run_id")
+    if parent is None:
+        callbacks = (var_child_runnable_config.get() or {}).get("callbacks")
+        parent = getattr(callbacks, "parent_run_id", None)
+    return None if parent is None else (parent, None if call_id is None else str(call_id))
 
 
 class _Run:
     """What one model/tool/retriever run needs between its events."""
 
-    __slots__ = ("context", "feed", "tool", "query", "pending", "held", "trace", "answer_tools")
+    __slots__ = ("context", "feed", "tool", "query", "pending", "held", "trace", "answer_tools", "place")
 
     def __init__(self, context: list[dict[str, str]] | None = None) -> None:
         self.context = context or []
@@ -218,6 +249,7 @@ class _Run:
         self.trace: UUID | None = None  # the call it belongs to (`RunTable.trace`), set when it starts
         #: A structured-output schema's tool (``with_structured_output``): its call is the answer (`_answer_tools`).
         self.answer_tools: frozenset[str] = frozenset()
+        self.place: _Place | None = None  # a tool's `_place`, for its end and error
 
     def close(self) -> None:
         if self.feed is not None:
@@ -231,8 +263,10 @@ class _Run:
             self.pending.cancel()
 
 
-class _GuardHandlerLogic:
-    """The decisions, written once; the sync and async handlers only differ in how they call the guard."""
+class _GuardHandlerLogic(HeardFirst):
+    """The decisions, written once; the sync and async handlers only differ in how they call the guard.
+
+    Hashes to 0 (`HeardFirst`): it stays first among a run's handlers when LangChain merges them through sets."""
 
     raise_error: bool = True
     run_inline: bool = True
@@ -321,6 +355,26 @@ class _GuardHandlerLogic:
         # run's end carries the message a ToolNode writes for the call (`_failed_call_items`).
         self._failed_calls: Bounded[UUID, dict[str, frozenset[bytes]]] = Bounded(_MAX_FAILED_PARENTS)
         self._failed_lock = threading.Lock()  # tools of one ToolNode fail in parallel threads
+        # Where a model or tool run was stopped (`_place`), with the stop: a retry or a fallback of it is refused.
+        self._stopped: Bounded[_Place, Decision] = Bounded(_MAX_STOPPED_PLACES)
+
+    # Both integrations name their handler GuardCallbackHandler: given to LlamaIndex by mistake (an auto-import's
+    # slip), this one died on an AttributeError deep in llama-index ("no attribute 'start_trace'", rt61a F2).
+    # LlamaIndex's CallbackManager starts a trace and reads which events to skip before any hook: each is refused
+    # with the class to use.
+    def start_trace(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError(_WRONG_FRAMEWORK)
+
+    def end_trace(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError(_WRONG_FRAMEWORK)
+
+    @property
+    def event_starts_to_ignore(self) -> list[Any]:
+        raise TypeError(_WRONG_FRAMEWORK)
+
+    @property
+    def event_ends_to_ignore(self) -> list[Any]:
+        raise TypeError(_WRONG_FRAMEWORK)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -363,6 +417,26 @@ class _GuardHandlerLogic:
         if decision is not None:
             self._drop(run_id)
             enforce(decision)
+
+    # -- retries and fallbacks (rt61d F1) -----------------------------------------------------------
+    # ``model.with_retry()`` (any Exception), ``with_fallbacks``, ``ModelRetryMiddleware``/``ModelFallbackMiddleware``
+    # and ``ToolRetryMiddleware`` catch the guard's stop and ask again: a re-roll of the stopped answer (and a tool
+    # whose result was stopped run again). The run that comes after a stop in the same place gets the same stop at
+    # its start, before the provider is asked or the tool runs. The place is its parent run: a normal agent loop
+    # calls each model and tool under a new node run, and a reused handler's next call has new run ids.
+    def _note_stop(self, stop: GuardViolation, place: _Place | None) -> None:
+        if place is not None:
+            self._stopped[place] = stop.decision
+
+    def _refuse_again(self, place: _Place | None) -> None:
+        """A model or tool run about to start where a run was stopped (`_note_stop`): raise that stop."""
+        decision = self._stopped.get(place) if place is not None else None
+        if decision is not None:
+            raise GuardViolation(decision)
+
+    def _tool_place(self, run_id: UUID) -> _Place | None:
+        run = self._runs.get(run_id)
+        return run.place if run is not None else None
 
     # A chain only links its children to the call they belong to.
     def _chain_started(self, run_id: UUID, kwargs: Mapping[str, Any]) -> None:
@@ -848,6 +922,28 @@ class _GuardHandlerLogic:
             if text.strip()
         ]
 
+    def _tool_failed(self, error: BaseException, run_id: UUID, kwargs: Mapping[str, Any]) -> None:
+        """The sync ``on_tool_error`` (here: the async handler answers sync dispatches with the sync hooks)."""
+        if (handed_up := bubbled_command(error)) is not None:
+            # A handoff raised out of the tool (a sub-agent's ``Command.PARENT``): LangGraph writes it to the graph
+            # above, so it is the tool's output, read as a returned Command is (rt60 K1). Raised in its place.
+            items = self._tool_end_items(handed_up, run_id)
+            if items:
+                raise_first(items, screen(self.guard, items))
+            return
+        if (values := interrupt_values(error)) is not None:
+            # An interrupt() raised out of the tool: its payload goes to the run's caller (``__interrupt__``, the
+            # streams, the checkpoint), the tool's output. Raised in its place: the run stops (rt60b N1).
+            run = self._drop(run_id)
+            items = self._interrupt_items(values, run.tool if run else None)
+            raise_first(items, screen(self.guard, items))
+            return
+        # Raised in place of the tool's error: a ToolNode that handles errors writes this one, the guard's.
+        items, texts = self._tool_error_items(error, run_id)
+        with self._noting_failed_call(texts, kwargs):
+            if items:
+                raise_first(items, screen(self.guard, items))
+
 
 def _text_message(text: str) -> BaseMessage:
     return AIMessage(content=text)
@@ -914,51 +1010,77 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
     raise_error: bool = True
     run_inline: bool = True
 
+    # Each hook that can stop a model or tool run notes where it stopped (`_note_stop`): no retry or fallback of it
+    # is asked after (`_refuse_again`).
     def on_chat_model_start(
         self, serialized: dict[str, Any], messages: list[list[BaseMessage]], *, run_id: UUID, **kwargs: Any
     ) -> None:
+        place = _place(kwargs)
+        self._refuse_again(place)
         self._begin(run_id, kwargs, owned=started_by_agenerate())
         self._note_held(run_id, kwargs)
         self._note_answer_tools(run_id, kwargs)
-        self._start_input(self._chat_start_items(messages, run_id), run_id)
+        try:
+            self._start_input(self._chat_start_items(messages, run_id), run_id)
+        except GuardViolation as stop:
+            self._note_stop(stop, place)
+            raise
 
     def on_llm_start(self, serialized: dict[str, Any], prompts: list[str], *, run_id: UUID, **kwargs: Any) -> None:
+        place = _place(kwargs)
+        self._refuse_again(place)
         self._begin(run_id, kwargs, owned=started_by_agenerate())
-        self._start_input(self._llm_start_items(prompts, run_id), run_id)
+        try:
+            self._start_input(self._llm_start_items(prompts, run_id), run_id)
+        except GuardViolation as stop:
+            self._note_stop(stop, place)
+            raise
 
     def on_llm_new_token(self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any) -> None:
-        self._wait_input(run_id)
-        with self._dropped_on_error(run_id):
-            for judge, delta in self._feed(run_id, asynchronous=False).token_pieces(token, chunk):
-                judge.check(delta)
-            quoted = self._token_quoted_items(run_id, chunk)
-            raise_first(quoted, screen(self.guard, quoted))
+        try:
+            self._wait_input(run_id)
+            with self._dropped_on_error(run_id):
+                for judge, delta in self._feed(run_id, asynchronous=False).token_pieces(token, chunk):
+                    judge.check(delta)
+                quoted = self._token_quoted_items(run_id, chunk)
+                raise_first(quoted, screen(self.guard, quoted))
+        except GuardViolation as stop:
+            self._note_stop(stop, _place(kwargs))
+            raise
 
     def on_stream_event(self, event: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        self._wait_input(run_id)
-        with self._dropped_on_error(run_id):
-            feed = self._feed(run_id, asynchronous=False)
-            pieces, finish = feed.event_pieces(event)
-            for judge, delta in pieces:
-                judge.check(delta)
-            quoted = self._event_quoted_items(run_id, event)
-            raise_first(quoted, screen(self.guard, quoted))
-            if finish:  # the finish event repeats the block: everything fed is judged before it goes out
-                for judge in feed.screens():
-                    judge.flush()
+        try:
+            self._wait_input(run_id)
+            with self._dropped_on_error(run_id):
+                feed = self._feed(run_id, asynchronous=False)
+                pieces, finish = feed.event_pieces(event)
+                for judge, delta in pieces:
+                    judge.check(delta)
+                quoted = self._event_quoted_items(run_id, event)
+                raise_first(quoted, screen(self.guard, quoted))
+                if finish:  # the finish event repeats the block: everything fed is judged before it goes out
+                    for judge in feed.screens():
+                        judge.flush()
+        except GuardViolation as stop:
+            self._note_stop(stop, _place(kwargs))
+            raise
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        with self._runs.ending(run_id):
-            with self._dropped_on_error(run_id):
-                self._wait_input(run_id)
-            run, items = self._end_items(response, run_id)
-            if run is not None and run.feed is not None:
-                try:
-                    for judge in run.feed.screens():
-                        judge.finish()
-                finally:
-                    run.close()
-            raise_first(items, screen(self.guard, items))
+        try:
+            with self._runs.ending(run_id):
+                with self._dropped_on_error(run_id):
+                    self._wait_input(run_id)
+                run, items = self._end_items(response, run_id)
+                if run is not None and run.feed is not None:
+                    try:
+                        for judge in run.feed.screens():
+                            judge.finish()
+                    finally:
+                        run.close()
+                raise_first(items, screen(self.guard, items))
+        except GuardViolation as stop:
+            self._note_stop(stop, _place(kwargs))
+            raise
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._drop(run_id)
@@ -972,42 +1094,41 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
         inputs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        place = _place(kwargs, kwargs.get("tool_call_id"))
+        self._refuse_again(place)
         run = self._begin(run_id, kwargs, owned=True)
+        run.place = place
         self._forget_failed_call(kwargs)
-        with self._dropped_on_error(run_id), self._blocking_its_call(run_id):
-            for pending in self._pending_in(run.trace):  # no tool runs before its call's input verdicts are in
-                pending.wait()
-        self._refuse_blocked(run, run_id)
-        item = self._tool_start_item(serialized, input_str, run_id, inputs, kwargs)
-        if item is not None:
-            with self._dropped_on_error(run_id):
-                raise_first([item], screen(self.guard, [item]))
+        try:
+            with self._dropped_on_error(run_id), self._blocking_its_call(run_id):
+                for pending in self._pending_in(run.trace):  # no tool runs before its call's input verdicts are in
+                    pending.wait()
+            self._refuse_blocked(run, run_id)
+            item = self._tool_start_item(serialized, input_str, run_id, inputs, kwargs)
+            if item is not None:
+                with self._dropped_on_error(run_id):
+                    raise_first([item], screen(self.guard, [item]))
+        except GuardViolation as stop:
+            self._note_stop(stop, place)
+            raise
 
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        place = self._tool_place(run_id)
         items = self._tool_end_items(output, run_id)
         if items:
-            raise_first(items, screen(self.guard, items))
+            try:
+                raise_first(items, screen(self.guard, items))
+            except GuardViolation as stop:
+                self._note_stop(stop, place)
+                raise
 
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        if (handed_up := bubbled_command(error)) is not None:
-            # A handoff raised out of the tool (a sub-agent's ``Command.PARENT``): LangGraph writes it to the graph
-            # above, so it is the tool's output, read as a returned Command is (rt60 K1). Raised in its place.
-            items = self._tool_end_items(handed_up, run_id)
-            if items:
-                raise_first(items, screen(self.guard, items))
-            return
-        if (values := interrupt_values(error)) is not None:
-            # An interrupt() raised out of the tool: its payload goes to the run's caller (``__interrupt__``, the
-            # streams, the checkpoint), the tool's output. Raised in its place: the run stops (rt60b N1).
-            run = self._drop(run_id)
-            items = self._interrupt_items(values, run.tool if run else None)
-            raise_first(items, screen(self.guard, items))
-            return
-        # Raised in place of the tool's error: a ToolNode that handles errors writes this one, the guard's.
-        items, texts = self._tool_error_items(error, run_id)
-        with self._noting_failed_call(texts, kwargs):
-            if items:
-                raise_first(items, screen(self.guard, items))
+        place = self._tool_place(run_id)
+        try:
+            self._tool_failed(error, run_id, kwargs)
+        except GuardViolation as stop:
+            self._note_stop(stop, place)
+            raise
 
     def on_retriever_start(self, serialized: dict[str, Any], query: str, *, run_id: UUID, **kwargs: Any) -> None:
         run = self._begin(run_id, kwargs, owned=True)
@@ -1094,51 +1215,75 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
     async def on_chat_model_start(
         self, serialized: dict[str, Any], messages: list[list[BaseMessage]], *, run_id: UUID, **kwargs: Any
     ) -> None:
+        place = _place(kwargs)
+        self._refuse_again(place)
         self._begin(run_id, kwargs, owned=started_by_agenerate())
         self._note_held(run_id, kwargs)
         self._note_answer_tools(run_id, kwargs)
-        items, context = await built_off_loop(lambda: self._chat_start_reading(messages), messages)
-        self._run(run_id).context = context  # on the loop, once read: a cancelled read sets nothing
-        await self._astart_input(items, run_id)
+        try:
+            items, context = await built_off_loop(lambda: self._chat_start_reading(messages), messages)
+            self._run(run_id).context = context  # on the loop, once read: a cancelled read sets nothing
+            await self._astart_input(items, run_id)
+        except GuardViolation as stop:
+            self._note_stop(stop, place)
+            raise
 
     async def on_llm_start(
         self, serialized: dict[str, Any], prompts: list[str], *, run_id: UUID, **kwargs: Any
     ) -> None:
+        place = _place(kwargs)
+        self._refuse_again(place)
         self._begin(run_id, kwargs, owned=started_by_agenerate())
-        await self._astart_input(self._llm_start_items(prompts, run_id), run_id)
+        try:
+            await self._astart_input(self._llm_start_items(prompts, run_id), run_id)
+        except GuardViolation as stop:
+            self._note_stop(stop, place)
+            raise
 
     async def on_llm_new_token(self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any) -> None:
-        await self._await_input(run_id)
-        with self._dropped_on_error(run_id):
-            for judge, delta in self._feed(run_id, asynchronous=True).token_pieces(token, chunk):
-                await judge.acheck(delta)
-            quoted = self._token_quoted_items(run_id, chunk)
-            raise_first(quoted, await ascreen(self.guard, quoted))
+        try:
+            await self._await_input(run_id)
+            with self._dropped_on_error(run_id):
+                for judge, delta in self._feed(run_id, asynchronous=True).token_pieces(token, chunk):
+                    await judge.acheck(delta)
+                quoted = self._token_quoted_items(run_id, chunk)
+                raise_first(quoted, await ascreen(self.guard, quoted))
+        except GuardViolation as stop:
+            self._note_stop(stop, _place(kwargs))
+            raise
 
     async def on_stream_event(self, event: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        await self._await_input(run_id)
-        with self._dropped_on_error(run_id):
-            feed = self._feed(run_id, asynchronous=True)
-            pieces, finish = feed.event_pieces(event)
-            for judge, delta in pieces:
-                await judge.acheck(delta)
-            quoted = self._event_quoted_items(run_id, event)
-            raise_first(quoted, await ascreen(self.guard, quoted))
-            if finish:
-                for judge in feed.screens():
-                    await judge.aflush()
+        try:
+            await self._await_input(run_id)
+            with self._dropped_on_error(run_id):
+                feed = self._feed(run_id, asynchronous=True)
+                pieces, finish = feed.event_pieces(event)
+                for judge, delta in pieces:
+                    await judge.acheck(delta)
+                quoted = self._event_quoted_items(run_id, event)
+                raise_first(quoted, await ascreen(self.guard, quoted))
+                if finish:
+                    for judge in feed.screens():
+                        await judge.aflush()
+        except GuardViolation as stop:
+            self._note_stop(stop, _place(kwargs))
+            raise
 
     async def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        with self._dropped_on_error(run_id):
-            await self._await_input(run_id)
-        run, items = self._end_items(response, run_id)
-        if run is not None and run.feed is not None:
-            try:
-                for judge in run.feed.screens():
-                    await judge.afinish()
-            finally:
-                run.close()
-        raise_first(items, await ascreen(self.guard, items))
+        try:
+            with self._dropped_on_error(run_id):
+                await self._await_input(run_id)
+            run, items = self._end_items(response, run_id)
+            if run is not None and run.feed is not None:
+                try:
+                    for judge in run.feed.screens():
+                        await judge.afinish()
+                finally:
+                    run.close()
+            raise_first(items, await ascreen(self.guard, items))
+        except GuardViolation as stop:
+            self._note_stop(stop, _place(kwargs))
+            raise
 
     async def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._drop(run_id)
@@ -1152,24 +1297,45 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
         inputs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        place = _place(kwargs, kwargs.get("tool_call_id"))
+        self._refuse_again(place)
         run = self._begin(run_id, kwargs, owned=True)
+        run.place = place
         self._forget_failed_call(kwargs)
-        with self._dropped_on_error(run_id), self._blocking_its_call(run_id):
-            for pending in self._pending_in(run.trace):  # no tool runs before its call's input verdicts are in
-                await pending.wait_async()
-        self._refuse_blocked(run, run_id)
-        # The run's state on the loop; the call's arguments are read into its check on a worker thread when large
-        # (a tool's input is the model's, and can be a client's: rt55b F4).
-        call = self._tool_started(serialized, input_str, run_id, inputs, kwargs)
-        item = None if call is None else await built_off_loop(lambda: self._tool_call_item(*call), call)
-        if item is not None:
-            with self._dropped_on_error(run_id):
-                raise_first([item], await ascreen(self.guard, [item]))
+        try:
+            with self._dropped_on_error(run_id), self._blocking_its_call(run_id):
+                for pending in self._pending_in(run.trace):  # no tool runs before its call's input verdicts are in
+                    await pending.wait_async()
+            self._refuse_blocked(run, run_id)
+            # The run's state on the loop; the call's arguments are read into its check on a worker thread when large
+            # (a tool's input is the model's, and can be a client's: rt55b F4).
+            call = self._tool_started(serialized, input_str, run_id, inputs, kwargs)
+            item = None if call is None else await built_off_loop(lambda: self._tool_call_item(*call), call)
+            if item is not None:
+                with self._dropped_on_error(run_id):
+                    raise_first([item], await ascreen(self.guard, [item]))
+        except GuardViolation as stop:
+            self._note_stop(stop, place)
+            raise
 
     async def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        await self._atool_output(output, run_id)
+        place = self._tool_place(run_id)
+        try:
+            await self._atool_output(output, run_id)
+        except GuardViolation as stop:
+            self._note_stop(stop, place)
+            raise
 
     async def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        place = self._tool_place(run_id)
+        try:
+            await self._atool_failed(error, run_id, kwargs)
+        except GuardViolation as stop:
+            self._note_stop(stop, place)
+            raise
+
+    async def _atool_failed(self, error: BaseException, run_id: UUID, kwargs: Mapping[str, Any]) -> None:
+        """The async ``on_tool_error`` (not a hook: see `_atool_output`)."""
         if (handed_up := bubbled_command(error)) is not None:  # a handoff raised out of the tool: its output
             await self._atool_output(handed_up, run_id)
             return
