@@ -118,6 +118,19 @@ class GuardCallbackHandler(BaseCallbackHandler):
         self._queries: Bounded[str, str] = Bounded(MAX_OPEN_EVENTS)
         self._prompts: Bounded[str, list[GuardMessage]] = Bounded(MAX_OPEN_EVENTS)
 
+    # Both integrations name their handler GuardCallbackHandler: given to LangChain by mistake (an auto-import's
+    # slip), this one died on an AttributeError deep in langchain-core, blaming a ``raise_error`` the docs say the
+    # handler sets (rt61a F2). LangChain reads its handlers' ``ignore_*`` switches, ``on_*`` hooks, ``raise_error`` and
+    # ``run_inline``: each is refused with the class to use, and LangChain raises it on.
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith(("ignore_", "on_")) or name in ("raise_error", "run_inline"):
+            raise TypeError(
+                "qwenguard: this GuardCallbackHandler is LlamaIndex's (qwenguard.integrations.llamaindex) and was "
+                "given to LangChain: use qwenguard.integrations.langchain.GuardCallbackHandler (or "
+                "AsyncGuardCallbackHandler) in a LangChain config's callbacks"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def on_event_start(
         self,
         event_type: CBEventType,
