@@ -383,8 +383,10 @@ class Guard:
         logprobs, windows) or to `Guard` (cache_size, listeners, ...).
 
         Checks and stream sessions reach the servers alike (docs/remote.md, "Proxies, headers and TLS"):
-        ``headers`` go on every request and every stream handshake (the ``Authorization`` of ``api_key``
-        wins); both take the proxy httpx reads from the environment (``HTTP_PROXY``, ``HTTPS_PROXY``,
+        ``headers`` go on every request and every stream handshake to the checks' servers (the ``Authorization``
+        of ``api_key`` wins); stream servers elsewhere (``stream=URL``, none of them a checks' server) get only
+        the ``api_key`` and ``headers`` of ``stream_options``, and an ``Authorization`` there is never replaced
+        by the checks' key; both take the proxy httpx reads from the environment (``HTTP_PROXY``, ``HTTPS_PROXY``,
         ``ALL_PROXY``, ``NO_PROXY``); ``verify`` (httpx's meaning: ``True``, ``False``, a CA bundle path,
         or an ``ssl.SSLContext``; None: each client's default) checks the certificates of ``https://`` and
         ``wss://`` servers, e.g. ``verify="/etc/guard/ca.pem"`` for a private CA. With ``verify`` the checks
@@ -442,8 +444,18 @@ class Guard:
         stream_backend = None
         if stream:
             from .backends.remote_stream import RemoteStream
+            from .backends.transport import same_servers
 
-            stream_kwargs = {"api_key": api_key, "headers": headers, "verify": context, **(stream_options or {})}
+            own = dict(stream_options or {})
+            # The checks' credentials go only to the checks' own servers (rt61c F5): stream servers elsewhere get
+            # what stream_options give them. An Authorization the operator gives the streams is never replaced by
+            # the checks' api_key.
+            shared: dict[str, Any] = {}
+            if stream is True or same_servers(base_url, stream):
+                shared = {"api_key": api_key, "headers": headers}
+            if "api_key" not in own and any(str(k).lower() == "authorization" for k in own.get("headers") or {}):
+                shared.pop("api_key", None)
+            stream_kwargs = {**shared, "verify": context, **own}
             stream_backend = RemoteStream(base_url if stream is True else stream, **stream_kwargs)
         return cls(backend, policy, stream_backend=stream_backend, **guard_kwargs)
 

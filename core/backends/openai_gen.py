@@ -23,7 +23,12 @@ drips one byte a second is cut off at the deadline), and each attempt must be an
 ``connect_timeout_s + read_timeout_s`` in total. Requests settle one by one: those answered keep their
 verdicts, those past the deadline come back as `GuardTimeout` and are cancelled, which closes their
 connections (engines such as vLLM then abort them). Connection errors, 429 and 5xx are retried with
-exponential backoff (honouring ``Retry-After``); other 4xx never are on the same URL.
+exponential backoff (honouring ``Retry-After``); other 4xx never are on the same URL, nor is a server's "out of
+time" (a 504, an error of type ``timeout``: `RemoteTimeout`), which is a timeout, as a read timeout is.
+
+A reply whose ``model`` names another model than the guard (a gateway's fallback to a chat model) is no verdict
+(`_replied_as_guard`; ``reply_models=`` names others to accept), and no text built from a reply or an error shows
+a credential the client holds (`SecretMask`: ``api_key``, ``headers=`` values, a URL's password).
 
 Replicas (docs/scaling.md): ``base_url`` may be a list of replicas of one model. A check is idempotent,
 so an attempt that fails on one replica (connection refused or dropped, 429, 5xx, or no answer within
@@ -60,6 +65,7 @@ import concurrent.futures
 import json
 import logging
 import math
+import re
 import threading
 import time
 import weakref
@@ -96,12 +102,14 @@ from .openai_wire import (
     NO_VERDICT_ERROR,
     RETRY_STATUS,
     RemoteHTTPError,
+    RemoteTimeout,
     error_text,
     error_type,
     parse_logprobs,
     read_logprobs,
     request_headers,
     retry_after,
+    server_timed_out,
 )
 from .plan_pool import planning_pool
 from .remote_loop import LoopThread
@@ -116,7 +124,7 @@ from .remote_plan import (
     wire_text,
 )
 from .replicas import Replicas, attempt_budget, base_urls
-from .transport import LeftoverCheck, credentials_apart, without_password
+from .transport import LeftoverCheck, SecretMask, credentials_apart, without_password
 
 __all__ = [
     "OpenAIGen",
@@ -286,6 +294,24 @@ def _not_a_guards_answer(choice: Any) -> str | None:
     return None
 
 
+#: What a model's name may end with that names its file or quantisation, not the model: llama.cpp reports the
+#: GGUF file ("Qwen3Guard-Gen-4B-Q4_K_M.gguf"), split files ("-00001-of-00002"), and engines' quantised builds.
+_NAME_SUFFIXES = re.compile(
+    r"(?:[-_.](?:i?q\d\w*|f16|f32|fp16|bf16|fp8|int4|int8|w4a16|w8a8|awq|gptq|gguf|mlx|\d+bit|\d{5}-of-\d{5}))+$"
+)
+
+
+def model_key(name: str) -> str:
+    """``name`` as reply names are compared (`OpenAIGen._replied_as_guard`): its last path segment, in lower
+    case, without ``.gguf`` and quantisation suffixes ("/models/Qwen3Guard-Gen-4B-Q8_0.gguf": "qwen3guard-gen-4b")."""
+    last = name.strip().replace("\\", "/").rstrip("/").rpartition("/")[2].lower()
+    return _NAME_SUFFIXES.sub("", last.removesuffix(".gguf")) or last
+
+
+def _names_a_qwen3guard(name: str) -> bool:
+    return "qwen3guard" in re.sub(r"[-_ .]", "", name.lower())
+
+
 def _served_model(url: str, status: int, content: bytes | None, entries: list[Any] | None) -> str:
     """The one model a replica lists at ``/models``; `ServedModelUnknown` for several, none, or no list."""
     where = f"{url}/models"
@@ -440,6 +466,8 @@ class OpenAIGen:
     in the request that reads the context, and ``name`` is ``""`` until then. A learned name that no replica
     serves any more (404 "model not found", no verdict) is learned again by the next check.
     ``transport``: an ``httpx.AsyncBaseTransport`` (fault injection in tests, proxies).
+    ``reply_models``: names a reply's ``model`` field may carry besides those `_replied_as_guard` accepts (``"*"``:
+    any), for an engine that answers under a name of its own.
     ``base_url`` may be a list: replicas of the same model, with failover between them (module docs).
     """
 
@@ -470,6 +498,7 @@ class OpenAIGen:
         headers: Mapping[str, str] | None = None,
         transport: Any = None,
         async_transport: Any = None,
+        reply_models: str | Sequence[str] | None = None,
     ) -> None:
         if mode not in ("chat", "completion"):
             raise ValueError(f"mode must be 'chat' or 'completion', got {mode!r}")
@@ -507,6 +536,10 @@ class OpenAIGen:
             )
         if not isinstance(max_reply_bytes, int) or isinstance(max_reply_bytes, bool) or max_reply_bytes < 1:
             raise ValueError(f"max_reply_bytes must be a positive int of bytes, got {max_reply_bytes!r}")
+        if isinstance(reply_models, str):
+            reply_models = [reply_models]
+        if reply_models is not None and not all(isinstance(n, str) and n.strip() for n in reply_models):
+            raise TypeError(f"reply_models must be model names (or '*': any), got {reply_models!r}")
         httpx = _httpx()
         transport = transport if transport is not None else async_transport
         if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
@@ -523,6 +556,15 @@ class OpenAIGen:
         self._target = {u: bare for u, (bare, _) in apart.items()}
         self._auth: dict[str, Any] = {u: auth for u, (_, auth) in apart.items() if auth is not None}
         self.model = model  # None: learned from /models at the first check (`_served_max_model_len`)
+        # The names a reply may carry in its "model" field besides the one asked (`_replied_as_guard`, rt61c F1):
+        # the operator's, and what /models said the asked name serves (`_note_listed`).
+        self.reply_models = tuple(reply_models or ())
+        self._any_reply_model = "*" in self.reply_models
+        self._reply_keys = {model_key(n) for n in self.reply_models if n != "*"}
+        self._listed_keys: set[str] = set()
+        self._replied_ok: set[str] = set()  # reply names accepted already: the hot path is one set lookup
+        # Every credential this client holds, masked in whatever text it builds from a reply or an error (rt61c F3).
+        self._mask = SecretMask(api_key, headers, urls)
         self.name = model or ""
         self._model_given = model is not None
         # A learned name refused (404 model not found) with no verdict: learn it again at the next check
@@ -612,12 +654,13 @@ class OpenAIGen:
         return {} if auth is None else {"auth": auth}
 
     def _scrub(self, text: str) -> str:
-        """``text`` (an HTTP library's message) with each replica URL's password masked, wherever it shows it."""
+        """``text`` (an HTTP library's message, a server's reply) with each replica URL's password masked, wherever
+        it shows it, and every other credential the client holds (`SecretMask`: ``api_key``, ``headers=`` values)."""
         for real, shown in self.replicas.shown.items():
             if real != shown:
                 secret = urlsplit(real).netloc.rpartition("@")[0]  # "user:password"
                 text = text.replace(real, shown).replace(secret + "@", secret.split(":", 1)[0] + ":***@")
-        return text
+        return self._mask.text(text)
 
     @property
     def _where(self) -> str:
@@ -655,6 +698,19 @@ class OpenAIGen:
         (`_cut_short`: cut at ``max_tokens``, ``finish_reason: "length"``, or aborted) may have lost its categories
         or its label; several choices (an engine that ignores ``n=1``) are judged by the worst of them, as windows
         are."""
+        replied = payload.get("model") if isinstance(payload, Mapping) else None
+        if (
+            isinstance(replied, str)
+            and replied
+            and replied not in self._replied_ok
+            and not self._replied_as_guard(replied)
+        ):
+            # A gateway's fallback to a general chat model, which shown the guard's prompt can imitate "Safety: Safe":
+            # its answer is no verdict (rt61c F1).
+            return VerdictParseError(
+                f"the engine replied as model {replied[:100]!r}, not the guard model {self.model!r}: a gateway "
+                f"routing to another model? (if that model is the guard, pass reply_models=[{replied[:100]!r}])"
+            )
         choices = payload.get("choices") if isinstance(payload, Mapping) else None
         if not isinstance(choices, list) or not choices:
             return VerdictParseError("the server's reply has no choices", raw=str(payload)[:300])
@@ -705,6 +761,36 @@ class OpenAIGen:
             )
         return verdicts[0] if len(verdicts) == 1 else worst(verdicts)
 
+    def _replied_as_guard(self, replied: str) -> bool:
+        """Whether a reply's ``model`` names the guard model: the name asked or one given in ``reply_models``, or
+        what ``/models`` said serves it, compared by `model_key` (vLLM and SGLang echo the name asked, TGI reports
+        its model id, gateways an alias's full name, llama.cpp the GGUF file); or any Qwen3Guard's name."""
+        key = model_key(replied)
+        ok = (
+            self._any_reply_model
+            or _names_a_qwen3guard(replied)
+            or (self.model is not None and key == model_key(self.model))
+            or key in self._reply_keys
+            or key in self._listed_keys
+        )
+        if ok and len(self._replied_ok) < 64:  # names once accepted: no work per reply (a few, bounded)
+            self._replied_ok.add(replied)
+        return ok
+
+    def _note_listed(self, entries: list[Any] | None) -> None:
+        """What a ``/models`` list says may answer for the model asked: the one model a server serving one lists
+        (TGI, llama.cpp, under whatever name), and the asked entry's ``root`` (vLLM: the checkpoint behind an
+        alias). A gateway's list of many models adds only the asked entry's: its other models are no guard."""
+        if not entries:
+            return
+        for entry in entries:
+            if not isinstance(entry, Mapping):
+                continue
+            if len(entries) == 1 or entry.get("id") == self.model:
+                for field in ("id", "root"):
+                    if isinstance(entry.get(field), str) and entry[field]:
+                        self._listed_keys.add(model_key(entry[field]))
+
     def _status_error(
         self, response: Any, body: bytes, url: str, unread: str = ""
     ) -> RemoteHTTPError | VerdictParseError:
@@ -713,7 +799,7 @@ class OpenAIGen:
         yet tried, never again on this one), so that the client's policy applies, and its `Guard` judges the
         turn again without its context. A 502 of any other kind (a proxy's) stays a retryable error."""
         status = response.status_code
-        why = unread or error_text(body)
+        why = self._scrub(unread or error_text(body))  # a gateway may echo the key it was sent (rt61c F3)
         if status == 502 and error_type(body) == NO_VERDICT_ERROR:
             return VerdictParseError(f"guard server at {self._show(url)} answered HTTP 502 {NO_VERDICT_ERROR}: {why}")
         if status == 400 and not unread and (context := context_named(body)) is not None:
@@ -723,6 +809,12 @@ class OpenAIGen:
             if 300 <= status < 400:
                 note += f"; redirects are not followed (Location {response.headers.get('location')!r})"
             why = f"{note}: {why}" if why else note
+        if server_timed_out(status, body):
+            # The server ran out of time (a gateway's 504, qwenguard serve's --timeout): a slow server, as a read
+            # timeout shows one; never asked again on this URL (rt61c F2).
+            return RemoteTimeout(
+                f"guard server at {self._show(url)} answered HTTP {status} (out of time): {why}", status
+            )
         return RemoteHTTPError(
             f"guard server at {self._show(url)} answered HTTP {status}: {why}",
             status,
@@ -891,7 +983,7 @@ class OpenAIGen:
                             raise
                     if isinstance(status, RemoteHTTPError):
                         name_refused = name_refused or _model_not_found(status.status, content)
-                        if status.retryable:
+                        if status.retryable or isinstance(status, RemoteTimeout):
                             self.replicas.failed(url)
                         else:
                             refused.append(url)
@@ -1018,6 +1110,8 @@ class OpenAIGen:
         try:
             # The deadline is enforced here, on the loop: cancelling the request closes its connection.
             return await asyncio.wait_for(ask(), deadline.left()), False
+        except RemoteTimeout as exc:
+            return failed(exc, True)  # late, as a read timeout is: the policy's timeout
         except RemoteHTTPError as exc:
             if exc.status == 413:  # too large for the server: the caller's error, as locally, never on_error's
                 return InputTooLarge(f"{exc} (the server's size limits: split the text or raise them)"), False
@@ -1336,6 +1430,7 @@ class OpenAIGen:
                 continue
             answered = True
             listed = _model_list(status, content)
+            self._note_listed(listed)
             if naming:
                 try:
                     name = _served_model(self._show(url), status, content, listed)
@@ -1464,6 +1559,25 @@ class OpenAIGen:
         budget: int | None = None,
         account: WindowAccount | None = None,
     ) -> list[Outcome]:
+        """`_judged`, with every credential the client holds masked in its errors' texts (rt61c F3)."""
+        try:
+            outcomes = await self._judged(conversations, deadline, budget, account)
+        except QwenGuardError as exc:
+            self._mask.error(exc)  # in place: raised as it is
+            raise
+        if self._mask:
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    self._mask.error(outcome)
+        return outcomes
+
+    async def _judged(
+        self,
+        conversations: list[Conversation],
+        deadline: _Deadline,
+        budget: int | None = None,
+        account: WindowAccount | None = None,
+    ) -> list[Outcome]:
         wire = self._wire
         assert wire is not None
         CALLER.set(object())  # this call's requests take free slots in turn with other calls' (`FairSlots`)
@@ -1552,7 +1666,11 @@ class OpenAIGen:
 
         async def learn() -> str:
             wire.ready()
-            await self._context(wire, _Deadline(timeout))
+            try:
+                await self._context(wire, _Deadline(timeout))
+            except QwenGuardError as exc:
+                self._mask.error(exc)
+                raise
             assert self.model is not None
             return self.model
 

@@ -11,12 +11,15 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from ..errors import GuardUnavailable
+from ..errors import GuardTimeout, GuardUnavailable
 from ..formats.prompts import SAFETY_LABELS
 from ..verdict import Risk
 
 __all__ = [
     "RemoteHTTPError",
+    "RemoteTimeout",
+    "TIMEOUT_ERROR",
+    "server_timed_out",
     "api_key_problem",
     "header_problem",
     "request_headers",
@@ -32,8 +35,11 @@ __all__ = [
 ]
 
 #: Statuses worth retrying: overload (429) and server-side failures. (A 502 whose error type is
-#: `NO_VERDICT_ERROR` is no failure: the server's answer, "no verdict", as a 200 that does not parse.)
+#: `NO_VERDICT_ERROR` is no failure: the server's answer, "no verdict", as a 200 that does not parse; a 504 is
+#: the server out of time, a `RemoteTimeout`, never retried on the same URL.)
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+#: The error type of qwenguard serve's 504 (its ``--timeout`` passed: the guard did not answer in time).
+TIMEOUT_ERROR = "timeout"
 #: The error type of qwenguard serve's 502 for a conversation its guard gave no verdict for (docs/server.md).
 NO_VERDICT_ERROR = "guard_error"
 
@@ -49,6 +55,22 @@ class RemoteHTTPError(GuardUnavailable):
     @property
     def retryable(self) -> bool:
         return self.status in RETRY_STATUS
+
+
+class RemoteTimeout(RemoteHTTPError, GuardTimeout):
+    """The server answered that it ran out of time (HTTP 504, or an error of type ``"timeout"``): a slow server,
+    as a read timeout shows one. Never retried on the same URL (retrying would double its load; rt61c F2);
+    another replica may be tried, and the check's reason is ``"timeout"``."""
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
+def server_timed_out(status: int, body: bytes) -> bool:
+    """Whether an error reply says the server ran out of time: a gateway's 504, or an error body whose
+    ``error.type`` is ``"timeout"`` (qwenguard serve's 504 for its ``--timeout``)."""
+    return status == 504 or (status >= 400 and error_type(body) == TIMEOUT_ERROR)
 
 
 def api_key_problem(key: object) -> str | None:

@@ -50,7 +50,7 @@ from collections.abc import (
 )
 from typing import Any
 
-from ..errors import GuardUnavailable, GuardViolation, MissingDependency
+from ..errors import GuardTimeout, GuardUnavailable, GuardViolation, MissingDependency, QwenGuardError
 from ..streaming.cancel_safe import CancelSafeLane
 from ..streaming.misuse import AsyncOnly, SyncOnly
 from ..verdict import Stage
@@ -67,8 +67,9 @@ from .stream_session import (
     decision_from_dict,
     parse_frame,
     refuse_redirect,
+    websockets_module,
 )
-from .transport import Verify, proxy_for, ssl_context, without_password
+from .transport import SecretMask, Verify, proxy_for, ssl_context, without_password
 
 __all__ = [
     "DEFAULT_MAX_FAILOVERS",
@@ -239,6 +240,8 @@ class RemoteStream:
         self.urls = urls
         self.name = f"remote-stream:{self.url}" if len(urls) == 1 else f"remote-stream:{list(urls)}"
         self.headers = _handshake_headers(headers, api_key)
+        #: Masks the client's credentials in what it makes of a server's refusal or error (rt61c F3).
+        self.mask = SecretMask(api_key, headers, given)
         #: The TLS context of ``wss://`` connections (None: websockets' default).
         self.ssl = None if verify is None else ssl_context(verify)
         self.open_timeout_s = open_timeout_s
@@ -297,6 +300,27 @@ class RemoteStream:
         self._closed = True
 
 
+def _masked(mask: SecretMask, exc: BaseException) -> BaseException:
+    """``exc`` with no credential of the client in the text a guard error makes of it (`_Session._fail`: the
+    decision's error, the fail-closed message): a server or gateway that echoes the key it was sent (rt61c F3)."""
+    if not mask:
+        return exc
+    if isinstance(exc, websockets_module().exceptions.InvalidStatus):
+        response = exc.response
+        text = bytes(response.body or b"").decode("utf-8", "replace")
+        if mask.shows_in(text):
+            response.body = mask.text(text).encode()  # the refusal's body is read for its message
+        return exc  # type: ignore[no-any-return]  # websockets' class, imported lazily, reads as Any
+    if not mask.shows_in(str(exc)):
+        return exc
+    if isinstance(exc, QwenGuardError):
+        return mask.error(exc)
+    kind = GuardTimeout if isinstance(exc, (TimeoutError, asyncio.TimeoutError)) else GuardUnavailable
+    masked = kind(mask.text(f"{type(exc).__name__}: {exc}"))
+    masked.__cause__ = exc
+    return masked
+
+
 def _handshake_headers(headers: Mapping[str, str] | None, api_key: str | None) -> dict[str, str]:
     """What a check sends (`request_headers`), less the headers the handshake sets itself."""
     for name in headers or {}:
@@ -328,6 +352,9 @@ class RemoteStreamMonitor(_Session, SyncOnly):
         self.close()
 
     # -- one call: an attempt on the session's connection, then re-opens elsewhere ---------------
+    def _fail(self, exc: BaseException, stage: Stage = Stage.STREAM, *, timed_out: bool = False) -> str:
+        return super()._fail(_masked(self.backend.mask, exc), stage, timed_out=timed_out)
+
     def _call(self, deadline: Deadline, stage: Stage, frame: str | None, expect: str) -> str:
         """Send ``frame`` on the open session (``None``: open one) and return what its reply releases;
         when the replica fails, re-open on another and replay (`stream_session`), within ``deadline``."""
@@ -524,6 +551,9 @@ class AsyncRemoteStreamMonitor(_Session, AsyncOnly):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    def _fail(self, exc: BaseException, stage: Stage = Stage.STREAM, *, timed_out: bool = False) -> str:
+        return super()._fail(_masked(self.backend.mask, exc), stage, timed_out=timed_out)
 
     async def _acall(self, deadline: Deadline, stage: Stage, frame: str | None, expect: str) -> str:
         """Async twin of `RemoteStreamMonitor._call`."""

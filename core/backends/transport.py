@@ -18,25 +18,34 @@ readable" test does not look, and the next request on that connection read them 
 failed as its response closes, so httpcore closes it instead of reusing it. Only httpcore's private attributes
 reach that buffer (`h11_state_of`); should they move, nothing is dropped and `tests/test_rt57d_engine_replies.py`
 fails.
+
+What a client builds from a server's reply or an HTTP library's error (`decision.error`, which listeners, audit
+logs and GuardViolation messages carry) never shows a credential the client holds: a server or gateway that
+echoes one ("Invalid API key: sk-...") has it masked (`SecretMask`, rt61c F3). `same_servers` says whether
+stream sessions go to the checks' own servers, which alone may receive the checks' credentials (rt61c F5).
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import ssl
 import threading
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeAlias
 
 __all__ = [
     "LeftoverCheck",
+    "SecretMask",
     "Verify",
     "checks_transport",
     "drop_if_leftover",
     "h11_state_of",
     "proxy_for",
+    "same_servers",
     "ssl_context",
     "without_password",
 ]
@@ -254,3 +263,89 @@ class LeftoverCheck:
                 self.leftover = drop_if_leftover(self.response)
             except Exception:  # noqa: BLE001 - never in the way of closing the response (the test says it works)
                 self.leftover = None
+
+
+#: A credential shorter than this is not masked: "1", "on" (a header's switch) or a test's key "wrong" would mask
+#: every such digit or word in a server's message; a secret this short is guessed anyway.
+_LEAST_SECRET_CHARS = 8
+#: The schemes of an ``Authorization``-like value ("Bearer TOKEN") whose token is masked on its own too.
+_AUTH_SCHEMES = frozenset({"bearer", "basic", "token", "apikey", "api-key", "key", "digest", "bot"})
+#: What a masked credential shows as.
+MASK = "***"
+
+
+class SecretMask:
+    """Masks the credentials a client holds wherever they show in a text: the ``api_key``, the value of each
+    header it sends (and a value's token after its scheme: ``Bearer TOKEN``), each URL's password, or its user
+    alone (a token), and the basic auth httpx makes of them. A server or gateway that echoes a credential in
+    its error ("Invalid API key: sk-...") must not put it in decisions, logs or exceptions (rt61c F3)."""
+
+    def __init__(self, api_key: str | None, headers: Mapping[str, str] | None, urls: Iterable[str]) -> None:
+        secrets: set[str] = set()
+        if api_key:
+            secrets.add(api_key)
+        for name, value in (headers or {}).items():
+            if isinstance(value, str):
+                secrets.add(value.strip())
+                scheme, space, token = value.strip().partition(" ")
+                if space and (scheme.lower() in _AUTH_SCHEMES or str(name).lower().endswith("authorization")):
+                    secrets.add(token.strip())  # "Bearer TOKEN": the token alone too
+        for url in urls:
+            try:
+                parts = urllib.parse.urlsplit(url)
+            except ValueError:
+                continue
+            userinfo, at, _ = parts.netloc.rpartition("@")
+            if not at:
+                continue
+            user, colon, password = userinfo.partition(":")
+            for raw in (password if colon else user, userinfo):
+                secrets.update({raw, urllib.parse.unquote(raw)})
+            plain = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
+            secrets.add(base64.b64encode(plain.encode()).decode("ascii"))  # basic auth, as httpx sends it
+        kept = sorted((s for s in secrets if len(s) >= _LEAST_SECRET_CHARS), key=len, reverse=True)
+        # One pass, longest first: a key inside a longer header value is masked with it.
+        self._pattern = re.compile("|".join(map(re.escape, kept))) if kept else None
+
+    def __bool__(self) -> bool:
+        return self._pattern is not None
+
+    def text(self, text: str) -> str:
+        """``text`` with each credential masked."""
+        return text if self._pattern is None else self._pattern.sub(MASK, text)
+
+    def error(self, exc: BaseException) -> BaseException:
+        """``exc`` with the credentials in its message (``args``) and its ``raw`` text masked, in place."""
+        if self._pattern is None:
+            return exc
+        exc.args = tuple(self.text(a) if isinstance(a, str) else a for a in exc.args)
+        raw = getattr(exc, "raw", None)
+        if isinstance(raw, str):
+            try:
+                exc.raw = self.text(raw)  # type: ignore[attr-defined]
+            except AttributeError:  # a read-only attribute: the message is what decisions show
+                pass
+        return exc
+
+    def shows_in(self, text: str) -> bool:
+        return self._pattern is not None and self._pattern.search(text) is not None
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> tuple[str, str, int | None] | None:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        scheme = {"ws": "http", "wss": "https"}.get(parts.scheme.lower(), parts.scheme.lower())
+        return scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme)
+    except ValueError:
+        return None
+
+
+def same_servers(checks: str | Sequence[str], streams: str | Sequence[str]) -> bool:
+    """Whether the stream URLs are the checks' deployment: one of them names a server (scheme, host, port; ``ws``
+    as ``http``) among the checks' (a list of replicas that holds the checks' own is replicas of one service).
+    Only then may stream sessions carry the checks' credentials (rt61c F5)."""
+    origins = {_origin(u) for u in ([checks] if isinstance(checks, str) else checks)} - {None}
+    return any(_origin(u) in origins for u in ([streams] if isinstance(streams, str) else streams))
