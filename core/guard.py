@@ -788,13 +788,15 @@ class Guard:
         """A tool call before it runs: the call as the assistant's action after the user's request
         (``messages``: the conversation before the call, a list of ``{"role", "content"}`` dicts)."""
         _conversation_before(messages)
-        return self.check(tool_call_conversation(name, arguments, messages), Stage.TOOL_CALL)
+        conversation = tool_call_conversation(name, arguments, messages, max_chars=self.max_chars)
+        return self.check(conversation, Stage.TOOL_CALL)
 
     async def acheck_tool_call(
         self, name: str, arguments: Mapping[str, Any] | str | None, messages: Sequence[Message] | None = None
     ) -> Decision:
         _conversation_before(messages)
-        return await self.acheck(tool_call_conversation(name, arguments, messages), Stage.TOOL_CALL)
+        conversation = tool_call_conversation(name, arguments, messages, max_chars=self.max_chars)
+        return await self.acheck(conversation, Stage.TOOL_CALL)
 
     def check_tool_result(self, name: str, output: str) -> Decision:
         """A tool's output, as untrusted content (injected instructions show up as Jailbreak)."""

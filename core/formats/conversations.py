@@ -14,6 +14,7 @@ from itertools import repeat
 from typing import Any
 
 from .content import is_blank
+from .json_reading import Written, _no_lone_surrogates, arguments_reading
 from .prompts import Message
 from .rendered import read_as_rendered
 
@@ -129,9 +130,12 @@ def response_conversation(prompt: str | Sequence[Message], response: str) -> lis
 
 
 def render_tool_call(name: str, arguments: Mapping[str, Any] | str | None, max_chars: int | None = None) -> str:
-    """A tool call as the assistant's action, in one line: ``Tool call: name({...json...})``.
+    """A tool call as the assistant's action: ``Tool call: name({...json...})``, and where its executor reads the
+    arguments otherwise than they are written (a JSON string's ``\\u`` escapes, which ``json.loads`` decodes; a
+    string argument that is JSON text itself: `arguments_reading`), the same line again with the arguments as read,
+    so that both are judged (rt61b F2: ``"\\u004dix \\u0061mmonium..."`` reached the tool as "Mix ammonium...").
 
-    With ``max_chars``, rendering stops once the line is longer: what comes back is cut just past the limit,
+    With ``max_chars``, rendering stops once the text is longer: what comes back is cut just past the limit,
     for a caller that refuses such a call. Arguments of thousands of floats cost as much as ``max_chars``
     characters of them, not all of them (``json.dumps`` holds the GIL for its whole run)."""
     name = _require_text(name, "tool name")
@@ -143,7 +147,20 @@ def render_tool_call(name: str, arguments: Mapping[str, Any] | str | None, max_c
         args = _json_text(dict(arguments), None if max_chars is None else max_chars - len(name))
     else:
         raise TypeError(f"tool arguments must be a mapping or a JSON string, got {type(arguments).__name__}")
-    return f"Tool call: {name}({args})"
+    line = f"Tool call: {name}({args})"
+    if max_chars is not None and len(line) > max_chars:
+        return line  # refused by the caller: no reading is worth its work
+    # A mapping is rendered decoded already; only a string in it with a backslash (written "\\\\") may be JSON text.
+    if isinstance(arguments, str) or (arguments is not None and "\\\\" in args):
+        reading = arguments_reading(arguments)
+        if reading is not None:
+            # What is left of max_chars after this line, a line break and the next line's "Tool call: name()".
+            room = None if max_chars is None else max(max_chars - 2 * len(line) + len(args) - 1, 0)
+            # A lone surrogate escape parses to a character no encoder writes: U+FFFD, as the content rules read it.
+            read = reading.text if isinstance(reading, Written) else _no_lone_surrogates(_json_text(reading, room))
+            if read != args:
+                line += f"\nTool call: {name}({read})"
+    return line
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
@@ -294,10 +311,15 @@ def last_user_text(messages: Sequence[Message] | None) -> str | None:
 
 
 def tool_call_conversation(
-    name: str, arguments: Mapping[str, Any] | str | None, messages: Sequence[Message] | None = None
+    name: str,
+    arguments: Mapping[str, Any] | str | None,
+    messages: Sequence[Message] | None = None,
+    *,
+    max_chars: int | None = None,
 ) -> list[dict[str, str]]:
-    """The call as the assistant's action, in the context of the user's latest request."""
-    action = render_tool_call(name, arguments)
+    """The call as the assistant's action, in the context of the user's latest request. With ``max_chars`` (the
+    check's bound), the call is rendered only until past it (`render_tool_call`): the caller refuses it."""
+    action = render_tool_call(name, arguments, max_chars)
     request = last_user_text(messages)
     turns = [{"role": "user", "content": request}] if request is not None else [{"role": "user", "content": ""}]
     return [*turns, {"role": "assistant", "content": action}]

@@ -10,8 +10,9 @@ Some parsers read more: a YAML fallback (LlamaIndex's ``parse_json_markdown``) a
 refuses what the application's pure-Python loader reads, every scalar decoded: `yaml_stand_in`, rt58g F4 F8); a
 truncated stream is repaired (`repaired`); text no parser reads is still read as its string literals, decoded
 (`literals_reading`); a string that is itself JSON is read parsed too (`json_strings_parsed`: a tool's
-``payload: str`` it ``json.loads``); a streamed tool call's arguments are read a window at a time with their escapes
-decoded, within too (`escapes_read`).
+``payload: str`` it ``json.loads``); a tool call's arguments given as a JSON string are read as its executor's
+``json.loads`` reads them (`arguments_reading`, rt61b F2); a streamed tool call's arguments are read a window at a
+time with their escapes decoded, within too (`escapes_read`).
 Framework-free: each adapter passes the parsers its framework reads with; `EscapeWatch` follows a stream, counting
 escapes only where a parser may read them as a value's (not LaTeX or a Windows path in prose: rt58g F5).
 
@@ -39,6 +40,7 @@ __all__ = [
     "EscapeWatch",
     "Written",
     "arguments_parsed",
+    "arguments_reading",
     "escapes_read",
     "has_decoded_escape",
     "has_yaml_only_escape",
@@ -424,6 +426,40 @@ def arguments_parsed(arguments: Any) -> Any:
     """A tool call's arguments as a reader that ``json.loads`` a string argument gets them: a mapping's such strings
     parsed (`json_strings_parsed`); anything else (the raw JSON text of the call) as it is."""
     return json_strings_parsed(arguments) if isinstance(arguments, Mapping) else arguments
+
+
+def arguments_reading(arguments: Any) -> Any:
+    """A tool call's arguments as its executor reads them, where that may differ from what is written (rt61b F2);
+    ``None`` where it does not. A JSON string as ``json.loads`` parses it (escapes decoded, surrogate pairs joined;
+    an object that writes a key twice as its ``[key, value]`` pairs, each kept: parsers keep either), then its
+    strings that are JSON text themselves (`json_strings_parsed`), as for a mapping's. Text that is not JSON (cut
+    short, or nested past the recursion limit) is read with its escapes decoded (`escapes_read`: a repair or a
+    lenient parser reads them so), as `Written`. Only a string with a ``\\u``, ``\\/`` or ``\\\\`` is parsed (most
+    calls: three scans); `InputTooLarge` as `json_strings_parsed`. Linear in the text."""
+    if isinstance(arguments, Mapping):
+        within = json_strings_parsed(arguments)
+        return None if within is arguments else within
+    if not isinstance(arguments, str) or (
+        "\\u" not in arguments and "\\/" not in arguments and "\\\\" not in arguments
+    ):
+        return None
+    try:
+        value = json.loads(arguments, object_pairs_hook=_pairs_kept)
+    except (ValueError, RecursionError):  # not JSON to the executor's parser: read as a lenient one reads it
+        read = escapes_read(arguments)
+        return None if read is None else Written(read)
+    if not isinstance(value, str | list | dict):
+        return None
+    within = json_strings_parsed(value)
+    if within is value and not has_rewritten_escape(arguments):
+        return None  # escaped backslashes only: written back, it reads as the text does
+    return within
+
+
+def _pairs_kept(pairs: list[tuple[str, Any]]) -> Any:
+    # ``json.loads`` keeps a key's last value, other parsers its first: a key written twice keeps every pair.
+    found = dict(pairs)
+    return found if len(found) == len(pairs) else [list(pair) for pair in pairs]
 
 
 def _parsed_within(value: Any, depth: int, budget: list[int], level: int) -> Any:

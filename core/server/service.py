@@ -138,7 +138,10 @@ def judged_within(
     characters left after them."""
     turns = []
     for message in messages:
-        turn = message.judged(max_chars=left)
+        try:
+            turn = message.judged(max_chars=left)
+        except InputTooLarge as exc:  # a tool call's strings of JSON text past the bound on reading them parsed
+            raise LimitExceeded(str(exc)) from exc
         left -= len(turn["content"])
         if left < 0:
             limits.check_chars(limits.max_chars - left, what, at_least=True)
