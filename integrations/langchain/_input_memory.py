@@ -118,7 +118,8 @@ class Produced:
     tool-role message in the input that is none of these is the client's (`_messages.AS_INPUT`), and so is a call.
 
     ``bound``: each is kept with the ``scope`` it was produced in (`current_scope`) and matched only there; a ``None``
-    scope then records nothing and matches nothing. Unbound, ``scope`` is not asked for (the callback handler's)."""
+    scope then records nothing and matches nothing (the middleware and the callback handler both bind
+    theirs). Unbound, ``scope`` is not asked for."""
 
     def __init__(self, maxsize: int = MAX_ALLOWED_CHECKS, *, bound: bool = False) -> None:
         self._seen: Bounded[str, bool] = Bounded(maxsize)

@@ -187,6 +187,16 @@ class RunTable(Generic[S]):
             current = parent
         return current
 
+    def lineage(self, run_id: UUID) -> list[UUID]:
+        """``run_id`` and its linked ancestors, nearest first (as far as they are linked: an ended run is not)."""
+        found = [run_id]
+        for _ in range(_MAX_DEPTH):
+            parent = self._parents.get(found[-1])
+            if parent is None or parent == found[-1]:
+                break
+            found.append(parent)
+        return found
+
     # -- owners ---------------------------------------------------------------------------------------
     def own(self, run_id: UUID) -> None:
         """Drop the run when the asyncio task running now ends, if nothing dropped it before (module doc)."""

@@ -33,8 +33,10 @@ not answer and the policy fails closed):
 - ``on_chain_start`` — what a ``Command(resume=...)`` input answers an ``interrupt()`` with (`resume_values`), as a
   prompt, before anything runs (rt60b F3).
 - ``on_tool_start`` — the tool call (name + arguments) before the tool runs; a call no model this handler heard produced
-  (``on_llm_end``) is the client's (a ``Command(goto="tools")`` or ``Send`` input, an edited call): judged whatever
-  ``check_tool_calls`` says, decided no looser than a prompt (rt60b F2). ``on_tool_end`` — every
+  (``on_llm_end``, let through) where the tool runs (the LangGraph thread, else the LangGraph run, else the call it
+  belongs to: `_scope`; ids repeat across users, stop 61) is the client's (a ``Command(goto="tools")`` or ``Send``
+  input, an edited call): judged whatever ``check_tool_calls`` says, decided no looser than a prompt (rt60b F2).
+  ``on_tool_end`` — every
   message its result writes (its ``ToolMessage`` with its artifact, a LangGraph ``Command``'s messages, a
   list of them; their names and worded ids), what a ``Command`` writes to other state keys and its ``Send``
   payloads (the tool has run; the result is stopped before anything reads it); ``on_tool_error`` — the
@@ -89,6 +91,7 @@ input is blocked.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -115,14 +118,13 @@ from ._answer_tools import answer_tools
 from ._feed import StreamFeed
 from ._handler_order import HeardFirst
 from ._holding import GUARD_PARAM, HELD_CALL, HELD_LLM_TYPE_PREFIX, TOOL_CALLS_PARAM, HeldCall, guard_token
-from ._input_memory import MAX_ALLOWED_CHECKS, Produced
+from ._input_memory import Produced, current_scope
 from ._logs import quiet_guard_stops
 from ._messages import (
     AS_ANSWER,
     AS_INPUT,
     DEFAULT_HISTORY_TURNS,
     Item,
-    call_key,
     command_rest_text,
     guard_history,
     input_items,
@@ -227,11 +229,27 @@ def _place(kwargs: Mapping[str, Any], call_id: Any = None) -> _Place | None:
     retried by ``ToolRetryMiddleware`` keeps its call's id; the parallel calls beside it have their own). A top-level
     ``with_fallbacks`` hands its runnables the caller's config, not its run's (no parent_run_id): its run is then
     the parent the context holds. None for a run with no parent (a model invoked on its own)."""
-    parent = kwargs.get("parent_run_id")
-    if parent is None:
-        callbacks = (var_child_runnable_config.get() or {}).get("callbacks")
-        parent = getattr(callbacks, "parent_run_id", None)
+    parent = kwargs.get("parent_run_id") or _context_parent()
     return None if parent is None else (parent, None if call_id is None else str(call_id))
+
+
+def _context_parent() -> UUID | None:
+    """The run whose child config the running code was handed (LangChain's context): a ``RunnableWithFallbacks``
+    hands its runnables the caller's config, so their parent run id is the caller's, not the fallbacks run's."""
+    callbacks = (var_child_runnable_config.get() or {}).get("callbacks")
+    parent = getattr(callbacks, "parent_run_id", None)
+    return parent if isinstance(parent, UUID) else None
+
+
+def _scope(trace: UUID | None) -> str | None:
+    """Where what a run produces is bound (`Produced`), and where it is matched: LangGraph's thread, or with none its
+    run (`current_scope`); outside a graph run, the call the run belongs to (``trace``: the outermost run this handler
+    saw, `RunTable.trace`). Process-wide, a call a model asked for under one user's deterministic id (TGI's ``"0"``,
+    Kimi's ``functions.send_email:0``) was the model's own when another client replayed it (stop 61)."""
+    scope = current_scope()
+    if scope is not None or trace is None:
+        return scope
+    return json.dumps(["trace", str(trace)])
 
 
 class _Run:
@@ -339,9 +357,10 @@ class _GuardHandlerLogic(HeardFirst):
         self.check_tool_calls = check_tool_calls
         self.check_tool_results = check_tool_results
         self.check_retrieval = check_retrieval
-        self._produced = Produced()  # what the runs' tools wrote and their models answered (`_chat_start_reading`)
-        # The tool calls the models it heard asked for (`call_key`): any other call about to run is the client's.
-        self._calls: Bounded[str, bool] = Bounded(MAX_ALLOWED_CHECKS)
+        # What the runs' tools wrote and their models answered (`_chat_start_reading`), and the tool calls those
+        # answers asked for (`_tool_call_item`: any other call about to run is the client's); each where it was
+        # produced (`_scope`), and an answer only once let through.
+        self._produced = Produced(bound=True)
         self.screen_system = screen_system
         self.history_turns = history_turns
         self.window_chars = window_chars
@@ -357,6 +376,12 @@ class _GuardHandlerLogic(HeardFirst):
         self._failed_lock = threading.Lock()  # tools of one ToolNode fail in parallel threads
         # Where a model or tool run was stopped (`_place`), with the stop: a retry or a fallback of it is refused.
         self._stopped: Bounded[_Place, Decision] = Bounded(_MAX_STOPPED_PLACES)
+        # The chain runs a stopped run was in (`_note_stop`), and the runs that are a ``RunnableWithFallbacks``: a
+        # retry attempt or a fallback of such a chain is refused at its start (`_refuse_retried_chain`).
+        self._stopped_in: Bounded[UUID, Decision] = Bounded(_MAX_STOPPED_PLACES)
+        self._fallbacks: Bounded[UUID, bool] = Bounded(_MAX_STOPPED_PLACES)
+        # A chain a top-level RunnableWithFallbacks runs has no parent run id: the fallbacks run it runs under.
+        self._hosts: Bounded[UUID, UUID] = Bounded(_MAX_STOPPED_PLACES)
 
     # Both integrations name their handler GuardCallbackHandler: given to LlamaIndex by mistake (an auto-import's
     # slip), this one died on an AttributeError deep in llama-index ("no attribute 'start_trace'", rt61a F2).
@@ -427,6 +452,35 @@ class _GuardHandlerLogic(HeardFirst):
     def _note_stop(self, stop: GuardViolation, place: _Place | None) -> None:
         if place is not None:
             self._stopped[place] = stop.decision
+            chains = self._runs.lineage(place[0])  # the chains it ran in, nearest first (rt61e F1)
+            for host in (self._hosts.get(chains[-1]), _context_parent()):
+                if host is not None:
+                    chains += self._runs.lineage(host)
+            for chain in chains:
+                self._stopped_in[chain] = stop.decision
+
+    # A retry or a fallback around a chain (``(prompt | llm).with_retry()``, ``.with_fallbacks([prompt | llm2])``, a
+    # fallback that is a chain) runs the model under a new chain run each attempt: its parent is new, and `_place`
+    # did not know it (rt61e F1). A chain that starts as a retry attempt (LangChain tags it ``retry:attempt:N``) or
+    # as a fallback (a child of a ``RunnableWithFallbacks`` run) under a chain a stopped run was in gets that stop.
+    # Other chains under it are not refused: an agent loop goes on after a tool's stopped result that a
+    # ``ToolRetryMiddleware`` wrote as a failure.
+    def _refuse_retried_chain(self, run_id: UUID, kwargs: Mapping[str, Any]) -> None:
+        parent = kwargs.get("parent_run_id")
+        host = _context_parent()  # a with_fallbacks hands its runnables the caller's config: the fallbacks run
+        if host is not None and host != parent:
+            self._hosts[run_id] = host
+        retried = any(isinstance(tag, str) and tag.startswith("retry:attempt:") for tag in kwargs.get("tags") or ())
+        for under in (parent, host):
+            decision = self._stopped_in.get(under) if under is not None else None
+            if decision is not None and (retried or self._fallbacks.get(under) is not None):
+                raise GuardViolation(decision)
+
+    def _note_fallbacks(self, run_id: UUID, serialized: Any, kwargs: Mapping[str, Any]) -> None:
+        ids = serialized.get("id") if isinstance(serialized, Mapping) else None
+        last = ids[-1] if isinstance(ids, list) and ids else None
+        if "RunnableWithFallbacks" in (kwargs.get("name"), last):
+            self._fallbacks[run_id] = True
 
     def _refuse_again(self, place: _Place | None) -> None:
         """A model or tool run about to start where a run was stopped (`_note_stop`): raise that stop."""
@@ -556,11 +610,14 @@ class _GuardHandlerLogic(HeardFirst):
         self._run(run_id).answer_tools = answer_tools(kwargs.get("options"))
 
     def _chat_start_items(self, messages: list[list[BaseMessage]], run_id: UUID) -> list[Item]:
-        items, context = self._chat_start_reading(messages)
-        self._run(run_id).context = context
+        run = self._run(run_id)
+        items, context = self._chat_start_reading(messages, _scope(run.trace))
+        run.context = context
         return items
 
-    def _chat_start_reading(self, messages: list[list[BaseMessage]]) -> tuple[list[Item], list[dict[str, str]]]:
+    def _chat_start_reading(
+        self, messages: list[list[BaseMessage]], scope: str | None
+    ) -> tuple[list[Item], list[dict[str, str]]]:
         """The checks of a chat model's input and the context its answer is judged against. Touches no run state:
         the async handler reads a long history on a worker thread, and a run cancelled meanwhile must not come
         back to life when that read ends (a run state leaked per cancelled request, rt51f F4)."""
@@ -580,15 +637,15 @@ class _GuardHandlerLogic(HeardFirst):
                 "here, so the model is not called. Judge such input with GuardedChatModel, guard_input or "
                 "GuardMiddleware, which read the messages the model is given."
             )
-        # A tool-role message this handler did not hear a tool of the run write (`Produced`) came with the input: a
-        # client may have written it, so it is judged whatever ``check_tool_results`` says, under a policy no looser
-        # than the prompt stage's (`AS_INPUT`; rt54c F1).
+        # A tool-role message this handler did not hear a tool write where this run is (`Produced`, in ``scope``) came
+        # with the input: a client may have written it, so it is judged whatever ``check_tool_results`` says, under a
+        # policy no looser than the prompt stage's (`AS_INPUT`; rt54c F1).
         as_input = self.check_input or self.check_tool_results
         items: list[Item] = []
         for batch in messages:
             batch_items = input_items(batch, self.history_turns, screen_system=self.screen_system)
             for item in batch_items:
-                if item.extra.get(AS_INPUT) and item.message is not None and self._produced.saw(item.message):
+                if item.extra.get(AS_INPUT) and item.message is not None and self._produced.saw(item.message, scope):
                     del item.extra[AS_INPUT]
             items.extend(
                 item for item in batch_items if wanted.get(item.stage) or (item.extra.get(AS_INPUT) and as_input)
@@ -672,19 +729,25 @@ class _GuardHandlerLogic(HeardFirst):
             return []
         return self._quoted_items(run_id, AIMessage(content=[dict(block)]))
 
-    def _end_items(self, response: LLMResult, run_id: UUID) -> tuple[_Run | None, list[Item]]:
+    def _end_items(
+        self, response: LLMResult, run_id: UUID
+    ) -> tuple[_Run | None, list[Item], tuple[list[BaseMessage], str | None]]:
+        """The run, the checks of its answer, and its answers with where they were produced: recorded as the model's
+        own (`_record_answers`) once everything judged let them through (a blocked answer's calls, replayed by a
+        client, are the client's)."""
         trace = self._runs.trace(run_id)
+        scope = _scope(trace)
         run = self._runs.pop(run_id)  # not `_drop`: the screen still has to finish
         context = run.context if run else []
         streamed = bool(run and run.feed is not None and run.feed.streamed)
         # Judged as a whole only when nothing judged it as it streamed, here or in a holding middleware.
         whole_text = self.check_output and not streamed and not (run and run.held is not None)
         items: list[Item] = []
+        answers: list[BaseMessage] = []
         for generations in response.generations:
             for generation in generations:
                 if isinstance(generation, ChatGeneration):
-                    self._produced.record([generation.message])  # read back as input: the model's own (`Produced`)
-                    self._record_calls(generation.message)
+                    answers.append(generation.message)
                     found = output_items(
                         generation.message,
                         context,
@@ -700,13 +763,15 @@ class _GuardHandlerLogic(HeardFirst):
                     items.extend(found)
                 elif whole_text and generation.text.strip():
                     items.extend(output_items(_text_message(generation.text), context, text=True, tool_calls=False))
-        return run, items
+        return run, items, (answers, scope)
 
-    def _record_calls(self, message: BaseMessage) -> None:
-        """The tool calls a model answered with (`call_key`): the model's own when they run (`_tool_call_item`)."""
-        for call in getattr(message, "tool_calls", None) or ():
-            if (key := call_key(call.get("name"), call.get("id"), call.get("args"))) is not None:
-                self._calls[key] = True
+    def _record_answers(self, answers: Sequence[BaseMessage], scope: str | None) -> None:
+        """Answers let through, read back as input: the model's own (`Produced`), and so are the tool calls they ask
+        for when they run (`_tool_call_item`)."""
+        self._produced.record(answers, scope)
+        self._produced.record_calls(
+            [call for answer in answers for call in getattr(answer, "tool_calls", None) or ()], scope
+        )
 
     def _tool_start_item(
         self,
@@ -763,9 +828,10 @@ class _GuardHandlerLogic(HeardFirst):
         run_id: UUID,
         inputs: Mapping[str, Any] | None,
         kwargs: Mapping[str, Any],
-    ) -> tuple[str, Mapping[str, Any] | str, list[dict[str, str]], Any] | None:
+    ) -> tuple[str, Mapping[str, Any] | str, list[dict[str, str]], Any, str | None] | None:
         """The run state a tool's start sets (its name; the context its call was asked in, taken), and the call to
-        judge (name, arguments as given, context, call id), or ``None`` when no tool call is judged."""
+        judge (name, arguments as given, context, call id, where it runs: `_scope`), or ``None`` when no tool call is
+        judged."""
         name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
         run = self._run(run_id)
         run.tool = str(name)
@@ -773,19 +839,18 @@ class _GuardHandlerLogic(HeardFirst):
         context = self._tool_context(call_id, run.trace)
         if not (self.check_tool_calls or self.check_input):  # a client's call is judged with either (`_tool_call_item`)
             return None
-        return run.tool, inputs if inputs is not None else input_str, context, call_id
+        return run.tool, inputs if inputs is not None else input_str, context, call_id, _scope(run.trace)
 
-    # A call no model this handler heard asked for (`_record_calls`) is the client's: a ``Command(goto="tools")`` or a
-    # ``Send`` in the run's input, an edited call, a tool the application runs on what it was sent. It is judged
-    # whatever ``check_tool_calls`` says (``check_input`` on), under a policy no looser than the prompt stage's
-    # (`AS_INPUT`; rt60b F2), as a tool-role message no tool of the run wrote is (rt54c F1).
+    # A call no model this handler heard asked for where the tool runs (`_record_answers`, `_scope`) is the client's: a
+    # ``Command(goto="tools")`` or a ``Send`` in the run's input, an edited call, a tool the application runs on what
+    # it was sent. It is judged whatever ``check_tool_calls`` says (``check_input`` on), under a policy no looser than
+    # the prompt stage's (`AS_INPUT`; rt60b F2), as a tool-role message no tool of the run wrote is (rt54c F1).
     def _tool_call_item(
-        self, name: str, args: Mapping[str, Any] | str, context: list[dict[str, str]], call_id: Any
+        self, name: str, args: Mapping[str, Any] | str, context: list[dict[str, str]], call_id: Any, scope: str | None
     ) -> Item | None:
         """The check of a tool call, or ``None`` (pure but for the calls remembered: the async handler builds it on a
         worker thread when it is large)."""
-        key = call_key(name, call_id, args)
-        client = key is None or self._calls.get(key) is None
+        client = not self._produced.asked({"name": name, "id": call_id, "args": args}, scope)
         if not (self.check_tool_calls or (client and self.check_input)):
             return None
         # A string argument that is JSON itself is judged as the tool reads it when it json.loads it (rt58e F5).
@@ -799,18 +864,18 @@ class _GuardHandlerLogic(HeardFirst):
 
     def _tool_end_items(self, output: Any, run_id: UUID) -> list[Item]:
         run = self._drop(run_id)
-        return self._tool_end_reading(output, run.tool if run else None)
+        return self._tool_end_reading(output, run.tool if run else None, _scope(run.trace if run else None))
 
-    def _tool_end_reading(self, output: Any, tool: str | None) -> list[Item]:
+    def _tool_end_reading(self, output: Any, tool: str | None, scope: str | None) -> list[Item]:
         """The tool's result: every message it writes to the state (`tool_result_messages`: its `ToolMessage`
         with its artifact, a LangGraph ``Command``'s messages, a list of them), each with its name and ids
         (`tool_output_text`), what each ``Command`` hands the graph besides (`command_rest_text`: other state keys,
         ``Send`` payloads; rt59c F2, F4), or its text. Touches no run state (the async handler reads a large result on
         a worker thread); `Produced` is safe to write from one."""
         written = tool_result_messages(output)
-        # What the tool wrote is the application's own when the model reads it back (`Produced`): judged there under
-        # its stage (and ``check_tool_results``), not as a client's (`AS_INPUT`).
-        self._produced.record([message for _, message in written])
+        # What the tool wrote is the application's own when the model reads it back where it ran (`Produced`, in
+        # ``scope``): judged there under its stage (and ``check_tool_results``), not as a client's (`AS_INPUT`).
+        self._produced.record([message for _, message in written], scope)
         if not self.check_tool_results:
             return []
         budget = self.guard.max_chars
@@ -1070,7 +1135,7 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
             with self._runs.ending(run_id):
                 with self._dropped_on_error(run_id):
                     self._wait_input(run_id)
-                run, items = self._end_items(response, run_id)
+                run, items, answered = self._end_items(response, run_id)
                 if run is not None and run.feed is not None:
                     try:
                         for judge in run.feed.screens():
@@ -1078,6 +1143,7 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
                     finally:
                         run.close()
                 raise_first(items, screen(self.guard, items))
+                self._record_answers(*answered)  # let through: the model's own
         except GuardViolation as stop:
             self._note_stop(stop, _place(kwargs))
             raise
@@ -1145,7 +1211,9 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
     def on_chain_start(self, serialized: dict[str, Any], inputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         items = self._command_input_items(inputs)  # before the run is linked: a stop here gets no end event
         raise_first(items, screen(self.guard, items))
+        self._refuse_retried_chain(run_id, kwargs)
         self._chain_started(run_id, kwargs)
+        self._note_fallbacks(run_id, serialized, kwargs)
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         # Raised before LangGraph's messages handler (after this one) streams the node's messages.
@@ -1217,11 +1285,12 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
     ) -> None:
         place = _place(kwargs)
         self._refuse_again(place)
-        self._begin(run_id, kwargs, owned=started_by_agenerate())
+        run = self._begin(run_id, kwargs, owned=started_by_agenerate())
         self._note_held(run_id, kwargs)
         self._note_answer_tools(run_id, kwargs)
+        scope = _scope(run.trace)  # on the loop: its context tells the graph run
         try:
-            items, context = await built_off_loop(lambda: self._chat_start_reading(messages), messages)
+            items, context = await built_off_loop(lambda: self._chat_start_reading(messages, scope), messages)
             self._run(run_id).context = context  # on the loop, once read: a cancelled read sets nothing
             await self._astart_input(items, run_id)
         except GuardViolation as stop:
@@ -1273,7 +1342,7 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
         try:
             with self._dropped_on_error(run_id):
                 await self._await_input(run_id)
-            run, items = self._end_items(response, run_id)
+            run, items, answered = self._end_items(response, run_id)
             if run is not None and run.feed is not None:
                 try:
                     for judge in run.feed.screens():
@@ -1281,6 +1350,8 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
                 finally:
                     run.close()
             raise_first(items, await ascreen(self.guard, items))
+            # Let through: the model's own. Fingerprints read the whole answer: off the loop when it is large.
+            await built_off_loop(lambda: self._record_answers(*answered), answered[0])
         except GuardViolation as stop:
             self._note_stop(stop, _place(kwargs))
             raise
@@ -1355,11 +1426,12 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
         Not a hook: called by the hooks, which are dispatched by name (`__getattribute__`)."""
         run = self._drop(run_id)
         tool = run.tool if run else None
+        scope = _scope(run.trace if run else None)
         # A result of 100,000 content blocks held the loop 0.45 s here (rt55b F4): read on a worker thread.
         if opaque_output(output):  # an artifact of bytes or objects: not sized, read off the loop
-            items = await asyncio.to_thread(self._tool_end_reading, output, tool)
+            items = await asyncio.to_thread(self._tool_end_reading, output, tool, scope)
         else:
-            items = await built_off_loop(lambda: self._tool_end_reading(output, tool), output)
+            items = await built_off_loop(lambda: self._tool_end_reading(output, tool, scope), output)
         if items:
             raise_first(items, await ascreen(self.guard, items))
 
@@ -1389,7 +1461,9 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
         else:
             items = await asyncio.to_thread(self._command_input_items, inputs)
         raise_first(items, await ascreen(self.guard, items))
+        self._refuse_retried_chain(run_id, kwargs)
         self._chain_started(run_id, kwargs)
+        self._note_fallbacks(run_id, serialized, kwargs)
 
     async def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         items = self._failed_call_items(outputs, run_id, kwargs)

@@ -19,6 +19,8 @@ import pytest
 from faults import ScriptedBackend
 from langchain.agents import create_agent
 from langchain.agents.middleware import ModelFallbackMiddleware, ModelRetryMiddleware, ToolRetryMiddleware
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 from lc_fakes import SAFE_ANSWER, UNSAFE_CLAUSE
@@ -189,3 +191,38 @@ def test_two_models_in_sequence_under_one_chain(mode: str) -> None:
         chain = _chat(url, mode) | (lambda message: message.content) | _chat(url2, mode)
         assert _invoke(chain, "Tell me about Paris.", mode).content == SECOND
         assert (len(url.requests), len(url2.requests)) == (1, 1)
+
+
+# rt61e F1: a stop was kept under the stopped model's parent only; a retry or fallback around a chain runs the model
+# under a new chain run each attempt (``(prompt | llm).with_retry()``, ``(prompt | llm).with_fallbacks([...])``, a
+# fallback that is a chain), and the model was asked again.
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", ["retry around a chain", "fallbacks around a chain", "a chain as the fallback"])
+def test_a_retry_or_fallback_around_a_chain_does_not_ask_again(mode: str, shape: str) -> None:
+    prompt = ChatPromptTemplate.from_messages([("user", "{q}")])
+    with scripted_openai([UNSAFE, Reply.words(SECOND)]) as url, scripted_openai([Reply.words(SECOND)]) as url2:
+        if shape == "retry around a chain":
+            runnable: Any = (prompt | _chat(url, mode)).with_retry(stop_after_attempt=3, wait_exponential_jitter=False)
+        elif shape == "fallbacks around a chain":
+            runnable = (prompt | _chat(url, mode)).with_fallbacks([prompt | _chat(url2, mode)])
+        else:
+            runnable = prompt | _chat(url, mode).with_fallbacks([RunnableLambda(lambda m: m) | _chat(url2, mode)])
+        with pytest.raises(GuardViolation):
+            _invoke(runnable, {"q": "Tell me about Paris."}, mode)
+        assert (len(url.requests), len(url2.requests)) == (1, 0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_chain_retry_still_retries_a_failure_that_is_no_stop(mode: str) -> None:
+    """The first attempt fails in the chain before the model (a flaky step): the retry asks the model as any."""
+    prompt = ChatPromptTemplate.from_messages([("user", "{q}")])
+    failures = [RuntimeError("flaky")]
+
+    def flaky(value: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return value
+
+    with scripted_openai([Reply.words(SECOND)]) as url:
+        chain = (RunnableLambda(flaky) | prompt | _chat(url, mode)).with_retry(wait_exponential_jitter=False)
+        assert _invoke(chain, {"q": "Tell me about Rome."}, mode).content == SECOND
