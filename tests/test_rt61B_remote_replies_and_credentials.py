@@ -91,7 +91,15 @@ class Engine(QuietHandler):
             self.seen.append(("POST", self.path, {k.lower(): v for k, v in self.headers.items()}))
         text = json.dumps(body)
         verdict = "Safety: Unsafe\nCategories: Violent" if "bomb" in text else "Safety: Safe\nCategories: None"
-        if "echo401" in scenario:
+        if "echolong" in scenario or "echoquoted" in scenario:
+            token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+            if "echolong" in scenario:  # the key where a 300-character cut of the message falls inside it
+                message = "Authentication failed. " + "Check the key you sent against the dashboard. " * 6
+                message = message[:240] + f" Invalid API key: {token}"
+            else:  # the request echoed URL-encoded, as a gateway's log line shows it
+                message = f"Invalid API key: {urllib.parse.quote(token, safe='')} ({urllib.parse.quote_plus(token)})"
+            self._send(401, json.dumps({"error": {"message": message, "type": "authentication_error"}}).encode())
+        elif "echo401" in scenario:
             auth = self.headers.get("Authorization", "")
             scheme, _, token = auth.partition(" ")
             shown = base64.b64decode(token).decode() if scheme == "Basic" else token
@@ -275,6 +283,24 @@ def test_an_echoed_api_key_and_header_are_masked(engine):
         guard.close()
     assert GEN_KEY not in text and GATEWAY_SECRET not in text, text
     assert "Invalid API key: ***" in text  # the server's words are kept: they say what to fix
+
+
+#: A key of base64's "/" and "+": URL-encoded, it reads otherwise.
+SLASHED_KEY = "sk-live-9f8e7d6c5b4a3928/1706f5e4+d3c2b1a0ZYXWVU"
+
+
+@pytest.mark.parametrize("scenario", ["echolong", "echoquoted"])
+def test_an_echoed_key_cut_short_or_url_encoded_is_masked(engine, scenario):
+    """rt61e F3: the message was cut to 300 characters before the mask ran, and a key echoed near the end was cut
+    inside it (its first 40 and more characters shown); a key echoed URL-encoded was shown whole."""
+    seen: list[str] = []
+    guard = remote(f"{engine}/{scenario}/v1", api_key=SLASHED_KEY, listeners=[lambda d: seen.append(d.error or "")])
+    try:
+        text = _texts(guard, seen)
+    finally:
+        guard.close()
+    assert SLASHED_KEY[:12] not in text, text
+    assert urllib.parse.quote(SLASHED_KEY, safe="")[:30] not in text, text
 
 
 def test_an_echoed_url_password_is_masked(engine):

@@ -69,7 +69,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -180,6 +180,9 @@ _SANE_CONTEXT = 10_000_000
 #: text (as the client counts them: bytes without the tokenizer), or it is ignored: a replica publishing 65
 #: would make every check a guard error (``max_context=`` given by the caller is always used).
 _MIN_SERVED_ROOM = 256
+#: How long a client waits before it reads a ``/models`` that refused (a 401, a 404) again.
+_MODELS_REREAD_S = 60.0
+
 #: How many times one call plans a check again after an engine cut its prompt (each time for a smaller context).
 _MAX_REPLANS = 3
 
@@ -312,12 +315,15 @@ def _names_a_qwen3guard(name: str) -> bool:
     return "qwen3guard" in re.sub(r"[-_ .]", "", name.lower())
 
 
-def _served_model(url: str, status: int, content: bytes | None, entries: list[Any] | None) -> str:
-    """The one model a replica lists at ``/models``; `ServedModelUnknown` for several, none, or no list."""
+def _served_model(
+    url: str, status: int, content: bytes | None, entries: list[Any] | None, scrub: Callable[[str], str]
+) -> str:
+    """The one model a replica lists at ``/models``; `ServedModelUnknown` for several, none, or no list (its
+    reason masked by ``scrub``, the client's credential mask, before it is cut)."""
     where = f"{url}/models"
     if entries is None:
         if status != 200:
-            why = f"HTTP {status}: {error_text(content or b'')}"
+            why = f"HTTP {status}: {error_text(content or b'', scrub)}"
         elif content is None:
             why = "its reply is larger than max_reply_bytes"
         else:
@@ -600,7 +606,12 @@ class OpenAIGen:
         # local guard shows, rt56e F1).
         self._message_cap: int | None = MAX_REQUEST_MESSAGES
         self._said_unlisted = False  # a /models read still pending was logged (`_context`)
-        self._served_context: int | None = None  # learned from /models: 0 = not published
+        self._served_context: int | None = None  # learned from /models: 0 = listed without one, None = not read
+        # /models refused (a 401, a 404: no model list): why, and when it is read again; a server that refused it
+        # at the first check (not up yet, a key added later) is read again then, one read per back-off at most.
+        self._models_refusal: str | None = None
+        self._models_reread_at = 0.0
+        self._verdicts_seen = False  # a check got a verdict: a server refusing /models serves checks all the same
         # The least served context worth planning with: the guard prompt of a reply (the longer template,
         # counted as the planner counts), _MIN_SERVED_ROOM tokens of text and the answer.
         counter = self.planner.encoder if self.planner.encoder is not None else ByteCounter()
@@ -713,13 +724,15 @@ class OpenAIGen:
             )
         choices = payload.get("choices") if isinstance(payload, Mapping) else None
         if not isinstance(choices, list) or not choices:
-            return VerdictParseError("the server's reply has no choices", raw=str(payload)[:300])
+            return VerdictParseError("the server's reply has no choices", raw=self._scrub(str(payload))[:300])
         verdicts: list[Verdict] = []
         for i, choice in enumerate(choices):
             try:
                 text = choice["message"]["content"] if self.mode == "chat" else choice["text"]
             except (KeyError, IndexError, TypeError):
-                return VerdictParseError(f"the server's reply has no choices[{i}] text", raw=str(payload)[:300])
+                return VerdictParseError(
+                    f"the server's reply has no choices[{i}] text", raw=self._scrub(str(payload))[:300]
+                )
             parsed: Verdict | VerdictParseError
             try:
                 parsed = parse_verdict(text, mode=mode, model=self.name)
@@ -799,7 +812,8 @@ class OpenAIGen:
         yet tried, never again on this one), so that the client's policy applies, and its `Guard` judges the
         turn again without its context. A 502 of any other kind (a proxy's) stays a retryable error."""
         status = response.status_code
-        why = self._scrub(unread or error_text(body))  # a gateway may echo the key it was sent (rt61c F3)
+        # A gateway may echo the key it was sent (rt61c F3): masked before the message is cut (rt61e F3).
+        why = self._scrub(unread) if unread else error_text(body, self._scrub)
         if status == 502 and error_type(body) == NO_VERDICT_ERROR:
             return VerdictParseError(f"guard server at {self._show(url)} answered HTTP 502 {NO_VERDICT_ERROR}: {why}")
         if status == 400 and not unread and (context := context_named(body)) is not None:
@@ -1011,6 +1025,7 @@ class OpenAIGen:
                             self._cut(url, outcome.context)
                         raise outcome
                     self.replicas.succeeded(url)
+                    self._verdicts_seen = True
                     for other in refused:
                         self.replicas.failed(other)
                     verdict = outcome
@@ -1154,7 +1169,9 @@ class OpenAIGen:
 
     def _unlearned(self) -> bool:
         """Whether ``/models`` must be read: for the model's name, or for the context when neither is known."""
-        return self._naming() or (self.max_context is None and self._served_context is None)
+        return self._naming() or (
+            self.max_context is None and self._served_context is None and time.monotonic() >= self._models_reread_at
+        )
 
     def _refused(self, name: str) -> None:
         """A request got no verdict and a replica answered 404 "model not found" for ``name``: when it was
@@ -1219,14 +1236,37 @@ class OpenAIGen:
         if not context:
             context = self._fallback_context
             if not pending and not self._said_fallback and not self._windowing_server:
-                self._said_fallback = True
-                logger.warning(
-                    "qwenguard: guard server at %s publishes no context (max_model_len) and none was given: planning "
-                    "for %d tokens; pass max_context= the engine's context (Ollama: num_ctx; llama.cpp: -c per slot)",
-                    self._where,
-                    context,
-                )
+                self._say_fallback(context)
         return context if self._cut_context is None else min(context, self._cut_context)
+
+    def _say_fallback(self, context: int) -> None:
+        """Once: the fallback context is planned for because the server does not say its own, and where the figure
+        comes from. Only once ``/models`` answered with a model list and no context, or refused while the server
+        answers checks: a server not reached, or refusing everything (no API key, a wrong path), has its own error
+        to show, and advice about the context there sent a newcomer after the wrong fix (rt61a F1)."""
+        if self._served_context == 0:
+            why = "publishes no context (max_model_len)"
+        elif self._models_refusal is not None and self._verdicts_seen:
+            why = f"does not list its models ({self._models_refusal}) but answers checks"
+        else:
+            return
+        self._said_fallback = True
+        if context == self._tokenizer_context():  # the caller's tokenizer gave it (docs/remote.md): not a mistake
+            logger.info(
+                "qwenguard: guard server at %s %s: planning for %d tokens, the tokenizer's model_max_length; pass "
+                "max_context= if the engine's context is smaller",
+                self._where,
+                why,
+                context,
+            )
+            return
+        logger.warning(
+            "qwenguard: guard server at %s %s and none was given: planning for %d tokens (the default for an engine "
+            "that does not say); pass max_context= the engine's context (Ollama: num_ctx; llama.cpp: -c per slot)",
+            self._where,
+            why,
+            context,
+        )
 
     def _shared_deadline(self) -> _Deadline:
         """The bound of a read the checks that come meanwhile share (``/models``, the template question): an
@@ -1389,7 +1429,8 @@ class OpenAIGen:
 
     async def _served_max_model_len(self, wire: _Wire, deadline: _Deadline) -> int | None:
         """``max_model_len`` from ``/models`` of the first replica that answers (replicas serve one model): ``0``
-        when it does not publish one, ``None`` when no replica answered (asked again on the next call).
+        when it lists none, ``None`` when no replica answered with a model list (asked again on the next
+        call; after a refusal, a 401 or a 404, once `_MODELS_REREAD_S` passed).
 
         A published context below ``_context_floor`` (too small for the guard prompt of a reply and
         `_MIN_SERVED_ROOM` tokens of text, as this client counts them) cannot be the served context of a
@@ -1406,7 +1447,8 @@ class OpenAIGen:
         (`GuardUnavailable`, `GuardTimeout` at the deadline); the next check asks again."""
         httpx = _httpx()
         tried: list[str] = []
-        answered = False
+        answered = False  # a replica answered with a model list
+        refusal: str | None = None  # the first answer that held none (a 401, a 404, a page that is no list)
         naming = self._naming()
         unnamed: ServedModelUnknown | None = None  # the first reply that named no model
         unreachable = False
@@ -1428,12 +1470,14 @@ class OpenAIGen:
             if status in RETRY_STATUS:
                 failure, unreachable = f"{self._show(url)}/models answered HTTP {status}", True
                 continue
-            answered = True
             listed = _model_list(status, content)
+            answered = answered or listed is not None
+            if listed is None and refusal is None:
+                refusal = f"/models answered HTTP {status}" if status != 200 else "/models answered no model list"
             self._note_listed(listed)
             if naming:
                 try:
-                    name = _served_model(self._show(url), status, content, listed)
+                    name = _served_model(self._show(url), status, content, listed, self._scrub)
                 except ServedModelUnknown as exc:
                     if exc.models is not None and len(exc.models) > 1:
                         raise  # several models: which one is the guard is the caller's to say
@@ -1443,6 +1487,8 @@ class OpenAIGen:
                 self._stale = naming = False
                 if self.max_context is not None:
                     return 0  # the context is given: only the name was wanted
+            if listed is None:
+                continue  # no model list: the next replica's may hold the context
             value = self._published_context(listed)
             if value == 0 or value >= self._context_floor:
                 return value
@@ -1466,7 +1512,12 @@ class OpenAIGen:
             why = failure if isinstance(failure, str) else f"{type(failure).__name__}: {self._scrub(str(failure))}"
             cause = None if isinstance(failure, str) else failure
             raise GuardUnavailable(f"cannot list the models of the guard server at {self._where} ({why})") from cause
-        return 0 if answered else None
+        if answered:
+            self._models_refusal = None
+            return 0
+        if refusal is not None:  # read again after the back-off, not on every check (a proxy may never route it)
+            self._models_refusal, self._models_reread_at = refusal, time.monotonic() + _MODELS_REREAD_S
+        return None
 
     def _published_context(self, entries: list[Any] | None) -> int:
         """The ``max_model_len`` of this client's model in a ``/models`` list; ``0`` when there is none."""

@@ -8,7 +8,7 @@ import itertools
 import json
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from ..errors import GuardTimeout, GuardUnavailable
@@ -142,13 +142,15 @@ def error_message(response: Any) -> str:
     return _error_of(body)
 
 
-def error_text(body: bytes) -> str:
-    """`error_message` of a body already read (at most a bounded prefix of it: see `OpenAIGen`)."""
+def error_text(body: bytes, scrub: Callable[[str], str] | None = None) -> str:
+    """`error_message` of a body already read (at most a bounded prefix of it: see `OpenAIGen`). ``scrub`` (the
+    client's credential mask) runs before the text is cut short: a secret echoed across the cut was shown in part
+    (rt61e F3)."""
     try:
         data = json.loads(body)
     except ValueError:  # not JSON, not UTF-8, or cut short
-        return body[:1200].decode("utf-8", "replace")[:300]
-    return _error_of(data)
+        return _cut(body[:_ERROR_READ_BYTES].decode("utf-8", "replace"), scrub)
+    return _error_of(data, scrub)
 
 
 def error_type(body: bytes) -> str | None:
@@ -163,10 +165,23 @@ def error_type(body: bytes) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
-def _error_of(body: Any) -> str:
+#: How much of an error body that is not JSON is read for its message (cut to `_ERROR_CHARS` after masking).
+_ERROR_READ_BYTES = 65_536
+#: How long a server's error message is kept.
+_ERROR_CHARS = 300
+
+
+def _cut(text: str, scrub: Callable[[str], str] | None) -> str:
+    """``text`` masked (``scrub``), then cut to `_ERROR_CHARS`: masked first, a secret is never cut in part."""
+    if scrub is not None:
+        text = scrub(text[:_ERROR_READ_BYTES])
+    return text[:_ERROR_CHARS]
+
+
+def _error_of(body: Any, scrub: Callable[[str], str] | None = None) -> str:
     err = body.get("error", body) if isinstance(body, dict) else body
     msg = err.get("message", err) if isinstance(err, dict) else err
-    return str(msg)[:300]
+    return _cut(str(msg), scrub)
 
 
 def parse_logprobs(choice: Mapping[str, Any], *, max_steps: int | None = None) -> dict[Risk, float] | None:

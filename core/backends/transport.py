@@ -28,6 +28,7 @@ stream sessions go to the checks' own servers, which alone may receive the check
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import ssl
@@ -303,6 +304,10 @@ class SecretMask:
                 secrets.update({raw, urllib.parse.unquote(raw)})
             plain = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
             secrets.add(base64.b64encode(plain.encode()).decode("ascii"))  # basic auth, as httpx sends it
+        # As a server may echo them: URL-encoded (a key of base64 "/" and "+" as %2F, %2B) or JSON-escaped (rt61e F3).
+        for secret in list(secrets):
+            secrets.update({urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)})
+            secrets.add(json.dumps(secret)[1:-1])
         kept = sorted((s for s in secrets if len(s) >= _LEAST_SECRET_CHARS), key=len, reverse=True)
         # One pass, longest first: a key inside a longer header value is masked with it.
         self._pattern = re.compile("|".join(map(re.escape, kept))) if kept else None

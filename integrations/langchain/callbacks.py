@@ -108,6 +108,7 @@ from qwenguard.core.backends.gen_session_pool import SESSIONS_PER_STREAM
 from qwenguard.core.backends.stream_session import SESSION_OPTIONS
 from qwenguard.core.formats.conversations import prompt_conversation, tool_call_conversation, untrusted_conversation
 from qwenguard.core.formats.json_reading import arguments_parsed
+from qwenguard.core.guard import speaking_as
 from qwenguard.core.policy import require_count, require_switch
 from qwenguard.core.streaming.gate_session import GateSession
 from qwenguard.core.streaming.monitor_core import check_stream_options
@@ -1037,6 +1038,7 @@ def _plain_text(output: Any) -> str | None:
     return None
 
 
+@speaking_as("AsyncGuardCallbackHandler(guard) (not GuardCallbackHandler) with ainvoke / astream / astream_events")
 class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
     """Screens inputs, streamed tokens, answers, tool calls, tool results and documents; raises on a violation.
 

@@ -94,6 +94,7 @@ from qwenguard.core.formats.conversations import (
     untrusted_conversation,
 )
 from qwenguard.core.formats.json_reading import arguments_parsed
+from qwenguard.core.guard import calling_as
 from qwenguard.core.streaming.parallel import PendingCheck
 from qwenguard.core.streaming.task_ends import mark_read
 from qwenguard.core.streaming.wakeup import (
@@ -214,10 +215,19 @@ def _as_answer(policy: Policy, decision: Decision) -> Decision:
     return as_call if _SEVERITY[as_call.action] > _SEVERITY[as_answer.action] else as_answer
 
 
+#: What the event-loop warning of a sync check made here names (rt61a F3): the user called ``llm.chat`` in ``async def``,
+#: not ``guard.check_prompt``.
+_ASYNC_TWINS = (
+    "GuardedLLM's async methods: await llm.achat / acomplete / apredict / astructured_predict / achat_with_tools, "
+    "async for over await llm.astream_chat / astream_complete / astream (not chat / complete / stream_*)"
+)
+
+
 def _judge(guard: Any, checks: Checks) -> list[Decision]:
     """`judge`, with each `_AnswerCall` decided as the answer it is (one judge call each, as before)."""
     policy = guard.policy
-    decisions = judge(guard, _asked(policy, checks))
+    with calling_as(_ASYNC_TWINS):
+        decisions = judge(guard, _asked(policy, checks))
     return [_as_answer(policy, d) if isinstance(c, _AnswerCall) else d for c, d in zip(checks, decisions)]
 
 
@@ -618,6 +628,10 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             options["release_unit"] = self.release_unit
         return options
 
+    def _open_monitor(self, plan: _Plan) -> Any:
+        with calling_as(_ASYNC_TWINS):  # the monitor's event-loop warning names this LLM's async streams
+            return self.guard.stream(plan.prompt, **self._monitor_options())
+
     @contextlib.contextmanager
     def _prescreened(self, plan: _Plan) -> Iterator[None]:
         token = _PRESCREENED.set((id(self), plan))
@@ -736,7 +750,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             # when its verdict is back, not on the model's next token (``wakeup.py``).
             chunks = UpstreamReader(inner, close=close_upstream, name="qwenguard-li-upstream")
             stack.callback(chunks.close)
-            monitor = stack.enter_context(self.guard.stream(plan.prompt, **self._monitor_options()))
+            monitor = stack.enter_context(self._open_monitor(plan))
             thinking: Any = None  # a second monitor, opened when the model streams its reasoning
             # Late binding wanted: ``thinking`` is opened inside the loop, and its checks wake the race from then on.
             for fresh, chunk in chunks.race(lambda: verdict_waiters(monitor, thinking)):  # noqa: B023
@@ -747,7 +761,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
                     text, reasoning = out.read(chunk)
                     parsed.watch(text)  # before the monitor may release any of it
                     if reasoning and thinking is None:
-                        thinking = stack.enter_context(self.guard.stream(plan.prompt, **self._monitor_options()))
+                        thinking = stack.enter_context(self._open_monitor(plan))
                     released = monitor.feed(text) if text else ""
                     released_reasoning = thinking.feed(reasoning) if reasoning else ""
                 # The chunk was produced (and is being judged) beside the input check: nothing leaves
@@ -828,7 +842,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         with contextlib.ExitStack() as stack:
             chunks = UpstreamReader(inner, close=close_upstream, name="qwenguard-li-upstream")  # see above
             stack.callback(chunks.close)
-            monitor = stack.enter_context(self.guard.stream(plan.prompt, **self._monitor_options()))
+            monitor = stack.enter_context(self._open_monitor(plan))
             for fresh, chunk in chunks.race(lambda: verdict_waiters(monitor)):
                 if fresh:
                     text = out.read(chunk)
