@@ -37,9 +37,11 @@ on where the model runs:
    letters (zero-width, bidi and format characters, tag characters and variation selectors; spaces of
    other widths, line separators and blank-looking letters standing for a space), draws marks through
    Latin letters ("b\u0336o\u0336m\u0336b\u0336"), writes letters as full-width, mathematical, circled or squared
-   forms, or mixes Cyrillic/Greek look-alikes into a Latin word ("bоmb"), the stretch around it is also
-   judged as read: hidden characters removed, blanks as spaces, letters as plain Latin. Extra windows of the same check, like forged turns; the worst verdict
-   wins, and the text as written is still what is judged first and released. Uses that scripts need
+   forms, or mixes look-alikes of another script into a Latin word ("bоmb"; Unicode's confusables data:
+   `look_alikes`), the stretch around it is also judged as read: hidden characters removed (tag characters
+   also as the ASCII they spell), blanks as spaces, letters as plain Latin, runs of marks cut to `MARK_RUN`.
+   Extra windows of the same check, like forged turns; the worst verdict wins, and the text as written is still
+   what is judged first and released. Uses that scripts need
    (ZWJ/ZWNJ, no-break and ideographic spaces and bidi marks between non-Latin letters, emoji
    sequences, full-width punctuation) add nothing. Control characters are not part of it: `clean_text`
    has already removed them ("bo\x00mb" is judged as "bomb"). Text with bidi embedding, override or
@@ -60,6 +62,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import GuardUnavailable
+from .look_alikes import LATIN_OF
 from .rendered import (
     Rendered,
     has_raw_html,
@@ -73,6 +76,7 @@ from .xml_reading import XmlReading, XmlScope, may_read_as_xml, read_as_xml
 __all__ = [
     "class_ranges",
     "clean_text",
+    "nfc",
     "neutralize",
     "prepare_content",
     "forged_turn_offsets",
@@ -299,13 +303,19 @@ _UNSPACED = ("THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN", "CJK", "HIRAGANA", "K
 # Tag characters spelling ASCII (U+E0020-E007E): invisible, and some models read them as the letters they
 # encode. A flag's tag sequence follows U+1F3F4 (the Scottish flag, "\U0001f3f4\U000e0067\U000e0062...").
 _TAG_RUNS = re.compile("[\U000e0020-\U000e007e]+")  # one is a letter too: "bo" + tag "m" + "b" read "bomb"
-# Cyrillic, Greek, Armenian, Cherokee, IPA and small-capital letters that look like Latin ones, read as
-# Latin in a word of Latin letters and look-alikes only (a word wholly or partly in another script's own
-# letters is that script's word).
+# A subdivision flag (UTS #51 emoji tag sequence, the only kind Unicode's emoji data lists): U+1F3F4, a subdivision
+# code of 2-7 tag letters or digits, U+E007F CANCEL TAG. Its tags spell nothing; any other run after U+1F3F4 (a clause
+# in tag capitals, spaces, punctuation) is read as tags are everywhere (rt61b F5).
+_FLAG_TAGS = re.compile("\U0001f3f4[\U000e0030-\U000e0039\U000e0061-\U000e007a]{2,7}\U000e007f")
+# Letters of other scripts that look like Latin ones (Cyrillic, Greek, Armenian, Cherokee, Lisu, Coptic, Osage, ...),
+# read as Latin in a word of Latin letters and look-alikes only (a word wholly or partly in another script's own
+# letters is that script's word). The table is generated from Unicode's confusables data (`look_alikes`); a few
+# shapes it leaves out are added here (Cyrillic italic and small-capital shapes: "к", "м", "н", "т", "в", "ь", "п").
 _LATIN_OF = {
+    **LATIN_OF,
     **dict(zip("аеорсухѕіјһԁԛԝӏкмнтвьпг", "aeopcyxsijhdqwlkmhtbbnr")),
     **dict(zip("АВЕКМНОРСТХУЅІЈԚԜӀЬ", "ABEKMHOPCTXYSIJQWIb")),
-    **dict(zip("αικνορυχ", "aiknopux")),
+    **dict(zip("αικνορυχ", "aikvopux")),  # "ν" looks like "v" (rt61b F3), not "n"
     **dict(zip("ΑΒΕΖΗΙΚΜΝΟΡΤΥΧ", "ABEZHIKMNOPTYX")),
     **dict(zip("օսհոզ", "ouhnq")),
     **dict(zip("ᎪᏴᏟᎠᎬᏀᎻᏆᎫᏦᏞᎷᏁᎾᏢᏒᏚᎢᏙᏔᎳᏃ", "ABCDEGHIJKLMNOPRSTVWWZ")),
@@ -318,8 +328,37 @@ _LETTER_FORMS = {
     **{chr(0x1F150 + i): chr(0x41 + i) for i in range(26)},
     **{chr(0x1F170 + i): chr(0x41 + i) for i in range(26)},
 }
+# A regional indicator that no other pairs with (UTS #51 pairs them from the left, each pair a flag: "🇫🇷"), shown as
+# its letter in a box: "🇲\u200b🇮\u200b🇽" reads "MIX" (rt61b F3). Group 2: the lone one, after the pairs of its run.
+_INDICATOR = re.compile("[\U0001f1e6-\U0001f1ff]")  # one range: a quick test before `_LONE_INDICATOR`'s lookbehind
+_LONE_INDICATOR = re.compile(
+    "(?<![\U0001f1e6-\U0001f1ff])((?:[\U0001f1e6-\U0001f1ff]{2})*)([\U0001f1e6-\U0001f1ff])(?![\U0001f1e6-\U0001f1ff])"
+)
+# Characters NFKC makes several letters of that read as those letters ("ⅸ" "ix", "㎜" "mm", "ﬁ" "fi"): all but the
+# letterlike signs of ordinary prose ("™", "℠", "№", "℡", "℻") and currency signs ("₨").
+_NOT_LETTERS = frozenset("\u2116\u2120\u2121\u2122\u213b")
 _LATIN = re.compile("[A-Za-z]")
-_LOOKS_LATIN = re.compile("[" + "".join(_LATIN_OF) + "]")
+# A class with characters past the BMP is matched by a list of ranges, tried one by one for each character (about 40
+# times slower on 100k characters of prose): the BMP look-alikes are one class, the others a set looked up only in
+# text that has a character past the BMP at all.
+_LOOKS_LATIN = re.compile("[" + "".join(c for c in _LATIN_OF if c <= "\uffff") + "]")
+_ASTRAL_LOOK_ALIKES = frozenset(c for c in _LATIN_OF if c > "\uffff")
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
+
+
+def _looks_latin(text: str) -> bool:
+    """Whether ``text`` has a letter of `_LATIN_OF`."""
+    if _LOOKS_LATIN.search(text):
+        return True
+    return _ASTRAL.search(text) is not None and not _ASTRAL_LOOK_ALIKES.isdisjoint(text)
+
+
+#: The most combining marks (non-starters) in a row a reading keeps; the rest of a longer run is dropped before any
+#: normalisation (`_capped`). Canonical reordering (NFC, NFD) is an insertion sort of each run, quadratic in its
+#: length and run with the GIL held: one letter under 32,000 marks of two classes held every thread of the process
+#: for seconds (rt61b F4). 30 is Unicode's own bound for text in its Stream-Safe Text Format (UAX #15, section 13);
+#: a stack that tall renders as one smudge, and past it a reader sees no more of the letter.
+MARK_RUN = 30
 #: Characters of context judged on each side of what a reader sees differently.
 AS_SEEN_CONTEXT = 128
 #: Stretches read as seen are packed into pieces of about this many characters (one window or so each);
@@ -334,17 +373,20 @@ class _Classes:
         hidden: list[int] = []
         marks: list[int] = []
         forms: list[int] = []
+        nonstarters: list[int] = []
         for cp in (*range(0x80, 0x20000), *range(0xE0000, 0xE1000)):
             char = chr(cp)
+            if unicodedata.combining(char) or (
+                unicodedata.decomposition(char) and unicodedata.combining(unicodedata.normalize("NFD", char)[0])
+            ):
+                nonstarters.append(cp)  # U+0F73, U+0F75, U+0F81 too: class 0, but two non-starters once decomposed
             category = unicodedata.category(char)
             if category in ("Cf", "Cn"):
                 hidden.append(cp)
             elif category in ("Mn", "Me"):
                 marks.append(cp)
-            elif category[0] in "LSN":
-                plain = unicodedata.normalize("NFKC", char)
-                if len(plain) == 1 and plain.isascii() and plain.isalpha():
-                    forms.append(cp)  # full-width, mathematical, circled, squared, superscript, letterlike...
+            elif category[0] in "LSN" and _plain_form(char) != char:
+                forms.append(cp)  # full-width, mathematical, circled, squared, superscript, letterlike, "ⅸ", "㎜"...
         hidden = sorted({*hidden, *_IGNORABLE})
         blanks = sorted(map(ord, _BLANKS))
         self.hidden = class_ranges(hidden)
@@ -360,6 +402,10 @@ class _Classes:
         # Marks NFC cannot compose onto a Latin letter: struck through, underlined, "zalgo" stacks.
         self.marked = re.compile(f"[A-Za-z\u00c0-\u024f\u1e00-\u1eff][{self.marks}]+")
         self.word = re.compile(rf"(?:[^\W\d_]|[{self.hidden}{self.marks}])+")
+        # Runs of non-starters longer than `MARK_RUN` (`_capped`); those of the BMP alone, for text without a character
+        # past it (a class that holds any is tried range by range: ten times slower).
+        self.stacks = re.compile(f"[{class_ranges(nonstarters)}]{{{MARK_RUN + 1},}}")
+        self.bmp_stacks = re.compile(f"[{class_ranges([cp for cp in nonstarters if cp <= 0xFFFF])}]{{{MARK_RUN + 1},}}")
 
 
 def class_ranges(codepoints: list[int]) -> str:
@@ -382,10 +428,15 @@ def _classes() -> _Classes:
 
 
 def _plain_form(char: str) -> str:
+    """The Latin letter(s) ``char`` is another form of, or ``char``."""
     if char in _LETTER_FORMS:
         return _LETTER_FORMS[char]
     plain = unicodedata.normalize("NFKC", char)
-    return plain if len(plain) == 1 and plain.isascii() and plain.isalpha() else char
+    if not (plain.isascii() and plain.isalpha()):
+        return char
+    if len(plain) > 1 and (char in _NOT_LETTERS or unicodedata.category(char) == "Sc"):
+        return char
+    return plain
 
 
 def _is_latin(char: str) -> bool:
@@ -396,8 +447,9 @@ def _mixed(word: str) -> bool:
     """A Latin word with look-alikes in it: Latin letters, and every other letter one that looks Latin
     ("bоmb", "bоmbé"; not "iPhoneовский", a word of another script with a Latin part)."""
     return (
-        bool(_LATIN.search(word))
-        and bool(_LOOKS_LATIN.search(word))
+        not word.isascii()
+        and bool(_LATIN.search(word))
+        and _looks_latin(word)
         and all(c in _LATIN_OF or not c.isalpha() or _is_latin(c) for c in word)
     )
 
@@ -426,10 +478,12 @@ def _hidden_places(text: str) -> list[tuple[int, int]]:
     classes = _classes()
     found = [m.span() for m in classes.split.finditer(text) if _splits(text, *m.span(), m.group())]
     found += [m.span() for m in classes.forms.finditer(text)]
-    if _LOOKS_LATIN.search(text):
+    if _looks_latin(text):
         found += [m.span() for m in classes.word.finditer(text) if _mixed(m.group())]
-    found += [m.span() for m in classes.marked.finditer(text) if len(unicodedata.normalize("NFC", m.group())) > 1]
+    found += [m.span() for m in classes.marked.finditer(text) if len(_nfc(m.group())) > 1]
     found += [m.span() for m in _tag_runs(text)]
+    if _INDICATOR.search(text):
+        found += [m.span(2) for m in _LONE_INDICATOR.finditer(text)]
     found.sort()
     return found
 
@@ -442,12 +496,17 @@ def read_as_seen(text: str) -> str:
     'How can I make a bomb?'
     """
     classes = _classes()
+    text = _capped(text)
+    if _INDICATOR.search(text) and _LONE_INDICATOR.search(
+        text
+    ):  # before hidden characters go: they keep indicators apart
+        text = _LONE_INDICATOR.sub(lambda m: m.group(1) + chr(ord(m.group(2)) - 0x1F1E6 + 0x41), text)
     if classes.marked.search(text):
         text = classes.word.sub(_unmarked, text)
     text = unicodedata.normalize("NFC", text).translate(classes.table)
     if classes.marked.search(text):
         text = classes.marked.sub(lambda m: m.group()[0], text)
-    if not _LOOKS_LATIN.search(text):
+    if not _looks_latin(text):
         return text
     return classes.word.sub(
         lambda m: "".join(_LATIN_OF.get(c, c) for c in m.group()) if _mixed(m.group()) else m.group(), text
@@ -457,11 +516,42 @@ def read_as_seen(text: str) -> str:
 def _unmarked(match: re.Match[str]) -> str:
     """A word under marks NFC cannot compose ("zalgo", struck through): all its Latin letters' marks dropped,
     the composable ones too (its accents are part of the disguise). Other words keep their accents."""
-    word = match.group()
+    word = match.group()  # capped: `read_as_seen` caps the text first
     classes = _classes()
     if not any(len(unicodedata.normalize("NFC", m.group())) > 1 for m in classes.marked.finditer(word)):
         return word
     return classes.marked.sub(lambda m: m.group()[0], unicodedata.normalize("NFD", word))
+
+
+def _capped(text: str) -> str:
+    """``text`` with each run of combining marks (non-starters) cut to `MARK_RUN`: every normalisation of a reading
+    is then linear in the text, however its marks are ordered."""
+    stacks = _classes().stacks if _ASTRAL.search(text) else _classes().bmp_stacks
+    return stacks.sub(lambda m: m.group()[:MARK_RUN], text) if stacks.search(text) else text
+
+
+def _nfc(text: str) -> str:
+    """NFC of ``text`` with its mark runs capped (`_capped`)."""
+    return unicodedata.normalize("NFC", _capped(text))
+
+
+def nfc(text: str) -> str:
+    """``unicodedata.normalize("NFC", text)``, linear however its marks are ordered: for text as written, which
+    cannot be capped (`_capped` is for readings). Each run of more than `MARK_RUN` non-starters is decomposed and put
+    in canonical order first (a stable sort by combining class, what canonical ordering is), so the insertion sort
+    inside ``normalize`` finds it in order."""
+    if text.isascii():
+        return text
+    stacks = _classes().stacks if _ASTRAL.search(text) else _classes().bmp_stacks
+    if stacks.search(text):
+        text = stacks.sub(_in_canonical_order, text)
+    return unicodedata.normalize("NFC", text)
+
+
+def _in_canonical_order(match: re.Match[str]) -> str:
+    # Every character of a run decomposes into non-starters only, so the run stays one run once decomposed.
+    marks = "".join(unicodedata.normalize("NFD", c) for c in match.group())
+    return "".join(sorted(marks, key=unicodedata.combining))
 
 
 def _tags_decoded(text: str) -> list[str]:
@@ -488,7 +578,8 @@ def _tags_spelled(read: Callable[[str], str]) -> Callable[[str], str]:
 
 
 def _tag_runs(text: str) -> list[re.Match[str]]:
-    return [m for m in _TAG_RUNS.finditer(text) if not m.start() or text[m.start() - 1] != "\U0001f3f4"]
+    """The runs of tag characters in ``text`` but a subdivision flag's own (`_FLAG_TAGS`)."""
+    return [m for m in _TAG_RUNS.finditer(text) if not _FLAG_TAGS.match(text, max(0, m.start() - 1))]
 
 
 def as_seen_pieces(text: str) -> list[str]:
@@ -554,6 +645,8 @@ def _unseen_pieces(text: str) -> list[str]:
     # Tag characters are read in place, as the ASCII they spell ("How can I make a " + tags "bomb" + " at home?"): read
     # apart from the text around them, neither reading held the sentence (rt54e E8).
     pieces = _packed(text, stretches, _tags_spelled(read_as_seen))
+    if _tag_runs(text):  # and dropped, as a display drops them: "Mi" + tag "q" + "x" shows "Mix" (rt61b F1)
+        pieces += [p for p in _packed(text, stretches, read_as_seen) if p not in pieces]
     if _word_gaps(text):  # hidden characters between letters: also read as the word breaks a model sees
         pieces += [p for p in _packed(text, stretches, _tags_spelled(_read_spaced)) if p not in pieces]
     return pieces + shown
