@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..errors import GuardTimeout, GuardUnavailable, QwenGuardError
-from ..formats.content import prepare_content
+from ..formats.content import normalized, prepare_content
 from ..formats.conversations import RunsJudged
 from ..formats.prompts import moderation_mode, normalize_messages, render_prompt
 from ..formats.windows import (
@@ -74,7 +74,7 @@ def wire_text(text: str) -> str:
     SGLang normalise it so themselves; llama.cpp and Ollama tokenize the raw text, where decomposed text (Korean as
     macOS writes it) makes several times the tokens: a window counted after NFC was longer than their context, and
     Ollama cut it silently with a count no lower than the client expected (rt49d R1)."""
-    return text if text.isascii() else unicodedata.normalize("NFC", text)
+    return text if text.isascii() else normalized("NFC", text)  # linear under any stack of marks (rt61b F4)
 
 
 def wire_content(content: str) -> str:
@@ -83,7 +83,7 @@ def wire_content(content: str) -> str:
 
 
 def _utf8_len(text: str, form: Literal["NFC", "NFD"]) -> int:
-    return len(unicodedata.normalize(form, text).encode("utf-8"))
+    return len(normalized(form, text).encode("utf-8"))
 
 
 def _char_sizes(text: str) -> list[int]:

@@ -19,11 +19,11 @@ assigned since in two: `lower_bound` keeps a margin for that (1/32), far below a
 from __future__ import annotations
 
 import functools
-import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
 from ..errors import MissingDependency
+from ..formats.content import normalized
 
 __all__ = ["pieces", "lower_bound", "QWEN_ADDED_TOKENS"]
 
@@ -79,9 +79,12 @@ def pieces(text: str) -> int:
     """The pieces Qwen's tokenizer encodes ``text`` in (added tokens one each): at most its token count, whether
     the engine's tokenizer normalises to NFC first (Hugging Face's: vLLM, SGLang) or reads the raw text (llama.cpp,
     Ollama): U+FB2C is one token read raw and two pieces once NFC writes it as two characters."""
-    if text.isascii() or unicodedata.is_normalized("NFC", text):
+    if text.isascii():
         return _pieces(text)
-    return min(_pieces(text), _pieces(unicodedata.normalize("NFC", text)))
+    # Not unicodedata.is_normalized: marks out of order fail its quick check, and the full check that follows
+    # reorders them as normalize does, quadratic in a run's length (rt61b F4).
+    written = normalized("NFC", text)
+    return _pieces(text) if written == text else min(_pieces(text), _pieces(written))
 
 
 def _pieces(text: str) -> int:

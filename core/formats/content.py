@@ -59,7 +59,7 @@ import functools
 import re
 import unicodedata
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import GuardUnavailable
 from .look_alikes import LATIN_OF
@@ -77,6 +77,7 @@ __all__ = [
     "class_ranges",
     "clean_text",
     "nfc",
+    "normalized",
     "neutralize",
     "prepare_content",
     "forged_turn_offsets",
@@ -536,7 +537,12 @@ def _nfc(text: str) -> str:
 
 
 def nfc(text: str) -> str:
-    """``unicodedata.normalize("NFC", text)``, linear however its marks are ordered: for text as written, which
+    """``unicodedata.normalize("NFC", text)``, linear however its marks are ordered (`normalized`)."""
+    return normalized("NFC", text)
+
+
+def normalized(form: Literal["NFC", "NFD", "NFKC", "NFKD"], text: str) -> str:
+    """``unicodedata.normalize(form, text)``, linear however its marks are ordered: for text as written, which
     cannot be capped (`_capped` is for readings). Each run of more than `MARK_RUN` non-starters is decomposed and put
     in canonical order first (a stable sort by combining class, what canonical ordering is), so the insertion sort
     inside ``normalize`` finds it in order."""
@@ -545,7 +551,7 @@ def nfc(text: str) -> str:
     stacks = _classes().stacks if _ASTRAL.search(text) else _classes().bmp_stacks
     if stacks.search(text):
         text = stacks.sub(_in_canonical_order, text)
-    return unicodedata.normalize("NFC", text)
+    return unicodedata.normalize(form, text)
 
 
 def _in_canonical_order(match: re.Match[str]) -> str:
