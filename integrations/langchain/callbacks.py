@@ -473,7 +473,9 @@ class _GuardHandlerLogic(HeardFirst):
             self._hosts[run_id] = host
         retried = any(isinstance(tag, str) and tag.startswith("retry:attempt:") for tag in kwargs.get("tags") or ())
         for under in (parent, host):
-            decision = self._stopped_in.get(under) if under is not None else None
+            if not isinstance(under, UUID):
+                continue
+            decision = self._stopped_in.get(under)
             if decision is not None and (retried or self._fallbacks.get(under) is not None):
                 raise GuardViolation(decision)
 
