@@ -304,10 +304,15 @@ _UNSPACED = ("THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN", "CJK", "HIRAGANA", "K
 # Tag characters spelling ASCII (U+E0020-E007E): invisible, and some models read them as the letters they
 # encode. A flag's tag sequence follows U+1F3F4 (the Scottish flag, "\U0001f3f4\U000e0067\U000e0062...").
 _TAG_RUNS = re.compile("[\U000e0020-\U000e007e]+")  # one is a letter too: "bo" + tag "m" + "b" read "bomb"
-# A subdivision flag (UTS #51 emoji tag sequence, the only kind Unicode's emoji data lists): U+1F3F4, a subdivision
-# code of 2-7 tag letters or digits, U+E007F CANCEL TAG. Its tags spell nothing; any other run after U+1F3F4 (a clause
-# in tag capitals, spaces, punctuation) is read as tags are everywhere (rt61b F5).
-_FLAG_TAGS = re.compile("\U0001f3f4[\U000e0030-\U000e0039\U000e0061-\U000e007a]{2,7}\U000e007f")
+# A subdivision flag Unicode's emoji data recommends (RGI: England, Scotland, Wales; UTS #51 emoji tag sequences):
+# U+1F3F4, its code in tag letters, U+E007F CANCEL TAG. Only these show as a flag, and their tags spell nothing. Any
+# other run after U+1F3F4 is read as tags are everywhere: a clause in tag capitals or spaces (rt61b F5), and one word
+# per flag-shaped sequence ("\U0001f3f4" + tags("sarin") + CANCEL TAG, ...), which shows as a row of black flags and
+# spells the clause to a reader of tags (rt61f F2; any 2-7 letters and digits were exempt before).
+_FLAG_TAGS = re.compile(
+    "\U0001f3f4(?:\U000e0067\U000e0062(?:\U000e0065\U000e006e\U000e0067|\U000e0073\U000e0063\U000e0074|"
+    "\U000e0077\U000e006c\U000e0073))\U000e007f"
+)
 # Letters of other scripts that look like Latin ones (Cyrillic, Greek, Armenian, Cherokee, Lisu, Coptic, Osage, ...),
 # read as Latin in a word of Latin letters and look-alikes only (a word wholly or partly in another script's own
 # letters is that script's word). The table is generated from Unicode's confusables data (`look_alikes`); a few
@@ -326,6 +331,10 @@ _LATIN_OF = {
 _LETTER_FORMS = {
     **dict(zip("ᴀʙᴄᴅᴇꜰɢʜɪᴊᴋʟᴍɴᴏᴘʀꜱᴛᴜᴠᴡʏᴢɑɩɡ", "abcdefghijklmnoprstuvwyzaig")),
     **{chr(0x249C + i): chr(0x61 + i) for i in range(26)},
+    **{chr(0x1F110 + i): chr(0x41 + i) for i in range(26)},  # parenthesized capitals: NFKC "(M)" (rt61f F3)
+    "\U0001f12a": "S",  # TORTOISE SHELL BRACKETED LATIN CAPITAL LETTER S
+    "\U0001f18a": "P",  # CROSSED NEGATIVE SQUARED LATIN CAPITAL LETTER P
+    "\U0001f1a5": "d",  # SQUARED LATIN SMALL LETTER D
     **{chr(0x1F150 + i): chr(0x41 + i) for i in range(26)},
     **{chr(0x1F170 + i): chr(0x41 + i) for i in range(26)},
 }
