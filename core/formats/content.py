@@ -550,11 +550,12 @@ def nfc(text: str) -> str:
     return normalized("NFC", text)
 
 
-def normalized(form: Literal["NFC", "NFD", "NFKC", "NFKD"], text: str) -> str:
+def normalized(form: Literal["NFC", "NFD"], text: str) -> str:
     """``unicodedata.normalize(form, text)``, linear however its marks are ordered: for text as written, which
     cannot be capped (`_capped` is for readings). Each run of more than `MARK_RUN` non-starters is decomposed and put
     in canonical order first (a stable sort by combining class, what canonical ordering is), so the insertion sort
-    inside ``normalize`` finds it in order."""
+    inside ``normalize`` finds it in order. Canonical forms only: a compatibility form (NFKC, NFKD) can make a mark
+    of a starter (U+FF9E decomposes to U+3099), out of the runs sorted here (rt61f note)."""
     if text.isascii():
         return text
     stacks = _classes().stacks if _ASTRAL.search(text) else _classes().bmp_stacks
