@@ -180,7 +180,8 @@ _SANE_CONTEXT = 10_000_000
 #: text (as the client counts them: bytes without the tokenizer), or it is ignored: a replica publishing 65
 #: would make every check a guard error (``max_context=`` given by the caller is always used).
 _MIN_SERVED_ROOM = 256
-#: How long a client waits before it reads a ``/models`` that refused (a 401, a 404) again.
+#: How long a client waits before it reads a ``/models`` that gave no model list again: refused (a 401, a 404) or
+#: failed without an answer (a dropped connection, a timeout: rt61f F5).
 _MODELS_REREAD_S = 60.0
 
 #: How many times one call plans a check again after an engine cut its prompt (each time for a smaller context).
@@ -607,8 +608,9 @@ class OpenAIGen:
         self._message_cap: int | None = MAX_REQUEST_MESSAGES
         self._said_unlisted = False  # a /models read still pending was logged (`_context`)
         self._served_context: int | None = None  # learned from /models: 0 = listed without one, None = not read
-        # /models refused (a 401, a 404: no model list): why, and when it is read again; a server that refused it
-        # at the first check (not up yet, a key added later) is read again then, one read per back-off at most.
+        # /models refused (a 401, a 404: no model list): why; and when a /models that gave no list (refused, or
+        # failed unanswered: a dropped connection, a timeout) is read again: a server that failed it at the first
+        # check (not up yet, a key added later) is read again then, one read per back-off at most.
         self._models_refusal: str | None = None
         self._models_reread_at = 0.0
         self._verdicts_seen = False  # a check got a verdict: a server refusing /models serves checks all the same
@@ -1190,7 +1192,8 @@ class OpenAIGen:
         when not given, is learned from the same reply first (raises when it cannot be).
 
         One read at a time: the checks that come while it runs take its outcome (its error included) instead
-        of each reading ``/models`` again in turn; a check after a failed read reads it again. With the name
+        of each reading ``/models`` again in turn; a check after a failed read reads it again (for the context
+        alone: once `_MODELS_REREAD_S` passed, `_served_max_model_len`). With the name
         known, a check waits for the read only a while (a quarter of its deadline, at most the connect timeout),
         then plans for the fallback context while the read goes on."""
         pending = False
@@ -1429,8 +1432,8 @@ class OpenAIGen:
 
     async def _served_max_model_len(self, wire: _Wire, deadline: _Deadline) -> int | None:
         """``max_model_len`` from ``/models`` of the first replica that answers (replicas serve one model): ``0``
-        when it lists none, ``None`` when no replica answered with a model list (asked again on the next
-        call; after a refusal, a 401 or a 404, once `_MODELS_REREAD_S` passed).
+        when it lists none, ``None`` when no replica answered with a model list (asked again once
+        `_MODELS_REREAD_S` passed, whether it was refused, a 401 or a 404, or not answered at all).
 
         A published context below ``_context_floor`` (too small for the guard prompt of a reply and
         `_MIN_SERVED_ROOM` tokens of text, as this client counts them) cannot be the served context of a
@@ -1515,8 +1518,12 @@ class OpenAIGen:
         if answered:
             self._models_refusal = None
             return 0
-        if refusal is not None:  # read again after the back-off, not on every check (a proxy may never route it)
-            self._models_refusal, self._models_reread_at = refusal, time.monotonic() + _MODELS_REREAD_S
+        # Read again after the back-off, not on every check: a proxy may never route it, refusing it or dropping
+        # the connection (a check then waited for the failing read, twice, before each verdict: rt61f F5). Only
+        # a refusal is named in the fallback's advice: a server not reached has its own error (`_say_fallback`).
+        if refusal is not None:
+            self._models_refusal = refusal
+        self._models_reread_at = time.monotonic() + _MODELS_REREAD_S
         return None
 
     def _published_context(self, entries: list[Any] | None) -> int:
