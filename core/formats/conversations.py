@@ -152,10 +152,10 @@ def render_tool_call(name: str, arguments: Mapping[str, Any] | str | None, max_c
         return line  # refused by the caller: no reading is worth its work
     # A mapping is rendered decoded already; only a string in it with a backslash (written "\\\\") may be JSON text.
     if isinstance(arguments, str) or (arguments is not None and "\\\\" in args):
-        reading = arguments_reading(arguments)
+        # What is left of max_chars after this line, a line break and the next line's "Tool call: name()".
+        room = None if max_chars is None else max(max_chars - 2 * len(line) + len(args) - 1, 0)
+        reading = arguments_reading(arguments, room)
         if reading is not None:
-            # What is left of max_chars after this line, a line break and the next line's "Tool call: name()".
-            room = None if max_chars is None else max(max_chars - 2 * len(line) + len(args) - 1, 0)
             # A lone surrogate escape parses to a character no encoder writes: U+FFFD, as the content rules read it.
             read = reading.text if isinstance(reading, Written) else _no_lone_surrogates(_json_text(reading, room))
             if read != args:

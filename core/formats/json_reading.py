@@ -11,8 +11,10 @@ refuses what the application's pure-Python loader reads, every scalar decoded: `
 truncated stream is repaired (`repaired`); text no parser reads is still read as its string literals, decoded
 (`literals_reading`); a string that is itself JSON is read parsed too (`json_strings_parsed`: a tool's
 ``payload: str`` it ``json.loads``); a tool call's arguments given as a JSON string are read as its executor's
-``json.loads`` reads them (`arguments_reading`, rt61b F2); a streamed tool call's arguments are read a window at a
-time with their escapes decoded, within too (`escapes_read`).
+``json.loads`` reads them (`arguments_reading`, rt61b F2), or where JSON refuses an escape a lenient parser
+decodes (``\\x4d``, octal, ``\\N{...}``), as YAML, JSON5 and Python literals read them (`lenient_read`, rt61f F1);
+a streamed tool call's arguments are read a window at a time with their escapes decoded, within too
+(`escapes_read`).
 Framework-free: each adapter passes the parsers its framework reads with; `EscapeWatch` follows a stream, counting
 escapes only where a parser may read them as a value's (not LaTeX or a Windows path in prose: rt58g F5).
 
@@ -29,6 +31,7 @@ import binascii
 import itertools
 import json
 import re
+import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote
@@ -43,9 +46,11 @@ __all__ = [
     "arguments_reading",
     "escapes_read",
     "has_decoded_escape",
+    "has_lenient_escape",
     "has_yaml_only_escape",
     "has_rewritten_escape",
     "json_strings_parsed",
+    "lenient_read",
     "literals",
     "literals_reading",
     "parsed_reading",
@@ -428,29 +433,33 @@ def arguments_parsed(arguments: Any) -> Any:
     return json_strings_parsed(arguments) if isinstance(arguments, Mapping) else arguments
 
 
-def arguments_reading(arguments: Any) -> Any:
+def arguments_reading(arguments: Any, max_chars: int | None = None) -> Any:
     """A tool call's arguments as its executor reads them, where that may differ from what is written (rt61b F2);
     ``None`` where it does not. A JSON string as ``json.loads`` parses it (escapes decoded, surrogate pairs joined;
     an object that writes a key twice as its ``[key, value]`` pairs, each kept: parsers keep either), then its
     strings that are JSON text themselves (`json_strings_parsed`), as for a mapping's. Text that is not JSON (cut
-    short, or nested past the recursion limit) is read with its escapes decoded (`escapes_read`: a repair or a
-    lenient parser reads them so), as `Written`. Only a string with a ``\\u``, ``\\/`` or ``\\\\`` is parsed (most
-    calls: three scans); `InputTooLarge` as `json_strings_parsed`. Linear in the text."""
+    short, or nested past the recursion limit) is read with its escapes decoded (`escapes_read`: a repair reads
+    them so), as `Written`; text with an escape JSON lacks and a lenient parser decodes (``\\x4d``, ``\\U0000004d``,
+    octal, ``\\N{...}``, single quotes: YAML, JSON5, ``ast.literal_eval``) as each of those reads it (`lenient_read`,
+    rt61f F1), and a string argument that is such text likewise. Only a string with a ``\\u``, ``\\/``,
+    ``\\\\`` or such an escape is parsed (most calls: four scans); `InputTooLarge` as `json_strings_parsed`. Linear
+    in the text; past ``max_chars`` (the room left to the reading) no further lenient reading is made."""
     if isinstance(arguments, Mapping):
-        within = json_strings_parsed(arguments)
+        within = _parsed_within(arguments, NESTED_DEPTH, [NESTED_MAX_CHARS], 0, lenient=True)
         return None if within is arguments else within
-    if not isinstance(arguments, str) or (
-        "\\u" not in arguments and "\\/" not in arguments and "\\\\" not in arguments
-    ):
+    if not isinstance(arguments, str):
+        return None
+    lenient = has_lenient_escape(arguments)
+    if not lenient and "\\u" not in arguments and "\\/" not in arguments and "\\\\" not in arguments:
         return None
     try:
         value = json.loads(arguments, object_pairs_hook=_pairs_kept)
     except (ValueError, RecursionError):  # not JSON to the executor's parser: read as a lenient one reads it
-        read = escapes_read(arguments)
+        read = lenient_read(arguments, max_chars=max_chars) if lenient else escapes_read(arguments)
         return None if read is None else Written(read)
     if not isinstance(value, str | list | dict):
         return None
-    within = json_strings_parsed(value)
+    within = _parsed_within(value, NESTED_DEPTH, [NESTED_MAX_CHARS], 0, lenient=True)
     if within is value and not has_rewritten_escape(arguments):
         return None  # escaped backslashes only: written back, it reads as the text does
     return within
@@ -462,7 +471,9 @@ def _pairs_kept(pairs: list[tuple[str, Any]]) -> Any:
     return found if len(found) == len(pairs) else [list(pair) for pair in pairs]
 
 
-def _parsed_within(value: Any, depth: int, budget: list[int], level: int) -> Any:
+def _parsed_within(value: Any, depth: int, budget: list[int], level: int, *, lenient: bool = False) -> Any:
+    # ``lenient``: a string that is not JSON but holds an escape a lenient parser decodes is read as one reads it
+    # (a tool call's arguments: `arguments_reading`).
     if depth <= 0:
         return value
     if level > _MAX_LEVEL:
@@ -474,12 +485,17 @@ def _parsed_within(value: Any, depth: int, budget: list[int], level: int) -> Any
         if not _json_text(value):
             return value
         try:
-            inner = json.loads(value)
+            # A key written twice keeps each value, as at the top (rt61f F4: the first, escaped, was read only raw).
+            inner = json.loads(value, object_pairs_hook=_pairs_kept)
         except Exception:  # noqa: BLE001 - not JSON (or nested past the recursion limit): read as written
+            if lenient and has_lenient_escape(value):
+                read = lenient_read(value, depth)  # linear in the string, read once: no charge to the budget
+                if read is not None:
+                    return read
             return value
         if not isinstance(inner, str | list | dict):
             return value
-        within = _parsed_within(inner, depth - 1, budget, level + 1)
+        within = _parsed_within(inner, depth - 1, budget, level + 1, lenient=lenient)
         if within is inner and not has_rewritten_escape(value) and not has_escaped_blank_run(value):
             # Its parse reads as it is written (escaped backslashes, quotes, a line break here and there): no reading,
             # and nothing charged (rt59e F4: a 447 KB notebook argument holding "\\\\underline" was refused).
@@ -493,12 +509,12 @@ def _parsed_within(value: Any, depth: int, budget: list[int], level: int) -> Any
             )
         return within
     if isinstance(value, Mapping):
-        pairs = [(k, _parsed_within(v, depth, budget, level + 1)) for k, v in value.items()]
+        pairs = [(k, _parsed_within(v, depth, budget, level + 1, lenient=lenient)) for k, v in value.items()]
         if all(new is old for (_, new), old in zip(pairs, value.values(), strict=True)):
             return value
         return dict(pairs)
     if isinstance(value, list | tuple):
-        items = [_parsed_within(v, depth, budget, level + 1) for v in value]
+        items = [_parsed_within(v, depth, budget, level + 1, lenient=lenient) for v in value]
         return value if all(n is o for n, o in zip(items, value, strict=True)) else items
     return value
 
@@ -558,6 +574,93 @@ def escapes_read(text: str, depth: int = NESTED_DEPTH) -> str | None:
         if "\\u" not in read and "\\/" not in read:
             break
     return read if read != text else None
+
+
+#: A backslash before what JSON has no escape for (``\\x``, ``\\U``, ``\\N``, ``\\'``, ``\\0``, a line break...): an escape
+#: some lenient parser decodes, where JSON refuses the text (`has_lenient_escape`).
+_LENIENT_ESCAPE = re.compile('\\\\[^"\\\\/bfnrtu]')
+#: One escape as JSON5 reads it (and JavaScript): any other character after a backslash is itself.
+_JSON5_ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|x([0-9a-fA-F]{2})|(\r\n|[\r\n\u2028\u2029])|(.))", re.DOTALL)
+_JSON5_SIMPLE = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "0": "\0"}
+#: One escape as a Python literal reads it (``ast.literal_eval``): an unknown one is kept, backslash and all.
+_PYTHON_ESCAPE = re.compile(
+    r"\\(?:u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|x([0-9a-fA-F]{2})|([0-7]{1,3})|N\{([^{}\r\n]{1,100})\}|(\r?\n)|(.))",
+    re.DOTALL,
+)
+_PYTHON_SIMPLE = {
+    "a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\", "'": "'", '"': '"',
+}  # fmt: skip
+
+
+def has_lenient_escape(text: str) -> bool:
+    """Does ``text`` hold an escape JSON lacks (so that ``json.loads`` refuses it) and a lenient parser decodes:
+    YAML's ``\\x4d``, ``\\U0000004d``, ``\\N``, ``\\_``, ``\\e``...; JSON5's ``\\x``, ``\\0``, ``\\'``, any character;
+    a Python literal's ``\\x``, octal, ``\\N{NAME}``? One scan where the text has no backslash."""
+    return "\\" in text and _escape_at_even(text, _LENIENT_ESCAPE)
+
+
+def _json5_unescape(m: re.Match[str]) -> str:
+    code = m.group(1) or m.group(2)
+    if code is not None:
+        return chr(int(code, 16))
+    if m.group(3) is not None:
+        return ""  # an escaped line break continues the string
+    char = m.group(4)
+    return _JSON5_SIMPLE.get(char, char)
+
+
+def _python_unescape(m: re.Match[str]) -> str:
+    code = m.group(1) or m.group(2) or m.group(3)
+    if code is not None:
+        point = int(code, 16)
+        return chr(point) if point <= 0x10FFFF else m.group(0)
+    if m.group(4) is not None:
+        return chr(int(m.group(4), 8))
+    if m.group(5) is not None:
+        try:
+            return unicodedata.lookup(m.group(5))
+        except KeyError:
+            return m.group(0)
+    if m.group(6) is not None:
+        return ""  # a backslash before a line break continues the literal
+    char = m.group(7)
+    return _PYTHON_SIMPLE.get(char, m.group(0))
+
+
+def _json5_unescape_all(text: str) -> str:
+    return _no_lone_surrogates(_JSON5_ESCAPE.sub(_json5_unescape, text))
+
+
+def _python_unescape_all(text: str) -> str:
+    return _no_lone_surrogates(_PYTHON_ESCAPE.sub(_python_unescape, text))
+
+
+#: How lenient parsers read a text's escapes: YAML's double-quoted scalars (LlamaIndex's fallback, a YAML tool
+#: config), JSON5 (Qwen-Agent's ``json_loads`` falls back to it), Python literals (``ast.literal_eval``).
+_LENIENT_READERS = (_unescaped, _json5_unescape_all, _python_unescape_all)
+
+
+def lenient_read(text: str, depth: int = NESTED_DEPTH, max_chars: int | None = None) -> str | None:
+    """``text`` (arguments JSON refuses) with its escapes decoded as each lenient parser reads them (YAML, JSON5,
+    Python literals: rt61f F1, ``"\\x4dix"`` read "Mix"), the distinct readings one a line; each read again while
+    it holds an escape (a string argument that is such text itself, parsed in turn), to ``depth``. ``None`` when
+    none reads otherwise. Context-free, as `escapes_read`: a stricter reading, never a looser one. Linear in the
+    text (three readings, each ``depth`` passes at most); past ``max_chars`` of readings no further one is made
+    (the caller refuses the call)."""
+    readings: list[str] = []
+    total = 0
+    for reader in _LENIENT_READERS:
+        read = text
+        for _ in range(depth):
+            read = reader(read)
+            if "\\u" not in read and "\\/" not in read and not has_lenient_escape(read):
+                break
+        if read != text and read not in readings:
+            readings.append(read)
+            total += len(read) + 1
+            if max_chars is not None and total > max_chars:
+                break
+    return "\n".join(readings) if readings else None
 
 
 #: What a JSON parser passes over before the value it reads (LangChain's strip backticks too), and the text a stream
