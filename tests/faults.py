@@ -94,6 +94,15 @@ def keyword_verdict(conv) -> str:
     return verdict + ("\nRefusal: No" if last["role"] == "assistant" else "")
 
 
+def phrase_verdict(conv, phrase: str = "mix ammonium") -> str:
+    """Unsafe (Violent) when the judged turn says ``phrase`` (case and runs of whitespace aside), else safe: "Mix"
+    alone is safe, as for a judge that needs two words of a clause."""
+    last = conv[-1]
+    unsafe = phrase in " ".join(str(last["content"]).lower().split())
+    verdict = "Safety: Unsafe\nCategories: Violent" if unsafe else "Safety: Safe\nCategories: None"
+    return verdict + ("\nRefusal: No" if last["role"] == "assistant" else "")
+
+
 class PoisonedJudge(ScriptedBackend):
     """A keyword judge (`keyword_verdict`) for which any call holding the poison ("Zanzibar") fails: ``"raise"`` (the backend crashes), ``"slow"`` (the call outlasts
     its deadline), or ``"short"`` (one outcome fewer than conversations)."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,11 +25,8 @@ from phrase_judge import phrase_guard, reads_from_now
 from qwenguard.core import Guard, InputTooLarge
 from qwenguard.core.formats.conversations import render_tool_call
 from qwenguard.core.formats.json_reading import NESTED_MAX_CHARS
-
-PHRASE = "mix ammonium"
-CLAUSE = "Mix ammonium nitrate with fuel oil, pack it into a pipe and add a fuse."
-ASK = [{"role": "user", "content": "Email Bob."}]
-TIMEOUT = 60
+from timing import least_seconds_within
+from tool_args import ASK, CLAUSE, PHRASE, TIMEOUT, openai_call
 
 
 def escaped(text: str) -> str:
@@ -56,12 +52,6 @@ def guard() -> Iterator[Guard]:
     g = phrase_guard(PHRASE)
     yield g
     g.close()
-
-
-def openai_call(arguments: str, name: str = "send_email") -> dict[str, Any]:
-    """An assistant message as the OpenAI API returns it: the call's arguments a JSON string."""
-    call = {"id": "c1", "type": "function", "function": {"name": name, "arguments": arguments}}
-    return {"role": "assistant", "content": None, "tool_calls": [call]}
 
 
 # -- the core -------------------------------------------------------------------------------------------------------
@@ -181,18 +171,8 @@ def test_deep_nesting_and_huge_strings_stay_linear(guard: Guard) -> None:
     assert CLAUSE in render_tool_call("f", nested_json(2))
     for make in (deep, wide, nested_json):
         small, large = (make(300), make(600)) if make is nested_json else (make(20_000), make(40_000))
-
-        def best(text: str) -> float:
-            times = []
-            for _ in range(5):
-                t = time.perf_counter()
-                render_tool_call("f", text)
-                times.append(time.perf_counter() - t)
-            return min(times)
-
-        best(small)  # warm
-        ratio = best(large) / best(small)
-        assert ratio < 3.5, f"{make.__name__}: twice the text took {ratio:.1f}x the time"
+        took = least_seconds_within(lambda text: render_tool_call("f", text), small, large, ratio=3.5, floor=1e-4)
+        assert took[1] < 3.5 * max(took[0], 1e-4), f"{make.__name__}: twice the text took {took[1] / took[0]:.1f}x"
 
 
 # -- qwenguard serve ------------------------------------------------------------------------------------------------

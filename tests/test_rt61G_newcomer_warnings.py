@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import ThreadingHTTPServer
 from typing import Any
 
 import engines
 import pytest
+from live_server import http_serving
 from qwenguard.core import Guard
 from scripted_openai import Reply, scripted_openai
 
@@ -76,18 +75,10 @@ def gated_engine(*, api_key: str | None = None, models_refused: bool = False) ->
             super().do_POST()
 
     Gate.engine = engine
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Gate)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    engine.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    engine.gate = gate  # type: ignore[attr-defined]
-    try:
+    with http_serving(Gate) as base:
+        engine.url = base + "/v1"
+        engine.gate = gate  # type: ignore[attr-defined]
         yield engine
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 def _first_check(url: str, **options: Any) -> Any:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,11 +27,8 @@ from phrase_judge import phrase_guard
 from qwenguard.core import Guard, InputTooLarge
 from qwenguard.core.formats.conversations import render_tool_call
 from qwenguard.core.formats.json_reading import arguments_reading
-
-PHRASE = "mix ammonium"
-CLAUSE = "Mix ammonium nitrate with fuel oil, pack it into a pipe and add a fuse."
-ASK = [{"role": "user", "content": "Email Bob."}]
-TIMEOUT = 60
+from timing import least_seconds_within
+from tool_args import ASK, CLAUSE, PHRASE, TIMEOUT, openai_call
 
 
 def hidden(mix: str, a: str) -> str:
@@ -73,11 +69,6 @@ def guard() -> Iterator[Guard]:
     g = phrase_guard(PHRASE)
     yield g
     g.close()
-
-
-def openai_call(arguments: str, name: str = "send_email") -> dict[str, Any]:
-    call = {"id": "c1", "type": "function", "function": {"name": name, "arguments": arguments}}
-    return {"role": "assistant", "content": None, "tool_calls": [call]}
 
 
 @pytest.mark.parametrize("form", ATTACKS)
@@ -154,17 +145,11 @@ def test_the_reading_stays_linear() -> None:
     def make(n: int) -> str:
         return "{'items': ['" + "', '".join([hidden("\\x4d", "\\141")] * n) + "']}"
 
-    def best(text: str) -> float:
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            render_tool_call("f", text)
-            times.append(time.perf_counter() - start)
-        return min(times)
-
     assert "Mix ammonium" in render_tool_call("f", make(1))
-    ratio = best(make(8_000)) / best(make(4_000))
-    assert ratio < 3.5, f"twice the text took {ratio:.1f}x the time"
+    small, large = least_seconds_within(
+        lambda text: render_tool_call("f", text), make(4_000), make(8_000), ratio=3.5, floor=1e-4
+    )
+    assert large < 3.5 * max(small, 1e-4), f"twice the text took {large / small:.1f}x the time"
 
 
 # -- qwenguard serve ------------------------------------------------------------------------------------------------

@@ -138,7 +138,7 @@ def error_message(response: Any) -> str:
     try:
         body = response.json()
     except Exception:  # noqa: BLE001 - any non-JSON body
-        return str(response.text)[:300]
+        return _cut(str(response.text), None)
     return _error_of(body)
 
 
@@ -149,7 +149,7 @@ def error_text(body: bytes, scrub: Callable[[str], str] | None = None) -> str:
     try:
         data = json.loads(body)
     except ValueError:  # not JSON, not UTF-8, or cut short
-        return _cut(body[:_ERROR_READ_BYTES].decode("utf-8", "replace"), scrub)
+        return _cut(body[:_ERROR_READ].decode("utf-8", "replace"), scrub)
     return _error_of(data, scrub)
 
 
@@ -165,8 +165,9 @@ def error_type(body: bytes) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
-#: How much of an error body that is not JSON is read for its message (cut to `_ERROR_CHARS` after masking).
-_ERROR_READ_BYTES = 65_536
+#: How much of an error is read for its message, masked, then cut to `_ERROR_CHARS`: the bytes of a body that is not
+#: JSON, the characters of a JSON one's message (the mask's work stays bounded; a secret past it is cut off whole).
+_ERROR_READ = 65_536
 #: How long a server's error message is kept.
 _ERROR_CHARS = 300
 
@@ -174,7 +175,7 @@ _ERROR_CHARS = 300
 def _cut(text: str, scrub: Callable[[str], str] | None) -> str:
     """``text`` masked (``scrub``), then cut to `_ERROR_CHARS`: masked first, a secret is never cut in part."""
     if scrub is not None:
-        text = scrub(text[:_ERROR_READ_BYTES])
+        text = scrub(text[:_ERROR_READ])
     return text[:_ERROR_CHARS]
 
 

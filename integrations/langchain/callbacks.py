@@ -469,7 +469,7 @@ class _GuardHandlerLogic(HeardFirst):
     def _refuse_retried_chain(self, run_id: UUID, kwargs: Mapping[str, Any]) -> None:
         parent = kwargs.get("parent_run_id")
         host = _context_parent()  # a with_fallbacks hands its runnables the caller's config: the fallbacks run
-        if host is not None and host != parent:
+        if parent is None and host is not None:  # a top-level one's runnables: no parent run id (`_note_stop`)
             self._hosts[run_id] = host
         retried = any(isinstance(tag, str) and tag.startswith("retry:attempt:") for tag in kwargs.get("tags") or ())
         for under in (parent, host):

@@ -14,37 +14,22 @@ import asyncio
 from typing import Any
 
 import pytest
-from faults import ScriptedBackend, keyword_verdict
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, HumanMessage
-from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 from langgraph.types import Command, Send
-from lc_fakes import SAFE_ANSWER, UNSAFE_CLAUSE, scripted, tool_call
-from qwenguard.core import Guard, GuardViolation, Policy, Stage, StagePolicy
+from lc_fakes import LOOSE_CALLS, SAFE_ANSWER, UNSAFE_CLAUSE, keyword_guard, mailer, scripted, tool_call
+from qwenguard.core import Guard, GuardViolation, Policy, Stage
 from qwenguard.integrations.langchain import AsyncGuardCallbackHandler, GuardCallbackHandler, GuardMiddleware
 
 WORD = "ammonium"
 MODES = ["sync", "async"]
-LOOSE_CALLS = Policy(stages={Stage.TOOL_CALL: StagePolicy(ignore_categories=frozenset({"Violent"}))})
 
 
 def kw(policy: Policy | None = None) -> Guard:
-    return Guard(ScriptedBackend(keyword_verdict, name="kw"), cache_size=0, **({"policy": policy} if policy else {}))
-
-
-def mailer() -> tuple[Any, list[str]]:
-    sent: list[str] = []
-
-    @tool
-    def send_email(to: str, body: str) -> str:
-        """Send an e-mail."""
-        sent.append(body)
-        return "Message delivered."
-
-    return send_email, sent
+    return keyword_guard(policy)[0]
 
 
 def forged(body: str = UNSAFE_CLAUSE) -> Command:

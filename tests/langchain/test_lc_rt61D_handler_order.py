@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
 from typing import Any
 
 import httpx
 import pytest
-from faults import ScriptedBackend
+from faults import ScriptedBackend, phrase_verdict
 from langchain.agents import create_agent
 from langchain_core.callbacks import (
     AsyncCallbackHandler,
@@ -41,18 +40,8 @@ RUNS = 30
 ASK = {"messages": [{"role": "user", "content": "Tell me about Paris."}]}
 
 
-def _verdict(conversation: Sequence[dict[str, Any]]) -> str:
-    last = conversation[-1]
-    hit = "mix ammonium" in " ".join(str(last["content"]).lower().split())
-    if last["role"] == "assistant":
-        return (
-            "Safety: Unsafe\nCategories: Violent\nRefusal: No" if hit else "Safety: Safe\nCategories: None\nRefusal: No"
-        )
-    return "Safety: Unsafe\nCategories: Violent" if hit else "Safety: Safe\nCategories: None"
-
-
 def _guard() -> Guard:
-    return Guard(ScriptedBackend(_verdict, name="phrase"), cache_size=0)
+    return Guard(ScriptedBackend(phrase_verdict, name="phrase"), cache_size=0)
 
 
 def _chat(url: str, *, streaming: bool, asynchronous: bool = False) -> ChatOpenAI:

@@ -11,12 +11,11 @@ guard blocked three times. Now the retry or fallback gets the same stop at its s
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from typing import Any
 
 import httpx
 import pytest
-from faults import ScriptedBackend
+from faults import ScriptedBackend, phrase_verdict
 from langchain.agents import create_agent
 from langchain.agents.middleware import ModelFallbackMiddleware, ModelRetryMiddleware, ToolRetryMiddleware
 from langchain_core.prompts import ChatPromptTemplate
@@ -34,17 +33,7 @@ SECOND = "Rome is the capital of Italy."
 MODES = ["sync", "async"]
 
 
-def _verdict(conversation: Sequence[dict[str, Any]]) -> str:
-    last = conversation[-1]
-    hit = "mix ammonium" in " ".join(str(last["content"]).lower().split())
-    if last["role"] == "assistant":
-        return (
-            "Safety: Unsafe\nCategories: Violent\nRefusal: No" if hit else "Safety: Safe\nCategories: None\nRefusal: No"
-        )
-    return "Safety: Unsafe\nCategories: Violent" if hit else "Safety: Safe\nCategories: None"
-
-
-GUARD = Guard(ScriptedBackend(_verdict, name="phrase"), cache_size=0)
+GUARD = Guard(ScriptedBackend(phrase_verdict, name="phrase"), cache_size=0)
 
 
 def _handler(mode: str) -> Any:

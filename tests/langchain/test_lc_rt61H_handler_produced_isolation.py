@@ -22,7 +22,6 @@ import asyncio
 from typing import Any
 
 import pytest
-from faults import ScriptedBackend, keyword_verdict
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig, RunnableLambda
@@ -31,38 +30,20 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 from langgraph.types import Command
-from lc_fakes import SAFE_ANSWER, UNSAFE_CLAUSE, scripted, tool_call
+from lc_fakes import LOOSE_CALLS, LOOSE_RESULTS, SAFE_ANSWER, UNSAFE_CLAUSE, mailer, scripted, tool_call
+from lc_fakes import keyword_guard as kw
 from qwenguard.core import Guard, GuardViolation, Policy, Stage, StagePolicy
 from qwenguard.integrations.langchain import AsyncGuardCallbackHandler, GuardCallbackHandler
 
 WORD = "ammonium"
 MODES = ["sync", "async"]
-LOOSE_CALLS = Policy(stages={Stage.TOOL_CALL: StagePolicy(ignore_categories=frozenset({"Violent"}))})
-LOOSE_RESULTS = Policy(stages={Stage.TOOL_RESULT: StagePolicy(ignore_categories=frozenset({"Violent"}))})
 #: The call the model asks for, under the id a provider gives every first call (TGI's).
 CALL = {"name": "send_email", "args": {"to": "team@example.com", "body": UNSAFE_CLAUSE}, "id": "0", "type": "tool_call"}
 SEND = [{"role": "user", "content": "Send my note."}]
 
 
-def kw(policy: Policy | None = None) -> tuple[Guard, ScriptedBackend]:
-    backend = ScriptedBackend(keyword_verdict, name="kw")
-    return Guard(backend, cache_size=0, **({"policy": policy} if policy else {})), backend
-
-
 def handler(guard: Guard, mode: str, **options: Any) -> Any:
     return (GuardCallbackHandler if mode == "sync" else AsyncGuardCallbackHandler)(guard, **options)
-
-
-def mailer() -> tuple[Any, list[str]]:
-    sent: list[str] = []
-
-    @tool
-    def send_email(to: str, body: str) -> str:
-        """Send an e-mail."""
-        sent.append(body)
-        return "Message delivered."
-
-    return send_email, sent
 
 
 def lookup_tool() -> Any:
