@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -181,30 +182,54 @@ _CALLING_AS: ContextVar[str | None] = ContextVar("qwenguard_calling_as", default
 class calling_as:  # noqa: N801 (used as a context manager, like contextlib's)
     """``with calling_as("AsyncGuardCallbackHandler ..."):``: an integration's sync entry point names its async form
     for the checks it makes, so that the event-loop warning tells its user what to use instead of
-    ``guard.acheck_prompt``, which they never called (rt61a F3). Cheap: one ContextVar set and reset."""
+    ``guard.acheck_prompt``, which they never called (rt61a F3). The outermost entry point's name holds (the one
+    the user called: a guarded model under `GuardMiddleware` keeps the middleware's). Off an event loop it does
+    nothing (no warning to word): one C lookup."""
 
     __slots__ = ("_token", "_twin")
 
     def __init__(self, twin: str) -> None:
         self._twin = twin
+        self._token: Token[str | None] | None = None
 
     def __enter__(self) -> None:
-        self._token = _CALLING_AS.set(self._twin)
+        if asyncio._get_running_loop() is not None and _CALLING_AS.get() is None:
+            self._token = _CALLING_AS.set(self._twin)
 
     def __exit__(self, *exc: object) -> None:
-        _CALLING_AS.reset(self._token)
+        if self._token is not None:
+            _CALLING_AS.reset(self._token)
+            self._token = None
 
 
 def speaking_as(twin: str) -> Callable[[_T], _T]:
-    """Decorator form of `calling_as` for an integration's sync entry point: a function, or a class, whose own
-    ``on_*`` hooks (a callback handler's) it wraps. The twin is set only while an event loop runs in the thread, so
-    a call off the loop (the intended use) pays one C lookup and nothing else."""
+    """Decorator form of `calling_as` for an integration's sync entry point: a function (a generator function too:
+    named for each step, as each step may check), or a class, whose own ``on_*`` hooks (a callback handler's) it
+    wraps."""
 
     def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.isgeneratorfunction(method):
+
+            @functools.wraps(method)
+            def named_steps(*args: Any, **kwargs: Any) -> Any:
+                steps = method(*args, **kwargs)
+                if asyncio._get_running_loop() is None:  # off a loop (the intended use): the generator itself
+                    return (yield from steps)
+                try:
+                    while True:
+                        with calling_as(twin):
+                            try:
+                                step = next(steps)
+                            except StopIteration as done:
+                                return done.value
+                        yield step
+                finally:
+                    steps.close()
+
+            return named_steps
+
         @functools.wraps(method)
         def named(*args: Any, **kwargs: Any) -> Any:
-            if asyncio._get_running_loop() is None:
-                return method(*args, **kwargs)
             with calling_as(twin):
                 return method(*args, **kwargs)
 

@@ -33,6 +33,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import ConfigDict, Field
 from qwenguard.core import Guard, GuardUnavailable, GuardViolation
+from qwenguard.core.guard import speaking_as
 from qwenguard.core.streaming.parallel import PendingCheck
 
 from . import _out_of_sight as out_of_sight
@@ -94,6 +95,13 @@ class StreamLedger:
         except (GuardViolation, GuardUnavailable) as stop:
             self.stopped = stop
             raise
+
+
+#: What the event-loop warning tells a sync call inside async code to use (`speaking_as`); under `GuardMiddleware`
+#: the middleware's words hold (the outermost entry point's).
+_ASYNC_TWIN = (
+    "the model's async methods: await model.ainvoke(...) / async for over model.astream(...) (not invoke / stream)"
+)
 
 
 class HeldBackChatModel(BaseChatModel):
@@ -315,6 +323,7 @@ class HeldBackChatModel(BaseChatModel):
             self.ledger.record(held.whole, self.guard.max_chars)
 
     # -- not streamed: the answer passes through here (the middleware's after_model judges it) -----
+    @speaking_as(_ASYNC_TWIN)
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -352,6 +361,7 @@ class HeldBackChatModel(BaseChatModel):
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     # -- streamed: only what the guard released --------------------------------------------------
+    @speaking_as(_ASYNC_TWIN)
     def _stream(
         self,
         messages: list[BaseMessage],

@@ -33,6 +33,7 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, field_validator
 from qwenguard.core import Action, Decision, Guard, enforce
 from qwenguard.core.formats.identifiers import is_opaque_id
+from qwenguard.core.guard import speaking_as
 
 from .._off_loop import OFF_LOOP_SIZE
 from . import _out_of_sight as out_of_sight
@@ -170,6 +171,10 @@ class GuardDocumentCompressor(BaseDocumentCompressor):
     def _check_guard(cls, value: Any) -> Guard:
         return require_guard(value)
 
+    @speaking_as(
+        "await compressor.acompress_documents(...), or await retriever.ainvoke(...) for a retriever using it"
+        " (not compress_documents / invoke)"
+    )
     def compress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
     ) -> Sequence[Document]:

@@ -94,6 +94,7 @@ from qwenguard.core import (
     enforce,
 )
 from qwenguard.core.formats.conversations import prompt_conversation, tool_call_conversation, untrusted_conversation
+from qwenguard.core.guard import speaking_as
 from qwenguard.core.policy import require_switch
 from qwenguard.core.streaming.monitor_core import check_stream_options
 
@@ -412,6 +413,13 @@ def _state_messages(request: Any) -> list[BaseMessage]:
 def _read_by_call(request: Any) -> tuple[Any, list[BaseMessage]]:
     """What a tool call's check reads (`built_off_loop` measures it): the call, and its state's messages."""
     return request.tool_call, _state_messages(request)
+
+
+#: What the event-loop warning tells a sync agent run inside async code to use (`speaking_as`).
+_ASYNC_TWIN = (
+    "the agent's async methods: await agent.ainvoke(...) / async for over agent.astream(...) (not invoke / stream):"
+    " GuardMiddleware's async hooks run then"
+)
 
 
 class GuardMiddleware(AgentMiddleware):
@@ -790,6 +798,7 @@ class GuardMiddleware(AgentMiddleware):
 
     # -- node hooks ---------------------------------------------------------------------------
     @hook_config(can_jump_to=["end"])
+    @speaking_as(_ASYNC_TWIN)
     def before_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
         items = self._input_items(state)
         decisions = screen(self.guard, items)
@@ -809,6 +818,7 @@ class GuardMiddleware(AgentMiddleware):
         return await built_off_loop(lambda: self._on_input(state, items, decisions), messages)
 
     @hook_config(can_jump_to=["end"])
+    @speaking_as(_ASYNC_TWIN)
     def after_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
         items = self._allowed.unjudged(self._output_items(state))  # judged in the model call, mostly
         return self._on_output(state, items, screen(self.guard, items) if items else [])
@@ -1313,6 +1323,7 @@ class GuardMiddleware(AgentMiddleware):
 
     # What the call's outcome holds is recorded as the agent's own (`_record_response`) once all of it is judged: a
     # blocked answer, or one a blocked Command beside it withholds, is the refusal by then.
+    @speaking_as(_ASYNC_TWIN)
     def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]) -> Any:
         response = self._wrap_model_call(request, handler)
         commands = _inner_commands(handler)
@@ -1433,6 +1444,7 @@ class GuardMiddleware(AgentMiddleware):
             return await built_off_loop(lambda: self._on_answer(response, fresh, verdicts), response)
 
     # -- tool calls -----------------------------------------------------------------------------
+    @speaking_as(_ASYNC_TWIN)
     def wrap_tool_call(self, request: Any, handler: Callable[[Any], ToolMessage | Command]) -> ToolMessage | Command:
         # What it returns is what the agent's tool wrote to the state (`Produced`): its own, not a client's.
         return self._produced.record_result(self._wrap_tool_call(request, handler), current_scope())

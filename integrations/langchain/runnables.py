@@ -40,6 +40,7 @@ from langchain_core.runnables.config import patch_config
 from pydantic import ConfigDict, field_validator, model_validator
 from qwenguard.core import Guard, Stage
 from qwenguard.core.formats.conversations import prompt_conversation, untrusted_conversation
+from qwenguard.core.guard import speaking_as
 from qwenguard.core.streaming.parallel import PendingCheck
 
 from ._holding import HeldStream, monitor_options
@@ -122,6 +123,12 @@ def _combine(chunks: Sequence[Any]) -> Any:
         except TypeError:
             final = chunk
     return final
+
+
+#: What the event-loop warning tells a sync chain run inside async code to use (`speaking_as`).
+_ASYNC_TWIN = (
+    "the chain's async methods: await chain.ainvoke(...) / async for over chain.astream(...) (not invoke / stream)"
+)
 
 
 class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
@@ -322,6 +329,7 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
         )
 
     # -- invoke -----------------------------------------------------------------------------------
+    @speaking_as(_ASYNC_TWIN)
     def _invoke(
         self, value: Any, run_manager: CallbackManagerForChainRun, config: RunnableConfig, **kwargs: Any
     ) -> Any:
@@ -380,6 +388,7 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
         async for chunk in self._held(context).arun(chunks):
             yield chunk
 
+    @speaking_as(_ASYNC_TWIN)
     def _transform(
         self, inputs: Iterator[Any], run_manager: CallbackManagerForChainRun, config: RunnableConfig, **kwargs: Any
     ) -> Iterator[Any]:

@@ -34,6 +34,7 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr, SerializeAsAny
 from llama_index.core.memory import BaseMemory, ChatMemoryBuffer, Memory
 from qwenguard.core import Guard, QwenGuardError, enforce
 from qwenguard.core.formats.conversations import prompt_conversation, response_conversation, untrusted_conversation
+from qwenguard.core.guard import speaking_as
 from qwenguard.core.verdict import Stage
 
 from .._common import require_guard
@@ -65,6 +66,10 @@ from ._messages import (
 )
 
 __all__ = ["GuardMissing", "GuardedMemory"]
+
+
+#: What the event-loop warning tells a sync memory call inside async code to use (`speaking_as`).
+_ASYNC_TWIN = "GuardedMemory's async methods: await memory.aput / aput_messages / aset / aget (not put / get)"
 
 
 class GuardMissing(QwenGuardError, RuntimeError):
@@ -332,6 +337,7 @@ class GuardedMemory(BaseMemory):
                 enforce(decision)
 
     # -- writes: screened -----------------------------------------------------------------------
+    @speaking_as(_ASYNC_TWIN)
     def put(self, message: ChatMessage) -> None:
         if _is_user(message):  # every role is read: a forged role raises before it is stored
             self._screen(_put_checks(self.memory.get_all(), message))
@@ -358,6 +364,7 @@ class GuardedMemory(BaseMemory):
             await self._ascreen(await off_loop(lambda: _set_checks([message], stored), stored, message))
         await self.memory.aput(message)
 
+    @speaking_as(_ASYNC_TWIN)
     def put_messages(self, messages: list[ChatMessage]) -> None:
         stored = self.memory.get_all() if _put_needs_stored(messages) else []
         self._screen(_set_checks(messages, stored))
@@ -368,6 +375,7 @@ class GuardedMemory(BaseMemory):
         await self._ascreen(await off_loop(lambda: _set_checks(messages, stored), stored, messages))
         await self.memory.aput_messages(messages)
 
+    @speaking_as(_ASYNC_TWIN)
     def set(self, messages: list[ChatMessage]) -> None:
         self._screen(_set_checks(messages))
         self.memory.set(messages)
@@ -384,6 +392,7 @@ class GuardedMemory(BaseMemory):
             return False
         return not (isinstance(self.memory, Memory) and not self.memory.memory_blocks)
 
+    @speaking_as(_ASYNC_TWIN)
     def get(self, input: str | None = None, **kwargs: Any) -> list[ChatMessage]:
         read = self.memory.get(input=input, **kwargs)
         if self._adds():

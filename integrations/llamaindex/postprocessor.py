@@ -35,6 +35,7 @@ from llama_index.core.schema import (
 from qwenguard.core import Decision, Guard, enforce
 from qwenguard.core.errors import InputTooLarge
 from qwenguard.core.formats.identifiers import is_opaque_id
+from qwenguard.core.guard import speaking_as
 from qwenguard.core.policy import Action
 from qwenguard.core.verdict import Stage
 
@@ -335,6 +336,10 @@ async def ascreen_nodes(
     return _apply(nodes, await anode_decisions(guard, [n.node for n in nodes], on_block, query), on_block, record)
 
 
+#: What the event-loop warning tells a sync query inside async code to use (`speaking_as`).
+_ASYNC_TWIN = "await engine.aquery(...) / await postprocessor.apostprocess_nodes(...) (not query / postprocess_nodes)"
+
+
 class GuardNodePostprocessor(GuardComponent, BaseNodePostprocessor):
     """Drop (or raise on) retrieved nodes the guard blocks.
 
@@ -362,6 +367,7 @@ class GuardNodePostprocessor(GuardComponent, BaseNodePostprocessor):
     def class_name(cls) -> str:
         return "GuardNodePostprocessor"
 
+    @speaking_as(_ASYNC_TWIN)
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:

@@ -24,6 +24,7 @@ from llama_index.core.prompts.mixin import PromptMixinType
 from llama_index.core.schema import IndexNode, NodeWithScore, QueryBundle
 from llama_index.core.utils import print_text
 from qwenguard.core import Guard, enforce
+from qwenguard.core.guard import speaking_as
 
 from .._common import require_guard
 from ._quiet import overrides, unspanned
@@ -69,6 +70,9 @@ class GuardedRetriever(BaseRetriever):
     def _get_prompt_modules(self) -> PromptMixinType:
         return {"retriever": self._retriever}
 
+    @speaking_as(
+        "await retriever.aretrieve(...), or await engine.aquery(...) for a query engine over it (not retrieve / query)"
+    )
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         if self.screen_query:
             enforce(self.guard.check_prompt(query_bundle.query_str))

@@ -62,6 +62,7 @@ from llama_index.core.tools.types import (
 )
 from qwenguard.core import Action, Decision, Guard, GuardViolation
 from qwenguard.core.formats.conversations import prompt_conversation, untrusted_conversation
+from qwenguard.core.guard import speaking_as
 from qwenguard.core.verdict import Stage
 
 from .._common import require_guard
@@ -94,6 +95,10 @@ def _control_flow() -> tuple[type[BaseException], ...]:
 
 
 _CONTROL_FLOW = _control_flow()
+
+
+#: What the event-loop warning tells a sync tool call inside async code to use (`speaking_as`).
+_ASYNC_TWIN = "await tool.acall(...) (an async agent run calls it: await agent.run(...)), not tool.call(...)"
 
 
 class GuardedToolError(Exception):
@@ -832,6 +837,7 @@ class GuardedFunctionTool(_Screening, FunctionTool):
         self.wrapped = tool
         guarded_tool_name(self.metadata.get_name())
 
+    @speaking_as(_ASYNC_TWIN)
     def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
         # Screened outside the ``except`` block: an exception raised there would chain the tool's (`_ended`).
         try:
@@ -894,6 +900,7 @@ class GuardedTool(_Screening, AsyncBaseTool):
             return await asyncio.to_thread(self._call_wrapped, *args, **kwargs)
         return cast(ToolOutput, await unspanned(tool, "acall")(*args, **kwargs))
 
+    @speaking_as(_ASYNC_TWIN)
     def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
         try:
             output = self._call_wrapped(*args, **kwargs)

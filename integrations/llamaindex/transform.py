@@ -14,6 +14,7 @@ from typing import Any
 from llama_index.core.schema import BaseNode, NodeRelationship, TransformComponent
 from pydantic import Field, computed_field
 from qwenguard.core import Decision, Guard
+from qwenguard.core.guard import speaking_as
 
 from .._common import require_guard
 from ._component import GuardComponent
@@ -68,6 +69,7 @@ class GuardTransform(GuardComponent, TransformComponent):
         kept = keep_allowed(nodes, decisions, self.on_block, self.record_flags, lambda n: n)
         return unlinked(kept, {n.node_id for n in nodes} - {n.node_id for n in kept})
 
+    @speaking_as("await transform.acall(nodes), or await pipeline.arun(...) (not transform(nodes) / pipeline.run)")
     def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[BaseNode]:
         guard = live_guard(self)
         if not nodes:
