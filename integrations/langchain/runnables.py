@@ -57,7 +57,7 @@ from ._input_beside import (
 )
 from ._json_reading import ReadingHeldStream, reading_items
 from ._keep_stops import KeepsStops
-from ._messages import DEFAULT_HISTORY_TURNS, Item, input_items, output_items, prompt_items
+from ._messages import DEFAULT_HISTORY_TURNS, Item, input_items, message_text, output_items, prompt_items
 from ._options import by_keyword, known_fields, refuse_unknown
 from ._screening import ascreen, built_off_loop, raise_first, require_guard, screen
 from ._streaming import DEFAULT_WINDOW_CHARS, Engine
@@ -112,6 +112,58 @@ def _documents(value: Any) -> Sequence[Document] | None:
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, Document) for v in value):
         return value
     return None
+
+
+def _user_texts(value: Any) -> list[str | None]:
+    """What a dict input's ``value`` puts in the user message a prompt template builds around it: its user text, in
+    order; ``None`` where it ends a run of user turns (an assistant or tool turn); nothing for documents (judged on
+    their own, as retrieved content), numbers, and a system message (hoisted out of the turns by providers)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, _PLAIN) or _documents(value) is not None:
+        return []
+    messages: Sequence[BaseMessage] | None = None
+    if isinstance(value, PromptValue):
+        messages = value.to_messages()
+    elif isinstance(value, BaseMessage):
+        messages = [value]
+    elif isinstance(value, (list, tuple)):
+        try:
+            messages = convert_to_messages(value)
+        except (NotImplementedError, ValueError, TypeError, KeyError):
+            messages = None
+    if messages is None:
+        return [str(value)]  # as the template prints it
+    return [message_text(m) if m.type == "human" else None for m in messages if m.type != "system"]
+
+
+def _joined_variables(value: dict[str, Any], keys: Sequence[str]) -> list[Item]:
+    """The user text of two or more variables, joined as a template that places them side by side reads it: each
+    value is judged alone (`GuardRunnable._value_items`), and a request split across variables ("Tell me how to
+    {verb} {rest}" with "mix" | "ammonium nitrate with fuel oil", or a history ending in a user turn before
+    "{question}") was never judged whole (rt62f F1). The step cannot see the template after it: the values are joined
+    in the input's order with a space, the common ``"{a} {b}"``; a guard placed after the template
+    (``prompt | guard_input(guard) | model``) judges the rendered messages exactly. Linear in the input's text."""
+    items: list[Item] = []
+    run: list[str] = []
+    named: list[str] = []
+
+    def end() -> None:
+        if len(set(named)) >= 2 and sum(1 for t in run if t.strip()) >= 2:
+            label = "chain input " + " + ".join(repr(k) for k in dict.fromkeys(named)) + ", joined"
+            items.append(Item(Stage.PROMPT, prompt_conversation(" ".join(t for t in run if t.strip())), label=label))
+        run.clear()
+        named.clear()
+
+    for key in keys:
+        for text in _user_texts(value[key]):
+            if text is None:
+                end()
+            else:
+                run.append(text)
+                named.append(key)
+    end()
+    return items
 
 
 def _combine(chunks: Sequence[Any]) -> Any:
@@ -242,7 +294,7 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
                         raise TypeError(f"guard input key {key!r} holds a {type(sub).__name__}, not text or messages")
                     continue  # a number prints as digits: nothing to judge
                 items.extend(self._value_items(key, sub))
-            return items
+            return items + _joined_variables(value, keys)
         raise TypeError(
             f"cannot screen a {type(value).__name__} input: pass a string, messages, a PromptValue or a dict of them"
         )
