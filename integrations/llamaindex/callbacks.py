@@ -20,22 +20,33 @@ model reads outside of it, beyond the LLM's own system prompt and role labels, i
 content (all of the input when the template's text is not found there). A template whose call never came
 (it failed to format) is left behind in the context: one found in the input neither as formatted nor by its
 own wording is not this call's, and the call is judged alone (another request's variables are not its own).
+
+A chat template's own messages can be the conversation: the context chat engines write the history (a
+client's ``chat_history`` among it) between their system message and ``{query_str}``. So each non-system
+message of the template is judged by role, as read (`_template_turns`), except the template's wording around
+the variables (a system message or the last user message holding one: its variables are judged by variable).
+
+A synthesizer can hand back text no LLM wrote whole (``accumulate`` joins its answers): the response a
+SYNTHESIZE or QUERY event ends with is judged as the answer to its query, unless it is an answer already judged
+under that event (most modes return the last LLM answer as it is).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import string
+from bisect import bisect_left
 from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 from llama_index.core.base.llms.generic_utils import messages_to_prompt
-from llama_index.core.base.llms.types import MessageRole
+from llama_index.core.base.llms.types import ChatMessage, MessageRole
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.callbacks.base_handler import BaseCallbackHandler
-from llama_index.core.prompts.utils import format_string
+from llama_index.core.prompts.utils import SafeFormatter
 from llama_index.core.schema import NodeWithScore, QueryBundle
 from qwenguard.core import Guard, enforce
 from qwenguard.core.formats.conversations import prompt_conversation, response_conversation, untrusted_conversation
@@ -49,6 +60,7 @@ from ._messages import (
     message_text,
     plan_inputs,
     plan_template,
+    role_of,
     variable_checks,
     variable_texts,
 )
@@ -63,6 +75,8 @@ SCREENED_EVENTS = frozenset(
         (CBEventType.RETRIEVE, "end"),
         (CBEventType.LLM, "start"),
         (CBEventType.LLM, "end"),
+        (CBEventType.SYNTHESIZE, "end"),
+        (CBEventType.QUERY, "end"),
     }
 )
 #: Open events whose state the handler keeps (every request's together); the oldest go first.
@@ -71,6 +85,13 @@ MAX_OPEN_EVENTS = 4096
 # Role labels `messages_to_prompt` writes before each message's text: the framework's, not the caller's.
 _ROLE_NAMES = "|".join(re.escape(role.value) for role in MessageRole)
 _ROLE_LABELS = re.compile(rf"^(?:{_ROLE_NAMES}):[ ]?", re.MULTILINE)
+# The turns of a chat template laid out for a completion model: a role label opening a line.
+_TURN_LABELS = re.compile(rf"^({_ROLE_NAMES}): ", re.MULTILINE)
+# The placeholders LlamaIndex's SafeFormatter replaces.
+_FIELDS = re.compile(r"\{([^{}]+)\}")
+_SYSTEM_ROLES = frozenset({MessageRole.SYSTEM.value, MessageRole.DEVELOPER.value})
+# What `messages_to_prompt` closes its text with.
+_LAST_TURN = f"\n{MessageRole.ASSISTANT.value}: "
 
 
 @dataclass
@@ -91,8 +112,8 @@ _TEMPLATE: ContextVar[_Templating | None] = ContextVar("qwenguard_template", def
 
 
 class GuardCallbackHandler(BaseCallbackHandler):
-    """Raise `GuardViolation` from inside LlamaIndex when a query, retrieved node, LLM input or LLM
-    answer is blocked.
+    """Raise `GuardViolation` from inside LlamaIndex when a query, retrieved node, LLM input, LLM
+    answer or a synthesizer's response is blocked.
 
     >>> Settings.callback_manager = CallbackManager([GuardCallbackHandler(guard)])  # doctest: +SKIP
 
@@ -117,6 +138,10 @@ class GuardCallbackHandler(BaseCallbackHandler):
         self._parents: Bounded[str, str] = Bounded(MAX_OPEN_EVENTS)
         self._queries: Bounded[str, str] = Bounded(MAX_OPEN_EVENTS)
         self._prompts: Bounded[str, list[GuardMessage]] = Bounded(MAX_OPEN_EVENTS)
+        # The query of each open SYNTHESIZE event, and the answers judged under each open SYNTHESIZE or QUERY
+        # event (fingerprints): its response is judged unless it is one of them.
+        self._synthesizing: Bounded[str, str] = Bounded(MAX_OPEN_EVENTS)
+        self._answers: Bounded[str, set[bytes]] = Bounded(MAX_OPEN_EVENTS)
 
     # Both integrations name their handler GuardCallbackHandler: given to LangChain by mistake (an auto-import's
     # slip), this one died on an AttributeError deep in langchain-core, blaming a ``raise_error`` the docs say the
@@ -159,8 +184,12 @@ class GuardCallbackHandler(BaseCallbackHandler):
             query = _query_text(payload.get(EventPayload.QUERY_STR))
             if query is not None:
                 self._queries[event_id] = query
+            self._answers[event_id] = set()
             if query and (event_type, "start") in self.events:
                 enforce(self.guard.check_prompt(query))
+        elif event_type is CBEventType.SYNTHESIZE:
+            self._synthesizing[event_id] = _query_text(payload.get(EventPayload.QUERY_STR)) or ""
+            self._answers[event_id] = set()
         elif event_type is CBEventType.TEMPLATING:
             variables = payload.get(EventPayload.TEMPLATE_VARS)
             if isinstance(variables, dict):
@@ -184,6 +213,8 @@ class GuardCallbackHandler(BaseCallbackHandler):
     def _forget(self, event_id: str) -> list[GuardMessage] | None:
         self._parents.pop(event_id, None)
         self._queries.pop(event_id, None)
+        self._synthesizing.pop(event_id, None)
+        self._answers.pop(event_id, None)
         return self._prompts.pop(event_id, None)
 
     def on_event_end(
@@ -194,6 +225,11 @@ class GuardCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         payload = payload or {}
+        parent = self._parents.get(event_id)
+        query = (
+            self._synthesizing.get(event_id) if event_type is CBEventType.SYNTHESIZE else self._queries.get(event_id)
+        )
+        answers = self._answers.get(event_id)
         prompt = self._forget(event_id)
         # An EXCEPTION payload reports a failure (possibly our own GuardViolation): never raise again.
         if EventPayload.EXCEPTION in payload or (event_type, "end") not in self.events:
@@ -211,6 +247,28 @@ class GuardCallbackHandler(BaseCallbackHandler):
                 if prompt is None:  # its start was dropped (`MAX_OPEN_EVENTS`): the end carries the model's input
                     prompt = self._llm_prompt(payload, "")[1]
                 enforce(self.guard.check(response_conversation(prompt, text), Stage.RESPONSE))
+                self._answered(parent, _answer_key(text))
+        elif event_type in (CBEventType.SYNTHESIZE, CBEventType.QUERY):
+            response = payload.get(EventPayload.RESPONSE)
+            # A text response; a stream's answer is judged when its LLM call ends (no text here yet).
+            text = getattr(response, "response", None)
+            if isinstance(text, str) and text.strip():
+                key = _answer_key(text)
+                if answers is None or key not in answers:
+                    # Text no judged answer was: ``accumulate`` joins its answers, each judged alone; a custom
+                    # synthesizer may build any text. Judged whole, as the answer to the query, before it is returned.
+                    enforce(self.guard.check(response_conversation(query or "", text), Stage.RESPONSE))
+                self._answered(parent, key)
+
+    def _answered(self, event_id: str | None, key: bytes) -> None:
+        """Note an answer judged (``key``) in every open SYNTHESIZE or QUERY event at or above ``event_id``."""
+        for _ in range(64):  # event trees are shallow; bounded in case of a broken chain
+            if event_id is None:
+                return
+            answers = self._answers.get(event_id)
+            if answers is not None:
+                answers.add(key)
+            event_id = self._parents.get(event_id)
 
     # -- LLM inputs ---------------------------------------------------------------------------
     def _query_above(self, event_id: str) -> str | None:
@@ -234,7 +292,7 @@ class GuardCallbackHandler(BaseCallbackHandler):
         texts = variable_texts(template.variables, self.guard.max_chars)
         # The template formatted again with the text judged (plain values and bytes as LlamaIndex prints them),
         # and what the model reads besides: the LLM's own additions, or text no variable showed.
-        formatted = format_string(template.template, **{**template.variables, **texts})
+        formatted, fields = _format_fields(template.template, {**template.variables, **texts})
         read = _input_layout(payload)
         at = read.find(formatted) if formatted else -1
         if at < 0 and _wording_in(template.template, read) is False:
@@ -249,7 +307,8 @@ class GuardCallbackHandler(BaseCallbackHandler):
             unshown.append((Stage.PROMPT, untrusted_conversation(outside, "formatted prompt")))
         plan = plan_template(texts)
         if plan is not None and at >= 0:
-            return plan.checks + unshown, plan.prompt
+            turns = _template_turns(payload, formatted, fields, at)
+            return plan.checks + plan_inputs(turns, latest_prompt=False).checks + unshown, plan.prompt
         # No query variable (every variable is still judged), or not this call's template: judged as any LLM call.
         checks, prompt = self._llm_prompt(payload, parent_id)
         return (plan.checks if plan is not None else variable_checks(texts)) + checks + unshown, prompt
@@ -295,6 +354,81 @@ def _wording_in(template: str, text: str) -> bool | None:
             return False
         at = found + len(line)
     return True if any(lines) else None
+
+
+def _format_fields(template: str, values: dict[str, Any]) -> tuple[str, list[tuple[int, int]]]:
+    """``template`` formatted as LlamaIndex formats it (`SafeFormatter`: a placeholder with no value stays), and
+    where each value landed in that text (start, end), in order."""
+    formatter = SafeFormatter(format_dict=values)
+    parts: list[str] = []
+    fields: list[tuple[int, int]] = []
+    at = size = 0
+    for match in _FIELDS.finditer(template):
+        parts.append(template[at : match.start()])
+        size += match.start() - at
+        value = formatter.format(match.group(0))  # this one placeholder, as SafeFormatter replaces it
+        if match.group(1) in values:
+            fields.append((size, size + len(value)))
+        parts.append(value)
+        size += len(value)
+        at = match.end()
+    parts.append(template[at:])
+    return "".join(parts), fields
+
+
+def _template_turns(
+    payload: dict[str, Any], formatted: str, fields: list[tuple[int, int]], at: int
+) -> list[ChatMessage]:
+    """The messages of a chat template found at ``at`` in the LLM's input laid out (`_input_layout`), as the model
+    reads them: a chat model's own messages, or the turns a completion model reads in its prompt (a role label
+    opening a line starts one, for the model as here; none in a text template). The template's wording that holds a variable (``fields``: where
+    the values landed in ``formatted``), its system messages and its last user message, is left empty: its variables
+    are judged by variable, its own text is the framework's."""
+    spans: list[tuple[ChatMessage | str, int, int]] = []  # a turn, and where its text lies in ``formatted``
+    messages = payload.get(EventPayload.MESSAGES)
+    if messages:
+        start = 0
+        for message in messages:
+            # Laid out as `_input_layout` lays it out: "role: text", messages joined by a line break.
+            one = messages_to_prompt([message])[: -len(_LAST_TURN)]
+            begin, end = start + len(message.role.value) + 2 - at, start + len(one) - at
+            if begin >= 0 and end <= len(formatted):
+                spans.append((message, begin, end))
+            start += len(one) + 1
+    elif _TURN_LABELS.match(formatted) and formatted.endswith(_LAST_TURN):
+        # A chat template laid out as `messages_to_prompt` lays out its messages (from the first role label to the
+        # closing "assistant: "); a text template is the framework's wording and the variables.
+        starts = [start for start, _ in fields]
+        labels = []
+        for label in _TURN_LABELS.finditer(formatted):
+            # A role label a value printed is the value's text (judged by variable), not a turn of the template.
+            i = bisect_left(starts, label.start() + 1) - 1
+            if i < 0 or fields[i][1] <= label.start():
+                labels.append(label)
+        for label, after in zip(labels, [*labels[1:], None]):
+            end = after.start() - 1 if after is not None else len(formatted)
+            spans.append((label.group(1), label.end(), end))
+    starts = [start for start, _ in fields]
+
+    def holds_value(begin: int, end: int) -> bool:
+        i = bisect_left(starts, begin)
+        return i < len(fields) and fields[i][1] <= end
+
+    turns: list[ChatMessage] = []
+    for turn, begin, end in spans:
+        message = turn if isinstance(turn, ChatMessage) else ChatMessage(role=turn, content=formatted[begin:end])
+        turns.append(message)
+    users = [i for i, m in enumerate(turns) if role_of(m) == MessageRole.USER.value]
+    last_user = users[-1] if users else None
+    for i, (_, begin, end) in enumerate(spans):
+        role = role_of(turns[i])
+        if holds_value(begin, end) and (role in _SYSTEM_ROLES or i == last_user):
+            turns[i] = ChatMessage(role=role, content="")
+    return turns
+
+
+def _answer_key(text: str) -> bytes:
+    return hashlib.blake2b(text.strip().encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 def _query_text(query: Any) -> str | None:

@@ -2,13 +2,15 @@
 
 **It cannot block.** LlamaIndex's dispatcher runs event handlers inside ``except BaseException:
 pass``, so nothing a handler raises reaches the application. This handler therefore only judges
-what it sees (queries, retrieved nodes, LLM answers) and records the Decisions for audit logs and
-metrics. To stop content, use `GuardedLLM`, `GuardNodePostprocessor`, `GuardedRetriever`,
-`GuardTransform` or `GuardCallbackHandler`.
+what it sees (queries, retrieved nodes, LLM answers, and a synthesizer's response that no LLM answer
+was: ``accumulate`` joins its answers) and records the Decisions for audit logs and metrics. It does
+not judge an LLM's input (a chat engine's history among it). To stop content, use `GuardedLLM`,
+`GuardNodePostprocessor`, `GuardedRetriever`, `GuardTransform` or `GuardCallbackHandler`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections import Counter, deque
@@ -25,8 +27,9 @@ from llama_index.core.instrumentation.events.llm import (
     LLMChatInProgressEvent,
     LLMCompletionEndEvent,
 )
-from llama_index.core.instrumentation.events.query import QueryStartEvent
+from llama_index.core.instrumentation.events.query import QueryEndEvent, QueryStartEvent
 from llama_index.core.instrumentation.events.retrieval import RetrievalEndEvent
+from llama_index.core.instrumentation.events.synthesis import SynthesizeEndEvent
 from llama_index.core.schema import QueryBundle
 from qwenguard.core import Decision, Guard
 from qwenguard.core.formats.conversations import response_conversation
@@ -44,6 +47,8 @@ logger = logging.getLogger("qwenguard.llamaindex")
 AuditRecord = tuple[str, "str | None", Decision]
 #: Streamed answers whose text the handler keeps until their end event (every request's together).
 MAX_OPEN_STREAMS = 1024
+#: Fingerprints of the latest answers judged, so that a response that is one of them is not judged twice.
+MAX_ANSWERS = 1024
 
 
 class GuardEventHandler(GuardComponent, BaseEventHandler):
@@ -73,6 +78,7 @@ class GuardEventHandler(GuardComponent, BaseEventHandler):
     # span id -> the parts streamed so far and their length; bounded (`MAX_OPEN_STREAMS`, at most the guard's
     # max_chars + 1 characters each) and dropped at the stream's end or exception event.
     _streams: Any = PrivateAttr(default_factory=lambda: Bounded(MAX_OPEN_STREAMS))
+    _answers: Any = PrivateAttr(default_factory=lambda: Bounded(MAX_ANSWERS))
     _lock: Any = PrivateAttr(default_factory=threading.Lock)
 
     def __init__(self, guard: Guard, **kwargs: Any) -> None:
@@ -152,7 +158,24 @@ class GuardEventHandler(GuardComponent, BaseEventHandler):
             if text.strip():
                 prompt = plan_inputs(event.messages).prompt
                 self._record(event, self.guard.check(response_conversation(prompt, text), "response"))
+                self._answers[_answer_key(text)] = True
         elif isinstance(event, LLMCompletionEndEvent) and self.screen_responses:
             text = event.response.text or ""
             if text.strip():
                 self._record(event, self.guard.check(response_conversation(event.prompt, text), "response"))
+                self._answers[_answer_key(text)] = True
+        elif isinstance(event, (SynthesizeEndEvent, QueryEndEvent)) and self.screen_responses:
+            # A text response (a stream's answer is judged at its LLM end event) that no judged answer was: an
+            # ``accumulate`` synthesizer joins its answers, each judged alone. Judged whole, as the answer to the query.
+            said = getattr(event.response, "response", None)
+            if isinstance(said, str) and said.strip():
+                key = _answer_key(said)
+                if self._answers.get(key) is None:
+                    query = event.query.query_str if isinstance(event.query, QueryBundle) else event.query
+                    asked = query if isinstance(query, str) else ""
+                    self._record(event, self.guard.check(response_conversation(asked, said), "response"))
+                    self._answers[key] = True
+
+
+def _answer_key(text: str) -> bytes:
+    return hashlib.blake2b(text.strip().encode("utf-8", "surrogatepass"), digest_size=16).digest()
