@@ -6,6 +6,8 @@ import json
 import re
 import threading
 import types
+import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from itertools import islice
@@ -35,6 +37,7 @@ __all__ = [
     "reply_actions",
     "reply_strings",
     "require_guard",
+    "guard_scope",
 ]
 
 
@@ -463,3 +466,39 @@ def reply_strings(value: Any, budget: int, known: Callable[[str], bool] = lambda
     if stack or total > budget:
         raise InputTooLarge(f"the provider's reply is over {budget} characters of text: it cannot be judged whole")
     return texts
+
+
+# What a remembered allow answers for: a guard object (not its id, which a later guard may take) under a policy. Policies
+# are frozen but not hashable: each guard keeps the latest few it was seen with, the same object or an equal one.
+_SCOPES: weakref.WeakKeyDictionary[Any, list[tuple[Any, bytes]]] = weakref.WeakKeyDictionary()
+_SCOPES_LOCK = threading.Lock()
+_POLICIES_KEPT = 16
+
+
+def guard_scope(guard: Any) -> bytes | None:
+    """A token of ``guard`` under its policy as it stands (``guard.policy``, compared with ``==``): what the checks an
+    integration remembers as allowed answer for (LangChain's `AllowedChecks`, LlamaIndex's `GuardedLLM` memory), so a
+    changed policy or another guard judges again. ``None`` once the guard is closed: every check is then a guard error,
+    decided by ``Policy.on_error`` (docs/api.md), never an allow remembered before (rt62b F1-F3)."""
+    cache = getattr(guard, "cache", None)
+    if cache is None or getattr(cache, "closed", True):  # `Guard.close` closes its verdict cache
+        return None
+    policy = guard.policy
+    try:
+        with _SCOPES_LOCK:
+            known = _SCOPES.get(guard)
+            if known is None:
+                known = _SCOPES[guard] = []
+            for held, token in known:
+                if held is policy:
+                    return token
+            for i, (held, token) in enumerate(known):
+                if held == policy:
+                    known[i] = (policy, token)  # found by identity from now on
+                    return token
+            token = uuid.uuid4().bytes
+            known.append((policy, token))
+            del known[:-_POLICIES_KEPT]  # a policy dropped here is only judged again
+            return token
+    except TypeError:  # a guard that cannot be weakly referenced: nothing is remembered for it
+        return None

@@ -3,7 +3,8 @@
 - `AllowedChecks`: the checks it allowed, by fingerprint. The model call judges the messages it is given again
   (a middleware may have changed them since ``before_model``); without this, every model call judged the whole
   history twice more, and with the verdict cache off (``cache_size=0``, or a busy shared guard evicting entries)
-  an agent's cost grew with the square of its turns. Fingerprints, not texts: nothing said is kept.
+  an agent's cost grew with the square of its turns. Fingerprints, not texts: nothing said is kept. Each answers
+  only for the guard and policy that allowed it (`guard_scope`), never once that guard is closed (rt62b F3).
 - `judged_content`: what a text check of an answer reads, by fingerprint. An answer whose text was judged (as it
   streamed, or whole in the model call) is not judged again only while it still says what was judged: a middleware
   that rewrites it (a footer, a translation: ``model_copy`` keeps its id) has it judged again.
@@ -44,13 +45,15 @@ from langchain_core.messages import BaseMessage
 from qwenguard.core import Action, Decision
 
 from .._common import Bounded
+from .._common import guard_scope as shared_scope
 from ._messages import AS_ANSWER, AS_INPUT, Item, answer_text, call_key, source_text, tool_result_messages
 
 M = TypeVar("M", bound=BaseMessage)
 
-#: How many allowed checks a middleware remembers (fingerprints of 64 hex characters).
+#: How many allowed checks a middleware remembers (fingerprints of 64 hex characters; an allow's, after its scope's 32).
 MAX_ALLOWED_CHECKS = 16_384
 _FINGERPRINT = "qwenguard_fingerprint"  # where an item keeps its own (`Item.extra`)
+_SCOPE = "qwenguard_scope"  # where an item keeps the `guard_scope` it was looked up under (`AllowedChecks.unjudged`)
 
 
 def _digest(data: str) -> str:
@@ -176,25 +179,50 @@ def judged_content(message: BaseMessage, budget: int) -> str:
     return _digest(data)
 
 
+def guard_scope(guard: Any) -> str | None:
+    """`_common.guard_scope` as text, to prefix this memory's fingerprints."""
+    token = shared_scope(guard)
+    return None if token is None else token.hex()
+
+
 class AllowedChecks:
     """Fingerprints of the checks a middleware allowed (stage and conversation: the same check gets the same
-    decision from the same guard and policy)."""
+    decision from the same guard and policy), each for the guard and policy that allowed it (`guard_scope`): a
+    changed ``guard.policy`` (a stage enabled again), another guard (``middleware.guard`` assigned, a copy of the
+    middleware given its own), or a closed guard is never answered from it (rt62b F3). Only a plain allow is kept:
+    a flag (a failed-open check, an ignored category) is told again."""
 
     def __init__(self, maxsize: int = MAX_ALLOWED_CHECKS) -> None:
         self._allowed: Bounded[str, bool] = Bounded(maxsize)
 
-    def unjudged(self, items: Sequence[Item]) -> list[Item]:
-        return [item for item in items if self._allowed.get(_fingerprint(item)) is None]
-
-    def trust(self, items: Sequence[Item]) -> None:
-        """Take these checks as allowed without judging them: what the application itself wrote."""
+    def unjudged(self, items: Sequence[Item], guard: Any) -> list[Item]:
+        """The checks of ``items`` that ``guard``, under its policy now, did not allow before."""
+        scope = guard_scope(guard)
+        if scope is None:
+            return list(items)
+        found = []
         for item in items:
-            self._allowed[_fingerprint(item)] = True
+            item.extra[_SCOPE] = scope  # its decision is remembered only under this scope (`remember`)
+            if self._allowed.get(scope + _fingerprint(item)) is None:
+                found.append(item)
+        return found
 
-    def remember(self, items: Sequence[Item], decisions: Sequence[Decision]) -> None:
+    def trust(self, items: Sequence[Item], guard: Any) -> None:
+        """Take these checks as allowed without judging them: what the application itself wrote."""
+        if (scope := guard_scope(guard)) is not None:
+            for item in items:
+                self._allowed[scope + _fingerprint(item)] = True
+
+    def remember(self, items: Sequence[Item], decisions: Sequence[Decision], guard: Any) -> None:
+        """The plain allows among ``decisions`` (``guard``'s on ``items``), for its policy now: not one whose item
+        was looked up under another (`unjudged`: the policy was changed while it was judged)."""
+        scope = guard_scope(guard)
+        if scope is None:
+            return
         for item, decision in zip(items, decisions):
-            if decision.action is Action.ALLOW:  # a flag (a failed-open check, an ignored category) is told again
-                self._allowed[_fingerprint(item)] = True
+            # A flag (a failed-open check, an ignored category) is told again.
+            if decision.action is Action.ALLOW and item.extra.get(_SCOPE, scope) == scope:
+                self._allowed[scope + _fingerprint(item)] = True
 
 
 class RaisedChecks:

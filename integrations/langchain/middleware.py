@@ -576,7 +576,8 @@ class GuardMiddleware(AgentMiddleware):
                 for i in items
                 if i.message is not None
                 and (wanted.get(i.stage) or (i.extra.get(AS_INPUT) and (self.check_input or self.check_tool_results)))
-            ]
+            ],
+            self.guard,
         )
 
     def _output_items(self, state: AgentState) -> list[Item]:
@@ -770,7 +771,7 @@ class GuardMiddleware(AgentMiddleware):
         return {"messages": updates}  # "replace": the model goes on with the notices
 
     def _on_output(self, state: AgentState, items: list[Item], decisions: list[Decision]) -> dict[str, Any] | None:
-        self._allowed.remember(items, decisions)
+        self._allowed.remember(items, decisions, self.guard)
         blocked = blocked_pairs(items, decisions)
         if not blocked:
             self._record_answer(state)  # let through: the agent's own when read back
@@ -802,7 +803,7 @@ class GuardMiddleware(AgentMiddleware):
     def before_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
         items = self._input_items(state)
         decisions = screen(self.guard, items)
-        self._allowed.remember(items, decisions)
+        self._allowed.remember(items, decisions, self.guard)
         return self._on_input(state, items, decisions)
 
     # The async hooks read messages (into checks, fingerprints, notices) on a worker thread once they are large
@@ -814,19 +815,19 @@ class GuardMiddleware(AgentMiddleware):
         messages = state.get("messages") or ()
         items = await built_off_loop(lambda: self._input_items(state), messages)
         decisions = await ascreen(self.guard, items)
-        self._allowed.remember(items, decisions)
+        self._allowed.remember(items, decisions, self.guard)
         return await built_off_loop(lambda: self._on_input(state, items, decisions), messages)
 
     @hook_config(can_jump_to=["end"])
     @speaking_as(_ASYNC_TWIN)
     def after_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
-        items = self._allowed.unjudged(self._output_items(state))  # judged in the model call, mostly
+        items = self._allowed.unjudged(self._output_items(state), self.guard)  # judged in the model call, mostly
         return self._on_output(state, items, screen(self.guard, items) if items else [])
 
     @hook_config(can_jump_to=["end"])
     async def aafter_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
         messages = state.get("messages") or ()
-        items = await built_off_loop(lambda: self._allowed.unjudged(self._output_items(state)), messages)
+        items = await built_off_loop(lambda: self._allowed.unjudged(self._output_items(state), self.guard), messages)
         decisions = await ascreen(self.guard, items) if items else []
         return await built_off_loop(lambda: self._on_output(state, items, decisions), messages)  # records: reads it
 
@@ -904,7 +905,7 @@ class GuardMiddleware(AgentMiddleware):
 
     def _before_tool(self, items: list[Item], decisions: list[Decision]) -> Decision | None:
         """The first block among the checks before the tool runs (`_tool_checks`), or ``None``: the tool runs."""
-        self._allowed.remember(items, decisions)
+        self._allowed.remember(items, decisions, self.guard)
         return next((d for d in decisions if not d.allowed), None)
 
     def _tool_decisions(self, items: list[Item], judge: Callable[[list[Item]], list[Decision]]) -> list[Decision]:
@@ -925,7 +926,7 @@ class GuardMiddleware(AgentMiddleware):
     def _unjudged_call(self, request: Any) -> Item | None:
         """The check of ``request``'s tool call, unless it was allowed before (`AllowedChecks`)."""
         item = self._call_item(request)
-        return item if item is not None and self._allowed.unjudged([item]) else None
+        return item if item is not None and self._allowed.unjudged([item], self.guard) else None
 
     def _blocked_call(self, request: Any, decision: Decision) -> ToolMessage:
         if self.exit_behavior == "error":
@@ -1096,7 +1097,7 @@ class GuardMiddleware(AgentMiddleware):
 
     def _withheld(self, result: Any, items: list[Item], decisions: list[Decision]) -> Any:
         """The result with every blocked message replaced by the notice (``"error"``: raised)."""
-        self._allowed.remember(items, decisions)
+        self._allowed.remember(items, decisions, self.guard)
         blocked = blocked_pairs(items, decisions)
         if not blocked:
             return result
@@ -1131,7 +1132,7 @@ class GuardMiddleware(AgentMiddleware):
         """The messages the model reads: with "replace", notices in place of blocked ones. Raises the first
         block's `GuardViolation` with "error" or "end", or when the last message (what the model answers) is
         blocked; the model call's outcome is then the policy's (`_stream_stopped`)."""
-        self._allowed.remember(items, decisions)
+        self._allowed.remember(items, decisions, self.guard)
         blocked = _without_runs_of_blocked(blocked_pairs(items, decisions))
         if not blocked:
             return messages
@@ -1174,7 +1175,7 @@ class GuardMiddleware(AgentMiddleware):
                 answer_tools=answers,
                 given_items=self._message_items,
                 given_after=self._given,
-                judged=self._allowed.remember,
+                judged=lambda items, decisions: self._allowed.remember(items, decisions, self.guard),
                 answer_items=answer_items,
                 answer_after=self._answer_after,
             )
@@ -1189,7 +1190,7 @@ class GuardMiddleware(AgentMiddleware):
                 answer, context, self.history_turns, tool_calls=calls, answers=answers, budget=self.guard.max_chars
             )
             found += reading_items(answer, context, self.history_turns)  # a JSON answer, as it is parsed
-            return self._allowed.unjudged(found)
+            return self._allowed.unjudged(found, self.guard)
 
         return HeldModelRequest.of(request, hold), ledger
 
@@ -1208,7 +1209,7 @@ class GuardMiddleware(AgentMiddleware):
     def _answer_after(self, items: list[Item], decisions: list[Decision]) -> None:
         """The verdicts on an answer the held call judged whole (its ``answer_items``): remembered (not judged
         again here), and the first block raised, inside the call: the policy action follows (`_stream_stopped`)."""
-        self._allowed.remember(items, decisions)
+        self._allowed.remember(items, decisions, self.guard)
         blocked = blocked_pairs(items, decisions)
         if blocked:
             enforce(blocked[0][1])
@@ -1239,7 +1240,8 @@ class GuardMiddleware(AgentMiddleware):
         a ``prefix``, worded call ids) exempted any user's message named with the same text (rt60d F4)."""
         name = _agent_name()
         if name is not None and any(answer.name == name for answer in _answers_of(response)):
-            self._allowed.trust([item] if (item := label_item(AIMessage(content="", name=name))) is not None else [])
+            item = label_item(AIMessage(content="", name=name))
+            self._allowed.trust([item] if item is not None else [], self.guard)
 
     def _label_check(self, answer: AIMessage) -> Item | None:
         """What is sent with ``answer`` beside its text (`sent_labels`: a ``prefix``, worded call ids, a name other
@@ -1298,7 +1300,8 @@ class GuardMiddleware(AgentMiddleware):
         return items
 
     def _on_answer(self, response: Any, items: list[Item], decisions: list[Decision]) -> Any:
-        self._allowed.remember(items, decisions)  # read back as the next model call's input: not judged again
+        # Read back as the next model call's input: not judged again.
+        self._allowed.remember(items, decisions, self.guard)
         blocked = blocked_pairs(items, decisions)
         if not blocked:
             for answer in _answers_of(response):
@@ -1319,7 +1322,7 @@ class GuardMiddleware(AgentMiddleware):
         self._remember_tools(request.tools)
         self._trust_own_names(response)
         items = self._answer_items(request, response, ledger)
-        return self._allowed.unjudged(items) if items else None
+        return self._allowed.unjudged(items, self.guard) if items else None
 
     # What the call's outcome holds is recorded as the agent's own (`_record_response`) once all of it is judged: a
     # blocked answer, or one a blocked Command beside it withholds, is the refusal by then.
@@ -1382,11 +1385,11 @@ class GuardMiddleware(AgentMiddleware):
         place (`_withheld`)."""
         blocked = blocked_pairs(items, decisions)
         if blocked and self.exit_behavior == "error":
-            self._allowed.remember(items, decisions)
+            self._allowed.remember(items, decisions, self.guard)
             enforce(blocked[0][1])
         rest = [(item, d) for item, d in zip(items, decisions) if _COMMAND in item.extra]
         messages = [(item, d) for item, d in zip(items, decisions) if _COMMAND not in item.extra]
-        self._allowed.remember([item for item, _ in rest], [d for _, d in rest])
+        self._allowed.remember([item for item, _ in rest], [d for _, d in rest], self.guard)
         dropped = {id(item.extra[_COMMAND]) for item, d in rest if not d.allowed}
         kept = [command for command in commands if id(command) not in dropped]
         commands[:] = self._withheld(kept, [item for item, _ in messages], [d for _, d in messages])

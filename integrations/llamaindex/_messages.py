@@ -1851,13 +1851,15 @@ class TemplateCall:
     ``template`` and ``arguments``: what the wrapped LLM is handed to format; ``variables``: the text of each
     variable, by the caller's name (before ``template_var_mappings``: a renamed ``query_str`` is still the
     query); ``computed``: the variables a function mapping produced; ``exact``: ``variables`` are the very
-    text the template substitutes, else the formatted prompt must be judged too."""
+    text the template substitutes, else the formatted prompt must be judged too; ``renamed``: the template's own
+    name of each variable ``template_var_mappings`` renamed (where ``template`` holds its value)."""
 
     template: BasePromptTemplate
     arguments: dict[str, Any]
     variables: dict[str, str]
     computed: frozenset[str] = frozenset()
     exact: bool = True
+    renamed: dict[str, str] = field(default_factory=dict)
 
 
 def resolve_template(
@@ -1890,18 +1892,31 @@ def resolve_template(
     resolved = template.model_copy(
         update={"kwargs": template._map_template_vars(given), "function_mappings": {}, "template_var_mappings": {}}
     )
-    return TemplateCall(resolved, {}, texts, computed, exact)
+    return TemplateCall(resolved, {}, texts, computed, exact, dict(template.template_var_mappings or {}))
 
 
-def template_turns(template: BasePromptTemplate, variables: Iterable[str]) -> list[ChatMessage]:
-    """The messages a chat template carries as its own text, each with the ``{placeholders}`` of ``variables``
-    cut out (their values are judged by variable). A chat engine writes the conversation there: the context
-    chat engines put the stored history (a client's ``chat_history`` too) between their system prompt and the
-    query, as literal template text. Empty for a template that is not a `ChatPromptTemplate`."""
+def template_turns(
+    template: BasePromptTemplate, variables: Mapping[str, Any], query: str | None = None
+) -> tuple[list[ChatMessage], list[ChatMessage]]:
+    """The messages a chat template carries as its own text, in two parts: the conversation before its query turn
+    (its last message, when that is not a system one and holds the ``{query}`` placeholder; else every message),
+    and that query turn.
+
+    A chat engine writes the conversation there: the context chat engines put the stored history (a client's
+    ``chat_history`` too) between their system prompt and ``{query_str}``, as literal template text. Those turns
+    come formatted with ``variables`` exactly as the model reads them: a ``{query_str}`` or ``{context_str}`` a
+    history turn holds is expanded there too, so it is judged expanded (rt62d F3). The query turn is the template's
+    wording around the query: its placeholders cut out (their values are judged by variable). Both empty for a
+    template that is not a `ChatPromptTemplate`."""
     if type(template) is not ChatPromptTemplate:
-        return []
+        return [], []
+    messages = template.message_templates
+    last = messages[-1] if messages else None
+    asks = last is not None and role_of(last) not in _SYSTEM and query in last.get_template_vars()
+    before = messages[:-1] if asks else messages
+    read = [m.format_vars(**variables) for m in before]  # as `ChatPromptTemplate.format_messages` formats each
     blanks = dict.fromkeys(variables, "")
-    return [m.format_vars(**blanks) for m in template.message_templates]
+    return read, [last.format_vars(**blanks)] if asks and last is not None else []
 
 
 def plan_template(
@@ -1910,6 +1925,9 @@ def plan_template(
     screen_context: bool = True,
     computed: Iterable[str] = (),
     seen: Seen | None = None,
+    template: BasePromptTemplate | None = None,
+    renamed: Mapping[str, str] | None = None,
+    llm: Any = None,
 ) -> InputPlan | None:
     """The checks of a template call (``predict``, a query engine's synthesis), by variable: every variable
     the template is formatted with is judged, as the text the template substitutes for it (`variable_texts`),
@@ -1925,19 +1943,37 @@ def plan_template(
       it: user-side input of unknown origin, judged as every user turn but the latest is (not gated by
       ``screen_context``, which only hands retrieved context to a postprocessor; shown to the judge as a
       user turn, as untrusted content is, so injected instructions still read as Jailbreak).
+
+    ``template`` (resolved: its ``kwargs`` hold every variable, by the template's names; ``renamed``: those of the
+    variables ``template_var_mappings`` renamed): the turns a chat template carries before its query turn
+    (`template_turns`: a context chat engine's conversation) are judged by role as the model reads them, and the query
+    as the latest user turn after them, as the chat path judges a conversation (`plan_inputs`); the answer is judged
+    after that whole conversation (rt62d F4). The query turn's own wording, its placeholders cut out, by role too.
     """
     texts = variable_texts(variables)
     query_key = next((k for k in QUERY_VARIABLES if k in texts), None)
     if query_key is None:
         return None
+    others = variable_checks(texts, screen_context=screen_context, query_key=query_key, computed=computed, seen=seen)
+    said = InputPlan()
+    if template is not None:
+        turns, wording = template_turns(template, template.kwargs, (renamed or {}).get(query_key, query_key))
+        if any(role_of(m) not in _SYSTEM for m in turns):
+            # The query is the latest user turn of the conversation the template writes: judged after those turns,
+            # and the answer after all of it, as on the chat path (the history, not a variable, is the context).
+            query = ChatMessage(role=MessageRole.USER, content=texts[query_key])
+            asked = plan_inputs([*turns, query], llm, seen=seen)
+            said = plan_inputs(wording, llm, seen=seen, latest_prompt=False)
+            return InputPlan([*asked.checks, *said.checks, *others], asked.prompt, [*asked.marks, *said.marks])
+        # No conversation: a later system message by role (one that opens the template is the application's).
+        said = plan_inputs([*turns, *wording], llm, seen=seen, latest_prompt=False)
     # After a condense prompt's history, the question is judged in its context (a follow-up reads as what it refers to).
     history = texts.get(HISTORY_VARIABLE, "")
     earlier = plan_inputs(history_messages(history), latest_prompt=False).prompt[:-1] if history.strip() else []
     conversation = prompt_conversation(texts[query_key], earlier)
-    checks: Checks = [(Stage.PROMPT, conversation)]
-    others = variable_checks(texts, screen_context=screen_context, query_key=query_key, computed=computed, seen=seen)
+    checks: Checks = [(Stage.PROMPT, conversation), *said.checks, *others]
     # The query comes back as a user turn of the next call's history: judged already, after these turns (rt60d F3).
-    return InputPlan(checks + others, conversation, [prompt_mark(conversation)])
+    return InputPlan(checks, conversation, [prompt_mark(conversation), *said.marks])
 
 
 def variable_checks(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import gc
 import inspect
 import logging
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,11 +34,13 @@ from llama_index.core.base.llms.types import (
     TextBlock,
     ThinkingBlock,
 )
+from qwenguard.core.streaming.wakeup import arelease_judged, release_judged
 
 from ._messages import answer_text, block_text, message_text, thinking_extra
 
 __all__ = [
     "ActionHold",
+    "AnswerFeed",
     "ChatChunks",
     "CompletionChunks",
     "aclose_upstream",
@@ -66,7 +69,7 @@ def _unstreamed(block: Any) -> str:
     if isinstance(block, TextBlock):
         return ""  # streamed, judged by the monitor
     if isinstance(block, ThinkingBlock):
-        return thinking_extra(block)  # its content was streamed, judged by the reasoning monitor
+        return thinking_extra(block)  # its content was streamed, judged by the monitor with the answer
     return block_text(block)
 
 
@@ -291,6 +294,86 @@ class ChatChunks:
         )
 
 
+class AnswerFeed:
+    """A chat stream's reasoning and answer text fed to one monitor, as one response, and told apart once released.
+
+    `GuardedLLM.chat` judges the reasoning and the text of an answer joined (`._messages.message_text`: a
+    `ThinkingBlock`, ``"\\n"``, the text); judged in two monitors, a clause split between them ("The plan: Mix" |
+    " ammonium nitrate...") was never read whole (rt62f F3). So the pieces go to the one monitor in the order they
+    arrive (a chunk's reasoning before its text, as the blocks are read), with ``"\\n"`` where the stream turns from
+    one to the other, and what the monitor releases (a prefix of what it was fed) is cut back into reasoning and
+    text by the lengths fed: the consumer gets each as before; the joining newline is never released to it."""
+
+    _SEP = "\n"
+
+    def __init__(self, monitor: Any) -> None:
+        self.monitor = monitor
+        # [kind, length] of the fed text not released yet, in order ("text", "thinking", "sep"): one entry a turn.
+        self._parts: deque[list[Any]] = deque()
+        self._kind: str | None = None  # the kind fed last
+
+    def _join(self, text: str, thinking: str) -> str:
+        pieces = []
+        for kind, piece in (("thinking", thinking), ("text", text)):
+            if not piece:
+                continue
+            if self._kind is not None and kind != self._kind:
+                self._add("sep", self._SEP)
+                pieces.append(self._SEP)
+            self._add(kind, piece)
+            pieces.append(piece)
+        return "".join(pieces)
+
+    def _add(self, kind: str, piece: str) -> None:
+        if self._parts and self._parts[-1][0] == kind:
+            self._parts[-1][1] += len(piece)
+        else:
+            self._parts.append([kind, len(piece)])
+        self._kind = kind
+
+    def _split(self, released: str) -> tuple[str, str]:
+        """``(text, thinking)`` of released text (the monitor releases what it was fed, in order)."""
+        text: list[str] = []
+        thinking: list[str] = []
+        at = 0
+        while at < len(released) and self._parts:
+            part = self._parts[0]
+            take = min(part[1], len(released) - at)
+            if part[0] != "sep":
+                (text if part[0] == "text" else thinking).append(released[at : at + take])
+            at += take
+            part[1] -= take
+            if not part[1]:
+                self._parts.popleft()
+        return "".join(text), "".join(thinking)
+
+    def feed(self, text: str, thinking: str) -> tuple[str, str]:
+        """Feed a chunk's ``text`` and ``thinking``; ``(text, thinking)`` released now."""
+        joined = self._join(text, thinking)
+        return self._split(self.monitor.feed(joined)) if joined else ("", "")
+
+    async def afeed(self, text: str, thinking: str) -> tuple[str, str]:
+        """Async twin of `feed`."""
+        joined = self._join(text, thinking)
+        return self._split(await self.monitor.afeed(joined)) if joined else ("", "")
+
+    def release(self) -> tuple[str, str]:
+        """``(text, thinking)`` that the verdicts back let out now, without new text (``wakeup.py``)."""
+        return self._split(release_judged(self.monitor))
+
+    async def arelease(self) -> tuple[str, str]:
+        """Async twin of `release`."""
+        return self._split(await arelease_judged(self.monitor))
+
+    def finish(self) -> tuple[str, str]:
+        """Judge the rest; ``(text, thinking)`` of the last window."""
+        return self._split(self.monitor.finish())
+
+    async def afinish(self) -> tuple[str, str]:
+        """Async twin of `finish`."""
+        return self._split(await self.monitor.afinish())
+
+
 class ActionHold:
     """Holds judged answer text back from where an agent reads a tool call out of it, until the end of the stream.
 
@@ -360,15 +443,28 @@ class CompletionChunks:
         self.last: CompletionResponse | None = None
         self.text = ""
         self._in = _Growth()
+        self._thinking = _Text()
 
-    def read(self, chunk: CompletionResponse) -> str:
+    def read(self, chunk: CompletionResponse) -> tuple[str, str]:
+        """``(text delta, thinking delta)`` of an inner chunk. A chat model's stream handed over as a completion
+        (LlamaIndex's ``stream_chat_to_completion_decorator``) keeps its reasoning in ``additional_kwargs``
+        (``thinking_delta``) alone: judged with the text, as `GuardedLLM.complete` judges a reply's reasoning, and
+        never handed over (no guarded chunk carries it)."""
         self.last = chunk
-        return self._in.step(chunk.delta, chunk.text or "")
+        thinking = chunk.additional_kwargs.get("thinking_delta")
+        thinking = thinking if isinstance(thinking, str) else ""
+        self._thinking.add(thinking)
+        return self._in.step(chunk.delta, chunk.text or ""), thinking
 
     @property
     def streamed(self) -> str:
         """All the text read from the wrapped LLM so far."""
         return self._in.seen
+
+    @property
+    def reasoned(self) -> str:
+        """All the reasoning read from the wrapped LLM so far."""
+        return self._thinking.value()
 
     @property
     def answer(self) -> str:

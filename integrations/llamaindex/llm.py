@@ -15,12 +15,14 @@ What is screened, and as what:
   output too, decided the same stricter way (not as a prompt; it stays in the conversation answers are judged in); a message's text is what a
   provider may send, its ``additional_kwargs`` too (`._messages.carried_text`). What this wrapper judged and let
   through before (earlier turns, its own answers after the question they answered) is not judged again, so a
-  growing history costs one check per new message;
+  growing history costs one check per new message: a plain allow only, by the same guard under an equal policy,
+  while that guard is open (`_Judged`);
 - for template calls (``predict``/``stream``, which query engines use, and ``structured_predict`` and its
   async and streaming twins) the template's query variable
   as the prompt and its context variable (``context_str``...) as untrusted retrieved content,
   instead of the whole formatted prompt; the turns a chat template carries as its own messages (the
-  history a context chat engine writes there) by role, like a chat call's;
+  history a context chat engine writes there) by role as the model reads them, like a chat call's, the query
+  after them and the answer after all of it;
 - the answer: whole responses with ``check_response``; streams through the guard's hold-back
   `StreamMonitor` (``guard.stream``/``guard.astream``): the judge runs on text the consumer has not
   seen, beside the generation, and text is released as soon as it is judged. A guarded chunk carries
@@ -62,7 +64,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -100,13 +102,11 @@ from qwenguard.core.streaming.task_ends import mark_read
 from qwenguard.core.streaming.wakeup import (
     UpstreamRace,
     UpstreamReader,
-    arelease_judged,
-    release_judged,
     verdict_waiters,
 )
 from qwenguard.core.verdict import Stage
 
-from .._common import reply_actions, require_guard
+from .._common import guard_scope, reply_actions, require_guard
 from .._off_loop import off_loop
 from ._component import GuardComponent
 from ._json_reading import ReadingHold, reading_checks
@@ -138,13 +138,20 @@ from ._messages import (
     resolve_template,
     role_of,
     template_actions,
-    template_turns,
     tool_calls_in,
     tool_calls_of,
     tools_text,
     variable_checks,
 )
-from ._stream import ActionHold, ChatChunks, CompletionChunks, aclose_upstream, close_upstream, unread_text
+from ._stream import (
+    ActionHold,
+    AnswerFeed,
+    ChatChunks,
+    CompletionChunks,
+    aclose_upstream,
+    close_upstream,
+    unread_text,
+)
 from .memory import GuardMissing
 
 if TYPE_CHECKING:
@@ -183,9 +190,10 @@ class _Plan:
     prompt: list[GuardMessage]  # what the answer is judged against
     pending: PendingCheck | None = None  # the input verdict, while it runs beside the LLM call
     marks: list[bytes] = field(default_factory=list)  # inputs to remember as judged once they passed
-    failed_open: bool = False  # a check of this call was let through unjudged (the policy fails open)
+    failed_open: bool = False  # a check of this call was not a plain allow (flagged, or failed open): not remembered
     answers: frozenset[str] = frozenset()  # the tools whose calls are this call's answer (a structured output's)
     acts: Callable[[str], list[ToolSelection]] | None = None  # reads the actions a component runs from the answer
+    scope: bytes | None = None  # the guard and policy its inputs were judged under (`guard_scope`), once started
 
 
 class _AnswerCall(tuple):
@@ -255,13 +263,33 @@ def _schema_tools(output_cls: Any) -> frozenset[str]:
 _PRESCREENED: ContextVar[tuple[int, _Plan] | None] = ContextVar("qwenguard_prescreened", default=None)
 
 
-def _failed_open(decisions: Any) -> bool:
-    """Did any of these decisions let text through unjudged (a guard error or a timeout, failed open)?"""
+def _flagged(decisions: Any) -> bool:
+    """Is any of these decisions other than a plain allow (a flag: loose mode's controversial, an ignored category, a
+    guard error or timeout failed open)? A call holding one is not remembered (`GuardedLLM._passed`): a flag is told
+    again, as LangChain's middleware tells it (rt62b F1)."""
     if decisions is None:
         return False
     if isinstance(decisions, Decision):
         decisions = [decisions]
-    return any(d.failed_open for d in decisions)
+    return any(d.action is not Action.ALLOW for d in decisions)
+
+
+class _Judged(Seen):
+    """A `GuardedLLM`'s memory (``_seen``) as one scope reads and writes it (`guard_scope`: a guard under its policy): a
+    fingerprint answers only for the scope that remembered it, so a changed ``guard.policy``, another guard (a
+    ``model_copy(update={"guard": ...})`` shares the memory) and a closed guard (no scope: nothing is answered, nothing
+    kept) judge again (rt62b F1, F2)."""
+
+    def __init__(self, seen: Seen, scope: bytes | None) -> None:  # a view: the fingerprints stay in ``seen``
+        self._of = seen
+        self._token = scope
+
+    def __contains__(self, key: bytes) -> bool:
+        return self._token is not None and self._token + key in self._of
+
+    def add(self, keys: Iterable[bytes]) -> None:
+        if self._token is not None:
+            self._of.add([self._token + key for key in keys])
 
 
 class GuardedLLM(GuardComponent, FunctionCallingLLM):
@@ -347,6 +375,10 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             raise _guard_missing()
         return super().__getattr__(name)  # type: ignore[misc]
 
+    def _judged(self) -> Seen | None:
+        """The memory as a call reads it now (`_Judged`: for this guard under its policy); None with ``remember=0``."""
+        return None if self._seen is None else _Judged(self._seen, guard_scope(self.guard))
+
     def _require_guard(self) -> None:
         """`GuardMissing` before the model is asked, on a copy without a guard. LlamaIndex's pickling leaves the
         guard out (an ``IngestionPipeline`` with ``num_workers > 1``, a saved workflow Context), but not what was
@@ -369,7 +401,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         if pre is None or pre[0] != id(self):
             return None
         plan = pre[1]
-        return _Plan([], plan.prompt, plan.pending, list(plan.marks), plan.failed_open)
+        return _Plan([], plan.prompt, plan.pending, list(plan.marks), plan.failed_open, scope=plan.scope)
 
     def _answer_tools(self) -> frozenset[str]:
         """The schema tools of the structured-output call of this LLM that is running (`_ANSWER_TOOLS`)."""
@@ -394,11 +426,12 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         screen_system = self.screen_system or _SCREEN_SYSTEM.get() == id(self)
         if self._answer_tools():
             messages = _printed_conversation(messages)
+        seen = self._judged()
         plan = plan_inputs(
             messages,
             self.llm,
             screen_system=screen_system,
-            seen=self._seen,
+            seen=seen,
             screen_tools=self.screen_tools,
             bind_outputs=True,
         )
@@ -408,7 +441,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         for key in _TOOL_KWARGS if self.screen_tools else ():
             text = tools_text(tools) if (tools := (kwargs or {}).get(key)) else ""
             fingerprint = mark("tools", text)
-            if text.strip() and (self._seen is None or fingerprint not in self._seen):
+            if text.strip() and (seen is None or fingerprint not in seen):
                 checks = [*checks, (Stage.PROMPT, untrusted_conversation(text, "tool descriptions"))]
                 marks = [*marks, fingerprint]
         return _Plan(checks, plan.prompt, marks=marks)
@@ -426,7 +459,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         if (parts := condense_parts(prompt)) is not None:
             return self._plan_condense(*parts)
         # A condense step's prompt holds the stored history: the turns judged before are context, not the user's text.
-        text, turns = cut_judged_turns(prompt, self._seen)
+        text, turns = cut_judged_turns(prompt, self._judged())
         conversation = prompt_conversation(text, turns)
         return _Plan([(Stage.PROMPT, conversation)], conversation)
 
@@ -437,7 +470,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         question as the prompt after it; the template's wording is not the user's."""
         # A system turn that opens a history is not the application's prompt (a client's chat_history): judged too.
         turns = plan_inputs(
-            history_messages(history), self.llm, screen_system=True, seen=self._seen, latest_prompt=False
+            history_messages(history), self.llm, screen_system=True, seen=self._judged(), latest_prompt=False
         )
         conversation = prompt_conversation(question, turns.prompt[:-1])
         # The question comes back as a user turn of the next history, after these turns: judged after them (rt60d F3).
@@ -454,25 +487,29 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         """`_resolve`'s checks of a resolved call (the reading: on a worker thread for a large async call)."""
         plan = None
         if call.exact:
+            # The turns a chat template carries as its own text (a context chat engine's history, a client's
+            # chat_history among it) are judged by role as the model reads them, the query after them and the answer
+            # after all of it, as on the chat path (rt62d F4); its opening system message (the application's and the
+            # framework's wording) is not.
             plan = plan_template(
-                call.variables, screen_context=self.screen_context, computed=call.computed, seen=self._seen
+                call.variables,
+                screen_context=self.screen_context,
+                computed=call.computed,
+                seen=self._judged(),
+                template=call.template,
+                renamed=call.renamed,
+                llm=self.llm,
             )
         if plan is None:
             return call, None
-        # The turns a chat template carries as its own text (a context chat engine's history, a client's
-        # chat_history among it) are judged by role, as on the chat path; its system messages, the application's
-        # and the framework's wording, are not.
-        turns = plan_inputs(
-            template_turns(call.template, call.template.kwargs), self.llm, seen=self._seen, latest_prompt=False
-        )
-        return call, _Plan([*plan.checks, *turns.checks], plan.prompt, marks=[*plan.marks, *turns.marks])
+        return call, _Plan(plan.checks, plan.prompt, marks=plan.marks)
 
     def _template_variables(self, call: TemplateCall) -> Checks:
         """A template call without a plan is judged by the roles of its formatted messages; its variables
         are judged on their own too, since one may sit in a system message (not judged unless
         ``screen_system``, or when the text the template substitutes is not known)."""
         return variable_checks(
-            call.variables, screen_context=self.screen_context, computed=call.computed, seen=self._seen
+            call.variables, screen_context=self.screen_context, computed=call.computed, seen=self._judged()
         )
 
     @contextlib.contextmanager
@@ -541,26 +578,31 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         calls: Sequence[ToolSelection] = (),
         monitors: Sequence[Any] = (),
     ) -> None:
-        """Remember the inputs and the answer of a call that passed: they come back as history. Not when a
-        check of the call failed open (its text passed unjudged): the memory is shared by every request, and
-        one guard failure would let that text through unjudged for every later one. The answer's tool calls are
+        """Remember the inputs and the answer of a call that passed: they come back as history. Only a call whose
+        every check was a plain allow: not when one failed open (its text passed unjudged: the memory is shared by
+        every request, and one guard failure would let that text through unjudged for every later one), nor when one
+        was flagged (a flag is told again, rt62b F1). Only for the guard and policy the call was judged under
+        (`guard_scope`): not when the policy changed (or the guard closed) while it ran. The answer's tool calls are
         remembered as the model's own in any case, with ``answer``, the very message returned (`remember_own_calls`):
         the output their tool produced, read after that message, is tool output (`._messages.own_output`)."""
         remember_own_calls(calls, answer)
         if self._seen is None or plan.failed_open:
             return
-        if plan.pending is not None and _failed_open(plan.pending.result()):
+        if plan.pending is not None and _flagged(plan.pending.result()):
             return
-        if any(_failed_open(m.flags) for m in monitors if m is not None):
+        if any(m.flags for m in monitors if m is not None):
+            return
+        if (scope := guard_scope(self.guard)) is None or scope != plan.scope:
             return
         # The answer comes back after the conversation it was judged against (rt54c F4, rt60d F3: remembered as that
         # check, the turns before the question included).
-        self._seen.add([*plan.marks, *(answer_marks(answer, calls, plan.prompt) if answer is not None else ())])
+        marks = [*plan.marks, *(answer_marks(answer, calls, plan.prompt) if answer is not None else ())]
+        _Judged(self._seen, scope).add(marks)
 
     def _screen(self, checks: Checks, plan: _Plan | None = None) -> None:
         if checks:
             decisions = _judge(self.guard, checks)
-            if plan is not None and _failed_open(decisions):
+            if plan is not None and _flagged(decisions):
                 plan.failed_open = True
             for decision in decisions:
                 enforce(decision)
@@ -568,7 +610,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
     async def _ascreen(self, checks: Checks, plan: _Plan | None = None) -> None:
         if checks:
             decisions = await _ajudge(self.guard, checks)
-            if plan is not None and _failed_open(decisions):
+            if plan is not None and _flagged(decisions):
                 plan.failed_open = True
             for decision in decisions:
                 enforce(decision)
@@ -580,19 +622,21 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
 
     def _start_inputs(self, plan: _Plan) -> _Plan:
         """Screen ``plan.inputs`` now (raises when blocked), or start them beside the call."""
+        scope = plan.scope or guard_scope(self.guard)  # what its allows answer for (`_passed`); a template call's, kept
         if plan.inputs and self._parallel:
             guard, checks = self.guard, plan.inputs
             pending = PendingCheck.start(lambda: judge(guard, checks))
-            return _Plan([], plan.prompt, pending, plan.marks, answers=plan.answers, acts=plan.acts)
+            return _Plan([], plan.prompt, pending, plan.marks, answers=plan.answers, acts=plan.acts, scope=scope)
         self._screen(plan.inputs, plan)
-        return _Plan([], plan.prompt, plan.pending, plan.marks, plan.failed_open, plan.answers, plan.acts)
+        return _Plan([], plan.prompt, plan.pending, plan.marks, plan.failed_open, plan.answers, plan.acts, scope)
 
     async def _astart_inputs(self, plan: _Plan) -> _Plan:
+        scope = plan.scope or guard_scope(self.guard)
         if plan.inputs and self._parallel:
             pending = PendingCheck.start_async(ajudge(self.guard, plan.inputs))
-            return _Plan([], plan.prompt, pending, plan.marks, answers=plan.answers, acts=plan.acts)
+            return _Plan([], plan.prompt, pending, plan.marks, answers=plan.answers, acts=plan.acts, scope=scope)
         await self._ascreen(plan.inputs, plan)
-        return _Plan([], plan.prompt, plan.pending, plan.marks, plan.failed_open, plan.answers, plan.acts)
+        return _Plan([], plan.prompt, plan.pending, plan.marks, plan.failed_open, plan.answers, plan.acts, scope)
 
     @staticmethod
     def _inputs_back(plan: _Plan) -> bool:
@@ -751,19 +795,14 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             chunks = UpstreamReader(inner, close=close_upstream, name="qwenguard-li-upstream")
             stack.callback(chunks.close)
             monitor = stack.enter_context(self._open_monitor(plan))
-            thinking: Any = None  # a second monitor, opened when the model streams its reasoning
-            # Late binding wanted: ``thinking`` is opened inside the loop, and its checks wake the race from then on.
-            for fresh, chunk in chunks.race(lambda: verdict_waiters(monitor, thinking)):  # noqa: B023
+            feed = AnswerFeed(monitor)  # the reasoning and the text judged as one response, as `chat` judges them
+            for fresh, chunk in chunks.race(lambda: verdict_waiters(monitor)):
                 if not fresh:
-                    released = release_judged(monitor)
-                    released_reasoning = release_judged(thinking)
+                    released, released_reasoning = feed.release()
                 else:
                     text, reasoning = out.read(chunk)
                     parsed.watch(text)  # before the monitor may release any of it
-                    if reasoning and thinking is None:
-                        thinking = stack.enter_context(self._open_monitor(plan))
-                    released = monitor.feed(text) if text else ""
-                    released_reasoning = thinking.feed(reasoning) if reasoning else ""
+                    released, released_reasoning = feed.feed(text, reasoning)
                 # The chunk was produced (and is being judged) beside the input check: nothing leaves
                 # before the input verdict, and a verdict that is back is enforced at once.
                 if released or released_reasoning or self._inputs_back(plan):
@@ -776,12 +815,11 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
                 return
             checks, calls = self._final_checks(plan, out)
             pending = PendingCheck.start(lambda: _judge(self.guard, checks)) if checks else None
-            tail = monitor.finish()  # the last window, judged beside the tool calls
-            reasoning_tail = thinking.finish() if thinking is not None else ""
-            if pending is not None and _failed_open(pending.wait()):
+            tail, reasoning_tail = feed.finish()  # the last window, judged beside the tool calls
+            if pending is not None and _flagged(pending.wait()):
                 plan.failed_open = True
             final = out.final(parsed.finish(hold.finish(tail)), reasoning_tail)
-            self._passed(plan, final.message, calls, (monitor, thinking))
+            self._passed(plan, final.message, calls, (monitor,))
             yield final
 
     async def _aguard_chat_stream(self, plan: _Plan, inner: Any, hold: ActionHold) -> ChatResponseAsyncGen:
@@ -790,22 +828,16 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(aclose_upstream, inner)
             monitor = await stack.enter_async_context(self.guard.astream(plan.prompt, **self._monitor_options()))
-            thinking: Any = None
-            chunks = _raced(plan, inner, lambda: (monitor, thinking))
+            feed = AnswerFeed(monitor)  # the reasoning and the text judged as one response, as `achat` judges them
+            chunks = _raced(plan, inner, lambda: (monitor,))
             stack.push_async_callback(chunks.aclose)  # before the upstream is closed: ends its read
             async for chunk in chunks:
                 if chunk is _VERDICT:
-                    released = await arelease_judged(monitor)
-                    released_reasoning = await arelease_judged(thinking) if thinking is not None else ""
+                    released, released_reasoning = await feed.arelease()
                 else:
                     text, reasoning = out.read(chunk)
                     await _awatch(parsed, text)  # before the monitor may release any of it
-                    if reasoning and thinking is None:
-                        thinking = await stack.enter_async_context(
-                            self.guard.astream(plan.prompt, **self._monitor_options())
-                        )
-                    released = await monitor.afeed(text) if text else ""
-                    released_reasoning = await thinking.afeed(reasoning) if reasoning else ""
+                    released, released_reasoning = await feed.afeed(text, reasoning)
                 if released or released_reasoning:
                     await self._await_inputs(plan)  # fed beside the input check: nothing out before its verdict
                 if (item := out.partial(parsed.take(hold.take(released)), released_reasoning)) is not None:
@@ -816,15 +848,14 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             checks, calls = await off_loop(lambda: self._final_checks(plan, out), out.streamed, out.last)
             pending = _beside(self._ascreen(checks, plan)) if checks else None
             try:
-                tail = await monitor.afinish()  # the last window, judged beside the tool calls
-                reasoning_tail = await thinking.afinish() if thinking is not None else ""
+                tail, reasoning_tail = await feed.afinish()  # the last window, judged beside the tool calls
                 if pending is not None:
                     await pending
             finally:
                 if pending is not None and not pending.done():
                     pending.cancel()
             final = out.final(parsed.finish(hold.finish(tail)), reasoning_tail)
-            self._passed(plan, final.message, calls, (monitor, thinking))
+            self._passed(plan, final.message, calls, (monitor,))
             yield final
 
     def _completion_end(self, plan: _Plan, out: CompletionChunks) -> Checks:
@@ -834,7 +865,8 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             return []
         rewritten = out.rewritten()
         checks = self._output_checks(plan, rewritten, parsed=out.answer)
-        return checks + self._reply_checks(plan, reply_parts(out.last, own=False), [out.streamed, rewritten])
+        judged = [out.streamed, out.reasoned, rewritten]
+        return checks + self._reply_checks(plan, reply_parts(out.last, own=False), judged)
 
     def _guard_completion_stream(self, plan: _Plan, inner: Iterator[CompletionResponse]) -> CompletionResponseGen:
         out = CompletionChunks()
@@ -843,13 +875,14 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             chunks = UpstreamReader(inner, close=close_upstream, name="qwenguard-li-upstream")  # see above
             stack.callback(chunks.close)
             monitor = stack.enter_context(self._open_monitor(plan))
+            feed = AnswerFeed(monitor)  # reasoning, when a chat model's carries it, judged with the text (never sent)
             for fresh, chunk in chunks.race(lambda: verdict_waiters(monitor)):
                 if fresh:
-                    text = out.read(chunk)
+                    text, reasoning = out.read(chunk)
                     parsed.watch(text)
-                    released = monitor.feed(text) if text else ""
+                    released = feed.feed(text, reasoning)[0]
                 else:
-                    released = release_judged(monitor)
+                    released = feed.release()[0]
                 if released or self._inputs_back(plan):  # judged beside the input check, released after it
                     self._wait_inputs(plan)
                 if (item := out.partial(parsed.take(released))) is not None:
@@ -857,7 +890,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             self._wait_inputs(plan)
             checks = self._completion_end(plan, out)
             pending = PendingCheck.start(lambda: _judge(self.guard, checks)) if checks else None
-            tail = monitor.finish()  # the last window, judged beside the last chunk's raw
+            tail = feed.finish()[0]  # the last window, judged beside the last chunk's raw
             if pending is not None:
                 pending.wait()
             if out.last is not None:
@@ -869,15 +902,16 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(aclose_upstream, inner)
             monitor = await stack.enter_async_context(self.guard.astream(plan.prompt, **self._monitor_options()))
+            feed = AnswerFeed(monitor)  # as in the sync twin
             chunks = _raced(plan, inner, lambda: (monitor,))
             stack.push_async_callback(chunks.aclose)
             async for chunk in chunks:
                 if chunk is _VERDICT:
-                    released = await arelease_judged(monitor)
+                    released = (await feed.arelease())[0]
                 else:
-                    text = out.read(chunk)
+                    text, reasoning = out.read(chunk)
                     await _awatch(parsed, text)
-                    released = await monitor.afeed(text) if text else ""
+                    released = (await feed.afeed(text, reasoning))[0]
                 if released:
                     await self._await_inputs(plan)
                 if (item := out.partial(parsed.take(released))) is not None:
@@ -886,7 +920,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             checks = await off_loop(lambda: self._completion_end(plan, out), out.streamed, out.last)
             pending = _beside(self._ascreen(checks)) if checks else None
             try:
-                tail = await monitor.afinish()  # the last window, judged beside the last chunk's raw
+                tail = (await feed.afinish())[0]  # the last window, judged beside the last chunk's raw
                 if pending is not None:
                     await pending
             finally:
