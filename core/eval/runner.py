@@ -4,7 +4,11 @@ Each finished batch is appended to a JSONL *prediction cache* (one line per exam
 model name, the stage and the exact conversation), flushed at once. A run that is interrupted
 (Ctrl-C, a crash, a closed laptop) resumes from that file: examples already in it are not sent to
 the guard again. Guard errors and timeouts are reported but not cached, so a rerun retries them.
-"""
+
+The model's name is known before any row is keyed: a remote guard given none learns it from ``/models`` first
+(`_model_name`). When it cannot, rows are neither answered from the cache nor written to it, and a batch
+finished after the name changed (a rolling upgrade) is not written: keyed by the class's name, one model's rows
+answered another's (rt62b F6)."""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputTooLarge
+from ..errors import InputTooLarge, QwenGuardError
 from ..policy import Decision
 from ..verdict import Risk, Verdict
 from .data import EvalExample, printable
@@ -42,6 +46,8 @@ _ERROR_KINDS_SHOWN = 5
 #: Batches in flight at once. Local models coalesce concurrent batches themselves; servers gain more.
 DEFAULT_CONCURRENCY = 1
 _CACHE_VERSION = 1
+#: How long a run waits for a remote guard given no model name to list its models (the CLI's wait too).
+_LIST_MODELS_TIMEOUT_S = 10.0
 
 
 def example_key(model: str, example: EvalExample) -> str:
@@ -190,17 +196,42 @@ class RunResult:
         }
 
 
-def _model_name(guard: Any) -> str:
+def _named(guard: Any) -> str:
+    """The name the guard's backend goes by now, or the guard's class name for a backend with none."""
     return str(getattr(getattr(guard, "backend", None), "name", None) or type(guard).__name__)
 
 
+def _unnamed_remote(guard: Any) -> Any:
+    """The guard's backend when it is one that learns its model's name (``served_model``) and has none yet."""
+    backend = getattr(guard, "backend", None)
+    return backend if callable(getattr(backend, "served_model", None)) and not getattr(backend, "name", "") else None
+
+
+def _model_name(guard: Any) -> str | None:
+    """The name the run's rows are keyed by: a remote guard's served model learned now when it was given none
+    (blocking: `_amodel_name` off the loop); None when it cannot be learned (its checks say why)."""
+    backend = _unnamed_remote(guard)
+    if backend is not None:
+        try:
+            return str(backend.served_model(timeout=_LIST_MODELS_TIMEOUT_S))
+        except QwenGuardError:
+            return None
+    return _named(guard)
+
+
+async def _amodel_name(guard: Any) -> str | None:
+    """Async twin of `_model_name` (the ``/models`` read waited for on a worker thread)."""
+    if _unnamed_remote(guard) is None:
+        return _named(guard)
+    return await asyncio.to_thread(_model_name, guard)
+
+
 def _plan(
-    guard: Any, examples: Sequence[EvalExample], cache: PredictionCache, batch_size: int
+    model: str | None, examples: Sequence[EvalExample], cache: PredictionCache, batch_size: int
 ) -> tuple[list[str], list[list[tuple[str, EvalExample]]]]:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    model = _model_name(guard)
-    keys = [example_key(model, e) for e in examples]
+    keys = [example_key("" if model is None else model, e) for e in examples]
     todo: dict[str, EvalExample] = {}
     for k, e in zip(keys, examples):
         if cache.get(k) is None and k not in todo:  # duplicates in the data are asked once
@@ -321,7 +352,7 @@ def _progress(total: int, done: int, enabled: bool, label: str, show_errors: boo
 
 
 def _finish(
-    guard: Any,
+    model: str,
     examples: Sequence[EvalExample],
     keys: list[str],
     cache: PredictionCache,
@@ -339,7 +370,7 @@ def _finish(
     errors = sum(1 for p in fresh.values() if not p.ok)
     return RunResult(
         preds,
-        _model_name(guard),
+        model,
         from_cache=from_cache,
         ran=ran,
         errors=errors,
@@ -353,6 +384,7 @@ class _Run:
     """What `run_guard` and `arun_guard` share: the plan, and the predictions made so far."""
 
     store: PredictionCache
+    model: str | None  # what the rows are keyed by; None: not known, the cache not used (`_model_name`)
     keys: list[str]
     batches: list[list[tuple[str, EvalExample]]]
     from_cache: int  # rows answered from the prediction cache
@@ -369,15 +401,18 @@ class _Run:
         cache: str | Path | PredictionCache | None,
         batch_size: int,
         concurrency: int,
+        model: str | None,
     ) -> _Run:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         store = cache if isinstance(cache, PredictionCache) else PredictionCache(cache)
-        keys, batches = _plan(guard, examples, store, batch_size)
+        # A model not known: its rows are judged, none answered from the cache nor written to it.
+        keys, batches = _plan(model, examples, store if model is not None else PredictionCache(None), batch_size)
         asked = {k for b in batches for k, _ in b}
         unique_total = len(dict.fromkeys(keys))
         return cls(
             store,
+            model,
             keys,
             batches,
             from_cache=sum(1 for k in keys if k not in asked),
@@ -385,16 +420,17 @@ class _Run:
             unique_done=unique_total - sum(len(b) for b in batches),
         )
 
-    def record(self, preds: list[Prediction], bar: Any) -> None:
-        self.store.add(preds)
+    def record(self, guard: Any, preds: list[Prediction], bar: Any) -> None:
+        if self.model is not None and _named(guard) == self.model:  # another model answered: not under this name
+            self.store.add(preds)
         self.fresh.update((p.key, p) for p in preds)
         failed = [p for p in preds if not p.ok]
         bar.advance(len(preds), errors=len(failed), last_error=failed[-1].error if failed else None)
 
     def finish(self, guard: Any, examples: Sequence[EvalExample]) -> RunResult:
-        return _finish(
-            guard, examples, self.keys, self.store, self.fresh, self.from_cache, time.perf_counter() - self.start
-        )
+        model = _named(guard) if self.model is None else self.model
+        elapsed = time.perf_counter() - self.start
+        return _finish(model, examples, self.keys, self.store, self.fresh, self.from_cache, elapsed)
 
 
 def run_guard(
@@ -414,11 +450,11 @@ def run_guard(
     ``progress``: a progress bar on stderr, which prints each new kind of guard error as it happens;
     ``show_errors``: those lines without the bar.
     """
-    run = _Run.plan(guard, examples, cache, batch_size, concurrency)
+    run = _Run.plan(guard, examples, cache, batch_size, concurrency, _model_name(guard))
     with _progress(run.unique_total, run.unique_done, progress, "qwenguard eval", show_errors) as bar:
         if concurrency == 1:
             for batch in run.batches:
-                run.record(_judge(guard, batch), bar)
+                run.record(guard, _judge(guard, batch), bar)
         else:
             pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="qwenguard-eval")
             queue = iter(run.batches)
@@ -432,7 +468,7 @@ def run_guard(
                     done, _ = wait(running, return_when=FIRST_COMPLETED)
                     for fut in done:
                         running.pop(fut)
-                        run.record(fut.result(), bar)
+                        run.record(guard, fut.result(), bar)
                         nxt = next(queue, None)
                         if nxt is not None:
                             running[pool.submit(_judge, guard, nxt)] = nxt
@@ -453,7 +489,7 @@ async def arun_guard(
     show_errors: bool = False,
 ) -> RunResult:
     """Async twin of `run_guard` (``guard.acheck_many``; ``concurrency`` batches awaited at once)."""
-    run = _Run.plan(guard, examples, cache, batch_size, concurrency)
+    run = _Run.plan(guard, examples, cache, batch_size, concurrency, await _amodel_name(guard))
     gate = asyncio.Semaphore(concurrency)
 
     async def one(batch: list[tuple[str, EvalExample]]) -> list[Prediction]:
@@ -464,7 +500,7 @@ async def arun_guard(
         tasks = [asyncio.ensure_future(one(b)) for b in run.batches]
         try:
             for next_done in asyncio.as_completed(tasks):
-                run.record(await next_done, bar)
+                run.record(guard, await next_done, bar)
         finally:
             for t in tasks:
                 t.cancel()

@@ -4,10 +4,19 @@ Screening at ingestion keeps poisoned or harmful text out of the index at all, s
 can retrieve it. The transform's policy and guard model are part of its ``to_dict()``, which
 ``IngestionPipeline`` hashes into its cache key: changing the policy re-screens cached nodes (not what a
 pipeline's docstore skips as seen before, nor the input documents it stores: docs/llamaindex.md).
+
+The pipeline forms that key before the transform runs and stores whatever it returns; no transform can take an
+entry back. So the key also holds a ``screening`` token (`_Screenings`): random per guard and process (a
+persisted cache's entries answer no other process, nor another guard: a remote guard's model name is not known
+before its first check), renewed before a run returns output of which a check got no verdict (a guard error or a
+timeout, failed open or closed): that output is stored under a key no later run forms (rt62b F4, F5).
 """
 
 from __future__ import annotations
 
+import threading
+import uuid
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -65,8 +74,18 @@ class GuardTransform(GuardComponent, TransformComponent):
         backend = live_guard(self).backend
         return str(getattr(backend, "name", type(backend).__name__))
 
-    def _apply(self, nodes: Sequence[BaseNode], decisions: Sequence[Decision]) -> list[BaseNode]:
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def screening(self) -> str:
+        """This process's token for the guard's judged output (part of the pipeline cache key: `_Screenings`)."""
+        return _SCREENINGS.token(live_guard(self))
+
+    def _apply(self, nodes: Sequence[BaseNode], decisions: Sequence[Decision], guard: Guard) -> list[BaseNode]:
         kept = keep_allowed(nodes, decisions, self.on_block, self.record_flags, lambda n: n)
+        if any(d.reason in _UNJUDGED for d in decisions):
+            # Last, with no await after it: the pipeline stores this output under the key it formed with the old
+            # token, which no run forms from now on (an async run's key is formed and read with no await between).
+            _SCREENINGS.renew(guard)
         return unlinked(kept, {n.node_id for n in nodes} - {n.node_id for n in kept})
 
     @speaking_as("await transform.acall(nodes), or await pipeline.arun(...) (not transform(nodes) / pipeline.run)")
@@ -74,13 +93,44 @@ class GuardTransform(GuardComponent, TransformComponent):
         guard = live_guard(self)
         if not nodes:
             return []
-        return self._apply(nodes, node_decisions(guard, nodes, self.on_block))
+        return self._apply(nodes, node_decisions(guard, nodes, self.on_block), guard)
 
     async def acall(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[BaseNode]:
         guard = live_guard(self)
         if not nodes:
             return []
-        return self._apply(nodes, await anode_decisions(guard, nodes, self.on_block))
+        return self._apply(nodes, await anode_decisions(guard, nodes, self.on_block), guard)
+
+
+#: Decision reasons that carry no verdict of the text: the policy's answer to a failed check (the core never caches one).
+_UNJUDGED = ("guard_error", "timeout")
+
+
+class _Screenings:
+    """A random token per guard, the same for every `GuardTransform` over it in this process, so that the pipeline
+    cache answers a run with what a run of that guard stored, every node judged, in this process, under the same
+    policy and model name. Renewed when a run returned output holding a decision with no verdict; for a closed
+    guard a new one at every key (its checks are guard errors, decided by ``on_error``: never a stored answer)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tokens: weakref.WeakKeyDictionary[Guard, str] = weakref.WeakKeyDictionary()
+
+    def token(self, guard: Guard) -> str:
+        if getattr(guard, "_closed", False):
+            return uuid.uuid4().hex
+        with self._lock:
+            token = self._tokens.get(guard)
+            if token is None:
+                token = self._tokens[guard] = uuid.uuid4().hex
+            return token
+
+    def renew(self, guard: Guard) -> None:
+        with self._lock:
+            self._tokens[guard] = uuid.uuid4().hex
+
+
+_SCREENINGS = _Screenings()
 
 
 #: The links between nodes of one ingestion run (a node parser's); SOURCE names the input document, kept.
