@@ -83,6 +83,7 @@ __all__ = [
     "Checks",
     "GuardMessage",
     "InputPlan",
+    "ScopedSeen",
     "Seen",
     "TemplateCall",
     "answer_marks",
@@ -1498,6 +1499,23 @@ class _Answers:
             return False
         _BOUND.add([mark("bound_output", key.hex(), bound.hex())])
         return bound == output
+
+
+class ScopedSeen(Seen):
+    """A `Seen` as one scope reads and writes it (`_common.guard_scope`: a guard under its policy): a fingerprint
+    answers only for the scope that remembered it, so a changed ``guard.policy``, another guard (a copy sharing the
+    memory) and a closed guard (no scope: nothing is answered, nothing kept) judge again (rt62b F1, F2)."""
+
+    def __init__(self, seen: Seen, scope: bytes | None) -> None:  # a view: the fingerprints stay in ``seen``
+        self._of = seen
+        self._token = scope
+
+    def __contains__(self, key: bytes) -> bool:
+        return self._token is not None and self._token + key in self._of
+
+    def add(self, keys: Iterable[bytes]) -> None:
+        if self._token is not None:
+            self._of.add([self._token + key for key in keys])
 
 
 #: The calls a guarded LLM returned (`own_call`), the answers that hold them as returned (`_Answers`), and each output

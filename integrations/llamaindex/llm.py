@@ -16,7 +16,7 @@ What is screened, and as what:
   provider may send, its ``additional_kwargs`` too (`._messages.carried_text`). What this wrapper judged and let
   through before (earlier turns, its own answers after the question they answered) is not judged again, so a
   growing history costs one check per new message: a plain allow only, by the same guard under an equal policy,
-  while that guard is open (`_Judged`);
+  while that guard is open (`ScopedSeen`);
 - for template calls (``predict``/``stream``, which query engines use, and ``structured_predict`` and its
   async and streaming twins) the template's query variable
   as the prompt and its context variable (``context_str``...) as untrusted retrieved content,
@@ -64,7 +64,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -116,6 +116,7 @@ from ._messages import (
     SYSTEM_ROLES,
     Checks,
     GuardMessage,
+    ScopedSeen,
     Seen,
     TemplateCall,
     agent_actions,
@@ -274,24 +275,6 @@ def _flagged(decisions: Any) -> bool:
     return any(d.action is not Action.ALLOW for d in decisions)
 
 
-class _Judged(Seen):
-    """A `GuardedLLM`'s memory (``_seen``) as one scope reads and writes it (`guard_scope`: a guard under its policy): a
-    fingerprint answers only for the scope that remembered it, so a changed ``guard.policy``, another guard (a
-    ``model_copy(update={"guard": ...})`` shares the memory) and a closed guard (no scope: nothing is answered, nothing
-    kept) judge again (rt62b F1, F2)."""
-
-    def __init__(self, seen: Seen, scope: bytes | None) -> None:  # a view: the fingerprints stay in ``seen``
-        self._of = seen
-        self._token = scope
-
-    def __contains__(self, key: bytes) -> bool:
-        return self._token is not None and self._token + key in self._of
-
-    def add(self, keys: Iterable[bytes]) -> None:
-        if self._token is not None:
-            self._of.add([self._token + key for key in keys])
-
-
 class GuardedLLM(GuardComponent, FunctionCallingLLM):
     """Wrap ``llm`` so that a `Guard` screens its inputs, outputs and tool calls.
 
@@ -376,8 +359,8 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         return super().__getattr__(name)  # type: ignore[misc]
 
     def _judged(self) -> Seen | None:
-        """The memory as a call reads it now (`_Judged`: for this guard under its policy); None with ``remember=0``."""
-        return None if self._seen is None else _Judged(self._seen, guard_scope(self.guard))
+        """The memory as a call reads it now (`ScopedSeen`: for this guard under its policy); None with ``remember=0``."""
+        return None if self._seen is None else ScopedSeen(self._seen, guard_scope(self.guard))
 
     def _require_guard(self) -> None:
         """`GuardMissing` before the model is asked, on a copy without a guard. LlamaIndex's pickling leaves the
@@ -597,7 +580,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         # The answer comes back after the conversation it was judged against (rt54c F4, rt60d F3: remembered as that
         # check, the turns before the question included).
         marks = [*plan.marks, *(answer_marks(answer, calls, plan.prompt) if answer is not None else ())]
-        _Judged(self._seen, scope).add(marks)
+        ScopedSeen(self._seen, scope).add(marks)
 
     def _screen(self, checks: Checks, plan: _Plan | None = None) -> None:
         if checks:

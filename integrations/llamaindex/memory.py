@@ -32,18 +32,19 @@ from typing import Any
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, SerializeAsAny
 from llama_index.core.memory import BaseMemory, ChatMemoryBuffer, Memory
-from qwenguard.core import Guard, QwenGuardError, enforce
+from qwenguard.core import Action, Guard, QwenGuardError, enforce
 from qwenguard.core.formats.conversations import prompt_conversation, response_conversation, untrusted_conversation
 from qwenguard.core.guard import speaking_as
 from qwenguard.core.verdict import Stage
 
-from .._common import require_guard
+from .._common import guard_scope, require_guard
 from .._off_loop import off_loop
 from ._component import state_of_a_copy
 from ._messages import (
     ASSISTANT_ROLES,
     SYSTEM_ROLES,
     Checks,
+    ScopedSeen,
     Seen,
     UserRun,
     agent_observation,
@@ -326,15 +327,24 @@ class GuardedMemory(BaseMemory):
             return getattr(self.__dict__["memory"], name)
 
     # -- screening ----------------------------------------------------------------------------
-    def _screen(self, checks: Checks) -> None:
-        if checks:
-            for decision in judge(self.guard, checks):
-                enforce(decision)
+    def _screen(self, checks: Checks) -> bool:
+        """Judge ``checks``, raising for a blocked one; whether each was a plain allow (a flag is told again)."""
+        decisions = judge(self.guard, checks) if checks else []
+        for decision in decisions:
+            enforce(decision)
+        return all(d.action is Action.ALLOW for d in decisions)
 
-    async def _ascreen(self, checks: Checks) -> None:
-        if checks:
-            for decision in await ajudge(self.guard, checks):
-                enforce(decision)
+    async def _ascreen(self, checks: Checks) -> bool:
+        """Async twin of `_screen`."""
+        decisions = await ajudge(self.guard, checks) if checks else []
+        for decision in decisions:
+            enforce(decision)
+        return all(d.action is Action.ALLOW for d in decisions)
+
+    def _read_seen(self) -> ScopedSeen:
+        """What reads judged and let through, as this guard under its policy reads it (`ScopedSeen`): another policy,
+        another guard or a closed guard judges again (rt62b F1, F2, as `GuardedLLM`'s memory)."""
+        return ScopedSeen(self._read, guard_scope(self.guard))
 
     # -- writes: screened -----------------------------------------------------------------------
     @speaking_as(_ASYNC_TWIN)
@@ -396,18 +406,20 @@ class GuardedMemory(BaseMemory):
     def get(self, input: str | None = None, **kwargs: Any) -> list[ChatMessage]:
         read = self.memory.get(input=input, **kwargs)
         if self._adds():
-            checks, marks = _read_checks(read, self.memory.get_all(), self._read)
-            self._screen(checks)
-            self._read.add(marks)
+            seen = self._read_seen()
+            checks, marks = _read_checks(read, self.memory.get_all(), seen)
+            if self._screen(checks):
+                seen.add(marks)
         return read
 
     async def aget(self, input: str | None = None, **kwargs: Any) -> list[ChatMessage]:
         read = await self.memory.aget(input=input, **kwargs)
         if self._adds():
             stored = await self.memory.aget_all()
-            checks, marks = await off_loop(lambda: _read_checks(read, stored, self._read), read, stored)
-            await self._ascreen(checks)
-            self._read.add(marks)
+            seen = self._read_seen()
+            checks, marks = await off_loop(lambda: _read_checks(read, stored, seen), read, stored)
+            if await self._ascreen(checks):
+                seen.add(marks)
         return read
 
     # -- the rest: the wrapped memory's -------------------------------------------------------------
