@@ -288,6 +288,42 @@ _UNNAMED: Hashable = object()
 #: Above either, `acheck_many` prepares its checks (cleaning, neutralising, cache keys) on a worker thread.
 PREPARE_ON_LOOP_ITEMS = 32
 PREPARE_ON_LOOP_CHARS = 50_000
+#: Above this size, a conversation's tool calls (``tool_calls``, ``function_call``), or the call `acheck_tool_call`
+#: renders, are read on a worker thread: rendering reads the arguments as several parsers would (escapes, JSON
+#: text within, deep nesting), microseconds a character where cleaning text takes nanoseconds (rt62a F1 F3 F6: a
+#: 48,000-character argument of "\e" held the loop 230 ms).
+PREPARE_ON_LOOP_CALL_CHARS = 1_000
+#: What a character of a tool call weighs against `PREPARE_ON_LOOP_CHARS`.
+_CALL_WEIGHT = PREPARE_ON_LOOP_CHARS // PREPARE_ON_LOOP_CALL_CHARS
+_RENDERED_FIELDS = ("tool_calls", "function_call")
+
+
+def _prepare_size(staged: Sequence[tuple[Stage, Any]], budget: int) -> int:
+    """`text_size` of ``staged``'s conversations, until past ``budget``, a tool call's characters weighted by
+    `_CALL_WEIGHT`: what `_prepare` costs, not only what it reads."""
+    total = 0
+    for _, conversation in staged:
+        if type(conversation) is not list and (
+            not isinstance(conversation, Sequence) or isinstance(conversation, (str, bytes))
+        ):
+            total += text_size(conversation, budget - total)
+            continue
+        for m in conversation:
+            if total > budget:
+                break
+            if not isinstance(m, Mapping) or (len(m) <= 2 and "content" in m):  # as `_check_size` reads them
+                total += text_size(m, budget - total)
+                continue
+            for key, value in m.items():
+                if total > budget:
+                    break
+                if key in _RENDERED_FIELDS:
+                    total += _CALL_WEIGHT * text_size(value, (budget - total) // _CALL_WEIGHT)
+                else:
+                    total += text_size(key, budget - total) + text_size(value, budget - total)
+        if total > budget:
+            break
+    return total
 
 
 @dataclass
@@ -688,7 +724,7 @@ class Guard:
     async def acheck_many(self, items: Sequence[tuple[Stage | str, Sequence[Message]]]) -> list[Decision]:
         """Async twin of `check_many`."""
         staged = _stage_items(items)
-        if len(staged) > PREPARE_ON_LOOP_ITEMS or text_size(staged, PREPARE_ON_LOOP_CHARS) > PREPARE_ON_LOOP_CHARS:
+        if len(staged) > PREPARE_ON_LOOP_ITEMS or _prepare_size(staged, PREPARE_ON_LOOP_CHARS) > PREPARE_ON_LOOP_CHARS:
             # Cleaning, label-breaking and hashing thousands of turns is hundreds of milliseconds of work: on a
             # worker thread, never on the event loop (a client's 10,000-turn history held it 0.3-0.5 s, rt51b F7).
             checks = await asyncio.to_thread(lambda: [self._prepare(stage, conv) for stage, conv in staged])
@@ -869,7 +905,13 @@ class Guard:
         self, name: str, arguments: Mapping[str, Any] | str | None, messages: Sequence[Message] | None = None
     ) -> Decision:
         _conversation_before(messages)
-        conversation = tool_call_conversation(name, arguments, messages, max_chars=self.max_chars)
+        if text_size((name, arguments), PREPARE_ON_LOOP_CALL_CHARS) > PREPARE_ON_LOOP_CALL_CHARS:
+            # Rendering reads the arguments as each parser would (up to max_chars): never on the event loop (rt62a F1).
+            conversation = await asyncio.to_thread(
+                tool_call_conversation, name, arguments, messages, max_chars=self.max_chars
+            )
+        else:
+            conversation = tool_call_conversation(name, arguments, messages, max_chars=self.max_chars)
         return await self.acheck(conversation, Stage.TOOL_CALL)
 
     def check_tool_result(self, name: str, output: str) -> Decision:

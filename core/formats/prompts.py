@@ -173,20 +173,29 @@ def _judged_fields(i: int, role: Any, message: Mapping[str, Any], budget: int | 
 
 
 def text_size(value: Any, budget: int) -> int:
-    """Characters of the text in ``value`` (strings, and the keys and items of nested mappings and lists; one
-    for any other item), counted until past ``budget``: a bound check that stops early on a huge value."""
+    """Characters of the text in ``value``, about as its JSON text has them: one for each item (its separator, or a
+    number's least text), and a string's characters, a mapping's or list's bracket besides (keys and items within
+    counted alike); counted until past ``budget``: a bound check that stops early on a huge value. Every container
+    counts: a list nested 200,000 deep is 400,000 characters rendered, not none (rt62a F6)."""
     total, stack = 0, [value]
     while stack and total <= budget:
         item = stack.pop()
+        total += 1
         if isinstance(item, str):
             total += len(item)
         elif isinstance(item, Mapping):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-        else:
             total += 1
+            if 2 * len(item) > budget - total:
+                total += 2 * len(item)  # past the budget with its keys and values alone: not walked
+            else:
+                stack.extend(item.keys())
+                stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            total += 1
+            if len(item) > budget - total:
+                total += len(item)
+            else:
+                stack.extend(item)
     return total
 
 
