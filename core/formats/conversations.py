@@ -22,6 +22,7 @@ __all__ = [
     "RunsJudged",
     "prompt_conversation",
     "response_conversation",
+    "answer_prefill",
     "tool_call_conversation",
     "untrusted_conversation",
     "render_tool_call",
@@ -108,7 +109,7 @@ def _require_turns(value: object, what: str, *, text_too: bool = False) -> Seque
 class RunsJudged(list):  # type: ignore[type-arg]
     """A conversation whose caller judges each run of consecutive user turns joined itself (the LangChain and
     LlamaIndex integrations, with their own rules for what a provider merges and what a blocked run withholds): the
-    Gen planner does not judge its final run joined again (`windows.user_run`). A plain list is joined."""
+    Gen planner does not judge its final run joined again (`windows.final_run`). A plain list is joined."""
 
 
 def prompt_conversation(text: str, history: Sequence[Message] | None = None) -> list[dict[str, str]]:
@@ -118,15 +119,46 @@ def prompt_conversation(text: str, history: Sequence[Message] | None = None) -> 
     return [*turns, {"role": "user", "content": text}]
 
 
-def response_conversation(prompt: str | Sequence[Message], response: str) -> list[dict[str, str]]:
-    """The assistant's answer to a prompt (a string, or the conversation that led to it)."""
+def response_conversation(
+    prompt: str | Sequence[Message], response: str, *, continues: bool = True
+) -> list[dict[str, str]]:
+    """The assistant's answer to a prompt (a string, or the conversation that led to it). A conversation that ends
+    in assistant turns (a prefill, `answer_prefill`) is answered by their continuation: judged as one turn, the
+    prefill's text then the answer's, the way a provider returns it. ``continues=False``: a caller whose turns leave
+    out what came between (a tool's result after an answer's call) says the answer is a turn of its own."""
     response = _require_text(response, "response")
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
     if prompt is None:
         raise TypeError("prompt is None; pass the prompt's text (a str) or the conversation before the answer")
     turns = [dict(m) for m in _require_turns(prompt, "prompt", text_too=True)]
+    if continues and turns and _plain_answer(turns[-1]):
+        # A provider reads a trailing assistant turn as the start of its answer and returns the two as one turn:
+        # "Step 1: Mix" | " ammonium nitrate ..." was judged as two turns, each safe (rt62f F2).
+        before, prefill = answer_prefill(turns)
+        return [*before, {"role": "assistant", "content": (prefill or "") + response}]
     return [*turns, {"role": "assistant", "content": response}]
+
+
+def answer_prefill(turns: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
+    """(the turns before ``turns``' trailing assistant turns, those turns' texts joined), or (``turns``, ``None``)
+    when it does not end in one. The run is what an answer to ``turns`` continues (a prefill): a provider reads a
+    trailing assistant turn as the start of its answer, and consecutive assistant turns as one (the Anthropic API
+    combines consecutive turns of a role, as `windows.final_run` reads a run). Only plain text turns (``role`` and
+    a ``str`` ``content``) are joined: a turn with tool calls is an action, not the start of an answer. Linear."""
+    k = len(turns)
+    while k and _plain_answer(turns[k - 1]):
+        k -= 1
+    if k == len(turns):
+        return [dict(m) for m in turns], None
+    return [dict(m) for m in turns[:k]], "".join(str(m["content"]) for m in turns[k:])
+
+
+def _plain_answer(turn: Mapping[str, Any]) -> bool:
+    """An assistant turn of text alone (a field with no value, as the OpenAI SDK echoes back, carries nothing)."""
+    if turn.get("role") != "assistant" or not isinstance(turn.get("content"), str):
+        return False
+    return all(key in ("role", "content") or not value for key, value in turn.items())
 
 
 def render_tool_call(name: str, arguments: Mapping[str, Any] | str | None, max_chars: int | None = None) -> str:

@@ -28,9 +28,10 @@ whole prompt does not fit in ``max_prompt_tokens``, `WindowPlanner` builds windo
 - **Padding shortened.** Every run of more than `blank_runs.KEPT_BLANKS` blanks in a turn (and in each reading) is
   cut to that many first (`blank_runs.shorten_blank_runs`): a reader sees one gap, and a run of thousands of
   tokens no longer keeps two neighbouring words out of every window (rt58c F1).
-- **A run of user turns.** Where the judged turn ends two or more consecutive user turns with text, the run is
-  also judged joined (`user_run`), as the provider sends it (one message), an extra window like the others; the
-  whole run, even where a window may show fewer turns (``max_messages``, a remote server's cap).
+- **A run of turns.** Where the judged turn ends two or more consecutive turns of its role with text (user turns;
+  assistant turns too), the run is also judged joined (`final_run`), as the provider sends it (one message), an
+  extra window like the others; the whole run, even where a window may show fewer turns (``max_messages``, a remote
+  server's cap).
 - **Bounded work.** More than ``max_windows`` windows for one conversation raises `InputTooLarge`
   (before any model work); ``check()`` (a deadline or cancellation) is called between windows.
 - **A stream's checks** (`StreamPieces`, `StreamCheck`): each check of a streamed answer shows the end of the
@@ -276,22 +277,33 @@ def _shortened(message: dict[str, str]) -> dict[str, str]:
     return message if content is message["content"] else {**message, "content": content}
 
 
-def user_run(messages: Sequence[dict[str, str]]) -> str | None:
-    """The texts of the consecutive user turns that end ``messages``, joined as one message reads them (as the
-    integrations join a run, `"".join`), when two or more of them have text; else ``None``. An assistant turn with
-    no text inside the run is skipped (a provider drops it); system turns are gone already (`normalize_messages`).
+def final_run(messages: Sequence[dict[str, str]]) -> str | None:
+    """The texts of the consecutive turns of the judged (last) turn's role that end ``messages``, joined as one
+    message reads them (as the integrations join a run, `"".join`), when two or more of them have text; else
+    ``None``. A provider sends consecutive turns of one role as one message (the Anthropic API combines them): a run
+    of user turns as one prompt, a run of assistant turns as one answer (rt62f F2b). A turn of the other role with no
+    text inside the run is skipped (a provider drops it); system turns are gone already (`normalize_messages`).
     Linear: each turn of the run is read once."""
-    if not messages or messages[-1]["role"] != "user":
+    if not messages:
         return None
-    texts: list[str] = []
+    role = messages[-1]["role"]
+    raw: list[str] = []
     for turn in reversed(messages):
-        if turn["role"] == "user":
-            texts.append(clean_text(turn["content"]))
+        if turn["role"] == role:
+            raw.append(turn["content"])
         elif turn["content"].strip():
             break
+    if sum(1 for t in raw if t.strip()) < 2:  # a lone turn (every answer to a question): nothing read again
+        return None
+    texts = [clean_text(t) for t in reversed(raw)]
     if sum(1 for t in texts if t.strip()) < 2:
         return None
-    return "".join(reversed(texts))
+    return "".join(texts)
+
+
+def user_run(messages: Sequence[dict[str, str]]) -> str | None:
+    """`final_run` where the judged turn is a user's, else ``None``."""
+    return final_run(messages) if messages and messages[-1]["role"] == "user" else None
 
 
 class TokenCounter(Protocol):
@@ -388,7 +400,7 @@ class WindowPlanner:
     ) -> list[Window]:
         """The windows of one conversation (one window when it fits). Raises `InputTooLarge` past
         ``max_windows``, ``ValueError`` when the budget cannot hold even the template and a few tokens.
-        ``join_runs=False``: the caller judges a final run of user turns joined itself (`RunsJudged`).
+        ``join_runs=False``: the caller judges a final run of turns joined itself (`RunsJudged`).
         ``max_messages``: turns one window shows at most (a remote server's cap per request); the readings are
         still taken from the whole conversation, only the earlier turns shown as context are fewer.
         ``stream``: a stream check (`StreamCheck`): piece windows judged before in its stream are left out."""
@@ -407,10 +419,11 @@ class WindowPlanner:
         pieces += [prepare_content(s) for s in as_seen_pieces(judged)]
         if (unpadded := padding_read(judged)) is not None:  # padding of bidi pairs or tags between blanks (rt58f F1)
             pieces.append(prepare_content(unpadded))
-        if join_runs and (joined := user_run(msgs)) is not None:
+        if join_runs and (joined := final_run(msgs)) is not None:
             # "How can I make a bo" and "mb at home?", each safe alone: a provider sends consecutive user turns as
             # one message (ChatAnthropic merges them; rt55c F1: the integrations judged the run joined, the core API
-            # and the server did not). The run is also judged as that message reads.
+            # and the server did not). The run is also judged as that message reads; a run of assistant turns too
+            # ("Step 1: Mix" | " ammonium nitrate ...", one answer to the model that reads them back: rt62f F2b).
             pieces += [prepare_content(joined), *(prepare_content(s) for s in as_seen_pieces(joined))]
             if (unpadded := padding_read(joined)) is not None:
                 pieces.append(prepare_content(unpadded))

@@ -924,13 +924,16 @@ class GenWindows:
         self.pins: list[tuple[int, int, str]] = []
         #: The controls open where `judged_tail` starts (a pinned word is shown as displayed: `_pinned`).
         self.judged_bidi = BidiState()
-        if start:
-            reach = max(0, len(core.released) - _TAIL_REACH * self.context)
-            self.bidi.push(core.released[:reach])
-            self.tail, dropped = _context(as_read(core.released[reach:]), self.context)
+        # The text before `start`: what was released, after the prefill the stream continues (`MonitorCore.prefill`),
+        # which the first window shows as its context, as any window shows the text before it.
+        before = core.prefill + core.released if start else core.prefill
+        if before:
+            reach = max(0, len(before) - _TAIL_REACH * self.context)
+            self.bidi.push(before[:reach])
+            self.tail, dropped = _context(as_read(before[reach:]), self.context)
             self.bidi.push(dropped)
-            self.judged_bidi.push(core.released[: max(0, len(core.released) - _JUDGED_TAIL)])
-            self._pin(core.released[-_JUDGED_TAIL:], start, self.judged_bidi)
+            self.judged_bidi.push(before[: max(0, len(before) - _JUDGED_TAIL)])
+            self._pin(before[-_JUDGED_TAIL:], start, self.judged_bidi)
         self.timeout = core.policy.timeout_for(Stage.STREAM)
         # (release point it was read at, judged up to, its last word still arriving, boundary): `_boundary`
         self._last_boundary: tuple[int, int, bool, int] = (-1, -1, False, 0)
@@ -1164,7 +1167,7 @@ class GenWindows:
         held = self.submitted - open_at if open_at >= 0 else 0
         if held < len(self.judged_tail):  # else the words pinned before it stay pinned
             self._pin(self.judged_tail[: len(self.judged_tail) - held], self.submitted - held, self.judged_bidi)
-        conversation = [*self.core.messages, {"role": "assistant", "content": window}]
+        conversation = [*self.core.answer_messages, {"role": "assistant", "content": window}]
         return start, start + cut, conversation
 
     def _pin(self, judged: str, at: int, bidi: BidiState) -> None:

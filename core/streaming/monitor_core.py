@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import GuardTimeout, GuardUnavailable, GuardViolation, InputTooLarge, StreamClosed
 from ..formats.content import clean_text
-from ..formats.conversations import prompt_conversation
+from ..formats.conversations import answer_prefill, prompt_conversation
 from ..formats.prompts import Message, normalize_messages
 from ..policy import Action, Decision, require_switch
 from ..verdict import Risk, Stage, Verdict
@@ -168,11 +168,19 @@ class MonitorCore:
         self.guard = guard
         self.policy = guard.policy
         self.messages = as_messages(prompt)
+        # A conversation that ends in assistant turns (a prefill) is answered by their continuation, which a provider
+        # returns as one turn with them (rt62f F2): each window shows the prefill's text before the streamed text,
+        # after the turns before it (`answer_messages`); only the streamed text is released (the consumer has the
+        # prefill). The prompt is screened as it is, prefill included.
+        before, prefill = answer_prefill(self.messages)
+        self.prefill = prefill or ""
+        self.answer_messages = (before or [{"role": "user", "content": ""}]) if prefill is not None else self.messages
         self.holdback = holdback
         self.screen_prompt = screen_prompt
         self._debounce = Debounce(window)
         self.window = self._debounce.window
-        self.stream_backend = guard.stream_backend
+        # The Stream model scores an answer after a user turn: a continuation is judged in Gen windows instead.
+        self.stream_backend = guard.stream_backend if prefill is None else None
         self.enabled = self.policy.enabled(Stage.STREAM)
         if self.stream_backend is not None and self.messages[-1]["role"] != "user":
             raise ValueError(

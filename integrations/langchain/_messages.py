@@ -1096,9 +1096,14 @@ def tool_arguments(tool_call: Mapping[str, Any]) -> Mapping[str, Any] | str:
 
 
 def input_items(
-    messages: Sequence[BaseMessage], turns: int = DEFAULT_HISTORY_TURNS, *, screen_system: bool = False
+    messages: Sequence[BaseMessage],
+    turns: int = DEFAULT_HISTORY_TURNS,
+    *,
+    screen_system: bool = False,
+    budget: int | None = None,
 ) -> list[Item]:
-    """Everything the model is about to read, by role (see the module docstring).
+    """Everything the model is about to read, by role (see the module docstring). ``budget``: the guard's
+    ``max_chars``, which an earlier answer's tool calls are rendered until past (`output_items`).
 
     User turns, and system and developer messages, become prompt checks and assistant turns response
     checks (text) and tool-call checks, each with the earlier turns as history; `ToolMessage`s become
@@ -1144,7 +1149,7 @@ def input_items(
         elif role == "assistant":
             # What the model reads back: its words as they were answered (the Responses API's provider class sends
             # an earlier answer's v0 reasoning summary and refusal back with it), not the provider's metadata.
-            for item in output_items(message, context, turns, metadata=False):
+            for item in output_items(message, context, turns, metadata=False, budget=budget):
                 item.index = i
                 if item.stage is Stage.TOOL_RESULT:  # what it quotes as a server tool's result: the client's text
                     item.extra[AS_INPUT] = True
@@ -1302,7 +1307,7 @@ def output_items(
     answers: Collection[str] = (),
     metadata: bool = True,
     sources: bool | None = None,
-    budget: int = DEFAULT_MAX_CHARS,
+    budget: int | None = None,
 ) -> list[Item]:
     """The model's answer: its words as a response check (`answer_text`: with its reasoning, refusal and
     transcript), the text it quotes as an untrusted-content check, and each tool call it asks for as an action.
@@ -1310,7 +1315,9 @@ def output_items(
     ``context``: the messages the model saw (LangChain messages or guard dicts). ``metadata``: read the
     ``response_metadata`` the consumer reads too (`source_text`; off for an earlier turn the model reads back,
     which no provider class sends). ``sources``: judge what the answer quotes (`source_text`; default: with the
-    text). ``budget``: the guard's ``max_chars``, what `source_text` reads at most. ``answers``: the structured
+    text). ``budget``: the guard's ``max_chars``, what `source_text` reads at most (default `DEFAULT_MAX_CHARS`) and
+    what a tool call is rendered until past (none given: rendered whole; a smaller bound than the guard's would hand
+    back a cut call judged as if whole). ``answers``: the structured
     output's schema tools, whose calls are the answer: judged whatever ``tool_calls`` says, marked `AS_ANSWER`.
     """
     history = _as_history(context, turns)
@@ -1323,7 +1330,11 @@ def output_items(
             history if any(m.get("role") == "user" for m in history) else [{"role": "user", "content": ""}, *history]
         )
         items.append(Item(Stage.RESPONSE, response_conversation(before, body), message, label="model response"))
-    quoted = source_text(message, budget, metadata=metadata) if (text if sources is None else sources) else ""
+    quoted = (
+        source_text(message, DEFAULT_MAX_CHARS if budget is None else budget, metadata=metadata)
+        if (text if sources is None else sources)
+        else ""
+    )
     if quoted.strip():
         # Quoted source text and server tool outputs come from outside: judged alone, as a tool's result is.
         conversation = untrusted_conversation(quoted, "quoted source")
@@ -1337,7 +1348,7 @@ def output_items(
             items.append(
                 Item(
                     Stage.TOOL_CALL,
-                    tool_call_conversation(name, tool_arguments(call), history),
+                    tool_call_conversation(name, tool_arguments(call), history, max_chars=budget),  # rt62a F2
                     message,
                     tool_call=call,
                     label=f"tool call {name}",

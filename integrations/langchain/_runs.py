@@ -41,7 +41,7 @@ from uuid import UUID
 
 from .._common import Bounded
 
-__all__ = ["MAX_LINKS", "RunTable", "started_by_agenerate"]
+__all__ = ["MAX_LINKS", "BlockedCalls", "RunTable", "started_by_agenerate"]
 
 #: Parent links kept at once (live runs of every request together).
 MAX_LINKS = 65_536
@@ -257,3 +257,116 @@ def _forget_callback(task: asyncio.Task[object], callback: Callable[[asyncio.Tas
             loop.call_soon_threadsafe(task.remove_done_callback, callback)
         except RuntimeError:  # the loop closed meanwhile: the task and its callbacks go with it
             pass
+
+
+# -- blocked inputs: what their failure discards (rt62c F2, F3) ----------------------------------------------------
+#: Blocks kept per run (a call whose batch blocked several inputs): the oldest go first.
+_BLOCKS_PER_RUN = 8
+_UNKNOWN = object()
+
+
+class _Block:
+    """One blocked input: its decision, the run it stopped and that run's ancestors (nearest first), the inputs those
+    ancestors were started with (while its call may still start branches), and which of them raised it."""
+
+    __slots__ = ("decision", "lineage", "inputs", "raised", "top_seen")
+
+    def __init__(self, decision: object, lineage: list[UUID], inputs: dict[UUID, object], top_seen: bool) -> None:
+        self.decision = decision
+        self.lineage = lineage
+        self.inputs = inputs
+        self.raised: set[UUID] = set()
+        self.top_seen = top_seen  # its top run is a chain this handler saw start: its end frees `inputs`
+
+
+class BlockedCalls:
+    """Where a blocked input's failure goes, so that a tool or retriever starting later is refused only if that
+    failure discards it (``refusing``).
+
+    The failure runs up the blocked run's ancestors until something catches it. A run that *raised* it (a chain's
+    or tool's error event) discards everything under it: a branch beside the model (``RunnableParallel``, a
+    gather) goes on after the call raised, and neither ``asyncio.gather`` nor a thread pool cancels it. A run that
+    *ended* normally caught it at or below itself (``ToolRetryMiddleware`` writing the failure as the tool's
+    message, a node's ``try``/``except``, ``batch(..., return_exceptions=True)``): the runs above it go on and
+    their later steps are judged on their own (rt62c F3). Under a run whose outcome is not known yet, a new
+    tool's branch is told apart from the blocked one by the input each was started with: a batch item (another
+    input, or a tool call of other arguments beside a tool that ran the blocked model) goes on (rt62c F2); the same
+    input (a ``RunnableParallel`` branch), or one not known (a model's, a retriever's, a streamed chain's
+    placeholder, an input that cannot be compared), is refused."""
+
+    def __init__(self, size: int) -> None:
+        self._at: Bounded[UUID, tuple[_Block, ...]] = Bounded(size)
+        self._inputs: Bounded[UUID, object] = Bounded(MAX_LINKS)  # live chains' inputs
+        self._lock = threading.Lock()  # a sync batch's items block and end in threads of their own
+
+    def started(self, run_id: UUID, inputs: object) -> None:
+        """A chain or tool starts (a tool once let through) with ``inputs`` (kept while it runs: it holds them
+        anyway)."""
+        self._inputs[run_id] = inputs
+
+    def block(self, decision: object, lineage: list[UUID]) -> None:
+        """The input of ``lineage[0]`` was blocked; ``lineage``: it and its ancestors, nearest first."""
+        inputs = {run: value for run in lineage if (value := self._inputs.get(run, _UNKNOWN)) is not _UNKNOWN}
+        block = _Block(decision, list(lineage), inputs, top_seen=lineage[-1] in inputs)
+        with self._lock:
+            for run in lineage:
+                self._at[run] = (*(self._at.get(run) or ())[-(_BLOCKS_PER_RUN - 1) :], block)
+
+    def ended(self, run_id: UUID) -> None:
+        """A chain or tool ended normally: a blocked input's failure under it was caught at or below it, and the runs
+        above it are no longer failing with it (it stays on this run: a branch under it orphaned by the catch)."""
+        self._inputs.pop(run_id)
+        if self._at.get(run_id) is None:
+            return
+        with self._lock:
+            for block in self._at.get(run_id) or ():
+                for run in block.lineage[block.lineage.index(run_id) + 1 :]:
+                    kept = tuple(b for b in self._at.get(run) or () if b is not block)
+                    if kept:
+                        self._at[run] = kept
+                    else:
+                        self._at.pop(run)
+                self._settled(block, run_id)
+
+    def failed(self, run_id: UUID) -> None:
+        """A chain or tool raised: whatever of a blocked call still runs under it is discarded."""
+        self._inputs.pop(run_id)
+        for block in self._at.get(run_id) or ():
+            block.raised.add(run_id)
+            self._settled(block, run_id)
+
+    @staticmethod
+    def _settled(block: _Block, run_id: UUID) -> None:
+        if block.top_seen and run_id == block.lineage[-1]:
+            block.inputs = {}  # its call is over: no branch of it is told apart by its input any more
+
+    def refusing(self, lineage: list[UUID], inputs: object = None) -> object | None:
+        """The decision that refuses a run starting now (``lineage``: it and its ancestors, nearest first; ``inputs``:
+        what it was started with, None if not known), if a blocked input's failure discards it (class doc); None if
+        none does."""
+        judged: set[int] = set()  # a block is judged at the run where this run's branch leaves its lineage
+        for mine, run in enumerate(lineage):
+            for block in reversed(self._at.get(run) or ()):
+                if id(block) not in judged:
+                    judged.add(id(block))
+                    if self._discards(block, lineage, mine, _UNKNOWN if inputs is None else inputs):
+                        return block.decision
+        return None
+
+    def _discards(self, block: _Block, lineage: list[UUID], mine: int, inputs: object) -> bool:
+        run = lineage[mine]
+        theirs = block.lineage.index(run)
+        if run in block.raised or mine == 0 or theirs == 0:
+            return True
+        branch = inputs if mine == 1 else self._inputs.get(lineage[mine - 1], _UNKNOWN)  # 1: the run is the branch
+        return not _different(branch, block.inputs.get(block.lineage[theirs - 1], _UNKNOWN))
+
+
+def _different(mine: object, theirs: object) -> bool:
+    """Were two branches started with different inputs? Only when both are known and compare unequal."""
+    if mine is _UNKNOWN or theirs is _UNKNOWN or mine is theirs:
+        return False
+    try:
+        return bool(mine != theirs)
+    except Exception:  # noqa: BLE001 - an input that cannot be compared is taken for the same (refused)
+        return False

@@ -70,6 +70,7 @@ from qwenguard.core.streaming.gen_windows import releasable
 from qwenguard.core.streaming.task_ends import mark_read
 from qwenguard.core.streaming.wakeup import arelease_judged, release_judged, verdict_waiters
 
+from .._off_loop import OFF_LOOP_SIZE
 from ._messages import Item
 
 __all__ = [
@@ -119,6 +120,8 @@ class StreamGate:
 
     stage = Stage.STREAM
     label = "streamed answer"
+    #: Characters of unread text whose check an async caller builds on the event loop at most (`aitem`).
+    on_loop_chars = OFF_LOOP_SIZE
 
     def __init__(
         self,
@@ -217,6 +220,18 @@ class StreamGate:
     def _conversation(self, text: str) -> list[dict[str, str]]:
         return response_conversation(self.context, text)
 
+    async def aitem(self) -> Item:
+        """`item`, built on a worker thread when what it reads is longer than `on_loop_chars` (rt62a F4: one chunk of
+        200,000 characters of tool-call arguments was read on the event loop, 0.4-0.9 s)."""
+        if max(len(self.tail), len(self._since_issued)) <= self.on_loop_chars:
+            return self.item()
+        return await asyncio.to_thread(self.item)
+
+    async def apending(self, delta: str, *, final: bool = False) -> Item | None:
+        """Async twin of `pending` (the check built off the loop when long: `aitem`)."""
+        self.add(delta)
+        return await self.aitem() if self.due(delta, final=final) else None
+
     def pending(self, delta: str, *, final: bool = False) -> Item | None:
         """Append ``delta``; return the check that must pass before it is released, if one is due."""
         self.add(delta)
@@ -255,6 +270,8 @@ class ToolCallGate(StreamGate):
     tool's ``json.loads`` read it so, and the call was judged decoded only once the model had finished)."""
 
     stage = Stage.TOOL_CALL
+    #: Its check reads the arguments as a tool's parsers do (`render_tool_call`: ~3-5 us a character of escapes).
+    on_loop_chars = 1_000
 
     def __init__(self, name: str, context: Sequence[dict[str, str]], **options: Any) -> None:
         super().__init__(context, **options)
@@ -264,7 +281,8 @@ class ToolCallGate(StreamGate):
     def _conversation(self, text: str) -> list[dict[str, str]]:
         # The window only (O(window) a check, as building the conversation is); offsets stay the raw text's.
         read = escapes_read(text)
-        return tool_call_conversation(self.name, text if read is None else read, self.context)
+        # Rendered only until past the guard's bound (a check past it is refused: `add`): rt62a F2.
+        return tool_call_conversation(self.name, text if read is None else read, self.context, max_chars=self.max_chars)
 
 
 # ================================================================================================
@@ -310,7 +328,7 @@ class GateScreen:
             self.gate.settle(item, self._decide(item))
 
     async def acheck(self, delta: str) -> None:
-        item = self.gate.pending(delta)
+        item = await self.gate.apending(delta)
         if item is not None:
             self.gate.settle(item, await self._adecide(item))
 
@@ -321,7 +339,7 @@ class GateScreen:
         self.finished = True
 
     async def aflush(self) -> None:
-        item = self.gate.pending("", final=True)
+        item = await self.gate.apending("", final=True)
         if item is not None:
             self.gate.settle(item, await self._adecide(item))
         self.finished = True
@@ -481,8 +499,8 @@ class PipelinedScreen:
     finish = flush
 
     # -- async ----------------------------------------------------------------------------------
-    def _astart(self) -> None:
-        item = self.gate.item()
+    async def _astart(self) -> None:
+        item = await self.gate.aitem()
         task = asyncio.ensure_future(self._ajudge_timed(item))
         task.add_done_callback(mark_read)  # a run that ends (or is dropped) with checks in flight never reads them
         self._flight.append((item, task))
@@ -501,7 +519,7 @@ class PipelinedScreen:
         self._settle(item, result)
 
     async def _ajudge_now(self) -> None:
-        item = self.gate.item()  # awaited here: no task of its own (see `_judge_now`)
+        item = await self.gate.aitem()  # awaited here: no task of its own (see `_judge_now`)
         self._settle(item, await self._ajudge_timed(item))
 
     async def acheck(self, delta: str) -> None:
@@ -510,7 +528,7 @@ class PipelinedScreen:
         if self._judges_inline() and self._wants_check(delta):
             await self._ajudge_now()
         elif self._starts_in_background(delta):
-            self._astart()
+            await self._astart()
         while self.gate.unjudged > self.max_unjudged:
             if self._flight:
                 await self._await_oldest()
@@ -535,11 +553,14 @@ class PipelinedScreen:
 
 
 def _monitor_prompt(context: Sequence[dict[str, str]]) -> list[dict[str, str]]:
-    """The conversation a monitor opens with: up to the last user turn (a stream follows a user turn)."""
+    """The conversation a monitor opens with: up to the last user turn, and the assistant turns after it, which the
+    streamed answer continues (a prefill: the monitor judges it with the answer and releases only the answer, as
+    `response_conversation` judges it in the other engines and on invoke; they were dropped, rt62f F2)."""
     turns = [dict(m) for m in context]
-    while turns and turns[-1].get("role") != "user":
-        turns.pop()
-    return turns or [{"role": "user", "content": ""}]
+    last_user = max((i for i, m in enumerate(turns) if m.get("role") == "user"), default=None)
+    if last_user is None:
+        return [{"role": "user", "content": ""}, *(m for m in turns if m.get("role") == "assistant")]
+    return turns[: last_user + 1] + [m for m in turns[last_user + 1 :] if m.get("role") == "assistant"]
 
 
 class MonitorScreen:
@@ -562,9 +583,9 @@ class MonitorScreen:
         self.guard = guard
         self.max_unjudged = max_unjudged
         options.setdefault("screen_prompt", False)  # the input is screened on its own, as a prompt
-        if guard.stream_backend is None:
-            options.setdefault("min_segment", DEFAULT_SEGMENT)
         prompt = _monitor_prompt(context)
+        if guard.stream_backend is None or prompt[-1]["role"] == "assistant":  # Gen windows (a prefill's too)
+            options.setdefault("min_segment", DEFAULT_SEGMENT)
         self.monitor = guard.astream(prompt, **options) if asynchronous else guard.stream(prompt, **options)
         self._released = 0
 
@@ -583,7 +604,9 @@ class MonitorScreen:
         released = len(self.monitor.released)
         decision = violation.decision
         ours = decision is getattr(self.monitor, "decision", None)  # not a stop raised upstream of the monitor
-        if ours and self.guard.stream_backend is None and decision.offset is not None:
+        # A Gen-window monitor (a prefill's too: `stream_backend` None) points at the window; a remote one has none.
+        gen = getattr(self.monitor, "stream_backend", self.guard.stream_backend) is None
+        if ours and gen and decision.offset is not None:
             return max(released, decision.offset)
         return released
 

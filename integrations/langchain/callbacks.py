@@ -63,8 +63,8 @@ Its place among a run's handlers: first in the config's list, and first after la
 managers through a set (``with_retry``, a binding invoked with a node's config: `_handler_order`, rt61d F3).
 
 A stop is not re-rolled: once a model or tool run is stopped, a retry or fallback of it (the run that starts after it
-under the same parent: ``with_retry``, ``with_fallbacks``, the retry and fallback middlewares) gets the same stop at
-its start (`_place`, rt61d F1).
+under the same parent asking the same: ``with_retry``, ``with_fallbacks``, the retry and fallback middlewares) gets the
+same stop at its start (`_place`, rt61d F1); a batch sibling, which asks its own input, does not (rt62c F1).
 
 One handler serves any number of concurrent runs: state is keyed by ``run_id`` and dropped when the
 run ends or fails, or when the asyncio task it ran in ends without either (a cancelled request reports
@@ -84,8 +84,9 @@ consumer, and raising in the first token callback also stops the model's stream 
 stops generating when the stream is closed). ``on_tool_start`` waits for every input check still
 pending in its own call (its trace: `_runs.py`), so a tool running beside the model (``RunnableParallel``
 under ``ainvoke``) cannot run on a blocked input either, and another request's input check never holds or
-stops it. A non-streaming call cannot be interrupted from a callback: its answer is discarded when the
-input is blocked.
+stops it. A blocked input refuses the tools and retrievers its failure discards, never a batch item of another
+input nor a step after the run that caught it (`BlockedCalls`, rt62c F2, F3). A non-streaming call cannot be
+interrupted from a callback: its answer is discarded when the input is blocked.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ from ._messages import (
     tool_result_messages,
     tool_text,
 )
-from ._runs import RunTable, started_by_agenerate
+from ._runs import BlockedCalls, RunTable, started_by_agenerate
 from ._screening import ascreen, built_off_loop, no_looser, raise_first, require_guard, screen
 from ._streaming import (
     DEFAULT_MAX_IN_FLIGHT,
@@ -220,18 +221,44 @@ _WRONG_FRAMEWORK = (
 #: How many stopped runs' places to remember (`_refuse_again`): a retry or fallback comes within its outer call.
 _MAX_STOPPED_PLACES = 4096
 
-#: Where a model or tool run stands (`_place`): its parent run, and its tool call's id (None for a model).
-_Place = tuple[UUID, str | None]
+#: Where a model or tool run stands (`_place`): its parent run, its tool call's id (None for a model), and a digest of
+#: what it was asked (`_request_digest`).
+_Place = tuple[UUID, str | None, bytes | None]
 
 
-def _place(kwargs: Mapping[str, Any], call_id: Any = None) -> _Place | None:
+def _place(kwargs: Mapping[str, Any], call_id: Any = None, request: bytes | None = None) -> _Place | None:
     """Where a run stands among its retries and fallbacks: its parent run (a ``RunnableRetry``, a
-    ``RunnableWithFallbacks``, the agent node whose middleware retries or falls back) and its tool call's id (a tool
-    retried by ``ToolRetryMiddleware`` keeps its call's id; the parallel calls beside it have their own). A top-level
-    ``with_fallbacks`` hands its runnables the caller's config, not its run's (no parent_run_id): its run is then
-    the parent the context holds. None for a run with no parent (a model invoked on its own)."""
+    ``RunnableWithFallbacks``, the agent node whose middleware retries or falls back), its tool call's id (a tool
+    retried by ``ToolRetryMiddleware`` keeps its call's id; the parallel calls beside it have their own) and what it
+    was asked (``request``, `_request_digest`: a retry or a fallback asks the same; a batch sibling under the same
+    parent asks its own input, and is not a retry: rt62c F1). A top-level ``with_fallbacks`` hands its runnables the
+    caller's config, not its run's (no parent_run_id): its run is then the parent the context holds. None for a run
+    with no parent (a model invoked on its own)."""
     parent = kwargs.get("parent_run_id") or _context_parent()
-    return None if parent is None else (parent, None if call_id is None else str(call_id))
+    return None if parent is None else (parent, None if call_id is None else str(call_id), request)
+
+
+def _request_digest(request: Any) -> bytes | None:
+    """What a model or tool run was asked (its messages by role, text, calls and names; its prompts; a tool's input as
+    LangChain writes it), kept as a digest. None when it cannot be written out: such runs under one parent are then
+    all taken for one request (a retry), as before."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, BaseMessage):
+            calls = getattr(value, "tool_calls", None)
+            return [value.type, value.content, calls, getattr(value, "tool_call_id", None), value.name]
+        return repr(value)
+
+    try:
+        return digest(json.dumps(request, default=plain, sort_keys=True, ensure_ascii=False))
+    except (TypeError, ValueError, RecursionError):
+        return None
+
+
+def _blocking(stop: QwenGuardError) -> Decision | None:
+    """The decision of a stop that blocks its input (not a guard that could not answer)."""
+    decision = getattr(stop, "decision", None)
+    return decision if isinstance(decision, Decision) and not decision.allowed else None
 
 
 def _context_parent() -> UUID | None:
@@ -268,7 +295,7 @@ class _Run:
         self.trace: UUID | None = None  # the call it belongs to (`RunTable.trace`), set when it starts
         #: A structured-output schema's tool (``with_structured_output``): its call is the answer (`_answer_tools`).
         self.answer_tools: frozenset[str] = frozenset()
-        self.place: _Place | None = None  # a tool's `_place`, for its end and error
+        self.place: _Place | None = None  # its `_place`, for the hooks after its start
 
     def close(self) -> None:
         if self.feed is not None:
@@ -368,9 +395,9 @@ class _GuardHandlerLogic(HeardFirst):
         self.min_chars = min_chars
         self._runs: RunTable[_Run] = RunTable(_Run, _Run.release)
         self._tool_contexts: Bounded[tuple[UUID, str], list[dict[str, str]]] = Bounded(_MAX_TOOL_CONTEXTS)
-        # Calls (traces) whose input was blocked: a branch beside the model (`RunnableParallel`, a gather in a
-        # node) goes on after the block, and neither asyncio.gather nor a thread pool cancels it.
-        self._blocked: Bounded[UUID, Decision] = Bounded(_MAX_BLOCKED_CALLS)
+        # Where a blocked input's failure went: a branch beside the model (`RunnableParallel`, a gather in a node) goes
+        # on after the block, and neither asyncio.gather nor a thread pool cancels it (`BlockedCalls`).
+        self._blocks = BlockedCalls(_MAX_BLOCKED_CALLS)
         # Failed tool calls by the run they ran in, each with digests of its error's texts judged already: that
         # run's end carries the message a ToolNode writes for the call (`_failed_call_items`).
         self._failed_calls: Bounded[UUID, dict[str, frozenset[bytes]]] = Bounded(_MAX_FAILED_PARENTS)
@@ -427,22 +454,34 @@ class _GuardHandlerLogic(HeardFirst):
 
     @contextmanager
     def _blocking_its_call(self, run_id: UUID) -> Iterator[None]:
-        """An input check that stops the run stops its whole call: remember the call (`_refuse_blocked`)."""
+        """An input check that stops the run fails its ancestors up to where the failure is caught: remember where
+        it went (`BlockedCalls`, `_refuse_blocked`)."""
         try:
             yield
         except QwenGuardError as stop:
-            decision = getattr(stop, "decision", None)
-            if isinstance(decision, Decision) and not decision.allowed:
-                run = self._runs.get(run_id)
-                self._blocked[run.trace if run is not None and run.trace else self._runs.trace(run_id)] = decision
+            decision = _blocking(stop)
+            if decision is not None:
+                self._blocks.block(decision, self._runs.lineage(run_id))
             raise
 
-    def _refuse_blocked(self, run: _Run, run_id: UUID) -> None:
-        """A tool or retriever of a call whose input was blocked does not start (raises that decision)."""
-        decision = self._blocked.get(run.trace) if run.trace is not None else None
-        if decision is not None:
+    def _refuse_blocked(self, run_id: UUID, inputs: Any = None) -> None:
+        """A tool or retriever that a blocked input's failure discards does not start (raises that decision): one
+        beside the blocked model in a call that raised or may raise, not a batch item of another input, nor a later
+        step of a run that caught the failure (`BlockedCalls`, rt62c F2, F3). ``inputs``: a tool's (None: a
+        retriever's, not compared)."""
+        decision = self._blocks.refusing(self._runs.lineage(run_id), inputs)
+        if isinstance(decision, Decision):
             self._drop(run_id)
             enforce(decision)
+
+    def _pending_stop(self, owner: UUID, stop: QwenGuardError) -> None:
+        """A tool waited for the input check of ``owner`` (a model of its call) and it failed: a block is noted
+        where it goes and judged for this tool by `_refuse_blocked`; a guard that could not answer stops the tool."""
+        decision = _blocking(stop)
+        lineage = self._runs.lineage(owner)
+        if decision is None or len(lineage) < 2:  # its run is gone, and where it stood with it: this tool stops
+            raise stop
+        self._blocks.block(decision, lineage)
 
     # -- retries and fallbacks (rt61d F1) -----------------------------------------------------------
     # ``model.with_retry()`` (any Exception), ``with_fallbacks``, ``ModelRetryMiddleware``/``ModelFallbackMiddleware``
@@ -495,16 +534,23 @@ class _GuardHandlerLogic(HeardFirst):
         run = self._runs.get(run_id)
         return run.place if run is not None else None
 
-    # A chain only links its children to the call they belong to.
-    def _chain_started(self, run_id: UUID, kwargs: Mapping[str, Any]) -> None:
+    def _model_place(self, run_id: UUID, kwargs: Mapping[str, Any]) -> _Place | None:
+        """A model run's `_place`, noted at its start (with what it was asked)."""
+        run = self._runs.get(run_id)
+        return run.place if run is not None and run.place is not None else _place(kwargs)
+
+    # A chain links its children to the call they belong to, and tells where a blocked input's failure went.
+    def _chain_started(self, run_id: UUID, inputs: Any, kwargs: Mapping[str, Any]) -> None:
         self._runs.link(run_id, kwargs.get("parent_run_id"))
+        self._blocks.started(run_id, inputs)
 
     def _chain_ended(self, run_id: UUID) -> None:
-        # Not `_blocked` here: a branch the call did not wait for still runs after the call raised.
         self._runs.unlink(run_id)
+        self._blocks.ended(run_id)  # a failure under it was caught: the runs above it go on (rt62c F3)
 
     def _chain_failed(self, run_id: UUID) -> None:
-        self._chain_ended(run_id)
+        self._runs.unlink(run_id)
+        self._blocks.failed(run_id)  # kept: a branch under it that goes on after it raised is refused
         self._failed_calls.pop(run_id)  # a failed run writes nothing
 
     @contextmanager
@@ -551,11 +597,11 @@ class _GuardHandlerLogic(HeardFirst):
             return None
         return run.pending
 
-    def _pending_in(self, trace: UUID | None) -> list[PendingCheck]:
-        """The input checks still pending in one call (never another request's)."""
+    def _pending_in(self, trace: UUID | None) -> list[tuple[UUID, PendingCheck]]:
+        """The input checks still pending in one call (never another request's), with their runs."""
         return [
-            r.pending
-            for _, r in self._runs.values()
+            (run_id, r.pending)
+            for run_id, r in self._runs.values()
             if r.trace == trace and r.pending is not None and not r.pending.passed
         ]
 
@@ -646,7 +692,9 @@ class _GuardHandlerLogic(HeardFirst):
         as_input = self.check_input or self.check_tool_results
         items: list[Item] = []
         for batch in messages:
-            batch_items = input_items(batch, self.history_turns, screen_system=self.screen_system)
+            batch_items = input_items(
+                batch, self.history_turns, screen_system=self.screen_system, budget=self.guard.max_chars
+            )
             for item in batch_items:
                 if item.extra.get(AS_INPUT) and item.message is not None and self._produced.saw(item.message, scope):
                     del item.extra[AS_INPUT]
@@ -860,7 +908,8 @@ class _GuardHandlerLogic(HeardFirst):
         read = arguments_parsed(args) if isinstance(args, Mapping) else args
         return Item(
             Stage.TOOL_CALL,
-            tool_call_conversation(name, read, context),
+            # Rendered only until past the guard's bound (the check refuses it then): rt62a F2.
+            tool_call_conversation(name, read, context, max_chars=self.guard.max_chars),
             label=f"tool call {name}",
             extra={AS_INPUT: True} if client else {},
         )
@@ -1084,9 +1133,9 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
     def on_chat_model_start(
         self, serialized: dict[str, Any], messages: list[list[BaseMessage]], *, run_id: UUID, **kwargs: Any
     ) -> None:
-        place = _place(kwargs)
+        place = _place(kwargs, request=_request_digest(messages))
         self._refuse_again(place)
-        self._begin(run_id, kwargs, owned=started_by_agenerate())
+        self._begin(run_id, kwargs, owned=started_by_agenerate()).place = place
         self._note_held(run_id, kwargs)
         self._note_answer_tools(run_id, kwargs)
         try:
@@ -1096,9 +1145,9 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
             raise
 
     def on_llm_start(self, serialized: dict[str, Any], prompts: list[str], *, run_id: UUID, **kwargs: Any) -> None:
-        place = _place(kwargs)
+        place = _place(kwargs, request=_request_digest(prompts))
         self._refuse_again(place)
-        self._begin(run_id, kwargs, owned=started_by_agenerate())
+        self._begin(run_id, kwargs, owned=started_by_agenerate()).place = place
         try:
             self._start_input(self._llm_start_items(prompts, run_id), run_id)
         except GuardViolation as stop:
@@ -1106,6 +1155,7 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
             raise
 
     def on_llm_new_token(self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any) -> None:
+        place = self._model_place(run_id, kwargs)
         try:
             self._wait_input(run_id)
             with self._dropped_on_error(run_id):
@@ -1114,10 +1164,11 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
                 quoted = self._token_quoted_items(run_id, chunk)
                 raise_first(quoted, screen(self.guard, quoted))
         except GuardViolation as stop:
-            self._note_stop(stop, _place(kwargs))
+            self._note_stop(stop, place)
             raise
 
     def on_stream_event(self, event: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        place = self._model_place(run_id, kwargs)
         try:
             self._wait_input(run_id)
             with self._dropped_on_error(run_id):
@@ -1131,10 +1182,11 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
                     for judge in feed.screens():
                         judge.flush()
         except GuardViolation as stop:
-            self._note_stop(stop, _place(kwargs))
+            self._note_stop(stop, place)
             raise
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        place = self._model_place(run_id, kwargs)
         try:
             with self._runs.ending(run_id):
                 with self._dropped_on_error(run_id):
@@ -1149,7 +1201,7 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
                 raise_first(items, screen(self.guard, items))
                 self._record_answers(*answered)  # let through: the model's own
         except GuardViolation as stop:
-            self._note_stop(stop, _place(kwargs))
+            self._note_stop(stop, place)
             raise
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
@@ -1164,16 +1216,19 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
         inputs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        place = _place(kwargs, kwargs.get("tool_call_id"))
+        place = _place(kwargs, kwargs.get("tool_call_id"), _request_digest(input_str))
         self._refuse_again(place)
         run = self._begin(run_id, kwargs, owned=True)
         run.place = place
         self._forget_failed_call(kwargs)
         try:
-            with self._dropped_on_error(run_id), self._blocking_its_call(run_id):
-                for pending in self._pending_in(run.trace):  # no tool runs before its call's input verdicts are in
-                    pending.wait()
-            self._refuse_blocked(run, run_id)
+            with self._dropped_on_error(run_id):
+                for owner, pending in self._pending_in(run.trace):  # no tool runs before its call's input verdicts
+                    try:
+                        pending.wait()
+                    except QwenGuardError as stop:
+                        self._pending_stop(owner, stop)
+            self._refuse_blocked(run_id, input_str if inputs is None else inputs)
             item = self._tool_start_item(serialized, input_str, run_id, inputs, kwargs)
             if item is not None:
                 with self._dropped_on_error(run_id):
@@ -1181,6 +1236,7 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
         except GuardViolation as stop:
             self._note_stop(stop, place)
             raise
+        self._blocks.started(run_id, input_str if inputs is None else inputs)
 
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
         place = self._tool_place(run_id)
@@ -1189,11 +1245,14 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
             try:
                 raise_first(items, screen(self.guard, items))
             except GuardViolation as stop:
+                self._blocks.failed(run_id)
                 self._note_stop(stop, place)
                 raise
+        self._blocks.ended(run_id)  # a blocked input under it that it caught fails nothing above it
 
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         place = self._tool_place(run_id)
+        self._blocks.failed(run_id)
         try:
             self._tool_failed(error, run_id, kwargs)
         except GuardViolation as stop:
@@ -1203,7 +1262,7 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
     def on_retriever_start(self, serialized: dict[str, Any], query: str, *, run_id: UUID, **kwargs: Any) -> None:
         run = self._begin(run_id, kwargs, owned=True)
         run.query = query
-        self._refuse_blocked(run, run_id)
+        self._refuse_blocked(run_id)
 
     def on_retriever_end(self, documents: Sequence[Any], *, run_id: UUID, **kwargs: Any) -> None:
         items = self._retriever_end_items(documents, run_id)
@@ -1216,7 +1275,7 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
         items = self._command_input_items(inputs)  # before the run is linked: a stop here gets no end event
         raise_first(items, screen(self.guard, items))
         self._refuse_retried_chain(run_id, kwargs)
-        self._chain_started(run_id, kwargs)
+        self._chain_started(run_id, inputs, kwargs)
         self._note_fallbacks(run_id, serialized, kwargs)
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
@@ -1287,9 +1346,11 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
     async def on_chat_model_start(
         self, serialized: dict[str, Any], messages: list[list[BaseMessage]], *, run_id: UUID, **kwargs: Any
     ) -> None:
-        place = _place(kwargs)
+        owned = started_by_agenerate()
+        place = _place(kwargs, request=await built_off_loop(lambda: _request_digest(messages), messages))
         self._refuse_again(place)
-        run = self._begin(run_id, kwargs, owned=started_by_agenerate())
+        run = self._begin(run_id, kwargs, owned=owned)
+        run.place = place
         self._note_held(run_id, kwargs)
         self._note_answer_tools(run_id, kwargs)
         scope = _scope(run.trace)  # on the loop: its context tells the graph run
@@ -1304,9 +1365,10 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
     async def on_llm_start(
         self, serialized: dict[str, Any], prompts: list[str], *, run_id: UUID, **kwargs: Any
     ) -> None:
-        place = _place(kwargs)
+        owned = started_by_agenerate()
+        place = _place(kwargs, request=await built_off_loop(lambda: _request_digest(prompts), prompts))
         self._refuse_again(place)
-        self._begin(run_id, kwargs, owned=started_by_agenerate())
+        self._begin(run_id, kwargs, owned=owned).place = place
         try:
             await self._astart_input(self._llm_start_items(prompts, run_id), run_id)
         except GuardViolation as stop:
@@ -1314,6 +1376,7 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
             raise
 
     async def on_llm_new_token(self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any) -> None:
+        place = self._model_place(run_id, kwargs)
         try:
             await self._await_input(run_id)
             with self._dropped_on_error(run_id):
@@ -1322,10 +1385,11 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
                 quoted = self._token_quoted_items(run_id, chunk)
                 raise_first(quoted, await ascreen(self.guard, quoted))
         except GuardViolation as stop:
-            self._note_stop(stop, _place(kwargs))
+            self._note_stop(stop, place)
             raise
 
     async def on_stream_event(self, event: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        place = self._model_place(run_id, kwargs)
         try:
             await self._await_input(run_id)
             with self._dropped_on_error(run_id):
@@ -1339,14 +1403,16 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
                     for judge in feed.screens():
                         await judge.aflush()
         except GuardViolation as stop:
-            self._note_stop(stop, _place(kwargs))
+            self._note_stop(stop, place)
             raise
 
     async def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        place = self._model_place(run_id, kwargs)
         try:
             with self._dropped_on_error(run_id):
                 await self._await_input(run_id)
-            run, items, answered = self._end_items(response, run_id)
+            # The answer's checks read its text and render its tool calls: off the loop when it is large (rt62a F5).
+            run, items, answered = await built_off_loop(lambda: self._end_items(response, run_id), response)
             if run is not None and run.feed is not None:
                 try:
                     for judge in run.feed.screens():
@@ -1357,7 +1423,7 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
             # Let through: the model's own. Fingerprints read the whole answer: off the loop when it is large.
             await built_off_loop(lambda: self._record_answers(*answered), answered[0])
         except GuardViolation as stop:
-            self._note_stop(stop, _place(kwargs))
+            self._note_stop(stop, place)
             raise
 
     async def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
@@ -1372,16 +1438,20 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
         inputs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        place = _place(kwargs, kwargs.get("tool_call_id"))
+        asked = await built_off_loop(lambda: _request_digest(input_str), input_str)
+        place = _place(kwargs, kwargs.get("tool_call_id"), asked)
         self._refuse_again(place)
         run = self._begin(run_id, kwargs, owned=True)
         run.place = place
         self._forget_failed_call(kwargs)
         try:
-            with self._dropped_on_error(run_id), self._blocking_its_call(run_id):
-                for pending in self._pending_in(run.trace):  # no tool runs before its call's input verdicts are in
-                    await pending.wait_async()
-            self._refuse_blocked(run, run_id)
+            with self._dropped_on_error(run_id):
+                for owner, pending in self._pending_in(run.trace):  # no tool runs before its call's input verdicts
+                    try:
+                        await pending.wait_async()
+                    except QwenGuardError as stop:
+                        self._pending_stop(owner, stop)
+            self._refuse_blocked(run_id, input_str if inputs is None else inputs)
             # The run's state on the loop; the call's arguments are read into its check on a worker thread when large
             # (a tool's input is the model's, and can be a client's: rt55b F4).
             call = self._tool_started(serialized, input_str, run_id, inputs, kwargs)
@@ -1392,17 +1462,21 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
         except GuardViolation as stop:
             self._note_stop(stop, place)
             raise
+        self._blocks.started(run_id, input_str if inputs is None else inputs)
 
     async def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
         place = self._tool_place(run_id)
         try:
             await self._atool_output(output, run_id)
         except GuardViolation as stop:
+            self._blocks.failed(run_id)
             self._note_stop(stop, place)
             raise
+        self._blocks.ended(run_id)  # a blocked input under it that it caught fails nothing above it
 
     async def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         place = self._tool_place(run_id)
+        self._blocks.failed(run_id)
         try:
             await self._atool_failed(error, run_id, kwargs)
         except GuardViolation as stop:
@@ -1442,7 +1516,7 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
     async def on_retriever_start(self, serialized: dict[str, Any], query: str, *, run_id: UUID, **kwargs: Any) -> None:
         run = self._begin(run_id, kwargs, owned=True)
         run.query = query
-        self._refuse_blocked(run, run_id)
+        self._refuse_blocked(run_id)
 
     async def on_retriever_end(self, documents: Sequence[Any], *, run_id: UUID, **kwargs: Any) -> None:
         self._drop(run_id)
@@ -1466,7 +1540,7 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
             items = await asyncio.to_thread(self._command_input_items, inputs)
         raise_first(items, await ascreen(self.guard, items))
         self._refuse_retried_chain(run_id, kwargs)
-        self._chain_started(run_id, kwargs)
+        self._chain_started(run_id, inputs, kwargs)
         self._note_fallbacks(run_id, serialized, kwargs)
 
     async def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:

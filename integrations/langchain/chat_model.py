@@ -142,12 +142,21 @@ class GuardedChatModel(KeepsStops, HeldBackChatModel):
 
     # -- what to check (pure) ---------------------------------------------------------------------
     def _input_items(self, messages: list[BaseMessage]) -> list[Item]:
-        return input_items(messages, self.history_turns, screen_system=self.screen_system) if self.check_input else []
+        return (
+            input_items(messages, self.history_turns, screen_system=self.screen_system, budget=self.guard.max_chars)
+            if self.check_input
+            else []
+        )
 
     def _answer_items(self, messages: list[BaseMessage], answer: BaseMessage) -> list[Item]:
         context = guard_history(messages, self.history_turns)
         items = output_items(
-            answer, context, self.history_turns, tool_calls=self.check_tool_calls, answers=self.answer_tools
+            answer,
+            context,
+            self.history_turns,
+            tool_calls=self.check_tool_calls,
+            answers=self.answer_tools,
+            budget=self.guard.max_chars,
         )
         # A JSON answer is read parsed (structured output, a JSON parser after the model): its decoded strings too.
         return items + reading_items(answer, context, self.history_turns)

@@ -565,7 +565,8 @@ class GuardMiddleware(AgentMiddleware):
             Stage.TOOL_CALL: self.check_input and self.check_tool_calls,
             Stage.TOOL_RESULT: self.check_tool_results,
         }
-        items = input_items(messages, self.history_turns, screen_system=True)  # the system prompt is not in the state
+        # screen_system: the system prompt is not in the state.
+        items = input_items(messages, self.history_turns, screen_system=True, budget=self.guard.max_chars)
         scope = current_scope()  # produced on this thread, or in this run: another's is a client's
         for item in items:
             if item.extra.get(AS_INPUT) and item.message is not None and self._produced.saw(item.message, scope):
@@ -871,7 +872,9 @@ class GuardMiddleware(AgentMiddleware):
             return None
         history = guard_history(_state_messages(request), self.history_turns)
         name = call.get("name") or ""
-        conversation = tool_call_conversation(name, tool_arguments(call), history)
+        # Rendered only until past the guard's bound (the check refuses it then): the lenient readings cost ~5 us a
+        # character (rt62a F2).
+        conversation = tool_call_conversation(name, tool_arguments(call), history, max_chars=self.guard.max_chars)
         return Item(Stage.TOOL_CALL, conversation, tool_call=call, extra={AS_INPUT: True} if client else {})
 
     # ``interrupt()`` in a tool asks the run's caller for a value; ``Command(resume=...)`` gives it, and the tool runs

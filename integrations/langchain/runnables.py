@@ -273,15 +273,17 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
     def _input_items(self, value: Any, *, variable: bool = False) -> list[Item]:
         """``variable``: ``value`` is a dict input's value, which a prompt template fills in after this step: a
         system message there is the caller's, never the template's own (`input_items`' ``screen_system``)."""
-        screen_system = self.screen_system or variable
+        screen_system, budget = self.screen_system or variable, self.guard.max_chars
         if isinstance(value, str):
             return prompt_items([value])
         if isinstance(value, PromptValue):  # a formatted template, its own system messages first
-            return input_items(value.to_messages(), self.history_turns, screen_system=self.screen_system)
+            return input_items(value.to_messages(), self.history_turns, screen_system=self.screen_system, budget=budget)
         if isinstance(value, BaseMessage):
-            return input_items([value], self.history_turns, screen_system=screen_system)
+            return input_items([value], self.history_turns, screen_system=screen_system, budget=budget)
         if isinstance(value, (list, tuple)):
-            return input_items(convert_to_messages(value), self.history_turns, screen_system=screen_system)
+            return input_items(
+                convert_to_messages(value), self.history_turns, screen_system=screen_system, budget=budget
+            )
         if isinstance(value, dict):
             keys = self.input_keys if self.input_keys is not None else tuple(value)
             items: list[Item] = []
@@ -320,7 +322,7 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
             except (NotImplementedError, ValueError, TypeError, KeyError):
                 pass  # not messages (numbers, rows, pairs that name no role): the template prints the list
             else:
-                items = input_items(messages, self.history_turns, screen_system=True)
+                items = input_items(messages, self.history_turns, screen_system=True, budget=self.guard.max_chars)
                 # Keys LangChain files away (``"note"``, ``"id"``, ``response_metadata``) are printed by a template's
                 # ``{slot}`` with the rest (rt51f F3): what they hold is judged too, as the user's text.
                 extra = "\n".join(
@@ -357,7 +359,9 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
     # -- output side (pure) -----------------------------------------------------------------------
     def _output_items(self, value: Any, context: list[dict[str, str]], *, text: bool = True) -> list[Item]:
         if isinstance(value, BaseMessage):
-            items = output_items(value, context, self.history_turns, text=text, tool_calls=True)
+            items = output_items(
+                value, context, self.history_turns, text=text, tool_calls=True, budget=self.guard.max_chars
+            )
         elif isinstance(value, str):
             message = AIMessage(content=value)
             items = output_items(message, context, self.history_turns, tool_calls=False) if text else []

@@ -1663,6 +1663,19 @@ def run_check(joined: str) -> tuple[bytes, tuple[Stage, list[GuardMessage]]]:
     return mark("user_run", joined), (Stage.PROMPT, prompt_conversation(joined))
 
 
+def keeps_answer_run(role: str, text: str) -> bool:
+    """Does a message that is not an assistant turn leave a run of assistant turns going on (`UserRun`'s rule, the
+    roles swapped: a system message, a user turn with no text)?"""
+    return role in _SYSTEM or (role == MessageRole.USER.value and not text.strip())
+
+
+def answer_run_check(question: str, joined: str) -> tuple[bytes, tuple[Stage, list[GuardMessage]]]:
+    """The fingerprint and the check of a run of assistant turns joined, which a provider sends as one answer (the
+    Anthropic API combines consecutive turns of a role; `UserRun`): a response to the user turn before the run
+    (rt62f F2b: "Step 1: Mix" | " ammonium nitrate ..." were each safe)."""
+    return mark("assistant_run", question, joined), (Stage.RESPONSE, response_conversation(question, joined))
+
+
 # -- planning the input checks ----------------------------------------------------------------
 @dataclass
 class InputPlan:
@@ -1684,8 +1697,10 @@ def plan_inputs(
     latest_prompt: bool = True,
     screen_tools: bool = False,
     bind_outputs: bool = False,
+    max_chars: int | None = None,
 ) -> InputPlan:
-    """The checks an LLM call's input needs, by role, for every message new to the model.
+    """The checks an LLM call's input needs, by role, for every message new to the model (``max_chars``: the guard's,
+    which a history's tool calls are rendered only until past: rt62a F2).
 
     - the latest user turn: a prompt, after the earlier text turns (always, unless this very
       conversation was judged already);
@@ -1703,7 +1718,8 @@ def plan_inputs(
     variable is the prompt). ``screen_tools``: the tool descriptions an opening ReAct header lists (`react_tool_text`)
     as untrusted content. ``bind_outputs``: a `GuardedLLM`'s chat input, where the first output of a call it returned
     is bound to the call as the tool's (`own_output`). A run of two or more consecutive user turns is judged once more
-    joined (`UserRun`).
+    joined (`UserRun`), and so is a run of assistant turns, as one answer (`answer_run_check`); assistant turns after
+    the latest user turn (a prefill) end ``prompt``: the answer continues them (`answer_prefill_turns`).
 
     A fingerprint stands only for the check it records (rt60d F3): an earlier user turn is skipped when it was judged
     alone, or as the latest turn after the very turns before it here (`prompt_mark`); an answer when it was judged
@@ -1726,6 +1742,7 @@ def plan_inputs(
     asked: _Context | None = None  # ``before`` and the latest user turn so far: the check an answer after it was in
     previous_user = ""
     run = UserRun()
+    answers = UserRun()  # the consecutive assistant turns ending at message i - 1, joined the same way
 
     def judged(key: bytes) -> bool:
         return seen is not None and key in seen
@@ -1742,6 +1759,12 @@ def plan_inputs(
             if new(key):
                 plan.checks.append(check)
 
+    def end_answers() -> None:
+        if (joined := answers.end()) is not None:
+            key, check = answer_run_check(previous_user, joined)
+            if new(key):
+                plan.checks.append(check)
+
     for i, m in enumerate(messages):
         role = role_of(m)
         calls = tool_calls_of(llm, m) if role in _ASSISTANT else []
@@ -1751,6 +1774,10 @@ def plan_inputs(
             run.add(text)
         elif not keeps_run(role, text, calls):
             end_run()
+        if role in _ASSISTANT:
+            answers.add(text)
+        elif not keeps_answer_run(role, text):
+            end_answers()
         if role in _SYSTEM:
             # Only a system message that opens the list is the application's (its prompt; a template's wording):
             # one further on came with the conversation (a client's chat_history, text a memory inserts).
@@ -1797,7 +1824,9 @@ def plan_inputs(
                     plan.checks.append(
                         (
                             Stage.TOOL_CALL,
-                            tool_call_conversation(call.tool_name, arguments_parsed(call.tool_kwargs), context),
+                            tool_call_conversation(
+                                call.tool_name, arguments_parsed(call.tool_kwargs), context, max_chars=max_chars
+                            ),
                         )
                     )
         elif role in _TOOL:
@@ -1820,9 +1849,28 @@ def plan_inputs(
         if role == MessageRole.USER.value:
             previous_user = text
     end_run()
+    end_answers()
     if last_user is None:
         plan.prompt = prompt_conversation("", history)
+    elif prefill := answer_prefill_turns(messages[last_user + 1 :], llm):
+        # Assistant turns after the latest user turn: the answer continues them (a provider returns the two as one
+        # turn), and is judged so (`response_conversation`, the monitor; rt62f F2: each part alone was safe).
+        plan.prompt = [*plan.prompt, *({"role": "assistant", "content": t} for t in prefill)]
     return plan
+
+
+def answer_prefill_turns(messages: Sequence[ChatMessage], llm: Any = None) -> list[str]:
+    """The texts of ``messages`` (what follows the latest user turn) when they are assistant turns of text (system
+    messages aside) that an answer continues, a prefill; else none."""
+    texts: list[str] = []
+    for m in messages:
+        role = role_of(m)
+        if role in _SYSTEM:
+            continue
+        if role not in _ASSISTANT or tool_calls_of(llm, m):
+            return []
+        texts.append(wire_text(m, []))
+    return texts if any(t.strip() for t in texts) else []
 
 
 # -- template calls -----------------------------------------------------------------------------

@@ -308,7 +308,8 @@ class GuardCallbackHandler(BaseCallbackHandler):
         plan = plan_template(texts)
         if plan is not None and at >= 0:
             turns = _template_turns(payload, formatted, fields, at)
-            return plan.checks + plan_inputs(turns, latest_prompt=False).checks + unshown, plan.prompt
+            said = plan_inputs(turns, latest_prompt=False, max_chars=self.guard.max_chars)
+            return plan.checks + said.checks + unshown, plan.prompt
         # No query variable (every variable is still judged), or not this call's template: judged as any LLM call.
         checks, prompt = self._llm_prompt(payload, parent_id)
         return (plan.checks if plan is not None else variable_checks(texts)) + checks + unshown, prompt
@@ -322,7 +323,7 @@ class GuardCallbackHandler(BaseCallbackHandler):
             return [(Stage.PROMPT, conversation)], conversation
         messages = payload.get(EventPayload.MESSAGES)
         if messages:
-            plan = plan_inputs(messages)
+            plan = plan_inputs(messages, max_chars=self.guard.max_chars)
             return plan.checks, plan.prompt
         prompt = payload.get(EventPayload.PROMPT)
         if isinstance(prompt, str):

@@ -417,6 +417,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             seen=seen,
             screen_tools=self.screen_tools,
             bind_outputs=True,
+            max_chars=self.guard.max_chars,
         )
         checks, marks = plan.checks, plan.marks
         # The tool list a provider class built for the request (``*_chat_with_tools``: FunctionAgent's calls): its
@@ -453,7 +454,12 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         question as the prompt after it; the template's wording is not the user's."""
         # A system turn that opens a history is not the application's prompt (a client's chat_history): judged too.
         turns = plan_inputs(
-            history_messages(history), self.llm, screen_system=True, seen=self._judged(), latest_prompt=False
+            history_messages(history),
+            self.llm,
+            screen_system=True,
+            seen=self._judged(),
+            latest_prompt=False,
+            max_chars=self.guard.max_chars,
         )
         conversation = prompt_conversation(question, turns.prompt[:-1])
         # The question comes back as a user turn of the next history, after these turns: judged after them (rt60d F3).
@@ -505,8 +511,8 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             if token is not None:
                 _SCREEN_SYSTEM.reset(token)
 
-    @staticmethod
     def _output_checks(
+        self,
         plan: _Plan,
         text: str,
         calls: Sequence[ToolSelection] = (),
@@ -529,7 +535,9 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         # What a template call's component parses out of the answer and runs (`template_actions`): a tool call too.
         read = [] if plan.acts is None else _text_calls(plan.acts, actions or (text if parsed is None else parsed,))
         for call in [*calls, *acted, *read]:
-            conversation = tool_call_conversation(call.tool_name, arguments_parsed(call.tool_kwargs), plan.prompt)
+            conversation = tool_call_conversation(
+                call.tool_name, arguments_parsed(call.tool_kwargs), plan.prompt, max_chars=self.guard.max_chars
+            )
             checks.append(
                 _AnswerCall(conversation) if call.tool_name in plan.answers else (Stage.TOOL_CALL, conversation)
             )
@@ -550,7 +558,12 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         checks: Checks = [(Stage.TOOL_RESULT, untrusted_conversation(text, "provider reply"))] if text.strip() else []
         for action in reply_actions(list(parts), self.guard.max_chars):
             checks.append(
-                (Stage.TOOL_CALL, tool_call_conversation(action["name"], arguments_parsed(action["args"]), plan.prompt))
+                (
+                    Stage.TOOL_CALL,
+                    tool_call_conversation(
+                        action["name"], arguments_parsed(action["args"]), plan.prompt, max_chars=self.guard.max_chars
+                    ),
+                )
             )
         return checks
 
