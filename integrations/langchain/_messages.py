@@ -1061,9 +1061,17 @@ def _turn(message: BaseMessage) -> dict[str, str] | None:
 
 
 def guard_history(messages: Sequence[BaseMessage], turns: int = DEFAULT_HISTORY_TURNS) -> list[dict[str, str]]:
-    """The last ``turns`` user/assistant text turns of ``messages`` as ``{"role", "content"}`` dicts."""
-    if turns <= 0:
-        return []
+    """The last ``turns`` user/assistant text turns of ``messages`` as ``{"role", "content"}`` dicts, and at least the
+    assistant turns of text that end them, whatever ``turns`` says: a prefill is the start of the answer, not context
+    (`response_conversation` judges the answer as its continuation; with ``history_turns=0`` it was dropped and the
+    continuation judged alone, rt62g F4)."""
+    prefill: list[dict[str, str]] = []
+    for message in reversed(messages):
+        if not isinstance(message, AIMessage) or message.tool_calls or (turn := _turn(message)) is None:
+            break
+        prefill.append(turn)
+    if turns <= len(prefill):
+        return prefill[::-1]
     out: list[dict[str, str]] = []
     for message in reversed(messages):  # from the end: a long history costs only the turns kept
         turn = _turn(message)
@@ -1361,7 +1369,12 @@ def output_items(
 def _as_history(context: Sequence[Any], turns: int) -> list[dict[str, str]]:
     if context and isinstance(context[0], BaseMessage):
         return guard_history(context, turns)
-    return [dict(m) for m in context][-turns:] if turns > 0 else []
+    turns_given = [dict(m) for m in context]
+    prefill = 0  # the assistant turns that end them: the answer's start, kept whatever ``turns`` says (`guard_history`)
+    while prefill < len(turns_given) and turns_given[-1 - prefill].get("role") == "assistant":
+        prefill += 1
+    keep = max(turns, prefill)
+    return turns_given[-keep:] if keep > 0 else []
 
 
 #: Content blocks of a tool the provider runs itself (OpenAI's built-in web search with ``output_version="v1"``):

@@ -220,13 +220,15 @@ _WRONG_FRAMEWORK = (
 )
 #: How many stopped runs' places to remember (`_refuse_again`): a retry or fallback comes within its outer call.
 _MAX_STOPPED_PLACES = 4096
+#: Stops kept per place (a batch inside a step that blocked several of its inputs): the oldest go first.
+_STOPS_PER_PLACE = 8
 
-#: Where a model or tool run stands (`_place`): its parent run, its tool call's id (None for a model), and a digest of
-#: what it was asked (`_request_digest`).
-_Place = tuple[UUID, str | None, bytes | None]
+#: Where a model or tool run stands (`_place`): its parent run, its tool call's id (None for a model), and what it was
+#: asked (`_request_digest`: a model's question as text, a tool's input as a digest).
+_Place = tuple[UUID, str | None, str | bytes | None]
 
 
-def _place(kwargs: Mapping[str, Any], call_id: Any = None, request: bytes | None = None) -> _Place | None:
+def _place(kwargs: Mapping[str, Any], call_id: Any = None, request: str | bytes | None = None) -> _Place | None:
     """Where a run stands among its retries and fallbacks: its parent run (a ``RunnableRetry``, a
     ``RunnableWithFallbacks``, the agent node whose middleware retries or falls back), its tool call's id (a tool
     retried by ``ToolRetryMiddleware`` keeps its call's id; the parallel calls beside it have their own) and what it
@@ -238,10 +240,13 @@ def _place(kwargs: Mapping[str, Any], call_id: Any = None, request: bytes | None
     return None if parent is None else (parent, None if call_id is None else str(call_id), request)
 
 
-def _request_digest(request: Any) -> bytes | None:
-    """What a model or tool run was asked (its messages by role, text, calls and names; its prompts; a tool's input as
-    LangChain writes it), kept as a digest. None when it cannot be written out: such runs under one parent are then
-    all taken for one request (a retry), as before."""
+def _request_digest(request: Any) -> str | bytes | None:
+    """What a model or tool run was asked: a model's question as the model reads it (`_question`: a retry or a
+    fallback re-asks it whatever decoration or form the request takes), a tool's input as LangChain writes it (a
+    digest). None when it cannot be written out: such runs under one parent are then all taken for one request (a
+    retry), as before."""
+    if isinstance(request, list) and request and all(isinstance(r, (list, str)) for r in request):
+        return _question(request)
 
     def plain(value: Any) -> Any:
         if isinstance(value, BaseMessage):
@@ -253,6 +258,34 @@ def _request_digest(request: Any) -> bytes | None:
         return digest(json.dumps(request, default=plain, sort_keys=True, ensure_ascii=False))
     except (TypeError, ValueError, RecursionError):
         return None
+
+
+def _question(request: list[Any]) -> str | None:
+    """A model run's question as text: each prompt, or each message list's last user turn (`message_text`: its text
+    blocks, a provider's markers such as Anthropic's ``cache_control`` aside), whitespace runs as one space. A
+    ``ModelFallbackMiddleware`` strips those markers before its backup, and a chat model's ``with_fallbacks`` to a
+    completion model asks the same question as one prompt string ("Human: ..."): either differed as a digest of the
+    whole request, and the backup was asked after the guard's stop (rt62g F2). None when there is no user text."""
+    texts: list[str] = []
+    for item in request:
+        if isinstance(item, str):
+            texts.append(item)
+            continue
+        users = [m for m in item if isinstance(m, BaseMessage) and m.type == "human"]
+        if users:
+            texts.append(message_text(users[-1]))
+    asked = " ".join(" ".join(texts).split())
+    return asked or None
+
+
+def _same_request(stopped: str | bytes | None, asked: str | bytes | None) -> bool:
+    """Is a run asking ``asked`` a retry or fallback of one stopped asking ``stopped``? Yes unless both are known and
+    neither holds the other (a prompt string holds the question its chat form asked; a batch sibling asks another)."""
+    if stopped is None or asked is None or stopped == asked:
+        return True
+    if isinstance(stopped, str) and isinstance(asked, str):
+        return stopped in asked or asked in stopped
+    return False
 
 
 def _blocking(stop: QwenGuardError) -> Decision | None:
@@ -403,7 +436,10 @@ class _GuardHandlerLogic(HeardFirst):
         self._failed_calls: Bounded[UUID, dict[str, frozenset[bytes]]] = Bounded(_MAX_FAILED_PARENTS)
         self._failed_lock = threading.Lock()  # tools of one ToolNode fail in parallel threads
         # Where a model or tool run was stopped (`_place`), with the stop: a retry or a fallback of it is refused.
-        self._stopped: Bounded[_Place, Decision] = Bounded(_MAX_STOPPED_PLACES)
+        # By (parent run, tool call id): what each stopped run there asked, and its stop (`_same_request`).
+        self._stopped: Bounded[tuple[UUID, str | None], tuple[tuple[str | bytes | None, Decision], ...]] = Bounded(
+            _MAX_STOPPED_PLACES
+        )
         # The chain runs a stopped run was in (`_note_stop`), and the runs that are a ``RunnableWithFallbacks``: a
         # retry attempt or a fallback of such a chain is refused at its start (`_refuse_retried_chain`).
         self._stopped_in: Bounded[UUID, Decision] = Bounded(_MAX_STOPPED_PLACES)
@@ -491,7 +527,11 @@ class _GuardHandlerLogic(HeardFirst):
     # calls each model and tool under a new node run, and a reused handler's next call has new run ids.
     def _note_stop(self, stop: GuardViolation, place: _Place | None) -> None:
         if place is not None:
-            self._stopped[place] = stop.decision
+            where, asked = place[:2], place[2]
+            self._stopped[where] = (
+                *(self._stopped.get(where) or ())[-(_STOPS_PER_PLACE - 1) :],
+                (asked, stop.decision),
+            )
             chains = self._runs.lineage(place[0])  # the chains it ran in, nearest first (rt61e F1)
             for host in (self._hosts.get(chains[-1]), _context_parent()):
                 if host is not None:
@@ -526,9 +566,11 @@ class _GuardHandlerLogic(HeardFirst):
 
     def _refuse_again(self, place: _Place | None) -> None:
         """A model or tool run about to start where a run was stopped (`_note_stop`): raise that stop."""
-        decision = self._stopped.get(place) if place is not None else None
-        if decision is not None:
-            raise GuardViolation(decision)
+        if place is None:
+            return
+        for asked, decision in self._stopped.get(place[:2]) or ():
+            if _same_request(asked, place[2]):
+                raise GuardViolation(decision)
 
     def _tool_place(self, run_id: UUID) -> _Place | None:
         run = self._runs.get(run_id)

@@ -1860,16 +1860,18 @@ def plan_inputs(
 
 
 def answer_prefill_turns(messages: Sequence[ChatMessage], llm: Any = None) -> list[str]:
-    """The texts of ``messages`` (what follows the latest user turn) when they are assistant turns of text (system
-    messages aside) that an answer continues, a prefill; else none."""
+    """The texts of the assistant turns of text (system messages aside) that end ``messages`` (what follows the
+    latest user turn): a prefill, which an answer continues, whatever came before them (a tool call and its result:
+    rt62g F3), as core's `answer_prefill` reads a conversation; else none."""
     texts: list[str] = []
-    for m in messages:
+    for m in reversed(messages):
         role = role_of(m)
         if role in _SYSTEM:
             continue
         if role not in _ASSISTANT or tool_calls_of(llm, m):
-            return []
+            break
         texts.append(wire_text(m, []))
+    texts.reverse()
     return texts if any(t.strip() for t in texts) else []
 
 
