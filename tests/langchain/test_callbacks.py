@@ -470,9 +470,9 @@ async def test_the_async_pipelined_engine_awaits_a_guard_that_answers_at_once_in
     tasks: list[int] = []
     start = PipelinedScreen._astart
 
-    def counting_start(self):
+    async def counting_start(self):
         tasks.append(1)
-        start(self)
+        await start(self)
 
     monkeypatch.setattr(PipelinedScreen, "_astart", counting_start)
     backend = _RuleBackend()
