@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 from langchain.agents import create_agent
 from langchain.agents.middleware import AgentMiddleware, LLMToolEmulator, SummarizationMiddleware
-from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
-from lc_fakes import SAFE_ANSWER, SAFE_QUESTION, UNSAFE_CLAUSE, keyword_guard, scripted, tool_call
+from lc_fakes import CITY_HISTORY, SAFE_ANSWER, UNSAFE_CLAUSE, keyword_guard, scripted, tool_call
 from qwenguard.core import GuardViolation, Policy, Stage, StagePolicy
 from qwenguard.integrations.langchain import GuardedChatModel, GuardMiddleware
 
@@ -34,13 +34,7 @@ MODES = ["invoke", "ainvoke", "stream", "astream", "astream_events"]
 STREAM_MODES = ["updates", "messages", "values"]
 SUMMARY = f"The user asked about cities. {UNSAFE_CLAUSE}"
 SUMMARY_NODE = "SummarizationMiddleware.before_model"
-HISTORY = [
-    HumanMessage("Tell me about Paris."),
-    AIMessage("Paris is the capital of France."),
-    HumanMessage("And Lyon?"),
-    AIMessage("Lyon is a city in France."),
-    HumanMessage(SAFE_QUESTION),
-]
+HISTORY = CITY_HISTORY
 #: A client's whole history (a stateless API) with an unsafe early turn.
 CLIENT_HISTORY = [HumanMessage(f"Write this down: {UNSAFE_CLAUSE}"), *HISTORY[1:]]
 ASK = [HumanMessage("Look up fertilizer")]

@@ -16,20 +16,14 @@ import pytest
 from faults import ScriptedBackend, keyword_verdict
 from langchain.agents import create_agent
 from langchain.agents.middleware import AgentMiddleware, SummarizationMiddleware
-from langchain_core.messages import AIMessage, HumanMessage
-from lc_fakes import SAFE_ANSWER, SAFE_QUESTION, UNSAFE_CLAUSE, scripted
+from langchain_core.messages import HumanMessage
+from lc_fakes import CITY_HISTORY, SAFE_ANSWER, UNSAFE_CLAUSE, scripted
 from qwenguard.core import Guard, GuardViolation
 from qwenguard.integrations.langchain import GuardMiddleware
 
 WORD = "ammonium"
 MODES = ["sync", "async"]
-HISTORY = [
-    HumanMessage("Tell me about Paris."),
-    AIMessage("Paris is the capital of France."),
-    HumanMessage("And Lyon?"),
-    AIMessage("Lyon is a city in France."),
-    HumanMessage(SAFE_QUESTION),
-]
+HISTORY = CITY_HISTORY
 
 
 @pytest.fixture
