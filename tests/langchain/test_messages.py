@@ -104,7 +104,9 @@ def test_answer_text_and_each_tool_call_are_checked():
 def test_history_is_bounded_and_text_only():
     messages = [HumanMessage(f"q{i}") if i % 2 == 0 else AIMessage(f"a{i}") for i in range(10)]
     assert [m["content"] for m in guard_history(messages, turns=3)] == ["a7", "q8", "a9"]
-    assert guard_history(messages, turns=0) == []
+    assert guard_history(messages[:-1], turns=0) == []
+    # The assistant turn that ends them is the answer's start (a prefill), kept whatever turns says (rt62g F4).
+    assert guard_history(messages, turns=0) == [{"role": "assistant", "content": "a9"}]
     # every message's context is its own earlier turns, bounded, in one pass over the list
     long = [HumanMessage(f"q{i}") if i % 2 == 0 else AIMessage(f"a{i}") for i in range(2000)]
     items = input_items(long, turns=2)
