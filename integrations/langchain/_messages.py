@@ -50,6 +50,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from qwenguard.core import InputTooLarge, Stage
 from qwenguard.core.formats.conversations import (
     _json_parts,
+    answer_prefill,
     prompt_conversation,
     response_conversation,
     tool_call_conversation,
@@ -1370,10 +1371,9 @@ def _as_history(context: Sequence[Any], turns: int) -> list[dict[str, str]]:
     if context and isinstance(context[0], BaseMessage):
         return guard_history(context, turns)
     turns_given = [dict(m) for m in context]
-    prefill = 0  # the assistant turns that end them: the answer's start, kept whatever ``turns`` says (`guard_history`)
-    while prefill < len(turns_given) and turns_given[-1 - prefill].get("role") == "assistant":
-        prefill += 1
-    keep = max(turns, prefill)
+    # The assistant turns that end them (core's `answer_prefill`): the answer's start, kept whatever ``turns`` says.
+    before, _ = answer_prefill(turns_given)
+    keep = max(turns, len(turns_given) - len(before))
     return turns_given[-keep:] if keep > 0 else []
 
 

@@ -28,7 +28,7 @@ from langchain_core.messages import ToolMessage
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
-from lc_fakes import INJECTION, SAFE_ANSWER, SAFE_QUESTION
+from lc_fakes import INJECTION, SAFE_ANSWER, SAFE_QUESTION, mailer
 from qwenguard.core import GuardViolation
 from qwenguard.integrations.langchain import GuardMiddleware
 from scripted_openai import Reply, ToolCall, scripted_openai
@@ -127,23 +127,10 @@ def test_a_tools_safe_error_is_raised_unchanged(guard, mode):
 SAFE_EMAIL_ARGS = json.dumps({"to": "friend@example.com", "body": "See you at noon."})
 
 
-def _outbox() -> tuple[list[str], Any]:
-    """A ``send_email`` tool and the bodies it sent (none, when the guard holds)."""
-    sent: list[str] = []
-
-    @tool
-    def send_email(to: str, body: str) -> str:
-        """Send an e-mail."""
-        sent.append(body)
-        return "sent"
-
-    return sent, send_email
-
-
 def test_a_reviewers_blocked_edit_is_not_echoed_to_the_consumer(guard):
     """The order docs/langchain.md gives: the reviewer listed after the guard (inside its tool call). Listed
     before it, the reviewer wraps the guard's notice after the guard returned it: judged at the next model call."""
-    sent, send_email = _outbox()
+    send_email, sent = mailer()
     script = [
         Reply.words("Let me send that.", tool_calls=[ToolCall("send_email", SAFE_EMAIL_ARGS, id="c1")]),
         Reply.words("Done."),
@@ -239,7 +226,7 @@ def test_a_notice_annotated_in_place_by_a_middleware_inside_the_guard_is_judged(
             result.content = f"{result.content} (sent with {json.dumps(call['args'])})"
             return result
 
-    sent, send_email = _outbox()
+    send_email, sent = mailer()
     script = [
         Reply.words("Sending.", tool_calls=[ToolCall("send_email", SAFE_EMAIL_ARGS, id="c1")]),
         Reply.words("Done."),
