@@ -91,6 +91,7 @@ __all__ = [
     "sent_labels",
     "label_item",
     "system_role",
+    "turn_role",
     "output_items",
     "prompt_items",
     "tool_arguments",
@@ -1023,6 +1024,12 @@ def _role(message: BaseMessage) -> str | None:
             # the model as it likes, so it is judged as input, as a user turn is.
             return "user"
     return None  # system, tool, function, ...: not conversation context
+
+
+def turn_role(message: BaseMessage) -> str | None:
+    """The turn ``message`` is as the model reads it: ``"user"`` (a `ChatMessage` of a user's or an unknown role too),
+    ``"assistant"``, or ``None`` (a system, developer or tool message: not a turn of the conversation)."""
+    return _role(message)
 
 
 #: The `ChatMessage` roles the guard knows; any other role string is sent as it is (ChatOllama) and judged as a label.

@@ -57,7 +57,16 @@ from ._input_beside import (
 )
 from ._json_reading import ReadingHeldStream, reading_items
 from ._keep_stops import KeepsStops
-from ._messages import DEFAULT_HISTORY_TURNS, Item, input_items, message_text, output_items, prompt_items
+from ._messages import (
+    DEFAULT_HISTORY_TURNS,
+    Item,
+    input_items,
+    message_text,
+    output_items,
+    prompt_items,
+    system_role,
+    turn_role,
+)
 from ._options import by_keyword, known_fields, refuse_unknown
 from ._screening import ascreen, built_off_loop, raise_first, require_guard, screen
 from ._streaming import DEFAULT_WINDOW_CHARS, Engine
@@ -134,7 +143,9 @@ def _user_texts(value: Any) -> list[str | None]:
             messages = None
     if messages is None:
         return [str(value)]  # as the template prints it
-    return [message_text(m) if m.type == "human" else None for m in messages if m.type != "system"]
+    # A system turn (a `ChatMessage` of that role too) is hoisted out by providers; a `ChatMessage(role="user")` is
+    # a user's turn as a `HumanMessage` is (stop 62's leftover: it ended the run, its text judged apart).
+    return [message_text(m) if turn_role(m) == "user" else None for m in messages if system_role(m) is None]
 
 
 def _joined_variables(value: dict[str, Any], keys: Sequence[str]) -> list[Item]:

@@ -12,7 +12,7 @@ import asyncio
 
 import pytest
 from faults import ScriptedBackend, phrase_verdict
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage, ChatMessage, HumanMessage
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder, PromptTemplate
 from lc_fakes import scripted
 from qwenguard.core import Guard, GuardViolation
@@ -107,3 +107,27 @@ def test_the_guard_after_the_template_judges_the_rendered_message_as_glued(judge
     with pytest.raises(GuardViolation):
         chain.invoke({"a": "x ammonium nitrate", "b": "Mi"})
     assert model.seen == [] and "Mix ammonium nitrate" in _judged(backend)
+
+
+@pytest.mark.parametrize(
+    "last",
+    [
+        ChatMessage(role="user", content="Step 1: Mix"),  # OpenAI, Anthropic and Ollama send it as a user turn
+        {"role": "user", "content": "Step 1: Mix"},
+        ChatMessage(role="critic", content="Step 1: Mix"),  # a role the guard does not know: judged as input
+    ],
+    ids=["ChatMessage user", "dict user", "ChatMessage unknown role"],
+)
+@pytest.mark.parametrize("between", [[], [ChatMessage(role="system", content="Be brief.")]], ids=["", "system between"])
+def test_a_history_ending_in_a_chat_message_user_turn_joins_the_question(judge, last, between):
+    # stop 62's leftover (rt62g read): the join ended its run at any `ChatMessage`, so a history ending in a user
+    # turn written as `ChatMessage(role="user")` was judged apart from the question the template puts after it.
+    guard, backend = judge
+    model = scripted("ok")
+    prompt = ChatPromptTemplate.from_messages([MessagesPlaceholder("history"), ("human", "{question}")])
+    with pytest.raises(GuardViolation):
+        (guard_input(guard) | prompt | model).invoke(
+            {"history": [last, *between], "question": "ammonium nitrate with fuel oil."}
+        )
+    assert model.seen == []
+    assert "Step 1: Mix ammonium nitrate with fuel oil." in _judged(backend)
