@@ -177,6 +177,19 @@ def _joined_variables(value: dict[str, Any], keys: Sequence[str]) -> list[Item]:
     return items
 
 
+def _is_graph(runnable: Any) -> bool:
+    """Is ``runnable`` a LangGraph graph (a compiled `StateGraph`, a `create_agent` agent)? Told by its classes'
+    names, so that langgraph need not be installed."""
+    return any(c.__name__ == "Pregel" and c.__module__.startswith("langgraph") for c in type(runnable).__mro__)
+
+
+def _keeps_history(runnable: Any) -> bool:
+    """Is ``runnable`` a `RunnableWithMessageHistory` (which stores each answer as its run ends)?"""
+    from langchain_core.runnables.history import RunnableWithMessageHistory
+
+    return isinstance(runnable, RunnableWithMessageHistory)
+
+
 def _combine(chunks: Sequence[Any]) -> Any:
     """The full value of a streamed input (what ``invoke`` would have received)."""
     final = chunks[0]
@@ -272,6 +285,23 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
             raise ValueError(
                 "a GuardRunnable without a runnable screens its input or its output, not both: "
                 "use guard_input(guard) / guard_output(guard), or pass runnable=..."
+            )
+        if self.check_output and _is_graph(self.runnable):
+            # Its output is its state, read only after its tools acted and its checkpointer kept the answer; the
+            # TypeError came then, naming guard_output (rt63d F4).
+            raise ValueError(
+                "GuardRunnable judges a model's answer, and a LangGraph graph (an agent) returns its state, after "
+                "its tools ran and its thread saved the answer: guard an agent with GuardMiddleware "
+                "(create_agent(..., middleware=[GuardMiddleware(guard)])) or its model with GuardedChatModel; "
+                "GuardRunnable(graph, guard, check_output=False) judges its input only"
+            )
+        if self.check_output and _keeps_history(self.runnable):
+            # Its history store is written when the run ends, before this step's verdict: a blocked answer was kept
+            # and the next turn handed it to the model unjudged (rt63d F2).
+            raise ValueError(
+                "GuardRunnable around a RunnableWithMessageHistory judges the answer after the history has stored "
+                "it: put the guard inside, RunnableWithMessageHistory(prompt | GuardedChatModel(model, guard), ...), "
+                "so that a blocked answer is never stored"
             )
         return self
 
@@ -377,8 +407,9 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
             message = AIMessage(content=value)
             items = output_items(message, context, self.history_turns, tool_calls=False) if text else []
         else:
+            step = "guard_output" if self.runnable is None else "GuardRunnable's output check"
             raise TypeError(
-                f"guard_output judges text: got a {type(value).__name__}. Put it right after the model "
+                f"{step} judges text: got a {type(value).__name__}. Put it right after the model "
                 "(before output parsers), where the output is a message or a string."
             )
         # A JSON answer is read parsed by a parser after this step: its decoded strings too (`_json_reading`).
