@@ -100,6 +100,7 @@ __all__ = [
     "observation_check",
     "observation_text",
     "history_messages",
+    "joined_variables",
     "message_text",
     "plan_inputs",
     "record_output",
@@ -2006,11 +2007,14 @@ def plan_template(
     - context variables: untrusted documents, only with ``screen_context`` (a node postprocessor may
       screen them instead), or when a function mapping ``computed`` them (no postprocessor saw that text);
     - a previous answer (`ANSWER_VARIABLES`, the refine prompt's): a response to the query;
-    - every other non-empty variable (a second question, a condense prompt's ``chat_history``, an e-mail
-      the template quotes, an object it prints): a prompt on its own. Like the query, the caller supplies
-      it: user-side input of unknown origin, judged as every user turn but the latest is (not gated by
-      ``screen_context``, which only hands retrieved context to a postprocessor; shown to the judge as a
-      user turn, as untrusted content is, so injected instructions still read as Jailbreak).
+    - a condense prompt's ``chat_history``: its turns by role;
+    - every other non-empty variable (a second question, an e-mail the template quotes, an object it prints): a
+      prompt on its own. Like the query, the caller supplies it: user-side input of unknown origin, judged as every
+      user turn but the latest is (not gated by ``screen_context``, which only hands retrieved context to a
+      postprocessor; shown to the judge as a user turn, as untrusted content is, so injected instructions still read
+      as Jailbreak);
+    - the query and those variables once more, joined as the template places them (`joined_variables`), when two or
+      more of them hold text: a request split across them is judged whole.
 
     ``template`` (resolved: its ``kwargs`` hold every variable, by the template's names; ``renamed``: those of the
     variables ``template_var_mappings`` renamed): the turns a chat template carries before its query turn
@@ -2022,7 +2026,7 @@ def plan_template(
     query_key = next((k for k in QUERY_VARIABLES if k in texts), None)
     if query_key is None:
         return None
-    others = variable_checks(texts, screen_context=screen_context, query_key=query_key, computed=computed, seen=seen)
+    others = _each_variable(texts, screen_context=screen_context, query_key=query_key, computed=computed, seen=seen)
     said = InputPlan()
     if template is not None:
         turns, wording = template_turns(template, template.kwargs, (renamed or {}).get(query_key, query_key))
@@ -2032,14 +2036,17 @@ def plan_template(
             query = ChatMessage(role=MessageRole.USER, content=texts[query_key])
             asked = plan_inputs([*turns, query], llm, seen=seen)
             said = plan_inputs(wording, llm, seen=seen, latest_prompt=False)
-            return InputPlan([*asked.checks, *said.checks, *others], asked.prompt, [*asked.marks, *said.marks])
+            joined = joined_variables(texts, query_key, template, renamed, seen=seen, earlier=asked.prompt[:-1])
+            asks = [*asked.checks, *said.checks, *others, *joined]
+            return InputPlan(asks, asked.prompt, [*asked.marks, *said.marks])
         # No conversation: a later system message by role (one that opens the template is the application's).
         said = plan_inputs([*turns, *wording], llm, seen=seen, latest_prompt=False)
     # After a condense prompt's history, the question is judged in its context (a follow-up reads as what it refers to).
     history = texts.get(HISTORY_VARIABLE, "")
     earlier = plan_inputs(history_messages(history), latest_prompt=False).prompt[:-1] if history.strip() else []
     conversation = prompt_conversation(texts[query_key], earlier)
-    checks: Checks = [(Stage.PROMPT, conversation), *said.checks, *others]
+    joined = joined_variables(texts, query_key, template, renamed, seen=seen, earlier=earlier)
+    checks: Checks = [(Stage.PROMPT, conversation), *said.checks, *others, *joined]
     # The query comes back as a user turn of the next call's history: judged already, after these turns (rt60d F3).
     return InputPlan(checks, conversation, [prompt_mark(conversation), *said.marks])
 
@@ -2048,13 +2055,29 @@ def variable_checks(
     variables: Mapping[str, Any],
     *,
     screen_context: bool = True,
+    computed: Iterable[str] = (),
+    seen: Seen | None = None,
+    template: BasePromptTemplate | None = None,
+    renamed: Mapping[str, str] | None = None,
+) -> Checks:
+    """The checks of a template's variables when it has no query variable (see `plan_template`; its formatted prompt
+    is judged too): each variable as what it is, and those judged as a prompt once more, joined as ``template``
+    places them (`joined_variables`), when two or more hold text."""
+    texts = variable_texts(variables)
+    checks = _each_variable(texts, screen_context=screen_context, computed=computed, seen=seen)
+    return checks + joined_variables(texts, None, template, renamed, seen=seen)
+
+
+def _each_variable(
+    texts: Mapping[str, str],
+    *,
+    screen_context: bool = True,
     query_key: str | None = None,
     computed: Iterable[str] = (),
     seen: Seen | None = None,
 ) -> Checks:
-    """The checks of a template's variables other than ``query_key`` (see `plan_template`). With ``seen``, the
-    turns of a history string judged before are cut out of a variable judged as a prompt (`cut_judged_turns`)."""
-    texts = variable_texts(variables)
+    """The checks of a template's variables other than ``query_key``, each on its own. With ``seen``, the turns of a
+    history string judged before are cut out of a variable judged as a prompt (`cut_judged_turns`)."""
     query = texts[query_key] if query_key is not None else ""
     computed = frozenset(computed)
     checks: Checks = []
@@ -2077,3 +2100,108 @@ def variable_checks(
             if rest.strip():
                 checks.append((Stage.PROMPT, prompt_conversation(rest, turns)))
     return checks
+
+
+def _read_as_prompt(key: str, query_key: str | None) -> bool:
+    """Is variable ``key`` the user's text, judged as a prompt: the query, or one that is not context, the refine
+    prompt's previous answer, nor a condense prompt's history (`_each_variable`)?"""
+    if key == query_key:
+        return True
+    if key in CONTEXT_VARIABLES or key == HISTORY_VARIABLE:
+        return False
+    return not (key in ANSWER_VARIABLES and query_key is not None)
+
+
+#: What LlamaIndex's ``SafeFormatter`` substitutes: a ``{name}`` (a name it holds no value for stays as written).
+_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+#: The most template text between two variables that a joined reading keeps as written (longer: one space).
+_JOINING_CHARS = 40
+
+
+def _template_texts(template: BasePromptTemplate | None) -> list[str] | None:
+    """The texts a template substitutes its variables in, in the order the model reads them: a `PromptTemplate`'s
+    string, a `ChatPromptTemplate`'s text blocks message by message. None for another class (it formats in its own
+    way: a ``RichPromptTemplate``'s Jinja may loop or branch)."""
+    if type(template) is PromptTemplate:
+        return [template.template]
+    if type(template) is ChatPromptTemplate:
+        return [b.text for m in template.message_templates for b in m.blocks if isinstance(b, TextBlock)]
+    return None
+
+
+def _template_source(template: BasePromptTemplate) -> str:
+    """A template's own text, as its class gives it (empty when it gives none)."""
+    try:
+        return str(template.get_template())
+    except Exception:  # a template class of the application's own: its variables keep the caller's order
+        return ""
+
+
+def _first_expression(source: str, name: str) -> int:
+    """Where ``source`` first prints ``name`` as a Jinja expression (``{{ name``); past its end when it does not."""
+    found = re.search(r"\{\{[-+]?\s*" + re.escape(name) + r"\b", source)
+    return found.start() if found is not None else len(source)
+
+
+def joined_variables(
+    texts: Mapping[str, str],
+    query_key: str | None,
+    template: BasePromptTemplate | None = None,
+    renamed: Mapping[str, str] | None = None,
+    *,
+    seen: Seen | None = None,
+    earlier: Sequence[GuardMessage] = (),
+) -> Checks:
+    """The user's text of two or more variables judged once more, as one prompt: a request split across the query
+    and a variable beside it ("Tell me how to {verb} {query_str}", "Mix" | "ammonium nitrate with fuel oil") reaches
+    the model whole while each part, judged alone, reads harmless (rt62f N1). The variables read as a prompt
+    (`_read_as_prompt`: not context, the previous answer or the history) are joined in the order ``template`` places
+    them (``renamed``: the template's name of a caller's variable), with the template's own text between two of them
+    where it is short and no other variable's text lies there (the model reads that very text), else one space;
+    each placement counts, and a variable the template does not place is left out (the model never reads it).
+    A template of another class (its placements are not read) joins them with a space, in the order its text first
+    prints them as a Jinja expression (``{{ name``), then the caller's. No check without a template (a caller that
+    knows none: nothing says the variables meet), nor when fewer than two such variables hold text. Judged after
+    ``earlier`` (the query's context); the turns of a history string judged before are cut out of a variable
+    (`cut_judged_turns`) and shown as context, as when it is judged alone. Linear in the template's text."""
+    reading: dict[str, str] = {}
+    context = list(earlier)
+    for key, value in texts.items():
+        if not value.strip() or not _read_as_prompt(key, query_key):
+            continue
+        rest, turns = (value, []) if key == query_key else cut_judged_turns(value, seen)
+        if rest.strip():
+            reading[(renamed or {}).get(key, key)] = rest
+            context.extend(turns)
+    if template is None or len(reading) < 2:
+        return []
+    strings = _template_texts(template)
+    if strings is None:
+        names = sorted(reading, key=functools.partial(_first_expression, _template_source(template)))  # stable
+        parts = [piece for name in names for piece in (" ", reading[name])][1:]
+        return _joined_check(names, parts, context)
+    held = {*reading, *template.kwargs}  # what the formatter substitutes
+    names, parts = [], []
+    for string in strings:
+        end: int | None = None  # where the last joined placeholder of this string ends
+        for found in _PLACEHOLDER.finditer(string):
+            name = found.group(1)
+            if name not in reading:
+                if name in held:
+                    end = None  # another variable's text lies between: not the template's wording
+                continue
+            if parts:
+                between = string[end : found.start()] if end is not None else " "
+                parts.append(between if len(between) <= _JOINING_CHARS else " ")
+            parts.append(reading[name])
+            names.append(name)
+            end = found.end()
+    return _joined_check(names, parts, context)
+
+
+def _joined_check(names: Sequence[str], parts: Sequence[str], context: Sequence[GuardMessage]) -> Checks:
+    """One prompt check of ``parts`` (the variables' text and what joins them), when they hold two or more variables
+    (``names``, one per placement)."""
+    if len(set(names)) < 2:
+        return []
+    return [(Stage.PROMPT, prompt_conversation("".join(parts), context))]

@@ -496,9 +496,15 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
     def _template_variables(self, call: TemplateCall) -> Checks:
         """A template call without a plan is judged by the roles of its formatted messages; its variables
         are judged on their own too, since one may sit in a system message (not judged unless
-        ``screen_system``, or when the text the template substitutes is not known)."""
+        ``screen_system``, or when the text the template substitutes is not known), and those read as a prompt
+        once more joined as the template places them (`joined_variables`: a request split across them)."""
         return variable_checks(
-            call.variables, screen_context=self.screen_context, computed=call.computed, seen=self._judged()
+            call.variables,
+            screen_context=self.screen_context,
+            computed=call.computed,
+            seen=self._judged(),
+            template=call.template,
+            renamed=call.renamed,
         )
 
     @contextlib.contextmanager
