@@ -46,6 +46,7 @@ from llama_index.core.base.llms.generic_utils import messages_to_prompt
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.callbacks.base_handler import BaseCallbackHandler
+from llama_index.core.prompts import PromptTemplate
 from llama_index.core.prompts.utils import SafeFormatter
 from llama_index.core.schema import NodeWithScore, QueryBundle
 from qwenguard.core import Guard, enforce
@@ -54,8 +55,10 @@ from qwenguard.core.verdict import Stage
 
 from .._common import Bounded, require_guard
 from ._messages import (
+    QUERY_VARIABLES,
     Checks,
     GuardMessage,
+    joined_variables,
     judge,
     message_text,
     plan_inputs,
@@ -306,13 +309,14 @@ class GuardCallbackHandler(BaseCallbackHandler):
         if _ROLE_LABELS.sub("", own).strip():
             unshown.append((Stage.PROMPT, untrusted_conversation(outside, "formatted prompt")))
         plan = plan_template(texts)
+        joined = _joined(template.template, texts)  # a request split across variables, judged whole (rt62f N1)
         if plan is not None and at >= 0:
             turns = _template_turns(payload, formatted, fields, at)
             said = plan_inputs(turns, latest_prompt=False, max_chars=self.guard.max_chars)
-            return plan.checks + said.checks + unshown, plan.prompt
+            return plan.checks + joined + said.checks + unshown, plan.prompt
         # No query variable (every variable is still judged), or not this call's template: judged as any LLM call.
         checks, prompt = self._llm_prompt(payload, parent_id)
-        return (plan.checks if plan is not None else variable_checks(texts)) + checks + unshown, prompt
+        return (plan.checks if plan is not None else variable_checks(texts)) + joined + checks + unshown, prompt
 
     def _llm_prompt(self, payload: dict[str, Any], parent_id: str) -> tuple[Checks, list[GuardMessage]]:
         query = self._query_above(parent_id)
@@ -355,6 +359,16 @@ def _wording_in(template: str, text: str) -> bool | None:
             return False
         at = found + len(line)
     return True if any(lines) else None
+
+
+def _joined(template: str, texts: dict[str, str]) -> Checks:
+    """The variables read as the user's text, judged once more joined as the event's template text places them
+    (`joined_variables`); none for a template string LlamaIndex's own parser refuses."""
+    try:
+        placed = PromptTemplate(template)
+    except (ValueError, IndexError):
+        return []
+    return joined_variables(texts, next((k for k in QUERY_VARIABLES if k in texts), None), placed)
 
 
 def _format_fields(template: str, values: dict[str, Any]) -> tuple[str, list[tuple[int, int]]]:
