@@ -9,10 +9,10 @@ A *mapping* says which rows count as positive ("should be blocked"). It is deriv
   only when unsafe. Score: ``P(unsafe)``.
 
 Gold and prediction use the same mapping, so each row of the table answers "how well does this guard
-enforce this policy". Rows the guard gave no verdict (guard errors: timeouts, unparseable answers) are
-left out of every metric, neither right nor wrong, and counted on their own (``errors`` per mapping, a
-column of the table): a dead engine must not score as a perfect one. With no row judged the metrics are
-not available (``null`` / ``–``). Rows without a score are left out of ROC-AUC and the sweep.
+enforce this policy". Rows the guard gave no verdict (guard errors: timeouts, unparseable answers, a partial
+verdict) are left out of every metric, neither right nor wrong, and counted on their own (``errors`` per
+mapping, a column of the table): a dead engine must not score as a perfect one. With no row judged the metrics
+are not available (``null`` / ``–``). Rows without a score are left out of ROC-AUC and the sweep.
 """
 
 from __future__ import annotations
@@ -235,13 +235,20 @@ def compute_report(
     return EvalReport(_round(data))
 
 
+#: Markdown's inline punctuation, backslash-escaped in report.md: no link or image (``[``, ``]``: a previewer would
+#: load ``![pixel](http://...)``, rt63e F4), emphasis, code span, strikethrough or math of the data's; ``|`` adds no
+#: column. ``<``, ``>`` and ``&`` are HTML's, escaped as entities (a backslash before them would show the entity).
+_MD_PUNCTUATION = str.maketrans({c: "\\" + c for c in "\\`*_[]~$|"})
+
+
 def _md(value: Any, code: bool = False) -> str:
     """A dataset's or a server's string in one cell or line of report.md: its controls escaped (no newline to start
-    a heading), ``|`` escaped (no extra column), HTML as text; ``code``: for inside a code span (no backtick)."""
+    a heading), Markdown's inline punctuation escaped (no column, link, image or emphasis), HTML as text; ``code``:
+    for inside a code span (no backtick)."""
     text = printable(str(value))
     if code:
         return text.replace("`", "'")
-    return html.escape(text, quote=False).replace("|", "\\|")
+    return html.escape(text, quote=False).translate(_MD_PUNCTUATION)
 
 
 def _fmt(value: Any, pct: bool = False) -> str:

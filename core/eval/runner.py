@@ -3,7 +3,8 @@
 Each finished batch is appended to a JSONL *prediction cache* (one line per example, keyed by the
 model name, the stage and the exact conversation), flushed at once. A run that is interrupted
 (Ctrl-C, a crash, a closed laptop) resumes from that file: examples already in it are not sent to
-the guard again. Guard errors and timeouts are reported but not cached, so a rerun retries them.
+the guard again. Guard errors and timeouts are reported but not cached, so a rerun retries them: a partial verdict
+(a text judged in windows, some unreadable) is such an error, not a judged row.
 
 The model's name is known before any row is keyed: a remote guard given none learns it from ``/models`` first
 (`_model_name`). When it cannot, rows are neither answered from the cache nor written to it, and a batch
@@ -86,9 +87,15 @@ class Prediction:
 
     @classmethod
     def from_decision(cls, key: str, decision: Decision) -> Prediction:
+        """The decision's verdict; an error when the guard failed, even where it carries a *partial* verdict (a
+        text judged in windows, some unreadable: the verdict of those read, which `Policy.decide_error` blocks
+        on). Scored, that row would count as judged on windows the guard never read, be cached and never
+        retried, and a run on an engine that garbles most windows would pass (rt63e F3)."""
         v = decision.verdict
-        if v is None:
+        if decision.error is not None or v is None:
             error = decision.error or f"no verdict (reason: {decision.reason})"
+            if v is not None:
+                error += f" (partial verdict {v.risk.value}: not every window was read)"
             return cls(key, None, error=error, timeout=decision.reason == "timeout")
         probs = None if v.probs is None else {Risk(r): float(p) for r, p in v.probs.items()}
         return cls(key, v.risk, tuple(v.categories), v.refusal, probs, latency_ms=v.latency_ms)
