@@ -20,7 +20,9 @@ context chat engines hand the model as their prompt template's own text.
 
 A read judges what it adds to the stored messages: a `Memory` puts its blocks' text (facts a model extracted from
 earlier sessions, old messages a vector block retrieved) in a system message, a NEW one at index 0 when the history
-has none, which `GuardedLLM` would take for the application's prompt and not judge.
+has none, which `GuardedLLM` would take for the application's prompt and not judge. A read can write too: a
+`ChatSummaryMemoryBuffer` stores the summary it makes as it reads, so the stored messages are taken before the read
+(what the read wrote is judged) and put back when the read is blocked (rt63c F1).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, SerializeAsAny
-from llama_index.core.memory import BaseMemory, ChatMemoryBuffer, Memory
+from llama_index.core.memory import BaseMemory, ChatMemoryBuffer, Memory, SimpleComposableMemory, VectorMemory
 from qwenguard.core import Action, Guard, QwenGuardError, enforce
 from qwenguard.core.formats.conversations import prompt_conversation, response_conversation, untrusted_conversation
 from qwenguard.core.guard import speaking_as
@@ -255,6 +257,14 @@ def _read_checks(read: Sequence[ChatMessage], stored: Sequence[ChatMessage], see
     return checks, marks
 
 
+def _without_get_all(memory: BaseMemory) -> bool:
+    """Is ``memory`` one whose ``get_all`` LlamaIndex refuses (a `VectorMemory`, or a `SimpleComposableMemory` whose
+    primary memory is one)? Every write and read of a `GuardedMemory` reads the stored messages."""
+    while isinstance(memory, SimpleComposableMemory):
+        memory = memory.primary_memory
+    return isinstance(memory, VectorMemory)
+
+
 class GuardedMemory(BaseMemory):
     """Any LlamaIndex memory, with user messages and answers screened before they are stored.
 
@@ -272,9 +282,11 @@ class GuardedMemory(BaseMemory):
     output an agent hands its LLM in a user's role (ReAct's ``Observation:``, CodeAct's code result, right after the
     turn holding the action) as untrusted tool output under the stricter of the two too, not as the user's prompt.
 
-    ``get``/``aget`` judge what a read returns beyond the stored messages (a `Memory`'s blocks, a summary) as
-    untrusted content, each text once; a blocked one raises. ``get_all``, other roles and ``reset`` go straight to
-    the wrapped memory. Rebuilt from a serialized state (a saved workflow Context), it has no guard: its first use
+    ``get``/``aget`` judge what a read returns beyond the messages stored before it (a `Memory`'s blocks, a summary
+    buffer's summary, which its read stores) as untrusted content, each text once; a blocked one raises, and the
+    stored messages are put back as they were before the read. ``get_all``, other roles and ``reset`` go straight to
+    the wrapped memory. A `VectorMemory` (no ``get_all``) is refused: put it in a `SimpleComposableMemory` as a
+    secondary source. Rebuilt from a serialized state (a saved workflow Context), it has no guard: its first use
     raises `GuardMissing`.
     """
 
@@ -290,6 +302,13 @@ class GuardedMemory(BaseMemory):
     def __init__(self, memory: BaseMemory, guard: Guard, **kwargs: Any) -> None:
         if not isinstance(memory, BaseMemory):
             raise TypeError(f"memory must be a LlamaIndex BaseMemory, got {type(memory).__name__}")
+        if _without_get_all(memory):  # its get_all raises: every put and read would fail inside LlamaIndex (rt63c F3)
+            raise TypeError(
+                "GuardedMemory cannot wrap a VectorMemory (nor a SimpleComposableMemory whose primary memory is one): "
+                "it has no get_all, which every check reads. Wrap SimpleComposableMemory.from_defaults("
+                "primary_memory=ChatMemoryBuffer.from_defaults(), secondary_memory_sources=[vector_memory]) instead "
+                "(what the vector memory retrieves is judged on a read)."
+            )
         require_guard(guard)
         super().__init__(memory=memory, guard=guard, **kwargs)
 
@@ -402,24 +421,45 @@ class GuardedMemory(BaseMemory):
             return False
         return not (isinstance(self.memory, Memory) and not self.memory.memory_blocks)
 
+    # A read can write: `ChatSummaryMemoryBuffer.get` stores the summary it makes (reset, then set) as it reads. So
+    # the stored messages are taken BEFORE the read (a copy: a chat store hands out its live list, which that read
+    # pops), what the read wrote is judged as what it added, and a blocked read puts them back: kept, an unjudged
+    # summary would count as stored on the next read (rt63c F1).
     @speaking_as(_ASYNC_TWIN)
     def get(self, input: str | None = None, **kwargs: Any) -> list[ChatMessage]:
+        if not self._adds():
+            return self.memory.get(input=input, **kwargs)
+        stored = list(self.memory.get_all())
         read = self.memory.get(input=input, **kwargs)
-        if self._adds():
-            seen = self._read_seen()
-            checks, marks = _read_checks(read, self.memory.get_all(), seen)
-            if self._screen(checks):
-                seen.add(marks)
+        seen = self._read_seen()
+        try:
+            checks, marks = _read_checks(read, stored, seen)
+            allowed = self._screen(checks)
+        except BaseException:
+            if self.memory.get_all() != stored:
+                self.memory.set(stored)
+            raise
+        if allowed:
+            seen.add(marks)
         return read
 
     async def aget(self, input: str | None = None, **kwargs: Any) -> list[ChatMessage]:
+        if not self._adds():
+            return await self.memory.aget(input=input, **kwargs)
+        stored = list(await self.memory.aget_all())
         read = await self.memory.aget(input=input, **kwargs)
-        if self._adds():
-            stored = await self.memory.aget_all()
-            seen = self._read_seen()
+        seen = self._read_seen()
+        try:
             checks, marks = await off_loop(lambda: _read_checks(read, stored, seen), read, stored)
-            if await self._ascreen(checks):
-                seen.add(marks)
+            allowed = await self._ascreen(checks)
+        except BaseException:
+            # Cancelled too: what the read wrote was not judged.
+            after = await self.memory.aget_all()
+            if await off_loop(lambda: after != stored, after, stored):
+                await self.memory.aset(stored)
+            raise
+        if allowed:
+            seen.add(marks)
         return read
 
     # -- the rest: the wrapped memory's -------------------------------------------------------------

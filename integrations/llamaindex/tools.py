@@ -20,9 +20,10 @@ of the response and tool-result stages' policies (rt60a F2).
 A tool that takes the workflow ``Context`` gets it watched (`_ContextWatch`): what its call writes into the agent's
 state (which the agents print into the next run's user message) is judged as its output, and undone when blocked
 (rt60a F1); a person's reply it waits for is judged as user input before it gets it, and the events it announces or
-writes to the stream as its output before they reach it (rt60a F3). The state is judged against the last state the
-guard let through on that store (`_StateLedger`), never a call's own snapshot, so a concurrent call cannot write back
-another's blocked text (rt60e F4); once a call has ended its Context refuses state writes (rt60e F5).
+writes to the stream as its output before they reach it (rt60a F3), decided as a ``return_direct`` answer is: they
+reach the user (rt63c F2). The state is judged against the last state the guard let through on that store
+(`_StateLedger`), never a call's own snapshot, so a concurrent call cannot write back another's blocked text (rt60e
+F4); once a call has ended its Context refuses state writes (rt60e F5).
 
 The retrieved nodes an output carries in ``raw_output`` (a ``QueryEngineTool``'s ``Response.source_nodes``,
 a ``RetrieverTool``'s list) reach the agent's events and final output beside the answer: each is judged as a
@@ -661,8 +662,9 @@ class _WatchedContext(_Watched):
     (``waiter_event``, an ``InputRequiredEvent``: the tool's output, as tool output) before it reaches the stream,
     and the event it returns (a person's ``HumanResponseEvent``: user input, at the prompt stage) before the tool
     acts on it (rt60a F3), raising `GuardViolation` when one is blocked; and ``write_event_to_stream``, whose events
-    (the tool's output too) reach the stream once judged, in order (`_ContextWatch.write`). A blocked event ends the
-    call with the refusal note."""
+    (the tool's output too) reach the stream once judged, in order (`_ContextWatch.write`). The events it announces
+    and writes go to the user: decided under the stricter of the tool-result and response stages' policies (rt63c
+    F2). A blocked event ends the call with the refusal note."""
 
     @property
     def store(self) -> Any:
@@ -681,7 +683,7 @@ class _WatchedContext(_Watched):
     ) -> Any:
         watch = self._qg_watch
         if waiter_event is not None:
-            await watch.judge_event(waiter_event, Stage.TOOL_RESULT, "tool output")
+            await watch.judge_event(waiter_event, Stage.TOOL_RESULT, "tool output", shown=True)
         event = await self._qg_target.wait_for_event(event_type, waiter_event, waiter_id, requirements, timeout)
         await watch.judge_event(event, Stage.PROMPT, "a reply")
         return event
@@ -749,7 +751,7 @@ class _ContextWatch:
         if previous is not None:
             await previous  # never raises: failures are kept apart
         try:
-            await self.judge_event(event, Stage.TOOL_RESULT, "tool output")
+            await self.judge_event(event, Stage.TOOL_RESULT, "tool output", shown=True)
         except GuardViolation:
             return  # withheld (`withheld` is set)
         except Exception as error:  # noqa: BLE001 - a guard error, a huge event: dropped, raised when the call ends
@@ -757,14 +759,18 @@ class _ContextWatch:
             return
         self.ctx.write_event_to_stream(event)
 
-    async def judge_event(self, event: Any, stage: Stage, what: str) -> None:
+    async def judge_event(self, event: Any, stage: Stage, what: str, shown: bool = False) -> None:
+        """Judge ``event``'s text under ``stage``, raising `GuardViolation` when it is blocked. ``shown``: the event
+        goes to the user (the stream, an ``InputRequiredEvent``), so it is decided as a ``return_direct`` answer is,
+        under the stricter of ``stage``'s and the response stage's policies: a tool-result stage loosened for what
+        the model reads does not loosen what the user is shown (rt63c F2)."""
         guard = self.tool.guard
         values = await off_loop(lambda: _event_values(event), event)
         text = "\n".join(await off_loop(lambda: value_strings(values, guard.max_chars, what), values))
         if not text.strip():
             return
         conversation = prompt_conversation(text) if stage is Stage.PROMPT else untrusted_conversation(text, what)
-        (decision,) = await guard.acheck_many([(stage, conversation)])
+        (decision,) = await self.tool._ajudge([(stage, conversation)], shown)
         if not decision.allowed:
             self.withheld = decision
             raise GuardViolation(decision)
