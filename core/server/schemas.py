@@ -171,7 +171,8 @@ class Message(_Turn):
 
 class ModerationRequest(BaseModel):
     """Conversations to judge. The stage defaults per conversation: ``prompt`` when the last turn is the
-    user's, ``response`` when it is the assistant's (``tool_call`` for its tool calls). ``stage`` (optional)
+    user's, ``response`` when it is the assistant's (``tool_call`` for its tool calls; assistant messages in a row at
+    the end are one answer, decided at the stages of each: `service.default_stages`). ``stage`` (optional)
     holds each last turn to that stage's rules as well as its own, never instead. ``policy`` (optional, same fields as
     ``Policy.to_dict()``) can only make the server's Policy stricter (``Policy.tightened``): the
     operator's policy is pinned. Sizes are bounded by the server's limits (413 past them). Any other field is

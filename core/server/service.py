@@ -16,7 +16,7 @@ from typing import Any
 from ..backends.base import Outcome
 from ..cache import cache_key
 from ..errors import GuardTimeout, InputTooLarge, VerdictParseError
-from ..formats.content import clean_text
+from ..formats.content import clean_text, is_blank
 from ..formats.conversations import least_contexts, without_blank_answer, without_blank_context
 from ..formats.prompts import (
     GENERATION_PREFIX,
@@ -94,9 +94,21 @@ def policy_from_dict(data: Mapping[str, Any]) -> Policy:
 
 def default_stages(messages: Sequence[Message]) -> tuple[Stage, ...]:
     """The stages a conversation's last turn is decided at (`_Turn.judged_stages`): ``prompt`` for a
-    user turn, ``response`` for an assistant's text, ``tool_call`` for its tool calls."""
-    last = [m for m in messages if m.role != "system"]
-    return last[-1].judged_stages() if last else (Stage.PROMPT,)
+    user turn, ``response`` for an assistant's text, ``tool_call`` for its tool calls. An answer sent as several
+    assistant messages in a row is one turn to the guard (the run it judges joined, `windows.final_run`: a user
+    message that shows nothing between them is skipped, as there), decided at the stages of each of them: its text
+    and its tool call sent apart were decided at the last message's stage only, and escaped the other's rules
+    (rt63e F2)."""
+    turns = [m for m in messages if m.role != "system"]
+    if not turns or turns[-1].role != "assistant":
+        return turns[-1].judged_stages() if turns else (Stage.PROMPT,)
+    found: set[Stage] = set()
+    for turn in reversed(turns):
+        if turn.role == "assistant":
+            found.update(turn.judged_stages())
+        elif not is_blank(clean_text(turn.text())):
+            break
+    return tuple(stage for stage in (Stage.TOOL_CALL, Stage.RESPONSE) if stage in found)
 
 
 def decided_stages(
