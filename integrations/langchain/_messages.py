@@ -108,6 +108,7 @@ __all__ = [
     "command_rest_text",
     "tool_text",
     "artifact_text",
+    "payload_leaf",
     "AS_INPUT",
     "AS_ANSWER",
 ]
@@ -1951,19 +1952,24 @@ def artifact_text(artifact: Any, budget: int) -> str:
     pydantic model with its computed fields, a document's ``page_content`` and ``metadata``), a table or an array by
     its labels and values (a DataFrame's column and row labels and cells, rt59d F4; numbers carry no text), the repr
     of an object with none; a message as its text and labels; bytes as the text they hold, media bytes as none
-    (`_bytes_text`, a blob's rule). Walked without recursion and only until past ``budget`` characters (every item
-    counts at least one): a walk cut short returns a text past ``budget``, which the guard's ``max_chars`` refuses
-    (`InputTooLarge`), or raises it itself where what it read is shorter (a million zeros, then a sentence: never
-    judged as its start)."""
-    text, whole = object_text([artifact], budget, _artifact_leaf)
+    (`_bytes_text`, a blob's rule); a file a block or a ``data:`` URL carries as the text it holds (`payload_leaf`).
+    Walked without recursion and only until past ``budget`` characters (every item counts at least one): a walk cut
+    short returns a text past ``budget``, which the guard's ``max_chars`` refuses (`InputTooLarge`), or raises it
+    itself where what it read is shorter (a million zeros, then a sentence: never judged as its start)."""
+    text, whole = object_text([artifact], budget, payload_leaf)
     if not whole and len(text) <= budget:  # past ``budget`` already, the guard refuses it (`InputTooLarge`) by size
         raise InputTooLarge(f"a tool's output holds over {budget} characters or items: it cannot be judged whole")
     return text
 
 
-def _artifact_leaf(item: Any) -> Any:
-    """An artifact's item read its own way (`object_text`): bytes by the blob rule, a message as its text and labels,
-    a document as its ``page_content`` and ``metadata`` (and its ``id``, when it is words)."""
+def payload_leaf(item: Any) -> Any:
+    """An item of what an application reads from outside the conversation (a tool's artifact, an interrupt's payload,
+    a client's resume value) read its own way (`object_text`): bytes by the blob rule, a message as its text and labels,
+    a document as its ``page_content`` and ``metadata`` (and its ``id``, when it is words), and a file as the text it
+    holds, whichever way it is encoded: a ``data:`` URL, a block's ``base64``, ``data`` or ``file_data``
+    (`_file_reading`; rt63d F1: a text file in a resume value was judged as its base64 while the tool decoded it)."""
+    if isinstance(item, str):
+        return _file_reading(item) if _data_url(item) is not None else None
     if isinstance(item, _BYTES):
         return _bytes_text(item) or ""
     if isinstance(item, BaseMessage):
@@ -1971,7 +1977,66 @@ def _artifact_leaf(item: Any) -> Any:
     if isinstance(getattr(item, "page_content", None), str):
         own = getattr(item, "id", None)
         return [item.page_content, getattr(item, "metadata", None), own if worded(own) else None]
+    if isinstance(item, Mapping) and _holds_file(item):
+        return _FileBlock(item)
     return None
+
+
+def _holds_file(block: Mapping[Any, Any]) -> bool:
+    """Does ``block`` keep encoded data under a data key (`_DATA_KEYS`): a file block, a provider's ``source``?"""
+    try:
+        return any(isinstance(block.get(key), str) for key in _DATA_KEYS)
+    except Exception:  # noqa: BLE001 - a mapping that fails to read: walked as any other
+        return False
+
+
+class _FileBlock(Mapping[Any, Any]):
+    """A mapping that keeps a file, as `object_text` walks it: every key and value as they are, but the data under a
+    data key read as the text it holds (`_file_reading`). Lazy, so that the walk's own bound holds (a block with a
+    million keys costs what the walk visits)."""
+
+    def __init__(self, block: Mapping[Any, Any]) -> None:
+        self._block = block
+
+    def __getitem__(self, key: Any) -> Any:
+        value = self._block[key]
+        if key in _DATA_KEYS and isinstance(value, str) and _data_url(value) is None:
+            return _file_reading(value, self._block, key)
+        return value  # a data: URL too: the walk's leaf reads it (`payload_leaf`)
+
+    def __iter__(self) -> Any:
+        return iter(self._block)
+
+    def __len__(self) -> int:
+        return len(self._block)
+
+
+def _file_reading(value: str, block: Mapping[str, Any] | None = None, key: str = "") -> str:
+    """A file's encoded data (a ``data:`` URL, or a block's data under ``key``) as its reader may take it: the text
+    its bytes hold, read as a message's block is (`_leaf_text`: text media decoded in its charset, other media when
+    its bytes are text all the same), and the string itself unless it is the base64 of a text (`_encodes_text`: it
+    spells no words then). Words under a data key are read as they are: an application may show them undecoded."""
+    decoded = _leaf_text(value, block, key)
+    spelled = None if decoded and _encodes_text(value) else value
+    return "\n".join(dict.fromkeys(t for t in (spelled, decoded) if t))
+
+
+_LINE_BREAKS = re.compile(r"[\r\n]")
+
+
+def _encodes_text(value: str) -> bool:
+    """Is ``value`` (a ``data:`` URL's body) one base64 token, line breaks aside, of bytes that are text
+    (`bytes_as_text`, by their own start: no label makes noise text)?"""
+    parsed = _data_url(value)
+    if parsed is not None:
+        if not parsed[1]:
+            return False  # percent-encoded: its words show through
+        value = parsed[2]
+    try:
+        raw = base64.b64decode(_LINE_BREAKS.sub("", value), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return bytes_as_text(raw) is not None
 
 
 def call_key(name: Any, call_id: Any, args: Any) -> str | None:

@@ -203,11 +203,12 @@ def interrupt_values(error: BaseException) -> list[Any] | None:
     return [getattr(i, "value", i) for i in interrupts]
 
 
-def interrupt_text(values: list[Any], budget: int) -> tuple[str, bool]:
+def interrupt_text(values: list[Any], budget: int, leaf: Callable[[Any], Any] | None = None) -> tuple[str, bool]:
     """What the interrupts' values say (`interrupt_values`), one text a line, and whether all of it was read within
-    ``budget`` characters (`object_text`; bytes as UTF-8): a payload not read whole is not judged whole, and the
-    caller blocks it (size alone never gets text through unjudged)."""
-    return object_text(values, budget)
+    ``budget`` characters (`object_text`; ``leaf``: how its bytes, messages and files are read, the integrations'
+    `_messages.payload_leaf`, else bytes as UTF-8): a payload not read whole is not judged whole, and the caller
+    blocks it (size alone never gets text through unjudged)."""
+    return object_text(values, budget, leaf)
 
 
 def object_text(values: list[Any], budget: int, leaf: Callable[[Any], Any] | None = None) -> tuple[str, bool]:
@@ -217,9 +218,10 @@ def object_text(values: list[Any], budget: int, leaf: Callable[[Any], Any] | Non
     a table or an array by its labels and values (`_table_parts`: a DataFrame, a Series, an ndarray, Arrow's, an Arrow
     scalar by value; one of numbers is one item); an object with no fields but a bulk-data method (`_BULK_READS`) by what it returns, where its
     length is within the walk's bound (refused otherwise); the repr only of an object with neither (escapes decoded,
-    `_repr_read`); numbers, booleans, ``None`` and empty strings are not text. ``leaf`` reads an item its own way
-    first: what to read in its place (a text, "" for none, a list of its parts), or ``None`` to walk it as above;
-    bytes (a memoryview too) it leaves are read as UTF-8. Shared by a tool's interrupts and its artifact (`_messages.artifact_text`).
+    `_repr_read`); numbers, booleans, ``None`` and empty strings are not text. ``leaf`` reads an item (a string too: a
+    ``data:`` URL) its own way first: what to read in its place (a text, "" for none, a list of its parts, a mapping),
+    or ``None`` to walk it as above; bytes (a memoryview too) it leaves are read as UTF-8. Shared by a tool's
+    interrupts, its artifact and a client's resume values (`_messages.payload_leaf`).
 
     Walked without recursion, each container or object once; only until past ``budget`` characters of text and
     `_VISITS` times ``budget`` items visited (every item, a repeated, empty or non-text one too: the work stays linear
@@ -232,7 +234,7 @@ def object_text(values: list[Any], budget: int, leaf: Callable[[Any], Any] | Non
     while stack and total <= budget and visits <= limit:
         item = stack.pop()
         visits += 1
-        own = leaf(item) if leaf is not None and not isinstance(item, str) else None
+        own = leaf(item) if leaf is not None else None
         if own is not None:
             item = own
         elif isinstance(item, (bytes, bytearray, memoryview)):

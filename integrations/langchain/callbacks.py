@@ -133,6 +133,7 @@ from ._messages import (
     message_text,
     opaque_output,
     output_items,
+    payload_leaf,
     prompt_items,
     resume_values,
     source_text,
@@ -891,7 +892,7 @@ class _GuardHandlerLogic(HeardFirst):
         guard's ``max_chars`` raises its unjudged decision (size alone never gets text through)."""
         if not self.check_tool_results:
             return []
-        text, whole = interrupt_text(values, self.guard.max_chars)
+        text, whole = interrupt_text(values, self.guard.max_chars, payload_leaf)
         if not whole:
             why = f"the tool's interrupt carries more than max_chars={self.guard.max_chars:,} characters: not judged whole"
             enforce(self.guard.policy.decide_unjudged(Stage.TOOL_RESULT, why))
@@ -910,7 +911,7 @@ class _GuardHandlerLogic(HeardFirst):
         items = []
         values = resume_values(inputs)
         if values:
-            text, whole = object_text(values, self.guard.max_chars)
+            text, whole = object_text(values, self.guard.max_chars, payload_leaf)  # as an artifact is (rt63d F1)
             if not whole:
                 why = f"the resume value carries more than max_chars={self.guard.max_chars:,} characters: not judged whole"
                 enforce(self.guard.policy.decide_unjudged(Stage.PROMPT, why))

@@ -2,6 +2,9 @@
 
 Where it looks (every step is one batched guard call):
 
+- ``before_agent``: the run's input besides its messages, once a run: every other key of the agent's state (a note a
+  ``@dynamic_prompt`` prints into the system prompt), judged as the user's turn, read as a tool's ``Command`` writing
+  that key is; blocked, the key is cleared and the run ends with the refusal (rt63d F3).
 - ``before_model``: what is new since the model's last turn — the user's input (prompt check, with
   the earlier turns as context) and tool results (untrusted content: injected instructions show up
   as Jailbreak). Runs before the model sees them. Every system or developer message in the state is
@@ -70,7 +73,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
 
@@ -128,6 +131,7 @@ from ._messages import (
     message_text,
     opaque_output,
     output_items,
+    payload_leaf,
     tool_arguments,
     tool_labels,
     tool_output_text,
@@ -178,6 +182,17 @@ _WHOLE = "whole_result"
 #: Marks (in `Item.extra`) the check of what a ``Command`` beside the model's answer writes besides its messages: the
 #: Command (blocked, it is withheld whole).
 _COMMAND = "command"
+#: Marks (in `Item.extra`) the check of a state key the run's input holds besides its messages: the key's name.
+_STATE_KEY = "state_key"
+#: Marks (in `Item.extra`) the check of what a tool's ``Command`` writes besides its messages: the Command, whose
+#: state keys are taken as allowed when it is (`_trust_state_writes`).
+_STATE_WRITES = "state_writes"
+#: State keys not judged as the client's input: its messages (judged as messages), and what the agent framework writes
+#: itself, which a client cannot send (``create_agent`` leaves them out of the input schema): ``jump_to`` (a hook's
+#: jump, ephemeral) and ``structured_response`` (the agent's parsed answer, judged as its answer). A name with a
+#: leading ``_`` is judged as any other: LangGraph gives it no meaning, and a client can send every key the input schema
+#: holds (a middleware's private keys, ``PrivateStateAttr``, are out of it: numbers, where they are in the state).
+_NOT_INPUT_KEYS = frozenset({"messages", "jump_to", "structured_response"})
 
 
 #: The name a withheld earlier answer's tool calls keep (the provider reads the call back without its text).
@@ -514,6 +529,80 @@ class GuardMiddleware(AgentMiddleware):
         # forged too). What was screened before hits the verdict cache.
         return self._message_items(list(state.get("messages") or ()))
 
+    # A client's input is more than its messages: any other key of the agent's state schema it sends (a note a
+    # ``@dynamic_prompt`` prints into the system prompt, a setting a tool reads from ``runtime.state``) reaches the
+    # model and the tools unread by `_input_items` (rt63d F3), where a tool's ``Command`` writing the same key is judged
+    # (`_result_items`). Judged once a run, at its start, as the user's turn is, read as that Command's other keys are
+    # (`payload_leaf`). The state then holds what earlier turns left too (a tool's write, a key sent before): a value
+    # allowed once is not judged again (`AllowedChecks`).
+    def _state_key_items(self, state: AgentState) -> list[Item]:
+        """The checks of the state's keys besides its messages and the framework's own (`_NOT_INPUT_KEYS`), one a key
+        that holds text, as the user's turn (the prompt stage), not allowed before; ``extra["whole"]``: whether all of
+        it was read within the guard's ``max_chars``."""
+        if not self.check_input or not isinstance(state, Mapping):
+            return []
+        return self._allowed.unjudged(self._state_key_checks(state.items()), self.guard)
+
+    def _state_key_checks(self, pairs: Iterable[tuple[Any, Any]]) -> list[Item]:
+        """One check a (key, value) pair whose value holds text (`_state_key_items`), or is not read whole."""
+        items = []
+        for key, value in pairs:
+            if key in _NOT_INPUT_KEYS or value is None:
+                continue
+            text, whole = object_text([value], self.guard.max_chars, payload_leaf)
+            if text.strip() or not whole:
+                extra = {_STATE_KEY: key, "whole": whole}
+                items.append(Item(Stage.PROMPT, prompt_conversation(text), label="state key", extra=extra))
+        return items
+
+    def _trust_state_writes(self, items: list[Item], decisions: list[Decision]) -> None:
+        """The state keys a tool's ``Command`` writes (`_STATE_WRITES`), allowed as its output: not judged again as
+        the client's when the thread's next run starts with them (`_state_key_items`)."""
+        if not self.check_input:
+            return  # nothing of the state is judged as input then (`_state_key_items`)
+        for item, decision in zip(items, decisions):
+            update = getattr(item.extra.get(_STATE_WRITES), "update", None)
+            if decision.action is Action.ALLOW and isinstance(update, Mapping):
+                self._allowed.trust(self._state_key_checks(update.items()), self.guard)
+
+    def _state_key_decisions(self, items: list[Item]) -> list[Decision]:
+        """The guard's decisions on ``items``; a value not read whole is blocked unread (size alone never gets text
+        through unjudged)."""
+        read = [item for item in items if item.extra["whole"]]
+        return self._with_unread(items, screen(self.guard, read) if read else [])
+
+    async def _astate_key_decisions(self, items: list[Item]) -> list[Decision]:
+        read = [item for item in items if item.extra["whole"]]
+        return self._with_unread(items, await ascreen(self.guard, read) if read else [])
+
+    def _with_unread(self, items: list[Item], judged: list[Decision]) -> list[Decision]:
+        found = iter(judged)
+        return [next(found) if item.extra["whole"] else self._unread_state_key(item) for item in items]
+
+    def _unread_state_key(self, item: Item) -> Decision:
+        key, limit = item.extra[_STATE_KEY], self.guard.max_chars
+        why = f"the state key {key!r} carries more than max_chars={limit:,} characters: not judged whole"
+        return self.guard.policy.decide_unjudged(Stage.PROMPT, why)
+
+    def _on_state_keys(self, items: list[Item], decisions: list[Decision]) -> dict[str, Any] | None:
+        """The update for blocked state keys: each set to ``None`` (the model and the tools never read it, and the
+        thread's next turn does not meet it again), and the run ended with the refusal, as for a blocked user turn.
+        With ``"error"``, `GuardViolation` is raised; a block raised for on an earlier turn of the thread (LangGraph
+        wrote the input to the checkpoint before this hook ran) is cleared instead, and the turn goes on."""
+        self._allowed.remember(items, decisions, self.guard)
+        blocked = blocked_pairs(items, decisions)
+        if not blocked:
+            return None
+        cleared: dict[str, Any] = {item.extra[_STATE_KEY]: None for item, _ in blocked}
+        if self.exit_behavior == "error":
+            thread = current_thread()
+            fresh = [(item, d) for item, d in blocked if not self._raised.raised(item, thread)]
+            if fresh:
+                self._raised.remember([item for item, _ in fresh], thread)
+                enforce(fresh[0][1])
+            return cleared
+        return {**cleared, "messages": [self._refusal(blocked[0][1])], "jump_to": "end"}
+
     def _notice(self, template: str, decision: Decision, **extra: str) -> str:
         """A notice's text (`_fill`). Its message is remembered as this middleware's own by `_own_notice`."""
         return _fill(template, decision, **extra)
@@ -801,6 +890,22 @@ class GuardMiddleware(AgentMiddleware):
     # -- node hooks ---------------------------------------------------------------------------
     @hook_config(can_jump_to=["end"])
     @speaking_as(_ASYNC_TWIN)
+    def before_agent(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
+        items = self._state_key_items(state)
+        if not items:
+            return None
+        return self._on_state_keys(items, self._state_key_decisions(items))
+
+    @hook_config(can_jump_to=["end"])
+    async def abefore_agent(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
+        rest = [value for key, value in state.items() if key not in _NOT_INPUT_KEYS]
+        items = await built_off_loop(lambda: self._state_key_items(state), rest)
+        if not items:
+            return None
+        return self._on_state_keys(items, await self._astate_key_decisions(items))
+
+    @hook_config(can_jump_to=["end"])
+    @speaking_as(_ASYNC_TWIN)
     def before_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
         items = self._input_items(state)
         decisions = screen(self.guard, items)
@@ -887,7 +992,8 @@ class GuardMiddleware(AgentMiddleware):
         values = pending_resumes(request)
         if not values:
             return None
-        text, whole = object_text(values, self.guard.max_chars)
+        # Read as an artifact is (`payload_leaf`): the tool decodes a text file it is given (rt63d F1).
+        text, whole = object_text(values, self.guard.max_chars, payload_leaf)
         if not text.strip() and whole:
             return None
         history = guard_history(_state_messages(request), self.history_turns)
@@ -989,7 +1095,7 @@ class GuardMiddleware(AgentMiddleware):
             return None
         interrupts = interrupt_values(error)
         if interrupts is not None:  # handed to the run's caller: judged as the tool's output (rt57b F4)
-            text, whole = interrupt_text(interrupts, self.guard.max_chars)
+            text, whole = interrupt_text(interrupts, self.guard.max_chars, payload_leaf)
             left_out = [] if whole else [""]
         elif control_flow(error):
             return None
@@ -1095,12 +1201,14 @@ class GuardMiddleware(AgentMiddleware):
                 # Judged as the call's result: blocked, the call's notice is the whole result.
                 written = ToolMessage(content=text, tool_call_id=call.get("id") or "", name=tool or "tool")
                 conversation = untrusted_conversation(text, "tool output")
-                items.append(Item(Stage.TOOL_RESULT, conversation, written, extra={"entry": None, _WHOLE: True}))
+                extra = {"entry": None, _WHOLE: True, _STATE_WRITES: command}
+                items.append(Item(Stage.TOOL_RESULT, conversation, written, extra=extra))
         return items
 
     def _withheld(self, result: Any, items: list[Item], decisions: list[Decision]) -> Any:
         """The result with every blocked message replaced by the notice (``"error"``: raised)."""
         self._allowed.remember(items, decisions, self.guard)
+        self._trust_state_writes(items, decisions)
         blocked = blocked_pairs(items, decisions)
         if not blocked:
             return result

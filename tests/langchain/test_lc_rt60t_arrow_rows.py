@@ -24,7 +24,7 @@ import test_lc_rt59g_tool_writes as rt59g
 from faults import ScriptedBackend, keyword_verdict
 from qwenguard.core import Guard, InputTooLarge
 from qwenguard.core.formats.media import bytes_as_text
-from qwenguard.integrations.langchain._messages import artifact_text
+from qwenguard.integrations.langchain._messages import artifact_text, payload_leaf
 from qwenguard.integrations.langchain._tool_errors import interrupt_text
 from test_lc_rt59d_table_artifacts import guarded
 from test_lc_rt59r_arrow_artifacts import FILLER, refused, rows, run
@@ -104,8 +104,10 @@ def test_an_image_in_a_binary_column_is_left_out_not_refused_and_text_bytes_are_
     assert artifact_text(table, 1_000).split("\n") == ["caption", "image", "a cat", PAGE]
     assert artifact_text(pa.scalar(image), 1_000) == ""
     assert refused(pa.array([b"caption", PAGE.encode() * 10_000]), 1_000)
-    # An interrupt's walk reads every byte as UTF-8: there an image is refused
+    # A walk without the integrations' reader reads every byte as UTF-8: there an image is refused; the integrations
+    # read an interrupt's payload as an artifact (`payload_leaf`, rt63d F1): no text, as above
     assert not interrupt_text([pa.array([image])], 1_000)[1]
+    assert interrupt_text([pa.array([image])], 1_000, payload_leaf) == ("", True)
 
 
 # -- the text judged is the values, never a repr -----------------------------------------------------------------------
