@@ -178,16 +178,65 @@ def _joined_variables(value: dict[str, Any], keys: Sequence[str]) -> list[Item]:
 
 
 def _is_graph(runnable: Any) -> bool:
-    """Is ``runnable`` a LangGraph graph (a compiled `StateGraph`, a `create_agent` agent)? Told by its classes'
-    names, so that langgraph need not be installed."""
+    """Is ``runnable`` a LangGraph graph (a compiled `StateGraph`, a `create_agent` agent, an ``@entrypoint``)? Told by
+    its classes' names, so that langgraph need not be installed."""
     return any(c.__name__ == "Pregel" and c.__module__.startswith("langgraph") for c in type(runnable).__mro__)
 
 
-def _keeps_history(runnable: Any) -> bool:
-    """Is ``runnable`` a `RunnableWithMessageHistory` (which stores each answer as its run ends)?"""
+def _keeps_state(graph: Any) -> bool:
+    """Does a LangGraph ``graph`` hand back its state (a dict of channels: an agent's messages), or keep its answer in
+    a checkpointer, as its run ends? Not an ``@entrypoint`` without one that returns its text (rt63f F5)."""
+    checkpointer = getattr(graph, "checkpointer", None)
+    return not isinstance(getattr(graph, "output_channels", None), str) or checkpointer not in (None, False)
+
+
+def _parts(runnable: Any) -> Iterator[Any]:
+    """The runnables ``runnable`` runs inside it: a binding's (``with_config``, ``with_retry``), the fallbacks', a
+    sequence's and a parallel's steps, a branch's; not a graph's nodes."""
+    from langchain_core.runnables import RunnableBranch, RunnableParallel, RunnableSequence
+    from langchain_core.runnables.base import RunnableBindingBase
+    from langchain_core.runnables.fallbacks import RunnableWithFallbacks
+    from langchain_core.runnables.passthrough import RunnableAssign
+
+    if isinstance(runnable, RunnableBindingBase):  # with_retry's RunnableRetry and RunnableEach too
+        yield runnable.bound
+    elif isinstance(runnable, RunnableWithFallbacks):
+        yield runnable.runnable
+        yield from runnable.fallbacks
+    elif isinstance(runnable, RunnableSequence):
+        yield from runnable.steps
+    elif isinstance(runnable, RunnableParallel):
+        yield from runnable.steps__.values()
+    elif isinstance(runnable, RunnableAssign):
+        yield runnable.mapper
+    elif isinstance(runnable, RunnableBranch):
+        yield from (branch for _, branch in runnable.branches)
+        yield runnable.default
+    elif isinstance(runnable, GuardRunnable) and runnable.runnable is not None:
+        yield runnable.runnable
+
+
+def _unguardable(runnable: Any) -> str | None:
+    """What, inside ``runnable``, an output check after it cannot guard (``"graph"``, ``"history"``), else ``None``:
+    it acts or stores its answer before the check's verdict. Looked for through the wrappers an app puts around it
+    (``with_retry``, ``with_config``, fallbacks, a sequence: rt63f F3 found each hiding one); a runnable of the app's
+    own that calls one in its body is not seen."""
     from langchain_core.runnables.history import RunnableWithMessageHistory
 
-    return isinstance(runnable, RunnableWithMessageHistory)
+    stack, seen = [runnable], set()
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, RunnableWithMessageHistory):
+            return "history"
+        if _is_graph(item):
+            if _keeps_state(item):
+                return "graph"
+            continue
+        stack.extend(_parts(item))
+    return None
 
 
 def _combine(chunks: Sequence[Any]) -> Any:
@@ -286,16 +335,17 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
                 "a GuardRunnable without a runnable screens its input or its output, not both: "
                 "use guard_input(guard) / guard_output(guard), or pass runnable=..."
             )
-        if self.check_output and _is_graph(self.runnable):
+        found = _unguardable(self.runnable) if self.check_output and self.runnable is not None else None
+        if found == "graph":
             # Its output is its state, read only after its tools acted and its checkpointer kept the answer; the
             # TypeError came then, naming guard_output (rt63d F4).
             raise ValueError(
-                "GuardRunnable judges a model's answer, and a LangGraph graph (an agent) returns its state, after "
-                "its tools ran and its thread saved the answer: guard an agent with GuardMiddleware "
-                "(create_agent(..., middleware=[GuardMiddleware(guard)])) or its model with GuardedChatModel; "
-                "GuardRunnable(graph, guard, check_output=False) judges its input only"
+                "GuardRunnable judges a model's answer, and a LangGraph graph (an agent) in the runnable hands back "
+                "its state or keeps its answer in its checkpointer, after its tools ran: guard an agent with "
+                "GuardMiddleware (create_agent(..., middleware=[GuardMiddleware(guard)])) or its model with "
+                "GuardedChatModel; GuardRunnable(runnable, guard, check_output=False) judges its input only"
             )
-        if self.check_output and _keeps_history(self.runnable):
+        if found == "history":
             # Its history store is written when the run ends, before this step's verdict: a blocked answer was kept
             # and the next turn handed it to the model unjudged (rt63d F2).
             raise ValueError(

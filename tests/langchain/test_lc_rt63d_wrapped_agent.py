@@ -98,3 +98,60 @@ def test_the_guard_inside_the_history_chain_never_stores_a_blocked_answer(how):
 
 class _Empty:
     messages: list = []
+
+
+# -- rt63f F3, F5: the refusal through an app's wrappers, and not of a graph that hands back text -------------------
+def _wrappings():
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.runnables import RunnableLambda
+
+    def history():
+        return _history_chain(scripted("Paris."), {})
+
+    def agent():
+        return _agent()[0]
+
+    last_text = RunnableLambda(lambda state: state["messages"][-1].text)
+    return {
+        "history.with_config": lambda: history().with_config(run_name="chat"),
+        "history.with_retry": lambda: history().with_retry(),
+        "history.with_fallbacks": lambda: history().with_fallbacks([scripted("Lyon.")]),
+        "history | StrOutputParser": lambda: history() | StrOutputParser(),
+        "agent.with_retry": lambda: agent().with_retry(),
+        "agent | last text": lambda: agent() | last_text,
+        "{answer: agent} parallel": lambda: {"answer": agent()} | RunnableLambda(lambda d: d["answer"]),
+    }
+
+
+@pytest.mark.parametrize("name", list(_wrappings()))
+def test_a_graph_or_history_chain_inside_a_wrapper_is_refused_too(name):
+    # rt63f F3: each stored the blocked answer (history) or ran the tools and kept the answer in the checkpoint
+    # (agent) before the output check's verdict, as the unwrapped ones did.
+    guard, _ = keyword_guard()
+    with pytest.raises(ValueError, match="GuardMiddleware|put the guard inside"):
+        GuardRunnable(_wrappings()[name](), guard)
+
+
+def test_an_entrypoint_that_hands_back_text_without_a_checkpointer_is_guarded_as_before():
+    # rt63f F5: refused by the first form of the rule (any graph), while its output is the text, judged whole.
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.func import entrypoint
+
+    guard, _ = keyword_guard()
+    model = scripted("Paris.", UNSAFE_CLAUSE)
+
+    @entrypoint()
+    def answer(question: str) -> str:
+        return model.invoke(question).text
+
+    guarded = GuardRunnable(answer, guard)
+    assert guarded.invoke("Capital of France?") == "Paris."
+    with pytest.raises(GuardViolation):
+        guarded.invoke("And how is it made?")
+
+    @entrypoint(checkpointer=InMemorySaver())
+    def kept(question: str) -> str:
+        return model.invoke(question).text
+
+    with pytest.raises(ValueError, match="checkpointer"):  # its checkpointer keeps the answer before the verdict
+        GuardRunnable(kept, guard)
