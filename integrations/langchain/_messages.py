@@ -46,7 +46,16 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, TypeGuard
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage, convert_to_messages
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    ChatMessage,
+    FunctionMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+    convert_to_messages,
+)
 from qwenguard.core import InputTooLarge, Stage
 from qwenguard.core.formats.conversations import (
     _json_parts,
@@ -92,6 +101,7 @@ __all__ = [
     "label_item",
     "system_role",
     "turn_role",
+    "user_run_text",
     "output_items",
     "prompt_items",
     "tool_arguments",
@@ -1011,12 +1021,35 @@ _ASSISTANT_ROLES = Kinds({"assistant", "ai", "model"})
 _TOOL_ROLES = Kinds({"tool", "function", "ipython"})
 
 
+#: A message's kind by its class: a chunk class is sent as the class it extends (langchain-openai converts by
+#: ``isinstance``), while its ``type`` names the chunk ("ChatMessageChunk"), which no comparison matched (rt63f F2).
+_KINDS = (
+    (HumanMessage, "human"),
+    (AIMessage, "ai"),
+    (SystemMessage, "system"),
+    (ChatMessage, "chat"),
+    (ToolMessage, "tool"),
+    (FunctionMessage, "function"),
+)
+
+
+def _kind(message: BaseMessage) -> str:
+    """``message``'s type as a provider class sends it: its class's (`_KINDS`), else its ``type`` (a chunk's without
+    its ``Chunk`` suffix)."""
+    for cls, kind in _KINDS:
+        if isinstance(message, cls):
+            return kind
+    kind = str(message.type)
+    return kind[: -len("MessageChunk")].lower() if kind.endswith("MessageChunk") else kind
+
+
 def _role(message: BaseMessage) -> str | None:
-    if isinstance(message, HumanMessage) or message.type == "human":
+    kind = _kind(message)
+    if kind == "human":
         return "user"
-    if isinstance(message, AIMessage) or message.type == "ai":
+    if kind == "ai":
         return "assistant"
-    if message.type == "chat":
+    if kind == "chat":
         role = str(getattr(message, "role", "")).strip().lower()
         if role in _ASSISTANT_ROLES:
             return "assistant"
@@ -1025,6 +1058,17 @@ def _role(message: BaseMessage) -> str | None:
             # the model as it likes, so it is judged as input, as a user turn is.
             return "user"
     return None  # system, tool, function, ...: not conversation context
+
+
+def user_run_text(message: BaseMessage) -> str | None:
+    """What ``message`` adds to the run of user turns a provider sends as one message (`_UserRun`'s rule): a user
+    turn's text, a tool result's; ``""`` for a turn the run goes on across (a system message, hoisted out; an
+    assistant turn a provider drops, `_dropped_answer`); ``None`` for a turn that ends it (an assistant's)."""
+    if system_role(message) is not None or _dropped_answer(message):
+        return ""
+    if _is_tool_output(message):
+        return tool_text(message)
+    return message_text(message) if _role(message) == "user" else None
 
 
 def turn_role(message: BaseMessage) -> str | None:
@@ -1045,10 +1089,11 @@ def _unknown_role(message: BaseMessage) -> bool:
 def system_role(message: BaseMessage) -> str | None:
     """``"system"`` or ``"developer"`` for a message of that role, else ``None``. An OpenAI-style
     ``{"role": "developer"}`` converts to a `SystemMessage` marked ``__openai_role__``."""
-    if message.type == "system":
+    kind = _kind(message)
+    if kind == "system":
         extra = message.additional_kwargs
         return "developer" if isinstance(extra, Mapping) and extra.get("__openai_role__") == "developer" else "system"
-    if message.type == "chat":
+    if kind == "chat":
         role = str(getattr(message, "role", "")).strip().lower()
         return role if role in ("system", "developer") else None
     return None
@@ -1056,9 +1101,10 @@ def system_role(message: BaseMessage) -> str | None:
 
 def _is_tool_output(message: BaseMessage) -> bool:
     """A tool's (or legacy function's) result the model reads: untrusted text."""
-    if isinstance(message, ToolMessage) or message.type in ("tool", "function"):
+    kind = _kind(message)
+    if kind in ("tool", "function"):
         return True
-    return message.type == "chat" and str(getattr(message, "role", "")).strip().lower() in _TOOL_ROLES
+    return kind == "chat" and str(getattr(message, "role", "")).strip().lower() in _TOOL_ROLES
 
 
 def _turn(message: BaseMessage) -> dict[str, str] | None:
@@ -1247,7 +1293,7 @@ def sent_labels(message: BaseMessage, answered: Mapping[str, str] | None = None)
     ``ToolNode`` writes costs no check. (`GuardMiddleware` trusts the name its agent puts on its own answers,
     `label_item`.)"""
     labels: list[str] = []
-    if message.type == "chat" and _unknown_role(message):
+    if _kind(message) == "chat" and _unknown_role(message):
         labels.append(str(getattr(message, "role", "")))
     name = _sent_name(message, answered or {})
     if name:
@@ -1263,7 +1309,7 @@ def sent_labels(message: BaseMessage, answered: Mapping[str, str] | None = None)
 
 def _sent_name(message: BaseMessage, answered: Mapping[str, str]) -> str | None:
     """The name sent with ``message`` (see `sent_labels`), or ``None``."""
-    if isinstance(message, ToolMessage) or message.type == "tool":
+    if _kind(message) == "tool":
         name = getattr(message, "name", None)
         if not isinstance(name, str) or not name.strip():
             return None
@@ -1279,7 +1325,7 @@ def _prefix_text(message: BaseMessage) -> str:
     """An assistant turn's ``additional_kwargs["prefix"]``, which ChatMistralAI sends as it is: Mistral's API reads
     a flag there, a compatible server may read anything. A string is judged as it is, an object or a list as its
     JSON; a flag, a number or nothing carries no words ("")."""
-    extra = getattr(message, "additional_kwargs", None) if message.type == "ai" else None
+    extra = getattr(message, "additional_kwargs", None) if _kind(message) == "ai" else None
     prefix = extra.get("prefix") if isinstance(extra, Mapping) else None
     if isinstance(prefix, str):
         return prefix if prefix.strip() else ""

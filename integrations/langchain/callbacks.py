@@ -141,6 +141,7 @@ from ._messages import (
     tool_result_commands,
     tool_result_messages,
     tool_text,
+    turn_role,
 )
 from ._runs import BlockedCalls, RunTable, started_by_agenerate
 from ._screening import ascreen, built_off_loop, no_looser, raise_first, require_guard, screen
@@ -281,7 +282,7 @@ def _asked(request: list[Any]) -> list[Any]:
         if isinstance(item, str):
             found.append(item)
             continue
-        last = next((m for m in reversed(item) if isinstance(m, BaseMessage) and m.type == "human"), None)
+        last = next((m for m in reversed(item) if isinstance(m, BaseMessage) and turn_role(m) == "user"), None)
         if last is not None:
             found.append(last)
     return found

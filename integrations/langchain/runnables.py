@@ -57,16 +57,7 @@ from ._input_beside import (
 )
 from ._json_reading import ReadingHeldStream, reading_items
 from ._keep_stops import KeepsStops
-from ._messages import (
-    DEFAULT_HISTORY_TURNS,
-    Item,
-    input_items,
-    message_text,
-    output_items,
-    prompt_items,
-    system_role,
-    turn_role,
-)
+from ._messages import DEFAULT_HISTORY_TURNS, Item, input_items, output_items, prompt_items, user_run_text
 from ._options import by_keyword, known_fields, refuse_unknown
 from ._screening import ascreen, built_off_loop, raise_first, require_guard, screen
 from ._streaming import DEFAULT_WINDOW_CHARS, Engine
@@ -143,9 +134,10 @@ def _user_texts(value: Any) -> list[str | None]:
             messages = None
     if messages is None:
         return [str(value)]  # as the template prints it
-    # A system turn (a `ChatMessage` of that role too) is hoisted out by providers; a `ChatMessage(role="user")` is
-    # a user's turn as a `HumanMessage` is (stop 62's leftover: it ended the run, its text judged apart).
-    return [message_text(m) if turn_role(m) == "user" else None for m in messages if system_role(m) is None]
+    # The run a provider sends as one user message (`user_run_text`): across a system turn (hoisted out) and an
+    # assistant turn it drops (rt63f F4: an empty `AIMessage("")` ended the join, ChatAnthropic sends the two as one),
+    # taking in tool results; a `ChatMessage(role="user")` or its chunk is a user's turn (stop 62's leftover).
+    return [user_run_text(m) for m in messages]
 
 
 def _joined_variables(value: dict[str, Any], keys: Sequence[str]) -> list[Item]:
