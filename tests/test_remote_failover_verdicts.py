@@ -110,6 +110,22 @@ def cut_safe_of_two(path: str, body: dict[str, Any]) -> tuple[int, Any]:
     return 200, choices(path, (SAFE, "length"), (UNSAFE, "stop"))
 
 
+def cut_safe_garbled(path: str, body: dict[str, Any]) -> tuple[int, Any]:
+    """Two choices, neither a verdict: the first cut at max_tokens and reading safe, the second garbled."""
+    return 200, choices(path, (SAFE, "length"), ("I am not sure.", "stop"))
+
+
+def test_the_openai_routes_of_a_chained_server_write_an_unsafe_beside_a_broken_choice():
+    # rt63b F3 through the server: the whole Unsafe beside a cut Safe was a 502, which a fail-open client let through.
+    with Engine(cut_safe_of_two) as engine, serving(chained(engine)) as server:
+        msgs = [{"role": "user", "content": BOMB}]
+        r = httpx.post(server + "/v1/chat/completions", json={"messages": msgs}, timeout=30)
+        assert r.status_code == 200, r.text[:200]
+        assert r.json()["choices"][0]["message"]["content"] == "Safety: Unsafe\nCategories: None"
+        m = httpx.post(server + "/v1/moderate", json={"conversations": [msgs]}, timeout=30).json()["results"][0]
+        assert m["decision"]["allowed"] is False and m["decision"]["reason"] == "unsafe"
+
+
 ENGINE_FAULTS = {"cut_categories": cut_categories, "cut_safe_of_two": cut_safe_of_two}
 
 
@@ -142,13 +158,20 @@ def test_a_chained_server_answers_a_guard_error_not_the_text_of_a_non_verdict(fa
             assert (asked.allowed, asked.reason, asked.categories) == (False, "unsafe", ())
             assert (d.allowed, d.reason, d.categories) == (False, "unsafe", ()), d  # the same through the server
             return
+        if fault == "cut_safe_of_two":
+            # A whole Unsafe beside a choice that is no verdict stands (rt63b F3): before, the reply was a guard
+            # error, and on_error="allow" let the bomb prompt through, asked directly or through the server. The
+            # server writes it with no category (an ignore list would excuse Violent).
+            assert (asked.allowed, asked.reason, asked.categories) == (False, "unsafe", ("Violent",))
+            assert (d.allowed, d.reason, d.categories) == (False, "unsafe", ()), d
+            return
         assert (asked.allowed, asked.reason) == (on_error == "allow", "guard_error")  # the engine, asked directly
         assert (d.allowed, d.reason) == (asked.allowed, "guard_error"), d  # the same through the server
         assert "HTTP 502" in (d.error or "")
 
 
 def test_the_openai_routes_of_a_chained_server_answer_502_guard_error():
-    with Engine(cut_safe_of_two) as engine, serving(chained(engine)) as server:
+    with Engine(cut_safe_garbled) as engine, serving(chained(engine)) as server:
         msgs = [{"role": "user", "content": BOMB}]
         for path, body in [
             ("/v1/chat/completions", {"messages": msgs}),
@@ -166,7 +189,7 @@ def test_the_openai_routes_of_a_chained_server_answer_502_guard_error():
 
 @pytest.mark.parametrize("on_error", ["block", "allow"])
 def test_replicas_chained_server_then_healthy_engine_give_the_healthy_verdict(on_error):
-    with Engine(cut_safe_of_two) as engine, serving(chained(engine)) as server, Engine() as healthy:
+    with Engine(cut_safe_garbled) as engine, serving(chained(engine)) as server, Engine() as healthy:
         g = client([server + "/v1", healthy.url], on_error)
         try:
             g.backend.replicas.failed(healthy.url)  # the check goes to the chained server first

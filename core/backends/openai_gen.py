@@ -71,7 +71,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from ..errors import (
@@ -171,9 +171,17 @@ _ERROR_BODY_BYTES = 64 << 10
 #: Beyond a call's deadline, how long a caller waits for the loop to hand back what it has (it normally
 #: answers at the deadline itself; this only covers a loop that is stuck).
 _GRACE_S = 2.0
-#: Inputs planned inline on the loop below this size when no tokenizer is involved (cheap string work: the
-#: windows and each request's token floor, about 0.1 µs a character).
-_INLINE_PLAN_CHARS = 8_000
+#: Planning a check without a tokenizer is string work whose cost hangs on what the text holds, not its size: 7,990
+#: characters of prose plan in ~1.5 ms, of bidi controls, zero-width characters, markup and ``USER:`` labels in 0.6 s,
+#: and 8 such characters in up to 1.8 ms (each hidden place and forged label is another reading, another window). The
+#: client's loop carries every caller's I/O (eight such prompts at once froze it for seconds: rt63b F1), so a check is
+#: planned on it only when it is cheap by construction: at most this many characters and `_INLINE_PLAN_MESSAGES`
+#: messages in all, each of `_PLAIN_TEXT` only, which nothing reads otherwise, judged as one window (measured at most
+#: 0.6 ms for 1,000 characters; 2,000: 1.1 ms). Everything else goes to the planning pool (a hop of ~25 µs).
+_INLINE_PLAN_CHARS = 1_000
+_INLINE_PLAN_MESSAGES = 2
+#: Plain prose: no markup, entity, label colon, line break, control or non-ASCII character.
+_PLAIN_TEXT = re.compile(r"[A-Za-z0-9 .,?!']*")
 #: A tokenizer's ``model_max_length`` above this is the "no limit" placeholder, not a context.
 _SANE_CONTEXT = 10_000_000
 #: A context a replica publishes at ``/models`` must hold the guard prompt and at least this many tokens of
@@ -188,6 +196,7 @@ _MODELS_REREAD_S = 60.0
 _MAX_REPLANS = 3
 
 Mode = Literal["chat", "completion"]
+_Error = TypeVar("_Error", bound=QwenGuardError)
 _IDS_REFUSED = frozenset({400, 422})
 
 
@@ -257,6 +266,10 @@ def _model_list(status: int, content: bytes | None) -> list[Any] | None:
 
 #: The least ``max_tokens`` a client asks for: "Safety: Safe\nCategories: None" is 7 Qwen3 tokens, and its end one more.
 _LEAST_MAX_TOKENS = 8
+#: The most: five times the longest verdict (51 tokens with its end, `DEFAULT_MAX_TOKENS`). A verdict is a few lines;
+#: a larger budget only takes room from the prompt (every request reserves it), and 4,096, as a chat app sets it, left
+#: none under the context of an engine that publishes none: every check a guard error before any request (rt63b F4).
+_MOST_MAX_TOKENS = 256
 
 #: How long a check waits for the answer to the tokenizer question (`OpenAIGen._ids_read_alike`): an engine answers a
 #: prompt "Hi" in milliseconds; one that does not within this has the checks go as text meanwhile.
@@ -360,22 +373,45 @@ def _model_not_found(status: int, body: bytes) -> bool:
     return any(isinstance(f.get(k), str) and f[k] in _MODEL_NOT_FOUND for f in fields for k in ("type", "code"))
 
 
+def _cheap_to_plan(conversations: Sequence[Conversation]) -> bool:
+    """Whether a call's windows are cheap to plan on the client's loop by construction (`_INLINE_PLAN_CHARS`)."""
+    messages = chars = 0
+    for conversation in conversations:
+        for message in conversation:
+            messages += 1
+            content = message.get("content") if isinstance(message, Mapping) else None
+            if messages > _INLINE_PLAN_MESSAGES or not isinstance(content, str):
+                return False
+            chars += len(content)
+            if chars > _INLINE_PLAN_CHARS or not _PLAIN_TEXT.fullmatch(content):
+                return False
+    return True
+
+
 def _retrieved(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()  # the outcome is read: no "exception was never retrieved" when no check waited
 
 
-def _unsafe_kept(cut: PromptCut, answer: Outcome) -> PromptCut:
-    """``cut`` carrying the Unsafe its answer said, with no category (the engine read a part of the text, and no
-    ignored category may excuse it), as what the policy blocks on when the check ends without a whole verdict
-    (`Policy.decide_error`): a Safe or Controversial answer to a cut prompt is never read (rt57d F2)."""
-    if isinstance(answer, Verdict) and answer.risk is Risk.UNSAFE:
-        cut.readable = Verdict(Risk.UNSAFE, (), None, answer.raw, answer.latency_ms, answer.model)
+def _unsafe_kept(cut: _Error, answer: Outcome) -> _Error:
+    """``cut`` carrying the Unsafe its answer said (a verdict, or one a reply that is none carries: `_read`), with no
+    category (the engine read a part of the text, or may have, and no ignored category may excuse it), as what the
+    policy blocks on when the check ends without a whole verdict (`Policy.decide_error`): a Safe or Controversial
+    answer to a cut prompt is never read (rt57d F2)."""
+    if (unsafe := _uncategorised_unsafe(answer)) is not None:
+        cut.readable = unsafe
     return cut
 
 
+def _uncategorised_unsafe(answer: Outcome) -> Verdict | None:
+    """The Unsafe ``answer`` says (a verdict, or one a reply that is none carries: `_read`), with no category."""
+    unsafe = answer if isinstance(answer, Verdict) and answer.risk is Risk.UNSAFE else _cut_unsafe(answer)
+    return None if unsafe is None else Verdict(Risk.UNSAFE, (), None, unsafe.raw, unsafe.latency_ms, unsafe.model)
+
+
 def _cut_unsafe(outcome: Outcome) -> Verdict | None:
-    """The Unsafe a cut prompt's answer said (`_unsafe_kept`), carried by ``outcome``, or None."""
+    """The Unsafe an outcome that is no verdict carries as ``readable``, or None: said of a cut prompt
+    (`_unsafe_kept`), or whole by a choice beside one that is no verdict (`OpenAIGen._read`)."""
     readable = getattr(outcome, "readable", None)
     return readable if isinstance(readable, Verdict) and readable.risk is Risk.UNSAFE else None
 
@@ -520,10 +556,15 @@ class OpenAIGen:
             raise ValueError("max_retries must be >= 0")
         # rt53d Lows: `True` passed as 1 token, and a budget under the shortest verdict made every safe answer a cut
         # one (a guard error); "yes" read as logprobs on.
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < _LEAST_MAX_TOKENS:
+        if (
+            not isinstance(max_tokens, int)
+            or isinstance(max_tokens, bool)
+            or not _LEAST_MAX_TOKENS <= max_tokens <= _MOST_MAX_TOKENS
+        ):
             raise ValueError(
-                f"max_tokens must be an int of at least {_LEAST_MAX_TOKENS} (the shortest verdict is 7 Qwen3 tokens and "
-                f"its end; the default {DEFAULT_MAX_TOKENS} holds the longest), got {max_tokens!r}"
+                f"max_tokens must be an int from {_LEAST_MAX_TOKENS} to {_MOST_MAX_TOKENS}: the guard's answer, not a "
+                f"chat reply (the shortest verdict is 7 Qwen3 tokens and its end; the default {DEFAULT_MAX_TOKENS} "
+                f"holds the longest, 51; every request reserves max_tokens of the engine's context), got {max_tokens!r}"
             )
         if not isinstance(logprobs, bool):
             raise TypeError(f"logprobs must be True or False, got {logprobs!r}")
@@ -710,7 +751,8 @@ class OpenAIGen:
         """The verdict of a 200 reply. Every choice must be a whole verdict: one that did not end normally
         (`_cut_short`: cut at ``max_tokens``, ``finish_reason: "length"``, or aborted) may have lost its categories
         or its label; several choices (an engine that ignores ``n=1``) are judged by the worst of them, as windows
-        are."""
+        are. A reply with a choice that is no verdict is a `VerdictParseError`, which carries as ``readable`` the
+        Unsafe another choice said whole: as a missing window, a missing choice can only add risk (rt63b F3)."""
         replied = payload.get("model") if isinstance(payload, Mapping) else None
         if (
             isinstance(replied, str)
@@ -728,53 +770,72 @@ class OpenAIGen:
         if not isinstance(choices, list) or not choices:
             return VerdictParseError("the server's reply has no choices", raw=self._scrub(str(payload))[:300])
         verdicts: list[Verdict] = []
+        errors: list[VerdictParseError] = []
+        # Every choice is read before any is given up on: a choice cut, garbled or empty beside a whole "Unsafe"
+        # dropped that Unsafe, and on_error="allow" let the content through (rt63b F3).
         for i, choice in enumerate(choices):
-            try:
-                text = choice["message"]["content"] if self.mode == "chat" else choice["text"]
-            except (KeyError, IndexError, TypeError):
-                return VerdictParseError(
-                    f"the server's reply has no choices[{i}] text", raw=self._scrub(str(payload))[:300]
-                )
-            parsed: Verdict | VerdictParseError
-            try:
-                parsed = parse_verdict(text, mode=mode, model=self.name)
-            except VerdictParseError as exc:
-                parsed = exc
-            # A choice cut short (at max_tokens, or aborted: `_cut_short`) may have lost its categories or its label,
-            # and one no guard would write (`_not_a_guards_answer`) is no verdict: neither is read, unless its first
-            # line says Unsafe, which stands as the local guard reads it (the rest garbled: rt49d R2), with no
-            # category, since the ones it names may be cut ("PII, Violent" to "PII") and no policy's ignored category
-            # may excuse it (rt49e F1). A model that kept writing after "Safety: Unsafe" was a guard error here and
-            # blocked locally; allowed under on_error="allow" (rt53c F1; rt53e F6 for the other endings). An aborted
-            # "Unsafe\nCategories: Violent" was read whole, and an ignored Violent allowed it (rt57d F1).
-            odd = _not_a_guards_answer(choice) or _cut_short(choice.get("finish_reason"), self.max_tokens)
-            if odd is not None:
-                if not (isinstance(parsed, Verdict) and parsed.risk is Risk.UNSAFE):
-                    return VerdictParseError(f"the server's reply choices[{i}] {odd}", raw=str(text)[:300])
-                parsed = Verdict(Risk.UNSAFE, (), None, parsed.raw, model=self.name)
-            if isinstance(parsed, VerdictParseError):
-                return parsed
-            verdict = parsed
-            # An honest answer has at most max_tokens steps: a reply with millions is not read past them.
-            try:
-                probs = read_logprobs(choice, max_steps=self.max_tokens) if self.logprobs else None
-            except MALFORMED_LOGPROBS as exc:  # a malformed reply, as one whose text does not parse
-                return VerdictParseError(
-                    f"the server's reply choices[{i}] has logprobs not in the API's shape ({type(exc).__name__}: "
-                    f"{str(exc)[:120]})"
-                )
-            if self.logprobs and choice.get("logprobs") is None and not self._warned_no_logprobs:
-                # Ollama's /v1/completions sends none when not streamed: the verdict stands, without scores.
-                self._warned_no_logprobs = True
-                logger.warning(
-                    "qwenguard: logprobs=True, but the guard server's %s answers carry no logprobs: verdicts come "
-                    "without probabilities (Ollama sends them only in chat mode: mode='chat')",
-                    self.mode,
-                )
-            verdicts.append(
-                Verdict(verdict.risk, verdict.categories, verdict.refusal, verdict.raw, elapsed_ms, self.name, probs)
-            )
+            verdict, error = self._read_choice(i, choice, mode, elapsed_ms, payload)
+            if verdict is not None:
+                verdicts.append(verdict)
+            if error is not None:
+                errors.append(error)
+        if errors:
+            unsafe = [v for v in verdicts if v.risk is Risk.UNSAFE]
+            if unsafe:  # what the policy blocks on whatever on_error says (`Policy.decide_error`)
+                errors[0].readable = worst(unsafe)
+            return errors[0]
         return verdicts[0] if len(verdicts) == 1 else worst(verdicts)
+
+    def _read_choice(
+        self, i: int, choice: Any, mode: str, elapsed_ms: float, payload: Any
+    ) -> tuple[Verdict | None, VerdictParseError | None]:
+        """One choice of a reply: the verdict it says, and the error that makes the reply no verdict (either, or
+        both: a whole verdict whose logprobs are not in the API's shape)."""
+        try:
+            text = choice["message"]["content"] if self.mode == "chat" else choice["text"]
+        except (KeyError, IndexError, TypeError):
+            return None, VerdictParseError(
+                f"the server's reply has no choices[{i}] text", raw=self._scrub(str(payload))[:300]
+            )
+        parsed: Verdict | VerdictParseError
+        try:
+            parsed = parse_verdict(text, mode=mode, model=self.name)
+        except VerdictParseError as exc:
+            parsed = exc
+        # A choice cut short (at max_tokens, or aborted: `_cut_short`) may have lost its categories or its label,
+        # and one no guard would write (`_not_a_guards_answer`) is no verdict: neither is read, unless its first
+        # line says Unsafe, which stands as the local guard reads it (the rest garbled: rt49d R2), with no
+        # category, since the ones it names may be cut ("PII, Violent" to "PII") and no policy's ignored category
+        # may excuse it (rt49e F1). A model that kept writing after "Safety: Unsafe" was a guard error here and
+        # blocked locally; allowed under on_error="allow" (rt53c F1; rt53e F6 for the other endings). An aborted
+        # "Unsafe\nCategories: Violent" was read whole, and an ignored Violent allowed it (rt57d F1).
+        odd = _not_a_guards_answer(choice) or _cut_short(choice.get("finish_reason"), self.max_tokens)
+        if odd is not None:
+            if not (isinstance(parsed, Verdict) and parsed.risk is Risk.UNSAFE):
+                return None, VerdictParseError(f"the server's reply choices[{i}] {odd}", raw=str(text)[:300])
+            parsed = Verdict(Risk.UNSAFE, (), None, parsed.raw, model=self.name)
+        if isinstance(parsed, VerdictParseError):
+            return None, parsed
+        # An honest answer has at most max_tokens steps: a reply with millions is not read past them.
+        try:
+            probs = read_logprobs(choice, max_steps=self.max_tokens) if self.logprobs else None
+        except MALFORMED_LOGPROBS as exc:
+            # A malformed reply, as one whose text does not parse; its text was read whole all the same: the verdict
+            # goes with the error, without probabilities (they decide nothing), and an Unsafe blocks (rt63b F3).
+            verdict = Verdict(parsed.risk, parsed.categories, parsed.refusal, parsed.raw, elapsed_ms, self.name)
+            return verdict, VerdictParseError(
+                f"the server's reply choices[{i}] has logprobs not in the API's shape ({type(exc).__name__}: "
+                f"{str(exc)[:120]})"
+            )
+        if self.logprobs and choice.get("logprobs") is None and not self._warned_no_logprobs:
+            # Ollama's /v1/completions sends none when not streamed: the verdict stands, without scores.
+            self._warned_no_logprobs = True
+            logger.warning(
+                "qwenguard: logprobs=True, but the guard server's %s answers carry no logprobs: verdicts come "
+                "without probabilities (Ollama sends them only in chat mode: mode='chat')",
+                self.mode,
+            )
+        return Verdict(parsed.risk, parsed.categories, parsed.refusal, parsed.raw, elapsed_ms, self.name, probs), None
 
     def _replied_as_guard(self, replied: str) -> bool:
         """Whether a reply's ``model`` names the guard model: the name asked or one given in ``reply_models``, or
@@ -1016,9 +1077,14 @@ class OpenAIGen:
                         answered = await asyncio.to_thread(self._answer, check.mode, content, elapsed, url, least)
                     else:
                         answered = self._answer(check.mode, content, elapsed, url, least)
-                    outcome = (
-                        await self._settle(wire, url, answered, deadline) if isinstance(answered, Unsure) else answered
-                    )
+                    if isinstance(answered, Unsure):
+                        # Its Unsafe stands whatever the template question does, the deadline ending this request
+                        # while it waits for the question included (rt63b F2).
+                        if (unsafe := _uncategorised_unsafe(answered.outcome)) is not None:
+                            seen.append(unsafe)
+                        outcome = await self._settle(wire, url, answered, deadline)
+                    else:
+                        outcome = answered
                     if not isinstance(outcome, Verdict):
                         refused.append(url)
                         if (unsafe := _cut_unsafe(outcome)) is not None:
@@ -1121,7 +1187,7 @@ class OpenAIGen:
 
         def failed(error: QwenGuardError, transport: bool) -> tuple[Outcome, bool]:
             if seen:  # an engine answered Unsafe of the part it read: what the policy blocks on
-                error.readable = seen[0]
+                error.readable = worst(seen)
             return error, transport and not seen
 
         try:
@@ -1149,18 +1215,21 @@ class OpenAIGen:
         verdicts = [o for o, _ in answers if isinstance(o, Verdict)]
         errors = [(o, transport) for o, transport in answers if not isinstance(o, Verdict)]
         elapsed = (time.perf_counter() - start) * 1000
-        # A missing window can only add risk; once one window is unsafe (the top), the rest cannot change it.
+        # A missing window can only add risk; once one window is unsafe (the top), the rest cannot change it. The
+        # Unsafe a window that is no verdict carries counts with the others: its categories (none, when cut) are
+        # merged, so that no ignored category of another window may excuse it.
         if verdicts and (not errors or max(v.risk.rank for v in verdicts) == Risk.UNSAFE.rank):
-            top = worst(verdicts)
+            top = worst(verdicts + [u for o, _ in errors if (u := _cut_unsafe(o)) is not None])
             return Verdict(top.risk, top.categories, top.refusal, top.raw, elapsed, self.name, top.probs), False
         # A cut prompt first: the check is planned again for the context the engine showed (`_run`).
         error, transport = next(((o, t) for o, t in errors if isinstance(o, SmallerContext)), errors[0])
         if isinstance(error, QwenGuardError):
-            # What the policy may block on (rt53f F2): an Unsafe said of a cut prompt, with no category, before the
-            # windows read (none of them unsafe: merged, their categories would let an ignore list excuse it).
-            cut_unsafe = next((u for o, _ in errors if (u := _cut_unsafe(o)) is not None), None)
-            if cut_unsafe is not None:
-                error.readable = cut_unsafe
+            # What the policy may block on (rt53f F2): the Unsafe windows that are no verdict said (of a cut prompt,
+            # with no category; whole, beside a choice that is none: rt63b F3), merged, before the windows read (none
+            # of them unsafe: merged, their categories would let an ignore list excuse it).
+            unsafe = [u for o, _ in errors if (u := _cut_unsafe(o)) is not None]
+            if unsafe:
+                error.readable = worst(unsafe)
             elif verdicts:
                 error.readable = worst(verdicts)
         return error, transport and not verdicts
@@ -1280,7 +1349,10 @@ class OpenAIGen:
     async def _settle(self, wire: _Wire, url: str, unsure: Unsure, deadline: _Deadline) -> Outcome:
         """The outcome of an answer that counted fewer tokens than the official prompt has: a `PromptCut` when the
         engine counts the official prompt (so it cut this one), else the answer. Which, is asked once per client
-        with the shortest check, whose count is nearly all template; checks that come meanwhile wait for it."""
+        with the shortest check, whose count is nearly all template; checks that come meanwhile wait for it. When the
+        question fails or misses the deadline, an Unsafe the answer said stands as ``readable`` (`_unsafe_kept`: cut
+        or not, its text was judged Unsafe): a 503 to the question dropped it, and on_error="allow" let the text
+        through (rt63b F2; `_post` keeps it in ``seen`` too, for a deadline that ends the request first)."""
         if self._counts_our_template is None:
             probe = wire.probe
             if probe is None or probe.done():
@@ -1289,13 +1361,14 @@ class OpenAIGen:
             try:
                 await asyncio.wait_for(asyncio.shield(probe), deadline.left())
             except asyncio.TimeoutError:
-                return GuardTimeout(f"guard server at {self._show(url)} did not answer within the deadline")
+                late = GuardTimeout(f"guard server at {self._show(url)} did not answer within the deadline")
+                return _unsafe_kept(late, unsure.outcome)
             except Exception as exc:  # noqa: BLE001 - this answer's outcome: unknown whether it was cut
                 why = (
                     f"guard server at {self._show(url)} read {unsure.kept} tokens of a prompt of {unsure.full} or more "
                     f"as the official template counts; asking whether it cut the prompt failed: {self._scrub(str(exc))}"
                 )
-                return VerdictParseError(why[:400])
+                return _unsafe_kept(VerdictParseError(why[:400]), unsure.outcome)
         if self._counts_our_template:
             return _unsafe_kept(PromptCut(self._show(url), unsure.kept, unsure.full), unsure.outcome)
         return unsure.outcome
@@ -1594,12 +1667,13 @@ class OpenAIGen:
                     raise too_many
             return plans
 
-        size = sum(len(m.get("content") or "") for c in conversations for m in c if isinstance(m, Mapping))
-        if self.planner.encoder is None and size < _INLINE_PLAN_CHARS:
+        if self.planner.encoder is None and _cheap_to_plan(conversations):
             return work()
-        # Tokenizer work stays off the loop, on the local guard's planning threads: shortest first, one kept for
-        # short work, a plan whose caller left stopped or never started. In asyncio's pool, first come first
-        # served, a few abandoned near-max_chars checks held every thread past a short check's deadline (rt49c M5).
+        size = sum(len(m.get("content") or "") for c in conversations for m in c if isinstance(m, Mapping))
+        # Tokenizer work, and string work on text that may be hostile (`_INLINE_PLAN_CHARS`), stays off the loop, on
+        # the local guard's planning threads: shortest first, one kept for short work, a plan whose caller left
+        # stopped or never started. In asyncio's pool, first come first served, a few abandoned near-max_chars checks
+        # held every thread past a short check's deadline (rt49c M5).
         job = planning_pool().submit(size, work)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(job), deadline.left())

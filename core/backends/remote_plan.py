@@ -211,6 +211,23 @@ class RemotePlanner:
             self._planners[context] = planner
         return planner
 
+    def _no_room(self, context: int, exc: ValueError) -> str:
+        """Why no request fits ``context``, in the options the caller sets: where the answer's reserve is what leaves
+        too little, ``max_tokens`` and the context by name (the window planner's own words named neither: rt63b F4)."""
+        how = (
+            ""
+            if self.encoder is not None
+            else " (counted by bytes, without the checkpoint's tokenizer: pass Guard.remote(..., tokenizer=...))"
+        )
+        room = context - self.max_new_tokens
+        if self.prompt_budget(context) < self.prompt_budget(context + self.max_new_tokens):
+            return (
+                f"the engine's context of {context} tokens, less max_tokens={self.max_new_tokens} reserved for the "
+                f"guard's answer, leaves {max(room, 0)} tokens for a prompt, too few for the guard prompt and some "
+                f"text: lower max_tokens, or pass max_context= the engine's real context{how}"
+            )
+        return f"{exc}{how}"
+
     def _least(self, window: Any) -> tuple[int, int]:
         """`WireCheck.floor` and ``full`` of a window: the fewest prompt tokens an engine that read it whole counts.
 
@@ -263,12 +280,7 @@ class RemotePlanner:
         except QwenGuardError as exc:  # InputTooLarge, GuardTimeout
             return CheckPlan((), mode, exc)
         except ValueError as exc:  # the context cannot hold the template and some text
-            how = (
-                ""
-                if self.encoder is not None
-                else (" (counted by bytes, without the checkpoint's tokenizer: pass Guard.remote(..., tokenizer=...))")
-            )
-            return CheckPlan((), mode, GuardUnavailable(f"{exc}{how}"))
+            return CheckPlan((), mode, GuardUnavailable(self._no_room(context, exc)))
         with_ids = ids and self.encoder is not None
         return CheckPlan(
             tuple(

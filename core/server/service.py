@@ -472,9 +472,16 @@ def raw_text(outcome: Outcome) -> str:
     Anything that is not a verdict (a parse error included) is a 502 ``guard_error``, never 200 with
     text: the text of a parse error can read as a verdict it is not (a remote engine's choice cut at
     ``max_tokens`` that lost its categories, the safe one of two choices), and a client must see a
-    guard error, to fail over or apply its own policy (docs/server.md)."""
+    guard error, to fail over or apply its own policy (docs/server.md). Except an Unsafe the error carries
+    (``readable``): written as an Unsafe with no category, which every policy blocks."""
     if isinstance(outcome, Verdict):
         return outcome.raw if _reads_as(outcome.raw, outcome) else verdict_text(outcome)
+    readable = getattr(outcome, "readable", None)
+    if isinstance(readable, Verdict) and readable.risk is Risk.UNSAFE:
+        # No verdict, but an Unsafe said all the same (of a cut prompt, or whole beside a choice that is none: rt63b
+        # F3), which every policy blocks: written with no category (no client's ignore list may excuse it). A 502
+        # dropped it, and a fail-open client behind this server let the text through.
+        return verdict_text(replace(readable, categories=(), refusal=None))
     raise ApiError(502, f"the guard gave no verdict for this conversation: {type(outcome).__name__}", "guard_error")
 
 
