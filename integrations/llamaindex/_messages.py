@@ -79,6 +79,7 @@ __all__ = [
     "ANSWER_VARIABLES",
     "ASSISTANT_ROLES",
     "CONTEXT_VARIABLES",
+    "FRAMEWORK_VARIABLES",
     "QUERY_VARIABLES",
     "Checks",
     "GuardMessage",
@@ -2102,6 +2103,32 @@ def _each_variable(
     return checks
 
 
+#: The variables LlamaIndex's own prompts (``llama_index.core.prompts.default_prompts``, ``chat_prompts``) fill from
+#: the application and the index, never from the user: a database's schema and dialect, a table's name and schema,
+#: the index's chunks, the counts and the entity and relation types it asks for. Each is still judged on its own;
+#: joined with the question it would be one more, schema-sized check on every text-to-SQL query (rt63f F6).
+FRAMEWORK_VARIABLES = frozenset(
+    {
+        "schema",
+        "dialect",
+        "table_name",
+        "table_schema",
+        "context_list",
+        "context_messages",
+        "new_chunk_text",
+        "num_chunks",
+        "branching_factor",
+        "max_keywords",
+        "max_knowledge_triplets",
+        "num",
+        "allowed_entity_types",
+        "allowed_entity_properties",
+        "allowed_relation_types",
+        "allowed_relation_properties",
+    }
+)
+
+
 def _read_as_prompt(key: str, query_key: str | None) -> bool:
     """Is variable ``key`` the user's text, judged as a prompt: the query, or one that is not context, the refine
     prompt's previous answer, nor a condense prompt's history (`_each_variable`)?"""
@@ -2155,7 +2182,8 @@ def joined_variables(
     """The user's text of two or more variables judged once more, as one prompt: a request split across the query
     and a variable beside it ("Tell me how to {verb} {query_str}", "Mix" | "ammonium nitrate with fuel oil") reaches
     the model whole while each part, judged alone, reads harmless (rt62f N1). The variables read as a prompt
-    (`_read_as_prompt`: not context, the previous answer or the history) are joined in the order ``template`` places
+    (`_read_as_prompt`: not context, the previous answer or the history; nor one of LlamaIndex's own
+    `FRAMEWORK_VARIABLES`, the application's schema and the like) are joined in the order ``template`` places
     them (``renamed``: the template's name of a caller's variable), with the template's own text between two of them
     where it is short and no other variable's text lies there (the model reads that very text), else one space;
     each placement counts, and a variable the template does not place is left out (the model never reads it).
@@ -2167,7 +2195,7 @@ def joined_variables(
     reading: dict[str, str] = {}
     context = list(earlier)
     for key, value in texts.items():
-        if not value.strip() or not _read_as_prompt(key, query_key):
+        if not value.strip() or not _read_as_prompt(key, query_key) or key in FRAMEWORK_VARIABLES:
             continue
         rest, turns = (value, []) if key == query_key else cut_judged_turns(value, seen)
         if rest.strip():

@@ -20,6 +20,8 @@ model reads outside of it, beyond the LLM's own system prompt and role labels, i
 content (all of the input when the template's text is not found there). A template whose call never came
 (it failed to format) is left behind in the context: one found in the input neither as formatted nor by its
 own wording is not this call's, and the call is judged alone (another request's variables are not its own).
+A `RichPromptTemplate` logs its Jinja text: rendered as LlamaIndex renders it to be found; Jinja's wording proves
+nothing (it loops and branches), so one not found has its variables judged with the call (the fail-closed side).
 
 A chat template's own messages can be the conversation: the context chat engines write the history (a
 client's ``chat_history`` among it) between their system message and ``{query_str}``. So each non-system
@@ -46,7 +48,7 @@ from llama_index.core.base.llms.generic_utils import messages_to_prompt
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.callbacks.base_handler import BaseCallbackHandler
-from llama_index.core.prompts import PromptTemplate
+from llama_index.core.prompts import PromptTemplate, RichPromptTemplate
 from llama_index.core.prompts.utils import SafeFormatter
 from llama_index.core.schema import NodeWithScore, QueryBundle
 from qwenguard.core import Guard, enforce
@@ -92,6 +94,8 @@ _ROLE_LABELS = re.compile(rf"^(?:{_ROLE_NAMES}):[ ]?", re.MULTILINE)
 _TURN_LABELS = re.compile(rf"^({_ROLE_NAMES}): ", re.MULTILINE)
 # The placeholders LlamaIndex's SafeFormatter replaces.
 _FIELDS = re.compile(r"\{([^{}]+)\}")
+# banks' Jinja tag that asks a model for text while the template renders.
+_COMPLETION_TAG = re.compile(r"\{%[-+]?\s*completion\b")
 _SYSTEM_ROLES = frozenset({MessageRole.SYSTEM.value, MessageRole.DEVELOPER.value})
 # What `messages_to_prompt` closes its text with.
 _LAST_TURN = f"\n{MessageRole.ASSISTANT.value}: "
@@ -298,10 +302,21 @@ class GuardCallbackHandler(BaseCallbackHandler):
         formatted, fields = _format_fields(template.template, {**template.variables, **texts})
         read = _input_layout(payload)
         at = read.find(formatted) if formatted else -1
-        if at < 0 and _wording_in(template.template, read) is False:
+        # A RichPromptTemplate logs its Jinja text, which no `{name}` formatting reproduces (rt63f F1).
+        jinja = at < 0 and _jinja_text(template.template, template.variables)
+        if jinja:
+            # Jinja may print a value that is not a string its own way (an attribute, a loop): the text judged by
+            # variable is then not all the model reads, and all of it is judged (as `GuardedLLM` judges such a call).
+            rendered = (
+                _rendered(template.template, template.variables) if _printed_as_text(template.variables) else None
+            )
+            at = read.find(rendered) if rendered else -1
+            formatted, fields = (rendered or "", []) if at >= 0 else (formatted, fields)
+        elif at < 0 and _wording_in(template.template, read) is False:
             # Not this call's template: one whose call failed to format (a function mapping raised) and left it in
             # the context, which a thread or task serving the next request still holds. That request is judged
-            # alone, not with another user's variables.
+            # alone, not with another user's variables. (Not for Jinja: its wording can loop, branch or lie outside
+            # the chat messages it renders, so its absence proves nothing; its variables are judged: fail-closed.)
             return self._llm_prompt(payload, parent_id)
         outside = read if at < 0 else read[:at] + "\n" + read[at + len(formatted) :]
         unshown: Checks = []
@@ -309,9 +324,12 @@ class GuardCallbackHandler(BaseCallbackHandler):
         if _ROLE_LABELS.sub("", own).strip():
             unshown.append((Stage.PROMPT, untrusted_conversation(outside, "formatted prompt")))
         plan = plan_template(texts)
-        joined = _joined(template.template, texts)  # a request split across variables, judged whole (rt62f N1)
+        # A request split across variables, judged whole (rt62f N1).
+        joined = _joined(template.template, texts, jinja=jinja)
         if plan is not None and at >= 0:
-            turns = _template_turns(payload, formatted, fields, at)
+            # A Jinja template's text is the application's, its variables judged by variable, as GuardedLLM judges
+            # it (where its values landed is not known here: its messages are not read as a conversation).
+            turns = [] if jinja else _template_turns(payload, formatted, fields, at)
             said = plan_inputs(turns, latest_prompt=False, max_chars=self.guard.max_chars)
             return plan.checks + joined + said.checks + unshown, plan.prompt
         # No query variable (every variable is still judged), or not this call's template: judged as any LLM call.
@@ -361,11 +379,44 @@ def _wording_in(template: str, text: str) -> bool | None:
     return True if any(lines) else None
 
 
-def _joined(template: str, texts: dict[str, str]) -> Checks:
-    """The variables read as the user's text, judged once more joined as the event's template text places them
-    (`joined_variables`); none for a template string LlamaIndex's own parser refuses."""
+def _jinja_text(template: str, variables: dict[str, Any]) -> bool:
+    """Whether ``template`` is a `RichPromptTemplate`'s Jinja text: Jinja reads a variable of the event in it (a
+    ``{name}`` template's text is Jinja's plain text, but for a doubled-brace ``{{ literal }}``)."""
+    if not variables or not ("{{" in template or "{%" in template):
+        return False
     try:
-        placed = PromptTemplate(template)
+        read = RichPromptTemplate(template).template_vars
+    except Exception:  # not Jinja (a plain template's JSON example in doubled braces)
+        return False
+    return not set(variables).isdisjoint(read)
+
+
+def _printed_as_text(variables: dict[str, Any]) -> bool:
+    """Whether Jinja prints every one of ``variables`` as the text judged for it (`variable_texts`): a string (not a
+    subclass, which may print other text), or a plain value."""
+    return all(type(value) in (str, int, float, bool, type(None)) for value in variables.values())
+
+
+def _rendered(template: str, variables: dict[str, Any]) -> str | None:
+    """A Jinja template's text rendered as `RichPromptTemplate` renders it with the event's variables (a chat template's
+    messages laid out as `_input_layout` lays them out); None when it does not render, or would call a model to
+    render (banks' ``{% completion %}`` tag: the guard does not ask the application's model again)."""
+    if _COMPLETION_TAG.search(template):
+        return None
+    try:
+        return RichPromptTemplate(template, template_vars=list(variables)).format(
+            messages_to_prompt=messages_to_prompt, **variables
+        )
+    except Exception:  # a value the event shows that the template cannot read (it read the one passed)
+        return None
+
+
+def _joined(template: str, texts: dict[str, str], *, jinja: bool = False) -> Checks:
+    """The variables read as the user's text, judged once more joined as the event's template text places them
+    (`joined_variables`; a Jinja text's in the order it prints them, as `GuardedLLM` joins a `RichPromptTemplate`'s);
+    none for a template string LlamaIndex's own parser refuses."""
+    try:
+        placed = RichPromptTemplate(template, template_vars=list(texts)) if jinja else PromptTemplate(template)
     except (ValueError, IndexError):
         return []
     return joined_variables(texts, next((k for k in QUERY_VARIABLES if k in texts), None), placed)
