@@ -6,6 +6,11 @@ most), and the application's LLM reads the words on both sides together. A guard
 the two words together and every check passed (rt58c F1; 160 such characters were enough where a window was cut).
 `shorten_blank_runs` keeps each run's first `KEPT_BLANKS` characters: the words stay within any window overlap of more
 than that many tokens, line breaks and indentation up to that depth are kept, and the padding costs no window work.
+
+Combining marks are padding too: a stack of 6,000 grave accents on a space (or a comma, a no-break space; Hebrew
+points, enclosing circles) shows as one smudge between two words and is 6,000 tokens (rt63a F1). A run of marks keeps
+its first `content.MARK_RUN` (Unicode's own bound for a stack); a run of blanks with marks in it (" " + marks, again
+and again) is cut as a run of blanks is, after the marks that sit on the character before it.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import re
 import unicodedata
 from functools import lru_cache
 
-from .content import class_ranges
+from .content import MARK_RUN, class_ranges
 
 __all__ = ["KEPT_BLANKS", "has_escaped_blank_run", "padding_read", "seen_as_nothing", "shorten_blank_runs"]
 
@@ -38,6 +43,37 @@ _SEEN_AS_NOTHING = (
 )
 _RUN = re.compile(f"[\\s{_SEEN_AS_NOTHING}]{{{KEPT_BLANKS + 1},}}")
 _NOTHING = re.compile(f"[{_SEEN_AS_NOTHING}]")
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
+
+
+@lru_cache(maxsize=1)
+def _marks() -> list[int]:
+    """Every combining mark (Mn, Mc, Me) and non-starter that is neither whitespace nor seen as nothing. Enclosing
+    marks ("\u20dd") and many vowel signs are of combining class 0: not non-starters, and stacked all the same."""
+    blank = re.compile(f"[\\s{_SEEN_AS_NOTHING}]")
+    return [
+        cp
+        for cp in (*range(0x300, 0x20000), *range(0xE0000, 0xE1000))
+        if (unicodedata.category(chr(cp))[0] == "M" or unicodedata.combining(chr(cp))) and not blank.match(chr(cp))
+    ]
+
+
+@lru_cache(maxsize=2)
+def _marked_runs(astral: bool) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """Runs of blanks, characters seen as nothing and combining marks, and the marks a run opens with; of the BMP
+    alone unless ``astral`` (a class that holds astral ranges is tried range by range: ten times slower)."""
+    marks = class_ranges([cp for cp in _marks() if astral or cp <= 0xFFFF])
+    return re.compile(f"[\\s{_SEEN_AS_NOTHING}{marks}]{{{KEPT_BLANKS + 1},}}"), re.compile(f"[{marks}]*")
+
+
+@lru_cache(maxsize=1)
+def _astral_marks() -> frozenset[str]:
+    return frozenset(chr(cp) for cp in _marks() if cp > 0xFFFF)
+
+
+def _has_astral_mark(text: str) -> bool:
+    # Emoji are astral too: text with them but no astral mark is scanned with the BMP's marks (seven times faster).
+    return _ASTRAL.search(text) is not None and not _astral_marks().isdisjoint(_ASTRAL.findall(text))
 
 
 def seen_as_nothing(char: str) -> bool:
@@ -48,10 +84,15 @@ def seen_as_nothing(char: str) -> bool:
 
 def _escaped_blanks() -> list[str]:
     """The four hex digits of every character of the BMP a run is made of (`_RUN`'s class: whitespace and what a
-    reader sees as nothing), as ``\\uXXXX`` writes it: ``json.dumps`` writes U+001C-U+001F so (rt59d F1), and an app
-    decodes any of them."""
+    reader sees as nothing; and combining marks: ``json.dumps`` writes a stack of 6,000 as 36,000 characters, rt63a
+    F1), as ``\\uXXXX`` writes it: ``json.dumps`` writes U+001C-U+001F so (rt59d F1), and an app decodes any of them."""
     blank = re.compile(f"[\\s{_SEEN_AS_NOTHING}]")
-    codes = [f"{c:04x}" for c in range(0x10000) if not 0xD800 <= c <= 0xDFFF and blank.match(chr(c))]
+    codes = [
+        f"{c:04x}"
+        for c in range(0x10000)
+        if not 0xD800 <= c <= 0xDFFF
+        and (blank.match(chr(c)) or unicodedata.category(chr(c))[0] == "M" or unicodedata.combining(chr(c)))
+    ]
     # Grouped by their first three digits, the last as a class (a short alternation: tried at every backslash).
     groups: dict[str, str] = {}
     for code in codes:
@@ -62,62 +103,87 @@ def _escaped_blanks() -> list[str]:
 # The escapes a JSON (or YAML, Python, JavaScript) string decodes to blanks: "mix" + "\\n" * 3000 + "ammonium" in a JSON
 # answer reaches the application as two words with line breaks between them, and a reading written back by
 # ``json.dumps`` writes the escapes again (rt59a F3). A run of blanks that opens with such an escape is cut to its first
-# `KEPT_BLANKS` elements (an escape is one; the blanks before it are a run of their own). Opening with a literal
-# backslash, the pattern is only tried where one stands (prose costs nothing).
-_BLANK_ESCAPE = r"\\(?:[nrtfv]|(?i:u(?:" + "|".join(_escaped_blanks()) + ")))"
-_ESCAPED_RUN = re.compile(f"{_BLANK_ESCAPE}(?:[\\s{_SEEN_AS_NOTHING}]|{_BLANK_ESCAPE}){{{KEPT_BLANKS},}}")
-_ELEMENT = re.compile(f"{_BLANK_ESCAPE}|.", re.DOTALL)
+# `KEPT_BLANKS` elements (an escape is one; the blanks before it are a run of their own); escaped marks count as blanks
+# ("\\u0300" * 6000 decodes to a stack of marks: rt63a F1). Opening with a literal backslash, the pattern is only tried
+# where one stands (prose costs nothing); it is built on first use (its thousand code points, scanned and compiled,
+# cost every import).
+@lru_cache(maxsize=1)
+def _escaped() -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """The escaped runs (`shorten_blank_runs`) and their elements, an escape or a character each."""
+    escape = r"\\(?:[nrtfv]|(?i:u(?:" + "|".join(_escaped_blanks()) + ")))"
+    run = re.compile(f"{escape}(?:[\\s{_SEEN_AS_NOTHING}]|{escape}){{{KEPT_BLANKS},}}")
+    return run, re.compile(f"{escape}|.", re.DOTALL)
 
 
 def shorten_blank_runs(text: str) -> str:
     """``text`` with each run of more than `KEPT_BLANKS` whitespace characters (and characters seen as nothing) cut to
-    its first `KEPT_BLANKS`, and each run opening with an escape that decodes to a blank to its first `KEPT_BLANKS`
-    elements. Idempotent; linear in ``text``; ``text`` itself when it has no such run.
+    its first `KEPT_BLANKS` (the last of them its last blank, where they end inside marks or invisible characters);
+    each run of combining marks to its first `MARK_RUN`, and a run of blanks with marks in it as a run of blanks after
+    the marks it opens with (a letter's, up to `MARK_RUN`); and each run opening with an escape that decodes to a blank
+    or a mark to its first `KEPT_BLANKS` elements. Idempotent; linear in ``text``; ``text`` itself when it has no such
+    run.
 
     >>> shorten_blank_runs("mix" + " \\t" * 1000 + "ammonium") == "mix" + " \\t" * 8 + "ammonium"
     True
     >>> shorten_blank_runs("mix" + "\\\\n" * 1000 + "ammonium") == "mix" + "\\\\n" * 16 + "ammonium"
     True
     """
-    if _RUN.search(text):
-        text = _RUN.sub(_kept, text)
-    if "\\" in text and _ESCAPED_RUN.search(text):
-        text = _ESCAPED_RUN.sub(_kept_elements, text)
+    runs = _RUN if text.isascii() else _marked_runs(_has_astral_mark(text))[0]
+    if runs.search(text):
+        text = runs.sub(_kept, text)
+    if "\\" in text and _escaped()[0].search(text):
+        text = _escaped()[0].sub(_kept_elements, text)
     return text
 
 
 def has_escaped_blank_run(text: str) -> bool:
     """Does ``text`` hold a run of more than `KEPT_BLANKS` blanks opening with an escape that decodes to one?"""
-    return "\\" in text and _ESCAPED_RUN.search(text) is not None
+    return "\\" in text and _escaped()[0].search(text) is not None
 
 
 def _kept(match: re.Match[str]) -> str:
-    return match.group()[:KEPT_BLANKS]
+    run = match.group()
+    if run.isascii():
+        return run[:KEPT_BLANKS]
+    # The marks a run opens with sit on the character before it (a letter's accents): kept, up to a stack's bound.
+    lead = _marked_runs(True)[1].match(run).end()  # type: ignore[union-attr]
+    if lead == len(run):
+        return run[:MARK_RUN]
+    body = run[lead:]
+    kept = body[:KEPT_BLANKS]
+    if len(body) > KEPT_BLANKS and body[-1].isspace() and not kept[-1].isspace():
+        # A run cut inside marks or invisible characters (" " + marks, again and again) ends with its last blank, the
+        # word break before the next word; else that word would be glued to the marks.
+        kept = kept[:-1] + body[-1]
+    return run[: min(lead, MARK_RUN)] + kept
 
 
 def _kept_elements(match: re.Match[str]) -> str:
     # Whole elements only: an escape cut in two ("\\u00") would glue junk to the word after the run.
-    return "".join(m.group() for _, m in zip(range(KEPT_BLANKS), _ELEMENT.finditer(match.group())))
+    return "".join(m.group() for _, m in zip(range(KEPT_BLANKS), _escaped()[1].finditer(match.group())))
 
 
-@lru_cache(maxsize=1)
-def _any_run() -> re.Pattern[str]:
+@lru_cache(maxsize=2)
+def _any_run(astral: bool) -> re.Pattern[str]:
     # Every format character (Unicode category Cf: bidi embeddings, isolates, tags...) beside the class above, as
-    # ranges (one escape per code point made the scan eight times slower on non-ASCII text).
+    # ranges (one escape per code point made the scan eight times slower on non-ASCII text); and the combining marks
+    # (of the BMP alone unless ``astral``): an isolate between stacks of marks on blanks (" \u2066" + marks, again and
+    # again) broke every run of the other two into short ones (rt63a F1).
     formats = [cp for cp in (*range(0x80, 0x20000), *range(0xE0000, 0xE1000)) if unicodedata.category(chr(cp)) == "Cf"]
-    return re.compile(f"[\\s{_SEEN_AS_NOTHING}{class_ranges(formats)}]{{{KEPT_BLANKS + 1},}}")
+    marks = [cp for cp in _marks() if astral or cp <= 0xFFFF]
+    return re.compile(f"[\\s{_SEEN_AS_NOTHING}{class_ranges(formats)}{class_ranges(marks)}]{{{KEPT_BLANKS + 1},}}")
 
 
 def padding_read(text: str) -> str | None:
     """``text`` (its blank runs shortened already: `shorten_blank_runs`) with each run of more than `KEPT_BLANKS`
-    blanks and format characters left long (one that holds bidi embeddings or isolates, or tag characters:
-    " \u2066\u2069" repeated) read as its blanks alone, cut to `KEPT_BLANKS`: judged beside the text, so that padding
+    blanks, format characters and combining marks left long (one that holds bidi embeddings or isolates, or tag
+    characters: " \u2066\u2069" repeated) read as its blanks alone, cut to `KEPT_BLANKS`: judged beside the text, so that padding
     of any invisible characters keeps no word out of its neighbour's window (rt58f F1). A run with no blank in it is
     no padding (words spelled in tag characters: read by `content.as_seen_pieces`) and is kept. ``None`` when there
     is no such run (most text: one scan)."""
     if text.isascii():
         return None
-    runs = _any_run()
+    runs = _any_run(_has_astral_mark(text))
     if not runs.search(text):
         return None
     read = runs.sub(_blanks_of, text)

@@ -78,7 +78,9 @@ _ESCAPED_SIGNS = frozenset("<>&\"'")
 _HIDDEN_CHARS = 24
 #: The same for a link, whose address is not shown either: past the length of an ordinary one.
 _HIDDEN_LINK_CHARS = 256
-#: Characters of constructs that show nothing, in all, past which the whole text is read as rendered (padding).
+#: Characters of constructs that show nothing, in all, past which the whole text is read as rendered (padding); and
+#: characters constructs close together hide beyond twice what is shown among them (link addresses between the
+#: words of a clause, each under `_HIDDEN_LINK_CHARS`: rt63a F2).
 _HIDDEN_PADDING_CHARS = 256
 
 
@@ -420,15 +422,23 @@ def _places(text: str, edits: list[tuple[int, int, str, str]]) -> tuple[list[tup
     """Where the rendered reading differs unseen, and whether a place hides written text: every character reference
     but an escaped markup sign ("&lt;", "&amp;", "&quot;"); every construct that hides written text (a comment, a
     tag's attributes, a processing instruction, a link's long address: more than `_HIDDEN_CHARS` characters not
-    shown, wherever it sits: benign prose inside comments between the clause's words, rt55d F4); and each run of
-    markup with a letter right before and after it (a tag, comment or delimiter inside a word), or a link or code
-    span glued to a word. Ordinary Markdown around whole words ("**Note:**", "`x`", "[docs](https://example.org)",
-    "<b>bold</b>") is no place."""
+    shown, wherever it sits: benign prose inside comments between the clause's words, rt55d F4; constructs close
+    together that hide more than `_HIDDEN_PADDING_CHARS` characters beyond twice what they and the text between them
+    show, rt63a F2); and each run of markup with a letter right before and after it (a tag, comment or delimiter
+    inside a word), or a link or code span glued to a word. Ordinary Markdown around whole words ("**Note:**", "`x`",
+    "[docs](https://example.org)", "<b>bold</b>") is no place."""
     places: list[tuple[int, int]] = []
     hides = False
     run: list[int] = []  # [start, end] of consecutive markup with nothing between
     glued = False
     unseen = 0  # markup characters of constructs that show nothing or a blank (a comment, an empty tag or link, <br>)
+    # Characters the constructs of a stretch hide, less twice those shown in it (by them and between them), for the
+    # stretch ending at the construct read last where that is largest (a running maximum, as for the best sum of a
+    # subarray): links that show the words of a clause ("[with](https://cdn.example.com/<220 characters>)" x 21)
+    # hide a little each and pushed its halves into different windows (rt63a F2); links in prose add up to nothing,
+    # a list of ten links to 40-character addresses to less than the bound. Past it: read as rendered, once.
+    excess = 0
+    shown_to = 0  # where the last construct read ends
 
     def close() -> None:
         if not run:
@@ -440,6 +450,11 @@ def _places(text: str, edits: list[tuple[int, int, str, str]]) -> tuple[list[tup
             places.append((a, b))
 
     for a, b, shown, kind in edits:
+        excess = max(0, excess - 2 * max(0, a - shown_to)) + (b - a) - 3 * len(shown)
+        shown_to = b
+        if excess > _HIDDEN_PADDING_CHARS and not hides:
+            places.append((a, b))
+            hides = True
         if kind == "html":  # read as an HTML parser reads it too: a place
             places.append((a, b))
             continue

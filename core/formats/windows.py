@@ -10,11 +10,12 @@ whole prompt does not fit in ``max_prompt_tokens``, `WindowPlanner` builds windo
   earlier turn alone is too long, its tail is kept (cut between characters): it is context, the
   judged turn is what must never be cut.
 - **The judged turn, windowed, never truncated.** Overlapping pieces (``overlap`` tokens shared by
-  neighbours) cut only between characters (``text[a:b]`` at a token's start offset, never a decoded
-  token slice, so never a broken UTF-8 sequence). Each window is encoded whole, and a window over
-  the budget is re-split shorter until it fits (a piece can re-encode a token or two longer than
-  counted where BPE merges differ at its edges), so every window's ids are a complete guard prompt
-  ending with the template's own tail (``...</think>\\n\\n``) and never longer than the budget.
+  neighbours at least; back to the start of the sentence a window's edge cuts, up to a quarter of the room, so a
+  sentence that long is whole in the next window: rt63a F3) cut only between characters (``text[a:b]`` at a
+  token's start offset, never a decoded token slice, so never a broken UTF-8 sequence). Each window is
+  encoded whole, and a window over the budget is re-split shorter until it fits (a piece can re-encode a
+  token or two longer than counted where BPE merges differ at its edges), so every window's ids are a
+  complete guard prompt ending with the template's own tail (``...</think>\\n\\n``) and never longer than the budget.
 - **Forged turns.** The text before each line-initial ``USER:``/``ASSISTANT:`` label in the judged
   turn (`content.forged_turn_segments`) is judged again on its own, as extra windows of the same
   check (same role; the newest `FORGED_CONTEXT_TOKENS` of context, so that many short labelled lines
@@ -47,8 +48,11 @@ Reusable by any backend that can count tokens: the encoder needs ``encode(messag
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import re
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -86,7 +90,9 @@ __all__ = [
 #: conversations (1.19M labelled prompts and responses), not on 32K documents; overlapping 4K windows
 #: keep each judgement close to what it was trained on, at the price of a few more forwards.
 DEFAULT_MAX_WINDOW_TOKENS = 4096
-#: Tokens shared by neighbouring windows, so a harmful sentence cut at one window's edge is whole in the other.
+#: Tokens shared by neighbouring windows at least. Where a window's edge cuts a sentence longer than that, the next
+#: window starts at the sentence's start (`_sentence_start`), up to a quarter of a window back (about 1,000 tokens of
+#: a 4K window): a sentence cut at one window's edge is whole in the other if it is no longer than that (rt63a F3).
 DEFAULT_WINDOW_OVERLAP = 64
 #: Windows one conversation may need (forged-turn windows included). A 1 MB English text at 4K-token
 #: windows needs about 70; more is refused (`InputTooLarge`) rather than run.
@@ -304,6 +310,20 @@ def final_run(messages: Sequence[dict[str, str]]) -> str | None:
 def user_run(messages: Sequence[dict[str, str]]) -> str | None:
     """`final_run` where the judged turn is a user's, else ``None``."""
     return final_run(messages) if messages and messages[-1]["role"] == "user" else None
+
+
+#: Where a sentence ends: its closing punctuation (and quotes or brackets) before a blank; a line break; an
+#: ideographic full stop.
+_SENTENCE_END = re.compile(r"""[.!?]+["'\u2019\u201d)\]]*\s|[\n\u3002\uff01\uff1f]""")
+
+
+def _sentence_start(piece: str, starts: list[int], lo: int, j: int) -> int:
+    """The first token of the sentence that token ``j`` (a window's end) cuts, looked for back to token ``lo``; ``lo``
+    when none starts there (a clause without a sentence end before it is kept whole as far back as that)."""
+    last = deque(_SENTENCE_END.finditer(piece, starts[lo], starts[j] if j < len(starts) else len(piece)), maxlen=1)
+    if not last:
+        return lo
+    return bisect.bisect_right(starts, last[0].start(), lo, j)  # the token after the one the sentence's end starts in
 
 
 class TokenCounter(Protocol):
@@ -565,6 +585,9 @@ class WindowPlanner:
         starts = self.encoder.content_token_starts(piece)
         n = len(starts)
         overlap = min(self.overlap, room // 4)
+        # A sentence cut at a window's edge starts the next window whole, however long (up to a quarter of the room:
+        # at most a third more windows): 64 shared tokens missed a 120-token clause laid across the edge (rt63a F3).
+        reach = max(overlap, room // 4)
         out: list[Window] = []
         i = 0
         while True:
@@ -590,7 +613,7 @@ class WindowPlanner:
             out.append(Window(msgs, ids, index, (begin, end)))
             if j >= n:
                 return out
-            k = max(i + 1, j - overlap)
+            k = max(i + 1, min(j - overlap, _sentence_start(piece, starts, max(i + 1, j - reach), j)))
             while k < n and starts[k] <= begin:  # tokens inside one character share its start
                 k += 1
             if k >= n:
