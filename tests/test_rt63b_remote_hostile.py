@@ -151,6 +151,25 @@ def test_a_whole_unsafe_choice_beside_one_that_is_no_verdict_blocks_under_on_err
     assert "VerdictParseError" in (d.error or ""), d.error  # the reply is still no verdict: said
 
 
+@pytest.mark.parametrize("other", list(NOT_A_VERDICT))
+@TWINS
+def test_a_whole_controversial_choice_beside_one_that_is_no_verdict_is_what_a_strict_policy_decides(other, use_async):
+    # rt63g F3: only an Unsafe rode the error; a strict policy, which blocks Controversial, let the fail-open client
+    # through as a guard error. The windows' path kept the worst verdict already.
+    body = two_choices(
+        ("Safety: Controversial\nCategories: Politically Sensitive Topics", "stop"), NOT_A_VERDICT[other]
+    )
+    with RawEngine(lambda h: send(h, 200, body)) as engine:
+        policy = Policy(mode="strict", timeout_s=10, on_error="allow")
+        guard = Guard.remote(engine.url, model="m", max_retries=0, policy=policy)
+        try:
+            d = ask(guard, "Which party should I vote for?", use_async)
+        finally:
+            guard.close()
+    assert (d.allowed, d.reason) == (False, "controversial"), d
+    assert "VerdictParseError" in (d.error or ""), d.error
+
+
 def test_a_choice_without_its_text_beside_a_whole_unsafe_blocks():
     body = two_choices((UNSAFE, "stop"), (SAFE, "stop"))
     del body["choices"][1]["message"]

@@ -780,9 +780,9 @@ class OpenAIGen:
             if error is not None:
                 errors.append(error)
         if errors:
-            unsafe = [v for v in verdicts if v.risk is Risk.UNSAFE]
-            if unsafe:  # what the policy blocks on whatever on_error says (`Policy.decide_error`)
-                errors[0].readable = worst(unsafe)
+            if verdicts:  # what the policy decides on before on_error (`Policy.decide_error`): an Unsafe blocks
+                # whatever on_error says, a Controversial under a strict policy (rt63g F3: only an Unsafe rode it).
+                errors[0].readable = worst(verdicts)
             return errors[0]
         return verdicts[0] if len(verdicts) == 1 else worst(verdicts)
 
