@@ -19,9 +19,13 @@ formatted again here with the variables as judged, and looked for in the LLM's i
 model reads outside of it, beyond the LLM's own system prompt and role labels, is judged as untrusted
 content (all of the input when the template's text is not found there). A template whose call never came
 (it failed to format) is left behind in the context: one found in the input neither as formatted nor by its
-own wording is not this call's, and the call is judged alone (another request's variables are not its own).
+own wording is not this call's, and the call is judged alone (another request's variables are not its own); nor
+is one whose LLM method (``predict``, ``stream`` and their async twins, which log it) has returned. A call a
+function mapping makes while the method formats the template is judged alone too; the template waits for the
+method's own call.
 A `RichPromptTemplate` logs its Jinja text: rendered as LlamaIndex renders it to be found; Jinja's wording proves
-nothing (it loops and branches), so one not found has its variables judged with the call (the fail-closed side).
+nothing (it loops and branches), so one of this call not found has its variables judged with the call (the
+fail-closed side).
 
 A chat template's own messages can be the conversation: the context chat engines write the history (a
 client's ``chat_history`` among it) between their system message and ``{query_str}``. So each non-system
@@ -36,12 +40,14 @@ under that event (most modes return the last LLM answer as it is).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import re
 import string
 from bisect import bisect_left
 from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 from llama_index.core.base.llms.generic_utils import messages_to_prompt
@@ -96,6 +102,8 @@ _TURN_LABELS = re.compile(rf"^({_ROLE_NAMES}): ", re.MULTILINE)
 _FIELDS = re.compile(r"\{([^{}]+)\}")
 # banks' Jinja tag that asks a model for text while the template renders.
 _COMPLETION_TAG = re.compile(r"\{%[-+]?\s*completion\b")
+# The LLM methods that format a template for the call ``predict`` and ``stream`` (and their async twins) make.
+_FORMATTING = frozenset({"_get_prompt", "_get_messages"})
 _SYSTEM_ROLES = frozenset({MessageRole.SYSTEM.value, MessageRole.DEVELOPER.value})
 # What `messages_to_prompt` closes its text with.
 _LAST_TURN = f"\n{MessageRole.ASSISTANT.value}: "
@@ -104,8 +112,9 @@ _LAST_TURN = f"\n{MessageRole.ASSISTANT.value}: "
 @dataclass
 class _Templating:
     """The latest TEMPLATING event in this context, of handler ``handler``. The LLM call that follows it was
-    formatted from it (LLM.predict/stream fire TEMPLATING right before the call); the template's text is
-    looked for in the LLM's input to be sure (`_wording_in`): a call that failed to format leaves it behind. (Parent
+    formatted from it (LLM.predict/stream fire TEMPLATING right before the call), while the LLM method that logged it
+    runs (``call``, on the stack at the LLM event); a call that failed to format leaves it behind, its method
+    returned. A template of unknown ``call`` is looked for in the LLM's input to be sure (`_wording_in`). (Parent
     event ids cannot tell: a trace left open by an earlier exception gives the two events different parents, and
     a request's calls outside any event share the root with the next request's.)"""
 
@@ -113,6 +122,7 @@ class _Templating:
     template: str  # the template's text, with its ``{variables}``
     variables: dict[str, Any]  # as the caller passed them (those the template names)
     system_prompt: str  # the LLM's own, which it adds to the formatted template
+    call: FrameType | None  # the frame of the LLM method that logged it (`_template_call`, `_made_by`); None: unknown
 
 
 _TEMPLATE: ContextVar[_Templating | None] = ContextVar("qwenguard_template", default=None)
@@ -208,6 +218,7 @@ class GuardCallbackHandler(BaseCallbackHandler):
                         template if isinstance(template, str) else "",
                         dict(variables),
                         system_prompt if isinstance(system_prompt, str) else "",
+                        _template_call(),
                     )
                 )
         elif event_type is CBEventType.LLM:
@@ -295,7 +306,17 @@ class GuardCallbackHandler(BaseCallbackHandler):
         template = _TEMPLATE.get()
         if template is None or template.handler != id(self):
             return self._llm_prompt(payload, parent_id)
+        made = _made_by(template.call) if template.call is not None else True
+        if made is None:
+            # A call made while the template formats (a function mapping asks a model): not the template's call,
+            # which is still to come and finds the template waiting.
+            return self._llm_prompt(payload, parent_id)
         _TEMPLATE.set(None)
+        if not made:
+            # Not this call's template: its LLM method returned without a call (a function mapping raised as it
+            # formatted) and left it in the context, which a thread or task serving the next request still holds
+            # (rt63h F4). That request is judged alone, for a Jinja template too: never with another's variables.
+            return self._llm_prompt(payload, parent_id)
         texts = variable_texts(template.variables, self.guard.max_chars)
         # The template formatted again with the text judged (plain values and bytes as LlamaIndex prints them),
         # and what the model reads besides: the LLM's own additions, or text no variable showed.
@@ -358,6 +379,33 @@ class GuardCallbackHandler(BaseCallbackHandler):
 
     def end_trace(self, trace_id: str | None = None, trace_map: dict[str, list[str]] | None = None) -> None:
         return None
+
+
+def _template_call() -> FrameType | None:
+    """The frame of the LLM method that logs the TEMPLATING event being handled: LlamaIndex logs it in
+    ``LLM._log_template_data`` (an override's too), called by ``predict``, ``stream``, ``apredict`` or ``astream``,
+    which then makes the call. None for an event logged otherwise, or where Python shows no frames."""
+    frame = inspect.currentframe()
+    while frame is not None and frame.f_code.co_name != "_log_template_data":
+        frame = frame.f_back
+    while frame is not None and frame.f_code.co_name == "_log_template_data":
+        frame = frame.f_back
+    return frame
+
+
+def _made_by(call: FrameType) -> bool | None:
+    """Whether the LLM call being handled is the one the LLM method ``call`` makes from its template: True when
+    ``call`` is on the stack here (an awaited coroutine's frame is on its awaiter's stack), False when the method has
+    returned; None for a call made while the method formats the template (`LLM._get_prompt` or ``_get_messages``
+    lies between: a function mapping that asks a model)."""
+    frame = inspect.currentframe()
+    formatting = False
+    while frame is not None:
+        if frame is call:
+            return None if formatting else True
+        formatting = formatting or frame.f_code.co_name in _FORMATTING
+        frame = frame.f_back
+    return False
 
 
 def _wording_in(template: str, text: str) -> bool | None:
