@@ -22,13 +22,17 @@ A read judges what it adds to the stored messages: a `Memory` puts its blocks' t
 earlier sessions, old messages a vector block retrieved) in a system message, a NEW one at index 0 when the history
 has none, which `GuardedLLM` would take for the application's prompt and not judge. A read can write too: a
 `ChatSummaryMemoryBuffer` stores the summary it makes as it reads, so the stored messages are taken before the read
-(what the read wrote is judged) and put back when the read is blocked (rt63c F1).
+(what the read wrote is judged) and put back unless the read was a plain allow (rt63c F1; a flag or a guard error
+let through kept it unjudged, rt63h F5); such reads of one memory take turns (rt63h F3).
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from typing import Any
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
@@ -265,6 +269,58 @@ def _without_get_all(memory: BaseMemory) -> bool:
     return isinstance(memory, VectorMemory)
 
 
+class _ReadTurn:
+    """One read at a time of a memory whose read writes (rt63h F3), taken by a thread (``get``) or by a task
+    (``aget``), which waits for it on the event loop, never blocking it. Picklable (a workflow Context saved with its
+    memory): a new turn, free, where it is rebuilt."""
+
+    #: How often a task waiting for the turn asks again: a thread that hands it back cannot wake a loop's task.
+    WAIT_S = 0.002
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the task that holds the turn, if one does
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        if not self._lock.acquire(blocking=False):
+            if (holder := self._loop) is not None and holder is _running_loop():
+                # Waiting here would block the very loop the holder needs to finish: it would never hand it back.
+                raise RuntimeError(
+                    "GuardedMemory.get was called inside the event loop while an aget of the same memory is pending "
+                    "there: it would wait forever. Use await memory.aget()."
+                )
+            self._lock.acquire()
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    @asynccontextmanager
+    async def aheld(self) -> AsyncIterator[None]:
+        while not self._lock.acquire(blocking=False):
+            await asyncio.sleep(self.WAIT_S)
+        self._loop = asyncio.get_running_loop()
+        try:
+            yield
+        finally:
+            self._loop = None
+            self._lock.release()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 class GuardedMemory(BaseMemory):
     """Any LlamaIndex memory, with user messages and answers screened before they are stored.
 
@@ -283,10 +339,11 @@ class GuardedMemory(BaseMemory):
     turn holding the action) as untrusted tool output under the stricter of the two too, not as the user's prompt.
 
     ``get``/``aget`` judge what a read returns beyond the messages stored before it (a `Memory`'s blocks, a summary
-    buffer's summary, which its read stores) as untrusted content, each text once; a blocked one raises, and the
-    stored messages are put back as they were before the read. ``get_all``, other roles and ``reset`` go straight to
-    the wrapped memory. A `VectorMemory` (no ``get_all``) is refused: put it in a `SimpleComposableMemory` as a
-    secondary source. Rebuilt from a serialized state (a saved workflow Context), it has no guard: its first use
+    buffer's summary, which its read stores) as untrusted content, each text once; a blocked one raises. Where a read
+    can write (any memory but a `Memory`), reads of one memory take turns, and the stored messages are put back as
+    they were before the read unless it was a plain allow (the read still returns what was let through).
+    ``get_all``, other roles and ``reset`` go straight to the wrapped memory. A `VectorMemory` (no ``get_all``) is
+    refused: put it in a `SimpleComposableMemory` as a secondary source. Rebuilt from a serialized state (a saved workflow Context), it has no guard: its first use
     raises `GuardMissing`.
     """
 
@@ -298,6 +355,7 @@ class GuardedMemory(BaseMemory):
     guard: Any = Field(exclude=True, description="The qwenguard Guard.")
 
     _read: Seen = PrivateAttr(default_factory=lambda: Seen(1024))  # the added text judged and let through
+    _turn: _ReadTurn = PrivateAttr(default_factory=_ReadTurn)  # one read at a time where a read writes
 
     def __init__(self, memory: BaseMemory, guard: Guard, **kwargs: Any) -> None:
         if not isinstance(memory, BaseMemory):
@@ -421,24 +479,34 @@ class GuardedMemory(BaseMemory):
             return False
         return not (isinstance(self.memory, Memory) and not self.memory.memory_blocks)
 
+    def _read_writes(self) -> bool:
+        """Can a read write the store? A `ChatSummaryMemoryBuffer`'s stores the summary it makes, and any memory
+        but a `Memory` (whose read only reads) may, itself or as a `SimpleComposableMemory`'s primary memory."""
+        return not isinstance(self.memory, Memory)
+
     # A read can write: `ChatSummaryMemoryBuffer.get` stores the summary it makes (reset, then set) as it reads. So
     # the stored messages are taken BEFORE the read (a copy: a chat store hands out its live list, which that read
-    # pops), what the read wrote is judged as what it added, and a blocked read puts them back: kept, an unjudged
-    # summary would count as stored on the next read (rt63c F1).
+    # pops), what the read wrote is judged as what it added, and a read that is not a plain allow puts them back: kept,
+    # an unjudged summary would count as stored on the next read (rt63c F1), and so would a flagged one or one let
+    # through by a guard error (never told again, rt63h F5). Put back, the next read makes it again and judges it
+    # again, whichever wrapper reads the store. One such read at a time (`_ReadTurn`): another read taking the store
+    # while this one's check was pending counted the summary as stored and returned it unjudged (rt63h F3).
     @speaking_as(_ASYNC_TWIN)
     def get(self, input: str | None = None, **kwargs: Any) -> list[ChatMessage]:
         if not self._adds():
             return self.memory.get(input=input, **kwargs)
-        stored = list(self.memory.get_all())
-        read = self.memory.get(input=input, **kwargs)
-        seen = self._read_seen()
-        try:
-            checks, marks = _read_checks(read, stored, seen)
-            allowed = self._screen(checks)
-        except BaseException:
-            if self.memory.get_all() != stored:
-                self.memory.set(stored)
-            raise
+        writes = self._read_writes()
+        with self._turn.held() if writes else nullcontext():
+            stored = list(self.memory.get_all())
+            allowed = False
+            try:
+                read = self.memory.get(input=input, **kwargs)
+                seen = self._read_seen()
+                checks, marks = _read_checks(read, stored, seen)
+                allowed = self._screen(checks)
+            finally:
+                if writes and not allowed and self.memory.get_all() != stored:
+                    self.memory.set(stored)
         if allowed:
             seen.add(marks)
         return read
@@ -446,18 +514,26 @@ class GuardedMemory(BaseMemory):
     async def aget(self, input: str | None = None, **kwargs: Any) -> list[ChatMessage]:
         if not self._adds():
             return await self.memory.aget(input=input, **kwargs)
-        stored = list(await self.memory.aget_all())
-        read = await self.memory.aget(input=input, **kwargs)
-        seen = self._read_seen()
-        try:
-            checks, marks = await off_loop(lambda: _read_checks(read, stored, seen), read, stored)
-            allowed = await self._ascreen(checks)
-        except BaseException:
-            # Cancelled too: what the read wrote was not judged.
-            after = await self.memory.aget_all()
-            if await off_loop(lambda: after != stored, after, stored):
-                await self.memory.aset(stored)
-            raise
+        writes = self._read_writes()
+        async with self._turn.aheld() if writes else nullcontext():
+            stored = list(await self.memory.aget_all())
+            # A task of its own, shielded: a summary buffer reads on a worker thread, which a cancel does not stop,
+            # and writes when it is done; the store is put back after that (a client gone mid-summary).
+            reading = asyncio.ensure_future(self.memory.aget(input=input, **kwargs)) if writes else None
+            allowed = False
+            try:
+                read = await (asyncio.shield(reading) if reading else self.memory.aget(input=input, **kwargs))
+                seen = self._read_seen()
+                checks, marks = await off_loop(lambda: _read_checks(read, stored, seen), read, stored)
+                allowed = await self._ascreen(checks)
+            finally:  # cancelled too: what the read wrote was not judged
+                if reading and not allowed:
+                    await asyncio.wait([reading])
+                    if not reading.cancelled():
+                        reading.exception()  # retrieved: it was raised above, or the caller is gone
+                    after = await self.memory.aget_all()
+                    if await off_loop(lambda: after != stored, after, stored):
+                        await self.memory.aset(stored)
         if allowed:
             seen.add(marks)
         return read
