@@ -27,12 +27,12 @@ from .errors import GuardTimeout, GuardUnavailable, GuardViolation, InputTooLarg
 from .formats.content import clean_text
 from .formats.conversations import (
     RunsJudged,
+    answer_or_prefill,
     least_contexts,
     prompt_conversation,
     response_conversation,
     tool_call_conversation,
     untrusted_conversation,
-    without_blank_answer,
     without_blank_context,
 )
 from .formats.encoding import check_use_chat_template
@@ -332,6 +332,7 @@ class _Check:
     conversation: list[dict[str, str]]
     key: Hashable | None = None
     decision: Decision | None = None  # already decided without the model (empty, disabled, cached)
+    request: _Check | None = None  # the request behind a last turn of markup alone, judged too (`answer_or_prefill`)
 
 
 def _cache_stage(check: _Check) -> str:
@@ -623,8 +624,18 @@ class Guard:
         for m in msgs:
             m["content"] = clean_text(m["content"])
         msgs = without_blank_context(msgs)
+        request = None
         if stage is Stage.PROMPT:  # a client's conversation: a blank last answer is a prefill, the request is judged
-            msgs = without_blank_answer(msgs)
+            # A last turn of markup alone that hides text is judged as an answer, and the request behind it as well:
+            # a prefill of a tag no list holds had the request judged as mere context (rt63g F2).
+            msgs, request = answer_or_prefill(msgs)
+        check = self._unjudged(stage, msgs, conversation)
+        if request is not None:
+            check.request = self._unjudged(stage, request, conversation)
+        return check
+
+    def _unjudged(self, stage: Stage, msgs: list[dict[str, str]], conversation: Sequence[Message]) -> _Check:
+        """The check of ``msgs`` (prepared from ``conversation``), decided already where no model call is needed."""
         check = _Check(stage, RunsJudged(msgs) if isinstance(conversation, RunsJudged) else msgs)
         if not self.policy.enabled(stage):
             check.decision = Decision(True, Action.ALLOW, stage, "disabled")
@@ -674,6 +685,9 @@ class Guard:
                     c.decision = self.policy.decide_unjudged(c.stage, str(result))
                 else:  # one conversation's error; a late one (GuardTimeout) keeps its own reason
                     c.decision = self.policy.decide_error(c.stage, result, timeout=isinstance(result, GuardTimeout))
+        for c in checks:
+            if c.request is not None and c.request.decision is not None:
+                c.decision = _stricter(c.decision, c.request.decision)  # type: ignore[arg-type]
         decisions = [c.decision for c in checks]
         for d in decisions:
             self._emit(d)  # type: ignore[arg-type]
@@ -685,7 +699,7 @@ class Guard:
         ``[("prompt", "How can I ...?"), ("response", [{"role": "user", ...}, {"role": "assistant", ...}])]``."""
         _warn_if_on_event_loop("check", "await guard.acheck_prompt(...) (acheck_response, acheck_many, ...)")
         checks = [self._prepare(stage, conv) for stage, conv in _stage_items(items)]
-        pending = self._pending(checks)
+        pending = self._pending([*checks, *(c.request for c in checks if c.request is not None)])
         outcome: list[Outcome] | BaseException = []
         if pending and self._closed:
             outcome = _closed_error(self.backend)
@@ -730,7 +744,7 @@ class Guard:
             checks = await asyncio.to_thread(lambda: [self._prepare(stage, conv) for stage, conv in staged])
         else:
             checks = [self._prepare(stage, conv) for stage, conv in staged]
-        pending = self._pending(checks)
+        pending = self._pending([*checks, *(c.request for c in checks if c.request is not None)])
         outcome: list[Outcome] | BaseException = []
         if pending and self._closed:
             outcome = _closed_error(self.backend)
@@ -983,6 +997,15 @@ class Guard:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+_ACTION_RANK = {Action.BLOCK: 0, Action.FLAG: 1, Action.ALLOW: 2}
+
+
+def _stricter(decision: Decision, other: Decision) -> Decision:
+    """The stricter of a check's decision and its request's (`_Check.request`): a block over a flag over an allow,
+    the check's own on a tie."""
+    return min((decision, other), key=lambda d: (d.allowed, _ACTION_RANK[d.action]))
 
 
 def _one_each(outcome: Any, expected: int) -> list[Outcome] | BaseException:

@@ -101,7 +101,9 @@ def test_a_local_prompt_check_judges_an_answer_hidden_in_markup(answer: str) -> 
     asynchronous = asyncio.run(guard.acheck(hidden_answer(answer), "prompt"))
     assert sync.blocked and asynchronous.blocked, (sync, asynchronous)
     judged = [conv[-1] for call in backend.calls for conv in call]
-    assert judged and all(turn == {"role": "assistant", "content": answer} for turn in judged), judged
+    # The answer as written, in each of the two checks; the request behind markup alone is judged too (rt63g F2).
+    assert judged.count({"role": "assistant", "content": answer}) == 2, judged
+    assert all(turn["role"] == "assistant" or turn == {"role": "user", "content": ASKED} for turn in judged), judged
 
 
 @pytest.mark.parametrize("prefill", EMPTY)

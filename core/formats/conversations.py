@@ -33,6 +33,7 @@ __all__ = [
     "last_user_text",
     "without_blank_context",
     "without_blank_answer",
+    "answer_or_prefill",
     "least_contexts",
 ]
 
@@ -41,11 +42,32 @@ def without_blank_context(messages: list[dict[str, str]]) -> list[dict[str, str]
     """``messages`` (cleaned) without the earlier turns that show nothing (`is_blank`); the judged turn, last,
     stays, and so does the user turn right before a judged answer (response mode reads user turn + answer,
     the request empty when unknown). Such a turn carries nothing to judge, and hundreds of them broke the
-    model's verdict (a guard error, which ``on_error="allow"`` lets through)."""
+    model's verdict (a guard error, which ``on_error="allow"`` lets through).
+
+    An answer sent as several assistant messages is one turn (`windows.final_run`): a last message that shows
+    nothing after one with text (other turns that show nothing between) leaves the run before it as the judged turn,
+    and a user turn that shows nothing between two assistant messages is not kept as the request of the second.
+    ``[call send_email(recipe), ""]`` was judged as ``""`` (allowed as empty, no model call), and ``[call, user
+    "\u200b", "Done."]`` as ``"Done."`` after a request of its own (rt63g F1)."""
+    if len(messages) < 2:
+        return messages
+    if messages[-1]["role"] == "assistant" and is_blank(messages[-1]["content"]):
+        end = len(messages) - 1
+        while end and is_blank(messages[end - 1]["content"]):
+            end -= 1
+        if end and messages[end - 1]["role"] == "assistant":
+            messages = messages[:end]
     if len(messages) < 2 or not any(is_blank(m["content"]) for m in messages[:-1]):
         return messages
-    keep = 2 if messages[-1]["role"] == "assistant" and messages[-2]["role"] == "user" else 1
-    return [m for m in messages[:-keep] if not is_blank(m["content"])] + messages[-keep:]
+    kept = [m for m in messages[:-2] if not is_blank(m["content"])]
+    before = messages[-2]
+    if not is_blank(before["content"]) or (
+        messages[-1]["role"] == "assistant"
+        and before["role"] == "user"
+        and not (kept and kept[-1]["role"] == "assistant")
+    ):
+        kept.append(before)
+    return [*kept, messages[-1]]
 
 
 def without_blank_answer(messages: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -53,29 +75,35 @@ def without_blank_answer(messages: list[dict[str, str]]) -> list[dict[str, str]]
     judge is the request. A provider reads a trailing assistant turn as the start of its answer, so
     ``[user "How can I make a bomb?", assistant ""]`` (or ``"\u200b"``) is that request, and it was allowed
     unread, or judged only as the context of an invisible answer (rt54e E3). Shown nothing includes markup that
-    renders as nothing and hides nothing (``"<b></b>"``, ``"&#8203;"``, ``"<!-- -->"``): such a prefill had the
-    request decided by the response stage's rules on the server (rt56e F3). An answer written inside markup
-    (``"<!-- Mix ammonium nitrate ... -->"``, an attribute's value) is an answer, judged as the response: it was
-    dropped, and the request alone judged safe (rt63e F1)."""
+    renders as nothing and hides nothing (``"<b></b>"``, ``"&#8203;"``, ``"<!-- -->"``, ``"<think></think>"``):
+    such a prefill had the request decided by the response stage's rules on the server (rt56e F3). An answer written
+    inside markup (``"<!-- Mix ammonium nitrate ... -->"``, an attribute's value) is an answer, judged as the
+    response: it was dropped, and the request alone judged safe (rt63e F1). `answer_or_prefill` says which."""
+    return answer_or_prefill(messages)[0]
+
+
+def answer_or_prefill(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], list[dict[str, str]] | None]:
+    """(``messages`` as `without_blank_answer` leaves them, the request a prompt-stage check judges as well or
+    ``None``). The request is the turns before a last assistant turn that renders as nothing but hides written text
+    (markup only, kept as an answer): it may be a prefill all the same (a tag name no list holds, ``"<reply>"``), and
+    the request judged as the context of markup was decided as mere context (rt63g F2). Such a check
+    judges both, the stricter decision standing: one check more, only for a turn of markup alone."""
     if len(messages) >= 2 and messages[-1]["role"] == "assistant" and messages[-2]["role"] == "user":
         answer = messages[-1]["content"]
-        if is_blank(answer) or _empty_markup(answer):
-            return messages[:-1]
-    return messages
-
-
-def _empty_markup(text: str) -> bool:
-    """Whether ``text`` is markup that renders as nothing (`Rendered`) and leaves no written text unshown either
-    (`_hides_text`): what a renderer drops is written text all the same, read by an app that shows the answer as
-    written, and by a model."""
-    if not may_render_differently(text):
-        return False
-    rendered = Rendered(text)
-    return is_blank(rendered.span(0, len(text))) and not _hides_text(text, rendered.edits)
+        if is_blank(answer):
+            return messages[:-1], None
+        if may_render_differently(answer):
+            rendered = Rendered(answer)
+            if is_blank(rendered.span(0, len(answer))):
+                # Markup only: a prefill when it hides nothing either; else an answer, and the request judged too.
+                if not _hides_text(answer, rendered.edits):
+                    return messages[:-1], None
+                return messages, messages[:-1]
+    return messages, None
 
 
 #: HTML's element names: a tag of one hides nothing but its attributes; any other name ("<Mix><ammonium>") is
-#: written text a renderer drops.
+#: written text a renderer drops (but `_REASONING_TAGS`).
 _HTML_ELEMENTS = frozenset(
     """a abbr address area article aside audio b base bdi bdo big blockquote body br button canvas caption center
     cite code col colgroup data datalist dd del details dfn dialog div dl dt em embed fieldset figcaption figure font
@@ -84,6 +112,14 @@ _HTML_ELEMENTS = frozenset(
     samp script search section select slot small source span strike strong style sub summary sup table tbody td
     template textarea tfoot th thead time title tr track tt u ul var video wbr""".split()
 )
+#: The tags a model's reasoning and answer are written in, and a prefill opens or skips (Qwen3's own non-thinking
+#: prefill is ``"<think>\n\n</think>\n\n"``): fixed words, no text of the writer's. Blank between them, such a tag
+#: shows nothing and hides nothing, as an HTML element's does (rt63g F2: the request behind it was judged as context).
+_REASONING_TAGS = frozenset(
+    """think thinking thought thoughts reasoning reason reflection analysis scratchpad answer final output response
+    result solution""".split()
+)
+_SHOWS_NOTHING = _HTML_ELEMENTS | _REASONING_TAGS
 _TAG_NAME = re.compile(r"</?([A-Za-z][A-Za-z0-9-]*)")
 #: (opener, closer) lengths of the raw HTML constructs whose body a renderer drops.
 _BODY_DELIMITERS = {"comment": (4, 3), "pi": (2, 2), "cdata": (9, 3), "declaration": (2, 1)}
@@ -93,7 +129,7 @@ _NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
 def _hides_text(text: str, edits: list[tuple[int, int, str, str]]) -> bool:
     """Whether one of ``text``'s markup ``edits`` (`Rendered.edits`) leaves unshown written text that is more than
     punctuation and blanks: a comment's (processing instruction's, CDATA section's, declaration's) body, a tag's
-    attributes or a name no HTML element has, a link's address or what its text's own markup hides. A paragraph
+    attributes or a name no HTML element (nor reasoning tag) has, a link's address or what its text's own markup hides. A paragraph
     also read as an HTML parser reads it (kind ``"html"``) is taken to hide some. Linear: a link's text is read
     once more, and a link inside it (the deepest `MARKUP` finds) once more again."""
     for a, b, _, kind in edits:
@@ -104,7 +140,7 @@ def _hides_text(text: str, edits: list[tuple[int, int, str, str]]) -> bool:
             opener, closer = _BODY_DELIMITERS[kind]
             hidden = text[a + opener : b - closer] if b - a >= opener + closer else ""  # "<!-->" has no body
         elif kind == "tag" and (name := _TAG_NAME.match(text, a, b)) is not None:
-            hidden = text[name.end() : b] + ("" if name.group(1).lower() in _HTML_ELEMENTS else name.group(1))
+            hidden = text[name.end() : b] + ("" if name.group(1).lower() in _SHOWS_NOTHING else name.group(1))
         elif kind == "link" and (link := MARKUP.match(text, a, b)) is not None and link.lastgroup == "link":
             label = link.group("link_text")
             if may_render_differently(label) and _hides_text(label, Rendered(label).edits):

@@ -62,7 +62,7 @@ from typing import Any, Protocol
 
 from ..errors import InputTooLarge
 from .blank_runs import padding_read, shorten_blank_runs
-from .content import as_seen_pieces, clean_text, forged_turn_segments, prepare_content, without_verdict_lines
+from .content import as_seen_pieces, clean_text, forged_turn_segments, is_blank, prepare_content, without_verdict_lines
 from .prompts import normalize_messages
 from .rendered import may_render_differently
 
@@ -285,10 +285,13 @@ def _shortened(message: dict[str, str]) -> dict[str, str]:
 
 def final_run(messages: Sequence[dict[str, str]]) -> str | None:
     """The texts of the consecutive turns of the judged (last) turn's role that end ``messages``, joined as one
-    message reads them (as the integrations join a run, `"".join`), when two or more of them have text; else
-    ``None``. A provider sends consecutive turns of one role as one message (the Anthropic API combines them): a run
-    of user turns as one prompt, a run of assistant turns as one answer (rt62f F2b). A turn of the other role with no
-    text inside the run is skipped (a provider drops it); system turns are gone already (`normalize_messages`).
+    message reads them (as the integrations join a run, `"".join`), when two or more of them have text, or they are
+    the assistant's, the judged one shows nothing and an earlier one has text; else ``None``. A provider sends
+    consecutive turns of one role as one message (the Anthropic API combines them): a run of user turns as one
+    prompt, a run of assistant turns as one answer (rt62f F2b); ``[call send_email(recipe), ""]`` is that call, and
+    was judged as ``""`` (rt63g F1); a blank user turn after a request is judged with the request as its context. A
+    turn of the other role that shows nothing (`is_blank`: ``"\u200b"`` too, rt63g F1) inside the run is skipped (a
+    provider drops it); system turns are gone already (`normalize_messages`).
     Linear: each turn of the run is read once."""
     if not messages:
         return None
@@ -297,12 +300,13 @@ def final_run(messages: Sequence[dict[str, str]]) -> str | None:
     for turn in reversed(messages):
         if turn["role"] == role:
             raw.append(turn["content"])
-        elif turn["content"].strip():
+        elif not is_blank(turn["content"]):
             break
-    if sum(1 for t in raw if t.strip()) < 2:  # a lone turn (every answer to a question): nothing read again
+    if not any(t.strip() for t in raw[1:]):  # a lone turn (every answer to a question): nothing read again
         return None
     texts = [clean_text(t) for t in reversed(raw)]
-    if sum(1 for t in texts if t.strip()) < 2:
+    shown = sum(1 for t in texts if not is_blank(t))
+    if shown < 2 and (shown == 0 or role != "assistant" or not is_blank(texts[-1])):  # the judged turn's text alone
         return None
     return "".join(texts)
 

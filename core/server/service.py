@@ -17,7 +17,7 @@ from ..backends.base import Outcome
 from ..cache import cache_key
 from ..errors import GuardTimeout, InputTooLarge, VerdictParseError
 from ..formats.content import clean_text, is_blank
-from ..formats.conversations import least_contexts, without_blank_answer, without_blank_context
+from ..formats.conversations import answer_or_prefill, least_contexts, without_blank_context
 from ..formats.prompts import (
     GENERATION_PREFIX,
     SAFETY_LABELS,
@@ -128,6 +128,10 @@ def decided_stages(
 
 _ACTION_RANK = {Action.BLOCK: 0, Action.FLAG: 1, Action.ALLOW: 2}
 
+#: `Service.moderation_work`'s result: the conversations as judged, the policy, the request behind each one's last
+#: turn of markup alone (or ``None``).
+ModerationWork = tuple[list[list[dict[str, str]]], Policy, list["list[dict[str, str]] | None"]]
+
 
 def strictest(decisions: Sequence[Decision]) -> Decision:
     """The strictest of a turn's decisions (one per stage it is decided at): a block over a flag over an
@@ -233,12 +237,14 @@ class Service:
 
     # -- each route's synchronous work on its parsed body: validation, rendering, size checks. On the event
     # loop for small bodies; in a thread, with the parse, for large ones (`gate.Gate._off_loop`).
-    def moderation_work(self, body: ModerationRequest) -> tuple[list[list[dict[str, str]]], Policy]:
-        """`moderate`'s conversations as the guard takes them, and the policy to decide them by."""
+    def moderation_work(self, body: ModerationRequest) -> ModerationWork:
+        """`moderate`'s conversations as the guard takes them, the policy to decide them by, and the request behind
+        each one's last turn of markup alone, judged as well (`normalized`)."""
         check_model(body.model, self.model_name)
         raw = self.judged(body.conversations)  # text and tool calls
         policy = self.policy_for(body.policy)
-        return [normalize(conv) for conv in raw], policy
+        convs, requests = zip(*(normalized(conv) for conv in raw)) if raw else ((), ())
+        return list(convs), policy, list(requests)
 
     def chat_conversation(self, body: ChatCompletionRequest) -> list[dict[str, str]]:
         """A chat completion's conversation as the guard takes it: nothing sent goes unjudged."""
@@ -395,28 +401,47 @@ class Service:
                     out[k] = replace(bare, raw=verdict_text(bare))
         return out
 
+    @staticmethod
+    def _decided(
+        policy: Policy,
+        wire: Sequence[Message],
+        named: Stage | None,
+        judged: Sequence[Mapping[str, str]],
+        result: tuple[Outcome, bool],
+        alone: Verdict | None,
+    ) -> tuple[Outcome, bool, Decision]:
+        """(the outcome reported, whether it was cached, the decision) for one conversation as ``judged``."""
+        outcome, cached = result
+        stages = decided_stages(wire, named, judged)
+        # Its turn alone judged not safe: this route knows the policy, so that verdict stands where the policy
+        # decides it more strictly than what the conversation got (a guard error under a fail-open policy: a
+        # controversial turn under strict mode was allowed, rt51d F6), never more loosely.
+        decision = decide(policy, outcome, stages)
+        if alone is not None and strictest([decision, stricter := decide(policy, alone, stages)]) is not decision:
+            return alone, cached, stricter
+        return outcome, cached, decision
+
     def _too_large(self, exc: InputTooLarge) -> ApiError:
         self.metrics.rejected.labels("work_size").inc()
         return ApiError(413, str(exc), "request_too_large")
 
-    async def moderate(
-        self, body: ModerationRequest, work: tuple[list[list[dict[str, str]]], Policy] | None = None
-    ) -> ModerationResponse:
+    async def moderate(self, body: ModerationRequest, work: ModerationWork | None = None) -> ModerationResponse:
         """Verdicts for a batch of conversations, in order, with the Policy's decision for each. ``work``:
         `moderation_work` already done (in the gate's thread)."""
         metrics, name = self.metrics, self.model_name
-        convs, policy = work if work is not None else self.moderation_work(body)
+        convs, policy, requests = work if work is not None else self.moderation_work(body)
+        # The request behind a last turn of markup alone is judged too, in the same call, and decided at the prompt
+        # stage: the stricter decision stands (rt63g F2).
+        behind = {i: len(convs) + k for k, i in enumerate(i for i, r in enumerate(requests) if r is not None)}
         alone: dict[int, Verdict] = {}
-        outcomes = await self.classify(convs, fallbacks=alone)
+        outcomes = await self.classify([*convs, *(r for r in requests if r is not None)], fallbacks=alone)
         results = []
-        for i, (wire, (outcome, cached)) in enumerate(zip(body.conversations, outcomes)):
-            stages = decided_stages(wire, body.stage, convs[i])
-            # Its turn alone judged not safe: this route knows the policy, so that verdict stands where the policy
-            # decides it more strictly than what the conversation got (a guard error under a fail-open policy: a
-            # controversial turn under strict mode was allowed, rt51d F6), never more loosely.
-            decision = decide(policy, outcome, stages)
-            if i in alone and strictest([decision, stricter := decide(policy, alone[i], stages)]) is not decision:
-                outcome, decision = alone[i], stricter
+        for i, wire in enumerate(body.conversations):
+            outcome, cached, decision = self._decided(policy, wire, body.stage, convs[i], outcomes[i], alone.get(i))
+            if (j := behind.get(i)) is not None and (request := requests[i]) is not None:
+                judged = self._decided(policy, wire, body.stage, request, outcomes[j], alone.get(j))
+                if strictest([decision, judged[2]]) is not decision:
+                    outcome, cached, decision = judged
             if isinstance(outcome, Verdict):
                 results.append(
                     ModerationResult(
@@ -449,13 +474,19 @@ class Service:
 def normalize(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
     """A wire conversation as the guard takes it: validated (400 if not one), contents cleaned by the
     content rule (`clean_text`: lone surrogates, control characters) before anything else sees them."""
+    return normalized(messages)[0]
+
+
+def normalized(messages: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, str]], list[dict[str, str]] | None]:
+    """(`normalize`'s conversation, the request behind its last turn of markup alone or ``None``): such a turn is
+    judged as an answer, and the request as well (`answer_or_prefill`)."""
     try:
         out = normalize_messages(messages)
     except (TypeError, ValueError) as exc:
         raise ApiError(400, str(exc), "invalid_request_error") from exc
     for message in out:
         message["content"] = clean_text(message["content"])
-    return without_blank_answer(without_blank_context(out))
+    return answer_or_prefill(without_blank_context(out))
 
 
 def check_model(requested: str | None, served: str) -> None:
