@@ -67,7 +67,13 @@ from qwenguard.core.formats.conversations import (
     with_tool_calls,
 )
 from qwenguard.core.formats.json_reading import arguments_parsed
-from qwenguard.core.formats.media import base64_as_text, bytes_as_text, declared_charset, labelled_text
+from qwenguard.core.formats.media import (
+    base64_as_text,
+    base64_bytes,
+    bytes_as_text,
+    declared_charset,
+    labelled_text,
+)
 from qwenguard.core.guard import DEFAULT_MAX_CHARS
 
 from .._common import (
@@ -262,7 +268,7 @@ def _b64_text(value: str, mime: Any = None) -> str:
     reads worse (rt60c F2: a UTF-16 file labelled ``text/plain`` was judged as UTF-8 mojibake); and in the charset
     its label names too (`labelled_text`, rt60e F6: ``charset=utf-16le`` or ``windows-1251`` text read as mojibake)."""
     try:
-        raw = base64.b64decode(value, validate=False)
+        raw = base64_bytes(value)  # unpadded too, as a lenient decoder reads it
     except (binascii.Error, ValueError):
         return value  # not base64 after all: judge the string itself rather than nothing
     return labelled_text(raw, mime)
@@ -307,19 +313,46 @@ def _media_bytes(value: str) -> bool:
     """Could ``value`` be media data: base64 (a data URL's or bare) longer than a few words? A short or non-base64
     string under a media key is words a reader sees."""
     parsed = _data_url(value)
-    body = parsed[2] if parsed is not None and parsed[1] else value
+    body = parsed.body if parsed is not None and parsed.base64 else value
     return len(body) > 256 and _BASE64.fullmatch(body[:4096]) is not None
 
 
-def _data_url(value: str) -> tuple[str, bool, str] | None:
-    """(media type, base64, body) of a ``data:`` URL (scheme and parameters in any case, spaces around them)."""
-    if value[:5].lower() != "data:":
+@dataclass(frozen=True)
+class _DataUrl:
+    """A ``data:`` URL's parts (`_data_url`)."""
+
+    mime: str  # its media type, lower case
+    head: str  # its type and parameters as written: a charset too
+    base64: bool
+    body: str  # what follows the comma: percent-decoded when it is base64
+
+
+#: What ``urllib.parse.unwrap`` cuts off before a URL: blanks, a ``<`` (with its ``>`` at the end), ``URL:``.
+_URL_WRAPPER = re.compile(r"\s*(<\s*)?(?:URL:\s*)?")
+
+
+def _data_url(value: str) -> _DataUrl | None:
+    """The parts of a ``data:`` URL as Python's ``urllib.request.urlopen`` opens one (scheme and parameters in any
+    case, spaces around them): blanks around it and a ``<URL:...>`` wrapper cut off (`urllib.parse.unwrap`), and a
+    base64 body percent-decoded before it is decoded (``DataHandler``: a URL may quote its ``+``, ``/`` and ``=``).
+    rt63h F2: a percent-encoded base64 body, or a newline before ``data:``, was judged as its base64 while a tool that
+    opened it sent the text. ``None`` for any other string."""
+    wrapper = _URL_WRAPPER.match(value)
+    start = wrapper.end() if wrapper is not None else 0  # it matches every string
+    if value[start : start + 5].lower() != "data:":
         return None
-    comma = value.find(",", 5, 4096)
+    comma = value.find(",", start + 5, start + 4096)
     if comma < 0:
         return None
-    params = [p.strip().lower() for p in value[5:comma].split(";")]
-    return params[0], "base64" in params[1:], value[comma + 1 :]
+    head = value[start + 5 : comma]
+    params = [p.strip().lower() for p in head.split(";")]
+    encoded = "base64" in params[1:]
+    body = value[comma + 1 :].rstrip()
+    if wrapper is not None and wrapper.group(1):  # "<...>": read within it; a "<" left open is no URL to urlopen
+        if not body.endswith(">"):
+            return None
+        body = body[:-1].rstrip()
+    return _DataUrl(params[0], head, encoded, urllib.parse.unquote(body) if encoded else body)
 
 
 def _data_url_text(value: str) -> str | None:
@@ -329,11 +362,10 @@ def _data_url_text(value: str) -> str | None:
     parsed = _data_url(value)
     if parsed is None:
         return None
-    mime, encoded, body = parsed
-    head = value[5 : len(value) - len(body) - 1]  # its type and parameters: a charset too
-    if not encoded:
-        return labelled_text(urllib.parse.unquote_to_bytes(body), head)  # percent-encoded bytes: UTF-16 ones too
-    return _b64_text(body, head) if _text_mime(mime) else base64_as_text(body)
+    if not parsed.base64:
+        # percent-encoded bytes: UTF-16 ones too
+        return labelled_text(urllib.parse.unquote_to_bytes(parsed.body), parsed.head)
+    return _b64_text(parsed.body, parsed.head) if _text_mime(parsed.mime) else base64_as_text(parsed.body)
 
 
 def _leaf_text(value: str, parent: Mapping[str, Any] | None, key: str, skip: frozenset[str] = _NOT_TEXT) -> str | None:
@@ -1916,11 +1948,11 @@ def tool_result_commands(result: Any) -> list[Any]:
     return [part for part in parts if hasattr(part, "update") and hasattr(part, "goto")]
 
 
-def command_rest(command: Any) -> list[Any]:
+def command_rest(command: Any, *, sends: bool = True) -> list[Any]:
     """What a ``Command`` hands the graph besides the messages of its ``update`` (`command_messages`): every other
     value its update writes (a custom state key, ``structured_response``; in any form LangGraph takes: a mapping,
-    (channel, value) pairs, an object's other fields), and the payload of each ``Send`` in its ``goto`` (the input
-    the node it names is scheduled with), whatever graph it goes to (``Command.PARENT`` too)."""
+    (channel, value) pairs, an object's other fields), and, with ``sends``, the payload of each ``Send`` in its
+    ``goto`` (the input the node it names is scheduled with), whatever graph it goes to (``Command.PARENT`` too)."""
     update: Any = getattr(command, "update", None)
     rest: list[Any] = []
     if isinstance(update, Mapping):
@@ -1929,7 +1961,7 @@ def command_rest(command: Any) -> list[Any]:
         rest += [value for key, value in update if key != "messages"]
     elif update is not None and not isinstance(update, (list, tuple, BaseMessage, str)):
         rest += _object_update(command, update)
-    goto: Any = getattr(command, "goto", None)
+    goto: Any = getattr(command, "goto", None) if sends else None
     for target in goto if isinstance(goto, (list, tuple)) else [goto]:
         if type(target).__name__ == "Send" and hasattr(target, "arg"):  # duck-typed: no langgraph import here
             rest.append(target.arg)
@@ -2075,11 +2107,12 @@ def _encodes_text(value: str) -> bool:
     (`bytes_as_text`, by their own start: no label makes noise text)?"""
     parsed = _data_url(value)
     if parsed is not None:
-        if not parsed[1]:
+        if not parsed.base64:
             return False  # percent-encoded: its words show through
-        value = parsed[2]
+        value = parsed.body  # percent-decoded (`_data_url`)
+    value = _LINE_BREAKS.sub("", value)
     try:
-        raw = base64.b64decode(_LINE_BREAKS.sub("", value), validate=True)
+        raw = base64.b64decode(value + "=" * (-len(value) % 4), validate=True)  # unpadded too
     except (binascii.Error, ValueError):
         return False
     return bytes_as_text(raw) is not None

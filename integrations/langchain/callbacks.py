@@ -127,6 +127,7 @@ from ._messages import (
     AS_INPUT,
     DEFAULT_HISTORY_TURNS,
     Item,
+    command_rest,
     command_rest_text,
     guard_history,
     input_items,
@@ -902,11 +903,13 @@ class _GuardHandlerLogic(HeardFirst):
     # ``Command(resume=...)`` as a run's input answers an ``interrupt()``: the node or tool that asked runs again and
     # acts on the value (an e-mail's body). ``Command(update={"messages": [...]}, goto=...)`` writes messages and can
     # send the run straight to a tool that reads them from the state. Both are the client's input, judged as a prompt
-    # before anything runs (rt60b F3, rt60g F1).
+    # before anything runs (rt60b F3, rt60g F1). So is what its ``update`` writes to the state's other keys: a note a
+    # ``@dynamic_prompt`` prints into the system prompt (rt63h F1: ``Command(resume=..., update={"user_note": ...})``).
     def _command_input_items(self, inputs: Any) -> list[Item]:
-        """The checks of a ``Command`` input: what it answers interrupts with (`resume_values`: a map's values too)
-        and the text of each message its ``update`` writes (`tool_result_messages`), as the user's turn; a value not read
-        whole within the guard's ``max_chars`` raises its unjudged decision."""
+        """The checks of a ``Command`` input: what it answers interrupts with (`resume_values`: a map's values too),
+        the text of each message its ``update`` writes (`tool_result_messages`), and what it writes to other keys
+        (`command_rest`, read as a resume value is), as the user's turn; a value not read whole within the guard's
+        ``max_chars`` raises its unjudged decision."""
         if not self.check_input or type(inputs).__name__ != "Command":
             return []
         items = []
@@ -920,6 +923,14 @@ class _GuardHandlerLogic(HeardFirst):
                 items.append(Item(Stage.PROMPT, prompt_conversation(text), label="resume value"))
         for _, message in tool_result_messages(inputs):  # a Command's messages, read as LangGraph writes them
             text = message_text(message)
+            if text.strip():
+                items.append(Item(Stage.PROMPT, prompt_conversation(text), label="command update"))
+        written = command_rest(inputs, sends=False)
+        if written:
+            text, whole = object_text(written, self.guard.max_chars, payload_leaf)
+            if not whole:
+                why = f"the command's update carries more than max_chars={self.guard.max_chars:,} characters: not judged whole"
+                enforce(self.guard.policy.decide_unjudged(Stage.PROMPT, why))
             if text.strip():
                 items.append(Item(Stage.PROMPT, prompt_conversation(text), label="command update"))
         return items

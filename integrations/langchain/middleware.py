@@ -4,7 +4,9 @@ Where it looks (every step is one batched guard call):
 
 - ``before_agent``: the run's input besides its messages, once a run: every other key of the agent's state (a note a
   ``@dynamic_prompt`` prints into the system prompt), judged as the user's turn, read as a tool's ``Command`` writing
-  that key is; blocked, the key is cleared and the run ends with the refusal (rt63d F3).
+  that key is; blocked, the key is cleared and the run ends with the refusal (rt63d F3). A ``Command`` input writes
+  keys past it (a resume, ``goto="model"``): ``before_model``, the model call and the tool call judge the keys not
+  allowed before too (rt63h F1).
 - ``before_model``: what is new since the model's last turn — the user's input (prompt check, with
   the earlier turns as context) and tool results (untrusted content: injected instructions show up
   as Jailbreak). Runs before the model sees them. Every system or developer message in the state is
@@ -75,9 +77,11 @@ import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal, TypeVar
+from functools import lru_cache
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse, hook_config
+from langchain.agents.middleware.types import OmitFromSchema
 from langchain_core.messages import AIMessage, BaseMessage, RemoveMessage, ToolMessage
 from langchain_core.runnables import Runnable
 from langgraph.config import get_config
@@ -100,6 +104,7 @@ from qwenguard.core.formats.conversations import prompt_conversation, tool_call_
 from qwenguard.core.guard import speaking_as
 from qwenguard.core.policy import require_switch
 from qwenguard.core.streaming.monitor_core import check_stream_options
+from typing_extensions import NotRequired, Required  # the forms LangChain's state schemas are written with
 
 from .._common import Bounded
 from ._answer_tools import strategy_tools
@@ -430,6 +435,53 @@ def _read_by_call(request: Any) -> tuple[Any, list[BaseMessage]]:
     return request.tool_call, _state_messages(request)
 
 
+def _kept_from_input() -> frozenset[str]:
+    """The state keys a middleware class keeps out of the agent's input schema (``PrivateStateAttr``,
+    ``OmitFromInput``): its own hooks write them, and a client cannot send them (LangGraph drops them from the input).
+    ``HumanInTheLoopMiddleware``'s ``hitl_edited_tool_calls`` holds a reviewer's edit, judged as the call it edits;
+    ``ToolCallLimitMiddleware``'s counts are numbers. Read from every middleware class loaded (a few dozen)."""
+    found: set[str] = set()
+    stack: list[type] = [AgentMiddleware]
+    seen: set[type] = set()
+    while stack:
+        cls = stack.pop()
+        if cls not in seen:
+            seen.add(cls)
+            stack.extend(cls.__subclasses__())
+            schema = getattr(cls, "state_schema", None)
+            if isinstance(schema, type):
+                found |= _schema_kept_from_input(schema)
+    return frozenset(found)
+
+
+@lru_cache(maxsize=256)
+def _schema_kept_from_input(schema: type) -> frozenset[str]:
+    """The keys of one state schema annotated out of the input (`_kept_from_input`)."""
+    try:
+        hints = get_type_hints(schema, include_extras=True)
+    except Exception:  # noqa: BLE001 - a schema whose hints do not resolve: none known, its keys are judged
+        return frozenset()
+    kept = set()
+    for key, hint in hints.items():
+        while get_origin(hint) in (NotRequired, Required):
+            hint = get_args(hint)[0]
+        if any(isinstance(m, OmitFromSchema) and m.input for m in getattr(hint, "__metadata__", ())):
+            kept.add(key)
+    return frozenset(kept)
+
+
+def _state_rest(state: Any) -> list[Any]:
+    """The values of the state's keys judged as the client's input (`_NOT_INPUT_KEYS` left out): what reading them
+    costs (`built_off_loop` measures it)."""
+    return [value for key, value in state.items() if key not in _NOT_INPUT_KEYS] if isinstance(state, Mapping) else []
+
+
+def _read_whole(items: list[Item]) -> list[Item]:
+    """The checks read whole within the guard's ``max_chars`` (``extra["whole"]``, true where unsaid): the others are
+    blocked unread."""
+    return [item for item in items if item.extra.get("whole", True)]
+
+
 #: What the event-loop warning tells a sync agent run inside async code to use (`speaking_as`).
 _ASYNC_TWIN = (
     "the agent's async methods: await agent.ainvoke(...) / async for over agent.astream(...) (not invoke / stream):"
@@ -535,19 +587,22 @@ class GuardMiddleware(AgentMiddleware):
     # (`_result_items`). Judged once a run, at its start, as the user's turn is, read as that Command's other keys are
     # (`payload_leaf`). The state then holds what earlier turns left too (a tool's write, a key sent before): a value
     # allowed once is not judged again (`AllowedChecks`).
-    def _state_key_items(self, state: AgentState) -> list[Item]:
+    def _state_key_items(self, state: AgentState, *, mid_run: bool = True) -> list[Item]:
         """The checks of the state's keys besides its messages and the framework's own (`_NOT_INPUT_KEYS`), one a key
         that holds text, as the user's turn (the prompt stage), not allowed before; ``extra["whole"]``: whether all of
-        it was read within the guard's ``max_chars``."""
+        it was read within the guard's ``max_chars``. ``mid_run`` (past ``before_agent``): a middleware's own keys
+        left out too (`_kept_from_input`), which its hooks write as the run goes."""
         if not self.check_input or not isinstance(state, Mapping):
             return []
-        return self._allowed.unjudged(self._state_key_checks(state.items()), self.guard)
+        skip = _kept_from_input() if mid_run else frozenset()
+        return self._allowed.unjudged(self._state_key_checks(state.items(), skip), self.guard)
 
-    def _state_key_checks(self, pairs: Iterable[tuple[Any, Any]]) -> list[Item]:
-        """One check a (key, value) pair whose value holds text (`_state_key_items`), or is not read whole."""
+    def _state_key_checks(self, pairs: Iterable[tuple[Any, Any]], skip: frozenset[str] = frozenset()) -> list[Item]:
+        """One check a (key, value) pair whose value holds text (`_state_key_items`), or is not read whole; the keys
+        in ``skip`` left out."""
         items = []
         for key, value in pairs:
-            if key in _NOT_INPUT_KEYS or value is None:
+            if key in _NOT_INPUT_KEYS or key in skip or value is None:
                 continue
             text, whole = object_text([value], self.guard.max_chars, payload_leaf)
             if text.strip() or not whole:
@@ -568,11 +623,11 @@ class GuardMiddleware(AgentMiddleware):
     def _state_key_decisions(self, items: list[Item]) -> list[Decision]:
         """The guard's decisions on ``items``; a value not read whole is blocked unread (size alone never gets text
         through unjudged)."""
-        read = [item for item in items if item.extra["whole"]]
+        read = _read_whole(items)
         return self._with_unread(items, screen(self.guard, read) if read else [])
 
     async def _astate_key_decisions(self, items: list[Item]) -> list[Decision]:
-        read = [item for item in items if item.extra["whole"]]
+        read = _read_whole(items)
         return self._with_unread(items, await ascreen(self.guard, read) if read else [])
 
     def _with_unread(self, items: list[Item], judged: list[Decision]) -> list[Decision]:
@@ -602,6 +657,49 @@ class GuardMiddleware(AgentMiddleware):
                 enforce(fresh[0][1])
             return cleared
         return {**cleared, "messages": [self._refusal(blocked[0][1])], "jump_to": "end"}
+
+    # A client's key can reach the state past ``before_agent``: ``Command(resume=..., update={...})`` resumes a thread at
+    # the tools node, and ``Command(update={...}, goto="model")`` runs the model in the run's first step (rt63h F1, a
+    # ``@dynamic_prompt`` printed the note into the system prompt unjudged). So the keys are judged wherever the model
+    # or a tool is about to read them too (``before_model``, the model call, the tool call), with what is new there;
+    # a value allowed before is not judged again (`AllowedChecks`).
+    def _split(self, keys: list[Item], judged: list[Decision]) -> tuple[list[Decision], list[Decision]]:
+        """The decisions of one batch of the state's keys (those read whole first) and other checks, apart: the
+        keys' (one not read whole blocked unread), and the others'."""
+        read = len(_read_whole(keys))
+        return self._with_unread(keys, judged[:read]), judged[read:]
+
+    def _on_model_input(
+        self,
+        state: AgentState,
+        keys: list[Item],
+        key_decisions: list[Decision],
+        items: list[Item],
+        decisions: list[Decision],
+    ) -> dict[str, Any] | None:
+        """``before_model``'s update: blocked state keys cleared and the run ended with the refusal (`_on_state_keys`),
+        with what the messages' verdicts do (`_on_input`); one refusal when both end the run."""
+        cleared = self._on_state_keys(keys, key_decisions) if keys else None
+        update = self._on_input(state, items, decisions)
+        if cleared is None or update is None:
+            return cleared if update is None else update
+        if "jump_to" in update or "jump_to" not in cleared:
+            return {**cleared, **update}  # the messages' refusal ends the run (or neither ends it: "error")
+        return {**cleared, "messages": [*update.get("messages", ()), *cleared["messages"]]}
+
+    def _key_stopped(self, request: ModelRequest, keys: list[Item], key_decisions: list[Decision]) -> Any:
+        """The model call's outcome when a state key it is given is blocked (`_on_state_keys`): the refusal, the
+        model not called; ``"error"``: raised (a key raised for before on the thread: the call goes on without it,
+        ``request`` with it cleared). ``None`` when no key is blocked. The key is not cleared here: a model call that
+        meets a key no hook judged runs in the run's first step (``Command(update=..., goto="model")``), beside
+        ``before_agent``, which clears it (two writes of one key in a step are LangGraph's ``InvalidUpdateError``)."""
+        update = self._on_state_keys(keys, key_decisions)
+        if update is None:
+            return None
+        if "messages" not in update:  # "error", raised before: the call goes on without the key
+            cleared = {key: value for key, value in update.items() if key != "jump_to"}
+            return request.override(state={**request.state, **cleared})  # type: ignore[typeddict-item]
+        return ModelResponse(result=update["messages"])
 
     def _notice(self, template: str, decision: Decision, **extra: str) -> str:
         """A notice's text (`_fill`). Its message is remembered as this middleware's own by `_own_notice`."""
@@ -891,15 +989,14 @@ class GuardMiddleware(AgentMiddleware):
     @hook_config(can_jump_to=["end"])
     @speaking_as(_ASYNC_TWIN)
     def before_agent(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
-        items = self._state_key_items(state)
+        items = self._state_key_items(state, mid_run=False)
         if not items:
             return None
         return self._on_state_keys(items, self._state_key_decisions(items))
 
     @hook_config(can_jump_to=["end"])
     async def abefore_agent(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
-        rest = [value for key, value in state.items() if key not in _NOT_INPUT_KEYS]
-        items = await built_off_loop(lambda: self._state_key_items(state), rest)
+        items = await built_off_loop(lambda: self._state_key_items(state, mid_run=False), _state_rest(state))
         if not items:
             return None
         return self._on_state_keys(items, await self._astate_key_decisions(items))
@@ -907,10 +1004,10 @@ class GuardMiddleware(AgentMiddleware):
     @hook_config(can_jump_to=["end"])
     @speaking_as(_ASYNC_TWIN)
     def before_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
-        items = self._input_items(state)
-        decisions = screen(self.guard, items)
+        keys, items = self._state_key_items(state), self._input_items(state)
+        key_decisions, decisions = self._split(keys, screen(self.guard, [*_read_whole(keys), *items]))
         self._allowed.remember(items, decisions, self.guard)
-        return self._on_input(state, items, decisions)
+        return self._on_model_input(state, keys, key_decisions, items, decisions)
 
     # The async hooks read messages (into checks, fingerprints, notices) on a worker thread once they are large
     # (`built_off_loop`), in the order the sync hooks do: on the loop, one user message of 200,000 empty content
@@ -919,10 +1016,13 @@ class GuardMiddleware(AgentMiddleware):
     @hook_config(can_jump_to=["end"])
     async def abefore_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
         messages = state.get("messages") or ()
+        keys = await built_off_loop(lambda: self._state_key_items(state), _state_rest(state))
         items = await built_off_loop(lambda: self._input_items(state), messages)
-        decisions = await ascreen(self.guard, items)
+        key_decisions, decisions = self._split(keys, await ascreen(self.guard, [*_read_whole(keys), *items]))
         self._allowed.remember(items, decisions, self.guard)
-        return await built_off_loop(lambda: self._on_input(state, items, decisions), messages)
+        return await built_off_loop(
+            lambda: self._on_model_input(state, keys, key_decisions, items, decisions), messages
+        )
 
     @hook_config(can_jump_to=["end"])
     @speaking_as(_ASYNC_TWIN)
@@ -1010,7 +1110,10 @@ class GuardMiddleware(AgentMiddleware):
         # F1). The state's messages not judged before are judged first, as the next model call would judge them (in
         # an agent's own loop all of them were: fingerprints only).
         written = self._message_items(_state_messages(request))
-        return [*written, *(item for item in (resumed, call) if item is not None)]
+        # And its other keys, which the tool reads from ``runtime.state`` (rt63h F1: ``Command(resume=..., update=...)``);
+        # last, so that a call blocked itself is told as the call (a reviewer's edit is in the state too).
+        keys = self._state_key_items(request.state)
+        return [*written, *(item for item in (resumed, call) if item is not None), *keys]
 
     def _before_tool(self, items: list[Item], decisions: list[Decision]) -> Decision | None:
         """The first block among the checks before the tool runs (`_tool_checks`), or ``None``: the tool runs."""
@@ -1019,14 +1122,17 @@ class GuardMiddleware(AgentMiddleware):
 
     def _tool_decisions(self, items: list[Item], judge: Callable[[list[Item]], list[Decision]]) -> list[Decision]:
         """``judge``'s decisions on ``items``; a resume value not read whole is blocked unread (`_unread_resume`)."""
-        read = [item for item in items if item.extra.get("whole", True)]
+        read = _read_whole(items)
         judged = iter(judge(read) if read else [])
-        return [next(judged) if item.extra.get("whole", True) else self._unread_resume() for item in items]
+        return [next(judged) if item.extra.get("whole", True) else self._unread_input(item) for item in items]
 
     async def _atool_decisions(self, items: list[Item]) -> list[Decision]:
-        read = [item for item in items if item.extra.get("whole", True)]
+        read = _read_whole(items)
         judged = iter(await ascreen(self.guard, read) if read else [])
-        return [next(judged) if item.extra.get("whole", True) else self._unread_resume() for item in items]
+        return [next(judged) if item.extra.get("whole", True) else self._unread_input(item) for item in items]
+
+    def _unread_input(self, item: Item) -> Decision:
+        return self._unread_state_key(item) if _STATE_KEY in item.extra else self._unread_resume()
 
     def _unread_resume(self) -> Decision:
         why = f"the resume value carries more than max_chars={self.guard.max_chars:,} characters: not judged whole"
@@ -1513,9 +1619,13 @@ class GuardMiddleware(AgentMiddleware):
 
     def _wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]) -> Any:
         with self._stopped.watching(request, step=request.state):
-            given = self._message_items(list(request.messages))
+            keys, given = self._state_key_items(request.state), self._message_items(list(request.messages))
+            key_decisions, decisions = self._split(keys, screen(self.guard, [*_read_whole(keys), *given]))
             try:
-                request = self._given_request(request, given, screen(self.guard, given))
+                stopped = self._key_stopped(request, keys, key_decisions) if keys else None
+                if stopped is not None and not isinstance(stopped, ModelRequest):
+                    return stopped  # the model is not called
+                request = self._given_request(stopped or request, given, decisions)
             except GuardViolation as error:
                 return self._stream_stopped(error)
             held, ledger = self._held_request(request)
@@ -1536,10 +1646,15 @@ class GuardMiddleware(AgentMiddleware):
     ) -> Any:
         with self._stopped.watching(request, step=request.state):
             asked = request
+            keys = await built_off_loop(lambda: self._state_key_items(asked.state), _state_rest(asked.state))
             given = await built_off_loop(lambda: self._message_items(list(asked.messages)), asked.messages)
             try:
-                decisions = await ascreen(self.guard, given)
-                request = await built_off_loop(lambda: self._given_request(asked, given, decisions), asked.messages)
+                key_decisions, decisions = self._split(keys, await ascreen(self.guard, [*_read_whole(keys), *given]))
+                stopped = self._key_stopped(asked, keys, key_decisions) if keys else None
+                if stopped is not None and not isinstance(stopped, ModelRequest):
+                    return stopped  # the model is not called
+                kept = stopped or asked
+                request = await built_off_loop(lambda: self._given_request(kept, given, decisions), asked.messages)
             except GuardViolation as error:
                 return self._stream_stopped(error)
             held, ledger = self._held_request(request)
@@ -1625,7 +1740,8 @@ class GuardMiddleware(AgentMiddleware):
             if any(not isinstance(value, str) for value in resumed):
                 checks = await asyncio.to_thread(self._tool_checks, request)
             else:
-                checks = await built_off_loop(lambda: self._tool_checks(request), (*_read_by_call(request), resumed))
+                read = (*_read_by_call(request), resumed, _state_rest(request.state))
+                checks = await built_off_loop(lambda: self._tool_checks(request), read)
             if checks:
                 blocked = self._before_tool(checks, await self._atool_decisions(checks))
                 if blocked is not None:
