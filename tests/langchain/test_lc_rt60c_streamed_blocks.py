@@ -261,5 +261,12 @@ def test_reading_a_long_streamed_block_stays_linear():
         return time.perf_counter() - start
 
     cost(500)  # warm up
-    small, large = min(cost(2000) for _ in range(3)), min(cost(8000) for _ in range(3))
-    assert large / small < 8  # 4 times the pieces: about 4 times the work (a quadratic reading is 16)
+    # 4 times the pieces: about 4 times the work (a quadratic reading is 16, in every round). Interleaved, best of
+    # three, up to three rounds: a loaded machine once gave 10 in one round (stop 63's CI, beside eight helpers).
+    ratios = []
+    for _ in range(3):
+        pairs = [(cost(2000), cost(8000)) for _ in range(3)]
+        ratios.append(min(large for _, large in pairs) / min(small for small, _ in pairs))
+        if ratios[-1] < 8:
+            break
+    assert ratios[-1] < 8, ratios
