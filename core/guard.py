@@ -1033,7 +1033,11 @@ def _with_retried(
         result = again[k] if isinstance(again, list) else again
         if isinstance(result, Verdict) and result.risk is not Risk.SAFE:
             found = out[i]
-            out[i] = worst([found, result]) if isinstance(found, Verdict) else result  # a turn read more than one way
+            # A turn read more than one way: the worse stands, an Unsafe the error carries too (a whole choice beside
+            # a broken one, a cut prompt's: `Policy.decide_error` blocks on it; replaced by the turn alone's
+            # Controversial, a loose policy let it through, rt63b's lead).
+            readable = found if isinstance(found, Verdict) else getattr(found, "readable", None)
+            out[i] = worst([readable, result]) if isinstance(readable, Verdict) else result
             pending[i].key = None
     return out
 
