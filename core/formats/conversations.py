@@ -87,18 +87,26 @@ def answer_or_prefill(messages: list[dict[str, str]]) -> tuple[list[dict[str, st
     ``None``). The request is the turns before a last assistant turn that renders as nothing but hides written text
     (markup only, kept as an answer): it may be a prefill all the same (a tag name no list holds, ``"<reply>"``), and
     the request judged as the context of markup was decided as mere context (rt63g F2). Such a check
-    judges both, the stricter decision standing: one check more, only for a turn of markup alone."""
-    if len(messages) >= 2 and messages[-1]["role"] == "assistant" and messages[-2]["role"] == "user":
-        answer = messages[-1]["content"]
-        if is_blank(answer):
-            return messages[:-1], None
-        if may_render_differently(answer):
-            rendered = Rendered(answer)
-            if is_blank(rendered.span(0, len(answer))):
-                # Markup only: a prefill when it hides nothing either; else an answer, and the request judged too.
-                if not _hides_text(answer, rendered.edits):
-                    return messages[:-1], None
-                return messages, messages[:-1]
+    judges both, the stricter decision standing: one check more, only for a turn of markup alone. The last turn is
+    the run of assistant messages that ends the conversation, read joined as a provider sends it (`final_run`): a
+    prefill split over two messages (``"<think>\n\n"``, ``"</think>\n\n"``; ``"<reply>"`` twice) is one (rt63i F1:
+    the request behind it was judged as mere context again)."""
+    start = len(messages)
+    while start > 0 and messages[start - 1]["role"] == "assistant":
+        start -= 1
+    if start == len(messages) or start == 0 or messages[start - 1]["role"] != "user":
+        return messages, None
+    request = messages[:start]
+    answer = "".join(m["content"] for m in messages[start:])
+    if is_blank(answer):
+        return request, None
+    if may_render_differently(answer):
+        rendered = Rendered(answer)
+        if is_blank(rendered.span(0, len(answer))):
+            # Markup only: a prefill when it hides nothing either; else an answer, and the request judged too.
+            if not _hides_text(answer, rendered.edits):
+                return request, None
+            return messages, request
     return messages, None
 
 
