@@ -342,3 +342,60 @@ def test_a_read_cancelled_while_the_buffer_summarizes_leaves_no_unjudged_summary
     assert unsafe_chars(after) == 0
     assert after == "blocked"
     assert stored_clause(memory) == 0
+
+
+def test_tasks_waiting_for_the_turn_are_woken_not_polling():
+    # rt63i F3: each waiting aget asked for the turn every 2 ms: 500 of them behind one slow read burned a core for
+    # over a minute. They wait in line now, and the read that hands the turn back wakes the first: counted in asks
+    # for the turn (a wall clock would measure the machine), 200 tasks behind a thread's read held for 0.5 s.
+    import threading
+
+    backend = ScriptedBackend(keyword_verdict, name="kw")
+    memory = GuardedMemory(
+        ChatSummaryMemoryBuffer.from_defaults(llm=ScriptedLLM(chunks=["Summary: Paris."]), token_limit=40),
+        Guard(backend, cache_size=0),
+    )
+    turn = memory._turn
+    asks = 0
+
+    class CountingLock:
+        def __init__(self, lock):
+            self._lock = lock
+
+        def acquire(self, blocking=True, timeout=-1):
+            nonlocal asks
+            asks += not blocking
+            return self._lock.acquire(blocking, timeout)
+
+        def release(self):
+            self._lock.release()
+
+        def locked(self):
+            return self._lock.locked()
+
+    turn._lock = CountingLock(turn._lock)
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with turn.held():
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+
+    async def waiters():
+        async def one():
+            async with turn.aheld():
+                pass
+
+        tasks = [asyncio.ensure_future(one()) for _ in range(200)]
+        await asyncio.sleep(0.5)
+        release.set()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(waiters())
+    holder.join(10)
+    # Polling every 2 ms: about 200 x 250 asks in 0.5 s; woken in line: an ask each, and one each 50 ms at most.
+    assert asks < 200 * (0.5 / 0.05 + 4), asks
