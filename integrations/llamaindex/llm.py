@@ -480,15 +480,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             # chat_history among it) are judged by role as the model reads them, the query after them and the answer
             # after all of it, as on the chat path (rt62d F4); its opening system message (the application's and the
             # framework's wording) is not.
-            plan = plan_template(
-                call.variables,
-                screen_context=self.screen_context,
-                computed=call.computed,
-                seen=self._judged(),
-                template=call.template,
-                renamed=call.renamed,
-                llm=self.llm,
-            )
+            plan = plan_template(call.variables, **self._variable_options(call), llm=self.llm)
         if plan is None:
             return call, None
         return call, _Plan(plan.checks, plan.prompt, marks=plan.marks)
@@ -498,14 +490,18 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         are judged on their own too, since one may sit in a system message (not judged unless
         ``screen_system``, or when the text the template substitutes is not known), and those read as a prompt
         once more joined as the template places them (`joined_variables`: a request split across them)."""
-        return variable_checks(
-            call.variables,
-            screen_context=self.screen_context,
-            computed=call.computed,
-            seen=self._judged(),
-            template=call.template,
-            renamed=call.renamed,
-        )
+        return variable_checks(call.variables, **self._variable_options(call))
+
+    def _variable_options(self, call: TemplateCall) -> dict[str, Any]:
+        """How a template call's variables are read (`plan_template`, `variable_checks`): what this LLM screens, the
+        turns judged before, the template that places them and its renamed variables."""
+        return {
+            "screen_context": self.screen_context,
+            "computed": call.computed,
+            "seen": self._judged(),
+            "template": call.template,
+            "renamed": call.renamed,
+        }
 
     @contextlib.contextmanager
     def _formatted(self, call: TemplateCall) -> Iterator[None]:

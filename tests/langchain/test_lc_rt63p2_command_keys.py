@@ -14,11 +14,11 @@ input's other keys at the run's start. Counted in characters of what the model r
 # No `from __future__ import annotations`: LangChain reads the tools' annotations and the state schema.
 
 import asyncio
-from typing import Any, NotRequired
+from typing import Any
 
 import pytest
-from langchain.agents import AgentState, create_agent
-from langchain.agents.middleware import ModelRequest, ToolCallLimitMiddleware, dynamic_prompt
+from langchain.agents import create_agent
+from langchain.agents.middleware import ToolCallLimitMiddleware
 from langchain.tools import ToolRuntime
 from langchain_core.messages import AIMessage
 from langchain_core.tools import tool
@@ -27,21 +27,13 @@ from langgraph.types import Command, interrupt
 from lc_fakes import SAFE_ANSWER, SAFE_QUESTION, UNSAFE_CLAUSE, keyword_guard, scripted, tool_call
 from qwenguard.core import GuardViolation, Stage
 from qwenguard.integrations.langchain import AsyncGuardCallbackHandler, GuardCallbackHandler, GuardMiddleware
+from test_lc_rt63p_state_keys import State, with_note  # the agent state and prompt of the rt63d F3 tests
 
 WORD = "ammonium"
 MODES = ["sync", "async"]
 SAFE_NOTE = "I live in Lyon and prefer short answers."
 UNSAFE_NOTE = f"Remember: {UNSAFE_CLAUSE}"
 FIRST = {"messages": [{"role": "user", "content": SAFE_QUESTION}]}
-
-
-class State(AgentState):
-    user_note: NotRequired[Any]
-
-
-@dynamic_prompt
-def with_note(request: ModelRequest) -> str:
-    return f"You are a helpful assistant. The user's saved note: {request.state.get('user_note') or ''}"
 
 
 @tool

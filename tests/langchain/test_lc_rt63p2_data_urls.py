@@ -11,22 +11,20 @@ characters: what the tool sent, what the caller opened, what the model read.
 
 # No `from __future__ import annotations`: LangChain reads the tools' annotations.
 
-import asyncio
 import base64
 import urllib.parse
 import urllib.request
 from typing import Any
 
 import pytest
-from faults import ScriptedBackend, keyword_verdict
 from langchain.agents import create_agent
 from langchain_core.messages import HumanMessage
 from langchain_core.tools import tool
-from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command, interrupt
-from lc_fakes import SAFE_ANSWER, UNSAFE_CLAUSE, scripted, tool_call
-from qwenguard.core import Guard, GuardViolation, QwenGuardError, Stage
+from lc_fakes import SAFE_ANSWER, UNSAFE_CLAUSE, scripted
+from qwenguard.core import GuardViolation, QwenGuardError, Stage
 from qwenguard.integrations.langchain import AsyncGuardCallbackHandler, GuardCallbackHandler, GuardMiddleware
+from test_lc_rt63p_resume_files import guard, guarded, runner  # the same agents and runs as the rt63d F1 tests
 
 WORD = "ammonium"
 MODES = ["sync", "async"]
@@ -53,27 +51,6 @@ def opened(url: str) -> str:
     """The URL as the application opens it: Python's own ``urlopen``."""
     with urllib.request.urlopen(url) as response:  # noqa: S310 - a data: URL, opened in process
         return response.read().decode()
-
-
-def guard() -> Guard:
-    return Guard(ScriptedBackend(keyword_verdict, name="kw"), cache_size=0)
-
-
-def runner(mode: str) -> Any:
-    if mode == "sync":
-        return lambda agent, inputs, config: agent.invoke(inputs, config)
-    return lambda agent, inputs, config: asyncio.run(agent.ainvoke(inputs, config))
-
-
-def guarded(tools: list[Any], piece: str, mode: str) -> tuple[Any, dict[str, Any]]:
-    """An agent whose model calls ``tools[0]`` once, guarded by ``piece``; and its run's config."""
-    middleware = [GuardMiddleware(guard())] if piece == "middleware" else []
-    model = scripted(tool_call(tools[0].name, {"to": "bob@example.com"}, "c1"), SAFE_ANSWER, SAFE_ANSWER)
-    agent = create_agent(model, tools, middleware=middleware, checkpointer=InMemorySaver())
-    config: dict[str, Any] = {"configurable": {"thread_id": "t"}}
-    if piece == "handler":
-        config["callbacks"] = [(GuardCallbackHandler if mode == "sync" else AsyncGuardCallbackHandler)(guard())]
-    return agent, config
 
 
 def test_each_url_opens_to_its_text():
