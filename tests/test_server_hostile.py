@@ -1646,3 +1646,26 @@ def test_the_access_log_shows_no_client_text_from_a_request_line_on_h11_either()
         sock.close()
     assert any('"GET /health HTTP/1.1" 200' in line for line in lines), lines  # the log is on
     assert len(lines) >= 3 and not [line for line in lines if "SECRETPROMPT" in line], lines
+
+
+@pytest.mark.parametrize(
+    ("written", "status"),
+    [(b"%d", 200), (b"%d ", 200), (b"%d\t", 200), (b" %d", 200), (b"0%d", 200), (b"1" + b"0" * 18, 413)],
+    ids=["plain", "trailing-space", "trailing-tab", "leading-space", "leading-zero", "19-digits"],
+)
+def test_a_content_length_with_blanks_around_it_is_read_as_its_digits(written: bytes, status: int) -> None:
+    """rt64d F1: ``Content-Length: 56 `` (optional whitespace the HTTP parser passes on) was answered 413 "request
+    body exceeds 1000000 bytes": a false error pointing the operator at --max-body-bytes. A count past any limit is
+    still over it."""
+    length = written % len(DRIP_BODY) if b"%d" in written else written
+    with guarded(safe_backend()) as url:
+        sock = socket.create_connection(("127.0.0.1", _port(url)))
+        try:
+            head = DRIP_HEAD.replace(b"Content-Length: %d" % len(DRIP_BODY), b"Content-Length: " + length)
+            sock.sendall(head.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n") + DRIP_BODY)
+            answer = _read_all(sock)
+        finally:
+            sock.close()
+    assert answer.split(b"\r\n", 1)[0].split()[1] == b"%d" % status, answer[:200]
+    if status == 200:
+        assert b'"risk":"safe"' in answer
