@@ -12,7 +12,8 @@
   thread (`current_thread`). With a checkpointer LangGraph writes the input to the thread before any node runs, so a
   blocked prompt stays there: judged again on the thread's next turn, it raised again, every turn (one user's message
   refused a shared thread for good). A block raised before on the same thread is replaced by its notice in the state
-  instead, and the turn goes on; anywhere else (another thread, no thread) it raises again.
+  instead, and the turn goes on; anywhere else (another thread, no thread) it raises again. The callback handler
+  keeps one too: it cannot edit what the model reads, so it raises again, but says so (rt64g F2, `left_over`).
 - `OwnNotices`: the messages it wrote in place of what it blocked (its notices and its refusal), by fingerprint: the
   thread (`current_thread`), id, role and text of each, as it wrote it. Judged again as a user's prompt and as
   context, the next turn of the thread was refused (the demo guard reads a withheld-message notice as unsafe). Only
@@ -242,6 +243,25 @@ class RaisedChecks:
     def raised(self, item: Item, thread: str | None) -> bool:
         return thread is not None and self._raised.get(_key(item, thread)) is not None
 
+    def fresh(self, blocked: Sequence[Item], thread: str | None) -> list[Item]:
+        """The blocked checks of ``blocked`` not raised for before on ``thread``: neither the same check (`raised`) nor
+        consecutive user turns read as one that hold a turn of a run raised for (`earlier_run`)."""
+        return [item for item in blocked if not self.raised(item, thread) and self.earlier_run(item, thread) is None]
+
+    def left_over(self, blocked: Sequence[Item], thread: str | None) -> list[BaseMessage]:
+        """For blocked checks of a model's input (`without_runs_of_blocked`) that were all raised for before on
+        ``thread`` (`fresh` finds none): the messages those blocks were raised for, in order (a run's turns that were
+        in a run raised for, `run_turns`), each once. Empty when one of them is new."""
+        if thread is None or not blocked or self.fresh(blocked, thread):
+            return []
+        found: dict[int, BaseMessage] = {}
+        for item in blocked:
+            run = item.extra.get("run")
+            for message in self.run_turns(run, thread) if run else [item.message]:
+                if message is not None:
+                    found.setdefault(id(message), message)
+        return list(found.values())
+
     def remember(self, items: Sequence[Item], thread: str | None) -> None:
         if thread is None:
             return  # nothing of the run stays for a later one to read
@@ -273,6 +293,14 @@ class RaisedChecks:
             for turn in run
             if (key := _turn_key(turn, thread)) is not None and self._run_turns.get(key) is not None
         ]
+
+
+def without_runs_of_blocked(blocked: Sequence[Item]) -> list[Item]:
+    """``blocked`` (checks a guard blocked) without the checks of consecutive user turns read as one
+    (`_messages._UserRun`) where a turn of the run is blocked on its own: that turn's block is the run's. Kept, a turn
+    blocked on a thread's earlier run and the next turn's question made a new block of the two."""
+    alone = {id(item.message) for item in blocked if "run" not in item.extra}
+    return [item for item in blocked if "run" not in item.extra or not any(id(m) in alone for m in item.extra["run"])]
 
 
 def _key(item: Item, thread: str) -> str:

@@ -17,7 +17,10 @@ not answer and the policy fails closed):
 
 - ``on_chat_model_start`` / ``on_llm_start`` — before the model runs: new user turns as prompts, new
   tool messages as untrusted content (system messages are the application's own and are skipped). A file that
-  langchain-core's traced copy of the messages lost (`_file_traced_away`) is refused with `GuardUnavailable`.
+  langchain-core's traced copy of the messages lost (`_file_traced_away`) is refused with `GuardUnavailable`. On a
+  checkpointed thread a prompt it blocked stays in the state (LangGraph saved the input before the run raised) and
+  every later model call there reads it: a callback cannot take it out, so each is refused, with a stop that says so
+  and names the message to remove (`_told_apart`, rt64g F2).
 - ``on_llm_new_token`` (classic streaming, LangGraph ``stream_mode="messages"``) and
   ``on_stream_event`` (``stream_events(version="v3")``; one of the two per run, never both: see
   ``_feed.py``) — the streamed text and each streamed tool call's arguments; a chunk (or finished block)
@@ -120,7 +123,7 @@ from ._answer_tools import answer_tools
 from ._feed import StreamFeed
 from ._handler_order import HeardFirst
 from ._holding import GUARD_PARAM, HELD_CALL, HELD_LLM_TYPE_PREFIX, TOOL_CALLS_PARAM, HeldCall, guard_token
-from ._input_memory import Produced, current_scope
+from ._input_memory import Produced, RaisedChecks, current_scope, current_thread, without_runs_of_blocked
 from ._logs import quiet_guard_stops
 from ._messages import (
     AS_ANSWER,
@@ -145,7 +148,7 @@ from ._messages import (
     turn_role,
 )
 from ._runs import BlockedCalls, RunTable, started_by_agenerate
-from ._screening import ascreen, built_off_loop, no_looser, raise_first, require_guard, screen
+from ._screening import ascreen, blocked_pairs, built_off_loop, no_looser, raise_first, require_guard, screen
 from ._streaming import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_UNJUDGED,
@@ -433,6 +436,9 @@ class _GuardHandlerLogic(HeardFirst):
         # answers asked for (`_tool_call_item`: any other call about to run is the client's); each where it was
         # produced (`_scope`), and an answer only once let through.
         self._produced = Produced(bound=True)
+        # The blocks its model inputs raised for, each on its thread (`_told_apart`): LangGraph saved the blocked turn
+        # there before the run raised, and every later turn of the thread is refused for it.
+        self._raised = RaisedChecks()
         self.screen_system = screen_system
         self.history_turns = history_turns
         self.window_chars = window_chars
@@ -671,23 +677,49 @@ class _GuardHandlerLogic(HeardFirst):
                 await pending.wait_async()
 
     # Here, not on the handler classes: the async handler answers sync dispatches with the sync hooks.
-    def _start_input(self, items: list[Item], run_id: UUID) -> None:
+    # ``thread``: a chat model's (`current_thread`), read where the hook runs, for `_told_apart`.
+    def _start_input(self, items: list[Item], run_id: UUID, thread: str | None = None) -> None:
         if self.parallel_input and items:
             guard = self.guard
-            self._run(run_id).pending = PendingCheck.start(lambda: screen(guard, items))
-            return
-        with self._dropped_on_error(run_id), self._blocking_its_call(run_id):
-            raise_first(items, screen(self.guard, items))
-
-    async def _astart_input(self, items: list[Item], run_id: UUID) -> None:
-        if self.parallel_input and items:
-            guard = self.guard
-            self._run(run_id).pending = PendingCheck.start_async(
-                ascreen(guard, items), on_loop=lambda: screen(guard, items)
+            self._run(run_id).pending = PendingCheck.start(
+                lambda: self._told_apart(items, screen(guard, items), thread)
             )
             return
         with self._dropped_on_error(run_id), self._blocking_its_call(run_id):
-            raise_first(items, await ascreen(self.guard, items))
+            raise_first(items, self._told_apart(items, screen(self.guard, items), thread))
+
+    async def _astart_input(self, items: list[Item], run_id: UUID, thread: str | None = None) -> None:
+        if self.parallel_input and items:
+            guard = self.guard
+            self._run(run_id).pending = PendingCheck.start_async(
+                self._ajudged_input(items, thread),
+                on_loop=lambda: self._told_apart(items, screen(guard, items), thread),
+            )
+            return
+        with self._dropped_on_error(run_id), self._blocking_its_call(run_id):
+            raise_first(items, await self._ajudged_input(items, thread))
+
+    async def _ajudged_input(self, items: list[Item], thread: str | None) -> list[Decision]:
+        return self._told_apart(items, await ascreen(self.guard, items), thread)
+
+    # rt64g F2. With a checkpointer LangGraph writes a run's input to the thread before any node runs, so a prompt this
+    # handler blocked stays in the thread, and every later model call there reads it: each raised again, named as a
+    # blocked prompt whatever the new turn asked. `GuardMiddleware` puts its notice in the blocked turn's place (the
+    # state is its to write); a callback cannot change what the model reads, and letting the call through would give
+    # the model the blocked text. So the thread stays refused, and the stop says why and how to free it.
+    def _told_apart(self, items: list[Item], decisions: list[Decision], thread: str | None) -> list[Decision]:
+        """``decisions`` on a model's input. On a thread, blocks not raised for there before are remembered
+        (`RaisedChecks`); where every block was, `_left_over`'s stop is raised instead of theirs."""
+        pairs = blocked_pairs(items, decisions)
+        # A guard that could not answer is its own outcome (`GuardUnavailable`): neither remembered nor told apart.
+        if thread is None or not pairs or any(d.reason in _UNANSWERED for _, d in pairs):
+            return decisions
+        blocked = without_runs_of_blocked([item for item, _ in pairs])
+        left_over = self._raised.left_over(blocked, thread)
+        if left_over:
+            raise _left_over(pairs[0][1], left_over)
+        self._raised.remember(self._raised.fresh(blocked, thread), thread)
+        return decisions
 
     # -- what to check (pure) -------------------------------------------------------------------
     def _note_held(self, run_id: UUID, kwargs: Mapping[str, Any]) -> None:
@@ -1125,6 +1157,24 @@ class _GuardHandlerLogic(HeardFirst):
                 raise_first(items, screen(self.guard, items))
 
 
+#: The reasons of a decision the guard did not answer (`enforce` raises `GuardUnavailable` for them).
+_UNANSWERED = ("guard_error", "timeout")
+
+
+def _left_over(decision: Decision, messages: Sequence[BaseMessage]) -> GuardViolation:
+    """The stop for a model input whose every block was raised for on an earlier run of its thread (`_told_apart`):
+    ``decision``, the first of them, told as the thread's, naming the blocked ``messages`` and how to remove them."""
+    ids = [m.id for m in messages if isinstance(m.id, str) and m.id]
+    removals = ", ".join(f"RemoveMessage(id={i!r})" for i in ids) or "RemoveMessage(id=...)"
+    return GuardViolation(
+        decision,
+        f"{decision.describe()}: the thread's state still holds what the guard blocked on an earlier run (LangGraph "
+        "saved that input before the guard raised), and the model would read it: every model call on this thread is "
+        f'refused until it is removed, agent.update_state(config, {{"messages": [{removals}]}}) (RemoveMessage from '
+        'langchain_core.messages). GuardMiddleware(guard, exit_behavior="error") replaces it with its notice instead.',
+    )
+
+
 def _text_message(text: str) -> BaseMessage:
     return AIMessage(content=text)
 
@@ -1202,7 +1252,7 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
         self._note_held(run_id, kwargs)
         self._note_answer_tools(run_id, kwargs)
         try:
-            self._start_input(self._chat_start_items(messages, run_id), run_id)
+            self._start_input(self._chat_start_items(messages, run_id), run_id, current_thread())
         except GuardViolation as stop:
             self._note_stop(stop, place)
             raise
@@ -1417,11 +1467,11 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
         run.place = place
         self._note_held(run_id, kwargs)
         self._note_answer_tools(run_id, kwargs)
-        scope = _scope(run.trace)  # on the loop: its context tells the graph run
+        scope, thread = _scope(run.trace), current_thread()  # on the loop: its context tells the graph run
         try:
             items, context = await built_off_loop(lambda: self._chat_start_reading(messages, scope), messages)
             self._run(run_id).context = context  # on the loop, once read: a cancelled read sets nothing
-            await self._astart_input(items, run_id)
+            await self._astart_input(items, run_id, thread)
         except GuardViolation as stop:
             self._note_stop(stop, place)
             raise
