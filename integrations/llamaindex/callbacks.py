@@ -75,7 +75,7 @@ from ._messages import (
     variable_checks,
     variable_texts,
 )
-from .postprocessor import node_text
+from .postprocessor import node_decisions
 
 __all__ = ["SCREENED_EVENTS", "GuardCallbackHandler"]
 
@@ -254,10 +254,10 @@ class GuardCallbackHandler(BaseCallbackHandler):
             return
         if event_type is CBEventType.RETRIEVE:
             nodes: list[NodeWithScore] = list(payload.get(EventPayload.NODES) or [])
-            # With the metadata a window swap shows the LLM, and what the app gets with the node.
-            texts = [node_text(n.node, self.guard.max_chars) for n in nodes]
-            if texts:
-                for decision in self.guard.check_documents(None, texts):
+            # With the metadata a window swap shows the LLM, and what the app gets with the node; in batches, as
+            # the postprocessor judges them (`node_decisions`): a node too large to judge alone raises.
+            if nodes:
+                for decision in node_decisions(self.guard, [n.node for n in nodes], "raise"):
                     enforce(decision)
         elif event_type is CBEventType.LLM:
             text = _answer_text(payload)

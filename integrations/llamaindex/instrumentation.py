@@ -37,7 +37,7 @@ from qwenguard.core.formats.conversations import response_conversation
 from .._common import Bounded, require_guard
 from ._component import GuardComponent
 from ._messages import message_text, plan_inputs
-from .postprocessor import node_text
+from .postprocessor import node_decisions
 
 __all__ = ["GuardEventHandler", "AuditRecord"]
 
@@ -142,11 +142,10 @@ class GuardEventHandler(GuardComponent, BaseEventHandler):
             if isinstance(query, str) and query.strip():
                 self._record(event, self.guard.check_prompt(query))
         elif isinstance(event, RetrievalEndEvent) and self.screen_retrievals:
-            # With the metadata a window swap shows the LLM, and what the app gets with the node.
-            texts = [node_text(n.node, self.guard.max_chars) for n in event.nodes]
-            if texts:
-                for decision in self.guard.check_documents(None, texts):
-                    self._record(event, decision)
+            # With the metadata a window swap shows the LLM, and what the app gets with the node; in batches, as the
+            # postprocessor judges them (`node_decisions`): a node too large to judge is recorded blocked unjudged.
+            for decision in node_decisions(self.guard, [n.node for n in event.nodes], "drop"):
+                self._record(event, decision)
         elif isinstance(event, LLMChatInProgressEvent) and self.screen_responses:
             self._streamed(event.span_id, event.response.delta or "")
         elif isinstance(event, ExceptionEvent):

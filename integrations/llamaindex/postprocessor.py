@@ -1,8 +1,8 @@
 """`GuardNodePostprocessor`: screen retrieved nodes before they reach the LLM.
 
-Each node is judged on its own as untrusted content, all of a query's nodes in one batch
-(``Guard.check_documents``): harmful text and injected instructions ("ignore all previous
-instructions...") are dropped, or stop the query, before the synthesizer puts them in a prompt.
+Each node is judged on its own as untrusted content, a query's nodes in batches of at most the guard's
+``max_checks`` (``Guard.check_documents``, `node_decisions`): harmful text and injected instructions ("ignore all
+previous instructions...") are dropped, or stop the query, before the synthesizer puts them in a prompt.
 
 It goes after the postprocessors that fetch or reorder nodes without an LLM (one after it that fetches nodes,
 ``PrevNextNodePostprocessor``, adds nodes the guard never saw) and before any that reads nodes with an LLM
@@ -16,7 +16,8 @@ import asyncio
 import dataclasses
 import logging
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from string import Formatter
 from typing import Any, Literal, TypeVar
 
@@ -35,6 +36,7 @@ from llama_index.core.schema import (
 from qwenguard.core import Decision, Guard, enforce
 from qwenguard.core.errors import InputTooLarge
 from qwenguard.core.formats.identifiers import is_opaque_id
+from qwenguard.core.formats.windows import CALL_WINDOW_ACCOUNT, WindowAccount, window_budget
 from qwenguard.core.guard import speaking_as
 from qwenguard.core.policy import Action
 from qwenguard.core.verdict import Stage
@@ -239,11 +241,17 @@ def _measured(guard: Guard, nodes: Sequence[BaseNode], on_block: OnBlock) -> tup
             if len(text) > guard.max_chars:
                 raise InputTooLarge(f"node {node.node_id} shows {len(text):,} characters, over max_chars")
         except InputTooLarge as exc:
-            unjudged[i] = Decision(False, Action.BLOCK, Stage.RETRIEVAL, "guard_error", error=f"too large: {exc}")
-            guard._emit(unjudged[i])  # the audit listeners hear of a node dropped unjudged, as of any decision
+            unjudged[i] = _too_large(guard, exc)
             continue
         texts.append(text)
     return texts, unjudged
+
+
+def _too_large(guard: Guard, exc: InputTooLarge) -> Decision:
+    """The blocked Decision of a node too large to judge, heard by the audit listeners as any decision is."""
+    decision = Decision(False, Action.BLOCK, Stage.RETRIEVAL, "guard_error", error=f"too large: {exc}")
+    guard._emit(decision)
+    return decision
 
 
 def _merged(count: int, decisions: Sequence[Decision], unjudged: dict[int, Decision]) -> list[Decision]:
@@ -251,12 +259,105 @@ def _merged(count: int, decisions: Sequence[Decision], unjudged: dict[int, Decis
     return [unjudged[i] if i in unjudged else next(judged) for i in range(count)]
 
 
+# A query's or an ingestion run's nodes are as many as its retriever or its documents make: one guard call holds
+# at most ``max_checks`` of them (a SummaryIndex over 4,100 documents stopped answering: rt64f F2), each batch its
+# own call. A batch over a size limit (``max_windows_per_call``: one long page made every query that retrieved it
+# fail, rt64f F1) is judged again in halves, each a call of its own, so that only a node that cannot be judged is
+# decided without a verdict: dropped as `_measured` drops one over ``max_chars``, or raised on. The guard's
+# ``max_windows_per_call`` bounds the whole step, every batch and half of it (`window_budget`): the operator's
+# bound on one integration step's guard work, which splitting a step into calls must not multiply. A call refused
+# for it ran no model work and is not charged (`_call_of`); once the step's budget is spent, the nodes left are
+# decided without another call.
+def _batches(guard: Guard, texts: Sequence[str]) -> list[Sequence[str]]:
+    """``texts`` in batches of at most the guard's ``max_checks``, in order."""
+    size = guard.max_checks  # at least 1: the Guard refuses less
+    return [texts[i : i + size] for i in range(0, len(texts), size)]
+
+
+def _spent(step: WindowAccount | None) -> bool:
+    """Is the step's window budget used up (no call can be judged within it)?"""
+    return step is not None and step.used >= step.budget
+
+
+def _step_spent(step: WindowAccount | None) -> InputTooLarge:
+    budget = step.budget if step is not None else 0
+    return InputTooLarge(
+        f"this step's nodes need more than {budget} guard windows in all; judge fewer nodes at once, or raise the "
+        "budget (max_windows_per_call)"
+    )
+
+
+def _unfitted(guard: Guard, texts: Sequence[str], exc: InputTooLarge, on_block: OnBlock) -> list[Decision]:
+    """``texts`` that no call can judge within the limits: raised on, or each decided too large."""
+    if on_block == "raise":
+        raise exc
+    return [_too_large(guard, exc) for _ in texts]
+
+
+@contextmanager
+def _call_of(step: WindowAccount | None) -> Iterator[None]:
+    """One call of the step: its windows are charged to the step only once it is judged. The backends charge a
+    call's windows as they plan each conversation, so a call refused for its budget had charged those before it,
+    for no model work: charged to the step as they came, they spent its budget for nothing."""
+    if step is None:
+        yield
+        return
+    room, account = step.budget - step.used, step.outer
+    while account is not None:  # a budget around the step bounds its calls too
+        room, account = min(room, account.budget - account.used), account.outer
+    if room < 1:
+        raise _step_spent(step)
+    call = WindowAccount(room)  # no outer account: the step (and those around it) is charged below, once
+    token = CALL_WINDOW_ACCOUNT.set(call)
+    try:
+        yield
+    finally:
+        CALL_WINDOW_ACCOUNT.reset(token)
+    step.charge(call.used)  # within every budget: the call's own bound was the least room they had
+
+
+def _fitted(
+    guard: Guard, query: str | None, texts: Sequence[str], on_block: OnBlock, step: WindowAccount | None
+) -> list[Decision]:
+    """One batch's Decisions, in order: the batch halved where it is over a size limit (above)."""
+    if _spent(step):
+        return _unfitted(guard, texts, _step_spent(step), on_block)
+    try:
+        with _call_of(step):
+            return guard.check_documents(query, texts)
+    except InputTooLarge as exc:
+        if len(texts) == 1:
+            return _unfitted(guard, texts, exc, on_block)
+        half = len(texts) // 2
+        return _fitted(guard, query, texts[:half], on_block, step) + _fitted(guard, query, texts[half:], on_block, step)
+
+
+async def _afitted(
+    guard: Guard, query: str | None, texts: Sequence[str], on_block: OnBlock, step: WindowAccount | None
+) -> list[Decision]:
+    """Async twin of `_fitted`."""
+    if _spent(step):
+        return _unfitted(guard, texts, _step_spent(step), on_block)
+    try:
+        with _call_of(step):  # this task's context: the call's planning reads it (a worker thread gets a copy)
+            return await guard.acheck_documents(query, texts)
+    except InputTooLarge as exc:
+        if len(texts) == 1:
+            return _unfitted(guard, texts, exc, on_block)
+        half = len(texts) // 2
+        first = await _afitted(guard, query, texts[:half], on_block, step)
+        return first + await _afitted(guard, query, texts[half:], on_block, step)
+
+
 def node_decisions(
     guard: Guard, nodes: Sequence[BaseNode], on_block: OnBlock, query: str | None = None
 ) -> list[Decision]:
-    """One Decision per node, in order, the nodes judged in one batch (`_measured` for nodes too large)."""
+    """One Decision per node, in order, the nodes judged in batches of at most ``max_checks`` (`_fitted`; `_measured`
+    for nodes too large to read), all within the guard's ``max_windows_per_call``."""
     texts, unjudged = _measured(guard, nodes, on_block)
-    return _merged(len(nodes), guard.check_documents(query, texts) if texts else [], unjudged)
+    with window_budget(guard.max_windows_per_call) as step:
+        decisions = [d for batch in _batches(guard, texts) for d in _fitted(guard, query, batch, on_block, step)]
+    return _merged(len(nodes), decisions, unjudged)
 
 
 async def anode_decisions(
@@ -265,7 +366,11 @@ async def anode_decisions(
     """Async twin of `node_decisions`. The nodes are read on a worker thread: a page of nodes with large hidden
     metadata is seconds of reading, which held the event loop (rt51g F2)."""
     texts, unjudged = await asyncio.to_thread(_measured, guard, nodes, on_block)
-    return _merged(len(nodes), await guard.acheck_documents(query, texts) if texts else [], unjudged)
+    decisions: list[Decision] = []
+    with window_budget(guard.max_windows_per_call) as step:  # this task's context: the calls below read it
+        for batch in _batches(guard, texts):
+            decisions += await _afitted(guard, query, batch, on_block, step)
+    return _merged(len(nodes), decisions, unjudged)
 
 
 def live_guard(component: Any) -> Guard:
@@ -350,7 +455,8 @@ class GuardNodePostprocessor(GuardComponent, BaseNodePostprocessor):
     - Nodes let through with a flag (controversial in a loose policy, fail-open guard errors) carry
       the Decision in ``node.metadata["qwenguard_decision"]`` (``record_flags=False`` turns this off).
     - Guard errors follow the guard's policy: fail closed (default) treats the node as blocked. A node over the
-      guard's ``max_chars`` cannot be judged: dropped (``"raise"``: `InputTooLarge`), never passed unread.
+      guard's ``max_chars``, or alone over a call's limits (``max_windows_per_call``), cannot be judged: dropped
+      (``"raise"``: `InputTooLarge`), never passed unread. Many nodes are judged in batches (`node_decisions`).
     - Put it after postprocessors that fetch nodes (``PrevNextNodePostprocessor`` would add unjudged ones), and
       before those that prompt an LLM with them (``LLMRerank``), unless that LLM is a `GuardedLLM`.
     """

@@ -39,9 +39,10 @@ class GuardTransform(GuardComponent, TransformComponent):
 
     Put it after the splitter so each chunk is judged on its own (a long document is windowed by
     the guard either way). ``on_block="raise"`` stops the ingestion at the first blocked node.
-    Flagged nodes keep the Decision in ``metadata["qwenguard_decision"]``. A node too large to judge is
-    dropped (``"raise"``: `InputTooLarge`); kept nodes lose their links to dropped ones (`unlinked`). It runs
-    in the pipeline's process only: a worker's copy (``num_workers > 1``) has no guard and raises `GuardMissing`.
+    Flagged nodes keep the Decision in ``metadata["qwenguard_decision"]``. The nodes are judged in batches of at
+    most the guard's ``max_checks``; a node too large to judge alone is dropped (``"raise"``: `InputTooLarge`);
+    kept nodes lose their links to dropped ones (`unlinked`). It runs in the pipeline's process only: a worker's
+    copy (``num_workers > 1``) has no guard and raises `GuardMissing`.
     """
 
     guard: Any = Field(exclude=True, description="The qwenguard Guard.")
