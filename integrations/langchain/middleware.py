@@ -6,7 +6,9 @@ Where it looks (every step is one batched guard call):
   ``@dynamic_prompt`` prints into the system prompt), judged as the user's turn, read as a tool's ``Command`` writing
   that key is; blocked, the key is cleared and the run ends with the refusal (rt63d F3). A ``Command`` input writes
   keys past it (a resume, ``goto="model"``): ``before_model``, the model call and the tool call judge the keys not
-  allowed before too (rt63h F1).
+  allowed before too (rt63h F1). The run's context (``context=``, which a tool reads from ``runtime.context`` and a
+  ``@dynamic_prompt`` may print) is judged with them, the same way, its ids left out (`_run_context`); blocked, the
+  run ends with the refusal, as it is in no state to clear (rt64c F1).
 - ``before_model``: what is new since the model's last turn — the user's input (prompt check, with
   the earlier turns as context) and tool results (untrusted content: injected instructions show up
   as Jailbreak). Runs before the model sees them. Every system or developer message in the state is
@@ -145,6 +147,7 @@ from ._messages import (
     tool_text,
     worded,
 )
+from ._run_context import context_text, run_context
 from ._screening import METADATA_KEY, ascreen, blocked_pairs, built_off_loop, require_guard, screen
 from ._stopped_calls import StoppedCalls
 from ._tool_errors import bubbled_command, control_flow, error_texts, interrupt_text, interrupt_values, object_text
@@ -189,6 +192,8 @@ _WHOLE = "whole_result"
 _COMMAND = "command"
 #: Marks (in `Item.extra`) the check of a state key the run's input holds besides its messages: the key's name.
 _STATE_KEY = "state_key"
+#: Marks (in `Item.extra`) the check of the run's context (`_run_context`): no state key to clear, the run ends.
+_RUN_CONTEXT = "run_context"
 #: Marks (in `Item.extra`) the check of what a tool's ``Command`` writes besides its messages: the Command, whose
 #: state keys are taken as allowed when it is (`_trust_state_writes`).
 _STATE_WRITES = "state_writes"
@@ -586,16 +591,31 @@ class GuardMiddleware(AgentMiddleware):
     # model and the tools unread by `_input_items` (rt63d F3), where a tool's ``Command`` writing the same key is judged
     # (`_result_items`). Judged once a run, at its start, as the user's turn is, read as that Command's other keys are
     # (`payload_leaf`). The state then holds what earlier turns left too (a tool's write, a key sent before): a value
-    # allowed once is not judged again (`AllowedChecks`).
-    def _state_key_items(self, state: AgentState, *, mid_run: bool = True) -> list[Item]:
+    # allowed once is not judged again (`AllowedChecks`). The run's context (``context=``) is the client's input too,
+    # beside the state (rt64c F1): judged with its keys, wherever they are (`_run_context`).
+    def _state_key_items(self, state: AgentState, context: Any = None, *, mid_run: bool = True) -> list[Item]:
         """The checks of the state's keys besides its messages and the framework's own (`_NOT_INPUT_KEYS`), one a key
-        that holds text, as the user's turn (the prompt stage), not allowed before; ``extra["whole"]``: whether all of
-        it was read within the guard's ``max_chars``. ``mid_run`` (past ``before_agent``): a middleware's own keys
-        left out too (`_kept_from_input`), which its hooks write as the run goes."""
-        if not self.check_input or not isinstance(state, Mapping):
+        that holds text, and of the run's ``context`` (`_context_item`), as the user's turn (the prompt stage), not
+        allowed before; ``extra["whole"]``: whether all of it was read within the guard's ``max_chars``. ``mid_run``
+        (past ``before_agent``): a middleware's own keys left out too (`_kept_from_input`), which its hooks write as
+        the run goes."""
+        if not self.check_input:
             return []
-        skip = _kept_from_input() if mid_run else frozenset()
-        return self._allowed.unjudged(self._state_key_checks(state.items(), skip), self.guard)
+        items = [] if (context_item := self._context_item(context)) is None else [context_item]
+        if isinstance(state, Mapping):
+            skip = _kept_from_input() if mid_run else frozenset()
+            items = [*self._state_key_checks(state.items(), skip), *items]
+        return self._allowed.unjudged(items, self.guard)
+
+    def _context_item(self, context: Any) -> Item | None:
+        """The check of the run's context (`context_text`: ids left out), or ``None`` where it holds no text."""
+        if context is None:
+            return None
+        text, whole = context_text(context, self.guard.max_chars)
+        if not text.strip() and whole:
+            return None
+        extra = {_RUN_CONTEXT: True, "whole": whole}
+        return Item(Stage.PROMPT, prompt_conversation(text), label="run context", extra=extra)
 
     def _state_key_checks(self, pairs: Iterable[tuple[Any, Any]], skip: frozenset[str] = frozenset()) -> list[Item]:
         """One check a (key, value) pair whose value holds text (`_state_key_items`), or is not read whole; the keys
@@ -635,25 +655,29 @@ class GuardMiddleware(AgentMiddleware):
         return [next(found) if item.extra["whole"] else self._unread_state_key(item) for item in items]
 
     def _unread_state_key(self, item: Item) -> Decision:
-        key, limit = item.extra[_STATE_KEY], self.guard.max_chars
-        why = f"the state key {key!r} carries more than max_chars={limit:,} characters: not judged whole"
+        limit = self.guard.max_chars
+        what = "the run's context" if _RUN_CONTEXT in item.extra else f"the state key {item.extra[_STATE_KEY]!r}"
+        why = f"{what} carries more than max_chars={limit:,} characters: not judged whole"
         return self.guard.policy.decide_unjudged(Stage.PROMPT, why)
 
     def _on_state_keys(self, items: list[Item], decisions: list[Decision]) -> dict[str, Any] | None:
         """The update for blocked state keys: each set to ``None`` (the model and the tools never read it, and the
         thread's next turn does not meet it again), and the run ended with the refusal, as for a blocked user turn.
         With ``"error"``, `GuardViolation` is raised; a block raised for on an earlier turn of the thread (LangGraph
-        wrote the input to the checkpoint before this hook ran) is cleared instead, and the turn goes on."""
+        wrote the input to the checkpoint before this hook ran) is cleared instead, and the turn goes on. A blocked
+        run context (`_RUN_CONTEXT`) is in no state to clear: each run that is given it ends (or raises)."""
         self._allowed.remember(items, decisions, self.guard)
         blocked = blocked_pairs(items, decisions)
         if not blocked:
             return None
-        cleared: dict[str, Any] = {item.extra[_STATE_KEY]: None for item, _ in blocked}
+        cleared: dict[str, Any] = {item.extra[_STATE_KEY]: None for item, _ in blocked if _STATE_KEY in item.extra}
         if self.exit_behavior == "error":
             thread = current_thread()
-            fresh = [(item, d) for item, d in blocked if not self._raised.raised(item, thread)]
+            fresh = [
+                (item, d) for item, d in blocked if _RUN_CONTEXT in item.extra or not self._raised.raised(item, thread)
+            ]
             if fresh:
-                self._raised.remember([item for item, _ in fresh], thread)
+                self._raised.remember([item for item, _ in fresh if _STATE_KEY in item.extra], thread)
                 enforce(fresh[0][1])
             return cleared
         return {**cleared, "messages": [self._refusal(blocked[0][1])], "jump_to": "end"}
@@ -989,14 +1013,17 @@ class GuardMiddleware(AgentMiddleware):
     @hook_config(can_jump_to=["end"])
     @speaking_as(_ASYNC_TWIN)
     def before_agent(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
-        items = self._state_key_items(state, mid_run=False)
+        items = self._state_key_items(state, run_context(runtime), mid_run=False)
         if not items:
             return None
         return self._on_state_keys(items, self._state_key_decisions(items))
 
     @hook_config(can_jump_to=["end"])
     async def abefore_agent(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
-        items = await built_off_loop(lambda: self._state_key_items(state, mid_run=False), _state_rest(state))
+        context = run_context(runtime)
+        items = await built_off_loop(
+            lambda: self._state_key_items(state, context, mid_run=False), (_state_rest(state), context)
+        )
         if not items:
             return None
         return self._on_state_keys(items, await self._astate_key_decisions(items))
@@ -1004,7 +1031,7 @@ class GuardMiddleware(AgentMiddleware):
     @hook_config(can_jump_to=["end"])
     @speaking_as(_ASYNC_TWIN)
     def before_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
-        keys, items = self._state_key_items(state), self._input_items(state)
+        keys, items = self._state_key_items(state, run_context(runtime)), self._input_items(state)
         key_decisions, decisions = self._split(keys, screen(self.guard, [*_read_whole(keys), *items]))
         self._allowed.remember(items, decisions, self.guard)
         return self._on_model_input(state, keys, key_decisions, items, decisions)
@@ -1016,7 +1043,8 @@ class GuardMiddleware(AgentMiddleware):
     @hook_config(can_jump_to=["end"])
     async def abefore_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
         messages = state.get("messages") or ()
-        keys = await built_off_loop(lambda: self._state_key_items(state), _state_rest(state))
+        context = run_context(runtime)
+        keys = await built_off_loop(lambda: self._state_key_items(state, context), (_state_rest(state), context))
         items = await built_off_loop(lambda: self._input_items(state), messages)
         key_decisions, decisions = self._split(keys, await ascreen(self.guard, [*_read_whole(keys), *items]))
         self._allowed.remember(items, decisions, self.guard)
@@ -1112,7 +1140,8 @@ class GuardMiddleware(AgentMiddleware):
         written = self._message_items(_state_messages(request))
         # And its other keys, which the tool reads from ``runtime.state`` (rt63h F1: ``Command(resume=..., update=...)``);
         # last, so that a call blocked itself is told as the call (a reviewer's edit is in the state too).
-        keys = self._state_key_items(request.state)
+        # The run's context too, which the tool reads from ``runtime.context`` (rt64c F1).
+        keys = self._state_key_items(request.state, run_context(request))
         return [*written, *(item for item in (resumed, call) if item is not None), *keys]
 
     def _before_tool(self, items: list[Item], decisions: list[Decision]) -> Decision | None:
@@ -1132,7 +1161,8 @@ class GuardMiddleware(AgentMiddleware):
         return [next(judged) if item.extra.get("whole", True) else self._unread_input(item) for item in items]
 
     def _unread_input(self, item: Item) -> Decision:
-        return self._unread_state_key(item) if _STATE_KEY in item.extra else self._unread_resume()
+        keyed = _STATE_KEY in item.extra or _RUN_CONTEXT in item.extra
+        return self._unread_state_key(item) if keyed else self._unread_resume()
 
     def _unread_resume(self) -> Decision:
         why = f"the resume value carries more than max_chars={self.guard.max_chars:,} characters: not judged whole"
@@ -1619,7 +1649,8 @@ class GuardMiddleware(AgentMiddleware):
 
     def _wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]) -> Any:
         with self._stopped.watching(request, step=request.state):
-            keys, given = self._state_key_items(request.state), self._message_items(list(request.messages))
+            keys = self._state_key_items(request.state, run_context(request))
+            given = self._message_items(list(request.messages))
             key_decisions, decisions = self._split(keys, screen(self.guard, [*_read_whole(keys), *given]))
             try:
                 stopped = self._key_stopped(request, keys, key_decisions) if keys else None
@@ -1646,7 +1677,10 @@ class GuardMiddleware(AgentMiddleware):
     ) -> Any:
         with self._stopped.watching(request, step=request.state):
             asked = request
-            keys = await built_off_loop(lambda: self._state_key_items(asked.state), _state_rest(asked.state))
+            context = run_context(asked)
+            keys = await built_off_loop(
+                lambda: self._state_key_items(asked.state, context), (_state_rest(asked.state), context)
+            )
             given = await built_off_loop(lambda: self._message_items(list(asked.messages)), asked.messages)
             try:
                 key_decisions, decisions = self._split(keys, await ascreen(self.guard, [*_read_whole(keys), *given]))
@@ -1740,7 +1774,7 @@ class GuardMiddleware(AgentMiddleware):
             if any(not isinstance(value, str) for value in resumed):
                 checks = await asyncio.to_thread(self._tool_checks, request)
             else:
-                read = (*_read_by_call(request), resumed, _state_rest(request.state))
+                read = (*_read_by_call(request), resumed, _state_rest(request.state), run_context(request))
                 checks = await built_off_loop(lambda: self._tool_checks(request), read)
             if checks:
                 blocked = self._before_tool(checks, await self._atool_decisions(checks))
