@@ -55,6 +55,9 @@ M = TypeVar("M", bound=BaseMessage)
 MAX_ALLOWED_CHECKS = 16_384
 _FINGERPRINT = "qwenguard_fingerprint"  # where an item keeps its own (`Item.extra`)
 _SCOPE = "qwenguard_scope"  # where an item keeps the `guard_scope` it was looked up under (`AllowedChecks.unjudged`)
+#: Where an item keeps what tells its check apart beyond its stage and conversation (`_fingerprint`): a state key's
+#: check is its key's on its thread, never a client's prompt of the same words (rt64i F1).
+KEYED_BY = "qwenguard_keyed_by"
 
 
 def _digest(data: str) -> str:
@@ -163,12 +166,14 @@ class Produced:
 
 def _fingerprint(item: Item) -> str:
     """The check's stage and conversation, hashed; kept on the item (`unjudged` and `remember` both ask). A check of
-    the client's text in a tool's role (`AS_INPUT`) is decided under another policy: a fingerprint of its own."""
+    the client's text in a tool's role (`AS_INPUT`) is decided under another policy: a fingerprint of its own; and so
+    is one told apart by what it reads (`KEYED_BY`: a state key's, on its thread)."""
     found = item.extra.get(_FINGERPRINT)
     if found is None:
         # Decided under another policy: the client's text (`AS_INPUT`), a structured answer's call (`AS_ANSWER`).
         marked = [mark for mark in (AS_INPUT, AS_ANSWER) if item.extra.get(mark)]
-        data = json.dumps([item.stage.value, item.conversation, *marked], ensure_ascii=False, sort_keys=True)
+        keyed = item.extra.get(KEYED_BY) or []
+        data = json.dumps([item.stage.value, item.conversation, *marked, *keyed], ensure_ascii=False, sort_keys=True)
         found = item.extra[_FINGERPRINT] = _digest(data)
     return str(found)
 

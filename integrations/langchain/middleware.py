@@ -115,6 +115,7 @@ from ._held_request import HeldModelRequest
 from ._held_tool import ToolRun, pending_resumes
 from ._holding import HELD_CALL, HeldCall, monitor_options
 from ._input_memory import (
+    KEYED_BY,
     MAX_ALLOWED_CHECKS,
     AllowedChecks,
     OwnNotices,
@@ -626,7 +627,9 @@ class GuardMiddleware(AgentMiddleware):
                 continue
             text, whole = object_text([value], self.guard.max_chars, payload_leaf)
             if text.strip() or not whole:
-                extra = {_STATE_KEY: key, "whole": whole}
+                # Its own check on its thread (`KEYED_BY`): a tool's write trusted as this key's (`_trust_state_writes`)
+                # answers for no client's prompt of the same words, nor for the key on another thread (rt64i F1).
+                extra = {_STATE_KEY: key, "whole": whole, KEYED_BY: ["state key", str(key), current_thread() or ""]}
                 items.append(Item(Stage.PROMPT, prompt_conversation(text), label="state key", extra=extra))
         return items
 
@@ -637,8 +640,16 @@ class GuardMiddleware(AgentMiddleware):
             return  # nothing of the state is judged as input then (`_state_key_items`)
         for item, decision in zip(items, decisions):
             update = getattr(item.extra.get(_STATE_WRITES), "update", None)
-            if decision.action is Action.ALLOW and isinstance(update, Mapping):
+            if isinstance(update, Mapping) and self._as_input_too(decision):
                 self._allowed.trust(self._state_key_checks(update.items()), self.guard)
+
+    def _as_input_too(self, decision: Decision) -> bool:
+        """Is a tool result's allow one the prompt stage makes of the same verdict? The written keys are later read as
+        the client's (`_state_key_items`): an allow of a disabled tool-result stage judged nothing, and one of a stage
+        that ignores a category is looser than the prompt's (rt64i F1)."""
+        if decision.action is not Action.ALLOW or decision.verdict is None:
+            return False
+        return self.guard.policy.decide(decision.verdict, Stage.PROMPT).action is Action.ALLOW
 
     def _state_key_decisions(self, items: list[Item]) -> list[Decision]:
         """The guard's decisions on ``items``; a value not read whole is blocked unread (size alone never gets text
