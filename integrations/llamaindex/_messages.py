@@ -62,6 +62,7 @@ from qwenguard.core.errors import InputTooLarge
 from qwenguard.core.formats.content import clean_text
 from qwenguard.core.formats.conversations import (
     RunsJudged,
+    last_user_text,
     prompt_conversation,
     response_conversation,
     tool_call_conversation,
@@ -939,7 +940,9 @@ def answer_marks(message: ChatMessage, calls: Sequence[ToolSelection], prompt: S
     stripped answer text; agents keep the whole message): the check made, the turns before included (rt60d F3).
     Its tool calls were judged after the latest user turn alone (`tool_call_conversation`): marked so."""
     context = _context_of(prompt)
-    question = prompt[-1]["content"] if prompt and prompt[-1].get("role") == "user" else ""
+    # The latest user turn, as `tool_call_conversation` reads it: a prompt ending in a prefill has an assistant turn
+    # last, and marking its calls as judged after no question skipped them after none (rt64i F2).
+    question = last_user_text(prompt) or "" if prompt else ""
     marks = [context.answer_mark(t) for t in {message_text(message), answer_text(message)} if t.strip()]
     return marks + [_call_key(c, question) for c in calls]
 
