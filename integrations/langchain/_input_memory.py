@@ -300,12 +300,18 @@ class RaisedChecks:
         ]
 
 
-def without_runs_of_blocked(blocked: Sequence[Item]) -> list[Item]:
-    """``blocked`` (checks a guard blocked) without the checks of consecutive user turns read as one
-    (`_messages._UserRun`) where a turn of the run is blocked on its own: that turn's block is the run's. Kept, a turn
-    blocked on a thread's earlier run and the next turn's question made a new block of the two."""
-    alone = {id(item.message) for item in blocked if "run" not in item.extra}
-    return [item for item in blocked if "run" not in item.extra or not any(id(m) in alone for m in item.extra["run"])]
+def without_runs_of_blocked(blocked: Sequence[tuple[Item, Decision]]) -> list[tuple[Item, Decision]]:
+    """``blocked`` (checks and the decisions that blocked them) without the checks of consecutive user turns read as
+    one (`_messages._UserRun`) where a turn of the run is blocked on its own: that turn's block is the run's (the
+    middleware puts its notice in the turn's place and the run is judged again with it there). Left in, a turn
+    blocked on a thread's earlier turn and the next turn's question made a new block of the two, and ``"error"``
+    refused every later turn (`RaisedChecks`)."""
+    alone = {id(item.message) for item, _ in blocked if "run" not in item.extra}
+    return [
+        (item, d)
+        for item, d in blocked
+        if "run" not in item.extra or not any(id(m) in alone for m in item.extra["run"])
+    ]
 
 
 def _key(item: Item, thread: str) -> str:

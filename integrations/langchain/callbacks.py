@@ -714,7 +714,7 @@ class _GuardHandlerLogic(HeardFirst):
         # A guard that could not answer is its own outcome (`GuardUnavailable`): neither remembered nor told apart.
         if thread is None or not pairs or any(d.reason in _UNANSWERED for _, d in pairs):
             return decisions
-        blocked = without_runs_of_blocked([item for item, _ in pairs])
+        blocked = [item for item, _ in without_runs_of_blocked(pairs)]
         left_over = self._raised.left_over(blocked, thread)
         if left_over:
             raise _left_over(pairs[0][1], left_over)

@@ -124,6 +124,7 @@ from ._input_memory import (
     current_scope,
     current_thread,
     judged_content,
+    without_runs_of_blocked,
 )
 from ._json_reading import reading_items
 from ._messages import (
@@ -240,19 +241,6 @@ def _withheld_call_names(state: AgentState, redacted: Sequence[BaseMessage]) -> 
         if ids
         else []
     )
-
-
-def _without_runs_of_blocked(blocked: list[tuple[Item, Decision]]) -> list[tuple[Item, Decision]]:
-    """``blocked`` without the checks of consecutive user turns read as one (`_messages._UserRun`) where a turn of
-    the run is blocked on its own: that turn's notice takes its place, and the run is judged again with it there
-    (the model call judges what it is given). Left in, a turn blocked on a thread's earlier turn and the next
-    turn's question made a new block of the two, and ``"error"`` refused every later turn (`RaisedChecks`)."""
-    alone = {id(item.message) for item, _ in blocked if "run" not in item.extra}
-    return [
-        (item, d)
-        for item, d in blocked
-        if "run" not in item.extra or not any(id(m) in alone for m in item.extra["run"])
-    ]
 
 
 def _same(item: Item, message: BaseMessage) -> bool:
@@ -969,7 +957,7 @@ class GuardMiddleware(AgentMiddleware):
         return item.message is not None and self._raised.earlier_run(item, thread) is item.message
 
     def _on_input(self, state: AgentState, items: list[Item], decisions: list[Decision]) -> dict[str, Any] | None:
-        blocked = _without_runs_of_blocked(blocked_pairs(items, decisions))
+        blocked = without_runs_of_blocked(blocked_pairs(items, decisions))
         if not blocked:
             return self._ended_by_tool(state)
         if self.exit_behavior == "error":
@@ -1391,7 +1379,7 @@ class GuardMiddleware(AgentMiddleware):
         block's `GuardViolation` with "error" or "end", or when the last message (what the model answers) is
         blocked; the model call's outcome is then the policy's (`_stream_stopped`)."""
         self._allowed.remember(items, decisions, self.guard)
-        blocked = _without_runs_of_blocked(blocked_pairs(items, decisions))
+        blocked = without_runs_of_blocked(blocked_pairs(items, decisions))
         if not blocked:
             return messages
         notices = {id(m): self._redact_input(member, d) for item, d in blocked for member, m in self._members(item)}
