@@ -9,13 +9,15 @@ error that Typer reports included); ``qwenguard --debug ...`` prints the full tr
 from __future__ import annotations
 
 import codecs
+import contextlib
 import functools
 import json
 import math
 import os
+import shlex
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import typer
@@ -235,6 +237,27 @@ def reports_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+@contextlib.contextmanager
+def _gen_model_advice(command: str) -> Iterator[None]:
+    """A Qwen3Guard-Stream checkpoint given as ``--model`` is refused in this command's own words: only
+    ``serve`` has ``--stream-model``, and advice naming it elsewhere ends in "No such option" (rt64a F2)."""
+    from .backends.transformers_gen import StreamCheckpointAsGen
+
+    try:
+        yield
+    except StreamCheckpointAsGen as exc:
+        label, flag = exc.label, shlex.quote(exc.label)
+        if command == "serve":
+            advice = f"pass it as --stream-model {flag}, with a Qwen3Guard-Gen checkpoint such as demo as --model"
+        else:
+            advice = (
+                f"qwenguard {command} judges with a Qwen3Guard-Gen model (--model demo, or a Gen hub id or "
+                f"directory); a Stream checkpoint goes to 'qwenguard serve --stream-model {flag}' (in Python: "
+                f"stream_model={label!r})"
+            )
+        raise ValueError(f"{label!r} is a Qwen3Guard-Stream checkpoint, not a Gen one: {advice}") from exc
+
+
 def _policy(name: str) -> Policy:
     if name not in ("strict", "loose"):
         raise typer.BadParameter("policy must be 'strict' or 'loose'")
@@ -281,7 +304,8 @@ def check(
         _hint_if_file(response, "--response")
     pol = _policy(policy)
     disable_progress_bars()
-    guard = Guard.from_pretrained(model, policy=pol, device=device, max_chars=max_chars)
+    with _gen_model_advice("check"):
+        guard = Guard.from_pretrained(model, policy=pol, device=device, max_chars=max_chars)
     decision = guard.check_prompt(text) if response is None else guard.check_response(text, response)
     if decision.reason in ("guard_error", "timeout"):
         err_console.print(f"[red]guard error:[/red] {_line(str(decision.error))}", soft_wrap=True)
@@ -783,16 +807,17 @@ def serve(
     from .guard import Guard
 
     disable_progress_bars()
-    guard = Guard.from_pretrained(
-        model,
-        policy=pinned,
-        stream_model=stream_model,
-        device=device,
-        stream_options=stream_options,
-        cache_size=cache_size,
-        cache_bytes=cache_bytes,
-        **backend_options,
-    )
+    with _gen_model_advice("serve"):
+        guard = Guard.from_pretrained(
+            model,
+            policy=pinned,
+            stream_model=stream_model,
+            device=device,
+            stream_options=stream_options,
+            cache_size=cache_size,
+            cache_bytes=cache_bytes,
+            **backend_options,
+        )
     if api_key is None and not loopback:
         err_console.print(
             "[yellow]warning:[/yellow] serving without an API key on a non-loopback interface "
@@ -927,28 +952,29 @@ def eval_(
         # Silently ignored before, while --mode/--tokenizer/--max-context without --remote are refused. The
         # environment's QWENGUARD_API_KEY is no mistake here: it may be set for other commands.
         raise typer.BadParameter("applies to --remote only (a local model takes no key)", param_hint="--api-key")
-    run_eval(
-        data=data,
-        model=model,
-        remote=remote,
-        api_key=api_key,
-        stage=stage,
-        policy=policy,
-        out=out,
-        limit=limit,
-        batch_size=batch_size,
-        concurrency=concurrency,
-        fresh=fresh,
-        device=device,
-        timeout=timeout,
-        progress=progress,
-        console=console,
-        err_console=err_console,
-        remote_options=RemoteOptions(
-            mode=mode, tokenizer=tokenizer, max_context=max_context, max_in_flight=max_in_flight
-        ),
-        allow_errors=allow_errors,
-    )
+    with _gen_model_advice("eval"):
+        run_eval(
+            data=data,
+            model=model,
+            remote=remote,
+            api_key=api_key,
+            stage=stage,
+            policy=policy,
+            out=out,
+            limit=limit,
+            batch_size=batch_size,
+            concurrency=concurrency,
+            fresh=fresh,
+            device=device,
+            timeout=timeout,
+            progress=progress,
+            console=console,
+            err_console=err_console,
+            remote_options=RemoteOptions(
+                mode=mode, tokenizer=tokenizer, max_context=max_context, max_in_flight=max_in_flight
+            ),
+            allow_errors=allow_errors,
+        )
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ def test_the_stream_checkpoint_as_the_gen_model_names_stream_model() -> None:
         Guard.from_pretrained("demo-stream")
     message = str(caught.value)
     assert "'demo-stream' is a Qwen3Guard-Stream checkpoint" in message, message
-    assert "stream_model='demo-stream'" in message and "--stream-model" in message, message
+    assert "stream_model='demo-stream'" in message and "--stream-model" not in message, message
 
 
 def test_the_gen_checkpoint_as_the_stream_model_names_demo_stream() -> None:

@@ -550,13 +550,22 @@ def _time_left(deadline: float | None, timeout: float | None) -> float | None:
     return left
 
 
+class StreamCheckpointAsGen(ValueError):
+    """A Qwen3Guard-Stream checkpoint given as the Gen model. The message gives Python's advice; a command line
+    gives its own (``label``: the checkpoint as given), as only ``qwenguard serve`` takes a Stream model."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__(
+            f"{label!r} is a Qwen3Guard-Stream checkpoint, not a Gen one: pass it as stream_model={label!r}, "
+            "with a Qwen3Guard-Gen checkpoint such as 'demo' as the model"
+        )
+        self.label = label
+
+
 def _check_gen_config(config: dict[str, Any], label: str) -> None:
     """A Qwen3Guard-Stream checkpoint loads as a causal LM (its guard heads dropped as unexpected keys)
     and then answers every check with a parse error: refuse it at load, saying where it goes."""
     from .stream_model import STREAM_CONFIG_FIELDS
 
     if any(field in config for field in STREAM_CONFIG_FIELDS):
-        raise ValueError(
-            f"{label!r} is a Qwen3Guard-Stream checkpoint, not a Gen one: pass it as stream_model={label!r} "
-            f"(command line: --stream-model {label}), with a Qwen3Guard-Gen checkpoint such as 'demo' as the model"
-        )
+        raise StreamCheckpointAsGen(label)

@@ -1,6 +1,7 @@
 """Labelled evaluation data: JSONL, CSV or Parquet rows → `EvalExample`s.
 
-Accepted columns (names are case-sensitive):
+Accepted columns (a name is matched without case or surrounding blanks: ``Response`` and `` response`` are
+``response``):
 
 - the content: ``text`` (or ``prompt``) — a user prompt; or ``messages`` — a conversation, a list of
   ``{"role", "content"}`` (a JSON string in CSV). A row with a non-empty ``response`` is a response
@@ -12,6 +13,10 @@ Accepted columns (names are case-sensitive):
   a response, else ``prompt``). ``response`` and ``tool_call`` rows must end with the assistant's turn.
 - with a ``response``, the user turn is ``prompt`` when present (``text`` may repeat the response, as in
   the shipped sample), else ``text``.
+
+A column whose name is close to one of these (``respones``, ``lable``, ``Categroy``) is refused, naming the
+column it looks like: read as a column of the user's own it would drop the response, stage or category without
+a word. Other columns are kept in `EvalExample.extra`.
 
 Every problem is reported as a `DataError` naming the file and the row (1-based data row; for JSONL
 and CSV also the line), never as a crash further down.
@@ -179,6 +184,116 @@ def _found(record: Mapping[str, Any]) -> str:
     return f" (columns found: {', '.join(names)})" if names else " (the row has no columns)"
 
 
+#: The columns eval reads (the module's docstring); every other column is the user's own (`EvalExample.extra`).
+KNOWN_COLUMNS = (
+    "text",
+    "prompt",
+    "messages",
+    "response",
+    "label",
+    "category",
+    "categories",
+    "source",
+    "id",
+    "stage",
+    "refusal",
+)
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Edits from ``a`` to ``b`` (insert, delete or replace a character, swap two neighbours): ``respones`` is one
+    from ``response``, ``lable`` one from ``label``."""
+    before: list[int] = []
+    row = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        earlier, before, row = before, row, [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            row[j] = min(before[j] + 1, row[j - 1] + 1, before[j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], earlier[j - 2] + 1)
+    return row[-1]
+
+
+def _looks_like(name: str) -> str | None:
+    """The known column that ``name`` (stripped, lower-case, not itself known) looks like a misspelling of."""
+    best: tuple[int, str] | None = None
+    for column in KNOWN_COLUMNS:
+        if column == "id":  # `idx`, `uid`: common columns of a dataset's own, and a lost id costs only the row's name
+            continue
+        # One edit from a short name (`test` is no misspelt `text`, `level` no `label`), two from a longer one.
+        limit = 1 if len(column) <= 5 else 2
+        if abs(len(name) - len(column)) > limit:  # too far by length alone (a huge key costs nothing)
+            continue
+        distance = _edit_distance(name, column)
+        if distance <= limit and (best is None or distance < best[0]):
+            best = (distance, column)
+    return None if best is None else best[1]
+
+
+def _column_names(names: Iterable[Any]) -> dict[Any, Any]:
+    """Each of a row's column names → the column eval reads it as: a known column matched without case or
+    surrounding blanks (`` response``, ``Stage``), else the name itself (a column of the user's own). A name that
+    looks like a misspelt known column (``respones``), or two names of one column, is a `ValueError`: read as a
+    column of the user's own, the response, stage or category would be dropped without a word (rt64a F1)."""
+    out: dict[Any, Any] = {}
+    first: dict[str, Any] = {}
+    for name in names:
+        if not isinstance(name, str):
+            out[name] = name
+            continue
+        key = name.strip().lower()
+        if key in KNOWN_COLUMNS:
+            if key in first:
+                other = first[key]
+                raise ValueError(
+                    f"column {name!r} appears twice"
+                    if other == name
+                    else f"columns {other!r} and {name!r} are both the {key!r} column; keep one"
+                )
+            first[key] = name
+            out[name] = key
+        elif (column := _looks_like(key)) is not None:
+            raise ValueError(
+                f"column {name!r} looks like a misspelt {column!r}, which eval reads: rename it to {column!r} (or, "
+                f"if it is a column of your own, to a name unlike {', '.join(repr(c) for c in KNOWN_COLUMNS)})"
+            )
+        else:
+            out[name] = name
+    return out
+
+
+def _at(index: int, lines: Sequence[int] | None) -> str:
+    """`` (line N)``: where data row ``index`` (0-based) starts in its file, when that is known."""
+    return f" (line {lines[index]})" if lines is not None and index < len(lines) else ""
+
+
+#: Distinct sets of column names whose reading is remembered while rows are read (a CSV has one, JSONL a few).
+_NAME_SETS_KEPT = 64
+
+
+def _with_known_columns(records: Iterable[Any], *, where: str, lines: Sequence[int] | None) -> list[Mapping[str, Any]]:
+    """The rows with their column names as eval reads them (`_column_names`); a `DataError` names the first row
+    that is not an object or whose names are wrong."""
+    out: list[Mapping[str, Any]] = []
+    readings: dict[tuple[Any, ...], dict[Any, Any] | None] = {}
+    for i, record in enumerate(records):
+        if not isinstance(record, Mapping):
+            raise DataError(f"{where} row {i + 1}: expected an object, got {type(record).__name__}")
+        names = tuple(record)
+        if names in readings:
+            renamed = readings[names]
+        else:
+            try:
+                reading = _column_names(names)
+            except ValueError as exc:
+                raise DataError(f"{where} row {i + 1}{_at(i, lines)}: {exc}") from None
+            renamed = None if all(k == v for k, v in reading.items()) else reading  # None: the row as it is
+            if len(readings) < _NAME_SETS_KEPT:
+                readings[names] = renamed
+        out.append(record if renamed is None else {renamed[k]: v for k, v in record.items()})
+    return out
+
+
 def _text(value: Any, column: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"column {column!r} must be text, got {type(value).__name__}")
@@ -238,19 +353,6 @@ def _example(record: Mapping[str, Any], index: int) -> EvalExample:
         refusal = bool(refusal)
     source = record.get("source")
     rid = record.get("id")
-    known = {
-        "label",
-        "response",
-        "messages",
-        "text",
-        "prompt",
-        "category",
-        "categories",
-        "source",
-        "id",
-        "stage",
-        "refusal",
-    }
     return EvalExample(
         id=str(index) if _is_missing(rid) else str(rid),
         stage=stage,
@@ -259,7 +361,7 @@ def _example(record: Mapping[str, Any], index: int) -> EvalExample:
         categories=_parse_categories(record.get("category", record.get("categories"))),
         source=None if _is_missing(source) else str(source),
         refusal=refusal,
-        extra={k: v for k, v in record.items() if k not in known},
+        extra={k: v for k, v in record.items() if k not in KNOWN_COLUMNS},
     )
 
 
@@ -267,15 +369,17 @@ def examples_from_records(
     records: Iterable[Mapping[str, Any]], *, where: str = "data", lines: Sequence[int] | None = None
 ) -> list[EvalExample]:
     """Rows (dicts) → examples. ``where`` names the source in errors; ``lines`` maps rows to file lines."""
+    return _examples(_with_known_columns(records, where=where, lines=lines), where=where, lines=lines)
+
+
+def _examples(records: Sequence[Mapping[str, Any]], *, where: str, lines: Sequence[int] | None) -> list[EvalExample]:
+    """Rows whose column names are read (`_with_known_columns`) → examples."""
     out: list[EvalExample] = []
     for i, record in enumerate(records):
-        if not isinstance(record, Mapping):
-            raise DataError(f"{where} row {i + 1}: expected an object, got {type(record).__name__}")
         try:
             out.append(_example(record, i + 1))
         except (ValueError, TypeError) as exc:
-            line = f" (line {lines[i]})" if lines is not None and i < len(lines) else ""
-            raise DataError(f"{where} row {i + 1}{line}: {exc}") from None
+            raise DataError(f"{where} row {i + 1}{_at(i, lines)}: {exc}") from None
     return out
 
 
@@ -366,6 +470,10 @@ def _read_csv(path: Path) -> tuple[list[Any], list[int]]:
         try:
             if not reader.fieldnames:
                 raise DataError(f"{path}: empty CSV (no header row)")
+            try:
+                _column_names(reader.fieldnames)  # the header's mistakes are the header's, not row 1's
+            except ValueError as exc:
+                raise DataError(f"{path} line {reader.line_num} (the header): {exc}") from None
             start = 2
             for row in reader:
                 # DictReader files cells past the header under None and fills missing ones with None: an unquoted
@@ -437,8 +545,10 @@ def load_dataset(
     records, lines = read_records(path)
     if not records:
         raise DataError(f"{path}: no rows")
-    examples = examples_from_records(records, where=str(path), lines=lines)
-    if notes is not None and (note := _restaged(records, examples, lines, str(path))):
+    rows = _with_known_columns(records, where=str(path), lines=lines)
+    del records  # the renamed rows replace them
+    examples = _examples(rows, where=str(path), lines=lines)
+    if notes is not None and (note := _restaged(rows, examples, lines, str(path))):
         notes.append(note)
     return select(examples, stage=stage, limit=limit, where=str(path))
 
@@ -458,10 +568,10 @@ def _restaged(
     if not rows:
         return None
     first = rows[0]
-    line = f" (line {lines[first]})" if lines is not None and first < len(lines) else ""
     return (
         f"{where}: {len(rows)} row(s) with an empty response are checked as prompts, their label judged against "
-        f"the prompt (the first: row {first + 1}{line}); give them a response, or a 'stage' column saying 'prompt'"
+        f"the prompt (the first: row {first + 1}{_at(first, lines)}); give them a response, or a 'stage' column "
+        "saying 'prompt'"
     )
 
 
