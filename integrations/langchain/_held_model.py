@@ -16,9 +16,10 @@ wrapped model itself are moved to the wrapper (`_own_handlers`): they hear only 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
@@ -32,7 +33,16 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Syst
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
 from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import ConfigDict, Field
-from qwenguard.core import Guard, GuardUnavailable, GuardViolation
+from qwenguard.core import (
+    Decision,
+    Guard,
+    GuardUnavailable,
+    GuardViolation,
+    InputTooLarge,
+    QwenGuardError,
+    Stage,
+    enforce,
+)
 from qwenguard.core.guard import speaking_as
 from qwenguard.core.streaming.parallel import PendingCheck
 
@@ -41,11 +51,12 @@ from ._holding import HELD_LLM_TYPE_PREFIX, HeldStream
 from ._input_beside import aafter_verdict, aanswer_beside, after_verdict, answer_beside, auntil_blocked, until_blocked
 from ._input_memory import judged_content
 from ._json_reading import ReadingHeldStream
-from ._messages import DEFAULT_HISTORY_TURNS, Item, guard_history
+from ._messages import DEFAULT_HISTORY_TURNS, Item, guard_history, output_items
 from ._own_handlers import detached, with_own
-from ._screening import ascreen, built_off_loop, screen
+from ._screening import ascreen, built_off_loop, first_blocked, screen
+from ._tool_errors import control_flow, error_texts
 
-__all__ = ["HeldBackChatModel", "StreamLedger"]
+__all__ = ["HeldBackChatModel", "StreamLedger", "aerror_stop", "error_stop"]
 
 #: LangGraph's tag for a model run its message streams skip (``langgraph.constants.TAG_NOSTREAM``),
 #: spelled out so that this module needs langchain-core only.
@@ -95,6 +106,81 @@ class StreamLedger:
         except (GuardViolation, GuardUnavailable) as stop:
             self.stopped = stop
             raise
+
+
+# -- a failed call's error, judged as its answer ------------------------------------------------------
+# A provider can fail mid-answer with an error that quotes the answer (Ollama's "error parsing tool call: raw='...'"):
+# the text the hold-back held, neither judged nor released, reached the app in the exception, and a retry middleware
+# outside the guard wrote it into a message that streamed out whole (rt64b F1). The error is read as a failed tool's
+# is (`error_texts`) and judged as the answer would have been. Only on a failure: an answer costs nothing more.
+def _error_items(
+    error: BaseException, context: Sequence[dict[str, str]], turns: int, budget: int
+) -> tuple[list[Item], bool] | None:
+    """The checks of a failed model call's ``error`` as the answer it may quote (all it carries, within ``budget``
+    characters), and whether all of it was read; ``None`` where there is nothing to judge: the guard's own stop, a
+    cancellation, LangGraph's control flow (`control_flow`), an error that says nothing."""
+    if control_flow(error):
+        return None
+    left_out: list[str] = []
+    text = "\n".join(error_texts(error, budget, left_out=left_out))
+    if not text.strip() and not left_out:
+        return None
+    return output_items(AIMessage(content=text), context, turns, tool_calls=False, sources=False), not left_out
+
+
+def _error_outcome(guard: Guard, items: list[Item], decisions: list[Decision] | None) -> QwenGuardError | None:
+    """The guard's stop for a failed call's error (``decisions`` on its ``items``; ``None``: not judged whole, blocked
+    whatever ``on_error`` says: size alone never gets text through unjudged), or ``None`` where it lets it through."""
+    if decisions is None:
+        why = f"the model's error carries more than max_chars={guard.max_chars:,} characters: not judged whole"
+        return _stop(guard.policy.decide_unjudged(Stage.RESPONSE, why))
+    blocked = first_blocked(items, decisions)
+    return _stop(blocked[1]) if blocked is not None else None
+
+
+def error_stop(
+    guard: Guard, error: BaseException, context: Sequence[dict[str, str]], turns: int
+) -> QwenGuardError | None:
+    """What a model call that failed with ``error`` raises instead of it: the guard's stop where what the error carries
+    is blocked as the answer to ``context`` (a guard that cannot answer: as the policy's ``on_error`` says), else
+    ``None`` (the error itself is raised, unchanged). To be raised ``from None`` where no exception is being handled,
+    so that nothing of the error is chained to it."""
+    read = _error_items(error, context, turns, guard.max_chars)
+    if read is None:
+        return None
+    items, whole = read
+    try:
+        decisions = screen(guard, items) if whole else None
+    except InputTooLarge:  # the error and its context past what one check reads
+        decisions = None
+    return _error_outcome(guard, items, decisions)
+
+
+async def aerror_stop(
+    guard: Guard, error: BaseException, context: Sequence[dict[str, str]], turns: int
+) -> QwenGuardError | None:
+    """Async twin of `error_stop`: the error is read on a worker thread (its causes, notes and attributes are not
+    sized before they are read)."""
+    read = await asyncio.to_thread(_error_items, error, context, turns, guard.max_chars)
+    if read is None:
+        return None
+    items, whole = read
+    try:
+        decisions = await ascreen(guard, items) if whole else None
+    except InputTooLarge:
+        decisions = None
+    return _error_outcome(guard, items, decisions)
+
+
+def _stop(decision: Decision) -> QwenGuardError:
+    """What `enforce` raises for a blocked ``decision``, to raise where no other exception is being handled: marked as
+    raised ``from None`` already, so that it says so wherever it is raised again (`GuardMiddleware._stream_stopped`)."""
+    try:
+        enforce(decision)
+    except QwenGuardError as stop:
+        stop.__cause__ = None  # sets __suppress_context__, as ``raise stop from None`` does
+        return stop
+    raise AssertionError("an allowed decision has no stop")
 
 
 #: What the event-loop warning tells a sync call inside async code to use (`speaking_as`); under `GuardMiddleware`
@@ -315,6 +401,25 @@ class HeldBackChatModel(BaseChatModel):
             raise
         ledger.record(answer, self.guard.max_chars, judged)
 
+    def _failed(self, messages: list[BaseMessage], error: Exception) -> NoReturn:
+        """The model call failed with ``error``: raise the guard's stop where what it carries is blocked as the answer
+        (`error_stop`), in the ledger's watch (a retry inside the middleware gets that stop again); else ``error``,
+        unchanged. Called where no exception is being handled: the stop has nothing of the error chained to it."""
+        stop = error_stop(self.guard, error, guard_history(messages, self.history_turns), self.history_turns)
+        if stop is None:
+            raise error
+        with self._ledger().watching():
+            raise stop from None
+
+    async def _afailed(self, messages: list[BaseMessage], error: Exception) -> NoReturn:
+        """Async twin of `_failed`."""
+        context = await built_off_loop(lambda: guard_history(messages, self.history_turns), messages)
+        stop = await aerror_stop(self.guard, error, context, self.history_turns)
+        if stop is None:
+            raise error
+        with self._ledger().watching():
+            raise stop from None
+
     def _ledger(self) -> StreamLedger:
         return self.ledger if self.ledger is not None else StreamLedger()
 
@@ -336,9 +441,16 @@ class HeldBackChatModel(BaseChatModel):
         pending = self._start_input(messages)
         target = self._target()
         config = self._config(False)
-        message = answer_beside(
-            lambda: out_of_sight.call(lambda: target.invoke(messages, config, stop=stop, **kwargs)), pending
-        )
+        try:
+            message = answer_beside(
+                lambda: out_of_sight.call(lambda: target.invoke(messages, config, stop=stop, **kwargs)), pending
+            )
+        except Exception as error:  # noqa: BLE001 - judged below, out of this block: nothing chained to the stop
+            failed: Exception | None = error
+        else:
+            failed = None
+        if failed is not None:
+            self._failed(messages, failed)
         with _counted_if_stopped(run_manager, lambda: message):
             self._judge_answer(messages, message)
         return ChatResult(generations=[ChatGeneration(message=message)])
@@ -355,7 +467,14 @@ class HeldBackChatModel(BaseChatModel):
         pending = await self._astart_input(messages)
         target, config = self._target(), self._config(True)
         call = out_of_sight.acall(lambda: target.ainvoke(messages, config, stop=stop, **kwargs))
-        message = await aanswer_beside(call, pending)
+        try:
+            message = await aanswer_beside(call, pending)
+        except Exception as error:  # noqa: BLE001 - judged below (see `_generate`)
+            failed: Exception | None = error
+        else:
+            failed = None
+        if failed is not None:
+            await self._afailed(messages, failed)
         with _counted_if_stopped(run_manager, lambda: message):
             await self._ajudge_answer(messages, message)
         return ChatResult(generations=[ChatGeneration(message=message)])
@@ -379,8 +498,14 @@ class HeldBackChatModel(BaseChatModel):
             if pending is not None:
                 upstream = until_blocked(upstream, pending)
             released = held.run(upstream)
-            for chunk in released if pending is None else after_verdict(released, pending):
-                yield ChatGenerationChunk(message=_as_chunk(chunk))
+            failed: Exception | None = None
+            try:
+                for chunk in released if pending is None else after_verdict(released, pending):
+                    yield ChatGenerationChunk(message=_as_chunk(chunk))
+            except Exception as error:  # noqa: BLE001 - judged below (see `_generate`)
+                failed = error
+            if failed is not None:
+                self._failed(messages, failed)
         self._judged(held)
 
     async def _astream(
@@ -400,8 +525,14 @@ class HeldBackChatModel(BaseChatModel):
             if pending is not None:
                 upstream = auntil_blocked(upstream, pending)
             released = held.arun(upstream)
-            async for chunk in released if pending is None else aafter_verdict(released, pending):
-                yield ChatGenerationChunk(message=_as_chunk(chunk))
+            failed: Exception | None = None
+            try:
+                async for chunk in released if pending is None else aafter_verdict(released, pending):
+                    yield ChatGenerationChunk(message=_as_chunk(chunk))
+            except Exception as error:  # noqa: BLE001 - judged below (see `_generate`)
+                failed = error
+            if failed is not None:
+                await self._afailed(messages, failed)
         await built_off_loop(lambda: self._judged(held), held.whole)  # added up by its end checks: a fingerprint
 
 

@@ -10,9 +10,11 @@ released as its own run: a drop-in for the model in a hand-built graph node, a c
 What it judges: every message the model is about to read, before the model runs (user turns as prompts,
 tool results as untrusted content, earlier assistant turns); the streamed answer with the core's
 hold-back `StreamMonitor` (each sentence judged beside the generation, released once its verdict is in);
-tool calls held until judged as the assistant's action; an answer that was not streamed, whole. A
+tool calls held until judged as the assistant's action; an answer that was not streamed, whole; the error a model
+fails with, as its answer (a provider's error can quote it: Ollama's ``error parsing tool call: raw='...'``;
+`_held_model.error_stop`), the error itself raised unchanged when allowed. A
 violation raises `GuardViolation` (a guard that cannot answer: `GuardUnavailable`, unless the policy
-allows): the model's stream is closed and nothing unjudged went out.
+allows), with nothing of a model's error chained to it: the model's stream is closed and nothing unjudged went out.
 
 The input is screened before the model starts, so the provider never receives a request the guard
 blocks. With ``parallel_input=True`` (or a `Guard` built with ``parallel_input=True``) the model starts

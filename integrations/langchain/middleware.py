@@ -110,7 +110,7 @@ from typing_extensions import NotRequired, Required  # the forms LangChain's sta
 
 from .._common import Bounded
 from ._answer_tools import strategy_tools
-from ._held_model import HeldBackChatModel, StreamLedger
+from ._held_model import HeldBackChatModel, StreamLedger, aerror_stop, error_stop
 from ._held_request import HeldModelRequest
 from ._held_tool import ToolRun, pending_resumes
 from ._holding import HELD_CALL, HeldCall, monitor_options
@@ -1659,6 +1659,7 @@ class GuardMiddleware(AgentMiddleware):
             except GuardViolation as error:
                 return self._stream_stopped(error)
             held, ledger = self._held_request(request)
+            failed: Exception | None = None
             try:
                 with self._held_scope(ledger, request):
                     response = self._answered(handler(held), ledger)
@@ -1666,6 +1667,17 @@ class GuardMiddleware(AgentMiddleware):
                 if ledger is None:
                     raise
                 return self._stream_stopped(error, ledger)
+            except Exception as error:  # noqa: BLE001 - judged below, out of this block
+                if ledger is not None or not self.check_output:
+                    raise  # a held call judged its own error (`HeldBackChatModel._failed`)
+                failed = error
+            if failed is not None:
+                # Not held (check_stream=False): the error can quote the answer all the same (rt64b F1)
+                context = guard_history(self._unowned(request.messages), self.history_turns)
+                stop = error_stop(self.guard, failed, context, self.history_turns)
+                if stop is None:
+                    raise failed
+                return self._stream_stopped(stop)
             fresh = self._answer_checks(request, response, ledger)
             if fresh is None:
                 return response
@@ -1691,6 +1703,7 @@ class GuardMiddleware(AgentMiddleware):
             except GuardViolation as error:
                 return self._stream_stopped(error)
             held, ledger = self._held_request(request)
+            failed: Exception | None = None
             try:
                 with self._held_scope(ledger, request):
                     response = self._answered(await handler(held), ledger)
@@ -1698,6 +1711,19 @@ class GuardMiddleware(AgentMiddleware):
                 if ledger is None:
                     raise
                 return self._stream_stopped(error, ledger)
+            except Exception as error:  # noqa: BLE001 - judged below, out of this block
+                if ledger is not None or not self.check_output:
+                    raise
+                failed = error
+            if failed is not None:
+                messages = request.messages
+                context = await built_off_loop(
+                    lambda: guard_history(self._unowned(messages), self.history_turns), messages
+                )
+                stop = await aerror_stop(self.guard, failed, context, self.history_turns)
+                if stop is None:
+                    raise failed
+                return self._stream_stopped(stop)
             sent = request
             fresh = await built_off_loop(lambda: self._answer_checks(sent, response, ledger), (sent.messages, response))
             if fresh is None:

@@ -12,7 +12,10 @@
   once the guard has judged its text (the core StreamMonitor, pipelined with generation), and a
   violation *raises* (`GuardViolation`) — raising, not returning, is what makes LangChain stop the
   upstream model (an early return lets it keep generating). ``invoke`` judges the whole answer in one
-  check. Tool-call chunks are held until the calls are judged, when the answer is complete.
+  check. Tool-call chunks are held until the calls are judged, when the answer is complete. A model that fails
+  mid-stream: its error is judged as the answer (it can quote the text held back: `_held_model.error_stop`);
+  blocked, `GuardViolation` is raised in its place with nothing of the error chained; allowed, the error itself.
+  (With ``invoke`` the error never reaches the step: `GuardRunnable(runnable=model)` judges it there too.)
 - `GuardRunnable(runnable=...)` does both around ``runnable`` and judges the answer in the context of
   the screened request. With ``parallel_input=True`` (or a `Guard` built with ``parallel_input=True``)
   the runnable starts while the input is checked: its answer is judged meanwhile but nothing goes out
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
 from langchain_core.documents import Document
@@ -43,6 +46,7 @@ from qwenguard.core.formats.conversations import prompt_conversation, untrusted_
 from qwenguard.core.guard import speaking_as
 from qwenguard.core.streaming.parallel import PendingCheck
 
+from ._held_model import aerror_stop, error_stop
 from ._holding import HeldStream, monitor_options
 from ._input_beside import (
     aafter_verdict,
@@ -487,7 +491,16 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
             # tool of it runs before the verdict, rather than the whole run (an agent's tools) going on to the end.
             runnable = self.runnable
             child = patch_config(config, callbacks=stopping(run_manager.get_child(), pending))
-            output = answer_beside(lambda: runnable.invoke(value, child, **kwargs), pending)
+            try:
+                output = answer_beside(lambda: runnable.invoke(value, child, **kwargs), pending)
+            except Exception as error:  # noqa: BLE001 - judged below, out of this block (see `_failed`)
+                if not self.check_output:
+                    raise
+                failed: Exception | None = error
+            else:
+                failed = None
+            if failed is not None:
+                self._failed(failed, context)
         if self.check_output:
             items = self._output_items(output, context)
             raise_first(items, screen(self.guard, items))
@@ -508,7 +521,16 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
             call = self.runnable.ainvoke(
                 value, patch_config(config, callbacks=stopping(run_manager.get_child(), pending)), **kwargs
             )
-            output = await aanswer_beside(call, pending)
+            try:
+                output = await aanswer_beside(call, pending)
+            except Exception as error:  # noqa: BLE001 - judged below, out of this block (see `_failed`)
+                if not self.check_output:
+                    raise
+                failed: Exception | None = error
+            else:
+                failed = None
+            if failed is not None:
+                await self._afailed(failed, context)
         if self.check_output:
             items = await built_off_loop(lambda: self._output_items(output, context), output)
             raise_first(items, await ascreen(self.guard, items))
@@ -520,13 +542,43 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         return await self._acall_with_config(self._ainvoke, input, config, **kwargs)
 
+    # -- a failed model ---------------------------------------------------------------------------
+    # Its error can quote the answer it was producing, text the held stream never released (rt64b F1): judged as that
+    # answer (`error_stop`), raised as the guard's stop when blocked, with nothing of the error chained to it.
+    def _failed(self, error: Exception, context: list[dict[str, str]]) -> NoReturn:
+        """Raise the guard's stop where what ``error`` carries is blocked as the answer to ``context``, else ``error``,
+        unchanged. Called where no exception is being handled."""
+        stop = error_stop(self.guard, error, context, self.history_turns)
+        if stop is None:
+            raise error
+        raise stop from None
+
+    async def _afailed(self, error: Exception, context: list[dict[str, str]]) -> NoReturn:
+        """Async twin of `_failed`."""
+        stop = await aerror_stop(self.guard, error, context, self.history_turns)
+        if stop is None:
+            raise error
+        raise stop from None
+
     # -- streaming --------------------------------------------------------------------------------
     def _guard_chunks(self, chunks: Iterator[Any], context: list[dict[str, str]]) -> Iterator[Any]:
-        yield from self._held(context).run(chunks)
+        failed: Exception | None = None
+        try:
+            yield from self._held(context).run(chunks)
+        except Exception as error:  # noqa: BLE001 - the model's (or a step's before it): judged below, out of this block
+            failed = error
+        if failed is not None:
+            self._failed(failed, context)
 
     async def _aguard_chunks(self, chunks: AsyncIterator[Any], context: list[dict[str, str]]) -> AsyncIterator[Any]:
-        async for chunk in self._held(context).arun(chunks):
-            yield chunk
+        failed: Exception | None = None
+        try:
+            async for chunk in self._held(context).arun(chunks):
+                yield chunk
+        except Exception as error:  # noqa: BLE001 - judged below (see `_guard_chunks`)
+            failed = error
+        if failed is not None:
+            await self._afailed(failed, context)
 
     @speaking_as(_ASYNC_TWIN)
     def _transform(

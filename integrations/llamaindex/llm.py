@@ -27,7 +27,9 @@ What is screened, and as what:
   `StreamMonitor` (``guard.stream``/``guard.astream``): the judge runs on text the consumer has not
   seen, beside the generation, and text is released as soon as it is judged. A guarded chunk carries
   only released text, in every field (see `._stream`); a violation raises mid-stream and closes the
-  inner stream (and its HTTP response); an answer holding a JSON escape a parser decodes into other
+  inner stream (and its HTTP response); the error the wrapped LLM fails with (streamed or not) is judged as its
+  answer, since a provider's error can quote the text held back (Ollama's ``error parsing tool call: raw='...'``):
+  blocked, the guard's stop is raised in its place with nothing of the error chained; allowed, the error itself; an answer holding a JSON escape a parser decodes into other
   words (``\\uXXXX``) also as LlamaIndex parses it, a stream's text held from that escape until then
   (`._json_reading`);
 - tool calls, each with ``check_tool_call``, before the caller can see them: in a stream they are
@@ -64,10 +66,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -88,7 +90,7 @@ from llama_index.core.llms.llm import LLM, ToolSelection
 from llama_index.core.llms.utils import parse_partial_json
 from llama_index.core.prompts import BasePromptTemplate, ChatPromptTemplate
 from llama_index.core.types import Model
-from qwenguard.core import Action, Decision, Guard, Policy, enforce
+from qwenguard.core import Action, Decision, Guard, InputTooLarge, Policy, QwenGuardError, enforce
 from qwenguard.core.formats.conversations import (
     prompt_conversation,
     response_conversation,
@@ -107,6 +109,7 @@ from qwenguard.core.streaming.wakeup import (
 from qwenguard.core.verdict import Stage
 
 from .._common import guard_scope, reply_actions, require_guard
+from .._error_reading import error_texts
 from .._off_loop import off_loop
 from ._component import GuardComponent
 from ._json_reading import ReadingHold, reading_checks
@@ -245,6 +248,22 @@ async def _ajudge(guard: Any, checks: Checks) -> list[Decision]:
     policy = guard.policy
     decisions = await ajudge(guard, _asked(policy, checks))
     return [_as_answer(policy, d) if isinstance(c, _AnswerCall) else d for c, d in zip(checks, decisions)]
+
+
+# -- a failed call's error, judged as its answer ------------------------------------------------------
+# A provider can fail mid-answer with an error that quotes the answer (Ollama's "error parsing tool call: raw='...'"):
+# the text the monitor held, neither judged nor released, reached the app in the exception (rt64b F1). What the error
+# carries is judged as the answer would have been; blocked, the guard's stop is raised in its place with nothing of
+# the error chained to it (`_stop`). Only on a failure: an answer costs nothing more.
+
+
+def _stop(decision: Decision) -> QwenGuardError:
+    """What `enforce` raises for a blocked ``decision``, to raise where no other exception is being handled."""
+    try:
+        enforce(decision)
+    except QwenGuardError as stop:
+        return stop
+    raise AssertionError("an allowed decision has no stop")
 
 
 def _schema_tools(output_cls: Any) -> frozenset[str]:
@@ -682,10 +701,104 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         finally:
             _PRESCREENED.reset(token)
 
+    # -- a failed call: its error judged as the answer it may quote ----------------------------
+    def _error_checks(self, plan: _Plan, error: BaseException) -> tuple[Checks, bool] | None:
+        """The check of ``error`` as the answer to ``plan.prompt`` (`error_texts`), and whether all of it was read;
+        ``None`` where there is nothing to judge: the guard's own stop, an error that says nothing."""
+        if isinstance(error, QwenGuardError):
+            return None
+        left_out: list[str] = []
+        text = "\n".join(error_texts(error, self.guard.max_chars, left_out=left_out))
+        whole = not left_out
+        if not text.strip() and whole:
+            return None
+        return ([(Stage.RESPONSE, response_conversation(plan.prompt, text))] if text.strip() else []), whole
+
+    def _error_stop(self, decisions: Sequence[Decision] | None) -> QwenGuardError | None:
+        """The guard's stop for a failed call's error (``None`` decisions: not judged whole, blocked whatever
+        ``on_error`` says: size alone never gets text through unjudged), or ``None`` where it lets the error through."""
+        if decisions is None:
+            why = f"the model's error carries more than max_chars={self.guard.max_chars:,} characters: not judged whole"
+            return _stop(self.guard.policy.decide_unjudged(Stage.RESPONSE, why))
+        blocked = next((d for d in decisions if not d.allowed), None)
+        return _stop(blocked) if blocked is not None else None
+
+    def _failed(self, plan: _Plan, error: Exception) -> NoReturn:
+        """The inner call failed with ``error``: raise the guard's stop where what it carries is blocked as the answer
+        (a guard that cannot answer: as ``on_error`` says), else ``error``, unchanged. Called where no exception is
+        being handled: the stop has nothing of the error chained to it."""
+        read = self._error_checks(plan, error)
+        if read is None:
+            raise error
+        checks, whole = read
+        try:
+            decisions = _judge(self.guard, checks) if whole else None
+        except InputTooLarge:  # the error and the conversation past what one check reads
+            decisions = None
+        stop = self._error_stop(decisions)
+        if stop is None:
+            raise error
+        raise stop from None
+
+    async def _afailed(self, plan: _Plan, error: Exception) -> NoReturn:
+        """Async twin of `_failed`: the error is read on a worker thread (what it carries is not sized before)."""
+        read = await asyncio.to_thread(self._error_checks, plan, error)
+        if read is None:
+            raise error
+        checks, whole = read
+        try:
+            decisions = await _ajudge(self.guard, checks) if whole else None
+        except InputTooLarge:
+            decisions = None
+        stop = self._error_stop(decisions)
+        if stop is None:
+            raise error
+        raise stop from None
+
+    def _called(self, plan: _Plan, call: Callable[[], T]) -> T:
+        """``call()`` (the inner LLM's answer, or its stream opened), its error judged (`_failed`)."""
+        try:
+            return call()
+        except Exception as error:  # noqa: BLE001 - judged below, out of this block
+            failed = error
+        self._failed(plan, failed)
+
+    async def _acalled(self, plan: _Plan, call: Awaitable[T]) -> T:
+        """Async twin of `_called`."""
+        try:
+            return await call
+        except Exception as error:  # noqa: BLE001 - judged below, out of this block
+            failed = error
+        await self._afailed(plan, failed)
+
+    def _judged_errors(self, plan: _Plan, stream: Iterator[T]) -> Generator[T, None, None]:
+        """``stream``, the error that ends it judged (`_failed`): out of the guarded stream, whose monitor and
+        upstream are closed by then."""
+        failed: Exception | None = None
+        try:
+            yield from stream
+        except Exception as error:  # noqa: BLE001 - judged below, out of this block
+            failed = error
+        if failed is not None:
+            self._failed(plan, failed)
+
+    async def _ajudged_errors(self, plan: _Plan, stream: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
+        """Async twin of `_judged_errors`; ``stream`` is closed with it."""
+        failed: Exception | None = None
+        try:
+            async for item in stream:
+                yield item
+        except Exception as error:  # noqa: BLE001 - judged below, out of this block
+            failed = error
+        finally:
+            await stream.aclose()
+        if failed is not None:
+            await self._afailed(plan, failed)
+
     # -- chat and complete --------------------------------------------------------------------
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         plan = self._start_inputs(self._plan_messages(messages, kwargs))
-        response = self.llm.chat(messages, **kwargs)
+        response = self._called(plan, lambda: self.llm.chat(messages, **kwargs))
         self._wait_inputs(plan)
         checks, calls = self._chat_checks(plan, response)
         self._screen(checks, plan)
@@ -698,7 +811,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         plan = await self._astart_inputs(
             await off_loop(lambda: self._plan_messages(messages, kwargs), messages, kwargs)
         )
-        response = await self._race(plan, self.llm.achat(messages, **kwargs))
+        response = await self._acalled(plan, self._race(plan, self.llm.achat(messages, **kwargs)))
         checks, calls = await off_loop(lambda: self._chat_checks(plan, response), response)
         await self._ascreen(checks, plan)
         self._passed(plan, response.message, calls)
@@ -706,14 +819,16 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
 
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         plan = self._start_inputs(self._plan_prompt(prompt))
-        response = self.llm.complete(prompt, formatted=formatted, **kwargs)
+        response = self._called(plan, lambda: self.llm.complete(prompt, formatted=formatted, **kwargs))
         self._wait_inputs(plan)
         self._screen(self._completion_checks(plan, response))
         return response
 
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         plan = await self._astart_inputs(await off_loop(lambda: self._plan_prompt(prompt), prompt))
-        response = await self._race(plan, self.llm.acomplete(prompt, formatted=formatted, **kwargs))
+        response = await self._acalled(
+            plan, self._race(plan, self.llm.acomplete(prompt, formatted=formatted, **kwargs))
+        )
         await self._ascreen(await off_loop(lambda: self._completion_checks(plan, response), response))
         return response
 
@@ -746,25 +861,27 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         plan = self._start_inputs(self._plan_messages(messages, kwargs))
         hold = ActionHold.for_messages(messages)
-        return self._guard_chat_stream(plan, self.llm.stream_chat(messages, **kwargs), hold)
+        inner = self._called(plan, lambda: self.llm.stream_chat(messages, **kwargs))
+        return self._judged_errors(plan, self._guard_chat_stream(plan, inner, hold))
 
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         planned, hold = await off_loop(
             lambda: (self._plan_messages(messages, kwargs), ActionHold.for_messages(messages)), messages, kwargs
         )
         plan = await self._astart_inputs(planned)
-        return self._aguard_chat_stream(
-            plan, await self._race(plan, self.llm.astream_chat(messages, **kwargs), wait=False), hold
-        )
+        inner = await self._acalled(plan, self._race(plan, self.llm.astream_chat(messages, **kwargs), wait=False))
+        return self._ajudged_errors(plan, self._aguard_chat_stream(plan, inner, hold))
 
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
         plan = self._start_inputs(self._plan_prompt(prompt))
-        return self._guard_completion_stream(plan, self.llm.stream_complete(prompt, formatted=formatted, **kwargs))
+        inner = self._called(plan, lambda: self.llm.stream_complete(prompt, formatted=formatted, **kwargs))
+        return self._judged_errors(plan, self._guard_completion_stream(plan, inner))
 
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
         plan = await self._astart_inputs(await off_loop(lambda: self._plan_prompt(prompt), prompt))
-        inner = await self._race(plan, self.llm.astream_complete(prompt, formatted=formatted, **kwargs), wait=False)
-        return self._aguard_completion_stream(plan, inner)
+        opened = self._race(plan, self.llm.astream_complete(prompt, formatted=formatted, **kwargs), wait=False)
+        inner = await self._acalled(plan, opened)
+        return self._ajudged_errors(plan, self._aguard_completion_stream(plan, inner))
 
     def _final_checks(self, plan: _Plan, out: ChatChunks) -> tuple[Checks, list[ToolSelection]]:
         """What the end of a chat stream still needs judged: its tool calls (those agents read in its text too:
