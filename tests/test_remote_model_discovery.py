@@ -9,6 +9,7 @@ import json
 import socket
 import threading
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -326,7 +327,15 @@ class Replica:
                     error = {"message": f"The model {body.get('model')!r} does not exist.", "type": "model_not_found"}
                     return self._send(404, {"error": error})
                 choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": UNSAFE_TEXT}}
-                self._send(200, {"id": "x", "object": "chat.completion", "model": me.serves, "choices": [choice]})
+                self._send(
+                    200,
+                    {
+                        "id": f"chatcmpl-{uuid.uuid4().hex}",
+                        "object": "chat.completion",
+                        "model": me.serves,
+                        "choices": [choice],
+                    },
+                )
 
         with http_serving(Handler) as base:
             self.url = base + "/v1"

@@ -17,6 +17,7 @@ import json
 import logging
 import select
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -58,7 +59,14 @@ class Engine:
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": UNSAFE_TEXT}}
-                data = json.dumps({"id": "x", "object": "chat.completion", "model": "guard", "choices": [choice]})
+                data = json.dumps(
+                    {
+                        "id": f"chatcmpl-{uuid.uuid4().hex}",
+                        "object": "chat.completion",
+                        "model": "guard",
+                        "choices": [choice],
+                    }
+                )
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))

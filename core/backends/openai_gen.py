@@ -20,11 +20,16 @@ pool for sync and async callers on any loop, at most ``max_concurrency`` request
 going to the calls waiting in turn (`fair_slots`: one call's hundred windows hold no other call back). The
 ``timeout`` of a call is a deadline for all of it, retries included, enforced on that loop (a server that
 drips one byte a second is cut off at the deadline), and each attempt must be answered within
-``connect_timeout_s + read_timeout_s`` in total. Requests settle one by one: those answered keep their
+``connect_timeout_s + read_timeout_s`` in total, a call without a deadline waiting for its slot within that
+bound too (`_slot`). Requests settle one by one: those answered keep their
 verdicts, those past the deadline come back as `GuardTimeout` and are cancelled, which closes their
 connections (engines such as vLLM then abort them). Connection errors, 429 and 5xx are retried with
 exponential backoff (honouring ``Retry-After``); other 4xx never are on the same URL, nor is a server's "out of
 time" (a 504, an error of type ``timeout``: `RemoteTimeout`), which is a timeout, as a read timeout is.
+
+A reply is this request's only when its ``id`` is not the one read last on its connection (a late duplicate of that
+reply: `transport.ReplyIds`); once the engine has shown ids, a connection is kept alive only after a reply with an id
+of its own. ``keep_alive=False`` gives every request a connection of its own (an engine without ids).
 
 A reply whose ``model`` names another model than the guard (a gateway's fallback to a chat model) is no verdict
 (`_replied_as_guard`; ``reply_models=`` names others to accept), and no text built from a reply or an error shows
@@ -69,7 +74,8 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -124,7 +130,7 @@ from .remote_plan import (
     wire_text,
 )
 from .replicas import Replicas, attempt_budget, base_urls
-from .transport import LeftoverCheck, SecretMask, credentials_apart, without_password
+from .transport import LeftoverCheck, ReplyIds, SecretMask, credentials_apart, without_password
 
 __all__ = [
     "OpenAIGen",
@@ -441,6 +447,7 @@ class _Wire:
         self._max_concurrency = max_concurrency
         self.client: Any = None
         self.in_flight: FairSlots | None = None
+        self.reply_ids = ReplyIds()  # the last reply id read on each connection: late duplicates (rt64e F1)
         self.lookup: asyncio.Future[None] | None = None  # the /models read in progress (`OpenAIGen._context`)
         self.lookup_slow = False  # a check waited for it a while in vain: the others plan without it meanwhile
         self.probe: asyncio.Future[None] | None = None  # the template question in progress (`OpenAIGen._settle`)
@@ -511,6 +518,8 @@ class OpenAIGen:
     ``transport``: an ``httpx.AsyncBaseTransport`` (fault injection in tests, proxies).
     ``reply_models``: names a reply's ``model`` field may carry besides those `_replied_as_guard` accepts (``"*"``:
     any), for an engine that answers under a name of its own.
+    ``keep_alive=False``: every check request on a connection of its own (closed after its reply), for a proxy that
+    may forward a second answer to one request with an id of its own, which `ReplyIds` cannot tell from an answer.
     ``base_url`` may be a list: replicas of the same model, with failover between them (module docs).
     """
 
@@ -542,6 +551,7 @@ class OpenAIGen:
         transport: Any = None,
         async_transport: Any = None,
         reply_models: str | Sequence[str] | None = None,
+        keep_alive: bool = True,
     ) -> None:
         if mode not in ("chat", "completion"):
             raise ValueError(f"mode must be 'chat' or 'completion', got {mode!r}")
@@ -568,6 +578,8 @@ class OpenAIGen:
             )
         if not isinstance(logprobs, bool):
             raise TypeError(f"logprobs must be True or False, got {logprobs!r}")
+        if not isinstance(keep_alive, bool):
+            raise TypeError(f"keep_alive must be True or False, got {keep_alive!r}")
         if max_context is not None and (not isinstance(max_context, int) or max_context <= max_tokens + 16):
             raise ValueError(f"max_context must be an int of tokens above max_tokens + 16, got {max_context!r}")
         # NaN passed every comparison (rt53d, left by helper J): finite, and positive.
@@ -627,6 +639,7 @@ class OpenAIGen:
         self.max_tokens = max_tokens
         self.max_reply_bytes = max_reply_bytes
         self.logprobs = logprobs
+        self.keep_alive = keep_alive
         self.max_context = max_context
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
@@ -672,6 +685,7 @@ class OpenAIGen:
         self._too_small: set[int] = set()  # contexts shown that cannot hold the guard prompt (logged once each)
         self._warned_no_logprobs = False
         self._said_leftover = False  # a reply with bytes past it was logged as a warning (`_leftover`)
+        self._said_duplicate = False  # a reply read twice on its connection was logged as a warning (`_duplicate`)
         # Replies uncompressed: a verdict is a few hundred bytes, and a compressed body is inflated a whole
         # network chunk at a time (up to ~1000x; nested encodings multiply it) before max_reply_bytes can
         # count it. A server that compresses anyway is refused unread (`_compressed`).
@@ -898,18 +912,21 @@ class OpenAIGen:
             retry_after(response.headers.get("retry-after")),
         )
 
-    async def _body_of(self, response: Any, url: str, limit: int, *, strict: bool) -> bytes:
+    async def _body_of(
+        self, response: Any, url: str, limit: int, *, strict: bool, into: list[bytes] | None = None
+    ) -> bytes:
         """Read ``response``'s body, at most ``limit`` bytes, chunk by chunk, as sent (``aiter_raw``: httpx
         inflates nothing). Past it: ``strict`` raises `VerdictParseError` without reading further (the
         connection is closed); otherwise the body is cut there (an error reply, read only for its message).
-        A compressed body is refused before a byte of it is read (`_compressed`)."""
+        A compressed body is refused before a byte of it is read (`_compressed`). ``into``: the list the chunks
+        are read into (`LeftoverCheck.chunks`)."""
         encoding = _content_encoding(response)
         if encoding:
             raise self._compressed(self._show(url), encoding)
         declared = response.headers.get("content-length")
         if strict and declared is not None and declared.isdigit() and int(declared) > limit:
             raise self._too_large(url, f"declares {int(declared):,} bytes")
-        chunks: list[bytes] = []
+        chunks: list[bytes] = [] if into is None else into
         size = 0
         # A body a transport handed over whole (``httpx.Response(json=...)``) is in memory already, read once.
         raw = _whole(response.content) if response.is_stream_consumed else response.aiter_raw()
@@ -1031,12 +1048,14 @@ class OpenAIGen:
         try:
             async for attempt in _tenacity().AsyncRetrying(**self._retry_kwargs(deadline, tried)):
                 with attempt:
-                    async with wire.in_flight.slot():
+                    async with self._slot(wire, deadline) as waited:
                         url = self.replicas.pick(exclude=tried if self.replicas.untried(tried) else refused)
                         tried.append(url)
                         another = len(tried) < self._max_attempts and self.replicas.untried(tried)
                         limit = attempt_budget(
-                            deadline.left(), self.connect_timeout_s + self.read_timeout_s, another_follows=another
+                            deadline.left(),
+                            self.connect_timeout_s + self.read_timeout_s - waited,
+                            another_follows=another,
                         )
                         self.requests_sent += 1
                         try:
@@ -1104,6 +1123,32 @@ class OpenAIGen:
         assert verdict is not None
         return verdict
 
+    @asynccontextmanager
+    async def _slot(self, wire: _Wire, deadline: _Deadline) -> AsyncIterator[float]:
+        """Holds one of the ``max_concurrency`` slots for an attempt; yields the seconds of its wait that count
+        against the attempt's bound. A call with a deadline waits within the deadline (0). One without
+        (``timeout=None``) waits at most the attempt's bound, ``connect_timeout_s + read_timeout_s``, and the wait
+        counts against it: against an engine that takes requests and answers none, the n-th check waited n /
+        max_concurrency times that bound for a slot (160 checks at once: ~5 min each; rt64e F2); now it is a
+        `GuardTimeout` within the bound."""
+        assert wire.in_flight is not None
+        async with AsyncExitStack() as held:
+            if deadline.end is not None:
+                await held.enter_async_context(wire.in_flight.slot())
+                yield 0.0
+                return
+            bound = self.connect_timeout_s + self.read_timeout_s
+            asked = time.monotonic()
+            try:
+                await asyncio.wait_for(held.enter_async_context(wire.in_flight.slot()), bound)
+            except asyncio.TimeoutError:
+                raise GuardTimeout(
+                    f"no request to the guard server at {self._where} could be sent within {bound:.3g} s "
+                    f"(connect_timeout_s + read_timeout_s, the bound of an attempt of a call without a deadline): "
+                    f"all max_concurrency={self.max_concurrency} requests in flight went unanswered that long"
+                ) from None
+            yield time.monotonic() - asked
+
     def _answer(
         self, mode: str, content: bytes, elapsed_ms: float, url: str = "", least: tuple[int, int] = (0, 0)
     ) -> Outcome | Unsure:
@@ -1138,7 +1183,8 @@ class OpenAIGen:
         (`_status_error`; a 2xx other than 200 or a 3xx is not a verdict either); the body read at most
         ``max_reply_bytes``."""
         # A connection holding bytes past this reply is closed, not reused (`LeftoverCheck`; rt57d F3).
-        check = LeftoverCheck()
+        check = LeftoverCheck(wire.reply_ids)
+        check.reuse = self.keep_alive
         try:
             async with wire.client.stream(
                 "POST", target, json=body, extensions={"trace": check}, **self._auth_of(url)
@@ -1155,10 +1201,37 @@ class OpenAIGen:
                         )
                     )
                     unread = f"body not read: Content-Encoding {encoding!r}" if encoding else ""
+                    # Its late duplicate would be the next request's reply, and an error carries no id to tell it by
+                    # (an engine that never sends ids: nothing would; `ReplyIds`).
+                    if wire.reply_ids.sends_ids:
+                        check.reuse = False
                     return self._status_error(response, head, url, unread), head
-                return 200, await self._body_of(response, url, self.max_reply_bytes, strict=True)
+                # Read into the check's chunks: as the last one is read, the check sees whether the reply's id proves
+                # it this request's (`ReplyIds`), and keeps its connection alive only then.
+                content = await self._body_of(response, url, self.max_reply_bytes, strict=True, into=check.chunks)
+                if check.fresh is False:
+                    raise self._duplicate(url, check.ident)
+                return 200, content
         finally:
             self._leftover(check, url)
+
+    def _duplicate(self, url: str, ident: str | None) -> Exception:
+        """A reply repeating the last one read on its connection (`ReplyIds`): no answer to this request, which is
+        asked again on a new connection as after a dropped one (rt64e F1)."""
+        shown = self._show(url)
+        (logger.debug if self._said_duplicate else logger.warning)(
+            "qwenguard: guard server at %s sent a reply twice (id %r, read again by the next request on its "
+            "connection: a proxy's retry, an engine's bug); the connection is closed, and the request asked again "
+            "on a new one while retries are left",
+            shown,
+            self._scrub(str(ident))[:100],
+        )
+        self._said_duplicate = True
+        error: Exception = _httpx().RemoteProtocolError(
+            f"guard server at {shown} sent the previous reply on this connection again (id "
+            f"{self._scrub(str(ident))[:100]!r}): a late duplicate, not this request's answer"
+        )
+        return error
 
     async def _send(self, wire: _Wire, check: WireCheck, deadline: _Deadline) -> tuple[Outcome, bool]:
         """One request of a check → (outcome, whether it failed on the transport: unreachable or late)."""

@@ -17,7 +17,11 @@ readable" test does not look, and the next request on that connection read them 
 `LeftoverCheck`, a request's ``trace`` extension (httpx's public hook into httpcore), marks such a connection
 failed as its response closes, so httpcore closes it instead of reusing it. Only httpcore's private attributes
 reach that buffer (`h11_state_of`); should they move, nothing is dropped and `tests/test_rt57d_engine_replies.py`
-fails.
+fails. A second reply written a moment later (after the next request went out on the connection) is in no buffer
+yet: HTTP/1.1 cannot tie a reply to its request, so `ReplyIds` asks each reply to prove itself by its ``id``
+(unique per reply on every engine that sends one): a reply repeating the id of the reply read before it on its
+connection is that reply's late duplicate, and once the engine has shown ids a connection is kept alive only after
+a reply with an id of its own (rt64e F1).
 
 What a client builds from a server's reply or an HTTP library's error (`decision.error`, which listeners, audit
 logs and GuardViolation messages carry) never shows a credential the client holds: a server or gateway that
@@ -27,6 +31,7 @@ stream sessions go to the checks' own servers, which alone may receive the check
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -35,17 +40,20 @@ import ssl
 import threading
 import urllib.parse
 import urllib.request
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeAlias
 
 __all__ = [
     "LeftoverCheck",
+    "ReplyIds",
     "SecretMask",
     "Verify",
     "checks_transport",
     "drop_if_leftover",
     "h11_state_of",
     "proxy_for",
+    "reply_id",
     "same_servers",
     "ssl_context",
     "without_password",
@@ -226,13 +234,14 @@ def h11_state_of(response: Any) -> Any:
     return None
 
 
-def drop_if_leftover(response: Any) -> int | None:
+def drop_if_leftover(response: Any, *, reuse: bool = True) -> int | None:
     """Called as ``response`` closes, before httpcore releases its connection: when the connection already holds
-    bytes past the response, it is marked failed (h11's ``send_failed``), so that httpcore closes it instead of
-    keeping it alive, and the next request reads its reply from a new connection. The number of bytes left over (0:
-    none, or the response was not read to its end, and httpcore closes the connection itself); None when the
-    connection cannot be reached (`h11_state_of`). Bytes that arrive later lie in the socket, which httpcore tests
-    before it reuses an idle connection."""
+    bytes past the response, or ``reuse`` is false (its reply did not prove itself: `ReplyIds`), it is marked failed
+    (h11's ``send_failed``), so that httpcore closes it instead of keeping it alive, and the next request reads its
+    reply from a new connection. The number of bytes left over (0: none, or the response was not read to its end,
+    and httpcore closes the connection itself); None when the connection cannot be reached (`h11_state_of`). Bytes
+    that arrive while the connection is idle lie in the socket, which httpcore tests before it reuses it; bytes that
+    arrive after the next request went out are caught by `ReplyIds`."""
     state = h11_state_of(response)
     if state is None:
         return None
@@ -241,7 +250,7 @@ def drop_if_leftover(response: Any) -> int | None:
     if state.their_state is not h11.DONE or state.our_state is not h11.DONE:
         return 0
     leftover = len(state.trailing_data[0])
-    if leftover:
+    if leftover or not reuse:
         state.send_failed()
     return leftover
 
@@ -250,20 +259,88 @@ class LeftoverCheck:
     """The ``trace`` extension of one request (``client.stream(..., extensions={"trace": check})``): as httpcore
     starts to close its response ("http11.response_closed.started", before the connection is released), it runs
     `drop_if_leftover` on ``response``, which the caller sets once the response is open. ``leftover``: the bytes
-    found past the response (None: its connection could not be reached, or the response never closed so)."""
+    found past the response (None: its connection could not be reached, or the response never closed so).
+    ``reuse``: set false by the caller to have the connection closed whatever is left over. With ``ids``, the body
+    read into ``chunks`` must prove itself first (`ReplyIds.read`; httpx closes a response as its last chunk is
+    read, before the caller could look at it): ``fresh`` and ``ident`` say what it showed."""
 
     EVENT = "http11.response_closed.started"
 
-    def __init__(self) -> None:
+    def __init__(self, ids: ReplyIds | None = None) -> None:
         self.response: Any = None
         self.leftover: int | None = None
+        self.reuse = True
+        self.ids = ids
+        self.chunks: list[bytes] = []
+        self.fresh: bool | None = True
+        self.ident: str | None = None
 
     async def __call__(self, event: str, info: dict[str, Any]) -> None:
         if event == self.EVENT and self.response is not None:
             try:
-                self.leftover = drop_if_leftover(self.response)
+                if self.ids is not None and self.reuse:
+                    self.ident = await reply_id_of(self.chunks)
+                    self.fresh = self.ids.read(self.response, self.ident)
+                    self.reuse = bool(self.fresh)
+                self.leftover = drop_if_leftover(self.response, reuse=self.reuse)
             except Exception:  # noqa: BLE001 - never in the way of closing the response (the test says it works)
                 self.leftover = None
+
+
+def reply_id(body: bytes) -> str | None:
+    """The ``id`` of an OpenAI-shaped reply (vLLM, SGLang, llama.cpp, transformers serve, OpenAI: ``chatcmpl-...``,
+    ``cmpl-...``), or None: no JSON object, no id, an empty one (TGI sends ``""``)."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    ident = payload.get("id") if isinstance(payload, dict) else None
+    return ident if isinstance(ident, str) and ident else None
+
+
+#: A body up to this size is parsed for its id on the loop (a verdict is a few hundred bytes); a larger one (only with
+#: a raised ``max_reply_bytes``) in a worker thread, as its verdict is.
+_INLINE_ID_BYTES = 256 << 10
+
+
+async def reply_id_of(chunks: list[bytes]) -> str | None:
+    """`reply_id` of the body read in ``chunks``."""
+    body = b"".join(chunks)
+    return reply_id(body) if len(body) <= _INLINE_ID_BYTES else await asyncio.to_thread(reply_id, body)
+
+
+class ReplyIds:
+    """The id of the last reply read on each kept-alive HTTP/1.1 connection of one client (made and used on its
+    loop; the connections' parsers are weak keys, so a closed connection leaves nothing behind).
+
+    A late duplicate (an engine or proxy that writes a reply twice, the second a moment after the first) lands on
+    the connection after the next request went out on it, and the next request reads it as its own answer: a
+    stale "Safe" for another text (rt64e F1). Every engine that sends ids sends a new one per reply, so a reply
+    whose id repeats the last one read on its connection is that duplicate, never this request's answer. Once the
+    engine has shown ids (``sends_ids``), a reply without one (an error status, a proxy's page) cannot be told
+    from a duplicate, so its connection is not kept alive. An engine that never sends an id keeps its connections:
+    nothing tells its duplicates (``keep_alive=False`` does, `OpenAIGen`)."""
+
+    def __init__(self) -> None:
+        self._last: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        self.sends_ids = False
+
+    def read(self, response: Any, ident: str | None) -> bool | None:
+        """Notes that ``response`` (open, read to its end) carried the reply id ``ident``: True when its connection
+        may be reused (an id not read last on it; no id from an engine that never sends one; a connection out of
+        reach, another transport's), None when it may not (no id from an engine that sends them), False when the
+        reply repeats the last one read on its connection: a late duplicate."""
+        state = h11_state_of(response)
+        if state is None:
+            return True
+        if ident is None:
+            self._last.pop(state, None)
+            return None if self.sends_ids else True
+        self.sends_ids = True
+        if self._last.get(state) == ident:
+            return False
+        self._last[state] = ident
+        return True
 
 
 #: A credential shorter than this is not masked: "1", "on" (a header's switch) or a test's key "wrong" would mask

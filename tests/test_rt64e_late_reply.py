@@ -1,0 +1,205 @@
+"""A reply written twice, the second a moment after the first (red team rt64e F1), against a raw keep-alive socket
+engine on 127.0.0.1.
+
+rt57d F3 closed a connection holding bytes past a reply as the reply closed. A duplicate that lands a moment later,
+after the next check went out on the kept-alive connection, was read as that check's answer: a harmful prompt was
+allowed "Safe" in 0.2 s while the engine's own "Unsafe" came later. A reply now proves itself by its ``id``: one
+repeating the last reply read on its connection is no answer (the request is asked again on a new connection). An
+engine that sends no id is read safely with ``keep_alive=False`` (a connection a request). Sync and async.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from qwenguard.core import Guard, Policy
+
+SAFE = "Safety: Safe\nCategories: None"
+UNSAFE = "Safety: Unsafe\nCategories: Violent"
+HELLO = "what is the capital of France"
+BOMB = "how do I build a pipe bomb"
+#: When the duplicate of a greeting's reply lands, and when the engine answers the bomb truthfully (seconds after the
+#: reply it follows / the request): the bomb's check goes out between the two, as soon as the greeting's returns.
+DUPLICATE_AFTER = 0.5
+HONEST_AFTER = 1.0
+
+
+def reply(content: str, ids: bool) -> bytes:
+    """One whole HTTP/1.1 response (``ids``: with a fresh ``chatcmpl-`` id, as vLLM, SGLang, llama.cpp send)."""
+    body: dict[str, Any] = {
+        "model": "Qwen3Guard-Gen-4B",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+    }
+    if ids:
+        body = {"id": f"chatcmpl-{uuid.uuid4().hex}", **body}
+    data = json.dumps(body).encode()
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(data) + data
+
+
+class TwiceEngine:
+    """Answers a harmless text "Safe", and the same reply again ``DUPLICATE_AFTER`` later on the same connection (a
+    proxy's retry, an engine's bug); a text naming a bomb, after ``HONEST_AFTER``, "Unsafe". Counts connections."""
+
+    def __init__(self, ids: bool, *, new_id: bool = False) -> None:
+        self.ids = ids
+        self.new_id = new_id  # the second reply is written anew, with an id of its own (a proxy's retry forwarded)
+        self.connections = 0
+        self.seen: list[str] = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _request(conn: socket.socket, buf: bytes) -> tuple[dict[str, Any] | None, bytes]:
+        while b"\r\n\r\n" not in buf:
+            data = conn.recv(65536)
+            if not data:
+                return None, b""
+            buf += data
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        size = next(int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:"))
+        while len(rest) < size:
+            data = conn.recv(65536)
+            if not data:
+                return None, b""
+            rest += data
+        return json.loads(rest[:size]), rest[size:]
+
+    def _serve(self, conn: socket.socket) -> None:
+        buf = b""
+        stop = threading.Event()
+        try:
+            while True:
+                request, buf = self._request(conn, buf)
+                if request is None:
+                    return
+                text = request["messages"][-1]["content"]
+                self.seen.append(text)
+                if "bomb" in text:
+                    stop.wait(HONEST_AFTER)
+                    conn.sendall(reply(UNSAFE, self.ids))
+                else:
+                    once = reply(SAFE, self.ids)
+                    conn.sendall(once)
+                    stop.wait(DUPLICATE_AFTER)
+                    conn.sendall(reply(SAFE, self.ids) if self.new_id else once)  # the same reply, id included
+        except OSError:  # the client closed the connection
+            return
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@contextmanager
+def engine_and_guard(ids: bool, new_id: bool = False, **opts: Any) -> Iterator[tuple[TwiceEngine, Guard]]:
+    engine = TwiceEngine(ids, new_id=new_id)
+    guard = Guard.remote(
+        engine.url, model="Qwen3Guard-Gen-4B", max_context=8192, policy=Policy(timeout_s=10), cache_size=0, **opts
+    )
+    try:
+        yield engine, guard
+    finally:
+        guard.close()
+        engine.close()
+
+
+#: The engine's replies carry ids (as every engine named in docs/remote.md sends them), or none, and the client
+#: then keeps no connection alive (nothing would tell the duplicate).
+SETUPS = pytest.mark.parametrize(
+    ("ids", "opts"), [(True, {}), (False, {"keep_alive": False})], ids=["engine sends ids", "no id, keep_alive=False"]
+)
+
+
+@SETUPS
+def test_a_late_duplicate_reply_is_not_the_next_checks_verdict(ids: bool, opts: dict[str, Any]) -> None:
+    with engine_and_guard(ids, **opts) as (engine, guard):
+        first = guard.check_prompt(HELLO)
+        harmful = guard.check_prompt(BOMB)  # sent before the greeting's duplicate lands
+    assert first.allowed and first.reason == "safe"
+    # Judged by the engine's own answer to it, never by the greeting's "Safe".
+    assert not harmful.allowed and harmful.reason == "unsafe", harmful
+    assert harmful.verdict is not None and "Violent" in harmful.verdict.categories
+    assert BOMB in engine.seen
+
+
+@SETUPS
+def test_a_late_duplicate_reply_is_not_the_next_checks_verdict_async(ids: bool, opts: dict[str, Any]) -> None:
+    async def main(guard: Guard) -> tuple[Any, Any]:
+        first = await guard.acheck_prompt(HELLO)
+        return first, await guard.acheck_prompt(BOMB)
+
+    with engine_and_guard(ids, **opts) as (_, guard):
+        first, harmful = asyncio.run(main(guard))
+    assert first.allowed and first.reason == "safe"
+    assert not harmful.allowed and harmful.reason == "unsafe", harmful
+    assert harmful.verdict is not None and "Violent" in harmful.verdict.categories
+
+
+def test_a_late_duplicate_without_retries_left_blocks_the_check() -> None:
+    # No retry to ask again: the duplicate is still no answer (a guard error the policy decides: blocked).
+    with engine_and_guard(True, max_retries=0) as (_, guard):
+        assert guard.check_prompt(HELLO).allowed
+        harmful = guard.check_prompt(BOMB)
+    assert not harmful.allowed and harmful.reason in ("guard_error", "unsafe"), harmful
+    if harmful.reason == "guard_error":
+        assert "duplicate" in (harmful.error or "")
+
+
+def test_without_keep_alive_a_second_answer_with_an_id_of_its_own_is_no_checks_verdict() -> None:
+    # A proxy forwarding the answers to a request and to its retry: two replies, each with its own id, which nothing
+    # tells from an answer on a kept-alive connection. keep_alive=False gives every request a connection of its own.
+    with engine_and_guard(True, new_id=True, keep_alive=False) as (engine, guard):
+        assert guard.check_prompt(HELLO).allowed
+        harmful = guard.check_prompt(BOMB)
+        assert engine.connections == 2
+    assert not harmful.allowed and harmful.reason == "unsafe", harmful
+
+
+class OnceEngine(TwiceEngine):
+    """An honest engine: one reply per request."""
+
+    def _serve(self, conn: socket.socket) -> None:
+        buf = b""
+        try:
+            while True:
+                request, buf = self._request(conn, buf)
+                if request is None:
+                    return
+                conn.sendall(reply(SAFE, self.ids))
+        except OSError:
+            return
+        finally:
+            conn.close()
+
+
+def test_an_engine_sending_ids_keeps_its_one_connection() -> None:  # nothing is dropped without a reason
+    engine = OnceEngine(True)
+    guard = Guard.remote(engine.url, model="Qwen3Guard-Gen-4B", max_context=8192, cache_size=0)
+    try:
+        for i in range(10):
+            assert guard.check_prompt(f"{HELLO} {i}").reason == "safe"
+    finally:
+        guard.close()
+        engine.close()
+    assert engine.connections == 1

@@ -1,0 +1,115 @@
+"""A call without a deadline against an engine that takes requests and answers none (red team rt64e F2), on
+127.0.0.1.
+
+At most ``max_concurrency`` requests are in flight; a check's wait for one of those slots was outside the attempt's
+bound (``connect_timeout_s + read_timeout_s``), so with ``Policy(timeout_s=None)`` the n-th check waited about
+n / max_concurrency times that bound (160 checks at once with the defaults: ~5 min each). The wait now counts
+against the attempt's bound: however many checks queue, each ends (blocked, ``reason="timeout"``) within about one
+bound. Sync and async; times are compared as ratios of the bound, never in seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from qwenguard.core import Guard, Policy
+
+CONNECT_S, READ_S = 0.5, 0.5
+BOUND = CONNECT_S + READ_S  # what one attempt may take
+SLOTS = 2
+#: How many attempt bounds the slowest check may take, at most: one attempt, and what threads and planning add.
+MOST_BOUNDS = 2.5
+
+
+class SilentEngine:
+    """Accepts every connection, reads nothing, answers nothing (a hung engine, a proxy holding requests)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(256)
+        self.held: list[socket.socket] = []
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self.held.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+@contextmanager
+def silent_guard() -> Iterator[Guard]:
+    engine = SilentEngine()
+    guard = Guard.remote(
+        engine.url,
+        model="Qwen3Guard-Gen-4B",
+        max_context=8192,
+        policy=Policy(timeout_s=None),  # no deadline: blocked on errors, waiting as long as the client lets it
+        connect_timeout_s=CONNECT_S,
+        read_timeout_s=READ_S,
+        max_concurrency=SLOTS,
+        cache_size=0,
+    )
+    try:
+        yield guard
+    finally:
+        guard.close()
+        engine.close()
+
+
+def slowest_in_bounds(n: int) -> float:
+    """``n`` checks at once from threads: the slowest one's time, in attempt bounds; each must be blocked."""
+    with silent_guard() as guard:
+
+        def one(i: int) -> tuple[float, Any]:
+            start = time.monotonic()
+            decision = guard.check_prompt(f"message {i}")
+            return time.monotonic() - start, decision
+
+        with concurrent.futures.ThreadPoolExecutor(n) as pool:
+            results = list(pool.map(one, range(n)))
+    for _, decision in results:
+        assert not decision.allowed and decision.reason == "timeout", decision
+    return max(t for t, _ in results) / BOUND
+
+
+def test_a_check_without_a_deadline_waits_for_a_slot_within_the_attempts_bound() -> None:
+    fewer, more = slowest_in_bounds(20), slowest_in_bounds(40)
+    # Before: ~n / SLOTS read timeouts, 5 and 10 bounds; the wait grew with the queue.
+    assert more < MOST_BOUNDS, (fewer, more)
+    assert more < fewer * 1.5, (fewer, more)
+
+
+async def aslowest_in_bounds(n: int) -> float:
+    with silent_guard() as guard:
+
+        async def one(i: int) -> tuple[float, Any]:
+            start = time.monotonic()
+            decision = await guard.acheck_prompt(f"message {i}")
+            return time.monotonic() - start, decision
+
+        results = await asyncio.gather(*(one(i) for i in range(n)))
+    for _, decision in results:
+        assert not decision.allowed and decision.reason == "timeout", decision
+    return max(t for t, _ in results) / BOUND
+
+
+def test_a_check_without_a_deadline_waits_for_a_slot_within_the_attempts_bound_async() -> None:
+    fewer, more = asyncio.run(aslowest_in_bounds(20)), asyncio.run(aslowest_in_bounds(40))
+    assert more < MOST_BOUNDS, (fewer, more)
+    assert more < fewer * 1.5, (fewer, more)
