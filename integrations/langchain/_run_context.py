@@ -7,27 +7,22 @@
 read as a client's resume value is (`payload_leaf`: a dataclass's, a pydantic model's or a slotted object's fields, a
 mapping's keys and values, a text file by what it holds), within the guard's ``max_chars``.
 
-An id, an account number or a date sent as text (``"u-4821"``, ``"acme-7"``, ``"2024-06-01"``, a UUID) is no words:
-one identifier (`IDENTIFIER`) with a digit in it and eight letters at most, or hex digits only, is left out (`_is_id`),
-so that a context of ids and numbers costs no check and cannot be blocked for what it is not. Words joined into one
-(``"Mix_ammonium_1"``) hold more letters: read.
+An id that says nothing (a UUID, a hex digest, digits: `is_opaque_id`, as node metadata is read) is left out, so a
+context of such ids costs no check. Anything else is read: an id-like word (``"u-4821"``, ``"Mix1"``) can carry
+words, and a list of them a sentence one word a string (rt64j F2: a rule that left out each "identifier with a
+digit and eight letters at most" on its own let ``["Mix1", "ammonium1", ...]`` through unjudged).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from .._common import IDENTIFIER
+from qwenguard.core.formats.identifiers import is_opaque_id
+
 from ._messages import payload_leaf
 from ._tool_errors import object_text
 
 __all__ = ["context_text", "run_context"]
-
-#: The most letters an id (`_is_id`) holds: a short word at most (``acme``), too few to say something.
-_ID_LETTERS = 8
-#: Hex digits, in groups: a UUID, a hash.
-_HEX = re.compile(r"[0-9A-Fa-f]+(?:-[0-9A-Fa-f]+)*")
 
 
 def run_context(holder: Any) -> Any:
@@ -44,14 +39,8 @@ def context_text(context: Any, budget: int) -> tuple[str, bool]:
 
 
 def _context_leaf(item: Any) -> Any:
-    """An item of the context read its own way: an id as no text, anything else as a resume value's (`payload_leaf`)."""
-    if isinstance(item, str) and _is_id(item):
+    """An item of the context read its own way: an opaque id as no text, anything else as a resume value's
+    (`payload_leaf`)."""
+    if is_opaque_id(item):
         return ""
     return payload_leaf(item)
-
-
-def _is_id(text: str) -> bool:
-    """One identifier with a digit in it and few letters, or hex digits only: an id, a number or a date as text."""
-    if IDENTIFIER.fullmatch(text) is None or not any(c.isdigit() for c in text):
-        return False
-    return sum(c.isalpha() for c in text) <= _ID_LETTERS or _HEX.fullmatch(text) is not None
