@@ -14,7 +14,8 @@ picks from all waiting requests:
   recent steps (``seconds ~ overhead + rate * cost``) and plans each step to fit that time, so a step
   is short on a slow machine and as large as the cost budget allows on a fast one, but never below an
   eighth of the cost budget (below that, per-step overhead eats the throughput). A check that arrives
-  while the model is busy waits for at most about one such step. While work of different widths shares
+  while the model is busy waits for at most about two such steps (one, unless a long request's turn is
+  due: below). While work of different widths shares
   the model (short checks or a stream's small steps beside a long document's windows), steps are planned
   at half that time, for ``MIXED_MEMORY_S`` after such work was last seen waiting: the short checks that
   keep coming wait half as long, and a document judged alone keeps its full steps.
@@ -25,7 +26,10 @@ picks from all waiting requests:
   for its own short step, not for theirs, and rides in a step led by tiny items (a stream session's
   one-token step) instead of waiting behind it. A request passed over in ``max_skips`` steps in a row
   leads the next one, so a stream of short checks cannot starve a long one; with more long requests
-  waiting than a step holds, each leads in turn, and a short check rides in the next of their steps.
+  waiting than a step holds, each leads in turn, and a short check rides in the next of their steps if it
+  fits beside them. If it does not (their items over half the budget), a step led by such a request is
+  followed by one the cheapest next item leads: the short check runs within two steps however many long
+  requests wait, and they lead in turn in every other step.
 - **Similar lengths together.** Each request's items are taken shortest first, so the rows of a step
   pad little; an item that would blow the budget waits for a later step.
 - **Abandoned work stops.** A request whose future was cancelled (its caller timed out, or the
@@ -158,6 +162,7 @@ class MicroBatcher(Generic[T, R]):
         self._answered = 0  # requests the last step finished (their callers may submit again at once)
         self._clock = clock
         self._mixed_at = float("-inf")  # when narrow and wide work last waited together (`step_budget`)
+        self._cheapest_next = False  # a wide starved request led the last step over narrower work (`_pick`)
         self._samples: deque[tuple[int, float]] = deque(maxlen=_FIT_SAMPLES)  # (step cost, seconds)
         self._queue: queue.Queue[object] = queue.Queue()
         self._name = name
@@ -261,16 +266,22 @@ class MicroBatcher(Generic[T, R]):
         if not pending:
             return []
         costs = [self._item_cost(r, r.peek()) for r in pending]  # type: ignore[arg-type]
-        if max(costs) > max(min(costs) * WIDTH_CLASS, self.width_floor):
+        narrow_ceiling = max(min(costs) * WIDTH_CLASS, self.width_floor)  # what may share the cheapest's step
+        if max(costs) > narrow_ceiling:
             self._mixed_at = self._clock()  # work that cannot share a step waits together: plan shorter steps
         starved = [r for r in pending if r.skipped >= self.max_skips]
-        if starved:
+        if starved and not self._cheapest_next:
             lead = max(starved, key=lambda r: r.skipped)  # the longest passed over; the earliest in rotation
         else:
             lead = pending[costs.index(min(costs))]  # the cheapest next item; the earliest in rotation on a tie
         lead_index = lead.peek()
         assert lead_index is not None
         widest = self._item_cost(lead, lead_index)
+        # A starved request too wide for the cheapest's step leads this one: the next step is the cheapest's. Each
+        # starved request waits its turn by how long it was passed over, and with more of them waiting than a
+        # step holds, a short check that came after them led no step before all of them had theirs (wait linear
+        # in their number: rt64h F1). So steps of wide starved requests and of the cheapest work alternate.
+        self._cheapest_next = widest > narrow_ceiling
         # Wider items wait for a step of their own class; below ``width_floor`` a row costs little beside a
         # step's overhead, so a short check rides in a step led by tiny items instead of waiting behind them.
         ceiling = max(widest * WIDTH_CLASS, self.width_floor)

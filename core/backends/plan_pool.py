@@ -5,8 +5,8 @@ on a small CPU. It ran on the caller's thread (sync) or in asyncio's shared defa
 first served: a few clients sending near-``max_chars`` documents kept every planning thread busy, and a short
 check queued behind them missed its deadline before the engine's "short work first" could see it (under
 ``on_error="allow"``: its text passed unjudged, a red-team finding). Here a waiting check is taken smallest
-first, long checks (over `SHORT_CHARS`) never hold more than ``workers - 1`` threads, and a check whose
-caller stopped waiting before it started is never planned at all.
+first, long checks (costing more than `SHORT_CHARS` characters of prose to plan: `planning_size`) never hold more
+than ``workers - 1`` threads, and a check whose caller stopped waiting before it started is never planned at all.
 """
 
 from __future__ import annotations
@@ -19,8 +19,14 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-#: Characters above which a check counts as long: a few windows' worth, planned in milliseconds below it.
+#: Size (`planning_size`: characters of prose) above which a check counts as long: a few windows' worth, planned in
+#: milliseconds below it.
 SHORT_CHARS = 16_000
+#: What a character outside ASCII costs to plan, in characters of English prose. Measured on the demo guard's
+#: tokenizer (15,900 characters, new text each time; prose 0.65 us a character): Cyrillic or Arabic words
+#: 3.3-3.7 us (5-6x), Chinese or Japanese 3.4-4.4 us (6-7x), Devanagari 4.7 us, emoji 5.6 us (9x), random accented
+#: Latin 7.5 us (11x); the first such text a process plans pays more (Chinese 277-553 ms against prose's 20 ms).
+NON_ASCII_WEIGHT = 8
 #: Planning threads: one per core, 2 to 8 (tokenizing releases the GIL; more would only share the cores).
 DEFAULT_WORKERS = max(2, min(8, os.cpu_count() or 2))
 
@@ -40,8 +46,8 @@ class ShortFirstPool:
         self._long_running = 0
 
     def submit(self, size: int, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        """Run ``fn(*args)`` on a worker; ``size`` (characters) orders the waiting jobs. Cancelling the future
-        before a worker took it drops the job."""
+        """Run ``fn(*args)`` on a worker; ``size`` (what it costs to plan, in characters of prose: `planning_size`)
+        orders the waiting jobs. Cancelling the future before a worker took it drops the job."""
         future: Future[Any] = Future()
         with self._cond:
             heapq.heappush(self._heap, (size, next(self._seq), future, fn, args))
@@ -110,6 +116,23 @@ def planning_pool() -> ShortFirstPool:
         return _POOL
 
 
-def text_chars(conversations: Any) -> int:
-    """Characters of content in ``conversations``: a planning job's size."""
-    return sum(len(c) for conv in conversations for m in conv if isinstance(c := m.get("content"), str))
+def planning_size(conversations: Any) -> int:
+    """A planning job's size: the characters of content in ``conversations``, each outside ASCII counted
+    `NON_ASCII_WEIGHT` times, so that a check costing what a long one costs to plan counts as long.
+
+    Counted by characters alone, 15,900 Chinese characters were a short check, planned 6 to 27 times as long as
+    prose of that length: a few such checks took every planning thread, the one kept for short checks too, and a
+    short check waited 1,215 ms for its planning instead of 3 (red team rt64h F2). Linear and without a tokenizer:
+    it runs on the caller's thread, before the job is queued."""
+    size = 0
+    for conv in conversations:
+        for message in conv:
+            content = message.get("content")
+            if isinstance(content, str):
+                non_ascii = 0 if content.isascii() else len(content) - len(content.encode("ascii", "ignore"))
+                size += len(content) + (NON_ASCII_WEIGHT - 1) * non_ascii
+    return size
+
+
+#: The name the Gen backend imports (core/backends/transformers_gen.py).
+text_chars = planning_size
