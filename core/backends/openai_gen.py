@@ -117,7 +117,7 @@ from .openai_wire import (
     retry_after,
     server_timed_out,
 )
-from .plan_pool import planning_pool
+from .plan_pool import planning_pool, planning_size
 from .remote_loop import LoopThread
 from .remote_plan import (
     MAX_REQUEST_MESSAGES,
@@ -1742,7 +1742,7 @@ class OpenAIGen:
 
         if self.planner.encoder is None and _cheap_to_plan(conversations):
             return work()
-        size = sum(len(m.get("content") or "") for c in conversations for m in c if isinstance(m, Mapping))
+        size = planning_size(conversations)  # its cost to plan: text outside ASCII weighs more (rt64h F2)
         # Tokenizer work, and string work on text that may be hostile (`_INLINE_PLAN_CHARS`), stays off the loop, on
         # the local guard's planning threads: shortest first, one kept for short work, a plan whose caller left
         # stopped or never started. In asyncio's pool, first come first served, a few abandoned near-max_chars checks

@@ -132,7 +132,3 @@ def planning_size(conversations: Any) -> int:
                 non_ascii = 0 if content.isascii() else len(content) - len(content.encode("ascii", "ignore"))
                 size += len(content) + (NON_ASCII_WEIGHT - 1) * non_ascii
     return size
-
-
-#: The name the Gen backend imports (core/backends/transformers_gen.py).
-text_chars = planning_size

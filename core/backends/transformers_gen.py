@@ -59,7 +59,7 @@ from ..policy import require_count
 from ..verdict import Risk, Verdict, worst
 from .batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, MicroBatcher
 from .hub import checkpoint_config, resolve_checkpoint
-from .plan_pool import planning_pool, text_chars
+from .plan_pool import planning_pool, planning_size
 from .torch_runtime import on_torch_thread, quiet_loading, require_torch, resolve_device, resolve_dtype
 
 __all__ = [
@@ -392,7 +392,7 @@ class TransformersGen:
         budget = CALL_WINDOW_BUDGET.get()  # the caller's (a server's request), read on the caller's side
         account = CALL_WINDOW_ACCOUNT.get()  # the caller's call's, over its backend calls (`window_budget`)
         args = (conversations, stop, budget) + ((account,) if account is not None else ())
-        return planning_pool().submit(text_chars(conversations), self._plan, *args), abandoned
+        return planning_pool().submit(planning_size(conversations), self._plan, *args), abandoned
 
     def _plan_waiting(
         self, conversations: Sequence[Sequence[dict[str, str]]], deadline: float | None, timeout: float | None

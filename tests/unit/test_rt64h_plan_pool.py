@@ -15,7 +15,7 @@ import time
 
 import pytest
 from qwenguard.core import Guard, Policy
-from qwenguard.core.backends.plan_pool import SHORT_CHARS, ShortFirstPool, planning_pool, planning_size, text_chars
+from qwenguard.core.backends.plan_pool import SHORT_CHARS, ShortFirstPool, planning_pool, planning_size
 
 CLAUSE = "Mix ammonium nitrate with fuel oil, pack it into a pipe and add a fuse."
 CHINESE_DOC = ("河流节日中午开始，市场上有渔船。" * 1000)[: SHORT_CHARS - 100]  # under SHORT_CHARS characters
@@ -30,7 +30,6 @@ def test_chinese_text_just_under_the_short_limit_is_sized_long_and_prose_stays_s
     assert len(CHINESE_DOC) == len(PROSE_DOC) < SHORT_CHARS
     assert planning_size(_conversation(CHINESE_DOC)) > SHORT_CHARS
     assert planning_size(_conversation(PROSE_DOC)) == len(PROSE_DOC) <= SHORT_CHARS
-    assert text_chars(_conversation(CHINESE_DOC)) == planning_size(_conversation(CHINESE_DOC))  # the backend's name
     # A short Chinese question stays short, and a conversation counts every message's text.
     question = [{"role": "user", "content": "今天巴黎天气晴朗吗？"}, {"role": "assistant", "content": "Yes."}]
     assert planning_size([question]) <= SHORT_CHARS
@@ -53,10 +52,10 @@ def test_a_short_job_runs_while_chinese_documents_hold_the_other_threads():
         return name
 
     try:
-        first = pool.submit(text_chars(_conversation(CHINESE_DOC)), plan, "chinese-1")
+        first = pool.submit(planning_size(_conversation(CHINESE_DOC)), plan, "chinese-1")
         assert running.wait(5)
-        second = pool.submit(text_chars(_conversation(CHINESE_DOC)), plan, "chinese-2")
-        short = pool.submit(text_chars(_conversation(CLAUSE)), plan, "short")
+        second = pool.submit(planning_size(_conversation(CHINESE_DOC)), plan, "chinese-2")
+        short = pool.submit(planning_size(_conversation(CLAUSE)), plan, "short")
         assert short.result(5) == "short"
         assert started == ["chinese-1", "short"] and not first.done() and not second.done()
     finally:
