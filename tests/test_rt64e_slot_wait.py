@@ -113,3 +113,48 @@ def test_a_check_without_a_deadline_waits_for_a_slot_within_the_attempts_bound_a
     fewer, more = asyncio.run(aslowest_in_bounds(20)), asyncio.run(aslowest_in_bounds(40))
     assert more < MOST_BOUNDS, (fewer, more)
     assert more < fewer * 1.5, (fewer, more)
+
+
+def test_checks_queued_behind_a_busy_healthy_engine_are_all_judged() -> None:
+    """rt64l F2, a regression of the first fix: bounding a queued call's wait itself timed out checks waiting behind
+    an engine that answered every request, and ``on_error="allow"`` let them through unjudged (35% of a burst of
+    harmful checks). A queued call now gives up only when no request in flight was answered for a whole bound."""
+    from test_rt64e_late_reply import UNSAFE, TwiceEngine, reply
+
+    class Busy(TwiceEngine):
+        """Answers every request, one after another on each connection, in SERVICE_S."""
+
+        def _serve(self, conn: socket.socket) -> None:
+            buf = b""
+            try:
+                while True:
+                    request, buf = self._request(conn, buf)
+                    if request is None:
+                        return
+                    time.sleep(SERVICE_S)
+                    conn.sendall(reply(UNSAFE, True))
+            except OSError:
+                return
+
+    SERVICE_S, checks = 0.05, 60  # 60 x 0.05 s / 2 slots = 1.5 s of engine work: three attempt bounds of queue
+    engine = Busy(True)
+    guard = Guard.remote(
+        engine.url,
+        model="Qwen3Guard-Gen-4B",
+        max_context=8192,
+        policy=Policy(timeout_s=None, on_error="allow"),
+        connect_timeout_s=CONNECT_S,
+        read_timeout_s=READ_S,
+        max_concurrency=SLOTS,
+        cache_size=0,
+    )
+
+    async def burst() -> list[Any]:
+        return await asyncio.gather(*(guard.acheck_prompt(f"request {i}: a pipe bomb") for i in range(checks)))
+
+    try:
+        decisions = asyncio.run(burst())
+    finally:
+        guard.close()
+        engine.sock.close()
+    assert [(d.allowed, d.reason) for d in decisions] == [(False, "unsafe")] * checks

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 __all__ = ["FairSlots", "CALLER"]
@@ -30,26 +30,43 @@ class FairSlots:
         self._waiting: OrderedDict[object, deque[asyncio.Future[None]]] = OrderedDict()
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one slot for the block, waiting for the current caller's (`CALLER`) turn."""
-        await self._acquire(CALLER.get())
+    async def slot(
+        self, stall_s: float | None = None, progress: Callable[[], int] | None = None
+    ) -> AsyncIterator[None]:
+        """Hold one slot for the block, waiting for the current caller's (`CALLER`) turn. ``stall_s`` with
+        ``progress`` (a count that grows as the requests in flight are answered): give up (`TimeoutError`) once it
+        did not grow for that long, the requests in flight all stalled; a wait behind requests that are being
+        answered goes on however long the queue is."""
+        await self._acquire(CALLER.get(), stall_s, progress)
         try:
             yield
         finally:
             self._release()
 
-    async def _acquire(self, caller: object) -> None:
+    async def _acquire(
+        self, caller: object, stall_s: float | None = None, progress: Callable[[], int] | None = None
+    ) -> None:
         if self._free > 0 and not self._waiting:
             self._free -= 1
             return
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(caller, deque()).append(granted)
         try:
+            while stall_s is not None and progress is not None:
+                seen = progress()
+                await asyncio.wait({granted}, timeout=stall_s)
+                if granted.done():
+                    break
+                if progress() == seen:
+                    raise TimeoutError(f"no request in flight was answered in {stall_s:.3g} s")
             await granted
-        except asyncio.CancelledError:
-            # Given the slot as it was cancelled: pass it on. Cancelled while waiting: `_release` skips it.
+        except BaseException:
+            # Given the slot as it was cancelled or gave up: pass it on. Still waiting: marked done, so that
+            # `_release` skips it.
             if granted.done() and not granted.cancelled():
                 self._release()
+            else:
+                granted.cancel()
             raise
 
     def _release(self) -> None:

@@ -20,9 +20,9 @@ pool for sync and async callers on any loop, at most ``max_concurrency`` request
 going to the calls waiting in turn (`fair_slots`: one call's hundred windows hold no other call back). The
 ``timeout`` of a call is a deadline for all of it, retries included, enforced on that loop (a server that
 drips one byte a second is cut off at the deadline), and each attempt must be answered within
-``connect_timeout_s + read_timeout_s`` in total, a call without a deadline waiting for its slot within that
-bound too (`_slot`). Requests settle one by one: those answered keep their
-verdicts, those past the deadline come back as `GuardTimeout` and are cancelled, which closes their
+``connect_timeout_s + read_timeout_s`` in total; a call without a deadline waits for its slot while the requests
+in flight are answered, and gives up once none was for that bound (`_slot`). Requests settle one by one: those
+answered keep their verdicts, those past the deadline come back as `GuardTimeout` and are cancelled, which closes their
 connections (engines such as vLLM then abort them). Connection errors, 429 and 5xx are retried with
 exponential backoff (honouring ``Retry-After``); other 4xx never are on the same URL, nor is a server's "out of
 time" (a 504, an error of type ``timeout``: `RemoteTimeout`), which is a timeout, as a read timeout is.
@@ -448,6 +448,7 @@ class _Wire:
         self.client: Any = None
         self.in_flight: FairSlots | None = None
         self.reply_ids = ReplyIds()  # the last reply id read on each connection: late duplicates (rt64e F1)
+        self.answered = 0  # requests the engine answered (any status): progress, for calls queued for a slot (`_slot`)
         self.lookup: asyncio.Future[None] | None = None  # the /models read in progress (`OpenAIGen._context`)
         self.lookup_slow = False  # a check waited for it a while in vain: the others plan without it meanwhile
         self.probe: asyncio.Future[None] | None = None  # the template question in progress (`OpenAIGen._settle`)
@@ -1048,14 +1049,12 @@ class OpenAIGen:
         try:
             async for attempt in _tenacity().AsyncRetrying(**self._retry_kwargs(deadline, tried)):
                 with attempt:
-                    async with self._slot(wire, deadline) as waited:
+                    async with self._slot(wire, deadline):
                         url = self.replicas.pick(exclude=tried if self.replicas.untried(tried) else refused)
                         tried.append(url)
                         another = len(tried) < self._max_attempts and self.replicas.untried(tried)
                         limit = attempt_budget(
-                            deadline.left(),
-                            self.connect_timeout_s + self.read_timeout_s - waited,
-                            another_follows=another,
+                            deadline.left(), self.connect_timeout_s + self.read_timeout_s, another_follows=another
                         )
                         self.requests_sent += 1
                         try:
@@ -1064,6 +1063,7 @@ class OpenAIGen:
                                 status, content = await asyncio.wait_for(
                                     self._exchange(wire, self._target[url] + path, body, url), limit
                                 )
+                                wire.answered += 1  # the engine answers: calls queued for a slot wait on
                         except asyncio.TimeoutError:
                             self.replicas.failed(url)
                             raise _AttemptTimeout(
@@ -1124,30 +1124,26 @@ class OpenAIGen:
         return verdict
 
     @asynccontextmanager
-    async def _slot(self, wire: _Wire, deadline: _Deadline) -> AsyncIterator[float]:
-        """Holds one of the ``max_concurrency`` slots for an attempt; yields the seconds of its wait that count
-        against the attempt's bound. A call with a deadline waits within the deadline (0). One without
-        (``timeout=None``) waits at most the attempt's bound, ``connect_timeout_s + read_timeout_s``, and the wait
-        counts against it: against an engine that takes requests and answers none, the n-th check waited n /
-        max_concurrency times that bound for a slot (160 checks at once: ~5 min each; rt64e F2); now it is a
-        `GuardTimeout` within the bound."""
+    async def _slot(self, wire: _Wire, deadline: _Deadline) -> AsyncIterator[None]:
+        """Holds one of the ``max_concurrency`` slots for an attempt. A call with a deadline waits within it. One
+        without (``timeout=None``) waits while the requests in flight are being answered, however long the queue;
+        once none of them was answered for an attempt's bound (``connect_timeout_s + read_timeout_s``), the engine
+        takes requests and answers none, and the call is a `GuardTimeout` (before, the n-th check waited n /
+        max_concurrency times that bound: 160 checks at once, ~5 min each; rt64e F2). A bound on the wait alone
+        timed out checks queued behind a busy, healthy engine, which a fail-open policy then let through
+        unjudged (rt64l F2)."""
         assert wire.in_flight is not None
+        stall_s = None if deadline.end is not None else self.connect_timeout_s + self.read_timeout_s
         async with AsyncExitStack() as held:
-            if deadline.end is not None:
-                await held.enter_async_context(wire.in_flight.slot())
-                yield 0.0
-                return
-            bound = self.connect_timeout_s + self.read_timeout_s
-            asked = time.monotonic()
             try:
-                await asyncio.wait_for(held.enter_async_context(wire.in_flight.slot()), bound)
-            except asyncio.TimeoutError:
+                await held.enter_async_context(wire.in_flight.slot(stall_s, lambda: wire.answered))
+            except TimeoutError:
                 raise GuardTimeout(
-                    f"no request to the guard server at {self._where} could be sent within {bound:.3g} s "
-                    f"(connect_timeout_s + read_timeout_s, the bound of an attempt of a call without a deadline): "
-                    f"all max_concurrency={self.max_concurrency} requests in flight went unanswered that long"
+                    f"no request to the guard server at {self._where} could be sent: none of the "
+                    f"max_concurrency={self.max_concurrency} requests in flight was answered in {stall_s:.3g} s "
+                    "(connect_timeout_s + read_timeout_s, the bound of an attempt of a call without a deadline)"
                 ) from None
-            yield time.monotonic() - asked
+            yield
 
     def _answer(
         self, mode: str, content: bytes, elapsed_ms: float, url: str = "", least: tuple[int, int] = (0, 0)
