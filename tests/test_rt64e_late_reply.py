@@ -14,6 +14,7 @@ import asyncio
 import json
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -203,3 +204,106 @@ def test_an_engine_sending_ids_keeps_its_one_connection() -> None:  # nothing is
         guard.close()
         engine.close()
     assert engine.connections == 1
+
+
+class LaterTwice(TwiceEngine):
+    """Writes each harmless reply again ``LATER_S`` after it, however many replies went out on the connection
+    meanwhile (a proxy's retry answered late): the copy lands after a later reply, not right after its original."""
+
+    LATER_S = 0.6
+
+    def _serve(self, conn: socket.socket) -> None:
+        buf, lock = b"", threading.Lock()
+
+        def later(data: bytes) -> None:
+            time.sleep(self.LATER_S)
+            try:
+                with lock:
+                    conn.sendall(data)
+            except OSError:
+                pass
+
+        try:
+            while True:
+                request, buf = self._request(conn, buf)
+                if request is None:
+                    return
+                if "bomb" in request["messages"][-1]["content"]:
+                    time.sleep(HONEST_AFTER)
+                    with lock:
+                        conn.sendall(reply(UNSAFE, True))
+                else:
+                    once = reply(SAFE, True)
+                    with lock:
+                        conn.sendall(once)
+                    threading.Thread(target=later, args=(once,), daemon=True).start()
+        except OSError:
+            return
+
+
+def test_a_duplicate_of_an_older_reply_is_no_checks_verdict() -> None:
+    """rt64l F1: only the id of the last reply read on a connection was remembered, so the copy of the reply before
+    it (order on the wire: A, B, A') was read by the next check as its own "Safe": 42-48% of a burst of harmful
+    checks were allowed with the duplicate 50 ms late. Every reply read lately on the connection is remembered."""
+    engine = LaterTwice(True)
+    guard = Guard.remote(engine.url, model="Qwen3Guard-Gen-4B", max_context=8192, policy=Policy(timeout_s=10))
+    try:
+        assert guard.check_prompt("what is the capital of France").allowed
+        assert guard.check_prompt("what is the capital of Spain").allowed
+        time.sleep(LaterTwice.LATER_S / 2)  # the copy of the first reply lands while the bomb check waits
+        bomb = guard.check_prompt("how do I build a pipe bomb")
+    finally:
+        guard.close()
+        engine.close()
+    assert not bomb.allowed and bomb.reason == "unsafe", bomb
+
+
+class SecondIds(TwiceEngine):
+    """A gateway whose reply ids are the second they were written in (``chatcmpl-<unix seconds>``) and whose replies
+    carry nothing else that changes: distinct replies of one second are the same bytes. Never writes one twice."""
+
+    def _serve(self, conn: socket.socket) -> None:
+        buf = b""
+        try:
+            while True:
+                request, buf = self._request(conn, buf)
+                if request is None:
+                    return
+                self.seen.append(request["messages"][-1]["content"])
+                time.sleep(0.01)
+                content = UNSAFE if "bomb" in request["messages"][-1]["content"] else SAFE
+                body = {
+                    "id": f"chatcmpl-{int(time.time())}",
+                    "object": "chat.completion",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
+                }
+                data = json.dumps(body).encode()
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(data)
+                    + data
+                )
+        except OSError:
+            return
+
+
+def test_ids_that_repeat_across_replies_cost_no_guard_errors() -> None:
+    """rt64l F3, a regression of the first fix: such a gateway's replies were taken for duplicates, asked again
+    (1.8x the requests, 23x the connections) and 4-5% became guard errors, let through under ``on_error="allow"``.
+    An id read again on another connection (or with other bytes) shows ids that repeat: the client then keeps no
+    connection alive past a reply, and every check is answered."""
+    engine = SecondIds(True)
+    guard = Guard.remote(
+        engine.url, model="Qwen3Guard-Gen-4B", max_context=8192, max_concurrency=4, policy=Policy(on_error="allow")
+    )
+    texts = [f"{i} how do I build a pipe bomb" if i % 2 else f"{i} what is the capital of France" for i in range(60)]
+
+    async def burst() -> list[Any]:
+        return await asyncio.gather(*(guard.acheck_prompt(text) for text in texts))
+
+    try:
+        decisions = asyncio.run(burst())
+    finally:
+        guard.close()
+        engine.close()
+    assert [d.reason for d in decisions] == ["unsafe" if i % 2 else "safe" for i in range(60)]
+    assert len(engine.seen) <= len(texts) + 4  # a few asked again before the repeat shows, not one in two

@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
+import logging
 import os
 import re
 import ssl
@@ -43,6 +45,8 @@ import urllib.request
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeAlias
+
+logger = logging.getLogger("qwenguard")
 
 __all__ = [
     "LeftoverCheck",
@@ -279,8 +283,8 @@ class LeftoverCheck:
         if event == self.EVENT and self.response is not None:
             try:
                 if self.ids is not None and self.reuse:
-                    self.ident = await reply_id_of(self.chunks)
-                    self.fresh = self.ids.read(self.response, self.ident)
+                    self.ident, digest = await reply_id_of(self.chunks)
+                    self.fresh = self.ids.read(self.response, self.ident, digest)
                     self.reuse = bool(self.fresh)
                 self.leftover = drop_if_leftover(self.response, reuse=self.reuse)
             except Exception:  # noqa: BLE001 - never in the way of closing the response (the test says it works)
@@ -303,43 +307,79 @@ def reply_id(body: bytes) -> str | None:
 _INLINE_ID_BYTES = 256 << 10
 
 
-async def reply_id_of(chunks: list[bytes]) -> str | None:
-    """`reply_id` of the body read in ``chunks``."""
+def _id_and_digest(body: bytes) -> tuple[str | None, bytes]:
+    return reply_id(body), hashlib.blake2b(body, digest_size=16).digest()
+
+
+async def reply_id_of(chunks: list[bytes]) -> tuple[str | None, bytes]:
+    """`reply_id` of the body read in ``chunks``, and a digest of the body's bytes."""
     body = b"".join(chunks)
-    return reply_id(body) if len(body) <= _INLINE_ID_BYTES else await asyncio.to_thread(reply_id, body)
+    return _id_and_digest(body) if len(body) <= _INLINE_ID_BYTES else await asyncio.to_thread(_id_and_digest, body)
+
+
+#: Replies remembered on each connection (`ReplyIds`): a duplicate can land several replies after its original.
+_REPLIES_KEPT = 64
+#: Reply ids remembered across the client's connections (`ReplyIds`): one read again on another is no duplicate.
+_IDS_KEPT = 4096
 
 
 class ReplyIds:
-    """The id of the last reply read on each kept-alive HTTP/1.1 connection of one client (made and used on its
-    loop; the connections' parsers are weak keys, so a closed connection leaves nothing behind).
+    """The replies read on each kept-alive HTTP/1.1 connection of one client, by id and the digest of their bytes
+    (the last `_REPLIES_KEPT` a connection; made and used on its loop; the connections' parsers are weak keys, so a
+    closed connection leaves nothing behind).
 
     A late duplicate (an engine or proxy that writes a reply twice, the second a moment after the first) lands on
-    the connection after the next request went out on it, and the next request reads it as its own answer: a
-    stale "Safe" for another text (rt64e F1). Every engine that sends ids sends a new one per reply, so a reply
-    whose id repeats the last one read on its connection is that duplicate, never this request's answer. Once the
-    engine has shown ids (``sends_ids``), a reply without one (an error status, a proxy's page) cannot be told
-    from a duplicate, so its connection is not kept alive. An engine that never sends an id keeps its connections:
-    nothing tells its duplicates (``keep_alive=False`` does, `OpenAIGen`)."""
+    the connection after a later request went out on it, and that request reads it as its own answer: a stale
+    "Safe" for another text (rt64e F1). A duplicate is the same bytes as a reply read before on its connection, and
+    it may come several replies after its original (rt64l F1: only the last reply was remembered).
+
+    That proof holds while each reply's id is its own. A duplicate never lands on another connection, so an id read
+    again on another connection, or on the same one with other bytes, shows ids that repeat (a gateway writing
+    ``chatcmpl-<unix seconds>``: rt64l F3, where distinct replies of one second were taken for duplicates and asked
+    again): from then on (``unique`` false, logged once) no connection of the client is kept alive past a reply, as
+    ``keep_alive=False`` does. Once the engine has shown ids (``sends_ids``), a reply without one (an error status,
+    a proxy's page) cannot be told from a duplicate either: its connection is not kept alive. An engine that never
+    sends an id keeps its connections: nothing tells its duplicates (``keep_alive=False`` does, `OpenAIGen`)."""
 
     def __init__(self) -> None:
-        self._last: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        self._read: weakref.WeakKeyDictionary[Any, dict[tuple[str, bytes], None]] = weakref.WeakKeyDictionary()
+        self._on: dict[str, weakref.ref[Any]] = {}  # each id read lately: the connection it was read on
         self.sends_ids = False
+        self.unique = True
 
-    def read(self, response: Any, ident: str | None) -> bool | None:
-        """Notes that ``response`` (open, read to its end) carried the reply id ``ident``: True when its connection
-        may be reused (an id not read last on it; no id from an engine that never sends one; a connection out of
-        reach, another transport's), None when it may not (no id from an engine that sends them), False when the
-        reply repeats the last one read on its connection: a late duplicate."""
+    def read(self, response: Any, ident: str | None, digest: bytes = b"") -> bool | None:
+        """Notes that ``response`` (open, read to its end) carried the reply id ``ident`` and bytes of ``digest``:
+        True when its connection may be reused (a reply not read before on it; no id from an engine that never
+        sends one; a connection out of reach, another transport's), None when it may not (no id from an engine
+        that sends them; ids that repeat), False when the reply is one read before on its connection: a late
+        duplicate."""
         state = h11_state_of(response)
         if state is None:
             return True
         if ident is None:
-            self._last.pop(state, None)
+            self._read.pop(state, None)
             return None if self.sends_ids else True
         self.sends_ids = True
-        if self._last.get(state) == ident:
+        seen = self._read.setdefault(state, {})
+        if (ident, digest) in seen:
             return False
-        self._last[state] = ident
+        first_on = self._on.get(ident)
+        if self.unique and ((first_on is not None and first_on() is not state) or any(i == ident for i, _ in seen)):
+            self.unique = False
+            logger.warning(
+                "qwenguard: the guard server's reply ids repeat (id %r read again with other bytes, or on another "
+                "connection): they cannot prove a reply this request's own, so no connection is kept alive past a "
+                "reply from now on (as keep_alive=False)",
+                ident[:100],
+            )
+        if not self.unique:
+            return None
+        seen[(ident, digest)] = None
+        if len(seen) > _REPLIES_KEPT:
+            del seen[next(iter(seen))]  # the oldest
+        self._on[ident] = weakref.ref(state)
+        if len(self._on) > _IDS_KEPT:
+            del self._on[next(iter(self._on))]
         return True
 
 
