@@ -87,7 +87,14 @@ class InputTooLarge(QwenGuardError, ValueError):
     """A check is larger than a limit the operator set (``max_chars``, ``max_messages``, ``max_windows``).
 
     Raised to the caller before any model work on that text; never turned into a verdict and never
-    subject to ``on_error="allow"``, so size alone can never get text through unjudged."""
+    subject to ``on_error="allow"``, so size alone can never get text through unjudged.
+
+    ``too_large``: where a batch was refused for some of its checks alone (each over its own limit), their
+    positions in the batch (the call's items, in order); the other checks were judged, and their verdicts cached,
+    so a caller that leaves those out and asks again pays no model work twice. Empty when the batch as a whole was
+    over a limit (``max_checks``, ``max_windows_per_call``)."""
+
+    too_large: tuple[int, ...] = ()
 
 
 class ModelNotFound(QwenGuardError):

@@ -671,9 +671,18 @@ class Guard:
             for c in pending:
                 c.decision = self.policy.decide_error(c.stage, outcome, timeout=timed_out)
         else:
-            for result in outcome:
-                if isinstance(result, InputTooLarge):
-                    raise result  # a size limit is the caller's error, never a verdict or on_error's to allow
+            refused = [c for c, result in zip(pending, outcome) if isinstance(result, InputTooLarge)]
+            if refused:
+                # A size limit is the caller's error, never a verdict or on_error's to allow. The other checks were
+                # judged: their verdicts are cached, and the error names the checks refused, so that a caller
+                # judging the rest again (a node screen dropping one planted page) pays no model work twice
+                # (rt64k F1: each half of a halved batch ran the model on every other node again).
+                for c, result in zip(pending, outcome):
+                    if isinstance(result, Verdict) and c.key is not None and c.key is not _UNNAMED:
+                        self.cache.put(c.key, result)
+                error = next(r for r in outcome if isinstance(r, InputTooLarge))
+                error.too_large = tuple(i for i, c in enumerate(checks) if any(c is r for r in refused))
+                raise error
             for c, result in zip(pending, outcome):
                 if isinstance(result, Verdict):
                     if c.key is _UNNAMED and self.backend.name:  # the model's name was learned by this check

@@ -294,11 +294,22 @@ def _unfitted(guard: Guard, texts: Sequence[str], exc: InputTooLarge, on_block: 
     return [_too_large(guard, exc) for _ in texts]
 
 
+def _put_back(
+    guard: Guard, texts: Sequence[str], exc: InputTooLarge, on_block: OnBlock, judged: list[Decision]
+) -> list[Decision]:
+    """The Decisions of ``texts``: those the batch refused alone (``exc.too_large``) too large (`_unfitted`: raised
+    on, or dropped), in their places among ``judged`` (the rest's, in order)."""
+    refused = iter(_unfitted(guard, [texts[i] for i in exc.too_large], exc, on_block))
+    rest = iter(judged)
+    return [next(refused) if i in exc.too_large else next(rest) for i in range(len(texts))]
+
+
 @contextmanager
 def _call_of(step: WindowAccount | None) -> Iterator[None]:
-    """One call of the step: its windows are charged to the step only once it is judged. The backends charge a
-    call's windows as they plan each conversation, so a call refused for its budget had charged those before it,
-    for no model work: charged to the step as they came, they spent its budget for nothing."""
+    """One call of the step: its windows are charged to the step only once it is judged (or judged but for some
+    nodes too large alone). The backends charge a call's windows as they plan each conversation, so a call refused
+    for its budget had charged those before it, for no model work: charged to the step as they came, they spent
+    its budget for nothing."""
     if step is None:
         yield
         return
@@ -311,6 +322,10 @@ def _call_of(step: WindowAccount | None) -> Iterator[None]:
     token = CALL_WINDOW_ACCOUNT.set(call)
     try:
         yield
+    except InputTooLarge as exc:
+        if exc.too_large:  # refused for some nodes alone: the model judged the others (`_fitted`)
+            step.charge(call.used)
+        raise
     finally:
         CALL_WINDOW_ACCOUNT.reset(token)
     step.charge(call.used)  # within every budget: the call's own bound was the least room they had
@@ -328,6 +343,9 @@ def _fitted(
     except InputTooLarge as exc:
         if len(texts) == 1:
             return _unfitted(guard, texts, exc, on_block)
+        if exc.too_large:  # those nodes alone: the others were judged (cached), judged again without them
+            rest = [t for i, t in enumerate(texts) if i not in exc.too_large]
+            return _put_back(guard, texts, exc, on_block, _fitted(guard, query, rest, on_block, step) if rest else [])
         half = len(texts) // 2
         return _fitted(guard, query, texts[:half], on_block, step) + _fitted(guard, query, texts[half:], on_block, step)
 
@@ -344,6 +362,10 @@ async def _afitted(
     except InputTooLarge as exc:
         if len(texts) == 1:
             return _unfitted(guard, texts, exc, on_block)
+        if exc.too_large:
+            rest = [t for i, t in enumerate(texts) if i not in exc.too_large]
+            judged = await _afitted(guard, query, rest, on_block, step) if rest else []
+            return _put_back(guard, texts, exc, on_block, judged)
         half = len(texts) // 2
         first = await _afitted(guard, query, texts[:half], on_block, step)
         return first + await _afitted(guard, query, texts[half:], on_block, step)

@@ -16,6 +16,8 @@ model work), the keyword judge (`keyword_verdict`) for the batch counts.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from faults import ScriptedBackend, keyword_verdict
 from li_scripted import Reader
@@ -26,7 +28,7 @@ from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.ingestion import IngestionPipeline
 from llama_index.core.llms.mock import MockFunctionCallingLLM
 from llama_index.core.query_engine import RetrieverQueryEngine
-from llama_index.core.schema import TextNode
+from llama_index.core.schema import NodeWithScore, TextNode
 from qwenguard.core import Guard, GuardViolation, Policy, Stage
 from qwenguard.core.errors import InputTooLarge
 from qwenguard.integrations.llamaindex import (
@@ -265,3 +267,33 @@ def test_the_event_handler_records_a_retrieval_past_max_checks() -> None:
         get_dispatcher().event_handlers.remove(handler)
     assert handler.counts[("retrieval", "block")] == 1, dict(handler.counts)
     assert handler.counts[("retrieval", "allow")] == 20, dict(handler.counts)
+
+
+class PlantRefusingBackend(ScriptedBackend):
+    """The keyword judge, refusing a conversation whose text holds ``PLANTED`` as too large on its own, as the Gen
+    backends refuse one over ``max_windows`` while judging the rest of the call (a per-conversation result)."""
+
+    def _one(self, conversation: Any) -> Any:
+        if "PLANTED" in conversation[-1]["content"]:
+            return InputTooLarge("this conversation needs more than max_windows=256 windows")
+        return super()._one(conversation)
+
+
+@pytest.mark.parametrize("twin", ["sync", "async"])
+async def test_a_node_too_large_alone_costs_the_other_nodes_one_judging(twin: str) -> None:
+    """rt64k F1: the call refused for one planted node had judged every other node, then threw their verdicts away
+    before caching them; halving asked the model again for them at every level (64 nodes, one plant: 183 windows
+    for 63 nodes; 8 plants: 290). The other nodes' verdicts are cached and the plant is named: each judged once."""
+    backend = PlantRefusingBackend(keyword_verdict, name="kw")
+    guard = Guard(backend, Policy(timeout_s=None))
+    texts = [f"Fact {i}: the Seine flows through Paris." for i in range(64)]
+    for k in (5, 40):
+        texts[k] = f"PLANTED page {k}"
+    texts[20] = UNSAFE_DOC
+    nodes = [TextNode(text=t) for t in texts]
+    processor = GuardNodePostprocessor(guard=guard)
+    scored = [NodeWithScore(node=n, score=1.0) for n in nodes]
+    kept = processor.postprocess_nodes(scored) if twin == "sync" else await processor.apostprocess_nodes(scored)
+    assert [n.node.get_content() for n in kept] == [t for i, t in enumerate(texts) if i not in (5, 20, 40)]
+    judged = [c[-1]["content"] for call in backend.calls for c in call if "PLANTED" not in c[-1]["content"]]
+    assert sorted(judged) == sorted(t for t in texts if "PLANTED" not in t)  # each once
