@@ -142,6 +142,7 @@ def test_a_parquet_file_with_capitalised_columns_is_read_the_same(tmp_path: Path
 )
 def test_the_loader_refuses_a_column_that_looks_like_a_misspelt_one(tmp_path: Path, name: str, column: str) -> None:
     row = {"text": BOMB, "label": "unsafe", name: "x"}
+    row.pop(column, None)  # beside the column itself, a near name is a column of the user's own (below)
     with pytest.raises(DataError) as caught:
         load_dataset(write(tmp_path / "d.jsonl", json.dumps(row) + "\n"))
     assert f"row 1 (line 1): column {name!r} looks like a misspelt {column!r}" in str(caught.value), caught.value
@@ -179,3 +180,25 @@ def test_records_from_a_notebook_are_read_the_same_way() -> None:
     assert example.text == BOMB and example.categories == ("Violent",)
     with pytest.raises(DataError, match="data row 1: column 'respones' looks like a misspelt 'response'"):
         examples_from_records([{"text": BOMB, "respones": RECIPE, "label": "unsafe"}])
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"labels": "x"},
+        {"response_a": "x", "response_b": "y"},
+        {"message": "x"},
+        {"prompt_1": "x"},
+        {"state": "CA", "stage": "prompt"},
+        {"test": "x"},
+        {"txt": "x"},
+        {"course": "x", "source": "y"},
+    ],
+    ids=lambda e: "+".join(e),
+)
+def test_common_columns_of_a_datasets_own_are_not_refused(tmp_path: Path, extra: dict[str, str]) -> None:
+    """rt64k F2: ``labels`` beside ``label``, a pair's ``response_a``/``response_b``, ``message``, ``prompt_1``, a
+    ``state`` beside ``stage`` were refused as misspelt columns."""
+    row = {"text": BOMB, "label": "unsafe", **extra}
+    (example,) = load_dataset(write(tmp_path / "d.jsonl", json.dumps(row) + "\n"))
+    assert example.text == BOMB and set(extra) - {"stage", "source"} <= set(example.extra)

@@ -214,11 +214,21 @@ def _edit_distance(a: str, b: str) -> int:
     return row[-1]
 
 
-def _looks_like(name: str) -> str | None:
-    """The known column that ``name`` (stripped, lower-case, not itself known) looks like a misspelling of."""
+def _looks_like(name: str, present: Iterable[str] = ()) -> str | None:
+    """The known column that ``name`` (stripped, lower-case, not itself known) looks like a misspelling of; not one
+    the row has (``present``: ``state`` beside ``stage``, ``labels`` beside ``label`` are the user's own), one
+    ``name`` numbers or letters (``prompt_1``, ``response_a``: a pair's sides), nor the plural ``name`` is the
+    singular of (``message``): a dataset's own columns (rt64k F2). ``responses`` without a ``response`` column is
+    refused: read as the user's own, the rows' responses would go unjudged."""
     best: tuple[int, str] | None = None
     for column in KNOWN_COLUMNS:
         if column == "id":  # `idx`, `uid`: common columns of a dataset's own, and a lost id costs only the row's name
+            continue
+        if (
+            column in present
+            or column == name + "s"
+            or (name.startswith(column) and name[len(column)] in "_-0123456789")
+        ):
             continue
         # One edit from a short name (`test` is no misspelt `text`, `level` no `label`), two from a longer one.
         limit = 1 if len(column) <= 5 else 2
@@ -237,6 +247,8 @@ def _column_names(names: Iterable[Any]) -> dict[Any, Any]:
     column of the user's own, the response, stage or category would be dropped without a word (rt64a F1)."""
     out: dict[Any, Any] = {}
     first: dict[str, Any] = {}
+    names = list(names)
+    present = {key for name in names if isinstance(name, str) and (key := name.strip().lower()) in KNOWN_COLUMNS}
     for name in names:
         if not isinstance(name, str):
             out[name] = name
@@ -252,7 +264,7 @@ def _column_names(names: Iterable[Any]) -> dict[Any, Any]:
                 )
             first[key] = name
             out[name] = key
-        elif (column := _looks_like(key)) is not None:
+        elif (column := _looks_like(key, present)) is not None:
             raise ValueError(
                 f"column {name!r} looks like a misspelt {column!r}, which eval reads: rename it to {column!r} (or, "
                 f"if it is a column of your own, to a name unlike {', '.join(repr(c) for c in KNOWN_COLUMNS)})"
