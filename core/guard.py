@@ -681,7 +681,10 @@ class Guard:
                     if isinstance(result, Verdict) and c.key is not None and c.key is not _UNNAMED:
                         self.cache.put(c.key, result)
                 error = next(r for r in outcome if isinstance(r, InputTooLarge))
-                error.too_large = tuple(i for i, c in enumerate(checks) if any(c is r for r in refused))
+                out = {id(c) for c in refused}  # a check's own request check (`_Check.request`) is the check's
+                error.too_large = tuple(
+                    i for i, c in enumerate(checks) if id(c) in out or (c.request is not None and id(c.request) in out)
+                )
                 raise error
             for c, result in zip(pending, outcome):
                 if isinstance(result, Verdict):
