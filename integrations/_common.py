@@ -14,7 +14,7 @@ from itertools import islice
 from typing import Any, Generic, TypeVar
 from urllib.parse import unquote, unquote_plus, urlsplit
 
-from qwenguard.core import Guard
+from qwenguard.core import Decision, Guard, QwenGuardError, enforce
 from qwenguard.core.errors import InputTooLarge
 from qwenguard.core.formats.media import SNIFF_BYTES, base64_as_text, bytes_as_text
 
@@ -63,6 +63,17 @@ SEALED = re.compile(r"[A-Za-z0-9+/=]+")
 
 K = TypeVar("K")
 V = TypeVar("V")
+
+
+def stop_of(decision: Decision) -> QwenGuardError:
+    """What `enforce` raises for a blocked ``decision``, to raise where no other exception is being handled: marked as
+    raised ``from None`` already, so that it says so wherever it is raised again."""
+    try:
+        enforce(decision)
+    except QwenGuardError as stop:
+        stop.__cause__ = None  # sets __suppress_context__, as ``raise stop from None`` does
+        return stop
+    raise AssertionError("an allowed decision has no stop")
 
 
 def require_guard(guard: object) -> Guard:

@@ -41,11 +41,11 @@ from qwenguard.core import (
     InputTooLarge,
     QwenGuardError,
     Stage,
-    enforce,
 )
 from qwenguard.core.guard import speaking_as
 from qwenguard.core.streaming.parallel import PendingCheck
 
+from .._common import stop_of
 from . import _out_of_sight as out_of_sight
 from ._holding import HELD_LLM_TYPE_PREFIX, HeldStream
 from ._input_beside import aafter_verdict, aanswer_beside, after_verdict, answer_beside, auntil_blocked, until_blocked
@@ -133,9 +133,9 @@ def _error_outcome(guard: Guard, items: list[Item], decisions: list[Decision] | 
     whatever ``on_error`` says: size alone never gets text through unjudged), or ``None`` where it lets it through."""
     if decisions is None:
         why = f"the model's error carries more than max_chars={guard.max_chars:,} characters: not judged whole"
-        return _stop(guard.policy.decide_unjudged(Stage.RESPONSE, why))
+        return stop_of(guard.policy.decide_unjudged(Stage.RESPONSE, why))
     blocked = first_blocked(items, decisions)
-    return _stop(blocked[1]) if blocked is not None else None
+    return stop_of(blocked[1]) if blocked is not None else None
 
 
 def error_stop(
@@ -170,17 +170,6 @@ async def aerror_stop(
     except InputTooLarge:
         decisions = None
     return _error_outcome(guard, items, decisions)
-
-
-def _stop(decision: Decision) -> QwenGuardError:
-    """What `enforce` raises for a blocked ``decision``, to raise where no other exception is being handled: marked as
-    raised ``from None`` already, so that it says so wherever it is raised again (`GuardMiddleware._stream_stopped`)."""
-    try:
-        enforce(decision)
-    except QwenGuardError as stop:
-        stop.__cause__ = None  # sets __suppress_context__, as ``raise stop from None`` does
-        return stop
-    raise AssertionError("an allowed decision has no stop")
 
 
 #: What the event-loop warning tells a sync call inside async code to use (`speaking_as`); under `GuardMiddleware`

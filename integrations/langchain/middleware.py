@@ -108,7 +108,7 @@ from qwenguard.core.policy import require_switch
 from qwenguard.core.streaming.monitor_core import check_stream_options
 from typing_extensions import NotRequired, Required  # the forms LangChain's state schemas are written with
 
-from .._common import Bounded
+from .._common import Bounded, stop_of
 from ._answer_tools import strategy_tools
 from ._held_model import HeldBackChatModel, StreamLedger, aerror_stop, error_stop
 from ._held_request import HeldModelRequest
@@ -209,15 +209,6 @@ _NOT_INPUT_KEYS = frozenset({"messages", "jump_to", "structured_response"})
 
 #: The name a withheld earlier answer's tool calls keep (the provider reads the call back without its text).
 WITHHELD_CALL = "withheld_tool_call"
-
-
-def _stop(decision: Decision) -> QwenGuardError:
-    """What `enforce` raises for a blocked ``decision``, to raise where no other exception is being handled."""
-    try:
-        enforce(decision)
-    except QwenGuardError as stop:
-        return stop
-    raise AssertionError("an allowed decision has no stop")
 
 
 def _withheld_call_names(state: AgentState, redacted: Sequence[BaseMessage]) -> list[BaseMessage]:
@@ -1270,7 +1261,7 @@ class GuardMiddleware(AgentMiddleware):
 
     def _withheld_error(self, run: ToolRun, item: Item, decision: Decision) -> ToolMessage:
         if self.exit_behavior == "error":
-            stop = _stop(decision)
+            stop = stop_of(decision)
             run.error(stop)
             raise stop
         notice = self._redact_input(item, decision)  # a ToolMessage's notice
@@ -1280,7 +1271,7 @@ class GuardMiddleware(AgentMiddleware):
 
     async def _awithheld_error(self, run: ToolRun, item: Item, decision: Decision) -> ToolMessage:
         if self.exit_behavior == "error":
-            stop = _stop(decision)
+            stop = stop_of(decision)
             await run.aerror(stop)
             raise stop
         notice = self._redact_input(item, decision)

@@ -108,7 +108,7 @@ from qwenguard.core.streaming.wakeup import (
 )
 from qwenguard.core.verdict import Stage
 
-from .._common import guard_scope, reply_actions, require_guard
+from .._common import guard_scope, reply_actions, require_guard, stop_of
 from .._error_reading import error_texts
 from .._off_loop import off_loop
 from ._component import GuardComponent
@@ -255,15 +255,6 @@ async def _ajudge(guard: Any, checks: Checks) -> list[Decision]:
 # the text the monitor held, neither judged nor released, reached the app in the exception (rt64b F1). What the error
 # carries is judged as the answer would have been; blocked, the guard's stop is raised in its place with nothing of
 # the error chained to it (`_stop`). Only on a failure: an answer costs nothing more.
-
-
-def _stop(decision: Decision) -> QwenGuardError:
-    """What `enforce` raises for a blocked ``decision``, to raise where no other exception is being handled."""
-    try:
-        enforce(decision)
-    except QwenGuardError as stop:
-        return stop
-    raise AssertionError("an allowed decision has no stop")
 
 
 def _schema_tools(output_cls: Any) -> frozenset[str]:
@@ -719,9 +710,9 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         ``on_error`` says: size alone never gets text through unjudged), or ``None`` where it lets the error through."""
         if decisions is None:
             why = f"the model's error carries more than max_chars={self.guard.max_chars:,} characters: not judged whole"
-            return _stop(self.guard.policy.decide_unjudged(Stage.RESPONSE, why))
+            return stop_of(self.guard.policy.decide_unjudged(Stage.RESPONSE, why))
         blocked = next((d for d in decisions if not d.allowed), None)
-        return _stop(blocked) if blocked is not None else None
+        return stop_of(blocked) if blocked is not None else None
 
     def _failed(self, plan: _Plan, error: Exception) -> NoReturn:
         """The inner call failed with ``error``: raise the guard's stop where what it carries is blocked as the answer
