@@ -307,3 +307,79 @@ def test_ids_that_repeat_across_replies_cost_no_guard_errors() -> None:
         engine.close()
     assert [d.reason for d in decisions] == ["unsafe" if i % 2 else "safe" for i in range(60)]
     assert len(engine.seen) <= len(texts) + 4  # a few asked again before the repeat shows, not one in two
+
+
+def _wire(content: str, ident: str, indent: int | None = None) -> bytes:
+    body = {
+        "id": ident,
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
+    }
+    data = json.dumps(body, indent=indent).encode()
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(data) + data
+
+
+class RewrittenTwice(TwiceEngine):
+    """Writes each harmless reply again ``DUPLICATE_AFTER`` later, the same id and words in other bytes (a proxy
+    re-serialising its copy)."""
+
+    def _serve(self, conn: socket.socket) -> None:
+        buf, stop = b"", threading.Event()
+        try:
+            while True:
+                request, buf = self._request(conn, buf)
+                if request is None:
+                    return
+                ident = f"chatcmpl-{uuid.uuid4().hex}"
+                if "bomb" in request["messages"][-1]["content"]:
+                    stop.wait(HONEST_AFTER)
+                    conn.sendall(_wire(UNSAFE, ident))
+                else:
+                    conn.sendall(_wire(SAFE, ident))
+                    stop.wait(DUPLICATE_AFTER)
+                    conn.sendall(_wire(SAFE, ident, indent=1))
+        except OSError:
+            return
+
+
+class CopiedLate(TwiceEngine):
+    """Copies its first reply, byte for byte, after ``LATER`` more replies on the connection."""
+
+    LATER = 70  # past the 64 replies whose bytes a connection remembers
+
+    def _serve(self, conn: socket.socket) -> None:
+        buf, first, answered = b"", b"", 0
+        try:
+            while True:
+                request, buf = self._request(conn, buf)
+                if request is None:
+                    return
+                if "bomb" in request["messages"][-1]["content"]:
+                    time.sleep(HONEST_AFTER)
+                    conn.sendall(_wire(UNSAFE, f"chatcmpl-{uuid.uuid4().hex}"))
+                    continue
+                once = _wire(SAFE, f"chatcmpl-{uuid.uuid4().hex}")
+                conn.sendall(once)
+                answered += 1
+                first = first or once
+                if answered == self.LATER + 1:
+                    time.sleep(0.1)
+                    conn.sendall(first)
+        except OSError:
+            return
+
+
+def test_a_late_copy_written_anew_or_past_64_replies_is_no_checks_verdict() -> None:
+    """rt64m F1: a copy with the same id in other bytes (a proxy re-serialising it) was the next check's "Safe",
+    a regression of the bytes rule; F2: a byte-for-byte copy after 65 later replies was too (only 64 remembered).
+    A reply whose id was read before on its connection is no answer."""
+    for engine, warm in ((RewrittenTwice(True), 1), (CopiedLate(True), CopiedLate.LATER + 1)):
+        guard = Guard.remote(engine.url, model="Qwen3Guard-Gen-4B", max_context=8192, policy=Policy(timeout_s=10))
+        try:
+            for i in range(warm):
+                assert guard.check_prompt(f"what is the capital of France {i}").allowed
+            bomb = guard.check_prompt("how do I build a pipe bomb")
+        finally:
+            guard.close()
+            engine.close()
+        assert not bomb.allowed and bomb.reason == "unsafe", (type(engine).__name__, bomb)

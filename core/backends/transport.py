@@ -317,9 +317,9 @@ async def reply_id_of(chunks: list[bytes]) -> tuple[str | None, bytes]:
     return _id_and_digest(body) if len(body) <= _INLINE_ID_BYTES else await asyncio.to_thread(_id_and_digest, body)
 
 
-#: Replies remembered on each connection (`ReplyIds`): a duplicate can land several replies after its original.
+#: Reply bytes remembered on each connection (`ReplyIds`): a copy written anew is told by its other bytes.
 _REPLIES_KEPT = 64
-#: Reply ids remembered across the client's connections (`ReplyIds`): one read again on another is no duplicate.
+#: Reply ids remembered across the client's connections (`ReplyIds`), each with the connection it was read on.
 _IDS_KEPT = 4096
 
 
@@ -331,7 +331,9 @@ class ReplyIds:
     A late duplicate (an engine or proxy that writes a reply twice, the second a moment after the first) lands on
     the connection after a later request went out on it, and that request reads it as its own answer: a stale
     "Safe" for another text (rt64e F1). A duplicate is the same bytes as a reply read before on its connection, and
-    it may come several replies after its original (rt64l F1: only the last reply was remembered).
+    it may come several replies after its original (rt64l F1: only the last reply was remembered; the client
+    remembers its last `_IDS_KEPT`), or be written anew, other whitespace, another ``created``, with the same id
+    (rt64m F1): a reply whose id was read before on its connection is no answer.
 
     That proof holds while each reply's id is its own. A duplicate never lands on another connection, so an id read
     again on another connection, or on the same one with other bytes, shows ids that repeat (a gateway writing
@@ -342,7 +344,7 @@ class ReplyIds:
     sends an id keeps its connections: nothing tells its duplicates (``keep_alive=False`` does, `OpenAIGen`)."""
 
     def __init__(self) -> None:
-        self._read: weakref.WeakKeyDictionary[Any, dict[tuple[str, bytes], None]] = weakref.WeakKeyDictionary()
+        self._read: weakref.WeakKeyDictionary[Any, dict[str, bytes]] = weakref.WeakKeyDictionary()
         self._on: dict[str, weakref.ref[Any]] = {}  # each id read lately: the connection it was read on
         self.sends_ids = False
         self.unique = True
@@ -351,8 +353,9 @@ class ReplyIds:
         """Notes that ``response`` (open, read to its end) carried the reply id ``ident`` and bytes of ``digest``:
         True when its connection may be reused (a reply not read before on it; no id from an engine that never
         sends one; a connection out of reach, another transport's), None when it may not (no id from an engine
-        that sends them; ids that repeat), False when the reply is one read before on its connection: a late
-        duplicate."""
+        that sends them; ids that repeat), False when the reply is no answer: its id was read before on its
+        connection (among the client's last `_IDS_KEPT` replies), a late duplicate, or a copy of one written anew
+        (rt64m F1: a proxy re-serialising it, another ``created``, was this request's "Safe")."""
         state = h11_state_of(response)
         if state is None:
             return True
@@ -360,11 +363,27 @@ class ReplyIds:
             self._read.pop(state, None)
             return None if self.sends_ids else True
         self.sends_ids = True
+        if not self.unique:
+            return None  # no connection is kept past a reply: none can hold a late one
         seen = self._read.setdefault(state, {})
-        if (ident, digest) in seen:
-            return False
         first_on = self._on.get(ident)
-        if self.unique and ((first_on is not None and first_on() is not state) or any(i == ident for i, _ in seen)):
+        if ident in seen or (first_on is not None and first_on() is state):
+            if seen.get(ident, digest) != digest:
+                self._repeat(ident)  # the same id with other bytes: a copy written anew, or ids that repeat
+            return False
+        if first_on is not None:  # read on another connection: no duplicate lands there, so ids repeat
+            self._repeat(ident)
+            return None
+        seen[ident] = digest
+        if len(seen) > _REPLIES_KEPT:
+            del seen[next(iter(seen))]  # the oldest
+        self._on[ident] = weakref.ref(state)
+        if len(self._on) > _IDS_KEPT:
+            del self._on[next(iter(self._on))]
+        return True
+
+    def _repeat(self, ident: str) -> None:
+        if self.unique:
             self.unique = False
             logger.warning(
                 "qwenguard: the guard server's reply ids repeat (id %r read again with other bytes, or on another "
@@ -372,15 +391,6 @@ class ReplyIds:
                 "reply from now on (as keep_alive=False)",
                 ident[:100],
             )
-        if not self.unique:
-            return None
-        seen[(ident, digest)] = None
-        if len(seen) > _REPLIES_KEPT:
-            del seen[next(iter(seen))]  # the oldest
-        self._on[ident] = weakref.ref(state)
-        if len(self._on) > _IDS_KEPT:
-            del self._on[next(iter(self._on))]
-        return True
 
 
 #: A credential shorter than this is not masked: "1", "on" (a header's switch) or a test's key "wrong" would mask
