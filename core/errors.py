@@ -90,11 +90,12 @@ class InputTooLarge(QwenGuardError, ValueError):
     subject to ``on_error="allow"``, so size alone can never get text through unjudged.
 
     ``too_large``: where a batch was refused for some of its checks alone (each over its own limit), their
-    positions in the batch (the call's items, in order); the other checks were judged, and their verdicts cached,
-    so a caller that leaves those out and asks again pays no model work twice. Empty when the batch as a whole was
-    over a limit (``max_checks``, ``max_windows_per_call``)."""
+    positions in the batch (the call's items, in order); the other checks were judged: ``decided`` holds each
+    item's Decision (``None`` at the refused positions), so a caller that leaves those out pays no model work
+    twice. Both empty when the batch as a whole was over a limit (``max_checks``, ``max_windows_per_call``)."""
 
     too_large: tuple[int, ...] = ()
+    decided: tuple[Decision | None, ...] = ()
 
 
 class ModelNotFound(QwenGuardError):

@@ -268,6 +268,9 @@ def _merged(size: int, parts: list[tuple[list[int], list[Outcome] | BaseExceptio
     """The outcomes of a call's groups (`Guard._by_deadline`) in the order of its checks; one group's is as is."""
     if len(parts) == 1:
         return parts[0][1]
+    for _, outcome in parts:
+        if isinstance(outcome, InputTooLarge):  # a group over a call's size limit: the call's error, no check's own
+            return outcome
     merged: list[Outcome] = [None] * size  # type: ignore[list-item]
     for group, outcome in parts:
         for n, i in enumerate(group):
@@ -671,21 +674,7 @@ class Guard:
             for c in pending:
                 c.decision = self.policy.decide_error(c.stage, outcome, timeout=timed_out)
         else:
-            refused = [c for c, result in zip(pending, outcome) if isinstance(result, InputTooLarge)]
-            if refused:
-                # A size limit is the caller's error, never a verdict or on_error's to allow. The other checks were
-                # judged: their verdicts are cached, and the error names the checks refused, so that a caller
-                # judging the rest again (a node screen dropping one planted page) pays no model work twice
-                # (rt64k F1: each half of a halved batch ran the model on every other node again).
-                for c, result in zip(pending, outcome):
-                    if isinstance(result, Verdict) and c.key is not None and c.key is not _UNNAMED:
-                        self.cache.put(c.key, result)
-                error = next(r for r in outcome if isinstance(r, InputTooLarge))
-                out = {id(c) for c in refused}  # a check's own request check (`_Check.request`) is the check's
-                error.too_large = tuple(
-                    i for i, c in enumerate(checks) if id(c) in out or (c.request is not None and id(c.request) in out)
-                )
-                raise error
+            refused = {id(c) for c, result in zip(pending, outcome) if isinstance(result, InputTooLarge)}
             for c, result in zip(pending, outcome):
                 if isinstance(result, Verdict):
                     if c.key is _UNNAMED and self.backend.name:  # the model's name was learned by this check
@@ -695,15 +684,28 @@ class Guard:
                     c.decision = self.policy.decide(result, c.stage)
                 elif isinstance(result, _NotStarted):  # never judged, through no fault of its own: blocked
                     c.decision = self.policy.decide_unjudged(c.stage, str(result))
-                else:  # one conversation's error; a late one (GuardTimeout) keeps its own reason
+                elif not isinstance(result, InputTooLarge):  # one conversation's error; a late one keeps its reason
                     c.decision = self.policy.decide_error(c.stage, result, timeout=isinstance(result, GuardTimeout))
-        for c in checks:
-            if c.request is not None and c.request.decision is not None:
-                c.decision = _stricter(c.decision, c.request.decision)  # type: ignore[arg-type]
-        decisions = [c.decision for c in checks]
-        for d in decisions:
-            self._emit(d)  # type: ignore[arg-type]
-        return decisions  # type: ignore[return-value]
+            if refused:
+                # A size limit is the caller's error, never a verdict or on_error's to allow: raised. The other
+                # checks were judged (their verdicts cached, their decisions heard): the error carries them and names
+                # the checks refused (a check whose own request check was), so that a caller leaving those out (a
+                # node screen dropping one planted page) pays no model work twice (rt64k F1: each half of a halved
+                # batch ran the model on every other node again; rt64m F3: with the cache off, again once).
+                error = next(r for r in outcome if isinstance(r, InputTooLarge))
+                too_large = [id(c) in refused or (c.request is not None and id(c.request) in refused) for c in checks]
+                error.too_large = tuple(i for i, out in enumerate(too_large) if out)
+                error.decided = tuple(None if out else self._decided(c) for c, out in zip(checks, too_large))
+                raise error
+        return [self._decided(c) for c in checks]
+
+    def _decided(self, check: _Check) -> Decision:
+        """A settled check's decision (the stricter of its own and its request check's), heard by the listeners."""
+        if check.request is not None and check.request.decision is not None:
+            check.decision = _stricter(check.decision, check.request.decision)  # type: ignore[arg-type]
+        decision: Decision = check.decision  # type: ignore[assignment]
+        self._emit(decision)
+        return decision
 
     # -- the two I/O paths --------------------------------------------------------------------
     def check_many(self, items: Sequence[tuple[Stage | str, Sequence[Message]]]) -> list[Decision]:

@@ -294,14 +294,11 @@ def _unfitted(guard: Guard, texts: Sequence[str], exc: InputTooLarge, on_block: 
     return [_too_large(guard, exc) for _ in texts]
 
 
-def _put_back(
-    guard: Guard, texts: Sequence[str], exc: InputTooLarge, on_block: OnBlock, judged: list[Decision]
-) -> list[Decision]:
-    """The Decisions of ``texts``: those the batch refused alone (``exc.too_large``) too large (`_unfitted`: raised
-    on, or dropped), in their places among ``judged`` (the rest's, in order)."""
+def _put_back(guard: Guard, texts: Sequence[str], exc: InputTooLarge, on_block: OnBlock) -> list[Decision]:
+    """The Decisions of ``texts`` after a call refused some of them alone (``exc.too_large``): those too large
+    (`_unfitted`: raised on, or dropped), the others as the call decided them (``exc.decided``)."""
     refused = iter(_unfitted(guard, [texts[i] for i in exc.too_large], exc, on_block))
-    rest = iter(judged)
-    return [next(refused) if i in exc.too_large else next(rest) for i in range(len(texts))]
+    return [next(refused) if d is None else d for d in exc.decided]
 
 
 @contextmanager
@@ -343,9 +340,8 @@ def _fitted(
     except InputTooLarge as exc:
         if len(texts) == 1:
             return _unfitted(guard, texts, exc, on_block)
-        if exc.too_large:  # those nodes alone: the others were judged (cached), judged again without them
-            rest = [t for i, t in enumerate(texts) if i not in exc.too_large]
-            return _put_back(guard, texts, exc, on_block, _fitted(guard, query, rest, on_block, step) if rest else [])
+        if exc.too_large:  # those nodes alone: the others were judged, their decisions on the error
+            return _put_back(guard, texts, exc, on_block)
         half = len(texts) // 2
         return _fitted(guard, query, texts[:half], on_block, step) + _fitted(guard, query, texts[half:], on_block, step)
 
@@ -363,9 +359,7 @@ async def _afitted(
         if len(texts) == 1:
             return _unfitted(guard, texts, exc, on_block)
         if exc.too_large:
-            rest = [t for i, t in enumerate(texts) if i not in exc.too_large]
-            judged = await _afitted(guard, query, rest, on_block, step) if rest else []
-            return _put_back(guard, texts, exc, on_block, judged)
+            return _put_back(guard, texts, exc, on_block)
         half = len(texts) // 2
         first = await _afitted(guard, query, texts[:half], on_block, step)
         return first + await _afitted(guard, query, texts[half:], on_block, step)

@@ -279,13 +279,16 @@ class PlantRefusingBackend(ScriptedBackend):
         return super()._one(conversation)
 
 
+@pytest.mark.parametrize("cache_size", [0, 4096], ids=["cache-off", "cache-on"])
 @pytest.mark.parametrize("twin", ["sync", "async"])
-async def test_a_node_too_large_alone_costs_the_other_nodes_one_judging(twin: str) -> None:
+async def test_a_node_too_large_alone_costs_the_other_nodes_one_judging(twin: str, cache_size: int) -> None:
     """rt64k F1: the call refused for one planted node had judged every other node, then threw their verdicts away
     before caching them; halving asked the model again for them at every level (64 nodes, one plant: 183 windows
-    for 63 nodes; 8 plants: 290). The other nodes' verdicts are cached and the plant is named: each judged once."""
+    for 63 nodes; 8 plants: 290). rt64m F3: judged again once (cache hits) they were judged twice with the cache
+    off, and a step's window budget spent on them dropped safe nodes. The error carries the other nodes' decisions
+    and names the plant: each node judged once, cache or not."""
     backend = PlantRefusingBackend(keyword_verdict, name="kw")
-    guard = Guard(backend, Policy(timeout_s=None))
+    guard = Guard(backend, Policy(timeout_s=None), cache_size=cache_size)
     texts = [f"Fact {i}: the Seine flows through Paris." for i in range(64)]
     for k in (5, 40):
         texts[k] = f"PLANTED page {k}"
