@@ -186,9 +186,9 @@ def test_records_from_a_notebook_are_read_the_same_way() -> None:
     "extra",
     [
         {"labels": "x"},
-        {"response_a": "x", "response_b": "y"},
+        {"response_a": "x", "response_b": "y", "response": "z"},
         {"message": "x"},
-        {"prompt_1": "x"},
+        {"prompt_1": "x", "prompt": "y"},
         {"state": "CA", "stage": "prompt"},
         {"test": "x"},
         {"txt": "x"},
@@ -197,8 +197,17 @@ def test_records_from_a_notebook_are_read_the_same_way() -> None:
     ids=lambda e: "+".join(e),
 )
 def test_common_columns_of_a_datasets_own_are_not_refused(tmp_path: Path, extra: dict[str, str]) -> None:
-    """rt64k F2: ``labels`` beside ``label``, a pair's ``response_a``/``response_b``, ``message``, ``prompt_1``, a
-    ``state`` beside ``stage`` were refused as misspelt columns."""
+    """rt64k F2: ``labels`` beside ``label``, ``response_a`` beside ``response``, ``message``, ``prompt_1`` beside
+    ``prompt``, a ``state`` beside ``stage`` were refused as misspelt columns."""
     row = {"text": BOMB, "label": "unsafe", **extra}
     (example,) = load_dataset(write(tmp_path / "d.jsonl", json.dumps(row) + "\n"))
-    assert example.text == BOMB and set(extra) - {"stage", "source"} <= set(example.extra)
+    assert set(extra) - {"stage", "source", "response", "prompt"} <= set(example.extra)
+
+
+@pytest.mark.parametrize("name", ["response_", "response-", "response1", "response_x", "response_a"])
+def test_a_suffixed_response_column_without_a_response_column_is_refused(tmp_path: Path, name: str) -> None:
+    """rt64m F5: the first answer to rt64k F2 let any column named ``response`` plus a separator or digit be the
+    user's own: with no ``response`` column, every row was measured as a prompt without a word."""
+    row = {"prompt": BOMB, "label": "unsafe", name: RECIPE}
+    with pytest.raises(DataError, match=f"column {name!r} looks like a misspelt 'response'"):
+        load_dataset(write(tmp_path / "d.jsonl", json.dumps(row) + "\n"))

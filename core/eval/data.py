@@ -216,19 +216,15 @@ def _edit_distance(a: str, b: str) -> int:
 
 def _looks_like(name: str, present: Iterable[str] = ()) -> str | None:
     """The known column that ``name`` (stripped, lower-case, not itself known) looks like a misspelling of; not one
-    the row has (``present``: ``state`` beside ``stage``, ``labels`` beside ``label`` are the user's own), one
-    ``name`` numbers or letters (``prompt_1``, ``response_a``: a pair's sides), nor the plural ``name`` is the
-    singular of (``message``): a dataset's own columns (rt64k F2). ``responses`` without a ``response`` column is
-    refused: read as the user's own, the rows' responses would go unjudged."""
+    the row has (``present``: ``state`` beside ``stage``, ``labels`` beside ``label``, ``response_a`` beside
+    ``response`` are the user's own), nor the plural ``name`` is the singular of (``message``): a dataset's own
+    columns (rt64k F2). ``responses``, ``response_x`` or a pair's ``response_a`` without a ``response`` column is
+    refused: read as the user's own, the rows' responses would go unjudged, measured as prompts (rt64m F5)."""
     best: tuple[int, str] | None = None
     for column in KNOWN_COLUMNS:
         if column == "id":  # `idx`, `uid`: common columns of a dataset's own, and a lost id costs only the row's name
             continue
-        if (
-            column in present
-            or column == name + "s"
-            or (name.startswith(column) and name[len(column)] in "_-0123456789")
-        ):
+        if column in present or column == name + "s":
             continue
         # One edit from a short name (`test` is no misspelt `text`, `level` no `label`), two from a longer one.
         limit = 1 if len(column) <= 5 else 2
