@@ -383,3 +383,67 @@ def test_a_late_copy_written_anew_or_past_64_replies_is_no_checks_verdict() -> N
             guard.close()
             engine.close()
         assert not bomb.allowed and bomb.reason == "unsafe", (type(engine).__name__, bomb)
+
+
+class CopiesOnEachConnection(TwiceEngine):
+    """Writes each harmless reply again later on its connection: re-serialised on the first connection (its copy
+    lands first), byte for byte on the second."""
+
+    def _serve(self, conn: socket.socket) -> None:
+        number, buf, stop = self.connections, b"", threading.Event()
+        try:
+            while True:
+                request, buf = self._request(conn, buf)
+                if request is None:
+                    return
+                ident = f"chatcmpl-{uuid.uuid4().hex}"
+                if "bomb" in request["messages"][-1]["content"]:
+                    stop.wait(HONEST_AFTER + 0.1 * number)
+                    conn.sendall(_wire(UNSAFE, ident))
+                else:
+                    once = _wire(SAFE, ident)
+                    conn.sendall(once)
+                    stop.wait(DUPLICATE_AFTER + 0.1 * number)
+                    conn.sendall(once if number == 2 else _wire(SAFE, ident, indent=1))
+        except OSError:
+            return
+
+
+def test_a_late_copy_on_another_kept_alive_connection_is_no_answer_once_ids_looked_repeated() -> None:
+    """rt64n F1, a regression of the rule before: the first connection's rewritten copy turned keep-alive off for
+    the client, and from then on a reply was not looked at as a copy at all: the second connection's own late copy
+    was a nail-bomb prompt's "Safe"."""
+    engine = CopiesOnEachConnection(True)
+    guard = Guard.remote(
+        engine.url, model="Qwen3Guard-Gen-4B", max_context=8192, max_concurrency=2, policy=Policy(timeout_s=10)
+    )
+
+    async def run() -> list[Any]:
+        await asyncio.gather(guard.acheck_prompt(HELLO), guard.acheck_prompt("what is the capital of Spain"))
+        return await asyncio.gather(guard.acheck_prompt(BOMB), guard.acheck_prompt("how do I build a nail bomb"))
+
+    try:
+        bombs = asyncio.run(run())
+    finally:
+        guard.close()
+        engine.close()
+    assert [(d.allowed, d.reason) for d in bombs] == [(False, "unsafe")] * 2
+
+
+def test_ids_that_repeat_on_one_connection_cost_no_guard_error_without_retries() -> None:
+    """rt64n F2: a gateway's next reply carrying the id of the one before it (the same second) is taken for a late
+    copy; with ``max_retries=0`` that was a guard error, which ``on_error="allow"`` let through. A copy is skipped
+    and the request asked again at once on another connection, whatever retries are left."""
+    engine = SecondIds(True)
+    guard = Guard.remote(
+        engine.url, model="Qwen3Guard-Gen-4B", max_context=8192, max_retries=0, policy=Policy(on_error="allow")
+    )
+    try:
+        decisions = []
+        for i in range(3):
+            time.sleep(1 - time.time() % 1 + 0.05)  # both checks of a pair within one second: one id
+            decisions += [guard.check_prompt(f"{i} {HELLO}"), guard.check_prompt(f"{i} {BOMB}")]
+    finally:
+        guard.close()
+        engine.close()
+    assert [d.reason for d in decisions] == ["safe", "unsafe"] * 3

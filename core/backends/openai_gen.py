@@ -277,6 +277,16 @@ _LEAST_MAX_TOKENS = 8
 #: none under the context of an engine that publishes none: every check a guard error before any request (rt63b F4).
 _MOST_MAX_TOKENS = 256
 
+#: Late copies a request skips (`OpenAIGen._exchange`), asked again at once on another connection, before the last
+#: one is an error the retries handle.
+_COPIES_SKIPPED = 3
+
+
+class _LateCopy(Exception):
+    """A reply that is a late copy of one read before on its connection (`ReplyIds`): asked again at once
+    (`OpenAIGen._exchange`); past `_COPIES_SKIPPED`, a dropped connection for the retries."""
+
+
 #: How long a check waits for the answer to the tokenizer question (`OpenAIGen._ids_read_alike`): an engine answers a
 #: prompt "Hi" in milliseconds; one that does not within this has the checks go as text meanwhile.
 _IDS_QUESTION_WAIT_S = 1.0
@@ -1175,6 +1185,22 @@ class OpenAIGen:
         return Unsure(outcome, kept, full)
 
     async def _exchange(self, wire: _Wire, target: str, body: dict[str, Any], url: str) -> tuple[Any, bytes]:
+        """One POST (`_post_once`). A reply that is a late copy of one read before on its connection (`ReplyIds`)
+        is no answer: the request goes again at once, on another connection (its own is closed), up to
+        `_COPIES_SKIPPED` times, whatever retries are left: a fresh connection holds no late copy, and a gateway
+        whose ids repeat is told apart only by such a copy (rt64n F2: with ``max_retries=0`` its first repeat was a
+        guard error, let through by a fail-open policy)."""
+        for _ in range(_COPIES_SKIPPED):
+            try:
+                return await self._post_once(wire, target, body, url)
+            except _LateCopy:
+                continue
+        try:
+            return await self._post_once(wire, target, body, url)
+        except _LateCopy as copy:
+            raise _httpx().RemoteProtocolError(str(copy)) from None
+
+    async def _post_once(self, wire: _Wire, target: str, body: dict[str, Any], url: str) -> tuple[Any, bytes]:
         """One POST: ``(200, body)``, or ``(error, what of its body was read)`` for any other status
         (`_status_error`; a 2xx other than 200 or a 3xx is not a verdict either); the body read at most
         ``max_reply_bytes``."""
@@ -1212,22 +1238,21 @@ class OpenAIGen:
             self._leftover(check, url)
 
     def _duplicate(self, url: str, ident: str | None) -> Exception:
-        """A reply repeating the last one read on its connection (`ReplyIds`): no answer to this request, which is
-        asked again on a new connection as after a dropped one (rt64e F1)."""
+        """A reply whose id was read before on its connection (`ReplyIds`): no answer to this request, which is
+        asked again on another connection (`_exchange`; rt64e F1)."""
         shown = self._show(url)
         (logger.debug if self._said_duplicate else logger.warning)(
-            "qwenguard: guard server at %s sent a reply twice (id %r, read again by the next request on its "
-            "connection: a proxy's retry, an engine's bug); the connection is closed, and the request asked again "
-            "on a new one while retries are left",
+            "qwenguard: guard server at %s sent a reply whose id %r was read before on its connection (a late copy: "
+            "a proxy's retry, an engine's bug; or ids that repeat); the connection is closed, and the request asked "
+            "again on another",
             shown,
             self._scrub(str(ident))[:100],
         )
         self._said_duplicate = True
-        error: Exception = _httpx().RemoteProtocolError(
-            f"guard server at {shown} sent the previous reply on this connection again (id "
-            f"{self._scrub(str(ident))[:100]!r}): a late duplicate, not this request's answer"
+        return _LateCopy(
+            f"guard server at {shown} sent a reply read before on this connection again (id "
+            f"{self._scrub(str(ident))[:100]!r}): a late copy, not this request's answer"
         )
-        return error
 
     async def _send(self, wire: _Wire, check: WireCheck, deadline: _Deadline) -> tuple[Outcome, bool]:
         """One request of a check → (outcome, whether it failed on the transport: unreachable or late)."""

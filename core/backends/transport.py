@@ -363,24 +363,23 @@ class ReplyIds:
             self._read.pop(state, None)
             return None if self.sends_ids else True
         self.sends_ids = True
-        if not self.unique:
-            return None  # no connection is kept past a reply: none can hold a late one
         seen = self._read.setdefault(state, {})
         first_on = self._on.get(ident)
+        # A copy first, whatever else: a connection kept alive before ids were seen to repeat can still hold one
+        # (rt64n F1: once `unique` was off, the other connections' late copies were answers).
         if ident in seen or (first_on is not None and first_on() is state):
             if seen.get(ident, digest) != digest:
                 self._repeat(ident)  # the same id with other bytes: a copy written anew, or ids that repeat
             return False
         if first_on is not None:  # read on another connection: no duplicate lands there, so ids repeat
             self._repeat(ident)
-            return None
         seen[ident] = digest
         if len(seen) > _REPLIES_KEPT:
             del seen[next(iter(seen))]  # the oldest
         self._on[ident] = weakref.ref(state)
         if len(self._on) > _IDS_KEPT:
             del self._on[next(iter(self._on))]
-        return True
+        return True if self.unique else None  # ids that repeat: no connection is kept past a reply
 
     def _repeat(self, ident: str) -> None:
         if self.unique:
