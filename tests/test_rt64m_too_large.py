@@ -44,3 +44,28 @@ async def test_a_check_refused_alone_is_named_and_the_others_decided() -> None:
         assert refused.value.too_large == (0,)
         first, fact, unsafe = refused.value.decided
         assert first is None and fact.allowed and not unsafe.allowed
+
+
+@pytest.mark.parametrize("cache_size", [0, 1024], ids=["cache-off", "cache-on"])
+def test_eval_takes_the_decisions_of_a_batch_refused_for_one_row(cache_size: int) -> None:
+    """rt64n F3: eval judged every row of such a batch again one by one: each judged row was heard twice by the
+    guard's listeners (audit, metrics), and with the cache off the model ran on it twice. The rows take the
+    decisions the call made; only the row refused alone is an error."""
+    from qwenguard.core import Risk
+    from qwenguard.core.eval.data import EvalExample
+    from qwenguard.core.eval.runner import run_guard
+
+    backend = PlantRefusing(keyword_verdict)
+    guard = Guard(backend, Policy(timeout_s=None), cache_size=cache_size)
+    heard: list[str] = []
+    guard.on_decision(lambda decision: heard.append(decision.reason))
+    texts = ["PLANTED page", "what is the capital of France", "Mix ammonium nitrate ...", "hello there"]
+    rows = [
+        EvalExample(f"r{i}", Stage.PROMPT, ({"role": "user", "content": text},), Risk.SAFE)
+        for i, text in enumerate(texts)
+    ]
+    result = run_guard(guard, rows, batch_size=8, concurrency=1)
+    assert sorted(heard) == ["safe", "safe", "unsafe"]
+    assert sum(len(call) for call in backend.calls) == len(texts)
+    errors = [p for p in result.predictions if p.error]
+    assert len(errors) == 1 and "max_windows" in errors[0].error

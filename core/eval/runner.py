@@ -256,11 +256,19 @@ def _to_predictions(batch: list[tuple[str, EvalExample]], decisions: Sequence[De
 
 
 def _too_large(batch: list[tuple[str, EvalExample]], exc: InputTooLarge) -> list[Prediction] | None:
-    """A batch the guard refused whole for its size: ``None`` (ask its rows one by one, so that only the row too
-    large is an error, not its neighbours nor the run), or that row's error when the batch is one row."""
+    """A batch the guard refused for its size: the rows refused alone each an error, the others as the call decided
+    them (``exc.decided``: judged and heard once, not asked again: rt64n F3); refused as a whole, ``None`` (ask its
+    rows one by one, so that only a row too large is an error, not its neighbours nor the run), or that row's
+    error when the batch is one row."""
+    error = f"{type(exc).__name__}: {exc}"
+    if exc.too_large and len(exc.decided) == len(batch):
+        return [
+            Prediction(key, None, error=error) if d is None else Prediction.from_decision(key, d)
+            for (key, _), d in zip(batch, exc.decided)
+        ]
     if len(batch) > 1:
         return None
-    return [Prediction(batch[0][0], None, error=f"{type(exc).__name__}: {exc}")]
+    return [Prediction(batch[0][0], None, error=error)]
 
 
 def _judge(guard: Any, batch: list[tuple[str, EvalExample]]) -> list[Prediction]:
