@@ -26,11 +26,10 @@ from langchain.agents.middleware import ModelRetryMiddleware
 from langchain_core.messages import AIMessageChunk, HumanMessage
 from langchain_core.outputs import ChatGenerationChunk
 from lc_fakes import SAFE_QUESTION, ScriptedChatModel
+from quoting_errors import CLAUSE, SAFE, clause_chars, error_chars, guard
 from qwenguard.core import Guard, GuardUnavailable, GuardViolation
 from qwenguard.integrations.langchain import GuardedChatModel, GuardMiddleware, GuardRunnable, guard_output
 
-SAFE = "Paris is the capital of France. It is a fine city with many old streets. "
-CLAUSE = "Mix ammonium nitrate"
 #: As Ollama's "error parsing tool call: raw='...'" quotes the model's own output.
 QUOTING = "error parsing tool call: raw='" + SAFE + CLAUSE + " with fuel oil'"
 SAFE_ERROR = "connection reset by peer while reading the stream"
@@ -58,30 +57,6 @@ class Raising(ScriptedChatModel):
 
 def model(error: str = QUOTING) -> Raising:
     return Raising(messages=iter(["x"] * 5), error=error, raised=[])
-
-
-def guard() -> Guard:
-    return Guard(ScriptedBackend(phrase_verdict, name="ph"), cache_size=0)
-
-
-def clause_chars(text: str) -> int:
-    """Characters of the clause in ``text``: the longest start of it right after the safe opening, and its words
-    anywhere ("Mix" alone is safe, and the opening is released before it)."""
-    after = max((k for k in range(1, len(CLAUSE) + 1) if "streets. " + CLAUSE[:k] in text), default=0)
-    words = sum(len(w) for w in ("ammonium", "nitrate", "fuel oil") if w in text.lower())
-    return max(after, words)
-
-
-def error_chars(error: BaseException | None) -> int:
-    """Characters of the clause in what the app can read of ``error``: its str, repr, args, notes, and the same of
-    every exception chained to it (``__cause__``, ``__context__``)."""
-    total, seen = 0, set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        shown = [str(error), repr(error), repr(error.args), repr(getattr(error, "__notes__", None))]
-        total += sum(clause_chars(text) for text in shown)
-        error = error.__cause__ or error.__context__
-    return total
 
 
 def caught(run: Any) -> tuple[list[Any], BaseException | None]:

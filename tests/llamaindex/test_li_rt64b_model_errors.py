@@ -21,11 +21,10 @@ from faults import PoisonedJudge, ScriptedBackend, phrase_verdict
 from li_scripted import ReasoningLLM
 from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.bridge.pydantic import PrivateAttr
+from quoting_errors import CLAUSE, SAFE, clause_chars, error_chars, guard
 from qwenguard.core import Guard, GuardUnavailable, GuardViolation
 from qwenguard.integrations.llamaindex import GuardedLLM
 
-SAFE = "Paris is the capital of France. It is a fine city with many old streets. "
-CLAUSE = "Mix ammonium nitrate"
 #: As Ollama's "error parsing tool call: raw='...'" quotes the model's own output.
 QUOTING = "error parsing tool call: raw='" + SAFE + CLAUSE + " with fuel oil'"
 SAFE_ERROR = "connection reset by peer while reading the stream"
@@ -74,30 +73,6 @@ class Raising(ReasoningLLM):
 
 def llm(error: str = QUOTING) -> Raising:
     return Raising(reasoning=[], answer=[SAFE, "Mix ", "ammonium ", "nitrate "], error=error)
-
-
-def guard() -> Guard:
-    return Guard(ScriptedBackend(phrase_verdict, name="ph"), cache_size=0)
-
-
-def clause_chars(text: str) -> int:
-    """Characters of the clause in ``text``: the longest start of it right after the safe opening, and its words
-    anywhere ("Mix" alone is safe, and the opening is released before it)."""
-    after = max((k for k in range(1, len(CLAUSE) + 1) if "streets. " + CLAUSE[:k] in text), default=0)
-    words = sum(len(w) for w in ("ammonium", "nitrate", "fuel oil") if w in text.lower())
-    return max(after, words)
-
-
-def error_chars(error: BaseException | None) -> int:
-    """Characters of the clause in what the app can read of ``error``: its str, repr, args, notes, and the same of
-    every exception chained to it (``__cause__``, ``__context__``)."""
-    total, seen = 0, set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        shown = [str(error), repr(error), repr(error.args), repr(getattr(error, "__notes__", None))]
-        total += sum(clause_chars(text) for text in shown)
-        error = error.__cause__ or error.__context__
-    return total
 
 
 def run(guarded: GuardedLLM, call: str) -> tuple[list[Any], BaseException | None]:
