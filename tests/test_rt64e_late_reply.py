@@ -447,3 +447,61 @@ def test_ids_that_repeat_on_one_connection_cost_no_guard_error_without_retries()
         guard.close()
         engine.close()
     assert [d.reason for d in decisions] == ["safe", "unsafe"] * 3
+
+
+class CopyingProxy(TwiceEngine):
+    """An honest engine with unique ids behind a proxy that writes every reply again, byte for byte, ``COPY_S``
+    after it; connection k answers its first request ``STEP_S`` x k late, so that the idle connections' copies land
+    one after another."""
+
+    COPY_S, STEP_S = 0.5, 0.05
+
+    def _serve(self, conn: socket.socket) -> None:
+        number, buf, first = self.connections, b"", True
+        try:
+            while True:
+                request, buf = self._request(conn, buf)
+                if request is None:
+                    return
+                if "bomb" in request["messages"][-1]["content"]:
+                    conn.sendall(_wire(UNSAFE, f"chatcmpl-{uuid.uuid4().hex}"))
+                    continue
+                if first:
+                    time.sleep(self.STEP_S * number)
+                    first = False
+                once = _wire(SAFE, f"chatcmpl-{uuid.uuid4().hex}")
+                conn.sendall(once)
+                time.sleep(self.COPY_S)
+                conn.sendall(once)
+        except OSError:
+            return
+
+
+def test_idle_connections_holding_late_copies_cost_no_guard_error_without_retries() -> None:
+    """rt64o F1: the request asked again after a copy took the next idle kept-alive connection from the pool, which
+    held a copy of its own: four in a row were a guard error with ``max_retries=0``, a harmful prompt let through
+    under ``on_error="allow"``. Once a copy is seen no connection is kept alive past a reply, and the request skips
+    each idle connection's copy once, then goes on a new one."""
+    engine = CopyingProxy(True)
+    guard = Guard.remote(
+        engine.url,
+        model="Qwen3Guard-Gen-4B",
+        max_context=8192,
+        max_retries=0,
+        max_concurrency=8,
+        policy=Policy(timeout_s=10, on_error="allow"),
+    )
+
+    async def run() -> Any:
+        start = time.monotonic()
+        await asyncio.gather(*(guard.acheck_prompt(f"hello {i}") for i in range(8)))
+        # Just before the first connection's copy lands: the check's re-asks meet the others' copies.
+        await asyncio.sleep(max(0.0, start + CopyingProxy.STEP_S + CopyingProxy.COPY_S - 0.03 - time.monotonic()))
+        return await guard.acheck_prompt(BOMB)
+
+    try:
+        bomb = asyncio.run(run())
+    finally:
+        guard.close()
+        engine.close()
+    assert not bomb.allowed and bomb.reason == "unsafe", bomb

@@ -277,14 +277,10 @@ _LEAST_MAX_TOKENS = 8
 #: none under the context of an engine that publishes none: every check a guard error before any request (rt63b F4).
 _MOST_MAX_TOKENS = 256
 
-#: Late copies a request skips (`OpenAIGen._exchange`), asked again at once on another connection, before the last
-#: one is an error the retries handle.
-_COPIES_SKIPPED = 3
-
 
 class _LateCopy(Exception):
     """A reply that is a late copy of one read before on its connection (`ReplyIds`): asked again at once
-    (`OpenAIGen._exchange`); past `_COPIES_SKIPPED`, a dropped connection for the retries."""
+    (`OpenAIGen._exchange`); past the pool's idle connections, a dropped connection for the retries."""
 
 
 #: How long a check waits for the answer to the tokenizer question (`OpenAIGen._ids_read_alike`): an engine answers a
@@ -1186,11 +1182,13 @@ class OpenAIGen:
 
     async def _exchange(self, wire: _Wire, target: str, body: dict[str, Any], url: str) -> tuple[Any, bytes]:
         """One POST (`_post_once`). A reply that is a late copy of one read before on its connection (`ReplyIds`)
-        is no answer: the request goes again at once, on another connection (its own is closed), up to
-        `_COPIES_SKIPPED` times, whatever retries are left: a fresh connection holds no late copy, and a gateway
-        whose ids repeat is told apart only by such a copy (rt64n F2: with ``max_retries=0`` its first repeat was a
-        guard error, let through by a fail-open policy)."""
-        for _ in range(_COPIES_SKIPPED):
+        is no answer: the request goes again at once, on another connection (its own is closed), until one that is
+        not idle in the pool, whatever retries are left: a new connection holds no late copy, and a gateway whose
+        ids repeat is told apart only by such a copy (rt64n F2: with ``max_retries=0`` its first repeat was a guard
+        error, let through by a fail-open policy; rt64o F1: four idle connections holding copies were too)."""
+        # Each connection idle in the pool (at most max_concurrency) may hold a copy: once one is seen none is kept
+        # alive past a reply (`ReplyIds`), so each is skipped once and the last try goes on a new connection.
+        for _ in range(self.max_concurrency + 1):
             try:
                 return await self._post_once(wire, target, body, url)
             except _LateCopy:

@@ -336,10 +336,10 @@ class ReplyIds:
     (rt64m F1): a reply whose id was read before on its connection is no answer.
 
     That proof holds while each reply's id is its own. A duplicate never lands on another connection, so an id read
-    again on another connection, or on the same one with other bytes, shows ids that repeat (a gateway writing
-    ``chatcmpl-<unix seconds>``: rt64l F3, where distinct replies of one second were taken for duplicates and asked
-    again): from then on (``unique`` false, logged once) no connection of the client is kept alive past a reply, as
-    ``keep_alive=False`` does. Once the engine has shown ids (``sends_ids``), a reply without one (an error status,
+    again on another connection shows ids that repeat (a gateway writing ``chatcmpl-<unix seconds>``: rt64l F3).
+    Either way, a copy or ids that repeat, from then on (``unique`` false, logged once) no connection of the client
+    is kept alive past a reply, as ``keep_alive=False`` does: the connections idle in the pool may hold copies of
+    their own, and each is skipped once as it drains (rt64o F1). Once the engine has shown ids (``sends_ids``), a reply without one (an error status,
     a proxy's page) cannot be told from a duplicate either: its connection is not kept alive. An engine that never
     sends an id keeps its connections: nothing tells its duplicates (``keep_alive=False`` does, `OpenAIGen`)."""
 
@@ -368,8 +368,10 @@ class ReplyIds:
         # A copy first, whatever else: a connection kept alive before ids were seen to repeat can still hold one
         # (rt64n F1: once `unique` was off, the other connections' late copies were answers).
         if ident in seen or (first_on is not None and first_on() is state):
-            if seen.get(ident, digest) != digest:
-                self._repeat(ident)  # the same id with other bytes: a copy written anew, or ids that repeat
+            # A copy: every connection kept alive may hold one too (the same proxy, the same bug), and the request
+            # asked again takes an idle one from the pool (rt64o F1): none is kept past a reply from now on, so the
+            # idle ones drain, each skipped once. The same id with other bytes may also be ids that repeat.
+            self._repeat(ident)
             return False
         if first_on is not None:  # read on another connection: no duplicate lands there, so ids repeat
             self._repeat(ident)
@@ -385,9 +387,9 @@ class ReplyIds:
         if self.unique:
             self.unique = False
             logger.warning(
-                "qwenguard: the guard server's reply ids repeat (id %r read again with other bytes, or on another "
-                "connection): they cannot prove a reply this request's own, so no connection is kept alive past a "
-                "reply from now on (as keep_alive=False)",
+                "qwenguard: the guard server sent a reply whose id %r was read before (a late copy, or ids that "
+                "repeat): no connection is kept alive past a reply from now on (as keep_alive=False), so that no "
+                "connection can hold a late copy",
                 ident[:100],
             )
 
