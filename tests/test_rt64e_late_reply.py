@@ -505,3 +505,57 @@ def test_idle_connections_holding_late_copies_cost_no_guard_error_without_retrie
         guard.close()
         engine.close()
     assert not bomb.allowed and bomb.reason == "unsafe", bomb
+
+
+class CopyingModelsProxy(TwiceEngine):
+    """A proxy writing every reply twice, ``CopyingProxy.COPY_S`` apart, the ``GET /models`` list included."""
+
+    def _serve(self, conn: socket.socket) -> None:
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                if buf.startswith(b"GET"):
+                    _, _, buf = buf.partition(b"\r\n\r\n")
+                    models = {"object": "list", "data": [{"id": "Qwen3Guard-Gen-4B", "max_model_len": 8192}]}
+                    data = json.dumps(models).encode()
+                    out = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(data) + data
+                else:
+                    request, buf = self._request(conn, buf)
+                    if request is None:
+                        return
+                    text = request["messages"][-1]["content"]
+                    self.seen.append(text)
+                    out = _wire(UNSAFE if "bomb" in text else SAFE, f"chatcmpl-{uuid.uuid4().hex}")
+                conn.sendall(out)
+                time.sleep(CopyingProxy.COPY_S)
+                conn.sendall(out)
+        except OSError:
+            return
+
+
+@pytest.mark.parametrize("on_error", ["block", "allow"])
+def test_a_late_copy_of_the_models_list_puts_no_check_one_reply_behind(on_error: str) -> None:
+    """rt64p F1: the first check of a client without ``max_context`` reads ``/models`` first; the list carries no
+    id, its connection was kept alive, and a proxy's copy of it was that check's "answer" (a guard error): the
+    connection then ran one reply behind, and the next check, a bomb prompt, read the first check's "Safe", under
+    the default policy too. A ``/models`` read now keeps no connection alive."""
+    engine = CopyingModelsProxy(True)
+    guard = Guard.remote(engine.url, model="Qwen3Guard-Gen-4B", max_retries=0, policy=Policy(on_error=on_error))
+
+    async def run() -> tuple[Any, Any]:
+        start = time.monotonic()
+        first = await guard.acheck_prompt(HELLO)
+        await asyncio.sleep(max(0.0, start + CopyingProxy.COPY_S - 0.05 - time.monotonic()))
+        return first, await guard.acheck_prompt(BOMB)
+
+    try:
+        first, bomb = asyncio.run(run())
+    finally:
+        guard.close()
+        engine.close()
+    assert first.reason == "safe" and (bomb.allowed, bomb.reason) == (False, "unsafe"), (first, bomb)

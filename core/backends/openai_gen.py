@@ -1706,6 +1706,10 @@ class OpenAIGen:
     async def _get_models(self, wire: _Wire, url: str) -> tuple[int, bytes | None]:
         """``GET /models``: its status and body (``None``: larger than ``max_reply_bytes``, not read further)."""
         check = LeftoverCheck()  # a connection holding bytes past this reply is closed, not reused (rt57d F3)
+        # Nor one after it at all: a list carries no reply id (`ReplyIds`), and its late copy (a proxy writing every
+        # reply twice) was the first check's "answer", which put the connection one reply behind: the next check, a
+        # bomb prompt, read the first check's "Safe" (rt64p F1). A list is read once a client, or on a re-learn.
+        check.reuse = False
         try:
             async with wire.client.stream(
                 "GET", self._target[url] + "/models", extensions={"trace": check}, **self._auth_of(url)
