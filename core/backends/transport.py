@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import logging
 import os
@@ -283,8 +282,8 @@ class LeftoverCheck:
         if event == self.EVENT and self.response is not None:
             try:
                 if self.ids is not None and self.reuse:
-                    self.ident, digest = await reply_id_of(self.chunks)
-                    self.fresh = self.ids.read(self.response, self.ident, digest)
+                    self.ident = await reply_id_of(self.chunks)
+                    self.fresh = self.ids.read(self.response, self.ident)
                     self.reuse = bool(self.fresh)
                 self.leftover = drop_if_leftover(self.response, reuse=self.reuse)
             except Exception:  # noqa: BLE001 - never in the way of closing the response (the test says it works)
@@ -307,50 +306,45 @@ def reply_id(body: bytes) -> str | None:
 _INLINE_ID_BYTES = 256 << 10
 
 
-def _id_and_digest(body: bytes) -> tuple[str | None, bytes]:
-    return reply_id(body), hashlib.blake2b(body, digest_size=16).digest()
-
-
-async def reply_id_of(chunks: list[bytes]) -> tuple[str | None, bytes]:
-    """`reply_id` of the body read in ``chunks``, and a digest of the body's bytes."""
+async def reply_id_of(chunks: list[bytes]) -> str | None:
+    """`reply_id` of the body read in ``chunks``."""
     body = b"".join(chunks)
-    return _id_and_digest(body) if len(body) <= _INLINE_ID_BYTES else await asyncio.to_thread(_id_and_digest, body)
+    return reply_id(body) if len(body) <= _INLINE_ID_BYTES else await asyncio.to_thread(reply_id, body)
 
 
-#: Reply bytes remembered on each connection (`ReplyIds`): a copy written anew is told by its other bytes.
+#: Reply ids remembered on each connection (`ReplyIds`), beside the client's `_IDS_KEPT`.
 _REPLIES_KEPT = 64
 #: Reply ids remembered across the client's connections (`ReplyIds`), each with the connection it was read on.
 _IDS_KEPT = 4096
 
 
 class ReplyIds:
-    """The replies read on each kept-alive HTTP/1.1 connection of one client, by id and the digest of their bytes
-    (the last `_REPLIES_KEPT` a connection; made and used on its loop; the connections' parsers are weak keys, so a
-    closed connection leaves nothing behind).
+    """The reply ids read on each kept-alive HTTP/1.1 connection of one client (made and used on its loop; the
+    connections' parsers are weak keys, so a closed connection leaves nothing behind).
 
     A late duplicate (an engine or proxy that writes a reply twice, the second a moment after the first) lands on
     the connection after a later request went out on it, and that request reads it as its own answer: a stale
-    "Safe" for another text (rt64e F1). A duplicate is the same bytes as a reply read before on its connection, and
-    it may come several replies after its original (rt64l F1: only the last reply was remembered; the client
-    remembers its last `_IDS_KEPT`), or be written anew, other whitespace, another ``created``, with the same id
-    (rt64m F1): a reply whose id was read before on its connection is no answer.
+    "Safe" for another text (rt64e F1). Every engine that sends ids gives each reply its own, so a reply whose id
+    was read before on its connection is no answer: a copy byte for byte, or written anew (other whitespace,
+    another ``created``: rt64m F1), however many replies came between (rt64l F1; the client remembers the
+    connection of its last `_IDS_KEPT` ids, and each connection its last `_REPLIES_KEPT`).
 
-    That proof holds while each reply's id is its own. A duplicate never lands on another connection, so an id read
-    again on another connection shows ids that repeat (a gateway writing ``chatcmpl-<unix seconds>``: rt64l F3).
-    Either way, a copy or ids that repeat, from then on (``unique`` false, logged once) no connection of the client
-    is kept alive past a reply, as ``keep_alive=False`` does: the connections idle in the pool may hold copies of
-    their own, and each is skipped once as it drains (rt64o F1). Once the engine has shown ids (``sends_ids``), a reply without one (an error status,
-    a proxy's page) cannot be told from a duplicate either: its connection is not kept alive. An engine that never
-    sends an id keeps its connections: nothing tells its duplicates (``keep_alive=False`` does, `OpenAIGen`)."""
+    A copy never lands on another connection, so an id read again on another one shows ids that repeat (a gateway
+    writing ``chatcmpl-<unix seconds>``: rt64l F3). Either way, a copy or ids that repeat, from then on (``unique``
+    false, logged once) no connection of the client is kept alive past a reply, as ``keep_alive=False`` does: the
+    connections idle in the pool may hold copies of their own, and each is skipped once as it drains (rt64o F1).
+    Once the engine has shown ids (``sends_ids``), a reply without one (an error status, a proxy's page) cannot be
+    told from a copy either: its connection is not kept alive. An engine that never sends an id keeps its
+    connections: nothing tells its copies (``keep_alive=False`` does, `OpenAIGen`)."""
 
     def __init__(self) -> None:
-        self._read: weakref.WeakKeyDictionary[Any, dict[str, bytes]] = weakref.WeakKeyDictionary()
+        self._read: weakref.WeakKeyDictionary[Any, dict[str, None]] = weakref.WeakKeyDictionary()
         self._on: dict[str, weakref.ref[Any]] = {}  # each id read lately: the connection it was read on
         self.sends_ids = False
         self.unique = True
 
-    def read(self, response: Any, ident: str | None, digest: bytes = b"") -> bool | None:
-        """Notes that ``response`` (open, read to its end) carried the reply id ``ident`` and bytes of ``digest``:
+    def read(self, response: Any, ident: str | None) -> bool | None:
+        """Notes that ``response`` (open, read to its end) carried the reply id ``ident``:
         True when its connection may be reused (a reply not read before on it; no id from an engine that never
         sends one; a connection out of reach, another transport's), None when it may not (no id from an engine
         that sends them; ids that repeat), False when the reply is no answer: its id was read before on its
@@ -370,12 +364,12 @@ class ReplyIds:
         if ident in seen or (first_on is not None and first_on() is state):
             # A copy: every connection kept alive may hold one too (the same proxy, the same bug), and the request
             # asked again takes an idle one from the pool (rt64o F1): none is kept past a reply from now on, so the
-            # idle ones drain, each skipped once. The same id with other bytes may also be ids that repeat.
+            # idle ones drain, each skipped once. A new reply repeating the id may also be ids that repeat.
             self._repeat(ident)
             return False
         if first_on is not None:  # read on another connection: no duplicate lands there, so ids repeat
             self._repeat(ident)
-        seen[ident] = digest
+        seen[ident] = None
         if len(seen) > _REPLIES_KEPT:
             del seen[next(iter(seen))]  # the oldest
         self._on[ident] = weakref.ref(state)
