@@ -158,3 +158,60 @@ def test_checks_queued_behind_a_busy_healthy_engine_are_all_judged() -> None:
         guard.close()
         engine.sock.close()
     assert [(d.allowed, d.reason) for d in decisions] == [(False, "unsafe")] * checks
+
+
+def test_a_reply_too_large_to_read_counts_as_the_engine_answering() -> None:
+    """rt64q F1: only replies read whole counted as progress, so an answer over ``max_reply_bytes`` left a gap in
+    which a call queued with no deadline gave up behind a healthy engine (``on_error="allow"``: let through
+    unjudged). Every answer counts, read whole or not."""
+    from test_rt64e_late_reply import TwiceEngine, reply
+
+    connect_s, read_s, answer_s = 0.5, 2.0, 1.4  # an attempt's bound 2.5 s: two answers in a row outlast it
+
+    class SlowWithOneHugeReply(TwiceEngine):
+        def _serve(self, conn: socket.socket) -> None:
+            buf = b""
+            try:
+                while True:
+                    request, buf = self._request(conn, buf)
+                    if request is None:
+                        return
+                    time.sleep(answer_s)
+                    if "huge" in request["messages"][-1]["content"]:
+                        data = b'{"id": "chatcmpl-huge", "choices": [], "pad": "' + b"x" * 300_000 + b'"}'
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(data) + data)
+                    else:
+                        conn.sendall(reply("Safety: Unsafe\nCategories: Violent", True))
+            except OSError:
+                return
+
+    engine = SlowWithOneHugeReply(True)
+    guard = Guard.remote(
+        engine.url,
+        model="Qwen3Guard-Gen-4B",
+        max_context=8192,
+        policy=Policy(timeout_s=None, on_error="allow"),
+        connect_timeout_s=connect_s,
+        read_timeout_s=read_s,
+        max_concurrency=1,
+        max_retries=0,
+        cache_size=0,
+    )
+
+    async def run() -> Any:
+        # In line for the one slot: a check, then three whose answers are too large to read, then the last, which
+        # waits through a whole bound of answers that were not counted before.
+        ahead = []
+        for text in ("a pipe bomb, first", "a huge reply", "huge reply 2", "huge reply 3"):
+            ahead.append(asyncio.ensure_future(guard.acheck_prompt(text)))
+            await asyncio.sleep(0.02)
+        last = await guard.acheck_prompt("a pipe bomb, last in line")
+        await asyncio.gather(*ahead)
+        return last
+
+    try:
+        last = asyncio.run(run())
+    finally:
+        guard.close()
+        engine.sock.close()
+    assert (last.allowed, last.reason) == (False, "unsafe"), last

@@ -1069,7 +1069,6 @@ class OpenAIGen:
                                 status, content = await asyncio.wait_for(
                                     self._exchange(wire, self._target[url] + path, body, url), limit
                                 )
-                                wire.answered += 1  # the engine answers: calls queued for a slot wait on
                         except asyncio.TimeoutError:
                             self.replicas.failed(url)
                             raise _AttemptTimeout(
@@ -1210,6 +1209,9 @@ class OpenAIGen:
                 "POST", target, json=body, extensions={"trace": check}, **self._auth_of(url)
             ) as response:
                 check.response = response
+                # The engine answers (any status, a body too large to read too): calls queued for a slot wait on
+                # (`_slot`; rt64q F1: a reply over max_reply_bytes, or the ids probe's, went uncounted).
+                wire.answered += 1
                 if response.status_code != 200:
                     # A compressed error body is not read (`_compressed`): its status still says what happened.
                     encoding = _content_encoding(response)
