@@ -482,7 +482,6 @@ def test_wide_requests_still_lead_in_turn_beside_a_stream_of_short_checks():
     for feeder in feeders:
         feeder.start()
     _wait_for(lambda: len(rec.steps) >= 3)
-    first = len(rec.steps) + 1  # the step running now (if any) was planned before the wide requests came
     wide = [batcher.submit(["w" * 600 for _ in range(3)]) for _ in range(8)]
     try:
         assert [future.result(30) for future in wide] == [[600] * 3] * 8
@@ -490,9 +489,10 @@ def test_wide_requests_still_lead_in_turn_beside_a_stream_of_short_checks():
         stop.set()
         for feeder in feeders:
             feeder.join()
-    last = max(i for i, s in enumerate(rec.steps) if 600 in s)
-    wide_steps = [i for i in range(first, last + 1) if 600 in rec.steps[i]]
-    assert len(wide_steps) == 24  # one window a step
+    # Counted over every step: whether a step was running as the wide requests came depends on the machine's load.
+    wide_steps = [i for i, s in enumerate(rec.steps) if 600 in s]
+    first, last = wide_steps[0], wide_steps[-1]
+    assert len(wide_steps) == 24 and sum(s.count(600) for s in rec.steps) == 24  # one window a step
     assert sum(1 for s in rec.steps[first:last] if 600 not in s) >= 8  # short checks kept coming meanwhile
     gaps = [b - a for a, b in zip(wide_steps, wide_steps[1:])]
     assert max(gaps) <= 3, rec.steps[first:]  # at most two short-only steps in a row: wide work goes on
