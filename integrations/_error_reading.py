@@ -9,9 +9,15 @@ characters (a budget); nothing is read through a property, and whatever fails to
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from itertools import islice
+from typing import Any
 
-__all__ = ["carried_by", "error_texts"]
+from qwenguard.core import Decision, QwenGuardError, Stage
+
+from ._common import stop_of
+
+__all__ = ["carried_by", "error_stop_of", "error_texts"]
 
 #: How many exceptions `error_texts` reads: the error's own, a group's sub-exceptions, causes and contexts.
 _MAX_ERRORS = 64
@@ -99,3 +105,14 @@ def carried_by(error: BaseException) -> tuple[list[str | bytes], list[BaseExcept
         elif isinstance(value, BaseException):
             inner.append(value)
     return values, inner
+
+
+def error_stop_of(guard: Any, decisions: Sequence[Decision] | None) -> QwenGuardError | None:
+    """The guard's stop for a failed model call's error judged as its answer (``decisions``; ``None``: it was not
+    judged whole, blocked whatever ``on_error`` says: size alone never gets text through unjudged), or ``None``
+    where the error goes through unchanged."""
+    if decisions is None:
+        why = f"the model's error carries more than max_chars={guard.max_chars:,} characters: not judged whole"
+        return stop_of(guard.policy.decide_unjudged(Stage.RESPONSE, why))
+    blocked = next((d for d in decisions if not d.allowed), None)
+    return stop_of(blocked) if blocked is not None else None

@@ -34,18 +34,16 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import ConfigDict, Field
 from qwenguard.core import (
-    Decision,
     Guard,
     GuardUnavailable,
     GuardViolation,
     InputTooLarge,
     QwenGuardError,
-    Stage,
 )
 from qwenguard.core.guard import speaking_as
 from qwenguard.core.streaming.parallel import PendingCheck
 
-from .._common import stop_of
+from .._error_reading import error_stop_of, error_texts
 from . import _out_of_sight as out_of_sight
 from ._holding import HELD_LLM_TYPE_PREFIX, HeldStream
 from ._input_beside import aafter_verdict, aanswer_beside, after_verdict, answer_beside, auntil_blocked, until_blocked
@@ -53,8 +51,8 @@ from ._input_memory import judged_content
 from ._json_reading import ReadingHeldStream
 from ._messages import DEFAULT_HISTORY_TURNS, Item, guard_history, output_items
 from ._own_handlers import detached, with_own
-from ._screening import ascreen, built_off_loop, first_blocked, screen
-from ._tool_errors import control_flow, error_texts
+from ._screening import ascreen, built_off_loop, screen
+from ._tool_errors import control_flow
 
 __all__ = ["HeldBackChatModel", "StreamLedger", "aerror_stop", "error_stop"]
 
@@ -128,16 +126,6 @@ def _error_items(
     return output_items(AIMessage(content=text), context, turns, tool_calls=False, sources=False), not left_out
 
 
-def _error_outcome(guard: Guard, items: list[Item], decisions: list[Decision] | None) -> QwenGuardError | None:
-    """The guard's stop for a failed call's error (``decisions`` on its ``items``; ``None``: not judged whole, blocked
-    whatever ``on_error`` says: size alone never gets text through unjudged), or ``None`` where it lets it through."""
-    if decisions is None:
-        why = f"the model's error carries more than max_chars={guard.max_chars:,} characters: not judged whole"
-        return stop_of(guard.policy.decide_unjudged(Stage.RESPONSE, why))
-    blocked = first_blocked(items, decisions)
-    return stop_of(blocked[1]) if blocked is not None else None
-
-
 def error_stop(
     guard: Guard, error: BaseException, context: Sequence[dict[str, str]], turns: int
 ) -> QwenGuardError | None:
@@ -153,7 +141,7 @@ def error_stop(
         decisions = screen(guard, items) if whole else None
     except InputTooLarge:  # the error and its context past what one check reads
         decisions = None
-    return _error_outcome(guard, items, decisions)
+    return error_stop_of(guard, decisions)
 
 
 async def aerror_stop(
@@ -169,7 +157,7 @@ async def aerror_stop(
         decisions = await ascreen(guard, items) if whole else None
     except InputTooLarge:
         decisions = None
-    return _error_outcome(guard, items, decisions)
+    return error_stop_of(guard, decisions)
 
 
 #: What the event-loop warning tells a sync call inside async code to use (`speaking_as`); under `GuardMiddleware`

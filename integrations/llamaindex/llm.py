@@ -108,8 +108,8 @@ from qwenguard.core.streaming.wakeup import (
 )
 from qwenguard.core.verdict import Stage
 
-from .._common import guard_scope, reply_actions, require_guard, stop_of
-from .._error_reading import error_texts
+from .._common import guard_scope, reply_actions, require_guard
+from .._error_reading import error_stop_of, error_texts
 from .._off_loop import off_loop
 from ._component import GuardComponent
 from ._json_reading import ReadingHold, reading_checks
@@ -705,15 +705,6 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             return None
         return ([(Stage.RESPONSE, response_conversation(plan.prompt, text))] if text.strip() else []), whole
 
-    def _error_stop(self, decisions: Sequence[Decision] | None) -> QwenGuardError | None:
-        """The guard's stop for a failed call's error (``None`` decisions: not judged whole, blocked whatever
-        ``on_error`` says: size alone never gets text through unjudged), or ``None`` where it lets the error through."""
-        if decisions is None:
-            why = f"the model's error carries more than max_chars={self.guard.max_chars:,} characters: not judged whole"
-            return stop_of(self.guard.policy.decide_unjudged(Stage.RESPONSE, why))
-        blocked = next((d for d in decisions if not d.allowed), None)
-        return stop_of(blocked) if blocked is not None else None
-
     def _failed(self, plan: _Plan, error: Exception) -> NoReturn:
         """The inner call failed with ``error``: raise the guard's stop where what it carries is blocked as the answer
         (a guard that cannot answer: as ``on_error`` says), else ``error``, unchanged. Called where no exception is
@@ -726,7 +717,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             decisions = _judge(self.guard, checks) if whole else None
         except InputTooLarge:  # the error and the conversation past what one check reads
             decisions = None
-        stop = self._error_stop(decisions)
+        stop = error_stop_of(self.guard, decisions)
         if stop is None:
             raise error
         raise stop from None
@@ -741,7 +732,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             decisions = await _ajudge(self.guard, checks) if whole else None
         except InputTooLarge:
             decisions = None
-        stop = self._error_stop(decisions)
+        stop = error_stop_of(self.guard, decisions)
         if stop is None:
             raise error
         raise stop from None
