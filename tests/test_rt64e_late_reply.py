@@ -33,25 +33,41 @@ DUPLICATE_AFTER = 0.5
 HONEST_AFTER = 1.0
 
 
-def reply(content: str, ids: bool) -> bytes:
-    """One whole HTTP/1.1 response (``ids``: with a fresh ``chatcmpl-`` id, as vLLM, SGLang, llama.cpp send)."""
+def new_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def http_200(data: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(data) + data
+
+
+def wire(content: str, ident: str | None, indent: int | None = None) -> bytes:
+    """One whole HTTP/1.1 response whose answer is ``content``, with the reply id ``ident`` (none: ``None``)."""
     body: dict[str, Any] = {
         "model": "Qwen3Guard-Gen-4B",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
     }
-    if ids:
-        body = {"id": f"chatcmpl-{uuid.uuid4().hex}", **body}
-    data = json.dumps(body).encode()
-    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(data) + data
+    if ident is not None:
+        body = {"id": ident, **body}
+    return http_200(json.dumps(body, indent=indent).encode())
 
 
-class TwiceEngine:
-    """Answers a harmless text "Safe", and the same reply again ``DUPLICATE_AFTER`` later on the same connection (a
-    proxy's retry, an engine's bug); a text naming a bomb, after ``HONEST_AFTER``, "Unsafe". Counts connections."""
+def reply(content: str, ids: bool) -> bytes:
+    """One whole HTTP/1.1 response (``ids``: with a fresh ``chatcmpl-`` id, as vLLM, SGLang, llama.cpp send)."""
+    return wire(content, new_id() if ids else None)
 
-    def __init__(self, ids: bool, *, new_id: bool = False) -> None:
+
+def text_of(request: dict[str, Any]) -> str:
+    """The checked text of a request (``""`` for a request without a body: ``GET /models``)."""
+    return str(request["messages"][-1]["content"]) if request else ""
+
+
+class RawEngine:
+    """A raw HTTP/1.1 keep-alive engine on 127.0.0.1: each connection served on a thread of its own, each request
+    answered by `answer` (what it writes, and when, is the test's). Counts connections, records the texts asked."""
+
+    def __init__(self, ids: bool = True) -> None:
         self.ids = ids
-        self.new_id = new_id  # the second reply is written anew, with an id of its own (a proxy's retry forwarded)
         self.connections = 0
         self.seen: list[str] = []
         self.sock = socket.socket()
@@ -67,49 +83,66 @@ class TwiceEngine:
             except OSError:
                 return
             self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            threading.Thread(target=self._serve, args=(conn, self.connections), daemon=True).start()
 
     @staticmethod
     def _request(conn: socket.socket, buf: bytes) -> tuple[dict[str, Any] | None, bytes]:
+        """The next request's JSON body (``{}``: none), and what was read past it; ``None`` once the client closed."""
         while b"\r\n\r\n" not in buf:
             data = conn.recv(65536)
             if not data:
                 return None, b""
             buf += data
         head, _, rest = buf.partition(b"\r\n\r\n")
-        size = next(int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:"))
+        lengths = [int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")]
+        size = lengths[0] if lengths else 0
         while len(rest) < size:
             data = conn.recv(65536)
             if not data:
                 return None, b""
             rest += data
-        return json.loads(rest[:size]), rest[size:]
+        return (json.loads(rest[:size]) if size else {}), rest[size:]
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, number: int) -> None:
+        here: dict[str, Any] = {"number": number, "lock": threading.Lock()}  # the connection's own state
         buf = b""
-        stop = threading.Event()
         try:
             while True:
                 request, buf = self._request(conn, buf)
                 if request is None:
                     return
-                text = request["messages"][-1]["content"]
-                self.seen.append(text)
-                if "bomb" in text:
-                    stop.wait(HONEST_AFTER)
-                    conn.sendall(reply(UNSAFE, self.ids))
-                else:
-                    once = reply(SAFE, self.ids)
-                    conn.sendall(once)
-                    stop.wait(DUPLICATE_AFTER)
-                    conn.sendall(reply(SAFE, self.ids) if self.new_id else once)  # the same reply, id included
+                if request:
+                    self.seen.append(text_of(request))
+                self.answer(conn, request, here)
         except OSError:  # the client closed the connection
             return
         finally:
             conn.close()
 
+    def answer(self, conn: socket.socket, request: dict[str, Any], here: dict[str, Any]) -> None:
+        raise NotImplementedError
+
     def close(self) -> None:
         self.sock.close()
+
+
+class TwiceEngine(RawEngine):
+    """Answers a harmless text "Safe", and the same reply again ``DUPLICATE_AFTER`` later on the same connection (a
+    proxy's retry, an engine's bug); a text naming a bomb, after ``HONEST_AFTER``, "Unsafe"."""
+
+    def __init__(self, ids: bool, *, new_id: bool = False) -> None:
+        super().__init__(ids)
+        self.new_id = new_id  # the second reply is written anew, with an id of its own (a proxy's retry forwarded)
+
+    def answer(self, conn: socket.socket, request: dict[str, Any], here: dict[str, Any]) -> None:
+        if "bomb" in text_of(request):
+            time.sleep(HONEST_AFTER)
+            conn.sendall(reply(UNSAFE, self.ids))
+            return
+        once = reply(SAFE, self.ids)
+        conn.sendall(once)
+        time.sleep(DUPLICATE_AFTER)
+        conn.sendall(reply(SAFE, self.ids) if self.new_id else once)  # the same reply, id included
 
 
 @contextmanager
@@ -177,21 +210,11 @@ def test_without_keep_alive_a_second_answer_with_an_id_of_its_own_is_no_checks_v
     assert not harmful.allowed and harmful.reason == "unsafe", harmful
 
 
-class OnceEngine(TwiceEngine):
+class OnceEngine(RawEngine):
     """An honest engine: one reply per request."""
 
-    def _serve(self, conn: socket.socket) -> None:
-        buf = b""
-        try:
-            while True:
-                request, buf = self._request(conn, buf)
-                if request is None:
-                    return
-                conn.sendall(reply(SAFE, self.ids))
-        except OSError:
-            return
-        finally:
-            conn.close()
+    def answer(self, conn: socket.socket, request: dict[str, Any], here: dict[str, Any]) -> None:
+        conn.sendall(reply(SAFE, self.ids))
 
 
 def test_an_engine_sending_ids_keeps_its_one_connection() -> None:  # nothing is dropped without a reason
@@ -206,14 +229,14 @@ def test_an_engine_sending_ids_keeps_its_one_connection() -> None:  # nothing is
     assert engine.connections == 1
 
 
-class LaterTwice(TwiceEngine):
+class LaterTwice(RawEngine):
     """Writes each harmless reply again ``LATER_S`` after it, however many replies went out on the connection
     meanwhile (a proxy's retry answered late): the copy lands after a later reply, not right after its original."""
 
     LATER_S = 0.6
 
-    def _serve(self, conn: socket.socket) -> None:
-        buf, lock = b"", threading.Lock()
+    def answer(self, conn: socket.socket, request: dict[str, Any], here: dict[str, Any]) -> None:
+        lock = here["lock"]
 
         def later(data: bytes) -> None:
             time.sleep(self.LATER_S)
@@ -223,22 +246,15 @@ class LaterTwice(TwiceEngine):
             except OSError:
                 pass
 
-        try:
-            while True:
-                request, buf = self._request(conn, buf)
-                if request is None:
-                    return
-                if "bomb" in request["messages"][-1]["content"]:
-                    time.sleep(HONEST_AFTER)
-                    with lock:
-                        conn.sendall(reply(UNSAFE, True))
-                else:
-                    once = reply(SAFE, True)
-                    with lock:
-                        conn.sendall(once)
-                    threading.Thread(target=later, args=(once,), daemon=True).start()
-        except OSError:
+        if "bomb" in text_of(request):
+            time.sleep(HONEST_AFTER)
+            with lock:
+                conn.sendall(reply(UNSAFE, True))
             return
+        once = reply(SAFE, True)
+        with lock:
+            conn.sendall(once)
+        threading.Thread(target=later, args=(once,), daemon=True).start()
 
 
 def test_a_duplicate_of_an_older_reply_is_no_checks_verdict() -> None:
@@ -258,32 +274,13 @@ def test_a_duplicate_of_an_older_reply_is_no_checks_verdict() -> None:
     assert not bomb.allowed and bomb.reason == "unsafe", bomb
 
 
-class SecondIds(TwiceEngine):
+class SecondIds(RawEngine):
     """A gateway whose reply ids are the second they were written in (``chatcmpl-<unix seconds>``) and whose replies
     carry nothing else that changes: distinct replies of one second are the same bytes. Never writes one twice."""
 
-    def _serve(self, conn: socket.socket) -> None:
-        buf = b""
-        try:
-            while True:
-                request, buf = self._request(conn, buf)
-                if request is None:
-                    return
-                self.seen.append(request["messages"][-1]["content"])
-                time.sleep(0.01)
-                content = UNSAFE if "bomb" in request["messages"][-1]["content"] else SAFE
-                body = {
-                    "id": f"chatcmpl-{int(time.time())}",
-                    "object": "chat.completion",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
-                }
-                data = json.dumps(body).encode()
-                conn.sendall(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(data)
-                    + data
-                )
-        except OSError:
-            return
+    def answer(self, conn: socket.socket, request: dict[str, Any], here: dict[str, Any]) -> None:
+        time.sleep(0.01)
+        conn.sendall(wire(UNSAFE if "bomb" in text_of(request) else SAFE, f"chatcmpl-{int(time.time())}"))
 
 
 def test_ids_that_repeat_across_replies_cost_no_guard_errors() -> None:
@@ -309,64 +306,38 @@ def test_ids_that_repeat_across_replies_cost_no_guard_errors() -> None:
     assert len(engine.seen) <= len(texts) + 4  # a few asked again before the repeat shows, not one in two
 
 
-def _wire(content: str, ident: str, indent: int | None = None) -> bytes:
-    body = {
-        "id": ident,
-        "object": "chat.completion",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
-    }
-    data = json.dumps(body, indent=indent).encode()
-    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(data) + data
-
-
-class RewrittenTwice(TwiceEngine):
+class RewrittenTwice(RawEngine):
     """Writes each harmless reply again ``DUPLICATE_AFTER`` later, the same id and words in other bytes (a proxy
     re-serialising its copy)."""
 
-    def _serve(self, conn: socket.socket) -> None:
-        buf, stop = b"", threading.Event()
-        try:
-            while True:
-                request, buf = self._request(conn, buf)
-                if request is None:
-                    return
-                ident = f"chatcmpl-{uuid.uuid4().hex}"
-                if "bomb" in request["messages"][-1]["content"]:
-                    stop.wait(HONEST_AFTER)
-                    conn.sendall(_wire(UNSAFE, ident))
-                else:
-                    conn.sendall(_wire(SAFE, ident))
-                    stop.wait(DUPLICATE_AFTER)
-                    conn.sendall(_wire(SAFE, ident, indent=1))
-        except OSError:
+    def answer(self, conn: socket.socket, request: dict[str, Any], here: dict[str, Any]) -> None:
+        ident = new_id()
+        if "bomb" in text_of(request):
+            time.sleep(HONEST_AFTER)
+            conn.sendall(wire(UNSAFE, ident))
             return
+        conn.sendall(wire(SAFE, ident))
+        time.sleep(DUPLICATE_AFTER)
+        conn.sendall(wire(SAFE, ident, indent=1))
 
 
-class CopiedLate(TwiceEngine):
+class CopiedLate(RawEngine):
     """Copies its first reply, byte for byte, after ``LATER`` more replies on the connection."""
 
     LATER = 70  # past the 64 replies whose bytes a connection remembers
 
-    def _serve(self, conn: socket.socket) -> None:
-        buf, first, answered = b"", b"", 0
-        try:
-            while True:
-                request, buf = self._request(conn, buf)
-                if request is None:
-                    return
-                if "bomb" in request["messages"][-1]["content"]:
-                    time.sleep(HONEST_AFTER)
-                    conn.sendall(_wire(UNSAFE, f"chatcmpl-{uuid.uuid4().hex}"))
-                    continue
-                once = _wire(SAFE, f"chatcmpl-{uuid.uuid4().hex}")
-                conn.sendall(once)
-                answered += 1
-                first = first or once
-                if answered == self.LATER + 1:
-                    time.sleep(0.1)
-                    conn.sendall(first)
-        except OSError:
+    def answer(self, conn: socket.socket, request: dict[str, Any], here: dict[str, Any]) -> None:
+        if "bomb" in text_of(request):
+            time.sleep(HONEST_AFTER)
+            conn.sendall(wire(UNSAFE, new_id()))
             return
+        once = wire(SAFE, new_id())
+        conn.sendall(once)
+        here["answered"] = here.get("answered", 0) + 1
+        here.setdefault("first", once)
+        if here["answered"] == self.LATER + 1:
+            time.sleep(0.1)
+            conn.sendall(here["first"])
 
 
 def test_a_late_copy_written_anew_or_past_64_replies_is_no_checks_verdict() -> None:
@@ -385,28 +356,20 @@ def test_a_late_copy_written_anew_or_past_64_replies_is_no_checks_verdict() -> N
         assert not bomb.allowed and bomb.reason == "unsafe", (type(engine).__name__, bomb)
 
 
-class CopiesOnEachConnection(TwiceEngine):
+class CopiesOnEachConnection(RawEngine):
     """Writes each harmless reply again later on its connection: re-serialised on the first connection (its copy
     lands first), byte for byte on the second."""
 
-    def _serve(self, conn: socket.socket) -> None:
-        number, buf, stop = self.connections, b"", threading.Event()
-        try:
-            while True:
-                request, buf = self._request(conn, buf)
-                if request is None:
-                    return
-                ident = f"chatcmpl-{uuid.uuid4().hex}"
-                if "bomb" in request["messages"][-1]["content"]:
-                    stop.wait(HONEST_AFTER + 0.1 * number)
-                    conn.sendall(_wire(UNSAFE, ident))
-                else:
-                    once = _wire(SAFE, ident)
-                    conn.sendall(once)
-                    stop.wait(DUPLICATE_AFTER + 0.1 * number)
-                    conn.sendall(once if number == 2 else _wire(SAFE, ident, indent=1))
-        except OSError:
+    def answer(self, conn: socket.socket, request: dict[str, Any], here: dict[str, Any]) -> None:
+        number, ident = here["number"], new_id()
+        if "bomb" in text_of(request):
+            time.sleep(HONEST_AFTER + 0.1 * number)
+            conn.sendall(wire(UNSAFE, ident))
             return
+        once = wire(SAFE, ident)
+        conn.sendall(once)
+        time.sleep(DUPLICATE_AFTER + 0.1 * number)
+        conn.sendall(once if number == 2 else wire(SAFE, ident, indent=1))
 
 
 def test_a_late_copy_on_another_kept_alive_connection_is_no_answer_once_ids_looked_repeated() -> None:
@@ -449,32 +412,29 @@ def test_ids_that_repeat_on_one_connection_cost_no_guard_error_without_retries()
     assert [d.reason for d in decisions] == ["safe", "unsafe"] * 3
 
 
-class CopyingProxy(TwiceEngine):
+class CopyingProxy(RawEngine):
     """An honest engine with unique ids behind a proxy that writes every reply again, byte for byte, ``COPY_S``
-    after it; connection k answers its first request ``STEP_S`` x k late, so that the idle connections' copies land
-    one after another."""
+    after it (the ``GET /models`` list too); connection k answers its first check ``STEP_S`` x k late, so that the
+    idle connections' copies land one after another."""
 
     COPY_S, STEP_S = 0.5, 0.05
 
-    def _serve(self, conn: socket.socket) -> None:
-        number, buf, first = self.connections, b"", True
-        try:
-            while True:
-                request, buf = self._request(conn, buf)
-                if request is None:
-                    return
-                if "bomb" in request["messages"][-1]["content"]:
-                    conn.sendall(_wire(UNSAFE, f"chatcmpl-{uuid.uuid4().hex}"))
-                    continue
-                if first:
-                    time.sleep(self.STEP_S * number)
-                    first = False
-                once = _wire(SAFE, f"chatcmpl-{uuid.uuid4().hex}")
-                conn.sendall(once)
-                time.sleep(self.COPY_S)
-                conn.sendall(once)
-        except OSError:
+    def answer(self, conn: socket.socket, request: dict[str, Any], here: dict[str, Any]) -> None:
+        if not request:  # GET /models
+            out = http_200(
+                json.dumps({"object": "list", "data": [{"id": "Qwen3Guard-Gen-4B", "max_model_len": 8192}]}).encode()
+            )
+        elif "bomb" in text_of(request):
+            conn.sendall(wire(UNSAFE, new_id()))
             return
+        else:
+            if not here.get("answered"):
+                time.sleep(self.STEP_S * here["number"])
+                here["answered"] = True
+            out = wire(SAFE, new_id())
+        conn.sendall(out)
+        time.sleep(self.COPY_S)
+        conn.sendall(out)
 
 
 def test_idle_connections_holding_late_copies_cost_no_guard_error_without_retries() -> None:
@@ -507,44 +467,13 @@ def test_idle_connections_holding_late_copies_cost_no_guard_error_without_retrie
     assert not bomb.allowed and bomb.reason == "unsafe", bomb
 
 
-class CopyingModelsProxy(TwiceEngine):
-    """A proxy writing every reply twice, ``CopyingProxy.COPY_S`` apart, the ``GET /models`` list included."""
-
-    def _serve(self, conn: socket.socket) -> None:
-        buf = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                if buf.startswith(b"GET"):
-                    _, _, buf = buf.partition(b"\r\n\r\n")
-                    models = {"object": "list", "data": [{"id": "Qwen3Guard-Gen-4B", "max_model_len": 8192}]}
-                    data = json.dumps(models).encode()
-                    out = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(data) + data
-                else:
-                    request, buf = self._request(conn, buf)
-                    if request is None:
-                        return
-                    text = request["messages"][-1]["content"]
-                    self.seen.append(text)
-                    out = _wire(UNSAFE if "bomb" in text else SAFE, f"chatcmpl-{uuid.uuid4().hex}")
-                conn.sendall(out)
-                time.sleep(CopyingProxy.COPY_S)
-                conn.sendall(out)
-        except OSError:
-            return
-
-
 @pytest.mark.parametrize("on_error", ["block", "allow"])
 def test_a_late_copy_of_the_models_list_puts_no_check_one_reply_behind(on_error: str) -> None:
     """rt64p F1: the first check of a client without ``max_context`` reads ``/models`` first; the list carries no
     id, its connection was kept alive, and a proxy's copy of it was that check's "answer" (a guard error): the
     connection then ran one reply behind, and the next check, a bomb prompt, read the first check's "Safe", under
     the default policy too. A ``/models`` read now keeps no connection alive."""
-    engine = CopyingModelsProxy(True)
+    engine = CopyingProxy(True)
     guard = Guard.remote(engine.url, model="Qwen3Guard-Gen-4B", max_retries=0, policy=Policy(on_error=on_error))
 
     async def run() -> tuple[Any, Any]:

@@ -119,22 +119,14 @@ def test_checks_queued_behind_a_busy_healthy_engine_are_all_judged() -> None:
     """rt64l F2, a regression of the first fix: bounding a queued call's wait itself timed out checks waiting behind
     an engine that answered every request, and ``on_error="allow"`` let them through unjudged (35% of a burst of
     harmful checks). A queued call now gives up only when no request in flight was answered for a whole bound."""
-    from test_rt64e_late_reply import UNSAFE, TwiceEngine, reply
+    from test_rt64e_late_reply import UNSAFE, RawEngine, reply
 
-    class Busy(TwiceEngine):
+    class Busy(RawEngine):
         """Answers every request, one after another on each connection, in SERVICE_S."""
 
-        def _serve(self, conn: socket.socket) -> None:
-            buf = b""
-            try:
-                while True:
-                    request, buf = self._request(conn, buf)
-                    if request is None:
-                        return
-                    time.sleep(SERVICE_S)
-                    conn.sendall(reply(UNSAFE, True))
-            except OSError:
-                return
+        def answer(self, conn: socket.socket, request: dict[str, Any], here: dict[str, Any]) -> None:
+            time.sleep(SERVICE_S)
+            conn.sendall(reply(UNSAFE, True))
 
     SERVICE_S, checks = 0.05, 60  # 60 x 0.05 s / 2 slots = 1.5 s of engine work: three attempt bounds of queue
     engine = Busy(True)
@@ -156,7 +148,7 @@ def test_checks_queued_behind_a_busy_healthy_engine_are_all_judged() -> None:
         decisions = asyncio.run(burst())
     finally:
         guard.close()
-        engine.sock.close()
+        engine.close()
     assert [(d.allowed, d.reason) for d in decisions] == [(False, "unsafe")] * checks
 
 
@@ -164,26 +156,17 @@ def test_a_reply_too_large_to_read_counts_as_the_engine_answering() -> None:
     """rt64q F1: only replies read whole counted as progress, so an answer over ``max_reply_bytes`` left a gap in
     which a call queued with no deadline gave up behind a healthy engine (``on_error="allow"``: let through
     unjudged). Every answer counts, read whole or not."""
-    from test_rt64e_late_reply import TwiceEngine, reply
+    from test_rt64e_late_reply import RawEngine, http_200, reply, text_of
 
     connect_s, read_s, answer_s = 0.5, 2.0, 1.4  # an attempt's bound 2.5 s: two answers in a row outlast it
 
-    class SlowWithOneHugeReply(TwiceEngine):
-        def _serve(self, conn: socket.socket) -> None:
-            buf = b""
-            try:
-                while True:
-                    request, buf = self._request(conn, buf)
-                    if request is None:
-                        return
-                    time.sleep(answer_s)
-                    if "huge" in request["messages"][-1]["content"]:
-                        data = b'{"id": "chatcmpl-huge", "choices": [], "pad": "' + b"x" * 300_000 + b'"}'
-                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(data) + data)
-                    else:
-                        conn.sendall(reply("Safety: Unsafe\nCategories: Violent", True))
-            except OSError:
-                return
+    class SlowWithOneHugeReply(RawEngine):
+        def answer(self, conn: socket.socket, request: dict[str, Any], here: dict[str, Any]) -> None:
+            time.sleep(answer_s)
+            if "huge" in text_of(request):
+                conn.sendall(http_200(b'{"id": "chatcmpl-huge", "choices": [], "pad": "' + b"x" * 300_000 + b'"}'))
+            else:
+                conn.sendall(reply("Safety: Unsafe\nCategories: Violent", True))
 
     engine = SlowWithOneHugeReply(True)
     guard = Guard.remote(
@@ -213,5 +196,5 @@ def test_a_reply_too_large_to_read_counts_as_the_engine_answering() -> None:
         last = asyncio.run(run())
     finally:
         guard.close()
-        engine.sock.close()
+        engine.close()
     assert (last.allowed, last.reason) == (False, "unsafe"), last
