@@ -129,10 +129,11 @@ def test_retry_listed_before_the_guard_gets_the_stop(mode: str) -> None:
     assert len(raising.raised) == 1  # the guard's stop is not retried
 
 
-# -- GuardedChatModel ---------------------------------------------------------------------------------------
+# -- GuardedChatModel, GuardRunnable(runnable=model) ----------------------------------------------------
+@pytest.mark.parametrize("wrap", [GuardedChatModel, GuardRunnable], ids=["GuardedChatModel", "GuardRunnable"])
 @pytest.mark.parametrize("call", ["stream", "astream", "invoke", "ainvoke"])
-def test_guarded_chat_model_judges_the_error(call: str) -> None:
-    guarded = GuardedChatModel(model(), guard())
+def test_a_guarded_model_judges_the_error(call: str, wrap: Any) -> None:
+    guarded = wrap(model(), guard())
 
     async def run(seen: list[Any]) -> None:
         if call == "astream":
@@ -147,7 +148,7 @@ def test_guarded_chat_model_judges_the_error(call: str) -> None:
     stopped(error)
 
 
-# -- model | guard_output, GuardRunnable(runnable=model) ---------------------------------------------------
+# -- model | guard_output --------------------------------------------------------------------------------
 @pytest.mark.parametrize("call", ["stream", "astream"])
 def test_guard_output_judges_the_error(call: str) -> None:
     chain = model() | guard_output(guard())
@@ -157,23 +158,6 @@ def test_guard_output_judges_the_error(call: str) -> None:
             seen.append(chunk)
 
     streamed, error = caught((lambda: chain.stream(SAFE_QUESTION)) if call == "stream" else run)
-    assert sum(clause_chars(repr(chunk)) for chunk in streamed) == 0
-    stopped(error)
-
-
-@pytest.mark.parametrize("call", ["stream", "astream", "invoke", "ainvoke"])
-def test_guard_runnable_judges_its_runnables_error(call: str) -> None:
-    wrapped = GuardRunnable(model(), guard())
-
-    async def run(seen: list[Any]) -> None:
-        if call == "astream":
-            async for chunk in wrapped.astream(SAFE_QUESTION):
-                seen.append(chunk)
-        else:
-            seen.append(await wrapped.ainvoke(SAFE_QUESTION))
-
-    sync = {"stream": lambda: wrapped.stream(SAFE_QUESTION), "invoke": lambda: [wrapped.invoke(SAFE_QUESTION)]}
-    streamed, error = caught(sync.get(call, run))
     assert sum(clause_chars(repr(chunk)) for chunk in streamed) == 0
     stopped(error)
 
