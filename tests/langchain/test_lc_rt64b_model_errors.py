@@ -84,19 +84,23 @@ def _agent(middleware: list[Any], raising: Raising | None = None) -> Any:
     return create_agent(raising or model(), [], middleware=middleware)
 
 
-@pytest.mark.parametrize("exit_behavior", ["end", "error"])
-@pytest.mark.parametrize("mode", ["sync", "async"])
-def test_middleware_stream_judges_the_error(mode: str, exit_behavior: str) -> None:
-    agent = _agent([GuardMiddleware(guard(), exit_behavior=exit_behavior)])
+def _streamed(agent: Any, mode: str) -> tuple[list[Any], BaseException | None]:
+    """What an agent's ``stream_mode=["messages", "values"]`` run of a safe question gave (sync or async), and the
+    exception it ended with."""
     inputs = {"messages": [HumanMessage(SAFE_QUESTION)]}
 
     async def astream(seen: list[Any]) -> None:
         async for item in agent.astream(inputs, stream_mode=["messages", "values"]):
             seen.append(item)
 
-    streamed, error = caught(
-        (lambda: agent.stream(inputs, stream_mode=["messages", "values"])) if mode == "sync" else astream
-    )
+    return caught((lambda: agent.stream(inputs, stream_mode=["messages", "values"])) if mode == "sync" else astream)
+
+
+@pytest.mark.parametrize("exit_behavior", ["end", "error"])
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_middleware_stream_judges_the_error(mode: str, exit_behavior: str) -> None:
+    agent = _agent([GuardMiddleware(guard(), exit_behavior=exit_behavior)])
+    streamed, error = _streamed(agent, mode)
     assert sum(clause_chars(repr(item)) for item in streamed) == 0
     if exit_behavior == "error":
         stopped(error)
@@ -113,15 +117,7 @@ def test_retry_listed_before_the_guard_gets_the_stop(mode: str) -> None:
     raising = model()
     retry = ModelRetryMiddleware(max_retries=1, initial_delay=0.0)
     agent = _agent([retry, GuardMiddleware(guard())], raising)
-    inputs = {"messages": [HumanMessage(SAFE_QUESTION)]}
-
-    async def astream(seen: list[Any]) -> None:
-        async for item in agent.astream(inputs, stream_mode=["messages", "values"]):
-            seen.append(item)
-
-    streamed, error = caught(
-        (lambda: agent.stream(inputs, stream_mode=["messages", "values"])) if mode == "sync" else astream
-    )
+    streamed, error = _streamed(agent, mode)
     assert error is None
     assert sum(clause_chars(repr(item)) for item in streamed) == 0
     final = [value for kind, value in streamed if kind == "values"][-1]
@@ -216,7 +212,6 @@ def test_an_error_the_guard_cannot_judge_fails_closed(call: str, why: str) -> No
 
 
 # -- GuardMiddleware(check_stream=False): the answer is not held, its error is judged all the same ---------
-# (needs /tmp/fbE_out/middleware_E.diff in middleware.py's _wrap_model_call / _awrap_model_call)
 class FailsAfterOpening(Raising):
     """Streams the safe opening only, then fails with an error quoting the clause (judged by the callbacks as it
     streams: an error after the clause itself streamed would be stopped by them first)."""
@@ -236,15 +231,7 @@ def test_middleware_without_hold_back_judges_the_error(mode: str, exit_behavior:
     raising = FailsAfterOpening(messages=iter(["x"] * 5), raised=[])
     retry = [ModelRetryMiddleware(max_retries=1, initial_delay=0.0)] if outer_retry else []
     agent = _agent([*retry, GuardMiddleware(guard(), check_stream=False, exit_behavior=exit_behavior)], raising)
-    inputs = {"messages": [HumanMessage(SAFE_QUESTION)]}
-
-    async def astream(seen: list[Any]) -> None:
-        async for item in agent.astream(inputs, stream_mode=["messages", "values"]):
-            seen.append(item)
-
-    streamed, error = caught(
-        (lambda: agent.stream(inputs, stream_mode=["messages", "values"])) if mode == "sync" else astream
-    )
+    streamed, error = _streamed(agent, mode)
     assert sum(clause_chars(repr(item)) for item in streamed) == 0
     if exit_behavior == "error" and not outer_retry:
         stopped(error)
