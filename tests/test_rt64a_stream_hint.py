@@ -68,3 +68,19 @@ def test_the_python_advice_names_stream_model_and_no_command_line_option() -> No
     message = str(caught.value)
     assert "pass it as stream_model='demo-stream'" in message, message
     assert not re.search(r"(?<![\w-])--[a-z]", message), message
+
+
+@pytest.mark.parametrize("out", [None, "new/deeper/folder"], ids=["default", "given"])
+def test_a_refused_model_leaves_no_output_folder_behind(tmp_path, out: str | None) -> None:
+    """``eval --model demo-stream`` claimed ``qwenguard-eval/<run>/`` (a run.json and nothing else) before
+    the model was refused; the next look at the folder showed a run that never ran."""
+    extra = [] if out is None else ["--out", out]
+    p = subprocess.run(
+        [*QG, "eval", "--model", "demo-stream", *ARGS["eval"], *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert "is a Qwen3Guard-Stream checkpoint" in one_error_line(p)
+    assert sorted(f.name for f in tmp_path.rglob("*")) == []

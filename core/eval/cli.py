@@ -218,7 +218,14 @@ def run_eval(
     allow_errors: bool = False,
 ) -> None:
     from . import CACHE_FILE, compute_report, load_dataset, run_guard, sample_path  # numpy: MissingDependency
-    from .identity import claim_out_dir, default_out_dir, masked_remote, needs_revision, run_identity
+    from .identity import (
+        claim_out_dir,
+        default_out_dir,
+        masked_remote,
+        needs_revision,
+        release_out_dir,
+        run_identity,
+    )
     from .plots import PLOT_FILES, require_matplotlib
     from .runner import PredictionCache
 
@@ -268,6 +275,7 @@ def run_eval(
             identity = identify()
         out_dir = out_dir or default_out_dir(path, identity)
         cache_path = out_dir / CACHE_FILE
+        made_here = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # the folders the claim makes
         claim_out_dir(
             out_dir,
             identity,
@@ -285,7 +293,12 @@ def run_eval(
                 soft_wrap=True,
             )
         if guard is None:
-            guard = _guard(model, remote, api_key, device, timeout, options)
+            try:
+                guard = _guard(model, remote, api_key, device, timeout, options)
+            except BaseException:
+                if made_here:  # a model refused (or not found) leaves no empty folder behind
+                    release_out_dir(made_here)
+                raise
         served = _listed_models(remote, api_key) if remote is not None and model is not None else None
         if served is not None and model not in served:
             err_console.print(

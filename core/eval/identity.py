@@ -21,7 +21,7 @@ from typing import IO, Any
 from ..backends.transport import without_password
 from ..errors import QwenGuardError
 
-__all__ = ["run_identity", "default_out_dir", "claim_out_dir", "open_owned", "RUN_FILE"]
+__all__ = ["run_identity", "default_out_dir", "claim_out_dir", "release_out_dir", "open_owned", "RUN_FILE"]
 
 #: The identity of the run whose files an output directory holds.
 RUN_FILE = "run.json"
@@ -220,3 +220,14 @@ def claim_out_dir(
     with open_owned(run_file) as f:
         f.write(json.dumps(identity, indent=2, sort_keys=True) + "\n")
     return same and not fresh
+
+
+def release_out_dir(made: list[Path]) -> None:
+    """Undo the claim of folders this run made (``made``: the output folder first, then the parents made with
+    it): the run file goes, and each folder if nothing else is in it."""
+    (made[0] / RUN_FILE).unlink(missing_ok=True)
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:  # something else was written there meanwhile: keep it
+            return
