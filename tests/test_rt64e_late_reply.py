@@ -86,8 +86,11 @@ class RawEngine:
             threading.Thread(target=self._serve, args=(conn, self.connections), daemon=True).start()
 
     @staticmethod
-    def _request(conn: socket.socket, buf: bytes) -> tuple[dict[str, Any] | None, bytes]:
-        """The next request's JSON body (``{}``: none), and what was read past it; ``None`` once the client closed."""
+    def _request(
+        conn: socket.socket, buf: bytes, here: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any] | None, bytes]:
+        """The next request's JSON body (``{}``: none), and what was read past it; ``None`` once the client closed.
+        ``here["asked"]``: the request's ``X-Request-Id`` (None: none)."""
         while b"\r\n\r\n" not in buf:
             data = conn.recv(65536)
             if not data:
@@ -95,6 +98,9 @@ class RawEngine:
             buf += data
         head, _, rest = buf.partition(b"\r\n\r\n")
         lengths = [int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")]
+        if here is not None:
+            named = [h.split(b":", 1)[1].strip() for h in head.split(b"\r\n") if h.lower().startswith(b"x-request-id:")]
+            here["asked"] = named[0].decode() if named else None
         size = lengths[0] if lengths else 0
         while len(rest) < size:
             data = conn.recv(65536)
@@ -108,7 +114,7 @@ class RawEngine:
         buf = b""
         try:
             while True:
-                request, buf = self._request(conn, buf)
+                request, buf = self._request(conn, buf, here)
                 if request is None:
                     return
                 if request:

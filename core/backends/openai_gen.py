@@ -71,6 +71,7 @@ import json
 import logging
 import math
 import re
+import secrets
 import threading
 import time
 import weakref
@@ -130,7 +131,15 @@ from .remote_plan import (
     wire_text,
 )
 from .replicas import Replicas, attempt_budget, base_urls
-from .transport import LeftoverCheck, ReplyIds, SecretMask, credentials_apart, without_password
+from .transport import (
+    REQUEST_ID_HEADER,
+    LeftoverCheck,
+    ReplyIds,
+    SecretMask,
+    credentials_apart,
+    request_name,
+    without_password,
+)
 
 __all__ = [
     "OpenAIGen",
@@ -279,8 +288,13 @@ _MOST_MAX_TOKENS = 256
 
 
 class _LateCopy(Exception):
-    """A reply that is a late copy of one read before on its connection (`ReplyIds`): asked again at once
-    (`OpenAIGen._exchange`); past the pool's idle connections, a dropped connection for the retries."""
+    """A reply that is no answer to its request (`ReplyIds`: a late copy, another request's reply): asked again at
+    once (`OpenAIGen._exchange`); past the pool's idle connections, a dropped connection for the retries.
+    ``elsewhere``: its id was read before on another connection only."""
+
+    def __init__(self, message: str, *, elsewhere: bool = False) -> None:
+        super().__init__(message)
+        self.elsewhere = elsewhere
 
 
 #: How long a check waits for the answer to the tokenizer question (`OpenAIGen._ids_read_alike`): an engine answers a
@@ -1048,6 +1062,7 @@ class OpenAIGen:
         path, body = self._body(check, as_ids)
         httpx = _httpx()
         assert wire.in_flight is not None
+        named = request_name()  # each attempt's X-Request-Id starts so: an engine echoing it names its answers
         verdict: Verdict | None = None
         tried: list[str] = []
         refused: list[str] = []  # answered, but not with a verdict
@@ -1067,7 +1082,7 @@ class OpenAIGen:
                             with self.replicas.using(url):
                                 # The body is read within the same attempt limit, at most max_reply_bytes of it.
                                 status, content = await asyncio.wait_for(
-                                    self._exchange(wire, self._target[url] + path, body, url), limit
+                                    self._exchange(wire, self._target[url] + path, body, url, named), limit
                                 )
                         except asyncio.TimeoutError:
                             self.replicas.failed(url)
@@ -1179,39 +1194,44 @@ class OpenAIGen:
             return _unsafe_kept(PromptCut(self._show(url), kept, full), outcome)
         return Unsure(outcome, kept, full)
 
-    async def _exchange(self, wire: _Wire, target: str, body: dict[str, Any], url: str) -> tuple[Any, bytes]:
-        """One POST (`_post_once`). A reply that is a late copy of one read before on its connection (`ReplyIds`)
-        is no answer: the request goes again at once, on another connection (its own is closed), until one that is
-        not idle in the pool, whatever retries are left: a new connection holds no late copy, and a gateway whose
-        ids repeat is told apart only by such a copy (rt64n F2: with ``max_retries=0`` its first repeat was a guard
-        error, let through by a fail-open policy; rt64o F1: four idle connections holding copies were too)."""
+    async def _exchange(
+        self, wire: _Wire, target: str, body: dict[str, Any], url: str, named: str
+    ) -> tuple[Any, bytes]:
+        """One POST (`_post_once`), its ``X-Request-Id`` ``named`` and a suffix of its own. A reply that is no
+        answer to it (`ReplyIds`: a late copy, another request's reply) is asked again at once, on another
+        connection (its own is closed), until one that is not idle in the pool, whatever retries are left: a new
+        connection holds no late copy, and a gateway whose ids repeat is told apart only by such a copy (rt64n F2:
+        with ``max_retries=0`` its first repeat was a guard error, let through by a fail-open policy; rt64o F1: four
+        idle connections holding copies were too). A reply to an earlier try of ``named`` is its answer too."""
         # Each connection idle in the pool (at most max_concurrency) may hold a copy: once one is seen none is kept
         # alive past a reply (`ReplyIds`), so each is skipped once and the last try goes on a new connection.
+        again = False  # asked again for a reply whose id was read on another connection (`ReplyIds.read`)
         for _ in range(self.max_concurrency + 1):
             try:
-                return await self._post_once(wire, target, body, url)
-            except _LateCopy:
+                return await self._post_once(wire, target, body, url, named, again)
+            except _LateCopy as copy:
+                again = again or copy.elsewhere
                 continue
         try:
-            return await self._post_once(wire, target, body, url)
+            return await self._post_once(wire, target, body, url, named, again)
         except _LateCopy as copy:
             raise _httpx().RemoteProtocolError(str(copy)) from None
 
-    async def _post_once(self, wire: _Wire, target: str, body: dict[str, Any], url: str) -> tuple[Any, bytes]:
+    async def _post_once(
+        self, wire: _Wire, target: str, body: dict[str, Any], url: str, named: str, again: bool = False
+    ) -> tuple[Any, bytes]:
         """One POST: ``(200, body)``, or ``(error, what of its body was read)`` for any other status
         (`_status_error`; a 2xx other than 200 or a 3xx is not a verdict either); the body read at most
         ``max_reply_bytes``."""
         # A connection holding bytes past this reply is closed, not reused (`LeftoverCheck`; rt57d F3).
-        check = LeftoverCheck(wire.reply_ids)
+        check = LeftoverCheck(wire.reply_ids, named=named, url=url, again=again)
         check.reuse = self.keep_alive
+        headers = {REQUEST_ID_HEADER: f"{named}-{secrets.token_hex(4)}"}
         try:
             async with wire.client.stream(
-                "POST", target, json=body, extensions={"trace": check}, **self._auth_of(url)
+                "POST", target, json=body, headers=headers, extensions={"trace": check}, **self._auth_of(url)
             ) as response:
                 check.response = response
-                # The engine answers (any status, a body too large to read too): calls queued for a slot wait on
-                # (`_slot`; rt64q F1: a reply over max_reply_bytes, or the ids probe's, went uncounted).
-                wire.answered += 1
                 if response.status_code != 200:
                     # A compressed error body is not read (`_compressed`): its status still says what happened.
                     encoding = _content_encoding(response)
@@ -1223,6 +1243,7 @@ class OpenAIGen:
                         )
                     )
                     unread = f"body not read: Content-Encoding {encoding!r}" if encoding else ""
+                    wire.answered += 1  # the engine answered: calls queued for a slot wait on (`_slot`)
                     # Its late duplicate would be the next request's reply, and an error carries no id to tell it by
                     # (an engine that never sends ids: nothing would; `ReplyIds`).
                     if wire.reply_ids.sends_ids:
@@ -1230,28 +1251,37 @@ class OpenAIGen:
                     return self._status_error(response, head, url, unread), head
                 # Read into the check's chunks: as the last one is read, the check sees whether the reply's id proves
                 # it this request's (`ReplyIds`), and keeps its connection alive only then.
-                content = await self._body_of(response, url, self.max_reply_bytes, strict=True, into=check.chunks)
+                # Progress for calls queued for a slot (`_slot`) once the engine's answer is in, or refused for its
+                # size (rt64q F1), never at its headers alone: headers and a body that never ends held a queue of
+                # checks an attempt bound each in turn (rt65c F2).
+                try:
+                    content = await self._body_of(response, url, self.max_reply_bytes, strict=True, into=check.chunks)
+                except VerdictParseError:
+                    wire.answered += 1
+                    raise
+                wire.answered += 1
                 if check.fresh is False:
-                    raise self._duplicate(url, check.ident)
+                    raise self._duplicate(url, check.ident, elsewhere=check.elsewhere)
                 return 200, content
         finally:
             self._leftover(check, url)
 
-    def _duplicate(self, url: str, ident: str | None) -> Exception:
-        """A reply whose id was read before on its connection (`ReplyIds`): no answer to this request, which is
-        asked again on another connection (`_exchange`; rt64e F1)."""
+    def _duplicate(self, url: str, ident: str | None, *, elsewhere: bool = False) -> _LateCopy:
+        """A reply that is no answer to this request (`ReplyIds`: its id read before, or naming another request),
+        which is asked again on another connection (`_exchange`; rt64e F1, rt65c F1)."""
         shown = self._show(url)
         (logger.debug if self._said_duplicate else logger.warning)(
-            "qwenguard: guard server at %s sent a reply whose id %r was read before on its connection (a late copy: "
-            "a proxy's retry, an engine's bug; or ids that repeat); the connection is closed, and the request asked "
-            "again on another",
+            "qwenguard: guard server at %s sent a reply that answers no request in flight on its connection (id %r: "
+            "read before, or naming another request; a late copy: a proxy's retry, an engine's bug, a balancer "
+            "handing it on; or ids that repeat); the connection is closed, and the request asked again on another",
             shown,
             self._scrub(str(ident))[:100],
         )
         self._said_duplicate = True
         return _LateCopy(
-            f"guard server at {shown} sent a reply read before on this connection again (id "
-            f"{self._scrub(str(ident))[:100]!r}): a late copy, not this request's answer"
+            f"guard server at {shown} sent a reply that is not this request's answer (id "
+            f"{self._scrub(str(ident))[:100]!r}: read before, or naming another request): a late copy",
+            elsewhere=elsewhere,
         )
 
     async def _send(self, wire: _Wire, check: WireCheck, deadline: _Deadline) -> tuple[Outcome, bool]:
@@ -1483,7 +1513,7 @@ class OpenAIGen:
         try:
             async with wire.in_flight.slot():
                 status, content = await asyncio.wait_for(
-                    self._exchange(wire, self._target[url] + path, body, url),
+                    self._exchange(wire, self._target[url] + path, body, url, request_name()),
                     self.connect_timeout_s + self.read_timeout_s,
                 )
         except (asyncio.TimeoutError, _httpx().TransportError):

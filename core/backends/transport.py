@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import ssl
 import threading
 import urllib.parse
@@ -269,22 +270,30 @@ class LeftoverCheck:
 
     EVENT = "http11.response_closed.started"
 
-    def __init__(self, ids: ReplyIds | None = None) -> None:
+    def __init__(self, ids: ReplyIds | None = None, *, named: str | None = None, url: str = "", again: bool = False):
         self.response: Any = None
         self.leftover: int | None = None
         self.reuse = True
         self.ids = ids
+        self.named = named  # the start of the request's X-Request-Id (`request_name`)
+        self.url = url
+        self.again = again  # asked again for a reply whose id was read on another connection
         self.chunks: list[bytes] = []
         self.fresh: bool | None = True
+        self.elsewhere = False  # no answer for an id read before on another connection only
         self.ident: str | None = None
 
     async def __call__(self, event: str, info: dict[str, Any]) -> None:
         if event == self.EVENT and self.response is not None:
             try:
-                if self.ids is not None and self.reuse:
+                # Read with keep-alive off too: a balancer pooling its upstream connections hands a late copy to
+                # a request on a new connection (rt65c F1).
+                if self.ids is not None and self.response.status_code == 200:
                     self.ident = await reply_id_of(self.chunks)
-                    self.fresh = self.ids.read(self.response, self.ident)
-                    self.reuse = bool(self.fresh)
+                    self.fresh, self.elsewhere = self.ids.read(
+                        self.response, self.ident, named=self.named, url=self.url, again=self.again
+                    )
+                    self.reuse = self.reuse and bool(self.fresh)
                 self.leftover = drop_if_leftover(self.response, reuse=self.reuse)
             except Exception:  # noqa: BLE001 - never in the way of closing the response (the test says it works)
                 self.leftover = None
@@ -318,64 +327,106 @@ _REPLIES_KEPT = 64
 _IDS_KEPT = 4096
 
 
+#: The request header an engine names its reply by: vLLM answers ``chatcmpl-<X-Request-Id>``, and so does
+#: ``qwenguard serve``.
+REQUEST_ID_HEADER = "X-Request-Id"
+
+
+def request_name() -> str:
+    """A new request's name: the start of each of its attempts' ``X-Request-Id`` (`ReplyIds`)."""
+    return f"qg{secrets.token_hex(12)}"
+
+
 class ReplyIds:
-    """The reply ids read on each kept-alive HTTP/1.1 connection of one client (made and used on its loop; the
-    connections' parsers are weak keys, so a closed connection leaves nothing behind).
+    """The reply ids read on each HTTP/1.1 connection of one client (made and used on its loop; the connections'
+    parsers are weak keys, so a closed connection leaves nothing behind).
 
     A late duplicate (an engine or proxy that writes a reply twice, the second a moment after the first) lands on
     the connection after a later request went out on it, and that request reads it as its own answer: a stale
-    "Safe" for another text (rt64e F1). Every engine that sends ids gives each reply its own, so a reply whose id
-    was read before on its connection is no answer: a copy byte for byte, or written anew (other whitespace,
-    another ``created``: rt64m F1), however many replies came between (rt64l F1; the client remembers the
-    connection of its last `_IDS_KEPT` ids, and each connection its last `_REPLIES_KEPT`).
+    "Safe" for another text (rt64e F1); behind a balancer that pools its connections to the engine, on a request
+    of another connection (rt65c F1).
 
-    A copy never lands on another connection, so an id read again on another one shows ids that repeat (a gateway
-    writing ``chatcmpl-<unix seconds>``: rt64l F3). Either way, a copy or ids that repeat, from then on (``unique``
-    false, logged once) no connection of the client is kept alive past a reply, as ``keep_alive=False`` does: the
-    connections idle in the pool may hold copies of their own, and each is skipped once as it drains (rt64o F1).
-    Once the engine has shown ids (``sends_ids``), a reply without one (an error status, a proxy's page) cannot be
-    told from a copy either: its connection is not kept alive. An engine that never sends an id keeps its
-    connections: nothing tells its copies (``keep_alive=False`` does, `OpenAIGen`)."""
+    An engine that names each reply by the request's ``X-Request-Id`` (vLLM, ``qwenguard serve``: shown once a
+    reply's id holds the name sent, ``echoes``) proves each answer: from then on a reply of that URL that does not
+    name its request (an attempt of it) is no answer, wherever it lands and whatever it holds, and a named one
+    keeps its connection.
+
+    Other engines' ids can only show a copy: a reply whose id was read before on its connection is no answer,
+    byte for byte or written anew (other whitespace, another ``created``: rt64m F1), however many replies came
+    between (rt64l F1; the client remembers the connection of its last `_IDS_KEPT` ids, and each connection its
+    last `_REPLIES_KEPT`). One whose id was read on another connection is no answer either, the first time for a
+    request: asked again on a new connection, a reply whose id was read before again shows ids that repeat (a
+    gateway writing ``chatcmpl-<unix seconds>``: rt64l F3), ``repeating`` from then on, and an id read on another
+    connection is an answer then (no id tells a copy there; documented). A copy or ids that repeat (``unique``
+    false, logged once): from then on no connection of the client is kept alive past a reply, as
+    ``keep_alive=False`` does: the connections idle in the pool may hold copies of their own, and each is skipped
+    once as it drains (rt64o F1). Once the engine has shown ids (``sends_ids``), a reply without one (an error
+    status, a proxy's page) cannot be told from a copy either: its connection is not kept alive. An engine that
+    never sends an id keeps its connections: nothing tells its copies (``keep_alive=False`` does, `OpenAIGen`)."""
 
     def __init__(self) -> None:
         self._read: weakref.WeakKeyDictionary[Any, dict[str, None]] = weakref.WeakKeyDictionary()
         self._on: dict[str, weakref.ref[Any]] = {}  # each id read lately: the connection it was read on
+        self.echoes: set[str] = set()  # the URLs whose replies name their request (`REQUEST_ID_HEADER`)
         self.sends_ids = False
         self.unique = True
+        self.repeating = False
 
-    def read(self, response: Any, ident: str | None) -> bool | None:
-        """Notes that ``response`` (open, read to its end) carried the reply id ``ident``:
-        True when its connection may be reused (a reply not read before on it; no id from an engine that never
-        sends one; a connection out of reach, another transport's), None when it may not (no id from an engine
-        that sends them; ids that repeat), False when the reply is no answer: its id was read before on its
-        connection (among the client's last `_IDS_KEPT` replies), a late duplicate, or a copy of one written anew
-        (rt64m F1: a proxy re-serialising it, another ``created``, was this request's "Safe")."""
+    def read(
+        self, response: Any, ident: str | None, *, named: str | None = None, url: str = "", again: bool = False
+    ) -> tuple[bool | None, bool]:
+        """Notes that ``response`` (a 200, read to its end) of a request ``named`` (`request_name`) to ``url``
+        carried the reply id ``ident``. First: True when its connection may be reused (a reply naming its request;
+        one not read before; no id from an engine that never sends one), None when it may not (no id from an
+        engine that sends them; ids that repeat), False when the reply is no answer (a reply of an engine that
+        `echoes` naming no attempt of its request; an id read before on its connection, or on another the first
+        time for a request: ``again`` says it was asked again for one). Second: whether it is False only for an id
+        read on another connection."""
+        named_it = named is not None and ident is not None and named in ident
+        if named_it and url not in self.echoes:
+            self.echoes.add(url)
+            logger.info("qwenguard: the guard server names each reply by its request (X-Request-Id): each is proved")
+        if url in self.echoes and not named_it:
+            return False, False  # another request's reply (or no id): the engine names each of its own
         state = h11_state_of(response)
         if state is None:
-            return True
+            return True, False  # a connection out of reach (another transport's)
         if ident is None:
             self._read.pop(state, None)
-            return None if self.sends_ids else True
+            return (None if self.sends_ids else True), False
         self.sends_ids = True
         seen = self._read.setdefault(state, {})
         first_on = self._on.get(ident)
-        # A copy first, whatever else: a connection kept alive before ids were seen to repeat can still hold one
-        # (rt64n F1: once `unique` was off, the other connections' late copies were answers).
-        if ident in seen or (first_on is not None and first_on() is state):
-            # A copy: every connection kept alive may hold one too (the same proxy, the same bug), and the request
-            # asked again takes an idle one from the pool (rt64o F1): none is kept past a reply from now on, so the
-            # idle ones drain, each skipped once. A new reply repeating the id may also be ids that repeat.
+        if named_it:
+            fresh: bool | None = True
+        elif ident in seen or (first_on is not None and first_on() is state):
+            # A copy first, whatever else: a connection kept alive before ids were seen to repeat can still hold one
+            # (rt64n F1). Every connection kept alive may hold one too (the same proxy, the same bug), and the
+            # request asked again takes an idle one from the pool (rt64o F1): none is kept past a reply from now on,
+            # so the idle ones drain, each skipped once.
             self._repeat(ident)
-            return False
-        if first_on is not None:  # read on another connection: no duplicate lands there, so ids repeat
+            return False, False
+        elif first_on is not None:  # read on another connection
             self._repeat(ident)
+            if not (again or self.repeating):
+                return False, True  # a copy a balancer handed on (rt65c F1), or ids that repeat: ask again
+            if not self.repeating:
+                self.repeating = True
+                logger.warning(
+                    "qwenguard: the guard server's reply ids repeat (%r read before, on a request asked again on a "
+                    "new connection): they no longer tell a late copy on another connection",
+                    ident[:100],
+                )
+            fresh = None
+        else:
+            fresh = True if self.unique else None  # ids that repeat: no connection is kept past a reply
         seen[ident] = None
         if len(seen) > _REPLIES_KEPT:
             del seen[next(iter(seen))]  # the oldest
         self._on[ident] = weakref.ref(state)
         if len(self._on) > _IDS_KEPT:
             del self._on[next(iter(self._on))]
-        return True if self.unique else None  # ids that repeat: no connection is kept past a reply
+        return fresh, False
 
     def _repeat(self, ident: str) -> None:
         if self.unique:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import time
 import uuid
 from typing import Any
@@ -15,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..backends.openai_wire import api_key_problem
+from ..backends.transport import REQUEST_ID_HEADER
 from .connections import server_config
 from .gate import BodyRoute, Gate, Load
 from .limits import Limits
@@ -141,16 +143,16 @@ def create_app(
         "/v1/chat/completions",
         responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 502: {"model": ErrorResponse}},
     )
-    async def chat_completions(body: ChatCompletionRequest) -> Any:
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         """The guard model's answer for a conversation, as an OpenAI chat completion; 502 ``guard_error``
         when the guard gives no verdict for it (`raw_text`)."""
-        return await chat_answer(body, service.chat_conversation(body))
+        return await chat_answer(body, service.chat_conversation(body), request.headers.get(REQUEST_ID_HEADER))
 
-    async def chat_answer(body: ChatCompletionRequest, conversation: list[dict[str, str]]) -> Any:
+    async def chat_answer(body: ChatCompletionRequest, conversation: list[dict[str, str]], asked: str | None) -> Any:
         ((outcome, _),) = await service.classify([conversation])
         text = raw_text(outcome)
         logprobs = chat_logprobs(outcome, text, body.top_logprobs or 0) if body.logprobs else None
-        ident, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        ident, now = f"chatcmpl-{reply_name(asked)}", int(time.time())
         if body.stream:
             return _sse(
                 [
@@ -196,18 +198,18 @@ def create_app(
         "/v1/completions",
         responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 502: {"model": ErrorResponse}},
     )
-    async def completions(body: CompletionRequest) -> Any:
+    async def completions(body: CompletionRequest, request: Request) -> Any:
         """Raw completion of a prompt written by ``render_prompt`` (what ``OpenAIGen(mode="completion")`` sends);
         502 ``guard_error`` when the guard gives no verdict for it."""
         check_model(body.model, name)
         messages = await service.read_prompt(body.prompt)  # off the event loop when large
-        return await completion_answer(body, service.sized(messages))
+        return await completion_answer(body, service.sized(messages), request.headers.get(REQUEST_ID_HEADER))
 
-    async def completion_answer(body: CompletionRequest, conversation: list[dict[str, str]]) -> Any:
+    async def completion_answer(body: CompletionRequest, conversation: list[dict[str, str]], asked: str | None) -> Any:
         ((outcome, _),) = await service.classify([conversation])
         text = raw_text(outcome)
         logprobs = None if body.logprobs is None else completion_logprobs(outcome, text, body.logprobs)
-        ident, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        ident, now = f"cmpl-{reply_name(asked)}", int(time.time())
         if body.stream:
             return _sse(
                 [
@@ -250,12 +252,27 @@ def create_app(
 
     # Large bodies of these routes are parsed and rendered by the gate in a thread, then answered as here.
     routes = {
-        "/v1/moderate": BodyRoute(ModerationRequest, service.moderation_work, service.moderate, lenient_json=True),
+        "/v1/moderate": BodyRoute(
+            ModerationRequest,
+            service.moderation_work,
+            lambda body, work, _: service.moderate(body, work),
+            lenient_json=True,
+        ),
         "/v1/chat/completions": BodyRoute(ChatCompletionRequest, service.chat_conversation, chat_answer),
         "/v1/completions": BodyRoute(CompletionRequest, service.completion_conversation, completion_answer),
     }
     app.add_middleware(Gate, api_key=api_key, limits=limits, load=load, metrics=metrics, service=service, routes=routes)
     return app
+
+
+#: What of a request's ``X-Request-Id`` a reply's id repeats: the letters, digits and marks an id is written in.
+_REQUEST_NAME = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def reply_name(asked: str | None) -> str:
+    """The name a reply's id carries: the request's ``X-Request-Id`` (``asked``) as vLLM does (a `Guard.remote` client
+    proves each reply its own so: `ReplyIds`), or a new one where it sends none (or one that is no plain name)."""
+    return asked if asked is not None and _REQUEST_NAME.fullmatch(asked) else uuid.uuid4().hex
 
 
 def _sse(chunks: list[dict[str, Any]]) -> StreamingResponse:

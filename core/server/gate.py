@@ -33,14 +33,15 @@ _Model = TypeVar("_Model", bound=BaseModel)
 class BodyRoute:
     """A JSON route whose large bodies the gate serves itself, as the route would (`Gate._off_loop`): the
     body is parsed into ``model`` and ``work(request)`` (the route's synchronous part: size checks,
-    rendering) is done in a thread, then ``answer(request, work)`` (the guard's call) on the event loop.
+    rendering) is done in a thread, then ``answer(request, work, asked)`` (the guard's call; ``asked``: the request's
+    ``X-Request-Id``, which a reply's id repeats) on the event loop.
 
     ``lenient_json``: a body without a content type, or with any ``...json`` one, is read as JSON (as the
     ``/v1/moderate`` fast path reads it); else only what FastAPI reads as JSON is."""
 
     model: type[BaseModel]
     work: Callable[[Any], Any]
-    answer: Callable[[Any, Any], Awaitable[Any]]
+    answer: Callable[[Any, Any, str | None], Awaitable[Any]]
     lenient_json: bool = False
 
     def reads(self, headers: Mapping[bytes, bytes]) -> bool:
@@ -428,7 +429,9 @@ class Gate:
                 and scope.get("method") == "POST"
                 and route.reads(headers)
             ):
-                await (await self._off_loop(route, path, body, client_address(scope)))(scope, receive, send)
+                asked = headers.get(b"x-request-id", b"").decode("latin-1") or None
+                reply = await self._off_loop(route, path, body, client_address(scope), asked)
+                await reply(scope, receive, send)
                 return
             self._precheck(path, body)
         except LimitExceeded as exc:
@@ -447,13 +450,13 @@ class Gate:
         elif path == "/v1/moderate":
             self.limits.precheck_content(body)
 
-    async def _off_loop(self, route: BodyRoute, path: str, body: bytes, client: str) -> Response:
+    async def _off_loop(self, route: BodyRoute, path: str, body: bytes, client: str, asked: str | None) -> Response:
         """A large body's request, answered as its route would answer it, with the CPU work on the body (the
         precheck, the parse and validation, the rendering and size checks) in a thread: the event loop
         meanwhile serves other requests, and /health. Raises `LimitExceeded` when the precheck refuses it."""
         try:
             request, work = await self._read_large(route, path, body, client)
-            return _response(await route.answer(request, work))
+            return _response(await route.answer(request, work, asked))
         except NoTurn:
             return self._busy()
         except ApiError as exc:
