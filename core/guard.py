@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextvars import ContextVar, Token
+from contextvars import ContextVar, Token, copy_context
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -670,7 +670,8 @@ class Guard:
         if isinstance(outcome, BaseException):
             timed_out = isinstance(outcome, GuardTimeout)
             if not isinstance(outcome, QwenGuardError):
-                logger.warning("qwenguard backend failed: %r", outcome)
+                # Its traceback where it came from (rt65a: a demo backend's one-off ValueError could not be traced).
+                logger.warning("qwenguard backend failed: %r", outcome, exc_info=outcome)
             for c in pending:
                 c.decision = self.policy.decide_error(c.stage, outcome, timeout=timed_out)
         else:
@@ -879,7 +880,9 @@ class Guard:
         order, deadline = self._retry_plan(pending, error)
         workers = min(len(order), RETRY_CONCURRENCY)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qwenguard-retry") as pool:
-            futures = {i: pool.submit(self._retry_one, pending[i], deadline, error) for i in order}
+            # Each in the caller's context (a copy each: one context is entered by one thread at a time): its window
+            # account and budget bound the retries as the first try (rt65h F1: 56 windows under a bound of 4).
+            futures = {i: pool.submit(copy_context().run, self._retry_one, pending[i], deadline, error) for i in order}
             return [futures[i].result() for i in range(len(pending))]
 
     async def _aretry_one(
