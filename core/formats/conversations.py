@@ -17,6 +17,7 @@ from typing import Any
 
 from .content import is_blank
 from .json_reading import Written, _no_lone_surrogates, arguments_reading
+from .media import DATA_KEYS, base64_text, block_mime, data_url, data_url_text, file_data_text, says_base64
 from .prompts import Message
 from .rendered import MARKUP, Rendered, may_render_differently
 
@@ -28,6 +29,7 @@ __all__ = [
     "tool_call_conversation",
     "untrusted_conversation",
     "render_tool_call",
+    "files_read",
     "json_text",
     "with_tool_calls",
     "last_user_text",
@@ -259,6 +261,9 @@ def render_tool_call(name: str, arguments: Mapping[str, Any] | str | None, max_c
     arguments otherwise than they are written (a JSON string's ``\\u`` escapes, which ``json.loads`` decodes; a
     string argument that is JSON text itself: `arguments_reading`), the same line again with the arguments as read,
     so that both are judged (rt61b F2: ``"\\u004dix \\u0061mmonium..."`` reached the tool as "Mix ammonium...").
+    Where an argument holds a file, the line once more with each such file as the text it holds (`files_read`): a
+    tool decodes an attachment as a provider does a message's file (rt65e F1: a text file's base64 was judged as its
+    letters while the tool decoded and sent the text).
 
     With ``max_chars``, rendering stops once the text is longer: what comes back is cut just past the limit,
     for a caller that refuses such a call. Arguments of thousands of floats cost as much as ``max_chars``
@@ -275,6 +280,8 @@ def render_tool_call(name: str, arguments: Mapping[str, Any] | str | None, max_c
     line = f"Tool call: {name}({args})"
     if max_chars is not None and len(line) > max_chars:
         return line  # refused by the caller: no reading is worth its work
+    # What the executor reads: the arguments as parsed, where that differs from what is written.
+    parsed: Any = dict(arguments) if isinstance(arguments, Mapping) else arguments
     # A mapping is rendered decoded already; only a string in it with a backslash (written "\\\\") may be JSON text.
     if isinstance(arguments, str) or (arguments is not None and "\\\\" in args):
         # What is left of max_chars after this line, a line break and the next line's "Tool call: name()".
@@ -285,7 +292,65 @@ def render_tool_call(name: str, arguments: Mapping[str, Any] | str | None, max_c
             read = reading.text if isinstance(reading, Written) else _no_lone_surrogates(_json_text(reading, room))
             if read != args:
                 line += f"\nTool call: {name}({read})"
+            if not isinstance(reading, Written):
+                parsed = reading
+    if parsed is None or (max_chars is not None and len(line) > max_chars) or not _MAY_HOLD_FILE.search(args):
+        return line
+    if isinstance(parsed, str) and parsed is arguments:
+        try:
+            parsed = json.loads(arguments)
+        except (ValueError, RecursionError):
+            pass  # not JSON: the string is the one argument (a tool that takes its input whole)
+    files = files_read(parsed)
+    if files is not None:
+        room = None if max_chars is None else max(max_chars - len(line) - len(name) - 14, 0)  # "\nTool call: ", "()"
+        read = files[: None if room is None else room + 1] if isinstance(files, str) else _json_text(files, room)
+        line += f"\nTool call: {name}({read})"
     return line
+
+
+#: What a tool call's arguments show where one may hold a file (`files_read`): a ``data:`` URL, a data key, a run of
+#: base64 as long as a bare file's least (`media.base64_text`). Most calls show none, and are not walked again.
+_MAY_HOLD_FILE = re.compile(r"(?i:data:)|\"(?:base64|data|file_data)\"|[A-Za-z0-9+/_-]{12}")
+
+
+def files_read(arguments: Any) -> Any:
+    """A tool call's (parsed) arguments with each string that holds a file as the text it holds (`_file_text`), or
+    ``None`` when none does. Only what the JSON encoder writes as containers (dicts, lists, tuples) is walked, without
+    recursion (arguments nest as deep as a client writes them); a copy is made of each, the arguments are not
+    changed."""
+    holder = [arguments]
+    # (the copy that holds an item, its key there, the dict it was read from or None): a block's label is read as given.
+    stack: list[tuple[Any, Any, dict[Any, Any] | None]] = [(holder, 0, None)]
+    found = False
+    while stack:
+        container, key, parent = stack.pop()
+        item = container[key]
+        if isinstance(item, str):
+            text = _file_text(item, parent, key)
+            if text is not None and text != item:
+                container[key] = text
+                found = True
+        elif isinstance(item, dict):
+            copy = dict(item)
+            container[key] = copy
+            stack.extend((copy, k, item) for k in copy)
+        elif isinstance(item, (list, tuple)):
+            items = list(item)
+            container[key] = items
+            stack.extend((items, i, None) for i in range(len(items)))
+    return holder[0] if found else None
+
+
+def _file_text(value: str, parent: dict[Any, Any] | None, key: Any) -> str | None:
+    """The text a file in one argument holds, read as a message's file is (`core.formats.media`): a ``data:`` URL's,
+    the data of a block that says it is a file (a media type, or base64: `file_data_text`), and a bare string that
+    is the base64 of a text (`base64_text`, as strict as words need); ``None`` for anything else."""
+    if data_url(value) is not None:
+        return data_url_text(value)
+    if key in DATA_KEYS and parent is not None and (block_mime(parent) or says_base64(parent)):
+        return file_data_text(value, parent, key)
+    return base64_text(value)
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)

@@ -1,7 +1,12 @@
 """Bytes sent as media that are text all the same: a text file labelled ``application/octet-stream`` or given with no
 type, one a framework relabels as a PDF. A provider sends the bytes and a model reads text as text, whatever the
 label, so the integrations judge such bytes as text. Only the start of a file is read to tell (an image's or a
-PDF's first bytes are neither UTF-8 nor mostly printable); a file whose start is not text is media."""
+PDF's first bytes are neither UTF-8 nor mostly printable); a file whose start is not text is media.
+
+A file travels encoded: as a ``data:`` URL (`data_url_text`), under a file block's data key (`file_data_text`:
+``base64``, ``data``, ``file_data``, read by the block's label), or as a bare base64 string (`base64_text`). The
+LangChain integration reads a message's blocks and an application's payloads by these rules, and `render_tool_call`
+a tool call's arguments (a tool decodes an attachment as a provider does a block)."""
 
 from __future__ import annotations
 
@@ -9,15 +14,34 @@ import base64
 import binascii
 import codecs
 import re
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .identifiers import is_opaque_id
 
 __all__ = [
     "SNIFF_BYTES",
+    "DATA_KEYS",
+    "BASE64_ONLY",
     "text_encoding",
     "bytes_as_text",
     "declared_charset",
     "labelled_text",
     "base64_bytes",
     "base64_as_text",
+    "base64_text",
+    "text_mime",
+    "block_mime",
+    "is_text_media",
+    "says_base64",
+    "labelled_base64_text",
+    "data_text",
+    "file_data_text",
+    "DataUrl",
+    "data_url",
+    "data_url_text",
 ]
 
 #: How much of a file's start is read to tell text from media.
@@ -137,3 +161,157 @@ def base64_as_text(encoded: str) -> str | None:
         return None if encoding is None else base64_bytes(encoded).decode(encoding, errors="replace")
     except (binascii.Error, ValueError):
         return None
+
+
+#: Fewest characters of a bare string read as base64 (9 bytes): shorter, it is a word more often than a file.
+_LEAST_BARE_BASE64 = 12
+#: One base64 token in either alphabet (standard, or URL-safe as Gmail's ``raw`` message is), its padding at its end.
+_BASE64_TOKEN = re.compile(r"[A-Za-z0-9+/]+={0,2}|[A-Za-z0-9_-]+={0,2}")
+_LINE_BREAKS = re.compile(r"[\r\n]")
+
+
+def base64_text(value: str) -> str | None:
+    """A string that is the base64 of a text and nothing else (an attachment's content a tool decodes), decoded;
+    ``None`` for any other. Stricter than a file's data (`base64_as_text`, which a key or a label says is encoded):
+    one base64 token (line breaks aside, padded or not, either alphabet), 12 characters at least, not an id
+    (`is_opaque_id`: a digest, digits), and bytes that are UTF-8 or UTF-16 text (`text_encoding`) without the Latin-1
+    guess a file's bytes get: three bytes of four in random data are printable Latin-1, so a quarter of four-letter
+    words would pass it ("search" is the base64 of "±æ«r")."""
+    compact = _LINE_BREAKS.sub("", value)
+    letters = len(compact.rstrip("="))
+    if letters < _LEAST_BARE_BASE64 or letters % 4 == 1 or _BASE64_TOKEN.fullmatch(compact) is None:
+        return None
+    if is_opaque_id(compact):
+        return None
+    url_safe = "-" in compact or "_" in compact
+    try:
+        raw = base64.b64decode(compact.rstrip("=") + "==", altchars=b"-_" if url_safe else None)
+    except (binascii.Error, ValueError):
+        return None
+    encoding = text_encoding(raw[:SNIFF_BYTES], whole=len(raw) <= SNIFF_BYTES)
+    if encoding is None or encoding == "latin-1":
+        return None
+    return raw.decode(encoding, errors="replace")
+
+
+#: Keys whose value is a file's data in a block: text only when the block says its media is text, or its bytes are.
+DATA_KEYS = frozenset({"base64", "data", "file_data"})
+#: Base64 letters, padding and blanks, and nothing else.
+BASE64_ONLY = re.compile(r"[A-Za-z0-9+/=\s]*")
+#: Media types whose bytes are text a model reads (a JSON, XML or YAML file is as readable as a text one).
+_TEXT_MEDIA = ("text/", "application/json", "application/xml", "application/x-yaml", "application/yaml")
+
+
+def text_mime(mime: Any) -> bool:
+    """Does a media type (``text/plain; charset=utf-8``, ``application/ld+json``) name text (`_TEXT_MEDIA`)?"""
+    if not isinstance(mime, str):
+        return False
+    kind = mime.split(";")[0].strip().lower()
+    return kind.startswith(_TEXT_MEDIA) or kind.endswith(("+json", "+xml"))
+
+
+def block_mime(block: Mapping[str, Any]) -> Any:
+    """A block's media type, under any key a provider class reads it by."""
+    # ChatBedrockConverse camel-cases a block's keys and reads ``mimeType`` (a client may write it so).
+    return block.get("mime_type") or block.get("media_type") or block.get("mimeType") or block.get("mediaType")
+
+
+def is_text_media(block: Mapping[str, Any]) -> bool:
+    """Does a block say its media is text (a ``text-plain`` block, a text media type)?"""
+    return block.get("type") == "text-plain" or text_mime(block_mime(block))
+
+
+def labelled_base64_text(value: str, mime: Any = None) -> str:
+    """Base64 of a file labelled as text (``mime``), decoded in the encoding its bytes are in (`text_encoding`:
+    UTF-16 by its mark or its zero bytes, UTF-8, Latin-1), as a file labelled as media is read: a text label never
+    reads worse (rt60c F2: a UTF-16 file labelled ``text/plain`` was judged as UTF-8 mojibake); and in the charset
+    its label names too (`labelled_text`, rt60e F6: ``charset=utf-16le`` or ``windows-1251`` text read as mojibake)."""
+    try:
+        raw = base64_bytes(value)  # unpadded too, as a lenient decoder reads it
+    except (binascii.Error, ValueError):
+        return value  # not base64 after all: judge the string itself rather than nothing
+    return labelled_text(raw, mime)
+
+
+def says_base64(block: Mapping[str, Any]) -> bool:
+    """Does a block say its ``data`` is base64, in any way a provider class reads it: a ``base64`` key at all (empty
+    too: ChatBedrockConverse decodes ``block.get("base64") or block.get("data")``), or ``"base64"`` as its ``type``
+    (Anthropic's source), ``source_type`` (LangChain's v0 data blocks) or ``sourceType`` (their camelCase form)?"""
+    return "base64" in block or "base64" in (block.get("type"), block.get("source_type"), block.get("sourceType"))
+
+
+def data_text(value: str, block: Mapping[str, Any]) -> str:
+    """Text media's ``data`` as any provider class could send it, every reading judged (classes differ on which):
+    its decoding when the block says base64 (`says_base64`; decoded leniently, as Python's decoder skips what is not
+    base64) or when it is base64 of text all the same, and the string as it is unless it is the base64 its block
+    says it is (Anthropic's ``"type": "text"`` source holds plain text in ``data``)."""
+    said = says_base64(block)
+    pure = BASE64_ONLY.fullmatch(value) is not None
+    mime = block_mime(block)
+    # A charset the label names reads the bytes its way: base64 of text in it is not text to a sniffer.
+    decoded = labelled_base64_text(value, mime) if said or (pure and declared_charset(mime)) else None
+    decoded = decoded or (base64_as_text(value) if pure else None)
+    plain = None if said and pure else value
+    return "\n".join(r for r in (plain, decoded) if r)
+
+
+def file_data_text(value: str, block: Mapping[str, Any] | None, key: str) -> str | None:
+    """The text of a file's data under a data key (`DATA_KEYS`) of ``block``: decoded by the block's text label
+    (``base64`` is always encoded; ``data`` may be either: `data_text`), or media bytes that are text all the same
+    (`base64_as_text`); ``None`` for media."""
+    if block is None or not is_text_media(block):
+        return base64_as_text(value)
+    return data_text(value, block) if key == "data" else labelled_base64_text(value, block_mime(block))
+
+
+@dataclass(frozen=True)
+class DataUrl:
+    """A ``data:`` URL's parts (`data_url`)."""
+
+    mime: str  # its media type, lower case
+    head: str  # its type and parameters as written: a charset too
+    base64: bool
+    body: str  # what follows the comma: percent-decoded when it is base64
+
+
+#: What ``urllib.parse.unwrap`` cuts off before a URL: blanks, a ``<`` (with its ``>`` at the end), ``URL:``.
+_URL_WRAPPER = re.compile(r"\s*(<\s*)?(?:URL:\s*)?")
+
+
+def data_url(value: str) -> DataUrl | None:
+    """The parts of a ``data:`` URL as Python's ``urllib.request.urlopen`` opens one (scheme and parameters in any
+    case, spaces around them): blanks around it and a ``<URL:...>`` wrapper cut off (`urllib.parse.unwrap`), and a
+    base64 body percent-decoded before it is decoded (``DataHandler``: a URL may quote its ``+``, ``/`` and ``=``).
+    rt63h F2: a percent-encoded base64 body, or a newline before ``data:``, was judged as its base64 while a tool that
+    opened it sent the text. ``None`` for any other string."""
+    wrapper = _URL_WRAPPER.match(value)
+    start = wrapper.end() if wrapper is not None else 0  # it matches every string
+    if value[start : start + 5].lower() != "data:":
+        return None
+    comma = value.find(",", start + 5, start + 4096)
+    if comma < 0:
+        return None
+    head = value[start + 5 : comma]
+    params = [p.strip().lower() for p in head.split(";")]
+    encoded = "base64" in params[1:]
+    body = value[comma + 1 :].rstrip()
+    if wrapper is not None and wrapper.group(1):  # "<...>": read within it; a "<" left open is no URL to urlopen
+        if not body.endswith(">"):
+            return None
+        body = body[:-1].rstrip()
+    return DataUrl(params[0], head, encoded, urllib.parse.unquote(body) if encoded else body)
+
+
+def data_url_text(value: str) -> str | None:
+    """The text of a ``data:`` URL: its body with a text type (`text_mime`) or when it is not base64 (text on
+    the wire, percent-decoded as a reader would), or base64 media data that is text (`base64_as_text`); ``None``
+    for media or when ``value`` is no data URL."""
+    parsed = data_url(value)
+    if parsed is None:
+        return None
+    if not parsed.base64:
+        # percent-encoded bytes: UTF-16 ones too
+        return labelled_text(urllib.parse.unquote_to_bytes(parsed.body), parsed.head)
+    if text_mime(parsed.mime):
+        return labelled_base64_text(parsed.body, parsed.head)
+    return base64_as_text(parsed.body)

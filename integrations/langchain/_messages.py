@@ -40,7 +40,6 @@ import hashlib
 import json
 import math
 import re
-import urllib.parse
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
@@ -68,11 +67,12 @@ from qwenguard.core.formats.conversations import (
 )
 from qwenguard.core.formats.json_reading import arguments_parsed
 from qwenguard.core.formats.media import (
-    base64_as_text,
-    base64_bytes,
+    BASE64_ONLY,
+    DATA_KEYS,
     bytes_as_text,
-    declared_charset,
-    labelled_text,
+    data_url,
+    data_url_text,
+    file_data_text,
 )
 from qwenguard.core.guard import DEFAULT_MAX_CHARS
 
@@ -238,67 +238,6 @@ _NOT_TEXT = frozenset(
         "audio_url",
     }
 )
-# Keys whose value is media data: text only when the block says its media is text.
-_DATA_KEYS = frozenset({"base64", "data", "file_data"})
-
-
-#: Media types whose bytes are text a model reads (a JSON, XML or YAML file is as readable as a text one).
-_TEXT_MEDIA = ("text/", "application/json", "application/xml", "application/x-yaml", "application/yaml")
-
-
-def _text_mime(mime: Any) -> bool:
-    if not isinstance(mime, str):
-        return False
-    mime = mime.split(";")[0].strip().lower()
-    return mime.startswith(_TEXT_MEDIA) or mime.endswith(("+json", "+xml"))
-
-
-def _block_mime(block: Mapping[str, Any]) -> Any:
-    # ChatBedrockConverse camel-cases a block's keys and reads ``mimeType`` (a client may write it so).
-    return block.get("mime_type") or block.get("media_type") or block.get("mimeType") or block.get("mediaType")
-
-
-def _is_text_media(block: Mapping[str, Any]) -> bool:
-    return block.get("type") == "text-plain" or _text_mime(_block_mime(block))
-
-
-def _b64_text(value: str, mime: Any = None) -> str:
-    """Base64 of a file labelled as text (``mime``), decoded in the encoding its bytes are in (`text_encoding`:
-    UTF-16 by its mark or its zero bytes, UTF-8, Latin-1), as a file labelled as media is read: a text label never
-    reads worse (rt60c F2: a UTF-16 file labelled ``text/plain`` was judged as UTF-8 mojibake); and in the charset
-    its label names too (`labelled_text`, rt60e F6: ``charset=utf-16le`` or ``windows-1251`` text read as mojibake)."""
-    try:
-        raw = base64_bytes(value)  # unpadded too, as a lenient decoder reads it
-    except (binascii.Error, ValueError):
-        return value  # not base64 after all: judge the string itself rather than nothing
-    return labelled_text(raw, mime)
-
-
-_BASE64 = re.compile(r"[A-Za-z0-9+/=\s]*")
-
-
-def _says_base64(block: Mapping[str, Any]) -> bool:
-    """Does a block say its ``data`` is base64, in any way a provider class reads it: a ``base64`` key at all (empty
-    too: ChatBedrockConverse decodes ``block.get("base64") or block.get("data")``), or ``"base64"`` as its ``type``
-    (Anthropic's source), ``source_type`` (LangChain's v0 data blocks) or ``sourceType`` (their camelCase form)?"""
-    return "base64" in block or "base64" in (block.get("type"), block.get("source_type"), block.get("sourceType"))
-
-
-def _data_text(value: str, block: Mapping[str, Any]) -> str:
-    """Text media's ``data`` as any provider class could send it, every reading judged (classes differ on which):
-    its decoding when the block says base64 (`_says_base64`; decoded leniently, as Python's decoder skips what is not
-    base64) or when it is base64 of text all the same, and the string as it is unless it is the base64 its block
-    says it is (Anthropic's ``"type": "text"`` source holds plain text in ``data``)."""
-    said = _says_base64(block)
-    pure = _BASE64.fullmatch(value) is not None
-    mime = _block_mime(block)
-    # A charset the label names reads the bytes its way: base64 of text in it is not text to a sniffer.
-    decoded = _b64_text(value, mime) if said or (pure and declared_charset(mime)) else None
-    decoded = decoded or (base64_as_text(value) if pure else None)
-    plain = None if said and pure else value
-    return "\n".join(r for r in (plain, decoded) if r)
-
-
 _BYTES = (bytes, bytearray, memoryview)
 
 
@@ -312,73 +251,19 @@ def _bytes_text(value: bytes | bytearray | memoryview) -> str | None:
 def _media_bytes(value: str) -> bool:
     """Could ``value`` be media data: base64 (a data URL's or bare) longer than a few words? A short or non-base64
     string under a media key is words a reader sees."""
-    parsed = _data_url(value)
+    parsed = data_url(value)
     body = parsed.body if parsed is not None and parsed.base64 else value
-    return len(body) > 256 and _BASE64.fullmatch(body[:4096]) is not None
-
-
-@dataclass(frozen=True)
-class _DataUrl:
-    """A ``data:`` URL's parts (`_data_url`)."""
-
-    mime: str  # its media type, lower case
-    head: str  # its type and parameters as written: a charset too
-    base64: bool
-    body: str  # what follows the comma: percent-decoded when it is base64
-
-
-#: What ``urllib.parse.unwrap`` cuts off before a URL: blanks, a ``<`` (with its ``>`` at the end), ``URL:``.
-_URL_WRAPPER = re.compile(r"\s*(<\s*)?(?:URL:\s*)?")
-
-
-def _data_url(value: str) -> _DataUrl | None:
-    """The parts of a ``data:`` URL as Python's ``urllib.request.urlopen`` opens one (scheme and parameters in any
-    case, spaces around them): blanks around it and a ``<URL:...>`` wrapper cut off (`urllib.parse.unwrap`), and a
-    base64 body percent-decoded before it is decoded (``DataHandler``: a URL may quote its ``+``, ``/`` and ``=``).
-    rt63h F2: a percent-encoded base64 body, or a newline before ``data:``, was judged as its base64 while a tool that
-    opened it sent the text. ``None`` for any other string."""
-    wrapper = _URL_WRAPPER.match(value)
-    start = wrapper.end() if wrapper is not None else 0  # it matches every string
-    if value[start : start + 5].lower() != "data:":
-        return None
-    comma = value.find(",", start + 5, start + 4096)
-    if comma < 0:
-        return None
-    head = value[start + 5 : comma]
-    params = [p.strip().lower() for p in head.split(";")]
-    encoded = "base64" in params[1:]
-    body = value[comma + 1 :].rstrip()
-    if wrapper is not None and wrapper.group(1):  # "<...>": read within it; a "<" left open is no URL to urlopen
-        if not body.endswith(">"):
-            return None
-        body = body[:-1].rstrip()
-    return _DataUrl(params[0], head, encoded, urllib.parse.unquote(body) if encoded else body)
-
-
-def _data_url_text(value: str) -> str | None:
-    """The text of a ``data:`` URL: its body with a text type (`_TEXT_MEDIA`) or when it is not base64 (text on
-    the wire, percent-decoded as a reader would), or base64 media data that is text (`base64_as_text`); ``None``
-    for media or when ``value`` is no data URL."""
-    parsed = _data_url(value)
-    if parsed is None:
-        return None
-    if not parsed.base64:
-        # percent-encoded bytes: UTF-16 ones too
-        return labelled_text(urllib.parse.unquote_to_bytes(parsed.body), parsed.head)
-    return _b64_text(parsed.body, parsed.head) if _text_mime(parsed.mime) else base64_as_text(parsed.body)
+    return len(body) > 256 and BASE64_ONLY.fullmatch(body[:4096]) is not None
 
 
 def _leaf_text(value: str, parent: Mapping[str, Any] | None, key: str, skip: frozenset[str] = _NOT_TEXT) -> str | None:
     """The text of one string found under ``key`` of ``parent`` (``None``: not text)."""
-    if _data_url(value) is not None:
-        return _data_url_text(value)
+    if data_url(value) is not None:
+        return data_url_text(value)
     if key in skip:
         return None
-    if key in _DATA_KEYS:
-        if parent is None or not _is_text_media(parent):
-            return base64_as_text(value)  # media bytes, unless they are text all the same
-        # "base64" is always encoded; "data" may be either (`_data_text`).
-        return _data_text(value, parent) if key == "data" else _b64_text(value, _block_mime(parent))
+    if key in DATA_KEYS:
+        return file_data_text(value, parent, key)  # media bytes are none, unless they are text all the same
     return value
 
 
@@ -638,7 +523,7 @@ def _keyed_texts(
         formal = level > 0
         text = None
         if isinstance(item, str):
-            media = key in _DATA_KEYS or _data_url(item) is not None
+            media = key in DATA_KEYS or data_url(item) is not None
             text = _leaf_text(item, parent, key, frozenset()) if media else item
             if media and text is None and not _media_bytes(item):
                 text = item  # plain text under a media key: the provider sends it as it is, words and all
@@ -682,7 +567,7 @@ def _keyed_texts(
 #: of the format, not a client's, left out of a block read whole (`_passed_text`). Any other key is judged as text.
 _FORMAT_WORDS = (
     _NOT_TEXT
-    | _DATA_KEYS
+    | DATA_KEYS
     | {
         "text",
         "content",
@@ -970,7 +855,7 @@ def _walk_text(value: Any, budget: int, skip: frozenset[str], *, unkeyed: Any = 
         if isinstance(item, str):
             if _sealed(key, item):
                 text = None
-            elif key == "url" and _data_url(item) is None and "://" in item[:16] and not any(c.isspace() for c in item):
+            elif key == "url" and data_url(item) is None and "://" in item[:16] and not any(c.isspace() for c in item):
                 media = parent is not None and parent.get("type") in _MEDIA_PARTS
                 text = None if media else link_text(item) or None  # a page's address spells words (rt54b F2)
             else:
@@ -2047,7 +1932,7 @@ def payload_leaf(item: Any) -> Any:
     holds, whichever way it is encoded: a ``data:`` URL, a block's ``base64``, ``data`` or ``file_data``
     (`_file_reading`; rt63d F1: a text file in a resume value was judged as its base64 while the tool decoded it)."""
     if isinstance(item, str):
-        return _file_reading(item) if _data_url(item) is not None else None
+        return _file_reading(item) if data_url(item) is not None else None
     if isinstance(item, _BYTES):
         return _bytes_text(item) or ""
     if isinstance(item, BaseMessage):
@@ -2061,9 +1946,9 @@ def payload_leaf(item: Any) -> Any:
 
 
 def _holds_file(block: Mapping[Any, Any]) -> bool:
-    """Does ``block`` keep encoded data under a data key (`_DATA_KEYS`): a file block, a provider's ``source``?"""
+    """Does ``block`` keep encoded data under a data key (`DATA_KEYS`): a file block, a provider's ``source``?"""
     try:
-        return any(isinstance(block.get(key), str) for key in _DATA_KEYS)
+        return any(isinstance(block.get(key), str) for key in DATA_KEYS)
     except Exception:  # noqa: BLE001 - a mapping that fails to read: walked as any other
         return False
 
@@ -2078,7 +1963,7 @@ class _FileBlock(Mapping[Any, Any]):
 
     def __getitem__(self, key: Any) -> Any:
         value = self._block[key]
-        if key in _DATA_KEYS and isinstance(value, str) and _data_url(value) is None:
+        if key in DATA_KEYS and isinstance(value, str) and data_url(value) is None:
             return _file_reading(value, self._block, key)
         return value  # a data: URL too: the walk's leaf reads it (`payload_leaf`)
 
@@ -2105,11 +1990,11 @@ _LINE_BREAKS = re.compile(r"[\r\n]")
 def _encodes_text(value: str) -> bool:
     """Is ``value`` (a ``data:`` URL's body) one base64 token, line breaks aside, of bytes that are text
     (`bytes_as_text`, by their own start: no label makes noise text)?"""
-    parsed = _data_url(value)
+    parsed = data_url(value)
     if parsed is not None:
         if not parsed.base64:
             return False  # percent-encoded: its words show through
-        value = parsed.body  # percent-decoded (`_data_url`)
+        value = parsed.body  # percent-decoded (`data_url`)
     value = _LINE_BREAKS.sub("", value)
     try:
         raw = base64.b64decode(value + "=" * (-len(value) % 4), validate=True)  # unpadded too
