@@ -24,6 +24,7 @@ from llama_index.core.prompts.mixin import PromptMixinType
 from llama_index.core.schema import IndexNode, NodeWithScore, QueryBundle
 from llama_index.core.utils import print_text
 from qwenguard.core import Guard, enforce
+from qwenguard.core.formats.windows import window_budget
 from qwenguard.core.guard import speaking_as
 
 from .._common import require_guard
@@ -69,6 +70,17 @@ class GuardedRetriever(BaseRetriever):
 
     def _get_prompt_modules(self) -> PromptMixinType:
         return {"retriever": self._retriever}
+
+    # One retrieve is one step: what the wrapped retriever returns and what expanding its IndexNodes adds are judged
+    # within one ``max_windows_per_call`` (each screening's budget charges this one too); before, each had the whole
+    # budget, twice the operator's bound (rt65h F2).
+    def retrieve(self, str_or_query_bundle: str | QueryBundle) -> list[NodeWithScore]:
+        with window_budget(self.guard.max_windows_per_call):
+            return super().retrieve(str_or_query_bundle)
+
+    async def aretrieve(self, str_or_query_bundle: str | QueryBundle) -> list[NodeWithScore]:
+        with window_budget(self.guard.max_windows_per_call):  # this task's context: the calls below read it
+            return await super().aretrieve(str_or_query_bundle)
 
     @speaking_as(
         "await retriever.aretrieve(...), or await engine.aquery(...) for a query engine over it (not retrieve / query)"
