@@ -160,7 +160,7 @@ def test_max_new_tokens_shorter_than_any_verdict_is_refused(tokens):
 
 
 def test_the_shortest_verdicts_budget_still_judges():
-    guard = Guard.from_pretrained("demo", device="cpu", max_new_tokens=7)  # the demo's "Safety: Safe..." is 7
+    guard = Guard.from_pretrained("demo", device="cpu", max_new_tokens=8)  # the demo's "Safety: Safe..." is 7
     try:
         assert guard.check_prompt("Hello there, how are you?").reason == "safe"
         assert guard.check_prompt(UNSAFE).reason == "unsafe"

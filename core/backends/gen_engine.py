@@ -61,8 +61,23 @@ from .torch_runtime import require_torch
 
 __all__ = ["GenEngine", "SessionState", "SessionStep", "Answer", "instruction_prefixes", "engine_for", "PREFILL_CHUNK"]
 
-#: One answer: its text (special tokens skipped) and the label probabilities, when readable.
-Answer = tuple[str, "dict[Risk, float] | None"]
+
+class Answer(tuple[str, "dict[Risk, float] | None"]):
+    """One answer: ``(text, probs)``, its text (special tokens skipped) and the label probabilities when readable;
+    and ``cut``: the token budget stopped it (``max_new_tokens`` tokens, no end token), so the text may be a part
+    of the model's verdict (`formats.prompts.parse_cut_verdict` reads it). A plain ``(text, probs)`` ended whole."""
+
+    cut: bool
+
+    def __new__(cls, text: str, probs: dict[Risk, float] | None, cut: bool = False) -> Answer:
+        answer = super().__new__(cls, (text, probs))
+        answer.cut = cut
+        return answer
+
+    def __repr__(self) -> str:
+        return f"Answer({self[0]!r}, {self[1]!r}, cut={self.cut})"
+
+
 #: Hook with the shape of a transformers LogitsProcessor: (answer tokens before each logits row, logits) -> logits.
 LogitsHook = Callable[[list[list[int]], Any], Any]
 
@@ -315,7 +330,10 @@ class GenEngine:
 
     def _answer(self, row: _Row) -> Answer:
         tokens = [t for t in row.answer if t not in self.eos_ids and t != self.pad_id]
-        return self.tokenizer.decode(tokens, skip_special_tokens=True), row.probs
+        # Stopped by the budget, not by the model (a hopeless answer stops early and fails to parse anyway): the
+        # categories after the cut are lost ("Politically Sensitive Topics, Violent" read as its first: rt65b F1).
+        cut = len(row.answer) >= self.max_new_tokens and row.answer[-1] not in self.eos_ids
+        return Answer(self.tokenizer.decode(tokens, skip_special_tokens=True), row.probs, cut)
 
     def _start(self, row: _Row, guess: Sequence[int] = (), *, branch: bool = True) -> _Row:
         lead = self._forced([], row.refusal)

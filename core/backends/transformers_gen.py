@@ -42,6 +42,7 @@ from ..formats.prompts import (
     SAFETY_LABELS,
     moderation_mode,
     normalize_messages,
+    parse_cut_verdict,
     parse_verdict,
 )
 from ..formats.windows import (
@@ -58,6 +59,7 @@ from ..formats.windows import (
 from ..policy import require_count
 from ..verdict import Risk, Verdict, worst
 from .batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, MicroBatcher
+from .gen_engine import Answer
 from .hub import checkpoint_config, resolve_checkpoint
 from .plan_pool import planning_pool, planning_size
 from .torch_runtime import on_torch_thread, quiet_loading, require_torch, resolve_device, resolve_dtype
@@ -95,7 +97,8 @@ DEFAULT_TARGET_STEP_S = 0.1
 #: instead of waiting behind it, at little cost beside a step's overhead.
 DEFAULT_WIDTH_FLOOR = 128
 
-#: The shortest answer a Qwen3Guard-Gen model gives: ``max_new_tokens`` must hold at least its tokens.
+#: The shortest answer a Qwen3Guard-Gen model gives: ``max_new_tokens`` must hold its tokens and its end token (an
+#: answer that the budget stops before its end is read as cut: `parse_cut_verdict`).
 _SHORTEST_VERDICT = "Safety: Safe\nCategories: None"
 
 
@@ -205,14 +208,15 @@ class TransformersGen:
         _check_seconds("max_wait_s", max_wait_s, least=0.0)
         if target_step_s is not None:
             _check_seconds("target_step_s", target_step_s)
-        # Fewer new tokens than the shortest verdict: every check a guard error (let through under
-        # on_error="allow"; `serve --backend max_new_tokens=1` answered 200s that were all errors: rt53d).
-        shortest = len(tokenizer(_SHORTEST_VERDICT, add_special_tokens=False)["input_ids"])
+        # Fewer new tokens than the shortest verdict and its end: every check a guard error (let through under
+        # on_error="allow"; `serve --backend max_new_tokens=1` answered 200s that were all errors: rt53d). The end
+        # counts: an answer the budget stops before it is cut (rt65b F1), as the remote client's least max_tokens.
+        shortest = len(tokenizer(_SHORTEST_VERDICT, add_special_tokens=False)["input_ids"]) + 1
         if max_new_tokens < shortest:
             raise ValueError(
                 f"max_new_tokens={max_new_tokens} is shorter than the shortest verdict ({shortest} tokens: "
-                f"{_SHORTEST_VERDICT!r}); every check would fail. The default is {DEFAULT_MAX_NEW_TOKENS} "
-                f"(the longest verdict is about 51 tokens)"
+                f"{_SHORTEST_VERDICT!r} and its end token); every check would fail. The default is "
+                f"{DEFAULT_MAX_NEW_TOKENS} (the longest verdict is about 51 tokens)"
             )
         self.model = model
         self.tokenizer = tokenizer
@@ -246,7 +250,7 @@ class TransformersGen:
         #: The Gen decode engine (prefix cache, format tokens fed, sessions: `gen_engine`), or ``None``
         #: (``engine=False``, or a model it cannot run): transformers' ``generate`` decodes.
         self.engine = engine_for(self, engine)
-        self._batcher: MicroBatcher[list[int], tuple[str, dict[Risk, float] | None]] = MicroBatcher(
+        self._batcher: MicroBatcher[list[int], Answer] = MicroBatcher(
             on_torch_thread(model, self._generate_batch),
             max_batch=max_batch,
             max_wait_s=max_wait_s,
@@ -422,17 +426,28 @@ class TransformersGen:
                 job.cancel()
 
     def _assemble(
-        self, spans: list[_Span], outputs: list[tuple[str, dict[Risk, float] | None]], elapsed_ms: float
+        self, spans: list[_Span], outputs: Sequence[tuple[str, dict[Risk, float] | None]], elapsed_ms: float
     ) -> list[Verdict | QwenGuardError]:
+        """The outcome of each planned conversation from its windows' answers (`Answer`s; a plain ``(text, probs)``
+        ended whole)."""
         results: list[Verdict | QwenGuardError] = []
         for start, count, mode, error in spans:
             if error is not None:
                 results.append(error)
                 continue
             verdicts: list[Verdict] = []
-            for text, probs in outputs[start : start + count]:
+            for output in outputs[start : start + count]:
+                text, probs = output
+                cut = getattr(output, "cut", False)
                 try:
-                    v = parse_verdict(text, mode=mode, model=self.name)
+                    # An answer the budget stopped is read as the remote client reads a reply cut at max_tokens:
+                    # its categories may be cut ("Politically Sensitive Topics, Violent" read as its first, which
+                    # an ignore list excused: rt65b F1), so only an Unsafe first line stands, with none.
+                    v = (
+                        parse_cut_verdict(text, self._cut_reason(), mode=mode, model=self.name)
+                        if cut
+                        else parse_verdict(text, mode=mode, model=self.name)
+                    )
                 except VerdictParseError as exc:
                     error = error or exc
                     continue
@@ -447,6 +462,12 @@ class TransformersGen:
             else:
                 results.append(worst(verdicts))
         return results
+
+    def _cut_reason(self) -> str:
+        return (
+            f"the guard's answer was cut at max_new_tokens={self.max_new_tokens} (no end token): the verdict may be "
+            f"incomplete; raise max_new_tokens (default {DEFAULT_MAX_NEW_TOKENS}, the longest verdict is about 51 tokens)"
+        )
 
     def classify(
         self, conversations: Sequence[Sequence[dict[str, str]]], *, timeout: float | None = None
@@ -473,9 +494,9 @@ class TransformersGen:
         return self._assemble(spans, outputs, (time.perf_counter() - start) * 1000)
 
     # -- the forward pass (worker thread only) ------------------------------------------------
-    def _generate_batch(self, prompts: list[list[int]]) -> list[tuple[str, dict[Risk, float] | None]]:
+    def _generate_batch(self, prompts: list[list[int]]) -> list[Answer]:
         """One left-padded greedy `generate` over ``prompts`` (the batcher has bounded rows and tokens);
-        each prompt's answer text and label probabilities, in order."""
+        each prompt's `Answer` (its text, label probabilities, and whether the budget cut it), in order."""
         if self.engine is not None:  # the same greedy answers, computed more cheaply (gen_engine)
             return self.engine.run(prompts)
         torch = require_torch()
@@ -498,11 +519,13 @@ class TransformersGen:
                 output_scores=self._label_tokens is not None,
             )
         new = gen.sequences[:, width:].tolist()
-        out: list[tuple[str, dict[Risk, float] | None]] = []
+        out: list[Answer] = []
         for row in range(len(prompts)):
             tokens = [t for t in new[row] if t not in self.eos_ids and t != self.pad_id]
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            out.append((text, self._label_probs(new[row], gen.scores, row)))
+            # generate pads a row only after its end token: one without any ran to max_new_tokens (rt65b F1).
+            cut = len(new[row]) >= self.max_new_tokens and not any(t in self.eos_ids for t in new[row])
+            out.append(Answer(text, self._label_probs(new[row], gen.scores, row), cut))
         return out
 
     def _label_probs(self, tokens: list[int], scores: Any, row: int) -> dict[Risk, float] | None:

@@ -6,7 +6,8 @@ a user-final conversation is *prompt moderation* (9 categories, Jailbreak includ
 assistant-final one is *response moderation* (8 categories plus the refusal policy).
 
 `parse_verdict` reads the model's answer line by line and refuses anything else: a guard that
-cannot be read must never look like "safe".
+cannot be read must never look like "safe". `parse_cut_verdict` reads an answer the model did not end
+(cut at a token budget): only its Unsafe stands.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "render_conversation",
     "render_prompt",
     "parse_verdict",
+    "parse_cut_verdict",
     "GENERATION_PREFIX",
     "SAFETY_LABELS",
 ]
@@ -311,6 +313,23 @@ def parse_verdict(text: str, *, mode: str | None = None, model: str | None = Non
         # verdict would be a guess: no verdict, `on_error` decides (rt53d F6).
         raise VerdictParseError(f"'Safety: Safe' with unsafe categories {list(categories)}", raw=text)
     return Verdict(risk=risk, categories=categories, refusal=refusal, raw=text, model=model)
+
+
+def parse_cut_verdict(text: str, why: str, *, mode: str | None = None, model: str | None = None) -> Verdict:
+    """Parse an answer that stopped before the model ended it (cut at a token budget, or aborted); ``why``, how it
+    stopped, is the message of the `VerdictParseError` raised for anything but an Unsafe.
+
+    Its label or categories may be missing ("PII, Violent" cut to "PII"), so only a first line that says Unsafe
+    stands, with no category and no refusal: what it named may be a part of the list, and no policy's ignored
+    category may excuse it (rt57d F1 remotely, rt65b F1 locally). A cut Safe or Controversial is no verdict: a
+    loose policy allows a Controversial unless a category it blocks, maybe the one cut off, says otherwise."""
+    try:
+        parsed = parse_verdict(text, mode=mode, model=model)
+    except VerdictParseError:
+        parsed = None
+    if parsed is None or parsed.risk is not Risk.UNSAFE:
+        raise VerdictParseError(why, raw=str(text)[:300])
+    return Verdict(Risk.UNSAFE, (), None, parsed.raw, model=model)
 
 
 def _after_safety(lines: list[str], mode: str | None, text: str) -> tuple[tuple[str, ...], bool | None]:
