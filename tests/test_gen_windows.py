@@ -242,7 +242,7 @@ def test_checkpoint_with_stock_template_loads_with_a_warning_and_fails_closed(tm
     Qwen3ForCausalLM(config).save_pretrained(tmp_path)
     qwen3.save_pretrained(tmp_path)
     with pytest.warns(GuardTemplateWarning):
-        guard = Guard.from_pretrained(str(tmp_path), device="cpu", dtype="float32", max_new_tokens=8)
+        guard = Guard.from_pretrained(str(tmp_path), device="cpu", dtype="float32", max_new_tokens=13)
     try:
         assert not guard.backend.encoder.use_chat_template
         d = guard.check_prompt("How do I bake bread?")

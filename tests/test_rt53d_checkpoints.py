@@ -123,7 +123,7 @@ def test_a_stream_checkpoint_with_another_models_larger_tokenizer_is_refused_at_
 def test_a_tokenizer_smaller_than_the_padded_embedding_loads_and_judges(tmp_path):
     """Qwen pads its embedding (151,936 rows) past the tokenizer (151,669 ids): normal, never refused."""
     path = build_gen(tmp_path / "qwen3-shaped")
-    guard = Guard.from_pretrained(str(path), device="cpu", max_new_tokens=8)
+    guard = Guard.from_pretrained(str(path), device="cpu", max_new_tokens=13)
     try:
         assert guard.backend.model.get_input_embeddings().num_embeddings > len(guard.backend.tokenizer)
         decision = guard.check_prompt(UNSAFE)  # random weights: any outcome, but no crash in torch
@@ -160,10 +160,12 @@ def test_max_new_tokens_shorter_than_any_verdict_is_refused(tokens):
 
 
 def test_the_shortest_verdicts_budget_still_judges():
-    guard = Guard.from_pretrained("demo", device="cpu", max_new_tokens=8)  # the demo's "Safety: Safe..." is 7
+    # A response check's "Safety: Safe\nCategories: None\nRefusal: No" is 11 tokens of the demo's, and its end one.
+    guard = Guard.from_pretrained("demo", device="cpu", max_new_tokens=12)
     try:
         assert guard.check_prompt("Hello there, how are you?").reason == "safe"
         assert guard.check_prompt(UNSAFE).reason == "unsafe"
+        assert guard.check_response("Hello there, how are you?", "Fine, thank you.").reason == "safe"
     finally:
         guard.close()
 

@@ -279,8 +279,9 @@ def _model_list(status: int, content: bytes | None) -> list[Any] | None:
     return entries if isinstance(entries, list) else None
 
 
-#: The least ``max_tokens`` a client asks for: "Safety: Safe\nCategories: None" is 7 Qwen3 tokens, and its end one more.
-_LEAST_MAX_TOKENS = 8
+#: The least ``max_tokens`` a client asks for: a response check's "Safety: Safe\nCategories: None\nRefusal: No" is 12
+#: Qwen3 tokens, and its end one more (with 8, the prompt verdict's least, every response check was cut: rt65j F5).
+_LEAST_MAX_TOKENS = 13
 #: The most: five times the longest verdict (51 tokens with its end, `DEFAULT_MAX_TOKENS`). A verdict is a few lines;
 #: a larger budget only takes room from the prompt (every request reserves it), and 4,096, as a chat app sets it, left
 #: none under the context of an engine that publishes none: every check a guard error before any request (rt63b F4).

@@ -97,9 +97,10 @@ DEFAULT_TARGET_STEP_S = 0.1
 #: instead of waiting behind it, at little cost beside a step's overhead.
 DEFAULT_WIDTH_FLOOR = 128
 
-#: The shortest answer a Qwen3Guard-Gen model gives: ``max_new_tokens`` must hold its tokens and its end token (an
-#: answer that the budget stops before its end is read as cut: `parse_cut_verdict`).
-_SHORTEST_VERDICT = "Safety: Safe\nCategories: None"
+#: The shortest answer a Qwen3Guard-Gen model gives to a response check (a prompt check's has no refusal line):
+#: ``max_new_tokens`` must hold its tokens and its end token (an answer that the budget stops before its end is read
+#: as cut: `parse_cut_verdict`; with the prompt verdict's least, every response check was a guard error: rt65j F5).
+_SHORTEST_VERDICT = "Safety: Safe\nCategories: None\nRefusal: No"
 
 
 def _check_seconds(name: str, value: Any, *, least: float | None = None) -> None:
