@@ -14,6 +14,11 @@
   refused a shared thread for good). A block raised before on the same thread is replaced by its notice in the state
   instead, and the turn goes on; anywhere else (another thread, no thread) it raises again. The callback handler
   keeps one too: it cannot edit what the model reads, so it raises again, but says so (rt64g F2, `left_over`).
+- `RaisedToolStops`: the tool calls it raised `GuardViolation` for (a blocked call, a blocked result), each on its
+  thread, with the notice ``"end"`` writes for it. The raise leaves the thread's answer with a call no tool message
+  answers: every later turn sent providers a request they refuse (OpenAI and Anthropic answer 400), and
+  ``invoke(None)`` ran the tool again (rt65g F2). The thread's next turn gets the notice as that call's answer, and a
+  run resumed at the tools gets it instead of running the call.
 - `OwnNotices`: the messages it wrote in place of what it blocked (its notices and its refusal), by fingerprint: the
   thread (`current_thread`), id, role and text of each, as it wrote it. Judged again as a user's prompt and as
   context, the next turn of the thread was refused (the demo guard reads a withheld-message notice as unsafe). Only
@@ -298,6 +303,42 @@ class RaisedChecks:
             for turn in run
             if (key := _turn_key(turn, thread)) is not None and self._run_turns.get(key) is not None
         ]
+
+
+class RaisedToolStops:
+    """The tool calls a middleware raised `GuardViolation` for, each on its thread (`current_thread`), by the call's
+    fingerprint (`call_key`: name, id and arguments), with the notice that answers it (a `ToolMessage`). Kept in the
+    process, a bounded number: another process leaves the call unanswered, as before."""
+
+    def __init__(self, maxsize: int = MAX_ALLOWED_CHECKS) -> None:
+        self._notices: Bounded[str, BaseMessage] = Bounded(maxsize)
+
+    def __len__(self) -> int:
+        return len(self._notices)
+
+    def keep(self, call: Mapping[str, Any], notice: BaseMessage, thread: str | None) -> None:
+        """``notice`` as the answer of ``call``, stopped on ``thread``; the first one kept stays (a retry's stop is
+        the same one)."""
+        key = _call_on_thread(call, thread)
+        if key is not None and self._notices.get(key) is None:
+            self._notices[key] = notice
+
+    def answer(self, call: Mapping[str, Any], thread: str | None) -> BaseMessage | None:
+        """The notice kept for ``call`` on ``thread``, or ``None``."""
+        key = _call_on_thread(call, thread)
+        return None if key is None else self._notices.get(key)
+
+    def forget(self, call: Mapping[str, Any], thread: str | None) -> None:
+        """Answered in the thread's state: the same call asked again later is judged as any call is."""
+        if (key := _call_on_thread(call, thread)) is not None:
+            self._notices.pop(key)
+
+
+def _call_on_thread(call: Mapping[str, Any], thread: str | None) -> str | None:
+    if thread is None or not call.get("id"):
+        return None  # nothing of the run stays for a later one to read; a call with no id cannot be answered
+    key = call_key(call.get("name"), call.get("id"), call.get("args"))
+    return None if key is None else f"{thread}\x00{key}"
 
 
 def without_runs_of_blocked(blocked: Sequence[tuple[Item, Decision]]) -> list[tuple[Item, Decision]]:

@@ -8,7 +8,8 @@ Where it looks (every step is one batched guard call):
   keys past it (a resume, ``goto="model"``): ``before_model``, the model call and the tool call judge the keys not
   allowed before too (rt63h F1). The run's context (``context=``, which a tool reads from ``runtime.context`` and a
   ``@dynamic_prompt`` may print) is judged with them, the same way, its ids left out (`_run_context`); blocked, the
-  run ends with the refusal, as it is in no state to clear (rt64c F1).
+  run ends with the refusal, as it is in no state to clear (rt64c F1). Where two or more of them hold text, they are
+  judged once more joined, as a prompt printing them side by side reads them (`_joined_keys`, rt65g F1).
 - ``before_model``: what is new since the model's last turn — the user's input (prompt check, with
   the earlier turns as context) and tool results (untrusted content: injected instructions show up
   as Jailbreak). Runs before the model sees them. Every system or developer message in the state is
@@ -35,7 +36,8 @@ Where it looks (every step is one batched guard call):
   raised out of the tool
   (``Command(graph=Command.PARENT)``) too, and the text of an interrupt it raises to the run's caller. The tool runs out of sight of the run's callbacks, which hear
   its end with the judged result, and of the parent's stream: a sub-agent it runs streams to no one and is
-  saved in the thread only where it must be resumed (`_held_tool.py`).
+  saved in the thread only where it must be resumed (`_held_tool.py`). A ``return_direct`` tool's result is the run's
+  answer: decided under the response stage too, the stricter taken (`_answers_run`, rt65e F2).
 
 What a violation does (``exit_behavior``):
 
@@ -44,7 +46,9 @@ What a violation does (``exit_behavior``):
   the thread's next turn it gets the input notice in its place (in the state) and that turn goes on: a block
   already raised for on that thread (`RaisedChecks`, in this process) is not raised again, so one message does not
   refuse every later turn of a shared thread. A new block, the same one on another thread or with no thread, or a
-  blocked message still the one to answer, raises.
+  blocked message still the one to answer, raises. A blocked tool call or result raises out of the tools, leaving the
+  thread's answer with a call no tool message answers: the thread's next turn answers it with the notice ``"end"``
+  writes, and a run resumed at the tools gets that notice in place of the call (`RaisedToolStops`, rt65g F2).
 - ``"end"``: the flagged message is replaced *in place* (same message id, so the unsafe text and its
   dangling tool calls leave the state) and the agent jumps to the end with ``violation_message``.
 - ``"replace"``: the flagged message is replaced in place and the agent goes on: a withheld tool
@@ -87,6 +91,7 @@ from langchain.agents.middleware.types import OmitFromSchema
 from langchain_core.messages import AIMessage, BaseMessage, RemoveMessage, ToolMessage
 from langchain_core.runnables import Runnable
 from langgraph.config import get_config
+from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 from qwenguard.core import (
@@ -121,6 +126,7 @@ from ._input_memory import (
     OwnNotices,
     Produced,
     RaisedChecks,
+    RaisedToolStops,
     current_scope,
     current_thread,
     judged_content,
@@ -128,6 +134,7 @@ from ._input_memory import (
 )
 from ._json_reading import reading_items
 from ._messages import (
+    AS_ANSWER,
     AS_INPUT,
     DEFAULT_HISTORY_TURNS,
     Item,
@@ -196,6 +203,9 @@ _COMMAND = "command"
 _STATE_KEY = "state_key"
 #: Marks (in `Item.extra`) the check of the run's context (`_run_context`): no state key to clear, the run ends.
 _RUN_CONTEXT = "run_context"
+#: Marks (in `Item.extra`) the check of the state's keys (and the run's context) read together (`_joined_keys`): the
+#: keys it joins, each cleared when it is blocked.
+_JOINED_KEYS = "joined_keys"
 #: Marks (in `Item.extra`) the check of what a tool's ``Command`` writes besides its messages: the Command, whose
 #: state keys are taken as allowed when it is (`_trust_state_writes`).
 _STATE_WRITES = "state_writes"
@@ -461,6 +471,20 @@ def _state_rest(state: Any) -> list[Any]:
     return [value for key, value in state.items() if key not in _NOT_INPUT_KEYS] if isinstance(state, Mapping) else []
 
 
+def _keys_of(item: Item) -> list[Any]:
+    """The state keys a check of the state reads (`_state_key_items`): its key's, the keys joined; none for the run's
+    context."""
+    return [item.extra[_STATE_KEY]] if _STATE_KEY in item.extra else list(item.extra.get(_JOINED_KEYS) or ())
+
+
+def _with_healed(update: dict[str, Any] | None, healed: list[BaseMessage] | None) -> dict[str, Any] | None:
+    """``before_agent``'s update with the thread's history answered (`GuardMiddleware._healed`) written first: the
+    messages the update adds (a refusal) come after it."""
+    if healed is None:
+        return update
+    return {**(update or {}), "messages": [*healed, *((update or {}).get("messages") or ())]}
+
+
 def _read_whole(items: list[Item]) -> list[Item]:
     """The checks read whole within the guard's ``max_chars`` (``extra["whole"]``, true where unsaid): the others are
     blocked unread."""
@@ -558,6 +582,7 @@ class GuardMiddleware(AgentMiddleware):
         # thread or with none the run (`current_scope`), and only what the guard let through.
         self._produced = Produced(bound=True)
         self._raised = RaisedChecks()  # with "error": blocks raised for, on a thread's earlier turn (`_raise_new`)
+        self._tool_stops = RaisedToolStops()  # tool calls raised for, answered on the thread's next turn (`_healed`)
 
     # -- what to check (pure) -----------------------------------------------------------------
     def _input_items(self, state: AgentState) -> list[Item]:
@@ -585,7 +610,37 @@ class GuardMiddleware(AgentMiddleware):
         if isinstance(state, Mapping):
             skip = _kept_from_input() if mid_run else frozenset()
             items = [*self._state_key_checks(state.items(), skip), *items]
-        return self._allowed.unjudged(items, self.guard)
+        return self._allowed.unjudged([*items, *self._joined_keys(items)], self.guard)
+
+    # A ``@dynamic_prompt`` may print two keys side by side (``f"{verb} {task}"``), or a key beside the run's context:
+    # each judged alone, a request split across them ("Mix" | "ammonium nitrate with fuel oil, ...") reached the model
+    # never judged whole (rt65g F1), as a chain's variables did (rt62f F1). A key a tool wrote and its Command was
+    # trusted for (`_trust_state_writes`) is still read with the others: a client's key beside it can complete its
+    # clause.
+    def _joined_keys(self, items: list[Item]) -> list[Item]:
+        """One check more where two or more of the state's keys (`_state_key_checks`) and the run's context
+        (`_context_item`) hold text: their texts joined with a space, in the state's order, as the common
+        ``"{verb} {task}"`` reads them, the context's on both sides of them (a prompt prints it before or after the
+        keys: one check reads both); blocked, every key in it is cleared. None where a part is not read whole (blocked
+        unread on its own); not read whole itself past the guard's ``max_chars``."""
+        if len(items) < 2 or not all(item.extra["whole"] for item in items):
+            return []
+        texts = [item.conversation[-1]["content"] for item in items]
+        keys = [item.extra[_STATE_KEY] for item in items if _STATE_KEY in item.extra]
+        if len(keys) < len(items):  # the context's check comes last (`_state_key_items`)
+            texts = [texts[-1], *texts]
+        text = " ".join(texts)
+        parts = [repr(key) for key in keys] + (["the run's context"] if len(keys) < len(items) else [])
+        whole = len(text) <= self.guard.max_chars
+        extra = {
+            _JOINED_KEYS: keys,
+            "whole": whole,
+            KEYED_BY: ["state keys joined", *map(str, keys), current_thread() or ""],
+        }
+        label = "state keys " + " + ".join(parts) + ", joined"
+        # Past the limit it is blocked unread (`_unread_state_key`): what is kept of it only tells the check apart.
+        kept = text if whole else text[: self.guard.max_chars]
+        return [Item(Stage.PROMPT, prompt_conversation(kept), label=label, extra=extra)]
 
     def _context_item(self, context: Any) -> Item | None:
         """The check of the run's context (`context_text`: ids left out), or ``None`` where it holds no text."""
@@ -646,7 +701,10 @@ class GuardMiddleware(AgentMiddleware):
 
     def _unread_state_key(self, item: Item) -> Decision:
         limit = self.guard.max_chars
-        what = "the run's context" if _RUN_CONTEXT in item.extra else f"the state key {item.extra[_STATE_KEY]!r}"
+        if _JOINED_KEYS in item.extra:
+            what = f"the {item.label}"
+        else:
+            what = "the run's context" if _RUN_CONTEXT in item.extra else f"the state key {item.extra[_STATE_KEY]!r}"
         why = f"{what} carries more than max_chars={limit:,} characters: not judged whole"
         return self.guard.policy.decide_unjudged(Stage.PROMPT, why)
 
@@ -660,14 +718,14 @@ class GuardMiddleware(AgentMiddleware):
         blocked = blocked_pairs(items, decisions)
         if not blocked:
             return None
-        cleared: dict[str, Any] = {item.extra[_STATE_KEY]: None for item, _ in blocked if _STATE_KEY in item.extra}
+        cleared: dict[str, Any] = {key: None for item, _ in blocked for key in _keys_of(item)}
         if self.exit_behavior == "error":
             thread = current_thread()
             fresh = [
                 (item, d) for item, d in blocked if _RUN_CONTEXT in item.extra or not self._raised.raised(item, thread)
             ]
             if fresh:
-                self._raised.remember([item for item, _ in fresh if _STATE_KEY in item.extra], thread)
+                self._raised.remember([item for item, _ in fresh if _keys_of(item)], thread)
                 enforce(fresh[0][1])
             return cleared
         return {**cleared, "messages": [self._refusal(blocked[0][1])], "jump_to": "end"}
@@ -1004,9 +1062,8 @@ class GuardMiddleware(AgentMiddleware):
     @speaking_as(_ASYNC_TWIN)
     def before_agent(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
         items = self._state_key_items(state, run_context(runtime), mid_run=False)
-        if not items:
-            return None
-        return self._on_state_keys(items, self._state_key_decisions(items))
+        update = self._on_state_keys(items, self._state_key_decisions(items)) if items else None
+        return _with_healed(update, self._healed(state))
 
     @hook_config(can_jump_to=["end"])
     async def abefore_agent(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
@@ -1014,9 +1071,9 @@ class GuardMiddleware(AgentMiddleware):
         items = await built_off_loop(
             lambda: self._state_key_items(state, context, mid_run=False), (_state_rest(state), context)
         )
-        if not items:
-            return None
-        return self._on_state_keys(items, await self._astate_key_decisions(items))
+        update = self._on_state_keys(items, await self._astate_key_decisions(items)) if items else None
+        messages = state.get("messages") or ()
+        return _with_healed(update, await built_off_loop(lambda: self._healed(state), messages))
 
     @hook_config(can_jump_to=["end"])
     @speaking_as(_ASYNC_TWIN)
@@ -1151,7 +1208,7 @@ class GuardMiddleware(AgentMiddleware):
         return [next(judged) if item.extra.get("whole", True) else self._unread_input(item) for item in items]
 
     def _unread_input(self, item: Item) -> Decision:
-        keyed = _STATE_KEY in item.extra or _RUN_CONTEXT in item.extra
+        keyed = _STATE_KEY in item.extra or _RUN_CONTEXT in item.extra or _JOINED_KEYS in item.extra
         return self._unread_state_key(item) if keyed else self._unread_resume()
 
     def _unread_resume(self) -> Decision:
@@ -1163,15 +1220,24 @@ class GuardMiddleware(AgentMiddleware):
         item = self._call_item(request)
         return item if item is not None and self._allowed.unjudged([item], self.guard) else None
 
-    def _blocked_call(self, request: Any, decision: Decision) -> ToolMessage:
+    def _blocked_call(self, request: Any, decision: Decision, asked: Any = None) -> ToolMessage:
+        """The notice of ``request``'s blocked call (``"error"``: raised); ``asked``: the request whose call the thread
+        holds, where ``request`` is one rewritten inside this middleware (`_executed_call`)."""
+        notice = self._call_notice(request, decision, self.tool_call_notice)
         if self.exit_behavior == "error":
+            # The call did not run: its notice answers the thread's call (`_healed`).
+            self._tool_stops.keep((asked or request).tool_call, notice, current_thread())
             enforce(decision)
+        return notice
+
+    def _call_notice(self, request: Any, decision: Decision, template: str) -> ToolMessage:
+        """The error `ToolMessage` that answers ``request``'s call with the notice ``template`` says."""
         call = request.tool_call
         # A blocked call's own name may be what made it unsafe: only the agent's own tool's is written.
         name = self._tool_name(call.get("name"), getattr(request, "tool", None))
         return self._own_notice(
             ToolMessage(
-                content=self._notice(self.tool_call_notice, decision, tool=name),
+                content=self._notice(template, decision, tool=name),
                 tool_call_id=call.get("id") or "",
                 name=name,
                 status="error",
@@ -1179,12 +1245,64 @@ class GuardMiddleware(AgentMiddleware):
             )
         )
 
+    # With "error", a tool call or result the guard blocks raises out of the tools node, and the thread's answer keeps
+    # a call no tool message answers: providers refuse every later request of the thread (OpenAI and Anthropic answer
+    # 400), and ``invoke(None)`` resumed at the tools ran the tool again (rt65g F2). The stop is kept with the notice
+    # "end" writes (`RaisedToolStops`): the thread's next turn gets it as the call's answer (`_healed`), and a run
+    # resumed at the tools gets it in place of the call (`_resumed_stop`), as a blocked prompt is healed (`_raise_new`).
+    def _kept_stop(self, request: Any, stop: GuardViolation, thread: str | None) -> None:
+        """A stop raised out of ``request``'s call: kept with its notice, the call's (`_blocked_call`) or else the
+        result's, which the tool ran for."""
+        if self._tool_stops.answer(request.tool_call, thread) is None:
+            notice = self._call_notice(request, stop.decision, self.tool_result_notice)
+            self._tool_stops.keep(request.tool_call, notice, thread)
+
+    def _resumed_stop(self, request: Any, thread: str | None) -> ToolMessage | None:
+        """The notice of a call raised for before on ``thread`` (a run resumed at the tools, ``invoke(None)``): the
+        call's answer, the tool not run. Not for a retry of the request stopped (`StoppedCalls`: it gets the stop)."""
+        if not len(self._tool_stops) or self._stopped.earlier(request) is not None:
+            return None
+        notice = self._tool_stops.answer(request.tool_call, thread)
+        if not isinstance(notice, ToolMessage):
+            return None
+        self._tool_stops.forget(request.tool_call, thread)
+        return notice
+
+    def _healed(self, state: AgentState) -> list[BaseMessage] | None:
+        """The thread's messages with every call raised for before on it (`RaisedToolStops`) and still unanswered
+        answered by its notice, right after the answer that asked for it; ``None`` when there is none. The whole
+        history is written again (``REMOVE_ALL_MESSAGES``): a message cannot be put between two others by id."""
+        thread = current_thread()
+        if thread is None or not len(self._tool_stops):
+            return None
+        messages = list(state.get("messages") or ())
+        answered = {m.tool_call_id for m in messages if isinstance(m, ToolMessage)}
+        healed: list[BaseMessage] = []
+        notices: list[BaseMessage] = []
+        for message in messages:
+            healed.append(message)
+            if not isinstance(message, AIMessage):
+                continue
+            for call in message.tool_calls:
+                if (notice := self._tool_stops.answer(call, thread)) is None:
+                    continue
+                # Answered in the state (or now): a provider that reuses call ids may ask for the same call later.
+                self._tool_stops.forget(call, thread)
+                if call.get("id") not in answered:
+                    healed.append(notice)
+                    notices.append(notice)
+        if not notices:
+            return None
+        self._produced.record(notices, current_scope())  # the agent's tool's answer: its own when read back
+        return [RemoveMessage(id=REMOVE_ALL_MESSAGES), *healed]
+
     def _executed_call(self, request: Any) -> Callable[[dict[str, Any]], ToolMessage | None]:
         """Judges a call the tool is given that is not ``request``'s: ``None`` to run it, else its notice."""
 
         def judge(call: dict[str, Any]) -> ToolMessage | None:
             rewritten, item = self._executed_item(request, call)
-            return self._executed_outcome(rewritten, screen(self.guard, [item])[0] if item is not None else None)
+            decision = screen(self.guard, [item])[0] if item is not None else None
+            return self._executed_outcome(request, rewritten, decision)
 
         return judge
 
@@ -1194,7 +1312,7 @@ class GuardMiddleware(AgentMiddleware):
                 lambda: self._executed_item(request, call), (call, *_read_by_call(request))
             )
             decision = (await ascreen(self.guard, [item]))[0] if item is not None else None
-            return self._executed_outcome(rewritten, decision)
+            return self._executed_outcome(request, rewritten, decision)
 
         return judge
 
@@ -1203,8 +1321,8 @@ class GuardMiddleware(AgentMiddleware):
         rewritten = request.override(tool_call={**request.tool_call, **call, "id": request.tool_call.get("id")})
         return rewritten, self._call_item(rewritten)
 
-    def _executed_outcome(self, rewritten: Any, decision: Decision | None) -> ToolMessage | None:
-        return None if decision is None or decision.allowed else self._blocked_call(rewritten, decision)
+    def _executed_outcome(self, request: Any, rewritten: Any, decision: Decision | None) -> ToolMessage | None:
+        return None if decision is None or decision.allowed else self._blocked_call(rewritten, decision, request)
 
     # A failing tool's error is an output too: its text can quote what the tool read (a page it could not
     # parse), and a ToolNode, a tool-error or a retry middleware listed before this one writes it into a
@@ -1217,7 +1335,8 @@ class GuardMiddleware(AgentMiddleware):
         (`interrupt_text`) is judged the same way, and a blocked one is the guard's notice instead. Read once: an exception whose text changes between reads is judged as
         first read. ``extra["whole"]``: whether all of it fit (a page in its cause past the limit was left out,
         and the error went on with it: rt50f F7)."""
-        if not self.check_tool_results:
+        stage = self._result_stage(request)
+        if stage is None:
             return None
         interrupts = interrupt_values(error)
         if interrupts is not None:  # handed to the run's caller: judged as the tool's output (rt57b F4)
@@ -1235,7 +1354,8 @@ class GuardMiddleware(AgentMiddleware):
             content=text, tool_call_id=call.get("id") or "", name=call.get("name") or "tool", status="error"
         )
         conversation = untrusted_conversation(text, "tool output")
-        return Item(Stage.TOOL_RESULT, conversation, message, extra={"entry": None, "whole": not left_out})
+        extra = {"entry": None, "whole": not left_out, **({AS_ANSWER: True} if self._answers_run(request) else {})}
+        return Item(stage, conversation, message, extra=extra)
 
     def _error_decision(self, item: Item, judge: Callable[[], Decision]) -> Decision:
         """The decision on a failed tool's error: ``judge``'s, or blocked whatever ``on_error`` says when the error
@@ -1309,9 +1429,12 @@ class GuardMiddleware(AgentMiddleware):
         """The tool's result: every message it writes to the state (`tool_result_messages`: its `ToolMessage`,
         a ``Command``'s messages, a list of them), each untrusted content with its name and ids (`tool_output_text`),
         and what each ``Command`` in it hands the graph besides (`command_rest_text`: other state keys, ``Send``
-        payloads; rt59c F2, F4), one check a Command, whose block withholds the whole result (`_withheld`)."""
-        if not self.check_tool_results:
+        payloads; rt59c F2, F4), one check a Command, whose block withholds the whole result (`_withheld`). A
+        ``return_direct`` tool's result is the run's answer too (`_result_stage`)."""
+        stage = self._result_stage(request)
+        if stage is None:
             return []
+        as_answer = {AS_ANSWER: True} if self._answers_run(request) else {}
         call = request.tool_call
         tool = str(call.get("name") or "")
         items = []
@@ -1320,16 +1443,33 @@ class GuardMiddleware(AgentMiddleware):
             if text.strip():
                 conversation = untrusted_conversation(text, "tool output")
                 named = bool(tool_labels(message, tool))  # a name judged with it goes with it (`_redact_input`)
-                items.append(Item(Stage.TOOL_RESULT, conversation, message, extra={"entry": entry, _NAMED: named}))
+                extra = {"entry": entry, _NAMED: named, **as_answer}
+                items.append(Item(stage, conversation, message, extra=extra))
         for command in tool_result_commands(result):
             text = command_rest_text(command, self.guard.max_chars)
             if text.strip():
                 # Judged as the call's result: blocked, the call's notice is the whole result.
                 written = ToolMessage(content=text, tool_call_id=call.get("id") or "", name=tool or "tool")
                 conversation = untrusted_conversation(text, "tool output")
-                extra = {"entry": None, _WHOLE: True, _STATE_WRITES: command}
-                items.append(Item(Stage.TOOL_RESULT, conversation, written, extra=extra))
+                extra = {"entry": None, _WHOLE: True, _STATE_WRITES: command, **as_answer}
+                items.append(Item(stage, conversation, written, extra=extra))
         return items
+
+    # A ``return_direct`` tool's result ends the run as its final answer: ``create_agent`` goes from the tools to the
+    # end, no model call reads it. Decided under the tool-result stage alone, a stage loosened for the pages a model
+    # reads let through an answer the response stage blocks, and ``check_tool_results=False`` judged it not at all
+    # (rt65e F2): it is decided as LlamaIndex decides one (rt60a F2), as an answer too (`AS_ANSWER`: the response
+    # stage's decision, or the tool-result stage's where that one is stricter).
+    def _answers_run(self, request: Any) -> bool:
+        """Is the call's result the run's answer (its tool's ``return_direct``) and the answer screen on?"""
+        return self.check_output and bool(getattr(getattr(request, "tool", None), "return_direct", False))
+
+    def _result_stage(self, request: Any) -> Stage | None:
+        """The stage a tool's result (or its error) is judged under: the tool-result stage, or with
+        ``check_tool_results=False`` the response stage for a ``return_direct`` tool's (`_answers_run`), else none."""
+        if self.check_tool_results:
+            return Stage.TOOL_RESULT
+        return Stage.RESPONSE if self._answers_run(request) else None
 
     def _withheld(self, result: Any, items: list[Item], decisions: list[Decision]) -> Any:
         """The result with every blocked message replaced by the notice (``"error"``: raised)."""
@@ -1725,13 +1865,32 @@ class GuardMiddleware(AgentMiddleware):
     # -- tool calls -----------------------------------------------------------------------------
     @speaking_as(_ASYNC_TWIN)
     def wrap_tool_call(self, request: Any, handler: Callable[[Any], ToolMessage | Command]) -> ToolMessage | Command:
+        thread = current_thread()
+        result: ToolMessage | Command | None = self._resumed_stop(request, thread)
+        if result is None:
+            try:
+                result = self._wrap_tool_call(request, handler)
+            except GuardViolation as stop:
+                self._kept_stop(request, stop, thread)
+                raise
         # What it returns is what the agent's tool wrote to the state (`Produced`): its own, not a client's.
-        return self._produced.record_result(self._wrap_tool_call(request, handler), current_scope())
+        return self._produced.record_result(result, current_scope())
 
     async def awrap_tool_call(
         self, request: Any, handler: Callable[[Any], Awaitable[ToolMessage | Command]]
     ) -> ToolMessage | Command:
-        result = await self._awrap_tool_call(request, handler)
+        thread = current_thread()
+        # A call's fingerprint reads its arguments, of any size: off the loop when they are large.
+        result: ToolMessage | Command | None = await built_off_loop(
+            lambda: self._resumed_stop(request, thread), request.tool_call
+        )
+        if result is None:
+            try:
+                result = await self._awrap_tool_call(request, handler)
+            except GuardViolation as stop:
+                kept = stop
+                await built_off_loop(lambda: self._kept_stop(request, kept, thread), request.tool_call)
+                raise
         scope = current_scope()
         return await _read_off_loop(lambda: self._produced.record_result(result, scope), result)  # fingerprints
 
