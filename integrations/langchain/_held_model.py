@@ -43,6 +43,7 @@ from qwenguard.core import (
 from qwenguard.core.guard import speaking_as
 from qwenguard.core.streaming.parallel import PendingCheck
 
+from .._common import Bounded
 from .._error_reading import error_stop_of, error_texts
 from . import _out_of_sight as out_of_sight
 from ._holding import HELD_LLM_TYPE_PREFIX, HeldStream
@@ -71,6 +72,9 @@ class StreamLedger:
         self.stopped: GuardViolation | GuardUnavailable | None = None
         #: The answer a stop was for, when it came whole (not streamed): its refusal reuses its id.
         self.stopped_answer: BaseMessage | None = None
+        #: The text the held streams of this call passed on before their attempt failed: the consumer holds it, and
+        #: the next attempt's answer continues it (`passed_before`).
+        self.passed = ""
 
     def record(self, message: BaseMessage, budget: int, judged: str | None = None) -> None:
         """``message``'s text was judged: its fingerprint (`judged_content`, or ``judged`` when read already)."""
@@ -104,6 +108,58 @@ class StreamLedger:
         except (GuardViolation, GuardUnavailable) as stop:
             self.stopped = stop
             raise
+
+
+# -- an attempt after one that failed part-way: its answer continues what went out --------------------
+# A provider that fails part-way through a streamed answer, after the guard passed on "... Now you Mix", is asked again
+# (``ModelRetryMiddleware``, ``ModelFallbackMiddleware``, a node's ``RetryPolicy``); the consumer reads the new answer
+# right after the text it holds. Judged as a fresh answer, the boundary was never judged: "Mix" + "ammonium nitrate
+# ..." reached the consumer (rt65d F1). The next attempt's monitor opens with that text as its answer's prefill
+# (`HeldStream`'s ``prefix``): every window shows it before the new text, which alone is released. Refusing another
+# attempt once text went out would be simpler, and would fail every legitimate retry of a dropped connection.
+# The text is kept in the call's ledger (a retry or fallback inside `GuardMiddleware` shares it) and by the LangGraph
+# task (the node run) it went out in, which each attempt of the step shares whoever makes it: a middleware outside
+# `GuardMiddleware` (a new ledger per attempt), a node's ``RetryPolicy`` around `GuardedChatModel` (no ledger).
+
+#: LangGraph's key of a task's id in its config's ``configurable`` (``langgraph._internal._constants``): the same for
+#: every attempt of a node run, another for each run.
+_TASK_ID = "__pregel_task_id"
+
+#: Node runs remembered with the text their failed attempts passed on; the oldest go first (a retry comes at once).
+_TASKS_KEPT = 256
+
+#: The text passed on by the failed attempts of a LangGraph task, by (checkpoint namespace, task id).
+_PASSED_IN_TASK: Bounded[tuple[str, str], str] = Bounded(_TASKS_KEPT)
+
+
+def _task_key() -> tuple[str, str] | None:
+    """The LangGraph task (node run) this model call is made in, from the caller's config; ``None`` outside one."""
+    configurable = out_of_sight.config_without_callbacks().get("configurable") or {}
+    task = configurable.get(_TASK_ID)
+    return (str(configurable.get("checkpoint_ns") or ""), task) if isinstance(task, str) else None
+
+
+def passed_before(ledger: StreamLedger, task: tuple[str, str] | None) -> str:
+    """The text the consumer holds from the attempts of this step that failed before this one: the task's (it outlives
+    a ledger), else the call's."""
+    kept = _PASSED_IN_TASK.get(task) if task is not None else None
+    return kept if kept is not None else ledger.passed
+
+
+def record_passed(ledger: StreamLedger, task: tuple[str, str] | None, passed: str) -> None:
+    """An attempt failed with ``passed`` (its prefix and what it passed on) with the consumer: the next continues it."""
+    ledger.passed = passed
+    if task is not None:
+        _PASSED_IN_TASK[task] = passed
+
+
+def forget_passed(ledger: StreamLedger, task: tuple[str, str] | None, prefix: str) -> None:
+    """An attempt that continued ``prefix`` answered to its end: a later call of the step answers on its own. Not when
+    another attempt failed meanwhile (the calls of a batch in one node run share its task): its text is still owed."""
+    if ledger.passed == prefix:
+        ledger.passed = ""
+    if task is not None and _PASSED_IN_TASK.get(task) == prefix:
+        _PASSED_IN_TASK.pop(task)
 
 
 # -- a failed call's error, judged as its answer ------------------------------------------------------
@@ -285,7 +341,8 @@ class HeldBackChatModel(BaseChatModel):
         manager = AsyncCallbackManager(handlers=[]) if asynchronous else CallbackManager(handlers=[])
         return out_of_sight.config_without_callbacks(callbacks=manager, tags=[TAG_NOSTREAM])
 
-    def _held(self, messages: list[BaseMessage]) -> HeldStream:
+    def _held(self, messages: list[BaseMessage], prefix: str = "") -> HeldStream:
+        """The held stream of an answer to ``messages`` that continues ``prefix`` (`passed_before`)."""
         # A JSON answer's parsed reading is judged too, its chunks held from a rewritten escape (`_json_reading`).
         return ReadingHeldStream(
             self.guard,
@@ -296,6 +353,7 @@ class HeldBackChatModel(BaseChatModel):
             tool_calls=self.check_tool_calls,
             answers=self.answer_tools,
             judged=self.judged,
+            prefix=prefix,
         )
 
     def _given(self, messages: list[BaseMessage]) -> tuple[int, list[Item]]:
@@ -465,11 +523,12 @@ class HeldBackChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        self._ledger().again()
+        ledger, task = self._ledger(), _task_key()
+        ledger.again()
         messages = self._given_messages(messages)
         pending = self._start_input(messages)
-        held = self._held(messages)
-        with self._ledger().watching(), _counted_if_stopped(run_manager, lambda: held.whole):
+        held = self._held(messages, passed_before(ledger, task))
+        with ledger.watching(), _counted_if_stopped(run_manager, lambda: held.whole), _passing(ledger, task, held):
             target, config = self._target(), self._config(False)
             upstream = out_of_sight.stream(lambda: target.stream(messages, config, stop=stop, **kwargs))
             if pending is not None:
@@ -492,11 +551,13 @@ class HeldBackChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        self._ledger().again()
+        ledger, task = self._ledger(), _task_key()
+        ledger.again()
         messages = await self._agiven_messages(messages)
         pending = await self._astart_input(messages)
-        held = await built_off_loop(lambda: self._held(messages), messages)  # the context: read from the end
-        with self._ledger().watching(), _counted_if_stopped(run_manager, lambda: held.whole):
+        prefix = passed_before(ledger, task)
+        held = await built_off_loop(lambda: self._held(messages, prefix), messages)  # the context: read from the end
+        with ledger.watching(), _counted_if_stopped(run_manager, lambda: held.whole), _passing(ledger, task, held):
             target, config = self._target(), self._config(True)
             upstream = out_of_sight.astream(lambda: target.astream(messages, config, stop=stop, **kwargs))
             if pending is not None:
@@ -511,6 +572,18 @@ class HeldBackChatModel(BaseChatModel):
             if failed is not None:
                 await self._afailed(messages, failed)
         await built_off_loop(lambda: self._judged(held), held.whole)  # added up by its end checks: a fingerprint
+
+
+@contextmanager
+def _passing(ledger: StreamLedger, task: tuple[str, str] | None, held: HeldStream) -> Iterator[None]:
+    """Around a held stream: when it fails (the model's error, the guard's stop), what it passed on after its prefix is
+    what the step's next attempt continues (`record_passed`); when it ends, nothing is."""
+    try:
+        yield
+    except Exception:
+        record_passed(ledger, task, held.prefix + held.passed_text)
+        raise
+    forget_passed(ledger, task, held.prefix)
 
 
 @contextmanager

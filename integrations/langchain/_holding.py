@@ -10,7 +10,8 @@ safe first sentence goes out without waiting for the next one. Judged text goes 
 is back: the next chunk is raced against the check in flight (a sync stream's model is read on a thread of
 its own).
 
-A chunk goes out once all of its text has been released, in order. Tool-call chunks (their streamed
+A chunk goes out once all of its text has been released, in order (one released but for whitespace at its end, which
+the monitor holds as the next text's separator, goes out in two parts: `_split_released`). Tool-call chunks (their streamed
 arguments) are held until the whole call is judged as the assistant's action, after the stream ends, and so
 are chunks that carry text the answer quotes (`source_text`: citations, server tool outputs, metadata),
 judged as untrusted content then; chunks behind them wait too, so the consumer's order never changes. A violation raises
@@ -445,6 +446,32 @@ class BlockOrder:
         return False
 
 
+def _split_released(held: deque[_Held], released: int) -> None:
+    """The first held chunk, whose text is released but for whitespace at its end, as two chunks: the released text
+    with the rest of the chunk, then that whitespace alone (same id). The monitor holds a trailing whitespace back as
+    the separator of the next text: a chunk ``"France. "`` waited for the model's next chunk, the judged sentence with
+    it (rt65d F2: a 2 s pause held it 2 s). The parts add up to the chunk (its other fields on the first only), and
+    the consumer never holds more than the monitor released. A chunk whose text is not its string content (blocks,
+    reasoning beside it) or that closes the stream (``chunk_position="last"``) waits as before."""
+    end, to_end, chunk, text = held[0]
+    unreleased = end - released
+    # The last character first: a long chunk whose words wait is not copied for each chunk that comes after it.
+    if not 0 < unreleased < len(text) or not text[-1].isspace() or text[-unreleased:].strip():
+        return
+    at = len(text) - unreleased
+    head: Any
+    tail: Any
+    if isinstance(chunk, str) and chunk == text:
+        head, tail = chunk[:at], chunk[at:]
+    elif isinstance(chunk, AIMessageChunk) and chunk.content == text and chunk.chunk_position != "last":
+        head, tail = chunk.model_copy(update={"content": text[:at]}), AIMessageChunk(content=text[at:], id=chunk.id)
+    else:
+        return
+    held.popleft()
+    held.appendleft((end, to_end, tail, text[at:]))
+    held.appendleft((released, to_end, head, text[:at]))
+
+
 def _judged_at_end(chunk: Any, budget: int) -> bool:
     return _has_tool_calls(chunk) or _quotes(chunk, budget)
 
@@ -487,6 +514,10 @@ def as_message(value: BaseMessage) -> BaseMessage:
     return value
 
 
+#: A chunk held back: (the end offset of its text in the answer, held until the stream ended, the chunk, its text).
+_Held = tuple[int, bool, Any, str]
+
+
 class HeldStream:
     """One streamed answer held back until judged. ``run(chunks)`` / ``arun(chunks)`` yield what may go out.
 
@@ -499,6 +530,9 @@ class HeldStream:
         tool_calls: judge the answer's tool calls (held until then); ``False`` passes them on in order.
         answers: a structured output's schema tools: their calls are the answer, held and judged as the answer
             whatever ``tool_calls`` says (`_messages.AS_ANSWER`).
+        prefix: text the consumer already holds that this answer continues (a failed attempt's passed-on text
+            before a retry's answer): judged as a prefill is, before the answer's text in every window, never
+            passed on again.
     """
 
     def __init__(
@@ -514,6 +548,7 @@ class HeldStream:
         tool_calls: bool = True,
         answers: Collection[str] = (),
         judged: Callable[[Sequence[Item], Sequence[Decision]], None] | None = None,
+        prefix: str = "",
     ) -> None:
         self.guard = guard
         self.tool_calls = tool_calls
@@ -534,6 +569,8 @@ class HeldStream:
         self._reading = StreamReading()  # how the chunks' blocks read whole join up (`chunk_text`)
         #: Whether a chunk was held for what is judged once the stream ended (`_end_items` must read it).
         self._held_for_end = False
+        self._passed_texts: list[str] = []  # the texts of the chunks passed on (`passed_text`)
+        self.prefix = prefix
 
     @property
     def whole(self) -> Any:
@@ -544,9 +581,12 @@ class HeldStream:
         return self._whole
 
     def _open(self, *, asynchronous: bool) -> Screen:
+        # The prefix as an assistant turn closing the context: a prefill, which the monitor shows before the text
+        # of each window and does not release (`MonitorCore.prefill`; a prefill in the context comes before it).
+        context = [*self.context, {"role": "assistant", "content": self.prefix}] if self.prefix else self.context
         return open_screen(
             self.guard,
-            self.context,
+            context,
             self.engine,
             asynchronous=asynchronous,
             hold=True,
@@ -583,7 +623,7 @@ class HeldStream:
         if self.judged is not None and items:
             self.judged(items, decisions)
 
-    def _holds_to_end(self, chunk: Any, held: deque[tuple[int, bool, Any]]) -> bool:
+    def _holds_to_end(self, chunk: Any, held: deque[_Held]) -> bool:
         """Is this chunk held until the stream ended and its end items are judged (`_end_items`): a tool-call
         chunk (when tool calls are judged), one that carries quoted text, one whose text goes back to a block
         streamed before (`BlockOrder`), or one behind any of them?"""
@@ -595,9 +635,7 @@ class HeldStream:
         calls = self.tool_calls or bool(self.answers)
         return (calls and _has_tool_calls(chunk)) or _quotes(chunk, self.guard.max_chars)
 
-    def _released_before_stop(
-        self, held: deque[tuple[int, bool, Any]], judge: Screen, violation: GuardViolation
-    ) -> list[Any]:
+    def _released_before_stop(self, held: deque[_Held], judge: Screen, violation: GuardViolation) -> list[Any]:
         """Held chunks whose text the judge had released when ``violation`` stopped the stream, not passed on yet.
 
         Never more than the judge released (`MonitorScreen.released_at_stop`): not up to a Stream model's offset,
@@ -605,10 +643,10 @@ class HeldStream:
         released = judge.released_at_stop(violation) if isinstance(judge, MonitorScreen) else judge.released
         out = []
         while self._ready(held, released):
-            out.append(held.popleft()[2])
+            out.append(self._passed_on(held))
         return out
 
-    def _hold(self, chunk: Any, held: deque[tuple[int, bool, Any]], fed: int) -> tuple[int, str]:
+    def _hold(self, chunk: Any, held: deque[_Held], fed: int) -> tuple[int, str]:
         """Hold ``chunk`` (`as_judged`: its text as the monitor judges it) until its text is released; the
         characters fed so far, and its text."""
         chunk = as_judged(chunk)
@@ -616,7 +654,7 @@ class HeldStream:
         fed += len(text)
         to_end = self._holds_to_end(chunk, held)
         self._held_for_end |= to_end
-        held.append((fed, to_end, chunk))
+        held.append((fed, to_end, chunk, text))
         self._streamed_calls.add(chunk)
         summed = _summable(chunk)  # the consumer gets the chunk as it was judged
         # Nothing reads the whole before the stream ended: message chunks wait in a list to be added in one pass
@@ -628,12 +666,29 @@ class HeldStream:
         return fed, text
 
     @staticmethod
-    def _ready(held: deque[tuple[int, bool, Any]], released: int) -> bool:
-        return bool(held) and not held[0][1] and held[0][0] <= released
+    def _ready(held: deque[_Held], released: int) -> bool:
+        """Does the first held chunk go out now: all its text released? Once only whitespace at its end is not, it is
+        split there first (`_split_released`)."""
+        if not held or held[0][1]:
+            return False
+        if held[0][0] > released:
+            _split_released(held, released)
+        return held[0][0] <= released
+
+    def _passed_on(self, held: deque[_Held]) -> Any:
+        """The first held chunk, taken to go out: its text counts as the consumer's (`passed_text`)."""
+        _, _, chunk, text = held.popleft()
+        self._passed_texts.append(text)
+        return chunk
+
+    @property
+    def passed_text(self) -> str:
+        """The text of the chunks passed on so far: what the consumer holds of this answer."""
+        return "".join(self._passed_texts)
 
     def run(self, chunks: Iterator[Any]) -> Iterator[Any]:
         judge = self._open(asynchronous=False)
-        held: deque[tuple[int, bool, Any]] = deque()  # (end offset of its text, held to the end, chunk)
+        held: deque[_Held] = deque()
         fed = 0
         # While a monitor's check runs beside the stream the model is read on a thread of its own, so judged
         # text goes out when its verdict is back, not when the model sends its next token (``wakeup.py``).
@@ -648,10 +703,10 @@ class HeldStream:
                     if text:
                         judge.check(text)  # raises on a violation: held chunks never go out
                 while self._ready(held, judge.released):
-                    yield held.popleft()[2]
+                    yield self._passed_on(held)
             judge.finish()
             while self._ready(held, judge.released):
-                yield held.popleft()[2]  # the text is judged: it goes out before the tool calls are
+                yield self._passed_on(held)  # the text is judged: it goes out before the tool calls are
             items = self._end_items()
             self._passed(items, screen(self.guard, items))
         except GuardViolation as violation:
@@ -662,11 +717,11 @@ class HeldStream:
             # The provider stops generating when its stream is closed: at once, or when a read in flight returns.
             reader.close()
         while held:
-            yield held.popleft()[2]
+            yield self._passed_on(held)
 
     async def arun(self, chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
         judge = self._open(asynchronous=True)
-        held: deque[tuple[int, bool, Any]] = deque()
+        held: deque[_Held] = deque()
         fed = 0
         turn = _LoopTurns()
         # The next chunk is raced against the monitor's check in flight: judged text goes out when its
@@ -685,11 +740,11 @@ class HeldStream:
                     if text:
                         await judge.acheck(text)
                 while self._ready(held, judge.released):
-                    yield held.popleft()[2]
+                    yield self._passed_on(held)
                     await turn.taken()
             await judge.afinish()
             while self._ready(held, judge.released):
-                yield held.popleft()[2]  # an answer held whole (no sentence end) goes out here, every chunk
+                yield self._passed_on(held)  # an answer held whole (no sentence end) goes out here, every chunk
                 await turn.taken()
             # Added up (every chunk) and read on a worker thread once large: 40,000 chunks held the loop (rt55b F2).
             items = await built_off_loop(self._end_items, (self._whole, self._run))
@@ -703,7 +758,7 @@ class HeldStream:
             judge.close()
             await race.aclose()  # a read still in flight is cancelled before the upstream is closed
         while held:
-            yield held.popleft()[2]
+            yield self._passed_on(held)
             await turn.taken()
 
 
