@@ -560,14 +560,15 @@ class _Session:
         policy is at least as strict as this client's (a client's policy can only tighten it) and its window
         at most this one, so an honest server never releases text such a run covers."""
         self._run_starts.append(token["start"])
-        flag = self._debounce.push(token["risk"])
+        flag = self._debounce.push(token["risk"], token["category"])
         if flag is None or self._token_block is not None or not self.policy.enabled(Stage.STREAM):
             return
         start = self._run_starts[0] if len(self._run_starts) == self._debounce.window else None
         if start is None:
             return  # a span the server did not give: nothing to hold it to
-        category = token["category"]
-        decision = self.policy.decide(Verdict(flag.risk, (category,) if category else ()), Stage.STREAM)
+        # Judged as the local monitor judges it: every category of the run so far (`Debounce` flags again where
+        # a run this policy let through takes on a category it was not judged with).
+        decision = self.policy.decide(Verdict(flag.risk, flag.categories), Stage.STREAM)
         if not decision.allowed:
             self._token_block = Decision(
                 decision.allowed, decision.action, Stage.STREAM, decision.reason, decision.verdict, offset=start

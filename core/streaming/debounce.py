@@ -15,7 +15,10 @@ Two details the official code settles and this module keeps:
   non-safe token; longer windows trade detection latency for fewer false alarms).
 
 `flag_position` judges a whole list of per-token risks at once (the offline rule of the evaluation
-script); `Debounce` is the same rule fed one token at a time, as a stream needs it.
+script); `Debounce` is the same rule fed one token at a time, as a stream needs it. A stream's policy may let
+a flagged run go on (an ignored category, a controversial run under a loose policy), so `Debounce` keeps
+judging the run: it flags again where the run becomes one no flag of it was judged as (a category new to it,
+or unsafe after controversial), naming every category of the run.
 """
 
 from __future__ import annotations
@@ -29,15 +32,21 @@ __all__ = ["DEFAULT_WINDOW", "Debounce", "Flag", "flag_position"]
 
 #: The official rule: two consecutive non-safe tokens.
 DEFAULT_WINDOW = 2
+#: Categories one run keeps (a model's category head has about ten): a remote server's token verdicts, which may
+#: name any category, cannot make every token of a run a flag judged over an ever larger set.
+MAX_RUN_CATEGORIES = 64
 
 
 @dataclass(frozen=True, slots=True)
 class Flag:
-    """A debounce trigger: ``risk`` of the run, at token ``index``; the run started at ``start``."""
+    """A debounce trigger: ``risk`` of the run, at token ``index``; the window that completed it started at
+    ``start``. ``categories``: those of every token of the run so far, in the order they came (empty when the
+    tokens were pushed without one)."""
 
     risk: Risk
     index: int
     start: int
+    categories: tuple[str, ...] = ()
 
 
 def _check_window(window: int) -> int:
@@ -54,7 +63,7 @@ def flag_position(risks: Sequence[Risk | str], window: int = DEFAULT_WINDOW) -> 
 
     >>> from qwenguard.core.verdict import Risk
     >>> flag_position([Risk.SAFE, Risk.UNSAFE, Risk.UNSAFE])
-    Flag(risk=<Risk.UNSAFE: 'unsafe'>, index=2, start=1)
+    Flag(risk=<Risk.UNSAFE: 'unsafe'>, index=2, start=1, categories=())
     """
     _check_window(window)
     values = [Risk(r) for r in risks]
@@ -69,19 +78,27 @@ def flag_position(risks: Sequence[Risk | str], window: int = DEFAULT_WINDOW) -> 
 
 
 class Debounce:
-    """The rule applied online: call `push` with each token's risk, in order.
+    """The rule applied online: call `push` with each token's risk (and category), in order.
 
     `push` returns a `Flag` at the first token that completes a run of ``window`` non-safe tokens
-    (``Risk.UNSAFE`` when the whole run is unsafe, else ``Risk.CONTROVERSIAL``), and ``None``
-    otherwise. After a flag the run keeps counting, so a controversial run that turns unsafe
-    flags again (a loose policy lets the first through and must still stop the second).
+    (``Risk.UNSAFE`` when the whole window is unsafe, else ``Risk.CONTROVERSIAL``), and ``None``
+    otherwise. A flag that the policy allows does not end the run's judging: the run flags again at a
+    token that makes it one its flags were not judged as, so a policy that let the first flag through
+    still judges the rest of the run:
+
+    - a controversial run that turns unsafe (a loose policy lets the first through and must stop the second);
+    - a token of a category the run had not had (a run allowed for an ignored category that flows into
+      another one, with no safe token between). The flag names every category of the run so far.
+
+    Neither repeats within a run: a long run of one category flags once (twice when it turns unsafe). A
+    safe token ends the run, and what its flags named with it.
 
     >>> d = Debounce()
     >>> [d.push(r) for r in ("safe", "unsafe", "unsafe")][-1].risk
     <Risk.UNSAFE: 'unsafe'>
     """
 
-    __slots__ = ("window", "_index", "_run", "_unsafe_run", "_flagged")
+    __slots__ = ("window", "_index", "_run", "_unsafe_run", "_flagged", "_categories")
 
     def __init__(self, window: int = DEFAULT_WINDOW) -> None:
         self.window = _check_window(window)
@@ -91,24 +108,36 @@ class Debounce:
         self._index = -1
         self._run = 0  # consecutive non-safe tokens ending here
         self._unsafe_run = 0  # consecutive unsafe tokens ending here
-        self._flagged: Risk | None = None  # strongest risk already flagged in the current run
+        # Strongest risk flagged in the current run since its categories were last added to (None: not flagged
+        # as the run is now). The policy judges a risk and a set of categories; with the same set, a weaker or
+        # equal risk decides no differently, so it is not flagged again.
+        self._flagged: Risk | None = None
+        self._categories: dict[str, None] = {}  # the current run's categories, in the order they came
 
-    def push(self, risk: Risk | str) -> Flag | None:
+    def push(self, risk: Risk | str, category: str | None = None) -> Flag | None:
+        """One token's risk and its category (``None``: none given); the flag it raises, or ``None``."""
         risk = risk if isinstance(risk, Risk) else Risk(risk)
         self._index += 1
         if risk is Risk.SAFE:
             self._run = self._unsafe_run = 0
             self._flagged = None
+            if self._categories:
+                self._categories = {}
             return None
         self._run += 1
         self._unsafe_run = self._unsafe_run + 1 if risk is Risk.UNSAFE else 0
+        if category and category not in self._categories and len(self._categories) < MAX_RUN_CATEGORIES:
+            self._categories[category] = None
+            self._flagged = None  # no flag of this run was judged with this category
         if self._unsafe_run >= self.window and self._flagged is not Risk.UNSAFE:
-            self._flagged = Risk.UNSAFE
-            return Flag(Risk.UNSAFE, self._index, self._index - self.window + 1)
+            return self._flag(Risk.UNSAFE)
         if self._run >= self.window and self._flagged is None:
-            self._flagged = Risk.CONTROVERSIAL
-            return Flag(Risk.CONTROVERSIAL, self._index, self._index - self.window + 1)
+            return self._flag(Risk.CONTROVERSIAL)
         return None
+
+    def _flag(self, risk: Risk) -> Flag:
+        self._flagged = risk
+        return Flag(risk, self._index, self._index - self.window + 1, tuple(self._categories))
 
     def extend(self, risks: Iterable[Risk | str]) -> list[Flag]:
         """Push several risks; return the flags they raised, in order."""

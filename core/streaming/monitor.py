@@ -15,7 +15,9 @@ Two engines behind one contract:
 - **Stream model** (``guard.stream_backend``, e.g. `TransformersStream`): the prompt is judged by the
   query heads; every assistant token is scored by the response heads (O(1) per token); the official
   debounce (`Debounce`: two consecutive non-safe tokens) turns token verdicts into a flag, which the
-  guard's `Policy` turns into a decision for ``Stage.STREAM`` (strict/loose, ignore and block lists).
+  guard's `Policy` turns into a decision for ``Stage.STREAM`` (strict/loose, ignore and block lists) on
+  every category of the run so far; a run it allows is flagged and judged again where it takes on another
+  category or turns unsafe.
   ``holdback=N`` releases text only once it and N further guard tokens have been scored; with
   ``N >= window - 1`` (the default) nothing at or after the start of a flagged span has been released
   when `GuardViolation` is raised. ``N=0`` releases at once (lowest latency, the flagged tokens may

@@ -433,7 +433,7 @@ class MonitorCore:
         push = self._debounce.push
         for v in verdicts:
             recent.append((v.index, v.start))
-            flag = push(v.risk)
+            flag = push(v.risk, v.category)
             if flag is not None:
                 self._on_token_flag(flag, v)
         self._tokens.extend(verdicts)
@@ -447,10 +447,12 @@ class MonitorCore:
         return self._release_to(recent[-self.holdback][1])
 
     def _on_token_flag(self, flag: Flag, v: Any) -> None:
+        """Judge a debounce flag: the policy sees every category of the run so far, not only the one of the token
+        that raised it (a run let through for an ignored category that flows into another is judged as both)."""
         offset = next((start for index, start in self._recent if index == flag.start), v.start)
         verdict = Verdict(
             flag.risk,
-            (v.category,) if v.category else (),
+            flag.categories,
             None,
             f"stream tokens {flag.start}..{flag.index}: {flag.risk.value}",
             0.0,
