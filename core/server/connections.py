@@ -17,15 +17,23 @@ three things, all measured at the socket:
   busy with a request, the new one gets a 503 and is closed.
 
 Bodies that arrive too slowly are the gate's business (`Gate`: 408 past ``request_timeout_s``), and
-WebSocket sessions the stream protocol's (idle and lifetime limits).
+WebSocket sessions the stream protocol's (idle and lifetime limits). So are answers a client does not read:
+uvicorn's send waits for the socket to drain without end, so each is bounded (`sent_within`), and a client
+that does not take one in time is cut off (`abort_connection`), its slot freed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+import socket
+import struct
+import weakref
 from collections import Counter
+from collections.abc import Awaitable
+from contextvars import ContextVar
 from typing import Any
 
 from .limits import Limits
@@ -47,6 +55,76 @@ _RESPONSES = {
     431: _plain_response(431, "Request Header Fields Too Large", "request head is too large"),
     503: _plain_response(503, "Service Unavailable", "server busy: too many connections", "retry-after: 1\r\n"),
 }
+
+
+#: The socket whose bytes the guarded protocol is reading. The tasks uvicorn starts for what it reads (a request's,
+#: a pipelined one's after it, a stream session's) are created meanwhile and keep it, since a task copies the
+#: context it is created in: so the app can cut off the connection it serves (`abort_connection`).
+_CONNECTION: ContextVar[asyncio.WriteTransport | None] = ContextVar("qwenguard_connection", default=None)
+
+
+class ClientStalled(Exception):
+    """A client did not take what the server sent within its deadline. ``cut_off``: its connection was cut off
+    (`abort_connection`; else the app is served without `guarded_protocol`, which has no socket to cut)."""
+
+    def __init__(self, message: str, *, cut_off: bool) -> None:
+        super().__init__(message)
+        self.cut_off = cut_off
+
+
+def abort_connection() -> bool:
+    """Cut off the connection the current request or stream session came on, at once: the socket is reset and
+    what waits to be written is dropped. A close would wait for a client that stopped reading to read it, for
+    as long as it keeps the socket open. ``False`` when there is none to cut (the app served without
+    `guarded_protocol`)."""
+    transport = _CONNECTION.get()
+    if transport is None:
+        return False
+    _reset(transport)
+    return True
+
+
+def abort_connection_later(delay: float) -> None:
+    """Cut off the current connection ``delay`` seconds from now, unless it is closed by then (then this does
+    nothing): a stream session's socket after its close, which uvicorn closes by waiting to flush."""
+    transport = _CONNECTION.get()
+    if transport is not None:
+        asyncio.get_running_loop().call_later(delay, _reset, transport)
+
+
+def _reset(transport: asyncio.WriteTransport) -> None:
+    """Abort ``transport`` with a reset (RST): a plain abort closes the socket, whose FIN waits in the kernel behind
+    what the client never read, up to 4 MB of it, for minutes."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):  # closed already
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+async def sent_within(send: Awaitable[Any], timeout: float | None) -> None:
+    """Await ``send`` (a response message or a frame going out) for at most ``timeout`` seconds (``None``: no
+    bound). Past it the connection is cut off (`abort_connection`) and `ClientStalled` raised: uvicorn's send
+    waits for the socket to drain, and a client that stops reading held a request's slot, or a stream
+    session, for as long as it kept the socket open (rt65f F1, F2).
+
+    A send that need not wait goes out even with no time left: its first step runs before the wait looks."""
+    if timeout is None:
+        await send
+        return
+    sending = asyncio.ensure_future(send)
+    try:
+        done, _ = await asyncio.wait({sending}, timeout=max(timeout, 0.0))
+    except BaseException:
+        sending.cancel()
+        raise
+    if done:
+        sending.result()
+        return
+    cut_off = abort_connection()
+    sending.cancel()
+    await asyncio.wait({sending})
+    raise ClientStalled(f"the client took nothing sent within {timeout:.3g} s", cut_off=cut_off)
 
 
 def _peer(connection: Any) -> str:
@@ -76,6 +154,7 @@ def guarded_protocol(limits: Limits, base: type | None = None) -> type:
         # -- the head deadline ------------------------------------------------------------
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            self._requests: weakref.WeakSet[Any] = weakref.WeakSet()  # each request read (httptools' cycles)
             self._arm(self.head_timeout_s)
             if len(self.connections) > self.max_connections:
                 self._make_room()
@@ -88,6 +167,12 @@ def guarded_protocol(limits: Limits, base: type | None = None) -> type:
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
+            # uvicorn tells only the newest request it read that the client left: one served ahead of pipelined
+            # ones waited on, for its answer to drain or for a hang-up it never heard of, without end.
+            for cycle in list(self._requests):
+                if not cycle.response_complete:
+                    cycle.disconnected = True
+                    cycle.message_event.set()
 
         def handle_websocket_upgrade(self, *args: Any) -> None:
             self._disarm()  # the socket is the WebSocket protocol's now
@@ -138,6 +223,8 @@ def guarded_protocol(limits: Limits, base: type | None = None) -> type:
         def on_headers_complete(self) -> None:
             if not self._refused:
                 super().on_headers_complete()
+                if getattr(self, "cycle", None) is not None:
+                    self._requests.add(self.cycle)
 
         def on_body(self, body: bytes) -> None:
             if not self._refused:
@@ -152,7 +239,11 @@ def guarded_protocol(limits: Limits, base: type | None = None) -> type:
                 return
             if self._waiting_for_head():
                 self._head_bytes = max(self._head_bytes, 1)  # something arrived: a timeout is a 408
-            super().data_received(data)
+            reading = _CONNECTION.set(self.transport)  # for the tasks started for what it holds (`abort_connection`)
+            try:
+                super().data_received(data)
+            finally:
+                _CONNECTION.reset(reading)
 
         # -- the connection budget ------------------------------------------------------------
         def _make_room(self) -> None:

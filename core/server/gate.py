@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
+from .connections import ClientStalled, sent_within
 from .limits import LARGE_BODY_BYTES, LimitExceeded, Limits
 from .metrics import SERVED_PATHS, Metrics
 from .schemas import ApiError, ModerationRequest, error_json, validation_error_json
@@ -193,6 +194,10 @@ class Gate:
         status_holder = {"status": 500, "started": False, "complete": False}
         start = time.perf_counter()
         load = self.load
+        timeout = self.limits.request_timeout_s
+        # When the answer must be out (`sent_within`): the body's deadline, then the request's. A client that
+        # does not read it is cut off, its slot freed; it held a slot for as long as it kept its socket (rt65f F2).
+        sends_by = None if timeout is None else time.monotonic() + timeout
 
         async def send_recording(message: Mapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -202,7 +207,7 @@ class Gate:
                 # Before the send: uvicorn's receive says http.disconnect once the response is complete,
                 # which is no hang-up (`_while_connected`).
                 status_holder["complete"] = True
-            await send(message)
+            await sent_within(send(message), None if sends_by is None else sends_by - time.monotonic())
 
         async def answer(response: Response, reason: str) -> None:
             self.metrics.rejected.labels(reason).inc()
@@ -266,9 +271,10 @@ class Gate:
                 if load.in_flight >= self.limits.max_concurrency:
                     await answer(self._busy(), "overload")
                     return
-                timeout = self.limits.request_timeout_s
-                # One deadline from here: the wait for a turn counts against the work's time (`Service.time_left`).
-                REQUEST_DEADLINE.set(None if timeout is None else time.monotonic() + timeout)
+                # One deadline from here: the wait for a turn counts against the work's time (`Service.time_left`),
+                # and the answer is sent by it.
+                sends_by = None if timeout is None else time.monotonic() + timeout
+                REQUEST_DEADLINE.set(sends_by)
                 # One client address is served at most `requests_per_client` requests at once; its next ones
                 # wait for one of its own to finish, so it cannot hold every slot and keep others out.
                 try:
@@ -301,6 +307,11 @@ class Gate:
                         ),
                         "client_requests",
                     )
+            except ClientStalled as exc:
+                status_holder["status"] = 499  # its answer was never taken: nobody got it
+                self.metrics.rejected.labels("client_stalled").inc()
+                if exc.cut_off:
+                    await _until_gone(receive)  # uvicorn must know, or it answers the request again (a 500)
             except asyncio.CancelledError:
                 # Cancelled at the end of a graceful shutdown (`DrainingServer`, past shutdown_timeout_s):
                 # a 503 sends the check to another replica (HAProxy's retry-on, the client's retry), where
@@ -597,6 +608,12 @@ class Gate:
             if load.streams_by_client[client] <= 0:
                 del load.streams_by_client[client]
             self.metrics.streams.dec()
+
+
+async def _until_gone(receive: Any) -> None:
+    """Read a cut-off request's channel until it says http.disconnect (what was left of its body before)."""
+    while (await receive()).get("type") != "http.disconnect":
+        pass
 
 
 def _hung_up(leaving: asyncio.Future[Any]) -> bool:

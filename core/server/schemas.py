@@ -23,6 +23,14 @@ MAX_ERROR_DETAILS = 20
 #: The default number of conversations one /v1/moderate call may carry (``Limits.max_conversations``).
 MAX_BATCH = DEFAULT_MAX_CONVERSATIONS
 
+#: Characters of a client's value that an error message quotes (`quoted`): enough to tell which value it was,
+#: never a copy of the request. A 404 quoted a 1 MB ``model`` of U+0085 whole: a 2.5 MB answer (rt65f).
+QUOTED_CHARS = 80
+
+#: The longest error message the server sends (`error_text`): a message that quotes a client's value whole
+#: (a policy's, a message's, written by the core) is cut there.
+MAX_ERROR_MESSAGE_CHARS = 1000
+
 #: The most alternatives a step's ``top_logprobs`` may ask for: OpenAI's bound for chat (vLLM's default
 #: ``max_logprobs`` for both routes). The server knows at most three (the labels: docs/server.md).
 MAX_TOP_LOGPROBS = 20
@@ -40,7 +48,7 @@ class _Judged(BaseModel):
         for key, value in (self.model_extra or {}).items():
             # null or empty carries nothing (the OpenAI SDK echoes "refusal": null, "annotations": [] back)
             if not (value is None or (isinstance(value, (str, list, dict)) and not value)):
-                raise ValueError(f"field {key!r} is not judged by this server: remove it (or send null)")
+                raise ValueError(f"field {quoted(key)} is not judged by this server: remove it (or send null)")
         return self
 
 
@@ -232,9 +240,25 @@ class ApiError(Exception):
         self.status, self.message, self.kind, self.headers = status, message, kind, dict(headers or {})
 
 
+def quoted(value: Any) -> str:
+    """A client's value as an error message quotes it: repr'd, at most its first `QUOTED_CHARS` characters
+    (and how long it was, when cut)."""
+    if not isinstance(value, str):
+        shown = repr(value)
+        return shown if len(shown) <= QUOTED_CHARS else f"{shown[:QUOTED_CHARS]}…"
+    if len(value) <= QUOTED_CHARS:
+        return repr(value)
+    return f"{value[:QUOTED_CHARS]!r}… ({len(value):,} characters)"
+
+
+def error_text(message: str) -> str:
+    """An error message as it is sent: at most `MAX_ERROR_MESSAGE_CHARS` characters."""
+    return message if len(message) <= MAX_ERROR_MESSAGE_CHARS else message[:MAX_ERROR_MESSAGE_CHARS] + "…"
+
+
 def error_json(status: int, message: str, kind: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse(
-        {"error": {"message": message, "type": kind, "code": status}}, status, headers=dict(headers or {})
+        {"error": {"message": error_text(message), "type": kind, "code": status}}, status, headers=dict(headers or {})
     )
 
 
@@ -243,7 +267,7 @@ def validation_error_json(errors: Sequence[Mapping[str, Any]]) -> JSONResponse:
     large body: `gate.parse_json_body`). loc/msg/type only: "input" would copy request text into responses
     and error trackers."""
     details = [
-        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        {"loc": list(e.get("loc", ())), "msg": error_text(e.get("msg", "")), "type": e.get("type", "")}
         for e in errors[:MAX_ERROR_DETAILS]  # a few: the list can be as long as the body allows
     ]
     first = details[0] if details else {"loc": [], "msg": "invalid request"}
@@ -252,7 +276,7 @@ def validation_error_json(errors: Sequence[Mapping[str, Any]]) -> JSONResponse:
         message += f" ({len(errors)} errors)"
     body = {
         "error": {
-            "message": message,
+            "message": error_text(message),
             "type": "invalid_request_error",
             "code": 422,
             "details": jsonable_encoder(details),

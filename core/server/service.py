@@ -40,6 +40,7 @@ from .schemas import (
     ModerationRequest,
     ModerationResponse,
     ModerationResult,
+    quoted,
 )
 from .turns import ParseTurns
 
@@ -491,7 +492,9 @@ def normalized(messages: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, st
 
 def check_model(requested: str | None, served: str) -> None:
     if requested is not None and requested != served:
-        raise ApiError(404, f"the model {requested!r} does not exist; this server serves {served!r}", "model_not_found")
+        raise ApiError(
+            404, f"the model {quoted(requested)} does not exist; this server serves {served!r}", "model_not_found"
+        )
 
 
 def raw_text(outcome: Outcome) -> str:

@@ -23,8 +23,9 @@ from ..formats.prompts import normalize_messages
 from ..streaming.debounce import DEFAULT_WINDOW
 from ..streaming.monitor_core import DEFAULT_CHECK_EVERY, DEFAULT_CONTEXT, DEFAULT_MIN_SEGMENT
 from ..verdict import Risk
+from .connections import ClientStalled, abort_connection_later, sent_within
 from .limits import LARGE_BODY_BYTES, LimitExceeded, Limits
-from .schemas import ApiError, Message
+from .schemas import ApiError, Message, error_text, quoted
 from .service import Service, judged_within
 from .turns import NoTurn, client_address
 
@@ -78,6 +79,10 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
     Text is cleaned by the content rule (`clean_text`) before the guard sees it, so what is released
     is the cleaned text.
 
+    Every frame the server sends must be taken within the session's time: its lifetime left, and never
+    longer than ``stream_idle_timeout_s``; a client that stops reading is cut off there (the socket reset,
+    its slot freed), the error frame and close included.
+
     Close codes: 1000 done (also after a violation), 1009 too big, 4400 bad request, 4408 idle or
     too long, 4503 guard unavailable, 1011 internal error; an error frame ``{"type": "error",
     "error": {...}}`` precedes every error close (with 4503, ``error.type`` is ``"timeout"`` when the guard
@@ -100,13 +105,15 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
             monitor = await inbox.work(opener.__aenter__(), clock.lifetime_left())
         except GuardViolation as v:
             service.metrics.decision(v.decision)
-            await ws.send_json(
+            await _send(
+                ws,
+                clock,
                 {
                     "type": "violation",
                     "decision": v.decision.to_dict(),
                     "released": "",
                     "prompt_decision": v.decision.to_dict(),
-                }
+                },
             )
             raise SessionEnd(CLOSE_NORMAL) from None
         except (TypeError, ValueError, OverflowError) as exc:  # Overflow: a holdback of 10**30
@@ -114,7 +121,7 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
         except QwenGuardError as exc:
             raise _unavailable(exc) from exc
         report = _Report(monitor)
-        await ws.send_json({"type": "opened", **report.update()})
+        await _send(ws, clock, {"type": "opened", **report.update()})
         clock.progress()
         while True:
             msg = await _receive(inbox, service, clock.next_wait(), client_address(ws.scope), _later_frame(service))
@@ -129,24 +136,26 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
                     if text:
                         clock.progress()
                     released = await inbox.work(monitor.afeed(text), clock.lifetime_left())
-                    await ws.send_json({"type": "released", "text": released, **report.update()})
+                    await _send(ws, clock, {"type": "released", "text": released, **report.update()})
                 elif kind == "finish":
                     released = await inbox.work(monitor.afinish(), clock.lifetime_left())
-                    await ws.send_json({"type": "finished", "text": released, **report.update()})
+                    await _send(ws, clock, {"type": "finished", "text": released, **report.update()})
                     raise SessionEnd(CLOSE_NORMAL)
                 elif kind == "close":
                     raise SessionEnd(CLOSE_NORMAL)
                 else:
-                    raise SessionEnd(CLOSE_BAD_REQUEST, f"unknown frame type {kind!r}", "invalid_request_error")
+                    raise SessionEnd(CLOSE_BAD_REQUEST, f"unknown frame type {quoted(kind)}", "invalid_request_error")
             except GuardViolation as v:
                 service.metrics.decision(v.decision)
-                await ws.send_json(
+                await _send(
+                    ws,
+                    clock,
                     {
                         "type": "violation",
                         "decision": v.decision.to_dict(),
                         "released": monitor.released,
                         **report.update(final=True),
-                    }
+                    },
                 )
                 raise SessionEnd(CLOSE_NORMAL) from None
             except InputTooLarge as exc:  # over the operator's bound on the session's guard windows: refused
@@ -154,20 +163,12 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
             except QwenGuardError as exc:
                 raise _unavailable(exc) from exc
     except SessionEnd as end:
-        if end.code != CLOSE_NORMAL:
-            await _send_quietly(
-                ws, {"type": "error", "error": {"message": end.message, "type": end.kind, "code": end.code}}
-            )
-        await _close_quietly(ws, end.code)
-    except WebSocketDisconnect:
-        pass  # the client left mid-stream: release the monitor below, nothing else to do
+        await _goodbye(ws, clock, end.code, None if end.code == CLOSE_NORMAL else (end.message, end.kind))
+    except (WebSocketDisconnect, ClientStalled):
+        pass  # the client left mid-stream, or was cut off for not reading: release the monitor below
     except Exception as exc:  # noqa: BLE001 - one broken session must not take the server down
         logger.warning("stream session failed: %s", type(exc).__name__)
-        await _send_quietly(
-            ws,
-            {"type": "error", "error": {"message": "internal error", "type": "internal_error", "code": CLOSE_INTERNAL}},
-        )
-        await _close_quietly(ws, CLOSE_INTERNAL)
+        await _goodbye(ws, clock, CLOSE_INTERNAL, ("internal error", "internal_error"))
     finally:
         inbox.close()
         if opener is not None:
@@ -333,6 +334,14 @@ class _Clock:
         left = self.started + self.lifetime - time.monotonic()
         return max(left, 0.0), f"stream session lasted its limit of {self.lifetime} s"
 
+    def send_wait(self) -> float | None:
+        """How long one frame to the client may wait to go out: the lifetime left, never longer than the idle
+        timeout. A client that stopped reading held its session past both limits, in the send (rt65f F1)."""
+        waits = [] if self.idle is None else [self.idle]
+        if self.lifetime is not None:
+            waits.append(max(self.started + self.lifetime - time.monotonic(), 0.0))
+        return min(waits) if waits else None
+
     def next_wait(self) -> tuple[float | None, str]:
         now = time.monotonic()
         waits: list[tuple[float, str]] = []
@@ -430,11 +439,13 @@ class _Inbox:
 
     async def receive(self, wait: tuple[float | None, str]) -> Any:
         """The next ASGI message; `SessionEnd` 4408 past ``wait``'s timeout."""
-        if self._ahead:
-            return self._ahead.popleft()
         timeout, why = wait
         if timeout is not None and timeout <= 0:
+            # Also with frames kept ahead: a client sending empty feeds back to back always had one kept, and its
+            # session outlived both limits for as long as it sent them (rt65f).
             raise SessionEnd(CLOSE_IDLE_TIMEOUT, why, "timeout")
+        if self._ahead:
+            return self._ahead.popleft()
         reading = self._reading()
         done, _ = await asyncio.wait({reading}, timeout=timeout)
         if not done:
@@ -545,15 +556,24 @@ def _read_frame(raw: str, limits: Limits, first: bool) -> dict[str, Any]:
     return data
 
 
-async def _send_quietly(ws: WebSocket, data: Mapping[str, Any]) -> None:
+async def _send(ws: WebSocket, clock: _Clock, data: Mapping[str, Any]) -> None:
+    """One frame to the client, taken within the session's time (`_Clock.send_wait`), else `ClientStalled`
+    (the connection cut off)."""
+    await sent_within(ws.send_json(data), clock.send_wait())
+
+
+async def _goodbye(ws: WebSocket, clock: _Clock, code: int, error: tuple[str, str] | None) -> None:
+    """The error frame (``error``: message and type) and the close, each bounded as every frame is (`_send`).
+    Then the client has as long as for an ``open`` frame to answer the close: uvicorn closes the socket by
+    waiting to flush it, which for a client that stopped reading is for as long as it keeps the socket open."""
     try:
-        await ws.send_json(data)
+        if error is not None:
+            message, kind = error
+            frame = {"type": "error", "error": {"message": error_text(message), "type": kind, "code": code}}
+            await _send(ws, clock, frame)
+        await sent_within(ws.close(code), clock.send_wait())
+    except ClientStalled:
+        return
     except Exception:  # noqa: BLE001 - the peer may be gone
         pass
-
-
-async def _close_quietly(ws: WebSocket, code: int) -> None:
-    try:
-        await ws.close(code)
-    except Exception:  # noqa: BLE001
-        pass
+    abort_connection_later(clock.open_wait()[0])
