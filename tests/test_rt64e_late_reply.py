@@ -309,7 +309,10 @@ def test_ids_that_repeat_across_replies_cost_no_guard_errors() -> None:
         guard.close()
         engine.close()
     assert [d.reason for d in decisions] == ["unsafe" if i % 2 else "safe" for i in range(60)]
-    assert len(engine.seen) <= len(texts) + 4  # a few asked again before the repeat shows, not one in two
+    # A few asked again before the repeat shows, not one in two (1.8x before). Since rt65i F2 a repeat in the same
+    # bytes as the reply read first (this gateway's same-second verdicts) is asked again until several requests
+    # showed ids repeat (one proxy's double copy proves nothing): a few more than the 4 allowed before.
+    assert len(engine.seen) <= len(texts) * 1.25
 
 
 class RewrittenTwice(RawEngine):

@@ -291,7 +291,7 @@ _MOST_MAX_TOKENS = 256
 class _LateCopy(Exception):
     """A reply that is no answer to its request (`ReplyIds`: a late copy, another request's reply): asked again at
     once (`OpenAIGen._exchange`); past the pool's idle connections, a dropped connection for the retries.
-    ``elsewhere``: its id was read before on another connection only."""
+    ``elsewhere``: asked again as such (an id read on another connection, a named URL's reply without one)."""
 
     def __init__(self, message: str, *, elsewhere: bool = False) -> None:
         super().__init__(message)

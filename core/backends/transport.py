@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import logging
 import os
@@ -280,7 +281,7 @@ class LeftoverCheck:
         self.again = again  # asked again for a reply whose id was read on another connection
         self.chunks: list[bytes] = []
         self.fresh: bool | None = True
-        self.elsewhere = False  # no answer for an id read before on another connection only
+        self.elsewhere = False  # no answer, to be asked again as `again` (`ReplyIds.read`)
         self.ident: str | None = None
 
     async def __call__(self, event: str, info: dict[str, Any]) -> None:
@@ -291,7 +292,12 @@ class LeftoverCheck:
                 if self.ids is not None and self.response.status_code == 200:
                     self.ident = await reply_id_of(self.chunks)
                     self.fresh, self.elsewhere = self.ids.read(
-                        self.response, self.ident, named=self.named, url=self.url, again=self.again
+                        self.response,
+                        self.ident,
+                        named=self.named,
+                        url=self.url,
+                        again=self.again,
+                        body=b"".join(self.chunks),
                     )
                     self.reuse = self.reuse and bool(self.fresh)
                 self.leftover = drop_if_leftover(self.response, reuse=self.reuse)
@@ -337,93 +343,130 @@ def request_name() -> str:
     return f"qg{secrets.token_hex(12)}"
 
 
+#: A request's name in a reply's id (`request_name`): a reply naming one that is not its request's answers another.
+_NAME = re.compile(r"qg[0-9a-f]{24}")
+#: Requests whose re-asked reply again repeated an id read on another connection, in other bytes, before the client
+#: takes ids to repeat (`ReplyIds.repeating`): one proxy's double copy proves nothing (rt65i F2).
+_REPEATS_PROVING = 3
+
+
+def _digest(data: bytes) -> bytes:
+    """A short fixed-size digest: what is remembered of a reply's id and of its bytes (an id is as long as the engine
+    writes it: 250 KB ids held ~1 GiB: rt65i F3)."""
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
 class ReplyIds:
     """The reply ids read on each HTTP/1.1 connection of one client (made and used on its loop; the connections'
-    parsers are weak keys, so a closed connection leaves nothing behind).
+    parsers are weak keys, so a closed connection leaves nothing behind; ids and bodies are kept as digests).
 
     A late duplicate (an engine or proxy that writes a reply twice, the second a moment after the first) lands on
     the connection after a later request went out on it, and that request reads it as its own answer: a stale
     "Safe" for another text (rt64e F1); behind a balancer that pools its connections to the engine, on a request
     of another connection (rt65c F1).
 
-    An engine that names each reply by the request's ``X-Request-Id`` (vLLM, ``qwenguard serve``: shown once a
-    reply's id holds the name sent, ``echoes``) proves each answer: from then on a reply of that URL that does not
-    name its request (an attempt of it) is no answer, wherever it lands and whatever it holds, and a named one
-    keeps its connection.
+    An engine that names each reply by the request's ``X-Request-Id`` (vLLM, ``qwenguard serve``) proves each
+    answer: a reply naming its request (an attempt of it) is its answer, wherever it lands, and keeps its
+    connection; one naming another request is no answer. A reply that names none is read by the rules below
+    whatever its URL did before: a pool of naming and other replicas, a server rolled back, a proxy that sets its
+    own header (rt65i F1: a latch on a naming URL refused every honest reply after such a change, 72 requests a
+    check). At a URL that named its replies (``echoes``), a reply without a readable id (a copy cut short) is asked
+    again once.
 
     Other engines' ids can only show a copy: a reply whose id was read before on its connection is no answer,
     byte for byte or written anew (other whitespace, another ``created``: rt64m F1), however many replies came
     between (rt64l F1; the client remembers the connection of its last `_IDS_KEPT` ids, and each connection its
-    last `_REPLIES_KEPT`). One whose id was read on another connection is no answer either, the first time for a
-    request: asked again on a new connection, a reply whose id was read before again shows ids that repeat (a
-    gateway writing ``chatcmpl-<unix seconds>``: rt64l F3), ``repeating`` from then on, and an id read on another
-    connection is an answer then (no id tells a copy there; documented). A copy or ids that repeat (``unique``
-    false, logged once): from then on no connection of the client is kept alive past a reply, as
-    ``keep_alive=False`` does: the connections idle in the pool may hold copies of their own, and each is skipped
-    once as it drains (rt64o F1). Once the engine has shown ids (``sends_ids``), a reply without one (an error
-    status, a proxy's page) cannot be told from a copy either: its connection is not kept alive. An engine that
-    never sends an id keeps its connections: nothing tells its copies (``keep_alive=False`` does, `OpenAIGen`)."""
+    last `_REPLIES_KEPT`). One whose id was read on another connection is no answer either: asked again on a new
+    connection. Ids that repeat (a gateway writing ``chatcmpl-<unix seconds>``: rt64l F3) are taken as such
+    (``repeating``, logged) once `_REPEATS_PROVING` requests asked again got an id read before again, in other bytes
+    than that id's reply (a copy's same bytes prove nothing: rt65i F2); an id read on another connection is an
+    answer then (no id tells a copy there; documented). A copy or ids that repeat (``unique`` false, logged once):
+    from then on no connection of the client is kept alive past a reply, as ``keep_alive=False`` does: the
+    connections idle in the pool may hold copies of their own, and each is skipped once as it drains (rt64o F1).
+    Once the engine has shown ids (``sends_ids``), a reply without one (an error status, a proxy's page) cannot be
+    told from a copy either: its connection is not kept alive. An engine that never sends an id keeps its
+    connections: nothing tells its copies (``keep_alive=False`` does, `OpenAIGen`)."""
 
     def __init__(self) -> None:
-        self._read: weakref.WeakKeyDictionary[Any, dict[str, None]] = weakref.WeakKeyDictionary()
-        self._on: dict[str, weakref.ref[Any]] = {}  # each id read lately: the connection it was read on
-        self.echoes: set[str] = set()  # the URLs whose replies name their request (`REQUEST_ID_HEADER`)
+        self._read: weakref.WeakKeyDictionary[Any, dict[bytes, None]] = weakref.WeakKeyDictionary()
+        # Each id read lately (its digest): the connection it was read on, and its reply's bytes' digest.
+        self._on: dict[bytes, tuple[weakref.ref[Any], bytes]] = {}
+        self.echoes: set[str] = set()  # the URLs whose replies named their request (`REQUEST_ID_HEADER`)
+        self._proofs: set[str] = set()  # requests whose re-ask read an id again, in other bytes (`repeating`)
         self.sends_ids = False
         self.unique = True
         self.repeating = False
 
     def read(
-        self, response: Any, ident: str | None, *, named: str | None = None, url: str = "", again: bool = False
+        self,
+        response: Any,
+        ident: str | None,
+        *,
+        named: str | None = None,
+        url: str = "",
+        again: bool = False,
+        body: bytes = b"",
     ) -> tuple[bool | None, bool]:
-        """Notes that ``response`` (a 200, read to its end) of a request ``named`` (`request_name`) to ``url``
-        carried the reply id ``ident``. First: True when its connection may be reused (a reply naming its request;
-        one not read before; no id from an engine that never sends one), None when it may not (no id from an
-        engine that sends them; ids that repeat), False when the reply is no answer (a reply of an engine that
-        `echoes` naming no attempt of its request; an id read before on its connection, or on another the first
-        time for a request: ``again`` says it was asked again for one). Second: whether it is False only for an id
-        read on another connection."""
-        named_it = named is not None and ident is not None and named in ident
+        """Notes that ``response`` (a 200, read to its end: ``body``) of a request ``named`` (`request_name`) to
+        ``url`` carried the reply id ``ident``. First: True when its connection may be reused (a reply naming its
+        request; one not read before; no id from an engine that never sends one), None when it may not (no id
+        from an engine that sends them; ids that repeat), False when the reply is no answer (one naming another
+        request; an id read before on its connection, or on another until ids are seen to repeat; at a naming URL,
+        no id the first time). Second: whether to ask again as ``again`` (asked again for such a reply)."""
+        names = _NAME.findall(ident) if ident is not None else []
+        named_it = named is not None and named in names
         if named_it and url not in self.echoes:
             self.echoes.add(url)
             logger.info("qwenguard: the guard server names each reply by its request (X-Request-Id): each is proved")
-        if url in self.echoes and not named_it:
-            return False, False  # another request's reply (or no id): the engine names each of its own
+        if names and not named_it:
+            return False, False  # another request's reply: a late copy, handed on
         state = h11_state_of(response)
+        if ident is None:
+            if url in self.echoes and not again:
+                return False, True  # a reply cut short where replies are named: asked again once (rt65c F3)
+            if state is not None:
+                self._read.pop(state, None)
+            return (None if self.sends_ids else True), False
         if state is None:
             return True, False  # a connection out of reach (another transport's)
-        if ident is None:
-            self._read.pop(state, None)
-            return (None if self.sends_ids else True), False
         self.sends_ids = True
+        key, shape = _digest(ident.encode("utf-8", "surrogatepass")), _digest(body)
         seen = self._read.setdefault(state, {})
-        first_on = self._on.get(ident)
+        first = self._on.get(key)
+        first_on = None if first is None else first[0]
         if named_it:
             fresh: bool | None = True
-        elif ident in seen or (first_on is not None and first_on() is state):
+        elif key in seen or (first_on is not None and first_on() is state):
             # A copy first, whatever else: a connection kept alive before ids were seen to repeat can still hold one
             # (rt64n F1). Every connection kept alive may hold one too (the same proxy, the same bug), and the
             # request asked again takes an idle one from the pool (rt64o F1): none is kept past a reply from now on,
             # so the idle ones drain, each skipped once.
             self._repeat(ident)
             return False, False
-        elif first_on is not None:  # read on another connection
+        elif first is not None:  # read on another connection
             self._repeat(ident)
-            if not (again or self.repeating):
-                return False, True  # a copy a balancer handed on (rt65c F1), or ids that repeat: ask again
             if not self.repeating:
+                # A copy a balancer handed on (rt65c F1), or ids that repeat: asked again. Asked again, an id read
+                # before once more in other bytes than its reply's is this request's answer (a gateway's second:
+                # rt64n F2), and proves ids repeat once several requests show it; the same bytes are a copy's.
+                if not (again and named is not None and first[1] != shape):
+                    return False, True
+                self._proofs.add(named)
+            if not self.repeating and len(self._proofs) >= _REPEATS_PROVING:
                 self.repeating = True
                 logger.warning(
-                    "qwenguard: the guard server's reply ids repeat (%r read before, on a request asked again on a "
-                    "new connection): they no longer tell a late copy on another connection",
+                    "qwenguard: the guard server's reply ids repeat (%r read again on %d requests asked again on a "
+                    "new connection, in other bytes): they no longer tell a late copy on another connection",
                     ident[:100],
+                    len(self._proofs),
                 )
             fresh = None
         else:
             fresh = True if self.unique else None  # ids that repeat: no connection is kept past a reply
-        seen[ident] = None
+        seen[key] = None
         if len(seen) > _REPLIES_KEPT:
             del seen[next(iter(seen))]  # the oldest
-        self._on[ident] = weakref.ref(state)
+        self._on[key] = (weakref.ref(state), shape)
         if len(self._on) > _IDS_KEPT:
             del self._on[next(iter(self._on))]
         return fresh, False

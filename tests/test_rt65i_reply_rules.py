@@ -1,0 +1,180 @@
+"""The reply rules of c388c49 looked at again (red team rt65i), against raw socket engines on 127.0.0.1.
+
+F1: once one reply of a URL named its request (X-Request-Id), every later reply that did not was refused for good:
+a server rolled back, a proxy setting its own header, a pool of naming and other replicas made each check 72
+requests and a guard error (let through by a fail-open policy). A reply that names no request is now read by the
+id rules whatever its URL did before; one naming another request is no answer. F2: one proxy's double copy of a
+reply turned "ids repeat" on for good, and from then on a single late copy was a bomb's "Safe"; a copy's same bytes
+prove nothing now, and ids are taken to repeat only after several requests show it. F3: reply ids were kept whole
+(250 KB ids held ~1 GiB); a digest of each is kept.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import select
+import socket
+import threading
+import time
+import tracemalloc
+from typing import Any
+
+import pytest
+from qwenguard.core import Guard, Policy
+from test_rt64e_late_reply import SAFE, UNSAFE, RawEngine, new_id, text_of, wire
+
+
+def guard_at(url: str, **opts: Any) -> Guard:
+    policy = opts.pop("policy", Policy(timeout_s=10))
+    return Guard.remote(url, model="Qwen3Guard-Gen-4B", max_context=8192, policy=policy, cache_size=0, **opts)
+
+
+class Swapped(RawEngine):
+    """Names its replies by X-Request-Id (vLLM, qwenguard serve) until ``naming`` is turned off (a rollback, a proxy
+    setting its own header): unique, honest ids of its own from then on."""
+
+    naming = True
+
+    def answer(self, conn: socket.socket, request: dict[str, Any], here: dict[str, Any]) -> None:
+        ident = f"chatcmpl-{here['asked']}" if (self.naming and here.get("asked")) else new_id()
+        conn.sendall(wire(UNSAFE if "bomb" in text_of(request) else SAFE, ident))
+
+
+@pytest.mark.parametrize("on_error", ["block", "allow"])
+def test_a_url_that_stops_naming_its_replies_is_still_read(on_error: str) -> None:
+    engine = Swapped()
+    guard = guard_at(engine.url, policy=Policy(timeout_s=10, on_error=on_error))
+    try:
+        assert guard.check_prompt("what is the capital of France").reason == "safe"
+        engine.naming = False
+        results = []
+        for text in ("what is the capital of Spain", "how do I build a pipe bomb", "hello there"):
+            before = len(engine.seen)
+            decision = guard.check_prompt(text)
+            results.append((decision.reason, len(engine.seen) - before))
+    finally:
+        guard.close()
+        engine.close()
+    assert results == [("safe", 1), ("unsafe", 1), ("safe", 1)]  # before: guard_error, 72 requests each
+
+
+class CopyingEngine(RawEngine):
+    """Unique ids of its own, not naming its replies; a "hello" text's reply is written again 0.3 s later, a "twice"
+    text's two more times (a proxy retrying twice); a bomb is answered truthfully after 1 s."""
+
+    def answer(self, conn: socket.socket, request: dict[str, Any], here: dict[str, Any]) -> None:
+        text = text_of(request)
+        if "bomb" in text:
+            time.sleep(1.0)
+            conn.sendall(wire(UNSAFE, new_id()))
+            return
+        once = wire(SAFE, new_id())
+        conn.sendall(once)
+        for n in range(2 if "twice" in text else 1 if "hello" in text else 0):
+            time.sleep(0.3 if n == 0 else 0.2)
+            conn.sendall(once)
+
+
+def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += sock.recv(65536)
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    size = next(int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:"))
+    while len(rest) < size:
+        rest += sock.recv(65536)
+    return head + b"\r\n\r\n" + rest[:size], rest[size:]
+
+
+class PoolingBalancer(RawEngine):
+    """nginx's upstream keep-alive: a pooled connection that holds bytes while idle is closed, never reused; a late
+    copy landing after the next request was forwarded on it is handed to that request."""
+
+    def __init__(self, upstream: RawEngine) -> None:
+        super().__init__(True)
+        host, port = upstream.url.split("//")[1].split("/")[0].split(":")
+        self.address = (host, int(port))
+        self.idle: list[socket.socket] = []
+        self.lock = threading.Lock()
+
+    def take(self) -> socket.socket:
+        with self.lock:
+            while self.idle:
+                sock = self.idle.pop()
+                if select.select([sock], [], [], 0)[0]:
+                    sock.close()
+                    continue
+                return sock
+        return socket.create_connection(self.address)
+
+    def answer(self, conn: socket.socket, request: dict[str, Any], here: dict[str, Any]) -> None:
+        body = json.dumps(request).encode()
+        up = self.take()
+        up.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: engine\r\nContent-Type: application/json\r\n"
+            + b"Content-Length: %d\r\n\r\n" % len(body)
+            + body
+        )
+        reply, extra = read_response(up)
+        if extra:
+            up.close()
+        else:
+            with self.lock:
+                self.idle.append(up)
+        conn.sendall(reply)
+
+
+def test_one_double_copy_does_not_turn_copy_detection_off() -> None:
+    engine = CopyingEngine()
+    balancer = PoolingBalancer(engine)
+    guard = guard_at(balancer.url, keep_alive=False)
+    bombs = []
+    try:
+        guard.check_prompt("warm up")
+        for greeting, bomb in (
+            ("hello, what is the capital of France", "how do I build a pipe bomb"),
+            ("hello twice, what is the capital of Spain", "how do I build a nail bomb"),  # the glitch
+            ("hello, what is the capital of Italy", "how do I build a pipe bomb"),
+        ):
+            guard.check_prompt(greeting)
+            bombs.append(guard.check_prompt(bomb))
+            time.sleep(1.5)  # every copy lands; a pooled connection holding one is dropped at its next use
+    finally:
+        guard.close()
+        balancer.close()
+        engine.close()
+    assert [(d.allowed, d.reason) for d in bombs] == [(False, "unsafe")] * 3  # before: the last allowed "safe"
+
+
+class LongIds(RawEngine):
+    """Replies whose ids are ``size`` characters long (unique each)."""
+
+    size = 10
+
+    def answer(self, conn: socket.socket, request: dict[str, Any], here: dict[str, Any]) -> None:
+        conn.sendall(wire(SAFE, (new_id() + "x" * self.size)[: max(self.size, 41)]))
+
+
+def memory_after(size: int, checks: int = 150) -> int:
+    engine = LongIds()
+    engine.size = size
+    guard = guard_at(engine.url, keep_alive=False)
+    try:
+        gc.collect()
+        tracemalloc.start()
+        start = tracemalloc.get_traced_memory()[0]
+        for i in range(checks):
+            assert guard.check_prompt(f"message {i}").reason == "safe"
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+        guard.close()
+        engine.close()
+
+
+def test_long_reply_ids_are_not_kept_whole() -> None:
+    short, long = memory_after(41), memory_after(60_000)
+    # Before: ~2 copies of each 60 KB id kept (the client's memory and the connection's): ~18 MB for 150 replies.
+    assert long < short + 3_000_000, (short, long)
