@@ -191,6 +191,7 @@ def test_the_file_is_judged_as_the_text_beside_its_letters(shape: str) -> None:
     rendered = render_tool_call("send_email", args(SHAPES[shape]))
     written, read = rendered.split("\n")
     assert UNSAFE_CLAUSE not in written and UNSAFE_CLAUSE in read
+    assert read.startswith("Tool call: send_email(attachment")  # the file by its key path, not the call (rt65j F4)
 
 
 def test_a_safe_attachment_is_sent() -> None:

@@ -12,12 +12,24 @@ import json
 import re
 import string
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
 
+from ..errors import InputTooLarge
 from .content import is_blank
-from .json_reading import Written, _no_lone_surrogates, arguments_reading
-from .media import DATA_KEYS, base64_text, block_mime, data_url, data_url_text, file_data_text, says_base64
+from .json_reading import NESTED_DEPTH, NESTED_MAX_CHARS, Written, _no_lone_surrogates, arguments_reading
+from .media import (
+    DATA_KEYS,
+    base64_text,
+    block_mime,
+    data_url,
+    data_url_text,
+    file_data_text,
+    labelled_file_text,
+    says_base64,
+    text_label,
+)
 from .prompts import Message
 from .rendered import MARKUP, Rendered, may_render_differently
 
@@ -261,9 +273,10 @@ def render_tool_call(name: str, arguments: Mapping[str, Any] | str | None, max_c
     arguments otherwise than they are written (a JSON string's ``\\u`` escapes, which ``json.loads`` decodes; a
     string argument that is JSON text itself: `arguments_reading`), the same line again with the arguments as read,
     so that both are judged (rt61b F2: ``"\\u004dix \\u0061mmonium..."`` reached the tool as "Mix ammonium...").
-    Where an argument holds a file, the line once more with each such file as the text it holds (`files_read`): a
-    tool decodes an attachment as a provider does a message's file (rt65e F1: a text file's base64 was judged as its
-    letters while the tool decoded and sent the text).
+    Where an argument holds a file, one line more with each such file as the text it holds, by its key path
+    (``Tool call: name(attachments[0]="...")``, `files_read`): a tool decodes an attachment as a provider does a
+    message's file (rt65e F1: a text file's base64 was judged as its letters while the tool decoded and sent the
+    text). Only the files are written again, not the call (rt65j F4: one base64 id doubled a 500 KB call).
 
     With ``max_chars``, rendering stops once the text is longer: what comes back is cut just past the limit,
     for a caller that refuses such a call. Arguments of thousands of floats cost as much as ``max_chars``
@@ -294,7 +307,7 @@ def render_tool_call(name: str, arguments: Mapping[str, Any] | str | None, max_c
                 line += f"\nTool call: {name}({read})"
             if not isinstance(reading, Written):
                 parsed = reading
-    if parsed is None or (max_chars is not None and len(line) > max_chars) or not _MAY_HOLD_FILE.search(args):
+    if parsed is None or (max_chars is not None and len(line) > max_chars) or not _may_hold_file(args):
         return line
     if isinstance(parsed, str) and parsed is arguments:
         try:
@@ -302,54 +315,144 @@ def render_tool_call(name: str, arguments: Mapping[str, Any] | str | None, max_c
         except (ValueError, RecursionError):
             pass  # not JSON: the string is the one argument (a tool that takes its input whole)
     files = files_read(parsed)
-    if files is not None:
+    if files:
+        # Only the files, each by its key path: the reading costs what they hold, not the call again (rt65j F4).
         room = None if max_chars is None else max(max_chars - len(line) - len(name) - 14, 0)  # "\nTool call: ", "()"
-        read = files[: None if room is None else room + 1] if isinstance(files, str) else _json_text(files, room)
-        line += f"\nTool call: {name}({read})"
+        # A key a JSON text's escape spelled may hold a lone surrogate: U+FFFD, as the arguments' reading writes it.
+        line += f"\nTool call: {name}({_no_lone_surrogates(_files_text(files, room))})"
     return line
 
 
 #: What a tool call's arguments show where one may hold a file (`files_read`): a ``data:`` URL, a data key, a run of
-#: base64 as long as a bare file's least (`media.base64_text`). Most calls show none, and are not walked again.
+#: base64 as long as a bare file's least (`media.base64_text`), blanks between its letters aside (`_may_hold_file`).
 _MAY_HOLD_FILE = re.compile(r"(?i:data:)|\"(?:base64|data|file_data)\"|[A-Za-z0-9+/_-]{12}")
+#: A blank as JSON writes it in a string (``\\t``, ``\\n``, ``\\u000b``...): a lenient base64 decoder skips it.
+_JSON_BLANK = re.compile(r"\\(?:[tnrfv]|u000[bB])")
 
 
-def files_read(arguments: Any) -> Any:
-    """A tool call's (parsed) arguments with each string that holds a file as the text it holds (`_file_text`), or
-    ``None`` when none does. Only what the JSON encoder writes as containers (dicts, lists, tuples) is walked, without
-    recursion (arguments nest as deep as a client writes them); a copy is made of each, the arguments are not
-    changed."""
-    holder = [arguments]
-    # (the copy that holds an item, its key there, the dict it was read from or None): a block's label is read as given.
-    stack: list[tuple[Any, Any, dict[Any, Any] | None]] = [(holder, 0, None)]
-    found = False
+def _may_hold_file(args: str) -> bool:
+    """May a call's arguments (as written) hold a file (`_MAY_HOLD_FILE`)? Most calls of a few short values do not,
+    and are not walked again. The blanks are dropped for a second scan (a pattern that allowed blanks between
+    letters would try each letter's dozen neighbours again)."""
+    if _MAY_HOLD_FILE.search(args) is not None:
+        return True
+    return _MAY_HOLD_FILE.search(_JSON_BLANK.sub("", "".join(args.split()))) is not None
+
+
+def files_read(arguments: Any) -> list[tuple[str, str]]:
+    """Each file a tool call's (parsed) arguments hold, as (its key path, the text it holds: `_file_text`), in the
+    order written; empty when none does. Only what the JSON encoder writes as containers (dicts, lists, tuples) is
+    walked, without recursion (arguments nest as deep as a client writes them), and a string that is a JSON array
+    or object, which a tool parses (rt65j F1: ``'["TWl4..."]'``), as `arguments_reading` reads JSON text: at most
+    `NESTED_DEPTH` such strings deep and `NESTED_MAX_CHARS` of those that hold a file, past which the call is
+    refused (`InputTooLarge`) rather than judged as written."""
+    found: list[tuple[str, str]] = []
+    budget = NESTED_MAX_CHARS
+    # (a value, the dict it was read from or None, its key there, that dict's text label, its key path, how many JSON
+    # texts it is within): a dict's label is read once, for all its keys.
+    stack: list[_Walked | _JsonTextEnd] = [(arguments, None, None, None, None, 0)]
     while stack:
-        container, key, parent = stack.pop()
-        item = container[key]
+        entry = stack.pop()
+        if isinstance(entry, _JsonTextEnd):
+            if len(found) > entry.found_before:  # it held a file: charged, as `arguments_reading` charges a reading
+                budget -= entry.length
+                if budget < 0:
+                    raise InputTooLarge(
+                        f"more than {NESTED_MAX_CHARS:,} characters of JSON-text strings holding files to read"
+                        " (NESTED_MAX_CHARS)"
+                    )
+            continue
+        item, parent, key, label, path, layers = entry
         if isinstance(item, str):
-            text = _file_text(item, parent, key)
+            text = _file_text(item, parent, key, label)
             if text is not None and text != item:
-                container[key] = text
-                found = True
+                found.append((_path_text(path), text))
+                continue
+            inner = _json_container(item)
+            if inner is None:
+                continue
+            if layers >= NESTED_DEPTH:
+                raise InputTooLarge(f"a JSON-text string within more than {NESTED_DEPTH} others; not read parsed")
+            stack.append(_JsonTextEnd(len(item), len(found)))
+            stack.append((inner, None, None, None, path, layers + 1))
         elif isinstance(item, dict):
-            copy = dict(item)
-            container[key] = copy
-            stack.extend((copy, k, item) for k in copy)
+            label = text_label(item)
+            stack.extend(
+                (v, item, k, label, (path, f".{str(k)[:_KEY_CHARS]}"), layers) for k, v in reversed(item.items())
+            )
         elif isinstance(item, (list, tuple)):
-            items = list(item)
-            container[key] = items
-            stack.extend((items, i, None) for i in range(len(items)))
-    return holder[0] if found else None
+            stack.extend((v, None, None, None, (path, f"[{i}]"), layers) for i, v in reversed(list(enumerate(item))))
+    return found
 
 
-def _file_text(value: str, parent: dict[Any, Any] | None, key: Any) -> str | None:
+@dataclass(frozen=True)
+class _JsonTextEnd:
+    """Where the walk of a JSON-text string's parse ends (`files_read`): its length, and the files found before it."""
+
+    length: int
+    found_before: int
+
+
+#: A key path, innermost part last: (the path above, ``.key`` or ``[index]``), ``None`` at the top.
+_Path = Any
+#: One value `files_read` walks: (it, the dict it is in, its key there, that dict's `text_label`, its path, layers).
+_Walked = tuple[Any, "dict[Any, Any] | None", Any, "str | None", _Path, int]
+#: How many of a path's innermost parts are written (`_path_text`), and of each key's characters: a file nested
+#: thousands deep, or under a key of a megabyte, costs no more (the written line spells them).
+_PATH_PARTS = 16
+_KEY_CHARS = 64
+
+
+def _path_text(path: _Path) -> str:
+    """A key path as written in a reading: ``attachments[0].base64``, its innermost `_PATH_PARTS` parts."""
+    parts: list[str] = []
+    while path is not None and len(parts) < _PATH_PARTS:
+        path, part = path
+        parts.append(part)
+    text = "".join(reversed(parts))
+    return ("…" + text) if path is not None else text.removeprefix(".")
+
+
+def _json_container(value: str) -> Any:
+    """A string that is a JSON array or object, parsed (a tool's ``json.loads``); ``None`` for any other."""
+    stripped = value.strip()
+    if stripped[:1] not in ("[", "{") or stripped[-1:] not in ("]", "}"):
+        return None
+    try:
+        inner = json.loads(stripped)
+    except (ValueError, RecursionError):
+        return None
+    return inner if isinstance(inner, list | dict) else None
+
+
+def _files_text(files: list[tuple[str, str]], room: int | None) -> str:
+    """The files a call's arguments hold (`files_read`) as a reading: ``path=<text as JSON>``, comma-separated (the
+    text alone for arguments that are one string); with ``room``, cut just past it."""
+    parts: list[str] = []
+    size = 0
+    for path, text in files:
+        part = f"{', ' if parts else ''}{path}{'=' if path else ''}{_ENCODER.encode(text)}"
+        parts.append(part)
+        size += len(part)
+        if room is not None and size > room:
+            break
+    written = "".join(parts)
+    return written if room is None else written[: room + 1]
+
+
+def _file_text(value: str, parent: dict[Any, Any] | None, key: Any, label: str | None) -> str | None:
     """The text a file in one argument holds, read as a message's file is (`core.formats.media`): a ``data:`` URL's,
-    the data of a block that says it is a file (a media type, or base64: `file_data_text`), and a bare string that
-    is the base64 of a text (`base64_text`, as strict as words need); ``None`` for anything else."""
+    the data of a block that says it is a file (a media type, or base64: `file_data_text`), a string under any other
+    key of a dict labelled text (``label``: `labelled_file_text`), and a bare string that is the base64 of a text
+    (`base64_text`, as strict as words need); ``None`` for anything else."""
     if data_url(value) is not None:
         return data_url_text(value)
-    if key in DATA_KEYS and parent is not None and (block_mime(parent) or says_base64(parent)):
+    if parent is not None and key in DATA_KEYS and (block_mime(parent) or says_base64(parent)):
         return file_data_text(value, parent, key)
+    if label is not None:
+        text = labelled_file_text(value, key, label)
+        if text is not None:
+            return text
     return base64_text(value)
 
 

@@ -4,7 +4,8 @@ label, so the integrations judge such bytes as text. Only the start of a file is
 PDF's first bytes are neither UTF-8 nor mostly printable); a file whose start is not text is media.
 
 A file travels encoded: as a ``data:`` URL (`data_url_text`), under a file block's data key (`file_data_text`:
-``base64``, ``data``, ``file_data``, read by the block's label), or as a bare base64 string (`base64_text`). The
+``base64``, ``data``, ``file_data``, read by the block's label), under any key of a dict labelled text
+(`labelled_file_text`: a mail API's attachment), or as a bare base64 string (`base64_text`). The
 LangChain integration reads a message's blocks and an application's payloads by these rules, and `render_tool_call`
 a tool call's arguments (a tool decodes an attachment as a provider does a block)."""
 
@@ -39,6 +40,8 @@ __all__ = [
     "labelled_base64_text",
     "data_text",
     "file_data_text",
+    "text_label",
+    "labelled_file_text",
     "DataUrl",
     "data_url",
     "data_url_text",
@@ -167,17 +170,20 @@ def base64_as_text(encoded: str) -> str | None:
 _LEAST_BARE_BASE64 = 12
 #: One base64 token in either alphabet (standard, or URL-safe as Gmail's ``raw`` message is), its padding at its end.
 _BASE64_TOKEN = re.compile(r"[A-Za-z0-9+/]+={0,2}|[A-Za-z0-9_-]+={0,2}")
-_LINE_BREAKS = re.compile(r"[\r\n]")
+#: ASCII blanks: a lenient decoder skips them anywhere in base64 (Python's ``b64decode``, a browser's ``atob``, Node's
+#: ``Buffer``), as MIME's line breaks.
+_BLANKS = re.compile(r"[ \t\n\r\f\v]+")
+#: Printable ASCII and a text's blanks (`base64_text`'s Latin-1 reading).
+_ASCII_TEXT = bytes(range(0x20, 0x7F)) + b"\t\n\r"
+#: The share of a bare string's bytes that must be printable ASCII for it to be read as Latin-1 text: a text in a
+#: Western language has an accented letter here and there, random bytes (a token, a key) a third in ASCII's range.
+_LEAST_ASCII_SHARE = 0.9
 
 
-def base64_text(value: str) -> str | None:
-    """A string that is the base64 of a text and nothing else (an attachment's content a tool decodes), decoded;
-    ``None`` for any other. Stricter than a file's data (`base64_as_text`, which a key or a label says is encoded):
-    one base64 token (line breaks aside, padded or not, either alphabet), 12 characters at least, not an id
-    (`is_opaque_id`: a digest, digits), and bytes that are UTF-8 or UTF-16 text (`text_encoding`) without the Latin-1
-    guess a file's bytes get: three bytes of four in random data are printable Latin-1, so a quarter of four-letter
-    words would pass it ("search" is the base64 of "±æ«r")."""
-    compact = _LINE_BREAKS.sub("", value)
+def _base64_token(value: str) -> bytes | None:
+    """The bytes of a string that is one base64 token and nothing else (blanks aside, padded or not, either alphabet),
+    12 characters at least and not an id (`is_opaque_id`: a digest, digits, blanks or not); ``None`` for any other."""
+    compact = _BLANKS.sub("", value)
     letters = len(compact.rstrip("="))
     if letters < _LEAST_BARE_BASE64 or letters % 4 == 1 or _BASE64_TOKEN.fullmatch(compact) is None:
         return None
@@ -185,11 +191,32 @@ def base64_text(value: str) -> str | None:
         return None
     url_safe = "-" in compact or "_" in compact
     try:
-        raw = base64.b64decode(compact.rstrip("=") + "==", altchars=b"-_" if url_safe else None)
+        return base64.b64decode(compact.rstrip("=") + "==", altchars=b"-_" if url_safe else None)
     except (binascii.Error, ValueError):
         return None
-    encoding = text_encoding(raw[:SNIFF_BYTES], whole=len(raw) <= SNIFF_BYTES)
-    if encoding is None or encoding == "latin-1":
+
+
+def base64_text(value: str) -> str | None:
+    """A string that is the base64 of a text and nothing else (an attachment's content a tool decodes), decoded;
+    ``None`` for any other. Stricter than a file's data (`base64_as_text`, which a key or a label says is encoded):
+    one base64 token (`_base64_token`: blanks aside, as a lenient decoder skips them, rt65j F2), 12 characters at
+    least, not an id, and bytes that are UTF-8 or UTF-16 text (`text_encoding`), or Latin-1 text that is nearly all
+    ASCII (`_LEAST_ASCII_SHARE`, rt65j F3: one accented letter hid a clause) rather than the Latin-1 guess a file's
+    bytes get: three bytes of four in random data are printable Latin-1, so a quarter of four-letter words would pass
+    it ("search" is the base64 of "±æ«r")."""
+    raw = _base64_token(value)
+    if raw is None:
+        return None
+    sample, whole = raw[:SNIFF_BYTES], len(raw) <= SNIFF_BYTES
+    mostly_ascii = len(sample.translate(None, _ASCII_TEXT)) <= (1 - _LEAST_ASCII_SHARE) * len(sample)
+    if not mostly_ascii and 0 not in sample and not sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        # Only UTF-8 may read it now: random bytes (a token, a key) fail here at once, before `text_encoding`'s count.
+        try:
+            codecs.getincrementaldecoder("utf-8")().decode(sample, final=whole)
+        except UnicodeDecodeError:
+            return None
+    encoding = text_encoding(sample, whole=whole)
+    if encoding is None or (encoding == "latin-1" and not mostly_ascii):
         return None
     return raw.decode(encoding, errors="replace")
 
@@ -262,6 +289,64 @@ def file_data_text(value: str, block: Mapping[str, Any] | None, key: str) -> str
     if block is None or not is_text_media(block):
         return base64_as_text(value)
     return data_text(value, block) if key == "data" else labelled_base64_text(value, block_mime(block))
+
+
+#: Keys a dict's media type is under, as `_key_word` writes them: a block's, and a mail API's attachment's (SendGrid's
+#: ``type``, Microsoft Graph's ``contentType``, Postmark's ``ContentType``, Resend's ``content_type``).
+_MEDIA_TYPE_WORDS = frozenset({"mimetype", "mediatype", "contenttype", "type"})
+#: Keys a dict names, labels or describes its file by (`_key_word`): never the file, whatever letters they hold.
+_LABEL_WORDS = _MEDIA_TYPE_WORDS | {
+    "sourcetype",
+    "encoding",
+    "charset",
+    "filename",
+    "name",
+    "title",
+    "description",
+    "id",
+    "contentid",
+    "cid",
+    "path",
+    "filepath",
+    "url",
+    "uri",
+    "disposition",
+    "contentdisposition",
+    "odatatype",
+}
+
+
+def _key_word(key: Any) -> str:
+    """A key as one lower-case word (``content_type``, ``contentType``, ``Content-Type``: ``contenttype``); empty for
+    a key longer than any such word."""
+    if not isinstance(key, str) or len(key) > 32:
+        return ""
+    return "".join(c for c in key.lower() if c.isalnum())
+
+
+def text_label(block: Mapping[Any, Any]) -> str | None:
+    """The text media type (`text_mime`) a dict says its file is, under any key a block or a mail API's attachment
+    names it by (`_MEDIA_TYPE_WORDS`); ``text/plain`` for a ``text-plain`` block; ``None`` where it says none."""
+    if block.get("type") == "text-plain":
+        return "text/plain"
+    for key, value in block.items():
+        if _key_word(key) in _MEDIA_TYPE_WORDS and text_mime(value):
+            return str(value)
+    return None
+
+
+def labelled_file_text(value: str, key: Any, mime: str) -> str | None:
+    """The text a string under ``key`` of a dict labelled ``mime`` (`text_label`) holds as that file: its base64
+    (`_base64_token`) where its bytes are text in any encoding a labelled file's are (`text_encoding`: Latin-1 too),
+    decoded as `labelled_text` reads them (the label's charset too). rt65j F3: a mail API's ``{"mime_type":
+    "text/plain", "content_base64": ...}`` keeps its file under a key of its own. ``None`` for a key that names or
+    labels the file (`_LABEL_WORDS`: its name, its type) and for any string that is no base64 of text."""
+    if _key_word(key) in _LABEL_WORDS:
+        return None
+    raw = _base64_token(value)
+    if raw is None or text_encoding(raw[:SNIFF_BYTES], whole=len(raw) <= SNIFF_BYTES) is None:
+        return None
+    return labelled_text(raw, mime)
 
 
 @dataclass(frozen=True)
