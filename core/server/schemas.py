@@ -262,12 +262,24 @@ def error_json(status: int, message: str, kind: str, headers: Mapping[str, str] 
     )
 
 
+def _loc_part(part: Any) -> Any:
+    """One part of an error's location: an index as it is, a name cut as `quoted` cuts a client's value."""
+    if isinstance(part, str) and len(part) > QUOTED_CHARS:
+        return part[:QUOTED_CHARS] + f"... ({len(part):,} characters)"
+    return part
+
+
 def validation_error_json(errors: Sequence[Mapping[str, Any]]) -> JSONResponse:
     """422 for a body that is not valid (FastAPI's `RequestValidationError`, or the gate's own parse of a
     large body: `gate.parse_json_body`). loc/msg/type only: "input" would copy request text into responses
     and error trackers."""
     details = [
-        {"loc": list(e.get("loc", ())), "msg": error_text(e.get("msg", "")), "type": e.get("type", "")}
+        # A loc part may be the client's own key (an unknown field's): quoted as any client value is (rt65n F2).
+        {
+            "loc": [_loc_part(p) for p in e.get("loc", ())],
+            "msg": error_text(e.get("msg", "")),
+            "type": e.get("type", ""),
+        }
         for e in errors[:MAX_ERROR_DETAILS]  # a few: the list can be as long as the body allows
     ]
     first = details[0] if details else {"loc": [], "msg": "invalid request"}

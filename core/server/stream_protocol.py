@@ -163,12 +163,16 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
             except QwenGuardError as exc:
                 raise _unavailable(exc) from exc
     except SessionEnd as end:
-        await _goodbye(ws, clock, end.code, None if end.code == CLOSE_NORMAL else (end.message, end.kind))
-    except (WebSocketDisconnect, ClientStalled):
-        pass  # the client left mid-stream, or was cut off for not reading: release the monitor below
+        if not await _goodbye(ws, clock, end.code, None if end.code == CLOSE_NORMAL else (end.message, end.kind)):
+            service.metrics.rejected.labels("client_stalled").inc()
+    except WebSocketDisconnect:
+        pass  # the client left mid-stream: release the monitor below
+    except ClientStalled:  # cut off for not reading, counted as the HTTP routes count it (rt65n F3)
+        service.metrics.rejected.labels("client_stalled").inc()
     except Exception as exc:  # noqa: BLE001 - one broken session must not take the server down
         logger.warning("stream session failed: %s", type(exc).__name__)
-        await _goodbye(ws, clock, CLOSE_INTERNAL, ("internal error", "internal_error"))
+        if not await _goodbye(ws, clock, CLOSE_INTERNAL, ("internal error", "internal_error")):
+            service.metrics.rejected.labels("client_stalled").inc()
     finally:
         inbox.close()
         if opener is not None:
@@ -343,6 +347,7 @@ class _Clock:
         return min(waits) if waits else None
 
     def next_wait(self) -> tuple[float | None, str]:
+        """How long the next frame may take to come, and why; negative once the deadline passed (how long ago)."""
         now = time.monotonic()
         waits: list[tuple[float, str]] = []
         if self.idle is not None:
@@ -351,8 +356,7 @@ class _Clock:
             waits.append((self.started + self.lifetime - now, f"stream session lasted its limit of {self.lifetime} s"))
         if not waits:
             return None, ""
-        wait, why = min(waits)
-        return max(wait, 0.0), why
+        return min(waits)  # negative once passed: how long ago (`_Inbox.receive` refuses frames kept since)
 
 
 _SESSION_OPTIONS = ("holdback", "window", "screen_prompt", "check_every", "min_segment", "context")
@@ -430,7 +434,7 @@ class _Inbox:
     def __init__(self, ws: WebSocket) -> None:
         self.ws = ws
         self._next: asyncio.Future[Any] | None = None
-        self._ahead: collections.deque[Any] = collections.deque()
+        self._ahead: collections.deque[tuple[float, Any]] = collections.deque()  # (when it came, the message)
 
     def _reading(self) -> asyncio.Future[Any]:
         if self._next is None:
@@ -440,12 +444,17 @@ class _Inbox:
     async def receive(self, wait: tuple[float | None, str]) -> Any:
         """The next ASGI message; `SessionEnd` 4408 past ``wait``'s timeout."""
         timeout, why = wait
-        if timeout is not None and timeout <= 0:
-            # Also with frames kept ahead: a client sending empty feeds back to back always had one kept, and its
-            # session outlived both limits for as long as it sent them (rt65f).
-            raise SessionEnd(CLOSE_IDLE_TIMEOUT, why, "timeout")
         if self._ahead:
-            return self._ahead.popleft()
+            # A frame kept while the guard worked counts as it came: one that came past the wait is refused, or a
+            # client sending empty feeds back to back always had one kept and its session outlived both limits
+            # (rt65f); one that came in time is the client's, however long the work took (rt65n F1: a feed sent on
+            # time was refused as idle after a Stream model slower than the idle timeout, and the finish with it).
+            came, message = self._ahead.popleft()
+            if timeout is not None and came > time.monotonic() + timeout:
+                raise SessionEnd(CLOSE_IDLE_TIMEOUT, why, "timeout")
+            return message
+        if timeout is not None and timeout <= 0:
+            raise SessionEnd(CLOSE_IDLE_TIMEOUT, why, "timeout")
         reading = self._reading()
         done, _ = await asyncio.wait({reading}, timeout=timeout)
         if not done:
@@ -474,7 +483,7 @@ class _Inbox:
                 message = reading.result()  # a frame came first: kept for `receive`, unless it is the end
                 if message["type"] == "websocket.disconnect":
                     raise WebSocketDisconnect(message.get("code", 1000))
-                self._ahead.append(message)
+                self._ahead.append((time.monotonic(), message))
         finally:
             if not task.done():
                 task.cancel()
@@ -562,10 +571,11 @@ async def _send(ws: WebSocket, clock: _Clock, data: Mapping[str, Any]) -> None:
     await sent_within(ws.send_json(data), clock.send_wait())
 
 
-async def _goodbye(ws: WebSocket, clock: _Clock, code: int, error: tuple[str, str] | None) -> None:
-    """The error frame (``error``: message and type) and the close, each bounded as every frame is (`_send`).
-    Then the client has as long as for an ``open`` frame to answer the close: uvicorn closes the socket by
-    waiting to flush it, which for a client that stopped reading is for as long as it keeps the socket open."""
+async def _goodbye(ws: WebSocket, clock: _Clock, code: int, error: tuple[str, str] | None) -> bool:
+    """The error frame (``error``: message and type) and the close, each bounded as every frame is (`_send`);
+    False when the client was cut off for not taking them. Then the client has as long as for an ``open`` frame to
+    answer the close: uvicorn closes the socket by waiting to flush it, which for a client that stopped reading is
+    for as long as it keeps the socket open."""
     try:
         if error is not None:
             message, kind = error
@@ -573,7 +583,8 @@ async def _goodbye(ws: WebSocket, clock: _Clock, code: int, error: tuple[str, st
             await _send(ws, clock, frame)
         await sent_within(ws.close(code), clock.send_wait())
     except ClientStalled:
-        return
+        return False
     except Exception:  # noqa: BLE001 - the peer may be gone
         pass
     abort_connection_later(clock.open_wait()[0])
+    return True
