@@ -214,9 +214,63 @@ def test_the_debounce_flags_a_run_again_where_it_takes_on_a_category_or_turns_un
     political = [("unsafe", POL)] * 50
     raised = [f for risk, cat in political if (f := d.push(risk, cat)) is not None]
     assert [(f.risk, f.categories) for f in raised] == [(Risk.UNSAFE, (POL,))]  # a long run of one category: once
-    assert d.push("unsafe", "Violent").categories == (POL, "Violent")  # a new category: judged again, as both
+    assert d.push("unsafe", "Violent") is None  # one token of a new category decides nothing (rt65m R4) ...
+    assert d.push("unsafe", "Violent").categories == (POL, "Violent")  # ... two: judged again, as both
     assert [d.push("unsafe", c) for c in ("Violent", POL) * 20] == [None] * 40  # ... and not again
     assert d.push("safe") is None  # a safe token ends the run and what its flags named
     assert [d.push("controversial", "Violent"), d.push("controversial", "Violent")][1].categories == ("Violent",)
     turned = [d.push("unsafe", "Violent"), d.push("unsafe", "Violent")]  # controversial -> unsafe: judged again
     assert turned[0] is None and turned[1] is not None and turned[1].risk is Risk.UNSAFE
+
+
+# == rt65m R4: one noisy token of another category does not stop an allowed run =================================
+# Since 2f769b8 a category counted as new to a run at its first token, so a political answer in which the category
+# head read "Violent" on one token ("tanks") was stopped at character 25 of 100 under the ignore list: a single
+# token decided the stream, which the official rule (two consecutive tokens) never lets it. A category now joins a
+# run on ``window`` consecutive tokens of it; two flickers apart in one run do not add up to one.
+FLICKERED = "About the Tiananmen protest of 1989 and its tanks, historians still argue about what happened there."
+FLICKER_WORDS = ("tanks", "argue")
+
+
+def political_with_flickers(text: str) -> tuple[Risk, str | None]:
+    """Political from "tiananmen" on, but "Violent" on the one token that ends each of `FLICKER_WORDS`."""
+    text = text.lower()
+    if "tiananmen" not in text:
+        return Risk.SAFE, None
+    return Risk.UNSAFE, "Violent" if text.endswith(FLICKER_WORDS) else POL
+
+
+def test_one_token_the_category_head_reads_as_another_category_does_not_stop_an_allowed_run(stream):
+    guard = scripted_guard(stream, political_with_flickers, Policy(ignore_categories={POL}))
+    for shown, exc, flags in fed_both(guard, FLICKERED):
+        assert exc is None, f"stopped at {len(shown)} of {len(FLICKERED)} characters: {exc}"
+        assert shown == FLICKERED
+        assert [(f.reason, f.verdict.categories) for f in flags] == [("ignored_category", (POL,))]
+
+
+def test_the_server_stream_lets_an_allowed_run_with_one_noisy_token_out_whole(stream):
+    guard = scripted_guard(stream, political_with_flickers, Policy(ignore_categories={POL}))
+    with serving(guard) as url:
+        assert asyncio.run(ws_client(url, FLICKERED)) == (FLICKERED, "finished")
+
+
+def flickering_server_reply(delta: str, fed: str) -> dict[str, Any]:
+    """A server releasing all it is fed, with token verdicts (one a character) political from "Tiananmen" on but
+    "Violent" on the last character of each of `FLICKER_WORDS`."""
+    base = len(fed) - len(delta)
+    political_at = fed.find("Tiananmen")
+    flickers = {FLICKERED.index(word) + len(word) - 1 for word in FLICKER_WORDS}
+    tokens = []
+    for i in range(base, len(fed)):
+        category = None if political_at == -1 or i < political_at else "Violent" if i in flickers else POL
+        tokens.append({"risk": "unsafe" if category else "safe", "category": category, "start": i, "end": i + 1})
+    return {"type": "released", "text": delta, "tokens": tokens}
+
+
+def test_a_remote_client_lets_an_allowed_run_with_one_noisy_token_out_whole():
+    deltas = [FLICKERED[i : i + 6] for i in range(0, len(FLICKERED), 6)]
+    with ws_server(flickering_server_reply) as url:
+        guard = stream_guard(url, Policy(ignore_categories={POL}, timeout_s=10))
+        for released, exc, _monitor in both(guard, deltas):
+            assert exc is None, f"stopped at {len(released)} of {len(FLICKERED)} characters: {exc}"
+            assert released == FLICKERED

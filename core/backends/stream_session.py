@@ -349,6 +349,9 @@ class _Session:
         # Where the first run of token verdicts that this client's policy blocks starts, and its decision: no
         # text from there on may be released (`_refuse_blocked_release`).
         self._token_block: Decision | None = None
+        # Where the last token verdicts start that may yet flag their run again (`Debounce.pending`): a token of a
+        # category new to an allowed run decides nothing alone, and is not released before the next decides it.
+        self._token_hold: int | None = None
         self._judged = 0  # characters the current server session released, i.e. judged
         self._ever_opened = False
         self._state = "open"  # open | finished | closed | violated | failed
@@ -553,6 +556,7 @@ class _Session:
         server left out of its frames): the stop rule's run starts afresh."""
         self._debounce.reset()
         self._run_starts.clear()
+        self._token_hold = None
 
     def _check_tokens(self, token: Mapping[str, Any]) -> None:
         """The local monitor's stop rule (`Debounce`, this client's policy) over the server's token verdicts, in
@@ -561,13 +565,15 @@ class _Session:
         at most this one, so an honest server never releases text such a run covers."""
         self._run_starts.append(token["start"])
         flag = self._debounce.push(token["risk"], token["category"])
+        pending = self._debounce.pending
+        self._token_hold = self._run_starts[-pending] if pending and pending <= len(self._run_starts) else None
         if flag is None or self._token_block is not None or not self.policy.enabled(Stage.STREAM):
             return
         start = self._run_starts[0] if len(self._run_starts) == self._debounce.window else None
         if start is None:
             return  # a span the server did not give: nothing to hold it to
         # Judged as the local monitor judges it: every category of the run so far (`Debounce` flags again where
-        # a run this policy let through takes on a category it was not judged with).
+        # a run this policy let through takes on a category it was not judged with, for a window of tokens).
         decision = self.policy.decide(Verdict(flag.risk, flag.categories), Stage.STREAM)
         if not decision.allowed:
             self._token_block = Decision(
@@ -632,13 +638,14 @@ class _Session:
         text = reply.get("text")
         if text is not None and not isinstance(text, str):
             raise MalformedFrame(f"the stream server sent a {kind!r} frame whose text is not a string")
-        out = self._accept(text or "")
+        out = self._accept(text or "", final=expect == "finished")
         if expect == "finished":
             self._state = "finished"
         return out
 
-    def _accept(self, text: str) -> str:
-        """The server session released (judged) ``text`` next: release what of it lies beyond ours."""
+    def _accept(self, text: str, final: bool = False) -> str:
+        """The server session released (judged) ``text`` next: release what of it lies beyond ours, short of token
+        verdicts that may yet flag their run again (`_token_hold`) unless the answer is ``final``."""
         end = self._judged + len(text)
         if self.text[self._judged : end] != text:
             raise GuardUnavailable("the stream server released text that was not fed to it")
@@ -646,7 +653,8 @@ class _Session:
         self._judged = end
         if self._state == "closed":
             return ""  # closed (aclose) while a re-open was under way: nothing more comes out
-        return self._release_upto(end)
+        hold = self._token_hold
+        return self._release_upto(end if final or hold is None else min(end, hold))
 
     def _refuse_blocked_release(self, end: int) -> None:
         """Release up to ``end`` only if no token run this client's policy blocks starts before it

@@ -447,8 +447,9 @@ class MonitorCore:
         return self._release_to(recent[-self.holdback][1])
 
     def _on_token_flag(self, flag: Flag, v: Any) -> None:
-        """Judge a debounce flag: the policy sees every category of the run so far, not only the one of the token
-        that raised it (a run let through for an ignored category that flows into another is judged as both)."""
+        """Judge a debounce flag: the policy sees every category of the run so far (each held for a window of
+        tokens), not only the one of the token that raised it (a run let through for an ignored category that
+        flows into another is judged as both)."""
         offset = next((start for index, start in self._recent if index == flag.start), v.start)
         verdict = Verdict(
             flag.risk,

@@ -82,3 +82,84 @@ def test_first_online_flag_is_the_earliest_nonsafe_run(seq, window):
     strict = [U if r is not S else S for r in seq]
     expected = flag_position(strict, window)
     assert (online[0].index if online else None) == (expected.index if expected else None)
+
+
+# -- categories of a run the policy let go on (rt65k F1, rt65m R4) ------------------------------------------------
+P, V, N = "Politically Sensitive Topics", "Violent", "Non-violent Illegal Acts"
+
+
+def pushed(d, tokens):
+    """Push (risk, category) pairs; the flags raised, as (index, start, risk, categories)."""
+    return [(f.index, f.start, f.risk, f.categories) for r, c in tokens if (f := d.push(r, c)) is not None]
+
+
+def test_one_token_of_another_category_in_a_flagged_run_flags_nothing():
+    # rt65m R4: the category head misreads one token of a political run; two misreadings apart do not add up.
+    run = [(U, P)] * 4 + [(U, V)] + [(U, P)] * 4 + [(U, V)] + [(U, P)] * 4
+    assert pushed(Debounce(), run) == [(1, 0, U, (P,))]
+
+
+@pytest.mark.parametrize("window", [2, 3])
+def test_a_category_joins_the_run_on_window_consecutive_tokens_of_it(window):
+    d = Debounce(window)
+    run = [(U, P)] * 5 + [(U, V)] * (window - 1)
+    assert pushed(d, run) == [(window - 1, 0, U, (P,))]
+    assert d.pending == window - 1  # the new category's tokens may yet flag the run: a release stops before them
+    # The flag's window is the new category's tokens: the run is stopped where they start.
+    assert pushed(d, [(U, V)]) == [(5 + window - 1, 5, U, (P, V))]
+    assert d.pending == 0
+    assert pushed(d, [(U, V), (U, P), (U, V)] * 3) == []  # categories it was judged with flag no more
+
+
+def test_alternating_new_categories_each_need_their_own_window():
+    d = Debounce()
+    pushed(d, [(U, P), (U, P)])
+    assert pushed(d, [(U, V), (U, N), (U, V), (U, V)]) == [(5, 4, U, (P, V))]
+
+
+def test_the_first_flag_of_a_run_names_the_category_of_the_token_that_raised_it():
+    # The official rule: token i's category is the response's, when no category held for a window yet.
+    d = Debounce()
+    assert pushed(d, [(U, V), (U, P)]) == [(1, 0, U, (P,))]
+    assert pushed(d, [(U, P)] * 5) == []  # judged with it already
+    assert pushed(Debounce(), [(C, None), (C, None)]) == [(1, 0, C, ())]
+
+
+def test_one_unsafe_token_in_a_controversial_run_does_not_turn_it_unsafe():
+    d = Debounce()
+    assert pushed(d, [(C, P), (C, P), (U, P), (C, P), (U, P)]) == [(1, 0, C, (P,))]
+    assert pushed(d, [(U, P)]) == [(5, 4, U, (P,))]
+
+
+def test_a_safe_token_ends_the_pending_tokens():
+    d = Debounce()
+    pushed(d, [(U, P), (U, P), (U, V)])
+    assert d.pending == 1
+    d.push(S)
+    assert d.pending == 0
+
+
+labelled = st.lists(st.tuples(st.sampled_from([S, U, C]), st.sampled_from([None, P, V, N])), max_size=40)
+
+
+@given(labelled, st.integers(1, 4))
+def test_a_category_a_flag_names_held_for_a_window_or_raised_the_runs_first_flag(seq, window):
+    """No category reaches a flag from fewer than ``window`` consecutive tokens, but the official one: that of the
+    token that raises a run's first flag."""
+    d = Debounce(window)
+    allowed: set[str] = set()
+    streak: list[str | None] = []
+    first = True
+    for risk, category in seq:
+        flag = d.push(risk, category)
+        if risk is S:  # ends the run
+            allowed, streak, first = set(), [], True
+            continue
+        streak = streak + [category] if streak and streak[-1] == category else [category]
+        if category and len(streak) >= window:
+            allowed.add(category)
+        if flag is not None:
+            if first and category:
+                allowed.add(category)
+            first = False
+            assert set(flag.categories) <= allowed
