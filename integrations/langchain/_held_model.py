@@ -17,8 +17,15 @@ wrapped model itself are moved to the wrapper (`_own_handlers`): they hear only 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Sequence
+import hashlib
+import json
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, ClassVar, NoReturn
 
 from langchain_core.callbacks import (
@@ -32,6 +39,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
 from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.config import var_child_runnable_config
 from pydantic import ConfigDict, Field
 from qwenguard.core import (
     Guard,
@@ -39,11 +47,12 @@ from qwenguard.core import (
     GuardViolation,
     InputTooLarge,
     QwenGuardError,
+    Stage,
 )
 from qwenguard.core.guard import speaking_as
 from qwenguard.core.streaming.parallel import PendingCheck
 
-from .._common import Bounded
+from .._common import stop_of
 from .._error_reading import error_stop_of, error_texts
 from . import _out_of_sight as out_of_sight
 from ._holding import HELD_LLM_TYPE_PREFIX, HeldStream
@@ -72,9 +81,9 @@ class StreamLedger:
         self.stopped: GuardViolation | GuardUnavailable | None = None
         #: The answer a stop was for, when it came whole (not streamed): its refusal reuses its id.
         self.stopped_answer: BaseMessage | None = None
-        #: The text the held streams of this call passed on before their attempt failed: the consumer holds it, and
-        #: the next attempt's answer continues it (`passed_before`).
-        self.passed = ""
+        #: The text the held streams of this call passed on before their attempt failed, by the conversation they
+        #: answered (`OwedCall.conversation`): the consumer holds it, and the next attempt's answer continues it.
+        self.passed: dict[str, str] = {}
 
     def record(self, message: BaseMessage, budget: int, judged: str | None = None) -> None:
         """``message``'s text was judged: its fingerprint (`judged_content`, or ``judged`` when read already)."""
@@ -112,54 +121,188 @@ class StreamLedger:
 
 # -- an attempt after one that failed part-way: its answer continues what went out --------------------
 # A provider that fails part-way through a streamed answer, after the guard passed on "... Now you Mix", is asked again
-# (``ModelRetryMiddleware``, ``ModelFallbackMiddleware``, a node's ``RetryPolicy``); the consumer reads the new answer
-# right after the text it holds. Judged as a fresh answer, the boundary was never judged: "Mix" + "ammonium nitrate
-# ..." reached the consumer (rt65d F1). The next attempt's monitor opens with that text as its answer's prefill
-# (`HeldStream`'s ``prefix``): every window shows it before the new text, which alone is released. Refusing another
-# attempt once text went out would be simpler, and would fail every legitimate retry of a dropped connection.
-# The text is kept in the call's ledger (a retry or fallback inside `GuardMiddleware` shares it) and by the LangGraph
-# task (the node run) it went out in, which each attempt of the step shares whoever makes it: a middleware outside
-# `GuardMiddleware` (a new ledger per attempt), a node's ``RetryPolicy`` around `GuardedChatModel` (no ledger).
+# (``ModelRetryMiddleware``, ``ModelFallbackMiddleware``, a node's ``RetryPolicy``, ``with_retry()``,
+# ``with_fallbacks()``); the consumer reads the new answer right after the text it holds. Judged as a fresh answer,
+# the boundary was never judged: "Mix" + "ammonium nitrate ..." reached the consumer (rt65d F1). The next attempt's
+# monitor opens with that text as its answer's prefill (`HeldStream`'s ``prefix``): every window shows it before the
+# new text, which alone is released. Refusing another attempt once text went out would be simpler, and would fail
+# every legitimate retry of a dropped connection.
+# The text is owed to the call (`OwedCall`): the same conversation (a retry sends the same messages again, a fallback
+# sends them to another model) in the same step. Another call of the step (a title or helper call before the answer,
+# with messages of its own) neither continues it nor clears it (before, it did both: rt65m F1). The step is the
+# LangGraph task (node run) the text went out in, else the run the attempts are children of (a ``RunnableRetry``'s,
+# a ``RunnableWithFallbacks``': ``GuardedChatModel(...).with_retry()`` outside a graph, rt65m F2). The text is kept in
+# the call's ledger (a retry or fallback inside `GuardMiddleware` shares it) and in `OwedTexts` for the step, which
+# every attempt shares whoever makes it: a middleware outside `GuardMiddleware` (a new ledger per attempt), a node's
+# ``RetryPolicy`` or ``with_retry()`` around `GuardedChatModel` (no ledger).
 
 #: LangGraph's key of a task's id in its config's ``configurable`` (``langgraph._internal._constants``): the same for
 #: every attempt of a node run, another for each run.
 _TASK_ID = "__pregel_task_id"
 
-#: Node runs remembered with the text their failed attempts passed on; the oldest go first (a retry comes at once).
-_TASKS_KEPT = 256
+#: How long a failed attempt's text is owed to the next one: longer than retries wait (LangGraph's ``RetryPolicy`` at
+#: most ``max_interval=128`` s by default, ``ModelRetryMiddleware`` 60 s). A later attempt is judged on its own.
+OWED_RETENTION_S = 600.0
 
-#: The text passed on by the failed attempts of a LangGraph task, by (checkpoint namespace, task id).
-_PASSED_IN_TASK: Bounded[tuple[str, str], str] = Bounded(_TASKS_KEPT)
+#: Texts owed at most at once (each as long as what went out): the oldest are pushed out first, and leave a mark.
+OWED_KEPT = 256
+
+#: Marks of texts pushed out before their time, at most (each a hash, ~100 bytes with its entry: ~26 MB in all). Past
+#: it every call owed nothing is refused until the oldest mark expires: so many failed streams in ten minutes is a
+#: hostile provider more than an outage (16,384 let a large outage refuse every agent call for minutes).
+OWED_MARKS = 262_144
 
 
-def _task_key() -> tuple[str, str] | None:
-    """The LangGraph task (node run) this model call is made in, from the caller's config; ``None`` outside one."""
+class OwedTexts:
+    """The text failed attempts passed on, by the call that continues it (`OwedCall.key`), each for ``retention_s``
+    and ``kept`` at most. One pushed out before its time by others (an outage fails every stream in flight) leaves a
+    mark: the call's next attempt is refused, not judged fresh (before, it was: rt65m F3). Past ``marks`` marks, until
+    the mark pushed out would have gone, every call that is owed no text is refused: nothing owed is ever forgotten
+    silently."""
+
+    def __init__(
+        self,
+        kept: int = OWED_KEPT,
+        marks: int = OWED_MARKS,
+        retention_s: float = OWED_RETENTION_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.kept, self.marks, self.retention_s, self._clock = kept, marks, retention_s, clock
+        self._texts: OrderedDict[Hashable, tuple[float, str]] = OrderedDict()  # key: (until, text), oldest first
+        # A mark is the key's hash, to be small: two keys with one hash refuse a call too many, never one too few.
+        self._marks: OrderedDict[int, float] = OrderedDict()  # hash: until
+        self._all_until = -math.inf
+        self._lock = threading.Lock()
+
+    def owed(self, key: Hashable) -> str | None:
+        """The text owed to ``key``'s attempt (``""``: none), or ``None`` where some was owed and is forgotten."""
+        with self._lock:
+            now = self._clock()
+            entry = self._texts.get(key)
+            if entry is not None and now < entry[0]:
+                return entry[1]
+            until = self._marks.get(hash(key))
+            forgotten = (until is not None and now < until) or now < self._all_until
+            return None if forgotten else ""
+
+    def owe(self, key: Hashable, text: str) -> None:
+        """An attempt of ``key`` failed with ``text`` with the consumer: its next attempt continues it."""
+        with self._lock:
+            now = self._clock()
+            self._texts[key] = (now + self.retention_s, text)
+            self._texts.move_to_end(key)
+            self._marks.pop(hash(key), None)
+            self._expire(now)
+            while len(self._texts) > self.kept:
+                pushed, (until, _) = self._texts.popitem(last=False)
+                self._marks[hash(pushed)] = until
+                self._marks.move_to_end(hash(pushed))
+            while len(self._marks) > self.marks:
+                self._all_until = max(self._all_until, self._marks.popitem(last=False)[1])
+
+    def paid(self, key: Hashable, prefix: str) -> None:
+        """An attempt of ``key`` that continued ``prefix`` answered to its end: nothing is owed. Not when another
+        attempt failed meanwhile (the calls of a batch in one step share their key): its text is still owed."""
+        with self._lock:
+            entry = self._texts.get(key)
+            if entry is not None and entry[1] == prefix:
+                del self._texts[key]
+
+    def _expire(self, now: float) -> None:
+        # Oldest first, every one kept as long: the first still owed ends the sweep.
+        while self._texts and next(iter(self._texts.values()))[0] <= now:
+            self._texts.popitem(last=False)
+        while self._marks and next(iter(self._marks.values())) <= now:
+            self._marks.popitem(last=False)
+
+
+#: What the failed attempts of every step passed on.
+_OWED = OwedTexts()
+
+
+@dataclass(frozen=True)
+class OwedCall:
+    """A model call as its attempts share what failed ones passed on: ``conversation``, a digest of its messages
+    (`conversation_digest`); ``step``, the LangGraph task or the run its attempts are children of (``None``: neither,
+    the call's ledger alone)."""
+
+    conversation: str
+    step: tuple[str, ...] | None
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return (*(self.step or ()), self.conversation)
+
+
+def conversation_digest(messages: Sequence[BaseMessage]) -> str:
+    """A digest of what ``messages`` say (each one's role, name, content, tool calls, tool call id; not its id, which a
+    node may make anew each time it runs): the same for the conversation a retry or a fallback sends again."""
+    digest = hashlib.blake2b(digest_size=16)
+    for message in messages:
+        said = [
+            message.type,
+            message.name,
+            message.content,
+            getattr(message, "tool_call_id", None),
+            getattr(message, "tool_calls", None),
+        ]
+        digest.update(json.dumps(said, default=repr, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n")
+    return digest.hexdigest()
+
+
+def _step(run_manager: Any) -> tuple[str, ...] | None:
+    """The step a model call is an attempt of: its LangGraph task (node run), from the caller's config; outside one,
+    the run the caller's context makes it a child of (a ``RunnableRetry``'s, a ``RunnableWithFallbacks``': the same
+    for each attempt; LangChain hands ``_stream`` no run manager, so its run's parent, where it does, comes next)."""
     configurable = out_of_sight.config_without_callbacks().get("configurable") or {}
     task = configurable.get(_TASK_ID)
-    return (str(configurable.get("checkpoint_ns") or ""), task) if isinstance(task, str) else None
+    if isinstance(task, str):
+        return ("task", str(configurable.get("checkpoint_ns") or ""), task)
+    callbacks = (var_child_runnable_config.get() or {}).get("callbacks")
+    parent = getattr(callbacks, "parent_run_id", None) or getattr(run_manager, "parent_run_id", None)
+    return ("run", str(parent)) if parent is not None else None
 
 
-def passed_before(ledger: StreamLedger, task: tuple[str, str] | None) -> str:
-    """The text the consumer holds from the attempts of this step that failed before this one: the task's (it outlives
-    a ledger), else the call's."""
-    kept = _PASSED_IN_TASK.get(task) if task is not None else None
-    return kept if kept is not None else ledger.passed
+def owed_call(messages: Sequence[BaseMessage], run_manager: Any) -> OwedCall:
+    return OwedCall(conversation_digest(messages), _step(run_manager))
 
 
-def record_passed(ledger: StreamLedger, task: tuple[str, str] | None, passed: str) -> None:
+async def aowed_call(messages: Sequence[BaseMessage], run_manager: Any) -> OwedCall:
+    """Async twin of `owed_call`: a long history is read on a worker thread (`built_off_loop`)."""
+    step = _step(run_manager)  # the caller's config: read here, in its context
+    return OwedCall(await built_off_loop(lambda: conversation_digest(messages), messages), step)
+
+
+def passed_before(guard: Guard, ledger: StreamLedger, call: OwedCall) -> str:
+    """The text the consumer holds from the attempts of this call that failed before this one: the ledger's, else the
+    step's (it outlives a ledger). Where it was forgotten (`OwedTexts`), the guard's stop, whatever ``on_error``:
+    the attempt cannot be judged as what the consumer reads it as."""
+    kept = ledger.passed.get(call.conversation)
+    if kept is not None or call.step is None:
+        return kept or ""
+    owed = _OWED.owed(call.key)
+    if owed is None:
+        why = "the text an earlier attempt passed on was pushed out by other failed calls: its continuation is unjudged"
+        raise stop_of(guard.policy.decide_unjudged(Stage.STREAM, why))
+    return owed
+
+
+def record_passed(ledger: StreamLedger, call: OwedCall, passed: str) -> None:
     """An attempt failed with ``passed`` (its prefix and what it passed on) with the consumer: the next continues it."""
-    ledger.passed = passed
-    if task is not None:
-        _PASSED_IN_TASK[task] = passed
+    if not passed:
+        return  # nothing went out: nothing is owed
+    ledger.passed[call.conversation] = passed
+    if call.step is not None:
+        _OWED.owe(call.key, passed)
 
 
-def forget_passed(ledger: StreamLedger, task: tuple[str, str] | None, prefix: str) -> None:
+def forget_passed(ledger: StreamLedger, call: OwedCall, prefix: str) -> None:
     """An attempt that continued ``prefix`` answered to its end: a later call of the step answers on its own. Not when
-    another attempt failed meanwhile (the calls of a batch in one node run share its task): its text is still owed."""
-    if ledger.passed == prefix:
-        ledger.passed = ""
-    if task is not None and _PASSED_IN_TASK.get(task) == prefix:
-        _PASSED_IN_TASK.pop(task)
+    another attempt failed meanwhile (the calls of a batch in one step share their key): its text is still owed."""
+    if ledger.passed.get(call.conversation) == prefix:
+        ledger.passed.pop(call.conversation)
+    if call.step is not None:
+        _OWED.paid(call.key, prefix)
 
 
 # -- a failed call's error, judged as its answer ------------------------------------------------------
@@ -523,12 +666,14 @@ class HeldBackChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        ledger, task = self._ledger(), _task_key()
+        ledger, call = self._ledger(), owed_call(messages, run_manager)
         ledger.again()
+        with ledger.watching():
+            prefix = passed_before(self.guard, ledger, call)
         messages = self._given_messages(messages)
         pending = self._start_input(messages)
-        held = self._held(messages, passed_before(ledger, task))
-        with ledger.watching(), _counted_if_stopped(run_manager, lambda: held.whole), _passing(ledger, task, held):
+        held = self._held(messages, prefix)
+        with ledger.watching(), _counted_if_stopped(run_manager, lambda: held.whole), _passing(ledger, call, held):
             target, config = self._target(), self._config(False)
             upstream = out_of_sight.stream(lambda: target.stream(messages, config, stop=stop, **kwargs))
             if pending is not None:
@@ -551,13 +696,14 @@ class HeldBackChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        ledger, task = self._ledger(), _task_key()
+        ledger, call = self._ledger(), await aowed_call(messages, run_manager)
         ledger.again()
+        with ledger.watching():
+            prefix = passed_before(self.guard, ledger, call)
         messages = await self._agiven_messages(messages)
         pending = await self._astart_input(messages)
-        prefix = passed_before(ledger, task)
         held = await built_off_loop(lambda: self._held(messages, prefix), messages)  # the context: read from the end
-        with ledger.watching(), _counted_if_stopped(run_manager, lambda: held.whole), _passing(ledger, task, held):
+        with ledger.watching(), _counted_if_stopped(run_manager, lambda: held.whole), _passing(ledger, call, held):
             target, config = self._target(), self._config(True)
             upstream = out_of_sight.astream(lambda: target.astream(messages, config, stop=stop, **kwargs))
             if pending is not None:
@@ -575,15 +721,15 @@ class HeldBackChatModel(BaseChatModel):
 
 
 @contextmanager
-def _passing(ledger: StreamLedger, task: tuple[str, str] | None, held: HeldStream) -> Iterator[None]:
+def _passing(ledger: StreamLedger, call: OwedCall, held: HeldStream) -> Iterator[None]:
     """Around a held stream: when it fails (the model's error, the guard's stop), what it passed on after its prefix is
     what the step's next attempt continues (`record_passed`); when it ends, nothing is."""
     try:
         yield
     except Exception:
-        record_passed(ledger, task, held.prefix + held.passed_text)
+        record_passed(ledger, call, held.prefix + held.passed_text)
         raise
-    forget_passed(ledger, task, held.prefix)
+    forget_passed(ledger, call, held.prefix)
 
 
 @contextmanager

@@ -23,7 +23,8 @@ nothing of it (text or tool call) goes out before the input's verdict, and a blo
 model (sync: at its next chunk; async: at once) and raises `GuardViolation` for the prompt.
 
 ``with_retry()`` / ``with_fallbacks()`` keep the guard's stop (`_keep_stops.py`): a blocked answer is not asked
-for again, and no fallback model answers a request the guard stopped.
+for again, and no fallback model answers a request the guard stopped. An attempt after one whose stream failed
+part-way (a dropped connection) is judged as the continuation of the text that went out (`_held_model.OwedTexts`).
 """
 
 from __future__ import annotations
