@@ -15,10 +15,11 @@
   instead, and the turn goes on; anywhere else (another thread, no thread) it raises again. The callback handler
   keeps one too: it cannot edit what the model reads, so it raises again, but says so (rt64g F2, `left_over`).
 - `RaisedToolStops`: the tool calls it raised `GuardViolation` for (a blocked call, a blocked result), each on its
-  thread, with the notice ``"end"`` writes for it. The raise leaves the thread's answer with a call no tool message
-  answers: every later turn sent providers a request they refuse (OpenAI and Anthropic answer 400), and
-  ``invoke(None)`` ran the tool again (rt65g F2). The thread's next turn gets the notice as that call's answer, and a
-  run resumed at the tools gets it instead of running the call.
+  thread by its name and id, with the notice ``"end"`` writes for it. The raise leaves the thread's answer with a
+  call no tool message answers: every later turn sent providers a request they refuse (OpenAI and Anthropic answer
+  400), and ``invoke(None)`` ran the tool again (rt65g F2). The thread's next turn gets the notice as that call's
+  answer, and a run resumed at the tools gets it instead of running the call; a stop the thread's last answer no
+  longer waits on is forgotten (rt65l F4).
 - `OwnNotices`: the messages it wrote in place of what it blocked (its notices and its refusal), by fingerprint: the
   thread (`current_thread`), id, role and text of each, as it wrote it. Judged again as a user's prompt and as
   context, the next turn of the thread was refused (the demo guard reads a withheld-message notice as unsafe). Only
@@ -44,7 +45,7 @@ import json
 import threading
 import uuid
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from langchain_core.messages import BaseMessage
@@ -307,38 +308,61 @@ class RaisedChecks:
 
 class RaisedToolStops:
     """The tool calls a middleware raised `GuardViolation` for, each on its thread (`current_thread`), by the call's
-    fingerprint (`call_key`: name, id and arguments), with the notice that answers it (a `ToolMessage`). Kept in the
-    process, a bounded number: another process leaves the call unanswered, as before."""
+    name and id, with the notice that answers it (a `ToolMessage`). Kept in the process, for a bounded number of
+    threads: another process leaves the call unanswered, as before."""
 
+    # By name and id, not arguments: a middleware listed before this one may rewrite a call's arguments (a default,
+    # a normalized url), and the stop kept for the call it ran never matched the thread's own call (rt65l F3).
     def __init__(self, maxsize: int = MAX_ALLOWED_CHECKS) -> None:
-        self._notices: Bounded[str, BaseMessage] = Bounded(maxsize)
+        self._threads: Bounded[str, dict[str, BaseMessage]] = Bounded(maxsize)
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._notices)
+        return len(self._threads)
 
     def keep(self, call: Mapping[str, Any], notice: BaseMessage, thread: str | None) -> None:
         """``notice`` as the answer of ``call``, stopped on ``thread``; the first one kept stays (a retry's stop is
         the same one)."""
-        key = _call_on_thread(call, thread)
-        if key is not None and self._notices.get(key) is None:
-            self._notices[key] = notice
+        if thread is None or (key := _stop_key(call)) is None:
+            return  # nothing of the run stays for a later one to read; a call with no id cannot be answered
+        with self._lock:
+            stops = self._threads.get(thread) or {}
+            stops.setdefault(key, notice)
+            self._threads[thread] = stops
 
     def answer(self, call: Mapping[str, Any], thread: str | None) -> BaseMessage | None:
         """The notice kept for ``call`` on ``thread``, or ``None``."""
-        key = _call_on_thread(call, thread)
-        return None if key is None else self._notices.get(key)
+        key = _stop_key(call)
+        stops = None if thread is None or key is None else self._threads.get(thread)
+        return None if stops is None or key is None else stops.get(key)
 
     def forget(self, call: Mapping[str, Any], thread: str | None) -> None:
         """Answered in the thread's state: the same call asked again later is judged as any call is."""
-        if (key := _call_on_thread(call, thread)) is not None:
-            self._notices.pop(key)
+        gone = _stop_key(call)
+        self._keep_where(thread, lambda key: key != gone)
+
+    def keep_only(self, calls: Sequence[Mapping[str, Any]], thread: str | None) -> None:
+        """The stops of ``thread`` forgotten but those of ``calls``: the thread's state holds no other call a stop
+        answers (a client removed the answer, a later turn answered it)."""
+        kept = {_stop_key(call) for call in calls}
+        self._keep_where(thread, lambda key: key in kept)
+
+    def _keep_where(self, thread: str | None, keep: Callable[[str], bool]) -> None:
+        if thread is None or self._threads.get(thread) is None:
+            return
+        with self._lock:
+            left = {key: notice for key, notice in (self._threads.get(thread) or {}).items() if keep(key)}
+            if left:
+                self._threads[thread] = left
+            else:
+                self._threads.pop(thread)
 
 
-def _call_on_thread(call: Mapping[str, Any], thread: str | None) -> str | None:
-    if thread is None or not call.get("id"):
-        return None  # nothing of the run stays for a later one to read; a call with no id cannot be answered
-    key = call_key(call.get("name"), call.get("id"), call.get("args"))
-    return None if key is None else f"{thread}\x00{key}"
+def _stop_key(call: Mapping[str, Any]) -> str | None:
+    """A call's name and id, or ``None`` for one with no id."""
+    if not call.get("id"):
+        return None
+    return json.dumps([call.get("name"), call.get("id")], ensure_ascii=False, default=str)
 
 
 def without_runs_of_blocked(blocked: Sequence[tuple[Item, Decision]]) -> list[tuple[Item, Decision]]:

@@ -9,7 +9,9 @@ Where it looks (every step is one batched guard call):
   allowed before too (rt63h F1). The run's context (``context=``, which a tool reads from ``runtime.context`` and a
   ``@dynamic_prompt`` may print) is judged with them, the same way, its ids left out (`_run_context`); blocked, the
   run ends with the refusal, as it is in no state to clear (rt64c F1). Where two or more of them hold text, they are
-  judged once more joined, as a prompt printing them side by side reads them (`_joined_keys`, rt65g F1).
+  judged once more joined, as a prompt printing them side by side reads them (`_joined_keys`, rt65g F1); where one
+  does, their text once more on both sides of the run's last user turn, as a prompt printing them beside the message
+  reads them (`_keys_beside_turn`, rt65l F1).
 - ``before_model``: what is new since the model's last turn — the user's input (prompt check, with
   the earlier turns as context) and tool results (untrusted content: injected instructions show up
   as Jailbreak). Runs before the model sees them. Every system or developer message in the state is
@@ -48,7 +50,10 @@ What a violation does (``exit_behavior``):
   refuse every later turn of a shared thread. A new block, the same one on another thread or with no thread, or a
   blocked message still the one to answer, raises. A blocked tool call or result raises out of the tools, leaving the
   thread's answer with a call no tool message answers: the thread's next turn answers it with the notice ``"end"``
-  writes, and a run resumed at the tools gets that notice in place of the call (`RaisedToolStops`, rt65g F2).
+  writes (and each call beside it no tool message answers with a notice that its result was lost, rt65l F2), and a
+  run resumed at the tools gets that notice in place of the call (`RaisedToolStops`, rt65g F2). A stop is kept by the
+  call's name and id (a middleware listed before this one may rewrite its arguments, rt65l F3), and only while the
+  thread's last answer waits on the call (rt65l F4).
 - ``"end"``: the flagged message is replaced *in place* (same message id, so the unsafe text and its
   dangling tool calls leave the state) and the agent jumps to the end with ``violation_message``.
 - ``"replace"``: the flagged message is replaced in place and the agent goes on: a withheld tool
@@ -154,6 +159,8 @@ from ._messages import (
     tool_result_commands,
     tool_result_messages,
     tool_text,
+    turn_role,
+    user_run_text,
     worded,
 )
 from ._run_context import context_text, run_context
@@ -183,6 +190,10 @@ DEFAULT_TOOL_RESULT_NOTICE = (
 )
 #: What the model sees instead of running a blocked tool call.
 DEFAULT_TOOL_CALL_NOTICE = "The call to tool '{tool}' was blocked by the safety guard ({categories}) and did not run."
+#: What answers a call whose result was lost when the run stopped on a blocked call beside it (``"error"``).
+_LOST_RESULT_NOTICE = (
+    "The result of tool '{tool}' was lost: the run stopped on a blocked tool call beside it. Call it again if needed."
+)
 #: How many answers whose text was judged in the model call are remembered until ``after_model``.
 _MAX_JUDGED_IDS = 1024
 #: What a withheld answer keeps of its ``additional_kwargs``: the provider classes' bookkeeping, no words.
@@ -471,6 +482,14 @@ def _state_rest(state: Any) -> list[Any]:
     return [value for key, value in state.items() if key not in _NOT_INPUT_KEYS] if isinstance(state, Mapping) else []
 
 
+def _state_read(state: Any, context: Any) -> tuple[Any, ...]:
+    """What `GuardMiddleware._state_key_items` reads of ``state`` and the run's ``context``: its keys, the context,
+    and where either is there the thread's messages (its last user turn, `_keys_beside_turn`)."""
+    rest = _state_rest(state)
+    messages = state.get("messages") if isinstance(state, Mapping) and (rest or context is not None) else None
+    return rest, context, messages
+
+
 def _keys_of(item: Item) -> list[Any]:
     """The state keys a check of the state reads (`_state_key_items`): its key's, the keys joined; none for the run's
     context."""
@@ -483,6 +502,37 @@ def _with_healed(update: dict[str, Any] | None, healed: list[BaseMessage] | None
     if healed is None:
         return update
     return {**(update or {}), "messages": [*healed, *((update or {}).get("messages") or ())]}
+
+
+def _last_user_turns(messages: list[BaseMessage]) -> list[BaseMessage]:
+    """The run's last user turn, with the user turns before it that a provider sends as one message (`_UserRun`'s
+    rule: a system message, an assistant turn it drops and a tool result do not end the run; an answer does)."""
+    end = next((i for i in range(len(messages) - 1, -1, -1) if turn_role(messages[i]) == "user"), None)
+    if end is None:
+        return []
+    turns: list[BaseMessage] = []
+    for message in reversed(messages[: end + 1]):
+        if user_run_text(message) is None:
+            break
+        if turn_role(message) == "user":
+            turns.append(message)
+    return turns[::-1]
+
+
+def _unanswered_calls(messages: list[BaseMessage]) -> tuple[int | None, list[dict[str, Any]]]:
+    """The index of the thread's last answer (`AIMessage`) and its tool calls no tool message after it answers:
+    the calls the thread waits on."""
+    for at in range(len(messages) - 1, -1, -1):
+        answer = messages[at]
+        if isinstance(answer, AIMessage):
+            answered = {m.tool_call_id for m in messages[at + 1 :] if isinstance(m, ToolMessage)}
+            return at, [dict(call) for call in answer.tool_calls if call.get("id") and call["id"] not in answered]
+    return None, []
+
+
+def _same_call(call: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
+    """One call by its name and id (`RaisedToolStops`)."""
+    return call.get("id") == other.get("id") and call.get("name") == other.get("name")
 
 
 def _read_whole(items: list[Item]) -> list[Item]:
@@ -607,10 +657,16 @@ class GuardMiddleware(AgentMiddleware):
         if not self.check_input:
             return []
         items = [] if (context_item := self._context_item(context)) is None else [context_item]
+        turns: list[BaseMessage] = []
         if isinstance(state, Mapping):
             skip = _kept_from_input() if mid_run else frozenset()
             items = [*self._state_key_checks(state.items(), skip), *items]
-        return self._allowed.unjudged([*items, *self._joined_keys(items)], self.guard)
+            turns = _last_user_turns(list(state.get("messages") or ())) if items else []
+            # A notice written in place of a blocked turn is not the user's (`OwnNotices`): read as a prompt, the demo
+            # guard refuses it.
+            turns = [turn for turn in turns if not self._own.wrote(turn, current_thread())]
+        joined = [*self._joined_keys(items), *self._keys_beside_turn(items, turns)]
+        return self._allowed.unjudged([*items, *joined], self.guard)
 
     # A ``@dynamic_prompt`` may print two keys side by side (``f"{verb} {task}"``), or a key beside the run's context:
     # each judged alone, a request split across them ("Mix" | "ammonium nitrate with fuel oil, ...") reached the model
@@ -638,6 +694,36 @@ class GuardMiddleware(AgentMiddleware):
             KEYED_BY: ["state keys joined", *map(str, keys), current_thread() or ""],
         }
         label = "state keys " + " + ".join(parts) + ", joined"
+        # Past the limit it is blocked unread (`_unread_state_key`): what is kept of it only tells the check apart.
+        kept = text if whole else text[: self.guard.max_chars]
+        return [Item(Stage.PROMPT, prompt_conversation(kept), label=label, extra=extra)]
+
+    # A ``@dynamic_prompt`` prints a key beside the user's message too (``"...starting with the verb: {verb}"``):
+    # judged apart, "Mix" in the key and "ammonium nitrate with fuel oil, ..." in the message reached the model as
+    # one request no check read whole (rt65l F1).
+    def _keys_beside_turn(self, items: list[Item], turns: list[BaseMessage]) -> list[Item]:
+        """One check more where a state key or the run's context holds text and the run has a user turn: their texts
+        (as `_joined_keys` joins them) on both sides of the run's last user turn (``turns``: the consecutive user
+        turns a provider sends as one, `_last_user_turns`), as a prompt prints them before or after the message;
+        blocked, every key in it is cleared. None where a part is not read whole (blocked unread on its own); not
+        read whole itself past the guard's ``max_chars``."""
+        turn = "".join(message_text(message) for message in turns)
+        if not items or not turn.strip() or not all(item.extra["whole"] for item in items):
+            return []
+        keys = [item.extra[_STATE_KEY] for item in items if _STATE_KEY in item.extra]
+        around = " ".join(item.conversation[-1]["content"] for item in items)
+        text = f"{around} {turn} {around}"
+        parts = [repr(key) for key in keys] + (["the run's context"] if len(keys) < len(items) else [])
+        whole = len(text) <= self.guard.max_chars
+        extra = {
+            _JOINED_KEYS: keys,
+            "whole": whole,
+            # The turns it read (`RaisedChecks.earlier_run`): with "error", the thread's next turn, joined to the
+            # turn raised for, is that block's, and clears the keys.
+            "run": turns,
+            KEYED_BY: ["state keys beside the user's turn", *map(str, keys), current_thread() or ""],
+        }
+        label = "state keys " + " + ".join(parts) + " beside the user's turn"
         # Past the limit it is blocked unread (`_unread_state_key`): what is kept of it only tells the check apart.
         kept = text if whole else text[: self.guard.max_chars]
         return [Item(Stage.PROMPT, prompt_conversation(kept), label=label, extra=extra)]
@@ -722,7 +808,7 @@ class GuardMiddleware(AgentMiddleware):
         if self.exit_behavior == "error":
             thread = current_thread()
             fresh = [
-                (item, d) for item, d in blocked if _RUN_CONTEXT in item.extra or not self._raised.raised(item, thread)
+                (item, d) for item, d in blocked if _RUN_CONTEXT in item.extra or self._raised.fresh([item], thread)
             ]
             if fresh:
                 self._raised.remember([item for item, _ in fresh if _keys_of(item)], thread)
@@ -1069,7 +1155,7 @@ class GuardMiddleware(AgentMiddleware):
     async def abefore_agent(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
         context = run_context(runtime)
         items = await built_off_loop(
-            lambda: self._state_key_items(state, context, mid_run=False), (_state_rest(state), context)
+            lambda: self._state_key_items(state, context, mid_run=False), _state_read(state, context)
         )
         update = self._on_state_keys(items, await self._astate_key_decisions(items)) if items else None
         messages = state.get("messages") or ()
@@ -1091,7 +1177,7 @@ class GuardMiddleware(AgentMiddleware):
     async def abefore_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
         messages = state.get("messages") or ()
         context = run_context(runtime)
-        keys = await built_off_loop(lambda: self._state_key_items(state, context), (_state_rest(state), context))
+        keys = await built_off_loop(lambda: self._state_key_items(state, context), _state_read(state, context))
         items = await built_off_loop(lambda: self._input_items(state), messages)
         key_decisions, decisions = self._split(keys, await ascreen(self.guard, [*_read_whole(keys), *items]))
         self._allowed.remember(items, decisions, self.guard)
@@ -1257,44 +1343,54 @@ class GuardMiddleware(AgentMiddleware):
             notice = self._call_notice(request, stop.decision, self.tool_result_notice)
             self._tool_stops.keep(request.tool_call, notice, thread)
 
+    # A stop answers only its own call while the thread still waits on it: a client may remove the answer that asked
+    # (as the docs advise for a blocked message), and a provider may reuse call ids, and a stop kept for good answered
+    # a later, harmless call of the same name and id with a notice, the tool never run (rt65l F4).
     def _resumed_stop(self, request: Any, thread: str | None) -> ToolMessage | None:
-        """The notice of a call raised for before on ``thread`` (a run resumed at the tools, ``invoke(None)``): the
-        call's answer, the tool not run. Not for a retry of the request stopped (`StoppedCalls`: it gets the stop)."""
+        """The notice of a call raised for before on ``thread`` (a run resumed at the tools, ``invoke(None)``: the
+        thread's last answer holds the call unanswered): the call's answer, the tool not run. Not for a retry of the
+        request stopped (`StoppedCalls`: it gets the stop)."""
         if not len(self._tool_stops) or self._stopped.earlier(request) is not None:
             return None
         notice = self._tool_stops.answer(request.tool_call, thread)
         if not isinstance(notice, ToolMessage):
             return None
+        waiting = _unanswered_calls(list((getattr(request, "state", None) or {}).get("messages") or ()))[1]
+        if not any(_same_call(call, request.tool_call) for call in waiting):
+            self._tool_stops.keep_only(waiting, thread)  # the state no longer holds the call
+            return None
         self._tool_stops.forget(request.tool_call, thread)
         return notice
 
+    # Parallel calls: the raise ends the tools node with the results of the blocked call's siblings kept only in the
+    # checkpoint's pending writes, which the thread's next turn drops. Answering the blocked call alone left the
+    # siblings unanswered, a request providers refuse (rt65l F2): each gets a notice that its result was lost.
     def _healed(self, state: AgentState) -> list[BaseMessage] | None:
-        """The thread's messages with every call raised for before on it (`RaisedToolStops`) and still unanswered
-        answered by its notice, right after the answer that asked for it; ``None`` when there is none. The whole
-        history is written again (``REMOVE_ALL_MESSAGES``): a message cannot be put between two others by id."""
+        """The thread's messages with the calls of its last answer raised for before on it (`RaisedToolStops`) and
+        still unanswered answered by their notices, and the other calls of that answer no tool message answers by
+        the notice that their result was lost (`_lost_result`), right after the answer; ``None`` when there is none.
+        The thread's other stops are forgotten: its state no longer waits on them. The whole history is written again
+        (``REMOVE_ALL_MESSAGES``): a message cannot be put between two others by id."""
         thread = current_thread()
         if thread is None or not len(self._tool_stops):
             return None
         messages = list(state.get("messages") or ())
-        answered = {m.tool_call_id for m in messages if isinstance(m, ToolMessage)}
-        healed: list[BaseMessage] = []
-        notices: list[BaseMessage] = []
-        for message in messages:
-            healed.append(message)
-            if not isinstance(message, AIMessage):
-                continue
-            for call in message.tool_calls:
-                if (notice := self._tool_stops.answer(call, thread)) is None:
-                    continue
-                # Answered in the state (or now): a provider that reuses call ids may ask for the same call later.
-                self._tool_stops.forget(call, thread)
-                if call.get("id") not in answered:
-                    healed.append(notice)
-                    notices.append(notice)
-        if not notices:
+        at, waiting = _unanswered_calls(messages)
+        stops = [self._tool_stops.answer(call, thread) for call in waiting]
+        # Answered now, or never to be: a provider that reuses call ids may ask for the same call later.
+        self._tool_stops.keep_only((), thread)
+        if at is None or not any(stop is not None for stop in stops):
             return None
+        notices = [stop or self._lost_result(call) for call, stop in zip(waiting, stops)]
         self._produced.record(notices, current_scope())  # the agent's tool's answer: its own when read back
-        return [RemoveMessage(id=REMOVE_ALL_MESSAGES), *healed]
+        return [RemoveMessage(id=REMOVE_ALL_MESSAGES), *messages[: at + 1], *notices, *messages[at + 1 :]]
+
+    def _lost_result(self, call: Mapping[str, Any]) -> ToolMessage:
+        """The error `ToolMessage` that answers a call whose result was lost beside a blocked one (`_healed`)."""
+        name = self._tool_name(call.get("name"))
+        content = _LOST_RESULT_NOTICE.format(tool=name)
+        message = ToolMessage(content=content, tool_call_id=call.get("id") or "", name=name, status="error")
+        return self._own_notice(message)
 
     def _executed_call(self, request: Any) -> Callable[[dict[str, Any]], ToolMessage | None]:
         """Judges a call the tool is given that is not ``request``'s: ``None`` to run it, else its notice."""
@@ -1821,7 +1917,7 @@ class GuardMiddleware(AgentMiddleware):
             asked = request
             context = run_context(asked)
             keys = await built_off_loop(
-                lambda: self._state_key_items(asked.state, context), (_state_rest(asked.state), context)
+                lambda: self._state_key_items(asked.state, context), _state_read(asked.state, context)
             )
             given = await built_off_loop(lambda: self._message_items(list(asked.messages)), asked.messages)
             try:
@@ -1949,7 +2045,7 @@ class GuardMiddleware(AgentMiddleware):
             if any(not isinstance(value, str) for value in resumed):
                 checks = await asyncio.to_thread(self._tool_checks, request)
             else:
-                read = (*_read_by_call(request), resumed, _state_rest(request.state), run_context(request))
+                read = (*_read_by_call(request), resumed, *_state_read(request.state, run_context(request)))
                 checks = await built_off_loop(lambda: self._tool_checks(request), read)
             if checks:
                 blocked = self._before_tool(checks, await self._atool_decisions(checks))

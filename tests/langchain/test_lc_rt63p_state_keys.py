@@ -148,10 +148,17 @@ def test_a_safe_state_key_reaches_the_model_judged_once_on_its_thread(mode):
 def test_a_key_a_tool_wrote_is_judged_as_its_output_not_again_as_input(mode):
     agent, model, backend = agent_for(tool_call("save_note", {"note": "x"}, "c1"), SAFE_ANSWER, SAFE_ANSWER)
     run(agent, {"messages": [{"role": "user", "content": "Save my note."}]}, mode)
-    assert sum(SAFE_NOTE in repr(batch) for batch in backend.calls) == 1  # the tool's output
+    assert judged_alone(backend, SAFE_NOTE) == 1  # the tool's output
     result, _ = run(agent, {"messages": [{"role": "user", "content": SAFE_QUESTION}]}, mode)
     assert result["messages"][-1].text == SAFE_ANSWER and SAFE_NOTE in prompts_read(model)
-    assert sum(SAFE_NOTE in repr(batch) for batch in backend.calls) == 1
+    # Not judged alone again; read beside each user turn (rt65l F1: a key a tool wrote may begin a clause the
+    # user's message ends), which is a check of its own.
+    assert judged_alone(backend, SAFE_NOTE) == 1
+
+
+def judged_alone(backend, text: str) -> int:
+    """The checks whose conversation is ``text`` alone (its last turn)."""
+    return sum(1 for batch in backend.calls for conv in batch if conv and conv[-1]["content"] == text)
 
 
 @pytest.mark.parametrize("mode", MODES)
