@@ -9,9 +9,8 @@ Where it looks (every step is one batched guard call):
   allowed before too (rt63h F1). The run's context (``context=``, which a tool reads from ``runtime.context`` and a
   ``@dynamic_prompt`` may print) is judged with them, the same way, its ids left out (`_run_context`); blocked, the
   run ends with the refusal, as it is in no state to clear (rt64c F1). Where two or more of them hold text, they are
-  judged once more joined, as a prompt printing them side by side reads them (`_joined_keys`, rt65g F1); where one
-  does, their text once more on both sides of the run's last user turn, as a prompt printing them beside the message
-  reads them (`_keys_beside_turn`, rt65l F1).
+  judged once more joined, as a prompt printing them side by side reads them (`_joined_keys`, rt65g F1); not beside
+  the user's messages (rt65l F1, documented: rt65p F3, F4).
 - ``before_model``: what is new since the model's last turn — the user's input (prompt check, with
   the earlier turns as context) and tool results (untrusted content: injected instructions show up
   as Jailbreak). Runs before the model sees them. Every system or developer message in the state is
@@ -159,8 +158,6 @@ from ._messages import (
     tool_result_commands,
     tool_result_messages,
     tool_text,
-    turn_role,
-    user_run_text,
     worded,
 )
 from ._run_context import context_text, run_context
@@ -191,8 +188,11 @@ DEFAULT_TOOL_RESULT_NOTICE = (
 #: What the model sees instead of running a blocked tool call.
 DEFAULT_TOOL_CALL_NOTICE = "The call to tool '{tool}' was blocked by the safety guard ({categories}) and did not run."
 #: What answers a call whose result was lost when the run stopped on a blocked call beside it (``"error"``).
+#: A call that ran beside a blocked one and whose result was lost with the raise: it may have acted (a payment, an
+#: e-mail), so the model is told not to repeat it unasked (rt65p F2: "call it again if needed" paid twice).
 _LOST_RESULT_NOTICE = (
-    "The result of tool '{tool}' was lost: the run stopped on a blocked tool call beside it. Call it again if needed."
+    "The tool '{tool}' may have run, but its result was lost: the run stopped on a blocked tool call beside it. Do "
+    "not call it again unless the user asks to."
 )
 #: How many answers whose text was judged in the model call are remembered until ``after_model``.
 _MAX_JUDGED_IDS = 1024
@@ -483,11 +483,8 @@ def _state_rest(state: Any) -> list[Any]:
 
 
 def _state_read(state: Any, context: Any) -> tuple[Any, ...]:
-    """What `GuardMiddleware._state_key_items` reads of ``state`` and the run's ``context``: its keys, the context,
-    and where either is there the thread's messages (its last user turn, `_keys_beside_turn`)."""
-    rest = _state_rest(state)
-    messages = state.get("messages") if isinstance(state, Mapping) and (rest or context is not None) else None
-    return rest, context, messages
+    """What `GuardMiddleware._state_key_items` reads of ``state`` and the run's ``context``: its keys, the context."""
+    return _state_rest(state), context
 
 
 def _keys_of(item: Item) -> list[Any]:
@@ -502,21 +499,6 @@ def _with_healed(update: dict[str, Any] | None, healed: list[BaseMessage] | None
     if healed is None:
         return update
     return {**(update or {}), "messages": [*healed, *((update or {}).get("messages") or ())]}
-
-
-def _last_user_turns(messages: list[BaseMessage]) -> list[BaseMessage]:
-    """The run's last user turn, with the user turns before it that a provider sends as one message (`_UserRun`'s
-    rule: a system message, an assistant turn it drops and a tool result do not end the run; an answer does)."""
-    end = next((i for i in range(len(messages) - 1, -1, -1) if turn_role(messages[i]) == "user"), None)
-    if end is None:
-        return []
-    turns: list[BaseMessage] = []
-    for message in reversed(messages[: end + 1]):
-        if user_run_text(message) is None:
-            break
-        if turn_role(message) == "user":
-            turns.append(message)
-    return turns[::-1]
 
 
 def _unanswered_calls(messages: list[BaseMessage]) -> tuple[int | None, list[dict[str, Any]]]:
@@ -657,16 +639,13 @@ class GuardMiddleware(AgentMiddleware):
         if not self.check_input:
             return []
         items = [] if (context_item := self._context_item(context)) is None else [context_item]
-        turns: list[BaseMessage] = []
         if isinstance(state, Mapping):
             skip = _kept_from_input() if mid_run else frozenset()
             items = [*self._state_key_checks(state.items(), skip), *items]
-            turns = _last_user_turns(list(state.get("messages") or ())) if items else []
-            # A notice written in place of a blocked turn is not the user's (`OwnNotices`): read as a prompt, the demo
-            # guard refuses it.
-            turns = [turn for turn in turns if not self._own.wrote(turn, current_thread())]
-        joined = [*self._joined_keys(items), *self._keys_beside_turn(items, turns)]
-        return self._allowed.unjudged([*items, *joined], self.guard)
+        # Not beside the user's messages (rt65l F1, left documented): read so, 7 of 25 harmless key and question
+        # pairs were blocked with the demo guard, and the block cleared the app's keys for the user's own refusal
+        # (rt65p F3, F4).
+        return self._allowed.unjudged([*items, *self._joined_keys(items)], self.guard)
 
     # A ``@dynamic_prompt`` may print two keys side by side (``f"{verb} {task}"``), or a key beside the run's context:
     # each judged alone, a request split across them ("Mix" | "ammonium nitrate with fuel oil, ...") reached the model
@@ -698,36 +677,6 @@ class GuardMiddleware(AgentMiddleware):
         kept = text if whole else text[: self.guard.max_chars]
         return [Item(Stage.PROMPT, prompt_conversation(kept), label=label, extra=extra)]
 
-    # A ``@dynamic_prompt`` prints a key beside the user's message too (``"...starting with the verb: {verb}"``):
-    # judged apart, "Mix" in the key and "ammonium nitrate with fuel oil, ..." in the message reached the model as
-    # one request no check read whole (rt65l F1).
-    def _keys_beside_turn(self, items: list[Item], turns: list[BaseMessage]) -> list[Item]:
-        """One check more where a state key or the run's context holds text and the run has a user turn: their texts
-        (as `_joined_keys` joins them) on both sides of the run's last user turn (``turns``: the consecutive user
-        turns a provider sends as one, `_last_user_turns`), as a prompt prints them before or after the message;
-        blocked, every key in it is cleared. None where a part is not read whole (blocked unread on its own); not
-        read whole itself past the guard's ``max_chars``."""
-        turn = "".join(message_text(message) for message in turns)
-        if not items or not turn.strip() or not all(item.extra["whole"] for item in items):
-            return []
-        keys = [item.extra[_STATE_KEY] for item in items if _STATE_KEY in item.extra]
-        around = " ".join(item.conversation[-1]["content"] for item in items)
-        text = f"{around} {turn} {around}"
-        parts = [repr(key) for key in keys] + (["the run's context"] if len(keys) < len(items) else [])
-        whole = len(text) <= self.guard.max_chars
-        extra = {
-            _JOINED_KEYS: keys,
-            "whole": whole,
-            # The turns it read (`RaisedChecks.earlier_run`): with "error", the thread's next turn, joined to the
-            # turn raised for, is that block's, and clears the keys.
-            "run": turns,
-            KEYED_BY: ["state keys beside the user's turn", *map(str, keys), current_thread() or ""],
-        }
-        label = "state keys " + " + ".join(parts) + " beside the user's turn"
-        # Past the limit it is blocked unread (`_unread_state_key`): what is kept of it only tells the check apart.
-        kept = text if whole else text[: self.guard.max_chars]
-        return [Item(Stage.PROMPT, prompt_conversation(kept), label=label, extra=extra)]
-
     def _context_item(self, context: Any) -> Item | None:
         """The check of the run's context (`context_text`: ids left out), or ``None`` where it holds no text."""
         if context is None:
@@ -735,7 +684,8 @@ class GuardMiddleware(AgentMiddleware):
         text, whole = context_text(context, self.guard.max_chars)
         if not text.strip() and whole:
             return None
-        extra = {_RUN_CONTEXT: True, "whole": whole}
+        # Its own check on its thread (`KEYED_BY`): a user's message allowed anywhere answers for no context (rt65r F1).
+        extra = {_RUN_CONTEXT: True, "whole": whole, KEYED_BY: ["run context", current_thread() or ""]}
         return Item(Stage.PROMPT, prompt_conversation(text), label="run context", extra=extra)
 
     def _state_key_checks(self, pairs: Iterable[tuple[Any, Any]], skip: frozenset[str] = frozenset()) -> list[Item]:

@@ -1,9 +1,8 @@
 """rt65l: the second look at the joined state keys and the healed tool stops of `GuardMiddleware` (rt65g).
 
-F1: an agent's ``@dynamic_prompt`` prints a client's state key (or the run's context) beside the user's message
-("...starting with the verb: Mix" | "ammonium nitrate with fuel oil, ..."): each was judged alone (safe to a judge that
-needs two words of the clause, `phrase_verdict`), and the model read the whole clause. Now the keys' text is judged
-once more on both sides of the run's last user turn. F2: with ``exit_behavior="error"`` and parallel tool calls, the
+F1 (left documented): an agent's ``@dynamic_prompt`` prints a client's state key beside the user's message; each is
+judged alone. Judging them together blocked harmless apps and cleared their keys (rt65p F3, F4): the tests below pin
+that the keys stay the app's. F2: with ``exit_behavior="error"`` and parallel tool calls, the
 blocked call's safe sibling kept no answer on the thread's next turn (its result lived only in the checkpoint's
 pending writes): providers refuse such a request. F3: an outer middleware that rewrote a call's arguments kept the
 stop under the rewritten call, and the thread's call was never answered. F4: a stop never forgotten answered a later,
@@ -95,23 +94,6 @@ def _phrase_agent(prompt: Any, *replies: Any, exit_behavior: str = "end", max_ch
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_a_key_a_prompt_prints_beside_the_users_message_never_reaches_the_model_with_it(mode: str) -> None:
-    agent, model = _phrase_agent(verb_prompt, SAFE_ANSWER)
-    out = _run(agent, {"messages": [HumanMessage(REST)], "verb": "Mix"}, mode)
-    assert PHRASE not in _read(model)
-    assert "can't help" in out["messages"][-1].content
-    assert out.get("verb") is None  # cleared: the thread's next turn does not print it
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_the_run_context_a_prompt_prints_beside_the_users_message_never_reaches_the_model_with_it(mode: str) -> None:
-    agent, model = _phrase_agent(context_prompt, SAFE_ANSWER, context_schema=Ctx)
-    out = _run(agent, {"messages": [HumanMessage(REST)]}, mode, context=Ctx("Mix"))
-    assert PHRASE not in _read(model)
-    assert "can't help" in out["messages"][-1].content
-
-
-@pytest.mark.parametrize("mode", MODES)
 def test_a_safe_key_beside_the_users_message_reaches_the_model(mode: str) -> None:
     agent, model = _phrase_agent(verb_prompt, SAFE_ANSWER)
     out = _run(agent, {"messages": [HumanMessage("the roses at dawn.")], "verb": "Water"}, mode)
@@ -119,27 +101,44 @@ def test_a_safe_key_beside_the_users_message_reaches_the_model(mode: str) -> Non
     assert out["messages"][-1].content == SAFE_ANSWER
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_with_error_the_key_beside_the_message_raises_and_the_next_turn_goes_on_without_the_key(mode: str) -> None:
-    agent, model = _phrase_agent(verb_prompt, SAFE_ANSWER, exit_behavior="error")
-    with pytest.raises(GuardViolation):
-        _run(agent, {"messages": [HumanMessage(REST)], "verb": "Mix"}, mode)
-    # The message raised for stays in the thread: the next question joins it, and the key is cleared, not printed.
-    out = _run(agent, {"messages": [HumanMessage(SAFE_QUESTION)]}, mode)
-    assert PHRASE not in _read(model)
-    assert out["messages"][-1].content == SAFE_ANSWER
-    assert out.get("verb") is None
+# F1 itself is left documented (docs/langchain.md): the first fix, the keys judged on both sides of the user's turn,
+# blocked 7 of 25 harmless key and question pairs with the demo guard and cleared the app's keys when the user's own
+# question was blocked (rt65p F3, F4). These pin that the keys stay the app's.
+
+
+class Profile(AgentState):
+    profile: NotRequired[str]
+    locale: NotRequired[str]
+
+
+@dynamic_prompt
+def profile_prompt(request: ModelRequest) -> str:
+    state = request.state
+    return f"You help {state.get('profile') or 'a user'} (locale {state.get('locale') or 'en'})."
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_a_key_beside_a_message_past_max_chars_is_blocked_unread(mode: str) -> None:
-    # Each part fits the limit; the key on both sides of the message does not: blocked unread, never read in part.
-    agent, model = _phrase_agent(verb_prompt, SAFE_ANSWER, max_chars=200)
-    verb = "Mix " + "very " * 9  # 49 characters
-    message = REST + " " + "x" * (120 - len(REST) - 1)  # 120 characters
-    out = _run(agent, {"messages": [HumanMessage(message)], "verb": verb}, mode)
-    assert WORD not in _read(model)
+def test_a_blocked_question_leaves_the_apps_keys(mode: str) -> None:
+    guard, _ = keyword_guard()
+    model = scripted(SAFE_ANSWER, SAFE_ANSWER)
+    middleware = [GuardMiddleware(guard), profile_prompt]
+    agent = create_agent(model, [], middleware=middleware, state_schema=Profile, checkpointer=InMemorySaver())
+    keys = {"profile": "Alice, premium plan", "locale": "fr-FR"}
+    _run(agent, {"messages": [HumanMessage(SAFE_QUESTION)], **keys}, mode)
+    out = _run(agent, {"messages": [HumanMessage(UNSAFE_CLAUSE)]}, mode)
     assert "can't help" in out["messages"][-1].content
+    assert {key: out.get(key) for key in keys} == keys  # before: both cleared
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_harmless_keys_beside_a_harmless_question_are_answered(mode: str, guard: Guard) -> None:
+    model = scripted(SAFE_ANSWER)
+    middleware = [GuardMiddleware(guard), profile_prompt]  # the demo guard
+    agent = create_agent(model, [], middleware=middleware, state_schema=Profile, checkpointer=InMemorySaver())
+    keys = {"profile": "Bob, 34, software engineer in Berlin", "locale": "de-DE"}
+    out = _run(agent, {"messages": [HumanMessage(SAFE_QUESTION)], **keys}, mode)
+    assert out["messages"][-1].content == SAFE_ANSWER  # before: blocked (Non-violent Illegal Acts), keys cleared
+    assert {key: out.get(key) for key in keys} == keys
 
 
 # -- F2 to F4: the healed tool stops -------------------------------------------------------------------------------
@@ -191,6 +190,7 @@ def test_a_blocked_calls_parallel_sibling_is_answered_on_the_threads_next_turn(m
     assert answers["call_1"].content == RESULT_NOTICE
     assert answers["call_2"].status == "error" and "get_weather" in answers["call_2"].content
     assert "lost" in answers["call_2"].content
+    assert "Do not call it again" in answers["call_2"].content  # it may have acted (rt65p F2: a payment went twice)
     assert WORD not in _read(model)
     assert out["messages"][-1].content == SAFE_ANSWER
     assert _unanswered(out["messages"]) == []
