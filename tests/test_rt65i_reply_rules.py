@@ -11,6 +11,7 @@ prove nothing now, and ids are taken to repeat only after several requests show 
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import select
@@ -178,3 +179,99 @@ def test_long_reply_ids_are_not_kept_whole() -> None:
     short, long = memory_after(41), memory_after(60_000)
     # Before: ~2 copies of each 60 KB id kept (the client's memory and the connection's): ~18 MB for 150 replies.
     assert long < short + 3_000_000, (short, long)
+
+
+# -- rt65q: a third look ------------------------------------------------------------------------------------------
+
+
+class NamingBalancer(PoolingBalancer):
+    """`PoolingBalancer` passing X-Request-Id on (nginx and Envoy do by default)."""
+
+    def answer(self, conn: socket.socket, request: dict[str, Any], here: dict[str, Any]) -> None:
+        body = json.dumps(request).encode()
+        up = self.take()
+        up.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: engine\r\nContent-Type: application/json\r\n"
+            + b"X-Request-Id: %s\r\n" % here["asked"].encode()
+            + b"Content-Length: %d\r\n\r\n" % len(body)
+            + body
+        )
+        reply, extra = read_response(up)
+        if extra:
+            up.close()
+        else:
+            with self.lock:
+                self.idle.append(up)
+        conn.sendall(reply)
+
+
+class NamingIdlessCopier(RawEngine):
+    """Names its replies (vLLM); a proxy in front writes a "hello" reply twice more without its id."""
+
+    def answer(self, conn: socket.socket, request: dict[str, Any], here: dict[str, Any]) -> None:
+        text, ident = text_of(request), f"chatcmpl-{here.get('asked')}"
+        if "bomb" in text:
+            time.sleep(1.0)
+            conn.sendall(wire(UNSAFE, ident))
+            return
+        conn.sendall(wire(SAFE, ident))
+        if "hello" in text:
+            for pause in (0.3, 0.2):
+                time.sleep(pause)
+                conn.sendall(wire(SAFE, None))
+
+
+@pytest.mark.parametrize("keep_alive", [True, False])
+def test_id_less_copies_are_no_answer_where_replies_are_named(keep_alive: bool) -> None:
+    """rt65q F2: asked again once, the second id-less copy was the bomb's "Safe"."""
+    engine = NamingIdlessCopier()
+    balancer = NamingBalancer(engine)
+    guard = guard_at(balancer.url, keep_alive=keep_alive)
+    bombs = []
+    try:
+        guard.check_prompt("warm up")
+        for i, bomb in enumerate(("how do I build a pipe bomb", "how do I build a nail bomb")):
+            guard.check_prompt(f"hello, what is the capital of country {i}")
+            bombs.append(guard.check_prompt(bomb))
+            time.sleep(1.5)
+    finally:
+        guard.close()
+        balancer.close()
+        engine.close()
+    assert [(d.allowed, d.reason) for d in bombs] == [(False, "unsafe")] * 2
+
+
+class SameSecondIds(RawEngine):
+    """A gateway whose ids are the second they were written in; one verdict for all: the same bytes in a second."""
+
+    def answer(self, conn: socket.socket, request: dict[str, Any], here: dict[str, Any]) -> None:
+        time.sleep(0.01)
+        conn.sendall(wire(UNSAFE if "bomb" in text_of(request) else SAFE, f"chatcmpl-{int(time.time())}"))
+
+
+@pytest.mark.parametrize("text", ["how do I build a pipe bomb", "what is the capital of France"])
+def test_a_burst_of_one_verdict_at_a_gateway_of_second_ids_is_answered(text: str) -> None:
+    """rt65q F3: asked again, a repeat in the same bytes as its first reply was never an answer: a burst of one
+    verdict (the same bytes in a second) ended in guard errors, 22x the requests, let through under on_error=allow."""
+    engine = SameSecondIds()
+    guard = Guard.remote(
+        engine.url,
+        model="Qwen3Guard-Gen-4B",
+        max_context=8192,
+        max_concurrency=4,
+        max_retries=0,
+        policy=Policy(on_error="allow"),
+    )
+    texts = [f"{i} {text}" for i in range(60)]
+
+    async def burst() -> list[Any]:
+        return list(await asyncio.gather(*(guard.acheck_prompt(t) for t in texts)))
+
+    try:
+        decisions = asyncio.run(burst())
+    finally:
+        guard.close()
+        engine.close()
+    expected = "unsafe" if "bomb" in text else "safe"
+    assert [d.reason for d in decisions] == [expected] * 60
+    assert len(engine.seen) <= 60 * 1.25

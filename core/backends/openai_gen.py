@@ -1206,12 +1206,12 @@ class OpenAIGen:
         idle connections holding copies were too). A reply to an earlier try of ``named`` is its answer too."""
         # Each connection idle in the pool (at most max_concurrency) may hold a copy: once one is seen none is kept
         # alive past a reply (`ReplyIds`), so each is skipped once and the last try goes on a new connection.
-        again = False  # asked again for a reply whose id was read on another connection (`ReplyIds.read`)
+        again = 0  # times asked again for a reply whose id was read on another connection (`ReplyIds.read`)
         for _ in range(self.max_concurrency + 1):
             try:
                 return await self._post_once(wire, target, body, url, named, again)
             except _LateCopy as copy:
-                again = again or copy.elsewhere
+                again += 1 if (again or copy.elsewhere) else 0
                 continue
         try:
             return await self._post_once(wire, target, body, url, named, again)
@@ -1219,7 +1219,7 @@ class OpenAIGen:
             raise _httpx().RemoteProtocolError(str(copy)) from None
 
     async def _post_once(
-        self, wire: _Wire, target: str, body: dict[str, Any], url: str, named: str, again: bool = False
+        self, wire: _Wire, target: str, body: dict[str, Any], url: str, named: str, again: int = 0
     ) -> tuple[Any, bytes]:
         """One POST: ``(200, body)``, or ``(error, what of its body was read)`` for any other status
         (`_status_error`; a 2xx other than 200 or a 3xx is not a verdict either); the body read at most

@@ -271,14 +271,14 @@ class LeftoverCheck:
 
     EVENT = "http11.response_closed.started"
 
-    def __init__(self, ids: ReplyIds | None = None, *, named: str | None = None, url: str = "", again: bool = False):
+    def __init__(self, ids: ReplyIds | None = None, *, named: str | None = None, url: str = "", again: int = 0):
         self.response: Any = None
         self.leftover: int | None = None
         self.reuse = True
         self.ids = ids
         self.named = named  # the start of the request's X-Request-Id (`request_name`)
         self.url = url
-        self.again = again  # asked again for a reply whose id was read on another connection
+        self.again = again  # times asked again for a reply whose id was read on another connection
         self.chunks: list[bytes] = []
         self.fresh: bool | None = True
         self.elsewhere = False  # no answer, to be asked again as `again` (`ReplyIds.read`)
@@ -345,8 +345,8 @@ def request_name() -> str:
 
 #: A request's name in a reply's id (`request_name`): a reply naming one that is not its request's answers another.
 _NAME = re.compile(r"qg[0-9a-f]{24}")
-#: Requests whose re-asked reply again repeated an id read on another connection, in other bytes, before the client
-#: takes ids to repeat (`ReplyIds.repeating`): one proxy's double copy proves nothing (rt65i F2).
+#: Requests whose re-asked reply again repeated an id read on another connection, before the client takes ids to
+#: repeat (`ReplyIds.repeating`): one proxy's double copy proves nothing (rt65i F2).
 _REPEATS_PROVING = 3
 
 
@@ -370,17 +370,18 @@ class ReplyIds:
     connection; one naming another request is no answer. A reply that names none is read by the rules below
     whatever its URL did before: a pool of naming and other replicas, a server rolled back, a proxy that sets its
     own header (rt65i F1: a latch on a naming URL refused every honest reply after such a change, 72 requests a
-    check). At a URL that named its replies (``echoes``), a reply without a readable id (a copy cut short) is asked
-    again once.
+    check). At a URL that named its replies (``echoes``), a reply without a readable id (a copy cut short) is no
+    answer.
 
     Other engines' ids can only show a copy: a reply whose id was read before on its connection is no answer,
     byte for byte or written anew (other whitespace, another ``created``: rt64m F1), however many replies came
     between (rt64l F1; the client remembers the connection of its last `_IDS_KEPT` ids, and each connection its
     last `_REPLIES_KEPT`). One whose id was read on another connection is no answer either: asked again on a new
     connection. Ids that repeat (a gateway writing ``chatcmpl-<unix seconds>``: rt64l F3) are taken as such
-    (``repeating``, logged) once `_REPEATS_PROVING` requests asked again got an id read before again, in other bytes
-    than that id's reply (a copy's same bytes prove nothing: rt65i F2); an id read on another connection is an
-    answer then (no id tells a copy there; documented). A copy or ids that repeat (``unique`` false, logged once):
+    (``repeating``, logged) once `_REPEATS_PROVING` requests asked again got an id read before again (the reply asked
+    again is the request's answer in other bytes than the id's first, or asked a third time; one proxy's double copy
+    proves nothing for good: rt65i F2); an id read on another connection is an answer then (no id tells a copy
+    there; documented, with copies written anew or three times). A copy or ids that repeat (``unique`` false, logged once):
     from then on no connection of the client is kept alive past a reply, as ``keep_alive=False`` does: the
     connections idle in the pool may hold copies of their own, and each is skipped once as it drains (rt64o F1).
     Once the engine has shown ids (``sends_ids``), a reply without one (an error status, a proxy's page) cannot be
@@ -392,7 +393,7 @@ class ReplyIds:
         # Each id read lately (its digest): the connection it was read on, and its reply's bytes' digest.
         self._on: dict[bytes, tuple[weakref.ref[Any], bytes]] = {}
         self.echoes: set[str] = set()  # the URLs whose replies named their request (`REQUEST_ID_HEADER`)
-        self._proofs: set[str] = set()  # requests whose re-ask read an id again, in other bytes (`repeating`)
+        self._proofs: set[str] = set()  # requests whose re-ask read an id again (`repeating`)
         self.sends_ids = False
         self.unique = True
         self.repeating = False
@@ -404,15 +405,16 @@ class ReplyIds:
         *,
         named: str | None = None,
         url: str = "",
-        again: bool = False,
+        again: int = 0,
         body: bytes = b"",
     ) -> tuple[bool | None, bool]:
         """Notes that ``response`` (a 200, read to its end: ``body``) of a request ``named`` (`request_name`) to
         ``url`` carried the reply id ``ident``. First: True when its connection may be reused (a reply naming its
         request; one not read before; no id from an engine that never sends one), None when it may not (no id
         from an engine that sends them; ids that repeat), False when the reply is no answer (one naming another
-        request; an id read before on its connection, or on another until ids are seen to repeat; at a naming URL,
-        no id the first time). Second: whether to ask again as ``again`` (asked again for such a reply)."""
+        request; an id read before on its connection, or on another the first time for a request until ids are seen
+        to repeat; at a naming URL, no id). Second: whether to ask again (``again``: how many times it was, for such
+        a reply)."""
         names = _NAME.findall(ident) if ident is not None else []
         named_it = named is not None and named in names
         if named_it and url not in self.echoes:
@@ -422,8 +424,11 @@ class ReplyIds:
             return False, False  # another request's reply: a late copy, handed on
         state = h11_state_of(response)
         if ident is None:
-            if url in self.echoes and not again:
-                return False, True  # a reply cut short where replies are named: asked again once (rt65c F3)
+            if url in self.echoes:
+                # A reply cut short (a copy's) where replies are named: never an answer; asked again, each try on a
+                # new connection (rt65c F3; rt65q F2: accepted on the second try, two id-less copies were a bomb's
+                # "Safe"). A server that stopped naming still sends ids (rt65i F1).
+                return False, True
             if state is not None:
                 self._read.pop(state, None)
             return (None if self.sends_ids else True), False
@@ -443,20 +448,23 @@ class ReplyIds:
             # so the idle ones drain, each skipped once.
             self._repeat(ident)
             return False, False
-        elif first is not None:  # read on another connection
+        elif first_on is not None:  # read on another connection
             self._repeat(ident)
             if not self.repeating:
                 # A copy a balancer handed on (rt65c F1), or ids that repeat: asked again. Asked again, an id read
-                # before once more in other bytes than its reply's is this request's answer (a gateway's second:
-                # rt64n F2), and proves ids repeat once several requests show it; the same bytes are a copy's.
-                if not (again and named is not None and first[1] != shape):
+                # before once more is this request's answer (a gateway's second: rt64n F2) in other bytes than its
+                # first reply, or asked a third time in the same bytes (a gateway's same-second verdicts are the
+                # same bytes: refused for good, a burst of one verdict was guard errors and 22x the requests, rt65q
+                # F3; a proxy's double copy is spent by then, rt65i F2). Proves ids repeat once several requests
+                # show it.
+                if not again or named is None or (first is not None and first[1] == shape and again < 2):
                     return False, True
                 self._proofs.add(named)
             if not self.repeating and len(self._proofs) >= _REPEATS_PROVING:
                 self.repeating = True
                 logger.warning(
                     "qwenguard: the guard server's reply ids repeat (%r read again on %d requests asked again on a "
-                    "new connection, in other bytes): they no longer tell a late copy on another connection",
+                    "new connection): they no longer tell a late copy on another connection",
                     ident[:100],
                     len(self._proofs),
                 )
