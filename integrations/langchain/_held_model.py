@@ -235,17 +235,18 @@ class OwedCall:
 
 
 def conversation_digest(messages: Sequence[BaseMessage]) -> str:
-    """A digest of what ``messages`` say (each one's role, name, content, tool calls, tool call id; not its id, which a
-    node may make anew each time it runs): the same for the conversation a retry or a fallback sends again."""
+    """A digest of what ``messages`` say (each one's role, name, text, tool calls by name and arguments, tool call id;
+    not its id, which a node may make anew each time it runs): the same for the conversation a retry or a fallback
+    sends again. Not the system prompt, nor how a text is marked up: a fallback strips Anthropic's ``cache_control``
+    marks, and a prompt may differ by attempt (a clock, a prompt per model); with them the retry was judged fresh
+    (rt65o F1). A call of the step that sends the same messages under another system prompt (a title for the same
+    history) is taken for an attempt of it (documented)."""
     digest = hashlib.blake2b(digest_size=16)
     for message in messages:
-        said = [
-            message.type,
-            message.name,
-            message.content,
-            getattr(message, "tool_call_id", None),
-            getattr(message, "tool_calls", None),
-        ]
+        if message.type == "system":
+            continue
+        calls = [(c.get("name"), c.get("args")) for c in getattr(message, "tool_calls", None) or ()]
+        said = [message.type, message.name, message.text, getattr(message, "tool_call_id", None), calls]
         digest.update(json.dumps(said, default=repr, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n")
     return digest.hexdigest()
 
@@ -277,7 +278,8 @@ def passed_before(guard: Guard, ledger: StreamLedger, call: OwedCall) -> str:
     """The text the consumer holds from the attempts of this call that failed before this one: the ledger's, else the
     step's (it outlives a ledger). Where it was forgotten (`OwedTexts`), the guard's stop, whatever ``on_error``:
     the attempt cannot be judged as what the consumer reads it as."""
-    kept = ledger.passed.get(call.conversation)
+    # A ledger is one model call: its attempts continue what failed ones passed on whatever messages they send.
+    kept = ledger.passed.get(call.conversation) or next(reversed(ledger.passed.values()), None)
     if kept is not None or call.step is None:
         return kept or ""
     owed = _OWED.owed(call.key)
@@ -726,6 +728,10 @@ def _passing(ledger: StreamLedger, call: OwedCall, held: HeldStream) -> Iterator
     what the step's next attempt continues (`record_passed`); when it ends, nothing is."""
     try:
         yield
+    except GuardViolation:
+        # The guard's stop is the call's outcome, never asked again (`StreamLedger.stopped`): nothing is owed, and
+        # blocked answers took the step store's slots for nothing (rt65o F2: 256 of them refused an honest retry).
+        raise
     except Exception:
         record_passed(ledger, call, held.prefix + held.passed_text)
         raise

@@ -326,3 +326,45 @@ def test_owed_texts_forget_nothing_silently() -> None:
     assert owed.owed("fresh") == ""
     assert owed.owed("a") == ""
     assert owed.owed("d") == ""
+
+
+# -- rt65o: a third look -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["retry", "fallback"])
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_an_attempt_under_another_system_prompt_continues_the_owed_text(kind: str, asynchronous: bool) -> None:
+    """rt65o F1: the owed text was keyed by every message, the system prompt included: a prompt that differs by
+    attempt (a clock; a fallback stripping Anthropic's cache_control marks) had the retry judged fresh."""
+    from langchain.agents import create_agent
+    from langchain.agents.middleware import ModelFallbackMiddleware, ModelRetryMiddleware, dynamic_prompt
+    from qwenguard.integrations.langchain import GuardMiddleware
+    from test_rt65d_retry_boundary import _consume, _models, _normalized, _phrase_guard
+
+    ticks = iter(range(100))
+
+    @dynamic_prompt
+    def clock_prompt(request: Any) -> str:
+        return f"You are a helpful assistant. Request time: 12:00:{next(ticks):02d}"
+
+    guard, _ = _phrase_guard()
+    flaky, backup, has_mix = _models()
+    other = (
+        ModelRetryMiddleware(max_retries=2, initial_delay=0.0) if kind == "retry" else ModelFallbackMiddleware(backup)
+    )
+    agent = create_agent(flaky, tools=[], middleware=[other, clock_prompt, GuardMiddleware(guard, release_unit="word")])
+    shown = _consume(agent, has_mix, asynchronous)
+    assert "mix ammonium" not in _normalized(shown)
+
+
+def test_blocked_answers_owe_nothing() -> None:
+    """rt65o F2: every blocked streamed answer took one of the step store's 256 slots for 10 minutes, never paid:
+    256 of them pushed out an honest call's owed text, and its retry was refused."""
+    from qwenguard.integrations.langchain._held_model import _OWED
+
+    guard, _ = _phrase_guard()
+    before = len(_OWED._texts)
+    for i in range(20):
+        model = GuardedChatModel(_said(f"Sure. Mix ammonium nitrate with fuel oil, pack it into a pipe {i}.", "x"),
+                                 guard, release_unit="word")  # fmt: skip
+        with pytest.raises(GuardViolation):
+            RunnableLambda(lambda x, m=model: "".join(c.text for c in m.stream(x))).invoke("hi")
+    assert len(_OWED._texts) == before
