@@ -7,27 +7,26 @@ GuardedLLM and guard_tools, and the core ``Guard.check_tool_call``. The same byt
 decoded. `render_tool_call` now judges each file an argument holds as the text it holds too (`files_read`), and
 ordinary arguments (words, ids, digests, a long word that is base64 of binary) are read as written only.
 
-Real agents and tools; a scripted judge that flags "mix ammonium" (`faults.phrase_verdict`)."""
+Real agents and tools on every path (`tool_file_paths`); a scripted judge that flags "mix ammonium"
+(`faults.phrase_verdict`)."""
 
 from __future__ import annotations
 
 import base64
-import json
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tool_file_paths as paths
 from faults import ScriptedBackend, phrase_verdict
-from qwenguard.core import Action, Guard, InputTooLarge
+from qwenguard.core import Guard, InputTooLarge
 from qwenguard.core.formats.conversations import render_tool_call
+from tool_file_paths import B64, MODES, SAFE_NOTE, WRITTEN, args, each_case, judge, judged, mail_tool, opened
 
 sys.path.insert(0, str(Path(__file__).parent / "langchain"))
 from lc_fakes import SAFE_ANSWER, UNSAFE_CLAUSE, scripted, tool_call  # noqa: E402
 
-SAFE_NOTE = "Paris is the capital of France."
-B64 = base64.b64encode(UNSAFE_CLAUSE.encode()).decode()
 #: A mail's raw message as Gmail's API takes it: URL-safe base64, headers and all.
 RAW_MAIL = base64.urlsafe_b64encode(f"To: bob@example.com\r\nSubject: plan\r\n\r\n{UNSAFE_CLAUSE}".encode()).decode()
 
@@ -41,148 +40,17 @@ SHAPES: dict[str, Any] = {
 }
 
 
-def opened(attachment: Any) -> str:
-    """The attachment's text, as the tool decodes it (each shape of `SHAPES`)."""
-    if isinstance(attachment, dict):
-        attachment = attachment.get("content_base64") or attachment.get("base64") or attachment["data"]
-    if attachment.startswith("data:"):
-        attachment = attachment.split(",", 1)[1]
-    return base64.urlsafe_b64decode(attachment.replace("+", "-").replace("/", "_")).decode()
-
-
-def judge() -> tuple[Guard, ScriptedBackend]:
-    backend = ScriptedBackend(phrase_verdict, name="phrase")
-    return Guard(backend, cache_size=0), backend
-
-
-def judged(backend: ScriptedBackend) -> list[str]:
-    """The judged turn of each conversation ``backend`` was asked about."""
-    return [conversation[-1]["content"] for batch in backend.calls for conversation in batch]
-
-
-def mail_tool() -> tuple[Any, list[str]]:
-    """A LangChain ``send_email`` tool that decodes its attachment, and the texts it sent."""
-    from langchain_core.tools import tool
-
-    sent: list[str] = []
-
-    @tool
-    def send_email(to: str, attachment: Any) -> str:
-        """Send an e-mail with one text attachment."""
-        sent.append(opened(attachment))
-        return "Message delivered."
-
-    return send_email, sent
-
-
-def args(value: Any) -> dict[str, Any]:
-    return {"to": "bob@example.com", "attachment": value}
-
-
 def test_the_tool_decodes_each_shape_to_the_clause() -> None:
     """The premise: every shape is the clause to the tool."""
     assert all(UNSAFE_CLAUSE in opened(value) for value in SHAPES.values())
 
 
-# -- core ----------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("written", ["mapping", "JSON string"])
-@pytest.mark.parametrize("shape", SHAPES)
-async def test_check_tool_call_judges_the_file_an_argument_holds(shape: str, written: str) -> None:
-    guard, backend = judge()
-    arguments: Any = args(SHAPES[shape]) if written == "mapping" else json.dumps(args(SHAPES[shape]))
-    assert guard.check_tool_call("send_email", arguments).action is Action.BLOCK
-    assert (await guard.acheck_tool_call("send_email", arguments)).action is Action.BLOCK
-    assert judged(backend) and all(UNSAFE_CLAUSE in text for text in judged(backend))
-
-
-# -- LangChain -----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("mode", ["invoke", "ainvoke"])
-@pytest.mark.parametrize("shape", SHAPES)
-async def test_middleware_never_runs_a_tool_whose_attachment_is_the_clause(shape: str, mode: str) -> None:
-    from langchain.agents import create_agent
-    from qwenguard.integrations.langchain import GuardMiddleware
-
-    guard, _ = judge()
-    send_email, sent = mail_tool()
-    model = scripted(tool_call("send_email", args(SHAPES[shape])), SAFE_ANSWER)
-    agent = create_agent(model, [send_email], middleware=[GuardMiddleware(guard)])
-    request = {"messages": [("user", "E-mail Bob the plan file.")]}
-    out = agent.invoke(request) if mode == "invoke" else await agent.ainvoke(request)
-    assert sent == []
-    assert all("ammonium" not in str(m.content) for m in out["messages"] if m.type == "tool")
-
-
-@pytest.mark.parametrize("mode", ["invoke", "ainvoke"])
-@pytest.mark.parametrize("shape", SHAPES)
-async def test_react_agent_with_tool_node_never_runs_the_call(shape: str, mode: str) -> None:
-    from qwenguard.core import GuardViolation
-    from qwenguard.integrations.langchain import GuardedChatModel, GuardMiddleware
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from langgraph.prebuilt import ToolNode, create_react_agent
-
-    guard, _ = judge()
-    send_email, sent = mail_tool()
-    middleware = GuardMiddleware(guard, exit_behavior="replace")
-    node = ToolNode([send_email], wrap_tool_call=middleware.wrap_tool_call, awrap_tool_call=middleware.awrap_tool_call)
-    model = GuardedChatModel(scripted(tool_call("send_email", args(SHAPES[shape])), SAFE_ANSWER), guard)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        agent = create_react_agent(model, node)
-    request = {"messages": [("user", "E-mail Bob the plan file.")]}
-    with pytest.raises(GuardViolation):
-        agent.invoke(request) if mode == "invoke" else await agent.ainvoke(request)
-    assert sent == []
-
-
-@pytest.mark.parametrize("shape", SHAPES)
-async def test_callback_handler_stops_the_tool_run(shape: str) -> None:
-    from qwenguard.core import GuardViolation
-    from qwenguard.integrations.langchain import AsyncGuardCallbackHandler, GuardCallbackHandler
-
-    send_email, sent = mail_tool()
-    call = {"name": "send_email", "args": args(SHAPES[shape]), "id": "c1", "type": "tool_call"}
-    guard, _ = judge()
-    with pytest.raises(GuardViolation):
-        send_email.invoke(call, {"callbacks": [GuardCallbackHandler(guard)]})
-    guard, _ = judge()
-    with pytest.raises(GuardViolation):
-        await send_email.ainvoke(call, {"callbacks": [AsyncGuardCallbackHandler(guard)]})
-    assert sent == []
-
-
-# -- LlamaIndex ----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("shape", SHAPES)
-async def test_llamaindex_agent_never_runs_the_call(shape: str) -> None:
-    from llama_index.core.agent.workflow import FunctionAgent
-    from llama_index.core.base.llms.types import ChatMessage, MessageRole, ToolCallBlock
-    from llama_index.core.llms.mock import MockFunctionCallingLLM
-    from llama_index.core.tools import FunctionTool
-    from qwenguard.core import GuardViolation
-    from qwenguard.integrations.llamaindex import GuardedLLM, guard_tools
-
-    sent: list[str] = []
-
-    def send_email(to: str, attachment: dict | str) -> str:  # type: ignore[type-arg]
-        """Send an e-mail with one text attachment."""
-        sent.append(opened(attachment))
-        return "Message delivered."
-
-    def reply(messages: list[ChatMessage], **_: Any) -> ChatMessage:
-        if any(m.role == MessageRole.TOOL for m in messages):
-            return ChatMessage(role="assistant", content="Sent.")
-        call = ToolCallBlock(tool_call_id="c1", tool_name="send_email", tool_kwargs=args(SHAPES[shape]))
-        return ChatMessage(role="assistant", blocks=[call])
-
-    guard, _ = judge()
-    llm = GuardedLLM(llm=MockFunctionCallingLLM(response_generator=reply), guard=guard)
-    tools = guard_tools([FunctionTool.from_defaults(send_email)], guard)
-    with pytest.raises(GuardViolation):
-        await FunctionAgent(tools=tools, llm=llm).run(user_msg="E-mail Bob the plan file.")
-    with pytest.raises(GuardViolation):
-        llm.chat([ChatMessage(role="user", content="E-mail Bob the plan file.")])
-    assert sent == []
+# -- every tool-argument path (tool_file_paths) --------------------------------------------------------------------
+test_check_tool_call_judges_the_file_an_argument_holds = each_case(paths.check_tool_call_blocks, SHAPES, WRITTEN)
+test_middleware_never_runs_a_tool_whose_attachment_is_the_clause = each_case(paths.middleware_never_runs, SHAPES, MODES)
+test_react_agent_with_tool_node_never_runs_the_call = each_case(paths.tool_node_never_runs, SHAPES, MODES)
+test_callback_handler_stops_the_tool_run = each_case(paths.callback_handlers_stop_the_tool_run, SHAPES)
+test_llamaindex_agent_never_runs_the_call = each_case(paths.llamaindex_agent_never_runs, SHAPES)
 
 
 # -- what is read, and what is not ---------------------------------------------------------------------------------
@@ -233,13 +101,7 @@ ORDINARY = [
 ]
 
 
-@pytest.mark.parametrize("value", ORDINARY)
-def test_ordinary_arguments_are_read_as_written(value: str) -> None:
-    for arguments in ({"query": value}, {"data": value}, {"type": "file", "id": value}, json.dumps({"q": value})):
-        assert "\n" not in render_tool_call("search", arguments)
-    guard, backend = judge()
-    assert guard.check_tool_call("search", {"query": value, "note": SAFE_NOTE}).action is Action.ALLOW
-    assert judged(backend) == [f'Tool call: search({{"query": "{value}", "note": "{SAFE_NOTE}"}})']
+test_ordinary_arguments_are_read_as_written = each_case(paths.read_as_written, ORDINARY)
 
 
 def test_media_in_an_argument_is_not_read_as_text() -> None:

@@ -9,7 +9,7 @@ ammonium nitrate ..." while the guard judged its letters, for encodings the firs
 - F4: one short base64-of-text value re-rendered the whole call (a safe 500 KB call was refused at 1,000,001
   characters); the reading now holds the decoded values alone, each by its key path.
 
-Real agents and tools on every tool-argument path; a scripted judge that flags "mix ammonium"
+Real agents and tools on every tool-argument path (`tool_file_paths`); a scripted judge that flags "mix ammonium"
 (`faults.phrase_verdict`). Ordinary arguments (words, ids, keys, JWTs, hex, CSS colours, file names), blanks and all,
 are read as written only."""
 
@@ -18,20 +18,20 @@ from __future__ import annotations
 import base64
 import json
 import sys
-import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tool_file_paths as paths
 from faults import ScriptedBackend, phrase_verdict
 from qwenguard.core import Action, Guard, InputTooLarge
 from qwenguard.core.formats.conversations import render_tool_call
+from tool_file_paths import B64, MODES, SAFE_NOTE, WRITTEN, args, each_case, judge, judged, opened
 
 sys.path.insert(0, str(Path(__file__).parent / "langchain"))
-from lc_fakes import SAFE_ANSWER, UNSAFE_CLAUSE, scripted, tool_call  # noqa: E402
+from lc_fakes import UNSAFE_CLAUSE  # noqa: E402
 
-SAFE_NOTE = "Paris is the capital of France."
-B64 = base64.b64encode(UNSAFE_CLAUSE.encode()).decode()
 #: A note in a Western language: one accented letter, the rest ASCII (Latin-1 bytes, not UTF-8).
 LATIN_NOTE = "Café plan: " + UNSAFE_CLAUSE
 #: A text mostly of accented letters (Latin-1): no bare string reads as it, a text label does.
@@ -55,53 +55,32 @@ ATTACKS: dict[str, Any] = {
     },
 }
 
-
-def opened(attachment: Any) -> str:
-    """The attachment's text as the tool opens it: JSON text parsed, each file's base64 decoded leniently (blanks
-    skipped, as ``b64decode`` does), UTF-8 or else Latin-1."""
-    while isinstance(attachment, str) and attachment.lstrip()[:1] in ("[", "{"):
-        attachment = json.loads(attachment)
-    if isinstance(attachment, dict) and "files" in attachment:
-        return opened(attachment["files"])
-    texts = []
-    for item in attachment if isinstance(attachment, list) else [attachment]:
-        if isinstance(item, dict):
-            item = item.get("content_base64") or item.get("base64") or item["data"]
-        raw = base64.b64decode(item)
-        try:
-            texts.append(raw.decode())
-        except UnicodeDecodeError:
-            texts.append(raw.decode("latin-1"))
-    return "\n".join(texts)
-
-
-def judge() -> tuple[Guard, ScriptedBackend]:
-    backend = ScriptedBackend(phrase_verdict, name="phrase")
-    return Guard(backend, cache_size=0), backend
-
-
-def judged(backend: ScriptedBackend) -> list[str]:
-    """The judged turn of each conversation ``backend`` was asked about."""
-    return [conversation[-1]["content"] for batch in backend.calls for conversation in batch]
-
-
-def args(value: Any) -> dict[str, Any]:
-    return {"to": "bob@example.com", "attachment": value}
-
-
-def mail_tool() -> tuple[Any, list[str]]:
-    """A LangChain ``send_email`` tool that opens its attachment (`opened`), and the texts it sent."""
-    from langchain_core.tools import tool
-
-    sent: list[str] = []
-
-    @tool
-    def send_email(to: str, attachment: Any) -> str:
-        """Send an e-mail with its attachments (base64, a file dict, or a JSON list of them)."""
-        sent.append(opened(attachment))
-        return "Message delivered."
-
-    return send_email, sent
+#: Words, ids, keys, tokens, hex, CSS colours and file names, blanks and all: read as written only.
+ORDINARY = [
+    "weather tomorrow",
+    "send the report to bob",
+    "Meeting notes for Monday",
+    "find the user account settings",
+    "report final v2",
+    "quarterly_report_2024.pdf",
+    "plan.txt",
+    "#ff00ff #00ff00 #abcdef",
+    "#ff00ffaabbcc",
+    "color: #FFAA00; background: #000000",
+    "d41d8cd9 8f00b204 e9800998 ecf8427e",
+    "5feceb66 ffc86f38 d952786c 6d696c79",
+    "550e8400 e29b 41d4 a716 446655440000",
+    "AKIAIOSFODNN7EXAMPLE",
+    "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
+    "sk-proj-iK2ZWeqhFWCEPyYngFb51yBMWXaSCrUZ",
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c",
+    "O2tjUUBRnq9ak9daUJz3nQ",
+    "AAAA BBBB CCCC DDDD",
+    "Donaudampfschifffahrtsgesellschaft",
+    '["Paris", "London", "internationalization"]',
+    '{"ids": ["AKIAIOSFODNN7EXAMPLE", "#ff00ff"], "query": "weather tomorrow"}',
+]
 
 
 def test_the_tool_sends_the_clause_for_each_attack() -> None:
@@ -109,104 +88,17 @@ def test_the_tool_sends_the_clause_for_each_attack() -> None:
     assert all(UNSAFE_CLAUSE in opened(value) for value in ATTACKS.values())
 
 
-# -- core ----------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("written", ["mapping", "JSON string"])
-@pytest.mark.parametrize("attack", ATTACKS)
-async def test_check_tool_call_judges_what_the_tool_opens(attack: str, written: str) -> None:
-    guard, backend = judge()
-    arguments: Any = args(ATTACKS[attack]) if written == "mapping" else json.dumps(args(ATTACKS[attack]))
-    assert guard.check_tool_call("send_email", arguments).action is Action.BLOCK
-    assert (await guard.acheck_tool_call("send_email", arguments)).action is Action.BLOCK
-    assert judged(backend) and all(UNSAFE_CLAUSE in text for text in judged(backend))
+# -- every tool-argument path (tool_file_paths) --------------------------------------------------------------------
+#: The ToolNode path is run with one attack of each finding, invoked (rt65e runs it with every shape both ways).
+ONE_OF_EACH = {attack: ATTACKS[attack] for attack in ("F1 JSON-text list", "F2 a space every 8", "F3 Latin-1")}
 
-
-# -- LangChain -----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("mode", ["invoke", "ainvoke"])
-@pytest.mark.parametrize("attack", ATTACKS)
-async def test_middleware_never_runs_the_tool(attack: str, mode: str) -> None:
-    from langchain.agents import create_agent
-    from qwenguard.integrations.langchain import GuardMiddleware
-
-    guard, _ = judge()
-    send_email, sent = mail_tool()
-    model = scripted(tool_call("send_email", args(ATTACKS[attack])), SAFE_ANSWER)
-    agent = create_agent(model, [send_email], middleware=[GuardMiddleware(guard)])
-    request = {"messages": [("user", "E-mail Bob the plan file.")]}
-    out = agent.invoke(request) if mode == "invoke" else await agent.ainvoke(request)
-    assert sent == []
-    assert all("ammonium" not in str(m.content) for m in out["messages"] if m.type == "tool")
-
-
-@pytest.mark.parametrize("attack", ATTACKS)
-async def test_callback_handler_stops_the_tool_run(attack: str) -> None:
-    from qwenguard.core import GuardViolation
-    from qwenguard.integrations.langchain import AsyncGuardCallbackHandler, GuardCallbackHandler
-
-    send_email, sent = mail_tool()
-    call = {"name": "send_email", "args": args(ATTACKS[attack]), "id": "c1", "type": "tool_call"}
-    guard, _ = judge()
-    with pytest.raises(GuardViolation):
-        send_email.invoke(call, {"callbacks": [GuardCallbackHandler(guard)]})
-    guard, _ = judge()
-    with pytest.raises(GuardViolation):
-        await send_email.ainvoke(call, {"callbacks": [AsyncGuardCallbackHandler(guard)]})
-    assert sent == []
-
-
-@pytest.mark.parametrize("attack", ["F1 JSON-text list", "F2 a space every 8", "F3 Latin-1"])
-def test_react_agent_with_tool_node_never_runs_the_call(attack: str) -> None:
-    from qwenguard.core import GuardViolation
-    from qwenguard.integrations.langchain import GuardedChatModel, GuardMiddleware
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from langgraph.prebuilt import ToolNode, create_react_agent
-
-    guard, _ = judge()
-    send_email, sent = mail_tool()
-    middleware = GuardMiddleware(guard, exit_behavior="replace")
-    node = ToolNode([send_email], wrap_tool_call=middleware.wrap_tool_call, awrap_tool_call=middleware.awrap_tool_call)
-    model = GuardedChatModel(scripted(tool_call("send_email", args(ATTACKS[attack])), SAFE_ANSWER), guard)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        agent = create_react_agent(model, node)
-    with pytest.raises(GuardViolation):
-        agent.invoke({"messages": [("user", "E-mail Bob the plan file.")]})
-    assert sent == []
-
-
-# -- LlamaIndex ----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("attack", ATTACKS)
-async def test_llamaindex_agent_never_runs_the_call(attack: str) -> None:
-    from llama_index.core.agent.workflow import FunctionAgent
-    from llama_index.core.base.llms.types import ChatMessage, MessageRole, ToolCallBlock
-    from llama_index.core.llms.mock import MockFunctionCallingLLM
-    from llama_index.core.tools import FunctionTool
-    from qwenguard.core import GuardViolation
-    from qwenguard.integrations.llamaindex import GuardedLLM, guard_tools
-
-    sent: list[str] = []
-
-    def send_email(to: str, attachment: dict | str) -> str:  # type: ignore[type-arg]
-        """Send an e-mail with its attachments."""
-        sent.append(opened(attachment))
-        return "Message delivered."
-
-    def reply(messages: list[ChatMessage], **_: Any) -> ChatMessage:
-        if any(m.role == MessageRole.TOOL for m in messages):
-            return ChatMessage(role="assistant", content="Sent.")
-        call = ToolCallBlock(tool_call_id="c1", tool_name="send_email", tool_kwargs=args(ATTACKS[attack]))
-        return ChatMessage(role="assistant", blocks=[call])
-
-    guard, backend = judge()
-    llm = GuardedLLM(llm=MockFunctionCallingLLM(response_generator=reply), guard=guard)
-    tools = guard_tools([FunctionTool.from_defaults(send_email)], guard)
-    with pytest.raises(GuardViolation):
-        await FunctionAgent(tools=tools, llm=llm).run(user_msg="E-mail Bob the plan file.")
-    with pytest.raises(GuardViolation):
-        await llm.achat([ChatMessage(role="user", content="E-mail Bob the plan file.")])
-    assert sent == []
-    assert any(UNSAFE_CLAUSE in text for text in judged(backend))
+test_check_tool_call_judges_what_the_tool_opens = each_case(paths.check_tool_call_blocks, ATTACKS, WRITTEN)
+test_middleware_never_runs_the_tool = each_case(paths.middleware_never_runs, ATTACKS, MODES)
+test_callback_handler_stops_the_tool_run = each_case(paths.callback_handlers_stop_the_tool_run, ATTACKS)
+test_react_agent_with_tool_node_never_runs_the_call = each_case(
+    partial(paths.tool_node_never_runs, mode="invoke"), ONE_OF_EACH
+)
+test_llamaindex_agent_never_runs_the_call = each_case(paths.llamaindex_agent_never_runs, ATTACKS)
 
 
 # -- F1: JSON text is read as `arguments_reading` reads it, within its bounds ----------------------------------------
@@ -303,43 +195,8 @@ def test_the_reading_is_bounded_by_max_chars() -> None:
         guard.check_tool_call("send_email", arguments)
 
 
-# -- controls: ordinary arguments under the looser rules -----------------------------------------------------------
-#: Words, ids, keys, tokens, hex, CSS colours and file names, blanks and all: read as written only.
-ORDINARY = [
-    "weather tomorrow",
-    "send the report to bob",
-    "Meeting notes for Monday",
-    "find the user account settings",
-    "report final v2",
-    "quarterly_report_2024.pdf",
-    "plan.txt",
-    "#ff00ff #00ff00 #abcdef",
-    "#ff00ffaabbcc",
-    "color: #FFAA00; background: #000000",
-    "d41d8cd9 8f00b204 e9800998 ecf8427e",
-    "5feceb66 ffc86f38 d952786c 6d696c79",
-    "550e8400 e29b 41d4 a716 446655440000",
-    "AKIAIOSFODNN7EXAMPLE",
-    "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-    "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
-    "sk-proj-iK2ZWeqhFWCEPyYngFb51yBMWXaSCrUZ",
-    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c",
-    "O2tjUUBRnq9ak9daUJz3nQ",
-    "AAAA BBBB CCCC DDDD",
-    "Donaudampfschifffahrtsgesellschaft",
-    '["Paris", "London", "internationalization"]',
-    '{"ids": ["AKIAIOSFODNN7EXAMPLE", "#ff00ff"], "query": "weather tomorrow"}',
-]
-
-
-@pytest.mark.parametrize("value", ORDINARY)
-def test_ordinary_arguments_are_read_as_written(value: str) -> None:
-    labelled = {"filename": value, "mime_type": "text/plain", "description": value}
-    for arguments in ({"query": value}, {"data": value}, labelled, json.dumps({"q": value})):
-        assert "\n" not in render_tool_call("search", arguments)
-    guard, backend = judge()
-    assert guard.check_tool_call("search", {"query": value, "note": SAFE_NOTE}).action is Action.ALLOW
-    assert judged(backend) == [f"Tool call: search({json.dumps({'query': value, 'note': SAFE_NOTE})})"]
+# -- controls: ordinary arguments under the looser rules (`ORDINARY`, above) ---------------------------------------
+test_ordinary_arguments_are_read_as_written = each_case(paths.read_as_written, ORDINARY)
 
 
 def test_a_labelled_file_beside_its_name_reads_the_file_alone() -> None:
