@@ -8,9 +8,9 @@ Where it looks (every step is one batched guard call):
   keys past it (a resume, ``goto="model"``): ``before_model``, the model call and the tool call judge the keys not
   allowed before too (rt63h F1). The run's context (``context=``, which a tool reads from ``runtime.context`` and a
   ``@dynamic_prompt`` may print) is judged with them, the same way, its ids left out (`_run_context`); blocked, the
-  run ends with the refusal, as it is in no state to clear (rt64c F1). Where two or more of them hold text, they are
-  judged once more joined, as a prompt printing them side by side reads them (`_joined_keys`, rt65g F1); not beside
-  the user's messages (rt65l F1, documented: rt65p F3, F4).
+  run ends with the refusal, as it is in no state to clear (rt64c F1). Each is judged alone: not joined with the
+  others, nor beside the user's messages (rt65g F1, rt65l F1, documented: judged so, ordinary apps were blocked and
+  lost their keys, rt65p F3, F4, rt65t F1).
 - ``before_model``: what is new since the model's last turn — the user's input (prompt check, with
   the earlier turns as context) and tool results (untrusted content: injected instructions show up
   as Jailbreak). Runs before the model sees them. Every system or developer message in the state is
@@ -214,9 +214,6 @@ _COMMAND = "command"
 _STATE_KEY = "state_key"
 #: Marks (in `Item.extra`) the check of the run's context (`_run_context`): no state key to clear, the run ends.
 _RUN_CONTEXT = "run_context"
-#: Marks (in `Item.extra`) the check of the state's keys (and the run's context) read together (`_joined_keys`): the
-#: keys it joins, each cleared when it is blocked.
-_JOINED_KEYS = "joined_keys"
 #: Marks (in `Item.extra`) the check of what a tool's ``Command`` writes besides its messages: the Command, whose
 #: state keys are taken as allowed when it is (`_trust_state_writes`).
 _STATE_WRITES = "state_writes"
@@ -488,9 +485,8 @@ def _state_read(state: Any, context: Any) -> tuple[Any, ...]:
 
 
 def _keys_of(item: Item) -> list[Any]:
-    """The state keys a check of the state reads (`_state_key_items`): its key's, the keys joined; none for the run's
-    context."""
-    return [item.extra[_STATE_KEY]] if _STATE_KEY in item.extra else list(item.extra.get(_JOINED_KEYS) or ())
+    """The state key a check of the state reads (`_state_key_items`); none for the run's context."""
+    return [item.extra[_STATE_KEY]] if _STATE_KEY in item.extra else []
 
 
 def _with_healed(update: dict[str, Any] | None, healed: list[BaseMessage] | None) -> dict[str, Any] | None:
@@ -642,40 +638,11 @@ class GuardMiddleware(AgentMiddleware):
         if isinstance(state, Mapping):
             skip = _kept_from_input() if mid_run else frozenset()
             items = [*self._state_key_checks(state.items(), skip), *items]
-        # Not beside the user's messages (rt65l F1, left documented): read so, 7 of 25 harmless key and question
-        # pairs were blocked with the demo guard, and the block cleared the app's keys for the user's own refusal
-        # (rt65p F3, F4).
-        return self._allowed.unjudged([*items, *self._joined_keys(items)], self.guard)
-
-    # A ``@dynamic_prompt`` may print two keys side by side (``f"{verb} {task}"``), or a key beside the run's context:
-    # each judged alone, a request split across them ("Mix" | "ammonium nitrate with fuel oil, ...") reached the model
-    # never judged whole (rt65g F1), as a chain's variables did (rt62f F1). A key a tool wrote and its Command was
-    # trusted for (`_trust_state_writes`) is still read with the others: a client's key beside it can complete its
-    # clause.
-    def _joined_keys(self, items: list[Item]) -> list[Item]:
-        """One check more where two or more of the state's keys (`_state_key_checks`) and the run's context
-        (`_context_item`) hold text: their texts joined with a space, in the state's order, as the common
-        ``"{verb} {task}"`` reads them, the context's on both sides of them (a prompt prints it before or after the
-        keys: one check reads both); blocked, every key in it is cleared. None where a part is not read whole (blocked
-        unread on its own); not read whole itself past the guard's ``max_chars``."""
-        if len(items) < 2 or not all(item.extra["whole"] for item in items):
-            return []
-        texts = [item.conversation[-1]["content"] for item in items]
-        keys = [item.extra[_STATE_KEY] for item in items if _STATE_KEY in item.extra]
-        if len(keys) < len(items):  # the context's check comes last (`_state_key_items`)
-            texts = [texts[-1], *texts]
-        text = " ".join(texts)
-        parts = [repr(key) for key in keys] + (["the run's context"] if len(keys) < len(items) else [])
-        whole = len(text) <= self.guard.max_chars
-        extra = {
-            _JOINED_KEYS: keys,
-            "whole": whole,
-            KEYED_BY: ["state keys joined", *map(str, keys), current_thread() or ""],
-        }
-        label = "state keys " + " + ".join(parts) + ", joined"
-        # Past the limit it is blocked unread (`_unread_state_key`): what is kept of it only tells the check apart.
-        kept = text if whole else text[: self.guard.max_chars]
-        return [Item(Stage.PROMPT, prompt_conversation(kept), label=label, extra=extra)]
+        # Each alone: not joined with the others (rt65g F1) nor beside the user's messages (rt65l F1), left
+        # documented. Read so, 7 of 25 harmless key and question pairs, and 4 of 33 harmless key sets, were blocked
+        # with the demo guard, and each block cleared every key of the app (rt65p F3, F4; rt65t F1): text no prompt
+        # renders, run together.
+        return self._allowed.unjudged(items, self.guard)
 
     def _context_item(self, context: Any) -> Item | None:
         """The check of the run's context (`context_text`: ids left out), or ``None`` where it holds no text."""
@@ -737,10 +704,7 @@ class GuardMiddleware(AgentMiddleware):
 
     def _unread_state_key(self, item: Item) -> Decision:
         limit = self.guard.max_chars
-        if _JOINED_KEYS in item.extra:
-            what = f"the {item.label}"
-        else:
-            what = "the run's context" if _RUN_CONTEXT in item.extra else f"the state key {item.extra[_STATE_KEY]!r}"
+        what = "the run's context" if _RUN_CONTEXT in item.extra else f"the state key {item.extra[_STATE_KEY]!r}"
         why = f"{what} carries more than max_chars={limit:,} characters: not judged whole"
         return self.guard.policy.decide_unjudged(Stage.PROMPT, why)
 
@@ -1244,7 +1208,7 @@ class GuardMiddleware(AgentMiddleware):
         return [next(judged) if item.extra.get("whole", True) else self._unread_input(item) for item in items]
 
     def _unread_input(self, item: Item) -> Decision:
-        keyed = _STATE_KEY in item.extra or _RUN_CONTEXT in item.extra or _JOINED_KEYS in item.extra
+        keyed = _STATE_KEY in item.extra or _RUN_CONTEXT in item.extra
         return self._unread_state_key(item) if keyed else self._unread_resume()
 
     def _unread_resume(self) -> Decision:
