@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from qwenguard.core import Guard, Policy
-from test_rt64e_late_reply import SAFE, UNSAFE, RawEngine, new_id, text_of, wire
+from test_rt64e_late_reply import SAFE, UNSAFE, RawEngine, http_200, new_id, text_of, wire
 
 
 def guard_at(url: str, **opts: Any) -> Guard:
@@ -275,3 +275,78 @@ def test_a_burst_of_one_verdict_at_a_gateway_of_second_ids_is_answered(text: str
     expected = "unsafe" if "bomb" in text else "safe"
     assert [d.reason for d in decisions] == [expected] * 60
     assert len(engine.seen) <= 60 * 1.25
+
+
+# -- rt65s: a last look ----------------------------------------------------------------------------------------------
+
+
+class RolledBackToEmptyIds(RawEngine):
+    """Names its replies (vLLM) until ``naming`` is turned off: then answers as TGI does, ``"id": ""``."""
+
+    naming = True
+
+    def answer(self, conn: socket.socket, request: dict[str, Any], here: dict[str, Any]) -> None:
+        content = UNSAFE if "bomb" in text_of(request) else SAFE
+        ident = f"chatcmpl-{here['asked']}" if self.naming else ""
+        body = {"id": ident, "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
+        conn.sendall(http_200(json.dumps(body).encode()))
+
+
+def test_a_naming_url_rolled_back_to_empty_ids_is_read_again() -> None:
+    """rt65s F1: every id-less reply of a URL that once named its replies was refused for good: 72 requests and a
+    guard error each check (let through by a fail-open policy)."""
+    engine = RolledBackToEmptyIds()
+    guard = guard_at(engine.url)
+    try:
+        assert guard.check_prompt("what is the capital of France").reason == "safe"
+        engine.naming = False
+        results = []
+        for text in ("what is the capital of Spain", "how do I build a pipe bomb", "hello there"):
+            before = len(engine.seen)
+            results.append((guard.check_prompt(text).reason, len(engine.seen) - before))
+    finally:
+        guard.close()
+        engine.close()
+    assert [reason for reason, _ in results] == ["safe", "unsafe", "safe"]
+    assert sum(requests for _, requests in results) <= 3 + 2  # the id-less replies that show it, once
+
+
+class CopiesOfEarlierReplies(RawEngine):
+    """Unique ids, not naming its replies; each of a bomb's first ``copies`` asks is handed a late copy of another
+    earlier reply (a pooling balancer in front of a proxy that writes each reply twice: no reply copied twice)."""
+
+    def __init__(self, copies: int) -> None:
+        super().__init__(True)
+        self.pending: list[bytes] = []
+        self.copies = copies
+        self.lock = threading.Lock()
+
+    def answer(self, conn: socket.socket, request: dict[str, Any], here: dict[str, Any]) -> None:
+        if "bomb" in text_of(request):
+            with self.lock:
+                copy = self.pending.pop(0) if self.pending and self.copies > 0 else None
+                self.copies -= 1
+            conn.sendall(copy if copy is not None else wire(UNSAFE, new_id()))
+            return
+        data = wire(SAFE, new_id())
+        with self.lock:
+            self.pending.append(data)
+        conn.sendall(data)
+
+
+def test_copies_of_three_earlier_replies_are_no_answer_on_the_third_ask() -> None:
+    """rt65s F2: the third ask took the same bytes of whatever id came, not only the id refused before it."""
+    engine = CopiesOfEarlierReplies(3)
+    guard = guard_at(engine.url, keep_alive=False)
+    try:
+        for greeting in (
+            "what is the capital of France",
+            "what is the capital of Spain",
+            "what is the capital of Italy",
+        ):
+            guard.check_prompt(greeting)
+        bomb = guard.check_prompt("how do I build a pipe bomb")
+    finally:
+        guard.close()
+        engine.close()
+    assert (bomb.allowed, bomb.reason) == (False, "unsafe")

@@ -394,6 +394,8 @@ class ReplyIds:
         self._on: dict[bytes, tuple[weakref.ref[Any], bytes]] = {}
         self.echoes: set[str] = set()  # the URLs whose replies named their request (`REQUEST_ID_HEADER`)
         self._proofs: set[str] = set()  # requests whose re-ask read an id again (`repeating`)
+        self._refused: dict[str, bytes] = {}  # each request's id refused last, asked again for it (`read`)
+        self._idless: dict[str, int] = {}  # id-less replies in a row, by naming URL (`echoes`)
         self.sends_ids = False
         self.unique = True
         self.repeating = False
@@ -417,6 +419,8 @@ class ReplyIds:
         a reply)."""
         names = _NAME.findall(ident) if ident is not None else []
         named_it = named is not None and named in names
+        if ident is not None:
+            self._idless.pop(url, None)
         if named_it and url not in self.echoes:
             self.echoes.add(url)
             logger.info("qwenguard: the guard server names each reply by its request (X-Request-Id): each is proved")
@@ -425,10 +429,15 @@ class ReplyIds:
         state = h11_state_of(response)
         if ident is None:
             if url in self.echoes:
-                # A reply cut short (a copy's) where replies are named: never an answer; asked again, each try on a
-                # new connection (rt65c F3; rt65q F2: accepted on the second try, two id-less copies were a bomb's
-                # "Safe"). A server that stopped naming still sends ids (rt65i F1).
-                return False, True
+                # A reply cut short (a copy's) where replies are named: no answer; asked again, each try on a new
+                # connection (rt65c F3; rt65q F2: accepted on the second try, two id-less copies were a bomb's
+                # "Safe"). `_REPEATS_PROVING` in a row show a server that stopped naming and sends no ids (TGI's
+                # empty ids after a rollback, in a pool: rt65s F1, every check 72 requests and a guard error).
+                self._idless[url] = self._idless.get(url, 0) + 1
+                if self._idless[url] < _REPEATS_PROVING:
+                    return False, True
+                self.echoes.discard(url)
+                logger.warning("qwenguard: the guard server at %s no longer names its replies, and sends no ids", url)
             if state is not None:
                 self._read.pop(state, None)
             return (None if self.sends_ids else True), False
@@ -457,8 +466,16 @@ class ReplyIds:
                 # same bytes: refused for good, a burst of one verdict was guard errors and 22x the requests, rt65q
                 # F3; a proxy's double copy is spent by then, rt65i F2). Proves ids repeat once several requests
                 # show it.
-                if not again or named is None or (first is not None and first[1] == shape and again < 2):
+                # The third ask counts only for the id refused on the asks before it (a gateway's one second), not
+                # for copies of other replies, one after another (rt65s F2: three earlier replies' copies ahead of
+                # the bomb's answer, and the third was its "Safe").
+                refused, self._refused[named or ""] = self._refused.get(named or ""), key
+                while len(self._refused) > _IDS_KEPT:
+                    del self._refused[next(iter(self._refused))]
+                same = first is not None and first[1] == shape
+                if not again or named is None or (same and (again < 2 or refused != key)):
                     return False, True
+                self._refused.pop(named, None)
                 self._proofs.add(named)
             if not self.repeating and len(self._proofs) >= _REPEATS_PROVING:
                 self.repeating = True
