@@ -42,18 +42,23 @@ class Swapped(RawEngine):
         conn.sendall(wire(UNSAFE if "bomb" in text_of(request) else SAFE, ident))
 
 
+def after_rollback(engine: Any, guard: Guard) -> list[tuple[str, int]]:
+    """A check while ``engine`` names its replies, then three after it stops: (reason, requests) of each of these."""
+    assert guard.check_prompt("what is the capital of France").reason == "safe"
+    engine.naming = False
+    results = []
+    for text in ("what is the capital of Spain", "how do I build a pipe bomb", "hello there"):
+        before = len(engine.seen)
+        results.append((guard.check_prompt(text).reason, len(engine.seen) - before))
+    return results
+
+
 @pytest.mark.parametrize("on_error", ["block", "allow"])
 def test_a_url_that_stops_naming_its_replies_is_still_read(on_error: str) -> None:
     engine = Swapped()
     guard = guard_at(engine.url, policy=Policy(timeout_s=10, on_error=on_error))
     try:
-        assert guard.check_prompt("what is the capital of France").reason == "safe"
-        engine.naming = False
-        results = []
-        for text in ("what is the capital of Spain", "how do I build a pipe bomb", "hello there"):
-            before = len(engine.seen)
-            decision = guard.check_prompt(text)
-            results.append((decision.reason, len(engine.seen) - before))
+        results = after_rollback(engine, guard)
     finally:
         guard.close()
         engine.close()
@@ -109,11 +114,15 @@ class PoolingBalancer(RawEngine):
                 return sock
         return socket.create_connection(self.address)
 
+    passes_name = False  # X-Request-Id passed on to the engine
+
     def answer(self, conn: socket.socket, request: dict[str, Any], here: dict[str, Any]) -> None:
         body = json.dumps(request).encode()
         up = self.take()
+        named = b"X-Request-Id: %s\r\n" % here["asked"].encode() if self.passes_name and here.get("asked") else b""
         up.sendall(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: engine\r\nContent-Type: application/json\r\n"
+            + named
             + b"Content-Length: %d\r\n\r\n" % len(body)
             + body
         )
@@ -187,22 +196,7 @@ def test_long_reply_ids_are_not_kept_whole() -> None:
 class NamingBalancer(PoolingBalancer):
     """`PoolingBalancer` passing X-Request-Id on (nginx and Envoy do by default)."""
 
-    def answer(self, conn: socket.socket, request: dict[str, Any], here: dict[str, Any]) -> None:
-        body = json.dumps(request).encode()
-        up = self.take()
-        up.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: engine\r\nContent-Type: application/json\r\n"
-            + b"X-Request-Id: %s\r\n" % here["asked"].encode()
-            + b"Content-Length: %d\r\n\r\n" % len(body)
-            + body
-        )
-        reply, extra = read_response(up)
-        if extra:
-            up.close()
-        else:
-            with self.lock:
-                self.idle.append(up)
-        conn.sendall(reply)
+    passes_name = True
 
 
 class NamingIdlessCopier(RawEngine):
@@ -298,12 +292,7 @@ def test_a_naming_url_rolled_back_to_empty_ids_is_read_again() -> None:
     engine = RolledBackToEmptyIds()
     guard = guard_at(engine.url)
     try:
-        assert guard.check_prompt("what is the capital of France").reason == "safe"
-        engine.naming = False
-        results = []
-        for text in ("what is the capital of Spain", "how do I build a pipe bomb", "hello there"):
-            before = len(engine.seen)
-            results.append((guard.check_prompt(text).reason, len(engine.seen) - before))
+        results = after_rollback(engine, guard)
     finally:
         guard.close()
         engine.close()

@@ -93,17 +93,22 @@ def _consume(agent: Any, has_mix: threading.Event, asynchronous: bool) -> str:
         if "Mix" in "".join(shown):
             has_mix.set()
 
+    _read(agent, state, heard, asynchronous)
+    return "".join(shown)
+
+
+def _read(app: Any, state: Any, heard: Any, asynchronous: bool) -> None:
+    """Read ``app``'s ``stream_mode="messages"`` stream, each message to ``heard``."""
     if asynchronous:
 
         async def run() -> None:
-            async for message, _ in agent.astream(state, stream_mode="messages"):
+            async for message, _ in app.astream(state, stream_mode="messages"):
                 heard(message)
 
         asyncio.run(run())
     else:
-        for message, _ in agent.stream(state, stream_mode="messages"):
+        for message, _ in app.stream(state, stream_mode="messages"):
             heard(message)
-    return "".join(shown)
 
 
 def _middleware_agent(kind: str, guard_first: bool, then: str = CONTINUED) -> tuple[Any, Attempts, threading.Event]:

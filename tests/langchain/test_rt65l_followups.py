@@ -20,12 +20,13 @@ import pytest
 from faults import ScriptedBackend, phrase_verdict
 from langchain.agents import AgentState, create_agent
 from langchain.agents.middleware import AgentMiddleware, ModelRequest, dynamic_prompt
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, RemoveMessage, ToolMessage
+from langchain_core.messages import AIMessage, HumanMessage, RemoveMessage, ToolMessage
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
 from lc_fakes import SAFE_ANSWER, SAFE_QUESTION, UNSAFE_CLAUSE, keyword_guard, scripted, tool_call
 from qwenguard.core import Guard, GuardViolation
 from qwenguard.integrations.langchain import GuardMiddleware
+from test_rt65g_tool_stop_heal import _unanswered
 
 MODES = ["sync", "async"]
 THREAD = {"configurable": {"thread_id": "t"}}
@@ -44,21 +45,6 @@ def _run(agent: Any, inputs: Any, mode: str, **kwargs: Any) -> dict[str, Any]:
 def _read(model: Any, since: int = 0) -> str:
     """Everything the model read (from its call ``since`` on), one text, runs of whitespace as one space."""
     return " ".join("\n".join(str(m.content) for call in model.seen[since:] for m in call).lower().split())
-
-
-def _unanswered(messages: list[BaseMessage]) -> list[str]:
-    """The calls of an answer no tool message right after it answers (the providers' rule)."""
-    found = []
-    for i, message in enumerate(messages):
-        for call in getattr(message, "tool_calls", None) or []:
-            after = []
-            for later in messages[i + 1 :]:
-                if not isinstance(later, ToolMessage):
-                    break
-                after.append(later.tool_call_id)
-            if call["id"] not in after:
-                found.append(call["id"])
-    return found
 
 
 # -- F1: a key beside the user's message -------------------------------------------------------------------------

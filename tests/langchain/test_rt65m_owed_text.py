@@ -41,6 +41,7 @@ from test_rt65d_retry_boundary import (
     _models,
     _normalized,
     _phrase_guard,
+    _read,
     _State,
 )
 
@@ -58,20 +59,6 @@ class Said(ScriptedChatModel):
 
 def _said(text: str, answer_id: str = "helper") -> Said:
     return Said(messages=iter([]), seen=[], text=text, answer_id=answer_id)
-
-
-def _read(app: Any, state: Any, heard: Any, asynchronous: bool) -> None:
-    """Read ``app``'s ``stream_mode="messages"`` stream, each message to ``heard``."""
-    if asynchronous:
-
-        async def run() -> None:
-            async for message, _ in app.astream(state, stream_mode="messages"):
-                heard(message)
-
-        asyncio.run(run())
-    else:
-        for message, _ in app.stream(state, stream_mode="messages"):
-            heard(message)
 
 
 def _graph(node: Any, policy: RetryPolicy | None) -> Any:
