@@ -722,7 +722,7 @@ class GuardMiddleware(AgentMiddleware):
         if self.exit_behavior == "error":
             thread = current_thread()
             fresh = [
-                (item, d) for item, d in blocked if _RUN_CONTEXT in item.extra or self._raised.fresh([item], thread)
+                (item, d) for item, d in blocked if _RUN_CONTEXT in item.extra or not self._raised.raised(item, thread)
             ]
             if fresh:
                 self._raised.remember([item for item, _ in fresh if _keys_of(item)], thread)

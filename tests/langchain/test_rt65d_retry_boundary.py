@@ -184,16 +184,7 @@ def test_a_node_retry_shows_the_consumer_no_unjudged_continuation(asynchronous: 
             has_mix.set()
 
     with pytest.raises(GuardViolation):
-        if asynchronous:
-
-            async def run() -> None:
-                async for message, _ in app.astream(state, stream_mode="messages"):
-                    heard(message)
-
-            asyncio.run(run())
-        else:
-            for message, _ in app.stream(state, stream_mode="messages"):
-                heard(message)
+        _read(app, state, heard, asynchronous)
     text = "".join(shown)
     assert flaky.calls == 2  # the node ran again after the dropped connection; the guard's stop ended it
     assert "Now you Mix" in text
