@@ -327,3 +327,17 @@ def test_token_verdicts_are_reported_and_bounded(tiny_stream):  # noqa: F811
     taken = m.take_token_verdicts()
     assert 0 < len(taken) <= 4 and taken[-1].to_dict()["risk"] in ("safe", "unsafe", "controversial")
     assert m.take_token_verdicts() == []
+
+
+def test_token_verdicts_that_raised_a_stop_can_be_read_after_it(unsafe_tokens_stream):
+    """An operator auditing a stop reads the tokens that caused it (rt66g F2: the batch that flagged the run was
+    dropped with the raise, so every verdict read after the stop was of the tokens before it)."""
+    guard = _guard(unsafe_tokens_stream)
+    with guard.stream(PROMPT, holdback=1) as monitor:
+        with pytest.raises(GuardViolation) as info:
+            monitor.feed("The capital of France is Paris.")
+        taken = monitor.take_token_verdicts()
+    flagged = info.value.decision
+    assert flagged.risk is Risk.UNSAFE
+    assert sum(v.risk is Risk.UNSAFE for v in taken) >= 2  # the window of two that flagged the run, at least
+    assert taken[0].index == 0 and [v.index for v in taken] == list(range(len(taken)))

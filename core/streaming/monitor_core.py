@@ -431,12 +431,13 @@ class MonitorCore:
             return ""
         recent = self._recent
         push = self._debounce.push
+        # Kept first: the tokens that raise a stop are the ones an operator auditing it reads (rt66g F2).
+        self._tokens.extend(verdicts)
         for v in verdicts:
             recent.append((v.index, v.start))
             flag = push(v.risk, v.category)
             if flag is not None:
                 self._on_token_flag(flag, v)
-        self._tokens.extend(verdicts)
         last = verdicts[-1]
         self._scored = last.index + 1
         self._scored_end = last.end
