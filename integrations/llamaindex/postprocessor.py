@@ -458,7 +458,11 @@ async def ascreen_nodes(
 
 
 #: What the event-loop warning tells a sync query inside async code to use (`speaking_as`).
-_ASYNC_TWIN = "await engine.aquery(...) / await postprocessor.apostprocess_nodes(...) (not query / postprocess_nodes)"
+_ASYNC_TWIN = (
+    "await engine.aquery(...) / await postprocessor.apostprocess_nodes(...) (not query / postprocess_nodes); "
+    "where LlamaIndex calls the sync one from async code (an ObjectRetriever: an agent's tool_retriever), "
+    "a GuardedRetriever inside it instead (docs/llamaindex.md)"
+)
 
 
 class GuardNodePostprocessor(GuardComponent, BaseNodePostprocessor):
