@@ -28,8 +28,10 @@ exponential backoff (honouring ``Retry-After``); other 4xx never are on the same
 time" (a 504, an error of type ``timeout``: `RemoteTimeout`), which is a timeout, as a read timeout is.
 
 A reply is this request's only when its ``id`` is not the one read last on its connection (a late duplicate of that
-reply: `transport.ReplyIds`); once the engine has shown ids, a connection is kept alive only after a reply with an id
-of its own. ``keep_alive=False`` gives every request a connection of its own (an engine without ids).
+reply: `transport.ReplyIds`); a reply to an earlier request of the same body (a caching gateway's) is its verdict. A
+connection is kept alive only after a 200 (the late answer an error stood for may follow it), and once the engine has
+shown ids, only after a reply with an id of its own. ``keep_alive=False`` gives every request a connection of its own
+(an engine without ids).
 
 A reply whose ``model`` names another model than the guard (a gateway's fallback to a chat model) is no verdict
 (`_replied_as_guard`; ``reply_models=`` names others to accept), and no text built from a reply or an error shows
@@ -1245,10 +1247,8 @@ class OpenAIGen:
                     )
                     unread = f"body not read: Content-Encoding {encoding!r}" if encoding else ""
                     wire.answered += 1  # the engine answered: calls queued for a slot wait on (`_slot`)
-                    # Its late duplicate would be the next request's reply, and an error carries no id to tell it by
-                    # (an engine that never sends ids: nothing would; `ReplyIds`).
-                    if wire.reply_ids.sends_ids:
-                        check.reuse = False
+                    # Its connection is not kept alive (`LeftoverCheck`, as the body's last chunk is read): an error
+                    # carries no id, and the late answer it stands for would be the next request's reply (rt66c F1).
                     return self._status_error(response, head, url, unread), head
                 # Read into the check's chunks: as the last one is read, the check sees whether the reply's id proves
                 # it this request's (`ReplyIds`), and keeps its connection alive only then.

@@ -21,7 +21,7 @@ fails. A second reply written a moment later (after the next request went out on
 yet: HTTP/1.1 cannot tie a reply to its request, so `ReplyIds` asks each reply to prove itself by its ``id``
 (unique per reply on every engine that sends one): a reply repeating the id of the reply read before it on its
 connection is that reply's late duplicate, and once the engine has shown ids a connection is kept alive only after
-a reply with an id of its own (rt64e F1).
+a reply with an id of its own (rt64e F1); never after an error status, which carries none (rt66c F1).
 
 What a client builds from a server's reply or an HTTP library's error (`decision.error`, which listeners, audit
 logs and GuardViolation messages carry) never shows a credential the client holds: a server or gateway that
@@ -267,7 +267,8 @@ class LeftoverCheck:
     found past the response (None: its connection could not be reached, or the response never closed so).
     ``reuse``: set false by the caller to have the connection closed whatever is left over. With ``ids``, the body
     read into ``chunks`` must prove itself first (`ReplyIds.read`; httpx closes a response as its last chunk is
-    read, before the caller could look at it): ``fresh`` and ``ident`` say what it showed."""
+    read, before the caller could look at it): ``fresh`` and ``ident`` say what it showed; and a reply of another
+    status than 200 never keeps its connection (it carries no id, and the answer it stood for may still come)."""
 
     EVENT = "http11.response_closed.started"
 
@@ -287,6 +288,12 @@ class LeftoverCheck:
     async def __call__(self, event: str, info: dict[str, Any]) -> None:
         if event == self.EVENT and self.response is not None:
             try:
+                if self.ids is not None and self.response.status_code != 200:
+                    # An error carries no id, and the answer it stands for may still come: a proxy that answered
+                    # 503 or 504 forwards the engine's late 200 behind it, the next request's "answer" on a kept
+                    # connection. Decided here, not by the caller: httpx closes a response as its last chunk is
+                    # read, before the caller could look at its status (rt66c F1).
+                    self.reuse = False
                 # Read with keep-alive off too: a balancer pooling its upstream connections hands a late copy to
                 # a request on a new connection (rt65c F1).
                 if self.ids is not None and self.response.status_code == 200:
@@ -298,6 +305,7 @@ class LeftoverCheck:
                         url=self.url,
                         again=self.again,
                         body=b"".join(self.chunks),
+                        asked=await request_digest_of(self.response.request),
                     )
                     self.reuse = self.reuse and bool(self.fresh)
                 self.leftover = drop_if_leftover(self.response, reuse=self.reuse)
@@ -325,6 +333,18 @@ async def reply_id_of(chunks: list[bytes]) -> str | None:
     """`reply_id` of the body read in ``chunks``."""
     body = b"".join(chunks)
     return reply_id(body) if len(body) <= _INLINE_ID_BYTES else await asyncio.to_thread(reply_id, body)
+
+
+async def request_digest_of(request: Any) -> bytes | None:
+    """The digest of ``request``'s body as sent (`ReplyIds`: one body, one verdict), or None: a body not kept (streamed
+    out, a test's transport)."""
+    try:
+        body = request.content
+    except Exception:  # noqa: BLE001 - httpx's RequestNotRead, or no request at all: nothing to compare
+        return None
+    if not isinstance(body, bytes):
+        return None
+    return _digest(body) if len(body) <= _INLINE_ID_BYTES else await asyncio.to_thread(_digest, body)
 
 
 #: Reply ids remembered on each connection (`ReplyIds`), beside the client's `_IDS_KEPT`.
@@ -386,12 +406,20 @@ class ReplyIds:
     connections idle in the pool may hold copies of their own, and each is skipped once as it drains (rt64o F1).
     Once the engine has shown ids (``sends_ids``), a reply without one (an error status, a proxy's page) cannot be
     told from a copy either: its connection is not kept alive. An engine that never sends an id keeps its
-    connections: nothing tells its copies (``keep_alive=False`` does, `OpenAIGen`)."""
+    connections: nothing tells its copies (``keep_alive=False`` does, `OpenAIGen`).
+
+    One body, one verdict (temperature 0, the same text): a reply naming an earlier request of the same body, or the
+    very bytes that answered one, is this request's answer (a response-caching gateway, LiteLLM's cache or nginx's
+    ``proxy_cache``, answers a repeated body with its stored reply, its id as first written: with a naming engine
+    each repeat was 72 requests and a guard error, with others a proof that ids repeat: rt66c F2). Its connection is
+    not kept alive: a copy landing there says this request's own reply may still come on it."""
 
     def __init__(self) -> None:
         self._read: weakref.WeakKeyDictionary[Any, dict[bytes, None]] = weakref.WeakKeyDictionary()
-        # Each id read lately (its digest): the connection it was read on, and its reply's bytes' digest.
-        self._on: dict[bytes, tuple[weakref.ref[Any], bytes]] = {}
+        # Each id read lately (its digest): the connection it was read on, its reply's bytes' digest, and the digest
+        # of the body of the request it answered (None: not known).
+        self._on: dict[bytes, tuple[weakref.ref[Any], bytes, bytes | None]] = {}
+        self._asked: dict[str, bytes] = {}  # each request's body (digest), by its name (`request_name`)
         self.echoes: set[str] = set()  # the URLs whose replies named their request (`REQUEST_ID_HEADER`)
         self._proofs: set[str] = set()  # requests whose re-ask read an id again (`repeating`)
         self._refused: dict[str, bytes] = {}  # each request's id refused last, asked again for it (`read`)
@@ -409,22 +437,32 @@ class ReplyIds:
         url: str = "",
         again: int = 0,
         body: bytes = b"",
+        asked: bytes | None = None,
     ) -> tuple[bool | None, bool]:
-        """Notes that ``response`` (a 200, read to its end: ``body``) of a request ``named`` (`request_name`) to
-        ``url`` carried the reply id ``ident``. First: True when its connection may be reused (a reply naming its
-        request; one not read before; no id from an engine that never sends one), None when it may not (no id
-        from an engine that sends them; ids that repeat), False when the reply is no answer (one naming another
-        request; an id read before on its connection, or on another the first time for a request until ids are seen
-        to repeat; at a naming URL, no id). Second: whether to ask again (``again``: how many times it was, for such
-        a reply)."""
+        """Notes that ``response`` (a 200, read to its end: ``body``) of a request ``named`` (`request_name`, its body's
+        digest ``asked``: `request_digest_of`) to ``url`` carried the reply id ``ident``. First: True when its
+        connection may be reused (a reply naming its request; one not read before; no id from an engine that never
+        sends one), None when it may not (no id from an engine that sends them; ids that repeat; the reply to an
+        earlier request of the same body), False when the reply is no answer (one naming another request; an id read
+        before on its connection, or on another the first time for a request until ids are seen to repeat; at a
+        naming URL, no id). Second: whether to ask again (``again``: how many times it was, for such a reply)."""
         names = _NAME.findall(ident) if ident is not None else []
         named_it = named is not None and named in names
+        if named is not None and asked is not None:
+            self._asked.pop(named, None)
+            self._asked[named] = asked
+            while len(self._asked) > _IDS_KEPT:
+                del self._asked[next(iter(self._asked))]  # the oldest
         if ident is not None:
             self._idless.pop(url, None)
         if named_it and url not in self.echoes:
             self.echoes.add(url)
             logger.info("qwenguard: the guard server names each reply by its request (X-Request-Id): each is proved")
         if names and not named_it:
+            if asked is not None and all(self._asked.get(name) == asked for name in names):
+                # The reply to an earlier request of the same body, so its verdict: a response-caching gateway's
+                # stored reply names the request it first answered (rt66c F2: 72 requests and a guard error a check).
+                return None, False
             return False, False  # another request's reply: a late copy, handed on
         state = h11_state_of(response)
         if ident is None:
@@ -450,6 +488,11 @@ class ReplyIds:
         first_on = None if first is None else first[0]
         if named_it:
             fresh: bool | None = True
+        elif first is not None and asked is not None and first[1:] == (shape, asked):
+            # The very bytes that answered an earlier request of the same body: its verdict, whatever ids do (so the
+            # bytes too, not the id alone: a gateway's repeated id can stand for another text's verdict); never a copy
+            # nor a proof that ids repeat (rt66c F2: a caching gateway's repeats turned copy detection off for good).
+            fresh = None
         elif key in seen or (first_on is not None and first_on() is state):
             # A copy first, whatever else: a connection kept alive before ids were seen to repeat can still hold one
             # (rt64n F1). Every connection kept alive may hold one too (the same proxy, the same bug), and the
@@ -491,7 +534,7 @@ class ReplyIds:
         seen[key] = None
         if len(seen) > _REPLIES_KEPT:
             del seen[next(iter(seen))]  # the oldest
-        self._on[key] = (weakref.ref(state), shape)
+        self._on[key] = (weakref.ref(state), shape, asked)
         if len(self._on) > _IDS_KEPT:
             del self._on[next(iter(self._on))]
         return fresh, False
