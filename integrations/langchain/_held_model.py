@@ -23,7 +23,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, NoReturn
@@ -140,6 +140,10 @@ class StreamLedger:
 #: every attempt of a node run, another for each run.
 _TASK_ID = "__pregel_task_id"
 
+#: How LangGraph's ``checkpoint_ns`` joins the node runs a task is in, and ends a node's name before its task id
+#: (``langgraph._internal._constants.NS_SEP`` / ``NS_END``).
+_NS_SEP, _NS_END = "|", ":"
+
 #: How long a failed attempt's text is owed to the next one: longer than retries wait (LangGraph's ``RetryPolicy`` at
 #: most ``max_interval=128`` s by default, ``ModelRetryMiddleware`` 60 s). A later attempt is judged on its own.
 OWED_RETENTION_S = 600.0
@@ -251,17 +255,50 @@ def conversation_digest(messages: Sequence[BaseMessage]) -> str:
     return digest.hexdigest()
 
 
+def context_digest(context: Sequence[Mapping[str, str]]) -> str:
+    """A digest of the conversation a guard step's runnable answers (`GuardRunnable`: the guard's turns of its screened
+    input, each one's role and text), the system prompt aside as in `conversation_digest`."""
+    digest = hashlib.blake2b(digest_size=16)
+    for turn in context:
+        if turn.get("role") != "system":
+            said = [turn.get("role"), turn.get("content")]
+            digest.update(json.dumps(said, default=repr, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n")
+    return digest.hexdigest()
+
+
 def _step(run_manager: Any) -> tuple[str, ...] | None:
-    """The step a model call is an attempt of: its LangGraph task (node run), from the caller's config; outside one,
-    the run the caller's context makes it a child of (a ``RunnableRetry``'s, a ``RunnableWithFallbacks``': the same
-    for each attempt; LangChain hands ``_stream`` no run manager, so its run's parent, where it does, comes next)."""
+    """The step a model call is an attempt of: its LangGraph task (node run), from the caller's config (`_node_run`);
+    outside one, the run the caller's context makes it a child of (a ``RunnableRetry``'s, a ``RunnableWithFallbacks``':
+    the same for each attempt; LangChain hands ``_stream`` no run manager, so its run's parent, where it does, comes
+    next)."""
     configurable = out_of_sight.config_without_callbacks().get("configurable") or {}
+    callbacks = (var_child_runnable_config.get() or {}).get("callbacks")
+    return step_of(
+        configurable, getattr(callbacks, "parent_run_id", None) or getattr(run_manager, "parent_run_id", None)
+    )
+
+
+def step_of(configurable: Mapping[str, Any], parent: Any) -> tuple[str, ...] | None:
+    """The step of a call with ``configurable`` (its config's) whose run is a child of ``parent`` (a run id, or
+    ``None``): its LangGraph node run (`_node_run`), else that run."""
     task = configurable.get(_TASK_ID)
     if isinstance(task, str):
-        return ("task", str(configurable.get("checkpoint_ns") or ""), task)
-    callbacks = (var_child_runnable_config.get() or {}).get("callbacks")
-    parent = getattr(callbacks, "parent_run_id", None) or getattr(run_manager, "parent_run_id", None)
+        return ("task", *_node_run(str(configurable.get("checkpoint_ns") or ""), task))
     return ("run", str(parent)) if parent is not None else None
+
+
+def _node_run(namespace: str, task: str) -> tuple[str, str]:
+    """What stays the same across a retry at any level of a task in LangGraph's ``checkpoint_ns`` ``namespace``
+    (``"agent:<task id>|model:<task id>"``): the outermost node run (its name and task id, the same for each attempt of
+    it) and the names of the nodes inside it. A retry of an outer node (a subgraph, an agent run as a node or called
+    in one, under the parent's ``RetryPolicy``) runs the inner ones as new tasks, in a namespace with a new task id in
+    each inner part and a number of the subgraph's step (``"sub:<id>|1|chat:<new id>"``): keyed by the innermost task,
+    its model call was judged fresh (rt66d F1). Calls of other nodes inside it differ by name, and calls of the node
+    with other messages by their digest (`OwedCall.conversation`)."""
+    parts = [part for part in namespace.split(_NS_SEP) if part and not part.isdigit()]
+    if not parts:
+        return task, ""
+    return parts[0], _NS_SEP.join(part.split(_NS_END)[0] for part in parts[1:])
 
 
 def owed_call(messages: Sequence[BaseMessage], run_manager: Any) -> OwedCall:
@@ -675,7 +712,7 @@ class HeldBackChatModel(BaseChatModel):
         messages = self._given_messages(messages)
         pending = self._start_input(messages)
         held = self._held(messages, prefix)
-        with ledger.watching(), _counted_if_stopped(run_manager, lambda: held.whole), _passing(ledger, call, held):
+        with ledger.watching(), _counted_if_stopped(run_manager, lambda: held.whole), passing(ledger, call, held):
             target, config = self._target(), self._config(False)
             upstream = out_of_sight.stream(lambda: target.stream(messages, config, stop=stop, **kwargs))
             if pending is not None:
@@ -705,7 +742,7 @@ class HeldBackChatModel(BaseChatModel):
         messages = await self._agiven_messages(messages)
         pending = await self._astart_input(messages)
         held = await built_off_loop(lambda: self._held(messages, prefix), messages)  # the context: read from the end
-        with ledger.watching(), _counted_if_stopped(run_manager, lambda: held.whole), _passing(ledger, call, held):
+        with ledger.watching(), _counted_if_stopped(run_manager, lambda: held.whole), passing(ledger, call, held):
             target, config = self._target(), self._config(True)
             upstream = out_of_sight.astream(lambda: target.astream(messages, config, stop=stop, **kwargs))
             if pending is not None:
@@ -723,16 +760,22 @@ class HeldBackChatModel(BaseChatModel):
 
 
 @contextmanager
-def _passing(ledger: StreamLedger, call: OwedCall, held: HeldStream) -> Iterator[None]:
-    """Around a held stream: when it fails (the model's error, the guard's stop), what it passed on after its prefix is
-    what the step's next attempt continues (`record_passed`); when it ends, nothing is."""
+def passing(ledger: StreamLedger, call: OwedCall, held: HeldStream) -> Iterator[None]:
+    """Around a held stream: when it ends before its answer did (the model's error, a guard that cannot answer, a
+    cancellation, a consumer that stopped reading), what it passed on after its prefix is what the step's next attempt
+    continues (`record_passed`); when it ends, nothing is. A timeout cancels an attempt (``asyncio.wait_for``, a
+    timeout middleware, a ``RetryPolicy(retry_on=TimeoutError)``) and a sync consumer that gives up on a stream closes
+    it (``GeneratorExit``), and either is asked again as a failure is (before, only an ``Exception`` was recorded:
+    their retry was judged fresh, rt66d F2). A user's "stop generating" is recorded too, and holds one of `OWED_KEPT`
+    places for `OWED_RETENTION_S`: accepted, as a stream cannot tell it from an app's timeout that asks again, and a
+    place pushed out leaves a mark (that call's next attempt is refused), never a continuation judged fresh."""
     try:
         yield
     except GuardViolation:
         # The guard's stop is the call's outcome, never asked again (`StreamLedger.stopped`): nothing is owed, and
         # blocked answers took the step store's slots for nothing (rt65o F2: 256 of them refused an honest retry).
         raise
-    except Exception:
+    except BaseException:
         record_passed(ledger, call, held.prefix + held.passed_text)
         raise
     forget_passed(ledger, call, held.prefix)

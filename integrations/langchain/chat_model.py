@@ -23,8 +23,13 @@ nothing of it (text or tool call) goes out before the input's verdict, and a blo
 model (sync: at its next chunk; async: at once) and raises `GuardViolation` for the prompt.
 
 ``with_retry()`` / ``with_fallbacks()`` keep the guard's stop (`_keep_stops.py`): a blocked answer is not asked
-for again, and no fallback model answers a request the guard stopped. An attempt after one whose stream failed
-part-way (a dropped connection) is judged as the continuation of the text that went out (`_held_model.OwedTexts`).
+for again, and no fallback model answers a request the guard stopped. An attempt after one whose stream ended
+part-way (a dropped connection, a timeout, a consumer that stopped reading) is judged as the continuation of the text
+that went out (`_held_model.OwedTexts`) where it is asked again in the same step with the same messages (the system
+prompt aside): a LangGraph node's ``RetryPolicy`` (the node's own or an outer one's), ``with_retry()`` /
+``with_fallbacks()``, a retry or fallback middleware, a retry loop inside the node. Others are judged fresh: a retry
+loop of the app's own outside a graph (an SSE handler streaming again), and a call whose messages changed (an earlier
+call of the node answered otherwise on its retry, a planner at temperature > 0): see docs/langchain.md.
 """
 
 from __future__ import annotations

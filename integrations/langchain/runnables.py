@@ -31,7 +31,9 @@ Every path exists sync and async: ``invoke``/``ainvoke``, ``stream``/``astream``
 from __future__ import annotations
 
 import contextvars
+import uuid
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, NoReturn, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
@@ -40,13 +42,22 @@ from langchain_core.messages import AIMessage, BaseMessage, convert_to_messages
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import patch_config
-from pydantic import ConfigDict, field_validator, model_validator
+from pydantic import ConfigDict, PrivateAttr, field_validator, model_validator
 from qwenguard.core import Guard, Stage
 from qwenguard.core.formats.conversations import prompt_conversation, untrusted_conversation
 from qwenguard.core.guard import speaking_as
 from qwenguard.core.streaming.parallel import PendingCheck
 
-from ._held_model import aerror_stop, error_stop
+from ._held_model import (
+    OwedCall,
+    StreamLedger,
+    aerror_stop,
+    context_digest,
+    error_stop,
+    passed_before,
+    passing,
+    step_of,
+)
 from ._holding import HeldStream, monitor_options
 from ._input_beside import (
     aafter_verdict,
@@ -293,6 +304,8 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
     window_chars: int = DEFAULT_WINDOW_CHARS
     min_chars: int = 1
     parallel_input: bool | None = None
+    #: What tells this step's streams from another step's given the same input in one node run (`_owed_call`).
+    _instance: str = PrivateAttr(default_factory=lambda: uuid.uuid4().hex)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """``GuardRunnable(runnable, guard)`` positionally too (as ``GuardedChatModel(model, guard)``), or by keyword;
@@ -461,7 +474,8 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
         # A JSON answer is read parsed by a parser after this step: its decoded strings too (`_json_reading`).
         return items + reading_items(value, context, self.history_turns) if text else items
 
-    def _held(self, context: list[dict[str, str]]) -> HeldStream:
+    def _held(self, context: list[dict[str, str]], prefix: str = "") -> HeldStream:
+        """The held stream of an answer after ``context`` that continues ``prefix`` (`_held_model.passed_before`)."""
         return ReadingHeldStream(
             self.guard,
             context,
@@ -470,7 +484,32 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
             window_chars=self.window_chars,
             min_chars=self.min_chars,
             history_turns=self.history_turns,
+            prefix=prefix,
         )
+
+    # -- an attempt after one whose stream failed part-way: its answer continues what went out ------------------
+    # As `GuardedChatModel`'s (`_held_model.OwedTexts`): a node's ``RetryPolicy`` or ``with_retry()`` runs the step
+    # again, and the consumer reads its answer right after the text the failed attempt passed on. The call is this
+    # step (the instance: two steps given one question in a node run, a classifier's and the answer's, would take and
+    # pay each other's text) and the screened input's conversation, in the node run (or the run retrying it). Without
+    # an input check (``guard_output``) there is no call: its input is the model's chunks, and one ``guard_output`` may
+    # end two chains of a node run (a helper's and the answer's), so nothing it reads tells the answer's retry from the
+    # helper: each of its streams is judged on its own (documented).
+    def _owed_call(self, context: list[dict[str, str]], config: RunnableConfig, run_manager: Any) -> OwedCall | None:
+        if not context:
+            return None
+        step = step_of(config.get("configurable") or {}, run_manager.parent_run_id)
+        return OwedCall(f"{self._instance}:{context_digest(context)}", step)
+
+    def _continued(
+        self, call: OwedCall | None, context: list[dict[str, str]]
+    ) -> tuple[HeldStream, AbstractContextManager[None]]:
+        """(the held stream of this attempt, the watch that records what it passed on if it fails: `passing`)."""
+        if call is None:
+            return self._held(context), nullcontext()
+        ledger = StreamLedger()  # the step's store keeps the text (`OwedTexts`): a ledger is one model call's
+        held = self._held(context, passed_before(self.guard, ledger, call))
+        return held, passing(ledger, call, held)
 
     # -- invoke -----------------------------------------------------------------------------------
     @speaking_as(_ASYNC_TWIN)
@@ -561,20 +600,29 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
         raise stop from None
 
     # -- streaming --------------------------------------------------------------------------------
-    def _guard_chunks(self, chunks: Iterator[Any], context: list[dict[str, str]]) -> Iterator[Any]:
+    def _guard_chunks(
+        self, chunks: Iterator[Any], context: list[dict[str, str]], call: OwedCall | None = None
+    ) -> Iterator[Any]:
+        """``chunks``, held until judged as the answer after ``context``; as an attempt of ``call`` (`_owed_call`)."""
+        held, watch = self._continued(call, context)
         failed: Exception | None = None
         try:
-            yield from self._held(context).run(chunks)
+            with watch:
+                yield from held.run(chunks)
         except Exception as error:  # noqa: BLE001 - the model's (or a step's before it): judged below, out of this block
             failed = error
         if failed is not None:
             self._failed(failed, context)
 
-    async def _aguard_chunks(self, chunks: AsyncIterator[Any], context: list[dict[str, str]]) -> AsyncIterator[Any]:
+    async def _aguard_chunks(
+        self, chunks: AsyncIterator[Any], context: list[dict[str, str]], call: OwedCall | None = None
+    ) -> AsyncIterator[Any]:
+        held, watch = self._continued(call, context)
         failed: Exception | None = None
         try:
-            async for chunk in self._held(context).arun(chunks):
-                yield chunk
+            with watch:
+                async for chunk in held.arun(chunks):
+                    yield chunk
         except Exception as error:  # noqa: BLE001 - judged below (see `_guard_chunks`)
             failed = error
         if failed is not None:
@@ -601,7 +649,8 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
         if pending is not None:
             output = until_blocked(output, pending)
         if self.check_output:
-            output = self._guard_chunks(output, self._context(items))
+            context = self._context(items)
+            output = self._guard_chunks(output, context, self._owed_call(context, config, run_manager))
         yield from (output if pending is None else after_verdict(output, pending))
 
     async def _atransform(
@@ -634,7 +683,9 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
         if pending is not None:
             output = auntil_blocked(output, pending)
         if self.check_output:
-            output = self._aguard_chunks(output, self._context(items))
+            context = self._context(items)
+            call = await built_off_loop(lambda: self._owed_call(context, config, run_manager), context)
+            output = self._aguard_chunks(output, context, call)
         async for chunk in output if pending is None else aafter_verdict(output, pending):
             yield chunk
 
