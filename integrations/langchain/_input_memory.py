@@ -19,7 +19,10 @@
   call no tool message answers: every later turn sent providers a request they refuse (OpenAI and Anthropic answer
   400), and ``invoke(None)`` ran the tool again (rt65g F2). The thread's next turn gets the notice as that call's
   answer, and a run resumed at the tools gets it instead of running the call; a stop the thread's last answer no
-  longer waits on is forgotten (rt65l F4).
+  longer waits on is forgotten (rt65l F4). A result the guard could not judge, and a call cancelled after its tool
+  was called (its result lost), are kept the same way (rt66e F1, F2). The callback handler keeps the calls whose
+  result it blocked, with the decision: it cannot answer the call, so it refuses the call again before the tool runs
+  (rt66e F3).
 - `OwnNotices`: the messages it wrote in place of what it blocked (its notices and its refusal), by fingerprint: the
   thread (`current_thread`), id, role and text of each, as it wrote it. Judged again as a user's prompt and as
   context, the next turn of the thread was refused (the demo guard reads a withheld-message notice as unsafe). Only
@@ -46,7 +49,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from langchain_core.messages import BaseMessage
 from qwenguard.core import Action, Decision
@@ -56,6 +59,8 @@ from .._common import guard_scope as shared_scope
 from ._messages import AS_ANSWER, AS_INPUT, Item, answer_text, call_key, source_text, tool_result_messages
 
 M = TypeVar("M", bound=BaseMessage)
+#: What a stop kept for a tool call answers with (`RaisedToolStops`): the middleware's notice, the handler's decision.
+A = TypeVar("A")
 
 #: How many allowed checks a middleware remembers (fingerprints of 64 hex characters; an allow's, after its scope's 32).
 MAX_ALLOWED_CHECKS = 16_384
@@ -308,21 +313,21 @@ class RaisedChecks:
         ]
 
 
-class RaisedToolStops:
+class RaisedToolStops(Generic[A]):
     """The tool calls a middleware raised `GuardViolation` for, each on its thread (`current_thread`), by the call's
-    name and id, with the notice that answers it (a `ToolMessage`). Kept in the process, for a bounded number of
-    threads: another process leaves the call unanswered, as before."""
+    name and id, with what answers it (the middleware's notice, a `ToolMessage`; the handler's decision). Kept in the
+    process, for a bounded number of threads: another process leaves the call unanswered, as before."""
 
     # By name and id, not arguments: a middleware listed before this one may rewrite a call's arguments (a default,
     # a normalized url), and the stop kept for the call it ran never matched the thread's own call (rt65l F3).
     def __init__(self, maxsize: int = MAX_ALLOWED_CHECKS) -> None:
-        self._threads: Bounded[str, dict[str, BaseMessage]] = Bounded(maxsize)
+        self._threads: Bounded[str, dict[str, A]] = Bounded(maxsize)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._threads)
 
-    def keep(self, call: Mapping[str, Any], notice: BaseMessage, thread: str | None) -> None:
+    def keep(self, call: Mapping[str, Any], notice: A, thread: str | None) -> None:
         """``notice`` as the answer of ``call``, stopped on ``thread``; the first one kept stays (a retry's stop is
         the same one)."""
         if thread is None or (key := _stop_key(call)) is None:
@@ -332,7 +337,7 @@ class RaisedToolStops:
             stops.setdefault(key, notice)
             self._threads[thread] = stops
 
-    def answer(self, call: Mapping[str, Any], thread: str | None) -> BaseMessage | None:
+    def answer(self, call: Mapping[str, Any], thread: str | None) -> A | None:
         """The notice kept for ``call`` on ``thread``, or ``None``."""
         key = _stop_key(call)
         stops = None if thread is None or key is None else self._threads.get(thread)
@@ -428,13 +433,16 @@ def _thread(configurable: Mapping[str, Any]) -> str | None:
     thread_id = configurable.get("thread_id")
     if thread_id is None or configurable.get(getattr(constants, "CONFIG_KEY_CHECKPOINTER", _CHECKPOINTER_KEY)) is None:
         return None
-    return json.dumps([repr(thread_id), _graph(configurable)], ensure_ascii=False)
+    # As LangGraph's savers key it, a string: a thread resumed as "42" is the one first run as 42 (rt66e F4).
+    return json.dumps([str(thread_id), _graph(configurable)], ensure_ascii=False)
 
 
 def current_thread() -> str | None:
-    """The thread whose state the running node reads: its ``thread_id`` and the namespace of the graph the node runs
-    in (a sub-agent's, task ids left out: the same on every run), from the run's config. ``None`` outside a graph
-    run, or without a checkpointer or ``thread_id`` (no state outlives the run)."""
+    """The thread whose state the running node reads: its ``thread_id`` (as the checkpointer keys it: ``str``) and
+    the namespace of the graph the node runs in (a sub-agent's, task ids left out: the same on every run), from the
+    run's config. ``None`` outside a graph run, or without a checkpointer or ``thread_id`` (no state outlives the
+    run). Not the checkpointer: agents with savers of their own that share a middleware and a ``thread_id`` share its
+    thread here (a saver is no sound key: LangGraph may hand each run a copy of it, strict msgpack's allowlist)."""
     configurable = _configurable()
     return None if configurable is None else _thread(configurable)
 

@@ -123,7 +123,14 @@ from ._answer_tools import answer_tools
 from ._feed import StreamFeed
 from ._handler_order import HeardFirst
 from ._holding import GUARD_PARAM, HELD_CALL, HELD_LLM_TYPE_PREFIX, TOOL_CALLS_PARAM, HeldCall, guard_token
-from ._input_memory import Produced, RaisedChecks, current_scope, current_thread, without_runs_of_blocked
+from ._input_memory import (
+    Produced,
+    RaisedChecks,
+    RaisedToolStops,
+    current_scope,
+    current_thread,
+    without_runs_of_blocked,
+)
 from ._logs import quiet_guard_stops
 from ._messages import (
     AS_ANSWER,
@@ -229,6 +236,9 @@ _MAX_STOPPED_PLACES = 4096
 #: Stops kept per place (a batch inside a step that blocked several of its inputs): the oldest go first.
 _STOPS_PER_PLACE = 8
 
+#: A tool run's call on its thread (`current_thread`): the thread and the call's name and id.
+_ThreadCall = tuple[str | None, dict[str, Any]]
+
 #: Where a model or tool run stands (`_place`): its parent run, its tool call's id (None for a model), and what it was
 #: asked (`_request_digest`: a model's question as text, a tool's input as a digest).
 _Place = tuple[UUID, str | None, str | bytes | None]
@@ -330,7 +340,7 @@ def _scope(trace: UUID | None) -> str | None:
 class _Run:
     """What one model/tool/retriever run needs between its events."""
 
-    __slots__ = ("context", "feed", "tool", "query", "pending", "held", "trace", "answer_tools", "place")
+    __slots__ = ("context", "feed", "tool", "query", "pending", "held", "trace", "answer_tools", "place", "call")
 
     def __init__(self, context: list[dict[str, str]] | None = None) -> None:
         self.context = context or []
@@ -343,6 +353,7 @@ class _Run:
         #: A structured-output schema's tool (``with_structured_output``): its call is the answer (`_answer_tools`).
         self.answer_tools: frozenset[str] = frozenset()
         self.place: _Place | None = None  # its `_place`, for the hooks after its start
+        self.call: _ThreadCall | None = None  # a tool run's call on its thread (`_blocked_results`)
 
     def close(self) -> None:
         if self.feed is not None:
@@ -439,6 +450,9 @@ class _GuardHandlerLogic(HeardFirst):
         # The blocks its model inputs raised for, each on its thread (`_told_apart`): LangGraph saved the blocked turn
         # there before the run raised, and every later turn of the thread is refused for it.
         self._raised = RaisedChecks()
+        # The tool calls whose result it blocked, each on its thread, with the decision: LangGraph leaves the thread
+        # at its tools, and a run resumed there (``invoke(None)``) ran the tool again, once per resume (rt66e F3).
+        self._blocked_results: RaisedToolStops[Decision] = RaisedToolStops()
         self.screen_system = screen_system
         self.history_turns = history_turns
         self.window_chars = window_chars
@@ -588,6 +602,34 @@ class _GuardHandlerLogic(HeardFirst):
         for asked, decision in self._stopped.get(place[:2]) or ():
             if _same_request(asked, place[2]):
                 raise GuardViolation(decision)
+
+    # rt66e F3. A tool's result blocked in ``on_tool_end`` (or its error in ``on_tool_error``) raises out of the tools
+    # node: with a checkpointer the thread stays at its tools, the call unanswered, and a run resumed there ran the
+    # tool again (its side effect repeated: a comment posted once per resume). A callback cannot answer the call, so
+    # the call is refused again before its tool runs, with the way out, until the thread goes on past it.
+    def _refuse_rerun(self, serialized: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> _ThreadCall:
+        """The call a tool run is about to run, on its thread; raises where this handler blocked its result there
+        before (`_rerun_refused`)."""
+        name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
+        thread, call = current_thread(), {"name": str(name), "id": kwargs.get("tool_call_id")}
+        decision = self._blocked_results.answer(call, thread) if len(self._blocked_results) else None
+        if decision is not None:
+            raise _rerun_refused(decision, call)
+        return thread, call
+
+    def _note_blocked_result(self, run: _Run | None, stop: GuardViolation) -> None:
+        """``run``'s tool ran and its result (or error) was blocked: its call is refused again on its thread."""
+        if run is not None and run.call is not None:
+            self._blocked_results.keep(run.call[1], stop.decision, run.call[0])
+
+    def _went_on(self, run_id: UUID, thread: str | None) -> None:
+        """A model run on ``thread``, not inside a tool: the thread went on past its calls (they were answered, or
+        removed, or a new turn came), and a later call of the same name and id (a provider reusing ids) runs."""
+        if thread is None or not len(self._blocked_results):
+            return
+        if any((run := self._runs.get(up)) is not None and run.tool for up in self._runs.lineage(run_id)[1:]):
+            return  # a model a tool runs (a sub-agent): the thread still waits at its tools
+        self._blocked_results.keep_only((), thread)
 
     def _tool_place(self, run_id: UUID) -> _Place | None:
         run = self._runs.get(run_id)
@@ -1175,6 +1217,18 @@ def _left_over(decision: Decision, messages: Sequence[BaseMessage]) -> GuardViol
     )
 
 
+def _rerun_refused(decision: Decision, call: Mapping[str, Any]) -> GuardViolation:
+    """The stop for a tool call whose result was blocked on an earlier run of its thread (`_refuse_rerun`)."""
+    return GuardViolation(
+        decision,
+        f"{decision.describe()}: the guard blocked the result of this tool call ({call['name']!r}, id "
+        f"{call['id']!r}) on an earlier run of this thread, and the thread still waits on it (LangGraph keeps the call "
+        "unanswered): the tool is not run again. Answer the call in the thread's state, agent.update_state(config, "
+        f'{{"messages": [ToolMessage("...", tool_call_id={call["id"]!r})]}}, as_node="tools") (ToolMessage from '
+        'langchain_core.messages). GuardMiddleware(guard, exit_behavior="error") answers it with its notice instead.',
+    )
+
+
 def _text_message(text: str) -> BaseMessage:
     return AIMessage(content=text)
 
@@ -1251,8 +1305,10 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
         self._begin(run_id, kwargs, owned=started_by_agenerate()).place = place
         self._note_held(run_id, kwargs)
         self._note_answer_tools(run_id, kwargs)
+        thread = current_thread()
+        self._went_on(run_id, thread)
         try:
-            self._start_input(self._chat_start_items(messages, run_id), run_id, current_thread())
+            self._start_input(self._chat_start_items(messages, run_id), run_id, thread)
         except GuardViolation as stop:
             self._note_stop(stop, place)
             raise
@@ -1331,8 +1387,9 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
     ) -> None:
         place = _place(kwargs, kwargs.get("tool_call_id"), _request_digest(input_str))
         self._refuse_again(place)
+        call = self._refuse_rerun(serialized, kwargs)
         run = self._begin(run_id, kwargs, owned=True)
-        run.place = place
+        run.place, run.call = place, call
         self._forget_failed_call(kwargs)
         try:
             with self._dropped_on_error(run_id):
@@ -1352,7 +1409,7 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
         self._blocks.started(run_id, input_str if inputs is None else inputs)
 
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        place = self._tool_place(run_id)
+        place, run = self._tool_place(run_id), self._runs.get(run_id)
         items = self._tool_end_items(output, run_id)
         if items:
             try:
@@ -1360,16 +1417,19 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
             except GuardViolation as stop:
                 self._blocks.failed(run_id)
                 self._note_stop(stop, place)
+                self._note_blocked_result(run, stop)
                 raise
         self._blocks.ended(run_id)  # a blocked input under it that it caught fails nothing above it
 
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        place = self._tool_place(run_id)
+        place, run = self._tool_place(run_id), self._runs.get(run_id)
         self._blocks.failed(run_id)
         try:
             self._tool_failed(error, run_id, kwargs)
         except GuardViolation as stop:
             self._note_stop(stop, place)
+            if interrupt_values(error) is None:  # an interrupt's tool runs again on resume, as LangGraph's are
+                self._note_blocked_result(run, stop)
             raise
 
     def on_retriever_start(self, serialized: dict[str, Any], query: str, *, run_id: UUID, **kwargs: Any) -> None:
@@ -1468,6 +1528,7 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
         self._note_held(run_id, kwargs)
         self._note_answer_tools(run_id, kwargs)
         scope, thread = _scope(run.trace), current_thread()  # on the loop: its context tells the graph run
+        self._went_on(run_id, thread)
         try:
             items, context = await built_off_loop(lambda: self._chat_start_reading(messages, scope), messages)
             self._run(run_id).context = context  # on the loop, once read: a cancelled read sets nothing
@@ -1555,8 +1616,9 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
         asked = await built_off_loop(lambda: _request_digest(input_str), input_str)
         place = _place(kwargs, kwargs.get("tool_call_id"), asked)
         self._refuse_again(place)
+        thread_call = self._refuse_rerun(serialized, kwargs)
         run = self._begin(run_id, kwargs, owned=True)
-        run.place = place
+        run.place, run.call = place, thread_call
         self._forget_failed_call(kwargs)
         try:
             with self._dropped_on_error(run_id):
@@ -1579,22 +1641,25 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
         self._blocks.started(run_id, input_str if inputs is None else inputs)
 
     async def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        place = self._tool_place(run_id)
+        place, run = self._tool_place(run_id), self._runs.get(run_id)
         try:
             await self._atool_output(output, run_id)
         except GuardViolation as stop:
             self._blocks.failed(run_id)
             self._note_stop(stop, place)
+            self._note_blocked_result(run, stop)
             raise
         self._blocks.ended(run_id)  # a blocked input under it that it caught fails nothing above it
 
     async def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        place = self._tool_place(run_id)
+        place, run = self._tool_place(run_id), self._runs.get(run_id)
         self._blocks.failed(run_id)
         try:
             await self._atool_failed(error, run_id, kwargs)
         except GuardViolation as stop:
             self._note_stop(stop, place)
+            if interrupt_values(error) is None:
+                self._note_blocked_result(run, stop)
             raise
 
     async def _atool_failed(self, error: BaseException, run_id: UUID, kwargs: Mapping[str, Any]) -> None:

@@ -52,7 +52,10 @@ What a violation does (``exit_behavior``):
   writes (and each call beside it no tool message answers with a notice that its result was lost, rt65l F2), and a
   run resumed at the tools gets that notice in place of the call (`RaisedToolStops`, rt65g F2). A stop is kept by the
   call's name and id (a middleware listed before this one may rewrite its arguments, rt65l F3), and only while the
-  thread's last answer waits on the call (rt65l F4).
+  thread's last answer waits on the call (rt65l F4). A result the guard could not judge (the policy failing closed)
+  is kept the same way once the tool ran, and its retry judges that result again, the tool not run again (rt66e F1);
+  so is an async call cancelled beside a stop once its tool was called, with the notice that its result was lost
+  (rt66e F2).
 - ``"end"``: the flagged message is replaced *in place* (same message id, so the unsafe text and its
   dangling tool calls leave the state) and the agent jumps to the end with ``violation_message``.
 - ``"replace"``: the flagged message is replaced in place and the agent goes on: a withheld tool
@@ -526,6 +529,38 @@ _ASYNC_TWIN = (
 )
 
 
+class _ToolOnce:
+    """The tool handler of one guarded call: the tool runs once for its request. ``result``: what it gave (or the
+    result kept for the request where the guard could not judge it: a retry around the middleware is given that,
+    the tool not run again, `StoppedCalls.keep_result`); ``started``: whether the tool was called for the request."""
+
+    def __init__(self, handler: Callable[[Any], Any], kept: Any) -> None:
+        self._handler = handler
+        self.result = kept
+        self.retried = self.started = kept is not None
+
+    def __call__(self, request: Any) -> Any:
+        if self.result is None:
+            self.started = True
+            self.result = self._handler(request)
+        return self.result
+
+
+class _AsyncToolOnce:
+    """`_ToolOnce` for an async handler."""
+
+    def __init__(self, handler: Callable[[Any], Awaitable[Any]], kept: Any) -> None:
+        self._handler = handler
+        self.result = kept
+        self.retried = self.started = kept is not None
+
+    async def __call__(self, request: Any) -> Any:
+        if self.result is None:
+            self.started = True
+            self.result = await self._handler(request)
+        return self.result
+
+
 class GuardMiddleware(AgentMiddleware):
     """Screens an agent's inputs, answers, tool calls and tool results with a `Guard`.
 
@@ -610,7 +645,8 @@ class GuardMiddleware(AgentMiddleware):
         # thread or with none the run (`current_scope`), and only what the guard let through.
         self._produced = Produced(bound=True)
         self._raised = RaisedChecks()  # with "error": blocks raised for, on a thread's earlier turn (`_raise_new`)
-        self._tool_stops = RaisedToolStops()  # tool calls raised for, answered on the thread's next turn (`_healed`)
+        # Tool calls raised for, answered on the thread's next turn (`_healed`).
+        self._tool_stops: RaisedToolStops[BaseMessage] = RaisedToolStops()
 
     # -- what to check (pure) -----------------------------------------------------------------
     def _input_items(self, state: AgentState) -> list[Item]:
@@ -1250,12 +1286,41 @@ class GuardMiddleware(AgentMiddleware):
     # 400), and ``invoke(None)`` resumed at the tools ran the tool again (rt65g F2). The stop is kept with the notice
     # "end" writes (`RaisedToolStops`): the thread's next turn gets it as the call's answer (`_healed`), and a run
     # resumed at the tools gets it in place of the call (`_resumed_stop`), as a blocked prompt is healed (`_raise_new`).
-    def _kept_stop(self, request: Any, stop: GuardViolation, thread: str | None) -> None:
+    # A result the guard could not judge (`GuardUnavailable`, `GuardTimeout`: the policy failing closed) is a stop of
+    # the same kind once the tool ran: kept only for `GuardViolation` before, resuming ran the tool again, the next
+    # turn sent the model an unanswered call, and a retry around this middleware ran it once per attempt (rt66e F1).
+    # Its retry judges the result kept (`StoppedCalls.keep_result`); a resume or the next turn gets the notice.
+    def _kept_stop(
+        self, request: Any, stop: QwenGuardError, tool: _ToolOnce | _AsyncToolOnce, thread: str | None
+    ) -> None:
         """A stop raised out of ``request``'s call: kept with its notice, the call's (`_blocked_call`) or else the
-        result's, which the tool ran for."""
+        result's, which the tool ran for. A guard that could not answer after the tool ran keeps its result too."""
+        decision: Decision | None = getattr(stop, "decision", None)
+        unjudged = tool.started and decision is not None and not isinstance(stop, GuardViolation)
+        if unjudged and tool.result is not None:
+            self._stopped.keep_result(request, tool.result)
+        else:
+            self._stopped.forget_result(request)
+        if decision is None or not (isinstance(stop, GuardViolation) or unjudged):
+            return  # the tool did not run (a guard error judging the call): the call may be judged again
         if self._tool_stops.answer(request.tool_call, thread) is None:
-            notice = self._call_notice(request, stop.decision, self.tool_result_notice)
+            notice = self._call_notice(request, decision, self.tool_result_notice)
             self._tool_stops.keep(request.tool_call, notice, thread)
+
+    def _judged_at_last(self, request: Any, tool: _ToolOnce | _AsyncToolOnce, thread: str | None) -> None:
+        """``request``'s call answered: a result kept for its retry (`_kept_stop`), and the stop kept with it, go."""
+        if tool.retried:
+            self._stopped.forget_result(request)
+            self._tool_stops.forget(request.tool_call, thread)
+
+    # With "error", a blocked result raises out of the tools node and LangGraph cancels the calls beside it: a sync
+    # tool's thread is not cancelled and finishes (a payment made), an async one may have acted, but neither result
+    # is written, and ``ainvoke(None)`` ran the tool again (rt66e F2). A call cancelled once its tool was called is
+    # kept with the notice that its result was lost: a run resumed at the tools and the thread's next turn get it.
+    def _lost_on_cancel(self, request: Any, tool: _AsyncToolOnce, thread: str | None) -> None:
+        """``request``'s call cancelled: kept with the "result lost" notice where its tool was called."""
+        if tool.started:
+            self._tool_stops.keep(request.tool_call, self._lost_result(request.tool_call), thread)
 
     # A stop answers only its own call while the thread still waits on it: a client may remove the answer that asked
     # (as the docs advise for a blocked message), and a provider may reuse call ids, and a stop kept for good answered
@@ -1263,8 +1328,8 @@ class GuardMiddleware(AgentMiddleware):
     def _resumed_stop(self, request: Any, thread: str | None) -> ToolMessage | None:
         """The notice of a call raised for before on ``thread`` (a run resumed at the tools, ``invoke(None)``: the
         thread's last answer holds the call unanswered): the call's answer, the tool not run. Not for a retry of the
-        request stopped (`StoppedCalls`: it gets the stop)."""
-        if not len(self._tool_stops) or self._stopped.earlier(request) is not None:
+        request stopped (`StoppedCalls`: it gets the stop, or its result judged again)."""
+        if not len(self._tool_stops) or self._stopped.retried(request):
             return None
         notice = self._tool_stops.answer(request.tool_call, thread)
         if not isinstance(notice, ToolMessage):
@@ -1878,11 +1943,13 @@ class GuardMiddleware(AgentMiddleware):
         thread = current_thread()
         result: ToolMessage | Command | None = self._resumed_stop(request, thread)
         if result is None:
+            tool = _ToolOnce(handler, self._stopped.result_of(request))
             try:
-                result = self._wrap_tool_call(request, handler)
-            except GuardViolation as stop:
-                self._kept_stop(request, stop, thread)
+                result = self._wrap_tool_call(request, tool)
+            except QwenGuardError as stop:
+                self._kept_stop(request, stop, tool, thread)
                 raise
+            self._judged_at_last(request, tool, thread)
         # What it returns is what the agent's tool wrote to the state (`Produced`): its own, not a client's.
         return self._produced.record_result(result, current_scope())
 
@@ -1895,12 +1962,17 @@ class GuardMiddleware(AgentMiddleware):
             lambda: self._resumed_stop(request, thread), request.tool_call
         )
         if result is None:
+            tool = _AsyncToolOnce(handler, self._stopped.result_of(request))
             try:
-                result = await self._awrap_tool_call(request, handler)
-            except GuardViolation as stop:
+                result = await self._awrap_tool_call(request, tool)
+            except QwenGuardError as stop:
                 kept = stop
-                await built_off_loop(lambda: self._kept_stop(request, kept, thread), request.tool_call)
+                await built_off_loop(lambda: self._kept_stop(request, kept, tool, thread), request.tool_call)
                 raise
+            except asyncio.CancelledError:
+                self._lost_on_cancel(request, tool, thread)
+                raise
+            self._judged_at_last(request, tool, thread)
         scope = current_scope()
         return await _read_off_loop(lambda: self._produced.record_result(result, scope), result)  # fingerprints
 
