@@ -113,6 +113,29 @@ class Decision:
         }
 
 
+#: Characters of a value that an error message quotes (`quoted`): enough to tell which value it was, never a copy of
+#: it. A served guard's clients write the policies and stream options these messages name: a 5,000-character
+#: policy key came back whole in a 400 (rt66f F3).
+QUOTED_CHARS = 80
+
+
+def quoted(value: Any) -> str:
+    """``value`` as an error message quotes it: repr'd, at most its first `QUOTED_CHARS` characters (and how long it
+    was, when cut)."""
+    if not isinstance(value, str):
+        shown = repr(value)
+        return shown if len(shown) <= QUOTED_CHARS else f"{shown[:QUOTED_CHARS]}…"
+    if len(value) <= QUOTED_CHARS:
+        return repr(value)
+    return f"{value[:QUOTED_CHARS]!r}… ({len(value):,} characters)"
+
+
+def _named(values: list[Any]) -> str:
+    """A few of ``values`` as an error message names them (`quoted`), and how many more there are."""
+    shown = f"[{', '.join(quoted(v) for v in values[:5])}]"
+    return shown + (f" and {len(values) - 5} more" if len(values) > 5 else "")
+
+
 def require_count(name: str, value: Any, minimum: int = 1, *, optional: bool = False) -> None:
     """An option that is a count: an int (not a bool) ``>= minimum`` (``None`` too when ``optional``), else an error
     naming the option. A value read from an environment variable or a config file is a str: without this check
@@ -121,9 +144,9 @@ def require_count(name: str, value: Any, minimum: int = 1, *, optional: bool = F
         return
     if isinstance(value, bool) or not hasattr(value, "__index__"):
         expected = f"an int >= {minimum}" + (" or None" if optional else "")
-        raise TypeError(f"{name} must be {expected}, got {value!r} ({type(value).__name__})")
+        raise TypeError(f"{name} must be {expected}, got {quoted(value)} ({type(value).__name__})")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        raise ValueError(f"{name} must be >= {minimum}, got {quoted(value)}")
 
 
 def require_switch(name: str, value: object, *, optional: bool = False) -> None:
@@ -132,7 +155,7 @@ def require_switch(name: str, value: object, *, optional: bool = False) -> None:
     and None as off: ``screen_prompt=None`` skipped the prompt check (rt57c F2, F3)."""
     if not isinstance(value, bool) and not (optional and value is None):
         expected = "True, False or None" if optional else "True or False"
-        raise TypeError(f"{name} must be {expected}, got {value!r} ({type(value).__name__})")
+        raise TypeError(f"{name} must be {expected}, got {quoted(value)} ({type(value).__name__})")
 
 
 def _tighten(mine: Mapping[str, Any], theirs: Mapping[str, Any]) -> dict[str, Any]:
@@ -163,7 +186,7 @@ def _categories(values: Iterable[str] | None, what: str) -> frozenset[str] | Non
         shape = "a mapping" if isinstance(values, Mapping) else f"a {type(values).__name__}"
         raise TypeError(
             f"{what} must be a list of category names (or one name), got {shape}"
-            + (f": {sorted(map(str, values))[:5]}" if isinstance(values, Mapping) else "")
+            + (f": {_named(sorted(map(str, values)))}" if isinstance(values, Mapping) else "")
         )
     names = [getattr(v, "value", v) for v in values]
     # Names only: str() of anything else is no category, and of thousands of floats a client sends costs ~2 us each.
@@ -181,22 +204,22 @@ def _categories(values: Iterable[str] | None, what: str) -> frozenset[str] | Non
 
 def _check_on_error(value: str | None) -> None:
     if value is not None and value not in ("block", "allow"):
-        raise ValueError(f"on_error must be 'block' or 'allow', got {value!r}")
+        raise ValueError(f"on_error must be 'block' or 'allow', got {quoted(value)}")
 
 
 def _check_mode(value: str | None) -> None:
     if value is not None and value not in ("strict", "loose"):
-        raise ValueError(f"mode must be 'strict' or 'loose', got {value!r}")
+        raise ValueError(f"mode must be 'strict' or 'loose', got {quoted(value)}")
 
 
 def _check_timeout(value: float | None) -> None:
     if value is None:
         return
     if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
-        raise ValueError(f"timeout_s must be a positive number or None, got {value!r}")
+        raise ValueError(f"timeout_s must be a positive number or None, got {quoted(value)}")
     if not math.isfinite(value) or value > MAX_TIMEOUT_S:
         raise ValueError(
-            f"timeout_s must be a finite number of seconds, at most {MAX_TIMEOUT_S:.0e}, got {value!r}; "
+            f"timeout_s must be a finite number of seconds, at most {MAX_TIMEOUT_S:.0e}, got {quoted(value)}; "
             f"use None for no limit"
         )
 
@@ -226,7 +249,7 @@ class StagePolicy:
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
-            raise TypeError(f"enabled must be true or false, got {self.enabled!r}")
+            raise TypeError(f"enabled must be true or false, got {quoted(self.enabled)}")
         _check_mode(self.mode)
         _check_on_error(self.on_error)
         _check_timeout(self.timeout_s)
@@ -273,7 +296,7 @@ class Policy:
         stages: dict[Stage, StagePolicy] = {}
         for key, value in dict(self.stages).items():
             if not isinstance(value, StagePolicy):
-                raise TypeError(f"stages[{key!r}] must be a StagePolicy, got {type(value).__name__}")
+                raise TypeError(f"stages[{quoted(key)}] must be a StagePolicy, got {type(value).__name__}")
             stages[Stage(key)] = value
         object.__setattr__(self, "stages", MappingProxyType(stages))
         self._check_contradictions()
@@ -318,18 +341,18 @@ class Policy:
         stages = {} if stages is None else stages  # `or {}` took "stages": [] (or 0, "") for no stages
         unknown = sorted(set(fields_) - _POLICY_FIELDS)
         if unknown:
-            raise ValueError(f"unknown policy fields {unknown}")
+            raise ValueError(f"unknown policy fields {_named(unknown)}")
         if not isinstance(stages, Mapping):
             raise TypeError("policy.stages must be an object")
         parsed: dict[Stage, StagePolicy] = {}
         for stage, overrides in stages.items():
             if not isinstance(overrides, Mapping):
-                raise TypeError(f"policy.stages[{stage!r}] must be an object")
+                raise TypeError(f"policy.stages[{quoted(stage)}] must be an object")
             unknown = sorted(set(overrides) - _STAGE_FIELDS)
             if unknown:
-                raise ValueError(f"unknown fields {unknown} in policy.stages[{stage!r}]")
+                raise ValueError(f"unknown fields {_named(unknown)} in policy.stages[{quoted(stage)}]")
             if stage not in {s.value for s in Stage}:
-                raise ValueError(f"policy.stages: unknown stage {stage!r}; stages: {[s.value for s in Stage]}")
+                raise ValueError(f"policy.stages: unknown stage {quoted(stage)}; stages: {[s.value for s in Stage]}")
             parsed[Stage(stage)] = StagePolicy(**overrides)
         return cls(**fields_, stages=parsed)
 

@@ -292,17 +292,48 @@ def guarded_protocol(limits: Limits, base: type | None = None) -> type:
 
 
 def websocket_protocol() -> type:
-    """uvicorn's websockets-sansio protocol, marking the handshake done once a denial response (the ASGI
-    "websocket.http.response" extension: our 401/429/503 refusals) is on the wire. Without it uvicorn
-    logs "ASGI callable returned without completing handshake" at ERROR for every refusal (fixed the
-    same way upstream in Kludex/uvicorn#3138, open at 0.54; wsproto already behaves so)."""
+    """uvicorn's websockets-sansio protocol (the one `server_config` serves), with two changes:
+
+    - the handshake is marked done once a denial response (the ASGI "websocket.http.response" extension: our
+      401/429/503 refusals) is on the wire. Without it uvicorn logs "ASGI callable returned without completing
+      handshake" at ERROR for every refusal (fixed the same way upstream in Kludex/uvicorn#3138, open at 0.54;
+      wsproto already behaves so);
+    - the socket is not read while what was written to it waits over the transport's high-water mark (the
+      client is not reading). uvicorn answers every ping with a pong written at once, whatever waits unread: a
+      client that sent pings and read nothing grew the server's memory as fast as it sent (rt66f F1: 200 MB in
+      15 s), for as long as its session lived. Its pings now wait in the socket, and the session's limits end it.
+    """
     from uvicorn.protocols.websockets.websockets_sansio_impl import (
         WebSocketsSansIOProtocol,
     )
 
     class DenialAwareWebSocketProtocol(WebSocketsSansIOProtocol):
+        _output_unread = False  # the transport's buffer is over its high-water mark
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            self._output_unread = True
+            self.transport.pause_reading()
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            self._output_unread = False
+            if not self.read_paused:  # uvicorn's own pause: a frame waits for the app to take it
+                self.transport.resume_reading()
+
+        def _hold_reading(self) -> None:
+            """Pause reading again where uvicorn resumed it (a frame taken, the close sent) while output waits."""
+            if self._output_unread:
+                self.transport.pause_reading()
+
+        async def receive(self) -> Any:
+            message = await super().receive()
+            self._hold_reading()
+            return message
+
         async def send(self, message: Any) -> None:
             await super().send(message)
+            self._hold_reading()
             if message["type"] == "websocket.http.response.body" and not message.get("more_body", False):
                 self.handshake_complete = True
 

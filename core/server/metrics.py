@@ -51,6 +51,15 @@ class Metrics:
         else:
             self.guard_errors.labels(type(outcome).__name__).inc()
 
+    def heard(self, decision: Decision) -> None:
+        """A decision a stream session's guard made (its listener, `Guard.on_decision`), counted as `verdict` counts a
+        check's outcome: the guard error it was made of, by kind, else its verdict."""
+        if decision.error is not None:
+            kind = decision.error.split(":", 1)[0]  # the error's type name (`Policy.decide_error`)
+            self.guard_errors.labels(kind if kind.isidentifier() else "GuardError").inc()
+        elif decision.verdict is not None:
+            self.verdicts.labels(decision.verdict.risk.value).inc()
+
     def decision(self, decision: Decision) -> None:
         if not decision.allowed:
             self.blocked.labels(decision.stage.value).inc()

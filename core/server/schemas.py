@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from ..formats.conversations import render_tool_call
+from ..policy import QUOTED_CHARS, quoted  # a client's value by 80 characters (a 1 MB ``model`` came back: rt65f)
 from ..verdict import Stage
 from .limits import DEFAULT_MAX_CONVERSATIONS
 
@@ -22,10 +23,6 @@ MAX_ERROR_DETAILS = 20
 
 #: The default number of conversations one /v1/moderate call may carry (``Limits.max_conversations``).
 MAX_BATCH = DEFAULT_MAX_CONVERSATIONS
-
-#: Characters of a client's value that an error message quotes (`quoted`): enough to tell which value it was,
-#: never a copy of the request. A 404 quoted a 1 MB ``model`` of U+0085 whole: a 2.5 MB answer (rt65f).
-QUOTED_CHARS = 80
 
 #: The longest error message the server sends (`error_text`): a message that quotes a client's value whole
 #: (a policy's, a message's, written by the core) is cut there.
@@ -238,17 +235,6 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, kind: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.kind, self.headers = status, message, kind, dict(headers or {})
-
-
-def quoted(value: Any) -> str:
-    """A client's value as an error message quotes it: repr'd, at most its first `QUOTED_CHARS` characters
-    (and how long it was, when cut)."""
-    if not isinstance(value, str):
-        shown = repr(value)
-        return shown if len(shown) <= QUOTED_CHARS else f"{shown[:QUOTED_CHARS]}…"
-    if len(value) <= QUOTED_CHARS:
-        return repr(value)
-    return f"{value[:QUOTED_CHARS]!r}… ({len(value):,} characters)"
 
 
 def error_text(message: str) -> str:

@@ -26,7 +26,7 @@ from ..formats.prompts import (
     render_prompt,
 )
 from ..formats.windows import CALL_WINDOW_BUDGET, window_budget
-from ..policy import Action, Decision, Policy
+from ..policy import Action, Decision, Policy, quoted
 from ..verdict import Risk, Stage, Verdict, worst
 from .limits import LimitExceeded, Limits
 from .metrics import Metrics
@@ -40,7 +40,6 @@ from .schemas import (
     ModerationRequest,
     ModerationResponse,
     ModerationResult,
-    quoted,
 )
 from .turns import ParseTurns
 
@@ -189,7 +188,7 @@ class Service:
             return operator
         try:
             return operator.tightened(Policy.from_dict(requested))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # Overflow: a timeout_s of 400 digits, as a float
             raise ApiError(400, f"invalid policy: {exc}", "invalid_request_error") from exc
 
     def check_size(self, conversations: Sequence[Sequence[Mapping[str, Any]]]) -> None:

@@ -20,12 +20,13 @@ from pydantic import ValidationError
 from ..errors import GuardTimeout, GuardViolation, InputTooLarge, QwenGuardError
 from ..formats.content import clean_text
 from ..formats.prompts import normalize_messages
+from ..policy import quoted
 from ..streaming.debounce import DEFAULT_WINDOW
 from ..streaming.monitor_core import DEFAULT_CHECK_EVERY, DEFAULT_CONTEXT, DEFAULT_MIN_SEGMENT
 from ..verdict import Risk
 from .connections import ClientStalled, abort_connection_later, sent_within
 from .limits import LARGE_BODY_BYTES, LimitExceeded, Limits
-from .schemas import ApiError, Message, error_text, quoted
+from .schemas import ApiError, Message, error_text
 from .service import Service, judged_within
 from .turns import NoTurn, client_address
 
@@ -193,14 +194,15 @@ def _open_args(service: Service, msg: Mapping[str, Any]) -> tuple[Any, Any, dict
     if unknown:  # refused, not dropped: a misspelt "policy" would leave a client's stricter policy out unsaid
         shown = ", ".join(repr(k[:40]) for k in unknown[:5])
         raise SessionEnd(CLOSE_BAD_REQUEST, f"open takes no field {shown}", "invalid_request_error")
-    guard = service.guard
+    guard = copy.copy(service.guard)  # shares backends and cache; this session's policy and listeners are its own
+    # Its decisions counted as the HTTP routes count their checks: a session's verdicts and guard errors (its 4503
+    # closes) never reached /metrics (rt66f F2).
+    guard.listeners = [*guard.listeners, service.metrics.heard]
     if msg.get("policy") is not None:
         try:
-            policy = service.policy_for(msg["policy"])
+            guard.policy = service.policy_for(msg["policy"])
         except ApiError as exc:
             raise SessionEnd(CLOSE_BAD_REQUEST, exc.message, exc.kind) from exc
-        guard = copy.copy(guard)  # shares backends and cache; only this session's decisions differ
-        guard.policy = policy
     if "messages" in msg and "prompt" in msg:
         raise SessionEnd(CLOSE_BAD_REQUEST, "open takes 'prompt' or 'messages', not both", "invalid_request_error")
     if "messages" in msg:
@@ -237,7 +239,9 @@ def _open_args(service: Service, msg: Mapping[str, Any]) -> tuple[Any, Any, dict
         value = options.get(name)
         if isinstance(value, int) and not isinstance(value, bool):
             if (value < server and not lower_ok) or (value > server and not raise_ok):
-                raise SessionEnd(CLOSE_BAD_REQUEST, f"{name}={value}: {why.format(server)}", "invalid_request_error")
+                raise SessionEnd(
+                    CLOSE_BAD_REQUEST, f"{name}={quoted(value)}: {why.format(server)}", "invalid_request_error"
+                )
     return guard, prompt, options
 
 

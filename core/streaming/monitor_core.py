@@ -16,7 +16,7 @@ from ..errors import GuardTimeout, GuardUnavailable, GuardViolation, InputTooLar
 from ..formats.content import clean_text
 from ..formats.conversations import answer_prefill, prompt_conversation
 from ..formats.prompts import Message, normalize_messages
-from ..policy import Action, Decision, require_switch
+from ..policy import Action, Decision, quoted, require_switch
 from ..verdict import Risk, Stage, Verdict
 from .debounce import DEFAULT_WINDOW, Debounce, Flag
 from .gen_windows import MAX_WINDOWS_IN_FLIGHT, RELEASE_UNITS, GenWindows, WindowJudge
@@ -117,18 +117,18 @@ def check_stream_options(options: Mapping[str, Any]) -> None:
     for name, value in options.items():
         if name == "holdback":
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise ValueError(f"holdback must be a non-negative integer, got {value!r}")
+                raise ValueError(f"holdback must be a non-negative integer, got {quoted(value)}")
         elif name == "window":
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"window must be a positive integer, got {value!r}")
+                raise ValueError(f"window must be a positive integer, got {quoted(value)}")
         elif name in ("screen_prompt", "parallel_input"):
             require_switch(name, value, optional=name == "parallel_input")  # parallel_input None: the guard's
         elif name == "release_unit":
             if value not in RELEASE_UNITS:
-                raise ValueError(f"release_unit must be one of {RELEASE_UNITS}, got {value!r}")
+                raise ValueError(f"release_unit must be one of {RELEASE_UNITS}, got {quoted(value)}")
         elif not isinstance(value, int) or isinstance(value, bool) or value < (1 if name in _AT_LEAST_ONE else 0):
             kind = "a positive integer" if name in _AT_LEAST_ONE else "a non-negative integer"
-            raise ValueError(f"{name} must be {kind}, got {value!r}")
+            raise ValueError(f"{name} must be {kind}, got {quoted(value)}")
 
 
 # ================================================================================================
