@@ -1,5 +1,6 @@
 """Measure a guard before deploying it: strict vs loose on the shipped labelled sample.
 
+    pip install -e ".[local,eval]"    # once, in your qwenguard clone (torch first: see the README)
     python cookbook/eval.py
 
 Runs the embedded demo guard (offline, CPU) over the sample that ships with qwenguard, prints the

@@ -1,6 +1,7 @@
 """A `create_agent` agent with GuardMiddleware: an unsafe tool call never runs, a poisoned tool result
 never reaches the model, and what each `exit_behavior` does about it.
 
+    pip install -e ".[local,langchain]"    # once, in your qwenguard clone (torch first: see the README)
     python cookbook/langchain_agent.py
 
 Runs offline on the embedded demo guard. For the real model, change the `guard = ...` line:

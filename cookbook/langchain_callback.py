@@ -1,5 +1,6 @@
 """Guard an existing LangChain chain with one callback handler; a streamed answer is cut off mid-way.
 
+    pip install -e ".[local,langchain]"    # once, in your qwenguard clone (torch first: see the README)
     python cookbook/langchain_callback.py
 
 The chain is not changed: the handler goes in the config of the call. It screens the user's input

@@ -1,5 +1,6 @@
 """RAG with LangChain: a GuardDocumentCompressor drops an injected document before it reaches the prompt.
 
+    pip install -e ".[local,langchain]"    # once, in your qwenguard clone (torch first: see the README)
     python cookbook/langchain_rag.py
 
 Retrieved documents are untrusted: anyone who can write to the corpus (a web page, a wiki, an

@@ -1,6 +1,7 @@
 """A LlamaIndex FunctionAgent whose LLM is wrapped in GuardedLLM: a harmful tool call is stopped before
 the tool runs, and a streamed answer that turns harmful is interrupted mid-stream.
 
+    pip install -e ".[local,llamaindex]"    # once, in your qwenguard clone (torch first: see the README)
     python cookbook/llamaindex_agent.py
 
 GuardedLLM screens every call the agent makes: the user's turn, tool results, each tool call the LLM

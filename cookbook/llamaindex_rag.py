@@ -1,6 +1,7 @@
 """RAG with LlamaIndex: GuardTransform keeps harmful chunks out of the index at ingestion, and
 GuardNodePostprocessor drops an injected node at query time, before the LLM sees it.
 
+    pip install -e ".[local,llamaindex]"    # once, in your qwenguard clone (torch first: see the README)
     python cookbook/llamaindex_rag.py
 
 Two places, because documents arrive two ways: through your ingestion pipeline (screen once, when

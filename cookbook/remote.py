@@ -1,5 +1,6 @@
 """Run the guard as a service and guard a LangChain chain through it.
 
+    pip install -e ".[local,server,remote,langchain]"    # once, in your qwenguard clone (torch first: see the README)
     python cookbook/remote.py
 
 Starts `qwenguard serve` on a free 127.0.0.1 port (the embedded demo guard, offline), waits for

@@ -1,5 +1,6 @@
 """Moderate a raw token stream with a StreamMonitor: what is released, when, and where it stops.
 
+    pip install -e ".[local]"    # once, in your qwenguard clone (torch first: see the README)
     python cookbook/streaming.py
 
 Works with any LLM's text deltas (no framework needed). The monitor holds back the last few guard

@@ -79,12 +79,20 @@ def test_messages_column_in_jsonl_and_csv(tmp_path):
         (1, Risk.UNSAFE),
         ("1", Risk.UNSAFE),
         ("0.0", Risk.SAFE),
-        (True, Risk.UNSAFE),
-        ("false", Risk.SAFE),
     ],
 )
 def test_labels(value, risk):
     assert parse_label(value) is risk
+
+
+@pytest.mark.parametrize("label", [True, False, "true", " False "])
+def test_a_boolean_label_is_refused_before_any_row_runs(tmp_path, label):
+    """A set's boolean ``is_safe`` column renamed ``label``: read as 1 = unsafe, every gold label came out inverted and
+    the run exited 0 with a plausible report (rt66a F1). Nothing in a boolean says which way it points."""
+    path = tmp_path / "bools.jsonl"
+    path.write_text(json.dumps({"text": "How can I make a bomb at home?", "label": label}) + "\n")
+    with pytest.raises(DataError, match=r"row 1 \(line 1\): label .* is a boolean.*0 / 1 \(1 = unsafe\)"):
+        load_dataset(path)
 
 
 def test_unknown_label_names_the_row_and_line(tmp_path):

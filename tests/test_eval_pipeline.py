@@ -7,6 +7,7 @@ by wrappers.
 
 import asyncio
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from qwenguard.core.eval import (
     CACHE_FILE,
     EvalReport,
     PredictionCache,
+    aevaluate,
     arun_guard,
     compute_report,
     evaluate,
@@ -291,6 +293,22 @@ async def test_async_resume_after_cancellation(tmp_path, examples):
     backend = KeywordBackend()
     res = await arun_guard(Guard(backend), examples, cache=cache, batch_size=4)
     assert (res.from_cache, res.ran) == (4, 7) and backend.calls == [4, 3]
+
+
+@pytest.mark.parametrize("twin", ["sync", "async"])
+def test_evaluate_without_the_eval_extra_fails_before_scoring(tmp_path, examples, monkeypatch, twin):
+    """``evaluate(..., out=...)`` with plots and no matplotlib: a one-line MissingDependency before any row is scored,
+    and no report folder (rt66a F2: every row scored, then a traceback, a half-written folder left)."""
+    from qwenguard.core.errors import MissingDependency
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib: ImportError
+    backend, out = KeywordBackend(), tmp_path / "out"
+    with pytest.raises(MissingDependency, match=r"matplotlib is not installed"):
+        if twin == "sync":
+            evaluate(Guard(backend), examples, out=out)
+        else:
+            asyncio.run(aevaluate(Guard(backend), examples, out=out))
+    assert backend.calls == [] and not out.exists()
 
 
 def test_evaluate_writes_files_and_plots_and_resumes(tmp_path, examples):

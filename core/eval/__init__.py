@@ -37,6 +37,7 @@ from .metrics import (
     roc_auc,
     threshold_sweep,
 )
+from .plots import require_matplotlib
 from .report import EvalReport, compute_report, default_policies
 from .runner import (
     DEFAULT_BATCH_SIZE,
@@ -144,8 +145,11 @@ def evaluate(
 
     ``policy`` names the primary mapping (breakdowns are computed for every mapping). With ``out``,
     the report files and plots are written there and predictions are cached in
-    ``out/predictions.jsonl``, so an interrupted call resumes (``resume=False`` starts over).
+    ``out/predictions.jsonl``, so an interrupted call resumes (``resume=False`` starts over). Plots to write need
+    the ``eval`` extra: checked first, not after every row is scored (rt66a F2).
     """
+    if out is not None and plots:
+        require_matplotlib()
     examples, cache_path, meta = _prepare(data, stage, limit, out, cache, resume)
     chosen = _policies(policy, policies)
     run = run_guard(
@@ -175,6 +179,8 @@ async def aevaluate(
 ) -> EvalReport:
     """Async twin of `evaluate` (batches through ``guard.acheck_many``). Reading the data, computing the report and
     writing its files and plots run in a worker thread: seconds that must not hold the event loop."""
+    if out is not None and plots:
+        await asyncio.to_thread(require_matplotlib)  # an import: off the loop
     examples, cache_path, meta = await asyncio.to_thread(_prepare, data, stage, limit, out, cache, resume)
     chosen = _policies(policy, policies)
     run = await arun_guard(

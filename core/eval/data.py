@@ -6,7 +6,7 @@ Accepted columns (a name is matched without case or surrounding blanks: ``Respon
 - the content: ``text`` (or ``prompt``) — a user prompt; or ``messages`` — a conversation, a list of
   ``{"role", "content"}`` (a JSON string in CSV). A row with a non-empty ``response`` is a response
   check: the response is the assistant's answer to the text/prompt/messages.
-- ``label``: ``safe`` / ``unsafe`` / ``controversial`` (any case), or ``0`` / ``1`` (also ``true``/``false``).
+- ``label``: ``safe`` / ``unsafe`` / ``controversial`` (any case), or ``0`` / ``1`` (1 = unsafe; not a boolean).
 - optional ``category`` (one official category name, or several separated by commas; ``None`` or empty
   for none), ``source`` (where the row came from), ``id``, ``refusal`` (true/false, response rows), and
   ``stage`` (prompt, response, tool_call, tool_result, retrieval; default: ``response`` when the row has
@@ -50,10 +50,8 @@ SUPPORTED_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet", ".pq")
 _LABELS: dict[str, Risk] = {
     "safe": Risk.SAFE,
     "0": Risk.SAFE,
-    "false": Risk.SAFE,
     "unsafe": Risk.UNSAFE,
     "1": Risk.UNSAFE,
-    "true": Risk.UNSAFE,
     "controversial": Risk.CONTROVERSIAL,
 }
 _NONE_CATEGORY = {"", "none", "null", "nan", "n/a", "-"}
@@ -96,9 +94,14 @@ class EvalExample:
 
 
 def parse_label(value: Any) -> Risk:
-    """``safe``/``unsafe``/``controversial`` (any case) or 0/1 → `Risk`; `ValueError` otherwise."""
-    if isinstance(value, bool):
-        return Risk.UNSAFE if value else Risk.SAFE
+    """``safe``/``unsafe``/``controversial`` (any case) or 0/1 (1 = unsafe) → `Risk`; `ValueError` otherwise. Not a
+    boolean, nor ``"true"``/``"false"``: a set's ``is_safe`` column renamed ``label`` ran with every gold label
+    inverted (rt66a F1), and nothing in a boolean says which way it points."""
+    if isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() in ("true", "false")):
+        raise ValueError(
+            f"label {value!r} is a boolean, which does not say whether it means safe or unsafe: "
+            "write safe / unsafe, or 0 / 1 (1 = unsafe)"
+        )
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if value in (0, 1):
             return Risk.UNSAFE if value == 1 else Risk.SAFE
@@ -109,7 +112,7 @@ def parse_label(value: Any) -> Risk:
             key = key[:-2]
         if key in _LABELS:
             return _LABELS[key]
-    raise ValueError(f"label {value!r} is not one of safe, unsafe, controversial, 0, 1")
+    raise ValueError(f"label {value!r} is not one of safe, unsafe, controversial, 0, 1 (1 = unsafe)")
 
 
 def _is_missing(value: Any) -> bool:
