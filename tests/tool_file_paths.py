@@ -8,9 +8,13 @@ ammonium" (`faults.phrase_verdict`)."""
 from __future__ import annotations
 
 import base64
+import email
+import email.policy
 import inspect
 import json
+import re
 import sys
+import urllib.parse
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +38,9 @@ MODES = ["invoke", "ainvoke"]
 
 def opened(attachment: Any) -> str:
     """The attachment's text as the tool opens it: JSON text parsed, each file's base64 decoded leniently (a data
-    URL's header dropped, URL-safe letters taken, blanks skipped, as ``b64decode`` does), UTF-8 or else Latin-1."""
+    URL's header dropped, URL-safe letters taken, what is no letter skipped, as ``b64decode`` does), UTF-8 or else
+    Latin-1; a mail message's parts as its reader's client decodes them, a URL's or a form's percent-encoded values
+    as its server reads them; and a file within the decoded file opened too (`opened_within`)."""
     while isinstance(attachment, str) and attachment.lstrip()[:1] in ("[", "{"):
         attachment = json.loads(attachment)
     if isinstance(attachment, dict) and "files" in attachment:
@@ -43,14 +49,34 @@ def opened(attachment: Any) -> str:
     for item in attachment if isinstance(attachment, list) else [attachment]:
         if isinstance(item, dict):
             item = item.get("content_base64") or item.get("base64") or item["data"]
+        if "Content-Transfer-Encoding:" in item:
+            texts.append(mail_parts(item))
+            continue
         if item.startswith("data:"):
-            item = item.split(",", 1)[1]
+            item = urllib.parse.unquote(item.split(",", 1)[1])  # as ``urlopen`` reads its body
+        elif re.search("%[0-9A-Fa-f]{2}", item):
+            texts.append(urllib.parse.unquote_plus(item))
+            continue
         raw = base64.urlsafe_b64decode(item)
         try:
-            texts.append(raw.decode())
+            texts.append(opened_within(raw.decode()))
         except UnicodeDecodeError:
             texts.append(raw.decode("latin-1"))
     return "\n".join(texts)
+
+
+def opened_within(text: str) -> str:
+    """A decoded file's text, and the file it holds opened (rt66b F2): a data URL, JSON text of files, a mail
+    message (`mail_parts`)."""
+    if text.startswith("data:") or text.lstrip()[:1] in ("[", "{") or "Content-Transfer-Encoding:" in text:
+        return f"{text}\n{opened(text)}"
+    return text
+
+
+def mail_parts(message: str) -> str:
+    """The text parts of an RFC 2822 message, as a mail client decodes them (each part's transfer encoding)."""
+    parsed = email.message_from_string(message, policy=email.policy.default)
+    return "\n".join(str(part.get_content()) for part in parsed.walk() if part.get_content_maintype() == "text")
 
 
 def judge() -> tuple[Guard, ScriptedBackend]:

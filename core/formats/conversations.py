@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import string
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -21,12 +22,14 @@ from .content import is_blank
 from .json_reading import NESTED_DEPTH, NESTED_MAX_CHARS, Written, _no_lone_surrogates, arguments_reading
 from .media import (
     DATA_KEYS,
+    base64_as_text,
     base64_text,
     block_mime,
     data_url,
     data_url_text,
     file_data_text,
     labelled_file_text,
+    mime_parts_text,
     says_base64,
     text_label,
 )
@@ -324,57 +327,63 @@ def render_tool_call(name: str, arguments: Mapping[str, Any] | str | None, max_c
 
 
 #: What a tool call's arguments show where one may hold a file (`files_read`): a ``data:`` URL, a data key, a run of
-#: base64 as long as a bare file's least (`media.base64_text`), blanks between its letters aside (`_may_hold_file`).
-_MAY_HOLD_FILE = re.compile(r"(?i:data:)|\"(?:base64|data|file_data)\"|[A-Za-z0-9+/_-]{12}")
-#: A blank as JSON writes it in a string (``\\t``, ``\\n``, ``\\u000b``...): a lenient base64 decoder skips it.
-_JSON_BLANK = re.compile(r"\\(?:[tnrfv]|u000[bB])")
+#: base64 as long as a bare file's least (`media.base64_text`), a percent-encoded byte (`_percent_read`).
+_MAY_HOLD_FILE = re.compile(r"(?i:data:)|\"(?:base64|data|file_data)\"|[A-Za-z0-9+/_-]{12}|%[0-9A-Fa-f]{2}")
+#: What is no base64 letter and no string's end: a lenient decoder drops it between letters (a blank, a JSON escape's
+#: backslash, a ``.`` or ``|`` between groups: rt66b F3).
+_NOT_LETTER = re.compile(r'[^A-Za-z0-9+/_"-]+')
 
 
 def _may_hold_file(args: str) -> bool:
     """May a call's arguments (as written) hold a file (`_MAY_HOLD_FILE`)? Most calls of a few short values do not,
-    and are not walked again. The blanks are dropped for a second scan (a pattern that allowed blanks between
+    and are not walked again. What is no letter is dropped for a second scan (a pattern that allowed it between
     letters would try each letter's dozen neighbours again)."""
     if _MAY_HOLD_FILE.search(args) is not None:
         return True
-    return _MAY_HOLD_FILE.search(_JSON_BLANK.sub("", "".join(args.split()))) is not None
+    return _MAY_HOLD_FILE.search(_NOT_LETTER.sub("", args)) is not None
 
 
 def files_read(arguments: Any) -> list[tuple[str, str]]:
     """Each file a tool call's (parsed) arguments hold, as (its key path, the text it holds: `_file_text`), in the
     order written; empty when none does. Only what the JSON encoder writes as containers (dicts, lists, tuples) is
     walked, without recursion (arguments nest as deep as a client writes them), and a string that is a JSON array
-    or object, which a tool parses (rt65j F1: ``'["TWl4..."]'``), as `arguments_reading` reads JSON text: at most
-    `NESTED_DEPTH` such strings deep and `NESTED_MAX_CHARS` of those that hold a file, past which the call is
-    refused (`InputTooLarge`) rather than judged as written."""
+    or object, which a tool parses (rt65j F1: ``'["TWl4..."]'``), as `arguments_reading` reads JSON text; a file's
+    text is read again for the files it holds (rt66b F2: a mail message in base64 whose part is base64, a JSON
+    manifest of files, a ``data:`` URL in base64). Both at most `NESTED_DEPTH` strings deep and `NESTED_MAX_CHARS` of
+    those that hold a file, past which the call is refused (`InputTooLarge`) rather than judged as written."""
     found: list[tuple[str, str]] = []
     budget = NESTED_MAX_CHARS
-    # (a value, the dict it was read from or None, its key there, that dict's text label, its key path, how many JSON
-    # texts it is within): a dict's label is read once, for all its keys.
-    stack: list[_Walked | _JsonTextEnd] = [(arguments, None, None, None, None, 0)]
+    # (a value, the dict it was read from or None, its key there, that dict's text label, its key path, how many
+    # strings it is read within): a dict's label is read once, for all its keys.
+    stack: list[_Walked | _ReadWithinEnd] = [(arguments, None, None, None, None, 0)]
     while stack:
         entry = stack.pop()
-        if isinstance(entry, _JsonTextEnd):
+        if isinstance(entry, _ReadWithinEnd):
             if len(found) > entry.found_before:  # it held a file: charged, as `arguments_reading` charges a reading
                 budget -= entry.length
                 if budget < 0:
                     raise InputTooLarge(
-                        f"more than {NESTED_MAX_CHARS:,} characters of JSON-text strings holding files to read"
-                        " (NESTED_MAX_CHARS)"
+                        f"more than {NESTED_MAX_CHARS:,} characters of strings holding files to read (NESTED_MAX_CHARS)"
                     )
             continue
         item, parent, key, label, path, layers = entry
         if isinstance(item, str):
-            text = _file_text(item, parent, key, label)
-            if text is not None and text != item:
-                found.append((_path_text(path), text))
-                continue
+            # JSON text first: a tool parses it, and its brackets and quotes are no base64 letters to drop.
             inner = _json_container(item)
-            if inner is None:
+            if inner is not None:
+                if layers >= NESTED_DEPTH:
+                    raise InputTooLarge(f"a JSON-text string within more than {NESTED_DEPTH} others; not read parsed")
+                stack.append(_ReadWithinEnd(len(item), len(found)))
+                stack.append((inner, None, None, None, path, layers + 1))
                 continue
-            if layers >= NESTED_DEPTH:
-                raise InputTooLarge(f"a JSON-text string within more than {NESTED_DEPTH} others; not read parsed")
-            stack.append(_JsonTextEnd(len(item), len(found)))
-            stack.append((inner, None, None, None, path, layers + 1))
+            text = _file_text(item, parent, key, label)
+            if text is None or text == item:
+                continue
+            if layers > NESTED_DEPTH:
+                raise InputTooLarge(f"a file within more than {NESTED_DEPTH} strings; not read")
+            found.append((_path_text(path), text))
+            stack.append(_ReadWithinEnd(len(text), len(found)))
+            stack.append((text, None, None, None, path, layers + 1))  # a file within the file
         elif isinstance(item, dict):
             label = text_label(item)
             stack.extend(
@@ -386,8 +395,9 @@ def files_read(arguments: Any) -> list[tuple[str, str]]:
 
 
 @dataclass(frozen=True)
-class _JsonTextEnd:
-    """Where the walk of a JSON-text string's parse ends (`files_read`): its length, and the files found before it."""
+class _ReadWithinEnd:
+    """Where the walk of what a string holds (a JSON text's parse, a file's text) ends (`files_read`): the string's
+    length, and the files found before it."""
 
     length: int
     found_before: int
@@ -427,11 +437,17 @@ def _json_container(value: str) -> Any:
 
 def _files_text(files: list[tuple[str, str]], room: int | None) -> str:
     """The files a call's arguments hold (`files_read`) as a reading: ``path=<text as JSON>``, comma-separated (the
-    text alone for arguments that are one string); with ``room``, cut just past it."""
+    text alone for arguments that are one string), a file after one in the same list by its text alone
+    (``items[0]="...", "..."``: rt66b F6, thousands of short files cost their paths again); with ``room``, cut just
+    past it."""
     parts: list[str] = []
     size = 0
+    last_list: str | None = None
     for path, text in files:
-        part = f"{', ' if parts else ''}{path}{'=' if path else ''}{_ENCODER.encode(text)}"
+        within = path[: path.rfind("[")] if path.endswith("]") else None
+        named = "" if within is not None and within == last_list else f"{path}{'=' if path else ''}"
+        last_list = within
+        part = f"{', ' if parts else ''}{named}{_ENCODER.encode(text)}"
         parts.append(part)
         size += len(part)
         if room is not None and size > room:
@@ -443,17 +459,41 @@ def _files_text(files: list[tuple[str, str]], room: int | None) -> str:
 def _file_text(value: str, parent: dict[Any, Any] | None, key: Any, label: str | None) -> str | None:
     """The text a file in one argument holds, read as a message's file is (`core.formats.media`): a ``data:`` URL's,
     the data of a block that says it is a file (a media type, or base64: `file_data_text`), a string under any other
-    key of a dict labelled text (``label``: `labelled_file_text`), and a bare string that is the base64 of a text
-    (`base64_text`, as strict as words need); ``None`` for anything else."""
-    if data_url(value) is not None:
-        return data_url_text(value)
+    key of a dict labelled text (``label``: `labelled_file_text`), a bare string that is the base64 of a text
+    (`base64_text`, as strict as words need), a mail message's encoded parts (`mime_parts_text`), and a URL's or a
+    form's values percent-decoded (`_percent_read`); ``None`` for anything else. A tool decodes a file whatever its
+    bytes (`_sent_text`, rt66b F1)."""
+    url = data_url(value)
+    if url is not None:
+        text = data_url_text(value)
+        return text if text is not None or not url.base64 else _sent_text(url.body)
     if parent is not None and key in DATA_KEYS and (block_mime(parent) or says_base64(parent)):
-        return file_data_text(value, parent, key)
+        return file_data_text(value, parent, key) or _sent_text(value)
     if label is not None:
         text = labelled_file_text(value, key, label)
         if text is not None:
             return text
-    return base64_text(value)
+    return base64_text(value) or mime_parts_text(value) or _percent_read(value)
+
+
+def _sent_text(encoded: str) -> str | None:
+    """A file in an argument as its tool sends it, whatever its bytes: text after a printable media signature, and
+    once its control characters are dropped (rt66b F1: "ID3 " or three control characters before a note)."""
+    return base64_as_text(encoded, labelled_media=False, drop_controls=True)
+
+
+#: A percent-encoded byte (``%4D``), or a form's value with ``+`` for its blanks (``text=Mix+ammonium``).
+_PERCENT_ENCODED = re.compile(r"%[0-9A-Fa-f]{2}|(?:^|[?&;])[^?&;=+\s]+=[^&;=]*\+")
+
+
+def _percent_read(value: str) -> str | None:
+    """A URL's or a form's values as the server that takes them reads them (``parse_qs``: percent-decoded, ``+`` a
+    blank); ``None`` where that changes nothing. rt66b F4: a query's ``text=%4D%69%78...`` reached the tool as the
+    clause."""
+    if _PERCENT_ENCODED.search(value) is None:
+        return None
+    read = urllib.parse.unquote_plus(value)
+    return read if read != value else None
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
