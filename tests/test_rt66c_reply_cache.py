@@ -247,3 +247,167 @@ def test_repeated_prompts_behind_a_caching_gateway_leave_copy_detection_on() -> 
     assert not harmful.allowed and harmful.reason == "unsafe", harmful  # before: allowed "safe"
     assert harmful.verdict is not None and "Violent" in harmful.verdict.categories
     assert requests == [1] * 6  # before: 3 for each repeat
+
+
+# -- rt66m F1: a stored reply naming a request whose answer was never read, or asked thousands of requests ago -------
+
+
+class SlowFirstGateway(CachingGateway):
+    """`CachingGateway` (naming) whose engine answers the first ask of a "slow" text after the client gave up on it
+    (``SLOW_FOR``): the gateway still stores that answer (``stored`` is set), naming the request that timed out."""
+
+    def __init__(self) -> None:
+        super().__init__(naming=True)
+        self.stored = threading.Event()
+        self.slow = True
+
+    def answer(self, conn: socket.socket, request: dict[str, Any], here: dict[str, Any]) -> None:
+        if self.slow and "slow" in text_of(request):
+            self.slow = False
+            time.sleep(SLOW_FOR)
+            try:
+                super().answer(conn, request, here)  # stored first, then written to a connection the client closed
+            finally:
+                self.stored.set()
+            return
+        super().answer(conn, request, here)
+
+
+#: The client's deadline for a check, and how long the engine takes over a slow text's first ask (seconds).
+DEADLINE, SLOW_FOR = 1, 1.5
+SLOW_BOMB = "slow: " + BOMB
+
+
+def test_a_stored_reply_to_an_ask_that_timed_out_is_the_repeats_answer() -> None:
+    """rt66m F1: a request's body was noted only once its 200 was read; the gateway's stored reply to a first ask the
+    client gave up on named a request it did not know: every repeat was 72 requests and a guard error (allowed)."""
+    gateway = SlowFirstGateway()
+    guard = guard_at(gateway.url, backoff_s=0.0, policy=Policy(timeout_s=DEADLINE, on_error="allow"))
+    try:
+        first = guard.check_prompt(SLOW_BOMB)
+        assert gateway.stored.wait(10)
+        before = len(gateway.seen)
+        repeat = guard.check_prompt(SLOW_BOMB)
+        requests = len(gateway.seen) - before
+    finally:
+        guard.close()
+        gateway.close()
+    assert first.reason == "timeout"
+    assert (repeat.allowed, repeat.reason) == (False, "unsafe"), repeat  # before: allowed "guard_error"
+    assert repeat.verdict is not None and "Violent" in repeat.verdict.categories
+    assert requests == 1 and gateway.hits == 1  # before: 72
+
+
+def test_a_stored_reply_to_an_ask_that_timed_out_is_the_repeats_answer_async() -> None:
+    async def main(guard: Guard) -> tuple[Any, Any, int]:
+        first = await guard.acheck_prompt(SLOW_BOMB)
+        assert await asyncio.to_thread(gateway.stored.wait, 10)
+        before = len(gateway.seen)
+        repeat = await guard.acheck_prompt(SLOW_BOMB)
+        return first, repeat, len(gateway.seen) - before
+
+    gateway = SlowFirstGateway()
+    guard = guard_at(gateway.url, backoff_s=0.0, policy=Policy(timeout_s=DEADLINE, on_error="allow"))
+    try:
+        first, repeat, requests = asyncio.run(main(guard))
+    finally:
+        guard.close()
+        gateway.close()
+    assert first.reason == "timeout"
+    assert (repeat.allowed, repeat.reason) == (False, "unsafe"), repeat
+    assert repeat.verdict is not None and "Violent" in repeat.verdict.categories
+    assert requests == 1 and gateway.hits == 1
+
+
+#: The client's verdict cache and its memory of reply ids, driven down from 4,096 each (4,100 checks take ~10 s);
+#: the bodies it remembers kept at 8x, as they are (`transport._BODIES_KEPT`).
+KEPT = 64
+OTHERS = KEPT + 16
+
+
+@pytest.fixture
+def small_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    from qwenguard.core.backends import transport
+
+    monkeypatch.setattr(transport, "_IDS_KEPT", KEPT)
+    monkeypatch.setattr(transport, "_BODIES_KEPT", 8 * KEPT, raising=False)
+
+
+@pytest.mark.usefixtures("small_memory")
+def test_a_stored_reply_is_the_answer_after_more_other_checks_than_ids_kept() -> None:
+    """rt66m F1: bodies were remembered by request, the last 4,096; a text the client's verdict cache forgot (4,096
+    other texts) was forgotten there too, and the gateway's stored reply was refused: 72 requests and a guard error
+    on every repeat (the bomb allowed under on_error="allow")."""
+    gateway = CachingGateway(naming=True)
+    guard = Guard.remote(
+        gateway.url,
+        model="Qwen3Guard-Gen-4B",
+        max_context=8192,
+        backoff_s=0.0,
+        cache_size=KEPT,
+        policy=Policy(timeout_s=10, on_error="allow"),
+    )
+    try:
+        assert guard.check_prompt(BOMB).reason == "unsafe"
+        assert [guard.check_prompt(f"question number {n}").reason for n in range(OTHERS)] == ["safe"] * OTHERS
+        before = len(gateway.seen)
+        repeat = guard.check_prompt(BOMB)
+        requests = len(gateway.seen) - before
+    finally:
+        guard.close()
+        gateway.close()
+    assert (repeat.allowed, repeat.reason) == (False, "unsafe"), repeat  # before: allowed "guard_error"
+    assert repeat.verdict is not None and "Violent" in repeat.verdict.categories
+    assert requests == 1 and gateway.hits == 1  # before: 72 and 144
+
+
+@pytest.mark.usefixtures("small_memory")
+def test_a_stored_reply_is_the_answer_after_more_other_checks_than_ids_kept_async() -> None:
+    async def main(guard: Guard) -> tuple[Any, int]:
+        assert (await guard.acheck_prompt(BOMB)).reason == "unsafe"
+        at_once = asyncio.Semaphore(8)
+
+        async def other(n: int) -> str:
+            async with at_once:
+                return (await guard.acheck_prompt(f"question number {n}")).reason
+
+        assert await asyncio.gather(*(other(n) for n in range(OTHERS))) == ["safe"] * OTHERS
+        before = len(gateway.seen)
+        repeat = await guard.acheck_prompt(BOMB)
+        return repeat, len(gateway.seen) - before
+
+    gateway = CachingGateway(naming=True)
+    guard = Guard.remote(
+        gateway.url,
+        model="Qwen3Guard-Gen-4B",
+        max_context=8192,
+        backoff_s=0.0,
+        cache_size=KEPT,
+        policy=Policy(timeout_s=10, on_error="allow"),
+    )
+    try:
+        repeat, requests = asyncio.run(main(guard))
+    finally:
+        guard.close()
+        gateway.close()
+    assert (repeat.allowed, repeat.reason) == (False, "unsafe"), repeat
+    assert repeat.verdict is not None and "Violent" in repeat.verdict.categories
+    assert requests == 1 and gateway.hits == 1
+
+
+def test_a_text_repeated_often_keeps_the_name_its_stored_reply_shows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each repeat is a request of its own, and its name is noted too: the name the stored reply shows (the first
+    request's) is moved to the newest as it is read, never pushed out by the repeats' own names."""
+    from qwenguard.core.backends import transport
+
+    monkeypatch.setattr(transport, "_NAMES_KEPT", 2, raising=False)
+    gateway = CachingGateway(naming=True)
+    guard = guard_at(gateway.url, backoff_s=0.0, policy=Policy(timeout_s=10, on_error="allow"))
+    try:
+        decisions = [guard.check_prompt(BOMB) for _ in range(6)]
+        requests = len(gateway.seen)
+    finally:
+        guard.close()
+        gateway.close()
+    assert [(d.allowed, d.reason) for d in decisions] == [(False, "unsafe")] * 6
+    assert requests == 6 and gateway.hits == 5

@@ -78,7 +78,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -139,6 +139,7 @@ from .transport import (
     ReplyIds,
     SecretMask,
     credentials_apart,
+    request_digest_of,
     request_name,
     without_password,
 )
@@ -1230,10 +1231,13 @@ class OpenAIGen:
         check = LeftoverCheck(wire.reply_ids, named=named, url=url, again=again)
         check.reuse = self.keep_alive
         headers = {REQUEST_ID_HEADER: f"{named}-{secrets.token_hex(4)}"}
+        request = wire.client.build_request("POST", target, json=body, headers=headers, extensions={"trace": check})
+        # Noted as it goes out, not as its answer is read: a gateway stores the engine's answer to an ask that times
+        # out here, and hands it to the next request of this body, naming this one (`ReplyIds.ask`; rt66m F1).
+        check.asked = await request_digest_of(request)
+        wire.reply_ids.ask(named, check.asked)
         try:
-            async with wire.client.stream(
-                "POST", target, json=body, headers=headers, extensions={"trace": check}, **self._auth_of(url)
-            ) as response:
+            async with aclosing(await wire.client.send(request, stream=True, **self._auth_of(url))) as response:
                 check.response = response
                 if response.status_code != 200:
                     # A compressed error body is not read (`_compressed`): its status still says what happened.

@@ -267,13 +267,15 @@ class LeftoverCheck:
     found past the response (None: its connection could not be reached, or the response never closed so).
     ``reuse``: set false by the caller to have the connection closed whatever is left over. With ``ids``, the body
     read into ``chunks`` must prove itself first (`ReplyIds.read`; httpx closes a response as its last chunk is
-    read, before the caller could look at it): ``fresh`` and ``ident`` say what it showed; and a reply of another
-    status than 200 never keeps its connection (it carries no id, and the answer it stood for may still come)."""
+    read, before the caller could look at it; ``asked``, set by the caller as the request goes out, says what body
+    it sent): ``fresh`` and ``ident`` say what it showed; and a reply of another status than 200 never keeps its
+    connection (it carries no id, and the answer it stood for may still come)."""
 
     EVENT = "http11.response_closed.started"
 
     def __init__(self, ids: ReplyIds | None = None, *, named: str | None = None, url: str = "", again: int = 0):
         self.response: Any = None
+        self.asked: bytes | None = None  # the digest of the request's body as sent (`request_digest_of`)
         self.leftover: int | None = None
         self.reuse = True
         self.ids = ids
@@ -305,7 +307,7 @@ class LeftoverCheck:
                         url=self.url,
                         again=self.again,
                         body=b"".join(self.chunks),
-                        asked=await request_digest_of(self.response.request),
+                        asked=self.asked,
                     )
                     self.reuse = self.reuse and bool(self.fresh)
                 self.leftover = drop_if_leftover(self.response, reuse=self.reuse)
@@ -351,6 +353,14 @@ async def request_digest_of(request: Any) -> bytes | None:
 _REPLIES_KEPT = 64
 #: Reply ids remembered across the client's connections (`ReplyIds`), each with the connection it was read on.
 _IDS_KEPT = 4096
+#: Request bodies remembered with the names of the requests that sent them (`ReplyIds.ask`; 130 B a body with one
+#: name, 210 B with `_NAMES_KEPT`: 7 MB at most): 8x the client's own verdict cache at its default (``cache_size=4096``),
+#: so that a text the cache forgot, asked again, is still known when a caching gateway answers it with the reply it
+#: stored (rt66m F1), until 32,768 other texts were asked.
+_BODIES_KEPT = 8 * _IDS_KEPT
+#: Names remembered for each body (`ReplyIds.ask`), the one a stored reply names moved to the newest as it is read:
+#: a gateway's own, and a few of its replicas' (each cache stores the first request it forwarded).
+_NAMES_KEPT = 4
 
 
 #: The request header an engine names its reply by: vLLM answers ``chatcmpl-<X-Request-Id>``, and so does
@@ -368,12 +378,29 @@ _NAME = re.compile(r"qg[0-9a-f]{24}")
 #: Requests whose re-asked reply again repeated an id read on another connection, before the client takes ids to
 #: repeat (`ReplyIds.repeating`): one proxy's double copy proves nothing (rt65i F2).
 _REPEATS_PROVING = 3
+#: The bytes a name is kept as (`ReplyIds.ask`): its 24 hex digits.
+_NAME_BYTES = 12
 
 
 def _digest(data: bytes) -> bytes:
     """A short fixed-size digest: what is remembered of a reply's id and of its bytes (an id is as long as the engine
     writes it: 250 KB ids held ~1 GiB: rt65i F3)."""
     return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _name_bytes(name: str) -> bytes:
+    """``name`` (`_NAME`) as kept (`ReplyIds.ask`): 12 bytes, not a 75-byte string."""
+    return bytes.fromhex(name[2:])
+
+
+def _names_in(names: bytes) -> list[bytes]:
+    """The names kept in ``names`` (`_NAME_BYTES` each), oldest first."""
+    return [names[i : i + _NAME_BYTES] for i in range(0, len(names), _NAME_BYTES)]
+
+
+def _with_newest(names: bytes, name: bytes) -> bytes:
+    """``names`` with ``name`` the newest, the oldest beyond `_NAMES_KEPT` dropped."""
+    return b"".join([*(kept for kept in _names_in(names) if kept != name), name][-_NAMES_KEPT:])
 
 
 class ReplyIds:
@@ -412,14 +439,20 @@ class ReplyIds:
     very bytes that answered one, is this request's answer (a response-caching gateway, LiteLLM's cache or nginx's
     ``proxy_cache``, answers a repeated body with its stored reply, its id as first written: with a naming engine
     each repeat was 72 requests and a guard error, with others a proof that ids repeat: rt66c F2). Its connection is
-    not kept alive: a copy landing there says this request's own reply may still come on it."""
+    not kept alive: a copy landing there says this request's own reply may still come on it. A request's body is
+    noted as it is sent (`ask`), not as its answer is read: a gateway stores the engine's answer to a first ask the
+    client gave up on (rt66m F1). Bodies are remembered (`_BODIES_KEPT`), not requests: each with the names of its
+    last requests (`_NAMES_KEPT`), the name a stored reply shows kept as it is read, so a text repeated rarely is
+    known after thousands of other requests (rt66m F1: 4,096 other checks, and each repeat was 72 requests and a
+    guard error)."""
 
     def __init__(self) -> None:
         self._read: weakref.WeakKeyDictionary[Any, dict[bytes, None]] = weakref.WeakKeyDictionary()
         # Each id read lately (its digest): the connection it was read on, its reply's bytes' digest, and the digest
         # of the body of the request it answered (None: not known).
         self._on: dict[bytes, tuple[weakref.ref[Any], bytes, bytes | None]] = {}
-        self._asked: dict[str, bytes] = {}  # each request's body (digest), by its name (`request_name`)
+        # Each request body sent lately (its digest): the names of its last requests (`ask`), `_NAME_BYTES` each.
+        self._asked: dict[bytes, bytes] = {}
         self.echoes: set[str] = set()  # the URLs whose replies named their request (`REQUEST_ID_HEADER`)
         self._proofs: set[str] = set()  # requests whose re-ask read an id again (`repeating`)
         self._refused: dict[str, bytes] = {}  # each request's id refused last, asked again for it (`read`)
@@ -427,6 +460,31 @@ class ReplyIds:
         self.sends_ids = False
         self.unique = True
         self.repeating = False
+
+    def ask(self, named: str, asked: bytes | None) -> None:
+        """Notes that a request ``named`` (`request_name`) goes out with a body of digest ``asked``
+        (`request_digest_of`; None: not known), so that a reply naming it answers any request of that body, however
+        this one ends (timed out here, its answer stored by a gateway: rt66m F1)."""
+        if asked is None:
+            return
+        self._asked[asked] = _with_newest(self._asked.pop(asked, b""), _name_bytes(named))
+        while len(self._asked) > _BODIES_KEPT:
+            del self._asked[next(iter(self._asked))]  # the body asked longest ago
+
+    def _answered(self, names: list[str], asked: bytes | None) -> bool:
+        """Whether every request in ``names`` sent the body ``asked``: their reply is its verdict (one body, one
+        verdict). The names move to the newest: a gateway's stored reply, read again, keeps them."""
+        if asked is None or asked not in self._asked:
+            return False
+        held = self._asked[asked]
+        shown = [_name_bytes(name) for name in names]
+        if not set(shown) <= set(_names_in(held)):
+            return False
+        for name in shown:
+            held = _with_newest(held, name)
+        del self._asked[asked]
+        self._asked[asked] = held
+        return True
 
     def read(
         self,
@@ -440,7 +498,7 @@ class ReplyIds:
         asked: bytes | None = None,
     ) -> tuple[bool | None, bool]:
         """Notes that ``response`` (a 200, read to its end: ``body``) of a request ``named`` (`request_name`, its body's
-        digest ``asked``: `request_digest_of`) to ``url`` carried the reply id ``ident``. First: True when its
+        digest ``asked``: `ask`) to ``url`` carried the reply id ``ident``. First: True when its
         connection may be reused (a reply naming its request; one not read before; no id from an engine that never
         sends one), None when it may not (no id from an engine that sends them; ids that repeat; the reply to an
         earlier request of the same body), False when the reply is no answer (one naming another request; an id read
@@ -448,18 +506,13 @@ class ReplyIds:
         naming URL, no id). Second: whether to ask again (``again``: how many times it was, for such a reply)."""
         names = _NAME.findall(ident) if ident is not None else []
         named_it = named is not None and named in names
-        if named is not None and asked is not None:
-            self._asked.pop(named, None)
-            self._asked[named] = asked
-            while len(self._asked) > _IDS_KEPT:
-                del self._asked[next(iter(self._asked))]  # the oldest
         if ident is not None:
             self._idless.pop(url, None)
         if named_it and url not in self.echoes:
             self.echoes.add(url)
             logger.info("qwenguard: the guard server names each reply by its request (X-Request-Id): each is proved")
         if names and not named_it:
-            if asked is not None and all(self._asked.get(name) == asked for name in names):
+            if self._answered(names, asked):
                 # The reply to an earlier request of the same body, so its verdict: a response-caching gateway's
                 # stored reply names the request it first answered (rt66c F2: 72 requests and a guard error a check).
                 return None, False
