@@ -124,6 +124,7 @@ from ._feed import StreamFeed
 from ._handler_order import HeardFirst
 from ._holding import GUARD_PARAM, HELD_CALL, HELD_LLM_TYPE_PREFIX, TOOL_CALLS_PARAM, HeldCall, guard_token
 from ._input_memory import (
+    MAX_ALLOWED_CHECKS,
     Produced,
     RaisedChecks,
     RaisedToolStops,
@@ -236,8 +237,9 @@ _MAX_STOPPED_PLACES = 4096
 #: Stops kept per place (a batch inside a step that blocked several of its inputs): the oldest go first.
 _STOPS_PER_PLACE = 8
 
-#: A tool run's call on its thread (`current_thread`): the thread and the call's name and id.
-_ThreadCall = tuple[str | None, dict[str, Any]]
+#: A tool run's call on its thread (`current_thread`): the thread, the call's name and id, and the graph node it runs
+#: in (`_graph_node`).
+_ThreadCall = tuple[str | None, dict[str, Any], str | None]
 
 #: Where a model or tool run stands (`_place`): its parent run, its tool call's id (None for a model), and what it was
 #: asked (`_request_digest`: a model's question as text, a tool's input as a digest).
@@ -453,6 +455,8 @@ class _GuardHandlerLogic(HeardFirst):
         # The tool calls whose result it blocked, each on its thread, with the decision: LangGraph leaves the thread
         # at its tools, and a run resumed there (``invoke(None)``) ran the tool again, once per resume (rt66e F3).
         self._blocked_results: RaisedToolStops[Decision] = RaisedToolStops()
+        # The graph nodes those tools ran in, by thread (`_went_on`): a model called there is no step past them.
+        self._tool_nodes: Bounded[str, frozenset[str]] = Bounded(MAX_ALLOWED_CHECKS)
         self.screen_system = screen_system
         self.history_turns = history_turns
         self.window_chars = window_chars
@@ -615,21 +619,47 @@ class _GuardHandlerLogic(HeardFirst):
         decision = self._blocked_results.answer(call, thread) if len(self._blocked_results) else None
         if decision is not None:
             raise _rerun_refused(decision, call)
-        return thread, call
+        return thread, call, _graph_node(kwargs)
 
-    def _note_blocked_result(self, run: _Run | None, stop: GuardViolation) -> None:
-        """``run``'s tool ran and its result (or error) was blocked: its call is refused again on its thread."""
-        if run is not None and run.call is not None:
-            self._blocked_results.keep(run.call[1], stop.decision, run.call[0])
+    # A result the guard could not judge (`GuardUnavailable`, `GuardTimeout`: the policy failing closed) raises out
+    # of the tools node as a blocked one does, once the tool ran: its call is refused again as well, or each resume
+    # during the outage, and the first after it, ran the tool again (rt66l F1). A stop with no decision is kept by none.
+    def _note_blocked_result(self, run: _Run | None, stop: QwenGuardError) -> None:
+        """``run``'s tool ran and its result (or error) was blocked, or could not be judged: its call is refused
+        again on its thread."""
+        decision = getattr(stop, "decision", None)
+        if run is None or run.call is None or not isinstance(decision, Decision):
+            return
+        thread, call, node = run.call
+        self._blocked_results.keep(call, decision, thread)
+        if thread is not None and node is not None:
+            self._tool_nodes[thread] = (self._tool_nodes.get(thread) or frozenset()) | {node}
 
-    def _went_on(self, run_id: UUID, thread: str | None) -> None:
-        """A model run on ``thread``, not inside a tool: the thread went on past its calls (they were answered, or
-        removed, or a new turn came), and a later call of the same name and id (a provider reusing ids) runs."""
+    # rt66l F2, F4. A model start goes on past the refused calls of its own thread key only (`current_thread`: the
+    # thread and its graph's namespace, task ids left out): a sub-agent's model (namespace "tools") forgets the stops
+    # of the sub-agent's tools, never its parent's, and does forget them (skipped under every tool run, a sub-agent
+    # whose provider reuses call ids had its blocked call refused for good). Not a model called inside the tools node
+    # of that same namespace, where the thread still waits on the call: a wrap_tool_call middleware's helper model
+    # (asked before the tool runs, under no tool run), a plain ``llm.invoke`` inside a tool. That node is told by the
+    # run's metadata, LangGraph's ``langgraph_node``, the node the model runs in (its checkpoint namespace's last part,
+    # task id left out; the rest of it is the thread key's namespace): a node a blocked tool of the thread ran in
+    # (`_tool_nodes`). A model under a tool run of the same thread key (`_Run.call`) is one too, whatever its metadata.
+    def _went_on(self, run_id: UUID, thread: str | None, kwargs: Mapping[str, Any]) -> None:
+        """A model run on ``thread``, not inside its tools node: the thread went on past its calls (they were
+        answered, or removed, or a new turn came), and a later call of the same name and id (a provider reusing
+        ids) runs."""
         if thread is None or not len(self._blocked_results):
             return
-        if any((run := self._runs.get(up)) is not None and run.tool for up in self._runs.lineage(run_id)[1:]):
-            return  # a model a tool runs (a sub-agent): the thread still waits at its tools
+        node = _graph_node(kwargs)
+        if node is not None and node in (self._tool_nodes.get(thread) or ()):
+            return  # a model asked in the tools node (a tool middleware's helper, a tool's own model call)
+        lineage = self._runs.lineage(run_id)[1:]
+        if any(
+            (run := self._runs.get(up)) is not None and run.call is not None and run.call[0] == thread for up in lineage
+        ):
+            return  # a model a tool of the same thread key runs: the thread still waits at that tool
         self._blocked_results.keep_only((), thread)
+        self._tool_nodes.pop(thread)
 
     def _tool_place(self, run_id: UUID) -> _Place | None:
         run = self._runs.get(run_id)
@@ -1217,13 +1247,23 @@ def _left_over(decision: Decision, messages: Sequence[BaseMessage]) -> GuardViol
     )
 
 
+def _graph_node(kwargs: Mapping[str, Any]) -> str | None:
+    """The LangGraph node a run runs in, from its metadata (``langgraph_node``), or ``None`` outside a graph."""
+    node = (kwargs.get("metadata") or {}).get("langgraph_node")
+    return node if isinstance(node, str) else None
+
+
 def _rerun_refused(decision: Decision, call: Mapping[str, Any]) -> GuardViolation:
-    """The stop for a tool call whose result was blocked on an earlier run of its thread (`_refuse_rerun`)."""
+    """The stop for a tool call whose result was blocked, or could not be judged (the guard down, or too slow), on an
+    earlier run of its thread (`_refuse_rerun`)."""
+    unjudged = decision.reason in _UNANSWERED
+    what = "could not judge" if unjudged else "blocked"
+    after = "Once the guard is back, answer" if unjudged else "Answer"
     return GuardViolation(
         decision,
-        f"{decision.describe()}: the guard blocked the result of this tool call ({call['name']!r}, id "
+        f"{decision.describe()}: the guard {what} the result of this tool call ({call['name']!r}, id "
         f"{call['id']!r}) on an earlier run of this thread, and the thread still waits on it (LangGraph keeps the call "
-        "unanswered): the tool is not run again. Answer the call in the thread's state, agent.update_state(config, "
+        f"unanswered): the tool is not run again. {after} the call in the thread's state, agent.update_state(config, "
         f'{{"messages": [ToolMessage("...", tool_call_id={call["id"]!r})]}}, as_node="tools") (ToolMessage from '
         'langchain_core.messages). GuardMiddleware(guard, exit_behavior="error") answers it with its notice instead.',
     )
@@ -1306,7 +1346,7 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
         self._note_held(run_id, kwargs)
         self._note_answer_tools(run_id, kwargs)
         thread = current_thread()
-        self._went_on(run_id, thread)
+        self._went_on(run_id, thread, kwargs)
         try:
             self._start_input(self._chat_start_items(messages, run_id), run_id, thread)
         except GuardViolation as stop:
@@ -1419,6 +1459,9 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
                 self._note_stop(stop, place)
                 self._note_blocked_result(run, stop)
                 raise
+            except QwenGuardError as stop:  # the guard could not judge it: the tool ran all the same
+                self._note_blocked_result(run, stop)
+                raise
         self._blocks.ended(run_id)  # a blocked input under it that it caught fails nothing above it
 
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
@@ -1429,6 +1472,10 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
         except GuardViolation as stop:
             self._note_stop(stop, place)
             if interrupt_values(error) is None:  # an interrupt's tool runs again on resume, as LangGraph's are
+                self._note_blocked_result(run, stop)
+            raise
+        except QwenGuardError as stop:  # the guard could not judge the error: the tool ran all the same
+            if interrupt_values(error) is None:
                 self._note_blocked_result(run, stop)
             raise
 
@@ -1528,7 +1575,7 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
         self._note_held(run_id, kwargs)
         self._note_answer_tools(run_id, kwargs)
         scope, thread = _scope(run.trace), current_thread()  # on the loop: its context tells the graph run
-        self._went_on(run_id, thread)
+        self._went_on(run_id, thread, kwargs)
         try:
             items, context = await built_off_loop(lambda: self._chat_start_reading(messages, scope), messages)
             self._run(run_id).context = context  # on the loop, once read: a cancelled read sets nothing
@@ -1649,6 +1696,9 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
             self._note_stop(stop, place)
             self._note_blocked_result(run, stop)
             raise
+        except QwenGuardError as stop:  # the guard could not judge it: the tool ran all the same
+            self._note_blocked_result(run, stop)
+            raise
         self._blocks.ended(run_id)  # a blocked input under it that it caught fails nothing above it
 
     async def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
@@ -1658,6 +1708,10 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
             await self._atool_failed(error, run_id, kwargs)
         except GuardViolation as stop:
             self._note_stop(stop, place)
+            if interrupt_values(error) is None:
+                self._note_blocked_result(run, stop)
+            raise
+        except QwenGuardError as stop:  # the guard could not judge the error: the tool ran all the same
             if interrupt_values(error) is None:
                 self._note_blocked_result(run, stop)
             raise

@@ -88,6 +88,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -511,6 +512,18 @@ def _unanswered_calls(messages: list[BaseMessage]) -> tuple[int | None, list[dic
     return None, []
 
 
+def _tools_step(request: Any, thread: str | None) -> str:
+    """The tools step ``request``'s call runs in: its thread, and the answer (`AIMessage`) that asked for it, by its
+    id and its calls' ids (each tells steps apart where the other cannot: an answer with no id, reused call ids)."""
+    calls: list[Any] = [request.tool_call.get("id")]
+    answer_id = None
+    for message in reversed(list((getattr(request, "state", None) or {}).get("messages") or ())):
+        if isinstance(message, AIMessage) and any(c.get("id") == calls[0] for c in message.tool_calls):
+            answer_id, calls = message.id, [c.get("id") for c in message.tool_calls]
+            break
+    return json.dumps([thread, answer_id, calls], ensure_ascii=False, default=str)
+
+
 def _same_call(call: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
     """One call by its name and id (`RaisedToolStops`)."""
     return call.get("id") == other.get("id") and call.get("name") == other.get("name")
@@ -634,6 +647,9 @@ class GuardMiddleware(AgentMiddleware):
         # what was judged (`judged_content`). after_model judges only their tool calls while they still say that.
         self._judged: Bounded[str, str] = Bounded(_MAX_JUDGED_IDS)
         self._stopped = StoppedCalls()  # requests stopped here: a retry around this middleware gets the same stop
+        # The tools steps one of whose calls raised a stop here (`_tools_step`): the calls LangGraph cancelled beside
+        # it are the ones whose result was lost (`_lost_on_cancel`), not those a user cancelled.
+        self._stopped_steps: Bounded[str, bool] = Bounded(MAX_ALLOWED_CHECKS)
         # Not judged again among a model's messages: the checks allowed before, and this middleware's own notices.
         self._allowed = AllowedChecks()
         self._own = OwnNotices()  # the notices it wrote, by thread, id and text (never by text alone: rt60d F1)
@@ -1295,6 +1311,7 @@ class GuardMiddleware(AgentMiddleware):
     ) -> None:
         """A stop raised out of ``request``'s call: kept with its notice, the call's (`_blocked_call`) or else the
         result's, which the tool ran for. A guard that could not answer after the tool ran keeps its result too."""
+        self._stopped_steps[_tools_step(request, thread)] = True  # LangGraph cancels the calls beside it
         decision: Decision | None = getattr(stop, "decision", None)
         unjudged = tool.started and decision is not None and not isinstance(stop, GuardViolation)
         if unjudged and tool.result is not None:
@@ -1317,9 +1334,13 @@ class GuardMiddleware(AgentMiddleware):
     # tool's thread is not cancelled and finishes (a payment made), an async one may have acted, but neither result
     # is written, and ``ainvoke(None)`` ran the tool again (rt66e F2). A call cancelled once its tool was called is
     # kept with the notice that its result was lost: a run resumed at the tools and the thread's next turn get it.
+    # Only beside a stop this middleware raised in the same tools step: a user's own cancel (a dropped request,
+    # Ctrl-C) with no stop anywhere leaves the call unanswered, its tool run again on resume, as LangGraph does (rt66l
+    # F3: every cancel once the tool started answered the call with a false notice, the tool never run again).
     def _lost_on_cancel(self, request: Any, tool: _AsyncToolOnce, thread: str | None) -> None:
-        """``request``'s call cancelled: kept with the "result lost" notice where its tool was called."""
-        if tool.started:
+        """``request``'s call cancelled beside a stop of its tools step: kept with the "result lost" notice where
+        its tool was called."""
+        if tool.started and self._stopped_steps.get(_tools_step(request, thread)):
             self._tool_stops.keep(request.tool_call, self._lost_result(request.tool_call), thread)
 
     # A stop answers only its own call while the thread still waits on it: a client may remove the answer that asked

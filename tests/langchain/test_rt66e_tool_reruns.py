@@ -347,3 +347,241 @@ def test_a_thread_resumed_under_its_id_as_a_string_is_the_same_thread(mode: str)
     assert out["messages"][-1].content == SAFE_ANSWER
     assert _unanswered(model.seen[-1]) == []
     assert not any("ammonium" in str(m.content) for m in model.seen[-1])
+
+
+# -- rt66l: second looks at the stops kept -------------------------------------------------------------------------
+#
+# F1: the handler kept no stop for a result the guard could not judge: each resume during the outage, and the first
+# after it, posted the comment again. F2: a wrap_tool_call middleware asking a helper model in the tools node made
+# the handler forget the call it refused: each resume posted again. F4: a sub-agent's blocked call (a provider reusing
+# ids) was refused for good, on every later invocation, the documented way out too. F3: a user's own cancel, no stop
+# anywhere, answered the call with the "result lost" notice: the tool was never run again.
+def _handler(guard: Guard, mode: str) -> Any:
+    return GuardCallbackHandler(guard) if mode == "sync" else AsyncGuardCallbackHandler(guard)
+
+
+@pytest.mark.parametrize("kind", ["unavailable", "timeout"])
+@pytest.mark.parametrize("mode", MODES)
+def test_a_result_the_handler_could_not_judge_is_not_posted_again_on_resume(mode: str, kind: str) -> None:
+    post, posted = _poster(REPLY)
+    guard = _unjudged_guard(kind)
+    model = scripted(tool_call("post_comment", {"text": "Nice roses!"}), SAFE_ANSWER)
+    agent = create_agent(model, [post], checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "t"}, "callbacks": [_handler(guard, mode)]}
+    with pytest.raises(GuardTimeout if kind == "timeout" else GuardUnavailable):
+        _run(agent, POST, mode, config)
+    with pytest.raises(GuardViolation) as during:  # the app retries during the outage
+        _run(agent, None, mode, config)
+    _back(guard)
+    with pytest.raises(GuardViolation) as after:  # and once the guard is back
+        _run(agent, None, mode, config)
+    assert posted == ["Nice roses!"]  # before: posted once per resume
+    for stop in (during, after):
+        assert "could not judge the result" in str(stop.value) and "tool_call_id='call_1'" in str(stop.value)
+    agent.update_state(config, {"messages": [ToolMessage("Not judged.", tool_call_id="call_1")]}, as_node="tools")
+    out = _run(agent, None, mode, config)
+    assert out["messages"][-1].content == SAFE_ANSWER and posted == ["Nice roses!"]
+    assert not any(POISON in str(m.content) for m in model.seen[-1])
+
+
+def _checked_agent(mode: str, *replies: Any) -> tuple[Any, list[str], Any, Any, dict[str, Any]]:
+    """An agent whose tool middleware asks a helper model about each call's arguments before the tool runs, the
+    handler in its config; the posts made, the agent's model and the helper model."""
+    from langchain.agents.middleware import AgentMiddleware  # noqa: PLC0415
+
+    checker = scripted(*["The arguments look fine."] * 8)
+
+    class ArgChecker(AgentMiddleware):
+        def wrap_tool_call(self, request: Any, handler: Any) -> Any:
+            checker.invoke(f"Are these arguments well formed? {request.tool_call['args']}")
+            return handler(request)
+
+        async def awrap_tool_call(self, request: Any, handler: Any) -> Any:
+            await checker.ainvoke(f"Are these arguments well formed? {request.tool_call['args']}")
+            return await handler(request)
+
+    post, posted = _poster("Reply from forum: " + UNSAFE_CLAUSE)
+    guard, _ = keyword_guard()
+    model = scripted(*replies)
+    agent = create_agent(model, [post], middleware=[ArgChecker()], checkpointer=InMemorySaver())
+    return agent, posted, model, checker, {"configurable": {"thread_id": "t"}, "callbacks": [_handler(guard, mode)]}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_helper_model_in_the_tools_node_does_not_free_a_blocked_call(mode: str) -> None:
+    call = tool_call("post_comment", {"text": "Nice roses!"})
+    agent, posted, model, checker, config = _checked_agent(mode, call, SAFE_ANSWER, call)
+    with pytest.raises(GuardViolation):
+        _run(agent, POST, mode, config)
+    for _ in range(2):
+        with pytest.raises(GuardViolation) as stop:
+            _run(agent, None, mode, config)
+        assert "earlier run" in str(stop.value)  # refused before the tool, not its result blocked again
+    assert posted == ["Nice roses!"]  # before: one post per resume
+    assert len(checker.seen) == 3  # the helper was asked on each resume: the tool refused after it
+    agent.update_state(config, {"messages": [ToolMessage("Withheld.", tool_call_id="call_1")]}, as_node="tools")
+    assert _run(agent, None, mode, config)["messages"][-1].content == SAFE_ANSWER
+    assert not any("ammonium" in str(m.content) for m in model.seen[-1])
+    # The thread went on: the model's later call of the same name and id (a provider reusing ids) runs.
+    with pytest.raises(GuardViolation) as stop:
+        _run(agent, {"messages": [HumanMessage("Post it once more")]}, mode, config)
+    assert posted == ["Nice roses!", "Nice roses!"] and "earlier run" not in str(stop.value)
+
+
+def _researcher(mode: str, pages: dict[str, str]) -> tuple[Any, list[str], list[str]]:
+    """A research tool that runs a sub-agent (its model fetches a page with call id "call_1", as Gemini and Ollama
+    number calls), the pages fetched and the errors the tool caught (an app's ordinary error handling)."""
+    fetched: list[str] = []
+    errors: list[str] = []
+
+    @tool
+    def fetch(url: str) -> str:
+        """Fetch a page."""
+        fetched.append(url)
+        return pages[url]
+
+    sub_model = scripted(
+        tool_call("fetch", {"url": "a.example"}), tool_call("fetch", {"url": "b.example"}), "Roses need sun."
+    )
+    sub = create_agent(sub_model, [fetch])
+
+    if mode == "sync":
+
+        @tool
+        def research(topic: str) -> str:
+            """Research a topic with the research sub-agent."""
+            try:
+                return sub.invoke({"messages": [HumanMessage(topic)]})["messages"][-1].content
+            except GuardViolation as stop:
+                errors.append(str(stop))
+                return "Research failed."
+
+    else:
+
+        @tool
+        async def research(topic: str) -> str:
+            """Research a topic with the research sub-agent."""
+            try:
+                return (await sub.ainvoke({"messages": [HumanMessage(topic)]}))["messages"][-1].content
+            except GuardViolation as stop:
+                errors.append(str(stop))
+                return "Research failed."
+
+    return research, fetched, errors
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_sub_agent_call_blocked_once_runs_again_on_a_later_turn(mode: str) -> None:
+    pages = {"a.example": "Garden tips. " + UNSAFE_CLAUSE, "b.example": "Roses need sun."}
+    research, fetched, errors = _researcher(mode, pages)
+    model = scripted(
+        tool_call("research", {"topic": "gardens"}), SAFE_ANSWER, tool_call("research", {"topic": "roses"}), SAFE_ANSWER
+    )
+    agent = create_agent(model, [research], checkpointer=InMemorySaver())
+    guard, _ = keyword_guard()
+    config = {"configurable": {"thread_id": "t"}, "callbacks": [_handler(guard, mode)]}
+    _run(agent, {"messages": [HumanMessage("Research gardens")]}, mode, config)
+    out = _run(agent, {"messages": [HumanMessage("Research roses")]}, mode, config)
+    assert fetched == ["a.example", "b.example"]  # before: the harmless page was refused, never fetched
+    assert [m.content for m in out["messages"] if isinstance(m, ToolMessage)] == ["Research failed.", "Roses need sun."]
+    assert len(errors) == 1 and "earlier run" not in errors[0]
+    assert not any("ammonium" in str(m.content) for seen in model.seen for m in seen)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_sub_agent_stop_raised_to_the_thread_is_not_fetched_again_on_resume_but_on_the_next_turn(mode: str) -> None:
+    fetched: list[str] = []
+    pages = iter(["Forum reply: " + UNSAFE_CLAUSE, "Roses like sun.", "Roses like sun."])
+
+    @tool
+    def fetch(url: str) -> str:
+        """Fetch a page."""
+        fetched.append(url)
+        return next(pages)
+
+    def sub_replies() -> Any:
+        # Each sub-agent run fetches with call id "0" (as TGI numbers calls), then answers once the page is in.
+        while True:
+            read = sub_model.seen[-1][-1]
+            yield "Roses are fine." if isinstance(read, ToolMessage) else fetch_call
+
+    fetch_call = tool_call("fetch", {"url": "https://x.example/roses"}, call_id="0")
+    sub_model = scripted()
+    sub_model.messages = sub_replies()
+    sub = create_agent(sub_model, [fetch])
+
+    if mode == "sync":
+
+        @tool
+        def research(topic: str) -> str:
+            """Research a topic with the research sub-agent."""
+            return sub.invoke({"messages": [HumanMessage(topic)]})["messages"][-1].content
+
+    else:
+
+        @tool
+        async def research(topic: str) -> str:
+            """Research a topic with the research sub-agent."""
+            return (await sub.ainvoke({"messages": [HumanMessage(topic)]}))["messages"][-1].content
+
+    model = scripted(
+        tool_call("research", {"topic": "roses"}, call_id="p1"),
+        tool_call("research", {"topic": "roses"}, call_id="p2"),
+        SAFE_ANSWER,
+    )
+    agent = create_agent(model, [research], checkpointer=InMemorySaver())
+    guard, _ = keyword_guard()
+    config = {"configurable": {"thread_id": "t"}, "callbacks": [_handler(guard, mode)]}
+    with pytest.raises(GuardViolation):
+        _run(agent, {"messages": [HumanMessage("research roses")]}, mode, config)
+    with pytest.raises(GuardViolation) as stop:  # the thread still waits on the research call: not run again
+        _run(agent, None, mode, config)
+    assert fetched == ["https://x.example/roses"] and "earlier run" in str(stop.value)
+    agent.update_state(config, {"messages": [ToolMessage("Research failed.", tool_call_id="p1")]}, as_node="tools")
+    out = _run(agent, {"messages": [HumanMessage("try again please")]}, mode, config)
+    assert len(fetched) == 2  # before: the sub-agent's call "0" was refused for good, the way out too
+    assert out["messages"][-1].content == SAFE_ANSWER
+    assert [m.content for m in out["messages"] if isinstance(m, ToolMessage)][-1] == "Roses are fine."
+    assert not any("ammonium" in str(m.content) for seen in model.seen for m in seen)
+
+
+async def _cancelled_while_searching(agent: Any, runs: list[str]) -> None:
+    """The user's own cancel (a dropped web request, Ctrl-C) once the search tool started, no guard stop anywhere."""
+    task = asyncio.ensure_future(agent.ainvoke({"messages": [HumanMessage("Search roses")]}, THREAD))
+    while not runs and not task.done():
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+@pytest.mark.parametrize("then", ["resume", "next_turn"])
+def test_a_users_own_cancel_is_not_answered_with_a_lost_result(then: str) -> None:
+    runs: list[str] = []
+    release = asyncio.Event()
+
+    @tool
+    async def search(query: str) -> str:
+        """Search the web."""
+        runs.append(query)
+        if len(runs) == 1:
+            await release.wait()  # slow the first time: the user gives up
+        return "Roses need six hours of sun."
+
+    search_call = tool_call("search", {"query": "roses"})
+    model = scripted(search_call, SAFE_ANSWER, search_call, SAFE_ANSWER)
+    guard, _ = keyword_guard()
+    agent = create_agent(model, [search], middleware=[GuardMiddleware(guard)], checkpointer=InMemorySaver())
+
+    async def main() -> dict[str, Any]:
+        await _cancelled_while_searching(agent, runs)
+        if then == "resume":  # the app retries the interrupted run: the search runs again, as LangGraph's do
+            return await agent.ainvoke(None, THREAD)
+        return await agent.ainvoke({"messages": [HumanMessage("Please search roses again")]}, THREAD)
+
+    out = asyncio.run(main())
+    read = [m.content for seen in model.seen for m in seen if isinstance(m, ToolMessage)]
+    assert not any("result was lost" in str(text) for text in read)  # before: the false notice, the tool not run
+    assert out["messages"][-1].content == SAFE_ANSWER
+    if then == "resume":
+        assert runs == ["roses", "roses"] and read[-1] == "Roses need six hours of sun."
