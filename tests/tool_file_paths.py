@@ -74,9 +74,11 @@ def opened_within(text: str) -> str:
 
 
 def mail_parts(message: str) -> str:
-    """The text parts of an RFC 2822 message, as a mail client decodes them (each part's transfer encoding)."""
+    """The text parts of an RFC 2822 message, as a mail client decodes them (each part's transfer encoding: base64,
+    quoted-printable, uuencode), and each attachment's name as it shows it (RFC 2231's ``filename*=``)."""
     parsed = email.message_from_string(message, policy=email.policy.default)
-    return "\n".join(str(part.get_content()) for part in parsed.walk() if part.get_content_maintype() == "text")
+    texts = [str(part.get_content()) for part in parsed.walk() if part.get_content_maintype() == "text"]
+    return "\n".join(texts + [str(part.get_filename()) for part in parsed.walk() if part.get_filename()])
 
 
 def judge() -> tuple[Guard, ScriptedBackend]:

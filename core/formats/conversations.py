@@ -349,8 +349,9 @@ def files_read(arguments: Any) -> list[tuple[str, str]]:
     walked, without recursion (arguments nest as deep as a client writes them), and a string that is a JSON array
     or object, which a tool parses (rt65j F1: ``'["TWl4..."]'``), as `arguments_reading` reads JSON text; a file's
     text is read again for the files it holds (rt66b F2: a mail message in base64 whose part is base64, a JSON
-    manifest of files, a ``data:`` URL in base64). Both at most `NESTED_DEPTH` strings deep and `NESTED_MAX_CHARS` of
-    those that hold a file, past which the call is refused (`InputTooLarge`) rather than judged as written."""
+    manifest of files, a ``data:`` URL in base64). Both at most `NESTED_DEPTH` strings deep and `NESTED_MAX_CHARS`
+    (a JSON text holding a file charged its length, a file's text the text of the files within it: `_ReadWithinEnd`),
+    past which the call is refused (`InputTooLarge`) rather than judged as written."""
     found: list[tuple[str, str]] = []
     budget = NESTED_MAX_CHARS
     # (a value, the dict it was read from or None, its key there, that dict's text label, its key path, how many
@@ -360,7 +361,7 @@ def files_read(arguments: Any) -> list[tuple[str, str]]:
         entry = stack.pop()
         if isinstance(entry, _ReadWithinEnd):
             if len(found) > entry.found_before:  # it held a file: charged, as `arguments_reading` charges a reading
-                budget -= entry.length
+                budget -= entry.charged(found)
                 if budget < 0:
                     raise InputTooLarge(
                         f"more than {NESTED_MAX_CHARS:,} characters of strings holding files to read (NESTED_MAX_CHARS)"
@@ -376,14 +377,16 @@ def files_read(arguments: Any) -> list[tuple[str, str]]:
                 stack.append(_ReadWithinEnd(len(item), len(found)))
                 stack.append((inner, None, None, None, path, layers + 1))
                 continue
-            text = _file_text(item, parent, key, label)
-            if text is None or text == item:
+            read = _file_text(item, parent, key, label)
+            if read is None:
                 continue
             if layers > NESTED_DEPTH:
                 raise InputTooLarge(f"a file within more than {NESTED_DEPTH} strings; not read")
-            found.append((_path_text(path), text))
-            stack.append(_ReadWithinEnd(len(text), len(found)))
-            stack.append((text, None, None, None, path, layers + 1))  # a file within the file
+            found.append((_path_text(path), read.text))
+            # Files within the file: only they are charged, not its text again (rt66q F3: a Gmail message of a
+            # 150 KB PDF and a base64 note was refused for its own length).
+            stack.append(_ReadWithinEnd(None, len(found)))
+            stack.extend((within, None, None, None, path, layers + 1) for within in reversed(read.within))
         elif isinstance(item, dict):
             label = text_label(item)
             stack.extend(
@@ -396,11 +399,18 @@ def files_read(arguments: Any) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class _ReadWithinEnd:
-    """Where the walk of what a string holds (a JSON text's parse, a file's text) ends (`files_read`): the string's
-    length, and the files found before it."""
+    """Where the walk of what a string holds (a JSON text's parse, a file's text) ends (`files_read`): the JSON
+    text's length (``None`` for a file's text), and the files found before it."""
 
-    length: int
+    length: int | None
     found_before: int
+
+    def charged(self, found: list[tuple[str, str]]) -> int:
+        """What reading within the string cost: a JSON text's length, as `arguments_reading` charges its parse; for
+        a file's text, the text of the files found within it (what the reading added)."""
+        if self.length is not None:
+            return self.length
+        return sum(len(text) for _, text in found[self.found_before :])
 
 
 #: A key path, innermost part last: (the path above, ``.key`` or ``[index]``), ``None`` at the top.
@@ -456,24 +466,42 @@ def _files_text(files: list[tuple[str, str]], room: int | None) -> str:
     return written if room is None else written[: room + 1]
 
 
-def _file_text(value: str, parent: dict[Any, Any] | None, key: Any, label: str | None) -> str | None:
+@dataclass(frozen=True)
+class _FileRead:
+    """A file one argument holds (`_file_text`): its text, and what is read again for the files within it (the
+    text, or a URL's or a form's decoded values by their keys: `_percent_read`)."""
+
+    text: str
+    within: list[Any]
+
+
+def _file_text(value: str, parent: dict[Any, Any] | None, key: Any, label: str | None) -> _FileRead | None:
     """The text a file in one argument holds, read as a message's file is (`core.formats.media`): a ``data:`` URL's,
     the data of a block that says it is a file (a media type, or base64: `file_data_text`), a string under any other
-    key of a dict labelled text (``label``: `labelled_file_text`), a bare string that is the base64 of a text
-    (`base64_text`, as strict as words need), a mail message's encoded parts (`mime_parts_text`), and a URL's or a
-    form's values percent-decoded (`_percent_read`); ``None`` for anything else. A tool decodes a file whatever its
-    bytes (`_sent_text`, rt66b F1)."""
+    key of a dict labelled text (``label``: `labelled_file_text`); else, each of these that reads it, joined (rt66q F2:
+    the first alone hid an attachment's encoded name behind a base64 part): a bare string that is the base64 of a
+    text (`base64_text`, as strict as words need), a mail message's encoded parts (`mime_parts_text`), and a URL's or
+    a form's values percent-decoded (`_percent_read`). ``None`` for anything else, or a text that is ``value`` as
+    written. A tool decodes a file whatever its bytes (`_sent_text`, rt66b F1)."""
     url = data_url(value)
+    text: str | None
     if url is not None:
         text = data_url_text(value)
-        return text if text is not None or not url.base64 else _sent_text(url.body)
-    if parent is not None and key in DATA_KEYS and (block_mime(parent) or says_base64(parent)):
-        return file_data_text(value, parent, key) or _sent_text(value)
-    if label is not None:
-        text = labelled_file_text(value, key, label)
-        if text is not None:
-            return text
-    return base64_text(value) or mime_parts_text(value) or _percent_read(value)
+        text = text if text is not None or not url.base64 else _sent_text(url.body)
+    elif parent is not None and key in DATA_KEYS and (block_mime(parent) or says_base64(parent)):
+        text = file_data_text(value, parent, key) or _sent_text(value)
+    else:
+        text = labelled_file_text(value, key, label) if label is not None else None
+        if text is None:
+            # Each reader's gate is its own (letters, a mail header, a URL or form): most strings pass none.
+            read = [t for t in (base64_text(value), mime_parts_text(value)) if t is not None and t != value]
+            within: list[Any] = list(read)
+            values = _percent_read(value)
+            if values:
+                read.append("\n".join(f"{k}={v}" for k, v in values))
+                within.append(_by_key(values))
+            return _FileRead("\n".join(read), within) if read else None
+    return None if text is None or text == value else _FileRead(text, [text])
 
 
 def _sent_text(encoded: str) -> str | None:
@@ -482,18 +510,53 @@ def _sent_text(encoded: str) -> str | None:
     return base64_as_text(encoded, labelled_media=False, drop_controls=True)
 
 
-#: A percent-encoded byte (``%4D``), or a form's value with ``+`` for its blanks (``text=Mix+ammonium``).
-_PERCENT_ENCODED = re.compile(r"%[0-9A-Fa-f]{2}|(?:^|[?&;])[^?&;=+\s]+=[^&;=]*\+")
+#: A percent-encoded byte (``%4D``), or a ``+`` for a blank: what a URL's or a form's value may be changed by.
+_PERCENT_ENCODED = re.compile(r"%[0-9A-Fa-f]{2}|\+")
+#: A form's key as a client writes one (``q``, ``utm_source``, ``user[name]``, ``a%5Bb%5D``): code's ``for(i=0`` or
+#: ``x<y`` is none.
+_FORM_KEY = re.compile(r"[\w.\-\[\]%]+")
+#: A blank: no URL or form body as a client writes it holds one.
+_BLANK = re.compile(r"\s")
 
 
-def _percent_read(value: str) -> str | None:
-    """A URL's or a form's values as the server that takes them reads them (``parse_qs``: percent-decoded, ``+`` a
-    blank); ``None`` where that changes nothing. rt66b F4: a query's ``text=%4D%69%78...`` reached the tool as the
-    clause."""
-    if _PERCENT_ENCODED.search(value) is None:
-        return None
-    read = urllib.parse.unquote_plus(value)
-    return read if read != value else None
+def _percent_read(value: str) -> list[tuple[str, str]]:
+    """The values of a string that IS a URL (a scheme, a host, no blank) or a form body (``key=value`` pairs
+    between ``&``, no blank) as the server that takes it reads them (``parse_qsl``: percent-decoded, ``+`` a blank),
+    ``(key, value)``, for those that decoding changes: a URL's path and each query value, a form's values. Empty for
+    any other string: a document with one ``%20`` link, code's ``i=i+1``, SQL's ``'%ab%'`` (rt66q F4: each was read
+    whole again). rt66b F4: a query's ``text=%4D%69%78...`` reached the tool as the clause."""
+    if _PERCENT_ENCODED.search(value) is None or _BLANK.search(value) is not None:
+        return []
+    try:
+        url = urllib.parse.urlsplit(value)
+    except ValueError:
+        return []
+    if url.scheme and url.netloc:
+        changed = [("path", urllib.parse.unquote(url.path))] if "%" in url.path else []
+        return [(k, v) for k, v in changed if v != url.path] + _changed_values(url.query, strict=False)
+    return _changed_values(value, strict=True)
+
+
+def _changed_values(query: str, *, strict: bool) -> list[tuple[str, str]]:
+    """A query's or a form's ``(key, value)`` pairs that percent-decoding changes, as ``parse_qsl`` reads them (keys
+    decoded too); ``strict``, a form body: every pair ``key=value`` (`_FORM_KEY`), else none is read."""
+    pairs = [pair.partition("=") for pair in query.split("&") if pair]
+    if strict and not all(sep and _FORM_KEY.fullmatch(k) for k, sep, _ in pairs):
+        return []
+    return [
+        (urllib.parse.unquote_plus(k), read)
+        for k, _, v in pairs
+        if _PERCENT_ENCODED.search(v) and (read := urllib.parse.unquote_plus(v)) != v
+    ]
+
+
+def _by_key(values: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """Decoded values by their keys, as ``parse_qs`` gives them: read again for the files within them (rt66q F5: a
+    query value's base64)."""
+    keyed: dict[str, list[str]] = {}
+    for k, v in values:
+        keyed.setdefault(k, []).append(v)
+    return keyed
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)

@@ -18,6 +18,8 @@ import codecs
 import email
 import email.errors
 import email.header
+import email.message
+import email.utils
 import re
 import urllib.parse
 from collections.abc import Mapping
@@ -530,9 +532,15 @@ def data_url_text(value: str) -> str | None:
     return base64_as_text(parsed.body, labelled_media=names_media(parsed.mime))
 
 
-#: What says a mail message holds encoded text (`mime_parts_text`): a part's body in base64 or quoted-printable, or
-#: a header's encoded word (RFC 2047's ``=?utf-8?b?...?=``). A message of plain parts is read as written.
-_MIME_ENCODED = re.compile(r"(?im)^content-transfer-encoding:[ \t]*(?:base64|quoted-printable)\b|=\?[^?\s]+\?[bq]\?")
+#: The Content-Transfer-Encodings Python's ``email`` package decodes (``get_payload(decode=True)``), as a mail client
+#: does: base64, quoted-printable and uuencode by each of its names (rt66q F1: an ``x-uuencode`` part was not read).
+_DECODED_ENCODINGS = ("base64", "quoted-printable", "x-uuencode", "uuencode", "x-uue", "uue")
+#: What says a mail message holds encoded text (`mime_parts_text`): a part's body in one of `_DECODED_ENCODINGS`, a
+#: header's encoded word (RFC 2047's ``=?utf-8?b?...?=``), or a parameter's encoded value (RFC 2231's
+#: ``filename*=utf-8''%4D...``). A message of plain parts is read as written.
+_MIME_ENCODED = re.compile(
+    rf"(?im)^content-transfer-encoding:[ \t]*(?:{'|'.join(_DECODED_ENCODINGS)})\b|=\?[^?\s]+\?[bq]\?|;\s*[\w.-]+\*(?:\d+\*?)?="
+)
 #: Most parts of a mail message read (`mime_parts_text`); past them the call is refused, not judged as written.
 MIME_MAX_PARTS = 256
 
@@ -541,9 +549,9 @@ def mime_parts_text(value: str) -> str | None:
     """The text an RFC 2822 / MIME message (a mail tool's raw message, rt66b F2) shows its reader, where it is
     encoded (`_MIME_ENCODED`): each part's body decoded as Python's ``email`` package decodes it (by its
     Content-Transfer-Encoding, as a mail client does), a text part as its label reads it (`labelled_text`), any other
-    when it is text (`bytes_as_text`, control characters dropped where only that leaves text), and each header's
-    encoded words. ``None`` when it holds none; `InputTooLarge` past `MIME_MAX_PARTS` parts or nesting the parser
-    cannot follow."""
+    when it is text (`bytes_as_text`, control characters dropped where only that leaves text), each header's encoded
+    words, and each parameter's encoded value (`_encoded_params_text`: an attachment's name). ``None`` when it holds
+    none; `InputTooLarge` past `MIME_MAX_PARTS` parts or nesting the parser cannot follow."""
     if _MIME_ENCODED.search(value) is None:
         return None
     texts: list[str] = []
@@ -552,8 +560,9 @@ def mime_parts_text(value: str) -> str | None:
             if count >= MIME_MAX_PARTS:
                 raise InputTooLarge(f"a mail message of more than {MIME_MAX_PARTS} parts (MIME_MAX_PARTS)")
             texts.extend(_header_text(v) for v in part.values() if isinstance(v, str) and "=?" in v)
+            texts.extend(_encoded_params_text(part))
             encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
-            if part.is_multipart() or encoding not in ("base64", "quoted-printable"):
+            if part.is_multipart() or encoding not in _DECODED_ENCODINGS:
                 continue
             raw = part.get_payload(decode=True)
             if not isinstance(raw, bytes):
@@ -566,6 +575,22 @@ def mime_parts_text(value: str) -> str | None:
         raise InputTooLarge("a mail message nested deeper than its parser reads") from None
     read = "\n".join(t for t in texts if t)
     return read or None
+
+
+def _encoded_params_text(part: email.message.Message) -> list[str]:
+    """A part's RFC 2231 parameters (``filename*=utf-8''%4D...``, ``name*0*=...``) as a mail client shows them
+    (``get_filename``), ``name=value``; those written plainly are read as written (rt66q F2)."""
+    texts: list[str] = []
+    for header in ("Content-Type", "Content-Disposition"):
+        if "*=" not in str(part.get(header, "")):
+            continue
+        for name, param in part.get_params([], header=header)[1:]:
+            if isinstance(param, tuple):  # RFC 2231: (charset, language, value)
+                try:
+                    texts.append(f"{name}={email.utils.collapse_rfc2231_value(param)}")
+                except (LookupError, UnicodeError):
+                    continue
+    return texts
 
 
 def _header_text(value: str) -> str:
