@@ -168,7 +168,9 @@ def test_marks_apart_from_the_clause_stay_safe_and_cost_no_window_work(guard):
     plain = len(engine.read)
     engine.read.clear()
     guard.check_prompt(CLAUSE_HEAD + " " + MARK * 50_000 + " " + CLAUSE_TAIL)
-    assert len(engine.read) == plain
+    # One reading more, whatever the marks' count: the text without them, judged beside it (rt66o F2: marks stacked
+    # on a space or a "?" flipped the demo guard to safe).
+    assert len(engine.read) == plain + 1
 
 
 def test_shortening_keeps_the_marks_a_script_needs_and_the_word_breaks():

@@ -17,13 +17,15 @@ on where the model runs:
    - Special-token strings (``<|im_start|>``, ``<|im_end|>``, ``<|endoftext|>``, any ``<|name|>``, and
      ``<think>``, ``</think>``, ``<tool_call>``, ``</tool_call>``, ``<tool_response>``,
      ``</tool_response>``) and the guard template's block tags (``<BEGIN CONVERSATION>``,
-     ``<END SAFETY POLICY>``, ...) get a ZERO WIDTH SPACE (U+200B) after their ``<``. No tokenizer
+     ``<END SAFETY POLICY>``, ...; their words spelled as a label's may be) get a ZERO WIDTH SPACE (U+200B) after
+     their ``<``. No tokenizer
      matches them as added tokens any more, on any engine, whatever its chat template does; a
      reader (or the model) still sees the same characters.
    - A turn label at the start of a line (``USER:`` / ``ASSISTANT:``, and the lines of the guard's own answer,
      ``Safety:`` / ``Categories:`` / ``Refusal:``, judged once more left out: `without_verdict_lines`; any case,
      after optional
-     spaces; spaces of any width, zero-width and format characters around it count as nothing, and a
+     spaces; spaces of any width, zero-width and format characters around it count as nothing, its letters
+     in any form or look-alike the as-seen reading reads as them (NFKC, `look_alikes`), and a
      full-width colon as a colon) gets U+200B before its colon (unless one is already there), so content cannot start a new ``USER: ...`` turn in the
      conversation text. Because a model may still read a label-like line as a turn, the text before
      each such label is also judged on its own (`forged_turn_segments`); the backends add those
@@ -36,7 +38,8 @@ on where the model runs:
    guard's tokenizer sees pieces it was never trained on. Where the text hides something between two
    letters (zero-width, bidi and format characters, tag characters and variation selectors; spaces of
    other widths, line separators and blank-looking letters standing for a space), draws marks through
-   Latin letters ("b\u0336o\u0336m\u0336b\u0336"), writes letters as full-width, mathematical, circled or squared
+   Latin letters ("b\u0336o\u0336m\u0336b\u0336"), stacks more than `MARKS_ON_NON_LETTER` marks on what is not
+   a letter (the final "?", a space, an emoji; read without them), writes letters as full-width, mathematical, circled or squared
    forms, or mixes look-alikes of another script into a Latin word ("bоmb"; Unicode's confusables data:
    `look_alikes`), the stretch around it is also judged as read: hidden characters removed (tag characters
    also as the ASCII they spell), blanks as spaces, letters as plain Latin, runs of marks cut to `MARK_RUN`.
@@ -104,14 +107,8 @@ _CONTROL_GAP = re.compile("(?<![\\W_])[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]+(?![
 CONTROL_GAP = "\u2063"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
-# `<|name|>` (Qwen's added tokens and any other model's of the same shape), the tag-shaped added tokens
-# of Qwen3, and the block tags of the Qwen3Guard-Gen instruction text.
-_TAG_TOKENS = re.compile(
-    r"<(?=\|[A-Za-z0-9_.\-]{1,64}\|>"
-    r"|/?(?:think|tool_call|tool_response)>"
-    r"|(?:BEGIN|END) (?:CONVERSATION|SAFETY POLICY|UNSAFE CONTENT CATEGORIES|REFUSAL POLICY)>)",
-    re.IGNORECASE,
-)
+# The block tags of the Qwen3Guard-Gen instruction text, their words spelled as a label's are (`_label_word`).
+_BLOCK_TAGS = ("CONVERSATION", "SAFETY POLICY", "UNSAFE CONTENT CATEGORIES", "REFUSAL POLICY")
 # A turn label at a line start: the conversation text writes turns as "\n\nUSER: ..." / "\n\nASSISTANT: ...".
 # A reader (and a model) sees a label in what a regex of the plain word misses, so the label is read as seen:
 # - around it, anything a reader does not see counts as nothing: spaces of any width (no line breaks),
@@ -119,7 +116,7 @@ _TAG_TOKENS = re.compile(
 #   written as `neutralize` writes it, "USER\u200b:", is still a forged turn); and Markdown around it
 #   ("**USER**:", "> USER:", "- USER:");
 # - inside the word, the same invisible characters and combining marks ("U\u200bSER");
-# - its letters may be full-width or Cyrillic/Greek look-alikes ("ＵＳＥＲ", "UЅER");
+# - its letters may be in any form or look-alike that the as-seen reading reads as that letter (`_letter_class`);
 # - a line may also start after U+2028/U+2029, and the colon may be a full-width or look-alike one.
 _INVISIBLE = (
     "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f"
@@ -130,27 +127,40 @@ _LABEL_GAP = rf"(?:[^\S\n\r\u2028\u2029]|[{_INVISIBLE}])"
 _MARKUP_BEFORE = r"[*_>#~`\u1fef\-]"
 _MARKUP_AFTER = r"[*_~`\u1fef]"
 _IN_WORD = rf"[{_INVISIBLE}\u0300-\u036f]*"
-# Each letter of the labels and what looks like it (case-insensitive matching adds the other case).
+# Kept from the hand list that came first: capitals whose small letter the as-seen reading reads as no letter or
+# another one ("ε", "ϝ"; "ν" reads "v", "υ" "u"). `_letter_class` adds the other case of each.
 _LOOK_ALIKES = {
-    "U": "U\uff35",
-    "S": "S\u0405\uff33",
-    "E": "E\u0415\u0395\uff25",
-    "R": "R\uff32",
-    "A": "A\u0410\u0391\uff21",
-    "I": "I\u0406\u0399\uff29",
-    "T": "T\u0422\u03a4\uff34",
-    "N": "N\u039d\uff2e",
-    "F": "F\u03dc\uff26",
-    "Y": "Y\u04ae\u03a5\uff39",
-    "C": "C\u0421\u03f9\uff23",
-    "G": "G\u050c\uff27",
-    "O": "O\u041e\u039f\uff2f",
-    "L": "L\u216c\uff2c",
+    "E": "\u0395",
+    "N": "\u039d",
+    "F": "\u03dc",
+    "Y": "\u04ae\u03a5",
 }
 
 
+# A vertical stroke reads as either "I" or "l" (`look_alikes`): the word it stands in decides, and here the word is
+# the label.
+_STROKE = {"I": "l", "L": "I"}
+
+
+@functools.cache
+def _letter_class(letter: str) -> str:
+    """A regex class body of every character the as-seen reading reads as ``letter`` (either case): the letter, its
+    look-alikes of other scripts (`_LATIN_OF`: UTS #39's table and the shapes added to it) and its other forms (NFKC
+    and the small capitals and IPA letters of `_LETTER_FORMS`: "Ｕ", "𝐔", "ɡ"). The labels the guard's prompt is
+    written with are found in every spelling a reader reads as them (a hand list missed 58 of USER's look-alikes,
+    rt66o F1)."""
+    chars = {letter.upper(), letter.lower(), *_LOOK_ALIKES.get(letter.upper(), "")}
+    wanted = {letter.upper(), letter.lower(), *_STROKE.get(letter.upper(), "")}
+    chars.update(c for c, latin in _LATIN_OF.items() if latin in wanted)
+    chars.update(chr(cp) for cp, plain in _classes().table.items() if plain in wanted)
+    chars.update(c for c, plain in _LETTER_FORMS.items() if plain in wanted)
+    # The other case of each: the patterns match case by case (the other case of a look-alike looks alike too).
+    chars.update(other for c in list(chars) for other in (c.lower(), c.upper()) if len(other) == 1)
+    return class_ranges(sorted(map(ord, chars)))
+
+
 def _label_word(word: str) -> str:
-    return _IN_WORD.join(f"[{_LOOK_ALIKES[c]}]" for c in word)
+    return _IN_WORD.join(f"[{_letter_class(c)}]" if c != " " else " " for c in word)
 
 
 #: The labels content must not write at a line's start: the turns of the conversation text, and the lines of the
@@ -161,17 +171,48 @@ _VERDICT_WORDS = ("SAFETY", "CATEGORIES", "REFUSAL")
 _TURN_COLONS = ":\uff1a\ufe55\ufe13\u2236\ua789\ufe30\u02d0"
 
 
-def _line_label(words: tuple[str, ...]) -> re.Pattern[str]:
-    return re.compile(
-        rf"(?:^|(?<=[\n\r\u2028\u2029]))(?:{_LABEL_GAP}|{_MARKUP_BEFORE})*"
-        rf"(?:{'|'.join(map(_label_word, words))})(?:{_LABEL_GAP}|{_MARKUP_AFTER})*(?=[{_TURN_COLONS}])",
-        re.IGNORECASE,
-    )
+class _LineLabel:
+    """A label at a line's start. Searched as a line break followed by the label, then matched at the text's start:
+    a pattern that starts with the break lets the regex engine skip to each break, where a lookbehind for one was tried
+    at every character (the scan runs on every text judged)."""
+
+    def __init__(self, words: tuple[str, ...]) -> None:
+        self.label = re.compile(
+            rf"(?:{_LABEL_GAP}|{_MARKUP_BEFORE})*"
+            rf"(?:{'|'.join(map(_label_word, words))})(?:{_LABEL_GAP}|{_MARKUP_AFTER})*(?=[{_TURN_COLONS}])"
+        )
+        self.after_break = re.compile(rf"[\n\r\u2028\u2029]({self.label.pattern})")
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """(start, end) of each label in ``text``, in order."""
+        first = self.label.match(text)
+        found = [first.span()] if first else []
+        return found + [m.span(1) for m in self.after_break.finditer(text)]
 
 
-_TURN_LABEL = _line_label(_TURN_WORDS)
-_VERDICT_LABEL = _line_label(_VERDICT_WORDS)
-_ANY_LABEL = _line_label(_TURN_WORDS + _VERDICT_WORDS)
+class _Labels:
+    """The patterns of `neutralize`, built on first use (their letter classes come from Unicode's properties)."""
+
+    def __init__(self) -> None:
+        self.turn = _LineLabel(_TURN_WORDS)
+        self.verdict = _LineLabel(_VERDICT_WORDS)
+        self.any = _LineLabel(_TURN_WORDS + _VERDICT_WORDS)
+        # `<|name|>` (Qwen's added tokens and any other model's of the same shape), the tag-shaped added tokens
+        # of Qwen3, and the block tags of the Qwen3Guard-Gen instruction text (these in any spelling read as them).
+        blocks = "|".join(map(_label_word, _BLOCK_TAGS))
+        self.tags = re.compile(
+            r"<(?=\|[A-Za-z0-9_.\-]{1,64}\|>"
+            r"|/?(?:think|tool_call|tool_response)>"
+            rf"|(?:{_label_word('BEGIN')}|{_label_word('END')}) (?:{blocks})>)",
+            re.IGNORECASE,
+        )
+
+
+@functools.cache
+def _labels() -> _Labels:
+    return _Labels()
+
+
 _LINE_END = re.compile(r"\r\n|[\n\r\u2028\u2029]")
 
 
@@ -219,10 +260,15 @@ def neutralize(text: str) -> str:
     True
     """
     if "<" in text:
-        text = _TAG_TOKENS.sub("<" + ZWSP, text)
+        text = _labels().tags.sub("<" + ZWSP, text)
     if _has_colon(text):
-        # A label already broken before its colon stays as it is (idempotent).
-        text = _ANY_LABEL.sub(lambda m: m.group(0) if m.group(0).endswith(ZWSP) else m.group(0) + ZWSP, text)
+        parts: list[str] = []
+        at = 0
+        for _, end in _labels().any.spans(text):
+            if text[end - 1 : end] != ZWSP:  # a label already broken before its colon stays as it is (idempotent)
+                parts += [text[at:end], ZWSP]
+                at = end
+        text = "".join(parts) + text[at:] if parts else text
     return text
 
 
@@ -239,7 +285,7 @@ def forged_turn_offsets(text: str) -> list[int]:
     """Offsets of the lines in ``text`` that start with a turn label (after optional spaces)."""
     if not _has_colon(text):
         return []
-    return [m.start() for m in _TURN_LABEL.finditer(text)]
+    return [start for start, _ in _labels().turn.spans(text)]
 
 
 def without_verdict_lines(text: str) -> str:
@@ -252,11 +298,11 @@ def without_verdict_lines(text: str) -> str:
         return text
     out: list[str] = []
     at = 0
-    for label in _VERDICT_LABEL.finditer(text):
-        if label.start() < at:  # on a line already cut
+    for start, label_end in _labels().verdict.spans(text):
+        if start < at:  # on a line already cut
             continue
-        end = _LINE_END.search(text, label.end())
-        out.append(text[at : label.start()])
+        end = _LINE_END.search(text, label_end)
+        out.append(text[at:start])
         at = len(text) if end is None else end.end()
     if not out:
         return text
@@ -369,6 +415,9 @@ def _looks_latin(text: str) -> bool:
 #: for seconds (rt61b F4). 30 is Unicode's own bound for text in its Stream-Safe Text Format (UAX #15, section 13);
 #: a stack that tall renders as one smudge, and past it a reader sees no more of the letter.
 MARK_RUN = 30
+#: The most combining marks in a row on a character that is not a letter (punctuation, a space, a symbol, an emoji)
+#: that a reading keeps: a longer run is a hidden place, and the reading drops it (`_loose_marks`).
+MARKS_ON_NON_LETTER = 2
 #: Characters of context judged on each side of what a reader sees differently.
 AS_SEEN_CONTEXT = 128
 #: Stretches read as seen are packed into pieces of about this many characters (one window or so each);
@@ -411,6 +460,13 @@ class _Classes:
         self.table.update({cp: " " for cp in blanks})
         # Marks NFC cannot compose onto a Latin letter: struck through, underlined, "zalgo" stacks.
         self.marked = re.compile(f"[A-Za-z\u00c0-\u024f\u1e00-\u1eff][{self.marks}]+")
+        # A stack of marks on what is not a letter (the final "?", a space, an emoji): a smudge to a reader, and
+        # tokens a guard was never trained on (12 acute accents on the final "?" flipped the demo guard to safe on 5
+        # of 6 unsafe answers, rt66o F2). Runs of more than `MARKS_ON_NON_LETTER` marks; which of them sit on a
+        # non-letter is `_loose_marks`' question (a lookbehind tried at every character doubled the reading's cost).
+        self.mark_runs = re.compile(f"[{self.marks}]{{{MARKS_ON_NON_LETTER + 1},}}")
+        bmp_marks = class_ranges([cp for cp in marks if cp <= 0xFFFF and cp not in _IGNORABLE])
+        self.bmp_mark_runs = re.compile(f"[{bmp_marks}]{{{MARKS_ON_NON_LETTER + 1},}}")
         self.word = re.compile(rf"(?:[^\W\d_]|[{self.hidden}{self.marks}])+")
         # Runs of non-starters longer than `MARK_RUN` (`_capped`); those of the BMP alone, for text without a character
         # past it (a class that holds any is tried range by range: ten times slower).
@@ -491,6 +547,7 @@ def _hidden_places(text: str) -> list[tuple[int, int]]:
     if _looks_latin(text):
         found += [m.span() for m in classes.word.finditer(text) if _mixed(m.group())]
     found += [m.span() for m in classes.marked.finditer(text) if len(_nfc(m.group())) > 1]
+    found += _loose_marks(text)
     found += [m.span() for m in _tag_runs(text)]
     if _INDICATOR.search(text):
         found += [m.span(2) for m in _LONE_INDICATOR.finditer(text)]
@@ -507,6 +564,8 @@ def read_as_seen(text: str) -> str:
     """
     classes = _classes()
     text = _capped(text)
+    if loose := _loose_marks(text):  # a stack on a non-letter: the smudge a reader skips over
+        text = "".join(text[a:b] for a, b in zip([0, *(e for _, e in loose)], [*(s for s, _ in loose), len(text)]))
     if _INDICATOR.search(text) and _LONE_INDICATOR.search(
         text
     ):  # before hidden characters go: they keep indicators apart
@@ -521,6 +580,17 @@ def read_as_seen(text: str) -> str:
     return classes.word.sub(
         lambda m: "".join(_LATIN_OF.get(c, c) for c in m.group()) if _mixed(m.group()) else m.group(), text
     )
+
+
+def _loose_marks(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each run of more than `MARKS_ON_NON_LETTER` marks on a character that is not a letter (nor a
+    spacing mark: Indic syllables stack their signs on one), or at the text's start."""
+    runs = _classes().mark_runs if _ASTRAL.search(text) else _classes().bmp_mark_runs
+    return [m.span() for m in runs.finditer(text) if m.start() == 0 or _non_letter(text[m.start() - 1])]
+
+
+def _non_letter(char: str) -> bool:
+    return not char.isalpha() and unicodedata.category(char) != "Mc"
 
 
 def _unmarked(match: re.Match[str]) -> str:
