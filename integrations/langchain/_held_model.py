@@ -148,8 +148,13 @@ _NS_SEP, _NS_END = "|", ":"
 #: most ``max_interval=128`` s by default, ``ModelRetryMiddleware`` 60 s). A later attempt is judged on its own.
 OWED_RETENTION_S = 600.0
 
-#: Texts owed at most at once (each as long as what went out): the oldest are pushed out first, and leave a mark.
+#: Texts owed at most at once by attempts that failed (an ``Exception``: each as long as what went out): the oldest are
+#: pushed out first, and leave a mark.
 OWED_KEPT = 256
+
+#: Texts owed at most at once by attempts cut off without an error of their own (cancelled, closed): a pool of their
+#: own, whose oldest are pushed out with no mark (`OwedTexts`).
+OWED_CUT_KEPT = 256
 
 #: Marks of texts pushed out before their time, at most (each a hash, ~100 bytes with its entry: ~26 MB in all). Past
 #: it every call owed nothing is refused until the oldest mark expires: so many failed streams in ten minutes is a
@@ -162,7 +167,21 @@ class OwedTexts:
     and ``kept`` at most. One pushed out before its time by others (an outage fails every stream in flight) leaves a
     mark: the call's next attempt is refused, not judged fresh (before, it was: rt65m F3). Past ``marks`` marks, until
     the mark pushed out would have gone, every call that is owed no text is refused: nothing owed is ever forgotten
-    silently."""
+    silently.
+
+    An attempt cut off without an error of its own (``cut``: a cancellation, a stream its consumer closed) owes its
+    text in a pool of its own, ``cut_kept`` at most, whose oldest are pushed out with no mark. Most are a user's "stop"
+    or a client that hung up, never asked again: in the marked pool, 256 of them pushed out an honest retry's text
+    (refused), and 262,400 in ten minutes (437 a second, one client) refused every call of the process (rt66k F3).
+    A cut-off attempt's retry (an app's timeout that asks again) pushed out by other cut-off ones is judged fresh:
+    accepted, as a stream cannot tell a timeout from a user's stop. Once an attempt of a call failed, its text stays
+    in the marked pool.
+
+    Two attempts of one key that owe different texts, neither continuing the other's (siblings LangGraph runs with one
+    key: `step_of`; the calls of a batch with the same messages), leave a conflict: the next attempt is refused, as it
+    cannot be judged as what its consumer holds (before, the later text replaced the other: a sibling's retry was
+    judged after the other's text, rt66k F2). Where either failed, the conflict is a mark; between cut-off attempts it
+    is held in their pool."""
 
     def __init__(
         self,
@@ -170,9 +189,13 @@ class OwedTexts:
         marks: int = OWED_MARKS,
         retention_s: float = OWED_RETENTION_S,
         clock: Callable[[], float] = time.monotonic,
+        cut_kept: int = OWED_CUT_KEPT,
     ) -> None:
         self.kept, self.marks, self.retention_s, self._clock = kept, marks, retention_s, clock
+        self.cut_kept = cut_kept
         self._texts: OrderedDict[Hashable, tuple[float, str]] = OrderedDict()  # key: (until, text), oldest first
+        # Cut-off attempts' texts: (until, text), or ``None`` for a conflict (refused), oldest first.
+        self._cut: OrderedDict[Hashable, tuple[float, str | None]] = OrderedDict()
         # A mark is the key's hash, to be small: two keys with one hash refuse a call too many, never one too few.
         self._marks: OrderedDict[int, float] = OrderedDict()  # hash: until
         self._all_until = -math.inf
@@ -182,40 +205,60 @@ class OwedTexts:
         """The text owed to ``key``'s attempt (``""``: none), or ``None`` where some was owed and is forgotten."""
         with self._lock:
             now = self._clock()
-            entry = self._texts.get(key)
+            entry = self._texts.get(key) or self._cut.get(key)
             if entry is not None and now < entry[0]:
                 return entry[1]
             until = self._marks.get(hash(key))
             forgotten = (until is not None and now < until) or now < self._all_until
             return None if forgotten else ""
 
-    def owe(self, key: Hashable, text: str) -> None:
-        """An attempt of ``key`` failed with ``text`` with the consumer: its next attempt continues it."""
+    def owe(self, key: Hashable, text: str, continued: str = "", *, cut: bool = False) -> None:
+        """An attempt of ``key`` that continued ``continued`` ended with ``text`` with the consumer (``cut``: cut off,
+        not failed): its next attempt continues it."""
         with self._lock:
             now = self._clock()
-            self._texts[key] = (now + self.retention_s, text)
-            self._texts.move_to_end(key)
-            self._marks.pop(hash(key), None)
             self._expire(now)
-            while len(self._texts) > self.kept:
-                pushed, (until, _) = self._texts.popitem(last=False)
-                self._marks[hash(pushed)] = until
-                self._marks.move_to_end(hash(pushed))
-            while len(self._marks) > self.marks:
-                self._all_until = max(self._all_until, self._marks.popitem(last=False)[1])
+            until = now + self.retention_s
+            failed = key in self._texts or not cut  # once failed, marked whatever ends the later attempts
+            entry = self._texts.pop(key, None) or self._cut.pop(key, None)
+            if entry is not None and entry[1] not in (continued, text):
+                text_or_conflict: str | None = None  # another attempt's text, not this one's beginning
+            else:
+                text_or_conflict = text
+            if failed and text_or_conflict is None:
+                self._mark(key, until)
+            elif failed:
+                self._texts[key] = (until, text)
+                self._marks.pop(hash(key), None)
+                while len(self._texts) > self.kept:
+                    pushed, (pushed_until, _) = self._texts.popitem(last=False)
+                    self._mark(pushed, pushed_until)
+            else:
+                self._cut[key] = (until, text_or_conflict)
+                self._marks.pop(hash(key), None)
+                while len(self._cut) > self.cut_kept:
+                    self._cut.popitem(last=False)  # no mark: its retry is judged fresh (documented)
 
     def paid(self, key: Hashable, prefix: str) -> None:
         """An attempt of ``key`` that continued ``prefix`` answered to its end: nothing is owed. Not when another
         attempt failed meanwhile (the calls of a batch in one step share their key): its text is still owed."""
         with self._lock:
-            entry = self._texts.get(key)
-            if entry is not None and entry[1] == prefix:
-                del self._texts[key]
+            for texts in (self._texts, self._cut):
+                entry = texts.get(key)
+                if entry is not None and entry[1] == prefix:
+                    del texts[key]
+
+    def _mark(self, key: Hashable, until: float) -> None:
+        self._marks[hash(key)] = until
+        self._marks.move_to_end(hash(key))
+        while len(self._marks) > self.marks:
+            self._all_until = max(self._all_until, self._marks.popitem(last=False)[1])
 
     def _expire(self, now: float) -> None:
-        # Oldest first, every one kept as long: the first still owed ends the sweep.
-        while self._texts and next(iter(self._texts.values()))[0] <= now:
-            self._texts.popitem(last=False)
+        # Oldest first, every one kept as long: the first still owed ends each sweep.
+        for texts in (self._texts, self._cut):
+            while texts and next(iter(texts.values()))[0] <= now:
+                texts.popitem(last=False)
         while self._marks and next(iter(self._marks.values())) <= now:
             self._marks.popitem(last=False)
 
@@ -271,19 +314,22 @@ def _step(run_manager: Any) -> tuple[str, ...] | None:
     outside one, the run the caller's context makes it a child of (a ``RunnableRetry``'s, a ``RunnableWithFallbacks``':
     the same for each attempt; LangChain hands ``_stream`` no run manager, so its run's parent, where it does, comes
     next)."""
-    configurable = out_of_sight.config_without_callbacks().get("configurable") or {}
     callbacks = (var_child_runnable_config.get() or {}).get("callbacks")
     return step_of(
-        configurable, getattr(callbacks, "parent_run_id", None) or getattr(run_manager, "parent_run_id", None)
+        out_of_sight.config_without_callbacks(),
+        getattr(callbacks, "parent_run_id", None) or getattr(run_manager, "parent_run_id", None),
     )
 
 
-def step_of(configurable: Mapping[str, Any], parent: Any) -> tuple[str, ...] | None:
-    """The step of a call with ``configurable`` (its config's) whose run is a child of ``parent`` (a run id, or
-    ``None``): its LangGraph node run (`_node_run`), else that run."""
+def step_of(config: Mapping[str, Any], parent: Any) -> tuple[str, ...] | None:
+    """The step of a call with ``config`` (its ``configurable`` and ``metadata``) whose run is a child of ``parent``
+    (a run id, or ``None``): its LangGraph node run (`_node_run`) and the place of its task among its siblings
+    (`_task_place`), else that run."""
+    configurable = config.get("configurable") or {}
     task = configurable.get(_TASK_ID)
     if isinstance(task, str):
-        return ("task", *_node_run(str(configurable.get("checkpoint_ns") or ""), task))
+        run = _node_run(str(configurable.get("checkpoint_ns") or ""), task)
+        return ("task", *run, _task_place(config.get("metadata") or {}))
     return ("run", str(parent)) if parent is not None else None
 
 
@@ -292,13 +338,25 @@ def _node_run(namespace: str, task: str) -> tuple[str, str]:
     (``"agent:<task id>|model:<task id>"``): the outermost node run (its name and task id, the same for each attempt of
     it) and the names of the nodes inside it. A retry of an outer node (a subgraph, an agent run as a node or called
     in one, under the parent's ``RetryPolicy``) runs the inner ones as new tasks, in a namespace with a new task id in
-    each inner part and a number of the subgraph's step (``"sub:<id>|1|chat:<new id>"``): keyed by the innermost task,
-    its model call was judged fresh (rt66d F1). Calls of other nodes inside it differ by name, and calls of the node
-    with other messages by their digest (`OwedCall.conversation`)."""
+    each inner part and a count of the subgraphs the task ran (``"sub:<id>|1|chat:<new id>"``): keyed by the innermost
+    task, its model call was judged fresh (rt66d F1). Calls of other nodes inside it differ by name, and calls of the
+    node with other messages by their digest (`OwedCall.conversation`)."""
     parts = [part for part in namespace.split(_NS_SEP) if part and not part.isdigit()]
     if not parts:
         return task, ""
     return parts[0], _NS_SEP.join(part.split(_NS_END)[0] for part in parts[1:])
+
+
+def _task_place(metadata: Mapping[str, Any]) -> str:
+    """Where the innermost task stands among its siblings: LangGraph's ``langgraph_path`` (``("__pregel_pull",
+    node)``; a ``Send``'s ``("__pregel_push", index, ...)``; a functional API task's call, by its parent's path and its
+    index there). Made of names and indexes, never ids: the same across a retry at any level, and another for each task
+    of a ``Send`` fan-out, whose tasks `_node_run` alone tells apart only by the task id an outer retry renews (one key
+    for both drafts of a best-of-2: a sibling's retry was judged after the other's text, rt66k F2). Siblings above the
+    innermost level (a ``Send`` to a subgraph node, two agents one node runs) share a key: where both owe text, it is a
+    conflict (`OwedTexts`), and their next attempt is refused."""
+    path = metadata.get("langgraph_path")
+    return repr(path) if isinstance(path, (tuple, list)) else ""
 
 
 def owed_call(messages: Sequence[BaseMessage], run_manager: Any) -> OwedCall:
@@ -326,13 +384,14 @@ def passed_before(guard: Guard, ledger: StreamLedger, call: OwedCall) -> str:
     return owed
 
 
-def record_passed(ledger: StreamLedger, call: OwedCall, passed: str) -> None:
-    """An attempt failed with ``passed`` (its prefix and what it passed on) with the consumer: the next continues it."""
+def record_passed(ledger: StreamLedger, call: OwedCall, passed: str, continued: str = "", *, cut: bool = False) -> None:
+    """An attempt that continued ``continued`` failed (``cut``: was cut off) with ``passed`` (its prefix and what it
+    passed on) with the consumer: the next continues it (`OwedTexts.owe`)."""
     if not passed:
         return  # nothing went out: nothing is owed
     ledger.passed[call.conversation] = passed
     if call.step is not None:
-        _OWED.owe(call.key, passed)
+        _OWED.owe(call.key, passed, continued, cut=cut)
 
 
 def forget_passed(ledger: StreamLedger, call: OwedCall, prefix: str) -> None:
@@ -766,17 +825,20 @@ def passing(ledger: StreamLedger, call: OwedCall, held: HeldStream) -> Iterator[
     continues (`record_passed`); when it ends, nothing is. A timeout cancels an attempt (``asyncio.wait_for``, a
     timeout middleware, a ``RetryPolicy(retry_on=TimeoutError)``) and a sync consumer that gives up on a stream closes
     it (``GeneratorExit``), and either is asked again as a failure is (before, only an ``Exception`` was recorded:
-    their retry was judged fresh, rt66d F2). A user's "stop generating" is recorded too, and holds one of `OWED_KEPT`
-    places for `OWED_RETENTION_S`: accepted, as a stream cannot tell it from an app's timeout that asks again, and a
-    place pushed out leaves a mark (that call's next attempt is refused), never a continuation judged fresh."""
+    their retry was judged fresh, rt66d F2). A user's "stop generating" or a client that hangs up ends an attempt the
+    same way: such cut-off attempts owe their text in a pool of their own, pushed out with no mark (`OwedTexts`), so
+    that hang-ups never refuse an honest retry nor, past the marks, every call (rt66k F3)."""
     try:
         yield
     except GuardViolation:
         # The guard's stop is the call's outcome, never asked again (`StreamLedger.stopped`): nothing is owed, and
         # blocked answers took the step store's slots for nothing (rt65o F2: 256 of them refused an honest retry).
         raise
-    except BaseException:
-        record_passed(ledger, call, held.prefix + held.passed_text)
+    except Exception:
+        record_passed(ledger, call, held.prefix + held.passed_text, held.prefix)
+        raise
+    except BaseException:  # CancelledError, GeneratorExit: cut off, not failed
+        record_passed(ledger, call, held.prefix + held.passed_text, held.prefix, cut=True)
         raise
     forget_passed(ledger, call, held.prefix)
 

@@ -30,8 +30,11 @@ Every path exists sync and async: ``invoke``/``ainvoke``, ``stream``/``astream``
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
-import uuid
+import hashlib
+import re
+import weakref
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, NoReturn, cast
@@ -42,7 +45,7 @@ from langchain_core.messages import AIMessage, BaseMessage, convert_to_messages
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import patch_config
-from pydantic import ConfigDict, PrivateAttr, field_validator, model_validator
+from pydantic import ConfigDict, field_validator, model_validator
 from qwenguard.core import Guard, Stage
 from qwenguard.core.formats.conversations import prompt_conversation, untrusted_conversation
 from qwenguard.core.guard import speaking_as
@@ -246,6 +249,44 @@ def _unguardable(runnable: Any) -> str | None:
     return None
 
 
+# -- what a guard step wraps, by what it is rather than which object it is (`GuardRunnable._step_identity`) ----------
+#: A GuardRunnable's fields that are not its settings: its guard, and what it wraps (`runnable_identity`).
+_NOT_SETTINGS = frozenset({"guard", "runnable"})
+
+#: A memory address in a repr (``<function f at 0x7f...>``, a client object's): another for each object built.
+_ADDRESS = re.compile(r" at 0x[0-9A-Fa-f]+")
+
+#: The identity of each wrapped runnable read so far, by its id while it lives (a weak reference drops its entry).
+_IDENTITIES: dict[int, str] = {}
+
+
+def runnable_identity(runnable: Any) -> str:
+    """A digest of what ``runnable`` is: its repr, memory addresses left out, so that a runnable built again the same
+    way (a chain made for each call, a model with its clients) has the same. Read once per object, when first seen:
+    the repr of one whose fields change as it answers (a counter, a list of the calls it saw) would differ by attempt.
+    A runnable built anew for each call whose repr has changed since (a chain around such a model) is another."""
+    known = _IDENTITIES.get(id(runnable))
+    if known is not None:
+        return known
+    try:
+        text = _ADDRESS.sub("", repr(runnable))
+    except Exception:  # noqa: BLE001 - a repr that fails: its class alone
+        text = f"{type(runnable).__module__}.{type(runnable).__qualname__}"
+    identity = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    try:
+        weakref.finalize(runnable, _IDENTITIES.pop, id(runnable), None)
+    except TypeError:  # not weakly referable: read again on each call
+        return identity
+    _IDENTITIES[id(runnable)] = identity
+    return identity
+
+
+async def arunnable_identity(runnable: Any) -> str:
+    """Async twin of `runnable_identity`: a runnable not read yet is read on a worker thread (its repr may be long)."""
+    known = _IDENTITIES.get(id(runnable))
+    return known if known is not None else await asyncio.to_thread(runnable_identity, runnable)
+
+
 def _combine(chunks: Sequence[Any]) -> Any:
     """The full value of a streamed input (what ``invoke`` would have received)."""
     final = chunks[0]
@@ -304,8 +345,6 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
     window_chars: int = DEFAULT_WINDOW_CHARS
     min_chars: int = 1
     parallel_input: bool | None = None
-    #: What tells this step's streams from another step's given the same input in one node run (`_owed_call`).
-    _instance: str = PrivateAttr(default_factory=lambda: uuid.uuid4().hex)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """``GuardRunnable(runnable, guard)`` positionally too (as ``GuardedChatModel(model, guard)``), or by keyword;
@@ -490,16 +529,29 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
     # -- an attempt after one whose stream failed part-way: its answer continues what went out ------------------
     # As `GuardedChatModel`'s (`_held_model.OwedTexts`): a node's ``RetryPolicy`` or ``with_retry()`` runs the step
     # again, and the consumer reads its answer right after the text the failed attempt passed on. The call is this
-    # step (the instance: two steps given one question in a node run, a classifier's and the answer's, would take and
-    # pay each other's text) and the screened input's conversation, in the node run (or the run retrying it). Without
-    # an input check (``guard_output``) there is no call: its input is the model's chunks, and one ``guard_output`` may
-    # end two chains of a node run (a helper's and the answer's), so nothing it reads tells the answer's retry from the
-    # helper: each of its streams is judged on its own (documented).
-    def _owed_call(self, context: list[dict[str, str]], config: RunnableConfig, run_manager: Any) -> OwedCall | None:
+    # step (what it wraps and its settings, `_step_identity`: two steps given one question in a node run, a
+    # classifier's and the answer's, would take and pay each other's text) and the screened input's conversation, in
+    # the node run (or the run retrying it). Without an input check (``guard_output``) there is no call: its input is
+    # the model's chunks, and one ``guard_output`` may end two chains of a node run (a helper's and the answer's), so
+    # nothing it reads tells the answer's retry from the helper: each of its streams is judged on its own (documented).
+    def _owed_call(
+        self, context: list[dict[str, str]], config: RunnableConfig, run_manager: Any, wrapped: str
+    ) -> OwedCall | None:
+        """The call this stream is an attempt of; ``wrapped``: the wrapped runnable's identity (`runnable_identity`)."""
         if not context:
             return None
-        step = step_of(config.get("configurable") or {}, run_manager.parent_run_id)
-        return OwedCall(f"{self._instance}:{context_digest(context)}", step)
+        step = step_of(config, run_manager.parent_run_id)
+        return OwedCall(f"{self._step_identity(wrapped)}:{context_digest(context)}", step)
+
+    def _step_identity(self, wrapped: str) -> str:
+        """What this step is, the same for a copy of it: the runnable it wraps (``wrapped``) and its settings. Not the
+        instance: one built for each call (inside a node, or by ``configurable_fields`` for a request that sets a
+        field) is another object on each attempt, and keyed by a token of the instance its retry was judged fresh
+        (rt66k F1). Two steps that wrap the same runnable with the same settings, given the same input in one node
+        run, are one step (their texts conflict: `_held_model.OwedTexts`)."""
+        settings = [(name, getattr(self, name)) for name in type(self).model_fields if name not in _NOT_SETTINGS]
+        digest = hashlib.blake2b(f"{wrapped}\n{settings!r}".encode("utf-8", "surrogatepass"), digest_size=16)
+        return digest.hexdigest()
 
     def _continued(
         self, call: OwedCall | None, context: list[dict[str, str]]
@@ -650,7 +702,8 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
             output = until_blocked(output, pending)
         if self.check_output:
             context = self._context(items)
-            output = self._guard_chunks(output, context, self._owed_call(context, config, run_manager))
+            call = self._owed_call(context, config, run_manager, runnable_identity(self.runnable))
+            output = self._guard_chunks(output, context, call)
         yield from (output if pending is None else after_verdict(output, pending))
 
     async def _atransform(
@@ -684,7 +737,8 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
             output = auntil_blocked(output, pending)
         if self.check_output:
             context = self._context(items)
-            call = await built_off_loop(lambda: self._owed_call(context, config, run_manager), context)
+            wrapped = await arunnable_identity(self.runnable)
+            call = await built_off_loop(lambda: self._owed_call(context, config, run_manager, wrapped), context)
             output = self._aguard_chunks(output, context, call)
         async for chunk in output if pending is None else aafter_verdict(output, pending):
             yield chunk
