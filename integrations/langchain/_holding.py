@@ -11,7 +11,9 @@ is back: the next chunk is raced against the check in flight (a sync stream's mo
 its own).
 
 A chunk goes out once all of its text has been released, in order (one released but for whitespace at its end, which
-the monitor holds as the next text's separator, goes out in two parts: `_split_released`). Tool-call chunks (their streamed
+the monitor holds as the next text's separator, goes out in two parts: `_split_released`), and one that wrote the
+last word of a string another string broke off mid-sentence once a later chunk read that string on (`_broken_off`: a
+window showed the word with the next of its own string, not with the line between). Tool-call chunks (their streamed
 arguments) are held until the whole call is judged as the assistant's action, after the stream ends, and so
 are chunks that carry text the answer quotes (`source_text`: citations, server tool outputs, metadata),
 judged as untrusted content then; chunks behind them wait too, so the consumer's order never changes. A violation raises
@@ -63,6 +65,7 @@ from ._messages import (
     worded,
 )
 from ._screening import ascreen, built_off_loop, raise_first, screen
+from ._stream_reading import Runs
 from ._streaming import DEFAULT_WINDOW_CHARS, Engine, MonitorScreen, Screen, open_screen
 
 __all__ = [
@@ -453,7 +456,7 @@ def _split_released(held: deque[_Held], released: int) -> None:
     it (rt65d F2: a 2 s pause held it 2 s). The parts add up to the chunk (its other fields on the first only), and
     the consumer never holds more than the monitor released. A chunk whose text is not its string content (blocks,
     reasoning beside it) or that closes the stream (``chunk_position="last"``) waits as before."""
-    end, to_end, chunk, text = held[0]
+    end, to_end, chunk, text, seq = held[0]
     unreleased = end - released
     # The last character first: a long chunk whose words wait is not copied for each chunk that comes after it.
     if not 0 < unreleased < len(text) or not text[-1].isspace() or text[-unreleased:].strip():
@@ -468,8 +471,8 @@ def _split_released(held: deque[_Held], released: int) -> None:
     else:
         return
     held.popleft()
-    held.appendleft((end, to_end, tail, text[at:]))
-    held.appendleft((released, to_end, head, text[:at]))
+    held.appendleft((end, to_end, tail, text[at:], seq))
+    held.appendleft((released, to_end, head, text[:at], seq))
 
 
 def _judged_at_end(chunk: Any, budget: int) -> bool:
@@ -514,8 +517,9 @@ def as_message(value: BaseMessage) -> BaseMessage:
     return value
 
 
-#: A chunk held back: (the end offset of its text in the answer, held until the stream ended, the chunk, its text).
-_Held = tuple[int, bool, Any, str]
+#: A chunk held back: (the end offset of its text in the answer, held until the stream ended, the chunk, its text,
+#: which chunk of the stream it is).
+_Held = tuple[int, bool, Any, str, int]
 
 
 class HeldStream:
@@ -567,6 +571,13 @@ class HeldStream:
         self._streamed_calls = StreamedCallBlocks()
         self._order = BlockOrder()
         self._reading = StreamReading()  # how the chunks' blocks read whole join up (`chunk_text`)
+        # Chunks that wrote the last word of a string another broke off mid-sentence (`_broken_off`): by chunk, the
+        # strings it waits for, and how much text is released once they were read on (the chunk that read them).
+        self._count = 0
+        self._gates: dict[int, set[int]] = {}
+        self._gate_ends: dict[int, int] = {}
+        self._latest: dict[int, int] = {}  # string -> the last chunk that wrote some of it
+        self._since: dict[int, int] = {}  # string -> the first chunk that wrote some of it since it was read on
         #: Whether a chunk was held for what is judged once the stream ended (`_end_items` must read it).
         self._held_for_end = False
         self._passed_texts: list[str] = []  # the texts of the chunks passed on (`passed_text`)
@@ -654,7 +665,11 @@ class HeldStream:
         fed += len(text)
         to_end = self._holds_to_end(chunk, held)
         self._held_for_end |= to_end
-        held.append((fed, to_end, chunk, text))
+        held.append((fed, to_end, chunk, text, self._count))
+        runs = self._reading.runs()
+        if runs.extended or runs.broken:
+            self._broken_off(runs, held, fed)
+        self._count += 1
         self._streamed_calls.add(chunk)
         summed = _summable(chunk)  # the consumer gets the chunk as it was judged
         # Nothing reads the whole before the stream ended: message chunks wait in a list to be added in one pass
@@ -665,19 +680,51 @@ class HeldStream:
             self._whole = _add(self.whole, summed, self.guard.max_chars)
         return fed, text
 
-    @staticmethod
-    def _ready(held: deque[_Held], released: int) -> bool:
-        """Does the first held chunk go out now: all its text released? Once only whitespace at its end is not, it is
-        split there first (`_split_released`)."""
+    def _broken_off(self, runs: Runs, held: deque[_Held], fed: int) -> None:
+        """Gate the chunks that wrote the last word of a string broken off mid-sentence (``runs.broken``) until a
+        later chunk reads the string on (`StreamReading`, rt66 G): a window read that word before a line of other
+        text (OpenRouter's ``format`` after each piece's ``text``) and let it out, "Mix" before "ammonium" came. Once
+        read on (``runs.continued``), they go out with the chunk that did, whose text shows the word with the next."""
+        seq = held[-1][4]
+        for path in runs.continued:
+            self._since[path] = seq
+            for gate, paths in self._gates.items():
+                if path in paths:
+                    paths.discard(path)
+                    self._gate_ends[gate] = fed
+        for path in runs.extended:
+            self._latest[path] = seq
+            self._since.setdefault(path, seq)
+        first = held[0][4]
+        for path in runs.broken:
+            since = self._since.pop(path, seq)
+            if self._latest.get(path, -1) >= first:  # a chunk that wrote some of it is held still
+                self._gates.setdefault(max(since, first), set()).add(path)
+
+    def _gates_opened(self) -> None:
+        """The stream ended: what every string wrote was judged, unless it is judged whole (`interleaved`)."""
+        if not self._reading.interleaved:
+            self._gates.clear()
+            self._gate_ends.clear()
+
+    def _ready(self, held: deque[_Held], released: int) -> bool:
+        """Does the first held chunk go out now: all its text released, and no string it broke off waited for
+        (`_broken_off`)? Once only whitespace at its end is not, it is split there first (`_split_released`)."""
         if not held or held[0][1]:
             return False
+        if self._gates and held[0][4] in self._gates:
+            seq = held[0][4]
+            if self._gates[seq] or released < self._gate_ends.get(seq, 0):
+                return False
+            del self._gates[seq]
+            self._gate_ends.pop(seq, None)
         if held[0][0] > released:
             _split_released(held, released)
         return held[0][0] <= released
 
     def _passed_on(self, held: deque[_Held]) -> Any:
         """The first held chunk, taken to go out: its text counts as the consumer's (`passed_text`)."""
-        _, _, chunk, text = held.popleft()
+        _, _, chunk, text, _ = held.popleft()
         self._passed_texts.append(text)
         return chunk
 
@@ -705,6 +752,7 @@ class HeldStream:
                 while self._ready(held, judge.released):
                     yield self._passed_on(held)
             judge.finish()
+            self._gates_opened()
             while self._ready(held, judge.released):
                 yield self._passed_on(held)  # the text is judged: it goes out before the tool calls are
             items = self._end_items()
@@ -743,6 +791,7 @@ class HeldStream:
                     yield self._passed_on(held)
                     await turn.taken()
             await judge.afinish()
+            self._gates_opened()
             while self._ready(held, judge.released):
                 yield self._passed_on(held)  # an answer held whole (no sentence end) goes out here, every chunk
                 await turn.taken()

@@ -5,9 +5,11 @@ key, so the pieces are read joined, key names once, not each piece with its keys
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["ID_KEYS", "StreamReading"]
+from qwenguard.core.streaming.gen_windows import ends_sentence
+
+__all__ = ["ID_KEYS", "Runs", "StreamReading"]
 
 #: Keys whose value is opaque to a reader when it is one token: ids (up to 64 identifier characters, as a tool
 #: call's, `_messages.sent_labels`) and a block's kind; signatures and encrypted data are `_messages.SEALED_KEYS`.
@@ -30,6 +32,15 @@ def _unset(ident: Any) -> bool:
 _KEPT_ONCE = frozenset({"id", "output_version", "model_provider"})
 
 
+class Runs(NamedTuple):
+    """What the pieces read since the last `StreamReading.runs` did to the strings' runs (paths, as `StreamReading`
+    numbers them)."""
+
+    extended: frozenset[int]  # strings a piece of which was read
+    continued: frozenset[int]  # broken strings read on with a word: their last word is now judged with the next
+    broken: frozenset[int]  # strings whose run another text broke mid-sentence, not read on since
+
+
 class StreamReading:
     """What a stream's pieces of a block read whole (`_passed_text`) say once LangChain adds them up (rt60c F1).
 
@@ -50,7 +61,12 @@ class StreamReading:
     ``id`` is not another (a piece with another id is an item of its own), never one of the first list at a place
     (LangChain copies that list as it is); any other item is new. Where the reading cannot follow the sum (a piece
     of a content block read otherwise than the block it joins, a plain text block's piece read whole; a first list
-    whose items share an index), the stream is `interleaved`."""
+    whose items share an index), the stream is `interleaved`.
+
+    A string whose run another string breaks mid-sentence is `broken` (`runs`) until a piece of it is read on with a
+    word, after its last characters again (rt66 G): its last word was read before a line of other text (OpenRouter's
+    ``format`` after each piece's ``text``), which a window takes for the line's end, and not with the next words of
+    its own string. A held stream keeps the chunks that wrote such a word until then (`_holding.HeldStream`)."""
 
     __slots__ = (
         "_ids",
@@ -72,6 +88,11 @@ class StreamReading:
         "_chunk",
         "_filled",
         "_content",
+        "_ahead",
+        "_open",
+        "_extended",
+        "_continued",
+        "_broken",
         "interleaved",
     )
 
@@ -101,6 +122,11 @@ class StreamReading:
         self._chunk = 0  # one per chunk's content list (`contents`)
         self._filled: dict[int, str] = {}  # path -> the repeated piece read ahead there (`_repeat`)
         self._content = self.child(0, "content")  # the message's content list
+        self._ahead = False  # is the last path's run a label read ahead (`_repeat`): it breaks off no word
+        self._open: dict[int, int] = {}  # broken path -> where its last word before the break starts
+        self._extended: set[int] = set()  # `runs`: paths a piece of which was read since the last call
+        self._continued: set[int] = set()
+        self._broken: set[int] = set()
         #: Whether a piece went back to a string read before another, past `_TAIL_CHARS`: the sum reads otherwise.
         self.interleaved = False
 
@@ -209,11 +235,43 @@ class StreamReading:
             self._close()
             self._last = -1
 
-    def _close(self) -> None:
-        """Keep the tail of the last path's text (`_TAIL_CHARS`) before another is read."""
+    def runs(self) -> Runs:
+        """What the pieces read since the last call did to the strings' runs (`Runs`)."""
+        runs = Runs(frozenset(self._extended), frozenset(self._continued), frozenset(self._broken & self._open.keys()))
+        self._extended.clear()
+        self._continued.clear()
+        self._broken.clear()
+        return runs
+
+    def _close(self, broken: bool = False) -> None:
+        """Keep the tail of the last path's text (`_TAIL_CHARS`) before another is read; ``broken``: a line of other
+        text is read next, so a last word of the run not ending a sentence is `broken` (a label read ahead is not:
+        its own copies followed it)."""
         if self._last >= 0 and self._run:
-            run, self._run = "".join(self._run), []
-            self._tails[self._last] = (self._tails.get(self._last, "") + run)[-self._TAIL_CHARS :]
+            path, run, self._run = self._last, "".join(self._run), []
+            tail = self._tails[path] = (self._tails.get(path, "") + run)[-self._TAIL_CHARS :]
+            # A list item's kind is whole at its first piece (LangChain keeps it): it breaks off no word either.
+            whole = self._ahead or path in self._labels or path in self._open
+            if broken and not whole and tail.strip() and not ends_sentence(tail):
+                words = tail.rstrip()
+                start = max(words.rfind(" "), words.rfind("\n"), words.rfind("\t")) + 1
+                self._open[path] = self._sizes[path] - len(tail) + start
+                self._broken.add(path)
+
+    def _read_on(self, path: int, text: str, again: str | None, size: int) -> None:
+        """A piece ``text`` of a broken string, ``size`` characters read before it, is read after ``again``, its
+        last characters (``None``: in the run that read them): once the word it broke off is among them and a word
+        follows, that word is judged with the next; once it is not, the stream no longer reads as its sum
+        (`interleaved`)."""
+        start = self._open.get(path)
+        if start is None:
+            return
+        if again is not None and size - len(again) > start:
+            del self._open[path]  # never `continued`: what it wrote waits for the sum judged whole
+            self.interleaved = True
+        elif text.strip():
+            del self._open[path]
+            self._continued.add(path)
 
     def _emit(self, path: int, text: str) -> None:
         if path >= 0:
@@ -223,12 +281,17 @@ class StreamReading:
                 self._run.append(text)  # the same string, continued: nothing between, as LangChain joins it
                 self._out.append(text)
                 self._prev[path] = text
+                self._extended.add(path)
+                self._ahead = False
+                if self._open:
+                    self._read_on(path, text, None, self._sizes[path])
                 self._sizes[path] += len(text)
                 return
             if path in self._texts and self._prev.get(path) == text:
                 self._repeat(path, text)
                 return
-        self._close()
+        self._close(broken=True)
+        self._ahead = False
         again = ""
         if path >= 0 and path in self._texts:
             # Back to a string read before another: its last characters again, so the words across the break are
@@ -238,6 +301,9 @@ class StreamReading:
         self._out.append("\n" + again + text)
         self._last = path
         if path >= 0:
+            self._extended.add(path)
+            if self._open:
+                self._read_on(path, text, again, self._sizes.get(path, 0))
             self._texts.add(path)
             self._prev[path] = text
             self._sizes[path] = self._sizes.get(path, 0) + len(text)
@@ -253,11 +319,15 @@ class StreamReading:
         if self._filled.get(path) == text:
             self._tails[path] = (tail + text)[-self._TAIL_CHARS :]  # the string as it is, if it goes on otherwise
             return
-        self._close()
+        self._close(broken=True)
         self.interleaved |= self._sizes[path] - len(text) > self._TAIL_CHARS
         self._out.append("\n" + tail + text * -(-self._TAIL_CHARS // len(text)))
         self._filled[path] = text
+        self._extended.add(path)
+        if self._open:
+            self._read_on(path, text, tail, self._sizes[path] - len(text))
         self._last = path
+        self._ahead = True
         self._run = [text]
 
     def take(self) -> str:
