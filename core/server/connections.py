@@ -94,10 +94,14 @@ def abort_connection_later(delay: float) -> None:
 
 def _reset(transport: asyncio.WriteTransport) -> None:
     """Abort ``transport`` with a reset (RST): a plain abort closes the socket, whose FIN waits in the kernel behind
-    what the client never read, up to 4 MB of it, for minutes."""
+    what the client never read, up to 4 MB of it, for minutes. Nothing to do once the socket is closed (the timer of
+    `abort_connection_later` after a session that ended normally). A transport that is only closing is still reset:
+    its close waits to flush what a client that stopped reading never takes."""
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        with contextlib.suppress(OSError):  # closed already
+        if sock.fileno() < 0:
+            return  # closed: uvloop's stand-in socket raises ValueError (not OSError) on a closed descriptor
+        with contextlib.suppress(OSError, ValueError):  # closed in between
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
 
@@ -291,8 +295,28 @@ def guarded_protocol(limits: Limits, base: type | None = None) -> type:
     return GuardedHTTPProtocol
 
 
+#: The most frames of a client's one WebSocket connection read in one turn of the event loop, and the most bytes.
+#: uvicorn parses all that one read holds (256 KB: 43,000 empty frames of 6 bytes, ~1 µs of the loop per byte), and
+#: a socket kept full took every turn: /health waited 40-57 s behind one client's flood of pongs (rt66n F1).
+FRAMES_PER_TURN = 16
+BYTES_PER_TURN = 64 * 1024
+
+#: The smallest frame a client sends (masked, empty): the most frames ``n`` bytes can complete is about ``n / 6``.
+_SMALLEST_FRAME = 6
+#: The largest share parsed at once while a large frame arrives (the shares double up to it while no frame ends):
+#: shares of a few frames' bytes would take a megabyte frame in 10,000 steps.
+_LARGEST_SHARE = 4096
+
+#: Frames that do nothing (an unsolicited pong, an empty fragment that does not end its message) a client may send
+#: between two messages, and fragments one message may have: past either, the connection is closed 1008. They cost
+#: the loop as any frame does, and the message's size limit counts payload only, so a message that never ended
+#: took empty fragments, and memory, without end (rt66n F1).
+IDLE_FRAMES = 32
+MESSAGE_FRAGMENTS = 1024
+
+
 def websocket_protocol() -> type:
-    """uvicorn's websockets-sansio protocol (the one `server_config` serves), with two changes:
+    """uvicorn's websockets-sansio protocol (the one `server_config` serves), with these changes:
 
     - the handshake is marked done once a denial response (the ASGI "websocket.http.response" extension: our
       401/429/503 refusals) is on the wire. Without it uvicorn logs "ASGI callable returned without completing
@@ -301,15 +325,141 @@ def websocket_protocol() -> type:
     - the socket is not read while what was written to it waits over the transport's high-water mark (the
       client is not reading). uvicorn answers every ping with a pong written at once, whatever waits unread: a
       client that sent pings and read nothing grew the server's memory as fast as it sent (rt66f F1: 200 MB in
-      15 s), for as long as its session lived. Its pings now wait in the socket, and the session's limits end it.
+      15 s), for as long as its session lived. Its pings now wait in the socket, and the session's limits end it;
+    - what one read holds is parsed `FRAMES_PER_TURN` frames or `BYTES_PER_TURN` bytes at a time, one share per
+      turn of the event loop, the socket not read meanwhile; and no further while a message waits for the app,
+      as uvicorn stops reading for one (it parsed on to the end of the read, queueing every message);
+    - a connection that sends more than `IDLE_FRAMES` frames that do nothing between two messages, or a message
+      in more than `MESSAGE_FRAGMENTS` fragments, is closed 1008 (rt66n F1).
     """
     from uvicorn.protocols.websockets.websockets_sansio_impl import (
         WebSocketsSansIOProtocol,
     )
+    from websockets.protocol import OPEN
 
     class DenialAwareWebSocketProtocol(WebSocketsSansIOProtocol):
         _output_unread = False  # the transport's buffer is over its high-water mark
+        _turn_scheduled = False  # a share of `_unparsed` is to be parsed on the loop's next turn
+        _idle_frames = 0  # frames that did nothing since the last message
+        _fragments = 0  # fragments of the message being received
 
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._unparsed = bytearray()  # what was read and not yet parsed, the socket not read meanwhile
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._unparsed.clear()
+            super().connection_lost(exc)
+
+        # -- what is read, a share per turn ---------------------------------------------------
+        def data_received(self, data: bytes) -> None:
+            self._unparsed += data
+            if self._turn_scheduled or self._parsing_held():
+                self._sync_reading()
+                return
+            self._parse_turn()
+
+        def _parsing_held(self) -> bool:
+            """A message waits for the app (uvicorn's pause), or the client is not reading what was written."""
+            return self.read_paused or self._output_unread
+
+        def _parse_turn(self) -> None:
+            """Parse a turn's share of what was read; the rest on the loop's next turn, so that others get theirs."""
+            self._turn_scheduled = False
+            if self.transport.is_closing():
+                self._unparsed.clear()
+                return
+            frames = size = unfinished = 0  # unfinished: the last share's size when it ended no frame
+            reading = _CONNECTION.set(self.transport)  # for the session's task, started at the handshake
+            try:
+                while self._unparsed and frames < FRAMES_PER_TURN and size < BYTES_PER_TURN:
+                    if self._parsing_held():
+                        break
+                    fewest = (FRAMES_PER_TURN - frames) * _SMALLEST_FRAME  # at most the frames left in the turn
+                    share = min(BYTES_PER_TURN - size, max(fewest, min(2 * unfinished, _LARGEST_SHARE)))
+                    chunk = bytes(self._unparsed[:share])
+                    del self._unparsed[:share]
+                    size += len(chunk)
+                    self.conn.receive_data(chunk)
+                    ended = len(self.conn.events)
+                    frames += ended
+                    unfinished = 0 if ended else len(chunk)
+                    if self.conn.parser_exc is not None:
+                        self.handle_parser_exception()
+                    else:
+                        self.handle_events()
+                    if self.transport.is_closing():
+                        self._unparsed.clear()
+                        return
+            finally:
+                _CONNECTION.reset(reading)
+            self._sync_reading()
+
+        def _sync_reading(self) -> None:
+            """Read the socket only while nothing read waits to be parsed and nothing holds parsing; parse what
+            waits on the next turn once nothing holds it."""
+            if self.transport.is_closing():
+                return
+            if self._unparsed or self._parsing_held():
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+            if self._unparsed and not self._parsing_held() and not self._turn_scheduled:
+                self._turn_scheduled = True
+                self.loop.call_soon(self._parse_turn)
+
+        # -- frames that do nothing ------------------------------------------------------------
+        def handle_text(self, event: Any) -> None:
+            self._start_message(event)
+            super().handle_text(event)
+
+        def handle_bytes(self, event: Any) -> None:
+            self._start_message(event)
+            super().handle_bytes(event)
+
+        def handle_cont(self, event: Any) -> None:
+            self._fragments += 1
+            if self._fragments > MESSAGE_FRAGMENTS:
+                self._refuse_frames(f"a message in more than {MESSAGE_FRAGMENTS} fragments")
+                return
+            if not event.data and not event.fin:
+                self._count_idle()
+            super().handle_cont(event)
+
+        def _start_message(self, event: Any) -> None:
+            self._fragments = 1
+            if not event.data and not event.fin:
+                self._count_idle()
+
+        def send_receive_event_to_app(self) -> None:
+            self._idle_frames = 0
+            super().send_receive_event_to_app()
+
+        def handle_pong(self, event: Any) -> None:
+            expected = self.pending_ping_payload
+            if expected is not None and bytes(event.data) == expected:
+                self._idle_frames = 0  # the answer to the server's keepalive ping
+            else:
+                self._count_idle()
+            super().handle_pong(event)
+
+        def _count_idle(self) -> None:
+            self._idle_frames += 1
+            if self._idle_frames > IDLE_FRAMES:
+                self._refuse_frames(f"more than {IDLE_FRAMES} frames that do nothing")
+
+        def _refuse_frames(self, reason: str) -> None:
+            """Close the connection 1008 for frames it sends to do nothing; what it sends after is not read."""
+            if self.transport.is_closing():
+                return
+            if self.conn.state is OPEN and not self.close_sent:
+                self.conn.fail(1008, reason)
+                self.handle_parser_exception()  # the app told (disconnect 1008), the close frame written
+            else:  # before the handshake's answer, or after the close was sent
+                self.transport.close()
+            self._unparsed.clear()
+
+        # -- flow control and the handshake ------------------------------------------------------
         def pause_writing(self) -> None:
             super().pause_writing()
             self._output_unread = True
@@ -318,22 +468,16 @@ def websocket_protocol() -> type:
         def resume_writing(self) -> None:
             super().resume_writing()
             self._output_unread = False
-            if not self.read_paused:  # uvicorn's own pause: a frame waits for the app to take it
-                self.transport.resume_reading()
-
-        def _hold_reading(self) -> None:
-            """Pause reading again where uvicorn resumed it (a frame taken, the close sent) while output waits."""
-            if self._output_unread:
-                self.transport.pause_reading()
+            self._sync_reading()
 
         async def receive(self) -> Any:
             message = await super().receive()
-            self._hold_reading()
+            self._sync_reading()  # uvicorn resumed reading once its queue is empty: what waits unparsed first
             return message
 
         async def send(self, message: Any) -> None:
             await super().send(message)
-            self._hold_reading()
+            self._sync_reading()  # uvicorn resumes reading once the close is sent
             if message["type"] == "websocket.http.response.body" and not message.get("more_body", False):
                 self.handshake_complete = True
 
