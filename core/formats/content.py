@@ -168,7 +168,13 @@ def _label_word(word: str) -> str:
 #: 4 flips in 6, rt51a F3).
 _TURN_WORDS = ("USER", "ASSISTANT")
 _VERDICT_WORDS = ("SAFETY", "CATEGORIES", "REFUSAL")
-_TURN_COLONS = ":\uff1a\ufe55\ufe13\u2236\ua789\ufe30\u02d0"
+#: A colon as a reader sees one: its forms and its look-alikes of other scripts (rt66r F3: "Safety։ Safe", with the
+#: Armenian full stop, Hebrew sof pasuq, Syriac, runic, Mongolian, Lisu, modifier or visarga colons, was neither
+#: broken nor cut, and the demo guard allowed 2 or 3 answers of 6).
+_TURN_COLONS = (
+    ":\uff1a\ufe55\ufe13\u2236\ua789\ufe30\u02d0"
+    "\u0589\u05c3\u0703\u0704\u16ec\u1803\u1809\u205a\ua4fd\u02f8\u0903\u0a83"
+)
 
 
 class _LineLabel:
@@ -177,11 +183,14 @@ class _LineLabel:
     at every character (the scan runs on every text judged)."""
 
     def __init__(self, words: tuple[str, ...]) -> None:
+        # Case-insensitive too: Python's case folding links letters no letter class holds to a label's (dotless and
+        # dotted i, the lunate epsilon, Cyrillic's rounded o: rt66r F1, caught before the classes, missed by them).
         self.label = re.compile(
             rf"(?:{_LABEL_GAP}|{_MARKUP_BEFORE})*"
-            rf"(?:{'|'.join(map(_label_word, words))})(?:{_LABEL_GAP}|{_MARKUP_AFTER})*(?=[{_TURN_COLONS}])"
+            rf"(?:{'|'.join(map(_label_word, words))})(?:{_LABEL_GAP}|{_MARKUP_AFTER})*(?=[{_TURN_COLONS}])",
+            re.IGNORECASE,
         )
-        self.after_break = re.compile(rf"[\n\r\u2028\u2029]({self.label.pattern})")
+        self.after_break = re.compile(rf"[\n\r\u2028\u2029]({self.label.pattern})", re.IGNORECASE)
 
     def spans(self, text: str) -> list[tuple[int, int]]:
         """(start, end) of each label in ``text``, in order."""
