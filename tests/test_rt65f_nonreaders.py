@@ -133,6 +133,12 @@ def ws_frame(message: dict[str, Any]) -> bytes:
 
 def open_session(sock: socket.socket) -> None:
     """The WebSocket handshake on ``sock`` (read: it precedes the attack) and the session's ``open`` frame."""
+    handshake(sock)
+    sock.sendall(ws_frame({"type": "open", "prompt": "Tell me a story."}))
+
+
+def handshake(sock: socket.socket) -> None:
+    """The ``/v1/stream`` WebSocket handshake on ``sock``, its answer read, no frame."""
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall(
         (
@@ -144,7 +150,6 @@ def open_session(sock: socket.socket) -> None:
     while b"\r\n\r\n" not in head:
         head += sock.recv(1)
     assert b" 101 " in head.split(b"\r\n")[0], head
-    sock.sendall(ws_frame({"type": "open", "prompt": "Tell me a story."}))
 
 
 #: Feeds whose released frames fill the buffers: 190,000 quotes, each released escaped (two bytes): 380 KB sent back.

@@ -11,10 +11,8 @@ Each attack runs against a real uvicorn server configured as ``serve`` runs it (
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
-import os
 import re
 import threading
 import time
@@ -25,7 +23,17 @@ import httpx
 import pytest
 from faults import PoisonedJudge, ScriptedBackend, keyword_verdict
 from qwenguard.core import Guard, Policy
-from test_rt65f_nonreaders import SLACK, another_session_opens, cut_off, live, nonreader, open_session, until, ws_frame
+from test_rt65f_nonreaders import (
+    SLACK,
+    another_session_opens,
+    cut_off,
+    handshake,
+    live,
+    nonreader,
+    open_session,
+    until,
+    ws_frame,
+)
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -50,21 +58,6 @@ FLOOD_BYTES = 32 * 1024 * 1024
 #: What the server may hold for a client that reads nothing: the transport's high-water mark (64 KiB) and the
 #: pongs of one read (256 KiB of pings), with room to spare. It held what the client sent.
 HELD_BYTES = 1024 * 1024
-
-
-def handshake(sock: Any) -> None:
-    """The ``/v1/stream`` WebSocket handshake on ``sock`` (its answer read: it precedes the attack), no frame."""
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        (
-            "GET /v1/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    assert b" 101 " in head.split(b"\r\n")[0], head
 
 
 @pytest.mark.parametrize("opened", [True, False], ids=["after-open", "before-open"])

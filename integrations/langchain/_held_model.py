@@ -23,7 +23,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, NoReturn
@@ -288,24 +288,30 @@ def conversation_digest(messages: Sequence[BaseMessage]) -> str:
     marks, and a prompt may differ by attempt (a clock, a prompt per model); with them the retry was judged fresh
     (rt65o F1). A call of the step that sends the same messages under another system prompt (a title for the same
     history) is taken for an attempt of it (documented)."""
-    digest = hashlib.blake2b(digest_size=16)
-    for message in messages:
-        if message.type == "system":
-            continue
-        calls = [(c.get("name"), c.get("args")) for c in getattr(message, "tool_calls", None) or ()]
-        said = [message.type, message.name, message.text, getattr(message, "tool_call_id", None), calls]
-        digest.update(json.dumps(said, default=repr, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n")
-    return digest.hexdigest()
+    return _digest_of(
+        [
+            message.type,
+            message.name,
+            message.text,
+            getattr(message, "tool_call_id", None),
+            [(c.get("name"), c.get("args")) for c in getattr(message, "tool_calls", None) or ()],
+        ]
+        for message in messages
+        if message.type != "system"
+    )
 
 
 def context_digest(context: Sequence[Mapping[str, str]]) -> str:
     """A digest of the conversation a guard step's runnable answers (`GuardRunnable`: the guard's turns of its screened
     input, each one's role and text), the system prompt aside as in `conversation_digest`."""
+    return _digest_of([turn.get("role"), turn.get("content")] for turn in context if turn.get("role") != "system")
+
+
+def _digest_of(lines: Iterable[list[Any]]) -> str:
+    """A 16-byte digest of ``lines`` (what each message said), each as JSON on a line of its own."""
     digest = hashlib.blake2b(digest_size=16)
-    for turn in context:
-        if turn.get("role") != "system":
-            said = [turn.get("role"), turn.get("content")]
-            digest.update(json.dumps(said, default=repr, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n")
+    for said in lines:
+        digest.update(json.dumps(said, default=repr, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n")
     return digest.hexdigest()
 
 

@@ -41,6 +41,10 @@ class Runs(NamedTuple):
     broken: frozenset[int]  # strings whose run another text broke mid-sentence, not read on since
 
 
+#: A chunk's `Runs` when it read no string whole.
+_NO_RUNS = Runs(frozenset(), frozenset(), frozenset())
+
+
 class StreamReading:
     """What a stream's pieces of a block read whole (`_passed_text`) say once LangChain adds them up (rt60c F1).
 
@@ -237,6 +241,8 @@ class StreamReading:
 
     def runs(self) -> Runs:
         """What the pieces read since the last call did to the strings' runs (`Runs`)."""
+        if not (self._extended or self._continued or self._broken):
+            return _NO_RUNS  # the common chunk (no string read whole): nothing built for it
         runs = Runs(frozenset(self._extended), frozenset(self._continued), frozenset(self._broken & self._open.keys()))
         self._extended.clear()
         self._continued.clear()
