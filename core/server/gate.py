@@ -191,7 +191,9 @@ class Gate:
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope["path"]
         label = path if path in SERVED_PATHS else "other"
-        status_holder = {"status": 500, "started": False, "complete": False}
+        # "done": what the request holds (its slot, its client's turn), each given back once, as its answer is
+        # complete or when the request ends, whichever comes first (`_hold`).
+        status_holder: dict[str, Any] = {"status": 500, "started": False, "complete": False, "done": []}
         start = time.perf_counter()
         load = self.load
         timeout = self.limits.request_timeout_s
@@ -207,6 +209,12 @@ class Gate:
                 # Before the send: uvicorn's receive says http.disconnect once the response is complete,
                 # which is no hang-up (`_while_connected`).
                 status_holder["complete"] = True
+                # The slot and turn are free before the last bytes go: a client that has its answer may send its next
+                # request on this connection at once, and uvicorn serves it while this request's task still winds
+                # down (a streamed answer's teardown takes a few turns of the loop): under load the next request
+                # found the slot still taken, a 503 for a client one request at a time (the CI of 38d744a).
+                for give_back in status_holder["done"]:
+                    give_back()
             await sent_within(send(message), None if sends_by is None else sends_by - time.monotonic())
 
         async def answer(response: Response, reason: str) -> None:
@@ -282,6 +290,7 @@ class Gate:
                         status_holder["status"] = 499  # the client hung up while it waited: nothing to answer
                         self.metrics.rejected.labels("client_gone").inc()
                         return
+                    end_turn = _hold(status_holder, lambda: load.work_turns.release(client))
                     try:
                         served = await self._serve(
                             scope, receive, send_recording, answer, path, headers, body, status_holder
@@ -290,7 +299,7 @@ class Gate:
                             status_holder["status"] = 499  # the client hung up while it was served: work stopped
                             self.metrics.rejected.labels("client_gone").inc()
                     finally:
-                        load.work_turns.release(client)
+                        end_turn()
                 except NoTurn as exc:
                     why = (
                         "as many more already wait for a turn"
@@ -420,13 +429,18 @@ class Gate:
         # The slot is taken here, with no wait since the check above: requests arriving together never all pass it.
         load.in_flight += 1
         self.metrics.in_flight.inc()
+
+        def free_slot() -> None:
+            load.in_flight -= 1
+            self.metrics.in_flight.dec()
+
+        end_slot = _hold(sent, free_slot)
         try:
             return await self._while_connected(
                 receive, lambda rest: self._work(scope, rest, send, answer, path, headers, body), sent
             )
         finally:
-            load.in_flight -= 1
-            self.metrics.in_flight.dec()
+            end_slot()
 
     async def _work(
         self, scope: Any, receive: Any, send: Any, answer: Any, path: str, headers: Mapping[bytes, bytes], body: bytes
@@ -614,6 +628,22 @@ async def _until_gone(receive: Any) -> None:
     """Read a cut-off request's channel until it says http.disconnect (what was left of its body before)."""
     while (await receive()).get("type") != "http.disconnect":
         pass
+
+
+def _hold(request: Mapping[str, Any], give_back: Callable[[], None]) -> Callable[[], None]:
+    """``give_back`` run once: by the request's complete answer (its ``"done"`` list) or by the returned call,
+    whichever comes first; a hold taken after the answer went out is given back by the call alone."""
+    given = False
+
+    def once() -> None:
+        nonlocal given
+        if not given:
+            given = True
+            give_back()
+
+    if not request["complete"]:
+        request["done"].append(once)
+    return once
 
 
 def _hung_up(leaving: asyncio.Future[Any]) -> bool:
