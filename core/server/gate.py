@@ -199,7 +199,7 @@ class Gate:
         timeout = self.limits.request_timeout_s
         # When the answer must be out (`sent_within`): the body's deadline, then the request's. A client that
         # does not read it is cut off, its slot freed; it held a slot for as long as it kept its socket (rt65f F2).
-        sends_by = None if timeout is None else time.monotonic() + timeout
+        status_holder["sends_by"] = None if timeout is None else time.monotonic() + timeout
 
         async def send_recording(message: Mapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -215,10 +215,18 @@ class Gate:
                 # found the slot still taken, a 503 for a client one request at a time (the CI of 38d744a).
                 for give_back in status_holder["done"]:
                     give_back()
+            sends_by = status_holder["sends_by"]
             await sent_within(send(message), None if sends_by is None else sends_by - time.monotonic())
 
         async def answer(response: Response, reason: str) -> None:
             self.metrics.rejected.labels(reason).inc()
+            # A refusal is a few hundred bytes: a client that has not taken it within the head deadline is cut off.
+            # One that pipelines requests it never reads got 429 after 429 on a socket no limit counts (it holds no
+            # turn, waits for no head, sends no body), each stuck in its send until the request deadline: one
+            # address held every socket of the budget and other clients got 503 "too many connections" (rt67b F1).
+            refuse_by = time.monotonic() + self.limits.head_timeout_s
+            sends_by = status_holder["sends_by"]
+            status_holder["sends_by"] = refuse_by if sends_by is None else min(sends_by, refuse_by)
             await response(scope, receive, send_recording)
 
         try:
@@ -312,15 +320,12 @@ class Gate:
                             f"this client already has {self.limits.requests_per_client} requests being served "
                             f"(--max-requests-per-client) and {why}",
                             "rate_limit_exceeded",
-                            {"Retry-After": "1"},
+                            # Closed after it: a client pipelining more requests than its turns gets one refusal
+                            # and must come again on a socket the connection budget counts (rt67b F1).
+                            {"Retry-After": "1", "Connection": "close"},
                         ),
                         "client_requests",
                     )
-            except ClientStalled as exc:
-                status_holder["status"] = 499  # its answer was never taken: nobody got it
-                self.metrics.rejected.labels("client_stalled").inc()
-                if exc.cut_off:
-                    await _until_gone(receive)  # uvicorn must know, or it answers the request again (a 500)
             except asyncio.CancelledError:
                 # Cancelled at the end of a graceful shutdown (`DrainingServer`, past shutdown_timeout_s):
                 # a 503 sends the check to another replica (HAProxy's retry-on, the client's retry), where
@@ -336,6 +341,11 @@ class Gate:
                     ),
                     "draining",
                 )
+        except ClientStalled as exc:  # a refusal's or an answer's
+            status_holder["status"] = 499  # its answer was never taken: nobody got it
+            self.metrics.rejected.labels("client_stalled").inc()
+            if exc.cut_off:
+                await _until_gone(receive)  # uvicorn must know, or it answers the request again (a 500)
         finally:
             self.metrics.requests.labels(label, str(status_holder["status"])).inc()
             self.metrics.latency.labels(label).observe(time.perf_counter() - start)
@@ -538,7 +548,9 @@ class Gate:
 
     @staticmethod
     def _busy() -> JSONResponse:
-        return error_json(503, "server busy: too many concurrent requests", "overloaded", {"Retry-After": "1"})
+        return error_json(
+            503, "server busy: too many concurrent requests", "overloaded", {"Retry-After": "1", "Connection": "close"}
+        )
 
     def _too_big(self) -> JSONResponse:
         return error_json(413, f"request body exceeds {self.limits.max_body_bytes} bytes", "request_too_large")
@@ -614,14 +626,35 @@ class Gate:
         load.streams += 1
         load.streams_by_client[client] += 1
         self.metrics.streams.inc()
-        try:
-            await self.app(scope, receive, send)
-        finally:
+
+        def free_slot() -> None:
             load.streams -= 1
             load.streams_by_client[client] -= 1
             if load.streams_by_client[client] <= 0:
                 del load.streams_by_client[client]
             self.metrics.streams.dec()
+
+        # The session's slot is given back once it is over for its client: its close sent, or the client's read,
+        # as an HTTP request's is once its answer is complete. The client may open its next session at once, while
+        # this one's task still winds down (the monitor's exit): a client running its sessions one after another
+        # was refused 429 (one session a client) or 503 (one in all) now and then (rt67a F1).
+        ended = _hold({"complete": False, "done": []}, free_slot)
+
+        async def sending(message: Mapping[str, Any]) -> None:
+            await send(message)
+            if message["type"] == "websocket.close":
+                ended()
+
+        async def receiving() -> Any:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                ended()
+            return message
+
+        try:
+            await self.app(scope, receiving, sending)
+        finally:
+            ended()
 
 
 async def _until_gone(receive: Any) -> None:

@@ -1,0 +1,65 @@
+"""rt67a F1: a client running its stream sessions one after another is never refused for its own last session.
+
+A session counted against ``max_streams`` and ``max_streams_per_client`` until its task ended; its client has the
+close frame before that (uvicorn answers a close at once) and may open its next session while the last one's task
+still winds down (its monitor's exit): 4-11 of 200 sequential sessions were refused (429 with one session a
+client, 503 with one in all; ``--max-concurrency 2`` gives one session a client), and CI's
+test_session_after_hangup_mid_open_still_judges_its_prompt failed 1 of 60 under load.
+
+Here the wind-down is made long and certain: the monitor's exit waits for the test to have opened the next session
+(at most `LINGER_S`). Before the fix the next session was refused at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+from faults import ScriptedBackend
+from qwenguard.core import Guard
+from qwenguard.core.streaming.monitor import AsyncStreamMonitor
+from stream_judges import _answer
+from test_server_hostile import guarded, ws_url
+from websockets.sync.client import connect
+
+#: How long a finished session's task may wind down: far longer than opening a session.
+LINGER_S = 5.0
+
+
+def one_session(url: str, opened: threading.Event | None = None) -> None:
+    """Open a session, finish it and wait for its close; ``opened`` is set once it was taken."""
+    with connect(url, open_timeout=5) as conn:
+        if opened is not None:
+            opened.set()
+        conn.send(json.dumps({"type": "open", "prompt": "Hello"}))
+        assert json.loads(conn.recv(timeout=10))["type"] == "opened"
+        conn.send(json.dumps({"type": "feed", "text": "Paris is the capital of France. "}))
+        assert json.loads(conn.recv(timeout=10))["type"] == "released"
+        conn.send(json.dumps({"type": "finish"}))
+        assert json.loads(conn.recv(timeout=10))["type"] == "finished"
+
+
+@pytest.mark.parametrize("limit", ["max_streams_per_client", "max_streams"])
+def test_next_session_is_taken_while_the_last_winds_down(monkeypatch: pytest.MonkeyPatch, limit: str) -> None:
+    opened = threading.Event()
+    outcomes: list[bool] = []
+    original = AsyncStreamMonitor.__aexit__
+
+    async def lingering(self: Any, *exc: Any) -> Any:
+        result = await original(self, *exc)
+        ends = time.monotonic() + LINGER_S
+        while not opened.is_set() and time.monotonic() < ends:
+            await asyncio.sleep(0.01)
+        outcomes.append(opened.is_set())
+        return result
+
+    monkeypatch.setattr(AsyncStreamMonitor, "__aexit__", lingering)
+    with guarded(Guard(ScriptedBackend(_answer)), model_name="guard", **{limit: 1}) as base:
+        url = ws_url(base)
+        one_session(url)
+        one_session(url, opened)
+        one_session(url, opened)
+    assert outcomes[0] is True, "the next session waited for the last one's task to end"
