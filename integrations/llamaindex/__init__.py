@@ -4,6 +4,7 @@
   streams through a StreamMonitor, tool calls before an agent can run them.
 - `GuardedMemory`: chat-engine or agent memory that stores no blocked user message.
 - `GuardNodePostprocessor`, `GuardedRetriever`: drop unsafe or injected retrieved nodes.
+- `GuardedObjectRetriever`: an agent's tool retriever that drops the tools whose descriptions carry harm.
 - `GuardTransform`: keep them out of the index at ingestion.
 - `guard_tool` / `guard_tools`: replace injected tool outputs with a refusal note.
 - `GuardCallbackHandler`: blocking legacy callbacks; `GuardEventHandler`: audit only (cannot block).
@@ -24,6 +25,7 @@ from .llm import GuardedLLM
 from .memory import GuardedMemory, GuardMissing
 from .postprocessor import GuardNodePostprocessor
 from .retriever import GuardedRetriever
+from .tool_retriever import GuardedObjectRetriever
 from .tools import DEFAULT_REFUSAL, GuardedFunctionTool, GuardedTool, GuardedToolError, guard_tool, guard_tools
 from .transform import GuardTransform
 
@@ -36,6 +38,7 @@ __all__ = [
     "GuardedFunctionTool",
     "GuardedLLM",
     "GuardedMemory",
+    "GuardedObjectRetriever",
     "GuardedRetriever",
     "GuardedTool",
     "GuardedToolError",

@@ -45,6 +45,9 @@ What is screened, and as what:
   ``structured_predict`` family, ``FunctionCallingProgram``), the call of the schema's tool is the answer: decided
   under the stricter of the response and tool-call policies (`_AnswerCall`), and the conversation an agent prints into
   one message to ask for it is read back into its turns, judged by role (`_printed_conversation`);
+- what ``predict_and_call`` / ``apredict_and_call`` hand the application: the tools' outputs joined as the response
+  (or in ``error_on_tool_error``'s ValueError), which no model reads first, as the answer, decided under the stricter
+  of the response and tool-result policies, as a ``return_direct`` tool's output is (`_AnswerOutput`);
 - what a response hands its caller beside its message (``raw``, ``additional_kwargs``: BedrockConverse keeps
   cited text and guardrail traces there alone), but provider bookkeeping and what was judged already, as
   untrusted quoted content before the response (a stream's last chunk) is returned (`_reply_checks`); but a
@@ -159,6 +162,7 @@ from ._stream import (
 from .memory import GuardMissing
 
 if TYPE_CHECKING:
+    from llama_index.core.chat_engine.types import AgentChatResponse
     from llama_index.core.tools.types import BaseTool
 
 __all__ = ["CONTEXT_VARIABLES", "QUERY_VARIABLES", "GuardedLLM"]
@@ -207,24 +211,38 @@ class _AnswerCall(tuple):
     ignores a category or is off cannot let through an answer the response stage blocks (rt57f F1)."""
 
     __slots__ = ()
+    #: The stage whose policy decides the answer too, where it is stricter than the response stage's.
+    partner = Stage.TOOL_CALL
 
     def __new__(cls, conversation: list[GuardMessage]) -> _AnswerCall:
         return super().__new__(cls, (Stage.RESPONSE, conversation))
+
+
+class _AnswerOutput(_AnswerCall):
+    """The check of the tools' outputs ``predict_and_call`` hands the application as its response, no model reading
+    them first: the answer, decided under the stricter of the response and tool-result stages' policies, as a
+    ``return_direct`` tool's output is (rt60a F2): a tool-result stage loosened for the pages a model reads cannot let
+    through to the user what the response stage blocks (rt67e F2)."""
+
+    __slots__ = ()
+    partner = Stage.TOOL_RESULT
 
 
 _SEVERITY = {Action.ALLOW: 0, Action.FLAG: 1, Action.BLOCK: 2}
 
 
 def _asked(policy: Policy, checks: Checks) -> Checks:
-    stage = Stage.RESPONSE if policy.enabled(Stage.RESPONSE) else Stage.TOOL_CALL
-    return [(stage, c[1]) if isinstance(c, _AnswerCall) else c for c in checks]
+    """The checks as the guard is asked them: an answer's under the response stage, or its partner's where that is off."""
+    answer_stage = Stage.RESPONSE if policy.enabled(Stage.RESPONSE) else None
+    return [(answer_stage or c.partner, c[1]) if isinstance(c, _AnswerCall) else c for c in checks]
 
 
-def _as_answer(policy: Policy, decision: Decision) -> Decision:
-    """A structured answer's decision: the response stage's, or the tool-call stage's where that one is stricter."""
+def _as_answer(policy: Policy, check: _AnswerCall, decision: Decision) -> Decision:
+    """An answer's decision: the response stage's, or its partner stage's (the tool-call stage's for a structured
+    answer) where that one is stricter."""
     as_answer = policy.decide_again(decision, Stage.RESPONSE)
-    as_call = policy.decide_again(decision, Stage.TOOL_CALL)
-    return as_call if _SEVERITY[as_call.action] > _SEVERITY[as_answer.action] else as_answer
+    as_partner = policy.decide_again(decision, check.partner)
+    return as_partner if _SEVERITY[as_partner.action] > _SEVERITY[as_answer.action] else as_answer
 
 
 #: What the event-loop warning of a sync check made here names (rt61a F3): the user called ``llm.chat`` in ``async def``,
@@ -240,14 +258,14 @@ def _judge(guard: Any, checks: Checks) -> list[Decision]:
     policy = guard.policy
     with calling_as(_ASYNC_TWINS):
         decisions = judge(guard, _asked(policy, checks))
-    return [_as_answer(policy, d) if isinstance(c, _AnswerCall) else d for c, d in zip(checks, decisions)]
+    return [_as_answer(policy, c, d) if isinstance(c, _AnswerCall) else d for c, d in zip(checks, decisions)]
 
 
 async def _ajudge(guard: Any, checks: Checks) -> list[Decision]:
     """Async twin of `_judge`."""
     policy = guard.policy
     decisions = await ajudge(guard, _asked(policy, checks))
-    return [_as_answer(policy, d) if isinstance(c, _AnswerCall) else d for c, d in zip(checks, decisions)]
+    return [_as_answer(policy, c, d) if isinstance(c, _AnswerCall) else d for c, d in zip(checks, decisions)]
 
 
 # -- a failed call's error, judged as its answer ------------------------------------------------------
@@ -705,14 +723,17 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             return None
         return ([(Stage.RESPONSE, response_conversation(plan.prompt, text))] if text.strip() else []), whole
 
-    def _failed(self, plan: _Plan, error: Exception) -> NoReturn:
+    def _failed(self, plan: _Plan, error: Exception, *, outputs: bool = False) -> NoReturn:
         """The inner call failed with ``error``: raise the guard's stop where what it carries is blocked as the answer
         (a guard that cannot answer: as ``on_error`` says), else ``error``, unchanged. Called where no exception is
-        being handled: the stop has nothing of the error chained to it."""
+        being handled: the stop has nothing of the error chained to it. ``outputs``: the error carries tools' outputs
+        as ``predict_and_call``'s answer (`_AnswerOutput`)."""
         read = self._error_checks(plan, error)
         if read is None:
             raise error
         checks, whole = read
+        if outputs:
+            checks = [_AnswerOutput(c[1]) for c in checks]
         try:
             decisions = _judge(self.guard, checks) if whole else None
         except InputTooLarge:  # the error and the conversation past what one check reads
@@ -722,12 +743,14 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             raise error
         raise stop from None
 
-    async def _afailed(self, plan: _Plan, error: Exception) -> NoReturn:
+    async def _afailed(self, plan: _Plan, error: Exception, *, outputs: bool = False) -> NoReturn:
         """Async twin of `_failed`: the error is read on a worker thread (what it carries is not sized before)."""
         read = await asyncio.to_thread(self._error_checks, plan, error)
         if read is None:
             raise error
         checks, whole = read
+        if outputs:
+            checks = [_AnswerOutput(c[1]) for c in checks]
         try:
             decisions = await _ajudge(self.guard, checks) if whole else None
         except InputTooLarge:
@@ -1288,6 +1311,98 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         if not calls and error_on_no_tool_call:
             raise ValueError(f"Expected at least one tool call, but got {len(calls)} tool calls.")
         return calls
+
+    # -- predict_and_call: the tools' outputs are the answer ----------------------------------
+    # LlamaIndex's ``predict_and_call`` runs the calls of the model's answer and hands the application the tools'
+    # outputs, joined, as the response (``error_on_tool_error=True``: in a ValueError's text), no model reading them
+    # first: they reached the app unjudged (rt67e F2), or, from `guard_tools`, judged under the tool-result stage
+    # alone. So that text is judged as the answer it is (`_AnswerOutput`); blocked, the guard's stop is raised in its
+    # place (the error's: with nothing of it chained).
+    def predict_and_call(
+        self,
+        tools: Sequence[BaseTool],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        error_on_no_tool_call: bool = True,
+        error_on_tool_error: bool = False,
+        **kwargs: Any,
+    ) -> AgentChatResponse:
+        self._require_guard()
+        plan = _Plan([], _question(user_msg, chat_history))
+        try:
+            response = super().predict_and_call(
+                tools,
+                user_msg=user_msg,
+                chat_history=chat_history,
+                verbose=verbose,
+                allow_parallel_tool_calls=allow_parallel_tool_calls,
+                error_on_no_tool_call=error_on_no_tool_call,
+                error_on_tool_error=error_on_tool_error,
+                **kwargs,
+            )
+        except ValueError as error:  # the tools' outputs with ``error_on_tool_error``: judged below, out of this block
+            failed = error
+        else:
+            self._screen(_returned_checks(plan, tools, response))
+            return response
+        self._failed(plan, failed, outputs=True)
+
+    async def apredict_and_call(
+        self,
+        tools: Sequence[BaseTool],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        error_on_no_tool_call: bool = True,
+        error_on_tool_error: bool = False,
+        **kwargs: Any,
+    ) -> AgentChatResponse:
+        self._require_guard()
+        plan = _Plan([], _question(user_msg, chat_history))
+        try:
+            response = await super().apredict_and_call(
+                tools,
+                user_msg=user_msg,
+                chat_history=chat_history,
+                verbose=verbose,
+                allow_parallel_tool_calls=allow_parallel_tool_calls,
+                error_on_no_tool_call=error_on_no_tool_call,
+                error_on_tool_error=error_on_tool_error,
+                **kwargs,
+            )
+        except ValueError as error:
+            failed = error
+        else:
+            await self._ascreen(_returned_checks(plan, tools, response))
+            return response
+        await self._afailed(plan, failed, outputs=True)
+
+
+def _question(user_msg: str | ChatMessage | None, chat_history: Sequence[ChatMessage] | None) -> list[GuardMessage]:
+    """The question ``predict_and_call``'s answer is judged against: the user's message, or the history's last user
+    turn (the conversation before it is judged with the model's call)."""
+    if isinstance(user_msg, ChatMessage):
+        text = message_text(user_msg)
+    elif isinstance(user_msg, str):
+        text = user_msg
+    else:
+        turns = [m for m in chat_history or () if m.role == MessageRole.USER]
+        text = message_text(turns[-1]) if turns else ""
+    return prompt_conversation(text)
+
+
+def _returned_checks(plan: _Plan, tools: Sequence[Any], response: AgentChatResponse) -> Checks:
+    """The check of the text ``predict_and_call`` returns as the answer (`_AnswerOutput`); none for an empty one, nor
+    for a structured output's (``FunctionCallingProgram`` calls it with the schema's tool, whose output is the object
+    the model's call holds: judged as the answer with that call, `_AnswerCall`)."""
+    text = response.response or ""
+    schema = _program_tools(tools)
+    if not text.strip() or (response.sources and all(s.tool_name in schema for s in response.sources)):
+        return []
+    return [_AnswerOutput(response_conversation(plan.prompt, text))]
 
 
 def _program_tools(tools: Sequence[Any]) -> frozenset[str]:

@@ -461,7 +461,7 @@ async def ascreen_nodes(
 _ASYNC_TWIN = (
     "await engine.aquery(...) / await postprocessor.apostprocess_nodes(...) (not query / postprocess_nodes); "
     "where LlamaIndex calls the sync one from async code (an ObjectRetriever: an agent's tool_retriever), "
-    "a GuardedRetriever inside it instead (docs/llamaindex.md)"
+    "a GuardedObjectRetriever in its place (docs/llamaindex.md)"
 )
 
 

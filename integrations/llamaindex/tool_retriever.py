@@ -1,0 +1,144 @@
+"""`GuardedObjectRetriever`: an agent's tool retriever that drops the tools whose descriptions carry harm.
+
+An agent that picks its tools by retrieval (``FunctionAgent(tool_retriever=...)``, a large tool catalogue) is handed
+what LlamaIndex's ``ObjectRetriever`` maps the retrieved nodes to, and the mapping finds a tool by its name alone
+(``SimpleToolNodeMapping.from_node``): a tool sharing a safe tool's name (an MCP server's, shadowing the app's own),
+or an index reloaded with today's tool list (``ObjectIndex.from_objects_and_index``), hands the agent a tool whose
+description no check of the nodes read (rt67e F1). So the tools are judged as the model gets them, after the
+mapping: each tool's name, description and parameter schema, as untrusted content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any, Generic, TypeVar
+
+from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.objects import ObjectRetriever
+from llama_index.core.objects.base_node_mapping import BaseObjectNodeMapping
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import NodeWithScore, QueryBundle, QueryType, TextNode
+from llama_index.core.tools.types import ToolMetadata
+from qwenguard.core import Decision, Guard, enforce
+from qwenguard.core.guard import speaking_as
+
+from .._common import require_guard
+from ._messages import tools_text
+from .postprocessor import OnBlock, anode_decisions, node_decisions
+
+__all__ = ["GuardedObjectRetriever", "tool_text"]
+
+logger = logging.getLogger("qwenguard.llamaindex")
+
+OT = TypeVar("OT")
+
+
+def tool_text(obj: Any) -> str:
+    """A retrieved object as its reader gets it: a tool by the schema a provider class sends the model (`tools_text`:
+    name, description, parameter schema), its description whatever its length (OpenAI's classes refuse one over 1,024
+    characters, others send it), and its own name where the schema's is sanitized (a ReAct header prints it as it
+    is); any other object by its fields (`tools_text`)."""
+    metadata = getattr(obj, "metadata", None)
+    if not isinstance(metadata, ToolMetadata):
+        return tools_text(obj)
+    spec = metadata.to_openai_tool(skip_length_check=True)
+    text = tools_text(spec)
+    name = metadata.name or ""
+    return text if name == spec["function"]["name"] else f"{name}\n{text}"
+
+
+def _query(str_or_query_bundle: QueryType) -> QueryBundle:
+    if isinstance(str_or_query_bundle, str):
+        return QueryBundle(query_str=str_or_query_bundle)
+    return str_or_query_bundle
+
+
+class GuardedObjectRetriever(ObjectRetriever[OT], Generic[OT]):
+    """An ``ObjectRetriever`` whose objects (an agent's tools) are judged before they are returned: flagged tools are
+    dropped (``on_block="raise"``: `GuardViolation`), as `GuardedRetriever` drops nodes.
+
+    >>> index = ObjectIndex.from_objects(tools, index_cls=VectorStoreIndex)  # doctest: +SKIP
+    >>> tool_retriever = GuardedObjectRetriever(
+    ...     index.as_node_retriever(similarity_top_k=4), index.object_node_mapping, guard
+    ... )  # doctest: +SKIP
+    >>> agent = FunctionAgent(tool_retriever=tool_retriever, llm=GuardedLLM(llm=llm, guard=guard))  # doctest: +SKIP
+
+    What is judged is what the agent gets: each tool the mapping returns, its name, description and parameter schema
+    as the model reads them (`tool_text`), not the index node it was found by (the mapping picks a tool by name).
+    A query's tools are judged in batches as `GuardNodePostprocessor` judges nodes (one guard call for up to the
+    guard's ``max_checks``; a tool too large to judge is dropped); the guard's verdict cache answers a tool judged
+    before, and a changed description is judged again. ``aretrieve`` (the agents' call) judges with the guard's async
+    API and runs the node postprocessors' async twins: nothing is judged on the event loop.
+    """
+
+    def __init__(
+        self,
+        retriever: BaseRetriever,
+        object_node_mapping: BaseObjectNodeMapping[OT],
+        guard: Guard,
+        *,
+        node_postprocessors: list[BaseNodePostprocessor] | None = None,
+        on_block: OnBlock = "drop",
+    ) -> None:
+        if not isinstance(retriever, BaseRetriever):
+            raise TypeError(f"retriever must be a LlamaIndex BaseRetriever, got {type(retriever).__name__}")
+        require_guard(guard)
+        if on_block not in ("drop", "raise"):
+            raise ValueError(f"on_block must be 'drop' or 'raise', got {on_block!r}")
+        super().__init__(retriever, object_node_mapping, node_postprocessors)
+        self.guard = guard
+        self.on_block: OnBlock = on_block
+
+    @speaking_as("await tool_retriever.aretrieve(...) (not retrieve)")
+    def retrieve(self, str_or_query_bundle: QueryType) -> list[OT]:
+        query_bundle = _query(str_or_query_bundle)
+        objects = self._objects(self._retriever.retrieve(query_bundle), query_bundle)
+        if not objects:
+            return []
+        decisions = node_decisions(self.guard, _judged_nodes(objects), self.on_block, query_bundle.query_str)
+        return self._kept(objects, decisions)
+
+    async def aretrieve(self, str_or_query_bundle: QueryType) -> list[OT]:
+        query_bundle = _query(str_or_query_bundle)
+        nodes = await self._retriever.aretrieve(query_bundle)
+        # LlamaIndex's own aretrieve runs the sync ``postprocess_nodes``: a GuardNodePostprocessor there judged on
+        # the event loop (rt66h F1).
+        for postprocessor in self._node_postprocessors:
+            nodes = await postprocessor.apostprocess_nodes(nodes, query_bundle=query_bundle)
+        objects = [self._object_node_mapping.from_node(n.node) for n in nodes]
+        if not objects:
+            return []
+        # The tools are read on a worker thread: a catalogue's schemas can be long.
+        judged = await asyncio.to_thread(_judged_nodes, objects)
+        decisions = await anode_decisions(self.guard, judged, self.on_block, query_bundle.query_str)
+        return self._kept(objects, decisions)
+
+    def _objects(self, nodes: list[NodeWithScore], query_bundle: QueryBundle) -> list[OT]:
+        for postprocessor in self._node_postprocessors:
+            nodes = postprocessor.postprocess_nodes(nodes, query_bundle=query_bundle)
+        return [self._object_node_mapping.from_node(n.node) for n in nodes]
+
+    def _kept(self, objects: Sequence[OT], decisions: Sequence[Decision]) -> list[OT]:
+        """The objects the guard lets through; a blocked one is dropped (logged) or raises, per ``on_block``."""
+        kept: list[OT] = []
+        for obj, decision in zip(objects, decisions):
+            if decision.allowed:
+                kept.append(obj)
+            elif self.on_block == "raise":
+                enforce(decision)
+            else:
+                logger.info("qwenguard dropped tool %s: %s", _name(obj), decision.describe())
+        return kept
+
+
+def _judged_nodes(objects: Sequence[Any]) -> list[TextNode]:
+    """Each object's text (`tool_text`) as a node, for the node batching of `node_decisions`; its id is a random
+    one, which `node_text` leaves out."""
+    return [TextNode(text=tool_text(obj)) for obj in objects]
+
+
+def _name(obj: Any) -> str:
+    metadata = getattr(obj, "metadata", None)
+    return str(getattr(metadata, "name", None) or type(obj).__name__)
