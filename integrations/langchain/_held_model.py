@@ -35,7 +35,7 @@ from langchain_core.callbacks import (
     CallbackManagerForLLMRun,
     UsageMetadataCallbackHandler,
 )
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
 from langchain_core.runnables import Runnable, RunnableConfig
@@ -470,6 +470,18 @@ _ASYNC_TWIN = (
 )
 
 
+def chat_model_in(runnable: Runnable[Any, Any]) -> BaseChatModel | None:
+    """The chat model a runnable wraps (``model.bind(...)``, ``with_retry()``, ``with_config``: ``.bound``), or itself."""
+    for _ in range(16):  # bindings nest a few deep; never loop on a cycle
+        if isinstance(runnable, BaseChatModel):
+            return runnable
+        bound = getattr(runnable, "bound", None)
+        if not isinstance(bound, Runnable):
+            return None
+        runnable = bound
+    return None
+
+
 class HeldBackChatModel(BaseChatModel):
     """``inner`` (the agent's model), streaming only judged chunks. Built by `GuardMiddleware`.
 
@@ -536,6 +548,17 @@ class HeldBackChatModel(BaseChatModel):
     def _llm_type(self) -> str:
         inner_type = getattr(self.inner, "_llm_type", None)  # a runnable around a model forwards it
         return f"{self.type_prefix}{inner_type if isinstance(inner_type, str) else type(self.inner).__name__}"
+
+    # Provider-aware middleware reads a model's provider from ``_get_ls_params`` (``ProviderToolSearchMiddleware``; the
+    # provider a ``SummarizationMiddleware`` matches reported token counts against), as tracers do: it read this
+    # wrapper's class name, so one listed after the guard refused every model call, and a guarded summarizer's
+    # reported-token trigger never fired (rt67d F2). A wrapper that holds no chat model keeps LangChain's own.
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        """The wrapped model's (its provider, model name and type, temperature...)."""
+        model = chat_model_in(self.inner)
+        if model is None:
+            return super()._get_ls_params(stop=stop, **kwargs)
+        return model._get_ls_params(stop=stop, **kwargs)
 
     def bind_tools(
         self, tools: Sequence[Any], *, tool_choice: str | None = None, **kwargs: Any

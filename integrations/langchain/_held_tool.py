@@ -11,6 +11,12 @@ is not told: nothing judged it.
 The call the guard judged is not always the one that runs: a middleware inside the guard's may rewrite it
 (`HumanInTheLoopMiddleware` applies a reviewer's edit in its own ``wrap_tool_call``). `HeldTool` judges the call
 it is given when it differs from the judged one, before the tool runs.
+
+What the tool runs inside it (the "agent as a tool" pattern: a sub-agent with tools of its own) is judged there
+too, where the run's callbacks carry no qwenguard handler: `ToolGuards` lends the tool's children a handler on
+the middleware's guard, which judges each call a model there asks for before its tool runs, and each tool result
+before a model there reads it; its stop withholds the guarded call's result (before, with no handler in the app's
+config, a sub-agent's ``send_email`` ran unjudged: rt67d F1).
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ from typing import Any, cast
 from langchain_core.callbacks import AsyncCallbackManager, BaseCallbackManager, CallbackManager
 from langchain_core.messages import ToolMessage
 from langchain_core.runnables import RunnableConfig
-from langchain_core.tools import ToolException
+from langchain_core.tools import BaseTool, StructuredTool, Tool, ToolException
 from langchain_core.utils.pydantic import get_fields
 from langgraph.prebuilt.tool_node import ToolCallRequest, ToolRuntime
+from qwenguard.core import Decision, Guard, GuardViolation
 
 from . import _out_of_sight as out_of_sight
 from .callbacks import AsyncGuardCallbackHandler, GuardCallbackHandler
@@ -32,20 +39,79 @@ from .callbacks import AsyncGuardCallbackHandler, GuardCallbackHandler
 #: Judges a call about to run that is not the judged one: ``None`` to run it, else the result in its place.
 Judge = Callable[[dict[str, Any]], Any]
 AsyncJudge = Callable[[dict[str, Any]], Awaitable[Any]]
+#: The guarded call's outcome for a stop inside its tool (`ToolGuards`): the notice in its result's place (or it
+#: raises).
+Stopped = Callable[[Decision], Any]
 
 _GUARD_HANDLERS = (GuardCallbackHandler, AsyncGuardCallbackHandler)
+#: The handler the middleware lends a tool's children: `GuardCallbackHandler` or `AsyncGuardCallbackHandler`.
+Lent = GuardCallbackHandler | AsyncGuardCallbackHandler
 
 
-def _guards_only(callbacks: Any) -> Any:
+class ToolGuards:
+    """The handlers a `GuardMiddleware` lends what its tools run inside them (a sub-agent's model and tools), on its
+    guard and policy: each judges a call a model there asks for (``on_llm_end``) and again before its tool runs
+    (``on_tool_start``), and a tool's result there (``on_tool_end``, and before a model there reads it). Its input,
+    answer, stream and retrieval checks are off: the tool's input is the call the middleware judged, and what the
+    sub-agent answers (or a retriever inside the tool finds) comes back as the tool's result, which the middleware
+    judges (not judged here again).
+    Long-lived, as the middleware is: a handler serves concurrent runs, by run id."""
+
+    def __init__(self, guard: Guard, history_turns: int) -> None:
+        options: dict[str, Any] = {
+            "check_input": False,
+            "check_output": False,
+            "check_stream": False,
+            # A retriever a tool runs (a RAG chain inside it) feeds what comes back as the tool's result, judged.
+            "check_retrieval": False,
+            "history_turns": history_turns,
+        }
+        self.sync = GuardCallbackHandler(guard, **options)
+        self.asynchronous = AsyncGuardCallbackHandler(guard, **options)
+
+    def for_ainvoke(self, tool: Any) -> Lent:
+        """The handler for ``tool.ainvoke``'s children: the async one where the tool's own coroutine runs on the
+        event loop; the sync one where LangChain runs the tool's sync code in a worker thread, whose sub-agent calls
+        its callbacks the sync way (there an async handler's stop is logged and dropped: it could stop nothing)."""
+        return self.asynchronous if _runs_on_loop(tool) else self.sync
+
+
+def _runs_on_loop(tool: Any) -> bool:
+    """Whether ``tool.ainvoke`` runs the tool's own coroutine, not its sync code in a worker thread (`BaseTool._arun`,
+    and a `StructuredTool` or `Tool` without a ``coroutine``)."""
+    if isinstance(tool, StructuredTool | Tool):
+        return tool.coroutine is not None
+    return isinstance(tool, BaseTool) and type(tool)._arun is not BaseTool._arun
+
+
+def _guards_only(callbacks: Any, lent: Lent | None = None) -> Any:
     """The run's callbacks with only qwenguard's handlers kept: a callback handler beside the middleware still
-    judges what the tool runs (a model, a sub-agent) and stops it; no one else hears the raw run."""
+    judges what the tool runs (a model, a sub-agent) and stops it; no one else hears the raw run. Where none is
+    kept, ``lent`` judges it: inherited only, so that it hears the tool's children, not the tool's own run (its
+    call and result are the middleware's to judge: heard here too, each was judged twice)."""
     if isinstance(callbacks, BaseCallbackManager):
         kept = callbacks.copy()
         kept.handlers = [h for h in kept.handlers if isinstance(h, _GUARD_HANDLERS)]
         kept.inheritable_handlers = [h for h in kept.inheritable_handlers if isinstance(h, _GUARD_HANDLERS)]
+        if lent is not None and not (kept.handlers or kept.inheritable_handlers):
+            kept.inheritable_handlers = [lent]
         return kept
-    if isinstance(callbacks, list):
-        return [h for h in callbacks if isinstance(h, _GUARD_HANDLERS)]
+    handlers = [h for h in callbacks if isinstance(h, _GUARD_HANDLERS)] if isinstance(callbacks, list) else []
+    if lent is None or handlers:
+        return handlers if isinstance(callbacks, list) else None
+    return CallbackManager(handlers=[], inheritable_handlers=[lent])
+
+
+def _stopped_by(error: BaseException, handler: Lent | None) -> Decision | None:
+    """The decision of ``handler``'s stop, where ``error`` is one: a `GuardViolation` one of its hooks raised (its
+    frame is on the error's way up), not one the application's own code or guards raised."""
+    if handler is None or not isinstance(error, GuardViolation):
+        return None
+    trace = error.__traceback__
+    while trace is not None:
+        if trace.tb_frame.f_locals.get("self") is handler:
+            return error.decision
+        trace = trace.tb_next
     return None
 
 
@@ -60,14 +126,15 @@ _PARENT_STREAM = ("__pregel_stream", "__pregel_stream_messages_v2")
 _DURABILITY = "__pregel_durability"
 
 
-def _unheard(config: Any) -> dict[str, Any]:
-    """The tool's config (``configurable``, tags, metadata) with the run's callbacks but qwenguard's left out, and
-    out of the parent's stream protocol: a graph the tool runs (a sub-agent) streams to no one, and its raw state
-    is saved in the parent's thread only where it must be resumed (`_PARENT_STREAM`, `_DURABILITY`). What the tool
-    itself uses of the configuration stays: ``interrupt()`` (scratchpad, namespace), the store and the runtime,
-    ``get_stream_writer()`` (its own ``"custom"`` writes, the application's)."""
+def _unheard(config: Any, lent: Lent | None = None) -> dict[str, Any]:
+    """The tool's config (``configurable``, tags, metadata) with the run's callbacks but qwenguard's left out (where
+    there is none, ``lent`` for the tool's children: `_guards_only`), and out of the parent's stream protocol: a
+    graph the tool runs (a sub-agent) streams to no one, and its raw state is saved in the parent's thread only where
+    it must be resumed (`_PARENT_STREAM`, `_DURABILITY`). What the tool itself uses of the configuration stays:
+    ``interrupt()`` (scratchpad, namespace), the store and the runtime, ``get_stream_writer()`` (its own
+    ``"custom"`` writes, the application's)."""
     out = dict(config or {})
-    out["callbacks"] = _guards_only(out.get("callbacks"))
+    out["callbacks"] = _guards_only(out.get("callbacks"), lent)
     configurable = out.get("configurable")
     if isinstance(configurable, Mapping):
         kept = {key: value for key, value in configurable.items() if key not in _PARENT_STREAM}
@@ -76,7 +143,7 @@ def _unheard(config: Any) -> dict[str, Any]:
     return out
 
 
-def _unheard_input(input: Any) -> Any:
+def _unheard_input(input: Any, lent: Lent | None = None) -> Any:
     """The tool's input with any `ToolRuntime` LangGraph injected given the same config as the tool
     (`_unheard`): ``inner.invoke(..., runtime.config)`` passed the parent's callbacks and stream on."""
     if not (isinstance(input, Mapping) and input.get("type") == "tool_call" and isinstance(input.get("args"), Mapping)):
@@ -84,13 +151,13 @@ def _unheard_input(input: Any) -> Any:
     args = input["args"]
     if not any(isinstance(value, ToolRuntime) for value in args.values()):
         return input
-    return {**input, "args": {key: _unheard_runtime(value) for key, value in args.items()}}
+    return {**input, "args": {key: _unheard_runtime(value, lent) for key, value in args.items()}}
 
 
-def _unheard_runtime(value: Any) -> Any:
+def _unheard_runtime(value: Any, lent: Lent | None) -> Any:
     if not isinstance(value, ToolRuntime):
         return value
-    return dataclasses.replace(value, config=cast(RunnableConfig, _unheard(value.config)))
+    return dataclasses.replace(value, config=cast(RunnableConfig, _unheard(value.config, lent)))
 
 
 def _fields(schema: Any) -> set[str]:
@@ -119,10 +186,13 @@ class HeldCall:
     """What the held tools of one guarded call share: the judged call, the judge of any other call one is given,
     and what happened on the latest attempt (a retry inside the guard runs the tool again)."""
 
-    def __init__(self, request: Any, judge: Judge, ajudge: AsyncJudge) -> None:
+    def __init__(
+        self, request: Any, judge: Judge, ajudge: AsyncJudge, guards: ToolGuards | None, stopped: Stopped
+    ) -> None:
         call = request.tool_call
         self.judged = (call.get("name"), _model_arguments(request.tool, call.get("args")))
         self.judge, self.ajudge = judge, ajudge
+        self.guards, self.stopped = guards, stopped
         #: What the tool raised on the latest attempt, if it failed (a handler may turn it into an error message).
         self.raised: BaseException | None = None
         #: Whether the latest attempt's call was blocked (the tool did not run; the guard's notice is the result).
@@ -133,6 +203,11 @@ class HeldCall:
 
     def attempt(self) -> None:
         self.raised, self.blocked, self.notice, self.notice_state = None, False, None, None
+
+    def block(self, notice: Any) -> Any:
+        """``notice`` is the attempt's result: the call was blocked."""
+        self.blocked, self.notice, self.notice_state = True, notice, _state(notice)
+        return notice
 
 
 class HeldTool:
@@ -155,33 +230,46 @@ class HeldTool:
         call["args"] = _model_arguments(self._tool, call["args"])
         return None if (call["name"], call["args"]) == self._held.judged else call
 
+    # A stop the lent handler raised inside the tool (a sub-agent's call blocked before its tool ran) withholds the
+    # guarded call's result, under the middleware's ``exit_behavior`` (`HeldCall.stopped`: ``"error"`` raises, else
+    # the notice is the result), not a failure of the tool: an application's own handler crashed the run with it,
+    # whatever ``exit_behavior`` said.
     def invoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
         held = self._held
         held.attempt()
         call = self._unjudged(input)
         if call is not None and (blocked := held.judge(call)) is not None:
-            held.blocked, held.notice, held.notice_state = True, blocked, _state(blocked)
-            return blocked
+            return held.block(blocked)
+        lent = held.guards.sync if held.guards is not None else None
         try:
-            return out_of_sight.call(lambda: self._tool.invoke(_unheard_input(input), _unheard(config), **kwargs))
+            return out_of_sight.call(
+                lambda: self._tool.invoke(_unheard_input(input, lent), _unheard(config, lent), **kwargs)
+            )
         except BaseException as error:
-            held.raised = error
-            raise
+            stop = _stopped_by(error, lent)
+            if stop is None:
+                held.raised = error
+                raise
+        # Out of the except block: the call's notice (or the guard's raise) has the stop inside chained to nothing.
+        return held.block(held.stopped(stop))
 
     async def ainvoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
         held = self._held
         held.attempt()
         call = self._unjudged(input)
         if call is not None and (blocked := await held.ajudge(call)) is not None:
-            held.blocked, held.notice, held.notice_state = True, blocked, _state(blocked)
-            return blocked
+            return held.block(blocked)
+        lent = held.guards.for_ainvoke(self._tool) if held.guards is not None else None
         try:
             return await out_of_sight.acall(
-                lambda: self._tool.ainvoke(_unheard_input(input), _unheard(config), **kwargs)
+                lambda: self._tool.ainvoke(_unheard_input(input, lent), _unheard(config, lent), **kwargs)
             )
         except BaseException as error:
-            held.raised = error
-            raise
+            stop = _stopped_by(error, lent)
+            if stop is None:
+                held.raised = error
+                raise
+        return held.block(held.stopped(stop))
 
 
 class HeldToolRequest(ToolCallRequest):
@@ -290,12 +378,15 @@ class ToolRun:
     """The tool's run as the caller's callbacks see it: started before the tool runs, ended with the judged
     result (or failed, where the tool raised, with the text the guard let through). ``request`` is what the
     handler runs: the tool held. A no-op, and the request unchanged, where there is no tool to run (LangGraph
-    answers an unknown tool's call itself)."""
+    answers an unknown tool's call itself). ``guards``: the handlers lent to what the tool runs (`ToolGuards`), and
+    ``stopped``: the call's outcome for their stop."""
 
-    def __init__(self, request: Any, judge: Judge, ajudge: AsyncJudge) -> None:
+    def __init__(
+        self, request: Any, judge: Judge, ajudge: AsyncJudge, guards: ToolGuards | None, stopped: Stopped
+    ) -> None:
         self._request = request
         self._manager: Any = None
-        self._held = None if request.tool is None else HeldCall(request, judge, ajudge)
+        self._held = None if request.tool is None else HeldCall(request, judge, ajudge, guards, stopped)
         self.request = request if self._held is None else HeldToolRequest.of(request, self._held)
 
     @property

@@ -44,7 +44,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from qwenguard.core import Guard
 from qwenguard.core.streaming.parallel import PendingCheck
 
-from ._held_model import HeldBackChatModel
+from ._held_model import HeldBackChatModel, chat_model_in
 from ._holding import GUARD_PARAM, TOOL_CALLS_PARAM, guard_token, monitor_options
 from ._input_beside import astart_input, start_input
 from ._json_reading import reading_items
@@ -196,15 +196,15 @@ class GuardedChatModel(KeepsStops, HeldBackChatModel):
     # 0 (``trim_messages(token_counter=guarded)`` kept the whole history), and online it counted another tokenizer's
     # tokens (rt52d F3). A wrapper that holds no chat model keeps that fallback.
     def get_token_ids(self, text: str) -> list[int]:
-        model = _chat_model_in(self.inner)
+        model = chat_model_in(self.inner)
         return model.get_token_ids(text) if model is not None else super().get_token_ids(text)
 
     def get_num_tokens(self, text: str) -> int:
-        model = _chat_model_in(self.inner)
+        model = chat_model_in(self.inner)
         return model.get_num_tokens(text) if model is not None else super().get_num_tokens(text)
 
     def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence[Any] | None = None) -> int:
-        model = _chat_model_in(self.inner)
+        model = chat_model_in(self.inner)
         if model is None:
             return super().get_num_tokens_from_messages(messages, tools)
         return model.get_num_tokens_from_messages(messages, tools)
@@ -220,7 +220,7 @@ class GuardedChatModel(KeepsStops, HeldBackChatModel):
         on to the inner model with each call, so the provider gets what the inner model asked for, and the guard
         judges every call: the input, the answer (JSON text as an answer, a schema's call as a tool call, even with
         ``check_tool_calls=False``: it is the answer)."""
-        model = _chat_model_in(self.inner)
+        model = chat_model_in(self.inner)
         if model is None:
             raise NotImplementedError(
                 f"GuardedChatModel.with_structured_output: no chat model found in {type(self.inner).__name__}. "
@@ -252,18 +252,6 @@ def _schema_tools(schema: Any) -> frozenset[str]:
     except Exception:  # noqa: BLE001 - no tool of it: a JSON answer, judged as text
         return frozenset()
     return frozenset({name}) if isinstance(name, str) and name else frozenset()
-
-
-def _chat_model_in(runnable: Runnable[Any, Any]) -> BaseChatModel | None:
-    """The chat model a runnable wraps (``model.bind(...)``, ``with_retry()``, ``with_config``: ``.bound``), or itself."""
-    for _ in range(16):  # bindings nest a few deep; never loop on a cycle
-        if isinstance(runnable, BaseChatModel):
-            return runnable
-        bound = getattr(runnable, "bound", None)
-        if not isinstance(bound, Runnable):
-            return None
-        runnable = bound
-    return None
 
 
 def _repointed(

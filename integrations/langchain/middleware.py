@@ -37,7 +37,10 @@ Where it looks (every step is one batched guard call):
   raised out of the tool
   (``Command(graph=Command.PARENT)``) too, and the text of an interrupt it raises to the run's caller. The tool runs out of sight of the run's callbacks, which hear
   its end with the judged result, and of the parent's stream: a sub-agent it runs streams to no one and is
-  saved in the thread only where it must be resumed (`_held_tool.py`). A ``return_direct`` tool's result is the run's
+  saved in the thread only where it must be resumed (`_held_tool.py`). Where the run's config has no qwenguard
+  handler, what the tool runs is judged all the same: a handler on this guard hears the tool's children, judges
+  each call a model there asks for before its tool runs and each tool result before a model there reads it, and its
+  stop withholds the guarded call's result (`ToolGuards`, rt67d F1). A ``return_direct`` tool's result is the run's
   answer: decided under the response stage too, the stricter taken (`_answers_run`, rt65e F2).
 
 What a violation does (``exit_behavior``):
@@ -91,7 +94,7 @@ import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse, hook_config
@@ -125,7 +128,7 @@ from .._common import Bounded, stop_of
 from ._answer_tools import strategy_tools
 from ._held_model import HeldBackChatModel, StreamLedger, aerror_stop, error_stop
 from ._held_request import HeldModelRequest
-from ._held_tool import ToolRun, pending_resumes
+from ._held_tool import ToolGuards, ToolRun, pending_resumes
 from ._holding import HELD_CALL, HeldCall, monitor_options
 from ._input_memory import (
     KEYED_BY,
@@ -1959,6 +1962,31 @@ class GuardMiddleware(AgentMiddleware):
             return await built_off_loop(lambda: self._on_answer(response, fresh, verdicts), response)
 
     # -- tool calls -----------------------------------------------------------------------------
+    # What a tool runs inside it (a sub-agent with tools of its own) is out of sight of the run's callbacks but
+    # qwenguard's: with no handler in the app's config, nothing judged it, and a sub-agent's harmful call ran (rt67d
+    # F1). The tool's children get a handler on this middleware's guard (`ToolGuards`), whose stop withholds the call's result.
+    @cached_property
+    def _tool_guards(self) -> ToolGuards:
+        return ToolGuards(self.guard, self.history_turns)
+
+    def _tool_run(self, request: Any) -> ToolRun:
+        """The guarded call's run (`ToolRun`): the tool held, judged again if rewritten, and what it runs judged."""
+        return ToolRun(
+            request,
+            self._executed_call(request),
+            self._aexecuted_call(request),
+            self._tool_guards,
+            lambda decision: self._stopped_inside(request, decision),
+        )
+
+    def _stopped_inside(self, request: Any, decision: Decision) -> ToolMessage:
+        """The guarded call's result where the handler lent to what its tool runs stopped it (`ToolGuards`): the
+        tool ran, and what it did inside was stopped (a sub-agent's call before its tool ran): the result's notice
+        (``"error"``: raised, and kept with that notice by `_kept_stop`)."""
+        if self.exit_behavior == "error":
+            enforce(decision)
+        return self._call_notice(request, decision, self.tool_result_notice)
+
     @speaking_as(_ASYNC_TWIN)
     def wrap_tool_call(self, request: Any, handler: Callable[[Any], ToolMessage | Command]) -> ToolMessage | Command:
         thread = current_thread()
@@ -2006,7 +2034,7 @@ class GuardMiddleware(AgentMiddleware):
                     return self._blocked_call(request, blocked)  # handler never runs: the tool does not execute
             # The callbacks hear of the run, and of its judged result only; a call rewritten inside this
             # middleware (a reviewer's edit) is judged again before it runs.
-            run = ToolRun(request, self._executed_call(request), self._aexecuted_call(request))
+            run = self._tool_run(request)
             run.start()
             try:
                 result = handler(run.request)
@@ -2058,7 +2086,7 @@ class GuardMiddleware(AgentMiddleware):
                 blocked = self._before_tool(checks, await self._atool_decisions(checks))
                 if blocked is not None:
                     return self._blocked_call(request, blocked)
-            run = ToolRun(request, self._executed_call(request), self._aexecuted_call(request))
+            run = self._tool_run(request)
             await run.astart()
             try:
                 result = await handler(run.request)
