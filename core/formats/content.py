@@ -38,8 +38,9 @@ on where the model runs:
    guard's tokenizer sees pieces it was never trained on. Where the text hides something between two
    letters (zero-width, bidi and format characters, tag characters and variation selectors; spaces of
    other widths, line separators and blank-looking letters standing for a space), draws marks through
-   Latin letters ("b\u0336o\u0336m\u0336b\u0336"), stacks more than `MARKS_ON_NON_LETTER` marks on what is not
-   a letter (the final "?", a space, an emoji; read without them), writes letters as full-width, mathematical, circled or squared
+   Latin letters ("b\u0336o\u0336m\u0336b\u0336"), sets marks on what is not a letter (the final "?", a space, an
+   emoji; but for a keycap and the like) or more on one letter than its script stacks (`MARKS_ON_A_LETTER`; format
+   characters between two marks count as nothing; read without them), writes letters as full-width, mathematical, circled or squared
    forms, or mixes look-alikes of another script into a Latin word ("bоmb"; Unicode's confusables data:
    `look_alikes`), the stretch around it is also judged as read: hidden characters removed (tag characters
    also as the ASCII they spell), blanks as spaces, letters as plain Latin, runs of marks cut to `MARK_RUN`.
@@ -424,14 +425,54 @@ def _looks_latin(text: str) -> bool:
 #: for seconds (rt61b F4). 30 is Unicode's own bound for text in its Stream-Safe Text Format (UAX #15, section 13);
 #: a stack that tall renders as one smudge, and past it a reader sees no more of the letter.
 MARK_RUN = 30
-#: The most combining marks in a row on a character that is not a letter (punctuation, a space, a symbol, an emoji)
-#: that a reading keeps: a longer run is a hidden place, and the reading drops it (`_loose_marks`).
-MARKS_ON_NON_LETTER = 2
+#: The most combining marks a letter carries in ordinary text (format characters between them count as nothing): a
+#: taller stack is padding, a hidden place read without it (`_padding_marks`). Vietnamese sets two on a vowel, Indic
+#: scripts a nukta, a vowel sign, a nasal and a Vedic accent on one consonant.
+MARKS_ON_A_LETTER = 4
+#: Scripts (the first word of a letter's Unicode name) whose letters carry more or fewer marks than `MARKS_ON_A_LETTER`.
+_MARKS_BY_SCRIPT = {
+    "HEBREW": 6,  # dagesh, a vowel point, the shin dot, a cantillation accent or two, meteg
+    "ARABIC": 5,  # shadda, a vowel, the superscript alef, maddah, a Quranic small high sign
+    "SYRIAC": 5,
+    "TIBETAN": 8,  # the subjoined consonants of a Sanskrit stack, two vowel signs, a nasal
+    "MYANMAR": 5,
+    # Decomposed polytonic Greek ("ᾯ": psili, perispomeni, ypogegrammeni), IPA and Yoruba tone marks on an
+    # open or a dotted vowel, Church Slavonic breathing, stress and titlo.
+    "LATIN": 3,
+    "MODIFIER": 3,
+    "GREEK": 3,
+    "COPTIC": 3,
+    "CYRILLIC": 3,
+    # Scripts whose letters carry a mark or two at most (kana its voicing mark): a third spells nothing ("一" under 12).
+    **dict.fromkeys(
+        ("CJK", "HANGUL", "HIRAGANA", "KATAKANA", "BOPOMOFO", "YI", "ARMENIAN", "GEORGIAN", "ETHIOPIC", "CHEROKEE"), 2
+    ),
+}
+_LEAST_STACK = min(MARKS_ON_A_LETTER, *_MARKS_BY_SCRIPT.values())
 #: Characters of context judged on each side of what a reader sees differently.
 AS_SEEN_CONTEXT = 128
 #: Stretches read as seen are packed into pieces of about this many characters (one window or so each);
 #: when they add up to half the text or more, the whole text is read as one piece instead.
 AS_SEEN_PIECE_CHARS = 2048
+
+
+class _Pads:
+    """The patterns of `_padding_marks` for one set of class bodies: a run is marks with format characters between them
+    (not after its last), its base the character before it and the format characters before that."""
+
+    def __init__(self, not_bases: str, marks: str, hidden: str) -> None:
+        run = f"[{marks}](?:[{hidden}]*+[{marks}])*+"
+        # A run on a character that is no letter, no mark and not hidden (the lookbehind is tried at marks only) ...
+        self.on_non_letter = re.compile(f"[{marks}](?<=[^{not_bases}][{marks}])(?:[{hidden}]*+[{marks}])*+")
+        # ... with format characters between it and that character ("?\u200b\u0301\u200b\u0301"; `_padding_marks` reads
+        # the character: a lookbehind of ``not_bases`` at every ZWJ and selector of emoji text doubled the reading's cost).
+        self.past_hidden = re.compile(f"[{hidden}](?<![{hidden}].)[{hidden}]*+(?P<run>{run})")
+        # ... or at the text's start.
+        self.at_start = re.compile(f"[{hidden}]*+(?P<run>{run})")
+        self.hidden = re.compile(f"[{hidden}]")
+        self.mark = re.compile(f"[{marks}]")
+        # Runs that may be taller than a letter's script stacks.
+        self.stacks = re.compile(f"[{marks}](?:[{hidden}]*+[{marks}]){{{_LEAST_STACK},}}+")
 
 
 class _Classes:
@@ -467,15 +508,27 @@ class _Classes:
         self.table: dict[int, str | None] = {cp: _plain_form(chr(cp)) for cp in every_form}
         self.table.update({cp: None for cp in hidden})
         self.table.update({cp: " " for cp in blanks})
-        # Marks NFC cannot compose onto a Latin letter: struck through, underlined, "zalgo" stacks.
-        self.marked = re.compile(f"[A-Za-z\u00c0-\u024f\u1e00-\u1eff][{self.marks}]+")
-        # A stack of marks on what is not a letter (the final "?", a space, an emoji): a smudge to a reader, and
-        # tokens a guard was never trained on (12 acute accents on the final "?" flipped the demo guard to safe on 5
-        # of 6 unsafe answers, rt66o F2). Runs of more than `MARKS_ON_NON_LETTER` marks; which of them sit on a
-        # non-letter is `_loose_marks`' question (a lookbehind tried at every character doubled the reading's cost).
-        self.mark_runs = re.compile(f"[{self.marks}]{{{MARKS_ON_NON_LETTER + 1},}}")
-        bmp_marks = class_ranges([cp for cp in marks if cp <= 0xFFFF and cp not in _IGNORABLE])
-        self.bmp_mark_runs = re.compile(f"[{bmp_marks}]{{{MARKS_ON_NON_LETTER + 1},}}")
+        # Marks NFC cannot compose onto a Latin letter: struck through, underlined, "zalgo" stacks; a format character
+        # between the letter and its marks hides nothing ("b\u200d\u0336").
+        # (Those of the BMP: a class with characters past it is tried range by range, at every Latin letter.)
+        bmp_hidden = class_ranges([cp for cp in hidden if cp <= 0xFFFF])
+        self.marked = re.compile(f"[A-Za-z\u00c0-\u024f\u1e00-\u1eff][{bmp_hidden}]*+[{self.marks}]++")
+        # Padding marks (`_padding_marks`): runs of marks on what is not a letter, or taller than a letter's script
+        # stacks; format characters between two marks of a run count as nothing (a ZWSP, a WJ, a CGJ or a ZWJ after
+        # each mark kept 12 on the final "?" out of every run, rt66r). Each pattern twice: for text past the BMP, and for
+        # text within it (a class with characters past the BMP is tried range by range: ten times slower).
+        letters = [cp for cp in range(0x20000) if chr(cp).isalpha() and chr(cp) not in _BLANKS]
+        spacing = [cp for cp in range(0x80, 0x20000) if unicodedata.category(chr(cp)) == "Mc"]
+        not_bases = sorted({*letters, *range(0x20000, 0x323B0), *spacing, *marks, *hidden})
+        # Past the BMP, format characters and the planes of tags and selectors: unassigned code points of planes 1 and 2
+        # show as a box, and their hundred ranges, tried at each emoji, doubled the reading of emoji text.
+        shown = [cp for cp in hidden if 0xFFFF < cp < 0xE0000 and unicodedata.category(chr(cp)) != "Cf"]
+        self.pads = _Pads(class_ranges(not_bases), self.marks, class_ranges(sorted(set(hidden) - set(shown))))
+        self.bmp_pads = _Pads(
+            class_ranges([cp for cp in not_bases if cp <= 0xFFFF]),
+            class_ranges([cp for cp in marks if cp <= 0xFFFF and cp not in _IGNORABLE]),
+            bmp_hidden,
+        )
         self.word = re.compile(rf"(?:[^\W\d_]|[{self.hidden}{self.marks}])+")
         # Runs of non-starters longer than `MARK_RUN` (`_capped`); those of the BMP alone, for text without a character
         # past it (a class that holds any is tried range by range: ten times slower).
@@ -556,7 +609,7 @@ def _hidden_places(text: str) -> list[tuple[int, int]]:
     if _looks_latin(text):
         found += [m.span() for m in classes.word.finditer(text) if _mixed(m.group())]
     found += [m.span() for m in classes.marked.finditer(text) if len(_nfc(m.group())) > 1]
-    found += _loose_marks(text)
+    found += _padding_marks(text)
     found += [m.span() for m in _tag_runs(text)]
     if _INDICATOR.search(text):
         found += [m.span(2) for m in _LONE_INDICATOR.finditer(text)]
@@ -573,8 +626,8 @@ def read_as_seen(text: str) -> str:
     """
     classes = _classes()
     text = _capped(text)
-    if loose := _loose_marks(text):  # a stack on a non-letter: the smudge a reader skips over
-        text = "".join(text[a:b] for a, b in zip([0, *(e for _, e in loose)], [*(s for s, _ in loose), len(text)]))
+    if padding := _padding_marks(text):  # marks a reader reads past: a smudge on the "?", a stack no script writes
+        text = "".join(text[a:b] for a, b in zip([0, *(e for _, e in padding)], [*(s for s, _ in padding), len(text)]))
     if _INDICATOR.search(text) and _LONE_INDICATOR.search(
         text
     ):  # before hidden characters go: they keep indicators apart
@@ -591,15 +644,63 @@ def read_as_seen(text: str) -> str:
     )
 
 
-def _loose_marks(text: str) -> list[tuple[int, int]]:
-    """(start, end) of each run of more than `MARKS_ON_NON_LETTER` marks on a character that is not a letter (nor a
-    spacing mark: Indic syllables stack their signs on one), or at the text's start."""
-    runs = _classes().mark_runs if _ASTRAL.search(text) else _classes().bmp_mark_runs
-    return [m.span() for m in runs.finditer(text) if m.start() == 0 or _non_letter(text[m.start() - 1])]
+def _padding_marks(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each run of marks a reader reads past (format characters between its marks count as nothing):
+    any on a space, a line break, punctuation, a digit or a symbol (the smudge on the final "?"), or at the text's
+    start, but for a keycap, a mark NFC composes with its base and a dotted circle showing marks alone
+    (`_marks_kept_on`); more on one letter than its script stacks (`_marks_on`). In order."""
+    classes = _classes()
+    pads = classes.pads if _ASTRAL.search(text) else classes.bmp_pads
+    if not pads.mark.search(text):  # one pass for text without marks (emoji: a class past the BMP is slow to try)
+        return []
+    found = [m.span() for m in pads.on_non_letter.finditer(text) if not _marks_kept_on(text[m.start() - 1], m.group())]
+    if pads.hidden.search(text):
+        for m in pads.past_hidden.finditer(text):
+            base = text[m.start() - 1] if m.start() else ""
+            if base and _non_letter(base) and not _is_mark(base) and not _marks_kept_on(base, m["run"]):
+                found.append(m.span("run"))
+    if (start := pads.at_start.match(text)) and not _marks_kept_on(" ", start["run"]):  # a word's start, as a space
+        found.append(start.span("run"))
+    for m in pads.stacks.finditer(text):
+        at = m.start()
+        while at and pads.hidden.match(text, at - 1):  # linear: what lies between two runs is scanned once
+            at -= 1
+        base = text[at - 1] if at else ""
+        if base and not _non_letter(base) and _mark_count(m.group()) > _marks_on(base):
+            found.append(m.span())
+    return sorted(found)
 
 
 def _non_letter(char: str) -> bool:
-    return not char.isalpha() and unicodedata.category(char) != "Mc"
+    """Not a letter (a blank letter, a Hangul filler, is none) nor a spacing mark (Indic syllables stack on one)."""
+    return char in _BLANKS or (not char.isalpha() and unicodedata.category(char) != "Mc")
+
+
+def _is_mark(char: str) -> bool:
+    return unicodedata.category(char) in ("Mn", "Me")
+
+
+def _mark_count(run: str) -> int:
+    return len(_classes().pads.hidden.sub("", run)) if len(run) > 1 else len(run)
+
+
+@functools.lru_cache(maxsize=4096)
+def _marks_on(letter: str) -> int:
+    """The most marks ``letter`` (or a spacing mark) carries in its script's ordinary text."""
+    return _MARKS_BY_SCRIPT.get(unicodedata.name(letter, "").split(" ", 1)[0], MARKS_ON_A_LETTER)
+
+
+def _marks_kept_on(base: str, run: str) -> bool:
+    """Whether marks ``run`` on ``base``, no letter, are what ordinary text writes: a keycap ("1\ufe0f\u20e3"), one
+    mark NFC composes with its base ("=\u0338" is "≠"), a dotted circle showing marks alone ("◌́"), a
+    Quranic pause sign set apart between two words ("رَيْبَ ۛ فِيهِ")."""
+    if run == "\u20e3":
+        return base in "0123456789#*"
+    if len(run) == 1 and len(unicodedata.normalize("NFC", base + run)) == 1:
+        return True
+    if base == "\u25cc":
+        return _mark_count(run) <= MARKS_ON_A_LETTER
+    return base == " " and len(run) == 1 and "\u06d6" <= run <= "\u06ed"
 
 
 def _unmarked(match: re.Match[str]) -> str:
