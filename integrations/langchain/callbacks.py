@@ -369,6 +369,30 @@ class _Run:
             self.pending.cancel()
 
 
+class HandlerClassGiven(TypeError, AttributeError):
+    """The handler class given where a handler goes (``callbacks=[GuardCallbackHandler]``, its ``(guard)`` forgotten).
+    An `AttributeError` too, so that ``hasattr`` and ``inspect`` reading the class go on as they do."""
+
+
+class _HandlerSwitch:
+    """An ``ignore_*`` switch LangChain reads on each handler before each event: False on a handler, as LangChain's
+    own. On the class the inherited switch was LangChain's property object, truthy: given the class, LangChain skipped
+    every event and the model ran unguarded, silently (rt67g F3). Read on the class it raises, and LangChain raises
+    it on (the class's ``raise_error``), before the run starts."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, handler: Any, owner: type | None = None) -> bool:
+        if handler is None:
+            named = getattr(owner, "__name__", "GuardCallbackHandler")
+            raise HandlerClassGiven(
+                f"qwenguard: the class {named} was given as a callback handler (its {self.name} read): pass a "
+                f"handler built on the guard, config={{'callbacks': [{named}(guard)]}}"
+            )
+        return False
+
+
 class _GuardHandlerLogic(HeardFirst):
     """The decisions, written once; the sync and async handlers only differ in how they call the guard.
 
@@ -376,6 +400,14 @@ class _GuardHandlerLogic(HeardFirst):
 
     raise_error: bool = True
     run_inline: bool = True
+    # Handlers hear every event (LangChain's default); the class itself, given by mistake, raises (`_HandlerSwitch`).
+    ignore_llm = _HandlerSwitch()
+    ignore_retry = _HandlerSwitch()
+    ignore_chain = _HandlerSwitch()
+    ignore_agent = _HandlerSwitch()
+    ignore_retriever = _HandlerSwitch()
+    ignore_chat_model = _HandlerSwitch()
+    ignore_custom_event = _HandlerSwitch()
 
     def __init__(
         self,

@@ -16,6 +16,9 @@
   mid-stream: its error is judged as the answer (it can quote the text held back: `_held_model.error_stop`);
   blocked, `GuardViolation` is raised in its place with nothing of the error chained; allowed, the error itself.
   (With ``invoke`` the error never reaches the step: `GuardRunnable(runnable=model)` judges it there too.)
+  Placed where no model's answer reaches it, it raises `TypeError` before the model is asked: on a prompt template's
+  output, or as its chain's first step (or after guard_input steps only), where it gets the chain's input and the
+  model after it would answer unjudged; a model's message handed to such a chain is judged (`_refuse_misplaced`).
 - `GuardRunnable(runnable=...)` does both around ``runnable`` and judges the answer in the context of
   the screened request. With ``parallel_input=True`` (or a `Guard` built with ``parallel_input=True``)
   the runnable starts while the input is checked: its answer is judged meanwhile but nothing goes out
@@ -51,6 +54,7 @@ from qwenguard.core.formats.conversations import prompt_conversation, untrusted_
 from qwenguard.core.guard import speaking_as
 from qwenguard.core.streaming.parallel import PendingCheck
 
+from .._common import Bounded
 from ._held_model import (
     OwedCall,
     StreamLedger,
@@ -296,6 +300,91 @@ def _combine(chunks: Sequence[Any]) -> Any:
         except TypeError:
             final = chunk
     return final
+
+
+# -- where guard_output stands in its chain ---------------------------------------------------------------------------
+# Placed before the model (``guard_output(guard) | model``, ``guard_input(guard) | guard_output(guard) | model``) it
+# judged the user's question as an answer, let it through, and the model's answer went out unjudged (rt67g F1). What
+# it receives there is the chain's own input: LangChain tags the first step of a RunnableSequence run ``seq:step:1``
+# (on that step's run only: a step's children never inherit it), and a guard_input step passes its input on
+# unchanged, so a guard_output after only guard_input steps receives it too. Whether a model ran before it cannot be
+# told soundly (a function, a parser or a RunnableLambda can produce the answer, and LangChain reports no model run
+# when the chain has no callbacks), so only these two positions, and a prompt, are refused.
+
+#: The tag LangChain gives each step of a RunnableSequence run, with the step's number from 1.
+_SEQUENCE_STEP = re.compile(r"seq:step:(\d+)")
+
+#: Sequence runs (by run id) whose steps so far were all guard_input, with how many: the steps that passed the chain's
+#: input on unchanged. Bounded: a sequence with no guard_output after them never reads its entry.
+_PASSED_ON: Bounded[Any, int] = Bounded(4096)
+
+_MISPLACED = (
+    "guard_output judges a model's answer, and here it runs {where}: what it got ({got}) is {what}, and the model "
+    "after it would answer unjudged. Put it right after the model: prompt | model | guard_output(guard) (with "
+    "guard_input(guard) | prompt | model | guard_output(guard) to screen the input too). An answer the application "
+    "got elsewhere is judged by guard_output(guard).invoke(answer), or in a chain when it is the model's message."
+)
+
+
+def _sequence_step(run_manager: Any) -> int | None:
+    """The number of the RunnableSequence step this run is (1 for the first), or None when it is no sequence's step."""
+    for tag in getattr(run_manager, "tags", None) or ():
+        found = _SEQUENCE_STEP.fullmatch(tag) if isinstance(tag, str) else None
+        if found:
+            return int(found.group(1))
+    return None
+
+
+def _note_passed_on(run_manager: Any) -> None:
+    """A guard_input step ran (its output is its input): noted while every step before it in its sequence was one."""
+    step, sequence = _sequence_step(run_manager), getattr(run_manager, "parent_run_id", None)
+    if step is not None and sequence is not None and (step == 1 or _PASSED_ON.get(sequence) == step - 1):
+        _PASSED_ON[sequence] = step
+
+
+def _takes_chain_input(run_manager: Any) -> bool:
+    """Does this step receive its sequence's own input (it is the first step, or only guard_input steps came before)?"""
+    step, sequence = _sequence_step(run_manager), getattr(run_manager, "parent_run_id", None)
+    if step is None:
+        return False
+    return step == 1 or (sequence is not None and _PASSED_ON.get(sequence) == step - 1)
+
+
+def _refuse_misplaced(value: Any, run_manager: Any) -> None:
+    """Raise `TypeError` where guard_output receives no model's answer: a prompt (a template's output), or its
+    chain's own input (what the model after it is asked) that is not a model's message."""
+    got = type(value).__name__
+    if isinstance(value, PromptValue):
+        raise TypeError(_MISPLACED.format(where="on a prompt template's output", got=got, what="the model's input"))
+    if not isinstance(value, AIMessage) and _takes_chain_input(run_manager):
+        where = "first in its chain" if _sequence_step(run_manager) == 1 else "after guard_input only"
+        raise TypeError(_MISPLACED.format(where=where, got=got, what="the chain's input, not an answer"))
+
+
+_END = object()
+
+
+def _after(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
+    """``first``, then ``rest``; closing it closes ``rest`` (the provider stops generating when its stream is closed)."""
+    try:
+        yield first
+        yield from rest
+    finally:
+        close = getattr(rest, "close", None)
+        if close is not None:
+            close()
+
+
+async def _aafter(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """Async twin of `_after`."""
+    try:
+        yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        close = getattr(rest, "aclose", None)
+        if close is not None:
+            await close()
 
 
 #: What the event-loop warning tells a sync chain run inside async code to use (`speaking_as`).
@@ -563,6 +652,15 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
         held = self._held(context, passed_before(self.guard, ledger, call))
         return held, passing(ledger, call, held)
 
+    # -- where the step stands ----------------------------------------------------------------------
+    def _placed(self, value: Any, run_manager: Any) -> None:
+        """A guard_output step refuses what is no model's answer (`_refuse_misplaced`); a guard_input step notes that
+        it passed its input on. (Streams do both once their input has come: `_transform`.)"""
+        if self.runnable is None and self.check_output:
+            _refuse_misplaced(value, run_manager)
+        elif self.runnable is None:
+            _note_passed_on(run_manager)
+
     # -- invoke -----------------------------------------------------------------------------------
     @speaking_as(_ASYNC_TWIN)
     def _invoke(
@@ -570,6 +668,7 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
     ) -> Any:
         """``kwargs``: a binding's (``.bind(stop=...)``), for the wrapped runnable, as `RunnableBinding` passes them
         (a `TypeError` here was an error that ``with_fallbacks`` answered unguarded)."""
+        self._placed(value, run_manager)
         context: list[dict[str, str]] = []
         pending: PendingCheck | None = None
         if self.check_input:
@@ -600,6 +699,7 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
     async def _ainvoke(
         self, value: Any, run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig, **kwargs: Any
     ) -> Any:
+        self._placed(value, run_manager)
         context: list[dict[str, str]] = []
         pending: PendingCheck | None = None
         if self.check_input:
@@ -685,7 +785,17 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
         self, inputs: Iterator[Any], run_manager: CallbackManagerForChainRun, config: RunnableConfig, **kwargs: Any
     ) -> Iterator[Any]:
         if self.runnable is None and not self.check_input:  # guard_output: stream straight through the gate
-            yield from self._guard_chunks(inputs, [])
+            first: Any = _END
+            failed: Exception | None = None
+            try:
+                first = next(inputs, _END)  # what it is tells where the step stands (`_refuse_misplaced`)
+            except Exception as error:  # noqa: BLE001 - the model's, at its first chunk: judged as `_guard_chunks` does
+                failed = error
+            if failed is not None:
+                self._failed(failed, [])
+            if first is not _END:
+                _refuse_misplaced(first, run_manager)
+                yield from self._guard_chunks(_after(first, inputs), [])
             return
         chunks = list(inputs)
         if not chunks:
@@ -694,6 +804,7 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
         items = self._input_items(value) if self.check_input else []  # as `_invoke`: no check, no context
         pending = self._start_input(items, config)
         if self.runnable is None:
+            _note_passed_on(run_manager)
             yield value
             return
         child = patch_config(config, callbacks=stopping(run_manager.get_child(), pending))
@@ -713,9 +824,19 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
         config: RunnableConfig,
         **kwargs: Any,
     ) -> AsyncIterator[Any]:
-        if self.runnable is None and not self.check_input:
-            async for chunk in self._aguard_chunks(inputs, []):
-                yield chunk
+        if self.runnable is None and not self.check_input:  # as `_transform`
+            first: Any = _END
+            failed: Exception | None = None
+            try:
+                first = await anext(inputs, _END)
+            except Exception as error:  # noqa: BLE001 - the model's, at its first chunk: judged as `_aguard_chunks` does
+                failed = error
+            if failed is not None:
+                await self._afailed(failed, [])
+            if first is not _END:
+                _refuse_misplaced(first, run_manager)
+                async for chunk in self._aguard_chunks(_aafter(first, inputs), []):
+                    yield chunk
             return
         chunks = [chunk async for chunk in inputs]
         if not chunks:
@@ -724,6 +845,7 @@ class GuardRunnable(KeepsStops, RunnableSerializable[Any, Any]):
         items = await built_off_loop(lambda: self._input_items(value), value) if self.check_input else []
         pending = await self._astart_input(items, config)
         if self.runnable is None:
+            _note_passed_on(run_manager)
             yield value
             return
 
@@ -803,7 +925,11 @@ def guard_output(
     text; ``"gate"`` judges the answer with a Gen check at every word end before passing it on
     (finer-grained, one check per word). With a Gen guard the monitor judges whole sentences by default;
     ``release_unit="opening"`` releases the answer's opening words as soon as they are judged (then
-    sentences), ``"word"`` judged text but its last word throughout (earlier first text, more checks)."""
+    sentences), ``"word"`` judged text but its last word throughout (earlier first text, more checks).
+
+    It goes after the model: before it (``guard_output(guard) | model``, or after a prompt template or guard_input
+    steps only) it raises `TypeError`, as it would judge the question as the answer. Alone,
+    ``guard_output(guard).invoke(answer)`` judges an answer the application got elsewhere."""
     return GuardRunnable(
         guard=guard,
         check_input=False,
