@@ -24,8 +24,9 @@ from qwenguard.core import Guard, Policy
 CONNECT_S, READ_S = 0.5, 0.5
 BOUND = CONNECT_S + READ_S  # what one attempt may take
 SLOTS = 2
-#: How many attempt bounds the slowest check may take, at most: one attempt, and what threads and planning add.
-MOST_BOUNDS = 2.5
+#: How many attempt bounds the slowest check may take, at most: one attempt, and what threads and planning add on a
+#: loaded machine (2.9 seen under load); the fault it catches took 10 with 40 checks.
+MOST_BOUNDS = 5.0
 
 
 class SilentEngine:
@@ -92,7 +93,7 @@ def test_a_check_without_a_deadline_waits_for_a_slot_within_the_attempts_bound()
     fewer, more = slowest_in_bounds(20), slowest_in_bounds(40)
     # Before: ~n / SLOTS read timeouts, 5 and 10 bounds; the wait grew with the queue.
     assert more < MOST_BOUNDS, (fewer, more)
-    assert more < fewer * 1.5, (fewer, more)
+    assert more < fewer * 1.75, (fewer, more)  # the fault: twice (the wait grew with the queue)
 
 
 async def aslowest_in_bounds(n: int) -> float:
@@ -112,7 +113,7 @@ async def aslowest_in_bounds(n: int) -> float:
 def test_a_check_without_a_deadline_waits_for_a_slot_within_the_attempts_bound_async() -> None:
     fewer, more = asyncio.run(aslowest_in_bounds(20)), asyncio.run(aslowest_in_bounds(40))
     assert more < MOST_BOUNDS, (fewer, more)
-    assert more < fewer * 1.5, (fewer, more)
+    assert more < fewer * 1.75, (fewer, more)  # the fault: twice (the wait grew with the queue)
 
 
 def test_checks_queued_behind_a_busy_healthy_engine_are_all_judged() -> None:
