@@ -3,10 +3,8 @@
 An engine whose context is smaller than the one a request was planned for either cuts the prompt silently and
 judges what is left (Ollama; llama.cpp before ~b5500; SGLang with ``--allow-auto-truncate``) or refuses it with a
 400 that names its context (vLLM, SGLang, llama.cpp's ``exceed_context_size_error``). Neither answer is a verdict
-(`SmallerContext`): `openai_gen.OpenAIGen` plans the check again for the context shown. An engine counts the
-prompt it read in ``usage.prompt_tokens`` (after a cut; cached tokens included), which is how a cut is seen; one
-that counts only the tokens its prompt cache did not hold (Ollama 0.30.x) is told apart once, and its counts are not
-read (`OpenAIGen._settle`).
+(`SmallerContext`): `openai_gen.OpenAIGen` plans the check again for the context shown. Every engine counts the
+prompt it read in ``usage.prompt_tokens`` (after a cut; cached tokens included), which is how a cut is seen.
 """
 
 from __future__ import annotations
@@ -75,14 +73,12 @@ def context_named(body: bytes) -> int | None:
 
 
 class Unsure(Exception):
-    """An answer counting fewer prompt tokens than the official prompt has (``full``), but not fewer than its
-    messages' text: a cut, or an engine whose template or tokenizer is not ours (the demo's holds its template as
-    added tokens). With ``under_text``, fewer than its messages' text (``full`` is then that floor): a cut, or an
-    engine that counts only the tokens its prompt cache did not hold (Ollama 0.30.x: a conversation's checks share
-    the template's head and earlier turns). `OpenAIGen._settle` asks which, once per client."""
+    """An answer counting fewer prompt tokens than the official prompt has, but not fewer than its messages'
+    text: a cut, or an engine whose template or tokenizer is not ours (the demo's holds its template as added
+    tokens). `OpenAIGen._settle` asks which, once per client."""
 
-    def __init__(self, outcome: Outcome, kept: int, full: int, *, under_text: bool = False) -> None:
-        self.outcome, self.kept, self.full, self.under_text = outcome, kept, full, under_text
+    def __init__(self, outcome: Outcome, kept: int, full: int) -> None:
+        self.outcome, self.kept, self.full = outcome, kept, full
 
 
 def prompt_tokens(payload: Any) -> int | None:

@@ -57,8 +57,7 @@ prompt (Ollama cuts silently), and a 400 naming the context (vLLM, SGLang, llama
 verdict, and the check is planned again for the context the engine showed, which every later check uses
 (`_cut`, `_run`); a check that ends without a whole verdict is blocked on an Unsafe said of a cut prompt
 (`_unsafe_kept`). Whether the engine counts prompts as the official template and tokenizer do is asked once,
-when an answer first leaves it open (`_settle`); so is whether its counts leave out what its prompt cache held (Ollama
-0.30.x), when an answer first counts fewer than its messages' text: such counts are not read from then on.
+when an answer first leaves it open (`_settle`).
 
 Errors, per the backend protocol (`qwenguard.core.backends.base`): an answer that does not parse, a request
 the server refused (4xx, or 5xx after the retries), or a request past the deadline is that conversation's
@@ -477,7 +476,6 @@ class _Wire:
         self.lookup: asyncio.Future[None] | None = None  # the /models read in progress (`OpenAIGen._context`)
         self.lookup_slow = False  # a check waited for it a while in vain: the others plan without it meanwhile
         self.probe: asyncio.Future[None] | None = None  # the template question in progress (`OpenAIGen._settle`)
-        self.cache_probe: asyncio.Future[None] | None = None  # the prompt cache question in progress (`_settle`)
         self.ids_probe: asyncio.Future[None] | None = None  # the tokenizer question in progress (`_ids_read_alike`)
         self.ids_question_slow = False  # a check waited for its answer in vain: checks go as text until it is in
 
@@ -709,9 +707,6 @@ class OpenAIGen:
         # Whether the engine counts a prompt as the local guard renders it (the official template and tokenizer):
         # None until an answer counts fewer tokens than that and not fewer than its messages (`_settle`).
         self._counts_our_template: bool | None = None
-        # Whether the engine's counts leave out the tokens its prompt cache held (Ollama 0.30.x): None until an answer
-        # counts fewer tokens than its messages' text (`_settle`); True: no count is read from then on (`_answer`).
-        self._counts_cached: bool | None = None
         self._too_small: set[int] = set()  # contexts shown that cannot hold the guard prompt (logged once each)
         self._warned_no_logprobs = False
         self._said_leftover = False  # a reply with bytes past it was logged as a warning (`_leftover`)
@@ -1181,15 +1176,14 @@ class OpenAIGen:
         holds, an answer that is no verdict is that replica's answer (tried on another), never "unreachable".
         ``least``: the prompt tokens the request must have had (`WireCheck.least_tokens`); an answer counting
         fewer is a `PromptCut` (carrying its Unsafe, if it said so: `_unsafe_kept`), or `Unsure` while the engine's
-        template, or whether its counts leave out its prompt cache, is not known. Counts that do are not read, as an
-        engine's that sends none."""
+        template is not known."""
         try:
             payload = json.loads(content)
         except ValueError as exc:  # a 200 body that is not JSON (not UTF-8 included)
             return VerdictParseError(f"the server's reply is not JSON: {exc}")
         except RecursionError:  # nested deeper than the parser's stack
             return VerdictParseError("the server's reply is JSON nested too deeply to be a verdict")
-        kept = None if self._counts_cached else prompt_tokens(payload)
+        kept = prompt_tokens(payload)
         floor, full = least
         outcome: Outcome
         try:
@@ -1197,8 +1191,6 @@ class OpenAIGen:
         except (ValueError, TypeError, OverflowError, AttributeError, RecursionError) as exc:
             outcome = VerdictParseError(f"the server's reply is not a verdict: {type(exc).__name__}: {exc}"[:300])
         if kept is not None and kept < floor:  # a cut prompt's answer is no verdict; only its Unsafe is kept
-            if self._counts_cached is None:  # or a count of what the engine's prompt cache did not hold
-                return Unsure(outcome, kept, floor, under_text=True)
             return _unsafe_kept(PromptCut(self._show(url), kept, floor), outcome)
         if kept is None or kept >= full or self._counts_our_template is False:
             return outcome
@@ -1486,56 +1478,29 @@ class OpenAIGen:
     async def _settle(self, wire: _Wire, url: str, unsure: Unsure, deadline: _Deadline) -> Outcome:
         """The outcome of an answer that counted fewer tokens than the official prompt has: a `PromptCut` when the
         engine counts the official prompt (so it cut this one), else the answer. Which, is asked once per client
-        with the shortest check, whose count is nearly all template; checks that come meanwhile wait for it. An
-        answer that counted fewer than its messages' text (``under_text``) is a `PromptCut` unless the engine counts
-        only what its prompt cache did not hold (Ollama 0.30.x: a conversation's checks repeat the template's head and
-        the earlier turns, so each counted its new tail, and every follow-up turn was a cut, rt67c): asked once per
-        client too (`_ask_cache`), and then the answer stands. When the question fails or misses the deadline, an
-        Unsafe the answer said stands as ``readable`` (`_unsafe_kept`: cut or not, its text was judged Unsafe): a 503
-        to the question dropped it, and on_error="allow" let the text through (rt63b F2; `_post` keeps it in
-        ``seen`` too, for a deadline that ends the request first)."""
-        if unsure.under_text:
-            if self._counts_cached is None:
-                probe = wire.cache_probe
-                if probe is None or probe.done():
-                    probe = wire.cache_probe = asyncio.ensure_future(
-                        self._ask_cache(wire, url, self._shared_deadline())
-                    )
-                    probe.add_done_callback(_retrieved)
-                if (unanswered := await self._asked(probe, url, unsure, deadline)) is not None:
-                    return unanswered
-            if self._counts_cached:
-                return unsure.outcome
-            return _unsafe_kept(PromptCut(self._show(url), unsure.kept, unsure.full), unsure.outcome)
+        with the shortest check, whose count is nearly all template; checks that come meanwhile wait for it. When the
+        question fails or misses the deadline, an Unsafe the answer said stands as ``readable`` (`_unsafe_kept`: cut
+        or not, its text was judged Unsafe): a 503 to the question dropped it, and on_error="allow" let the text
+        through (rt63b F2; `_post` keeps it in ``seen`` too, for a deadline that ends the request first)."""
         if self._counts_our_template is None:
             probe = wire.probe
             if probe is None or probe.done():
                 probe = wire.probe = asyncio.ensure_future(self._ask_template(wire, url, self._shared_deadline()))
                 probe.add_done_callback(_retrieved)
-            if (unanswered := await self._asked(probe, url, unsure, deadline)) is not None:
-                return unanswered
-        if self._counts_our_template and not self._counts_cached:
+            try:
+                await asyncio.wait_for(asyncio.shield(probe), deadline.left())
+            except asyncio.TimeoutError:
+                late = GuardTimeout(f"guard server at {self._show(url)} did not answer within the deadline")
+                return _unsafe_kept(late, unsure.outcome)
+            except Exception as exc:  # noqa: BLE001 - this answer's outcome: unknown whether it was cut
+                why = (
+                    f"guard server at {self._show(url)} read {unsure.kept} tokens of a prompt of {unsure.full} or more "
+                    f"as the official template counts; asking whether it cut the prompt failed: {self._scrub(str(exc))}"
+                )
+                return _unsafe_kept(VerdictParseError(why[:400]), unsure.outcome)
+        if self._counts_our_template:
             return _unsafe_kept(PromptCut(self._show(url), unsure.kept, unsure.full), unsure.outcome)
         return unsure.outcome
-
-    async def _asked(
-        self, probe: asyncio.Future[None], url: str, unsure: Unsure, deadline: _Deadline
-    ) -> QwenGuardError | None:
-        """None once the question ``probe`` is answered; else the outcome of the answer that raised it (it failed, or
-        the deadline came first), carrying the Unsafe that answer said."""
-        try:
-            await asyncio.wait_for(asyncio.shield(probe), deadline.left())
-        except asyncio.TimeoutError:
-            late = GuardTimeout(f"guard server at {self._show(url)} did not answer within the deadline")
-            return _unsafe_kept(late, unsure.outcome)
-        except Exception as exc:  # noqa: BLE001 - this answer's outcome: unknown whether it was cut
-            counted = "tokens of text" if unsure.under_text else "tokens as the official template counts"
-            why = (
-                f"guard server at {self._show(url)} read {unsure.kept} tokens of a prompt of {unsure.full} or more "
-                f"{counted}; asking whether it cut the prompt failed: {self._scrub(str(exc))}"
-            )
-            return _unsafe_kept(VerdictParseError(why[:400]), unsure.outcome)
-        return None
 
     async def _ask_hi(
         self, wire: _Wire, url: str, deadline: _Deadline, *, ids: bool = False
@@ -1591,7 +1556,7 @@ class OpenAIGen:
         check, counted = await self._ask_hi(wire, url := self.replicas.pick(exclude=[]), deadline, ids=True)
         assert check.ids is not None
         ids = check.ids
-        if counted is None or self._counts_cached:  # an engine that counts nothing cannot tell: the ids stand
+        if counted is None:  # an engine that counts nothing cannot tell: the ids stand, as before
             self._ids_agree = True
             return
         self._ids_agree = counted == len(ids)
@@ -1632,45 +1597,6 @@ class OpenAIGen:
             "its prompts are checked against the official prompt's length"
             if self._counts_our_template
             else "its template or tokenizer is not the official one; prompts are checked against their text",
-        )
-
-    async def _ask_cache(self, wire: _Wire, url: str, deadline: _Deadline) -> None:
-        """Sends the shortest check (a prompt "Hi") twice in a row and sets `_counts_cached` from its counts: an engine
-        that counts the prompt it read counts both alike; one that counts only the tokens its prompt cache did not
-        hold counts the second, cached whole by the first, lower (llama.cpp reads a prompt's last token again, so
-        at least 1). One that counts nothing for either cannot tell: its count of the cut stands, as before (older
-        Ollama counted a prompt cached whole as 0 but others whole: read as not counted, never as a cache that
-        hides a cut)."""
-        _, first = await self._ask_hi(wire, url, deadline)
-        _, again = await self._ask_hi(wire, url, deadline)
-        self._learn_cache(url, first, again)
-
-    def _learn_cache(self, url: str, first: int | None, again: int | None) -> None:
-        """Sets `_counts_cached` from two counts of the shortest check asked in a row (the first answer wins), and
-        says once when no count of the engine can be read."""
-        if self._counts_cached is not None:
-            return
-        self._counts_cached = first is not None and again is not None and again < first
-        if not self._counts_cached:
-            return
-        # The template question's count (`_ask_template`) was as low, for the template's head it shares was cached.
-        template = (
-            "; what was said of its template came from the same counts" if self._counts_our_template is False else ""
-        )
-        logger.warning(
-            "qwenguard: guard server at %s counted %s prompt tokens for the shortest check and %s for the same check "
-            "asked again: it counts only the prompt tokens its cache did not hold (Ollama 0.30.x), so its counts "
-            "cannot show a cut prompt. They are not read from now on, as for an engine that sends none: checks are "
-            "planned for the context given or published (%s), and a prompt the engine cuts silently past its context "
-            "is not seen. Upgrade the engine (Ollama's fix: ollama/ollama#16428), or pass "
-            "max_context= its real context (Ollama: num_ctx) and tokenizer= the checkpoint's%s",
-            self._show(url),
-            first,
-            again,
-            f"max_context={self.max_context}"
-            if self.max_context is not None
-            else f"/models, else {self._fallback_context}",
-            template,
         )
 
     def _cut(self, url: str, kept: int) -> None:
