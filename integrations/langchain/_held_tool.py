@@ -14,9 +14,9 @@ it is given when it differs from the judged one, before the tool runs.
 
 What the tool runs inside it (the "agent as a tool" pattern: a sub-agent with tools of its own) is judged there
 too, where the run's callbacks carry no qwenguard handler: `ToolGuards` lends the tool's children a handler on
-the middleware's guard, which judges each call a model there asks for before its tool runs, and each tool result
-before a model there reads it; its stop withholds the guarded call's result (before, with no handler in the app's
-config, a sub-agent's ``send_email`` ran unjudged: rt67d F1).
+the middleware's guard, which judges each call a model there asks for before its tool runs; its stop withholds the
+guarded call's result (before, with no handler in the app's config, a sub-agent's ``send_email`` ran unjudged: rt67d
+F1). What the sub-agent's tools return is judged in its answer, the guarded call's result.
 """
 
 from __future__ import annotations
@@ -51,10 +51,9 @@ Lent = GuardCallbackHandler | AsyncGuardCallbackHandler
 class ToolGuards:
     """The handlers a `GuardMiddleware` lends what its tools run inside them (a sub-agent's model and tools), on its
     guard and policy: each judges a call a model there asks for (``on_llm_end``) and again before its tool runs
-    (``on_tool_start``), and a tool's result there (``on_tool_end``, and before a model there reads it). Its input,
-    answer, stream and retrieval checks are off: the tool's input is the call the middleware judged, and what the
-    sub-agent answers (or a retriever inside the tool finds) comes back as the tool's result, which the middleware
-    judges (not judged here again).
+    (``on_tool_start``). Its other checks are off: the tool's input is the call the middleware judged, and what the
+    sub-agent answers (from its tools' results, or what a retriever inside the tool finds) comes back as the tool's
+    result, which the middleware judges (not judged here again).
     Long-lived, as the middleware is: a handler serves concurrent runs, by run id."""
 
     def __init__(self, guard: Guard, history_turns: int) -> None:
@@ -62,7 +61,11 @@ class ToolGuards:
             "check_input": False,
             "check_output": False,
             "check_stream": False,
-            # A retriever a tool runs (a RAG chain inside it) feeds what comes back as the tool's result, judged.
+            # What a sub-agent's tools return, and a retriever a tool runs, feed what comes back as the tool's result,
+            # which the middleware judges. A stop at a sub-agent's tool result also left the sub-agent's own thread
+            # (its checkpointer) with a call no tool message answers, and every later turn of that user failed (a
+            # provider's 400, or the handler's refused rerun: rt67m2 F1); a stop at its model's call leaves nothing.
+            "check_tool_results": False,
             "check_retrieval": False,
             "history_turns": history_turns,
         }

@@ -39,8 +39,8 @@ Where it looks (every step is one batched guard call):
   its end with the judged result, and of the parent's stream: a sub-agent it runs streams to no one and is
   saved in the thread only where it must be resumed (`_held_tool.py`). Where the run's config has no qwenguard
   handler, what the tool runs is judged all the same: a handler on this guard hears the tool's children, judges
-  each call a model there asks for before its tool runs and each tool result before a model there reads it, and its
-  stop withholds the guarded call's result (`ToolGuards`, rt67d F1). A ``return_direct`` tool's result is the run's
+  each call a model there asks for before its tool runs (with ``check_tool_calls``), and its stop withholds the
+  guarded call's result (`ToolGuards`, rt67d F1). A ``return_direct`` tool's result is the run's
   answer: decided under the response stage too, the stricter taken (`_answers_run`, rt65e F2).
 
 What a violation does (``exit_behavior``):
@@ -1966,8 +1966,8 @@ class GuardMiddleware(AgentMiddleware):
     # qwenguard's: with no handler in the app's config, nothing judged it, and a sub-agent's harmful call ran (rt67d
     # F1). The tool's children get a handler on this middleware's guard (`ToolGuards`), whose stop withholds the call's result.
     @cached_property
-    def _tool_guards(self) -> ToolGuards:
-        return ToolGuards(self.guard, self.history_turns)
+    def _tool_guards(self) -> ToolGuards | None:
+        return ToolGuards(self.guard, self.history_turns) if self.check_tool_calls else None
 
     def _tool_run(self, request: Any) -> ToolRun:
         """The guarded call's run (`ToolRun`): the tool held, judged again if rewritten, and what it runs judged."""

@@ -4,8 +4,8 @@ The outer agent had `GuardMiddleware`; its tool ran an inner ``create_agent(mode
 of its own. The middleware runs the tool out of sight of the run's callbacks but qwenguard's, so with no handler in
 the application's config nothing judged what ran inside: the inner model's ``send_email(body=<clause>)`` executed,
 sync and async, the config passed on or not. Now the tool's children hear a handler on the middleware's guard: the
-inner call is judged before the inner tool runs, an inner tool's result before the inner model reads it, and the
-stop withholds the outer call's result under ``exit_behavior``. Counted in characters of the clause that left in an
+inner call is judged before the inner tool runs, and the stop withholds the outer call's result under
+``exit_behavior``; what the inner tools return is judged in the sub-agent's answer, the outer call's result. Counted in characters of the clause that left in an
 e-mail, and that a model read.
 """
 
@@ -20,7 +20,7 @@ from langchain.tools import ToolRuntime
 from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
-from lc_fakes import SAFE_ANSWER, SAFE_QUESTION, UNSAFE_CLAUSE, keyword_guard, scripted, tool_call
+from lc_fakes import SAFE_ANSWER, SAFE_QUESTION, UNSAFE_CLAUSE, ScriptedChatModel, keyword_guard, scripted, tool_call
 from qwenguard.core import GuardViolation
 from qwenguard.integrations.langchain import AsyncGuardCallbackHandler, GuardCallbackHandler, GuardMiddleware
 
@@ -130,22 +130,67 @@ def test_with_error_the_run_raises_and_the_threads_next_turn_answers_the_call(mo
     assert clause_chars(outer_model.seen) == 0 and case.sent == []
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_an_inner_tools_harmful_result_never_reaches_the_inner_model(mode: str) -> None:
-    """The inner tool's result is judged before the sub-agent's model reads it: the stop withholds the outer result."""
-    case = Delegation(mode, "no_config", "Lunch at noon.", delivered="Delivered. " + UNSAFE_CLAUSE)
-    outer_model = _outer(SAFE_ANSWER)
-    result = case.run(case.agent(outer_model, "replace"), {"messages": [HumanMessage(TASK)]})
-    assert case.sent == ["Lunch at noon."]  # a safe call runs
-    assert len(case.inner_model.seen) == 1  # its model was not asked again, with the result
-    assert clause_chars(case.inner_model.seen) == 0
-    assert clause_chars(outer_model.seen) == 0 and clause_chars(result["messages"]) == 0
+class StrictModel(ScriptedChatModel):
+    """Refuses a history holding a tool call no tool message answers, as OpenAI and Anthropic answer 400."""
+
+    def _generate(self, messages: Any, *args: Any, **kwargs: Any) -> Any:
+        answered = {m.tool_call_id for m in messages if isinstance(m, ToolMessage)}
+        for message in messages:
+            for call in getattr(message, "tool_calls", None) or ():
+                if call["id"] not in answered:
+                    raise ValueError(
+                        f"400: a message with 'tool_calls' must be followed by tool messages ({call['id']})"
+                    )
+        return super()._generate(messages, *args, **kwargs)
+
+
+def test_a_hostile_page_read_by_a_subagent_with_memory_does_not_break_its_thread() -> None:
+    """rt67m2 F1, a regression of the first fix: the lent handler also judged a sub-agent's tool results, and its stop
+    left the sub-agent's own thread (its checkpointer, one per user) with a call no tool message answers: every later
+    turn of that user failed. Now what its tools return is judged in its answer, the outer call's result."""
+    pages = iter(["Page: " + UNSAFE_CLAUSE] + [f"Page: Lyon fact {i}." for i in range(4)])
+
+    @tool
+    def lookup(q: str) -> str:
+        """Look something up."""
+        return next(pages)
+
+    inner_replies: list[Any] = []
+    outer_replies: list[Any] = []
+    for i in range(4):
+        inner_replies += [tool_call("lookup", {"q": f"q{i}"}, call_id=f"sub{i}"), f"Summary {i}."]
+        outer_replies += [tool_call("research", {"task": f"question {i}"}, call_id=f"o{i}"), f"Done {i}."]
+    inner_replies[1] = "Summary: " + UNSAFE_CLAUSE  # the page's clause, repeated in the sub-agent's answer
+    inner = create_agent(StrictModel(messages=iter(inner_replies), seen=[]), [lookup], checkpointer=InMemorySaver())
+
+    @tool
+    def research(task: str, runtime: ToolRuntime) -> str:
+        """Delegate research to the user's research assistant (it remembers the user's earlier questions)."""
+        user = runtime.config["configurable"]["thread_id"]
+        out = inner.invoke({"messages": [HumanMessage(task)]}, {"configurable": {"thread_id": f"research-{user}"}})
+        return out["messages"][-1].text
+
+    guard, _ = keyword_guard()
+    outer_model = scripted(*outer_replies)
+    outer = create_agent(
+        outer_model,
+        [research],
+        middleware=[GuardMiddleware(guard, exit_behavior="replace")],
+        checkpointer=InMemorySaver(),
+    )
+    results = []
+    for turn in range(4):
+        answer = outer.invoke({"messages": [HumanMessage(f"research question {turn}")]}, THREAD)
+        results.append([m.text for m in answer["messages"] if isinstance(m, ToolMessage)][-1])
+    assert results[0] == NOTICE.replace("mail_agent", "research")  # the sub-agent's answer held the clause
+    assert results[1:] == ["Summary 1.", "Summary 2.", "Summary 3."]
+    assert clause_chars(outer_model.seen) == 0
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_safe_delegation_runs_and_the_subagents_answer_is_judged_once(mode: str) -> None:
     """A safe sub-agent's e-mail goes out; its answer comes back as the outer tool's result, judged there only (the
-    lent handler judges the inner call and the inner result: no answer, input or stream check of its own)."""
+    lent handler judges the inner call: no answer, tool result, input or stream check of its own)."""
     case = Delegation(mode, "runtime_config", "Lunch at noon.")
     outer_model = _outer(SAFE_ANSWER)
     result = case.run(case.agent(outer_model), {"messages": [HumanMessage(TASK)]})
@@ -154,7 +199,7 @@ def test_a_safe_delegation_runs_and_the_subagents_answer_is_judged_once(mode: st
     judged = [repr(conversation) for batch in case.backend.calls for conversation in batch]
     assert sum("Mailed." in text for text in judged) == 1  # the outer tool's result, by the middleware
     assert sum("Lunch at noon." in text for text in judged) == 2  # the inner call: its model's end, its tool's start
-    assert sum("Message delivered." in text for text in judged) == 2  # the inner result: its end, the model's start
+    assert sum("Message delivered." in text for text in judged) == 0  # the inner result: in the sub-agent's answer
 
 
 @pytest.mark.parametrize("mode", MODES)
