@@ -21,7 +21,7 @@ from llama_index.core.objects.base_node_mapping import BaseObjectNodeMapping
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle, QueryType, TextNode
 from llama_index.core.tools.types import ToolMetadata
-from qwenguard.core import Decision, Guard, enforce
+from qwenguard.core import Action, Decision, Guard, Stage, enforce
 from qwenguard.core.guard import speaking_as
 
 from .._common import require_guard
@@ -33,6 +33,7 @@ __all__ = ["GuardedObjectRetriever", "tool_text"]
 logger = logging.getLogger("qwenguard.llamaindex")
 
 OT = TypeVar("OT")
+_SEVERITY = {Action.ALLOW: 0, Action.FLAG: 1, Action.BLOCK: 2}
 
 
 def tool_text(obj: Any) -> str:
@@ -121,9 +122,15 @@ class GuardedObjectRetriever(ObjectRetriever[OT], Generic[OT]):
         return [self._object_node_mapping.from_node(n.node) for n in nodes]
 
     def _kept(self, objects: Sequence[OT], decisions: Sequence[Decision]) -> list[OT]:
-        """The objects the guard lets through; a blocked one is dropped (logged) or raises, per ``on_block``."""
+        """The objects the guard lets through; a blocked one is dropped (logged) or raises, per ``on_block``. A tool's
+        description is what the model reads before it acts, as `GuardedLLM(screen_tools=True)` judges it: decided
+        under the stricter of the retrieval and prompt stages' policies, so that a retrieval stage loosened for the
+        pages a RAG app reads (``mode="loose"``, ``on_error="allow"``) does not let a flagged tool through (rt67l2 F1)."""
         kept: list[OT] = []
-        for obj, decision in zip(objects, decisions):
+        policy = self.guard.policy
+        for obj, found in zip(objects, decisions):
+            as_prompt = policy.decide_again(found, Stage.PROMPT)
+            decision = as_prompt if _SEVERITY[as_prompt.action] > _SEVERITY[found.action] else found
             if decision.allowed:
                 kept.append(obj)
             elif self.on_block == "raise":

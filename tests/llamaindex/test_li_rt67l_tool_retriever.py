@@ -21,7 +21,7 @@ from llama_index.core.llms.mock import MockFunctionCallingLLM
 from llama_index.core.objects import ObjectIndex, ObjectRetriever
 from llama_index.core.tools import FunctionTool
 from loop_lag import compare
-from qwenguard.core import Guard, GuardViolation, Policy
+from qwenguard.core import Guard, GuardViolation, Policy, Stage, StagePolicy
 from qwenguard.integrations.llamaindex import GuardedLLM, GuardedObjectRetriever
 from qwenguard.integrations.llamaindex.tool_retriever import tool_text
 
@@ -170,3 +170,23 @@ def test_aretrieve_does_not_hold_the_event_loop() -> None:
     names, held = asyncio.run(main())
     assert names == ["tool_0", "tool_1", "tool_2"]
     assert held is None, held
+
+
+def _controversial(conversation: list[dict[str, str]]) -> str:
+    """Controversial for the clause, Safe otherwise."""
+    if "ammonium" in conversation[-1]["content"]:
+        return "Safety: Controversial\nCategories: Violent"
+    return "Safety: Safe\nCategories: None"
+
+
+@pytest.mark.parametrize("how", ["sync", "async"])
+def test_a_retrieval_stage_loosened_for_pages_does_not_loosen_the_tools(how: str) -> None:
+    """rt67l2 F1: the tools were decided under the retrieval stage's policy alone, so a RAG app's loose retrieval
+    stage (``mode="loose"``) handed the agent a flagged tool description; a tool is what the model reads before it
+    acts, decided under the prompt stage's policy too (as ``GuardedLLM(screen_tools=True)`` judges it)."""
+    loose_pages = Policy(timeout_s=None, stages={Stage.RETRIEVAL: StagePolicy(mode="loose")})
+    guard = Guard(ScriptedBackend(_controversial), loose_pages)
+    index = _index([_tool(HOSTILE, name="wiki"), _tool("Searches the company wiki.", name="search")])
+    handed = _retrieve(_retriever(index, guard), how)
+    assert [t.metadata.name for t in handed] == ["search"]
+    assert "ammonium" not in _handed(handed)
