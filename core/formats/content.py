@@ -449,6 +449,12 @@ _MARKS_BY_SCRIPT = {
     ),
 }
 _LEAST_STACK = min(MARKS_ON_A_LETTER, *_MARKS_BY_SCRIPT.values())
+#: The most marks of the blocks every script shares (Combining Diacritical Marks and their supplements, extended, for
+#: symbols, half marks) a letter carries: decomposed polytonic Greek sets three. A script's larger allowance is for
+#: its own marks: 8 acute accents on a Tibetan letter, 6 on a Hebrew one let the demo guard allow 5 of 6 unsafe answers
+#: they followed (rt67k2 F1).
+GENERIC_MARKS_ON_A_LETTER = 3
+_GENERIC_MARKS = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
 #: Characters of context judged on each side of what a reader sees differently.
 AS_SEEN_CONTEXT = 128
 #: Stretches read as seen are packed into pieces of about this many characters (one window or so each);
@@ -653,20 +659,35 @@ def _padding_marks(text: str) -> list[tuple[int, int]]:
     pads = classes.pads if _ASTRAL.search(text) else classes.bmp_pads
     if not pads.mark.search(text):  # one pass for text without marks (emoji: a class past the BMP is slow to try)
         return []
-    found = [m.span() for m in pads.on_non_letter.finditer(text) if not _marks_kept_on(text[m.start() - 1], m.group())]
+    found = [
+        m.span()
+        for m in pads.on_non_letter.finditer(text)
+        if not _marks_kept_on(text[m.start() - 1], m.group()) and not _pause_sign_set_apart(text, m.start(), m.end())
+    ]
     if pads.hidden.search(text):
         for m in pads.past_hidden.finditer(text):
             base = text[m.start() - 1] if m.start() else ""
             if base and _non_letter(base) and not _is_mark(base) and not _marks_kept_on(base, m["run"]):
                 found.append(m.span("run"))
-    if (start := pads.at_start.match(text)) and not _marks_kept_on(" ", start["run"]):  # a word's start, as a space
+    if (
+        (start := pads.at_start.match(text))
+        and not _marks_kept_on(" ", start["run"])  # a word's start, as a space
+        and not _pause_sign_set_apart(" " + text[: start.end("run") + 1], start.start("run") + 1, start.end("run") + 1)
+    ):
         found.append(start.span("run"))
     for m in pads.stacks.finditer(text):
         at = m.start()
         while at and pads.hidden.match(text, at - 1):  # linear: what lies between two runs is scanned once
             at -= 1
         base = text[at - 1] if at else ""
-        if base and not _non_letter(base) and _mark_count(m.group()) > _marks_on(base):
+        if (
+            base
+            and not _non_letter(base)
+            and (
+                _mark_count(m.group()) > _marks_on(base)
+                or len(_GENERIC_MARKS.findall(m.group())) > GENERIC_MARKS_ON_A_LETTER
+            )
+        ):
             found.append(m.span())
     return sorted(found)
 
@@ -692,15 +713,27 @@ def _marks_on(letter: str) -> int:
 
 def _marks_kept_on(base: str, run: str) -> bool:
     """Whether marks ``run`` on ``base``, no letter, are what ordinary text writes: a keycap ("1\ufe0f\u20e3"), one
-    mark NFC composes with its base ("=\u0338" is "≠"), a dotted circle showing marks alone ("◌́"), a
-    Quranic pause sign set apart between two words ("رَيْبَ ۛ فِيهِ")."""
+    mark NFC composes with its base ("=\u0338" is "≠"), a dotted circle showing marks alone ("◌́"); a Quranic
+    pause sign set apart between two words is read with its neighbours (`_pause_sign_set_apart`)."""
     if run == "\u20e3":
         return base in "0123456789#*"
     if len(run) == 1 and len(unicodedata.normalize("NFC", base + run)) == 1:
         return True
     if base == "\u25cc":
         return _mark_count(run) <= MARKS_ON_A_LETTER
-    return base == " " and len(run) == 1 and "\u06d6" <= run <= "\u06ed"
+    return False
+
+
+def _pause_sign_set_apart(text: str, start: int, end: int) -> bool:
+    """Whether ``text[start:end]`` is one Quranic pause sign (U+06D6-U+06DC) set apart between two Arabic words, as
+    Tanzil writes it ("رَيْبَ ۛ فِيهِ"): a space before it after an Arabic letter or mark, a space or the end after it.
+    Anywhere else (on every space of Latin text, a word right after it) it is padding (rt67k2 F2)."""
+    if end - start != 1 or not "\u06d6" <= text[start] <= "\u06dc" or start < 1 or text[start - 1] != " ":
+        return False
+    if end < len(text) and not text[end].isspace():
+        return False
+    # The word before it, where the text holds it (the Stream reading reads a word at a time).
+    return start < 2 or unicodedata.name(text[start - 2], "").startswith("ARABIC")
 
 
 def _unmarked(match: re.Match[str]) -> str:
