@@ -29,8 +29,9 @@ from websockets.sync.client import connect
 LINGER_S = 5.0
 
 
-def one_session(url: str, opened: threading.Event | None = None) -> None:
-    """Open a session, finish it and wait for its close; ``opened`` is set once it was taken."""
+def one_session(url: str, opened: threading.Event | None = None, ends: str = "finish") -> None:
+    """Open a session, end it (``"finish"``: and wait for its close; ``"close"``: the protocol's way to abandon a
+    stream, then the client's close) ; ``opened`` is set once it was taken."""
     with connect(url, open_timeout=5) as conn:
         if opened is not None:
             opened.set()
@@ -38,12 +39,18 @@ def one_session(url: str, opened: threading.Event | None = None) -> None:
         assert json.loads(conn.recv(timeout=10))["type"] == "opened"
         conn.send(json.dumps({"type": "feed", "text": "Paris is the capital of France. "}))
         assert json.loads(conn.recv(timeout=10))["type"] == "released"
+        if ends == "close":
+            conn.send(json.dumps({"type": "close"}))
+            return
         conn.send(json.dumps({"type": "finish"}))
         assert json.loads(conn.recv(timeout=10))["type"] == "finished"
 
 
+@pytest.mark.parametrize("ends", ["finish", "close"])
 @pytest.mark.parametrize("limit", ["max_streams_per_client", "max_streams"])
-def test_next_session_is_taken_while_the_last_winds_down(monkeypatch: pytest.MonkeyPatch, limit: str) -> None:
+def test_next_session_is_taken_while_the_last_winds_down(
+    monkeypatch: pytest.MonkeyPatch, limit: str, ends: str
+) -> None:
     opened = threading.Event()
     outcomes: list[bool] = []
     original = AsyncStreamMonitor.__aexit__
@@ -59,7 +66,7 @@ def test_next_session_is_taken_while_the_last_winds_down(monkeypatch: pytest.Mon
     monkeypatch.setattr(AsyncStreamMonitor, "__aexit__", lingering)
     with guarded(Guard(ScriptedBackend(_answer)), model_name="guard", **{limit: 1}) as base:
         url = ws_url(base)
-        one_session(url)
-        one_session(url, opened)
-        one_session(url, opened)
+        one_session(url, ends=ends)
+        one_session(url, opened, ends=ends)
+        one_session(url, opened, ends=ends)
     assert outcomes[0] is True, "the next session waited for the last one's task to end"

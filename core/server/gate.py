@@ -641,9 +641,13 @@ class Gate:
         ended = _hold({"complete": False, "done": []}, free_slot)
 
         async def sending(message: Mapping[str, Any]) -> None:
-            await send(message)
-            if message["type"] == "websocket.close":
-                ended()
+            try:
+                await send(message)
+            finally:
+                # Given back whether the close went out or found the client gone (a client that sent {"type":
+                # "close"} and closed its socket: uvicorn answered its close frame, and this one raised; rt67s2 F1).
+                if message["type"] == "websocket.close":
+                    ended()
 
         async def receiving() -> Any:
             message = await receive()
