@@ -443,6 +443,9 @@ class _EngineHandler(BaseHTTPRequestHandler):
 def recording_engine(**settings: Any) -> Iterator[RecordingEngine]:
     """A `RecordingEngine` served on a free loopback port; ``engine.url`` ends in ``/v1``."""
     engine = RecordingEngine(**settings)
+    # Its tokenizer loaded before it serves: every window's handler loaded it at once, inside the check's deadline
+    # (4-6 s each on a loaded machine), and windows were lost to the connect timeout (rt67x F1).
+    _tokenizer(engine.tokenizer, engine.raw_text)
     if engine.capacity is not None:
         engine.slots = threading.Semaphore(engine.capacity)
     handler = type("Handler", (_EngineHandler,), {"engine": engine})

@@ -166,7 +166,8 @@ def test_usage_absent_or_not_a_count_is_not_read_as_a_cut(usage, monkeypatch):
     real = openai_gen.prompt_tokens
     monkeypatch.setattr(openai_gen, "prompt_tokens", lambda payload: seen.append(real({"usage": usage})) or seen[-1])
     with recording_engine() as engine, remote(engine.url) as guard:
-        assert not guard.check_prompt(ATTACK).allowed
+        decision = guard.check_prompt(ATTACK)
+        assert (decision.allowed, decision.reason, decision.error) == (False, "unsafe", None), decision
         assert len(engine.posts()) == len(seen) == windows(guard, ATTACK) and set(seen) == {None}
 
 
