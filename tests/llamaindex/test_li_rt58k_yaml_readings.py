@@ -25,6 +25,7 @@ from llama_index.core.question_gen.output_parser import SubQuestionOutputParser
 from qwenguard.core import Guard, Policy
 from qwenguard.core.formats.json_reading import YAML_MAX_CHARS, literals, yaml_value
 from qwenguard.integrations.llamaindex import GuardedLLM
+from stream_judges import CountingJudge
 from value_strings import strings_in
 
 
@@ -158,8 +159,11 @@ CONTROL = "The angle is theta = pi/4 and the rate is alpha times v. " + TAIL
 
 def _early(text: str, how: str) -> int:
     chunks = [text[i : i + 3] for i in range(0, len(text), 3)]
-    model = ScriptedLLM(chunks=chunks)
-    llm = GuardedLLM(llm=model, guard=_guard())
+    # The model paced by its judge (each chunk once the guard is idle): how much goes out early does not hang on
+    # whether the checks got the CPU before an unpaced model finished (0.87 of the control once, under load: rt67x).
+    judge = CountingJudge()
+    model = ScriptedLLM(chunks=chunks, judge=judge)
+    llm = GuardedLLM(llm=model, guard=Guard(judge, Policy(timeout_s=None)))
     early, got = 0, []
 
     def note(delta: str) -> None:
