@@ -43,7 +43,6 @@ import hashlib
 import inspect
 import re
 import string
-import warnings
 from bisect import bisect_left
 from collections.abc import Iterable
 from contextvars import ContextVar
@@ -58,7 +57,6 @@ from llama_index.core.callbacks.base_handler import BaseCallbackHandler
 from llama_index.core.prompts import PromptTemplate, RichPromptTemplate
 from llama_index.core.prompts.utils import SafeFormatter
 from llama_index.core.schema import NodeWithScore, QueryBundle
-from llama_index.core.settings import Settings
 from qwenguard.core import Guard, enforce
 from qwenguard.core.formats.conversations import prompt_conversation, response_conversation, untrusted_conversation
 from qwenguard.core.verdict import Stage
@@ -94,21 +92,6 @@ SCREENED_EVENTS = frozenset(
 )
 #: Open events whose state the handler keeps (every request's together); the oldest go first.
 MAX_OPEN_EVENTS = 4096
-
-# The trace an LLM call (or a chat engine's turn) opens when nothing opened one before it in its context (LlamaIndex
-# tells only the outermost trace's handlers): heard by a handler on that LLM's or engine's callback_manager.
-_CALL_TRACES = frozenset({"chat", "completion"})
-
-#: The warning a handler gives, once, on such a trace while it is not in ``Settings.callback_manager`` (rt67g F2).
-NOT_IN_SETTINGS = (
-    "qwenguard: this GuardCallbackHandler is not in Settings.callback_manager. LlamaIndex's query engines and "
-    "response synthesizers (a context chat engine's too) set their LLM's callback_manager to "
-    "Settings.callback_manager, or to the callback_manager= they were given: a handler given to an LLM is dropped from "
-    "it, for good, and the queries and the LLM's calls after that are not screened, with no error (one given to a "
-    "chat engine alone hears none of its LLM's calls). Install it as "
-    "Settings.callback_manager = CallbackManager([GuardCallbackHandler(guard)]) before building the LLM and engines, "
-    "or wrap the LLM: GuardedLLM(llm=..., guard=guard)"
-)
 
 # Role labels `messages_to_prompt` writes before each message's text: the framework's, not the caller's.
 _ROLE_NAMES = "|".join(re.escape(role.value) for role in MessageRole)
@@ -176,7 +159,6 @@ class GuardCallbackHandler(BaseCallbackHandler):
         # event (fingerprints): its response is judged unless it is one of them.
         self._synthesizing: Bounded[str, str] = Bounded(MAX_OPEN_EVENTS)
         self._answers: Bounded[str, set[bytes]] = Bounded(MAX_OPEN_EVENTS)
-        self._placement_told = False  # `NOT_IN_SETTINGS` given
 
     # Both integrations name their handler GuardCallbackHandler: given to LangChain by mistake (an auto-import's
     # slip), this one died on an AttributeError deep in langchain-core, blaming a ``raise_error`` the docs say the
@@ -393,21 +375,10 @@ class GuardCallbackHandler(BaseCallbackHandler):
         return [], prompt_conversation("")
 
     def start_trace(self, trace_id: str | None = None) -> None:
-        """Warn, once, where the handler hears an LLM call's own trace but is not in ``Settings.callback_manager``: it
-        sits on an LLM's or a chat engine's callback_manager, which any query engine or response synthesizer built
-        with that LLM replaces, silently (`NOT_IN_SETTINGS`). The replacement itself reaches no handler: this call, made
-        while the handler is still there, is the only one that can tell."""
-        if trace_id in _CALL_TRACES and not self._placement_told and not _in_settings(self):
-            self._placement_told = True
-            warnings.warn(NOT_IN_SETTINGS, UserWarning, stacklevel=2)
+        return None
 
     def end_trace(self, trace_id: str | None = None, trace_map: dict[str, list[str]] | None = None) -> None:
         return None
-
-
-def _in_settings(handler: BaseCallbackHandler) -> bool:
-    """Is ``handler`` one of ``Settings.callback_manager``'s (the manager every engine gives its LLM)?"""
-    return any(h is handler for h in Settings.callback_manager.handlers)
 
 
 def _template_call() -> FrameType | None:
