@@ -38,6 +38,7 @@ class Action(str, enum.Enum):
 
 
 _PAST = {Action.ALLOW: "allowed", Action.FLAG: "flagged", Action.BLOCK: "blocked"}
+_SEVERITY = {Action.ALLOW: 0, Action.FLAG: 1, Action.BLOCK: 2}
 
 # Reasons a Decision can carry. Guard errors and timeouts are their own outcome, never a disguised verdict.
 REASONS = ("safe", "unsafe", "controversial", "ignored_category", "guard_error", "timeout", "empty", "disabled")
@@ -459,6 +460,13 @@ class Policy:
         else:
             return decision
         return replace(decided, cached=decision.cached)
+
+    def decide_stricter(self, decision: Decision, first: Stage, second: Stage) -> Decision:
+        """The stricter of the decisions ``first``'s and ``second``'s policies make of ``decision`` (`decide_again`):
+        ``second``'s only where it blocks, or flags what ``first``'s allows. Text whose role a client or a tool
+        writes is decided under both stages it could be read as, so the looser one cannot let it through."""
+        own, other = self.decide_again(decision, first), self.decide_again(decision, second)
+        return other if _SEVERITY[other.action] > _SEVERITY[own.action] else own
 
     def decide_unjudged(self, stage: Stage, message: str) -> Decision:
         """The outcome for an item the guard never got to judge because of other items (a failed batch's

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from qwenguard.core import Action, Decision, Guard, Policy, Stage, enforce
+from qwenguard.core import Decision, Guard, Policy, Stage, enforce
 from qwenguard.core.formats.conversations import RunsJudged
 
 from .._common import require_guard
@@ -68,9 +68,6 @@ def _sent(policy: Policy, item: Item) -> tuple[Stage, Any]:
     return item.stage, RunsJudged(item.conversation)
 
 
-_SEVERITY = {Action.ALLOW: 0, Action.FLAG: 1, Action.BLOCK: 2}
-
-
 def no_looser(policy: Policy, item: Item, decision: Decision) -> Decision:
     """``decision`` on ``item``, for text that came with the input in a tool's role (`AS_INPUT`, sent under the prompt
     stage: `_sent`): the stricter of what the policy decides for the prompt stage (the guard's decision) and for its
@@ -83,9 +80,7 @@ def no_looser(policy: Policy, item: Item, decision: Decision) -> Decision:
     the response stage's decision, or the tool-call stage's where that one is stricter. A tool-call stage that ignores
     a category or is off no longer lets through the object the response stage blocks as text (rt57t)."""
     if item.extra.get(AS_ANSWER):
-        as_answer = policy.decide_again(decision, Stage.RESPONSE)
-        as_call = policy.decide_again(decision, item.stage)
-        return as_call if _SEVERITY[as_call.action] > _SEVERITY[as_answer.action] else as_answer
+        return policy.decide_stricter(decision, Stage.RESPONSE, item.stage)
     if not item.extra.get(AS_INPUT):
         return decision
     own = policy.decide_again(decision, item.stage)

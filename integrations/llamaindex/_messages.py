@@ -71,7 +71,7 @@ from qwenguard.core.formats.conversations import (
 )
 from qwenguard.core.formats.json_reading import arguments_parsed
 from qwenguard.core.formats.media import base64_as_text, base64_bytes, bytes_as_text, labelled_text
-from qwenguard.core.policy import Action, Decision, Policy
+from qwenguard.core.policy import Decision, Policy
 from qwenguard.core.verdict import Stage
 
 from .._common import IDENTIFIER, NO_FIELDS, SEALED, pairs_once, reply_strings
@@ -1547,9 +1547,6 @@ class ClientToolCheck(tuple):
         return super().__new__(cls, (Stage.TOOL_RESULT, conversation))
 
 
-_SEVERITY = {Action.ALLOW: 0, Action.FLAG: 1, Action.BLOCK: 2}
-
-
 def _asked(policy: Policy, checks: Sequence[tuple[Stage, list[GuardMessage]]]) -> list[tuple[Stage, Any]]:
     """The checks as the guard is asked them: a client's tool-role text under the prompt stage (under the tool-result
     stage only when the prompt stage is off: then that is the only one that judges)."""
@@ -1565,9 +1562,7 @@ def _asked(policy: Policy, checks: Sequence[tuple[Stage, list[GuardMessage]]]) -
 def _stricter(policy: Policy, decision: Decision) -> Decision:
     """A client's tool-role text: the tool-result stage's decision where it blocks (as before: the stage says where),
     else the prompt stage's where that one is stricter (it blocks, or flags what the other allows)."""
-    as_tool = policy.decide_again(decision, Stage.TOOL_RESULT)
-    as_prompt = policy.decide_again(decision, Stage.PROMPT)
-    return as_prompt if _SEVERITY[as_prompt.action] > _SEVERITY[as_tool.action] else as_tool
+    return policy.decide_stricter(decision, Stage.TOOL_RESULT, Stage.PROMPT)
 
 
 def _decided(policy: Policy, checks: Sequence[Any], decisions: list[Decision]) -> list[Decision]:

@@ -228,9 +228,6 @@ class _AnswerOutput(_AnswerCall):
     partner = Stage.TOOL_RESULT
 
 
-_SEVERITY = {Action.ALLOW: 0, Action.FLAG: 1, Action.BLOCK: 2}
-
-
 def _asked(policy: Policy, checks: Checks) -> Checks:
     """The checks as the guard is asked them: an answer's under the response stage, or its partner's where that is off."""
     answer_stage = Stage.RESPONSE if policy.enabled(Stage.RESPONSE) else None
@@ -240,9 +237,7 @@ def _asked(policy: Policy, checks: Checks) -> Checks:
 def _as_answer(policy: Policy, check: _AnswerCall, decision: Decision) -> Decision:
     """An answer's decision: the response stage's, or its partner stage's (the tool-call stage's for a structured
     answer) where that one is stricter."""
-    as_answer = policy.decide_again(decision, Stage.RESPONSE)
-    as_partner = policy.decide_again(decision, check.partner)
-    return as_partner if _SEVERITY[as_partner.action] > _SEVERITY[as_answer.action] else as_answer
+    return policy.decide_stricter(decision, Stage.RESPONSE, check.partner)
 
 
 #: What the event-loop warning of a sync check made here names (rt61a F3): the user called ``llm.chat`` in ``async def``,

@@ -34,6 +34,16 @@ from .postprocessor import OnBlock, ascreen_nodes, screen_nodes
 __all__ = ["GuardedRetriever"]
 
 
+def require_retriever_parts(retriever: Any, guard: Any, on_block: Any) -> None:
+    """Refuse, with a clear error, what a guarded retriever cannot be built of (a wrapped retriever that is no
+    LlamaIndex retriever, a missing guard, an unknown ``on_block``)."""
+    if not isinstance(retriever, BaseRetriever):
+        raise TypeError(f"retriever must be a LlamaIndex BaseRetriever, got {type(retriever).__name__}")
+    require_guard(guard)
+    if on_block not in ("drop", "raise"):
+        raise ValueError(f"on_block must be 'drop' or 'raise', got {on_block!r}")
+
+
 class GuardedRetriever(BaseRetriever):
     """Wrap ``retriever``: the query is screened as a prompt (`GuardViolation` when blocked), then
     the retrieved nodes as untrusted documents (dropped, or raised on with ``on_block="raise"``).
@@ -57,11 +67,7 @@ class GuardedRetriever(BaseRetriever):
         callback_manager: CallbackManager | None = None,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(retriever, BaseRetriever):
-            raise TypeError(f"retriever must be a LlamaIndex BaseRetriever, got {type(retriever).__name__}")
-        require_guard(guard)
-        if on_block not in ("drop", "raise"):
-            raise ValueError(f"on_block must be 'drop' or 'raise', got {on_block!r}")
+        require_retriever_parts(retriever, guard, on_block)
         self._retriever = retriever
         self.guard = guard
         self.on_block: OnBlock = on_block

@@ -21,19 +21,18 @@ from llama_index.core.objects.base_node_mapping import BaseObjectNodeMapping
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle, QueryType, TextNode
 from llama_index.core.tools.types import ToolMetadata
-from qwenguard.core import Action, Decision, Guard, Stage, enforce
+from qwenguard.core import Decision, Guard, Stage, enforce
 from qwenguard.core.guard import speaking_as
 
-from .._common import require_guard
 from ._messages import tools_text
 from .postprocessor import OnBlock, anode_decisions, node_decisions
+from .retriever import require_retriever_parts
 
 __all__ = ["GuardedObjectRetriever", "tool_text"]
 
 logger = logging.getLogger("qwenguard.llamaindex")
 
 OT = TypeVar("OT")
-_SEVERITY = {Action.ALLOW: 0, Action.FLAG: 1, Action.BLOCK: 2}
 
 
 def tool_text(obj: Any) -> str:
@@ -83,11 +82,7 @@ class GuardedObjectRetriever(ObjectRetriever[OT], Generic[OT]):
         node_postprocessors: list[BaseNodePostprocessor] | None = None,
         on_block: OnBlock = "drop",
     ) -> None:
-        if not isinstance(retriever, BaseRetriever):
-            raise TypeError(f"retriever must be a LlamaIndex BaseRetriever, got {type(retriever).__name__}")
-        require_guard(guard)
-        if on_block not in ("drop", "raise"):
-            raise ValueError(f"on_block must be 'drop' or 'raise', got {on_block!r}")
+        require_retriever_parts(retriever, guard, on_block)
         super().__init__(retriever, object_node_mapping, node_postprocessors)
         self.guard = guard
         self.on_block: OnBlock = on_block
@@ -129,8 +124,7 @@ class GuardedObjectRetriever(ObjectRetriever[OT], Generic[OT]):
         kept: list[OT] = []
         policy = self.guard.policy
         for obj, found in zip(objects, decisions):
-            as_prompt = policy.decide_again(found, Stage.PROMPT)
-            decision = as_prompt if _SEVERITY[as_prompt.action] > _SEVERITY[found.action] else found
+            decision = policy.decide_stricter(found, found.stage, Stage.PROMPT)
             if decision.allowed:
                 kept.append(obj)
             elif self.on_block == "raise":

@@ -61,7 +61,7 @@ from llama_index.core.tools.types import (
     ToolOutput,
     adapt_to_async_tool,
 )
-from qwenguard.core import Action, Decision, Guard, GuardViolation
+from qwenguard.core import Decision, Guard, GuardViolation
 from qwenguard.core.formats.conversations import prompt_conversation, untrusted_conversation
 from qwenguard.core.guard import speaking_as
 from qwenguard.core.verdict import Stage
@@ -230,7 +230,6 @@ def _response_types() -> tuple[type, ...]:
 
 
 _RESPONSES = _response_types()
-_SEVERITY = {Action.ALLOW: 0, Action.FLAG: 1, Action.BLOCK: 2}
 #: Items a raw_output may hold for `_read_whole` to read it (more: it is not passed on).
 _MAX_READ_ITEMS = 100_000
 
@@ -370,11 +369,7 @@ class _Screening:
         if not answer:
             return list(decisions)
         policy = self.guard.policy
-        decided = []
-        for (stage, _), decision in zip(checks, decisions):
-            own, as_answer = policy.decide_again(decision, stage), policy.decide_again(decision, Stage.RESPONSE)
-            decided.append(as_answer if _SEVERITY[as_answer.action] > _SEVERITY[own.action] else own)
-        return decided
+        return [policy.decide_stricter(d, stage, Stage.RESPONSE) for (stage, _), d in zip(checks, decisions)]
 
     def _judge(self, checks: Checks, answer: bool) -> list[Decision]:
         return self._decided(checks, self.guard.check_many(self._asked(checks, answer)), answer)
