@@ -35,6 +35,7 @@ from llama_index.core.schema import (
 )
 from qwenguard.core import Decision, Guard, enforce
 from qwenguard.core.errors import InputTooLarge
+from qwenguard.core.formats.conversations import untrusted_conversation
 from qwenguard.core.formats.identifiers import is_opaque_id
 from qwenguard.core.formats.windows import CALL_WINDOW_ACCOUNT, WindowAccount, window_budget
 from qwenguard.core.guard import speaking_as
@@ -328,56 +329,77 @@ def _call_of(step: WindowAccount | None) -> Iterator[None]:
     step.charge(call.used)  # within every budget: the call's own bound was the least room they had
 
 
+def _asked(stage: Stage, texts: Sequence[str]) -> list[tuple[Stage, list[dict[str, str]]]]:
+    """A batch as `Guard.check_documents` asks it (each text untrusted content), under another stage."""
+    return [(stage, untrusted_conversation(t, f"document {i}")) for i, t in enumerate(texts)]
+
+
 def _fitted(
-    guard: Guard, query: str | None, texts: Sequence[str], on_block: OnBlock, step: WindowAccount | None
+    guard: Guard,
+    query: str | None,
+    texts: Sequence[str],
+    on_block: OnBlock,
+    step: WindowAccount | None,
+    stage: Stage = Stage.RETRIEVAL,
 ) -> list[Decision]:
     """One batch's Decisions, in order: the batch halved where it is over a size limit (above)."""
     if _spent(step):
         return _unfitted(guard, texts, _step_spent(step), on_block)
     try:
         with _call_of(step):
-            return guard.check_documents(query, texts)
+            if stage is Stage.RETRIEVAL:
+                return guard.check_documents(query, texts)
+            return guard.check_many(_asked(stage, texts))
     except InputTooLarge as exc:
         if len(texts) == 1:
             return _unfitted(guard, texts, exc, on_block)
         if exc.too_large:  # those nodes alone: the others were judged, their decisions on the error
             return _put_back(guard, texts, exc, on_block)
         half = len(texts) // 2
-        return _fitted(guard, query, texts[:half], on_block, step) + _fitted(guard, query, texts[half:], on_block, step)
+        first = _fitted(guard, query, texts[:half], on_block, step, stage)
+        return first + _fitted(guard, query, texts[half:], on_block, step, stage)
 
 
 async def _afitted(
-    guard: Guard, query: str | None, texts: Sequence[str], on_block: OnBlock, step: WindowAccount | None
+    guard: Guard,
+    query: str | None,
+    texts: Sequence[str],
+    on_block: OnBlock,
+    step: WindowAccount | None,
+    stage: Stage = Stage.RETRIEVAL,
 ) -> list[Decision]:
     """Async twin of `_fitted`."""
     if _spent(step):
         return _unfitted(guard, texts, _step_spent(step), on_block)
     try:
         with _call_of(step):  # this task's context: the call's planning reads it (a worker thread gets a copy)
-            return await guard.acheck_documents(query, texts)
+            if stage is Stage.RETRIEVAL:
+                return await guard.acheck_documents(query, texts)
+            return await guard.acheck_many(_asked(stage, texts))
     except InputTooLarge as exc:
         if len(texts) == 1:
             return _unfitted(guard, texts, exc, on_block)
         if exc.too_large:
             return _put_back(guard, texts, exc, on_block)
         half = len(texts) // 2
-        first = await _afitted(guard, query, texts[:half], on_block, step)
-        return first + await _afitted(guard, query, texts[half:], on_block, step)
+        first = await _afitted(guard, query, texts[:half], on_block, step, stage)
+        return first + await _afitted(guard, query, texts[half:], on_block, step, stage)
 
 
 def node_decisions(
-    guard: Guard, nodes: Sequence[BaseNode], on_block: OnBlock, query: str | None = None
+    guard: Guard, nodes: Sequence[BaseNode], on_block: OnBlock, query: str | None = None, stage: Stage = Stage.RETRIEVAL
 ) -> list[Decision]:
     """One Decision per node, in order, the nodes judged in batches of at most ``max_checks`` (`_fitted`; `_measured`
-    for nodes too large to read), all within the guard's ``max_windows_per_call``."""
+    for nodes too large to read), all within the guard's ``max_windows_per_call``; asked under ``stage`` (the
+    retrieval stage's, or another's for the tools an agent is handed: `GuardedObjectRetriever`)."""
     texts, unjudged = _measured(guard, nodes, on_block)
     with window_budget(guard.max_windows_per_call) as step:
-        decisions = [d for batch in _batches(guard, texts) for d in _fitted(guard, query, batch, on_block, step)]
+        decisions = [d for batch in _batches(guard, texts) for d in _fitted(guard, query, batch, on_block, step, stage)]
     return _merged(len(nodes), decisions, unjudged)
 
 
 async def anode_decisions(
-    guard: Guard, nodes: Sequence[BaseNode], on_block: OnBlock, query: str | None = None
+    guard: Guard, nodes: Sequence[BaseNode], on_block: OnBlock, query: str | None = None, stage: Stage = Stage.RETRIEVAL
 ) -> list[Decision]:
     """Async twin of `node_decisions`. The nodes are read on a worker thread: a page of nodes with large hidden
     metadata is seconds of reading, which held the event loop (rt51g F2)."""
@@ -385,7 +407,7 @@ async def anode_decisions(
     decisions: list[Decision] = []
     with window_budget(guard.max_windows_per_call) as step:  # this task's context: the calls below read it
         for batch in _batches(guard, texts):
-            decisions += await _afitted(guard, query, batch, on_block, step)
+            decisions += await _afitted(guard, query, batch, on_block, step, stage)
     return _merged(len(nodes), decisions, unjudged)
 
 
