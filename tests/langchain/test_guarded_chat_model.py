@@ -135,7 +135,9 @@ def test_guarded_chat_model_parallel_input_blocked_stops_the_model_and_releases_
     model's stream and not one character (or tool-call piece) of its answer reaches the consumer."""
     log = TimedLog()
     judge = _slow(guard, log, parallel=how == "guard")
-    with scripted_openai(REPLY, pace=PACE_S) as url:
+    # A reply many times the check's delay long (about 12 s of pieces): under load the check can take seconds, and a
+    # reply the model finished before the verdict came could not show that the verdict stopped it.
+    with scripted_openai(" ".join([REPLY] * 10), pace=PACE_S) as url:
         model = GuardedChatModel(chat(url), judge, **({"parallel_input": True} if how == "argument" else {}))
         items, error = _streamed(mode, _graph(model, mode == "async"), UNSAFE_PROMPT)
         assert len(url.requests) == 1  # the model started beside the check
