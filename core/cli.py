@@ -26,6 +26,7 @@ from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_SIZE
+from .formats.printable import printable
 from .guard import DEFAULT_MAX_CHARS
 from .policy import Policy
 
@@ -194,8 +195,6 @@ def fail(exc: BaseException | str, *, as_json: bool = False, kind: str | None = 
 
 def _line(text: str) -> str:
     """``text`` in one console line: control characters escaped, never read as rich markup."""
-    from .eval.data import printable
-
     return escape(printable(text))
 
 
@@ -890,8 +889,8 @@ def eval_(
         "--out",
         "-o",
         help="Output directory (report.json, report.md, PNGs, "
-        "prediction cache). Default: qwenguard-eval/<dataset>-<run id>, one per dataset, "
-        "model, stage and policy.",
+        "prediction cache). Default: qwenguard-eval/<dataset>-<run id>, one per dataset and "
+        "model: --stage, --policy and --limit share it (the last run writes the report).",
     ),
     limit: int | None = typer.Option(None, "--limit", help="Evaluate only the first N rows."),
     batch_size: int = typer.Option(16, "--batch-size", help="Rows per guard call."),

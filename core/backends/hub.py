@@ -19,6 +19,7 @@ import os
 import socket
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -50,17 +51,32 @@ def _endpoint() -> str:
 
 
 def hub_offline_reason(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
-    """Why the hub cannot be used right now (``HF_HUB_OFFLINE`` set, or no TCP connection), or ``None``."""
+    """Why the hub cannot be used right now (``HF_HUB_OFFLINE`` set, or no TCP connection), or ``None``. Behind a
+    proxy the environment names for the hub (``HTTPS_PROXY``, ``ALL_PROXY``, not bypassed by ``NO_PROXY``), no
+    direct connection is tried: huggingface_hub goes through the proxy, where a network that only has one resolves
+    no name directly (every hub id was refused as unreachable: rt68f F2); the metadata request (`_silence_reason`,
+    through the proxy) is what tells then."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE:
         return "HF_HUB_OFFLINE is set"
     url = urlsplit(_endpoint())
     host = url.hostname or "huggingface.co"
     port = url.port or (443 if url.scheme == "https" else 80)
+    if _proxied(url.scheme, host):
+        return None
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return None
     except OSError as exc:
         return f"cannot reach {url.scheme}://{host}:{port} ({type(exc).__name__}: {exc})"
+
+
+def _proxied(scheme: str, host: str) -> bool:
+    """Does the environment send requests for ``scheme://host`` through a proxy (the standard library's reading of
+    ``*_PROXY`` and ``NO_PROXY``, which requests and httpx, huggingface_hub's clients, read alike for a host name)?"""
+    proxies = urllib.request.getproxies()
+    if not (proxies.get(scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass_environment(host, proxies)  # type: ignore[attr-defined]
 
 
 def hub_silence_reason(name: str, revision: str | None, timeout: float | None = None) -> str | None:

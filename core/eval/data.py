@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MissingDependency, QwenGuardError
+from ..formats.printable import printable
 from ..verdict import CATEGORIES, Risk, Stage
 
 __all__ = [
@@ -62,13 +63,6 @@ _ASSISTANT_STAGES = frozenset({Stage.RESPONSE, Stage.TOOL_CALL})
 
 class DataError(QwenGuardError, ValueError):
     """A dataset file or row cannot be used; the message names the file and row."""
-
-
-def printable(text: str) -> str:
-    """``text`` for one line of a terminal or a report: control and other unprintable characters (ESC, CR, a
-    newline) as their escapes (``\\x1b``), so a dataset's or a server's bytes cannot move the cursor or forge
-    lines."""
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 @dataclass(frozen=True)

@@ -99,3 +99,22 @@ def test_the_command_runs_with_only_the_core_dependencies(args: list[str]) -> No
 def test_the_core_package_imports_with_only_the_core_dependencies() -> None:
     p = _run_core_only("import qwenguard.core\nfrom qwenguard.core import Guard, Policy, enforce\nprint('ok')\n")
     assert p.returncode == 0 and "ok" in p.stdout, p.stderr[-2000:]
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_a_command_error_prints_one_line_with_its_own_hint_with_only_the_core_dependencies(
+    json_flag: list[str],
+) -> None:
+    """rt68f F1: the error line is printed by a helper the eval package held, which needs numpy: in a core-only or
+    ``.[remote]`` install every error (here: no torch for the local demo guard) crashed inside its handler, printed
+    an 80-line traceback naming the ``.[eval]`` extra, and exited 1, the code for "blocked"."""
+    code = (
+        f"import sys; sys.argv = ['qwenguard', 'check', *{json_flag!r}, 'hi']\n"
+        "from qwenguard.core.cli import main\nmain()\n"
+    )
+    p = _run_core_only(code)
+    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
+    assert "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert "[local]" in p.stderr and "[eval]" not in p.stderr, p.stderr[-2000:]
+    if json_flag:
+        assert '"error"' in p.stdout, p.stdout
