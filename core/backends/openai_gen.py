@@ -138,6 +138,7 @@ from .transport import (
     LeftoverCheck,
     ReplyIds,
     SecretMask,
+    checks_transport,
     credentials_apart,
     request_digest_of,
     request_name,
@@ -721,9 +722,12 @@ class OpenAIGen:
 
         def make_client() -> Any:
             # Redirects are never followed (httpx's default, made explicit): a verdict comes from the
-            # engine asked, and a 3xx is a guard error (`_post`), whatever its body says.
+            # engine asked, and a 3xx is a guard error (`_post`), whatever its body says. Without a transport given,
+            # httpx's default one (its TLS, the environment's proxies) whose cancelled checks give their connection
+            # back to the pool (`checks_transport`; httpcore kept some for good: rt67s2 F2).
+            route = transport if transport is not None else checks_transport(True, max_connections=max_concurrency)
             return httpx.AsyncClient(
-                headers=headers_, timeout=timeout, limits=limits, transport=transport, follow_redirects=False
+                headers=headers_, timeout=timeout, limits=limits, transport=route, follow_redirects=False
             )
 
         self._make_client = make_client

@@ -174,8 +174,11 @@ def checks_transport(verify: Verify, *, max_connections: int) -> Any:
 
     An httpx client given a transport reads no proxy from the environment; this one reads the table once, on
     its first request (as a client does when it is made), and keeps one ``httpx.AsyncHTTPTransport`` per
-    proxy (None: direct), each with ``verify``'s context and the client's connection limits."""
+    proxy (None: direct), each with ``verify``'s context and the client's connection limits, and each giving a
+    cancelled check's connection back to its pool (`pool_guard.SlotKeepingTransport`)."""
     import httpx
+
+    from .pool_guard import SlotKeepingTransport
 
     context = ssl_context(verify)
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
@@ -183,11 +186,11 @@ def checks_transport(verify: Verify, *, max_connections: int) -> Any:
     class EnvProxyTransport(httpx.AsyncBaseTransport):
         def __init__(self) -> None:
             self._table: list[tuple[Any, str | None]] | None = None
-            self._routes: dict[str | None, httpx.AsyncHTTPTransport] = {}
+            self._routes: dict[str | None, httpx.AsyncBaseTransport] = {}
             self._lock = threading.Lock()
             self._pid = os.getpid()
 
-        def _route(self, url: httpx.URL) -> httpx.AsyncHTTPTransport:
+        def _route(self, url: httpx.URL) -> httpx.AsyncBaseTransport:
             if self._pid != os.getpid():
                 # A forked child: the pools are the parent's (its sockets, its event loop), and so may the lock
                 # be; the client starts its own loop there (`OpenAIGen._start`) and these start anew with it.
@@ -198,7 +201,8 @@ def checks_transport(verify: Verify, *, max_connections: int) -> Any:
                 proxy = next((p for pattern, p in self._table if pattern.matches(url)), None)
                 route = self._routes.get(proxy)
                 if route is None:
-                    route = self._routes[proxy] = httpx.AsyncHTTPTransport(verify=context, limits=limits, proxy=proxy)
+                    pool = httpx.AsyncHTTPTransport(verify=context, limits=limits, proxy=proxy)
+                    route = self._routes[proxy] = SlotKeepingTransport(pool)
                 return route
 
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
