@@ -50,6 +50,9 @@ class Decision:
 
     ``offset`` is set by streams: the character offset in the streamed text where the flagged span
     starts. ``error`` holds the guard error message when ``reason`` is ``guard_error``/``timeout``.
+    ``verdict`` is the verdict decided on: for a text judged in windows whose worst window's categories are all
+    ignored, the worse of its decision and that of the windows beneath it (`Verdict.beneath`), so a Controversial
+    window blocked beside an ignored category's Unsafe gives ``reason`` "controversial" and its own verdict.
     """
 
     allowed: bool
@@ -426,7 +429,13 @@ class Policy:
         ignore: frozenset[str] = self._get(stage, "ignore_categories")
         block: frozenset[str] = self._get(stage, "block_categories")
         if cats and cats <= ignore and not cats & block:  # never both (refused at construction): block wins
-            return Decision(True, Action.FLAG, stage, "ignored_category", verdict)
+            excused = Decision(True, Action.FLAG, stage, "ignored_category", verdict)
+            if verdict.beneath is None:
+                return excused
+            # The top's categories excuse only the windows read as them: a window beneath (a Controversial beside an
+            # ignored category's Unsafe) is decided too, and blocks as it would alone (rt68a F2).
+            below = self.decide(verdict.beneath, stage)
+            return below if _SEVERITY[below.action] > _SEVERITY[excused.action] else excused
         if verdict.risk is Risk.UNSAFE:
             return Decision(False, Action.BLOCK, stage, "unsafe", verdict)
         if self._get(stage, "mode") == "strict" or cats & block:

@@ -70,6 +70,10 @@ class Verdict:
 
     ``probs`` maps each Risk to the model's probability for it when the backend can read it
     (local logits, or server logprobs); ``None`` otherwise.
+
+    ``beneath``: for a verdict combined of several (`worst`), the worst of them that is neither safe nor at its
+    risk, combined the same way; ``None`` otherwise. A policy that excuses the top's categories decides it too
+    (`Policy.decide`): an Unsafe window of an ignored category must not hide a Controversial one it blocks.
     """
 
     risk: Risk
@@ -79,6 +83,7 @@ class Verdict:
     latency_ms: float = 0.0
     model: str | None = None
     probs: Mapping[Risk, float] | None = field(default=None, compare=False)
+    beneath: Verdict | None = field(default=None, compare=False)
 
     @property
     def is_safe(self) -> bool:
@@ -107,12 +112,16 @@ def worst(verdicts: list[Verdict]) -> Verdict:
     """Combine verdicts of windows of one text: the highest risk wins; categories of the windows at
     that risk are merged in order, except that an Unsafe window naming none (a verdict read from its first line:
     its categories may be lost) leaves the result with none, so that no ignored category of another window may
-    excuse it (rt57d F1); the refusal of the first window is kept (a refusal opens a reply)."""
+    excuse it (rt57d F1); the refusal of the first window is kept (a refusal opens a reply). The non-safe windows
+    below that risk (and what the verdicts combined kept beneath) are combined as ``beneath`` (rt68a F2)."""
     if not verdicts:
         raise ValueError("worst() needs at least one verdict")
     top = max(v.risk.rank for v in verdicts)
     at_top = [v for v in verdicts if v.risk.rank == top]
     cats = tuple(dict.fromkeys(c for v in at_top for c in v.categories))
+    # Kept apart, not merged into the top's categories: merged, a loose policy would block a Controversial window
+    # it flags as Unsafe; dropped, an ignored category at the top hid a window the policy blocks.
+    below = [u for v in verdicts for u in (v, v.beneath) if u is not None and 0 < u.risk.rank < top]
     if at_top[0].risk is Risk.UNSAFE and any(not v.categories for v in at_top):
         cats = ()
     probs = None
@@ -136,4 +145,5 @@ def worst(verdicts: list[Verdict]) -> Verdict:
         refusal=verdicts[0].refusal,
         probs=probs,
         raw="\n---\n".join(v.raw for v in verdicts),
+        beneath=worst(below) if below else None,
     )

@@ -79,6 +79,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -187,6 +188,12 @@ DEFAULT_MAX_REPLY_BYTES = 256 << 10
 _PARSE_INLINE_BYTES = 256 << 10
 #: Of an error reply (4xx/5xx, a redirect) only this much is read: its message is cut to 300 characters.
 _ERROR_BODY_BYTES = 64 << 10
+#: The most choices of one reply that are read. A guard answers one (``n=1``); an engine that ignores ``n`` sends a
+#: few. A reply of 20,000 empty choices (80 KB) rendered the whole reply for each, and froze the client's loop, every
+#: check of the client and their deadlines for a minute (rt68a F1): one with more is no verdict.
+_MAX_CHOICES = 16
+#: Of a reply that is no verdict, at most this much is shown, masked before it is cut (a secret is never cut in part).
+_RAW_CHARS = 300
 #: Beyond a call's deadline, how long a caller waits for the loop to hand back what it has (it normally
 #: answers at the deadline itself; this only covers a loop that is stuck).
 _GRACE_S = 2.0
@@ -447,6 +454,14 @@ def _cut_unsafe(outcome: Outcome) -> Verdict | None:
     return readable if isinstance(readable, Verdict) and readable.risk is Risk.UNSAFE else None
 
 
+def _read_risk(outcome: Outcome) -> Verdict | None:
+    """The verdict other than Safe an outcome that is no verdict carries as ``readable``, or None: an Unsafe said of a
+    cut prompt (`_unsafe_kept`), or what the choices read whole beside one that is no verdict said (`OpenAIGen._read`:
+    a Controversial too). As a missing window, what is missing can only add risk to it (rt68a F3)."""
+    readable = getattr(outcome, "readable", None)
+    return readable if isinstance(readable, Verdict) and readable.risk is not Risk.SAFE else None
+
+
 class _AttemptTimeout(GuardTimeout):
     """One attempt was not answered within its share of the deadline (retried on another replica)."""
 
@@ -518,13 +533,14 @@ def _load_encoder(tokenizer: Any) -> Any:
     return ConversationEncoder(tokenizer)
 
 
-def _message_cap_of(entry: dict[str, Any]) -> int:
-    """The turns one request to `qwenguard serve` may hold: the ``max_messages`` its ``/models`` entry
-    publishes (its --max-messages), else the default it starts with (a server older than the field)."""
+def _message_cap_of(entry: Mapping[str, Any]) -> int | None:
+    """The turns one request may hold: the ``max_messages`` a ``/models`` entry publishes (`qwenguard serve`'s
+    --max-messages), else for `qwenguard serve` (``owned_by: "qwenguard"``: a server older than the field) the default
+    it starts with; None (no cap) for any other engine, and for an entry not found."""
     value = entry.get("max_messages")
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
-    return MAX_REQUEST_MESSAGES
+    return MAX_REQUEST_MESSAGES if entry.get("owned_by") == "qwenguard" else None
 
 
 class OpenAIGen:
@@ -682,10 +698,12 @@ class OpenAIGen:
         # The server is `qwenguard serve` (its /models entry says so): it windows a long input itself, as the local
         # guard does, so no context needs to be given and none is warned about (`_served_max_model_len`).
         self._windowing_server = False
-        # Turns a request may show: `MAX_REQUEST_MESSAGES` for `qwenguard serve` (its --max-messages) and for a server
-        # not yet known; no cap once /models named another engine (vLLM, SGLang...: a cap there cut context the
-        # local guard shows, rt56e F1).
-        self._message_cap: int | None = MAX_REQUEST_MESSAGES
+        # Turns a request may show: what `qwenguard serve` publishes in /models (its --max-messages; else
+        # `MAX_REQUEST_MESSAGES`), once it said it is qwenguard's. No cap for any other engine (vLLM, SGLang...: a
+        # cap there cut context the local guard shows, rt56e F1), nor for a server whose /models is not read (the
+        # llama.cpp and Ollama recipes give model= and max_context=: capped, a request 150 exchanges back was judged
+        # remotely and not locally, rt68a F4). A qwenguard serve shown more refuses it (413): `InputTooLarge`.
+        self._message_cap: int | None = None
         self._said_unlisted = False  # a /models read still pending was logged (`_context`)
         self._served_context: int | None = None  # learned from /models: 0 = listed without one, None = not read
         # /models refused (a 401, a 404: no model list): why; and when a /models that gave no list (refused, or
@@ -759,6 +777,12 @@ class OpenAIGen:
                 text = text.replace(real, shown).replace(secret + "@", secret.split(":", 1)[0] + ":***@")
         return self._mask.text(text)
 
+    def _shown(self, value: object) -> str:
+        """``value`` (a reply, a choice) as an error shows it: masked (`_scrub`), then cut to `_RAW_CHARS`. Only its
+        first `_ERROR_BODY_BYTES` characters are masked (a secret reaching past them is cut off whole): each reply
+        is rendered a bounded number of times (`_MAX_CHOICES`), and the mask's work is bounded too."""
+        return self._scrub(str(value)[:_ERROR_BODY_BYTES])[:_RAW_CHARS]
+
     @property
     def _where(self) -> str:
         shown = [self._show(u) for u in self.base_urls]
@@ -811,13 +835,21 @@ class OpenAIGen:
             )
         choices = payload.get("choices") if isinstance(payload, Mapping) else None
         if not isinstance(choices, list) or not choices:
-            return VerdictParseError("the server's reply has no choices", raw=self._scrub(str(payload))[:300])
+            return VerdictParseError("the server's reply has no choices", raw=self._shown(payload))
         verdicts: list[Verdict] = []
         errors: list[VerdictParseError] = []
+        if len(choices) > _MAX_CHOICES:
+            errors.append(
+                VerdictParseError(
+                    f"the server's reply has {len(choices):,} choices (a guard answers one; more than {_MAX_CHOICES} "
+                    f"is no verdict)"
+                )
+            )
         # Every choice is read before any is given up on: a choice cut, garbled or empty beside a whole "Unsafe"
-        # dropped that Unsafe, and on_error="allow" let the content through (rt63b F3).
-        for i, choice in enumerate(choices):
-            verdict, error = self._read_choice(i, choice, mode, elapsed_ms, payload)
+        # dropped that Unsafe, and on_error="allow" let the content through (rt63b F3). Of a reply with too many,
+        # the first `_MAX_CHOICES`: what they say whole stands as readable, as of any reply that is no verdict.
+        for i, choice in enumerate(choices[:_MAX_CHOICES]):
+            verdict, error = self._read_choice(i, choice, mode, elapsed_ms)
             if verdict is not None:
                 verdicts.append(verdict)
             if error is not None:
@@ -830,16 +862,15 @@ class OpenAIGen:
         return verdicts[0] if len(verdicts) == 1 else worst(verdicts)
 
     def _read_choice(
-        self, i: int, choice: Any, mode: str, elapsed_ms: float, payload: Any
+        self, i: int, choice: Any, mode: str, elapsed_ms: float
     ) -> tuple[Verdict | None, VerdictParseError | None]:
         """One choice of a reply: the verdict it says, and the error that makes the reply no verdict (either, or
         both: a whole verdict whose logprobs are not in the API's shape)."""
         try:
             text = choice["message"]["content"] if self.mode == "chat" else choice["text"]
         except (KeyError, IndexError, TypeError):
-            return None, VerdictParseError(
-                f"the server's reply has no choices[{i}] text", raw=self._scrub(str(payload))[:300]
-            )
+            # The choice shown, not the whole reply: rendered for each choice, a reply of many was quadratic (rt68a F1).
+            return None, VerdictParseError(f"the server's reply has no choices[{i}] text", raw=self._shown(choice))
         parsed: Verdict | VerdictParseError
         try:
             parsed = parse_verdict(text, mode=mode, model=self.name)
@@ -875,8 +906,9 @@ class OpenAIGen:
             self._warned_no_logprobs = True
             logger.warning(
                 "qwenguard: logprobs=True, but the guard server's %s answers carry no logprobs: verdicts come "
-                "without probabilities (Ollama sends them only in chat mode: mode='chat')",
+                "without probabilities%s",
                 self.mode,
+                " (Ollama sends them only in chat mode: mode='chat')" if self.mode == "completion" else "",
             )
         return Verdict(parsed.risk, parsed.categories, parsed.refusal, parsed.raw, elapsed_ms, self.name, probs), None
 
@@ -1062,7 +1094,8 @@ class OpenAIGen:
         self, wire: _Wire, check: WireCheck, as_ids: bool, deadline: _Deadline, start: float, seen: list[Verdict]
     ) -> Verdict:
         """One logical request, retried (on another replica first, when there is one); its verdict, or raises.
-        ``seen`` gathers the Unsafe of answers to a cut prompt (`_unsafe_kept`), whatever the later attempts end in.
+        ``seen`` gathers what answers that are no verdict read (`_read_risk`: the Unsafe of a cut prompt, a choice's
+        whole Controversial), whatever the later attempts end in.
 
         Only a verdict counts as a replica's success. A replica that answers without one (a 200 that does
         not parse, a 4xx other than 429) is asked nothing more by this request; when another replica then
@@ -1134,8 +1167,8 @@ class OpenAIGen:
                         outcome = answered
                     if not isinstance(outcome, Verdict):
                         refused.append(url)
-                        if (unsafe := _cut_unsafe(outcome)) is not None:
-                            seen.append(unsafe)
+                        if (read := _read_risk(outcome)) is not None:  # kept whatever the next replica answers
+                            seen.append(read)
                         if isinstance(outcome, SmallerContext):
                             self._cut(url, outcome.context)
                         raise outcome
@@ -1299,7 +1332,9 @@ class OpenAIGen:
             check.ids is not None and self._ids_accepted is not False and await self._ids_read_alike(wire, deadline)
         )
         start = time.perf_counter()
-        seen: list[Verdict] = []  # Unsafe said of a cut prompt: stands when no attempt gives a verdict (rt57d F2)
+        # Read risk of answers that are no verdict (an Unsafe said of a cut prompt: rt57d F2; a Controversial read whole
+        # beside a garbled choice: rt68a F3): stands when no attempt gives a verdict.
+        seen: list[Verdict] = []
 
         async def ask() -> Verdict:
             try:
@@ -1319,8 +1354,8 @@ class OpenAIGen:
             return verdict
 
         def failed(error: QwenGuardError, transport: bool) -> tuple[Outcome, bool]:
-            if seen:  # an engine answered Unsafe of the part it read: what the policy blocks on
-                error.readable = worst(seen)
+            if seen:  # what an engine read of this request: merged with the error's own, never replacing it
+                error.readable = worst(seen + [r for r in (_read_risk(error),) if r is not None])
             return error, transport and not seen
 
         try:
@@ -1348,23 +1383,24 @@ class OpenAIGen:
         verdicts = [o for o, _ in answers if isinstance(o, Verdict)]
         errors = [(o, transport) for o, transport in answers if not isinstance(o, Verdict)]
         elapsed = (time.perf_counter() - start) * 1000
-        # A missing window can only add risk; once one window is unsafe (the top), the rest cannot change it. The
-        # Unsafe a window that is no verdict carries counts with the others: its categories (none, when cut) are
-        # merged, so that no ignored category of another window may excuse it.
+        # A missing window can only add risk; once one window is unsafe (the top), the rest cannot change it. What a
+        # window that is no verdict read (`_read_risk`) counts with the others: an Unsafe's categories (none, when
+        # cut) are merged, so that no ignored category of another window may excuse it; the windows below the top
+        # are kept beneath it (`worst`), in the verdict returned too.
+        read = [r for o, _ in errors if (r := _read_risk(o)) is not None]
         if verdicts and (not errors or max(v.risk.rank for v in verdicts) == Risk.UNSAFE.rank):
-            top = worst(verdicts + [u for o, _ in errors if (u := _cut_unsafe(o)) is not None])
-            return Verdict(top.risk, top.categories, top.refusal, top.raw, elapsed, self.name, top.probs), False
+            top = worst(verdicts + read)
+            return replace(top, latency_ms=elapsed, model=self.name), False
         # A cut prompt first: the check is planned again for the context the engine showed (`_run`).
         error, transport = next(((o, t) for o, t in errors if isinstance(o, SmallerContext)), errors[0])
         if isinstance(error, QwenGuardError):
-            # What the policy may block on (rt53f F2): the Unsafe windows that are no verdict said (of a cut prompt,
-            # with no category; whole, beside a choice that is none: rt63b F3), merged, before the windows read (none
-            # of them unsafe: merged, their categories would let an ignore list excuse it).
-            unsafe = [u for o, _ in errors if (u := _cut_unsafe(o)) is not None]
-            if unsafe:
-                error.readable = worst(unsafe)
-            elif verdicts:
-                error.readable = worst(verdicts)
+            # What the policy may block on (rt53f F2): what the windows that are no verdict read (an Unsafe of a cut
+            # prompt, with no category; a choice's whole Unsafe or Controversial beside one that is none: rt63b F3),
+            # merged with the windows read: never replaced by them (another window's Safe overwrote a Controversial
+            # read whole, and on_error="allow" let it through under a strict policy: rt68a F3). None of the windows
+            # read is Unsafe here: `worst` keeps an Unsafe's own categories, the rest beneath it.
+            if verdicts or read:
+                error.readable = worst(verdicts + read)
         return error, transport and not verdicts
 
     def _naming(self) -> bool:
@@ -1695,7 +1731,8 @@ class OpenAIGen:
                 self.model = self.name = name
                 self._stale = naming = False
                 if self.max_context is not None:
-                    return 0  # the context is given: only the name was wanted
+                    self._published_context(listed)  # the context is given: the name was wanted, and a cap on turns
+                    return 0
             if listed is None:
                 continue  # no model list: the next replica's may hold the context
             value = self._published_context(listed)
@@ -1733,13 +1770,14 @@ class OpenAIGen:
         return None
 
     def _published_context(self, entries: list[Any] | None) -> int:
-        """The ``max_model_len`` of this client's model in a ``/models`` list; ``0`` when there is none."""
+        """The ``max_model_len`` of this client's model in a ``/models`` list; ``0`` when there is none. What its entry
+        says of the server is learned meanwhile: `qwenguard serve` or not, and its cap on turns (`_message_cap_of`)."""
         try:
             entries = entries or []
             entry = next((e for e in entries if e.get("id") == self.model), entries[0] if len(entries) == 1 else {})
             value = entry.get("max_model_len")
             self._windowing_server = entry.get("owned_by") == "qwenguard"
-            self._message_cap = _message_cap_of(entry) if self._windowing_server or not entry else None
+            self._message_cap = _message_cap_of(entry)
         except (TypeError, AttributeError):
             return 0
         return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
@@ -1864,10 +1902,11 @@ class OpenAIGen:
             replans = await self._plan([conversations[i] for i in again], context, deadline, budget, account)
             redone = await asyncio.gather(*(self._judge(wire, p, deadline) for p in replans))
             for i, (outcome, transport) in zip(again, redone):
-                # A whole verdict of the replanned check stands; without one, an Unsafe said of the cut prompt does.
+                # A whole verdict of the replanned check stands; without one, an Unsafe said of the cut prompt does,
+                # merged with what the replanned check read (`_read_risk`: a Controversial stays beneath it).
                 unsafe = _cut_unsafe(results[i][0])
                 if unsafe is not None and isinstance(outcome, QwenGuardError) and _cut_unsafe(outcome) is None:
-                    outcome.readable = unsafe
+                    outcome.readable = worst([unsafe] + [r for r in (_read_risk(outcome),) if r is not None])
                     transport = False
                 results[i] = (outcome, transport)
         failed = [o for o, transport in results if transport and isinstance(o, BaseException)]

@@ -508,7 +508,8 @@ def raw_text(outcome: Outcome) -> str:
     guard error, to fail over or apply its own policy (docs/server.md). Except an Unsafe the error carries
     (``readable``): written as an Unsafe with no category, which every policy blocks."""
     if isinstance(outcome, Verdict):
-        return outcome.raw if _reads_as(outcome.raw, outcome) else verdict_text(outcome)
+        shown = reply_verdict(outcome)
+        return outcome.raw if _reads_as(outcome.raw, shown) else verdict_text(shown)
     readable = getattr(outcome, "readable", None)
     if isinstance(readable, Verdict) and readable.risk is Risk.UNSAFE:
         # No verdict, but an Unsafe said all the same (of a cut prompt, or whole beside a choice that is none: rt63b
@@ -529,6 +530,23 @@ def _reads_as(text: str, verdict: Verdict) -> bool:
     except VerdictParseError:
         return False
     return (read.risk, read.categories, read.refusal) == (verdict.risk, verdict.categories, verdict.refusal)
+
+
+def reply_verdict(verdict: Verdict) -> Verdict:
+    """``verdict`` as one answer carries it to a client that applies its own policy: with the categories of the
+    windows beneath it (`Verdict.beneath`) after its own, so that no ignore list excusing the top's lets through a
+    window it blocks (rt68a F2). Can only block more: a loose client that ignores the top's categories and flags
+    the window beneath blocks it as unsafe. An Unsafe with no category keeps none (every policy blocks it), and one
+    whose window beneath names none is written with none (else a strict client ignoring the top's let it through)."""
+    categories = list(verdict.categories)
+    below = verdict.beneath
+    while below is not None and categories:
+        if not below.categories:
+            categories = []
+            break
+        categories += [c for c in below.categories if c not in categories]
+        below = below.beneath
+    return replace(verdict, categories=tuple(categories), beneath=None)
 
 
 def verdict_text(verdict: Verdict) -> str:
