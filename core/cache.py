@@ -1,8 +1,8 @@
 """A small thread-safe LRU cache of verdicts, keyed by model + stage + a digest of the conversation.
 
 Bounded twice: by entries (``maxsize``) and by bytes (``max_bytes``, what the entries hold: key and
-verdict, the verdict's raw text included). Keys hold a 16-byte BLAKE2b digest of the conversation,
-not the conversation itself, so a cached 1 MB document costs a few hundred bytes, not 1 MB.
+verdict, the verdict's raw text included, and the verdicts beneath it). Keys hold a 16-byte BLAKE2b digest of the
+conversation, not the conversation itself, so a cached 1 MB document costs a few hundred bytes, not 1 MB.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ DEFAULT_CACHE_BYTES = 16 * 1024 * 1024
 # What an entry costs beyond the strings counted one by one: the OrderedDict slot, the key tuple,
 # the Verdict object and its probabilities.
 _ENTRY_OVERHEAD = 600
+# What each verdict beneath it (`Verdict.beneath`) costs beyond its strings: its object and its probabilities.
+_BENEATH_OVERHEAD = 400
 
 
 def cache_key(model: str, stage: str, conversation: Sequence[Mapping[str, str]]) -> Hashable:
@@ -40,8 +42,18 @@ def cache_key(model: str, stage: str, conversation: Sequence[Mapping[str, str]])
     return (model, stage, h.digest())
 
 
+def _strings_bytes(verdict: Verdict) -> int:
+    return sys.getsizeof(verdict.raw) + sum(sys.getsizeof(c) for c in verdict.categories)
+
+
 def _entry_bytes(key: Hashable, verdict: Verdict) -> int:
-    size = _ENTRY_OVERHEAD + sys.getsizeof(verdict.raw) + sum(sys.getsizeof(c) for c in verdict.categories)
+    """What an entry holds: its key, the verdict and those beneath it (`Verdict.beneath`: of a text judged in
+    windows, the answers of the windows below its risk, joined again: up to as much raw text as its own)."""
+    size = _ENTRY_OVERHEAD + _strings_bytes(verdict)
+    below = verdict.beneath
+    while below is not None:
+        size += _BENEATH_OVERHEAD + _strings_bytes(below)
+        below = below.beneath
     parts = key if isinstance(key, tuple) else (key,)
     return size + sum(sys.getsizeof(p) for p in parts)
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..policy import Policy
+from ..policy import Decision, Policy
 from ..verdict import Risk, Verdict
 from .data import EvalExample, printable
 from .identity import open_owned
@@ -62,12 +62,11 @@ def _gold_positive(example: EvalExample, policy: Policy) -> bool:
     return not policy.decide(gold, example.stage).allowed
 
 
-def _predicted_positive(example: EvalExample, pred: Prediction, policy: Policy) -> bool | None:
-    """Whether the policy blocks the verdict; ``None`` for a row without one (left out of the metrics)."""
+def _predicted(example: EvalExample, pred: Prediction, policy: Policy) -> Decision | None:
+    """The policy's decision of the verdict, the windows beneath it included (`Verdict.beneath`: what a live check
+    decides); ``None`` for a row without one (left out of the metrics)."""
     verdict = pred.verdict
-    if verdict is None:
-        return None
-    return not policy.decide(verdict, example.stage).allowed
+    return None if verdict is None else policy.decide(verdict, example.stage)
 
 
 def _score(pred: Prediction, policy: Policy) -> float | None:
@@ -102,7 +101,8 @@ def _group_metrics(rows: list[tuple[bool, bool | None]]) -> dict[str, Any]:
 
 def _mapping(examples: Sequence[EvalExample], preds: Sequence[Prediction], policy: Policy, name: str) -> dict[str, Any]:
     truth = [_gold_positive(e, policy) for e in examples]
-    pred = [_predicted_positive(e, p, policy) for e, p in zip(examples, preds)]
+    decided = [_predicted(e, p, policy) for e, p in zip(examples, preds)]
+    pred = [None if d is None else not d.allowed for d in decided]
     out: dict[str, Any] = {
         "policy": policy.to_dict(),
         "overall": _group_metrics(list(zip(truth, pred))),
@@ -140,7 +140,9 @@ def _mapping(examples: Sequence[EvalExample], preds: Sequence[Prediction], polic
     cats = []
     for c, idx in sorted(by_cat.items(), key=lambda kv: (kv[0] == NO_CATEGORY, -len(kv[1]), kv[0])):
         m = _group_metrics([(truth[i], pred[i]) for i in idx])
-        hits = [c in preds[i].categories for i in idx if truth[i] and pred[i] and preds[i].ok]
+        # The categories the row was blocked on: a Controversial window's, where an ignored category's Unsafe excused
+        # the top (`Policy.decide`).
+        hits = [c in d.categories for i in idx if truth[i] and pred[i] and (d := decided[i]) is not None]
         errors = sum(1 for i in idx if pred[i] is None)
         cats.append(
             {

@@ -14,18 +14,19 @@ answered another's (rt62b F6)."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputTooLarge, QwenGuardError
-from ..policy import Decision
+from ..policy import Decision, Policy
 from ..verdict import Risk, Verdict
 from .data import EvalExample, printable
 from .identity import open_owned, refuse_link
@@ -63,7 +64,10 @@ def example_key(model: str, example: EvalExample) -> str:
 
 @dataclass(frozen=True)
 class Prediction:
-    """What the guard said about one example: a verdict's fields, or the error that replaced it."""
+    """What the guard said about one example: a verdict's fields, or the error that replaced it.
+
+    ``beneath``: the risk and categories of the verdict's `Verdict.beneath` (the windows below its risk, of a text
+    judged in windows), no more: a policy that excuses the top's categories decides them, as a live check does."""
 
     key: str
     risk: Risk | None
@@ -74,6 +78,7 @@ class Prediction:
     timeout: bool = False
     latency_ms: float = 0.0
     cached: bool = False
+    beneath: Verdict | None = None
 
     @property
     def ok(self) -> bool:
@@ -83,14 +88,19 @@ class Prediction:
     def verdict(self) -> Verdict | None:
         if self.risk is None:
             return None
-        return Verdict(self.risk, self.categories, self.refusal, "", self.latency_ms, None, self.probs)
+        return Verdict(
+            self.risk, self.categories, self.refusal, "", self.latency_ms, None, self.probs, beneath=self.beneath
+        )
 
     @classmethod
     def from_decision(cls, key: str, decision: Decision) -> Prediction:
         """The decision's verdict; an error when the guard failed, even where it carries a *partial* verdict (a
         text judged in windows, some unreadable: the verdict of those read, which `Policy.decide_error` blocks
         on). Scored, that row would count as judged on windows the guard never read, be cached and never
-        retried, and a run on an engine that garbles most windows would pass (rt63e F3)."""
+        retried, and a run on an engine that garbles most windows would pass (rt63e F3).
+
+        ``decision`` is one of a policy that ignores no category (`run_guard` asks under one): under one that does,
+        a decision blocked by the windows beneath holds their verdict, not the text's (`Policy.decide`)."""
         v = decision.verdict
         if decision.error is not None or v is None:
             error = decision.error or f"no verdict (reason: {decision.reason})"
@@ -98,7 +108,9 @@ class Prediction:
                 error += f" (partial verdict {v.risk.value}: not every window was read)"
             return cls(key, None, error=error, timeout=decision.reason == "timeout")
         probs = None if v.probs is None else {Risk(r): float(p) for r, p in v.probs.items()}
-        return cls(key, v.risk, tuple(v.categories), v.refusal, probs, latency_ms=v.latency_ms)
+        return cls(
+            key, v.risk, tuple(v.categories), v.refusal, probs, latency_ms=v.latency_ms, beneath=_kept(v.beneath)
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -109,20 +121,56 @@ class Prediction:
             "refusal": self.refusal,
             "probs": None if self.probs is None else {r.value: p for r, p in self.probs.items()},
             "latency_ms": round(self.latency_ms, 3),
+            "beneath": _beneath_json(self.beneath),
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Prediction:
+        """A cache line's prediction: one written before ``beneath`` was kept has none."""
         probs = data.get("probs")
+        risk = Risk(data["risk"])
         return cls(
             key=str(data["key"]),
-            risk=Risk(data["risk"]),
+            risk=risk,
             categories=tuple(data.get("categories") or ()),
             refusal=data.get("refusal"),
             probs=None if probs is None else {Risk(k): float(p) for k, p in probs.items()},
             latency_ms=float(data.get("latency_ms") or 0.0),
             cached=True,
+            beneath=_beneath_from_json(data.get("beneath"), risk),
         )
+
+
+def _kept(beneath: Verdict | None) -> Verdict | None:
+    """What a prediction keeps of a verdict's ``beneath``: its risk and categories, and its own beneath (no raw
+    text: a windowed document's answers, held for every row of a run)."""
+    if beneath is None:
+        return None
+    return Verdict(beneath.risk, tuple(beneath.categories), beneath=_kept(beneath.beneath))
+
+
+def _beneath_json(beneath: Verdict | None) -> dict[str, Any] | None:
+    if beneath is None:
+        return None
+    return {
+        "risk": beneath.risk.value,
+        "categories": list(beneath.categories),
+        "beneath": _beneath_json(beneath.beneath),
+    }
+
+
+def _beneath_from_json(data: Any, above: Risk) -> Verdict | None:
+    """``beneath`` as `_beneath_json` wrote it under a verdict of risk ``above``; ValueError for one that is not below
+    it, or safe (no `worst` keeps such a one: a line of another writer's)."""
+    if data is None:
+        return None
+    risk = Risk(data["risk"])
+    if not 0 < risk.rank < above.rank:
+        raise ValueError(f"a verdict beneath one {above.value} is not {risk.value}")
+    categories = data.get("categories") or ()
+    if not isinstance(categories, list):
+        raise ValueError("categories beneath are not a list")
+    return Verdict(risk, tuple(map(str, categories)), beneath=_beneath_from_json(data.get("beneath"), risk))
 
 
 class PredictionCache:
@@ -231,6 +279,23 @@ async def _amodel_name(guard: Any) -> str | None:
     if _unnamed_remote(guard) is None:
         return _named(guard)
     return await asyncio.to_thread(_model_name, guard)
+
+
+def _unexcused(guard: Any) -> Any:
+    """The guard the rows are asked of: ``guard``, or where its policy ignores categories a copy of it (sharing its
+    backend and cache) whose policy ignores none. Under an ignore list, a decision blocked by the windows beneath an
+    excused Unsafe holds their verdict (`Policy.decide`): the row would be recorded as read Controversial, its Unsafe
+    lost to every mapping. The report applies each mapping's ignore list itself."""
+    policy = getattr(guard, "policy", None)
+    if not isinstance(policy, Policy) or not (
+        policy.ignore_categories or any(s.ignore_categories for s in policy.stages.values())
+    ):
+        return guard
+    asked = copy.copy(guard)
+    # Only the ignore lists go: its timeouts, on_error and stages turned off still apply, as to the guard's own checks.
+    stages = {stage: replace(s, ignore_categories=None) for stage, s in policy.stages.items()}
+    asked.policy = replace(policy, ignore_categories=frozenset(), stages=stages)
+    return asked
 
 
 def _plan(
@@ -463,8 +528,10 @@ def run_guard(
     ``concurrency`` batches run at once (threads; a local backend coalesces them into larger forwards).
     An interrupt (KeyboardInterrupt) propagates after the finished batches are safely in the cache.
     ``progress``: a progress bar on stderr, which prints each new kind of guard error as it happens;
-    ``show_errors``: those lines without the bar.
+    ``show_errors``: those lines without the bar. A guard whose policy ignores categories is asked under a copy
+    that ignores none (`_unexcused`): each row records the verdict judged, not the one its policy decided on.
     """
+    guard = _unexcused(guard)
     run = _Run.plan(guard, examples, cache, batch_size, concurrency, _model_name(guard))
     with _progress(run.unique_total, run.unique_done, progress, "qwenguard eval", show_errors) as bar:
         if concurrency == 1:
@@ -504,6 +571,7 @@ async def arun_guard(
     show_errors: bool = False,
 ) -> RunResult:
     """Async twin of `run_guard` (``guard.acheck_many``; ``concurrency`` batches awaited at once)."""
+    guard = _unexcused(guard)
     run = _Run.plan(guard, examples, cache, batch_size, concurrency, await _amodel_name(guard))
     gate = asyncio.Semaphore(concurrency)
 
