@@ -99,7 +99,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse, hook_config
 from langchain.agents.middleware.types import OmitFromSchema
-from langchain_core.messages import AIMessage, BaseMessage, RemoveMessage, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, RemoveMessage, ToolMessage
 from langchain_core.runnables import Runnable
 from langgraph.config import get_config
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
@@ -230,6 +230,9 @@ _STATE_WRITES = "state_writes"
 #: leading ``_`` is judged as any other: LangGraph gives it no meaning, and a client can send every key the input schema
 #: holds (a middleware's private keys, ``PrivateStateAttr``, are out of it: numbers, where they are in the state).
 _NOT_INPUT_KEYS = frozenset({"messages", "jump_to", "structured_response"})
+#: ``HumanInTheLoopMiddleware``'s state key of a reviewer's edits, by call id (``{"name": ..., "args": ...}``): its
+#: ``wrap_tool_call`` runs the edit in place of the call (`_executed_call` judges it there).
+_REVIEWER_EDITS = "hitl_edited_tool_calls"
 
 
 #: The name a withheld earlier answer's tool calls keep (the provider reads the call back without its text).
@@ -414,6 +417,13 @@ def _after_last_ai(messages: Sequence[BaseMessage]) -> int:
     return 0
 
 
+def _same_edit(call_id: Any, action: Any, edit: Mapping[str, Any]) -> bool:
+    """Is the reviewer's edit ``action`` of the call ``call_id`` (`_REVIEWER_EDITS`) the blocked call ``edit``?"""
+    if not isinstance(action, Mapping):
+        return False
+    return (call_id, action.get("name"), action.get("args")) == (edit["id"], edit["name"], edit["args"])
+
+
 def _decision_from(record: dict[str, Any]) -> Decision:
     """A Decision rebuilt from its ``to_dict()`` record (only what the refusal text needs)."""
     verdict = None
@@ -502,6 +512,17 @@ def _with_healed(update: dict[str, Any] | None, healed: list[BaseMessage] | None
     if healed is None:
         return update
     return {**(update or {}), "messages": [*healed, *((update or {}).get("messages") or ())]}
+
+
+def _updated(state: Any, update: dict[str, Any] | None) -> Any:
+    """``state`` as ``update`` leaves it (`GuardMiddleware._blocked_edits_cleared`): what the hook judges."""
+    return {**state, **update} if update else state
+
+
+def _with_cleared(cleared: dict[str, Any] | None, update: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A hook's update with the blocked reviewer edits cleared beside it (`GuardMiddleware._blocked_edits_cleared`);
+    the update's own write of the key (a block of what is left clears it) wins."""
+    return update if cleared is None else {**cleared, **(update or {})}
 
 
 def _unanswered_calls(messages: list[BaseMessage]) -> tuple[int | None, list[dict[str, Any]]]:
@@ -666,6 +687,9 @@ class GuardMiddleware(AgentMiddleware):
         self._raised = RaisedChecks()  # with "error": blocks raised for, on a thread's earlier turn (`_raise_new`)
         # Tool calls raised for, answered on the thread's next turn (`_healed`).
         self._tool_stops: RaisedToolStops[BaseMessage] = RaisedToolStops()
+        # A reviewer's edits the guard blocked (`_executed_outcome`), by thread: cleared from the state's key of them
+        # (`_blocked_edits_cleared`).
+        self._blocked_edits: Bounded[str, list[dict[str, Any]]] = Bounded(MAX_ALLOWED_CHECKS)
 
     # -- what to check (pure) -----------------------------------------------------------------
     def _input_items(self, state: AgentState) -> list[Item]:
@@ -1024,18 +1048,34 @@ class GuardMiddleware(AgentMiddleware):
         """The notices that replace what a blocked ``item`` withholds (`_members`)."""
         return [self._redact_input(member, decision) for member, _ in self._members(item)]
 
+    # The thread's next turn comes after the last answer too: a block there that a user's turn follows is an earlier
+    # run's, which raised for it (a stop inside the tool raises whatever ``exit_behavior`` says), its notice written
+    # by `_healed`. Ended on it, every later question of the thread got the old refusal, the model not asked (rt68c F1).
     def _ended_by_tool(self, state: AgentState) -> dict[str, Any] | None:
-        """With ``"end"``: a tool call or result that `wrap_tool_call` blocked ends the run here."""
+        """With ``"end"``: a tool call or result that `wrap_tool_call` blocked in this tools step (no user's turn
+        after it, `_user_turn`) ends the run here."""
         if self.exit_behavior != "end":
             return None
         messages = list(state.get("messages") or ())
+        scope = current_scope()
+        decision: Decision | None = None
         for message in messages[_after_last_ai(messages) :]:
+            if self._user_turn(message, scope):
+                decision = None  # what came before it is an earlier run's
+                continue
             record = (getattr(message, "response_metadata", None) or {}).get(METADATA_KEY)
             tool_output = isinstance(message, ToolMessage) or _written_by_tool(message)
-            if tool_output and isinstance(record, dict) and not record.get("allowed", True):
+            if decision is None and tool_output and isinstance(record, dict) and not record.get("allowed", True):
                 decision = _decision_from(record)
-                return {"messages": [self._refusal(decision)], "jump_to": "end"}
-        return None
+        return None if decision is None else {"messages": [self._refusal(decision)], "jump_to": "end"}
+
+    def _user_turn(self, message: BaseMessage, scope: str | None) -> bool:
+        """Is ``message`` a user's turn, not one a tool wrote (a handoff's, withheld or let through: `Produced`)?"""
+        return (
+            isinstance(message, HumanMessage)
+            and not _written_by_tool(message)
+            and not self._produced.saw(message, scope)
+        )
 
     def _raise_new(self, state: AgentState, blocked: list[tuple[Item, Decision]], thread: str | None) -> None:
         """With ``"error"``: raise for the first block not raised before on ``thread`` (`current_thread`), or when
@@ -1116,27 +1156,31 @@ class GuardMiddleware(AgentMiddleware):
     @hook_config(can_jump_to=["end"])
     @speaking_as(_ASYNC_TWIN)
     def before_agent(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
-        items = self._state_key_items(state, run_context(runtime), mid_run=False)
+        cleared = self._blocked_edits_cleared(state)
+        items = self._state_key_items(_updated(state, cleared), run_context(runtime), mid_run=False)
         update = self._on_state_keys(items, self._state_key_decisions(items)) if items else None
-        return _with_healed(update, self._healed(state))
+        return _with_healed(_with_cleared(cleared, update), self._healed(state))
 
     @hook_config(can_jump_to=["end"])
     async def abefore_agent(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
         context = run_context(runtime)
+        cleared = await built_off_loop(lambda: self._blocked_edits_cleared(state), state.get(_REVIEWER_EDITS))
+        read = _updated(state, cleared)
         items = await built_off_loop(
-            lambda: self._state_key_items(state, context, mid_run=False), _state_read(state, context)
+            lambda: self._state_key_items(read, context, mid_run=False), _state_read(read, context)
         )
         update = self._on_state_keys(items, await self._astate_key_decisions(items)) if items else None
         messages = state.get("messages") or ()
-        return _with_healed(update, await built_off_loop(lambda: self._healed(state), messages))
+        return _with_healed(_with_cleared(cleared, update), await built_off_loop(lambda: self._healed(state), messages))
 
     @hook_config(can_jump_to=["end"])
     @speaking_as(_ASYNC_TWIN)
     def before_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
-        keys, items = self._state_key_items(state, run_context(runtime)), self._input_items(state)
+        cleared = self._blocked_edits_cleared(state)
+        keys, items = self._state_key_items(_updated(state, cleared), run_context(runtime)), self._input_items(state)
         key_decisions, decisions = self._split(keys, screen(self.guard, [*_read_whole(keys), *items]))
         self._allowed.remember(items, decisions, self.guard)
-        return self._on_model_input(state, keys, key_decisions, items, decisions)
+        return _with_cleared(cleared, self._on_model_input(state, keys, key_decisions, items, decisions))
 
     # The async hooks read messages (into checks, fingerprints, notices) on a worker thread once they are large
     # (`built_off_loop`), in the order the sync hooks do: on the loop, one user message of 200,000 empty content
@@ -1146,13 +1190,16 @@ class GuardMiddleware(AgentMiddleware):
     async def abefore_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
         messages = state.get("messages") or ()
         context = run_context(runtime)
-        keys = await built_off_loop(lambda: self._state_key_items(state, context), _state_read(state, context))
+        cleared = await built_off_loop(lambda: self._blocked_edits_cleared(state), state.get(_REVIEWER_EDITS))
+        read = _updated(state, cleared)
+        keys = await built_off_loop(lambda: self._state_key_items(read, context), _state_read(read, context))
         items = await built_off_loop(lambda: self._input_items(state), messages)
         key_decisions, decisions = self._split(keys, await ascreen(self.guard, [*_read_whole(keys), *items]))
         self._allowed.remember(items, decisions, self.guard)
-        return await built_off_loop(
+        update = await built_off_loop(
             lambda: self._on_model_input(state, keys, key_decisions, items, decisions), messages
         )
+        return _with_cleared(cleared, update)
 
     @hook_config(can_jump_to=["end"])
     @speaking_as(_ASYNC_TWIN)
@@ -1421,7 +1468,40 @@ class GuardMiddleware(AgentMiddleware):
         return rewritten, self._call_item(rewritten)
 
     def _executed_outcome(self, request: Any, rewritten: Any, decision: Decision | None) -> ToolMessage | None:
-        return None if decision is None or decision.allowed else self._blocked_call(rewritten, decision, request)
+        if decision is None or decision.allowed:
+            return None
+        self._keep_blocked_edit(rewritten.tool_call)
+        return self._blocked_call(rewritten, decision, request)
+
+    # ``HumanInTheLoopMiddleware`` keeps a reviewer's edit in its state key after the tools step. The guard blocked it
+    # there (the tool never ran), and the thread's next turn judged the key as the client's input: the user's harmless
+    # question was refused, or with "error" raised for again (rt68c F2). The blocked edit is cleared from the key
+    # instead, at the next hook that reads the state (`before_model`, or the next turn's `before_agent`): the key then
+    # holds nothing that was not judged, and the checkpoint keeps no blocked edit. Only an edit equal to a call this
+    # middleware blocked on the thread is cleared; any other entry is judged as before (a client's `Command` update).
+    def _keep_blocked_edit(self, call: Mapping[str, Any]) -> None:
+        """A reviewer's edit (a call rewritten inside this middleware) the guard blocked, kept for its thread."""
+        thread = current_thread()
+        if thread is None or not call.get("id"):
+            return  # no checkpoint keeps it; an edit is kept by its call's id
+        edit = {"id": call.get("id"), "name": call.get("name"), "args": call.get("args")}
+        self._blocked_edits[thread] = [*(self._blocked_edits.get(thread) or ()), edit]
+
+    def _blocked_edits_cleared(self, state: Any) -> dict[str, Any] | None:
+        """The update that clears from the state's reviewer edits (`_REVIEWER_EDITS`) those the guard blocked on the
+        thread (`_keep_blocked_edit`), or ``None`` where it holds none. Those the state no longer holds are forgotten."""
+        thread = current_thread()
+        blocked = self._blocked_edits.get(thread) if thread is not None else None
+        if thread is None or not blocked:
+            return None
+        edits = state.get(_REVIEWER_EDITS) if isinstance(state, Mapping) else None
+        held: Mapping[Any, Any] = edits if isinstance(edits, Mapping) else {}
+        found = [edit for edit in blocked if any(_same_edit(i, action, edit) for i, action in held.items())]
+        self._blocked_edits[thread] = found
+        if not found:
+            return None
+        left = {i: action for i, action in held.items() if not any(_same_edit(i, action, edit) for edit in found)}
+        return {_REVIEWER_EDITS: left}
 
     # A failing tool's error is an output too: its text can quote what the tool read (a page it could not
     # parse), and a ToolNode, a tool-error or a retry middleware listed before this one writes it into a
