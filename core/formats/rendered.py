@@ -14,6 +14,12 @@ as a space, every other tag as nothing (inside a paragraph an HTML parser may ig
 text is read in place (shown when the image does not load, and read out by screen readers). The scan is linear in
 the text: no pattern backtracks past its next delimiter, and closers are found once (`_Closers`).
 
+A browser shows no body of an element it never renders ("<style>", "<script>", "<template>", "<title>",
+"<noscript>", one with ``hidden`` or ``display:none``): such an element, opener to matching closer, reads as a
+comment does, nothing (rt68e F1); "<bdo dir=rtl>" and a CSS bidi override read as U+202E ... U+202C, for the
+display-order reading (F3). A chat UI that renders TeX math (KaTeX, MathJax) shows a math span's letters: "$\\!$",
+"${}$" as nothing, "$\\text{M}$" as "M" (`_math_shown`, F2); prices ("$5 and $10") are no span.
+
 Raw HTML a renderer passes through (an HTML block, "<div>&#77ix ...</div>"; inline tags, for an app that hands the
 answer to the browser as HTML) reaches the browser's HTML5 parser, which decodes references without their semicolon
 too ("&#77ix", "&#x4Dix", "&notit"), where CommonMark requires it (rt58g F6). A paragraph that holds raw HTML (or a
@@ -60,10 +66,27 @@ _LINK = (
     r"""(?:\s+(?:"[^"]*"|'[^']*'|\([^()]*\)))?\s*\)"""
 )
 _DELIMITER = r"\*{1,3}|~{1,2}|_{1,3}"
+# TeX math a chat UI renders with KaTeX or MathJax (rt68e F2): "$$...$$", "\\[...\\]", "\\(...\\)", and "$...$" as
+# Pandoc reads it (no space after the opener or before the closer, no digit after the closer: "$5 and $10" is no
+# span). Each body stops at the next sign that could open one ("$" or "\\(": linear, nothing backtracks past it).
+_MATH = (
+    r"\$\$[^$]*\$\$|\\\[(?:[^\\]|\\(?!\[))*?\\\]|\\\((?:[^\\]|\\(?!\())*?\\\)"
+    r"|\$(?=[^\s$])[^$\n]*(?<=[^\s\\])\$(?![0-9])"
+)
 #: One inline construct a renderer shows otherwise than written, outside code spans.
 MARKUP = re.compile(
-    rf"(?P<escape>{_ESCAPE})|(?P<ref>{CHAR_REFERENCE.pattern})|(?P<link>{_LINK})|(?P<delimiter>{_DELIMITER})"
+    rf"(?P<math>{_MATH})|(?P<escape>{_ESCAPE})|(?P<ref>{CHAR_REFERENCE.pattern})|(?P<link>{_LINK})"
+    rf"|(?P<delimiter>{_DELIMITER})"
 )
+#: Math commands that show their argument as text ("\\text{M}" shows "M").
+_MATH_TEXT = re.compile(
+    r"\\(?:text|textrm|textbf|textit|textsf|texttt|textnormal|mathrm|mathbf|mathit|mathsf|mathtt|mathnormal"
+    r"|operatorname|mbox|hbox)\s*\{([^{}]*)\}"
+)
+#: Math spacing as it shows: a thin negative space, an empty group and plain whitespace (math mode ignores it)
+#: nothing, the others a space.
+_MATH_SPACING = re.compile(r"\\[!,;:> ]|\\q?quad(?![A-Za-z])|~|\{\}|\s+")
+_MATH_NOTHING = frozenset({"\\!", "{}"})
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
 # A tag's attributes, one piece at a time (`_tag_at`; the stream windows read a tag still arriving with them too).
 ATTRIBUTE_NAME = re.compile(r"\s+[A-Za-z_:][\w.:-]*")
@@ -71,7 +94,23 @@ EQUALS = re.compile(r"\s*=\s*")
 UNQUOTED = re.compile(r"[^\s\"'=<>`]+")
 _TAG_END = re.compile(r"\s*/?>")
 _BACKTICKS = re.compile(r"`+")
-_HINTS = frozenset("&<*~_`[\\")
+# Raw HTML elements and what a browser shows of them (`_elements`). Each pattern is searched once in one tag.
+_VOID = frozenset(
+    {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+)
+#: Elements whose body a browser never shows.
+_UNSHOWN = frozenset({"style", "script", "template", "title", "noscript"})
+#: Elements whose body is text up to their first closer (no tags in it).
+_RAW_TEXT = frozenset({"style", "script", "title", "noscript", "textarea", "xmp"})
+_HIDDEN_ATTRIBUTE = re.compile(r"\shidden(?=[\s/>=])", re.IGNORECASE)
+_STYLED = re.compile(r"\sstyle\s*=", re.IGNORECASE)
+_HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
+_BIDI_OVERRIDE = re.compile(r"unicode-bidi\s*:\s*(?:bidi|isolate)-override", re.IGNORECASE)
+_CSS_DIRECTION = re.compile(r"direction\s*:\s*(rtl|ltr)", re.IGNORECASE)
+_BDO_DIRECTION = re.compile(r"""\sdir\s*=\s*["']?(rtl|ltr)""", re.IGNORECASE)
+_LRO, _RLO, _PDF = "\u202d", "\u202e", "\u202c"
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_HINTS = frozenset("&<*~_`[\\$")
 #: What an escaped snippet's references show ("&lt;b&gt;", "AT&amp;T"): no letter hides behind one.
 _ESCAPED_SIGNS = frozenset("<>&\"'")
 #: A construct that leaves more written characters than this unshown hides text, wherever it sits.
@@ -182,7 +221,83 @@ def _raw_html(text: str, start: int, end: int) -> list[tuple[int, int, str, str]
             continue
         found.append(construct)
         at = text.find("<", construct[1], end)
-    return found
+    return _elements(text, found) if found else found
+
+
+def _elements(text: str, found: list[tuple[int, int, str, str]]) -> list[tuple[int, int, str, str]]:
+    """``found`` (`_raw_html`'s constructs) with what the elements they open show: an element whose body a browser
+    never shows (`_UNSHOWN`, ``hidden``, ``display:none``) from its opener to its matching closer as one construct
+    that shows nothing, kind "comment" as hidden text is (rt68e F1: "Mix <style>benign prose</style>ammonium"); a
+    void one such as "<br hidden>" as nothing; an element that overrides the direction ("<bdo dir=rtl>", CSS
+    ``unicode-bidi: bidi-override``) as the override it is, U+202E or U+202D to U+202C, so that the display-order
+    reading lays it out (rt68e F3). Linear: each tag is matched once, with a stack of open elements per name; the
+    tags inside a raw-text body (`_RAW_TEXT`: "<style>", "<script>") are its text, not tags."""
+    open_by_name: dict[str, list[int]] = {}
+    closer_of: dict[int, int] = {}
+    opener_shown: dict[int, str] = {}
+    raw: tuple[str, int] | None = None  # the raw-text element open: its name and opener
+    for i, (a, b, _, kind) in enumerate(found):
+        if kind != "tag":
+            continue
+        closing = text.startswith("</", a)
+        named = _NAME.match(text, a + 1 + closing)
+        if named is None:
+            continue
+        name = named.group().lower()
+        if raw is not None:
+            if closing and name == raw[0]:
+                closer_of[raw[1]], raw = i, None
+            continue
+        if closing:
+            stack = open_by_name.get(name)
+            if stack:
+                closer_of[stack.pop()] = i
+            continue
+        tag = text[a:b]
+        if name in _UNSHOWN or _HIDDEN_ATTRIBUTE.search(tag) or (_STYLED.search(tag) and _HIDDEN_STYLE.search(tag)):
+            opener_shown[i] = ""
+        elif (override := _override(name, tag)) is not None:
+            opener_shown[i] = override
+        if name in _VOID:
+            continue
+        if name in _RAW_TEXT:
+            raw = (name, i)
+        else:
+            open_by_name.setdefault(name, []).append(i)
+    if not opener_shown:
+        return found
+    out: list[tuple[int, int, str, str]] = []
+    closes: set[int] = set()
+    i = 0
+    while i < len(found):
+        a, b, shown, kind = found[i]
+        if i in opener_shown:
+            k = closer_of.get(i)
+            if opener_shown[i] == "" and k is not None:
+                out.append((a, found[k][1], "", "comment"))
+                i = k + 1
+                continue
+            shown = opener_shown[i]
+            if k is not None:
+                closes.add(k)
+        elif i in closes:
+            shown = _PDF
+        out.append((a, b, shown, kind))
+        i += 1
+    return out
+
+
+def _override(name: str, tag: str) -> str | None:
+    """The override control an opener ``tag`` (of element ``name``) lays its body out with, or None."""
+    if name == "bdo":
+        direction = _BDO_DIRECTION.search(tag)
+    elif _STYLED.search(tag) and _BIDI_OVERRIDE.search(tag):
+        direction = _CSS_DIRECTION.search(tag)
+    else:
+        return None
+    if direction is None:
+        return None
+    return _RLO if direction.group(1).lower() == "rtl" else _LRO
 
 
 def _construct_at(
@@ -248,7 +363,30 @@ def _shown(m: re.Match[str]) -> str:
         return read_as_rendered(m.group("link_text"))
     if kind == "delimiter":
         return _delimiter_shown(m)
+    if kind == "math":
+        return _math_shown(written)
     return ""
+
+
+def _math_shown(written: str) -> str:
+    """A math span as KaTeX or MathJax shows it, for a guard: its delimiters dropped, text commands
+    ("\\text{M}", "\\mathrm{M}") as their letters, spacing ("\\!", "\\,", "\\quad", "~", "{}") as nothing or a space as
+    it shows, plain spaces as nothing (math mode ignores them), braces dropped; every other command as written."""
+    n = 2 if written[:2] in ("$$", "\\[", "\\(") else 1
+    body = written[n:-n]
+    parts: list[str] = []
+    at = 0
+    for m in _MATH_TEXT.finditer(body):
+        parts += [_math_spaced(body[at : m.start()]), m.group(1)]
+        at = m.end()
+    parts.append(_math_spaced(body[at:]))
+    return "".join(parts)
+
+
+def _math_spaced(body: str) -> str:
+    """Math outside a text command: spacing commands as they show, plain whitespace and braces as nothing."""
+    body = _MATH_SPACING.sub(lambda m: "" if m.group() in _MATH_NOTHING or m.group().isspace() else " ", body)
+    return body.replace("{", "").replace("}", "")
 
 
 def _delimiter_shown(m: re.Match[str]) -> str:
@@ -265,6 +403,7 @@ def _delimiter_shown(m: re.Match[str]) -> str:
 
 
 _SPACES = re.compile(r"[ \t]{2,}")
+_LETTERS_OR_BLANK = re.compile(r"[^\W\d_]*(?:\s+[^\W\d_]*)*")
 
 
 class Rendered:
@@ -425,8 +564,9 @@ def _places(text: str, edits: list[tuple[int, int, str, str]]) -> tuple[list[tup
     shown, wherever it sits: benign prose inside comments between the clause's words, rt55d F4; constructs close
     together that hide more than `_HIDDEN_PADDING_CHARS` characters beyond twice what they and the text between them
     show, rt63a F2); and each run of markup with a letter right before and after it (a tag, comment or delimiter
-    inside a word), or a link or code span glued to a word. Ordinary Markdown around whole words ("**Note:**", "`x`",
-    "[docs](https://example.org)", "<b>bold</b>") is no place."""
+    inside a word), or a link or code span glued to a word; a math span glued to a letter or showing only spacing or
+    a word (rt68e F2); an element read as a bidi override (F3). Ordinary Markdown around whole words ("**Note:**",
+    "`x`", "[docs](https://example.org)", "<b>bold</b>"), prices and formulas ("$E = mc^2$", "$x$") are no place."""
     places: list[tuple[int, int]] = []
     hides = False
     run: list[int] = []  # [start, end] of consecutive markup with nothing between
@@ -463,6 +603,23 @@ def _places(text: str, edits: list[tuple[int, int, str, str]]) -> tuple[list[tup
             if shown not in _ESCAPED_SIGNS:
                 places.append((a, b))
             continue
+        if kind == "math":
+            # A span glued to a letter ("$\\text{M}$ix", "P$\\!$ack"), showing only spacing, or a word of letters
+            # ("Mix $\\text{ammonium}$") may complete a clause as shown; a formula between spaces ("$E = mc^2$"), a
+            # variable ("$x$") or a price is none (rt68e F2). Blank math that hides written text is hidden text.
+            before = text[a - 1] if a else ""
+            after = text[b] if b < len(text) else ""
+            word = _LETTERS_OR_BLANK.fullmatch(shown) is not None and len(shown.strip()) != 1
+            if before.isalpha() or after.isalpha() or word:
+                places.append((a, b))
+            if not shown.strip():
+                unseen += b - a - len(shown)
+                if ((b - a) - len(shown) > _HIDDEN_CHARS or unseen > _HIDDEN_PADDING_CHARS) and not hides:
+                    places.append((a, b))
+                    hides = True
+            continue
+        if not _BIDI_CONTROLS.isdisjoint(shown):  # "<bdo dir=rtl>" as U+202E: read in display order too (rt68e F3)
+            places.append((a, b))
         if (b - a) - len(shown) > (_HIDDEN_LINK_CHARS if kind == "link" else _HIDDEN_CHARS) and kind != "code":
             places.append((a, b))
             hides = True
