@@ -18,8 +18,7 @@
   (With ``invoke`` the error never reaches the step: `GuardRunnable(runnable=model)` judges it there too.)
   Placed where no model's answer reaches it, it raises `TypeError` before the model is asked: on a prompt template's
   output, or as its chain's first step (or after guard_input steps only), where it gets the chain's input and the
-  model after it would answer unjudged; a model's message, or a message's text (StrOutputParser's), handed to such a
-  chain is judged (`_refuse_misplaced`: a step cannot tell the chain the user invoked from one a step feeds).
+  model after it would answer unjudged; a model's message handed to such a chain is judged (`_refuse_misplaced`).
 - `GuardRunnable(runnable=...)` does both around ``runnable`` and judges the answer in the context of
   the screened request. With ``parallel_input=True`` (or a `Guard` built with ``parallel_input=True``)
   the runnable starts while the input is checked: its answer is judged meanwhile but nothing goes out
@@ -46,7 +45,6 @@ from typing import Any, NoReturn, cast
 from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, BaseMessage, convert_to_messages
-from langchain_core.messages import base as message_base
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import patch_config
@@ -312,16 +310,6 @@ def _combine(chunks: Sequence[Any]) -> Any:
 # unchanged, so a guard_output after only guard_input steps receives it too. Whether a model ran before it cannot be
 # told soundly (a function, a parser or a RunnableLambda can produce the answer, and LangChain reports no model run
 # when the chain has no callbacks), so only these two positions, and a prompt, are refused.
-# What a step learns of its place is one level deep (rt68 S): its own tag and its parent's run id. ``get_child`` hands
-# a child only the inheritable tags, metadata and handlers, so what is around its sequence (``map:key:a`` of a
-# RunnableParallel, ``branch:default``, a RunnableWithFallbacks or RunnableRetry run) is unknown, and with no callbacks
-# no handler hears the runs above it: the sequence the user invoked and one that a RunnableParallel after the model
-# feeds get the same tags and config. So the text of a message (``message.text``, what StrOutputParser returns, a
-# `TextAccessor`) counts as a model's answer wherever the step stands (``model | StrOutputParser() | {"a":
-# guard_output(guard) | f}`` was refused: rt67m2 F3); a plain string first in a sequence is still refused, the
-# sequence taken for the user's; and a guard_output below a wrapper or after a step that is no guard_input
-# (``guard_output(guard).with_fallbacks(...) | model``, ``RunnablePassthrough() | guard_output(guard) | model``, a
-# RunnableParallel's or RunnableBranch's own step) is not refused: nothing it can read tells where it stands.
 
 #: The tag LangChain gives each step of a RunnableSequence run, with the step's number from 1.
 _SEQUENCE_STEP = re.compile(r"seq:step:(\d+)")
@@ -330,22 +318,11 @@ _SEQUENCE_STEP = re.compile(r"seq:step:(\d+)")
 #: input on unchanged. Bounded: a sequence with no guard_output after them never reads its entry.
 _PASSED_ON: Bounded[Any, int] = Bounded(4096)
 
-#: What a model's answer reaches a step as: its message, or the message's text (``message.text``, StrOutputParser's
-#: output; `TextAccessor` since langchain-core 1.0, absent from a version without it).
-_ANSWER_TYPES: tuple[type, ...] = (AIMessage, *(t for t in [getattr(message_base, "TextAccessor", None)] if t))
-
 _MISPLACED = (
-    "guard_output judges a model's answer, and here it runs {where}: what it got ({got}) is {what}, and a model "
+    "guard_output judges a model's answer, and here it runs {where}: what it got ({got}) is {what}, and the model "
     "after it would answer unjudged. Put it right after the model: prompt | model | guard_output(guard) (with "
     "guard_input(guard) | prompt | model | guard_output(guard) to screen the input too). An answer the application "
     "got elsewhere is judged by guard_output(guard).invoke(answer), or in a chain when it is the model's message."
-)
-
-#: What the chain-input refusal adds: a step is told nothing of what ran before its own sequence (see above).
-_NOT_TOLD = (
-    " LangChain tells a step nothing of what ran before its own chain: a chain that starts with guard_output inside a "
-    "RunnableParallel, a RunnableBranch or with_fallbacks after the model and gets a plain string is refused too; "
-    "judge the answer before them, right after the model: model | guard_output(guard) | parser | {...}."
 )
 
 
@@ -375,14 +352,13 @@ def _takes_chain_input(run_manager: Any) -> bool:
 
 def _refuse_misplaced(value: Any, run_manager: Any) -> None:
     """Raise `TypeError` where guard_output receives no model's answer: a prompt (a template's output), or its
-    chain's own input (what the model after it is asked) that is neither a model's message nor a message's text."""
+    chain's own input (what the model after it is asked) that is not a model's message."""
     got = type(value).__name__
     if isinstance(value, PromptValue):
         raise TypeError(_MISPLACED.format(where="on a prompt template's output", got=got, what="the model's input"))
-    if not isinstance(value, _ANSWER_TYPES) and _takes_chain_input(run_manager):
+    if not isinstance(value, AIMessage) and _takes_chain_input(run_manager):
         where = "first in its chain" if _sequence_step(run_manager) == 1 else "after guard_input only"
-        what = "the chain's input, taken for the user's, not an answer"
-        raise TypeError(_MISPLACED.format(where=where, got=got, what=what) + _NOT_TOLD)
+        raise TypeError(_MISPLACED.format(where=where, got=got, what="the chain's input, not an answer"))
 
 
 _END = object()
