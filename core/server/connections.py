@@ -12,14 +12,16 @@ three things, all measured at the socket:
   (with a 408 when part of a head had arrived);
 - a *head size cap* (httptools; h11 has ``h11_max_incomplete_event_size``): 431 past it;
 - a *connection budget*: at most ``max_connections`` open sockets. At the limit a new connection
-  takes the place of the oldest one that is only waiting for a head (idle or dripping), so a flood of
-  idle sockets cannot lock out a client that is actually sending a request; when every socket is
-  busy with a request, the new one gets a 503 and is closed.
+  takes the place of one the server already ended (closed, or a stream session's close sent, the socket
+  kept only to flush it: the one ended first), else of the oldest one that is only waiting for a head (idle
+  or dripping), so a flood of idle sockets cannot lock out a client that is actually sending a request; when
+  every socket is busy with a request, the new one gets a 503 and is closed.
 
 Bodies that arrive too slowly are the gate's business (`Gate`: 408 past ``request_timeout_s``), and
 WebSocket sessions the stream protocol's (idle and lifetime limits). So are answers a client does not read:
 uvicorn's send waits for the socket to drain without end, so each is bounded (`sent_within`), and a client
-that does not take one in time is cut off (`abort_connection`), its slot freed.
+that does not take one in time is cut off (`abort_connection`), its slot freed. Its close waits to flush without
+end too: a socket closed by anyone (uvicorn included) is reset a head deadline later if it is still open then.
 """
 
 from __future__ import annotations
@@ -106,6 +108,69 @@ def _reset(transport: asyncio.WriteTransport) -> None:
     transport.abort()
 
 
+def unsent_bytes() -> int:
+    """How many bytes of what the current connection was sent wait in the server, not yet taken by its socket: more
+    than none once the kernel's buffers are full, so a client that does not read what it was sent. 0 when there is
+    no connection to look at (the app served without `guarded_protocol`)."""
+    transport = _CONNECTION.get()
+    if transport is None or transport.is_closing():
+        return 0
+    return int(transport.get_write_buffer_size())
+
+
+def pipelined_answers() -> int:
+    """How many answers in a row the current connection was sent while more requests waited behind them (HTTP
+    pipelining: sent before the answer ahead of them). 0 when there is no connection to look at."""
+    transport = _CONNECTION.get()
+    protocol = None if transport is None else transport.get_protocol()
+    return int(getattr(protocol, "pipelined_answers", 0))
+
+
+class _ResettingTransport:
+    """A guarded connection's transport as uvicorn's protocols use it (the HTTP one, and the WebSocket one it hands
+    the socket to), whose close resets the socket ``linger`` seconds later unless it is gone by then (`_reset`).
+
+    uvicorn closes a socket by waiting to flush it, for a client that never reads for as long as it keeps the
+    socket open; it closes from a dozen places (a response with ``Connection: close``, its keep-alive timeout, a
+    shutdown, the WebSocket closing handshake, our refusals and evictions). One address filled --max-connections
+    with such sockets, in_flight 0 and /ready true, and every other client got 503 (rt68b F1). Wrapping the
+    transport catches every close, uvicorn's own included."""
+
+    def __init__(self, transport: asyncio.WriteTransport, loop: asyncio.AbstractEventLoop, linger: float) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._linger = linger
+        self._reset_timer: asyncio.TimerHandle | None = None
+        #: When the server closed the connection (the loop's clock), ``None`` while open: `_make_room` takes
+        #: the connection closed first.
+        self.closed_at: float | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        if self.closed_at is None:
+            self.closed_at = self._loop.time()
+            # Whatever waits unsent now: an answer under way goes on being written after the close (an eviction).
+            self._reset_timer = self._loop.call_later(self._linger, _reset, self._transport)
+        self._transport.close()
+
+    def forget(self) -> None:
+        """The connection is gone: no reset to come."""
+        if self._reset_timer is not None:
+            self._reset_timer.cancel()
+            self._reset_timer = None
+
+
+def _ended_since(connection: Any) -> float | None:
+    """When the server ended ``connection`` (closed it, or sent its WebSocket close), ``None`` while it has not."""
+    closed_at = getattr(getattr(connection, "transport", None), "closed_at", None)
+    if closed_at is not None:
+        return float(closed_at)
+    close_sent_at = getattr(connection, "close_sent_at", None)
+    return None if close_sent_at is None else float(close_sent_at)
+
+
 async def sent_within(send: Awaitable[Any], timeout: float | None) -> None:
     """Await ``send`` (a response message or a frame going out) for at most ``timeout`` seconds (``None``: no
     bound). Past it the connection is cut off (`abort_connection`) and `ClientStalled` raised: uvicorn's send
@@ -154,22 +219,26 @@ def guarded_protocol(limits: Limits, base: type | None = None) -> type:
         _head_bytes = 0
         _waiting_since = 0.0
         _refused = False  # answered and closing: the rest of what the client sent is ignored
+        pipelined_answers = 0  # answers in a row sent with more requests waiting behind them (`pipelined_answers`)
 
         # -- the head deadline ------------------------------------------------------------
         def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
+            # Every close of the socket, by uvicorn or by us, resets it a head deadline later if it cannot flush.
+            super().connection_made(_ResettingTransport(transport, self.loop, self.head_timeout_s))
             self._requests: weakref.WeakSet[Any] = weakref.WeakSet()  # each request read (httptools' cycles)
             self._arm(self.head_timeout_s)
             if len(self.connections) > self.max_connections:
                 self._make_room()
 
         def on_response_complete(self) -> None:
+            self.pipelined_answers = self.pipelined_answers + 1 if getattr(self, "pipeline", None) else 0
             super().on_response_complete()
             if not self.transport.is_closing():
                 self._arm(self.keep_alive_s + self.head_timeout_s)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self.transport.forget()
             super().connection_lost(exc)
             # uvicorn tells only the newest request it read that the client left: one served ahead of pipelined
             # ones waited on, for its answer to drain or for a hang-up it never heard of, without end.
@@ -257,6 +326,12 @@ def guarded_protocol(limits: Limits, base: type | None = None) -> type:
 
         # -- the connection budget ------------------------------------------------------------
         def _make_room(self) -> None:
+            # First a connection the server already ended (an answer or a WebSocket close still unsent to a client
+            # that does not read it): it is over, and only its flush keeps the socket (rt68b F1, F2).
+            ended = [(since, c) for c in self.connections if c is not self and (since := _ended_since(c)) is not None]
+            if ended:
+                _reset(min(ended, key=lambda pair: pair[0])[1].transport)
+                return
             idle = [
                 c
                 for c in self.connections
@@ -271,7 +346,8 @@ def guarded_protocol(limits: Limits, base: type | None = None) -> type:
                 return
             hog = self._hog_request()
             if hog is not None:
-                hog._refuse(503)
+                # A pipelining one may be part way through an answer: no 503 into the middle of it.
+                hog._refuse(503 if hog._body_pending() else None)
             else:
                 self._refuse(503)
 
@@ -279,18 +355,23 @@ def guarded_protocol(limits: Limits, base: type | None = None) -> type:
             cycle = getattr(self, "cycle", None)
             return cycle is not None and not cycle.response_complete and bool(getattr(cycle, "more_body", False))
 
+        def _pipelining(self) -> bool:
+            """Requests wait behind the one being served: sent before its answer, as only a pipelining client does."""
+            return bool(getattr(self, "pipeline", None))
+
         def _hog_request(self) -> GuardedHTTPProtocol | None:
-            """At the budget with no idle socket: a request whose body is still arriving, from the client address
-            that holds the most sockets, when that is more than the newcomer's address holds (the most recent of
-            them): each address's turns to send a body are sockets the budget never takes back, and one address
-            (or a few) that filled the rest of it with idle stream sessions and waiting bodies locked every other
-            client out until the deadline (rt50e F4)."""
+            """At the budget with no idle socket: a request whose body is still arriving, or one with requests
+            pipelined behind it, from the client address that holds the most sockets, when that is more than the
+            newcomer's address holds (the most recent of them): each address's turns to send a body are sockets the
+            budget never takes back, and one address (or a few) that filled the rest of it with idle stream sessions
+            and waiting bodies locked every other client out until the deadline (rt50e F4); one that pipelined
+            thousands of GETs of /health on every socket, served with no turn, kept them busy as long (rt68b F3)."""
             counts = Counter(_peer(c) for c in self.connections)
             pending = [
                 c
                 for c in self.connections
                 if isinstance(c, GuardedHTTPProtocol) and c is not self and not c.transport.is_closing()
-                if c._body_pending()
+                if c._body_pending() or c._pipelining()
             ]
             if not pending:
                 return None
@@ -353,8 +434,15 @@ def websocket_protocol() -> type:
             super().connection_made(transport)
             self._unparsed = bytearray()  # what was read and not yet parsed, the socket not read meanwhile
 
+        #: When the session's close was sent (the loop's clock): the socket is kept only for the client's answer,
+        #: and `guarded_protocol`'s budget takes it back first (rt68b F2).
+        close_sent_at: float | None = None
+
         def connection_lost(self, exc: Exception | None) -> None:
             self._unparsed.clear()
+            forget = getattr(self.transport, "forget", None)  # `_ResettingTransport`: no reset to come
+            if forget is not None:
+                forget()
             super().connection_lost(exc)
 
         # -- what is read, a share per turn ---------------------------------------------------
@@ -483,6 +571,8 @@ def websocket_protocol() -> type:
 
         async def send(self, message: Any) -> None:
             await super().send(message)
+            if self.close_sent and self.close_sent_at is None:
+                self.close_sent_at = self.loop.time()
             self._sync_reading()  # uvicorn resumes reading once the close is sent
             if message["type"] == "websocket.http.response.body" and not message.get("more_body", False):
                 self.handshake_complete = True

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
-from .connections import ClientStalled, sent_within
+from .connections import ClientStalled, pipelined_answers, sent_within, unsent_bytes
 from .limits import LARGE_BODY_BYTES, LimitExceeded, Limits
 from .metrics import SERVED_PATHS, Metrics
 from .schemas import ApiError, ModerationRequest, error_json, validation_error_json
@@ -28,6 +28,10 @@ from .turns import ClientTurns, NoTurn, ParseTurns, QueueFull, client_address
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 _Model = TypeVar("_Model", bound=BaseModel)
+
+#: The most open-path answers a connection is sent in a row while more of its requests wait behind them (pipelined):
+#: the next one ends it (`_closing_when_behind`). Balancers and browsers send one request at a time.
+OPEN_PATHS_PIPELINED = 8
 
 
 @dataclass(frozen=True)
@@ -218,8 +222,7 @@ class Gate:
             sends_by = status_holder["sends_by"]
             await sent_within(send(message), None if sends_by is None else sends_by - time.monotonic())
 
-        async def answer(response: Response, reason: str) -> None:
-            self.metrics.rejected.labels(reason).inc()
+        def sent_within_head_deadline() -> None:
             # A refusal is a few hundred bytes: a client that has not taken it within the head deadline is cut off.
             # One that pipelines requests it never reads got 429 after 429 on a socket no limit counts (it holds no
             # turn, waits for no head, sends no body), each stuck in its send until the request deadline: one
@@ -227,11 +230,21 @@ class Gate:
             refuse_by = time.monotonic() + self.limits.head_timeout_s
             sends_by = status_holder["sends_by"]
             status_holder["sends_by"] = refuse_by if sends_by is None else min(sends_by, refuse_by)
+
+        async def answer(response: Response, reason: str) -> None:
+            self.metrics.rejected.labels(reason).inc()
+            sent_within_head_deadline()
             await response(scope, receive, send_recording)
 
         try:
             if path in OPEN_PATHS:
-                await self.app(scope, receive, send_recording)
+                # The open paths hold no turn and no slot, so their answers are bounded as refusals are, and a
+                # connection is served only a few pipelined (`_closing_when_behind`): GETs of /health pipelined by the
+                # thousand and never read held every socket of the budget for the request deadline (rt68b F3). Not a
+                # turn: a balancer probes /health from the address it forwards every client's requests from, and its
+                # probe must not wait behind their work.
+                sent_within_head_deadline()
+                await self.app(scope, receive, _closing_when_behind(send_recording))
                 return
             if not self._authorized(scope):
                 await answer(
@@ -291,6 +304,7 @@ class Gate:
                 # and the answer is sent by it.
                 sends_by = None if timeout is None else time.monotonic() + timeout
                 REQUEST_DEADLINE.set(sends_by)
+                status_holder["sends_by"] = sends_by  # the answer's too: from the body's deadline to the request's
                 # One client address is served at most `requests_per_client` requests at once; its next ones
                 # wait for one of its own to finish, so it cannot hold every slot and keep others out.
                 try:
@@ -665,6 +679,22 @@ async def _until_gone(receive: Any) -> None:
     """Read a cut-off request's channel until it says http.disconnect (what was left of its body before)."""
     while (await receive()).get("type") != "http.disconnect":
         pass
+
+
+def _closing_when_behind(send: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """``send`` with ``Connection: close`` added to an answer that starts while the connection's earlier answers
+    still wait in the server (`unsent_bytes`: the client does not take them), or after `OPEN_PATHS_PIPELINED` sent
+    with more requests pipelined behind them (`pipelined_answers`; the buffers hold hundreds of small answers, each
+    served at the loop's cost). The connection ends after it, the requests behind unanswered (a pipelining client
+    sends them again, RFC 9112 9.3.2), and a closed connection whose client does not read is cut off within the
+    head deadline, the first one the connection budget takes back."""
+
+    async def closing_when_behind(message: Mapping[str, Any]) -> None:
+        if message["type"] == "http.response.start" and (unsent_bytes() or pipelined_answers() >= OPEN_PATHS_PIPELINED):
+            message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+        await send(message)
+
+    return closing_when_behind
 
 
 def _hold(request: Mapping[str, Any], give_back: Callable[[], None]) -> Callable[[], None]:

@@ -43,6 +43,11 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_IDLE_TIMEOUT = 4408
 CLOSE_UNAVAILABLE = 4503
 
+#: How long an ended session's socket waits for the client to answer its close (the closing handshake, a round trip)
+#: before it is cut off. Its slot was given back as the close was sent, and a socket kept a head deadline for an
+#: answer that never came let one address hold every socket of --max-connections with ended sessions (rt68b F2).
+CLOSE_LINGER_S = 1.0
+
 
 class SessionEnd(Exception):
     def __init__(self, code: int, message: str = "", kind: str = "") -> None:
@@ -577,9 +582,9 @@ async def _send(ws: WebSocket, clock: _Clock, data: Mapping[str, Any]) -> None:
 
 async def _goodbye(ws: WebSocket, clock: _Clock, code: int, error: tuple[str, str] | None) -> bool:
     """The error frame (``error``: message and type) and the close, each bounded as every frame is (`_send`);
-    False when the client was cut off for not taking them. Then the client has as long as for an ``open`` frame to
-    answer the close: uvicorn closes the socket by waiting to flush it, which for a client that stopped reading is
-    for as long as it keeps the socket open."""
+    False when the client was cut off for not taking them. Then the client has `CLOSE_LINGER_S` (at most as long
+    as for an ``open`` frame) to answer the close: uvicorn closes the socket by waiting to flush it, which for a
+    client that stopped reading is for as long as it keeps the socket open."""
     try:
         if error is not None:
             message, kind = error
@@ -590,5 +595,5 @@ async def _goodbye(ws: WebSocket, clock: _Clock, code: int, error: tuple[str, st
         return False
     except Exception:  # noqa: BLE001 - the peer may be gone
         pass
-    abort_connection_later(clock.open_wait()[0])
+    abort_connection_later(min(CLOSE_LINGER_S, clock.open_wait()[0]))
     return True
