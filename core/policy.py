@@ -53,6 +53,8 @@ class Decision:
     ``verdict`` is the verdict decided on: for a text judged in windows whose worst window's categories are all
     ignored, the worse of its decision and that of the windows beneath it (`Verdict.beneath`), so a Controversial
     window blocked beside an ignored category's Unsafe gives ``reason`` "controversial" and its own verdict.
+    ``judged`` is then the whole verdict judged (the Unsafe with the windows beneath it), which `Policy.decide_again`
+    decides under another stage; ``None`` where ``verdict`` is it.
     """
 
     allowed: bool
@@ -63,6 +65,7 @@ class Decision:
     error: str | None = None
     offset: int | None = None
     cached: bool = False
+    judged: Verdict | None = field(default=None, compare=False, repr=False)
 
     def __bool__(self) -> bool:
         # Every object is truthy by default, so `if guard.check_prompt(text): call_llm(text)` would let blocked
@@ -435,7 +438,7 @@ class Policy:
             # The top's categories excuse only the windows read as them: a window beneath (a Controversial beside an
             # ignored category's Unsafe) is decided too, and blocks as it would alone (rt68a F2).
             below = self.decide(verdict.beneath, stage)
-            return below if _SEVERITY[below.action] > _SEVERITY[excused.action] else excused
+            return replace(below, judged=verdict) if _SEVERITY[below.action] > _SEVERITY[excused.action] else excused
         if verdict.risk is Risk.UNSAFE:
             return Decision(False, Action.BLOCK, stage, "unsafe", verdict)
         if self._get(stage, "mode") == "strict" or cats & block:
@@ -463,7 +466,9 @@ class Policy:
         if decision.stage is stage or not self.enabled(stage):
             return decision
         if decision.verdict is not None:
-            decided = self.decide(decision.verdict, stage)
+            # The whole verdict judged, not the windows beneath it that blocked under this decision's policy: under
+            # another stage's, the Unsafe above them may be the one that blocks (rt68i F3).
+            decided = self.decide(decision.judged or decision.verdict, stage)
         elif decision.reason in ("guard_error", "timeout"):
             decided = self.decide_error(stage, decision.error or decision.reason, timeout=decision.reason == "timeout")
         else:

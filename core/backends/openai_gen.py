@@ -1383,12 +1383,13 @@ class OpenAIGen:
         verdicts = [o for o, _ in answers if isinstance(o, Verdict)]
         errors = [(o, transport) for o, transport in answers if not isinstance(o, Verdict)]
         elapsed = (time.perf_counter() - start) * 1000
-        # A missing window can only add risk; once one window is unsafe (the top), the rest cannot change it. What a
-        # window that is no verdict read (`_read_risk`) counts with the others: an Unsafe's categories (none, when
-        # cut) are merged, so that no ignored category of another window may excuse it; the windows below the top
-        # are kept beneath it (`worst`), in the verdict returned too.
+        # A missing window makes the check a guard error carrying what was read (below), even beside an Unsafe
+        # window: an ignore list excusing that Unsafe's categories let the unread window through as read (rt68i F1).
+        # What a window that is no verdict read (`_read_risk`) counts with the others: an Unsafe's categories (none,
+        # when cut) are merged, so that no ignored category of another window may excuse it; the windows below the
+        # top are kept beneath it (`worst`).
         read = [r for o, _ in errors if (r := _read_risk(o)) is not None]
-        if verdicts and (not errors or max(v.risk.rank for v in verdicts) == Risk.UNSAFE.rank):
+        if verdicts and not errors:
             top = worst(verdicts + read)
             return replace(top, latency_ms=elapsed, model=self.name), False
         # A cut prompt first: the check is planned again for the context the engine showed (`_run`).
@@ -1397,8 +1398,8 @@ class OpenAIGen:
             # What the policy may block on (rt53f F2): what the windows that are no verdict read (an Unsafe of a cut
             # prompt, with no category; a choice's whole Unsafe or Controversial beside one that is none: rt63b F3),
             # merged with the windows read: never replaced by them (another window's Safe overwrote a Controversial
-            # read whole, and on_error="allow" let it through under a strict policy: rt68a F3). None of the windows
-            # read is Unsafe here: `worst` keeps an Unsafe's own categories, the rest beneath it.
+            # read whole, and on_error="allow" let it through under a strict policy: rt68a F3). `worst` keeps an
+            # Unsafe's own categories, the rest beneath it.
             if verdicts or read:
                 error.readable = worst(verdicts + read)
         return error, transport and not verdicts

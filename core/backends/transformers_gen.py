@@ -453,12 +453,13 @@ class TransformersGen:
                     error = error or exc
                     continue
                 verdicts.append(Verdict(v.risk, v.categories, v.refusal, v.raw, elapsed_ms, self.name, probs))
-            # As the remote guard combines windows: a window that could not be read can only add risk, so an
-            # unsafe one decides; else the check failed (a filler window the model garbles must not hide the
-            # unsafe window beside it behind a guard error, which fails open under on_error="allow").
-            unsafe = any(v.risk is Risk.UNSAFE for v in verdicts)
-            if error is not None and not unsafe:
-                error.readable = worst(verdicts) if verdicts else None  # what the policy may block on (rt53f F2)
+            # As the remote guard combines windows: a window that could not be read makes the check a guard error
+            # carrying what the others read (`readable`), which the policy decides first whatever on_error says (a
+            # filler window the model garbles must not hide the unsafe window beside it: rt53f F2). Not a verdict
+            # even beside an Unsafe window: an ignore list excusing that Unsafe's categories let the unread window
+            # through as read (rt68i F1).
+            if error is not None:
+                error.readable = worst(verdicts) if verdicts else None
                 results.append(error)
             else:
                 results.append(worst(verdicts))
