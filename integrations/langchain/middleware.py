@@ -99,7 +99,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse, hook_config
 from langchain.agents.middleware.types import OmitFromSchema
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, RemoveMessage, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, RemoveMessage, ToolMessage
 from langchain_core.runnables import Runnable
 from langgraph.config import get_config
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
@@ -149,6 +149,7 @@ from ._messages import (
     AS_INPUT,
     DEFAULT_HISTORY_TURNS,
     Item,
+    call_key,
     command_messages,
     command_rest_text,
     guard_history,
@@ -209,6 +210,9 @@ _ANSWER_BOOKKEEPING_KEYS = frozenset(
 )
 #: Marks the record of a message other than a `ToolMessage` that a tool wrote and `wrap_tool_call` withheld.
 _WRITTEN_BY_TOOL = "written_by_tool"
+#: Marks the record of a stop's notice that `_healed` wrote on the thread's next turn: an earlier run's block, which
+#: does not end the run it is read in (`_ended_by_tool`). Kept in the checkpoint with the message.
+_HEALED = "healed"
 #: Marks (in `Item.extra`) a tool's result judged with its name (`tool_labels`): the notice drops the name.
 _NAMED = "named"
 #: Marks (in `Item.extra`) the check of what a tool's ``Command`` hands the graph besides its messages (`command_rest`):
@@ -417,11 +421,21 @@ def _after_last_ai(messages: Sequence[BaseMessage]) -> int:
     return 0
 
 
-def _same_edit(call_id: Any, action: Any, edit: Mapping[str, Any]) -> bool:
-    """Is the reviewer's edit ``action`` of the call ``call_id`` (`_REVIEWER_EDITS`) the blocked call ``edit``?"""
+def _edit_key(call_id: Any, action: Any) -> str | None:
+    """A fingerprint of the reviewer's edit ``action`` of the call ``call_id`` (`_REVIEWER_EDITS`) as the call it runs
+    (`call_key`: no text kept), or ``None`` for one that is no call."""
     if not isinstance(action, Mapping):
-        return False
-    return (call_id, action.get("name"), action.get("args")) == (edit["id"], edit["name"], edit["args"])
+        return None
+    return call_key(action.get("name"), call_id, action.get("args"))
+
+
+def _as_healed(notice: BaseMessage) -> BaseMessage:
+    """An earlier run's stop's notice (`GuardMiddleware._healed`), its record marked so (`_HEALED`)."""
+    record = (notice.response_metadata or {}).get(METADATA_KEY)
+    if not isinstance(record, dict):
+        return notice  # no block to end a run on (`_lost_result`)
+    meta = {**notice.response_metadata, METADATA_KEY: {**record, _HEALED: True}}
+    return notice.model_copy(update={"response_metadata": meta})
 
 
 def _decision_from(record: dict[str, Any]) -> Decision:
@@ -517,12 +531,6 @@ def _with_healed(update: dict[str, Any] | None, healed: list[BaseMessage] | None
 def _updated(state: Any, update: dict[str, Any] | None) -> Any:
     """``state`` as ``update`` leaves it (`GuardMiddleware._blocked_edits_cleared`): what the hook judges."""
     return {**state, **update} if update else state
-
-
-def _with_cleared(cleared: dict[str, Any] | None, update: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A hook's update with the blocked reviewer edits cleared beside it (`GuardMiddleware._blocked_edits_cleared`);
-    the update's own write of the key (a block of what is left clears it) wins."""
-    return update if cleared is None else {**cleared, **(update or {})}
 
 
 def _unanswered_calls(messages: list[BaseMessage]) -> tuple[int | None, list[dict[str, Any]]]:
@@ -687,9 +695,9 @@ class GuardMiddleware(AgentMiddleware):
         self._raised = RaisedChecks()  # with "error": blocks raised for, on a thread's earlier turn (`_raise_new`)
         # Tool calls raised for, answered on the thread's next turn (`_healed`).
         self._tool_stops: RaisedToolStops[BaseMessage] = RaisedToolStops()
-        # A reviewer's edits the guard blocked (`_executed_outcome`), by thread: cleared from the state's key of them
-        # (`_blocked_edits_cleared`).
-        self._blocked_edits: Bounded[str, list[dict[str, Any]]] = Bounded(MAX_ALLOWED_CHECKS)
+        # Fingerprints of a reviewer's edits the guard blocked (`_keep_blocked_edit`), by thread: cleared from the
+        # state's key of them (`_blocked_edits_cleared`).
+        self._blocked_edits: Bounded[str, frozenset[str]] = Bounded(MAX_ALLOWED_CHECKS)
 
     # -- what to check (pure) -----------------------------------------------------------------
     def _input_items(self, state: AgentState) -> list[Item]:
@@ -1048,34 +1056,24 @@ class GuardMiddleware(AgentMiddleware):
         """The notices that replace what a blocked ``item`` withholds (`_members`)."""
         return [self._redact_input(member, decision) for member, _ in self._members(item)]
 
-    # The thread's next turn comes after the last answer too: a block there that a user's turn follows is an earlier
-    # run's, which raised for it (a stop inside the tool raises whatever ``exit_behavior`` says), its notice written
-    # by `_healed`. Ended on it, every later question of the thread got the old refusal, the model not asked (rt68c F1).
+    # The thread's next turn comes after the last answer too: a stop raised inside a tool on an earlier run (it
+    # raises whatever ``exit_behavior`` says) is answered there by its notice (`_healed`). Ended on it, every later
+    # question of the thread got the old refusal, the model not asked (rt68c F1): that notice is marked (`_HEALED`)
+    # and does not end the run. Told apart by what it is, not by a user's turn after it: a middleware listed before
+    # this one may add a human message after the tools step (an attachment, a reminder), and the block of the tools
+    # step just run then no longer ended the run (rt68l F1).
     def _ended_by_tool(self, state: AgentState) -> dict[str, Any] | None:
-        """With ``"end"``: a tool call or result that `wrap_tool_call` blocked in this tools step (no user's turn
-        after it, `_user_turn`) ends the run here."""
+        """With ``"end"``: a tool call or result that `wrap_tool_call` blocked in this tools step ends the run here
+        (not an earlier run's stop's notice, `_healed`)."""
         if self.exit_behavior != "end":
             return None
         messages = list(state.get("messages") or ())
-        scope = current_scope()
-        decision: Decision | None = None
         for message in messages[_after_last_ai(messages) :]:
-            if self._user_turn(message, scope):
-                decision = None  # what came before it is an earlier run's
-                continue
             record = (getattr(message, "response_metadata", None) or {}).get(METADATA_KEY)
             tool_output = isinstance(message, ToolMessage) or _written_by_tool(message)
-            if decision is None and tool_output and isinstance(record, dict) and not record.get("allowed", True):
-                decision = _decision_from(record)
-        return None if decision is None else {"messages": [self._refusal(decision)], "jump_to": "end"}
-
-    def _user_turn(self, message: BaseMessage, scope: str | None) -> bool:
-        """Is ``message`` a user's turn, not one a tool wrote (a handoff's, withheld or let through: `Produced`)?"""
-        return (
-            isinstance(message, HumanMessage)
-            and not _written_by_tool(message)
-            and not self._produced.saw(message, scope)
-        )
+            if tool_output and isinstance(record, dict) and not record.get("allowed", True) and not record.get(_HEALED):
+                return {"messages": [self._refusal(_decision_from(record))], "jump_to": "end"}
+        return None
 
     def _raise_new(self, state: AgentState, blocked: list[tuple[Item, Decision]], thread: str | None) -> None:
         """With ``"error"``: raise for the first block not raised before on ``thread`` (`current_thread`), or when
@@ -1159,7 +1157,7 @@ class GuardMiddleware(AgentMiddleware):
         cleared = self._blocked_edits_cleared(state)
         items = self._state_key_items(_updated(state, cleared), run_context(runtime), mid_run=False)
         update = self._on_state_keys(items, self._state_key_decisions(items)) if items else None
-        return _with_healed(_with_cleared(cleared, update), self._healed(state))
+        return _with_healed(self._with_cleared(cleared, update), self._healed(state))
 
     @hook_config(can_jump_to=["end"])
     async def abefore_agent(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
@@ -1171,7 +1169,9 @@ class GuardMiddleware(AgentMiddleware):
         )
         update = self._on_state_keys(items, await self._astate_key_decisions(items)) if items else None
         messages = state.get("messages") or ()
-        return _with_healed(_with_cleared(cleared, update), await built_off_loop(lambda: self._healed(state), messages))
+        return _with_healed(
+            self._with_cleared(cleared, update), await built_off_loop(lambda: self._healed(state), messages)
+        )
 
     @hook_config(can_jump_to=["end"])
     @speaking_as(_ASYNC_TWIN)
@@ -1180,7 +1180,7 @@ class GuardMiddleware(AgentMiddleware):
         keys, items = self._state_key_items(_updated(state, cleared), run_context(runtime)), self._input_items(state)
         key_decisions, decisions = self._split(keys, screen(self.guard, [*_read_whole(keys), *items]))
         self._allowed.remember(items, decisions, self.guard)
-        return _with_cleared(cleared, self._on_model_input(state, keys, key_decisions, items, decisions))
+        return self._with_cleared(cleared, self._on_model_input(state, keys, key_decisions, items, decisions))
 
     # The async hooks read messages (into checks, fingerprints, notices) on a worker thread once they are large
     # (`built_off_loop`), in the order the sync hooks do: on the loop, one user message of 200,000 empty content
@@ -1199,7 +1199,7 @@ class GuardMiddleware(AgentMiddleware):
         update = await built_off_loop(
             lambda: self._on_model_input(state, keys, key_decisions, items, decisions), messages
         )
-        return _with_cleared(cleared, update)
+        return self._with_cleared(cleared, update)
 
     @hook_config(can_jump_to=["end"])
     @speaking_as(_ASYNC_TWIN)
@@ -1326,6 +1326,8 @@ class GuardMiddleware(AgentMiddleware):
         """The notice of ``request``'s blocked call (``"error"``: raised); ``asked``: the request whose call the thread
         holds, where ``request`` is one rewritten inside this middleware (`_executed_call`)."""
         notice = self._call_notice(request, decision, self.tool_call_notice)
+        if self._reviewer_edit(request):
+            self._keep_blocked_edit(request.tool_call)
         if self.exit_behavior == "error":
             # The call did not run: its notice answers the thread's call (`_healed`).
             self._tool_stops.keep((asked or request).tool_call, notice, current_thread())
@@ -1431,7 +1433,10 @@ class GuardMiddleware(AgentMiddleware):
         self._tool_stops.keep_only((), thread)
         if at is None or not any(stop is not None for stop in stops):
             return None
-        notices = [stop or self._lost_result(call) for call, stop in zip(waiting, stops)]
+        # Marked: an earlier run's block, which does not end this run (`_ended_by_tool`).
+        notices = [
+            _as_healed(stop) if stop is not None else self._lost_result(call) for call, stop in zip(waiting, stops)
+        ]
         self._produced.record(notices, current_scope())  # the agent's tool's answer: its own when read back
         return [RemoveMessage(id=REMOVE_ALL_MESSAGES), *messages[: at + 1], *notices, *messages[at + 1 :]]
 
@@ -1458,7 +1463,10 @@ class GuardMiddleware(AgentMiddleware):
                 lambda: self._executed_item(request, call), (call, *_read_by_call(request))
             )
             decision = (await ascreen(self.guard, [item]))[0] if item is not None else None
-            return self._executed_outcome(request, rewritten, decision)
+            # A blocked reviewer's edit is fingerprinted (`_keep_blocked_edit`): off the loop when it is large.
+            return await built_off_loop(
+                lambda: self._executed_outcome(request, rewritten, decision), rewritten.tool_call
+            )
 
         return judge
 
@@ -1468,10 +1476,7 @@ class GuardMiddleware(AgentMiddleware):
         return rewritten, self._call_item(rewritten)
 
     def _executed_outcome(self, request: Any, rewritten: Any, decision: Decision | None) -> ToolMessage | None:
-        if decision is None or decision.allowed:
-            return None
-        self._keep_blocked_edit(rewritten.tool_call)
-        return self._blocked_call(rewritten, decision, request)
+        return None if decision is None or decision.allowed else self._blocked_call(rewritten, decision, request)
 
     # ``HumanInTheLoopMiddleware`` keeps a reviewer's edit in its state key after the tools step. The guard blocked it
     # there (the tool never ran), and the thread's next turn judged the key as the client's input: the user's harmless
@@ -1479,29 +1484,53 @@ class GuardMiddleware(AgentMiddleware):
     # instead, at the next hook that reads the state (`before_model`, or the next turn's `before_agent`): the key then
     # holds nothing that was not judged, and the checkpoint keeps no blocked edit. Only an edit equal to a call this
     # middleware blocked on the thread is cleared; any other entry is judged as before (a client's `Command` update).
+    # Kept by fingerprint (`_edit_key`), not as the call: its arguments are the blocked text, and a thread's were
+    # held in the process after its runs ended (rt68l F3); forgotten once the update that clears them is returned.
+    def _reviewer_edit(self, request: Any) -> bool:
+        """Is ``request``'s call the reviewer's edit the state holds for its id (`_REVIEWER_EDITS`)? The reviewer
+        listed after this middleware rewrites the call inside it (`_executed_call`), listed before it the call comes
+        in rewritten (rt68l F4): either way it is the key's entry."""
+        call = request.tool_call
+        state = getattr(request, "state", None)
+        edits = state.get(_REVIEWER_EDITS) if isinstance(state, Mapping) else None
+        action = edits.get(call.get("id")) if isinstance(edits, Mapping) and call.get("id") else None
+        if not isinstance(action, Mapping):
+            return False
+        return (action.get("name"), action.get("args")) == (call.get("name"), call.get("args"))
+
     def _keep_blocked_edit(self, call: Mapping[str, Any]) -> None:
-        """A reviewer's edit (a call rewritten inside this middleware) the guard blocked, kept for its thread."""
+        """A reviewer's edit the guard blocked (`_reviewer_edit`), kept for its thread by fingerprint."""
         thread = current_thread()
-        if thread is None or not call.get("id"):
+        key = _edit_key(call.get("id"), call) if call.get("id") else None
+        if thread is None or key is None:
             return  # no checkpoint keeps it; an edit is kept by its call's id
-        edit = {"id": call.get("id"), "name": call.get("name"), "args": call.get("args")}
-        self._blocked_edits[thread] = [*(self._blocked_edits.get(thread) or ()), edit]
+        self._blocked_edits[thread] = (self._blocked_edits.get(thread) or frozenset()) | {key}
 
     def _blocked_edits_cleared(self, state: Any) -> dict[str, Any] | None:
         """The update that clears from the state's reviewer edits (`_REVIEWER_EDITS`) those the guard blocked on the
-        thread (`_keep_blocked_edit`), or ``None`` where it holds none. Those the state no longer holds are forgotten."""
+        thread (`_keep_blocked_edit`), or ``None`` where it holds none: the thread's are forgotten then."""
         thread = current_thread()
         blocked = self._blocked_edits.get(thread) if thread is not None else None
         if thread is None or not blocked:
             return None
         edits = state.get(_REVIEWER_EDITS) if isinstance(state, Mapping) else None
         held: Mapping[Any, Any] = edits if isinstance(edits, Mapping) else {}
-        found = [edit for edit in blocked if any(_same_edit(i, action, edit) for i, action in held.items())]
-        self._blocked_edits[thread] = found
-        if not found:
+        left = {i: action for i, action in held.items() if _edit_key(i, action) not in blocked}
+        if len(left) == len(held):
+            self._blocked_edits.pop(thread)
             return None
-        left = {i: action for i, action in held.items() if not any(_same_edit(i, action, edit) for edit in found)}
         return {_REVIEWER_EDITS: left}
+
+    def _with_cleared(self, cleared: dict[str, Any] | None, update: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A hook's update with the blocked reviewer edits cleared beside it (`_blocked_edits_cleared`); the update's
+        own write of the key (a block of what is left clears it) wins. Returned, the thread's edits are forgotten:
+        the key holds none of them now (a hook that raises returns nothing, and they are cleared at the next)."""
+        if cleared is None:
+            return update
+        thread = current_thread()
+        if thread is not None:
+            self._blocked_edits.pop(thread)
+        return {**cleared, **(update or {})}
 
     # A failing tool's error is an output too: its text can quote what the tool read (a page it could not
     # parse), and a ToolNode, a tool-error or a retry middleware listed before this one writes it into a
@@ -2165,7 +2194,8 @@ class GuardMiddleware(AgentMiddleware):
             if checks:
                 blocked = self._before_tool(checks, await self._atool_decisions(checks))
                 if blocked is not None:
-                    return self._blocked_call(request, blocked)
+                    # A blocked reviewer's edit is fingerprinted (`_keep_blocked_edit`): off the loop when large.
+                    return await built_off_loop(lambda: self._blocked_call(request, blocked), request.tool_call)
             run = self._tool_run(request)
             await run.astart()
             try:
