@@ -72,6 +72,7 @@ import concurrent.futures
 import json
 import logging
 import math
+import os
 import re
 import secrets
 import threading
@@ -194,6 +195,12 @@ _ERROR_BODY_BYTES = 64 << 10
 _MAX_CHOICES = 16
 #: Of a reply that is no verdict, at most this much is shown, masked before it is cut (a secret is never cut in part).
 _RAW_CHARS = 300
+#: The header of qwenguard serve's 502 ``guard_error`` that carries a Controversial the guard read all the same
+#: (`qwenguard.core.server.service.READABLE_HEADER`; `OpenAIGen._readable_of`).
+READABLE_HEADER = "X-Qwenguard-Readable"
+#: The most characters one character of a credential takes in a form `SecretMask` masks (URL-quoted: a 4-byte
+#: UTF-8 character is 12, a "%" of a quoted password 3; JSON-escaped: an astral character is 12; base64 less).
+_MASKED_FORM_CHARS = 12
 #: Beyond a call's deadline, how long a caller waits for the loop to hand back what it has (it normally
 #: answers at the deadline itself; this only covers a loop that is stuck).
 _GRACE_S = 2.0
@@ -325,6 +332,8 @@ def _cut_short(end: object, max_tokens: int) -> str | None:
     """Why a choice's ``finish_reason`` shows its text may be a part of the verdict, or None for a normal end."""
     if end is None or (isinstance(end, str) and end.strip().lower() in _WHOLE_ENDS):
         return None
+    if not isinstance(end, str):  # a list or an object: no engine ends so, and no normal end (rt68j F3)
+        return f"ended with a finish_reason that is not a string ({type(end).__name__}): not a normal end"
     if end == "length":
         return f"was cut at max_tokens={max_tokens} (finish_reason 'length'): the verdict may be incomplete"
     return f"ended with finish_reason {str(end)[:40]!r}, not a normal end: the verdict may be incomplete"
@@ -336,7 +345,9 @@ def _not_a_guards_answer(choice: Any) -> str | None:
     ``<think>`` out of the content) or a filter's stop is no verdict, whatever its content says (rt53d F6)."""
     if not isinstance(choice, Mapping):
         return None
-    if (end := choice.get("finish_reason")) in _NOT_A_VERDICT_ENDS:
+    # Only a string is looked up: a list's or an object's TypeError (unhashable) dropped the whole reply's
+    # readable, a sibling choice's Unsafe with it (rt68j F3); `_cut_short` says such an end is no normal one.
+    if isinstance(end := choice.get("finish_reason"), str) and end in _NOT_A_VERDICT_ENDS:
         return f"ended with finish_reason {end!r}: not a verdict"
     message = choice.get("message")
     if not isinstance(message, Mapping):
@@ -667,6 +678,9 @@ class OpenAIGen:
         self._replied_ok: set[str] = set()  # reply names accepted already: the hot path is one set lookup
         # Every credential this client holds, masked in whatever text it builds from a reply or an error (rt61c F3).
         self._mask = SecretMask(api_key, headers, urls)
+        # How far past a cut a credential the mask knows may reach, in any form it masks (`_shown`).
+        given = [api_key or "", *(v for v in (headers or {}).values() if isinstance(v, str)), *urls]
+        self._secret_reach = _MASKED_FORM_CHARS * max(map(len, given), default=0)
         self.name = model or ""
         self._model_given = model is not None
         # A learned name refused (404 model not found) with no verdict: learn it again at the next check
@@ -736,16 +750,19 @@ class OpenAIGen:
         # "" as no key: an engine without auth (an unset variable; a server that wants one says 401).
         headers_ = {"Accept": "application/json", "Accept-Encoding": "identity", **request_headers(headers, api_key)}
         timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
-        limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
 
         def make_client() -> Any:
+            from .pool_guard import slot_keeping
+
             # Redirects are never followed (httpx's default, made explicit): a verdict comes from the
             # engine asked, and a 3xx is a guard error (`_post`), whatever its body says. Without a transport given,
             # httpx's default one (its TLS, the environment's proxies) whose cancelled checks give their connection
-            # back to the pool (`checks_transport`; httpcore kept some for good: rt67s2 F2).
-            route = transport if transport is not None else checks_transport(True, max_connections=max_concurrency)
+            # back to the pool, with one connection more than max_concurrency for the /models read (which takes no
+            # check's slot: `checks_transport`; httpcore kept some for good: rt67s2 F2, rt68g F1-F2). A transport
+            # given is wrapped alike (`slot_keeping`; its pool, its size: rt68g F3).
+            route = checks_transport(True, max_connections=max_concurrency) if transport is None else transport
             return httpx.AsyncClient(
-                headers=headers_, timeout=timeout, limits=limits, transport=route, follow_redirects=False
+                headers=headers_, timeout=timeout, transport=slot_keeping(route), follow_redirects=False
             )
 
         self._make_client = make_client
@@ -778,10 +795,19 @@ class OpenAIGen:
         return self._mask.text(text)
 
     def _shown(self, value: object) -> str:
-        """``value`` (a reply, a choice) as an error shows it: masked (`_scrub`), then cut to `_RAW_CHARS`. Only its
-        first `_ERROR_BODY_BYTES` characters are masked (a secret reaching past them is cut off whole): each reply
-        is rendered a bounded number of times (`_MAX_CHOICES`), and the mask's work is bounded too."""
-        return self._scrub(str(value)[:_ERROR_BODY_BYTES])[:_RAW_CHARS]
+        """``value`` (a reply, a choice) as an error shows it: masked (`_scrub`), then cut to `_RAW_CHARS`. Only a
+        window of its first `_RAW_CHARS` characters and as many as a credential may take is masked (each reply is
+        rendered a bounded number of times, `_MAX_CHOICES`, and the mask's work is bounded too). A credential may
+        straddle the window's end: cut there, it is no whole secret and goes unmasked (masking the first 64 KiB, a
+        3,000-character token echoed 22 times showed 130 characters of it: rt68j F4). So of a longer text only
+        what its first `_RAW_CHARS` characters read masked alike, alone and in the window, is shown: a credential
+        that starts in them ends in the window, and one cut at their end is masked in the window only."""
+        text = str(value)
+        window = _RAW_CHARS + self._secret_reach
+        shown = self._scrub(text[:window])
+        if len(text) > window:
+            shown = os.path.commonprefix([shown, self._scrub(text[:_RAW_CHARS])])
+        return shown[:_RAW_CHARS]
 
     @property
     def _where(self) -> str:
@@ -849,7 +875,13 @@ class OpenAIGen:
         # dropped that Unsafe, and on_error="allow" let the content through (rt63b F3). Of a reply with too many,
         # the first `_MAX_CHOICES`: what they say whole stands as readable, as of any reply that is no verdict.
         for i, choice in enumerate(choices[:_MAX_CHOICES]):
-            verdict, error = self._read_choice(i, choice, mode, elapsed_ms)
+            try:
+                verdict, error = self._read_choice(i, choice, mode, elapsed_ms)
+            except (ValueError, TypeError, OverflowError, AttributeError, RecursionError) as exc:
+                # One malformed choice is that choice's error, never the reply's: caught by `_answer`, it dropped
+                # what the other choices said whole (rt68j F3).
+                why = f"the server's reply choices[{i}] is not a verdict: {type(exc).__name__}: {exc}"
+                verdict, error = None, VerdictParseError(why[:300])
             if verdict is not None:
                 verdicts.append(verdict)
             if error is not None:
@@ -948,12 +980,15 @@ class OpenAIGen:
         """The error of a reply other than 200. qwenguard serve's 502 ``guard_error`` is its answer "no verdict
         for this conversation": a `VerdictParseError`, as a 200 that does not parse (tried on replicas not
         yet tried, never again on this one), so that the client's policy applies, and its `Guard` judges the
-        turn again without its context. A 502 of any other kind (a proxy's) stays a retryable error."""
+        turn again without its context; a Controversial it says it read all the same (`READABLE_HEADER`) goes
+        with it as ``readable``. A 502 of any other kind (a proxy's) stays a retryable error."""
         status = response.status_code
         # A gateway may echo the key it was sent (rt61c F3): masked before the message is cut (rt61e F3).
         why = self._scrub(unread) if unread else error_text(body, self._scrub)
         if status == 502 and error_type(body) == NO_VERDICT_ERROR:
-            return VerdictParseError(f"guard server at {self._show(url)} answered HTTP 502 {NO_VERDICT_ERROR}: {why}")
+            error = VerdictParseError(f"guard server at {self._show(url)} answered HTTP 502 {NO_VERDICT_ERROR}: {why}")
+            error.readable = self._readable_of(response.headers.get(READABLE_HEADER))
+            return error
         if status == 400 and not unread and (context := context_named(body)) is not None:
             return ContextRefused(self._show(url), context, why)
         if status < 400:
@@ -972,6 +1007,23 @@ class OpenAIGen:
             status,
             retry_after(response.headers.get("retry-after")),
         )
+
+    def _readable_of(self, header: str | None) -> Verdict | None:
+        """The Controversial a qwenguard serve's 502 ``guard_error`` says it read (`READABLE_HEADER`), or None. Taken
+        from any server: a readable can only add risk (`Policy.decide_error`), and a hostile one can answer
+        "Unsafe" anyway. Its categories only as the guard's labels name them (short, at most a few)."""
+        if not header or len(header) > 4096:
+            return None
+        try:
+            said = json.loads(header)
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(said, Mapping) or said.get("risk") != "controversial":
+            return None
+        categories = said.get("categories")
+        if not isinstance(categories, list) or not all(isinstance(c, str) and len(c) <= 100 for c in categories):
+            categories = []
+        return Verdict(Risk.CONTROVERSIAL, tuple(dict.fromkeys(categories[:16])), None, header, model=self.name)
 
     async def _body_of(
         self, response: Any, url: str, limit: int, *, strict: bool, into: list[bytes] | None = None
@@ -1903,11 +1955,13 @@ class OpenAIGen:
             replans = await self._plan([conversations[i] for i in again], context, deadline, budget, account)
             redone = await asyncio.gather(*(self._judge(wire, p, deadline) for p in replans))
             for i, (outcome, transport) in zip(again, redone):
-                # A whole verdict of the replanned check stands; without one, an Unsafe said of the cut prompt does,
-                # merged with what the replanned check read (`_read_risk`: a Controversial stays beneath it).
-                unsafe = _cut_unsafe(results[i][0])
-                if unsafe is not None and isinstance(outcome, QwenGuardError) and _cut_unsafe(outcome) is None:
-                    outcome.readable = worst([unsafe] + [r for r in (_read_risk(outcome),) if r is not None])
+                # A whole verdict of the replanned check stands; without one, what the first attempt read stands
+                # (`_read_risk`: an Unsafe said of the cut prompt, or a Controversial another replica read whole
+                # before the refusal: dropped, a later 503 stood alone, rt68j F2), merged with what the replanned
+                # check read: as a missing window, it can only add risk.
+                read = _read_risk(results[i][0])
+                if read is not None and isinstance(outcome, QwenGuardError):
+                    outcome.readable = worst([read] + [r for r in (_read_risk(outcome),) if r is not None])
                     transport = False
                 results[i] = (outcome, transport)
         failed = [o for o, transport in results if transport and isinstance(o, BaseException)]

@@ -175,15 +175,22 @@ def checks_transport(verify: Verify, *, max_connections: int) -> Any:
     An httpx client given a transport reads no proxy from the environment; this one reads the table once, on
     its first request (as a client does when it is made), and keeps one ``httpx.AsyncHTTPTransport`` per
     proxy (None: direct), each with ``verify``'s context and the client's connection limits, and each giving a
-    cancelled check's connection back to its pool (`pool_guard.SlotKeepingTransport`)."""
+    cancelled check's connection back to its pool (`pool_guard.SlotKeepingTransport`).
+
+    ``max_connections``: the checks' (``max_concurrency``, one a request in flight); each pool holds one more, for
+    the ``/models`` read, which takes no check's slot: with ``max_concurrency=1``, a ``/models`` that hung behind a
+    proxy held the one connection, and every check waited for it out to its deadline (rt68g F2)."""
     import httpx
 
     from .pool_guard import SlotKeepingTransport
 
     context = ssl_context(verify)
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    size = max_connections + 1
+    limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
 
     class EnvProxyTransport(httpx.AsyncBaseTransport):
+        keeps_slots = True  # each route is a `SlotKeepingTransport` (`pool_guard.slot_keeping`)
+
         def __init__(self) -> None:
             self._table: list[tuple[Any, str | None]] | None = None
             self._routes: dict[str | None, httpx.AsyncBaseTransport] = {}

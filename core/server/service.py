@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import logging
 import math
 import re
@@ -496,6 +497,11 @@ def check_model(requested: str | None, served: str) -> None:
         )
 
 
+#: The header of a 502 ``guard_error`` that carries what the guard read all the same, a Controversial (`raw_text`):
+#: ``{"risk": "controversial", "categories": [...]}``. `Guard.remote` reads it (`openai_gen.READABLE_HEADER`).
+READABLE_HEADER = "X-Qwenguard-Readable"
+
+
 def raw_text(outcome: Outcome) -> str:
     """The model's answer as the OpenAI-compatible routes send it: a verdict's raw text.
 
@@ -506,7 +512,8 @@ def raw_text(outcome: Outcome) -> str:
     text: the text of a parse error can read as a verdict it is not (a remote engine's choice cut at
     ``max_tokens`` that lost its categories, the safe one of two choices), and a client must see a
     guard error, to fail over or apply its own policy (docs/server.md). Except an Unsafe the error carries
-    (``readable``): written as an Unsafe with no category, which every policy blocks."""
+    (``readable``): written as an Unsafe with no category, which every policy blocks. A Controversial it carries
+    goes with the 502, in its `READABLE_HEADER`."""
     if isinstance(outcome, Verdict):
         shown = reply_verdict(outcome)
         return outcome.raw if _reads_as(outcome.raw, shown) else verdict_text(shown)
@@ -516,7 +523,17 @@ def raw_text(outcome: Outcome) -> str:
         # F3), which every policy blocks: written with no category (no client's ignore list may excuse it). A 502
         # dropped it, and a fail-open client behind this server let the text through.
         return verdict_text(replace(readable, categories=(), refusal=None))
-    raise ApiError(502, f"the guard gave no verdict for this conversation: {type(outcome).__name__}", "guard_error")
+    # A Controversial read whole (beside a choice that is none, or by a window) goes with the 502, never as a 200:
+    # a loose client would read a Controversial answer as a verdict, where "no verdict" is its on_error's to decide.
+    # Dropped, a strict client with on_error="allow" let through what the same client against the engine blocks
+    # (rt68j F1); `Guard.remote` reads it as the error's ``readable``, which can only add risk.
+    headers: dict[str, str] = {}
+    if isinstance(readable, Verdict) and readable.risk is Risk.CONTROVERSIAL:
+        said = {"risk": "controversial", "categories": list(readable.categories)}
+        headers[READABLE_HEADER] = json.dumps(said)  # ASCII (escaped), one line: a header's value
+    raise ApiError(
+        502, f"the guard gave no verdict for this conversation: {type(outcome).__name__}", "guard_error", headers
+    )
 
 
 def _reads_as(text: str, verdict: Verdict) -> bool:
