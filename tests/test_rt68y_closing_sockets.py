@@ -19,6 +19,7 @@ a few tens of KB fill what a client leaves unread; the attacker connects from `A
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -32,7 +33,7 @@ import pytest
 import uvicorn
 from faults import ScriptedBackend, keyword_verdict
 from qwenguard.core import Guard
-from qwenguard.core.server import create_app, server_config
+from qwenguard.core.server import connections, create_app, server_config
 from qwenguard.core.server.gate import OPEN_PATHS_PIPELINED
 from qwenguard.core.server.shutdown import DrainingServer
 from qwenguard.core.server.stream_protocol import CLOSE_LINGER_S
@@ -41,6 +42,7 @@ from test_rt65f_nonreaders import (
     ATTACKER,
     SERVER_SEND_BUFFER,
     SLACK,
+    TCP_CLOSE,
     cut_off,
     handshake,
     nonreader,
@@ -55,8 +57,10 @@ from test_rt67b_pipelining import request, status_of_one_request
 def served(
     guard: Guard | None = None, server_class: type[uvicorn.Server] = uvicorn.Server, **options: Any
 ) -> Iterator[tuple[int, Any, uvicorn.Server, threading.Thread]]:
-    """`test_rt65f_nonreaders.live`, yielding the server and its thread too: (port, `Load`, server, thread)."""
+    """`test_rt65f_nonreaders.live`, yielding the server and its thread too: (port, `Load`, server, thread). ``loop``:
+    uvicorn's event loop (``"asyncio"``, or ``"auto"``: uvloop where installed)."""
     shutdown_s = options.pop("timeout_graceful_shutdown", None)
+    loop = options.pop("loop", "auto")
     app = create_app(guard or Guard(ScriptedBackend(keyword_verdict)), **options)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -70,6 +74,7 @@ def served(
         log_level="warning",
         lifespan="off",
         timeout_graceful_shutdown=shutdown_s,
+        loop=loop,
     )
     server = DrainingServer(config, load=app.state.load) if server_class is DrainingServer else server_class(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -176,6 +181,104 @@ def test_a_draining_replica_does_not_wait_its_bound_for_an_answer_nobody_reads()
         assert until(lambda: not thread.is_alive(), 1 * SLACK), "shutdown waited for a client that never reads"
         assert cut_off(attacker)
         attacker.close()
+
+
+# -- rt68m: what the budget takes back ------------------------------------------------------------------------------
+@pytest.mark.parametrize("loop", ["auto", "asyncio"])
+def test_a_client_reading_a_closed_answer_at_its_pace_keeps_it_beside_an_address_at_the_budget(loop: str) -> None:
+    # rt68m F1: urllib and HTTP/1.0 clients send Connection: close, so the server closes as it answers. The budget
+    # took such a socket first, as ended, while the client was still reading it: an address holding the rest of the
+    # budget in idle sockets, opening one more now and then, reset every honest answer part way (0 of 10 complete).
+    budget, conversations = 8, 1000  # an answer of 215 KB, far more than the buffers hold
+    with served(
+        model_name="guard",
+        max_conversations=conversations,
+        max_connections=budget,
+        head_timeout_s=10,
+        keep_alive_s=10,
+        loop=loop,
+    ) as (port, _load, server, _):
+        attackers = [nonreader(port) for _ in range(budget - 1)]
+        assert until(lambda: attacker_sockets(server) == budget - 1, 5)
+        honest = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        honest.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        honest.connect(("127.0.0.1", port))
+        honest.sendall(moderate(conversations, "Connection: close\r\n"))
+        assert until(lambda: closed_by_server(server) == 1, 10), "the answer was never complete"
+        honest.settimeout(10)
+        received = b""
+        with contextlib.suppress(OSError):  # a reset: the answer is cut short
+            while data := honest.recv(4096):  # a client that reads at its pace, a newcomer between its reads
+                received += data
+                attackers.append(nonreader(port))
+                time.sleep(0.01)
+        honest.close()
+        # The newcomers took the attacker's own sockets: all but a budget's worth are ended.
+        assert until(lambda: sum(map(ended_by_server, attackers)) >= len(attackers) - budget, 5)
+        for attacker in attackers:
+            attacker.close()
+    assert results_in(received) == conversations, f"{len(received)} bytes received: {received[:60]!r}"
+
+
+#: The TCP state of a socket whose peer closed it (``TCP_INFO``'s first byte; 7, `TCP_CLOSE`: reset).
+TCP_CLOSE_WAIT = 8
+
+
+def ended_by_server(sock: socket.socket) -> bool:
+    """Whether the server closed or reset ``sock`` (read without reading the socket)."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] in (TCP_CLOSE, TCP_CLOSE_WAIT)
+
+
+def closed_by_server(server: uvicorn.Server) -> int:
+    """How many of the server's connections it has closed (their sockets kept to flush what is left)."""
+    return sum(1 for c in list(server.server_state.connections) if getattr(c.transport, "closed_at", None) is not None)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "auto"])
+def test_a_burst_of_connections_past_the_budget_is_held_to_it(loop: str) -> None:
+    # rt68m F2: the asyncio loop accepts a burst in one turn, every connection made before any is lost. The first
+    # newcomer closed an idle socket, and each later one took that same socket again, as ended, and let itself in:
+    # bursts of 60 reached 67, 126, 185, 244 connections at a budget of 8, until the server ran out of descriptors.
+    budget, burst = 8, 60
+    with served(model_name="guard", max_connections=budget, head_timeout_s=10, keep_alive_s=10, loop=loop) as (
+        port,
+        _load,
+        server,
+        _,
+    ):
+        held = [nonreader(port) for _ in range(budget)]
+        assert until(lambda: attacker_sockets(server) == budget, 5)
+        counts = []
+        for _ in range(3):
+            held += [nonreader(port) for _ in range(burst)]
+            # Accepted after the burst: by its answer, every connection of the burst was made.
+            assert status_of_one_request(port) == 200
+            counts.append(attacker_sockets(server))
+        for sock in held:
+            sock.close()
+    assert max(counts) <= budget, f"attacker sockets open after each burst of {burst}: {counts}"
+
+
+def test_connections_lost_cleanly_leave_no_reset_to_come() -> None:
+    # rt68m F3: uvicorn closes the transport again as a connection is lost cleanly, after which the wrapper's close
+    # scheduled a reset nothing cancelled: 1,196 live timers, each holding its connection, after 1,200 connections.
+    with served(model_name="guard", head_timeout_s=10, keep_alive_s=10, loop="asyncio") as (port, _load, server, _):
+        for close in [True, False] * 100:  # the server's close, and the client's on a kept-alive connection
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n%s\r\n" % (b"Connection: close\r\n" * close))
+                assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")  # all of it: a clean close, no reset
+        kept = socket.create_connection(("127.0.0.1", port), timeout=5)
+        assert until(lambda: len(server.server_state.connections) == 1, 5)
+        loop = next(iter(server.server_state.connections)).loop
+        pending = asyncio.run_coroutine_threadsafe(resets_pending(), loop).result(5)
+        kept.close()
+    assert pending == 0, f"{pending} resets pending after 200 connections lost"
+
+
+async def resets_pending() -> int:
+    """How many resets (`connections._reset`) the running asyncio loop has scheduled and not cancelled."""
+    scheduled = asyncio.get_running_loop()._scheduled  # type: ignore[attr-defined]
+    return sum(1 for handle in scheduled if not handle.cancelled() and handle._callback is connections._reset)
 
 
 # -- F2: ended stream sessions ---------------------------------------------------------------------------------

@@ -12,10 +12,12 @@ three things, all measured at the socket:
   (with a 408 when part of a head had arrived);
 - a *head size cap* (httptools; h11 has ``h11_max_incomplete_event_size``): 431 past it;
 - a *connection budget*: at most ``max_connections`` open sockets. At the limit a new connection
-  takes the place of one the server already ended (closed, or a stream session's close sent, the socket
-  kept only to flush it: the one ended first), else of the oldest one that is only waiting for a head (idle
-  or dripping), so a flood of idle sockets cannot lock out a client that is actually sending a request; when
-  every socket is busy with a request, the new one gets a 503 and is closed.
+  takes the place of a socket of the address that holds the most: one the server already ended and keeps
+  only to flush to a client that does not read it (closed with an answer unsent that the client has taken
+  none of since, or a stream session's close sent), else the oldest one only waiting for a head (idle or
+  dripping), so a flood of idle sockets cannot lock out a client that is actually sending a request, and a
+  client still reading a closed answer keeps it; when every socket is busy with a request, the new one gets a
+  503 and is closed.
 
 Bodies that arrive too slowly are the gate's business (`Gate`: 408 past ``request_timeout_s``), and
 WebSocket sessions the stream protocol's (idle and lifetime limits). So are answers a client does not read:
@@ -141,22 +143,36 @@ class _ResettingTransport:
         self._loop = loop
         self._linger = linger
         self._reset_timer: asyncio.TimerHandle | None = None
-        #: When the server closed the connection (the loop's clock), ``None`` while open: `_make_room` takes
-        #: the connection closed first.
+        self._gone = False  # the connection is lost: a close now (uvicorn's, in its connection_lost) resets nothing
+        #: When the server closed the connection (the loop's clock), ``None`` while open.
         self.closed_at: float | None = None
+        #: What waited unsent in the server when it closed the connection: less now, the client is reading it.
+        self.unsent_at_close = 0
+        #: The budget took this connection for a newcomer (reset or closed it): no other newcomer counts on it.
+        self.taken = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
 
     def close(self) -> None:
-        if self.closed_at is None:
+        if self.closed_at is None and not self._gone:
             self.closed_at = self._loop.time()
+            self.unsent_at_close = self._transport.get_write_buffer_size()
             # Whatever waits unsent now: an answer under way goes on being written after the close (an eviction).
             self._reset_timer = self._loop.call_later(self._linger, _reset, self._transport)
         self._transport.close()
 
+    def unread_since_close(self) -> bool:
+        """Closed with something unsent that the client has taken none of since: a client still reading an answer
+        (``Connection: close`` from urllib, HTTP/1.0, our 429s and 503s) takes from it, and keeps its socket."""
+        if self.closed_at is None or self._gone:
+            return False
+        unsent = self._transport.get_write_buffer_size()
+        return 0 < unsent and unsent >= self.unsent_at_close
+
     def forget(self) -> None:
-        """The connection is gone: no reset to come."""
+        """The connection is gone: no reset to come, none scheduled by a close after this."""
+        self._gone = True
         if self._reset_timer is not None:
             self._reset_timer.cancel()
             self._reset_timer = None
@@ -169,6 +185,18 @@ def _ended_since(connection: Any) -> float | None:
         return float(closed_at)
     close_sent_at = getattr(connection, "close_sent_at", None)
     return None if close_sent_at is None else float(close_sent_at)
+
+
+def _ended_unread(connection: Any) -> bool:
+    """The server ended ``connection`` and keeps its socket only for a client that does not read what is left: closed
+    with an answer unsent that the client has taken none of since (`_ResettingTransport.unread_since_close`), or a
+    stream session whose close was sent. Not one the budget already took for another newcomer."""
+    transport = getattr(connection, "transport", None)
+    if not isinstance(transport, _ResettingTransport) or transport.taken:
+        return False
+    if transport.closed_at is not None:
+        return transport.unread_since_close()
+    return getattr(connection, "close_sent_at", None) is not None and not transport.is_closing()
 
 
 async def sent_within(send: Awaitable[Any], timeout: float | None) -> None:
@@ -238,8 +266,8 @@ def guarded_protocol(limits: Limits, base: type | None = None) -> type:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
-            self.transport.forget()
             super().connection_lost(exc)
+            self.transport.forget()  # after uvicorn's: it closes the transport again on a clean loss (rt68m F3)
             # uvicorn tells only the newest request it read that the client left: one served ahead of pipelined
             # ones waited on, for its answer to drain or for a hang-up it never heard of, without end.
             for cycle in list(self._requests):
@@ -326,12 +354,12 @@ def guarded_protocol(limits: Limits, base: type | None = None) -> type:
 
         # -- the connection budget ------------------------------------------------------------
         def _make_room(self) -> None:
-            # First a connection the server already ended (an answer or a WebSocket close still unsent to a client
-            # that does not read it): it is over, and only its flush keeps the socket (rt68b F1, F2).
-            ended = [(since, c) for c in self.connections if c is not self and (since := _ended_since(c)) is not None]
-            if ended:
-                _reset(min(ended, key=lambda pair: pair[0])[1].transport)
-                return
+            # A socket of the address that holds the most, of those the budget may take: one the server ended that is
+            # kept only to flush to a client that does not read it (rt68b F1, F2), else one only waiting for a head,
+            # the oldest first. A client still reading a closed answer is not taken: an address that filled the
+            # budget with idle sockets reset every honest Connection: close answer read at its pace (rt68m F1).
+            counts = Counter(_peer(c) for c in self.connections)
+            ended = [c for c in self.connections if c is not self and _ended_unread(c)]
             idle = [
                 c
                 for c in self.connections
@@ -340,9 +368,21 @@ def guarded_protocol(limits: Limits, base: type | None = None) -> type:
                 and c._waiting_for_head()
                 and not c.transport.is_closing()
             ]
-            if idle:
-                oldest = min(idle, key=lambda c: c._waiting_since)
-                oldest._refuse(None)
+            if ended or idle:
+                ended_set = set(ended)
+
+                def rank(c: Any) -> tuple[int, bool, float]:
+                    since = _ended_since(c) if c in ended_set else c._waiting_since
+                    return (counts[_peer(c)], c in ended_set, -(since or 0.0))
+
+                taken = max([*ended, *idle], key=rank)
+                # Taken once: connections accepted in one turn all arrive before any leaves (asyncio), and each
+                # newcomer took the same one again, letting the rest past the budget (rt68m F2).
+                taken.transport.taken = True
+                if taken in ended_set:
+                    _reset(taken.transport)
+                else:
+                    taken._refuse(None)
                 return
             hog = self._hog_request()
             if hog is not None:
@@ -440,10 +480,10 @@ def websocket_protocol() -> type:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._unparsed.clear()
+            super().connection_lost(exc)
             forget = getattr(self.transport, "forget", None)  # `_ResettingTransport`: no reset to come
             if forget is not None:
-                forget()
-            super().connection_lost(exc)
+                forget()  # after uvicorn's, which closes the transport again (rt68m F3)
 
         # -- what is read, a share per turn ---------------------------------------------------
         def data_received(self, data: bytes) -> None:
