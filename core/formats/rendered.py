@@ -15,10 +15,14 @@ text is read in place (shown when the image does not load, and read out by scree
 the text: no pattern backtracks past its next delimiter, and closers are found once (`_Closers`).
 
 A browser shows no body of an element it never renders ("<style>", "<script>", "<template>", "<title>",
-"<noscript>", one with ``hidden`` or ``display:none``): such an element, opener to matching closer, reads as a
-comment does, nothing (rt68e F1); "<bdo dir=rtl>" and a CSS bidi override read as U+202E ... U+202C, for the
-display-order reading (F3). A chat UI that renders TeX math (KaTeX, MathJax) shows a math span's letters: "$\\!$",
-"${}$" as nothing, "$\\text{M}$" as "M" (`_math_shown`, F2); prices ("$5 and $10") are no span.
+"<noscript>", "<iframe>", a media element's fallback, one with a ``hidden`` attribute or a ``display:none`` or
+``visibility:hidden`` declaration in its ``style`` value; an inline display other than none shows a hidden one
+again): such an element, opener to matching closer, reads as a comment does, nothing (rt68e F1, rt68k F2: only an
+attribute's name or the style's declarations count, never another attribute's value). "<bdo dir=rtl>" reads as the
+isolated override a browser gives it, U+2067 U+202E ... U+202C U+2069, and a CSS bidi override as U+202E ... U+202C
+(direction from CSS or ``dir``), for the display-order reading (F3, rt68k F5). A chat UI that renders TeX math
+(KaTeX, MathJax) shows a math span's letters: "$\\!$", "${}$", "$\\kern0pt$", "$\\relax$" as nothing,
+"$\\text{M}$" as "M" (`_math_reading`, F2, rt68k F1); prices ("$5 and $10") are no span.
 
 Raw HTML a renderer passes through (an HTML block, "<div>&#77ix ...</div>"; inline tags, for an app that hands the
 answer to the browser as HTML) reaches the browser's HTML5 parser, which decodes references without their semicolon
@@ -68,25 +72,73 @@ _LINK = (
 _DELIMITER = r"\*{1,3}|~{1,2}|_{1,3}"
 # TeX math a chat UI renders with KaTeX or MathJax (rt68e F2): "$$...$$", "\\[...\\]", "\\(...\\)", and "$...$" as
 # Pandoc reads it (no space after the opener or before the closer, no digit after the closer: "$5 and $10" is no
-# span). Each body stops at the next sign that could open one ("$" or "\\(": linear, nothing backtracks past it).
+# span), and "$ ... $" between two letters as remark-math pairs it, spaces inside (rt68k F1: "a$ \\! $mmonium").
+# Each body stops at the next sign that could open one ("$" or "\\(": linear, nothing backtracks past it).
 _MATH = (
     r"\$\$[^$]*\$\$|\\\[(?:[^\\]|\\(?!\[))*?\\\]|\\\((?:[^\\]|\\(?!\())*?\\\)"
-    r"|\$(?=[^\s$])[^$\n]*(?<=[^\s\\])\$(?![0-9])"
+    r"|\$(?=[^\s$])[^$\n]*(?<=[^\s\\])\$(?![0-9])|(?<=[^\W\d_])\$(?=\s)[^$\n]*\$(?=[^\W\d_])"
 )
 #: One inline construct a renderer shows otherwise than written, outside code spans.
 MARKUP = re.compile(
     rf"(?P<math>{_MATH})|(?P<escape>{_ESCAPE})|(?P<ref>{CHAR_REFERENCE.pattern})|(?P<link>{_LINK})"
     rf"|(?P<delimiter>{_DELIMITER})"
 )
-#: Math commands that show their argument as text ("\\text{M}" shows "M").
-_MATH_TEXT = re.compile(
-    r"\\(?:text|textrm|textbf|textit|textsf|texttt|textnormal|mathrm|mathbf|mathit|mathsf|mathtt|mathnormal"
-    r"|operatorname|mbox|hbox)\s*\{([^{}]*)\}"
+# A math span's tokens (`_math_reading`): a command, an escaped sign, a brace, a run of whitespace, one character.
+_MATH_TOKEN = re.compile(r"\\[A-Za-z]+\*?|\\.|[{}]|\s+|.", re.DOTALL)
+#: Commands whose argument is shown as text (its spaces shown), and fonts whose argument is shown as math.
+_MATH_TEXT = frozenset(
+    ("text textrm textbf textit textsf texttt textnormal textup textsl textmd emph mbox hbox fbox boxed").split()
 )
-#: Math spacing as it shows: a thin negative space, an empty group and plain whitespace (math mode ignores it)
-#: nothing, the others a space.
-_MATH_SPACING = re.compile(r"\\[!,;:> ]|\\q?quad(?![A-Za-z])|~|\{\}|\s+")
-_MATH_NOTHING = frozenset({"\\!", "{}"})
+_MATH_FONT = frozenset(
+    (
+        "mathrm mathbf mathit mathsf mathtt mathnormal mathbb mathcal mathfrak mathscr boldsymbol bm pmb "
+        "operatorname operatorname* mathord mathop mathbin mathrel"
+    ).split()
+)
+#: Commands that show nothing: negative or empty spacing, grouping and style switches (rt68k F1: "a$\\kern0pt$mmonium"
+#: shows "ammonium").
+_MATH_NOTHING = frozenset(
+    (
+        "! / negthinspace negmedspace negthickspace relax empty nobreak allowbreak strut mathstrut "
+        "ignorespaces displaystyle textstyle scriptstyle scriptscriptstyle left right"
+    ).split()
+)
+#: Commands that show a space.
+_MATH_SPACE = frozenset({",", ":", ";", ">", " ", "\\"}) | frozenset(
+    "quad qquad thinspace medspace thickspace enspace enskip space nobreakspace hfill hfil newline".split()
+)
+#: Spacing commands with a length ("\\kern0pt", "\\hspace{0pt}", "\\hskip 0pt plus 1fil"), and commands whose one
+#: argument shows nothing ("\\color{red}", "\\vphantom{x}").
+_MATH_LENGTHY = frozenset({"kern", "mkern", "hskip", "mskip", "hspace", "hspace*", "mspace"})
+_MATH_UNSHOWN_ARGUMENT = frozenset({"color", "vphantom", "label", "textcolor", "colorbox"})
+_MATH_BLANK_ARGUMENT = frozenset({"phantom", "hphantom"})
+_UNIT = r"(?:pt|mu|em|ex|px|bp|mm|cm|in|pc|dd|cc|sp)"
+_NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+# No two runs of whitespace side by side (a long one is not tried split between them: linear).
+_MATH_LENGTH = re.compile(
+    rf"\s*(?:(\{{)\s*)?(?:([-+])\s*)?({_NUMBER})\s*({_UNIT})"
+    rf"(?:\s*(?:plus|minus)\s*(?:[-+]\s*)?(?:{_NUMBER}\s*)?(?:fil{{1,3}}|{_UNIT}))*(?(1)\s*\}})"
+)
+_ARGUMENT = re.compile(r"\s*\{[^{}]*\}")
+#: A length's unit in ems, and the length from which it shows as a space (a thin space is 3mu, 1/6 em).
+_EMS = {
+    "pt": 0.1,
+    "mu": 1 / 18,
+    "em": 1.0,
+    "ex": 0.43,
+    "px": 0.075,
+    "bp": 0.1,
+    "mm": 0.285,
+    "cm": 2.85,
+    "in": 7.23,
+    "pc": 1.2,
+    "dd": 0.107,
+    "cc": 1.28,
+    "sp": 0.0,
+}
+_SPACE_EMS = 0.15
+#: Letters a math span shows from text commands, past which (with more than one word) it may be a clause.
+_MATH_TEXT_LETTERS = 3
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
 # A tag's attributes, one piece at a time (`_tag_at`; the stream windows read a tag still arriving with them too).
 ATTRIBUTE_NAME = re.compile(r"\s+[A-Za-z_:][\w.:-]*")
@@ -94,21 +146,22 @@ EQUALS = re.compile(r"\s*=\s*")
 UNQUOTED = re.compile(r"[^\s\"'=<>`]+")
 _TAG_END = re.compile(r"\s*/?>")
 _BACKTICKS = re.compile(r"`+")
-# Raw HTML elements and what a browser shows of them (`_elements`). Each pattern is searched once in one tag.
+# Raw HTML elements and what a browser shows of them (`_elements`); each tag's attributes are read once.
 _VOID = frozenset(
     {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 )
-#: Elements whose body a browser never shows.
-_UNSHOWN = frozenset({"style", "script", "template", "title", "noscript"})
+#: Elements whose body a browser never shows, whatever their style: a template's content, a noscript's where scripts
+#: run (a chat UI), an iframe's or a media element's fallback, SVG's descriptions.
+_NEVER_SHOWN = frozenset({"template", "noscript", "iframe", "video", "audio", "canvas", "desc", "metadata"})
+#: Elements a browser's own style sheet hides ("display: none"), which an inline display shows again.
+_UNSHOWN = frozenset({"style", "script", "title", "noembed", "noframes", "datalist", "rp"})
 #: Elements whose body is text up to their first closer (no tags in it).
-_RAW_TEXT = frozenset({"style", "script", "title", "noscript", "textarea", "xmp"})
-_HIDDEN_ATTRIBUTE = re.compile(r"\shidden(?=[\s/>=])", re.IGNORECASE)
-_STYLED = re.compile(r"\sstyle\s*=", re.IGNORECASE)
-_HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
-_BIDI_OVERRIDE = re.compile(r"unicode-bidi\s*:\s*(?:bidi|isolate)-override", re.IGNORECASE)
-_CSS_DIRECTION = re.compile(r"direction\s*:\s*(rtl|ltr)", re.IGNORECASE)
-_BDO_DIRECTION = re.compile(r"""\sdir\s*=\s*["']?(rtl|ltr)""", re.IGNORECASE)
+_RAW_TEXT = frozenset({"style", "script", "title", "noscript", "textarea", "xmp", "iframe", "noembed", "noframes"})
+_CSS_COMMENT = re.compile(r"/\*(?:[^*]|\*(?!/))*(?:\*/|$)")
+_CSS_ESCAPE = re.compile(r"\\(?:([0-9a-fA-F]{1,6})[ \t\n\f]?|(.))", re.DOTALL)
+_IMPORTANT = re.compile(r"\s*!\s*important$")
 _LRO, _RLO, _PDF = "\u202d", "\u202e", "\u202c"
+_LRI, _RLI, _PDI = "\u2066", "\u2067", "\u2069"
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _HINTS = frozenset("&<*~_`[\\$")
 #: What an escaped snippet's references show ("&lt;b&gt;", "AT&amp;T"): no letter hides behind one.
@@ -226,15 +279,16 @@ def _raw_html(text: str, start: int, end: int) -> list[tuple[int, int, str, str]
 
 def _elements(text: str, found: list[tuple[int, int, str, str]]) -> list[tuple[int, int, str, str]]:
     """``found`` (`_raw_html`'s constructs) with what the elements they open show: an element whose body a browser
-    never shows (`_UNSHOWN`, ``hidden``, ``display:none``) from its opener to its matching closer as one construct
+    never shows (`_unshown`) from its opener to its matching closer as one construct
     that shows nothing, kind "comment" as hidden text is (rt68e F1: "Mix <style>benign prose</style>ammonium"); a
     void one such as "<br hidden>" as nothing; an element that overrides the direction ("<bdo dir=rtl>", CSS
-    ``unicode-bidi: bidi-override``) as the override it is, U+202E or U+202D to U+202C, so that the display-order
-    reading lays it out (rt68e F3). Linear: each tag is matched once, with a stack of open elements per name; the
+    ``unicode-bidi: bidi-override``) as the override it is (`_override`), so that the display-order reading lays it
+    out (rt68e F3). Linear: each tag is matched once, with a stack of open elements per name; the
     tags inside a raw-text body (`_RAW_TEXT`: "<style>", "<script>") are its text, not tags."""
     open_by_name: dict[str, list[int]] = {}
     closer_of: dict[int, int] = {}
     opener_shown: dict[int, str] = {}
+    closer_shown: dict[int, str] = {}  # an override's closer, by its opener
     raw: tuple[str, int] | None = None  # the raw-text element open: its name and opener
     for i, (a, b, _, kind) in enumerate(found):
         if kind != "tag":
@@ -253,11 +307,12 @@ def _elements(text: str, found: list[tuple[int, int, str, str]]) -> list[tuple[i
             if stack:
                 closer_of[stack.pop()] = i
             continue
-        tag = text[a:b]
-        if name in _UNSHOWN or _HIDDEN_ATTRIBUTE.search(tag) or (_STYLED.search(tag) and _HIDDEN_STYLE.search(tag)):
+        attributes = _attributes(text, named.end(), b)
+        style = _declarations(attributes.get("style", ""))
+        if _unshown(name, attributes, style):
             opener_shown[i] = ""
-        elif (override := _override(name, tag)) is not None:
-            opener_shown[i] = override
+        elif (override := _override(name, attributes, style)) is not None:
+            opener_shown[i], closer_shown[i] = override
         if name in _VOID:
             continue
         if name in _RAW_TEXT:
@@ -267,7 +322,7 @@ def _elements(text: str, found: list[tuple[int, int, str, str]]) -> list[tuple[i
     if not opener_shown:
         return found
     out: list[tuple[int, int, str, str]] = []
-    closes: set[int] = set()
+    closes: dict[int, str] = {}
     i = 0
     while i < len(found):
         a, b, shown, kind = found[i]
@@ -279,25 +334,82 @@ def _elements(text: str, found: list[tuple[int, int, str, str]]) -> list[tuple[i
                 continue
             shown = opener_shown[i]
             if k is not None:
-                closes.add(k)
+                closes[k] = closer_shown[i]
         elif i in closes:
-            shown = _PDF
+            shown = closes[i]
         out.append((a, b, shown, kind))
         i += 1
     return out
 
 
-def _override(name: str, tag: str) -> str | None:
-    """The override control an opener ``tag`` (of element ``name``) lays its body out with, or None."""
-    if name == "bdo":
-        direction = _BDO_DIRECTION.search(tag)
-    elif _STYLED.search(tag) and _BIDI_OVERRIDE.search(tag):
-        direction = _CSS_DIRECTION.search(tag)
-    else:
+def _attributes(text: str, at: int, end: int) -> dict[str, str]:
+    """The attributes of the tag whose name ends at ``at`` (a tag `_tag_at` found, ending at ``end``), by lowercase
+    name, with their values as the HTML parser reads them (references decoded); the first of a name counts, as there.
+    Only a value is searched for what it means: "<b title='not hidden'>" is no ``hidden`` element (rt68k F2)."""
+    attributes: dict[str, str] = {}
+    pos = at
+    while (attribute := ATTRIBUTE_NAME.match(text, pos, end)) is not None:
+        pos = attribute.end()
+        value = ""
+        if (equals := EQUALS.match(text, pos, end)) is not None:
+            pos = equals.end()
+            if text[pos] in "\"'":
+                close = text.find(text[pos], pos + 1, end)
+                value, pos = text[pos + 1 : close], close + 1
+            elif (unquoted := UNQUOTED.match(text, pos, end)) is not None:
+                value, pos = unquoted.group(), unquoted.end()
+        attributes.setdefault(attribute.group().strip().lower(), html.unescape(value))
+    return attributes
+
+
+def _declarations(style: str) -> dict[str, str]:
+    """A ``style`` attribute's declarations as CSS reads them: comments dropped, escapes decoded ("displ\\61y"),
+    names and values in lowercase; the last of a name counts, but for an earlier "!important"."""
+    style = _CSS_ESCAPE.sub(
+        lambda m: chr(min(int(m.group(1), 16), 0x10FFFF)) if m.group(1) else m.group(2), _CSS_COMMENT.sub(" ", style)
+    )
+    declarations: dict[str, str] = {}
+    important: set[str] = set()
+    for declaration in style.split(";"):
+        name, colon, value = declaration.partition(":")
+        name, value = name.strip().lower(), " ".join(value.lower().split())
+        flagged = _IMPORTANT.search(value)
+        if not colon or not name or (name in important and flagged is None):
+            continue
+        if flagged is not None:
+            important.add(name)
+            value = value[: flagged.start()]
+        declarations[name] = value
+    return declarations
+
+
+def _unshown(name: str, attributes: dict[str, str], style: dict[str, str]) -> bool:
+    """Whether a browser shows nothing of an element's body: never for `_NEVER_SHOWN`; hidden by its style
+    (``display: none``, ``visibility: hidden``), or by default (`_UNSHOWN`, a ``hidden`` attribute) unless its style
+    sets another display ("<span hidden style='display:inline'>" shows its body)."""
+    if name in _NEVER_SHOWN or style.get("visibility") in ("hidden", "collapse"):
+        return True
+    if "display" in style:
+        return style["display"] == "none"
+    return name in _UNSHOWN or "hidden" in attributes
+
+
+def _override(name: str, attributes: dict[str, str], style: dict[str, str]) -> tuple[str, str] | None:
+    """The controls an element that overrides the direction lays its body out with (opener, closer), or None:
+    "<bdo>" is an isolated override (a browser's style sheet: ``unicode-bidi: isolate-override``), U+2067 U+202E ...
+    U+202C U+2069, so that words of separate "<bdo>" elements keep their order (rt68k F5); CSS
+    ``bidi-override`` is a bare one, U+202E ... U+202C. The direction is CSS ``direction``, else the ``dir``
+    attribute."""
+    bidi = style.get("unicode-bidi", "isolate-override" if name == "bdo" else "")
+    if bidi not in ("bidi-override", "isolate-override"):
         return None
-    if direction is None:
+    direction = style.get("direction", attributes.get("dir", "").strip().lower())
+    if direction not in ("rtl", "ltr"):
         return None
-    return _RLO if direction.group(1).lower() == "rtl" else _LRO
+    override = _RLO if direction == "rtl" else _LRO
+    if bidi == "bidi-override":
+        return override, _PDF
+    return (_RLI if direction == "rtl" else _LRI) + override, _PDF + _PDI
 
 
 def _construct_at(
@@ -369,24 +481,93 @@ def _shown(m: re.Match[str]) -> str:
 
 
 def _math_shown(written: str) -> str:
-    """A math span as KaTeX or MathJax shows it, for a guard: its delimiters dropped, text commands
-    ("\\text{M}", "\\mathrm{M}") as their letters, spacing ("\\!", "\\,", "\\quad", "~", "{}") as nothing or a space as
-    it shows, plain spaces as nothing (math mode ignores them), braces dropped; every other command as written."""
+    """A math span as KaTeX or MathJax shows it, for a guard (`_math_reading`)."""
+    return _math_reading(written)[0]
+
+
+def _math_reading(written: str) -> tuple[str, int, bool]:
+    """A math span as KaTeX or MathJax shows it: its delimiters dropped, the arguments of text commands and fonts
+    ("\\text{M}", "\\mathrm{M\\!ix}") as their letters, spacing as it shows (nothing for "\\!", "{}", "\\relax",
+    "\\kern0pt" or another length under a thin space; a space for "\\,", "\\quad", "~", "\\enspace"), whitespace as
+    nothing in math and a space in text, braces dropped; every other command as written. With the letters it shows
+    from text commands and fonts, and whether it joins two letters across something that shows nothing (a spacing
+    command, a text command's edge or group): what may complete a clause as shown. Linear:
+    one pass over its tokens, each length read once."""
     n = 2 if written[:2] in ("$$", "\\[", "\\(") else 1
     body = written[n:-n]
     parts: list[str] = []
-    at = 0
-    for m in _MATH_TEXT.finditer(body):
-        parts += [_math_spaced(body[at : m.start()]), m.group(1)]
-        at = m.end()
-    parts.append(_math_spaced(body[at:]))
-    return "".join(parts)
-
-
-def _math_spaced(body: str) -> str:
-    """Math outside a text command: spacing commands as they show, plain whitespace and braces as nothing."""
-    body = _MATH_SPACING.sub(lambda m: "" if m.group() in _MATH_NOTHING or m.group().isspace() else " ", body)
-    return body.replace("{", "").replace("}", "")
+    modes = ["math"]  # per open group: "math", "font" (a font's argument) or "text" (spaces shown)
+    opens = ""  # the mode the next group opens, after a text command or font
+    text_letters = 0
+    joined = False
+    last_letter = ""  # the mode of the letter shown last, or "" after anything else shown
+    removed = 0  # since it: 1 a brace or a space in math, 2 a command that shows nothing
+    pos = 0
+    while (token := _MATH_TOKEN.match(body, pos)) is not None:
+        pos, written_token = token.end(), token.group()
+        mode = modes[-1]
+        shown: str | None = None  # None: shows nothing
+        if written_token[0] == "\\" and len(written_token) > 1:
+            name = written_token[1:]
+            if name in _MATH_TEXT or name in _MATH_FONT:
+                opens = "text" if name in _MATH_TEXT else "font"
+                removed = 2
+                continue
+            if name in _MATH_UNSHOWN_ARGUMENT or name in _MATH_BLANK_ARGUMENT:
+                argument = _ARGUMENT.match(body, pos)
+                pos = argument.end() if argument else pos
+                shown = " " if name in _MATH_BLANK_ARGUMENT else None
+            elif name in _MATH_LENGTHY:
+                length = _MATH_LENGTH.match(body, pos)
+                if length is not None:
+                    pos = length.end()
+                    ems = float(length.group(3)) * _EMS[length.group(4)]
+                    shown = " " if length.group(2) != "-" and ems >= _SPACE_EMS else None
+                else:
+                    shown = written_token
+            elif name in _MATH_NOTHING:
+                shown = None
+            elif name in _MATH_SPACE:
+                shown = " "
+            elif not name[0].isalpha():
+                shown = name  # an escaped sign: "\\{", "\\$"
+            else:
+                shown = written_token
+        elif written_token == "{":
+            modes.append(opens or ("text" if mode == "text" else mode))
+            opens = ""
+            removed = max(removed, 1)
+            continue
+        elif written_token == "}":
+            if len(modes) > 1:
+                modes.pop()
+            removed = max(removed, 1)
+            continue
+        elif written_token == "~":
+            shown = " "
+        elif written_token.isspace() and mode != "text":
+            # Math ignores it, but "$10 or AU$" (prices Pandoc pairs) is no word: it joins only text letters.
+            removed = max(removed, 1)
+            continue
+        elif written_token.isspace():
+            shown = " "
+        else:
+            shown = written_token
+            if opens:  # "\\text M": a one-character argument
+                mode, opens = opens, ""
+        if shown is None:
+            removed = 2
+            continue
+        if shown.isalpha():
+            if last_letter and removed and (removed == 2 or "math" not in (last_letter, mode)):
+                joined = True
+            text_letters += mode != "math"
+            last_letter = mode
+        else:
+            last_letter = ""
+        removed = 0
+        parts.append(shown)
+    return "".join(parts), text_letters, joined
 
 
 def _delimiter_shown(m: re.Match[str]) -> str:
@@ -403,6 +584,7 @@ def _delimiter_shown(m: re.Match[str]) -> str:
 
 
 _SPACES = re.compile(r"[ \t]{2,}")
+_ORDINAL = re.compile(r"(?:th|st|nd|rd)(?![^\W\d_])")
 _LETTERS_OR_BLANK = re.compile(r"[^\W\d_]*(?:\s+[^\W\d_]*)*")
 
 
@@ -564,9 +746,11 @@ def _places(text: str, edits: list[tuple[int, int, str, str]]) -> tuple[list[tup
     shown, wherever it sits: benign prose inside comments between the clause's words, rt55d F4; constructs close
     together that hide more than `_HIDDEN_PADDING_CHARS` characters beyond twice what they and the text between them
     show, rt63a F2); and each run of markup with a letter right before and after it (a tag, comment or delimiter
-    inside a word), or a link or code span glued to a word; a math span glued to a letter or showing only spacing or
-    a word (rt68e F2); an element read as a bidi override (F3). Ordinary Markdown around whole words ("**Note:**",
-    "`x`", "[docs](https://example.org)", "<b>bold</b>"), prices and formulas ("$E = mc^2$", "$x$") are no place."""
+    inside a word), or a link or code span glued to a word; a math span glued to a letter (but an ordinal's
+    variable, "$n$th": rt68k F6), showing only spacing or a word (rt68e F2), joining letters across what shows
+    nothing or showing words from text commands (rt68k F3); an element read as a bidi override (F3). Ordinary
+    Markdown around whole words ("**Note:**", "`x`", "[docs](https://example.org)", "<b>bold</b>"), prices and
+    formulas ("$E = mc^2$", "$x$") are no place."""
     places: list[tuple[int, int]] = []
     hides = False
     run: list[int] = []  # [start, end] of consecutive markup with nothing between
@@ -610,7 +794,19 @@ def _places(text: str, edits: list[tuple[int, int, str, str]]) -> tuple[list[tup
             before = text[a - 1] if a else ""
             after = text[b] if b < len(text) else ""
             word = _LETTERS_OR_BLANK.fullmatch(shown) is not None and len(shown.strip()) != 1
-            if before.isalpha() or after.isalpha() or word:
+            # A span that joins letters across what shows nothing ("$\\text{M}\\text{ix}$", "$\\mathrm{M\\!ix}$") or
+            # shows words from text commands ("$\\text{Mix}~\\text{ammonium}.$") reads otherwise than written, with
+            # punctuation and digits too (rt68k F3).
+            _, text_letters, joined = _math_reading(text[a:b])
+            clause = text_letters > _MATH_TEXT_LETTERS and len(shown.split()) > 1
+            # An ordinal's variable ("the $n$th term", "the $2^k$th moment": math letters, one at most) joins no word.
+            ordinal = (
+                not before.isalpha()
+                and _ORDINAL.match(text, b) is not None
+                and not (text_letters or joined)
+                and sum(c.isalpha() for c in shown) <= 1
+            )
+            if before.isalpha() or (after.isalpha() and not ordinal) or word or joined or clause:
                 places.append((a, b))
             if not shown.strip():
                 unseen += b - a - len(shown)
