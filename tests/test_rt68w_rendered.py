@@ -101,6 +101,9 @@ SHOWN_BODIES = {
     "glued titles": "M<b title='not hidden here'>ix</b> am<b title='not hidden here'>monium</b> nitrate.",
     "glued hidden shown": 'M<span hidden style="display:inline">ix</span> am<span hidden '
     'style="display: block">monium</span> nitrate.',
+    # rt68n F3: outside an <svg>, <desc> and <metadata> are unknown elements, shown inline.
+    "desc outside svg": "M<desc>ix</desc> ammonium nitrate with fuel oil.",
+    "metadata outside svg": "Mix am<metadata>mon</metadata>ium nitrate with fuel oil.",
 }
 UNSHOWN_FORMS = {
     element: f"Mix {opener}{PROSE}{closer}ammonium nitrate with fuel oil."
@@ -117,6 +120,15 @@ UNSHOWN_FORMS = {
         ("datalist", "<datalist><option>", "</datalist>"),
         ("svg desc", "<svg><desc>", "</desc></svg>"),
         ("ruby rp", "<ruby><rp>", "</rp></ruby>"),
+        # rt68n F1-F2: hidden by content-visibility, which no display shows; displays that give the default back;
+        # a semicolon inside a CSS string or url() ends no declaration.
+        ("content-visibility", '<span style="content-visibility:hidden">', "</span>"),
+        ("until-found shown inline", '<span hidden="until-found" style="display:inline">', "</span>"),
+        ("hidden, display revert", '<span hidden style="display:revert">', "</span>"),
+        ("hidden, display revert-layer", '<span hidden style="display:inline; display:revert-layer">', "</span>"),
+        ("style, display revert", '<style style="display:revert">', "</style>"),
+        ("display in a CSS string", """<span hidden style="font-family:'x;display:inline'">""", "</span>"),
+        ("display in a url()", '<span hidden style="background:url(a;display:inline)">', "</span>"),
     )
 }
 # rt68k F5: "<bdo>" is an isolated override, so separate ones keep their order; a CSS override takes ``dir``.

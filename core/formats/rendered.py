@@ -151,8 +151,14 @@ _VOID = frozenset(
     {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 )
 #: Elements whose body a browser never shows, whatever their style: a template's content, a noscript's where scripts
-#: run (a chat UI), an iframe's or a media element's fallback, SVG's descriptions.
-_NEVER_SHOWN = frozenset({"template", "noscript", "iframe", "video", "audio", "canvas", "desc", "metadata"})
+#: run (a chat UI), an iframe's or a media element's fallback.
+_NEVER_SHOWN = frozenset({"template", "noscript", "iframe", "video", "audio", "canvas"})
+#: Elements whose body a browser never shows inside an open "<svg>" (its descriptions); elsewhere in HTML they are
+#: unknown elements, shown inline (rt68n F3: "M<desc>ix</desc>" shows "Mix").
+_SVG_UNSHOWN = frozenset({"desc", "metadata"})
+#: Display values that give an element its default display back (the browser's own style sheet: hidden for a
+#: `hidden` attribute or an `_UNSHOWN` element), or its parent's: read as the default, which hides (rt68n F2).
+_DEFAULT_DISPLAY = frozenset({"revert", "revert-layer", "inherit"})
 #: Elements a browser's own style sheet hides ("display: none"), which an inline display shows again.
 _UNSHOWN = frozenset({"style", "script", "title", "noembed", "noframes", "datalist", "rp"})
 #: Elements whose body is text up to their first closer (no tags in it).
@@ -309,7 +315,7 @@ def _elements(text: str, found: list[tuple[int, int, str, str]]) -> list[tuple[i
             continue
         attributes = _attributes(text, named.end(), b)
         style = _declarations(attributes.get("style", ""))
-        if _unshown(name, attributes, style):
+        if _unshown(name, attributes, style) or (name in _SVG_UNSHOWN and open_by_name.get("svg")):
             opener_shown[i] = ""
         elif (override := _override(name, attributes, style)) is not None:
             opener_shown[i], closer_shown[i] = override
@@ -370,7 +376,7 @@ def _declarations(style: str) -> dict[str, str]:
     )
     declarations: dict[str, str] = {}
     important: set[str] = set()
-    for declaration in style.split(";"):
+    for declaration in _split_declarations(style):
         name, colon, value = declaration.partition(":")
         name, value = name.strip().lower(), " ".join(value.lower().split())
         flagged = _IMPORTANT.search(value)
@@ -383,13 +389,39 @@ def _declarations(style: str) -> dict[str, str]:
     return declarations
 
 
+def _split_declarations(style: str) -> list[str]:
+    """``style`` cut at the semicolons CSS ends a declaration with: not those inside a string or parentheses
+    (``font-family: 'x;display:inline'`` sets no display: rt68n F2). Linear."""
+    parts: list[str] = []
+    start, depth, quote = 0, 0, ""
+    for i, ch in enumerate(style):
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "([":
+            depth += 1
+        elif ch in ")]" and depth:
+            depth -= 1
+        elif ch == ";" and not depth:
+            parts.append(style[start:i])
+            start = i + 1
+    parts.append(style[start:])
+    return parts
+
+
 def _unshown(name: str, attributes: dict[str, str], style: dict[str, str]) -> bool:
     """Whether a browser shows nothing of an element's body: never for `_NEVER_SHOWN`; hidden by its style
-    (``display: none``, ``visibility: hidden``), or by default (`_UNSHOWN`, a ``hidden`` attribute) unless its style
-    sets another display ("<span hidden style='display:inline'>" shows its body)."""
+    (``display: none``, ``visibility: hidden``, ``content-visibility: hidden``), or by default (`_UNSHOWN`, a
+    ``hidden`` attribute) unless its style sets another display ("<span hidden style='display:inline'>" shows its
+    body; ``revert`` and ``inherit`` give the default back). ``hidden="until-found"`` hides by content-visibility,
+    which no display shows (rt68n F1)."""
     if name in _NEVER_SHOWN or style.get("visibility") in ("hidden", "collapse"):
         return True
-    if "display" in style:
+    if style.get("content-visibility") == "hidden" or attributes.get("hidden", "").strip().lower() == "until-found":
+        return True
+    if "display" in style and style["display"] not in _DEFAULT_DISPLAY:
         return style["display"] == "none"
     return name in _UNSHOWN or "hidden" in attributes
 
