@@ -27,9 +27,8 @@ from faults import ScriptedBackend, keyword_verdict
 from live_server import QuietHandler, http_serving
 from qwenguard.core import Guard, Policy, Risk
 from qwenguard.core.backends.openai_gen import OpenAIGen
-from qwenguard.core.errors import QwenGuardError
 from test_remote_model_discovery import BOMB, Replica
-from test_rt68r_remote_pool import PARTS, assert_stopped_by_its_verdict, pool_of, settled
+from test_rt68r_remote_pool import astopped_sessions, pool_of, settled, stopped_sessions
 from test_server_hostile import guarded
 
 ANSWER = '{"verdict": "Safety: Safe"}'  # what the engine answers every GET: a request answered reads it whole
@@ -177,8 +176,6 @@ def test_a_models_route_that_hangs_fails_no_check_with_max_concurrency_1(calls, 
 
 # -- F3: the caller's own transport= ----------------------------------------------------------------------------------
 
-SESSIONS = 40
-
 
 @pytest.fixture(scope="module")
 def base() -> Iterator[str]:
@@ -201,21 +198,8 @@ def assert_pool_whole(guard: Guard) -> None:
 
 def test_async_sessions_stopped_one_after_another_keep_a_given_transports_connections(base):
     guard = remote_with_own_transport(base)
-
-    async def sessions() -> None:
-        for i in range(SESSIONS):
-            released, stop = "", None
-            try:
-                async with guard.astream("Tell me about cleaning.") as monitor:
-                    for part in PARTS:
-                        released += await monitor.afeed(part)
-                    released += await monitor.afinish()
-            except QwenGuardError as exc:
-                stop = exc
-            assert_stopped_by_its_verdict(stop, released, i)
-
     try:
-        asyncio.run(sessions())
+        asyncio.run(astopped_sessions(guard))
         assert_pool_whole(guard)
     finally:
         guard.close()
@@ -224,16 +208,7 @@ def test_async_sessions_stopped_one_after_another_keep_a_given_transports_connec
 def test_sync_sessions_stopped_one_after_another_keep_a_given_transports_connections(base):
     guard = remote_with_own_transport(base)
     try:
-        for i in range(SESSIONS):
-            released, stop = "", None
-            try:
-                with guard.stream("Tell me about cleaning.") as monitor:
-                    for part in PARTS:
-                        released += monitor.feed(part)
-                    released += monitor.finish()
-            except QwenGuardError as exc:
-                stop = exc
-            assert_stopped_by_its_verdict(stop, released, i)
+        stopped_sessions(guard)
         assert_pool_whole(guard)
     finally:
         guard.close()

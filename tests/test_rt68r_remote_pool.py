@@ -75,23 +75,38 @@ def assert_stopped_by_its_verdict(stop: BaseException | None, released: str, ses
     assert "bleach" not in released and "ammonium" not in released, (session, released)
 
 
+async def astopped_sessions(guard: Guard) -> None:
+    """`SESSIONS` stream sessions one after another, each stopped by its own verdict (`assert_stopped_by_its_verdict`)."""
+    for i in range(SESSIONS):
+        released, stop = "", None
+        try:
+            async with guard.astream("Tell me about cleaning.") as monitor:
+                for part in PARTS:
+                    released += await monitor.afeed(part)
+                released += await monitor.afinish()
+        except QwenGuardError as exc:
+            stop = exc
+        assert_stopped_by_its_verdict(stop, released, i)
+
+
+def stopped_sessions(guard: Guard) -> None:
+    """Sync twin of `astopped_sessions`."""
+    for i in range(SESSIONS):
+        released, stop = "", None
+        try:
+            with guard.stream("Tell me about cleaning.") as monitor:
+                for part in PARTS:
+                    released += monitor.feed(part)
+                released += monitor.finish()
+        except QwenGuardError as exc:
+            stop = exc
+        assert_stopped_by_its_verdict(stop, released, i)
+
+
 def test_async_stream_sessions_stopped_one_after_another_keep_being_answered(base):
     guard = remote(base)
-
-    async def sessions() -> None:
-        for i in range(SESSIONS):
-            released, stop = "", None
-            try:
-                async with guard.astream("Tell me about cleaning.") as monitor:
-                    for part in PARTS:
-                        released += await monitor.afeed(part)
-                    released += await monitor.afinish()
-            except QwenGuardError as exc:
-                stop = exc
-            assert_stopped_by_its_verdict(stop, released, i)
-
     try:
-        asyncio.run(sessions())
+        asyncio.run(astopped_sessions(guard))
         assert_pool_whole(guard)
     finally:
         guard.close()
@@ -100,16 +115,7 @@ def test_async_stream_sessions_stopped_one_after_another_keep_being_answered(bas
 def test_sync_stream_sessions_stopped_one_after_another_keep_being_answered(base):
     guard = remote(base)
     try:
-        for i in range(SESSIONS):
-            released, stop = "", None
-            try:
-                with guard.stream("Tell me about cleaning.") as monitor:
-                    for part in PARTS:
-                        released += monitor.feed(part)
-                    released += monitor.finish()
-            except QwenGuardError as exc:
-                stop = exc
-            assert_stopped_by_its_verdict(stop, released, i)
+        stopped_sessions(guard)
         assert_pool_whole(guard)
     finally:
         guard.close()
