@@ -24,6 +24,7 @@ from .backends.base import GenBackend, Outcome
 from .backends.torch_runtime import refuse_meta_device
 from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_SIZE, VerdictCache, cache_key
 from .errors import GuardTimeout, GuardUnavailable, GuardViolation, InputTooLarge, QwenGuardError, VerdictParseError
+from .excused_split import ExcusedSplit, is_excused
 from .formats.content import clean_text
 from .formats.conversations import (
     RunsJudged,
@@ -664,7 +665,8 @@ class Guard:
 
     def _settle(
         self, checks: list[_Check], pending: list[_Check], outcome: list[Outcome] | BaseException
-    ) -> list[Decision]:
+    ) -> InputTooLarge | None:
+        """Decide ``pending`` from ``outcome``; the size error to raise once the rest are decided (`_finish`)."""
         if isinstance(outcome, InputTooLarge):
             raise outcome  # a size limit is the caller's error, never on_error's to allow
         if isinstance(outcome, BaseException):
@@ -688,16 +690,26 @@ class Guard:
                 elif not isinstance(result, InputTooLarge):  # one conversation's error; a late one keeps its reason
                     c.decision = self.policy.decide_error(c.stage, result, timeout=isinstance(result, GuardTimeout))
             if refused:
-                # A size limit is the caller's error, never a verdict or on_error's to allow: raised. The other
-                # checks were judged (their verdicts cached, their decisions heard): the error carries them and names
-                # the checks refused (a check whose own request check was), so that a caller leaving those out (a
-                # node screen dropping one planted page) pays no model work twice (rt64k F1: each half of a halved
-                # batch ran the model on every other node again; rt64m F3: with the cache off, again once).
                 error = next(r for r in outcome if isinstance(r, InputTooLarge))
-                too_large = [id(c) in refused or (c.request is not None and id(c.request) in refused) for c in checks]
-                error.too_large = tuple(i for i, out in enumerate(too_large) if out)
-                error.decided = tuple(None if out else self._decided(c) for c, out in zip(checks, too_large))
-                raise error
+                error.too_large = tuple(
+                    i
+                    for i, c in enumerate(checks)
+                    if id(c) in refused or (c.request is not None and id(c.request) in refused)
+                )
+                return error
+        return None
+
+    def _finish(self, checks: list[_Check], refused: InputTooLarge | None) -> list[Decision]:
+        """The settled checks' decisions, heard by the listeners; ``refused`` raised where a check was too large."""
+        if refused is not None:
+            # A size limit is the caller's error, never a verdict or on_error's to allow: raised. The other
+            # checks were judged (their verdicts cached, their decisions heard): the error carries them and names
+            # the checks refused (a check whose own request check was), so that a caller leaving those out (a
+            # node screen dropping one planted page) pays no model work twice (rt64k F1: each half of a halved
+            # batch ran the model on every other node again; rt64m F3: with the cache off, again once).
+            out = set(refused.too_large)
+            refused.decided = tuple(None if i in out else self._decided(c) for i, c in enumerate(checks))
+            raise refused
         return [self._decided(c) for c in checks]
 
     def _decided(self, check: _Check) -> Decision:
@@ -707,6 +719,57 @@ class Guard:
         decision: Decision = check.decision  # type: ignore[assignment]
         self._emit(decision)
         return decision
+
+    # -- an excused text judged again in parts (`excused_split`) ---------------------------------
+    @staticmethod
+    def _excused(checks: list[_Check]) -> list[_Check]:
+        """The settled checks (and request checks) the policy allowed only for their ignored categories."""
+        every = [*checks, *(c.request for c in checks if c.request is not None)]
+        return [c for c in every if is_excused(c.decision)]
+
+    def _parts(self, plan: ExcusedSplit, roots: list[_Check]) -> list[_Check]:
+        """The next level's parts as checks (the cache answers those judged before)."""
+        return [self._unjudged(stage, part, roots[i].conversation) for i, stage, part in plan.pieces()]
+
+    def _parts_decided(self, parts: list[_Check], outcome: list[Outcome]) -> list[Decision | BaseException]:
+        """Each part's decision, or the size error of a part refused (decided by ``on_error`` as unread)."""
+        refused = self._settle(parts, [p for p in parts if p.decision is None], outcome)
+        return [p.decision if p.decision is not None else refused or InputTooLarge("not judged") for p in parts]
+
+    def _judge_excused(self, checks: list[_Check]) -> None:
+        """Judge again in parts the checks the policy excused (`ExcusedSplit`): each gets the stricter decision."""
+        if not (roots := self._excused(checks)):
+            return
+        plan = ExcusedSplit.of(self.policy, [(c.stage, c.conversation, c.decision) for c in roots])  # type: ignore[misc]
+        while parts := self._parts(plan, roots):
+            pending = [part for part in parts if part.decision is None]
+            outcome: list[Outcome] = []
+            for start in range(0, len(pending), self.max_checks):  # at most max_checks a call, as any check
+                batch = pending[start : start + self.max_checks]
+                with window_budget(self.max_windows_per_call):
+                    judged = _closed_error(self.backend) if self._closed else self._judge(batch)
+                outcome += _each(judged, len(batch))
+            plan.take(self._parts_decided(parts, outcome))
+        for i, check in enumerate(roots):
+            check.decision = plan.decision(i)
+
+    async def _ajudge_excused(self, checks: list[_Check]) -> None:
+        """Async twin of `_judge_excused`; a long text's parts are cut on a worker thread."""
+        if not (roots := self._excused(checks)):
+            return
+        plan = ExcusedSplit.of(self.policy, [(c.stage, c.conversation, c.decision) for c in roots])  # type: ignore[misc]
+        off_loop = text_size([c.conversation for c in roots], PREPARE_ON_LOOP_CHARS) > PREPARE_ON_LOOP_CHARS
+        while parts := (await asyncio.to_thread(self._parts, plan, roots)) if off_loop else self._parts(plan, roots):
+            pending = [part for part in parts if part.decision is None]
+            outcome: list[Outcome] = []
+            for start in range(0, len(pending), self.max_checks):
+                batch = pending[start : start + self.max_checks]
+                with window_budget(self.max_windows_per_call):
+                    judged = _closed_error(self.backend) if self._closed else await self._ajudge(batch)
+                outcome += _each(judged, len(batch))
+            plan.take(self._parts_decided(parts, outcome))
+        for i, check in enumerate(roots):
+            check.decision = plan.decision(i)
 
     # -- the two I/O paths --------------------------------------------------------------------
     def check_many(self, items: Sequence[tuple[Stage | str, Sequence[Message]]]) -> list[Decision]:
@@ -724,7 +787,9 @@ class Guard:
             with window_budget(self.max_windows_per_call):
                 judged = [(group, self._judge([pending[i] for i in group])) for group in groups]
             outcome = _merged(len(pending), judged)
-        return self._settle(checks, pending, outcome)
+        refused = self._settle(checks, pending, outcome)
+        self._judge_excused(checks)
+        return self._finish(checks, refused)
 
     def _judge(self, pending: Sequence[_Check]) -> list[Outcome] | BaseException:
         """One backend call for ``pending`` (checks of one deadline), then what a failed call is judged again."""
@@ -768,7 +833,9 @@ class Guard:
             with window_budget(self.max_windows_per_call):
                 outcomes = await asyncio.gather(*(self._ajudge([pending[i] for i in group]) for group in groups))
             outcome = _merged(len(pending), list(zip(groups, outcomes)))
-        return self._settle(checks, pending, outcome)
+        refused = self._settle(checks, pending, outcome)
+        await self._ajudge_excused(checks)
+        return self._finish(checks, refused)
 
     def _pending(self, checks: list[_Check]) -> list[_Check]:
         """The checks the cache did not answer: what the call sends to the model, at most ``max_checks``."""
@@ -1023,6 +1090,11 @@ def _stricter(decision: Decision, other: Decision) -> Decision:
     """The stricter of a check's decision and its request's (`_Check.request`): a block over a flag over an allow,
     the check's own on a tie."""
     return min((decision, other), key=lambda d: (d.allowed, _ACTION_RANK[d.action]))
+
+
+def _each(outcome: list[Outcome] | BaseException, size: int) -> list[Outcome]:
+    """One outcome per check of a call: a failed call's error for each."""
+    return [outcome] * size if isinstance(outcome, BaseException) else outcome  # type: ignore[list-item]
 
 
 def _one_each(outcome: Any, expected: int) -> list[Outcome] | BaseException:

@@ -148,8 +148,9 @@ class ChatCompletionRequest(BaseModel):
 
     @model_validator(mode="after")
     def _top_logprobs_need_logprobs(self) -> ChatCompletionRequest:
-        # As OpenAI and vLLM refuse it: asked alternatives without logprobs would silently get none.
-        if self.top_logprobs and not self.logprobs:
+        # As OpenAI and vLLM refuse it: asked alternatives without logprobs would silently get none. Any value, 0
+        # included, as docs/server.md says (rt69c F3).
+        if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
         return self
 
@@ -200,7 +201,8 @@ class DecisionModel(BaseModel):
 
 
 class ModerationResult(BaseModel):
-    """One conversation's verdict (``risk`` is null and ``error`` set when the guard could not answer)."""
+    """One conversation's verdict (``risk`` is null and ``error`` set when the guard could not answer; both null
+    when it was not judged: every stage it is decided at is disabled, ``decision.reason`` ``"disabled"``)."""
 
     risk: Literal["safe", "controversial", "unsafe"] | None
     categories: list[str]

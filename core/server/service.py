@@ -16,7 +16,8 @@ from typing import Any
 
 from ..backends.base import Outcome
 from ..cache import cache_key
-from ..errors import GuardTimeout, InputTooLarge, VerdictParseError
+from ..errors import GuardTimeout, GuardUnavailable, InputTooLarge, VerdictParseError
+from ..excused_split import ExcusedSplit, is_excused
 from ..formats.content import clean_text, is_blank
 from ..formats.conversations import answer_or_prefill, least_contexts, without_blank_context
 from ..formats.prompts import (
@@ -25,8 +26,10 @@ from ..formats.prompts import (
     normalize_messages,
     parse_verdict,
     render_prompt,
+    text_size,
 )
 from ..formats.windows import CALL_WINDOW_BUDGET, window_budget
+from ..guard import PREPARE_ON_LOOP_CHARS
 from ..policy import Action, Decision, Policy, quoted
 from ..verdict import Risk, Stage, Verdict, worst
 from .limits import LimitExceeded, Limits
@@ -144,7 +147,20 @@ def decide(policy: Policy, outcome: Outcome, stages: Sequence[Stage]) -> Decisio
     """The strictest of ``policy``'s decisions on ``outcome`` (a verdict or a guard error) at ``stages``."""
     if isinstance(outcome, Verdict):
         return strictest([policy.decide(outcome, stage) for stage in stages])
-    return strictest([policy.decide_error(stage, outcome) for stage in stages])
+    timeout = isinstance(outcome, GuardTimeout)  # reason "timeout", as the local Guard says it
+    return strictest([policy.decide_error(stage, outcome, timeout=timeout) for stage in stages])
+
+
+def shortest(budgets: Iterable[float | None]) -> float | None:
+    """The shortest of ``budgets`` in seconds; ``None`` (no limit) when none is set."""
+    known = [budget for budget in budgets if budget is not None]
+    return min(known) if known else None
+
+
+def least_timeout(policy: Policy, stages: Iterable[Stage]) -> float | None:
+    """The shortest of ``policy``'s time budgets at ``stages`` (`Policy.timeout_for`), as the local Guard's
+    checks of several stages in one call get."""
+    return shortest(policy.timeout_for(stage) for stage in stages)
 
 
 def judged_within(
@@ -273,12 +289,18 @@ class Service:
         return max(0.001, min(timeout, at - time.monotonic()))
 
     async def classify(
-        self, conversations: Sequence[Sequence[Mapping[str, str]]], *, fallbacks: dict[int, Verdict] | None = None
+        self,
+        conversations: Sequence[Sequence[Mapping[str, str]]],
+        *,
+        fallbacks: dict[int, Verdict] | None = None,
+        budgets: Sequence[float | None] | None = None,
     ) -> list[tuple[Outcome, bool]]:
         """Verdicts (or per-conversation errors) with a cached flag. Whole-call failures become ApiErrors.
         ``fallbacks``: filled with the verdict, as the model gave it, of each conversation whose answer was no
         verdict and whose turn alone was judged not safe (`_without_context`), for a caller that decides by a
-        policy of its own (``/v1/moderate``).
+        policy of its own (``/v1/moderate``). ``budgets``: each conversation's time budget by that policy
+        (`least_timeout`); the call's deadline is the least of those judged, where shorter than the request's, and
+        missing it is each conversation's `GuardTimeout`, for the policy to decide, not a 504.
 
         Verdicts are stage-independent (the model never sees the stage), so they are cached under one
         stage label, apart from the Guard's own per-stage entries; a verdict of a turn judged alone is not (it
@@ -301,6 +323,13 @@ class Service:
             # `_without_context`) ran after the bound was reset, with no request bound at all (rt58b F3).
             with window_budget(self.limits.max_windows_per_request):
                 timeout = self.time_left()
+                # The policy's timeout_s binds /v1/moderate as it binds a stream session's checks: a client's
+                # tightened 0.2 s, or an operator's failing open, waited for the request's --timeout and was never
+                # decided as a timeout (rt69c F1).
+                policy_s = shortest(budgets[i] for i in pending) if budgets is not None else None
+                by_policy = policy_s is not None and (timeout is None or policy_s < timeout)
+                if by_policy:
+                    timeout = policy_s
                 # The request's windows in all, not only each conversation's (256 conversations of forged turn labels
                 # planned 25,000 windows and ran to the deadline): read by the backend's planning, in this task.
                 budget = CALL_WINDOW_BUDGET.set(self.limits.max_windows_per_request)
@@ -310,10 +339,15 @@ class Service:
                         None if timeout is None else timeout + 1.0,  # the backend's own deadline fires first
                     )
                 except (GuardTimeout, asyncio.TimeoutError) as exc:
-                    self.metrics.guard_errors.labels("GuardTimeout").inc()
-                    raise ApiError(
-                        504, f"guard did not answer within the request deadline ({self.request_timeout_s} s)", "timeout"
-                    ) from exc
+                    if not by_policy:
+                        self.metrics.guard_errors.labels("GuardTimeout").inc()
+                        raise ApiError(
+                            504,
+                            f"guard did not answer within the request deadline ({self.request_timeout_s} s)",
+                            "timeout",
+                        ) from exc
+                    # Counted per conversation below (`Metrics.verdict`), as any conversation's guard error.
+                    outcomes = [GuardTimeout(f"no answer within {policy_s} s") for _ in pending]
                 except InputTooLarge as exc:
                     raise self._too_large(exc) from exc
                 except Exception as exc:
@@ -328,7 +362,9 @@ class Service:
                         # error that `on_error="allow"` would let through.
                         raise self._too_large(outcome)
                 alone: dict[int, Verdict] = {}
-                outcomes = await self._without_context([conversations[i] for i in pending], outcomes, alone)
+                outcomes = await self._without_context(
+                    [conversations[i] for i in pending], outcomes, alone, policy_s if by_policy else None
+                )
                 for k, (i, outcome) in enumerate(zip(pending, outcomes)):
                     if isinstance(outcome, Verdict) and k not in alone:
                         cache.put(keys[i], outcome)
@@ -351,11 +387,13 @@ class Service:
         conversations: Sequence[Sequence[Mapping[str, str]]],
         outcomes: Sequence[Outcome],
         alone: dict[int, Verdict],
+        budget_s: float | None = None,
     ) -> list[Outcome]:
         """``outcomes``, with the worst verdict of its readings with less context (`least_contexts`) for each
         conversation whose answer was no verdict and that has context to leave out, when that verdict is unsafe (its
-        categories left out): all judged in one more backend call, within the request's deadline. Otherwise the
-        first error stands. ``alone`` gets each such worst verdict that is not safe, as the model gave it, by index."""
+        categories left out): all judged in one more backend call, within the request's deadline (and ``budget_s``,
+        the policy's, as the first call). Otherwise the first error stands. ``alone`` gets each such worst verdict
+        that is not safe, as the model gave it, by index."""
         out = list(outcomes)
         redo = [
             (k, least)
@@ -369,7 +407,7 @@ class Service:
         logger.warning("%d conversations got no verdict with their context; judging their turns alone", broken)
         for _ in range(broken):  # each first answer that was no verdict is a failed guard call, as the metric counts
             self.metrics.guard_errors.labels(VerdictParseError.__name__).inc()
-        timeout = self.time_left()
+        timeout = shortest((self.time_left(), budget_s))
         try:
             again = await asyncio.wait_for(
                 self.guard.backend.aclassify([least for _, least in redo], timeout=timeout),
@@ -404,16 +442,10 @@ class Service:
 
     @staticmethod
     def _decided(
-        policy: Policy,
-        wire: Sequence[Message],
-        named: Stage | None,
-        judged: Sequence[Mapping[str, str]],
-        result: tuple[Outcome, bool],
-        alone: Verdict | None,
+        policy: Policy, stages: Sequence[Stage], result: tuple[Outcome, bool], alone: Verdict | None
     ) -> tuple[Outcome, bool, Decision]:
-        """(the outcome reported, whether it was cached, the decision) for one conversation as ``judged``."""
+        """(the outcome reported, whether it was cached, the decision) for one conversation decided at ``stages``."""
         outcome, cached = result
-        stages = decided_stages(wire, named, judged)
         # Its turn alone judged not safe: this route knows the policy, so that verdict stands where the policy
         # decides it more strictly than what the conversation got (a guard error under a fail-open policy: a
         # controversial turn under strict mode was allowed, rt51d F6), never more loosely.
@@ -426,6 +458,43 @@ class Service:
         self.metrics.rejected.labels("work_size").inc()
         return ApiError(413, str(exc), "request_too_large")
 
+    async def _judge_excused(
+        self,
+        policy: Policy,
+        items: Sequence[Sequence[dict[str, str]]],
+        stages: Sequence[tuple[Stage, ...]],
+        every: list[tuple[Outcome | None, bool, Decision]],
+    ) -> None:
+        """The conversations the policy excused for their ignored categories, judged again in parts (`ExcusedSplit`,
+        as `Guard` does: one answer names one primary category, so an SSN excused bomb instructions beside it, rt68i
+        F2); ``every`` gets the stricter decision, with the verdict its parts were merged into."""
+        roots = [k for k, (_, _, decision) in enumerate(every) if is_excused(decision)]
+        if not roots:
+            return
+        plan = ExcusedSplit.of(policy, [(stages[k], items[k], every[k][2]) for k in roots])
+        size = sum(text_size(items[k], PREPARE_ON_LOOP_CHARS) for k in roots)
+        while parts := (await asyncio.to_thread(plan.pieces) if size > PREPARE_ON_LOOP_CHARS else plan.pieces()):
+            decided: list[Decision | BaseException] = []
+            step = self.limits.max_conversations  # each call as large as a request may be
+            for start in range(0, len(parts), step):
+                chunk = parts[start : start + step]
+                try:
+                    judged = await self.classify(
+                        [part for _, _, part in chunk],
+                        budgets=[least_timeout(policy, stages[roots[i]]) for i, _, _ in chunk],
+                    )
+                    outcomes: list[Outcome] = [outcome for outcome, _ in judged]
+                except ApiError as exc:  # the whole call failed: each part unread, decided by on_error
+                    failed = GuardTimeout(exc.message) if exc.status == 504 else GuardUnavailable(exc.message)
+                    outcomes = [failed] * len(chunk)
+                decided += [plan.decide(i, outcome) for (i, _, _), outcome in zip(chunk, outcomes)]
+            plan.take(decided)
+        for n, k in enumerate(roots):
+            outcome, cached, first = every[k]
+            decision = plan.decision(n)
+            if decision is not first:
+                every[k] = (decision.verdict or outcome, False, decision)
+
     async def moderate(self, body: ModerationRequest, work: ModerationWork | None = None) -> ModerationResponse:
         """Verdicts for a batch of conversations, in order, with the Policy's decision for each. ``work``:
         `moderation_work` already done (in the gate's thread)."""
@@ -434,42 +503,61 @@ class Service:
         # The request behind a last turn of markup alone is judged too, in the same call, and decided at the prompt
         # stage: the stricter decision stands (rt63g F2).
         behind = {i: len(convs) + k for k, i in enumerate(i for i, r in enumerate(requests) if r is not None)}
-        alone: dict[int, Verdict] = {}
-        outcomes = await self.classify([*convs, *(r for r in requests if r is not None)], fallbacks=alone)
+        items = [*convs, *(r for r in requests if r is not None)]
+        wires = [*body.conversations, *(body.conversations[i] for i in behind)]
+        stages = [decided_stages(wire, body.stage, judged) for wire, judged in zip(wires, items)]
+        # A stage the policy turned off (both sides, as tightened) is not decided, and a conversation whose stages are
+        # all off is allowed unjudged, with no model call, as `Guard` allows it ("disabled"): it was judged and
+        # blocked here, where a stream session's prompt check allowed it (rt69c F2).
+        live = [tuple(stage for stage in own if policy.enabled(stage)) for own in stages]
+        judged = [k for k, on in enumerate(live) if on]
+        fallbacks: dict[int, Verdict] = {}
+        outcomes = await self.classify(
+            [items[k] for k in judged], fallbacks=fallbacks, budgets=[least_timeout(policy, live[k]) for k in judged]
+        )
+        found = dict(zip(judged, outcomes))
+        alone = {judged[j]: verdict for j, verdict in fallbacks.items()}
+
+        def decided(k: int) -> tuple[Outcome | None, bool, Decision]:
+            if k not in found:
+                return None, False, Decision(True, Action.ALLOW, stages[k][0], "disabled")
+            return self._decided(policy, live[k], found[k], alone.get(k))
+
+        every = [decided(k) for k in range(len(items))]
+        await self._judge_excused(policy, items, live, every)
         results = []
-        for i, wire in enumerate(body.conversations):
-            outcome, cached, decision = self._decided(policy, wire, body.stage, convs[i], outcomes[i], alone.get(i))
-            if (j := behind.get(i)) is not None and (request := requests[i]) is not None:
-                judged = self._decided(policy, wire, body.stage, request, outcomes[j], alone.get(j))
-                if strictest([decision, judged[2]]) is not decision:
-                    outcome, cached, decision = judged
-            if isinstance(outcome, Verdict):
-                results.append(
-                    ModerationResult(
-                        risk=outcome.risk.value,
-                        categories=list(outcome.categories),
-                        refusal=outcome.refusal,
-                        latency_ms=0.0 if cached else round(outcome.latency_ms, 3),
-                        model=outcome.model or name,
-                        probs=None if outcome.probs is None else {r.value: p for r, p in outcome.probs.items()},
-                        cached=cached,
-                        decision=decision_model(decision),
-                    )
-                )
-            else:
-                results.append(
-                    ModerationResult(
-                        risk=None,
-                        categories=[],
-                        refusal=None,
-                        latency_ms=0.0,
-                        model=name,
-                        error=type(outcome).__name__,  # the message stays on the server (docs/security.md)
-                        decision=decision_model(decision),
-                    )
-                )
+        for i in range(len(convs)):
+            outcome, cached, decision = every[i]
+            if (j := behind.get(i)) is not None and strictest([decision, (request := every[j])[2]]) is not decision:
+                outcome, cached, decision = request
+            results.append(moderation_result(outcome, cached, decision, name))
             metrics.decision(decision)
         return ModerationResponse(model=name, results=results)
+
+
+def moderation_result(outcome: Outcome | None, cached: bool, decision: Decision, model: str) -> ModerationResult:
+    """One conversation's result: its verdict, or the guard error's type (``risk`` null), or neither where it was
+    not judged (its stages disabled)."""
+    if isinstance(outcome, Verdict):
+        return ModerationResult(
+            risk=outcome.risk.value,
+            categories=list(outcome.categories),
+            refusal=outcome.refusal,
+            latency_ms=0.0 if cached else round(outcome.latency_ms, 3),
+            model=outcome.model or model,
+            probs=None if outcome.probs is None else {r.value: p for r, p in outcome.probs.items()},
+            cached=cached,
+            decision=decision_model(decision),
+        )
+    return ModerationResult(
+        risk=None,
+        categories=[],
+        refusal=None,
+        latency_ms=0.0,
+        model=model,
+        error=None if outcome is None else type(outcome).__name__,  # the message stays on the server (docs/security.md)
+        decision=decision_model(decision),
+    )
 
 
 def normalize(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:

@@ -85,7 +85,9 @@ class GateSession:
                 outcome = exc
             # A context that broke the answer (a padded prompt): judged again as the Guard does (rt51b F5).
             outcome = guard._judged_without_context(pending, outcome)
-        return cast(Decision, guard._settle([check], pending, outcome)[0])
+        refused = guard._settle([check], pending, outcome)
+        guard._judge_excused([check])  # an ignored category's verdict, judged again in parts (`excused_split`)
+        return cast(Decision, guard._finish([check], refused)[0])
 
     async def acheck(self, conversation: Sequence[Message]) -> Decision:
         """Async twin of `check` (tokenizing in a worker thread, the model in the backend's batcher)."""
@@ -101,7 +103,9 @@ class GateSession:
             except Exception as exc:  # noqa: BLE001
                 outcome = exc
             outcome = await guard._ajudged_without_context(pending, outcome)
-        return cast(Decision, guard._settle([check], pending, outcome)[0])
+        refused = guard._settle([check], pending, outcome)
+        await guard._ajudge_excused([check])
+        return cast(Decision, guard._finish([check], refused)[0])
 
     def close(self) -> None:
         """Free the session's cache (later checks are full checks)."""

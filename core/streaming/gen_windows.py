@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ..backends.after_fork import ForkSafePool
 from ..backends.gen_session_pool import SESSIONS_PER_STREAM
 from ..errors import GuardTimeout, InputTooLarge, QwenGuardError, VerdictParseError
+from ..excused_split import ExcusedSplit, is_excused
 from ..formats.content import _BLANKS as BLANKS
 from ..formats.content import BidiState, read_as_displayed
 from ..formats.content import _classes as content_classes
@@ -30,6 +31,7 @@ from ..verdict import Risk, Stage, Verdict, worst
 from .task_ends import mark_read
 
 if TYPE_CHECKING:
+    from ..policy import Policy
     from .monitor_core import MonitorCore
 
 # A sentence ends at terminal punctuation (and closing quotes/brackets) followed by whitespace, or
@@ -1264,6 +1266,11 @@ class GenWindows:
         return core._release_to(self._boundary(self.confirmed))
 
 
+#: How much longer than a window's deadline its check is waited for: the backend's own deadline error comes first,
+#: with what the windows answered in time read (`readable`).
+WINDOW_GRACE_S = 1.0
+
+
 class WindowJudge:
     """Runs one stream's window checks on the guard's backend, each returning its verdict or its error.
 
@@ -1280,10 +1287,20 @@ class WindowJudge:
     read as seen) that came back safe is not planned again in a later check showing it as context, and the
     stream's forged-turn windows are bounded (rt57e F1)."""
 
-    def __init__(self, backend: Any, max_sessions: int = SESSIONS_PER_STREAM, *, reread: bool = False) -> None:
+    def __init__(
+        self,
+        backend: Any,
+        max_sessions: int = SESSIONS_PER_STREAM,
+        *,
+        reread: bool = False,
+        policy: Policy | None = None,
+    ) -> None:
         from .gate_session import open_gen_session
 
         self.backend = backend
+        #: The stream's policy: a window it excuses for its ignored categories is judged again in parts
+        #: (`ExcusedSplit`), as `Guard` does for its checks (rt68i F2).
+        self.policy = policy
         self.pool = open_gen_session(backend, max_sessions)  # None: remote, or no engine
         #: Judge a window whose answer was no verdict again with less context (`least_contexts`): only where the
         #: policy lets a guard error through, as `Guard` does; failing closed, the error blocks and a controversial
@@ -1302,7 +1319,21 @@ class WindowJudge:
             return _stricter(
                 outcome, [self._check(least, timeout, shared=False) for least in least_contexts(conversation)]
             )
-        return outcome
+        if (plan := self._excused(conversation, outcome)) is None:
+            return outcome
+        while parts := plan.pieces():
+            plan.take([self._decided(self._check(part, timeout, shared=False)) for _, _, part in parts])
+        return plan.outcome(0)
+
+    def _excused(self, conversation: list[dict[str, str]], outcome: Any) -> ExcusedSplit | None:
+        """The plan to judge a window again in parts, where the policy excuses it for its ignored categories."""
+        if self.policy is None or not isinstance(outcome, Verdict):
+            return None
+        decision = self.policy.decide(outcome, Stage.STREAM)
+        return ExcusedSplit.of(self.policy, [(Stage.STREAM, conversation, decision)]) if is_excused(decision) else None
+
+    def _decided(self, outcome: Any) -> Any:
+        return self.policy.decide(outcome, Stage.STREAM) if isinstance(outcome, Verdict) else outcome  # type: ignore[union-attr]
 
     def _check(self, conversation: list[dict[str, str]], timeout: float | None, *, shared: bool = True) -> Any:
         if shared:  # the window itself (a reread with less context is another conversation)
@@ -1323,7 +1354,11 @@ class WindowJudge:
             return _stricter(
                 outcome, [await self._acheck(least, timeout, shared=False) for least in least_contexts(conversation)]
             )
-        return outcome
+        if (plan := self._excused(conversation, outcome)) is None:
+            return outcome
+        while parts := plan.pieces():
+            plan.take([self._decided(await self._acheck(part, timeout, shared=False)) for _, _, part in parts])
+        return plan.outcome(0)
 
     async def _acheck(self, conversation: list[dict[str, str]], timeout: float | None, *, shared: bool = True) -> Any:
         if shared:  # the window itself (a reread with less context is another conversation)
@@ -1335,12 +1370,14 @@ class WindowJudge:
                 call = _first(self.backend.aclassify([conversation], timeout=timeout))
             if timeout is None:
                 return _judged(conversation, await call)
-            # The backend's own deadline and this one fire together: the check may end with its error just
-            # as wait_for gives up on it; retrieve that error (else asyncio logs "Task exception was never
-            # retrieved" for every such window: a client could flood the operator's logs).
+            # The backend's own deadline comes first: its error carries what the windows answered in time read
+            # (`readable`), which a bare timeout here dropped, and the stream let an Unsafe window out under
+            # on_error="allow" (rt69b F2); the sync path waits as long (`WINDOW_GRACE_S`). A check that still
+            # ends with its error as wait_for gives up has that error retrieved (else asyncio logs "Task
+            # exception was never retrieved" for every such window: a client could flood the operator's logs).
             task = asyncio.ensure_future(call)
             task.add_done_callback(mark_read)
-            return _judged(conversation, await asyncio.wait_for(task, timeout))
+            return _judged(conversation, await asyncio.wait_for(task, timeout + WINDOW_GRACE_S))
         except asyncio.TimeoutError:
             return GuardTimeout(f"stream window check took longer than {timeout}s")
         except Exception as exc:  # noqa: BLE001
@@ -1360,8 +1397,11 @@ def _judged(conversation: list[dict[str, str]], outcome: Any) -> Any:
 
 
 def _stricter(error: Any, readings: list[Any]) -> Any:
-    """A window's error, or the worst verdict of its turn read with less context where that is not safe."""
-    found = [v for v in readings if isinstance(v, Verdict) and v.risk is not Risk.SAFE]
+    """A window's error, or the worst verdict of its turn read with less context where that is not safe, with what
+    the error's own windows read (``readable``: an Unsafe window beside the one that failed was dropped for a
+    Controversial reading of the turn alone, and a loose policy let the window out: rt69b F1)."""
+    readable = getattr(error, "readable", None)
+    found = [v for v in (readable, *readings) if isinstance(v, Verdict) and v.risk is not Risk.SAFE]
     return worst(found) if found else error
 
 

@@ -76,7 +76,7 @@ from ..errors import GuardTimeout
 from ..formats.prompts import Message
 from ..verdict import Stage
 from .cancel_safe import CancelSafeLane
-from .gen_windows import window_pool
+from .gen_windows import WINDOW_GRACE_S, window_pool
 from .misuse import AsyncOnly, SyncOnly
 from .monitor_core import (
     DEFAULT_CHECK_EVERY,
@@ -281,7 +281,7 @@ class StreamMonitor(MonitorCore, SyncOnly):
                 outcome = self._window_judge.check(conversation, windows.timeout)
             else:
                 try:
-                    outcome = fut.result(timeout=None if windows.timeout is None else windows.timeout + 1.0)
+                    outcome = fut.result(timeout=None if windows.timeout is None else windows.timeout + WINDOW_GRACE_S)
                 except FutureTimeout:
                     outcome = GuardTimeout(f"stream window check took longer than {windows.timeout}s")
             self._pending.popleft()

@@ -397,7 +397,9 @@ class MonitorCore:
         takeover = self._taken_over or self.stream_backend is not None
         self._windows = GenWindows(self, start=self._released_len, held=self._buffer, takeover=takeover)
         # Windows are judged again with less context only where a guard error would be let through (as `Guard` does).
-        self._window_judge = WindowJudge(self.guard.backend, reread=self.policy.on_error_for(Stage.STREAM) == "allow")
+        self._window_judge = WindowJudge(
+            self.guard.backend, reread=self.policy.on_error_for(Stage.STREAM) == "allow", policy=self.policy
+        )
 
     def take_over(self, released: str, held: str, failed: Decision | None = None) -> None:
         """Judge, in Gen windows, a stream another monitor started and cannot go on with (a remote session
