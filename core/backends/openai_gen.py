@@ -195,6 +195,9 @@ _ERROR_BODY_BYTES = 64 << 10
 _MAX_CHOICES = 16
 #: Of a reply that is no verdict, at most this much is shown, masked before it is cut (a secret is never cut in part).
 _RAW_CHARS = 300
+#: The most parts of a chat choice's content that are read, where it is a list of parts (`_content_text`), as the
+#: most choices of a reply are (`_MAX_CHOICES`): a verdict is a few lines.
+_MAX_CONTENT_PARTS = 16
 #: The header of qwenguard serve's 502 ``guard_error`` that carries a Controversial the guard read all the same
 #: (`qwenguard.core.server.service.READABLE_HEADER`; `OpenAIGen._readable_of`).
 READABLE_HEADER = "X-Qwenguard-Readable"
@@ -337,6 +340,28 @@ def _cut_short(end: object, max_tokens: int) -> str | None:
     if end == "length":
         return f"was cut at max_tokens={max_tokens} (finish_reason 'length'): the verdict may be incomplete"
     return f"ended with finish_reason {str(end)[:40]!r}, not a normal end: the verdict may be incomplete"
+
+
+def _content_text(content: list[Any], limit: int) -> tuple[str, str | None] | None:
+    """The text of a chat choice's content sent as a list of parts (``[{"type": "text", "text": "Safety: ..."}]``, as
+    some gateways send it; a part that is a string stands as it is), joined as the answer the guard wrote, and why it
+    may be a part of that answer (None: whole); None where a part is no text (an image, an object without text),
+    which leaves the content no verdict. At most `_MAX_CONTENT_PARTS` parts and ``limit`` characters are read (the
+    reply's own bound, ``max_reply_bytes``): past them the text is cut, and read as a cut answer is (`_cut_short`)."""
+    texts: list[str] = []
+    size = 0
+    for part in content[:_MAX_CONTENT_PARTS]:
+        if isinstance(part, Mapping) and part.get("type") == "text" and isinstance(part.get("text"), str):
+            part = part["text"]
+        if not isinstance(part, str):
+            return None
+        texts.append(part)
+        size += len(part)
+        if size > limit:
+            return "".join(texts)[:limit], f"has content parts longer than {limit:,} characters: cut"
+    if len(content) > _MAX_CONTENT_PARTS:
+        return "".join(texts), f"has {len(content):,} content parts (more than {_MAX_CONTENT_PARTS} are not read): cut"
+    return "".join(texts), None
 
 
 def _not_a_guards_answer(choice: Any) -> str | None:
@@ -903,6 +928,17 @@ class OpenAIGen:
         except (KeyError, IndexError, TypeError):
             # The choice shown, not the whole reply: rendered for each choice, a reply of many was quadratic (rt68a F1).
             return None, VerdictParseError(f"the server's reply has no choices[{i}] text", raw=self._shown(choice))
+        parts_cut: str | None = None
+        if isinstance(text, list) and self.mode == "chat":
+            # Content as a list of text parts (some gateways send it so) is the answer they hold: refused as no text,
+            # it was a guard error, and on_error="allow" let through what the engine called Unsafe (rt69b F3).
+            joined = _content_text(text, self.max_reply_bytes)
+            if joined is None:
+                return None, VerdictParseError(
+                    f"the server's reply choices[{i}] content is a list with a part that is not text",
+                    raw=self._shown(text),
+                )
+            text, parts_cut = joined
         parsed: Verdict | VerdictParseError
         try:
             parsed = parse_verdict(text, mode=mode, model=self.name)
@@ -915,7 +951,7 @@ class OpenAIGen:
         # may excuse it (rt49e F1). A model that kept writing after "Safety: Unsafe" was a guard error here and
         # blocked locally; allowed under on_error="allow" (rt53c F1; rt53e F6 for the other endings). An aborted
         # "Unsafe\nCategories: Violent" was read whole, and an ignored Violent allowed it (rt57d F1).
-        odd = _not_a_guards_answer(choice) or _cut_short(choice.get("finish_reason"), self.max_tokens)
+        odd = _not_a_guards_answer(choice) or _cut_short(choice.get("finish_reason"), self.max_tokens) or parts_cut
         if odd is not None:
             if not (isinstance(parsed, Verdict) and parsed.risk is Risk.UNSAFE):
                 return None, VerdictParseError(f"the server's reply choices[{i}] {odd}", raw=str(text)[:300])
