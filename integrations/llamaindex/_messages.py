@@ -102,6 +102,7 @@ __all__ = [
     "observation_check",
     "observation_text",
     "history_messages",
+    "file_turns",
     "joined_variables",
     "message_text",
     "plan_inputs",
@@ -109,8 +110,10 @@ __all__ = [
     "guarded_tool_name",
     "plan_template",
     "raw_reasoning",
+    "query_wording",
     "react_actions",
     "react_tool_text",
+    "renders_blocks",
     "reply_parts",
     "reply_text",
     "resolve_template",
@@ -1904,7 +1907,8 @@ def variable_text(name: str, value: Any, max_chars: int | None = None) -> str:
 
 def variable_texts(variables: Mapping[str, Any], max_chars: int | None = None) -> dict[str, str]:
     """The text of each variable a guard can judge (`variable_text`). Left out: plain numbers, booleans and
-    ``None`` (their text is digits or a constant) and bytes (binary data, read by no text guard, as images are)."""
+    ``None`` (their text is digits or a constant) and bytes (binary data, read by no text guard, as images are; a chat
+    template's binary block they fill is read as the file it is: `query_wording`, `file_turns`)."""
     return {
         key: variable_text(key, value, max_chars)
         for key, value in variables.items()
@@ -1940,8 +1944,9 @@ def resolve_template(
 
     A ``SelectorPromptTemplate`` is resolved to the template it selects for ``llm``. A ``RichPromptTemplate``
     (Jinja) may read a value that is not a string in its own way (a loop, an attribute): those are handed over
-    as they are, and the call is not ``exact``. Other template classes format in their own way: handed over
-    untouched (their mappings are called once, by their formatting), not ``exact``."""
+    as they are, and the call is not ``exact``; nor is one that renders a block that is not text (`renders_blocks`: a
+    filter's document or image, which the formatted messages are judged for). Other template classes format in their
+    own way: handed over untouched (their mappings are called once, by their formatting), not ``exact``."""
     template = prompt
     while isinstance(template, SelectorPromptTemplate):
         template = template.select(llm=llm)
@@ -1960,7 +1965,20 @@ def resolve_template(
     resolved = template.model_copy(
         update={"kwargs": template._map_template_vars(given), "function_mappings": {}, "template_var_mappings": {}}
     )
+    if exact and isinstance(resolved, RichPromptTemplate):
+        exact = not renders_blocks(resolved)
     return TemplateCall(resolved, {}, texts, computed, exact, dict(template.template_var_mappings or {}))
+
+
+def renders_blocks(template: RichPromptTemplate) -> bool:
+    """Does a Jinja template, formatted with its ``kwargs``, render a block that is not text? A filter turns a string
+    into one (``{{ upload | document }}``, ``{{ upload | image }}``): the model reads that file, which no variable's
+    text shows (rt69e F2). A template that fails to render counts as one: its call formats it again and fails there."""
+    try:
+        messages = template.format_messages()
+    except Exception:
+        return True
+    return any(not isinstance(block, TextBlock) for message in messages for block in message.blocks)
 
 
 def template_turns(
@@ -1974,8 +1992,8 @@ def template_turns(
     ``chat_history`` too) between their system prompt and ``{query_str}``, as literal template text. Those turns
     come formatted with ``variables`` exactly as the model reads them: a ``{query_str}`` or ``{context_str}`` a
     history turn holds is expanded there too, so it is judged expanded (rt62d F3). The query turn is the template's
-    wording around the query: its placeholders cut out (their values are judged by variable). Both empty for a
-    template that is not a `ChatPromptTemplate`."""
+    wording around the query: its text placeholders cut out (their values are judged by variable), its other blocks
+    filled, as the model reads them (`query_wording`). Both empty for a template that is not a `ChatPromptTemplate`."""
     if type(template) is not ChatPromptTemplate:
         return [], []
     messages = template.message_templates
@@ -1983,8 +2001,31 @@ def template_turns(
     asks = last is not None and role_of(last) not in _SYSTEM and query in last.get_template_vars()
     before = messages[:-1] if asks else messages
     read = [m.format_vars(**variables) for m in before]  # as `ChatPromptTemplate.format_messages` formats each
+    return read, [query_wording(last, variables)] if asks and last is not None else []
+
+
+def query_wording(message: ChatMessage, variables: Mapping[str, Any]) -> ChatMessage:
+    """A chat template's query turn as its wording is judged: its text blocks with every placeholder blank (their
+    values are judged by variable), its other blocks formatted with ``variables`` as the model reads them. LlamaIndex
+    fills a templated binary block with a variable (``DocumentBlock(data=b"{doc}")``, ``ImageBlock(image=b"{img}")``):
+    the file the model reads is that value, which no variable's text shows (bytes are not judged by variable: rt69e
+    F1); read as the chat path reads the block (`block_text`), in the user's turn."""
     blanks = dict.fromkeys(variables, "")
-    return read, [last.format_vars(**blanks)] if asks and last is not None else []
+    blocks = []
+    for block in message.blocks:
+        values = blanks if isinstance(block, TextBlock) else variables
+        # Only the block's own variables, as `ChatMessage.format_vars` hands them (it formats each block so).
+        names = set(block.get_template_vars())
+        blocks.append(block.format_vars(**{k: v for k, v in values.items() if k in names}))
+    return message.model_copy(update={"blocks": blocks})
+
+
+def file_turns(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+    """``messages`` with only their blocks that are not text (a document, an image...), each in its turn's role, those
+    left with none left out: the files a model reads beside the text, read as the chat path reads them
+    (`plan_inputs`)."""
+    kept = [(m, [b for b in m.blocks if not isinstance(b, TextBlock)]) for m in messages]
+    return [ChatMessage(role=m.role, blocks=blocks) for m, blocks in kept if blocks]
 
 
 def plan_template(
@@ -2019,7 +2060,8 @@ def plan_template(
     variables ``template_var_mappings`` renamed): the turns a chat template carries before its query turn
     (`template_turns`: a context chat engine's conversation) are judged by role as the model reads them, and the query
     as the latest user turn after them, as the chat path judges a conversation (`plan_inputs`); the answer is judged
-    after that whole conversation (rt62d F4). The query turn's own wording, its placeholders cut out, by role too.
+    after that whole conversation (rt62d F4). The query turn's own wording, its text placeholders cut out and its
+    files filled (`query_wording`), by role too; the files of the opening system message (`file_turns`) as well.
     """
     texts = variable_texts(variables)
     query_key = next((k for k in QUERY_VARIABLES if k in texts), None)
@@ -2029,6 +2071,11 @@ def plan_template(
     said = InputPlan()
     if template is not None:
         turns, wording = template_turns(template, template.kwargs, (renamed or {}).get(query_key, query_key))
+        # The files of the system message that opens it (the application's, its text not judged): a templated binary
+        # block there is filled from a variable (rt69e F1).
+        opening = [m for m in turns[:1] if role_of(m) in _SYSTEM]
+        filed = plan_inputs(file_turns(opening), llm, screen_system=True, seen=seen, latest_prompt=False).checks
+        others = [*others, *filed]
         if any(role_of(m) not in _SYSTEM for m in turns):
             # The query is the latest user turn of the conversation the template writes: judged after those turns,
             # and the answer after all of it, as on the chat path (the history, not a variable, is the context).

@@ -30,7 +30,9 @@ fail-closed side).
 A chat template's own messages can be the conversation: the context chat engines write the history (a
 client's ``chat_history`` among it) between their system message and ``{query_str}``. So each non-system
 message of the template is judged by role, as read (`_template_turns`), except the template's wording around
-the variables (a system message or the last user message holding one: its variables are judged by variable).
+the variables (a system message or the last user message holding one: its variables are judged by variable). The
+files the model reads in the input's messages beside their text (a templated ``DocumentBlock(data=b"{doc}")``, a Jinja
+filter's document or image: no variable's text shows them) are judged in their turn's role, as the chat path reads them.
 
 A synthesizer can hand back text no LLM wrote whole (``accumulate`` joins its answers): the response a
 SYNTHESIZE or QUERY event ends with is judged as the answer to its query, unless it is an answer already judged
@@ -66,6 +68,7 @@ from ._messages import (
     QUERY_VARIABLES,
     Checks,
     GuardMessage,
+    file_turns,
     joined_variables,
     judge,
     message_text,
@@ -347,15 +350,24 @@ class GuardCallbackHandler(BaseCallbackHandler):
         plan = plan_template(texts)
         # A request split across variables, judged whole (rt62f N1).
         joined = _joined(template.template, texts, jinja=jinja)
+        # The files the model reads in the template's messages, which no variable's text and no layout shows: a
+        # templated binary block (``DocumentBlock(data=b"{doc}")``), a Jinja filter's document or image (rt69e).
+        filed = plan_inputs(
+            file_turns(payload.get(EventPayload.MESSAGES) or []),
+            screen_system=True,
+            latest_prompt=False,
+            max_chars=self.guard.max_chars,
+        )
         if plan is not None and at >= 0:
             # A Jinja template's text is the application's, its variables judged by variable, as GuardedLLM judges
             # it (where its values landed is not known here: its messages are not read as a conversation).
             turns = [] if jinja else _template_turns(payload, formatted, fields, at)
             said = plan_inputs(turns, latest_prompt=False, max_chars=self.guard.max_chars)
-            return plan.checks + joined + said.checks + unshown, plan.prompt
+            return plan.checks + joined + said.checks + filed.checks + unshown, plan.prompt
         # No query variable (every variable is still judged), or not this call's template: judged as any LLM call.
         checks, prompt = self._llm_prompt(payload, parent_id)
-        return (plan.checks if plan is not None else variable_checks(texts)) + joined + checks + unshown, prompt
+        by_variable = plan.checks if plan is not None else variable_checks(texts)
+        return by_variable + joined + checks + filed.checks + unshown, prompt
 
     def _llm_prompt(self, payload: dict[str, Any], parent_id: str) -> tuple[Checks, list[GuardMessage]]:
         query = self._query_above(parent_id)
