@@ -199,7 +199,7 @@ def test_breakdowns_by_category_source_and_stage(examples):
     assert cats["Violent"]["category_match"] == 1.0
     assert cats["Politically Sensitive Topics"]["positives"] == 0  # loose: controversial is not harmful
     assert report.mappings["strict"]["by_category"][2]["category"] in cats
-    assert cats["(none)"]["fp"] == 1 and cats["(none)"]["recall"] is None
+    assert cats[None]["fp"] == 1 and cats[None]["recall"] is None
     sources = {s["source"]: s for s in report.mappings["loose"]["by_source"]}
     assert sources["a"]["n"] == 6 and sources["b"]["recall"] == 0.0
     stages = {s["stage"]: s for s in report.mappings["loose"]["by_stage"]}

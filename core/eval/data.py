@@ -27,6 +27,8 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import re
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +111,18 @@ def parse_label(value: Any) -> Risk:
     raise ValueError(f"label {value!r} is not one of safe, unsafe, controversial, 0, 1 (1 = unsafe)")
 
 
+#: A lone surrogate: what a JSON escape such as ``"\\ud800"`` parses to, a character no encoder writes.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _written(text: str) -> str:
+    """``text`` with each lone surrogate as U+FFFD, the guard's own entry rule (`clean_text`): a row's text is
+    judged as a live check of it is, and its key, report lines and cache entries can be written (rt69g F1)."""
+    if text.isascii() or _SURROGATE.search(text) is None:
+        return text
+    return _SURROGATE.sub("\ufffd", text)
+
+
 def _is_missing(value: Any) -> bool:
     if value is None:
         return True
@@ -133,7 +147,7 @@ def _parse_categories(value: Any) -> tuple[str, ...]:
         raise ValueError(f"category must be a string or a list, got {type(value).__name__}")
     out: list[str] = []
     for item in items:
-        name = str(item).strip()
+        name = _written(str(item)).strip()
         if name.lower() in _NONE_CATEGORY:
             continue
         # Official names are kept as the model writes them; other names (a dataset's own taxonomy)
@@ -158,7 +172,7 @@ def _parse_messages(value: Any) -> list[dict[str, str]]:
             raise ValueError(f"messages[{i}].role must be user, assistant or system, got {role!r}")
         if not isinstance(content, str):
             raise ValueError(f"messages[{i}].content must be a string, got {type(content).__name__}")
-        out.append({"role": role, "content": content})
+        out.append({"role": role, "content": _written(content)})
     return out
 
 
@@ -302,7 +316,7 @@ def _with_known_columns(records: Iterable[Any], *, where: str, lines: Sequence[i
 def _text(value: Any, column: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"column {column!r} must be text, got {type(value).__name__}")
-    return value
+    return _written(value)
 
 
 def _example(record: Mapping[str, Any], index: int) -> EvalExample:
@@ -358,13 +372,15 @@ def _example(record: Mapping[str, Any], index: int) -> EvalExample:
         refusal = bool(refusal)
     source = record.get("source")
     rid = record.get("id")
+    # `category` empty or null beside a `categories` list: the list is the row's (rt69g F5).
+    category = record.get("category")
     return EvalExample(
-        id=str(index) if _is_missing(rid) else str(rid),
+        id=str(index) if _is_missing(rid) else _written(str(rid)),
         stage=stage,
         conversation=tuple(conversation),
         label=label,
-        categories=_parse_categories(record.get("category", record.get("categories"))),
-        source=None if _is_missing(source) else str(source),
+        categories=_parse_categories(record.get("categories") if _is_missing(category) else category),
+        source=None if _is_missing(source) else _written(str(source)),
         refusal=refusal,
         extra={k: v for k, v in record.items() if k not in KNOWN_COLUMNS},
     )
@@ -441,6 +457,8 @@ def _read_jsonl(path: Path) -> tuple[list[Any], list[int]]:
                 raise DataError(f"{path} line {n}: not valid JSON ({exc.msg})") from None
             except RecursionError:
                 raise DataError(f"{path} line {n}: JSON nested too deeply to read") from None
+            except ValueError as exc:  # an integer of more digits than Python converts (4,300): rt69g F3
+                raise DataError(f"{path} line {n}: {exc}") from None
             lines.append(n)
     return rows, lines
 
@@ -456,7 +474,17 @@ def _read_json(path: Path) -> tuple[list[Any], list[int] | None]:
             raise DataError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
         except RecursionError:
             raise DataError(f"{path}: JSON nested too deeply to read") from None
+        except ValueError as exc:  # an integer of more digits than Python converts (4,300): rt69g F3
+            raise DataError(f"{path}{_long_number_line(text)}: {exc}") from None
     return _read_jsonl(path)
+
+
+def _long_number_line(text: str) -> str:
+    """`` line N``: where the first number too long for Python to convert (a value of more digits than
+    ``sys.get_int_max_str_digits()``) starts in a JSON text, or nothing."""
+    digits = getattr(sys, "get_int_max_str_digits", lambda: 4300)() or 4300
+    found = re.search(rf"[:,\[]\s*-?([0-9]{{{digits + 1},}})", text)
+    return "" if found is None else f" line {text.count(chr(10), 0, found.start(1)) + 1}"
 
 
 #: The largest CSV cell read: csv's own default (128 KiB) refuses a retrieved document the guard could judge; the

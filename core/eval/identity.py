@@ -14,7 +14,9 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Mapping
+import secrets
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,14 +39,36 @@ def refuse_link(path: Path) -> None:
         )
 
 
-def open_owned(path: Path, mode: str = "w") -> IO[Any]:
+@contextmanager
+def open_owned(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     """Open one of the files eval owns for writing (``"w"`` text, ``"wb"`` bytes, ``"a"`` text appended: the
-    predictions cache), never through a symbolic link:
-    a link planted at its name is refused (`QwenGuardError`) instead of writing, or creating, the file it points
-    to (``O_NOFOLLOW`` where the platform has it, so a link planted after the check is refused too)."""
+    predictions cache), never through a symbolic link: a link planted at its name is refused (`QwenGuardError`)
+    instead of writing, or creating, the file it points to (``O_NOFOLLOW`` where the platform has it, so a link
+    planted after the check is refused too).
+
+    ``"w"`` and ``"wb"`` write a new file beside it, renamed onto its name when the ``with`` block ends without an
+    error: a write that fails part way (a string no encoder writes, a full disk, an interrupt) leaves the file
+    there before as it was, not one cut short (rt69g F1)."""
     refuse_link(path)
-    end = os.O_APPEND if "a" in mode else os.O_TRUNC
-    flags = os.O_WRONLY | os.O_CREAT | end | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    if "a" in mode:
+        with _opened(path, os.O_APPEND, mode) as f:
+            yield f
+        return
+    # A name of its own in the same folder (a rename is atomic within one file system); O_EXCL: never an existing one.
+    part = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+    try:
+        with _opened(part, os.O_EXCL, mode) as f:
+            yield f
+        refuse_link(path)  # a link planted while writing is the user's to remove, not to replace
+        os.replace(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+
+
+def _opened(path: Path, how: int, mode: str) -> IO[Any]:
+    """``path`` opened for writing (created if need be, ``how``: appended, or made new) never through a link."""
+    flags = os.O_WRONLY | os.O_CREAT | how | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(path, flags, 0o666)
     except OSError as exc:

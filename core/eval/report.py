@@ -21,6 +21,7 @@ import datetime as _dt
 import html
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ from .runner import Prediction, RunResult
 __all__ = ["EvalReport", "compute_report", "default_policies", "RISK_ORDER", "NO_CATEGORY"]
 
 RISK_ORDER = (Risk.SAFE, Risk.CONTROVERSIAL, Risk.UNSAFE)
+#: How the group of rows with no category (or no source) is shown. In ``report.json`` that group is ``null``, a
+#: name no dataset spells: a category spelt "(none)" is its own group, shown quoted (rt69g F5).
 NO_CATEGORY = "(none)"
 #: Categories in report.md's table (those with the most rows; report.json has every one): a free-text category
 #: column must not make the report as long as the dataset.
@@ -133,12 +136,12 @@ def _mapping(examples: Sequence[EvalExample], preds: Sequence[Prediction], polic
             }
         )
 
-    by_cat: dict[str, list[int]] = {}
+    by_cat: dict[str | None, list[int]] = {}
     for i, e in enumerate(examples):
-        for c in e.categories or (NO_CATEGORY,):
+        for c in e.categories or (None,):  # None: the rows without a category (`NO_CATEGORY` when shown)
             by_cat.setdefault(c, []).append(i)
     cats = []
-    for c, idx in sorted(by_cat.items(), key=lambda kv: (kv[0] == NO_CATEGORY, -len(kv[1]), kv[0])):
+    for c, idx in sorted(by_cat.items(), key=lambda kv: (kv[0] is None, -len(kv[1]), kv[0] or "")):
         m = _group_metrics([(truth[i], pred[i]) for i in idx])
         # The categories the row was blocked on: a Controversial window's, where an ignored category's Unsafe excused
         # the top (`Policy.decide`).
@@ -162,10 +165,10 @@ def _mapping(examples: Sequence[EvalExample], preds: Sequence[Prediction], polic
     out["by_category"] = cats
 
     for key, attr in (("by_source", "source"), ("by_stage", "stage")):
-        groups: dict[str, list[int]] = {}
+        groups: dict[str | None, list[int]] = {}
         for i, e in enumerate(examples):
             value = getattr(e, attr)
-            groups.setdefault(NO_CATEGORY if value is None else getattr(value, "value", str(value)), []).append(i)
+            groups.setdefault(None if value is None else getattr(value, "value", str(value)), []).append(i)
         out[key] = [
             {
                 attr: g,
@@ -175,7 +178,7 @@ def _mapping(examples: Sequence[EvalExample], preds: Sequence[Prediction], polic
                 "judged": sum(1 for i in idx if pred[i] is not None),
                 "errors": sum(1 for i in idx if pred[i] is None),
             }
-            for g, idx in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+            for g, idx in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0] is None, kv[0] or ""))
         ]
     return out
 
@@ -243,14 +246,38 @@ def compute_report(
 _MD_PUNCTUATION = str.maketrans({c: "\\" + c for c in "\\`*_[]~$|"})
 
 
+#: What GitHub-flavoured Markdown (and markdown-it's linkify) makes a link of in plain text: a scheme's ``://``, a
+#: domain's dot (``www.x``, ``evil.com``) and an address's ``@``. Each is backslash-escaped: the text reads the same,
+#: but a parser sees an escaped character where the link would go on (rt69g F4).
+_AUTOLINK_PARTS = re.compile(r"://|(?<=\w)\.(?=[^\W\d_]{2})|@")
+_AUTOLINK_BROKEN = {"://": "\\:/\\/", ".": "\\.", "@": "\\@"}
+
+
 def _md(value: Any, code: bool = False) -> str:
     """A dataset's or a server's string in one cell or line of report.md: its controls escaped (no newline to start
-    a heading), Markdown's inline punctuation escaped (no column, link, image or emphasis), HTML as text; ``code``:
-    for inside a code span (no backtick)."""
+    a heading), Markdown's inline punctuation escaped (no column, link, image or emphasis), a bare URL, domain or
+    address broken (no autolink), HTML as text; ``code``: for inside a code span (no backtick)."""
     text = printable(str(value))
     if code:
         return text.replace("`", "'")
-    return html.escape(text, quote=False).translate(_MD_PUNCTUATION)
+    escaped = html.escape(text, quote=False).translate(_MD_PUNCTUATION)
+    return _AUTOLINK_PARTS.sub(lambda m: _AUTOLINK_BROKEN[m.group()], escaped)
+
+
+def _group_name(name: str | None) -> str:
+    """A category or source as report.md and the plots show it: `NO_CATEGORY` for the rows with none, a dataset's
+    own name spelt like it quoted."""
+    if name is None:
+        return NO_CATEGORY
+    return f'"{name}"' if name == NO_CATEGORY else name
+
+
+def _shown_groups(mappings: Mapping[str, Any]) -> dict[str, Any]:
+    """The mappings with each category named as `_group_name` shows it (the plots draw these names)."""
+    return {
+        n: {**m, "by_category": [{**c, "category": _group_name(c["category"])} for c in m["by_category"]]}
+        for n, m in mappings.items()
+    }
 
 
 def _fmt(value: Any, pct: bool = False) -> str:
@@ -394,7 +421,7 @@ class EvalReport:
                 cells += [str(c["positives"]), _fmt(c["recall"], True), _fmt(c["fnr"], True), str(c["fp"])]
             c0 = per[names[0]][cat]
             # errors: the category's rows without a verdict (the same under every mapping), left out of the rates
-            lines.append(f"| {_md(cat)} | {c0['n']} | {c0.get('errors', 0)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {_md(_group_name(cat))} | {c0['n']} | {c0.get('errors', 0)} | " + " | ".join(cells) + " |")
         if len(per[names[0]]) > len(shown):
             lines += [
                 "",
@@ -417,7 +444,9 @@ class EvalReport:
                     r = rows[n][g]
                     cells += [_fmt(r["recall"], True), _fmt(r["precision"], True), _fmt(r["f1"], True)]
                 # n: every row of the group; errors: those without a verdict, left out of the rates
-                lines.append(f"| {_md(g)} | {r0['n']} | {r0.get('errors', 0)} | " + " | ".join(cells) + " |")
+                lines.append(
+                    f"| {_md(_group_name(g))} | {r0['n']} | {r0.get('errors', 0)} | " + " | ".join(cells) + " |"
+                )
 
         lines += ["", "## Scores and thresholds", ""]
         for n in names:
@@ -474,15 +503,16 @@ class EvalReport:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"json": out / "report.json", "markdown": out / "report.md"}
-        # Never through a symbolic link planted at one of these names (it could point outside ``out``).
-        with open_owned(paths["json"]) as f:
-            f.write(json.dumps(self.data, indent=2, ensure_ascii=False) + "\n")
-        with open_owned(paths["markdown"]) as f:
-            f.write(self.to_markdown())
+        # Both texts made before either file is touched; each written whole or not at all (`open_owned`), never
+        # through a symbolic link planted at its name (it could point outside ``out``).
+        texts = {"json": json.dumps(self.data, indent=2, ensure_ascii=False) + "\n", "markdown": self.to_markdown()}
+        for name, text in texts.items():
+            with open_owned(paths[name]) as f:
+                f.write(text)
         if plots:
             from .plots import write_plots
 
-            paths.update(write_plots(self.mappings, out))
+            paths.update(write_plots(_shown_groups(self.mappings), out))
         return paths
 
     @classmethod
