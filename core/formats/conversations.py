@@ -191,11 +191,37 @@ def least_contexts(conversation: Sequence[Mapping[str, str]]) -> list[list[dict[
     return [least for least in out if len(least) < len(conversation) or least[0] != dict(conversation[0])]
 
 
+def framework_hint(value: object) -> str:
+    """What to pass instead of a framework's object handed to the core API (a newcomer's first mistake, rt69f F2):
+    "" where ``value`` is none the hint knows. Read by shape, so neither framework is imported."""
+    item = value[0] if isinstance(value, (list, tuple)) and value else value
+    kind = type(item).__module__.split(".")[0]
+    if kind.startswith("langchain") and hasattr(item, "page_content"):
+        return (
+            "; pass its text (doc.page_content), or guard a retriever with GuardedRetriever / GuardDocumentCompressor"
+        )
+    if kind.startswith("langchain") and hasattr(item, "content") and hasattr(item, "type"):
+        return (
+            "; pass a message's text (message.text), a history as {'role', 'content'} dicts "
+            "(langchain_core.messages.convert_to_openai_messages), or guard the app with the LangChain integration "
+            "(GuardMiddleware, GuardCallbackHandler)"
+        )
+    if kind.startswith("llama_index") and hasattr(item, "get_content"):
+        return "; pass its text (node.get_content()), or guard retrieval with GuardNodePostprocessor / GuardedRetriever"
+    if kind.startswith("llama_index") and hasattr(item, "role") and hasattr(item, "blocks"):
+        return "; pass a message's text (message.content), or guard the LLM with GuardedLLM"
+    if isinstance(value, Mapping):
+        return "; pass text: json.dumps(value) judges structured data as the model reads it"
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return "; pass one string (earlier turns go in history=[{'role': ..., 'content': ...}, ...])"
+    return ""
+
+
 def _require_text(value: object, what: str) -> str:
     if value is None:
         raise TypeError(f"{what} is None; pass a string")
     if not isinstance(value, str):
-        raise TypeError(f"{what} must be str, got {type(value).__name__}")
+        raise TypeError(f"{what} must be str, got {type(value).__name__}{framework_hint(value)}")
     return value
 
 
@@ -212,7 +238,10 @@ def _require_turns(value: object, what: str, *, text_too: bool = False) -> Seque
         raise TypeError(f"{what} must be {expected}{shape}, got {type(value).__name__}{example}")
     for i, message in enumerate(value):
         if not isinstance(message, Mapping):
-            raise TypeError(f"{what}[{i}] must be a mapping with 'role' and 'content', got {type(message).__name__}")
+            raise TypeError(
+                f"{what}[{i}] must be a mapping with 'role' and 'content', got {type(message).__name__}"
+                f"{framework_hint(message)}"
+            )
     return value
 
 

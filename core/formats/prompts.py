@@ -114,7 +114,8 @@ def normalize_messages(messages: Sequence[Message] | str) -> list[dict[str, str]
         if role not in _ROLE_LABEL:
             raise ValueError(f"message {i} has role {role!r}; expected 'user', 'assistant' or 'system'")
         if not isinstance(content, str):
-            raise TypeError(f"message {i} content must be str, got {type(content).__name__}")
+            parts = "; join the text of its {'type': 'text', ...} parts" if isinstance(content, list) else ""
+            raise TypeError(f"message {i} content must be str, got {type(content).__name__}{parts}")
         out.append({"role": role, "content": content})
     if not out:
         raise ValueError("the conversation has no user or assistant message to moderate")
