@@ -62,6 +62,7 @@ import bisect
 import functools
 import re
 import unicodedata
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -460,6 +461,16 @@ AS_SEEN_CONTEXT = 128
 #: Stretches read as seen are packed into pieces of about this many characters (one window or so each);
 #: when they add up to half the text or more, the whole text is read as one piece instead.
 AS_SEEN_PIECE_CHARS = 2048
+#: Characters looked through past a place's context, on each side, for the start and the end of the sentence
+#: holding it: a stretch read as seen is widened to whole sentences (`SENTENCE_END`), as the window planner reaches
+#: back up to a quarter of a window to a sentence's start (a token is a character or more, so this is no more than a
+#: quarter of a 4,096-token window). 128 characters of context around one look-alike letter held neither half of a
+#: 433-character sentence as read (rt69a F1).
+AS_SEEN_SENTENCE_CHARS = 1024
+#: Where a sentence ends: its closing punctuation (and quotes or brackets) before a blank; a line break; an
+#: ideographic full stop. Matched only where a run of punctuation starts: tried inside a run of dots, each
+#: start read the rest of the run (quadratic).
+SENTENCE_END = re.compile(r"""(?<![.!?])[.!?]+["'\u2019\u201d)\]]*\s|[\n\u3002\uff01\uff1f]""")
 
 
 class _Pads:
@@ -818,8 +829,10 @@ def as_seen_pieces(text: str) -> list[str]:
     shows otherwise (`rendered.rendered_places`: character references, markup inside a word) is also read as
     rendered, and that reading read as seen.
 
-    Each place found and `AS_SEEN_CONTEXT` characters around it, widened to whitespace: neighbouring places
-    share a stretch; the stretches are read as seen and packed, in order, into pieces of about
+    Each place found and `AS_SEEN_CONTEXT` characters around it, widened to whitespace and to the whole sentences
+    holding it (up to `AS_SEEN_SENTENCE_CHARS` further): neighbouring places, and places of one sentence, share a
+    stretch, so no piece's edge falls inside a sentence; the stretches are read as seen and packed, in order, into
+    pieces of about
     `AS_SEEN_PIECE_CHARS`; when they add up to half the text or more, the whole text is read as one piece
     (the cost stays at most the text's own). Linear in the text: places are merged before any stretch is
     widened. Text with an embedding, override or isolate control is also read in display order
@@ -851,7 +864,9 @@ def as_seen_pieces(text: str) -> list[str]:
 
 def _stretches(text: str, places: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """``places``, merged where they are near, each with `AS_SEEN_CONTEXT` characters around it widened to
-    whitespace. Linear: places are merged before any stretch is widened."""
+    whitespace, and to the whole sentences holding it (`_sentence_around`); stretches of one sentence are one.
+    Linear: places are merged before any stretch is widened, and no character is looked through for a sentence's
+    start or end twice (each search stops where the stretch before ended or the next one starts)."""
     reach = 2 * (AS_SEEN_CONTEXT + _WIDEN)
     merged: list[list[int]] = []
     for a, b in places:
@@ -859,7 +874,38 @@ def _stretches(text: str, places: list[tuple[int, int]]) -> list[tuple[int, int]
             merged[-1][1] = max(merged[-1][1], b)
         else:
             merged.append([a, b])
-    return [_widen(text, a - AS_SEEN_CONTEXT, b + AS_SEEN_CONTEXT) for a, b in merged]
+    near = [_widen(text, a - AS_SEEN_CONTEXT, b + AS_SEEN_CONTEXT) for a, b in merged]
+    out: list[tuple[int, int]] = []
+    for i, ((a, b), place) in enumerate(zip(near, merged)):
+        after = out[-1][1] if out else 0
+        start, end = _sentence_around(text, place, after, near[i + 1][0] if i + 1 < len(near) else len(text))
+        a, b = min(a, start), max(b, end)
+        if out and a <= after:  # one sentence holds both: one stretch, so no piece's edge falls inside it
+            out[-1] = (out[-1][0], max(after, b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _sentence_around(text: str, place: list[int], lo: int, hi: int) -> tuple[int, int]:
+    """Where the sentence(s) holding ``text[place[0]:place[1]]`` start and end, each looked for up to
+    `AS_SEEN_SENTENCE_CHARS` past the place's context and not past ``lo`` or ``hi`` (the stretches before and after
+    it). Where no sentence ends that near, that side keeps its context (text without sentence ends, a minified blob or
+    a run of filler words, costs what it cost); where none ends before ``lo`` or after ``hi``, the sentence runs on
+    into that stretch (``lo``, ``hi``: the two become one)."""
+    a, b = place
+    # The planner's rule: a sentence starts after the last end before it (`windows._sentence_start`). Looked for
+    # in the context first, where prose ends one: the search past it runs only for a sentence longer than that.
+    near = max(lo, a - AS_SEEN_CONTEXT)
+    stop = max(lo, a - AS_SEEN_CONTEXT - AS_SEEN_SENTENCE_CHARS)
+    last = deque(SENTENCE_END.finditer(text, near, a), maxlen=1) or deque(
+        SENTENCE_END.finditer(text, stop, near), maxlen=1
+    )
+    start = last[0].end() if last else a if stop > lo else lo
+    stop = min(hi, b + AS_SEEN_CONTEXT + AS_SEEN_SENTENCE_CHARS)
+    first = next(SENTENCE_END.finditer(text, b, stop), None)
+    end = first.end() if first else b if stop < hi else hi
+    return start, end
 
 
 def _unseen_pieces(text: str) -> list[str]:

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import re
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -62,7 +61,15 @@ from typing import Any, Protocol
 
 from ..errors import InputTooLarge
 from .blank_runs import padding_read, shorten_blank_runs
-from .content import as_seen_pieces, clean_text, forged_turn_segments, is_blank, prepare_content, without_verdict_lines
+from .content import (
+    SENTENCE_END,
+    as_seen_pieces,
+    clean_text,
+    forged_turn_segments,
+    is_blank,
+    prepare_content,
+    without_verdict_lines,
+)
 from .prompts import normalize_messages
 from .rendered import may_render_differently
 
@@ -316,15 +323,10 @@ def user_run(messages: Sequence[dict[str, str]]) -> str | None:
     return final_run(messages) if messages and messages[-1]["role"] == "user" else None
 
 
-#: Where a sentence ends: its closing punctuation (and quotes or brackets) before a blank; a line break; an
-#: ideographic full stop.
-_SENTENCE_END = re.compile(r"""[.!?]+["'\u2019\u201d)\]]*\s|[\n\u3002\uff01\uff1f]""")
-
-
 def _sentence_start(piece: str, starts: list[int], lo: int, j: int) -> int:
     """The first token of the sentence that token ``j`` (a window's end) cuts, looked for back to token ``lo``; ``lo``
     when none starts there (a clause without a sentence end before it is kept whole as far back as that)."""
-    last = deque(_SENTENCE_END.finditer(piece, starts[lo], starts[j] if j < len(starts) else len(piece)), maxlen=1)
+    last = deque(SENTENCE_END.finditer(piece, starts[lo], starts[j] if j < len(starts) else len(piece)), maxlen=1)
     if not last:
         return lo
     return bisect.bisect_right(starts, last[0].start(), lo, j)  # the token after the one the sentence's end starts in
