@@ -59,18 +59,24 @@ class ExcusedSplit:
     _asked: list[int] = field(default_factory=list)  # the root of each part asked, in order
     _parts: list[list[dict[str, str]]] = field(default_factory=list)
     _levels: int = 0
+    _left: int = 0  # parts the budget has left
 
     @classmethod
     def of(
-        cls, policy: Policy, checks: Sequence[tuple[Stage | Sequence[Stage], Sequence[dict[str, str]], Decision]]
+        cls,
+        policy: Policy,
+        checks: Sequence[tuple[Stage | Sequence[Stage], Sequence[dict[str, str]], Decision]],
+        budget: int,
     ) -> ExcusedSplit:
         """The plan for ``(stage, conversation, its excused decision)`` of each root; ``stage`` may be several stages,
-        the first the parts are asked under, the strictest decision standing."""
+        the first the parts are asked under, the strictest decision standing. At most ``budget`` parts are asked in
+        all (the caller's bound on checks a call): a root whose parts do not fit is a guard error (``on_error``)."""
         roots = []
         for stage, _, decision in checks:
             first, *more = (stage,) if isinstance(stage, Stage) else stage
             roots.append(_Root(first, decision, tuple(more)))
         plan = cls(policy, roots)
+        plan._left = budget
         plan._level = [(i, list(conversation)) for i, (_, conversation, _) in enumerate(checks)]
         return plan
 
@@ -93,9 +99,19 @@ class ExcusedSplit:
         if self._levels < EXCUSED_SPLIT_LEVELS:
             self._levels += 1
             for i, conversation in self._level:
-                if not self.roots[i].blocked:
-                    parts = cut_conversation(conversation, EXCUSED_PARTS.bit_length() - 1)
-                    out += [(i, self.roots[i].stage, part) for part in parts]
+                if self.roots[i].blocked:
+                    continue
+                parts = cut_conversation(conversation, EXCUSED_PARTS.bit_length() - 1)
+                if len(parts) > self._left:
+                    self.roots[i].errors.append(
+                        GuardUnavailable(
+                            "an excused text's parts are more checks than the call has left (8 a check a call may "
+                            "hold, max_checks): they are not judged, and what they could hold is decided by on_error"
+                        )
+                    )
+                    continue
+                self._left -= len(parts)
+                out += [(i, self.roots[i].stage, part) for part in parts]
         self._level = []
         self._asked = [i for i, _, _ in out]
         self._parts = [part for _, _, part in out]

@@ -24,7 +24,7 @@ from .backends.base import GenBackend, Outcome
 from .backends.torch_runtime import refuse_meta_device
 from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_SIZE, VerdictCache, cache_key
 from .errors import GuardTimeout, GuardUnavailable, GuardViolation, InputTooLarge, QwenGuardError, VerdictParseError
-from .excused_split import ExcusedSplit, is_excused
+from .excused_split import EXCUSED_PARTS, ExcusedSplit, is_excused
 from .formats.content import clean_text
 from .formats.conversations import (
     RunsJudged,
@@ -736,18 +736,40 @@ class Guard:
         refused = self._settle(parts, [p for p in parts if p.decision is None], outcome)
         return [p.decision if p.decision is not None else refused or InputTooLarge("not judged") for p in parts]
 
+    def _excused_plan(self, roots: list[_Check]) -> tuple[ExcusedSplit, float | None]:
+        """The plan for ``roots`` (at most 8 parts for each check a call may hold, ``max_checks``, in all) and the
+        deadline all its calls share: the stage's, once more (texts of SSNs in 4,096 documents asked 295,000 parts,
+        each level under a deadline of its own)."""
+        budget = EXCUSED_PARTS * self.max_checks  # a level of parts for each check a call may hold
+        plan = ExcusedSplit.of(self.policy, [(c.stage, c.conversation, c.decision) for c in roots], budget)  # type: ignore[misc]
+        timeout = self._timeout(roots)
+        return plan, None if timeout is None else time.monotonic() + timeout
+
+    def _parts_late(
+        self, pending: list[_Check], deadline: float | None
+    ) -> tuple[float | None, list[Outcome] | BaseException | None]:
+        """(the time left for a level's call, or the outcome of each of its parts where there is no call to make)."""
+        left = None if deadline is None else deadline - time.monotonic()
+        if self._closed:
+            return None, _closed_error(self.backend)
+        if left is not None and left <= 0:
+            return None, GuardTimeout("the check's deadline passed before an excused text's parts were judged")
+        return left, [] if not pending else None
+
     def _judge_excused(self, checks: list[_Check]) -> None:
         """Judge again in parts the checks the policy excused (`ExcusedSplit`): each gets the stricter decision."""
         if not (roots := self._excused(checks)):
             return
-        plan = ExcusedSplit.of(self.policy, [(c.stage, c.conversation, c.decision) for c in roots])  # type: ignore[misc]
+        plan, deadline = self._excused_plan(roots)
         while parts := self._parts(plan, roots):
             pending = [part for part in parts if part.decision is None]
             outcome: list[Outcome] = []
             for start in range(0, len(pending), self.max_checks):  # at most max_checks a call, as any check
                 batch = pending[start : start + self.max_checks]
-                with window_budget(self.max_windows_per_call):
-                    judged = _closed_error(self.backend) if self._closed else self._judge(batch)
+                left, judged = self._parts_late(batch, deadline)
+                if judged is None:
+                    with window_budget(self.max_windows_per_call):
+                        judged = self._classify(batch, left)
                 outcome += _each(judged, len(batch))
             plan.take(self._parts_decided(parts, outcome))
         for i, check in enumerate(roots):
@@ -757,15 +779,17 @@ class Guard:
         """Async twin of `_judge_excused`; a long text's parts are cut on a worker thread."""
         if not (roots := self._excused(checks)):
             return
-        plan = ExcusedSplit.of(self.policy, [(c.stage, c.conversation, c.decision) for c in roots])  # type: ignore[misc]
+        plan, deadline = self._excused_plan(roots)
         off_loop = text_size([c.conversation for c in roots], PREPARE_ON_LOOP_CHARS) > PREPARE_ON_LOOP_CHARS
         while parts := (await asyncio.to_thread(self._parts, plan, roots)) if off_loop else self._parts(plan, roots):
             pending = [part for part in parts if part.decision is None]
             outcome: list[Outcome] = []
             for start in range(0, len(pending), self.max_checks):
                 batch = pending[start : start + self.max_checks]
-                with window_budget(self.max_windows_per_call):
-                    judged = _closed_error(self.backend) if self._closed else await self._ajudge(batch)
+                left, judged = self._parts_late(batch, deadline)
+                if judged is None:
+                    with window_budget(self.max_windows_per_call):
+                        judged = await self._aclassify(batch, left)
                 outcome += _each(judged, len(batch))
             plan.take(self._parts_decided(parts, outcome))
         for i, check in enumerate(roots):

@@ -154,11 +154,12 @@ def test_the_listeners_hear_one_decision_a_check() -> None:
 
 
 def test_parts_go_out_at_most_max_checks_a_call() -> None:
-    guard, backend = _scripted(max_checks=3)
+    guard, backend = _scripted(max_checks=10)
     texts = [f"Page {i} says hello to everyone. {SSN}" for i in range(3)]
     decisions = guard.check_documents(None, texts)
     assert all(d.allowed for d in decisions)
-    assert max(len(call) for call in backend.calls) <= 3
+    assert max(len(call) for call in backend.calls[1:]) == 10  # the 24 parts of the first level in 3 calls
+    assert max(len(call) for call in backend.calls) <= 10
 
 
 def test_a_clause_deep_in_a_long_text_of_ssns_is_found() -> None:
@@ -266,3 +267,22 @@ def test_a_gate_session_judges_the_parts_too(demo: Guard) -> None:
         assert not asyncio.run(gate.acheck(turns)).allowed
         safe = [turns[0], {"role": "assistant", "content": f"{SSN} {SAFE}"}]
         assert gate.check(safe).reason == "ignored_category"
+
+
+def test_parts_past_max_checks_are_decided_by_on_error() -> None:
+    """The parts of a call are bounded by max_checks in all, every level together: past it, a root is unread."""
+    guard, backend = _scripted(max_checks=2)
+    text = " ".join(f"Record {i}: SSN 123-45-6789." for i in range(64))
+    decision = guard.check_prompt(text)
+    assert not decision.allowed and decision.reason == "guard_error" and "max_checks" in (decision.error or "")
+    assert sum(len(call) for call in backend.calls[1:]) <= 2 * EXCUSED_PARTS
+
+
+def test_every_level_shares_one_deadline() -> None:
+    """The parts' calls share the stage's deadline, once more: a guard that takes 0.6 s a call under a 1 s deadline
+    gets the first level judged, not the second in time (each level under a deadline of its own: 3 of them)."""
+    backend = ScriptedBackend(primary, name="primary", delay_s=0.6)
+    guard = Guard(backend, policy=Policy.strict(ignore_categories={"PII"}, timeout_s=1.0), cache_size=0)  # type: ignore[arg-type]
+    text = " ".join(f"Record {i}: SSN 123-45-6789." for i in range(64))
+    decision = guard.check_prompt(text)
+    assert not decision.allowed and decision.reason == "timeout", decision

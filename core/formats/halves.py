@@ -10,17 +10,13 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from .content import SENTENCE_END
+
 __all__ = ["MIN_SPLIT_CHARS", "cut_conversation", "halves", "parts"]
 
 #: A judged text shorter than this is not cut: a clause of a few words is read whole or not at all.
 MIN_SPLIT_CHARS = 24
 
-# A sentence ends at terminal punctuation (and a closing quote or bracket) before a space, at a CJK, Indic, Arabic,
-# Armenian, Ethiopic, Myanmar or Tibetan full stop, or at a line end. Each alternative matches at most two
-# characters: no backtracking over a run of dots.
-_SENTENCE_END = re.compile(
-    r"[.!?;:…\uff0e][\"'’”)\]]?(?=\s)|[。！？；\u0964\u0965\u061f\u06d4\u0589\u1362\u1367\u104b\u0f0d\uff61]|\n"
-)
 _SPACE = re.compile(r"\s+")
 
 
@@ -46,7 +42,7 @@ def _cut(text: str) -> int:
     size = len(text)
     middle = size // 2
     low, high = size // 8, size - size // 8  # a cut near an end leaves a sliver: the middle, then the spaces
-    cut = _nearest(_SENTENCE_END, text, middle, low, high)
+    cut = _nearest(SENTENCE_END, text, middle, low, high)  # the window planner's own rule
     if cut is None:
         cut = _nearest(_SPACE, text, middle, low, high)
     if cut is None:

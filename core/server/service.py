@@ -17,7 +17,7 @@ from typing import Any
 from ..backends.base import Outcome
 from ..cache import cache_key
 from ..errors import GuardTimeout, GuardUnavailable, InputTooLarge, VerdictParseError
-from ..excused_split import ExcusedSplit, is_excused
+from ..excused_split import EXCUSED_PARTS, ExcusedSplit, is_excused
 from ..formats.content import clean_text, is_blank
 from ..formats.conversations import answer_or_prefill, least_contexts, without_blank_context
 from ..formats.prompts import (
@@ -471,7 +471,10 @@ class Service:
         roots = [k for k, (_, _, decision) in enumerate(every) if is_excused(decision)]
         if not roots:
             return
-        plan = ExcusedSplit.of(policy, [(stages[k], items[k], every[k][2]) for k in roots])
+        # As many parts as one level of a whole request's conversations: a request of 256 texts of SSNs asked
+        # 18,000 parts, each call under a deadline of its own.
+        budget = self.limits.max_conversations * EXCUSED_PARTS
+        plan = ExcusedSplit.of(policy, [(stages[k], items[k], every[k][2]) for k in roots], budget)
         size = sum(text_size(items[k], PREPARE_ON_LOOP_CHARS) for k in roots)
         while parts := (await asyncio.to_thread(plan.pieces) if size > PREPARE_ON_LOOP_CHARS else plan.pieces()):
             decided: list[Decision | BaseException] = []
