@@ -23,6 +23,8 @@ __all__ = [
     "BOOKKEEPING_KEYS",
     "Bounded",
     "IDENTIFIER",
+    "identifier",
+    "joined_words",
     "LABEL_KEYS",
     "NO_FIELDS",
     "MEDIA_TYPE",
@@ -55,6 +57,12 @@ class Kinds(frozenset[object]):
 #: An id or label a provider class sends that is no text a model reads as words (up to 64 letters, digits, ``_.:-``):
 #: a tool call's id, a content block's type.
 IDENTIFIER = re.compile(r"[\w.:-]{1,64}", re.ASCII)
+#: What joins the parts of an identifier (`joined_words`).
+_JOINERS = re.compile(r"[-_.:]+")
+#: The frame of a Kimi-style call id (``functions.send_email:0``): the words inside it are the call's tool's name.
+_CALL_ID_FRAME = re.compile(r"^functions\.|:\d+$")
+#: Keys whose value is an id (free text a provider or a model picks), where a phrase written as one identifier is words.
+_ID_KEYS = frozenset({"id", "call_id", "tool_call_id", "tool_use_id"})
 #: A media type (``image/png``, ``application/vnd.api+json``) under a label key: no words either.
 MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]{0,63}/[A-Za-z0-9][\w.+-]{0,63}")
 #: A signature or encrypted data a provider checks, when it is one base64 token (of any length): no words. A phrase
@@ -342,11 +350,29 @@ def pairs_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return found
 
 
+def joined_words(text: str) -> bool:
+    """Whether an identifier reads as a phrase: three or more words of two or more letters joined by ``-_.:``
+    (``Mix-ammonium-nitrate-with-fuel-oil``, up to 64 characters: rt69d F2). A UUID, ``call_abc123``, ``toolu_01A``,
+    a Kimi-style ``functions.send_email:0`` (its frame aside: the tool's name) do not."""
+    parts = _JOINERS.split(_CALL_ID_FRAME.sub("", text))
+    return sum(1 for part in parts if len(part) >= 2 and part.isascii() and part.isalpha()) >= 3
+
+
+def identifier(text: str) -> bool:
+    """An id (a tool call's, a block's) that is one identifier and no phrase (`joined_words`): no words a model
+    reads. A block's kind, a model's name, a status are identifiers by their shape alone (`IDENTIFIER`):
+    ``server_tool_call_chunk``, ``claude-3-5-sonnet-latest``."""
+    return IDENTIFIER.fullmatch(text) is not None and not joined_words(text)
+
+
 def opaque(key: str, text: str) -> bool:
-    """A label or an id (`LABEL_KEYS`) that is one identifier, or a signature (`SEALED_KEYS`) that is one base64
-    token: no words a model reads. As LangChain's reader leaves them out (``_opaque``)."""
+    """A label or an id (`LABEL_KEYS`) that is one identifier (an id: no phrase, `identifier`), or a signature
+    (`SEALED_KEYS`) that is one base64 token: no words a model reads. As LangChain's reader leaves them out
+    (``_opaque``)."""
     if key in _MEDIA_TYPE_KEYS and MEDIA_TYPE.fullmatch(text) is not None:
         return True
+    if key in _ID_KEYS:
+        return identifier(text)
     if key in LABEL_KEYS:
         return IDENTIFIER.fullmatch(text) is not None
     return key in SEALED_KEYS and SEALED.fullmatch(text) is not None

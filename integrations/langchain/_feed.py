@@ -15,7 +15,10 @@ arrives only whole in its finish event (no deltas: server-side tool results, a f
 fed there, before the event goes out.
 
 Tool-call arguments stream as text too: each call (by its index) has its own screen, judged as the
-assistant's action (``Tool call: name({...``).
+assistant's action (``Tool call: name({...``). So does a call's name: it reaches the consumer with the first
+piece (a v3 ``content-block-start``), and a model may write a sentence there, in pieces LangChain adds up; each
+piece is unjudged text of the call's screen (`ToolCallGate.rename`), judged (or waited for) before the hook
+returns, as arguments are (rt69d F1). An answer's own ``name`` (a chunk's ``name``) is fed to the text's screen.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 
 from .._common import Kinds
 from ._messages import StreamReading, answer_text, answer_tool_calls, block_text, message_text
-from ._streaming import Screen
+from ._streaming import Screen, ToolCallGate
 
 __all__ = ["StreamFeed", "Piece"]
 
@@ -58,7 +61,8 @@ class StreamFeed:
         self.text: Screen | None = None
         self._text_opened = False
         self.tools: dict[Any, Screen | None] = {}
-        self._names: dict[Any, str] = {}
+        self._names: dict[Any, str] = {}  # each call's name as it streamed so far
+        self._answer_name = ""  # the answer's own name, as fed to the text's screen
         self._fed_blocks: set[Any] = set()  # event block indexes that had deltas
         self._reading = StreamReading()  # the chunks' blocks read whole, joined as LangChain adds them up
 
@@ -81,10 +85,27 @@ class StreamFeed:
         return [(self.text, text)] if self.text is not None else []
 
     def _tool_piece(self, key: Any, args: str) -> list[Piece]:
+        """The call's new arguments, and its name as streamed so far: a piece whenever either is unjudged text."""
         if key not in self.tools:
             self.tools[key] = self._open_tool(self._names.get(key) or "tool")
         screen = self.tools[key]
-        return [(screen, args)] if screen is not None and args else []
+        if screen is None:
+            return []
+        gate = getattr(screen, "gate", None)
+        named = False
+        if isinstance(gate, ToolCallGate):
+            gate.rename(self._names.get(key, ""))
+            named = gate.name_unjudged > 0
+        return [(screen, args)] if args or named else []
+
+    def _name_piece(self, message: Any) -> list[Piece]:
+        """An answer's ``name`` (ChatOpenAI sends it back with the turn; the consumer reads it): judged as the text
+        it streams with, once each time it changes (rt69d F3)."""
+        name = getattr(message, "name", None)
+        if not isinstance(name, str) or not name.strip() or name == self._answer_name:
+            return []
+        self._answer_name = name
+        return self._text_piece(name + "\n")
 
     def _claim(self, source: str) -> bool:
         if self.source is None:
@@ -103,10 +124,11 @@ class StreamFeed:
             text = chunk.text
         else:
             text = token if isinstance(token, str) else message_text(token)
-        pieces = self._text_piece(text)
+        pieces = self._name_piece(message) + self._text_piece(text)
         for key, call in self._calls(message):
-            if call.get("name"):
-                self._names.setdefault(key, call["name"])
+            piece = call.get("name")
+            if isinstance(piece, str) and piece:  # a piece of the name: LangChain adds them up, as it shows them
+                self._names[key] = self._names.get(key, "") + piece
             pieces += self._tool_piece(key, _args_text(call.get("args")))
         return pieces
 
@@ -140,8 +162,10 @@ class StreamFeed:
         index = ("event", event.get("index"))
         if kind == "content-block-start":
             content = event.get("content") or {}
-            if content.get("type") in _TOOL_BLOCKS and content.get("name"):
+            if content.get("type") in _TOOL_BLOCKS and isinstance(content.get("name"), str) and content["name"]:
+                # The name goes out with this event: judged before it does.
                 self._names[index] = content["name"]
+                return self._tool_piece(index, ""), False
             return [], False
         if kind == "content-block-delta":
             delta = event.get("delta") or {}
@@ -156,13 +180,15 @@ class StreamFeed:
                 self._fed_blocks.add(index)
                 return self._tool_piece(index, _args_text(delta.get("args"))), False
             return [], False  # media data: not text
-        if kind == "content-block-finish" and index not in self._fed_blocks:
-            # The block arrives whole, in this event: judge it before it goes out.
+        if kind == "content-block-finish":
             content = event.get("content") or {}
+            whole = index not in self._fed_blocks  # the block arrives whole, in this event: judged before it goes out
             self._fed_blocks.add(index)
             if content.get("type") in _TOOL_BLOCKS:
-                if content.get("name"):
-                    self._names[index] = content["name"]
-                return self._tool_piece(index, _args_text(content.get("args"))), True
-            return self._text_piece(block_text(content)), True
+                if isinstance(content.get("name"), str) and content["name"]:
+                    self._names[index] = content["name"]  # whole: a name that grew after its start is read here
+                if whole or index in self.tools:
+                    return self._tool_piece(index, _args_text(content.get("args")) if whole else ""), True
+                return [], True
+            return (self._text_piece(block_text(content)) if whole else []), True
         return [], kind in _FINISH

@@ -41,7 +41,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import Any, TypeGuard
 
@@ -85,6 +85,7 @@ from .._common import (
     SEALED_KEYS,
     Kinds,
     action_call,
+    identifier,
     link_text,
     pairs_once,
 )
@@ -615,7 +616,7 @@ _FORMAT_WORDS = (
 def _opaque(key: str, text: str) -> bool:
     """A block's kind, an id or a signature (`ID_KEYS`, `SEALED_KEYS`): no words a model reads."""
     if key in ID_KEYS:
-        return IDENTIFIER.fullmatch(text) is not None
+        return IDENTIFIER.fullmatch(text) is not None if key == "type" else identifier(text)
     return key in SEALED_KEYS and SEALED.fullmatch(text) is not None
 
 
@@ -1288,6 +1289,8 @@ def output_items(
     metadata: bool = True,
     sources: bool | None = None,
     budget: int | None = None,
+    labels: bool = False,
+    own_name: str | None = None,
 ) -> list[Item]:
     """The model's answer: its words as a response check (`answer_text`: with its reasoning, refusal and
     transcript), the text it quotes as an untrusted-content check, and each tool call it asks for as an action.
@@ -1299,9 +1302,18 @@ def output_items(
     what a tool call is rendered until past (none given: rendered whole; a smaller bound than the guard's would hand
     back a cut call judged as if whole). ``answers``: the structured
     output's schema tools, whose calls are the answer: judged whatever ``tool_calls`` says, marked `AS_ANSWER`.
+    ``labels``: judge what is sent with the answer beside its text too (`label_item`: its name, which ChatOpenAI reads
+    from the server's ``message.name`` and sends back next turn, worded call ids, a ``prefix``; rt69d F3), but the
+    name the application gives its agent's answers (``own_name``: ``create_agent(name=...)``). Off where the caller
+    judges labels itself (`input_items`, `GuardMiddleware`).
     """
     history = _as_history(context, turns)
     items: list[Item] = []
+    if labels:
+        bare = message.model_copy(update={"name": None}) if own_name and message.name == own_name else message
+        labeled = label_item(bare)
+        if labeled is not None:
+            items.append(replace(labeled, message=message))
     body = answer_text(message)
     if text and body.strip():
         # Response moderation reads an answer *to* a user turn (the official format): an answer with
@@ -1549,7 +1561,7 @@ def _raw_calls(raw: Sequence[Any], known: Mapping[Any, _Twins]) -> list[dict[str
 
 def worded(label: Any) -> TypeGuard[str]:
     """Whether a label (an id, an index, a status) is words rather than an identifier: judged then."""
-    return isinstance(label, str) and bool(label.strip()) and not IDENTIFIER.fullmatch(label)
+    return isinstance(label, str) and bool(label.strip()) and not identifier(label)
 
 
 def _raw_rest(entry: Mapping[str, Any]) -> dict[str, Any]:

@@ -277,6 +277,46 @@ class ToolCallGate(StreamGate):
         super().__init__(context, **options)
         self.name = name or "tool"
         self.label = f"tool call {self.name}"
+        #: The name as it streamed (``""``: none yet), and how much of it a safe verdict read. A name streams to the
+        #: consumer as the arguments do (a model may write a sentence there: rt69d F1), so it counts as unjudged
+        #: text until a check has read it; every check reads it whole, with the arguments.
+        self._streamed_name = name
+        self._name_judged = 0
+
+    @property
+    def name_unjudged(self) -> int:
+        """Characters of the call's name that no safe verdict has read."""
+        return len(self._streamed_name) - self._name_judged
+
+    @property
+    def unjudged(self) -> int:
+        return super().unjudged + self.name_unjudged
+
+    def rename(self, name: str) -> None:
+        """The call's name as it has streamed so far (LangChain adds its pieces up): the next check reads it."""
+        if self.decision is not None:
+            enforce(self.decision)
+        if not name or name == self._streamed_name:
+            return
+        if not name.startswith(self._streamed_name):
+            self._name_judged = 0  # another name, not a longer one: read whole again
+        self._streamed_name = self.name = name
+        self.label = f"tool call {name}"
+
+    def due(self, delta: str, *, final: bool = False) -> bool:
+        # A name is whole words by the time it streams on: due as soon as it grew (arguments wait as text does).
+        return self.name_unjudged > 0 or super().due(delta, final=final)
+
+    def item(self) -> Item:
+        item = super().item()
+        item.extra["name"] = self._streamed_name  # what this check read of the name
+        return item
+
+    def settle(self, item: Item, decision: Decision) -> None:
+        super().settle(item, decision)  # raises when it blocks
+        read = item.extra.get("name", "")
+        if self._streamed_name.startswith(read):
+            self._name_judged = max(self._name_judged, len(read))
 
     def _conversation(self, text: str) -> list[dict[str, str]]:
         # The window only (O(window) a check, as building the conversation is); offsets stay the raw text's.

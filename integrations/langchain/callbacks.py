@@ -342,7 +342,19 @@ def _scope(trace: UUID | None) -> str | None:
 class _Run:
     """What one model/tool/retriever run needs between its events."""
 
-    __slots__ = ("context", "feed", "tool", "query", "pending", "held", "trace", "answer_tools", "place", "call")
+    __slots__ = (
+        "context",
+        "feed",
+        "tool",
+        "query",
+        "pending",
+        "held",
+        "trace",
+        "answer_tools",
+        "place",
+        "call",
+        "agent_name",
+    )
 
     def __init__(self, context: list[dict[str, str]] | None = None) -> None:
         self.context = context or []
@@ -356,6 +368,8 @@ class _Run:
         self.answer_tools: frozenset[str] = frozenset()
         self.place: _Place | None = None  # its `_place`, for the hooks after its start
         self.call: _ThreadCall | None = None  # a tool run's call on its thread (`_blocked_results`)
+        #: The name ``create_agent(name=...)`` gives its answers (the run's ``lc_agent_name``): the application's.
+        self.agent_name: str | None = None
 
     def close(self) -> None:
         if self.feed is not None:
@@ -546,6 +560,8 @@ class _GuardHandlerLogic(HeardFirst):
         self._runs.link(run_id, kwargs.get("parent_run_id"))
         run = self._run(run_id)
         run.trace = self._runs.trace(run_id)
+        agent_name = (kwargs.get("metadata") or {}).get("lc_agent_name")
+        run.agent_name = agent_name if isinstance(agent_name, str) and agent_name else None
         if owned:
             self._runs.own(run_id)
         else:  # a sync model run: one multi-prompt call's runs go together when one fails (`_runs.py`)
@@ -998,6 +1014,9 @@ class _GuardHandlerLogic(HeardFirst):
                         # What it quotes is never judged as text: judged here, whether it streamed or not.
                         sources=self.check_output and not (run and run.held is not None),
                         budget=self.guard.max_chars,
+                        # Its name and worded ids go out with it, and back to the model next turn (rt69d F3).
+                        labels=self.check_output and not (run and run.held is not None),
+                        own_name=run.agent_name if run else None,
                     )
                     self._remember_tool_context([i for i in found if i.stage is Stage.TOOL_CALL], context, trace)
                     items.extend(found)
