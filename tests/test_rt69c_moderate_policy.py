@@ -75,6 +75,70 @@ def test_an_operator_failing_open_flags_a_slow_guard_as_a_timeout():
     assert all(r["risk"] is None and r["error"] == "GuardTimeout" for r in results)
 
 
+# rt69m F1-F2 (second look): the first version ran a request's conversations under the SHORTEST budget of them all,
+# and a conversation under the shortest of its stages': a fail-open stage timed out on another's budget, unjudged.
+FAIL_OPEN = Policy.strict(on_error="allow", timeout_s=10)
+
+
+def test_a_short_fail_closed_prompt_budget_does_not_fail_an_answer_open_beside_it():
+    """A client tightens the prompt stage (fail closed, 0.05 s), a legal tightening: the answer batched beside a
+    prompt is still waited for under the operator's own budget and blocked; the prompt times out and blocks."""
+    backend = ScriptedBackend(keyword_verdict, delay_s=0.5, name="kw")
+    client = {"on_error": "allow", "stages": {"prompt": {"on_error": "block", "timeout_s": 0.05}}}
+    with serving(Guard(backend, FAIL_OPEN, cache_size=0)) as url:
+        answer, hello = moderate(
+            url,
+            [
+                [{"role": "user", "content": BOMB}, {"role": "assistant", "content": RECIPE}],
+                [{"role": "user", "content": "hello"}],
+            ],
+            client,
+        )
+    assert answer["decision"]["action"] == "block" and answer["decision"]["reason"] == "unsafe", answer
+    assert hello["decision"]["action"] == "block" and hello["decision"]["reason"] == "timeout", hello
+
+
+@pytest.mark.parametrize("named", ["stage", "tool_call"])
+def test_another_stage_s_short_budget_does_not_fail_the_answer_open(named):
+    """The operator gives the retrieval and tool-call stages a short fail-open budget: naming the retrieval stage,
+    or an answer with a harmless tool call, waited only that long for the answer's verdict and let it through."""
+    operator = Policy.from_dict(
+        {"on_error": "allow", "stages": {"retrieval": {"timeout_s": 0.05}, "tool_call": {"timeout_s": 0.05}}}
+    )
+    backend = ScriptedBackend(keyword_verdict, delay_s=0.5, name="kw")
+    answer: dict[str, Any] = {"role": "assistant", "content": RECIPE}
+    body: dict[str, Any] = {"conversations": [[{"role": "user", "content": BOMB}, answer]]}
+    if named == "stage":
+        body["stage"] = "retrieval"
+    else:
+        answer["tool_calls"] = [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+        ]
+    with serving(Guard(backend, operator, cache_size=0)) as url:
+        reply = httpx.post(url + "/v1/moderate", json=body, timeout=30)
+    (result,) = reply.json()["results"]
+    assert result["decision"]["action"] == "block" and result["decision"]["reason"] == "unsafe", result
+
+
+def test_a_fail_closed_stage_whose_budget_passed_still_blocks_a_late_safe_verdict():
+    """Waited for as long as its longest stage, a conversation's fail-closed stage whose own budget passed decides a
+    timeout all the same: the late "safe" never allows what that stage fails closed on."""
+    operator = Policy.from_dict(
+        {"on_error": "allow", "stages": {"tool_call": {"on_error": "block", "timeout_s": 0.05}}}
+    )
+    backend = ScriptedBackend(late_safe, delay_s=0.5, name="slow")
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    conversation = [
+        {"role": "user", "content": PARIS_Q},
+        {"role": "assistant", "content": "Sure.", "tool_calls": [call]},
+    ]
+    with serving(Guard(backend, operator, cache_size=0)) as url:
+        (result,) = moderate(url, [conversation])
+    assert result["risk"] == "safe"
+    assert result["decision"]["action"] == "block" and result["decision"]["reason"] == "timeout", result
+    assert result["decision"]["stage"] == "tool_call"
+
+
 # -- F2: a stage turned off ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("client", [None, PROMPT_OFF], ids=["operator_only", "both_sides"])
 def test_a_prompt_stage_turned_off_is_allowed_unjudged(client):

@@ -157,10 +157,26 @@ def shortest(budgets: Iterable[float | None]) -> float | None:
     return min(known) if known else None
 
 
-def least_timeout(policy: Policy, stages: Iterable[Stage]) -> float | None:
-    """The shortest of ``policy``'s time budgets at ``stages`` (`Policy.timeout_for`), as the local Guard's
-    checks of several stages in one call get."""
-    return shortest(policy.timeout_for(stage) for stage in stages)
+def longest_wait(policy: Policy, stages: Iterable[Stage]) -> float | None:
+    """How long a conversation decided at ``stages`` is waited for: the longest of their time budgets
+    (`Policy.timeout_for`; ``None``, no limit, where one has none). Each stage is then decided on the verdict, and a
+    stage failing closed whose own budget had passed before it came as a timeout too (`late_stages`): the shortest
+    budget made a named stage, a harmless tool call or a client's tightened prompt stage fail another stage open
+    unjudged (rt69m F1-F2)."""
+    budgets = [policy.timeout_for(stage) for stage in stages]
+    return None if any(budget is None for budget in budgets) else max(budgets, default=None)  # type: ignore[type-var]
+
+
+def late_stages(policy: Policy, stages: Iterable[Stage], took: float | None) -> list[Stage]:
+    """The stages failing closed whose own budget passed before a verdict that took ``took`` seconds came: they
+    decide a timeout as well (the stricter decision stands); a stage failing open is decided on the verdict."""
+    if took is None:
+        return []
+    return [
+        stage
+        for stage in stages
+        if policy.on_error_for(stage) == "block" and (budget := policy.timeout_for(stage)) is not None and took > budget
+    ]
 
 
 def judged_within(
@@ -293,14 +309,14 @@ class Service:
         conversations: Sequence[Sequence[Mapping[str, str]]],
         *,
         fallbacks: dict[int, Verdict] | None = None,
-        budgets: Sequence[float | None] | None = None,
+        budget: float | None = None,
     ) -> list[tuple[Outcome, bool]]:
         """Verdicts (or per-conversation errors) with a cached flag. Whole-call failures become ApiErrors.
         ``fallbacks``: filled with the verdict, as the model gave it, of each conversation whose answer was no
         verdict and whose turn alone was judged not safe (`_without_context`), for a caller that decides by a
-        policy of its own (``/v1/moderate``). ``budgets``: each conversation's time budget by that policy
-        (`least_timeout`); the call's deadline is the least of those judged, where shorter than the request's, and
-        missing it is each conversation's `GuardTimeout`, for the policy to decide, not a 504.
+        policy of its own (``/v1/moderate``). ``budget``: how long that policy waits for these conversations
+        (`longest_wait`): the call's deadline where shorter than the request's, and missing it is each conversation's
+        `GuardTimeout`, for the policy to decide, not a 504.
 
         Verdicts are stage-independent (the model never sees the stage), so they are cached under one
         stage label, apart from the Guard's own per-stage entries; a verdict of a turn judged alone is not (it
@@ -326,13 +342,13 @@ class Service:
                 # The policy's timeout_s binds /v1/moderate as it binds a stream session's checks: a client's
                 # tightened 0.2 s, or an operator's failing open, waited for the request's --timeout and was never
                 # decided as a timeout (rt69c F1).
-                policy_s = shortest(budgets[i] for i in pending) if budgets is not None else None
+                policy_s = budget
                 by_policy = policy_s is not None and (timeout is None or policy_s < timeout)
                 if by_policy:
                     timeout = policy_s
                 # The request's windows in all, not only each conversation's (256 conversations of forged turn labels
                 # planned 25,000 windows and ran to the deadline): read by the backend's planning, in this task.
-                budget = CALL_WINDOW_BUDGET.set(self.limits.max_windows_per_request)
+                window_token = CALL_WINDOW_BUDGET.set(self.limits.max_windows_per_request)
                 try:
                     outcomes = await asyncio.wait_for(
                         backend.aclassify([conversations[i] for i in pending], timeout=timeout),
@@ -355,7 +371,7 @@ class Service:
                     logger.warning("guard backend failed: %s", type(exc).__name__)
                     raise ApiError(503, f"guard unavailable: {type(exc).__name__}", "guard_unavailable") from exc
                 finally:
-                    CALL_WINDOW_BUDGET.reset(budget)
+                    CALL_WINDOW_BUDGET.reset(window_token)
                 for outcome in outcomes:
                     if isinstance(outcome, InputTooLarge):
                         # Past a backend limit (windows per conversation): the caller's error, never a guard
@@ -442,14 +458,22 @@ class Service:
 
     @staticmethod
     def _decided(
-        policy: Policy, stages: Sequence[Stage], result: tuple[Outcome, bool], alone: Verdict | None
+        policy: Policy,
+        stages: Sequence[Stage],
+        result: tuple[Outcome, bool],
+        alone: Verdict | None,
+        late: Sequence[Stage] = (),
     ) -> tuple[Outcome, bool, Decision]:
-        """(the outcome reported, whether it was cached, the decision) for one conversation decided at ``stages``."""
+        """(the outcome reported, whether it was cached, the decision) for one conversation decided at ``stages``
+        (``late``: those failing closed whose budget passed before the verdict came, `late_stages`)."""
         outcome, cached = result
         # Its turn alone judged not safe: this route knows the policy, so that verdict stands where the policy
         # decides it more strictly than what the conversation got (a guard error under a fail-open policy: a
         # controversial turn under strict mode was allowed, rt51d F6), never more loosely.
         decision = decide(policy, outcome, stages)
+        if late and isinstance(outcome, Verdict):
+            timed_out = GuardTimeout("no answer within the stage's timeout_s")
+            decision = strictest([decision, decide(policy, timed_out, late)])
         if alone is not None and strictest([decision, stricter := decide(policy, alone, stages)]) is not decision:
             return alone, cached, stricter
         return outcome, cached, decision
@@ -457,6 +481,41 @@ class Service:
     def _too_large(self, exc: InputTooLarge) -> ApiError:
         self.metrics.rejected.labels("work_size").inc()
         return ApiError(413, str(exc), "request_too_large")
+
+    async def _by_wait(
+        self,
+        conversations: Sequence[Sequence[Mapping[str, str]]],
+        waits: Sequence[float | None],
+        fallbacks: dict[int, Verdict] | None = None,
+    ) -> tuple[list[tuple[Outcome, bool]], list[float | None]]:
+        """`classify` for conversations waited for as long as ``waits`` says each: one call per wait, all at once,
+        each under its own (as `Guard` judges a batch: one call per deadline, rt52b F4), the request's windows
+        bounded in all. Each conversation's result, and how long its call took (``None``: answered from the cache)."""
+        groups: dict[float | None, list[int]] = {}
+        for i, wait in enumerate(waits):
+            groups.setdefault(wait, []).append(i)
+        results: list[tuple[Outcome, bool]] = [None] * len(conversations)  # type: ignore[list-item]
+        took: list[float | None] = [None] * len(conversations)
+
+        async def run(wait: float | None, members: list[int]) -> None:
+            start, found = time.monotonic(), {}  # type: ignore[var-annotated]
+            out = await self.classify([conversations[i] for i in members], fallbacks=found, budget=wait)
+            spent = time.monotonic() - start
+            for j, i in enumerate(members):
+                results[i] = out[j]
+                took[i] = None if out[j][1] else spent
+                if j in found and fallbacks is not None:
+                    fallbacks[i] = found[j]
+
+        with window_budget(self.limits.max_windows_per_request):  # the request's, over its calls
+            # Every call ends (each within its own deadline) before an error of one is raised: none is left running.
+            ends = await asyncio.gather(
+                *(run(wait, members) for wait, members in groups.items()), return_exceptions=True
+            )
+        for end in ends:
+            if isinstance(end, BaseException):
+                raise end
+        return results, took
 
     async def _judge_excused(
         self,
@@ -482,9 +541,8 @@ class Service:
             for start in range(0, len(parts), step):
                 chunk = parts[start : start + step]
                 try:
-                    judged = await self.classify(
-                        [part for _, _, part in chunk],
-                        budgets=[least_timeout(policy, stages[roots[i]]) for i, _, _ in chunk],
+                    judged, _ = await self._by_wait(
+                        [part for _, _, part in chunk], [longest_wait(policy, stages[roots[i]]) for i, _, _ in chunk]
                     )
                     outcomes: list[Outcome] = [outcome for outcome, _ in judged]
                 except ApiError as exc:  # the whole call failed: each part unread, decided by on_error
@@ -515,16 +573,18 @@ class Service:
         live = [tuple(stage for stage in own if policy.enabled(stage)) for own in stages]
         judged = [k for k, on in enumerate(live) if on]
         fallbacks: dict[int, Verdict] = {}
-        outcomes = await self.classify(
-            [items[k] for k in judged], fallbacks=fallbacks, budgets=[least_timeout(policy, live[k]) for k in judged]
+        outcomes, took = await self._by_wait(
+            [items[k] for k in judged], [longest_wait(policy, live[k]) for k in judged], fallbacks
         )
         found = dict(zip(judged, outcomes))
+        spent = dict(zip(judged, took))
         alone = {judged[j]: verdict for j, verdict in fallbacks.items()}
 
         def decided(k: int) -> tuple[Outcome | None, bool, Decision]:
             if k not in found:
                 return None, False, Decision(True, Action.ALLOW, stages[k][0], "disabled")
-            return self._decided(policy, live[k], found[k], alone.get(k))
+            late = late_stages(policy, live[k], spent[k])
+            return self._decided(policy, live[k], found[k], alone.get(k), late)
 
         every = [decided(k) for k in range(len(items))]
         await self._judge_excused(policy, items, live, every)
