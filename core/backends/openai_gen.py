@@ -150,6 +150,7 @@ from .transport import (
 __all__ = [
     "OpenAIGen",
     "ServedModelUnknown",
+    "NO_OPENAI_API",
     "RemoteHTTPError",
     "parse_logprobs",
     "DEFAULT_CONNECT_TIMEOUT_S",
@@ -252,22 +253,35 @@ def _tenacity() -> Any:
     return tenacity
 
 
+#: The advice of a URL where no OpenAI API answers: a route that is not there (HTTP 404), a page that is not
+#: JSON (a web app's). The commonest cause is the base URL's path: ``/v1`` twice, or a wrong prefix (rt69f F1).
+NO_OPENAI_API = (
+    "no OpenAI-compatible API at this URL: check the base URL (it should end in /v1 once, e.g. http://host:8000/v1)"
+)
+
+
 class ServedModelUnknown(QwenGuardError):
     """No model name was given and the server's ``/models`` does not name exactly one. ``reason`` says what
     it lists; ``models``: the names listed (None when no list could be read); ``status``: the HTTP status of a
     reply that held no list. A 401/403 is a key missing or wrong: its advice is the key, not a model name
-    (naming the model, every check was a 401 guard error instead: rt50a F14)."""
+    (naming the model, every check was a 401 guard error instead: rt50a F14). ``no_api``: the URL answers no
+    OpenAI API at all (a 404, a reply that is not JSON): its advice is the base URL, as a model name would
+    only turn the error into a 404 on every check (rt69f F1)."""
 
-    def __init__(self, reason: str, models: Sequence[str] | None = None, *, status: int | None = None) -> None:
-        advice = (
-            "pass the server's API key (Guard.remote(..., api_key=KEY))"
-            if self.needs_key_for(status)
-            else "pass the served model's name (Guard.remote(..., model=NAME))"
-        )
+    def __init__(
+        self, reason: str, models: Sequence[str] | None = None, *, status: int | None = None, no_api: bool = False
+    ) -> None:
+        if self.needs_key_for(status):
+            advice = "pass the server's API key (Guard.remote(..., api_key=KEY))"
+        elif no_api:
+            advice = NO_OPENAI_API
+        else:
+            advice = "pass the served model's name (Guard.remote(..., model=NAME))"
         super().__init__(f"{reason}: {advice}")
         self.reason = reason
         self.models = None if models is None else tuple(models)
         self.status = status
+        self.no_api = no_api
 
     @staticmethod
     def needs_key_for(status: int | None) -> bool:
@@ -410,13 +424,16 @@ def _served_model(
     reason masked by ``scrub``, the client's credential mask, before it is cut)."""
     where = f"{url}/models"
     if entries is None:
+        no_api = status == 404  # no such route: the base URL's path is wrong
         if status != 200:
             why = f"HTTP {status}: {error_text(content or b'', scrub)}"
         elif content is None:
             why = "its reply is larger than max_reply_bytes"
-        else:
+        elif not _is_json(content):  # a web app's page: no OpenAI API here at all
+            why, no_api = "its reply is not JSON", True
+        else:  # JSON with no usable list: an OpenAI API that lists none, whose model's name may still be known
             why = "its reply is not an OpenAI model list"
-        raise ServedModelUnknown(f"cannot list the models at {where} ({why})", status=status)
+        raise ServedModelUnknown(f"cannot list the models at {where} ({why})", status=status, no_api=no_api)
     ids = [e.get("id") if isinstance(e, Mapping) else None for e in entries]
     names = [i for i in ids if isinstance(i, str) and i]
     if len(names) < len(ids):
@@ -429,6 +446,17 @@ def _served_model(
 #: Error types and codes with which engines say "no such model" (vLLM: NotFoundError; OpenAI, qwenguard serve:
 #: model_not_found): a 404 naming one is a refused name, not a missing route.
 _MODEL_NOT_FOUND = frozenset({"model_not_found", "NotFoundError", "not_found_error"})
+
+
+def _is_json(content: bytes) -> bool:
+    """Whether a reply's body is JSON at all (an OpenAI API's is, whatever it holds; a web app's page is not)."""
+    try:
+        json.loads(content)
+    except ValueError:  # not UTF-8 included
+        return False
+    except RecursionError:  # JSON nested deeper than the parser's stack
+        return True
+    return True
 
 
 def _model_not_found(status: int, body: bytes) -> bool:
@@ -1038,6 +1066,8 @@ class OpenAIGen:
             return RemoteTimeout(
                 f"guard server at {self._show(url)} answered HTTP {status} (out of time): {why}", status
             )
+        if status == 404 and not _model_not_found(status, body):  # no such route, not a model refused
+            why = f"{why}; {NO_OPENAI_API}" if why else NO_OPENAI_API
         return RemoteHTTPError(
             f"guard server at {self._show(url)} answered HTTP {status}: {why}",
             status,
@@ -1305,7 +1335,7 @@ class OpenAIGen:
         try:
             payload = json.loads(content)
         except ValueError as exc:  # a 200 body that is not JSON (not UTF-8 included)
-            return VerdictParseError(f"the server's reply is not JSON: {exc}")
+            return VerdictParseError(f"the server's reply is not JSON ({exc}): {NO_OPENAI_API}")
         except RecursionError:  # nested deeper than the parser's stack
             return VerdictParseError("the server's reply is JSON nested too deeply to be a verdict")
         kept = prompt_tokens(payload)

@@ -44,6 +44,7 @@ from ..policy import Action, Decision
 from ..streaming.debounce import DEFAULT_WINDOW, Debounce
 from ..streaming.monitor_core import DEFAULT_KEEP_TOKEN_VERDICTS
 from ..verdict import Risk, Stage, Verdict
+from .openai_gen import NO_OPENAI_API
 from .openai_wire import error_text, retry_after
 from .replicas import attempt_budget
 from .transport import without_password
@@ -747,6 +748,10 @@ class _Session:
             if 300 <= status < 400:  # as a check says it (`OpenAIGen._status_error`)
                 where_to = exc.response.headers.get("Location")
                 why = f"redirects are not followed (Location {where_to!r})" + (f": {why}" if why else "")
+            elif status == 404 or (status == 403 and not why and not self._sends_key()):
+                # No stream route at this URL: a Starlette app (qwenguard serve) refuses an unknown WebSocket
+                # path with a bare 403, which read as a refused key where none was sent (rt69f F1).
+                why = f"{why}; {NO_OPENAI_API}" if why else NO_OPENAI_API
             urls = list(getattr(self.backend, "urls", ()))
             where = (
                 f"stream server at {without_password(urls[0])}"
@@ -771,6 +776,11 @@ class _Session:
             self.flags.append(decision)
         self._judge_locally()
         return ""
+
+    def _sends_key(self) -> bool:
+        """Whether the handshake carries credentials (an ``Authorization`` header, from ``api_key`` or ``headers``)."""
+        headers = getattr(self.backend, "headers", None) or {}
+        return any(name.lower() == "authorization" for name in headers)
 
     # -- after a fail-open: the rest judged here ----------------------------------------------
     def _local_monitor(self) -> Any:

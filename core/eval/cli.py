@@ -88,7 +88,7 @@ def _learn_served_model(guard: Any) -> None:
     """Learn the one model the server lists at ``/models`` now (the client's own discovery), so that
     ``--remote URL`` alone works, and a server that lists several, none, or cannot be reached fails the run
     before any row is scored."""
-    from ..backends.openai_gen import ServedModelUnknown
+    from ..backends.openai_gen import NO_OPENAI_API, ServedModelUnknown
     from ..errors import GuardUnavailable
 
     backend = guard.backend
@@ -97,6 +97,8 @@ def _learn_served_model(guard: Any) -> None:
     except ServedModelUnknown as exc:
         if getattr(exc, "needs_key", False):  # HTTP 401/403: a model name would not help
             advice = "pass the server's API key with --api-key (or QWENGUARD_API_KEY)"
+        elif exc.no_api:  # a 404, a page that is not JSON: --model would make every row a 404 (rt69f F1)
+            advice = NO_OPENAI_API
         else:
             advice = "pass --model NAME" if exc.models is None else "pick one with --model NAME"
         raise QwenGuardError(f"{exc.reason}; {advice}") from None
