@@ -59,24 +59,27 @@ class ExcusedSplit:
     _asked: list[int] = field(default_factory=list)  # the root of each part asked, in order
     _parts: list[list[dict[str, str]]] = field(default_factory=list)
     _levels: int = 0
-    _left: int = 0  # parts the budget has left
+    _left: int = -1  # parts the budget has left (-1: no budget)
 
     @classmethod
     def of(
         cls,
         policy: Policy,
         checks: Sequence[tuple[Stage | Sequence[Stage], Sequence[dict[str, str]], Decision]],
-        budget: int,
+        budget: int | None = None,
     ) -> ExcusedSplit:
         """The plan for ``(stage, conversation, its excused decision)`` of each root; ``stage`` may be several stages,
-        the first the parts are asked under, the strictest decision standing. At most ``budget`` parts are asked in
-        all (the caller's bound on checks a call): a root whose parts do not fit is a guard error (``on_error``)."""
+        the first the parts are asked under, the strictest decision standing. A root is asked at most
+        `EXCUSED_PARTS` + `EXCUSED_PARTS` squared parts (and its earlier turns alone); ``budget``: at most that many
+        parts in all, a root whose parts do not fit a guard error (``on_error``). A budget shared first come, first
+        served made a full batch of ordinary PII documents fail closed (rt69i F4): `Guard` and the server bound the
+        parts' calls by one shared deadline instead."""
         roots = []
         for stage, _, decision in checks:
             first, *more = (stage,) if isinstance(stage, Stage) else stage
             roots.append(_Root(first, decision, tuple(more)))
         plan = cls(policy, roots)
-        plan._left = budget
+        plan._left = budget if budget is not None else -1
         plan._level = [(i, list(conversation)) for i, (_, conversation, _) in enumerate(checks)]
         return plan
 
@@ -102,7 +105,9 @@ class ExcusedSplit:
                 if self.roots[i].blocked:
                     continue
                 parts = cut_conversation(conversation, EXCUSED_PARTS.bit_length() - 1)
-                if len(parts) > self._left:
+                if self._levels == 1 and (alone := _earlier_turns(conversation)) is not None:
+                    parts.append(alone)
+                if 0 <= self._left < len(parts):
                     self.roots[i].errors.append(
                         GuardUnavailable(
                             "an excused text's parts are more checks than the call has left (8 a check a call may "
@@ -110,7 +115,8 @@ class ExcusedSplit:
                         )
                     )
                     continue
-                self._left -= len(parts)
+                if self._left >= 0:
+                    self._left -= len(parts)
                 out += [(i, self.roots[i].stage, part) for part in parts]
         self._level = []
         self._asked = [i for i, _, _ in out]
@@ -166,6 +172,16 @@ class ExcusedSplit:
             if _severity(failed) > _severity(decided):
                 return error
         return verdict
+
+
+def _earlier_turns(conversation: list[dict[str, str]]) -> list[dict[str, str]] | None:
+    """The conversation with its last turn, a user's, emptied: what the earlier turns are read as without it. Only
+    the last turn is cut; a short one (an SSN alone, too short to cut) excused a harmful request in the turns before
+    it, read with it as PII alone (rt69i F1). ``None`` for a single turn or an answer (judged at its own stage)."""
+    *context, last = conversation
+    if not context or last["role"] != "user":
+        return None
+    return [*context, {**last, "content": ""}]
 
 
 _SEVERITY: dict[str, int] = {"allow": 0, "flag": 1, "block": 2}

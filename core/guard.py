@@ -24,7 +24,7 @@ from .backends.base import GenBackend, Outcome
 from .backends.torch_runtime import refuse_meta_device
 from .cache import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_SIZE, VerdictCache, cache_key
 from .errors import GuardTimeout, GuardUnavailable, GuardViolation, InputTooLarge, QwenGuardError, VerdictParseError
-from .excused_split import EXCUSED_PARTS, ExcusedSplit, is_excused
+from .excused_split import ExcusedSplit, is_excused
 from .formats.content import clean_text
 from .formats.conversations import (
     RunsJudged,
@@ -737,11 +737,9 @@ class Guard:
         return [p.decision if p.decision is not None else refused or InputTooLarge("not judged") for p in parts]
 
     def _excused_plan(self, roots: list[_Check]) -> tuple[ExcusedSplit, float | None]:
-        """The plan for ``roots`` (at most 8 parts for each check a call may hold, ``max_checks``, in all) and the
-        deadline all its calls share: the stage's, once more (texts of SSNs in 4,096 documents asked 295,000 parts,
-        each level under a deadline of its own)."""
-        budget = EXCUSED_PARTS * self.max_checks  # a level of parts for each check a call may hold
-        plan = ExcusedSplit.of(self.policy, [(c.stage, c.conversation, c.decision) for c in roots], budget)  # type: ignore[misc]
+        """The plan for ``roots`` and the deadline all its calls share: the stage's, once more (texts of SSNs in 4,096
+        documents asked 295,000 parts, each level under a deadline of its own)."""
+        plan = ExcusedSplit.of(self.policy, [(c.stage, c.conversation, c.decision) for c in roots])  # type: ignore[misc]
         timeout = self._timeout(roots)
         return plan, None if timeout is None else time.monotonic() + timeout
 

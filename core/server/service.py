@@ -17,7 +17,7 @@ from typing import Any
 from ..backends.base import Outcome
 from ..cache import cache_key
 from ..errors import GuardTimeout, GuardUnavailable, InputTooLarge, VerdictParseError
-from ..excused_split import EXCUSED_PARTS, ExcusedSplit, is_excused
+from ..excused_split import ExcusedSplit, is_excused
 from ..formats.content import clean_text, is_blank
 from ..formats.conversations import answer_or_prefill, least_contexts, without_blank_context
 from ..formats.prompts import (
@@ -530,24 +530,34 @@ class Service:
         roots = [k for k, (_, _, decision) in enumerate(every) if is_excused(decision)]
         if not roots:
             return
-        # As many parts as one level of a whole request's conversations: a request of 256 texts of SSNs asked
-        # 18,000 parts, each call under a deadline of its own.
-        budget = self.limits.max_conversations * EXCUSED_PARTS
-        plan = ExcusedSplit.of(policy, [(stages[k], items[k], every[k][2]) for k in roots], budget)
+        plan = ExcusedSplit.of(policy, [(stages[k], items[k], every[k][2]) for k in roots])
+        waits = {k: longest_wait(policy, stages[k]) for k in roots}
+        # One more of the longest wait, shared by every call of the parts (each chunk under a deadline of its own held
+        # the model 7.3 s under timeout_s=1: rt69i F3), as `Guard` shares one; the request's --timeout bounds it too.
+        longest = None if any(w is None for w in waits.values()) else max(waits.values())  # type: ignore[type-var]
+        deadline = None if longest is None else time.monotonic() + longest
         size = sum(text_size(items[k], PREPARE_ON_LOOP_CHARS) for k in roots)
         while parts := (await asyncio.to_thread(plan.pieces) if size > PREPARE_ON_LOOP_CHARS else plan.pieces()):
             decided: list[Decision | BaseException] = []
             step = self.limits.max_conversations  # each call as large as a request may be
             for start in range(0, len(parts), step):
                 chunk = parts[start : start + step]
-                try:
-                    judged, _ = await self._by_wait(
-                        [part for _, _, part in chunk], [longest_wait(policy, stages[roots[i]]) for i, _, _ in chunk]
+                left = None if deadline is None else deadline - time.monotonic()
+                outcomes: list[Outcome]
+                if left is not None and left <= 0:
+                    outcomes = [GuardTimeout("the deadline passed before an excused text's parts were judged")] * len(
+                        chunk
                     )
-                    outcomes: list[Outcome] = [outcome for outcome, _ in judged]
-                except ApiError as exc:  # the whole call failed: each part unread, decided by on_error
-                    failed = GuardTimeout(exc.message) if exc.status == 504 else GuardUnavailable(exc.message)
-                    outcomes = [failed] * len(chunk)
+                else:
+                    try:
+                        judged, _ = await self._by_wait(
+                            [part for _, _, part in chunk],
+                            [shortest((waits[roots[i]], left)) for i, _, _ in chunk],
+                        )
+                        outcomes = [outcome for outcome, _ in judged]
+                    except ApiError as exc:  # the whole call failed: each part unread, decided by on_error
+                        failed = GuardTimeout(exc.message) if exc.status == 504 else GuardUnavailable(exc.message)
+                        outcomes = [failed] * len(chunk)
                 decided += [plan.decide(i, outcome) for (i, _, _), outcome in zip(chunk, outcomes)]
             plan.take(decided)
         for n, k in enumerate(roots):
