@@ -15,10 +15,13 @@ F5: a category or source spelt "(none)" was pooled with the rows that have none,
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import re
+import stat
 from pathlib import Path
 
+import cmarkgfm
 import pytest
 from eval_cli import run_eval
 from eval_cli import write_rows as write_jsonl
@@ -157,6 +160,11 @@ def test_an_integer_of_thousands_of_digits_names_the_file_and_line(tmp_path, nam
 URL = "see https://evil.example/login?reset=1"
 WWW = "www.evil.com/claim-prize"
 MAIL = "mail admin@evil.com"
+# rt69l F1: GitHub's renderer (cmark-gfm) joins a backslash-escaped text back before it looks for addresses, and a
+# www. host whose first label starts with a digit or one letter was left unescaped.
+MAILTO = "mailto:x@evil.com"
+WWW_DIGIT = "www.1evil.com/login"
+WWW_HYPHEN = "www.a-b.com"
 #: What GFM's autolink extension (and markdown-it's linkify) starts a link at, in report.md's source.
 AUTOLINK_STARTS = re.compile(r"://|www\.|\w@\w|\w\.com")
 
@@ -179,6 +187,42 @@ def test_report_md_gives_no_autolink_to_a_datas_url_domain_or_address(tmp_path):
     shown = re.sub(r"<[^>]+>", "", rendered)
     for value in (URL, WWW, MAIL):
         assert value in shown, value  # every character shown as the data has it
+
+
+def test_github_s_renderer_links_nothing_of_the_data_s(tmp_path):
+    """GitHub renders report.md with cmark-gfm (its autolink extension): no address, host or URL of the data's is a
+    link there, and each reads as the data has it."""
+    rows = [
+        {"text": BOMB, "label": "unsafe", "category": value, "source": value}
+        for value in (URL, WWW, MAIL, MAILTO, WWW_DIGIT, WWW_HYPHEN)
+    ]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    out = tmp_path / "o"
+    res = run_eval(str(data), "--out", str(out))
+    assert res.exit_code == 0, res.output
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    for options in (0, cmarkgfm.cmark.Options.CMARK_OPT_UNSAFE):  # GitHub's safe mode, and raw HTML kept
+        rendered = cmarkgfm.github_flavored_markdown_to_html(markdown, options=options)
+        assert "<a " not in rendered, re.findall(r"<a [^>]*>", rendered)
+    shown = re.sub(
+        r"<!--.*?-->|<[^>]+>",
+        "",
+        cmarkgfm.github_flavored_markdown_to_html(markdown, options=cmarkgfm.cmark.Options.CMARK_OPT_UNSAFE),
+    )
+    for value in (URL, WWW, MAIL, MAILTO, WWW_DIGIT, WWW_HYPHEN):
+        assert value in html.unescape(shown), value
+
+
+def test_a_report_rewritten_keeps_the_permissions_its_owner_gave_it(tmp_path):
+    """rt69l F2: written to a new file and renamed, a report.json made private (chmod 600) came back readable by all."""
+    data = write_jsonl(tmp_path / "d.jsonl", [{"text": "hello there", "label": "safe"}])
+    out = tmp_path / "o"
+    assert run_eval(str(data), "--out", str(out)).exit_code == 0
+    for name in ("report.json", "report.md", "run.json"):
+        (out / name).chmod(0o600)
+    assert run_eval(str(data), "--out", str(out)).exit_code == 0
+    for name in ("report.json", "report.md", "run.json"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o600, name
 
 
 # -- F5: "(none)" and a null category beside a categories list --------------------------------------------------------

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import stat
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,11 +60,23 @@ def open_owned(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     try:
         with _opened(part, os.O_EXCL, mode) as f:
             yield f
+            _keep_mode(path, f.fileno())
         refuse_link(path)  # a link planted while writing is the user's to remove, not to replace
         os.replace(part, path)
     except BaseException:
         part.unlink(missing_ok=True)
         raise
+
+
+def _keep_mode(path: Path, fd: int) -> None:
+    """The new file gets the permissions of the one it replaces: a report the user made private (``chmod 600``)
+    became readable by all at the next run, a new file's default (rt69l F2)."""
+    try:
+        old = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(old.st_mode):
+        os.fchmod(fd, stat.S_IMODE(old.st_mode))
 
 
 def _opened(path: Path, how: int, mode: str) -> IO[Any]:

@@ -247,10 +247,11 @@ _MD_PUNCTUATION = str.maketrans({c: "\\" + c for c in "\\`*_[]~$|"})
 
 
 #: What GitHub-flavoured Markdown (and markdown-it's linkify) makes a link of in plain text: a scheme's ``://``, a
-#: domain's dot (``www.x``, ``evil.com``) and an address's ``@``. Each is backslash-escaped: the text reads the same,
-#: but a parser sees an escaped character where the link would go on (rt69g F4).
-_AUTOLINK_PARTS = re.compile(r"://|(?<=\w)\.(?=[^\W\d_]{2})|@")
-_AUTOLINK_BROKEN = {"://": "\\:/\\/", ".": "\\.", "@": "\\@"}
+#: dot after a letter (``www.x``, ``www.1x``, ``evil.com``) and an address's ``@``. Each gets an empty HTML comment
+#: beside it, which shows nothing and splits the text where the link would go on: a backslash escape did not, since
+#: cmark-gfm (GitHub's renderer) joins the text back before it looks for addresses (rt69g F4, rt69l F1).
+_AUTOLINK_PARTS = re.compile(r"://|(?<=[^\W\d_])\.(?=\w)|@")
+_AUTOLINK_BROKEN = {"://": ":<!-- -->//", ".": "<!-- -->.", "@": "<!-- -->@"}
 
 
 def _md(value: Any, code: bool = False) -> str:
