@@ -128,3 +128,31 @@ def test_parts_past_the_first_16_leave_only_an_unsafe_standing(engine: engines.R
             excused = unsafe.check_prompt(HARM)
     assert not safe.allowed and safe.reason == "guard_error" and "content parts" in (safe.error or ""), safe.error
     assert not excused.allowed and excused.reason == "unsafe", (excused.reason, excused.error)
+
+
+# rt69m F3 (second look): a text part saying Unsafe beside any part that is no text (a refusal part, an image, an
+# object without text) was dropped whole, and the Responses API's `output_text` parts were not read: a guard error,
+# let through by on_error="allow". Such a list is read as a cut answer is: its first line saying Unsafe stands.
+ODD_UNSAFE_PARTS = {
+    "refusal part": [text_part("Safety: Unsafe\nCategories: Violent"), {"type": "refusal", "refusal": "no"}],
+    "image part": [text_part("Safety: Unsafe\nCategories: Violent"), {"type": "image_url", "image_url": {"url": "x"}}],
+    "text part without text": [{"type": "text", "text": None}, text_part("Safety: Unsafe\nCategories: Violent")],
+}
+
+
+@pytest.mark.parametrize("parts", list(ODD_UNSAFE_PARTS.values()), ids=list(ODD_UNSAFE_PARTS))
+def test_an_unsafe_text_part_beside_a_part_that_is_no_text_still_blocks(
+    engine: engines.RecordingEngine, parts: Any
+) -> None:
+    _answering(parts)
+    with Guard.remote(engine.url, model="guard", policy=FAIL_OPEN, cache_size=0) as guard:
+        decision = guard.check_prompt(HARM)
+    assert not decision.allowed and decision.reason == "unsafe", (decision.reason, decision.error)
+    assert decision.verdict is not None and decision.verdict.categories == ()  # read as cut: no category stands
+
+
+def test_output_text_parts_are_read(engine: engines.RecordingEngine) -> None:
+    _answering([{"type": "output_text", "text": "Safety: Unsafe\nCategories: Violent", "annotations": []}])
+    with Guard.remote(engine.url, model="guard", policy=FAIL_OPEN, cache_size=0) as guard:
+        decision = guard.check_prompt(HARM)
+    assert not decision.allowed and decision.verdict is not None and decision.verdict.categories == ("Violent",)

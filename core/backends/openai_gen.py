@@ -356,26 +356,34 @@ def _cut_short(end: object, max_tokens: int) -> str | None:
     return f"ended with finish_reason {str(end)[:40]!r}, not a normal end: the verdict may be incomplete"
 
 
-def _content_text(content: list[Any], limit: int) -> tuple[str, str | None] | None:
+def _content_text(content: list[Any], limit: int) -> tuple[str, str | None]:
     """The text of a chat choice's content sent as a list of parts (``[{"type": "text", "text": "Safety: ..."}]``, as
-    some gateways send it; a part that is a string stands as it is), joined as the answer the guard wrote, and why it
-    may be a part of that answer (None: whole); None where a part is no text (an image, an object without text),
-    which leaves the content no verdict. At most `_MAX_CONTENT_PARTS` parts and ``limit`` characters are read (the
-    reply's own bound, ``max_reply_bytes``): past them the text is cut, and read as a cut answer is (`_cut_short`)."""
+    some gateways send it; ``output_text`` parts as the Responses API names them; a part that is a string stands as
+    it is), joined as the answer the guard wrote, and why it may not be that answer whole (None: whole). A part that
+    is no text (an image, a refusal, an object without text) is left out and makes the answer read as a cut one is
+    (`_cut_short`: only a first line saying Unsafe stands): refused whole, an Unsafe beside a refusal part was a
+    guard error, and on_error="allow" let it through (rt69m F3). At most `_MAX_CONTENT_PARTS` parts and ``limit``
+    characters are read (the reply's own bound, ``max_reply_bytes``): past them the text is cut too."""
     texts: list[str] = []
     size = 0
+    odd = None
     for part in content[:_MAX_CONTENT_PARTS]:
-        if isinstance(part, Mapping) and part.get("type") == "text" and isinstance(part.get("text"), str):
+        if (
+            isinstance(part, Mapping)
+            and part.get("type") in ("text", "output_text")
+            and isinstance(part.get("text"), str)
+        ):
             part = part["text"]
         if not isinstance(part, str):
-            return None
+            odd = odd or "has a content part that is not text: not a guard's whole answer"
+            continue
         texts.append(part)
         size += len(part)
         if size > limit:
             return "".join(texts)[:limit], f"has content parts longer than {limit:,} characters: cut"
     if len(content) > _MAX_CONTENT_PARTS:
         return "".join(texts), f"has {len(content):,} content parts (more than {_MAX_CONTENT_PARTS} are not read): cut"
-    return "".join(texts), None
+    return "".join(texts), odd
 
 
 def _not_a_guards_answer(choice: Any) -> str | None:
@@ -960,13 +968,7 @@ class OpenAIGen:
         if isinstance(text, list) and self.mode == "chat":
             # Content as a list of text parts (some gateways send it so) is the answer they hold: refused as no text,
             # it was a guard error, and on_error="allow" let through what the engine called Unsafe (rt69b F3).
-            joined = _content_text(text, self.max_reply_bytes)
-            if joined is None:
-                return None, VerdictParseError(
-                    f"the server's reply choices[{i}] content is a list with a part that is not text",
-                    raw=self._shown(text),
-                )
-            text, parts_cut = joined
+            text, parts_cut = _content_text(text, self.max_reply_bytes)
         parsed: Verdict | VerdictParseError
         try:
             parsed = parse_verdict(text, mode=mode, model=self.name)
