@@ -63,7 +63,7 @@ import functools
 import re
 import unicodedata
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 from ..errors import GuardUnavailable
@@ -621,11 +621,11 @@ def _splits(text: str, a: int, b: int, run: str) -> bool:
 def _hidden_places(text: str) -> list[tuple[int, int]]:
     """Where ``text`` reads differently than written: (start, end) of each such place, in order."""
     classes = _classes()
-    found = [m.span() for m in classes.split.finditer(text) if _splits(text, *m.span(), m.group())]
-    found += [m.span() for m in classes.forms.finditer(text)]
+    found = [m.span() for m in _finditer_sliced(classes.split, text) if _splits(text, *m.span(), m.group())]
+    found += [m.span() for m in _finditer_sliced(classes.forms, text)]
     if _looks_latin(text):
         found += [m.span() for m in classes.word.finditer(text) if _mixed(m.group())]
-    found += [m.span() for m in classes.marked.finditer(text) if len(_nfc(m.group())) > 1]
+    found += [m.span() for m in _finditer_sliced(classes.marked, text) if len(_nfc(m.group())) > 1]
     found += _padding_marks(text)
     found += [m.span() for m in _tag_runs(text)]
     if _INDICATOR.search(text):
@@ -661,6 +661,36 @@ def read_as_seen(text: str) -> str:
     )
 
 
+#: Characters one search of a long text reads per call (`_occurs`): a call into the regex engine holds the GIL
+#: throughout, so an async check planning on its worker thread held the event loop for the whole search (one emoji in
+#: 990,000 characters: a class past the BMP, 340-424 ms a call, rt69h F1). About 10 ms a slice at that rate.
+SEARCH_SLICE = 32_768
+
+
+def _occurs(pattern: re.Pattern[str], text: str) -> bool:
+    """Whether the one-character ``pattern`` matches anywhere in ``text``, searched a slice at a time (no copies: the
+    slice is the search's bounds) so that another thread runs between two slices."""
+    return any(pattern.search(text, at, at + SEARCH_SLICE) for at in range(0, len(text), SEARCH_SLICE))
+
+
+#: Between two ASCII letters or digits: where `_finditer_sliced` may cut a text.
+_SAFE_CUT = re.compile("[A-Za-z0-9]{2}")
+
+
+def _finditer_sliced(pattern: re.Pattern[str], text: str) -> Iterator[re.Match[str]]:
+    """``pattern.finditer(text)`` for a pattern without lookarounds whose matches hold no ASCII letter or digit but
+    a first one (the runs of `_hidden_places`): the same matches, searched a slice of about `SEARCH_SLICE` characters
+    at a time, each cut between two ASCII letters or digits (where no such match can run on). A finditer that finds
+    nothing in a long text is one call into the regex engine: 715 ms held with one emoji in 990,000 characters of
+    prose (rt69h F1)."""
+    at = 0
+    while at < len(text):
+        cut = _SAFE_CUT.search(text, at + SEARCH_SLICE) if at + SEARCH_SLICE < len(text) else None
+        end = cut.start() + 1 if cut else len(text)
+        yield from pattern.finditer(text, at, end)
+        at = end
+
+
 def _padding_marks(text: str) -> list[tuple[int, int]]:
     """(start, end) of each run of marks a reader reads past (format characters between its marks count as nothing):
     any on a space, a line break, punctuation, a digit or a symbol (the smudge on the final "?"), or at the text's
@@ -668,7 +698,7 @@ def _padding_marks(text: str) -> list[tuple[int, int]]:
     (`_marks_kept_on`); more on one letter than its script stacks (`_marks_on`). In order."""
     classes = _classes()
     pads = classes.pads if _ASTRAL.search(text) else classes.bmp_pads
-    if not pads.mark.search(text):  # one pass for text without marks (emoji: a class past the BMP is slow to try)
+    if not _occurs(pads.mark, text):  # one pass for text without marks (emoji: a class past the BMP is slow to try)
         return []
     found = [
         m.span()
@@ -822,7 +852,7 @@ def _tag_runs(text: str) -> list[re.Match[str]]:
     return [m for m in _TAG_RUNS.finditer(text) if not _FLAG_TAGS.match(text, max(0, m.start() - 1))]
 
 
-def as_seen_pieces(text: str) -> list[str]:
+def as_seen_pieces(text: str, check: Callable[[], None] | None = None) -> list[str]:
     """The stretches of ``text`` that a reader sees differently than written, as read (`read_as_seen`), to
     be judged beside the text itself; and what runs of tag characters spell. ``[]`` for ordinary text
     (ASCII text without markup, and the uses of these characters that scripts need). Markup a Markdown renderer
@@ -836,16 +866,18 @@ def as_seen_pieces(text: str) -> list[str]:
     `AS_SEEN_PIECE_CHARS`; when they add up to half the text or more, the whole text is read as one piece
     (the cost stays at most the text's own). Linear in the text: places are merged before any stretch is
     widened. Text with an embedding, override or isolate control is also read in display order
-    (`read_as_displayed`), line by line from the first such control."""
-    pieces = _unseen_pieces(text)
+    (`read_as_displayed`), line by line from the first such control. ``check``: the planner's deadline check, called
+    between stretches and readings (each reading of a long text takes a while: late or abandoned work stops there)."""
+    pieces = _unseen_pieces(text, check)
     if not may_render_differently(text):
         return pieces
     if may_read_as_xml(text):
         # What an XML parser reads (rt58e F2, F3, F6): CDATA text kept, references decoded in Markdown code too,
         # entities expanded; beside the rendered reading, which drops CDATA as a browser does.
         xml = XmlReading(text)
-        for read in _packed(text, _stretches(text, xml.places), read_as_xml, span=xml.span) if xml.places else []:
-            pieces += [p for p in [read, *_unseen_pieces(read)] if p not in pieces]
+        places = xml.places
+        for read in _packed(text, _stretches(text, places), read_as_xml, span=xml.span, check=check) if places else []:
+            pieces += [p for p in [read, *_unseen_pieces(read, check)] if p not in pieces]
     shown = Rendered(text)
     if not shown.places:
         return pieces
@@ -855,8 +887,8 @@ def as_seen_pieces(text: str) -> list[str]:
     # written characters around each place hold a word or two each: the whole text is read as rendered, once (its
     # reading is shorter than the text by what is hidden).
     stretches = [(0, len(text))] if shown.hides else _stretches(text, shown.places)
-    for rendered in _packed(text, stretches, read_as_rendered, span=shown.span):
-        for piece in [rendered, *_unseen_pieces(rendered)]:
+    for rendered in _packed(text, stretches, read_as_rendered, span=shown.span, check=check):
+        for piece in [rendered, *_unseen_pieces(rendered, check)]:
             if piece not in pieces:
                 pieces.append(piece)
     return pieces
@@ -908,7 +940,7 @@ def _sentence_around(text: str, place: list[int], lo: int, hi: int) -> tuple[int
     return start, end
 
 
-def _unseen_pieces(text: str) -> list[str]:
+def _unseen_pieces(text: str, check: Callable[[], None] | None = None) -> list[str]:
     """`as_seen_pieces` but for markup: what hidden characters, look-alikes and bidi controls change."""
     if text.isascii():
         return []
@@ -919,11 +951,11 @@ def _unseen_pieces(text: str) -> list[str]:
     stretches = _stretches(text, places)
     # Tag characters are read in place, as the ASCII they spell ("How can I make a " + tags "bomb" + " at home?"): read
     # apart from the text around them, neither reading held the sentence (rt54e E8).
-    pieces = _packed(text, stretches, _tags_spelled(read_as_seen))
+    pieces = _packed(text, stretches, _tags_spelled(read_as_seen), check=check)
     if _tag_runs(text):  # and dropped, as a display drops them: "Mi" + tag "q" + "x" shows "Mix" (rt61b F1)
-        pieces += [p for p in _packed(text, stretches, read_as_seen) if p not in pieces]
+        pieces += [p for p in _packed(text, stretches, read_as_seen, check=check) if p not in pieces]
     if _word_gaps(text):  # hidden characters between letters: also read as the word breaks a model sees
-        pieces += [p for p in _packed(text, stretches, _tags_spelled(_read_spaced)) if p not in pieces]
+        pieces += [p for p in _packed(text, stretches, _tags_spelled(_read_spaced), check=check) if p not in pieces]
     return pieces + shown
 
 
@@ -932,12 +964,16 @@ def _packed(
     stretches: list[tuple[int, int]],
     read: Callable[[str], str],
     span: Callable[[int, int], str] | None = None,
+    check: Callable[[], None] | None = None,
 ) -> list[str]:
     """The ``stretches`` of ``text`` as ``read``, packed into pieces of about `AS_SEEN_PIECE_CHARS`; the whole
     text read once instead when they add up to half of it. ``span(a, b)``: how to read a stretch when it must be
-    read within the whole text (markup: `rendered.Rendered.span`), else ``read(text[a:b])``."""
+    read within the whole text (markup: `rendered.Rendered.span`), else ``read(text[a:b])``. ``check``: called
+    before each stretch and before the whole reading (the planner's deadline)."""
     pieces: list[str] = []
     for a, b in stretches:
+        if check is not None:
+            check()
         piece = (span(a, b) if span is not None else read(text[a:b])).strip()
         if not piece or piece == text[a:b].strip():
             continue
@@ -946,6 +982,8 @@ def _packed(
         else:
             pieces.append(piece)
     if 2 * sum(map(len, pieces)) > len(text):  # as much as half the text: read it whole, once
+        if check is not None:
+            check()
         whole = (span(0, len(text)) if span is not None else read(text)).strip()
         pieces = [whole] if whole != text.strip() else []
     return pieces
@@ -1141,7 +1179,7 @@ _SPACES = re.compile(" {2,}")
 
 def _has_right(text: str) -> bool:
     """Whether ``text`` holds a strong right-to-left character (a mark, a Hebrew or Arabic letter, ...)."""
-    return not text.isascii() and _rtl_patterns().right.search(text) is not None
+    return not text.isascii() and _occurs(_rtl_patterns().right, text)
 
 
 def _letters(pattern: re.Pattern[str], text: str) -> int:

@@ -34,7 +34,9 @@ whole prompt does not fit in ``max_prompt_tokens``, `WindowPlanner` builds windo
   extra window like the others; the whole run, even where a window may show fewer turns (``max_messages``, a remote
   server's cap).
 - **Bounded work.** More than ``max_windows`` windows for one conversation raises `InputTooLarge`
-  (before any model work); ``check()`` (a deadline or cancellation) is called between windows.
+  (before any model work; before any reading when the judged turn's own tokens, or its characters past the BMP,
+  already need more); ``check()`` (a deadline or cancellation) is called between readings, their stretches and
+  windows.
 - **A stream's checks** (`StreamPieces`, `StreamCheck`): each check of a streamed answer shows the end of the
   text judged before as its context, so its label lines were planned again as forged-turn windows in every later
   check (rt57e F1: 100 times the windows of prose). A piece window already judged safe in the stream (the same
@@ -104,6 +106,9 @@ DEFAULT_WINDOW_OVERLAP = 64
 #: Windows one conversation may need (forged-turn windows included). A 1 MB English text at 4K-token
 #: windows needs about 70; more is refused (`InputTooLarge`) rather than run.
 DEFAULT_MAX_WINDOWS = 256
+#: Tokens one character is at most in a byte-level encoding (four UTF-8 bytes): a text of fewer characters than
+#: ``max_windows`` windows hold at that rate is never counted before its readings (`WindowPlanner.plan`).
+MAX_TOKENS_PER_CHAR = 4
 #: Windows one backend call may plan over all of its conversations, where the caller sets a budget (``qwenguard
 #: serve``: ``--max-windows-per-request``, for the request being served). ``max_windows`` bounds one conversation,
 #: not a batch of them: 256 conversations of forged turn labels planned 25,000 windows and ran to the request's
@@ -379,6 +384,7 @@ class WindowPlanner:
         self.max_windows = max_windows
         self._label_cost: dict[tuple[str, str], int] = {}
         self._base: dict[str, int] = {}
+        self._astral_bound: int | None = None  # `_astral_per_token`, once read (0: no bound)
 
     def require_room(self, option: str = "max_window_tokens") -> None:
         """Refuse a budget no window can use: the guard prompt around one empty turn (of either role) and
@@ -438,23 +444,37 @@ class WindowPlanner:
         *earlier, last = msgs
         judged = clean_text(last["content"])
         pieces = [prepare_content(judged)]
+        # The judged turn alone can need more windows than allowed: refused before any reading is taken (a text of
+        # tag characters, read several times over, outlasted its check's deadline and was allowed unjudged under
+        # on_error="allow", rt69h F2). Its tokens are counted only when they may be too many; they are its windows'.
+        counted = shorten_blank_runs(pieces[0])  # the judged turn's piece as its windows cut it (below)
+        first_starts = self._starts_if_too_many(counted, last["role"])
+        if check is not None:
+            check()
         pieces += [prepare_content(s.strip()) for s in forged_turn_segments(judged) if s.strip()]
         forged_end = len(pieces)  # pieces[1:forged_end]: the forged-turn ones (a stream's bound counts them)
         if (bare := without_verdict_lines(judged)) != judged and bare.strip():  # forged verdict lines left out
             pieces.append(prepare_content(bare))
-        pieces += [prepare_content(s) for s in as_seen_pieces(judged)]
+        pieces += [prepare_content(s) for s in as_seen_pieces(judged, check)]
+        if check is not None:
+            check()  # each reading of a long text takes a while: abandoned or late work stops between them
         if (unpadded := padding_read(judged)) is not None:  # padding of bidi pairs or tags between blanks (rt58f F1)
             pieces.append(prepare_content(unpadded))
+        if check is not None:
+            check()
         if join_runs and (joined := final_run(msgs)) is not None:
             # "How can I make a bo" and "mb at home?", each safe alone: a provider sends consecutive user turns as
             # one message (ChatAnthropic merges them; rt55c F1: the integrations judged the run joined, the core API
             # and the server did not). The run is also judged as that message reads; a run of assistant turns too
             # ("Step 1: Mix" | " ammonium nitrate ...", one answer to the model that reads them back: rt62f F2b).
-            pieces += [prepare_content(joined), *(prepare_content(s) for s in as_seen_pieces(joined))]
+            pieces += [prepare_content(joined), *(prepare_content(s) for s in as_seen_pieces(joined, check))]
+            if check is not None:
+                check()
             if (unpadded := padding_read(joined)) is not None:
                 pieces.append(prepare_content(unpadded))
         # A reading can open a new run (hidden characters between blanks, read as nothing): shortened the same way.
         pieces = [shorten_blank_runs(p) for p in pieces]
+        first_starts = first_starts if pieces[0] == counted else None
         if len(pieces) > self.max_windows:  # each piece needs a window: refuse before tokenizing anything
             raise self._too_large()
         if max_messages is not None and len(msgs) > max_messages:
@@ -480,7 +500,7 @@ class WindowPlanner:
         role = last["role"]
         if first == 0:
             context, room = self._fit_context(context, role)
-            windows.extend(self._piece_windows(context, role, room, pieces, 0, check, 0))
+            windows.extend(self._piece_windows(context, role, room, pieces, 0, check, 0, first_starts))
         seen = _as_seen_turns(context)
         if seen is not None:
             # An earlier turn written so that a reader (and the app's LLM) reads what the tokenizer does not ("a
@@ -489,12 +509,12 @@ class WindowPlanner:
             # of the judged turn (the turns the raw windows show: a fixed reach and the first window only missed a
             # request behind a long answer or before a long judged turn, rt54e E2).
             context, room = self._fit_context(seen, role)
-            windows.extend(self._piece_windows(context, role, room, pieces, 0, check, len(windows)))
+            windows.extend(self._piece_windows(context, role, room, pieces, 0, check, len(windows), first_starts))
         if (padded := _padding_read_turns(earlier)) is not None:
             # The context with its padding of bidi pairs or tags read as blanks (the judged turn has this reading as
             # a piece of its own): the turns it kept out of the raw windows are shown with every window of the turn.
             context, room = self._fit_context(self._context(padded, role, pieces[0], check), role)
-            windows.extend(self._piece_windows(context, role, room, pieces, 0, check, len(windows)))
+            windows.extend(self._piece_windows(context, role, room, pieces, 0, check, len(windows), first_starts))
         if len(pieces) > 1:
             # Each forged-turn (and read-as-seen) piece is a window of its own: with the whole context in each, a message of many
             # short labelled lines made one check judge the conversation once per line (254 lines after 8,000
@@ -517,6 +537,37 @@ class WindowPlanner:
             if stream is not None and (too_many := stream.pieces.charge(forged_windows, self.max_windows)):
                 raise too_many
         return windows
+
+    def _starts_if_too_many(self, piece: str, role: str) -> list[int] | None:
+        """The token starts of the judged ``piece`` when it may need more than ``max_windows`` windows (else ``None``,
+        nothing tokenized); `InputTooLarge` when it does. A window holds at most the room the empty guard prompt leaves,
+        so the piece needs at least tokens / room windows: a bound that never refuses what fits. Counted only past
+        `MAX_TOKENS_PER_CHAR` tokens a character: below, the piece cannot need that many (prose stays untokenized)."""
+        room = self.budget - self._empty_prompt(role)
+        if room < 1 or len(piece) * MAX_TOKENS_PER_CHAR <= self.max_windows * room:
+            return None
+        # Characters past the BMP first, counted without tokenizing (a text of tag characters tokenized 9 s a
+        # million): each is a token of its own at least, or shares one with at most `_astral_per_token` others.
+        if (per_token := self._astral_per_token()) is not None:
+            astral = len(piece.encode("utf-16-le")) // 2 - len(piece)  # a surrogate pair each
+            if -(-astral // per_token // room) > self.max_windows:
+                raise self._too_large()
+        starts = self.encoder.content_token_starts(piece)
+        if -(-len(starts) // room) > self.max_windows:
+            raise self._too_large()
+        return starts
+
+    def _astral_per_token(self) -> int | None:
+        """The most characters past the BMP one token of the encoder's vocabulary holds (read once), for a byte-level
+        BPE: the lead bytes (0xF0-0xF4, "ð"-"ô" as such a vocabulary writes bytes) in its longest run of them.
+        ``None`` for any other encoder: no bound without the vocabulary."""
+        if self._astral_bound is None:
+            vocab: dict[str, int] = getattr(getattr(self.encoder, "tokenizer", None), "get_vocab", dict)()
+            if "Ġ" not in vocab:  # the byte-level mark of a space: only such a vocabulary writes bytes as above
+                self._astral_bound = 0
+            else:
+                self._astral_bound = max(1, *(sum(c in "ðñòóô" for c in token) for token in vocab))
+        return self._astral_bound or None
 
     def _context(
         self,
@@ -585,10 +636,12 @@ class WindowPlanner:
         index: int,
         check: Callable[[], None] | None,
         have: int,
+        known_starts: list[int] | None = None,
     ) -> list[Window]:
-        """Windows of one piece of the judged turn, each fitted to the budget by encoding it."""
+        """Windows of one piece of the judged turn, each fitted to the budget by encoding it (``known_starts``: its
+        token starts, when counted already)."""
         piece = pieces[index]
-        starts = self.encoder.content_token_starts(piece)
+        starts = self.encoder.content_token_starts(piece) if known_starts is None else known_starts
         n = len(starts)
         overlap = min(self.overlap, room // 4)
         # A sentence cut at a window's edge starts the next window whole, however long (up to a quarter of the room:

@@ -151,6 +151,16 @@ def _letters() -> _Letters:
     return _Letters()
 
 
+def tables_built() -> bool:
+    """Whether the Unicode tables a stream reads with (`_letters`, and content's classes under them) are built."""
+    return _letters.cache_info().currsize > 0
+
+
+def build_tables() -> None:
+    """Build them: most of a second, once a process (an async stream does it on a worker thread, `AsyncStreamMonitor`)."""
+    _letters()
+
+
 def _is_letter(char: str) -> bool:
     """A letter or digit of a word: not "_", punctuation, a symbol, a mark, a modifier or blank letter."""
     return char.isalnum() and (char < "\x80" or char not in _letters().fillers)

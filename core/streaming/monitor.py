@@ -76,7 +76,7 @@ from ..errors import GuardTimeout
 from ..formats.prompts import Message
 from ..verdict import Stage
 from .cancel_safe import CancelSafeLane
-from .gen_windows import WINDOW_GRACE_S, window_pool
+from .gen_windows import WINDOW_GRACE_S, build_tables, tables_built, window_pool
 from .misuse import AsyncOnly, SyncOnly
 from .monitor_core import (
     DEFAULT_CHECK_EVERY,
@@ -355,6 +355,10 @@ class AsyncStreamMonitor(MonitorCore, AsyncOnly):
         if self._opened:
             return ""
         self._opened = True
+        if not tables_built():
+            # The first stream of a process built the Unicode tables on the event loop as it read its first delta
+            # (0.75-0.86 s held, rt69h F3): built here, on a worker thread, before any text.
+            await asyncio.to_thread(build_tables)
         backend = self.stream_backend
         if backend is not None:
             if not (self.enabled or self.screen_prompt):
