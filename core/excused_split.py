@@ -104,7 +104,13 @@ class ExcusedSplit:
             for i, conversation in self._level:
                 if self.roots[i].blocked:
                     continue
-                parts = cut_conversation(conversation, EXCUSED_PARTS.bit_length() - 1)
+                if _emptied(conversation):
+                    # The earlier turns read with the last one emptied were excused again (an SSN in them too):
+                    # the newest user turn among them is cut, with the turns before it (rt69n F2).
+                    asked = _before_last_ask(conversation)
+                    parts = [asked, *cut_conversation(asked, EXCUSED_PARTS.bit_length() - 1)]
+                else:
+                    parts = cut_conversation(conversation, EXCUSED_PARTS.bit_length() - 1)
                 if self._levels == 1 and (alone := _earlier_turns(conversation)) is not None:
                     parts.append(alone)
                 if 0 <= self._left < len(parts):
@@ -182,6 +188,19 @@ def _earlier_turns(conversation: list[dict[str, str]]) -> list[dict[str, str]] |
     if not context or last["role"] != "user":
         return None
     return [*context, {**last, "content": ""}]
+
+
+def _emptied(conversation: list[dict[str, str]]) -> bool:
+    """``conversation`` is an `_earlier_turns` reading: a user's last turn emptied after earlier turns."""
+    return len(conversation) > 1 and conversation[-1]["role"] == "user" and not conversation[-1]["content"]
+
+
+def _before_last_ask(conversation: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The turns up to the newest user turn that says something, before an emptied last one."""
+    for end in range(len(conversation) - 2, -1, -1):
+        if conversation[end]["role"] == "user" and conversation[end]["content"].strip():
+            return conversation[: end + 1]
+    return conversation[:-1]
 
 
 _SEVERITY: dict[str, int] = {"allow": 0, "flag": 1, "block": 2}

@@ -736,39 +736,50 @@ class Guard:
         refused = self._settle(parts, [p for p in parts if p.decision is None], outcome)
         return [p.decision if p.decision is not None else refused or InputTooLarge("not judged") for p in parts]
 
-    def _excused_plan(self, roots: list[_Check]) -> tuple[ExcusedSplit, float | None]:
-        """The plan for ``roots`` and the deadline all its calls share: the stage's, once more (texts of SSNs in 4,096
-        documents asked 295,000 parts, each level under a deadline of its own)."""
+    def _excused_plan(self, roots: list[_Check]) -> tuple[ExcusedSplit, float]:
+        """The plan for ``roots``, and when its calls start: each part is judged within one more of its own stage's
+        deadline from then (texts of SSNs in 4,096 documents asked 295,000 parts, each level under a deadline of its
+        own; a prompt's short deadline beside a document's long one timed the document's parts out under a fail-open
+        policy: rt69n F1)."""
         plan = ExcusedSplit.of(self.policy, [(c.stage, c.conversation, c.decision) for c in roots])  # type: ignore[misc]
-        timeout = self._timeout(roots)
-        return plan, None if timeout is None else time.monotonic() + timeout
+        return plan, time.monotonic()
 
     def _parts_late(
-        self, pending: list[_Check], deadline: float | None
+        self, pending: list[_Check], start: float
     ) -> tuple[float | None, list[Outcome] | BaseException | None]:
-        """(the time left for a level's call, or the outcome of each of its parts where there is no call to make)."""
-        left = None if deadline is None else deadline - time.monotonic()
+        """(the time left for a call of parts of one deadline, or the outcome of each where there is no call to make)."""
+        timeout = self._timeout(pending)
+        left = None if timeout is None else start + timeout - time.monotonic()
         if self._closed:
             return None, _closed_error(self.backend)
         if left is not None and left <= 0:
             return None, GuardTimeout("the check's deadline passed before an excused text's parts were judged")
         return left, [] if not pending else None
 
+    def _parts_calls(self, pending: list[_Check]) -> list[list[int]]:
+        """The indexes of ``pending`` by deadline (`_by_deadline`), at most ``max_checks`` a call."""
+        return [
+            group[i : i + self.max_checks]
+            for group in self._by_deadline(pending)
+            for i in range(0, len(group), self.max_checks)
+        ]
+
     def _judge_excused(self, checks: list[_Check]) -> None:
         """Judge again in parts the checks the policy excused (`ExcusedSplit`): each gets the stricter decision."""
         if not (roots := self._excused(checks)):
             return
-        plan, deadline = self._excused_plan(roots)
+        plan, start = self._excused_plan(roots)
         while parts := self._parts(plan, roots):
             pending = [part for part in parts if part.decision is None]
-            outcome: list[Outcome] = []
-            for start in range(0, len(pending), self.max_checks):  # at most max_checks a call, as any check
-                batch = pending[start : start + self.max_checks]
-                left, judged = self._parts_late(batch, deadline)
+            outcome: list[Outcome] = [None] * len(pending)  # type: ignore[list-item]
+            for call in self._parts_calls(pending):
+                batch = [pending[i] for i in call]
+                left, judged = self._parts_late(batch, start)
                 if judged is None:
                     with window_budget(self.max_windows_per_call):
                         judged = self._classify(batch, left)
-                outcome += _each(judged, len(batch))
+                for i, result in zip(call, _each(judged, len(batch))):
+                    outcome[i] = result
             plan.take(self._parts_decided(parts, outcome))
         for i, check in enumerate(roots):
             check.decision = plan.decision(i)
@@ -777,18 +788,19 @@ class Guard:
         """Async twin of `_judge_excused`; a long text's parts are cut on a worker thread."""
         if not (roots := self._excused(checks)):
             return
-        plan, deadline = self._excused_plan(roots)
+        plan, start = self._excused_plan(roots)
         off_loop = text_size([c.conversation for c in roots], PREPARE_ON_LOOP_CHARS) > PREPARE_ON_LOOP_CHARS
         while parts := (await asyncio.to_thread(self._parts, plan, roots)) if off_loop else self._parts(plan, roots):
             pending = [part for part in parts if part.decision is None]
-            outcome: list[Outcome] = []
-            for start in range(0, len(pending), self.max_checks):
-                batch = pending[start : start + self.max_checks]
-                left, judged = self._parts_late(batch, deadline)
+            outcome: list[Outcome] = [None] * len(pending)  # type: ignore[list-item]
+            for call in self._parts_calls(pending):
+                batch = [pending[i] for i in call]
+                left, judged = self._parts_late(batch, start)
                 if judged is None:
                     with window_budget(self.max_windows_per_call):
                         judged = await self._aclassify(batch, left)
-                outcome += _each(judged, len(batch))
+                for i, result in zip(call, _each(judged, len(batch))):
+                    outcome[i] = result
             plan.take(self._parts_decided(parts, outcome))
         for i, check in enumerate(roots):
             check.decision = plan.decision(i)

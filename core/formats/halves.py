@@ -37,12 +37,15 @@ def _nearest(pattern: re.Pattern[str], text: str, middle: int, low: int, high: i
     return min(cuts, key=lambda cut: abs(cut - middle)) if cuts else None
 
 
-def _cut(text: str) -> int:
-    """Where ``text`` (stripped) is cut: an index strictly inside it, so both sides hold more than white space."""
+def _cut(text: str, sentences: bool = False) -> int | None:
+    """Where ``text`` (stripped) is cut: an index strictly inside it, so both sides hold more than white space;
+    ``sentences``: only at a sentence end (``None`` where none is near enough the middle)."""
     size = len(text)
     middle = size // 2
     low, high = size // 8, size - size // 8  # a cut near an end leaves a sliver: the middle, then the spaces
     cut = _nearest(SENTENCE_END, text, middle, low, high)  # the window planner's own rule
+    if cut is None and sentences:
+        return None
     if cut is None:
         cut = _nearest(_SPACE, text, middle, low, high)
     if cut is None:
@@ -52,31 +55,39 @@ def _cut(text: str) -> int:
     return cut
 
 
-def halves(text: str) -> tuple[str, str] | None:
-    """``text`` in two (each stripped of the white space at the cut), or ``None`` where it is too short to cut."""
+def halves(text: str, sentences: bool = False) -> tuple[str, str] | None:
+    """``text`` in two (each stripped of the white space at the cut), or ``None`` where it is too short to cut
+    (``sentences``: or holds no sentence end near enough its middle)."""
     text = text.strip()
     if len(text) < MIN_SPLIT_CHARS:
         return None
-    cut = _cut(text)
+    cut = _cut(text, sentences)
+    if cut is None:
+        return None
     first, second = text[:cut].rstrip(), text[cut:].lstrip()
     if not first.strip() or not second.strip():
         return None
     return first, second
 
 
-def parts(text: str, cuts: int) -> list[str]:
-    """``text`` cut in two ``cuts`` times over (up to 2 ** cuts parts; a part too short to cut stays whole)."""
+def parts(text: str, cuts: int, sentences: bool = False) -> list[str]:
+    """``text`` cut in two ``cuts`` times over (up to 2 ** cuts parts; a part too short to cut stays whole);
+    ``sentences``: only at sentence ends (a part holding none stays whole)."""
     out = [text]
     for _ in range(cuts):
-        out = [part for piece in out for part in (halves(piece) or (piece,))]
+        out = [part for piece in out for part in (halves(piece, sentences) or (piece,))]
     return out
 
 
 def cut_conversation(conversation: list[dict[str, str]], cuts: int) -> list[list[dict[str, str]]]:
     """The conversation once for each part of its last turn (`parts`), each after the same earlier turns; ``[]``
-    where the last turn is too short to cut."""
+    where the last turn is too short to cut. Cut at sentence ends first, so that a sentence stays whole (a short
+    question cut at spaces was judged only in fragments, none of which read as what the sentence asks: rt69n F3);
+    at spaces where the turn holds no sentence end to cut at."""
     *context, last = conversation
-    pieces = parts(last["content"], cuts)
+    pieces = parts(last["content"], cuts, sentences=True)
+    if len(pieces) < 2:
+        pieces = parts(last["content"], cuts)
     if len(pieces) < 2:
         return []
     return [[*context, {**last, "content": piece}] for piece in pieces]

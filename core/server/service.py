@@ -310,6 +310,7 @@ class Service:
         *,
         fallbacks: dict[int, Verdict] | None = None,
         budget: float | None = None,
+        counted: bool = True,
     ) -> list[tuple[Outcome, bool]]:
         """Verdicts (or per-conversation errors) with a cached flag. Whole-call failures become ApiErrors.
         ``fallbacks``: filled with the verdict, as the model gave it, of each conversation whose answer was no
@@ -387,7 +388,7 @@ class Service:
                     if k in alone and fallbacks is not None:
                         fallbacks[i] = alone[k]
                     results[i] = (outcome, False)
-        for outcome, _ in results:  # type: ignore[misc]
+        for outcome, _ in results if counted else ():  # type: ignore[misc]
             self.metrics.verdict(outcome)
         return results  # type: ignore[return-value]
 
@@ -487,6 +488,7 @@ class Service:
         conversations: Sequence[Sequence[Mapping[str, str]]],
         waits: Sequence[float | None],
         fallbacks: dict[int, Verdict] | None = None,
+        counted: bool = True,
     ) -> tuple[list[tuple[Outcome, bool]], list[float | None]]:
         """`classify` for conversations waited for as long as ``waits`` says each: one call per wait, all at once,
         each under its own (as `Guard` judges a batch: one call per deadline, rt52b F4), the request's windows
@@ -499,7 +501,9 @@ class Service:
 
         async def run(wait: float | None, members: list[int]) -> None:
             start, found = time.monotonic(), {}  # type: ignore[var-annotated]
-            out = await self.classify([conversations[i] for i in members], fallbacks=found, budget=wait)
+            out = await self.classify(
+                [conversations[i] for i in members], fallbacks=found, budget=wait, counted=counted
+            )
             spent = time.monotonic() - start
             for j, i in enumerate(members):
                 results[i] = out[j]
@@ -553,6 +557,7 @@ class Service:
                         judged, _ = await self._by_wait(
                             [part for _, _, part in chunk],
                             [shortest((waits[roots[i]], left)) for i, _, _ in chunk],
+                            counted=False,  # a conversation's parts are no verdicts of their own (rt69n F4)
                         )
                         outcomes = [outcome for outcome, _ in judged]
                     except ApiError as exc:  # the whole call failed: each part unread, decided by on_error
