@@ -350,19 +350,24 @@ def pairs_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return found
 
 
-def joined_words(text: str) -> bool:
+def joined_words(text: str, call_name: str | None = None) -> bool:
     """Whether an identifier reads as a phrase: three or more words of two or more letters joined by ``-_.:``
     (``Mix-ammonium-nitrate-with-fuel-oil``, up to 64 characters: rt69d F2). A UUID, ``call_abc123``, ``toolu_01A``,
-    a Kimi-style ``functions.send_email:0`` (its frame aside: the tool's name) do not."""
-    parts = _JOINERS.split(_CALL_ID_FRAME.sub("", text))
+    a Kimi-style ``functions.send_email:0`` (its frame aside: the tool's name) do not. Nor does a Kimi-style id
+    whose framed name is ``call_name``, the name of the call it identifies, judged with the call
+    (``functions.get_current_weather:0``: rt69k F5); any other framed name is read as words."""
+    rest = _CALL_ID_FRAME.sub("", text)
+    if call_name and rest != text and rest == call_name:
+        return False
+    parts = _JOINERS.split(rest)
     return sum(1 for part in parts if len(part) >= 2 and part.isascii() and part.isalpha()) >= 3
 
 
-def identifier(text: str) -> bool:
-    """An id (a tool call's, a block's) that is one identifier and no phrase (`joined_words`): no words a model
-    reads. A block's kind, a model's name, a status are identifiers by their shape alone (`IDENTIFIER`):
-    ``server_tool_call_chunk``, ``claude-3-5-sonnet-latest``."""
-    return IDENTIFIER.fullmatch(text) is not None and not joined_words(text)
+def identifier(text: str, call_name: str | None = None) -> bool:
+    """An id (a tool call's, a block's) that is one identifier and no phrase (`joined_words`; ``call_name``: the
+    name of the call it identifies, where known): no words a model reads. A block's kind, a model's name, a status
+    are identifiers by their shape alone (`IDENTIFIER`): ``server_tool_call_chunk``, ``claude-3-5-sonnet-latest``."""
+    return IDENTIFIER.fullmatch(text) is not None and not joined_words(text, call_name)
 
 
 def opaque(key: str, text: str) -> bool:

@@ -12,13 +12,20 @@ only emits protocol events from its events.
 Finish events matter either way: a ``content-block-finish`` repeats the whole block to the consumer,
 so everything fed must be judged by then (`StreamFeed.flush` at every finish event). A block that
 arrives only whole in its finish event (no deltas: server-side tool results, a finished tool call) is
-fed there, before the event goes out.
+fed there.
+
+A run judged from its events is judged one event late: LangChain hands each v3 event to the consumer
+*before* ``on_stream_event`` runs (langchain-core's ``_iter_v2_events``), so the event a stop is found in (a
+text delta, a tool call's name in its ``content-block-start``, a block whole in its finish) is already out,
+under ``"pipelined"`` as under ``"gate"``. The callback handler refuses such a run where nothing may go out
+unjudged (``"gate"``, ``max_unjudged=0``: rt69k F1); a run judged from its tokens is judged before its events.
 
 Tool-call arguments stream as text too: each call (by its index) has its own screen, judged as the
 assistant's action (``Tool call: name({...``). So does a call's name: it reaches the consumer with the first
 piece (a v3 ``content-block-start``), and a model may write a sentence there, in pieces LangChain adds up; each
 piece is unjudged text of the call's screen (`ToolCallGate.rename`), judged (or waited for) before the hook
-returns, as arguments are (rt69d F1). An answer's own ``name`` (a chunk's ``name``) is fed to the text's screen.
+returns, as arguments are (rt69d F1): before its chunk goes out when judged from tokens, with its event when
+judged from events (above). An answer's own ``name`` (a chunk's ``name``) is fed to the text's screen.
 """
 
 from __future__ import annotations
@@ -152,7 +159,7 @@ class StreamFeed:
 
     # -- on_stream_event ------------------------------------------------------------------------
     def event_pieces(self, event: Any) -> tuple[list[Piece], bool]:
-        """``(pieces, finish)`` of a v3 protocol event; ``finish``: flush every screen before it goes out."""
+        """``(pieces, finish)`` of a v3 protocol event; ``finish``: flush every screen (the event itself is out already)."""
         if not isinstance(event, Mapping):
             return [], False
         kind = event.get("event")
@@ -163,7 +170,7 @@ class StreamFeed:
         if kind == "content-block-start":
             content = event.get("content") or {}
             if content.get("type") in _TOOL_BLOCKS and isinstance(content.get("name"), str) and content["name"]:
-                # The name goes out with this event: judged before it does.
+                # The name went out with this event (LangChain dispatches it first): judged as this hook returns.
                 self._names[index] = content["name"]
                 return self._tool_piece(index, ""), False
             return [], False
@@ -182,7 +189,7 @@ class StreamFeed:
             return [], False  # media data: not text
         if kind == "content-block-finish":
             content = event.get("content") or {}
-            whole = index not in self._fed_blocks  # the block arrives whole, in this event: judged before it goes out
+            whole = index not in self._fed_blocks  # the block arrives whole, in this event: judged with it
             self._fed_blocks.add(index)
             if content.get("type") in _TOOL_BLOCKS:
                 if isinstance(content.get("name"), str) and content["name"]:

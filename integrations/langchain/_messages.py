@@ -1220,9 +1220,17 @@ def sent_labels(message: BaseMessage, answered: Mapping[str, str] | None = None)
     if prefix:
         labels.append(prefix)
     calls = [*(getattr(message, "tool_calls", None) or ()), *(getattr(message, "invalid_tool_calls", None) or ())]
-    ids = [getattr(message, "tool_call_id", None), *(c.get("id") for c in calls if isinstance(c, Mapping))]
-    labels += [i for i in ids if worded(i)]
+    # Each id with the name of the call it identifies, judged with the call (a Kimi-style id frames it: rt69k F5).
+    answered_id = getattr(message, "tool_call_id", None)
+    ids = [(answered_id, (answered or {}).get(answered_id) if isinstance(answered_id, str) else None)]
+    ids += [(c.get("id"), _call_name(c)) for c in calls if isinstance(c, Mapping)]
+    labels += [i for i, name in ids if worded(i, name)]
     return "\n".join(labels)
+
+
+def _call_name(call: Mapping[str, Any]) -> str | None:
+    name = call.get("name")
+    return name if isinstance(name, str) else None
 
 
 def _sent_name(message: BaseMessage, answered: Mapping[str, str]) -> str | None:
@@ -1405,7 +1413,8 @@ def answer_tool_calls(message: Any) -> list[Mapping[str, Any]]:
     for call in [*parsed, *(getattr(message, "tool_call_chunks", None) or ())]:
         if isinstance(call, Mapping):
             # An id that is no identifier goes to the consumer with the call, and back to the model: its words judged.
-            worded = {k: call[k] for k in ("id", "index") if _said_beside("id", call.get(k))}
+            name = _call_name(call)  # judged with the call: a Kimi-style id framing it is no phrase (rt69k F5)
+            worded = {k: call[k] for k in ("id", "index") if _said_beside("id", call.get(k), name)}
             if worded:
                 calls.append(_call_of(call, worded))
             if call.get("id") is not None:
@@ -1559,9 +1568,10 @@ def _raw_calls(raw: Sequence[Any], known: Mapping[Any, _Twins]) -> list[dict[str
     return calls
 
 
-def worded(label: Any) -> TypeGuard[str]:
-    """Whether a label (an id, an index, a status) is words rather than an identifier: judged then."""
-    return isinstance(label, str) and bool(label.strip()) and not identifier(label)
+def worded(label: Any, call_name: str | None = None) -> TypeGuard[str]:
+    """Whether a label (an id, an index, a status) is words rather than an identifier: judged then. ``call_name``:
+    the name of the call an id identifies, judged with the call (`joined_words`)."""
+    return isinstance(label, str) and bool(label.strip()) and not identifier(label, call_name)
 
 
 def _raw_rest(entry: Mapping[str, Any]) -> dict[str, Any]:
@@ -1569,9 +1579,11 @@ def _raw_rest(entry: Mapping[str, Any]) -> dict[str, Any]:
     keys, and labels (``id``, ``type``, ``index``) that are not identifiers (a call's id goes to the consumer, and
     back to the model with the call)."""
     rest: dict[str, Any] = {}
+    function = entry.get("function")
+    name = _call_name(function) if isinstance(function, Mapping) else None  # judged with the call (rt69k F5)
     for key, value in entry.items():
         if key in _RAW_LABELS:
-            if worded(value):
+            if worded(value, name):
                 rest[key] = value
         elif key == "function" and isinstance(value, Mapping):
             others = {k: v for k, v in value.items() if k not in _RAW_FUNCTION}
@@ -1609,7 +1621,8 @@ def _block_calls(block: Mapping[str, Any]) -> list[dict[str, Any]]:
     # Any other text the block carries (a ``namespace``, a provider's own key) goes to the model with it:
     # judged as the call's arguments too, one more call (an unknown key fails towards judging).
     # A structured value (Anthropic's ``caller``, sent as it is) counts when it holds words (`_passed_text`).
-    others = {k: v for k, v in block.items() if not (streamed and k == "partial_json") and _said_beside(k, v)}
+    name = _call_name(block)
+    others = {k: v for k, v in block.items() if not (streamed and k == "partial_json") and _said_beside(k, v, name)}
     if others:
         values.append(others)
     values += [v for v in _promoted(block) if not _among(v, values)]
@@ -1630,18 +1643,18 @@ def _among(value: Any, values: list[Any]) -> bool:
 _CALL_LABELS = frozenset({"id", "call_id", "tool_call_id", "index", "status"})
 
 
-def _said_beside(key: str, value: Any) -> bool:
+def _said_beside(key: str, value: Any, call_name: str | None = None) -> bool:
     """Whether a tool-call block's ``key`` (not the name or the arguments) carries words the model or the consumer
     gets with the call: any text, and a structured value holding words (`_passed_text`, a v1 block's ``extras``
     too); a label (id, call id, index, status) only when it is no identifier, as a raw entry's (`_raw_rest`); other
-    bookkeeping never."""
+    bookkeeping never. ``call_name``: the call's name, judged with it (`joined_words`)."""
     if key in _CALL_KEYS:
         return False
     if key == "extras":  # a v1 block's provider fields, streamed to the consumer with the call: their text
         rest = {k: v for k, v in value.items() if k not in _PROMOTED} if isinstance(value, Mapping) else {}
         return any(text.strip() for text in _strings(rest))
     if key in _NOT_TEXT:
-        return key in _CALL_LABELS and worded(value)
+        return key in _CALL_LABELS and worded(value, call_name)
     if isinstance(value, str):
         return bool(value.strip())
     return isinstance(value, (Mapping, list)) and bool(_passed_text(value))

@@ -279,9 +279,15 @@ class ToolCallGate(StreamGate):
         self.label = f"tool call {self.name}"
         #: The name as it streamed (``""``: none yet), and how much of it a safe verdict read. A name streams to the
         #: consumer as the arguments do (a model may write a sentence there: rt69d F1), so it counts as unjudged
-        #: text until a check has read it; every check reads it whole, with the arguments.
+        #: text until a check has read it. A check reads it whole up to ``window_chars``; a longer name as the
+        #: arguments are read: what no check was sent yet and a window before it (rt69k F3: 100,000 characters of
+        #: name in 102 chunks sent 5.26 M characters to the guard).
         self._streamed_name = name
         self._name_judged = 0
+        self._name_issued = 0  # how much of the name checks were sent
+        self._name_spans: list[tuple[int, int]] = []  # safe reads of the name past ``_name_judged``
+        self._name_epoch = 0  # another name (not a longer one): the reads of the one before count for nothing
+        self._name_read = name or "tool"  # what the next check shows as the call's name
 
     @property
     def name_unjudged(self) -> int:
@@ -299,30 +305,55 @@ class ToolCallGate(StreamGate):
         if not name or name == self._streamed_name:
             return
         if not name.startswith(self._streamed_name):
-            self._name_judged = 0  # another name, not a longer one: read whole again
+            # another name, not a longer one: read whole again
+            self._name_judged = self._name_issued = 0
+            self._name_spans.clear()
+            self._name_epoch += 1
         self._streamed_name = self.name = name
         self.label = f"tool call {name}"
+
+    def add(self, delta: str) -> None:
+        # The name goes to the guard with the arguments: it counts toward the guard's bound for one check (rt69k F3).
+        if self.max_chars is not None and self._too_large is None:
+            if self.length + len(delta) + len(self._streamed_name) > self.max_chars:
+                self._too_large = InputTooLarge(
+                    f"the {self.label} passed max_chars={self.max_chars:,} characters with its name, the guard's "
+                    f"bound for one check; the stream is stopped (raise Guard(max_chars=...) for longer calls)"
+                )
+        super().add(delta)
 
     def due(self, delta: str, *, final: bool = False) -> bool:
         # A name is whole words by the time it streams on: due as soon as it grew (arguments wait as text does).
         return self.name_unjudged > 0 or super().due(delta, final=final)
 
     def item(self) -> Item:
+        name = self._streamed_name
+        start = 0 if len(name) <= self.window_chars else max(0, self._name_issued - self.window_chars)
+        self._name_read = name[start:] or "tool"
         item = super().item()
-        item.extra["name"] = self._streamed_name  # what this check read of the name
+        # What this check read of the name: [name_start, name_end) of the name of this epoch.
+        item.extra["name_start"], item.extra["name_end"] = start, len(name)
+        item.extra["name_epoch"] = self._name_epoch
+        self._name_issued = len(name)
         return item
 
     def settle(self, item: Item, decision: Decision) -> None:
         super().settle(item, decision)  # raises when it blocks
-        read = item.extra.get("name", "")
-        if self._streamed_name.startswith(read):
-            self._name_judged = max(self._name_judged, len(read))
+        if item.extra.get("name_epoch") != self._name_epoch or "name_end" not in item.extra:
+            return
+        # A read counts once every character before it is judged (a later check may come back first: `_join_safe`).
+        self._name_spans.append((item.extra["name_start"], item.extra["name_end"]))
+        self._name_spans.sort()
+        while self._name_spans and self._name_spans[0][0] <= self._name_judged:
+            self._name_judged = max(self._name_judged, self._name_spans.pop(0)[1])
 
     def _conversation(self, text: str) -> list[dict[str, str]]:
         # The window only (O(window) a check, as building the conversation is); offsets stay the raw text's.
         read = escapes_read(text)
         # Rendered only until past the guard's bound (a check past it is refused: `add`): rt62a F2.
-        return tool_call_conversation(self.name, text if read is None else read, self.context, max_chars=self.max_chars)
+        return tool_call_conversation(
+            self._name_read, text if read is None else read, self.context, max_chars=self.max_chars
+        )
 
 
 # ================================================================================================

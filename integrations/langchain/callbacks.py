@@ -368,7 +368,7 @@ class _Run:
         self.answer_tools: frozenset[str] = frozenset()
         self.place: _Place | None = None  # its `_place`, for the hooks after its start
         self.call: _ThreadCall | None = None  # a tool run's call on its thread (`_blocked_results`)
-        #: The name ``create_agent(name=...)`` gives its answers (the run's ``lc_agent_name``): the application's.
+        #: The name ``create_agent(name=...)`` gives its answers (`_own_agent_name`): the application's.
         self.agent_name: str | None = None
 
     def close(self) -> None:
@@ -512,6 +512,8 @@ class _GuardHandlerLogic(HeardFirst):
         # Where a blocked input's failure went: a branch beside the model (`RunnableParallel`, a gather in a node) goes
         # on after the block, and neither asyncio.gather nor a thread pool cancels it (`BlockedCalls`).
         self._blocks = BlockedCalls(_MAX_BLOCKED_CALLS)
+        #: The run name of each ``create_agent`` graph running now (`_own_agent_name`).
+        self._agent_graphs: dict[UUID, str] = {}
         # Failed tool calls by the run they ran in, each with digests of its error's texts judged already: that
         # run's end carries the message a ToolNode writes for the call (`_failed_call_items`).
         self._failed_calls: Bounded[UUID, dict[str, frozenset[bytes]]] = Bounded(_MAX_FAILED_PARENTS)
@@ -560,8 +562,7 @@ class _GuardHandlerLogic(HeardFirst):
         self._runs.link(run_id, kwargs.get("parent_run_id"))
         run = self._run(run_id)
         run.trace = self._runs.trace(run_id)
-        agent_name = (kwargs.get("metadata") or {}).get("lc_agent_name")
-        run.agent_name = agent_name if isinstance(agent_name, str) and agent_name else None
+        run.agent_name = self._own_agent_name(run_id, kwargs)
         if owned:
             self._runs.own(run_id)
         else:  # a sync model run: one multi-prompt call's runs go together when one fails (`_runs.py`)
@@ -570,6 +571,38 @@ class _GuardHandlerLogic(HeardFirst):
 
     def _drop(self, run_id: UUID) -> _Run | None:
         return self._runs.drop(run_id)
+
+    def _refuse_events_late(self, run_id: UUID, feed: StreamFeed) -> None:
+        """Refuse a run judged from its v3 events where nothing may go out unjudged (``"gate"``, ``max_unjudged=0``).
+
+        LangChain hands each v3 event to the ``stream_events(version="v3")`` consumer *before* ``on_stream_event``
+        runs (langchain-core's ``_iter_v2_events``): a model whose ``_stream`` reports no tokens (a custom
+        ``BaseChatModel`` that never calls ``run_manager.on_llm_new_token``) is judged one event late, a whole
+        answer or a tool call's whole name out before a stop (rt69k F1). Refused at its first event, before it
+        carries any content; under ``"pipelined"`` it is the documented limit (`_feed.py`)."""
+        if feed.source is not None or not (self.stream_engine == "gate" or self.max_unjudged == 0):
+            return
+        run = self._run(run_id)
+        if run.held is not None or not (self.check_stream or self.check_tool_calls):
+            return  # a holding middleware judges this stream before it goes out; or nothing of it is screened
+        raise GuardUnavailable(
+            "the model streamed stream_events(version='v3') events without reporting its tokens "
+            "(run_manager.on_llm_new_token): LangChain hands each such event to the consumer before this handler "
+            "can judge it, so a stream that must be judged before it goes out (stream_engine='gate', "
+            "max_unjudged=0) cannot be kept here. Judge it with GuardMiddleware (create_agent) or guard_output, "
+            "or make the model report its tokens"
+        )
+
+    def _own_agent_name(self, run_id: UUID, kwargs: Mapping[str, Any]) -> str | None:
+        """The name ``create_agent(name=...)`` gave the agent this run is part of, or ``None``. The run's
+        ``lc_agent_name`` alone is not the agent's: a caller's ``config["metadata"]`` replaces it, and sets it for an
+        unnamed agent (rt69k F2). It is trusted only where the agent's graph, running above this run, has that name
+        too (``create_agent`` compiles its graph under it; an unnamed one is ``LangGraph``)."""
+        name = (kwargs.get("metadata") or {}).get("lc_agent_name")
+        if not isinstance(name, str) or not name:
+            return None
+        graphs = self._agent_graphs
+        return name if any(graphs.get(ancestor) == name for ancestor in self._runs.lineage(run_id)) else None
 
     @contextmanager
     def _blocking_its_call(self, run_id: UUID) -> Iterator[None]:
@@ -721,13 +754,26 @@ class _GuardHandlerLogic(HeardFirst):
     # A chain links its children to the call they belong to, and tells where a blocked input's failure went.
     def _chain_started(self, run_id: UUID, inputs: Any, kwargs: Mapping[str, Any]) -> None:
         self._runs.link(run_id, kwargs.get("parent_run_id"))
+        if (kwargs.get("metadata") or {}).get("ls_integration") == "langchain_create_agent":
+            self._note_agent_graph(run_id, kwargs)
         self._blocks.started(run_id, inputs)
 
+    def _note_agent_graph(self, run_id: UUID, kwargs: Mapping[str, Any]) -> None:
+        """A ``create_agent`` graph's own run: the top run marked as the agent's (its nodes carry the mark too)."""
+        parent = kwargs.get("parent_run_id")
+        if parent is not None and any(ancestor in self._agent_graphs for ancestor in self._runs.lineage(parent)):
+            return  # a node of a graph already noted
+        name = kwargs.get("name")
+        if isinstance(name, str) and name:
+            self._agent_graphs[run_id] = name
+
     def _chain_ended(self, run_id: UUID) -> None:
+        self._agent_graphs.pop(run_id, None)
         self._runs.unlink(run_id)
         self._blocks.ended(run_id)  # a failure under it was caught: the runs above it go on (rt62c F3)
 
     def _chain_failed(self, run_id: UUID) -> None:
+        self._agent_graphs.pop(run_id, None)
         self._runs.unlink(run_id)
         self._blocks.failed(run_id)  # kept: a branch under it that goes on after it raised is refused
         self._failed_calls.pop(run_id)  # a failed run writes nothing
@@ -1433,12 +1479,13 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
             self._wait_input(run_id)
             with self._dropped_on_error(run_id):
                 feed = self._feed(run_id, asynchronous=False)
+                self._refuse_events_late(run_id, feed)
                 pieces, finish = feed.event_pieces(event)
                 for judge, delta in pieces:
                     judge.check(delta)
                 quoted = self._event_quoted_items(run_id, event)
                 raise_first(quoted, screen(self.guard, quoted))
-                if finish:  # the finish event repeats the block: everything fed is judged before it goes out
+                if finish:  # the finish event repeats the block: everything fed is judged before the next one goes out
                     for judge in feed.screens():
                         judge.flush()
         except GuardViolation as stop:
@@ -1667,6 +1714,7 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
             await self._await_input(run_id)
             with self._dropped_on_error(run_id):
                 feed = self._feed(run_id, asynchronous=True)
+                self._refuse_events_late(run_id, feed)
                 pieces, finish = feed.event_pieces(event)
                 for judge, delta in pieces:
                     await judge.acheck(delta)

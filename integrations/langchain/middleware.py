@@ -336,8 +336,12 @@ def _update_with_notices(update: Any, notices: dict[int, BaseMessage]) -> Any:
 
 
 def _agent_name() -> str | None:
-    """The name ``create_agent(name=...)`` gave the running agent (its run's ``lc_agent_name``: bound to the agent's
-    graph, a caller's config does not override it), or ``None``."""
+    """The name ``create_agent(name=...)`` gave the running agent (its run's ``lc_agent_name``), or ``None``.
+
+    Known limit (rt69k F2, open): the run's metadata is the caller's config merged over the graph's own, so a
+    caller's ``config["metadata"]["lc_agent_name"]`` replaces a named agent's and sets one for an unnamed agent; a
+    model node sees no other record of the graph's name. The callback handler checks it against the agent graph's
+    run (`GuardCallbackHandler._own_agent_name`)."""
     try:
         metadata = get_config().get("metadata") or {}
     except RuntimeError:  # not inside a runnable
