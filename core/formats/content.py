@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import re
 import unicodedata
 from collections import deque
@@ -461,16 +462,21 @@ AS_SEEN_CONTEXT = 128
 #: Stretches read as seen are packed into pieces of about this many characters (one window or so each);
 #: when they add up to half the text or more, the whole text is read as one piece instead.
 AS_SEEN_PIECE_CHARS = 2048
+#: Characters of a stretch, as read, carried into the next piece with the next stretch (at most): neighbouring
+#: stretches share a piece wherever the pieces are cut.
+AS_SEEN_CARRIED_CHARS = 1024
 #: Characters looked through past a place's context, on each side, for the start and the end of the sentence
 #: holding it: a stretch read as seen is widened to whole sentences (`SENTENCE_END`), as the window planner reaches
 #: back up to a quarter of a window to a sentence's start (a token is a character or more, so this is no more than a
 #: quarter of a 4,096-token window). 128 characters of context around one look-alike letter held neither half of a
 #: 433-character sentence as read (rt69a F1).
 AS_SEEN_SENTENCE_CHARS = 1024
-#: Where a sentence ends: its closing punctuation (and quotes or brackets) before a blank; a line break; an
-#: ideographic full stop. Matched only where a run of punctuation starts: tried inside a run of dots, each
-#: start read the rest of the run (quadratic).
-SENTENCE_END = re.compile(r"""(?<![.!?])[.!?]+["'\u2019\u201d)\]]*\s|[\n\u3002\uff01\uff1f]""")
+#: Where a sentence ends: its closing punctuation (and quotes or brackets) before a blank (a line break too); a blank
+#: line; an ideographic full stop. A line break alone ends none: in hard-wrapped prose (mail, RFC-style text, wrapped
+#: Markdown) every line was a sentence, and a clause wrapped at 72 columns was cut at 13 of 30 places (rt69j F2).
+#: Matched only where a run of punctuation starts: tried inside a run of dots, each start read the rest of the run
+#: (quadratic).
+SENTENCE_END = re.compile(r"""(?<![.!?])[.!?]+["'\u2019\u201d)\]]*\s|\n[^\S\n]*\n|[\u3002\uff01\uff1f]""")
 
 
 class _Pads:
@@ -859,13 +865,13 @@ def as_seen_pieces(text: str, check: Callable[[], None] | None = None) -> list[s
     shows otherwise (`rendered.rendered_places`: character references, markup inside a word) is also read as
     rendered, and that reading read as seen.
 
-    Each place found and `AS_SEEN_CONTEXT` characters around it, widened to whitespace and to the whole sentences
-    holding it (up to `AS_SEEN_SENTENCE_CHARS` further): neighbouring places, and places of one sentence, share a
-    stretch, so no piece's edge falls inside a sentence; the stretches are read as seen and packed, in order, into
-    pieces of about
-    `AS_SEEN_PIECE_CHARS`; when they add up to half the text or more, the whole text is read as one piece
-    (the cost stays at most the text's own). Linear in the text: places are merged before any stretch is
-    widened. Text with an embedding, override or isolate control is also read in display order
+    Each place found and `AS_SEEN_CONTEXT` characters around it, widened to whitespace and to the whole sentence
+    holding it and the neighbouring sentence on each side (up to `AS_SEEN_SENTENCE_CHARS` further): neighbouring
+    places, and places of one sentence, share a stretch, so no piece's edge falls inside a sentence; the stretches are
+    read as seen and packed, in order, into pieces of about `AS_SEEN_PIECE_CHARS`, each piece opening with the end of
+    the stretch before it (`AS_SEEN_CARRIED_CHARS`), so neighbouring stretches share a piece; when they add up to half
+    the text or more, the whole text is read as one piece (the cost stays at most the text's own). Linear in the
+    text: places are merged before any stretch is widened. Text with an embedding, override or isolate control is also read in display order
     (`read_as_displayed`), line by line from the first such control. ``check``: the planner's deadline check, called
     between stretches and readings (each reading of a long text takes a while: late or abandoned work stops there)."""
     pieces = _unseen_pieces(text, check)
@@ -896,7 +902,7 @@ def as_seen_pieces(text: str, check: Callable[[], None] | None = None) -> list[s
 
 def _stretches(text: str, places: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """``places``, merged where they are near, each with `AS_SEEN_CONTEXT` characters around it widened to
-    whitespace, and to the whole sentences holding it (`_sentence_around`); stretches of one sentence are one.
+    whitespace, and to the sentence holding it and its neighbours (`_sentence_around`); stretches that meet are one.
     Linear: places are merged before any stretch is widened, and no character is looked through for a sentence's
     start or end twice (each search stops where the stretch before ended or the next one starts)."""
     reach = 2 * (AS_SEEN_CONTEXT + _WIDEN)
@@ -920,23 +926,33 @@ def _stretches(text: str, places: list[tuple[int, int]]) -> list[tuple[int, int]
 
 
 def _sentence_around(text: str, place: list[int], lo: int, hi: int) -> tuple[int, int]:
-    """Where the sentence(s) holding ``text[place[0]:place[1]]`` start and end, each looked for up to
-    `AS_SEEN_SENTENCE_CHARS` past the place's context and not past ``lo`` or ``hi`` (the stretches before and after
-    it). Where no sentence ends that near, that side keeps its context (text without sentence ends, a minified blob or
-    a run of filler words, costs what it cost); where none ends before ``lo`` or after ``hi``, the sentence runs on
-    into that stretch (``lo``, ``hi``: the two become one)."""
+    """Where the sentence holding ``text[place[0]:place[1]]`` and its neighbouring sentence on each side start and
+    end, each looked for up to `AS_SEEN_SENTENCE_CHARS` past the place's context and not past ``lo`` or ``hi`` (the
+    stretches before and after it). The neighbours, because a sentence's end is not always one: "e.g. ", "approx. ",
+    "No. 2" or an ellipsis inside a clause, or the clause written as two sentences, left the disguised half outside
+    the stretch (rt69j F3). Where no sentence ends that near, that side keeps its context (text without sentence ends,
+    a minified blob or a run of filler words, costs what it cost); where only the holding sentence ends that near, the
+    neighbour is kept as far as the reach; where none ends before ``lo`` or after ``hi``, the sentence runs on into
+    that stretch (``lo``, ``hi``: the two become one)."""
     a, b = place
-    # The planner's rule: a sentence starts after the last end before it (`windows._sentence_start`). Looked for
-    # in the context first, where prose ends one: the search past it runs only for a sentence longer than that.
+    # The planner's rule: a sentence starts after the last end before it (`windows._sentence_start`); the sentence
+    # before it after the end before that. Looked for in the context first, where prose ends two: the search past it
+    # runs only for sentences longer than that.
     near = max(lo, a - AS_SEEN_CONTEXT)
     stop = max(lo, a - AS_SEEN_CONTEXT - AS_SEEN_SENTENCE_CHARS)
-    last = deque(SENTENCE_END.finditer(text, near, a), maxlen=1) or deque(
-        SENTENCE_END.finditer(text, stop, near), maxlen=1
-    )
-    start = last[0].end() if last else a if stop > lo else lo
+    ends = deque(SENTENCE_END.finditer(text, near, a), maxlen=2)
+    if len(ends) < 2:
+        ends.extendleft(reversed(deque(SENTENCE_END.finditer(text, stop, near), maxlen=2 - len(ends))))
+    if len(ends) == 2:
+        start = ends[0].end()
+    else:
+        start = (stop if ends else a) if stop > lo else lo
     stop = min(hi, b + AS_SEEN_CONTEXT + AS_SEEN_SENTENCE_CHARS)
-    first = next(SENTENCE_END.finditer(text, b, stop), None)
-    end = first.end() if first else b if stop < hi else hi
+    after = list(itertools.islice(SENTENCE_END.finditer(text, b, stop), 2))
+    if len(after) == 2:
+        end = after[1].end()
+    else:
+        end = (stop if after else b) if stop < hi else hi
     return start, end
 
 
@@ -971,22 +987,36 @@ def _packed(
     read within the whole text (markup: `rendered.Rendered.span`), else ``read(text[a:b])``. ``check``: called
     before each stretch and before the whole reading (the planner's deadline)."""
     pieces: list[str] = []
+    before = ""  # the stretch before, as read: carried into a piece it does not share
     for a, b in stretches:
         if check is not None:
             check()
         piece = (span(a, b) if span is not None else read(text[a:b])).strip()
         if not piece or piece == text[a:b].strip():
+            before = piece
             continue
         if pieces and len(pieces[-1]) + len(piece) < AS_SEEN_PIECE_CHARS:
             pieces[-1] += "\n\n" + piece
         else:
-            pieces.append(piece)
+            # Neighbouring stretches always share a piece: two neighbouring sentences, each with one disguised half
+            # of a clause, fell into two pieces where the cut came between them (rt69j F1).
+            pieces.append(_tail(before) + "\n\n" + piece if before else piece)
+        before = piece
     if 2 * sum(map(len, pieces)) > len(text):  # as much as half the text: read it whole, once
         if check is not None:
             check()
         whole = (span(0, len(text)) if span is not None else read(text)).strip()
         pieces = [whole] if whole != text.strip() else []
     return pieces
+
+
+def _tail(reading: str) -> str:
+    """The last `AS_SEEN_CARRIED_CHARS` of a stretch as read, from a word's start (all of it when shorter)."""
+    if len(reading) <= AS_SEEN_CARRIED_CHARS:
+        return reading
+    tail = reading[-AS_SEEN_CARRIED_CHARS:]
+    blank = re.search(r"\s", tail)
+    return tail[blank.end() :] if blank else tail
 
 
 def _word_gaps(text: str) -> list[tuple[int, int]]:
