@@ -53,6 +53,8 @@ from __future__ import annotations
 import bisect
 import hashlib
 import threading
+import unicodedata
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -360,6 +362,34 @@ class Window:
     span: tuple[int, int] = (0, 0)
 
 
+#: `astral_per_token` of each tokenizer read (a weak key: the tokenizer's lifetime).
+_ASTRAL_BOUNDS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+_ASTRAL_LOCK = threading.Lock()
+
+
+def astral_per_token(tokenizer: Any) -> int:
+    """The most characters past the BMP one token of ``tokenizer``'s vocabulary holds, for a byte-level BPE: the lead
+    bytes (0xF0-0xF4, "ð"-"ô" as such a vocabulary writes bytes) in its longest run of them; 0 for any other
+    tokenizer (no bound). Read once per tokenizer: building the vocabulary's dict holds the GIL ~0.2-0.3 s, and each
+    planner paid it again (rt69o F3)."""
+    if tokenizer is None:
+        return 0
+    with _ASTRAL_LOCK:
+        try:
+            known = _ASTRAL_BOUNDS.get(tokenizer)
+        except TypeError:  # not weakly referable: read each time
+            known = None
+        if known is not None:
+            return known
+        vocab: dict[str, int] = getattr(tokenizer, "get_vocab", dict)()
+        bound = max(1, *(sum(c in "ðñòóô" for c in token) for token in vocab)) if "Ġ" in vocab else 0
+        try:
+            _ASTRAL_BOUNDS[tokenizer] = bound
+        except TypeError:
+            pass
+        return bound
+
+
 class WindowPlanner:
     """Plans the windows of conversations for one encoder and budget.
 
@@ -549,7 +579,11 @@ class WindowPlanner:
         # Characters past the BMP first, counted without tokenizing (a text of tag characters tokenized 9 s a
         # million): each is a token of its own at least, or shares one with at most `_astral_per_token` others.
         if (per_token := self._astral_per_token()) is not None:
-            astral = len(piece.encode("utf-16-le")) // 2 - len(piece)  # a surrogate pair each
+            # Counted as the tokenizer may read them: a normalizer (Qwen3's is NFC) turns some into BMP characters
+            # that BPE merges (CJK compatibility ideographs: a third of the bound, refused where 4 of 8 windows
+            # held it, rt69o F2). NFKC turns at least as many: the count stays a bound.
+            folded = unicodedata.normalize("NFKC", piece)
+            astral = len(folded.encode("utf-16-le")) // 2 - len(folded)  # a surrogate pair each
             if -(-astral // per_token // room) > self.max_windows:
                 raise self._too_large()
         starts = self.encoder.content_token_starts(piece)
@@ -558,15 +592,10 @@ class WindowPlanner:
         return starts
 
     def _astral_per_token(self) -> int | None:
-        """The most characters past the BMP one token of the encoder's vocabulary holds (read once), for a byte-level
-        BPE: the lead bytes (0xF0-0xF4, "ð"-"ô" as such a vocabulary writes bytes) in its longest run of them.
-        ``None`` for any other encoder: no bound without the vocabulary."""
+        """The most characters past the BMP one token of the encoder's vocabulary holds, for a byte-level BPE
+        (`astral_per_token`, read once per tokenizer); ``None`` for any other encoder: no bound without it."""
         if self._astral_bound is None:
-            vocab: dict[str, int] = getattr(getattr(self.encoder, "tokenizer", None), "get_vocab", dict)()
-            if "Ġ" not in vocab:  # the byte-level mark of a space: only such a vocabulary writes bytes as above
-                self._astral_bound = 0
-            else:
-                self._astral_bound = max(1, *(sum(c in "ðñòóô" for c in token) for token in vocab))
+            self._astral_bound = astral_per_token(getattr(self.encoder, "tokenizer", None))
         return self._astral_bound or None
 
     def _context(
