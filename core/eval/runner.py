@@ -587,8 +587,15 @@ async def arun_guard(
         tasks = [asyncio.ensure_future(one(b)) for b in run.batches]
         try:
             for next_done in asyncio.as_completed(tasks):
-                # One batch at a time: `record` is never run twice at once.
-                await asyncio.to_thread(run.record, guard, await next_done, bar)
+                # One batch at a time: `record` is never run twice at once. A cancel (Ctrl-C) waits for the batch's
+                # write to end, so what was judged is cached, as on the sync path (a thread cannot be stopped, and
+                # the next run read the cache while it was still being written).
+                write = asyncio.ensure_future(asyncio.to_thread(run.record, guard, await next_done, bar))
+                try:
+                    await asyncio.shield(write)
+                except asyncio.CancelledError:
+                    await asyncio.wait({write})
+                    raise
         finally:
             for t in tasks:
                 t.cancel()
