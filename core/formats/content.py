@@ -945,14 +945,26 @@ def _sentence_around(text: str, place: list[int], lo: int, hi: int) -> tuple[int
         ends.extendleft(reversed(deque(SENTENCE_END.finditer(text, stop, near), maxlen=2 - len(ends))))
     if len(ends) == 2:
         start = ends[0].end()
+    elif stop <= lo:
+        start = lo
+    elif ends:
+        start = stop
     else:
-        start = (stop if ends else a) if stop > lo else lo
+        # No sentence ends that near: the line holding the place, where text runs in lines without punctuation (a
+        # list, a chat log, a poem: its whole line was read before a lone line break stopped ending sentences, and a
+        # look-alike in a 400-character item was read with 128 characters around it: rt69p F1).
+        start = text.rfind("\n", stop, a) + 1 or a
     stop = min(hi, b + AS_SEEN_CONTEXT + AS_SEEN_SENTENCE_CHARS)
     after = list(itertools.islice(SENTENCE_END.finditer(text, b, stop), 2))
     if len(after) == 2:
         end = after[1].end()
+    elif stop >= hi:
+        end = hi
+    elif after:
+        end = stop
     else:
-        end = (stop if after else b) if stop < hi else hi
+        line_end = text.find("\n", b, stop)
+        end = line_end if line_end >= 0 else b
     return start, end
 
 

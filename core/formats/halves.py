@@ -18,12 +18,20 @@ __all__ = ["MIN_SPLIT_CHARS", "cut_conversation", "halves", "parts"]
 MIN_SPLIT_CHARS = 24
 
 _SPACE = re.compile(r"\s+")
+#: Where a part may end: a sentence end as the window planner reads one, or a line break (a list's item, a chat log's
+#: line: without punctuation, such text has no sentence end, and was cut at spaces into fragments: rt69p F2).
+_PART_END = re.compile(f"(?:{SENTENCE_END.pattern})|\n")
+#: How far before the middle the search for the nearest end starts: an end is a few characters long, and one that
+#: straddles the middle was found neither looking back nor looking on (rt69p F3).
+_STRADDLE = 8
 
 
 def _nearest(pattern: re.Pattern[str], text: str, middle: int, low: int, high: int) -> int | None:
     """The match boundary (its end) of ``pattern`` in ``text[low:high]`` nearest ``middle``, found by looking out
     from the middle: the work is the distance searched, not the text's length."""
-    after = pattern.search(text, middle, high)
+    after = pattern.search(text, max(low, middle - _STRADDLE), high)
+    while after is not None and after.end() <= middle:  # one that ends before the middle is `before`'s to find
+        after = pattern.search(text, after.end(), high)
     before = None
     span = 64
     while before is None:
@@ -43,7 +51,7 @@ def _cut(text: str, sentences: bool = False) -> int | None:
     size = len(text)
     middle = size // 2
     low, high = size // 8, size - size // 8  # a cut near an end leaves a sliver: the middle, then the spaces
-    cut = _nearest(SENTENCE_END, text, middle, low, high)  # the window planner's own rule
+    cut = _nearest(_PART_END, text, middle, low, high)
     if cut is None and sentences:
         return None
     if cut is None:
