@@ -582,6 +582,11 @@ class _GuardHandlerLogic(HeardFirst):
         carries any content; under ``"pipelined"`` it is the documented limit (`_feed.py`)."""
         if feed.source is not None or not (self.stream_engine == "gate" or self.max_unjudged == 0):
             return
+        if len(self._runs.lineage(run_id)) > 1:
+            # Inside a graph (an agent) each event reaches this handler before the graph's own consumer, and a cache
+            # hit replays a finished answer as events with no tokens: refused, every warm cached answer of a
+            # create_agent failed under "gate" (rt69q F2). Only a model's own stream_events is one event late.
+            return
         run = self._run(run_id)
         if run.held is not None or not (self.check_stream or self.check_tool_calls):
             return  # a holding middleware judges this stream before it goes out; or nothing of it is screened

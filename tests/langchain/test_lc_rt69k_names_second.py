@@ -104,17 +104,17 @@ SILENT_STREAMS = {
 }
 
 
-def v3_events(model: Any, mode: str, config: Any) -> tuple[str, BaseException | None]:
+def v3_events(model: Any, mode: str, config: Any, given: Any = "q") -> tuple[str, BaseException | None]:
     """Every v3 event the consumer got (as text), and the error that ended the stream, if any."""
     seen: list[str] = []
 
     async def arun() -> None:
-        async for event in await model.astream_events("q", config=config, version="v3"):
+        async for event in await model.astream_events(given, config=config, version="v3"):
             seen.append(repr(event))
 
     try:
         if mode == "sync":
-            for event in model.stream_events("q", config=config, version="v3"):
+            for event in model.stream_events(given, config=config, version="v3"):
                 seen.append(repr(event))
         else:
             asyncio.run(arun())
@@ -210,3 +210,24 @@ def test_a_long_streamed_name_is_read_in_windows_not_whole_at_every_check(mode: 
         asyncio.run(arun())
     read = sum(len(turn["content"]) for batch in backend.calls for conv in batch for turn in conv)
     assert read < 6 * len(SAFE_NAME)  # each piece read once, with a window before it (the answer's check: whole)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_warm_cached_answer_of_an_agent_is_not_refused_under_gate(mode: str) -> None:
+    """rt69q F2: a cache hit replays the finished answer as v3 events without tokens; inside an agent's graph each
+    event reaches the handler before the graph's consumer, but the refusal meant for a model's own stream_events
+    refused every warm cached answer under "gate"."""
+    from langchain_core.caches import InMemoryCache
+    from langchain_openai import ChatOpenAI
+
+    given = {"messages": [{"role": "user", "content": "What is the capital of France?"}]}
+    with scripted_openai([Reply.words("Paris is the capital of France.")] * 2) as url:
+        model = ChatOpenAI(
+            base_url=url, api_key="x", model="scripted", max_retries=0, cache=InMemoryCache(), stream_usage=True
+        )
+        agent = create_agent(model, tools=[])
+        for _ in ("cold", "warm"):
+            config = {"callbacks": [handler(mode, kw(), stream_engine="gate")]}
+            seen, stop = v3_events(agent.with_config(recursion_limit=10), mode, config, given)
+            assert stop is None, stop
+            assert "Paris" in seen
