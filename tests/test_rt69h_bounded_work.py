@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from loop_lag import RATIO, compare
+from loop_lag import RATIO, ROUNDS, compare
 from phrase_judge import phrase_guard, reads_from_now
 from qwenguard.core import Policy
 from qwenguard.core.errors import InputTooLarge
@@ -179,8 +179,15 @@ def test_first_async_stream_of_a_process_holds_the_loop_no_longer_than_later_one
     """The user's action: a process's first ``async with guard.astream(...)``, in a fresh interpreter. Its loop lag is
     at most `loop_lag.RATIO` times the worst of the idle loop and the two streams after it (the tables built)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run(
-        [sys.executable, "-c", FIRST_STREAM], capture_output=True, text=True, env=env, cwd=TESTS, check=True
-    )
-    idle, first, *later = json.loads(out.stdout.strip().splitlines()[-1])
-    assert first <= RATIO * max(idle, *later), (idle, first, later)
+    # A fresh interpreter each try, up to ROUNDS: building the tables on the loop holds it in every one (0.75-0.86 s),
+    # a burst of the machine's load (15 ms against 1 ms, beside a full suite) does not come back each time.
+    runs = []
+    for _ in range(ROUNDS):
+        out = subprocess.run(
+            [sys.executable, "-c", FIRST_STREAM], capture_output=True, text=True, env=env, cwd=TESTS, check=True
+        )
+        idle, first, *later = json.loads(out.stdout.strip().splitlines()[-1])
+        if first <= RATIO * max(idle, *later):
+            return
+        runs.append((idle, first, later))
+    raise AssertionError(f"the first stream held the loop longer every time: {runs}")
