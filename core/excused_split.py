@@ -59,27 +59,23 @@ class ExcusedSplit:
     _asked: list[int] = field(default_factory=list)  # the root of each part asked, in order
     _parts: list[list[dict[str, str]]] = field(default_factory=list)
     _levels: int = 0
-    _left: int = -1  # parts the budget has left (-1: no budget)
 
     @classmethod
     def of(
         cls,
         policy: Policy,
         checks: Sequence[tuple[Stage | Sequence[Stage], Sequence[dict[str, str]], Decision]],
-        budget: int | None = None,
     ) -> ExcusedSplit:
         """The plan for ``(stage, conversation, its excused decision)`` of each root; ``stage`` may be several stages,
         the first the parts are asked under, the strictest decision standing. A root is asked at most
-        `EXCUSED_PARTS` + `EXCUSED_PARTS` squared parts (and its earlier turns alone); ``budget``: at most that many
-        parts in all, a root whose parts do not fit a guard error (``on_error``). A budget shared first come, first
-        served made a full batch of ordinary PII documents fail closed (rt69i F4): `Guard` and the server bound the
-        parts' calls by one shared deadline instead."""
+        `EXCUSED_PARTS` + `EXCUSED_PARTS` squared parts (and its earlier turns): a bound of its own, not a budget
+        shared first come, first served, which made a full batch of ordinary PII documents fail closed (rt69i F4);
+        `Guard` and the server bound the parts' calls by a deadline."""
         roots = []
         for stage, _, decision in checks:
             first, *more = (stage,) if isinstance(stage, Stage) else stage
             roots.append(_Root(first, decision, tuple(more)))
         plan = cls(policy, roots)
-        plan._left = budget if budget is not None else -1
         plan._level = [(i, list(conversation)) for i, (_, conversation, _) in enumerate(checks)]
         return plan
 
@@ -113,16 +109,6 @@ class ExcusedSplit:
                     parts = cut_conversation(conversation, EXCUSED_PARTS.bit_length() - 1)
                 if self._levels == 1 and (alone := _earlier_turns(conversation)) is not None:
                     parts.append(alone)
-                if 0 <= self._left < len(parts):
-                    self.roots[i].errors.append(
-                        GuardUnavailable(
-                            "an excused text's parts are more checks than the call has left (8 a check a call may "
-                            "hold, max_checks): they are not judged, and what they could hold is decided by on_error"
-                        )
-                    )
-                    continue
-                if self._left >= 0:
-                    self._left -= len(parts)
                 out += [(i, self.roots[i].stage, part) for part in parts]
         self._level = []
         self._asked = [i for i, _, _ in out]

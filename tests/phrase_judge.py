@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import engines
-from qwenguard.core import Guard
+from qwenguard.core import Guard, GuardViolation
 
 SAFE_R = "Safety: Safe\nCategories: None\nRefusal: No"
 UNSAFE_R = "Safety: Unsafe\nCategories: Violent\nRefusal: No"
@@ -75,3 +75,30 @@ def remote_phrase_guard(phrase: str, mode: str) -> Iterator[Guard]:
             yield remote
         finally:
             remote.close()
+
+
+def streamed(guard: Guard, prompt: str, text: str, step: int = 5) -> tuple[str, bool]:
+    """What a consumer of ``guard.stream(prompt)`` was shown of ``text`` fed ``step`` characters at a time, and
+    whether the stream was stopped (`GuardViolation`)."""
+    shown = ""
+    try:
+        with guard.stream(prompt) as monitor:
+            for i in range(0, len(text), step):
+                shown += monitor.feed(text[i : i + step])
+            shown += monitor.finish()
+    except GuardViolation:
+        return shown, True
+    return shown, False
+
+
+async def astreamed(guard: Guard, prompt: str, text: str, step: int = 5) -> tuple[str, bool]:
+    """Async twin of `streamed`."""
+    shown = ""
+    try:
+        async with guard.astream(prompt) as monitor:
+            for i in range(0, len(text), step):
+                shown += await monitor.afeed(text[i : i + step])
+            shown += await monitor.afinish()
+    except GuardViolation:
+        return shown, True
+    return shown, False

@@ -23,8 +23,8 @@ import asyncio
 import re
 
 import pytest
-from phrase_judge import phrase_guard, reads_from_now, remote_phrase_guard
-from qwenguard.core import Guard, GuardViolation
+from phrase_judge import astreamed, phrase_guard, reads_from_now, remote_phrase_guard, streamed
+from qwenguard.core import Guard
 from qwenguard.core.formats.content import read_as_displayed
 from qwenguard.core.formats.rendered import Rendered, read_as_rendered, rendered_places
 
@@ -165,27 +165,11 @@ def test_an_answer_shown_as_the_clause_is_blocked_async(form: str) -> None:
 
 
 def _streamed(guard: Guard, text: str, step: int = 5) -> tuple[str, bool]:
-    shown = ""
-    try:
-        with guard.stream(QUESTION) as monitor:
-            for i in range(0, len(text), step):
-                shown += monitor.feed(text[i : i + step])
-            shown += monitor.finish()
-    except GuardViolation:
-        return shown, True
-    return shown, False
+    return streamed(guard, QUESTION, text, step)
 
 
 async def _astreamed(guard: Guard, text: str, step: int = 5) -> tuple[str, bool]:
-    shown = ""
-    try:
-        async with guard.astream(QUESTION) as monitor:
-            for i in range(0, len(text), step):
-                shown += await monitor.afeed(text[i : i + step])
-            shown += await monitor.afinish()
-    except GuardViolation:
-        return shown, True
-    return shown, False
+    return await astreamed(guard, QUESTION, text, step)
 
 
 STREAMED = [

@@ -20,8 +20,8 @@ from typing import Any
 
 import engines
 import pytest
-from phrase_judge import SAFE_P, SAFE_R, UNSAFE_P, UNSAFE_R, PhraseEngine
-from qwenguard.core import Guard, GuardViolation, Policy
+from phrase_judge import SAFE_P, SAFE_R, UNSAFE_P, UNSAFE_R, PhraseEngine, astreamed, streamed
+from qwenguard.core import Guard, Policy
 from qwenguard.core.formats.content import as_seen_pieces
 from realshape import qwen3_tokenizer_dir
 
@@ -119,27 +119,11 @@ STREAMED = (
 
 
 def _streamed(guard: Guard, text: str, step: int = 5) -> tuple[str, bool]:
-    shown = ""
-    try:
-        with guard.stream(QUESTION) as monitor:
-            for i in range(0, len(text), step):
-                shown += monitor.feed(text[i : i + step])
-            shown += monitor.finish()
-    except GuardViolation:
-        return shown, True
-    return shown, False
+    return streamed(guard, QUESTION, text, step)
 
 
 async def _astreamed(guard: Guard, text: str, step: int = 5) -> tuple[str, bool]:
-    shown = ""
-    try:
-        async with guard.astream(QUESTION) as monitor:
-            for i in range(0, len(text), step):
-                shown += await monitor.afeed(text[i : i + step])
-            shown += await monitor.afinish()
-    except GuardViolation:
-        return shown, True
-    return shown, False
+    return await astreamed(guard, QUESTION, text, step)
 
 
 def test_a_streamed_answer_with_an_abbreviation_never_shows_the_whole_clause(remote_guard: Guard) -> None:

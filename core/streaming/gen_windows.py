@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ..backends.after_fork import ForkSafePool
 from ..backends.gen_session_pool import SESSIONS_PER_STREAM
 from ..errors import GuardTimeout, InputTooLarge, QwenGuardError, VerdictParseError
-from ..excused_split import EXCUSED_PARTS, ExcusedSplit, is_excused
+from ..excused_split import ExcusedSplit, is_excused
 from ..formats.content import _BLANKS as BLANKS
 from ..formats.content import BidiState, read_as_displayed
 from ..formats.content import _classes as content_classes
@@ -1342,9 +1342,7 @@ class WindowJudge:
         decision = self.policy.decide(outcome, Stage.STREAM)
         if not is_excused(decision):
             return None
-        return ExcusedSplit.of(
-            self.policy, [(Stage.STREAM, conversation, decision)], EXCUSED_PARTS * (EXCUSED_PARTS + 1)
-        )
+        return ExcusedSplit.of(self.policy, [(Stage.STREAM, conversation, decision)])
 
     def _decided(self, outcome: Any) -> Any:
         return self.policy.decide(outcome, Stage.STREAM) if isinstance(outcome, Verdict) else outcome  # type: ignore[union-attr]
