@@ -13,10 +13,13 @@ The call the guard judged is not always the one that runs: a middleware inside t
 it is given when it differs from the judged one, before the tool runs.
 
 What the tool runs inside it (the "agent as a tool" pattern: a sub-agent with tools of its own) is judged there
-too, where the run's callbacks carry no qwenguard handler: `ToolGuards` lends the tool's children a handler on
-the middleware's guard, which judges each call a model there asks for before its tool runs; its stop withholds the
-guarded call's result (before, with no handler in the app's config, a sub-agent's ``send_email`` ran unjudged: rt67d
-F1). What the sub-agent's tools return is judged in its answer, the guarded call's result.
+too: `ToolGuards` lends the tool's children a handler on the middleware's guard, which judges each call a model
+there asks for before its tool runs; its stop withholds the guarded call's result (before, with no handler in the
+app's config, a sub-agent's ``send_email`` ran unjudged: rt67d F1). It is lent beside the app's own qwenguard
+handlers, unless one of them judges tool calls on the same guard (`_covers`): one with tool-call checks off, or on
+a looser guard, had judged alone, and the call ran (rt70b F1). A stop by the app's handler raises out of the run, as
+its own stops do (rt68c F1); only the lent handler's follows ``exit_behavior``. What the sub-agent's tools return is
+judged in its answer, the guarded call's result.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
-from langchain_core.callbacks import AsyncCallbackManager, BaseCallbackManager, CallbackManager
+from langchain_core.callbacks import AsyncCallbackManager, BaseCallbackHandler, BaseCallbackManager, CallbackManager
 from langchain_core.messages import ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, StructuredTool, Tool, ToolException
@@ -87,22 +90,34 @@ def _runs_on_loop(tool: Any) -> bool:
     return isinstance(tool, BaseTool) and type(tool)._arun is not BaseTool._arun
 
 
+def _covers(handler: Any, lent: Lent) -> bool:
+    """Whether ``handler`` judges what ``lent`` would, as strictly: a model-made tool call (``check_tool_calls``),
+    on the same guard, so under the same policy. A handler with tool-call checks off (one kept for retrieval, or
+    because the middleware judges tool calls) or on another guard (a looser policy) does not: with it alone, a
+    sub-agent's ``send_email`` ran unjudged (rt70b F1)."""
+    return getattr(handler, "check_tool_calls", False) is True and getattr(handler, "guard", None) is lent.guard
+
+
 def _guards_only(callbacks: Any, lent: Lent | None = None) -> Any:
     """The run's callbacks with only qwenguard's handlers kept: a callback handler beside the middleware still
-    judges what the tool runs (a model, a sub-agent) and stops it; no one else hears the raw run. Where none is
-    kept, ``lent`` judges it: inherited only, so that it hears the tool's children, not the tool's own run (its
-    call and result are the middleware's to judge: heard here too, each was judged twice)."""
+    judges what the tool runs (a model, a sub-agent) and stops it; no one else hears the raw run. ``lent`` judges the
+    tool's children too, beside the kept ones, unless one of them covers it (`_covers`: then it judges alone, each
+    call judged once): inherited only, so that it hears the tool's children, not the tool's own run (its call and
+    result are the middleware's to judge: heard here too, each was judged twice)."""
     if isinstance(callbacks, BaseCallbackManager):
         kept = callbacks.copy()
         kept.handlers = [h for h in kept.handlers if isinstance(h, _GUARD_HANDLERS)]
         kept.inheritable_handlers = [h for h in kept.inheritable_handlers if isinstance(h, _GUARD_HANDLERS)]
-        if lent is not None and not (kept.handlers or kept.inheritable_handlers):
-            kept.inheritable_handlers = [lent]
+        if lent is not None and not any(_covers(h, lent) for h in kept.inheritable_handlers):
+            kept.inheritable_handlers = [*kept.inheritable_handlers, lent]
         return kept
-    handlers = [h for h in callbacks if isinstance(h, _GUARD_HANDLERS)] if isinstance(callbacks, list) else []
-    if lent is None or handlers:
+    handlers: list[BaseCallbackHandler] = (
+        [h for h in callbacks if isinstance(h, _GUARD_HANDLERS)] if isinstance(callbacks, list) else []
+    )
+    if lent is None or any(_covers(h, lent) for h in handlers):
         return handlers if isinstance(callbacks, list) else None
-    return CallbackManager(handlers=[], inheritable_handlers=[lent])
+    # A list's handlers hear the tool's own run and its children (LangChain's reading of a config's list).
+    return CallbackManager(handlers=handlers, inheritable_handlers=[*handlers, lent])
 
 
 def _stopped_by(error: BaseException, handler: Lent | None) -> Decision | None:

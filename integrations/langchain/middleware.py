@@ -37,10 +37,10 @@ Where it looks (every step is one batched guard call):
   raised out of the tool
   (``Command(graph=Command.PARENT)``) too, and the text of an interrupt it raises to the run's caller. The tool runs out of sight of the run's callbacks, which hear
   its end with the judged result, and of the parent's stream: a sub-agent it runs streams to no one and is
-  saved in the thread only where it must be resumed (`_held_tool.py`). Where the run's config has no qwenguard
-  handler, what the tool runs is judged all the same: a handler on this guard hears the tool's children, judges
-  each call a model there asks for before its tool runs (with ``check_tool_calls``), and its stop withholds the
-  guarded call's result (`ToolGuards`, rt67d F1). A ``return_direct`` tool's result is the run's
+  saved in the thread only where it must be resumed (`_held_tool.py`). What the tool runs is judged all the same:
+  a handler on this guard hears the tool's children, judges each call a model there asks for before its tool runs
+  (with ``check_tool_calls``), and its stop withholds the guarded call's result (`ToolGuards`, rt67d F1); lent
+  beside the app's qwenguard handlers unless one judges tool calls on this guard (rt70b F1). A ``return_direct`` tool's result is the run's
   answer: decided under the response stage too, the stricter taken (`_answers_run`, rt65e F2).
 
 What a violation does (``exit_behavior``):
