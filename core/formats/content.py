@@ -475,8 +475,9 @@ AS_SEEN_SENTENCE_CHARS = 1024
 #: line; an ideographic full stop. A line break alone ends none: in hard-wrapped prose (mail, RFC-style text, wrapped
 #: Markdown) every line was a sentence, and a clause wrapped at 72 columns was cut at 13 of 30 places (rt69j F2).
 #: Matched only where a run of punctuation starts: tried inside a run of dots, each start read the rest of the run
-#: (quadratic).
-SENTENCE_END = re.compile(r"""(?<![.!?])[.!?]+["'\u2019\u201d)\]]*\s|\n[^\S\n]*\n|[\u3002\uff01\uff1f]""")
+#: (quadratic). `BLANK_LINE` is the line-break part, shared with the stream's sentence ends (`streaming.gen_windows`).
+BLANK_LINE = r"\n[^\S\n]*\n"
+SENTENCE_END = re.compile(r"""(?<![.!?])[.!?]+["'\u2019\u201d)\]]*\s|""" + BLANK_LINE + r"""|[\u3002\uff01\uff1f]""")
 
 
 class _Pads:

@@ -22,7 +22,7 @@ from ..backends.gen_session_pool import SESSIONS_PER_STREAM
 from ..errors import GuardTimeout, InputTooLarge, QwenGuardError, VerdictParseError
 from ..excused_split import ExcusedSplit, is_excused
 from ..formats.content import _BLANKS as BLANKS
-from ..formats.content import BidiState, read_as_displayed
+from ..formats.content import BLANK_LINE, BidiState, read_as_displayed
 from ..formats.content import _classes as content_classes
 from ..formats.conversations import least_contexts
 from ..formats.rendered import ATTRIBUTE_NAME, CHAR_REFERENCE, EQUALS, UNQUOTED, _edits, may_render_differently
@@ -34,15 +34,20 @@ if TYPE_CHECKING:
     from ..policy import Policy
     from .monitor_core import MonitorCore
 
-# A sentence ends at terminal punctuation (and closing quotes/brackets) followed by whitespace, or
-# at a newline. The whitespace must have arrived: "3.14" and "e.g." mid-stream are not ends. Other scripts'
-# marks count too: the Devanagari danda, the Arabic question mark and full stop, the Armenian, Ethiopic,
-# Myanmar and Tibetan full stops, the full-width and half-width CJK ones.
+# A sentence ends at terminal punctuation (and closing quotes/brackets) followed by whitespace, or at a blank line
+# (`content.BLANK_LINE`, as the core reads sentences): a line break alone ends none. Hard-wrapped prose (mail, a model
+# that wraps at 72 columns) was a sentence per line, each judged alone, and a clause wrapped after "Mix ammonium" went
+# out up to its last word before the window that held it whole came back (rt70 AP). The whitespace must have arrived:
+# "3.14" and "e.g." mid-stream are not ends. Other scripts' marks count too: the Devanagari danda, the Arabic
+# question mark and full stop, the Armenian, Ethiopic, Myanmar and Tibetan full stops, the full-width and half-width
+# CJK ones.
 _TERMINAL = ".!?;。！？；…" + "\u0964\u0965\u061f\u06d4\u0589\u1362\u1367\u104b\u0f0d\uff0e\uff61"
 _CLOSING = "\"'”’)]" + "」』）】〕〉》"  # closing quotes and brackets after it
 # A match starts only where a run of terminal punctuation starts (the lookbehind): tried at every dot of
 # a hostile "......" run, the pattern would backtrack over the rest of the run each time (quadratic).
-_SENTENCE_END = re.compile(f"(?<![{re.escape(_TERMINAL)}])[{re.escape(_TERMINAL)}]+[{re.escape(_CLOSING)}]*(?=\\s)|\n")
+_SENTENCE_END = re.compile(
+    f"(?<![{re.escape(_TERMINAL)}])[{re.escape(_TERMINAL)}]+[{re.escape(_CLOSING)}]*(?=\\s)|{BLANK_LINE}"
+)
 # Where a segment may end (`GenWindows._sentence_cut`): a sentence end, or a non-ASCII terminal run followed by
 # the next sentence without a space ("巴黎。它"; filtered by `_sentence_ends`).
 _CUT = re.compile(
@@ -612,7 +617,7 @@ def _open_run_as_rendered(text: str) -> int:
 def ends_sentence(text: str) -> bool:
     """Does ``text`` end with terminal punctuation closing a sentence of `MIN_SENTENCE_WORDS` words or more?
 
-    The sentence starts after the previous terminal punctuation or line break in ``text`` (or at its start),
+    The sentence starts after the previous terminal punctuation or blank line in ``text`` (or at its start),
     inside a word too ("好的。混合。", "Paris.Mix."). One with an RLM or ALM in it does not end here (`_in_order`).
     Linear in at most `_SCAN` characters: no backtracking regex
     over hostile runs ("......").
@@ -635,7 +640,7 @@ def _ends_sentence(text: str) -> bool:
     for i in range(len(parts) - 1, -1, -2):
         token = parts[i]
         if i < len(parts) - 1:
-            if _closes_sentence(token) or "\n" in parts[i + 1]:
+            if _closes_sentence(token) or parts[i + 1].count("\n") > 1:
                 return False  # the previous sentence ends here
         else:
             token = token.rstrip(_CLOSING + _TERMINAL)
@@ -691,7 +696,7 @@ def _is_sentence_end(text: str, m: re.Match[str]) -> bool:
     end = m.end()
     if m.group()[0] == ";" and not _ends_as_rendered(text, m):
         return False
-    if m.group() == "\n" or text[end : end + 1].isspace():
+    if m.group()[-1] == "\n" or text[end : end + 1].isspace():
         return True
     return not m.group().isascii() and ends_sentence(text[max(0, end - 4 * MIN_CONTEXT) : end])
 
@@ -711,11 +716,12 @@ def _ends_as_rendered(text: str, m: re.Match[str]) -> bool:
 
 
 def ends_clause(text: str) -> bool:
-    """Does ``text`` end with terminal punctuation (closing quotes/brackets and spaces after it) or a line
-    break and spaces? Read from the end, in time linear in its trailing punctuation and spaces. A ";" that closes a
-    character reference is no punctuation (but "&#46;" is: read as rendered, rt55a F2)."""
+    """Does ``text`` end with terminal punctuation (closing quotes/brackets and spaces after it) or a blank line
+    (a line break alone ends no sentence: `_SENTENCE_END`)? Read from the end, in time linear in its trailing
+    punctuation and spaces. A ";" that closes a character reference is no punctuation (but "&#46;" is: read as
+    rendered, rt55a F2)."""
     stripped = text.rstrip()
-    if "\n" in text[len(stripped) :]:
+    if text.count("\n", len(stripped)) > 1:
         return True
     if not _closes_sentence(stripped):
         return False
@@ -1100,9 +1106,7 @@ class GenWindows:
         if not _letters().two.search(new) and not goes_on:
             if not _closes_sentence(new.rstrip()):
                 return False  # no word, no sentence end: what is held stays held
-            stripped = text.rstrip()
-            # The last line is where the sentence starts at the latest: `ends_sentence` reads the same there.
-            if not ends_sentence(text[max(0, stripped.rfind("\n")) :]):
+            if not ends_sentence(text):  # a sentence may run over lines: read back `_SCAN` chars, as it does
                 return False
             return bool(text[self._releasable_before(before) :].strip())
         return bool(text[self._releasable_before(before) : releasable(text)].strip())
