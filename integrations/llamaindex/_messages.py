@@ -190,9 +190,14 @@ def _media_text(data: Any, mimetype: str | None) -> str:
     sends the bytes under their declared type (GoogleGenAI as inline data, ``text/plain`` included), and a model
     reads text as text. Decoded whole under a text type (`_file_text`); otherwise only the start is decoded to tell
     (`base64_as_text`: an image or a video costs no more), and bytes that start as media are no text."""
-    if not isinstance(data, bytes) or not data:
+    if isinstance(data, bytes):
+        encoded = data.decode("ascii", "replace")
+    elif isinstance(data, str):  # an `ImageNode` keeps its base64 as a str
+        encoded = data
+    else:
         return ""
-    encoded = data.decode("ascii", "replace")
+    if not encoded:
+        return ""
     if _is_text_type(mimetype):
         return _file_text(base64_bytes(encoded), mimetype)
     return base64_as_text(encoded) or ""
@@ -204,9 +209,10 @@ def _data_url_text(url: Any, mimetype: str | None) -> str:
     URL's own type). Decoded whole when either type is a text type, else read when the bytes are text all the
     same; "" for media and for any other URL (the guard fetches nothing: docs/llamaindex.md)."""
     url = str(url) if url is not None else ""
-    if url[:5].lower() != "data:" or "," not in url:
+    comma = url.find(",") if url[:5].lower() == "data:" else -1
+    if comma < 0:
         return ""
-    head, payload = url[5:].split(",", 1)
+    head, payload = url[5:comma], url[comma + 1 :]  # not ``split``: it takes milliseconds over a 1 MB image's URL
     encoded = head.lower().endswith(";base64")
     # The URL's type with its parameters (a charset it names is read by: `labelled_text`), without ``;base64``
     declared = mimetype if _is_text_type(mimetype) else head[: -len(";base64")] if encoded else head
@@ -218,6 +224,13 @@ def _data_url_text(url: Any, mimetype: str | None) -> str:
         return _file_text(base64_bytes(payload), declared)
     except (binascii.Error, ValueError):
         return ""
+
+
+def media_data_text(data: Any, url: Any, mimetype: str | None) -> str:
+    """The text an image's, a video's or an audio clip's inline data holds (`_media_text`), else its ``data:`` URL's
+    (`_data_url_text`), as a content block carries them: "" for media, a path or any other URL (nothing is read or
+    fetched). A retrieved node's media are read by it too (`node_text`): an engine sends them as blocks."""
+    return _media_text(data, mimetype) or _data_url_text(url, mimetype)
 
 
 #: A cache point's standard values (all that Anthropic's API takes): no words. The Anthropic class sends any other.
@@ -258,12 +271,12 @@ def block_text(block: Any) -> str:
     if isinstance(block, CachePoint):
         return "\n".join(v for v in (block.cache_control.type, block.cache_control.ttl) if v not in _CACHE_VALUES)
     if isinstance(block, ImageBlock):
-        return _media_text(block.image, block.image_mimetype) or _data_url_text(block.url, block.image_mimetype)
+        return media_data_text(block.image, block.url, block.image_mimetype)
     if isinstance(block, VideoBlock):
-        return _media_text(block.video, block.video_mimetype) or _data_url_text(block.url, block.video_mimetype)
+        return media_data_text(block.video, block.url, block.video_mimetype)
     if isinstance(block, AudioBlock):
         # A format ("mp3"), or a type a client wrote there.
-        return _media_text(block.audio, block.format) or _data_url_text(block.url, block.format)
+        return media_data_text(block.audio, block.url, block.format)
     if isinstance(block, DocumentBlock):
         # Its title is sent as the file's name, which a model reads too, whatever the file holds.
         return "\n".join(t for t in (block.title, _document_text(block)) if t)

@@ -371,12 +371,17 @@ class GuardCallbackHandler(BaseCallbackHandler):
 
     def _llm_prompt(self, payload: dict[str, Any], parent_id: str) -> tuple[Checks, list[GuardMessage]]:
         query = self._query_above(parent_id)
+        messages = payload.get(EventPayload.MESSAGES)
         if query is not None and query.strip():
             # A formatted prompt under a query: its question was judged at the query and its
-            # context at retrieval; the answer is judged against the question.
+            # context at retrieval; the answer is judged against the question. The files its messages carry (an
+            # image a multimodal engine built from a node, a user's upload) are read as the template path reads
+            # them (`file_turns`), its text never: the framework's template is not the user's prompt (rt70c F1).
             conversation = prompt_conversation(query)
-            return [(Stage.PROMPT, conversation)], conversation
-        messages = payload.get(EventPayload.MESSAGES)
+            filed = plan_inputs(
+                file_turns(messages or []), screen_system=True, latest_prompt=False, max_chars=self.guard.max_chars
+            )
+            return [(Stage.PROMPT, conversation), *filed.checks], conversation
         if messages:
             plan = plan_inputs(messages, max_chars=self.guard.max_chars)
             return plan.checks, plan.prompt

@@ -27,7 +27,9 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import (
     BaseComponent,
     BaseNode,
+    ImageNode,
     IndexNode,
+    MediaResource,
     MetadataMode,
     NodeWithScore,
     ObjectType,
@@ -44,7 +46,7 @@ from qwenguard.core.verdict import Stage
 
 from .._common import require_guard
 from ._component import GuardComponent
-from ._messages import value_strings
+from ._messages import media_data_text, value_strings
 from .memory import GuardMissing
 
 __all__ = ["GuardNodePostprocessor", "OnBlock", "screen_nodes", "ascreen_nodes"]
@@ -101,8 +103,8 @@ def node_text(node: BaseNode, max_chars: int | None = None) -> str:
 
 
 def _own_texts(node: BaseNode, budget: int, size: int) -> list[str]:
-    """A node's LLM text, then what it does not show: its raw text, its other metadata entries, its id and its
-    relationships (`_related_texts`)."""
+    """A node's LLM text, then what it does not show: its raw text, its media's captions and the text their data
+    hold (`_media_data`), its other metadata entries, its id and its relationships (`_related_texts`)."""
     metadata = node.metadata  # read once: `_record` replaces the dict, never changes it in place
     text = node.get_content(metadata_mode=MetadataMode.LLM)
     found = [text]
@@ -117,6 +119,10 @@ def _own_texts(node: BaseNode, budget: int, size: int) -> list[str]:
         if isinstance(caption, str) and caption.strip() and caption.strip() not in text:
             found.append(caption)
             size += len(caption) + 2
+    for data in _media_data(node):
+        if data.strip() and data.strip() not in text:
+            found.append(data)
+            size += len(data) + 2
     shown = _shown_keys(node, metadata, text)
     for key, value in metadata.items():
         if key in shown or (key == DECISION_METADATA_KEY and isinstance(value, _GuardRecord)):
@@ -126,6 +132,22 @@ def _own_texts(node: BaseNode, budget: int, size: int) -> list[str]:
         size += sum(len(t) + 2 for t in strings)
     strings = _related_texts(node, metadata, budget, size)
     return found + strings
+
+
+def _media_data(node: BaseNode) -> list[str]:
+    """The text a node's media data hold (`media_data_text`): an `ImageNode`'s base64 ``image`` and its ``image_url``,
+    a multimodal `Node`'s resources' ``data`` and ``url``. A multimodal engine sends them to the model as blocks
+    (``image_node_to_image_block``), which read as text where their bytes are text (rt70c F1); a real image's are
+    none, and only their start is decoded to tell. Inline data and ``data:`` URLs only: no path is read, no URL
+    fetched."""
+    pairs: list[tuple[Any, Any, str | None]]
+    if isinstance(node, ImageNode):
+        pairs = [(node.image, None, node.image_mimetype), (None, node.image_url, node.image_mimetype)]
+    else:
+        resources = [getattr(node, media, None) for media in _MEDIA]
+        pairs = [(r.data, None, r.mimetype) for r in resources if isinstance(r, MediaResource)]
+        pairs += [(None, r.url, r.mimetype) for r in resources if isinstance(r, MediaResource)]
+    return [t for data, url, mimetype in pairs if (t := media_data_text(data, url, mimetype))]
 
 
 def _entry_texts(key: Any, value: Any, budget: int, size: int, what: str) -> list[str]:
