@@ -92,10 +92,17 @@ def _runs_on_loop(tool: Any) -> bool:
 
 def _covers(handler: Any, lent: Lent) -> bool:
     """Whether ``handler`` judges what ``lent`` would, as strictly: a model-made tool call (``check_tool_calls``),
-    on the same guard, so under the same policy. A handler with tool-call checks off (one kept for retrieval, or
+    on the same guard, so under the same policy, with the same ``history_turns``, raising its stops. A handler with tool-call checks off (one kept for retrieval, or
     because the middleware judges tool calls) or on another guard (a looser policy) does not: with it alone, a
     sub-agent's ``send_email`` ran unjudged (rt70b F1)."""
-    return getattr(handler, "check_tool_calls", False) is True and getattr(handler, "guard", None) is lent.guard
+    return (
+        getattr(handler, "check_tool_calls", False) is True
+        and getattr(handler, "guard", None) is lent.guard
+        # As much context (a handler reading fewer turns may miss what makes the call harmful) and a stop that
+        # stops: one set to log (``raise_error=False``) flags the call and LangChain runs the tool (rt70k F1, F2).
+        and getattr(handler, "history_turns", None) == lent.history_turns
+        and getattr(handler, "raise_error", False) is True
+    )
 
 
 def _guards_only(callbacks: Any, lent: Lent | None = None) -> Any:

@@ -39,7 +39,9 @@ def app_handler(mode: str, guard: Any, **options: Any) -> Any:
     return (GuardCallbackHandler if mode == "sync" else AsyncGuardCallbackHandler)(guard, **options)
 
 
-def delegate(mode: str, handler_options: dict[str, Any] | None, on_guard: str = "same") -> tuple[Delegation, Any]:
+def delegate(
+    mode: str, handler_options: dict[str, Any] | None, on_guard: str = "same", raise_error: bool = True
+) -> tuple[Delegation, Any]:
     """Run the harmful delegation with ``exit_behavior="end"``; the app's handler (None: no handler) on the
     middleware's guard (``"same"``) or on a guard of its own whose tool-call stage ignores "Violent" (``"loose"``)."""
     case = Delegation(mode, "runtime_config", UNSAFE_CLAUSE)
@@ -48,7 +50,9 @@ def delegate(mode: str, handler_options: dict[str, Any] | None, on_guard: str = 
     config: Any = None
     if handler_options is not None:
         guard = case.guard if on_guard == "same" else keyword_guard(LOOSE_CALLS)[0]
-        config = {"callbacks": [app_handler(mode, guard, **handler_options)]}
+        handler = app_handler(mode, guard, **handler_options)
+        handler.raise_error = raise_error  # LangChain's switch: False logs a handler's error and runs on
+        config = {"callbacks": [handler]}
     result = case.run(agent, {"messages": [HumanMessage(TASK)]}, config)
     assert clause_chars(outer_model.seen) == 0
     return case, result
@@ -96,6 +100,29 @@ def test_control_the_app_handlers_own_checks_still_run_inside_the_tool(mode: str
     with pytest.raises(GuardViolation):
         case.run(agent, {"messages": [HumanMessage(TASK)]}, {"callbacks": [handler]})
     assert case.sent == [] and case.inner_model.seen == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_log_only_app_handler_on_the_same_guard_does_not_judge_alone(mode: str) -> None:
+    """rt70k F2: a shadow handler (every check on, ``raise_error=False``) flags the call; LangChain logs its stop and
+    runs the tool. It covered the lent handler, and the sub-agent's e-mail went out."""
+    case, result = delegate(mode, {}, raise_error=False)
+    assert case.sent == []
+    assert notices(result) == [(NOTICE, "error")]
+
+
+def test_an_app_handler_reading_fewer_turns_does_not_judge_alone() -> None:
+    """rt70k F1: a handler on the same guard with ``history_turns=0`` judges a sub-agent's call without the turns that
+    make it harmful ("the mixture" after a turn about fuel oil in a pipe): the lent handler is kept beside it."""
+    from langchain_core.callbacks import CallbackManager
+    from qwenguard.integrations.langchain._held_tool import _guards_only
+
+    guard, _ = keyword_guard()
+    lent = GuardCallbackHandler(guard)
+    for app, lends in ((GuardCallbackHandler(guard, history_turns=0), True), (GuardCallbackHandler(guard), False)):
+        kept = _guards_only(CallbackManager(handlers=[app], inheritable_handlers=[app]), lent)
+        assert (lent in kept.inheritable_handlers) is lends
+        assert app in kept.inheritable_handlers
 
 
 # -- controls: passed before the fix too ------------------------------------------------------------------------
