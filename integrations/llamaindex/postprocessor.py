@@ -142,7 +142,9 @@ def _media_data(node: BaseNode) -> list[str]:
     fetched."""
     pairs: list[tuple[Any, Any, str | None]]
     if isinstance(node, ImageNode):
-        pairs = [(node.image, None, node.image_mimetype), (None, node.image_url, node.image_mimetype)]
+        # Its inline image is read untyped, as LlamaIndex sends it (the block's type guessed from the bytes): a real
+        # PNG labelled text/plain was decoded whole as text, judged and dropped (rt70n F2); text is read any way.
+        pairs = [(node.image, None, None), (None, node.image_url, node.image_mimetype)]
     else:
         resources = [getattr(node, media, None) for media in _MEDIA]
         pairs = [(r.data, None, r.mimetype) for r in resources if isinstance(r, MediaResource)]

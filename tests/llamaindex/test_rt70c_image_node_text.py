@@ -278,3 +278,36 @@ def test_control_a_text_node_with_harm_is_still_dropped(guard: Guard) -> None:
         query_bundle=QueryBundle(QUESTION),
     )
     assert [n.node.get_content() for n in kept] == [CAPTION]
+
+
+# -- second look (rt70n): a real image costs no more than its start, however it is labelled ----------------------
+def test_a_real_png_labelled_text_is_read_as_llamaindex_sends_it() -> None:
+    """rt70n F2: LlamaIndex sends an `ImageNode`'s inline image untyped (the block guesses image/png from the bytes);
+    the node readers decoded a real PNG labelled text/plain whole as text (300 KB of noise judged, the node dropped)."""
+    from qwenguard.integrations.llamaindex.postprocessor import node_text
+
+    node = ImageNode(text=CAPTION, image=base64.b64encode(_png(200, 200)).decode(), image_mimetype="text/plain")
+    assert node_text(node).strip() == CAPTION
+
+
+def test_a_percent_encoded_real_png_data_url_is_decoded_only_at_its_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """rt70n F1: ``data:image/png,<percent-encoded PNG>`` (legal, no ``;base64``) was decoded whole by every node reader
+    before it turned out to be an image (0.7 s a MB); its start tells, as for base64. Text so encoded is still read."""
+    from urllib.parse import quote_from_bytes
+
+    from qwenguard.integrations.llamaindex import _messages
+    from qwenguard.integrations.llamaindex.postprocessor import node_text
+
+    decoded: list[int] = []
+    unquote = _messages.unquote_to_bytes
+
+    def spied(payload: Any) -> bytes:
+        decoded.append(len(payload))
+        return unquote(payload)
+
+    monkeypatch.setattr(_messages, "unquote_to_bytes", spied)
+    png = ImageNode(text=CAPTION, image_url="data:image/png," + quote_from_bytes(_png(200, 200)))
+    assert node_text(png).strip() == CAPTION
+    assert decoded and max(decoded) <= 3 * _messages.SNIFF_BYTES
+    text = ImageNode(text=CAPTION, image_url="data:image/png," + quote_from_bytes(HARM.encode() * 100))
+    assert HARM in node_text(text)
