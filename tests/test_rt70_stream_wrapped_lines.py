@@ -230,3 +230,187 @@ def test_list_lines_without_punctuation_still_go_out_as_the_stream_runs():
         shown += monitor.finish()
     assert shown == text
     assert behind <= DEFAULT_CHECK_EVERY + 64, behind
+
+
+# -- second look rt70j ----------------------------------------------------------------------------------------------
+# F1: lines without punctuation (a list, table rows, plain lines, CRLF) run on as one sentence; the check_every cut
+# fell back to the last space, inside the clause's line, and the window ending there (safe: the clause cut) let the
+# line's front out, up to 60 of its 71 characters. F2: the wrap written as a blank line (double-spaced prose) still
+# let the line before it out but its last word. F3: a one-word line "Mix." counted the one-word lines above it as
+# its words and went out whole.
+FILL = "gather the things you need from the shed"
+LAYOUTS = {
+    "markdown list": ("- {}", "\n"),
+    "table rows": ("| {} |", "\n"),
+    "plain lines": ("{}", "\n"),
+    "markdown list, CRLF": ("- {}", "\r\n"),
+}
+
+
+def listed(fmt: str, nl: str, items: int, pad: int) -> str:
+    """An answer of lines without terminal punctuation, the clause on one of them after ``items`` lines of
+    ``pad``-dependent length (the sweep moves the ``check_every`` cut through the clause's line)."""
+    lines = [fmt.format(FILL + " and more" * pad)] * items + [fmt.format(CLAUSE), fmt.format("then tidy up and rest")]
+    return "Here are the steps:" + nl + nl + nl.join(lines) + nl
+
+
+def clause_chars(text: str, shown: str, start: int) -> int:
+    """Characters of the clause (written from ``start`` to its "fuse.", whatever lies between) the consumer got."""
+    end = text.index("fuse.", start) + len("fuse.")
+    return max(0, min(len(shown), end) - start)
+
+
+def _listed_outcomes(run) -> dict[tuple[str, int, int], tuple[bool, int]]:
+    out = {}
+    for name, (fmt, nl) in LAYOUTS.items():
+        for items in range(3, 7):
+            for pad in range(4):
+                text = listed(fmt, nl, items, pad)
+                shown, stopped = run(text)
+                assert text.startswith(shown)
+                out[(name, items, pad)] = (stopped, clause_chars(text, shown, text.index(CLAUSE)))
+    return out
+
+
+def test_clause_on_a_list_line_reaches_no_consumer():
+    """F1: the clause on a line of a list, table or plain lines, the ``check_every`` cut swept through its line."""
+
+    def run(text: str) -> tuple[str, bool]:
+        judge = ClauseJudge()
+        return paced(Guard(judge, Policy(), cache_size=0), judge, text)
+
+    _assert_clean(_listed_outcomes(run))  # type: ignore[arg-type]
+
+
+def test_clause_on_a_list_line_reaches_no_consumer_async():
+    def run(text: str) -> tuple[str, bool]:
+        judge = ClauseJudge()
+        return asyncio.run(apaced(Guard(judge, Policy(), cache_size=0), judge, text))
+
+    _assert_clean(_listed_outcomes(run))  # type: ignore[arg-type]
+
+
+BLANK_WRAPS = {"blank line": "\n\n", "blank line with a space": "\n \n", "CRLF blank line": "\r\n\r\n"}
+
+
+def double_spaced(k: int, sep: str) -> tuple[str, int]:
+    """`hard_wrapped` with every line break written as ``sep``, and where the clause starts."""
+    text = hard_wrapped(k).replace("\n", sep)
+    return text, text.index(". " + WORDS[0]) + 2
+
+
+def _blank_outcomes(run, wraps=WRAPS) -> dict[tuple[str, int], tuple[bool, int]]:
+    out = {}
+    for name, sep in BLANK_WRAPS.items():
+        for k in wraps:
+            text, start = double_spaced(k, sep)
+            shown, stopped = run(text)
+            assert text.startswith(shown)
+            out[(name, k)] = (stopped, clause_chars(text, shown, start))
+    return out
+
+
+def test_clause_wrapped_at_a_blank_line_reaches_no_consumer():
+    """F2: double-spaced hard-wrapped prose, the wrap at each of the clause's word boundaries."""
+
+    def run(text: str) -> tuple[str, bool]:
+        judge = ClauseJudge()
+        return paced(Guard(judge, Policy(), cache_size=0), judge, text)
+
+    _assert_clean(_blank_outcomes(run))  # type: ignore[arg-type]
+
+
+def test_clause_wrapped_at_a_blank_line_reaches_no_consumer_async():
+    def run(text: str) -> tuple[str, bool]:
+        judge = ClauseJudge()
+        return asyncio.run(apaced(Guard(judge, Policy(), cache_size=0), judge, text))
+
+    _assert_clean(_blank_outcomes(run, (2, 7, 13)))  # type: ignore[arg-type]
+
+
+def test_clause_wrapped_at_a_blank_line_reaches_no_client_of_the_server():
+    """F2, remote twin: a `Guard.remote(..., stream=True)` client runs the server's sessions, the same engine."""
+    judge = ClauseJudge()
+    outcomes = {}
+    with serving(Guard(judge, Policy(), cache_size=0)) as url:
+        remote = Guard.remote(url + "/v1", model=judge.name, stream=True, cache_size=0)
+        try:
+            for k in (2, 13):
+                text, start = double_spaced(k, "\n\n")
+                shown, stopped = "", False
+                try:
+                    with remote.stream(PROMPT) as monitor:
+                        for i in range(0, len(text), 5):
+                            shown += monitor.feed(text[i : i + 5])
+                            judge.wait_idle()
+                        shown += monitor.finish()
+                except GuardViolation:
+                    stopped = True
+                outcomes[k] = (stopped, clause_chars(text, shown, start))
+        finally:
+            remote.close()
+    _assert_clean(outcomes)
+
+
+def test_paragraphs_without_full_stops_still_go_out_as_the_stream_runs():
+    """Control for F2's hold: headings and list blocks separated by blank lines, no full stop anywhere, are
+    released while the stream runs (a paragraph waits for the window after it, bounded) and all go out."""
+    blocks = []
+    for i in range(12):
+        blocks.append(f"## Part {i} of the guide to the city")
+        blocks.append("\n".join(f"- stop {j} on the walk along the river banks" for j in range(3)))
+    text = "\n\n".join(blocks) + "\n"
+    judge = ClauseJudge()
+    shown, behind = "", 0
+    with Guard(judge, Policy(), cache_size=0).stream(PROMPT) as monitor:
+        for i in range(0, len(text), 5):
+            shown += monitor.feed(text[i : i + 5])
+            judge.wait_idle()
+            shown += monitor.release_judged()
+            behind = max(behind, min(i + 5, len(text)) - len(shown))
+        shown += monitor.finish()
+    assert shown == text
+    assert behind <= 2 * DEFAULT_CHECK_EVERY + 64, behind
+    assert judge.answer_checks <= len(text) // 40, judge.answer_checks
+
+
+def _word_judge_released(text: str) -> tuple[bool, str]:
+    """``text`` streamed word by word to a judge that flags "mix ammonium" (words only), every check back before
+    the next word: whether it was stopped and what was released."""
+    from test_stream_short_sentences import _word_judge
+
+    monitor = None
+    try:
+        with Guard(_word_judge(), Policy.strict()).stream(PROMPT, screen_prompt=False) as monitor:
+            for piece in re.findall(r"\s*\S+", text):
+                monitor.feed(piece)
+                while (waiter := monitor.verdict_waiter()) is not None:
+                    waiter.result()
+                    monitor.release_judged()
+            monitor.finish()
+    except GuardViolation:
+        assert monitor is not None
+        return True, monitor.released
+    assert monitor is not None
+    return False, monitor.released
+
+
+def test_one_word_lines_do_not_make_a_one_word_line_a_long_sentence():
+    """F3: "Here\\nis\\nthe\\nMix." — the one-word lines above "Mix." are no words of a long sentence: "Mix." waits
+    for the window that shows it with "ammonium"."""
+    text = "The capital of France is Paris.\nHere\nis\nthe\nMix.\n" + "\n".join(WORDS[1:]) + "\nThen wait."
+    stopped, released = _word_judge_released(text)
+    assert stopped and text.startswith(released)
+    assert len(released) <= text.index("Mix."), released[-20:]
+
+
+def test_a_wrapped_sentence_with_a_line_of_words_still_goes_out_whole():
+    """Control for F3's rule: a sentence with a line of two words or more ends as before ("... a\\nlong walk.")."""
+    text = "We took\na\nlong\nwalk.\nThen we rested by the river for an hour or two."
+    judge = ClauseJudge()
+    with Guard(judge, Policy(), cache_size=0).stream(PROMPT) as monitor:
+        shown = monitor.feed(text[: text.index("Then")])
+        judge.wait_idle()
+        shown += monitor.release_judged()
+        assert shown.rstrip().endswith("walk."), shown
+        monitor.finish()

@@ -615,7 +615,8 @@ def _open_run_as_rendered(text: str) -> int:
 
 
 def ends_sentence(text: str) -> bool:
-    """Does ``text`` end with terminal punctuation closing a sentence of `MIN_SENTENCE_WORDS` words or more?
+    """Does ``text`` end with terminal punctuation closing a sentence of `MIN_SENTENCE_WORDS` words or more, two of
+    them on one line (a sentence written one word per line is short)?
 
     The sentence starts after the previous terminal punctuation or blank line in ``text`` (or at its start),
     inside a word too ("好的。混合。", "Paris.Mix."). One with an RLM or ALM in it does not end here (`_in_order`).
@@ -636,19 +637,29 @@ def _ends_sentence(text: str) -> bool:
     if not _closes_sentence(parts[-1]):
         return False
     marked = not scan.isascii() and any(c in scan for c in _RTL_MARKS)
-    words = 0
+    # A sentence written one word per line is short: "Here\nis\nthe\nMix." let "Mix." out whole once the lines
+    # above it counted as its words (rt70j F3); it needs a line of two words or more.
+    words = line = 0
+    wide = False
     for i in range(len(parts) - 1, -1, -2):
         token = parts[i]
         if i < len(parts) - 1:
             if _closes_sentence(token) or parts[i + 1].count("\n") > 1:
                 return False  # the previous sentence ends here
+            if "\n" in parts[i + 1]:
+                line = 0
         else:
             token = token.rstrip(_CLOSING + _TERMINAL)
         inner = _inner_end(token)
         if inner:  # the sentence starts inside this word
-            return words + _words(token[inner:]) >= MIN_SENTENCE_WORDS and _in_order(parts, i, marked)
-        words += _words(token)
-        if words >= MIN_SENTENCE_WORDS:
+            count = _words(token[inner:])
+            wide = wide or line + count > 1
+            return words + count >= MIN_SENTENCE_WORDS and wide and _in_order(parts, i, marked)
+        count = _words(token)
+        words += count
+        line += count
+        wide = wide or line > 1
+        if words >= MIN_SENTENCE_WORDS and wide:
             return _in_order(parts, i, marked)
     return False
 
@@ -808,7 +819,8 @@ def _releasable(text: str) -> int:
     need the next word to see what a clause is ("Mix" is harmless until "ammonium" follows), so the last word
     waits for a later window that shows it with what follows. The last word is the last with two letters or
     digits: a filler after it ("Mix -", "Mix\\n-", "Mix \\u200b", an emoji, "Mix ǀ", "Mix ーー") would else be
-    held in its place and let "Mix" out."""
+    held in its place and let "Mix" out. Text that ends at a blank line without terminal punctuation before it
+    keeps its last paragraph (`_paragraph_start`) until a window shows it with what follows."""
     if not text or _ends_sentence(text):
         return len(text)
     stripped = text.rstrip()
@@ -832,7 +844,26 @@ def _releasable(text: str) -> int:
     start = _held_start(stripped, last, max(0, last - _SCAN))
     # Text without spaces (Chinese, Japanese, Thai) goes out in steps of half a held word at least: one short
     # sentence after another ("好。好。") let two characters out per check, a check per two characters.
-    return start if start >= _STEP or (start > 0 and stripped[start - 1] in " \t\n") else 0
+    cut = start if start >= _STEP or (start > 0 and stripped[start - 1] in " \t\n") else 0
+    if text.count("\n", len(stripped)) > 1 and not _closes_sentence(stripped):
+        # A blank line without punctuation before it ends a segment, not a sentence: double-spaced prose wrapped
+        # after "Mix ammonium" let the line out but its last word before the window with the rest came (rt70j F2).
+        # The paragraph waits for a window that shows it with what follows, as a line without punctuation does.
+        cut = min(cut, _paragraph_start(stripped))
+    return cut
+
+
+def _paragraph_start(text: str) -> int:
+    """Where the last sentence of ``text`` starts: after its last `_SENTENCE_END` (terminal punctuation or a blank
+    line) in its last `_SCAN` characters; without one, at the first word that starts in them (bounded hold)."""
+    floor = max(0, len(text) - _SCAN)
+    start = -1
+    for m in _SENTENCE_END.finditer(text, floor):
+        start = m.end()
+    if start >= 0 or floor == 0:
+        return max(start, 0)
+    space = min((at for at in (text.find(c, floor) for c in " \t\n") if at >= 0), default=-1)
+    return space + 1 if space >= 0 else floor
 
 
 def _open_run(text: str) -> int:
@@ -1140,7 +1171,7 @@ class GenWindows:
 
     def _long_cut(self) -> int:
         """Where to cut text longer than ``check_every``: the last sentence end past ``min_segment``,
-        else the last space, else ``check_every``."""
+        else the last line break, else the last space, else ``check_every``."""
         text, limit = self.unsubmitted, self._limit()
         end = 0
         for found in _sentence_ends(text, limit):
@@ -1148,6 +1179,11 @@ class GenWindows:
                 end = found
         if end:
             return end
+        # Lines without punctuation (a list, table rows) run on as one sentence: a cut at the last space fell inside
+        # the clause's line and its front went out with the window that read safe without the rest (rt70j F1).
+        line = text.rfind("\n", self.min_segment, limit)
+        if line > 0:
+            return line + 1  # a line of its own: list items and table rows are judged whole when they fit
         space = text.rfind(" ", self.min_segment, limit)
         if space > 0:
             return space
