@@ -96,6 +96,10 @@ class InputTooLarge(QwenGuardError, ValueError):
 
     too_large: tuple[int, ...] = ()
     decided: tuple[Decision | None, ...] = ()
+    #: A remote guard server's refusal (its HTTP 413 to `Guard.remote`, its close 1009 to a remote stream), not a limit
+    #: of this process: the message names that server or quotes its reply, which a ``qwenguard serve`` in front of it
+    #: logs and does not send on.
+    upstream: bool = False
 
 
 class ModelNotFound(QwenGuardError):

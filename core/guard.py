@@ -31,6 +31,7 @@ from .formats.conversations import (
     answer_or_prefill,
     least_contexts,
     prompt_conversation,
+    rendered_answer_size,
     response_conversation,
     tool_call_conversation,
     untrusted_conversation,
@@ -295,18 +296,21 @@ PREPARE_ON_LOOP_CHARS = 50_000
 #: Above this size, a conversation's tool calls (``tool_calls``, ``function_call``), or the call `acheck_tool_call`
 #: renders, are read on a worker thread: rendering reads the arguments as several parsers would (escapes, JSON
 #: text within, deep nesting), microseconds a character where cleaning text takes nanoseconds (rt62a F1 F3 F6: a
-#: 48,000-character argument of "\e" held the loop 230 ms).
+#: 48,000-character argument of "\e" held the loop 230 ms). So is a prompt check's final answer that may render
+#: differently (`rendered_answer_size`): it is rendered as a reader sees it (rt70h F1: 16,633 empty tags, 0.4 s).
 PREPARE_ON_LOOP_CALL_CHARS = 1_000
-#: What a character of a tool call weighs against `PREPARE_ON_LOOP_CHARS`.
+#: What a character of a tool call, or of a prompt check's answer that may render differently, weighs against
+#: `PREPARE_ON_LOOP_CHARS`.
 _CALL_WEIGHT = PREPARE_ON_LOOP_CHARS // PREPARE_ON_LOOP_CALL_CHARS
 _RENDERED_FIELDS = ("tool_calls", "function_call")
 
 
 def _prepare_size(staged: Sequence[tuple[Stage, Any]], budget: int) -> int:
-    """`text_size` of ``staged``'s conversations, until past ``budget``, a tool call's characters weighted by
+    """`text_size` of ``staged``'s conversations, until past ``budget``, a tool call's characters, and a prompt
+    check's final answer where it may render differently (`answer_or_prefill` renders it), weighted by
     `_CALL_WEIGHT`: what `_prepare` costs, not only what it reads."""
     total = 0
-    for _, conversation in staged:
+    for stage, conversation in staged:
         if type(conversation) is not list and (
             not isinstance(conversation, Sequence) or isinstance(conversation, (str, bytes))
         ):
@@ -325,6 +329,8 @@ def _prepare_size(staged: Sequence[tuple[Stage, Any]], budget: int) -> int:
                     total += _CALL_WEIGHT * text_size(value, (budget - total) // _CALL_WEIGHT)
                 else:
                     total += text_size(key, budget - total) + text_size(value, budget - total)
+        if stage is Stage.PROMPT and total <= budget:  # all of it counted: the answer is at most `budget` long
+            total += (_CALL_WEIGHT - 1) * rendered_answer_size(conversation)  # its text counted once already
         if total > budget:
             break
     return total
@@ -626,7 +632,7 @@ class Guard:
         self._check_size(conversation)
         msgs = normalize_messages(conversation)
         for m in msgs:
-            m["content"] = clean_text(m["content"])
+            m["content"] = clean_text(m["content"], keep_lone_cr=True)  # read as a terminal shows it (planner)
         msgs = without_blank_context(msgs)
         request = None
         if stage is Stage.PROMPT:  # a client's conversation: a blank last answer is a prefill, the request is judged
@@ -637,6 +643,14 @@ class Guard:
         if request is not None:
             check.request = self._unjudged(stage, request, conversation)
         return check
+
+    async def _aprepare(self, staged: Sequence[tuple[Stage, Any]]) -> list[_Check]:
+        """`_prepare` of each of ``staged``, on the event loop while that is cheap (`_prepare_size`)."""
+        if len(staged) > PREPARE_ON_LOOP_ITEMS or _prepare_size(staged, PREPARE_ON_LOOP_CHARS) > PREPARE_ON_LOOP_CHARS:
+            # Cleaning, label-breaking and hashing thousands of turns is hundreds of milliseconds of work: on a
+            # worker thread, never on the event loop (a client's 10,000-turn history held it 0.3-0.5 s, rt51b F7).
+            return await asyncio.to_thread(lambda: [self._prepare(stage, conv) for stage, conv in staged])
+        return [self._prepare(stage, conv) for stage, conv in staged]
 
     def _unjudged(self, stage: Stage, msgs: list[dict[str, str]], conversation: Sequence[Message]) -> _Check:
         """The check of ``msgs`` (prepared from ``conversation``), decided already where no model call is needed."""
@@ -851,13 +865,7 @@ class Guard:
 
     async def acheck_many(self, items: Sequence[tuple[Stage | str, Sequence[Message]]]) -> list[Decision]:
         """Async twin of `check_many`."""
-        staged = _stage_items(items)
-        if len(staged) > PREPARE_ON_LOOP_ITEMS or _prepare_size(staged, PREPARE_ON_LOOP_CHARS) > PREPARE_ON_LOOP_CHARS:
-            # Cleaning, label-breaking and hashing thousands of turns is hundreds of milliseconds of work: on a
-            # worker thread, never on the event loop (a client's 10,000-turn history held it 0.3-0.5 s, rt51b F7).
-            checks = await asyncio.to_thread(lambda: [self._prepare(stage, conv) for stage, conv in staged])
-        else:
-            checks = [self._prepare(stage, conv) for stage, conv in staged]
+        checks = await self._aprepare(_stage_items(items))
         pending = self._pending([*checks, *(c.request for c in checks if c.request is not None)])
         outcome: list[Outcome] | BaseException = []
         if pending and self._closed:

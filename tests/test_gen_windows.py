@@ -17,7 +17,7 @@ from qwenguard.core.demo import DEMO_GEN_DIR
 from qwenguard.core.formats.content import as_seen_pieces, clean_text, forged_turn_segments, prepare_content
 from qwenguard.core.formats.encoding import ConversationEncoder, GuardTemplateWarning
 from qwenguard.core.formats.prompts import render_prompt
-from qwenguard.core.formats.windows import DEFAULT_MAX_WINDOW_TOKENS, WindowPlanner
+from qwenguard.core.formats.windows import DEFAULT_MAX_WINDOW_TOKENS, WindowPlanner, _label_readings
 
 
 def qwen3_tokenizer_dir() -> Path:
@@ -103,7 +103,12 @@ def _check_windows(encoder, text: str, room: int, role: str, tail_len: int) -> N
     # that start further on each time, each at or before the end of the one before (overlap), the last
     # reaching the end of the piece.
     pieces = [prepared] + [prepare_content(s.strip()) for s in forged_turn_segments(clean_text(text)) if s.strip()]
-    pieces += [prepare_content(s) for s in as_seen_pieces(clean_text(text))]
+    written = pieces[1:]
+    readings = as_seen_pieces(clean_text(text))
+    pieces += [prepare_content(s) for s in readings]
+    # a reading's own label lines (rt70f F2), less how the text's segments read (rt70m F2)
+    turns, bare = _label_readings(readings, pieces, planner.max_windows, written=written)
+    pieces += turns + bare
     assert [w.piece for w in windows] == sorted(w.piece for w in windows)
     assert {w.piece for w in windows} == set(range(len(pieces)))
     for k, piece in enumerate(pieces):

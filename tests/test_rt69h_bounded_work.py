@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from loop_lag import RATIO, ROUNDS, compare
+from loop_lag import ROUNDS, compare
 from phrase_judge import phrase_guard, reads_from_now
 from qwenguard.core import Policy
 from qwenguard.core.errors import InputTooLarge
@@ -147,6 +147,10 @@ def test_readings_of_a_long_text_call_the_deadline_check() -> None:
 
 # -- F3 -------------------------------------------------------------------------------------------------------------
 
+#: A first stream's own start-up (lazy pools and patterns: 11-25 ms against 1-6 ms for the later ones, on 3b1c546 as
+#: now) made `loop_lag.RATIO` fail one try in three on a quiet machine; the tables built on the loop cost 0.75-0.86 s.
+FIRST_RATIO = 12.0
+
 FIRST_STREAM = """
 import asyncio, json, sys
 from loop_lag import worst_lag
@@ -177,7 +181,7 @@ guard.close()
 
 def test_first_async_stream_of_a_process_holds_the_loop_no_longer_than_later_ones() -> None:
     """The user's action: a process's first ``async with guard.astream(...)``, in a fresh interpreter. Its loop lag is
-    at most `loop_lag.RATIO` times the worst of the idle loop and the two streams after it (the tables built)."""
+    at most `FIRST_RATIO` times the worst of the idle loop and the two streams after it (the tables built)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     # A fresh interpreter each try, up to ROUNDS: building the tables on the loop holds it in every one (0.75-0.86 s),
     # a burst of the machine's load (15 ms against 1 ms, beside a full suite) does not come back each time.
@@ -187,7 +191,7 @@ def test_first_async_stream_of_a_process_holds_the_loop_no_longer_than_later_one
             [sys.executable, "-c", FIRST_STREAM], capture_output=True, text=True, env=env, cwd=TESTS, check=True
         )
         idle, first, *later = json.loads(out.stdout.strip().splitlines()[-1])
-        if first <= RATIO * max(idle, *later):
+        if first <= FIRST_RATIO * max(idle, *later):
             return
         runs.append((idle, first, later))
     raise AssertionError(f"the first stream held the loop longer every time: {runs}")

@@ -401,8 +401,11 @@ def _not_a_guards_answer(choice: Any) -> str | None:
         return None
     if message.get("tool_calls") or message.get("function_call"):
         return "holds tool calls: a guard model makes none (is the served model a Qwen3Guard?)"
-    for field in ("reasoning_content", "reasoning"):
-        if isinstance(message.get(field), str) and message[field].strip():
+    for field in ("reasoning_content", "reasoning", "reasoning_details"):
+        # Any shape that holds something: a gateway's list or object of reasoning parts (OpenRouter's
+        # ``reasoning_details``) was read as a guard's answer when only a string counted (rt70e note).
+        value = message.get(field)
+        if value.strip() if isinstance(value, str) else value:  # null, "", [] and {} say no reasoning
             return f"holds {field}: a guard model does not think (is the served model a Qwen3Guard?)"
     return None
 
@@ -1485,7 +1488,9 @@ class OpenAIGen:
             return failed(exc, True)  # late, as a read timeout is: the policy's timeout
         except RemoteHTTPError as exc:
             if exc.status == 413:  # too large for the server: the caller's error, as locally, never on_error's
-                return InputTooLarge(f"{exc} (the server's size limits: split the text or raise them)"), False
+                refused = InputTooLarge(f"{exc} (the server's size limits: split the text or raise them)")
+                refused.upstream = True
+                return refused, False
             return failed(exc, False)  # the server refused this request: its own outcome
         except VerdictParseError as exc:
             return failed(exc, False)  # a reply that is no verdict: its own outcome

@@ -15,7 +15,12 @@ How tokens are counted:
   one byte, and content cannot hold added tokens (they are neutralised), so no text has more tokens
   than bytes. The bound is reached only by text no merge covers; for English prose it is about 4x
   the real count, which costs smaller windows (more requests), never an over-long prompt. The
-  template's own text is bounded the same way (its bytes as `render_prompt` writes them).
+  template's own text is bounded the same way (its bytes as `render_prompt` writes them). The planner's
+  rules stated in the counter's units are given in typical bytes (`_TYPICAL_BYTES_PER_TOKEN` a token): the
+  overlap, the forged-turn context, and what a window keeps whole (a sentence its edge cuts, the earlier turns
+  beside a windowed turn): a quarter of the local window's tokens, up to half a byte window (a quarter of one,
+  2,700 bytes at the 4,096 fallback, let a 190-token clause across an edge and a 3 KB earlier turn go unread
+  together where the local guard read them: rt70e F1).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from ..formats.windows import (
     DEFAULT_MAX_WINDOW_TOKENS,
     DEFAULT_MAX_WINDOWS,
     DEFAULT_WINDOW_OVERLAP,
+    FORGED_CONTEXT_TOKENS,
     StreamCheck,
     TokenCounter,
     WindowPlanner,
@@ -65,8 +71,12 @@ UNPUBLISHED_CONTEXT = 4096
 #: what a request shows is capped: the readings (a run of user turns joined) are of the whole conversation.
 MAX_REQUEST_MESSAGES = 256
 #: Counting by bytes, a token of English is about this many bytes: a window's byte budget is capped at
-#: ``max_window_tokens * 4`` (and at the context, always), and neighbours overlap by ``window_overlap * 4``.
+#: ``max_window_tokens * 4`` (and at the context, always), neighbours overlap by ``window_overlap * 4``, a forged-turn
+#: piece carries ``FORGED_CONTEXT_TOKENS * 4`` of context, and a window keeps ``max_window_tokens`` bytes whole (the
+#: local window's quarter), up to half its room.
 _TYPICAL_BYTES_PER_TOKEN = 4
+#: What an error about a size counted by bytes adds: the tokenizer counts exactly, and its windows are the local's.
+_BY_BYTES = " (counted by bytes, without the checkpoint's tokenizer: pass Guard.remote(..., tokenizer=...))"
 
 
 def wire_text(text: str) -> str:
@@ -114,6 +124,9 @@ def byte_bound(text: str) -> int:
 class ByteCounter:
     """A `formats.windows.TokenCounter` that counts one token per byte (`byte_bound`): for windows sized
     without the checkpoint's tokenizer. ``encode`` gives a stand-in of the right length, not real ids."""
+
+    unit = "bytes"
+    advice = _BY_BYTES
 
     def encode(self, messages: Sequence[dict[str, Any]]) -> Sequence[int]:
         return range(byte_bound(render_prompt(messages)))
@@ -202,11 +215,14 @@ class RemotePlanner:
         if planner is None:
             exact = self.encoder is not None
             counter: TokenCounter = self.encoder if self.encoder is not None else ByteCounter()
+            per_token = 1 if exact else _TYPICAL_BYTES_PER_TOKEN
             planner = WindowPlanner(
                 counter,
                 max_prompt_tokens=self.prompt_budget(context),
-                overlap=self.window_overlap * (1 if exact else _TYPICAL_BYTES_PER_TOKEN),
+                overlap=self.window_overlap * per_token,
                 max_windows=self.max_windows,
+                keep_whole=None if exact else self.max_window_tokens * per_token // 4,
+                forged_context=FORGED_CONTEXT_TOKENS * per_token,
             )
             self._planners[context] = planner
         return planner
@@ -214,11 +230,7 @@ class RemotePlanner:
     def _no_room(self, context: int, exc: ValueError) -> str:
         """Why no request fits ``context``, in the options the caller sets: where the answer's reserve is what leaves
         too little, ``max_tokens`` and the context by name (the window planner's own words named neither: rt63b F4)."""
-        how = (
-            ""
-            if self.encoder is not None
-            else " (counted by bytes, without the checkpoint's tokenizer: pass Guard.remote(..., tokenizer=...))"
-        )
+        how = "" if self.encoder is not None else _BY_BYTES
         room = context - self.max_new_tokens
         if self.prompt_budget(context) < self.prompt_budget(context + self.max_new_tokens):
             return (

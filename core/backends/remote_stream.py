@@ -456,17 +456,19 @@ class RemoteStreamMonitor(_Session, SyncOnly):
         delta = check_delta(delta)
         self.open()
         frame = self._feed_frame(delta)
-        if frame is None:
-            return ""
-        if self.local is not None:
+        if self.local is not None:  # fed as written: it holds a last CR itself
             return self._locally(lambda m: m.feed(delta))
-        return self._exchange(frame, "released")
+        return "" if frame is None else self._exchange(frame, "released")
 
     def finish(self) -> str:
         """End of the stream: the rest of the text, once judged."""
         self.open()
         self._check_feedable()
-        out = self._exchange(FINISH_FRAME, "finished") if self.local is None else ""
+        out = ""
+        if self.local is None:
+            if (tail := self._end_cr_frame()) is not None:
+                out = self._exchange(tail, "released")
+            out += self._exchange(FINISH_FRAME, "finished")
         if self.local is not None:  # failed open (now or before): the rest is judged here
             out += self._locally(lambda m: m.finish())
         self._state = "finished"
@@ -655,11 +657,9 @@ class AsyncRemoteStreamMonitor(_Session, AsyncOnly):
     async def _feed_work(self, delta: str) -> str:
         await self._open_work()
         frame = self._feed_frame(delta)
-        if frame is None:
-            return ""
-        if self.local is not None:
+        if self.local is not None:  # fed as written: it holds a last CR itself
             return await self._alocally(lambda m: m.afeed(delta))
-        return await self._aexchange(frame, "released")
+        return "" if frame is None else await self._aexchange(frame, "released")
 
     async def afinish(self) -> str:
         """Async twin of `RemoteStreamMonitor.finish`."""
@@ -668,7 +668,11 @@ class AsyncRemoteStreamMonitor(_Session, AsyncOnly):
     async def _finish_work(self) -> str:
         await self._open_work()
         self._check_feedable()
-        out = await self._aexchange(FINISH_FRAME, "finished") if self.local is None else ""
+        out = ""
+        if self.local is None:
+            if (tail := self._end_cr_frame()) is not None:
+                out = await self._aexchange(tail, "released")
+            out += await self._aexchange(FINISH_FRAME, "finished")
         if self.local is not None and self._state == "open":  # failed open: the rest is judged here
             out += await self._alocally(lambda m: m.afinish())
         if self._state == "closed":

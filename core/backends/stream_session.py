@@ -35,14 +35,16 @@ from ..errors import (
     GuardTimeout,
     GuardUnavailable,
     GuardViolation,
+    InputTooLarge,
     MissingDependency,
     QwenGuardError,
     StreamClosed,
 )
 from ..formats.content import clean_text
+from ..formats.overstrike import crlf_joined
 from ..policy import Action, Decision
 from ..streaming.debounce import DEFAULT_WINDOW, Debounce
-from ..streaming.monitor_core import DEFAULT_KEEP_TOKEN_VERDICTS
+from ..streaming.monitor_core import DEFAULT_KEEP_TOKEN_VERDICTS, check_stream_options
 from ..verdict import Risk, Stage, Verdict
 from .openai_gen import NO_OPENAI_API
 from .openai_wire import error_text, retry_after
@@ -58,10 +60,25 @@ __all__ = [
     "frame_too_big",
     "parse_frame",
     "reopen_worthy",
+    "server_too_big",
 ]
 
 #: Monitor options a session may set; the server validates the values like a local monitor does.
-SESSION_OPTIONS = ("holdback", "window", "screen_prompt", "check_every", "min_segment", "context")
+#: ``max_windows_in_flight`` stays here: it bounds the local fallback (`_judge_locally`); the server's sessions run
+#: its operator's ``--stream-max-windows-in-flight``. A `qwenguard serve` chained to another passes its own (rt70i F2).
+SESSION_OPTIONS = (
+    "holdback",
+    "window",
+    "screen_prompt",
+    "check_every",
+    "min_segment",
+    "context",
+    "max_windows_in_flight",
+)
+#: Of `SESSION_OPTIONS`, those this client keeps to itself: never sent in the open frame.
+_LOCAL_ONLY_OPTIONS = ("max_windows_in_flight",)
+#: Of `SESSION_OPTIONS`, those the local fallback takes (its prompt is judged already: no ``screen_prompt``).
+_FALLBACK_OPTIONS = ("holdback", "check_every", "min_segment", "context", "max_windows_in_flight")
 #: Replayed text goes in frames of at most this many characters (32 KB of UTF-8 at most: far below any
 #: sane frame limit of a server).
 REPLAY_CHUNK_CHARS = 8192
@@ -235,10 +252,21 @@ def handshake_retry_after(exc: BaseException) -> float | None:
 
 
 def frame_too_big(exc: BaseException) -> bool:
-    """Whether the client closed the connection (1009) because a server frame exceeded ``max_frame_bytes``."""
+    """Whether the client closed the connection (1009) because a server frame exceeded ``max_frame_bytes``: its
+    1009 came first. The server's own 1009, echoed, is its refusal of the client's frame (`server_too_big`)."""
     ws = websockets_module().exceptions
-    sent = getattr(exc, "sent", None) if isinstance(exc, ws.ConnectionClosed) else None
-    return sent is not None and sent.code == 1009
+    if not isinstance(exc, ws.ConnectionClosed):
+        return False
+    return exc.sent is not None and exc.sent.code == 1009 and exc.rcvd_then_sent is not True
+
+
+def server_too_big(exc: BaseException) -> bool:
+    """Whether the server closed the connection 1009 first: the client's text was past its limits. A frame past twice
+    ``--max-body-bytes`` (the server's WebSocket ``max_size``) is cut off by the protocol with no error frame."""
+    ws = websockets_module().exceptions
+    if not isinstance(exc, ws.ConnectionClosed):
+        return False
+    return exc.rcvd is not None and exc.rcvd.code == 1009 and exc.rcvd_then_sent is not False
 
 
 class Deadline:
@@ -311,10 +339,12 @@ class _Session:
             raise TypeError(f"remote streams do not support options {unknown}; known: {list(SESSION_OPTIONS)}")
         if prompt is None:
             raise TypeError("prompt is None; pass the user's prompt or the conversation")
+        check_stream_options({k: options[k] for k in _LOCAL_ONLY_OPTIONS if k in options})  # no server checks them
         self.backend = backend
         self.guard = guard
         self.policy = guard.policy
         self.text = ""
+        self._cr_held = False  # the last delta ended in a CR, not sent yet (`_feed_frame`)
         self._released_parts: list[str] = []
         # Characters released: what is out is always a prefix of `text`, so this is all a call needs (the
         # joined string is built only when `released` is read).
@@ -356,23 +386,26 @@ class _Session:
         self._judged = 0  # characters the current server session released, i.e. judged
         self._ever_opened = False
         self._state = "open"  # open | finished | closed | violated | failed
+        # Why the server refused the session's text (over its limits: close 1009): every later call raises it again,
+        # as a local monitor's does.
+        self._refused: InputTooLarge | None = None
         # After the server failed and the policy failed open: a local monitor judging the rest in Gen windows
         # on the guard's Gen backend (`_judge_locally`), instead of releasing it unchecked.
         self.local: Any = None
         self._local_flags = 0  # of the local monitor's flags, how many this session has taken
-        self._options = {k: v for k, v in options.items() if k in ("holdback", "check_every", "min_segment", "context")}
+        self._options = {k: v for k, v in options.items() if k in _FALLBACK_OPTIONS}
         self._messages = prompt
         # Opening screens the prompt (unless told not to): its budget and its failures are the prompt's.
         self._open_stage = Stage.PROMPT if options.get("screen_prompt", True) is not False else Stage.STREAM
         frame: dict[str, Any] = {
             "type": "open",
             "policy": guard.policy.to_dict(),
-            **{k: v for k, v in options.items() if v is not None},
+            **{k: v for k, v in options.items() if v is not None and k not in _LOCAL_ONLY_OPTIONS},
         }
         # The one content rule before anything leaves the process: a lone surrogate cannot even be
         # encoded for the wire, and the server judges exactly the text this monitor releases.
         if isinstance(prompt, str):
-            frame["prompt"] = clean_text(prompt)
+            frame["prompt"] = clean_text(prompt, keep_lone_cr=True)  # checked whole, as check_prompt reads it
         else:
             frame["messages"] = [_clean_message(m) for m in prompt]
         self._open_frame = json.dumps(frame, ensure_ascii=False)
@@ -443,11 +476,21 @@ class _Session:
     def _feed_frame(self, delta: str) -> str | None:
         """The frame for ``delta`` (``None`` when nothing is left of it); the text joins ``self.text``."""
         self._check_feedable()
-        delta = clean_text(delta)
+        # As the local monitor releases it (`crlf_joined`): a CR at its end waits for the next delta, so a CRLF cut
+        # between two deltas stays a CRLF, and the server is sent (and this replays) only text with no lone CR.
+        delta, self._cr_held = crlf_joined(clean_text(delta, keep_lone_cr=True), self._cr_held)
         if not delta:
             return None
         self.text += delta
         return json.dumps({"type": "feed", "text": delta}, ensure_ascii=False)
+
+    def _end_cr_frame(self) -> str | None:
+        """At the answer's end, the frame for a CR still held (a lone one: a line feed, as a local monitor ends)."""
+        held, self._cr_held = self._cr_held, False
+        if not held:
+            return None
+        self.text += "\n"
+        return json.dumps({"type": "feed", "text": "\n"}, ensure_ascii=False)
 
     # -- frames in --------------------------------------------------------------------------
     def _emit(self, decision: Decision) -> None:
@@ -677,6 +720,8 @@ class _Session:
         kind, message = err.get("type", reply.get("type")), err.get("message", "unexpected frame")
         if kind == "invalid_request_error":
             return _BadRequest(f"stream server refused the session: {message}")
+        if kind == "request_too_large":  # past the server's limits: the caller's error, as a local stream's (rt70d F2)
+            return _upstream_too_large(f"stream server refused the text as too large: {message}")
         if kind == "timeout":  # the replica's guard missed its deadline (another may not)
             return _ReplicaTimeout(f"stream server error ({kind}): {message}")
         if kind == "guard_unavailable" or err.get("code") == 4503:
@@ -733,6 +778,17 @@ class _Session:
         if isinstance(exc, _BadRequest):
             self._state = "closed"
             raise ValueError(str(exc)) from None
+        if server_too_big(exc):  # no error frame came: the protocol cut the frame off (rt70i F1)
+            reason = getattr(getattr(exc, "rcvd", None), "reason", "")
+            too_large = _upstream_too_large(
+                "stream server closed the session 1009 (message too big): a frame past its --max-body-bytes"
+                + (f" ({reason[:MAX_ERROR_CHARS]})" if reason else "")
+            )
+            too_large.__cause__ = exc
+            exc = too_large
+        if isinstance(exc, InputTooLarge):  # refused, not judged: never on_error's to let through
+            self._state, self._refused = "closed", exc
+            raise exc
         if frame_too_big(exc):
             limit = getattr(self.backend, "max_frame_bytes", None)
             too_big = GuardUnavailable(
@@ -796,7 +852,8 @@ class _Session:
         monitor = self._local_monitor()(
             guard, self._messages, screen_prompt=False, parallel_input=False, **self._options
         )
-        monitor.take_over(self.released, self.held, self.decision)
+        monitor.take_over(self.released, self.held, self.decision, cr_held=self._cr_held)
+        self._cr_held = False  # a CR not sent yet: the local monitor holds it now
         self.local = monitor
 
     def _local_outcome(self, out: str) -> str:
@@ -823,6 +880,8 @@ class _Session:
     def _check_feedable(self) -> None:
         if self._state == "open":
             return
+        if self._refused is not None:
+            raise self._refused
         if self._state == "violated" and self.decision is not None:
             raise GuardViolation(self.decision)
         if self._state == "failed" and self.decision is not None:
@@ -835,6 +894,14 @@ class _Session:
         """What a failed exchange raises: our own errors, socket and protocol errors, timeouts."""
         websockets = websockets_module()
         return (QwenGuardError, OSError, TimeoutError, asyncio.TimeoutError, websockets.exceptions.WebSocketException)
+
+
+def _upstream_too_large(message: str) -> InputTooLarge:
+    """The stream server's refusal of the text as too large: its limits, not this process's (`InputTooLarge.upstream`:
+    a `qwenguard serve` chained to it does not say them to its own clients as its own)."""
+    refused = InputTooLarge(message)
+    refused.upstream = True
+    return refused
 
 
 @contextlib.contextmanager
@@ -860,5 +927,5 @@ def _clean_message(message: Any) -> Any:
         return message  # the server refuses it with a clear error
     out = dict(message)
     if isinstance(out.get("content"), str):
-        out["content"] = clean_text(out["content"])
+        out["content"] = clean_text(out["content"], keep_lone_cr=True)  # checked whole, as check_prompt reads it
     return out

@@ -8,9 +8,10 @@ on where the model runs:
    lone surrogates (one JSON escape such as ``"\\ud800"``; not encodable as UTF-8, a tokenizer error)
    become U+FFFD; NUL and the other C0/C1 control characters except tab, newline and carriage return
    are removed (they are invisible, carry no meaning, and would otherwise split a word the reader sees
-   whole: ``"bo\\x00mb"`` is judged as ``"bomb"``). Unicode normalisation is left to the model's
-   tokenizer: the Qwen3 tokenizer applies NFC itself, so doing it here would only change what is
-   released downstream.
+   whole: ``"bo\\x00mb"`` is judged as ``"bomb"``); a lone carriage return becomes a line feed in what is
+   handed on (a terminal goes back over the line at one: `overstrike`; a text checked whole keeps it to be read
+   so). Unicode normalisation is left to the model's tokenizer: the Qwen3 tokenizer applies NFC itself, so
+   doing it here would only change what is released downstream.
 2. `neutralize` — where content is placed into the Qwen3Guard-Gen conversation text: content can
    neither become a control token nor forge the prompt's structure.
 
@@ -53,7 +54,9 @@ on where the model runs:
    after U+202E is shown in reading order; where they are open at a single line break, also the paragraph
    as one line (a Markdown renderer's layout); and a paragraph of mostly left-to-right letters where a
    right-to-left character (an RLM or ALM, a Hebrew or Arabic letter, PASEQ, TATWEEL) separates two of them,
-   also laid out right to left (an app showing it `dir="rtl"` or `dir="auto"`).
+   also laid out right to left (an app showing it `dir="rtl"` or `dir="auto"`). A line holding a lone carriage
+   return is also judged as a terminal shows it (`overstrike.read_as_overlaid`: what follows a CR overwrites the
+   line's start).
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ from typing import Any, Literal
 
 from ..errors import GuardUnavailable
 from .look_alikes import LATIN_OF
+from .overstrike import LONE_CR, overlaid_lines, read_as_overlaid
 from .rendered import (
     Rendered,
     has_raw_html,
@@ -116,8 +120,9 @@ _BLOCK_TAGS = ("CONVERSATION", "SAFETY POLICY", "UNSAFE CONTENT CATEGORIES", "RE
 # A reader (and a model) sees a label in what a regex of the plain word misses, so the label is read as seen:
 # - around it, anything a reader does not see counts as nothing: spaces of any width (no line breaks),
 #   zero-width, bidi and other format characters, variation selectors and tag characters (a label already
-#   written as `neutralize` writes it, "USER\u200b:", is still a forged turn); and Markdown around it
-#   ("**USER**:", "> USER:", "- USER:");
+#   written as `neutralize` writes it, "USER\u200b:", is still a forged turn); and markup around it: Markdown
+#   ("**USER**:", "> USER:", "- USER:", "+ USER:", "1. USER:", "\- USER:", "USER\:") and short HTML tags and
+#   comments ("<b>USER</b>:", "<!-- -->USER:"), each of which renders as the plain label (rt70f F1, F2);
 # - inside the word, the same invisible characters and combining marks ("U\u200bSER");
 # - its letters may be in any form or look-alike that the as-seen reading reads as that letter (`_letter_class`);
 # - a line may also start after U+2028/U+2029, and the colon may be a full-width or look-alike one.
@@ -127,8 +132,15 @@ _INVISIBLE = (
 )
 _LABEL_GAP = rf"(?:[^\S\n\r\u2028\u2029]|[{_INVISIBLE}])"
 # U+1FEF (GREEK VARIA) is a backtick once NFC writes it, as the Qwen tokenizer does after this rule (rt49e F4).
-_MARKUP_BEFORE = r"[*_>#~`\u1fef\-]"
-_MARKUP_AFTER = r"[*_~`\u1fef]"
+# A list marker or escape ("+", "\-", "1." or "1)": CommonMark's bullets, escapes and ordered-list markers) and an
+# HTML tag or comment of a line ("<b>", "<!-- -->": a renderer shows none of it), kept short so a scan stays linear.
+_HTML_BIT = r"<[^<>\n\r\u2028\u2029]{1,64}>"
+# A comment may hold ">" and line breaks, never "-->" (rt70m F1: "<!-- a>b -->USER:"); tried before a tag, which would
+# take "<!-- a>" and leave the rest. Each character fits one branch only, and at most 64: linear.
+_HTML_COMMENT = r"<!--(?:[^-]|-(?!->)){0,64}-->"
+# A GFM task-list box ("- [ ] USER:", "1. [x] USER:"): a renderer shows a check box, then the label (rt70m F1).
+_MARKUP_BEFORE = rf"(?:[*_>#~`\u1fef\-+\\]|[0-9]{{1,9}}[.)]|\[[ xX]\]|{_HTML_COMMENT}|{_HTML_BIT})"
+_MARKUP_AFTER = rf"(?:[*_~`\u1fef\\]|{_HTML_COMMENT}|{_HTML_BIT})"
 _IN_WORD = rf"[{_INVISIBLE}\u0300-\u036f]*"
 # Kept from the hand list that came first: capitals whose small letter the as-seen reading reads as no letter or
 # another one ("ε", "ϝ"; "ν" reads "v", "υ" "u"). `_letter_class` adds the other case of each.
@@ -163,7 +175,9 @@ def _letter_class(letter: str) -> str:
 
 
 def _label_word(word: str) -> str:
-    return _IN_WORD.join(f"[{_letter_class(c)}]" if c != " " else " " for c in word)
+    # Between words, any gap a reader reads as a space ("SAFETY\u00a0POLICY", a tab, two spaces: rt70f F4); not
+    # joined with `_IN_WORD`, whose characters the gap also takes (nested runs of them backtrack polynomially).
+    return f"{_LABEL_GAP}++".join(_IN_WORD.join(f"[{_letter_class(c)}]" for c in part) for part in word.split(" "))
 
 
 #: The labels content must not write at a line's start: the turns of the conversation text, and the lines of the
@@ -188,9 +202,11 @@ class _LineLabel:
     def __init__(self, words: tuple[str, ...]) -> None:
         # Case-insensitive too: Python's case folding links letters no letter class holds to a label's (dotless and
         # dotted i, the lunate epsilon, Cyrillic's rounded o: rt66r F1, caught before the classes, missed by them).
+        # Possessive: no gap or markup character is a label's first letter or a colon, so none given back could match;
+        # a line of markup is read once, not once more from each of its characters on.
         self.label = re.compile(
-            rf"(?:{_LABEL_GAP}|{_MARKUP_BEFORE})*"
-            rf"(?:{'|'.join(map(_label_word, words))})(?:{_LABEL_GAP}|{_MARKUP_AFTER})*(?=[{_TURN_COLONS}])",
+            rf"(?:{_LABEL_GAP}|{_MARKUP_BEFORE})*+"
+            rf"(?:{'|'.join(map(_label_word, words))})(?:{_LABEL_GAP}|{_MARKUP_AFTER})*+(?=[{_TURN_COLONS}])",
             re.IGNORECASE,
         )
         self.after_break = re.compile(rf"[\n\r\u2028\u2029]({self.label.pattern})", re.IGNORECASE)
@@ -215,7 +231,9 @@ class _Labels:
         self.tags = re.compile(
             r"<(?=\|[A-Za-z0-9_.\-]{1,64}\|>"
             r"|/?(?:think|tool_call|tool_response)>"
-            rf"|(?:{_label_word('BEGIN')}|{_label_word('END')}) (?:{blocks})>)",
+            # Gaps inside the brackets too ("< END CONVERSATION >"); one already broken ("<\u200b...") is left as it is.
+            rf"|(?!{ZWSP}){_LABEL_GAP}*+(?:{_label_word('BEGIN')}|{_label_word('END')}){_LABEL_GAP}++(?:{blocks})"
+            rf"{_LABEL_GAP}*+>)",
             re.IGNORECASE,
         )
 
@@ -228,19 +246,25 @@ def _labels() -> _Labels:
 _LINE_END = re.compile(r"\r\n|[\n\r\u2028\u2029]")
 
 
-def clean_text(text: str) -> str:
+def clean_text(text: str, keep_lone_cr: bool = False) -> str:
     """Entry rule for every text the guard sees: lone surrogates → U+FFFD; a run of control characters
     between two letters or digits (or the text's end) → U+2063 (INVISIBLE SEPARATOR, read both ways by
-    `as_seen_pieces`); other control characters removed (tab, newline and carriage return kept).
+    `as_seen_pieces`); other control characters removed (tab, newline and CRLF kept); a lone carriage return (one
+    not followed by a line feed) → a line feed, so that text handed on cannot rewrite itself on a terminal the way
+    the guard did not read it (`overstrike`, rt70a F1). ``keep_lone_cr``: kept, for a text checked whole, whose
+    reading as a terminal shows it needs them (the planner turns them into line feeds in what it judges), and for a
+    stream delta, whose last CR may be half a CRLF.
 
-    >>> clean_text("bo\\x00mb \\x1b[0m \\ud800")
-    'bo\\u2063mb [0m \\ufffd'
+    >>> clean_text("bo\\x00mb \\x1b[0m \\ud800\\r.")
+    'bo\\u2063mb [0m \\ufffd\\n.'
     """
     if text.isascii():
-        return _without_controls(text) if not text.isprintable() else text
-    if _SURROGATE.search(text):
+        if text.isprintable():
+            return text
+    elif _SURROGATE.search(text):
         text = _SURROGATE.sub("\ufffd", text)
-    return _without_controls(text)
+    text = _without_controls(text)
+    return text if keep_lone_cr or "\r" not in text else LONE_CR.sub("\n", text)
 
 
 def is_blank(text: str) -> bool:
@@ -873,9 +897,12 @@ def as_seen_pieces(text: str, check: Callable[[], None] | None = None) -> list[s
     the stretch before it (`AS_SEEN_CARRIED_CHARS`), so neighbouring stretches share a piece; when they add up to half
     the text or more, the whole text is read as one piece (the cost stays at most the text's own). Linear in the
     text: places are merged before any stretch is widened. Text with an embedding, override or isolate control is also read in display order
-    (`read_as_displayed`), line by line from the first such control. ``check``: the planner's deadline check, called
+    (`read_as_displayed`), line by line from the first such control; each line holding a lone CR as a terminal shows
+    it (`overstrike`). ``check``: the planner's deadline check, called
     between stretches and readings (each reading of a long text takes a while: late or abandoned work stops there)."""
     pieces = _unseen_pieces(text, check)
+    if "\r" in text:  # only where CRs are kept (`clean_text`'s keep_lone_cr): a text checked whole
+        pieces += [p for p in _overlaid_pieces(text, check) if p not in pieces]
     if not may_render_differently(text):
         return pieces
     if may_read_as_xml(text):
@@ -1425,12 +1452,47 @@ def _displayed_pieces(text: str) -> list[str]:
     return [p for p in pieces if p]
 
 
-def _packed_once(text: str, stretches: list[tuple[int, int]], read: Callable[[str], str]) -> list[str]:
+def _overlaid_pieces(text: str, check: Callable[[], None] | None = None) -> list[str]:
+    """The lines holding a lone CR (with `AS_SEEN_CONTEXT` characters around them) as a terminal shows them
+    (`overstrike.read_as_overlaid`: each CR goes back to the line's start, later characters overwrite), read as seen;
+    where they hold non-ASCII characters, also as a notebook's output cell shows them (a UTF-16 code unit a place,
+    not a column: rt70l F1). ``[]`` when the text has none. A stretch starts at a line's start or before it (a CR
+    goes back there), and stretches that meet are merged, so no line holding one is cut. ``check``: the planner's
+    deadline check (`_packed`), also called between lines laid out."""
+    stretches: list[tuple[int, int]] = []
+    for a, b in overlaid_lines(text):
+        lo, hi = _widen(text, a - AS_SEEN_CONTEXT, b + AS_SEEN_CONTEXT)
+        _add_stretch(stretches, (min(lo, a), hi))
+    if not stretches:
+        return []
+    pieces = _packed_once(text, stretches, lambda t: _read_overlaid(t, check), check)
+    if not text.isascii():
+        in_units = _packed_once(text, stretches, lambda t: _read_overlaid(t, check, units=True), check)
+        pieces += [p for p in in_units if p not in pieces]
+    return pieces
+
+
+def _read_overlaid(text: str, check: Callable[[], None] | None, units: bool = False) -> str:
+    """`read_as_seen` of the text as a terminal (or, ``units``, a notebook) shows it; ``""`` where no line holds a
+    lone CR, or a notebook shows it as a terminal does (ASCII)."""
+    if not LONE_CR.search(text) or (units and text.isascii()):
+        return ""
+    return read_as_seen(read_as_overlaid(text, check, units))
+
+
+def _packed_once(
+    text: str,
+    stretches: list[tuple[int, int]],
+    read: Callable[[str], str],
+    check: Callable[[], None] | None = None,
+) -> list[str]:
     """`_packed` for a reading that is ``""`` where nothing changes, the whole text read at once (not the stretches,
     then the text) when the stretches are half of it or more."""
     if 2 * sum(b - a for a, b in stretches) > len(text):
+        if check is not None:
+            check()
         return [read(text).strip()]
-    return _packed(text, stretches, read)
+    return _packed(text, stretches, read, check=check)
 
 
 def _add_stretch(stretches: list[tuple[int, int]], stretch: tuple[int, int]) -> None:

@@ -6,26 +6,28 @@ whole prompt does not fit in ``max_prompt_tokens``, `WindowPlanner` builds windo
 - **Context, trimmed in linear time.** Each earlier turn is tokenized once, newest first, and the
   turns are kept while their token counts (summed, plus each role's fixed label cost) fit the context
   share of a window: all of the room the judged turn leaves when it fits in one window, a quarter of
-  a window when it must be windowed itself. Older turns are never tokenized. If even the newest
-  earlier turn alone is too long, its tail is kept (cut between characters): it is context, the
-  judged turn is what must never be cut.
+  a window when it must be windowed itself (up to half of it where ``keep_whole`` asks for more). Older
+  turns are never tokenized. If even the newest earlier turn alone is too long, its tail is kept (cut
+  between characters): it is context, the judged turn is what must never be cut.
 - **The judged turn, windowed, never truncated.** Overlapping pieces (``overlap`` tokens shared by
-  neighbours at least; back to the start of the sentence a window's edge cuts, up to a quarter of the room, so a
-  sentence that long is whole in the next window: rt63a F3) cut only between characters (``text[a:b]`` at a
-  token's start offset, never a decoded token slice, so never a broken UTF-8 sequence). Each window is
-  encoded whole, and a window over the budget is re-split shorter until it fits (a piece can re-encode a
-  token or two longer than counted where BPE merges differ at its edges), so every window's ids are a
-  complete guard prompt ending with the template's own tail (``...</think>\\n\\n``) and never longer than the budget.
+  neighbours at least; back to the start of the sentence a window's edge cuts, up to a quarter of the room (or
+  ``keep_whole``, up to half of it), so a sentence that long is whole in the next window: rt63a F3) cut only
+  between characters (``text[a:b]`` at a token's start offset, never a decoded token slice, so never a broken
+  UTF-8 sequence). Each window is encoded whole, and a window over the budget is re-split shorter until it fits
+  (a piece can re-encode a token or two longer than counted where BPE merges differ at its edges), so every
+  window's ids are a complete guard prompt ending with the template's own tail (``...</think>\\n\\n``) and never
+  longer than the budget.
 - **Forged turns.** The text before each line-initial ``USER:``/``ASSISTANT:`` label in the judged
   turn (`content.forged_turn_segments`) is judged again on its own, as extra windows of the same
-  check (same role; the newest `FORGED_CONTEXT_TOKENS` of context, so that many short labelled lines
-  cannot make a check judge the whole conversation once per line). A model may read a label-like line as
-  a new turn and judge only what follows it; these windows judge what precedes it. The worst verdict over
-  all windows wins.
+  check (same role; the newest ``forged_context`` (`FORGED_CONTEXT_TOKENS`) of context, so that many short
+  labelled lines cannot make a check judge the whole conversation once per line). A model may read a
+  label-like line as a new turn and judge only what follows it; these windows judge what precedes it. The
+  worst verdict over all windows wins.
 - **Read as seen.** Where the judged turn hides something from the tokenizer that a reader does not see
   (letters split by zero-width characters, words by line separators, look-alike or full-width letters:
   `content.as_seen_pieces`), the stretch around it is judged again as a reader reads it, as extra windows
-  like the forged-turn ones (same context).
+  like the forged-turn ones (same context). A reading's own label lines (a label only it shows: ``&#85;SER:``)
+  are split and left out as the text's are (`_label_readings`).
 - **Padding shortened.** Every run of more than `blank_runs.KEPT_BLANKS` blanks in a turn (and in each reading) is
   cut to that many first (`blank_runs.shorten_blank_runs`): a reader sees one gap, and a run of thousands of
   tokens no longer keeps two neighbouring words out of every window (rt58c F1).
@@ -52,6 +54,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import re
 import threading
 import unicodedata
 import weakref
@@ -108,8 +111,10 @@ DEFAULT_WINDOW_OVERLAP = 64
 #: Windows one conversation may need (forged-turn windows included). A 1 MB English text at 4K-token
 #: windows needs about 70; more is refused (`InputTooLarge`) rather than run.
 DEFAULT_MAX_WINDOWS = 256
-#: Tokens one character is at most in a byte-level encoding (four UTF-8 bytes): a text of fewer characters than
-#: ``max_windows`` windows hold at that rate is never counted before its readings (`WindowPlanner.plan`).
+#: Tokens one character of NFC text is at most in a byte-level encoding (four UTF-8 bytes): a text in NFC of fewer
+#: characters than ``max_windows`` windows hold at that rate is never counted before its readings
+#: (`WindowPlanner.plan`). Any other text is: Qwen3's normalizer (NFC) makes up to three characters of one, U+FB2C
+#: five tokens and U+1D160 six (rt70h F2).
 MAX_TOKENS_PER_CHAR = 4
 #: Windows one backend call may plan over all of its conversations, where the caller sets a budget (``qwenguard
 #: serve``: ``--max-windows-per-request``, for the request being served). ``max_windows`` bounds one conversation,
@@ -282,6 +287,49 @@ def _as_seen_turns(context: list[dict[str, str]]) -> list[dict[str, str]] | None
     return seen if changed else None
 
 
+#: Runs of blanks: a reading's piece that differs from one taken before only in them (a no-break space read as a
+#: space, as in French "USER\u00a0:") adds no window (`_label_readings`).
+_BLANKS = re.compile(r"\s+")
+
+
+def _label_readings(
+    readings: list[str], taken: list[str], most: int, *, written: list[str]
+) -> tuple[list[str], list[str]]:
+    """The forged-turn segments of the judged turn's ``readings`` (`as_seen_pieces`), and each reading without its
+    verdict lines (`forged_turn_segments`, `without_verdict_lines`: what the text as written gets), prepared; less
+    what ``taken`` (the pieces planned) holds already, blanks aside, and less a segment that is how one of the
+    ``written`` forged-turn segments reads: a reading is split only where it shows a label the text does not. Past
+    ``most`` pieces in all it stops (the planner refuses what needs more windows than it may plan)."""
+    turns: list[str] = []
+    bare: list[str] = []
+    have: set[str] | None = None
+    for reading in readings:
+        if len(turns) + len(bare) > most:
+            break
+        segments = forged_turn_segments(reading)
+        cut = without_verdict_lines(reading)
+        if not segments and cut == reading:
+            continue
+        if have is None:
+            have = {_BLANKS.sub(" ", p) for p in taken}
+            # A transcript whose every turn holds a soft hyphen is read whole again: its label lines, split already
+            # as written, were each planned twice (rt70m F2: 140 turns refused, HEAD judged them in 156 windows).
+            have.update(_BLANKS.sub(" ", prepare_content(r.strip())) for p in written for r in as_seen_pieces(p))
+        turns += [p for p in (prepare_content(s.strip()) for s in segments) if _fresh(p, have)]
+        if cut != reading and cut.strip() and _fresh(piece := prepare_content(cut), have):
+            bare.append(piece)
+    return turns, bare
+
+
+def _fresh(piece: str, have: set[str]) -> bool:
+    """Whether ``piece`` is not in ``have`` (blanks aside); it is from now on."""
+    key = _BLANKS.sub(" ", piece)
+    if key in have:
+        return False
+    have.add(key)
+    return True
+
+
 def _padding_read_turns(earlier: list[dict[str, str]]) -> list[dict[str, str]] | None:
     """``earlier`` with each turn padded by runs of format characters between blanks (`padding_read`: bidi pairs,
     tags) read as its blanks; ``None`` when no turn is. A context turn padded so pushed its words out of the judged
@@ -318,7 +366,7 @@ def final_run(messages: Sequence[dict[str, str]]) -> str | None:
             break
     if not any(t.strip() for t in raw[1:]):  # a lone turn (every answer to a question): nothing read again
         return None
-    texts = [clean_text(t) for t in reversed(raw)]
+    texts = [clean_text(t, keep_lone_cr=True) for t in reversed(raw)]
     shown = sum(1 for t in texts if not is_blank(t))
     if shown < 2 and (shown == 0 or role != "assistant" or not is_blank(texts[-1])):  # the judged turn's text alone
         return None
@@ -340,7 +388,9 @@ def _sentence_start(piece: str, starts: list[int], lo: int, j: int) -> int:
 
 
 class TokenCounter(Protocol):
-    """What the planner needs from an encoder (`ConversationEncoder` is one)."""
+    """What the planner needs from an encoder (`ConversationEncoder` is one). A counter that counts other units than
+    tokens may name them (``unit``, e.g. ``"bytes"``) and say how to count finer (``advice``): the planner's
+    `InputTooLarge` words its limit so."""
 
     def encode(self, messages: Sequence[dict[str, Any]]) -> Sequence[int]: ...
 
@@ -405,13 +455,24 @@ class WindowPlanner:
         max_prompt_tokens: int,
         overlap: int = DEFAULT_WINDOW_OVERLAP,
         max_windows: int = DEFAULT_MAX_WINDOWS,
+        keep_whole: int | None = None,
+        forged_context: int = FORGED_CONTEXT_TOKENS,
     ) -> None:
+        """``keep_whole``: what a window keeps whole back from its edge (a sentence the edge cuts) and of the earlier
+        turns beside a windowed turn, up to half the room; ``None``: a quarter of the room (the local guard's
+        windows). ``forged_context``: context a forged-turn piece's window carries at most (`FORGED_CONTEXT_TOKENS`).
+        Both in the encoder's units: a counter of bytes keeps as much text whole as tokens do only where they are
+        given in bytes (`remote_plan.RemotePlanner`: rt70e F1)."""
         if max_prompt_tokens < 1 or overlap < 0 or max_windows < 1:
             raise ValueError("max_prompt_tokens and max_windows must be >= 1, overlap >= 0")
+        if (keep_whole is not None and keep_whole < 0) or forged_context < 0:
+            raise ValueError("keep_whole and forged_context must be >= 0")
         self.encoder = encoder
         self.budget = max_prompt_tokens
         self.overlap = overlap
         self.max_windows = max_windows
+        self.keep_whole = keep_whole
+        self.forged_context = forged_context
         self._label_cost: dict[tuple[str, str], int] = {}
         self._base: dict[str, int] = {}
         self._astral_bound: int | None = None  # `_astral_per_token`, once read (0: no bound)
@@ -445,10 +506,18 @@ class WindowPlanner:
         return self._label_cost[key]
 
     def _too_large(self) -> InputTooLarge:
+        unit = getattr(self.encoder, "unit", "tokens")  # a byte counter's windows are of bytes (rt70e F2)
         return InputTooLarge(
             f"this conversation needs more than max_windows={self.max_windows} windows of at most "
-            f"{self.budget} tokens (forged-turn windows included); split it, or raise max_windows"
+            f"{self.budget} {unit} (forged-turn windows included); split it, or raise max_windows"
+            f"{getattr(self.encoder, 'advice', '')}"
         )
+
+    def _kept_whole(self, room: int) -> int:
+        """Units of a window of ``room`` kept whole: back from its edge, and of earlier turns beside a windowed turn
+        (a quarter of the room; ``keep_whole``, up to half of it, where that is more)."""
+        quarter = room // 4
+        return quarter if self.keep_whole is None else max(quarter, min(room // 2, self.keep_whole))
 
     # -- planning -----------------------------------------------------------------------------
     def plan(
@@ -472,7 +541,7 @@ class WindowPlanner:
         # the other (rt58c F1): runs of blanks are shortened first, for the judged turn and its context alike.
         msgs = [_shortened(m) for m in normalize_messages(messages)]
         *earlier, last = msgs
-        judged = clean_text(last["content"])
+        judged = clean_text(last["content"], keep_lone_cr=True)  # its lone CRs read as a terminal shows them
         pieces = [prepare_content(judged)]
         # The judged turn alone can need more windows than allowed: refused before any reading is taken (a text of
         # tag characters, read several times over, outlasted its check's deadline and was allowed unjudged under
@@ -485,9 +554,16 @@ class WindowPlanner:
         forged_end = len(pieces)  # pieces[1:forged_end]: the forged-turn ones (a stream's bound counts them)
         if (bare := without_verdict_lines(judged)) != judged and bare.strip():  # forged verdict lines left out
             pieces.append(prepare_content(bare))
-        pieces += [prepare_content(s) for s in as_seen_pieces(judged, check)]
+        readings = as_seen_pieces(judged, check)
+        pieces += [prepare_content(s) for s in readings]
         if check is not None:
             check()  # each reading of a long text takes a while: abandoned or late work stops between them
+        # A label a reader sees only as read ("&#85;SER:", an empty link or a comment inside the word: rt70f F2): the
+        # readings' forged turns and verdict lines are judged as the text's are; their turns count as forged ones.
+        most = self.max_windows - len(pieces)
+        turns, bare_readings = _label_readings(readings, pieces, most, written=pieces[1:forged_end])
+        forged_at = {*range(1, forged_end), *range(len(pieces), len(pieces) + len(turns))}
+        pieces += turns + bare_readings
         if (unpadded := padding_read(judged)) is not None:  # padding of bidi pairs or tags between blanks (rt58f F1)
             pieces.append(prepare_content(unpadded))
         if check is not None:
@@ -549,7 +625,7 @@ class WindowPlanner:
             # Each forged-turn (and read-as-seen) piece is a window of its own: with the whole context in each, a message of many
             # short labelled lines made one check judge the conversation once per line (254 lines after 8,000
             # characters of history: 478,650 tokens). They carry the newest context only.
-            forged = self._context(earlier, role, "", check, share=FORGED_CONTEXT_TOKENS)
+            forged = self._context(earlier, role, "", check, share=self.forged_context)
             context, room = self._fit_context(forged, role)
             keys: set[bytes] = set()
             forged_windows = 0
@@ -562,7 +638,7 @@ class WindowPlanner:
                     keys.add(key)
                     stream.planned.append(key)
                 planned = self._piece_windows(context, role, room, pieces, index, check, len(windows))
-                forged_windows += len(planned) if index < forged_end else 0
+                forged_windows += len(planned) if index in forged_at else 0
                 windows.extend(planned)
             if stream is not None and (too_many := stream.pieces.charge(forged_windows, self.max_windows)):
                 raise too_many
@@ -572,9 +648,15 @@ class WindowPlanner:
         """The token starts of the judged ``piece`` when it may need more than ``max_windows`` windows (else ``None``,
         nothing tokenized); `InputTooLarge` when it does. A window holds at most the room the empty guard prompt leaves,
         so the piece needs at least tokens / room windows: a bound that never refuses what fits. Counted only past
-        `MAX_TOKENS_PER_CHAR` tokens a character: below, the piece cannot need that many (prose stays untokenized)."""
+        `MAX_TOKENS_PER_CHAR` tokens a character, or at three times that rate when not in NFC: below, the piece cannot
+        need that many (prose stays untokenized)."""
         room = self.budget - self._empty_prompt(role)
-        if room < 1 or len(piece) * MAX_TOKENS_PER_CHAR <= self.max_windows * room:
+        cap = self.max_windows * room
+        # NFC makes three characters of one at most (UAX #15): a text not in it may have three times the tokens.
+        if room < 1 or (
+            len(piece) * MAX_TOKENS_PER_CHAR <= cap
+            and (3 * len(piece) * MAX_TOKENS_PER_CHAR <= cap or unicodedata.is_normalized("NFC", piece))
+        ):
             return None
         # Characters past the BMP first, counted without tokenizing (a text of tag characters tokenized 9 s a
         # million): each is a token of its own at least, or shares one with at most `_astral_per_token` others.
@@ -613,9 +695,9 @@ class WindowPlanner:
         room = self.budget - self._empty_prompt(role)
         if share is None:
             size = len(self.encoder.content_token_starts(judged)) if len(judged) <= 8 * room else room
-            share = room - size - 2 if size <= room // 2 else room // 4
+            share = room - size - 2 if size <= room // 2 else self._kept_whole(room)
         else:
-            share = min(share, room // 4)
+            share = min(share, self._kept_whole(room))
         kept: list[dict[str, str]] = []
         used = 0
         for turn in reversed(earlier):
@@ -674,8 +756,9 @@ class WindowPlanner:
         n = len(starts)
         overlap = min(self.overlap, room // 4)
         # A sentence cut at a window's edge starts the next window whole, however long (up to a quarter of the room:
-        # at most a third more windows): 64 shared tokens missed a 120-token clause laid across the edge (rt63a F3).
-        reach = max(overlap, room // 4)
+        # at most a third more windows; `_kept_whole`): 64 shared tokens missed a 120-token clause laid across the edge
+        # (rt63a F3).
+        reach = max(overlap, self._kept_whole(room))
         out: list[Window] = []
         i = 0
         while True:

@@ -146,7 +146,8 @@ def create_app(
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         """The guard model's answer for a conversation, as an OpenAI chat completion; 502 ``guard_error``
         when the guard gives no verdict for it (`raw_text`)."""
-        return await chat_answer(body, service.chat_conversation(body), request.headers.get(REQUEST_ID_HEADER))
+        conversation = await service.achat_conversation(body)
+        return await chat_answer(body, conversation, request.headers.get(REQUEST_ID_HEADER))
 
     async def chat_answer(body: ChatCompletionRequest, conversation: list[dict[str, str]], asked: str | None) -> Any:
         ((outcome, _),) = await service.classify([conversation])
@@ -203,7 +204,8 @@ def create_app(
         502 ``guard_error`` when the guard gives no verdict for it."""
         check_model(body.model, name)
         messages = await service.read_prompt(body.prompt)  # off the event loop when large
-        return await completion_answer(body, service.sized(messages), request.headers.get(REQUEST_ID_HEADER))
+        conversation = await service.asized(messages)
+        return await completion_answer(body, conversation, request.headers.get(REQUEST_ID_HEADER))
 
     async def completion_answer(body: CompletionRequest, conversation: list[dict[str, str]], asked: str | None) -> Any:
         ((outcome, _),) = await service.classify([conversation])

@@ -22,7 +22,7 @@ from .connections import ClientStalled, pipelined_answers, sent_within, unsent_b
 from .limits import LARGE_BODY_BYTES, LimitExceeded, Limits
 from .metrics import SERVED_PATHS, Metrics
 from .schemas import ApiError, ModerationRequest, error_json, validation_error_json
-from .service import REQUEST_DEADLINE, Service
+from .service import REQUEST_CLIENT, REQUEST_DEADLINE, Service
 from .stream_protocol import CLOSE_UNAUTHORIZED, CLOSE_UNAVAILABLE
 from .turns import ClientTurns, NoTurn, ParseTurns, QueueFull, client_address
 
@@ -304,6 +304,7 @@ class Gate:
                 # and the answer is sent by it.
                 sends_by = None if timeout is None else time.monotonic() + timeout
                 REQUEST_DEADLINE.set(sends_by)
+                REQUEST_CLIENT.set(client)
                 status_holder["sends_by"] = sends_by  # the answer's too: from the body's deadline to the request's
                 # One client address is served at most `requests_per_client` requests at once; its next ones
                 # wait for one of its own to finish, so it cannot hold every slot and keep others out.

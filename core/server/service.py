@@ -19,7 +19,13 @@ from ..cache import cache_key
 from ..errors import GuardTimeout, GuardUnavailable, InputTooLarge, VerdictParseError
 from ..excused_split import ExcusedSplit, is_excused
 from ..formats.content import clean_text, is_blank
-from ..formats.conversations import answer_or_prefill, least_contexts, without_blank_context
+from ..formats.conversations import (
+    answer_or_prefill,
+    least_contexts,
+    rendered_answer_size,
+    without_blank_context,
+)
+from ..formats.overstrike import LONE_CR
 from ..formats.prompts import (
     GENERATION_PREFIX,
     SAFETY_LABELS,
@@ -29,7 +35,7 @@ from ..formats.prompts import (
     text_size,
 )
 from ..formats.windows import CALL_WINDOW_BUDGET, window_budget
-from ..guard import PREPARE_ON_LOOP_CHARS
+from ..guard import PREPARE_ON_LOOP_CALL_CHARS, PREPARE_ON_LOOP_CHARS
 from ..policy import Action, Decision, Policy, quoted
 from ..verdict import Risk, Stage, Verdict, worst
 from .limits import LimitExceeded, Limits
@@ -45,7 +51,7 @@ from .schemas import (
     ModerationResponse,
     ModerationResult,
 )
-from .turns import ParseTurns
+from .turns import NoTurn, ParseTurns
 
 logger = logging.getLogger("qwenguard.server")
 
@@ -54,6 +60,9 @@ logger = logging.getLogger("qwenguard.server")
 REQUEST_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "qwenguard_request_deadline", default=None
 )
+#: The client address of the HTTP request being served (`turns.client_address`), set by the gate: whose turn a
+#: request's work off the loop takes (`Service.prepared`).
+REQUEST_CLIENT: contextvars.ContextVar[str] = contextvars.ContextVar("qwenguard_request_client", default="unknown")
 
 _TURN_SPLIT = re.compile(r"\n\n(?=(?:USER|ASSISTANT): )")
 _PROMPT_HEAD = "<|im_start|>user\n"
@@ -68,24 +77,28 @@ def conversation_from_prompt(prompt: str) -> list[dict[str, str]]:
     """Read the conversation back out of a prompt written by `render_prompt`.
 
     Raises ``ValueError`` unless rendering the result gives back exactly ``prompt`` (after the content
-    rule's `clean_text`, which `render_prompt` applies too). Content that itself contains
+    rule's `clean_text`, which `render_prompt` applies too). The contents keep their lone CRs, as a chat request's
+    do: a text checked whole is read as a terminal shows it too. Content that itself contains
     ``"\\n\\nUSER: "`` reads back as more turns; the rendered text, which is all the model sees, is the
     same either way.
     """
-    prompt = clean_text(prompt)
+    kept = clean_text(prompt, keep_lone_cr=True)  # its lone CRs kept: read as a terminal shows them (rt70l F3)
+    prompt = LONE_CR.sub("\n", kept) if "\r" in kept else kept  # as rendered; the same length, so offsets agree
     if not (prompt.startswith(_PROMPT_HEAD) and prompt.endswith(_PROMPT_TAIL)):
         raise ValueError("prompt is not a Qwen3Guard-Gen prompt (render it with qwenguard's render_prompt)")
     start = prompt.find("<BEGIN CONVERSATION>\n\n")
     end = prompt.rfind("\n\n<END CONVERSATION>\n\n")
     if start < 0 or end < start:
         raise ValueError("prompt has no <BEGIN CONVERSATION> ... <END CONVERSATION> block")
-    body = prompt[start + len("<BEGIN CONVERSATION>\n\n") : end]
+    at = start + len("<BEGIN CONVERSATION>\n\n")
     messages: list[dict[str, str]] = []
-    for turn in _TURN_SPLIT.split(body):
-        label, sep, content = turn.partition(": ")
+    for turn in _TURN_SPLIT.split(prompt[at:end]):
+        label, sep, _ = turn.partition(": ")
         if not sep or label not in ("USER", "ASSISTANT"):
             raise ValueError("prompt conversation turns must start with 'USER: ' or 'ASSISTANT: '")
+        content = kept[at + len(label) + len(sep) : at + len(turn)]  # the turns as rendered, the content as sent
         messages.append({"role": "user" if label == "USER" else "assistant", "content": content})
+        at += len(turn) + 2  # the "\n\n" between turns
     if render_prompt(messages) != prompt:
         raise ValueError("prompt does not match the official Qwen3Guard-Gen rendering of its conversation")
     return messages
@@ -135,6 +148,13 @@ _ACTION_RANK = {Action.BLOCK: 0, Action.FLAG: 1, Action.ALLOW: 2}
 #: `Service.moderation_work`'s result: the conversations as judged, the policy, the request behind each one's last
 #: turn of markup alone (or ``None``).
 ModerationWork = tuple[list[list[dict[str, str]]], Policy, list["list[dict[str, str]] | None"]]
+#: `normalized`'s result: a conversation as the guard takes it, the request behind its last turn of markup alone.
+Normalized = tuple[list[dict[str, str]], "list[dict[str, str]] | None"]
+
+
+def _moderation_work(pairs: list[Normalized], policy: Policy) -> ModerationWork:
+    convs, requests = zip(*pairs) if pairs else ((), ())
+    return list(convs), policy, list(requests)
 
 
 def strictest(decisions: Sequence[Decision]) -> Decision:
@@ -270,20 +290,35 @@ class Service:
 
     # -- each route's synchronous work on its parsed body: validation, rendering, size checks. On the event
     # loop for small bodies; in a thread, with the parse, for large ones (`gate.Gate._off_loop`).
+    # Each has an async twin for a body read on the loop, which renders a long final answer of markup off it
+    # (`prepared`).
     def moderation_work(self, body: ModerationRequest) -> ModerationWork:
         """`moderate`'s conversations as the guard takes them, the policy to decide them by, and the request behind
         each one's last turn of markup alone, judged as well (`normalized`)."""
+        raw, policy = self._moderation_turns(body)
+        return _moderation_work([normalized(conv) for conv in raw], policy)
+
+    async def amoderation_work(self, body: ModerationRequest) -> ModerationWork:
+        raw, policy = self._moderation_turns(body)
+        return _moderation_work(await self.prepared(raw), policy)
+
+    def _moderation_turns(self, body: ModerationRequest) -> tuple[list[list[dict[str, str]]], Policy]:
         check_model(body.model, self.model_name)
         raw = self.judged(body.conversations)  # text and tool calls
-        policy = self.policy_for(body.policy)
-        convs, requests = zip(*(normalized(conv) for conv in raw)) if raw else ((), ())
-        return list(convs), policy, list(requests)
+        return raw, self.policy_for(body.policy)
 
     def chat_conversation(self, body: ChatCompletionRequest) -> list[dict[str, str]]:
         """A chat completion's conversation as the guard takes it: nothing sent goes unjudged."""
+        return normalize(self._chat_turns(body))
+
+    async def achat_conversation(self, body: ChatCompletionRequest) -> list[dict[str, str]]:
+        ((conversation, _),) = await self.prepared([self._chat_turns(body)])
+        return conversation
+
+    def _chat_turns(self, body: ChatCompletionRequest) -> list[dict[str, str]]:
         check_model(body.model, self.model_name)
         (raw,) = self.judged([body.messages])
-        return normalize(raw)
+        return raw
 
     def completion_conversation(self, body: CompletionRequest) -> list[dict[str, str]]:
         """A raw completion's conversation, read back out of its prompt (`prompt_conversation`)."""
@@ -294,6 +329,29 @@ class Service:
         """One conversation, size-checked (`check_size`) and normalized."""
         self.check_size([messages])
         return normalize(messages)
+
+    async def asized(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        self.check_size([messages])
+        ((conversation, _),) = await self.prepared([messages])
+        return conversation
+
+    async def prepared(self, turns: list[list[dict[str, str]]]) -> list[Normalized]:
+        """`normalized` of each of ``turns`` (conversations as judged), on the event loop, or where their final
+        answers may render differently and are long (`rendered_answer_size`, in all past `PREPARE_ON_LOOP_CALL_CHARS`)
+        in a thread, in one of `ParseTurns`' turns as a large body's work is: rendering markup takes microseconds a
+        character, and 16,633 empty tags in a 32 KB body held every client 0.3 s (rt70h F1). 503 when no turn came."""
+
+        def work() -> list[Normalized]:
+            return [normalized(conversation) for conversation in turns]
+
+        if sum(rendered_answer_size(conversation) for conversation in turns) <= PREPARE_ON_LOOP_CALL_CHARS:
+            return work()
+        try:
+            return await self.parsing.in_thread(REQUEST_CLIENT.get(), self.time_left(), work)
+        except NoTurn:
+            raise ApiError(
+                503, "server busy: too many requests waiting to be read", "overloaded", {"Retry-After": "1"}
+            ) from None
 
     def time_left(self) -> float | None:
         """Seconds the request being served has left: ``request_timeout_s`` from when its body was in
@@ -481,7 +539,7 @@ class Service:
 
     def _too_large(self, exc: InputTooLarge) -> ApiError:
         self.metrics.rejected.labels("work_size").inc()
-        return ApiError(413, str(exc), "request_too_large")
+        return ApiError(413, too_large_message(exc), "request_too_large")
 
     async def _by_wait(
         self,
@@ -575,7 +633,7 @@ class Service:
         """Verdicts for a batch of conversations, in order, with the Policy's decision for each. ``work``:
         `moderation_work` already done (in the gate's thread)."""
         metrics, name = self.metrics, self.model_name
-        convs, policy, requests = work if work is not None else self.moderation_work(body)
+        convs, policy, requests = work if work is not None else await self.amoderation_work(body)
         # The request behind a last turn of markup alone is judged too, in the same call, and decided at the prompt
         # stage: the stricter decision stands (rt63g F2).
         behind = {i: len(convs) + k for k, i in enumerate(i for i, r in enumerate(requests) if r is not None)}
@@ -652,7 +710,7 @@ def normalized(messages: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, st
     except (TypeError, ValueError) as exc:
         raise ApiError(400, str(exc), "invalid_request_error") from exc
     for message in out:
-        message["content"] = clean_text(message["content"])
+        message["content"] = clean_text(message["content"], keep_lone_cr=True)  # as the in-process check keeps them
     return answer_or_prefill(without_blank_context(out))
 
 
@@ -817,13 +875,32 @@ def completion_logprobs(outcome: Outcome, text: str, top: int) -> dict[str, Any]
     }
 
 
+def client_error(error: str | None) -> str | None:
+    """A decision's guard error as a client gets it: its type only. Its message stays on the server: it can hold the
+    guard model's raw output or, behind a gateway, an upstream engine's internal address (rt52f F7)."""
+    return None if error is None else error.split(":", 1)[0]
+
+
 def decision_model(decision: Decision) -> DecisionModel:
-    """A decision as a client gets it: a guard error by its type only. Its message stays on the server: it can hold
-    the guard model's raw output or, behind a gateway, an upstream engine's internal address (rt52f F7)."""
+    """A decision as a client gets it: a guard error by its type only (`client_error`)."""
     return DecisionModel(
         allowed=decision.allowed,
         action=decision.action.value,
         stage=decision.stage,
         reason=decision.reason,
-        error=None if decision.error is None else decision.error.split(":", 1)[0],
+        error=client_error(decision.error),
     )
+
+
+#: What a client is told when the guard server behind this one (`Guard.remote`) refused its text as too large.
+UPSTREAM_TOO_LARGE = "the guard's model server refused the text as too large for its limits; split the text"
+
+
+def too_large_message(exc: InputTooLarge) -> str:
+    """The message a client gets for ``exc`` (413 / close 1009): this server's own limits as they are said (they name
+    the fix, ``--max-chars`` and the like); an upstream's refusal (`InputTooLarge.upstream`) by a fixed message, its
+    own text (that server's address, its reply) logged here only (docs/security.md, rt70d F1)."""
+    if not exc.upstream:
+        return str(exc)
+    logger.warning("the guard's model server refused a check as too large: %s", exc)
+    return UPSTREAM_TOO_LARGE

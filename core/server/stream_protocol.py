@@ -20,14 +20,14 @@ from pydantic import ValidationError
 from ..errors import GuardTimeout, GuardViolation, InputTooLarge, QwenGuardError
 from ..formats.content import clean_text
 from ..formats.prompts import normalize_messages
-from ..policy import quoted
+from ..policy import Decision, quoted
 from ..streaming.debounce import DEFAULT_WINDOW
 from ..streaming.monitor_core import DEFAULT_CHECK_EVERY, DEFAULT_CONTEXT, DEFAULT_MIN_SEGMENT
 from ..verdict import Risk
 from .connections import ClientStalled, abort_connection_later, sent_within
 from .limits import LARGE_BODY_BYTES, LimitExceeded, Limits
 from .schemas import ApiError, Message, error_text
-from .service import Service, judged_within
+from .service import Service, client_error, judged_within, too_large_message
 from .turns import NoTurn, client_address
 
 T = TypeVar("T")
@@ -116,16 +116,18 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
                 clock,
                 {
                     "type": "violation",
-                    "decision": v.decision.to_dict(),
+                    "decision": wire_decision(v.decision),
                     "released": "",
-                    "prompt_decision": v.decision.to_dict(),
+                    "prompt_decision": wire_decision(v.decision),
                 },
             )
             raise SessionEnd(CLOSE_NORMAL) from None
+        except InputTooLarge as exc:  # a prompt past the guard's window bound: 1009, as a feed past it (rt70d F2)
+            raise _too_big(exc) from exc
+        except QwenGuardError as exc:  # before ValueError: a VerdictParseError is one, and its message stays here
+            raise _unavailable(exc) from exc
         except (TypeError, ValueError, OverflowError) as exc:  # Overflow: a holdback of 10**30
             raise SessionEnd(CLOSE_BAD_REQUEST, str(exc), "invalid_request_error") from exc
-        except QwenGuardError as exc:
-            raise _unavailable(exc) from exc
         report = _Report(monitor)
         await _send(ws, clock, {"type": "opened", **report.update()})
         clock.progress()
@@ -137,7 +139,7 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
                     text = msg.get("text")
                     if not isinstance(text, str):
                         raise SessionEnd(CLOSE_BAD_REQUEST, "feed needs a string 'text'", "invalid_request_error")
-                    text = clean_text(text)
+                    text = clean_text(text, keep_lone_cr=True)  # a last CR may be half a CRLF: the monitor holds it
                     chars.spend(len(text))
                     if text:
                         clock.progress()
@@ -158,14 +160,14 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
                     clock,
                     {
                         "type": "violation",
-                        "decision": v.decision.to_dict(),
+                        "decision": wire_decision(v.decision),
                         "released": monitor.released,
                         **report.update(final=True),
                     },
                 )
                 raise SessionEnd(CLOSE_NORMAL) from None
             except InputTooLarge as exc:  # over the operator's bound on the session's guard windows: refused
-                raise SessionEnd(CLOSE_TOO_BIG, str(exc), "request_too_large") from exc
+                raise _too_big(exc) from exc
             except QwenGuardError as exc:
                 raise _unavailable(exc) from exc
     except SessionEnd as end:
@@ -186,6 +188,19 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
                 await opener.__aexit__(None, None, None)
             except Exception:  # noqa: BLE001 - the monitor may already have raised its violation
                 pass
+
+
+def _too_big(exc: InputTooLarge) -> SessionEnd:
+    """Close 1009: the session's text is past a guard limit (said as `/v1/moderate` says it: `too_large_message`)."""
+    return SessionEnd(CLOSE_TOO_BIG, too_large_message(exc), "request_too_large")
+
+
+def wire_decision(decision: Decision) -> dict[str, Any]:
+    """A decision as a frame carries it: `Decision.to_dict`, its guard error by type only, as `/v1/moderate` sends
+    it (`client_error`). The message can hold the model's raw output or an upstream's address (rt70d F1)."""
+    out = decision.to_dict()
+    out["error"] = client_error(decision.error)
+    return out
 
 
 def _unavailable(exc: QwenGuardError) -> SessionEnd:
@@ -228,9 +243,10 @@ def _open_args(service: Service, msg: Mapping[str, Any]) -> tuple[Any, Any, dict
             ) from None
         except (TypeError, ValueError) as exc:
             raise SessionEnd(CLOSE_BAD_REQUEST, str(exc), "invalid_request_error") from exc
-        prompt = [{"role": m["role"], "content": clean_text(m["content"])} for m in prompt]
+        # Lone CRs kept: the prompt is checked whole, read as a terminal shows it too, as check_prompt reads it.
+        prompt = [{"role": m["role"], "content": clean_text(m["content"], keep_lone_cr=True)} for m in prompt]
     elif isinstance(msg.get("prompt"), str):
-        prompt = clean_text(msg["prompt"])
+        prompt = clean_text(msg["prompt"], keep_lone_cr=True)
     else:
         raise SessionEnd(
             CLOSE_BAD_REQUEST, "open needs 'prompt' (a string) or 'messages' (a list)", "invalid_request_error"
@@ -412,7 +428,7 @@ class _Report:
         flags = getattr(self.monitor, "flags", [])
         if len(flags) > self.flags_sent:
             new = flags[self.flags_sent :]
-            out["flags"] = [d.to_dict() for d in new[:MAX_FLAGS_PER_FRAME]]
+            out["flags"] = [wire_decision(d) for d in new[:MAX_FLAGS_PER_FRAME]]
             if len(new) > MAX_FLAGS_PER_FRAME:
                 out["flags_omitted"] = len(new) - MAX_FLAGS_PER_FRAME
             self.flags_sent = len(flags)
@@ -421,11 +437,11 @@ class _Report:
         # before it came screens the prompt again on the next replica.
         prompt_decision = getattr(self.monitor, "prompt_decision", None)
         if prompt_decision is not None and not self.prompt_sent:
-            out["prompt_decision"] = prompt_decision.to_dict()
+            out["prompt_decision"] = wire_decision(prompt_decision)
             self.prompt_sent = True
         decision = getattr(self.monitor, "decision", None)
         if decision is not None and not final and not self.decision_sent:
-            out["decision"] = decision.to_dict()
+            out["decision"] = wire_decision(decision)
             self.decision_sent = True
         return out
 

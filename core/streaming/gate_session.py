@@ -94,7 +94,7 @@ class GateSession:
         guard, session = self.guard, self.session
         if session is None:
             return cast(Decision, (await guard.acheck_many([(self.stage, conversation)]))[0])
-        check = guard._prepare(self.stage, conversation)
+        (check,) = await guard._aprepare([(self.stage, conversation)])  # off the loop where large, as acheck_many
         pending = [check] if check.decision is None else []
         outcome: Any = []
         if pending:

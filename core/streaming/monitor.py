@@ -172,6 +172,7 @@ class StreamMonitor(MonitorCore, SyncOnly):
         Raises `GuardViolation` (stage stream, offset set) when the guard blocks the answer."""
         delta = check_delta(delta)
         self._check_feedable()
+        delta = self._crlf_joined(delta)
         if not delta:
             return ""
         self._append(delta)
@@ -197,8 +198,9 @@ class StreamMonitor(MonitorCore, SyncOnly):
     def finish(self) -> str:
         """The answer is complete: score what is left and return the rest of the text."""
         self._check_feedable()
+        held = self.end_cr()
+        out = self.feed(held) if held else ""  # a CR held at the last delta's end: a lone one
         self._settle_prompt_check(wait=True)
-        out = ""
         if self.enabled:
             if self._windows is None:
                 try:
@@ -209,7 +211,7 @@ class StreamMonitor(MonitorCore, SyncOnly):
                     self._abandon()
                     raise
                 else:
-                    out = self._absorb_tokens(verdicts)
+                    out += self._absorb_tokens(verdicts)
             if self._windows is not None:
                 out += self._finish_windows()
         out += self._release_all()
@@ -418,6 +420,7 @@ class AsyncStreamMonitor(MonitorCore, AsyncOnly):
     async def _feed_work(self, delta: str) -> str:
         await self._open_work()
         self._check_feedable()
+        delta = self._crlf_joined(delta)
         if not delta:
             return ""
         self._append(delta)
@@ -454,10 +457,12 @@ class AsyncStreamMonitor(MonitorCore, AsyncOnly):
     async def _finish_work(self) -> str:
         await self._open_work()
         self._check_feedable()
+        held = self.end_cr()
+        early = await self._feed_work(held) if held else ""  # a CR held at the last delta's end: a lone one
         await self._settle_prompt_check(wait=True)
         if self._state != OPEN:
             return ""
-        out = ""
+        out = early
         if self.enabled:
             if self._windows is None:
                 session = self._session
@@ -474,7 +479,7 @@ class AsyncStreamMonitor(MonitorCore, AsyncOnly):
                 else:
                     if self._state != OPEN:
                         return ""
-                    out = self._absorb_tokens(verdicts)
+                    out += self._absorb_tokens(verdicts)
             if self._windows is not None:
                 out += await self._finish_windows()
         if self._state != OPEN:

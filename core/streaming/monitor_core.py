@@ -15,6 +15,7 @@ from typing import Any
 from ..errors import GuardTimeout, GuardUnavailable, GuardViolation, InputTooLarge, StreamClosed
 from ..formats.content import clean_text
 from ..formats.conversations import answer_prefill, prompt_conversation
+from ..formats.overstrike import crlf_joined
 from ..formats.prompts import Message, normalize_messages
 from ..policy import Action, Decision, quoted, require_switch
 from ..verdict import Risk, Stage, Verdict
@@ -41,22 +42,24 @@ OPEN, FINISHED, CLOSED, VIOLATED, FAILED = "open", "finished", "closed", "violat
 
 
 def as_messages(prompt: str | Sequence[Message]) -> list[dict[str, str]]:
-    """The stream's prompt as messages, each content under the one content rule (`clean_text`)."""
+    """The stream's prompt as messages, each content under the one content rule (`clean_text`), its lone CRs kept:
+    the prompt is checked whole, read as a terminal shows it too, as `Guard.check_prompt` reads it (rt70l F4)."""
     if prompt is None:
         raise TypeError("prompt is None; pass the user's prompt or the conversation")
     msgs = prompt_conversation(prompt) if isinstance(prompt, str) else normalize_messages(prompt)
-    return [{"role": m["role"], "content": clean_text(m["content"])} for m in msgs]
+    return [{"role": m["role"], "content": clean_text(m["content"], keep_lone_cr=True)} for m in msgs]
 
 
 def check_delta(delta: object) -> str:
-    """A delta as the monitor judges and releases it: a str under the one content rule (`clean_text`).
+    """A delta under the one content rule (`clean_text`) but for its lone carriage returns, which the monitor turns
+    into line feeds itself (`MonitorCore._crlf_joined`: the last may be half a CRLF).
 
     What is released is what was judged: a lone surrogate comes out as U+FFFD, a NUL not at all."""
     if type(delta) is not str:
         if not isinstance(delta, str):
             raise TypeError(f"delta must be str, got {type(delta).__name__}")
         delta = str(delta)
-    return clean_text(delta)
+    return clean_text(delta, keep_lone_cr=True)
 
 
 def deadline(call: Any, policy: Any, stage: Stage) -> dict[str, Any]:
@@ -197,6 +200,7 @@ class MonitorCore:
         self._released_parts: list[str] = []
         self._released_len = 0
         self._buffer = ""  # fed, not yet released; starts at char offset _released_len
+        self._cr_held = False  # the last delta ended in a CR: judged once the next character shows if it is a CRLF
         # Token engine: (index, start) of the most recent scored tokens.
         self._recent: deque[tuple[int, int]] = deque(maxlen=max(self.holdback, self.window) + 1)
         self._scored = 0
@@ -222,6 +226,19 @@ class MonitorCore:
         if len(self._released_parts) > 1:
             self._released_parts = ["".join(self._released_parts)]
         return self._released_parts[0] if self._released_parts else ""
+
+    def _crlf_joined(self, delta: str) -> str:
+        """``delta`` (from `check_delta`) as judged and released: each lone CR a line feed, as `clean_text` makes it
+        (released text cannot go back over a line it holds, rt70a F1); a CR at its end held until the next character
+        or the end (`end_cr`), so a CRLF cut between two deltas stays one line break."""
+        delta, self._cr_held = crlf_joined(delta, self._cr_held)
+        return delta
+
+    def end_cr(self) -> str:
+        """At the answer's end: ``"\\n"`` for a held CR (a lone one: it is judged and released as a line feed), else
+        ``""``."""
+        held, self._cr_held = self._cr_held, False
+        return "\n" if held else ""
 
     def _append(self, delta: str) -> None:
         """Add fed text to the held text, in place where the allocator can grow it there.
@@ -401,10 +418,12 @@ class MonitorCore:
             self.guard.backend, reread=self.policy.on_error_for(Stage.STREAM) == "allow", policy=self.policy
         )
 
-    def take_over(self, released: str, held: str, failed: Decision | None = None) -> None:
+    def take_over(self, released: str, held: str, failed: Decision | None = None, cr_held: bool = False) -> None:
         """Judge, in Gen windows, a stream another monitor started and cannot go on with (a remote session
         that failed open): ``released`` is out already, ``held`` was fed and waits for its verdict.
-        ``failed``: the decision that ended the other monitor's checking, kept as this one's."""
+        ``failed``: the decision that ended the other monitor's checking, kept as this one's. ``cr_held``: a CR
+        after ``held`` waits for the next character (`crlf_joined`)."""
+        self._cr_held = cr_held
         self._released_parts = [released] if released else []
         self._released_len = len(released)
         self._buffer = held

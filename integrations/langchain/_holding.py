@@ -22,7 +22,8 @@ nothing held beyond what the monitor released is passed on (`MonitorScreen.relea
 model not the tokens ``holdback`` held before the flagged span).
 
 A chunk goes out in the form its text was judged (`as_judged`): its strings under the core's content rule
-(`clean_text`, the rule the monitor applies to each delta), so the consumer holds the text the guard read.
+(`clean_text`, the rule the monitor applies to each delta), so the consumer holds the text the guard read; a CR at
+the end of a chunk's text is carried into the next chunk's (`HeldStream._cr_carried`), as the monitor holds it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from langchain_core.messages.ai import add_ai_message_chunks
 from qwenguard.core import Decision, Guard, GuardUnavailable, GuardViolation
 from qwenguard.core.formats.content import clean_text
 from qwenguard.core.formats.conversations import json_text
+from qwenguard.core.formats.overstrike import crlf_joined
 from qwenguard.core.streaming.gen_windows import RELEASE_UNITS
 from qwenguard.core.streaming.wakeup import UpstreamRace, UpstreamReader
 
@@ -571,6 +573,7 @@ class HeldStream:
         self._streamed_calls = StreamedCallBlocks()
         self._order = BlockOrder()
         self._reading = StreamReading()  # how the chunks' blocks read whole join up (`chunk_text`)
+        self._cr_held = False  # the last chunk's text ended in a CR, carried into the next (`_cr_carried`)
         # Chunks that wrote the last word of a string another broke off mid-sentence (`_broken_off`): by chunk, the
         # strings it waits for, and how much text is released once they were read on (the chunk that read them).
         self._count = 0
@@ -660,7 +663,7 @@ class HeldStream:
     def _hold(self, chunk: Any, held: deque[_Held], fed: int) -> tuple[int, str]:
         """Hold ``chunk`` (`as_judged`: its text as the monitor judges it) until its text is released; the
         characters fed so far, and its text."""
-        chunk = as_judged(chunk)
+        chunk = as_judged(self._cr_carried(chunk))
         text = chunk_text(chunk, self._reading)
         fed += len(text)
         to_end = self._holds_to_end(chunk, held)
@@ -679,6 +682,21 @@ class HeldStream:
         else:
             self._whole = _add(self.whole, summed, self.guard.max_chars)
         return fed, text
+
+    def _cr_carried(self, chunk: Any) -> Any:
+        """``chunk`` with its text (a string chunk, a message's string content) as the local monitor releases it
+        (`crlf_joined`): a CR at its end is carried into the next chunk's text, so a CRLF cut between two chunks
+        stays a CRLF (`as_judged` alone made it two line feeds, rt70l F2), and any other lone CR is a line feed. A CR
+        carried to the answer's end, or into a chunk with no string content, is left out: a lone CR, nothing
+        after it to go back over."""
+        text = chunk if isinstance(chunk, str) else getattr(chunk, "content", None)
+        if not isinstance(text, str) or not isinstance(chunk, (str, BaseMessage)):
+            self._cr_held = False
+            return chunk
+        if not self._cr_held and "\r" not in text:
+            return chunk
+        text, self._cr_held = crlf_joined(clean_text(text, keep_lone_cr=True), self._cr_held)
+        return text if isinstance(chunk, str) else chunk.model_copy(update={"content": text})
 
     def _broken_off(self, runs: Runs, held: deque[_Held], fed: int) -> None:
         """Gate the chunks that wrote the last word of a string broken off mid-sentence (``runs.broken``) until a
