@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 from qwenguard.core.streaming.gen_windows import _CLOSING, _SENTENCE_END, _TERMINAL, ends_clause
 
 T, C = re.escape(_TERMINAL), re.escape(_CLOSING)
-#: The plain (backtracking) forms: a sentence end, and a text that ends a clause.
-PLAIN_SENTENCE_END = re.compile(f"[{T}]+[{C}]*(?=\\s)|\n")
-PLAIN_CLAUSE_END = re.compile(f"(?:[{T}]+[{C}]*|\n)\\s*$")
+#: The plain (backtracking) forms: a sentence end, and a text that ends a clause. A line break alone ends neither, a
+#: blank line does (5ca80ff: hard-wrapped prose was a sentence a line).
+PLAIN_SENTENCE_END = re.compile(f"[{T}]+[{C}]*(?=\\s)|\n[^\\S\n]*\n")
+PLAIN_CLAUSE_END = re.compile(f"(?:[{T}]+[{C}]*|\n\\s*\n)\\s*$")
 
 hostile_text = st.text(alphabet=list(_TERMINAL + _CLOSING + "ab \n\t\u3000"), max_size=40)
 
