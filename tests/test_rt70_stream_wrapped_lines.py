@@ -124,21 +124,25 @@ def _assert_clean(outcomes: dict[int, tuple[bool, int]]) -> None:
     assert not leaked, f"wrap after word k: clause characters out before the stop (of {len(CLAUSE)}): {leaked}"
 
 
+def slow_model(text: str) -> tuple[str, bool]:
+    """``text`` streamed by a model slower than a fresh `ClauseJudge` (`paced`): what was shown, whether stopped."""
+    judge = ClauseJudge()
+    return paced(Guard(judge, Policy(), cache_size=0), judge, text)
+
+
+def aslow_model(text: str) -> tuple[str, bool]:
+    """Async twin of `slow_model` (`apaced`)."""
+    judge = ClauseJudge()
+    return asyncio.run(apaced(Guard(judge, Policy(), cache_size=0), judge, text))
+
+
 # -- the attack: the clause wrapped at each of its word boundaries ------------------------------------------------
 def test_wrapped_clause_reaches_no_consumer_at_any_wrap():
-    def run(text: str) -> tuple[str, bool]:
-        judge = ClauseJudge()
-        return paced(Guard(judge, Policy(), cache_size=0), judge, text)
-
-    _assert_clean(_outcomes(run))
+    _assert_clean(_outcomes(slow_model))
 
 
 def test_wrapped_clause_reaches_no_consumer_async():
-    def run(text: str) -> tuple[str, bool]:
-        judge = ClauseJudge()
-        return asyncio.run(apaced(Guard(judge, Policy(), cache_size=0), judge, text))
-
-    _assert_clean(_outcomes(run))
+    _assert_clean(_outcomes(aslow_model))
 
 
 def test_wrapped_clause_reaches_no_client_of_the_server():
@@ -275,19 +279,11 @@ def _listed_outcomes(run) -> dict[tuple[str, int, int], tuple[bool, int]]:
 def test_clause_on_a_list_line_reaches_no_consumer():
     """F1: the clause on a line of a list, table or plain lines, the ``check_every`` cut swept through its line."""
 
-    def run(text: str) -> tuple[str, bool]:
-        judge = ClauseJudge()
-        return paced(Guard(judge, Policy(), cache_size=0), judge, text)
-
-    _assert_clean(_listed_outcomes(run))  # type: ignore[arg-type]
+    _assert_clean(_listed_outcomes(slow_model))  # type: ignore[arg-type]
 
 
 def test_clause_on_a_list_line_reaches_no_consumer_async():
-    def run(text: str) -> tuple[str, bool]:
-        judge = ClauseJudge()
-        return asyncio.run(apaced(Guard(judge, Policy(), cache_size=0), judge, text))
-
-    _assert_clean(_listed_outcomes(run))  # type: ignore[arg-type]
+    _assert_clean(_listed_outcomes(aslow_model))  # type: ignore[arg-type]
 
 
 BLANK_WRAPS = {"blank line": "\n\n", "blank line with a space": "\n \n", "CRLF blank line": "\r\n\r\n"}
@@ -313,19 +309,11 @@ def _blank_outcomes(run, wraps=WRAPS) -> dict[tuple[str, int], tuple[bool, int]]
 def test_clause_wrapped_at_a_blank_line_reaches_no_consumer():
     """F2: double-spaced hard-wrapped prose, the wrap at each of the clause's word boundaries."""
 
-    def run(text: str) -> tuple[str, bool]:
-        judge = ClauseJudge()
-        return paced(Guard(judge, Policy(), cache_size=0), judge, text)
-
-    _assert_clean(_blank_outcomes(run))  # type: ignore[arg-type]
+    _assert_clean(_blank_outcomes(slow_model))  # type: ignore[arg-type]
 
 
 def test_clause_wrapped_at_a_blank_line_reaches_no_consumer_async():
-    def run(text: str) -> tuple[str, bool]:
-        judge = ClauseJudge()
-        return asyncio.run(apaced(Guard(judge, Policy(), cache_size=0), judge, text))
-
-    _assert_clean(_blank_outcomes(run, (2, 7, 13)))  # type: ignore[arg-type]
+    _assert_clean(_blank_outcomes(aslow_model, (2, 7, 13)))  # type: ignore[arg-type]
 
 
 def test_clause_wrapped_at_a_blank_line_reaches_no_client_of_the_server():

@@ -71,38 +71,21 @@ def clause_chars_shown(released: str) -> int:
 
 def test_the_attack_shows_the_clause_on_a_terminal() -> None:
     """The setup itself: a terminal shows the clause whole, and no layer holds the judge's phrase."""
-    import qwenguard.core
-
-    print("qwenguard.core from", qwenguard.core.__file__)
     assert terminal(HOSTILE) == PAD + CLAUSE
     assert clause_chars_shown(HOSTILE) == len(CLAUSE)
     assert all(PHRASE not in layer.lower() for layer in HOSTILE.split("\r"))
 
 
+def _pieces(text: str, piece: int) -> list[str]:
+    return [text[i : i + piece] for i in range(0, len(text), piece)]
+
+
 def _fed(monitor, text: str, piece: int) -> tuple[str, bool]:
-    shown = ""
-    try:
-        for i in range(0, len(text), piece):
-            shown += monitor.feed(text[i : i + piece])
-        shown += monitor.finish()
-    except GuardViolation:
-        return shown, True
-    finally:
-        monitor.close()
-    return shown, False
+    return _fed_chunks(monitor, _pieces(text, piece))
 
 
 async def _afed(monitor, text: str, piece: int) -> tuple[str, bool]:
-    shown = ""
-    try:
-        for i in range(0, len(text), piece):
-            shown += await monitor.afeed(text[i : i + piece])
-        shown += await monitor.afinish()
-    except GuardViolation:
-        return shown, True
-    finally:
-        await monitor.aclose()
-    return shown, False
+    return await _afed_chunks(monitor, _pieces(text, piece))
 
 
 def _judge() -> Guard:
