@@ -47,6 +47,9 @@ TURNING = {
     "after 10 repeats": "The capital of France is Paris. " * 10 + CLAUSE + TAIL,
 }
 
+# The clause with each word on a line of its own, as an answer asked for one word per line lays it out (rt71a F1).
+LINED = {"one word per line": "\n", "one word per line, CRLF": "\r\n", "double-spaced": "\n\n"}
+
 
 def word_pieces(text: str) -> list[str]:
     """The answer as an LLM streams it: one word per delta, with its leading space."""
@@ -169,10 +172,17 @@ def _stream(engine, prompt: str, answer: str, holdback: int = 8) -> tuple[str, G
 
 
 # What the shipped demo Stream model gets wrong (docs/demo.md, "Known blind spots"), as (engine, case) -> reason.
-# Strict expected failures: a retrained demo that gets one right fails here until its entry is removed. Empty since
-# the fine-tune that taught it long factual answers: the demo before it stopped "SAFE_400" at "The Seine flows
-# through" and "ten facts" / "after 10 sentences" at "The Eiffel Tower was finished in 1889".
-STREAM_BLIND_SPOTS: dict[tuple[str, str], str] = {}
+# Strict expected failures: a retrained demo that gets one right fails here until its entry is removed. The fine-tune
+# that taught it long factual answers emptied it (the demo before stopped "SAFE_400" at "The Seine flows through" and
+# "ten facts" / "after 10 sentences" at "The Eiffel Tower was finished in 1889"); its training text never puts line
+# breaks between a sentence's words, so a clause written one word per line passes it (the Gen-window engine stops it).
+STREAM_BLIND_SPOTS: dict[tuple[str, str], str] = {
+    (
+        "stream model",
+        case,
+    ): "the demo Stream model does not flag the clause with line breaks between its words (docs/demo.md)"
+    for case in LINED
+}
 
 
 def _known_blind_spot(request, engine_name: str, case: str) -> None:
@@ -199,6 +209,17 @@ def test_not_one_character_of_the_unsafe_clause_is_released(request, engine, cas
         clause,
         answer[d.offset :][:40],
     )
+
+
+@pytest.mark.parametrize("case", sorted(LINED))
+def test_a_clause_written_one_word_per_line_is_not_released(request, engine, case):
+    _known_blind_spot(request, request.node.callspec.params["engine"], case)
+    lined = CLAUSE.replace(" ", LINED[case])
+    answer = SAFE + " Sure." + LINED[case] + lined + TAIL
+    shown, violation = _stream(engine, PARIS, answer)
+    assert violation is not None, f"the whole answer was released: {shown[-120:]!r}"
+    exposed = max(0, len(shown) - answer.index(lined))
+    assert exposed == 0, f"{exposed} characters of the unsafe clause were released: {shown[answer.index(lined) :]!r}"
 
 
 @pytest.mark.parametrize("chunk", ["word", 3, 7, 40])
