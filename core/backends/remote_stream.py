@@ -63,6 +63,7 @@ from .stream_session import (
     Deadline,
     Frame,
     _Session,
+    callers_error,
     check_delta,
     decision_from_dict,
     parse_frame,
@@ -194,7 +195,8 @@ class RemoteStream:
     sessions, and fails over to another (at most ``max_failovers`` re-opens per call and
     ``max_session_failovers`` per session; once every replica
     refused in a call, re-opens wait ``backoff_s``, doubling up to ``max_backoff_s``, or the refusal's
-    ``Retry-After``, within the deadline).
+    ``Retry-After``, within the deadline). A replica that failed is passed over for ``cooldown_s``; one that
+    refused the caller's own text or request (close 1009, 4400: `callers_error`) did not fail, and is not.
     ``max_frame_bytes``: the largest frame accepted from the server (`DEFAULT_MAX_FRAME_BYTES`); a larger
     one ends the session as a guard error (the policy's ``on_error`` decides), and is not re-opened for.
 
@@ -385,7 +387,8 @@ class RemoteStreamMonitor(_Session, SyncOnly):
             except self._errors() as exc:
                 if self._endpoint is not None:
                     tried.append(self._endpoint)
-                    self.backend.replicas.failed(self._endpoint)
+                    if not callers_error(exc):  # a refusal of the caller's own text is no fault of the replica
+                        self.backend.replicas.failed(self._endpoint)
                 self._abort_ws()
                 wait = (
                     self._reopen_pause(deadline, reopens, tried, exc)
@@ -586,7 +589,8 @@ class AsyncRemoteStreamMonitor(_Session, AsyncOnly):
             except self._errors() as exc:
                 if self._endpoint is not None:
                     tried.append(self._endpoint)
-                    self.backend.replicas.failed(self._endpoint)
+                    if not callers_error(exc):  # a refusal of the caller's own text is no fault of the replica
+                        self.backend.replicas.failed(self._endpoint)
                 self._abort_ws()
                 if self._state == "closed":  # closed while the exchange ran: nothing more is released
                     return self._released_since(mark)

@@ -56,6 +56,7 @@ __all__ = [
     "REPLAY_CHUNK_CHARS",
     "SESSION_OPTIONS",
     "MalformedFrame",
+    "callers_error",
     "decision_from_dict",
     "frame_too_big",
     "parse_frame",
@@ -86,6 +87,9 @@ REPLAY_CHUNK_CHARS = 8192
 #: 1001 going away, 1006 dropped (no close frame), 1012 service restart (what a draining qwenguard or
 #: uvicorn sends), 1013 try again later, 1014 bad gateway, 4503 guard unavailable on that replica.
 REOPEN_CLOSE_CODES = frozenset({1001, 1006, 1012, 1013, 1014, 4503})
+#: Close codes that refuse the caller's own session (`callers_error`): 1009 its text past the server's limits,
+#: 4400 a bad request.
+CALLER_CLOSE_CODES = frozenset({1009, 4400})
 #: Handshake answers worth a re-open, through one URL too (after a backoff): busy or draining (503),
 #: per-client limit (429), a replica that failed (500), a balancer with no replica behind it or one that
 #: died (502, 504); the statuses HTTP checks retry. Any other refusal (401 another key, 404 mid-upgrade, a
@@ -267,6 +271,19 @@ def server_too_big(exc: BaseException) -> bool:
     if not isinstance(exc, ws.ConnectionClosed):
         return False
     return exc.rcvd is not None and exc.rcvd.code == 1009 and exc.rcvd_then_sent is not False
+
+
+def callers_error(exc: BaseException) -> bool:
+    """Whether the server refused the caller's own session: its text past the server's limits (error frame
+    ``request_too_large``, close 1009) or a bad request (``invalid_request_error``, close 4400). Another replica
+    would refuse it alike, and the replica is healthy: it stays in rotation for the process's other sessions."""
+    if isinstance(exc, (_BadRequest, InputTooLarge)):
+        return True
+    ws = websockets_module().exceptions
+    if not isinstance(exc, ws.ConnectionClosed) or exc.rcvd is None:
+        return False
+    # The server's close came first; a 1009 of the client's own (a server frame past max_frame_bytes) is not it.
+    return exc.rcvd.code in CALLER_CLOSE_CODES and exc.rcvd_then_sent is not False
 
 
 class Deadline:

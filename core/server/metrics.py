@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from ..backends.base import Outcome
 from ..policy import Decision
 from ..verdict import Verdict
+from .schemas import client_error
 
 #: The paths the server answers. Metrics and logs name any other path "other": a client can put any text in
 #: a path, and neither may carry request content (nor grow a label per path).
@@ -55,7 +56,7 @@ class Metrics:
         """A decision a stream session's guard made (its listener, `Guard.on_decision`), counted as `verdict` counts a
         check's outcome: the guard error it was made of, by kind, else its verdict."""
         if decision.error is not None:
-            kind = decision.error.split(":", 1)[0]  # the error's type name (`Policy.decide_error`)
+            kind = client_error(decision.error) or ""  # the error's type name, as a client is told it
             self.guard_errors.labels(kind if kind.isidentifier() else "GuardError").inc()
         elif decision.verdict is not None:
             self.verdicts.labels(decision.verdict.risk.value).inc()

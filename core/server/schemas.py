@@ -192,6 +192,12 @@ class ModerationRequest(BaseModel):
     policy: dict[str, Any] | None = None
 
 
+def client_error(error: str | None) -> str | None:
+    """A decision's guard error as a client gets it: its type only. Its message stays on the server: it can hold the
+    guard model's raw output or, behind a gateway, an upstream engine's internal address (rt52f F7)."""
+    return None if error is None else error.split(":", 1)[0]
+
+
 class DecisionModel(BaseModel):
     allowed: bool
     action: Literal["allow", "flag", "block"]

@@ -50,6 +50,7 @@ from .schemas import (
     ModerationRequest,
     ModerationResponse,
     ModerationResult,
+    client_error,
 )
 from .turns import NoTurn, ParseTurns
 
@@ -873,12 +874,6 @@ def completion_logprobs(outcome: Outcome, text: str, top: int) -> dict[str, Any]
         "top_logprobs": [{**dict(labels[:top]), p: known[p]} if i == at else None for i, p in enumerate(pieces)],
         "text_offset": offsets,
     }
-
-
-def client_error(error: str | None) -> str | None:
-    """A decision's guard error as a client gets it: its type only. Its message stays on the server: it can hold the
-    guard model's raw output or, behind a gateway, an upstream engine's internal address (rt52f F7)."""
-    return None if error is None else error.split(":", 1)[0]
 
 
 def decision_model(decision: Decision) -> DecisionModel:

@@ -26,8 +26,8 @@ from ..streaming.monitor_core import DEFAULT_CHECK_EVERY, DEFAULT_CONTEXT, DEFAU
 from ..verdict import Risk
 from .connections import ClientStalled, abort_connection_later, sent_within
 from .limits import LARGE_BODY_BYTES, LimitExceeded, Limits
-from .schemas import ApiError, Message, error_text
-from .service import Service, client_error, judged_within, too_large_message
+from .schemas import ApiError, Message, client_error, error_text
+from .service import Service, judged_within, too_large_message
 from .turns import NoTurn, client_address
 
 T = TypeVar("T")
@@ -171,6 +171,8 @@ async def stream_session(ws: WebSocket, service: Service) -> None:
             except QwenGuardError as exc:
                 raise _unavailable(exc) from exc
     except SessionEnd as end:
+        if end.code == CLOSE_TOO_BIG:  # counted as /v1/moderate counts its 413: the work asked was past the limits
+            service.metrics.rejected.labels("work_size").inc()
         if not await _goodbye(ws, clock, end.code, None if end.code == CLOSE_NORMAL else (end.message, end.kind)):
             service.metrics.rejected.labels("client_stalled").inc()
     except WebSocketDisconnect:
