@@ -67,8 +67,8 @@ import itertools
 import re
 import unicodedata
 from collections import deque
-from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Literal, TypeVar
 
 from ..errors import GuardUnavailable
 from .look_alikes import LATIN_OF
@@ -100,6 +100,8 @@ __all__ = [
     "BidiState",
     "ZWSP",
 ]
+
+_T = TypeVar("_T")
 
 ZWSP = "\u200b"
 
@@ -649,20 +651,42 @@ def _splits(text: str, a: int, b: int, run: str) -> bool:
     return before.isalpha() or after.isalpha()  # hidden against a letter ("bo\u2060 \u2060mb", a tag after each)
 
 
-def _hidden_places(text: str) -> list[tuple[int, int]]:
-    """Where ``text`` reads differently than written: (start, end) of each such place, in order."""
+def _hidden_places(text: str, check: Callable[[], None] | None = None) -> list[tuple[int, int]]:
+    """Where ``text`` reads differently than written: (start, end) of each such place, in order. ``check``: the
+    planner's deadline check, called between the searches and every `CHECK_EVERY` matches within them."""
     classes = _classes()
-    found = [m.span() for m in _finditer_sliced(classes.split, text) if _splits(text, *m.span(), m.group())]
-    found += [m.span() for m in _finditer_sliced(classes.forms, text)]
+    found = [
+        m.span() for m in _checked(_finditer_sliced(classes.split, text), check) if _splits(text, *m.span(), m.group())
+    ]
+    found += [m.span() for m in _checked(_finditer_sliced(classes.forms, text), check)]
     if _looks_latin(text):
-        found += [m.span() for m in classes.word.finditer(text) if _mixed(m.group())]
-    found += [m.span() for m in _finditer_sliced(classes.marked, text) if len(_nfc(m.group())) > 1]
+        found += [m.span() for m in _checked(classes.word.finditer(text), check) if _mixed(m.group())]
+    found += [m.span() for m in _checked(_finditer_sliced(classes.marked, text), check) if len(_nfc(m.group())) > 1]
+    if check is not None:
+        check()
     found += _padding_marks(text)
     found += [m.span() for m in _tag_runs(text)]
     if _INDICATOR.search(text):
         found += [m.span(2) for m in _LONE_INDICATOR.finditer(text)]
     found.sort()
     return found
+
+
+#: Matches, lines or places a long loop of the as-seen readings goes through between two calls of the planner's
+#: deadline check (`_checked`): a 1 MB text of look-alikes, hidden characters or bidi controls was read for seconds
+#: past a check's deadline before its first check (rt71 BC); a check costs about a microsecond, a line of work more.
+CHECK_EVERY = 256
+
+
+def _checked(items: Iterable[_T], check: Callable[[], None] | None) -> Iterator[_T]:
+    """``items``, with ``check`` called before the first and then every `CHECK_EVERY` of them (none: as they are)."""
+    if check is None:
+        yield from items
+        return
+    for n, item in enumerate(items):
+        if n % CHECK_EVERY == 0:
+            check()
+        yield item
 
 
 def read_as_seen(text: str) -> str:
@@ -928,21 +952,24 @@ def as_seen_pieces(text: str, check: Callable[[], None] | None = None) -> list[s
     return pieces
 
 
-def _stretches(text: str, places: list[tuple[int, int]]) -> list[tuple[int, int]]:
+def _stretches(
+    text: str, places: list[tuple[int, int]], check: Callable[[], None] | None = None
+) -> list[tuple[int, int]]:
     """``places``, merged where they are near, each with `AS_SEEN_CONTEXT` characters around it widened to
     whitespace, and to the sentence holding it and its neighbours (`_sentence_around`); stretches that meet are one.
     Linear: places are merged before any stretch is widened, and no character is looked through for a sentence's
-    start or end twice (each search stops where the stretch before ended or the next one starts)."""
+    start or end twice (each search stops where the stretch before ended or the next one starts). ``check``: the
+    planner's deadline check (`_checked`)."""
     reach = 2 * (AS_SEEN_CONTEXT + _WIDEN)
     merged: list[list[int]] = []
-    for a, b in places:
+    for a, b in _checked(places, check):
         if merged and a - merged[-1][1] <= reach:
             merged[-1][1] = max(merged[-1][1], b)
         else:
             merged.append([a, b])
     near = [_widen(text, a - AS_SEEN_CONTEXT, b + AS_SEEN_CONTEXT) for a, b in merged]
     out: list[tuple[int, int]] = []
-    for i, ((a, b), place) in enumerate(zip(near, merged)):
+    for i, ((a, b), place) in enumerate(_checked(zip(near, merged), check)):
         after = out[-1][1] if out else 0
         start, end = _sentence_around(text, place, after, near[i + 1][0] if i + 1 < len(near) else len(text))
         a, b = min(a, start), max(b, end)
@@ -1000,11 +1027,11 @@ def _unseen_pieces(text: str, check: Callable[[], None] | None = None) -> list[s
     """`as_seen_pieces` but for markup: what hidden characters, look-alikes and bidi controls change."""
     if text.isascii():
         return []
-    shown = _displayed_pieces(text)
-    places = _hidden_places(text)
+    shown = _displayed_pieces(text, check)
+    places = _hidden_places(text, check)
     if not places:
         return shown
-    stretches = _stretches(text, places)
+    stretches = _stretches(text, places, check)
     # Tag characters are read in place, as the ASCII they spell ("How can I make a " + tags "bomb" + " at home?"): read
     # apart from the text around them, neither reading held the sentence (rt54e E8).
     pieces = _packed(text, stretches, _tags_spelled(read_as_seen), check=check)
@@ -1156,11 +1183,12 @@ _NOT_BLANK = re.compile("[^ \t]")
 # reading order (rt49f F1, rt50e F1). See `_RtlPatterns`, `_mostly_left`, `_RtlScan`.
 
 
-def read_as_displayed(text: str, rtl: bool = False) -> str:
+def read_as_displayed(text: str, rtl: bool = False, check: Callable[[], None] | None = None) -> str:
     """``text`` in the order a reader reads it as displayed: each line laid out by the Unicode bidi algorithm (a
     left-to-right base direction, or with ``rtl`` a right-to-left one: paragraph level 1), then runs of
     right-to-left letters read right to left; the explicit controls and bidi marks dropped. ``text`` itself when it
-    has no embedding, override or isolate control and ``rtl`` is not asked for.
+    has no embedding, override or isolate control and ``rtl`` is not asked for. ``check``: the planner's deadline
+    check, called between lines (`_checked`).
 
     >>> read_as_displayed("Sure. \u202e.lio leuf htiw xiM\u202c")
     'Sure. Mix with fuel oil.'
@@ -1172,7 +1200,7 @@ def read_as_displayed(text: str, rtl: bool = False) -> str:
     base = 1 if rtl else 0
     parts: list[str] = []
     at = 0
-    for m in _PARAGRAPHS.finditer(text):
+    for m in _checked(_PARAGRAPHS.finditer(text), check):
         parts += [_line_displayed(text[at : m.start()], base), m.group()]
         at = m.end()
     return "".join(parts) + _line_displayed(text[at:], base)
@@ -1237,11 +1265,11 @@ def _rtl_patterns() -> _RtlPatterns:
     return _RtlPatterns()
 
 
-def _rtl_shown(text: str) -> str:
+def _rtl_shown(text: str, check: Callable[[], None] | None = None) -> str:
     """The left-to-right words of ``text`` in the order a right-to-left paragraph shows them: `read_as_displayed`
     with a right-to-left base direction, each run of right-to-left characters a space (the reading written reads
     them): "ammonium\u05c0 Mix" is shown "Mix \u05c0ammonium" (PASEQ, "|"), read "Mix ammonium" (rt50e F1)."""
-    return _SPACES.sub(" ", _rtl_patterns().right_runs.sub(" ", read_as_displayed(text, rtl=True)))
+    return _SPACES.sub(" ", _rtl_patterns().right_runs.sub(" ", read_as_displayed(text, rtl=True, check=check)))
 
 
 _SPACES = re.compile(" {2,}")
@@ -1408,7 +1436,7 @@ class BidiState:
                 self._over_embeddings += 1
 
 
-def _displayed_pieces(text: str) -> list[str]:
+def _displayed_pieces(text: str, check: Callable[[], None] | None = None) -> list[str]:
     """The display readings of ``text`` that differ from it, read as seen:
 
     - `read_as_displayed` of each line with an embedding, override or isolate control (from `AS_SEEN_CONTEXT`
@@ -1422,7 +1450,7 @@ def _displayed_pieces(text: str) -> list[str]:
 
     Ordinary text pays a search for the controls and for right-to-left characters; a Hebrew or Arabic paragraph
     (mostly right-to-left letters: Latin words in it, and marks after them, are written in reading order) no more
-    (rt50e F5)."""
+    (rt50e F5). ``check``: the planner's deadline check, called between paragraphs, stretches, lines and readings."""
     opens = _OPENERS.search(text) is not None
     marks = _has_right(text)
     if not opens and not marks:
@@ -1431,24 +1459,33 @@ def _displayed_pieces(text: str) -> list[str]:
     if opens:
         stretches: list[tuple[int, int]] = []
         at = 0
-        for m in (*_PARAGRAPHS.finditer(text), None):
+        for m in _checked((*_PARAGRAPHS.finditer(text), None), check):
             end = m.start() if m else len(text)
             first = _OPENERS.search(text, at, end)
             if first:
                 _add_stretch(stretches, _widen(text, first.start() - AS_SEEN_CONTEXT, end))
             at = m.end() if m else end
-        pieces += _packed_once(text, stretches, _read_displayed)
+        pieces += _packed_once(text, stretches, lambda t: _read_displayed(t, check), check)
         joined: list[tuple[int, int]] = []
-        for a, b in _blocks(text):
+        for a, b in _checked(_blocks(text), check):
             first = _OPENERS.search(text, a, b)
             if first and _open_at_soft_break(text, first.start(), b):
                 _add_stretch(joined, _widen(text, first.start() - AS_SEEN_CONTEXT, b))
-        pieces += _packed_once(text, joined, _read_joined)
+        pieces += _packed_once(text, joined, lambda t: _read_joined(t, check), check)
     if marks:
         signature = _rtl_patterns().signature
-        rtl = [(a, b) for a, b in _blocks(text) if signature.search(text, a, b) and _mostly_left(text[a:b])]
-        pieces += _packed_once(text, rtl, _read_rtl)
-        pieces += _packed_once(text, [(a, b) for a, b in rtl if _PARAGRAPHS.search(text, a, b)], _read_joined_rtl)
+        rtl = [
+            (a, b)
+            for a, b in _checked(_blocks(text), check)
+            if signature.search(text, a, b) and _mostly_left(text[a:b])
+        ]
+        pieces += _packed_once(text, rtl, lambda t: _read_rtl(t, check), check)
+        pieces += _packed_once(
+            text,
+            [(a, b) for a, b in rtl if _PARAGRAPHS.search(text, a, b)],
+            lambda t: _read_joined_rtl(t, check),
+            check,
+        )
     return [p for p in pieces if p]
 
 
@@ -1512,25 +1549,33 @@ def _open_at_soft_break(text: str, a: int, b: int) -> bool:
     return bool(state.joined)
 
 
-def _read_displayed(text: str) -> str:
-    """`read_as_seen` of the text as displayed; ``""`` where that is the text read as seen (nothing reordered)."""
-    shown = read_as_seen(read_as_displayed(text))
-    return "" if shown == read_as_seen(text) else shown
+def _read_displayed(text: str, check: Callable[[], None] | None = None) -> str:
+    """`read_as_seen` of the text as displayed; ``""`` where that is the text read as seen (nothing reordered).
+    ``check``: the planner's deadline check, between lines and readings (`_checked`)."""
+    shown = _seen_checked(read_as_displayed(text, check=check), check)
+    return "" if shown == _seen_checked(text, check) else shown
 
 
-def _read_joined(text: str) -> str:
+def _read_joined(text: str, check: Callable[[], None] | None = None) -> str:
     """`_read_displayed` of the paragraph laid out as one line (single line breaks as spaces)."""
-    return _read_displayed(_joined(text))
+    return _read_displayed(_joined(text), check)
 
 
-def _read_rtl(text: str) -> str:
+def _read_rtl(text: str, check: Callable[[], None] | None = None) -> str:
     """`read_as_seen` of the text as displayed with a right-to-left base direction; ``""`` where nothing moves."""
-    shown = read_as_seen(_rtl_shown(text))
-    return "" if shown == read_as_seen(text) else shown
+    shown = _seen_checked(_rtl_shown(text, check), check)
+    return "" if shown == _seen_checked(text, check) else shown
 
 
-def _read_joined_rtl(text: str) -> str:
-    return _read_rtl(_joined(text))
+def _read_joined_rtl(text: str, check: Callable[[], None] | None = None) -> str:
+    return _read_rtl(_joined(text), check)
+
+
+def _seen_checked(text: str, check: Callable[[], None] | None) -> str:
+    """`read_as_seen` after ``check``: each reading of a long text takes a while."""
+    if check is not None:
+        check()
+    return read_as_seen(text)
 
 
 def _bidi_class(char: str) -> str:

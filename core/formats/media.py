@@ -39,6 +39,7 @@ __all__ = [
     "labelled_text",
     "base64_bytes",
     "base64_as_text",
+    "base64_text_over",
     "base64_text",
     "text_mime",
     "block_mime",
@@ -190,12 +191,33 @@ def _controls_stripped(raw: bytes) -> bytes:
     return raw.strip(_CONTROL_BYTES)
 
 
-def base64_as_text(encoded: str, *, labelled_media: bool = True, drop_controls: bool = False) -> str | None:
+def base64_text_over(encoded: str, budget: int | None) -> InputTooLarge | None:
+    """`InputTooLarge` when base64 ``encoded`` holds more bytes than a text of ``budget`` characters can (four a
+    character at most), known from its length alone (blanks aside; every other character counted as a letter), so
+    bytes that are text are not decoded whole only to be refused (rt71 BC: 10 MB of it was); else ``None``."""
+    if budget is None:
+        return None
+    letters = len(encoded) - sum(encoded.count(blank) for blank in " \t\r\n")
+    size = letters * 3 // 4
+    return (
+        InputTooLarge(f"inline data of {size:,} bytes: text over {budget:,} characters") if size > 4 * budget else None
+    )
+
+
+def _raise_over(encoded: str, budget: int | None) -> None:
+    if (over := base64_text_over(encoded, budget)) is not None:
+        raise over
+
+
+def base64_as_text(
+    encoded: str, *, labelled_media: bool = True, drop_controls: bool = False, budget: int | None = None
+) -> str | None:
     """Base64 media data decoded when it is text all the same (`text_encoding` of its start; UTF-8, UTF-16 or
     Latin-1, line-wrapped or not), else ``None``. Only the start is decoded to tell: an image costs no more. A
     printable signature (`_PRINTABLE_SIGNATURES`) says media only for a file ``labelled_media``. With
     ``drop_controls`` (a file in a tool's argument: the tool decodes it whatever its bytes), bytes that are text
-    once their control characters are dropped (`without_controls`) are read so too."""
+    once their control characters are dropped (`without_controls`) are read so too. ``budget``: `InputTooLarge`
+    instead of decoding text too long for it whole (`base64_text_over`)."""
     chunk = encoded[: SNIFF_BYTES * 2]  # more than the sample's base64, with its line breaks
     whole = len(chunk) == len(encoded)
     compact = "".join(chunk.split())
@@ -204,11 +226,17 @@ def base64_as_text(encoded: str, *, labelled_media: bool = True, drop_controls: 
         sample, whole = decoded[:SNIFF_BYTES], whole and len(decoded) <= SNIFF_BYTES
         encoding = text_encoding(sample, whole, printable_signatures=labelled_media)
         if encoding is not None:
+            _raise_over(encoded, budget)
             return base64_bytes(encoded).decode(encoding, errors="replace")
         if not drop_controls:
             return None
         encoding = text_encoding(without_controls(sample), whole, printable_signatures=labelled_media)
-        return None if encoding is None else without_controls(base64_bytes(encoded)).decode(encoding, errors="replace")
+        if encoding is None:
+            return None
+        _raise_over(encoded, budget)
+        return without_controls(base64_bytes(encoded)).decode(encoding, errors="replace")
+    except InputTooLarge:
+        raise  # a ValueError too, but no bad base64
     except (binascii.Error, ValueError):
         return None
 

@@ -23,7 +23,8 @@ model not the tokens ``holdback`` held before the flagged span).
 
 A chunk goes out in the form its text was judged (`as_judged`): its strings under the core's content rule
 (`clean_text`, the rule the monitor applies to each delta), so the consumer holds the text the guard read; a CR at
-the end of a chunk's text is carried into the next chunk's (`HeldStream._cr_carried`), as the monitor holds it.
+the end of a chunk's text is carried into the next chunk's (`HeldStream._cr_carried`), as the monitor holds it, and
+one carried to the answer's end goes out as a line feed in a last chunk of its own (`HeldStream._cr_tail`).
 """
 
 from __future__ import annotations
@@ -145,6 +146,20 @@ def chunk_text(chunk: Any, reading: StreamReading | None = None) -> str:
         f"guard_output judges text: got a {type(chunk).__name__} chunk. Put it right after the model "
         "(before output parsers), where chunks are messages or strings."
     )
+
+
+def _is_text_block(block: Any) -> bool:
+    """A ``{"type": "text", "text": ...}`` content block: the answer's words, as LangChain's ``.text`` reads them."""
+    return isinstance(block, Mapping) and block.get("type") == "text" and isinstance(block.get("text"), str)
+
+
+def _block_texts(content: list[Any]) -> Iterator[str]:
+    """The texts of a list content's plain strings and text blocks (where `HeldStream._cr_carried` carries a CR)."""
+    for block in content:
+        if isinstance(block, str):
+            yield block
+        elif _is_text_block(block):
+            yield block["text"]
 
 
 def as_judged(chunk: Any) -> Any:
@@ -574,6 +589,7 @@ class HeldStream:
         self._order = BlockOrder()
         self._reading = StreamReading()  # how the chunks' blocks read whole join up (`chunk_text`)
         self._cr_held = False  # the last chunk's text ended in a CR, carried into the next (`_cr_carried`)
+        self._cr_source: Any = None  # where that CR was written (`_cr_tail`)
         # Chunks that wrote the last word of a string another broke off mid-sentence (`_broken_off`): by chunk, the
         # strings it waits for, and how much text is released once they were read on (the chunk that read them).
         self._count = 0
@@ -684,19 +700,54 @@ class HeldStream:
         return fed, text
 
     def _cr_carried(self, chunk: Any) -> Any:
-        """``chunk`` with its text (a string chunk, a message's string content) as the local monitor releases it
-        (`crlf_joined`): a CR at its end is carried into the next chunk's text, so a CRLF cut between two chunks
-        stays a CRLF (`as_judged` alone made it two line feeds, rt70l F2), and any other lone CR is a line feed. A CR
-        carried to the answer's end, or into a chunk with no string content, is left out: a lone CR, nothing
-        after it to go back over."""
-        text = chunk if isinstance(chunk, str) else getattr(chunk, "content", None)
-        if not isinstance(text, str) or not isinstance(chunk, (str, BaseMessage)):
-            self._cr_held = False
+        """``chunk`` with its text (a string chunk, a message's string content or the text blocks of its list
+        content) as the local monitor releases it (`crlf_joined`): a CR at its end is carried into the next text, so
+        a CRLF cut between two chunks stays a CRLF (`as_judged` alone made it two line feeds, rt70l F2; rt71 BC for
+        list content, as Anthropic and the responses API stream), and any other lone CR is a line feed. A chunk with
+        no text carries it on; one still carried at the answer's end goes out as a line feed (`_cr_tail`)."""
+        if isinstance(chunk, str):
+            return self._crlf(chunk, chunk) if self._cr_held or "\r" in chunk else chunk
+        content = getattr(chunk, "content", None) if isinstance(chunk, BaseMessage) else None
+        if isinstance(content, str):
+            if not self._cr_held and "\r" not in content:
+                return chunk
+            return chunk.model_copy(update={"content": self._crlf(content, chunk)})
+        if not isinstance(content, list) or not (self._cr_held or any("\r" in t for t in _block_texts(content))):
             return chunk
-        if not self._cr_held and "\r" not in text:
-            return chunk
+        blocks: list[Any] = []
+        for block in content:
+            if isinstance(block, str):
+                block = self._crlf(block, [chunk, None])
+            elif _is_text_block(block):
+                block = {**block, "text": self._crlf(block["text"], [chunk, block])}
+            blocks.append(block)
+        return chunk.model_copy(update={"content": blocks})
+
+    def _crlf(self, text: str, source: Any) -> str:
+        """``text`` released (`crlf_joined`); ``source`` is remembered as where a CR carried on was written."""
         text, self._cr_held = crlf_joined(clean_text(text, keep_lone_cr=True), self._cr_held)
-        return text if isinstance(chunk, str) else chunk.model_copy(update={"content": text})
+        if self._cr_held:
+            self._cr_source = source
+        return text
+
+    def _cr_tail(self) -> Any:
+        """The answer ended with a CR carried (`_cr_carried`): a last chunk with its line feed (a lone CR is
+        released as one), in the form of the text that wrote it (a string, a message's string content, or a text
+        block at the same index, so the sum joins it there); ``None`` when none is carried. Without it the
+        consumer lost a character the model wrote (rt71 BC)."""
+        if not self._cr_held:
+            return None
+        self._cr_held = False
+        source = self._cr_source
+        if isinstance(source, str):
+            return "\n"
+        if isinstance(source, BaseMessage):
+            return AIMessageChunk(content="\n", id=source.id)
+        message, block = source
+        if block is None:
+            return AIMessageChunk(content=["\n"], id=message.id)
+        tail = {key: block[key] for key in ("type", "index") if key in block}
+        return AIMessageChunk(content=[{**tail, "text": "\n"}], id=message.id)
 
     def _broken_off(self, runs: Runs, held: deque[_Held], fed: int) -> None:
         """Gate the chunks that wrote the last word of a string broken off mid-sentence (``runs.broken``) until a
@@ -769,6 +820,10 @@ class HeldStream:
                         judge.check(text)  # raises on a violation: held chunks never go out
                 while self._ready(held, judge.released):
                     yield self._passed_on(held)
+            tail = self._cr_tail()
+            if tail is not None:
+                fed, text = self._hold(tail, held, fed)
+                judge.check(text)
             judge.finish()
             self._gates_opened()
             while self._ready(held, judge.released):
@@ -808,6 +863,10 @@ class HeldStream:
                 while self._ready(held, judge.released):
                     yield self._passed_on(held)
                     await turn.taken()
+            tail = self._cr_tail()
+            if tail is not None:
+                fed, text = self._hold(tail, held, fed)
+                await judge.acheck(text)
             await judge.afinish()
             self._gates_opened()
             while self._ready(held, judge.released):

@@ -74,6 +74,7 @@ from qwenguard.core.formats.media import (
     SNIFF_BYTES,
     base64_as_text,
     base64_bytes,
+    base64_text_over,
     bytes_as_text,
     labelled_text,
     text_encoding,
@@ -192,11 +193,12 @@ def _document_text(block: DocumentBlock) -> str:
     return _file_text(raw, block.document_mimetype)
 
 
-def _media_text(data: Any, mimetype: str | None) -> str:
+def _media_text(data: Any, mimetype: str | None, budget: int | None = None) -> str:
     """The text of an image's, a video's or an audio clip's inline data (base64, as the block keeps it): a provider
     sends the bytes under their declared type (GoogleGenAI as inline data, ``text/plain`` included), and a model
     reads text as text. Decoded whole under a text type (`_file_text`); otherwise only the start is decoded to tell
-    (`base64_as_text`: an image or a video costs no more), and bytes that start as media are no text."""
+    (`base64_as_text`: an image or a video costs no more), and bytes that start as media are no text. ``budget``:
+    `InputTooLarge`, not decoded, where the base64 alone proves the text longer (`base64_text_over`)."""
     if isinstance(data, bytes):
         encoded = data.decode("ascii", "replace")
     elif isinstance(data, str):  # an `ImageNode` keeps its base64 as a str
@@ -206,15 +208,18 @@ def _media_text(data: Any, mimetype: str | None) -> str:
     if not encoded:
         return ""
     if _is_text_type(mimetype):
+        if (over := base64_text_over(encoded, budget)) is not None:
+            raise over
         return _file_text(base64_bytes(encoded), mimetype)
-    return base64_as_text(encoded) or ""
+    return base64_as_text(encoded, budget=budget) or ""
 
 
-def _data_url_text(url: Any, mimetype: str | None) -> str:
+def _data_url_text(url: Any, mimetype: str | None, budget: int | None = None) -> str:
     """The text of a ``data:`` URL's bytes: LlamaIndex decodes one where a block's inline data would be, and a
     provider sends the bytes inline (GoogleGenAI, under the block's type) or the URL as it is (OpenAI, under the
     URL's own type). Decoded whole when either type is a text type, else read when the bytes are text all the
-    same; "" for media and for any other URL (the guard fetches nothing: docs/llamaindex.md)."""
+    same; "" for media and for any other URL (the guard fetches nothing: docs/llamaindex.md). ``budget``: as for
+    `_media_text`; a percent-encoded payload is at least a byte for three of its characters."""
     url = str(url) if url is not None else ""
     comma = url.find(",") if url[:5].lower() == "data:" else -1
     if comma < 0:
@@ -226,9 +231,13 @@ def _data_url_text(url: Any, mimetype: str | None) -> str:
     if not encoded:  # its bytes percent-encoded
         if not _is_text_type(declared) and not _percent_start_is_text(payload):
             return ""  # only its start decoded to tell: a percent-encoded image cost 0.7 s a MB whole (rt70n F1)
+        if budget is not None and len(payload) // 3 > 4 * budget:  # four bytes a character at most
+            raise InputTooLarge(f"a data: URL of {len(payload) // 3:,} bytes or more: text over {budget:,} characters")
         return _file_text(unquote_to_bytes(payload), declared)
     if not _is_text_type(declared):
-        return base64_as_text(payload) or ""  # only its start decoded to tell: an image costs no more
+        return base64_as_text(payload, budget=budget) or ""  # only its start decoded to tell: an image costs no more
+    if (over := base64_text_over(payload, budget)) is not None:
+        raise over
     try:
         return _file_text(base64_bytes(payload), declared)
     except (binascii.Error, ValueError):
@@ -247,11 +256,12 @@ def _percent_start_is_text(payload: str) -> bool:
     return text_encoding(sample[:SNIFF_BYTES], whole=whole and len(sample) <= SNIFF_BYTES) is not None
 
 
-def media_data_text(data: Any, url: Any, mimetype: str | None) -> str:
+def media_data_text(data: Any, url: Any, mimetype: str | None, budget: int | None = None) -> str:
     """The text an image's, a video's or an audio clip's inline data holds (`_media_text`), else its ``data:`` URL's
     (`_data_url_text`), as a content block carries them: "" for media, a path or any other URL (nothing is read or
-    fetched). A retrieved node's media are read by it too (`node_text`): an engine sends them as blocks."""
-    return _media_text(data, mimetype) or _data_url_text(url, mimetype)
+    fetched). A retrieved node's media are read by it too (`node_text`): an engine sends them as blocks.
+    ``budget`` (characters): `InputTooLarge` without decoding data whose size alone proves its text longer."""
+    return _media_text(data, mimetype, budget) or _data_url_text(url, mimetype, budget)
 
 
 #: A cache point's standard values (all that Anthropic's API takes): no words. The Anthropic class sends any other.

@@ -119,7 +119,7 @@ def _own_texts(node: BaseNode, budget: int, size: int) -> list[str]:
         if isinstance(caption, str) and caption.strip() and caption.strip() not in text:
             found.append(caption)
             size += len(caption) + 2
-    for data in _media_data(node):
+    for data in _media_data(node, max(0, budget - size)):
         if data.strip() and data.strip() not in text:
             found.append(data)
             size += len(data) + 2
@@ -134,12 +134,13 @@ def _own_texts(node: BaseNode, budget: int, size: int) -> list[str]:
     return found + strings
 
 
-def _media_data(node: BaseNode) -> list[str]:
+def _media_data(node: BaseNode, budget: int | None = None) -> list[str]:
     """The text a node's media data hold (`media_data_text`): an `ImageNode`'s base64 ``image`` and its ``image_url``,
     a multimodal `Node`'s resources' ``data`` and ``url``. A multimodal engine sends them to the model as blocks
     (``image_node_to_image_block``), which read as text where their bytes are text (rt70c F1); a real image's are
     none, and only their start is decoded to tell. Inline data and ``data:`` URLs only: no path is read, no URL
-    fetched."""
+    fetched. ``budget``: what is left of the node's ``max_chars``: `InputTooLarge` before data whose size alone
+    proves its text longer is decoded (rt71 BC)."""
     pairs: list[tuple[Any, Any, str | None]]
     if isinstance(node, ImageNode):
         # Its inline image is read untyped, as LlamaIndex sends it (the block's type guessed from the bytes): a real
@@ -149,7 +150,10 @@ def _media_data(node: BaseNode) -> list[str]:
         resources = [getattr(node, media, None) for media in _MEDIA]
         pairs = [(r.data, None, r.mimetype) for r in resources if isinstance(r, MediaResource)]
         pairs += [(None, r.url, r.mimetype) for r in resources if isinstance(r, MediaResource)]
-    return [t for data, url, mimetype in pairs if (t := media_data_text(data, url, mimetype))]
+    try:
+        return [t for data, url, mimetype in pairs if (t := media_data_text(data, url, mimetype, budget))]
+    except InputTooLarge as exc:
+        raise InputTooLarge(f"node {node.node_id} holds over max_chars characters of text: {exc}") from exc
 
 
 def _entry_texts(key: Any, value: Any, budget: int, size: int, what: str) -> list[str]:
