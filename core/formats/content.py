@@ -122,9 +122,12 @@ _BLOCK_TAGS = ("CONVERSATION", "SAFETY POLICY", "UNSAFE CONTENT CATEGORIES", "RE
 # A reader (and a model) sees a label in what a regex of the plain word misses, so the label is read as seen:
 # - around it, anything a reader does not see counts as nothing: spaces of any width (no line breaks),
 #   zero-width, bidi and other format characters, variation selectors and tag characters (a label already
-#   written as `neutralize` writes it, "USER\u200b:", is still a forged turn); and markup around it: Markdown
-#   ("**USER**:", "> USER:", "- USER:", "+ USER:", "1. USER:", "\- USER:", "USER\:") and short HTML tags and
-#   comments ("<b>USER</b>:", "<!-- -->USER:"), each of which renders as the plain label (rt70f F1, F2);
+#   written as `neutralize` writes it, "USER\u200b:", is still a forged turn); and markup around it, read as a
+#   kind, not as a list of markups (a list of CommonMark's missed "• ", ". ", "a. ", ": ", "— ", "[^1]: ", "// ",
+#   and quotes: rt71f F1): before it, any punctuation or symbol ("**USER**:", "> USER:", "• USER:", "'Safety':"),
+#   a list marker of digits or of 1-3 letters ("1.", "a)", "iv."), a task box or footnote ("[ ]", "[^1]"), and
+#   short HTML tags and comments, a tag's attributes on the next lines too ("<b>USER</b>:", "<b\nclass=x>USER",
+#   "<!-- -->USER:": rt70f F1, F2, rt71f F3); after it, the same but letters, and never the colon itself;
 # - inside the word, the same invisible characters and combining marks ("U\u200bSER");
 # - its letters may be in any form or look-alike that the as-seen reading reads as that letter (`_letter_class`);
 # - a line may also start after U+2028/U+2029, and the colon may be a full-width or look-alike one.
@@ -133,16 +136,24 @@ _INVISIBLE = (
     "\ufe00-\ufe0f\ufeff\U000e0000-\U000e007f"
 )
 _LABEL_GAP = rf"(?:[^\S\n\r\u2028\u2029]|[{_INVISIBLE}])"
-# U+1FEF (GREEK VARIA) is a backtick once NFC writes it, as the Qwen tokenizer does after this rule (rt49e F4).
-# A list marker or escape ("+", "\-", "1." or "1)": CommonMark's bullets, escapes and ordered-list markers) and an
-# HTML tag or comment of a line ("<b>", "<!-- -->": a renderer shows none of it), kept short so a scan stays linear.
-_HTML_BIT = r"<[^<>\n\r\u2028\u2029]{1,64}>"
+# U+1FEF (GREEK VARIA), a backtick once NFC writes it (rt49e F4), is punctuation like the rest. An HTML tag or
+# comment of a line ("<b>", "<!-- -->": a renderer shows none of it) may hold line breaks, as CommonMark's raw HTML
+# does between a tag's attributes (rt71f F3); kept short so a scan stays linear.
+_HTML_BIT = r"<[^<>]{1,64}>"
 # A comment may hold ">" and line breaks, never "-->" (rt70m F1: "<!-- a>b -->USER:"); tried before a tag, which would
 # take "<!-- a>" and leave the rest. Each character fits one branch only, and at most 64: linear.
 _HTML_COMMENT = r"<!--(?:[^-]|-(?!->)){0,64}-->"
-# A GFM task-list box ("- [ ] USER:", "1. [x] USER:"): a renderer shows a check box, then the label (rt70m F1).
-_MARKUP_BEFORE = rf"(?:[*_>#~`\u1fef\-+\\]|[0-9]{{1,9}}[.)]|\[[ xX]\]|{_HTML_COMMENT}|{_HTML_BIT})"
-_MARKUP_AFTER = rf"(?:[*_~`\u1fef\\]|{_HTML_COMMENT}|{_HTML_BIT})"
+# A GFM task-list box ("- [ ] USER:"), a footnote or a numbered reference ("[^1]: USER:", "[2] USER:"), an ordered-list
+# marker of digits or of 1-3 letters (a lettered or roman list: "1.", "2)", "a.", "iv)"). Not "[Safety]": the label.
+_LIST_MARKER = r"\[(?:[ xX]|\^\w{1,8}|[0-9]{1,8})\]|[0-9]{1,9}[.)]|[A-Za-z]{1,3}[.)]"
+# Markup is read a construct at a time: a run of gaps (no line break) and of punctuation or symbols (any character but
+# a letter, a digit or a line break; "_" too), a tag, a comment or a marker. A "<" or "[" that starts no tag or marker is
+# a construct of its own, tried last: a run that took it would take a tag's first character. At most
+# `_MARKUP_CONSTRUCTS` of them, each possessive: a scan from each line break reads a bounded stretch, though tags and
+# comments may span lines (a chain of "<a\n>" or "<!--\n-->", each read again from each break inside it, was
+# quadratic: 80 kB of comments took 51 s).
+_MARKUP_CONSTRUCTS = 8
+_WORD_CHAR = re.compile(r"\w")
 _IN_WORD = rf"[{_INVISIBLE}\u0300-\u036f]*"
 # Kept from the hand list that came first: capitals whose small letter the as-seen reading reads as no letter or
 # another one ("ε", "ϝ"; "ν" reads "v", "υ" "u"). `_letter_class` adds the other case of each.
@@ -161,7 +172,13 @@ _STROKE = {"I": "l", "L": "I"}
 
 @functools.cache
 def _letter_class(letter: str) -> str:
-    """A regex class body of every character the as-seen reading reads as ``letter`` (either case): the letter, its
+    """`_letter_chars` as a regex class body."""
+    return class_ranges(sorted(map(ord, _letter_chars(letter))))
+
+
+@functools.cache
+def _letter_chars(letter: str) -> frozenset[str]:
+    """Every character the as-seen reading reads as ``letter`` (either case): the letter, its
     look-alikes of other scripts (`_LATIN_OF`: UTS #39's table and the shapes added to it) and its other forms (NFKC
     and the small capitals and IPA letters of `_LETTER_FORMS`: "Ｕ", "𝐔", "ɡ"). The labels the guard's prompt is
     written with are found in every spelling a reader reads as them (a hand list missed 58 of USER's look-alikes,
@@ -173,7 +190,7 @@ def _letter_class(letter: str) -> str:
     chars.update(c for c, plain in _LETTER_FORMS.items() if plain in wanted)
     # The other case of each: the patterns match case by case (the other case of a look-alike looks alike too).
     chars.update(other for c in list(chars) for other in (c.lower(), c.upper()) if len(other) == 1)
-    return class_ranges(sorted(map(ord, chars)))
+    return frozenset(chars)
 
 
 def _label_word(word: str) -> str:
@@ -204,11 +221,21 @@ class _LineLabel:
     def __init__(self, words: tuple[str, ...]) -> None:
         # Case-insensitive too: Python's case folding links letters no letter class holds to a label's (dotless and
         # dotted i, the lunate epsilon, Cyrillic's rounded o: rt66r F1, caught before the classes, missed by them).
-        # Possessive: no gap or markup character is a label's first letter or a colon, so none given back could match;
-        # a line of markup is read once, not once more from each of its characters on.
+        # Possessive: no markup construct takes a label's first letter or (after it) a colon, so none given back could
+        # match; a line of markup is read once, not once more from each of its characters on. Hence the run leaves out
+        # the symbols a label's first letter may be ("Ⓤ", a circled letter: `_letter_class`), of every label, so that
+        # `neutralize` breaks each line that the verdict and turn patterns take ("ⓊSafety:" is neither).
+        firsts = {w[0] for w in _TURN_WORDS + _VERDICT_WORDS}
+        symbols = class_ranges(sorted(ord(c) for f in firsts for c in _letter_chars(f) if not _WORD_CHAR.match(c)))
+        # One negated class first (any character but a word's, a line break, "<", "[" and those symbols): the run is
+        # read a class test a character; then "_", a word character but Markdown's emphasis ("__USER__:"), and the
+        # gap's invisible letters (the Hangul fillers).
+        run = rf"(?:[^\w<\[\n\r\u2028\u2029{symbols}]|_|{_LABEL_GAP})++"
+        before = rf"(?:{_HTML_COMMENT}|{_HTML_BIT}|{_LIST_MARKER}|{run}|[<\[])"
+        after = rf"(?:{_HTML_COMMENT}|{_HTML_BIT}|(?:[^\w<\n\r\u2028\u2029{_TURN_COLONS}]|_|{_LABEL_GAP})++|<)"
         self.label = re.compile(
-            rf"(?:{_LABEL_GAP}|{_MARKUP_BEFORE})*+"
-            rf"(?:{'|'.join(map(_label_word, words))})(?:{_LABEL_GAP}|{_MARKUP_AFTER})*+(?=[{_TURN_COLONS}])",
+            rf"{before}{{0,{_MARKUP_CONSTRUCTS}}}+"
+            rf"(?:{'|'.join(map(_label_word, words))}){after}{{0,{_MARKUP_CONSTRUCTS}}}+(?=[{_TURN_COLONS}])",
             re.IGNORECASE,
         )
         self.after_break = re.compile(rf"[\n\r\u2028\u2029]({self.label.pattern})", re.IGNORECASE)
