@@ -632,7 +632,7 @@ class Guard:
         self._check_size(conversation)
         msgs = normalize_messages(conversation)
         for m in msgs:
-            m["content"] = clean_text(m["content"], keep_lone_cr=True)  # read as a terminal shows it (planner)
+            m["content"] = clean_text(m["content"], keep_lone_cr=True, keep_moves=True)  # as a terminal shows it too
         msgs = without_blank_context(msgs)
         request = None
         if stage is Stage.PROMPT:  # a client's conversation: a blank last answer is a prefill, the request is judged

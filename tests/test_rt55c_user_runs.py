@@ -48,9 +48,11 @@ def test_the_run_goes_on_across_an_empty_answer_and_a_system_message(guard):
     assert not guard.check(conversation, "prompt").allowed
 
 
-def test_a_run_is_one_extra_window_and_an_answer_between_ends_it(guard):
+def test_a_run_is_judged_joined_in_extra_windows_and_an_answer_between_ends_it(guard):
     planner = guard.backend.planner
-    assert len(planner.plan(SPLIT)) == 2  # the last turn (the run as context), then the run joined
+    # the last turn (the run as context), then the run joined, as written and with a line break between its turns
+    # (they touch: "bo" | "mb", and "make a" | "bomb" read apart: rt71e)
+    assert len(planner.plan(SPLIT)) == 3
     apart = [SPLIT[0], {"role": "assistant", "content": "Sorry, I can't help."}, SPLIT[1]]
     assert len(planner.plan(apart)) == 1
     assert len(planner.plan([{"role": "user", "content": "Hi"}, {"role": "user", "content": ""}])) == 1

@@ -72,7 +72,7 @@ from typing import Any, Literal, TypeVar
 
 from ..errors import GuardUnavailable
 from .look_alikes import LATIN_OF
-from .overstrike import LONE_CR, overlaid_lines, read_as_overlaid
+from .overstrike import LONE_CR, has_layout, overlaid_lines, read_as_overlaid
 from .rendered import (
     Rendered,
     has_raw_html,
@@ -113,6 +113,11 @@ _CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 # demo guard called safe); it becomes one INVISIBLE SEPARATOR, which `as_seen_pieces` reads both ways. The
 # text's ends count as letters: a stream's delta may end or start at the run ("make" + "\x00" + "a").
 _CONTROL_GAP = re.compile("(?<![\\W_])[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]+(?![\\W_])")
+# The same, for a text checked whole whose cursor moves are kept (`clean_text`'s keep_moves): a backspace and the
+# ESC of a control sequence ("\x1b[") left for its reading as a terminal shows it (`overstrike`).
+_MOVES_KEPT = "(?:[\x00-\x07\x0b\x0c\x0e-\x1a\x1c-\x1f\x7f-\x9f]|\x1b(?!\\[))"
+_CONTROLS_BUT_MOVES = re.compile(_MOVES_KEPT)
+_CONTROL_GAP_BUT_MOVES = re.compile(f"(?<![\\W_]){_MOVES_KEPT}+(?![\\W_])")
 CONTROL_GAP = "\u2063"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -275,14 +280,17 @@ def _labels() -> _Labels:
 _LINE_END = re.compile(r"\r\n|[\n\r\u2028\u2029]")
 
 
-def clean_text(text: str, keep_lone_cr: bool = False) -> str:
+def clean_text(text: str, keep_lone_cr: bool = False, keep_moves: bool = False) -> str:
     """Entry rule for every text the guard sees: lone surrogates → U+FFFD; a run of control characters
     between two letters or digits (or the text's end) → U+2063 (INVISIBLE SEPARATOR, read both ways by
     `as_seen_pieces`); other control characters removed (tab, newline and CRLF kept); a lone carriage return (one
     not followed by a line feed) → a line feed, so that text handed on cannot rewrite itself on a terminal the way
     the guard did not read it (`overstrike`, rt70a F1). ``keep_lone_cr``: kept, for a text checked whole, whose
     reading as a terminal shows it needs them (the planner turns them into line feeds in what it judges), and for a
-    stream delta, whose last CR may be half a CRLF.
+    stream delta, whose last CR may be half a CRLF. ``keep_moves``: backspaces and the ESC of each control sequence
+    (``"\\x1b["``) kept too, for a text checked whole, where it shows something without them (the planner's
+    readings but one read it as ``clean_text(text, keep_lone_cr=True)``, its reading as a terminal shows it lays
+    them out: `overstrike`, rt71f F2); never for text handed on.
 
     >>> clean_text("bo\\x00mb \\x1b[0m \\ud800\\r.")
     'bo\\u2063mb [0m \\ufffd\\n.'
@@ -292,7 +300,13 @@ def clean_text(text: str, keep_lone_cr: bool = False) -> str:
             return text
     elif _SURROGATE.search(text):
         text = _SURROGATE.sub("\ufffd", text)
-    text = _without_controls(text)
+    if keep_moves and ("\x08" in text or "\x1b[" in text):
+        shown = clean_text(text, keep_lone_cr)
+        if is_blank(shown):  # nothing to lay out: blank as it was (an empty answer stays empty)
+            return shown
+        text = _without_controls(text, keep_moves=True)
+    else:
+        text = _without_controls(text)
     return text if keep_lone_cr or "\r" not in text else LONE_CR.sub("\n", text)
 
 
@@ -312,7 +326,9 @@ def is_blank(text: str) -> bool:
     return not any(p.strip() for p in _tags_decoded(text))
 
 
-def _without_controls(text: str) -> str:
+def _without_controls(text: str, keep_moves: bool = False) -> str:
+    if keep_moves:
+        return _CONTROLS_BUT_MOVES.sub("", _CONTROL_GAP_BUT_MOVES.sub(CONTROL_GAP, text))
     if not _CONTROLS.search(text):
         return text
     return _CONTROLS.sub("", _CONTROL_GAP.sub(CONTROL_GAP, text))
@@ -951,9 +967,12 @@ def as_seen_pieces(text: str, check: Callable[[], None] | None = None) -> list[s
     (`read_as_displayed`), line by line from the first such control; each line holding a lone CR as a terminal shows
     it (`overstrike`). ``check``: the planner's deadline check, called
     between stretches and readings (each reading of a long text takes a while: late or abandoned work stops there)."""
+    laid = text
+    if "\x08" in text or "\x1b" in text:  # cursor moves kept (`clean_text`'s keep_moves): for the terminal's reading
+        text = clean_text(text, keep_lone_cr=True)
     pieces = _unseen_pieces(text, check)
-    if "\r" in text:  # only where CRs are kept (`clean_text`'s keep_lone_cr): a text checked whole
-        pieces += [p for p in _overlaid_pieces(text, check) if p not in pieces]
+    if "\r" in laid or laid is not text:  # only where they are kept (`clean_text`'s keep_lone_cr): checked whole
+        pieces += [p for p in _overlaid_pieces(laid, check) if p not in pieces]
     if not may_render_differently(text):
         return pieces
     if may_read_as_xml(text):
@@ -1517,8 +1536,9 @@ def _displayed_pieces(text: str, check: Callable[[], None] | None = None) -> lis
 
 
 def _overlaid_pieces(text: str, check: Callable[[], None] | None = None) -> list[str]:
-    """The lines holding a lone CR (with `AS_SEEN_CONTEXT` characters around them) as a terminal shows them
-    (`overstrike.read_as_overlaid`: each CR goes back to the line's start, later characters overwrite), read as seen;
+    """The lines holding a lone CR, a backspace or a control sequence (with `AS_SEEN_CONTEXT` characters around them)
+    as a terminal shows them (`overstrike.read_as_overlaid`: each CR goes back to the line's start, a backspace or
+    ``ESC[<n>D`` columns back, later characters overwrite), read as seen;
     where they hold non-ASCII characters, also as a notebook's output cell shows them (a UTF-16 code unit a place,
     not a column: rt70l F1). ``[]`` when the text has none. A stretch starts at a line's start or before it (a CR
     goes back there), and stretches that meet are merged, so no line holding one is cut. ``check``: the planner's
@@ -1538,8 +1558,9 @@ def _overlaid_pieces(text: str, check: Callable[[], None] | None = None) -> list
 
 def _read_overlaid(text: str, check: Callable[[], None] | None, units: bool = False) -> str:
     """`read_as_seen` of the text as a terminal (or, ``units``, a notebook) shows it; ``""`` where no line holds a
-    lone CR, or a notebook shows it as a terminal does (ASCII)."""
-    if not LONE_CR.search(text) or (units and text.isascii()):
+    lone CR, a backspace or a control sequence, or a notebook shows it as a terminal does (ASCII) or as written (no
+    lone CR: a notebook draws no cursor)."""
+    if not has_layout(text) or (units and (text.isascii() or not LONE_CR.search(text))):
         return ""
     return read_as_seen(read_as_overlaid(text, check, units))
 

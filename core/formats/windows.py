@@ -30,11 +30,14 @@ whole prompt does not fit in ``max_prompt_tokens``, `WindowPlanner` builds windo
   are split and left out as the text's are (`_label_readings`).
 - **Padding shortened.** Every run of more than `blank_runs.KEPT_BLANKS` blanks in a turn (and in each reading) is
   cut to that many first (`blank_runs.shorten_blank_runs`): a reader sees one gap, and a run of thousands of
-  tokens no longer keeps two neighbouring words out of every window (rt58c F1).
+  tokens no longer keeps two neighbouring words out of every window (rt58c F1). So is every rule, a run of one
+  punctuation or symbol character or of a unit of two or three (`blank_runs.shorten_rule_runs`): a window counted in
+  bytes no longer holds 64 times fewer of its words than the tokenizer's (rt71e F1).
 - **A run of turns.** Where the judged turn ends two or more consecutive turns of its role with text (user turns;
   assistant turns too), the run is also judged joined (`final_run`), as the provider sends it (one message), an
-  extra window like the others; the whole run, even where a window may show fewer turns (``max_messages``, a remote
-  server's cap).
+  extra window like the others (and with a line break between two turns that touch with no blank, as a chat shows
+  them: "how to make a" | "bomb" ran together as "make abomb", rt71e F2); the whole run, even where a window may
+  show fewer turns (``max_messages``, a remote server's cap).
 - **Bounded work.** More than ``max_windows`` windows for one conversation raises `InputTooLarge`
   (before any model work; before any reading when the judged turn's own tokens, or its characters past the BMP,
   already need more); ``check()`` (a deadline or cancellation) is called between readings, their stretches and
@@ -67,7 +70,7 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 from ..errors import InputTooLarge
-from .blank_runs import padding_read, shorten_blank_runs
+from .blank_runs import padding_read, shorten_padding
 from .content import (
     SENTENCE_END,
     as_seen_pieces,
@@ -77,6 +80,7 @@ from .content import (
     prepare_content,
     without_verdict_lines,
 )
+from .overstrike import has_layout
 from .prompts import normalize_messages
 from .rendered import may_render_differently
 
@@ -341,13 +345,14 @@ def _padding_read_turns(earlier: list[dict[str, str]]) -> list[dict[str, str]] |
 
 
 def _shortened(message: dict[str, str]) -> dict[str, str]:
-    content = shorten_blank_runs(message["content"])
+    content = shorten_padding(message["content"])
     return message if content is message["content"] else {**message, "content": content}
 
 
-def final_run(messages: Sequence[dict[str, str]]) -> str | None:
+def final_run(messages: Sequence[dict[str, str]], separator: str = "") -> str | None:
     """The texts of the consecutive turns of the judged (last) turn's role that end ``messages``, joined as one
-    message reads them (as the integrations join a run, `"".join`), when two or more of them have text, or they are
+    message reads them (as the integrations join a run, `"".join`; ``separator`` between two turns where neither
+    side has a blank, a line break as a chat shows the turns), when two or more of them have text, or they are
     the assistant's, the judged one shows nothing and an earlier one has text; else ``None``. A provider sends
     consecutive turns of one role as one message (the Anthropic API combines them): a run of user turns as one
     prompt, a run of assistant turns as one answer (rt62f F2b); ``[call send_email(recipe), ""]`` is that call, and
@@ -366,11 +371,18 @@ def final_run(messages: Sequence[dict[str, str]]) -> str | None:
             break
     if not any(t.strip() for t in raw[1:]):  # a lone turn (every answer to a question): nothing read again
         return None
-    texts = [clean_text(t, keep_lone_cr=True) for t in reversed(raw)]
+    texts = [clean_text(t, keep_lone_cr=True, keep_moves=True) for t in reversed(raw)]  # laid out (`as_seen_pieces`)
     shown = sum(1 for t in texts if not is_blank(t))
     if shown < 2 and (shown == 0 or role != "assistant" or not is_blank(texts[-1])):  # the judged turn's text alone
         return None
-    return "".join(texts)
+    if not separator:
+        return "".join(texts)
+    joined: list[str] = []
+    for text in (t for t in texts if t):
+        if joined and not joined[-1][-1].isspace() and not text[0].isspace():
+            joined.append(separator)
+        joined.append(text)
+    return "".join(joined)
 
 
 def user_run(messages: Sequence[dict[str, str]]) -> str | None:
@@ -539,14 +551,18 @@ class WindowPlanner:
             raise ValueError("max_messages must be >= 1")
         # Padding between two words ("mix" + " \t" * 12,000 + "ammonium") pushed one out of every window that showed
         # the other (rt58c F1): runs of blanks are shortened first, for the judged turn and its context alike.
-        msgs = [_shortened(m) for m in normalize_messages(messages)]
+        written = normalize_messages(messages)
+        msgs = [_shortened(m) for m in written]
         *earlier, last = msgs
-        judged = clean_text(last["content"], keep_lone_cr=True)  # its lone CRs read as a terminal shows them
+        # Its lone CRs, backspaces and control sequences read as a terminal shows them (`as_seen_pieces`); every other
+        # reading reads it without the last two, as `clean_text` hands it on.
+        kept = clean_text(last["content"], keep_lone_cr=True, keep_moves=True)
+        judged = clean_text(kept, keep_lone_cr=True) if "\x08" in kept or "\x1b" in kept else kept
         pieces = [prepare_content(judged)]
         # The judged turn alone can need more windows than allowed: refused before any reading is taken (a text of
         # tag characters, read several times over, outlasted its check's deadline and was allowed unjudged under
         # on_error="allow", rt69h F2). Its tokens are counted only when they may be too many; they are its windows'.
-        counted = shorten_blank_runs(pieces[0])  # the judged turn's piece as its windows cut it (below)
+        counted = shorten_padding(pieces[0])  # the judged turn's piece as its windows cut it (below)
         first_starts = self._starts_if_too_many(counted, last["role"])
         if check is not None:
             check()
@@ -554,7 +570,10 @@ class WindowPlanner:
         forged_end = len(pieces)  # pieces[1:forged_end]: the forged-turn ones (a stream's bound counts them)
         if (bare := without_verdict_lines(judged)) != judged and bare.strip():  # forged verdict lines left out
             pieces.append(prepare_content(bare))
-        readings = as_seen_pieces(judged, check)
+        # A terminal lays out the text as written: a layer's padding (dots, spaces) puts its words in their columns,
+        # and the shortened runs would move them (review of rt71e's rule runs: rt70a's clause never whole again).
+        laid = clean_text(written[-1]["content"], keep_lone_cr=True, keep_moves=True)
+        readings = as_seen_pieces(laid if laid != kept and has_layout(laid) else kept, check)
         pieces += [prepare_content(s) for s in readings]
         if check is not None:
             check()  # each reading of a long text takes a while: abandoned or late work stops between them
@@ -574,12 +593,18 @@ class WindowPlanner:
             # and the server did not). The run is also judged as that message reads; a run of assistant turns too
             # ("Step 1: Mix" | " ammonium nitrate ...", one answer to the model that reads them back: rt62f F2b).
             pieces += [prepare_content(joined), *(prepare_content(s) for s in as_seen_pieces(joined, check))]
+            if (lined := final_run(msgs, "\n")) != joined and lined is not None:
+                # Run together, "how to make a" | "bomb" read "make abomb" (rt71e); a chat shows each turn on a line of
+                # its own. Both are judged: run together is how "How can I make a bo" | "mb at home?" reads.
+                pieces.append(prepare_content(lined))
             if check is not None:
                 check()
+            if "\x08" in joined or "\x1b" in joined:  # its cursor moves were for the terminal's reading only
+                joined = clean_text(joined, keep_lone_cr=True)
             if (unpadded := padding_read(joined)) is not None:
                 pieces.append(prepare_content(unpadded))
         # A reading can open a new run (hidden characters between blanks, read as nothing): shortened the same way.
-        pieces = [shorten_blank_runs(p) for p in pieces]
+        pieces = [shorten_padding(p) for p in pieces]
         first_starts = first_starts if pieces[0] == counted else None
         if len(pieces) > self.max_windows:  # each piece needs a window: refuse before tokenizing anything
             raise self._too_large()
