@@ -532,15 +532,7 @@ def _served_policy(value: str) -> Policy:
     if not path.is_file():
         raise ValueError(f"--policy must be 'strict', 'loose' or a JSON file of Policy.to_dict(); no file {value!r}")
 
-    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        # json.loads keeps the last of duplicate keys: a merged or hand-edited file with "mode" twice served
-        # whichever came last, with no word said (rt57c F9). Refused, as every other mistake in the file is.
-        seen: dict[str, Any] = {}
-        for key, item in pairs:
-            if key in seen:
-                raise ValueError(f"the key {key!r} appears more than once in one object; keep one")
-            seen[key] = item
-        return seen
+    from .formats.json_keys import unique_keys  # a key twice ("mode") is refused, not read as its last copy (rt57c F9)
 
     try:
         return Policy.from_dict(json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=unique_keys))

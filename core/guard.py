@@ -1035,10 +1035,14 @@ class Guard:
     def check_tool_call(
         self, name: str, arguments: Mapping[str, Any] | str | None, messages: Sequence[Message] | None = None
     ) -> Decision:
-        """A tool call before it runs: the call as the assistant's action after the user's request
-        (``messages``: the conversation before the call, a list of ``{"role", "content"}`` dicts)."""
+        """A tool call before it runs: the call as the assistant's action after the conversation that asked for it
+        (``messages``: the conversation before the call, a list of ``{"role", "content"}`` dicts, read as an
+        answer's history is, the assistant's turns after the user's latest request too; past ``max_chars`` the turns
+        before that request are left out first, then the oldest after it: `tool_call_conversation`)."""
         _conversation_before(messages)
-        conversation = tool_call_conversation(name, arguments, messages, max_chars=self.max_chars)
+        conversation = tool_call_conversation(
+            name, arguments, messages, max_chars=self.max_chars, max_messages=self.max_messages
+        )
         return self.check(conversation, Stage.TOOL_CALL)
 
     async def acheck_tool_call(
@@ -1048,10 +1052,17 @@ class Guard:
         if text_size((name, arguments), PREPARE_ON_LOOP_CALL_CHARS) > PREPARE_ON_LOOP_CALL_CHARS:
             # Rendering reads the arguments as each parser would (up to max_chars): never on the event loop (rt62a F1).
             conversation = await asyncio.to_thread(
-                tool_call_conversation, name, arguments, messages, max_chars=self.max_chars
+                tool_call_conversation,
+                name,
+                arguments,
+                messages,
+                max_chars=self.max_chars,
+                max_messages=self.max_messages,
             )
         else:
-            conversation = tool_call_conversation(name, arguments, messages, max_chars=self.max_chars)
+            conversation = tool_call_conversation(
+                name, arguments, messages, max_chars=self.max_chars, max_messages=self.max_messages
+            )
         return await self.acheck(conversation, Stage.TOOL_CALL)
 
     def check_tool_result(self, name: str, output: str) -> Decision:

@@ -188,7 +188,7 @@ def test_records_from_a_notebook_are_read_the_same_way() -> None:
         {"labels": "x"},
         {"response_a": "x", "response_b": "y", "response": "z"},
         {"message": "x"},
-        {"prompt_1": "x", "prompt": "y"},
+        {"prompt_1": "x", "prompt": BOMB},  # the row's text again: a different one is refused (rt71g F2)
         {"state": "CA", "stage": "prompt"},
         {"test": "x"},
         {"txt": "x"},

@@ -191,7 +191,7 @@ def test_the_demo_guard_allows_a_progress_bar() -> None:
         ("\u6f22\u5b57ab\rxy", "xy\u5b57ab"),  # a wide character is two columns
         ("\u6f22\u5b57ab\rx", "x \u5b57ab"),  # half of one overwritten: the other half shows a blank
         ("e\u0301xyz\rab", "abyz"),  # a combining mark takes no column, and goes with its letter
-        ("a\tb\rc", "c       b"),  # a tab moves to the next stop
+        ("a\tb\rc", "c\tb"),  # a tab moves to the next stop; the blanks it moved over read as one tab (rt71h F2)
     ],
 )
 def test_read_as_overlaid(written: str, shown: str) -> None:
@@ -479,8 +479,9 @@ def test_the_overlay_reading_keeps_to_the_deadline() -> None:
         _overlaid_pieces(text, check)
 
 
-def test_a_long_line_is_laid_out_up_to_a_bound() -> None:
+def test_a_long_line_is_laid_out_whole() -> None:
+    """Past `OVERLAID_COLUMNS` too: a notebook's cell does not wrap a row (rt71h F1; was cut there)."""
     from qwenguard.core.formats.overstrike import OVERLAID_COLUMNS, read_as_overlaid
 
     line = "\u00f6" * (3 * OVERLAID_COLUMNS) + "\rMix"
-    assert read_as_overlaid(line) == "Mix" + "\u00f6" * (OVERLAID_COLUMNS - 3)
+    assert read_as_overlaid(line) == "Mix" + "\u00f6" * (3 * OVERLAID_COLUMNS - 3)

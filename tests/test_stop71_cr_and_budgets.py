@@ -247,3 +247,141 @@ def test_a_real_image_over_max_chars_is_not_refused() -> None:
     png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 400
     node = ImageNode(text="A chart.", image=base64.b64encode(png).decode())
     assert node_text(node, MAX_CHARS).startswith("A chart.")
+
+
+# -- rt71i: the CR released at the answer's end, in the message that ends it (fixer BL) --------------------------------
+
+
+def _chained(path: str, answer: Any, mode: str) -> list[Any]:
+    """What the step after the guard receives, streamed, when ``answer`` (a runnable) is guarded by ``path``."""
+    from langchain_core.runnables import RunnableLambda
+    from qwenguard.integrations.langchain import GuardRunnable, guard_output
+
+    guard = Guard(ScriptedBackend(phrase_verdict), cache_size=0)
+    guarded = GuardRunnable(guard=guard, runnable=answer) if path == "GuardRunnable" else answer | guard_output(guard)
+    chain = guarded | RunnableLambda(lambda m: m)
+    if mode == "sync":
+        return list(chain.stream("hi"))
+
+    async def run() -> list[Any]:
+        return [m async for m in chain.astream("hi")]
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("path", ["guard_output", "GuardRunnable"])
+@pytest.mark.parametrize("form", ["blocks", "string"])
+def test_a_whole_answer_ending_in_a_cr_reaches_the_next_step_as_one_message(form: str, path: str, mode: str) -> None:
+    """rt71i F1: a runnable that answers a whole `AIMessage` (a router, a cached answer) whose text ends in a CR.
+    The next step of the chain gets that message, its CR a line feed, not a `ChatPromptTemplate` (LangChain added
+    the message and a line-feed chunk released after it)."""
+    from langchain_core.messages import AIMessage
+    from langchain_core.runnables import RunnableLambda
+
+    text = "Line one.\r\nLine two.\r"
+    content: Any = _blocks(text) if form == "blocks" else text
+    got = _chained(path, RunnableLambda(lambda _: AIMessage(content=content, id="r1")), mode)
+    assert [type(m).__name__ for m in got] == ["AIMessage"]
+    assert got[0].text == "Line one.\r\nLine two.\n"
+    if form == "blocks":
+        assert [b["index"] for b in got[0].content] == [0]
+
+
+def _marked_model(contents: list[Any]) -> Any:
+    """A chat model streaming ``contents`` with a tool call, then the empty chunk marked ``chunk_position="last"``
+    with the usage, as a provider's stream ends."""
+    from langchain_core.language_models import GenericFakeChatModel
+    from langchain_core.messages import AIMessageChunk
+    from langchain_core.outputs import ChatGenerationChunk
+
+    last: Any = [] if isinstance(contents[0], list) else ""
+
+    class Marked(GenericFakeChatModel):
+        def _stream(self, messages, stop=None, run_manager=None, **kw):  # type: ignore[no-untyped-def]
+            for content in contents:
+                yield ChatGenerationChunk(message=AIMessageChunk(content=content, id="r1"))
+            call = {"name": "lookup", "args": '{"q": "x"}', "id": "c1", "index": 5}
+            yield ChatGenerationChunk(message=AIMessageChunk(content=last, id="r1", tool_call_chunks=[call]))
+            usage = {"input_tokens": 3, "output_tokens": 5, "total_tokens": 8}
+            end = AIMessageChunk(content=last, id="r1", chunk_position="last", usage_metadata=usage)
+            yield ChatGenerationChunk(message=end)
+
+    return Marked(messages=iter([]))
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("path", ["guard_output", "GuardRunnable"])
+@pytest.mark.parametrize("texts", [ENDS_IN_CR, LONE], ids=["cr-at-end", "lone-crs"])
+@pytest.mark.parametrize("form", ["blocks", "string"])
+def test_no_chunk_comes_after_the_one_marked_last(form: str, texts: list[str], path: str, mode: str) -> None:
+    """rt71i F2: a chat model's answer ends in a CR, and its stream ends with the chunk marked last. A consumer that
+    finalises the message at that chunk has every character: the line feed is in it, not in a chunk after it; the
+    sum keeps the tool call, the usage and the end marker."""
+    from qwenguard.integrations.langchain import GuardRunnable, guard_output
+
+    guard = Guard(ScriptedBackend(phrase_verdict), cache_size=0)
+    model = _marked_model([_blocks(t) if form == "blocks" else t for t in texts])
+    chain = model | guard_output(guard) if path == "guard_output" else GuardRunnable(guard=guard, runnable=model)
+    if mode == "sync":
+        chunks = list(chain.stream("hi"))
+    else:
+
+        async def run() -> list[Any]:
+            return [c async for c in chain.astream("hi")]
+
+        chunks = asyncio.run(run())
+    assert chunks[-1].chunk_position == "last"
+    assert "".join(c.text for c in chunks) == as_released(texts)
+    total = chunks[0]
+    for c in chunks[1:]:
+        total = total + c
+    assert total.text == as_released(texts)
+    assert total.chunk_position == "last"
+    assert [c["name"] for c in total.tool_calls] == ["lookup"]
+    assert total.usage_metadata["total_tokens"] == 8
+    if form == "blocks":
+        assert [b["index"] for b in total.content if b.get("type") == "text"] == [0]
+
+
+@pytest.mark.parametrize("form", ["blocks", "string"])
+def test_a_stream_with_no_end_marker_still_gets_its_cr_in_a_last_chunk(form: str) -> None:
+    """Control: chunks yielded by a generator runnable (no chunk marked last): the CR goes out in a chunk of its own."""
+    from langchain_core.messages import AIMessageChunk
+    from langchain_core.runnables import RunnableGenerator
+
+    def gen(_: Any) -> Any:
+        for t in ENDS_IN_CR:
+            yield AIMessageChunk(content=_blocks(t) if form == "blocks" else t, id="r1")
+
+    got = _chained("GuardRunnable", RunnableGenerator(gen), "sync")
+    assert "".join(c.text for c in got) == as_released(ENDS_IN_CR)
+
+
+WORDS = ("The museum opens at nine and closes at five on weekdays. " * 200)[:9_000]  # 90% of max_chars below
+
+
+@pytest.mark.parametrize("payload", ["the same words", "blanks"])
+def test_a_node_whose_payload_repeats_what_it_shows_is_judged(payload: str) -> None:
+    """rt71i F3: an `ImageNode` whose text is 90% of max_chars and whose inline image is base64 of the same words
+    (or of blanks) is read and judged, as before the payload bound: the bound is the whole max_chars, and data the
+    node already shows is left out once decoded."""
+    from llama_index.core.schema import ImageNode
+    from qwenguard.integrations.llamaindex.postprocessor import node_text
+
+    raw = (WORDS if payload == "the same words" else " " * 9_000).encode()
+    node = ImageNode(text=WORDS, image=base64.b64encode(raw).decode(), id_="n1")
+    assert node_text(node, 10_000).startswith(WORDS)
+    assert len(node_text(node, 10_000)) < 10_000
+
+
+def test_a_payload_over_max_chars_beside_a_short_text_is_still_refused_undecoded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Control: the whole-budget bound still refuses a payload whose size alone is over max_chars, undecoded."""
+    from qwenguard.integrations.llamaindex.postprocessor import node_text
+
+    calls = _spied(monkeypatch)
+    with pytest.raises(InputTooLarge):
+        node_text(_image_nodes(HARMFUL * 200)["image"], MAX_CHARS)  # 12,000 bytes: over 4 x 2,000
+    assert calls == {"base64": 0, "percent": 0}

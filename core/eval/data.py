@@ -13,6 +13,9 @@ Accepted columns (a name is matched without case or surrounding blanks: ``Respon
   a response, else ``prompt``). ``response`` and ``tool_call`` rows must end with the assistant's turn.
 - with a ``response``, the user turn is ``prompt`` when present (``text`` may repeat the response, as in
   the shipped sample), else ``text``.
+- a row holding more than one of ``text``, ``prompt`` and ``messages`` holds copies of its judged text (the last
+  user turn, or ``text`` repeating the response); different texts are refused, as one would go unjudged.
+- a key written twice in one JSON object is refused (JSON alone reads its last copy), as CSV refuses a column twice.
 
 A column whose name is close to one of these (``respones``, ``lable``, ``Categroy``) is refused, naming the
 column it looks like: read as a column of the user's own it would drop the response, stage or category without
@@ -29,12 +32,14 @@ import csv
 import json
 import re
 import sys
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import MissingDependency, QwenGuardError
+from ..formats.json_keys import DuplicateKey, unique_keys
 from ..formats.printable import printable
 from ..verdict import CATEGORIES, Risk, Stage
 
@@ -177,11 +182,14 @@ def _parse_messages(value: Any) -> list[dict[str, str]]:
 
 
 def _json(text: str, column: str) -> Any:
-    """A JSON cell; a `ValueError` naming the column when it is not JSON or is nested too deeply to parse."""
+    """A JSON cell; a `ValueError` naming the column when it is not JSON, names a key twice or is nested too deeply
+    to parse."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{column} is not valid JSON: {exc.msg}") from None
+    except DuplicateKey as exc:  # a message's "content" twice: read as its last copy, unlike the cell a reader sees
+        raise ValueError(f"{column}: {exc}") from None
     except RecursionError:
         raise ValueError(f"{column} is JSON nested too deeply") from None
 
@@ -247,6 +255,14 @@ def _looks_like(name: str, present: Iterable[str] = ()) -> str | None:
     return None if best is None else best[1]
 
 
+def _column_key(name: str) -> str:
+    """A column name as eval matches it: without format characters ("text\u200b"), in NFKC ("ｔｅｘｔ"), without case
+    or surrounding blanks. A reader sees "text" in each, and a second one beside "text" was read as the user's own
+    column while "text" held other words (rt71m F3)."""
+    visible = "".join(c for c in name if unicodedata.category(c) != "Cf")
+    return unicodedata.normalize("NFKC", visible).strip().lower()
+
+
 def _column_names(names: Iterable[Any]) -> dict[Any, Any]:
     """Each of a row's column names → the column eval reads it as: a known column matched without case or
     surrounding blanks (`` response``, ``Stage``), else the name itself (a column of the user's own). A name that
@@ -255,12 +271,12 @@ def _column_names(names: Iterable[Any]) -> dict[Any, Any]:
     out: dict[Any, Any] = {}
     first: dict[str, Any] = {}
     names = list(names)
-    present = {key for name in names if isinstance(name, str) and (key := name.strip().lower()) in KNOWN_COLUMNS}
+    present = {key for name in names if isinstance(name, str) and (key := _column_key(name)) in KNOWN_COLUMNS}
     for name in names:
         if not isinstance(name, str):
             out[name] = name
             continue
-        key = name.strip().lower()
+        key = _column_key(name)
         if key in KNOWN_COLUMNS:
             if key in first:
                 other = first[key]
@@ -345,6 +361,7 @@ def _example(record: Mapping[str, Any], index: int) -> EvalExample:
         conversation = [{"role": "user", "content": _text(record[column], column)}]
         if has_response:
             conversation.append({"role": "assistant", "content": _text(response, "response")})
+    _one_text(record, conversation, has_response)
     if not conversation[-1]["content"].strip():
         raise ValueError("the checked text is empty")
     if conversation[-1]["role"] == "system":
@@ -355,7 +372,8 @@ def _example(record: Mapping[str, Any], index: int) -> EvalExample:
         try:
             stage = Stage(str(record["stage"]).strip().lower())
         except ValueError:
-            raise ValueError(f"stage {record['stage']!r} is not one of {[s.value for s in Stage]}") from None
+            valid = [s.value for s in Stage if s is not Stage.STREAM]  # 'stream' is refused just below
+            raise ValueError(f"stage {record['stage']!r} is not one of {valid}") from None
         if stage is Stage.STREAM:
             raise ValueError("stage 'stream' cannot be evaluated row by row; use 'response'")
         if (stage in _ASSISTANT_STAGES) != assistant_final:
@@ -384,6 +402,40 @@ def _example(record: Mapping[str, Any], index: int) -> EvalExample:
         refusal=refusal,
         extra={k: v for k, v in record.items() if k not in KNOWN_COLUMNS},
     )
+
+
+def _one_text(record: Mapping[str, Any], conversation: Sequence[Mapping[str, str]], has_response: bool) -> None:
+    """A `ValueError` when the row's ``text`` or ``prompt`` holds a text that is not judged: no turn of the conversation
+    checked (the user turn, an earlier one read as its context, the response). Only one of them is read, and the other
+    was dropped without a word (rt71g F2); a copy (a dataset that repeats the prompt, the sample's ``text`` repeating
+    the response, ultrachat's ``prompt`` repeating the first user turn of ``messages``) is fine, in any line-break or
+    normalization form. Beside ``messages``, a ``prompt`` that is no string (a TRL list of turns) is not a text."""
+    judged = {_as_compared(m["content"]) for m in conversation}
+    beside_messages = not _is_missing(record.get("messages"))
+    for column in ("text", "prompt"):
+        value = record.get(column)
+        if _is_missing(value) or beside_messages and not isinstance(value, str):
+            continue
+        if _as_compared(_text(value, column)) in judged:
+            continue
+        if beside_messages:
+            what = "a turn of 'messages'"
+        elif has_response:
+            what = "the 'prompt' (the user turn) nor the 'response'"
+        else:  # a prompt row: `text` is judged, `prompt` differs
+            raise ValueError(
+                "columns 'text' and 'prompt' hold different texts, and only 'text' would be judged: keep one (or "
+                "give the row a 'response', which makes 'prompt' the user turn it answers)"
+            )
+        raise ValueError(
+            f"column {column!r} is not {what}, and would not be judged: keep one, or rename {column!r} to a column "
+            "of your own"
+        )
+
+
+def _as_compared(text: str) -> str:
+    """``text`` as two copies of one text compare: line breaks as LF, NFC, without surrounding blanks."""
+    return unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n")).strip()
 
 
 def examples_from_records(
@@ -452,9 +504,11 @@ def _read_jsonl(path: Path) -> tuple[list[Any], list[int]]:
             if not line or line.isspace():  # not strip(): a copy of a huge line
                 continue
             try:
-                rows.append(json.loads(line))
+                rows.append(json.loads(line, object_pairs_hook=unique_keys))
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path} line {n}: not valid JSON ({exc.msg})") from None
+            except DuplicateKey as exc:  # json.loads alone judges the last copy; CSV refuses a column twice (rt71g F1)
+                raise DataError(f"{path} row {len(rows) + 1} (line {n}): {exc}") from None
             except RecursionError:
                 raise DataError(f"{path} line {n}: JSON nested too deeply to read") from None
             except ValueError as exc:  # an integer of more digits than Python converts (4,300): rt69g F3
@@ -469,14 +523,42 @@ def _read_json(path: Path) -> tuple[list[Any], list[int] | None]:
     if head.lstrip().startswith("["):
         text = _read_text(path)
         try:
-            return json.loads(text), None
+            return json.loads(text, object_pairs_hook=unique_keys), None
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        except DuplicateKey as exc:  # json.loads alone judges the last copy; CSV refuses a column twice (rt71g F1)
+            raise DataError(f"{path}{_element_at(text)}: {exc}") from None
         except RecursionError:
             raise DataError(f"{path}: JSON nested too deeply to read") from None
         except ValueError as exc:  # an integer of more digits than Python converts (4,300): rt69g F3
             raise DataError(f"{path}{_long_number_line(text)}: {exc}") from None
     return _read_jsonl(path)
+
+
+def _element_at(text: str) -> str:
+    """`` row N (line L)``: the element of a JSON array text that names a key twice, or nothing (the error path
+    only: the array is read again an element at a time, to name the row)."""
+    decoder = json.JSONDecoder(object_pairs_hook=unique_keys)
+
+    def past_blanks(at: int) -> int:  # JSON's four whitespace characters
+        while at < len(text) and text[at] in " \t\r\n":
+            at += 1
+        return at
+
+    at = past_blanks(text.index("[") + 1)
+    row = 0
+    while at < len(text) and text[at] != "]":
+        row += 1
+        try:
+            _, end = decoder.raw_decode(text, at)
+        except DuplicateKey:
+            return f" row {row} (line {text.count(chr(10), 0, at) + 1})"
+        except (ValueError, RecursionError):  # not reached: the whole text parsed up to the duplicate
+            return ""
+        at = past_blanks(end)
+        if at < len(text) and text[at] == ",":
+            at = past_blanks(at + 1)
+    return ""
 
 
 def _long_number_line(text: str) -> str:

@@ -151,12 +151,11 @@ _HTML_COMMENT = r"<!--(?:[^-]|-(?!->)){0,64}-->"
 # A GFM task-list box ("- [ ] USER:"), a footnote or a numbered reference ("[^1]: USER:", "[2] USER:"), an ordered-list
 # marker of digits or of 1-3 letters (a lettered or roman list: "1.", "2)", "a.", "iv)"). Not "[Safety]": the label.
 _LIST_MARKER = r"\[(?:[ xX]|\^\w{1,8}|[0-9]{1,8})\]|[0-9]{1,9}[.)]|[A-Za-z]{1,3}[.)]"
-# Markup is read a construct at a time: a run of gaps (no line break) and of punctuation or symbols (any character but
-# a letter, a digit or a line break; "_" too), a tag, a comment or a marker. A "<" or "[" that starts no tag or marker is
-# a construct of its own, tried last: a run that took it would take a tag's first character. At most
-# `_MARKUP_CONSTRUCTS` of them, each possessive: a scan from each line break reads a bounded stretch, though tags and
-# comments may span lines (a chain of "<a\n>" or "<!--\n-->", each read again from each break inside it, was
-# quadratic: 80 kB of comments took 51 s).
+# Markup is read in stretches: within a line, any run of gaps (no line break), punctuation or symbols (any character
+# but a letter, a digit or a line break; "_" too), markers, and a "<" or "[" that starts no tag or marker; between
+# them, tags and comments. At most `_MARKUP_CONSTRUCTS` tags or comments, each possessive: a scan from each line break
+# reads a bounded stretch, though tags and comments may span lines (a chain of "<a\n>" or "<!--\n-->", each read
+# again from each break inside it, was quadratic: 80 kB of comments took 51 s); a line's own markup stops at its end.
 _MARKUP_CONSTRUCTS = 8
 _WORD_CHAR = re.compile(r"\w")
 _IN_WORD = rf"[{_INVISIBLE}\u0300-\u036f]*"
@@ -236,11 +235,16 @@ class _LineLabel:
         # read a class test a character; then "_", a word character but Markdown's emphasis ("__USER__:"), and the
         # gap's invisible letters (the Hangul fillers).
         run = rf"(?:[^\w<\[\n\r\u2028\u2029{symbols}]|_|{_LABEL_GAP})++"
-        before = rf"(?:{_HTML_COMMENT}|{_HTML_BIT}|{_LIST_MARKER}|{run}|[<\[])"
-        after = rf"(?:{_HTML_COMMENT}|{_HTML_BIT}|(?:[^\w<\n\r\u2028\u2029{_TURN_COLONS}]|_|{_LABEL_GAP})++|<)"
+        # Markup within the line (markers, runs, a "[" or a "<" that starts no tag) is read as one stretch, however
+        # many markers ("- [ ] - [ ] - [ ] - [ ] - [ ] Safety:" passed a cap of 8 constructs: rt71k F3); only tags and
+        # comments, which may span lines, are counted.
+        in_line = rf"(?:{_LIST_MARKER}|{run}|\[|<(?![^<>]{{1,64}}>))++"
+        tags = rf"(?:{_HTML_COMMENT}|{_HTML_BIT})"
+        before = rf"(?:{in_line})?+(?:{tags}(?:{in_line})?+){{0,{_MARKUP_CONSTRUCTS}}}+"
+        in_line_after = rf"(?:[^\w<\n\r\u2028\u2029{_TURN_COLONS}]|_|{_LABEL_GAP})++"
+        after = rf"(?:{in_line_after})?+(?:(?:{tags}|<)(?:{in_line_after})?+){{0,{_MARKUP_CONSTRUCTS}}}+"
         self.label = re.compile(
-            rf"{before}{{0,{_MARKUP_CONSTRUCTS}}}+"
-            rf"(?:{'|'.join(map(_label_word, words))}){after}{{0,{_MARKUP_CONSTRUCTS}}}+(?=[{_TURN_COLONS}])",
+            rf"{before}(?:{'|'.join(map(_label_word, words))}){after}(?=[{_TURN_COLONS}])",
             re.IGNORECASE,
         )
         self.after_break = re.compile(rf"[\n\r\u2028\u2029]({self.label.pattern})", re.IGNORECASE)

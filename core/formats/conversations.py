@@ -42,6 +42,7 @@ __all__ = [
     "response_conversation",
     "answer_prefill",
     "tool_call_conversation",
+    "answer_calls_conversation",
     "untrusted_conversation",
     "render_tool_call",
     "files_read",
@@ -767,13 +768,82 @@ def tool_call_conversation(
     messages: Sequence[Message] | None = None,
     *,
     max_chars: int | None = None,
+    max_messages: int | None = None,
 ) -> list[dict[str, str]]:
-    """The call as the assistant's action, in the context of the user's latest request. With ``max_chars`` (the
-    check's bound), the call is rendered only until past it (`render_tool_call`): the caller refuses it."""
+    """The call as the assistant's action after the conversation that asked for it: ``messages``' user and assistant
+    turns of text, the assistant's after the user's latest request too (an answer is read after its history too: a
+    call read after that request alone sent what the same words as an answer were blocked for, rt71b F2, rt71j F1).
+    The request and the call are kept whole; the other turns only while all of it fits ``max_chars`` and
+    ``max_messages`` (a caller's bounds: history never makes a call too large to judge), as `_action_conversation`
+    trims them. With ``max_chars``, the call is rendered only until past it (`render_tool_call`): the caller refuses
+    it."""
     action = render_tool_call(name, arguments, max_chars)
-    request = last_user_text(messages)
-    turns = [{"role": "user", "content": request}] if request is not None else [{"role": "user", "content": ""}]
-    return [*turns, {"role": "assistant", "content": action}]
+    return _action_conversation(action, messages, max_chars, max_messages)
+
+
+def answer_calls_conversation(
+    text: str | None,
+    calls: Sequence[tuple[str, Mapping[str, Any] | str | None]],
+    messages: Sequence[Message] | None = None,
+    *,
+    max_chars: int | None = None,
+    max_messages: int | None = None,
+) -> list[dict[str, str]] | None:
+    """One answer's text and every call it asks for, in order, as one assistant action after the conversation
+    (`tool_call_conversation`'s reading); ``None`` where that is one call alone, already judged whole. A clause split
+    over two parallel calls (two e-mails' bodies, two appends to one file), or over an answer's text and its call,
+    ran when each call was judged alone (rt71b F1).
+
+    With ``max_chars``: where the text, the calls and the user's request together are longer, the text is cut to its
+    tail that fits, the part next to the calls (its head was judged as the answer's text; an answer whose text and
+    call each fit was refused whole, rt71j F3), and left out where none fits (``None`` then for one call). The calls
+    themselves are written only until past it (`with_tool_calls`): the caller refuses them, as a single call that
+    long."""
+    words = text if (text or "").strip() else None
+    if not calls or (len(calls) == 1 and words is None):
+        return None
+    if max_chars is None:
+        return _action_conversation(with_tool_calls(words, calls), messages, max_chars, max_messages)
+    acts = with_tool_calls(None, calls, max_chars=max_chars)
+    if words is not None:
+        room = max_chars - len(acts) - 1 - len(last_user_text(messages) or "")
+        if len(words) > room:
+            words = words[-room:] if room > 0 and words[-room:].strip() else None
+    if words is None and len(calls) == 1:
+        return None  # the call alone: judged so already
+    return _action_conversation(acts if words is None else f"{words}\n{acts}", messages, max_chars, max_messages)
+
+
+def _action_conversation(
+    action: str, messages: Sequence[Message] | None, max_chars: int | None, max_messages: int | None
+) -> list[dict[str, str]]:
+    """``action`` as the assistant's turn after ``messages``' user and assistant text turns: the user's latest request
+    kept whole, the assistant's turns after it (the model's own text earlier in the run, which an answer's history
+    holds too: rt71j F1), then the turns before the request, while all fits the bounds. Trimmed, the turns before the
+    request are left out first (the oldest first), then the oldest turns after it."""
+    turns = [
+        {"role": str(m["role"]), "content": m["content"]}
+        for m in _require_turns(messages, "messages")
+        if m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str)
+    ]
+    last = {"role": "assistant", "content": action}
+    end = next((i for i in range(len(turns) - 1, -1, -1) if turns[i]["role"] == "user"), None)
+    if end is None:
+        return [{"role": "user", "content": ""}, last]
+    room = None if max_chars is None else max_chars - len(action) - len(turns[end]["content"])
+    most = len(turns) - 1 if max_messages is None else max(0, max_messages - 2)  # besides the request and the action
+    # Newest first: the turns after the request, then those before it, each kept only while all of them fit.
+    order = [*range(len(turns) - 1, end, -1), *range(end - 1, -1, -1)]
+    kept = 0
+    for i in order[:most]:
+        if room is not None and len(turns[i]["content"]) > room:
+            break
+        room = None if room is None else room - len(turns[i]["content"])
+        kept += 1
+    after = len(turns) - 1 - end
+    if kept <= after:  # some of the turns after the request left out: none before it
+        return [turns[end], *turns[len(turns) - kept :], last]
+    return [*turns[end - (kept - after) :], last]
 
 
 def untrusted_conversation(text: str, what: str = "content") -> list[dict[str, str]]:

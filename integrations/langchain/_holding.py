@@ -704,14 +704,16 @@ class HeldStream:
         content) as the local monitor releases it (`crlf_joined`): a CR at its end is carried into the next text, so
         a CRLF cut between two chunks stays a CRLF (`as_judged` alone made it two line feeds, rt70l F2; rt71 BC for
         list content, as Anthropic and the responses API stream), and any other lone CR is a line feed. A chunk with
-        no text carries it on; one still carried at the answer's end goes out as a line feed (`_cr_tail`)."""
+        no text carries it on; one still carried at the answer's end goes out as a line feed: in the message that
+        ends the answer (a whole message, or the chunk marked ``chunk_position="last"``, `_cr_ended`), else in a
+        chunk of its own (`_cr_tail`)."""
         if isinstance(chunk, str):
             return self._crlf(chunk, chunk) if self._cr_held or "\r" in chunk else chunk
         content = getattr(chunk, "content", None) if isinstance(chunk, BaseMessage) else None
         if isinstance(content, str):
             if not self._cr_held and "\r" not in content:
                 return chunk
-            return chunk.model_copy(update={"content": self._crlf(content, chunk)})
+            return self._cr_ended(chunk.model_copy(update={"content": self._crlf(content, chunk)}))
         if not isinstance(content, list) or not (self._cr_held or any("\r" in t for t in _block_texts(content))):
             return chunk
         blocks: list[Any] = []
@@ -721,7 +723,32 @@ class HeldStream:
             elif _is_text_block(block):
                 block = {**block, "text": self._crlf(block["text"], [chunk, block])}
             blocks.append(block)
-        return chunk.model_copy(update={"content": blocks})
+        return self._cr_ended(chunk.model_copy(update={"content": blocks}))
+
+    def _cr_ended(self, message: BaseMessage) -> BaseMessage:
+        """``message`` with the CR still carried after it released in it as a line feed when it ends the answer: a
+        whole message (a router's or a cache's answer: a chunk after it made LangChain add the two up into a
+        ``ChatPromptTemplate`` for the next step, rt71i F1) or the chunk a chat model marks ``chunk_position="last"``
+        (a chunk after it came after the stream's end marker, rt71i F2). Else as it is: the CR stays carried."""
+        if not self._cr_held or (
+            isinstance(message, BaseMessageChunk) and getattr(message, "chunk_position", None) != "last"
+        ):
+            return message
+        tail = self._cr_tail()
+        content = message.content
+        if isinstance(content, str) and (content or isinstance(tail, str) or isinstance(tail.content, str)):
+            return message.model_copy(update={"content": content + "\n"})
+        blocks: list[Any] = list(content) if isinstance(content, list) else []
+        for i in reversed(range(len(blocks))):  # its last text wrote the CR: no text after it took the CR on
+            if isinstance(blocks[i], str):
+                blocks[i] += "\n"
+                return message.model_copy(update={"content": blocks})
+            if _is_text_block(blocks[i]):
+                blocks[i] = {**blocks[i], "text": blocks[i]["text"] + "\n"}
+                return message.model_copy(update={"content": blocks})
+        # No text of its own (the empty last chunk): the CR's block at its index, so the sum joins it there
+        added = tail.content if not isinstance(tail, str) and isinstance(tail.content, list) else ["\n"]
+        return message.model_copy(update={"content": blocks + added})
 
     def _crlf(self, text: str, source: Any) -> str:
         """``text`` released (`crlf_joined`); ``source`` is remembered as where a CR carried on was written."""
@@ -731,10 +758,10 @@ class HeldStream:
         return text
 
     def _cr_tail(self) -> Any:
-        """The answer ended with a CR carried (`_cr_carried`): a last chunk with its line feed (a lone CR is
-        released as one), in the form of the text that wrote it (a string, a message's string content, or a text
-        block at the same index, so the sum joins it there); ``None`` when none is carried. Without it the
-        consumer lost a character the model wrote (rt71 BC)."""
+        """The answer ended with a CR carried (`_cr_carried`) and no chunk marked its end (`_cr_ended`): a last
+        chunk with its line feed (a lone CR is released as one), in the form of the text that wrote it (a string, a
+        message's string content, or a text block at the same index, so the sum joins it there); ``None`` when none
+        is carried. Without it the consumer lost a character the model wrote (rt71 BC)."""
         if not self._cr_held:
             return None
         self._cr_held = False

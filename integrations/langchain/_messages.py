@@ -58,6 +58,7 @@ from langchain_core.messages import (
 from qwenguard.core import InputTooLarge, Stage
 from qwenguard.core.formats.conversations import (
     _json_parts,
+    answer_calls_conversation,
     answer_prefill,
     prompt_conversation,
     response_conversation,
@@ -1343,7 +1344,7 @@ def output_items(
         for call in answer_tool_calls(message):
             name = str(call.get("name") or "")
             as_answer = name in answers
-            if not as_answer and (not tool_calls or (not isinstance(tool_calls, bool) and name not in tool_calls)):
+            if not as_answer and not _call_judged(name, tool_calls):
                 continue
             items.append(
                 Item(
@@ -1355,7 +1356,36 @@ def output_items(
                     extra={AS_ANSWER: True} if as_answer else {},
                 )
             )
+        if (joined := joined_calls_item(message, history, tool_calls, answers, budget)) is not None:
+            items.append(joined)
     return items
+
+
+def _call_judged(name: str, tool_calls: bool | Collection[str]) -> bool:
+    """Is a call to ``name`` judged as an action, by an integration's ``check_tool_calls`` switch?"""
+    return bool(tool_calls) and (isinstance(tool_calls, bool) or name in tool_calls)
+
+
+def joined_calls_item(
+    message: BaseMessage,
+    history: Sequence[Mapping[str, str]],
+    tool_calls: bool | Collection[str] = True,
+    answers: Collection[str] = (),
+    budget: int | None = None,
+) -> Item | None:
+    """The answer's text and the calls it asks for (those ``tool_calls`` judges; a structured output's schema call is
+    the answer, judged as one) read as one action after ``history`` (`answer_calls_conversation`), or ``None`` where
+    that is one call alone. A clause split over two parallel calls, or over the text and a call, ran when each call
+    was judged alone (rt71b F1); a block withholds every call of the answer."""
+    calls = [
+        (name, tool_arguments(call))
+        for call in answer_tool_calls(message)
+        if (name := str(call.get("name") or "")) not in answers and _call_judged(name, tool_calls)
+    ]
+    if not calls:
+        return None
+    joined = answer_calls_conversation(answer_text(message), calls, history, max_chars=budget)
+    return None if joined is None else Item(Stage.TOOL_CALL, joined, message, label="tool calls of the model response")
 
 
 def _as_history(context: Sequence[Any], turns: int) -> list[dict[str, str]]:

@@ -468,6 +468,18 @@ def _state_messages(request: Any) -> list[BaseMessage]:
     return list(messages or ())
 
 
+def _asking_answer(messages: Sequence[BaseMessage], call: Mapping[str, Any]) -> int | None:
+    """The index of the latest answer in ``messages`` that asks for ``call`` (by its id), or ``None``."""
+    ident = call.get("id")
+    if not isinstance(ident, str) or not ident:
+        return None
+    for i in range(len(messages) - 1, -1, -1):
+        message = messages[i]
+        if isinstance(message, AIMessage) and any(c.get("id") == ident for c in message.tool_calls):
+            return i
+    return None
+
+
 def _read_by_call(request: Any) -> tuple[Any, list[BaseMessage]]:
     """What a tool call's check reads (`built_off_loop` measures it): the call, and its state's messages."""
     return request.tool_call, _state_messages(request)
@@ -1256,7 +1268,10 @@ class GuardMiddleware(AgentMiddleware):
         client = not self._produced_call(call)
         if not (self.check_tool_calls or (client and self.check_input)):
             return None
-        history = guard_history(_state_messages(request), self.history_turns)
+        messages = _state_messages(request)
+        asked = _asking_answer(messages, call)
+        # The turns before the answer that asks for the call: as the model call read it (`output_items`).
+        history = guard_history(messages if asked is None else messages[:asked], self.history_turns)
         name = call.get("name") or ""
         # Rendered only until past the guard's bound (the check refuses it then): the lenient readings cost ~5 us a
         # character (rt62a F2).

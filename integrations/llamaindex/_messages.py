@@ -985,10 +985,11 @@ def answer_marks(message: ChatMessage, calls: Sequence[ToolSelection], prompt: S
     """Fingerprints of an answer the guard let through after ``prompt`` (the conversation it was judged against, the
     latest user turn last), as it will come back in the next history after that turn (chat engines keep only the
     stripped answer text; agents keep the whole message): the check made, the turns before included (rt60d F3).
-    Its tool calls were judged after the latest user turn alone (`tool_call_conversation`): marked so."""
+    Its tool calls were judged after the conversation (`tool_call_conversation`: the latest user turn kept whole);
+    a history's calls are judged after that turn alone (`plan_inputs`): marked by it."""
     context = _context_of(prompt)
-    # The latest user turn, as `tool_call_conversation` reads it: a prompt ending in a prefill has an assistant turn
-    # last, and marking its calls as judged after no question skipped them after none (rt64i F2).
+    # The latest user turn, the last one `tool_call_conversation` reads: a prompt ending in a prefill has an assistant
+    # turn last, and marking its calls as judged after no question skipped them after none (rt64i F2).
     question = last_user_text(prompt) or "" if prompt else ""
     marks = [context.answer_mark(t) for t in {message_text(message), answer_text(message)} if t.strip()]
     return marks + [_call_key(c, question) for c in calls]

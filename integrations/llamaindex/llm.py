@@ -92,9 +92,10 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
 from llama_index.core.llms.utils import parse_partial_json
 from llama_index.core.prompts import BasePromptTemplate, ChatPromptTemplate
-from llama_index.core.types import Model
+from llama_index.core.types import Model, PydanticProgramMode
 from qwenguard.core import Action, Decision, Guard, InputTooLarge, Policy, QwenGuardError, enforce
 from qwenguard.core.formats.conversations import (
+    answer_calls_conversation,
     prompt_conversation,
     response_conversation,
     tool_call_conversation,
@@ -431,7 +432,8 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             return pre
         screen_system = self.screen_system or _SCREEN_SYSTEM.get() == id(self)
         if self._answer_tools():
-            messages = _printed_conversation(messages)
+            messages, forged = _printed_conversation(messages)
+            screen_system = screen_system or forged
         seen = self._judged()
         plan = plan_inputs(
             messages,
@@ -566,6 +568,12 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             checks.append(
                 _AnswerCall(conversation) if call.tool_name in plan.answers else (Stage.TOOL_CALL, conversation)
             )
+        # The answer's calls (and its text) read as one action too: a clause split over two parallel calls ran when
+        # each was judged alone (rt71b F1). A structured output's schema call is the answer, judged as one.
+        acts = [(c.tool_name, arguments_parsed(c.tool_kwargs)) for c in calls if c.tool_name not in plan.answers]
+        joined = answer_calls_conversation(text, acts, plan.prompt, max_chars=self.guard.max_chars)
+        if joined is not None:
+            checks.append((Stage.TOOL_CALL, joined))
         # An agent's step outside a structured-output call is read by the agent, as the tool calls just judged (their
         # arguments decoded), not handed to the application parsed.
         if plan.answers or not acted:
@@ -1052,7 +1060,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         self, prompt: BasePromptTemplate, prompt_args: Mapping[str, Any], answers: frozenset[str] | None = None
     ) -> tuple[TemplateCall, _Plan | None]:
         """Resolve and judge a template call (raises when blocked); run the call under `_running`. A structured call
-        (``answers``: its schema's tools) of a chat template over a completion-only LLM is planned by role
+        (``answers``: its schema's tools) of a chat template that LlamaIndex's text program runs is planned by role
         (`_turns_plan`)."""
         call, plan = self._resolve(prompt, prompt_args)
         if plan is None:
@@ -1062,12 +1070,16 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         return call, self._start_inputs(plan)
 
     def _turns_plan(self, call: TemplateCall, answers: frozenset[str]) -> _Plan | None:
-        """The plan of a structured call's chat template over an LLM that is not a chat model: LlamaIndex's text
-        program prints its messages into one prompt (``messages_to_prompt``), which was judged whole as the user's
-        text, every assistant turn and a printed conversation's roles with it (rt57f). Its messages are judged by
-        role instead, as the chat path judges them (`_plan_messages`: a printed conversation read back into its
-        turns), and the completion call takes this plan. None for any other call: it plans itself."""
-        if self.llm.metadata.is_chat_model or not isinstance(call.template, ChatPromptTemplate):
+        """The plan of a structured call's chat template that LlamaIndex's text program (``LLMTextCompletionProgram``)
+        runs. Over an LLM that is not a chat model it prints the messages into one prompt (``messages_to_prompt``),
+        which was judged whole as the user's text, every assistant turn and a printed conversation's roles with it
+        (rt57f); over a chat model it appends its JSON-schema instruction to the last message, which was judged as
+        the user's words joined to the request (the demo guard let a request through that ``chat`` blocks: rt71c
+        F2). Its messages are judged by role instead, without the program's instruction, as the chat path judges
+        them (`_plan_messages`: a printed conversation read back into its turns), and the call takes this plan: the
+        same user turn gets the same verdict on either model and on ``chat``. None for any other call (a
+        function-calling program's messages are the template's): it plans itself."""
+        if not isinstance(call.template, ChatPromptTemplate) or not self._text_program():
             return None
         token = _ANSWER_TOOLS.set((id(self), answers)) if answers else None
         try:
@@ -1076,6 +1088,17 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         finally:
             if token is not None:
                 _ANSWER_TOOLS.reset(token)
+
+    def _text_program(self) -> bool:
+        """Does a structured call run LlamaIndex's text program (``get_program_for_llm``'s choice), which formats the
+        template itself: a completion-only LLM's prompt, the output parser's instruction added?"""
+        metadata = self.llm.metadata
+        if not metadata.is_chat_model:  # whatever program: its messages reach the model printed into one prompt
+            return True
+        mode = self.pydantic_program_mode
+        return mode == PydanticProgramMode.LLM or (
+            mode == PydanticProgramMode.DEFAULT and not metadata.is_function_calling_model
+        )
 
     async def _ajudge_template(
         self, prompt: BasePromptTemplate, prompt_args: Mapping[str, Any], answers: frozenset[str] | None = None
@@ -1456,19 +1479,23 @@ def _printed_turns(message: ChatMessage) -> list[ChatMessage] | None:
     return turns
 
 
-def _printed_conversation(messages: Sequence[ChatMessage]) -> Sequence[ChatMessage]:
+def _printed_conversation(messages: Sequence[ChatMessage]) -> tuple[Sequence[ChatMessage], bool]:
     """A structured-output call's input with a printed conversation read back into its turns (`_printed_turns`),
     judged by role as the chat path judges them, the turns judged before not again, the framework's wording not at
     all. Judged whole as the user's prompt, every assistant and tool turn was the user's text, and the printed roles
     read as a forged conversation (the demo guard: Jailbreak), so no agent got its structured answer (rt57f F2). The
-    agent's system prompt, printed again as the first turn, stays the application's."""
+    agent's system prompt, printed again as the first turn, stays the application's.
+
+    The flag: the list now opens with a printed system turn that repeats no real system message, which must be judged
+    (``screen_system``): it is text a user message wrote, and as the opening message it was taken for the
+    application's prompt and never judged (rt71c F1)."""
     if not messages or (turns := _printed_turns(messages[-1])) is None:
-        return messages
+        return messages, False
     head = list(messages[:-1])
     if head and turns and role_of(head[-1]) in SYSTEM_ROLES and role_of(turns[0]) in SYSTEM_ROLES:
         if message_text(head[-1]) == message_text(turns[0]):
             turns = turns[1:]
-    return [*head, *turns]
+    return [*head, *turns], not head and bool(turns) and role_of(turns[0]) in SYSTEM_ROLES
 
 
 def _text_calls(acts: Callable[[str], list[ToolSelection]], texts: Sequence[str]) -> list[ToolSelection]:

@@ -119,7 +119,9 @@ def _own_texts(node: BaseNode, budget: int, size: int) -> list[str]:
         if isinstance(caption, str) and caption.strip() and caption.strip() not in text:
             found.append(caption)
             size += len(caption) + 2
-    for data in _media_data(node, max(0, budget - size)):
+    # Bounded by the whole budget, not what is left of it: data the node already shows is left out only once
+    # decoded, and a payload repeating its text was refused unread (rt71i F3).
+    for data in _media_data(node, budget):
         if data.strip() and data.strip() not in text:
             found.append(data)
             size += len(data) + 2
@@ -139,8 +141,8 @@ def _media_data(node: BaseNode, budget: int | None = None) -> list[str]:
     a multimodal `Node`'s resources' ``data`` and ``url``. A multimodal engine sends them to the model as blocks
     (``image_node_to_image_block``), which read as text where their bytes are text (rt70c F1); a real image's are
     none, and only their start is decoded to tell. Inline data and ``data:`` URLs only: no path is read, no URL
-    fetched. ``budget``: what is left of the node's ``max_chars``: `InputTooLarge` before data whose size alone
-    proves its text longer is decoded (rt71 BC)."""
+    fetched. ``budget``: the node's ``max_chars``: `InputTooLarge` before data whose size alone proves its text
+    longer is decoded (rt71 BC)."""
     pairs: list[tuple[Any, Any, str | None]]
     if isinstance(node, ImageNode):
         # Its inline image is read untyped, as LlamaIndex sends it (the block's type guessed from the bytes): a real

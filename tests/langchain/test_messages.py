@@ -93,12 +93,16 @@ def test_answer_text_and_each_tool_call_are_checked():
         ],
     )
     items = output_items(answer, [HumanMessage("mail my friend")])
-    assert [i.stage for i in items] == [Stage.RESPONSE, Stage.TOOL_CALL, Stage.TOOL_CALL]
+    assert [i.stage for i in items] == [Stage.RESPONSE, Stage.TOOL_CALL, Stage.TOOL_CALL, Stage.TOOL_CALL]
     assert items[0].conversation[-1] == {"role": "assistant", "content": "Sending."}
     assert items[1].conversation == [
         {"role": "user", "content": "mail my friend"},
         {"role": "assistant", "content": 'Tool call: send_email({"to": "a@b.c", "body": "hi"})'},
     ]
+    # And the answer's text and calls read joined, once (rt71b F1).
+    assert items[3].conversation[-1]["content"] == (
+        'Sending.\nTool call: send_email({"to": "a@b.c", "body": "hi"})\nTool call: search({"q": "y"})'
+    )
 
 
 def test_history_is_bounded_and_text_only():

@@ -377,7 +377,8 @@ def test_ordinary_raw_calls_and_feedback_add_no_check() -> None:
 # -- a real ChatOpenAI: an ordinary tool-calling answer costs the checks it did ----------------------------------
 def test_a_chatopenai_tool_calling_answer_costs_what_it_did() -> None:
     """Judging raw entries adds no guard call to an ordinary ChatOpenAI tool-calling answer, whole or streamed
-    (counted as before the change: the input, the answer's text, its call once)."""
+    (counted as before the change: the input, the answer's text, its call once; and since rt71b F1 the text joined
+    with the call, one check more for every answer with text and a call, raw entries or not)."""
     arguments = json.dumps({"to": "friend@example.com", "body": "See you at noon."})
     reply = Reply.words("Sending it.", tool_calls=[ToolCall("send_email", arguments, id="call_email", fragments=6)])
     counts = {}
@@ -392,10 +393,12 @@ def test_a_chatopenai_tool_calling_answer_costs_what_it_did() -> None:
                 list(guarded.stream([HumanMessage("Mail my friend.")]))
         calls = [c for batch in backend.calls for c in batch]
         counts[how] = (len(backend.calls), len(calls))
-        assert sum(1 for c in calls if "send_email" in json.dumps(c)) == 1  # the call, judged once
-    # The input; then (invoke) the answer's text and its call in one batch, or (stream) the text as it streams and the
-    # call at the end.
-    assert counts == {"invoke": (2, 3), "stream": (3, 3)}
+        # The call judged once alone and once joined with the text (rt71b F1), never again for its raw entry.
+        assert sum(1 for c in calls if "send_email" in json.dumps(c)) == 2
+        assert sum(1 for c in calls if c[-1]["content"].startswith("Sending it.\nTool call: send_email(")) == 1
+    # The input; then (invoke) the answer's text, its call and the two joined in one batch, or (stream) the text as it
+    # streams and the call and the joined reading at the end.
+    assert counts == {"invoke": (2, 4), "stream": (3, 4)}
 
 
 @pytest.mark.parametrize("how", ["invoke", "stream"])

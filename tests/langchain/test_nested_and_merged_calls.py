@@ -250,7 +250,9 @@ def test_a_text_block_that_arrives_with_more_than_its_text_is_judged(shape: str,
 @pytest.mark.parametrize("path", ["invoke", "stream"])
 def test_an_honest_merge_of_a_call_into_the_text_costs_no_check_more(path: str) -> None:
     """``ChatOpenAI(output_version="v1", streaming=True)`` merges its first call into the text block every time (both
-    at index 0): the merged block equals the parsed call, judged once. The input, the text, the call: three checks."""
+    at index 0): the merged block equals the parsed call, judged once. The input, the text, the call, and the text
+    joined with the call (rt71b F1: a clause split over an answer's text and its call ran; every answer with text and
+    a call pays this one check, merged or not, and the text check reads the text without the merged call): four."""
     guard, backend = judge()
     script = Reply.words("Let me check.", [ToolCall("search", '{"q": "weather in Paris"}', id="call_1", fragments=4)])
     with scripted_openai(script) as url:
@@ -263,7 +265,9 @@ def test_an_honest_merge_of_a_call_into_the_text_costs_no_check_more(path: str) 
             assert answer.tool_calls and "args" in answer.content[0]  # the merge happened
         else:
             assert len(list(guarded.stream([HumanMessage("Weather?")]))) > 1
-    assert checks(backend) == 3
+    assert checks(backend) == 4
+    # The call is read twice, alone and joined with the text, never a third time from the merged block.
+    assert sum("weather in Paris" in str(c[-1]["content"]) for call in backend.calls for c in call) == 2
 
 
 # -- H3: a runnable streaming whole messages --------------------------------------------------------------------

@@ -100,7 +100,8 @@ def test_arguments_written_once_cost_no_check_more() -> None:
     script = [Reply.words("Let me check.", [ToolCall("search", '{"q": "weather in Paris"}', id="c1")]), "Done."]
     with scripted_openai(script) as url:
         list(GuardedChatModel(chat(url), guard).stream([HumanMessage("Weather?")]))
-    assert sum(len(call) for call in backend.calls) == 3  # the input, the answer's text, its one call
+    # the input, the answer's text, its one call, and the text with its call read joined once (rt71b F1)
+    assert sum(len(call) for call in backend.calls) == 4
 
 
 # -- F3: an answer withheld in place keeps no call text ----------------------------------------------------------
@@ -360,7 +361,8 @@ def test_honest_streamed_calls_without_ids_cost_no_check_more() -> None:
         out = list(GuardedChatModel(_Streams(name_="honest, no ids"), guard).stream([HumanMessage("Find them.")]))
     finally:
         del STREAMS["honest, no ids"]
-    assert out and sum(len(call) for call in backend.calls) == 1 + 3  # the prompt, then each call once
+    # the prompt, then each call once, and the answer's calls read joined once (rt71b F1)
+    assert out and sum(len(call) for call in backend.calls) == 1 + 3 + 1
 
 
 class _AgentStreams(_Streams):

@@ -12,12 +12,15 @@ from .tool_texts import TOOLS_SAFE, TOOLS_UNSAFE
 
 
 def _tool_request(m: _Maker) -> list[dict[str, str]] | None:
-    """The user's latest request before a tool call: usually safe and unrelated to the call."""
+    """The user's latest request before a tool call: usually safe and unrelated to the call. The shipped demo was
+    trained on calls after that request alone (`tool_call_conversation` read no earlier turn then, rt71b F2): the
+    earlier exchange is still drawn, so that the data stays the same, and left out."""
     if m.chance(0.08):
         return None  # tool_call_conversation then shows an empty user turn
     q, _ = _safe_qa(m)
-    history = _history(m, 1) if m.chance(0.15) else []
-    return history + [{"role": "user", "content": m.noisy(q, 0.5)}]
+    if m.chance(0.15):
+        _history(m, 1)  # drawn, not shown: the draws after it stay those the shipped demo's data was made with
+    return [{"role": "user", "content": m.noisy(q, 0.5)}]
 
 
 def _tool_args(m: _Maker, template: dict[str, str], slots: _Slots) -> dict[str, str]:
