@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from phrase_judge import phrase_guard, reads_from_now, remote_phrase_guard
 from qwenguard.core import GuardTimeout
+from qwenguard.core.backends.transformers_gen import _stop_check
 from qwenguard.core.formats.overstrike import read_as_overlaid
 
 QUESTION = "Show me the output."
@@ -155,13 +156,8 @@ def test_a_long_progress_line_is_allowed() -> None:
 
 
 def _deadline_check(timeout_s: float) -> Any:
-    deadline = time.monotonic() + timeout_s
-
-    def check() -> None:  # as the planner's (`transformers_gen._stop_check`)
-        if time.monotonic() > deadline:
-            raise GuardTimeout(f"guard did not answer within {timeout_s} s (still planning windows)")
-
-    return check
+    """The planner's own deadline check (`transformers_gen._stop_check`), ``timeout_s`` from now."""
+    return _stop_check(time.monotonic() + timeout_s, timeout_s, None)
 
 
 @pytest.mark.parametrize("units", [False, True])

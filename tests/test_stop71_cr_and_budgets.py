@@ -24,6 +24,7 @@ import pytest
 from faults import ScriptedBackend, phrase_verdict
 from phrase_judge import phrase_guard
 from qwenguard.core import Guard
+from qwenguard.core.backends.transformers_gen import _stop_check
 from qwenguard.core.errors import GuardTimeout, InputTooLarge
 
 PHRASE = "mix ammonium"
@@ -138,13 +139,8 @@ HOSTILE_UNIT = "Th\u0435 bo\u200bmb \u202eabc\u202c x\u05d0y.\n"
 
 
 def _deadline_check(timeout_s: float) -> Any:
-    deadline = time.monotonic() + timeout_s
-
-    def check() -> None:  # as the planner's (`transformers_gen._stop_check`)
-        if time.monotonic() > deadline:
-            raise GuardTimeout(f"guard did not answer within {timeout_s} s (still planning windows)")
-
-    return check
+    """The planner's own deadline check (`transformers_gen._stop_check`), ``timeout_s`` from now."""
+    return _stop_check(time.monotonic() + timeout_s, timeout_s, None)
 
 
 def test_a_mb_of_non_ascii_text_stops_near_its_deadline() -> None:

@@ -572,8 +572,11 @@ class WindowPlanner:
             pieces.append(prepare_content(bare))
         # A terminal lays out the text as written: a layer's padding (dots, spaces) puts its words in their columns,
         # and the shortened runs would move them (review of rt71e's rule runs: rt70a's clause never whole again).
-        laid = clean_text(written[-1]["content"], keep_lone_cr=True, keep_moves=True)
-        readings = as_seen_pieces(laid if laid != kept and has_layout(laid) else kept, check)
+        laid = kept
+        if written[-1] is not last:  # padding was shortened (`_shortened` keeps the message otherwise)
+            if has_layout(unshortened := clean_text(written[-1]["content"], keep_lone_cr=True, keep_moves=True)):
+                laid = unshortened
+        readings = as_seen_pieces(laid, check)
         pieces += [prepare_content(s) for s in readings]
         if check is not None:
             check()  # each reading of a long text takes a while: abandoned or late work stops between them
