@@ -23,6 +23,7 @@ from qwenguard.core import Guard
 from qwenguard.core.streaming.monitor import AsyncStreamMonitor
 from stream_judges import _answer
 from test_server_hostile import guarded, ws_url
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 #: How long a finished session's task may wind down: far longer than opening a session.
@@ -70,3 +71,43 @@ def test_next_session_is_taken_while_the_last_winds_down(
         one_session(url, opened, ends=ends)
         one_session(url, opened, ends=ends)
     assert outcomes[0] is True, "the next session waited for the last one's task to end"
+
+
+@pytest.mark.parametrize("limit", ["max_streams_per_client", "max_streams"])
+def test_a_handshake_that_arrives_before_the_last_session_has_read_its_close_waits_for_the_slot(limit: str) -> None:
+    # CI under load: the client's next handshake reached the server before its last session's task had read the
+    # client's {"type": "close"}, and was refused 503 at once (the protocol answers a close frame by itself). Made
+    # certain here: the last session is ended only after the next handshake was sent.
+    outcome: list[str] = []
+
+    def next_session(url: str) -> None:
+        try:
+            with connect(url, open_timeout=10) as conn:
+                conn.send(json.dumps({"type": "open", "prompt": "Hello"}))
+                outcome.append(json.loads(conn.recv(timeout=10))["type"])
+        except Exception as exc:  # noqa: BLE001 - the refusal is the outcome under test
+            outcome.append(repr(exc))
+
+    with guarded(Guard(ScriptedBackend(_answer)), model_name="guard", **{limit: 1}) as base:
+        url = ws_url(base)
+        with connect(url, open_timeout=5) as last:
+            last.send(json.dumps({"type": "open", "prompt": "Hello"}))
+            assert json.loads(last.recv(timeout=10))["type"] == "opened"
+            waiting = threading.Thread(target=next_session, args=(url,), daemon=True)
+            waiting.start()
+            # The next handshake is at the server, the slot still held (it waits up to gate.STREAM_SLOT_WAIT_S).
+            time.sleep(0.1)
+            last.send(json.dumps({"type": "close"}))
+        waiting.join(15)
+    assert outcome == ["opened"], outcome
+
+
+def test_a_busy_server_still_refuses_a_session_after_the_wait() -> None:
+    with guarded(Guard(ScriptedBackend(_answer)), model_name="guard", max_streams=1) as base:
+        url = ws_url(base)
+        with connect(url, open_timeout=5) as holder:
+            holder.send(json.dumps({"type": "open", "prompt": "Hello"}))
+            assert json.loads(holder.recv(timeout=10))["type"] == "opened"
+            with pytest.raises(InvalidStatus) as refused:
+                connect(url, open_timeout=10)
+    assert refused.value.response.status_code == 503

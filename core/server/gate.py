@@ -33,6 +33,10 @@ _Model = TypeVar("_Model", bound=BaseModel)
 #: the next one ends it (`_closing_when_behind`). Balancers and browsers send one request at a time.
 OPEN_PATHS_PIPELINED = 8
 
+#: How long a stream handshake waits for a session slot before 503/429: long enough for the last session of a client
+#: that closed it to give its slot back, short enough that a busy server still answers at once to a balancer.
+STREAM_SLOT_WAIT_S = 0.25
+
 
 @dataclass(frozen=True)
 class BodyRoute:
@@ -135,6 +139,23 @@ class Load:
         # idle and is never evicted for a newcomer; unbounded waiters let one address hold every socket.
         self.body_turns = ClientTurns(limits.max_bodies_per_client, max_waiting=limits.max_bodies_per_client)
         self.work_turns = ClientTurns(limits.requests_per_client, max_waiting=limits.requests_per_client)
+        self._stream_freed: asyncio.Event | None = None  # set (and dropped) when a stream session's slot is given back
+
+    def stream_slot_freed(self) -> asyncio.Event:
+        """An event set when the next stream session's slot is given back."""
+        if self._stream_freed is None:
+            self._stream_freed = asyncio.Event()
+        return self._stream_freed
+
+    def free_stream_slot(self, client: str) -> None:
+        """Give back a stream session's slot held by ``client``, waking the handshakes that wait for one."""
+        self.streams -= 1
+        self.streams_by_client[client] -= 1
+        if self.streams_by_client[client] <= 0:
+            del self.streams_by_client[client]
+        if self._stream_freed is not None:
+            self._stream_freed.set()
+            self._stream_freed = None
 
     def readiness(self) -> dict[str, Any]:
         """For load balancers: whether a new request or stream session would be taken now."""
@@ -625,10 +646,25 @@ class Gate:
             )
         return None
 
+    async def _stream_refusal_after_wait(self, scope: Mapping[str, Any], client: str) -> tuple[Any, ...] | None:
+        """`_stream_refusal`, waiting up to `STREAM_SLOT_WAIT_S` for a session slot when only slots are wanting.
+        A client's close handshake is answered by the protocol before its session's task has read the close, so a
+        client running sessions one after another could open the next one before the last gave its slot back and
+        was refused now and then (rt67a F1, seen again in CI under load)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STREAM_SLOT_WAIT_S
+        while True:
+            refusal = self._stream_refusal(scope, client)
+            left = deadline - loop.time()
+            if refusal is None or refusal[4] not in ("overload", "client_streams") or left <= 0:
+                return refusal
+            with contextlib.suppress(asyncio.TimeoutError):  # not the builtin TimeoutError before 3.11
+                await asyncio.wait_for(self.load.stream_slot_freed().wait(), left)
+
     async def _websocket(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         load = self.load
         client = client_address(scope)
-        refusal = self._stream_refusal(scope, client)
+        refusal = await self._stream_refusal_after_wait(scope, client)
         if refusal is not None:
             status, code, kind, message, reason = refusal
             self.metrics.rejected.labels(reason).inc()
@@ -643,10 +679,7 @@ class Gate:
         self.metrics.streams.inc()
 
         def free_slot() -> None:
-            load.streams -= 1
-            load.streams_by_client[client] -= 1
-            if load.streams_by_client[client] <= 0:
-                del load.streams_by_client[client]
+            load.free_stream_slot(client)
             self.metrics.streams.dec()
 
         # The session's slot is given back once it is over for its client: its close sent, or the client's read,
