@@ -1214,11 +1214,19 @@ class OpenAIGen:
 
     # -- on the loop --------------------------------------------------------------------------
     async def _post(
-        self, wire: _Wire, check: WireCheck, as_ids: bool, deadline: _Deadline, start: float, seen: list[Verdict]
+        self,
+        wire: _Wire,
+        check: WireCheck,
+        as_ids: bool,
+        deadline: _Deadline,
+        start: float,
+        seen: list[Verdict],
+        whole: list[Verdict],
     ) -> Verdict:
         """One logical request, retried (on another replica first, when there is one); its verdict, or raises.
         ``seen`` gathers what answers that are no verdict read (`_read_risk`: the Unsafe of a cut prompt, a choice's
-        whole Controversial), whatever the later attempts end in.
+        whole Controversial), whatever the later attempts end in; ``whole``, of those, what was read of the whole
+        prompt, which the verdict of a later attempt is merged with (`_send`), as a cut prompt's Unsafe is not.
 
         Only a verdict counts as a replica's success. A replica that answers without one (a 200 that does
         not parse, a 4xx other than 429) is asked nothing more by this request; when another replica then
@@ -1270,6 +1278,9 @@ class OpenAIGen:
                         raise status
                     if isinstance(status, VerdictParseError):  # the server's answer: no verdict
                         refused.append(url)
+                        if (read := _read_risk(status)) is not None:  # qwenguard serve's 502 read it whole
+                            seen.append(read)
+                            whole.append(read)
                         if isinstance(status, SmallerContext):
                             self._cut(url, status.context)
                         raise status
@@ -1292,6 +1303,12 @@ class OpenAIGen:
                         refused.append(url)
                         if (read := _read_risk(outcome)) is not None:  # kept whatever the next replica answers
                             seen.append(read)
+                            # Read of the whole prompt: not a cut one's (`PromptCut`), nor one that may be (an
+                            # `Unsure` answer `_settle` could not tell), whose Unsafe a whole verdict stands over.
+                            if not isinstance(outcome, SmallerContext) and (
+                                not isinstance(answered, Unsure) or outcome is answered.outcome
+                            ):
+                                whole.append(read)
                         if isinstance(outcome, SmallerContext):
                             self._cut(url, outcome.context)
                         raise outcome
@@ -1458,23 +1475,27 @@ class OpenAIGen:
         # Read risk of answers that are no verdict (an Unsafe said of a cut prompt: rt57d F2; a Controversial read whole
         # beside a garbled choice: rt68a F3): stands when no attempt gives a verdict.
         seen: list[Verdict] = []
+        # Of those, what a replica read of the whole prompt: merged into the verdict a later attempt gives, as windows
+        # are; replica B's Safe replaced replica A's Unsafe said beside a garbled choice, allowed (rt72e F1).
+        whole: list[Verdict] = []
 
         async def ask() -> Verdict:
             try:
-                verdict = await self._post(wire, check, as_ids, deadline, start, seen)
+                verdict = await self._post(wire, check, as_ids, deadline, start, seen, whole)
             except RemoteHTTPError as exc:
                 if not (as_ids and exc.status in _IDS_REFUSED):
                     raise
                 # The engine may not take token ids (transformers serve: "prompt must be a string"):
                 # send the text, and if that is answered, send text from now on.
-                verdict = await self._post(wire, check, False, deadline, start, seen)
+                verdict = await self._post(wire, check, False, deadline, start, seen, whole)
                 if self._ids_accepted is None:
                     self._ids_accepted = False
                     logger.info("qwenguard: %s refuses token ids (%s); sending prompt text", self._where, exc)
             else:
                 if as_ids:
                     self._ids_accepted = True
-            return verdict
+            # `worst` keeps an Unsafe's own categories (none, when read from its first line), the rest beneath it.
+            return worst([verdict, *whole]) if whole else verdict
 
         def failed(error: QwenGuardError, transport: bool) -> tuple[Outcome, bool]:
             if seen:  # what an engine read of this request: merged with the error's own, never replacing it

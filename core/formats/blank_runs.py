@@ -17,7 +17,9 @@ two or three of them ("-=", "../") is a line to a reader and, to a byte-level BP
 is one Qwen3 token). A remote guard without the tokenizer sizes its windows in bytes at about 4 a token, so 256-dash
 rules between a clause's words kept a 400-token clause out of every request (rt71e F1). `shorten_rule_runs` keeps the
 first `KEPT_BLANKS` bytes of each such run (whole units: 16 dashes, 5 em dashes); letters, digits, marks and emoji are
-never cut.
+never cut. Rule pieces side by side are one rule too: ("-" * 16 + "=" * 16) * 8 or ("-" * 16 + " ") * 15 is 16 bytes a
+token, each piece short of a rule (rt71l F2); a stretch of punctuation, symbols and blanks that reads at more than
+`KEPT_BLANKS` bytes past 4 a token keeps what one rule keeps.
 """
 
 from __future__ import annotations
@@ -152,6 +154,23 @@ def shorten_blank_runs(text: str) -> str:
 
 
 @lru_cache(maxsize=1)
+def _punctuation() -> str:
+    """The class body of `_rules`' characters (65,536 code points read once): punctuation and symbols of the BMP but
+    those any reading reads as a letter or a digit, whose NFKC form holds one (circled "\u24dc", parenthesized
+    "\u24a8", "\u2460", "\u2122": the as-seen reading reads them as Latin, rt72k F1). A cut never removes them."""
+    kept_out = "_`\\"
+    return class_ranges(
+        [
+            c
+            for c in range(0x10000)
+            if unicodedata.category(chr(c))[0] in "PS"
+            and chr(c) not in kept_out
+            and not any(k.isalnum() for k in unicodedata.normalize("NFKC", chr(c)))
+        ]
+    )
+
+
+@lru_cache(maxsize=1)
 def _rules() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
     """Stretches of punctuation and symbols of the BMP where a rule can be, and the rules in one: ASCII's, anyone's.
 
@@ -160,9 +179,7 @@ def _rules() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
     they mean (an escape's parity, a code span's fence), and a run of them is 2-4 bytes a token. Not marks nor format
     characters (`shorten_blank_runs` cuts their runs), nor emoji and the other astral symbols (4 bytes a token, as any
     text). Built on first use (65,536 code points read)."""
-    kept_out = "_`\\"
-    chars = [c for c in range(0x10000) if unicodedata.category(chr(c))[0] in "PS" and chr(c) not in kept_out]
-    punct = f"[{class_ranges(chars)}]"
+    punct = f"[{_punctuation()}]"
 
     def runs(one: int, two: int, three: int) -> re.Pattern[str]:
         # One character, or a unit of two or three, repeated at least one, two, three times.
@@ -187,12 +204,16 @@ _UNDERSCORES = re.compile(f"_{{{KEPT_BLANKS + 1},}}")
 def shorten_rule_runs(text: str) -> str:
     """``text`` with each run of more than `KEPT_BLANKS` bytes (UTF-8) made of one punctuation or symbol character of
     the BMP, or of a unit of two or three of them, repeated, cut to its first whole units within `KEPT_BLANKS` bytes:
-    16 dashes, 15 of a unit of three, 5 em dashes. Idempotent; linear in ``text``; ``text`` itself when it has no such
-    run.
+    16 dashes, 15 of a unit of three, 5 em dashes; then each stretch of such characters, "_" and blanks that reads at
+    more than `KEPT_BLANKS` bytes past 4 a token (rule pieces side by side: `_excess`) to its first `KEPT_BLANKS`
+    bytes and its last line break or blank (`_kept_pieces`). Idempotent; linear in ``text``; ``text`` itself when it
+    has no such run.
 
     >>> shorten_rule_runs("make a " + "-" * 3000 + " bomb") == "make a " + "-" * 16 + " bomb"
     True
     >>> shorten_rule_runs("-=" * 100 + "x" + "\u2014" * 100) == "-=" * 8 + "x" + "\u2014" * 5
+    True
+    >>> shorten_rule_runs("make a " + ("-" * 16 + "=" * 16) * 8 + " bomb") == "make a " + "-" * 15 + " bomb"
     True
     """
     stretch = _rules()[0]
@@ -200,6 +221,9 @@ def shorten_rule_runs(text: str) -> str:
         text = stretch.sub(_kept_stretch, text)
     if "_" * (KEPT_BLANKS + 1) in text:
         text = _UNDERSCORES.sub("_" * KEPT_BLANKS, text)
+    candidates = _candidates(text.isascii(), not text.isascii() and _ASTRAL.search(text) is not None)
+    if candidates.search(text):
+        text = candidates.sub(_kept_candidate, text)
     return text
 
 
@@ -216,6 +240,123 @@ def _kept_rule(match: re.Match[str]) -> str:
     if len(run) // len(unit) * size <= KEPT_BLANKS:
         return run
     return unit * (KEPT_BLANKS // size)  # a unit is at most 9 bytes
+
+
+# What a window counted in bytes assumes a token is (`remote_plan._TYPICAL_BYTES_PER_TOKEN`).
+_BYTES_A_TOKEN = 4
+_ASCII_BLANK = "\\t-\\r\\x1c-\\x1f "  # what str.isspace is in ASCII
+_LINE_BREAK = re.compile("\r\n|[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]")
+
+
+@lru_cache(maxsize=4)
+def _candidates(ascii_only: bool, astral: bool) -> re.Pattern[str]:
+    """Where a stretch (`_pieced`) can be: `_pieced`'s characters and joiners as one class, which ``re`` scans fast (the
+    joiners' lookbehind at every place took 6x the time on prose and code)."""
+    least = KEPT_BLANKS + 1 if ascii_only else KEPT_BLANKS // 2 + 1
+    past_bmp = "\U00010000-\U0010ffff" if astral else ""
+    return re.compile(f"[{_punctuation()}_\\s{_SEEN_AS_NOTHING}\\\\`{_formats()}{past_bmp}]{{{least},}}")
+
+
+def _kept_candidate(match: re.Match[str]) -> str:
+    candidate = match.group()
+    pieces = _pieced(candidate.isascii(), not candidate.isascii() and _ASTRAL.search(candidate) is not None)
+    return pieces.sub(_kept_pieces, candidate) if pieces.search(candidate) else candidate
+
+
+@lru_cache(maxsize=4)
+def _pieced(ascii_only: bool, astral: bool) -> re.Pattern[str]:
+    """Stretches of punctuation, symbols (of the BMP, and "_"), blanks and characters seen as nothing: where rule pieces
+    can stand side by side. Between two of their characters, also up to four backslashes, backticks or format
+    characters, and if ``astral`` one symbol or emoji past the BMP (a class with astral ranges is tried only there):
+    "-" * 16 + "=" * 8 joined by any of them, again and again, reads as one rule (an invisible U+202C, rt72k F2), but
+    a run of them alone is no rule (a backslash's parity, a code fence). At least `KEPT_BLANKS` + 1 characters in
+    ASCII text, nine else: `_excess` counts at most one byte a character in ASCII (a lone blank), two else ("────" +
+    "════"), so a shorter one is never cut."""
+    least = KEPT_BLANKS + 1 if ascii_only else KEPT_BLANKS // 2 + 1
+    one = f"[{_punctuation()}_\\s{_SEEN_AS_NOTHING}]"
+    joiner = f"[\\\\`{_formats()}]{{1,4}}"
+    if astral:
+        joiner = f"(?:{joiner}|[\U00010000-\U0010ffff](?<=[{_astral_symbols()}]))"
+    return re.compile(f"(?:{one}|(?<={one}){joiner}(?={one})){{{least},}}")
+
+
+@lru_cache(maxsize=1)
+def _astral_symbols() -> str:
+    """Punctuation and symbols past the BMP (emoji among them) but those read as letters or digits (the enclosed
+    alphanumerics of U+1F100-U+1F1FF: "\U0001f15c", the regional indicators), as a class body."""
+    return class_ranges(
+        [
+            c
+            for c in range(0x10000, 0x20000)
+            if unicodedata.category(chr(c))[0] in "PS"
+            and not 0x1F100 <= c <= 0x1F1FF
+            and not any(k.isalnum() for k in unicodedata.normalize("NFKC", chr(c)))
+        ]
+    )
+
+
+@lru_cache(maxsize=1)
+def _formats() -> str:
+    """Every format character (Cf) of the BMP, as a class body: an invisible bidi control (U+202C) between rule pieces
+    joined them to a reader and broke the stretch (rt72k F2). A cut stretch keeps no bidi control (`_kept_pieces`),
+    nor a backslash or backtick at its head's end (escaping the line break kept after it)."""
+    return class_ranges([c for c in range(0x80, 0x10000) if unicodedata.category(chr(c)) == "Cf"])
+
+
+@lru_cache(maxsize=1)
+def _segments() -> re.Pattern[str]:
+    """What a stretch's (`_pieced`) tokens are at most: a run of one character, else a unit of two or three that opens
+    with two different ones, repeated. Of a stretch, what is not blank is punctuation: a small negated class does."""
+    one = f"[^\\s{_SEEN_AS_NOTHING}]"
+    return re.compile(f"({one})(?:\\1+|(?!\\1)({one})(?:\\1\\2)+|(?!\\1)({one})({one})(?:\\1\\3\\4)+|)")
+
+
+def _excess(stretch: str) -> int:
+    """The bytes of ``stretch`` past `_BYTES_A_TOKEN` a token, counting as one token each run of one ASCII character
+    and each repeated unit (a Qwen3 token holds up to 64 of them), a run of another character as one per four ("─" *
+    4 is one token of 12 bytes), and a run of two ASCII blanks or more as one per four (blanks are
+    `shorten_blank_runs`' to cut, and deep indentation is not a rule); a lone ASCII blank as none (" ----", "----\\n":
+    one token each). A token merged from several runs ("->") is counted as several: text at 4 bytes a token is not
+    taken for more. Counted in the regex engine (`re.subn`), not run by run in Python."""
+    tokens = _segments().subn("", stretch)[1] + _BLANKS.subn("", stretch)[1]
+    if not stretch.isascii():
+        tokens += sum((len(run.group()) - 1) // 4 for run in _LONG_RUN.finditer(stretch) if not run.group().isascii())
+    return len(stretch.encode()) - _BYTES_A_TOKEN * tokens
+
+
+# A run of two ASCII blanks or more, one token per four (in the regex engine: four at a time, each further one alone);
+# any other blank (U+3000, a tag character: 3-4 bytes) one token each.
+_BLANKS = re.compile(
+    f"[{_ASCII_BLANK}]{{2,4}}|(?<=[{_ASCII_BLANK}])[{_ASCII_BLANK}]|(?![{_ASCII_BLANK}])[\\s{_SEEN_AS_NOTHING}]"
+)
+_LONG_RUN = re.compile("(.)\\1{4,}")
+_FORMAT = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")  # the bidi controls: reorder what follows
+_TRAILING_NOTHING = re.compile(f"[\\s{_SEEN_AS_NOTHING}]*\\Z")
+
+
+def _kept_pieces(match: re.Match[str]) -> str:
+    # A stretch past one rule's excess ("-" * 16 + "=" * 16, again and again) keeps its first `KEPT_BLANKS` bytes (to
+    # their last visible character), then its last line break with the few characters after it (the next table row's
+    # "| ", an indentation) or else its last blank: the word after it is not glued to the rule. Letters and digits end
+    # a stretch, so a clause written between rule pieces is read whole. Idempotent: a kept stretch cut again keeps
+    # the same head and the same line break or blank.
+    stretch = match.group()
+    if len(stretch.encode()) <= KEPT_BLANKS or _excess(stretch) <= KEPT_BLANKS:
+        return stretch
+    head = _FORMAT.sub("", stretch.encode()[:KEPT_BLANKS].decode(errors="ignore"))  # no opener without its closer
+    head = head[: _TRAILING_NOTHING.search(head).start()].rstrip("\\`")  # type: ignore[union-attr]
+    rest = stretch[len(head) :]
+    breaks = list(_LINE_BREAK.finditer(rest))
+    if breaks:
+        after = rest[breaks[-1].end() :]
+        return head + breaks[-1].group() + (after if len(after) <= 4 else _last_blank(after))
+    return head + _last_blank(rest)
+
+
+def _last_blank(text: str) -> str:
+    """The last blank in ``text``'s trailing blanks and invisible characters, or nothing."""
+    blanks = [c for c in _TRAILING_NOTHING.search(text).group() if c.isspace()]  # type: ignore[union-attr]
+    return blanks[-1] if blanks else ""
 
 
 def shorten_padding(text: str) -> str:

@@ -598,7 +598,8 @@ class _Classes:
         self.hidden = class_ranges(hidden)
         self.marks = class_ranges([cp for cp in marks if cp not in _IGNORABLE])
         # A hidden or blank run next to a letter (a reader sees no gap where the tokenizer sees one).
-        self.split = re.compile(f"[{self.hidden}{class_ranges(blanks)}]+")
+        split = f"{self.hidden}{class_ranges(blanks)}"
+        self.split = re.compile(f"[{split}]+")
         every_form = sorted({*forms, *map(ord, _LETTER_FORMS)})
         self.forms = re.compile(f"[{class_ranges(every_form)}]+")
         # One pass of str.translate for the per-character part of the reading: blanks, hidden, forms.
@@ -610,6 +611,10 @@ class _Classes:
         # (Those of the BMP: a class with characters past it is tried range by range, at every Latin letter.)
         bmp_hidden = class_ranges([cp for cp in hidden if cp <= 0xFFFF])
         self.marked = re.compile(f"[A-Za-z\u00c0-\u024f\u1e00-\u1eff][{bmp_hidden}]*+[{self.marks}]++")
+        # Where `_finditer_sliced` may cut a text for each: before a character none of its matches holds past the first.
+        self.split_cut = _cut_before(split)
+        self.forms_cut = _cut_before(class_ranges(every_form))
+        self.marked_cut = _cut_before(f"{bmp_hidden}{self.marks}")
         # Padding marks (`_padding_marks`): runs of marks on what is not a letter, or taller than a letter's script
         # stacks; format characters between two marks of a run count as nothing (a ZWSP, a WJ, a CGJ or a ZWJ after
         # each mark kept 12 on the final "?" out of every run, rt66r). Each pattern twice: for text past the BMP, and for
@@ -631,6 +636,12 @@ class _Classes:
         # past it (a class that holds any is tried range by range: ten times slower).
         self.stacks = re.compile(f"[{class_ranges(nonstarters)}]{{{MARK_RUN + 1},}}")
         self.bmp_stacks = re.compile(f"[{class_ranges([cp for cp in nonstarters if cp <= 0xFFFF])}]{{{MARK_RUN + 1},}}")
+
+
+def _cut_before(rest: str) -> re.Pattern[str]:
+    """One character outside the class body ``rest``: for a pattern whose matches hold only characters of ``rest`` past
+    their first, no match runs on across it (`_finditer_sliced`)."""
+    return re.compile(f"[^{rest}]")
 
 
 def class_ranges(codepoints: list[int]) -> str:
@@ -703,12 +714,15 @@ def _hidden_places(text: str, check: Callable[[], None] | None = None) -> list[t
     planner's deadline check, called between the searches and every `CHECK_EVERY` matches within them."""
     classes = _classes()
     found = [
-        m.span() for m in _checked(_finditer_sliced(classes.split, text), check) if _splits(text, *m.span(), m.group())
+        m.span()
+        for m in _checked(_finditer_sliced(classes.split, classes.split_cut, text), check)
+        if _splits(text, *m.span(), m.group())
     ]
-    found += [m.span() for m in _checked(_finditer_sliced(classes.forms, text), check)]
+    found += [m.span() for m in _checked(_finditer_sliced(classes.forms, classes.forms_cut, text), check)]
     if _looks_latin(text):
         found += [m.span() for m in _checked(classes.word.finditer(text), check) if _mixed(m.group())]
-    found += [m.span() for m in _checked(_finditer_sliced(classes.marked, text), check) if len(_nfc(m.group())) > 1]
+    marked = _finditer_sliced(classes.marked, classes.marked_cut, text)
+    found += [m.span() for m in _checked(marked, check) if len(_nfc(m.group())) > 1]
     if check is not None:
         check()
     found += _padding_marks(text)
@@ -775,20 +789,19 @@ def _occurs(pattern: re.Pattern[str], text: str) -> bool:
     return any(pattern.search(text, at, at + SEARCH_SLICE) for at in range(0, len(text), SEARCH_SLICE))
 
 
-#: Between two ASCII letters or digits: where `_finditer_sliced` may cut a text.
-_SAFE_CUT = re.compile("[A-Za-z0-9]{2}")
-
-
-def _finditer_sliced(pattern: re.Pattern[str], text: str) -> Iterator[re.Match[str]]:
-    """``pattern.finditer(text)`` for a pattern without lookarounds whose matches hold no ASCII letter or digit but
-    a first one (the runs of `_hidden_places`): the same matches, searched a slice of about `SEARCH_SLICE` characters
-    at a time, each cut between two ASCII letters or digits (where no such match can run on). A finditer that finds
-    nothing in a long text is one call into the regex engine: 715 ms held with one emoji in 990,000 characters of
-    prose (rt69h F1)."""
+def _finditer_sliced(pattern: re.Pattern[str], cut: re.Pattern[str], text: str) -> Iterator[re.Match[str]]:
+    """``pattern.finditer(text)`` for a pattern without lookarounds (the runs of `_hidden_places`): the same matches,
+    searched a slice of about `SEARCH_SLICE` characters at a time, each ending before a character ``cut`` matches (one
+    no match of ``pattern`` holds past its first: `_cut_before`), so that no match runs across two slices. A finditer
+    that finds nothing in a long text is one call into the regex engine: 715 ms held with one emoji in 990,000
+    characters of prose (rt69h F1); cut only between two ASCII letters or digits, 990,000 characters of Russian or
+    Greek were one slice, 2.3-7 s held (rt72h F1)."""
     at = 0
     while at < len(text):
-        cut = _SAFE_CUT.search(text, at + SEARCH_SLICE) if at + SEARCH_SLICE < len(text) else None
-        end = cut.start() + 1 if cut else len(text)
+        # Searched from the slice's end on: it stops at the first character outside the class, in ordinary text the
+        # first it tries (a run of the class as long as a slice is read whole, as its match is anyway).
+        found = cut.search(text, at + SEARCH_SLICE) if at + SEARCH_SLICE < len(text) else None
+        end = found.start() if found else len(text)
         yield from pattern.finditer(text, at, end)
         at = end
 

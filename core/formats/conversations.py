@@ -737,6 +737,18 @@ def _json_parts(value: Any) -> Iterator[str]:
             return
 
 
+#: How much of the calls the model made since the user's latest request a new call is read after (characters, the
+#: newest first): a clause split over calls close together is read whole (rt71j F2), and a long agent run does not
+#: make every call's check carry every earlier call (up to ``max_chars``: 18 times the text judged on a 40-step run
+#: of 1 KB calls, rt72m F2). A split over calls further apart than this runs.
+CALLS_CONTEXT_CHARS = 8_000
+
+
+def calls_context_room(max_chars: int | None) -> int:
+    """The characters of earlier calls a call is read after: `CALLS_CONTEXT_CHARS`, or ``max_chars`` if smaller."""
+    return CALLS_CONTEXT_CHARS if max_chars is None else min(max_chars, CALLS_CONTEXT_CHARS)
+
+
 def with_tool_calls(
     text: str | None, calls: Iterable[tuple[str, Mapping[str, Any] | str | None]], *, max_chars: int | None = None
 ) -> str:
@@ -772,7 +784,9 @@ def tool_call_conversation(
 ) -> list[dict[str, str]]:
     """The call as the assistant's action after the conversation that asked for it: ``messages``' user and assistant
     turns of text, the assistant's after the user's latest request too (an answer is read after its history too: a
-    call read after that request alone sent what the same words as an answer were blocked for, rt71b F2, rt71j F1).
+    call read after that request alone sent what the same words as an answer were blocked for, rt71b F2, rt71j F1),
+    with the calls they asked for where the caller renders them in (`with_tool_calls`: a clause split over two
+    successive answers' calls ran when each was read after text alone, rt71j F2).
     The request and the call are kept whole; the other turns only while all of it fits ``max_chars`` and
     ``max_messages`` (a caller's bounds: history never makes a call too large to judge), as `_action_conversation`
     trims them. With ``max_chars``, the call is rendered only until past it (`render_tool_call`): the caller refuses

@@ -58,6 +58,29 @@ _CUT = re.compile(
 # ("Paris.Mix.", not "3.14"), or a non-ASCII one followed by anything ("好的。混合。": Chinese and Japanese put no
 # space after "。"). Matched only where a run of terminal punctuation starts, as `_SENTENCE_END`.
 _INNER_END = re.compile(f"(?<![{re.escape(_TERMINAL)}])[{re.escape(_TERMINAL)}]+[{re.escape(_CLOSING)}]*(?=\\S)")
+# What starts a line, for list markers and the `check_every` cut: a line feed (the monitor makes a lone CR one) and the
+# Unicode line and paragraph separators (the window's context reads them as line breaks: `_Letters.table`).
+_LINE_BREAKS = "\n\u2028\u2029"
+# An ordered-list marker ("2. ", "b. ", "iv. ") at a line start ends no sentence and is no word: its "." was the end of
+# the item above, so a clause spread over numbered items ("Mix ammonium nitrate with fuel oil,\n2. pack it ...") was
+# judged and let out item by item, up to 61 of its 77 characters, where a "-" list let none out (rt72a F1). A number,
+# one letter, or a roman numeral up to 39, then one "." or "．"; before it only spaces since the line start.
+_MARKER_BODY = r"(?:\d{1,9}|[A-Za-z]|(?=[ivx])x{0,3}(?:ix|iv|v?i{0,3})|(?=[IVX])X{0,3}(?:IX|IV|V?I{0,3}))"
+_MARKER = re.compile(f"{_MARKER_BODY}[.\uff0e]")  # a whole token (`_token_runs_on`)
+_MARKER_NUMBER = re.compile(_MARKER_BODY)  # the word before the "." (`_runs_on`)
+#: Characters read back from a marker for its line start; an indent longer than half of it counts as one
+#: (`_token_runs_on` reads the whole whitespace before a token).
+_MARKER_REACH = 64
+_MARKER_INDENT = re.compile(
+    f"(?:^|[{_LINE_BREAKS}]|(?=[^\\S{_LINE_BREAKS}]{{{_MARKER_REACH // 2}}}))[^\\S{_LINE_BREAKS}]*\\Z"
+)
+# An abbreviation's "." ("e.g. diesel", "approx. 94:6") ends no sentence unless a capital letter starts the next word:
+# the clause's front went out at "(approx." (rt72a F1). Until that letter arrives, the sentence has not ended.
+_ABBREVIATIONS = frozenset("e.g i.e approx etc vs cf ca incl esp viz resp al fig no vol pp min max".split())
+_NEXT_WORD = re.compile(r"\s*(\S?)")
+#: The longest run of letters, digits and dots read back before a "." (`_word_before`): a marker's number, an
+#: abbreviation.
+_WORD_REACH = 10
 
 
 _window_pool = ForkSafePool(8, "qwenguard-window")
@@ -620,6 +643,8 @@ def ends_sentence(text: str) -> bool:
 
     The sentence starts after the previous terminal punctuation or blank line in ``text`` (or at its start),
     inside a word too ("好的。混合。", "Paris.Mix."). One with an RLM or ALM in it does not end here (`_in_order`).
+    A list marker at a line start ("\\n2.") ends none and is no word; an abbreviation ("e.g.") is a word and ends
+    none unless a capitalised word follows it (`_token_runs_on`).
     Linear in at most `_SCAN` characters: no backtracking regex
     over hostile runs ("......").
 
@@ -634,8 +659,8 @@ def _ends_sentence(text: str) -> bool:
     """`ends_sentence` of text whose markup is read already."""
     scan = text[-_SCAN:].rstrip()
     parts = _SPACES.split(scan)  # token, whitespace, token, ..., token
-    if not _closes_sentence(parts[-1]):
-        return False
+    if not _closes_sentence(parts[-1]) or _token_runs_on(parts, len(parts) - 1):
+        return False  # no end, or a list marker or an abbreviation: the sentence runs on (`_runs_on`)
     marked = not scan.isascii() and any(c in scan for c in _RTL_MARKS)
     # A sentence written one word per line is short: "Here\nis\nthe\nMix." let "Mix." out whole once the lines
     # above it counted as its words (rt70j F3); it needs a line of two words or more.
@@ -643,14 +668,18 @@ def _ends_sentence(text: str) -> bool:
     wide = False
     for i in range(len(parts) - 1, -1, -2):
         token = parts[i]
+        runs_on = False
         if i < len(parts) - 1:
-            if _closes_sentence(token) or parts[i + 1].count("\n") > 1:
+            runs_on = _token_runs_on(parts, i)
+            if (_closes_sentence(token) and not runs_on) or parts[i + 1].count("\n") > 1:
                 return False  # the previous sentence ends here
             if "\n" in parts[i + 1]:
                 line = 0
+            if runs_on and _MARKER.fullmatch(token):
+                continue  # a list marker is no word
         else:
             token = token.rstrip(_CLOSING + _TERMINAL)
-        inner = _inner_end(token)
+        inner = 0 if runs_on else _inner_end(token)  # "e.g." is one word
         if inner:  # the sentence starts inside this word
             count = _words(token[inner:])
             wide = wide or line + count > 1
@@ -670,6 +699,36 @@ def _in_order(parts: list[str], i: int, marked: bool) -> bool:
     ("oil\u200f fuel\u200f ... ammonium\u200f. Mix\u200f ..." reads "Mix ammonium ..."): the written last word
     of such a sentence is shown next to the next sentence, so it waits for a window that shows both (rt54d F1)."""
     return not marked or not any(c in part for part in parts[i:] for c in _RTL_MARKS)
+
+
+def _token_runs_on(parts: list[str], i: int) -> bool:
+    """Does the sentence run on past ``parts[i]`` (`_SPACES.split` parts: a token), which ends with terminal
+    punctuation: is it a list marker at a line start, or an abbreviation no capitalised word follows (`_runs_on`,
+    read by token)?"""
+    token = parts[i]
+    word = token.rstrip(_CLOSING)
+    if not word or word[-1] not in ".\uff0e":
+        return False
+    if (
+        len(word) == len(token)
+        and (i == 0 or any(c in parts[i - 1] for c in _LINE_BREAKS))
+        and _MARKER.fullmatch(token)
+    ):
+        return True
+    if word[-1] == "." and word[_word_before(word, len(word) - 1) : -1].lower() in _ABBREVIATIONS:
+        return i + 2 >= len(parts) or not parts[i + 2][0].isupper()
+    return False
+
+
+def _word_before(text: str, at: int) -> int:
+    """Where the run of letters, digits and dots that ends at ``at`` starts ("approx" of "(approx.", "e.g"), read
+    back at most `_WORD_REACH` characters; ``at`` when it is longer."""
+    start, floor = at, max(0, at - _WORD_REACH)
+    while start > floor and (text[start - 1].isalnum() or text[start - 1] == "."):
+        start -= 1
+    if start and (text[start - 1].isalnum() or text[start - 1] == "."):
+        return at
+    return start
 
 
 def _inner_end(token: str) -> int:
@@ -698,18 +757,46 @@ def _sentence_ends(text: str, limit: int) -> Iterator[int]:
 def _is_sentence_end(text: str, m: re.Match[str]) -> bool:
     """Does the `_CUT` match ``m`` end a sentence? One without a space after it ends a segment only when it closes
     a sentence of four words: "好。好。" written without spaces was a check per two characters; short ones are
-    judged with the next. The answer depends on the text up to the match's end and the character after it only:
-    it stays the same as text arrives (`GenWindows._sentence_cut` reads each match once).
+    judged with the next. The answer depends on the text up to the match's end and the character after it only
+    (an abbreviation's, on the next word's first letter too): it stays the same as text arrives
+    (`GenWindows._sentence_cut` reads each match once, an abbreviation's again until that letter has arrived).
 
     Read as rendered: a ";" that closes a character reference is no punctuation ("&#77;&#105;&#120; &#97;..." was
     a sentence per word, rt55a F2), unless the reference is itself terminal punctuation ("&#46; " ends a sentence
-    as ". " does); more punctuation after it counts as written ("&#77;. ")."""
-    end = m.end()
-    if m.group()[0] == ";" and not _ends_as_rendered(text, m):
+    as ". " does); more punctuation after it counts as written ("&#77;. ").
+
+    A list marker's "." and an abbreviation's end none (`_runs_on`)."""
+    end, run, at = m.end(), m.group(), m.start()
+    if run[0] == ";":
+        if not _ends_as_rendered(text, m):
+            return False
+        ref = _reference_at(text, at + 1)
+        if ref >= 0:  # "&#46; " shows ". ": read as such below
+            at, run = ref, _decoded(text[ref : at + 1]) + run[1:]
+    if _runs_on(text, at, end, run):
         return False
-    if m.group()[-1] == "\n" or text[end : end + 1].isspace():
+    if run[-1] == "\n" or text[end : end + 1].isspace():
         return True
     return not m.group().isascii() and ends_sentence(text[max(0, end - 4 * MIN_CONTEXT) : end])
+
+
+def _runs_on(text: str, at: int, end: int, run: str) -> bool:
+    """Does the sentence run on past the terminal run ``run`` (as shown) written at ``text[at:end]``? Yes for the
+    "." of an ordered-list marker at a line start (`_MARKER`: "\\n2. ", "\\n  b. "; the text's start counts as
+    one), and for an abbreviation's "." (`_ABBREVIATIONS`: "e.g.", "approx.", closing brackets after it) unless the
+    next word has arrived and starts with a capital letter. Reads at most `_MARKER_REACH` characters back and the
+    whitespace after ``end``; most sentence ends cost a look at the word before them."""
+    if run[0] not in ".\uff0e" or not at or not text[at - 1].isalnum():
+        return False
+    start = _word_before(text, at)
+    word = text[start:at]
+    if len(run) == 1 and _MARKER_NUMBER.fullmatch(word):
+        if _MARKER_INDENT.search(text, max(0, start - _MARKER_REACH), start):
+            return True
+    if run[0] == "." and not run[1:].strip(_CLOSING) and word.lower() in _ABBREVIATIONS:
+        first = _NEXT_WORD.match(text, end).group(1)  # type: ignore[union-attr]
+        return not first.isupper()
+    return False
 
 
 def _ends_as_rendered(text: str, m: re.Match[str]) -> bool:
@@ -730,15 +817,30 @@ def ends_clause(text: str) -> bool:
     """Does ``text`` end with terminal punctuation (closing quotes/brackets and spaces after it) or a blank line
     (a line break alone ends no sentence: `_SENTENCE_END`)? Read from the end, in time linear in its trailing
     punctuation and spaces. A ";" that closes a character reference is no punctuation (but "&#46;" is: read as
-    rendered, rt55a F2)."""
+    rendered, rt55a F2); a list marker ("\\n2.") or an abbreviation ("approx.") closes none (`_runs_on`)."""
     stripped = text.rstrip()
     if text.count("\n", len(stripped)) > 1:
         return True
+    return _closes_clause(stripped)
+
+
+def _closes_clause(stripped: str) -> bool:
+    """`ends_clause` of text without trailing whitespace, less its blank line: a list marker or an abbreviation at
+    its end closes none (`_runs_on`: the next word is still to come), nor does "e." or "i.", which may be the start
+    of "e.g." or "i.e." (a model sending a character at a time let "..., e." out)."""
     if not _closes_sentence(stripped):
         return False
     token = stripped.rstrip(_CLOSING)
+    at, run = len(token) - 1, stripped[len(token) - 1 :]
     ref = _reference_at(token, len(token)) if token[-1] == ";" else -1
-    return ref < 0 or _decoded(token[ref:])[-1:] in _TERMINAL
+    if ref >= 0:
+        shown = _decoded(token[ref:])
+        if shown[-1:] not in _TERMINAL:
+            return False
+        at, run = ref, shown[-1] + run[1:]
+    if run == "." and stripped[_word_before(stripped, at) : at] in ("e", "i", "E", "I"):
+        return False  # "e." of "e.g." still arriving
+    return not _runs_on(stripped, at, len(stripped), run)
 
 
 def _closes_sentence(token: str) -> bool:
@@ -845,7 +947,7 @@ def _releasable(text: str) -> int:
     # Text without spaces (Chinese, Japanese, Thai) goes out in steps of half a held word at least: one short
     # sentence after another ("好。好。") let two characters out per check, a check per two characters.
     cut = start if start >= _STEP or (start > 0 and stripped[start - 1] in " \t\n") else 0
-    if text.count("\n", len(stripped)) > 1 and not _closes_sentence(stripped):
+    if text.count("\n", len(stripped)) > 1 and not _closes_clause(stripped):
         # A blank line without punctuation before it ends a segment, not a sentence: double-spaced prose wrapped
         # after "Mix ammonium" let the line out but its last word before the window with the rest came (rt70j F2).
         # The paragraph waits for a window that shows it with what follows, as a line without punctuation does.
@@ -859,7 +961,8 @@ def _paragraph_start(text: str) -> int:
     floor = max(0, len(text) - _SCAN)
     start = -1
     for m in _SENTENCE_END.finditer(text, floor):
-        start = m.end()
+        if not _runs_on(text, m.start(), m.end(), m.group()):  # not at "\n2." or "approx."
+            start = m.end()
     if start >= 0 or floor == 0:
         return max(start, 0)
     space = min((at for at in (text.find(c, floor) for c in " \t\n") if at >= 0), default=-1)
@@ -1104,6 +1207,8 @@ class GenWindows:
                         self._scanned = scanned
                         return end  # the first one: each sentence gets a window that ends with it
                     self._plain = end  # tested once: the text before it and after `submitted` stays the same
+            elif not _NEXT_WORD.match(text, end).group(1):  # type: ignore[union-attr]
+                moving = False  # "approx. " ends a sentence or not by the next word's first letter: read it again
             if moving:
                 scanned = end
         self._scanned = scanned
@@ -1171,7 +1276,7 @@ class GenWindows:
 
     def _long_cut(self) -> int:
         """Where to cut text longer than ``check_every``: the last sentence end past ``min_segment``,
-        else the last line break, else the last space, else ``check_every``."""
+        else the last line break (`_LINE_BREAKS`), else the last space, else ``check_every``."""
         text, limit = self.unsubmitted, self._limit()
         end = 0
         for found in _sentence_ends(text, limit):
@@ -1180,8 +1285,9 @@ class GenWindows:
         if end:
             return end
         # Lines without punctuation (a list, table rows) run on as one sentence: a cut at the last space fell inside
-        # the clause's line and its front went out with the window that read safe without the rest (rt70j F1).
-        line = text.rfind("\n", self.min_segment, limit)
+        # the clause's line and its front went out with the window that read safe without the rest (rt70j F1). Any
+        # line break counts: a list written with U+2028 between its lines was cut at a space (rt72a F2).
+        line = max(text.rfind(c, self.min_segment, limit) for c in _LINE_BREAKS)
         if line > 0:
             return line + 1  # a line of its own: list items and table rows are judged whole when they fit
         space = text.rfind(" ", self.min_segment, limit)

@@ -59,7 +59,7 @@ from ._holding import HELD_LLM_TYPE_PREFIX, HeldStream
 from ._input_beside import aafter_verdict, aanswer_beside, after_verdict, answer_beside, auntil_blocked, until_blocked
 from ._input_memory import judged_content
 from ._json_reading import ReadingHeldStream
-from ._messages import DEFAULT_HISTORY_TURNS, Item, guard_history, output_items
+from ._messages import DEFAULT_HISTORY_TURNS, Item, call_history, guard_history, output_items
 from ._own_handlers import detached, with_own
 from ._screening import ascreen, built_off_loop, screen
 from ._tool_errors import control_flow
@@ -624,6 +624,7 @@ class HeldBackChatModel(BaseChatModel):
             answers=self.answer_tools,
             judged=self.judged,
             prefix=prefix,
+            calls_context=call_history(messages, self.history_turns, self.guard.max_chars),
         )
 
     def _given(self, messages: list[BaseMessage]) -> tuple[int, list[Item]]:

@@ -554,6 +554,8 @@ class HeldStream:
         prefix: text the consumer already holds that this answer continues (a failed attempt's passed-on text
             before a retry's answer): judged as a prefill is, before the answer's text in every window, never
             passed on again.
+        calls_context: what the answer's tool calls are read after (`_messages.call_history`: the calls asked for
+            since the request too); default: ``context``.
     """
 
     def __init__(
@@ -570,8 +572,10 @@ class HeldStream:
         answers: Collection[str] = (),
         judged: Callable[[Sequence[Item], Sequence[Decision]], None] | None = None,
         prefix: str = "",
+        calls_context: Sequence[dict[str, str]] | None = None,
     ) -> None:
         self.guard = guard
+        self.calls_context = None if calls_context is None else [dict(m) for m in calls_context]
         self.tool_calls = tool_calls
         self.answers = frozenset(answers)
         #: Told the end items and their decisions once they passed (a middleware remembers what it allowed).
@@ -645,6 +649,7 @@ class HeldStream:
             answers=self.answers,
             sources=True,
             budget=self.guard.max_chars,
+            calls_context=self.calls_context,
         )
 
     def _passed(self, items: list[Item], decisions: Sequence[Decision]) -> None:

@@ -40,6 +40,7 @@ import hashlib
 import json
 import math
 import re
+from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import islice
@@ -60,6 +61,7 @@ from qwenguard.core.formats.conversations import (
     _json_parts,
     answer_calls_conversation,
     answer_prefill,
+    calls_context_room,
     prompt_conversation,
     response_conversation,
     tool_call_conversation,
@@ -103,6 +105,7 @@ __all__ = [
     "reasoning_text",
     "beside_text",
     "source_text",
+    "call_history",
     "guard_history",
     "input_items",
     "sent_labels",
@@ -1056,6 +1059,96 @@ def guard_history(messages: Sequence[BaseMessage], turns: int = DEFAULT_HISTORY_
     return out[::-1]
 
 
+def call_history(
+    messages: Sequence[BaseMessage], turns: int = DEFAULT_HISTORY_TURNS, budget: int | None = None
+) -> list[dict[str, str]]:
+    """The context a new tool call is judged in: `guard_history`, and the calls the model asked for since the user's
+    latest request, each answer's after its text in its own turn (`with_tool_calls`). A clause split over two
+    successive answers' calls (one call each: the agent loop) ran when a call was read after text turns alone
+    (rt71j F2). Calls alone are the run's own actions, not counted in ``turns``: `tool_call_conversation` keeps them
+    while they fit its ``max_chars``, the oldest left out first. ``budget``: rendered only until that much is written
+    (older calls are left out), and at most `CALLS_CONTEXT_CHARS` of calls: a long run costs a call no more than that
+    (rt72m F2)."""
+    request = next((i for i in range(len(messages) - 1, -1, -1) if _role(messages[i]) == "user"), None)
+    if request is None or turns <= 0:
+        return guard_history(messages, turns)
+    out: list[dict[str, str]] = []
+    said, room, acted = 0, calls_context_room(budget), False
+    for i in range(len(messages) - 1, -1, -1):  # from the end, as `guard_history`
+        message, turn = messages[i], _turn(messages[i])
+        # Past the bound, an older answer's calls are not read (left out, as `tool_call_conversation` would).
+        acts = _asked_calls(message) if i > request and (room is None or room > 0) else []
+        if acts:
+            content = with_tool_calls(turn["content"] if turn else None, acts, max_chars=room)
+            room = None if room is None else room - len(content)
+            out.append({"role": "assistant", "content": content})
+            acted = True
+        elif turn is not None:
+            out.append(turn)
+        said += turn is not None
+        if said >= turns:
+            break
+    # No call since the request: the answer's context, as `guard_history` gives it (an answer's prefill kept whole).
+    return out[::-1] if acted else guard_history(messages, turns)
+
+
+def _asked_calls(message: BaseMessage) -> list[tuple[str, Mapping[str, Any] | str]]:
+    """The ``(name, arguments)`` of every call an earlier answer asked for (`answer_tool_calls`)."""
+    if not isinstance(message, AIMessage):
+        return []
+    return [(str(call.get("name") or ""), tool_arguments(call)) for call in answer_tool_calls(message)]
+
+
+class _RunCalls:
+    """`call_history` of the messages read so far, kept as `input_items` goes (never walking back over them): an
+    earlier answer's calls are judged in the context they were judged in when asked (a check allowed then is not
+    asked again, and a clause split over two answers of a client's history is read whole too: rt71j F2)."""
+
+    def __init__(self, turns: int, budget: int | None) -> None:
+        self.turns, self.budget = turns, budget
+        self.plain: deque[dict[str, str]] = deque(maxlen=max(turns, 1))  # the latest text turns (`_turn`)
+        self.before: list[dict[str, str]] | None = None  # ``plain`` at the latest user message (none yet: None)
+        self.since: list[tuple[dict[str, str] | None, str | None]] = []  # after it: (text turn, calls rendered)
+        self.acted = False  # a call since the latest user message
+
+    def add(self, message: BaseMessage) -> None:
+        turn = _turn(message)
+        if turn is not None:
+            self.plain.append(turn)
+        if _role(message) == "user":
+            self.before, self.since, self.acted = list(self.plain), [], False
+        elif self.before is not None and self.turns > 0:
+            acts = _asked_calls(message)
+            if acts or turn is not None:
+                text = turn["content"] if turn else None
+                rendered = with_tool_calls(text, acts, max_chars=calls_context_room(self.budget)) if acts else None
+                self.since.append((turn, rendered))
+                self.acted = self.acted or bool(acts)
+
+    def context(self) -> list[dict[str, str]] | None:
+        """What a call of the next message is read after, as `call_history` reads the messages so far; ``None``
+        where no call was asked for since the user's latest message (`guard_history`'s reading, as before)."""
+        if not self.acted or self.before is None:
+            return None
+        out: list[dict[str, str]] = []
+        said, room = 0, calls_context_room(self.budget)
+        for turn, acts in reversed(self.since):
+            if acts is not None and (room is None or room > 0):
+                out.append({"role": "assistant", "content": acts})  # past ``room``: left out by the check anyway
+                room = None if room is None else room - len(acts)
+            elif turn is not None:
+                out.append(turn)
+            said += turn is not None
+            if said >= self.turns:
+                return out[::-1]
+        for turn in reversed(self.before):
+            out.append(turn)
+            said += 1
+            if said >= self.turns:
+                break
+        return out[::-1]
+
+
 def tool_arguments(tool_call: Mapping[str, Any]) -> Mapping[str, Any] | str:
     """A tool call's arguments as a mapping (or the raw JSON text when it is not an object). A string argument that
     is itself JSON holding a ``\\u`` escape is given parsed, decoded, as the tool reads it when it ``json.loads``
@@ -1098,6 +1191,7 @@ def input_items(
     history: list[dict[str, str]] = []  # the user/assistant turns (and judged system text) before message i
     answered: dict[str, str] = {}  # the tool calls asked for before message i, id to name
     run = _UserRun()  # the consecutive user turns ending at message i - 1
+    acted = _RunCalls(turns, budget)  # the calls asked for since the latest user turn, before message i
     for i, message in enumerate(messages):
         context = history[-turns:] if turns > 0 else []
         system = system_role(message)
@@ -1131,7 +1225,8 @@ def input_items(
         elif role == "assistant":
             # What the model reads back: its words as they were answered (the Responses API's provider class sends
             # an earlier answer's v0 reasoning summary and refusal back with it), not the provider's metadata.
-            for item in output_items(message, context, turns, metadata=False, budget=budget):
+            calls = acted.context() if isinstance(message, AIMessage) else None
+            for item in output_items(message, context, turns, metadata=False, budget=budget, calls_context=calls):
                 item.index = i
                 if item.stage is Stage.TOOL_RESULT:  # what it quotes as a server tool's result: the client's text
                     item.extra[AS_INPUT] = True
@@ -1140,6 +1235,7 @@ def input_items(
             history.append({"role": role, "content": text})
             if len(history) > 4 * max(turns, 1):
                 del history[: -max(turns, 1)]  # keep it bounded on long histories
+        acted.add(message)
     if (joined := run.end()) is not None:
         items.append(joined)
     return items
@@ -1300,6 +1396,7 @@ def output_items(
     budget: int | None = None,
     labels: bool = False,
     own_name: str | None = None,
+    calls_context: Sequence[Mapping[str, str]] | None = None,
 ) -> list[Item]:
     """The model's answer: its words as a response check (`answer_text`: with its reasoning, refusal and
     transcript), the text it quotes as an untrusted-content check, and each tool call it asks for as an action.
@@ -1314,7 +1411,9 @@ def output_items(
     ``labels``: judge what is sent with the answer beside its text too (`label_item`: its name, which ChatOpenAI reads
     from the server's ``message.name`` and sends back next turn, worded call ids, a ``prefix``; rt69d F3), but the
     name the application gives its agent's answers (``own_name``: ``create_agent(name=...)``). Off where the caller
-    judges labels itself (`input_items`, `GuardMiddleware`).
+    judges labels itself (`input_items`, `GuardMiddleware`). ``calls_context``: what its tool calls are read after,
+    where ``context`` is guard dicts (`call_history` of the messages; default: the history its text is read after);
+    from LangChain messages it is `call_history`'s.
     """
     history = _as_history(context, turns)
     items: list[Item] = []
@@ -1340,23 +1439,35 @@ def output_items(
         # Quoted source text and server tool outputs come from outside: judged alone, as a tool's result is.
         conversation = untrusted_conversation(quoted, "quoted source")
         items.append(Item(Stage.TOOL_RESULT, conversation, message, label="sources of the model response"))
-    if tool_calls or answers:
-        for call in answer_tool_calls(message):
+    if (tool_calls or answers) and (asked := answer_tool_calls(message)):
+        # After the calls the model asked for since the request too (rt71j F2), not only the text turns.
+        if calls_context is not None:
+            acted = [dict(m) for m in calls_context]
+        elif context and isinstance(context[0], BaseMessage):
+            acted = call_history(context, turns, budget)  # type: ignore[arg-type]
+        else:
+            acted = history
+        for call in asked:
             name = str(call.get("name") or "")
             as_answer = name in answers
             if not as_answer and not _call_judged(name, tool_calls):
                 continue
+            # A structured output's call is the answer: read after the history its text would be read after (the
+            # run's earlier calls are actions, judged as such; an earlier call the operator's tool-call policy let
+            # run blocked the safe answer after it: tests/langchain/test_lc_rt57t_structured_stage.py).
             items.append(
                 Item(
                     Stage.TOOL_CALL,
-                    tool_call_conversation(name, tool_arguments(call), history, max_chars=budget),  # rt62a F2
+                    tool_call_conversation(
+                        name, tool_arguments(call), history if as_answer else acted, max_chars=budget
+                    ),
                     message,
                     tool_call=call,
                     label=f"tool call {name}",
                     extra={AS_ANSWER: True} if as_answer else {},
                 )
             )
-        if (joined := joined_calls_item(message, history, tool_calls, answers, budget)) is not None:
+        if (joined := joined_calls_item(message, acted, tool_calls, answers, budget)) is not None:
             items.append(joined)
     return items
 

@@ -34,7 +34,8 @@ not answer and the policy fails closed):
 - ``on_llm_end`` — the whole answer when nothing streamed, what it quotes (`source_text`), and every tool
   call the answer asks for.
 - ``on_chain_start`` — what a ``Command(resume=...)`` input answers an ``interrupt()`` with (`resume_values`), as a
-  prompt, before anything runs (rt60b F3).
+  prompt, before anything runs (rt60b F3); the tool calls a ``Command`` input hands the tools (an AI message of its
+  ``update``, its ``Send``s), each and all of them joined, before any of them runs (rt72b F1, F2).
 - ``on_tool_start`` — the tool call (name + arguments) before the tool runs; a call no model this handler heard produced
   (``on_llm_end``, let through) where the tool runs (the LangGraph thread, else the LangGraph run, else the call it
   belongs to: `_scope`; ids repeat across users, stop 61) is the client's (a ``Command(goto="tools")`` or ``Send``
@@ -100,6 +101,7 @@ import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 from uuid import UUID
 
@@ -107,10 +109,25 @@ from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
 from langchain_core.runnables.config import var_child_runnable_config
-from qwenguard.core import Decision, Guard, GuardUnavailable, GuardViolation, Policy, QwenGuardError, Stage, enforce
+from qwenguard.core import (
+    Action,
+    Decision,
+    Guard,
+    GuardUnavailable,
+    GuardViolation,
+    Policy,
+    QwenGuardError,
+    Stage,
+    enforce,
+)
 from qwenguard.core.backends.gen_session_pool import SESSIONS_PER_STREAM
 from qwenguard.core.backends.stream_session import SESSION_OPTIONS
-from qwenguard.core.formats.conversations import prompt_conversation, tool_call_conversation, untrusted_conversation
+from qwenguard.core.formats.conversations import (
+    answer_calls_conversation,
+    prompt_conversation,
+    tool_call_conversation,
+    untrusted_conversation,
+)
 from qwenguard.core.formats.json_reading import arguments_parsed
 from qwenguard.core.guard import speaking_as
 from qwenguard.core.policy import require_count, require_switch
@@ -138,6 +155,8 @@ from ._messages import (
     AS_INPUT,
     DEFAULT_HISTORY_TURNS,
     Item,
+    call_history,
+    call_key,
     command_rest,
     command_rest_text,
     guard_history,
@@ -149,6 +168,7 @@ from ._messages import (
     prompt_items,
     resume_values,
     source_text,
+    tool_arguments,
     tool_output_text,
     tool_result_commands,
     tool_result_messages,
@@ -224,6 +244,8 @@ def _answer_screen(
 
 #: How many tool-call contexts to remember between ``on_llm_end`` and ``on_tool_start``.
 _MAX_TOOL_CONTEXTS = 1024
+#: An `Item`'s ``extra`` key: the `call_key` of a ``Command`` input's call it judges (`_note_judged_calls`).
+_CALL_KEY = "command_call_key"
 #: How many calls whose input was blocked to remember (no tool or retriever of theirs starts after).
 _MAX_BLOCKED_CALLS = 4096
 #: How many runs to remember that ran a failed tool, until they end (`_failed_call_items`).
@@ -339,6 +361,35 @@ def _scope(trace: UUID | None) -> str | None:
     return json.dumps(["trace", str(trace)])
 
 
+def _sends(command: Any) -> list[Any]:
+    """The ``Send``s of a ``Command``'s ``goto`` (duck-typed: no langgraph import here)."""
+    goto = getattr(command, "goto", None)
+    return [t for t in (goto if isinstance(goto, (list, tuple)) else [goto]) if type(t).__name__ == "Send"]
+
+
+def _sent_calls(command: Any) -> list[Mapping[str, Any]]:
+    """The tool calls the ``Send``s of a ``Command``'s ``goto`` hand a ``ToolNode``, as it reads its input
+    (``ToolNode._parse_input``): a ``tool_call_with_context`` payload's call, a list of calls, or the calls of the last
+    AI message of a state's ``messages``."""
+    found: list[Mapping[str, Any]] = []
+    for send in _sends(command):
+        arg = getattr(send, "arg", None)
+        if isinstance(arg, Mapping) and arg.get("__type") == "tool_call_with_context":
+            call = arg.get("tool_call")
+            found += [call] if isinstance(call, Mapping) else []
+        elif (
+            isinstance(arg, (list, tuple))
+            and arg
+            and isinstance(arg[-1], Mapping)
+            and arg[-1].get("type") == "tool_call"
+        ):
+            found += [call for call in arg if isinstance(call, Mapping)]
+        elif isinstance(arg, Mapping) and isinstance(messages := arg.get("messages"), (list, tuple)):
+            last = next((m for m in reversed(messages) if isinstance(m, AIMessage)), None)
+            found += list(last.tool_calls) if last is not None else []
+    return found
+
+
 class _Run:
     """What one model/tool/retriever run needs between its events."""
 
@@ -354,10 +405,12 @@ class _Run:
         "place",
         "call",
         "agent_name",
+        "calls_context",
     )
 
     def __init__(self, context: list[dict[str, str]] | None = None) -> None:
         self.context = context or []
+        self.calls_context: list[dict[str, str]] | None = None  # what its calls are read after (`call_history`)
         self.pending: PendingCheck | None = None  # the input verdict, with parallel_input
         self.feed: StreamFeed | None = None  # what its stream fed the guard
         self.held: HeldCall | None = None  # a model call GuardMiddleware holds on this guard
@@ -509,6 +562,8 @@ class _GuardHandlerLogic(HeardFirst):
         self.min_chars = min_chars
         self._runs: RunTable[_Run] = RunTable(_Run, _Run.release)
         self._tool_contexts: Bounded[tuple[UUID, str], list[dict[str, str]]] = Bounded(_MAX_TOOL_CONTEXTS)
+        # A Command input's tool calls allowed at its graph's start, by (the call, `call_key`): `_note_judged_calls`.
+        self._judged_calls: Bounded[tuple[UUID, str], bool] = Bounded(_MAX_TOOL_CONTEXTS)
         # Where a blocked input's failure went: a branch beside the model (`RunnableParallel`, a gather in a node) goes
         # on after the block, and neither asyncio.gather nor a thread pool cancels it (`BlockedCalls`).
         self._blocks = BlockedCalls(_MAX_BLOCKED_CALLS)
@@ -916,13 +971,12 @@ class _GuardHandlerLogic(HeardFirst):
 
     def _chat_start_items(self, messages: list[list[BaseMessage]], run_id: UUID) -> list[Item]:
         run = self._run(run_id)
-        items, context = self._chat_start_reading(messages, _scope(run.trace))
-        run.context = context
+        items, run.context, run.calls_context = self._chat_start_reading(messages, _scope(run.trace))
         return items
 
     def _chat_start_reading(
         self, messages: list[list[BaseMessage]], scope: str | None
-    ) -> tuple[list[Item], list[dict[str, str]]]:
+    ) -> tuple[list[Item], list[dict[str, str]], list[dict[str, str]]]:
         """The checks of a chat model's input and the context its answer is judged against. Touches no run state:
         the async handler reads a long history on a worker thread, and a run cancelled meanwhile must not come
         back to life when that read ends (a run state leaked per cancelled request, rt51f F4)."""
@@ -957,7 +1011,11 @@ class _GuardHandlerLogic(HeardFirst):
             items.extend(
                 item for item in batch_items if wanted.get(item.stage) or (item.extra.get(AS_INPUT) and as_input)
             )
-        return items, guard_history(messages[0], self.history_turns) if messages else []
+        if not messages:
+            return items, [], []
+        # A call is read after the calls the model asked for since the request too (rt71j F2), its text after text.
+        calls = call_history(messages[0], self.history_turns, self.guard.max_chars)
+        return items, guard_history(messages[0], self.history_turns), calls
 
     def _llm_start_items(self, prompts: list[str], run_id: UUID) -> list[Item]:
         self._run(run_id).context = [{"role": "user", "content": prompts[0]}] if prompts else []
@@ -1046,6 +1104,7 @@ class _GuardHandlerLogic(HeardFirst):
         scope = _scope(trace)
         run = self._runs.pop(run_id)  # not `_drop`: the screen still has to finish
         context = run.context if run else []
+        calls_context = run.calls_context if run else None
         streamed = bool(run and run.feed is not None and run.feed.streamed)
         # Judged as a whole only when nothing judged it as it streamed, here or in a holding middleware.
         whole_text = self.check_output and not streamed and not (run and run.held is not None)
@@ -1068,8 +1127,10 @@ class _GuardHandlerLogic(HeardFirst):
                         # Its name and worded ids go out with it, and back to the model next turn (rt69d F3).
                         labels=self.check_output and not (run and run.held is not None),
                         own_name=run.agent_name if run else None,
+                        calls_context=calls_context,
                     )
-                    self._remember_tool_context([i for i in found if i.stage is Stage.TOOL_CALL], context, trace)
+                    called = [i for i in found if i.stage is Stage.TOOL_CALL]
+                    self._remember_tool_context(called, context if calls_context is None else calls_context, trace)
                     items.extend(found)
                 elif whole_text and generation.text.strip():
                     items.extend(output_items(_text_message(generation.text), context, text=True, tool_calls=False))
@@ -1115,9 +1176,13 @@ class _GuardHandlerLogic(HeardFirst):
         """The checks of a ``Command`` input: what it answers interrupts with (`resume_values`: a map's values too),
         the text of each message its ``update`` writes (`tool_result_messages`), and what it writes to other keys
         (`command_rest`, read as a resume value is), as the user's turn; a value not read whole within the guard's
-        ``max_chars`` raises its unjudged decision."""
-        if not self.check_input or type(inputs).__name__ != "Command":
+        ``max_chars`` raises its unjudged decision. And the tool calls it hands the tools (`_command_call_items`)."""
+        if type(inputs).__name__ != "Command":
             return []
+        calls = self._command_call_items(inputs) if self.check_input or self.check_tool_calls else []
+        return [*self._command_text_items(inputs), *calls] if self.check_input else calls
+
+    def _command_text_items(self, inputs: Any) -> list[Item]:
         items = []
         values = resume_values(inputs)
         if values:
@@ -1141,6 +1206,58 @@ class _GuardHandlerLogic(HeardFirst):
                 items.append(Item(Stage.PROMPT, prompt_conversation(text), label="command update"))
         return items
 
+    # rt72b F1, F2. A ``Command`` input's calls run in the superstep its ``update`` starts: the model node, whose input
+    # check was their only joined reading, ran beside the tools, and lost the race (a clause split over two
+    # ``send_email`` calls, or over the answer's text and its call, was mailed); a ``Send`` payload's call was never
+    # read with its siblings. Each call, and all of them joined, are judged here, before any node runs: the client's
+    # (`AS_INPUT`), after the messages the update writes before them. An allowed call is not judged again when its
+    # tool starts (`_judged_calls`).
+    def _command_call_items(self, inputs: Any) -> list[Item]:
+        """The checks of the tool calls a ``Command`` input hands the tools: each AI message of its ``update`` with its
+        calls (each call, and its text with all its calls: `output_items`), and the calls of its ``Send``s (`_sent_calls`)
+        each and all joined, with the calls of the update's last AI message that asks for any."""
+        messages = [message for _, message in tool_result_messages(inputs)]
+        items: list[Item] = []
+        asking: list[tuple[str, Mapping[str, Any] | str]] = []
+        for i, message in enumerate(messages):
+            if not isinstance(message, AIMessage) or not message.tool_calls:
+                continue
+            found = output_items(
+                message, messages[:i], self.history_turns, text=False, sources=False, budget=self.guard.max_chars
+            )
+            for item in found:  # each call (its name), and all of them with the text (`joined_calls_item`)
+                items.append(replace(item, label=f"command update's {item.label if item.tool_call else 'tool calls'}"))
+            asking = [(call["name"], tool_arguments(call)) for call in message.tool_calls]
+        sent = _sent_calls(inputs)
+        if sent:
+            history = guard_history(messages, self.history_turns)
+            budget = self.guard.max_chars
+            for call in sent:
+                name = str(call.get("name") or "")
+                conversation = tool_call_conversation(name, tool_arguments(call), history, max_chars=budget)
+                items.append(Item(Stage.TOOL_CALL, conversation, tool_call=call, label=f"command's sent call {name}"))
+            acts = [*asking, *((str(call.get("name") or ""), tool_arguments(call)) for call in sent)]
+            joined = answer_calls_conversation(None, acts, history, max_chars=budget)
+            if joined is not None:
+                items.append(Item(Stage.TOOL_CALL, joined, label="command's sent calls"))
+        for item in items:
+            item.extra[AS_INPUT] = True
+            if item.tool_call is not None:  # built here, off the loop for the async handler: arguments can be long
+                item.extra[_CALL_KEY] = call_key(
+                    item.tool_call.get("name"), item.tool_call.get("id"), item.tool_call.get("args")
+                )
+        return items
+
+    def _note_judged_calls(self, items: Sequence[Item], decisions: Sequence[Decision], run_id: UUID) -> None:
+        """The calls of a ``Command`` input allowed at the graph's start (`_command_call_items`), by the call the graph
+        belongs to (``run_id`` linked: its trace): their tool's start takes them as judged (`_tool_call_item`)."""
+        trace = self._runs.trace(run_id)
+        for item, decision in zip(items, decisions):
+            key = item.extra.get(_CALL_KEY)
+            # A plain allow only: a flag (a failed-open check, an ignored category) is told again.
+            if isinstance(key, str) and decision.action is Action.ALLOW:
+                self._judged_calls[(trace, key)] = True
+
     def _tool_started(
         self,
         serialized: Mapping[str, Any] | None,
@@ -1148,10 +1265,10 @@ class _GuardHandlerLogic(HeardFirst):
         run_id: UUID,
         inputs: Mapping[str, Any] | None,
         kwargs: Mapping[str, Any],
-    ) -> tuple[str, Mapping[str, Any] | str, list[dict[str, str]], Any, str | None] | None:
+    ) -> tuple[str, Mapping[str, Any] | str, list[dict[str, str]], Any, str | None, UUID | None] | None:
         """The run state a tool's start sets (its name; the context its call was asked in, taken), and the call to
-        judge (name, arguments as given, context, call id, where it runs: `_scope`), or ``None`` when no tool call is
-        judged."""
+        judge (name, arguments as given, context, call id, where it runs: `_scope`, and the call it belongs to), or
+        ``None`` when no tool call is judged."""
         name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
         run = self._run(run_id)
         run.tool = str(name)
@@ -1159,17 +1276,28 @@ class _GuardHandlerLogic(HeardFirst):
         context = self._tool_context(call_id, run.trace)
         if not (self.check_tool_calls or self.check_input):  # a client's call is judged with either (`_tool_call_item`)
             return None
-        return run.tool, inputs if inputs is not None else input_str, context, call_id, _scope(run.trace)
+        return run.tool, inputs if inputs is not None else input_str, context, call_id, _scope(run.trace), run.trace
 
     # A call no model this handler heard asked for where the tool runs (`_record_answers`, `_scope`) is the client's: a
     # ``Command(goto="tools")`` or a ``Send`` in the run's input, an edited call, a tool the application runs on what
     # it was sent. It is judged whatever ``check_tool_calls`` says (``check_input`` on), under a policy no looser than
     # the prompt stage's (`AS_INPUT`; rt60b F2), as a tool-role message no tool of the run wrote is (rt54c F1).
     def _tool_call_item(
-        self, name: str, args: Mapping[str, Any] | str, context: list[dict[str, str]], call_id: Any, scope: str | None
+        self,
+        name: str,
+        args: Mapping[str, Any] | str,
+        context: list[dict[str, str]],
+        call_id: Any,
+        scope: str | None,
+        trace: UUID | None = None,
     ) -> Item | None:
         """The check of a tool call, or ``None`` (pure but for the calls remembered: the async handler builds it on a
-        worker thread when it is large)."""
+        worker thread when it is large); ``None`` for a ``Command`` input's call allowed at its graph's start in the
+        same call (``trace``: `_note_judged_calls`), once."""
+        if trace is not None and len(self._judged_calls):
+            key = call_key(name, call_id, args)
+            if key is not None and self._judged_calls.pop((trace, key)) is not None:
+                return None
         client = not self._produced.asked({"name": name, "id": call_id, "args": args}, scope)
         if not (self.check_tool_calls or (client and self.check_input)):
             return None
@@ -1596,10 +1724,13 @@ class GuardCallbackHandler(_GuardHandlerLogic, BaseCallbackHandler):
 
     def on_chain_start(self, serialized: dict[str, Any], inputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         items = self._command_input_items(inputs)  # before the run is linked: a stop here gets no end event
-        raise_first(items, screen(self.guard, items))
+        decisions = screen(self.guard, items)
+        raise_first(items, decisions)
         self._refuse_retried_chain(run_id, kwargs)
         self._chain_started(run_id, inputs, kwargs)
         self._note_fallbacks(run_id, serialized, kwargs)
+        if items:
+            self._note_judged_calls(items, decisions, run_id)
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         # Raised before LangGraph's messages handler (after this one) streams the node's messages.
@@ -1680,8 +1811,9 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
         scope, thread = _scope(run.trace), current_thread()  # on the loop: its context tells the graph run
         self._went_on(run_id, thread, kwargs)
         try:
-            items, context = await built_off_loop(lambda: self._chat_start_reading(messages, scope), messages)
-            self._run(run_id).context = context  # on the loop, once read: a cancelled read sets nothing
+            items, context, calls = await built_off_loop(lambda: self._chat_start_reading(messages, scope), messages)
+            # On the loop, once read: a cancelled read sets nothing.
+            self._run(run_id).context, self._run(run_id).calls_context = context, calls
             await self._astart_input(items, run_id, thread)
         except GuardViolation as stop:
             self._note_stop(stop, place)
@@ -1869,16 +2001,20 @@ class AsyncGuardCallbackHandler(_GuardHandlerLogic, AsyncCallbackHandler):
         # not a string: an object's fields are not sized before they are read (`_screening.built_off_loop`).
         command = type(inputs).__name__ == "Command"
         resume = getattr(inputs, "resume", None) if command else None
-        if not command or (resume is None and getattr(inputs, "update", None) is None):
+        sends = command and _sends(inputs)
+        if not command or (resume is None and getattr(inputs, "update", None) is None and not sends):
             items: list[Item] = []
-        elif isinstance(resume, str) and getattr(inputs, "update", None) is None:
+        elif isinstance(resume, str) and getattr(inputs, "update", None) is None and not sends:
             items = await built_off_loop(lambda: self._command_input_items(inputs), resume)
         else:
             items = await asyncio.to_thread(self._command_input_items, inputs)
-        raise_first(items, await ascreen(self.guard, items))
+        decisions = await ascreen(self.guard, items)
+        raise_first(items, decisions)
         self._refuse_retried_chain(run_id, kwargs)
         self._chain_started(run_id, inputs, kwargs)
         self._note_fallbacks(run_id, serialized, kwargs)
+        if items:
+            self._note_judged_calls(items, decisions, run_id)
 
     async def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         items = self._failed_call_items(outputs, run_id, kwargs)

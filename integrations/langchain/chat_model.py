@@ -49,7 +49,15 @@ from ._holding import GUARD_PARAM, TOOL_CALLS_PARAM, guard_token, monitor_option
 from ._input_beside import astart_input, start_input
 from ._json_reading import reading_items
 from ._keep_stops import KeepsStops, _keeping
-from ._messages import DEFAULT_HISTORY_TURNS, Item, guard_history, input_items, output_items
+from ._messages import (
+    DEFAULT_HISTORY_TURNS,
+    Item,
+    answer_tool_calls,
+    call_history,
+    guard_history,
+    input_items,
+    output_items,
+)
 from ._options import known_fields, refuse_unknown
 from ._screening import ascreen, built_off_loop, raise_first, require_guard, screen
 
@@ -165,6 +173,10 @@ class GuardedChatModel(KeepsStops, HeldBackChatModel):
             tool_calls=self.check_tool_calls,
             answers=self.answer_tools,
             budget=self.guard.max_chars,
+            # Its calls after the calls asked for since the request too (rt71j F2).
+            calls_context=call_history(messages, self.history_turns, self.guard.max_chars)
+            if answer_tool_calls(answer)
+            else None,
         )
         # A JSON answer is read parsed (structured output, a JSON parser after the model): its decoded strings too.
         return items + reading_items(answer, context, self.history_turns)

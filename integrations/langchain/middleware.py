@@ -149,6 +149,7 @@ from ._messages import (
     AS_INPUT,
     DEFAULT_HISTORY_TURNS,
     Item,
+    call_history,
     call_key,
     command_messages,
     command_rest_text,
@@ -1270,8 +1271,10 @@ class GuardMiddleware(AgentMiddleware):
             return None
         messages = _state_messages(request)
         asked = _asking_answer(messages, call)
-        # The turns before the answer that asks for the call: as the model call read it (`output_items`).
-        history = guard_history(messages if asked is None else messages[:asked], self.history_turns)
+        # The turns before the answer that asks for the call, the calls since the request with them: as the model
+        # call read it (`output_items`, `call_history`).
+        before = messages if asked is None else messages[:asked]
+        history = call_history(before, self.history_turns, self.guard.max_chars)
         name = call.get("name") or ""
         # Rendered only until past the guard's bound (the check refuses it then): the lenient readings cost ~5 us a
         # character (rt62a F2).

@@ -26,7 +26,7 @@ import json
 import re
 import threading
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
@@ -62,6 +62,7 @@ from qwenguard.core.errors import InputTooLarge
 from qwenguard.core.formats.content import clean_text
 from qwenguard.core.formats.conversations import (
     RunsJudged,
+    calls_context_room,
     last_user_text,
     prompt_conversation,
     response_conversation,
@@ -1734,6 +1735,10 @@ class InputPlan:
     checks: Checks = field(default_factory=list)
     prompt: list[GuardMessage] = field(default_factory=list)
     marks: list[bytes] = field(default_factory=list)
+    #: What a tool call of the answer is read after: ``prompt`` before any prefill, then the assistant turns after the
+    #: latest user turn with the calls they asked for (`with_tool_calls`; rt71j F2), the oldest left out past
+    #: ``max_chars``. ``None``: ``prompt``.
+    calls_prompt: list[GuardMessage] | None = None
 
 
 def plan_inputs(
@@ -1791,6 +1796,8 @@ def plan_inputs(
     previous_user = ""
     run = UserRun()
     answers = UserRun()  # the consecutive assistant turns ending at message i - 1, joined the same way
+    acted: deque[GuardMessage] = deque()  # the assistant turns after the latest user turn, their calls rendered
+    acted_chars = 0
 
     def judged(key: bytes) -> bool:
         return seen is not None and key in seen
@@ -1856,6 +1863,14 @@ def plan_inputs(
             elif has_text and not judged(here.prompt_mark()) and new(mark("user", text)):
                 plan.checks.append((Stage.PROMPT, prompt_conversation(text)))
         elif role in _ASSISTANT:
+            if last_user is not None and i > last_user and (has_text or calls):
+                # A later call is read after these (a clause split over two answers' calls ran: rt71j F2).
+                acts = [(c.tool_name, arguments_parsed(c.tool_kwargs)) for c in calls]
+                room = calls_context_room(max_chars)  # rt72m F2: not every earlier call in every call's check
+                acted.append({"role": "assistant", "content": with_tool_calls(text or None, acts, max_chars=room)})
+                acted_chars += len(acted[-1]["content"])
+                while acted_chars > room and len(acted) > 1:
+                    acted_chars -= len(acted.popleft()["content"])  # the oldest first
             # Remembered as the check made: this text after this question (rt54c F4); skipped too when it was judged
             # after this question and the very turns before it, as a guarded LLM judged its answer (rt60d F3).
             said = _turn_bytes("assistant", text)  # hashed once: for the check it was in, and as context after it
@@ -1898,6 +1913,8 @@ def plan_inputs(
             previous_user = text
     end_run()
     end_answers()
+    if acted:
+        plan.calls_prompt = [*plan.prompt, *acted]
     if last_user is None:
         plan.prompt = prompt_conversation("", history)
     elif prefill := answer_prefill_turns(messages[last_user + 1 :], llm):

@@ -71,7 +71,7 @@ import contextlib
 import functools
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
 from llama_index.core.base.llms.types import (
@@ -203,6 +203,7 @@ class _Plan:
     answers: frozenset[str] = frozenset()  # the tools whose calls are this call's answer (a structured output's)
     acts: Callable[[str], list[ToolSelection]] | None = None  # reads the actions a component runs from the answer
     scope: bytes | None = None  # the guard and policy its inputs were judged under (`guard_scope`), once started
+    calls_prompt: list[GuardMessage] | None = None  # what its answer's calls are read after (`InputPlan.calls_prompt`)
 
 
 class _AnswerCall(tuple):
@@ -453,7 +454,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
             if text.strip() and (seen is None or fingerprint not in seen):
                 checks = [*checks, (Stage.PROMPT, untrusted_conversation(text, "tool descriptions"))]
                 marks = [*marks, fingerprint]
-        return _Plan(checks, plan.prompt, marks=marks)
+        return _Plan(checks, plan.prompt, marks=marks, calls_prompt=plan.calls_prompt)
 
     def _plan_prompt(self, prompt: str) -> _Plan:
         plan = self._plan_completion(prompt)
@@ -546,6 +547,7 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         *,
         actions: Sequence[str] = (),
         parsed: str | None = None,
+        said: str | None = None,
     ) -> Checks:
         """The answer's text, its tool calls, and the calls agents read in ``actions`` (the answer's text as an
         agent parses it): a ReAct agent runs its actions, a CodeActAgent its ``<execute>`` code, as tool calls; a
@@ -554,16 +556,19 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         (`._json_reading`: a structured output over an LLM that is not function-calling; not an agent's step outside
         such a call, which the agent reads as the tool calls judged here); the actions the component of a template
         call runs from the answer (``plan.acts``: a sub-question generator's tool calls, a text-to-SQL step's query),
-        read in ``actions`` or else in ``parsed``, as tool calls."""
+        read in ``actions`` or else in ``parsed``, as tool calls. ``said``: the answer's text its calls are read
+        joined with (default: ``text``; a stream's, whose text was judged as it streamed)."""
         checks: Checks = []
         if text.strip():
             checks.append((Stage.RESPONSE, response_conversation(plan.prompt, text)))
         acted = agent_actions(actions)
         # What a template call's component parses out of the answer and runs (`template_actions`): a tool call too.
         read = [] if plan.acts is None else _text_calls(plan.acts, actions or (text if parsed is None else parsed,))
+        # A call is read after the calls asked for since the request too (rt71j F2).
+        before = plan.prompt if plan.calls_prompt is None else plan.calls_prompt
         for call in [*calls, *acted, *read]:
             conversation = tool_call_conversation(
-                call.tool_name, arguments_parsed(call.tool_kwargs), plan.prompt, max_chars=self.guard.max_chars
+                call.tool_name, arguments_parsed(call.tool_kwargs), before, max_chars=self.guard.max_chars
             )
             checks.append(
                 _AnswerCall(conversation) if call.tool_name in plan.answers else (Stage.TOOL_CALL, conversation)
@@ -571,7 +576,8 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         # The answer's calls (and its text) read as one action too: a clause split over two parallel calls ran when
         # each was judged alone (rt71b F1). A structured output's schema call is the answer, judged as one.
         acts = [(c.tool_name, arguments_parsed(c.tool_kwargs)) for c in calls if c.tool_name not in plan.answers]
-        joined = answer_calls_conversation(text, acts, plan.prompt, max_chars=self.guard.max_chars)
+        said = text if said is None else said
+        joined = answer_calls_conversation(said, acts, before, max_chars=self.guard.max_chars)
         if joined is not None:
             checks.append((Stage.TOOL_CALL, joined))
         # An agent's step outside a structured-output call is read by the agent, as the tool calls just judged (their
@@ -594,7 +600,10 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
                 (
                     Stage.TOOL_CALL,
                     tool_call_conversation(
-                        action["name"], arguments_parsed(action["args"]), plan.prompt, max_chars=self.guard.max_chars
+                        action["name"],
+                        arguments_parsed(action["args"]),
+                        plan.prompt if plan.calls_prompt is None else plan.calls_prompt,
+                        max_chars=self.guard.max_chars,
                     ),
                 )
             )
@@ -655,17 +664,17 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         if plan.inputs and self._parallel:
             guard, checks = self.guard, plan.inputs
             pending = PendingCheck.start(lambda: judge(guard, checks))
-            return _Plan([], plan.prompt, pending, plan.marks, answers=plan.answers, acts=plan.acts, scope=scope)
+            return replace(plan, inputs=[], pending=pending, failed_open=False, scope=scope)
         self._screen(plan.inputs, plan)
-        return _Plan([], plan.prompt, plan.pending, plan.marks, plan.failed_open, plan.answers, plan.acts, scope)
+        return replace(plan, inputs=[], scope=scope)
 
     async def _astart_inputs(self, plan: _Plan) -> _Plan:
         scope = plan.scope or guard_scope(self.guard)
         if plan.inputs and self._parallel:
             pending = PendingCheck.start_async(ajudge(self.guard, plan.inputs))
-            return _Plan([], plan.prompt, pending, plan.marks, answers=plan.answers, acts=plan.acts, scope=scope)
+            return replace(plan, inputs=[], pending=pending, failed_open=False, scope=scope)
         await self._ascreen(plan.inputs, plan)
-        return _Plan([], plan.prompt, plan.pending, plan.marks, plan.failed_open, plan.answers, plan.acts, scope)
+        return replace(plan, inputs=[], scope=scope)
 
     @staticmethod
     def _inputs_back(plan: _Plan) -> bool:
@@ -904,7 +913,10 @@ class GuardedLLM(GuardComponent, FunctionCallingLLM):
         # The answer as the consumer gets it (the text so far, or a rewritten one as it stands): its parsed reading,
         # judged before the text held from its first escape goes out (`ReadingHold`).
         joined = "\n".join(t for t in (rewritten, unread) if t)
-        checks = self._output_checks(plan, joined, calls, actions=actions, parsed=out.answer)
+        # The calls, held to this last chunk, are read joined with the answer's text as `chat` reads them (rt71b F1):
+        # the text went out judged alone, a clause split over it and a call must not run.
+        said = "\n".join(t for t in (out.answer, unread) if t)
+        checks = self._output_checks(plan, joined, calls, actions=actions, parsed=out.answer, said=said)
         # The last chunk goes out with the inner one's raw and message kwargs: their text beyond the judged deltas.
         judged = [out.streamed, out.reasoned, unread, rewritten]
         return checks + self._reply_checks(plan, reply_parts(last, own=False), judged, calls), calls

@@ -341,10 +341,8 @@ def test_an_openai_like_answer_costs_no_guard_call_more(name: str, mode: str) ->
             response = list(llm.stream_complete("Tell me about Paris."))[-1]
     assert response.raw is not None
     # The prompt, the answer, and the tool call: the same count as before raw was read.
-    # A tool call: + the joined reading of the answer's text and call (rt71b F1), which a streamed answer does not get
-    # yet (stop 71's note: left open).
-    calls = 3 if "stream" in mode else 4
-    assert len(judged(backend)) == (calls if name == "a tool call" else 2), judged(backend)
+    # A tool call: + the joined reading of the answer's text and call (rt71b F1), a streamed answer's too (rt71j F2).
+    assert len(judged(backend)) == (4 if name == "a tool call" else 2), judged(backend)
 
 
 # -- a provider's tool-call id (rt47a M5, with the real MistralAI) ----------------------------------------
