@@ -134,7 +134,9 @@ def _llamaindex(guard: Guard) -> None:
 def test_every_tool_call_is_rendered_within_the_guards_bound(path, bounds):
     path(_guard(max_chars=MAX_CHARS))
     assert bounds, "no tool call rendered"
-    assert set(bounds) == {MAX_CHARS}, bounds
+    # The calls judged are rendered to the guard's bound; the earlier calls a call is read after, within the room
+    # left for them (`conversations.CALLS_CONTEXT_CHARS`, rt72m F2): never unbounded, never past the guard's.
+    assert MAX_CHARS in bounds and all(b is not None and b <= MAX_CHARS for b in bounds), bounds
 
 
 # A 200,013-character argument of escapes, well under max_chars, in one piece (some providers send one chunk).
