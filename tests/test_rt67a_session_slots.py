@@ -96,7 +96,7 @@ def test_a_handshake_that_arrives_before_the_last_session_has_read_its_close_wai
             waiting = threading.Thread(target=next_session, args=(url,), daemon=True)
             waiting.start()
             # The next handshake is at the server, the slot still held (it waits up to gate.STREAM_SLOT_WAIT_S).
-            time.sleep(0.1)
+            time.sleep(0.05)
             last.send(json.dumps({"type": "close"}))
         waiting.join(15)
     assert outcome == ["opened"], outcome
