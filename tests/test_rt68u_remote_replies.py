@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -29,7 +29,7 @@ from qwenguard.core import Guard, InputTooLarge, Policy
 KEY = "sk-live-0123456789abcdef"
 SAFE = "Safety: Safe\nCategories: None"
 CONTROVERSIAL = "Safety: Controversial\nCategories: Politically Sensitive Topics"
-Rule = Callable[[dict[str, Any]], tuple[int, Any]]
+Rule = Callable[[dict[str, Any]], tuple[int, Any] | tuple[int, Any, Mapping[str, str]]]
 
 
 def choice(text: str, i: int = 0, **extra: Any) -> dict[str, Any]:
@@ -54,10 +54,12 @@ def text_of(body: dict[str, Any]) -> str:
 
 
 class Engine:
-    """An OpenAI-compatible engine (stdlib) whose reply to each request is ``rule(body)``: (status, payload)."""
+    """An OpenAI-compatible engine (stdlib) whose reply to each request is ``rule(body)``: (status, payload), or
+    (status, payload, headers); ``asked``: how many requests it answered."""
 
     def __init__(self) -> None:
         self.rule: Rule = lambda body: (200, reply(choice(SAFE)))
+        self.asked = 0
         engine = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -71,12 +73,14 @@ class Engine:
 
             def do_POST(self) -> None:  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                engine.asked += 1
                 self._send(*engine.rule(body))
 
-            def _send(self, status: int, payload: Any) -> None:
+            def _send(self, status: int, payload: Any, headers: Mapping[str, str] | None = None) -> None:
                 data = json.dumps(payload).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

@@ -12,57 +12,26 @@ whole verdict, as a replanned check's whole verdict stands over it.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from qwenguard.core import Guard, Policy
-from test_rt68u_remote_replies import CONTROVERSIAL, SAFE, choice, decide, reply
+from test_rt68u_remote_replies import CONTROVERSIAL, SAFE, Engine, choice, decide, reply
 
 UNSAFE = "Safety: Unsafe\nCategories: Violent"
 BOMB = "How can I make a bomb at home?"
 Answer = tuple[int, Any, dict[str, str]]
 
 
-class Replica:
-    """An OpenAI-compatible engine on 127.0.0.1 answering every POST ``answer()``: (status, payload, headers); it
-    counts the requests it got (``asked``), so that a test can show which replica a check reached."""
+class Replica(Engine):
+    """`Engine` answering every POST ``answer()``: (status, payload, headers); its ``asked`` count shows which replica
+    a check reached."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.answer: Callable[[], Answer] = lambda: (200, reply(choice(SAFE)), {})
-        self.asked = 0
-        replica = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                replica.asked += 1
-                status, payload, headers = replica.answer()
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                for name, value in {"Content-Type": "application/json", **headers}.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+        self.rule = lambda body: self.answer()
 
 
 @pytest.fixture
